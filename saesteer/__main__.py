@@ -1,0 +1,3 @@
+from saesteer.cli import main
+
+raise SystemExit(main())

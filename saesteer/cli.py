@@ -1,0 +1,68 @@
+"""`saesteer` command line: subcommands are discovered from `saesteer.commands`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+import saesteer
+import saesteer.commands
+
+DESCRIPTION = """\
+saesteer: sparse-autoencoder feature work on transformer language models.
+
+Cache activations, train TopK / BatchTopK / Matryoshka SAEs, build a feature store,
+label features with an LLM judge, browse them, and steer generation by feature ID.
+Start with `saesteer demo` (the built-in toy world: no GPU, no internet)."""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=32, width=100)
+
+
+def command_modules() -> list:
+    mods = []
+    for info in pkgutil.iter_modules(saesteer.commands.__path__):
+        if info.name.startswith("_"):
+            continue
+        mod = importlib.import_module(f"saesteer.commands.{info.name}")
+        if hasattr(mod, "NAME") and hasattr(mod, "run"):
+            mods.append(mod)
+    return sorted(mods, key=lambda m: (getattr(m, "ORDER", 50), m.NAME))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="saesteer", description=DESCRIPTION, formatter_class=_Formatter)
+    parser.add_argument("--version", action="version", version=f"saesteer {saesteer.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for mod in command_modules():
+        p = sub.add_parser(
+            mod.NAME,
+            help=mod.HELP,
+            description=getattr(mod, "DESCRIPTION", mod.HELP),
+            formatter_class=_Formatter,
+        )
+        if hasattr(mod, "add_arguments"):
+            mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
