@@ -1,0 +1,99 @@
+"""Small dataclass configs, one per architecture (design convention 2).
+
+Each field is documented through `metadata["help"]`, which also becomes its CLI flag text.
+Validation happens in `__post_init__` and names the offending field and the fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+@dataclass
+class SAEConfig:
+    """Shape and input handling shared by every SAE architecture."""
+
+    d_in: int = field(metadata={"help": "width of the activations the SAE reads (the model's d_model for resid hooks)"})
+    d_sae: int = field(metadata={"help": "number of latents (dictionary size)"})
+    apply_b_dec_to_input: bool = field(
+        default=True, metadata={"help": "subtract b_dec from the input before encoding (SAELens convention)"}
+    )
+    metadata: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "SAELens metadata (model_name, hook_name, context_size, ...)", "cli": False},
+    )
+
+    def __post_init__(self) -> None:
+        _positive_int("d_in", self.d_in)
+        _positive_int("d_sae", self.d_sae)
+        if not isinstance(self.metadata, dict):
+            raise ValueError(f"metadata must be a dict, got {type(self.metadata).__name__}")
+
+
+@dataclass
+class ReLUConfig(SAEConfig):
+    """Standard ReLU SAE (L1-trained). Supported for loading pretrained SAEs."""
+
+
+@dataclass
+class JumpReLUConfig(SAEConfig):
+    """Threshold encoder: a latent fires when its pre-activation exceeds its own threshold."""
+
+
+@dataclass
+class TopKConfig(SAEConfig):
+    """TopK SAE: exactly the k largest pre-activations per token fire."""
+
+    k: int = field(default=32, metadata={"help": "active latents per token"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive_int("k", self.k)
+        if self.k > self.d_sae:
+            raise ValueError(f"k ({self.k}) must not exceed d_sae ({self.d_sae}); lower k or widen the SAE")
+
+
+@dataclass
+class BatchTopKConfig(TopKConfig):
+    """BatchTopK SAE: while training, the k*B largest pre-activations of a batch of B tokens fire;
+    for inference, a per-latent threshold (learned during training) replaces the batch selection."""
+
+
+@dataclass
+class MatryoshkaConfig(BatchTopKConfig):
+    """Matryoshka BatchTopK SAE: nested prefixes of the latents each reconstruct the input."""
+
+    matryoshka_widths: list[int] = field(
+        default_factory=list,
+        metadata={
+            "help": "cumulative prefix widths, strictly increasing, ending at d_sae "
+            "(e.g. 128,512,2048); empty picks ~4x steps"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        widths = [int(w) for w in self.matryoshka_widths] or default_matryoshka_widths(self.d_sae)
+        if widths[-1] != self.d_sae:
+            raise ValueError(
+                f"matryoshka_widths must end at d_sae ({self.d_sae}), got {widths}; append {self.d_sae}"
+            )
+        if any(w <= 0 for w in widths) or any(b <= a for a, b in zip(widths, widths[1:])):
+            raise ValueError(f"matryoshka_widths must be positive and strictly increasing, got {widths}")
+        self.matryoshka_widths = widths
+
+
+def default_matryoshka_widths(d_sae: int) -> list[int]:
+    """Prefixes growing 4x at a time from d_sae/64 up to d_sae (at least one inner level)."""
+    widths = [d_sae]
+    while widths[0] // 4 >= max(16, d_sae // 64):
+        widths.insert(0, widths[0] // 4)
+    if len(widths) == 1 and d_sae >= 2:
+        widths.insert(0, d_sae // 2)
+    return widths

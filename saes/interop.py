@@ -1,0 +1,46 @@
+"""Bridges to the sae-lens package: pretrained SAEs from its registry, and conversions.
+
+sae_lens is imported inside the functions: importing `saes` stays light and offline.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import torch
+
+from saes.base import SAE
+from saes.io import sae_from_sae_lens_dict, sae_lens_config, sae_state_dict
+
+
+def load_pretrained(release: str, sae_id: str, device: str = "cpu", dtype: torch.dtype | None = None) -> SAE:
+    """An SAE from SAELens's pretrained registry, e.g. ("gpt2-small-res-jb", "blocks.8.hook_resid_pre").
+
+    Downloads through sae_lens's own loaders (needs the HF hub), then converts to our classes."""
+    from sae_lens import SAE as SaeLensSAE
+
+    sl_sae = SaeLensSAE.from_pretrained(release, sae_id, device=device)
+    return from_sae_lens(sl_sae, dtype=dtype, source=f"{release}/{sae_id}")
+
+
+def from_sae_lens(sl_sae: Any, dtype: torch.dtype | None = None, source: str = "sae_lens SAE") -> SAE:
+    """Convert a loaded `sae_lens.SAE` (inference or training class) into ours."""
+    cfg = sl_sae.cfg.to_dict()
+    state = {k: v.detach() for k, v in sl_sae.state_dict().items()}
+    return sae_from_sae_lens_dict(cfg, state, device=next(iter(state.values())).device, dtype=dtype, source=source)
+
+
+def to_sae_lens(sae: SAE, device: str = "cpu") -> Any:
+    """The same SAE as a `sae_lens.SAE` (e.g. for HookedSAETransformer)."""
+    from safetensors.torch import save_file
+    from sae_lens import SAE as SaeLensSAE
+
+    with tempfile.TemporaryDirectory() as tmp:
+        import json
+
+        with open(os.path.join(tmp, "cfg.json"), "w") as f:
+            json.dump(sae_lens_config(sae), f)
+        save_file(sae_state_dict(sae), os.path.join(tmp, "sae_weights.safetensors"))
+        return SaeLensSAE.load_from_disk(tmp, device=device)

@@ -1,0 +1,281 @@
+"""Save and load SAE folders in SAELens's layout, so both tools read each other's SAEs.
+
+A folder holds:
+- `cfg.json`: SAELens config fields (architecture, d_in, d_sae, dtype, k, metadata, ...).
+- `sae_weights.safetensors`: `W_enc`, `b_enc`, `W_dec`, `b_dec` (+ `threshold`).
+- `saesteer.json` (optional): our provenance (model, hook, dataset, tokens, commit, metrics).
+
+BatchTopK and Matryoshka SAEs are saved in their inference form, SAELens's "jumprelu"
+architecture, with `metadata.training_architecture` and `training_architecture_details`
+recording how they were trained (as SAELens itself does), so we load them back as themselves.
+
+Only JSON and safetensors are ever read. A pickled checkpoint is refused with instructions.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load, save
+
+from saes.base import SAE
+from saes.batchtopk import BatchTopKSAE
+from saes.fileio import atomic_write_bytes, atomic_write_json, fsync_dir, read_json
+from saes.matryoshka import MatryoshkaSAE
+from saes.registry import sae_class
+from saes.threshold import JumpReLUSAE
+from saes.topk import TopKSAE
+
+CFG_FILENAME = "cfg.json"
+WEIGHTS_FILENAME = "sae_weights.safetensors"
+PROVENANCE_FILENAME = "saesteer.json"
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+# normalize_activations values that are the identity at inference (SAELens folds the factor in)
+_IDENTITY_NORMS = ("none", "expected_average_only_in")
+_DERIVED_METADATA = ("sae_lens_version", "sae_lens_training_version", "training_architecture", "training_architecture_details")
+
+
+class SAEFormatError(ValueError):
+    """An SAE folder or file that cannot be read as an SAE; the message says how to fix it."""
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _sae_lens_version() -> str:
+    try:
+        return importlib.metadata.version("sae-lens")
+    except importlib.metadata.PackageNotFoundError:
+        return "6.0.0"  # the first version with this config layout
+
+
+# ---------------------------------------------------------------------------------- saving
+def sae_lens_config(sae: SAE) -> dict[str, Any]:
+    """The `cfg.json` dict SAELens expects for this SAE's inference form."""
+    metadata = {"sae_lens_version": _sae_lens_version(), "sae_lens_training_version": None}
+    metadata.update(sae.cfg.metadata)
+    cfg: dict[str, Any] = {
+        "architecture": "",
+        "d_in": sae.d_in,
+        "d_sae": sae.d_sae,
+        "dtype": _dtype_name(sae.dtype),
+        "device": "cpu",
+        "apply_b_dec_to_input": sae.cfg.apply_b_dec_to_input,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+    }
+    if isinstance(sae, TopKSAE):
+        cfg.update(architecture="topk", k=sae.cfg.k, rescale_acts_by_decoder_norm=False)
+    elif isinstance(sae, JumpReLUSAE):
+        cfg["architecture"] = "jumprelu"
+        if isinstance(sae, BatchTopKSAE):
+            details: dict[str, Any] = {"k": sae.cfg.k, "threshold_method": "frequency_matching"}
+            if isinstance(sae, MatryoshkaSAE):
+                details["matryoshka_widths"] = sae.widths
+            metadata["training_architecture"] = sae.architecture
+            metadata["training_architecture_details"] = details
+    else:
+        cfg["architecture"] = sae.architecture
+    cfg["metadata"] = metadata
+    return cfg
+
+
+def sae_state_dict(sae: SAE) -> dict[str, torch.Tensor]:
+    names = ["W_enc", "b_enc", "W_dec", "b_dec"] + (["threshold"] if isinstance(sae, JumpReLUSAE) else [])
+    return {n: getattr(sae, n).detach().to("cpu").contiguous() for n in names}
+
+
+def save_sae(sae: SAE, path: str | os.PathLike, provenance: dict[str, Any] | None = None) -> Path:
+    """Write `sae` to folder `path` (created if needed). Non-finite weights are refused.
+
+    A new folder is built under a temporary name and renamed into place; an existing folder
+    has each file replaced atomically (weights first, config last)."""
+    path = Path(path)
+    state = sae_state_dict(sae)
+    bad = [n for n, t in state.items() if not torch.isfinite(t).all()]
+    if bad:
+        raise ValueError(f"refusing to save an SAE with non-finite values in {', '.join(bad)}")
+    files = {
+        WEIGHTS_FILENAME: save(state, metadata={"format": "pt"}),
+        CFG_FILENAME: None,
+        PROVENANCE_FILENAME: None,
+    }
+    cfg = sae_lens_config(sae)
+    if path.exists():
+        if not path.is_dir():
+            raise FileExistsError(f"{path} exists and is not a folder")
+        atomic_write_bytes(path / WEIGHTS_FILENAME, files[WEIGHTS_FILENAME])
+        if provenance is not None:
+            atomic_write_json(path / PROVENANCE_FILENAME, provenance)
+        atomic_write_json(path / CFG_FILENAME, cfg)
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        atomic_write_bytes(tmp / WEIGHTS_FILENAME, files[WEIGHTS_FILENAME])
+        if provenance is not None:
+            atomic_write_json(tmp / PROVENANCE_FILENAME, provenance)
+        atomic_write_json(tmp / CFG_FILENAME, cfg)
+        os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(path.parent)
+    return path
+
+
+# --------------------------------------------------------------------------------- loading
+def _refuse_pickles(folder: Path, missing: str) -> None:
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+    if pickles:
+        raise SAEFormatError(
+            f"{folder} has no {missing} but holds pickled file(s) {', '.join(pickles)}; saesteer never "
+            f"unpickles files (they can run arbitrary code). If you trust the file, convert it once with "
+            f"torch.load(...) and save the tensors with safetensors (or saes.save_sae)."
+        )
+
+
+def read_sae_folder(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any] | None]:
+    """Read (cfg, weights, provenance) from an SAE folder with clear errors."""
+    folder = Path(path)
+    if folder.is_file():
+        if folder.suffix.lower() in PICKLE_SUFFIXES:
+            raise SAEFormatError(
+                f"{folder} is a pickle file; saesteer loads only safetensors + JSON SAE folders. "
+                f"Convert it with safetensors, then pass the folder holding cfg.json and {WEIGHTS_FILENAME}."
+            )
+        raise SAEFormatError(f"{folder} is a file; pass the SAE folder holding {CFG_FILENAME} and {WEIGHTS_FILENAME}")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"SAE folder not found: {folder}")
+    cfg_path, weights_path = folder / CFG_FILENAME, folder / WEIGHTS_FILENAME
+    for p in (cfg_path, weights_path):
+        if not p.is_file():
+            _refuse_pickles(folder, p.name)
+            raise SAEFormatError(
+                f"{folder} is not an SAE folder: {p.name} is missing (expected {CFG_FILENAME} + {WEIGHTS_FILENAME})"
+            )
+    cfg = read_json(cfg_path, "SAE config")
+    if not isinstance(cfg, dict):
+        raise SAEFormatError(f"{cfg_path} must hold a JSON object")
+    try:
+        weights = load(weights_path.read_bytes())
+    except (SafetensorError, ValueError) as e:
+        raise SAEFormatError(
+            f"{weights_path} is not a readable safetensors file ({e}); it is truncated or corrupt - "
+            f"re-download or re-save the SAE"
+        ) from None
+    prov_path = folder / PROVENANCE_FILENAME
+    provenance = read_json(prov_path, "provenance file") if prov_path.is_file() else None
+    return cfg, weights, provenance
+
+
+def _architecture(cfg: dict[str, Any]) -> str:
+    arch = cfg.get("architecture")
+    if arch is None:  # SAELens < 6 config
+        fn = cfg.get("activation_fn", cfg.get("activation_fn_str", "relu"))
+        return "topk" if fn == "topk" else "standard"
+    training_arch = (cfg.get("metadata") or {}).get("training_architecture")
+    if arch == "jumprelu" and training_arch in ("batchtopk", "matryoshka_batchtopk"):
+        return training_arch
+    return arch
+
+
+def sae_from_sae_lens_dict(
+    cfg: dict[str, Any],
+    weights: dict[str, torch.Tensor],
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    source: str = "SAE",
+) -> SAE:
+    """Build our SAE from a SAELens config dict and state dict (folder, hub or object)."""
+    arch = _architecture(cfg)
+    cls = sae_class(arch)  # unknown architecture -> error listing the known ones
+    norm = cfg.get("normalize_activations", "none")
+    if norm not in _IDENTITY_NORMS:
+        raise SAEFormatError(
+            f"{source}: normalize_activations={norm!r} is not supported (supported: {', '.join(_IDENTITY_NORMS)})"
+        )
+    metadata = dict(cfg.get("metadata") or {})
+    for key in ("model_name", "hook_name", "hook_head_index", "context_size", "prepend_bos", "dataset_path"):
+        if key in cfg and key not in metadata:  # SAELens < 6 kept these at the top level
+            metadata[key] = cfg[key]
+    try:
+        d_in, d_sae = int(cfg["d_in"]), int(cfg["d_sae"])
+    except KeyError as e:
+        raise SAEFormatError(f"{source}: config lacks {e.args[0]!r}") from None
+    details = metadata.get("training_architecture_details") or {}
+    for key in _DERIVED_METADATA:  # the writer regenerates these from the SAE itself
+        metadata.pop(key, None)
+    fields: dict[str, Any] = {"apply_b_dec_to_input": bool(cfg.get("apply_b_dec_to_input", True)), "metadata": metadata}
+    k = cfg.get("k", details.get("k", (cfg.get("activation_fn_kwargs") or {}).get("k")))
+    if arch in ("topk", "batchtopk", "matryoshka_batchtopk"):
+        if k is None:
+            raise SAEFormatError(f"{source}: a {arch} SAE needs k in its config")
+        fields["k"] = int(round(float(k)))
+    if arch == "matryoshka_batchtopk":
+        fields["matryoshka_widths"] = list(cfg.get("matryoshka_widths") or details.get("matryoshka_widths") or [])
+    try:
+        sae_cfg = cls.config_class(d_in=d_in, d_sae=d_sae, **fields)
+    except (TypeError, ValueError) as e:
+        raise SAEFormatError(f"{source}: invalid config: {e}") from None
+
+    expected = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
+    missing = [n for n in expected if n not in weights]
+    if missing:
+        raise SAEFormatError(f"{source}: weights lack {', '.join(missing)} (have: {', '.join(sorted(weights))})")
+    for name, shape in expected.items():
+        if tuple(weights[name].shape) != shape:
+            raise SAEFormatError(
+                f"{source}: {name} has shape {tuple(weights[name].shape)} but cfg d_in={d_in}, d_sae={d_sae} "
+                f"needs {shape}; the config and weights do not belong together"
+            )
+    store_dtype = dtype or _DTYPES.get(str(cfg.get("dtype", "float32")).removeprefix("torch."), weights["W_enc"].dtype)
+    sae = cls(sae_cfg, device="meta", dtype=store_dtype)
+    sae = sae.to_empty(device=device or "cpu")
+    with torch.no_grad():
+        for name in expected:
+            getattr(sae, name).copy_(weights[name])
+        # SAELens may treat decoder rows as unit norm at run time; fold that into the weights
+        rescale = cfg.get("rescale_acts_by_decoder_norm", details.get("rescale_acts_by_decoder_norm", False))
+        if isinstance(sae, JumpReLUSAE):
+            sae.threshold.zero_()
+        if rescale:  # selection ran on pre * ||W_dec row||, so folding is exact here
+            if isinstance(sae, TopKSAE):
+                sae.fold_decoder_norm_(selection_uses_unit_decoder=True)
+            else:
+                sae.fold_decoder_norm_()
+        if isinstance(sae, JumpReLUSAE):
+            if "threshold" in weights:
+                thr = weights["threshold"]
+                if tuple(thr.shape) != (d_sae,):
+                    raise SAEFormatError(f"{source}: threshold has shape {tuple(thr.shape)}, expected ({d_sae},)")
+                sae.threshold.copy_(thr)
+            elif "topk_threshold" in weights:  # SAELens BatchTopK training checkpoint: one global value
+                sae.threshold.fill_(float(weights["topk_threshold"]))
+            else:
+                raise SAEFormatError(f"{source}: a {arch} SAE needs a threshold tensor in its weights")
+    return sae
+
+
+def load_sae(
+    path: str | os.PathLike, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+) -> SAE:
+    """Load an SAE folder written by saesteer or SAELens."""
+    cfg, weights, provenance = read_sae_folder(path)
+    sae = sae_from_sae_lens_dict(cfg, weights, device=device, dtype=dtype, source=str(path))
+    sae.provenance = provenance or {}
+    return sae
+
+
+def read_provenance(path: str | os.PathLike) -> dict[str, Any]:
+    p = Path(path) / PROVENANCE_FILENAME
+    return read_json(p, "provenance file") if p.is_file() else {}
