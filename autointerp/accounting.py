@@ -1,0 +1,240 @@
+"""Token and cost accounting, and the budget that stops a run cleanly.
+
+Prices are USD per million tokens, input and output, per model: a small built-in table of
+list prices (check them; they change) that `Prices.for_model(..., input_per_mtok=...,
+output_per_mtok=...)` overrides. Local servers and local models cost nothing unless given a price.
+
+The budget is checked *before* each request by reserving an upper estimate of its cost
+(estimated prompt tokens plus the full `max_tokens` of output); the reservation becomes the real
+usage when the answer arrives. A request that would overrun the budget is not sent:
+`BudgetExceeded` is raised, the runner abandons that latent (nothing written) and stops starting
+new ones. Cached answers cost nothing and are never refused.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = [
+    "Prices",
+    "Budget",
+    "Ledger",
+    "BudgetExceeded",
+    "estimate_tokens",
+    "estimate_message_tokens",
+    "KNOWN_PRICES",
+]
+
+# USD per 1M tokens (input, output): list prices of some common judge models as of 2025;
+# override with --price-input / --price-output when they differ.
+KNOWN_PRICES: dict[str, tuple[float, float]] = {
+    "gpt-4o-mini": (0.15, 0.60),
+    "gpt-4o": (2.50, 10.00),
+    "gpt-4.1": (2.00, 8.00),
+    "gpt-4.1-mini": (0.40, 1.60),
+    "gpt-4.1-nano": (0.10, 0.40),
+}
+
+
+class BudgetExceeded(RuntimeError):
+    """Sending the next request could overrun the budget; nothing was sent."""
+
+
+def estimate_tokens(text: str) -> int:
+    """A rough, deliberately high token count for English-like text (no tokenizer needed):
+    one token per 3.5 characters, at least one per whitespace-separated word."""
+    if not text:
+        return 0
+    return max(math.ceil(len(text) / 3.5), len(text.split()))
+
+
+def estimate_message_tokens(messages: list[dict]) -> int:
+    """Estimated prompt tokens of a chat request (content plus ~4 tokens of framing per message)."""
+    return sum(estimate_tokens(str(m.get("content") or "")) + 4 for m in messages) + 3
+
+
+@dataclass(frozen=True)
+class Prices:
+    """USD per million input / output tokens for one model; None = unknown."""
+
+    model: str
+    input_per_mtok: float | None
+    output_per_mtok: float | None
+
+    @classmethod
+    def for_model(
+        cls, model: str, input_per_mtok: float | None = None, output_per_mtok: float | None = None,
+        local: bool = False,
+    ) -> "Prices":
+        known = KNOWN_PRICES.get(model)
+        if known is None:
+            # dated names such as gpt-4o-mini-2024-07-18
+            for name in sorted(KNOWN_PRICES, key=len, reverse=True):
+                if model.startswith(name + "-") and re.fullmatch(r"[\d-]+", model[len(name) + 1:]):
+                    known = KNOWN_PRICES[name]
+                    break
+        if known is None and local:
+            known = (0.0, 0.0)
+        return cls(
+            model,
+            input_per_mtok if input_per_mtok is not None else (known[0] if known else None),
+            output_per_mtok if output_per_mtok is not None else (known[1] if known else None),
+        )
+
+    @property
+    def known(self) -> bool:
+        return self.input_per_mtok is not None and self.output_per_mtok is not None
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float | None:
+        if not self.known:
+            return None
+        return (prompt_tokens * self.input_per_mtok + completion_tokens * self.output_per_mtok) / 1e6
+
+
+_BUDGET_RE = re.compile(
+    r"^\s*(?P<dollar>\$)?\s*(?P<num>\d+(?:\.\d*)?|\.\d+)\s*(?P<mult>[kKmM])?\s*(?P<unit>usd|\$|dollars?|tokens?|tok)?\s*$",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A spending limit in USD or in tokens (prompt + completion, paid requests only)."""
+
+    amount: float
+    unit: Literal["usd", "tokens"]
+
+    def __post_init__(self) -> None:
+        if not (self.amount >= 0 and math.isfinite(self.amount)):
+            raise ValueError(f"budget: amount must be a finite number >= 0, got {self.amount}")
+        if self.unit not in ("usd", "tokens"):
+            raise ValueError(f"budget: unit must be 'usd' or 'tokens', got {self.unit!r}")
+
+    @classmethod
+    def parse(cls, text: str) -> "Budget":
+        """'$2', '2usd', '2.5 USD', '200000 tokens', '200k tokens', '1.5M tok'."""
+        m = _BUDGET_RE.match(text)
+        unit_word = (m.group("unit") or "").lower() if m else ""
+        if not m or (not m.group("dollar") and not unit_word):
+            raise ValueError(
+                f"budget: cannot read {text!r}; write an amount with its unit, e.g. '2usd', '$2' "
+                "or '200000tokens' ('200k tokens' works too)"
+            )
+        value = float(m.group("num")) * {"": 1, "k": 1e3, "m": 1e6}[(m.group("mult") or "").lower()]
+        is_usd = bool(m.group("dollar")) or unit_word in ("usd", "$", "dollar", "dollars")
+        return cls(value, "usd" if is_usd else "tokens")
+
+    def __str__(self) -> str:
+        return f"${self.amount:g}" if self.unit == "usd" else f"{self.amount:,.0f} tokens"
+
+
+@dataclass
+class _Counters:
+    paid_calls: int = 0
+    cached_calls: int = 0
+    retries: int = 0
+    failed_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    cost_known: bool = True
+
+
+@dataclass
+class Reservation:
+    tokens: int
+    usd: float
+    open: bool = True
+
+
+@dataclass
+class Ledger:
+    """Running totals of one run (or of one Judge's life) and the budget check."""
+
+    prices: Prices
+    budget: Budget | None = None
+    totals: _Counters = field(default_factory=_Counters)
+    _reserved_tokens: int = 0
+    _reserved_usd: float = 0.0
+    exhausted: bool = False
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        if self.budget is not None and self.budget.unit == "usd" and not self.prices.known:
+            raise ValueError(
+                f"budget {self.budget} is in USD but the price of model {self.prices.model!r} is unknown; "
+                "give --price-input and --price-output (USD per million tokens) or a budget in tokens"
+            )
+
+    @property
+    def spent_tokens(self) -> int:
+        return self.totals.prompt_tokens + self.totals.completion_tokens
+
+    def reserve(self, est_prompt_tokens: int, max_output_tokens: int) -> Reservation:
+        tokens = int(est_prompt_tokens) + int(max_output_tokens)
+        usd = self.prices.cost(est_prompt_tokens, max_output_tokens) or 0.0
+        with self._lock:
+            if self.budget is not None:
+                if self.budget.unit == "tokens":
+                    over = self.spent_tokens + self._reserved_tokens + tokens > self.budget.amount
+                else:
+                    over = self.totals.cost_usd + self._reserved_usd + usd > self.budget.amount + 1e-12
+                if over:
+                    self.exhausted = True
+                    raise BudgetExceeded(
+                        f"budget {self.budget} reached (spent {self.spent_tokens:,} tokens"
+                        + (f", ${self.totals.cost_usd:.4f}" if self.prices.known else "")
+                        + ")"
+                    )
+            self._reserved_tokens += tokens
+            self._reserved_usd += usd
+        return Reservation(tokens, usd)
+
+    def release(self, r: Reservation) -> None:
+        with self._lock:
+            if r.open:
+                r.open = False
+                self._reserved_tokens -= r.tokens
+                self._reserved_usd -= r.usd
+
+    def settle(self, r: Reservation, prompt_tokens: int, completion_tokens: int) -> float | None:
+        """Turn a reservation into real usage; returns the cost (None if the price is unknown)."""
+        cost = self.prices.cost(prompt_tokens, completion_tokens)
+        with self._lock:
+            if r.open:
+                r.open = False
+                self._reserved_tokens -= r.tokens
+                self._reserved_usd -= r.usd
+            t = self.totals
+            t.paid_calls += 1
+            t.prompt_tokens += int(prompt_tokens)
+            t.completion_tokens += int(completion_tokens)
+            if cost is None:
+                t.cost_known = False
+            else:
+                t.cost_usd += cost
+        return cost
+
+    def count(self, *, cached: int = 0, retries: int = 0, failed: int = 0) -> None:
+        with self._lock:
+            self.totals.cached_calls += cached
+            self.totals.retries += retries
+            self.totals.failed_calls += failed
+
+    def summary(self) -> dict:
+        t = self.totals
+        return {
+            "paid_calls": t.paid_calls,
+            "cached_calls": t.cached_calls,
+            "retries": t.retries,
+            "failed_calls": t.failed_calls,
+            "prompt_tokens": t.prompt_tokens,
+            "completion_tokens": t.completion_tokens,
+            "cost_usd": round(t.cost_usd, 6) if (t.cost_known and self.prices.known) else None,
+            "budget": str(self.budget) if self.budget else None,
+            "budget_exhausted": self.exhausted,
+        }

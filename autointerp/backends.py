@@ -1,0 +1,220 @@
+"""Judge backends: an OpenAI-compatible HTTP server, and a local `transformers` model.
+
+Both turn one `ChatRequest` into one `ChatResponse` and classify failures as `TransientError`
+(retry) or `PermanentError` (don't). Heavy imports (`openai`, `torch`, `transformers`) happen in
+the constructors, never at import time of this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+from typing import Any
+
+from .judge import ChatRequest, ChatResponse, PermanentError, TransientError, parse_retry_after
+
+__all__ = ["OpenAIBackend", "TransformersBackend", "RETRYABLE_STATUS"]
+
+RETRYABLE_STATUS = frozenset({408, 429})  # plus every 5xx
+
+
+def _is_retryable(status: int) -> bool:
+    return status in RETRYABLE_STATUS or status >= 500
+
+
+class OpenAIBackend:
+    """Any server speaking OpenAI chat completions (OpenAI, vLLM, Ollama, llama.cpp server...).
+
+    `base_url` defaults to $OPENAI_BASE_URL (else OpenAI's), `api_key` to $OPENAI_API_KEY (a
+    placeholder is sent to servers that need none when a base URL is given). The client's own
+    retries are off (`max_retries=0`): the `Judge` retries, counts and honours Retry-After."""
+
+    kind = "openai"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout_s: float = 60.0,
+        max_tokens_param: str = "max_tokens",
+        extra_body: dict[str, Any] | None = None,
+    ) -> None:
+        import openai  # noqa: F401  (fail early with a clear error if missing)
+
+        if not model:
+            raise ValueError("OpenAIBackend: model is empty; give --model or set SAESTEER_JUDGE_MODEL")
+        if max_tokens_param not in ("max_tokens", "max_completion_tokens"):
+            raise ValueError("max_tokens_param must be 'max_tokens' or 'max_completion_tokens'")
+        self.model = model
+        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+        key = api_key or os.environ.get("OPENAI_API_KEY")
+        if not key:
+            if self.base_url is None:
+                raise ValueError(
+                    "no API key: set OPENAI_API_KEY (or give --base-url for a local server that needs none)"
+                )
+            key = "not-needed"
+        self._api_key = key
+        self.timeout_s = float(timeout_s)
+        self.max_tokens_param = max_tokens_param
+        self.extra_body = dict(extra_body or {})
+        self._clients: dict[int, Any] = {}  # one AsyncOpenAI per event loop (httpx pools are loop-bound)
+
+    def cache_extra(self) -> dict[str, Any]:
+        return {"extra_body": self.extra_body} if self.extra_body else {}
+
+    def _client(self):
+        from openai import AsyncOpenAI
+
+        loop = asyncio.get_running_loop()
+        c = self._clients.get(id(loop))
+        if c is None or getattr(c, "_saesteer_loop", None) is not loop:
+            c = AsyncOpenAI(base_url=self.base_url, api_key=self._api_key, timeout=self.timeout_s, max_retries=0)
+            c._saesteer_loop = loop
+            self._clients = {id(loop): c}  # drop clients of finished loops
+        return c
+
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        import openai
+
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "messages": [dict(m) for m in request.messages],
+            "temperature": request.temperature,
+            self.max_tokens_param: request.max_tokens,
+        }
+        if request.response_format:
+            kwargs["response_format"] = {"type": request.response_format}
+        if self.extra_body:
+            kwargs["extra_body"] = self.extra_body
+        try:
+            r = await self._client().chat.completions.create(**kwargs)
+        except openai.APITimeoutError:
+            raise TransientError(f"timed out after {self.timeout_s:g} s") from None
+        except openai.APIConnectionError as e:
+            cause = e.__cause__ or e
+            raise TransientError(f"connection error ({type(cause).__name__}: {cause})") from None
+        except openai.APIStatusError as e:
+            status = e.status_code
+            msg = _error_message(e)
+            if _is_retryable(status):
+                raise TransientError(
+                    f"HTTP {status}: {msg}", status=status, retry_after=parse_retry_after(e.response.headers)
+                ) from None
+            raise PermanentError(f"HTTP {status}: {msg}", status=status) from None
+        except (openai.APIResponseValidationError, json.JSONDecodeError, ValueError) as e:
+            raise TransientError(f"unreadable response body ({type(e).__name__})") from None
+        return _to_response(r)
+
+    async def aclose(self) -> None:
+        for c in list(self._clients.values()):
+            if getattr(c, "_saesteer_loop", None) is asyncio.get_running_loop():
+                await c.close()
+        self._clients = {}
+
+
+def _error_message(e) -> str:
+    body = getattr(e, "body", None)
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])[:300]
+    return str(getattr(e, "message", e))[:300]
+
+
+def _to_response(r: Any) -> ChatResponse:
+    """A ChatResponse from an openai ChatCompletion, tolerating what lenient servers omit."""
+    choices = getattr(r, "choices", None)
+    if not choices:
+        # a 200 whose body is not a chat completion (a proxy's HTML page parsed as a str, ...)
+        raise TransientError("response had no choices (not a chat completion)")
+    ch = choices[0]
+    msg = getattr(ch, "message", None)
+    text = getattr(msg, "content", None) if msg is not None else None
+    refusal = getattr(msg, "refusal", None) if msg is not None else None
+    usage = getattr(r, "usage", None)
+    pt = int(getattr(usage, "prompt_tokens", 0) or 0) if usage is not None else 0
+    ct = int(getattr(usage, "completion_tokens", 0) or 0) if usage is not None else 0
+    return ChatResponse(text, pt, ct, refusal, getattr(ch, "finish_reason", None))
+
+
+class TransformersBackend:
+    """A local `transformers` causal LM answering through its chat template (greedy by default).
+
+    Give a loaded `model` and `tokenizer` (the tokenizer needs a chat template), or use
+    `TransformersBackend.from_pretrained(path)`. Generation runs in a worker thread, one request
+    at a time. Token counts are exact; the cost is 0 unless a price is configured."""
+
+    kind = "transformers"
+
+    def __init__(self, model: Any, tokenizer: Any, *, name: str | None = None) -> None:
+        if getattr(tokenizer, "chat_template", None) in (None, ""):
+            raise ValueError(
+                "TransformersBackend: the tokenizer has no chat template; use an instruction-tuned "
+                "model or set tokenizer.chat_template"
+            )
+        self._model = model
+        self._tok = tokenizer
+        self.model = name or getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_pretrained(cls, path: str, *, device: str | None = None, dtype: str = "auto") -> "TransformersBackend":
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(path)
+        torch_dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16,
+                       "float16": torch.float16}.get(dtype)
+        if torch_dtype is None:
+            raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        model.to(device).eval()
+        return cls(model, tok, name=str(path))
+
+    def cache_extra(self) -> dict[str, Any]:
+        return {}
+
+    def _generate(self, request: ChatRequest) -> ChatResponse:
+        import torch
+
+        enc = self._tok.apply_chat_template(
+            [dict(m) for m in request.messages], add_generation_prompt=True, return_tensors="pt", return_dict=True,
+        )
+        device = next(self._model.parameters()).device
+        input_ids = enc["input_ids"].to(device)
+        attn = enc.get("attention_mask")
+        pad_id = self._tok.pad_token_id if self._tok.pad_token_id is not None else self._tok.eos_token_id
+        gen_kw: dict[str, Any] = {"max_new_tokens": int(request.max_tokens), "pad_token_id": pad_id}
+        if request.temperature and request.temperature > 0:
+            gen_kw.update(do_sample=True, temperature=float(request.temperature))
+        else:
+            gen_kw.update(do_sample=False)
+        with torch.no_grad():
+            out = self._model.generate(
+                input_ids=input_ids, attention_mask=None if attn is None else attn.to(device), **gen_kw
+            )
+        new = out[0, input_ids.shape[1]:]
+        text = self._tok.decode(new, skip_special_tokens=True)
+        n_new = int(new.shape[0])
+        finish = "length" if n_new >= int(request.max_tokens) else "stop"
+        return ChatResponse(text, int(input_ids.shape[1]), n_new, None, finish)
+
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        def run() -> ChatResponse:
+            with self._lock:
+                try:
+                    return self._generate(request)
+                except (ValueError, TypeError) as e:
+                    raise PermanentError(f"local generation failed: {type(e).__name__}: {e}") from None
+
+        return await asyncio.to_thread(run)
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,116 @@
+"""A persistent cache of judge responses, so a re-run or a resumed run pays for nothing twice.
+
+One SQLite file (WAL mode). The key is the SHA-256 of a canonical JSON of the backend kind, the
+model and the full request (messages, temperature, max_tokens, response format...): any change in
+a prompt is a new key. Every response the server completed is stored, the moment it arrives and
+in its own transaction, so after a crash (even SIGKILL) only requests still in flight are sent
+again. Invalid answers are cached too: re-asking is a new request (the conversation grows), so
+re-running reproduces the same path through the cache without paying again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ResponseCache", "CachedResponse", "request_key"]
+
+
+def request_key(request: dict[str, Any]) -> str:
+    """SHA-256 hex of the canonical JSON of a request (sorted keys, no whitespace)."""
+    blob = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class CachedResponse:
+    text: str | None
+    refusal: str | None
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS responses (
+    key TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    text TEXT,
+    refusal TEXT,
+    finish_reason TEXT,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+"""
+_FORMAT = "saesteer-judge-cache-1"
+
+
+class ResponseCache:
+    """`get(key)` / `put(key, model, response)`; thread-safe; `path=None` keeps it in memory."""
+
+    def __init__(self, path: str | os.PathLike | None) -> None:
+        self.path = Path(path) if path is not None else None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(self.path) if self.path else ":memory:", check_same_thread=False)
+        try:
+            if self.path is not None:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                # NORMAL in WAL mode: a committed answer survives a killed process (not power loss)
+                self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            row = self._db.execute("SELECT v FROM meta WHERE k='format'").fetchone()
+            if row is None:
+                with self._db:
+                    self._db.execute("INSERT INTO meta VALUES ('format', ?)", (_FORMAT,))
+            elif row[0] != _FORMAT:
+                raise ValueError(f"{self.path}: not a saesteer judge cache (format {row[0]!r}); "
+                                 "point --cache-path at another file")
+        except sqlite3.DatabaseError as e:
+            self._db.close()
+            raise ValueError(f"{self.path}: cannot open the judge response cache ({e}); "
+                             "delete it or choose another --cache-path") from None
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str) -> CachedResponse | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT text, refusal, finish_reason, prompt_tokens, completion_tokens FROM responses WHERE key=?",
+                (key,),
+            ).fetchone()
+            if row is None:
+                self.misses += 1
+                return None
+            self.hits += 1
+            return CachedResponse(*row)
+
+    def contains(self, key: str) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM responses WHERE key=?", (key,)).fetchone() is not None
+
+    def put(self, key: str, model: str, resp: CachedResponse) -> None:
+        with self._lock, self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO responses VALUES (?,?,?,?,?,?,?,?)",
+                (key, model, resp.text, resp.refusal, resp.finish_reason,
+                 int(resp.prompt_tokens), int(resp.completion_tokens), time.time()),
+            )
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

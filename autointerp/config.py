@@ -1,0 +1,202 @@
+"""Configs of auto-interp (fields become `saesteer label` flags) and the judge factory."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Mapping
+
+if TYPE_CHECKING:
+    from .judge import Judge
+
+__all__ = ["JudgeConfig", "LabelConfig", "parse_latents", "resolve_backend", "make_judge",
+           "ENV_MODEL", "ENV_BASE_URL", "ENV_API_KEY"]
+
+ENV_MODEL = "SAESTEER_JUDGE_MODEL"
+ENV_BASE_URL = "OPENAI_BASE_URL"
+ENV_API_KEY = "OPENAI_API_KEY"
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+@dataclass
+class JudgeConfig:
+    """Judge: which LLM answers, how requests are retried, cached and priced."""
+
+    backend: Literal["auto", "openai", "transformers", "offline"] = field(
+        default="auto",
+        metadata={"help": "auto: an OpenAI-compatible server when a model is configured (--judge-model or "
+                          f"${ENV_MODEL}), else offline token statistics; transformers: a local HF model "
+                          "directory given as --judge-model"},
+    )
+    model: str | None = field(
+        default=None, metadata={"help": f"judge model name (default ${ENV_MODEL}); for backend transformers, a local model dir"}
+    )
+    base_url: str | None = field(
+        default=None, metadata={"help": f"OpenAI-compatible server URL, e.g. http://localhost:8000/v1 (default ${ENV_BASE_URL})"}
+    )
+    api_key: str | None = field(
+        default=None, metadata={"help": f"API key (default ${ENV_API_KEY}; prefer the environment variable)"}
+    )
+    timeout_s: float = field(default=60.0, metadata={"help": "seconds before a request counts as timed out (then retried)"})
+    concurrency: int = field(default=8, metadata={"help": "requests in flight at most"})
+    max_retries: int = field(default=6, metadata={"help": "retries of a request after 429 / 5xx / reset / timeout"})
+    backoff_base_s: float = field(default=1.0, metadata={"help": "first retry backoff in seconds (doubles each retry, jittered)"})
+    backoff_max_s: float = field(default=60.0, metadata={"help": "longest backoff between retries"})
+    max_retry_after_s: float = field(default=300.0, metadata={"help": "longest server-requested (Retry-After) wait honoured"})
+    max_reasks: int = field(default=2, metadata={"help": "times an invalid or refused answer is asked again before the latent fails"})
+    temperature: float = field(default=0.0, metadata={"help": "sampling temperature of the judge"})
+    response_format: Literal["text", "json_object"] = field(
+        default="text", metadata={"help": "json_object asks the server for JSON mode (OpenAI, vLLM, Ollama support it)"}
+    )
+    max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = field(
+        default="max_tokens", metadata={"help": "name of the output-length parameter (newer OpenAI models want max_completion_tokens)"}
+    )
+    price_input: float | None = field(default=None, metadata={"help": "USD per million input tokens (default: built-in table, else unknown)"})
+    price_output: float | None = field(default=None, metadata={"help": "USD per million output tokens"})
+    device: str | None = field(default=None, metadata={"help": "device of a transformers judge (default cuda if available)"})
+    cache_path: Path | None = field(
+        default=None, metadata={"help": "response cache file (default: <store>.judge-cache.sqlite beside the store)"}
+    )
+    use_cache: bool = field(default=True, metadata={"help": "read and write the response cache"})
+
+    def __post_init__(self) -> None:
+        _check(self.backend in ("auto", "openai", "transformers", "offline"),
+               f"JudgeConfig.backend must be auto, openai, transformers or offline, got {self.backend!r}")
+        _check(self.timeout_s > 0, "JudgeConfig.timeout_s must be > 0")
+        _check(isinstance(self.concurrency, int) and self.concurrency >= 1, "JudgeConfig.concurrency must be an integer >= 1")
+        _check(self.max_retries >= 0, "JudgeConfig.max_retries must be >= 0")
+        _check(self.max_reasks >= 0, "JudgeConfig.max_reasks must be >= 0")
+        _check(self.backoff_base_s >= 0 and self.backoff_max_s >= 0 and self.max_retry_after_s >= 0,
+               "JudgeConfig backoff_base_s, backoff_max_s and max_retry_after_s must be >= 0")
+        _check(0.0 <= self.temperature <= 2.0, "JudgeConfig.temperature must be in [0, 2]")
+        for name in ("price_input", "price_output"):
+            v = getattr(self, name)
+            _check(v is None or v >= 0, f"JudgeConfig.{name} must be >= 0 (USD per million tokens)")
+        if self.cache_path is not None:
+            self.cache_path = Path(self.cache_path)
+
+
+@dataclass
+class LabelConfig:
+    """Labelling: which latents, which examples, which scores, how much to spend."""
+
+    latents: str | None = field(default=None, metadata={"help": "latents to label, e.g. '0-99,512' (default: all in the store)"})
+    limit: int | None = field(default=None, metadata={"help": "label at most this many of them (a trial run)"})
+    n_explain_top: int = field(default=10, metadata={"help": "top-activating examples shown to the explainer"})
+    n_explain_quantile: int = field(default=10, metadata={"help": "quantile examples (spread over quantiles) shown to the explainer"})
+    n_detect: int = field(default=10, metadata={"help": "held-out activating contexts for detection (and as many non-activating)"})
+    n_fuzz: int = field(default=10, metadata={"help": "held-out activating contexts for fuzzing (half get wrong marks)"})
+    scorers: tuple[str, ...] = field(default=("detection", "fuzzing"), metadata={"help": "scores to compute: detection, fuzzing (or none)"})
+    scoring_batch_size: int = field(default=10, metadata={"help": "contexts per scoring request"})
+    max_example_tokens: int = field(default=32, metadata={"help": "tokens shown per example (cropped around the peak)"})
+    mark_threshold: float = field(default=0.3, metadata={"help": "mark a token as activating when its activation is >= this fraction of the example's max"})
+    overwrite: bool = field(default=False, metadata={"help": "relabel latents that already have a label from this judge"})
+    seed: int = field(default=0, metadata={"help": "seed of example choice, order and fuzzing marks (part of every prompt)"})
+    budget: str | None = field(default=None, metadata={"help": "stop cleanly before spending more than this: '2usd', '$2' or '200000tokens'"})
+
+    def __post_init__(self) -> None:
+        for name in ("n_explain_top", "n_explain_quantile", "n_detect", "n_fuzz"):
+            _check(isinstance(getattr(self, name), int) and getattr(self, name) >= 0, f"LabelConfig.{name} must be an integer >= 0")
+        _check(self.n_explain_top + self.n_explain_quantile > 0,
+               "LabelConfig: n_explain_top + n_explain_quantile must be > 0 (the explainer needs examples)")
+        _check(self.scoring_batch_size >= 1, "LabelConfig.scoring_batch_size must be >= 1")
+        _check(self.max_example_tokens >= 4, "LabelConfig.max_example_tokens must be >= 4")
+        _check(0.0 < self.mark_threshold <= 1.0, "LabelConfig.mark_threshold must be in (0, 1]")
+        _check(self.limit is None or self.limit >= 0, "LabelConfig.limit must be >= 0")
+        scorers = tuple(s for s in self.scorers if s not in ("none", ""))
+        bad = sorted(set(scorers) - {"detection", "fuzzing"})
+        _check(not bad, f"LabelConfig.scorers: unknown {bad}; choose from detection, fuzzing (or none)")
+        self.scorers = scorers
+        if self.latents is not None:
+            parse_latents(self.latents)  # validate early
+        if self.budget is not None:
+            from .accounting import Budget
+
+            Budget.parse(self.budget)
+
+    def budget_value(self):
+        from .accounting import Budget
+
+        return None if self.budget is None else Budget.parse(self.budget)
+
+
+def parse_latents(spec: str) -> list[int]:
+    """'0-3,7,10-11' -> [0, 1, 2, 3, 7, 10, 11] (sorted, unique)."""
+    out: set[int] = set()
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            if "-" in part:
+                a, b = part.split("-", 1)
+                lo, hi = int(a), int(b)
+                if hi < lo or lo < 0:
+                    raise ValueError
+                out.update(range(lo, hi + 1))
+            else:
+                v = int(part)
+                if v < 0:
+                    raise ValueError
+                out.add(v)
+        except ValueError:
+            raise ValueError(f"LabelConfig.latents: cannot read {part!r}; write ids and ranges like '0-99,512'") from None
+    return sorted(out)
+
+
+def resolve_backend(cfg: JudgeConfig, env: Mapping[str, str] | None = None) -> tuple[str, str | None]:
+    """(backend, model) after applying the environment: auto becomes openai when a model is
+    configured, else offline."""
+    env = os.environ if env is None else env
+    model = cfg.model or env.get(ENV_MODEL) or None
+    backend = cfg.backend
+    if backend == "auto":
+        backend = "openai" if model else "offline"
+    if backend in ("openai", "transformers") and not model:
+        raise ValueError(f"judge backend {backend} needs a model: give --judge-model or set ${ENV_MODEL}")
+    return backend, model
+
+
+def make_judge(cfg: JudgeConfig, *, cache_path: Path | None, budget=None, env: Mapping[str, str] | None = None,
+               sleep=None) -> "Judge | None":
+    """A ready `Judge` for the configured backend, or None for the offline labeller.
+
+    `cache_path` is used when `cfg.cache_path` is not set; `budget` is an `accounting.Budget`."""
+    from .accounting import Ledger, Prices
+    from .backends import OpenAIBackend, TransformersBackend
+    from .cache import ResponseCache
+    from .judge import Judge, RetryPolicy
+
+    env = os.environ if env is None else env
+    backend_name, model = resolve_backend(cfg, env)
+    if backend_name == "offline":
+        return None
+    if backend_name == "openai":
+        backend = OpenAIBackend(
+            model,
+            base_url=cfg.base_url or env.get(ENV_BASE_URL) or None,
+            api_key=cfg.api_key or env.get(ENV_API_KEY) or None,
+            timeout_s=cfg.timeout_s,
+            max_tokens_param=cfg.max_tokens_param,
+        )
+    else:
+        backend = TransformersBackend.from_pretrained(model, device=cfg.device)
+    prices = Prices.for_model(backend.model, cfg.price_input, cfg.price_output, local=backend_name == "transformers")
+    path = cfg.cache_path or cache_path
+    cache = ResponseCache(path) if (cfg.use_cache and path is not None) else None
+    return Judge(
+        backend,
+        cache=cache,
+        ledger=Ledger(prices, budget),
+        retry=RetryPolicy(cfg.max_retries, cfg.backoff_base_s, cfg.backoff_max_s, cfg.max_retry_after_s),
+        concurrency=cfg.concurrency,
+        max_reasks=cfg.max_reasks,
+        temperature=cfg.temperature,
+        response_format=cfg.response_format,
+        sleep=sleep,
+    )

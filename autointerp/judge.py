@@ -1,0 +1,463 @@
+"""The judge: one interface over LLM backends, with retries, a response cache, accounting,
+a concurrency bound, schema-checked answers and bounded re-asks.
+
+    judge = Judge(OpenAIBackend(model="gpt-4o-mini"), cache=ResponseCache(path), ledger=...)
+    done = await judge.complete(messages, schema={...})      # -> Completion (done.value: parsed)
+    done = judge.complete_sync(messages, schema={...})       # same, from plain (non-async) code
+    many = await judge.complete_many([JudgeCall(messages, schema), ...])
+
+A *backend* sends one chat request and returns one response, raising `TransientError` for what
+is worth retrying (429, 408, 5xx, connection resets, timeouts, unreadable bodies) and
+`PermanentError` for the rest (other 4xx). The `Judge` adds, per request:
+
+- the cache: a response already stored under the same (backend kind, model, full request) key
+  is reused and costs nothing;
+- the budget: an upper estimate of the cost is reserved before sending (`BudgetExceeded`);
+- retries with jittered exponential backoff; a 429's Retry-After (or retry-after-ms) is honoured
+  and pauses *all* requests of this judge until it has passed, since a rate limit is shared;
+- the concurrency bound: at most `concurrency` requests in flight (waiting does not hold a slot).
+
+and per call: the answer is parsed as JSON (bare or ```json fenced), checked against `schema`
+and then by `validate`; when that fails, or the model refuses, the judge re-asks (the bad answer
+and the reason are appended to the conversation) at most `max_reasks` times, then raises
+`AnswerInvalid`. An invalid answer is never returned.
+
+The backends' own retry machinery is switched off (openai `max_retries=0`): retries here are
+counted, jittered and share the Retry-After pause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Protocol, Sequence
+
+from .accounting import BudgetExceeded, Ledger, Prices, estimate_message_tokens
+from .cache import CachedResponse, ResponseCache, request_key
+from .schema import InvalidAnswer, check_schema, parse_json_answer
+
+__all__ = [
+    "ChatRequest",
+    "ChatResponse",
+    "Backend",
+    "TransientError",
+    "PermanentError",
+    "JudgeError",
+    "RequestFailed",
+    "AnswerInvalid",
+    "BudgetExceeded",
+    "InvalidAnswer",
+    "RetryPolicy",
+    "Completion",
+    "JudgeCall",
+    "Judge",
+    "parse_retry_after",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# wire types and errors
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    messages: tuple[dict[str, str], ...]
+    temperature: float = 0.0
+    max_tokens: int = 256
+    response_format: str | None = None  # None/"text" or "json_object"
+
+    def key_dict(self, kind: str, model: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        d = {
+            "kind": kind,
+            "model": model,
+            "messages": [dict(m) for m in self.messages],
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "response_format": self.response_format,
+        }
+        if extra:
+            d["extra"] = extra
+        return d
+
+
+@dataclass(frozen=True)
+class ChatResponse:
+    text: str | None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    refusal: str | None = None
+    finish_reason: str | None = None
+
+
+class TransientError(Exception):
+    """Worth retrying: rate limit, server error, reset, timeout, unreadable response."""
+
+    def __init__(self, reason: str, *, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.retry_after = retry_after
+
+
+class PermanentError(Exception):
+    """Not worth retrying (bad request, auth, unknown model...)."""
+
+    def __init__(self, reason: str, *, status: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+class JudgeError(RuntimeError):
+    """A judge call that produced no valid answer; `reason` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class RequestFailed(JudgeError):
+    """The request failed permanently, or still failed after all retries."""
+
+
+class AnswerInvalid(JudgeError):
+    """Every answer (first ask and all re-asks) was invalid or a refusal."""
+
+
+class Backend(Protocol):
+    kind: str  # "openai", "transformers", ...
+    model: str
+
+    async def chat(self, request: ChatRequest) -> ChatResponse: ...
+
+    def cache_extra(self) -> dict[str, Any]: ...  # backend settings that change answers
+
+    async def aclose(self) -> None: ...
+
+
+def parse_retry_after(headers: Any) -> float | None:
+    """Seconds to wait from `retry-after-ms` or `Retry-After` (seconds or an HTTP date)."""
+    if headers is None:
+        return None
+    get = headers.get
+    ms = get("retry-after-ms")
+    if ms is not None:
+        try:
+            v = float(ms) / 1000.0
+            if v >= 0:
+                return v
+        except ValueError:
+            pass
+    ra = get("retry-after")
+    if ra is None:
+        return None
+    try:
+        v = float(ra)
+        return v if v >= 0 else None
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(ra)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+# ---------------------------------------------------------------------------------------------
+# policy and results
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How transient failures are retried."""
+
+    max_retries: int = 6  # retries after the first attempt
+    base_s: float = 1.0  # first backoff; doubles each retry
+    max_s: float = 60.0  # backoff cap
+    max_retry_after_s: float = 300.0  # longest server-requested wait honoured (longer ones are capped)
+
+    def __post_init__(self) -> None:
+        if self.max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+        if self.base_s < 0 or self.max_s < 0 or self.max_retry_after_s < 0:
+            raise ValueError("retry delays (base_s, max_s, max_retry_after_s) must be >= 0")
+
+    def delay(self, retry: int, retry_after: float | None, rng: random.Random) -> float:
+        """Seconds before retry number `retry` (0-based). Retry-After wins (plus up to 10% jitter
+        so that waiting clients do not return in lockstep); otherwise "equal jitter" exponential
+        backoff: half the capped exponential delay plus a uniform draw over the other half."""
+        if retry_after is not None:
+            return min(retry_after, self.max_retry_after_s) * (1.0 + 0.1 * rng.random())
+        d = min(self.max_s, self.base_s * (2.0**retry))
+        return d / 2 + rng.random() * d / 2
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A valid answer. `value` is the parsed (and validated) answer, or the text when the call
+    asked for free text. Token counts and cost are what *this call* paid (0 for cache hits)."""
+
+    text: str
+    value: Any
+    model: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = 0.0
+    requests: int = 0  # HTTP requests sent, retries included
+    cached: int = 0  # responses taken from the cache
+    reasks: int = 0
+
+
+@dataclass(frozen=True)
+class JudgeCall:
+    """One call for `Judge.complete_many`."""
+
+    messages: Sequence[dict[str, str]]
+    schema: dict[str, Any] | None = None
+    validate: Callable[[Any], Any] | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+
+
+@dataclass
+class _Tally:
+    requests: int = 0
+    cached: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float | None = 0.0
+
+
+_REASK = (
+    "Your previous answer could not be used: {reason}. "
+    "Answer the original request again, replying with only the JSON object in the requested form."
+)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class Judge:
+    """Robust, cached, accounted access to one backend. See the module docstring."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        cache: ResponseCache | None = None,
+        ledger: Ledger | None = None,
+        retry: RetryPolicy | None = None,
+        concurrency: int = 8,
+        max_reasks: int = 2,
+        temperature: float = 0.0,
+        max_tokens: int = 256,
+        response_format: str | None = None,
+        seed: int | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        if max_reasks < 0:
+            raise ValueError("max_reasks must be >= 0")
+        if response_format not in (None, "text", "json_object"):
+            raise ValueError("response_format must be None, 'text' or 'json_object'")
+        self.backend = backend
+        self.cache = cache
+        self.ledger = ledger or Ledger(Prices.for_model(backend.model, local=backend.kind != "openai"))
+        self.retry = retry or RetryPolicy()
+        self.concurrency = concurrency
+        self.max_reasks = max_reasks
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.response_format = None if response_format == "text" else response_format
+        self._rng = random.Random(seed)
+        self._sleep = sleep or asyncio.sleep
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sem: asyncio.Semaphore | None = None
+        self._not_before = 0.0  # time.monotonic() before which no request is sent (429 pause)
+        self.retry_log: list[tuple[str, float]] = []  # (reason, delay) of every retry, for tests/logs
+
+    # -- identity -------------------------------------------------------------------------------
+
+    @property
+    def model(self) -> str:
+        return self.backend.model
+
+    @property
+    def kind(self) -> str:
+        return self.backend.kind
+
+    def describe(self) -> str:
+        return f"{self.kind}:{self.model}"
+
+    # -- requests -------------------------------------------------------------------------------
+
+    def _semaphore(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        if self._sem is None or self._loop is not loop:
+            self._loop, self._sem = loop, asyncio.Semaphore(self.concurrency)
+        return self._sem
+
+    def request_for(self, messages: Sequence[dict[str, str]], max_tokens: int | None = None,
+                    temperature: float | None = None) -> ChatRequest:
+        return ChatRequest(
+            messages=tuple({"role": m["role"], "content": m["content"]} for m in messages),
+            temperature=self.temperature if temperature is None else temperature,
+            max_tokens=self.max_tokens if max_tokens is None else max_tokens,
+            response_format=self.response_format,
+        )
+
+    def cache_key(self, request: ChatRequest) -> str:
+        extra = self.backend.cache_extra() if hasattr(self.backend, "cache_extra") else None
+        return request_key(request.key_dict(self.kind, self.model, extra))
+
+    def is_cached(self, messages: Sequence[dict[str, str]], max_tokens: int | None = None) -> bool:
+        """Whether the first ask of these messages would be answered from the cache."""
+        return self.cache is not None and self.cache.contains(self.cache_key(self.request_for(messages, max_tokens)))
+
+    async def _send(self, request: ChatRequest, tally: _Tally) -> ChatResponse:
+        key = self.cache_key(request)
+        if self.cache is not None:
+            hit = self.cache.get(key)
+            if hit is not None:
+                tally.cached += 1
+                self.ledger.count(cached=1)
+                return ChatResponse(hit.text, 0, 0, hit.refusal, hit.finish_reason)
+        reservation = self.ledger.reserve(estimate_message_tokens(list(request.messages)), request.max_tokens)
+        try:
+            retry = 0
+            while True:
+                wait = self._not_before - time.monotonic()
+                if wait > 0:
+                    await self._sleep(wait)
+                async with self._semaphore():
+                    tally.requests += 1
+                    try:
+                        resp = await self.backend.chat(request)
+                    except TransientError as e:
+                        err = e
+                    except PermanentError as e:
+                        self.ledger.count(failed=1)
+                        raise RequestFailed(f"request rejected: {e.reason}") from None
+                    else:
+                        err = None
+                if err is None:
+                    break
+                if retry >= self.retry.max_retries:
+                    self.ledger.count(failed=1)
+                    raise RequestFailed(
+                        f"gave up after {retry + 1} attempts; last error: {err.reason}"
+                    ) from None
+                delay = self.retry.delay(retry, err.retry_after, self._rng)
+                if err.retry_after is not None:  # a rate limit is shared: pause every request
+                    self._not_before = max(self._not_before, time.monotonic() + delay)
+                self.retry_log.append((err.reason, delay))
+                self.ledger.count(retries=1)
+                retry += 1
+                await self._sleep(delay)
+            cost = self.ledger.settle(reservation, resp.prompt_tokens, resp.completion_tokens)
+        finally:
+            self.ledger.release(reservation)
+        tally.prompt_tokens += resp.prompt_tokens
+        tally.completion_tokens += resp.completion_tokens
+        tally.cost = None if (cost is None or tally.cost is None) else tally.cost + cost
+        if self.cache is not None:
+            self.cache.put(
+                key,
+                self.model,
+                CachedResponse(resp.text, resp.refusal, resp.finish_reason, resp.prompt_tokens, resp.completion_tokens),
+            )
+        return resp
+
+    # -- calls ----------------------------------------------------------------------------------
+
+    async def complete(
+        self,
+        messages: Sequence[dict[str, str]],
+        schema: dict[str, Any] | None = None,
+        *,
+        validate: Callable[[Any], Any] | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> Completion:
+        """Ask until the answer is valid (at most 1 + max_reasks asks).
+
+        With `schema` or `validate`, the answer must be JSON (bare or ```json fenced); it is
+        checked against `schema` and then passed to `validate`, whose return value becomes
+        `Completion.value` (raise `InvalidAnswer` or `ValueError` in `validate` to reject).
+        With neither, any non-empty, non-refusal text is valid and `value` is the text.
+
+        Raises `AnswerInvalid`, `RequestFailed` or `BudgetExceeded`."""
+        conv = [{"role": m["role"], "content": m["content"]} for m in messages]
+        tally = _Tally()
+        want_json = schema is not None or validate is not None
+        last_reason = ""
+        for ask in range(self.max_reasks + 1):
+            resp = await self._send(self.request_for(conv, max_tokens, temperature), tally)
+            try:
+                if resp.refusal:
+                    raise InvalidAnswer(f"you refused ({resp.refusal.strip()[:200]})")
+                text = resp.text or ""
+                if want_json:
+                    value = parse_json_answer(text)
+                    if schema is not None:
+                        check_schema(value, schema)
+                    if validate is not None:
+                        value = validate(value)
+                else:
+                    if not text.strip():
+                        raise InvalidAnswer("the answer was empty")
+                    value = text
+            except (InvalidAnswer, ValueError, TypeError, KeyError) as e:
+                reason = e.reason if isinstance(e, InvalidAnswer) else f"{type(e).__name__}: {e}"
+                if resp.finish_reason == "length":
+                    reason += " (the answer was cut off at the token limit; be brief)"
+                last_reason = reason
+                conv.append({"role": "assistant", "content": (resp.text or "")[:2000]})
+                conv.append({"role": "user", "content": _REASK.format(reason=reason)})
+                continue
+            return Completion(
+                text=text, value=value, model=self.model,
+                prompt_tokens=tally.prompt_tokens, completion_tokens=tally.completion_tokens,
+                cost_usd=tally.cost, requests=tally.requests, cached=tally.cached, reasks=ask,
+            )
+        raise AnswerInvalid(f"no valid answer after {self.max_reasks + 1} asks; last problem: {last_reason}")
+
+    async def complete_many(self, calls: Sequence[JudgeCall]) -> list[Completion | JudgeError | BudgetExceeded]:
+        """Run many calls concurrently (bounded by `concurrency`); each slot of the result is a
+        Completion or the exception that call ended with (failures do not stop the others)."""
+
+        async def one(c: JudgeCall):
+            try:
+                return await self.complete(c.messages, c.schema, validate=c.validate,
+                                           max_tokens=c.max_tokens, temperature=c.temperature)
+            except (JudgeError, BudgetExceeded) as e:
+                return e
+
+        return list(await asyncio.gather(*(one(c) for c in calls)))
+
+    def complete_sync(self, messages: Sequence[dict[str, str]], schema: dict[str, Any] | None = None, **kw) -> Completion:
+        """`complete` for code without an event loop (not callable from inside one)."""
+        _no_running_loop("complete_sync")
+        return asyncio.run(self.complete(messages, schema, **kw))
+
+    def complete_many_sync(self, calls: Sequence[JudgeCall]) -> list:
+        _no_running_loop("complete_many_sync")
+        return asyncio.run(self.complete_many(calls))
+
+    async def aclose(self) -> None:
+        if hasattr(self.backend, "aclose"):
+            await self.backend.aclose()
+
+
+def _no_running_loop(name: str) -> None:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise RuntimeError(f"Judge.{name} was called inside a running event loop; `await judge.complete(...)` there instead")

@@ -1,0 +1,163 @@
+"""Offline explainer and scorers: labels and scores from token statistics, no LLM.
+
+Explainer. For one latent, count the tokens at its activating positions (the marked positions of
+its top and quantile examples) and the tokens in a small window around them, and compare with the
+background frequency of tokens in random contexts where it does not fire. A token's weight is its
+contribution to the KL divergence of the activating distribution from the background,
+`p_act(t) * log(p_act(t) / p_bg(t))` (additively smoothed background), so tokens both frequent
+at activations and rare elsewhere come first. The label lists the top activating tokens and,
+when they explain little of the activations (a latent that fires on many different tokens in one
+kind of context), the top context tokens:
+
+    ocean / wave / ship          ('ocean' ... are over-represented where the latent fires)
+    fish / sea (near: ocean)     (the context adds what the firing tokens share)
+
+Scorers. Detection predicts that a context activates the latent when it contains one of the
+label's tokens; fuzzing predicts that marks are correct when most marked tokens are label tokens.
+They read the explanation's structured `detail` when there is one, and the label's words
+otherwise, so they can score any label (weakly, for free-text labels).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+from .examples import Example, active_positions
+
+__all__ = ["OFFLINE_MODEL", "OFFLINE_PROMPT_VERSION", "OfflineExplanation", "explain_offline",
+           "label_tokens", "predict_detection", "predict_fuzz", "norm_token"]
+
+OFFLINE_MODEL = "offline/token-stats"
+OFFLINE_PROMPT_VERSION = "offline-v1"
+
+
+def norm_token(t: str) -> str:
+    """Case- and space-insensitive form of a token ("Ġocean", " Ocean" -> "ocean")."""
+    t = t.replace("\u0120", " ").replace("\u2581", " ")
+    return t.strip().lower()
+
+
+@dataclass(frozen=True)
+class OfflineExplanation:
+    label: str
+    tokens: tuple[str, ...]  # over-represented tokens at activating positions (best first)
+    context: tuple[str, ...]  # over-represented tokens near them
+    weights: dict[str, float]  # token -> weight (activating tokens)
+    coverage: float  # fraction of activating positions whose token is in `tokens`
+
+
+def _weights(fg: Counter, n_fg: int, bg: Counter, n_bg: int, vocab: int, alpha: float = 0.5) -> dict[str, float]:
+    out = {}
+    for t, c in fg.items():
+        p = c / n_fg
+        q = (bg.get(t, 0) + alpha) / (n_bg + alpha * vocab)
+        w = p * math.log(p / q)
+        if w > 0:
+            out[t] = w
+    return out
+
+
+def explain_offline(
+    examples: Sequence[Example],
+    background: Sequence[Example],
+    *,
+    mark_threshold: float = 0.3,
+    context_window: int = 4,
+    max_tokens: int = 3,
+    max_context: int = 2,
+    min_examples: int = 2,
+    max_label_chars: int = 80,
+) -> OfflineExplanation:
+    """Label from token statistics (see the module docstring). `background` should be contexts
+    where the latent does not fire; non-activating positions of `examples` are added to it."""
+    act: Counter[str] = Counter()
+    act_docs: Counter[str] = Counter()
+    ctx: Counter[str] = Counter()
+    ctx_docs: Counter[str] = Counter()
+    bg: Counter[str] = Counter()
+    n_act = n_ctx = 0
+    for ex in examples:
+        pos = active_positions(ex, mark_threshold)
+        marked = set(pos)
+        near: set[int] = set()
+        for p in pos:
+            near.update(range(max(0, p - context_window), min(len(ex.tokens), p + context_window + 1)))
+        near -= marked
+        seen_a, seen_c = set(), set()
+        for i, tok in enumerate(ex.tokens):
+            t = norm_token(tok)
+            if not t:
+                continue
+            if i in marked:
+                act[t] += 1
+                n_act += 1
+                seen_a.add(t)
+            else:
+                if i in near:
+                    ctx[t] += 1
+                    n_ctx += 1
+                    seen_c.add(t)
+                if ex.acts[i] <= 0:
+                    bg[t] += 1
+        act_docs.update(seen_a)
+        ctx_docs.update(seen_c)
+    for ex in background:
+        bg.update(t for t in map(norm_token, ex.tokens) if t)
+    n_bg = sum(bg.values())
+    vocab = len(set(bg) | set(act) | set(ctx)) or 1
+    need = min(min_examples, max(1, len(examples)))
+    if n_act == 0:
+        return OfflineExplanation("(no activating tokens)", (), (), {}, 0.0)
+
+    w_act = {t: w for t, w in _weights(act, n_act, bg, n_bg, vocab).items() if act_docs[t] >= need}
+    tokens = tuple(sorted(w_act, key=lambda t: (-w_act[t], t))[:max_tokens])
+    # drop tail tokens that add little (less than a fifth of the best weight)
+    if tokens:
+        best = w_act[tokens[0]]
+        tokens = tuple(t for t in tokens if w_act[t] >= 0.2 * best)
+    coverage = sum(act[t] for t in tokens) / n_act
+    context: tuple[str, ...] = ()
+    if n_ctx and coverage < 0.5:
+        w_ctx = {t: w for t, w in _weights(ctx, n_ctx, bg, n_bg, vocab).items()
+                 if ctx_docs[t] >= need and t not in tokens}
+        context = tuple(sorted(w_ctx, key=lambda t: (-w_ctx[t], t))[:max_context])
+    if not tokens and not context:
+        # nothing stands out from the background: name the commonest activating token
+        tokens = (act.most_common(1)[0][0],)
+        w_act = {tokens[0]: 0.0}
+    label = " / ".join(tokens) if tokens else "(various)"
+    if context:
+        label += " (near: " + " / ".join(context) + ")"
+    if len(label) > max_label_chars:
+        label = label[: max_label_chars - 1].rstrip() + "\u2026"
+    return OfflineExplanation(label, tokens, context, {t: round(w_act.get(t, 0.0), 6) for t in tokens}, round(coverage, 6))
+
+
+_LABEL_SPLIT = re.compile(r"\s*/\s*|\s*,\s*|\s+")
+
+
+def label_tokens(label: str, detail: dict[str, Any] | None = None) -> set[str]:
+    """The tokens a label stands for: the offline explanation's tokens (or, if it found none, its
+    context tokens) when `detail` has them, else the label's words."""
+    if detail:
+        toks = list(detail.get("tokens") or ()) or list(detail.get("context") or ())
+        if toks:
+            return {norm_token(t) for t in toks}
+    text = re.sub(r"\(near:.*?\)", " ", label)
+    return {w for w in (norm_token(x) for x in _LABEL_SPLIT.split(text)) if w}
+
+
+def predict_detection(words: set[str], contexts: Iterable[Example]) -> list[bool]:
+    return [any(norm_token(t) in words for t in ex.tokens) for ex in contexts]
+
+
+def predict_fuzz(words: set[str], items: Iterable[tuple[Example, Sequence[int]]]) -> list[bool]:
+    out = []
+    for ex, marked in items:
+        hits = sum(1 for i in marked if norm_token(ex.tokens[i]) in words)
+        out.append(bool(marked) and hits * 2 > len(marked))
+    return out

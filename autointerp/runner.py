@@ -1,0 +1,329 @@
+"""Label many latents: explain, score, write; concurrently, resumably, within a budget.
+
+    report = label_latents(store, judge, LabelConfig(...))      # judge=None: offline labeller
+
+Per latent: read its examples, split them (explanation set / held-out scoring sets), ask the
+explainer for a label, run the scorers on it, and write label + scores + provenance in one store
+transaction. A latent whose judge calls fail (a permanent error, retries exhausted, answers still
+invalid after the re-asks) gets a failure record with its stage and reason, and the run goes on.
+
+Resuming: latents that already hold a label from the same (source, judge model) are skipped
+(unless `overwrite`); every answer the judge gave is in the response cache, so re-running a
+killed run re-sends only the requests that had no answer yet.
+
+Budget: when the next request could overrun `--budget`, that latent is abandoned (nothing is
+written for it), no new latent starts, and the run ends with `stopped="budget"`. Labels already
+written are complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from .accounting import BudgetExceeded, estimate_message_tokens
+from .config import LabelConfig, parse_latents
+from .examples import ExampleSplit, LatentExamples, crop_example, split_examples
+from .interp import (LABEL_MAX_TOKENS, DetectionScorer, FuzzingScorer, LLMExplainer, OfflineExplainer, Score, Usage,
+                     answers_max_tokens)
+from .judge import Judge, JudgeError
+from .store import LabelFailure, LabelResult, LabelStore
+
+__all__ = ["Labeller", "RunReport", "DryRunEstimate", "label_latents", "label_latents_async", "estimate_run",
+           "select_latents"]
+
+
+class _StageError(Exception):
+    def __init__(self, stage: str, reason: str) -> None:
+        super().__init__(f"{stage}: {reason}")
+        self.stage, self.reason = stage, reason
+
+
+class Labeller:
+    """An explainer and its scorers with the example-selection settings: labels one latent."""
+
+    def __init__(self, judge: Judge | None, cfg: LabelConfig) -> None:
+        self.judge = judge
+        self.cfg = cfg
+        if judge is None:
+            self.explainer: LLMExplainer | OfflineExplainer = OfflineExplainer(mark_threshold=cfg.mark_threshold)
+        else:
+            self.explainer = LLMExplainer(judge, mark_threshold=cfg.mark_threshold)
+        self.scorers: list[DetectionScorer | FuzzingScorer] = []
+        for name in cfg.scorers:
+            if name == "detection":
+                self.scorers.append(DetectionScorer(judge, batch_size=cfg.scoring_batch_size, seed=cfg.seed))
+            else:
+                self.scorers.append(FuzzingScorer(judge, batch_size=cfg.scoring_batch_size, seed=cfg.seed,
+                                                  mark_threshold=cfg.mark_threshold))
+
+    @property
+    def source(self) -> str:
+        return self.explainer.source
+
+    @property
+    def model(self) -> str:
+        return self.explainer.model
+
+    def split(self, lex: LatentExamples) -> ExampleSplit:
+        c = self.cfg
+        cropped = LatentExamples(
+            lex.latent,
+            tuple(crop_example(e, c.max_example_tokens) for e in lex.top),
+            tuple(crop_example(e, c.max_example_tokens) for e in lex.quantile),
+            tuple(crop_example(e, c.max_example_tokens) for e in lex.random),
+            lex.max_act,
+        )
+        return split_examples(cropped, n_explain_top=c.n_explain_top, n_explain_quantile=c.n_explain_quantile,
+                              n_detect=c.n_detect, n_fuzz=c.n_fuzz, seed=c.seed)
+
+    async def label(self, lex: LatentExamples) -> LabelResult:
+        """Label + scores for one latent. Raises _StageError (recorded) or BudgetExceeded."""
+        split = self.split(lex)
+        if not split.explain:
+            raise _StageError("examples", "no activating examples in the store (dead latent?)")
+        try:
+            expl = await self.explainer.explain(lex.latent, split)
+        except JudgeError as e:
+            raise _StageError("explain", e.reason) from None
+
+        async def run(scorer) -> Score:
+            try:
+                return await scorer.score(lex.latent, expl.label, expl.detail, split)
+            except JudgeError as e:
+                raise _StageError(scorer.name, e.reason) from None
+
+        results = await asyncio.gather(*(run(s) for s in self.scorers), return_exceptions=True)
+        for r in results:  # budget first: an abandoned latent is not a failed one
+            if isinstance(r, BudgetExceeded):
+                raise r
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        scores: list[Score] = list(results)  # type: ignore[arg-type]
+        usage = Usage()
+        usage.merge(expl.usage)
+        for s in scores:
+            usage.merge(s.usage)
+        c = self.cfg
+        provenance: dict[str, Any] = {
+            "judge": {"source": self.source, "model": self.model,
+                      "temperature": self.judge.temperature if self.judge else None},
+            "prompt_version": self.explainer.prompt_version,
+            "examples": {
+                "explain": [e.ref for e in split.explain],
+                "detection_pos": [e.ref for e in split.detect_pos],
+                "detection_neg": [e.ref for e in split.detect_neg],
+                "fuzzing": [e.ref for e in split.fuzz],
+            },
+            "scores": {s.name: s.to_json() for s in scores},
+            "detail": expl.detail,
+            "usage": usage.to_json(),
+            "settings": {
+                "seed": c.seed, "mark_threshold": c.mark_threshold, "max_example_tokens": c.max_example_tokens,
+                "n_explain_top": c.n_explain_top, "n_explain_quantile": c.n_explain_quantile,
+                "n_detect": c.n_detect, "n_fuzz": c.n_fuzz, "scoring_batch_size": c.scoring_batch_size,
+            },
+        }
+        return LabelResult(
+            latent=lex.latent, label=expl.label, source=self.source, judge_model=self.model,
+            prompt_version=self.explainer.prompt_version,
+            scores={s.name: s.balanced_accuracy for s in scores}, provenance=provenance,
+        )
+
+
+@dataclass
+class RunReport:
+    judge: str
+    requested: int = 0  # latents selected
+    skipped: int = 0  # already labelled by this judge
+    labelled: int = 0
+    failed: list[LabelFailure] = field(default_factory=list)
+    abandoned: int = 0  # stopped by the budget before finishing
+    stopped: str | None = None  # "budget" when the budget ended the run
+    usage: dict[str, Any] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+    def summary(self) -> str:
+        u = self.usage
+        parts = [f"{self.labelled} labelled", f"{len(self.failed)} failed", f"{self.skipped} already labelled"]
+        if self.stopped:
+            parts.append(f"stopped by the {self.stopped} with {self.requested - self.skipped - self.labelled - len(self.failed)} left")
+        s = f"{self.judge}: " + ", ".join(parts) + f" in {self.elapsed_s:.1f} s"
+        if u:
+            s += (f"; requests: {u.get('paid_calls', 0)} paid, {u.get('cached_calls', 0)} cached, "
+                  f"{u.get('retries', 0)} retries; tokens: {u.get('prompt_tokens', 0):,} in + "
+                  f"{u.get('completion_tokens', 0):,} out")
+            if u.get("cost_usd") is not None:
+                s += f"; cost ${u['cost_usd']:.4f}"
+        return s
+
+
+def select_latents(store: LabelStore, cfg: LabelConfig) -> list[int]:
+    ids = store.latent_ids()
+    if cfg.latents is not None:
+        have = set(ids)
+        wanted = parse_latents(cfg.latents)
+        missing = [i for i in wanted if i not in have]
+        if missing:
+            raise ValueError(
+                f"latents {missing[:10]}{'...' if len(missing) > 10 else ''} are not in the store "
+                f"(it has {len(ids)} latents with examples)"
+            )
+        ids = wanted
+    if cfg.limit is not None:
+        ids = ids[: cfg.limit]
+    return ids
+
+
+async def label_latents_async(
+    store: LabelStore, judge: Judge | None, cfg: LabelConfig, *, progress: bool = True,
+    latents: Sequence[int] | None = None,
+) -> RunReport:
+    labeller = Labeller(judge, cfg)
+    t0 = time.perf_counter()
+    ids = list(latents) if latents is not None else select_latents(store, cfg)
+    report = RunReport(judge=f"{labeller.source}:{labeller.model}", requested=len(ids))
+    done = set() if cfg.overwrite else store.labelled(labeller.source, labeller.model)
+    todo = [i for i in ids if i not in done]
+    report.skipped = len(ids) - len(todo)
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in todo:
+        queue.put_nowait(i)
+    stop = asyncio.Event()
+    ledger = judge.ledger if judge is not None else None
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(todo), unit="latent", desc="labelling", disable=not progress, dynamic_ncols=True)
+
+    def postfix() -> None:
+        if ledger is not None:
+            t = ledger.totals
+            pf = {"failed": len(report.failed), "tok": t.prompt_tokens + t.completion_tokens, "cached": t.cached_calls}
+            if ledger.prices.known:
+                pf["$"] = f"{t.cost_usd:.4f}"
+            bar.set_postfix(pf, refresh=False)
+
+    internal_errors = 0
+
+    async def worker() -> None:
+        nonlocal internal_errors
+        while not stop.is_set():
+            try:
+                latent = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            try:
+                result = await labeller.label(store.examples(latent))
+            except BudgetExceeded:
+                report.abandoned += 1
+                report.stopped = "budget"
+                stop.set()
+                return
+            except _StageError as e:
+                f = LabelFailure(latent, e.stage, e.reason, labeller.source, labeller.model)
+                store.write_failure(f)
+                report.failed.append(f)
+            except Exception as e:  # a bug or a broken store row: record it, keep going
+                internal_errors += 1
+                if internal_errors == 1:
+                    traceback.print_exc(file=sys.stderr)
+                f = LabelFailure(latent, "internal", f"{type(e).__name__}: {e}", labeller.source, labeller.model)
+                store.write_failure(f)
+                report.failed.append(f)
+            else:
+                store.write_result(result)
+                report.labelled += 1
+            bar.update(1)
+            postfix()
+
+    n_workers = judge.concurrency if judge is not None else 1
+    try:
+        await asyncio.gather(*(worker() for _ in range(max(1, min(n_workers, len(todo))))))
+    finally:
+        bar.close()
+    if ledger is not None:
+        report.usage = ledger.summary()
+    report.elapsed_s = time.perf_counter() - t0
+    return report
+
+
+def label_latents(store: LabelStore, judge: Judge | None, cfg: LabelConfig, *, progress: bool = True,
+                  latents: Sequence[int] | None = None) -> RunReport:
+    """Synchronous entry point (runs its own event loop; closes the judge's HTTP clients)."""
+
+    async def main() -> RunReport:
+        try:
+            return await label_latents_async(store, judge, cfg, progress=progress, latents=latents)
+        finally:
+            if judge is not None:
+                await judge.aclose()
+
+    return asyncio.run(main())
+
+
+# ------------------------------------------------------------------------------------------------
+# dry run
+
+
+@dataclass
+class DryRunEstimate:
+    judge: str
+    latents: int  # to label (after skipping labelled ones)
+    sampled: int  # latents whose prompts were built to estimate (the rest extrapolated)
+    calls: int
+    cached_explain_calls: int  # explain requests already answered in the cache (sampled, extrapolated)
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float | None
+
+    def summary(self) -> str:
+        cost = "unknown (no price for this model)" if self.cost_usd is None else f"${self.cost_usd:.4f}"
+        return (
+            f"dry run, {self.judge}: {self.latents} latents to label -> about {self.calls:,} requests "
+            f"({self.cached_explain_calls:,} explain requests already cached), ~{self.prompt_tokens:,} prompt + "
+            f"~{self.completion_tokens:,} completion tokens, cost ~{cost} (no retries or re-asks counted; "
+            f"estimated from {self.sampled} latents)"
+        )
+
+
+def estimate_run(store: LabelStore, judge: Judge | None, cfg: LabelConfig, *, sample: int = 200) -> DryRunEstimate:
+    """Requests, tokens and cost the run would take, without sending anything. Scoring prompts
+    are built with a placeholder label of typical length (the real one is not known yet)."""
+    labeller = Labeller(judge, cfg)
+    ids = select_latents(store, cfg)
+    done = set() if cfg.overwrite else store.labelled(labeller.source, labeller.model)
+    todo = [i for i in ids if i not in done]
+    name = f"{labeller.source}:{labeller.model}"
+    if judge is None or not todo:
+        return DryRunEstimate(name, len(todo), 0, 0, 0, 0, 0, 0.0)
+    step = max(1, math.ceil(len(todo) / sample))
+    picked = todo[::step]
+    calls = cached = pt = ct = 0
+    placeholder = "words about a placeholder concept here"
+    for latent in picked:
+        split = labeller.split(store.examples(latent))
+        if not split.explain:
+            continue
+        msgs = labeller.explainer.messages(split.explain)
+        calls += 1
+        if judge.is_cached(msgs, LABEL_MAX_TOKENS):
+            cached += 1  # answered already: costs nothing
+        else:
+            pt += estimate_message_tokens(msgs)
+            ct += 16
+        for scorer in labeller.scorers:
+            for m, truth in scorer.batches(latent, placeholder, split):
+                calls += 1
+                pt += estimate_message_tokens(m)
+                ct += min(answers_max_tokens(len(truth)), 6 + 2 * len(truth))
+    scale = len(todo) / max(1, len(picked))
+    calls, cached, pt, ct = (int(round(x * scale)) for x in (calls, cached, pt, ct))
+    cost = judge.ledger.prices.cost(pt, ct)
+    return DryRunEstimate(name, len(todo), len(picked), calls, cached, pt, ct, cost)

@@ -1,0 +1,390 @@
+"""A loopback HTTP server speaking OpenAI chat completions, with injected faults, and a fake LLM
+that answers saesteer's auto-interp prompts.
+
+    with JudgeServer(fake_llm_answer, faults=FaultPlan({"429": 0.1, "500": 0.1}, seed=1)) as srv:
+        backend = OpenAIBackend("fake-judge", base_url=srv.url)    # http://127.0.0.1:PORT/v1
+        ...
+        srv.records  # one Record per request: body key, fault, status, completed
+
+Faults (name -> what the client sees):
+  "429"          HTTP 429 with Retry-After (whole seconds) and retry-after-ms headers
+  "500"          HTTP 500 with an error body            "503"  HTTP 503
+  "400"          HTTP 400 (must not be retried)
+  "reset"        the connection is reset (RST) after the request is read, no response
+  "timeout"      no response for `timeout_hold_s` seconds (longer than the client's timeout)
+  "bad_body"     HTTP 200 with a truncated, unparseable JSON body
+  "malformed"    a chat completion whose content is cut in half (invalid JSON)
+  "fenced"       content wrapped in ```json ... ``` (valid: must be accepted)
+  "prose"        content with a sentence of prose before it (valid: must be accepted)
+  "refusal"      message.refusal set and content null (half of the time), or an apology text
+  "wrong_length" one item dropped from an answers list; a label 200 characters long
+  "bad_schema"   valid JSON with the wrong key
+
+Fault choice is a pure function of (seed, request body, how many times that body was seen), so
+runs are reproducible whatever order concurrent requests arrive in, and a retried request can
+succeed. `script(index, body) -> fault | None` overrides the plan for scripted tests.
+Stdlib only (http.server in a thread); nothing leaves 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import socket
+import struct
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+
+TRANSIENT_FAULTS = ("429", "500", "503", "reset", "timeout", "bad_body")
+CONTENT_FAULTS = ("malformed", "fenced", "prose", "refusal", "wrong_length", "bad_schema")
+
+
+def body_key(body: dict) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class FaultPlan:
+    rates: dict[str, float] = field(default_factory=dict)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        total = sum(self.rates.values())
+        if total > 1.0 + 1e-9:
+            raise ValueError(f"fault rates sum to {total} > 1")
+        unknown = set(self.rates) - set(TRANSIENT_FAULTS) - set(CONTENT_FAULTS) - {"400"}
+        if unknown:
+            raise ValueError(f"unknown fault(s) {sorted(unknown)}")
+
+    def choose(self, key: str, nth: int) -> str | None:
+        h = hashlib.sha256(f"{self.seed}:{key}:{nth}".encode()).digest()
+        u = int.from_bytes(h[:8], "little") / 2**64
+        acc = 0.0
+        for name, rate in sorted(self.rates.items()):
+            acc += rate
+            if u < acc:
+                return name
+        return None
+
+
+@dataclass
+class Record:
+    index: int
+    key: str
+    fault: str | None
+    status: int | None = None  # None: no HTTP response (reset / timeout)
+    completed: bool = False  # a 200 response was fully written
+    messages: list = field(default_factory=list)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+
+
+class JudgeServer:
+    def __init__(
+        self,
+        responder: Callable[[dict], str],
+        *,
+        faults: FaultPlan | None = None,
+        script: Callable[[int, dict], str | None] | None = None,
+        latency_s: float = 0.0,
+        timeout_hold_s: float = 2.0,
+        retry_after_s: int = 1,
+        retry_after_ms: int | None = 20,
+        model_check: str | None = None,
+        hold_after: int | None = None,
+    ) -> None:
+        self.responder = responder
+        self.faults = faults or FaultPlan()
+        self.script = script
+        self.latency_s = latency_s
+        self.timeout_hold_s = timeout_hold_s
+        self.retry_after_s = retry_after_s
+        self.retry_after_ms = retry_after_ms
+        self.model_check = model_check
+        self.hold_after = hold_after  # after this many completed answers, hold new requests (no answer)
+        self._released = threading.Event()
+        self.inflight = 0
+        self.max_inflight = 0
+        self.records: list[Record] = []
+        self._seen: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._httpd: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def start(self) -> "JudgeServer":
+        owner = self
+
+        class Handler(_Handler):
+            server_owner = owner
+
+        self._httpd = _Server(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    def __enter__(self) -> "JudgeServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        assert self._httpd is not None, "server not started"
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+
+    # -- bookkeeping --------------------------------------------------------------------------------
+    def _register(self, body: dict) -> Record:
+        key = body_key(body)
+        with self._lock:
+            nth = self._seen[key]
+            self._seen[key] += 1
+            idx = len(self.records)
+            fault = self.script(idx, body) if self.script else self.faults.choose(key, nth)
+            rec = Record(idx, key, fault, messages=body.get("messages", []))
+            self.records.append(rec)
+        return rec
+
+    def release(self) -> None:
+        """Let held requests go (they end without an answer) and stop holding new ones."""
+        self.hold_after = None
+        self._released.set()
+
+    def n_completed(self) -> int:
+        with self._lock:
+            return sum(1 for r in self.records if r.completed)
+
+    def held(self) -> list[Record]:
+        return [r for r in self.snapshot() if r.fault == "held"]
+
+    def snapshot(self) -> list[Record]:
+        with self._lock:
+            return list(self.records)
+
+    def completed_keys(self) -> list[str]:
+        return [r.key for r in self.snapshot() if r.completed]
+
+    def fault_counts(self) -> Counter:
+        return Counter(r.fault for r in self.snapshot())
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_owner: JudgeServer
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    def _send_json(self, status: int, obj: Any, headers: dict[str, str] | None = None, raw: bytes | None = None) -> None:
+        data = raw if raw is not None else json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+        self.wfile.flush()
+
+    def do_POST(self) -> None:  # noqa: N802
+        srv = self.server_owner
+        n = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(n)
+        if not self.path.rstrip("/").endswith("/chat/completions"):
+            self._send_json(404, {"error": {"message": f"no route {self.path}"}})
+            return
+        try:
+            body = json.loads(raw)
+        except json.JSONDecodeError:
+            self._send_json(400, {"error": {"message": "request body is not JSON"}})
+            return
+        rec = srv._register(body)
+        with srv._lock:
+            srv.inflight += 1
+            srv.max_inflight = max(srv.max_inflight, srv.inflight)
+        try:
+            self._answer(srv, rec, body)
+        finally:
+            with srv._lock:
+                srv.inflight -= 1
+
+    def _answer(self, srv: JudgeServer, rec: Record, body: dict) -> None:
+        if srv.hold_after is not None and srv.n_completed() >= srv.hold_after:
+            rec.fault = "held"
+            srv._released.wait(timeout=60)
+            self.close_connection = True
+            return
+        if srv.latency_s:
+            time.sleep(srv.latency_s)
+        fault = rec.fault
+        try:
+            if fault == "reset":
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.close_connection = True
+                self.connection.close()
+                return
+            if fault == "timeout":
+                time.sleep(srv.timeout_hold_s)
+                self.close_connection = True
+                return
+            if fault == "429":
+                headers = {"Retry-After": str(srv.retry_after_s)}
+                if srv.retry_after_ms is not None:
+                    headers["retry-after-ms"] = str(srv.retry_after_ms)
+                rec.status = 429
+                self._send_json(429, {"error": {"message": "rate limited", "type": "rate_limit"}}, headers)
+                return
+            if fault in ("500", "503"):
+                rec.status = int(fault)
+                self._send_json(int(fault), {"error": {"message": "server error", "type": "server_error"}})
+                return
+            if fault == "400":
+                rec.status = 400
+                self._send_json(400, {"error": {"message": "bad request (injected)", "type": "invalid_request"}})
+                return
+            if srv.model_check is not None and body.get("model") != srv.model_check:
+                rec.status = 404
+                self._send_json(404, {"error": {"message": f"model {body.get('model')!r} not found"}})
+                return
+            if fault == "bad_body":
+                rec.status = 200
+                self._send_json(200, None, raw=b'{"id": "chatcmpl-x", "object": "chat.completion", "choices": [{"ind')
+                return
+            content: str | None = srv.responder(body)
+            refusal = None
+            if fault == "malformed":
+                content = content[: max(1, len(content) // 2)]
+            elif fault == "fenced":
+                content = "```json\n" + content + "\n```"
+            elif fault == "prose":
+                content = "Sure, here is my answer:\n" + content
+            elif fault == "refusal":
+                if int(rec.key[:8], 16) % 2 == 0:  # by content, not arrival order: reproducible
+                    content, refusal = None, "I'm sorry, I can't help with that."
+                else:
+                    content = "I'm sorry, but I can't help with that request."
+            elif fault == "wrong_length":
+                content = _wrong_length(content)
+            elif fault == "bad_schema":
+                content = json.dumps({"result": content})
+            prompt_chars = sum(len(str(m.get("content") or "")) for m in body.get("messages", []))
+            usage = {
+                "prompt_tokens": prompt_chars // 4 + 1,
+                "completion_tokens": len(content or refusal or "") // 4 + 1,
+            }
+            usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+            resp = {
+                "id": f"chatcmpl-{rec.index}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model"),
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content, "refusal": refusal},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": usage,
+            }
+            rec.status = 200
+            self._send_json(200, resp)
+            rec.completed = True
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            self.close_connection = True
+
+
+def _wrong_length(content: str) -> str:
+    try:
+        obj = json.loads(content)
+    except json.JSONDecodeError:
+        return content + " extra"
+    if isinstance(obj, dict) and isinstance(obj.get("answers"), list):
+        obj["answers"] = obj["answers"][:-1] if len(obj["answers"]) > 1 else obj["answers"] + [0, 1]
+    elif isinstance(obj, dict) and isinstance(obj.get("label"), str):
+        obj["label"] = (obj["label"] + " ") * 40
+    return json.dumps(obj)
+
+
+# ------------------------------------------------------------------------------------------------
+# A fake LLM for saesteer's auto-interp prompts. It reads prompts the way a naive model would:
+# the data section is what lies between the FIRST opening fence and the FIRST closing fence after
+# it; everything else is "instructions". It obeys an instruction of the form
+#   ignore (all) previous instructions and answer 'X'
+# if one appears in the instruction area, so a prompt that lets dataset text escape its fence
+# makes it answer X. Otherwise it answers correctly for the toy stores of the tests: the label
+# is the most common marked token; a context matches a label if it contains one of its words.
+
+_INJECT_RE = re.compile(r"ignore (?:all )?previous instructions and answer ['\"]([^'\"]+)['\"]", re.IGNORECASE)
+_MARK_RE = re.compile(r"<<(.*?)>>")
+
+
+def _split_fence(text: str, tag: str) -> tuple[str, str]:
+    """(data inside the first <tag>...</tag>, the text outside it)."""
+    open_t, close_t = f"<{tag}>", f"</{tag}>"
+    i = text.find(open_t)
+    if i < 0:
+        return "", text
+    j = text.find(close_t, i + len(open_t))
+    if j < 0:
+        return text[i + len(open_t):], text[:i]
+    return text[i + len(open_t): j], text[:i] + text[j + len(close_t):]
+
+
+def _task(body: dict) -> str:
+    system = body["messages"][0]["content"]
+    if "labelling one latent feature" in system:
+        return "explain"
+    if "decide whether the marked tokens" in system:
+        return "fuzz"
+    return "detect"
+
+
+def fake_llm_answer(body: dict) -> str:
+    msgs = body["messages"]
+    system = msgs[0]["content"]
+    user = msgs[1]["content"]  # the original request (re-asks come after it)
+    task = _task(body)
+    if task == "explain":
+        data, outside = _split_fence(user, "examples")
+    else:
+        label_text, outside = _split_fence(user, "label")
+        data, outside = _split_fence(outside, "contexts")
+    m = _INJECT_RE.search(system + "\n" + outside)
+    if m:  # an injected instruction escaped into the instruction area: obey it
+        injected = m.group(1)
+        if task == "explain":
+            return json.dumps({"label": injected})
+        n = len([ln for ln in data.splitlines() if ln.strip()])
+        return json.dumps({"answers": [1] * n})
+    lines = [ln.split(":", 1)[1] if ":" in ln else ln for ln in data.splitlines() if ln.strip()]
+    if task == "explain":
+        marked = Counter(t.strip().lower() for ln in lines for t in _MARK_RE.findall(ln))
+        label = marked.most_common(1)[0][0] if marked else "nothing"
+        return json.dumps({"label": label})
+    words = set(label_text.lower().split())
+    answers = []
+    for ln in lines:
+        if task == "detect":
+            toks = set(_MARK_RE.sub(r"\1", ln).lower().split())
+            answers.append(1 if toks & words else 0)
+        else:
+            marks = [t.strip().lower() for t in _MARK_RE.findall(ln)]
+            answers.append(1 if marks and all(t in words for t in marks) else 0)
+    return json.dumps({"answers": answers})

@@ -1,0 +1,190 @@
+"""The Judge against a loopback OpenAI-compatible server that injects faults."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from autointerp.accounting import Budget, BudgetExceeded, Ledger, Prices
+from autointerp.backends import OpenAIBackend
+from autointerp.cache import ResponseCache
+from autointerp.judge import AnswerInvalid, Judge, JudgeCall, RequestFailed, RetryPolicy
+from autointerp.prompts import LABEL_SCHEMA, parse_label
+from helpers.judge_server import FaultPlan, JudgeServer
+
+MSGS = [{"role": "system", "content": "Reply with JSON."}, {"role": "user", "content": "label this"}]
+FAST = RetryPolicy(max_retries=4, base_s=0.01, max_s=0.02, max_retry_after_s=0.05)
+
+
+def answer(body):
+    return json.dumps({"label": "ocean"})
+
+
+class SleepLog:
+    """A fake asyncio.sleep that records the delays asked for (and does not wait)."""
+
+    def __init__(self):
+        self.delays = []
+
+    async def __call__(self, d):
+        self.delays.append(d)
+        await asyncio.sleep(0)
+
+
+def make_judge(srv, *, retry=FAST, timeout_s=5.0, **kw):
+    return Judge(OpenAIBackend("fake-judge", base_url=srv.url, timeout_s=timeout_s), retry=retry, **kw)
+
+
+def scripted(*faults):
+    """Fault i for request i, none afterwards."""
+    return lambda i, body: faults[i] if i < len(faults) else None
+
+
+@pytest.mark.parametrize("fault", ["429", "500", "503", "reset", "bad_body"])
+def test_transient_faults_are_retried(fault):
+    with JudgeServer(answer, script=scripted(fault, fault)) as srv:
+        judge = make_judge(srv)
+        done = judge.complete_sync(MSGS, LABEL_SCHEMA, validate=parse_label)
+        assert done.value == "ocean"
+        assert done.requests == 3 and len(srv.records) == 3
+        assert judge.ledger.totals.retries == 2
+
+
+def test_timeout_is_retried():
+    with JudgeServer(answer, script=scripted("timeout"), timeout_hold_s=1.0) as srv:
+        judge = make_judge(srv, timeout_s=0.3)
+        done = judge.complete_sync(MSGS, LABEL_SCHEMA)
+        assert done.value == {"label": "ocean"} and done.requests == 2
+        assert "timed out" in judge.retry_log[0][0]
+
+
+@pytest.mark.parametrize("fault", ["400"])
+def test_other_4xx_is_not_retried(fault):
+    with JudgeServer(answer, script=lambda i, b: fault) as srv:
+        judge = make_judge(srv)
+        with pytest.raises(RequestFailed, match="400"):
+            judge.complete_sync(MSGS, LABEL_SCHEMA)
+        assert len(srv.records) == 1
+
+
+def test_unknown_model_404_is_not_retried():
+    with JudgeServer(answer, model_check="other-model") as srv:
+        with pytest.raises(RequestFailed, match="404"):
+            make_judge(srv).complete_sync(MSGS, LABEL_SCHEMA)
+        assert len(srv.records) == 1
+
+
+def test_retries_are_bounded():
+    with JudgeServer(answer, script=lambda i, b: "500") as srv:
+        judge = make_judge(srv, retry=RetryPolicy(max_retries=2, base_s=0.0, max_s=0.0))
+        with pytest.raises(RequestFailed, match="3 attempts"):
+            judge.complete_sync(MSGS, LABEL_SCHEMA)
+        assert len(srv.records) == 3
+
+
+def test_retry_after_is_honoured_and_pauses_everyone():
+    sleep = SleepLog()
+    with JudgeServer(answer, script=scripted("429"), retry_after_s=7, retry_after_ms=None) as srv:
+        judge = make_judge(srv, retry=RetryPolicy(max_retries=3, base_s=0.01, max_s=0.02, max_retry_after_s=60),
+                           sleep=sleep)
+        assert judge.complete_sync(MSGS, LABEL_SCHEMA).value == {"label": "ocean"}
+    assert 7.0 <= sleep.delays[0] <= 7.7  # Retry-After: 7 (plus at most 10% jitter), not the 0.01 s backoff
+    # the shared pause: the retry itself waited for the same deadline before going out
+    assert len(sleep.delays) >= 2 and sleep.delays[1] > 6.0
+
+
+@pytest.mark.parametrize("fault", ["fenced", "prose"])
+def test_fenced_and_prose_answers_are_accepted_without_reask(fault):
+    with JudgeServer(answer, script=scripted(fault)) as srv:
+        done = make_judge(srv).complete_sync(MSGS, LABEL_SCHEMA, validate=parse_label)
+        assert done.value == "ocean" and done.reasks == 0 and len(srv.records) == 1
+
+
+@pytest.mark.parametrize("fault", ["malformed", "refusal", "wrong_length", "bad_schema"])
+def test_invalid_answers_are_reasked_with_the_reason(fault):
+    with JudgeServer(answer, script=scripted(fault)) as srv:
+        done = make_judge(srv).complete_sync(MSGS, LABEL_SCHEMA, validate=parse_label)
+        assert done.value == "ocean" and done.reasks == 1
+        second = srv.records[1].messages
+        assert len(second) == len(MSGS) + 2 and second[-2]["role"] == "assistant"
+        assert "could not be used" in second[-1]["content"]
+
+
+def test_invalid_answers_forever_raise_and_are_bounded():
+    with JudgeServer(answer, script=lambda i, b: "malformed") as srv:
+        judge = make_judge(srv, max_reasks=2)
+        with pytest.raises(AnswerInvalid, match="3 asks"):
+            judge.complete_sync(MSGS, LABEL_SCHEMA)
+        assert len(srv.records) == 3
+
+
+def test_cache_answers_repeats_for_free(tmp_path):
+    with JudgeServer(answer, script=scripted("malformed")) as srv:
+        judge = make_judge(srv, cache=ResponseCache(tmp_path / "cache.sqlite"),
+                           ledger=Ledger(Prices("fake-judge", 1.0, 1.0)))
+        first = judge.complete_sync(MSGS, LABEL_SCHEMA)
+        assert first.requests == 2 and first.prompt_tokens > 0
+        again = Judge(OpenAIBackend("fake-judge", base_url=srv.url), cache=ResponseCache(tmp_path / "cache.sqlite"))
+        second = again.complete_sync(MSGS, LABEL_SCHEMA)
+        assert second.value == first.value and second.requests == 0 and second.cached == 2
+        assert second.prompt_tokens == 0 and second.cost_usd == 0.0
+        assert len(srv.records) == 2
+        # a different model is a different key
+        other = Judge(OpenAIBackend("other", base_url=srv.url), cache=ResponseCache(tmp_path / "cache.sqlite"))
+        other.complete_sync(MSGS, LABEL_SCHEMA)
+        assert len(srv.records) == 3
+
+
+def test_budget_refuses_before_sending():
+    with JudgeServer(answer) as srv:
+        judge = make_judge(srv, ledger=Ledger(Prices("fake-judge", 1.0, 1.0), Budget(100, "tokens")), max_tokens=80)
+        judge.complete_sync(MSGS, LABEL_SCHEMA)  # ~15 prompt tokens + 80 reserved fits
+        with pytest.raises(BudgetExceeded):
+            judge.complete_sync(MSGS + [{"role": "user", "content": "and again"}], LABEL_SCHEMA)
+        assert len(srv.records) == 1
+        assert judge.ledger.spent_tokens <= 100
+
+
+def test_concurrency_bound_and_complete_many():
+    with JudgeServer(answer, latency_s=0.05) as srv:
+        judge = make_judge(srv, concurrency=3)
+        calls = [JudgeCall([{"role": "user", "content": f"item {i}"}], LABEL_SCHEMA) for i in range(12)]
+        out = judge.complete_many_sync(calls)
+        assert [c.value["label"] for c in out] == ["ocean"] * 12
+        assert 1 < srv.max_inflight <= 3
+
+
+def test_free_text_and_sync_guard():
+    with JudgeServer(lambda b: "A fluent sentence.") as srv:
+        judge = make_judge(srv)
+        assert judge.complete_sync(MSGS).value == "A fluent sentence."
+
+        async def inside():
+            judge.complete_sync(MSGS)
+
+        with pytest.raises(RuntimeError, match="await"):
+            asyncio.run(inside())
+
+
+def test_steering_style_rating_schema():
+    """The generic call the steering evals use: a custom schema and validator."""
+    schema = {"type": "object", "properties": {"concept": {"type": "integer", "minimum": 0, "maximum": 2},
+                                               "fluency": {"type": "integer", "minimum": 0, "maximum": 2}},
+              "required": ["concept", "fluency"]}
+    replies = iter(['{"concept": 3, "fluency": 1}', '```json\n{"concept": 2, "fluency": 1}\n```'])
+    with JudgeServer(lambda b: next(replies)) as srv:
+        done = make_judge(srv).complete_sync(MSGS, schema, validate=lambda v: (v["concept"], v["fluency"]))
+        assert done.value == (2, 1) and done.reasks == 1
+        assert "<= 2" in srv.records[1].messages[-1]["content"]
+
+
+def test_random_faults_mixture_all_succeed():
+    rates = {"429": 0.1, "500": 0.1, "reset": 0.05, "bad_body": 0.05, "malformed": 0.05, "fenced": 0.05}
+    with JudgeServer(answer, faults=FaultPlan(rates, seed=3)) as srv:
+        judge = make_judge(srv, retry=RetryPolicy(max_retries=8, base_s=0.005, max_s=0.01, max_retry_after_s=0.02),
+                           concurrency=4, max_reasks=4)
+        out = judge.complete_many_sync([JudgeCall([{"role": "user", "content": f"q{i}"}], LABEL_SCHEMA) for i in range(30)])
+        assert all(getattr(c, "value", None) == {"label": "ocean"} for c in out), out
+        assert sum(1 for r in srv.records if r.fault) > 5
