@@ -1,0 +1,112 @@
+"""`saesteer cache`: build (or resume) an activation cache on disk; `--dry-run`; `--verify DIR`."""
+
+from __future__ import annotations
+
+import sys
+
+NAME = "cache"
+ORDER = 20
+HELP = "cache model activations on disk (sharded, checksummed, resumable)"
+DESCRIPTION = """\
+Run the model over a text dataset and store the activations of one or several hook points
+as checksummed safetensors shards with a manifest. Re-running the same command after a crash
+resumes where it stopped; a directory made with other settings is refused.
+
+examples:
+  saesteer cache --model toy --dataset toy                 # toy world, middle-layer residual stream
+  saesteer cache --model toy --dataset toy --dry-run       # only print size and time estimates
+  saesteer cache --model gpt2 --dataset data/corpus/ --hooks blocks.6.hook_resid_post \\
+      --context-length 128 --max-tokens 50000000 --out caches/gpt2-l6
+  saesteer cache --verify caches/gpt2-l6                   # check every shard's SHA-256"""
+
+
+def add_arguments(parser) -> None:
+    from saesteer.configargs import add_dataclass_arguments
+    from training.cache_config import CacheConfig
+    from training.text import TextConfig
+
+    g = parser.add_argument_group("model and run")
+    g.add_argument("--model", default=None, help="'toy', a HuggingFace model name, or a local model directory (default: toy)")
+    g.add_argument("--revision", default=None, help="model revision (branch, tag or commit) recorded in the manifest")
+    g.add_argument("--out", default=None, help="cache directory (default: caches/<model>/<hooks>)")
+    g.add_argument("--hooks", default=None, help="hook point(s), comma-separated (default: blocks.<n_layers//2>.hook_resid_post)")
+    g.add_argument("--config", default=None, help="JSON/TOML file with any of these options (flags win)")
+    g.add_argument("--dry-run", action="store_true", help="print the disk and time estimates and exit")
+    g.add_argument("--verify", metavar="DIR", default=None, help="check the shards of the cache in DIR against its manifest and exit")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_dataclass_arguments(parser, TextConfig, title="text input")
+    add_dataclass_arguments(parser, CacheConfig, title="cache", skip=("out", "hooks"))
+
+
+def _split_config(values: dict, *classes) -> list[dict]:
+    import dataclasses
+
+    out = []
+    for cls in classes:
+        names = {f.name for f in dataclasses.fields(cls)}
+        out.append({k: v for k, v in values.items() if k in names})
+    return out
+
+
+def _slug(s: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", s).strip("-") or "model"
+
+
+def run(args) -> int:
+    from saesteer.configargs import dataclass_from_args, load_config_file
+    from training.cache import (
+        CacheDiskFullError,
+        UnknownHookError,
+        build_cache,
+        estimate_cache,
+        verify_cache,
+    )
+    from training.cache_config import CacheConfig
+    from training.manifest import CacheFormatError, CacheMismatchError
+    from training.text import TextConfig
+
+    if args.verify:
+        try:
+            report = verify_cache(args.verify, progress=not args.no_progress)
+        except CacheFormatError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        for p in report.problems:
+            print(f"BAD  {p}")
+        print(f"{args.verify}: {report.checked} shard(s) checked, {'all good' if report.ok else f'{len(report.problems)} problem(s)'}")
+        return 0 if report.ok else 1
+
+    file_values = load_config_file(args.config) if args.config else {}
+    extra = {k: file_values.pop(k) for k in ("model", "revision", "out", "hooks") if k in file_values}
+    text_vals, cache_vals = _split_config(file_values, TextConfig, CacheConfig)
+    unknown = set(file_values) - set(text_vals) - set(cache_vals)
+    if unknown:
+        raise SystemExit(f"unknown key(s) in {args.config}: {', '.join(sorted(unknown))}")
+    model_spec = args.model or extra.get("model") or "toy"
+    revision = args.revision or extra.get("revision")
+    try:
+        text = dataclass_from_args(TextConfig, args, file_values=text_vals)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    from saesteer.models import load_model  # the face resolves model names
+
+    model = load_model(model_spec) if revision is None else load_model(model_spec, revision=revision)
+    hooks = args.hooks or extra.get("hooks") or f"blocks.{model.cfg.n_layers // 2}.hook_resid_post"
+    if isinstance(hooks, str):
+        hooks = [h.strip() for h in hooks.split(",") if h.strip()]
+    out = args.out or extra.get("out") or f"caches/{_slug(model_spec)}/{_slug('+'.join(hooks))}"
+    try:
+        cfg = dataclass_from_args(CacheConfig, args, file_values=cache_vals, out=out, hooks=hooks)
+        if args.dry_run:
+            est = estimate_cache(model, text, cfg, model_id=model_spec, model_revision=revision)
+            print(est.describe())
+            return 0
+        build_cache(model, text, cfg, model_id=model_spec, model_revision=revision, progress=not args.no_progress)
+    except (CacheMismatchError, CacheDiskFullError, UnknownHookError, CacheFormatError, ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,118 @@
+"""Text input for the cache: sources, BOS policies, packing, exact restart from a pointer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from helpers.tiny_model import BOS, EOS, make_documents, make_tokenizer, write_corpus
+from training.text import ContextPacker, DocumentSource, TextConfig, make_tokenize, open_packer, special_tokens
+
+TOK = make_tokenizer()
+BOS_ID, EOS_ID = TOK.convert_tokens_to_ids([BOS, EOS])
+
+
+def packer_over(docs, cfg, start=(0, 0), chunk=3):
+    def chunks():
+        for i in range(start[0], len(docs), chunk):
+            yield docs[i:i + chunk]
+    from training.text import TextPointer
+
+    return ContextPacker(chunks(), make_tokenize(TOK), cfg, special_tokens(TOK), TextPointer(*start))
+
+
+def all_contexts(packer, n=1000):
+    toks, _ = packer.take(n)
+    return toks
+
+
+def test_prepend_policy_starts_every_context_with_bos_and_keeps_the_stream():
+    docs = make_documents(20, seed=1)
+    cfg = TextConfig(dataset="x", context_length=8, bos_policy="prepend", separator="eos")
+    ctx = all_contexts(packer_over(docs, cfg))
+    assert (ctx[:, 0] == BOS_ID).all() and (ctx[:, 1:] != BOS_ID).all()
+    stream = [t for d in docs for t in TOK(d, add_special_tokens=False)["input_ids"] + [EOS_ID]]
+    assert ctx[:, 1:].reshape(-1).tolist() == stream[:ctx[:, 1:].size]
+    assert len(stream) - ctx[:, 1:].size < 7  # only a short tail is dropped
+
+
+def test_doc_policy_marks_document_starts_and_none_has_no_bos():
+    docs = ["the sea", "a tree", "", "the owl sees the moss"]
+    ids = lambda d: TOK(d, add_special_tokens=False)["input_ids"]
+    cfg = TextConfig(dataset="x", context_length=4, bos_policy="doc", separator="none")
+    flat = all_contexts(packer_over(docs, cfg)).reshape(-1).tolist()
+    expect = [BOS_ID] + ids(docs[0]) + [BOS_ID] + ids(docs[1]) + [BOS_ID] + ids(docs[3])  # empty doc skipped
+    assert flat == expect[:len(flat)] and len(expect) - len(flat) < 4
+    cfg = TextConfig(dataset="x", context_length=4, bos_policy="none", separator="eos")
+    flat = all_contexts(packer_over(docs, cfg)).reshape(-1).tolist()
+    assert BOS_ID not in flat and flat.count(EOS_ID) >= 2
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    policy=st.sampled_from(["prepend", "doc", "none"]),
+    sep=st.sampled_from(["eos", "none"]),
+    L=st.integers(2, 12),
+    first=st.integers(0, 30),
+    chunk=st.integers(1, 7),
+    seed=st.integers(0, 100),
+)
+def test_restart_from_pointer_continues_exactly(policy, sep, L, first, chunk, seed):
+    docs = make_documents(25, seed=seed, min_words=0, max_words=15)
+    cfg = TextConfig(dataset="x", context_length=L, bos_policy=policy, separator=sep)
+    full = all_contexts(packer_over(docs, cfg, chunk=chunk))
+    p = packer_over(docs, cfg, chunk=chunk)
+    head, ptr = p.take(first)
+    tail = all_contexts(packer_over(docs, cfg, start=ptr, chunk=5))
+    assert np.array_equal(np.concatenate([head, tail]), full)
+    # the pointer does not depend on how far ahead the packer had tokenized
+    p2 = packer_over(docs, cfg, chunk=1)
+    _, ptr2 = p2.take(first)
+    assert ptr2 == ptr
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json", "txt", "parquet"])
+def test_local_formats_give_the_same_contexts(tmp_path, fmt):
+    write_corpus(tmp_path / fmt, n_docs=30, fmt=fmt, n_files=2)
+    write_corpus(tmp_path / "ref", n_docs=30, fmt="jsonl", n_files=1)
+    cfg = TextConfig(dataset=str(tmp_path / fmt), context_length=16)
+    ref = TextConfig(dataset=str(tmp_path / "ref" / "part-000.jsonl"), context_length=16)
+    assert np.array_equal(open_packer(cfg, TOK).take(100)[0], open_packer(ref, TOK).take(100)[0])
+
+
+def test_non_streaming_matches_streaming(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    write_corpus(tmp_path / "c", n_docs=40)
+    a = open_packer(TextConfig(dataset=str(tmp_path / "c"), context_length=8, streaming=True), TOK)
+    b = open_packer(TextConfig(dataset=str(tmp_path / "c"), context_length=8, streaming=False), TOK)
+    ta, pa = a.take(17)
+    tb, pb = b.take(17)
+    assert np.array_equal(ta, tb) and pa == pb
+    # random-access restart
+    from training.text import DocumentSource
+
+    c = open_packer(TextConfig(dataset=str(tmp_path / "c"), context_length=8, streaming=False), TOK, start=pa)
+    d = open_packer(TextConfig(dataset=str(tmp_path / "c"), context_length=8, streaming=True), TOK, start=pa)
+    assert np.array_equal(c.take(50)[0], d.take(50)[0])
+
+
+def test_missing_column_names_the_available_ones(tmp_path):
+    write_corpus(tmp_path / "c", n_docs=5, column="body", extra_columns={"id": 1})
+    with pytest.raises(ValueError, match=r"no column 'text'.*available columns: body, id"):
+        DocumentSource(TextConfig(dataset=str(tmp_path / "c")))
+
+
+def test_bad_inputs_are_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        DocumentSource(TextConfig(dataset=str(tmp_path / "nope.jsonl")))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no"):
+        DocumentSource(TextConfig(dataset=str(tmp_path / "empty")))
+    with pytest.raises(ValueError, match="bos_policy"):
+        TextConfig(bos_policy="start")
+    with pytest.raises(ValueError, match="context_length"):
+        TextConfig(context_length=1)

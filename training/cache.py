@@ -1,0 +1,768 @@
+"""Build an activation cache on disk: text -> contexts -> one model pass per batch, reading one or
+several hook points -> fp16/bf16/fp32 shards with token ids, positions and checksums.
+
+    build_cache(model, TextConfig(...), CacheConfig(out=..., hooks=[...]))
+
+* The forward pass stops right after the last needed hook point fires (and `stop_at_layer`
+  skips the blocks after it), so caching layer 1 of a 12-layer model costs 2 blocks.
+* Shards are written by a background thread while the model computes the next shard
+  (double buffering), atomically (temp name, fsync, rename); see `training.shards`.
+* Resume: re-running the same call after a crash continues from the first unfinished shard;
+  the result is byte-identical to an uninterrupted run. A cache made with other settings is
+  refused, naming each differing field. See `training.manifest` for the manifest fields.
+* Disk space and a time estimate are logged before starting (`estimate_cache` alone is the
+  dry run); a full disk stops with `CacheDiskFullError` and leaves no partial shard.
+
+The model is an already loaded TransformerLens `HookedTransformer` (anything with `hook_dict`,
+`hooks()`, `cfg.n_ctx` and a `stop_at_layer` forward argument); this module does not import
+transformer_lens.
+
+Shape key: B batch (contexts), L context length, D d_in, R rows (cached token positions).
+"""
+
+from __future__ import annotations
+
+import difflib
+import errno
+import hashlib
+import json
+import queue
+import re
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal, NamedTuple, Sequence
+
+import numpy as np
+import torch
+
+from training.cache_config import CacheConfig, ExcludeTokens
+from training.manifest import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    LOCK_NAME,
+    MANIFEST_NAME,
+    PROGRESS_NAME,
+    CacheMismatchError,
+    DirLock,
+    Manifest,
+    ShardInfo,
+    append_progress,
+    read_manifest,
+    read_progress,
+    setting_differences,
+    shard_file_name,
+    write_json_atomic,
+)
+from training.shards import DTYPES, TMP_SUFFIX, ShardCorruptError, read_header, sha256_file, write_safetensors_atomic
+from training.text import (
+    DocumentSource,
+    TextConfig,
+    TextPointer,
+    dataset_spec,
+    estimate_stream_tokens,
+    make_tokenize,
+    ContextPacker,
+    special_tokens,
+    tokenizer_fingerprint,
+)
+
+DEFAULT_SHARD_BYTES = 128 << 20
+_NOT_PER_TOKEN = ("hook_attn_scores", "hook_pattern")
+
+
+class CacheDiskFullError(OSError):
+    """The disk filled up while writing the cache (nothing partial is left under a final name)."""
+
+
+class UnknownHookError(ValueError):
+    """A requested hook point does not exist in the model (the message lists valid ones)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Hook points and the forward pass
+
+
+def valid_hook_names(model) -> list[str]:
+    """Hook points whose activation has one vector per token (attention patterns/scores left out)."""
+    return [n for n in model.hook_dict if not n.endswith(_NOT_PER_TOKEN)]
+
+
+def _describe_hooks(names: Sequence[str]) -> str:
+    groups: dict[str, list[int]] = {}
+    order: list[str] = []
+    for n in names:
+        m = re.match(r"^blocks\.(\d+)\.(.*)$", n)
+        key, layer = (f"blocks.{{i}}.{m.group(2)}", int(m.group(1))) if m else (n, -1)
+        if key not in groups:
+            groups[key] = []
+            order.append(key)
+        groups[key].append(layer)
+    out = []
+    for key in order:
+        layers = sorted(l for l in groups[key] if l >= 0)
+        if layers:
+            span = f"{layers[0]}..{layers[-1]}" if layers == list(range(layers[0], layers[-1] + 1)) else ",".join(map(str, layers))
+            out.append(key.replace("{i}", "{" + span + "}"))
+        else:
+            out.append(key)
+    return ", ".join(out)
+
+
+def resolve_hooks(model, hooks: Sequence[str]) -> list[str]:
+    """Check hook names against the model; an unknown name is an error listing the valid ones."""
+    valid = valid_hook_names(model)
+    valid_set = set(valid)
+    for h in hooks:
+        if h in valid_set:
+            continue
+        if h in model.hook_dict:
+            raise UnknownHookError(f"hook point {h!r} is not per-token (it has one value per pair of positions); cache a per-token hook instead")
+        close = difflib.get_close_matches(h, valid, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise UnknownHookError(
+            f"unknown hook point {h!r}.{hint} Valid hook points for this model: {_describe_hooks(valid)}"
+        )
+    return list(hooks)
+
+
+def stop_layer(model, hooks: Sequence[str]) -> int | None:
+    """Blocks to run (`stop_at_layer`) so that every hook fires; None means the whole model."""
+    need = -1
+    for h in hooks:
+        m = re.match(r"^blocks\.(\d+)\.", h)
+        if m:
+            need = max(need, int(m.group(1)) + 1)
+        elif h in ("hook_embed", "hook_pos_embed", "hook_tokens"):
+            need = max(need, 0)
+        else:
+            return None  # e.g. ln_final.*: run everything
+    return need if need >= 0 else None
+
+
+class _StopForward(Exception):
+    pass
+
+
+def model_device(model) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+class ActivationRunner:
+    """Runs `model` on token batches and returns the activations of `hooks`, stopping the
+    forward pass as soon as the last of them has fired.
+
+    `run(tokens_BL)` -> {hook: acts [B, L, D]} (trailing dims flattened into D, e.g. hook_z).
+    Hooks are added for each call inside TransformerLens's scoped `hooks()` context."""
+
+    def __init__(self, model, hooks: Sequence[str]):
+        self.model = model
+        self.hooks = resolve_hooks(model, hooks)
+        self.stop_at_layer = stop_layer(model, self.hooks)
+        self.n_ctx = int(model.cfg.n_ctx)
+        self.device = model_device(model)
+
+    def check_context_length(self, context_length: int) -> None:
+        if context_length > self.n_ctx:
+            raise ValueError(
+                f"context_length {context_length} is longer than the model's context window "
+                f"(n_ctx {self.n_ctx}); use --context-length {self.n_ctx} or less"
+            )
+
+    def run(self, tokens_BL: torch.Tensor) -> dict[str, torch.Tensor]:
+        B, L = tokens_BL.shape
+        self.check_context_length(L)
+        captured: dict[str, torch.Tensor] = {}
+        need = len(self.hooks)
+
+        def grab(act, hook):
+            captured[hook.name] = act
+            if len(captured) == need:
+                raise _StopForward
+
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode(), self.model.hooks(fwd_hooks=[(h, grab) for h in self.hooks]):
+                try:
+                    self.model(tokens_BL.to(self.device), return_type=None, stop_at_layer=self.stop_at_layer)
+                except _StopForward:
+                    pass
+        finally:
+            if was_training:
+                self.model.train()
+        out = {}
+        for h in self.hooks:
+            a = captured.get(h)
+            if a is None:
+                raise RuntimeError(f"hook point {h} did not fire during the forward pass")
+            if a.shape[:2] != (B, L):
+                raise UnknownHookError(f"hook point {h} gives shape {tuple(a.shape)}, not [batch, position, ...]; it cannot be cached per token")
+            out[h] = a.reshape(B, L, -1)
+        return out
+
+    def d_in(self, context_length: int = 2) -> dict[str, int]:
+        """Width of each hook's per-token vector (runs one tiny forward pass)."""
+        L = max(1, min(context_length, self.n_ctx))
+        acts = self.run(torch.zeros(1, L, dtype=torch.long))
+        return {h: int(a.shape[-1]) for h, a in acts.items()}
+
+
+def model_fingerprint(model) -> str:
+    """SHA-256 over parameter names, shapes, dtypes and a strided sample of each tensor's values:
+    cheap even for large models, and different for a retrained or re-initialised model."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(f"{name}|{p.dtype}|{tuple(p.shape)}\n".encode())
+        flat = p.detach().reshape(-1)
+        if flat.numel():
+            step = max(1, flat.numel() // 1024)
+            sample = flat[::step][:1024].to("cpu", torch.float32).contiguous()
+            h.update(sample.numpy().tobytes())
+    return h.hexdigest()
+
+
+def excluded_ids(tokenizer, mode: ExcludeTokens) -> list[int]:
+    sp = special_tokens(tokenizer)
+    if mode == "none":
+        return []
+    if mode == "bos":
+        return [] if sp.bos is None else [sp.bos]
+    return sorted(set(sp.all) | {i for i in (sp.bos, sp.eos, sp.pad) if i is not None})
+
+
+# ----------------------------------------------------------------------------------------------
+# Settings and estimates
+
+
+def cache_settings(
+    model, runner: ActivationRunner, d_in: dict[str, int], text: TextConfig, cfg: CacheConfig, tokenizer,
+    model_id: str | None, model_revision: str | None, dataset: dict[str, Any],
+) -> dict[str, Any]:
+    """The manifest's SETTING_FIELDS for this build (what must match to resume)."""
+    excl = excluded_ids(tokenizer, cfg.exclude_tokens)
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "model": {
+            "id": model_id or str(getattr(model.cfg, "model_name", "") or type(model).__name__),
+            "revision": model_revision,
+            "fingerprint": model_fingerprint(model),
+            "n_ctx": runner.n_ctx,
+            "d_model": int(getattr(model.cfg, "d_model", 0)),
+        },
+        "hooks": list(runner.hooks),
+        "d_in": dict(d_in),
+        "dtype": cfg.dtype,
+        "context_length": text.context_length,
+        "bos_policy": text.bos_policy,
+        "separator": text.separator,
+        "exclude_tokens": cfg.exclude_tokens,
+        "excluded_token_ids": excl,
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "dataset": dataset,
+        "max_tokens": cfg.max_tokens,
+        "shard_contexts": cfg.shard_contexts or default_shard_contexts(d_in, cfg.dtype, text.context_length),
+    }
+
+
+def bytes_per_row(d_in: dict[str, int], dtype: str) -> int:
+    item = torch.empty((), dtype=DTYPES[dtype]).element_size()
+    return sum(d_in.values()) * item + 4 + 4 + 8  # acts + token_ids + positions + seq_index
+
+
+def default_shard_contexts(d_in: dict[str, int], dtype: str, context_length: int) -> int:
+    per_context = context_length * (bytes_per_row(d_in, dtype) + 4)
+    return max(1, DEFAULT_SHARD_BYTES // per_context)
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def _fmt_secs(s: float) -> str:
+    s = int(round(s))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {(s % 3600) // 60:02d} min"
+
+
+@dataclass
+class CacheEstimate:
+    """What a build will cost, computed before it starts (the dry run)."""
+
+    out: str
+    hooks: list[str]
+    d_in: dict[str, int]
+    dtype: str
+    context_length: int
+    contexts: int | None  # total contexts (None: unknown, e.g. a streamed hub dataset without max_tokens)
+    contexts_done: int  # already in the cache (resume)
+    rows_per_context: float
+    shard_contexts: int
+    bytes_needed: int | None  # for the contexts still to do
+    bytes_free: int
+    forward_tokens_per_s: float
+    seconds: float | None
+    exact: bool  # contexts known exactly (max_tokens given and the data suffices)
+
+    @property
+    def tokens(self) -> int | None:
+        return None if self.contexts is None else self.contexts * self.context_length
+
+    def describe(self) -> str:
+        lines = [f"activation cache {self.out}: hooks {', '.join(f'{h} (d_in {self.d_in[h]})' for h in self.hooks)}, {self.dtype}, context {self.context_length}"]
+        if self.contexts is None:
+            lines.append("  tokens:  unknown (streamed dataset of unknown size; set --max-tokens for an estimate)")
+        else:
+            approx = "" if self.exact else "~"
+            n_shards = -(-self.contexts // self.shard_contexts)
+            lines.append(
+                f"  tokens:  {approx}{self.tokens:,} in {approx}{self.contexts:,} contexts, "
+                f"{approx}{n_shards:,} shards of {self.shard_contexts:,} contexts"
+                + (f" ({self.contexts_done:,} contexts already cached)" if self.contexts_done else "")
+            )
+        need = "unknown" if self.bytes_needed is None else _fmt_bytes(self.bytes_needed)
+        lines.append(f"  disk:    needs ~{need}, {_fmt_bytes(self.bytes_free)} free")
+        t = "unknown" if self.seconds is None else f"~{_fmt_secs(self.seconds)}"
+        lines.append(f"  time:    {t} (model forward measured at {self.forward_tokens_per_s:,.0f} tokens/s)")
+        return "\n".join(lines)
+
+
+def _free_bytes(path: Path) -> int:
+    p = path
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def _time_forward(runner: ActivationRunner, batch_size: int, L: int, vocab: int) -> float:
+    g = torch.Generator().manual_seed(0)
+    toks = torch.randint(0, max(1, vocab), (batch_size, L), generator=g)
+    runner.run(toks[:1])  # warm-up
+    t0 = time.perf_counter()
+    runner.run(toks)
+    return batch_size * L / max(time.perf_counter() - t0, 1e-9)
+
+
+class _Plan(NamedTuple):
+    runner: ActivationRunner
+    d_in: dict[str, int]
+    settings: dict[str, Any]
+    source: DocumentSource
+    excluded: np.ndarray
+
+
+def _plan(model, text: TextConfig, cfg: CacheConfig, tokenizer, model_id, model_revision) -> _Plan:
+    if tokenizer is None:
+        tokenizer = getattr(model, "tokenizer", None)
+        if tokenizer is None:
+            raise ValueError("the model has no tokenizer; pass tokenizer=...")
+    runner = ActivationRunner(model, cfg.hooks)
+    runner.check_context_length(text.context_length)
+    d_in = runner.d_in(text.context_length)
+    source = DocumentSource(text)  # checks the dataset and its text column
+    spec = dataset_spec(text, source.data)
+    settings = cache_settings(model, runner, d_in, text, cfg, tokenizer, model_id, model_revision, spec)
+    return _Plan(runner, d_in, settings, source, np.asarray(settings["excluded_token_ids"], dtype=np.int64))
+
+
+def _estimate(plan: _Plan, text: TextConfig, cfg: CacheConfig, tokenizer, out: Path, contexts_done: int) -> CacheEstimate:
+    L = text.context_length
+    packer = ContextPacker(plan.source.chunks(0, 64), make_tokenize(tokenizer), text, special_tokens(tokenizer))
+    sample, _ = packer.take(64)
+    if len(sample):
+        rows_per_context = float((~np.isin(sample, plan.excluded)).sum()) / len(sample)
+    else:
+        rows_per_context = float(L)
+    stream = estimate_stream_tokens(text, tokenizer, plan.source)
+    K = packer.K
+    data_contexts = None if stream is None else stream // K
+    exact = False
+    if cfg.max_tokens is not None:
+        want = cfg.max_tokens // L
+        contexts = want if data_contexts is None else min(want, data_contexts)
+        exact = data_contexts is not None and data_contexts > 1.2 * want
+    else:
+        contexts = data_contexts
+    tps = _time_forward(plan.runner, min(cfg.batch_size, 64), L, len(tokenizer))
+    sc = plan.settings["shard_contexts"]
+    todo = None if contexts is None else max(0, contexts - contexts_done)
+    need = None if todo is None else int(todo * (rows_per_context * bytes_per_row(plan.d_in, cfg.dtype) + 4 * L))
+    return CacheEstimate(
+        out=str(out), hooks=list(plan.runner.hooks), d_in=dict(plan.d_in), dtype=cfg.dtype, context_length=L,
+        contexts=contexts, contexts_done=contexts_done, rows_per_context=rows_per_context, shard_contexts=sc,
+        bytes_needed=need, bytes_free=_free_bytes(out), forward_tokens_per_s=tps,
+        seconds=None if todo is None else todo * L / tps, exact=exact,
+    )
+
+
+def estimate_cache(
+    model, text: TextConfig, cfg: CacheConfig, *, tokenizer=None, model_id: str | None = None,
+    model_revision: str | None = None,
+) -> CacheEstimate:
+    """The dry run: validate everything a build would, estimate disk and time; write nothing."""
+    plan = _plan(model, text, cfg, tokenizer, model_id, model_revision)
+    tokenizer = tokenizer if tokenizer is not None else model.tokenizer
+    out = Path(cfg.out)
+    done = 0
+    if (out / MANIFEST_NAME).is_file():
+        existing = read_manifest(out)
+        _refuse_mismatch(out, existing, plan.settings)
+        done = existing.total_contexts if existing.complete else sum(s.contexts for s in read_progress(out))
+    return _estimate(plan, text, cfg, tokenizer, out, done)
+
+
+# ----------------------------------------------------------------------------------------------
+# Shard buffers and the writer thread
+
+
+class _ShardBuffer:
+    """Preallocated storage for one shard; the model's activations are copied straight in."""
+
+    def __init__(self, d_in: dict[str, int], dtype: torch.dtype, contexts: int, L: int, pin: bool):
+        cap = contexts * L
+        self.acts = {h: torch.empty(cap, d, dtype=dtype, pin_memory=pin) for h, d in d_in.items()}
+        self.token_ids = torch.empty(cap, dtype=torch.int32)
+        self.positions = torch.empty(cap, dtype=torch.int32)
+        self.seq_index = torch.empty(cap, dtype=torch.int64)
+        self.context_tokens = torch.empty(contexts, L, dtype=torch.int32)
+        self.rows = 0
+        self.contexts = 0
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        r, c = self.rows, self.contexts
+        out = {f"acts/{h}": a[:r] for h, a in self.acts.items()}
+        out.update(token_ids=self.token_ids[:r], positions=self.positions[:r], seq_index=self.seq_index[:r],
+                   context_tokens=self.context_tokens[:c])
+        return out
+
+
+def _disk_full_message(out: Path, what: str) -> str:
+    return (
+        f"disk full while writing {what} in {out} ({_fmt_bytes(_free_bytes(out))} free). Nothing partial "
+        "was kept: free some space (or choose another --out) and re-run the same command to resume."
+    )
+
+
+class _ShardWriter:
+    """Writes filled shard buffers in order, in a background thread (or inline), and appends
+    each finished shard to the build log. Errors surface in the caller's thread."""
+
+    def __init__(self, out: Path, buffers: list[_ShardBuffer], threaded: bool, on_written: Callable[[ShardInfo], None]):
+        self.out = out
+        self.free: queue.Queue = queue.Queue()
+        for b in buffers:
+            self.free.put(b)
+        self.work: queue.Queue = queue.Queue()
+        self.error: BaseException | None = None
+        self.on_written = on_written
+        self.threaded = threaded
+        self._thread = threading.Thread(target=self._loop, name="cache-writer", daemon=True) if threaded else None
+        if self._thread:
+            self._thread.start()
+
+    def _raise(self) -> None:
+        e = self.error
+        if e is None:
+            return
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+            raise CacheDiskFullError(errno.ENOSPC, _disk_full_message(self.out, getattr(e, "_what", "a shard"))) from e
+        raise e
+
+    def acquire(self) -> _ShardBuffer:
+        while True:
+            self._raise()
+            try:
+                return self.free.get(timeout=0.05)
+            except queue.Empty:
+                continue
+
+    def submit(self, buf: _ShardBuffer, info: dict[str, Any]) -> None:
+        self._raise()
+        if self._thread:
+            self.work.put((buf, info))
+        else:
+            self._write(buf, info)
+            self._raise()
+
+    def _write(self, buf: _ShardBuffer, info: dict[str, Any]) -> None:
+        try:
+            if self.error is None:
+                meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "shard_index": str(info["index"]),
+                        "first_context": str(info["first_context"])}
+                written = write_safetensors_atomic(self.out / info["file"], buf.tensors(), meta)
+                shard = ShardInfo(bytes=written.nbytes, sha256=written.sha256, rows=buf.rows, contexts=buf.contexts, **info)
+                append_progress(self.out, shard)
+                self.on_written(shard)
+        except BaseException as e:  # reported to the main thread
+            e._what = info["file"]  # type: ignore[attr-defined]
+            self.error = e
+        finally:
+            buf.rows = buf.contexts = 0
+            self.free.put(buf)
+
+    def _loop(self) -> None:
+        while True:
+            item = self.work.get()
+            if item is None:
+                return
+            self._write(*item)
+
+    def close(self, wait: bool = True) -> None:
+        if self._thread:
+            self.work.put(None)
+            self._thread.join()
+            self._thread = None
+        if wait:
+            self._raise()
+
+
+# ----------------------------------------------------------------------------------------------
+# Building
+
+
+class CacheResult(NamedTuple):
+    path: Path
+    manifest: Manifest
+    shards_resumed: int  # shards found finished in the directory
+    shards_written: int  # shards written by this call
+    tokens_written: int  # model-input tokens processed by this call
+    seconds: float
+
+
+def _refuse_mismatch(out: Path, existing: Manifest, settings: dict[str, Any]) -> None:
+    diffs = setting_differences(existing.settings, settings)
+    if diffs:
+        raise CacheMismatchError(
+            f"{out} holds a cache made with other settings; refusing to mix them:\n  - "
+            + "\n  - ".join(diffs)
+            + "\nUse another --out directory, or delete this one to rebuild it."
+        )
+
+
+def _fill_batch(buf: _ShardBuffer, acts: dict[str, torch.Tensor], tokens_BL: np.ndarray, excluded: np.ndarray,
+                first_context: int, non_blocking: bool) -> None:
+    """Copy one forward pass's activations (kept positions only) and metadata into `buf`."""
+    B, L = tokens_BL.shape
+    r, c = buf.rows, buf.contexts
+    keep_BL = ~np.isin(tokens_BL, excluded) if len(excluded) else None
+    if keep_BL is None or keep_BL.all():
+        n = B * L
+        for h, a in acts.items():
+            buf.acts[h][r:r + n].view(B, L, -1).copy_(a, non_blocking=non_blocking)
+        bi, pos = np.divmod(np.arange(n), L)
+    elif not keep_BL[:, 0].any() and keep_BL[:, 1:].all():  # BOS first in every context
+        n = B * (L - 1)
+        for h, a in acts.items():
+            buf.acts[h][r:r + n].view(B, L - 1, -1).copy_(a[:, 1:], non_blocking=non_blocking)
+        bi, pos = np.divmod(np.arange(n), L - 1)
+        pos = pos + 1
+    else:
+        bi, pos = np.nonzero(keep_BL)
+        n = len(bi)
+        idx = torch.from_numpy(bi * L + pos).to(next(iter(acts.values())).device)
+        for h, a in acts.items():
+            buf.acts[h][r:r + n].copy_(a.reshape(B * L, -1).index_select(0, idx), non_blocking=non_blocking)
+    buf.token_ids.numpy()[r:r + n] = tokens_BL[bi, pos]
+    buf.positions.numpy()[r:r + n] = pos
+    buf.seq_index.numpy()[r:r + n] = first_context + c + bi
+    buf.context_tokens.numpy()[c:c + B] = tokens_BL
+    buf.rows += n
+    buf.contexts += B
+
+
+def build_cache(
+    model,
+    text: TextConfig,
+    cfg: CacheConfig,
+    *,
+    tokenizer=None,
+    model_id: str | None = None,
+    model_revision: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = print,
+    writer_thread: bool = True,
+) -> CacheResult:
+    """Build (or resume, or confirm) the activation cache `cfg.out` for `model` on `text`.
+
+    `model_id` / `model_revision` are recorded in the manifest (default: `model.cfg.model_name`);
+    `tokenizer` defaults to `model.tokenizer`. Raises `CacheMismatchError` when `cfg.out` holds a
+    cache with other settings, `UnknownHookError`, `ValueError` for bad input (missing text
+    column, context longer than the model's), `CacheDiskFullError` on a full disk."""
+    t_start = time.perf_counter()
+    say = log or (lambda s: None)
+    if tokenizer is None:
+        tokenizer = getattr(model, "tokenizer", None)
+    plan = _plan(model, text, cfg, tokenizer, model_id, model_revision)
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a directory")
+    if out.is_dir() and not (out / MANIFEST_NAME).is_file():
+        others = [p.name for p in out.iterdir() if p.name not in (LOCK_NAME, PROGRESS_NAME)]
+        if others:
+            raise ValueError(f"{out} is not empty and holds no activation cache ({', '.join(sorted(others)[:5])} ...); choose an empty or new --out directory")
+    if (out / MANIFEST_NAME).is_file():
+        existing = read_manifest(out)
+        _refuse_mismatch(out, existing, plan.settings)
+        if existing.complete:
+            say(f"{out}: cache already complete ({existing.total_rows:,} rows in {len(existing.shards)} shards); nothing to do")
+            return CacheResult(out, existing, len(existing.shards), 0, 0, time.perf_counter() - t_start)
+    out.mkdir(parents=True, exist_ok=True)
+
+    with DirLock(out):
+        manifest = Manifest(plan.settings, complete=False, shards=[])
+        if (out / MANIFEST_NAME).is_file():
+            _refuse_mismatch(out, read_manifest(out), plan.settings)
+        else:
+            write_json_atomic(out / MANIFEST_NAME, manifest.to_json())
+        for p in out.glob("*" + TMP_SUFFIX):  # leftovers of a crash
+            p.unlink()
+        done = read_progress(out)
+        for p in out.glob("shard_*.safetensors"):  # finished files the log does not vouch for
+            m = re.match(r"^shard_(\d+)\.safetensors$", p.name)
+            if m and int(m.group(1)) >= len(done):
+                p.unlink()
+        contexts_done = sum(s.contexts for s in done)
+        est = _estimate(plan, text, cfg, tokenizer, out, contexts_done)
+        say(est.describe())
+        if done:
+            say(f"  resuming after {len(done)} finished shard(s) ({contexts_done:,} contexts)")
+        if cfg.check_disk and est.bytes_needed is not None and est.bytes_needed > est.bytes_free:
+            raise CacheDiskFullError(
+                errno.ENOSPC,
+                f"not enough disk space in {out}: the cache needs ~{_fmt_bytes(est.bytes_needed)}, "
+                f"{_fmt_bytes(est.bytes_free)} free. Free space, pick another --out, lower --max-tokens, "
+                "or pass --check-disk false to try anyway.",
+            )
+        written = _run_build(plan, text, cfg, tokenizer, out, done, est, progress, writer_thread)
+        shards = read_progress(out)
+        manifest = Manifest(plan.settings, complete=True, shards=shards)
+        try:
+            write_json_atomic(out / MANIFEST_NAME, manifest.to_json())
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise CacheDiskFullError(errno.ENOSPC, _disk_full_message(out, MANIFEST_NAME)) from e
+            raise
+        (out / PROGRESS_NAME).unlink(missing_ok=True)
+        (out / LOCK_NAME).unlink(missing_ok=True)
+    secs = time.perf_counter() - t_start
+    tot = manifest.totals()
+    say(f"{out}: {tot['rows']:,} rows, {tot['shards']} shards, {_fmt_bytes(tot['bytes'])} ({written[1]:,} tokens this run, {_fmt_secs(secs)})")
+    return CacheResult(out, manifest, len(done), written[0], written[1], secs)
+
+
+def _run_build(plan: _Plan, text: TextConfig, cfg: CacheConfig, tokenizer, out: Path, done: list[ShardInfo],
+               est: CacheEstimate, progress: bool, threaded: bool) -> tuple[int, int]:
+    from tqdm.auto import tqdm
+
+    L = text.context_length
+    C = int(plan.settings["shard_contexts"])
+    start = TextPointer(*done[-1].text_end) if done else TextPointer(0, 0)
+    ctx = sum(s.contexts for s in done)
+    target = None if cfg.max_tokens is None else cfg.max_tokens // L
+    packer = ContextPacker(plan.source.chunks(start.doc), make_tokenize(tokenizer), text, special_tokens(tokenizer), start)
+    device = plan.runner.device
+    pin = device.type == "cuda"
+    dtype = DTYPES[cfg.dtype]
+    buffers = [_ShardBuffer(plan.d_in, dtype, C, L, pin) for _ in range(2 if threaded else 1)]
+    written = [0]
+    writer = _ShardWriter(out, buffers, threaded=threaded, on_written=lambda s: written.__setitem__(0, written[0] + 1))
+    bar = tqdm(total=est.tokens, initial=ctx * L, unit="tok", unit_scale=True, desc="caching", disable=not progress,
+               dynamic_ncols=True, smoothing=0.1)
+    tokens_run = 0
+    index = len(done)
+    ok = False
+    try:
+        while True:
+            want = C if target is None else min(C, target - ctx)
+            if want <= 0:
+                break
+            tokens_NL, end = packer.take(want)
+            m = len(tokens_NL)
+            if m == 0:
+                break
+            buf = writer.acquire()
+            for b in range(0, m, cfg.batch_size):
+                tb = tokens_NL[b:b + cfg.batch_size]
+                acts = plan.runner.run(torch.from_numpy(tb))
+                _fill_batch(buf, acts, tb, plan.excluded, ctx, non_blocking=pin)
+                bar.update(tb.size)
+                tokens_run += tb.size
+            if pin:
+                torch.cuda.synchronize(device)
+            writer.submit(buf, {"index": index, "file": shard_file_name(index), "first_context": ctx,
+                                "text_start": tuple(start), "text_end": tuple(end)})
+            index += 1
+            ctx += m
+            start = end
+            if m < want:
+                break  # the data ran out
+        ok = True
+    finally:
+        bar.close()
+        writer.close(wait=ok)
+    return written[0], tokens_run
+
+
+# ----------------------------------------------------------------------------------------------
+# Verification
+
+
+class VerifyReport(NamedTuple):
+    ok: bool
+    checked: int
+    problems: list[str]  # one line per bad shard, naming it
+
+
+def verify_cache(path: str | Path, *, progress: bool = False) -> VerifyReport:
+    """Check every shard of a cache against the manifest (presence, size, SHA-256, header).
+    An unfinished cache is checked against its build log."""
+    from tqdm.auto import tqdm
+
+    out = Path(path)
+    man = read_manifest(out)
+    shards = man.shards if man.complete else read_progress(out)
+    problems = [] if man.complete else [f"cache is incomplete ({len(shards)} shards finished); re-run the same `saesteer cache` command to finish it"]
+    for s in tqdm(shards, desc="verifying", unit="shard", disable=not progress):
+        f = out / s.file
+        if not f.is_file():
+            problems.append(f"{s.file}: missing")
+            continue
+        size = f.stat().st_size
+        if size != s.bytes:
+            problems.append(f"{s.file}: {size} bytes, manifest says {s.bytes}")
+            continue
+        digest = sha256_file(f)
+        if digest != s.sha256:
+            problems.append(f"{s.file}: SHA-256 mismatch (file {digest[:16]}..., manifest {s.sha256[:16]}...): the file is corrupt")
+            continue
+        try:
+            entries, _ = read_header(f)
+        except ShardCorruptError as e:
+            problems.append(str(e))
+            continue
+        for h in man.hooks:
+            e = entries.get(f"acts/{h}")
+            if e is None or e.shape != (s.rows, man.d_in[h]):
+                problems.append(f"{s.file}: activations for {h} missing or of the wrong shape")
+    return VerifyReport(not problems, len(shards), problems)
+
+
+def describe_cache(path: str | Path) -> str:
+    """A few lines about a cache (for the CLI)."""
+    man = read_manifest(path)
+    t = man.totals()
+    st = man.settings
+    return json.dumps({"path": str(path), "complete": man.complete, "model": st["model"]["id"], "hooks": st["hooks"],
+                       "dtype": st["dtype"], "context_length": st["context_length"], **t}, indent=1)

@@ -1,0 +1,293 @@
+"""The activation cache's manifest (`manifest.json`), its build log, and the directory lock.
+
+A cache directory holds:
+  * `manifest.json`: the settings that produced the cache, `complete`, totals and the shard list
+    (file, contexts, rows, bytes, SHA-256, where in the text the shard starts and ends);
+  * `shard_NNNNNN.safetensors`: the shards (see `training.shards`);
+  * while building only: `progress.jsonl` (one line per finished shard, appended and fsynced) and
+    `.lock` (an flock held by the building process).
+
+`manifest.json` is written atomically at the start (complete: false, no shards) and again at the
+end (complete: true, all shards); the log is then deleted. It holds no timestamps, so an
+interrupted and resumed build ends byte-identical to an uninterrupted one.
+
+Manifest fields (format_version 1):
+  format "saesteer.activation_cache", format_version 1, complete (bool),
+  model {id, revision, fingerprint, n_ctx, d_model},
+  hooks [names], d_in {hook: int}, dtype "fp16"|"bf16"|"fp32",
+  context_length, bos_policy, separator, exclude_tokens, excluded_token_ids [ints],
+  tokenizer {name, vocab_size, bos_id, eos_id, pad_id, sha256},
+  dataset {name, config, split, text_column, files?: [[file name, bytes]]},
+  max_tokens (int|null), shard_contexts (int),
+  totals {shards, contexts, tokens, rows, bytes},
+  shards [{index, file, first_context, contexts, rows, bytes, sha256, text_start [doc, offset],
+           text_end [doc, offset]}].
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from training.shards import fsync_dir
+
+FORMAT_NAME = "saesteer.activation_cache"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+PROGRESS_NAME = "progress.jsonl"
+LOCK_NAME = ".lock"
+
+# Fields that define a cache; resuming with any of them different is refused.
+SETTING_FIELDS = (
+    "format", "format_version", "model", "hooks", "d_in", "dtype", "context_length", "bos_policy",
+    "separator", "exclude_tokens", "excluded_token_ids", "tokenizer", "dataset", "max_tokens",
+    "shard_contexts",
+)
+
+
+class CacheMismatchError(ValueError):
+    """An existing cache was made with other settings than the ones requested."""
+
+
+class CacheFormatError(ValueError):
+    """A directory is not a readable activation cache."""
+
+
+def shard_file_name(index: int) -> str:
+    return f"shard_{index:06d}.safetensors"
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    index: int
+    file: str
+    first_context: int
+    contexts: int
+    rows: int
+    bytes: int
+    sha256: str
+    text_start: tuple[int, int]
+    text_end: tuple[int, int]
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["text_start"], d["text_end"] = list(self.text_start), list(self.text_end)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "ShardInfo":
+        try:
+            return cls(
+                index=int(d["index"]), file=str(d["file"]), first_context=int(d["first_context"]),
+                contexts=int(d["contexts"]), rows=int(d["rows"]), bytes=int(d["bytes"]),
+                sha256=str(d["sha256"]), text_start=tuple(map(int, d["text_start"])),
+                text_end=tuple(map(int, d["text_end"])),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise CacheFormatError(f"bad shard entry {d!r}: {e}") from None
+
+
+@dataclass
+class Manifest:
+    """A parsed `manifest.json`. `settings` holds the SETTING_FIELDS."""
+
+    settings: dict[str, Any]
+    complete: bool = False
+    shards: list[ShardInfo] = field(default_factory=list)
+
+    # convenient views -------------------------------------------------------------------
+    @property
+    def hooks(self) -> list[str]:
+        return list(self.settings["hooks"])
+
+    @property
+    def d_in(self) -> dict[str, int]:
+        return {k: int(v) for k, v in self.settings["d_in"].items()}
+
+    @property
+    def dtype(self) -> str:
+        return self.settings["dtype"]
+
+    @property
+    def context_length(self) -> int:
+        return int(self.settings["context_length"])
+
+    @property
+    def total_rows(self) -> int:
+        return sum(s.rows for s in self.shards)
+
+    @property
+    def total_contexts(self) -> int:
+        return sum(s.contexts for s in self.shards)
+
+    def totals(self) -> dict[str, int]:
+        return {
+            "shards": len(self.shards),
+            "contexts": self.total_contexts,
+            "tokens": self.total_contexts * self.context_length,
+            "rows": self.total_rows,
+            "bytes": sum(s.bytes for s in self.shards),
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        d = {k: self.settings[k] for k in SETTING_FIELDS}
+        d["complete"] = self.complete
+        d["totals"] = self.totals()
+        d["shards"] = [s.to_json() for s in self.shards]
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], where: str = "manifest") -> "Manifest":
+        if not isinstance(d, dict) or d.get("format") != FORMAT_NAME:
+            raise CacheFormatError(f"{where}: not a saesteer activation cache manifest")
+        if d.get("format_version") != FORMAT_VERSION:
+            raise CacheFormatError(
+                f"{where}: format_version {d.get('format_version')} is not supported by this "
+                f"saesteer (it reads version {FORMAT_VERSION}); rebuild the cache or upgrade saesteer"
+            )
+        missing = [k for k in SETTING_FIELDS if k not in d]
+        if missing:
+            raise CacheFormatError(f"{where}: missing field(s) {', '.join(missing)}")
+        shards = [ShardInfo.from_json(s) for s in d.get("shards", [])]
+        for i, s in enumerate(shards):
+            if s.index != i or s.file != shard_file_name(i):
+                raise CacheFormatError(f"{where}: shard list out of order at entry {i} ({s.file})")
+        return cls({k: d[k] for k in SETTING_FIELDS}, bool(d.get("complete")), shards)
+
+
+# ----------------------------------------------------------------------------------------------
+# Files
+
+
+def dumps(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=1, ensure_ascii=False) + "\n").encode()
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to `path` atomically (temp file in the same dir, fsync, os.replace, fsync dir)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    data = dumps(obj)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_dir(path.parent)
+
+
+def read_manifest(cache_dir: str | Path) -> Manifest:
+    """Parse `cache_dir/manifest.json` (clear errors when absent or not a cache)."""
+    path = Path(cache_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise CacheFormatError(f"{cache_dir}: no {MANIFEST_NAME}; not an activation cache (build one with `saesteer cache`)")
+    try:
+        d = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CacheFormatError(f"{path}: not valid JSON ({e})") from None
+    return Manifest.from_json(d, where=str(path))
+
+
+def append_progress(cache_dir: Path, shard: ShardInfo) -> None:
+    """Append one finished shard to the build log, durably."""
+    line = json.dumps(shard.to_json(), separators=(",", ":")) + "\n"
+    with open(Path(cache_dir) / PROGRESS_NAME, "ab") as f:
+        f.write(line.encode())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_progress(cache_dir: Path) -> list[ShardInfo]:
+    """The finished shards recorded in the build log, in order.
+
+    A torn last line (a crash mid-append) is dropped and the log truncated to its valid part;
+    entries whose file is missing or has the wrong size end the list there (their shard and all
+    later ones will be rebuilt)."""
+    path = Path(cache_dir) / PROGRESS_NAME
+    if not path.exists():
+        return []
+    raw = path.read_bytes()
+    shards: list[ShardInfo] = []
+    valid_end = 0
+    pos = 0
+    while pos < len(raw):
+        nl = raw.find(b"\n", pos)
+        if nl < 0:
+            break
+        try:
+            s = ShardInfo.from_json(json.loads(raw[pos:nl]))
+        except (CacheFormatError, json.JSONDecodeError, UnicodeDecodeError):
+            break
+        f = Path(cache_dir) / s.file
+        if s.index != len(shards) or not f.is_file() or f.stat().st_size != s.bytes:
+            break
+        shards.append(s)
+        pos = valid_end = nl + 1
+    if valid_end != len(raw):
+        with open(path, "r+b") as f:
+            f.truncate(valid_end)
+            os.fsync(f.fileno())
+    return shards
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        if not d:
+            out[prefix] = {}
+        return out
+    return {prefix: d}
+
+
+def setting_differences(existing: dict[str, Any], requested: dict[str, Any]) -> list[str]:
+    """Human-readable differences between two settings dicts, one per differing field."""
+    a = _flatten({k: existing.get(k) for k in SETTING_FIELDS})
+    b = _flatten({k: requested.get(k) for k in SETTING_FIELDS})
+    diffs = []
+    for k in sorted(set(a) | set(b), key=lambda k: (SETTING_FIELDS.index(k.split(".")[0]) if k.split(".")[0] in SETTING_FIELDS else 99, k)):
+        va, vb = a.get(k, "<absent>"), b.get(k, "<absent>")
+        if va != vb:
+            diffs.append(f"{k}: cache has {va!r}, this run asks for {vb!r}")
+    return diffs
+
+
+class DirLock:
+    """An exclusive, non-blocking flock on `cache_dir/.lock` (released when the process dies)."""
+
+    def __init__(self, cache_dir: Path):
+        self.path = Path(cache_dir) / LOCK_NAME
+        self._fd: int | None = None
+
+    def __enter__(self) -> "DirLock":
+        self._fd = os.open(str(self.path), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - non-POSIX
+            return self
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            self._fd = None
+            raise RuntimeError(
+                f"another process is writing the cache in {self.path.parent}; wait for it to finish "
+                "(or stop it) before running this command"
+            ) from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

@@ -1,0 +1,440 @@
+"""Read an activation cache for training: seeded shuffling, several epochs, bounded memory,
+checksums verified before any row of a shard is used, exact resume, data-parallel ranks.
+
+    reader = CacheReader("caches/toy", batch_size=4096, hook="blocks.2.hook_resid_post", seed=0)
+    for batch in reader:            # ActivationBatch(acts [B, D] float32, token_ids, positions, seq_index)
+        ...
+        ckpt["data"] = reader.state_dict()       # small JSON-able dict
+    ...
+    reader.load_state_dict(ckpt["data"])         # continue with exactly the remaining stream
+
+The stream. Epoch e visits the shards in a seeded random order (a permutation of the shard list
+drawn from seed and e). Consecutive shards in that order are grouped into *windows* of at most
+`buffer_rows` rows (at least one shard each). A window is read into memory and its rows are put
+in a seeded random order (drawn from seed, e and the window's index). The epoch's stream is the
+concatenation of its windows' shuffled rows; the whole stream is epoch 0's stream, then epoch 1's,
+and so on, so every row appears exactly once per epoch and the order is a function of the seed.
+
+Batches. The stream is cut into consecutive *global* batches of `batch_size * world_size` rows
+(batches run across window and epoch boundaries; only the very last one can be short, and it is
+dropped with `drop_last`). Rank r yields rows [r*batch_size, (r+1)*batch_size) of each global batch
+(a short last batch is split as evenly as possible), so ranks are disjoint, together cover every
+row once per epoch, and all yield the same number of batches.
+
+State. The position in the stream is one integer (rows of the global stream consumed), the same on
+every rank. `state_dict()` returns it with the settings that define the stream (seed,
+buffer_rows, cache identity); `load_state_dict()` refuses a state from a different stream.
+Batch size and world size may change across a resume: the remaining stream is the same rows in the
+same order.
+
+Memory: one window (at most max(buffer_rows, largest shard's rows) rows of one hook in the stored
+dtype) plus one batch, whatever the cache size. Each shard's SHA-256 is checked (streaming over
+the file) before any of its rows is used, once per reader object (`verify="always"`: every time the
+shard is loaded); a bad shard raises `ShardCorruptError` naming it.
+
+Shape key: B batch rows, D d_in, N window rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Iterator, Literal, NamedTuple, Sequence
+
+import numpy as np
+import torch
+
+from training.manifest import Manifest, read_manifest
+from training.shards import DTYPES, ShardCorruptError, TensorEntry, read_header, read_into, sha256_file
+
+STATE_VERSION = 1
+
+
+class ActivationBatch(NamedTuple):
+    """One batch of cached activations. The last three are None unless asked for."""
+
+    acts: torch.Tensor  # [B, D] (float32 unless another dtype was asked for)
+    token_ids: torch.Tensor | None = None  # [B] int64: the token at each row
+    positions: torch.Tensor | None = None  # [B] int64: position in its context
+    seq_index: torch.Tensor | None = None  # [B] int64: global context index in the cache
+
+
+class _Window(NamedTuple):
+    shards: tuple[int, ...]  # shard indices, in stream order
+    start: int  # first stream row (within the epoch)
+    rows: int
+
+
+def _rng(seed: int, *keys: int) -> np.random.Generator:
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, (int(seed) >> 32) & 0xFFFFFFFF, *map(int, keys)])
+
+
+class CacheReader:
+    """Shuffled, resumable, rank-partitioned batches of one hook's activations from a cache.
+
+    Args:
+        path: cache directory (must be complete).
+        batch_size: rows per batch on this rank.
+        hook: which cached hook point (optional when the cache holds one).
+        seed: fixes the order of every epoch.
+        epochs: passes over the data (None: endless).
+        buffer_rows: shuffle window size in rows (memory bound; windows hold whole shards).
+        rank, world_size: data-parallel partition (see the module doc).
+        with_tokens: also yield token ids, positions and context indices.
+        drop_last: drop the final short batch.
+        dtype: dtype of yielded activations (None: as stored).
+        device: move yielded tensors there.
+        verify: "once" (default: each shard's SHA-256 checked once per reader before its rows are
+            used), "always" (every time a shard is loaded), or "never".
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        batch_size: int,
+        *,
+        hook: str | None = None,
+        seed: int = 0,
+        epochs: int | None = 1,
+        buffer_rows: int = 1 << 20,
+        rank: int = 0,
+        world_size: int = 1,
+        with_tokens: bool = False,
+        drop_last: bool = False,
+        dtype: torch.dtype | None = torch.float32,
+        device: str | torch.device | None = None,
+        verify: Literal["once", "always", "never"] = "once",
+    ):
+        self.path = Path(path)
+        self.manifest: Manifest = read_manifest(self.path)
+        if not self.manifest.complete:
+            raise ValueError(
+                f"{self.path}: the cache is incomplete; re-run the same `saesteer cache` command to finish it"
+            )
+        hooks = self.manifest.hooks
+        if hook is None:
+            if len(hooks) != 1:
+                raise ValueError(f"{self.path} holds several hook points ({', '.join(hooks)}); pass hook=... to pick one")
+            hook = hooks[0]
+        if hook not in hooks:
+            raise ValueError(f"{self.path} has no hook point {hook!r}; it holds {', '.join(hooks)}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+        if not isinstance(world_size, int) or world_size < 1 or not isinstance(rank, int) or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size; got rank={rank}, world_size={world_size}")
+        if epochs is not None and epochs < 0:
+            raise ValueError(f"epochs must be >= 0 or None (endless); got {epochs}")
+        if buffer_rows < 1:
+            raise ValueError(f"buffer_rows must be positive; got {buffer_rows}")
+        if verify not in ("once", "always", "never"):
+            raise ValueError(f"verify must be once, always or never; got {verify!r}")
+        self.hook = hook
+        self.batch_size = batch_size
+        self.seed = int(seed)
+        self.epochs = epochs
+        self.buffer_rows = int(buffer_rows)
+        self.rank = rank
+        self.world_size = world_size
+        self.with_tokens = with_tokens
+        self.drop_last = drop_last
+        self.dtype = dtype
+        self.device = torch.device(device) if device is not None else None
+        self.verify = verify
+        self.d_in = self.manifest.d_in[hook]
+        self.stored_dtype = DTYPES[self.manifest.dtype]
+        self._shards = self.manifest.shards
+        self._shard_rows = np.array([s.rows for s in self._shards], dtype=np.int64)
+        self.rows_per_epoch = int(self._shard_rows.sum())
+        self._verified: set[int] = set()
+        self._windows_cache: tuple[int, list[_Window]] | None = None
+        self._loaded: tuple[int, int] | None = None  # (epoch, window index)
+        self._buf_acts: torch.Tensor | None = None
+        self._buf_meta: np.ndarray | None = None  # [3, N] token_ids, positions, seq_index
+        self._perm: np.ndarray | None = None
+        self._row = 0  # global stream rows consumed
+
+    # -- stream layout -------------------------------------------------------------------
+    @property
+    def total_rows(self) -> int | None:
+        """Rows of the whole stream (None when endless)."""
+        return None if self.epochs is None else self.epochs * self.rows_per_epoch
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.batch_size * self.world_size
+
+    def __len__(self) -> int:
+        """Batches this reader yields from its current position (same on every rank)."""
+        if self.total_rows is None:
+            raise TypeError("an endless reader (epochs=None) has no length")
+        left = max(0, self.total_rows - self._row)
+        G = self.global_batch_size
+        return left // G if self.drop_last else -(-left // G)
+
+    def windows(self, epoch: int) -> list[_Window]:
+        """The windows of epoch `epoch`, in stream order."""
+        if self._windows_cache and self._windows_cache[0] == epoch:
+            return self._windows_cache[1]
+        order = _rng(self.seed, epoch).permutation(len(self._shards)) if self._shards else np.empty(0, np.int64)
+        out: list[_Window] = []
+        cur: list[int] = []
+        cur_rows = start = 0
+        for s in order:
+            r = int(self._shard_rows[s])
+            if cur and cur_rows + r > self.buffer_rows:
+                out.append(_Window(tuple(cur), start, cur_rows))
+                start += cur_rows
+                cur, cur_rows = [], 0
+            cur.append(int(s))
+            cur_rows += r
+        if cur:
+            out.append(_Window(tuple(cur), start, cur_rows))
+        self._windows_cache = (epoch, out)
+        return out
+
+    # -- loading ---------------------------------------------------------------------------
+    def _check_shard(self, i: int) -> dict[str, TensorEntry]:
+        s = self._shards[i]
+        f = self.path / s.file
+        if not f.is_file():
+            raise ShardCorruptError(f"shard {s.file} of {self.path} is missing; rebuild the cache")
+        if f.stat().st_size != s.bytes:
+            raise ShardCorruptError(f"shard {s.file} of {self.path} has {f.stat().st_size} bytes, the manifest says {s.bytes}: the file is damaged; rebuild the cache")
+        if self.verify == "always" or (self.verify == "once" and i not in self._verified):
+            digest = sha256_file(f)
+            if digest != s.sha256:
+                raise ShardCorruptError(
+                    f"shard {s.file} of {self.path} fails its SHA-256 check (file {digest[:16]}..., manifest "
+                    f"{s.sha256[:16]}...): the file is corrupt and none of its rows were used. "
+                    f"Run `saesteer cache --verify {self.path}` to list all bad shards, then rebuild the cache."
+                )
+            self._verified.add(i)
+        entries, _ = read_header(f)
+        key = f"acts/{self.hook}"
+        need = {key: (s.rows, self.d_in), "token_ids": (s.rows,), "positions": (s.rows,), "seq_index": (s.rows,)}
+        for k, shape in need.items():
+            if k not in entries or entries[k].shape != shape:
+                raise ShardCorruptError(f"shard {s.file} of {self.path}: tensor {k} missing or not of shape {shape}")
+        if entries[key].dtype != self.stored_dtype:
+            raise ShardCorruptError(f"shard {s.file} of {self.path}: {key} is {entries[key].dtype}, the manifest says {self.manifest.dtype}")
+        return entries
+
+    def _load_window(self, epoch: int, w: int) -> None:
+        if self._loaded == (epoch, w):
+            return
+        win = self.windows(epoch)[w]
+        entries = [self._check_shard(i) for i in win.shards]  # every shard verified before any row is used
+        N = win.rows
+        if self._buf_acts is None or self._buf_acts.shape[0] < N:
+            self._buf_acts = torch.empty(N, self.d_in, dtype=self.stored_dtype)
+            self._buf_meta = np.empty((3, N), dtype=np.int64) if self.with_tokens else None
+        key = f"acts/{self.hook}"
+        r = 0
+        for i, ent in zip(win.shards, entries):
+            n = self._shards[i].rows
+            with open(self.path / self._shards[i].file, "rb", buffering=0) as f:
+                if n:
+                    read_into(f, ent[key], self._buf_acts[r:r + n])
+                    if self.with_tokens:
+                        for j, k in enumerate(("token_ids", "positions", "seq_index")):
+                            tmp = torch.empty(n, dtype=ent[k].dtype)
+                            read_into(f, ent[k], tmp)
+                            self._buf_meta[j, r:r + n] = tmp.numpy()
+            r += n
+        self._perm = _rng(self.seed, epoch, w).permutation(N)
+        self._loaded = (epoch, w)
+
+    def _gather(self, a: int, b: int) -> list[tuple[torch.Tensor, np.ndarray | None]]:
+        """Rows [a, b) of the global stream, as (acts, meta) pieces."""
+        pieces = []
+        R = self.rows_per_epoch
+        while a < b:
+            epoch, off = divmod(a, R)
+            wins = self.windows(epoch)
+            starts = [w.start for w in wins]
+            w = int(np.searchsorted(starts, off, side="right")) - 1
+            win = wins[w]
+            self._load_window(epoch, w)
+            lo = off - win.start
+            hi = min(win.rows, lo + (b - a))
+            idx = self._perm[lo:hi]
+            t_idx = torch.from_numpy(idx)
+            acts = self._buf_acts.index_select(0, t_idx)
+            meta = self._buf_meta[:, idx] if self.with_tokens else None
+            pieces.append((acts, meta))
+            a += hi - lo
+        return pieces
+
+    # -- iteration -------------------------------------------------------------------------
+    def _rank_range(self, start: int, size: int) -> tuple[int, int]:
+        B, W, r = self.batch_size, self.world_size, self.rank
+        if size == B * W:
+            return start + r * B, start + (r + 1) * B
+        return start + (r * size) // W, start + ((r + 1) * size) // W
+
+    def __iter__(self) -> Iterator[ActivationBatch]:
+        G = self.global_batch_size
+        total = self.total_rows
+        if self.rows_per_epoch == 0:
+            return
+        while total is None or self._row < total:
+            size = G if total is None else min(G, total - self._row)
+            if size < G and self.drop_last:
+                return
+            a, b = self._rank_range(self._row, size)
+            pieces = self._gather(a, b) if b > a else [(self._empty_acts(), np.empty((3, 0), np.int64) if self.with_tokens else None)]
+            self._row += size  # before yielding: state_dict() now describes what comes next
+            yield self._make_batch(pieces)
+
+    def _empty_acts(self) -> torch.Tensor:
+        return torch.empty(0, self.d_in, dtype=self.stored_dtype)
+
+    def _make_batch(self, pieces) -> ActivationBatch:
+        acts = pieces[0][0] if len(pieces) == 1 else torch.cat([p[0] for p in pieces])
+        if self.dtype is not None:
+            acts = acts.to(self.dtype)
+        if self.device is not None:
+            acts = acts.to(self.device)
+        if not self.with_tokens:
+            return ActivationBatch(acts)
+        meta = pieces[0][1] if len(pieces) == 1 else np.concatenate([p[1] for p in pieces], axis=1)
+        t = [torch.from_numpy(np.ascontiguousarray(m)) for m in meta]
+        if self.device is not None:
+            t = [x.to(self.device) for x in t]
+        return ActivationBatch(acts, t[0], t[1], t[2])
+
+    # -- resume ----------------------------------------------------------------------------
+    def _identity(self) -> dict[str, Any]:
+        h = hashlib.sha256("".join(s.sha256 for s in self._shards).encode()).hexdigest()
+        return {"cache": h, "hook": self.hook, "seed": self.seed, "buffer_rows": self.buffer_rows}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the stream stands (JSON-able; identical on every rank)."""
+        epoch, off = divmod(self._row, self.rows_per_epoch) if self.rows_per_epoch else (0, 0)
+        return {"version": STATE_VERSION, "row": self._row, "epoch": epoch, "row_in_epoch": off, **self._identity()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state` (from `state_dict()` of a reader over the same stream)."""
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            raise ValueError(f"not a CacheReader state (version {STATE_VERSION}): {str(state)[:200]}")
+        mine = self._identity()
+        diffs = [f"{k}: state has {state.get(k)!r}, this reader has {v!r}" for k, v in mine.items() if state.get(k) != v]
+        if diffs:
+            raise ValueError("the saved reader state belongs to a different stream:\n  - " + "\n  - ".join(diffs))
+        row = int(state["row"])
+        if row < 0:
+            raise ValueError(f"bad reader state row {row}")
+        self._row = row
+
+    def seek(self, row: int) -> None:
+        """Jump to global stream row `row` (used by tests and tools)."""
+        self._row = int(row)
+
+
+def all_rows(path: str | Path, hook: str | None = None) -> tuple[torch.Tensor, np.ndarray]:
+    """Every row of a small cache in storage order: acts [R, D] (stored dtype) and meta [3, R]
+    (token_ids, positions, seq_index). For tests and small analyses; not memory bounded."""
+    man = read_manifest(path)
+    reader = CacheReader(path, 1, hook=hook, with_tokens=True, dtype=None)
+    acts, metas = [], []
+    for i in range(len(man.shards)):
+        ent = reader._check_shard(i)
+        n = man.shards[i].rows
+        a = torch.empty(n, reader.d_in, dtype=reader.stored_dtype)
+        m = np.empty((3, n), np.int64)
+        with open(Path(path) / man.shards[i].file, "rb", buffering=0) as f:
+            if n:
+                read_into(f, ent[f"acts/{reader.hook}"], a)
+                for j, k in enumerate(("token_ids", "positions", "seq_index")):
+                    tmp = torch.empty(n, dtype=ent[k].dtype)
+                    read_into(f, ent[k], tmp)
+                    m[j] = tmp.numpy()
+        acts.append(a)
+        metas.append(m)
+    return torch.cat(acts) if acts else torch.empty(0, reader.d_in), np.concatenate(metas, axis=1) if metas else np.empty((3, 0), np.int64)
+
+
+# ----------------------------------------------------------------------------------------------
+# No disk: batches straight from a model
+
+
+def model_batches(
+    model,
+    text,
+    hook: str,
+    batch_size: int,
+    *,
+    tokenizer=None,
+    max_tokens: int | None = None,
+    model_batch_size: int = 32,
+    exclude_tokens: str = "bos",
+    buffer_rows: int = 1 << 16,
+    seed: int = 0,
+    with_tokens: bool = False,
+    drop_last: bool = False,
+    dtype: torch.dtype | None = torch.float32,
+) -> Iterator[ActivationBatch]:
+    """Activation batches computed on the fly from `model` over `text` (a `TextConfig`), for
+    small runs that need no cache. Rows are shuffled within windows of `buffer_rows` rows
+    (seeded); one pass over the text (up to `max_tokens` model-input tokens). Same
+    `ActivationBatch` interface as `CacheReader` (no resume state)."""
+    from training.cache import ActivationRunner, _fill_batch, _ShardBuffer, excluded_ids
+    from training.text import open_packer
+
+    if tokenizer is None:
+        tokenizer = model.tokenizer
+    runner = ActivationRunner(model, [hook])
+    L = text.context_length
+    runner.check_context_length(L)
+    d_in = runner.d_in(L)
+    excl = np.asarray(excluded_ids(tokenizer, exclude_tokens), dtype=np.int64)
+    packer = open_packer(text, tokenizer)
+    contexts_per_window = max(1, buffer_rows // L)
+    left = None if max_tokens is None else max_tokens // L
+    carry: list[tuple[torch.Tensor, np.ndarray]] = []
+    w = 0
+    ctx0 = 0
+    while left is None or left > 0:
+        want = contexts_per_window if left is None else min(contexts_per_window, left)
+        toks, _ = packer.take(want)
+        if len(toks) == 0:
+            break
+        buf = _ShardBuffer(d_in, runner_dtype(model) if dtype is None else dtype, len(toks), L, pin=False)
+        for b in range(0, len(toks), model_batch_size):
+            tb = toks[b:b + model_batch_size]
+            _fill_batch(buf, runner.run(torch.from_numpy(tb)), tb, excl, ctx0, non_blocking=False)
+        ctx0 += len(toks)
+        n = buf.rows
+        perm = torch.from_numpy(_rng(seed, 0, w).permutation(n))
+        acts = buf.acts[hook][:n].index_select(0, perm)
+        meta = np.stack([buf.token_ids[:n].numpy(), buf.positions[:n].numpy(), buf.seq_index[:n].numpy()])[:, perm.numpy()]
+        if carry:
+            acts = torch.cat([c[0] for c in carry] + [acts])
+            meta = np.concatenate([c[1] for c in carry] + [meta], axis=1)
+            carry = []
+        full = (len(acts) // batch_size) * batch_size
+        for i in range(0, full, batch_size):
+            yield _mk(acts[i:i + batch_size], meta[:, i:i + batch_size], with_tokens)
+        if full < len(acts):
+            carry = [(acts[full:], meta[:, full:])]
+        if left is not None:
+            left -= len(toks)
+        w += 1
+        if len(toks) < want:
+            break
+    if carry and not drop_last:
+        yield _mk(carry[0][0], carry[0][1], with_tokens)
+
+
+def runner_dtype(model) -> torch.dtype:
+    for p in model.parameters():
+        return p.dtype
+    return torch.float32
+
+
+def _mk(acts: torch.Tensor, meta: np.ndarray, with_tokens: bool) -> ActivationBatch:
+    if not with_tokens:
+        return ActivationBatch(acts)
+    t = [torch.from_numpy(np.ascontiguousarray(m)) for m in meta]
+    return ActivationBatch(acts, t[0], t[1], t[2])

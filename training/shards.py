@@ -1,0 +1,206 @@
+"""Shard files of the activation cache: plain safetensors files, written atomically with their
+SHA-256 computed while writing, and read back region by region without copies.
+
+A shard `shard_000123.safetensors` holds (R rows, C contexts, L context length, D d_in):
+  * `acts/<hook name>`  [R, D]  fp16 / bf16 / fp32 activations, one tensor per cached hook
+  * `token_ids`         [R]     int32   the token at each row's position
+  * `positions`         [R]     int32   position of the row within its context (0..L-1)
+  * `seq_index`         [R]     int64   global index of the row's context in the cache
+  * `context_tokens`    [C, L]  int32   the full model input of each context in the shard
+Rows are in context order, then position order; positions excluded by the cache's
+`exclude_tokens` setting (e.g. BOS) have no row. Any safetensors reader opens these files;
+`safetensors.torch.load_file(path)` gives all tensors.
+
+Writing: the bytes go to `<final name>.tmp` in the same directory, are flushed and fsynced, then
+`os.replace`d to the final name, then the directory is fsynced. A shard is therefore under its
+final name only when complete. Any error (e.g. ENOSPC) removes the temp file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import BinaryIO, NamedTuple
+
+import torch
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+_ST_NAMES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+    torch.uint8: "U8", torch.bool: "BOOL",
+}
+_ST_TYPES = {v: k for k, v in _ST_NAMES.items()}
+_CHUNK = 8 << 20
+_MAX_HEADER = 100 << 20
+TMP_SUFFIX = ".tmp"
+
+
+class ShardCorruptError(ValueError):
+    """A shard's bytes do not match the manifest (checksum, size or header)."""
+
+
+class WrittenFile(NamedTuple):
+    sha256: str
+    nbytes: int
+
+
+def _write_all(f: BinaryIO, data: memoryview) -> None:
+    """Write `data` fully. A separate function so tests can inject disk errors (ENOSPC)."""
+    f.write(data)
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory so a rename inside it is durable (no-op where unsupported)."""
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _as_bytes(t: torch.Tensor) -> memoryview:
+    assert t.is_contiguous() and t.device.type == "cpu"
+    if t.numel() == 0:
+        return memoryview(b"")
+    return memoryview(t.view(-1).view(torch.uint8).numpy())
+
+
+def _header(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> tuple[bytes, list[str]]:
+    # wider dtypes first keeps every tensor naturally aligned (header is padded to 8 bytes)
+    order = sorted(tensors, key=lambda k: (-tensors[k].element_size(), k))
+    head: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
+    off = 0
+    for k in order:
+        t = tensors[k]
+        n = t.numel() * t.element_size()
+        head[k] = {"dtype": _ST_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [off, off + n]}
+        off += n
+    raw = json.dumps(head, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    return len(raw).to_bytes(8, "little") + raw, order
+
+
+def write_safetensors_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> WrittenFile:
+    """Write `tensors` as a safetensors file at `path` atomically; returns its SHA-256 and size.
+
+    The bytes are deterministic for given tensors and metadata."""
+    path = Path(path)
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    head, order = _header(tensors, metadata or {})
+    h = hashlib.sha256()
+    nbytes = 0
+    try:
+        with open(tmp, "wb") as f:
+            for mv in [memoryview(head)] + [_as_bytes(tensors[k]) for k in order]:
+                for i in range(0, len(mv), _CHUNK):
+                    piece = mv[i:i + _CHUNK]
+                    h.update(piece)
+                    _write_all(f, piece)
+                    nbytes += len(piece)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_dir(path.parent)
+    return WrittenFile(h.hexdigest(), nbytes)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(_CHUNK)
+        mv = memoryview(buf)
+        while True:
+            n = f.readinto(buf)
+            if not n:
+                break
+            h.update(mv[:n])
+    return h.hexdigest()
+
+
+class TensorEntry(NamedTuple):
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    start: int  # absolute file offset
+    nbytes: int
+
+
+def read_header(path: Path) -> tuple[dict[str, TensorEntry], dict[str, str]]:
+    """Parse a safetensors header: {name: TensorEntry}, metadata. Validates offsets and sizes."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        first = f.read(8)
+        if len(first) < 8:
+            raise ShardCorruptError(f"{path.name}: too short to be a safetensors file")
+        n = int.from_bytes(first, "little")
+        if n > min(_MAX_HEADER, size - 8):
+            raise ShardCorruptError(f"{path.name}: bad safetensors header length {n}")
+        try:
+            head = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ShardCorruptError(f"{path.name}: unreadable safetensors header ({e})") from None
+    meta = head.pop("__metadata__", {}) or {}
+    out: dict[str, TensorEntry] = {}
+    base = 8 + n
+    for k, v in head.items():
+        try:
+            dt = _ST_TYPES[v["dtype"]]
+            shape = tuple(int(s) for s in v["shape"])
+            b, e = (int(x) for x in v["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise ShardCorruptError(f"{path.name}: bad header entry for {k!r}") from None
+        numel = 1
+        for s in shape:
+            numel *= s
+        itemsize = torch.empty((), dtype=dt).element_size()
+        if b < 0 or e - b != numel * itemsize or base + e > size:
+            raise ShardCorruptError(f"{path.name}: header entry {k!r} does not fit the file")
+        out[k] = TensorEntry(dt, shape, base + b, e - b)
+    return out, meta
+
+
+def read_into(f: BinaryIO, entry: TensorEntry, out: torch.Tensor, first: int = 0, count: int | None = None) -> None:
+    """Read rows [first, first+count) of the tensor `entry` straight into contiguous `out`."""
+    row_bytes = entry.nbytes // entry.shape[0] if entry.shape and entry.shape[0] else 0
+    count = entry.shape[0] - first if count is None else count
+    want = row_bytes * count
+    dst = _as_bytes(out)
+    assert len(dst) == want, (len(dst), want)
+    f.seek(entry.start + first * row_bytes)
+    got = 0
+    while got < want:
+        n = f.readinto(dst[got:])
+        if not n:
+            raise ShardCorruptError(f"{getattr(f, 'name', '?')}: file ends early")
+        got += n
+
+
+def load_tensors(path: Path, keys: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """Load some (default all) tensors of a safetensors file into fresh CPU tensors."""
+    entries, _ = read_header(path)
+    keys = list(entries) if keys is None else keys
+    out = {}
+    with open(path, "rb", buffering=0) as f:
+        for k in keys:
+            if k not in entries:
+                raise KeyError(f"{Path(path).name} has no tensor {k!r}; it has {', '.join(sorted(entries))}")
+            e = entries[k]
+            t = torch.empty(e.shape, dtype=e.dtype)
+            if t.numel():
+                read_into(f, e, t)
+            out[k] = t
+    return out
