@@ -1,0 +1,184 @@
+"""`LabelStore` over the SQLite feature store of `features` (the only place autointerp touches it).
+
+    from autointerp.featurestore import FeatureStoreLabels
+    labels = FeatureStoreLabels.open("toy.db")          # opens features.FeatureStore writable
+
+Reading: latents are the store's alive latents (n_fires > 0); examples come from
+`FeatureStore.examples(i)` (kinds top / quantile / negative; negative = random non-activating
+contexts). Example refs are the store's `examples.id`, cited in the label provenance.
+
+Writing: `FeatureStore.write_label` (label + provenance) then `write_scores` (scores tied to that
+label, same provenance). These are two transactions in the store's API; the label's provenance
+`extra` holds the full scores as well, so a label whose score rows were lost (a kill between the
+two writes) is repaired from its provenance on the next run, without asking the judge again.
+
+Failures: the store has no table for them yet, so they are appended to a JSON-lines file beside
+it, `<store>.label-failures.jsonl` (one object per failure: latent, stage, reason, judge, time).
+
+Resuming / relabelling: a latent counts as done when its current label comes from the same
+judge kind and model, or from a human (human labels are never replaced unless `overwrite`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .examples import Example, LatentExamples
+from .store import LabelFailure, LabelResult
+
+__all__ = ["FeatureStoreLabels", "JUDGE_KIND", "failures_path"]
+
+# our source names -> the store's judge kinds
+JUDGE_KIND = {"openai": "openai", "transformers": "local", "offline": "offline"}
+_KIND_SOURCE = {v: k for k, v in JUDGE_KIND.items()}
+
+
+def failures_path(store_path: str | os.PathLike) -> Path:
+    p = Path(store_path)
+    return p.with_name(p.name + ".label-failures.jsonl")
+
+
+def _convert(ex: Any) -> Example:
+    keep = [j for j, t in enumerate(ex.token_ids) if t >= 0]  # -1 = outside the context
+    kind = {"negative": "random"}.get(ex.kind, ex.kind)
+    acts = [ex.acts[j] for j in keep]  # negatives are silent throughout their window (all zeros)
+    return Example(
+        tuple(ex.tokens[j] for j in keep), tuple(acts),
+        ref=str(ex.id), kind=kind, quantile=ex.quantile,
+    )
+
+
+class FeatureStoreLabels:
+    """Auto-interp's view of a `features.FeatureStore` (see the module docstring)."""
+
+    def __init__(self, store: Any) -> None:
+        if getattr(store, "readonly", False):
+            raise ValueError(f"{store.path} is open read-only; open it with FeatureStore.open(path, readonly=False)")
+        self.store = store
+        self.path = Path(store.path)
+        self.failures_file = failures_path(self.path)
+        self._ids: list[int] | None = None
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "FeatureStoreLabels":
+        from features import FeatureStore
+
+        return cls(FeatureStore.open(path, readonly=False))
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> "FeatureStoreLabels":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- reading ------------------------------------------------------------------------------------
+    def latent_ids(self) -> list[int]:
+        if self._ids is None:
+            if not self.store.complete:
+                raise ValueError(
+                    f"{self.path}: the feature store build is not complete; finish it (re-run the same "
+                    "`saesteer features build` command) before labelling"
+                )
+            rows = self.store.list_features(sort="id", filter={"alive_only": True}, offset=0, limit=self.store.d_sae)
+            self._ids = [r.id for r in rows]
+        return list(self._ids)
+
+    def examples(self, latent: int) -> LatentExamples:
+        exs = [_convert(e) for e in self.store.examples(latent)]
+        max_act = max((e.max_act for e in exs), default=None)
+        return LatentExamples(
+            latent,
+            tuple(e for e in exs if e.kind == "top"),
+            tuple(e for e in exs if e.kind == "quantile"),
+            tuple(e for e in exs if e.kind == "random"),
+            max_act,
+        )
+
+    def labelled(self, source: str, judge_model: str) -> set[int]:
+        """Latents whose current label is from this judge (or from a human); missing score rows of
+        this judge's labels are restored from their provenance on the way."""
+        kind = JUDGE_KIND[source]
+        done = set()
+        for i in self.latent_ids():
+            lab = self.store.label(i)
+            if lab is None or lab.provenance is None:
+                continue
+            p = lab.provenance
+            if p.judge_kind == "human":
+                done.add(i)
+            elif p.judge_kind == kind and p.judge_model == judge_model:
+                self._repair_scores(i, lab)
+                done.add(i)
+        return done
+
+    def _repair_scores(self, latent: int, lab: Any) -> None:
+        from features import ScoreInput
+
+        wanted = (lab.provenance.extra or {}).get("autointerp", {}).get("scores") or {}
+        if not wanted:
+            return
+        have = {s.method for s in self.store.feature(latent).scores if s.label_id == lab.id}
+        missing = [m for m in wanted if m not in have and wanted[m].get("balanced_accuracy") is not None]
+        if missing:
+            self.store.write_scores(latent, [self._score_input(m, wanted[m]) for m in missing],
+                                    provenance=lab.provenance, label_id=lab.id)
+
+    # -- writing ------------------------------------------------------------------------------------
+    @staticmethod
+    def _score_input(method: str, s: dict[str, Any]):
+        from features import ScoreInput
+
+        return ScoreInput(
+            method, float(s["balanced_accuracy"]), int(s["n_pos"]) + int(s["n_neg"]),
+            {k: s[k] for k in ("n_pos", "n_neg", "true_pos", "true_neg") if k in s},
+        )
+
+    def write_result(self, r: LabelResult) -> None:
+        from features import LabelProvenance
+
+        pv = r.provenance
+        ex = pv.get("examples", {})
+        used: list[int] = []
+        for role in ("explain", "detection_pos", "detection_neg", "fuzzing"):
+            for ref in ex.get(role, []):
+                if ref and int(ref) not in used:
+                    used.append(int(ref))
+        prov = LabelProvenance(
+            judge_model=r.judge_model,
+            judge_kind=JUDGE_KIND[r.source],
+            prompt_version=r.prompt_version,
+            examples_used=used,
+            params={"temperature": pv.get("judge", {}).get("temperature"), **pv.get("settings", {})},
+            created_at=r.created,
+            extra={"autointerp": {k: v for k, v in pv.items() if k != "settings"}},
+        )
+        label_id = self.store.write_label(r.latent, r.label, provenance=prov)
+        scores = [self._score_input(m, s) for m, s in pv.get("scores", {}).items()
+                  if s.get("balanced_accuracy") is not None]
+        if scores:
+            self.store.write_scores(r.latent, scores, provenance=prov, label_id=label_id)
+
+    def write_failure(self, f: LabelFailure) -> None:
+        line = json.dumps({"latent": f.latent, "stage": f.stage, "reason": f.reason, "source": f.source,
+                           "judge_model": f.judge_model, "time": f.created}) + "\n"
+        with open(self.failures_file, "a", encoding="utf-8") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def read_failures(self) -> list[dict[str, Any]]:
+        if not self.failures_file.is_file():
+            return []
+        out = []
+        for line in self.failures_file.read_text(encoding="utf-8").splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill
+        return out

@@ -1,0 +1,128 @@
+"""`saesteer label`: label and score the latents of a feature store with an LLM judge (or offline)."""
+
+from __future__ import annotations
+
+NAME = "label"
+ORDER = 40
+HELP = "label and score latents of a feature store (OpenAI-compatible judge, local model, or offline)"
+DESCRIPTION = """\
+Label every latent of a feature store and score each label (detection and fuzzing balanced
+accuracy); labels, scores and their provenance go into the store.
+
+Judge: with no model configured the offline labeller is used (token statistics, no LLM, marked
+'offline' in the store). For an OpenAI-compatible server give --judge-model (or set
+SAESTEER_JUDGE_MODEL), and --judge-base-url (or OPENAI_BASE_URL) for servers other than OpenAI;
+the key comes from OPENAI_API_KEY. A local transformers model: --judge-backend transformers
+--judge-model PATH.
+
+Every judge answer is cached beside the store (<store>.judge-cache.sqlite): a re-run or a run
+resumed after a crash pays only for requests that had no answer yet. Latents already labelled by
+the same judge are skipped (--overwrite true relabels them).
+
+  saesteer label --store toy.db                                   # offline
+  saesteer label --store toy.db --judge-model gpt-4o-mini --dry-run
+  saesteer label --store toy.db --judge-model gpt-4o-mini --budget 2usd
+  saesteer label --store toy.db --judge-model qwen2.5 --judge-base-url http://localhost:8000/v1
+
+Exit status: 0 all done, 3 stopped by the budget, 4 some latents failed (see the list and
+<store>.label-failures.jsonl), 2 bad arguments."""
+
+
+def add_arguments(parser) -> None:
+    from autointerp.config import JudgeConfig, LabelConfig
+    from saesteer.configargs import add_dataclass_arguments
+
+    parser.add_argument("--store", required=True, help="feature store file (SQLite) to label")
+    parser.add_argument("--config", default=None,
+                        help="JSON/TOML file with sections 'judge' and 'label' (flags win over it)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="estimate requests, tokens and cost; send nothing, write nothing")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--report", default=None, help="also write the run report as JSON to this file")
+    add_dataclass_arguments(parser, LabelConfig, title="labelling")
+    add_dataclass_arguments(parser, JudgeConfig, prefix="judge_", title="judge")
+
+
+def run(args) -> int:
+    import json
+    import os
+    import sys
+    from pathlib import Path
+
+    from autointerp.config import JudgeConfig, LabelConfig, make_judge
+    from saesteer.configargs import dataclass_from_args, load_config_file
+
+    file_values = load_config_file(args.config) if args.config else {}
+    unknown = sorted(set(file_values) - {"judge", "label"})
+    if unknown:
+        print(f"error: unknown section(s) {unknown} in {args.config}; use 'judge' and 'label'", file=sys.stderr)
+        return 2
+    try:
+        label_cfg = dataclass_from_args(LabelConfig, args, file_values=file_values.get("label"))
+        judge_cfg = dataclass_from_args(JudgeConfig, args, prefix="judge_", file_values=file_values.get("judge"))
+        budget = label_cfg.budget_value()
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    store_path = Path(args.store)
+    if not store_path.is_file():
+        print(f"error: no feature store at {store_path}; build one with `saesteer features build`", file=sys.stderr)
+        return 2
+
+    from autointerp.featurestore import FeatureStoreLabels
+    from autointerp.runner import estimate_run, label_latents
+
+    try:
+        judge = make_judge(judge_cfg, cache_path=store_path.with_name(store_path.name + ".judge-cache.sqlite"),
+                           budget=budget)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if judge is None and budget is not None:
+        print("note: the offline labeller costs nothing; --budget is ignored", file=sys.stderr)
+
+    with FeatureStoreLabels.open(store_path) as store:
+        try:
+            if args.dry_run:
+                est = estimate_run(store, judge, label_cfg)
+                print(est.summary())
+                if args.report:
+                    _write_json(args.report, {"dry_run": est.__dict__})
+                return 0
+            report = label_latents(store, judge, label_cfg, progress=not args.no_progress)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+
+    print(report.summary())
+    for f in report.failed[:20]:
+        print(f"  latent {f.latent} failed at {f.stage}: {f.reason}")
+    if len(report.failed) > 20:
+        print(f"  ... and {len(report.failed) - 20} more (see {store.failures_file})")
+    if report.stopped == "budget":
+        print(f"stopped: the budget ({budget}) was reached; {report.abandoned} latent(s) in progress were left "
+              "unwritten. Re-run with a larger --budget to continue: answers already paid for are cached.")
+    if args.report:
+        _write_json(args.report, {
+            "judge": report.judge, "requested": report.requested, "skipped": report.skipped,
+            "labelled": report.labelled, "abandoned": report.abandoned, "stopped": report.stopped,
+            "failed": [f.__dict__ for f in report.failed], "usage": report.usage, "elapsed_s": report.elapsed_s,
+        })
+    if report.stopped == "budget":
+        return 3
+    return 4 if report.failed else 0
+
+
+def _write_json(path, obj) -> None:
+    import json
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, indent=2, default=str)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

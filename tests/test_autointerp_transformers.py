@@ -1,0 +1,74 @@
+"""The local transformers judge, with a tiny randomly initialised GPT-2 built here (no downloads)."""
+
+from __future__ import annotations
+
+import pytest
+
+from autointerp.backends import TransformersBackend
+from autointerp.config import LabelConfig
+from autointerp.judge import AnswerInvalid, Judge
+from autointerp.prompts import LABEL_SCHEMA, parse_label
+from autointerp.runner import label_latents
+from autointerp.store import MemoryLabelStore
+from helpers.label_data import make_latents
+
+ANSWER = '{"label": "ocean"}'  # one token of the tiny vocabulary
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    words = ["<pad>", "<eos>", "<unk>", ANSWER, "system", "user", "assistant", ":", "{", "}", '"label"', "ocean",
+             "the", "Example", "<<", ">>"]
+    tk = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    tok.chat_template = ("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% endfor %}"
+                         "{% if add_generation_prompt %}assistant : {% endif %}")
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=len(words), n_positions=4096, n_embd=16, n_layer=1, n_head=2,
+                     bos_token_id=1, eos_token_id=1, pad_token_id=0)
+    model = GPT2LMHeadModel(cfg).eval()
+    return model, tok
+
+
+def test_garbage_answers_fail_cleanly_and_nothing_is_stored(tiny):
+    model, tok = tiny
+    judge = Judge(TransformersBackend(model, tok, name="tiny-random"), max_reasks=1, max_tokens=12)
+    store = MemoryLabelStore(make_latents(2, n_top=4, n_quantile=4, n_random=4, length=12))
+    report = label_latents(store, judge, LabelConfig(n_explain_top=2, n_explain_quantile=2, n_detect=2, n_fuzz=2),
+                           progress=False)
+    assert report.labelled == 0 and not store.results
+    assert [(f.latent, f.stage) for f in report.failed] == [(0, "explain"), (1, "explain")]
+    assert all("asks" in f.reason for f in report.failed)
+    assert report.usage["paid_calls"] == 4  # 2 latents x (1 ask + 1 re-ask)
+    assert report.usage["prompt_tokens"] > 0 and report.usage["cost_usd"] == 0.0
+
+
+def test_valid_local_answer_goes_through(tiny):
+    import torch
+
+    model, tok = tiny
+    forced = type(model)(model.config).eval()
+    forced.load_state_dict(model.state_dict())
+    with torch.no_grad():  # every position now predicts the ANSWER token
+        forced.transformer.ln_f.weight.zero_()
+        forced.transformer.ln_f.bias.copy_(forced.transformer.wte.weight[tok.convert_tokens_to_ids(ANSWER)] * 50)
+    judge = Judge(TransformersBackend(forced, tok, name="tiny-forced"))
+    done = judge.complete_sync([{"role": "user", "content": "label the ocean"}], LABEL_SCHEMA, validate=parse_label,
+                               max_tokens=1)
+    assert done.value == "ocean" and done.reasks == 0 and done.completion_tokens == 1
+    with pytest.raises(AnswerInvalid):  # two tokens: the answer twice, not valid JSON
+        Judge(TransformersBackend(forced, tok), max_reasks=0).complete_sync(
+            [{"role": "user", "content": "again"}], LABEL_SCHEMA, max_tokens=2)
+
+
+def test_needs_a_chat_template(tiny):
+    model, tok = tiny
+    plain = type(tok)(tokenizer_object=tok.backend_tokenizer)
+    plain.chat_template = None
+    with pytest.raises(ValueError, match="chat template"):
+        TransformersBackend(model, plain)
