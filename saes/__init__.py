@@ -20,7 +20,8 @@ from saes.objective import LossOutput, training_loss
 from saes.registry import ARCHITECTURES, TRAINABLE, create_sae, sae_class
 from saes.relu import ReLUSAE
 from saes.sparse import SparseActs, sparse_decode
-from saes.step import GradResult, compute_grads
+from saes.step import STEP_METHODS, GradResult, compute_grads
+from saes.fast_step import StepWorkspace, bf16_matmul_is_fast, fast_grads  # registers "fast", "fast_bf16"
 from saes.threshold import JumpReLUSAE
 from saes.topk import TopKSAE
 
@@ -29,5 +30,6 @@ __all__ = [
     "BatchTopKConfig", "BatchTopKSAE", "JumpReLUConfig", "JumpReLUSAE", "MatryoshkaConfig", "MatryoshkaSAE",
     "ReLUConfig", "ReLUSAE", "SparseActs", "TopKConfig", "TopKSAE", "auxk_loss", "batch_topk_select",
     "create_sae", "explained_variance", "fvu", "load_sae", "mse_loss", "read_provenance", "sae_class",
-    "save_sae", "sparse_decode", "training_loss", "GradResult", "compute_grads",
+    "save_sae", "sparse_decode", "training_loss", "GradResult", "compute_grads", "STEP_METHODS",
+    "StepWorkspace", "bf16_matmul_is_fast", "fast_grads",
 ]

@@ -17,7 +17,8 @@ from torch import Tensor
 
 from saes.config import BatchTopKConfig
 from saes.sparse import SparseActs
-from saes.threshold import JumpReLUSAE
+from saes.threshold import JumpReLUSAE, count_above
+from saes.topk_select import batch_top_entries
 
 
 class BatchTopKSAE(JumpReLUSAE):
@@ -31,42 +32,33 @@ class BatchTopKSAE(JumpReLUSAE):
 
     @torch.no_grad()
     def update_threshold_(self, pre_BF: Tensor, acts: SparseActs, lr: float = 0.01) -> None:
-        """One frequency-matching step of the inference thresholds (called by the trainer)."""
-        selected_F = torch.bincount(acts.indices_N, minlength=self.d_sae).to(pre_BF.dtype)
-        cutoff = acts.values_N.min() if acts.values_N.numel() else pre_BF.new_tensor(0.0)
-        unset_F = self.threshold <= 0
+        """One frequency-matching step of the inference thresholds (called by the trainer).
+
+        `pre_BF` may be in a lower precision than the SAE (a bf16 encoder); the statistics are
+        computed in the threshold's dtype."""
+        thr_F = self.threshold
+        selected_F = torch.bincount(acts.indices_N, minlength=self.d_sae).to(thr_F.dtype)
+        cutoff = acts.values_N.min().to(thr_F.dtype) if acts.values_N.numel() else thr_F.new_tensor(0.0)
+        unset_F = thr_F <= 0
         if unset_F.any():  # first step: start every latent at the batch cutoff
-            self.threshold[unset_F] = cutoff.to(self.threshold.dtype).clamp_min(1e-6)
-        fired_F = ((pre_BF > self.threshold) & (pre_BF > 0)).sum(0).to(pre_BF.dtype)
+            thr_F[unset_F] = cutoff.clamp_min(1e-6)
+        fired_F = count_above(pre_BF, thr_F).to(thr_F.dtype)  # thresholds are > 0 from here on
         step_F = lr * cutoff * (fired_F - selected_F) / (fired_F + selected_F + 1)
-        self.threshold.add_(step_F.to(self.threshold.dtype)).clamp_(min=1e-6)
+        thr_F.add_(step_F).clamp_(min=1e-6)
 
 
 def batch_topk_select(pre_BF: Tensor, k: int) -> SparseActs:
-    """Exact BatchTopK: the k*B largest positive entries of `pre_BF`, in row-major CSR order.
+    """Exact BatchTopK: the k*B largest positive entries of `pre_BF`, in row-major CSR order
+    (latents ascending within a row).
 
-    Two stages instead of one topk over B*F entries (~15x faster here): each row's top M
-    candidates, then one topk over the B*M candidates. The result is exact because a row can
-    only contribute entries beyond its candidates if all M of them made the cut; then M doubles.
+    Two stages instead of one topk over B*F entries (~15x faster here): each row's top 2k
+    candidates (themselves found through group maxima, `saes.topk_select`), then one k-th value
+    over the B*2k candidates; rows whose candidates all made the cut join with their whole row
+    in one final round. See `saes.topk_select.batch_top_entries`.
     """
     B, Fdim = pre_BF.shape
-    total = min(k * B, B * Fdim)
-    m = min(Fdim, 2 * k)
-    while True:
-        cand_vals_BM, cand_idx_BM = pre_BF.topk(m, dim=1, sorted=False)
-        top_vals_N, top_pos_N = cand_vals_BM.reshape(-1).topk(total, sorted=False)
-        if m == Fdim:
-            break
-        cutoff = top_vals_N.min()
-        if not bool((cand_vals_BM.min(dim=1).values >= cutoff).any()):
-            break
-        m = min(Fdim, 2 * m)
-    rows_N = top_pos_N // m
-    cols_N = cand_idx_BM.reshape(-1)[top_pos_N]
-    keep_N = top_vals_N > 0
-    rows_N, cols_N, vals_N = rows_N[keep_N], cols_N[keep_N], top_vals_N[keep_N]
-    order_N = torch.argsort(rows_N * Fdim + cols_N)
-    return SparseActs.from_coo(vals_N[order_N], rows_N[order_N], cols_N[order_N], B, Fdim)
+    vals_N, rows_N, cols_N = batch_top_entries(pre_BF, k)
+    return SparseActs.from_coo(vals_N, rows_N, cols_N, B, Fdim)
 
 
 def batch_topk_select_reference(pre_BF: Tensor, k: int) -> SparseActs:

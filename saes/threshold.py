@@ -36,3 +36,16 @@ def threshold_select(pre_BF: Tensor, threshold_F: Tensor) -> SparseActs:
     mask_BF = (pre_BF > threshold_F) & (pre_BF > 0)
     rows_N, cols_N = mask_BF.nonzero(as_tuple=True)
     return SparseActs.from_coo(pre_BF[rows_N, cols_N], rows_N, cols_N, pre_BF.shape[0], pre_BF.shape[1])
+
+
+def count_above(pre_BF: Tensor, threshold_F: Tensor, chunk_rows: int = 256) -> Tensor:
+    """How many rows have `pre > threshold` in each column, [F] int64 (mixed dtypes compare
+    exactly, by promotion).
+
+    Row chunks keep the boolean mask in cache (a single `(pre > t).sum(0)` over a large batch
+    is several times slower on CPU)."""
+    B, Fdim = pre_BF.shape
+    out_F = torch.zeros(Fdim, dtype=torch.int64, device=pre_BF.device)
+    for chunk in pre_BF.split(chunk_rows):
+        out_F += (chunk > threshold_F).sum(0)
+    return out_F

@@ -1,0 +1,348 @@
+"""Hand-written forward and backward of the training objective: the fast `compute_grads`.
+
+Shape key: B rows, D d_in, F d_sae, K k per row, L Matryoshka levels, N selected entries,
+E dead latents, A AuxK latents per row.
+
+Registered in `saes.step.STEP_METHODS` (when `saes` is imported):
+
+- "fast": exact fp32 (the SAE's dtype). Same selection, losses and gradients as the eager
+  reference "autograd" (`saes.objective.training_loss` + backward) up to summation order
+  (~1e-6 relative; tests/test_saes_fast_step.py).
+- "fast_bf16": the encoder matmul runs on bf16 copies of the input and of W_enc (fp32 master
+  weights; everything after the matmul is fp32). Pre-activations are bf16, so near-ties pick
+  different latents in ~1% of slots; gradients agree to ~1e-2. Worth it where bf16 matmuls are
+  fast (CUDA, CPUs with AMX or AVX512-BF16: see `bf16_matmul_is_fast`); on other CPUs bf16
+  matmuls are emulated and *slower* than fp32.
+
+What makes it fast (all pure torch, forward and backward by hand, no autograd graph):
+- the encoder matmul writes into a reused buffer (allocating a fresh [B, F] output costs more
+  than the matmul on CPU);
+- exact top-k through group maxima (`saes.topk_select`), BatchTopK as candidates + one k-th value;
+- decode with `embedding_bag` over the N active decoder rows; Matryoshka prefixes decode as
+  (row, level) bags and a cumulative sum over levels;
+- the activation gradients are N dot products (`_embedding_bag_per_sample_weights_backward`);
+- sparse weight gradients: W_dec and W_enc rows receive sums over the entries of their latent
+  only (entries sorted by latent once, two `embedding_bag`s), never a dense [B, F] matrix;
+- AuxK works on the E dead columns only (dense matmuls over E, not F).
+
+`GradResult.pre_BF` is a buffer owned by the SAE's workspace: valid until the next fast step on
+the same SAE (the trainer uses it within the step). Copy it to keep it.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from saes.base import SAE
+from saes.batchtopk import BatchTopKSAE
+from saes.matryoshka import MatryoshkaSAE
+from saes.objective import DEFAULT_AUX_COEF, default_k_aux
+from saes.sparse import SparseActs
+from saes.step import STEP_METHODS, GradResult
+from saes.topk import TopKSAE
+from saes.topk_select import batch_top_entries, row_topk
+
+_WORKSPACE_ATTR = "_fast_step_workspace"
+
+
+# ------------------------------------------------------------------------------ workspace
+class StepWorkspace:
+    """Reusable buffers of one SAE's fast step, keyed by name, shape, dtype and device.
+
+    Lives on the SAE (`workspace_for`), never in module state; copies and pickles of the SAE
+    get an empty one. At most `per_name` shapes are kept per buffer name (e.g. the training
+    batch and a smaller last batch)."""
+
+    def __init__(self, per_name: int = 2) -> None:
+        self.per_name = per_name
+        self._buffers: dict[str, list[Tensor]] = {}
+
+    def buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+        """An uninitialised tensor of this shape; the same storage on every call with these keys."""
+        shape = tuple(shape)
+        kept = self._buffers.setdefault(name, [])
+        for i, buf in enumerate(kept):
+            if buf.shape == shape and buf.dtype == dtype and buf.device == device:
+                if i:
+                    kept.insert(0, kept.pop(i))
+                return buf
+        buf = torch.empty(shape, dtype=dtype, device=device)
+        kept.insert(0, buf)
+        del kept[self.per_name :]
+        return buf
+
+    def clear(self) -> None:
+        self._buffers.clear()
+
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for kept in self._buffers.values() for b in kept)
+
+    def __deepcopy__(self, memo: dict) -> StepWorkspace:
+        return StepWorkspace(self.per_name)
+
+    def __getstate__(self) -> dict:
+        return {"per_name": self.per_name, "_buffers": {}}
+
+    def __repr__(self) -> str:
+        return f"StepWorkspace({sum(map(len, self._buffers.values()))} buffers, {self.nbytes() / 2**20:.1f} MiB)"
+
+
+def workspace_for(sae: SAE) -> StepWorkspace:
+    """The SAE's own workspace (created on first use, stored as a plain attribute)."""
+    ws = sae.__dict__.get(_WORKSPACE_ATTR)
+    if ws is None:
+        ws = StepWorkspace()
+        object.__setattr__(sae, _WORKSPACE_ATTR, ws)
+    return ws
+
+
+def bf16_matmul_is_fast(device: torch.device | str = "cpu") -> bool:
+    """True where bf16 matmuls run on dedicated hardware (CUDA; CPU with AMX or AVX512-BF16),
+    i.e. where "fast_bf16" beats "fast". A hint for choosing a step method, never applied
+    implicitly."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    cpu = torch.cpu
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+
+
+# ----------------------------------------------------------------------------- selection
+class _Entries(NamedTuple):
+    """The selected latents of a batch in row-major CSR order."""
+
+    vals_N: Tensor  # activation values in the SAE's dtype (>= 0)
+    idx_N: Tensor  # latent ids, int64
+    rows_N: Tensor  # row of each entry, int64
+    offsets_B1: Tensor  # CSR row pointers, int64
+    sorted_in_row: bool  # latent ids ascend within each row
+
+
+def _select(sae: SAE, pre_BF: Tensor, dtype: torch.dtype) -> _Entries:
+    B, Fdim = pre_BF.shape
+    dev = pre_BF.device
+    if isinstance(sae, BatchTopKSAE):
+        vals_N, rows_N, idx_N = batch_top_entries(pre_BF, sae.cfg.k)
+        offsets_B1 = torch.zeros(B + 1, dtype=torch.int64, device=dev)
+        torch.cumsum(torch.bincount(rows_N, minlength=B), 0, out=offsets_B1[1:])
+        return _Entries(vals_N.to(dtype), idx_N, rows_N, offsets_B1, True)
+    k = sae.cfg.k  # TopK
+    vals_BK, idx_BK = row_topk(pre_BF, k)
+    vals_N = vals_BK.reshape(-1).to(dtype).relu_()
+    rows_N = torch.arange(B, device=dev).repeat_interleave(k)
+    offsets_B1 = torch.arange(0, B * k + 1, k, device=dev)
+    return _Entries(vals_N, idx_BK.reshape(-1), rows_N, offsets_B1, False)
+
+
+# ------------------------------------------------------------------------------- helpers
+def _offsets(counts: Tensor) -> Tensor:
+    out = torch.zeros(counts.numel() + 1, dtype=torch.int64, device=counts.device)
+    torch.cumsum(counts, 0, out=out[1:])
+    return out
+
+
+def _bag_sum(ids_N: Tensor, table_RD: Tensor, offsets_Q1: Tensor, weights_N: Tensor) -> Tensor:
+    """out[q] = sum over entries n of bag q of weights[n] * table[ids[n]], [Q, D]."""
+    return F.embedding_bag(
+        ids_N, table_RD, offsets_Q1, mode="sum", per_sample_weights=weights_N, include_last_offset=True
+    )
+
+
+def _entry_dots(grad_QD: Tensor, table_RD: Tensor, ids_N: Tensor, offsets_Q1: Tensor, bag_N: Tensor) -> Tensor:
+    """dots[n] = <grad[bag[n]], table[ids[n]]>: the gradient of `_bag_sum` w.r.t. its weights."""
+    op = getattr(torch.ops.aten, "_embedding_bag_per_sample_weights_backward", None)
+    if op is not None:
+        return op(grad_QD, table_RD, ids_N, offsets_Q1, bag_N, 0)
+    out = grad_QD.new_empty(ids_N.numel())  # pragma: no cover - older torch
+    for s in range(0, ids_N.numel(), 16384):
+        e = slice(s, s + 16384)
+        out[e] = (grad_QD[bag_N[e]] * table_RD[ids_N[e]]).sum(1)
+    return out
+
+
+def _set_grad(p: Tensor, value: Tensor) -> None:
+    p.grad = value
+
+
+def _encode(ws: StepWorkspace, sae_in_BD: Tensor, sae: SAE, enc_dtype: torch.dtype) -> Tensor:
+    """pre = sae_in @ W_enc + b_enc into the workspace buffer (in `enc_dtype`)."""
+    B, D = sae_in_BD.shape
+    W_enc, b_enc = sae.W_enc.detach(), sae.b_enc.detach()
+    pre_BF = ws.buffer("pre_BF", (B, sae.d_sae), enc_dtype, sae_in_BD.device)
+    if enc_dtype == W_enc.dtype:
+        torch.mm(sae_in_BD, W_enc, out=pre_BF)  # same ops as the reference: bitwise equal
+        pre_BF.add_(b_enc)
+        return pre_BF
+    W_lp = ws.buffer("W_enc_lp", tuple(W_enc.shape), enc_dtype, W_enc.device)
+    W_lp.copy_(W_enc)
+    x_lp = ws.buffer("sae_in_lp", (B, D), enc_dtype, sae_in_BD.device)
+    x_lp.copy_(sae_in_BD)
+    torch.addmm(b_enc.to(enc_dtype), x_lp, W_lp, out=pre_BF)
+    return pre_BF
+
+
+# --------------------------------------------------------------------------- the step
+def fast_grads(
+    sae: SAE,
+    x_BD: Tensor,
+    dead_mask_F: Tensor | None = None,
+    aux_coef: float = DEFAULT_AUX_COEF,
+    k_aux: int | None = None,
+    *,
+    encoder_dtype: torch.dtype | None = None,
+    workspace: StepWorkspace | None = None,
+) -> GradResult:
+    """Gradients of `training_loss` written into `.grad` of W_enc, b_enc, W_dec, b_dec.
+
+    encoder_dtype: dtype of the encoder matmul (None = the SAE's dtype: exact); e.g.
+    torch.bfloat16 for "fast_bf16". workspace: buffers to reuse (default: the SAE's own)."""
+    if not isinstance(sae, (TopKSAE, BatchTopKSAE)):
+        raise ValueError(
+            f"the fast step supports topk, batchtopk and matryoshka_batchtopk SAEs, not {sae.architecture!r}; "
+            "use method='autograd'"
+        )
+    with torch.no_grad():
+        return _fast_grads(sae, x_BD, dead_mask_F, aux_coef, k_aux, encoder_dtype, workspace or workspace_for(sae))
+
+
+def _fast_grads(
+    sae: SAE,
+    x_BD: Tensor,
+    dead_mask_F: Tensor | None,
+    aux_coef: float,
+    k_aux: int | None,
+    encoder_dtype: torch.dtype | None,
+    ws: StepWorkspace,
+) -> GradResult:
+    x_BD = sae._rows(x_BD).contiguous()
+    B, D = x_BD.shape
+    Fdim, dtype, dev = sae.d_sae, sae.dtype, x_BD.device
+    W_enc, W_dec, b_dec = sae.W_enc.detach(), sae.W_dec.detach(), sae.b_dec.detach()
+    sae_in_BD = x_BD - b_dec if sae.cfg.apply_b_dec_to_input else x_BD
+
+    # forward: encoder, selection
+    pre_BF = _encode(ws, sae_in_BD, sae, encoder_dtype or dtype)
+    ent = _select(sae, pre_BF, dtype)
+    vals_N, idx_N, rows_N = ent.vals_N, ent.idx_N, ent.rows_N
+
+    # decode into (row, level) bags; level sums accumulate into prefix reconstructions
+    if isinstance(sae, MatryoshkaSAE):
+        widths = sae.widths
+        L = len(widths)
+        assert ent.sorted_in_row  # (row, level) bags are then contiguous
+        level_N = torch.bucketize(idx_N, torch.tensor(widths, device=dev), right=True)
+        bag_N = rows_N * L + level_N
+        bag_off = _offsets(torch.bincount(bag_N, minlength=B * L))
+    else:
+        L, bag_N, bag_off = 1, rows_N, ent.offsets_B1
+    parts_QD = _bag_sum(idx_N, W_dec, bag_off, vals_N)  # [B*L, D]
+    recon_BLD = parts_QD.view(B, L, D)
+    if L > 1:
+        recon_BLD = recon_BLD.cumsum(1)
+    recon_BLD += b_dec
+    recon_BD = recon_BLD[:, -1].clone()
+
+    # reconstruction losses; err becomes the gradient wrt each prefix, then its suffix sums
+    err_BLD = recon_BLD.sub_(x_BD.unsqueeze(1))
+    level_mse_L = (err_BLD * err_BLD).sum(dim=(0, 2)) / B
+    mse = level_mse_L[-1]
+    err_BLD.mul_(2.0 / B)
+    for j in range(L - 2, -1, -1):  # G_l = sum over levels j >= l of d loss / d recon_j
+        err_BLD[:, j] += err_BLD[:, j + 1]
+    g_QD = err_BLD.view(B * L, D)
+    db_dec_D = err_BLD[:, 0].sum(0)
+
+    # activation gradients (relu: entries at 0 get none), then grads of the weights
+    dvals_N = _entry_dots(g_QD, W_dec, idx_N, bag_off, bag_N)
+    if not isinstance(sae, BatchTopKSAE):
+        dvals_N.mul_(vals_N > 0)
+    perm_N = torch.argsort(idx_N)
+    lat_off = _offsets(torch.bincount(idx_N, minlength=Fdim))
+    dW_dec_FD = _bag_sum(bag_N[perm_N], g_QD, lat_off, vals_N[perm_N])
+    dW_encT_FD = _bag_sum(rows_N[perm_N], sae_in_BD, lat_off, dvals_N[perm_N])
+    db_enc_F = torch.zeros(Fdim, dtype=dtype, device=dev).index_add_(0, idx_N, dvals_N)
+
+    # AuxK: the top-A dead latents reconstruct the residual of the live ones
+    aux = pre_BF.new_zeros((), dtype=dtype)
+    if dead_mask_F is not None:
+        aux = _auxk_(
+            pre_BF, x_BD - recon_BD, sae_in_BD, W_dec, dead_mask_F, k_aux or default_k_aux(D), aux_coef,
+            dW_dec_FD, dW_encT_FD, db_enc_F,
+        )
+
+    if sae.cfg.apply_b_dec_to_input:  # sae_in = x - b_dec
+        db_dec_D -= W_enc @ db_enc_F
+    dW_enc_DF = sae.W_enc.grad
+    if dW_enc_DF is None or dW_enc_DF.shape != W_enc.shape or dW_enc_DF.dtype != dtype or not dW_enc_DF.is_contiguous():
+        dW_enc_DF = torch.empty_like(W_enc)
+    dW_enc_DF.copy_(dW_encT_FD.t())
+    _set_grad(sae.W_enc, dW_enc_DF)
+    _set_grad(sae.b_enc, db_enc_F)
+    _set_grad(sae.W_dec, dW_dec_FD)
+    _set_grad(sae.b_dec, db_dec_D)
+
+    total = level_mse_L.sum() + aux
+    acts = SparseActs(vals_N, idx_N, ent.offsets_B1, Fdim)
+    level_mse = level_mse_L if isinstance(sae, MatryoshkaSAE) else None
+    return GradResult(total, mse, aux, level_mse, acts, pre_BF, recon_BD)
+
+
+def _auxk_(
+    pre_BF: Tensor,
+    resid_BD: Tensor,
+    sae_in_BD: Tensor,
+    W_dec: Tensor,
+    dead_mask_F: Tensor,
+    k_aux: int,
+    aux_coef: float,
+    dW_dec_FD: Tensor,
+    dW_encT_FD: Tensor,
+    db_enc_F: Tensor,
+) -> Tensor:
+    """AuxK loss (times its coefficient); its gradients are added in place to the weight grads.
+
+    Works on the E dead columns only: dense [B, E] activations and four [B,E]x[E,D] matmuls."""
+    B, D = resid_BD.shape
+    dtype = resid_BD.dtype
+    dead_E = dead_mask_F.to(device=pre_BF.device, dtype=torch.bool).nonzero().squeeze(1)
+    E = dead_E.numel()
+    if E == 0:
+        return resid_BD.new_zeros(())
+    A = min(k_aux, E)
+    scale = min(E / k_aux, 1.0)
+    pre_BE = pre_BF if E == pre_BF.shape[1] else pre_BF.index_select(1, dead_E)
+    vals_BA, pos_BA = row_topk(pre_BE, A)
+    vals_BA = vals_BA.to(dtype).relu_()
+    acts_BE = torch.zeros(B, E, dtype=dtype, device=pre_BF.device).scatter_(1, pos_BA, vals_BA)
+    Wd_ED = W_dec.index_select(0, dead_E)
+    diff_BD = acts_BE @ Wd_ED
+    diff_BD -= resid_BD
+    aux = aux_coef * scale * (diff_BD * diff_BD).sum() / B
+    diff_BD.mul_(2.0 * aux_coef * scale / B)  # d aux / d aux-reconstruction
+    dacts_BA = (diff_BD @ Wd_ED.t()).gather(1, pos_BA).mul_(vals_BA > 0)
+    dpre_BE = torch.zeros_like(acts_BE).scatter_(1, pos_BA, dacts_BA)
+    dW_dec_FD.index_add_(0, dead_E, acts_BE.t() @ diff_BD)
+    dW_encT_FD.index_add_(0, dead_E, dpre_BE.t() @ sae_in_BD)
+    db_enc_F.index_add_(0, dead_E, dpre_BE.sum(0))
+    return aux
+
+
+def fast_fp32_grads(sae: SAE, x_BD: Tensor, dead_mask_F: Tensor | None, aux_coef: float, k_aux: int | None) -> GradResult:
+    """STEP_METHODS["fast"]: exact, in the SAE's dtype."""
+    return fast_grads(sae, x_BD, dead_mask_F, aux_coef, k_aux)
+
+
+def fast_bf16_grads(sae: SAE, x_BD: Tensor, dead_mask_F: Tensor | None, aux_coef: float, k_aux: int | None) -> GradResult:
+    """STEP_METHODS["fast_bf16"]: bf16 encoder matmul, fp32 everything else."""
+    return fast_grads(sae, x_BD, dead_mask_F, aux_coef, k_aux, encoder_dtype=torch.bfloat16)
+
+
+STEP_METHODS.setdefault("fast", fast_fp32_grads)
+STEP_METHODS.setdefault("fast_bf16", fast_bf16_grads)

@@ -1,0 +1,120 @@
+"""Exact top-k selections that are faster than `torch.topk` over wide rows.
+
+Shape key: B rows, F columns (d_sae), K kept per row, G groups per row, g columns per group,
+M candidates per row, N selected entries.
+
+`row_topk` (per-row top k) splits each row into G groups of g strided columns
+(group j = columns j, j+G, j+2G, ...), takes every group's maximum (one vectorised pass over
+the matrix), keeps the k groups with the largest maxima, and runs the final top-k over their
+k*g members only. This is exact: every member of the true top k lies in one of those groups,
+because k groups each hold an element >= the k-th largest group maximum, so an element outside
+them cannot beat k others. Ties may be broken differently from `torch.topk` (which breaks them
+arbitrarily too); the selected values are always the same multiset.
+
+`batch_top_entries` (BatchTopK) is exact as well: each row's top M candidates, one k-th value
+over all candidates, and rows whose M candidates all made the cut contribute their whole row in
+a second (final) round.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def group_size(n_cols: int, k: int) -> int:
+    """Columns per group for `row_topk`, or 0 when plain `torch.topk` is the better choice.
+
+    The work is ~ F (group maxima) + G (top-k of the maxima) + k*g (final top-k), smallest
+    at g = sqrt(F / k); g must divide F and leave at least 4k groups."""
+    if k <= 0 or n_cols < 8 * k:
+        return 0
+    g = 2 ** round(math.log2(math.sqrt(n_cols / k)))
+    while g >= 4 and (n_cols % g or n_cols // g < 4 * k):
+        g //= 2
+    return g if g >= 4 else 0
+
+
+def row_topk(x_BF: Tensor, k: int, group: int | None = None) -> tuple[Tensor, Tensor]:
+    """The k largest entries of every row: (values [B, k], column indices [B, k] int64), unsorted.
+
+    `group` forces a group size (0 = plain `torch.topk`); None picks one by `group_size`."""
+    B, Fdim = x_BF.shape
+    if k > Fdim:
+        raise ValueError(f"cannot take the top {k} of {Fdim} columns")
+    g = group_size(Fdim, k) if group is None else group
+    if g == 0 or B == 0:
+        return x_BF.topk(k, dim=1, sorted=False)
+    if Fdim % g or Fdim // g < k:
+        raise ValueError(f"group size {g} must divide the width {Fdim} and leave at least k={k} groups")
+    G = Fdim // g
+    if not x_BF.is_contiguous():
+        x_BF = x_BF.contiguous()
+    gmax_BG = x_BF.view(B, g, G).amax(dim=1)  # group j holds columns j + G*i, i < g
+    gid_BK = gmax_BG.topk(k, dim=1, sorted=False).indices
+    cols_BM = (gid_BK.unsqueeze(2) + torch.arange(0, Fdim, G, device=x_BF.device)).view(B, k * g)
+    vals_BK, pos_BK = x_BF.gather(1, cols_BM).topk(k, dim=1, sorted=False)
+    return vals_BK, cols_BM.gather(1, pos_BK)
+
+
+def _kth_largest(vals_N: Tensor, n: int) -> Tensor:
+    """The n-th largest value of a 1-D tensor (1 <= n <= numel), as a 0-d tensor."""
+    return vals_N.kthvalue(vals_N.numel() - n + 1).values
+
+
+def _take_exactly(vals_N: Tensor, cutoff: Tensor, total: int) -> Tensor:
+    """Mask of the entries > cutoff plus the first entries == cutoff, `total` in all (or fewer
+    when there are fewer entries), then restricted to positive values."""
+    take_N = vals_N > cutoff
+    missing = total - int(take_N.sum())
+    if missing > 0:
+        eq_N = vals_N == cutoff
+        first_eq = eq_N.cumsum(0) <= missing
+        take_N |= eq_N & first_eq
+    return take_N & (vals_N > 0)
+
+
+def batch_top_entries(pre_BF: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Exact BatchTopK: the k*B largest positive entries of `pre_BF`.
+
+    Returns (values [N], rows [N] int64, cols [N] int64) in row-major order with columns
+    ascending within each row; N <= k*B (non-positive entries of the top k*B are dropped).
+    Ties at the cut are broken towards earlier rows and lower columns."""
+    B, Fdim = pre_BF.shape
+    empty = pre_BF.new_empty(0)
+    if B == 0:
+        idx = torch.empty(0, dtype=torch.int64, device=pre_BF.device)
+        return empty, idx, idx
+    total = min(k * B, B * Fdim)
+    m = min(Fdim, 2 * k)
+    cand_BM, cols_BM = row_topk(pre_BF, m)
+    cols_BM, order_BM = cols_BM.sort(dim=1)
+    cand_BM = cand_BM.gather(1, order_BM)
+    flat_N = cand_BM.reshape(-1)
+    cutoff = _kth_largest(flat_N, min(total, flat_N.numel()))
+    needy_B = cand_BM[:, 0].new_zeros(B, dtype=torch.bool)
+    if m < Fdim:  # a row whose every candidate beat the cut may hide more winners
+        needy_B = cand_BM.amin(dim=1) > cutoff.clamp_min(0)
+    if not bool(needy_B.any()):
+        take_N = _take_exactly(flat_N, cutoff, total)
+        pos_N = take_N.nonzero().squeeze(1)
+        return flat_N[pos_N], pos_N // m, cols_BM.reshape(-1)[pos_N]
+    # Second and final round: needy rows bring all their entries (other rows stay exact, the
+    # cut can only rise). Candidates are kept in row-major, column-ascending order.
+    keep_B = ~needy_B
+    rows_all = torch.arange(B, device=pre_BF.device)
+    needy_rows = rows_all[needy_B]
+    part_vals = [cand_BM[keep_B].reshape(-1), pre_BF[needy_rows].reshape(-1)]
+    part_rows = [rows_all[keep_B].repeat_interleave(m), needy_rows.repeat_interleave(Fdim)]
+    part_cols = [
+        cols_BM[keep_B].reshape(-1),
+        torch.arange(Fdim, device=pre_BF.device).repeat(needy_rows.numel()),
+    ]
+    vals_N, rows_N, cols_N = torch.cat(part_vals), torch.cat(part_rows), torch.cat(part_cols)
+    order_N = torch.argsort(rows_N * Fdim + cols_N)
+    vals_N, rows_N, cols_N = vals_N[order_N], rows_N[order_N], cols_N[order_N]
+    cutoff = _kth_largest(vals_N, min(total, vals_N.numel()))
+    take_N = _take_exactly(vals_N, cutoff, total)
+    return vals_N[take_N], rows_N[take_N], cols_N[take_N]
