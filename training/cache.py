@@ -395,7 +395,7 @@ def _estimate(plan: _Plan, text: TextConfig, cfg: CacheConfig, tokenizer, out: P
         exact = data_contexts is not None and data_contexts > 1.2 * want
     else:
         contexts = data_contexts
-    tps = _time_forward(plan.runner, min(cfg.batch_size, 64), L, len(tokenizer))
+    tps = _time_forward(plan.runner, min(cfg.batch_size, 8), L, len(tokenizer))
     sc = plan.settings["shard_contexts"]
     todo = None if contexts is None else max(0, contexts - contexts_done)
     need = None if todo is None else int(todo * (rows_per_context * bytes_per_row(plan.d_in, cfg.dtype) + 4 * L))
@@ -538,7 +538,8 @@ class CacheResult(NamedTuple):
     shards_resumed: int  # shards found finished in the directory
     shards_written: int  # shards written by this call
     tokens_written: int  # model-input tokens processed by this call
-    seconds: float
+    seconds: float  # whole call (checks, estimate, caching, manifest)
+    seconds_caching: float  # the caching loop alone (tokenize, forward, copy, write)
 
 
 def _refuse_mismatch(out: Path, existing: Manifest, settings: dict[str, Any]) -> None:
@@ -617,7 +618,7 @@ def build_cache(
         _refuse_mismatch(out, existing, plan.settings)
         if existing.complete:
             say(f"{out}: cache already complete ({existing.total_rows:,} rows in {len(existing.shards)} shards); nothing to do")
-            return CacheResult(out, existing, len(existing.shards), 0, 0, time.perf_counter() - t_start)
+            return CacheResult(out, existing, len(existing.shards), 0, 0, time.perf_counter() - t_start, 0.0)
     out.mkdir(parents=True, exist_ok=True)
 
     with DirLock(out):
@@ -645,7 +646,9 @@ def build_cache(
                 f"{_fmt_bytes(est.bytes_free)} free. Free space, pick another --out, lower --max-tokens, "
                 "or pass --check-disk false to try anyway.",
             )
+        t_loop = time.perf_counter()
         written = _run_build(plan, text, cfg, tokenizer, out, done, est, progress, writer_thread)
+        t_loop = time.perf_counter() - t_loop
         shards = read_progress(out)
         manifest = Manifest(plan.settings, complete=True, shards=shards)
         try:
@@ -659,7 +662,74 @@ def build_cache(
     secs = time.perf_counter() - t_start
     tot = manifest.totals()
     say(f"{out}: {tot['rows']:,} rows, {tot['shards']} shards, {_fmt_bytes(tot['bytes'])} ({written[1]:,} tokens this run, {_fmt_secs(secs)})")
-    return CacheResult(out, manifest, len(done), written[0], written[1], secs)
+    return CacheResult(out, manifest, len(done), written[0], written[1], secs, t_loop)
+
+
+class _Prefetcher:
+    """Packs the next shards' contexts in a background thread (tokenization overlaps the model).
+
+    Yields (tokens [N, L], end pointer) per shard in order; the last one may be short (data ran
+    out) and an empty one ends the stream. Errors are re-raised in the consumer."""
+
+    def __init__(self, packer: ContextPacker, contexts_per_shard: int, first_context: int, target: int | None,
+                 threaded: bool = True):
+        self.packer = packer
+        self.C = contexts_per_shard
+        self.ctx = first_context
+        self.target = target
+        self.q: queue.Queue = queue.Queue(maxsize=1)
+        self.stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="cache-tokenizer", daemon=True) if threaded else None
+        if self._thread:
+            self._thread.start()
+
+    def _next(self) -> tuple[np.ndarray, TextPointer, int] | None:
+        want = self.C if self.target is None else min(self.C, self.target - self.ctx)
+        if want <= 0:
+            return None
+        toks, end = self.packer.take(want)
+        if len(toks) == 0:
+            return None
+        self.ctx += len(toks)
+        return toks, end, want
+
+    def _loop(self) -> None:
+        try:
+            while not self.stop.is_set():
+                item = self._next()
+                self._put(item)
+                if item is None or len(item[0]) < item[2]:
+                    self._put(None)
+                    return
+        except BaseException as e:  # handed to the consumer
+            self._put(e)
+
+    def _put(self, item) -> None:
+        while not self.stop.is_set():
+            try:
+                self.q.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                continue
+
+    def __iter__(self):
+        while True:
+            if self._thread:
+                item = self.q.get()
+            else:
+                item = self._next()
+            if isinstance(item, BaseException):
+                raise item
+            if item is None:
+                return
+            yield item[0], item[1]
+            if len(item[0]) < item[2]:
+                return  # the data ran out
+
+    def close(self) -> None:
+        self.stop.set()
+        if self._thread:
+            self._thread.join()
 
 
 def _run_build(plan: _Plan, text: TextConfig, cfg: CacheConfig, tokenizer, out: Path, done: list[ShardInfo],
@@ -672,6 +742,7 @@ def _run_build(plan: _Plan, text: TextConfig, cfg: CacheConfig, tokenizer, out: 
     ctx = sum(s.contexts for s in done)
     target = None if cfg.max_tokens is None else cfg.max_tokens // L
     packer = ContextPacker(plan.source.chunks(start.doc), make_tokenize(tokenizer), text, special_tokens(tokenizer), start)
+    shards_in = _Prefetcher(packer, C, ctx, target, threaded=threaded)
     device = plan.runner.device
     pin = device.type == "cuda"
     dtype = DTYPES[cfg.dtype]
@@ -684,14 +755,8 @@ def _run_build(plan: _Plan, text: TextConfig, cfg: CacheConfig, tokenizer, out: 
     index = len(done)
     ok = False
     try:
-        while True:
-            want = C if target is None else min(C, target - ctx)
-            if want <= 0:
-                break
-            tokens_NL, end = packer.take(want)
+        for tokens_NL, end in shards_in:
             m = len(tokens_NL)
-            if m == 0:
-                break
             buf = writer.acquire()
             for b in range(0, m, cfg.batch_size):
                 tb = tokens_NL[b:b + cfg.batch_size]
@@ -706,10 +771,9 @@ def _run_build(plan: _Plan, text: TextConfig, cfg: CacheConfig, tokenizer, out: 
             index += 1
             ctx += m
             start = end
-            if m < want:
-                break  # the data ran out
         ok = True
     finally:
+        shards_in.close()
         bar.close()
         writer.close(wait=ok)
     return written[0], tokens_run

@@ -147,6 +147,8 @@ class CacheReader:
         self._shard_rows = np.array([s.rows for s in self._shards], dtype=np.int64)
         self.rows_per_epoch = int(self._shard_rows.sum())
         self._verified: set[int] = set()
+        self._pending: dict[int, Any] = {}  # shard -> Future of its SHA-256 (verify-ahead)
+        self._pool = None
         self._windows_cache: tuple[int, list[_Window]] | None = None
         self._loaded: tuple[int, int] | None = None  # (epoch, window index)
         self._buf_acts: torch.Tensor | None = None
@@ -202,7 +204,8 @@ class CacheReader:
         if f.stat().st_size != s.bytes:
             raise ShardCorruptError(f"shard {s.file} of {self.path} has {f.stat().st_size} bytes, the manifest says {s.bytes}: the file is damaged; rebuild the cache")
         if self.verify == "always" or (self.verify == "once" and i not in self._verified):
-            digest = sha256_file(f)
+            fut = self._pending.pop(i, None)
+            digest = fut.result() if fut is not None else sha256_file(f)
             if digest != s.sha256:
                 raise ShardCorruptError(
                     f"shard {s.file} of {self.path} fails its SHA-256 check (file {digest[:16]}..., manifest "
@@ -244,6 +247,46 @@ class CacheReader:
             r += n
         self._perm = _rng(self.seed, epoch, w).permutation(N)
         self._loaded = (epoch, w)
+        self._verify_ahead(epoch, w)
+
+    def _verify_ahead(self, epoch: int, w: int) -> None:
+        """Hash the next window's shards in a background thread while this window is consumed
+        (hashlib releases the GIL; the reads also warm the page cache). Rows of a shard are still
+        used only after its result has been checked in `_check_shard`."""
+        if self.verify == "never":
+            return
+        wins = self.windows(epoch)
+        if w + 1 < len(wins):
+            nxt = wins[w + 1].shards
+        elif self.epochs is None or epoch + 1 < self.epochs:
+            nxt = self.windows(epoch + 1)[0].shards
+            self._windows_cache = (epoch, wins)  # keep the current epoch's layout cached
+        else:
+            return
+        todo = [i for i in nxt if i not in self._pending and (self.verify == "always" or i not in self._verified)]
+        if not todo:
+            return
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-verify")
+        for i in todo:
+            self._pending[i] = self._pool.submit(sha256_file, self.path / self._shards[i].file)
+
+    def close(self) -> None:
+        """Stop the background verification thread (also done when the reader is garbage collected)."""
+        if self._pool is not None:
+            for f in self._pending.values():
+                f.cancel()
+            self._pending.clear()
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
 
     def _gather(self, a: int, b: int) -> list[tuple[torch.Tensor, np.ndarray | None]]:
         """Rows [a, b) of the global stream, as (acts, meta) pieces."""
