@@ -104,27 +104,49 @@ class FeatureStoreLabels:
         """Latents whose current label is from this judge (or from a human); missing score rows of
         this judge's labels are restored from their provenance on the way."""
         kind = JUDGE_KIND[source]
-        done = set()
-        for i in self.latent_ids():
-            lab = self.store.label(i)
-            if lab is None or lab.provenance is None:
+        st = self.store
+        alive = set(self.latent_ids())
+        with_label = [r.id for r in st.list_features(sort="id", filter={"has_label": True}, offset=0, limit=st.d_sae)]
+        done: set[int] = set()
+        ours: dict[int, Any] = {}
+        for i in with_label:
+            if i not in alive:
                 continue
-            p = lab.provenance
+            lab = st.label(i)
+            p = lab.provenance if lab is not None else None
+            if p is None:
+                continue
             if p.judge_kind == "human":
                 done.add(i)
             elif p.judge_kind == kind and p.judge_model == judge_model:
-                self._repair_scores(i, lab)
+                ours[i] = lab
                 done.add(i)
+        if ours:
+            # cheap check first: which of them have a (latest) score of each method at all
+            have: dict[str, set[int]] = {}
+            ids = sorted(ours)
+            for m in ("detection", "fuzzing"):
+                have[m] = set()
+                for k in range(0, len(ids), 2000):
+                    chunk = ids[k:k + 2000]
+                    rows = st.list_features(sort="id", filter={"ids": chunk, "score_method": m, "min_score": -1e300},
+                                            offset=0, limit=len(chunk))
+                    have[m].update(r.id for r in rows)
+            for i, lab in ours.items():
+                wanted = self._wanted_scores(lab)
+                if any(i not in have.get(m, set()) for m in wanted):
+                    self._repair_scores(i, lab)
         return done
 
-    def _repair_scores(self, latent: int, lab: Any) -> None:
-        from features import ScoreInput
+    @staticmethod
+    def _wanted_scores(lab: Any) -> dict[str, dict]:
+        scores = (lab.provenance.extra or {}).get("autointerp", {}).get("scores") or {}
+        return {m: s for m, s in scores.items() if s.get("balanced_accuracy") is not None}
 
-        wanted = (lab.provenance.extra or {}).get("autointerp", {}).get("scores") or {}
-        if not wanted:
-            return
+    def _repair_scores(self, latent: int, lab: Any) -> None:
+        wanted = self._wanted_scores(lab)
         have = {s.method for s in self.store.feature(latent).scores if s.label_id == lab.id}
-        missing = [m for m in wanted if m not in have and wanted[m].get("balanced_accuracy") is not None]
+        missing = [m for m in wanted if m not in have]
         if missing:
             self.store.write_scores(latent, [self._score_input(m, wanted[m]) for m in missing],
                                     provenance=lab.provenance, label_id=lab.id)

@@ -148,7 +148,7 @@ def test_budget_refuses_before_sending():
 
 
 def test_concurrency_bound_and_complete_many():
-    with JudgeServer(answer, latency_s=0.05) as srv:
+    with JudgeServer(answer, latency_s=0.3) as srv:
         judge = make_judge(srv, concurrency=3)
         calls = [JudgeCall([{"role": "user", "content": f"item {i}"}], LABEL_SCHEMA) for i in range(12)]
         out = judge.complete_many_sync(calls)

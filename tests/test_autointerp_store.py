@@ -146,6 +146,16 @@ def test_lost_score_rows_are_repaired_without_asking_again(store_path, monkeypat
         assert len([r for r in srv.records[n:]]) == 4 * (N - 2)  # only the unlabelled latents were asked
 
 
+def cached_rows(path) -> int:
+    import sqlite3
+
+    try:
+        with sqlite3.connect(path, timeout=5) as db:
+            return db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+    except sqlite3.Error:
+        return -1
+
+
 def test_sigkill_and_resume_resend_only_unfinished(store_path, built_store):
     _, triggers = built_store
     cmd = [sys.executable, "-m", "saesteer", "label", "--store", str(store_path), "--judge-model", "fake-judge",
@@ -154,13 +164,11 @@ def test_sigkill_and_resume_resend_only_unfinished(store_path, built_store):
         cmd += ["--judge-base-url", srv.url]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:
-            deadline = time.monotonic() + 120
-            last, stable_since = -1, time.monotonic()
-            while time.monotonic() < deadline:  # wait until the workers sit on held requests
-                held = len(srv.held())
-                if held != last:
-                    last, stable_since = held, time.monotonic()
-                elif held >= 1 and time.monotonic() - stable_since > 0.5:
+            cache_file = store_path.with_name(store_path.name + ".judge-cache.sqlite")
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline:
+                # kill once the run sits on held requests and has cached every answer it received
+                if srv.held() and cache_file.exists() and cached_rows(cache_file) == srv.n_completed():
                     break
                 if proc.poll() is not None:
                     pytest.fail(f"label run ended early: {proc.stdout.read().decode()}")
@@ -177,8 +185,7 @@ def test_sigkill_and_resume_resend_only_unfinished(store_path, built_store):
         n_before = len(srv.snapshot())
         assert len(answered_before) >= 12
 
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        assert out.returncode == 0, out.stdout + out.stderr
+        assert cli(*cmd[3:]) == 0  # resume (in-process: the same CLI, without a second interpreter start)
         resent = [r.key for r in srv.snapshot()[n_before:]]
     assert not set(resent) & answered_before  # nothing answered before the kill was asked again
     assert len(resent) == len(set(resent))

@@ -36,11 +36,10 @@ def make_latents(n: int, *, seed: int = 0, n_top: int = 12, n_quantile: int = 24
                  length: int = 24, injections: dict[int, tuple[str, ...]] | None = None) -> list[LatentExamples]:
     """`injections[latent]` = extra token strings planted (with zero activation) in every example
     of that latent, e.g. a prompt-injection attempt."""
-    assert n <= len(TRIGGERS)
     out = []
     for i in range(n):
         rng = random.Random(seed * 1000 + i)
-        trig = TRIGGERS[i]
+        trig = TRIGGERS[i % len(TRIGGERS)]  # beyond 30 latents the triggers repeat
         extra = tuple((injections or {}).get(i, ()))
 
         def ex(kind: str, j: int, trigger: str | None, q: int | None = None) -> Example:

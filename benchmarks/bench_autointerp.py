@@ -1,0 +1,242 @@
+"""Auto-interp benchmarks.
+
+    python benchmarks/bench_autointerp.py throughput [--latents 320] [--concurrency 1,8,32] [--latency 0.2]
+    python benchmarks/bench_autointerp.py toyworld --store STORE.db [--tags-dir CORPUS/tags]
+    python benchmarks/bench_autointerp.py all --write     # both, appended to benchmarks/RESULTS.md
+
+throughput: latents labelled per minute against a loopback OpenAI-compatible server (a separate
+process, so it does not share the GIL with the client) that answers every request after a fixed
+latency. Per latent: 1 explain request, then 2 detection + 1 fuzzing requests in parallel (2 round
+trips, 4 requests). With `concurrency` requests in flight at most, the ceiling is
+concurrency / (4 * latency) latents per second. Medians of `--repeats` runs, response cache off.
+The load average of the machine is printed with the results: other work on these shared 2-core
+machines slows the client (and the server process) directly.
+
+toyworld: on a feature store of an SAE trained on the toy world (with the feature-store concept
+F1 table filled in), label every concept-matched latent offline and report the fraction whose label
+names the matched concept, and their detection scores. A label "names" a concept when its first
+(most over-represented) token is one of the concept's words: the words whose occurrences carry the
+concept tag at least half of the time in the toy corpus.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # helpers.judge_server, helpers.label_data
+
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+SECTION = "## Auto-interp"
+
+_SERVER = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from helpers.judge_server import JudgeServer, fake_llm_answer
+srv = JudgeServer(fake_llm_answer, latency_s={latency}).start()
+print(srv.url, flush=True)
+sys.stdin.read()   # until the parent closes stdin
+srv.stop()
+"""
+
+
+def start_server(latency: float):
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SERVER.format(tests=str(ROOT / "tests"), latency=latency)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    url = proc.stdout.readline().strip()
+    if not url.startswith("http"):
+        proc.kill()
+        raise RuntimeError("the loopback judge server did not start")
+    return proc, url
+
+
+def one_run(url: str, n_latents: int, concurrency: int) -> tuple[float, dict]:
+    from autointerp.backends import OpenAIBackend
+    from autointerp.config import LabelConfig
+    from autointerp.judge import Judge
+    from autointerp.runner import label_latents
+    from autointerp.store import MemoryLabelStore
+    from helpers.label_data import make_latents
+
+    store = MemoryLabelStore(make_latents(n_latents))
+    judge = Judge(OpenAIBackend("fake-judge", base_url=url, timeout_s=30), cache=None, concurrency=concurrency)
+    t0 = time.perf_counter()
+    report = label_latents(store, judge, LabelConfig(), progress=False)
+    dt = time.perf_counter() - t0
+    if report.labelled != n_latents:
+        raise RuntimeError(f"only {report.labelled} of {n_latents} labelled: {report.failed[:3]}")
+    return dt, report.usage
+
+
+def bench_throughput(latents: int, concurrencies: list[int], latency: float, repeats: int) -> list[str]:
+    load0 = os.getloadavg()[0]
+    proc, url = start_server(latency)
+    rows = []
+    try:
+        one_run(url, 8, 4)  # warm-up (imports, connections)
+        for c in concurrencies:
+            n = latents if c >= 8 else max(16, latents // 16)
+            times = []
+            for _ in range(repeats):
+                dt, usage = one_run(url, n, c)
+                times.append(dt)
+            t = statistics.median(times)
+            per_min = n / t * 60
+            ceiling = c / (4 * latency) * 60
+            req_s = usage["paid_calls"] / t
+            rows.append((c, n, t, per_min, ceiling, req_s))
+            print(f"concurrency {c:>3}: {n} latents in {t:.2f} s (median of {repeats}) -> {per_min:,.0f} latents/min, "
+                  f"{req_s:.0f} requests/s; ceiling {ceiling:,.0f}/min ({per_min / ceiling:.0%})", flush=True)
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=10)
+    lines = [
+        f"Throughput against a loopback OpenAI-compatible server answering after {latency * 1000:.0f} ms "
+        f"(separate process), response cache off, 4 requests per latent in 2 round trips; ceiling = "
+        f"concurrency / (4 x latency); median of {repeats} runs; load average before/after "
+        f"{load0:.1f}/{os.getloadavg()[0]:.1f}. `python benchmarks/bench_autointerp.py throughput`",
+        "",
+        "| concurrency | latents | seconds | latents/min | requests/s | ceiling latents/min | of ceiling |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c, n, t, per_min, ceiling, req_s in rows:
+        lines.append(f"| {c} | {n} | {t:.2f} | {per_min:,.0f} | {req_s:.0f} | {ceiling:,.0f} | {per_min / ceiling:.0%} |")
+    return lines
+
+
+# ------------------------------------------------------------------------------------------------
+# toy world
+
+
+def concept_words(tags_dir: Path, min_share: float = 0.5) -> dict[str, set[str]]:
+    """concept -> words whose occurrences carry that tag at least `min_share` of the time."""
+    from collections import Counter, defaultdict
+
+    n_word: Counter[str] = Counter()
+    n_tag: dict[str, Counter[str]] = defaultdict(Counter)
+    for f in sorted(tags_dir.glob("*.jsonl")):
+        with open(f, encoding="utf-8") as fh:
+            for line in fh:
+                row = json.loads(line)
+                for w, t in zip(row["words"], row["tags"]):
+                    n_word[w] += 1
+                    for tag in t.split("|") if t else ():
+                        n_tag[tag][w] += 1
+    return {tag: {w for w, k in c.items() if k >= min_share * n_word[w]} for tag, c in n_tag.items()}
+
+
+def bench_toyworld(store_path: Path, tags_dir: Path | None, min_f1: float) -> list[str]:
+    import tempfile
+
+    from autointerp.config import LabelConfig
+    from autointerp.featurestore import FeatureStoreLabels
+    from autointerp.offline import norm_token
+    from autointerp.runner import label_latents
+
+    with tempfile.TemporaryDirectory() as tmp:  # label a copy: the benchmark leaves the store as it was
+        import shutil
+
+        copy = Path(tmp) / store_path.name
+        shutil.copy(store_path, copy)
+        with FeatureStoreLabels.open(copy) as labels:
+            matches = [m for m in labels.store.concept_matches() if m.rank == 0]
+            if not matches:
+                raise SystemExit(f"{store_path} has no concept matches; fill them with features.concepts first")
+            matched = [m for m in matches if m.f1 >= min_f1]
+            ids = sorted({m.feature_id for m in matched})
+            t0 = time.perf_counter()
+            report = label_latents(labels, None, LabelConfig(overwrite=True), progress=False, latents=ids)
+            dt = time.perf_counter() - t0
+            feats = {i: labels.store.feature(i) for i in ids}
+    words = concept_words(tags_dir) if tags_dir else {}
+    rows, named, det = [], 0, []
+    for m in sorted(matched, key=lambda m: -m.f1):
+        f = feats[m.feature_id]
+        if f.label is None:
+            rows.append((m, "(failed)", None, False))
+            continue
+        detail = f.label.provenance.extra["autointerp"]["detail"]
+        toks = [norm_token(t) for t in detail.get("tokens", [])] or [norm_token(t) for t in detail.get("context", [])]
+        cw = {norm_token(w) for w in words.get(m.concept, set())}
+        name = m.concept.split(":")[-1]
+        ok = bool(toks) and (toks[0] in cw or toks[0] == name)
+        named += ok
+        d = next((s.value for s in f.scores if s.method == "detection"), None)
+        if d is not None:
+            det.append(d)
+        rows.append((m, f.label.text, d, ok))
+    n = len(matched)
+    lines = [
+        f"Toy world, offline labeller: {n} concepts whose best latent has F1 >= {min_f1} "
+        f"(store `{store_path.name}`); labelled in {dt:.1f} s. "
+        f"`python benchmarks/bench_autointerp.py toyworld --store {store_path} --tags-dir {tags_dir}`",
+        "",
+        f"- label names the matched concept (first token is one of its words): **{named}/{n} = {named / max(n, 1):.0%}**",
+        f"- detection balanced accuracy of these labels: median {statistics.median(det):.2f}, "
+        f"mean {statistics.mean(det):.2f}" if det else "- no detection scores",
+        "",
+        "| concept | latent | F1 | offline label | detection | names it |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m, text, d, ok in rows:
+        lines.append(f"| {m.concept} | {m.feature_id} | {m.f1:.2f} | {text} | "
+                     f"{'' if d is None else f'{d:.2f}'} | {'yes' if ok else 'no'} |")
+    print("\n".join(lines))
+    return lines
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def write_section(body: list[str]) -> None:
+    """Replace (or append) this benchmark's section of RESULTS.md, leaving the others alone."""
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    block = SECTION + "\n\n" + "\n".join(body).rstrip() + "\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda m: block + "\n", text, count=1)
+    else:
+        text = text.rstrip() + "\n\n" + block
+    tmp = RESULTS.with_name(f".{RESULTS.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, RESULTS)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=("throughput", "toyworld", "all"))
+    ap.add_argument("--latents", type=int, default=320)
+    ap.add_argument("--concurrency", default="1,8,32")
+    ap.add_argument("--latency", type=float, default=0.2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--store", type=Path, default=None, help="toy-world feature store with concept matches")
+    ap.add_argument("--tags-dir", type=Path, default=None, help="toy corpus tags directory (DIR/tags)")
+    ap.add_argument("--min-f1", type=float, default=0.5)
+    ap.add_argument("--write", action="store_true", help="write the results into benchmarks/RESULTS.md")
+    args = ap.parse_args(argv)
+    body: list[str] = [f"Machine: {os.cpu_count()} CPU cores; {time.strftime('%Y-%m-%d')}.", ""]
+    if args.what in ("throughput", "all"):
+        body += bench_throughput(args.latents, [int(c) for c in args.concurrency.split(",")], args.latency, args.repeats)
+        body.append("")
+    if args.what in ("toyworld", "all"):
+        if args.store is None:
+            raise SystemExit("toyworld needs --store (a toy-world feature store with concept matches)")
+        body += bench_toyworld(args.store, args.tags_dir, args.min_f1)
+    if args.write:
+        write_section(body)
+        print(f"wrote {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
