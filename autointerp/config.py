@@ -98,6 +98,9 @@ class LabelConfig:
     overwrite: bool = field(default=False, metadata={"help": "relabel latents that already have a label from this judge"})
     seed: int = field(default=0, metadata={"help": "seed of example choice, order and fuzzing marks (part of every prompt)"})
     budget: str | None = field(default=None, metadata={"help": "stop cleanly before spending more than this: '2usd', '$2' or '200000tokens'"})
+    max_consecutive_failures: int = field(
+        default=25, metadata={"help": "stop the run after this many latents in a row failed (a dead or misconfigured judge); 0 = never"}
+    )
 
     def __post_init__(self) -> None:
         for name in ("n_explain_top", "n_explain_quantile", "n_detect", "n_fuzz"):
@@ -108,6 +111,7 @@ class LabelConfig:
         _check(self.max_example_tokens >= 4, "LabelConfig.max_example_tokens must be >= 4")
         _check(0.0 < self.mark_threshold <= 1.0, "LabelConfig.mark_threshold must be in (0, 1]")
         _check(self.limit is None or self.limit >= 0, "LabelConfig.limit must be >= 0")
+        _check(self.max_consecutive_failures >= 0, "LabelConfig.max_consecutive_failures must be >= 0 (0 = never stop)")
         scorers = tuple(s for s in self.scorers if s not in ("none", ""))
         bad = sorted(set(scorers) - {"detection", "fuzzing"})
         _check(not bad, f"LabelConfig.scorers: unknown {bad}; choose from detection, fuzzing (or none)")

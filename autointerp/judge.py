@@ -442,13 +442,21 @@ class Judge:
         return list(await asyncio.gather(*(one(c) for c in calls)))
 
     def complete_sync(self, messages: Sequence[dict[str, str]], schema: dict[str, Any] | None = None, **kw) -> Completion:
-        """`complete` for code without an event loop (not callable from inside one)."""
+        """`complete` for code without an event loop (not callable from inside one). Each call runs
+        its own event loop and HTTP connections; for many calls use `complete_many_sync`."""
         _no_running_loop("complete_sync")
-        return asyncio.run(self.complete(messages, schema, **kw))
+        return asyncio.run(self._closing(self.complete(messages, schema, **kw)))
 
     def complete_many_sync(self, calls: Sequence[JudgeCall]) -> list:
+        """`complete_many` for code without an event loop."""
         _no_running_loop("complete_many_sync")
-        return asyncio.run(self.complete_many(calls))
+        return asyncio.run(self._closing(self.complete_many(calls)))
+
+    async def _closing(self, coro):
+        try:
+            return await coro
+        finally:
+            await self.aclose()
 
     async def aclose(self) -> None:
         if hasattr(self.backend, "aclose"):

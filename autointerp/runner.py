@@ -145,15 +145,18 @@ class RunReport:
     labelled: int = 0
     failed: list[LabelFailure] = field(default_factory=list)
     abandoned: int = 0  # stopped by the budget before finishing
-    stopped: str | None = None  # "budget" when the budget ended the run
+    stopped: str | None = None  # "budget" (the budget ended the run) or "failures" (too many failures in a row)
     usage: dict[str, Any] = field(default_factory=dict)
     elapsed_s: float = 0.0
 
     def summary(self) -> str:
         u = self.usage
         parts = [f"{self.labelled} labelled", f"{len(self.failed)} failed", f"{self.skipped} already labelled"]
-        if self.stopped:
-            parts.append(f"stopped by the {self.stopped} with {self.requested - self.skipped - self.labelled - len(self.failed)} left")
+        left = self.requested - self.skipped - self.labelled - len(self.failed)
+        if self.stopped == "budget":
+            parts.append(f"stopped by the budget with {left} left")
+        elif self.stopped == "failures":
+            parts.append(f"stopped after too many failures in a row with {left} left")
         s = f"{self.judge}: " + ", ".join(parts) + f" in {self.elapsed_s:.1f} s"
         if u:
             s += (f"; requests: {u.get('paid_calls', 0)} paid, {u.get('cached_calls', 0)} cached, "
@@ -172,8 +175,8 @@ def select_latents(store: LabelStore, cfg: LabelConfig) -> list[int]:
         missing = [i for i in wanted if i not in have]
         if missing:
             raise ValueError(
-                f"latents {missing[:10]}{'...' if len(missing) > 10 else ''} are not in the store "
-                f"(it has {len(ids)} latents with examples)"
+                f"latents {missing[:10]}{'...' if len(missing) > 10 else ''} cannot be labelled: they are dead "
+                f"(never fire, so have no examples) or not in the store ({len(ids)} latents can be labelled)"
             )
         ids = wanted
     if cfg.limit is not None:
@@ -211,9 +214,19 @@ async def label_latents_async(
             bar.set_postfix(pf, refresh=False)
 
     internal_errors = 0
+    streak = 0  # latents failed in a row
+
+    def failed(f: LabelFailure) -> None:
+        nonlocal streak
+        store.write_failure(f)
+        report.failed.append(f)
+        streak += 1
+        if cfg.max_consecutive_failures and streak >= cfg.max_consecutive_failures and not stop.is_set():
+            report.stopped = "failures"
+            stop.set()
 
     async def worker() -> None:
-        nonlocal internal_errors
+        nonlocal internal_errors, streak
         while not stop.is_set():
             try:
                 latent = queue.get_nowait()
@@ -227,19 +240,16 @@ async def label_latents_async(
                 stop.set()
                 return
             except _StageError as e:
-                f = LabelFailure(latent, e.stage, e.reason, labeller.source, labeller.model)
-                store.write_failure(f)
-                report.failed.append(f)
+                failed(LabelFailure(latent, e.stage, e.reason, labeller.source, labeller.model))
             except Exception as e:  # a bug or a broken store row: record it, keep going
                 internal_errors += 1
                 if internal_errors == 1:
                     traceback.print_exc(file=sys.stderr)
-                f = LabelFailure(latent, "internal", f"{type(e).__name__}: {e}", labeller.source, labeller.model)
-                store.write_failure(f)
-                report.failed.append(f)
+                failed(LabelFailure(latent, "internal", f"{type(e).__name__}: {e}", labeller.source, labeller.model))
             else:
                 store.write_result(result)
                 report.labelled += 1
+                streak = 0
             bar.update(1)
             postfix()
 

@@ -103,6 +103,9 @@ def run(args) -> int:
     if report.stopped == "budget":
         print(f"stopped: the budget ({budget}) was reached; {report.abandoned} latent(s) in progress were left "
               "unwritten. Re-run with a larger --budget to continue: answers already paid for are cached.")
+    if report.stopped == "failures":
+        print(f"stopped: {label_cfg.max_consecutive_failures} latents failed in a row; the judge looks unreachable "
+              f"or misconfigured (last reason: {report.failed[-1].reason}). Fix it and re-run to continue.")
     if args.report:
         _write_json(args.report, {
             "judge": report.judge, "requested": report.requested, "skipped": report.skipped,
