@@ -1,0 +1,179 @@
+"""The ASGI app: `create_app(stores, ...)` returns a FastAPI app serving pages, the JSON API and assets.
+
+    from saesteer.web import create_app, ServeConfig
+    app = create_app([entry], config=ServeConfig(port=8000))
+    uvicorn.run(app, host="127.0.0.1", port=8000)
+
+Every request passes `SecurityMiddleware` (outermost, see `security.py`). Interactive API docs
+(Swagger UI) are off: they load scripts from a CDN, which neither works offline nor fits the CSP;
+the schema itself is at /openapi.json.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import saesteer
+from saesteer.web.assets import STATIC_DIR, StaticAssets
+from saesteer.web.config import Limits, ServeConfig, is_loopback
+from saesteer.web.jobs import ModelQueue, QueueFull
+from saesteer.web.security import SecurityMiddleware, new_token
+from saesteer.web.sources import StoreEntry
+
+__all__ = ["create_app", "WebState", "allowed_host_names"]
+
+log = logging.getLogger("saesteer.web")
+
+
+class WebState:
+    """What routes need: the stores by id, the limits, the config."""
+
+    def __init__(self, stores: Sequence[StoreEntry], config: ServeConfig, limits: Limits, token: str | None) -> None:
+        if not stores:
+            raise ValueError("the web app needs at least one feature store; pass --store FILE")
+        ids = [s.id for s in stores]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"store ids must be unique, got {ids}")
+        self.stores: dict[str, StoreEntry] = {s.id: s for s in stores}
+        self.config = config
+        self.limits = limits
+        self.token = token
+        self.queues: list[ModelQueue] = []
+        for s in stores:
+            if s.queue is not None and all(q is not s.queue for q in self.queues):
+                self.queues.append(s.queue)
+
+
+def allowed_host_names(config: ServeConfig) -> set[str]:
+    """Host names the Host header may carry: loopback names, the bound address, --allowed-host
+    names, and for a wildcard bind (0.0.0.0, ::) this machine's own names."""
+    names = {"127.0.0.1", "localhost", "[::1]"}
+    host = config.host.strip().lower()
+    wildcard = host in ("0.0.0.0", "::", "[::]")
+    if not wildcard:
+        names.add(f"[{host.strip('[]')}]" if ":" in host else host)
+    else:
+        for n in (socket.gethostname(), socket.getfqdn()):
+            if n:
+                names.add(n.lower().rstrip("."))
+    names.update(config.allowed_hosts)
+    return names
+
+
+class _App(FastAPI):
+    """FastAPI whose whole middleware stack (error pages included) sits behind the guard."""
+
+    def build_middleware_stack(self):
+        inner = super().build_middleware_stack()
+        g = self.state.guard
+        return SecurityMiddleware(inner, **g)
+
+
+def create_app(
+    stores: Sequence[StoreEntry],
+    *,
+    config: ServeConfig | None = None,
+    limits: Limits | None = None,
+    token: str | None = None,
+    extra_hosts: Iterable[str] = (),
+) -> FastAPI:
+    """The app over `stores`. A token is made when the config needs one and none is given
+    (read it back from `app.state.web.token`). `config.port` is the port clients must name in
+    Host (0 disables the port check: use it only when the real port is not known)."""
+    config = config or ServeConfig()
+    limits = limits or Limits()
+    if token is None and config.needs_token:
+        token = new_token()
+    if token is not None and len(token) < 16:
+        raise ValueError("the access token must be at least 16 characters; leave it unset to get a random one")
+    state = WebState(stores, config, limits, token)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        for q in state.queues:
+            q.close()
+
+    app = _App(
+        lifespan=lifespan,
+        title="saesteer",
+        version=saesteer.__version__,
+        description="Browse SAE features and steer generation by feature id. All list endpoints are paginated "
+        "(offset/limit, with `total` and `next_offset`).",
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.web = state
+    app.state.guard = dict(
+        allowed_hosts=allowed_host_names(config) | {h.lower() for h in extra_hosts},
+        port=config.port or None,
+        token=token,
+        max_body_bytes=limits.max_body_bytes,
+    )
+
+    from saesteer.web import api, pages
+
+    app.include_router(api.router)
+    app.include_router(pages.router)
+    assets = StaticAssets()
+    app.state.assets = assets
+    app.state.templates = pages.make_templates()
+    app.add_api_route("/static/{name:path}", assets.endpoint, methods=["GET", "HEAD"], include_in_schema=False)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        msg = describe_validation_error(exc)
+        return error_response(request, 422, msg)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        headers = getattr(exc, "headers", None)
+        return error_response(request, exc.status_code, str(exc.detail), headers=headers)
+
+    @app.exception_handler(QueueFull)
+    async def _busy(request: Request, exc: QueueFull):
+        return error_response(request, 503, str(exc), headers={"Retry-After": "5"})
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception):
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return error_response(request, 500, "internal error; the server log has the details")
+
+    return app
+
+
+def describe_validation_error(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(x) for x in err.get("loc", ()) if x not in ("body",)) or "request"
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def wants_html(request: Request) -> bool:
+    return not request.url.path.startswith("/api/") and "text/html" in request.headers.get("accept", "")
+
+
+def error_response(request: Request, status: int, message: str, headers=None) -> Response:
+    if wants_html(request):
+        from saesteer.web.pages import render_error
+
+        return render_error(request, status, message, headers=headers)
+    return JSONResponse({"detail": message}, status_code=status, headers=headers)
+
+
+def static_dir() -> Path:
+    return STATIC_DIR
+
+
+def is_local(config: ServeConfig) -> bool:
+    return is_loopback(config.host)

@@ -1,0 +1,219 @@
+"""Server-rendered HTML pages over the same catalog as the API.
+
+Templates are Jinja2 with autoescape on for every template: labels, tokens and examples from the
+store are escaped wherever they appear. Charts get their data as JSON in a single-quoted data
+attribute (`|tojson` escapes <, >, & and ' there) and only ever numbers: plotly interprets some
+HTML-like markup inside strings, so no data-derived string is handed to it. Scripts are static
+files (the CSP forbids inline ones).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Optional
+from urllib.parse import urlencode
+
+import jinja2
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import Field
+
+from saesteer.web import api
+from saesteer.web.schemas import Example
+from saesteer.web.sources import FeatureQuery, StoreEntry
+
+__all__ = ["router", "make_templates", "render_error"]
+
+router = APIRouter(include_in_schema=False)
+
+_TEMPLATE_DIR = __import__("pathlib").Path(__file__).resolve().parent / "templates"
+
+
+def _num(x, digits: int = 3) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, bool):
+        return str(x)
+    if isinstance(x, int):
+        return f"{x:,}"
+    if not math.isfinite(x):
+        return str(x)
+    if x == 0:
+        return "0"
+    if abs(x) >= 10 ** digits or abs(x) < 10 ** -(digits - 1):
+        return f"{x:.{digits - 1}e}".replace("e-0", "e-").replace("e+0", "e")
+    return f"{x:.{digits}g}"
+
+
+def _pct(x) -> str:
+    if x is None:
+        return "–"
+    p = 100.0 * x
+    if p == 0:
+        return "0%"
+    if p < 0.01:
+        return "<0.01%"
+    return f"{p:.2f}%" if p < 10 else f"{p:.1f}%"
+
+
+def _tokshow(tok: str) -> str:
+    """Make invisible tokens visible (newline, tab, empty) without changing anything else."""
+    if tok == "":
+        return "∅"
+    return tok.replace("\r\n", "↵").replace("\n", "↵").replace("\t", "⇥")
+
+
+def _words(tokens) -> bool:
+    """True when no token carries its own whitespace (word-level tokenizers): show gaps between them."""
+    return len(tokens) > 1 and not any(t[:1].isspace() or t[-1:].isspace() for t in tokens if t)
+
+
+def make_templates() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(_TEMPLATE_DIR)),
+        autoescape=True,  # every template, whatever its extension
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["num"] = _num
+    env.filters["pct"] = _pct
+    env.filters["tokshow"] = _tokshow
+    env.tests["words"] = _words
+    return env
+
+
+def _qs(**params) -> str:
+    items = [(k, v) for k, v in params.items() if v is not None and v != "" and v is not False]
+    items = [(k, "1" if v is True else v) for k, v in items]
+    return ("?" + urlencode(items, doseq=True)) if items else ""
+
+
+def render(request: Request, template: str, status: int = 200, headers=None, **ctx) -> HTMLResponse:
+    state = request.app.state.web
+    env: jinja2.Environment = request.app.state.templates
+    assets = request.app.state.assets
+    ctx.setdefault("store", None)
+    ctx.setdefault("nav", "")
+    html = env.get_template(template).render(
+        stores=list(state.stores.values()),
+        asset=assets.url,
+        plotly_url=assets.url(assets.plotly_name),
+        limits=state.limits,
+        qs=_qs,
+        **ctx,
+    )
+    return HTMLResponse(html, status_code=status, headers=headers)
+
+
+def render_error(request: Request, status: int, message: str, headers=None) -> HTMLResponse:
+    store = None
+    parts = request.url.path.split("/")
+    if len(parts) > 2 and parts[1] == "s":
+        store = request.app.state.web.stores.get(parts[2])
+    try:
+        return render(request, "error.html", status=status, headers=headers, status_code=status, message=message, store=store)
+    except Exception:  # never let the error page itself fail
+        import html
+
+        return HTMLResponse(f"<!doctype html><title>error {status}</title><p>{html.escape(message)}</p>", status_code=status, headers=headers)
+
+
+# -- pages -----------------------------------------------------------------------------------
+
+
+@router.get("/", response_class=HTMLResponse)
+async def index(request: Request) -> Response:
+    stores = request.app.state.web.stores
+    if len(stores) == 1:
+        return RedirectResponse(f"/s/{next(iter(stores))}", status_code=303)
+    return render(request, "index.html")
+
+
+@router.get("/s/{sid}", response_class=HTMLResponse)
+async def feature_list(request: Request, entry: StoreEntry = Depends(api.get_store), q: FeatureQuery = Depends(api.feature_query)) -> Response:
+    page = entry.catalog.list_features(q)
+    keys = ("sort", "desc", "label", "min_score", "min_freq", "max_freq", "health", "level", "labelled", "limit")
+    params = {k: v for k in keys if (v := request.query_params.get(k, "").strip())}
+    filtered = any(params.get(k) for k in ("label", "min_score", "min_freq", "max_freq", "health", "level", "labelled"))
+    return render(request, "features.html", store=entry, page=page, q=q, params=params, filtered=filtered, nav="features")
+
+
+@router.get("/s/{sid}/search", response_class=HTMLResponse)
+async def search(
+    request: Request,
+    entry: StoreEntry = Depends(api.get_store),
+    q: Annotated[str, Query(max_length=1000)] = "",
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+) -> Response:
+    limits = request.app.state.web.limits
+    q = q.strip()
+    api.check_text("q", q, limits.max_query_chars)
+    page = entry.catalog.search(q, offset, min(20, limits.max_page_size)) if q else None
+    exact = None
+    if q.lstrip("#").isdigit():  # "#123" or "123": offer that feature directly
+        i = int(q.lstrip("#"))
+        if i < entry.info.d_sae:
+            exact = i
+    return render(request, "search.html", store=entry, query=q, page=page, exact=exact, nav="search")
+
+
+@router.get("/s/{sid}/f/{index}", response_class=HTMLResponse)
+async def feature_page(request: Request, index: api.FeatureIndex, entry: StoreEntry = Depends(api.get_store)) -> Response:
+    detail = entry.catalog.feature(index)
+    if detail is None:
+        raise HTTPException(404, f"feature {index} is not in store {entry.id!r} (its features are 0..{entry.info.d_sae - 1})")
+    hist = None
+    if detail.histogram is not None and detail.histogram.counts:
+        hist = {"edges": detail.histogram.edges, "counts": detail.histogram.counts, "log": detail.histogram.log_scale}
+    return render(
+        request, "feature.html", store=entry, f=detail, s=detail.summary, hist=hist,
+        quantile_groups=quantile_bands(detail.quantile_examples), nav="features",
+    )
+
+
+_BANDS = ((0.9, "top 10% of firings"), (0.6, "60th–90th percentile"), (0.3, "30th–60th percentile"), (0.0, "weakest 30%"))
+
+
+def quantile_bands(examples: list[Example]) -> list[tuple[str, list[Example]]]:
+    """Quantile examples grouped into a few bands of their quantile, strongest first."""
+    groups: dict[str, list[Example]] = {name: [] for _, name in _BANDS}
+    for ex in sorted(examples, key=lambda e: -e.activation):
+        q = ex.quantile if ex.quantile is not None else 0.0
+        name = next(n for lo, n in _BANDS if q >= lo)
+        groups[name].append(ex)
+    return [(name, exs) for name, exs in groups.items() if exs]
+
+
+@router.get("/s/{sid}/fire", response_class=HTMLResponse)
+async def fire_page(
+    request: Request,
+    entry: StoreEntry = Depends(api.get_store),
+    text: Annotated[str, Query(max_length=20000)] = "",
+) -> Response:
+    limits = request.app.state.web.limits
+    api.check_text("text", text, limits.max_text_chars)
+    result, note = None, None
+    if text.strip():
+        if entry.engine is None:
+            note = "This store was opened without a model, so nothing can be run. Start the server with --model."
+        elif request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+            note = "Opened from another site: press Run to run the model on this text."
+        else:
+            result = await api._run(entry.queue, entry.engine.fire, text, 5)
+    return render(request, "fire.html", store=entry, text=text, result=result, note=note, nav="fire")
+
+
+@router.get("/s/{sid}/steer", response_class=HTMLResponse)
+async def steer_page(
+    request: Request,
+    entry: StoreEntry = Depends(api.get_store),
+    f: Annotated[Optional[list[Annotated[int, Field(ge=0, le=2**31 - 1)]]], Query(description="features to preselect")] = None,
+) -> Response:
+    limits = request.app.state.web.limits
+    if f is not None and len(f) > 64:
+        raise HTTPException(422, "f: at most 64 features")
+    chosen = [i for i in dict.fromkeys(f or []) if i < entry.info.d_sae][: limits.max_edits]
+    known = entry.catalog.summaries(chosen)
+    picks = [{"index": i, "label": known[i].label if i in known else None} for i in chosen]
+    return render(request, "steer.html", store=entry, picks=picks, nav="steer")

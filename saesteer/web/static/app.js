@@ -1,0 +1,38 @@
+// saesteer: small page helpers (no data is ever written as HTML: only textContent).
+"use strict";
+(function () {
+  // Tap/hover tooltips for tokens: the title attribute is invisible on touch screens.
+  let tip = null;
+  function hide() { if (tip) { tip.remove(); tip = null; } }
+  function show(el) {
+    hide();
+    const text = el.getAttribute("data-tip") || el.getAttribute("title");
+    if (!text) return;
+    if (el.hasAttribute("title")) { el.setAttribute("data-tip", text); el.removeAttribute("title"); }
+    tip = document.createElement("div");
+    tip.className = "tip";
+    tip.textContent = text;
+    document.body.appendChild(tip);
+    const r = el.getBoundingClientRect();
+    const w = tip.offsetWidth;
+    const left = Math.max(6, Math.min(window.scrollX + r.left, window.scrollX + document.documentElement.clientWidth - w - 6));
+    tip.style.left = left + "px";   // CSSOM property writes are allowed under the CSP
+    tip.style.top = (window.scrollY + r.bottom + 6) + "px";
+  }
+  document.addEventListener("mouseover", (e) => {
+    const el = e.target.closest && e.target.closest(".tok[title], .tok[data-tip]");
+    if (el && !el.closest(".scale")) show(el);
+  });
+  document.addEventListener("mouseout", (e) => {
+    if (e.target.closest && e.target.closest(".tok")) hide();
+  });
+  document.addEventListener("click", (e) => {
+    const el = e.target.closest && e.target.closest(".tok[title], .tok[data-tip]");
+    if (el && !el.closest(".scale")) show(el); else hide();
+  });
+  document.addEventListener("focusin", (e) => {
+    const el = e.target.closest && e.target.closest(".tok[title], .tok[data-tip]");
+    if (el) show(el);
+  });
+  window.addEventListener("scroll", hide, { passive: true });
+})();

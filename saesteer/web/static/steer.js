@@ -1,0 +1,203 @@
+// Steering playground: edit rows, generate default vs steered, and a strength sweep.
+// Every string from the server or the user is written with textContent, never as HTML.
+"use strict";
+(function () {
+  const form = document.getElementById("steer-form");
+  if (!form) return;
+  const sid = form.dataset.store;
+  const dSae = Number(form.dataset.dSae);
+  const maxEdits = Number(form.dataset.maxEdits);
+  const maxRaw = Number(form.dataset.maxAbsStrength);
+  const maxMult = Number(form.dataset.maxAbsMultiple);
+  const maxPoints = Number(form.dataset.maxSweepPoints);
+  const list = document.getElementById("edits");
+  const statusEl = document.getElementById("status");
+  const api = "/api/stores/" + encodeURIComponent(sid);
+
+  function el(tag, props, children) {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(props || {})) {
+      if (k === "text") e.textContent = v;
+      else if (k === "class") e.className = v;
+      else e.setAttribute(k, v);
+    }
+    (children || []).forEach((c) => e.appendChild(c));
+    return e;
+  }
+  function options(select, pairs, chosen) {
+    pairs.forEach(([value, text]) => {
+      const o = el("option", { value: value, text: text });
+      if (value === chosen) o.selected = true;
+      select.appendChild(o);
+    });
+  }
+  function setStatus(node, text, kind) {
+    node.textContent = text || "";
+    node.className = "status" + (kind ? " " + kind : "");
+  }
+
+  const labelCache = new Map();
+  async function lookupLabel(idx, target) {
+    if (!(idx >= 0 && idx < dSae)) { target.textContent = "not a feature (0–" + (dSae - 1) + ")"; return; }
+    if (labelCache.has(idx)) { target.textContent = labelCache.get(idx); return; }
+    target.textContent = "…";
+    try {
+      const r = await fetch(api + "/features/" + idx, { headers: { Accept: "application/json" }, credentials: "same-origin" });
+      const text = r.ok ? ((await r.json()).summary.label || "unlabelled") : "unknown feature";
+      labelCache.set(idx, text);
+      target.textContent = text;
+    } catch (e) { target.textContent = ""; }
+  }
+
+  function makeRow(li, feature, label) {
+    li.className = "edit";
+    li.textContent = "";
+    const featInput = el("input", { type: "number", min: "0", max: String(dSae - 1), step: "1", "aria-label": "feature index", class: "fidx" });
+    if (feature !== null && feature !== undefined && feature !== "") featInput.value = String(feature);
+    const flabel = el("span", { class: "flabel" });
+    if (label) { flabel.textContent = label; labelCache.set(Number(feature), label); }
+    else if (featInput.value !== "") lookupLabel(Number(featInput.value), flabel);
+    let timer = null;
+    featInput.addEventListener("input", () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => { if (featInput.value !== "") lookupLabel(Number(featInput.value), flabel); else flabel.textContent = ""; }, 250);
+    });
+    const mode = el("select", { "aria-label": "operation", class: "fmode" });
+    options(mode, [["add", "add"], ["clamp", "clamp to"], ["scale", "scale by"], ["ablate", "ablate"]], "add");
+    const strength = el("input", { type: "number", step: "any", value: "4", "aria-label": "strength", class: "fstrength" });
+    const unit = el("select", { "aria-label": "strength unit", class: "funit" });
+    options(unit, [["max_act", "× max"], ["raw", "raw"]], "max_act");
+    mode.addEventListener("change", () => {
+      const ablate = mode.value === "ablate";
+      strength.disabled = ablate; unit.disabled = ablate || mode.value === "scale";
+      if (mode.value === "scale" && strength.value === "4") strength.value = "2";
+    });
+    const rm = el("button", { type: "button", class: "btn icon", "aria-label": "remove this edit", title: "remove", text: "✕" });
+    rm.addEventListener("click", () => { li.remove(); updateAdd(); });
+    li.appendChild(el("div", { class: "feat" }, [featInput, flabel]));
+    li.appendChild(el("div", { class: "mode" }, [mode]));
+    li.appendChild(el("div", { class: "str" }, [strength]));
+    li.appendChild(el("div", { class: "unit" }, [unit]));
+    li.appendChild(el("div", { class: "rm" }, [rm]));
+    return li;
+  }
+  const addBtn = document.getElementById("add-edit");
+  function updateAdd() { addBtn.disabled = list.children.length >= maxEdits; }
+  addBtn.addEventListener("click", () => {
+    if (list.children.length >= maxEdits) return;
+    const li = makeRow(el("li"), "", "");
+    list.appendChild(li);
+    li.querySelector("input").focus();
+    updateAdd();
+  });
+  Array.from(list.children).forEach((li) => makeRow(li, li.dataset.feature, li.dataset.label));
+  if (!list.children.length) list.appendChild(makeRow(el("li"), "", ""));
+  updateAdd();
+
+  function readEdits() {
+    const edits = [];
+    for (const li of list.children) {
+      const f = li.querySelector(".fidx").value.trim();
+      if (f === "") continue;
+      const feature = Number(f);
+      if (!Number.isInteger(feature) || feature < 0 || feature >= dSae) throw new Error("feature " + f + " is not in this store (0–" + (dSae - 1) + ")");
+      const mode = li.querySelector(".fmode").value;
+      const unit = mode === "scale" ? "raw" : li.querySelector(".funit").value;
+      const s = mode === "ablate" ? 0 : Number(li.querySelector(".fstrength").value);
+      if (!isFinite(s)) throw new Error("strength of feature " + feature + " must be a number");
+      const cap = (unit === "max_act" || mode === "scale") ? maxMult : maxRaw;
+      if (Math.abs(s) > cap) throw new Error("strength of feature " + feature + " is beyond ±" + cap);
+      edits.push({ feature: feature, op: mode, value: s, unit: mode === "ablate" ? "raw" : unit });
+    }
+    if (!edits.length) throw new Error("pick at least one feature to steer with");
+    return edits;
+  }
+  function readGen() {
+    return {
+      prompt: document.getElementById("prompt").value,
+      max_new_tokens: Number(document.getElementById("max-new").value),
+      temperature: Number(document.getElementById("temperature").value),
+      seed: Number(document.getElementById("seed").value),
+    };
+  }
+  async function post(path, body) {
+    const r = await fetch(api + path, {
+      method: "POST", credentials: "same-origin",
+      headers: { "Content-Type": "application/json", Accept: "application/json" },
+      body: JSON.stringify(body),
+    });
+    let data = null;
+    try { data = await r.json(); } catch (e) { /* not JSON */ }
+    if (!r.ok) throw new Error((data && typeof data.detail === "string") ? data.detail : ("request failed (" + r.status + ")"));
+    return data;
+  }
+  function describe(edits) {
+    return edits.map((e) => "#" + e.feature + " " + e.op + (e.op === "ablate" ? "" : " " + e.value + (e.unit === "max_act" ? "× max" : ""))).join(", ");
+  }
+
+  const genBtn = document.getElementById("generate");
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    let body;
+    try { body = Object.assign(readGen(), { edits: readEdits() }); }
+    catch (e) { setStatus(statusEl, e.message, "error"); return; }
+    genBtn.disabled = true;
+    setStatus(statusEl, "generating…", "busy");
+    try {
+      const res = await post("/steer", body);
+      document.getElementById("out-prompt-a").textContent = res.prompt;
+      document.getElementById("out-prompt-b").textContent = res.prompt;
+      document.getElementById("out-default").textContent = res.default;
+      document.getElementById("out-steered").textContent = res.steered;
+      document.getElementById("out-edits").textContent = describe(res.edits);
+      document.getElementById("compare").hidden = false;
+      setStatus(statusEl, "done", "");
+    } catch (e) {
+      setStatus(statusEl, e.message, "error");
+    } finally { genBtn.disabled = false; }
+  });
+
+  const sweepForm = document.getElementById("sweep-form");
+  const sweepStatus = document.getElementById("sweep-status");
+  const sweepBtn = document.getElementById("sweep-run");
+  sweepForm.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    let body;
+    try {
+      const edits = readEdits();
+      const a = Number(document.getElementById("sweep-from").value), b = Number(document.getElementById("sweep-to").value);
+      const n = Math.round(Number(document.getElementById("sweep-n").value));
+      if (!isFinite(a) || !isFinite(b)) throw new Error("give numbers for the sweep range");
+      if (!(n >= 2 && n <= maxPoints)) throw new Error("points must be between 2 and " + maxPoints);
+      if (edits[0].op === "ablate") throw new Error("the first edit ablates: nothing to sweep; use add, clamp or scale");
+      const values = [];
+      for (let i = 0; i < n; i++) values.push(Number((a + (b - a) * i / (n - 1)).toPrecision(6)));
+      body = Object.assign(readGen(), { edit: edits[0], values: values });
+    } catch (e) { setStatus(sweepStatus, e.message, "error"); return; }
+    sweepBtn.disabled = true;
+    setStatus(sweepStatus, "sweeping " + body.values.length + " values…", "busy");
+    try {
+      const res = await post("/sweep", body);
+      const out = document.getElementById("sweep-out");
+      out.hidden = false;
+      document.getElementById("sweep-metric").textContent = res.metric;
+      const rows = document.getElementById("sweep-rows");
+      rows.textContent = "";
+      res.points.forEach((p) => {
+        rows.appendChild(el("tr", {}, [
+          el("td", { class: "num", text: String(p.value) }),
+          el("td", { class: "num", text: p.metric === null ? "–" : Number(p.metric).toPrecision(4) }),
+          el("td", { text: p.text }),
+        ]));
+      });
+      const chart = document.getElementById("sweep-chart");
+      if (window.saesteerCharts && window.Plotly) {
+        await window.saesteerCharts.curve(chart, { x: res.points.map((p) => p.value), y: res.points.map((p) => p.metric) });
+        chart.setAttribute("data-drawn", "1");
+      }
+      setStatus(sweepStatus, "metric: " + res.metric, "");
+    } catch (e) {
+      setStatus(sweepStatus, e.message, "error");
+    } finally { sweepBtn.disabled = false; }
+  });
+})();

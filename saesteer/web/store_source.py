@@ -1,0 +1,316 @@
+"""The web app's view of a real feature store (`features.FeatureStore`) and of a loaded model + SAE.
+
+`StoreCatalog` turns store records into the API's shapes (`schemas.py`); `ModelEngine` runs
+"which features fire", steered generation and sweeps through `features` and `steering`.
+`open_store_entries` is what `saesteer serve` calls: it opens the configured store files (and
+their SAEs, when a model is given), names them, and shares one `ModelQueue` per model.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from saesteer.web.schemas import (
+    Example,
+    FeatureDetail,
+    FeatureRef,
+    FeatureSummary,
+    Histogram,
+    LabelInfo,
+    LogitEffects,
+    Neighbour,
+    Page,
+    ScoreInfo,
+    StoreInfo,
+    TokenEffect,
+)
+from saesteer.web.sources import FeatureQuery
+
+__all__ = ["StoreCatalog", "ModelEngine", "shades", "HEALTH_FLAGS", "MAIN_SCORE_METHODS"]
+
+# A feature's "health" is the first of these store flags it carries, else "ok".
+HEALTH_FLAGS = ("dead", "dense", "bos_only", "single_position")
+# The score shown in lists and used by the score filter/sort: the first method a store has.
+MAIN_SCORE_METHODS = ("detection", "fuzzing")
+_SORTS = {"index": "id", "frequency": "freq", "n_fires": "n_fires", "max_act": "max_act", "mean_act": "mean_act",
+          "level": "level", "label": "label"}
+SEARCH_CAP = 1000  # most hits one search considers (pages are cut from these)
+
+
+def shades(acts: Sequence[float], ref: float | None) -> list[int]:
+    """0..10 colour classes: activation relative to `ref` (the feature's max); any firing gets >= 1."""
+    if not ref or not math.isfinite(ref) or ref <= 0:
+        ref = max((a for a in acts if math.isfinite(a)), default=0.0)
+    out = []
+    for a in acts:
+        if not math.isfinite(a) or a <= 0 or ref <= 0:
+            out.append(0)
+        else:
+            out.append(max(1, min(10, round(10.0 * a / ref))))
+    return out
+
+
+def _health(flags: Iterable[str]) -> str:
+    fl = set(flags)
+    for h in HEALTH_FLAGS:
+        if h in fl:
+            return h
+    return "ok"
+
+
+def _finite(x) -> float | None:
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+class StoreCatalog:
+    """Read side of one feature store for the web app (see `sources.Catalog`)."""
+
+    def __init__(self, store: Any, name: str | None = None) -> None:
+        self.store = store
+        self.name = name or Path(store.path).stem
+        self.score_method = self._find_score_method()
+
+    # -- identity -------------------------------------------------------------------------------
+    def _find_score_method(self) -> str:
+        for m in MAIN_SCORE_METHODS:
+            if self.store.count_features({"score_method": m, "min_score": float("-inf")}) > 0:
+                return m
+        return MAIN_SCORE_METHODS[0]
+
+    def info(self) -> StoreInfo:
+        meta = self.store.meta
+        sae = meta.get("sae") or {}
+        widths = sae.get("matryoshka_widths") or []
+        n_written = self.store.count_features()
+        return StoreInfo(
+            id="store",
+            name=self.name,
+            model=sae.get("model_name"),
+            hook=sae.get("hook_name"),
+            architecture=sae.get("architecture"),
+            d_sae=int(self.store.d_sae),
+            n_features=n_written,
+            levels=list(range(len(widths))) if len(widths) > 1 else [],
+            has_labels=self.store.count_features({"has_label": True}) > 0,
+            tokens_seen=meta.get("n_rows"),
+            score_method=self.score_method,
+        )
+
+    # -- lists ----------------------------------------------------------------------------------
+    def _filter(self, q: FeatureQuery) -> dict:
+        f: dict[str, Any] = {}
+        if q.label:
+            f["label_contains"] = q.label
+        if q.min_freq is not None:
+            f["min_freq"] = q.min_freq
+        if q.max_freq is not None:
+            f["max_freq"] = q.max_freq
+        if q.level is not None:
+            f["level"] = q.level
+        if q.labelled is not None:
+            f["has_label"] = q.labelled
+        if q.health == "ok":
+            f["exclude_flags"] = list(HEALTH_FLAGS)
+        elif q.health:
+            f["flags"] = [q.health]
+        if q.min_score is not None:
+            f["score_method"] = self.score_method
+            f["min_score"] = q.min_score
+        return f
+
+    def _scores(self, ids: Sequence[int]) -> dict[int, float]:
+        """The main score of the current label of each given feature (those that have one)."""
+        if not ids:
+            return {}
+        scored = self.store.list_features(
+            filter={"ids": list(ids), "score_method": self.score_method, "min_score": float("-inf")}, limit=len(ids)
+        )
+        out: dict[int, float] = {}
+        for s in scored:
+            for sc in self.store.feature(s.id).scores:
+                if sc.method == self.score_method:
+                    out[s.id] = float(sc.value)
+                    break
+        return out
+
+    def _summary(self, s, score: float | None = None, snippet: str | None = None) -> FeatureSummary:
+        return FeatureSummary(
+            index=int(s.id),
+            label=s.label,
+            score=_finite(score),
+            frequency=_finite(s.freq),
+            n_fires=int(s.n_fires),
+            max_act=_finite(s.max_act),
+            mean_act=_finite(s.mean_act),
+            typical_max_act=_finite(s.typical_max_act),
+            health=_health(s.flags),
+            flags=list(s.flags),
+            level=s.level,
+            parent=s.parent_id,
+            recommended_strength=_finite(s.recommended_strength),
+            snippet=snippet,
+        )
+
+    def list_features(self, q: FeatureQuery) -> Page[FeatureSummary]:
+        sort = f"score:{self.score_method}" if q.sort == "score" else _SORTS[q.sort]
+        flt = self._filter(q)
+        total = self.store.count_features(flt)
+        rows = self.store.list_features(sort=sort, filter=flt, offset=q.offset, limit=q.limit, descending=q.descending)
+        scores = self._scores([r.id for r in rows])
+        items = [self._summary(r, scores.get(r.id)) for r in rows]
+        nxt = q.offset + len(items)
+        return Page[FeatureSummary](items=items, total=total, offset=q.offset, limit=q.limit,
+                                    next_offset=nxt if nxt < total else None)
+
+    def summaries(self, indices: Iterable[int]) -> dict[int, FeatureSummary]:
+        ids = [int(i) for i in dict.fromkeys(indices) if 0 <= int(i) < self.store.d_sae]
+        if not ids:
+            return {}
+        rows = self.store.list_features(filter={"ids": ids}, limit=len(ids))
+        scores = self._scores([r.id for r in rows])
+        return {r.id: self._summary(r, scores.get(r.id)) for r in rows}
+
+    def search(self, text: str, offset: int, limit: int) -> Page[FeatureSummary]:
+        want = min(offset + limit, SEARCH_CAP)
+        hits = self.store.search(text, limit=want + (1 if want < SEARCH_CAP else 0))
+        more = len(hits) > want
+        hits = hits[:want]
+        page_hits = hits[offset:offset + limit]
+        known = self.summaries(h.feature_id for h in page_hits)
+        items = [self._summary_or_hit(h, known.get(h.feature_id)) for h in page_hits]
+        total = len(hits) + (1 if more else 0)
+        nxt = offset + len(items)
+        return Page[FeatureSummary](items=items, total=total, offset=offset, limit=limit,
+                                    next_offset=nxt if (nxt < len(hits) or more) and items else None)
+
+    @staticmethod
+    def _summary_or_hit(hit, summary: FeatureSummary | None) -> FeatureSummary:
+        if summary is not None:
+            return summary.model_copy(update={"snippet": hit.snippet})
+        return FeatureSummary(index=hit.feature_id, label=hit.label, frequency=_finite(hit.freq), snippet=hit.snippet)
+
+    # -- one feature ----------------------------------------------------------------------------
+    def feature(self, index: int) -> FeatureDetail | None:
+        from features import FeatureIndexError, FeatureNotWrittenError
+
+        try:
+            rec = self.store.feature(index)
+        except (FeatureIndexError, FeatureNotWrittenError):
+            return None
+        st = rec.stats
+        ref = _finite(st.max_act) or 0.0
+        score = next((float(s.value) for s in rec.scores if s.method == self.score_method), None)
+        summary = FeatureSummary(
+            index=rec.id, label=rec.label.text if rec.label else None, score=_finite(score), frequency=_finite(st.freq),
+            n_fires=st.n_fires, max_act=_finite(st.max_act), mean_act=_finite(st.mean_act),
+            typical_max_act=_finite(st.typical_max_act), health=_health(st.flags), flags=list(st.flags),
+            level=rec.level, parent=rec.parent.parent_id if rec.parent else None,
+            recommended_strength=_finite(rec.recommended_strength),
+        )
+        family = [rec.parent.parent_id] if rec.parent else []
+        family += [c.child_id for c in rec.children]
+        labels = self.store.labels(family) if family else {}
+        label = None
+        if rec.label is not None:
+            p = rec.label.provenance
+            label = LabelInfo(
+                text=rec.label.text, explanation=rec.label.explanation, created=rec.label.created_at,
+                judge_model=p.judge_model if p else None, judge_kind=p.judge_kind if p else None,
+                prompt_version=p.prompt_version if p else None, offline=bool(p and p.offline),
+            )
+        stats = {k: (_finite(v) if isinstance(v, float) else v) for k, v in vars(st).items() if k != "flags"}
+        hist = None
+        if rec.histogram.counts:
+            hist = Histogram(edges=[float(e) for e in rec.histogram.edges], counts=[int(c) for c in rec.histogram.counts],
+                             log_scale=max(rec.histogram.counts) > 50 * max(1, sorted(rec.histogram.counts)[len(rec.histogram.counts) // 2]))
+        logits = None
+        if rec.logits is not None:
+            logits = LogitEffects(
+                positive=[TokenEffect(token=t.token, token_id=t.token_id, value=float(t.value)) for t in rec.logits.promoted],
+                negative=[TokenEffect(token=t.token, token_id=t.token_id, value=float(t.value)) for t in rec.logits.suppressed],
+            )
+        return FeatureDetail(
+            store=self.name,
+            summary=summary,
+            label=label,
+            scores=[ScoreInfo(method=s.method, value=float(s.value), n_examples=s.n_examples, offline=s.offline,
+                              created=s.created_at) for s in rec.scores],
+            stats=stats,
+            histogram=hist,
+            top_examples=[self._example(e, ref) for e in rec.top_examples],
+            quantile_examples=[self._example(e, ref) for e in rec.quantile_examples],
+            logit_effects=logits,
+            decoder_neighbours=[Neighbour(index=n.id, similarity=float(n.score), count=n.count, label=n.label)
+                                for n in rec.decoder_neighbours],
+            coact_neighbours=[Neighbour(index=n.id, similarity=float(n.score), count=n.count, label=n.label)
+                              for n in rec.coact_neighbours],
+            parent=FeatureRef(index=rec.parent.parent_id, label=labels.get(rec.parent.parent_id),
+                              score=_finite(rec.parent.coact)) if rec.parent else None,
+            children=[FeatureRef(index=c.child_id, label=labels.get(c.child_id), score=_finite(c.coact)) for c in rec.children],
+        )
+
+    @staticmethod
+    def _example(e, ref: float) -> Example:
+        tokens = list(e.tokens)
+        if tokens and not any(tokens):  # a store without vocabulary: show the ids
+            tokens = [f"⟨{t}⟩" for t in e.token_ids]
+        acts = [float(a) if math.isfinite(a) else 0.0 for a in e.acts]
+        return Example(
+            id=e.id, tokens=tokens, acts=acts, activation=float(e.activation), max_act=max(acts, default=0.0),
+            kind=e.kind, quantile=_finite(e.quantile), centre=e.centre, shade=shades(acts, ref),
+        )
+
+    def typical_max(self, indices: Iterable[int]) -> dict[int, float]:
+        return {i: s.typical_max_act for i, s in self.summaries(indices).items() if s.typical_max_act}
+
+
+class ModelEngine:
+    """Model work for one store: which features fire, steered generation, sweeps (see `sources.Engine`).
+
+    Called only from the model's queue thread. `limits` bound what `steering` accepts too."""
+
+    def __init__(self, model: Any, sae: Any, catalog: StoreCatalog, limits: Any) -> None:
+        self.model = model
+        self.sae = sae
+        self.catalog = catalog
+        self.limits = limits
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _steer_limits(self):
+        from steering import SteerLimits
+
+        return SteerLimits(max_abs_value=float(self.limits.max_abs_strength), max_multiple=float(self.limits.max_abs_multiple),
+                           max_abs_scale=float(self.limits.max_abs_multiple))
+
+    def _gen_config(self, req):
+        from steering import GenerationConfig
+
+        greedy = req.temperature <= 0
+        return GenerationConfig(
+            max_new_tokens=req.max_new_tokens, max_new_tokens_cap=int(self.limits.max_new_tokens),
+            do_sample=not greedy, temperature=1.0 if greedy else float(req.temperature), seed=int(req.seed),
+        )
+
+    @staticmethod
+    def _feature_edit(e, value: float | None = None):
+        from steering import FeatureEdit
+
+        v = e.value if value is None else value
+        return FeatureEdit(feature=e.feature, op=e.op, value=None if e.op == "ablate" else float(v),
+                           unit=e.unit if e.op in ("add", "clamp") else "raw", positions=e.positions)
+
+    # -- engine ---------------------------------------------------------------------------------
+    def steer(self, req):
+        from steering import compare
+
+        from saesteer.web.schemas import SteerResult
+
+        typical = self.catalog.typical_max(e.feature for e in req.edits)
+        cmp = compare(self.model, self.sae, [self._feature_edit(e) for e in req.edits], [req.prompt],
+                      self._gen_config(req), typical_max=typical, limits=self._steer_limits())
+        return SteerResult(prompt=req.prompt, default=cmp.unsteered[0], steered=cmp.steered[0], edits=req.edits)

@@ -1,0 +1,94 @@
+"""The web app over a real small feature store, shared by the web tests of one pytest process.
+
+    from helpers.web_app import shared_store, make_app, client
+    ws = shared_store()                       # built once per process (cached), see web_store.py
+    app = make_app()                          # fresh app (fresh queue) over that store
+    c = client(app)                           # TestClient speaking to it as http://127.0.0.1:8000
+
+`serve_in_thread(app)` runs uvicorn on a free loopback port in a daemon thread (browser tests).
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from helpers.web_store import WebStore, build_web_store
+
+PORT = 8000
+BASE = f"http://127.0.0.1:{PORT}"
+
+
+@functools.lru_cache(maxsize=None)
+def shared_store() -> WebStore:
+    d = Path(tempfile.mkdtemp(prefix="saesteer-web-"))
+    atexit.register(shutil.rmtree, d, ignore_errors=True)
+    return build_web_store(d)
+
+
+def make_entry(ws: WebStore, sid: str = "tiny", *, limits=None, with_model: bool = True, queue=None):
+    from features import FeatureStore
+    from saesteer.web import Limits, ModelQueue, StoreEntry
+    from saesteer.web.store_source import ModelEngine, StoreCatalog
+
+    limits = limits or Limits()
+    cat = StoreCatalog(FeatureStore.open(ws.path), name=sid)
+    if not with_model:
+        return StoreEntry(sid, cat)
+    eng = ModelEngine(ws.model, ws.sae, cat, limits)
+    return StoreEntry(sid, cat, eng, queue or ModelQueue("tiny-test-model", limits.max_pending))
+
+
+def make_app(*, limits=None, config=None, token=None, second_store: bool = False):
+    """The app over the shared store ('tiny'); with second_store, also 'nomodel' (same file, no model)."""
+    from saesteer.web import Limits, ServeConfig, create_app
+
+    ws = shared_store()
+    limits = limits or Limits()
+    entries = [make_entry(ws, "tiny", limits=limits)]
+    if second_store:
+        entries.append(make_entry(ws, "nomodel", limits=limits, with_model=False))
+    return create_app(entries, config=config or ServeConfig(port=PORT), limits=limits, token=token)
+
+
+def client(app, base_url: str = BASE, **kw):
+    from fastapi.testclient import TestClient
+
+    return TestClient(app, base_url=base_url, raise_server_exceptions=False, **kw)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerThread:
+    """uvicorn serving `app` on 127.0.0.1:port in a daemon thread; `stop()` shuts it down."""
+
+    def __init__(self, app, port: int) -> None:
+        import uvicorn
+
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, name="uvicorn-test", daemon=True)
+
+    def start(self, timeout: float = 30.0) -> "ServerThread":
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"uvicorn did not start on port {self.port}")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)

@@ -1,0 +1,271 @@
+"""JSON API of the web app over a real (tiny) feature store: every endpoint, good and bad input.
+
+Bad input must get a 4xx with a readable message, never a 500.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from helpers.web_app import client, make_app, shared_store
+from saesteer.web import Limits
+
+
+@pytest.fixture(scope="module")
+def ws():
+    return shared_store()
+
+
+@pytest.fixture(scope="module")
+def c(ws):
+    with client(make_app(second_store=True)) as cl:
+        yield cl
+
+
+def _detail(r) -> str:
+    body = r.json()
+    assert isinstance(body.get("detail"), str) and body["detail"], body
+    return body["detail"]
+
+
+# -- reads ------------------------------------------------------------------------------------------
+
+
+def test_status_and_stores(c, ws):
+    r = c.get("/api/status")
+    assert r.status_code == 200
+    body = r.json()
+    assert [s["id"] for s in body["stores"]] == ["tiny", "nomodel"]
+    assert body["limits"]["max_new_tokens"] == Limits().max_new_tokens
+    stores = c.get("/api/stores").json()
+    tiny = stores[0]
+    assert tiny["d_sae"] == ws.d_sae and tiny["hook"] == "blocks.0.hook_resid_post"
+    assert tiny["levels"] == [0, 1] and tiny["has_labels"] and tiny["can_steer"]
+    assert stores[1]["can_steer"] is False
+    assert c.get("/api/stores/tiny").json() == tiny
+
+
+def test_feature_list_paginates_over_all_features(c, ws):
+    seen, offset = [], 0
+    while offset is not None:
+        r = c.get("/api/stores/tiny/features", params={"offset": offset, "limit": 20})
+        assert r.status_code == 200
+        page = r.json()
+        assert page["total"] == ws.d_sae and page["limit"] == 20 and page["offset"] == offset
+        seen += [f["index"] for f in page["items"]]
+        offset = page["next_offset"]
+    assert seen == list(range(ws.d_sae))
+
+
+def test_feature_list_sorts_and_filters(c, ws):
+    rows = c.get("/api/stores/tiny/features", params={"sort": "frequency", "limit": 100}).json()["items"]
+    freqs = [r["frequency"] for r in rows]
+    assert freqs == sorted(freqs, reverse=True)  # statistics sort descending by default
+    rows = c.get("/api/stores/tiny/features", params={"sort": "frequency", "desc": "false", "limit": 100}).json()["items"]
+    assert [r["frequency"] for r in rows] == sorted(freqs)
+
+    dead = c.get("/api/stores/tiny/features", params={"health": "dead"}).json()
+    assert dead["total"] == 2 and all(r["health"] == "dead" for r in dead["items"])
+    ok = c.get("/api/stores/tiny/features", params={"health": "ok", "limit": 100}).json()
+    assert ok["total"] > 0 and all(r["health"] == "ok" and not r["flags"] for r in ok["items"])
+
+    lab = c.get("/api/stores/tiny/features", params={"label": "OCEAN"}).json()
+    assert [r["index"] for r in lab["items"]] == [i for i, t in ws.labels.items() if "ocean" in t]
+    labelled = c.get("/api/stores/tiny/features", params={"labelled": "true", "limit": 100}).json()
+    assert sorted(r["index"] for r in labelled["items"]) == sorted(ws.labels)
+    assert all(r["score"] is not None for r in labelled["items"])
+
+    scored = c.get("/api/stores/tiny/features", params={"min_score": 0.75, "sort": "score", "limit": 100}).json()
+    scores = [r["score"] for r in scored["items"]]
+    assert scores and min(scores) >= 0.75 and scores == sorted(scores, reverse=True)
+
+    lvl = c.get("/api/stores/tiny/features", params={"level": 0, "limit": 100}).json()
+    assert lvl["total"] == ws.d_sae // 4 and all(r["level"] == 0 for r in lvl["items"])
+
+    band = c.get("/api/stores/tiny/features", params={"min_freq": 0.01, "max_freq": 0.1, "limit": 100}).json()
+    assert band["total"] > 0 and all(0.01 <= r["frequency"] <= 0.1 for r in band["items"])
+    # empty values (as HTML forms send them) mean "no filter"
+    assert c.get("/api/stores/tiny/features", params={"min_freq": "", "health": "", "level": ""}).json()["total"] == ws.d_sae
+
+
+def test_feature_detail(c, ws):
+    i = next(iter(ws.labels))
+    r = c.get(f"/api/stores/tiny/features/{i}")
+    assert r.status_code == 200
+    f = r.json()
+    assert f["summary"]["index"] == i and f["summary"]["label"] == ws.labels[i]
+    assert f["label"]["text"] == ws.labels[i] and f["label"]["judge_model"] == "test-judge"
+    assert {s["method"] for s in f["scores"]} == {"detection", "fuzzing"}
+    h = f["histogram"]
+    assert len(h["edges"]) == len(h["counts"]) + 1 and sum(h["counts"]) == f["stats"]["n_fires"]
+    ex = f["top_examples"][0]
+    assert len(ex["tokens"]) == len(ex["acts"]) == len(ex["shade"])
+    assert max(ex["shade"]) >= 1 and all(0 <= s <= 10 for s in ex["shade"])
+    assert f["logit_effects"]["positive"] and f["logit_effects"]["negative"]
+    assert f["decoder_neighbours"] and all(0 <= n["index"] < ws.d_sae for n in f["decoder_neighbours"])
+    acts = [a for e in f["top_examples"] for a in e["acts"]]
+    assert max(acts) == pytest.approx(f["summary"]["max_act"], rel=1e-5)
+
+
+def test_matryoshka_parent_and_children(c, ws):
+    rows = c.get("/api/stores/tiny/features", params={"limit": 100}).json()["items"]
+    child = next(r for r in rows if r["parent"] is not None)
+    f = c.get(f"/api/stores/tiny/features/{child['index']}").json()
+    assert f["parent"]["index"] == child["parent"]
+    parent = c.get(f"/api/stores/tiny/features/{child['parent']}").json()
+    assert child["index"] in [k["index"] for k in parent["children"]]
+
+
+def test_search(c, ws):
+    r = c.get("/api/stores/tiny/search", params={"q": "ocean"})
+    assert r.status_code == 200
+    page = r.json()
+    ocean = [i for i, t in ws.labels.items() if "ocean" in t]
+    assert [h["index"] for h in page["items"]][:1] == ocean
+    assert "[" in page["items"][0]["snippet"]
+    # pages of one hit each
+    multi = c.get("/api/stores/tiny/search", params={"q": "words", "limit": 1}).json()
+    assert multi["total"] >= 2 and len(multi["items"]) == 1 and multi["next_offset"] == 1
+    second = c.get("/api/stores/tiny/search", params={"q": "words", "limit": 1, "offset": 1}).json()
+    assert second["items"][0]["index"] != multi["items"][0]["index"]
+    assert c.get("/api/stores/tiny/search", params={"q": "zebra"}).json() == {
+        "items": [], "total": 0, "offset": 0, "limit": 20, "next_offset": None}
+    # FTS syntax in the query is just text
+    assert c.get("/api/stores/tiny/search", params={"q": 'ocean" OR * NEAR('}).status_code == 200
+
+
+def test_openapi_describes_every_api_route(c):
+    spec = c.get("/openapi.json").json()
+    paths = set(spec["paths"])
+    for p in ("/api/status", "/api/stores", "/api/stores/{sid}", "/api/stores/{sid}/features",
+              "/api/stores/{sid}/features/{index}", "/api/stores/{sid}/search", "/api/stores/{sid}/fire",
+              "/api/stores/{sid}/steer", "/api/stores/{sid}/sweep"):
+        assert p in paths, p
+    assert not any(p.startswith("/s/") or p.startswith("/static") for p in paths)  # pages stay out
+    steer = spec["components"]["schemas"]["SteerRequest"]
+    assert steer["properties"]["edits"]["maxItems"] >= 1
+    assert c.get("/docs").status_code == 404  # Swagger UI would need a CDN
+
+
+# -- model work -------------------------------------------------------------------------------------
+
+
+def test_steer_returns_default_and_steered(c, ws):
+    body = {"prompt": "the sailor", "max_new_tokens": 8, "edits": [{"feature": 3, "op": "add", "value": 6, "unit": "max_act"}]}
+    r = c.post("/api/stores/tiny/steer", json=body)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["prompt"] == "the sailor" and out["default"] and out["steered"]
+    assert out["default"] != out["steered"]
+    again = c.post("/api/stores/tiny/steer", json=body).json()
+    assert again == out  # greedy and seeded: deterministic
+    ablate = c.post("/api/stores/tiny/steer", json={**body, "edits": [{"feature": 5, "op": "ablate", "unit": "raw"}]})
+    assert ablate.status_code == 200
+
+
+def test_steer_without_model_is_409(c):
+    r = c.post("/api/stores/nomodel/steer", json={"prompt": "a", "edits": [{"feature": 1, "op": "add", "value": 1}]})
+    assert r.status_code == 409 and "--model" in _detail(r)
+
+
+BAD_STEER = [
+    ({"edits": []}, "edits"),
+    ({"edits": [{"feature": 1, "op": "add", "value": 1}] * 9}, "edits"),
+    ({"edits": [{"feature": 48, "op": "add", "value": 1}]}, "feature"),
+    ({"edits": [{"feature": -1, "op": "add", "value": 1}]}, "feature"),
+    ({"edits": [{"feature": 1, "op": "boost", "value": 1}]}, "op"),
+    ({"edits": [{"feature": 1, "op": "add", "value": 21, "unit": "max_act"}]}, "limit"),
+    ({"edits": [{"feature": 1, "op": "add", "value": 1001, "unit": "raw"}]}, "limit"),
+    ({"edits": [{"feature": 1, "op": "scale", "value": 2, "unit": "max_act"}]}, "raw"),
+    ({"edits": [{"feature": 1, "op": "add", "value": "x"}]}, "value"),
+    ({"edits": [{"feature": 1, "op": "add", "value": 1, "colour": "red"}]}, "colour"),
+    ({"max_new_tokens": 65}, "max_new_tokens"),
+    ({"max_new_tokens": 0}, "max_new_tokens"),
+    ({"prompt": ""}, "prompt"),
+    ({"prompt": "x" * 2001}, "prompt"),
+    ({"temperature": -1}, "temperature"),
+    ({"seed": -3}, "seed"),
+]
+
+
+@pytest.mark.parametrize("change,word", BAD_STEER)
+def test_steer_rejects_bad_input(c, change, word):
+    body = {"prompt": "the sailor", "max_new_tokens": 4, "edits": [{"feature": 1, "op": "add", "value": 1}]}
+    body.update(change)
+    r = c.post("/api/stores/tiny/steer", json=body)
+    assert r.status_code == 422, r.text
+    assert word in _detail(r)
+
+
+@pytest.mark.parametrize("raw", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_steer_rejects_non_finite_strengths(c, raw):
+    text = '{"prompt": "a", "edits": [{"feature": 1, "op": "clamp", "value": %s}]}' % raw
+    r = c.post("/api/stores/tiny/steer", content=text, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "finite" in _detail(r)
+
+
+def test_prompt_beyond_model_context_is_422(c):
+    long_prompt = " ".join(["the sea"] * 40)  # 80 tokens > n_ctx 64
+    r = c.post("/api/stores/tiny/steer", json={"prompt": long_prompt, "max_new_tokens": 8,
+                                              "edits": [{"feature": 1, "op": "add", "value": 1}]})
+    assert r.status_code == 422 and "context" in _detail(r)
+
+
+def test_malformed_bodies(c):
+    for content in ("", "{", "[]", '"x"', "null", '{"prompt": "a", "edits": {}}'):
+        r = c.post("/api/stores/tiny/steer", content=content, headers={"content-type": "application/json"})
+        assert r.status_code == 422, (content, r.text)
+        _detail(r)
+
+
+# -- bad reads ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url,status",
+    [
+        ("/api/stores/nope", 404),
+        ("/api/stores/Tiny", 422),
+        ("/api/stores/..%2F..%2Fetc", 404),
+        ("/api/stores/tiny/features/48", 404),
+        ("/api/stores/tiny/features/-1", 422),
+        ("/api/stores/tiny/features/abc", 422),
+        ("/api/stores/tiny/features/99999999999999999999", 422),
+        ("/api/stores/tiny/features?limit=101", 422),
+        ("/api/stores/tiny/features?limit=0", 422),
+        ("/api/stores/tiny/features?offset=-5", 422),
+        ("/api/stores/tiny/features?sort=drop+table", 422),
+        ("/api/stores/tiny/features?health=sick", 422),
+        ("/api/stores/tiny/features?min_freq=2", 422),
+        ("/api/stores/tiny/features?min_freq=nan", 422),
+        ("/api/stores/tiny/features?min_score=inf", 422),
+        ("/api/stores/tiny/features?min_freq=0.5&max_freq=0.1", 422),
+        ("/api/stores/tiny/features?level=x", 422),
+        ("/api/stores/tiny/features?label=" + "a" * 201, 422),
+        ("/api/stores/tiny/search", 422),
+        ("/api/stores/tiny/search?q=", 422),
+        ("/api/stores/tiny/search?q=%20%20", 422),
+        ("/api/stores/tiny/search?q=" + "a" * 201, 422),
+        ("/api/stores/tiny/search?q=a&limit=500", 422),
+        ("/api/nothing", 404),
+    ],
+)
+def test_bad_reads_are_4xx_with_message(c, url, status):
+    r = c.get(url)
+    assert r.status_code == status, r.text
+    _detail(r)
+
+
+def test_wrong_method_is_405(c):
+    assert c.get("/api/stores/tiny/steer").status_code == 405
+    assert c.delete("/api/stores/tiny/features/1").status_code == 405
+
+
+def test_every_api_response_is_json_with_no_store(c):
+    for url in ("/api/status", "/api/stores/tiny/features?limit=2", "/api/stores/nope"):
+        r = c.get(url)
+        assert r.headers["content-type"].startswith("application/json")
+        assert r.headers["cache-control"] == "no-store"
+        json.loads(r.text)
