@@ -1,0 +1,183 @@
+"""Generation with TransformerLens, steered or not: batched (left padded), seeded, capped.
+
+Shape key: B prompts, P padded prompt positions, T new tokens.
+
+    res = generate(model, ["the ship", "in the forest"], GenerationConfig(max_new_tokens=20, seed=3))
+    res.texts          # continuations only
+    cmp = compare(model, sae, ["123:clamp=2x"], prompts, typical_max=store_max)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from steering.spec import SteeringError
+
+
+@dataclass
+class GenerationConfig:
+    """How to sample continuations."""
+
+    max_new_tokens: int = field(default=32, metadata={"help": "tokens to generate per prompt"})
+    max_new_tokens_cap: int = field(
+        default=512, metadata={"help": "refuse requests for more new tokens than this (guards servers and typos)"}
+    )
+    do_sample: bool = field(default=True, metadata={"help": "sample (true) or take the most likely token (false)"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
+    top_k: int | None = field(default=None, metadata={"help": "sample among the k most likely tokens (none: all)"})
+    top_p: float | None = field(default=None, metadata={"help": "nucleus sampling mass (none: off)"})
+    freq_penalty: float = field(default=0.0, metadata={"help": "penalty for tokens already in the text"})
+    seed: int | None = field(default=0, metadata={"help": "random seed for sampling (none: do not reseed)"})
+    use_past_kv_cache: bool = field(default=True, metadata={"help": "reuse keys/values of earlier tokens"})
+    stop_at_eos: bool = field(default=True, metadata={"help": "stop a row when it emits the end-of-text token"})
+    prepend_bos: bool | None = field(default=None, metadata={"help": "prepend BOS to prompts (none: model default)"})
+
+    def __post_init__(self) -> None:
+        for name in ("max_new_tokens", "max_new_tokens_cap"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise SteeringError(f"{name} must be a positive integer, got {v!r}")
+        if self.max_new_tokens > self.max_new_tokens_cap:
+            raise SteeringError(
+                f"max_new_tokens={self.max_new_tokens} is above the cap of {self.max_new_tokens_cap}; ask for fewer "
+                f"tokens or raise max_new_tokens_cap"
+            )
+        if not (isinstance(self.temperature, (int, float)) and self.temperature > 0 and self.temperature < float("inf")):
+            raise SteeringError(f"temperature must be a positive finite number, got {self.temperature!r}")
+        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
+            raise SteeringError(f"top_k must be a positive integer or None, got {self.top_k!r}")
+        if self.top_p is not None and not (0 < self.top_p <= 1):
+            raise SteeringError(f"top_p must be in (0, 1] or None, got {self.top_p!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise SteeringError(f"seed must be an integer or None, got {self.seed!r}")
+
+
+@dataclass
+class Generation:
+    """Continuations of a batch of prompts."""
+
+    prompts: list[str]
+    texts: list[str]  # the continuations only (special tokens removed, cut at end-of-text)
+    tokens: Tensor  # [B, P + T] left-padded prompt tokens followed by the new tokens
+    prompt_len: int  # P
+
+    @property
+    def new_tokens(self) -> Tensor:
+        return self.tokens[:, self.prompt_len :]
+
+    @property
+    def full_texts(self) -> list[str]:
+        return [p + (" " if p and t and not p.endswith(" ") else "") + t for p, t in zip(self.prompts, self.texts)]
+
+
+def _as_prompts(prompts: str | Sequence[str]) -> list[str]:
+    if isinstance(prompts, str):
+        return [prompts]
+    out = list(prompts)
+    if not out or not all(isinstance(p, str) for p in out):
+        raise SteeringError("prompts must be a string or a non-empty list of strings")
+    return out
+
+
+def _tokenize(model: Any, prompts: list[str], prepend_bos: bool | None) -> Tensor:
+    if getattr(model, "tokenizer", None) is None:
+        raise SteeringError("the model has no tokenizer; pass a model loaded with one (saesteer.models.load_model)")
+    kw = {} if prepend_bos is None else {"prepend_bos": prepend_bos}
+    return model.to_tokens(prompts, padding_side="left", **kw)
+
+
+def generate(
+    model: Any,
+    prompts: str | Sequence[str],
+    config: GenerationConfig | None = None,
+    *,
+    session: Any = None,
+    **overrides: Any,
+) -> Generation:
+    """Generate continuations of `prompts` with `model.generate` (inside `session`'s steering if given).
+
+    Keyword overrides replace fields of `config` (e.g. max_new_tokens=10, seed=3)."""
+    config = dataclasses.replace(config or GenerationConfig(), **overrides)
+    prompts = _as_prompts(prompts)
+    tokens_BP = _tokenize(model, prompts, config.prepend_bos)
+    P = int(tokens_BP.shape[1])
+    n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
+    if n_ctx is not None and P + config.max_new_tokens > n_ctx:
+        raise SteeringError(
+            f"prompt ({P} tokens) + max_new_tokens ({config.max_new_tokens}) exceeds the model's context of {n_ctx} "
+            f"tokens; shorten the prompt or ask for at most {max(n_ctx - P, 0)} new tokens"
+        )
+    kwargs: dict[str, Any] = dict(
+        max_new_tokens=config.max_new_tokens,
+        stop_at_eos=config.stop_at_eos,
+        do_sample=config.do_sample,
+        top_k=config.top_k,
+        top_p=config.top_p,
+        temperature=config.temperature,
+        freq_penalty=config.freq_penalty,
+        use_past_kv_cache=config.use_past_kv_cache,
+        padding_side="left",
+        return_type="tokens",
+        verbose=False,
+    )
+    if config.prepend_bos is not None:
+        kwargs["prepend_bos"] = config.prepend_bos
+    devices = [tokens_BP.device] if tokens_BP.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, enabled=config.seed is not None):
+        if config.seed is not None:
+            torch.manual_seed(config.seed)
+        if session is not None:
+            if not session.active:
+                raise SteeringError("this steering session has ended; generate inside the `with steer(...)` block")
+            with session.prompt_length(P):
+                out_BT = model.generate(tokens_BP, **kwargs)
+        else:
+            out_BT = model.generate(tokens_BP, **kwargs)
+    texts = [decode_continuation(model, row, config.stop_at_eos) for row in out_BT[:, P:]]
+    return Generation(prompts, texts, out_BT, P)
+
+
+def decode_continuation(model: Any, new_T: Tensor, stop_at_eos: bool = True) -> str:
+    ids = new_T.tolist()
+    eos = getattr(model.tokenizer, "eos_token_id", None)
+    if stop_at_eos and eos is not None and eos in ids:
+        ids = ids[: ids.index(eos)]
+    return model.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+@dataclass
+class Comparison:
+    """Steered and unsteered continuations of the same prompts with the same seed."""
+
+    prompts: list[str]
+    steered: list[str]
+    unsteered: list[str]
+    edits: str
+
+
+def compare(
+    model: Any,
+    saes: Any,
+    edits: Any,
+    prompts: str | Sequence[str],
+    config: GenerationConfig | None = None,
+    *,
+    typical_max: Any = None,
+    limits: Any = None,
+    **overrides: Any,
+) -> Comparison:
+    """Generate with and without `edits` (same config and seed) for a side-by-side view."""
+    from steering.session import steer
+
+    config = dataclasses.replace(config or GenerationConfig(), **overrides)
+    with steer(model, saes, edits, typical_max=typical_max, limits=limits) as s:
+        steered = s.generate(prompts, config)
+        described = s.describe()
+    base = generate(model, prompts, config)
+    return Comparison(base.prompts, steered.texts, base.texts, described)

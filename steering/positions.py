@@ -1,0 +1,129 @@
+"""Which token positions of the current forward pass an edit applies to.
+
+Shape key: B batch, S positions in this forward, T positions so far (cache + this forward).
+
+TransformerLens generation runs the prompt through the model once (all positions, left padded
+for batches) and then, with the KV cache, one new token per forward; without the cache every
+forward re-runs the whole sequence. Block hooks only see the activations, so a forward
+pre-hook on the block reads what the block itself is given: the KV-cache entry (its length is
+the absolute position of the first query) and the attention mask over all T positions (zeros
+mark pad tokens). `SequenceTracker` keeps that per block and answers `select(positions)`.
+
+The prompt length P (in padded positions) is, in order of precedence:
+1. set explicitly (`SteeringSession.generate` does this), else
+2. with the KV cache, the length of the forward that starts the sequence (offset 0), else
+3. without the cache, the first forward of a run of cache-less forwards that each grow by one
+   token with the same batch size (how `generate(use_past_kv_cache=False)` proceeds); any other
+   cache-less forward starts a new sequence whose prompt is the whole forward.
+Positions that come after the first forward of a cached sequence are taken to be real tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from steering.spec import Positions
+
+FULL = "full"  # sentinel: every position of this forward
+
+
+class SequenceTracker:
+    """Where the positions of the current forward sit in their sequence (one per block)."""
+
+    __slots__ = ("forward_id", "B", "S", "offset", "prompt_len", "mask_BT", "explicit_prompt_len",
+                 "_uncached_run", "_cache", "_window_has_pads")
+
+    def __init__(self) -> None:
+        self.forward_id = 0
+        self.B = self.S = self.offset = self.prompt_len = 0
+        self.mask_BT: Tensor | None = None
+        self.explicit_prompt_len: int | None = None
+        self._uncached_run = False
+        self._cache: dict[Any, Any] = {}
+        self._window_has_pads: bool | None = None
+
+    # called by the block's forward pre-hook -------------------------------------------------
+    def observe(self, B: int, S: int, cache_entry: Any, attention_mask: Tensor | None) -> None:
+        offset = int(cache_entry.past_keys.size(1)) if cache_entry is not None else 0
+        if offset == 0:
+            if self.explicit_prompt_len is not None:
+                prompt_len = self.explicit_prompt_len
+            elif cache_entry is None and self._uncached_run and B == self.B and S == self.S + 1:
+                prompt_len = self.prompt_len  # generation without the KV cache: same sequence, one longer
+            else:
+                prompt_len = S
+            self.prompt_len = prompt_len
+        self._uncached_run = cache_entry is None
+        self.forward_id += 1
+        self.B, self.S, self.offset = B, S, offset
+        self.mask_BT = attention_mask
+        self._cache = {}
+        self._window_has_pads = None
+
+    # answers to hooks -----------------------------------------------------------------------
+    def window_has_pads(self) -> bool:
+        """Whether this forward's positions include pad tokens (only the sequence start can)."""
+        if self._window_has_pads is None:
+            m = self.mask_BT
+            if m is None or self.offset > 0:
+                self._window_has_pads = False
+            else:
+                self._window_has_pads = not bool(m[:, : self.S].all())
+        return self._window_has_pads
+
+    def select(self, positions: Positions):
+        """None (no position), FULL, a (lo, hi) slice of this forward's positions (every row), or
+        a 1-d int64 tensor of flat indices into the B*S rows."""
+        hit = self._cache.get(positions, self)
+        if hit is not self:
+            return hit
+        out = self._select(positions)
+        self._cache[positions] = out
+        return out
+
+    def _select(self, positions: Positions):
+        S, off, P = self.S, self.offset, self.prompt_len
+        if positions == "all":
+            lo, hi = 0, S
+        elif positions == "prompt":
+            lo, hi = 0, min(S, P - off)
+        elif positions == "generated":
+            lo, hi = max(0, P - off), S
+        else:
+            return self._select_indices((-1,) if positions == "last" else positions)
+        if hi <= lo:
+            return None
+        if self.window_has_pads():
+            assert self.mask_BT is not None
+            keep_BS = self.mask_BT[:, off : off + S].bool().clone()
+            keep_BS[:, :lo] = False
+            keep_BS[:, hi:] = False
+            idx = keep_BS.reshape(-1).nonzero().squeeze(1)
+            return idx if idx.numel() else None
+        return FULL if (lo == 0 and hi == S) else (lo, hi)
+
+    def _select_indices(self, indices: tuple[int, ...]):
+        S, off, P, B = self.S, self.offset, self.prompt_len, self.B
+        m = self.mask_BT
+        if m is None:
+            dev = None
+            real_BS = torch.arange(off, off + S).expand(B, S)
+            n_B = torch.full((B,), P, dtype=torch.int64)
+            valid_BS = None
+        else:
+            dev = m.device
+            cum_BT = m.to(torch.int64).cumsum(1)
+            real_BS = cum_BT[:, off : off + S] - 1
+            n_B = cum_BT[:, P - 1] if P > 0 else torch.zeros(B, dtype=torch.int64, device=dev)
+            valid_BS = m[:, off : off + S].bool()
+        keep_BS = torch.zeros(B, S, dtype=torch.bool, device=dev)
+        for i in indices:
+            target_B = n_B + i if i < 0 else torch.full_like(n_B, i)
+            keep_BS |= real_BS == target_B.unsqueeze(1)
+        if valid_BS is not None:
+            keep_BS &= valid_BS
+        idx = keep_BS.reshape(-1).nonzero().squeeze(1)
+        return idx if idx.numel() else None

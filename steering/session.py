@@ -1,0 +1,417 @@
+"""`steer(model, saes, edits)`: a context manager that hooks the edits into a HookedTransformer.
+
+Shape key: B batch, S positions, D width at the hook (heads flattened), N selected rows.
+
+    from steering import steer, FeatureEdit
+    with steer(model, sae, ["123:clamp=8", FeatureEdit(7, "add", 4.0, positions="generated")]) as s:
+        out = model.generate("the ship", max_new_tokens=20)      # TransformerLens, KV cache on
+        res = s.generate(["the ship", "a tree"], GenerationConfig(max_new_tokens=20, seed=1))
+
+Everything is checked before a hook is attached (unknown SAE or hook, feature out of range,
+non-finite or absurd strengths); hooks are added with TransformerLens's `model.hooks(...)` plus a
+forward pre-hook per block involved (to read the KV-cache length and attention mask), and all of
+them are removed when the block exits, whichever way it exits.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from saes.base import SAE
+from steering.interventions import LatentEditor, op_coefficients
+from steering.positions import FULL, SequenceTracker
+from steering.spec import (
+    Edit, FeatureEdit, Positions, SteerLimits, SteeringError, TypicalMax, VectorEdit, lookup_typical_max,
+    parse_edit, raw_value,
+)
+
+_BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
+
+
+# ------------------------------------------------------------------------------------- plan
+@dataclass(frozen=True)
+class ResolvedEdit:
+    """An edit after validation: raw value, the SAE's name and hook."""
+
+    edit: Edit
+    sae_name: str | None
+    hook_name: str
+    feature: int | None  # None for vector edits
+    op: str
+    value: float  # raw units (add/clamp), factor (scale), 0 (ablate), strength (vector)
+    positions: Positions
+    typical_max: float | None = None
+
+    def describe(self) -> str:
+        return self.edit.describe()
+
+
+class ConstantEditor:
+    """Adds one fixed vector to every selected row (steering vectors, add-only latent edits)."""
+
+    def __init__(self, vector_D: Tensor) -> None:
+        self.d_in = int(vector_D.numel())
+        self.const_D = vector_D.detach().reshape(-1)
+        self._cache: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+
+    def constant(self, dtype: torch.dtype, device: torch.device) -> Tensor:
+        key = (dtype, device)
+        v = self._cache.get(key)
+        if v is None:
+            v = self._cache[key] = self.const_D.to(device=device, dtype=dtype)
+        return v
+
+    def delta(self, x_ND: Tensor) -> Tensor:
+        return self.constant(x_ND.dtype, x_ND.device).expand(x_ND.shape[0], -1)
+
+    def apply(self, x_ND: Tensor) -> Tensor:
+        return x_ND + self.constant(x_ND.dtype, x_ND.device)
+
+
+@dataclass
+class _Contribution:
+    positions: Positions
+    editor: Any  # LatentEditor | ConstantEditor
+    label: str
+
+
+class _HookFn:
+    """The forward hook at one hook point: applies its contributions at their positions."""
+
+    def __init__(self, hook_name: str, tracker: SequenceTracker | None, contribs: list[_Contribution]) -> None:
+        self.hook_name = hook_name
+        self.tracker = tracker
+        self.contribs = contribs
+        self.d_in = contribs[0].editor.d_in
+        self.calls = 0
+
+    def __repr__(self) -> str:
+        return f"steering<{self.hook_name}: {', '.join(c.label for c in self.contribs)}>"
+
+    def __call__(self, x: Tensor, hook: Any = None) -> Tensor | None:
+        self.calls += 1
+        shape = x.shape
+        if x.ndim < 3:
+            raise SteeringError(f"hook {self.hook_name} gave an activation of shape {tuple(shape)}; expected [batch, pos, ...]")
+        B, S = shape[0], shape[1]
+        D = math.prod(shape[2:])
+        if D != self.d_in:
+            raise SteeringError(
+                f"hook {self.hook_name} carries width {D} but the edit there expects {self.d_in}; "
+                f"the SAE was trained on a different hook point or model"
+            )
+        x_ND = x.reshape(B * S, D)
+        tracker = self.tracker
+        out_ND: Tensor | None = None
+        for c in self.contribs:
+            sel = FULL if tracker is None else tracker.select(c.positions)
+            if sel is None:
+                continue
+            if sel is FULL:
+                if out_ND is None:
+                    out_ND = c.editor.apply(x_ND)
+                else:
+                    out_ND = out_ND + c.editor.delta(x_ND)
+                continue
+            if out_ND is None:
+                out_ND = x_ND.clone()
+            if isinstance(sel, tuple):
+                lo, hi = sel
+                rows_ND = x[:, lo:hi].reshape(-1, D)
+                out_ND.view(B, S, D)[:, lo:hi] += c.editor.delta(rows_ND).view(B, hi - lo, D)
+            else:
+                out_ND.index_add_(0, sel, c.editor.delta(x_ND.index_select(0, sel)))
+        return None if out_ND is None else out_ND.view(shape)
+
+
+def _as_sae_mapping(saes: Any) -> dict[str, SAE]:
+    if saes is None:
+        return {}
+    if isinstance(saes, SAE):
+        return {"sae": saes}
+    if isinstance(saes, Mapping):
+        out = {}
+        for k, v in saes.items():
+            if not isinstance(v, SAE):
+                raise SteeringError(f"saes[{k!r}] is a {type(v).__name__}, not an SAE (load one with saes.load_sae)")
+            out[str(k)] = v
+        return out
+    if isinstance(saes, Sequence):
+        out = {}
+        for i, v in enumerate(saes):
+            if not isinstance(v, SAE):
+                raise SteeringError(f"saes[{i}] is a {type(v).__name__}, not an SAE (load one with saes.load_sae)")
+            out[str(i)] = v
+        return out
+    raise SteeringError(f"saes must be an SAE, a dict name -> SAE, or a list of SAEs; got {type(saes).__name__}")
+
+
+def sae_hook_name(sae: SAE, name: str = "sae") -> str:
+    hook = (sae.cfg.metadata or {}).get("hook_name")
+    if not hook:
+        raise SteeringError(
+            f"SAE {name!r} does not record its hook point; set sae.cfg.metadata['hook_name'] "
+            f"(e.g. 'blocks.1.hook_resid_post') to the hook it was trained on"
+        )
+    return str(hook)
+
+
+def _hook_examples(model: Any) -> str:
+    names = [n for n in model.hook_dict if n.endswith(("hook_resid_pre", "hook_resid_post"))]
+    return ", ".join(names[:2] + names[-1:]) if names else ", ".join(list(model.hook_dict)[:3])
+
+
+def check_hook(model: Any, hook_name: str, who: str) -> None:
+    hook_dict = getattr(model, "hook_dict", None)
+    if hook_dict is None:
+        raise SteeringError("steering needs a TransformerLens model (HookedTransformer) with hook points")
+    if hook_name not in hook_dict:
+        n_layers = getattr(getattr(model, "cfg", None), "n_layers", "?")
+        raise SteeringError(
+            f"{who}: unknown hook {hook_name!r}; this model ({n_layers} layers) has no such hook point "
+            f"(examples: {_hook_examples(model)})"
+        )
+
+
+def _tracked_block(model: Any, hook_name: str) -> int | None:
+    m = _BLOCK_RE.match(hook_name)
+    if m:
+        return int(m.group(1))
+    if hook_name.startswith("ln_final.") and hasattr(model, "blocks"):
+        return len(model.blocks) - 1
+    return None
+
+
+def typical_max_for(provider: Any, sae_name: str) -> TypicalMax | None:
+    """Pick the provider of one SAE: a per-SAE mapping keyed by SAE name, or a shared one."""
+    if provider is None:
+        return None
+    if isinstance(provider, Mapping) and provider and all(isinstance(k, str) for k in provider):
+        return provider.get(sae_name)
+    return provider
+
+
+def resolve_edits(
+    model: Any,
+    saes: Any,
+    edits: Sequence[Edit | str],
+    *,
+    typical_max: Any = None,
+    limits: SteerLimits | None = None,
+) -> list[ResolvedEdit]:
+    """Validate edits against the model and SAEs; raise `SteeringError` naming the fix."""
+    limits = limits or SteerLimits()
+    sae_map = _as_sae_mapping(saes)
+    if isinstance(edits, (str, FeatureEdit, VectorEdit)):
+        edits = [edits]
+    if not edits:
+        raise SteeringError("no edits given; pass e.g. ['123:clamp=8'] or FeatureEdit(123, 'clamp', 8.0)")
+    out: list[ResolvedEdit] = []
+    seen: dict[tuple[str, int], str] = {}
+    for e in edits:
+        if isinstance(e, str):
+            e = parse_edit(e)
+        if isinstance(e, VectorEdit):
+            check_hook(model, e.hook_name, e.describe())
+            if not torch.isfinite(e.vector).all():
+                raise SteeringError(f"vector {e.label!r} has non-finite entries")
+            if abs(e.strength) > limits.max_vector_norm_multiple:
+                raise SteeringError(
+                    f"{e.describe()}: strength {e.strength:g} is above the limit of "
+                    f"{limits.max_vector_norm_multiple:g}; use a smaller one or raise SteerLimits.max_vector_norm_multiple"
+                )
+            out.append(ResolvedEdit(e, None, e.hook_name, None, "add", e.strength, e.positions))
+            continue
+        if not isinstance(e, FeatureEdit):
+            raise SteeringError(f"an edit must be a FeatureEdit, VectorEdit or text like '123:clamp=8'; got {e!r}")
+        if not sae_map:
+            raise SteeringError(f"{e.describe()}: no SAE given; pass saes=the SAE (or a dict name -> SAE)")
+        if e.sae is None:
+            if len(sae_map) != 1:
+                raise SteeringError(
+                    f"{e.describe()}: several SAEs are given ({', '.join(sae_map)}); name one, e.g. "
+                    f"{next(iter(sae_map))}/{e.feature}:{e.op}"
+                )
+            name = next(iter(sae_map))
+        else:
+            name = e.sae
+            if name not in sae_map:
+                raise SteeringError(f"{e.describe()}: unknown SAE {name!r}; known: {', '.join(sae_map)}")
+        sae = sae_map[name]
+        if not 0 <= e.feature < sae.d_sae:
+            raise SteeringError(
+                f"{e.describe()}: feature {e.feature} is out of range for SAE {name!r}; valid ids are 0..{sae.d_sae - 1}"
+            )
+        hook = sae_hook_name(sae, name)
+        check_hook(model, hook, f"SAE {name!r}")
+        key = (name, e.feature)
+        if key in seen:
+            raise SteeringError(
+                f"feature {e.feature} of SAE {name!r} is edited twice ({seen[key]} and {e.describe()}); merge them into one edit"
+            )
+        seen[key] = e.describe()
+        tmax = lookup_typical_max(typical_max_for(typical_max, name), e.feature)
+        value = raw_value(e, tmax, limits, name)
+        out.append(ResolvedEdit(e, name, hook, e.feature, e.op, value, e.positions, tmax))
+    for r in out:
+        if r.positions != "all" and _tracked_block(model, r.hook_name) is None:
+            raise SteeringError(
+                f"{r.describe()}: positions {r.positions!r} need a hook inside a block (blocks.L.*) or ln_final; "
+                f"{r.hook_name!r} sees the whole sequence at every generation step, so use positions='all'"
+            )
+    return out
+
+
+@dataclass
+class SteeringPlan:
+    """Hooks to attach: (hook name, hook function) plus the blocks whose positions are tracked."""
+
+    edits: list[ResolvedEdit]
+    hook_fns: dict[str, _HookFn]
+    trackers: dict[int, SequenceTracker] = field(default_factory=dict)
+
+    @property
+    def fwd_hooks(self) -> list[tuple[str, _HookFn]]:
+        return list(self.hook_fns.items())
+
+
+def build_plan(model: Any, saes: Any, edits: Sequence[Edit | str], *, typical_max: Any = None,
+               limits: SteerLimits | None = None) -> SteeringPlan:
+    resolved = resolve_edits(model, saes, edits, typical_max=typical_max, limits=limits)
+    sae_map = _as_sae_mapping(saes)
+    model_device = _model_device(model)
+    # group latent edits by (hook, SAE, positions); vector edits stand alone
+    groups: dict[tuple[str, str, Positions], list[ResolvedEdit]] = {}
+    per_hook: dict[str, list[_Contribution]] = {}
+    for r in resolved:
+        if r.feature is None:
+            e = r.edit
+            assert isinstance(e, VectorEdit)
+            vec = (e.vector.detach().to(model_device) * r.value) if model_device is not None else e.vector * r.value
+            per_hook.setdefault(r.hook_name, []).append(_Contribution(r.positions, ConstantEditor(vec), e.describe()))
+        else:
+            assert r.sae_name is not None
+            groups.setdefault((r.hook_name, r.sae_name, r.positions), []).append(r)
+    for (hook, name, positions), rs in groups.items():
+        sae = sae_map[name]
+        if model_device is not None and sae.W_dec.device != model_device:
+            raise SteeringError(
+                f"SAE {name!r} is on {sae.W_dec.device} but the model runs on {model_device}; move it with "
+                f"sae.to({str(model_device)!r})"
+            )
+        coefs = [op_coefficients(r.op, r.value) for r in rs]
+        editor = LatentEditor(sae, [r.feature for r in rs], [c[0] for c in coefs], [c[1] for c in coefs])  # type: ignore[misc]
+        label = ",".join(r.describe() for r in rs)
+        per_hook.setdefault(hook, []).append(_Contribution(positions, editor, label))
+    trackers: dict[int, SequenceTracker] = {}
+    hook_fns: dict[str, _HookFn] = {}
+    for hook, contribs in per_hook.items():
+        widths = {c.editor.d_in for c in contribs}
+        if len(widths) > 1:
+            raise SteeringError(f"edits at hook {hook} expect different widths {sorted(widths)}; check the SAEs' hooks")
+        block = _tracked_block(model, hook)  # tracked even for "all": pad tokens are never edited
+        tracker = None if block is None else trackers.setdefault(block, SequenceTracker())
+        hook_fns[hook] = _HookFn(hook, tracker, contribs)
+    return SteeringPlan(resolved, hook_fns, trackers)
+
+
+def _model_device(model: Any) -> torch.device | None:
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError, TypeError):
+        return None
+
+
+# ---------------------------------------------------------------------------------- session
+class SteeringSession:
+    """Handle yielded by `steer`: the resolved edits, and generation with exact prompt positions."""
+
+    def __init__(self, model: Any, plan: SteeringPlan) -> None:
+        self.model = model
+        self.plan = plan
+        self.active = True
+
+    @property
+    def edits(self) -> list[ResolvedEdit]:
+        return self.plan.edits
+
+    def describe(self) -> str:
+        return "; ".join(r.describe() for r in self.plan.edits)
+
+    @contextmanager
+    def prompt_length(self, n_positions: int | None) -> Iterator[None]:
+        """Within the block, sequences start with a prompt of `n_positions` (padded) positions."""
+        old = {b: t.explicit_prompt_len for b, t in self.plan.trackers.items()}
+        try:
+            for t in self.plan.trackers.values():
+                t.explicit_prompt_len = n_positions
+            yield
+        finally:
+            for b, t in self.plan.trackers.items():
+                t.explicit_prompt_len = old[b]
+
+    def generate(self, prompts: str | Sequence[str], config: Any = None, **overrides: Any):
+        """Steered generation (see `steering.generate.generate`); returns a `Generation`."""
+        from steering.generate import generate
+
+        if not self.active:
+            raise SteeringError("this steering session has ended; call it inside the `with steer(...)` block")
+        return generate(self.model, prompts, config, session=self, **overrides)
+
+
+@contextmanager
+def steer(
+    model: Any,
+    saes: Any,
+    edits: Sequence[Edit | str] | Edit | str,
+    *,
+    typical_max: Any = None,
+    limits: SteerLimits | None = None,
+) -> Iterator[SteeringSession]:
+    """Hook `edits` into `model` for the duration of the block.
+
+    model: a TransformerLens HookedTransformer. saes: an SAE, a dict name -> SAE, a list of SAEs
+    (named "0", "1", ...) or None (vector edits only); each SAE's hook is its
+    `cfg.metadata["hook_name"]`. edits: FeatureEdit / VectorEdit objects or edit strings
+    ("123:clamp=8", "res/5:add=2x@generated"). typical_max: feature -> typical max activation
+    (dict or callable; or a dict SAE name -> such), needed for "x" units. limits: `SteerLimits`.
+    """
+    if isinstance(edits, (str, FeatureEdit, VectorEdit)):
+        edits = [edits]
+    plan = build_plan(model, saes, list(edits), typical_max=typical_max, limits=limits)
+    session = SteeringSession(model, plan)
+    handles = []
+    try:
+        for block_idx, tracker in plan.trackers.items():
+            handles.append(model.blocks[block_idx].register_forward_pre_hook(_pre_hook(tracker), with_kwargs=True))
+        with model.hooks(fwd_hooks=plan.fwd_hooks):
+            yield session
+    finally:
+        session.active = False
+        for h in handles:
+            h.remove()
+
+
+def _pre_hook(tracker: SequenceTracker):
+    def pre(module: Any, args: tuple, kwargs: dict) -> None:
+        x = args[0] if args else kwargs["resid_pre"]
+        tracker.observe(x.shape[0], x.shape[1], kwargs.get("past_kv_cache_entry"), kwargs.get("attention_mask"))
+
+    return pre
+
+
+def hooks_attached(model: Any) -> list[str]:
+    """Names of hook points / blocks that still carry hooks (empty when everything is clean)."""
+    dirty = [n for n, hp in model.hook_dict.items() if hp._forward_hooks or hp._backward_hooks or hp.fwd_hooks or hp.bwd_hooks]
+    for i, b in enumerate(getattr(model, "blocks", [])):
+        if b._forward_pre_hooks:
+            dirty.append(f"blocks.{i} (pre-hook)")
+    return dirty

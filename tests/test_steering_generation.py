@@ -1,0 +1,114 @@
+"""Steering during generation: exact under the KV cache, left padding and batching; seeded."""
+
+import pytest
+import torch
+
+from helpers.steering_fixtures import PROMPTS, torch_threads, random_sae, tiny_model
+from steering import FeatureEdit, GenerationConfig, VectorEdit, compare, generate, hooks_attached, steer
+
+GREEDY = GenerationConfig(max_new_tokens=8, do_sample=False, stop_at_eos=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def planted(model):
+    """An SAE on the last layer whose latent 11 writes the unembedding direction of 'whale'."""
+    last = model.cfg.n_layers - 1
+    sae = random_sae(model, "jumprelu", hook=f"blocks.{last}.hook_resid_post")
+    whale = model.tokenizer.convert_tokens_to_ids("whale")
+    with torch.no_grad():
+        u = model.W_U[:, whale]
+        sae.W_dec[11] = u / u.norm()
+    return sae, whale
+
+
+def test_generated_tokens_are_steered_under_the_kv_cache(model, planted):
+    sae, whale = planted
+    base = generate(model, PROMPTS, GREEDY)
+    with steer(model, sae, [FeatureEdit(11, "add", 40.0, positions="generated")]) as s:
+        cached = s.generate(PROMPTS, GREEDY)
+        uncached = s.generate(PROMPTS, GREEDY, use_past_kv_cache=False)
+    assert torch.equal(cached.tokens, uncached.tokens)
+    new = cached.new_tokens
+    # the first new token is predicted from the (unsteered) prompt; every later one is steered
+    assert torch.equal(new[:, 0], base.new_tokens[:, 0])
+    assert (new[:, 1:] == whale).all()
+    assert not (base.new_tokens[:, 1:] == whale).all()
+    assert hooks_attached(model) == []
+
+
+@pytest.mark.parametrize(
+    "positions, arch",
+    [("generated", "jumprelu"), ("prompt", "topk"), ("all", "matryoshka_batchtopk"), ("last", "topk"),
+     ((1, -2), "jumprelu"), ((0, 9), "topk")],
+)
+def test_cache_and_no_cache_agree(model, positions, arch):
+    sae = random_sae(model, arch, hook="blocks.0.hook_resid_post", seed=4)
+    edits = [FeatureEdit(3, "clamp", 6.0, positions=positions), FeatureEdit(5, "add", 4.0, positions=positions)]
+    base = generate(model, PROMPTS, GREEDY)
+    with steer(model, sae, edits) as s:
+        a = s.generate(PROMPTS, GREEDY)
+        b = s.generate(PROMPTS, GREEDY, use_past_kv_cache=False)
+        # plain TransformerLens generate inside the block: positions are inferred from the cache / lengths
+        c = model.generate(PROMPTS, max_new_tokens=8, do_sample=False, stop_at_eos=False, verbose=False,
+                           return_type="tokens")
+        d = model.generate(PROMPTS, max_new_tokens=8, do_sample=False, stop_at_eos=False, verbose=False,
+                           return_type="tokens", use_past_kv_cache=False)
+    assert torch.equal(a.tokens, b.tokens)
+    assert torch.equal(a.tokens, c)
+    assert torch.equal(a.tokens, d)
+    assert not torch.equal(a.tokens, base.tokens)  # the edit had an effect
+
+
+def test_batched_equals_one_prompt_at_a_time(model):
+    sae = random_sae(model, "jumprelu", hook="blocks.0.hook_resid_post", seed=5)
+    edits = [FeatureEdit(3, "clamp", 6.0, positions=(1, -1)), FeatureEdit(9, "add", 3.0, positions="generated")]
+    with steer(model, sae, edits) as s:
+        batch = s.generate(PROMPTS, GREEDY)
+        singles = [s.generate([p], GREEDY) for p in PROMPTS]
+    for i, one in enumerate(singles):
+        assert batch.texts[i] == one.texts[0]
+        assert torch.equal(batch.new_tokens[i], one.new_tokens[0])
+
+
+def test_sampling_is_reproducible_with_a_seed(model):
+    sae = random_sae(model)
+    cfg = GenerationConfig(max_new_tokens=12, do_sample=True, seed=7, stop_at_eos=False)
+    with steer(model, sae, ["3:add=2"]) as s:
+        a = s.generate(PROMPTS, cfg)
+        b = s.generate(PROMPTS, cfg)
+        c = s.generate(PROMPTS, cfg, seed=8)
+    assert a.texts == b.texts
+    assert a.texts != c.texts
+    state = torch.random.get_rng_state()
+    generate(model, PROMPTS, cfg)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global RNG is left alone
+
+
+def test_compare_gives_both_sides_with_the_same_seed(model, planted):
+    sae, _ = planted
+    cfg = GenerationConfig(max_new_tokens=6, seed=1, stop_at_eos=False)
+    cmp = compare(model, sae, ["11:add=40@generated"], PROMPTS[:2], cfg)
+    assert len(cmp.steered) == len(cmp.unsteered) == 2
+    assert all("whale" in t for t in cmp.steered)
+    assert cmp.unsteered == generate(model, PROMPTS[:2], cfg).texts
+    assert cmp.edits == "11:add=40@generated"
+
+
+def test_vector_edit_during_generation(model, planted):
+    _, whale = planted
+    last = model.cfg.n_layers - 1
+    u = model.W_U[:, whale].detach()
+    with steer(model, None, [VectorEdit(f"blocks.{last}.hook_resid_post", u / u.norm(), 40.0, positions="generated")]) as s:
+        out = s.generate(PROMPTS, GREEDY)
+    assert (out.new_tokens[:, 1:] == whale).all()

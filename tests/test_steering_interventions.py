@@ -1,0 +1,97 @@
+"""Latent-edit arithmetic: the fast paths against the eager reference, exact no-op edits."""
+
+import pytest
+import torch
+
+import saes
+from steering.interventions import LatentEditor, current_activations, encoder_kind, op_coefficients, reference_edit
+
+ARCHS = ["jumprelu", "batchtopk", "matryoshka_batchtopk", "topk", "standard"]
+
+
+def make(arch, d_in=16, d_sae=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    kw = {"k": 6} if arch in ("topk", "batchtopk", "matryoshka_batchtopk") else {}
+    if arch == "matryoshka_batchtopk":
+        kw["matryoshka_widths"] = [16, 64]
+    sae = saes.create_sae(arch, d_in, d_sae, generator=g, **kw)
+    with torch.no_grad():
+        sae.b_enc.normal_(0, 0.2, generator=g)
+        sae.b_dec.normal_(0, 0.1, generator=g)
+        if hasattr(sae, "threshold"):
+            sae.threshold.uniform_(-0.1, 0.3, generator=g)  # some negative: must still need pre > 0
+    return sae
+
+
+def inputs(n=40, d=16, seed=1):
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+
+
+def test_encoder_kinds():
+    assert encoder_kind(make("jumprelu")) == "threshold"
+    assert encoder_kind(make("batchtopk")) == "threshold"
+    assert encoder_kind(make("matryoshka_batchtopk")) == "threshold"
+    assert encoder_kind(make("topk")) == "topk"
+    assert encoder_kind(make("standard")) == "generic"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_current_activations_equal_the_full_encode(arch):
+    sae, x = make(arch), inputs()
+    dense = sae.encode(x)
+    ids = [0, 5, 17, 63]
+    got = current_activations(sae, x, ids)
+    torch.testing.assert_close(got, dense[:, ids], rtol=1e-5, atol=1e-6)
+    # firing pattern is identical, not just close
+    assert torch.equal(got != 0, dense[:, ids] != 0)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_fast_edit_matches_reference(arch):
+    sae, x = make(arch), inputs()
+    dense = sae.encode(x)
+    active = (dense != 0).sum(0).argsort(descending=True)[:3].tolist()  # latents that do fire
+    ops = [(active[0], "clamp", 2.5), (active[1], "scale", 3.0), (active[2], "ablate", 0.0), (9, "add", -1.5)]
+    coefs = [op_coefficients(op, v) for _, op, v in ops]
+    editor = LatentEditor(sae, [f for f, _, _ in ops], [c[0] for c in coefs], [c[1] for c in coefs])
+    fast = editor.apply(x)
+    ref = reference_edit(sae, x, ops)
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(editor.delta(x) + x, fast, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_no_op_edits_are_bit_identical(arch):
+    sae, x = make(arch), inputs()
+    ids = [1, 2, 3]
+    for op, value in [("add", 0.0), ("scale", 1.0)]:
+        c1, c0 = op_coefficients(op, value)
+        out = LatentEditor(sae, ids, [c1] * 3, [c0] * 3).apply(x)
+        assert torch.equal(out, x), op
+    # clamp to the current value, row by row (a clamp value is one number per edit); the current
+    # value is read by the same path on the same rows (a [1, D] matmul may round differently
+    # from a [40, D] one, so values read from another batch are equal only within float tolerance)
+    for r in range(5):
+        row = x[r : r + 1]
+        current = current_activations(sae, row, ids).detach()
+        c1c0 = [op_coefficients("clamp", float(v)) for v in current[0]]
+        out = LatentEditor(sae, ids, [c[0] for c in c1c0], [c[1] for c in c1c0]).apply(row)
+        assert torch.equal(out, row)
+
+
+def test_ablate_a_non_firing_latent_changes_nothing():
+    sae, x = make("jumprelu"), inputs()
+    dense = sae.encode(x)
+    dead = int((dense != 0).sum(0).argmin())
+    rows = dense[:, dead] == 0
+    out = LatentEditor(sae, [dead], [-1.0], [0.0]).apply(x[rows])
+    assert torch.equal(out, x[rows])
+
+
+def test_mixed_dtypes_cast_back_to_the_activation_dtype():
+    sae, x = make("jumprelu"), inputs()
+    x16 = x.to(torch.bfloat16)
+    out = LatentEditor(sae, [3], [-1.0], [4.0]).apply(x16)
+    assert out.dtype == torch.bfloat16
+    ref = reference_edit(sae, x16.float(), [(3, "clamp", 4.0)])
+    torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=2e-2)
