@@ -1,0 +1,62 @@
+"""Baselines that steering by SAE features is measured against, in the same evaluation.
+
+- Difference of means: the mean activation at a hook over prompts showing the concept minus the
+  mean over neutral prompts, added at the same hook (`SteeringVector.edit(strength)`); strength 1
+  adds the full difference.
+- Prompting: prepend an instruction or a topic cue to every prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+
+from steering.activations import mean_hook_activation
+from steering.spec import Positions, SteeringError, VectorEdit
+
+
+@dataclass(eq=False)
+class SteeringVector:
+    """A direction at a hook, e.g. from `diff_of_means`."""
+
+    hook_name: str
+    vector: Tensor  # [D]
+    label: str = "diffmean"
+    n_positive: int = 0
+    n_negative: int = 0
+
+    @property
+    def norm(self) -> float:
+        return float(self.vector.float().norm())
+
+    def edit(self, strength: float = 1.0, positions: Positions = "all") -> VectorEdit:
+        return VectorEdit(self.hook_name, self.vector, strength, positions, self.label)
+
+
+def diff_of_means(
+    model: Any,
+    hook_name: str,
+    positive: Sequence[str],
+    negative: Sequence[str],
+    *,
+    batch_size: int = 16,
+    label: str = "diffmean",
+) -> SteeringVector:
+    """mean(act | positive prompts) - mean(act | negative prompts) over real tokens at `hook_name`."""
+    mean_p, n_p = mean_hook_activation(model, hook_name, positive, batch_size=batch_size)
+    mean_n, n_n = mean_hook_activation(model, hook_name, negative, batch_size=batch_size)
+    return SteeringVector(hook_name, mean_p - mean_n, label, n_p, n_n)
+
+
+def prompting_baseline(prompts: Sequence[str], cue: str | Callable[[str], str], *, separator: str = " ") -> list[str]:
+    """Prompts with an instruction/topic cue prepended: `cue + separator + prompt`, or `cue(prompt)`."""
+    if isinstance(prompts, str):
+        raise SteeringError("prompts must be a list of strings")
+    if callable(cue):
+        return [cue(p) for p in prompts]
+    if not isinstance(cue, str) or not cue.strip():
+        raise SteeringError("the prompting cue must be a non-empty string or a function prompt -> prompt")
+    return [cue.rstrip() + separator + p.lstrip() if p else cue for p in prompts]
