@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import json
 from pathlib import Path
 
 import numpy as np
@@ -248,3 +247,28 @@ def test_config_validation_names_the_field():
     with pytest.raises(ValueError, match="CacheConfig.dtype"):
         CacheConfig(out="x", hooks=["a"], dtype="fp8")
     assert CacheConfig(out="x", hooks="a, b").hooks == ["a", "b"]
+
+
+def test_cli_build_dry_run_and_refusal(model, corpus, tmp_path, monkeypatch, capsys):
+    import sys
+    import types
+
+    from saesteer.cli import main
+
+    fake = types.ModuleType("saesteer.models")
+    fake.load_model = lambda spec, **kw: model  # the face's model resolution, stubbed
+    monkeypatch.setitem(sys.modules, "saesteer.models", fake)
+    out = tmp_path / "c"
+    base = ["cache", "--model", "tiny", "--dataset", str(corpus), "--context-length", "16", "--max-tokens", "256",
+            "--shard-contexts", "8", "--out", str(out), "--no-progress"]
+    assert main(base + ["--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "tokens:  256 in 16 contexts, 2 shards" in printed and "free" in printed and not out.exists()
+    assert main(base) == 0
+    man = read_manifest(out)
+    assert man.complete and man.hooks == ["blocks.1.hook_resid_post"] and man.settings["model"]["id"] == "tiny"
+    assert main(base + ["--dtype", "fp32"]) == 2
+    assert "- dtype: cache has 'fp16', this run asks for 'fp32'" in capsys.readouterr().err
+    other = [a if a != str(out) else str(tmp_path / "d") for a in base]
+    assert main(other + ["--hooks", "blocks.7.hook_resid_post"]) == 2
+    assert "unknown hook point 'blocks.7.hook_resid_post'" in capsys.readouterr().err

@@ -25,15 +25,14 @@ from __future__ import annotations
 import difflib
 import errno
 import hashlib
-import json
 import queue
 import re
 import shutil
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -821,12 +820,3 @@ def verify_cache(path: str | Path, *, progress: bool = False) -> VerifyReport:
             if e is None or e.shape != (s.rows, man.d_in[h]):
                 problems.append(f"{s.file}: activations for {h} missing or of the wrong shape")
     return VerifyReport(not problems, len(shards), problems)
-
-
-def describe_cache(path: str | Path) -> str:
-    """A few lines about a cache (for the CLI)."""
-    man = read_manifest(path)
-    t = man.totals()
-    st = man.settings
-    return json.dumps({"path": str(path), "complete": man.complete, "model": st["model"]["id"], "hooks": st["hooks"],
-                       "dtype": st["dtype"], "context_length": st["context_length"], **t}, indent=1)

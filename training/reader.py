@@ -38,9 +38,8 @@ Shape key: B batch rows, D d_in, N window rows.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
-from typing import Any, Iterator, Literal, NamedTuple, Sequence
+from typing import Any, Iterator, Literal, NamedTuple
 
 import numpy as np
 import torch
