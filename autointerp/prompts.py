@@ -49,22 +49,17 @@ PROMPT_VERSION = "explain-v1/detect-v1/fuzz-v1"
 MARK_OPEN, MARK_CLOSE = "<<", ">>"
 MAX_LABEL_CHARS = 80
 
-_ESCAPES = {"<": "\u2039", ">": "\u203a", "\n": "\u23ce", "\r": "", "\t": " ", "\u2028": "\u23ce", "\u2029": "\u23ce"}
+_ESCAPES = str.maketrans({"<": "\u2039", ">": "\u203a", "\n": "\u23ce", "\r": "", "\t": " ", "\u2028": "\u23ce",
+                          "\u2029": "\u23ce"})
 
 
 def escape_data(text: str) -> str:
     """Make dataset (or judge-written) text inert inside a prompt: no fence or mark characters,
-    no line breaks, no control characters."""
-    out = []
-    for ch in text:
-        rep = _ESCAPES.get(ch)
-        if rep is not None:
-            out.append(rep)
-        elif unicodedata.category(ch) in ("Cc", "Cf") and ch not in ("\u200d",):
-            continue  # control and invisible format characters (e.g. bidi overrides)
-        else:
-            out.append(ch)
-    return "".join(out)
+    no line breaks, no control or invisible format characters (e.g. bidi overrides)."""
+    t = text.translate(_ESCAPES)
+    if t.isascii():
+        return t if t.isprintable() else "".join(ch for ch in t if ch.isprintable())
+    return "".join(ch for ch in t if ch == "\u200d" or unicodedata.category(ch) not in ("Cc", "Cf"))
 
 
 def _joins_with_spaces(tokens: Sequence[str]) -> bool:

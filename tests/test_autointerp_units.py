@@ -248,3 +248,18 @@ def test_configs_validate_and_resolve():
     assert resolve_backend(JudgeConfig(), env={"SAESTEER_JUDGE_MODEL": "m"}) == ("openai", "m")
     with pytest.raises(ValueError, match="needs a model"):
         resolve_backend(JudgeConfig(backend="openai"), env={})
+
+
+def test_lenient_chat_completion_parsing():
+    from autointerp.backends import _to_response
+    from autointerp.judge import TransientError
+
+    r = _to_response({"choices": [{"message": {"content": [{"type": "text", "text": "{\"label\": "},
+                                                           {"type": "text", "text": "\"x\"}"}]}}]})
+    assert r.text == '{"label": "x"}' and r.prompt_tokens == 0 and r.refusal is None
+    r = _to_response({"choices": [{"message": {"content": None, "refusal": "no"}, "finish_reason": "stop"}],
+                      "usage": {"prompt_tokens": "12", "completion_tokens": None}})
+    assert r.text is None and r.refusal == "no" and r.prompt_tokens == 12
+    for bad in ({"error": {"message": "overloaded"}}, {"choices": []}, [], "text"):
+        with pytest.raises(TransientError):
+            _to_response(bad)
