@@ -20,7 +20,7 @@ from training.cache import (
     verify_cache,
 )
 from training.manifest import CacheMismatchError, read_manifest
-from training.reader import CacheReader, all_rows, model_batches
+from training.reader import CacheReader, all_rows, iter_shards, model_batches
 from training.text import TextConfig
 
 H0 = "blocks.0.hook_resid_post"
@@ -107,6 +107,10 @@ def test_exclusion_and_bos_policies(model, tok, corpus, tmp_path, policy, exclud
     else:
         assert len(acts) == 16 * 10 == man.total_rows
     assert acts.dtype == torch.float16 and man.settings["bos_policy"] == policy
+    for sd in iter_shards(tmp_path / "c"):  # every row's token is its context's token at its position
+        assert torch.equal(sd.context_tokens[sd.seq_index - sd.first_context, sd.positions.long()], sd.token_ids)
+        if policy == "prepend":
+            assert (sd.context_tokens[:, 0] == tok.bos_token_id).all()
 
 
 def test_unknown_hook_lists_the_valid_ones(model, corpus, tmp_path):

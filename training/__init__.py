@@ -31,6 +31,8 @@ _LAZY = {
     "CacheReader": "training.reader",
     "ActivationBatch": "training.reader",
     "model_batches": "training.reader",
+    "iter_shards": "training.reader",
+    "ShardData": "training.reader",
 }
 
 __all__ = sorted(_LAZY)

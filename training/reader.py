@@ -374,27 +374,49 @@ class CacheReader:
         self._row = int(row)
 
 
+class ShardData(NamedTuple):
+    """One shard's rows in storage order (context order, then position), for sequential passes."""
+
+    index: int
+    first_context: int  # global index of the shard's first context
+    acts: torch.Tensor  # [R, D] stored dtype
+    token_ids: torch.Tensor  # [R] int32
+    positions: torch.Tensor  # [R] int32
+    seq_index: torch.Tensor  # [R] int64 (global context index of each row)
+    context_tokens: torch.Tensor  # [C, L] int32: the full model input of the shard's contexts
+
+
+def iter_shards(path: str | Path, hook: str | None = None, *, verify: bool = True) -> Iterator[ShardData]:
+    """The cache's shards in order, one at a time (memory: one shard). Each shard's SHA-256 is
+    checked before it is returned (`ShardCorruptError` names a bad one). For the feature stage
+    and other sequential passes; training should use `CacheReader`."""
+    reader = CacheReader(path, 1, hook=hook, with_tokens=True, dtype=None, verify="once" if verify else "never")
+    man = reader.manifest
+    for i, s in enumerate(man.shards):
+        ent = reader._check_shard(i)
+        t = {}
+        with open(Path(path) / s.file, "rb", buffering=0) as f:
+            for k in (f"acts/{reader.hook}", "token_ids", "positions", "seq_index", "context_tokens"):
+                e = ent.get(k)
+                if e is None:
+                    raise ShardCorruptError(f"shard {s.file} of {path} has no tensor {k}")
+                t[k] = torch.empty(e.shape, dtype=e.dtype)
+                if t[k].numel():
+                    read_into(f, e, t[k])
+        yield ShardData(i, s.first_context, t[f"acts/{reader.hook}"], t["token_ids"], t["positions"], t["seq_index"],
+                        t["context_tokens"])
+
+
 def all_rows(path: str | Path, hook: str | None = None) -> tuple[torch.Tensor, np.ndarray]:
     """Every row of a small cache in storage order: acts [R, D] (stored dtype) and meta [3, R]
     (token_ids, positions, seq_index). For tests and small analyses; not memory bounded."""
-    man = read_manifest(path)
-    reader = CacheReader(path, 1, hook=hook, with_tokens=True, dtype=None)
     acts, metas = [], []
-    for i in range(len(man.shards)):
-        ent = reader._check_shard(i)
-        n = man.shards[i].rows
-        a = torch.empty(n, reader.d_in, dtype=reader.stored_dtype)
-        m = np.empty((3, n), np.int64)
-        with open(Path(path) / man.shards[i].file, "rb", buffering=0) as f:
-            if n:
-                read_into(f, ent[f"acts/{reader.hook}"], a)
-                for j, k in enumerate(("token_ids", "positions", "seq_index")):
-                    tmp = torch.empty(n, dtype=ent[k].dtype)
-                    read_into(f, ent[k], tmp)
-                    m[j] = tmp.numpy()
-        acts.append(a)
-        metas.append(m)
-    return torch.cat(acts) if acts else torch.empty(0, reader.d_in), np.concatenate(metas, axis=1) if metas else np.empty((3, 0), np.int64)
+    for sd in iter_shards(path, hook):
+        acts.append(sd.acts)
+        metas.append(np.stack([sd.token_ids.numpy(), sd.positions.numpy(), sd.seq_index.numpy()]).astype(np.int64))
+    d_in = read_manifest(path).d_in
+    return (torch.cat(acts) if acts else torch.empty(0, next(iter(d_in.values()))),
+            np.concatenate(metas, axis=1) if metas else np.empty((3, 0), np.int64))
 
 
 # ----------------------------------------------------------------------------------------------
