@@ -7,19 +7,55 @@
 
 Edits keep the SAE's reconstruction error (only the chosen latents change); positions (all,
 prompt, generated, last, token indices) are exact under the KV cache and left padding; hooks are
-removed on every exit path. See spec.py for the edit grammar, session.py for the hooks.
+removed on every exit path. Modules: spec (edit grammar, limits), config (generation / sweep
+configs), session (`steer`), interventions (the arithmetic), positions, generate, evaluate
+(judge + offline scores), sweep (dose-response), search, baselines, store (feature-store link).
+
+Names are imported lazily, so `import steering.config` (the CLI's flags) does not load torch.
 """
 
-from steering.generate import Comparison, Generation, GenerationConfig, compare, generate
-from steering.interventions import LatentEditor, current_activations, reference_edit
-from steering.session import ResolvedEdit, SteeringSession, build_plan, hooks_attached, resolve_edits, steer
-from steering.spec import (
-    OPS, POSITION_NAMES, Edit, FeatureEdit, Positions, SteerLimits, SteeringError, VectorEdit, parse_edit,
-)
+from __future__ import annotations
 
-__all__ = [
-    "Comparison", "Edit", "FeatureEdit", "Generation", "GenerationConfig", "LatentEditor", "OPS",
-    "POSITION_NAMES", "Positions", "ResolvedEdit", "SteerLimits", "SteeringError", "SteeringSession",
-    "VectorEdit", "build_plan", "compare", "current_activations", "generate", "hooks_attached",
-    "parse_edit", "reference_edit", "resolve_edits", "steer",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    # edits and limits
+    "FeatureEdit": "spec", "VectorEdit": "spec", "Edit": "spec", "Positions": "spec", "SteerLimits": "spec",
+    "SteeringError": "spec", "parse_edit": "spec", "OPS": "spec", "POSITION_NAMES": "spec",
+    # configs
+    "GenerationConfig": "config", "SweepConfig": "config",
+    # hooks
+    "steer": "session", "SteeringSession": "session", "ResolvedEdit": "session", "resolve_edits": "session",
+    "build_plan": "session", "hooks_attached": "session",
+    # arithmetic
+    "LatentEditor": "interventions", "current_activations": "interventions", "reference_edit": "interventions",
+    # generation
+    "generate": "generate", "Generation": "generate", "compare": "generate", "Comparison": "generate",
+    # evaluation
+    "SampleScores": "evaluate", "JudgeScorer": "evaluate", "OfflineScorer": "evaluate", "MethodResult": "evaluate",
+    "perplexity": "evaluate", "score_generation": "evaluate", "harmonic_mean": "evaluate",
+    # sweeps
+    "sweep": "sweep", "sweep_edits": "sweep", "SweepResult": "sweep", "SweepPoint": "sweep",
+    "recommend_strength": "sweep", "write_sweep_html": "sweep", "write_sweep_json": "sweep",
+    "store_recommendation": "sweep", "dose_response_figure": "sweep",
+    # finding features, baselines, store
+    "contrast_features": "search", "label_search": "search", "FeatureCandidate": "search",
+    "diff_of_means": "baselines", "SteeringVector": "baselines", "prompting_baseline": "baselines",
+    "StoreLink": "store",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    mod = _EXPORTS.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'steering' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"steering.{mod}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -10,7 +10,7 @@ Offline metrics (no judge; the toy world supplies the two callables):
 - concept rate: share of the continuation's content words that belong to the concept
   (`concept_share(text) -> float in [0, 1]`, e.g. the toy world's topic share);
 - grammaticality: share of complete sentences the validator accepts
-  (`is_grammatical(sentence) -> bool`);
+  (`sentence_counts(text) -> (grammatical, total)`, or `sentence_counter(is_grammatical)`);
 - perplexity of the continuation under the *unsteered* model.
 
 `Scorer`s turn a batch of continuations into `SampleScores` (all in [0, 1]) for sweeps and tables.
@@ -212,40 +212,56 @@ def split_sentences(text: str) -> tuple[list[str], str]:
     return parts, ""
 
 
+SentenceCounts = Callable[[str], "tuple[int, int]"]  # text -> (grammatical sentences, complete sentences)
+
+
+def sentence_counter(is_grammatical: Callable[[str], bool],
+                     split: Callable[[str], tuple[list[str], str]] = split_sentences) -> SentenceCounts:
+    """A `SentenceCounts` from a per-sentence checker (unfinished trailing text is not counted)."""
+
+    def counts(text: str) -> tuple[int, int]:
+        sentences, _ = split(text)
+        return sum(bool(is_grammatical(s)) for s in sentences), len(sentences)
+
+    return counts
+
+
 @dataclass
 class OfflineScorer:
-    """Concept = `concept_share(text)`; fluency = share of complete sentences that are grammatical.
-
-    A continuation with no complete sentence gets fluency from `is_grammatical` of its text
-    as a prefix if `prefix_ok` is given, else 0."""
+    """Concept = `concept_share(text)`; fluency = grammatical share of the complete sentences
+    (`sentence_counts(text) -> (grammatical, total)`, e.g. the toy validator with document
+    context, or `sentence_counter(is_grammatical)`). A text with no complete sentence has
+    fluency 0 (degenerate text, e.g. one word repeated, never ends a sentence)."""
 
     concept_share: Callable[[str], float]
-    is_grammatical: Callable[[str], bool]
-    split: Callable[[str], tuple[list[str], str]] = split_sentences
-    prefix_ok: Callable[[str], bool] | None = None
+    sentence_counts: SentenceCounts
 
     def __call__(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[SampleScores]:
         out = []
         for text in continuations:
-            concept = float(self.concept_share(text))
-            sentences, rest = self.split(text)
-            if sentences:
-                fluency = sum(bool(self.is_grammatical(s)) for s in sentences) / len(sentences)
-            else:
-                fluency = float(bool(self.prefix_ok(rest))) if (self.prefix_ok and rest) else 0.0
-            out.append(SampleScores(concept, fluency))
+            good, total = self.sentence_counts(text)
+            out.append(SampleScores(float(self.concept_share(text)), good / total if total else 0.0))
         return out
 
 
-def sentence_stats(texts: Sequence[str], is_grammatical: Callable[[str], bool],
-                   split: Callable[[str], tuple[list[str], str]] = split_sentences) -> tuple[int, int]:
-    """(grammatical complete sentences, complete sentences) over `texts`."""
+def sentence_stats(texts: Sequence[str], sentence_counts: SentenceCounts) -> tuple[int, int]:
+    """(grammatical sentences, complete sentences) summed over `texts`."""
     good = total = 0
     for t in texts:
-        sentences, _ = split(t)
-        total += len(sentences)
-        good += sum(bool(is_grammatical(s)) for s in sentences)
+        g, n = sentence_counts(t)
+        good += g
+        total += n
     return good, total
+
+
+def pooled_share(texts: Sequence[str], counts: Callable[[str], "tuple[float, float]"]) -> float:
+    """Pooled share over texts: sum of concept words / sum of content words (`counts(text)`)."""
+    num = den = 0.0
+    for t in texts:
+        a, b = counts(t)
+        num += a
+        den += b
+    return num / den if den else 0.0
 
 
 @torch.no_grad()
@@ -300,7 +316,7 @@ def score_generation(
     generation: Any,
     scorer: Scorer,
     *,
-    is_grammatical: Callable[[str], bool] | None = None,
+    sentence_counts: SentenceCounts | None = None,
     with_perplexity: bool = True,
     strength: float | None = None,
     score_prompts: Sequence[str] | None = None,
@@ -310,8 +326,8 @@ def score_generation(
     scores = scorer(list(score_prompts or prompts), texts)
     means = mean_scores(scores)
     good = total = None
-    if is_grammatical is not None:
-        good, total = sentence_stats(texts, is_grammatical)
+    if sentence_counts is not None:
+        good, total = sentence_stats(texts, sentence_counts)
     ppl = perplexity(model, generation) if with_perplexity else None
     return MethodResult(
         method=method,

@@ -17,45 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from steering.config import GenerationConfig
 from steering.spec import SteeringError
-
-
-@dataclass
-class GenerationConfig:
-    """How to sample continuations."""
-
-    max_new_tokens: int = field(default=32, metadata={"help": "tokens to generate per prompt"})
-    max_new_tokens_cap: int = field(
-        default=512, metadata={"help": "refuse requests for more new tokens than this (guards servers and typos)"}
-    )
-    do_sample: bool = field(default=True, metadata={"help": "sample (true) or take the most likely token (false)"})
-    temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
-    top_k: int | None = field(default=None, metadata={"help": "sample among the k most likely tokens (none: all)"})
-    top_p: float | None = field(default=None, metadata={"help": "nucleus sampling mass (none: off)"})
-    freq_penalty: float = field(default=0.0, metadata={"help": "penalty for tokens already in the text"})
-    seed: int | None = field(default=0, metadata={"help": "random seed for sampling (none: do not reseed)"})
-    use_past_kv_cache: bool = field(default=True, metadata={"help": "reuse keys/values of earlier tokens"})
-    stop_at_eos: bool = field(default=True, metadata={"help": "stop a row when it emits the end-of-text token"})
-    prepend_bos: bool | None = field(default=None, metadata={"help": "prepend BOS to prompts (none: model default)"})
-
-    def __post_init__(self) -> None:
-        for name in ("max_new_tokens", "max_new_tokens_cap"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise SteeringError(f"{name} must be a positive integer, got {v!r}")
-        if self.max_new_tokens > self.max_new_tokens_cap:
-            raise SteeringError(
-                f"max_new_tokens={self.max_new_tokens} is above the cap of {self.max_new_tokens_cap}; ask for fewer "
-                f"tokens or raise max_new_tokens_cap"
-            )
-        if not (isinstance(self.temperature, (int, float)) and self.temperature > 0 and self.temperature < float("inf")):
-            raise SteeringError(f"temperature must be a positive finite number, got {self.temperature!r}")
-        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
-            raise SteeringError(f"top_k must be a positive integer or None, got {self.top_k!r}")
-        if self.top_p is not None and not (0 < self.top_p <= 1):
-            raise SteeringError(f"top_p must be in (0, 1] or None, got {self.top_p!r}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise SteeringError(f"seed must be an integer or None, got {self.seed!r}")
 
 
 @dataclass

@@ -181,6 +181,23 @@ def check_hook(model: Any, hook_name: str, who: str) -> None:
         )
 
 
+def expected_width(model: Any, hook_name: str) -> int | None:
+    """Width of the activation at a standard TransformerLens hook (heads flattened), if known."""
+    cfg = getattr(model, "cfg", None)
+    if cfg is None:
+        return None
+    last = hook_name.rsplit(".", 1)[-1]
+    if last in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out",
+                "hook_embed", "hook_pos_embed") or hook_name.startswith("ln_final."):
+        return int(cfg.d_model)
+    if last in ("hook_z", "hook_q", "hook_v", "hook_k", "hook_result") and ".attn." in hook_name:
+        n_heads = cfg.n_key_value_heads if (last in ("hook_k", "hook_v") and getattr(cfg, "n_key_value_heads", None)) else cfg.n_heads
+        return int(n_heads * cfg.d_head) if last != "hook_result" else None
+    if last in ("hook_pre", "hook_post") and ".mlp." in hook_name and getattr(cfg, "d_mlp", None):
+        return int(cfg.d_mlp)
+    return None
+
+
 def _tracked_block(model: Any, hook_name: str) -> int | None:
     m = _BLOCK_RE.match(hook_name)
     if m:
@@ -223,6 +240,11 @@ def resolve_edits(
             check_hook(model, e.hook_name, e.describe())
             if not torch.isfinite(e.vector).all():
                 raise SteeringError(f"vector {e.label!r} has non-finite entries")
+            width = expected_width(model, e.hook_name)
+            if width is not None and width != e.vector.numel():
+                raise SteeringError(
+                    f"vector {e.label!r} has {e.vector.numel()} entries but {e.hook_name} has width {width}"
+                )
             if abs(e.strength) > limits.max_vector_norm_multiple:
                 raise SteeringError(
                     f"{e.describe()}: strength {e.strength:g} is above the limit of "
@@ -252,6 +274,12 @@ def resolve_edits(
             )
         hook = sae_hook_name(sae, name)
         check_hook(model, hook, f"SAE {name!r}")
+        width = expected_width(model, hook)
+        if width is not None and width != sae.d_in:
+            raise SteeringError(
+                f"SAE {name!r} reads d_in={sae.d_in} but {hook} of this model has width {width}; "
+                f"the SAE belongs to another model or hook point"
+            )
         key = (name, e.feature)
         if key in seen:
             raise SteeringError(

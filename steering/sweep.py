@@ -26,47 +26,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from steering.evaluate import MethodResult, Scorer, score_generation
-from steering.generate import GenerationConfig, generate
+from steering.config import GenerationConfig, SweepConfig
+from steering.generate import generate
 from steering.session import steer
 from steering.spec import Edit, FeatureEdit, SteerLimits, SteeringError
-
-
-@dataclass
-class SweepConfig:
-    """Which strengths to try and how to pick one."""
-
-    strengths: list[float] = field(
-        default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0],
-        metadata={"help": "strengths to try (in `unit`), e.g. 0,0.5,1,2,4"},
-    )
-    op: Literal["add", "clamp"] = field(default="add", metadata={"help": "add to the latent, or clamp it to the strength"})
-    unit: Literal["raw", "max_act"] = field(
-        default="max_act", metadata={"help": "raw activation units, or multiples of the feature's typical max"}
-    )
-    positions: str = field(default="all", metadata={"help": "all | prompt | generated | last | token indices"})
-    min_fluency: float = field(default=0.0, metadata={"help": "recommend only strengths with mean fluency >= this"})
-    target_concept: float | None = field(
-        default=None, metadata={"help": "recommend the weakest strength reaching this concept score (none: best aggregate)"}
-    )
-    perplexity: bool = field(default=True, metadata={"help": "also measure perplexity under the unsteered model"})
-
-    def __post_init__(self) -> None:
-        if not self.strengths:
-            raise SteeringError("strengths is empty; give at least one, e.g. 0,1,2,4")
-        vals = []
-        for s in self.strengths:
-            if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s):
-                raise SteeringError(f"strengths must be finite numbers, got {s!r}")
-            vals.append(float(s))
-        self.strengths = vals
-        if self.op not in ("add", "clamp"):
-            raise SteeringError(f"op must be add or clamp for a sweep, got {self.op!r}")
-        if self.unit not in ("raw", "max_act"):
-            raise SteeringError(f"unit must be raw or max_act, got {self.unit!r}")
-        if not 0.0 <= self.min_fluency <= 1.0:
-            raise SteeringError(f"min_fluency must be in [0, 1], got {self.min_fluency}")
-        if self.target_concept is not None and not 0.0 <= self.target_concept <= 1.0:
-            raise SteeringError(f"target_concept must be in [0, 1], got {self.target_concept}")
 
 
 @dataclass
@@ -147,7 +110,7 @@ def sweep_edits(
     gen_config: GenerationConfig | None = None,
     typical_max: Any = None,
     limits: SteerLimits | None = None,
-    is_grammatical: Callable[[str], bool] | None = None,
+    sentence_counts: Callable[[str], tuple[int, int]] | None = None,
     with_perplexity: bool = True,
     progress: bool = False,
 ) -> list[SweepPoint]:
@@ -166,7 +129,7 @@ def sweep_edits(
         else:
             with steer(model, saes, [edit], typical_max=typical_max, limits=limits) as sess:
                 gen = sess.generate(prompts, gen_config)
-        r = score_generation(f"{s:g}", model, prompts, gen, scorer, is_grammatical=is_grammatical,
+        r = score_generation(f"{s:g}", model, prompts, gen, scorer, sentence_counts=sentence_counts,
                              with_perplexity=with_perplexity, strength=s)
         points.append(_point(s, r))
     return points
@@ -184,7 +147,7 @@ def sweep(
     typical_max: Any = None,
     sae_name: str = "sae",
     limits: SteerLimits | None = None,
-    is_grammatical: Callable[[str], bool] | None = None,
+    sentence_counts: Callable[[str], tuple[int, int]] | None = None,
     progress: bool = False,
 ) -> SweepResult:
     """Dose-response of one SAE feature; see the module docstring."""
@@ -202,7 +165,7 @@ def sweep(
         return FeatureEdit(feature, config.op, s, config.unit, config.positions, sae_name)
 
     points = sweep_edits(model, saes, make, config.strengths, prompts, scorer, gen_config=gen_config,
-                         typical_max=typical_max, limits=limits, is_grammatical=is_grammatical,
+                         typical_max=typical_max, limits=limits, sentence_counts=sentence_counts,
                          with_perplexity=config.perplexity, progress=progress)
     tmax = lookup_typical_max(typical_max_for(typical_max, sae_name), feature)
     rec = recommend_strength(points, min_fluency=config.min_fluency, target_concept=config.target_concept)

@@ -10,8 +10,8 @@ from helpers.steering_fixtures import PROMPTS, random_sae, tiny_model, torch_thr
 from steering import GenerationConfig, generate, hooks_attached, steer
 from steering.baselines import diff_of_means, prompting_baseline
 from steering.evaluate import (
-    JudgeScorer, OfflineScorer, SampleScores, harmonic_mean, judge_messages, parse_rating, perplexity, score_generation,
-    split_sentences,
+    JudgeScorer, OfflineScorer, SampleScores, harmonic_mean, judge_messages, parse_rating, perplexity, pooled_share,
+    score_generation, sentence_counter, sentence_stats, split_sentences,
 )
 from steering.search import contrast_features, label_search
 from steering.spec import SteeringError
@@ -105,10 +105,14 @@ def test_judge_scorer_with_a_callable_and_with_a_judge_object():
 def test_offline_scorer_and_sentences():
     assert split_sentences("a b . c d ! e f") == (["a b .", "c d !"], "e f")
     assert split_sentences("a b ?") == (["a b ?"], "")
-    scorer = OfflineScorer(whale_share, lambda s: "bad" not in s)
+    counts = sentence_counter(lambda s: "bad" not in s)
+    assert counts("a . bad . c") == (1, 2)
+    scorer = OfflineScorer(whale_share, counts)
     out = scorer(["p", "p"], ["whale whale . bad one .", "tree"])
     assert out[0].concept == pytest.approx(2 / 6) and out[0].fluency == 0.5
     assert out[1].fluency == 0.0  # no complete sentence
+    assert sentence_stats(["a . b .", "bad ."], counts) == (2, 3)
+    assert pooled_share(["whale a", "whale whale"], lambda t: (t.split().count("whale"), len(t.split()))) == 0.75
 
 
 def test_perplexity_matches_a_direct_computation(model):
@@ -125,7 +129,7 @@ def test_perplexity_matches_a_direct_computation(model):
 
 # ------------------------------------------------------------------------------- sweeps
 def test_sweep_gives_a_dose_response_and_a_recommendation(model, planted, tmp_path):
-    scorer = OfflineScorer(whale_share, lambda s: True, prefix_ok=lambda s: True)
+    scorer = OfflineScorer(whale_share, lambda t: (1, 1))
     cfg = SweepConfig(strengths=[0.0, 2.0, 20.0], op="add", unit="max_act", positions="generated")
     res = sweep(model, planted, 11, PROMPTS[:2], scorer, cfg, gen_config=GREEDY, typical_max={11: 2.0})
     concepts = [p.concept for p in res.points]
@@ -146,7 +150,7 @@ def test_sweep_gives_a_dose_response_and_a_recommendation(model, planted, tmp_pa
 
 
 def test_sweep_validates_every_strength_first(model, planted):
-    scorer = OfflineScorer(whale_share, lambda s: True)
+    scorer = OfflineScorer(whale_share, lambda t: (1, 1))
     with pytest.raises(SteeringError, match="typical max"):
         sweep(model, planted, 11, PROMPTS[:1], scorer, SweepConfig(strengths=[1.0], unit="max_act"))
     with pytest.raises(SteeringError, match="max_multiple"):
@@ -207,9 +211,9 @@ def test_prompting_baseline():
 
 
 def test_score_generation_row(model, planted):
-    scorer = OfflineScorer(whale_share, lambda s: True)
+    scorer = OfflineScorer(whale_share, lambda t: (1, 1))
     with steer(model, planted, ["11:add=40@generated"]) as s:
         gen = s.generate(PROMPTS[:2], GREEDY)
-    r = score_generation("sae", model, PROMPTS[:2], gen, scorer, is_grammatical=lambda s: True)
+    r = score_generation("sae", model, PROMPTS[:2], gen, scorer, sentence_counts=lambda t: (1, 1))
     assert r.concept > 0.5 and r.n_samples == 2 and r.perplexity > 1
     assert "texts" not in r.as_dict()

@@ -188,6 +188,11 @@ def test_non_finite_vector_and_wrong_width_are_refused(model, tokens):
     wide = random_sae(model, d_in=32)  # SAE for another model
     with pytest.raises(SteeringError, match="width 64"):
         with steer(model, wide, ["1:clamp=1"]):
+            pass
+    # a hook whose width is not known statically is checked when it runs
+    odd = random_sae(model, hook="blocks.0.attn.hook_pattern", d_in=32)
+    with pytest.raises(SteeringError, match="carries width"):
+        with steer(model, odd, ["1:clamp=1"]):
             model(tokens, padding_side="left")
     assert_clean(model)
 

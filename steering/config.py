@@ -1,0 +1,85 @@
+"""Configs of the steering stage (plain dataclasses, no torch: the CLI builds its flags from them)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from steering.spec import SteeringError
+
+
+@dataclass
+class GenerationConfig:
+    """How to sample continuations."""
+
+    max_new_tokens: int = field(default=32, metadata={"help": "tokens to generate per prompt"})
+    max_new_tokens_cap: int = field(
+        default=512, metadata={"help": "refuse requests for more new tokens than this (guards servers and typos)"}
+    )
+    do_sample: bool = field(default=True, metadata={"help": "sample (true) or take the most likely token (false)"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
+    top_k: int | None = field(default=None, metadata={"help": "sample among the k most likely tokens (none: all)"})
+    top_p: float | None = field(default=None, metadata={"help": "nucleus sampling mass (none: off)"})
+    freq_penalty: float = field(default=0.0, metadata={"help": "penalty for tokens already in the text"})
+    seed: int | None = field(default=0, metadata={"help": "random seed for sampling (none: do not reseed)"})
+    use_past_kv_cache: bool = field(default=True, metadata={"help": "reuse keys/values of earlier tokens"})
+    stop_at_eos: bool = field(default=True, metadata={"help": "stop a row when it emits the end-of-text token"})
+    prepend_bos: bool | None = field(default=None, metadata={"help": "prepend BOS to prompts (none: model default)"})
+
+    def __post_init__(self) -> None:
+        for name in ("max_new_tokens", "max_new_tokens_cap"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise SteeringError(f"{name} must be a positive integer, got {v!r}")
+        if self.max_new_tokens > self.max_new_tokens_cap:
+            raise SteeringError(
+                f"max_new_tokens={self.max_new_tokens} is above the cap of {self.max_new_tokens_cap}; ask for fewer "
+                f"tokens or raise max_new_tokens_cap"
+            )
+        if not (isinstance(self.temperature, (int, float)) and self.temperature > 0 and self.temperature < float("inf")):
+            raise SteeringError(f"temperature must be a positive finite number, got {self.temperature!r}")
+        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
+            raise SteeringError(f"top_k must be a positive integer or None, got {self.top_k!r}")
+        if self.top_p is not None and not (0 < self.top_p <= 1):
+            raise SteeringError(f"top_p must be in (0, 1] or None, got {self.top_p!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise SteeringError(f"seed must be an integer or None, got {self.seed!r}")
+
+
+@dataclass
+class SweepConfig:
+    """Which strengths to try and how to pick one."""
+
+    strengths: list[float] = field(
+        default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0],
+        metadata={"help": "strengths to try (in `unit`), e.g. 0,0.5,1,2,4"},
+    )
+    op: Literal["add", "clamp"] = field(default="add", metadata={"help": "add to the latent, or clamp it to the strength"})
+    unit: Literal["raw", "max_act"] = field(
+        default="max_act", metadata={"help": "raw activation units, or multiples of the feature's typical max"}
+    )
+    positions: str = field(default="all", metadata={"help": "all | prompt | generated | last | token indices"})
+    min_fluency: float = field(default=0.0, metadata={"help": "recommend only strengths with mean fluency >= this"})
+    target_concept: float | None = field(
+        default=None, metadata={"help": "recommend the weakest strength reaching this concept score (none: best aggregate)"}
+    )
+    perplexity: bool = field(default=True, metadata={"help": "also measure perplexity under the unsteered model"})
+
+    def __post_init__(self) -> None:
+        if not self.strengths:
+            raise SteeringError("strengths is empty; give at least one, e.g. 0,1,2,4")
+        vals = []
+        for s in self.strengths:
+            if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s):
+                raise SteeringError(f"strengths must be finite numbers, got {s!r}")
+            vals.append(float(s))
+        self.strengths = vals
+        if self.op not in ("add", "clamp"):
+            raise SteeringError(f"op must be add or clamp for a sweep, got {self.op!r}")
+        if self.unit not in ("raw", "max_act"):
+            raise SteeringError(f"unit must be raw or max_act, got {self.unit!r}")
+        if not 0.0 <= self.min_fluency <= 1.0:
+            raise SteeringError(f"min_fluency must be in [0, 1], got {self.min_fluency}")
+        if self.target_concept is not None and not 0.0 <= self.target_concept <= 1.0:
+            raise SteeringError(f"target_concept must be in [0, 1], got {self.target_concept}")

@@ -1,0 +1,66 @@
+"""The feature store as steering sees it: typical max activations, label search, and where the
+recommended strength of a sweep goes. Duck-typed over `features.FeatureStore` (steering does not
+import the features package):
+
+    from features import FeatureStore
+    store = StoreLink(FeatureStore.open("toy.db", readonly=False))
+    with steer(model, sae, ["123:clamp=2x"], typical_max=store.typical_max): ...
+    label_search(store.search, "ocean")
+    store_recommendation(store.record_strength, sweep_result)
+
+The store's `recommended_strength` is kept in one unit: multiples of the feature's
+`typical_max_act`, for the op in `strength_details["op"]` (raw value and the curve in the details).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from steering.spec import SteeringError
+
+STRENGTH_SOURCE = "steering-sweep"
+
+
+class StoreLink:
+    """Steering's view of one feature store (caches typical max activations)."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self._tmax: dict[int, float | None] = {}
+
+    def prefetch(self, features: Iterable[int]) -> None:
+        ids = [int(f) for f in features if int(f) not in self._tmax]
+        if not ids:
+            return
+        rows = self.store.list_features(filter={"ids": ids}, limit=len(ids))
+        found = {r.id: r.typical_max_act for r in rows}
+        for f in ids:
+            v = found.get(f)
+            self._tmax[f] = float(v) if v is not None and math.isfinite(v) and v > 0 else None
+
+    def typical_max(self, feature: int) -> float | None:
+        """The feature's typical max activation from the store (None if the store has none)."""
+        if feature not in self._tmax:
+            self.prefetch([feature])
+        return self._tmax.get(feature)
+
+    def search(self, query: str, limit: int = 10) -> list[Any]:
+        """Full-text search over labels and examples (`SearchHit`s: feature_id, score, label)."""
+        return self.store.search(query, limit)
+
+    def record_strength(self, feature: int, strength: float, unit: str, info: dict[str, Any]) -> None:
+        """Store a sweep's recommended strength as a multiple of the typical max activation."""
+        if unit == "max_act":
+            multiple = float(strength)
+        else:
+            tmax = self.typical_max(feature)
+            if tmax is None:
+                raise SteeringError(
+                    f"feature {feature}: the store has no typical max activation, so a raw strength cannot be stored "
+                    f"as a multiple of it; sweep with unit=max_act after building the store's statistics"
+                )
+            multiple = float(strength) / tmax
+        details = {"unit": "max_act", **{k: v for k, v in info.items()}}
+        self.store.set_recommended_strength(int(feature), multiple, source=STRENGTH_SOURCE, details=details)
