@@ -1,0 +1,264 @@
+"""Model resolution: turn a model spec into a loaded TransformerLens model.
+
+    load_model("toy")                       the shipped toy-world model (toyworld/assets/)
+    load_model("toy:/path/to/dir")          a toy model saved by `python -m toyworld.train --out DIR`
+    load_model("gpt2")                      a HuggingFace hub model (needs network or the HF cache)
+    load_model("EleutherAI/pythia-70m@step3000")   hub model at a revision (branch, tag or commit)
+    load_model("/path/to/checkpoint")       a local HF checkpoint directory (config.json + weights
+                                            + tokenizer files), e.g. written by save_pretrained
+
+Which TransformerLens class, and why
+------------------------------------
+- HF checkpoints (hub name or local directory) load through **TransformerBridge**
+  (`TransformerBridge.boot_transformers`), one function for both: the only difference is the
+  string handed to it (a hub id, or the directory's absolute path). TransformerLens 3.x
+  recommends the Bridge (HookedTransformer is marked deprecated for removal in 4.0), and it is the
+  only TransformerLens loader that takes a local directory or any hub name: it goes through HF's
+  Auto classes, whereas `HookedTransformer.from_pretrained` accepts only names on TransformerLens's
+  official list. The Bridge keeps HF's raw weights (logits equal HF's; we do not call
+  `enable_compatibility_mode`, which would fold LayerNorm and centre weights and so change the
+  residual stream an SAE is trained on). It provides everything downstream needs: to_tokens,
+  to_string, run_with_hooks, hooks(), run_with_cache, forward(stop_at_layer=...), generate with a
+  KV cache, hook_dict (with HookedTransformer-style aliases such as blocks.L.hook_resid_post),
+  cfg.d_model, cfg.n_ctx, W_U, tokenizer.
+- The toy model is a **HookedTransformer**: it is defined by a TransformerLens config and trained
+  as one, and the Bridge only wraps HF models.
+
+Two Bridge behaviours downstream code should know (checked by tests/test_toyworld_models.py):
+- a hook fires under its canonical name: a hook added at "blocks.0.hook_resid_post" sees
+  `hook.name == "blocks.0.hook_out"`; compare against the name you asked for, not hook.name.
+- `hooks()` / `run_with_hooks` silently ignore an unknown hook name; call `check_hook_names` first.
+
+`model_id(model)` / `model_fingerprint(model)` identify the weights for cache manifests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TOY_SPECS = ("toy", "toyworld")
+_INFO_ATTR = "_saesteer_model_info"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack")
+FULL_HASH_LIMIT_BYTES = 4 << 30  # above this, local weights get a sampled hash (see _hash_files)
+
+
+@dataclass
+class ModelInfo:
+    """Where a loaded model came from. source: 'toy' | 'hub' | 'local'."""
+
+    spec: str
+    source: str
+    name: str
+    revision: str | None = None
+    path: str | None = None
+    engine: str = ""  # 'HookedTransformer' | 'TransformerBridge'
+    _weights_hash: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class ModelFingerprint:
+    """Identity of a model's weights, for cache manifests."""
+
+    source: str
+    name: str
+    revision: str | None
+    weights_sha256: str | None
+    d_model: int
+    n_layers: int
+    d_vocab: int
+
+    @property
+    def id(self) -> str:
+        tail = f"@{self.revision}" if self.revision else ""
+        if self.weights_sha256:
+            tail += f"#sha256:{self.weights_sha256[:16]}"
+        return f"{self.source}:{self.name}{tail}"
+
+
+def _torch_dtype(dtype):
+    import torch
+
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    aliases = {"fp32": "float32", "float": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
+    name = aliases.get(str(dtype).lower().removeprefix("torch."), str(dtype).lower().removeprefix("torch."))
+    value = getattr(torch, name, None)
+    if not isinstance(value, torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16 (or a torch.dtype)")
+    return value
+
+
+def _default_device(device: str | None) -> str:
+    if device is not None:
+        return str(device)
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith(("/", "./", "../", "~")) or os.sep + os.sep in spec or spec in (".", "..")
+
+
+def resolve_spec(spec: str) -> ModelInfo:
+    """Decide where `spec` points, without loading anything."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"model spec must be a non-empty string ('toy', an HF hub name or a directory), got {spec!r}")
+    spec = spec.strip()
+    if spec in TOY_SPECS:
+        return ModelInfo(spec, "toy", "toyworld-tiny")
+    if spec.startswith(("toy:", "toyworld:")):
+        d = Path(spec.split(":", 1)[1]).expanduser().resolve()
+        if not (d / "model.safetensors").is_file():
+            raise FileNotFoundError(f"{spec!r}: no model.safetensors in {d}; write one with "
+                                    f"`python -m toyworld.train --out {d}`")
+        return ModelInfo(spec, "toy", "toyworld-tiny", path=str(d))
+    p = Path(spec).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{spec!r} is a directory without config.json; a local HF checkpoint needs config.json, the "
+                "weights (*.safetensors) and the tokenizer files, as written by save_pretrained()")
+        return ModelInfo(spec, "local", p.resolve().name, path=str(p.resolve()))
+    if _looks_like_path(spec) or p.exists():
+        raise FileNotFoundError(f"model directory {spec!r} does not exist (or is not a directory)")
+    name, _, revision = spec.partition("@")
+    return ModelInfo(spec, "hub", name, revision=revision or None)
+
+
+def load_model(spec: str, device: str | None = None, dtype=None):
+    """Load a model by spec ('toy', 'toy:DIR', an HF hub name[@revision], or a local HF checkpoint
+    directory). device: default cuda if available, else cpu. dtype: torch dtype or name
+    ('float32', 'bfloat16', ...; default float32). Returns a HookedTransformer (toy) or a
+    TransformerBridge (HF checkpoints), in eval mode."""
+    info = resolve_spec(spec)
+    device = _default_device(device)
+    torch_dtype = _torch_dtype(dtype)
+    if info.source == "toy":
+        import toyworld
+
+        model = toyworld.load_model(device=device, dtype=torch_dtype, directory=info.path)
+        info.engine = "HookedTransformer"
+    else:
+        # hub name and local directory take the same path; only the string differs
+        model = _boot_hf(info.path if info.source == "local" else info.name, info.revision, device, torch_dtype,
+                         spec)
+        info.engine = "TransformerBridge"
+        if info.source == "hub" and info.revision is None:
+            commit = getattr(getattr(model.original_model, "config", None), "_commit_hash", None)
+            info.revision = commit or None
+    model.eval()
+    setattr(model, _INFO_ATTR, info)
+    return model
+
+
+def _boot_hf(name_or_path: str, revision: str | None, device: str, dtype, spec: str):
+    import warnings
+
+    import torch
+    from transformer_lens.model_bridge import TransformerBridge
+
+    kwargs = {"device": device, "dtype": dtype or torch.float32}
+    if revision:
+        kwargs["revision"] = revision
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            return TransformerBridge.boot_transformers(name_or_path, **kwargs)
+    except OSError as exc:  # HF's "couldn't connect" / "not a valid model identifier" / offline cache misses
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        hint = (" HF_HUB_OFFLINE is set and the model is not in the local HF cache;" if offline else "")
+        raise OSError(
+            f"could not load model {spec!r} through TransformerLens/HuggingFace:{hint} {exc}. Use 'toy' for the "
+            "built-in model, a local checkpoint directory, or a hub name reachable from this machine."
+        ) from exc
+
+
+# ----------------------------------------------------------------------------------------------
+# identity for cache manifests
+
+def model_info(model) -> ModelInfo:
+    """The ModelInfo `load_model` attached; for models built elsewhere, one inferred from the config."""
+    info = getattr(model, _INFO_ATTR, None)
+    if info is not None:
+        return info
+    name = str(getattr(model.cfg, "model_name", type(model).__name__))
+    info = ModelInfo(spec=name, source="object", name=name, engine=type(model).__name__)
+    setattr(model, _INFO_ATTR, info)
+    return info
+
+
+def _hash_files(paths: list[Path]) -> str:
+    """SHA-256 over (name, size, content) of files; above FULL_HASH_LIMIT_BYTES in total, over
+    (name, size, first and last 16 MiB) instead, marked with a 'sampled-' prefix."""
+    total = sum(p.stat().st_size for p in paths)
+    sampled = total > FULL_HASH_LIMIT_BYTES
+    h = hashlib.sha256()
+    for p in sorted(paths, key=lambda q: q.name):
+        size = p.stat().st_size
+        h.update(f"{p.name}\0{size}\0".encode())
+        with open(p, "rb") as f:
+            if not sampled:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            else:
+                h.update(f.read(16 << 20))
+                f.seek(max(0, size - (16 << 20)))
+                h.update(f.read())
+    return ("sampled-" if sampled else "") + h.hexdigest()
+
+
+def _hash_parameters(model) -> str:
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        t = p.detach().to("cpu").contiguous()
+        h.update(f"{name}\0{tuple(t.shape)}\0{t.dtype}\0".encode())
+        h.update(t.view(-1).view(dtype=__import__("torch").uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def model_fingerprint(model) -> ModelFingerprint:
+    """Name, revision and weights hash of a loaded model.
+
+    toy: SHA-256 of its model.safetensors; local directory: SHA-256 of its weight files; hub: the
+    commit hash HF resolved (no weight hashing); a model not loaded by `load_model`: SHA-256 of
+    its parameters and buffers."""
+    info = model_info(model)
+    if info._weights_hash is None:
+        if info.source == "toy":
+            import toyworld
+
+            info._weights_hash = toyworld.weights_sha256(info.path)
+        elif info.source == "local":
+            files = [p for p in Path(info.path).iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)]
+            info._weights_hash = _hash_files(files) if files else None
+        elif info.source == "object":
+            info._weights_hash = _hash_parameters(model)
+    cfg = model.cfg
+    return ModelFingerprint(info.source, info.name, info.revision, info._weights_hash, int(cfg.d_model),
+                            int(cfg.n_layers), int(cfg.d_vocab))
+
+
+def model_id(model) -> str:
+    """A short stable identifier, e.g. 'toy:toyworld-tiny#sha256:51cd7d194fbc95cd',
+    'hub:gpt2@607a30d783dfa663caf39e06633721c8d4cfcd7e', 'local:my-ckpt#sha256:...'."""
+    return model_fingerprint(model).id
+
+
+def check_hook_names(model, names) -> None:
+    """Raise ValueError naming every hook in `names` the model does not have (TransformerBridge's
+    hooks() would ignore them silently)."""
+    if isinstance(names, str):
+        names = [names]
+    known = model.hook_dict
+    missing = [n for n in names if n not in known]
+    if missing:
+        import difflib
+
+        hints = {n: difflib.get_close_matches(n, list(known), n=3) for n in missing}
+        detail = "; ".join(f"{n!r} (close: {', '.join(h) if h else 'none'})" for n, h in hints.items())
+        raise ValueError(f"unknown hook point(s) for {model_info(model).name}: {detail}. "
+                         "List the valid names with sorted(model.hook_dict).")
