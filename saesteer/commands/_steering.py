@@ -1,0 +1,152 @@
+"""Shared pieces of `saesteer steer` and `saesteer sweep` (not a command: the name starts with _).
+
+Loading (model, SAEs, feature store), reading prompts, and the toy-world offline scorer (the face
+may import toyworld; the steering package itself does not).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+
+class CLIError(Exception):
+    """A user error: printed as `error: ...`, exit status 2."""
+
+
+def add_common_arguments(parser, *, prompts_help: str) -> None:
+    g = parser.add_argument_group("model, SAE and store")
+    g.add_argument("--model", default="toy", help="'toy' (default), a HuggingFace model name, or a local model directory")
+    g.add_argument("--device", default=None, help="device for the model and SAEs (default: the model's)")
+    g.add_argument("--sae", action="append", default=[], metavar="[NAME=]DIR", required=True,
+                   help="SAE folder (repeat for several; name them NAME=DIR and refer to NAME/FEATURE in edits)")
+    g.add_argument("--store", default=None, metavar="FILE",
+                   help="feature store of the SAE: typical max activations for 'x' strengths, label search")
+    p = parser.add_argument_group("prompts")
+    p.add_argument("--prompt", "-p", action="append", default=[], help=prompts_help)
+    p.add_argument("--prompts-file", default=None, metavar="FILE", help="more prompts, one per line")
+
+
+def parse_sae_args(values: list[str]) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for v in values:
+        name, sep, path = v.partition("=")
+        if not sep:
+            name, path = ("sae" if len(values) == 1 else Path(v).name), v
+        if not name or "/" in name or ":" in name:
+            raise CLIError(f"bad SAE name in --sae {v!r}; use NAME=DIR with a NAME without '/' or ':'")
+        if name in out:
+            raise CLIError(f"two SAEs are named {name!r}; name them with NAME=DIR")
+        out[name] = Path(path)
+    return out
+
+
+def load_saes(values: list[str], device: Any = None) -> dict[str, Any]:
+    from saes import load_sae
+
+    saes = {}
+    for name, path in parse_sae_args(values).items():
+        try:
+            saes[name] = load_sae(path, device=device)
+        except (FileNotFoundError, ValueError) as e:
+            raise CLIError(f"cannot load SAE {name!r} from {path}: {e}") from None
+    return saes
+
+
+def load_model(spec: str, device: str | None = None):
+    """Resolve a model name through the face (`saesteer.models`); 'toy' works without it."""
+    try:
+        from saesteer.models import load_model as resolve
+    except ImportError:
+        if spec != "toy":
+            raise CLIError(f"cannot load model {spec!r}: model resolution (saesteer.models) is not available") from None
+        from toyworld.model import load_model as toy_load
+
+        return toy_load(device=device)
+    try:
+        return resolve(spec) if device is None else resolve(spec, device=device)
+    except (FileNotFoundError, ValueError, OSError) as e:
+        raise CLIError(f"cannot load model {spec!r}: {e}") from None
+
+
+def model_device(model: Any):
+    try:
+        return next(model.parameters()).device
+    except StopIteration:  # pragma: no cover
+        return None
+
+
+def read_prompts(args) -> list[str]:
+    prompts = list(args.prompt)
+    if args.prompts_file:
+        path = Path(args.prompts_file)
+        if not path.is_file():
+            raise CLIError(f"prompts file not found: {path}")
+        prompts += [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return prompts
+
+
+def open_store(path: str | None, saes: dict[str, Any], writable: bool = False):
+    """(FeatureStore, StoreLink) for --store, checked against the (single) SAE; (None, None) without."""
+    if path is None:
+        return None, None
+    p = Path(path)
+    if not p.is_file():
+        raise CLIError(f"no feature store at {p}; build one with `saesteer features build`")
+    from features import FeatureStore
+
+    from steering import StoreLink
+
+    store = FeatureStore.open(p, readonly=not writable)
+    if len(saes) == 1:
+        try:
+            store.check_sae(next(iter(saes.values())))
+        except ValueError as e:
+            store.close()
+            raise CLIError(f"the store {p} was not built for this SAE: {e}") from None
+    return store, StoreLink(store)
+
+
+def typical_max_provider(link: Any, saes: dict[str, Any]):
+    """The typical-max provider for `steer`: the store's, for the single SAE it belongs to."""
+    if link is None:
+        return None
+    if len(saes) == 1:
+        return link.typical_max
+    raise CLIError("--store goes with a single --sae (a store describes one SAE)")
+
+
+# ------------------------------------------------------------------------------ toy world
+def toy_topics() -> tuple[str, ...]:
+    from toyworld.lexicon import TOPICS
+
+    return tuple(TOPICS)
+
+
+def toy_scorer(topic: str):
+    """Offline scorer on the toy world: topic share of content words, grammatical sentence share
+    with document context (tense, introduced names, pronouns), unfinished last sentence dropped."""
+    from toyworld.validate import topic_counts, validate_document
+
+    from steering.evaluate import OfflineScorer
+
+    topics = toy_topics()
+    if topic not in topics:
+        raise CLIError(f"unknown toy-world topic {topic!r}; choose one of {', '.join(topics)}")
+
+    def share(text: str) -> float:
+        c = topic_counts(text)
+        total = sum(c.values())
+        return c[topic] / total if total else 0.0
+
+    def counts(text: str) -> tuple[int, int]:
+        res = validate_document(text).sentences
+        return sum(r.grammatical for r in res), len(res)
+
+    return OfflineScorer(share, counts)
+
+
+def print_error(e: BaseException) -> int:
+    print(f"error: {e}", file=sys.stderr)
+    return 2

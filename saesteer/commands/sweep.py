@@ -1,0 +1,160 @@
+"""`saesteer sweep`: steering dose-response curves and a recommended strength per feature."""
+
+from __future__ import annotations
+
+NAME = "sweep"
+ORDER = 71
+HELP = "steering dose-response: concept and fluency against strength, and a recommended strength"
+DESCRIPTION = """\
+Generate at a range of strengths for one or more features, score each generation and write a
+dose-response plot (plotly HTML) and the numbers (JSON) per feature; with --store and
+--save-strength, the recommended strength goes into the feature store (as a multiple of the
+feature's typical max activation).
+
+Scoring, one of:
+  --topic T      toy world, offline: concept = share of content words of topic T; fluency =
+                 share of sentences the toy validator accepts (with document context)
+  --concept C    an LLM judge rates concept / instruction / fluency 0-2 (AxBench-style);
+                 configure it with the --judge-* flags (as in `saesteer label`)
+
+The recommendation is the strength with the best mean harmonic mean of the scores (with fluency
+at least --min-fluency), or with --target-concept the weakest strength that reaches it.
+
+examples:
+  saesteer sweep --sae saes/toy-topk --store toy.db --feature 123 --topic ocean --out sweeps/
+  saesteer sweep --sae saes/toy-topk --store toy.db --feature 123 --topic ocean \\
+      --strengths 0,1,2,4,8 --target-concept 0.5 --min-fluency 0.8 --save-strength
+  saesteer sweep --model gpt2 --sae saes/gpt2-l6 --store gpt2.db --feature 4117 \\
+      --concept "the ocean" --judge-model gpt-4o-mini --prompt "Tell me a story." --samples 8"""
+
+
+def add_arguments(parser) -> None:
+    from autointerp.config import JudgeConfig
+    from saesteer.commands._steering import add_common_arguments
+    from saesteer.configargs import add_dataclass_arguments
+    from steering.config import GenerationConfig, SweepConfig
+    from steering.spec import SteerLimits
+
+    add_common_arguments(parser, prompts_help="a prompt (repeat for several; default: unconditional, \"\")")
+    s = parser.add_argument_group("what to sweep")
+    s.add_argument("--feature", "-f", action="append", type=int, default=[], required=True,
+                   help="feature id to sweep (repeatable); with several SAEs use --sae-name")
+    s.add_argument("--sae-name", default=None, help="which --sae the features belong to (default: the only one)")
+    s.add_argument("--samples", type=int, default=8, help="generations per prompt at each strength (default: 8)")
+    sc = parser.add_argument_group("scoring")
+    sc.add_argument("--topic", default=None, help="toy-world topic to score offline (ocean, forest, city, ...)")
+    sc.add_argument("--concept", default=None, help="concept for the LLM judge (e.g. 'the ocean')")
+    o = parser.add_argument_group("output")
+    o.add_argument("--out", default="sweeps", help="directory for sweep_<feature>.html / .json (default: sweeps)")
+    o.add_argument("--save-strength", action="store_true", help="store the recommended strength in --store")
+    add_dataclass_arguments(parser, SweepConfig, title="sweep")
+    add_dataclass_arguments(parser, GenerationConfig, title="generation")
+    add_dataclass_arguments(parser, SteerLimits, title="limits")
+    add_dataclass_arguments(parser, JudgeConfig, prefix="judge_", title="judge (with --concept)")
+
+
+def run(args) -> int:
+    from saesteer.commands._steering import CLIError, print_error
+
+    from steering.spec import SteeringError
+
+    try:
+        return _run(args)
+    except (CLIError, SteeringError) as e:
+        return print_error(e)
+
+
+def _scorer(args, store_path):
+    from pathlib import Path
+
+    from saesteer.commands._steering import CLIError, toy_scorer
+
+    if (args.topic is None) == (args.concept is None):
+        raise CLIError("choose how to score: --topic T (toy world, offline) or --concept C (LLM judge)")
+    if args.topic is not None:
+        return toy_scorer(args.topic), None
+    from autointerp.config import JudgeConfig, make_judge
+    from saesteer.configargs import dataclass_from_args
+    from steering.evaluate import JudgeScorer
+
+    try:
+        judge_cfg = dataclass_from_args(JudgeConfig, args, prefix="judge_")
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    cache = Path(store_path).with_name(Path(store_path).name + ".judge-cache.sqlite") if store_path else None
+    judge = make_judge(judge_cfg, cache_path=cache)
+    if judge is None:
+        raise CLIError("--concept needs an LLM judge: give --judge-model (and --judge-base-url for a local server)")
+    return JudgeScorer(judge, args.concept), judge
+
+
+def _run(args, model=None) -> int:
+    from pathlib import Path
+
+    from saesteer.commands._steering import (
+        CLIError, load_model, load_saes, model_device, open_store, read_prompts, typical_max_provider,
+    )
+    from saesteer.configargs import dataclass_from_args
+    from steering.config import GenerationConfig, SweepConfig
+    from steering.spec import SteerLimits
+
+    sweep_cfg = dataclass_from_args(SweepConfig, args)
+    gen_cfg = dataclass_from_args(GenerationConfig, args)
+    limits = dataclass_from_args(SteerLimits, args)
+    if args.samples < 1:
+        raise CLIError(f"--samples must be positive, got {args.samples}")
+    if args.save_strength and args.store is None:
+        raise CLIError("--save-strength writes into a feature store; give --store FILE")
+    prompts = read_prompts(args) or [""]
+    prompts = [p for p in prompts for _ in range(args.samples)]
+    if args.samples > 1 and not gen_cfg.do_sample:
+        raise CLIError("--samples > 1 needs sampling (--do-sample true); greedy generations would all be the same")
+    scorer, judge = _scorer(args, args.store)
+
+    saes = load_saes(args.sae)
+    name = args.sae_name or (next(iter(saes)) if len(saes) == 1 else None)
+    if name is None or name not in saes:
+        raise CLIError(f"say which SAE the features belong to with --sae-name (one of {', '.join(saes)})")
+    store, link = open_store(args.store, {name: saes[name]}, writable=args.save_strength)
+    try:
+        if model is None:
+            model = load_model(args.model, args.device)
+        sae = saes[name].to(model_device(model))
+        typical = typical_max_provider(link, {name: sae})
+        from steering.sweep import store_recommendation, sweep, write_sweep_html, write_sweep_json
+
+        out = Path(args.out)
+        for feature in args.feature:
+            res = sweep(model, sae, feature, prompts, scorer, sweep_cfg, gen_config=gen_cfg, typical_max=typical,
+                        sae_name=name, limits=limits, progress=True)
+            html = write_sweep_html(res, out / f"sweep_{name}_{feature}.html")
+            js = write_sweep_json(res, out / f"sweep_{name}_{feature}.json")
+            _print_result(res, html, js)
+            if args.save_strength:
+                if res.recommended is None:
+                    print(f"feature {feature}: no strength qualified ({res.rule}); nothing stored")
+                else:
+                    store_recommendation(link.record_strength, res)
+                    print(f"feature {feature}: stored recommended strength {res.recommended:g} ({res.unit}) in {args.store}")
+    finally:
+        if store is not None:
+            store.close()
+        if judge is not None and hasattr(judge, "aclose"):
+            import asyncio
+
+            asyncio.run(judge.aclose())
+    return 0
+
+
+def _print_result(res, html, js) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{res.label} ({res.unit})", caption=f"recommended: {res.recommended} ({res.rule}); {html} {js}")
+    for col in ("strength", "concept", "fluency", "aggregate", "perplexity", "example"):
+        table.add_column(col, overflow="fold")
+    for p in res.points:
+        table.add_row(f"{p.strength:g}", f"{p.concept:.2f}", f"{p.fluency:.2f}", f"{p.aggregate:.2f}",
+                      "" if p.perplexity is None else f"{p.perplexity:.1f}", (p.examples or [""])[0][:80],
+                      style="bold green" if p.strength == res.recommended else None)
+    Console().print(table)

@@ -1,0 +1,103 @@
+"""`saesteer steer` and `saesteer sweep` on the tiny model (injected instead of --model)."""
+
+import json
+
+import pytest
+
+import saes
+from helpers.steering_fixtures import random_sae, tiny_model, torch_threads
+from saesteer.cli import build_parser
+from steering import hooks_attached
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def sae_dir(model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("sae") / "tiny-sae"
+    saes.save_sae(random_sae(model, "topk"), path)
+    return path
+
+
+def parse(*argv):
+    return build_parser().parse_args(list(argv))
+
+
+def test_steer_prints_both_sides_as_json(model, sae_dir, capsys):
+    from saesteer.commands import steer
+
+    args = parse("steer", "--sae", str(sae_dir), "-f", "3:clamp=9", "-f", "5:add=4@generated", "-p", "the sea",
+                 "-p", "", "--max-new-tokens", "5", "--seed", "2", "--do-sample", "false", "--json")
+    assert steer._run(args, model=model) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["edits"] == "3:clamp=9; 5:add=4@generated" and out["seed"] == 2
+    assert [r["prompt"] for r in out["results"]] == ["the sea", ""]
+    assert any(r["steered"] != r["unsteered"] for r in out["results"])
+    assert hooks_attached(model) == []
+
+
+def test_steer_table_output(model, sae_dir, capsys):
+    from saesteer.commands import steer
+
+    args = parse("steer", "--sae", str(sae_dir), "-f", "3:clamp=9", "-p", "the sea", "--max-new-tokens", "3")
+    assert steer._run(args, model=model) == 0
+    out = capsys.readouterr().out
+    assert "unsteered" in out and "steered" in out and "3:clamp=9" in out
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["-f", "999:clamp=1", "-p", "x"], "out of range"),
+        (["-f", "3:clamp=nan", "-p", "x"], "finite"),
+        (["-f", "3:clamp=2x", "-p", "x"], "typical max"),
+        (["-f", "3:clamp=1"], "--prompt"),
+        (["-p", "x"], "--feature"),
+        (["-f", "3:clamp=1", "-p", "x", "--max-new-tokens", "5000"], "cap"),
+        (["--search", "ocean"], "--store"),
+    ],
+)
+def test_steer_errors(model, sae_dir, capsys, argv, fragment, monkeypatch):
+    from saesteer.commands import steer
+
+    monkeypatch.setattr(steer, "_run", lambda a, _run=steer._run: _run(a, model=model))
+    args = parse("steer", "--sae", str(sae_dir), *argv)
+    assert steer.run(args) == 2
+    assert fragment in capsys.readouterr().err
+    assert hooks_attached(model) == []
+
+
+def test_steer_bad_sae_folder(tmp_path, capsys):
+    from saesteer.commands import steer
+
+    assert steer.run(parse("steer", "--sae", str(tmp_path / "nope"), "-f", "1:clamp=1", "-p", "x")) == 2
+    assert "cannot load SAE" in capsys.readouterr().err
+
+
+def test_sweep_writes_plot_and_numbers(model, sae_dir, tmp_path, capsys):
+    pytest.importorskip("toyworld.validate")
+    from saesteer.commands import sweep
+
+    args = parse("sweep", "--sae", str(sae_dir), "--feature", "3", "--topic", "ocean", "--strengths", "0,6",
+                 "--unit", "raw", "--samples", "2", "--max-new-tokens", "4", "--out", str(tmp_path), "--perplexity", "false")
+    assert sweep._run(args, model=model) == 0
+    html = tmp_path / "sweep_sae_3.html"
+    data = json.loads((tmp_path / "sweep_sae_3.json").read_text())
+    assert html.is_file() and [p["strength"] for p in data["points"]] == [0.0, 6.0]
+    assert all(p["n_samples"] == 2 for p in data["points"])
+
+
+def test_sweep_needs_one_scorer(model, sae_dir, capsys):
+    from saesteer.commands import sweep
+
+    assert sweep.run(parse("sweep", "--sae", str(sae_dir), "--feature", "3")) == 2
+    assert "--topic" in capsys.readouterr().err
