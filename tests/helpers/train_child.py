@@ -1,0 +1,63 @@
+"""A tiny training run in its own process, for the kill -9 / resume tests.
+
+    python tests/helpers/train_child.py OUT_DIR [--hang-at STEP] [--total-batches N]
+
+With --hang-at, the run writes OUT_DIR/hanging (holding the step) after that step and sleeps,
+so the parent can SIGKILL it at a known point. Threads are fixed to 1 (bit-identical runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from training.config import CheckpointConfig, EvalConfig, LogConfig, RunConfig, SAESpec, TrainConfig  # noqa: E402
+from training.synthetic import SyntheticActivations  # noqa: E402
+from training.trainer import train  # noqa: E402
+
+D_IN, BATCH = 32, 256
+
+
+def run_config(total_batches: int = 40, k: int = 4) -> RunConfig:
+    return RunConfig(
+        saes=[
+            SAESpec("topk", d_sae=128, k=k),
+            SAESpec("batchtopk", d_sae=128, k=k),
+            SAESpec("matryoshka_batchtopk", d_sae=128, k=k, matryoshka_widths=[16, 64, 128]),
+        ],
+        train=TrainConfig(
+            total_tokens=total_batches * BATCH, batch_size=BATCH, dead_tokens=2048, holdout_tokens=512, num_threads=1
+        ),
+        checkpoint=CheckpointConfig(every_tokens=4 * BATCH, keep_last=2),
+        eval=EvalConfig(every_tokens=8 * BATCH),
+        log=LogConfig(log_every=5, progress=False),
+    )
+
+
+def source() -> SyntheticActivations:
+    return SyntheticActivations(D_IN, BATCH, seed=3, n_features=96, active=4)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("--hang-at", type=int, default=None)
+    ap.add_argument("--total-batches", type=int, default=40)
+    args = ap.parse_args()
+    out = Path(args.out)
+
+    def on_step(trainer) -> None:
+        if args.hang_at is not None and trainer.step == args.hang_at:
+            (out / "hanging").write_text(str(trainer.step))
+            time.sleep(600)
+
+    train(run_config(args.total_batches), source(), out, on_step=on_step)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,150 @@
+"""Pieces of the trainer: schedule, state flattening, collectives-ready threshold update,
+decoder-gradient projection, config comparison, checkpoint files, initialisation."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from saes import create_sae
+from saes.objective import training_selection
+from training.checkpoint import (
+    capture_rng,
+    flatten_state,
+    list_checkpoints,
+    prune_checkpoints,
+    restore_rng,
+    unflatten_state,
+    write_checkpoint,
+)
+from training.collectives import Collectives
+from training.config import OptimConfig, RunConfig, SAESpec, TrainConfig, config_differences
+from training.initialize import estimate_activation_scale, geometric_median
+from training.schedule import lr_factor
+from training.trainer import (
+    Trainer,
+    reduced_threshold_update_,
+    remove_parallel_decoder_grad_,
+)
+
+
+def test_schedule_warmup_constant_decay() -> None:
+    cfg = OptimConfig(warmup_frac=0.1, decay="linear", decay_start_frac=0.5, final_lr_frac=0.0)
+    f = [lr_factor(s, 100, cfg) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == 1.0 and f[10:50] == [1.0] * 40
+    assert f[50] < 1.0 and f[-1] == pytest.approx(0.0) and all(a >= b for a, b in zip(f[10:], f[11:]))
+    cos = OptimConfig(warmup_frac=0.0, decay="cosine", decay_start_frac=0.0, final_lr_frac=0.1)
+    assert lr_factor(99, 100, cos) == pytest.approx(0.1) and lr_factor(49, 100, cos) == pytest.approx(0.55)
+    assert lr_factor(5, 100, OptimConfig(warmup_frac=0.0, decay="constant")) == 1.0
+
+
+def test_config_validation_names_the_field() -> None:
+    with pytest.raises(ValueError, match="SAESpec.k"):
+        SAESpec("topk", d_sae=8, k=16)
+    with pytest.raises(ValueError, match="architecture"):
+        SAESpec("relu")
+    with pytest.raises(ValueError, match="decay_start_frac"):
+        OptimConfig(warmup_frac=0.5, decay_start_frac=0.2)
+    with pytest.raises(ValueError, match="duplicate names"):
+        RunConfig(saes=[SAESpec(), SAESpec()])
+    with pytest.raises(ValueError, match="unknown key"):
+        RunConfig.from_dict({"train": {"totl_tokens": 5}})
+    assert SAESpec("matryoshka").architecture == "matryoshka_batchtopk"
+
+
+def test_config_differences_whitelist() -> None:
+    a = RunConfig(saes=[SAESpec("topk", k=8)]).to_dict()
+    b = RunConfig(saes=[SAESpec("topk", k=8, name="topk_k8_f4096"), SAESpec("batchtopk")],
+                  train=TrainConfig(total_tokens=5, num_threads=3)).to_dict()
+    b["log"]["wandb"] = True
+    b["optim"]["lr"] = 0.1
+    diffs = config_differences(a, b)
+    assert any(d.startswith("saes.len") for d in diffs) and any(d.startswith("saes.1.") for d in diffs)
+    assert any(d.startswith("optim.lr:") for d in diffs)
+    assert not any("total_tokens" in d or "num_threads" in d or "log." in d for d in diffs)
+    assert RunConfig.from_dict(a) == RunConfig(saes=[SAESpec("topk", k=8)])
+
+
+def test_flatten_state_round_trip_with_optimizer() -> None:
+    p = torch.nn.Parameter(torch.randn(4, 3))
+    opt = torch.optim.Adam([p], lr=1e-3, betas=(0.8, 0.99))
+    p.grad = torch.randn(4, 3)
+    opt.step()
+    tensors: dict[str, torch.Tensor] = {}
+    obj = {"opt": opt.state_dict(), "np": np.arange(5, dtype=np.uint32), "t": (1, 2.5, None), "s": "x"}
+    flat = flatten_state(obj, "o", tensors)
+    import json
+
+    back = unflatten_state(json.loads(json.dumps(flat)), tensors)
+    assert back["t"] == (1, 2.5, None) and back["s"] == "x"
+    assert back["np"].dtype == np.uint32 and back["np"].tolist() == [0, 1, 2, 3, 4]
+    assert back["opt"]["param_groups"][0]["betas"] == (0.8, 0.99)
+    opt2 = torch.optim.Adam([torch.nn.Parameter(p.detach().clone())], lr=1e-3)
+    opt2.load_state_dict(back["opt"])
+    assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+
+
+def test_rng_capture_restore() -> None:
+    tensors: dict[str, torch.Tensor] = {}
+    state = capture_rng(tensors)
+    a = (random.random(), np.random.rand(), torch.rand(1).item())
+    restore_rng(state, tensors)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
+
+
+class _TwoRankLooking(Collectives):
+    """Takes the reduced code path; the 'other rank' contributes nothing."""
+
+    world_size = 2
+
+
+@pytest.mark.parametrize("arch", ["batchtopk", "matryoshka_batchtopk"])
+def test_reduced_threshold_update_equals_the_sae_method(arch: str) -> None:
+    g = torch.Generator().manual_seed(0)
+    a = create_sae(arch, 8, 32, k=3, generator=g)
+    b = create_sae(arch, 8, 32, k=3, generator=torch.Generator().manual_seed(0))
+    for step in range(4):
+        x = torch.randn(64, 8, generator=g)
+        with torch.no_grad():
+            pre = a.pre_activations(x)
+        acts = training_selection(a, pre)
+        a.update_threshold_(pre, acts, 0.05)
+        reduced_threshold_update_(b, pre, acts, 0.05, _TwoRankLooking())
+        assert torch.equal(a.threshold, b.threshold), step
+
+
+def test_parallel_decoder_gradient_removed_and_rows_unit_after_step() -> None:
+    sae = create_sae("topk", 6, 10, k=2)
+    sae.W_dec.grad = torch.randn(10, 6)
+    remove_parallel_decoder_grad_(sae)
+    assert torch.allclose((sae.W_dec.grad * sae.W_dec).sum(1), torch.zeros(10), atol=1e-6)
+    cfg = RunConfig(saes=[SAESpec("topk", d_sae=10, k=2)], train=TrainConfig(batch_size=32, step_method="autograd"))
+    tr = Trainer(cfg, 6)
+    tr.train_batch(torch.randn(32, 6) * 5)
+    assert torch.allclose(tr.members[0].sae.W_dec.norm(dim=1), torch.ones(10), atol=1e-6)
+    assert tr.step == 1 and tr.tokens == 32
+
+
+def test_activation_scale_and_geometric_median() -> None:
+    x = torch.randn(2000, 16) * 7 + 3
+    s = estimate_activation_scale(x)
+    assert (x * s).norm(dim=1).mean().item() == pytest.approx(4.0, rel=1e-5)
+    pts = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [100.0, 100.0]])
+    gm = geometric_median(pts)
+    dist = lambda y: (pts - y).norm(dim=1).sum()  # noqa: E731
+    assert dist(gm) <= dist(pts.mean(0)) and dist(gm) <= dist(gm + torch.tensor([0.01, 0.0])) + 1e-4
+    with pytest.raises(ValueError, match="mean norm"):
+        estimate_activation_scale(torch.zeros(4, 3))
+
+
+def test_checkpoint_pruning_and_listing(tmp_path) -> None:
+    for step in (3, 10, 7):
+        write_checkpoint(tmp_path, step, {"k": step}, {"t": torch.ones(2) * step})
+    (tmp_path / "step_0000000011").mkdir()  # no state.json: not a checkpoint
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_0000000003", "step_0000000007", "step_0000000010"]
+    prune_checkpoints(tmp_path, 2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_0000000007", "step_0000000010"]
+    assert not any(p.name.startswith((".tmp", ".del")) for p in tmp_path.iterdir())

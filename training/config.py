@@ -1,0 +1,357 @@
+"""Configs of an SAE training run: one small dataclass per concern (design convention 2).
+
+    SAESpec          one SAE to train (architecture, width, k); a run trains one or several
+    OptimConfig      Adam, learning-rate schedule, gradient clipping
+    TrainConfig      the run: tokens, batch size, seed, step method, dead latents, init, guards
+    CheckpointConfig how often to checkpoint and how many to keep
+    EvalConfig       evaluation during and after training
+    LogConfig        history, progress bar, wandb
+    RunConfig        all of the above (what a checkpoint records and a resume compares)
+
+Every field has `metadata["help"]`, which is also its CLI flag text (`saesteer train --help`).
+This module imports no torch, so the CLI stays light.
+
+Resume rules: a checkpoint stores the RunConfig it was made with. A resume whose config differs
+is refused, naming every differing field, except for the fields in `RESUMABLE_FIELDS`, which
+may change (they do not alter what the optimiser sees, or - total_tokens - extend/shorten the
+run on purpose).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Architecture = Literal["topk", "batchtopk", "matryoshka_batchtopk"]
+ARCHITECTURE_ALIASES = {"matryoshka": "matryoshka_batchtopk"}
+TRAINABLE = ("topk", "batchtopk", "matryoshka_batchtopk")
+
+# Fields that may differ between a checkpoint's config and the resuming config.
+RESUMABLE_FIELDS = (
+    "train.total_tokens",  # extend or shorten the run (the LR schedule is re-planned over the new total)
+    "train.max_nonfinite",
+    "train.num_threads",  # bit-identical resume on CPU needs the same thread count, but it is allowed
+    "train.device",
+    "checkpoint.*",
+    "eval.*",
+    "log.*",
+)
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ValueError(message)
+
+
+def _pos_int(owner: str, name: str, value: Any, allow_zero: bool = False) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
+    _check(ok, f"{owner}.{name} must be a {'non-negative' if allow_zero else 'positive'} integer; got {value!r}")
+
+
+def _finite(owner: str, name: str, value: Any, lo: float | None = None, hi: float | None = None) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (lo is None or value >= lo) and (hi is None or value <= hi)
+    rng = f" in [{lo}, {hi}]" if lo is not None and hi is not None else (f" >= {lo}" if lo is not None else "")
+    _check(ok, f"{owner}.{name} must be a finite number{rng}; got {value!r}")
+
+
+@dataclass
+class SAESpec:
+    """One SAE to train. Several specs train in one pass over the same batches."""
+
+    architecture: str = field(
+        default="topk",
+        metadata={"help": "topk, batchtopk or matryoshka_batchtopk (alias: matryoshka)"},
+    )
+    d_sae: int = field(default=4096, metadata={"help": "number of latents"})
+    k: int = field(default=32, metadata={"help": "active latents per token (BatchTopK: on average over the batch)"})
+    matryoshka_widths: list[int] = field(
+        default_factory=list,
+        metadata={"help": "Matryoshka only: cumulative prefix widths ending at d_sae (empty: ~4x steps)"},
+    )
+    lr: float | None = field(
+        default=None, metadata={"help": "learning rate of this SAE (none: OptimConfig.lr, or its width rule)"}
+    )
+    name: str = field(default="", metadata={"help": "folder name of this SAE (empty: <arch>_k<k>_f<d_sae>)"})
+
+    def __post_init__(self) -> None:
+        self.architecture = ARCHITECTURE_ALIASES.get(self.architecture, self.architecture)
+        _check(
+            self.architecture in TRAINABLE,
+            f"SAESpec.architecture must be one of {', '.join(TRAINABLE)} (or matryoshka); got {self.architecture!r}",
+        )
+        _pos_int("SAESpec", "d_sae", self.d_sae)
+        _pos_int("SAESpec", "k", self.k)
+        _check(self.k <= self.d_sae, f"SAESpec.k ({self.k}) must not exceed d_sae ({self.d_sae}); lower k or widen the SAE")
+        self.matryoshka_widths = [int(w) for w in self.matryoshka_widths]
+        if self.matryoshka_widths and self.architecture != "matryoshka_batchtopk":
+            raise ValueError(
+                f"SAESpec.matryoshka_widths is set but architecture is {self.architecture!r}; "
+                f"use architecture=matryoshka_batchtopk or drop the widths"
+            )
+        if self.lr is not None:
+            _finite("SAESpec", "lr", self.lr, lo=0.0)
+        if not self.name:
+            self.name = f"{self.architecture}_k{self.k}_f{self.d_sae}"
+        _check(
+            all(c.isalnum() or c in "._-" for c in self.name) and not self.name.startswith("."),
+            f"SAESpec.name {self.name!r} must use only letters, digits, '.', '_' and '-' (it names a folder)",
+        )
+
+
+@dataclass
+class OptimConfig:
+    """Adam, the learning-rate schedule and gradient clipping (shared by every SAE of the run)."""
+
+    lr: float | None = field(
+        default=None,
+        metadata={"help": "peak learning rate (none: 2e-4 / sqrt(d_sae / 16384) per SAE, the sparsify rule)"},
+    )
+    adam_beta1: float = field(default=0.9, metadata={"help": "Adam beta1"})
+    adam_beta2: float = field(default=0.999, metadata={"help": "Adam beta2"})
+    adam_eps: float = field(default=1e-8, metadata={"help": "Adam epsilon"})
+    warmup_frac: float = field(default=0.01, metadata={"help": "linear LR warmup over this fraction of the steps"})
+    decay: Literal["linear", "cosine", "constant"] = field(
+        default="linear", metadata={"help": "LR decay shape after decay_start_frac"}
+    )
+    decay_start_frac: float = field(default=0.8, metadata={"help": "fraction of the steps after which the LR decays"})
+    final_lr_frac: float = field(default=0.0, metadata={"help": "LR at the last step as a fraction of the peak"})
+    grad_clip: float = field(default=0.0, metadata={"help": "clip the gradient norm of each SAE to this (0: off)"})
+
+    def __post_init__(self) -> None:
+        if self.lr is not None:
+            _finite("OptimConfig", "lr", self.lr, lo=0.0)
+        _finite("OptimConfig", "adam_beta1", self.adam_beta1, 0.0, 1.0)
+        _finite("OptimConfig", "adam_beta2", self.adam_beta2, 0.0, 1.0)
+        _finite("OptimConfig", "adam_eps", self.adam_eps, lo=0.0)
+        _finite("OptimConfig", "warmup_frac", self.warmup_frac, 0.0, 1.0)
+        _finite("OptimConfig", "decay_start_frac", self.decay_start_frac, 0.0, 1.0)
+        _finite("OptimConfig", "final_lr_frac", self.final_lr_frac, 0.0, 1.0)
+        _finite("OptimConfig", "grad_clip", self.grad_clip, lo=0.0)
+        _check(self.decay in ("linear", "cosine", "constant"), f"OptimConfig.decay must be linear, cosine or constant; got {self.decay!r}")
+        _check(
+            self.decay == "constant" or self.decay_start_frac >= self.warmup_frac,
+            f"OptimConfig.decay_start_frac ({self.decay_start_frac}) must not be before the end of the warmup "
+            f"(warmup_frac={self.warmup_frac})",
+        )
+
+
+@dataclass
+class TrainConfig:
+    """The run: how many tokens, batch size, seed, step method, dead latents, initialisation."""
+
+    total_tokens: int = field(default=20_000_000, metadata={"help": "training tokens (activation rows) in all"})
+    batch_size: int = field(default=4096, metadata={"help": "tokens per optimiser step (the reader's batch size)"})
+    seed: int = field(default=0, metadata={"help": "seed of the SAE initialisation (and the reader's shuffle, from the CLI)"})
+    step_method: str = field(
+        default="auto",
+        metadata={
+            "help": "gradient method of saes.step: autograd (reference), fast, fast_bf16 (bf16 encoder); "
+            "auto: fast when available, else autograd"
+        },
+    )
+    aux_coef: float = field(default=1 / 32, metadata={"help": "AuxK loss coefficient (dead latents model the residual)"})
+    k_aux: int | None = field(default=None, metadata={"help": "dead latents used by AuxK per token (none: d_in // 2)"})
+    dead_tokens: int = field(
+        default=10_000_000, metadata={"help": "a latent that has not fired in this many tokens counts as dead"}
+    )
+    holdout_tokens: int = field(
+        default=16384,
+        metadata={
+            "help": "rows taken from the start of the stream and never trained on: they set the activation "
+            "scale and b_dec, and are the held-out set of the evaluation"
+        },
+    )
+    normalize_activations: bool = field(
+        default=True,
+        metadata={"help": "scale inputs so E||x|| = sqrt(d_in) while training; the scale is folded into the saved SAE"},
+    )
+    b_dec_init: Literal["geometric_median", "mean", "zeros"] = field(
+        default="geometric_median", metadata={"help": "initial decoder bias, from the held-out sample"}
+    )
+    threshold_lr: float = field(
+        default=0.01, metadata={"help": "BatchTopK/Matryoshka: step size of the per-latent inference thresholds"}
+    )
+    max_nonfinite: int = field(
+        default=10, metadata={"help": "stop the run after this many consecutive skipped (NaN/Inf) steps of one SAE"}
+    )
+    num_threads: int = field(default=0, metadata={"help": "torch CPU threads (0: leave torch's default)"})
+    device: str = field(default="cpu", metadata={"help": "device of the SAEs and batches, e.g. cpu, cuda, cuda:1"})
+
+    def __post_init__(self) -> None:
+        _pos_int("TrainConfig", "total_tokens", self.total_tokens)
+        _pos_int("TrainConfig", "batch_size", self.batch_size)
+        _pos_int("TrainConfig", "seed", self.seed, allow_zero=True)
+        _check(isinstance(self.step_method, str) and bool(self.step_method), "TrainConfig.step_method must be a method name or auto")
+        _finite("TrainConfig", "aux_coef", self.aux_coef, lo=0.0)
+        if self.k_aux is not None:
+            _pos_int("TrainConfig", "k_aux", self.k_aux)
+        _pos_int("TrainConfig", "dead_tokens", self.dead_tokens)
+        _pos_int("TrainConfig", "holdout_tokens", self.holdout_tokens)
+        _check(
+            self.b_dec_init in ("geometric_median", "mean", "zeros"),
+            f"TrainConfig.b_dec_init must be geometric_median, mean or zeros; got {self.b_dec_init!r}",
+        )
+        _finite("TrainConfig", "threshold_lr", self.threshold_lr, lo=0.0)
+        _pos_int("TrainConfig", "max_nonfinite", self.max_nonfinite)
+        _pos_int("TrainConfig", "num_threads", self.num_threads, allow_zero=True)
+
+    @property
+    def total_steps(self) -> int:
+        return -(-self.total_tokens // self.batch_size)
+
+
+@dataclass
+class CheckpointConfig:
+    """Checkpoints: every N tokens (and at the end), keeping the last K."""
+
+    every_tokens: int = field(default=5_000_000, metadata={"help": "write a checkpoint every this many tokens (0: only at the end)"})
+    keep_last: int = field(default=2, metadata={"help": "checkpoints kept (older ones are deleted)"})
+
+    def __post_init__(self) -> None:
+        _pos_int("CheckpointConfig", "every_tokens", self.every_tokens, allow_zero=True)
+        _pos_int("CheckpointConfig", "keep_last", self.keep_last)
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation on the held-out rows (and, with a model, CE loss recovered and KL)."""
+
+    every_tokens: int = field(default=2_000_000, metadata={"help": "evaluate every this many tokens (0: only at the end)"})
+    dense_threshold: float = field(
+        default=0.1, metadata={"help": "a latent firing on more than this fraction of held-out tokens counts as dense"}
+    )
+    ce_contexts: int = field(
+        default=64, metadata={"help": "contexts for CE loss recovered / KL when the model is loaded (0: skip)"}
+    )
+    ce_batch_size: int = field(default=16, metadata={"help": "contexts per model forward pass in the CE evaluation"})
+    ce_during_training: bool = field(
+        default=False, metadata={"help": "also compute CE loss recovered at every evaluation, not only at the end"}
+    )
+
+    def __post_init__(self) -> None:
+        _pos_int("EvalConfig", "every_tokens", self.every_tokens, allow_zero=True)
+        _finite("EvalConfig", "dense_threshold", self.dense_threshold, 0.0, 1.0)
+        _pos_int("EvalConfig", "ce_contexts", self.ce_contexts, allow_zero=True)
+        _pos_int("EvalConfig", "ce_batch_size", self.ce_batch_size)
+
+
+@dataclass
+class LogConfig:
+    """Training history, progress bar and wandb."""
+
+    log_every: int = field(default=20, metadata={"help": "record losses every this many steps"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar (tokens/s, loss, ETA)"})
+    wandb: bool = field(default=False, metadata={"help": "log to Weights & Biases (WANDB_MODE=offline works)"})
+    wandb_project: str = field(default="saesteer", metadata={"help": "wandb project"})
+    wandb_entity: str | None = field(default=None, metadata={"help": "wandb entity (team or user)"})
+    wandb_name: str | None = field(default=None, metadata={"help": "wandb run name (none: the output folder's name)"})
+
+    def __post_init__(self) -> None:
+        _pos_int("LogConfig", "log_every", self.log_every)
+
+
+@dataclass
+class RunConfig:
+    """Everything a training run is defined by."""
+
+    saes: list[SAESpec] = field(default_factory=lambda: [SAESpec()])
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def __post_init__(self) -> None:
+        _check(len(self.saes) > 0, "RunConfig.saes is empty: give at least one SAE to train")
+        self.saes = [s if isinstance(s, SAESpec) else SAESpec(**s) for s in self.saes]
+        names = [s.name for s in self.saes]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        _check(not dupes, f"RunConfig.saes has duplicate names {dupes}; set SAESpec.name to tell them apart")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        """Build from a (possibly partial) nested dict; unknown keys are an error naming them."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a run config must be a mapping; got {type(d).__name__}")
+        sections = {"train": TrainConfig, "optim": OptimConfig, "checkpoint": CheckpointConfig, "eval": EvalConfig, "log": LogConfig}
+        unknown = sorted(set(d) - set(sections) - {"saes"})
+        if unknown:
+            raise ValueError(f"unknown config section(s) {', '.join(unknown)}; known: saes, {', '.join(sections)}")
+        kw: dict[str, Any] = {}
+        for key, klass in sections.items():
+            if key in d:
+                kw[key] = _from_mapping(klass, d[key], key)
+        if "saes" in d:
+            if not isinstance(d["saes"], list):
+                raise ValueError("config 'saes' must be a list of SAE specs")
+            kw["saes"] = [_from_mapping(SAESpec, s, f"saes[{i}]") for i, s in enumerate(d["saes"])]
+        return cls(**kw)
+
+
+def _from_mapping(klass: type, values: Any, where: str):
+    if isinstance(values, klass):
+        return values
+    if not isinstance(values, dict):
+        raise ValueError(f"config section {where!r} must be a mapping")
+    names = {f.name for f in dataclasses.fields(klass)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"unknown key(s) in config section {where!r}: {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+    return klass(**values)
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    if isinstance(d, list) and d and all(isinstance(x, dict) for x in d):
+        out = {f"{prefix}len": len(d)}
+        for i, v in enumerate(d):
+            out.update(_flatten(v, f"{prefix}{i}."))
+        return out
+    return {prefix[:-1]: list(d) if isinstance(d, tuple) else d}
+
+
+def _resumable(path: str, allowed: tuple[str, ...]) -> bool:
+    for pat in allowed:
+        if pat.endswith(".*") and path.startswith(pat[:-1]):
+            return True
+        if path == pat:
+            return True
+    return False
+
+
+def config_differences(
+    saved: dict[str, Any], current: dict[str, Any], allowed: tuple[str, ...] = RESUMABLE_FIELDS
+) -> list[str]:
+    """'field: checkpoint X, now Y' for every differing field not in `allowed` (dotted paths)."""
+    a, b = _flatten(saved), _flatten(current)
+    diffs = []
+    for key in sorted(set(a) | set(b)):
+        if _resumable(key, allowed):
+            continue
+        va, vb = a.get(key, "<absent>"), b.get(key, "<absent>")
+        if va != vb:
+            diffs.append(f"{key}: checkpoint {va!r}, now {vb!r}")
+    return diffs
+
+
+def default_lr(d_sae: int) -> float:
+    """The sparsify width rule: 2e-4 at 16384 latents, scaled by 1/sqrt(width)."""
+    return 2e-4 / math.sqrt(d_sae / 16384)
+
+
+def sae_lr(spec: SAESpec, optim: OptimConfig) -> float:
+    if spec.lr is not None:
+        return spec.lr
+    if optim.lr is not None:
+        return optim.lr
+    return default_lr(spec.d_sae)

@@ -1,0 +1,200 @@
+"""Evaluation of an SAE: on activations (no model needed) and spliced into the model.
+
+Shape key: B rows, D d_in, F d_sae, L levels (Matryoshka), N contexts, S sequence, V vocab.
+
+`evaluate_activations` - the SAE in its inference form (TopK per token; BatchTopK / Matryoshka
+through their per-latent thresholds) over held-out rows:
+    explained_variance  1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2  (mean over the whole set)
+    mse                 mean over rows of sum_d (x - x_hat)^2, in the units of the raw activations
+    l0                  mean number of active latents per row
+    eval_dead_fraction  latents that never fire on the held-out rows
+    dense_fraction      latents firing on more than `dense_threshold` of the rows
+    levels              Matryoshka: the same EV / mse / l0 for each nested prefix (innermost first)
+
+`splice_metrics` - the reconstruction replaces the hook activation in the model's forward pass
+(TransformerLens hooks, scoped with `model.hooks(...)`), next-token cross-entropy over every
+predicted position:
+    ce_loss_clean, ce_loss_spliced, ce_loss_zero (activation zeroed)
+    ce_loss_recovered   (ce_zero - ce_spliced) / (ce_zero - ce_clean): 1 = as good as the model
+    kl_div              mean over positions of KL(clean next-token distribution || spliced)
+Positions whose token is in `keep_token_ids` (e.g. BOS, when the cache left it out) keep their
+clean activation in both the spliced and the zero-ablated run.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from saes import SAE, MatryoshkaSAE
+
+
+class _Accum:
+    """Float64 running sums for EV / MSE over a stream of batches."""
+
+    def __init__(self, d_in: int, device: torch.device) -> None:
+        self.n = 0
+        self.sum_D = torch.zeros(d_in, dtype=torch.float64, device=device)
+        self.sumsq = torch.zeros((), dtype=torch.float64, device=device)
+        self.resid = torch.zeros((), dtype=torch.float64, device=device)
+
+    def add_data(self, x_BD: Tensor) -> None:
+        x = x_BD.double()
+        self.n += x.shape[0]
+        self.sum_D += x.sum(0)
+        self.sumsq += x.pow(2).sum()
+
+    def total_variance(self) -> float:
+        return float(self.sumsq - self.sum_D.pow(2).sum() / max(self.n, 1))
+
+    def ev(self, resid: Tensor) -> float:
+        tv = self.total_variance()
+        return 1.0 - float(resid) / tv if tv > 0 else float("nan")
+
+
+@torch.no_grad()
+def evaluate_activations(
+    sae: SAE,
+    batches: Tensor | Iterable[Tensor],
+    *,
+    scale: float = 1.0,
+    dense_threshold: float = 0.1,
+    chunk_rows: int = 4096,
+) -> dict[str, Any]:
+    """Metrics of `sae` on raw activations `batches` ([R, D] tensor or iterable of [B, D]).
+
+    `scale`: the SAE reads `scale * x` (an SAE under training, before the scale is folded in);
+    mse is reported in raw units either way."""
+    if isinstance(batches, Tensor):
+        batches = batches.split(chunk_rows)
+    dev = sae.device
+    acc = _Accum(sae.d_in, dev)
+    fires_F = torch.zeros(sae.d_sae, dtype=torch.float64, device=dev)
+    widths = sae.widths if isinstance(sae, MatryoshkaSAE) else None
+    level_resid = torch.zeros(len(widths) if widths else 0, dtype=torch.float64, device=dev)
+    level_l0 = torch.zeros_like(level_resid)
+    for x in batches:
+        x_BD = x.to(device=dev, dtype=torch.float32)
+        acc.add_data(x_BD)
+        x_in = x_BD * scale if scale != 1.0 else x_BD
+        acts = sae.encode_sparse(x_in)
+        active_N = acts.values_N != 0
+        fires_F += torch.bincount(acts.indices_N[active_N], minlength=sae.d_sae).double()
+        if widths:
+            recons = sae.prefix_reconstructions(acts)
+            for j, r in enumerate(recons):
+                level_resid[j] += (x_BD - r / scale).double().pow(2).sum()
+                level_l0[j] += (active_N & (acts.indices_N < widths[j])).sum()
+            recon = recons[-1]
+        else:
+            recon = sae.decode(acts)
+        acc.resid += (x_BD - recon / scale).double().pow(2).sum()
+    n = max(acc.n, 1)
+    freq_F = fires_F / n
+    out: dict[str, Any] = {
+        "explained_variance": acc.ev(acc.resid),
+        "mse": float(acc.resid) / n,
+        "l0": float(fires_F.sum()) / n,
+        "eval_dead_fraction": float((fires_F == 0).double().mean()),
+        "dense_fraction": float((freq_F > dense_threshold).double().mean()),
+        "eval_rows": acc.n,
+    }
+    if widths:
+        out["levels"] = [
+            {"width": w, "explained_variance": acc.ev(level_resid[j]), "mse": float(level_resid[j]) / n,
+             "l0": float(level_l0[j]) / n}
+            for j, w in enumerate(widths)
+        ]
+    return out
+
+
+def sae_reconstructor(sae: SAE, scale: float = 1.0) -> Callable[[Tensor], Tensor]:
+    """x [..., D] -> the SAE's reconstruction of x in raw units (the SAE reads scale * x)."""
+
+    def reconstruct(x: Tensor) -> Tensor:
+        x_in = x.to(sae.dtype) * scale if scale != 1.0 else x
+        return (sae(x_in).recon / scale).to(x.dtype)
+
+    return reconstruct
+
+
+class SpliceMetrics(NamedTuple):
+    ce_loss_clean: float
+    ce_loss_spliced: float
+    ce_loss_zero: float
+    ce_loss_recovered: float
+    kl_div: float
+
+    def to_dict(self) -> dict[str, float]:
+        return self._asdict()
+
+
+def _next_token_ce_kl(logits_NSV: Tensor, tokens_NS: Tensor, ref_logp_NSV: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """Summed CE over predicted positions and (against ref) summed KL(ref || this)."""
+    logp = F.log_softmax(logits_NSV[:, :-1].float(), dim=-1)
+    ce = -logp.gather(-1, tokens_NS[:, 1:, None]).sum()
+    if ref_logp_NSV is None:
+        return ce, None
+    kl = (ref_logp_NSV.exp() * (ref_logp_NSV - logp)).sum()
+    return ce, kl
+
+
+@torch.no_grad()
+def splice_metrics(
+    model: Any,
+    reconstruct: Callable[[Tensor], Tensor],
+    hook_name: str,
+    tokens_NS: Tensor,
+    *,
+    keep_token_ids: Iterable[int] = (),
+    batch_size: int = 16,
+) -> SpliceMetrics:
+    """CE loss recovered and KL when `reconstruct(activation)` replaces `hook_name`'s output.
+
+    `model` is a TransformerLens HookedTransformer (or anything with `hook_dict`, `hooks()` and
+    `__call__(tokens) -> logits`). An unknown hook name is an error."""
+    hook_dict = getattr(model, "hook_dict", None)
+    if hook_dict is None or hook_name not in hook_dict:
+        known = ", ".join(list(hook_dict)[:8]) + ", ..." if hook_dict else "none"
+        raise ValueError(f"the model has no hook point {hook_name!r} (it has e.g. {known})")
+    keep = torch.tensor(sorted(set(int(t) for t in keep_token_ids)), dtype=torch.long)
+    tokens_NS = tokens_NS.long()
+    if tokens_NS.ndim != 2 or tokens_NS.shape[1] < 2:
+        raise ValueError(f"tokens must be [contexts, seq >= 2]; got shape {tuple(tokens_NS.shape)}")
+    device = next(iter(model.parameters())).device
+    sums = torch.zeros(5, dtype=torch.float64)  # ce clean, spliced, zero, kl, positions
+    for chunk in tokens_NS.split(batch_size):
+        toks = chunk.to(device)
+        keep_NS = torch.isin(toks, keep.to(device)) if keep.numel() else torch.zeros_like(toks, dtype=torch.bool)
+
+        def replace_with(fn: Callable[[Tensor], Tensor]):
+            def hook(act: Tensor, hook: Any = None) -> Tensor:
+                new = fn(act)
+                if new.shape != act.shape:
+                    raise ValueError(f"replacement for {hook_name} has shape {tuple(new.shape)}, expected {tuple(act.shape)}")
+                mask = keep_NS.reshape(keep_NS.shape + (1,) * (act.ndim - 2))
+                return torch.where(mask, act, new.to(act.dtype))
+
+            return hook
+
+        clean = model(toks)
+        ref_logp = F.log_softmax(clean[:, :-1].float(), dim=-1)
+        ce_clean, _ = _next_token_ce_kl(clean, toks, None)
+        del clean
+        with model.hooks(fwd_hooks=[(hook_name, replace_with(reconstruct))]):
+            spliced = model(toks)
+        ce_spliced, kl = _next_token_ce_kl(spliced, toks, ref_logp)
+        del spliced
+        with model.hooks(fwd_hooks=[(hook_name, replace_with(torch.zeros_like))]):
+            zero = model(toks)
+        ce_zero, _ = _next_token_ce_kl(zero, toks, None)
+        sums += torch.stack([ce_clean.double().cpu(), ce_spliced.double().cpu(), ce_zero.double().cpu(),
+                             kl.double().cpu(), torch.tensor(float(toks.shape[0] * (toks.shape[1] - 1)), dtype=torch.float64)])
+    n = float(sums[4])
+    clean_ce, spliced_ce, zero_ce, kl_sum = (float(v) / n for v in sums[:4])
+    denom = zero_ce - clean_ce
+    recovered = (zero_ce - spliced_ce) / denom if denom != 0 else float("nan")
+    return SpliceMetrics(clean_ce, spliced_ce, zero_ce, recovered, kl_sum / n)

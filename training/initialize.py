@@ -1,0 +1,62 @@
+"""Statistics of the held-out sample that initialise a run: activation scale and b_dec.
+
+Shape key: B rows, D d_in.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from training.collectives import Collectives
+
+
+@torch.no_grad()
+def estimate_activation_scale(sample_BD: Tensor, coll: Collectives | None = None) -> float:
+    """The factor s with E||s x|| = sqrt(d_in) (SAELens's `expected_average_only_in`).
+
+    Training reads `s * x`; `fold_activation_scale_(s)` makes the saved SAE read raw `x`."""
+    coll = coll or Collectives()
+    stats = torch.stack([sample_BD.double().norm(dim=1).sum(), sample_BD.new_tensor(sample_BD.shape[0], dtype=torch.float64)])
+    coll.sum_(stats)
+    mean_norm = float(stats[0] / stats[1])
+    if not (mean_norm > 0 and math.isfinite(mean_norm)):
+        raise ValueError(
+            f"the held-out activations have mean norm {mean_norm}; the data is all zeros or non-finite - check the cache"
+        )
+    return math.sqrt(sample_BD.shape[1]) / mean_norm
+
+
+@torch.no_grad()
+def geometric_median(x_BD: Tensor, iters: int = 100, tol: float = 1e-6) -> Tensor:
+    """The point minimising the sum of Euclidean distances to the rows (Weiszfeld's algorithm), [D]."""
+    x = x_BD.double()
+    y = x.mean(0)
+    for _ in range(iters):
+        dist_B = (x - y).norm(dim=1).clamp_min(1e-12)
+        w_B = 1.0 / dist_B
+        y_new = (w_B[:, None] * x).sum(0) / w_B.sum()
+        moved = float((y_new - y).norm())
+        y = y_new
+        if moved <= tol * max(1.0, float(y.norm())):
+            break
+    return y.to(x_BD.dtype)
+
+
+@torch.no_grad()
+def initial_b_dec(sample_BD: Tensor, method: str, coll: Collectives | None = None) -> Tensor:
+    """b_dec from the (already scaled) sample: geometric_median, mean or zeros, [D].
+
+    With several ranks the value of rank 0 is used everywhere (every rank starts equal)."""
+    coll = coll or Collectives()
+    if method == "geometric_median":
+        b = geometric_median(sample_BD)
+    elif method == "mean":
+        b = sample_BD.mean(0)
+    elif method == "zeros":
+        b = sample_BD.new_zeros(sample_BD.shape[1])
+    else:
+        raise ValueError(f"b_dec_init must be geometric_median, mean or zeros; got {method!r}")
+    return coll.broadcast_(b.contiguous())

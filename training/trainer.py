@@ -1,0 +1,696 @@
+"""The SAE trainer: one pass over activation batches trains one or several SAEs.
+
+Shape key: B batch rows, D d_in, F d_sae, N active entries.
+
+    from training import RunConfig, SAESpec, train
+    cfg = RunConfig(saes=[SAESpec("topk", d_sae=4096, k=32), SAESpec("batchtopk", d_sae=4096, k=32)])
+    result = train(cfg, CacheReader(cache_dir, batch_size=cfg.train.batch_size), "runs/l2")
+
+Per step and SAE (`train_step`, one short function): gradients from `saes.compute_grads` (the
+step method: autograd reference, or the fast / fast_bf16 kernels), averaged over ranks, the
+component of each decoder row's gradient parallel to the row removed, a non-finite check
+(skip the step), optional clipping, Adam (fused where it works), decoder rows back to unit
+norm, the dead-latent counters, and (BatchTopK / Matryoshka) one frequency-matching step of
+the inference thresholds. Every operation that crosses processes in data-parallel training is
+a call on `Collectives` (see training/collectives.py).
+
+Inputs are scaled by one factor (E||x|| = sqrt(d_in) on the held-out rows); the factor is
+folded into the saved weights, so saved SAEs read raw activations.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.metadata
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Literal, NamedTuple
+
+import torch
+from torch import Tensor
+
+from saes import SAE, BatchTopKSAE, create_sae, save_sae
+from saes.sparse import SparseActs
+from saes.step import STEP_METHODS, compute_grads
+from training.checkpoint import (
+    CheckpointError,
+    capture_rng,
+    clean_temporaries,
+    flatten_state,
+    list_checkpoints,
+    prune_checkpoints,
+    read_checkpoint,
+    restore_rng,
+    unflatten_state,
+    write_checkpoint,
+)
+from training.collectives import Collectives
+from training.config import RunConfig, SAESpec, config_differences, sae_lr
+from training.evaluate import evaluate_activations, sae_reconstructor, splice_metrics
+from training.initialize import estimate_activation_scale, initial_b_dec
+from training.logs import RunLogger, read_history, truncate_history
+from training.report import git_commit, write_curves_html, write_metrics
+from training.schedule import lr_factor
+
+CHECKPOINT_DIR = "checkpoints"
+SAE_DIR = "saes"
+CONFIG_FILE = "config.json"
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive non-finite steps; the last good checkpoint is left as it was."""
+
+
+class ConfigMismatchError(ValueError):
+    """A resume whose config differs from the checkpoint's in fields that may not change."""
+
+
+# ------------------------------------------------------------------------------ one SAE's state
+@dataclass
+class Member:
+    """One SAE under training with everything that belongs to it alone."""
+
+    spec: SAESpec
+    sae: SAE
+    optimizer: torch.optim.Optimizer
+    lr: float
+    since_fired_F: Tensor  # int64 [F]: tokens since each latent last fired
+    consecutive_nonfinite: int = 0
+    skipped_steps: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def params(self) -> list[torch.nn.Parameter]:
+        return [self.sae.W_enc, self.sae.b_enc, self.sae.W_dec, self.sae.b_dec]
+
+    def dead_mask(self, dead_tokens: int) -> Tensor:
+        return self.since_fired_F >= dead_tokens
+
+
+class StepSettings(NamedTuple):
+    method: str
+    aux_coef: float
+    k_aux: int | None
+    dead_tokens: int
+    grad_clip: float
+    threshold_lr: float
+
+
+class StepStats(NamedTuple):
+    skipped: bool
+    loss: Tensor
+    mse: Tensor
+    aux: Tensor
+    level_mse: Tensor | None
+    grad_norm: Tensor
+    fired_F: Tensor | None  # firing counts over the global batch (None when skipped)
+
+
+def resolve_step_method(name: str) -> str:
+    """'auto' -> 'fast' when saes.step has it, else 'autograd'; other names must be registered."""
+    if name == "auto":
+        return "fast" if "fast" in STEP_METHODS else "autograd"
+    if name not in STEP_METHODS:
+        raise ValueError(f"TrainConfig.step_method {name!r} is not available; choose auto or one of {', '.join(STEP_METHODS)}")
+    return name
+
+
+def make_optimizer(params: list[torch.nn.Parameter], lr: float, cfg: RunConfig) -> torch.optim.Optimizer:
+    """Adam, fused when the device/dtype supports it (CPU fp32 and CUDA do in torch >= 2.4)."""
+    kw = dict(lr=lr, betas=(cfg.optim.adam_beta1, cfg.optim.adam_beta2), eps=cfg.optim.adam_eps)
+    try:
+        return torch.optim.Adam(params, fused=True, **kw)
+    except (RuntimeError, ValueError):
+        return torch.optim.Adam(params, foreach=True, **kw)
+
+
+def build_member(spec: SAESpec, index: int, d_in: int, cfg: RunConfig, device: torch.device, metadata: dict[str, Any]) -> Member:
+    extra: dict[str, Any] = {"k": spec.k, "metadata": dict(metadata)}
+    if spec.architecture == "matryoshka_batchtopk":
+        extra["matryoshka_widths"] = list(spec.matryoshka_widths)
+    gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + index)
+    sae = create_sae(spec.architecture, d_in, spec.d_sae, device=device, generator=gen, **extra)
+    lr = sae_lr(spec, cfg.optim)
+    params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec]
+    return Member(spec, sae, make_optimizer(params, lr, cfg), lr, torch.zeros(spec.d_sae, dtype=torch.int64, device=device))
+
+
+# ---------------------------------------------------------------- small pieces of one step
+def fired_counts(acts: SparseActs) -> Tensor:
+    """How many rows each latent fired on (nonzero activation), [F] int64."""
+    return torch.bincount(acts.indices_N[acts.values_N != 0], minlength=acts.d_sae)
+
+
+def update_dead_counters_(since_fired_F: Tensor, fired_F: Tensor, n_tokens: int) -> None:
+    since_fired_F.add_(n_tokens).masked_fill_(fired_F > 0, 0)
+
+
+@torch.no_grad()
+def remove_parallel_decoder_grad_(sae: SAE) -> None:
+    """Project each decoder row's gradient onto the row's orthogonal complement (rows are unit)."""
+    W_FD, g_FD = sae.W_dec, sae.W_dec.grad
+    if g_FD is None:
+        return
+    along_F = (g_FD * W_FD).sum(1, keepdim=True)
+    g_FD.sub_(along_F * W_FD)
+
+
+def grad_norm(params: list[torch.nn.Parameter]) -> Tensor:
+    grads = [p.grad for p in params if p.grad is not None]
+    return torch.nn.utils.get_total_norm(grads, foreach=True) if grads else torch.zeros(())
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+@torch.no_grad()
+def update_thresholds_(sae: SAE, pre_BF: Tensor, acts: SparseActs, lr: float, coll: Collectives) -> None:
+    """One frequency-matching step of a BatchTopK / Matryoshka SAE's inference thresholds."""
+    if not coll.distributed:
+        sae.update_threshold_(pre_BF, acts, lr)  # type: ignore[attr-defined]
+    else:
+        reduced_threshold_update_(sae, pre_BF, acts, lr, coll)
+
+
+@torch.no_grad()
+def reduced_threshold_update_(sae: SAE, pre_BF: Tensor, acts: SparseActs, lr: float, coll: Collectives) -> None:
+    """`BatchTopKSAE.update_threshold_` with its statistics reduced over ranks: the firing counts
+    (selected by the batch, and above threshold) are summed, the batch cutoff is the minimum over
+    ranks. With one rank it equals the method exactly (tested)."""
+    thr_F = sae.threshold  # type: ignore[attr-defined]
+    local_cut = acts.values_N.min() if acts.values_N.numel() else pre_BF.new_tensor(math.inf)
+    cutoff = coll.min_(local_cut.reshape(1).to(torch.float32).clone())[0]
+    cutoff = torch.where(torch.isfinite(cutoff), cutoff, torch.zeros_like(cutoff)).to(pre_BF.dtype)
+    unset_F = thr_F <= 0
+    if unset_F.any():
+        thr_F[unset_F] = cutoff.to(thr_F.dtype).clamp_min(1e-6)
+    selected_F = torch.bincount(acts.indices_N, minlength=sae.d_sae)
+    fired_F = ((pre_BF > thr_F) & (pre_BF > 0)).sum(0)
+    counts = coll.sum_(torch.stack([selected_F, fired_F]))
+    selected_F, fired_F = counts[0].to(pre_BF.dtype), counts[1].to(pre_BF.dtype)
+    step_F = lr * cutoff * (fired_F - selected_F) / (fired_F + selected_F + 1)
+    thr_F.add_(step_F.to(thr_F.dtype)).clamp_(min=1e-6)
+
+
+def train_step(m: Member, x_BD: Tensor, lr: float, s: StepSettings, coll: Collectives) -> StepStats:
+    """One optimiser step of one SAE on one batch (skipped, with grads dropped, if non-finite)."""
+    res = compute_grads(m.sae, x_BD, m.dead_mask(s.dead_tokens), aux_coef=s.aux_coef, k_aux=s.k_aux, method=s.method)
+    coll.average_gradients_(m.params)
+    remove_parallel_decoder_grad_(m.sae)
+    norm = grad_norm(m.params)
+    if not coll.all_finite(bool(torch.isfinite(res.total) & torch.isfinite(norm))):
+        for p in m.params:
+            p.grad = None
+        return StepStats(True, res.total, res.mse, res.aux, res.level_mse, norm, None)
+    if s.grad_clip > 0:
+        torch.nn.utils.clip_grads_with_norm_(m.params, s.grad_clip, norm, foreach=True)
+    set_lr(m.optimizer, lr)
+    m.optimizer.step()
+    m.sae.normalize_decoder_()
+    fired_F = coll.sum_(fired_counts(res.acts))
+    update_dead_counters_(m.since_fired_F, fired_F, coll.global_rows(x_BD.shape[0]))
+    if isinstance(m.sae, BatchTopKSAE):
+        update_thresholds_(m.sae, res.pre_BF, res.acts, s.threshold_lr, coll)
+    return StepStats(False, res.total, res.mse, res.aux, res.level_mse, norm, fired_F)
+
+
+# ------------------------------------------------------------------------------------ trainer
+def batch_tensor(batch: Any) -> Tensor:
+    """The [B, D] activations of a batch: a tensor, or an object with `.acts` (CacheReader)."""
+    x = getattr(batch, "acts", batch)
+    if not isinstance(x, Tensor) or x.ndim != 2:
+        raise TypeError(f"a training batch must be a [B, d_in] tensor or have .acts; got {type(batch).__name__}")
+    return x
+
+
+class Trainer:
+    """The state of a run (SAEs, optimisers, counters, position) and the step over all SAEs.
+
+    `train()` drives it; tests and tools may drive it directly."""
+
+    def __init__(
+        self, config: RunConfig, d_in: int, *, collectives: Collectives | None = None,
+        sae_metadata: dict[str, Any] | None = None,
+    ) -> None:
+        self.config = config
+        self.d_in = d_in
+        self.coll = collectives or Collectives()
+        self.device = torch.device(config.train.device)
+        self.step_method = resolve_step_method(config.train.step_method)
+        t = config.train
+        self.settings = StepSettings(self.step_method, t.aux_coef, t.k_aux, t.dead_tokens, config.optim.grad_clip, t.threshold_lr)
+        self.members = [
+            build_member(spec, i, d_in, config, self.device, sae_metadata or {}) for i, spec in enumerate(config.saes)
+        ]
+        self.step = 0
+        self.tokens = 0
+        self.scale = 1.0
+        self.train_seconds = 0.0
+
+    @property
+    def total_steps(self) -> int:
+        return self.config.train.total_steps
+
+    # -- initialisation ---------------------------------------------------------------------
+    @torch.no_grad()
+    def initialize(self, holdout_BD: Tensor) -> None:
+        """Activation scale and b_dec from the held-out rows (a fresh run only)."""
+        x = holdout_BD.to(self.device, torch.float32)
+        self.scale = estimate_activation_scale(x, self.coll) if self.config.train.normalize_activations else 1.0
+        b_dec_D = initial_b_dec(x * self.scale, self.config.train.b_dec_init, self.coll)
+        for m in self.members:
+            m.sae.b_dec.copy_(b_dec_D)
+            for p in m.params:
+                self.coll.broadcast_(p.data)
+
+    # -- the step over all SAEs ---------------------------------------------------------------
+    def prepare(self, batch: Any) -> Tensor:
+        x = batch_tensor(batch)
+        if x.shape[1] != self.d_in:
+            raise ValueError(f"batch has width {x.shape[1]}, the run trains on d_in={self.d_in}")
+        x = x.to(self.device, torch.float32, non_blocking=True)
+        return x * self.scale if self.scale != 1.0 else x
+
+    def train_batch(self, batch: Any) -> tuple[Tensor, dict[str, StepStats]]:
+        x_BD = self.prepare(batch)
+        factor = lr_factor(self.step, self.total_steps, self.config.optim)
+        stats: dict[str, StepStats] = {}
+        for m in self.members:
+            st = train_step(m, x_BD, m.lr * factor, self.settings, self.coll)
+            if st.skipped:
+                m.consecutive_nonfinite += 1
+                m.skipped_steps += 1
+            else:
+                m.consecutive_nonfinite = 0
+            stats[m.name] = st
+        self.step += 1
+        self.tokens += self.coll.global_rows(x_BD.shape[0])
+        return x_BD, stats
+
+    def dead_fraction(self, m: Member) -> float:
+        return float(m.dead_mask(self.config.train.dead_tokens).float().mean())
+
+    # -- evaluation ------------------------------------------------------------------------------
+    def evaluate(self, holdout_BD: Tensor, model_eval: Any = None) -> dict[str, dict[str, Any]]:
+        out = {}
+        for m in self.members:
+            r = evaluate_activations(m.sae, holdout_BD, scale=self.scale, dense_threshold=self.config.eval.dense_threshold)
+            r["dead_fraction"] = self.dead_fraction(m)
+            if model_eval is not None:
+                r.update(model_eval.run(sae_reconstructor(m.sae, self.scale), self.config.eval).to_dict())
+            out[m.name] = r
+        return out
+
+    def folded_sae(self, m: Member) -> SAE:
+        """A copy of the SAE with the activation scale folded in (reads raw activations)."""
+        sae = copy.deepcopy(m.sae)
+        if self.scale != 1.0:
+            sae.fold_activation_scale_(self.scale)
+        return sae
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def checkpoint_payload(self, data_state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Tensor]]:
+        tensors: dict[str, Tensor] = {}
+        members = {}
+        for m in self.members:
+            for name, t in m.sae.state_dict().items():
+                tensors[f"sae/{m.name}/{name}"] = t.detach().cpu().contiguous().clone()
+            tensors[f"dead/{m.name}"] = m.since_fired_F.cpu().clone()
+            members[m.name] = {
+                "lr": m.lr, "consecutive_nonfinite": m.consecutive_nonfinite, "skipped_steps": m.skipped_steps,
+                "optimizer": flatten_state(m.optimizer.state_dict(), f"optim/{m.name}", tensors),
+            }
+        state = {
+            "tokens": self.tokens, "step_method": self.step_method, "activation_scale": self.scale,
+            "train_seconds": self.train_seconds, "config": self.config.to_dict(), "members": members,
+            "rng": capture_rng(tensors), "data": flatten_state(data_state, "data", tensors),
+        }
+        return state, tensors
+
+    def restore(self, state: dict[str, Any], tensors: dict[str, Tensor]) -> dict[str, Any]:
+        """Load a checkpoint's state into this trainer; returns the saved data-source state."""
+        if state.get("step_method") != self.step_method:
+            raise ConfigMismatchError(
+                f"train.step_method: the checkpoint was trained with {state.get('step_method')!r}, this run would use "
+                f"{self.step_method!r}; pass --step-method {state.get('step_method')} to resume"
+            )
+        for m in self.members:
+            saved = state["members"].get(m.name)
+            if saved is None:
+                raise CheckpointError(f"the checkpoint has no SAE named {m.name!r}")
+            sd = {k.split("/", 2)[2]: v for k, v in tensors.items() if k.startswith(f"sae/{m.name}/")}
+            m.sae.load_state_dict(sd)
+            m.since_fired_F.copy_(tensors[f"dead/{m.name}"])
+            m.optimizer.load_state_dict(unflatten_state(saved["optimizer"], tensors))
+            m.lr = float(saved["lr"])
+            m.consecutive_nonfinite = int(saved["consecutive_nonfinite"])
+            m.skipped_steps = int(saved["skipped_steps"])
+        self.step = int(state["step"])
+        self.tokens = int(state["tokens"])
+        self.scale = float(state["activation_scale"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+        restore_rng(state["rng"], tensors)
+        return unflatten_state(state["data"], tensors)
+
+
+# ------------------------------------------------------------------------------------ train()
+@dataclass
+class ModelEval:
+    """What the CE-loss-recovered / KL evaluation needs: the loaded model and held-out contexts.
+
+    `keep_token_ids`: positions holding these tokens keep their clean activation when the SAE is
+    spliced in (use the cache's excluded tokens, e.g. BOS, which the SAE never trained on)."""
+
+    model: Any
+    hook_name: str
+    tokens: Tensor  # [N, S] token ids
+    keep_token_ids: tuple[int, ...] = ()
+
+    def run(self, reconstruct: Callable[[Tensor], Tensor], eval_cfg: Any):
+        toks = self.tokens[: eval_cfg.ce_contexts] if eval_cfg.ce_contexts else self.tokens
+        return splice_metrics(self.model, reconstruct, self.hook_name, toks, keep_token_ids=self.keep_token_ids,
+                              batch_size=eval_cfg.ce_batch_size)
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    sae_dirs: dict[str, Path]
+    metrics: dict[str, Any]
+    tokens: int
+    steps: int
+    resumed_from: Path | None = None
+    stopped_early: str | None = None
+    saes: dict[str, SAE] = field(default_factory=dict)  # the saved (folded) SAEs
+
+
+def _draw_holdout(it: Iterator[Any], rows: int) -> tuple[Tensor, int]:
+    parts, n, batches = [], 0, 0
+    while n < rows:
+        try:
+            batch = next(it)
+        except StopIteration:
+            break
+        x = batch_tensor(batch)
+        parts.append(x.to("cpu", torch.float32))
+        n += x.shape[0]
+        batches += 1
+    if not parts:
+        raise ValueError("the data source yielded no batches; check the cache / dataset")
+    return torch.cat(parts)[:rows], batches
+
+
+def seed_everything(seed: int) -> None:
+    """Seed the global RNGs (python, numpy, torch) at the start of a fresh run; a resume restores
+    their saved states instead. Nothing in the trainer draws from them, but user code may."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _sae_metadata(prov: dict[str, Any]) -> dict[str, Any]:
+    keys = {"model_name": "model", "hook_name": "hook_name", "context_size": "context_size",
+            "prepend_bos": "prepend_bos", "dataset_path": "dataset"}
+    return {k: prov[src] for k, src in keys.items() if prov.get(src) is not None}
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("saesteer")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _find_resume(ckpt_root: Path, log: Callable[[str], None]) -> tuple[Path, dict[str, Any], dict[str, Tensor]] | None:
+    for path in reversed(list_checkpoints(ckpt_root)):
+        try:
+            state, tensors = read_checkpoint(path)
+        except CheckpointError as e:
+            log(f"warning: skipping unreadable checkpoint: {e}")
+            continue
+        return path, state, tensors
+    return None
+
+
+def train(
+    config: RunConfig,
+    data: Iterable[Any],
+    out_dir: str | os.PathLike,
+    *,
+    model_eval: ModelEval | None = None,
+    provenance: dict[str, Any] | None = None,
+    resume: Literal["auto", "never", "require"] = "auto",
+    collectives: Collectives | None = None,
+    on_step: Callable[[Trainer], None] | None = None,
+) -> TrainResult:
+    """Train every SAE of `config` on the batches of `data`, checkpointing into `out_dir`.
+
+    data: iterable of [B, d_in] tensors or of objects with `.acts` (e.g. `CacheReader`). If it
+        has `state_dict()` / `load_state_dict()`, checkpoints store its position and a resume
+        continues exactly; otherwise a resume replays the source and skips the batches already
+        trained on (exact only if the source is deterministic). The first
+        `train.holdout_tokens` rows are never trained on (scale, b_dec, evaluation).
+    out_dir: `checkpoints/`, `saes/<name>/`, `metrics.json`, `history.jsonl`,
+        `training_curves.html`, `config.json` go here.
+    model_eval: the loaded model and held-out contexts for CE loss recovered / KL.
+    provenance: recorded with each SAE: model, hook_name, dataset, context_size, prepend_bos, ...
+    resume: "auto" continues from the newest checkpoint in out_dir if there is one; "never"
+        refuses an out_dir with checkpoints; "require" refuses one without.
+    collectives: data-parallel communication (default: single process).
+    on_step: called with the trainer after every step (progress hooks, tests).
+    """
+    t_start = time.perf_counter()
+    coll = collectives or Collectives()
+    writer = coll.is_writer
+    out = Path(out_dir)
+    ckpt_root = out / CHECKPOINT_DIR
+    prov = dict(provenance or {})
+    if config.train.num_threads:
+        torch.set_num_threads(config.train.num_threads)
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
+        clean_temporaries(ckpt_root)
+
+    found = _find_resume(ckpt_root, print) if resume != "never" else None
+    if resume == "never" and list_checkpoints(ckpt_root):
+        raise FileExistsError(f"{out} already holds checkpoints of a run; choose another output folder or resume it")
+    if resume == "require" and found is None:
+        raise FileNotFoundError(f"no checkpoint to resume from in {ckpt_root}")
+    if found is not None:
+        diffs = config_differences(found[1]["config"], config.to_dict())
+        if diffs:
+            raise ConfigMismatchError(
+                f"cannot resume {found[0]}: the config differs from the checkpoint's in\n  - " + "\n  - ".join(diffs)
+                + "\nuse the original settings (saved in the checkpoint and in config.json), or a new output folder"
+            )
+
+    it = iter(data)
+    holdout_BD, holdout_batches = _draw_holdout(it, config.train.holdout_tokens)
+    trainer = Trainer(config, holdout_BD.shape[1], collectives=coll, sae_metadata=_sae_metadata(prov))
+    stateful = hasattr(data, "state_dict") and hasattr(data, "load_state_dict")
+
+    resumed_from = None
+    if found is not None:
+        resumed_from, state, tensors = found
+        data_state = trainer.restore(state, tensors)
+        fresh_scale = estimate_activation_scale(holdout_BD, coll) if config.train.normalize_activations else 1.0
+        if not math.isclose(fresh_scale, trainer.scale, rel_tol=1e-6):
+            print(f"warning: the data's held-out rows differ from the original run's (scale {fresh_scale:.6g} vs "
+                  f"{trainer.scale:.6g}); is it the same data source and seed?")
+        if data_state.get("kind") == "state_dict":
+            if not stateful:
+                raise CheckpointError("the checkpoint stores a reader position but this data source has no load_state_dict()")
+            data.load_state_dict(data_state["state"])  # type: ignore[attr-defined]
+            it = iter(data)
+        else:
+            for _ in range(int(data_state["batches"])):
+                if next(it, None) is None:
+                    break
+        if writer:
+            truncate_history(out, trainer.step)
+    else:
+        seed_everything(config.train.seed)
+        trainer.initialize(holdout_BD)
+        if writer:
+            truncate_history(out, 0)
+    if writer:
+        from saes.fileio import atomic_write_json
+
+        atomic_write_json(out / CONFIG_FILE, config.to_dict())
+
+    wandb_cfg = None
+    if config.log.wandb:
+        wandb_cfg = {"project": config.log.wandb_project, "entity": config.log.wandb_entity,
+                     "name": config.log.wandb_name, "config": {**config.to_dict(), "data": prov}}
+    logger = RunLogger(out, total_tokens=config.train.total_tokens, start_tokens=trainer.tokens,
+                       progress=config.log.progress, wandb_cfg=wandb_cfg, enabled=writer)
+    batches_trained = trainer.step  # for sources without state: batches after the holdout
+    if resumed_from is not None:
+        logger.message(f"resumed from {resumed_from.name} at {trainer.tokens:,} tokens")
+
+    def data_state() -> dict[str, Any]:
+        if stateful:
+            return {"kind": "state_dict", "state": data.state_dict()}  # type: ignore[attr-defined]
+        return {"kind": "skip", "batches": batches_trained}
+
+    def save_checkpoint() -> Path | None:
+        if not writer:
+            return None
+        logger.flush()
+        state, tensors = trainer.checkpoint_payload(data_state())
+        path = write_checkpoint(ckpt_root, trainer.step, state, tensors)
+        prune_checkpoints(ckpt_root, config.checkpoint.keep_last)
+        return path
+
+    def every(n: int, before: int, after: int) -> bool:
+        return n > 0 and after // n > before // n
+
+    stopped_early = None
+    ckpt_due = False
+    last_ckpt_step = trainer.step
+    last_log = (time.perf_counter(), trainer.tokens)
+    try:
+        while trainer.tokens < config.train.total_tokens:
+            batch = next(it, None)
+            if batch is None:
+                stopped_early = f"the data ran out after {trainer.tokens:,} training tokens"
+                logger.message(f"warning: {stopped_early} (asked for {config.train.total_tokens:,})")
+                break
+            before = trainer.tokens
+            t0 = time.perf_counter()
+            x_BD, stats = trainer.train_batch(batch)
+            trainer.train_seconds += time.perf_counter() - t0
+            batches_trained += 1
+            _handle_skips(trainer, stats, logger, ckpt_root)
+            if trainer.step % config.log.log_every == 0 or trainer.tokens >= config.train.total_tokens:
+                now = time.perf_counter()
+                rate = (trainer.tokens - last_log[1]) / max(now - last_log[0], 1e-9)
+                last_log = (now, trainer.tokens)
+                rec = _train_record(trainer, x_BD, stats, rate)
+                logger.record(rec)
+                first = trainer.members[0].name
+                logger.advance(0, {"loss": f"{rec.get(f'{first}/loss', float('nan')):.4g}",
+                                   "fvu": f"{rec.get(f'{first}/fvu', float('nan')):.3f}"})
+            logger.advance(trainer.tokens - before)
+            if every(config.eval.every_tokens, before, trainer.tokens) and trainer.tokens < config.train.total_tokens:
+                ev = trainer.evaluate(holdout_BD, model_eval if config.eval.ce_during_training else None)
+                logger.record(_eval_record(trainer, ev))
+            if every(config.checkpoint.every_tokens, before, trainer.tokens) and trainer.tokens < config.train.total_tokens:
+                ckpt_due = True
+            # during a run of skipped (non-finite) steps, checkpoints wait for the next good step
+            if ckpt_due and not any(m.consecutive_nonfinite for m in trainer.members):
+                save_checkpoint()
+                last_ckpt_step, ckpt_due = trainer.step, False
+            if on_step is not None:
+                on_step(trainer)
+        if trainer.step != last_ckpt_step or not list_checkpoints(ckpt_root):
+            save_checkpoint()
+    finally:
+        logger.close()
+
+    result = _finish(trainer, out, holdout_BD, model_eval, prov, stopped_early, time.perf_counter() - t_start, writer)
+    result.resumed_from = resumed_from
+    return result
+
+
+def _handle_skips(trainer: Trainer, stats: dict[str, StepStats], logger: RunLogger, ckpt_root: Path) -> None:
+    for m in trainer.members:
+        st = stats[m.name]
+        if not st.skipped:
+            continue
+        loss, norm = float(st.loss), float(st.grad_norm)
+        logger.record({"kind": "skip", "step": trainer.step, "tokens": trainer.tokens, "sae": m.name,
+                       "loss": loss, "grad_norm": norm})
+        logger.message(f"step {trainer.step}: {m.name} had a non-finite loss ({loss}) or gradient norm ({norm}); "
+                       f"step skipped ({m.consecutive_nonfinite} in a row)")
+        if m.consecutive_nonfinite >= trainer.config.train.max_nonfinite:
+            last = list_checkpoints(ckpt_root)
+            where = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint had been written yet"
+            raise NonFiniteError(
+                f"{m.name}: {m.consecutive_nonfinite} consecutive non-finite steps (train.max_nonfinite="
+                f"{trainer.config.train.max_nonfinite}) at step {trainer.step}; stopping. {where}. Check the data for "
+                f"NaN/Inf activations, or lower the learning rate / enable --grad-clip."
+            )
+
+
+def _train_record(trainer: Trainer, x_BD: Tensor, stats: dict[str, StepStats], rate: float) -> dict[str, Any]:
+    var = float((x_BD - x_BD.mean(0)).pow(2).sum(1).mean())
+    factor = lr_factor(trainer.step - 1, trainer.total_steps, trainer.config.optim)
+    rec: dict[str, Any] = {"kind": "train", "step": trainer.step, "tokens": trainer.tokens, "lr_factor": factor,
+                           "tokens_per_second": rate}
+    for m in trainer.members:
+        st = stats[m.name]
+        p = f"{m.name}/"
+        mse = float(st.mse)
+        rec.update({p + "loss": float(st.loss), p + "mse": mse, p + "aux": float(st.aux),
+                    p + "fvu": mse / var if var > 0 else float("nan"), p + "grad_norm": float(st.grad_norm),
+                    p + "dead_fraction": trainer.dead_fraction(m), p + "lr": m.lr * factor})
+        if st.fired_F is not None:
+            rec[p + "l0"] = float(st.fired_F.sum()) / max(1, trainer.coll.global_rows(x_BD.shape[0]))
+        if st.level_mse is not None:
+            rec[p + "level_mse"] = [float(v) for v in st.level_mse]
+    return rec
+
+
+def _eval_record(trainer: Trainer, ev: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    rec: dict[str, Any] = {"kind": "eval", "step": trainer.step, "tokens": trainer.tokens}
+    for name, metrics in ev.items():
+        for k, v in metrics.items():
+            rec[f"{name}/{k}"] = v
+    return rec
+
+
+def _finish(
+    trainer: Trainer, out: Path, holdout_BD: Tensor, model_eval: ModelEval | None, prov: dict[str, Any],
+    stopped_early: str | None, wall: float, writer: bool,
+) -> TrainResult:
+    cfg = trainer.config
+    commit = git_commit()
+    sae_dirs: dict[str, Path] = {}
+    saes: dict[str, SAE] = {}
+    per_sae: dict[str, dict[str, Any]] = {}
+    for m in trainer.members:
+        sae = trainer.folded_sae(m)
+        metrics = evaluate_activations(sae, holdout_BD, dense_threshold=cfg.eval.dense_threshold)
+        metrics["dead_fraction"] = trainer.dead_fraction(m)
+        if model_eval is not None and cfg.eval.ce_contexts > 0:
+            metrics.update(model_eval.run(sae_reconstructor(sae), cfg.eval).to_dict())
+        info = {"folder": f"{SAE_DIR}/{m.name}", "architecture": m.spec.architecture, "d_in": trainer.d_in,
+                "d_sae": m.spec.d_sae, "k": m.spec.k, "lr": m.lr, "skipped_steps": m.skipped_steps}
+        if m.spec.architecture == "matryoshka_batchtopk":
+            info["matryoshka_widths"] = list(sae.widths)  # type: ignore[attr-defined]
+        per_sae[m.name] = {**info, **metrics}
+        saes[m.name] = sae
+        if writer:
+            provenance = {
+                "tool": "saesteer", "saesteer_version": _version(), "git_commit": commit,
+                "model": prov.get("model"), "hook_name": prov.get("hook_name"), "dataset": prov.get("dataset"),
+                "tokens_trained": trainer.tokens, "steps": trainer.step, "activation_scale": trainer.scale,
+                "activation_scale_folded": True, "step_method": trainer.step_method,
+                "training": {"sae": m.spec.__dict__, "train": cfg.train.__dict__, "optim": cfg.optim.__dict__},
+                "data": prov, "metrics": metrics,
+            }
+            sae_dirs[m.name] = save_sae(sae, out / SAE_DIR / m.name, provenance=provenance)
+    metrics_doc = {
+        "tokens_trained": trainer.tokens, "steps": trainer.step, "holdout_rows": int(holdout_BD.shape[0]),
+        "activation_scale": trainer.scale, "step_method": trainer.step_method, "wall_seconds": wall,
+        "train_seconds": trainer.train_seconds,
+        "tokens_per_second": trainer.tokens / trainer.train_seconds if trainer.train_seconds > 0 else None,
+        "stopped_early": stopped_early, "git_commit": commit, "data": prov, "config": cfg.to_dict(), "saes": per_sae,
+    }
+    if writer:
+        write_metrics(out, metrics_doc)
+        write_curves_html(out, read_history(out), [m.name for m in trainer.members])
+    return TrainResult(out, sae_dirs, metrics_doc, trainer.tokens, trainer.step, None, stopped_early, saes)
