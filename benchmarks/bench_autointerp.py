@@ -70,12 +70,12 @@ def one_run(url: str, n_latents: int, concurrency: int) -> tuple[float, dict]:
 
     store = MemoryLabelStore(make_latents(n_latents))
     judge = Judge(OpenAIBackend("fake-judge", base_url=url, timeout_s=30), cache=None, concurrency=concurrency)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     report = label_latents(store, judge, LabelConfig(), progress=False)
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     if report.labelled != n_latents:
         raise RuntimeError(f"only {report.labelled} of {n_latents} labelled: {report.failed[:3]}")
-    return dt, report.usage
+    return dt, {**report.usage, "cpu_s": cpu}
 
 
 def bench_throughput(latents: int, concurrencies: list[int], latency: float, repeats: int) -> list[str]:
@@ -86,17 +86,20 @@ def bench_throughput(latents: int, concurrencies: list[int], latency: float, rep
         one_run(url, 8, 4)  # warm-up (imports, connections)
         for c in concurrencies:
             n = latents if c >= 8 else max(16, latents // 16)
-            times = []
+            times, cpus = [], []
             for _ in range(repeats):
                 dt, usage = one_run(url, n, c)
                 times.append(dt)
+                cpus.append(usage["cpu_s"] / usage["paid_calls"] * 1000)
             t = statistics.median(times)
+            cpu_ms = statistics.median(cpus)
             per_min = n / t * 60
             ceiling = c / (4 * latency) * 60
             req_s = usage["paid_calls"] / t
-            rows.append((c, n, t, per_min, ceiling, req_s))
+            rows.append((c, n, t, per_min, ceiling, req_s, cpu_ms))
             print(f"concurrency {c:>3}: {n} latents in {t:.2f} s (median of {repeats}) -> {per_min:,.0f} latents/min, "
-                  f"{req_s:.0f} requests/s; ceiling {ceiling:,.0f}/min ({per_min / ceiling:.0%})", flush=True)
+                  f"{req_s:.0f} requests/s, client CPU {cpu_ms:.1f} ms/request; ceiling {ceiling:,.0f}/min "
+                  f"({per_min / ceiling:.0%})", flush=True)
     finally:
         proc.stdin.close()
         proc.wait(timeout=10)
@@ -106,11 +109,12 @@ def bench_throughput(latents: int, concurrencies: list[int], latency: float, rep
         f"concurrency / (4 x latency); median of {repeats} runs; load average before/after "
         f"{load0:.1f}/{os.getloadavg()[0]:.1f}. `python benchmarks/bench_autointerp.py throughput`",
         "",
-        "| concurrency | latents | seconds | latents/min | requests/s | ceiling latents/min | of ceiling |",
-        "|---|---|---|---|---|---|---|",
+        "| concurrency | latents | seconds | latents/min | requests/s | client CPU ms/request | ceiling latents/min | of ceiling |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for c, n, t, per_min, ceiling, req_s in rows:
-        lines.append(f"| {c} | {n} | {t:.2f} | {per_min:,.0f} | {req_s:.0f} | {ceiling:,.0f} | {per_min / ceiling:.0%} |")
+    for c, n, t, per_min, ceiling, req_s, cpu_ms in rows:
+        lines.append(f"| {c} | {n} | {t:.2f} | {per_min:,.0f} | {req_s:.0f} | {cpu_ms:.1f} | {ceiling:,.0f} | "
+                     f"{per_min / ceiling:.0%} |")
     return lines
 
 
