@@ -1,0 +1,238 @@
+"""Weight- and count-based relations between latents: decoder-cosine neighbours, co-activation
+neighbours, logit effects through the unembedding, and Matryoshka parent/child links.
+
+Shape key: F d_sae, D d_in, V vocab, Q sampled events per latent, K latents per event, n neighbours
+kept, b block rows.
+
+Everything works in row blocks so that no [F, F] (or [F, V]) matrix is ever built.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+_BLOCK_ELEMS = 1 << 24  # ~64 MB of float32 per block product
+
+
+def _block_rows(cols: int) -> int:
+    return max(1, _BLOCK_ELEMS // max(cols, 1))
+
+
+class Neighbours(NamedTuple):
+    ids_Fn: Tensor  # int64, -1 where fewer than n exist
+    score_Fn: Tensor  # float32 (cosine, or Jaccard for co-activation)
+    count_Fn: Tensor | None = None  # co-firing counts (co-activation only)
+
+
+def decoder_neighbours(W_dec_FD: Tensor, n: int) -> Neighbours:
+    """For every latent, the n other latents whose decoder directions have the largest cosine."""
+    W = W_dec_FD.detach().float()
+    F = W.shape[0]
+    n = min(n, F - 1)
+    Wn = W / W.norm(dim=1, keepdim=True).clamp(min=1e-12)
+    ids = torch.full((F, max(n, 0)), -1, dtype=torch.int64)
+    sc = torch.zeros(F, max(n, 0))
+    if n <= 0:
+        return Neighbours(ids, sc)
+    b = _block_rows(F)
+    for f0 in range(0, F, b):
+        f1 = min(F, f0 + b)
+        sims = Wn[f0:f1] @ Wn.T
+        sims[torch.arange(f1 - f0), torch.arange(f0, f1)] = float("-inf")
+        v, i = sims.topk(n, dim=1)
+        ids[f0:f1], sc[f0:f1] = i, v
+    return Neighbours(ids, sc)
+
+
+class CoactSample(NamedTuple):
+    """Each latent's uniform sample of firing events (see features.accumulate) and, per event,
+    the latents active on that token."""
+
+    lat_FQK: Tensor  # int32, -1 padded
+    n_sample_F: Tensor  # events in the sample (= min(n_fires, Q))
+    n_fires_F: Tensor
+
+
+def coact_pairs(sample: CoactSample, f0: int, f1: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(f, g, count) for latents f in [f0, f1): how many of f's sampled events g is active in
+    (g != f). Sorted by f then g."""
+    F = sample.n_fires_F.numel()
+    x = sample.lat_FQK[f0:f1].reshape(f1 - f0, -1).long()
+    rows = torch.arange(f0, f1)[:, None].expand_as(x)
+    ok = (x >= 0) & (x != rows)
+    key = (rows[ok] * F + x[ok]).sort().values
+    uniq, counts = torch.unique_consecutive(key, return_counts=True)
+    return uniq // F, uniq % F, counts
+
+
+def coact_neighbours(sample: CoactSample, n: int) -> Neighbours:
+    """For every latent, the n latents with the largest estimated Jaccard index of co-firing.
+
+    From f's sample, P(g | f) = (events with g) / (events sampled); the co-firing count is
+    estimated as P(g | f) * n_f and Jaccard = C / (n_f + n_g - C). `count` is the number of
+    sampled events of f in which g fired."""
+    F = sample.n_fires_F.numel()
+    ids = torch.full((F, n), -1, dtype=torch.int64)
+    sc = torch.zeros(F, n)
+    cnt = torch.zeros(F, n, dtype=torch.int64)
+    per_row = max(1, sample.lat_FQK.shape[1] * sample.lat_FQK.shape[2])
+    b = _block_rows(per_row)
+    nf = sample.n_fires_F.double()
+    for f0 in range(0, F, b):
+        f1 = min(F, f0 + b)
+        f, g, c = coact_pairs(sample, f0, f1)
+        if f.numel() == 0:
+            continue
+        est = c.double() / sample.n_sample_F[f].double().clamp(min=1) * nf[f]
+        jac = est / (nf[f] + nf[g] - est).clamp(min=1e-12)
+        # order by (f asc, jaccard desc, g asc)
+        o = torch.sort(g, stable=True).indices
+        o = o[torch.sort(-jac[o], stable=True).indices]
+        o = o[torch.sort(f[o], stable=True).indices]
+        f, g, c, jac = f[o], g[o], c[o], jac[o]
+        fc = torch.bincount(f - f0, minlength=f1 - f0)
+        rank = torch.arange(f.numel()) - (torch.cumsum(fc, 0) - fc)[f - f0]
+        keep = rank < n
+        ids[f[keep], rank[keep]] = g[keep]
+        sc[f[keep], rank[keep]] = jac[keep].float()
+        cnt[f[keep], rank[keep]] = c[keep]
+    return Neighbours(ids, sc, cnt)
+
+
+# ----------------------------------------------------------------------------------------------
+class LogitEffects(NamedTuple):
+    top_ids_Fn: Tensor
+    top_vals_Fn: Tensor
+    bottom_ids_Fn: Tensor
+    bottom_vals_Fn: Tensor
+    method: str  # how the direction was mapped through the final layer norm (stored in the store)
+
+
+def final_norm_transform(model) -> tuple[callable, str]:
+    """The linear part of the model's final normalisation, applied to a direction.
+
+    A final LayerNorm maps a residual x to w * (x - mean(x)) / sigma(x) + b. For the effect of a
+    single decoder direction d we apply what is linear and the same for every input: the centring
+    (for LN / LNPre) and the elementwise weight w (when not already folded into W_U). We do not
+    divide by sigma: it depends on the whole residual stream, not on d, and is a positive scale
+    shared by every vocabulary entry, so it changes no ranking of promoted/suppressed tokens. The
+    bias adds the same vector for every latent and is left out. Later layers are not run: this is
+    the direct path only (exact for a direction added at the last residual, approximate earlier)."""
+    kind = str(getattr(getattr(model, "cfg", None), "normalization_type", None))
+    ln = getattr(model, "ln_final", None)
+    w = getattr(ln, "w", None) if ln is not None else None
+    center = kind in ("LN", "LNPre")
+    scale = isinstance(w, Tensor) and kind in ("LN", "RMS")
+    parts = []
+    if center:
+        parts.append("centred (LayerNorm mean removal)")
+    if scale:
+        parts.append("times ln_final.w")
+    if kind in ("LNPre", "RMSPre"):
+        parts.append("ln_final weights already folded into W_U")
+    method = (
+        f"direct path: W_dec[f] {', '.join(parts) + ', ' if parts else ''}then @ W_U; final norm type {kind}; "
+        f"the 1/sigma scale of the norm (a positive factor that depends on the whole residual) is not applied"
+    )
+
+    def transform(d_bD: Tensor) -> Tensor:
+        if center:
+            d_bD = d_bD - d_bD.mean(dim=1, keepdim=True)
+        if scale:
+            d_bD = d_bD * w.detach().to(d_bD)
+        return d_bD
+
+    return transform, method
+
+
+def logit_effects(W_dec_FD: Tensor, model, n: int) -> LogitEffects:
+    """Top n promoted and suppressed tokens of each latent's decoder direction through W_U."""
+    W_U = model.W_U.detach().float()  # [D, V]
+    W = W_dec_FD.detach().float().to(W_U.device)
+    F, D = W.shape
+    if W_U.shape[0] != D:
+        raise ValueError(f"the SAE writes width {D} but the model's unembedding reads {W_U.shape[0]}")
+    transform, method = final_norm_transform(model)
+    V = W_U.shape[1]
+    n = min(n, V)
+    out = [torch.empty(F, n, dtype=t) for t in (torch.int64, torch.float32, torch.int64, torch.float32)]
+    b = _block_rows(V)
+    for f0 in range(0, F, b):
+        f1 = min(F, f0 + b)
+        eff = transform(W[f0:f1]) @ W_U
+        tv, ti = eff.topk(n, dim=1)
+        bv, bi = eff.topk(n, dim=1, largest=False)
+        for o, t in zip(out, (ti, tv, bi, bv)):
+            o[f0:f1] = t.cpu()
+    return LogitEffects(*out, method)
+
+
+# ----------------------------------------------------------------------------------------------
+class Links(NamedTuple):
+    level_F: Tensor  # int64
+    parent_F: Tensor  # int64, -1: none
+    parent_coact_F: Tensor  # P(parent fires | latent fires) in the latent's sample, NaN when unsampled
+    parent_cos_F: Tensor  # decoder cosine with the parent, NaN when no parent
+    method_F: list[str | None]  # "coact" | "decoder" | None
+
+
+def matryoshka_links(
+    widths: list[int],
+    W_dec_FD: Tensor,
+    sample: CoactSample,
+    min_coact: float,
+    min_cos: float,
+    min_sample: int = 1,
+) -> Links:
+    """Each latent's level, and a parent among the latents of the lower levels.
+
+    The parent of latent f (level > 0) is the lower-level latent g that fires on the largest
+    fraction of f's firings, P(g | f) (estimated from f's sample of firing events; ties go to the
+    larger decoder cosine), when that fraction is at least `min_coact` and f has at least
+    `min_sample` sampled events (a child feature implies its parent); otherwise the lower-level
+    latent with the most similar decoder direction when that cosine is at least `min_cos`;
+    otherwise none. Children are the latents that name f as their parent."""
+    F = W_dec_FD.shape[0]
+    bounds = torch.tensor(widths, dtype=torch.int64)
+    level = torch.bucketize(torch.arange(F), bounds, right=True)
+    parent = torch.full((F,), -1, dtype=torch.int64)
+    p_coact = torch.full((F,), float("nan"))
+    p_cos = torch.full((F,), float("nan"))
+    method: list[str | None] = [None] * F
+    W = W_dec_FD.detach().float()
+    Wn = W / W.norm(dim=1, keepdim=True).clamp(min=1e-12)
+    for lev in range(1, len(widths)):
+        lo, hi, lower = widths[lev - 1], widths[lev], widths[lev - 1]  # latents [0, lower) are the lower levels
+        b = _block_rows(lower)
+        for f0 in range(lo, hi, b):
+            f1 = min(hi, f0 + b)
+            nb = f1 - f0
+            cos = Wn[f0:f1] @ Wn[:lower].T  # [nb, lower]
+            best_cos, best_cos_id = cos.max(dim=1)
+            frac = torch.zeros(nb, lower, dtype=torch.float64)
+            f, g, c = coact_pairs(sample, f0, f1)
+            low = g < lower
+            f, g, c = f[low], g[low], c[low]
+            frac[f - f0, g] = c.double() / sample.n_sample_F[f].double().clamp(min=1)
+            score = frac + 1e-6 * cos.double()  # ties in the sampled fraction: the closer decoder
+            bf, bi = score.max(dim=1)
+            bf = frac.gather(1, bi[:, None])[:, 0]
+            enough = sample.n_sample_F[f0:f1] >= min_sample
+            ok = (bf >= min_coact) & enough & (bf > 0)
+            chosen = torch.where(ok, bi, -1)
+            ok2 = (~ok) & (best_cos >= min_cos)
+            chosen = torch.where(ok2, best_cos_id, chosen)
+            for i in ok.nonzero(as_tuple=True)[0].tolist():
+                method[f0 + i] = "coact"
+            for i in ok2.nonzero(as_tuple=True)[0].tolist():
+                method[f0 + i] = "decoder"
+            has = chosen >= 0
+            rows = has.nonzero(as_tuple=True)[0]
+            parent[f0:f1] = chosen
+            p_coact[f0 + rows] = frac[rows, chosen[rows]].float()
+            p_coact[f0 + rows[sample.n_sample_F[f0 + rows] == 0]] = float("nan")
+            p_cos[f0 + rows] = cos[rows, chosen[rows]]
+    return Links(level, parent, p_coact, p_cos, method)

@@ -1,0 +1,387 @@
+"""Build a feature store: one streaming pass of an SAE over a cache, then the store is written.
+
+    from features import build_feature_store, CacheSource, BuildConfig
+    result = build_feature_store("toy.db", sae, CacheSource("caches/toy"), BuildConfig(), model=model,
+                                 tokenizer=model.tokenizer)
+
+Phases and crash safety:
+1. The store file is created with its identity (SAE and cache fingerprints, build settings) and
+   `build_state = 'building'`.
+2. The pass. Every `checkpoint_rows` rows the pass state (a few tensors per latent; see
+   `features.accumulate`) is saved atomically to `<store>.state.safetensors`. A killed build,
+   re-run with the same arguments, continues from the last checkpoint; since batches are fixed by
+   the cache and all sampling is a hash of (seed, row, latent), the result is identical to an
+   uninterrupted build. The end of the pass is checkpointed too.
+3. Relations (neighbours, logit effects, Matryoshka links) are computed from the weights and the
+   pass state, then latents are written in blocks of `write_block`, one transaction each, with a
+   `build_progress` row; a re-run skips written blocks. Finally `build_state = 'complete'` and the
+   state file is deleted.
+Re-running against a store built from another SAE, cache or settings is refused (overwrite=True
+starts over).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from features.accumulate import FeatureAccumulator
+from features.analysis import CoactSample, coact_neighbours, decoder_neighbours, logit_effects, matryoshka_links
+from features.config import BuildConfig
+from features.finalize import FLAG_NAMES, PassResult, finalize
+from features.fingerprint import sae_description, sae_fingerprint
+from features.records import utc_now
+from features.source import ActivationSource
+from features.store import FeatureStore, StoreMismatchError
+
+STATE_SUFFIX = ".state.safetensors"
+EventHook = Callable[[str, dict], None]
+
+
+@dataclass
+class BuildResult:
+    path: Path
+    d_sae: int
+    n_rows: int
+    pass_seconds: float  # time of the pass done in this call (0 when it was already done)
+    pass_rows: int  # rows processed in this call
+    total_seconds: float
+    resumed: bool
+    already_complete: bool
+    state_bytes: int
+    summary: dict[str, int]
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.pass_rows / self.pass_seconds if self.pass_seconds > 0 else float("nan")
+
+
+def state_path(path: Path) -> Path:
+    return path.with_name(path.name + STATE_SUFFIX)
+
+
+def _remove_store(path: Path) -> None:
+    for p in (path, Path(str(path) + "-wal"), Path(str(path) + "-shm"), state_path(path)):
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_state(path: Path, acc: FeatureAccumulator, identity: dict, phase: str, next_context: int) -> None:
+    """Write the pass state atomically (temp file in the same directory, fsync, rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    meta = {"identity": json.dumps(identity, sort_keys=True), "phase": phase, "next_context": str(next_context)}
+    save_file({k: v.contiguous() for k, v in acc.state_dict().items()}, str(tmp), metadata=meta)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def load_state(path: Path, acc: FeatureAccumulator, identity: dict) -> tuple[str, int] | None:
+    """Restore a saved pass state into `acc` if it belongs to this build; else None."""
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("identity") != json.dumps(identity, sort_keys=True):
+                return None
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        acc.load_state_dict(tensors)
+    except (OSError, ValueError, RuntimeError):  # unreadable / foreign file: start the pass over
+        return None
+    return meta["phase"], int(meta["next_context"])
+
+
+def token_strings(tokenizer) -> list[str]:
+    """Display string of every token id (each decoded alone, special tokens kept)."""
+    n = len(tokenizer)
+    return list(tokenizer.batch_decode([[i] for i in range(n)], skip_special_tokens=False,
+                                       clean_up_tokenization_spaces=False))
+
+
+def check_compatible(sae, source: ActivationSource) -> None:
+    if sae.cfg.d_in != source.d_in:
+        raise ValueError(
+            f"the SAE reads d_in={sae.cfg.d_in} but the cache's activations ({source.hook_name}) have width {source.d_in}; "
+            f"use the cache of the SAE's hook point"
+        )
+    hook = (sae.cfg.metadata or {}).get("hook_name")
+    if hook and source.hook_name and hook != source.hook_name:
+        raise ValueError(
+            f"the SAE was trained on hook {hook!r} but the cache source reads {source.hook_name!r}; "
+            f"pick that hook from the cache (hook={hook!r})"
+        )
+
+
+def build_feature_store(
+    path: str | Path,
+    sae,
+    source: ActivationSource,
+    cfg: BuildConfig | None = None,
+    *,
+    model=None,
+    tokenizer=None,
+    sae_path: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    on_event: EventHook | None = None,
+) -> BuildResult:
+    """Build (or resume, or finish) the feature store at `path` for `sae` over `source`.
+
+    model: a loaded TransformerLens model, for logit effects (optional).
+    tokenizer: for token display strings and example text (optional; else `model.tokenizer`).
+    on_event(name, info): called after each 'batch', 'checkpoint', 'pass_done' and 'block'."""
+    t_start = time.perf_counter()
+    cfg = cfg or BuildConfig()
+    path = Path(path)
+    check_compatible(sae, source)
+    if tokenizer is None and model is not None:
+        tokenizer = getattr(model, "tokenizer", None)
+    event = on_event or (lambda name, info: None)
+    F = sae.cfg.d_sae
+    identity = {
+        "sae_fingerprint": sae_fingerprint(sae),
+        "cache_fingerprint": source.fingerprint,
+        "build_config": cfg.content_fields(),
+        "with_logits": model is not None,
+        "with_vocab": tokenizer is not None,
+    }
+    meta = {
+        **identity,
+        "d_sae": F,
+        "sae": sae_description(sae, sae_path),
+        "cache": source.description,
+        "context_length": source.context_length,
+        "window_before": cfg.window_before,
+        "window_after": cfg.window_after,
+        "bos_id": source.bos_id,
+    }
+    resumed = False
+    if path.exists() and overwrite:
+        _remove_store(path)
+    if path.exists():
+        store = FeatureStore.open(path, readonly=False)
+        diffs = [k for k in identity if store.meta.get(k) != identity[k]]
+        if diffs:
+            store.close()
+            raise StoreMismatchError(
+                f"{path} exists and was built with a different {', '.join(diffs)}; refusing to mix them. Pass "
+                f"overwrite=True (CLI: --overwrite) to rebuild it, or choose another output file"
+            )
+        if store.complete:
+            summary = store.meta.get("summary", {})
+            store.close()
+            state_path(path).unlink(missing_ok=True)  # left over if killed right after completing
+            return BuildResult(path, F, int(store.meta.get("n_rows", 0)), 0.0, 0, time.perf_counter() - t_start,
+                               False, True, 0, summary)
+        resumed = True
+    else:
+        store = FeatureStore.create(path, meta)
+    try:
+        return _run(store, path, sae, source, cfg, identity, model, tokenizer, progress, event,
+                    resumed, t_start)
+    finally:
+        store.close()
+
+
+def _run(store, path, sae, source, cfg, identity, model, tokenizer, progress, event, resumed, t_start):
+    F = sae.cfg.d_sae
+    L = source.context_length
+    spath = state_path(path)
+    acc = FeatureAccumulator(F, cfg, L, bos_id=source.bos_id)
+    loaded = load_state(spath, acc, identity)
+    phase, next_context = loaded if loaded else ("pass", 0)
+    resumed = resumed or loaded is not None
+    pass_rows = 0
+    pass_seconds = 0.0
+    if phase == "pass":
+        from tqdm.auto import tqdm
+
+        cpb = max(1, cfg.batch_rows // L)
+        since = 0
+        t0 = time.perf_counter()
+        bar = tqdm(total=source.n_rows, initial=acc.n_rows, unit="tok", unit_scale=True, desc="feature pass",
+                   disable=not progress, smoothing=0.05)
+        with torch.no_grad():
+            for batch in source.batches(next_context, cpb):
+                x = batch.acts_BD.to(device=sae.device, dtype=sae.dtype)
+                acts = sae.encode_sparse(x)
+                if acts.values_N.device.type != "cpu":
+                    acts = type(acts)(*(t.cpu() for t in acts[:3]), acts.d_sae)
+                acc.update(acts, batch)
+                B = batch.acts_BD.shape[0]
+                pass_rows += B
+                since += B
+                next_context = batch.first_context + batch.n_contexts
+                bar.update(B)
+                event("batch", {"rows": acc.n_rows, "next_context": next_context})
+                if cfg.checkpoint_rows and since >= cfg.checkpoint_rows:
+                    save_state(spath, acc, identity, "pass", next_context)
+                    since = 0
+                    event("checkpoint", {"rows": acc.n_rows, "next_context": next_context})
+        bar.close()
+        pass_seconds = time.perf_counter() - t0
+        if acc.n_rows != source.n_rows:
+            raise RuntimeError(f"the pass saw {acc.n_rows} rows but the cache holds {source.n_rows}; the cache changed while reading")
+        save_state(spath, acc, identity, "written", next_context)
+        event("pass_done", {"rows": acc.n_rows, "seconds": pass_seconds})
+    res = finalize(acc)
+    _write(store, sae, source, cfg, res, model, tokenizer, progress, event)
+    store.set_meta(
+        build_state="complete",
+        built_at=utc_now(),
+        build_stats={"pass_rows": pass_rows, "pass_seconds": round(pass_seconds, 3), "state_bytes": acc.nbytes()},
+    )
+    store.checkpoint_wal()
+    try:
+        spath.unlink()
+    except FileNotFoundError:
+        pass
+    return BuildResult(path, F, res.n_rows, pass_seconds, pass_rows, time.perf_counter() - t_start, resumed, False,
+                       acc.nbytes(), store.meta.get("summary", {}))
+
+
+def _f(x) -> float | None:
+    x = float(x)
+    return None if x != x else x
+
+
+def _write(store: FeatureStore, sae, source, cfg: BuildConfig, res: PassResult, model, tokenizer, progress, event) -> None:
+    from tqdm.auto import tqdm
+
+    F = sae.cfg.d_sae
+    W_dec = sae.W_dec.detach().float().cpu()
+    dec_norm = W_dec.norm(dim=1)
+    dec_nb = decoder_neighbours(W_dec, cfg.n_neighbours)
+    sample = CoactSample(res.coact_lat_FQK, res.coact_n_F, res.n_fires_F)
+    co_nb = coact_neighbours(sample, cfg.n_neighbours)
+    logits = None
+    if model is not None:
+        if getattr(model, "W_U", None) is not None and model.W_U.shape[0] == sae.cfg.d_in:
+            logits = logit_effects(W_dec, model, cfg.n_logits)
+    widths = list(getattr(sae.cfg, "matryoshka_widths", []) or [])
+    links = None
+    if len(widths) >= 2:
+        links = matryoshka_links(widths, W_dec, sample, cfg.parent_min_coact, cfg.parent_min_cos,
+                                 min_sample=min(cfg.flag_min_fires, cfg.n_quantile) or 1)
+    if tokenizer is not None and not store.vocab():
+        store.write_vocab(token_strings(tokenizer))
+    summary = {name: int(res.flags_F4[:, j].sum()) for j, name in enumerate(FLAG_NAMES)}
+    summary["alive"] = F - summary["dead"]
+    store.set_meta(
+        n_rows=res.n_rows,
+        logit_method=logits.method if logits is not None else None,
+        coact={"method": "sample", "events_per_latent": cfg.n_quantile, "latents_per_event": cfg.coact_kmax},
+        summary=summary,
+    )
+    done = store.written_blocks()
+    before, W = cfg.window_before, cfg.window
+    blocks = list(enumerate(range(0, F, cfg.write_block)))
+    for b, f0 in tqdm(blocks, desc="writing store", unit="block", disable=not progress):
+        if b in done:
+            continue
+        f1 = min(F, f0 + cfg.write_block)
+        rows = _block_rows(f0, f1, res, dec_norm, dec_nb, co_nb, logits, links, source, tokenizer, before, W)
+        store.write_feature_block(b, f0, f1, *rows)
+        event("block", {"block": b, "first": f0, "end": f1})
+
+
+def _block_rows(f0, f1, res: PassResult, dec_norm, dec_nb, co_nb, logits, links, source, tokenizer, before, W):
+    feats, hists, logit_rows, nb_rows = [], [], [], []
+    flags_names = [" ".join(n for j, n in enumerate(FLAG_NAMES) if res.flags_F4[f, j]) for f in range(f0, f1)]
+    for f in range(f0, f1):
+        lev = par = pc = pcos = meth = None
+        if links is not None:
+            lev = int(links.level_F[f])
+            if links.parent_F[f] >= 0:
+                par, pc, pcos, meth = int(links.parent_F[f]), _f(links.parent_coact_F[f]), _f(links.parent_cos_F[f]), links.method_F[f]
+        n = int(res.n_fires_F[f])
+        feats.append((
+            f, n, float(res.freq_F[f]), _f(res.mean_F[f]), _f(res.std_F[f]), float(res.max_F[f]), float(res.sum_F[f]),
+            _f(res.typical_max_F[f]), _f(res.q_F3[f, 0]), _f(res.q_F3[f, 1]), _f(res.q_F3[f, 2]),
+            int(res.min_pos_F[f]) if n else None, int(res.max_pos_F[f]) if n else None, int(res.bos_fires_F[f]),
+            float(dec_norm[f]), flags_names[f - f0], lev, par, pc, pcos, meth,
+        ))
+        hists.append((f, float(res.bin_width_F[f]), json.dumps(res.hist_FH[f].tolist())))
+        if logits is not None:
+            for r, (t, v) in enumerate(zip(logits.top_ids_Fn[f].tolist(), logits.top_vals_Fn[f].tolist())):
+                logit_rows.append((f, "promoted", r, t, v))
+            for r, (t, v) in enumerate(zip(logits.bottom_ids_Fn[f].tolist(), logits.bottom_vals_Fn[f].tolist())):
+                logit_rows.append((f, "suppressed", r, t, v))
+        for r, (o, s) in enumerate(zip(dec_nb.ids_Fn[f].tolist(), dec_nb.score_Fn[f].tolist())):
+            if o >= 0:
+                nb_rows.append((f, "decoder", r, o, s, None))
+        for r, (o, s, c) in enumerate(zip(co_nb.ids_Fn[f].tolist(), co_nb.score_Fn[f].tolist(), co_nb.count_Fn[f].tolist())):
+            if o >= 0:
+                nb_rows.append((f, "coact", r, o, s, c))
+    # examples: (feature, kind, rank, value, quantile, seq, pos, act window)
+    items: list[tuple] = []
+    sl = slice(f0, f1)
+    for kind, val, q, seq, pos, win in (
+        ("top", res.top_val_FK[sl], None, res.top_seq_FK[sl], res.top_pos_FK[sl], res.top_win_FKW[sl]),
+        ("quantile", res.qex_val_FQ[sl], res.qex_q_FQ[sl], res.qex_seq_FQ[sl], res.qex_pos_FQ[sl], res.qex_win_FQW[sl]),
+    ):
+        fi, ki = (val > float("-inf")).nonzero(as_tuple=True)
+        for a, k in zip(fi.tolist(), ki.tolist()):
+            items.append((f0 + a, kind, k, float(val[a, k]), None if q is None else _f(q[a, k]), int(seq[a, k]),
+                          int(pos[a, k]), win[a, k]))
+    fi, gi = (res.neg_seq_FG[sl] >= 0).nonzero(as_tuple=True)
+    zero = torch.zeros(W)
+    for a, g in zip(fi.tolist(), gi.tolist()):
+        items.append((f0 + a, "negative", g, 0.0, None, int(res.neg_seq_FG[f0 + a, g]), int(res.neg_pos_FG[f0 + a, g]), zero))
+    items.sort(key=lambda t: ({"top": 0, "quantile": 1, "negative": 2}[t[1]], t[0], t[2]))
+    seq_N = torch.tensor([t[5] for t in items], dtype=torch.int64)
+    start_N = torch.tensor([t[6] - before for t in items], dtype=torch.int64)
+    toks_NW = source.window_tokens(seq_N, start_N, W) if items else torch.empty(0, W, dtype=torch.int64)
+    valid = toks_NW >= 0
+    examples, token_lists = [], []
+    for (f, kind, rank, v, q, seq, pos, win), toks, ok in zip(items, toks_NW, valid):
+        idx = ok.nonzero(as_tuple=True)[0]
+        lo, hi = (int(idx[0]), int(idx[-1]) + 1) if idx.numel() else (before, before + 1)
+        ids = toks[lo:hi].tolist()
+        token_lists.append(ids)
+        examples.append([f, kind, rank, v, q, seq, pos, before - lo, _ints_blob(ids), _floats_blob(win[lo:hi]), None])
+    if tokenizer is not None and token_lists:
+        texts = tokenizer.batch_decode(token_lists, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        for e, t in zip(examples, texts):
+            e[10] = t
+    top_text: dict[int, list[str]] = {}
+    for e in examples:
+        if e[1] == "top" and e[10]:
+            top_text.setdefault(e[0], []).append(e[10])
+    fts = [(f, "", "\n".join(top_text.get(f, []))) for f in range(f0, f1)]
+    return feats, hists, [tuple(e) for e in examples], logit_rows, nb_rows, fts
+
+
+def _ints_blob(ids) -> bytes:
+    import numpy as np
+
+    return np.asarray(ids, dtype="<i4").tobytes()
+
+
+def _floats_blob(t: torch.Tensor) -> bytes:
+    return t.to(torch.float32).numpy().astype("<f4").tobytes()

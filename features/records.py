@@ -1,0 +1,250 @@
+"""Plain records the feature store returns (and auto-interp / steering / the web app consume)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+ExampleKind = Literal["top", "quantile", "negative"]
+JudgeKind = Literal["openai", "local", "offline", "human"]
+JUDGE_KINDS = ("openai", "local", "offline", "human")
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+@dataclass(frozen=True)
+class FeatureStats:
+    n_fires: int
+    freq: float  # fraction of the cache's tokens (rows) on which the latent fires
+    mean_act: float | None  # mean activation over its firings
+    std_act: float | None
+    max_act: float
+    sum_act: float
+    typical_max_act: float | None  # median of the top-k activations: steering's "typical max"
+    q50: float | None  # activation percentiles over firings (from the histogram)
+    q90: float | None
+    q99: float | None
+    min_pos: int | None  # first / last position (within a context) it fired at
+    max_pos: int | None
+    bos_fires: int
+    decoder_norm: float
+    flags: tuple[str, ...]  # subset of: dead, dense, bos_only, single_position
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """Counts of the activation over firings in bins [i*bin_width, (i+1)*bin_width)."""
+
+    bin_width: float
+    counts: list[int]
+
+    @property
+    def edges(self) -> list[float]:
+        return [i * self.bin_width for i in range(len(self.counts) + 1)]
+
+
+@dataclass(frozen=True)
+class Example:
+    id: int  # examples.id (auto-interp cites these in label provenance)
+    feature_id: int
+    kind: str  # "top" | "quantile" | "negative"
+    rank: int
+    activation: float  # at the centre token (0 for negatives)
+    quantile: float | None  # quantile examples: fraction of the latent's firings below `activation`
+    seq_index: int  # context index in the cache
+    position: int  # position of the centre token in its context
+    centre: int  # index of the centre token in token_ids
+    token_ids: list[int]
+    tokens: list[str]  # display strings (empty strings if the store has no vocabulary)
+    acts: list[float]  # the latent's activation at every token of the window
+    text: str | None  # the decoded window
+
+
+@dataclass(frozen=True)
+class TokenEffect:
+    token_id: int
+    token: str
+    value: float
+
+
+@dataclass(frozen=True)
+class LogitEffects:
+    promoted: list[TokenEffect]
+    suppressed: list[TokenEffect]
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    id: int
+    score: float  # cosine (decoder) or Jaccard index of co-firing (coact)
+    count: int | None = None  # co-firing count (coact)
+    label: str | None = None
+
+
+@dataclass(frozen=True)
+class ParentLink:
+    parent_id: int
+    child_id: int
+    coact: float | None  # P(parent fires | child fires)
+    cosine: float | None  # decoder cosine
+    method: str  # "coact" | "decoder"
+
+
+@dataclass
+class LabelProvenance:
+    """Who produced a label or score, how, and from what."""
+
+    judge_model: str  # e.g. "gpt-4o-mini", "Qwen/Qwen2.5-7B-Instruct", "offline-heuristic"
+    judge_kind: str  # "openai" (any OpenAI-compatible server), "local", "offline" or "human"
+    prompt_version: str
+    examples_used: list[int] = field(default_factory=list)  # examples.id values shown to the judge
+    params: dict[str, Any] = field(default_factory=dict)  # temperature, n, endpoint name, ...
+    created_at: str | None = None  # ISO time; filled in when written
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.judge_kind not in JUDGE_KINDS:
+            raise ValueError(f"LabelProvenance.judge_kind must be one of {', '.join(JUDGE_KINDS)}; got {self.judge_kind!r}")
+        if not self.judge_model:
+            raise ValueError("LabelProvenance.judge_model is empty; name the model (or the offline method)")
+        if not self.prompt_version:
+            raise ValueError("LabelProvenance.prompt_version is empty; give the prompt's version string")
+
+    @property
+    def offline(self) -> bool:
+        return self.judge_kind == "offline"
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["offline"] = self.offline
+        return d
+
+
+@dataclass(frozen=True)
+class Label:
+    id: int
+    feature_id: int
+    text: str
+    explanation: str | None
+    created_at: str
+    provenance: LabelProvenance | None
+    provenance_id: int | None
+
+
+@dataclass(frozen=True)
+class Score:
+    id: int
+    feature_id: int
+    label_id: int | None
+    method: str  # e.g. "detection", "fuzzing", "simulation"
+    value: float
+    n_examples: int | None
+    details: dict[str, Any] | None
+    created_at: str
+    provenance_id: int | None
+    offline: bool | None
+
+
+@dataclass(frozen=True)
+class ScoreInput:
+    method: str
+    value: float
+    n_examples: int | None = None
+    details: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class FeatureSummary:
+    """One row of a feature list."""
+
+    id: int
+    n_fires: int
+    freq: float
+    mean_act: float | None
+    max_act: float
+    typical_max_act: float | None
+    flags: tuple[str, ...]
+    level: int | None
+    parent_id: int | None
+    label: str | None
+    recommended_strength: float | None
+
+
+@dataclass(frozen=True)
+class FeatureRecord:
+    """Everything the store knows about one latent."""
+
+    id: int
+    stats: FeatureStats
+    histogram: Histogram
+    top_examples: list[Example]
+    quantile_examples: list[Example]
+    negative_examples: list[Example]
+    logits: LogitEffects | None  # None when the build had no model
+    decoder_neighbours: list[Neighbour]
+    coact_neighbours: list[Neighbour]
+    level: int | None  # Matryoshka level (0 = innermost), None for other SAEs
+    parent: ParentLink | None
+    children: list[ParentLink]
+    label: Label | None  # the current (latest) label
+    scores: list[Score]  # scores of the current label (and unlabelled scores), newest first
+    recommended_strength: float | None
+    strength_source: str | None
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        return self.stats.flags
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    feature_id: int
+    score: float  # bm25 relevance (higher is better)
+    label: str | None
+    snippet: str  # matching text with the match marked by [ and ]
+    freq: float
+
+
+@dataclass
+class FeatureFilter:
+    """Which features `list_features` returns (all conditions must hold; None = no condition)."""
+
+    min_freq: float | None = None
+    max_freq: float | None = None
+    min_max_act: float | None = None
+    flags: list[str] | None = None  # must carry all of these flags
+    exclude_flags: list[str] | None = None  # must carry none of these
+    alive_only: bool = False  # leave out dead latents
+    has_label: bool | None = None
+    label_contains: str | None = None  # case-insensitive substring of the current label
+    level: int | None = None
+    parent_id: int | None = None
+    ids: list[int] | None = None
+    score_method: str | None = None  # with min_score: latest score of this method >= min_score
+    min_score: float | None = None
+
+    @classmethod
+    def coerce(cls, value: "FeatureFilter | dict | None") -> "FeatureFilter":
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, dict):
+            unknown = sorted(set(value) - set(cls.__dataclass_fields__))
+            if unknown:
+                raise ValueError(f"unknown filter key(s) {', '.join(unknown)}; valid: {', '.join(cls.__dataclass_fields__)}")
+            return cls(**value)
+        raise TypeError(f"filter must be a FeatureFilter or a dict, got {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class ConceptMatch:
+    concept: str
+    feature_id: int
+    f1: float
+    precision: float
+    recall: float
+    rank: int = 0

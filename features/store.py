@@ -1,0 +1,825 @@
+"""The feature store: one SQLite file per SAE (stdlib sqlite3, WAL mode, FTS5).
+
+    store = FeatureStore.open("features/toy-topk.db")                # read-only by default
+    rec = store.feature(4117)                                        # FeatureRecord
+    page = store.list_features(sort="freq", filter={"alive_only": True}, offset=0, limit=50)
+    hits = store.search("ocean")
+    with FeatureStore.open(path, readonly=False) as store:          # auto-interp / steering
+        store.write_label(4117, "ocean words", provenance=LabelProvenance(...))
+
+Schema (version 1; `schema_version` holds it, `meta` the build's identity):
+
+    schema_version(version INTEGER)
+    meta(key TEXT PRIMARY KEY, value TEXT)           -- JSON values, see META KEYS below
+    features(id INTEGER PRIMARY KEY,                 -- latent index 0..d_sae-1
+             n_fires, freq, mean_act, std_act, max_act, sum_act, typical_max_act, q50, q90, q99,
+             min_pos, max_pos, bos_fires, decoder_norm,
+             flags TEXT,                            -- space-separated: dead dense bos_only single_position
+             level, parent_id, parent_coact, parent_cos, parent_method,   -- Matryoshka (NULL otherwise)
+             recommended_strength, strength_source, strength_details, strength_updated_at)  -- steering
+    histograms(feature_id PRIMARY KEY, bin_width REAL, counts TEXT)   -- JSON list; bin i = [i*w, (i+1)*w)
+    examples(id INTEGER PRIMARY KEY, feature_id, kind TEXT ('top'|'quantile'|'negative'), rank,
+             activation REAL, quantile REAL, seq_index, position, centre,
+             token_ids BLOB, acts BLOB, text TEXT)  -- blobs: little-endian int32 / float32, one per token
+    vocab(token_id INTEGER PRIMARY KEY, text TEXT)  -- display string of every token
+    logit_effects(feature_id, kind ('promoted'|'suppressed'), rank, token_id, value)
+    neighbours(feature_id, kind ('decoder'|'coact'), rank, other_id, score, count)
+    label_provenance(id, judge_model, judge_kind, offline, prompt_version, examples_used JSON,
+                     params JSON, created_at, extra JSON)
+    labels(id, feature_id, label, explanation, provenance_id, created_at)   -- newest = current
+    scores(id, feature_id, label_id, method, value, n_examples, details JSON, provenance_id, created_at)
+    concept_matches(concept, rank, feature_id, f1, precision, recall, source)
+    build_progress(block INTEGER PRIMARY KEY, first_id, end_id)   -- feature blocks written so far
+    feature_fts USING fts5(label, examples)         -- rowid = feature id
+
+META KEYS: schema_version, build_state ('building'|'complete'), sae_fingerprint,
+cache_fingerprint, sae (architecture, d_in, d_sae, k, hook_name, model_name, matryoshka_widths,
+path), cache (source description), d_sae, n_rows, context_length, window_before, window_after,
+bos_id, build_config, logit_method (or null), coact (how co-activation was sampled), summary (counts per
+flag), saesteer_version, built_at.
+
+Every write happens in one transaction (the build writes `write_block` latents per
+transaction, with their examples and search text), and every multi-query read runs inside one
+read transaction, so a reader never sees half a batch.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+import numpy as np
+
+from features.records import (
+    ConceptMatch,
+    Example,
+    FeatureFilter,
+    FeatureRecord,
+    FeatureStats,
+    FeatureSummary,
+    Histogram,
+    Label,
+    LabelProvenance,
+    LogitEffects,
+    Neighbour,
+    ParentLink,
+    Score,
+    ScoreInput,
+    SearchHit,
+    TokenEffect,
+    utc_now,
+)
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE schema_version (version INTEGER NOT NULL);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE features (
+    id INTEGER PRIMARY KEY,
+    n_fires INTEGER NOT NULL,
+    freq REAL NOT NULL,
+    mean_act REAL,
+    std_act REAL,
+    max_act REAL NOT NULL,
+    sum_act REAL NOT NULL,
+    typical_max_act REAL,
+    q50 REAL, q90 REAL, q99 REAL,
+    min_pos INTEGER, max_pos INTEGER,
+    bos_fires INTEGER NOT NULL,
+    decoder_norm REAL NOT NULL,
+    flags TEXT NOT NULL DEFAULT '',
+    level INTEGER,
+    parent_id INTEGER,
+    parent_coact REAL,
+    parent_cos REAL,
+    parent_method TEXT,
+    recommended_strength REAL,
+    strength_source TEXT,
+    strength_details TEXT,
+    strength_updated_at TEXT
+);
+CREATE INDEX features_freq ON features(freq);
+CREATE INDEX features_max_act ON features(max_act);
+CREATE INDEX features_parent ON features(parent_id);
+CREATE TABLE histograms (feature_id INTEGER PRIMARY KEY, bin_width REAL NOT NULL, counts TEXT NOT NULL);
+CREATE TABLE examples (
+    id INTEGER PRIMARY KEY,
+    feature_id INTEGER NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('top', 'quantile', 'negative')),
+    rank INTEGER NOT NULL,
+    activation REAL NOT NULL,
+    quantile REAL,
+    seq_index INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    centre INTEGER NOT NULL,
+    token_ids BLOB NOT NULL,
+    acts BLOB NOT NULL,
+    text TEXT,
+    UNIQUE (feature_id, kind, rank)
+);
+CREATE TABLE vocab (token_id INTEGER PRIMARY KEY, text TEXT NOT NULL);
+CREATE TABLE logit_effects (
+    feature_id INTEGER NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('promoted', 'suppressed')),
+    rank INTEGER NOT NULL,
+    token_id INTEGER NOT NULL,
+    value REAL NOT NULL,
+    PRIMARY KEY (feature_id, kind, rank)
+) WITHOUT ROWID;
+CREATE TABLE neighbours (
+    feature_id INTEGER NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('decoder', 'coact')),
+    rank INTEGER NOT NULL,
+    other_id INTEGER NOT NULL,
+    score REAL NOT NULL,
+    count INTEGER,
+    PRIMARY KEY (feature_id, kind, rank)
+) WITHOUT ROWID;
+CREATE TABLE label_provenance (
+    id INTEGER PRIMARY KEY,
+    judge_model TEXT NOT NULL,
+    judge_kind TEXT NOT NULL,
+    offline INTEGER NOT NULL,
+    prompt_version TEXT NOT NULL,
+    examples_used TEXT NOT NULL,
+    params TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    extra TEXT NOT NULL
+);
+CREATE TABLE labels (
+    id INTEGER PRIMARY KEY,
+    feature_id INTEGER NOT NULL,
+    label TEXT NOT NULL,
+    explanation TEXT,
+    provenance_id INTEGER REFERENCES label_provenance(id),
+    created_at TEXT NOT NULL
+);
+CREATE INDEX labels_feature ON labels(feature_id, id);
+CREATE TABLE scores (
+    id INTEGER PRIMARY KEY,
+    feature_id INTEGER NOT NULL,
+    label_id INTEGER REFERENCES labels(id),
+    method TEXT NOT NULL,
+    value REAL NOT NULL,
+    n_examples INTEGER,
+    details TEXT,
+    provenance_id INTEGER REFERENCES label_provenance(id),
+    created_at TEXT NOT NULL
+);
+CREATE INDEX scores_feature ON scores(feature_id, method, id);
+CREATE TABLE concept_matches (
+    concept TEXT NOT NULL,
+    rank INTEGER NOT NULL,
+    feature_id INTEGER NOT NULL,
+    f1 REAL NOT NULL,
+    precision REAL NOT NULL,
+    recall REAL NOT NULL,
+    source TEXT,
+    PRIMARY KEY (concept, rank)
+) WITHOUT ROWID;
+CREATE TABLE build_progress (block INTEGER PRIMARY KEY, first_id INTEGER NOT NULL, end_id INTEGER NOT NULL);
+CREATE VIRTUAL TABLE feature_fts USING fts5(label, examples, tokenize = 'unicode61');
+"""
+
+FEATURE_COLUMNS = (
+    "id", "n_fires", "freq", "mean_act", "std_act", "max_act", "sum_act", "typical_max_act", "q50", "q90", "q99",
+    "min_pos", "max_pos", "bos_fires", "decoder_norm", "flags", "level", "parent_id", "parent_coact", "parent_cos",
+    "parent_method",
+)
+EXAMPLE_COLUMNS = (
+    "feature_id", "kind", "rank", "activation", "quantile", "seq_index", "position", "centre", "token_ids", "acts", "text",
+)
+
+_SORTS = {
+    "id": ("f.id", False),
+    "freq": ("f.freq", True),
+    "n_fires": ("f.n_fires", True),
+    "mean_act": ("f.mean_act", True),
+    "max_act": ("f.max_act", True),
+    "typical_max_act": ("f.typical_max_act", True),
+    "level": ("f.level", False),
+    "label": ("cur_label", False),
+    "recommended_strength": ("f.recommended_strength", True),
+}
+_CUR_LABEL = "(SELECT l.label FROM labels l WHERE l.feature_id = f.id ORDER BY l.id DESC LIMIT 1)"
+
+
+class StoreError(Exception):
+    """A feature store problem; the message says what to do."""
+
+
+class StoreMismatchError(StoreError, ValueError):
+    """The store was built from another SAE or cache than the one given."""
+
+
+class FeatureIndexError(StoreError, IndexError):
+    """A feature id outside 0..d_sae-1."""
+
+
+class FeatureNotWrittenError(StoreError, KeyError):
+    """The build has not written this feature yet."""
+
+    def __str__(self) -> str:  # KeyError quotes its message otherwise
+        return str(self.args[0]) if self.args else ""
+
+
+class StoreReadOnlyError(StoreError):
+    """A write on a store opened read-only."""
+
+
+def _ints_blob(values) -> bytes:
+    return np.asarray(values, dtype="<i4").tobytes()
+
+
+def _floats_blob(values) -> bytes:
+    return np.asarray(values, dtype="<f4").tobytes()
+
+
+def _fts_query(text: str, mode: str = "AND") -> str:
+    words = re.findall(r"\w+", text, flags=re.UNICODE)
+    return f" {mode} ".join('"' + w.replace('"', '""') + '"' for w in words)
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _none_if_nan(x):
+    if x is None:
+        return None
+    x = float(x)
+    return None if x != x else x
+
+
+def connect(path: Path, readonly: bool) -> sqlite3.Connection:
+    if readonly:
+        conn = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+    else:
+        conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+class FeatureStore:
+    """A feature store file. Use `FeatureStore.open(...)`; building is `features.build_feature_store`."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path, readonly: bool) -> None:
+        self._conn = conn
+        self.path = Path(path)
+        self.readonly = readonly
+        self._lock = threading.RLock()
+        self._vocab: list[str] | None = None
+        self.meta: dict[str, Any] = {}
+        self.refresh()
+
+    # -- opening -------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path, readonly: bool = True, *, sae=None, cache=None) -> "FeatureStore":
+        """Open an existing store. With `sae` (an SAE, or a fingerprint string) and/or `cache`
+        (an ActivationSource, or a fingerprint string) the store must have been built from them,
+        else `StoreMismatchError`."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"no feature store at {path}; build one with `saesteer features build --sae SAE_DIR --cache CACHE_DIR --out {path}`"
+            )
+        try:
+            conn = connect(path, readonly)
+            version = conn.execute("SELECT version FROM schema_version").fetchone()
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"{path} is not a saesteer feature store ({e})") from None
+        if version is None:
+            conn.close()
+            raise StoreError(f"{path} has no schema version; it is not a complete feature store - rebuild it")
+        if version[0] != SCHEMA_VERSION:
+            conn.close()
+            newer = version[0] > SCHEMA_VERSION
+            raise StoreError(
+                f"{path} has feature-store schema version {version[0]}, this saesteer reads version {SCHEMA_VERSION}; "
+                + ("upgrade saesteer" if newer else "rebuild the store with `saesteer features build ... --overwrite`")
+            )
+        store = cls(conn, path, readonly)
+        if sae is not None:
+            store.check_sae(sae)
+        if cache is not None:
+            store.check_cache(cache)
+        return store
+
+    @classmethod
+    def create(cls, path: str | Path, meta: Mapping[str, Any]) -> "FeatureStore":
+        """A new, empty store (build_state 'building') with the given metadata. Internal: used by the build."""
+        path = Path(path)
+        if path.exists():
+            raise FileExistsError(f"{path} already exists")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = connect(path, readonly=False)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for stmt in SCHEMA.split(";"):
+                if stmt.strip():
+                    conn.execute(stmt)
+            conn.execute("INSERT INTO schema_version(version) VALUES (?)", (SCHEMA_VERSION,))
+            m = {"schema_version": SCHEMA_VERSION, "build_state": "building", **meta}
+            conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", [(k, json.dumps(v)) for k, v in m.items()])
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            conn.close()
+            raise
+        return cls(conn, path, readonly=False)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None  # type: ignore[assignment]
+
+    def __enter__(self) -> "FeatureStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def refresh(self) -> None:
+        """Re-read the metadata (another process may have written)."""
+        with self._lock:
+            self.meta = {k: json.loads(v) for k, v in self._conn.execute("SELECT key, value FROM meta")}
+
+    # -- transactions -------------------------------------------------------------------------
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN")
+            try:
+                yield self._conn
+            finally:
+                self._conn.execute("COMMIT")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT; rolled back on error)."""
+        if self.readonly:
+            raise StoreReadOnlyError(f"{self.path} is open read-only; open it with FeatureStore.open(path, readonly=False)")
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    # -- identity ------------------------------------------------------------------------------
+    @property
+    def d_sae(self) -> int:
+        return int(self.meta["d_sae"])
+
+    @property
+    def complete(self) -> bool:
+        return self.meta.get("build_state") == "complete"
+
+    @property
+    def sae_fingerprint(self) -> str:
+        return self.meta["sae_fingerprint"]
+
+    @property
+    def cache_fingerprint(self) -> str:
+        return self.meta["cache_fingerprint"]
+
+    def check_sae(self, sae) -> None:
+        """Refuse (StoreMismatchError) an SAE other than the one this store was built from."""
+        from features.fingerprint import sae_fingerprint
+
+        fp = sae if isinstance(sae, str) else sae_fingerprint(sae)
+        if fp != self.sae_fingerprint:
+            built = self.meta.get("sae", {})
+            raise StoreMismatchError(
+                f"{self.path} was built from another SAE (fingerprint {self.sae_fingerprint[:12]}, "
+                f"{built.get('architecture')} d_sae={built.get('d_sae')} from {built.get('path') or 'an in-memory SAE'}); "
+                f"the SAE given has fingerprint {fp[:12]}. Use the store built for this SAE, or build one with "
+                f"`saesteer features build --sae ... --out NEW.db`"
+            )
+
+    def check_cache(self, cache) -> None:
+        """Refuse (StoreMismatchError) a cache other than the one this store was built from."""
+        fp = cache if isinstance(cache, str) else cache.fingerprint
+        if fp != self.cache_fingerprint:
+            built = self.meta.get("cache", {})
+            raise StoreMismatchError(
+                f"{self.path} was built from another activation cache (fingerprint {self.cache_fingerprint[:12]}, "
+                f"{built.get('path') or built.get('name') or '?'}); the cache given has fingerprint {fp[:12]}. "
+                f"Use the matching cache, or rebuild the store with `saesteer features build ... --overwrite`"
+            )
+
+    def _check_id(self, feature_id: int) -> int:
+        try:
+            i = int(feature_id)
+        except (TypeError, ValueError):
+            raise FeatureIndexError(f"feature id must be an integer, got {feature_id!r}") from None
+        if not 0 <= i < self.d_sae:
+            raise FeatureIndexError(
+                f"feature {i} is out of range: this store holds latents 0..{self.d_sae - 1} (d_sae={self.d_sae})"
+            )
+        return i
+
+    def _check_written(self, conn: sqlite3.Connection, i: int) -> sqlite3.Row | tuple:
+        row = conn.execute(f"SELECT {', '.join(FEATURE_COLUMNS)}, recommended_strength, strength_source "
+                           f"FROM features WHERE id = ?", (i,)).fetchone()
+        if row is None:
+            done = conn.execute("SELECT COUNT(*) FROM features").fetchone()[0]
+            raise FeatureNotWrittenError(
+                f"feature {i} is not in {self.path} yet: the build has written {done} of {self.d_sae} latents; "
+                f"finish it by re-running the same `saesteer features build` command"
+            )
+        return row
+
+    # -- vocabulary ----------------------------------------------------------------------------
+    def vocab(self) -> list[str]:
+        """Display string of every token id (empty when the build had no tokenizer)."""
+        if self._vocab is None:
+            with self._lock:
+                rows = self._conn.execute("SELECT token_id, text FROM vocab ORDER BY token_id").fetchall()
+            out = [""] * (rows[-1][0] + 1 if rows else 0)
+            for i, t in rows:
+                out[i] = t
+            self._vocab = out
+        return self._vocab
+
+    def token_str(self, token_id: int) -> str:
+        v = self.vocab()
+        return v[token_id] if 0 <= token_id < len(v) else (f"<{token_id}>" if token_id >= 0 else "")
+
+    # -- reading ---------------------------------------------------------------------------------
+    def feature(self, feature_id: int) -> FeatureRecord:
+        """Everything about one latent. Out of range: FeatureIndexError naming the valid range."""
+        i = self._check_id(feature_id)
+        with self._read() as c:
+            row = self._check_written(c, i)
+            r = dict(zip(FEATURE_COLUMNS + ("recommended_strength", "strength_source"), row))
+            flags = tuple(r["flags"].split()) if r["flags"] else ()
+            stats = FeatureStats(
+                n_fires=r["n_fires"], freq=r["freq"], mean_act=r["mean_act"], std_act=r["std_act"], max_act=r["max_act"],
+                sum_act=r["sum_act"], typical_max_act=r["typical_max_act"], q50=r["q50"], q90=r["q90"], q99=r["q99"],
+                min_pos=r["min_pos"], max_pos=r["max_pos"], bos_fires=r["bos_fires"], decoder_norm=r["decoder_norm"],
+                flags=flags,
+            )
+            h = c.execute("SELECT bin_width, counts FROM histograms WHERE feature_id = ?", (i,)).fetchone()
+            hist = Histogram(h[0], json.loads(h[1])) if h else Histogram(0.0, [])
+            ex = c.execute(
+                "SELECT id, feature_id, kind, rank, activation, quantile, seq_index, position, centre, token_ids, acts, text "
+                "FROM examples WHERE feature_id = ? ORDER BY kind, rank", (i,),
+            ).fetchall()
+            logit_rows = c.execute(
+                "SELECT kind, token_id, value FROM logit_effects WHERE feature_id = ? ORDER BY kind, rank", (i,)
+            ).fetchall()
+            nb = c.execute(
+                f"SELECT n.kind, n.other_id, n.score, n.count, "
+                f"(SELECT l.label FROM labels l WHERE l.feature_id = n.other_id ORDER BY l.id DESC LIMIT 1) "
+                f"FROM neighbours n WHERE n.feature_id = ? ORDER BY n.kind, n.rank", (i,),
+            ).fetchall()
+            children = c.execute(
+                "SELECT id, parent_coact, parent_cos, parent_method FROM features WHERE parent_id = ? ORDER BY id", (i,)
+            ).fetchall()
+            label = self._current_label(c, i)
+            scores = self._scores(c, i, label.id if label else None)
+        examples = [self._example(e) for e in ex]
+        logits = None
+        if self.meta.get("logit_method"):
+            prom = [TokenEffect(t, self.token_str(t), v) for k, t, v in logit_rows if k == "promoted"]
+            supp = [TokenEffect(t, self.token_str(t), v) for k, t, v in logit_rows if k == "suppressed"]
+            logits = LogitEffects(prom, supp)
+        parent = None
+        if r["parent_id"] is not None:
+            parent = ParentLink(r["parent_id"], i, r["parent_coact"], r["parent_cos"], r["parent_method"])
+        return FeatureRecord(
+            id=i,
+            stats=stats,
+            histogram=hist,
+            top_examples=[e for e in examples if e.kind == "top"],
+            quantile_examples=[e for e in examples if e.kind == "quantile"],
+            negative_examples=[e for e in examples if e.kind == "negative"],
+            logits=logits,
+            decoder_neighbours=[Neighbour(o, s, cnt, lab) for k, o, s, cnt, lab in nb if k == "decoder"],
+            coact_neighbours=[Neighbour(o, s, cnt, lab) for k, o, s, cnt, lab in nb if k == "coact"],
+            level=r["level"],
+            parent=parent,
+            children=[ParentLink(i, cid, pc, pcos, m) for cid, pc, pcos, m in children],
+            label=label,
+            scores=scores,
+            recommended_strength=r["recommended_strength"],
+            strength_source=r["strength_source"],
+        )
+
+    def _example(self, e) -> Example:
+        ids = np.frombuffer(e[9], dtype="<i4").tolist()
+        return Example(
+            id=e[0], feature_id=e[1], kind=e[2], rank=e[3], activation=e[4], quantile=e[5], seq_index=e[6],
+            position=e[7], centre=e[8], token_ids=ids, tokens=[self.token_str(t) for t in ids],
+            acts=np.frombuffer(e[10], dtype="<f4").tolist(), text=e[11],
+        )
+
+    def examples(self, feature_id: int, kind: str | None = None) -> list[Example]:
+        """The stored examples of a latent (optionally one kind), ordered by kind and rank."""
+        i = self._check_id(feature_id)
+        with self._read() as c:
+            self._check_written(c, i)
+            q = ("SELECT id, feature_id, kind, rank, activation, quantile, seq_index, position, centre, token_ids, acts, text "
+                 "FROM examples WHERE feature_id = ?")
+            args: list[Any] = [i]
+            if kind is not None:
+                q += " AND kind = ?"
+                args.append(kind)
+            rows = c.execute(q + " ORDER BY kind, rank", args).fetchall()
+        return [self._example(e) for e in rows]
+
+    def _current_label(self, c: sqlite3.Connection, i: int) -> Label | None:
+        row = c.execute(
+            "SELECT l.id, l.label, l.explanation, l.created_at, l.provenance_id, p.judge_model, p.judge_kind, "
+            "p.prompt_version, p.examples_used, p.params, p.created_at, p.extra FROM labels l "
+            "LEFT JOIN label_provenance p ON p.id = l.provenance_id WHERE l.feature_id = ? ORDER BY l.id DESC LIMIT 1",
+            (i,),
+        ).fetchone()
+        if row is None:
+            return None
+        prov = None
+        if row[4] is not None:
+            prov = LabelProvenance(row[5], row[6], row[7], json.loads(row[8]), json.loads(row[9]), row[10], json.loads(row[11]))
+        return Label(row[0], i, row[1], row[2], row[3], prov, row[4])
+
+    def _scores(self, c: sqlite3.Connection, i: int, label_id: int | None) -> list[Score]:
+        rows = c.execute(
+            "SELECT s.id, s.label_id, s.method, s.value, s.n_examples, s.details, s.created_at, s.provenance_id, p.offline "
+            "FROM scores s LEFT JOIN label_provenance p ON p.id = s.provenance_id "
+            "WHERE s.feature_id = ? AND (s.label_id IS ? OR s.label_id IS NULL) ORDER BY s.id DESC",
+            (i, label_id),
+        ).fetchall()
+        return [
+            Score(r[0], i, r[1], r[2], r[3], r[4], json.loads(r[5]) if r[5] else None, r[6], r[7],
+                  None if r[8] is None else bool(r[8]))
+            for r in rows
+        ]
+
+    def label(self, feature_id: int) -> Label | None:
+        """The current label of a latent (None when unlabelled)."""
+        i = self._check_id(feature_id)
+        with self._read() as c:
+            self._check_written(c, i)
+            return self._current_label(c, i)
+
+    def labels(self, ids: Iterable[int]) -> dict[int, str]:
+        """Current label text of each given latent that has one."""
+        ids = [self._check_id(i) for i in ids]
+        if not ids:
+            return {}
+        out: dict[int, str] = {}
+        with self._read() as c:
+            for k in range(0, len(ids), 500):
+                chunk = ids[k:k + 500]
+                q = (f"SELECT l.feature_id, l.label FROM labels l WHERE l.feature_id IN ({','.join('?' * len(chunk))}) "
+                     f"AND l.id = (SELECT MAX(id) FROM labels m WHERE m.feature_id = l.feature_id)")
+                out.update(dict(c.execute(q, chunk).fetchall()))
+        return out
+
+    def _where(self, flt: FeatureFilter) -> tuple[str, list[Any]]:
+        cond: list[str] = []
+        args: list[Any] = []
+        for col, op, val in (("freq", ">=", flt.min_freq), ("freq", "<=", flt.max_freq), ("max_act", ">=", flt.min_max_act),
+                             ("level", "=", flt.level), ("parent_id", "=", flt.parent_id)):
+            if val is not None:
+                cond.append(f"f.{col} {op} ?")
+                args.append(val)
+        for fl in flt.flags or []:
+            cond.append("(' ' || f.flags || ' ') LIKE ?")
+            args.append(f"% {fl} %")
+        for fl in flt.exclude_flags or []:
+            cond.append("(' ' || f.flags || ' ') NOT LIKE ?")
+            args.append(f"% {fl} %")
+        if flt.alive_only:
+            cond.append("f.n_fires > 0")
+        if flt.has_label is not None:
+            cond.append(("" if flt.has_label else "NOT ") + "EXISTS (SELECT 1 FROM labels l WHERE l.feature_id = f.id)")
+        if flt.label_contains:
+            cond.append(f"{_CUR_LABEL} LIKE ? ESCAPE '\\'")
+            args.append(f"%{_like_escape(flt.label_contains)}%")
+        if flt.ids is not None:
+            ids = [self._check_id(i) for i in flt.ids]
+            cond.append(f"f.id IN ({','.join('?' * len(ids))})" if ids else "0")
+            args.extend(ids)
+        if flt.min_score is not None:
+            if not flt.score_method:
+                raise ValueError("filter min_score needs score_method (e.g. 'detection')")
+            cond.append("(SELECT s.value FROM scores s WHERE s.feature_id = f.id AND s.method = ? ORDER BY s.id DESC LIMIT 1) >= ?")
+            args.extend([flt.score_method, flt.min_score])
+        return (" WHERE " + " AND ".join(cond)) if cond else "", args
+
+    def list_features(
+        self,
+        sort: str = "id",
+        filter: FeatureFilter | dict | None = None,  # noqa: A002 - the public name others use
+        offset: int = 0,
+        limit: int = 50,
+        descending: bool | None = None,
+    ) -> list[FeatureSummary]:
+        """A page of latents. sort: id, freq, n_fires, mean_act, max_act, typical_max_act, level,
+        label, recommended_strength, or 'score:<method>' (latest score of that method); stats sort
+        descending by default. NULLs (dead latents, unlabelled) always come last."""
+        flt = FeatureFilter.coerce(filter)
+        where, args = self._where(flt)
+        sort_args: list[Any] = []
+        if sort.startswith("score:"):
+            expr, desc = "(SELECT s.value FROM scores s WHERE s.feature_id = f.id AND s.method = ? ORDER BY s.id DESC LIMIT 1)", True
+            sort_args.append(sort.split(":", 1)[1])
+        elif sort in _SORTS:
+            expr, desc = _SORTS[sort]
+        else:
+            raise ValueError(f"unknown sort {sort!r}; choose one of {', '.join(_SORTS)} or score:<method>")
+        if descending is not None:
+            desc = descending
+        if offset < 0 or limit < 0:
+            raise ValueError(f"offset and limit must be >= 0, got offset={offset}, limit={limit}")
+        q = (
+            f"SELECT f.id, f.n_fires, f.freq, f.mean_act, f.max_act, f.typical_max_act, f.flags, f.level, f.parent_id, "
+            f"{_CUR_LABEL} AS cur_label, f.recommended_strength FROM features f{where} "
+            f"ORDER BY {expr} IS NULL, {expr} {'DESC' if desc else 'ASC'}, f.id LIMIT ? OFFSET ?"
+        )
+        with self._read() as c:
+            rows = c.execute(q, args + sort_args + sort_args + [int(limit), int(offset)]).fetchall()
+        return [
+            FeatureSummary(r[0], r[1], r[2], r[3], r[4], r[5], tuple(r[6].split()) if r[6] else (), r[7], r[8], r[9], r[10])
+            for r in rows
+        ]
+
+    def count_features(self, filter: FeatureFilter | dict | None = None) -> int:  # noqa: A002
+        where, args = self._where(FeatureFilter.coerce(filter))
+        with self._read() as c:
+            return int(c.execute(f"SELECT COUNT(*) FROM features f{where}", args).fetchone()[0])
+
+    def search(self, text: str, limit: int = 20, *, raw: bool = False) -> list[SearchHit]:
+        """Full-text search over labels (weighted 5x) and top-example text. Words are matched as
+        whole tokens, all of them first and any of them when that finds nothing. raw=True passes
+        `text` to FTS5 as a query expression."""
+        queries = [text] if raw else [q for q in (_fts_query(text, "AND"), _fts_query(text, "OR")) if q]
+        with self._read() as c:
+            for q in dict.fromkeys(queries):
+                try:
+                    rows = c.execute(
+                        "SELECT t.rowid, bm25(feature_fts, 5.0, 1.0) AS r, "
+                        "snippet(feature_fts, -1, '[', ']', '...', 12), "
+                        f"{_CUR_LABEL.replace('f.id', 't.rowid')}, f.freq "
+                        "FROM feature_fts t JOIN features f ON f.id = t.rowid WHERE feature_fts MATCH ? ORDER BY r LIMIT ?",
+                        (q, int(limit)),
+                    ).fetchall()
+                except sqlite3.OperationalError as e:
+                    raise ValueError(f"bad search query {text!r}: {e}") from None
+                if rows:
+                    return [SearchHit(r[0], -r[1], r[3], r[2], r[4]) for r in rows]
+        return []
+
+    def concept_matches(self, concept: str | None = None) -> list[ConceptMatch]:
+        """Stored concept -> latent matches (see `features.concepts`), best first per concept."""
+        q = "SELECT concept, feature_id, f1, precision, recall, rank FROM concept_matches"
+        args: list[Any] = []
+        if concept is not None:
+            q += " WHERE concept = ?"
+            args.append(concept)
+        with self._read() as c:
+            rows = c.execute(q + " ORDER BY concept, rank", args).fetchall()
+        return [ConceptMatch(*r) for r in rows]
+
+    # -- writing (auto-interp, steering) ---------------------------------------------------------
+    def _insert_provenance(self, c: sqlite3.Connection, p: LabelProvenance) -> int:
+        created = p.created_at or utc_now()
+        cur = c.execute(
+            "INSERT INTO label_provenance(judge_model, judge_kind, offline, prompt_version, examples_used, params, "
+            "created_at, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (p.judge_model, p.judge_kind, int(p.offline), p.prompt_version, json.dumps([int(x) for x in p.examples_used]),
+             json.dumps(p.params, sort_keys=True), created, json.dumps(p.extra, sort_keys=True)),
+        )
+        return int(cur.lastrowid)
+
+    def write_label(self, feature_id: int, label: str, *, provenance: LabelProvenance, explanation: str | None = None) -> int:
+        """Record a new current label for a latent (older ones stay as history); returns its id."""
+        i = self._check_id(feature_id)
+        if not isinstance(label, str) or not label.strip():
+            raise ValueError("label must be a non-empty string")
+        if not isinstance(provenance, LabelProvenance):
+            raise TypeError("provenance must be a LabelProvenance (judge model, kind, prompt version, examples used)")
+        with self.transaction() as c:
+            self._check_written(c, i)
+            pid = self._insert_provenance(c, provenance)
+            lid = int(c.execute(
+                "INSERT INTO labels(feature_id, label, explanation, provenance_id, created_at) VALUES (?, ?, ?, ?, ?)",
+                (i, label, explanation, pid, provenance.created_at or utc_now()),
+            ).lastrowid)
+            c.execute("UPDATE feature_fts SET label = ? WHERE rowid = ?", (label, i))
+        return lid
+
+    def write_scores(
+        self,
+        feature_id: int,
+        scores: Mapping[str, float] | Iterable[ScoreInput],
+        *,
+        provenance: LabelProvenance | None = None,
+        label_id: int | None | str = "current",
+    ) -> list[int]:
+        """Record scores (method -> value, or ScoreInput items) for a latent. By default they
+        belong to its current label; pass label_id=None for label-free scores."""
+        i = self._check_id(feature_id)
+        items = [ScoreInput(k, float(v)) for k, v in scores.items()] if isinstance(scores, Mapping) else list(scores)
+        for s in items:
+            if not isinstance(s, ScoreInput):
+                raise TypeError(f"scores must be a mapping or ScoreInput items, got {type(s).__name__}")
+            if s.value != s.value:
+                raise ValueError(f"score {s.method} is NaN")
+        ids = []
+        with self.transaction() as c:
+            self._check_written(c, i)
+            if label_id == "current":
+                cur = self._current_label(c, i)
+                label_id = cur.id if cur else None
+            elif label_id is not None:
+                ok = c.execute("SELECT 1 FROM labels WHERE id = ? AND feature_id = ?", (label_id, i)).fetchone()
+                if not ok:
+                    raise ValueError(f"label {label_id} does not belong to feature {i}")
+            pid = self._insert_provenance(c, provenance) if provenance is not None else None
+            now = provenance.created_at if provenance and provenance.created_at else utc_now()
+            for s in items:
+                ids.append(int(c.execute(
+                    "INSERT INTO scores(feature_id, label_id, method, value, n_examples, details, provenance_id, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (i, label_id, s.method, float(s.value), s.n_examples,
+                     json.dumps(s.details, sort_keys=True) if s.details is not None else None, pid, now),
+                ).lastrowid))
+        return ids
+
+    def set_recommended_strength(self, feature_id: int, strength: float | None, *, source: str,
+                                 details: dict[str, Any] | None = None) -> None:
+        """Steering's calibrated strength for a latent (None clears it); `source` says how it was found."""
+        i = self._check_id(feature_id)
+        if strength is not None and not np.isfinite(float(strength)):
+            raise ValueError(f"strength must be finite, got {strength}")
+        with self.transaction() as c:
+            self._check_written(c, i)
+            c.execute(
+                "UPDATE features SET recommended_strength = ?, strength_source = ?, strength_details = ?, "
+                "strength_updated_at = ? WHERE id = ?",
+                (None if strength is None else float(strength), source, json.dumps(details or {}, sort_keys=True), utc_now(), i),
+            )
+
+    def write_concept_matches(self, matches: Iterable[ConceptMatch], source: str | None = None) -> None:
+        """Replace the stored matches of every concept present in `matches`."""
+        matches = list(matches)
+        with self.transaction() as c:
+            for concept in {m.concept for m in matches}:
+                c.execute("DELETE FROM concept_matches WHERE concept = ?", (concept,))
+            c.executemany(
+                "INSERT INTO concept_matches(concept, rank, feature_id, f1, precision, recall, source) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(m.concept, m.rank, m.feature_id, m.f1, m.precision, m.recall, source) for m in matches],
+            )
+
+    # -- build-side writes -------------------------------------------------------------------------
+    def set_meta(self, **items: Any) -> None:
+        with self.transaction() as c:
+            c.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", [(k, json.dumps(v)) for k, v in items.items()])
+        self.refresh()
+
+    def written_blocks(self) -> set[int]:
+        with self._lock:
+            return {r[0] for r in self._conn.execute("SELECT block FROM build_progress")}
+
+    def write_vocab(self, strings: list[str]) -> None:
+        with self.transaction() as c:
+            c.execute("DELETE FROM vocab")
+            c.executemany("INSERT INTO vocab(token_id, text) VALUES (?, ?)", list(enumerate(strings)))
+        self._vocab = None
+
+    def write_feature_block(self, block: int, first_id: int, end_id: int, features: list[tuple], histograms: list[tuple],
+                            examples: list[tuple], logits: list[tuple], neighbours: list[tuple], fts: list[tuple]) -> None:
+        """One build transaction: latents [first_id, end_id) with everything that belongs to them."""
+        with self.transaction() as c:
+            if c.execute("SELECT 1 FROM build_progress WHERE block = ?", (block,)).fetchone():
+                return
+            c.executemany(f"INSERT INTO features({', '.join(FEATURE_COLUMNS)}) VALUES ({', '.join('?' * len(FEATURE_COLUMNS))})", features)
+            c.executemany("INSERT INTO histograms(feature_id, bin_width, counts) VALUES (?, ?, ?)", histograms)
+            c.executemany(f"INSERT INTO examples({', '.join(EXAMPLE_COLUMNS)}) VALUES ({', '.join('?' * len(EXAMPLE_COLUMNS))})", examples)
+            c.executemany("INSERT INTO logit_effects(feature_id, kind, rank, token_id, value) VALUES (?, ?, ?, ?, ?)", logits)
+            c.executemany("INSERT INTO neighbours(feature_id, kind, rank, other_id, score, count) VALUES (?, ?, ?, ?, ?, ?)", neighbours)
+            c.executemany("INSERT INTO feature_fts(rowid, label, examples) VALUES (?, ?, ?)", fts)
+            c.execute("INSERT INTO build_progress(block, first_id, end_id) VALUES (?, ?, ?)", (block, first_id, end_id))
+
+    def integrity_check(self) -> str:
+        with self._lock:
+            return self._conn.execute("PRAGMA integrity_check").fetchone()[0]
+
+    def checkpoint_wal(self) -> None:
+        with self._lock:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
