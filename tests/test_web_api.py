@@ -220,6 +220,72 @@ def test_malformed_bodies(c):
         _detail(r)
 
 
+def test_fire_lists_features_per_token(c, ws):
+    r = c.post("/api/stores/tiny/fire", json={"text": "the sailor sees the whale at the harbor .", "top_k": 3})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["tokens"] == "the sailor sees the whale at the harbor .".split()  # BOS left out
+    assert len(out["per_token"]) == len(out["tokens"]) == len(out["token_shade"])
+    assert all(len(p) <= 3 for p in out["per_token"])
+    assert out["features"], "some latent fires on an ordinary sentence"
+    maxes = [f["max_act"] for f in out["features"]]
+    assert maxes == sorted(maxes, reverse=True)
+    for f in out["features"]:
+        assert len(f["acts"]) == len(out["tokens"]) and f["count"] == sum(a > 0 for a in f["acts"])
+        assert max(f["acts"]) == pytest.approx(f["max_act"])
+    labelled = {f["index"]: f["label"] for f in out["features"] if f["label"]}
+    assert all(ws.labels[i] == t for i, t in labelled.items())
+    # the per-token lists agree with the per-feature activations
+    byid = {f["index"]: f["acts"] for f in out["features"]}
+    for t, feats in enumerate(out["per_token"]):
+        for a in feats:
+            if a["index"] in byid:
+                assert byid[a["index"]][t] == pytest.approx(a["act"])
+
+
+def test_fire_bad_input(c):
+    assert c.post("/api/stores/tiny/fire", json={"text": ""}).status_code == 422
+    assert c.post("/api/stores/tiny/fire", json={"text": "a" * 2001}).status_code == 422
+    assert c.post("/api/stores/tiny/fire", json={"text": "a", "top_k": 0}).status_code == 422
+    r = c.post("/api/stores/tiny/fire", json={"text": " ".join(["sea"] * 80)})
+    assert r.status_code == 422 and "context" in _detail(r)
+    assert c.post("/api/stores/nomodel/fire", json={"text": "the sea"}).status_code == 409
+
+
+def test_sweep_gives_a_curve(c, ws):
+    body = {"prompt": "the sailor", "max_new_tokens": 6, "edit": {"feature": 3, "op": "add", "unit": "max_act"},
+            "values": [0, 4, 8]}
+    r = c.post("/api/stores/tiny/sweep", json=body)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert [p["value"] for p in out["points"]] == [0, 4, 8]
+    for p in out["points"]:
+        assert 0 <= p["concept"] <= 1 and 0 <= p["fluency"] <= 1 and p["perplexity"] > 0 and p["text"]
+    assert out["recommended"] in (0, 4, 8) and "fires" in out["concept"]
+    plain = c.post("/api/stores/tiny/steer", json={"prompt": "the sailor", "max_new_tokens": 6,
+                                                   "edits": [{"feature": 3, "op": "add", "value": 8}]}).json()
+    assert out["points"][2]["text"] == plain["steered"]  # same seed and settings as the playground
+    assert out["points"][0]["text"] == plain["default"]  # adding 0 changes nothing
+
+
+@pytest.mark.parametrize("change,word", [
+    ({"values": []}, "values"),
+    ({"values": list(range(10))}, "values"),
+    ({"values": [0, 25]}, "limit"),
+    ({"values": [0, float("nan")]}, "finite"),
+    ({"edit": {"feature": 3, "op": "ablate"}}, "add or clamp"),
+    ({"edit": {"feature": 3, "op": "scale", "unit": "raw"}}, "add or clamp"),
+    ({"edit": {"feature": 99, "op": "add"}}, "feature"),
+    ({"max_new_tokens": 100}, "max_new_tokens"),
+])
+def test_sweep_bad_input(c, change, word):
+    body = {"prompt": "the sailor", "max_new_tokens": 4, "edit": {"feature": 3, "op": "add"}, "values": [0, 1]}
+    body.update(change)
+    r = c.post("/api/stores/tiny/sweep", content=json.dumps(body), headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert word in _detail(r)
+
+
 # -- bad reads ----------------------------------------------------------------------------------------
 
 

@@ -238,8 +238,8 @@ async def sweep(req: SweepRequest, request: Request, entry: StoreEntry = Depends
     check_generation(limits, req)
     if len(req.values) > limits.max_sweep_points:
         raise HTTPException(422, f"values: at most {limits.max_sweep_points} points per sweep (got {len(req.values)})")
-    if req.edit.op == "ablate":
-        raise HTTPException(422, "edit.op: ablate has no value to sweep; use clamp, add or scale")
+    if req.edit.op not in ("add", "clamp"):
+        raise HTTPException(422, f"edit.op: a sweep varies an add or clamp edit, not {req.edit.op}")
     for i, v in enumerate(req.values):
         check_edit(f"values[{i}]", req.edit, entry.info.d_sae, limits, value=v)
     engine, queue = _engine(entry)

@@ -169,6 +169,7 @@ class FiringFeature(_Out):
 
 class FireResult(_Out):
     tokens: list[str]
+    token_shade: list[int] = Field(default_factory=list, description="0..10 per token: its strongest feature, relative to that feature's max")
     features: list[FiringFeature] = Field(description="features firing anywhere on the text, strongest first")
     per_token: list[list[FeatureAct]] = Field(description="for each token, its strongest features")
 
@@ -209,7 +210,10 @@ class SweepRequest(GenerateOptions):
 
 class SweepPoint(_Out):
     value: float = Field(description="the edit's value (in the edit's unit)")
-    metric: float | None = Field(description="the measured effect at this value")
+    concept: float | None = Field(None, description="see SweepResult.concept")
+    fluency: float | None = Field(None, description="see SweepResult.fluency")
+    aggregate: float | None = Field(None, description="harmonic mean of concept and fluency")
+    perplexity: float | None = Field(None, description="perplexity of the continuation under the unsteered model")
     text: str = Field("", description="the steered continuation at this value")
 
 
@@ -217,8 +221,10 @@ class SweepResult(_Out):
     feature: int
     op: EditOp
     unit: StrengthUnit
-    metric: str = Field(description="what `metric` measures")
     points: list[SweepPoint]
+    recommended: float | None = Field(None, description="the value with the best aggregate score (ties: the weaker)")
+    concept: str = Field(description="what `concept` measures")
+    fluency: str = Field(description="what `fluency` measures")
 
 
 class ErrorOut(_Out):

@@ -314,3 +314,94 @@ class ModelEngine:
         cmp = compare(self.model, self.sae, [self._feature_edit(e) for e in req.edits], [req.prompt],
                       self._gen_config(req), typical_max=typical, limits=self._steer_limits())
         return SteerResult(prompt=req.prompt, default=cmp.unsteered[0], steered=cmp.steered[0], edits=req.edits)
+
+    # -- which features fire --------------------------------------------------------------------
+    def fire(self, text: str, top_k: int):
+        import torch
+
+        from saesteer.web.schemas import FeatureAct, FireResult, FiringFeature
+
+        model, sae = self.model, self.sae
+        hook = (sae.cfg.metadata or {}).get("hook_name")
+        if not hook:
+            raise ValueError("this store's SAE does not record its hook point, so its features cannot be computed on new text")
+        tokens_1S = model.to_tokens(text, truncate=False)
+        n_ctx = getattr(model.cfg, "n_ctx", None)
+        if n_ctx is not None and tokens_1S.shape[1] > n_ctx:
+            raise ValueError(f"the text is {tokens_1S.shape[1]} tokens long, more than the model's context of {n_ctx}; shorten it")
+        layer = int(hook.split(".")[1]) if hook.startswith("blocks.") and hook.split(".")[1].isdigit() else None
+        stop = layer + 1 if layer is not None and layer + 1 < model.cfg.n_layers else None
+        with torch.no_grad():
+            _, cache = model.run_with_cache(tokens_1S, names_filter=lambda n: n == hook, stop_at_layer=stop)
+            acts_SD = cache[hook][0].reshape(tokens_1S.shape[1], -1)
+            lat_SF = sae.encode(acts_SD.to(device=sae.device, dtype=sae.dtype)).float().cpu()
+        str_tokens = [str(t) for t in model.to_str_tokens(tokens_1S[0])]
+        # the BOS position carries no meaning (and huge norms): leave it out
+        start = 1 if (getattr(model.cfg, "default_prepend_bos", False) and len(str_tokens) > 1) else 0
+        lat_SF = lat_SF[start:]
+        str_tokens = str_tokens[start:]
+        fired_F = (lat_SF > 0).sum(0)
+        ids = [int(i) for i in torch.nonzero(fired_F).flatten()]
+        ids.sort(key=lambda i: -float(lat_SF[:, i].max()))
+        ids = ids[:50]
+        known = self.catalog.summaries(ids)
+        features = []
+        token_shade = [0] * len(str_tokens)
+        for i in ids:
+            col = [float(a) for a in lat_SF[:, i]]
+            s = known.get(i)
+            ref = (s.max_act if s and s.max_act else None) or max(col)
+            sh = shades(col, ref)
+            token_shade = [max(a, b) for a, b in zip(token_shade, sh)]
+            features.append(FiringFeature(index=i, label=s.label if s else None, max_act=max(col),
+                                          count=int(fired_F[i]), shade=sh, acts=col))
+        per_token = []
+        k = max(1, min(int(top_k), lat_SF.shape[1]))
+        vals_SK, idx_SK = lat_SF.topk(k, dim=1)
+        for vals, idx in zip(vals_SK.tolist(), idx_SK.tolist()):
+            per_token.append([FeatureAct(index=int(j), act=float(v), label=known[j].label if j in known else None)
+                              for v, j in zip(vals, idx) if v > 0])
+        return FireResult(tokens=str_tokens, token_shade=token_shade, features=features, per_token=per_token)
+
+    # -- sweeps ---------------------------------------------------------------------------------
+    def sweep(self, req):
+        from steering import SweepConfig, sweep
+
+        from saesteer.web.schemas import SweepPoint, SweepResult
+
+        e = req.edit
+        if e.op not in ("add", "clamp"):
+            raise ValueError(f"a sweep varies an add or clamp edit; got op {e.op!r}")
+        typical = self.catalog.typical_max([e.feature])
+        cfg = SweepConfig(strengths=list(req.values), op=e.op, unit=e.unit, positions=e.positions, perplexity=True)
+        res = sweep(self.model, self.sae, e.feature, [req.prompt], FiringScorer(self.model, self.sae, e.feature), cfg,
+                    gen_config=self._gen_config(req), typical_max=typical, limits=self._steer_limits())
+        points = [SweepPoint(value=p.strength, concept=_finite(p.concept), fluency=_finite(p.fluency),
+                             aggregate=_finite(p.aggregate), perplexity=_finite(p.perplexity),
+                             text=p.examples[0] if p.examples else "") for p in res.points]
+        return SweepResult(feature=e.feature, op=e.op, unit=e.unit, points=points, recommended=res.recommended,
+                           concept="share of the generated tokens on which the feature fires (re-read by the unsteered model)",
+                           fluency="share of distinct words in the continuation (1: no repetition)")
+
+
+class FiringScorer:
+    """A judge-free steering scorer: concept = share of the continuation's tokens on which `feature`
+    fires when the unsteered model reads the continuation; fluency = share of distinct words
+    (degenerate repetition scores low). Both in [0, 1], as `steering.sweep` expects."""
+
+    def __init__(self, model: Any, sae: Any, feature: int) -> None:
+        self.model, self.sae, self.feature = model, sae, int(feature)
+
+    def __call__(self, prompts, continuations):
+        from steering.activations import mean_latent_activation
+        from steering.evaluate import SampleScores
+
+        out = []
+        for text in continuations:
+            words = text.split()
+            if not words:
+                out.append(SampleScores(0.0, 0.0))
+                continue
+            _, rate_F, _ = mean_latent_activation(self.model, self.sae, [text])
+            out.append(SampleScores(float(rate_F[self.feature]), len(set(words)) / len(words)))
+        return out

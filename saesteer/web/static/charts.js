@@ -26,14 +26,34 @@ window.saesteerCharts = (function () {
     return Plotly.newPlot(el, [trace], layout, CONFIG);
   }
 
+  // spec: {x: [...], series: [{name, y: [...]}] (0..1 scores), y2: {name, y} (optional), mark: x (optional)}.
+  // Names are fixed strings chosen by our own scripts, never data.
+  const COLOURS = ["#e25609", "#2f5bd3", "#1f7a4d", "#7a4fd0"];
   function curve(el, spec) {
-    const xs = (spec.x || []).map(Number), ys = (spec.y || []).map((v) => (num(v) ? v : null));
-    const trace = { type: "scatter", mode: "lines+markers", x: xs, y: ys, line: { color: "#2f5bd3", width: 2 },
-                    marker: { size: 8, color: "#e25609" }, hovertemplate: "strength %{x:.3g}<br>value %{y:.4g}<extra></extra>" };
-    const layout = baseLayout({ xaxis: { title: { text: "strength" }, gridcolor: "#eef0f4", zerolinecolor: "#d3d8e1" },
-                                yaxis: { title: { text: "metric" }, gridcolor: "#eef0f4", zerolinecolor: "#d3d8e1" } });
-    layout.margin.b = 46;
-    return Plotly.newPlot(el, [trace], layout, CONFIG);
+    const xs = (spec.x || []).map(Number);
+    const traces = (spec.series || []).map(function (s, i) {
+      return { type: "scatter", mode: "lines+markers", name: String(s.name), x: xs,
+               y: (s.y || []).map((v) => (num(v) ? v : null)), line: { color: COLOURS[i % COLOURS.length], width: 2 },
+               marker: { size: 7 }, hovertemplate: "%{y:.3f}<extra>" + String(s.name) + "</extra>" };
+    });
+    const layout = baseLayout({
+      xaxis: { title: { text: "strength" }, gridcolor: "#eef0f4", zerolinecolor: "#d3d8e1" },
+      yaxis: { title: { text: "score" }, range: [0, 1.05], gridcolor: "#eef0f4", zerolinecolor: "#d3d8e1" },
+      legend: { orientation: "h", y: -0.28 }, showlegend: true,
+    });
+    if (spec.y2) {
+      traces.push({ type: "scatter", mode: "lines+markers", name: String(spec.y2.name), x: xs, yaxis: "y2",
+                    y: (spec.y2.y || []).map((v) => (num(v) ? v : null)), line: { color: "#6b7385", width: 1.5, dash: "dot" },
+                    marker: { size: 5 }, hovertemplate: "%{y:.3g}<extra>" + String(spec.y2.name) + "</extra>" });
+      layout.yaxis2 = { title: { text: String(spec.y2.name) }, overlaying: "y", side: "right", showgrid: false, rangemode: "tozero" };
+      layout.margin.r = 52;
+    }
+    if (num(spec.mark)) {
+      layout.shapes = [{ type: "line", x0: spec.mark, x1: spec.mark, yref: "paper", y0: 0, y1: 1,
+                         line: { color: "#9aa3b5", width: 1.5, dash: "dash" } }];
+    }
+    layout.margin.b = 90;
+    return Plotly.newPlot(el, traces, layout, CONFIG);
   }
 
   function drawAll() {

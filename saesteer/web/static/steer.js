@@ -144,14 +144,17 @@
     genBtn.disabled = true;
     setStatus(statusEl, "generating…", "busy");
     try {
+      const t0 = performance.now();
       const res = await post("/steer", body);
-      document.getElementById("out-prompt-a").textContent = res.prompt;
-      document.getElementById("out-prompt-b").textContent = res.prompt;
+      const sepA = /\s$/.test(res.prompt) || /^\s/.test(res.default) || !res.default ? "" : " ";
+      const sepB = /\s$/.test(res.prompt) || /^\s/.test(res.steered) || !res.steered ? "" : " ";
+      document.getElementById("out-prompt-a").textContent = res.prompt + sepA;
+      document.getElementById("out-prompt-b").textContent = res.prompt + sepB;
       document.getElementById("out-default").textContent = res.default;
       document.getElementById("out-steered").textContent = res.steered;
       document.getElementById("out-edits").textContent = describe(res.edits);
       document.getElementById("compare").hidden = false;
-      setStatus(statusEl, "done", "");
+      setStatus(statusEl, "done in " + ((performance.now() - t0) / 1000).toFixed(1) + " s", "");
     } catch (e) {
       setStatus(statusEl, e.message, "error");
     } finally { genBtn.disabled = false; }
@@ -180,22 +183,36 @@
       const res = await post("/sweep", body);
       const out = document.getElementById("sweep-out");
       out.hidden = false;
-      document.getElementById("sweep-metric").textContent = res.metric;
+      document.getElementById("sweep-concept").textContent = "concept: " + res.concept;
+      document.getElementById("sweep-fluency").textContent = "fluency: " + res.fluency;
+      const fmt = (v, d) => (v === null || v === undefined ? "–" : Number(v).toFixed(d));
       const rows = document.getElementById("sweep-rows");
       rows.textContent = "";
       res.points.forEach((p) => {
-        rows.appendChild(el("tr", {}, [
+        const tr = el("tr", {}, [
           el("td", { class: "num", text: String(p.value) }),
-          el("td", { class: "num", text: p.metric === null ? "–" : Number(p.metric).toPrecision(4) }),
+          el("td", { class: "num", text: fmt(p.concept, 2) }),
+          el("td", { class: "num", text: fmt(p.fluency, 2) }),
+          el("td", { class: "num opt", text: fmt(p.perplexity, 1) }),
           el("td", { text: p.text }),
-        ]));
+        ]);
+        if (res.recommended !== null && p.value === res.recommended) tr.className = "best";
+        rows.appendChild(tr);
       });
       const chart = document.getElementById("sweep-chart");
       if (window.saesteerCharts && window.Plotly) {
-        await window.saesteerCharts.curve(chart, { x: res.points.map((p) => p.value), y: res.points.map((p) => p.metric) });
+        const xs = res.points.map((p) => p.value);
+        await window.saesteerCharts.curve(chart, {
+          x: xs,
+          series: [{ name: "concept", y: res.points.map((p) => p.concept) },
+                   { name: "fluency", y: res.points.map((p) => p.fluency) },
+                   { name: "aggregate", y: res.points.map((p) => p.aggregate) }],
+          y2: { name: "perplexity", y: res.points.map((p) => p.perplexity) },
+          mark: res.recommended,
+        });
         chart.setAttribute("data-drawn", "1");
       }
-      setStatus(sweepStatus, "metric: " + res.metric, "");
+      setStatus(sweepStatus, res.recommended === null ? "no recommended strength" : "recommended strength: " + res.recommended, "");
     } catch (e) {
       setStatus(sweepStatus, e.message, "error");
     } finally { sweepBtn.disabled = false; }

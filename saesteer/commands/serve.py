@@ -1,0 +1,113 @@
+"""`saesteer serve`: the web app over one or more feature stores (browse, search, steer)."""
+
+from __future__ import annotations
+
+NAME = "serve"
+ORDER = 60
+HELP = "browse feature stores and steer generation in a web browser"
+DESCRIPTION = """\
+Serve a web app over one or more feature stores: a feature list (sort and filter by label,
+score, frequency, health, Matryoshka level), search, a page per feature (examples with per-token
+activations, histogram, logit effects, neighbours, Matryoshka parent/children, label and scores),
+"which features fire on my text", and a steering playground (default vs steered generations side
+by side, strength sweeps). A JSON API sits behind the pages (schema at /openapi.json).
+
+It listens on 127.0.0.1 only. Binding to another address needs --allow-remote and then always
+requires an access token (printed at start-up; set SAESTEER_TOKEN to choose it). Without --model
+the stores are browse-only.
+
+examples:
+  saesteer serve --store features/toy.db --model toy
+  saesteer serve --store a.db --store b.db --model gpt2 --port 8080
+  saesteer serve --store a.db --model gpt2 --sae saes/gpt2-l6        # SAE folder not recorded in the store
+  saesteer serve --store a.db --host 0.0.0.0 --allow-remote --allowed-hosts box.lan"""
+
+
+def add_arguments(parser) -> None:
+    from saesteer.configargs import add_dataclass_arguments
+    from saesteer.web.config import Limits, ServeConfig
+
+    g = parser.add_argument_group("what to serve")
+    g.add_argument("--store", action="append", default=[], metavar="FILE", required=True,
+                   help="a feature store file; repeat for several stores")
+    g.add_argument("--model", default=None, help="'toy', a HuggingFace model name, or a local model directory (needed for steering and 'which features fire'; default: browse only)")
+    g.add_argument("--sae", action="append", default=[], metavar="DIR",
+                   help="SAE folder of each --store, in the same order (default: the folder the store recorded)")
+    g.add_argument("--device", default=None, help="device for the model (default: cuda if available, else cpu)")
+    s = parser.add_argument_group("access")
+    s.add_argument("--allow-remote", action="store_true",
+                   help="allow binding --host to a non-loopback address (a token is then always required)")
+    s.add_argument("--require-token", action="store_true",
+                   help="require the access token on loopback too (e.g. on a machine shared with other users)")
+    add_dataclass_arguments(parser, ServeConfig, title="server", skip=("allow_remote", "require_token"))
+    add_dataclass_arguments(parser, Limits, title="request limits")
+
+
+def run(args) -> int:
+    import logging
+    import os
+    import sys
+    import warnings
+
+    from saesteer.configargs import dataclass_from_args
+    from saesteer.web.config import Limits, ServeConfig
+
+    try:
+        config = dataclass_from_args(ServeConfig, args, allow_remote=args.allow_remote, require_token=args.require_token)
+        limits = dataclass_from_args(Limits, args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for p in args.store:
+        if not os.path.isfile(p):
+            print(f"error: no feature store at {p}; build one with `saesteer features build`", file=sys.stderr)
+            return 2
+
+    model = None
+    if args.model:
+        try:
+            from saesteer.models import load_model
+        except ImportError as e:  # pragma: no cover - depends on the models stage
+            print(f"error: cannot load models ({e})", file=sys.stderr)
+            return 2
+        print(f"loading model {args.model} ...", file=sys.stderr)
+        model = load_model(args.model) if args.device is None else load_model(args.model, device=args.device)
+        model.eval()
+
+    import uvicorn
+
+    from saesteer.web import create_app
+    from saesteer.web.launch import open_entries, pick_port
+
+    logging.captureWarnings(True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        try:
+            entries = open_entries(args.store, model=model, sae_dirs=args.sae or None, limits=limits)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+
+    import dataclasses
+
+    config = dataclasses.replace(config, port=pick_port(config.host, config.port))
+    token = os.environ.get("SAESTEER_TOKEN") or None
+    try:
+        app = create_app(entries, config=config, limits=limits, token=token)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    token = app.state.web.token
+    shown_host = "127.0.0.1" if config.host in ("0.0.0.0", "::", "[::]") else config.host
+    if ":" in shown_host and not shown_host.startswith("["):
+        shown_host = f"[{shown_host}]"
+    url = f"http://{shown_host}:{config.port}/" + (f"?token={token}" if token else "")
+    for e in entries:
+        mode = "browse + steer" if e.engine is not None else "browse only"
+        print(f"  store {e.id:<16} {e.info.d_sae:>7,} features  ({mode})", file=sys.stderr)
+    if config.remote:
+        print(f"WARNING: listening on {config.host}: anyone who can reach this port and has the token can use the app", file=sys.stderr)
+    print(f"saesteer serving on {url}", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=config.host.strip("[]"), port=config.port, log_level="warning",
+                proxy_headers=False, server_header=False, date_header=False)
+    return 0

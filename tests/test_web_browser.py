@@ -1,0 +1,290 @@
+"""End-to-end in headless Chromium (Debian's /usr/bin/chromium driven by Playwright).
+
+The app runs in uvicorn on a free loopback port over the small real store of helpers.web_store.
+Flows: open the list, search, open a feature, steer and see both outputs, run a sweep, ask which
+features fire; screenshots at desktop (1280x800) and phone (390x844) widths go to
+$SAESTEER_ARTIFACTS/web (or a pytest temp folder; the path is printed). A label holding a script
+payload must render as inert, visible text.
+
+Without Chromium these tests skip, except under SAESTEER_CI=1 where they fail: CI must not
+silently skip them. Never run `playwright install` (no browser downloads here).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from helpers.web_app import ServerThread, free_port, make_app, shared_store
+from helpers.web_store import XSS_LABEL
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = os.environ.get("SAESTEER_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+
+# Installed before any page script runs: records CSP violations and dialogs.
+WATCH = """
+window.__csp = [];
+document.addEventListener('securitypolicyviolation', e => window.__csp.push(
+  {directive: e.violatedDirective, blocked: e.blockedURI, source: e.sourceFile}));
+"""
+
+
+def _unavailable(reason: str):
+    if os.environ.get("SAESTEER_CI") == "1":
+        pytest.fail(f"browser tests cannot run under SAESTEER_CI=1: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)) and not shutil.which(CHROMIUM):
+        _unavailable(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("the playwright Python package is not installed (pip install playwright; no browser download needed)")
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture(scope="module")
+def server():
+    ws = shared_store()
+    port = free_port()
+    from saesteer.web import ServeConfig
+
+    srv = ServerThread(make_app(config=ServeConfig(port=port)), port).start()
+    try:
+        yield srv, ws
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory, pytestconfig) -> Path:
+    root = os.environ.get("SAESTEER_ARTIFACTS")
+    d = Path(root) / "web" if root else tmp_path_factory.mktemp("web-screenshots")
+    d.mkdir(parents=True, exist_ok=True)
+    tr = pytestconfig.pluginmanager.getplugin("terminalreporter")
+    cm = pytestconfig.pluginmanager.getplugin("capturemanager")
+    if tr is not None and cm is not None:
+        with cm.global_and_fixture_disabled():
+            tr.write_line(f"\n[web] browser screenshots: {d}")
+    return d
+
+
+class Page:
+    """A page in its own context, recording dialogs, console errors and off-site requests."""
+
+    def __init__(self, browser, base: str, viewport: dict) -> None:
+        self.ctx = browser.new_context(viewport=viewport)
+        self.ctx.add_init_script(WATCH)
+        self.page = self.ctx.new_page()
+        self.base = base
+        self.dialogs: list[str] = []
+        self.errors: list[str] = []
+        self.foreign: list[str] = []
+        self.page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.page.on("request", lambda r: None if r.url.startswith((base, "data:")) else self.foreign.append(r.url))
+
+    def goto(self, path: str):
+        resp = self.page.goto(self.base + path)
+        assert resp is not None and resp.status == 200, (path, resp and resp.status)
+        return self.page
+
+    def csp_violations(self) -> list[dict]:
+        v = self.page.evaluate("window.__csp")
+        # The only expected one: plotly's bundle injects maplibre's map CSS as inline text at load time;
+        # it is blocked (we draw no maps) and harmless. Anything else is a bug.
+        return [x for x in v if not (x["directive"] == "style-src-elem" and "/static/vendor/plotly-" in (x["source"] or ""))]
+
+    def check_clean(self) -> None:
+        assert self.dialogs == [], self.dialogs
+        assert self.errors == [], self.errors
+        assert self.foreign == [], self.foreign
+        assert self.csp_violations() == []
+
+    def close(self) -> None:
+        self.ctx.close()
+
+
+def _shot(page, shots: Path, name: str, full: bool = True) -> None:
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(shots / f"{name}.png"), full_page=full)
+
+
+@pytest.mark.parametrize("size", ["desktop", "phone"])
+def test_list_search_feature_steer(browser, server, shots, size):
+    srv, ws = server
+    p = Page(browser, srv.url, DESKTOP if size == "desktop" else PHONE)
+    try:
+        page = p.goto("/")  # redirects to the only store's list
+        assert page.url.endswith("/s/tiny")
+        page.wait_for_selector("table.ftable")
+        assert page.locator("table.ftable tbody tr").count() == ws.d_sae
+        _shot(page, shots, f"{size}-1-list", full=size == "desktop")
+
+        box = page.locator(".topsearch input")
+        box.fill("ocean")
+        box.press("Enter")
+        page.wait_for_url("**/s/tiny/search?q=ocean")
+        ocean = next(i for i, t in ws.labels.items() if "ocean" in t)
+        link = page.locator(f'a.result-link[href="/s/tiny/f/{ocean}"]')
+        assert link.is_visible()
+        _shot(page, shots, f"{size}-2-search")
+
+        link.click()
+        page.wait_for_url(f"**/s/tiny/f/{ocean}")
+        assert "ocean words" in page.locator("h1").inner_text()
+        page.wait_for_selector("#hist[data-drawn='1'] svg.main-svg")  # plotly drew under the CSP
+        assert page.locator(".exlist .tok.s10").count() >= 1
+        _shot(page, shots, f"{size}-3-feature")
+
+        page.locator("#steer-link").click()
+        page.wait_for_url(f"**/s/tiny/steer?f={ocean}")
+        assert page.locator("#edits .edit").count() == 1
+        assert page.locator("#edits .flabel").inner_text() == "ocean words"
+        page.locator("#edits .fstrength").fill("8")
+        page.locator("#max-new").fill("12")
+        page.locator("#generate").click()
+        page.wait_for_selector("#compare:not([hidden])")
+        default = page.locator("#out-default").inner_text()
+        steered = page.locator("#out-steered").inner_text()
+        assert default.strip() and steered.strip() and default != steered
+        assert page.locator("#out-prompt-a").inner_text().startswith("the sailor")
+        _shot(page, shots, f"{size}-4-steer")
+        p.check_clean()
+    finally:
+        p.close()
+
+
+def test_add_edit_rows_and_errors_show_inline(browser, server, shots):
+    srv, ws = server
+    p = Page(browser, srv.url, DESKTOP)
+    try:
+        page = p.goto("/s/tiny/steer")
+        page.locator("#edits .fidx").first.fill("")
+        page.locator("#generate").click()
+        assert "pick at least one feature" in page.locator("#status").inner_text()
+        page.locator("#edits .fidx").first.fill("2")
+        page.locator("#add-edit").click()
+        page.locator("#edits .fidx").nth(1).fill("5")
+        page.locator("#edits .fmode").nth(1).select_option("ablate")
+        page.locator("#edits .fstrength").first.fill("25")  # beyond 20x max
+        page.locator("#generate").click()
+        assert "beyond" in page.locator("#status").inner_text()
+        page.locator("#edits .fstrength").first.fill("3")
+        page.locator("#prompt").fill("the sea " * 40)  # longer than the model's context: server says so
+        page.locator("#generate").click()
+        page.wait_for_selector("#status.error")
+        page.wait_for_function("document.querySelector('#status').textContent.includes('context')")
+        page.locator("#prompt").fill("the ship")
+        page.locator("#generate").click()
+        page.wait_for_selector("#compare:not([hidden])")
+        assert "#5 ablate" in page.locator("#out-edits").inner_text()
+        p.check_clean()
+    finally:
+        p.close()
+
+
+def test_script_label_renders_as_inert_text(browser, server, shots):
+    srv, ws = server
+    i = ws.xss_latent
+    p = Page(browser, srv.url, DESKTOP)
+    try:
+        page = p.goto(f"/s/tiny/f/{i}")
+        page.wait_for_selector("#hist[data-drawn='1']")
+        assert XSS_LABEL in page.locator("h1 .ftitle").inner_text()
+        assert page.locator(".lbltext").inner_text() == XSS_LABEL
+        assert page.locator("main script, main img").count() == 0
+        _shot(page, shots, "desktop-5-xss-label")
+
+        page = p.goto("/s/tiny?labelled=1")
+        assert page.get_by_text(XSS_LABEL, exact=True).is_visible()
+        page = p.goto("/s/tiny/search?q=script")
+        assert page.get_by_text(XSS_LABEL, exact=True).is_visible()
+        page = p.goto(f"/s/tiny/steer?f={i}")  # the label is written by steer.js (textContent)
+        page.wait_for_function("document.querySelector('#edits .flabel').textContent.length > 0")
+        assert page.locator("#edits .flabel").inner_text() == XSS_LABEL
+        page.locator("#edits .fidx").fill(str(i + 1))
+        page.locator("#edits .fidx").fill(str(i))  # look the label up again through the API
+        page.wait_for_timeout(400)
+        assert page.locator("#edits .flabel").inner_text() == XSS_LABEL
+
+        assert page.evaluate("typeof window.__xss") == "undefined"  # no payload ever ran
+        p.check_clean()
+    finally:
+        p.close()
+
+
+def test_filters_and_pagination(browser, server, shots):
+    srv, ws = server
+    p = Page(browser, srv.url, DESKTOP)
+    try:
+        page = p.goto("/s/tiny?limit=10")
+        assert page.locator("table.ftable tbody tr").count() == 10
+        page.locator("a[rel=next]").click()
+        page.wait_for_url("**offset=10**")
+        assert page.locator(".pageinfo").inner_text() == "11–20 of 48"
+        page = p.goto("/s/tiny")
+        page.locator(".filters summary").click()
+        page.locator("select[name=health]").select_option("dead")
+        page.locator(".filter-form button[type=submit]").click()
+        page.wait_for_url("**health=dead**")
+        assert page.locator("table.ftable tbody tr").count() == 2
+        page.locator("select[name=health]").select_option("")
+        page.locator("select[name=sort]").select_option("frequency")
+        page.locator(".filter-form button[type=submit]").click()
+        page.wait_for_url("**sort=frequency**")
+        first = page.locator("table.ftable tbody tr").first.locator("td").nth(3).inner_text()
+        assert first.endswith("%") and float(first[:-1]) > 30
+        _shot(page, shots, "desktop-6-sorted")
+        p.check_clean()
+    finally:
+        p.close()
+
+
+@pytest.mark.parametrize("size", ["desktop", "phone"])
+def test_which_features_fire_and_sweep(browser, server, shots, size):
+    srv, ws = server
+    p = Page(browser, srv.url, DESKTOP if size == "desktop" else PHONE)
+    try:
+        page = p.goto("/s/tiny/fire")
+        page.locator("#fire-text").fill("the sailor sees the whale at the harbor .")
+        page.locator(".fireform button[type=submit]").click()
+        page.wait_for_selector(".firelist li")
+        assert page.locator(".firetoks .tok").count() == 9
+        assert page.locator(".firelist li").count() >= 3
+        page.locator(".firetoks .tok").nth(4).click()  # tap: the token's features in a tooltip
+        tip = page.locator(".tip")
+        assert tip.is_visible() and "#" in tip.inner_text()
+        _shot(page, shots, f"{size}-7-fire")
+
+        ocean = next(i for i, t in ws.labels.items() if "ocean" in t)
+        page = p.goto(f"/s/tiny/steer?f={ocean}")
+        page.locator("#sweep-to").fill("8")
+        page.locator("#sweep-n").fill("3")
+        page.locator("#max-new").fill("8")
+        page.locator("#sweep-run").click()
+        page.wait_for_selector("#sweep-chart[data-drawn='1'] svg.main-svg")
+        assert page.locator("#sweep-rows tr").count() == 3
+        assert page.locator("#sweep-rows tr.best").count() == 1
+        assert "recommended strength" in page.locator("#sweep-status").inner_text()
+        page.locator("#sweep-card").scroll_into_view_if_needed()
+        page.locator("#sweep-card").screenshot(path=str(shots / f"{size}-8-sweep.png"))
+        p.check_clean()
+    finally:
+        p.close()
