@@ -261,6 +261,8 @@ def test_cli_build_dry_run_and_refusal(model, corpus, tmp_path, monkeypatch, cap
 
     fake = types.ModuleType("saesteer.models")
     fake.load_model = lambda spec, **kw: model  # the face's model resolution, stubbed
+    fake.model_id = lambda m: "tiny-id"
+    fake.model_info = lambda m: types.SimpleNamespace(revision=None)
     monkeypatch.setitem(sys.modules, "saesteer.models", fake)
     out = tmp_path / "c"
     base = ["cache", "--model", "tiny", "--dataset", str(corpus), "--context-length", "16", "--max-tokens", "256",
@@ -270,9 +272,26 @@ def test_cli_build_dry_run_and_refusal(model, corpus, tmp_path, monkeypatch, cap
     assert "tokens:  256 in 16 contexts, 2 shards" in printed and "free" in printed and not out.exists()
     assert main(base) == 0
     man = read_manifest(out)
-    assert man.complete and man.hooks == ["blocks.1.hook_resid_post"] and man.settings["model"]["id"] == "tiny"
+    assert man.complete and man.hooks == ["blocks.1.hook_resid_post"] and man.settings["model"]["id"] == "tiny-id"
     assert main(base + ["--dtype", "fp32"]) == 2
     assert "- dtype: cache has 'fp16', this run asks for 'fp32'" in capsys.readouterr().err
     other = [a if a != str(out) else str(tmp_path / "d") for a in base]
     assert main(other + ["--hooks", "blocks.7.hook_resid_post"]) == 2
     assert "unknown hook point 'blocks.7.hook_resid_post'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_toy_model_and_corpus_through_the_cli(tmp_path, capsys):
+    """`saesteer cache --model toy --dataset toy` end to end (writes the toy corpus once)."""
+    from saesteer.cli import main
+
+    out = tmp_path / "toy"
+    args = ["cache", "--model", "toy", "--dataset", "toy", "--max-tokens", "4096", "--shard-contexts", "8",
+            "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    man = read_manifest(out)
+    assert man.complete and man.total_contexts == 32 and man.hooks == ["blocks.2.hook_resid_post"]
+    assert man.settings["dataset"]["name"] == "toy" and man.settings["model"]["id"].startswith("toy:")
+    assert main(["cache", "--verify", str(out), "--no-progress"]) == 0
+    batches = list(CacheReader(out, 512, seed=0))
+    assert sum(len(b.acts) for b in batches) == man.total_rows

@@ -94,20 +94,14 @@ START = TextPointer(0, 0)
 # Locating the data
 
 
-def toy_corpus_files() -> list[Path]:
-    """The toy world's corpus files (jsonl with a "text" field)."""
+def toy_corpus_files(split: str = "train") -> list[Path]:
+    """The toy world's corpus file(s) for `split` (jsonl with a "text" field; `toyworld` writes the
+    default corpus once, deterministically, the first time it is asked for)."""
     try:
         import toyworld
     except ImportError as e:  # pragma: no cover - toyworld ships with saesteer
         raise ValueError(f"dataset 'toy' needs the toyworld package, which failed to import: {e}") from None
-    for name in ("corpus_files", "corpus_paths"):
-        fn = getattr(toyworld, name, None)
-        if callable(fn):
-            return [Path(p) for p in fn()]
-    raise ValueError(
-        "dataset 'toy': toyworld does not provide corpus files yet (expected toyworld.corpus_files()); "
-        "pass a local file or directory instead"
-    )
+    return [Path(p) for p in toyworld.corpus_files(split)]
 
 
 @dataclass(frozen=True)
@@ -122,7 +116,7 @@ class ResolvedData:
 def resolve_data(cfg: TextConfig) -> ResolvedData:
     """Map `cfg.dataset` to a builder and file list (clear errors for unusable local paths)."""
     if cfg.dataset == "toy":
-        files = toy_corpus_files()
+        files = toy_corpus_files(cfg.split)
     else:
         path = Path(cfg.dataset).expanduser()
         looks_local = path.exists() or cfg.dataset.startswith((".", "/", "~")) or path.suffix in LOCAL_SUFFIXES
@@ -422,9 +416,14 @@ def estimate_stream_tokens(cfg: TextConfig, tokenizer, source: DocumentSource, s
     if source.num_docs is not None:
         return int(sample_tokens * source.num_docs / max(1, len(texts)))
     if source.data.is_local and source.data.builder in ("json", "text"):
-        sample_chars = sum(len(t) for t in texts) or 1
         total_bytes = sum(p.stat().st_size for p in source.data.files)
-        return int(sample_tokens * total_bytes / sample_chars)
+        first = source.data.files[0]
+        if source.data.builder == "text" or first.suffix == ".jsonl":  # one document per line
+            with open(first, "rb") as f:
+                sample_bytes = sum(len(next(f, b"")) for _ in range(len(texts)))
+        else:
+            sample_bytes = sum(len(t.encode()) for t in texts)
+        return int(sample_tokens * total_bytes / max(1, sample_bytes))
     if source.data.is_local and source.data.builder == "parquet":
         try:
             import pyarrow.parquet as pq

@@ -26,8 +26,9 @@ def add_arguments(parser) -> None:
     from training.text import TextConfig
 
     g = parser.add_argument_group("model and run")
-    g.add_argument("--model", default=None, help="'toy', a HuggingFace model name, or a local model directory (default: toy)")
-    g.add_argument("--revision", default=None, help="model revision (branch, tag or commit) recorded in the manifest")
+    g.add_argument("--model", default=None,
+                   help="'toy', a HuggingFace model name[@revision], or a local model directory (default: toy)")
+    g.add_argument("--device", default=None, help="where the model runs (default: cuda if available, else cpu)")
     g.add_argument("--out", default=None, help="cache directory (default: caches/<model>/<hooks>)")
     g.add_argument("--hooks", default=None, help="hook point(s), comma-separated (default: blocks.<n_layers//2>.hook_resid_post)")
     g.add_argument("--config", default=None, help="JSON/TOML file with any of these options (flags win)")
@@ -79,22 +80,26 @@ def run(args) -> int:
         return 0 if report.ok else 1
 
     file_values = load_config_file(args.config) if args.config else {}
-    extra = {k: file_values.pop(k) for k in ("model", "revision", "out", "hooks") if k in file_values}
+    extra = {k: file_values.pop(k) for k in ("model", "device", "out", "hooks") if k in file_values}
     text_vals, cache_vals = _split_config(file_values, TextConfig, CacheConfig)
     unknown = set(file_values) - set(text_vals) - set(cache_vals)
     if unknown:
         raise SystemExit(f"unknown key(s) in {args.config}: {', '.join(sorted(unknown))}")
     model_spec = args.model or extra.get("model") or "toy"
-    revision = args.revision or extra.get("revision")
     try:
         text = dataclass_from_args(TextConfig, args, file_values=text_vals)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    from saesteer.models import load_model  # the face resolves model names
+    from saesteer.models import load_model, model_id, model_info  # the face resolves model names
 
-    model = load_model(model_spec) if revision is None else load_model(model_spec, revision=revision)
+    try:
+        model = load_model(model_spec, device=args.device or extra.get("device"))
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    ident, revision = model_id(model), model_info(model).revision
     hooks = args.hooks or extra.get("hooks") or f"blocks.{model.cfg.n_layers // 2}.hook_resid_post"
     if isinstance(hooks, str):
         hooks = [h.strip() for h in hooks.split(",") if h.strip()]
@@ -102,10 +107,10 @@ def run(args) -> int:
     try:
         cfg = dataclass_from_args(CacheConfig, args, file_values=cache_vals, out=out, hooks=hooks)
         if args.dry_run:
-            est = estimate_cache(model, text, cfg, model_id=model_spec, model_revision=revision)
+            est = estimate_cache(model, text, cfg, model_id=ident, model_revision=revision)
             print(est.describe())
             return 0
-        build_cache(model, text, cfg, model_id=model_spec, model_revision=revision, progress=not args.no_progress)
+        build_cache(model, text, cfg, model_id=ident, model_revision=revision, progress=not args.no_progress)
     except (CacheMismatchError, CacheDiskFullError, UnknownHookError, CacheFormatError, ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
