@@ -1,7 +1,7 @@
 """Auto-interp benchmarks.
 
     python benchmarks/bench_autointerp.py throughput [--latents 320] [--concurrency 1,8,32] [--latency 0.2]
-    python benchmarks/bench_autointerp.py toyworld --store STORE.db [--tags-dir CORPUS/tags]
+    python benchmarks/bench_autointerp.py toyworld [--work DIR]   # builds cache, SAE, store in DIR if missing
     python benchmarks/bench_autointerp.py all --write     # both, appended to benchmarks/RESULTS.md
 
 throughput: latents labelled per minute against a loopback OpenAI-compatible server (a separate
@@ -12,11 +12,12 @@ concurrency / (4 * latency) latents per second. Medians of `--repeats` runs, res
 The load average of the machine is printed with the results: other work on these shared 2-core
 machines slows the client (and the server process) directly.
 
-toyworld: on a feature store of an SAE trained on the toy world (with the feature-store concept
-F1 table filled in), label every concept-matched latent offline and report the fraction whose label
-names the matched concept, and their detection scores. A label "names" a concept when its first
-(most over-represented) token is one of the concept's words: the words whose occurrences carry the
-concept tag at least half of the time in the toy corpus.
+toyworld: cache toy-model activations, train a TopK SAE, build its feature store and its concept
+table (best latents per toy-world concept by F1; `features.concepts` when present), then label
+every concept-matched latent (best latent per concept with F1 >= --min-f1) offline and report the
+fraction whose label names the matched concept, and their detection scores. A label "names" a
+concept when its first (most over-represented) token is one of the concept's words: the tokens
+whose occurrences in the cache carry the concept at least half of the time.
 """
 
 from __future__ import annotations
@@ -122,24 +123,134 @@ def bench_throughput(latents: int, concurrencies: list[int], latency: float, rep
 # toy world
 
 
-def concept_words(tags_dir: Path, min_share: float = 0.5) -> dict[str, set[str]]:
-    """concept -> words whose occurrences carry that tag at least `min_share` of the time."""
-    from collections import Counter, defaultdict
+def build_toy_store(work: Path, *, tokens: int, d_sae: int, k: int, train_tokens: int) -> Path:
+    """cache -> SAE -> feature store for the toy world, each step skipped when already done."""
+    import torch
 
-    n_word: Counter[str] = Counter()
-    n_tag: dict[str, Counter[str]] = defaultdict(Counter)
-    for f in sorted(tags_dir.glob("*.jsonl")):
-        with open(f, encoding="utf-8") as fh:
-            for line in fh:
-                row = json.loads(line)
-                for w, t in zip(row["words"], row["tags"]):
-                    n_word[w] += 1
-                    for tag in t.split("|") if t else ():
-                        n_tag[tag][w] += 1
-    return {tag: {w for w, k in c.items() if k >= min_share * n_word[w]} for tag, c in n_tag.items()}
+    work.mkdir(parents=True, exist_ok=True)
+    cache = work / "cache"
+    if not (cache / "manifest.json").exists() or "complete" not in (cache / "manifest.json").read_text():
+        print(f"caching {tokens:,} toy-world tokens ...", flush=True)
+        subprocess.run([sys.executable, "-m", "saesteer", "cache", "--model", "toy", "--dataset", "toy",
+                        "--max-tokens", str(tokens), "--out", str(cache), "--exclude-tokens", "special",
+                        "--no-progress"], check=True)
+    run = work / "run"
+    name = f"topk_k{k}_f{d_sae}"
+    sae_dir = run / "saes" / name
+    if not (sae_dir / "cfg.json").exists():
+        from training import RunConfig, SAESpec, train
+        from training.config import TrainConfig
+        from training.reader import CacheReader
+
+        print(f"training a TopK SAE (d_sae {d_sae}, k {k}) on {train_tokens:,} tokens ...", flush=True)
+        cfg = RunConfig(saes=[SAESpec("topk", d_sae=d_sae, k=k)],
+                        train=TrainConfig(total_tokens=train_tokens, batch_size=4096, holdout_tokens=8192))
+        train(cfg, CacheReader(cache, batch_size=4096, epochs=None, seed=0), run)
+    from saes import load_sae
+
+    sae = load_sae(sae_dir)
+    store = work / "toy.db"
+    from features import BuildConfig, CacheSource, build_feature_store
+    from toyworld.model import load_model
+
+    if not store.exists() or not _store_complete(store):
+        print("building the feature store ...", flush=True)
+        model = load_model(device="cpu")
+        build_feature_store(store, sae, CacheSource(cache), BuildConfig(), model=model, tokenizer=model.tokenizer,
+                            sae_path=str(sae_dir), progress=False)
+    from features import FeatureStore
+
+    with FeatureStore.open(store, readonly=False) as st:
+        if not st.concept_matches():
+            matches, source = concept_matches(sae, cache)
+            st.write_concept_matches(matches, source=source)
+    return store
 
 
-def bench_toyworld(store_path: Path, tags_dir: Path | None, min_f1: float) -> list[str]:
+def _store_complete(path: Path) -> bool:
+    from features import FeatureStore
+
+    try:
+        with FeatureStore.open(path) as st:
+            return st.complete
+    except Exception:
+        return False
+
+
+def concept_matches(sae, cache: Path):
+    """Best latents per toy-world concept by F1 of (latent fires) vs (token carries the concept),
+    over every cached token: `features.concepts.concept_f1` when the feature store offers it, else
+    the same computation here."""
+    try:
+        from features.concepts import concept_f1  # type: ignore[import-not-found]
+    except ImportError:
+        concept_f1 = None
+    if concept_f1 is not None:
+        return concept_f1(sae, cache), "features.concepts"
+    import torch
+
+    from features import ConceptMatch
+    from toyworld.lexicon import CONCEPTS
+    from toyworld.tags import concept_masks
+    from training.reader import iter_shards
+
+    concepts = list(CONCEPTS)
+    F, C = sae.d_sae, len(concepts)
+    tp = torch.zeros(F, C, dtype=torch.float64)
+    fires = torch.zeros(F, dtype=torch.float64)
+    pos = torch.zeros(C, dtype=torch.float64)
+    with torch.no_grad():
+        for sh in iter_shards(cache):
+            m = concept_masks(sh.context_tokens, concepts)  # {c: [contexts, L]}
+            m_CL = torch.stack([m[c] for c in concepts], -1)  # [contexts, L, C]
+            mask_RC = m_CL[sh.seq_index.long() - sh.first_context, sh.positions.long()].double()
+            for r0 in range(0, sh.acts.shape[0], 8192):
+                fire_RF = (sae.encode(sh.acts[r0:r0 + 8192].float()) > 0).double()
+                tp += fire_RF.T @ mask_RC[r0:r0 + 8192]
+                fires += fire_RF.sum(0)
+            pos += mask_RC.sum(0)
+    prec = tp / fires.clamp_min(1)[:, None]
+    rec = tp / pos.clamp_min(1)[None, :]
+    f1 = 2 * prec * rec / (prec + rec).clamp_min(1e-12)
+    out = []
+    for j, c in enumerate(concepts):
+        if pos[j] == 0:
+            continue
+        best = torch.topk(f1[:, j], 3)
+        for rank, (v, i) in enumerate(zip(best.values.tolist(), best.indices.tolist())):
+            out.append(ConceptMatch(c, int(i), float(v), float(prec[i, j]), float(rec[i, j]), rank))
+    return out, "bench_autointerp (features.concepts not available)"
+
+
+def concept_words(cache: Path, min_share: float = 0.5) -> dict[str, set[str]]:
+    """concept -> token strings whose occurrences in the cache carry that concept at least
+    `min_share` of the time (lexical concepts: their words; contextual ones: e.g. quote marks)."""
+    import torch
+
+    from toyworld.lexicon import CONCEPTS
+    from toyworld.tags import concept_masks
+    from toyworld.tokenizer import load_tokenizer
+    from training.reader import iter_shards
+
+    tok = load_tokenizer()
+    vocab = {i: w for w, i in tok.get_vocab().items()}
+    concepts = list(CONCEPTS)
+    V = max(vocab) + 1
+    n_vc = torch.zeros(V, len(concepts), dtype=torch.float64)
+    n_v = torch.zeros(V, dtype=torch.float64)
+    for sh in iter_shards(cache):
+        m = concept_masks(sh.context_tokens, concepts)
+        m_CL = torch.stack([m[c] for c in concepts], -1)
+        mask_RC = m_CL[sh.seq_index.long() - sh.first_context, sh.positions.long()].double()
+        ids = sh.token_ids.long()
+        n_vc.index_add_(0, ids, mask_RC)
+        n_v.index_add_(0, ids, torch.ones(ids.shape[0], dtype=torch.float64))
+    share = n_vc / n_v.clamp_min(1)[:, None]
+    return {c: {vocab[v] for v in (share[:, j] >= min_share).nonzero().flatten().tolist() if n_v[v] > 0}
+            for j, c in enumerate(concepts)}
+
+
+def bench_toyworld(store_path: Path, cache: Path | None, min_f1: float) -> list[str]:
     import tempfile
 
     from autointerp.config import LabelConfig
@@ -162,7 +273,7 @@ def bench_toyworld(store_path: Path, tags_dir: Path | None, min_f1: float) -> li
             report = label_latents(labels, None, LabelConfig(overwrite=True), progress=False, latents=ids)
             dt = time.perf_counter() - t0
             feats = {i: labels.store.feature(i) for i in ids}
-    words = concept_words(tags_dir) if tags_dir else {}
+    words = concept_words(cache) if cache else {}
     rows, named, det = [], 0, []
     for m in sorted(matched, key=lambda m: -m.f1):
         f = feats[m.feature_id]
@@ -183,7 +294,7 @@ def bench_toyworld(store_path: Path, tags_dir: Path | None, min_f1: float) -> li
     lines = [
         f"Toy world, offline labeller: {n} concepts whose best latent has F1 >= {min_f1} "
         f"(store `{store_path.name}`); labelled in {dt:.1f} s. "
-        f"`python benchmarks/bench_autointerp.py toyworld --store {store_path} --tags-dir {tags_dir}`",
+        f"`python benchmarks/bench_autointerp.py toyworld --work {store_path.parent}`",
         "",
         f"- label names the matched concept (first token is one of its words): **{named}/{n} = {named / max(n, 1):.0%}**",
         f"- detection balanced accuracy of these labels: median {statistics.median(det):.2f}, "
@@ -223,8 +334,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", default="1,8,32")
     ap.add_argument("--latency", type=float, default=0.2)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--store", type=Path, default=None, help="toy-world feature store with concept matches")
-    ap.add_argument("--tags-dir", type=Path, default=None, help="toy corpus tags directory (DIR/tags)")
+    ap.add_argument("--work", type=Path, default=Path("runs/bench_autointerp_toy"),
+                    help="toy world: directory for the cache, the SAE and the feature store (reused when present)")
+    ap.add_argument("--toy-tokens", type=int, default=600_000, help="toy world: tokens to cache")
+    ap.add_argument("--train-tokens", type=int, default=3_000_000, help="toy world: SAE training tokens")
+    ap.add_argument("--d-sae", type=int, default=1024)
+    ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--min-f1", type=float, default=0.5)
     ap.add_argument("--write", action="store_true", help="write the results into benchmarks/RESULTS.md")
     args = ap.parse_args(argv)
@@ -233,9 +348,9 @@ def main(argv: list[str] | None = None) -> int:
         body += bench_throughput(args.latents, [int(c) for c in args.concurrency.split(",")], args.latency, args.repeats)
         body.append("")
     if args.what in ("toyworld", "all"):
-        if args.store is None:
-            raise SystemExit("toyworld needs --store (a toy-world feature store with concept matches)")
-        body += bench_toyworld(args.store, args.tags_dir, args.min_f1)
+        store = build_toy_store(args.work, tokens=args.toy_tokens, d_sae=args.d_sae, k=args.k,
+                                train_tokens=args.train_tokens)
+        body += bench_toyworld(store, args.work / "cache", args.min_f1)
     if args.write:
         write_section(body)
         print(f"wrote {RESULTS}")

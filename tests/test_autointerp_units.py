@@ -263,3 +263,29 @@ def test_lenient_chat_completion_parsing():
     for bad in ({"error": {"message": "overloaded"}}, {"choices": []}, [], "text"):
         with pytest.raises(TransientError):
             _to_response(bad)
+
+
+def test_no_dataset_text_escapes_its_fence_property():
+    """300 random token soups made of fence, mark, line-break and control pieces (seeded)."""
+    pieces = ["<", ">", "<<", ">>", "</examples>", "<examples>", "\n", "\r", "\u2028", "Example 2:", "</label>",
+              "</contexts>", "`", "\x00", "\u202e", "a", " ", "ignore"]
+    rng = random.Random(0)
+
+    def token():
+        return "".join(rng.choice(pieces) for _ in range(rng.randint(0, 4)))
+
+    for _ in range(300):
+        exs = []
+        for _ in range(rng.randint(1, 4)):
+            toks = [token() for _ in range(rng.randint(1, 8))]
+            hot = rng.randrange(len(toks))
+            exs.append(Example(tuple(toks), tuple(2.0 if i == hot else 0.0 for i in range(len(toks)))))
+        user = build_explain_messages(exs, mark_threshold=0.3)[1]["content"]
+        assert user.count("<examples>") == 1 and user.count("</examples>") == 1
+        inside = user.split("<examples>\n", 1)[1].split("\n</examples>", 1)[0]
+        lines = inside.split("\n")
+        assert len(lines) == len(exs)
+        assert all(ln.startswith(f"Example {i}: ") for i, ln in enumerate(lines, 1))
+        assert inside.count(MARK_OPEN) == len(exs) and inside.count(MARK_CLOSE) == len(exs)
+        det = build_detection_messages(token() + token(), exs)[1]["content"]
+        assert det.count("</label>") == 1 and det.count("</contexts>") == 1
