@@ -1,0 +1,109 @@
+"""`saesteer serve` as a user runs it (a real uvicorn process), and the browser tests' CI guard."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from helpers.web_app import free_port, shared_store
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _serve(*args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "saesteer", "serve", *args],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def _wait_for_url(proc: subprocess.Popen, timeout: float = 120.0) -> tuple[str, list[str]]:
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            if proc.poll() is not None:
+                break
+            continue
+        lines.append(line.rstrip())
+        if "serving on " in line:
+            return line.split("serving on ", 1)[1].strip(), lines
+    raise AssertionError("server did not start:\n" + "\n".join(lines))
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def test_serve_a_store_browse_only():
+    ws = shared_store()
+    port = free_port()
+    proc = _serve("--store", str(ws.path), "--port", str(port), "--require-token", env={"SAESTEER_TOKEN": "z" * 24})
+    try:
+        url, lines = _wait_for_url(proc)
+        assert url == f"http://127.0.0.1:{port}/?token={'z' * 24}"
+        assert any("store tiny" in ln and "browse only" in ln for ln in lines)
+        base = f"http://127.0.0.1:{port}"
+        auth = {"authorization": "Bearer " + "z" * 24}
+        assert httpx.get(base + "/api/stores").status_code == 401
+        stores = httpx.get(base + "/api/stores", headers=auth).json()
+        assert stores[0]["id"] == "tiny" and stores[0]["can_steer"] is False
+        assert httpx.get(base + "/api/stores", headers={**auth, "host": f"evil.example:{port}"}).status_code == 400
+        r = httpx.post(base + "/api/stores/tiny/steer", headers=auth,
+                       json={"prompt": "a", "edits": [{"feature": 1, "op": "add", "value": 1}]})
+        assert r.status_code == 409
+        assert "server" not in r.headers  # no server banner
+    finally:
+        _stop(proc)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--host", "0.0.0.0"], "--allow-remote"),
+        (["--host", "10.0.0.1"], "--allow-remote"),
+        (["--max-new-tokens", "0"], "max_new_tokens"),
+        (["--port", "99999"], "port"),
+    ],
+)
+def test_serve_refuses_bad_settings(args, message, capsys):
+    from saesteer.cli import main
+
+    ws = shared_store()
+    assert main(["serve", "--store", str(ws.path), *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_serve_refuses_a_missing_store(tmp_path, capsys):
+    from saesteer.cli import main
+
+    assert main(["serve", "--store", str(tmp_path / "nope.db")]) == 2
+    assert "no feature store" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("ci", ["1", ""])
+def test_browser_tests_fail_without_chromium_under_ci(ci):
+    """SAESTEER_CI=1 turns a missing Chromium into failures, so CI cannot silently skip them."""
+    env = {**os.environ, "SAESTEER_CHROMIUM": "/nonexistent/chromium", "SAESTEER_CI": ci}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_web_browser.py",
+                        "-k", "filters_and_pagination", "-rfs"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    if ci:
+        assert r.returncode == 1, r.stdout
+        assert "cannot run under SAESTEER_CI=1" in r.stdout and "1 error" in r.stdout
+    else:
+        assert r.returncode == 0, r.stdout
+        assert "1 skipped" in r.stdout and "no Chromium" in r.stdout
