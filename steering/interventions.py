@@ -18,7 +18,9 @@ Current activations, exactly as the SAE's own encoder would give them:
   activation depends on its own pre-activation only, so only the M encoder columns are computed:
   pre = (x - b_dec) @ W_enc[:, ids] + b_enc[ids]; a = pre where pre > max(threshold, 0).
 - TopK: whether a latent is among the k largest depends on all pre-activations, so the full
-  pre-activation row is computed and the same `topk` the SAE uses decides membership.
+  pre-activation row is computed; latent m is active iff fewer than k pre-activations exceed
+  its own (one compare-and-sum pass, cheaper than a top-k selection); a tie straddling the k-th
+  place is decided by the SAE's own `topk`.
 - any other SAE: its own `encode_sparse`, then the M latents are read out of the sparse rows.
 
 `reference_edit` is the eager reference (full encode, dense edit, decode both, add the difference);
@@ -82,6 +84,7 @@ class LatentEditor:
             # all-constant edits (add only): one vector per row
             self.const_D = (self.c0_M @ self.W_dec_MD) if not self.needs_acts else None
             self.b_dec_D = sae.b_dec.detach() if sae.cfg.apply_b_dec_to_input else None
+            self.topk_reader = TopKReader(sae, self.ids_M) if self.kind == "topk" else None
             if self.kind == "threshold":
                 self.W_enc_DM = sae.W_enc.detach()[:, self.ids_M].contiguous()
                 self.b_enc_M = sae.b_enc.detach()[self.ids_M].contiguous()
@@ -96,11 +99,8 @@ class LatentEditor:
             sae_in = x_ND - self.b_dec_D if self.b_dec_D is not None else x_ND
             pre_NM = torch.addmm(self.b_enc_M, sae_in, self.W_enc_DM)
             return torch.where(pre_NM > self.fire_above_M, pre_NM, pre_NM.new_zeros(()))
-        if self.kind == "topk":
-            pre_NF = self.sae.pre_activations(x_ND)
-            vals_NK, idx_NK = pre_NF.topk(self.sae.cfg.k, dim=-1, sorted=False)  # the SAE's own selection
-            hit_NKM = idx_NK.unsqueeze(-1) == self.ids_M
-            return (vals_NK.relu().unsqueeze(-1) * hit_NKM).sum(1)
+        if self.topk_reader is not None:
+            return self.topk_reader(x_ND)
         return latents_from_sparse(self.sae.encode_sparse(x_ND), self.ids_M)
 
     # -- the edit ------------------------------------------------------------------------
@@ -130,6 +130,85 @@ class LatentEditor:
         if x_ND.dtype == self.dtype:
             return torch.addmm(x_ND, coef_NM, self.W_dec_MD)
         return x_ND + (coef_NM @ self.W_dec_MD).to(x_ND.dtype)
+
+
+class TopKReader:
+    """Exact activations [N, M] of latents `ids` of a TopK SAE, cheaply when they are off.
+
+    The full path computes every pre-activation and runs the SAE's own `topk` (so ties are
+    broken exactly as the SAE breaks them). The bound path, for small batches (generation steps),
+    first computes the M latents and a candidate set C of latents (the ones the full path has
+    seen selected most often): if at least k candidates exceed latent m's pre-activation by more
+    than the rounding error bound, m is certainly not in the top k (the k-th largest of all is at
+    least the k-th largest of C), so its activation is exactly 0; if its pre-activation is below
+    zero by that margin, the ReLU gives 0 whether it is selected or not. Only rows with a latent
+    left undecided go through the full path.
+    """
+
+    def __init__(self, sae: SAE, ids_M: Tensor, *, n_candidates: int | None = None, bound_rows: int = 64) -> None:
+        self.k = int(sae.cfg.k)
+        self.ids_M = ids_M
+        self.W_DF = sae.W_enc.detach()
+        self.b_F = sae.b_enc.detach()
+        self.b_dec_D = sae.b_dec.detach() if sae.cfg.apply_b_dec_to_input else None
+        F_, D = self.W_DF.shape[1], self.W_DF.shape[0]
+        self.n_candidates = min(F_, n_candidates or max(8 * self.k, 256))
+        self.bound_rows = bound_rows
+        self.W_DM = self.W_DF[:, ids_M].contiguous()
+        self.b_M = self.b_F[ids_M].contiguous()
+        self.seen_F = torch.zeros(F_, dtype=torch.int64, device=self.W_DF.device)
+        self.in_C_F = torch.zeros(F_, dtype=torch.bool, device=self.W_DF.device)
+        self.W_DC: Tensor | None = None
+        self.b_C: Tensor | None = None
+        # |computed - exact| <= D * eps * ||u|| * ||w|| + eps * |b| for each pre-activation; two
+        # computations of the same value differ by at most twice that
+        eps = torch.finfo(self.W_DF.dtype).eps
+        self.err_per_norm = 2.0 * (D + 2) * eps * float(self.W_DF.norm(dim=0).max())
+        self.err_bias = 4.0 * eps * float(self.b_F.abs().max()) + torch.finfo(self.W_DF.dtype).tiny
+        self.full_rows = 0  # rows that needed the full path (for tests and tuning)
+        self.bound_hits = 0  # rows decided by the bound alone
+
+    def __call__(self, x_ND: Tensor) -> Tensor:
+        u_ND = x_ND - self.b_dec_D if self.b_dec_D is not None else x_ND
+        if self.W_DC is None or u_ND.shape[0] > self.bound_rows:
+            return self.full(u_ND)
+        pre_NM = torch.addmm(self.b_M, u_ND, self.W_DM)
+        pre_NC = torch.addmm(self.b_C, u_ND, self.W_DC)
+        kth_N1 = pre_NC.topk(self.k, dim=-1, sorted=False).values.amin(-1, keepdim=True)
+        tol_N1 = u_ND.norm(dim=-1, keepdim=True) * self.err_per_norm + self.err_bias
+        zero_NM = (pre_NM < kth_N1 - tol_N1) | (pre_NM < -tol_N1)
+        open_N = ~zero_NM.all(1)
+        acts_NM = pre_NM.new_zeros(pre_NM.shape)
+        if not bool(open_N.any()):
+            self.bound_hits += u_ND.shape[0]
+            return acts_NM
+        rows = open_N.nonzero().squeeze(1)
+        self.bound_hits += u_ND.shape[0] - rows.numel()
+        acts_NM[rows] = self.full(u_ND.index_select(0, rows))
+        return acts_NM
+
+    def full(self, u_ND: Tensor) -> Tensor:
+        pre_NF = u_ND @ self.W_DF + self.b_F  # the SAE's own expression and selection
+        vals_NK, idx_NK = pre_NF.topk(self.k, dim=-1, sorted=False)
+        hit_NKM = idx_NK.unsqueeze(-1) == self.ids_M
+        self.full_rows += u_ND.shape[0]
+        self._learn(idx_NK)
+        return (vals_NK.relu().unsqueeze(-1) * hit_NKM).sum(1)
+
+    def _learn(self, idx_NK: Tensor) -> None:
+        """Grow the candidate set from the latents the full path selected (most frequent first)."""
+        flat = idx_NK.reshape(-1)
+        self.seen_F.index_add_(0, flat, torch.ones_like(flat))
+        if self.W_DC is not None and bool(self.in_C_F[flat].all()):
+            return
+        seen = int((self.seen_F > 0).sum())
+        if seen < self.k:
+            return
+        C = self.seen_F.topk(min(self.n_candidates, seen)).indices
+        self.in_C_F.zero_()
+        self.in_C_F[C] = True
+        self.W_DC = self.W_DF[:, C].contiguous()
+        self.b_C = self.b_F[C].contiguous()
 
 
 def latents_from_sparse(acts, ids_M: Tensor) -> Tensor:

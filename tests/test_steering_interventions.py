@@ -95,3 +95,27 @@ def test_mixed_dtypes_cast_back_to_the_activation_dtype():
     assert out.dtype == torch.bfloat16
     ref = reference_edit(sae, x16.float(), [(3, "clamp", 4.0)])
     torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=2e-2)
+
+
+def test_topk_bound_path_is_exact():
+    from steering.interventions import TopKReader
+
+    sae = make("topk", d_in=16, d_sae=64, seed=3)
+    with torch.no_grad():  # a duplicated latent: exact ties that the bound must leave to topk
+        sae.W_enc[:, 41] = sae.W_enc[:, 40]
+        sae.b_enc[41] = sae.b_enc[40]
+    dense_all = sae.encode(inputs(400, seed=5))
+    often = int((dense_all != 0).sum(0).argmax())
+    ids = torch.tensor([often, 40, 41, 7])
+    reader = TopKReader(sae, ids, n_candidates=24, bound_rows=8)
+    x = inputs(400, seed=5)
+    torch.testing.assert_close(reader(x[:100]), dense_all[:100][:, ids])  # full path; learns candidates
+    assert reader.W_DC is not None
+    hits0, full0 = reader.bound_hits, reader.full_rows
+    for i in range(100, 400, 4):
+        chunk = x[i : i + 4]
+        got = reader(chunk)
+        want = sae.encode(chunk)[:, ids]
+        assert torch.equal(got != 0, want != 0)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert reader.bound_hits > hits0 and reader.full_rows > full0  # both paths were taken
