@@ -28,6 +28,9 @@ Two Bridge behaviours downstream code should know (checked by tests/test_toyworl
 - a hook fires under its canonical name: a hook added at "blocks.0.hook_resid_post" sees
   `hook.name == "blocks.0.hook_out"`; compare against the name you asked for, not hook.name.
 - `hooks()` / `run_with_hooks` silently ignore an unknown hook name; call `check_hook_names` first.
+- `forward(stop_at_layer=L)` returns the residual stream after block L-1 for L < n_layers, as
+  HookedTransformer does, but L == n_layers runs the whole model and returns logits (a
+  HookedTransformer returns the final residual stream, before ln_final).
 
 `model_id(model)` / `model_fingerprint(model)` identify the weights for cache manifests.
 """
@@ -169,12 +172,23 @@ def _boot_hf(name_or_path: str, revision: str | None, device: str, dtype, spec: 
             warnings.filterwarnings("ignore", category=FutureWarning)
             return TransformerBridge.boot_transformers(name_or_path, **kwargs)
     except OSError as exc:  # HF's "couldn't connect" / "not a valid model identifier" / offline cache misses
-        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        offline = _hub_offline()
         hint = (" HF_HUB_OFFLINE is set and the model is not in the local HF cache;" if offline else "")
         raise OSError(
             f"could not load model {spec!r} through TransformerLens/HuggingFace:{hint} {exc}. Use 'toy' for the "
             "built-in model, a local checkpoint directory, or a hub name reachable from this machine."
         ) from exc
+
+
+def _hub_offline() -> bool:
+    try:
+        import huggingface_hub.constants as hc
+
+        if getattr(hc, "HF_HUB_OFFLINE", False):
+            return True
+    except ImportError:  # pragma: no cover - a dependency of transformers
+        pass
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
 # ----------------------------------------------------------------------------------------------
