@@ -6,7 +6,7 @@ import pytest
 
 from toyworld import (
     CONCEPTS, TOPICS, generate_document, grammatical_fraction, iter_documents, tag_words, topic_share,
-    topic_words, validate_document, validate_sentence,
+    topic_words, validate_document, validate_sentence, words_with,
 )
 from toyworld.lexicon import LEXICON, NAMES, VOCAB
 from toyworld.validate import split_sentences
@@ -195,6 +195,10 @@ def test_topic_share_and_topic_words():
         assert all(f"topic:{t}" in LEXICON[w].tags for w in words)
     with pytest.raises(ValueError, match="unknown topic"):
         topic_words("jungle")
+    assert sorted(words_with("colour")) == sorted(["red", "blue", "green", "yellow", "orange", "purple", "black"])
+    assert words_with("dialogue") == []  # a context concept
+    with pytest.raises(ValueError, match="unknown concept"):
+        words_with("jungle")
 
 
 def test_names_have_pronoun_genders():

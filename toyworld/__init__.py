@@ -16,13 +16,14 @@ Public API:
     load_model(device=None, dtype=None, directory=None) -> HookedTransformer
     write_corpus(CorpusConfig(...)); load_corpus(directory) -> datasets.DatasetDict
     corpus_files(split="train", directory=None, seed=0) -> list[Path]   (writes the default corpus once)
-    TOPICS, MOODS, COLOURS, NAMES, CONCEPTS, VOCAB, topic_words(topic), word_topic(word)
+    TOPICS, MOODS, COLOURS, NAMES, CONCEPTS, VOCAB, topic_words(topic), word_topic(word),
+    words_with(concept)
 """
 
 from toyworld.corpus import CorpusConfig, corpus_files, default_corpus_dir, load_corpus, write_corpus
 from toyworld.grammar import Document, generate_document, iter_documents
 from toyworld.lexicon import (
-    COLOURS, CONCEPTS, MOODS, NAMES, TOPICS, VOCAB, topic_words, word_topic,
+    COLOURS, CONCEPTS, MOODS, NAMES, TOPICS, VOCAB, topic_words, word_topic, words_with,
 )
 from toyworld.model import load_model, weights_sha256
 from toyworld.tags import concept_masks, tag_words
@@ -33,8 +34,9 @@ from toyworld.validate import (
 
 __all__ = [
     "COLOURS", "CONCEPTS", "CorpusConfig", "Document", "MOODS", "NAMES", "TOPICS", "VOCAB",
-    "build_tokenizer", "concept_masks", "corpus_files", "default_corpus_dir", "generate_document", "grammatical_fraction", "iter_documents",
+    "build_tokenizer", "concept_masks", "corpus_files", "default_corpus_dir", "generate_document",
+    "grammatical_fraction", "iter_documents",
     "load_corpus", "load_model", "load_tokenizer", "sentence_topic", "tag_words", "topic_counts",
     "topic_share", "topic_words", "validate_document", "validate_sentence", "weights_sha256",
-    "word_topic", "write_corpus",
+    "word_topic", "words_with", "write_corpus",
 ]

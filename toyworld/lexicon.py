@@ -286,6 +286,15 @@ def topic_words(topic: str) -> list[str]:
     return [w for w, e in LEXICON.items() if f"topic:{topic}" in e.tags]
 
 
+def words_with(concept: str) -> list[str]:
+    """Words whose lexical tags include `concept` (e.g. 'colour', 'topic:farm', 'mood:sad').
+    Context concepts (dialogue, question, imperative; tenses of bare verbs) depend on the
+    surrounding words, so this lists only the words that carry them by themselves."""
+    if concept not in CONCEPTS:
+        raise ValueError(f"unknown concept {concept!r}; see toyworld.CONCEPTS")
+    return [w for w, e in LEXICON.items() if concept in e.tags]
+
+
 def word_topic(word: str) -> str | None:
     """The topic a word belongs to, or None for words of no topic (function words, colours, names...)."""
     e = LEXICON.get(word)

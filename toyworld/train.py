@@ -121,8 +121,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
                           n_heads=cfg.n_heads, d_mlp=cfg.d_mlp, n_ctx=cfg.n_ctx, seed=cfg.seed)
     model = build_model(mcfg, tokenizer=tokenizer, device="cpu")
     model.train()
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and not n.startswith(("pos_embed", "embed"))]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and not n.startswith(("pos_embed", "embed")))]
+    def decays(name: str, p) -> bool:  # weight matrices, not embeddings, biases or norms
+        return p.ndim >= 2 and not name.startswith(("pos_embed", "embed"))
+
+    decay = [p for n, p in model.named_parameters() if decays(n, p)]
+    no_decay = [p for n, p in model.named_parameters() if not decays(n, p)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
     val_NS, _ = packed_rows(cfg.corpus_seed, "validation", cfg.eval_rows, cfg.n_ctx, tokenizer)
