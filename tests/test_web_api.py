@@ -335,3 +335,42 @@ def test_every_api_response_is_json_with_no_store(c):
         assert r.headers["content-type"].startswith("application/json")
         assert r.headers["cache-control"] == "no-store"
         json.loads(r.text)
+
+
+# -- never a 500 --------------------------------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
+_value = st.one_of(_text, st.integers(-10**12, 10**12).map(str), st.floats(allow_nan=True).map(str), st.just(""))
+_LIST_KEYS = ["sort", "desc", "label", "min_score", "min_freq", "max_freq", "health", "level", "labelled", "offset", "limit", "q"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(params=st.dictionaries(st.sampled_from(_LIST_KEYS), _value, max_size=5),
+       url=st.sampled_from(["/api/stores/tiny/features", "/api/stores/tiny/search", "/s/tiny", "/s/tiny/search"]))
+def test_random_query_parameters_never_500(c, params, url):
+    r = c.get(url, params=params, headers={"accept": "text/html"})
+    assert r.status_code < 500, (url, params, r.text[:300])
+
+
+_json = st.recursive(st.none() | st.booleans() | st.floats(allow_nan=False, allow_infinity=False) | st.integers(-99, 99) | _text,
+                     lambda children: st.lists(children, max_size=3) | st.dictionaries(_text, children, max_size=3),
+                     max_leaves=8)
+_edit = st.fixed_dictionaries({"feature": st.integers(-2, 60), "op": st.sampled_from(["add", "clamp", "scale", "ablate", "x"]),
+                               "value": st.one_of(st.floats(-50, 50), st.integers(-2000, 2000)),
+                               "unit": st.sampled_from(["raw", "max_act", "max"])})
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.one_of(
+    _json,
+    st.fixed_dictionaries({"prompt": _text, "max_new_tokens": st.integers(-1, 3), "edits": st.lists(_edit, max_size=3)}),
+    st.fixed_dictionaries({"prompt": _text, "max_new_tokens": st.integers(-1, 3), "edit": _edit,
+                           "values": st.lists(st.floats(-30, 30), max_size=3)}),
+    st.fixed_dictionaries({"text": _text, "top_k": st.integers(-1, 60)}),
+), endpoint=st.sampled_from(["steer", "sweep", "fire"]))
+def test_random_bodies_never_500(c, body, endpoint):
+    r = c.post(f"/api/stores/tiny/{endpoint}", json=body)
+    assert r.status_code < 500, (endpoint, body, r.text[:300])

@@ -157,6 +157,7 @@ def test_list_search_feature_steer(browser, server, shots, size):
         page.wait_for_url(f"**/s/tiny/steer?f={ocean}")
         assert page.locator("#edits .edit").count() == 1
         assert page.locator("#edits .flabel").inner_text() == "ocean words"
+        assert page.locator("#edits .fstrength").input_value() == "3"  # the store's recommended strength
         page.locator("#edits .fstrength").fill("8")
         page.locator("#max-new").fill("12")
         page.locator("#generate").click()

@@ -128,6 +128,9 @@ def test_steer_page_preselects_features(c, ws):
     assert text.count('class="edit"') == 2  # duplicates and unknown ids dropped
     assert 'data-feature="3"' in text
     assert "Generate" in text and "/static/steer.js" in text
+    ocean = next(i for i, t in ws.labels.items() if "ocean" in t)
+    assert f'data-feature="{ocean}" data-label="ocean words" data-strength="3.0"' in _page(c, f"/s/tiny/steer?f={ocean}")
+    assert "3× max" in _page(c, f"/s/tiny/f/{ocean}")
     text = _page(c, "/s/nomodel/steer")
     assert "without a model" in text and "disabled" in text
 

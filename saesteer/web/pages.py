@@ -214,6 +214,7 @@ async def steer_page(
     if f is not None and len(f) > 64:
         raise HTTPException(422, "f: at most 64 features")
     chosen = [i for i in dict.fromkeys(f or []) if i < entry.info.d_sae][: limits.max_edits]
-    known = entry.catalog.summaries(chosen)
-    picks = [{"index": i, "label": known[i].label if i in known else None} for i in chosen]
+    known = entry.catalog.summaries(chosen, with_scores=False)
+    picks = [{"index": i, "label": known[i].label if i in known else None,
+              "strength": known[i].recommended_strength if i in known else None} for i in chosen]
     return render(request, "steer.html", store=entry, picks=picks, nav="steer")

@@ -57,7 +57,7 @@ class Catalog(Protocol):
 
     def search(self, text: str, offset: int, limit: int) -> Page[FeatureSummary]: ...
 
-    def summaries(self, indices: Iterable[int]) -> dict[int, FeatureSummary]:
+    def summaries(self, indices: Iterable[int], with_scores: bool = True) -> dict[int, FeatureSummary]:
         """Summaries of the given features that exist (unknown indices are left out)."""
 
 

@@ -167,12 +167,12 @@ class StoreCatalog:
         return Page[FeatureSummary](items=items, total=total, offset=q.offset, limit=q.limit,
                                     next_offset=nxt if nxt < total else None)
 
-    def summaries(self, indices: Iterable[int]) -> dict[int, FeatureSummary]:
+    def summaries(self, indices: Iterable[int], with_scores: bool = True) -> dict[int, FeatureSummary]:
         ids = [int(i) for i in dict.fromkeys(indices) if 0 <= int(i) < self.store.d_sae]
         if not ids:
             return {}
         rows = self.store.list_features(filter={"ids": ids}, limit=len(ids))
-        scores = self._scores([r.id for r in rows])
+        scores = self._scores([r.id for r in rows]) if with_scores else {}
         return {r.id: self._summary(r, scores.get(r.id)) for r in rows}
 
     def search(self, text: str, offset: int, limit: int) -> Page[FeatureSummary]:
@@ -266,7 +266,7 @@ class StoreCatalog:
         )
 
     def typical_max(self, indices: Iterable[int]) -> dict[int, float]:
-        return {i: s.typical_max_act for i, s in self.summaries(indices).items() if s.typical_max_act}
+        return {i: s.typical_max_act for i, s in self.summaries(indices, with_scores=False).items() if s.typical_max_act}
 
 
 class ModelEngine:
@@ -317,51 +317,40 @@ class ModelEngine:
 
     # -- which features fire --------------------------------------------------------------------
     def fire(self, text: str, top_k: int):
-        import torch
+        from features.text import features_on_text
 
         from saesteer.web.schemas import FeatureAct, FireResult, FiringFeature
 
-        model, sae = self.model, self.sae
-        hook = (sae.cfg.metadata or {}).get("hook_name")
-        if not hook:
-            raise ValueError("this store's SAE does not record its hook point, so its features cannot be computed on new text")
-        tokens_1S = model.to_tokens(text, truncate=False)
+        model = self.model
+        bos = bool(getattr(model.cfg, "default_prepend_bos", True))
         n_ctx = getattr(model.cfg, "n_ctx", None)
-        if n_ctx is not None and tokens_1S.shape[1] > n_ctx:
-            raise ValueError(f"the text is {tokens_1S.shape[1]} tokens long, more than the model's context of {n_ctx}; shorten it")
-        layer = int(hook.split(".")[1]) if hook.startswith("blocks.") and hook.split(".")[1].isdigit() else None
-        stop = layer + 1 if layer is not None and layer + 1 < model.cfg.n_layers else None
-        with torch.no_grad():
-            _, cache = model.run_with_cache(tokens_1S, names_filter=lambda n: n == hook, stop_at_layer=stop)
-            acts_SD = cache[hook][0].reshape(tokens_1S.shape[1], -1)
-            lat_SF = sae.encode(acts_SD.to(device=sae.device, dtype=sae.dtype)).float().cpu()
-        str_tokens = [str(t) for t in model.to_str_tokens(tokens_1S[0])]
-        # the BOS position carries no meaning (and huge norms): leave it out
-        start = 1 if (getattr(model.cfg, "default_prepend_bos", False) and len(str_tokens) > 1) else 0
-        lat_SF = lat_SF[start:]
-        str_tokens = str_tokens[start:]
-        fired_F = (lat_SF > 0).sum(0)
-        ids = [int(i) for i in torch.nonzero(fired_F).flatten()]
-        ids.sort(key=lambda i: -float(lat_SF[:, i].max()))
-        ids = ids[:50]
-        known = self.catalog.summaries(ids)
+        if n_ctx is not None:
+            try:
+                n = int(model.to_tokens(text, prepend_bos=bos, truncate=False).shape[1])
+            except TypeError:  # a model whose to_tokens has no truncate flag
+                n = len(model.tokenizer(text)["input_ids"]) + int(bos)
+            if n > n_ctx:
+                raise ValueError(f"the text is {n} tokens long, more than the model's context of {n_ctx}; shorten it")
+        res = features_on_text(model, self.sae, text, top_n=int(top_k), prepend_bos=bos)
+        start = 1 if bos and len(res.tokens) > 1 else 0  # the BOS position: no meaning, huge norms
+        toks = res.tokens[start:]
+        acts_SF = res.acts_SF[start:]
+        fired_F = (acts_SF > 0).sum(0)
+        totals = sorted(((t.id, float(acts_SF[:, t.id].max())) for t in res.latents if int(fired_F[t.id]) > 0),
+                        key=lambda x: (-x[1], x[0]))[:50]
+        known = self.catalog.summaries((i for i, _ in totals), with_scores=False)
         features = []
-        token_shade = [0] * len(str_tokens)
-        for i in ids:
-            col = [float(a) for a in lat_SF[:, i]]
+        token_shade = [0] * len(toks)
+        for i, mx in totals:
+            col = [float(a) for a in acts_SF[:, i]]
             s = known.get(i)
-            ref = (s.max_act if s and s.max_act else None) or max(col)
-            sh = shades(col, ref)
+            sh = shades(col, (s.max_act if s and s.max_act else None) or mx)
             token_shade = [max(a, b) for a, b in zip(token_shade, sh)]
-            features.append(FiringFeature(index=i, label=s.label if s else None, max_act=max(col),
+            features.append(FiringFeature(index=i, label=s.label if s else None, max_act=mx,
                                           count=int(fired_F[i]), shade=sh, acts=col))
-        per_token = []
-        k = max(1, min(int(top_k), lat_SF.shape[1]))
-        vals_SK, idx_SK = lat_SF.topk(k, dim=1)
-        for vals, idx in zip(vals_SK.tolist(), idx_SK.tolist()):
-            per_token.append([FeatureAct(index=int(j), act=float(v), label=known[j].label if j in known else None)
-                              for v, j in zip(vals, idx) if v > 0])
-        return FireResult(tokens=str_tokens, token_shade=token_shade, features=features, per_token=per_token)
+        labels = {i: s.label for i, s in known.items()}
+        per_token = [[FeatureAct(index=lat.id, act=lat.act, label=labels.get(lat.id)) for lat in t.latents] for t in toks]
+        return FireResult(tokens=[t.token for t in toks], token_shade=token_shade, features=features, per_token=per_token)
 
     # -- sweeps ---------------------------------------------------------------------------------
     def sweep(self, req):

@@ -105,4 +105,6 @@ def build_web_store(
             lid = store.write_label(i, text, provenance=prov, explanation=f"explanation of latent {i}")
             store.write_scores(i, [ScoreInput("detection", 0.5 + 0.05 * (k % 10), 20), ScoreInput("fuzzing", 0.6, 20)],
                                provenance=prov, label_id=lid)
+            if "ocean" in text:
+                store.set_recommended_strength(i, 3.0, source="web-test", details={"op": "add"})
     return WebStore(path=path, model=model, sae=sae, labels=labels, xss_latent=xss, d_sae=d_sae)

@@ -21,7 +21,7 @@ window.saesteerCharts = (function () {
     const trace = { type: "bar", x: x, y: counts, width: w, marker: { color: "#fb8d3d", line: { width: 0 } },
                     hovertemplate: "activation %{x:.3g}<br>count %{y}<extra></extra>" };
     const layout = baseLayout({ xaxis: { title: { text: "activation (where non-zero)" }, gridcolor: "#eef0f4" },
-                                yaxis: { title: { text: "tokens" }, type: spec.log ? "log" : "linear", gridcolor: "#eef0f4" } });
+                                yaxis: { title: { text: "tokens" }, type: spec.log ? "log" : "linear", dtick: spec.log ? 1 : undefined, gridcolor: "#eef0f4" } });
     layout.margin.b = 46;
     return Plotly.newPlot(el, [trace], layout, CONFIG);
   }

@@ -49,7 +49,7 @@
     } catch (e) { target.textContent = ""; }
   }
 
-  function makeRow(li, feature, label) {
+  function makeRow(li, feature, label, recommended) {
     li.className = "edit";
     li.textContent = "";
     const featInput = el("input", { type: "number", min: "0", max: String(dSae - 1), step: "1", "aria-label": "feature index", class: "fidx" });
@@ -64,7 +64,9 @@
     });
     const mode = el("select", { "aria-label": "operation", class: "fmode" });
     options(mode, [["add", "add"], ["clamp", "clamp to"], ["scale", "scale by"], ["ablate", "ablate"]], "add");
-    const strength = el("input", { type: "number", step: "any", value: "4", "aria-label": "strength", class: "fstrength" });
+    const start = recommended !== undefined && recommended !== "" && isFinite(Number(recommended)) ? String(Number(Number(recommended).toPrecision(3))) : "4";
+    const strength = el("input", { type: "number", step: "any", value: start, "aria-label": "strength", class: "fstrength" });
+    if (start !== "4") strength.title = "the store's recommended strength for this feature";
     const unit = el("select", { "aria-label": "strength unit", class: "funit" });
     options(unit, [["max_act", "× max"], ["raw", "raw"]], "max_act");
     mode.addEventListener("change", () => {
@@ -90,7 +92,7 @@
     li.querySelector("input").focus();
     updateAdd();
   });
-  Array.from(list.children).forEach((li) => makeRow(li, li.dataset.feature, li.dataset.label));
+  Array.from(list.children).forEach((li) => makeRow(li, li.dataset.feature, li.dataset.label, li.dataset.strength));
   if (!list.children.length) list.appendChild(makeRow(el("li"), "", ""));
   updateAdd();
 
