@@ -8,8 +8,8 @@
 Edits keep the SAE's reconstruction error (only the chosen latents change); positions (all,
 prompt, generated, last, token indices) are exact under the KV cache and left padding; hooks are
 removed on every exit path. Modules: spec (edit grammar, limits), config (generation / sweep
-configs), session (`steer`), interventions (the arithmetic), positions, generate, evaluate
-(judge + offline scores), sweep (dose-response), search, baselines, store (feature-store link).
+configs), session (`steer`), interventions (the arithmetic), positions, generation, evaluate
+(judge + offline scores), sweeps (dose-response), search, baselines, store (feature-store link).
 
 Names are imported lazily, so `import steering.config` (the CLI's flags) does not load torch.
 """
@@ -31,14 +31,14 @@ _EXPORTS = {
     # arithmetic
     "LatentEditor": "interventions", "current_activations": "interventions", "reference_edit": "interventions",
     # generation
-    "generate": "generate", "Generation": "generate", "compare": "generate", "Comparison": "generate",
+    "generate": "generation", "Generation": "generation", "compare": "generation", "Comparison": "generation",
     # evaluation
     "SampleScores": "evaluate", "JudgeScorer": "evaluate", "OfflineScorer": "evaluate", "MethodResult": "evaluate",
     "perplexity": "evaluate", "score_generation": "evaluate", "harmonic_mean": "evaluate",
     # sweeps
-    "sweep": "sweep", "sweep_edits": "sweep", "SweepResult": "sweep", "SweepPoint": "sweep",
-    "recommend_strength": "sweep", "write_sweep_html": "sweep", "write_sweep_json": "sweep",
-    "store_recommendation": "sweep", "dose_response_figure": "sweep",
+    "sweep": "sweeps", "sweep_edits": "sweeps", "SweepResult": "sweeps", "SweepPoint": "sweeps",
+    "recommend_strength": "sweeps", "write_sweep_html": "sweeps", "write_sweep_json": "sweeps",
+    "store_recommendation": "sweeps", "dose_response_figure": "sweeps",
     # finding features, baselines, store
     "contrast_features": "search", "label_search": "search", "FeatureCandidate": "search",
     "diff_of_means": "baselines", "SteeringVector": "baselines", "prompting_baseline": "baselines",

@@ -268,7 +268,7 @@ def pooled_share(texts: Sequence[str], counts: Callable[[str], "tuple[float, flo
 def perplexity(model: Any, generation: Any) -> float:
     """Perplexity of the generated tokens under `model` as it is now (call it outside `steer`).
 
-    `generation` is a `steering.generate.Generation`; tokens after a row's end-of-text are ignored."""
+    `generation` is a `steering.generation.Generation`; tokens after a row's end-of-text are ignored."""
     tokens_BT = generation.tokens
     P = generation.prompt_len
     if tokens_BT.shape[1] <= P:

@@ -5,9 +5,12 @@ Shape key: B batch, S positions in this forward, T positions so far (cache + thi
 TransformerLens generation runs the prompt through the model once (all positions, left padded
 for batches) and then, with the KV cache, one new token per forward; without the cache every
 forward re-runs the whole sequence. Block hooks only see the activations, so a forward
-pre-hook on the block reads what the block itself is given: the KV-cache entry (its length is
-the absolute position of the first query) and the attention mask over all T positions (zeros
-mark pad tokens). `SequenceTracker` keeps that per block and answers `select(positions)`.
+pre-hook on the block reads what the block itself is given (`block_call_info`):
+- HookedTransformer blocks: the KV-cache entry (its length is the absolute position of the first
+  query) and the attention mask over all T positions [B, T] (zeros mark pad tokens);
+- TransformerBridge blocks (HF modules): the 4-d attention mask [B, 1, S, T] (T - S is the
+  offset; keys masked for the last query are pads) or, without a mask, the HF cache's length.
+`SequenceTracker` keeps that per block and answers `select(positions)`.
 
 The prompt length P (in padded positions) is, in order of precedence:
 1. set explicitly (`SteeringSession.generate` does this), else
@@ -46,17 +49,18 @@ class SequenceTracker:
         self._window_has_pads: bool | None = None
 
     # called by the block's forward pre-hook -------------------------------------------------
-    def observe(self, B: int, S: int, cache_entry: Any, attention_mask: Tensor | None) -> None:
-        offset = int(cache_entry.past_keys.size(1)) if cache_entry is not None else 0
+    def observe(self, B: int, S: int, offset: int, attention_mask: Tensor | None, uncached: bool = True) -> None:
+        """A forward of S positions starting at absolute position `offset`; `attention_mask`
+        [B, offset + S] (1 real, 0 pad) or None; `uncached`: no KV cache carried into it."""
         if offset == 0:
             if self.explicit_prompt_len is not None:
                 prompt_len = self.explicit_prompt_len
-            elif cache_entry is None and self._uncached_run and B == self.B and S == self.S + 1:
+            elif uncached and self._uncached_run and B == self.B and S == self.S + 1:
                 prompt_len = self.prompt_len  # generation without the KV cache: same sequence, one longer
             else:
                 prompt_len = S
             self.prompt_len = prompt_len
-        self._uncached_run = cache_entry is None
+        self._uncached_run = uncached and offset == 0
         self.forward_id += 1
         self.B, self.S, self.offset = B, S, offset
         self.mask_BT = attention_mask
@@ -127,3 +131,36 @@ class SequenceTracker:
             keep_BS &= valid_BS
         idx = keep_BS.reshape(-1).nonzero().squeeze(1)
         return idx if idx.numel() else None
+
+
+def block_call_info(layer_idx: int, args: tuple, kwargs: dict) -> tuple[int, int, int, Tensor | None, bool]:
+    """(B, S, offset, attention mask [B, T] or None, uncached) from a block's call arguments."""
+    x = args[0] if args else kwargs.get("resid_pre", kwargs.get("hidden_states"))
+    if x is None:
+        raise RuntimeError("steering: cannot find the block's input activations in its call arguments")
+    B, S = int(x.shape[0]), int(x.shape[1])
+    entry = kwargs.get("past_kv_cache_entry")
+    mask = kwargs.get("attention_mask")
+    if entry is not None or (mask is not None and getattr(mask, "ndim", 0) == 2):  # HookedTransformer
+        offset = int(entry.past_keys.size(1)) if entry is not None else 0
+        return B, S, offset, mask, entry is None
+    # HF block under TransformerBridge: the 4-d mask and the cache may come positionally
+    cache = None
+    for v in list(args[1:]) + list(kwargs.values()):
+        if isinstance(v, Tensor) and v.ndim == 4 and mask is None:
+            mask = v
+        elif cache is None and hasattr(v, "get_seq_length"):
+            cache = v
+    if isinstance(mask, Tensor) and mask.ndim == 4:
+        T = int(mask.shape[-1])
+        last_BT = mask[:, 0, -1, :]
+        keep_BT = last_BT if last_BT.dtype == torch.bool else last_BT > torch.finfo(last_BT.dtype).min / 2
+        offset = T - S
+        return B, S, offset, keep_BT.to(torch.int64), offset == 0
+    offset = 0
+    if cache is not None:
+        try:
+            offset = int(cache.get_seq_length(layer_idx))
+        except TypeError:
+            offset = int(cache.get_seq_length())
+    return B, S, offset, None, offset == 0

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from saes.base import SAE
 from steering.interventions import LatentEditor, op_coefficients
-from steering.positions import FULL, SequenceTracker
+from steering.positions import FULL, SequenceTracker, block_call_info
 from steering.spec import (
     Edit, FeatureEdit, Positions, SteerLimits, SteeringError, TypicalMax, VectorEdit, lookup_typical_max,
     parse_edit, raw_value,
@@ -387,8 +387,8 @@ class SteeringSession:
                 t.explicit_prompt_len = old[b]
 
     def generate(self, prompts: str | Sequence[str], config: Any = None, **overrides: Any):
-        """Steered generation (see `steering.generate.generate`); returns a `Generation`."""
-        from steering.generate import generate
+        """Steered generation (see `steering.generation.generate`); returns a `Generation`."""
+        from steering.generation import generate
 
         if not self.active:
             raise SteeringError("this steering session has ended; call it inside the `with steer(...)` block")
@@ -419,7 +419,9 @@ def steer(
     handles = []
     try:
         for block_idx, tracker in plan.trackers.items():
-            handles.append(model.blocks[block_idx].register_forward_pre_hook(_pre_hook(tracker), with_kwargs=True))
+            handles.append(
+                model.blocks[block_idx].register_forward_pre_hook(_pre_hook(tracker, block_idx), with_kwargs=True)
+            )
         with model.hooks(fwd_hooks=plan.fwd_hooks):
             yield session
     finally:
@@ -428,10 +430,9 @@ def steer(
             h.remove()
 
 
-def _pre_hook(tracker: SequenceTracker):
+def _pre_hook(tracker: SequenceTracker, layer_idx: int):
     def pre(module: Any, args: tuple, kwargs: dict) -> None:
-        x = args[0] if args else kwargs["resid_pre"]
-        tracker.observe(x.shape[0], x.shape[1], kwargs.get("past_kv_cache_entry"), kwargs.get("attention_mask"))
+        tracker.observe(*block_call_info(layer_idx, args, kwargs))
 
     return pre
 

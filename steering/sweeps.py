@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from steering.evaluate import MethodResult, Scorer, score_generation
 from steering.config import GenerationConfig, SweepConfig
-from steering.generate import generate
+from steering.generation import generate
 from steering.session import steer
 from steering.spec import Edit, FeatureEdit, SteerLimits, SteeringError
 

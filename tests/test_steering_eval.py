@@ -15,7 +15,7 @@ from steering.evaluate import (
 )
 from steering.search import contrast_features, label_search
 from steering.spec import SteeringError
-from steering.sweep import SweepConfig, recommend_strength, store_recommendation, sweep, write_sweep_html, write_sweep_json
+from steering.sweeps import SweepConfig, recommend_strength, store_recommendation, sweep, write_sweep_html, write_sweep_json
 
 GREEDY = GenerationConfig(max_new_tokens=6, do_sample=False, stop_at_eos=False)
 
@@ -160,7 +160,7 @@ def test_sweep_validates_every_strength_first(model, planted):
 
 
 def test_recommend_strength_rules():
-    from steering.sweep import SweepPoint
+    from steering.sweeps import SweepPoint
 
     pts = [SweepPoint(0, 0.1, 1.0, 0.18), SweepPoint(1, 0.6, 0.9, 0.72), SweepPoint(2, 0.9, 0.6, 0.72),
            SweepPoint(4, 1.0, 0.1, 0.18)]
@@ -217,3 +217,34 @@ def test_score_generation_row(model, planted):
     r = score_generation("sae", model, PROMPTS[:2], gen, scorer, sentence_counts=lambda t: (1, 1))
     assert r.concept > 0.5 and r.n_samples == 2 and r.perplexity > 1
     assert "texts" not in r.as_dict()
+
+
+def test_judge_scorer_through_the_autointerp_judge():
+    judge_mod = pytest.importorskip("autointerp.judge")
+
+    class Backend:  # in-process stand-in for an OpenAI-compatible server
+        kind, model = "test", "fake-judge"
+
+        def __init__(self):
+            self.requests = 0
+
+        async def chat(self, request):
+            self.requests += 1
+            user = request.messages[-1]["content"]
+            if "previous answer could not be used" in user:
+                return judge_mod.ChatResponse('{"rating": 1}')
+            if user.startswith("How fluent"):
+                return judge_mod.ChatResponse("I think it is fine")  # not JSON: the judge re-asks
+            return judge_mod.ChatResponse('```json\n{"rating": 2, "reason": "clear"}\n```')
+
+        def cache_extra(self):
+            return {}
+
+        async def aclose(self):
+            pass
+
+    backend = Backend()
+    judge = judge_mod.Judge(backend, concurrency=4)
+    scores = JudgeScorer(judge, "the ocean")(["tell me a story"], ["the whale swam"])
+    assert scores[0].concept == 1.0 and scores[0].instruction == 1.0 and scores[0].fluency == 0.5
+    assert backend.requests == 4  # three aspects, one re-ask

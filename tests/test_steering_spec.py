@@ -95,3 +95,18 @@ def test_lookup_typical_max_from_dict_or_callable():
     assert lookup_typical_max({3: float("nan")}, 3) is None  # unusable values count as unknown
     assert lookup_typical_max({3: 0.0}, 3) is None
     assert lookup_typical_max(None, 3) is None
+
+
+def test_package_exports_are_the_functions_not_modules():
+    import importlib
+
+    import steering
+
+    for mod in ("generation", "sweeps", "session", "evaluate", "search", "baselines", "store", "config"):
+        importlib.import_module(f"steering.{mod}")
+    from steering import compare, generate, steer, sweep
+
+    for fn in (compare, generate, steer, sweep):
+        assert callable(fn) and not isinstance(fn, type(steering))
+    for name in steering.__all__:
+        assert getattr(steering, name) is not None

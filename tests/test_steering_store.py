@@ -8,7 +8,7 @@ from steering import FeatureEdit, GenerationConfig, StoreLink, steer
 from steering.evaluate import OfflineScorer
 from steering.search import label_search
 from steering.spec import SteeringError
-from steering.sweep import SweepConfig, store_recommendation, sweep
+from steering.sweeps import SweepConfig, store_recommendation, sweep
 
 features = pytest.importorskip("features")
 

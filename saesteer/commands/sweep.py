@@ -121,7 +121,7 @@ def _run(args, model=None) -> int:
             model = load_model(args.model, args.device)
         sae = saes[name].to(model_device(model))
         typical = typical_max_provider(link, {name: sae})
-        from steering.sweep import store_recommendation, sweep, write_sweep_html, write_sweep_json
+        from steering.sweeps import store_recommendation, sweep, write_sweep_html, write_sweep_json
 
         out = Path(args.out)
         for feature in args.feature:

@@ -1,0 +1,364 @@
+"""Steering benchmarks.
+
+    python benchmarks/bench_steering.py speed [--model toy] [--rounds 7] [--write]
+    python benchmarks/bench_steering.py toy --sae DIR [--store FILE] [--write]
+
+speed: steered generation tokens/s beside unsteered (KV cache on, batch 8, 64 new tokens,
+sampling with a fixed seed, no early stop), for our hooks and for SAELens in the same run:
+SAELens = HookedSAETransformer (same weights) with the same SAE attached (use_error_term=True)
+and a clamp hook on hook_sae_acts_post. Runs are interleaved round by round; medians. The SAE is
+the one given with --sae, else random ones with the toy SAE's shape (d_sae 32 x d_model):
+a threshold-form (BatchTopK inference) SAE and a TopK SAE. It also checks, greedily, that our
+clamp and SAELens's clamp generate the same tokens.
+
+toy: steering each toy-world topic (setting): find the topic's feature by contrast (topic
+documents vs other documents), pick the strength on development seeds (weakest strength that
+lifts the topic's share of content words to >= 50% with >= 80% grammatical sentences, else the
+best harmonic mean), then report on held-out seeds: topic share (base rate -> steered) and
+grammatical sentences, for the SAE feature, the difference-of-means vector at the same hook
+(same selection rule), and prompting (a topic cue sentence before the prompt).
+
+--write replaces this script's subsection of "## Steering" in benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+SECTION = "## Steering"
+
+PROMPTS = [
+    "anna was a happy sailor .", "the", "tom was a tired farmer . he", "there are two red boats",
+    "mia was a calm chef . the old", "did leo find", "robin was a scared student . yesterday robin", "a",
+]
+
+
+def load_average() -> str:
+    try:
+        return "/".join(f"{v:.1f}" for v in os.getloadavg())
+    except OSError:  # pragma: no cover
+        return "n/a"
+
+
+def load_model(name: str):
+    if name == "toy":
+        from toyworld.model import load_model as toy
+
+        return toy(device="cpu")
+    from helpers.tiny_model import make_model, make_tokenizer
+
+    return make_model(make_tokenizer(), n_layers=4, d_model=128, n_ctx=128, n_heads=4, d_mlp=512)
+
+
+def random_sae(arch: str, d_in: int, hook: str, seed: int = 0):
+    import saes
+
+    g = torch.Generator().manual_seed(seed)
+    kw = {"k": 32} if arch in ("topk", "batchtopk") else {}
+    sae = saes.create_sae(arch, d_in, 32 * d_in, generator=g, metadata={"hook_name": hook}, **kw)
+    with torch.no_grad():
+        sae.b_enc.normal_(0, 0.05, generator=g)
+        if hasattr(sae, "threshold"):
+            sae.threshold.fill_(0.3)
+    return sae
+
+
+# ------------------------------------------------------------------------------------ speed
+def speed(args) -> str:
+    from sae_lens import HookedSAETransformer
+
+    import saes
+    from saes.interop import to_sae_lens
+    from steering import steer
+
+    torch.set_num_threads(args.threads)
+    model = load_model(args.model)
+    hook = args.hook or f"blocks.{model.cfg.n_layers // 2}.hook_resid_post"
+    if args.sae:
+        sae_list = [("given", saes.load_sae(args.sae))]
+        hook = sae_list[0][1].cfg.metadata["hook_name"]
+    else:
+        sae_list = [("threshold (BatchTopK inference form)", random_sae("batchtopk", model.cfg.d_model, hook)),
+                    ("TopK", random_sae("topk", model.cfg.d_model, hook, seed=1))]
+    sl_model = HookedSAETransformer(model.cfg, tokenizer=model.tokenizer)
+    sl_model.load_state_dict(model.state_dict())
+    sl_model.eval()
+    tokens = model.to_tokens(PROMPTS[: args.batch] * (args.batch // len(PROMPTS) + 1), padding_side="left")[: args.batch]
+    feature, value = 123, 8.0
+    gen_kw = dict(max_new_tokens=args.new_tokens, do_sample=True, stop_at_eos=False, use_past_kv_cache=True,
+                  padding_side="left", return_type="tokens", verbose=False)
+
+    def gen(m):
+        torch.manual_seed(0)
+        t0 = time.perf_counter()
+        m.generate(tokens, **gen_kw)
+        return time.perf_counter() - t0
+
+    def clamp_hook(acts, hook):
+        acts[..., feature] = value
+        return acts
+
+    cases = {"unsteered (HookedTransformer)": lambda: gen(model),
+             "unsteered (HookedSAETransformer, no SAE)": lambda: gen(sl_model)}
+    for name, sae in sae_list:
+        sl = to_sae_lens(sae)
+
+        def ours(sae=sae, edit=f"{feature}:clamp={value:g}"):
+            with steer(model, sae, [edit]):
+                return gen(model)
+
+        def ours_gen(sae=sae, edit=f"{feature}:clamp={value:g}@generated"):
+            with steer(model, sae, [edit]):
+                return gen(model)
+
+        def ours_add(sae=sae, edit=f"{feature}:add={value:g}"):
+            with steer(model, sae, [edit]):
+                return gen(model)
+
+        def saelens(sl=sl):
+            sl_model.add_sae(sl, use_error_term=True)
+            try:
+                with sl_model.hooks(fwd_hooks=[(f"{hook}.hook_sae_acts_post", clamp_hook)]):
+                    return gen(sl_model)
+            finally:
+                sl_model.reset_saes()
+
+        cases[f"ours: clamp 1 latent, all positions [{name}]"] = ours
+        cases[f"ours: clamp 1 latent, generated positions [{name}]"] = ours_gen
+        cases[f"ours: add 1 latent (no encode) [{name}]"] = ours_add
+        cases[f"SAELens: SAE attached, error term, clamp hook [{name}]"] = saelens
+
+    for f in cases.values():  # warm-up
+        f()
+    times: dict[str, list[float]] = {k: [] for k in cases}
+    load_before = load_average()
+    for r in range(args.rounds):
+        for k, f in cases.items():
+            times[k].append(f())
+    load_after = load_average()
+    n_tok = args.batch * args.new_tokens
+    med = {k: statistics.median(v) for k, v in times.items()}
+    base_ours = med["unsteered (HookedTransformer)"]
+    base_sl = med["unsteered (HookedSAETransformer, no SAE)"]
+
+    # greedy agreement of our clamp with SAELens's clamp
+    agree = []
+    for name, sae in sae_list:
+        g_kw = dict(gen_kw, do_sample=False, max_new_tokens=min(32, args.new_tokens))
+        with steer(model, sae, [f"{feature}:clamp={value:g}"]):
+            a = model.generate(tokens, **g_kw)
+        sl_model.add_sae(to_sae_lens(sae), use_error_term=True)
+        with sl_model.hooks(fwd_hooks=[(f"{hook}.hook_sae_acts_post", clamp_hook)]):
+            b = sl_model.generate(tokens, **g_kw)
+        sl_model.reset_saes()
+        new_a, new_b = a[:, tokens.shape[1]:], b[:, tokens.shape[1]:]
+        agree.append((name, float((new_a == new_b).float().mean())))
+
+    lines = [
+        "### Generation speed: steered vs unsteered",
+        "",
+        f"Machine: {os.cpu_count()} CPU cores, torch {torch.__version__}, {args.threads} thread(s); "
+        f"{time.strftime('%Y-%m-%d')}; load average before/after {load_before} / {load_after}.",
+        f"Model: {args.model} ({model.cfg.n_layers} layers, d_model {model.cfg.d_model}); SAE at {hook}, "
+        f"d_sae {sae_list[0][1].d_sae}; batch {args.batch} (left padded), {args.new_tokens} new tokens, KV cache on, "
+        f"sampling with a fixed seed; median of {args.rounds} interleaved rounds. "
+        f"`python benchmarks/bench_steering.py speed --rounds {args.rounds} --threads {args.threads}`",
+        "",
+        "| run | s per generate | tokens/s | vs its unsteered |",
+        "|---|---|---|---|",
+    ]
+    for k, t in med.items():
+        base = base_sl if k.startswith("SAELens") or "HookedSAETransformer" in k else base_ours
+        lines.append(f"| {k} | {t:.3f} | {n_tok / t:,.0f} | {base / t:.3f}x |")
+    lines.append("")
+    lines.append("Greedy tokens identical between our clamp and SAELens's clamp (error term kept by both): "
+                 + ", ".join(f"{n}: {a:.0%}" for n, a in agree) + ".")
+    lines.append("")
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------------- toy
+def toy(args) -> str:
+    from saesteer.commands._steering import toy_scorer
+    from steering import FeatureEdit, GenerationConfig, generate, steer
+    from steering.baselines import diff_of_means
+    from steering.evaluate import score_generation
+    from steering.search import contrast_features
+    from steering.sweeps import recommend_strength, sweep_edits
+    from toyworld.grammar import generate_document
+    from toyworld.lexicon import TOPICS
+    from toyworld.validate import topic_counts, validate_document
+
+    import saes
+
+    torch.set_num_threads(args.threads)
+    model = load_model("toy")
+    sae = saes.load_sae(args.sae)
+    hook = sae.cfg.metadata["hook_name"]
+    link = None
+    if args.store:
+        from features import FeatureStore
+
+        from steering import StoreLink
+
+        link = StoreLink(FeatureStore.open(args.store))
+    topics = list(TOPICS) if not args.topics else args.topics.split(",")
+    docs = {t: [generate_document(f"steer-bench-{t}-{i}", topic=t).text for i in range(args.n_docs)] for t in TOPICS}
+    prompts = [""] * args.samples  # unconditional: the base rate of each topic is its share in free generation
+
+    def cfg(seed):
+        return GenerationConfig(max_new_tokens=args.new_tokens, do_sample=True, seed=seed, stop_at_eos=False)
+
+    def pooled(texts, topic):
+        num = den = good = total = 0
+        for t in texts:
+            c = topic_counts(t)
+            num += c[topic]
+            den += sum(c.values())
+            res = validate_document(t).sentences
+            good += sum(r.grammatical for r in res)
+            total += len(res)
+        return (num / den if den else 0.0), (good / total if total else 0.0)
+
+    base = generate(model, prompts, cfg(args.test_seed))
+    rows = []
+    for topic in topics:
+        pos = docs[topic]
+        neg = [d for t in TOPICS if t != topic for d in docs[t][: max(1, args.n_docs // 4)]]
+        cand = contrast_features(model, sae, pos, neg, top=1)[0]
+        vec = diff_of_means(model, hook, pos, neg)
+        scorer = toy_scorer(topic)
+        tmax = link.typical_max(cand.feature) if link else None
+        unit = "max_act" if tmax else "raw"
+        strengths = args.strengths if tmax else [s * max(cand.mean_positive, 1e-3) * 4 for s in args.strengths]
+        provider = {cand.feature: tmax} if tmax else None
+
+        def sae_edit(s, f=cand.feature):
+            return FeatureEdit(f, "add", s, unit=unit, positions="all") if s else None
+
+        def vec_edit(s):
+            return vec.edit(s) if s else None
+
+        result = {"topic": topic, "feature": cand.feature}
+        for method, make, grid, saes_arg in (("SAE feature", sae_edit, strengths, sae), ("diff-of-means", vec_edit, args.vec_strengths, None)):
+            pts = sweep_edits(model, saes_arg, make, grid, prompts, scorer, gen_config=cfg(args.dev_seed),
+                              typical_max=provider, with_perplexity=False)
+            s = recommend_strength(pts, min_fluency=0.8, target_concept=0.5)
+            if s is None:
+                s = recommend_strength(pts)
+            edit = make(s)
+            if edit is None:
+                gen = generate(model, prompts, cfg(args.test_seed))
+            else:
+                with steer(model, saes_arg, [edit], typical_max=provider) as sess:
+                    gen = sess.generate(prompts, cfg(args.test_seed))
+            r = score_generation(method, model, prompts, gen, scorer)
+            share, gram = pooled(gen.texts, topic)
+            result[method] = (s, share, gram, r.perplexity)
+        cue = generate_document(f"steer-cue-{topic}", topic=topic).sentences[0]
+        cue_text = " ".join(cue)
+        gen = generate(model, [cue_text] * args.samples, cfg(args.test_seed))
+        share, gram = pooled(gen.texts, topic)
+        r = score_generation("prompting", model, [cue_text] * args.samples, gen, scorer)
+        result["prompting"] = (cue_text, share, gram, r.perplexity)
+        result["base"] = pooled(base.texts, topic)
+        rows.append(result)
+        print(result, flush=True)
+
+    lines = [
+        "### Toy world: steering toward each setting",
+        "",
+        f"{time.strftime('%Y-%m-%d')}; toy model, SAE {args.sae} at {hook} (d_sae {sae.d_sae}); "
+        f"{args.samples} unconditional samples of {args.new_tokens} tokens per cell (temperature 1); strength picked on "
+        f"seed {args.dev_seed} (weakest reaching share >= 50% with >= 80% grammatical, else best harmonic mean), reported "
+        f"on seed {args.test_seed}. Share = topic words / all topic-bearing content words (pooled); grammatical = "
+        f"sentences accepted by the toy validator with document context. Feature = top latent by contrast "
+        f"({args.n_docs} topic documents vs others). `python benchmarks/bench_steering.py toy --sae {args.sae}`",
+        "",
+        "| topic | base share | SAE feature | strength | share | grammatical | diff-of-means strength | share | grammatical "
+        "| prompting share | grammatical |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        s_sae, sh_sae, g_sae, _ = r["SAE feature"]
+        s_vec, sh_vec, g_vec, _ = r["diff-of-means"]
+        _, sh_p, g_p, _ = r["prompting"]
+        lines.append(f"| {r['topic']} | {r['base'][0]:.0%} | {r['feature']} | {s_sae:g} | {sh_sae:.0%} | {g_sae:.0%} | "
+                     f"{s_vec:g} | {sh_vec:.0%} | {g_vec:.0%} | {sh_p:.0%} | {g_p:.0%} |")
+    ok = sum(r["SAE feature"][1] >= 0.5 and r["SAE feature"][2] >= 0.8 for r in rows)
+    ok_v = sum(r["diff-of-means"][1] >= 0.5 and r["diff-of-means"][2] >= 0.8 for r in rows)
+    lines += ["", f"Topics meeting share >= 50% with >= 80% grammatical: SAE feature {ok}/{len(rows)}, "
+                  f"difference of means {ok_v}/{len(rows)}.", ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------- results
+def write_subsection(text: str, results: Path = RESULTS) -> None:
+    """Replace (or add) the subsection starting with text's first line inside "## Steering"."""
+    sub = text.splitlines()[0]
+    body = results.read_text() if results.exists() else "# Benchmark results\n"
+    if SECTION not in body:
+        body = body.rstrip("\n") + f"\n\n{SECTION}\n\n"
+    head, _, rest = body.partition(SECTION)
+    nxt = rest.find("\n## ")
+    section, tail = (rest, "") if nxt < 0 else (rest[:nxt + 1], rest[nxt + 1:])
+    parts = section.split("\n### ")
+    intro, subs = parts[0], ["### " + p for p in parts[1:]]
+    subs = [s for s in subs if s.splitlines()[0] != sub] + [text.rstrip("\n") + "\n"]
+    subs.sort(key=lambda s: s.splitlines()[0])
+    new_section = intro.rstrip("\n") + "\n\n" + "\n".join(s.rstrip("\n") + "\n" for s in subs)
+    out = head + SECTION + new_section + ("\n" + tail if tail else "")
+    tmp = results.with_suffix(".tmp")
+    tmp.write_text(out)
+    os.replace(tmp, results)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="what", required=True)
+    s = sub.add_parser("speed")
+    s.add_argument("--model", default="toy", choices=["toy", "tiny"])
+    s.add_argument("--sae", default=None, help="SAE folder (default: random SAEs of the toy SAE's shape)")
+    s.add_argument("--hook", default=None)
+    s.add_argument("--batch", type=int, default=8)
+    s.add_argument("--new-tokens", type=int, default=64)
+    s.add_argument("--rounds", type=int, default=7)
+    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--write", action="store_true")
+    t = sub.add_parser("toy")
+    t.add_argument("--sae", required=True)
+    t.add_argument("--store", default=None)
+    t.add_argument("--topics", default=None, help="comma-separated subset (default: all eight)")
+    t.add_argument("--samples", type=int, default=32)
+    t.add_argument("--new-tokens", type=int, default=48)
+    t.add_argument("--n-docs", type=int, default=48)
+    t.add_argument("--strengths", type=lambda s: [float(x) for x in s.split(",")], default=[0, 0.5, 1, 2, 3, 4, 6])
+    t.add_argument("--vec-strengths", type=lambda s: [float(x) for x in s.split(",")], default=[0, 0.5, 1, 2, 3, 4, 6])
+    t.add_argument("--dev-seed", type=int, default=1)
+    t.add_argument("--test-seed", type=int, default=2)
+    t.add_argument("--threads", type=int, default=1)
+    t.add_argument("--write", action="store_true")
+    args = ap.parse_args(argv)
+    print(f"{platform.node()} load {load_average()}", file=sys.stderr)
+    text = speed(args) if args.what == "speed" else toy(args)
+    print(text)
+    if args.write:
+        write_subsection(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
