@@ -377,4 +377,6 @@ class _BatchContext:
             f_nK = f_nK.gather(1, top)
         elif width < kmax:
             f_nK = torch.nn.functional.pad(f_nK, (0, kmax - width), value=-1)
-        return f_nK
+        # canonical order (ascending ids, padding last), whatever rows were gathered together
+        f_nK = torch.where(f_nK >= 0, f_nK, _BIG).sort(dim=1).values
+        return torch.where(f_nK == _BIG, -1, f_nK)

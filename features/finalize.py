@@ -12,7 +12,6 @@ import torch
 from torch import Tensor
 
 from features.accumulate import PERM_TAG, FeatureAccumulator
-from features.config import BuildConfig
 from features.hashing import uniform
 
 FLAG_NAMES = ("dead", "dense", "bos_only", "single_position")
@@ -89,11 +88,17 @@ def finalize(acc: FeatureAccumulator) -> PassResult:
     var = (s["sumsq"] / nf.clamp(min=1) - mean.square()).clamp(min=0)
     std = torch.where(dead, float("nan"), var.sqrt())
     width = s["hist_top"] / cfg.hist_bins
+    # the top-K buffer is unordered: sort it by (value desc, row asc)
+    rows = torch.where(s["top_row"] >= 0, s["top_row"], torch.iinfo(torch.int64).max)
+    o = torch.sort(rows, dim=1, stable=True).indices
+    o = o.gather(1, torch.sort(s["top_val"].gather(1, o), dim=1, descending=True, stable=True).indices)
+    tv = s["top_val"].gather(1, o)
+    top_seq, top_pos = s["top_seq"].gather(1, o), s["top_pos"].gather(1, o)
+    top_win = s["top_win"].gather(1, o[:, :, None].expand(-1, -1, s["top_win"].shape[2]))
     # typical max: median of the filled top-K slots
-    tv = s["top_val"]
     filled = tv > float("-inf")
     tv_nan = torch.where(filled, tv, torch.full_like(tv, float("nan")))
-    typical = tv_nan.nanmedian(dim=1).values
+    typical = torch.nanquantile(tv_nan, 0.5, dim=1)  # the usual median (mean of the middle two)
     q = histogram_quantiles(s["hist"], width, [0.5, 0.9, 0.99])
     freq = nf / max(n_rows, 1)
     enough = n >= max(cfg.flag_min_fires, 1)
@@ -149,10 +154,10 @@ def finalize(acc: FeatureAccumulator) -> PassResult:
         typical_max_F=typical,
         q_F3=q,
         flags_F4=flags,
-        top_val_FK=tv.clone(),
-        top_seq_FK=s["top_seq"].clone(),
-        top_pos_FK=s["top_pos"].clone(),
-        top_win_FKW=s["top_win"].clone(),
+        top_val_FK=tv,
+        top_seq_FK=top_seq,
+        top_pos_FK=top_pos,
+        top_win_FKW=top_win,
         qex_val_FQ=qv,
         qex_q_FQ=qq,
         qex_seq_FQ=s["res_seq"].gather(1, order),

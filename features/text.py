@@ -1,0 +1,118 @@
+"""Which latents fire on a text: run the model to the SAE's hook point (a scoped hook that is
+removed afterwards), encode with the SAE, list the latents per token.
+
+    res = features_on_text(model, sae, "the whale swims", store=store, top_n=5)
+    for tok in res.tokens: print(tok.token, [(l.id, l.act, l.label) for l in tok.latents])
+
+Shape key: S tokens, D d_in, F d_sae.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class LatentActivation:
+    id: int
+    act: float
+    label: str | None = None
+
+
+@dataclass(frozen=True)
+class TokenActivations:
+    position: int
+    token_id: int
+    token: str
+    latents: list[LatentActivation]  # strongest first, at most top_n
+
+
+@dataclass(frozen=True)
+class LatentTotal:
+    id: int
+    max_act: float
+    total_act: float
+    n_tokens: int  # tokens it fires on
+    label: str | None = None
+
+
+@dataclass
+class TextActivations:
+    text: str
+    hook_name: str
+    tokens: list[TokenActivations]
+    latents: list[LatentTotal] = field(default_factory=list)  # by max activation over the text
+    acts_SF: torch.Tensor | None = None  # the dense activations (CPU float32), for callers that want all
+
+
+class _StopForward(Exception):
+    pass
+
+
+def hook_activations(model, hook_name: str, tokens_BS: torch.Tensor) -> torch.Tensor:
+    """The activation at `hook_name` for `tokens_BS`, captured by a scoped forward hook; the
+    forward stops right after it. An unknown hook name is an error listing close matches."""
+    if hook_name not in model.hook_dict:
+        close = difflib.get_close_matches(hook_name, list(model.hook_dict), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"the model has no hook point {hook_name!r}{hint}")
+    got: dict[str, torch.Tensor] = {}
+
+    def grab(act, hook):
+        got["x"] = act.detach()
+        raise _StopForward
+
+    with model.hooks(fwd_hooks=[(hook_name, grab)]):
+        try:
+            model(tokens_BS)
+        except _StopForward:
+            pass
+    if "x" not in got:
+        raise RuntimeError(f"hook {hook_name!r} did not fire during the forward pass")
+    return got["x"]
+
+
+@torch.no_grad()
+def features_on_text(
+    model,
+    sae,
+    text: str,
+    *,
+    store=None,
+    top_n: int = 10,
+    hook_name: str | None = None,
+    prepend_bos: bool = True,
+    min_act: float = 0.0,
+) -> TextActivations:
+    """Latents firing on each token of `text`, strongest first (labels from `store` when given;
+    the store must have been built from this SAE)."""
+    hook = hook_name or (sae.cfg.metadata or {}).get("hook_name")
+    if not hook:
+        raise ValueError("the SAE does not record its hook point (cfg.metadata['hook_name']); pass hook_name=...")
+    if store is not None:
+        store.check_sae(sae)
+    tokens_BS = model.to_tokens(text, prepend_bos=prepend_bos)
+    x = hook_activations(model, hook, tokens_BS)[0]  # [S, ...]
+    x_SD = x.reshape(x.shape[0], -1)
+    acts_SF = sae.encode(x_SD.to(device=sae.device, dtype=sae.dtype)).float().cpu()
+    ids = tokens_BS[0].tolist()
+    strs = model.to_str_tokens(tokens_BS[0]) if hasattr(model, "to_str_tokens") else [str(i) for i in ids]
+    k = min(top_n, acts_SF.shape[1])
+    vals_SK, idx_SK = acts_SF.topk(k, dim=1)
+    fired = (acts_SF > min_act) & (acts_SF > 0)
+    latent_ids = fired.any(0).nonzero(as_tuple=True)[0].tolist()
+    labels = store.labels(latent_ids) if store is not None and latent_ids else {}
+    tokens = []
+    for s, (tid, tstr) in enumerate(zip(ids, strs)):
+        lat = [LatentActivation(int(i), float(v), labels.get(int(i)))
+               for v, i in zip(vals_SK[s].tolist(), idx_SK[s].tolist()) if v > min_act and v > 0]
+        tokens.append(TokenActivations(s, int(tid), str(tstr), lat))
+    totals = []
+    for i in latent_ids:
+        col = acts_SF[:, i]
+        totals.append(LatentTotal(int(i), float(col.max()), float(col.sum()), int(fired[:, i].sum()), labels.get(int(i))))
+    totals.sort(key=lambda t: (-t.max_act, t.id))
+    return TextActivations(text, hook, tokens, totals, acts_SF)

@@ -1,0 +1,336 @@
+"""`saesteer features`: build the feature store of an SAE and browse it from the terminal."""
+
+from __future__ import annotations
+
+import sys
+
+NAME = "features"
+ORDER = 40
+HELP = "build and browse the feature store (stats, examples, neighbours, search, HTML dashboards)"
+DESCRIPTION = """\
+The feature store is one SQLite file per SAE: per-latent statistics, histograms, top / quantile /
+negative examples, logit effects, neighbours and (later) labels and scores.
+
+examples:
+  saesteer features build --sae runs/toy-topk/sae --cache caches/toy --out stores/toy-topk.db
+  saesteer features show stores/toy-topk.db 42
+  saesteer features list stores/toy-topk.db --sort freq --limit 20
+  saesteer features search stores/toy-topk.db "ocean"
+  saesteer features top-on-text stores/toy-topk.db "the sailor sees a whale ." --model toy
+  saesteer features export stores/toy-topk.db out/dash --limit 200"""
+
+
+def add_arguments(parser) -> None:
+    from saesteer.configargs import add_dataclass_arguments
+    from features.config import BuildConfig
+
+    sub = parser.add_subparsers(dest="features_command", metavar="SUBCOMMAND", title="subcommands")
+    sub.required = True
+
+    b = sub.add_parser("build", help="run an SAE over an activation cache and write its feature store",
+                       description="Build (or resume, after a crash: re-run the same command) a feature store.")
+    b.add_argument("--sae", required=True, help="SAE folder (cfg.json + sae_weights.safetensors)")
+    b.add_argument("--cache", required=True, help="activation cache directory (from `saesteer cache`)")
+    b.add_argument("--out", required=True, help="store file to write, e.g. stores/toy-topk.db")
+    b.add_argument("--hook", default=None, help="hook point to read from the cache (default: the SAE's hook_name)")
+    b.add_argument("--model", default=None,
+                   help="model for logit effects and token strings (default: the cache's model; 'none' skips both)")
+    b.add_argument("--device", default=None, help="where the SAE (and model) run (default: cuda if available, else cpu)")
+    b.add_argument("--overwrite", action="store_true", help="replace an existing store built from something else")
+    b.add_argument("--no-verify", action="store_true", help="skip the cache shards' SHA-256 checks")
+    b.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_dataclass_arguments(b, BuildConfig, title="what the store keeps")
+
+    s = sub.add_parser("show", help="everything about one latent")
+    s.add_argument("store", help="feature store file")
+    s.add_argument("id", type=int, help="latent id")
+    s.add_argument("--examples", type=int, default=5, help="examples shown per kind (default: 5)")
+
+    ls = sub.add_parser("list", help="a table of latents, sorted and filtered")
+    ls.add_argument("store", help="feature store file")
+    ls.add_argument("--sort", default="freq", help="id, freq, n_fires, mean_act, max_act, typical_max_act, level, label, "
+                                                   "or score:<method> (default: freq)")
+    ls.add_argument("--ascending", action="store_true", help="smallest first")
+    ls.add_argument("--limit", type=int, default=30)
+    ls.add_argument("--offset", type=int, default=0)
+    ls.add_argument("--flag", action="append", default=None, help="only latents with this flag (dead, dense, bos_only, single_position)")
+    ls.add_argument("--alive", action="store_true", help="leave out dead latents")
+    ls.add_argument("--labelled", action="store_true", help="only latents with a label")
+
+    q = sub.add_parser("search", help="full-text search over labels and example text")
+    q.add_argument("store", help="feature store file")
+    q.add_argument("text", help="words to look for")
+    q.add_argument("--limit", type=int, default=20)
+
+    t = sub.add_parser("top-on-text", help="which latents fire on a text, token by token")
+    t.add_argument("store", nargs="?", default=None, help="feature store (for labels; its SAE is used unless --sae)")
+    t.add_argument("text", help="the text")
+    t.add_argument("--sae", default=None, help="SAE folder (default: the one the store was built from)")
+    t.add_argument("--model", default=None, help="model (default: the SAE's model_name, else 'toy')")
+    t.add_argument("--device", default=None)
+    t.add_argument("--top", type=int, default=5, help="latents shown per token (default: 5)")
+    t.add_argument("--no-bos", action="store_true", help="do not prepend BOS")
+
+    e = sub.add_parser("export", help="static HTML dashboards (open offline)")
+    e.add_argument("store", help="feature store file")
+    e.add_argument("out", help="output directory")
+    e.add_argument("--features", default=None, help="ids and ranges, e.g. 0-99,120 (default: all, or --limit most frequent)")
+    e.add_argument("--limit", type=int, default=None, help="export the N most frequent latents")
+    e.add_argument("--no-progress", action="store_true")
+
+
+def _ids(spec: str) -> list[int]:
+    out: list[int] = []
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "-" in part[1:]:
+            a, b = part.split("-", 1)
+            out.extend(range(int(a), int(b) + 1))
+        else:
+            out.append(int(part))
+    return out
+
+
+def _load_model(spec: str | None, device: str | None):
+    from saesteer.models import load_model
+
+    return load_model(spec or "toy", device=device)
+
+
+def _spec_from_id(model_id: str | None) -> str | None:
+    """A load spec from a cache's model id ('toy:...' -> 'toy', 'hub:NAME@REV' -> 'NAME@REV');
+    None when the id cannot be reloaded by name (a local checkpoint)."""
+    if not model_id:
+        return None
+    kind, _, rest = model_id.partition(":")
+    if kind == "toy":
+        return "toy"
+    if kind == "hub" and rest:
+        return rest
+    return None
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def run(args) -> int:
+    from features.store import StoreError
+
+    cmd = {"build": _build, "show": _show, "list": _list, "search": _search, "top-on-text": _top_on_text,
+           "export": _export}[args.features_command]
+    try:
+        return cmd(args)
+    except (StoreError, FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+# ---------------------------------------------------------------------------------------------
+def _build(args) -> int:
+    import torch
+
+    import saes
+    from features import CacheSource, build_feature_store
+    from features.config import BuildConfig
+    from saesteer.configargs import dataclass_from_args
+
+    cfg = dataclass_from_args(BuildConfig, args)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    sae = saes.load_sae(args.sae, device=device)
+    sae.eval()
+    hook = args.hook or (sae.cfg.metadata or {}).get("hook_name")
+    source = CacheSource(args.cache, hook=hook, verify=not args.no_verify)
+    model = None
+    cache_model = (source.manifest.settings.get("model") or {}).get("id")
+    spec = args.model or _spec_from_id(cache_model)
+    if spec is None:
+        raise ValueError(f"the cache was made with model {cache_model!r}, which cannot be reloaded by name; pass "
+                         f"--model DIR (that model) for logit effects and token strings, or --model none")
+    if spec.lower() != "none":
+        from saesteer.models import model_id
+
+        model = _load_model(spec, device)
+        if cache_model and model_id(model) != cache_model:
+            raise ValueError(f"--model {spec} is {model_id(model)}, but the cache was made with {cache_model}; "
+                             f"pass the cache's model, or --model none to skip logit effects and token strings")
+    con = _console()
+    con.print(f"[bold]feature store[/] {args.out}: {sae.architecture} d_sae={sae.d_sae} over {source.n_rows:,} tokens "
+              f"of {args.cache} ({source.hook_name}); model: {spec if model is not None else 'none (no logit effects)'}")
+    res = build_feature_store(args.out, sae, source, cfg, model=model, sae_path=str(args.sae), overwrite=args.overwrite,
+                              progress=not args.no_progress)
+    if res.already_complete:
+        con.print(f"{args.out} is already complete (same SAE, cache and settings); nothing to do")
+        return 0
+    rate = f", pass {res.tokens_per_s:,.0f} tokens/s" if res.pass_rows else ""
+    con.print(f"done in {res.total_seconds:.1f} s{rate}{' (resumed)' if res.resumed else ''}; "
+              + ", ".join(f"{k} {v}" for k, v in res.summary.items()))
+    return 0
+
+
+def _fmt(x, spec: str = ".4g") -> str:
+    return "-" if x is None or x != x else format(x, spec)
+
+
+def _example_text(e):
+    """A rich Text of an example's window, shaded by activation, the centre token underlined."""
+    from rich.text import Text
+
+    toks = e.tokens or [str(x) for x in e.token_ids]
+    bpe_like = any(t[:1] in (" ", "\n") for t in toks)  # GPT-2 style strings carry their spaces
+    t = Text()
+    peak = max([a for a in e.acts] + [1e-9])
+    for i, (tok, a) in enumerate(zip(toks, e.acts)):
+        style = ""
+        if a > 0:
+            level = min(1.0, a / peak)
+            style = "black on " + ("#ffb347" if level > 0.66 else "#ffd9a0" if level > 0.33 else "#fff0d6")
+        if i == e.centre:
+            style = (style + " bold underline").strip()
+        if i and not bpe_like:
+            t.append(" ")
+        t.append(tok.replace("\n", "\\n"), style=style)
+    return t
+
+
+def _show(args) -> int:
+    from rich.table import Table
+
+    from features import FeatureStore
+
+    con = _console()
+    with FeatureStore.open(args.store) as store:
+        rec = store.feature(args.id)
+        st = rec.stats
+        title = f"feature {rec.id}" + (f": {rec.label.text}" if rec.label else "")
+        con.rule(f"[bold]{title}")
+        if rec.label and rec.label.provenance:
+            p = rec.label.provenance
+            con.print(f"label by {p.judge_model} ({p.judge_kind}{', offline' if p.offline else ''}), prompt {p.prompt_version}")
+        if rec.scores:
+            con.print("scores: " + ", ".join(f"{s.method} {s.value:.3f}" for s in rec.scores))
+        tab = Table(show_header=False, box=None)
+        for k, v in (("frequency", _fmt(st.freq)), ("firings", str(st.n_fires)), ("mean act", _fmt(st.mean_act)),
+                     ("max act", _fmt(st.max_act)), ("typical max", _fmt(st.typical_max_act)),
+                     ("p50/p90/p99", f"{_fmt(st.q50)} / {_fmt(st.q90)} / {_fmt(st.q99)}"),
+                     ("flags", ", ".join(st.flags) or "-"), ("level", _fmt(rec.level, "d") if rec.level is not None else "-"),
+                     ("parent", str(rec.parent.parent_id) if rec.parent else "-"),
+                     ("children", ", ".join(str(c.child_id) for c in rec.children[:20]) or "-"),
+                     ("recommended strength", _fmt(rec.recommended_strength))):
+            tab.add_row(f"[dim]{k}", v)
+        con.print(tab)
+        if rec.logits is not None:
+            con.print("[green]promotes[/] " + "  ".join(f"{t.token!r} {t.value:+.2f}" for t in rec.logits.promoted[:8]))
+            con.print("[red]suppresses[/] " + "  ".join(f"{t.token!r} {t.value:+.2f}" for t in rec.logits.suppressed[:8]))
+        for name, nbs in (("decoder neighbours", rec.decoder_neighbours), ("co-activation neighbours", rec.coact_neighbours)):
+            if nbs:
+                con.print(f"[dim]{name}:[/] " + ", ".join(f"{n.id} ({n.score:.2f})" + (f" {n.label}" if n.label else "") for n in nbs[:8]))
+        for name, exs in (("top examples", rec.top_examples), ("across quantiles", rec.quantile_examples),
+                          ("non-activating", rec.negative_examples)):
+            if not exs:
+                continue
+            con.rule(f"[dim]{name}", align="left")
+            for e in exs[: args.examples]:
+                head = f"[dim]{e.activation:7.3f}" + (f" q{e.quantile:.2f}" if e.quantile is not None else "") + "[/] "
+                con.print(head, _example_text(e))
+    return 0
+
+
+def _summary_table(rows, title: str):
+    from rich.table import Table
+
+    tab = Table(title=title)
+    for c in ("id", "label", "freq", "max act", "typical max", "flags", "level"):
+        tab.add_column(c, justify="right" if c in ("id", "freq", "max act", "typical max", "level") else "left")
+    for s in rows:
+        tab.add_row(str(s.id), s.label or "", _fmt(s.freq), _fmt(s.max_act), _fmt(s.typical_max_act), " ".join(s.flags),
+                    "" if s.level is None else str(s.level))
+    return tab
+
+
+def _list(args) -> int:
+    from features import FeatureStore
+
+    flt = {"flags": args.flag, "alive_only": args.alive, "has_label": True if args.labelled else None}
+    with FeatureStore.open(args.store) as store:
+        total = store.count_features(flt)
+        rows = store.list_features(sort=args.sort, filter=flt, offset=args.offset, limit=args.limit,
+                                   descending=False if args.ascending else None)
+        _console().print(_summary_table(rows, f"{args.store}: {total} latents match, showing {args.offset}.."
+                                              f"{args.offset + len(rows) - 1}"))
+    return 0
+
+
+def _search(args) -> int:
+    from rich.table import Table
+
+    from features import FeatureStore
+
+    with FeatureStore.open(args.store) as store:
+        hits = store.search(args.text, limit=args.limit)
+    con = _console()
+    if not hits:
+        con.print(f"no latent matches {args.text!r}")
+        return 0
+    tab = Table(title=f"latents matching {args.text!r}")
+    for c in ("id", "score", "label", "freq", "match"):
+        tab.add_column(c)
+    for h in hits:
+        tab.add_row(str(h.feature_id), f"{h.score:.2f}", h.label or "", _fmt(h.freq), h.snippet.replace("\n", " ")[:120])
+    con.print(tab)
+    return 0
+
+
+def _top_on_text(args) -> int:
+    import torch
+    from rich.table import Table
+
+    import saes
+    from features import FeatureStore
+    from features.text import features_on_text
+
+    store = FeatureStore.open(args.store) if args.store else None
+    try:
+        sae_dir = args.sae
+        model_spec = args.model
+        if store is not None:
+            sae_dir = sae_dir or (store.meta.get("sae") or {}).get("path")
+            model_spec = model_spec or _spec_from_id((store.meta.get("cache") or {}).get("model"))
+        if not sae_dir:
+            raise ValueError("give --sae (or a store that records the SAE folder it was built from)")
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        sae = saes.load_sae(sae_dir, device=device)
+        sae.eval()
+        model = _load_model(model_spec or "toy", device)
+        res = features_on_text(model, sae, args.text, store=store, top_n=args.top, prepend_bos=not args.no_bos)
+    finally:
+        if store is not None:
+            store.close()
+    con = _console()
+    tab = Table(title=f"latents firing on {args.text!r} ({res.hook_name})")
+    tab.add_column("pos", justify="right")
+    tab.add_column("token")
+    tab.add_column("latents (activation)")
+    for t in res.tokens:
+        tab.add_row(str(t.position), repr(t.token),
+                    ", ".join(f"{l.id} ({l.act:.2f})" + (f" {l.label}" if l.label else "") for l in t.latents) or "-")
+    con.print(tab)
+    if res.latents:
+        con.print("strongest over the text: " + ", ".join(
+            f"{l.id} max {l.max_act:.2f} on {l.n_tokens} tok" + (f" [{l.label}]" if l.label else "") for l in res.latents[:10]))
+    return 0
+
+
+def _export(args) -> int:
+    from features import FeatureStore
+    from features.export import export_html
+
+    with FeatureStore.open(args.store) as store:
+        ids = _ids(args.features) if args.features else None
+        index = export_html(store, args.out, ids, limit=args.limit, progress=not args.no_progress)
+    print(f"wrote {index} (open it in a browser; works offline)")
+    return 0

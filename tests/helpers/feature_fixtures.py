@@ -1,0 +1,92 @@
+"""Small, deterministic inputs for the feature-store tests: in-memory caches, hand-built SAEs and
+a word-level tokenizer stand-in. Everything is CPU and seeded.
+
+    from helpers.feature_fixtures import random_source, make_sae, WordTokenizer
+"""
+
+from __future__ import annotations
+
+import torch
+
+WORDS = ["<pad>", "<bos>"] + [f"w{i}" for i in range(2, 64)]
+
+
+class WordTokenizer:
+    """What the build needs from a tokenizer: len() and batch_decode (words joined by spaces)."""
+
+    def __init__(self, words: list[str] | None = None) -> None:
+        self.words = list(words or WORDS)
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def batch_decode(self, seqs, **kw) -> list[str]:
+        return [" ".join(self.words[i] for i in seq) for seq in seqs]
+
+
+def random_source(seed: int = 0, n_contexts: int = 24, context_length: int = 16, d_in: int = 8,
+                  vocab: int = 64, bos: bool = True, contexts_per_chunk: int = 10):
+    """A TensorSource of random activations; with bos=True position 0 holds <bos> (id 1) and has
+    no row (like a cache made with exclude_tokens='bos')."""
+    from features import TensorSource
+
+    g = torch.Generator().manual_seed(seed)
+    ctx = torch.randint(2, vocab, (n_contexts, context_length), generator=g)
+    keep = torch.ones(n_contexts, context_length, dtype=torch.bool)
+    if bos:
+        ctx[:, 0] = 1
+        keep[:, 0] = False
+    acts = torch.randn(int(keep.sum()), d_in, generator=g)
+    return TensorSource(acts, ctx, keep, bos_id=1 if bos else None, contexts_per_chunk=contexts_per_chunk,
+                        hook_name="blocks.0.hook_resid_post")
+
+
+def make_sae(arch: str = "topk", d_in: int = 8, d_sae: int = 32, seed: int = 0, **kw):
+    """A seeded SAE with non-trivial biases (threshold encoders get thresholds that make rows ragged)."""
+    import saes
+
+    g = torch.Generator().manual_seed(seed)
+    if arch in ("topk", "batchtopk", "matryoshka_batchtopk"):
+        kw.setdefault("k", 4)
+    if arch == "matryoshka_batchtopk":
+        kw.setdefault("matryoshka_widths", [d_sae // 4, d_sae])
+    kw.setdefault("metadata", {"hook_name": "blocks.0.hook_resid_post"})
+    sae = saes.create_sae(arch, d_in, d_sae, generator=g, **kw)
+    with torch.no_grad():
+        sae.b_enc.normal_(0, 0.1, generator=g)
+        if hasattr(sae, "threshold"):
+            sae.threshold.uniform_(0.2, 1.2, generator=g)
+    return sae.eval()
+
+
+def identity_sae(d: int, arch: str = "standard"):
+    """acts = relu(x): W_enc = W_dec = I, zero biases, no b_dec subtraction."""
+    import saes
+
+    kw = {"matryoshka_widths": [d // 2, d], "k": 1} if arch == "matryoshka_batchtopk" else {}
+    sae = saes.create_sae(arch, d, d, apply_b_dec_to_input=False, metadata={"hook_name": "blocks.0.hook_resid_post"}, **kw)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.eye(d))
+        sae.W_dec.copy_(torch.eye(d))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+        if hasattr(sae, "threshold"):
+            sae.threshold.zero_()
+    return sae.eval()
+
+
+def small_config(**kw):
+    from features import BuildConfig
+
+    base = dict(top_k=3, n_quantile=4, n_negative=2, negative_pool=12, window_before=3, window_after=2, batch_rows=64,
+                n_neighbours=3, write_block=8, checkpoint_rows=0, flag_min_fires=2, coact_kmax=8)
+    base.update(kw)
+    return BuildConfig(**base)
+
+
+def single_thread():
+    """Generator for a module fixture: tiny tensor ops run fastest on one thread (busy 2-core CI)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -1,0 +1,68 @@
+"""`saesteer features ...` end to end on the toy model: cache -> build -> show/list/search/export/top-on-text."""
+
+import pytest
+import torch
+
+from saesteer.cli import main
+
+HOOK = "blocks.2.hook_resid_post"
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    import saes
+
+    d = tmp_path_factory.mktemp("cli")
+    assert main(["cache", "--model", "toy", "--dataset", "toy", "--max-tokens", "4096", "--shard-contexts", "8",
+                 "--hooks", HOOK, "--out", str(d / "cache"), "--no-progress"]) == 0
+    sae = saes.create_sae("topk", 128, 64, k=8, generator=torch.Generator().manual_seed(0),
+                          metadata={"hook_name": HOOK, "model_name": "toyworld-tiny"})
+    saes.save_sae(sae, d / "sae")
+    return d
+
+
+def test_cli_build_show_list_search_export(toy, capsys):
+    d = toy
+    store = str(d / "f.db")
+    args = ["features", "build", "--sae", str(d / "sae"), "--cache", str(d / "cache"), "--out", store, "--no-progress",
+            "--top-k", "5", "--n-quantile", "6", "--window-before", "6", "--window-after", "2", "--write-block", "16"]
+    assert main(args) == 0
+    assert "done in" in capsys.readouterr().out
+    assert main(args) == 0 and "already complete" in capsys.readouterr().out
+
+    from features import FeatureStore
+
+    with FeatureStore.open(store) as st:
+        top = st.list_features(sort="freq", limit=1)[0].id
+        word = st.feature(top).top_examples[0].tokens[st.feature(top).top_examples[0].centre].strip()
+        assert st.meta["logit_method"] and st.feature(top).logits.promoted  # the cache's model was loaded
+    assert main(["features", "show", store, str(top)]) == 0
+    out = capsys.readouterr().out
+    assert f"feature {top}" in out and "promotes" in out and "top examples" in out
+    assert main(["features", "show", store, "64"]) == 2
+    assert "out of range" in capsys.readouterr().err
+    assert main(["features", "list", store, "--sort", "max_act", "--limit", "5"]) == 0
+    assert "64 latents match" in capsys.readouterr().out
+    assert main(["features", "search", store, word]) == 0
+    assert str(top) in capsys.readouterr().out
+    assert main(["features", "export", store, str(d / "dash"), "--features", f"0-3,{top}", "--no-progress"]) == 0
+    assert len(list((d / "dash" / "f").glob("*.html"))) == len({0, 1, 2, 3, top})
+    assert main(["features", "top-on-text", store, "the sailor sees a big whale ."]) == 0
+    out = capsys.readouterr().out
+    assert "whale" in out and "strongest over the text" in out
+
+
+def test_cli_refuses_a_store_of_another_sae(toy, capsys, tmp_path):
+    import saes
+
+    other = saes.create_sae("topk", 128, 64, k=8, generator=torch.Generator().manual_seed(1), metadata={"hook_name": HOOK})
+    saes.save_sae(other, tmp_path / "other")
+    store = str(toy / "f.db")
+    if not (toy / "f.db").exists():
+        pytest.skip("needs the store of the previous test")
+    code = main(["features", "build", "--sae", str(tmp_path / "other"), "--cache", str(toy / "cache"), "--out", store,
+                 "--no-progress", "--top-k", "5", "--n-quantile", "6", "--window-before", "6", "--window-after", "2",
+                 "--write-block", "16"])
+    assert code == 2 and "refusing" in capsys.readouterr().err
+    assert main(["features", "top-on-text", store, "a whale", "--sae", str(tmp_path / "other")]) == 2
+    assert "another SAE" in capsys.readouterr().err

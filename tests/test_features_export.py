@@ -1,0 +1,54 @@
+"""Static HTML export: pages for every latent, plotly beside them, and untrusted text escaped."""
+
+import re
+
+import pytest
+
+from features import FeatureStore, LabelProvenance, build_feature_store
+from features.export import export_html, script_json
+from helpers.feature_fixtures import WordTokenizer, make_sae, random_source, small_config, single_thread
+
+
+EVIL_LABEL = "<script>alert(1)</script>"
+EVIL_WORDS = ["<pad>", "<bos>", "</script><script>alert(2)</script>", "<img src=x onerror=alert(3)>", "a&b"] + [
+    f"w{i}" for i in range(5, 64)]
+
+
+one_thread = pytest.fixture(autouse=True, scope="module")(single_thread)
+
+
+def test_export_escapes_untrusted_text_and_works_offline(tmp_path):
+    src = random_source(seed=4, n_contexts=16, context_length=10, vocab=8)  # tokens 2..7: the evil words appear
+    sae = make_sae("topk", d_in=8, d_sae=12, seed=4)
+    path = tmp_path / "x.db"
+    build_feature_store(path, sae, src, small_config(), tokenizer=WordTokenizer(EVIL_WORDS), progress=False)
+    with FeatureStore.open(path, readonly=False) as st:
+        alive = st.list_features(sort="freq", limit=1)[0].id
+        st.write_label(alive, EVIL_LABEL, explanation="<b onmouseover=alert(4)>x</b>",
+                       provenance=LabelProvenance("<judge>", "offline", "v<1>"))
+        index = export_html(st, tmp_path / "dash")
+    out = tmp_path / "dash"
+    assert (out / "plotly.min.js").stat().st_size > 1_000_000  # shipped once beside the pages
+    pages = sorted((out / "f").glob("*.html"))
+    assert len(pages) == 12
+    for page in [index] + pages:
+        html = page.read_text()
+        # every <script> in the page is ours: the plotly include, the chart data, the table script
+        tags = re.findall(r"<script[^>]*>", html)
+        assert all(t in ("<script>", '<script src="../plotly.min.js">') for t in tags), tags
+        assert "alert(" not in html.replace("&lt;script&gt;alert(1)&lt;/script&gt;", "").replace(
+            "&lt;/script&gt;&lt;script&gt;alert(2)&lt;/script&gt;", "").replace(
+            "&lt;img src=x onerror=alert(3)&gt;", "").replace("&lt;b onmouseover=alert(4)&gt;", "").replace(
+            "\\u003c/script\\u003e\\u003cscript\\u003ealert(2)\\u003c/script\\u003e", "").replace(
+            "&amp;lt;/script&amp;gt;&amp;lt;script&amp;gt;alert(2)&amp;lt;/script&amp;gt;", "").replace(
+            "&amp;lt;img src=x onerror=alert(3)&amp;gt;", ""), page
+        assert "<img" not in html and "<b " not in html
+    labelled = (out / "f" / f"{alive:05d}.html").read_text()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in labelled and "(offline judge)" in labelled
+    assert "Plotly.newPlot('hist'" in labelled and "Top activations" in labelled
+    assert EVIL_LABEL not in index.read_text() and "&lt;script&gt;alert(1)" in index.read_text()
+
+
+def test_script_json_cannot_close_the_script_element():
+    s = script_json({"t": "</script><script>alert(1)</script>", "u": "a\u2028b&c"})
+    assert "<" not in s and ">" not in s and "&" not in s and "\u2028" not in s

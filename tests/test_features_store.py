@@ -1,0 +1,215 @@
+"""The feature store: identity checks, errors, search, labels/scores/provenance, listing."""
+
+import sqlite3
+
+import pytest
+import torch
+
+from features import (
+
+
+    FeatureIndexError,
+    FeatureStore,
+    LabelProvenance,
+    ScoreInput,
+    StoreError,
+    StoreMismatchError,
+    StoreReadOnlyError,
+    build_feature_store,
+)
+from helpers.feature_fixtures import single_thread, WordTokenizer, identity_sae, make_sae, random_source, small_config
+
+
+one_thread = pytest.fixture(autouse=True, scope="module")(single_thread)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    d = tmp_path_factory.mktemp("store")
+    src = random_source(seed=5, n_contexts=24, context_length=12)
+    sae = make_sae("matryoshka_batchtopk", d_in=8, d_sae=24, seed=5)
+    path = d / "s.db"
+    res = build_feature_store(path, sae, src, small_config(), tokenizer=WordTokenizer(), progress=False)
+    return path, sae, src, res
+
+
+def prov(**kw):
+    base = dict(judge_model="gpt-test", judge_kind="openai", prompt_version="v1", examples_used=[1, 2, 3],
+                params={"temperature": 0})
+    base.update(kw)
+    return LabelProvenance(**base)
+
+
+def test_build_summary_and_metadata(built):
+    path, sae, src, res = built
+    assert not res.already_complete and res.n_rows == src.n_rows and res.pass_rows == src.n_rows
+    with FeatureStore.open(path, sae=sae, cache=src) as st:
+        assert st.complete and st.d_sae == 24 and st.integrity_check() == "ok"
+        assert st.meta["schema_version"] == 1 and st.meta["n_rows"] == src.n_rows
+        assert st.meta["sae"]["architecture"] == "matryoshka_batchtopk" and st.meta["window_before"] == 3
+        assert st.count_features() == 24
+        assert st._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        rec = st.feature(20)
+        assert rec.level == 1 and st.feature(2).level == 0
+        assert len(rec.decoder_neighbours) == 3 and all(n.id != 20 for n in rec.decoder_neighbours)
+        assert [n.score for n in rec.decoder_neighbours] == sorted([n.score for n in rec.decoder_neighbours], reverse=True)
+    # a second build with the same inputs is a no-op
+    again = build_feature_store(path, sae, src, small_config(), tokenizer=WordTokenizer(), progress=False)
+    assert again.already_complete
+
+
+def test_another_sae_or_cache_is_refused(built, tmp_path):
+    path, sae, src, _ = built
+    other_sae = make_sae("matryoshka_batchtopk", d_in=8, d_sae=24, seed=6)
+    with pytest.raises(StoreMismatchError, match="another SAE"):
+        FeatureStore.open(path, sae=other_sae)
+    with pytest.raises(StoreMismatchError, match="another activation cache"):
+        FeatureStore.open(path, cache=random_source(seed=99, n_contexts=24, context_length=12))
+    with FeatureStore.open(path) as st:
+        with pytest.raises(StoreMismatchError):
+            st.check_sae(other_sae)
+        st.check_sae(sae)  # the right one passes
+    # building into a store of another SAE is refused; overwrite=True rebuilds it
+    copy = tmp_path / "copy.db"
+    copy.write_bytes(path.read_bytes())
+    with pytest.raises(StoreMismatchError, match="sae_fingerprint"):
+        build_feature_store(copy, other_sae, src, small_config(), progress=False)
+    build_feature_store(copy, other_sae, src, small_config(), overwrite=True, progress=False)
+    with FeatureStore.open(copy, sae=other_sae) as st:
+        assert st.complete
+
+
+def test_feature_id_out_of_range_names_the_valid_range(built):
+    path, *_ = built
+    with FeatureStore.open(path) as st:
+        for bad in (-1, 24, 10_000):
+            with pytest.raises(FeatureIndexError, match=r"0\.\.23 \(d_sae=24\)"):
+                st.feature(bad)
+        with pytest.raises(IndexError):
+            st.examples(24)
+        with pytest.raises(FeatureIndexError):
+            st.list_features(filter={"ids": [3, 99]})
+
+
+def test_readonly_store_refuses_writes_and_missing_store_says_how_to_build(built, tmp_path):
+    path, *_ = built
+    with FeatureStore.open(path) as st:
+        with pytest.raises(StoreReadOnlyError, match="readonly=False"):
+            st.write_label(0, "x", provenance=prov())
+    with pytest.raises(FileNotFoundError, match="features build"):
+        FeatureStore.open(tmp_path / "nope.db")
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"not a database at all" * 100)
+    with pytest.raises(StoreError):
+        FeatureStore.open(junk)
+
+
+def test_newer_schema_is_refused(built, tmp_path):
+    path, *_ = built
+    copy = tmp_path / "v2.db"
+    copy.write_bytes(path.read_bytes())
+    con = sqlite3.connect(copy)
+    con.execute("UPDATE schema_version SET version = 99")
+    con.commit()
+    con.close()
+    with pytest.raises(StoreError, match="upgrade saesteer"):
+        FeatureStore.open(copy)
+
+
+def test_labels_scores_provenance_round_trip(built, tmp_path):
+    path, *_ = built
+    copy = tmp_path / "labels.db"
+    copy.write_bytes(path.read_bytes())
+    with FeatureStore.open(copy, readonly=False) as st:
+        l1 = st.write_label(4, "first idea", provenance=prov())
+        l2 = st.write_label(4, "ocean waves", explanation="fires on sea words",
+                            provenance=prov(judge_model="heuristic", judge_kind="offline", examples_used=[7]))
+        assert l2 > l1
+        ids = st.write_scores(4, {"detection": 0.8, "fuzzing": 0.7},
+                              provenance=prov(judge_model="heuristic", judge_kind="offline"))
+        st.write_scores(4, [ScoreInput("simulation", 0.3, n_examples=40, details={"r": 0.3})], label_id=None)
+        assert len(ids) == 2
+        with pytest.raises(ValueError, match="does not belong"):
+            st.write_scores(5, {"detection": 0.1}, label_id=l2)
+        with pytest.raises(ValueError, match="judge_kind"):
+            prov(judge_kind="psychic")
+        st.set_recommended_strength(4, 2.5, source="sweep", details={"unit": "max_act"})
+    with FeatureStore.open(copy) as st:
+        rec = st.feature(4)
+        assert rec.label.text == "ocean waves" and rec.label.explanation == "fires on sea words"
+        p = rec.label.provenance
+        assert (p.judge_model, p.judge_kind, p.offline, p.examples_used) == ("heuristic", "offline", True, [7])
+        assert {s.method: s.value for s in rec.scores} == {"detection": 0.8, "fuzzing": 0.7, "simulation": 0.3}
+        assert {s.method: s.offline for s in rec.scores} == {"detection": True, "fuzzing": True, "simulation": None}
+        assert rec.recommended_strength == 2.5 and rec.strength_source == "sweep"
+        assert st.labels([4, 5]) == {4: "ocean waves"}
+        n_hist = st._conn.execute("SELECT COUNT(*) FROM labels WHERE feature_id = 4").fetchone()[0]
+        assert n_hist == 2  # history kept, newest is current
+
+
+def test_full_text_search_over_labels_and_examples(built, tmp_path):
+    path, *_ = built
+    copy = tmp_path / "fts.db"
+    copy.write_bytes(path.read_bytes())
+    with FeatureStore.open(copy, readonly=False) as st:
+        # example text is searchable: a word from a top example of latent 3
+        word = st.feature(3).top_examples[0].tokens[st.feature(3).top_examples[0].centre]
+        hits = st.search(word, limit=50)
+        assert 3 in [h.feature_id for h in hits] and all(word in h.snippet for h in hits)
+        st.write_label(7, "whales and dolphins", provenance=prov())
+        st.write_label(8, "dolphins", provenance=prov())
+        hits = st.search("dolphins")
+        assert {h.feature_id for h in hits} == {7, 8}
+        assert hits[0].label in ("dolphins", "whales and dolphins")
+        assert st.search("whales dolphins")[0].feature_id == 7  # all words first
+        assert [h.feature_id for h in st.search("whales zebra")] == [7]  # else any word
+        assert st.search("zebra") == [] and st.search("   ") == []
+        st.write_label(7, "sharks", provenance=prov())  # relabel: the old label leaves the index
+        assert [h.feature_id for h in st.search("dolphins")] == [8]
+        assert st.search('"; DROP TABLE features; --') == []  # quoted as words, never SQL
+
+
+def test_list_features_sorts_filters_and_pages(built):
+    path, *_ = built
+    with FeatureStore.open(path) as st:
+        by_freq = st.list_features(sort="freq", limit=24)
+        freqs = [s.freq for s in by_freq]
+        assert freqs == sorted(freqs, reverse=True)
+        assert [s.id for s in st.list_features(sort="id", offset=5, limit=3)] == [5, 6, 7]
+        assert [s.id for s in st.list_features(sort="id", descending=True, limit=2)] == [23, 22]
+        lvl1 = st.list_features(filter={"level": 1}, limit=100)
+        assert lvl1 and all(s.level == 1 for s in lvl1) and st.count_features({"level": 1}) == len(lvl1)
+        alive = st.count_features({"alive_only": True})
+        assert alive + st.count_features({"flags": ["dead"]}) == 24
+        mid = st.list_features(filter={"min_freq": freqs[10], "max_freq": freqs[3]}, limit=100)
+        assert all(freqs[10] <= s.freq <= freqs[3] for s in mid)
+        with pytest.raises(ValueError, match="unknown sort"):
+            st.list_features(sort="freq; DROP TABLE features")
+        with pytest.raises(ValueError, match="unknown filter key"):
+            st.list_features(filter={"nope": 1})
+
+
+def test_matryoshka_parent_links_from_co_firing_and_decoder(tmp_path):
+    """Latents 0, 1 are level 0; 2, 3 level 1. Latent 2 fires only together with latent 0 (its
+    parent by co-firing); latent 3 never fires but its decoder is latent 1's (parent by cosine)."""
+    from features import TensorSource
+
+    g = torch.Generator().manual_seed(0)
+    n = 200
+    x = torch.zeros(n, 4)
+    x[:, 0] = (torch.rand(n, generator=g) < 0.5).float() * (1 + torch.rand(n, generator=g))
+    x[:, 1] = (torch.rand(n, generator=g) < 0.3).float() * (1 + torch.rand(n, generator=g))
+    x[:, 2] = (x[:, 0] > 0).float() * (torch.rand(n, generator=g) < 0.4).float() * 2.0
+    sae = identity_sae(4, arch="matryoshka_batchtopk")
+    with torch.no_grad():
+        sae.W_dec[3] = torch.tensor([0.05, 1.0, 0.0, 0.0])
+    src = TensorSource(x, torch.full((n // 10, 10), 7))
+    path = tmp_path / "m.db"
+    build_feature_store(path, sae, src, small_config(n_quantile=16, flag_min_fires=4), progress=False)
+    with FeatureStore.open(path) as st:
+        f2, f3 = st.feature(2), st.feature(3)
+        assert (f2.level, f2.parent.parent_id, f2.parent.method, f2.parent.coact) == (1, 0, "coact", 1.0)
+        assert (f3.parent.parent_id, f3.parent.method) == (1, "decoder") and f3.parent.cosine > 0.99
+        assert [c.child_id for c in st.feature(0).children] == [2]
+        assert st.feature(0).parent is None
+        assert 0 in [n.id for n in f2.coact_neighbours]
