@@ -145,6 +145,7 @@ def main(argv=None) -> int:
     ap.add_argument("--shard-contexts", type=int, default=64)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--layer", type=int, default=None, help="cache blocks.<layer>.hook_resid_post (default: n_layers // 2)")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     ap.add_argument("--no-saelens", action="store_true")
     ap.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
     args = ap.parse_args(argv)
@@ -154,6 +155,8 @@ def main(argv=None) -> int:
 
     from training.text import TextConfig, open_packer
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="bench_cache_"))
     try:
         model, tok, corpus, label = load_model(args.model, work)

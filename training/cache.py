@@ -63,6 +63,7 @@ from training.text import (
     dataset_spec,
     estimate_stream_tokens,
     make_tokenize,
+    sample_documents,
     ContextPacker,
     special_tokens,
     tokenizer_fingerprint,
@@ -384,13 +385,14 @@ def _plan(model, text: TextConfig, cfg: CacheConfig, tokenizer, model_id, model_
 
 def _estimate(plan: _Plan, text: TextConfig, cfg: CacheConfig, tokenizer, out: Path, contexts_done: int) -> CacheEstimate:
     L = text.context_length
-    packer = ContextPacker(plan.source.chunks(0, 64), make_tokenize(tokenizer), text, special_tokens(tokenizer))
+    texts = sample_documents(plan.source, 512)  # one read serves both estimates
+    packer = ContextPacker(iter([texts]), make_tokenize(tokenizer), text, special_tokens(tokenizer))
     sample, _ = packer.take(64)
     if len(sample):
         rows_per_context = float((~np.isin(sample, plan.excluded)).sum()) / len(sample)
     else:
         rows_per_context = float(L)
-    stream = estimate_stream_tokens(text, tokenizer, plan.source)
+    stream = estimate_stream_tokens(text, tokenizer, plan.source, texts, 512)
     K = packer.K
     data_contexts = None if stream is None else stream // K
     exact = False
@@ -640,20 +642,24 @@ def build_cache(
             if m and int(m.group(1)) >= len(done):
                 p.unlink()
         contexts_done = sum(s.contexts for s in done)
-        est = _estimate(plan, text, cfg, tokenizer, out, contexts_done)
-        say(est.describe())
-        if done:
-            say(f"  resuming after {len(done)} finished shard(s) ({contexts_done:,} contexts)")
-        if cfg.check_disk and est.bytes_needed is not None and est.bytes_needed > est.bytes_free:
-            raise CacheDiskFullError(
-                errno.ENOSPC,
-                f"not enough disk space in {out}: the cache needs ~{_fmt_bytes(est.bytes_needed)}, "
-                f"{_fmt_bytes(est.bytes_free)} free. Free space, pick another --out, lower --max-tokens, "
-                "or pass --check-disk false to try anyway.",
-            )
-        t_loop = time.perf_counter()
-        written = _run_build(plan, text, cfg, tokenizer, out, done, est, progress, writer_thread)
-        t_loop = time.perf_counter() - t_loop
+        shards_in = _open_prefetcher(plan, text, cfg, tokenizer, done, writer_thread)  # tokenizes during the estimate
+        try:
+            est = _estimate(plan, text, cfg, tokenizer, out, contexts_done)
+            say(est.describe())
+            if done:
+                say(f"  resuming after {len(done)} finished shard(s) ({contexts_done:,} contexts)")
+            if cfg.check_disk and est.bytes_needed is not None and est.bytes_needed > est.bytes_free:
+                raise CacheDiskFullError(
+                    errno.ENOSPC,
+                    f"not enough disk space in {out}: the cache needs ~{_fmt_bytes(est.bytes_needed)}, "
+                    f"{_fmt_bytes(est.bytes_free)} free. Free space, pick another --out, lower --max-tokens, "
+                    "or pass --check-disk false to try anyway.",
+                )
+            t_loop = time.perf_counter()
+            written = _run_build(plan, text, cfg, out, done, est, progress, writer_thread, shards_in)
+            t_loop = time.perf_counter() - t_loop
+        finally:
+            shards_in.close()
         shards = read_progress(out)
         manifest = Manifest(plan.settings, complete=True, shards=shards)
         try:
@@ -737,17 +743,23 @@ class _Prefetcher:
             self._thread.join()
 
 
-def _run_build(plan: _Plan, text: TextConfig, cfg: CacheConfig, tokenizer, out: Path, done: list[ShardInfo],
-               est: CacheEstimate, progress: bool, threaded: bool) -> tuple[int, int]:
+def _open_prefetcher(plan: _Plan, text: TextConfig, cfg: CacheConfig, tokenizer, done: list[ShardInfo],
+                     threaded: bool) -> _Prefetcher:
+    start = TextPointer(*done[-1].text_end) if done else TextPointer(0, 0)
+    ctx = sum(s.contexts for s in done)
+    target = None if cfg.max_tokens is None else cfg.max_tokens // text.context_length
+    packer = ContextPacker(plan.source.chunks(start.doc), make_tokenize(tokenizer), text, special_tokens(tokenizer), start)
+    return _Prefetcher(packer, int(plan.settings["shard_contexts"]), ctx, target, threaded=threaded)
+
+
+def _run_build(plan: _Plan, text: TextConfig, cfg: CacheConfig, out: Path, done: list[ShardInfo],
+               est: CacheEstimate, progress: bool, threaded: bool, shards_in: _Prefetcher) -> tuple[int, int]:
     from tqdm.auto import tqdm
 
     L = text.context_length
     C = int(plan.settings["shard_contexts"])
     start = TextPointer(*done[-1].text_end) if done else TextPointer(0, 0)
     ctx = sum(s.contexts for s in done)
-    target = None if cfg.max_tokens is None else cfg.max_tokens // L
-    packer = ContextPacker(plan.source.chunks(start.doc), make_tokenize(tokenizer), text, special_tokens(tokenizer), start)
-    shards_in = _Prefetcher(packer, C, ctx, target, threaded=threaded)
     device = plan.runner.device
     pin = device.type == "cuda"
     dtype = DTYPES[cfg.dtype]
@@ -778,7 +790,7 @@ def _run_build(plan: _Plan, text: TextConfig, cfg: CacheConfig, tokenizer, out: 
             start = end
         ok = True
     finally:
-        shards_in.close()
+        shards_in.close()  # (also closed by the caller; closing twice is fine)
         bar.close()
         writer.close(wait=ok)
     return written[0], tokens_run

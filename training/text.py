@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -273,9 +274,13 @@ def tokenizer_fingerprint(tokenizer) -> dict[str, Any]:
 
 
 def make_tokenize(tokenizer) -> Callable[[list[str]], list[list[int]]]:
-    """A function mapping a list of texts to lists of token ids, adding no special tokens."""
+    """A function mapping a list of texts to lists of token ids, adding no special tokens.
 
-    def tokenize(texts: list[str]) -> list[list[int]]:
+    For HF fast tokenizers it calls the Rust backend's `encode_batch_fast` directly (about 1.5x
+    less CPU than `tokenizer(...)`), after checking on the first batch that it gives exactly the
+    ids `tokenizer(...)` gives; on any difference it uses `tokenizer(...)` throughout."""
+
+    def slow(texts: list[str]) -> list[list[int]]:
         out = tokenizer(
             texts,
             add_special_tokens=False,
@@ -284,6 +289,24 @@ def make_tokenize(tokenizer) -> Callable[[list[str]], list[list[int]]]:
             verbose=False,
         )
         return out["input_ids"]
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    fast_fn = getattr(backend, "encode_batch_fast", None)
+    if fast_fn is None:
+        return slow
+    state = {"checked": False, "use_fast": True}
+
+    def tokenize(texts: list[str]) -> list[list[int]]:
+        if not state["use_fast"]:
+            return slow(texts)
+        ids = [e.ids for e in fast_fn(texts, add_special_tokens=False)]
+        if not state["checked"]:
+            state["checked"] = True
+            ref = slow(texts)
+            if [list(x) for x in ref] != ids:
+                state["use_fast"] = False
+                return ref
+        return ids
 
     return tokenize
 
@@ -343,34 +366,44 @@ class ContextPacker:
                 self._exhausted = True
                 return False
             ids = self._tokenize(texts)
-            toks, docs, offs = [], [], []
-            for j, doc_ids in enumerate(ids):
-                d = self._next_doc + j
-                if not doc_ids:
-                    continue  # empty documents contribute nothing (not even BOS/EOS)
-                item = list(doc_ids)
-                if self.cfg.bos_policy == "doc":
-                    item.insert(0, self._bos)
-                if self.cfg.separator == "eos":
-                    item.append(self._eos)
-                start = 0
-                if d == self._next_doc and self._skip:
-                    start = min(self._skip, len(item))
-                if start >= len(item):
-                    continue
-                arr = np.asarray(item[start:], dtype=np.int64)
-                toks.append(arr)
-                docs.append(np.full(len(arr), d, dtype=np.int64))
-                offs.append(np.arange(start, len(item), dtype=np.int64))
+            d0 = self._next_doc
+            skip = self._skip
             self._next_doc += len(ids)
             self._skip = 0
-            if toks:
+            tok, doc, off = self._items(ids, d0, skip)
+            if len(tok):
                 keep = slice(self._pos, None)
-                self._tok = np.concatenate([self._tok[keep]] + toks)
-                self._doc = np.concatenate([self._doc[keep]] + docs)
-                self._off = np.concatenate([self._off[keep]] + offs)
+                self._tok = np.concatenate([self._tok[keep], tok])
+                self._doc = np.concatenate([self._doc[keep], doc])
+                self._off = np.concatenate([self._off[keep], off])
                 self._pos = 0
                 return True
+
+    def _items(self, ids: list[list[int]], d0: int, skip: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Items of documents d0, d0+1, ... (vectorized): tokens, their document index, their
+        offset in the item; the first `skip` tokens of document d0's item dropped."""
+        lens = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lens.sum()))
+        pre = int(self.cfg.bos_policy == "doc")
+        post = int(self.cfg.separator == "eos")
+        nonempty = lens > 0  # empty documents contribute nothing (not even BOS/EOS)
+        item_len = np.where(nonempty, lens + pre + post, 0)
+        item_start = np.cumsum(item_len) - item_len
+        total = int(item_len.sum())
+        tok = np.empty(total, dtype=np.int64)
+        tok_start = np.cumsum(lens) - lens
+        within = np.arange(flat.size, dtype=np.int64) - np.repeat(tok_start, lens)
+        tok[np.repeat(item_start + pre, lens) + within] = flat
+        if pre:
+            tok[item_start[nonempty]] = self._bos
+        if post:
+            tok[item_start[nonempty] + item_len[nonempty] - 1] = self._eos
+        doc = np.repeat(np.arange(d0, d0 + len(ids), dtype=np.int64), item_len)
+        off = np.arange(total, dtype=np.int64) - np.repeat(item_start, item_len)
+        if skip and len(ids):
+            cut = min(skip, int(item_len[0]))  # item 0 comes first in the stream
+            tok, doc, off = tok[cut:], doc[cut:], off[cut:]
+        return tok, doc, off
 
     def take(self, n: int) -> tuple[np.ndarray, TextPointer]:
         K, L = self.K, self.cfg.context_length
@@ -399,14 +432,19 @@ def open_packer(
     )
 
 
-def estimate_stream_tokens(cfg: TextConfig, tokenizer, source: DocumentSource, sample_docs: int = 512) -> int | None:
-    """Rough number of stream tokens in the whole dataset (None when it cannot be guessed,
-    e.g. a streamed hub dataset). Tokenizes the first `sample_docs` documents and scales by the
-    document count (non-streaming) or by file bytes (local files)."""
-    chunks = source.chunks(0, chunk_docs=sample_docs)
+def sample_documents(source: DocumentSource, n: int = 512) -> list[str]:
+    """The first `n` documents (fewer if the dataset is smaller)."""
     try:
-        texts = next(chunks)
+        return next(source.chunks(0, chunk_docs=n))
     except StopIteration:
+        return []
+
+
+def estimate_stream_tokens(cfg: TextConfig, tokenizer, source: DocumentSource, texts: list[str], sample_docs: int = 512) -> int | None:
+    """Rough number of stream tokens in the whole dataset from `texts`, its first documents (from
+    `sample_documents(source, sample_docs)`). None when it cannot be guessed (e.g. a streamed hub
+    dataset). Scales by the document count (non-streaming) or by file bytes (local files)."""
+    if not texts:
         return 0
     ids = make_tokenize(tokenizer)(texts)
     extra = (cfg.bos_policy == "doc") + (cfg.separator == "eos")
