@@ -154,7 +154,8 @@ class OfflineExplainer:
     async def explain(self, latent: int, split: ExampleSplit) -> Explanation:
         e = explain_offline(split.explain, split.background, mark_threshold=self.mark_threshold,
                             context_window=self.context_window, max_tokens=self.max_tokens)
-        detail = {"tokens": list(e.tokens), "context": list(e.context), "weights": e.weights, "coverage": e.coverage}
+        detail = {"tokens": list(e.tokens), "context": list(e.context), "weights": e.weights, "coverage": e.coverage,
+                  "token_set": list(e.token_set)}
         return Explanation(e.label, detail, Usage())
 
 

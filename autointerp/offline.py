@@ -48,6 +48,7 @@ class OfflineExplanation:
     context: tuple[str, ...]  # over-represented tokens near them
     weights: dict[str, float]  # token -> weight (activating tokens)
     coverage: float  # fraction of activating positions whose token is in `tokens`
+    token_set: tuple[str, ...] = ()  # every over-represented activating token (what the scorers test)
 
 
 def _weights(fg: Counter, n_fg: int, bg: Counter, n_bg: int, vocab: int, alpha: float = 0.5) -> dict[str, float]:
@@ -71,6 +72,8 @@ def explain_offline(
     max_context: int = 2,
     min_examples: int = 2,
     max_label_chars: int = 80,
+    max_token_set: int = 30,
+    min_lift: float = 4.0,
 ) -> OfflineExplanation:
     """Label from token statistics (see the module docstring). `background` should be contexts
     where the latent does not fire; non-activating positions of `examples` are added to it."""
@@ -112,6 +115,11 @@ def explain_offline(
     need = min(min_examples, max(1, len(examples)))
     if n_act == 0:
         return OfflineExplanation("(no activating tokens)", (), (), {}, 0.0)
+    # the explanation's full token set: over-represented at activations, best first (a latent for
+    # "place words" fires on many words, each seen in few examples; the label shows the top ones)
+    w_all = _weights(act, n_act, bg, n_bg, vocab)
+    lift = {t: math.exp(w / (act[t] / n_act)) for t, w in w_all.items()}  # p_act / p_bg
+    token_set = tuple(sorted((t for t in w_all if lift[t] >= min_lift), key=lambda t: (-w_all[t], t))[:max_token_set])
 
     w_act = {t: w for t, w in _weights(act, n_act, bg, n_bg, vocab).items() if act_docs[t] >= need}
     tokens = tuple(sorted(w_act, key=lambda t: (-w_act[t], t))[:max_tokens])
@@ -134,17 +142,19 @@ def explain_offline(
         label += " (near: " + " / ".join(context) + ")"
     if len(label) > max_label_chars:
         label = label[: max_label_chars - 1].rstrip() + "\u2026"
-    return OfflineExplanation(label, tokens, context, {t: round(w_act.get(t, 0.0), 6) for t in tokens}, round(coverage, 6))
+    return OfflineExplanation(label, tokens, context, {t: round(w_act.get(t, 0.0), 6) for t in tokens},
+                              round(coverage, 6), token_set or tokens)
 
 
 _LABEL_SPLIT = re.compile(r"\s*/\s*|\s*,\s*|\s+")
 
 
 def label_tokens(label: str, detail: dict[str, Any] | None = None) -> set[str]:
-    """The tokens a label stands for: the offline explanation's tokens (or, if it found none, its
-    context tokens) when `detail` has them, else the label's words."""
+    """The tokens a label stands for: the offline explanation's token set (else its tokens, else
+    its context tokens) when `detail` has them, else the label's words."""
     if detail:
-        toks = list(detail.get("tokens") or ()) or list(detail.get("context") or ())
+        toks = (list(detail.get("token_set") or ()) or list(detail.get("tokens") or ())
+                or list(detail.get("context") or ()))
         if toks:
             return {norm_token(t) for t in toks}
     text = re.sub(r"\(near:.*?\)", " ", label)

@@ -138,8 +138,8 @@ def build_toy_store(work: Path, *, tokens: int, d_sae: int, k: int, train_tokens
     name = f"topk_k{k}_f{d_sae}"
     sae_dir = run / "saes" / name
     if not (sae_dir / "cfg.json").exists():
-        from training import RunConfig, SAESpec, train
-        from training.config import TrainConfig
+        from training.config import RunConfig, SAESpec, TrainConfig
+        from training.trainer import train
         from training.reader import CacheReader
 
         print(f"training a TopK SAE (d_sae {d_sae}, k {k}) on {train_tokens:,} tokens ...", flush=True)
@@ -181,20 +181,28 @@ def concept_matches(sae, cache: Path):
     """Best latents per toy-world concept by F1 of (latent fires) vs (token carries the concept),
     over every cached token: `features.concepts.concept_f1` when the feature store offers it, else
     the same computation here."""
+    from toyworld.lexicon import CONCEPTS
+    from toyworld.tags import concept_masks
+
+    concepts = list(CONCEPTS)
     try:
-        from features.concepts import concept_f1  # type: ignore[import-not-found]
+        from features.concepts import concept_f1_over_source
     except ImportError:
-        concept_f1 = None
-    if concept_f1 is not None:
-        return concept_f1(sae, cache), "features.concepts"
+        concept_f1_over_source = None
+    if concept_f1_over_source is not None:
+        from features import CacheSource
+
+        scores = concept_f1_over_source(sae, CacheSource(cache), lambda ids: concept_masks(ids, concepts), concepts)
+        out = []
+        for j, c in enumerate(concepts):
+            if int(scores.pos_C[j]) > 0:
+                out.extend(scores.top(c, 3))
+        return out, "features.concepts"
     import torch
 
     from features import ConceptMatch
-    from toyworld.lexicon import CONCEPTS
-    from toyworld.tags import concept_masks
     from training.reader import iter_shards
 
-    concepts = list(CONCEPTS)
     F, C = sae.d_sae, len(concepts)
     tp = torch.zeros(F, C, dtype=torch.float64)
     fires = torch.zeros(F, dtype=torch.float64)
@@ -250,7 +258,7 @@ def concept_words(cache: Path, min_share: float = 0.5) -> dict[str, set[str]]:
             for j, c in enumerate(concepts)}
 
 
-def bench_toyworld(store_path: Path, cache: Path | None, min_f1: float) -> list[str]:
+def bench_toyworld(store_path: Path, cache: Path | None, min_f1: float, also: tuple[float, ...] = (0.3, 0.7)) -> list[str]:
     import tempfile
 
     from autointerp.config import LabelConfig
@@ -258,54 +266,66 @@ def bench_toyworld(store_path: Path, cache: Path | None, min_f1: float) -> list[
     from autointerp.offline import norm_token
     from autointerp.runner import label_latents
 
+    lowest = min((min_f1,) + also)
     with tempfile.TemporaryDirectory() as tmp:  # label a copy: the benchmark leaves the store as it was
         import shutil
 
         copy = Path(tmp) / store_path.name
         shutil.copy(store_path, copy)
         with FeatureStoreLabels.open(copy) as labels:
-            matches = [m for m in labels.store.concept_matches() if m.rank == 0]
-            if not matches:
+            best = [m for m in labels.store.concept_matches() if m.rank == 0]
+            if not best:
                 raise SystemExit(f"{store_path} has no concept matches; fill them with features.concepts first")
-            matched = [m for m in matches if m.f1 >= min_f1]
-            ids = sorted({m.feature_id for m in matched})
+            considered = [m for m in best if m.f1 >= lowest]
+            ids = sorted({m.feature_id for m in considered})
             t0 = time.perf_counter()
-            report = label_latents(labels, None, LabelConfig(overwrite=True), progress=False, latents=ids)
+            label_latents(labels, None, LabelConfig(overwrite=True), progress=False, latents=ids)
             dt = time.perf_counter() - t0
             feats = {i: labels.store.feature(i) for i in ids}
+            d_sae = labels.store.d_sae
     words = concept_words(cache) if cache else {}
-    rows, named, det = [], 0, []
-    for m in sorted(matched, key=lambda m: -m.f1):
+    judged = []  # (match, label text, detection, names it)
+    for m in sorted(considered, key=lambda m: -m.f1):
         f = feats[m.feature_id]
         if f.label is None:
-            rows.append((m, "(failed)", None, False))
+            judged.append((m, "(failed)", None, False))
             continue
         detail = f.label.provenance.extra["autointerp"]["detail"]
         toks = [norm_token(t) for t in detail.get("tokens", [])] or [norm_token(t) for t in detail.get("context", [])]
         cw = {norm_token(w) for w in words.get(m.concept, set())}
-        name = m.concept.split(":")[-1]
-        ok = bool(toks) and (toks[0] in cw or toks[0] == name)
-        named += ok
+        ok = bool(toks) and (toks[0] in cw or toks[0] == m.concept.split(":")[-1])
         d = next((s.value for s in f.scores if s.method == "detection"), None)
-        if d is not None:
-            det.append(d)
-        rows.append((m, f.label.text, d, ok))
-    n = len(matched)
+        judged.append((m, f.label.text, d, ok))
+
+    def summary(th: float) -> str:
+        sel = [j for j in judged if j[0].f1 >= th]
+        det = [j[2] for j in sel if j[2] is not None]
+        named = sum(j[3] for j in sel)
+        if not sel:
+            return f"| >= {th} | 0 | | |"
+        return (f"| >= {th} | {len(sel)} | **{named}/{len(sel)} = {named / len(sel):.0%}** | "
+                f"{statistics.median(det):.2f} / {statistics.mean(det):.2f} |")
+
     lines = [
-        f"Toy world, offline labeller: {n} concepts whose best latent has F1 >= {min_f1} "
-        f"(store `{store_path.name}`); labelled in {dt:.1f} s. "
+        f"Toy world, offline labeller (no LLM), on a TopK SAE with {d_sae} latents trained on toy-model "
+        f"activations; concepts matched to latents by F1 (best latent per concept, `features.concepts`); "
+        f"{len(ids)} latents labelled in {dt:.1f} s. A label *names* the concept when its first token is one "
+        f"of the concept's words (tokens carrying the concept in >= 50% of their occurrences). "
         f"`python benchmarks/bench_autointerp.py toyworld --work {store_path.parent}`",
         "",
-        f"- label names the matched concept (first token is one of its words): **{named}/{n} = {named / max(n, 1):.0%}**",
-        f"- detection balanced accuracy of these labels: median {statistics.median(det):.2f}, "
-        f"mean {statistics.mean(det):.2f}" if det else "- no detection scores",
+        "| best-latent F1 | concepts | label names the concept | detection balanced accuracy (median / mean) |",
+        "|---|---|---|---|",
+        *[summary(th) for th in sorted(set((min_f1,) + also))],
+        "",
+        f"Concepts with F1 >= {min_f1}:",
         "",
         "| concept | latent | F1 | offline label | detection | names it |",
         "|---|---|---|---|---|---|",
     ]
-    for m, text, d, ok in rows:
-        lines.append(f"| {m.concept} | {m.feature_id} | {m.f1:.2f} | {text} | "
-                     f"{'' if d is None else f'{d:.2f}'} | {'yes' if ok else 'no'} |")
+    for m, text, d, ok in judged:
+        if m.f1 >= min_f1:
+            lines.append(f"| {m.concept} | {m.feature_id} | {m.f1:.2f} | {text} | "
+                         f"{'' if d is None else f'{d:.2f}'} | {'yes' if ok else 'no'} |")
     print("\n".join(lines))
     return lines
 
