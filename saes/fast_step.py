@@ -31,7 +31,7 @@ the same SAE (the trainer uses it within the step). Copy it to keep it.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -44,9 +44,12 @@ from saes.objective import DEFAULT_AUX_COEF, default_k_aux
 from saes.sparse import SparseActs
 from saes.step import STEP_METHODS, GradResult
 from saes.topk import TopKSAE
-from saes.topk_select import batch_top_entries, row_topk
+from saes.topk_select import batch_top_entries, row_topk, sort_order
 
 _WORKSPACE_ATTR = "_fast_step_workspace"
+Kernels = Literal["torch", "native"]
+TopkFn = Callable[[Tensor, int], "tuple[Tensor, Tensor]"]
+KERNELS: tuple[str, ...] = ("torch", "native")
 
 
 # ------------------------------------------------------------------------------ workspace
@@ -125,16 +128,16 @@ class _Entries(NamedTuple):
     sorted_in_row: bool  # latent ids ascend within each row
 
 
-def _select(sae: SAE, pre_BF: Tensor, dtype: torch.dtype) -> _Entries:
+def _select(sae: SAE, pre_BF: Tensor, dtype: torch.dtype, topk: TopkFn) -> _Entries:
     B, Fdim = pre_BF.shape
     dev = pre_BF.device
     if isinstance(sae, BatchTopKSAE):
-        vals_N, rows_N, idx_N = batch_top_entries(pre_BF, sae.cfg.k)
+        vals_N, rows_N, idx_N = batch_top_entries(pre_BF, sae.cfg.k, topk)
         offsets_B1 = torch.zeros(B + 1, dtype=torch.int64, device=dev)
         torch.cumsum(torch.bincount(rows_N, minlength=B), 0, out=offsets_B1[1:])
         return _Entries(vals_N.to(dtype), idx_N, rows_N, offsets_B1, True)
     k = sae.cfg.k  # TopK
-    vals_BK, idx_BK = row_topk(pre_BF, k)
+    vals_BK, idx_BK = topk(pre_BF, k)
     vals_N = vals_BK.reshape(-1).to(dtype).relu_()
     rows_N = torch.arange(B, device=dev).repeat_interleave(k)
     offsets_B1 = torch.arange(0, B * k + 1, k, device=dev)
@@ -197,19 +200,30 @@ def fast_grads(
     k_aux: int | None = None,
     *,
     encoder_dtype: torch.dtype | None = None,
+    kernels: Kernels = "torch",
     workspace: StepWorkspace | None = None,
 ) -> GradResult:
     """Gradients of `training_loss` written into `.grad` of W_enc, b_enc, W_dec, b_dec.
 
     encoder_dtype: dtype of the encoder matmul (None = the SAE's dtype: exact); e.g.
-    torch.bfloat16 for "fast_bf16". workspace: buffers to reuse (default: the SAE's own)."""
+    torch.bfloat16 for "fast_bf16". kernels: "torch" (pure torch, any device and dtype) or
+    "native" (the compiled CPU kernels of `saes.native`: top-k and the sparse backward; float32
+    SAEs on CPU). workspace: buffers to reuse (default: the SAE's own)."""
     if not isinstance(sae, (TopKSAE, BatchTopKSAE)):
         raise ValueError(
             f"the fast step supports topk, batchtopk and matryoshka_batchtopk SAEs, not {sae.architecture!r}; "
             "use method='autograd'"
         )
+    if kernels not in KERNELS:
+        raise ValueError(f"unknown kernels {kernels!r}; choose one of {', '.join(KERNELS)}")
+    if kernels == "native" and (sae.device.type != "cpu" or sae.dtype != torch.float32):
+        raise ValueError(
+            f"kernels='native' runs float32 SAEs on CPU; this one is {sae.dtype} on {sae.device}: use kernels='torch'"
+        )
     with torch.no_grad():
-        return _fast_grads(sae, x_BD, dead_mask_F, aux_coef, k_aux, encoder_dtype, workspace or workspace_for(sae))
+        return _fast_grads(
+            sae, x_BD, dead_mask_F, aux_coef, k_aux, encoder_dtype, kernels == "native", workspace or workspace_for(sae)
+        )
 
 
 def _fast_grads(
@@ -219,18 +233,25 @@ def _fast_grads(
     aux_coef: float,
     k_aux: int | None,
     encoder_dtype: torch.dtype | None,
+    native_kernels: bool,
     ws: StepWorkspace,
 ) -> GradResult:
     x_BD = sae._rows(x_BD).contiguous()
     B, D = x_BD.shape
     Fdim, dtype, dev = sae.d_sae, sae.dtype, x_BD.device
-    W_enc, W_dec, b_dec = sae.W_enc.detach(), sae.W_dec.detach(), sae.b_dec.detach()
+    W_enc, W_dec, b_dec = sae.W_enc.detach(), sae.W_dec.detach().contiguous(), sae.b_dec.detach()
     sae_in_BD = x_BD - b_dec if sae.cfg.apply_b_dec_to_input else x_BD
+    topk: TopkFn = row_topk
+    if native_kernels:
+        from saes import native
+
+        topk = native.row_topk
 
     # forward: encoder, selection
     pre_BF = _encode(ws, sae_in_BD, sae, encoder_dtype or dtype)
-    ent = _select(sae, pre_BF, dtype)
+    ent = _select(sae, pre_BF, dtype, topk)
     vals_N, idx_N, rows_N = ent.vals_N, ent.idx_N, ent.rows_N
+    relu = not isinstance(sae, BatchTopKSAE)  # TopK values are relu(pre): no gradient where 0
 
     # decode into (row, level) bags; level sums accumulate into prefix reconstructions
     if isinstance(sae, MatryoshkaSAE):
@@ -259,30 +280,36 @@ def _fast_grads(
     g_QD = err_BLD.view(B * L, D)
     db_dec_D = err_BLD[:, 0].sum(0)
 
-    # activation gradients (relu: entries at 0 get none), then grads of the weights
-    dvals_N = _entry_dots(g_QD, W_dec, idx_N, bag_off, bag_N)
-    if not isinstance(sae, BatchTopKSAE):
-        dvals_N.mul_(vals_N > 0)
-    perm_N = torch.argsort(idx_N)
-    lat_off = _offsets(torch.bincount(idx_N, minlength=Fdim))
-    dW_dec_FD = _bag_sum(bag_N[perm_N], g_QD, lat_off, vals_N[perm_N])
-    dW_encT_FD = _bag_sum(rows_N[perm_N], sae_in_BD, lat_off, dvals_N[perm_N])
-    db_enc_F = torch.zeros(Fdim, dtype=dtype, device=dev).index_add_(0, idx_N, dvals_N)
-
-    # AuxK: the top-A dead latents reconstruct the residual of the live ones
-    aux = pre_BF.new_zeros((), dtype=dtype)
-    if dead_mask_F is not None:
-        aux = _auxk_(
-            pre_BF, x_BD - recon_BD, sae_in_BD, W_dec, dead_mask_F, k_aux or default_k_aux(D), aux_coef,
-            dW_dec_FD, dW_encT_FD, db_enc_F,
-        )
-
-    if sae.cfg.apply_b_dec_to_input:  # sae_in = x - b_dec
-        db_dec_D -= W_enc @ db_enc_F
+    # backward of decode and encoder over the N entries, grouped by latent
     dW_enc_DF = sae.W_enc.grad
     if dW_enc_DF is None or dW_enc_DF.shape != W_enc.shape or dW_enc_DF.dtype != dtype or not dW_enc_DF.is_contiguous():
         dW_enc_DF = torch.empty_like(W_enc)
-    dW_enc_DF.copy_(dW_encT_FD.t())
+    perm_N = sort_order(idx_N, Fdim)
+    lat_off = _offsets(torch.bincount(idx_N, minlength=Fdim))
+    if native_kernels:
+        dvals_N, dW_dec_FD, db_enc_F = native.sparse_backward(
+            lat_off, bag_N[perm_N], rows_N[perm_N], vals_N[perm_N], perm_N, g_QD, W_dec, sae_in_BD, relu, dW_enc_DF
+        )
+    else:
+        dvals_N = _entry_dots(g_QD, W_dec, idx_N, bag_off, bag_N)  # d loss / d value of each entry
+        if relu:
+            dvals_N.mul_(vals_N > 0)
+        dW_dec_FD = _bag_sum(bag_N[perm_N], g_QD, lat_off, vals_N[perm_N])
+        dW_enc_DF.copy_(_bag_sum(rows_N[perm_N], sae_in_BD, lat_off, dvals_N[perm_N]).t())
+        db_enc_F = torch.zeros(Fdim, dtype=dtype, device=dev).index_add_(0, idx_N, dvals_N)
+
+    # AuxK: the top-A dead latents reconstruct the residual of the live ones
+    aux = torch.zeros((), dtype=dtype, device=dev)
+    if dead_mask_F is not None:
+        auxk = _auxk(pre_BF, x_BD - recon_BD, sae_in_BD, W_dec, dead_mask_F, k_aux or default_k_aux(D), aux_coef, topk)
+        if auxk is not None:
+            aux = auxk.loss
+            dW_dec_FD.index_add_(0, auxk.dead_E, auxk.dW_dec_ED)
+            dW_enc_DF.index_add_(1, auxk.dead_E, auxk.dW_enc_DE)
+            db_enc_F.index_add_(0, auxk.dead_E, auxk.db_enc_E)
+
+    if sae.cfg.apply_b_dec_to_input:  # sae_in = x - b_dec
+        db_dec_D -= W_enc @ db_enc_F
     _set_grad(sae.W_enc, dW_enc_DF)
     _set_grad(sae.b_enc, db_enc_F)
     _set_grad(sae.W_dec, dW_dec_FD)
@@ -294,7 +321,15 @@ def _fast_grads(
     return GradResult(total, mse, aux, level_mse, acts, pre_BF, recon_BD)
 
 
-def _auxk_(
+class _AuxK(NamedTuple):
+    loss: Tensor  # already times its coefficient and scale
+    dead_E: Tensor  # the dead latents
+    dW_dec_ED: Tensor  # gradient rows of W_dec[dead]
+    dW_enc_DE: Tensor  # gradient columns of W_enc[:, dead]
+    db_enc_E: Tensor
+
+
+def _auxk(
     pre_BF: Tensor,
     resid_BD: Tensor,
     sae_in_BD: Tensor,
@@ -302,36 +337,30 @@ def _auxk_(
     dead_mask_F: Tensor,
     k_aux: int,
     aux_coef: float,
-    dW_dec_FD: Tensor,
-    dW_encT_FD: Tensor,
-    db_enc_F: Tensor,
-) -> Tensor:
-    """AuxK loss (times its coefficient); its gradients are added in place to the weight grads.
-
-    Works on the E dead columns only: dense [B, E] activations and four [B,E]x[E,D] matmuls."""
+    topk: TopkFn,
+) -> _AuxK | None:
+    """AuxK loss and its gradients, on the E dead columns only: dense [B, E] activations and
+    four [B, E] x [E, D] matmuls (E is small next to F when it matters)."""
     B, D = resid_BD.shape
     dtype = resid_BD.dtype
     dead_E = dead_mask_F.to(device=pre_BF.device, dtype=torch.bool).nonzero().squeeze(1)
     E = dead_E.numel()
     if E == 0:
-        return resid_BD.new_zeros(())
+        return None
     A = min(k_aux, E)
     scale = min(E / k_aux, 1.0)
     pre_BE = pre_BF if E == pre_BF.shape[1] else pre_BF.index_select(1, dead_E)
-    vals_BA, pos_BA = row_topk(pre_BE, A)
+    vals_BA, pos_BA = topk(pre_BE, A)
     vals_BA = vals_BA.to(dtype).relu_()
     acts_BE = torch.zeros(B, E, dtype=dtype, device=pre_BF.device).scatter_(1, pos_BA, vals_BA)
     Wd_ED = W_dec.index_select(0, dead_E)
     diff_BD = acts_BE @ Wd_ED
     diff_BD -= resid_BD
-    aux = aux_coef * scale * (diff_BD * diff_BD).sum() / B
+    loss = aux_coef * scale * (diff_BD * diff_BD).sum() / B
     diff_BD.mul_(2.0 * aux_coef * scale / B)  # d aux / d aux-reconstruction
     dacts_BA = (diff_BD @ Wd_ED.t()).gather(1, pos_BA).mul_(vals_BA > 0)
     dpre_BE = torch.zeros_like(acts_BE).scatter_(1, pos_BA, dacts_BA)
-    dW_dec_FD.index_add_(0, dead_E, acts_BE.t() @ diff_BD)
-    dW_encT_FD.index_add_(0, dead_E, dpre_BE.t() @ sae_in_BD)
-    db_enc_F.index_add_(0, dead_E, dpre_BE.sum(0))
-    return aux
+    return _AuxK(loss, dead_E, acts_BE.t() @ diff_BD, sae_in_BD.t() @ dpre_BE, dpre_BE.sum(0))
 
 
 def fast_fp32_grads(sae: SAE, x_BD: Tensor, dead_mask_F: Tensor | None, aux_coef: float, k_aux: int | None) -> GradResult:
@@ -344,5 +373,19 @@ def fast_bf16_grads(sae: SAE, x_BD: Tensor, dead_mask_F: Tensor | None, aux_coef
     return fast_grads(sae, x_BD, dead_mask_F, aux_coef, k_aux, encoder_dtype=torch.bfloat16)
 
 
+def fast_native_grads(sae: SAE, x_BD: Tensor, dead_mask_F: Tensor | None, aux_coef: float, k_aux: int | None) -> GradResult:
+    """STEP_METHODS["fast_native"]: as "fast" (exact fp32) with the compiled CPU kernels."""
+    return fast_grads(sae, x_BD, dead_mask_F, aux_coef, k_aux, kernels="native")
+
+
+def fast_native_bf16_grads(
+    sae: SAE, x_BD: Tensor, dead_mask_F: Tensor | None, aux_coef: float, k_aux: int | None
+) -> GradResult:
+    """STEP_METHODS["fast_native_bf16"]: as "fast_bf16" with the compiled CPU kernels."""
+    return fast_grads(sae, x_BD, dead_mask_F, aux_coef, k_aux, encoder_dtype=torch.bfloat16, kernels="native")
+
+
 STEP_METHODS.setdefault("fast", fast_fp32_grads)
 STEP_METHODS.setdefault("fast_bf16", fast_bf16_grads)
+STEP_METHODS.setdefault("fast_native", fast_native_grads)
+STEP_METHODS.setdefault("fast_native_bf16", fast_native_bf16_grads)

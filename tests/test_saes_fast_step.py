@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import saes
+from saes import native
 from saes.fast_step import StepWorkspace, bf16_matmul_is_fast, fast_grads, workspace_for
 from saes.losses import auxk_loss, matryoshka_level_losses, mse_loss
 from saes.sparse import SparseActs
@@ -23,7 +24,11 @@ from saes.step import STEP_METHODS, compute_grads
 from saes.threshold import count_above
 from saes.topk_select import batch_top_entries, group_size, row_topk
 
+needs_native = pytest.mark.skipif(not native.available(), reason="no C++ compiler for saes.native")
+
 ARCHS = ["topk", "batchtopk", "matryoshka_batchtopk"]
+EXACT = ["fast", pytest.param("fast_native", marks=needs_native)]
+BF16 = ["fast_bf16", pytest.param("fast_native_bf16", marks=needs_native)]
 REL_TOL = 1e-5
 PARAMS = ("W_enc", "b_enc", "W_dec", "b_dec")
 
@@ -80,16 +85,17 @@ def same_slots(a: SparseActs, b: SparseActs) -> float:
 SHAPES = [(64, 16, 256, 4), (1, 16, 64, 8), (33, 8, 64, 60), (128, 32, 512, 16)]
 
 
+@pytest.mark.parametrize("method", EXACT)
 @pytest.mark.parametrize("dead_kind", ["none", "some", "few", "all"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}_D{}_F{}_k{}".format(*s))
 @pytest.mark.parametrize("arch", ARCHS)
-def test_fast_equals_autograd(arch, shape, dead_kind):
+def test_fast_equals_autograd(arch, shape, dead_kind, method):
     B, D, Fdim, k = shape
     sae = make(arch, D, Fdim, k)
     x = torch.randn(B, D, generator=torch.Generator().manual_seed(B + k))
     dead = dead_mask(dead_kind, Fdim)
     ref, ref_g = run(sae, x, dead, "autograd")
-    got, got_g = run(sae, x, dead, "fast")
+    got, got_g = run(sae, x, dead, method)
 
     torch.testing.assert_close(got.acts.to_dense(), ref.acts.to_dense(), rtol=0, atol=0)
     torch.testing.assert_close(got.acts.offsets_B1, ref.acts.offsets_B1, rtol=0, atol=0)
@@ -187,7 +193,7 @@ def test_unsupported_architecture_is_an_error_naming_the_fallback():
 
 
 def test_methods_are_registered():
-    assert {"autograd", "fast", "fast_bf16"} <= set(STEP_METHODS)
+    assert {"autograd", "fast", "fast_bf16", "fast_native", "fast_native_bf16"} <= set(STEP_METHODS)
     assert isinstance(bf16_matmul_is_fast("cpu"), bool)
 
 
@@ -207,12 +213,13 @@ def forced_selection_grads(sae, x, acts):
     return loss.detach(), {n: getattr(sae, n).grad.clone() for n in PARAMS}
 
 
+@pytest.mark.parametrize("method", BF16)
 @pytest.mark.parametrize("arch", ARCHS)
-def test_fast_bf16_selects_nearly_the_same_latents_and_gives_close_gradients(arch):
+def test_fast_bf16_selects_nearly_the_same_latents_and_gives_close_gradients(arch, method):
     sae = make(arch, 64, 1024, 16)
     x = torch.randn(256, 64, generator=torch.Generator().manual_seed(5))
     ref, ref_g = run(sae, x, None, "autograd")
-    got, got_g = run(sae, x, None, "fast_bf16")
+    got, got_g = run(sae, x, None, method)
     assert got.pre_BF.dtype == torch.bfloat16
     assert same_slots(got.acts, ref.acts) >= 0.98
     for name in ("total", "mse"):
@@ -226,13 +233,14 @@ def test_fast_bf16_selects_nearly_the_same_latents_and_gives_close_gradients(arc
         assert rel_err(got_g[n], forced_g[n]) <= 2e-2, (n, rel_err(got_g[n], forced_g[n]))
 
 
+@pytest.mark.parametrize("method", BF16)
 @pytest.mark.parametrize("arch", ARCHS)
-def test_fast_bf16_auxk_term_is_close(arch):
+def test_fast_bf16_auxk_term_is_close(arch, method):
     sae = make(arch, 64, 1024, 16)
     x = torch.randn(256, 64, generator=torch.Generator().manual_seed(6))
     dead = dead_mask("some", 1024)
     ref, ref_g = run(sae, x, dead, "autograd", k_aux=32)
-    got, got_g = run(sae, x, dead, "fast_bf16", k_aux=32)
+    got, got_g = run(sae, x, dead, method, k_aux=32)
     assert float(got.aux) == pytest.approx(float(ref.aux), rel=5e-2)
     for n in PARAMS:
         cos = torch.nn.functional.cosine_similarity(got_g[n].flatten(), ref_g[n].flatten(), dim=0)
@@ -334,3 +342,60 @@ def test_threshold_update_from_bf16_pre_activations_keeps_fp32_counts():
     ref.update_threshold_(pre, acts, lr=0.1)
     assert sae.threshold.dtype == torch.float32
     torch.testing.assert_close(sae.threshold, ref.threshold, rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------- native kernels
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("B,F,k", [(64, 8192 // 8, 32), (9, 1000, 7), (5, 50, 40), (3, 64, 64), (1, 4099, 16)])
+def test_native_row_topk_equals_torch_topk(B, F, k, dtype):
+    x = torch.randn(B, F, generator=torch.Generator().manual_seed(F)).to(dtype)
+    vals, idx = native.row_topk(x, k)
+    ref_vals, ref_idx = x.topk(k, dim=1)
+    assert vals.dtype == torch.float32 and idx.dtype == torch.int64
+    torch.testing.assert_close(vals.sort(dim=1).values, ref_vals.float().sort(dim=1).values, rtol=0, atol=0)
+    torch.testing.assert_close(x.gather(1, idx).float(), vals, rtol=0, atol=0)
+    assert all(len(set(r.tolist())) == k for r in idx)
+    if dtype == torch.float32:
+        assert torch.equal(idx.sort(dim=1).values, ref_idx.sort(dim=1).values)
+
+
+@needs_native
+def test_native_row_topk_falls_back_on_nan_and_inf_rows():
+    x = torch.randn(6, 512, generator=torch.Generator().manual_seed(0))
+    x[1, 100] = float("nan")
+    x[4, 7] = float("inf")
+    vals, idx = native.row_topk(x, 5)
+    ref_vals, ref_idx = x.topk(5, dim=1, sorted=False)
+    torch.testing.assert_close(vals, ref_vals, rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(idx, ref_idx)
+
+
+@needs_native
+@pytest.mark.parametrize("relu", [True, False])
+def test_native_sparse_backward_equals_the_torch_ops(relu):
+    g = torch.Generator().manual_seed(0)
+    B, D, Fdim, k, L = 50, 24, 200, 6, 2
+    idx = torch.stack([torch.randperm(Fdim, generator=g)[:k] for _ in range(B)]).reshape(-1)
+    vals = torch.randn(B * k, generator=g).relu_() if relu else torch.rand(B * k, generator=g) + 0.1
+    rows = torch.arange(B).repeat_interleave(k)
+    bag = rows * L + torch.randint(0, L, (B * k,), generator=g)
+    g_QD, W_dec, x = torch.randn(B * L, D, generator=g), torch.randn(Fdim, D, generator=g), torch.randn(B, D, generator=g)
+    perm = idx.argsort()
+    lat_off = torch.zeros(Fdim + 1, dtype=torch.int64)
+    torch.cumsum(torch.bincount(idx, minlength=Fdim), 0, out=lat_off[1:])
+    dW_enc = torch.full((D, Fdim), float("nan"))
+    dvals, dW_dec, db_enc = native.sparse_backward(lat_off, bag[perm], rows[perm], vals[perm], perm, g_QD, W_dec, x, relu, dW_enc)
+    ref_dvals = (g_QD[bag] * W_dec[idx]).sum(1) * ((vals > 0) if relu else 1)
+    torch.testing.assert_close(dvals, ref_dvals, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dW_dec, torch.zeros(Fdim, D).index_add_(0, idx, vals[:, None] * g_QD[bag]), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dW_enc, torch.zeros(Fdim, D).index_add_(0, idx, ref_dvals[:, None] * x[rows]).t(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(db_enc, torch.zeros(Fdim).index_add_(0, idx, ref_dvals), rtol=1e-5, atol=1e-5)
+
+
+def test_native_kernels_refuse_other_dtypes_with_the_fallback_named():
+    sae = make("topk", 16, 64, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="kernels='torch'"):
+        fast_grads(sae, torch.randn(8, 16), kernels="native")
+    with pytest.raises(ValueError, match="unknown kernels"):
+        fast_grads(sae, torch.randn(8, 16), kernels="cuda")
