@@ -40,9 +40,10 @@ from features.finalize import FLAG_NAMES, PassResult, finalize
 from features.fingerprint import sae_description, sae_fingerprint
 from features.records import utc_now
 from features.source import ActivationSource
-from features.store import FeatureStore, StoreMismatchError
+from features.store import FeatureStore, StoreError, StoreMismatchError
 
 STATE_SUFFIX = ".state.safetensors"
+LOCK_SUFFIX = ".lock"
 EventHook = Callable[[str, dict], None]
 
 
@@ -74,6 +75,36 @@ def _remove_store(path: Path) -> None:
             p.unlink()
         except FileNotFoundError:
             pass
+
+
+class BuildLock:
+    """An exclusive, non-blocking flock on `<store>.lock` for the duration of a build (released
+    by the OS if the process dies). A separate file: SQLite's own locks on the store must not
+    be disturbed by opening and closing the database file here."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path.with_name(path.name + LOCK_SUFFIX)
+        self._fd: int | None = None
+
+    def __enter__(self) -> "BuildLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(str(self.path), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - non-POSIX
+            return self
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            self._fd = None
+            raise StoreError(f"another process is building {self.path.with_suffix('')}; wait for it to finish") from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -180,6 +211,12 @@ def build_feature_store(
         "window_after": cfg.window_after,
         "bos_id": source.bos_id,
     }
+    with BuildLock(path):
+        return _open_and_run(path, sae, source, cfg, identity, meta, model, tokenizer, overwrite, progress, event, t_start)
+
+
+def _open_and_run(path, sae, source, cfg, identity, meta, model, tokenizer, overwrite, progress, event, t_start):
+    F = sae.cfg.d_sae
     resumed = False
     if path.exists() and overwrite:
         _remove_store(path)
@@ -247,7 +284,7 @@ def _run(store, path, sae, source, cfg, identity, model, tokenizer, progress, ev
         pass_seconds = time.perf_counter() - t0
         if acc.n_rows != source.n_rows:
             raise RuntimeError(f"the pass saw {acc.n_rows} rows but the cache holds {source.n_rows}; the cache changed while reading")
-        save_state(spath, acc, identity, "written", next_context)
+        save_state(spath, acc, identity, "pass_done", next_context)
         event("pass_done", {"rows": acc.n_rows, "seconds": pass_seconds})
     res = finalize(acc)
     _write(store, sae, source, cfg, res, model, tokenizer, progress, event)

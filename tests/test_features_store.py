@@ -213,3 +213,13 @@ def test_matryoshka_parent_links_from_co_firing_and_decoder(tmp_path):
         assert [c.child_id for c in st.feature(0).children] == [2]
         assert st.feature(0).parent is None
         assert 0 in [n.id for n in f2.coact_neighbours]
+
+
+def test_a_second_concurrent_build_is_refused(tmp_path):
+    from features.build import BuildLock
+
+    path = tmp_path / "busy.db"
+    with BuildLock(path):
+        with pytest.raises(StoreError, match="another process is building"):
+            build_feature_store(path, make_sae(), random_source(), small_config(), progress=False)
+    build_feature_store(path, make_sae(), random_source(), small_config(), progress=False)

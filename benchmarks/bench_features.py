@@ -1,0 +1,251 @@
+"""Feature-store benchmarks; results go to benchmarks/RESULTS.md under "## Feature store".
+
+    python benchmarks/bench_features.py throughput [--tokens 262144] [--runs 3]
+        Build-pass throughput at d_in 512, d_sae 8192, k 32 (the perf-notes shape) on activations
+        with real sparse structure, next to the SAE encoder alone over the same rows.
+    python benchmarks/bench_features.py toy [--train-tokens 3000000] [--eval-tokens 400000]
+        The toy world end to end: cache the toy model (train and validation text), train a TopK and
+        a Matryoshka SAE with the trainer, build both feature stores over the validation cache, and
+        for every ground-truth concept the best single latent's F1; reports the fraction of concepts
+        with F1 >= 0.8, and the pass throughput next to the caching throughput.
+
+Medians of several runs where it matters; the machine is shared, so the load average is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from common import SparseFeatureData, load_average  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+HEADING = "## Feature store"
+
+
+def write_section(key: str, text: str) -> None:
+    """Replace (or add) the block `<!-- key -->...<!-- /key -->` inside our section of RESULTS.md."""
+    doc = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    if not doc.endswith("\n"):
+        doc += "\n"
+    block = f"<!-- {key} -->\n{text.strip()}\n<!-- /{key} -->"
+    if HEADING not in doc:
+        doc = doc.rstrip() + f"\n\n{HEADING}\n\n{block}\n"
+    else:
+        start = doc.index(HEADING)
+        nxt = re.search(r"^## ", doc[start + len(HEADING):], flags=re.M)
+        end = start + len(HEADING) + nxt.start() if nxt else len(doc)
+        section = doc[start:end]
+        pat = re.compile(rf"<!-- {re.escape(key)} -->.*?<!-- /{re.escape(key)} -->", flags=re.S)
+        section = pat.sub(block, section) if pat.search(section) else section.rstrip() + f"\n\n{block}\n\n"
+        doc = doc[:start] + section + doc[end:]
+    RESULTS.write_text(doc)
+
+
+# ---------------------------------------------------------------------------------------------
+def throughput(args) -> None:
+    import saes
+    from features import BuildConfig, TensorSource, build_feature_store
+
+    D, F, k, L = 512, 8192, 32, 128
+    n_ctx = args.tokens // L
+    data = SparseFeatureData(D, F, mean_active=24, seed=0)
+    g = torch.Generator().manual_seed(1)
+    acts = torch.cat([data.sample(4096, g) for _ in range(-(-n_ctx * L // 4096))])[: n_ctx * L].half()
+    ctx = torch.randint(0, 50000, (n_ctx, L), generator=g)
+    src = TensorSource(acts, ctx, contexts_per_chunk=1024, name="sparse-features")
+    # an SAE whose latents are the ground-truth directions: power-law firing like a trained SAE
+    sae = saes.create_sae("topk", D, F, k=k)
+    with torch.no_grad():
+        sae.W_dec.copy_(data.dirs_TD * 1.0)
+        sae.W_enc.copy_(data.dirs_TD.T * (1 / data.scale))
+        sae.b_dec.zero_()
+        sae.b_enc.zero_()
+    sae.eval()
+    cfg = BuildConfig(checkpoint_rows=0)
+    enc, pas, total = [], [], []
+    load0 = load_average()
+    for run in range(args.runs):
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for b in src.batches(0, cfg.batch_rows // L):
+                sae.encode_sparse(b.acts_BD.float())
+        enc.append(time.perf_counter() - t0)
+        path = Path(args.work) / f"tp{run}.db"
+        for p in path.parent.glob(path.name + "*"):
+            p.unlink()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        res = build_feature_store(path, sae, src, cfg, progress=False)
+        pas.append(res.pass_seconds)
+        total.append(res.total_seconds)
+        print(f"run {run}: encode alone {src.n_rows / enc[-1]:,.0f} tok/s, pass {res.tokens_per_s:,.0f} tok/s, "
+              f"build total {res.total_seconds:.1f} s, state {res.state_bytes / 2**20:.0f} MiB", flush=True)
+    e, p, t = statistics.median(enc), statistics.median(pas), statistics.median(total)
+    text = f"""### Build pass throughput (synthetic)
+
+Machine: 2 CPU cores (shared; load average {load0} before, {load_average()} after), torch threads {torch.get_num_threads()}, {time.strftime('%Y-%m-%d')}.
+TopK SAE d_in {D}, d_sae {F}, k {k}, fp32; {src.n_rows:,} tokens (contexts of {L}) of sparse power-law activations
+(`benchmarks/common.py` SparseFeatureData; the SAE's latents are its directions, so firing is power-law like a trained
+SAE's); default BuildConfig (top 20, 32 sampled firings with co-activation sets, 1024-row negative pool, 64-bin
+histograms, window 24+1+8). Median of {args.runs} runs. `python benchmarks/bench_features.py throughput`
+
+| | tokens/s | seconds |
+|---|---|---|
+| SAE encoder alone (`encode_sparse` over the same batches) | {src.n_rows / e:,.0f} | {e:.1f} |
+| build pass (encoder + all statistics and samples) | {src.n_rows / p:,.0f} | {p:.1f} |
+| whole build (pass + neighbours + writing {F} latents to SQLite) | {src.n_rows / t:,.0f} | {t:.1f} |
+
+The pass costs {p / e:.2f}x the encoder alone: the per-latent bookkeeping adds {100 * (p - e) / e:.0f}% on top of the encoder
+(its first batches are the dearest: every latent's top-k and sample are filling; later only entrants cost anything).
+Pass state: {res.state_bytes / 2**20:.0f} MiB, independent of the number of tokens."""
+    write_section("throughput", text)
+    print(text)
+
+
+# ---------------------------------------------------------------------------------------------
+def toy(args) -> None:
+    import toyworld
+    from features import BuildConfig, CacheSource, FeatureStore, build_feature_store
+    from features.concepts import concept_f1_over_source
+    from saesteer.models import load_model, model_id
+    from training.cache import build_cache
+    from training.cache_config import CacheConfig
+    from training.config import CheckpointConfig, EvalConfig, LogConfig, RunConfig, SAESpec, TrainConfig
+    from training.trainer import train
+    from training.reader import CacheReader
+    from training.text import TextConfig
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    hook = "blocks.2.hook_resid_post"
+    model = load_model("toy", device="cpu")
+    load0 = load_average()
+    caches = {}
+    cache_rate = None
+    for split, tokens in (("train", args.train_tokens), ("validation", args.eval_tokens)):
+        out = work / f"cache-{split}"
+        t0 = time.perf_counter()
+        build_cache(model, TextConfig(dataset="toy", split=split, context_length=128),
+                    CacheConfig(out=str(out), hooks=[hook], max_tokens=tokens), progress=True)
+        dt = time.perf_counter() - t0
+        caches[split] = out
+        if split == "validation" and not (out / ".bench-cached").exists():
+            cache_rate = tokens / dt
+            (out / ".bench-cached").write_text(json.dumps({"tokens_per_s": cache_rate}))
+        elif split == "validation":
+            cache_rate = json.loads((out / ".bench-cached").read_text())["tokens_per_s"]
+        print(f"cache {split}: {tokens:,} tokens in {dt:.1f} s", flush=True)
+
+    run_dir = work / "run"
+    specs = [SAESpec("topk", d_sae=args.d_sae, k=args.k, name="topk"),
+             SAESpec("matryoshka_batchtopk", d_sae=args.d_sae, k=args.k, name="matryoshka")]
+    cfg = RunConfig(
+        saes=specs,
+        train=TrainConfig(total_tokens=args.train_tokens * args.epochs, batch_size=4096, dead_tokens=1_000_000),
+        checkpoint=CheckpointConfig(every_tokens=0),
+        eval=EvalConfig(every_tokens=0, ce_contexts=0),
+        log=LogConfig(progress=True),
+    )
+    if not (run_dir / "saes" / "matryoshka" / "cfg.json").exists():
+        reader = CacheReader(caches["train"], batch_size=4096, seed=0, epochs=None)
+        t0 = time.perf_counter()
+        train(cfg, reader, run_dir, provenance={"model_name": "toyworld-tiny", "hook_name": hook})
+        print(f"trained in {time.perf_counter() - t0:.0f} s", flush=True)
+
+    import saes as saes_pkg
+
+    names = list(toyworld.CONCEPTS)
+    source = CacheSource(caches["validation"], hook=hook)
+    rows = []
+    for spec in specs:
+        sae = saes_pkg.load_sae(run_dir / "saes" / spec.name).eval()
+        store_path = work / f"{spec.name}.db"
+        res = build_feature_store(store_path, sae, source, BuildConfig(), model=model, sae_path=str(run_dir / "saes" / spec.name),
+                                  overwrite=True, progress=True)
+        t0 = time.perf_counter()
+        scores = concept_f1_over_source(sae, source, lambda ids: toyworld.concept_masks(ids, names), names)
+        t_f1 = time.perf_counter() - t0
+        best = scores.best_per_concept(min_positives=args.min_positives)
+        with FeatureStore.open(store_path, readonly=False) as st:
+            st.write_concept_matches([m for c in best for m in scores.top(c.concept, 5)], source="toyworld.concept_masks")
+            summary = st.meta["summary"]
+        (work / f"{spec.name}-concepts.json").write_text(json.dumps([m.__dict__ for m in best], indent=1))
+        frac = sum(m.f1 >= 0.8 for m in best) / len(best)
+        rows.append((spec, res, frac, best, summary, t_f1))
+        print(f"{spec.name}: {frac:.1%} of {len(best)} concepts with F1>=0.8; pass {res.tokens_per_s:,.0f} tok/s", flush=True)
+
+    hdr = "| SAE | concepts | F1 >= 0.8 | median best F1 | mean best F1 | alive / dead / dense latents | store pass tokens/s | whole build s |"
+    lines = [hdr, "|---|---|---|---|---|---|---|---|"]
+    for spec, res, frac, best, summary, _ in rows:
+        f1s = [m.f1 for m in best]
+        lines.append(f"| {spec.name} (d_sae {spec.d_sae}, k {spec.k}) | {len(best)} | **{frac:.1%}** "
+                     f"({sum(f >= 0.8 for f in f1s)}) | {statistics.median(f1s):.3f} | {statistics.fmean(f1s):.3f} | "
+                     f"{summary['alive']} / {summary['dead']} / {summary['dense']} | {res.tokens_per_s:,.0f} | {res.total_seconds:.1f} |")
+    # concepts where the two differ most
+    a, b = {m.concept: m for m in rows[0][3]}, {m.concept: m for m in rows[1][3]}
+    diffs = sorted(a, key=lambda c: -abs(a[c].f1 - b[c].f1))[:8]
+    dl = ["| concept | TopK best latent, F1 | Matryoshka best latent, F1 |", "|---|---|---|"]
+    dl += [f"| {c} | {a[c].feature_id}, {a[c].f1:.3f} | {b[c].feature_id}, {b[c].f1:.3f} |" for c in diffs]
+    text = f"""### Toy world: best single latent per ground-truth concept
+
+Machine: 2 CPU cores (shared; load average {load0} before, {load_average()} after), torch threads {torch.get_num_threads()}, {time.strftime('%Y-%m-%d')}.
+Toy model `{model_id(model)}`, hook `{hook}`. SAEs trained together by `training.train` on {args.train_tokens:,} cached
+tokens of the toy corpus's train split ({args.epochs} epoch(s), batch 4096); evaluated on {source.n_rows:,} tokens of the
+validation split (BOS not cached). A latent detects a concept on a token when it fires there; F1 against the
+token's ground-truth tag (`toyworld.concept_masks`, exact on contexts that start with BOS); for each concept
+(seen >= {args.min_positives} times) the best latent's F1 (`features.concepts.concept_f1_over_source`).
+`python benchmarks/bench_features.py toy`
+
+{chr(10).join(lines)}
+
+Concepts where the two differ most:
+
+{chr(10).join(dl)}
+
+Throughput on this cache: caching the toy model ran at {cache_rate:,.0f} tokens/s (`training.cache.build_cache`,
+fp16 shards); the feature-store pass at {rows[0][1].tokens_per_s:,.0f} / {rows[1][1].tokens_per_s:,.0f} tokens/s (TopK / Matryoshka, with
+SHA-256 checks of every shard). Per-concept results: `{work}/<sae>-concepts.json`; the stores keep the top 5
+latents per concept in `concept_matches`."""
+    write_section("toy", text)
+    print(text)
+
+
+def main() -> None:
+    global RESULTS
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["throughput", "toy", "all"])
+    ap.add_argument("--tokens", type=int, default=262144)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--train-tokens", type=int, default=3_000_000)
+    ap.add_argument("--eval-tokens", type=int, default=400_000)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--d-sae", type=int, default=1024)
+    ap.add_argument("--k", type=int, default=16)
+    ap.add_argument("--min-positives", type=int, default=20)
+    ap.add_argument("--work", default="/tmp/saesteer-bench-features")
+    ap.add_argument("--results", default=str(RESULTS), help="markdown file to update (default: benchmarks/RESULTS.md)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1: on a busy shared 2-core machine one thread ran the toy model 3x faster than two)")
+    args = ap.parse_args()
+    RESULTS = Path(args.results)
+    torch.set_num_threads(args.threads)
+    if args.what in ("throughput", "all"):
+        throughput(args)
+    if args.what in ("toy", "all"):
+        toy(args)
+
+
+if __name__ == "__main__":
+    main()
