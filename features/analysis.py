@@ -87,6 +87,7 @@ def coact_neighbours(sample: CoactSample, n: int) -> Neighbours:
         if f.numel() == 0:
             continue
         est = c.double() / sample.n_sample_F[f].double().clamp(min=1) * nf[f]
+        est = torch.minimum(est, torch.minimum(nf[f], nf[g]))  # a sampling estimate; never above either count
         jac = est / (nf[f] + nf[g] - est).clamp(min=1e-12)
         # order by (f asc, jaccard desc, g asc)
         o = torch.sort(g, stable=True).indices
