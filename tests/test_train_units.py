@@ -148,3 +148,15 @@ def test_checkpoint_pruning_and_listing(tmp_path) -> None:
     prune_checkpoints(tmp_path, 2)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_0000000007", "step_0000000010"]
     assert not any(p.name.startswith((".tmp", ".del")) for p in tmp_path.iterdir())
+
+
+def test_two_runs_cannot_share_an_output_folder(tmp_path) -> None:
+    from training.synthetic import SyntheticActivations
+    from training.trainer import _lock_out_dir, train
+
+    held = _lock_out_dir(tmp_path)
+    try:
+        with pytest.raises(FileExistsError, match="another training run"):
+            train(RunConfig(saes=[SAESpec("topk", d_sae=16, k=2)]), SyntheticActivations(4, 8), tmp_path)
+    finally:
+        held.close()

@@ -1,5 +1,5 @@
 """training package: the activation cache (text -> model -> shards on disk -> shuffled batches)
-and, later, the SAE trainer.
+and the SAE trainer (training.trainer.train).
 
 Names are imported lazily so `import training` stays cheap (no torch until used).
 """
@@ -33,6 +33,25 @@ _LAZY = {
     "model_batches": "training.reader",
     "iter_shards": "training.reader",
     "ShardData": "training.reader",
+    # SAE training (issue 5)
+    "RunConfig": "training.config",
+    "SAESpec": "training.config",
+    "TrainConfig": "training.config",
+    "OptimConfig": "training.config",
+    "CheckpointConfig": "training.config",
+    "EvalConfig": "training.config",
+    "LogConfig": "training.config",
+    "DataConfig": "training.config",
+    "train": "training.trainer",
+    "Trainer": "training.trainer",
+    "TrainResult": "training.trainer",
+    "ModelEval": "training.trainer",
+    "NonFiniteError": "training.trainer",
+    "ConfigMismatchError": "training.trainer",
+    "evaluate_activations": "training.evaluate",
+    "splice_metrics": "training.evaluate",
+    "Collectives": "training.collectives",
+    "SyntheticActivations": "training.synthetic",
 }
 
 __all__ = sorted(_LAZY)

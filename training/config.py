@@ -254,6 +254,33 @@ class LogConfig:
 
 
 @dataclass
+class DataConfig:
+    """Where the activations come from (used by `saesteer train`; `train()` takes any iterator)."""
+
+    cache: str | None = field(
+        default=None, metadata={"help": "activation cache directory (from `saesteer cache`); none: compute the activations "
+                                        "with --model over the text options"}
+    )
+    hook: str | None = field(default=None, metadata={"help": "hook point to train on; none: the cache's only hook, or "
+                                                             "blocks.<n_layers//2>.hook_resid_post without a cache"})
+    model: str | None = field(
+        default=None,
+        metadata={"help": "model ('toy', HF name, local dir) for CE loss recovered / KL, and the activation source "
+                          "without a cache; none: the cache's model, when it is the toy model or a hub name"},
+    )
+    model_eval: bool = field(default=True, metadata={"help": "load the model for CE loss recovered and KL divergence"})
+    eval_split: str = field(
+        default="validation",
+        metadata={"help": "dataset split giving the held-out contexts of the CE evaluation (the cache's last "
+                          "shard when the split is missing)"},
+    )
+    reader_buffer_rows: int = field(default=1 << 20, metadata={"help": "shuffle window of the cache reader, in rows"})
+
+    def __post_init__(self) -> None:
+        _pos_int("DataConfig", "reader_buffer_rows", self.reader_buffer_rows)
+
+
+@dataclass
 class RunConfig:
     """Everything a training run is defined by."""
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +133,7 @@ def _start_wandb(out_dir: Path, *, project: str, entity: str | None, name: str |
     except ImportError:
         raise RuntimeError("wandb logging was asked for (--wandb) but wandb is not installed: pip install wandb") from None
     id_file = out_dir / "wandb_run_id.txt"
-    run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+    run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(6)
     if not id_file.is_file():
         id_file.write_text(run_id + "\n")
     run = wandb.init(

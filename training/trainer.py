@@ -58,6 +58,7 @@ from training.schedule import lr_factor
 CHECKPOINT_DIR = "checkpoints"
 SAE_DIR = "saes"
 CONFIG_FILE = "config.json"
+LOCK_FILE = "train.lock"
 
 
 class NonFiniteError(RuntimeError):
@@ -157,8 +158,8 @@ def remove_parallel_decoder_grad_(sae: SAE) -> None:
     W_FD, g_FD = sae.W_dec, sae.W_dec.grad
     if g_FD is None:
         return
-    along_F = (g_FD * W_FD).sum(1, keepdim=True)
-    g_FD.sub_(along_F * W_FD)
+    along_F = torch.einsum("fd,fd->f", g_FD, W_FD)  # no [F, D] temporary
+    g_FD.addcmul_(along_F[:, None], W_FD, value=-1.0)
 
 
 def grad_norm(params: list[torch.nn.Parameter]) -> Tensor:
@@ -479,9 +480,38 @@ def train(
     prov = dict(provenance or {})
     if config.train.num_threads:
         torch.set_num_threads(config.train.num_threads)
+    lock = None
     if writer:
         out.mkdir(parents=True, exist_ok=True)
+        lock = _lock_out_dir(out)
         clean_temporaries(ckpt_root)
+    try:
+        return _train_locked(config, data, out, coll, prov, model_eval, resume, on_step, t_start)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _lock_out_dir(out: Path):
+    """Hold an exclusive lock on the output folder for the run (two runs must not share it)."""
+    import fcntl
+
+    f = open(out / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise FileExistsError(f"another training run is using {out} (it holds {out / LOCK_FILE}); wait for it to "
+                              f"finish or choose another output folder") from None
+    return f
+
+
+def _train_locked(
+    config: RunConfig, data: Iterable[Any], out: Path, coll: Collectives, prov: dict[str, Any],
+    model_eval: ModelEval | None, resume: str, on_step: Callable[[Trainer], None] | None, t_start: float,
+) -> TrainResult:
+    writer = coll.is_writer
+    ckpt_root = out / CHECKPOINT_DIR
 
     found = _find_resume(ckpt_root, print) if resume != "never" else None
     if resume == "never" and list_checkpoints(ckpt_root):

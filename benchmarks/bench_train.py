@@ -1,0 +1,424 @@
+"""End-to-end SAE training from a disk cache: ours (training.train) against SAELens's SAETrainer.
+
+    python benchmarks/bench_train.py speed      [--steps 40] [--rounds 3]   # synthetic d_in 512 cache
+    python benchmarks/bench_train.py quality    --cache DIR [--tokens N]    # equal tokens, real activations
+    python benchmarks/bench_train.py toyworld   --cache DIR [--tokens N]    # our 3 SAEs, EV / CE rec / dead
+    python benchmarks/bench_train.py all        --cache DIR
+
+speed: per architecture, ours and SAELens train on the same cache (fp16 shards on disk, same
+reader, seed, batch size, LR schedule, AuxK coefficient, dead window, activation normalisation),
+interleaved, `--rounds` times. Throughput = batch rows / median time between consecutive batch
+requests from the training loop (so it includes reading the cache, the step and the trainer's
+bookkeeping); end-to-end wall-clock (start, norm estimate, training, final fold/eval/save) too.
+The reader alone is measured on the same cache. Shape: perf-notes.md (d_in 512, d_sae 8192,
+k 32, batch 4096) on synthetic activations with sparse structure.
+
+quality: ours and SAELens on the toy world's cached residual stream, same tokens; both SAEs
+evaluated in their saved inference form by the same code on the same held-out rows (the first
+`holdout` rows of the stream, which neither trained on).
+
+toyworld: `train()` of TopK, BatchTopK and Matryoshka at k=32 in one pass, with CE loss recovered
+and KL from the toy model (the "Training quality on the toy world" table).
+
+Results go into benchmarks/RESULTS.md under "## SAE training: ours vs SAELens", "## SAE training
+quality at equal tokens: ours vs SAELens" and "## Training quality on the toy world" (each section
+replaced when its command runs; the rest of the file is kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+from common import SparseFeatureData, load_average  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+SPEED_HEADING = "## SAE training: ours vs SAELens"
+QUALITY_HEADING = "## SAE training quality at equal tokens: ours vs SAELens"
+TOY_HEADING = "## Training quality on the toy world"
+ARCHS = ("topk", "batchtopk", "matryoshka_batchtopk")
+HOOK = "blocks.0.hook_resid_post"
+
+
+# ------------------------------------------------------------------------------ caches
+def synthetic_cache(path: Path, d_in: int, rows: int, shard_rows: int = 65536, seed: int = 0) -> Path:
+    """A cache directory in the real format (fp16 shards, manifest, SHA-256) of sparse-feature data."""
+    from training.manifest import FORMAT_NAME, FORMAT_VERSION, Manifest, ShardInfo, shard_file_name, write_json_atomic
+    from training.shards import write_safetensors_atomic
+
+    if (path / "manifest.json").is_file():
+        return path
+    path.mkdir(parents=True, exist_ok=True)
+    data = SparseFeatureData(d_in, n_features=8 * d_in, mean_active=24, seed=seed)
+    g = torch.Generator().manual_seed(seed + 7)
+    L = 128
+    shards, r = [], 0
+    for i in range(math.ceil(rows / shard_rows)):
+        n = min(shard_rows, rows - r)
+        acts = data.sample(n, g).half()
+        idx = torch.arange(r, r + n)
+        tensors = {f"acts/{HOOK}": acts, "token_ids": torch.zeros(n, dtype=torch.int32),
+                   "positions": (idx % L).to(torch.int32), "seq_index": idx // L,
+                   "context_tokens": torch.zeros(0, L, dtype=torch.int32)}
+        f = shard_file_name(i)
+        w = write_safetensors_atomic(path / f, tensors)
+        shards.append(ShardInfo(i, f, 0, 0, n, w.nbytes, w.sha256, (0, 0), (0, 0)))
+        r += n
+    settings = {
+        "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+        "model": {"id": "synthetic", "revision": None, "fingerprint": "0", "n_ctx": L, "d_model": d_in},
+        "hooks": [HOOK], "d_in": {HOOK: d_in}, "dtype": "fp16", "context_length": L, "bos_policy": "none",
+        "separator": "none", "exclude_tokens": "none", "excluded_token_ids": [], "tokenizer": {"name": "none", "sha256": "0"},
+        "dataset": {"name": "synthetic"}, "max_tokens": None, "shard_contexts": shard_rows // L,
+    }
+    write_json_atomic(path / "manifest.json", Manifest(settings, complete=True, shards=shards).to_json())
+    return path
+
+
+class Timed:
+    """Wraps a batch source; records when each batch was asked for (and forwards resume state)."""
+
+    def __init__(self, reader, acts_only: bool = False) -> None:
+        self.reader, self.acts_only, self.times = reader, acts_only, []
+
+    def __iter__(self):
+        for batch in self.reader:
+            self.times.append(time.perf_counter())
+            yield batch.acts if self.acts_only else batch
+
+    def state_dict(self):
+        return self.reader.state_dict()
+
+    def load_state_dict(self, s):
+        self.reader.load_state_dict(s)
+
+    def step_seconds(self, skip: int) -> float:
+        gaps = [b - a for a, b in zip(self.times, self.times[1:])][skip:]
+        return statistics.median(gaps)
+
+
+def reader_rate(cache: Path, batch: int, batches: int) -> float:
+    from training.reader import CacheReader
+
+    reader = CacheReader(cache, batch, seed=0, epochs=None)
+    it = iter(reader)
+    for _ in range(3):
+        next(it)
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    return batches * batch / (time.perf_counter() - t0)
+
+
+# ---------------------------------------------------------------------------------- runs
+def widths_for(d_sae: int) -> list[int]:
+    return [d_sae // 16, d_sae // 4, d_sae]
+
+
+def run_ours(arch, cache, *, d_sae, k, batch, tokens, holdout, method, lr, dead_tokens, threads, out, ce=None):
+    from training.config import CheckpointConfig, EvalConfig, LogConfig, OptimConfig, RunConfig, SAESpec, TrainConfig
+    from training.reader import CacheReader
+    from training.trainer import train
+
+    spec = SAESpec(arch, d_sae=d_sae, k=k, matryoshka_widths=widths_for(d_sae) if arch == "matryoshka_batchtopk" else [])
+    cfg = RunConfig(
+        saes=[spec],
+        train=TrainConfig(total_tokens=tokens, batch_size=batch, holdout_tokens=holdout, step_method=method,
+                          dead_tokens=dead_tokens, num_threads=threads),
+        optim=OptimConfig(lr=lr, grad_clip=1.0, warmup_frac=0.01, decay_start_frac=0.8),
+        checkpoint=CheckpointConfig(every_tokens=0, keep_last=1),
+        eval=EvalConfig(every_tokens=0, ce_contexts=0),
+        log=LogConfig(progress=False, log_every=50),
+    )
+    src = Timed(CacheReader(cache, batch, seed=0, epochs=None))
+    t0 = time.perf_counter()
+    res = train(cfg, src, out, model_eval=ce, resume="never")
+    wall = time.perf_counter() - t0
+    return {"step_s": src.step_seconds(skip=3), "wall": wall, "metrics": res.metrics["saes"][spec.name],
+            "sae": res.saes[spec.name], "tokens": res.tokens}
+
+
+def run_sae_lens(arch, cache, *, d_sae, k, batch, tokens, holdout, lr, dead_tokens, threads):
+    from sae_lens.config import SAETrainerConfig
+    from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
+    from sae_lens.saes.matryoshka_batchtopk_sae import (
+        MatryoshkaBatchTopKTrainingSAE,
+        MatryoshkaBatchTopKTrainingSAEConfig,
+    )
+    from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    from saes.interop import from_sae_lens
+    from training.reader import CacheReader
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    common = dict(d_in=_d_in(cache), d_sae=d_sae, k=k, dtype="float32", device="cpu", aux_loss_coefficient=1 / 32,
+                  normalize_activations="expected_average_only_in")
+    if arch == "topk":
+        sae = TopKTrainingSAE(TopKTrainingSAEConfig(**common))
+    elif arch == "batchtopk":
+        sae = BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(**common))
+    else:
+        sae = MatryoshkaBatchTopKTrainingSAE(MatryoshkaBatchTopKTrainingSAEConfig(matryoshka_widths=widths_for(d_sae), **common))
+    steps = tokens // batch
+    cfg = SAETrainerConfig(
+        total_training_samples=tokens, train_batch_size_samples=batch, lr=lr, lr_scheduler_name="constant",
+        lr_warm_up_steps=max(1, steps // 100), lr_decay_steps=steps // 5, lr_end=0.0, device="cpu",
+        dead_feature_window=max(1, dead_tokens // batch), feature_sampling_window=10**9,
+        n_batches_for_norm_estimate=holdout // batch,
+    )
+    src = Timed(CacheReader(cache, batch, seed=0, epochs=None), acts_only=True)
+    t0 = time.perf_counter()
+    trainer = SAETrainer(cfg, sae, iter(src))
+    sae = trainer.fit()
+    wall = time.perf_counter() - t0
+    return {"step_s": src.step_seconds(skip=holdout // batch + 3), "wall": wall, "sae": from_sae_lens(sae),
+            "tokens": tokens}
+
+
+def _d_in(cache: Path) -> int:
+    d_in = json.loads((cache / "manifest.json").read_text())["d_in"]
+    return int(next(iter(d_in.values())))
+
+
+def holdout_rows(cache: Path, batch: int, holdout: int) -> torch.Tensor:
+    """The first `holdout` rows of the reader's stream (seed 0): neither trainer trains on them."""
+    from training.reader import CacheReader
+
+    it = iter(CacheReader(cache, batch, seed=0, epochs=None))
+    return torch.cat([next(it).acts for _ in range(holdout // batch)])
+
+
+# ------------------------------------------------------------------------------ sections
+def replace_section(heading: str, body: str) -> None:
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.strip() == heading), None)
+    block = heading + "\n\n" + body.strip() + "\n\n"
+    if start is None:
+        text = text.rstrip("\n") + "\n\n" + block
+    else:
+        end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
+        text = "".join(lines[:start]) + block + "".join(lines[end:])
+    RESULTS.write_text(text.rstrip("\n") + "\n")
+
+
+def machine() -> str:
+    from saes.fast_step import bf16_matmul_is_fast
+
+    return (f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+            f"bf16 matmul fast: {bf16_matmul_is_fast()}, python {platform.python_version()}")
+
+
+# ----------------------------------------------------------------------------- commands
+def cmd_speed(args) -> str:
+    cache = synthetic_cache(Path(args.synthetic_cache), args.d_in, rows=max(400_000, args.steps * args.batch * 2))
+    from sae_lens import __version__ as sl_version
+
+    from training.evaluate import evaluate_activations
+
+    hold = holdout_rows(cache, args.batch, args.holdout)
+    load0 = load_average()
+    rr = [reader_rate(cache, args.batch, 40) for _ in range(3)]
+    rows = []
+    common = dict(d_sae=args.d_sae, k=args.k, batch=args.batch, tokens=args.steps * args.batch, holdout=args.holdout,
+                  lr=args.lr, dead_tokens=args.dead_tokens, threads=args.threads)
+    for arch in args.archs:
+        res = {"ours": [], "ours_bf16": [], "sae_lens": []}
+        for r in range(args.rounds):
+            for who in ("ours", "ours_bf16", "sae_lens") if args.bf16 else ("ours", "sae_lens"):
+                with tempfile.TemporaryDirectory() as tmp:
+                    if who == "sae_lens":
+                        out = run_sae_lens(arch, cache, **common)
+                    else:
+                        out = run_ours(arch, cache, method="fast" if who == "ours" else "fast_bf16", out=Path(tmp) / "run",
+                                       **common)
+                q = evaluate_activations(out["sae"], hold)
+                res[who].append({**out, "ev": q["explained_variance"], "l0": q["l0"]})
+                print(f"{arch:22s} round {r} {who:9s}: {args.batch / out['step_s']:9,.0f} tok/s per step, "
+                      f"wall {out['wall']:6.1f} s, EV {q['explained_variance']:.3f}, L0 {q['l0']:.1f}", flush=True)
+        rows.append((arch, res))
+    load1 = load_average()
+    lines = [
+        f"Machine: {machine()}; SAELens {sl_version}; load average before/after {load0} / {load1}. "
+        f"`python benchmarks/bench_train.py speed --steps {args.steps} --rounds {args.rounds}`",
+        "",
+        f"Same fp16 disk cache of synthetic sparse-feature activations (d_in {args.d_in}), d_sae {args.d_sae}, k {args.k}, "
+        f"batch {args.batch}, {args.steps} steps ({args.steps * args.batch:,} tokens) after {args.holdout:,} rows for the "
+        f"norm estimate; same seeded reader, LR {args.lr} with 1% warmup / 20% linear decay, grad-norm clip 1.0 "
+        f"(SAELens always clips at 1.0), AuxK coefficient 1/32, dead window {args.dead_tokens:,} tokens. tok/s = batch "
+        f"rows / median time between the training loop's batch requests (reading + step + bookkeeping); medians over "
+        f"{args.rounds} interleaved rounds. Wall = whole call (start-up, norm estimate, training, fold, our final "
+        f"eval and save). EV / L0: the trained SAE in its inference form on the same {args.holdout:,} held-out rows.",
+        "",
+        "| arch | ours fp32 (`fast`) tok/s | " + ("ours bf16 tok/s | " if args.bf16 else "") +
+        "SAELens tok/s | speed-up fp32 | " + ("speed-up bf16 | " if args.bf16 else "") +
+        "wall ours / SAELens (s) | EV ours / SAELens | L0 ours / SAELens |",
+        "|---|---|" + ("---|" if args.bf16 else "") + "---|---|" + ("---|" if args.bf16 else "") + "---|---|---|",
+    ]
+    for arch, res in rows:
+        med = {w: statistics.median(args.batch / x["step_s"] for x in v) for w, v in res.items() if v}
+        wall = {w: statistics.median(x["wall"] for x in v) for w, v in res.items() if v}
+        ev = {w: statistics.median(x["ev"] for x in v) for w, v in res.items() if v}
+        l0 = {w: statistics.median(x["l0"] for x in v) for w, v in res.items() if v}
+        cells = [arch, f"{med['ours']:,.0f}"]
+        if args.bf16:
+            cells.append(f"{med['ours_bf16']:,.0f}")
+        cells += [f"{med['sae_lens']:,.0f}", f"{med['ours'] / med['sae_lens']:.1f}x"]
+        if args.bf16:
+            cells.append(f"{med['ours_bf16'] / med['sae_lens']:.1f}x")
+        cells += [f"{wall['ours']:.1f} / {wall['sae_lens']:.1f}", f"{ev['ours']:.3f} / {ev['sae_lens']:.3f}",
+                  f"{l0['ours']:.1f} / {l0['sae_lens']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"Cache reader alone (fp16 shards -> float32 batches of {args.batch}, shuffled, checksums verified once): "
+              f"{statistics.median(rr):,.0f} rows/s (median of 3 x 40 batches)."]
+    return "\n".join(lines)
+
+
+def cmd_quality(args) -> str:
+    from sae_lens import __version__ as sl_version
+
+    from training.evaluate import evaluate_activations
+
+    cache = Path(args.cache)
+    hold = holdout_rows(cache, args.batch, args.holdout)
+    load0 = load_average()
+    common = dict(d_sae=args.toy_d_sae, k=args.k, batch=args.batch, tokens=args.tokens, holdout=args.holdout,
+                  lr=args.lr, dead_tokens=args.dead_tokens, threads=args.threads)
+    lines = [
+        f"Equal tokens on the toy world's cached residual stream ({cache.name}; d_in {_d_in(cache)}): d_sae "
+        f"{args.toy_d_sae}, k {args.k}, {args.tokens:,} tokens, batch {args.batch}, same reader/seed/LR schedule/clip/AuxK "
+        f"settings as in the speed table; load average before {load0}. Both SAEs evaluated in their saved inference form (ours: per-latent "
+        f"thresholds; SAELens BatchTopK/Matryoshka: its single global threshold) on the same {args.holdout:,} held-out rows. "
+        f"SAELens {sl_version}. `python benchmarks/bench_train.py quality --cache {args.cache} --tokens {args.tokens}`",
+        "",
+        "| arch | EV ours | EV SAELens | L0 ours | L0 SAELens | ours tok/s | SAELens tok/s | speed-up |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for arch in args.archs:
+        with tempfile.TemporaryDirectory() as tmp:
+            o = run_ours(arch, cache, method="fast", out=Path(tmp) / "run", **common)
+        s = run_sae_lens(arch, cache, **common)
+        qo, qs = evaluate_activations(o["sae"], hold), evaluate_activations(s["sae"], hold)
+        ro, rs = args.batch / o["step_s"], args.batch / s["step_s"]
+        print(f"{arch}: ours EV {qo['explained_variance']:.4f} L0 {qo['l0']:.1f} ({ro:,.0f} tok/s); SAELens EV "
+              f"{qs['explained_variance']:.4f} L0 {qs['l0']:.1f} ({rs:,.0f} tok/s)", flush=True)
+        lines.append(f"| {arch} | {qo['explained_variance']:.4f} | {qs['explained_variance']:.4f} | {qo['l0']:.1f} | "
+                     f"{qs['l0']:.1f} | {ro:,.0f} | {rs:,.0f} | {ro / rs:.1f}x |")
+    return "\n".join(lines)
+
+
+def cmd_toyworld(args) -> str:
+    from saesteer.models import load_model, model_id
+    from training.config import CheckpointConfig, EvalConfig, LogConfig, RunConfig, SAESpec, TrainConfig
+    from training.manifest import read_manifest
+    from training.reader import CacheReader
+    from training.sources import cache_provenance, contexts_from_text
+    from training.trainer import ModelEval, train
+
+    cache = Path(args.cache)
+    man = read_manifest(cache)
+    model = load_model("toy", device="cpu")
+    assert model_id(model) == man.settings["model"]["id"], "the cache was not made with the shipped toy model"
+    hook = man.hooks[0]
+    from training.text import TextConfig
+
+    s = man.settings
+    text = TextConfig(dataset="toy", split="validation", context_length=int(s["context_length"]),
+                      bos_policy=s["bos_policy"], separator=s["separator"])
+    tokens = contexts_from_text(text, model.tokenizer, args.ce_contexts)
+    keep = tuple(s.get("excluded_token_ids") or ())
+    d = args.toy_d_sae
+    saes = [SAESpec("topk", d_sae=d, k=32), SAESpec("batchtopk", d_sae=d, k=32),
+            SAESpec("matryoshka_batchtopk", d_sae=d, k=32, matryoshka_widths=[d // 16, d // 4, d])]
+    cfg = RunConfig(
+        saes=saes,
+        train=TrainConfig(total_tokens=args.tokens, batch_size=args.batch, dead_tokens=args.toy_dead_tokens,
+                          num_threads=args.threads),
+        checkpoint=CheckpointConfig(every_tokens=max(args.tokens // 4, 1)),
+        eval=EvalConfig(every_tokens=max(args.tokens // 8, 1), ce_contexts=args.ce_contexts),
+        log=LogConfig(progress=True, log_every=50),
+    )
+    out = Path(args.toy_out)
+    load0 = load_average()
+    res = train(cfg, CacheReader(cache, args.batch, seed=0, epochs=None), out,
+                model_eval=ModelEval(model, hook, tokens, keep), provenance=cache_provenance(man, cache, hook))
+    m = res.metrics
+    lines = [
+        f"`python benchmarks/bench_train.py toyworld --cache {args.cache} --tokens {args.tokens}`; "
+        f"{machine()}; load average before {load0}.",
+        "",
+        f"Toy world model (d_model {_d_in(cache)}, 4 layers), residual stream at `{hook}` from an fp16 activation cache "
+        f"of the toy training split ({man.total_rows:,} rows, BOS excluded); the three SAEs trained together in one "
+        f"pass: {m['tokens_trained']:,} tokens, batch {args.batch}, Adam with the width-rule LR, 1% warmup, linear decay "
+        f"over the last 20%, step method `{m['step_method']}`, {m['tokens_per_second']:,.0f} tokens/s for all three "
+        f"together. EV, L0 and dense fraction on {m['holdout_rows']:,} held-out rows; CE loss recovered and KL on "
+        f"{args.ce_contexts} contexts of the validation split (BOS positions kept clean); dead = no activation in the "
+        f"last {args.toy_dead_tokens:,} training tokens. Goals: EV >= 0.9, CE loss recovered >= 0.95, dead < 1%.",
+        "",
+        "| SAE | d_sae | k | EV | CE loss recovered | KL | L0 | dead | dense (>10%) | CE clean / spliced / zero |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in m["saes"].items():
+        lines.append(
+            f"| {r['architecture']} | {r['d_sae']} | {r['k']} | {r['explained_variance']:.4f} | "
+            f"{r['ce_loss_recovered']:.4f} | {r['kl_div']:.4f} | {r['l0']:.1f} | {r['dead_fraction']:.2%} | "
+            f"{r['dense_fraction']:.2%} | {r['ce_loss_clean']:.3f} / {r['ce_loss_spliced']:.3f} / {r['ce_loss_zero']:.3f} |")
+        if "levels" in r:
+            lv = "; ".join(f"{x['width']}: EV {x['explained_variance']:.3f}, L0 {x['l0']:.1f}" for x in r["levels"])
+            lines.append(f"| ↳ Matryoshka levels | | | {lv} | | | | | | |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=("speed", "quality", "toyworld", "all"))
+    ap.add_argument("--cache", default="/tmp/trainer/cache_toy_l2", help="toy world activation cache (quality, toyworld)")
+    ap.add_argument("--synthetic-cache", default="/tmp/trainer/cache_synth_d512")
+    ap.add_argument("--d-in", type=int, default=512)
+    ap.add_argument("--d-sae", type=int, default=8192)
+    ap.add_argument("--toy-d-sae", type=int, default=4096)
+    ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=4096)
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--holdout", type=int, default=16384)
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--dead-tokens", type=int, default=4_096_000)
+    ap.add_argument("--tokens", type=int, default=2_000_000, help="quality / toyworld training tokens")
+    ap.add_argument("--toy-dead-tokens", type=int, default=2_000_000)
+    ap.add_argument("--toy-out", default="/tmp/trainer/toyworld_run")
+    ap.add_argument("--ce-contexts", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--archs", default=",".join(ARCHS))
+    ap.add_argument("--bf16", action="store_true", help="also time ours with the fast_bf16 step")
+    ap.add_argument("--no-write", action="store_true", help="print the tables, leave RESULTS.md alone")
+    args = ap.parse_args()
+    args.archs = [a for a in args.archs.split(",") if a]
+    torch.set_num_threads(args.threads)
+    for name, heading, fn in (("speed", SPEED_HEADING, cmd_speed), ("quality", QUALITY_HEADING, cmd_quality),
+                              ("toyworld", TOY_HEADING, cmd_toyworld)):
+        if args.what in (name, "all"):
+            body = fn(args)
+            print(body, flush=True)
+            if not args.no_write:
+                replace_section(heading, body)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,303 @@
+"""`saesteer train`: train one or several SAEs on cached (or freshly computed) activations."""
+
+from __future__ import annotations
+
+import sys
+
+NAME = "train"
+ORDER = 30
+HELP = "train TopK / BatchTopK / Matryoshka SAEs on an activation cache (resumable, evaluated)"
+DESCRIPTION = """\
+Train sparse autoencoders on the activations of one hook point. Several SAEs (different
+architecture, k or width) train together in one pass over the same batches: give several
+comma-separated values to --architecture / --k / --d-sae and every combination is trained.
+
+Output folder (--out):
+  saes/<name>/          one SAELens-compatible SAE folder per SAE (cfg.json, sae_weights.safetensors,
+                        saesteer.json with provenance and final metrics)
+  metrics.json          final metrics of every SAE (explained variance, L0, dead/dense fractions,
+                        CE loss recovered, KL) and the run's throughput
+  training_curves.html  interactive loss / FVU / dead-fraction / eval curves
+  history.jsonl         the logged training and evaluation records
+  checkpoints/          the last --checkpoint-keep-last checkpoints (safetensors + JSON)
+
+Resuming: run the same command again with the same --out. It continues from the newest
+checkpoint (also after kill -9; on CPU the result is bit-identical to an uninterrupted run with
+the same --num-threads). A resume whose settings differ is refused, naming each field; these
+may change: --total-tokens (extends or shortens the run; the LR decay is re-planned),
+--max-nonfinite, --num-threads, --device, checkpoint, eval and logging options.
+--resume never refuses an --out that holds checkpoints; --resume require insists on one.
+
+A config file (--config, JSON or TOML) can hold any option, in sections:
+  {"data": {"cache": "caches/toy"}, "train": {"total_tokens": 20000000},
+   "optim": {"lr": 3e-4}, "saes": [{"architecture": "topk", "k": 32, "d_sae": 4096}, ...],
+   "checkpoint": {...}, "eval": {...}, "log": {...}, "text": {...}}
+Flags win over the file; SAE flags, when given, replace the file's "saes" list.
+
+examples:
+  saesteer cache --model toy --dataset toy --out caches/toy-l2
+  saesteer train --cache caches/toy-l2 --out runs/toy-l2 --architecture topk,batchtopk,matryoshka \\
+      --k 32 --d-sae 4096 --total-tokens 20000000
+  saesteer train --cache caches/toy-l2 --out runs/toy-l2 --total-tokens 30000000   # extend the run
+  saesteer train --model toy --dataset toy --hook blocks.1.hook_resid_post --out runs/quick \\
+      --total-tokens 1000000 --d-sae 1024                                            # no cache"""
+
+_SAE_FLAGS = ("architecture", "d_sae", "k", "matryoshka_widths", "sae_lr", "sae_name")
+
+
+def add_arguments(parser) -> None:
+    from saesteer.configargs import add_dataclass_arguments
+    from training.config import CheckpointConfig, DataConfig, EvalConfig, LogConfig, OptimConfig, TrainConfig
+    from training.text import TextConfig
+
+    g = parser.add_argument_group("run")
+    g.add_argument("--out", default=None, help="output folder (required); re-running with the same folder resumes")
+    g.add_argument("--config", default=None, help="JSON/TOML config file with any of these options, in sections (flags win)")
+    g.add_argument("--resume", choices=("auto", "never", "require"), default="auto",
+                   help="auto: continue from the newest checkpoint in --out if any (default); never: refuse an --out "
+                        "with checkpoints; require: fail without one")
+    g.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+
+    s = parser.add_argument_group("SAEs (comma-separated values: every combination is trained)")
+    s.add_argument("--architecture", default=None, metavar="LIST",
+                   help="topk, batchtopk, matryoshka (= matryoshka_batchtopk) (default: topk)")
+    s.add_argument("--d-sae", dest="d_sae", default=None, metavar="LIST", help="number of latents (default: 4096)")
+    s.add_argument("--k", default=None, metavar="LIST", help="active latents per token (default: 32)")
+    s.add_argument("--matryoshka-widths", dest="matryoshka_widths", default=None, metavar="INT,...",
+                   help="Matryoshka prefix widths ending at d_sae (default: ~4x steps)")
+    s.add_argument("--sae-lr", dest="sae_lr", type=float, default=None,
+                   help="learning rate of every SAE given here (default: --lr, or the width rule)")
+    s.add_argument("--sae-name", dest="sae_name", default=None, help="folder name (only with a single SAE)")
+
+    add_dataclass_arguments(parser, DataConfig, title="data")
+    add_dataclass_arguments(parser, TrainConfig, title="training")
+    add_dataclass_arguments(parser, OptimConfig, title="optimiser and learning-rate schedule")
+    add_dataclass_arguments(parser, CheckpointConfig, prefix="checkpoint_", title="checkpoints")
+    add_dataclass_arguments(parser, EvalConfig, prefix="eval_", title="evaluation")
+    add_dataclass_arguments(parser, LogConfig, title="logging")
+    add_dataclass_arguments(parser, TextConfig, title="text (only without --cache: activations computed on the fly)")
+
+
+def _split_list(text: str, conv):
+    return [conv(t.strip()) for t in str(text).split(",") if t.strip()]
+
+
+def _sae_specs(args, file_specs: list) -> list:
+    from training.config import SAESpec
+
+    if all(getattr(args, f) is None for f in _SAE_FLAGS):
+        return [SAESpec(**s) if isinstance(s, dict) else s for s in file_specs] or [SAESpec()]
+    archs = _split_list(args.architecture, str) if args.architecture else ["topk"]
+    widths = _split_list(args.d_sae, int) if args.d_sae else [4096]
+    ks = _split_list(args.k, int) if args.k else [32]
+    mw = _split_list(args.matryoshka_widths, int) if args.matryoshka_widths else []
+    specs = []
+    for arch in archs:
+        for d_sae in widths:
+            for k in ks:
+                is_m = arch in ("matryoshka", "matryoshka_batchtopk")
+                specs.append(SAESpec(arch, d_sae=d_sae, k=k, matryoshka_widths=mw if is_m else [], lr=args.sae_lr))
+    if args.sae_name:
+        if len(specs) != 1:
+            raise ValueError("--sae-name names a single SAE; with several, the names are <arch>_k<k>_f<d_sae>")
+        specs[0].name = args.sae_name
+    return specs
+
+
+def build_configs(args):
+    """(RunConfig, DataConfig, TextConfig) from defaults, the config file and the flags."""
+    from saesteer.configargs import dataclass_from_args, load_config_file
+    from training.config import (
+        CheckpointConfig,
+        DataConfig,
+        EvalConfig,
+        LogConfig,
+        OptimConfig,
+        RunConfig,
+        TrainConfig,
+    )
+    from training.text import TextConfig
+
+    file_values = load_config_file(args.config) if args.config else {}
+    sections = {"data", "text", "saes", "train", "optim", "checkpoint", "eval", "log", "out"}
+    unknown = sorted(set(file_values) - sections)
+    if unknown:
+        raise ValueError(f"unknown section(s) in {args.config}: {', '.join(unknown)}; known: {', '.join(sorted(sections))}")
+
+    def section(name):
+        v = file_values.get(name, {})
+        if not isinstance(v, dict):
+            raise ValueError(f"section {name!r} of {args.config} must be a mapping")
+        return v
+
+    run = RunConfig(
+        saes=_sae_specs(args, file_values.get("saes", [])),
+        train=dataclass_from_args(TrainConfig, args, file_values=section("train")),
+        optim=dataclass_from_args(OptimConfig, args, file_values=section("optim")),
+        checkpoint=dataclass_from_args(CheckpointConfig, args, prefix="checkpoint_", file_values=section("checkpoint")),
+        eval=dataclass_from_args(EvalConfig, args, prefix="eval_", file_values=section("eval")),
+        log=dataclass_from_args(LogConfig, args, file_values=section("log")),
+    )
+    data = dataclass_from_args(DataConfig, args, file_values=section("data"))
+    text = dataclass_from_args(TextConfig, args, file_values=section("text"))
+    out = args.out or file_values.get("out")
+    return run, data, text, out
+
+
+def run(args) -> int:
+    import dataclasses
+    import json
+
+    try:
+        run_cfg, data_cfg, text_cfg, out = build_configs(args)
+    except (ValueError, TypeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(json.dumps({"out": out, "data": dataclasses.asdict(data_cfg), "text": dataclasses.asdict(text_cfg),
+                          **run_cfg.to_dict()}, indent=2))
+        return 0
+    if not out:
+        print("error: --out is required (the folder for checkpoints, SAEs and metrics)", file=sys.stderr)
+        return 2
+    try:
+        source, model_eval, provenance = _prepare_data(run_cfg, data_cfg, text_cfg)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    from training.checkpoint import CheckpointError
+    from training.trainer import ConfigMismatchError, NonFiniteError, train
+
+    try:
+        result = train(run_cfg, source, out, model_eval=model_eval, provenance=provenance, resume=args.resume)
+    except (ConfigMismatchError, CheckpointError, FileExistsError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteError as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        return 3
+    _print_summary(result)
+    return 0
+
+
+def _prepare_data(run_cfg, data_cfg, text_cfg):
+    """The batch source, the CE evaluation (or None) and the provenance for the SAE folders."""
+    from training.trainer import ModelEval
+
+    t = run_cfg.train
+    model = None
+    if data_cfg.cache:
+        from training.reader import CacheReader
+        from training.sources import cache_provenance, contexts_from_cache, model_spec_from_cache
+
+        reader = CacheReader(data_cfg.cache, t.batch_size, hook=data_cfg.hook, seed=t.seed, epochs=None,
+                             buffer_rows=data_cfg.reader_buffer_rows)
+        man = reader.manifest
+        prov = cache_provenance(man, data_cfg.cache, reader.hook)
+        if t.total_tokens + t.holdout_tokens > man.total_rows:
+            print(f"note: {t.total_tokens + t.holdout_tokens:,} tokens asked for, the cache holds {man.total_rows:,} rows: "
+                  f"the reader makes {(t.total_tokens + t.holdout_tokens) / max(1, man.total_rows):.1f} passes over it")
+        spec = data_cfg.model or model_spec_from_cache(man)
+        if data_cfg.model_eval and spec is None:
+            print("note: no CE loss recovered: the cache's model cannot be loaded by name; pass --model")
+        if data_cfg.model_eval and spec is not None:
+            model = _load_model_checked(spec, man)
+        if model is None:
+            return reader, None, prov
+        text_eval = _eval_text(man, data_cfg.eval_split)
+        n = run_cfg.eval.ce_contexts
+        try:
+            from training.sources import contexts_from_text
+
+            tokens = contexts_from_text(text_eval, model.tokenizer, n)
+            prov["ce_eval_contexts"] = f"{text_eval.dataset}:{text_eval.split}"
+        except (ValueError, OSError, FileNotFoundError) as e:
+            print(f"note: CE evaluation uses contexts from the cache (trained-on text): split "
+                  f"{data_cfg.eval_split!r} unavailable ({e})")
+            tokens = contexts_from_cache(data_cfg.cache, n)
+            prov["ce_eval_contexts"] = "cache (last shard)"
+        keep = tuple(int(i) for i in man.settings.get("excluded_token_ids") or ())
+        return reader, ModelEval(model, reader.hook, tokens, keep), prov
+
+    # no cache: activations straight from the model (one pass over the text; resume replays it)
+    from saesteer.models import check_hook_names, load_model, model_id
+    from training.reader import model_batches
+    from training.sources import contexts_from_text
+
+    model = load_model(data_cfg.model or "toy", device=t.device)
+    hook = data_cfg.hook or f"blocks.{model.cfg.n_layers // 2}.hook_resid_post"
+    check_hook_names(model, hook)
+    source = _Replayable(lambda: model_batches(model, text_cfg, hook, t.batch_size, seed=t.seed))
+    prov = {"model": model_id(model), "hook_name": hook, "dataset": text_cfg.dataset, "dataset_split": text_cfg.split,
+            "context_size": text_cfg.context_length, "prepend_bos": text_cfg.bos_policy == "prepend"}
+    model_eval = None
+    if data_cfg.model_eval and run_cfg.eval.ce_contexts > 0:
+        text_eval = dataclasses_replace(text_cfg, split=data_cfg.eval_split)
+        try:
+            tokens = contexts_from_text(text_eval, model.tokenizer, run_cfg.eval.ce_contexts)
+            bos = model.tokenizer.bos_token_id
+            model_eval = ModelEval(model, hook, tokens, (bos,) if bos is not None else ())
+        except (ValueError, OSError) as e:
+            print(f"note: no CE evaluation: split {data_cfg.eval_split!r} unavailable ({e})")
+    return source, model_eval, prov
+
+
+def dataclasses_replace(obj, **kw):
+    import dataclasses
+
+    return dataclasses.replace(obj, **kw)
+
+
+class _Replayable:
+    """An iterable that restarts a generator each time it is iterated (resume replays it)."""
+
+    def __init__(self, make):
+        self._make = make
+
+    def __iter__(self):
+        return iter(self._make())
+
+
+def _eval_text(man, split: str):
+    from training.text import TextConfig
+
+    s = man.settings
+    ds = s.get("dataset") or {}
+    return TextConfig(dataset=ds.get("name") or "toy", dataset_config=ds.get("config"), split=split,
+                      text_column=ds.get("text_column") or "text", context_length=int(s["context_length"]),
+                      bos_policy=s.get("bos_policy", "prepend"), separator=s.get("separator", "eos"))
+
+
+def _load_model_checked(spec: str, man):
+    """Load the model for the CE evaluation; None (with a note) when it fails or is not the cache's model."""
+    from saesteer.models import load_model, model_id
+
+    try:
+        model = load_model(spec, device="cpu")
+    except (OSError, ValueError, RuntimeError) as e:
+        print(f"note: no CE loss recovered: model {spec!r} could not be loaded ({e})")
+        return None
+    want = (man.settings.get("model") or {}).get("id")
+    have = model_id(model)
+    if want and have != want:
+        print(f"note: no CE loss recovered: model {spec!r} is {have}, but the cache was made with {want}")
+        return None
+    return model
+
+
+def _print_summary(result) -> None:
+    m = result.metrics
+    rate = m.get("tokens_per_second")
+    print(f"trained {m['tokens_trained']:,} tokens in {m['steps']:,} steps"
+          + (f" ({rate:,.0f} tokens/s in training steps)" if rate else "")
+          + (f"; stopped early: {m['stopped_early']}" if m.get("stopped_early") else ""))
+    header = f"{'SAE':<34} {'EV':>7} {'L0':>7} {'dead':>7} {'dense':>7} {'CE rec':>7} {'KL':>8}"
+    print(header)
+    for name, s in m["saes"].items():
+        ce = s.get("ce_loss_recovered")
+        kl = s.get("kl_div")
+        print(f"{name:<34} {s['explained_variance']:7.4f} {s['l0']:7.2f} {s['dead_fraction']:7.2%} "
+              f"{s['dense_fraction']:7.2%} {'' if ce is None else f'{ce:7.4f}':>7} {'' if kl is None else f'{kl:8.5f}':>8}")
+    print(f"SAE folders under {result.out_dir / 'saes'}; metrics in {result.out_dir / 'metrics.json'}; "
+          f"curves in {result.out_dir / 'training_curves.html'}")

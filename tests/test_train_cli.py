@@ -1,0 +1,102 @@
+"""`saesteer train` end to end on a small fake cache: outputs, resume, refusal, config files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from saesteer.cli import main
+
+FLAGS = ["--total-tokens", "3072", "--batch-size", "256", "--holdout-tokens", "512", "--d-sae", "64", "--k", "4",
+         "--architecture", "topk,matryoshka", "--checkpoint-every-tokens", "1024", "--eval-every-tokens", "1024",
+         "--progress", "false", "--num-threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    from helpers.fake_cache import make_fake_cache
+
+    return make_fake_cache(tmp_path_factory.mktemp("c") / "cache", shard_rows=[1024, 1024, 2048], d_in=16).path
+
+
+def test_train_cli_outputs_and_resume(cache: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main(["train", "--cache", str(cache), "--out", str(out), *FLAGS]) == 0
+    text = capsys.readouterr().out
+    assert "topk_k4_f64" in text and "matryoshka_batchtopk_k4_f64" in text and "no CE loss recovered" in text
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["format"] == "saesteer.train_metrics" and metrics["tokens_trained"] == 3072
+    for key in ("steps", "activation_scale", "step_method", "tokens_per_second", "config", "data", "saes"):
+        assert key in metrics
+    m = metrics["saes"]["matryoshka_batchtopk_k4_f64"]
+    assert [lv["width"] for lv in m["levels"]][-1] == 64
+    for key in ("explained_variance", "mse", "l0", "dead_fraction", "eval_dead_fraction", "dense_fraction"):
+        assert isinstance(m[key], float)
+    assert (out / "training_curves.html").stat().st_size > 100_000
+    assert metrics["data"]["hook_name"] == "blocks.0.hook_resid_post"
+
+    from saes import load_sae, read_provenance
+
+    folder = out / "saes" / "topk_k4_f64"
+    ours = load_sae(folder)
+    prov = read_provenance(folder)
+    assert prov["tokens_trained"] == 3072 and prov["activation_scale_folded"] and "explained_variance" in prov["metrics"]
+    assert ours.cfg.metadata["hook_name"] == "blocks.0.hook_resid_post"
+    assert load_sae(out / "saes" / "matryoshka_batchtopk_k4_f64").architecture == "matryoshka_batchtopk"
+
+    # same command again: the run is complete, nothing is retrained
+    assert main(["train", "--cache", str(cache), "--out", str(out), *FLAGS]) == 0
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["saes"]["topk_k4_f64"]["explained_variance"] == metrics["saes"]["topk_k4_f64"]["explained_variance"]
+    # a changed setting is refused with the field named
+    code = main(["train", "--cache", str(cache), "--out", str(out), *FLAGS, "--aux-coef", "0.5"])
+    assert code == 2 and "train.aux_coef" in capsys.readouterr().err
+
+
+def test_config_file_and_flags(tmp_path: Path, capsys) -> None:
+    cfg = tmp_path / "run.json"
+    cfg.write_text(json.dumps({
+        "data": {"cache": "caches/x"}, "train": {"total_tokens": 1000, "batch_size": 100},
+        "saes": [{"architecture": "batchtopk", "k": 8, "d_sae": 256}, {"architecture": "topk", "k": 4, "d_sae": 128}],
+        "optim": {"lr": 0.001},
+    }))
+    assert main(["train", "--config", str(cfg), "--print-config", "--batch-size", "50"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["train"]["total_tokens"] == 1000 and printed["train"]["batch_size"] == 50
+    assert [s["name"] for s in printed["saes"]] == ["batchtopk_k8_f256", "topk_k4_f128"]
+    assert printed["data"]["cache"] == "caches/x" and printed["optim"]["lr"] == 0.001
+    # SAE flags replace the file's list with every combination
+    assert main(["train", "--config", str(cfg), "--print-config", "--k", "8,16", "--architecture", "topk,batchtopk"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["saes"]) == 4
+    cfg.write_text(json.dumps({"trian": {}}))
+    assert main(["train", "--config", str(cfg), "--print-config"]) == 2
+    assert "unknown section" in capsys.readouterr().err
+
+
+def test_help_reads(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    for phrase in ("Resuming:", "--total-tokens", "--architecture", "--checkpoint-every-tokens", "--wandb"):
+        assert phrase in text
+
+
+@pytest.mark.slow
+def test_wandb_offline_run(tmp_path: Path, monkeypatch) -> None:
+    import sys
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    sys.path.insert(0, str(Path(__file__).parent / "helpers"))
+    import train_child
+
+    from training.trainer import train
+
+    cfg = train_child.run_config(total_batches=8)
+    cfg.log.wandb = True
+    train(cfg, train_child.source(), tmp_path / "run")
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    assert (tmp_path / "run" / "wandb_run_id.txt").read_text().strip() in runs[0].name

@@ -1,0 +1,64 @@
+"""Helpers that connect the trainer to the activation cache and text pipeline (used by the CLI).
+
+No model loading here (the face resolves model names); functions receive a loaded model or
+tokenizer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from training.manifest import Manifest, read_manifest
+from training.shards import load_tensors
+
+
+def cache_provenance(manifest: Manifest, cache_dir: str | Path, hook: str) -> dict[str, Any]:
+    """What the SAE folders record about their training data."""
+    s = manifest.settings
+    ds = s.get("dataset") or {}
+    return {
+        "model": (s.get("model") or {}).get("id"), "model_revision": (s.get("model") or {}).get("revision"),
+        "hook_name": hook, "dataset": ds.get("name"), "dataset_split": ds.get("split"),
+        "context_size": s.get("context_length"), "prepend_bos": s.get("bos_policy") == "prepend",
+        "exclude_tokens": s.get("exclude_tokens"), "cache": str(Path(cache_dir).resolve()),
+        "cache_rows": manifest.total_rows,
+    }
+
+
+def model_spec_from_cache(manifest: Manifest) -> str | None:
+    """A `load_model` spec for the cache's model when one can be derived ('toy', 'name@rev'), else None."""
+    ident = str((manifest.settings.get("model") or {}).get("id") or "")
+    if ident.startswith("toy:toyworld-tiny#"):
+        return "toy"
+    if ident.startswith("hub:"):
+        return ident[4:]
+    return None
+
+
+def contexts_from_text(text_cfg: Any, tokenizer: Any, n: int) -> torch.Tensor:
+    """The first `n` packed contexts [n, L] of a text config (e.g. the validation split)."""
+    from training.text import open_packer
+
+    toks, _ = open_packer(text_cfg, tokenizer).take(n)
+    if len(toks) == 0:
+        raise ValueError(f"no contexts in split {text_cfg.split!r} of {text_cfg.dataset!r}")
+    return torch.from_numpy(np.ascontiguousarray(toks)).long()
+
+
+def contexts_from_cache(cache_dir: str | Path, n: int) -> torch.Tensor:
+    """Up to `n` model inputs [n, L] stored in the cache's last shards (trained-on text: a fallback)."""
+    man = read_manifest(cache_dir)
+    parts, have = [], 0
+    for shard in reversed(man.shards):
+        t = load_tensors(Path(cache_dir) / shard.file, ["context_tokens"])["context_tokens"]
+        parts.insert(0, t)
+        have += t.shape[0]
+        if have >= n:
+            break
+    if not parts:
+        raise ValueError(f"{cache_dir} has no shards")
+    return torch.cat(parts)[-n:].long()
