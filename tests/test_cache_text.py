@@ -116,3 +116,23 @@ def test_bad_inputs_are_clear_errors(tmp_path):
         TextConfig(bos_policy="start")
     with pytest.raises(ValueError, match="context_length"):
         TextConfig(context_length=1)
+
+
+def test_fast_tokenize_path_equals_tokenizer_call_and_falls_back_on_difference():
+    docs = make_documents(40, seed=5) + ["", "zebra unknown words !"]
+    ref = TOK(docs, add_special_tokens=False)["input_ids"]
+    assert make_tokenize(make_tokenizer())(docs) == ref
+
+    class Odd:  # a tokenizer whose Python __call__ disagrees with its Rust backend
+        def __init__(self):
+            self.inner = make_tokenizer()
+            self.backend_tokenizer = self.inner.backend_tokenizer
+
+        def __call__(self, texts, **kw):
+            out = self.inner(texts, **kw)
+            return {"input_ids": [[i + 1 for i in x] for x in out["input_ids"]]}
+
+    odd = Odd()
+    tk = make_tokenize(odd)
+    want = [[i + 1 for i in x] for x in ref]
+    assert tk(docs) == want and tk(docs[:3]) == want[:3]

@@ -178,11 +178,14 @@ class DocumentSource:
         cfg, data = self.cfg, self.data
         try:
             if data.is_local:
+                # json: parse 1 MB at a time (default 10 MB) so the first documents come quickly
+                extra = {"chunksize": 1 << 20} if data.builder == "json" else {}
                 return datasets.load_dataset(
                     data.builder,
                     data_files={cfg.split: [str(p) for p in data.files]},
                     split=cfg.split,
                     streaming=cfg.streaming,
+                    **extra,
                 )
             return datasets.load_dataset(
                 data.builder, cfg.dataset_config, split=cfg.split, streaming=cfg.streaming
@@ -294,15 +297,16 @@ def make_tokenize(tokenizer) -> Callable[[list[str]], list[list[int]]]:
     fast_fn = getattr(backend, "encode_batch_fast", None)
     if fast_fn is None:
         return slow
-    state = {"checked": False, "use_fast": True}
+    # the check's verdict is remembered on the tokenizer object (one check per tokenizer)
+    state = tokenizer.__dict__.setdefault("_saesteer_fast_tokenize", {"checked": False, "use_fast": True})
 
     def tokenize(texts: list[str]) -> list[list[int]]:
         if not state["use_fast"]:
             return slow(texts)
         ids = [e.ids for e in fast_fn(texts, add_special_tokens=False)]
-        if not state["checked"]:
-            state["checked"] = True
+        if not state["checked"] and texts:
             ref = slow(texts)
+            state["checked"] = True
             if [list(x) for x in ref] != ids:
                 state["use_fast"] = False
                 return ref
