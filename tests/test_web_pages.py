@@ -117,7 +117,8 @@ def test_search_page(c, ws):
     text = _page(c, "/s/tiny/search?q=ocean")
     ocean = next(i for i, t in ws.labels.items() if "ocean" in t)
     assert f'href="/s/tiny/f/{ocean}"' in text and "1 match" in text
-    assert "No feature label matches" in _page(c, "/s/tiny/search?q=zebra")
+    assert "No feature label or example matches" in _page(c, "/s/tiny/search?q=zebra")
+    assert "<mark>whale</mark>" in _page(c, "/s/tiny/search?q=whale")  # matched in example text
     text = _page(c, "/s/tiny/search?q=%2312")
     assert 'href="/s/tiny/f/12"' in text
     _page(c, "/s/tiny/search")

@@ -10,6 +10,7 @@ files (the CSP forbids inline ones).
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated, Optional
 from urllib.parse import urlencode
 
@@ -63,6 +64,17 @@ def _tokshow(tok: str) -> str:
     return tok.replace("\r\n", "↵").replace("\n", "↵").replace("\t", "⇥")
 
 
+def _snippet_parts(snippet: str | None) -> list[tuple[str, bool]]:
+    """FTS snippet 'a [match] b' -> [('a ', False), ('match', True), (' b', False)] (escaped by the template)."""
+    if not snippet:
+        return []
+    parts: list[tuple[str, bool]] = []
+    for k, piece in enumerate(re.split(r"\[([^\[\]]*)\]", snippet)):
+        if piece:
+            parts.append((piece, k % 2 == 1))
+    return parts
+
+
 def _words(tokens) -> bool:
     """True when no token carries its own whitespace (word-level tokenizers): show gaps between them."""
     return len(tokens) > 1 and not any(t[:1].isspace() or t[-1:].isspace() for t in tokens if t)
@@ -80,6 +92,7 @@ def make_templates() -> jinja2.Environment:
     env.filters["pct"] = _pct
     env.filters["tokshow"] = _tokshow
     env.tests["words"] = _words
+    env.filters["snippet_parts"] = _snippet_parts
     return env
 
 

@@ -225,9 +225,13 @@ class StoreCatalog:
             )
         stats = {k: (_finite(v) if isinstance(v, float) else v) for k, v in vars(st).items() if k != "flags"}
         hist = None
-        if rec.histogram.counts:
-            hist = Histogram(edges=[float(e) for e in rec.histogram.edges], counts=[int(c) for c in rec.histogram.counts],
-                             log_scale=max(rec.histogram.counts) > 50 * max(1, sorted(rec.histogram.counts)[len(rec.histogram.counts) // 2]))
+        counts = [int(c) for c in rec.histogram.counts]
+        while counts and counts[-1] == 0:  # the bins run past the max activation
+            counts.pop()
+        if counts:
+            edges = [float(e) for e in rec.histogram.edges[: len(counts) + 1]]
+            nonzero = sorted(c for c in counts if c > 0)
+            hist = Histogram(edges=edges, counts=counts, log_scale=max(counts) > 30 * nonzero[len(nonzero) // 2])
         logits = None
         if rec.logits is not None:
             logits = LogitEffects(
