@@ -92,6 +92,9 @@ def test_serve_refuses_a_missing_store(tmp_path, capsys):
 
     assert main(["serve", "--store", str(tmp_path / "nope.db")]) == 2
     assert "no feature store" in capsys.readouterr().err
+    (tmp_path / "junk.db").write_bytes(b"not sqlite at all" * 100)
+    assert main(["serve", "--store", str(tmp_path / "junk.db")]) == 2
+    assert "not a saesteer feature store" in capsys.readouterr().err
 
 
 def test_browser_tests_fail_without_chromium_under_ci():
@@ -103,3 +106,24 @@ def test_browser_tests_fail_without_chromium_under_ci():
                        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 1, r.stdout
     assert "cannot run under SAESTEER_CI=1" in r.stdout and "1 error" in r.stdout
+
+
+def test_open_entries_loads_and_checks_each_store_sae(tmp_path):
+    from saes import save_sae
+    from saes.registry import create_sae
+    from saesteer.web.launch import open_entries
+
+    ws = shared_store()
+    save_sae(ws.sae, tmp_path / "sae")
+    entries = open_entries([ws.path, ws.path], model=ws.model, sae_dirs=[tmp_path / "sae", tmp_path / "sae"])
+    assert [e.id for e in entries] == ["tiny", "tiny-2"]
+    assert all(e.engine is not None for e in entries) and entries[0].queue is entries[1].queue  # one model, one queue
+    assert open_entries([ws.path])[0].engine is None  # no model: browse only
+    with pytest.warns(UserWarning, match="browse-only"):
+        assert open_entries([ws.path], model=ws.model)[0].engine is None  # no SAE folder recorded
+    with pytest.raises(ValueError, match="one --sae per --store"):
+        open_entries([ws.path, ws.path], model=ws.model, sae_dirs=[tmp_path / "sae"])
+    other = create_sae("topk", ws.sae.cfg.d_in, ws.d_sae, k=4, metadata=dict(ws.sae.cfg.metadata))
+    save_sae(other, tmp_path / "other")
+    with pytest.raises(ValueError, match="another SAE"):
+        open_entries([ws.path], model=ws.model, sae_dirs=[tmp_path / "other"])

@@ -79,12 +79,14 @@ def run(args) -> int:
     from saesteer.web import create_app
     from saesteer.web.launch import open_entries, pick_port
 
+    from features import StoreError
+
     logging.captureWarnings(True)
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         try:
             entries = open_entries(args.store, model=model, sae_dirs=args.sae or None, limits=limits)
-        except (ValueError, FileNotFoundError) as e:
+        except (ValueError, FileNotFoundError, StoreError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
 
