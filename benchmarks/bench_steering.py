@@ -36,6 +36,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 SECTION = "## Steering"
@@ -103,9 +104,9 @@ def speed(args) -> str:
 
     def gen(m):
         torch.manual_seed(0)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         m.generate(tokens, **gen_kw)
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
 
     def clamp_hook(acts, hook):
         acts[..., feature] = value
@@ -143,16 +144,25 @@ def speed(args) -> str:
 
     for f in cases.values():  # warm-up
         f()
-    times: dict[str, list[float]] = {k: [] for k in cases}
+    wall: dict[str, list[float]] = {k: [] for k in cases}
+    cpu: dict[str, list[float]] = {k: [] for k in cases}
     load_before = load_average()
     for r in range(args.rounds):
         for k, f in cases.items():
-            times[k].append(f())
+            w, c = f()
+            wall[k].append(w)
+            cpu[k].append(c)
     load_after = load_average()
     n_tok = args.batch * args.new_tokens
-    med = {k: statistics.median(v) for k, v in times.items()}
-    base_ours = med["unsteered (HookedTransformer)"]
-    base_sl = med["unsteered (HookedSAETransformer, no SAE)"]
+    base_of = {k: ("unsteered (HookedSAETransformer, no SAE)" if (k.startswith("SAELens") or "HookedSAETransformer" in k)
+                   else "unsteered (HookedTransformer)") for k in cases}
+
+    def ratios(k):
+        b = base_of[k]
+        med = statistics.median(wall[b]) / statistics.median(wall[k])
+        paired = statistics.median(x / y for x, y in zip(wall[b], wall[k]))  # same round: less drift
+        cpu_ratio = statistics.median(cpu[b]) / statistics.median(cpu[k])
+        return med, paired, cpu_ratio
 
     # greedy agreement of our clamp with SAELens's clamp
     agree = []
@@ -177,12 +187,17 @@ def speed(args) -> str:
         f"sampling with a fixed seed; median of {args.rounds} interleaved rounds. "
         f"`python benchmarks/bench_steering.py speed --rounds {args.rounds} --threads {args.threads}`",
         "",
-        "| run | s per generate | tokens/s | vs its unsteered |",
-        "|---|---|---|---|",
+        "Ratios are speed relative to the unsteered run of the same model class (1.0 = no slowdown): of median "
+        "wall times, median of per-round wall-time ratios, and of median process CPU times (this process's "
+        "own work, less sensitive to other load on the machine).",
+        "",
+        "| run | s per generate | tokens/s | ratio (median wall) | ratio (per round) | ratio (CPU time) |",
+        "|---|---|---|---|---|---|",
     ]
-    for k, t in med.items():
-        base = base_sl if k.startswith("SAELens") or "HookedSAETransformer" in k else base_ours
-        lines.append(f"| {k} | {t:.3f} | {n_tok / t:,.0f} | {base / t:.3f}x |")
+    for k in cases:
+        t = statistics.median(wall[k])
+        a, b, c = ratios(k)
+        lines.append(f"| {k} | {t:.3f} | {n_tok / t:,.0f} | {a:.3f}x | {b:.3f}x | {c:.3f}x |")
     lines.append("")
     lines.append("Greedy tokens identical between our clamp and SAELens's clamp (error term kept by both): "
                  + ", ".join(f"{n}: {a:.0%}" for n, a in agree) + ".")
@@ -205,16 +220,30 @@ def toy(args) -> str:
     import saes
 
     torch.set_num_threads(args.threads)
+    if args.sae is None:  # the toy SAE and store of the auto-interp benchmark (built when missing)
+        from bench_autointerp import build_toy_store
+
+        args.store = str(build_toy_store(Path(args.work), tokens=600_000, d_sae=1024, k=16, train_tokens=3_000_000))
+        args.sae = str(Path(args.work) / "run" / "saes" / "topk_k16_f1024")
     model = load_model("toy")
     sae = saes.load_sae(args.sae)
-    hook = sae.cfg.metadata["hook_name"]
-    link = None
+    hook = sae.cfg.metadata.get("hook_name") or args.hook
+    if not hook:
+        import json
+
+        manifest = Path(args.sae).parent.parent.parent / "cache" / "manifest.json"  # <work>/run/saes/<name>
+        hook = json.loads(manifest.read_text())["hooks"][0] if manifest.is_file() else None
+    if not hook:
+        raise SystemExit(f"{args.sae} records no hook_name; pass --hook")
+    sae.cfg.metadata["hook_name"] = hook
+    link = store = None
     if args.store:
         from features import FeatureStore
 
         from steering import StoreLink
 
-        link = StoreLink(FeatureStore.open(args.store))
+        store = FeatureStore.open(args.store)
+        link = StoreLink(store)
     topics = list(TOPICS) if not args.topics else args.topics.split(",")
     docs = {t: [generate_document(f"steer-bench-{t}-{i}", topic=t).text for i in range(args.n_docs)] for t in TOPICS}
     prompts = [""] * args.samples  # unconditional: the base rate of each topic is its share in free generation
@@ -222,13 +251,16 @@ def toy(args) -> str:
     def cfg(seed):
         return GenerationConfig(max_new_tokens=args.new_tokens, do_sample=True, seed=seed, stop_at_eos=False)
 
-    def pooled(texts, topic):
+    def pooled(texts, topic, context=""):
+        """Topic share of the texts' content words; grammatical share of their complete sentences,
+        validated with the prompt as document context (its own sentences are not counted)."""
         num = den = good = total = 0
+        n_ctx = len(validate_document(context).sentences) if context else 0
         for t in texts:
             c = topic_counts(t)
             num += c[topic]
             den += sum(c.values())
-            res = validate_document(t).sentences
+            res = validate_document(f"{context} {t}" if context else t).sentences[n_ctx:]
             good += sum(r.grammatical for r in res)
             total += len(res)
         return (num / den if den else 0.0), (good / total if total else 0.0)
@@ -239,6 +271,12 @@ def toy(args) -> str:
         pos = docs[topic]
         neg = [d for t in TOPICS if t != topic for d in docs[t][: max(1, args.n_docs // 4)]]
         cand = contrast_features(model, sae, pos, neg, top=1)[0]
+        by_f1 = store.concept_matches(f"topic:{topic}") if store is not None else []
+        if args.select == "concept":
+            if not by_f1:
+                raise SystemExit(f"the store has no concept match for topic:{topic}; use --select contrast")
+            f = by_f1[0].feature_id
+            cand = next((c for c in contrast_features(model, sae, pos, neg, top=sae.d_sae) if c.feature == f), cand)
         vec = diff_of_means(model, hook, pos, neg)
         scorer = toy_scorer(topic)
         tmax = link.typical_max(cand.feature) if link else None
@@ -247,12 +285,13 @@ def toy(args) -> str:
         provider = {cand.feature: tmax} if tmax else None
 
         def sae_edit(s, f=cand.feature):
-            return FeatureEdit(f, "add", s, unit=unit, positions="all") if s else None
+            return FeatureEdit(f, args.op, s, unit=unit, positions="all") if s else None
 
         def vec_edit(s):
             return vec.edit(s) if s else None
 
-        result = {"topic": topic, "feature": cand.feature}
+        result = {"topic": topic, "feature": cand.feature,
+                  "f1_feature": by_f1[0].feature_id if by_f1 else None, "f1": by_f1[0].f1 if by_f1 else None}
         for method, make, grid, saes_arg in (("SAE feature", sae_edit, strengths, sae), ("diff-of-means", vec_edit, args.vec_strengths, None)):
             pts = sweep_edits(model, saes_arg, make, grid, prompts, scorer, gen_config=cfg(args.dev_seed),
                               typical_max=provider, with_perplexity=False)
@@ -271,7 +310,7 @@ def toy(args) -> str:
         cue = generate_document(f"steer-cue-{topic}", topic=topic).sentences[0]
         cue_text = " ".join(cue)
         gen = generate(model, [cue_text] * args.samples, cfg(args.test_seed))
-        share, gram = pooled(gen.texts, topic)
+        share, gram = pooled(gen.texts, topic, context=cue_text)
         r = score_generation("prompting", model, [cue_text] * args.samples, gen, scorer)
         result["prompting"] = (cue_text, share, gram, r.perplexity)
         result["base"] = pooled(base.texts, topic)
@@ -285,18 +324,22 @@ def toy(args) -> str:
         f"{args.samples} unconditional samples of {args.new_tokens} tokens per cell (temperature 1); strength picked on "
         f"seed {args.dev_seed} (weakest reaching share >= 50% with >= 80% grammatical, else best harmonic mean), reported "
         f"on seed {args.test_seed}. Share = topic words / all topic-bearing content words (pooled); grammatical = "
-        f"sentences accepted by the toy validator with document context. Feature = top latent by contrast "
-        f"({args.n_docs} topic documents vs others). `python benchmarks/bench_steering.py toy --sae {args.sae}`",
+        f"sentences accepted by the toy validator with document context. Feature = "
+        + ("top latent by contrast" if args.select == "contrast" else "best latent by concept F1 (store)")
+        + f" ({args.n_docs} topic documents vs others); edit: {args.op} at all positions, strength in "
+        f"{'multiples of the typical max activation' if link else 'raw units'}; difference-of-means strength in "
+        f"multiples of the mean difference. `python benchmarks/bench_steering.py toy --select {args.select} --op {args.op}`",
         "",
-        "| topic | base share | SAE feature | strength | share | grammatical | diff-of-means strength | share | grammatical "
-        "| prompting share | grammatical |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| topic | base share | base grammatical | SAE feature (F1-best) | strength | share | grammatical "
+        "| diff-of-means strength | share | grammatical | prompting share | grammatical |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         s_sae, sh_sae, g_sae, _ = r["SAE feature"]
         s_vec, sh_vec, g_vec, _ = r["diff-of-means"]
         _, sh_p, g_p, _ = r["prompting"]
-        lines.append(f"| {r['topic']} | {r['base'][0]:.0%} | {r['feature']} | {s_sae:g} | {sh_sae:.0%} | {g_sae:.0%} | "
+        f1 = "" if r["f1_feature"] is None else f" ({r['f1_feature']}, F1 {r['f1']:.2f})"
+        lines.append(f"| {r['topic']} | {r['base'][0]:.0%} | {r['base'][1]:.0%} | {r['feature']}{f1} | {s_sae:g} | {sh_sae:.0%} | {g_sae:.0%} | "
                      f"{s_vec:g} | {sh_vec:.0%} | {g_vec:.0%} | {sh_p:.0%} | {g_p:.0%} |")
     ok = sum(r["SAE feature"][1] >= 0.5 and r["SAE feature"][2] >= 0.8 for r in rows)
     ok_v = sum(r["diff-of-means"][1] >= 0.5 and r["diff-of-means"][2] >= 0.8 for r in rows)
@@ -339,8 +382,13 @@ def main(argv=None) -> int:
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--write", action="store_true")
     t = sub.add_parser("toy")
-    t.add_argument("--sae", required=True)
-    t.add_argument("--store", default=None)
+    t.add_argument("--sae", default=None, help="SAE folder (default: build the auto-interp benchmark's toy SAE in --work)")
+    t.add_argument("--store", default=None, help="its feature store (typical max activations, concept matches)")
+    t.add_argument("--work", default="runs/steering_toy", help="where the default toy SAE and store live")
+    t.add_argument("--hook", default=None, help="hook of the SAE when its cfg.json does not record one")
+    t.add_argument("--select", default="contrast", choices=["contrast", "concept"],
+                   help="pick each topic's feature by contrast of topic documents, or by the store's concept F1")
+    t.add_argument("--op", default="add", choices=["add", "clamp"])
     t.add_argument("--topics", default=None, help="comma-separated subset (default: all eight)")
     t.add_argument("--samples", type=int, default=32)
     t.add_argument("--new-tokens", type=int, default=48)

@@ -235,11 +235,16 @@ class OfflineScorer:
 
     concept_share: Callable[[str], float]
     sentence_counts: SentenceCounts
+    prompt_context: bool = False  # judge sentences after the prompt (counts of prompt+text minus prompt)
 
     def __call__(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[SampleScores]:
         out = []
-        for text in continuations:
+        for prompt, text in zip(prompts, continuations):
             good, total = self.sentence_counts(text)
+            if self.prompt_context and prompt.strip():
+                g_all, t_all = self.sentence_counts(f"{prompt} {text}")
+                g_p, t_p = self.sentence_counts(prompt)
+                good, total = g_all - g_p, t_all - t_p
             out.append(SampleScores(float(self.concept_share(text)), good / total if total else 0.0))
         return out
 

@@ -101,3 +101,15 @@ def test_sweep_needs_one_scorer(model, sae_dir, capsys):
 
     assert sweep.run(parse("sweep", "--sae", str(sae_dir), "--feature", "3")) == 2
     assert "--topic" in capsys.readouterr().err
+
+
+def test_toy_scorer_judges_sentences_in_the_prompt_context():
+    pytest.importorskip("toyworld.validate")
+    from saesteer.commands._steering import CLIError, toy_scorer
+
+    scorer = toy_scorer("ocean")
+    with_intro, without = scorer(["anna was a happy sailor .", ""], ["she found the boat . the", "she found the boat ."])
+    assert with_intro.concept == 1.0 and with_intro.fluency == 1.0  # "she" refers to anna; "the" is unfinished
+    assert without.fluency == 0.0  # no character introduced for "she"
+    with pytest.raises(CLIError, match="unknown toy-world topic"):
+        toy_scorer("mars")

@@ -112,6 +112,8 @@ def test_offline_scorer_and_sentences():
     assert out[0].concept == pytest.approx(2 / 6) and out[0].fluency == 0.5
     assert out[1].fluency == 0.0  # no complete sentence
     assert sentence_stats(["a . b .", "bad ."], counts) == (2, 3)
+    in_context = OfflineScorer(whale_share, counts, prompt_context=True)
+    assert in_context(["bad start ."], ["good . bad ."])[0].fluency == 0.5  # the prompt's sentence is not counted
     assert pooled_share(["whale a", "whale whale"], lambda t: (t.split().count("whale"), len(t.split()))) == 0.75
 
 

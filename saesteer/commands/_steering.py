@@ -125,8 +125,9 @@ def toy_topics() -> tuple[str, ...]:
 
 
 def toy_scorer(topic: str):
-    """Offline scorer on the toy world: topic share of content words, grammatical sentence share
-    with document context (tense, introduced names, pronouns), unfinished last sentence dropped."""
+    """Offline scorer on the toy world: topic share of the continuation's content words; grammatical
+    share of its complete sentences, validated with the prompt as document context (tense,
+    introduced names, pronouns); an unfinished last sentence is dropped."""
     from toyworld.validate import topic_counts, validate_document
 
     from steering.evaluate import OfflineScorer
@@ -144,7 +145,7 @@ def toy_scorer(topic: str):
         res = validate_document(text).sentences
         return sum(r.grammatical for r in res), len(res)
 
-    return OfflineScorer(share, counts)
+    return OfflineScorer(share, counts, prompt_context=True)
 
 
 def print_error(e: BaseException) -> int:
