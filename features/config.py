@@ -1,4 +1,9 @@
-"""Configuration of the feature-store build (one dataclass; fields become CLI flags)."""
+"""Configuration of the feature-store build (one dataclass; fields become CLI flags).
+
+Memory of the pass state, in bytes, for F latents (W = window_before + 1 + window_after):
+    F * (4*W*(top_k + n_quantile) + 4*n_quantile*coact_kmax + 8*hist_bins + ~120) + negative_pool * F
+e.g. ~100 MiB for F = 8192 with the defaults, ~800 MiB for F = 65536; it never grows with tokens.
+"""
 
 from __future__ import annotations
 
@@ -44,7 +49,7 @@ class BuildConfig:
     )
     n_neighbours: int = field(default=10, metadata={"help": "decoder-cosine and co-activation neighbours kept per latent"})
     coact_kmax: int = field(
-        default=64,
+        default=32,
         metadata={"help": "co-activation sample: latents kept per sampled token (the strongest, when more are active)"},
     )
     n_logits: int = field(default=10, metadata={"help": "top promoted and suppressed tokens kept per latent"})

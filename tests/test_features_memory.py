@@ -9,14 +9,14 @@ CHILD = Path(__file__).parent / "helpers" / "feature_memory_child.py"
 
 
 def test_peak_memory_does_not_grow_with_the_cache(tmp_path):
-    # contexts of 64 tokens: 16k rows, then 262k rows (the pass reads 4096-row batches)
-    p = subprocess.run([sys.executable, str(CHILD), str(tmp_path), "256", "4096"], capture_output=True, timeout=600)
+    # contexts of 64 tokens: 4096 rows, then 65536 rows of width 128 (the pass reads 4096-row batches)
+    p = subprocess.run([sys.executable, str(CHILD), str(tmp_path), "64", "1024"], capture_output=True, timeout=600)
     assert p.returncode == 0, p.stderr.decode()[-2000:]
     (rss_s, state_s, rows_s), (rss_l, state_l, rows_l) = [tuple(map(int, line.split())) for line in p.stdout.split(b"\n")[-3:-1]]
-    assert rows_l == 16 * rows_s == 262144
+    assert rows_l == 16 * rows_s == 65536
     assert state_l == state_s
-    # holding the large cache's activations alone (262k x 32 fp32) would take 33.5 MB, its dense
-    # SAE activations (262k x 128 fp32) 134 MB
-    acts_bytes = rows_l * 32 * 4
+    # holding the large cache's activations alone (65536 x 128 fp32) would take 33.5 MB, and as
+    # much again for its dense SAE activations
+    acts_bytes = rows_l * 128 * 4
     growth = (rss_l - rss_s) * 1024
     assert growth < acts_bytes / 4, (growth / 2**20, rss_s / 1024, rss_l / 1024)

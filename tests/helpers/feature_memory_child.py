@@ -19,10 +19,10 @@ def main() -> None:
 
     torch.set_num_threads(1)
     out_dir = Path(sys.argv[1])
-    sae = create_sae("topk", 32, 128, k=8, generator=torch.Generator().manual_seed(0)).eval()
+    sae = create_sae("topk", 128, 128, k=8, generator=torch.Generator().manual_seed(0)).eval()
     cfg = BuildConfig(batch_rows=4096, checkpoint_rows=0, negative_pool=256)
     for n in map(int, sys.argv[2:]):
-        src = SyntheticSource(n, 64, 32, contexts_per_chunk=64, seed=0)
+        src = SyntheticSource(n, 64, 128, contexts_per_chunk=64, seed=0)
         res = build_feature_store(out_dir / f"{n}.db", sae, src, cfg, progress=False)
         print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, res.state_bytes, res.n_rows, flush=True)
 
