@@ -17,7 +17,12 @@ A step is forward, loss, backward and an Adam step on one batch.
 
 Both start from the same weights (ours copied into SAELens, `rescale_acts_by_decoder_norm=False`,
 `decoder_init_norm=1.0`, the same AuxK coefficient and k_aux = d_in // 2) and see the same
-batches. Before timing, the first-step losses (and gradients) on one batch are compared.
+batches. Before timing, the first-step losses (and gradients) on one batch are compared, with
+--check-dead dead latents so that the AuxK term is compared too. (SAELens's AuxK does not ReLU
+the selected dead pre-activations, ours does, as in the OpenAI paper's TopK; the two agree when
+the k_aux selected ones are positive, which holds with many more dead latents than k_aux.)
+Our methods: "fast" and "fast_native" (fp32), "fast_bf16" and "fast_native_bf16" (bf16);
+--no-native times the pure-torch ones only.
 Runs of ours and theirs alternate; medians of the timed steps and their ratio are reported,
 plus the median of the per-step ratios (more robust when other jobs share the machine).
 """
@@ -40,7 +45,7 @@ import saes  # noqa: E402
 from saes.step import compute_grads  # noqa: E402
 
 PARAMS = ("W_enc", "b_enc", "W_dec", "b_dec")
-OUR_METHOD = {"fp32": "fast", "bf16": "fast_bf16"}
+OUR_METHODS = {"fp32": ["fast", "fast_native"], "bf16": ["fast_bf16", "fast_native_bf16"]}
 
 
 def make_sae_lens(arch: str, ours: saes.SAE, aux_coef: float):
@@ -105,18 +110,27 @@ def check_equal_loss(arch: str, ours: saes.SAE, sl, x, dead, aux_coef: float, me
         abs(a - b) / max(abs(b), 1e-12) for a, b in zip(out["ours"], out["sae_lens"]) if b != 0 or a != 0
     )
     out["grad_rel_diff"] = max(rel(ours_g[n], getattr(sl, n).grad) for n in PARAMS)
+    out["aux_nonpos"] = float("nan")
+    if dead is not None and bool(dead.any()):  # where the two AuxK conventions differ
+        n_dead = int(dead.sum())
+        k_aux = min(ours.d_in // 2, n_dead)
+        pre = ref.pre_BF.float()[:, dead.nonzero().squeeze(1)]
+        out["aux_nonpos"] = float((pre.topk(k_aux, dim=1).values <= 0).float().mean())
     return out
 
 
-def bench_one(arch: str, precision: str, args, batches: list[torch.Tensor], dead) -> dict:
+def bench_one(arch: str, precision: str, args, batches: list[torch.Tensor], dead, check_dead) -> list[dict]:
     widths = [int(w) for w in args.widths.split(",")]
     ours = make_ours(arch, args.d_in, args.d_sae, args.k, widths, seed=args.seed)
     sl = make_sae_lens(arch, ours, args.aux_coef)
     autocast = precision == "bf16"
-    method = OUR_METHOD[precision]
-    check = None if args.skip_check else check_equal_loss(arch, ours, sl, batches[0], dead, args.aux_coef, method, autocast)
+    methods = OUR_METHODS[precision][: 1 if args.no_native else None]
+    checks = {}
+    if not args.skip_check:
+        for m in methods:
+            checks[m] = check_equal_loss(arch, ours, sl, batches[0], check_dead, args.aux_coef, m, autocast)
 
-    our_step = OurStep(ours, args.lr, method, args.aux_coef)
+    steppers = {m: OurStep(copy.deepcopy(ours), args.lr, m, args.aux_coef) for m in methods}
     sl_opt = torch.optim.Adam(sl.parameters(), lr=args.lr)
     ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if autocast else nullcontext
 
@@ -127,24 +141,30 @@ def bench_one(arch: str, precision: str, args, batches: list[torch.Tensor], dead
         out.loss.backward()
         sl_opt.step()
 
-    ours_t, theirs_t = [], []
+    names = ["SAELens", *methods]
+    times: dict[str, list[float]] = {n: [] for n in names}
     for i in range(args.warmup + args.steps):
         x = batches[i % len(batches)]
-        if i % 2 == 0:  # alternate who goes first
-            t_o, t_s = timed(our_step, x, dead), timed(sl_step, x, i)
-        else:
-            t_s, t_o = timed(sl_step, x, i), timed(our_step, x, dead)
+        order = names[i % len(names):] + names[: i % len(names)]  # rotate who goes first
+        step_t = {}
+        for n in order:
+            step_t[n] = timed(sl_step, x, i) if n == "SAELens" else timed(steppers[n], x, dead)
         if i >= args.warmup:
-            ours_t.append(t_o)
-            theirs_t.append(t_s)
-        print(f"  {arch:22s} {precision} step {i:2d}: ours {t_o * 1e3:7.1f} ms   SAELens {t_s * 1e3:7.1f} ms", flush=True)
-    mo, ms = statistics.median(ours_t), statistics.median(theirs_t)
-    paired = statistics.median(s / o for o, s in zip(ours_t, theirs_t))
+            for n in names:
+                times[n].append(step_t[n])
+        shown = "   ".join(f"{n} {step_t[n] * 1e3:7.1f} ms" for n in names)
+        print(f"  {arch:22s} {precision} step {i:2d}: {shown}", flush=True)
     B = batches[0].shape[0]
-    return {
-        "arch": arch, "precision": precision, "method": method, "ours_ms": mo * 1e3, "sl_ms": ms * 1e3,
-        "ours_tok_s": B / mo, "sl_tok_s": B / ms, "ratio": ms / mo, "paired_ratio": paired, "check": check,
-    }
+    ms = statistics.median(times["SAELens"])
+    out = []
+    for m in methods:
+        mo = statistics.median(times[m])
+        paired = statistics.median(s / o for o, s in zip(times[m], times["SAELens"]))
+        out.append({
+            "arch": arch, "precision": precision, "method": m, "ours_ms": mo * 1e3, "sl_ms": ms * 1e3,
+            "ours_tok_s": B / mo, "sl_tok_s": B / ms, "ratio": ms / mo, "paired_ratio": paired, "check": checks.get(m),
+        })
+    return out
 
 
 def markdown(results: list[dict], args, loads: tuple[str, str]) -> str:
@@ -165,21 +185,21 @@ def markdown(results: list[dict], args, loads: tuple[str, str]) -> str:
     if checks:
         lines += [
             "",
-            "First-step losses on the same batch and weights (total / mse / aux):",
+            f"First-step losses on the same batch and weights, {args.check_dead} dead latents (total / mse / aux):",
             "",
-            "| arch | ours method | autograd (ours) | ours | SAELens | max rel diff | grads max rel diff vs SAELens |",
-            "|---|---|---|---|---|---:|---:|",
+            "| arch | ours method | autograd (ours) | ours | SAELens | max rel diff | grads max rel diff vs SAELens | AuxK picks <= 0 |",
+            "|---|---|---|---|---|---:|---:|---:|",
         ]
         fmt = lambda t: " / ".join(f"{v:.6g}" for v in t)  # noqa: E731
         for c in checks:
             lines.append(
                 f"| {c['arch']} | {c['method']} | {fmt(c['autograd'])} | {fmt(c['ours'])} | {fmt(c['sae_lens'])} | "
-                f"{c['loss_rel_diff']:.1e} | {c['grad_rel_diff']:.1e} |"
+                f"{c['loss_rel_diff']:.1e} | {c['grad_rel_diff']:.1e} | {c['aux_nonpos']:.1%} |"
             )
             if "levels_ours" in c:
                 lines.append(
                     f"| ↳ levels | | | {fmt(c['levels_ours'])} | {fmt(c['levels_sae_lens'])} | "
-                    f"{max(abs(a - b) / abs(b) for a, b in zip(c['levels_ours'], c['levels_sae_lens'])):.1e} | |"
+                    f"{max(abs(a - b) / abs(b) for a, b in zip(c['levels_ours'], c['levels_sae_lens'])):.1e} | | |"
                 )
     return "\n".join(lines)
 
@@ -201,7 +221,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pool", type=int, default=4, help="distinct batches cycled through")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--check-dead", type=int, default=1024, help="dead latents in the first-step loss comparison")
     p.add_argument("--skip-check", action="store_true", help="skip the first-step loss comparison")
+    p.add_argument("--no-native", action="store_true", help="time only the pure-torch methods (fast, fast_bf16)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -210,21 +232,25 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         p.error(f"unknown --archs {sorted(unknown)}; choose from {', '.join(ARCHS)}")
     precisions = [q.strip() for q in args.precisions.split(",") if q.strip()]
-    if set(precisions) - set(OUR_METHOD):
+    if set(precisions) - set(OUR_METHODS):
         p.error("--precisions takes fp32 and/or bf16")
 
     data = SparseFeatureData(args.d_in, 4 * args.d_sae, mean_active=args.k, seed=args.seed)
     gen = torch.Generator().manual_seed(args.seed + 7)
     batches = [data.sample(args.batch, gen) for _ in range(args.pool)]
-    dead = None
-    if args.dead:
-        dead = torch.zeros(args.d_sae, dtype=torch.bool)
-        dead[torch.randperm(args.d_sae, generator=gen)[: args.dead]] = True
+    def dead_mask(n: int):
+        if not n:
+            return None
+        mask = torch.zeros(args.d_sae, dtype=torch.bool)
+        mask[torch.randperm(args.d_sae, generator=torch.Generator().manual_seed(args.seed + n))[:n]] = True
+        return mask
+
+    dead, check_dead = dead_mask(args.dead), dead_mask(args.check_dead)
     before = load_average()
     results = []
     for precision in precisions:
         for arch in archs:
-            results.append(bench_one(arch, precision, args, batches, dead))
+            results.extend(bench_one(arch, precision, args, batches, dead, check_dead))
     print()
     print(markdown(results, args, (before, load_average())))
 

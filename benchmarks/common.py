@@ -85,7 +85,7 @@ class OurStep:
         self.opt.step()
         sae.normalize_decoder_()
         if isinstance(sae, BatchTopKSAE):
-            sae.update_threshold_(res.pre_BF, res.acts)
+            sae.update_threshold_(res.pre_BF, res.acts, above_threshold_F=res.above_threshold_F)
         return res
 
 

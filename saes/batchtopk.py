@@ -31,18 +31,25 @@ class BatchTopKSAE(JumpReLUSAE):
         return batch_topk_select(pre_BF, self.cfg.k)
 
     @torch.no_grad()
-    def update_threshold_(self, pre_BF: Tensor, acts: SparseActs, lr: float = 0.01) -> None:
+    def update_threshold_(
+        self, pre_BF: Tensor, acts: SparseActs, lr: float = 0.01, above_threshold_F: Tensor | None = None
+    ) -> None:
         """One frequency-matching step of the inference thresholds (called by the trainer).
 
         `pre_BF` may be in a lower precision than the SAE (a bf16 encoder); the statistics are
-        computed in the threshold's dtype."""
+        computed in the threshold's dtype. `above_threshold_F` (e.g. `GradResult.above_threshold_F`)
+        are the per-latent counts of rows with pre > threshold, if already known; they are used
+        only when every threshold is set (> 0), else recounted here."""
         thr_F = self.threshold
         selected_F = torch.bincount(acts.indices_N, minlength=self.d_sae).to(thr_F.dtype)
         cutoff = acts.values_N.min().to(thr_F.dtype) if acts.values_N.numel() else thr_F.new_tensor(0.0)
         unset_F = thr_F <= 0
         if unset_F.any():  # first step: start every latent at the batch cutoff
             thr_F[unset_F] = cutoff.clamp_min(1e-6)
-        fired_F = count_above(pre_BF, thr_F).to(thr_F.dtype)  # thresholds are > 0 from here on
+            above_threshold_F = None
+        if above_threshold_F is None:
+            above_threshold_F = count_above(pre_BF, thr_F)  # thresholds are > 0 from here on
+        fired_F = above_threshold_F.to(thr_F.dtype)
         step_F = lr * cutoff * (fired_F - selected_F) / (fired_F + selected_F + 1)
         thr_F.add_(step_F).clamp_(min=1e-6)
 

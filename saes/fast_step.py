@@ -44,7 +44,7 @@ from saes.objective import DEFAULT_AUX_COEF, default_k_aux
 from saes.sparse import SparseActs
 from saes.step import STEP_METHODS, GradResult
 from saes.topk import TopKSAE
-from saes.topk_select import batch_top_entries, row_topk, sort_order
+from saes.topk_select import batch_top_entries, row_topk, sort_order, take_top
 
 _WORKSPACE_ATTR = "_fast_step_workspace"
 Kernels = Literal["torch", "native"]
@@ -126,22 +126,38 @@ class _Entries(NamedTuple):
     rows_N: Tensor  # row of each entry, int64
     offsets_B1: Tensor  # CSR row pointers, int64
     sorted_in_row: bool  # latent ids ascend within each row
+    above_threshold_F: Tensor | None  # BatchTopK: rows with pre > threshold, when counted
 
 
-def _select(sae: SAE, pre_BF: Tensor, dtype: torch.dtype, topk: TopkFn) -> _Entries:
+def _select(sae: SAE, pre_BF: Tensor, dtype: torch.dtype, topk: TopkFn, native_kernels: bool) -> _Entries:
+    """The training selection (exact either way). With the native kernels, BatchTopK also counts
+    the rows above the SAE's thresholds in its pass over the batch (for `update_threshold_`)."""
     B, Fdim = pre_BF.shape
     dev = pre_BF.device
     if isinstance(sae, BatchTopKSAE):
-        vals_N, rows_N, idx_N = batch_top_entries(pre_BF, sae.cfg.k, topk)
+        k = sae.cfg.k
+        found = None
+        if native_kernels:
+            from saes import native
+
+            thr_F = sae.threshold if bool((sae.threshold > 0).all()) else None
+            found = native.batch_top_entries(pre_BF, k, thr_F)
+        if found is not None:
+            vals_N, rows_N, idx_N, counts_F = found
+            keep_N = take_top(vals_N, min(k * B, B * Fdim))
+            vals_N, rows_N, idx_N = vals_N[keep_N], rows_N[keep_N], idx_N[keep_N]
+        else:
+            vals_N, rows_N, idx_N = batch_top_entries(pre_BF, k, topk)
+            counts_F = None
         offsets_B1 = torch.zeros(B + 1, dtype=torch.int64, device=dev)
         torch.cumsum(torch.bincount(rows_N, minlength=B), 0, out=offsets_B1[1:])
-        return _Entries(vals_N.to(dtype), idx_N, rows_N, offsets_B1, True)
+        return _Entries(vals_N.to(dtype), idx_N, rows_N, offsets_B1, True, counts_F)
     k = sae.cfg.k  # TopK
     vals_BK, idx_BK = topk(pre_BF, k)
     vals_N = vals_BK.reshape(-1).to(dtype).relu_()
     rows_N = torch.arange(B, device=dev).repeat_interleave(k)
     offsets_B1 = torch.arange(0, B * k + 1, k, device=dev)
-    return _Entries(vals_N, idx_BK.reshape(-1), rows_N, offsets_B1, False)
+    return _Entries(vals_N, idx_BK.reshape(-1), rows_N, offsets_B1, False, None)
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -249,7 +265,7 @@ def _fast_grads(
 
     # forward: encoder, selection
     pre_BF = _encode(ws, sae_in_BD, sae, encoder_dtype or dtype)
-    ent = _select(sae, pre_BF, dtype, topk)
+    ent = _select(sae, pre_BF, dtype, topk, native_kernels)
     vals_N, idx_N, rows_N = ent.vals_N, ent.idx_N, ent.rows_N
     relu = not isinstance(sae, BatchTopKSAE)  # TopK values are relu(pre): no gradient where 0
 
@@ -260,43 +276,49 @@ def _fast_grads(
         assert ent.sorted_in_row  # (row, level) bags are then contiguous
         level_N = torch.bucketize(idx_N, torch.tensor(widths, device=dev), right=True)
         bag_N = rows_N * L + level_N
-        bag_off = _offsets(torch.bincount(bag_N, minlength=B * L))
     else:
-        L, bag_N, bag_off = 1, rows_N, ent.offsets_B1
-    parts_QD = _bag_sum(idx_N, W_dec, bag_off, vals_N)  # [B*L, D]
-    recon_BLD = parts_QD.view(B, L, D)
-    if L > 1:
-        recon_BLD = recon_BLD.cumsum(1)
-    recon_BLD += b_dec
-    recon_BD = recon_BLD[:, -1].clone()
-
-    # reconstruction losses; err becomes the gradient wrt each prefix, then its suffix sums
-    err_BLD = recon_BLD.sub_(x_BD.unsqueeze(1))
-    level_mse_L = (err_BLD * err_BLD).sum(dim=(0, 2)) / B
-    mse = level_mse_L[-1]
-    err_BLD.mul_(2.0 / B)
-    for j in range(L - 2, -1, -1):  # G_l = sum over levels j >= l of d loss / d recon_j
-        err_BLD[:, j] += err_BLD[:, j + 1]
-    g_QD = err_BLD.view(B * L, D)
-    db_dec_D = err_BLD[:, 0].sum(0)
-
-    # backward of decode and encoder over the N entries, grouped by latent
-    dW_enc_DF = sae.W_enc.grad
-    if dW_enc_DF is None or dW_enc_DF.shape != W_enc.shape or dW_enc_DF.dtype != dtype or not dW_enc_DF.is_contiguous():
-        dW_enc_DF = torch.empty_like(W_enc)
-    perm_N = sort_order(idx_N, Fdim)
-    lat_off = _offsets(torch.bincount(idx_N, minlength=Fdim))
-    if native_kernels:
-        dvals_N, dW_dec_FD, db_enc_F = native.sparse_backward(
-            lat_off, bag_N[perm_N], rows_N[perm_N], vals_N[perm_N], perm_N, g_QD, W_dec, sae_in_BD, relu, dW_enc_DF
+        L, bag_N, level_N = 1, rows_N, None
+    if native_kernels:  # decode, losses, g and dvals row by row
+        recon_BD, g_QD, sq_BL, dvals_N = native.decode_grad(
+            ent.offsets_B1, idx_N, level_N if L > 1 else None, vals_N, W_dec, b_dec.contiguous(), x_BD, L, relu
         )
+        level_mse_L = (sq_BL.sum(0) / B).to(dtype)
+        db_dec_D = g_QD.view(B, L, D)[:, 0].sum(0)
     else:
+        bag_off = _offsets(torch.bincount(bag_N, minlength=B * L)) if L > 1 else ent.offsets_B1
+        parts_QD = _bag_sum(idx_N, W_dec, bag_off, vals_N)  # [B*L, D]
+        recon_BLD = parts_QD.view(B, L, D)
+        if L > 1:
+            recon_BLD = recon_BLD.cumsum(1)
+        recon_BLD += b_dec
+        recon_BD = recon_BLD[:, -1].clone()
+        # reconstruction losses; err becomes the gradient wrt each prefix, then its suffix sums
+        err_BLD = recon_BLD.sub_(x_BD.unsqueeze(1))
+        level_mse_L = (err_BLD * err_BLD).sum(dim=(0, 2)) / B
+        err_BLD.mul_(2.0 / B)
+        for j in range(L - 2, -1, -1):  # G_l = sum over levels j >= l of d loss / d recon_j
+            err_BLD[:, j] += err_BLD[:, j + 1]
+        g_QD = err_BLD.view(B * L, D)
+        db_dec_D = err_BLD[:, 0].sum(0)
         dvals_N = _entry_dots(g_QD, W_dec, idx_N, bag_off, bag_N)  # d loss / d value of each entry
         if relu:
             dvals_N.mul_(vals_N > 0)
-        dW_dec_FD = _bag_sum(bag_N[perm_N], g_QD, lat_off, vals_N[perm_N])
-        dW_enc_DF.copy_(_bag_sum(rows_N[perm_N], sae_in_BD, lat_off, dvals_N[perm_N]).t())
-        db_enc_F = torch.zeros(Fdim, dtype=dtype, device=dev).index_add_(0, idx_N, dvals_N)
+    mse = level_mse_L[-1]
+
+    # weight gradients: entries grouped by latent, one `embedding_bag` per weight
+    perm_N = sort_order(idx_N, Fdim)
+    lat_off = _offsets(torch.bincount(idx_N, minlength=Fdim))
+    dW_enc_DF = sae.W_enc.grad
+    if dW_enc_DF is None or dW_enc_DF.shape != W_enc.shape or dW_enc_DF.dtype != dtype or not dW_enc_DF.is_contiguous():
+        dW_enc_DF = torch.empty_like(W_enc)
+    bag_S, row_S, val_S, dval_S = bag_N[perm_N], rows_N[perm_N], vals_N[perm_N], dvals_N[perm_N]
+    dW_dec_FD = _bag_sum(bag_S, g_QD, lat_off, val_S)  # fbgemm's kernels beat a hand-written one
+    dW_encT_FD = _bag_sum(row_S, sae_in_BD, lat_off, dval_S)
+    if native_kernels:
+        native.transpose_into(dW_encT_FD, dW_enc_DF)
+    else:
+        dW_enc_DF.copy_(dW_encT_FD.t())
+    db_enc_F = torch.zeros(Fdim, dtype=dtype, device=dev).index_add_(0, idx_N, dvals_N)
 
     # AuxK: the top-A dead latents reconstruct the residual of the live ones
     aux = torch.zeros((), dtype=dtype, device=dev)
@@ -318,7 +340,7 @@ def _fast_grads(
     total = level_mse_L.sum() + aux
     acts = SparseActs(vals_N, idx_N, ent.offsets_B1, Fdim)
     level_mse = level_mse_L if isinstance(sae, MatryoshkaSAE) else None
-    return GradResult(total, mse, aux, level_mse, acts, pre_BF, recon_BD)
+    return GradResult(total, mse, aux, level_mse, acts, pre_BF, recon_BD, ent.above_threshold_F)
 
 
 class _AuxK(NamedTuple):

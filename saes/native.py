@@ -7,11 +7,12 @@ build takes ~1-2 s) and called through ctypes on the tensors' memory:
   computes the maxima of 16-wide column groups, the k-th largest group maximum t bounds the
   answer from below (k entries are >= t), so only the members of the k groups above it are
   ranked. Exact; a row holding NaN or inf is reported, and the caller falls back to `torch.topk`.
-- `sparse_backward`: the backward of the sparse decode and encoder for entries sorted by latent:
-  for each latent f and each of its entries n (bag q, row b, value v):
-  dv_n = <W_dec[f], g[q]> (zeroed where v <= 0 when `relu`), dW_dec[f] += v g[q],
-  dW_enc[:, f] += dv_n sae_in[b], db_enc[f] += dv_n. One pass shares each gathered row between
-  two products and writes dW_enc in its [D, F] layout directly (no transpose).
+- `decode_grad`: row by row, the sparse decode (per Matryoshka level), the prefix
+  reconstructions and their squared errors, the loss gradient g wrt each prefix (summed over
+  the prefixes that contain a level) and each entry's activation gradient <W_dec[idx], g>.
+  A row's k decoder rows are gathered once and reused from cache for the dot products
+  (`embedding_bag` + `_embedding_bag_per_sample_weights_backward` gather them twice).
+- `transpose_into`: a tiled transpose (the encoder gradient is accumulated as [F, D] rows).
 
 Nothing happens at import. `load()` compiles into a cache directory keyed by the source, the
 compiler and the CPU (the build uses -march=native), then loads the library; `available()` says
@@ -46,21 +47,27 @@ _SOURCE = r"""
 
 namespace {
 
+int clamp_threads(int nthreads, int64_t nblocks) {
+  if (nthreads > nblocks) nthreads = (int)nblocks;
+  return nthreads < 1 ? 1 : nthreads;
+}
+
 template <class Fn>
 void run_blocks(int64_t nblocks, int nthreads, Fn fn) {
-  // Dynamic scheduling of blocks [0, nblocks) over nthreads threads.
-  if (nthreads > nblocks) nthreads = (int)nblocks;
+  // Dynamic scheduling of blocks [0, nblocks) over nthreads threads: fn(block, thread).
+  // Call with nthreads = clamp_threads(...) when fn keeps per-thread state.
+  nthreads = clamp_threads(nthreads, nblocks);
   if (nthreads <= 1) {
-    for (int64_t i = 0; i < nblocks; ++i) fn(i);
+    for (int64_t i = 0; i < nblocks; ++i) fn(i, 0);
     return;
   }
   std::atomic<int64_t> next{0};
-  auto worker = [&]() {
-    for (int64_t i = next.fetch_add(1); i < nblocks; i = next.fetch_add(1)) fn(i);
+  auto worker = [&](int tid) {
+    for (int64_t i = next.fetch_add(1); i < nblocks; i = next.fetch_add(1)) fn(i, tid);
   };
   std::vector<std::thread> pool;
-  for (int t = 1; t < nthreads; ++t) pool.emplace_back(worker);
-  worker();
+  for (int t = 1; t < nthreads; ++t) pool.emplace_back(worker, t);
+  worker(0);
   for (auto& th : pool) th.join();
 }
 
@@ -77,12 +84,16 @@ using Entry = std::pair<float, int64_t>;
 inline bool entry_greater(const Entry& a, const Entry& b) { return a.first > b.first; }
 
 template <class T>
-int64_t topk_rows(const T* x, int64_t B, int64_t F, int64_t k, float* out_v, int64_t* out_i, int nthreads) {
+int64_t topk_rows(const T* x, int64_t B, int64_t F, int64_t k, float* out_v, int64_t* out_i, const float* thr,
+                  int64_t* counts, int nthreads) {
   const int64_t g = 16;
   const int64_t G = (F + g - 1) / g;
   std::atomic<int64_t> bad{0};
   const int64_t rows_per_block = 16;
-  run_blocks((B + rows_per_block - 1) / rows_per_block, nthreads, [&](int64_t blk) {
+  const int64_t nblocks = (B + rows_per_block - 1) / rows_per_block;
+  nthreads = clamp_threads(nthreads, nblocks);
+  std::vector<int32_t> local_counts(thr ? (size_t)nthreads * F : 0, 0);
+  run_blocks(nblocks, nthreads, [&](int64_t blk, int tid) {
     std::vector<float> gmax(G);
     std::vector<Entry> top, cand;
     top.reserve(4 * k + 1);
@@ -90,6 +101,11 @@ int64_t topk_rows(const T* x, int64_t B, int64_t F, int64_t k, float* out_v, int
     const int64_t b_end = std::min(B, (blk + 1) * rows_per_block);
     for (int64_t b = blk * rows_per_block; b < b_end; ++b) {
       const T* row = x + b * F;
+      if (thr) {  // rows with x > thr, per column (the BatchTopK threshold statistics)
+        int32_t* cnt = local_counts.data() + (size_t)tid * F;
+#pragma omp simd
+        for (int64_t j = 0; j < F; ++j) cnt[j] += (to_f(row[j]) > thr[j]) ? 1 : 0;
+      }
       cand.clear();
       float total = 0.0f;  // not finite <=> the row holds NaN or inf: torch.topk decides then
       if (G < 2 * k) {  // narrow rows: rank everything
@@ -154,7 +170,128 @@ int64_t topk_rows(const T* x, int64_t B, int64_t F, int64_t k, float* out_v, int
       }
     }
   });
+  if (thr) {
+    for (int64_t j = 0; j < F; ++j) {
+      int64_t c = 0;
+      for (int t = 0; t < nthreads; ++t) c += local_counts[(size_t)t * F + j];
+      counts[j] = c;
+    }
+  }
   return bad.load();
+}
+
+template <class T>
+int64_t group_maxima(const T* x, int64_t B, int64_t F, float* gmax_BG, const float* thr, int64_t* counts,
+                     int nthreads) {
+  // gmax[b, j] = max of x[b, 16j : 16j+16]; rows holding NaN/inf are reported (return value);
+  // with `thr`, counts[f] = rows with x[b, f] > thr[f].
+  const int64_t g = 16, G = (F + g - 1) / g;
+  std::atomic<int64_t> bad{0};
+  const int64_t rows_per_block = 16;
+  const int64_t nblocks = (B + rows_per_block - 1) / rows_per_block;
+  nthreads = clamp_threads(nthreads, nblocks);
+  std::vector<int32_t> local_counts(thr ? (size_t)nthreads * F : 0, 0);
+  run_blocks(nblocks, nthreads, [&](int64_t blk, int tid) {
+    const int64_t b_end = std::min(B, (blk + 1) * rows_per_block);
+    for (int64_t b = blk * rows_per_block; b < b_end; ++b) {
+      const T* row = x + b * F;
+      float* gm = gmax_BG + b * G;
+      if (thr) {
+        int32_t* cnt = local_counts.data() + (size_t)tid * F;
+#pragma omp simd
+        for (int64_t j = 0; j < F; ++j) cnt[j] += (to_f(row[j]) > thr[j]) ? 1 : 0;
+      }
+      float total = 0.0f;
+      const int64_t full = F / g;
+      for (int64_t j = 0; j < full; ++j) {
+        const T* p = row + j * g;
+        float m = to_f(p[0]), s = 0.0f;
+        for (int i = 0; i < 16; ++i) {
+          float v = to_f(p[i]);
+          m = v > m ? v : m;
+          s += v;
+        }
+        gm[j] = m;
+        total += s;
+      }
+      for (int64_t j = full; j < G; ++j) {
+        float m = -INFINITY;
+        for (int64_t i = j * g; i < F; ++i) {
+          float v = to_f(row[i]);
+          m = v > m ? v : m;
+          total += v;
+        }
+        gm[j] = m;
+      }
+      if (!std::isfinite(total)) bad.fetch_add(1);
+    }
+  });
+  if (thr) {
+    for (int64_t j = 0; j < F; ++j) {
+      int64_t c = 0;
+      for (int t = 0; t < nthreads; ++t) c += local_counts[(size_t)t * F + j];
+      counts[j] = c;
+    }
+  }
+  return bad.load();
+}
+
+template <class T>
+int64_t collect_above(const T* x, int64_t B, int64_t F, const float* gmax_BG, float floor, int64_t capacity,
+                      float* vals, int64_t* rows, int64_t* cols, int nthreads) {
+  // The entries >= floor and > 0, in row-major order (columns ascending): each block of rows
+  // writes into its own region (sized by its groups with maximum >= floor), then the regions
+  // are closed up. Returns the number written, or -1 if `capacity` is too small.
+  const int64_t g = 16, G = (F + g - 1) / g;
+  const int64_t rows_per_block = 64;
+  const int64_t nblocks = (B + rows_per_block - 1) / rows_per_block;
+  std::vector<int64_t> start(nblocks + 1, 0), used(nblocks, 0);
+  for (int64_t blk = 0; blk < nblocks; ++blk) {
+    int64_t n = 0;
+    const int64_t b_end = std::min(B, (blk + 1) * rows_per_block);
+    for (int64_t i = blk * rows_per_block * G; i < b_end * G; ++i) n += gmax_BG[i] >= floor;
+    start[blk + 1] = start[blk] + n * g;
+  }
+  if (start[nblocks] > capacity) return -1;
+  run_blocks(nblocks, nthreads, [&](int64_t blk, int) {
+    int64_t o = start[blk];
+    const int64_t b_end = std::min(B, (blk + 1) * rows_per_block);
+    for (int64_t b = blk * rows_per_block; b < b_end; ++b) {
+      const T* row = x + b * F;
+      const float* gm = gmax_BG + b * G;
+      if (b + 1 < B) {  // start loading the next row's selected groups
+        const T* nrow = x + (b + 1) * F;
+        const float* ngm = gm + G;
+        for (int64_t j = 0; j < G; ++j)
+          if (ngm[j] >= floor) __builtin_prefetch(nrow + j * g);
+      }
+      for (int64_t j = 0; j < G; ++j) {
+        if (!(gm[j] >= floor)) continue;
+        const int64_t s = j * g, e = std::min(F, s + g);
+        for (int64_t i = s; i < e; ++i) {
+          const float v = to_f(row[i]);
+          if (v >= floor && v > 0.0f) {
+            vals[o] = v;
+            rows[o] = b;
+            cols[o] = i;
+            ++o;
+          }
+        }
+      }
+    }
+    used[blk] = o - start[blk];
+  });
+  int64_t n = 0;
+  for (int64_t blk = 0; blk < nblocks; ++blk) {  // close up the regions, in order
+    const int64_t s = start[blk], u = used[blk];
+    if (s != n) {
+      std::memmove(vals + n, vals + s, sizeof(float) * u);
+      std::memmove(rows + n, rows + s, sizeof(int64_t) * u);
+      std::memmove(cols + n, cols + s, sizeof(int64_t) * u);
+    }
+    n += u;
+  }
+  return n;
 }
 
 }  // namespace
@@ -162,63 +299,102 @@ int64_t topk_rows(const T* x, int64_t B, int64_t F, int64_t k, float* out_v, int
 extern "C" {
 
 int64_t saes_row_topk_f32(const float* x, int64_t B, int64_t F, int64_t k, float* out_v, int64_t* out_i,
-                          int nthreads) {
-  return topk_rows<float>(x, B, F, k, out_v, out_i, nthreads);
+                          const float* thr, int64_t* counts, int nthreads) {
+  return topk_rows<float>(x, B, F, k, out_v, out_i, thr, counts, nthreads);
 }
 
 int64_t saes_row_topk_bf16(const uint16_t* x, int64_t B, int64_t F, int64_t k, float* out_v, int64_t* out_i,
-                           int nthreads) {
-  return topk_rows<uint16_t>(x, B, F, k, out_v, out_i, nthreads);
+                           const float* thr, int64_t* counts, int nthreads) {
+  return topk_rows<uint16_t>(x, B, F, k, out_v, out_i, thr, counts, nthreads);
 }
 
-void saes_sparse_backward(int64_t F, int64_t D, const int64_t* lat_off, const int64_t* bag_s,
-                          const int64_t* row_s, const float* val_s, const int64_t* pos_s, const float* g_QD,
-                          const float* W_dec_FD, const float* sae_in_BD, int relu, float* dvals_N,
-                          float* dW_dec_FD, float* dW_enc_DF, float* db_enc_F, int nthreads) {
-  const int64_t TB = 16;  // latents per block: dW_enc is written as [D, TB] tiles
-  const int64_t n_entries = lat_off[F];
-  run_blocks((F + TB - 1) / TB, nthreads, [&](int64_t blk) {
-    const int64_t f0 = blk * TB, f1 = std::min(F, f0 + TB);
-    std::vector<float> tile((size_t)TB * D, 0.0f);
-    for (int64_t f = f0; f < f1; ++f) {
-      float* ddec = dW_dec_FD + f * D;
-      float* aenc = tile.data() + (f - f0) * D;
-      const float* w = W_dec_FD + f * D;
-      std::memset(ddec, 0, sizeof(float) * D);
-      double db = 0.0;
-      for (int64_t e = lat_off[f]; e < lat_off[f + 1]; ++e) {
-        if (e + 1 < n_entries) {  // start loading the next entry's two rows
-          const char* pg = (const char*)(g_QD + bag_s[e + 1] * D);
-          const char* px = (const char*)(sae_in_BD + row_s[e + 1] * D);
-          for (int64_t o = 0; o < D * 4; o += 64) {
-            __builtin_prefetch(pg + o);
-            __builtin_prefetch(px + o);
-          }
+void saes_decode_grad(int64_t B, int64_t D, int64_t L, const int64_t* offsets, const int64_t* idx_N,
+                      const int64_t* level_N, const float* val_N, const float* W_dec_FD, const float* b_dec_D,
+                      const float* x_BD, float grad_scale, int relu, float* recon_BD, float* g_QD,
+                      double* sq_BL, float* dvals_N, int nthreads) {
+  const int64_t rows_per_block = 8;
+  run_blocks((B + rows_per_block - 1) / rows_per_block, nthreads, [&](int64_t blk, int) {
+    std::vector<float> acc((size_t)L * D);
+    const int64_t b_end = std::min(B, (blk + 1) * rows_per_block);
+    for (int64_t b = blk * rows_per_block; b < b_end; ++b) {
+      const int64_t e0 = offsets[b], e1 = offsets[b + 1];
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (int64_t e = e0; e < e1; ++e) {  // each level's part of the reconstruction
+        if (e + 1 < e1) {
+          const char* nxt = (const char*)(W_dec_FD + idx_N[e + 1] * D);
+          for (int64_t o = 0; o < D * 4; o += 64) __builtin_prefetch(nxt + o);
         }
-        const float* gr = g_QD + bag_s[e] * D;
-        const float v = val_s[e];
+        const float* w = W_dec_FD + idx_N[e] * D;
+        float* a = acc.data() + (L > 1 ? level_N[e] : 0) * D;
+        const float v = val_N[e];
+#pragma omp simd
+        for (int64_t d = 0; d < D; ++d) a[d] += v * w[d];
+      }
+      const float* xr = x_BD + b * D;
+      float* gq = g_QD + b * L * D;
+      for (int64_t l = 0; l < L; ++l) {  // prefix reconstructions, their errors and squared norms
+        float* a = acc.data() + l * D;
+        const float* prev = l ? acc.data() + (l - 1) * D : b_dec_D;
+        float* gl = gq + l * D;
+        double sq = 0.0;
+#pragma omp simd reduction(+ : sq)
+        for (int64_t d = 0; d < D; ++d) {
+          a[d] += prev[d];  // a: recon of prefix l
+          const float err = a[d] - xr[d];
+          gl[d] = grad_scale * err;
+          sq += (double)err * err;
+        }
+        sq_BL[b * L + l] = sq;
+      }
+      std::memcpy(recon_BD + b * D, acc.data() + (L - 1) * D, sizeof(float) * D);
+      for (int64_t l = L - 2; l >= 0; --l) {  // G_l = sum over prefixes j >= l
+        float* gl = gq + l * D;
+        const float* gn = gq + (l + 1) * D;
+#pragma omp simd
+        for (int64_t d = 0; d < D; ++d) gl[d] += gn[d];
+      }
+      for (int64_t e = e0; e < e1; ++e) {  // d loss / d value of each entry
+        const float* w = W_dec_FD + idx_N[e] * D;
+        const float* gl = gq + (L > 1 ? level_N[e] : 0) * D;
         float dv = 0.0f;
 #pragma omp simd reduction(+ : dv)
-        for (int64_t d = 0; d < D; ++d) dv += w[d] * gr[d];
-        if (relu && !(v > 0.0f)) dv = 0.0f;
-        dvals_N[pos_s[e]] = dv;
-#pragma omp simd
-        for (int64_t d = 0; d < D; ++d) ddec[d] += v * gr[d];
-        if (dv != 0.0f) {
-          const float* xr = sae_in_BD + row_s[e] * D;
-#pragma omp simd
-          for (int64_t d = 0; d < D; ++d) aenc[d] += dv * xr[d];
-        }
-        db += dv;
+        for (int64_t d = 0; d < D; ++d) dv += w[d] * gl[d];
+        dvals_N[e] = (relu && !(val_N[e] > 0.0f)) ? 0.0f : dv;
       }
-      db_enc_F[f] = (float)db;
-    }
-    const int64_t nb = f1 - f0;
-    for (int64_t d = 0; d < D; ++d) {
-      float* out = dW_enc_DF + d * F + f0;
-      for (int64_t j = 0; j < nb; ++j) out[j] = tile[j * D + d];
     }
   });
+}
+
+void saes_transpose(const float* src, int64_t R, int64_t C, float* dst, int nthreads) {
+  // dst [C, R] = src [R, C]^T in 32x32 tiles
+  const int64_t T = 32;
+  const int64_t tiles_r = (R + T - 1) / T, tiles_c = (C + T - 1) / T;
+  run_blocks(tiles_r * tiles_c, nthreads, [&](int64_t t, int) {
+    const int64_t r0 = (t / tiles_c) * T, c0 = (t % tiles_c) * T;
+    const int64_t r1 = std::min(R, r0 + T), c1 = std::min(C, c0 + T);
+    for (int64_t c = c0; c < c1; ++c)
+      for (int64_t r = r0; r < r1; ++r) dst[c * R + r] = src[r * C + c];
+  });
+}
+
+int64_t saes_group_maxima_f32(const float* x, int64_t B, int64_t F, float* gmax, const float* thr, int64_t* counts,
+                              int nthreads) {
+  return group_maxima<float>(x, B, F, gmax, thr, counts, nthreads);
+}
+
+int64_t saes_group_maxima_bf16(const uint16_t* x, int64_t B, int64_t F, float* gmax, const float* thr,
+                               int64_t* counts, int nthreads) {
+  return group_maxima<uint16_t>(x, B, F, gmax, thr, counts, nthreads);
+}
+
+int64_t saes_collect_above_f32(const float* x, int64_t B, int64_t F, const float* gmax, float floor,
+                               int64_t capacity, float* vals, int64_t* rows, int64_t* cols, int nthreads) {
+  return collect_above<float>(x, B, F, gmax, floor, capacity, vals, rows, cols, nthreads);
+}
+
+int64_t saes_collect_above_bf16(const uint16_t* x, int64_t B, int64_t F, const float* gmax, float floor,
+                                int64_t capacity, float* vals, int64_t* rows, int64_t* cols, int nthreads) {
+  return collect_above<uint16_t>(x, B, F, gmax, floor, capacity, vals, rows, cols, nthreads);
 }
 
 }  // extern "C"
@@ -289,10 +465,19 @@ def load(cache_dir: str | os.PathLike | None = None) -> ctypes.CDLL:
     i64, ptr, cint = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
     for name in ("saes_row_topk_f32", "saes_row_topk_bf16"):
         fn = getattr(lib, name)
-        fn.argtypes = [ptr, i64, i64, i64, ptr, ptr, cint]
+        fn.argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, ptr, cint]
         fn.restype = i64
-    lib.saes_sparse_backward.argtypes = [i64, i64] + [ptr] * 8 + [cint] + [ptr] * 4 + [cint]
-    lib.saes_sparse_backward.restype = None
+    lib.saes_decode_grad.argtypes = [i64, i64, i64] + [ptr] * 7 + [ctypes.c_float, cint] + [ptr] * 4 + [cint]
+    lib.saes_decode_grad.restype = None
+    for suffix in ("f32", "bf16"):
+        fn = getattr(lib, f"saes_group_maxima_{suffix}")
+        fn.argtypes = [ptr, i64, i64, ptr, ptr, ptr, cint]
+        fn.restype = i64
+        fn = getattr(lib, f"saes_collect_above_{suffix}")
+        fn.argtypes = [ptr, i64, i64, ptr, ctypes.c_float, i64, ptr, ptr, ptr, cint]
+        fn.restype = i64
+    lib.saes_transpose.argtypes = [ptr, i64, i64, ptr, cint]
+    lib.saes_transpose.restype = None
     _LIB = lib
     return lib
 
@@ -309,57 +494,161 @@ def _check(t: Tensor, dtype: torch.dtype, name: str) -> None:
 def row_topk(x_BF: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """Exact per-row top k of a float32 / bfloat16 CPU matrix: (values float32 [B, k], indices [B, k]).
 
-    Unsorted within a row. Falls back to `torch.topk` when a row holds NaN."""
+    Unsorted within a row. Falls back to `torch.topk` when a row holds NaN or inf."""
+    vals, idx, _ = row_topk_count(x_BF, k, None)
+    return vals, idx
+
+
+def row_topk_count(x_BF: Tensor, k: int, threshold_F: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """`row_topk` that also counts, per column, the rows with x > threshold (int64 [F]; None
+    without a threshold), in the same pass over the matrix."""
     lib = load()
     B, Fdim = x_BF.shape
     if not 0 < k <= Fdim:
         raise ValueError(f"cannot take the top {k} of {Fdim} columns")
-    x_BF = x_BF.contiguous()
-    vals = torch.empty(B, k, dtype=torch.float32)
-    idx = torch.empty(B, k, dtype=torch.int64)
+    if x_BF.device.type != "cpu":
+        raise ValueError("native row_topk runs on CPU tensors only")
     if x_BF.dtype == torch.float32:
         fn = lib.saes_row_topk_f32
     elif x_BF.dtype == torch.bfloat16:
         fn = lib.saes_row_topk_bf16
     else:
         raise ValueError(f"native row_topk reads float32 or bfloat16, got {x_BF.dtype}")
-    if x_BF.device.type != "cpu":
-        raise ValueError("native row_topk runs on CPU tensors only")
-    bad = fn(_ptr(x_BF), B, Fdim, k, _ptr(vals), _ptr(idx), torch.get_num_threads())
+    x_BF = x_BF.contiguous()
+    vals = torch.empty(B, k, dtype=torch.float32)
+    idx = torch.empty(B, k, dtype=torch.int64)
+    counts = thr = None
+    if threshold_F is not None:
+        thr = threshold_F.detach().to(torch.float32).contiguous()
+        if thr.shape != (Fdim,):
+            raise ValueError(f"threshold has shape {tuple(thr.shape)}, expected ({Fdim},)")
+        counts = torch.empty(Fdim, dtype=torch.int64)
+    bad = fn(
+        _ptr(x_BF), B, Fdim, k, _ptr(vals), _ptr(idx), _ptr(thr) if thr is not None else None,
+        _ptr(counts) if counts is not None else None, torch.get_num_threads(),
+    )
     if bad:
         v, i = x_BF.topk(k, dim=1, sorted=False)
-        return v.float(), i
-    return vals, idx
+        vals, idx = v.float(), i
+    return vals, idx, counts
 
 
-def sparse_backward(
-    lat_off_F1: Tensor,
-    bag_S: Tensor,
-    row_S: Tensor,
-    val_S: Tensor,
-    pos_S: Tensor,
-    g_QD: Tensor,
+def decode_grad(
+    offsets_B1: Tensor,
+    idx_N: Tensor,
+    level_N: Tensor | None,
+    val_N: Tensor,
     W_dec_FD: Tensor,
-    sae_in_BD: Tensor,
+    b_dec_D: Tensor,
+    x_BD: Tensor,
+    n_levels: int,
     relu: bool,
-    dW_enc_DF: Tensor,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """See the module docstring. Entries (suffix S) are sorted by latent; `pos_S` gives each
-    one's place in the original order. Writes dW_enc_DF; returns (dvals_N, dW_dec_FD, db_enc_F)."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Decode, reconstruction loss and its gradient, row by row (see the module docstring).
+
+    Entries are in CSR row order; with levels, a row's levels must not decrease along it.
+    Returns (recon [B, D], g [B*L, D] (row-major (row, level)), squared errors [B, L] float64,
+    dvals [N])."""
     lib = load()
-    Fdim, D = W_dec_FD.shape
-    for t, name in ((lat_off_F1, "lat_off"), (bag_S, "bag"), (row_S, "row"), (pos_S, "pos")):
+    B, D = x_BD.shape
+    L = n_levels
+    for t, name in ((offsets_B1, "offsets"), (idx_N, "indices")):
         _check(t, torch.int64, name)
-    for t, name in ((val_S, "val"), (g_QD, "g"), (W_dec_FD, "W_dec"), (sae_in_BD, "sae_in"), (dW_enc_DF, "dW_enc")):
+    for t, name in ((val_N, "values"), (W_dec_FD, "W_dec"), (b_dec_D, "b_dec"), (x_BD, "x")):
         _check(t, torch.float32, name)
-    assert dW_enc_DF.shape == (D, Fdim) and sae_in_BD.shape[1] == D and g_QD.shape[1] == D
-    N = val_S.numel()
-    dvals_N = torch.empty(N, dtype=torch.float32)
-    dW_dec_FD = torch.empty(Fdim, D, dtype=torch.float32)
-    db_enc_F = torch.empty(Fdim, dtype=torch.float32)
-    lib.saes_sparse_backward(
-        Fdim, D, _ptr(lat_off_F1), _ptr(bag_S), _ptr(row_S), _ptr(val_S), _ptr(pos_S), _ptr(g_QD),
-        _ptr(W_dec_FD), _ptr(sae_in_BD), int(relu), _ptr(dvals_N), _ptr(dW_dec_FD), _ptr(dW_enc_DF),
-        _ptr(db_enc_F), torch.get_num_threads(),
+    if L > 1:
+        assert level_N is not None
+        _check(level_N, torch.int64, "levels")
+    recon_BD = torch.empty(B, D, dtype=torch.float32)
+    g_QD = torch.empty(B * L, D, dtype=torch.float32)
+    sq_BL = torch.empty(B, L, dtype=torch.float64)
+    dvals_N = torch.empty(val_N.numel(), dtype=torch.float32)
+    lib.saes_decode_grad(
+        B, D, L, _ptr(offsets_B1), _ptr(idx_N), _ptr(level_N) if L > 1 else None, _ptr(val_N), _ptr(W_dec_FD),
+        _ptr(b_dec_D), _ptr(x_BD), 2.0 / B, int(relu), _ptr(recon_BD), _ptr(g_QD), _ptr(sq_BL), _ptr(dvals_N),
+        torch.get_num_threads(),
     )
-    return dvals_N, dW_dec_FD, db_enc_F
+    return recon_BD, g_QD, sq_BL, dvals_N
+
+
+
+def transpose_into(src_RC: Tensor, dst_CR: Tensor) -> Tensor:
+    """dst = src.T for contiguous float32 CPU matrices, in cache-sized tiles."""
+    lib = load()
+    _check(src_RC, torch.float32, "src")
+    _check(dst_CR, torch.float32, "dst")
+    R, C = src_RC.shape
+    if dst_CR.shape != (C, R):
+        raise ValueError(f"transpose_into: dst has shape {tuple(dst_CR.shape)}, expected {(C, R)}")
+    lib.saes_transpose(_ptr(src_RC), R, C, _ptr(dst_CR), torch.get_num_threads())
+    return dst_CR
+
+
+def batch_top_entries(
+    pre_BF: Tensor, k: int, threshold_F: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None] | None:
+    """Exact BatchTopK selection (as `saes.topk_select.batch_top_entries`), in two passes.
+
+    Pass 1: the maximum of every 16-wide column group (and, with a threshold, the per-column
+    counts of rows above it). A value L with at least k*B group maxima >= L (about the
+    (k*B)-th largest, `_group_floor`) bounds the cut from below (k*B entries are >= L), so every
+    winner is an entry >= L, and those live in groups whose maximum is >= L. Pass 2 collects
+    them (positive ones only), already in row-major, column-ascending order; the cut is then the
+    (k*B)-th largest of these few candidates (`saes.topk_select.take_top`).
+    Returns (values float32, rows, cols, counts or None), or None when the matrix holds NaN/inf
+    (the caller then takes the pure-torch path)."""
+    lib = load()
+    B, Fdim = pre_BF.shape
+    if pre_BF.device.type != "cpu" or pre_BF.dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError("native batch_top_entries reads float32 or bfloat16 CPU matrices")
+    suffix = "f32" if pre_BF.dtype == torch.float32 else "bf16"
+    x = pre_BF.contiguous()
+    G = (Fdim + 15) // 16
+    gmax_BG = torch.empty(B, G, dtype=torch.float32)
+    counts = thr = None
+    if threshold_F is not None:
+        thr = threshold_F.detach().to(torch.float32).contiguous()
+        counts = torch.empty(Fdim, dtype=torch.int64)
+    nt = torch.get_num_threads()
+    bad = getattr(lib, f"saes_group_maxima_{suffix}")(
+        _ptr(x), B, Fdim, _ptr(gmax_BG), _ptr(thr) if thr is not None else None,
+        _ptr(counts) if counts is not None else None, nt,
+    )
+    if bad:
+        return None
+    total = min(k * B, B * Fdim)
+    floor, n_groups = _group_floor(gmax_BG.view(-1), total)
+    capacity = n_groups * 16
+    vals = torch.empty(capacity, dtype=torch.float32)
+    rows = torch.empty(capacity, dtype=torch.int64)
+    cols = torch.empty(capacity, dtype=torch.int64)
+    n = getattr(lib, f"saes_collect_above_{suffix}")(
+        _ptr(x), B, Fdim, _ptr(gmax_BG), floor, capacity, _ptr(vals), _ptr(rows), _ptr(cols), nt
+    )
+    assert n >= 0, "collect_above: capacity too small"
+    return vals[:n], rows[:n], cols[:n], counts
+
+
+def _group_floor(gmax_G: Tensor, total: int) -> tuple[float, int]:
+    """(L, number of group maxima >= L) with at least `total` maxima >= L, L close to the
+    total-th largest maximum.
+
+    Every winner of the batch selection is then >= L (total entries are >= L). The exact
+    total-th largest maximum is one `kthvalue` over all maxima (slow for millions); a strided
+    sample gives a slightly lower value that is checked with one count, and widened if short."""
+    n = gmax_G.numel()
+    if total >= n:
+        return float("-inf"), n
+    stride = max(1, n // 65536) | 1  # odd: not in step with the row length (a power of two)
+    sample = gmax_G[::stride].contiguous()
+    m = sample.numel()
+    for margin in (1.1, 1.5):
+        r = int(total / n * m * margin) + 1
+        if stride == 1 or r >= m:
+            break
+        floor = sample.kthvalue(m - r + 1).values
+        count = int((gmax_G >= floor).sum())
+        if count >= total:
+            return float(floor), count
+    floor = gmax_G.kthvalue(n - total + 1).values
+    return float(floor), int((gmax_G >= floor).sum())

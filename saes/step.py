@@ -25,8 +25,11 @@ class GradResult(NamedTuple):
     aux: Tensor
     level_mse: Tensor | None
     acts: SparseActs
-    pre_BF: Tensor
+    pre_BF: Tensor  # fast methods: a workspace buffer, valid until the SAE's next fast step
     recon_BD: Tensor
+    # BatchTopK / Matryoshka, when a method gets it for free: per latent, the rows with
+    # pre > threshold (thresholds as they were during this call); for `update_threshold_`
+    above_threshold_F: Tensor | None = None
 
 
 def autograd_grads(

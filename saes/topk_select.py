@@ -12,8 +12,8 @@ them cannot beat k others. Ties may be broken differently from `torch.topk` (whi
 arbitrarily too); the selected values are always the same multiset.
 
 `batch_top_entries` (BatchTopK) is exact as well: each row's top M candidates, one k-th value
-over all candidates, and rows whose M candidates all made the cut contribute their whole row in
-a second (final) round.
+over all candidates, and rows whose M candidates all made the cut offer 4x more candidates in
+another round, until no row is in doubt.
 """
 
 from __future__ import annotations
@@ -65,6 +65,14 @@ def _kth_largest(vals_N: Tensor, n: int) -> Tensor:
     return vals_N.kthvalue(vals_N.numel() - n + 1).values
 
 
+def take_top(vals_N: Tensor, total: int) -> Tensor:
+    """Mask of the `total` largest positive entries of a 1-D tensor (ties broken towards
+    earlier entries); all positive entries when there are fewer."""
+    if vals_N.numel() <= total:
+        return vals_N > 0
+    return _take_exactly(vals_N, _kth_largest(vals_N, total), total)
+
+
 def _take_exactly(vals_N: Tensor, cutoff: Tensor, total: int) -> Tensor:
     """Mask of the entries > cutoff plus the first entries == cutoff, `total` in all (or fewer
     when there are fewer entries), then restricted to positive values."""
@@ -85,39 +93,43 @@ def batch_top_entries(
     Returns (values [N], rows [N] int64, cols [N] int64) in row-major order with columns
     ascending within each row; N <= k*B (non-positive entries of the top k*B are dropped).
     Ties at the cut are broken deterministically (by candidate order). `topk` finds the per-row
-    candidates (default `row_topk`; values may come back in another float dtype)."""
+    candidates (default `row_topk`; values may come back in another float dtype).
+
+    Each row offers its top 2k entries as candidates and the cut is the (k*B)-th largest
+    candidate. A row whose every candidate beat the cut may hide more winners: those rows offer
+    4x more candidates and the cut is taken again (it only rises, so the other rows stay exact),
+    until no row is left in doubt."""
+    topk = topk or row_topk
     B, Fdim = pre_BF.shape
-    empty = pre_BF.new_empty(0)
+    dev = pre_BF.device
     if B == 0:
-        idx = torch.empty(0, dtype=torch.int64, device=pre_BF.device)
-        return empty, idx, idx
+        idx = torch.empty(0, dtype=torch.int64, device=dev)
+        return pre_BF.new_empty(0), idx, idx
     total = min(k * B, B * Fdim)
-    m = min(Fdim, 2 * k)
-    cand_BM, cols_BM = (topk or row_topk)(pre_BF, m)
-    cand_BM = cand_BM.to(pre_BF.dtype)
-    flat_N = cand_BM.reshape(-1)
-    cutoff = _kth_largest(flat_N, min(total, flat_N.numel()))
-    needy_B = None
-    if m < Fdim:  # a row whose every candidate beat the cut may hide more winners
-        needy_B = cand_BM.amin(dim=1) > cutoff.clamp_min(0)
-        if not bool(needy_B.any()):
-            needy_B = None
-    if needy_B is None:
-        vals_N, rows_N, cols_N = flat_N, None, cols_BM.reshape(-1)
-    else:
-        # Second and final round: needy rows bring all their entries (the other rows stay
-        # exact: the cut can only rise).
-        rows_all = torch.arange(B, device=pre_BF.device)
-        keep_B, needy_rows = ~needy_B, rows_all[needy_B]
-        vals_N = torch.cat([cand_BM[keep_B].reshape(-1), pre_BF[needy_rows].reshape(-1)])
-        rows_N = torch.cat([rows_all[keep_B].repeat_interleave(m), needy_rows.repeat_interleave(Fdim)])
-        cols_N = torch.cat(
-            [cols_BM[keep_B].reshape(-1), torch.arange(Fdim, device=pre_BF.device).repeat(needy_rows.numel())]
-        )
-        cutoff = _kth_largest(vals_N, min(total, vals_N.numel()))
+    rows_all = torch.arange(B, device=dev)
+    blocks: list[tuple[Tensor, Tensor, Tensor]] = []  # (rows [R], values [R, m], cols [R, m])
+    rows, m = rows_all, min(Fdim, 2 * k)
+    while True:
+        sub = pre_BF if rows.numel() == B else pre_BF.index_select(0, rows)
+        vals_RM, cols_RM = topk(sub, m)
+        blocks.append((rows, vals_RM.to(pre_BF.dtype), cols_RM))
+        flat = torch.cat([v.reshape(-1) for _, v, _ in blocks]) if len(blocks) > 1 else blocks[0][1].reshape(-1)
+        cutoff = _kth_largest(flat, min(total, flat.numel()))
+        if m == Fdim:
+            break
+        doubt_R = blocks[-1][1].amin(dim=1) > cutoff.clamp_min(0)
+        if not bool(doubt_R.any()):
+            break
+        # the doubtful rows leave their block and come back with 4x the candidates
+        r, v, c = blocks[-1]
+        keep_R = ~doubt_R
+        blocks[-1] = (r[keep_R], v[keep_R], c[keep_R])
+        rows, m = r[doubt_R], min(Fdim, 4 * m)
+    vals_N = torch.cat([v.reshape(-1) for _, v, _ in blocks])
+    rows_N = torch.cat([r.repeat_interleave(v.shape[1]) for r, v, _ in blocks])
+    cols_N = torch.cat([c.reshape(-1) for _, _, c in blocks])
     pos_N = _take_exactly(vals_N, cutoff, total).nonzero().squeeze(1)
-    rows_N = pos_N // m if rows_N is None else rows_N[pos_N]
-    vals_N, cols_N = vals_N[pos_N], cols_N[pos_N]
+    vals_N, rows_N, cols_N = vals_N[pos_N], rows_N[pos_N], cols_N[pos_N]
     order_N = sort_order(rows_N * Fdim + cols_N, B * Fdim)
     return vals_N[order_N], rows_N[order_N], cols_N[order_N]
 

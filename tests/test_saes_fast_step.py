@@ -22,7 +22,7 @@ from saes.losses import auxk_loss, matryoshka_level_losses, mse_loss
 from saes.sparse import SparseActs
 from saes.step import STEP_METHODS, compute_grads
 from saes.threshold import count_above
-from saes.topk_select import batch_top_entries, group_size, row_topk
+from saes.topk_select import batch_top_entries, group_size, row_topk, take_top
 
 needs_native = pytest.mark.skipif(not native.available(), reason="no C++ compiler for saes.native")
 
@@ -372,25 +372,29 @@ def test_native_row_topk_falls_back_on_nan_and_inf_rows():
 
 
 @needs_native
-@pytest.mark.parametrize("relu", [True, False])
-def test_native_sparse_backward_equals_the_torch_ops(relu):
+@pytest.mark.parametrize("levels", [1, 3])
+def test_native_decode_grad_equals_the_torch_ops(levels):
     g = torch.Generator().manual_seed(0)
-    B, D, Fdim, k, L = 50, 24, 200, 6, 2
-    idx = torch.stack([torch.randperm(Fdim, generator=g)[:k] for _ in range(B)]).reshape(-1)
-    vals = torch.randn(B * k, generator=g).relu_() if relu else torch.rand(B * k, generator=g) + 0.1
-    rows = torch.arange(B).repeat_interleave(k)
-    bag = rows * L + torch.randint(0, L, (B * k,), generator=g)
-    g_QD, W_dec, x = torch.randn(B * L, D, generator=g), torch.randn(Fdim, D, generator=g), torch.randn(B, D, generator=g)
-    perm = idx.argsort()
-    lat_off = torch.zeros(Fdim + 1, dtype=torch.int64)
-    torch.cumsum(torch.bincount(idx, minlength=Fdim), 0, out=lat_off[1:])
-    dW_enc = torch.full((D, Fdim), float("nan"))
-    dvals, dW_dec, db_enc = native.sparse_backward(lat_off, bag[perm], rows[perm], vals[perm], perm, g_QD, W_dec, x, relu, dW_enc)
-    ref_dvals = (g_QD[bag] * W_dec[idx]).sum(1) * ((vals > 0) if relu else 1)
-    torch.testing.assert_close(dvals, ref_dvals, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(dW_dec, torch.zeros(Fdim, D).index_add_(0, idx, vals[:, None] * g_QD[bag]), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(dW_enc, torch.zeros(Fdim, D).index_add_(0, idx, ref_dvals[:, None] * x[rows]).t(), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(db_enc, torch.zeros(Fdim).index_add_(0, idx, ref_dvals), rtol=1e-5, atol=1e-5)
+    B, D, Fdim, L = 30, 24, 120, levels
+    counts = torch.randint(0, 9, (B,), generator=g)  # ragged rows, some empty
+    rows = torch.arange(B).repeat_interleave(counts)
+    idx = torch.cat([torch.randperm(Fdim, generator=g)[: int(c)].sort().values for c in counts])
+    vals = torch.randn(idx.numel(), generator=g).relu_()  # some exact zeros
+    widths = torch.tensor([20, 70, Fdim][-L:]) if L > 1 else torch.tensor([Fdim])
+    level = torch.bucketize(idx, widths, right=True)
+    W_dec, b_dec, x = torch.randn(Fdim, D, generator=g), torch.randn(D, generator=g), torch.randn(B, D, generator=g)
+    offsets = torch.zeros(B + 1, dtype=torch.int64)
+    torch.cumsum(counts, 0, out=offsets[1:])
+    recon, g_QD, sq, dvals = native.decode_grad(offsets, idx, level if L > 1 else None, vals, W_dec, b_dec, x, L, True)
+    parts = torch.zeros(B, L, D).index_put_((rows, level), vals[:, None] * W_dec[idx], accumulate=True)
+    ref_recon = parts.cumsum(1) + b_dec
+    err = ref_recon - x[:, None]
+    ref_g = (2.0 / B) * err.flip(1).cumsum(1).flip(1)
+    torch.testing.assert_close(recon, ref_recon[:, -1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(g_QD.view(B, L, D), ref_g, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(sq, err.pow(2).sum(-1).double(), rtol=1e-5, atol=1e-5)
+    ref_dvals = (W_dec[idx] * ref_g[rows, level]).sum(1) * (vals > 0)
+    torch.testing.assert_close(dvals, ref_dvals, rtol=1e-5, atol=1e-6)
 
 
 def test_native_kernels_refuse_other_dtypes_with_the_fallback_named():
@@ -399,3 +403,71 @@ def test_native_kernels_refuse_other_dtypes_with_the_fallback_named():
         fast_grads(sae, torch.randn(8, 16), kernels="native")
     with pytest.raises(ValueError, match="unknown kernels"):
         fast_grads(sae, torch.randn(8, 16), kernels="cuda")
+
+
+@needs_native
+@pytest.mark.parametrize("arch", ["batchtopk", "matryoshka_batchtopk"])
+def test_native_step_counts_rows_above_thresholds_for_the_threshold_update(arch):
+    sae = make(arch, 16, 256, 4)
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(0))
+    assert fast_grads(sae, x, kernels="native").above_threshold_F is None  # thresholds unset: not counted
+    with torch.no_grad():
+        sae.threshold.uniform_(0.05, 0.5, generator=torch.Generator().manual_seed(1))
+    assert fast_grads(sae, x).above_threshold_F is None  # the pure-torch step leaves it to the update
+    res = fast_grads(sae, x, kernels="native")
+    assert torch.equal(res.above_threshold_F, (res.pre_BF > sae.threshold).sum(0))
+    recounted = copy.deepcopy(sae)
+    sae.update_threshold_(res.pre_BF, res.acts, 0.1, above_threshold_F=res.above_threshold_F)
+    recounted.update_threshold_(res.pre_BF, res.acts, 0.1)
+    assert torch.equal(sae.threshold, recounted.threshold)
+
+
+def _native_batch(pre, k):
+    found = native.batch_top_entries(pre, k)
+    vals, rows, cols, _ = found
+    keep = take_top(vals, min(k * pre.shape[0], pre.numel()))
+    return vals[keep], rows[keep], cols[keep]
+
+
+@needs_native
+@pytest.mark.parametrize(
+    "case", ["random_large", "ties", "dominant_row", "bf16", "negative", "k_beyond_groups", "odd_width"]
+)
+def test_native_batch_top_entries_equals_the_flat_reference(case):
+    g = torch.Generator().manual_seed(0)
+    B, Fdim, k = 64, 256, 5
+    if case == "random_large":  # enough group maxima for the sampled floor
+        B, Fdim, k = 512, 4096, 16
+        pre = torch.randn(B, Fdim, generator=g)
+    elif case == "ties":
+        pre = torch.randint(-3, 6, (B, Fdim), generator=g).float()
+    elif case == "dominant_row":
+        pre = torch.randn(B, Fdim, generator=g)
+        pre[3] += 10.0
+    elif case == "bf16":
+        B, Fdim = 512, 4096
+        pre = torch.randn(B, Fdim, generator=g).bfloat16()
+    elif case == "negative":
+        pre = -torch.rand(B, Fdim, generator=g) - 0.1
+        pre[5, 17] = 0.5
+    elif case == "k_beyond_groups":
+        k = 40  # k*B > B*F/16 groups
+        pre = torch.randn(B, Fdim, generator=g)
+    else:
+        Fdim = 250  # a partial last group
+        pre = torch.randn(B, Fdim, generator=g)
+    vals, rows, cols = _native_batch(pre, k)
+    ref = saes.batchtopk.batch_topk_select_reference(pre.float(), k).to_dense()
+    got = torch.zeros(B, Fdim).index_put_((rows, cols), vals.float())
+    if case in ("ties", "bf16"):  # tied values may be picked from other slots: compare the multiset
+        torch.testing.assert_close(got.flatten().sort().values, ref.flatten().sort().values, rtol=0, atol=0)
+    else:
+        torch.testing.assert_close(got, ref, rtol=0, atol=0)
+    assert bool(((rows * Fdim + cols).diff() > 0).all())  # row-major, latents ascending
+
+
+@needs_native
+def test_native_batch_top_entries_declines_nan():
+    pre = torch.randn(16, 64)
+    pre[2, 3] = float("nan")
+    assert native.batch_top_entries(pre, 4) is None
