@@ -6,6 +6,7 @@
      ["<sae>/level_mse": [..]]}
     {"kind": "eval", "step", "tokens", "<sae>/<metric>": ...}   (see training.evaluate)
     {"kind": "skip", "step", "tokens", "sae", "loss", "grad_norm"}   a non-finite step, skipped
+The last line of a finished run is {"kind": "eval", "final": true, ...}: the saved SAEs' metrics.
 Training losses are in the normalised units the SAE trains in (inputs scaled to E||x|| =
 sqrt(d_in)); evaluation figures are in raw units. On resume, lines after the checkpoint's step
 are dropped, so the file always describes one consistent run.

@@ -51,7 +51,7 @@ from training.collectives import Collectives
 from training.config import RunConfig, SAESpec, config_differences, sae_lr
 from training.evaluate import evaluate_activations, sae_reconstructor, splice_metrics
 from training.initialize import estimate_activation_scale, initial_b_dec
-from training.logs import RunLogger, read_history, truncate_history
+from training.logs import HISTORY_FILE, RunLogger, read_history, truncate_history
 from training.report import git_commit, write_curves_html, write_metrics
 from training.schedule import lr_factor
 
@@ -173,32 +173,42 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 @torch.no_grad()
-def update_thresholds_(sae: SAE, pre_BF: Tensor, acts: SparseActs, lr: float, coll: Collectives) -> None:
-    """One frequency-matching step of a BatchTopK / Matryoshka SAE's inference thresholds."""
-    if not coll.distributed:
-        sae.update_threshold_(pre_BF, acts, lr)  # type: ignore[attr-defined]
+def update_thresholds_(
+    sae: SAE, pre_BF: Tensor, acts: SparseActs, lr: float, coll: Collectives, above_threshold_F: Tensor | None = None
+) -> None:
+    """One frequency-matching step of a BatchTopK / Matryoshka SAE's inference thresholds.
+
+    `above_threshold_F`: rows with pre > threshold per latent, when the step method counted them."""
+    if coll.distributed:
+        reduced_threshold_update_(sae, pre_BF, acts, lr, coll, above_threshold_F)
+    elif above_threshold_F is not None:
+        sae.update_threshold_(pre_BF, acts, lr, above_threshold_F=above_threshold_F)  # type: ignore[attr-defined]
     else:
-        reduced_threshold_update_(sae, pre_BF, acts, lr, coll)
+        sae.update_threshold_(pre_BF, acts, lr)  # type: ignore[attr-defined]
 
 
 @torch.no_grad()
-def reduced_threshold_update_(sae: SAE, pre_BF: Tensor, acts: SparseActs, lr: float, coll: Collectives) -> None:
+def reduced_threshold_update_(
+    sae: SAE, pre_BF: Tensor, acts: SparseActs, lr: float, coll: Collectives, above_threshold_F: Tensor | None = None
+) -> None:
     """`BatchTopKSAE.update_threshold_` with its statistics reduced over ranks: the firing counts
     (selected by the batch, and above threshold) are summed, the batch cutoff is the minimum over
-    ranks. With one rank it equals the method exactly (tested)."""
+    ranks. With one rank it equals the method (tested)."""
     thr_F = sae.threshold  # type: ignore[attr-defined]
-    local_cut = acts.values_N.min() if acts.values_N.numel() else pre_BF.new_tensor(math.inf)
-    cutoff = coll.min_(local_cut.reshape(1).to(torch.float32).clone())[0]
-    cutoff = torch.where(torch.isfinite(cutoff), cutoff, torch.zeros_like(cutoff)).to(pre_BF.dtype)
+    local_cut = acts.values_N.min() if acts.values_N.numel() else thr_F.new_tensor(math.inf)
+    cutoff = coll.min_(local_cut.reshape(1).to(thr_F.dtype).clone())[0]
+    cutoff = torch.where(torch.isfinite(cutoff), cutoff, torch.zeros_like(cutoff))
     unset_F = thr_F <= 0
     if unset_F.any():
-        thr_F[unset_F] = cutoff.to(thr_F.dtype).clamp_min(1e-6)
+        thr_F[unset_F] = cutoff.clamp_min(1e-6)
+        above_threshold_F = None
+    if above_threshold_F is None:
+        above_threshold_F = ((pre_BF > thr_F) & (pre_BF > 0)).sum(0)
     selected_F = torch.bincount(acts.indices_N, minlength=sae.d_sae)
-    fired_F = ((pre_BF > thr_F) & (pre_BF > 0)).sum(0)
-    counts = coll.sum_(torch.stack([selected_F, fired_F]))
-    selected_F, fired_F = counts[0].to(pre_BF.dtype), counts[1].to(pre_BF.dtype)
+    counts = coll.sum_(torch.stack([selected_F, above_threshold_F.to(selected_F.dtype)]))
+    selected_F, fired_F = counts[0].to(thr_F.dtype), counts[1].to(thr_F.dtype)
     step_F = lr * cutoff * (fired_F - selected_F) / (fired_F + selected_F + 1)
-    thr_F.add_(step_F.to(thr_F.dtype)).clamp_(min=1e-6)
+    thr_F.add_(step_F).clamp_(min=1e-6)
 
 
 def train_step(m: Member, x_BD: Tensor, lr: float, s: StepSettings, coll: Collectives) -> StepStats:
@@ -219,7 +229,7 @@ def train_step(m: Member, x_BD: Tensor, lr: float, s: StepSettings, coll: Collec
     fired_F = coll.sum_(fired_counts(res.acts))
     update_dead_counters_(m.since_fired_F, fired_F, coll.global_rows(x_BD.shape[0]))
     if isinstance(m.sae, BatchTopKSAE):
-        update_thresholds_(m.sae, res.pre_BF, res.acts, s.threshold_lr, coll)
+        update_thresholds_(m.sae, res.pre_BF, res.acts, s.threshold_lr, coll, getattr(res, "above_threshold_F", None))
     return StepStats(False, res.total, res.mse, res.aux, res.level_mse, norm, fired_F)
 
 
@@ -674,6 +684,18 @@ def _train_record(trainer: Trainer, x_BD: Tensor, stats: dict[str, StepStats], r
     return rec
 
 
+def _scalars(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _rewrite_history(out: Path, records: list[dict[str, Any]]) -> None:
+    import json
+
+    from saes.fileio import atomic_write_bytes
+
+    atomic_write_bytes(out / HISTORY_FILE, "".join(json.dumps(r) + "\n" for r in records).encode())
+
+
 def _eval_record(trainer: Trainer, ev: dict[str, dict[str, Any]]) -> dict[str, Any]:
     rec: dict[str, Any] = {"kind": "eval", "step": trainer.step, "tokens": trainer.tokens}
     for name, metrics in ev.items():
@@ -722,5 +744,8 @@ def _finish(
     }
     if writer:
         write_metrics(out, metrics_doc)
-        write_curves_html(out, read_history(out), [m.name for m in trainer.members])
+        history = [r for r in read_history(out) if not r.get("final")]
+        history.append({**_eval_record(trainer, {n: _scalars(v) for n, v in per_sae.items()}), "final": True})
+        _rewrite_history(out, history)
+        write_curves_html(out, history, [m.name for m in trainer.members])
     return TrainResult(out, sae_dirs, metrics_doc, trainer.tokens, trainer.step, None, stopped_early, saes)
