@@ -215,7 +215,7 @@ def toy(args) -> str:
     from steering.sweeps import recommend_strength, sweep_edits
     from toyworld.grammar import generate_document
     from toyworld.lexicon import TOPICS
-    from toyworld.validate import topic_counts, validate_document
+    from toyworld.validate import TERMINALS, split_sentences, topic_counts, validate_document, validate_sentence
 
     import saes
 
@@ -252,20 +252,28 @@ def toy(args) -> str:
         return GenerationConfig(max_new_tokens=args.new_tokens, do_sample=True, seed=seed, stop_at_eos=False)
 
     def pooled(texts, topic, context=""):
-        """Topic share of the texts' content words; grammatical share of their complete sentences,
-        validated with the prompt as document context (its own sentences are not counted)."""
-        num = den = good = total = 0
+        """(topic share of the texts' content words, grammatical share of their complete sentences
+        judged alone, and judged with the document rules, the prompt being the document's start;
+        the prompt's own sentences are not counted)."""
+        num = den = good = good_doc = total = 0
         n_ctx = len(validate_document(context).sentences) if context else 0
         for t in texts:
             c = topic_counts(t)
             num += c[topic]
             den += sum(c.values())
-            res = validate_document(f"{context} {t}" if context else t).sentences[n_ctx:]
-            good += sum(r.grammatical for r in res)
-            total += len(res)
-        return (num / den if den else 0.0), (good / total if total else 0.0)
+            doc = validate_document(f"{context} {t}" if context else t).sentences[n_ctx:]
+            sents = split_sentences(t)
+            if sents and sents[-1][-1] not in TERMINALS:
+                sents = sents[:-1]
+            good += sum(validate_sentence(w).grammatical for w in sents)
+            good_doc += sum(r.grammatical for r in doc)
+            total += len(sents)
+        return (num / den if den else 0.0), (good / total if total else 0.0), (good_doc / total if total else 0.0)
 
     base = generate(model, prompts, cfg(args.test_seed))
+    from steering.evaluate import perplexity
+
+    base_ppl = perplexity(model, base)
     rows = []
     for topic in topics:
         pos = docs[topic]
@@ -278,7 +286,7 @@ def toy(args) -> str:
             f = by_f1[0].feature_id
             cand = next((c for c in contrast_features(model, sae, pos, neg, top=sae.d_sae) if c.feature == f), cand)
         vec = diff_of_means(model, hook, pos, neg)
-        scorer = toy_scorer(topic)
+        scorer = toy_scorer(topic, "sentence")
         tmax = link.typical_max(cand.feature) if link else None
         unit = "max_act" if tmax else "raw"
         strengths = args.strengths if tmax else [s * max(cand.mean_positive, 1e-3) * 4 for s in args.strengths]
@@ -305,15 +313,15 @@ def toy(args) -> str:
                 with steer(model, saes_arg, [edit], typical_max=provider) as sess:
                     gen = sess.generate(prompts, cfg(args.test_seed))
             r = score_generation(method, model, prompts, gen, scorer)
-            share, gram = pooled(gen.texts, topic)
-            result[method] = (s, share, gram, r.perplexity)
+            share, gram, gram_doc = pooled(gen.texts, topic)
+            result[method] = (s, share, gram, gram_doc, r.perplexity)
         cue = generate_document(f"steer-cue-{topic}", topic=topic).sentences[0]
         cue_text = " ".join(cue)
         gen = generate(model, [cue_text] * args.samples, cfg(args.test_seed))
-        share, gram = pooled(gen.texts, topic, context=cue_text)
+        share, gram, gram_doc = pooled(gen.texts, topic, context=cue_text)
         r = score_generation("prompting", model, [cue_text] * args.samples, gen, scorer)
-        result["prompting"] = (cue_text, share, gram, r.perplexity)
-        result["base"] = pooled(base.texts, topic)
+        result["prompting"] = (cue_text, share, gram, gram_doc, r.perplexity)
+        result["base"] = pooled(base.texts, topic) + (base_ppl,)
         rows.append(result)
         print(result, flush=True)
 
@@ -322,29 +330,36 @@ def toy(args) -> str:
         "",
         f"{time.strftime('%Y-%m-%d')}; toy model, SAE {args.sae} at {hook} (d_sae {sae.d_sae}); "
         f"{args.samples} unconditional samples of {args.new_tokens} tokens per cell (temperature 1); strength picked on "
-        f"seed {args.dev_seed} (weakest reaching share >= 50% with >= 80% grammatical, else best harmonic mean), reported "
-        f"on seed {args.test_seed}. Share = topic words / all topic-bearing content words (pooled); grammatical = "
-        f"sentences accepted by the toy validator with document context. Feature = "
+        f"seed {args.dev_seed} (weakest reaching share >= 50% with >= 80% of sentences grammatical, else best harmonic "
+        f"mean of share and grammaticality), reported on seed {args.test_seed}. Share = topic words / all topic-bearing "
+        f"content words (pooled over samples); gram. = complete sentences the toy validator accepts, each judged alone; "
+        f"in doc. = also obeying the document rules (one tense, names introduced, pronouns resolvable; the prompt "
+        f"starts the document); ppl = perplexity of the continuation under the unsteered model. Prompting = a "
+        f"topic sentence from the toy grammar as the prompt. Feature = "
         + ("top latent by contrast" if args.select == "contrast" else "best latent by concept F1 (store)")
         + f" ({args.n_docs} topic documents vs others); edit: {args.op} at all positions, strength in "
         f"{'multiples of the typical max activation' if link else 'raw units'}; difference-of-means strength in "
         f"multiples of the mean difference. `python benchmarks/bench_steering.py toy --select {args.select} --op {args.op}`",
         "",
-        "| topic | base share | base grammatical | SAE feature (F1-best) | strength | share | grammatical "
-        "| diff-of-means strength | share | grammatical | prompting share | grammatical |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| topic | base: share / gram. / in doc. / ppl | SAE feature (F1-best) | strength | share | gram. | in doc. | ppl "
+        "| diff-of-means strength | share | gram. | in doc. | ppl | prompting: share | gram. | in doc. | ppl |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def cells(v):
+        return f"{v[1]:.0%} | {v[2]:.0%} | {v[3]:.0%} | {v[4]:.1f}"
+
     for r in rows:
-        s_sae, sh_sae, g_sae, _ = r["SAE feature"]
-        s_vec, sh_vec, g_vec, _ = r["diff-of-means"]
-        _, sh_p, g_p, _ = r["prompting"]
         f1 = "" if r["f1_feature"] is None else f" ({r['f1_feature']}, F1 {r['f1']:.2f})"
-        lines.append(f"| {r['topic']} | {r['base'][0]:.0%} | {r['base'][1]:.0%} | {r['feature']}{f1} | {s_sae:g} | {sh_sae:.0%} | {g_sae:.0%} | "
-                     f"{s_vec:g} | {sh_vec:.0%} | {g_vec:.0%} | {sh_p:.0%} | {g_p:.0%} |")
+        b = r["base"]
+        lines.append(f"| {r['topic']} | {b[0]:.0%} / {b[1]:.0%} / {b[2]:.0%} / {b[3]:.1f} | {r['feature']}{f1} | "
+                     f"{r['SAE feature'][0]:g} | {cells(r['SAE feature'])} | {r['diff-of-means'][0]:g} | "
+                     f"{cells(r['diff-of-means'])} | {cells(r['prompting'])} |")
     ok = sum(r["SAE feature"][1] >= 0.5 and r["SAE feature"][2] >= 0.8 for r in rows)
     ok_v = sum(r["diff-of-means"][1] >= 0.5 and r["diff-of-means"][2] >= 0.8 for r in rows)
-    lines += ["", f"Topics meeting share >= 50% with >= 80% grammatical: SAE feature {ok}/{len(rows)}, "
-                  f"difference of means {ok_v}/{len(rows)}.", ""]
+    ok_p = sum(r["prompting"][1] >= 0.5 and r["prompting"][2] >= 0.8 for r in rows)
+    lines += ["", f"Topics reaching share >= 50% with >= 80% of sentences grammatical (judged alone): SAE feature "
+                  f"{ok}/{len(rows)}, difference of means {ok_v}/{len(rows)}, prompting {ok_p}/{len(rows)}.", ""]
     return "\n".join(lines)
 
 
@@ -393,8 +408,9 @@ def main(argv=None) -> int:
     t.add_argument("--samples", type=int, default=32)
     t.add_argument("--new-tokens", type=int, default=48)
     t.add_argument("--n-docs", type=int, default=48)
-    t.add_argument("--strengths", type=lambda s: [float(x) for x in s.split(",")], default=[0, 0.5, 1, 2, 3, 4, 6])
-    t.add_argument("--vec-strengths", type=lambda s: [float(x) for x in s.split(",")], default=[0, 0.5, 1, 2, 3, 4, 6])
+    t.add_argument("--strengths", type=lambda s: [float(x) for x in s.split(",")], default=[0, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5])
+    t.add_argument("--vec-strengths", type=lambda s: [float(x) for x in s.split(",")],
+                   default=[0, 0.25, 0.5, 0.75, 1, 1.5, 2, 3])
     t.add_argument("--dev-seed", type=int, default=1)
     t.add_argument("--test-seed", type=int, default=2)
     t.add_argument("--threads", type=int, default=1)

@@ -406,7 +406,7 @@ def steer(
 ) -> Iterator[SteeringSession]:
     """Hook `edits` into `model` for the duration of the block.
 
-    model: a TransformerLens HookedTransformer. saes: an SAE, a dict name -> SAE, a list of SAEs
+    model: a TransformerLens HookedTransformer or TransformerBridge. saes: an SAE, a dict name -> SAE, a list of SAEs
     (named "0", "1", ...) or None (vector edits only); each SAE's hook is its
     `cfg.metadata["hook_name"]`. edits: FeatureEdit / VectorEdit objects or edit strings
     ("123:clamp=8", "res/5:add=2x@generated"). typical_max: feature -> typical max activation

@@ -107,9 +107,11 @@ def test_toy_scorer_judges_sentences_in_the_prompt_context():
     pytest.importorskip("toyworld.validate")
     from saesteer.commands._steering import CLIError, toy_scorer
 
-    scorer = toy_scorer("ocean")
+    scorer = toy_scorer("ocean", "document")
     with_intro, without = scorer(["anna was a happy sailor .", ""], ["she found the boat . the", "she found the boat ."])
     assert with_intro.concept == 1.0 and with_intro.fluency == 1.0  # "she" refers to anna; "the" is unfinished
     assert without.fluency == 0.0  # no character introduced for "she"
+    alone = toy_scorer("ocean", "sentence")(["", ""], ["she found the boat .", "boat the found she ."])
+    assert [s.fluency for s in alone] == [1.0, 0.0]
     with pytest.raises(CLIError, match="unknown toy-world topic"):
         toy_scorer("mars")

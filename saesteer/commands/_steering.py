@@ -124,17 +124,22 @@ def toy_topics() -> tuple[str, ...]:
     return tuple(TOPICS)
 
 
-def toy_scorer(topic: str):
-    """Offline scorer on the toy world: topic share of the continuation's content words; grammatical
-    share of its complete sentences, validated with the prompt as document context (tense,
-    introduced names, pronouns); an unfinished last sentence is dropped."""
-    from toyworld.validate import topic_counts, validate_document
+def toy_scorer(topic: str, context: str = "sentence"):
+    """Offline scorer on the toy world: topic share of the continuation's content words, and the
+    grammatical share of its complete sentences (an unfinished last sentence is dropped).
+
+    context="sentence": each sentence is judged alone by the toy grammar; "document": with the
+    document rules too (one narrative tense, names introduced before use, pronouns with a
+    character of that gender), the prompt counting as the start of the document."""
+    from toyworld.validate import TERMINALS, split_sentences, topic_counts, validate_document, validate_sentence
 
     from steering.evaluate import OfflineScorer
 
     topics = toy_topics()
     if topic not in topics:
         raise CLIError(f"unknown toy-world topic {topic!r}; choose one of {', '.join(topics)}")
+    if context not in ("sentence", "document"):
+        raise CLIError(f"context must be 'sentence' or 'document', got {context!r}")
 
     def share(text: str) -> float:
         c = topic_counts(text)
@@ -142,7 +147,13 @@ def toy_scorer(topic: str):
         return c[topic] / total if total else 0.0
 
     def counts(text: str) -> tuple[int, int]:
-        res = validate_document(text).sentences
+        if context == "document":
+            res = validate_document(text).sentences
+        else:
+            sents = split_sentences(text)
+            if sents and sents[-1][-1] not in TERMINALS:
+                sents = sents[:-1]
+            res = [validate_sentence(w) for w in sents]
         return sum(r.grammatical for r in res), len(res)
 
     return OfflineScorer(share, counts, prompt_context=True)

@@ -13,7 +13,8 @@ feature's typical max activation).
 
 Scoring, one of:
   --topic T      toy world, offline: concept = share of content words of topic T; fluency =
-                 share of sentences the toy validator accepts (with document context)
+                 share of sentences the toy validator accepts (alone, or with --toy-grammar
+                 document also the document rules: tense, introduced names, pronouns)
   --concept C    an LLM judge rates concept / instruction / fluency 0-2 (AxBench-style);
                  configure it with the --judge-* flags (as in `saesteer label`)
 
@@ -43,6 +44,8 @@ def add_arguments(parser) -> None:
     s.add_argument("--samples", type=int, default=8, help="generations per prompt at each strength (default: 8)")
     sc = parser.add_argument_group("scoring")
     sc.add_argument("--topic", default=None, help="toy-world topic to score offline (ocean, forest, city, ...)")
+    sc.add_argument("--toy-grammar", default="sentence", choices=["sentence", "document"],
+                    help="toy world: judge each sentence alone, or with the document rules (tense, names, pronouns)")
     sc.add_argument("--concept", default=None, help="concept for the LLM judge (e.g. 'the ocean')")
     o = parser.add_argument_group("output")
     o.add_argument("--out", default="sweeps", help="directory for sweep_<feature>.html / .json (default: sweeps)")
@@ -72,7 +75,7 @@ def _scorer(args, store_path):
     if (args.topic is None) == (args.concept is None):
         raise CLIError("choose how to score: --topic T (toy world, offline) or --concept C (LLM judge)")
     if args.topic is not None:
-        return toy_scorer(args.topic), None
+        return toy_scorer(args.topic, args.toy_grammar), None
     from autointerp.config import JudgeConfig, make_judge
     from saesteer.configargs import dataclass_from_args
     from steering.evaluate import JudgeScorer
