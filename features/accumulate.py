@@ -37,6 +37,7 @@ from features.hashing import uniform
 from features.source import ContextBatch
 from saes.sparse import SparseActs
 
+_ACCEPT_BLOCK = 8  # reservoir acceptances computed per step of the Algorithm L loop
 NEG_TAG = 1 << 40  # the `b` argument of the hash for pool decisions (no latent id is this large)
 PERM_TAG = (1 << 40) + 1
 _BIG = torch.iinfo(torch.int64).max
@@ -268,15 +269,29 @@ class FeatureAccumulator:
         end_F = fires_before_F + e.cnt_F
         nxt, w, m = s["res_next"], s["res_w"], s["res_m"]
         hit = (nxt <= end_F).nonzero(as_tuple=True)[0]
+        seed, M = self.cfg.seed, _ACCEPT_BLOCK
         while hit.numel():
-            mm = m[hit]
-            lats.append(hit)
-            slots.append((uniform(self.cfg.seed, hit, 2 + 3 * mm) * Q).floor().to(torch.int64).clamp_(max=Q - 1))
-            ents.append(e.start_F[hit] + (nxt[hit] - fires_before_F[hit] - 1))
-            w[hit] *= torch.exp(torch.log(uniform(self.cfg.seed, hit, 3 + 3 * mm)) / Q)
-            nxt[hit] += _skip(uniform(self.cfg.seed, hit, 4 + 3 * mm), w[hit]) + 1
-            m[hit] += 1
-            hit = hit[nxt[hit] <= end_F[hit]]
+            # the next M acceptances of every latent in `hit` at once; the same sequence as one at a
+            # time: w after acceptance j is w * prod_{i<=j} u_i^(1/Q) (cumprod keeps the order), and
+            # acceptance j+1 comes skip_j + 1 firings after acceptance j
+            mm = m[hit][:, None] + torch.arange(M)
+            lat2 = hit[:, None]
+            w_seq = w[hit][:, None] * torch.cumprod(torch.exp(torch.log(uniform(seed, lat2, 3 + 3 * mm)) / Q), dim=1)
+            step = _skip(uniform(seed, lat2, 4 + 3 * mm), w_seq) + 1
+            pos = nxt[hit][:, None] + torch.cumsum(step, 1) - step  # firing index of acceptance j
+            ok = pos <= end_F[hit][:, None]  # a prefix of each row
+            r, j = ok.nonzero(as_tuple=True)
+            lats.append(hit[r])
+            slot_u = uniform(seed, hit[r], 2 + 3 * mm[r, j])
+            slots.append((slot_u * Q).floor().to(torch.int64).clamp_(max=Q - 1))
+            ents.append(e.start_F[hit[r]] + (pos[r, j] - fires_before_F[hit[r]] - 1))
+            c = ok.sum(1)
+            hh, cc = hit[c > 0], c[c > 0]
+            rows = (c > 0).nonzero(as_tuple=True)[0]
+            w[hh] = w_seq[rows, cc - 1]
+            nxt[hh] = pos[rows, cc - 1] + step[rows, cc - 1]
+            m[hh] += cc
+            hit = hh[nxt[hh] <= end_F[hh]]
         lat, slot, ent = torch.cat(lats), torch.cat(slots), torch.cat(ents)
         if lat.numel() == 0:
             return
@@ -326,7 +341,8 @@ class FeatureAccumulator:
 def _skip(u: Tensor, w: Tensor) -> Tensor:
     """Algorithm L's geometric skip floor(log(u) / log(1 - w)), capped to stay inside int64."""
     sk = torch.floor(torch.log(u) / torch.log1p(-w.clamp(max=1 - 1e-16)))
-    return torch.nan_to_num(sk, nan=0.0, posinf=float(1 << 60)).clamp(0, float(1 << 60)).to(torch.int64)
+    # capped at 2^56 so that a cumulative sum of a block of skips stays inside int64
+    return torch.nan_to_num(sk, nan=0.0, posinf=float(1 << 56)).clamp(0, float(1 << 56)).to(torch.int64)
 
 
 class _BatchContext:
