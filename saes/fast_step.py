@@ -147,7 +147,7 @@ def _select(sae: SAE, pre_BF: Tensor, dtype: torch.dtype, topk: TopkFn, native_k
             keep_N = take_top(vals_N, min(k * B, B * Fdim))
             vals_N, rows_N, idx_N = vals_N[keep_N], rows_N[keep_N], idx_N[keep_N]
         else:
-            vals_N, rows_N, idx_N = batch_top_entries(pre_BF, k, topk)
+            vals_N, rows_N, idx_N = batch_top_entries(pre_BF, k)
             counts_F = None
         offsets_B1 = torch.zeros(B + 1, dtype=torch.int64, device=dev)
         torch.cumsum(torch.bincount(rows_N, minlength=B), 0, out=offsets_B1[1:])

@@ -34,6 +34,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from saes.topk_select import group_floor
+
 _SOURCE = r"""
 #include <algorithm>
 #include <atomic>
@@ -591,7 +593,7 @@ def batch_top_entries(
 
     Pass 1: the maximum of every 16-wide column group (and, with a threshold, the per-column
     counts of rows above it). A value L with at least k*B group maxima >= L (about the
-    (k*B)-th largest, `_group_floor`) bounds the cut from below (k*B entries are >= L), so every
+    (k*B)-th largest, `saes.topk_select.group_floor`) bounds the cut from below (k*B entries are >= L), so every
     winner is an entry >= L, and those live in groups whose maximum is >= L. Pass 2 collects
     them (positive ones only), already in row-major, column-ascending order; the cut is then the
     (k*B)-th largest of these few candidates (`saes.topk_select.take_top`).
@@ -617,7 +619,7 @@ def batch_top_entries(
     if bad:
         return None
     total = min(k * B, B * Fdim)
-    floor, n_groups = _group_floor(gmax_BG.view(-1), total)
+    floor, n_groups = group_floor(gmax_BG.view(-1), total)
     capacity = n_groups * 16
     vals = torch.empty(capacity, dtype=torch.float32)
     rows = torch.empty(capacity, dtype=torch.int64)
@@ -628,27 +630,3 @@ def batch_top_entries(
     assert n >= 0, "collect_above: capacity too small"
     return vals[:n], rows[:n], cols[:n], counts
 
-
-def _group_floor(gmax_G: Tensor, total: int) -> tuple[float, int]:
-    """(L, number of group maxima >= L) with at least `total` maxima >= L, L close to the
-    total-th largest maximum.
-
-    Every winner of the batch selection is then >= L (total entries are >= L). The exact
-    total-th largest maximum is one `kthvalue` over all maxima (slow for millions); a strided
-    sample gives a slightly lower value that is checked with one count, and widened if short."""
-    n = gmax_G.numel()
-    if total >= n:
-        return float("-inf"), n
-    stride = max(1, n // 65536) | 1  # odd: not in step with the row length (a power of two)
-    sample = gmax_G[::stride].contiguous()
-    m = sample.numel()
-    for margin in (1.1, 1.5):
-        r = int(total / n * m * margin) + 1
-        if stride == 1 or r >= m:
-            break
-        floor = sample.kthvalue(m - r + 1).values
-        count = int((gmax_G >= floor).sum())
-        if count >= total:
-            return float(floor), count
-    floor = gmax_G.kthvalue(n - total + 1).values
-    return float(floor), int((gmax_G >= floor).sum())

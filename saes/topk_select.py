@@ -11,15 +11,14 @@ because k groups each hold an element >= the k-th largest group maximum, so an e
 them cannot beat k others. Ties may be broken differently from `torch.topk` (which breaks them
 arbitrarily too); the selected values are always the same multiset.
 
-`batch_top_entries` (BatchTopK) is exact as well: each row's top M candidates, one k-th value
-over all candidates, and rows whose M candidates all made the cut offer 4x more candidates in
-another round, until no row is in doubt.
+`batch_top_entries` (BatchTopK) is exact as well: group maxima give a value L that at least
+k*B entries reach, so the winners are among the few entries >= L, in the groups whose maximum
+is >= L; the cut is taken among those.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -85,53 +84,66 @@ def _take_exactly(vals_N: Tensor, cutoff: Tensor, total: int) -> Tensor:
     return take_N & (vals_N > 0)
 
 
-def batch_top_entries(
-    pre_BF: Tensor, k: int, topk: Callable[[Tensor, int], tuple[Tensor, Tensor]] | None = None
-) -> tuple[Tensor, Tensor, Tensor]:
+def batch_top_entries(pre_BF: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     """Exact BatchTopK: the k*B largest positive entries of `pre_BF`.
 
     Returns (values [N], rows [N] int64, cols [N] int64) in row-major order with columns
     ascending within each row; N <= k*B (non-positive entries of the top k*B are dropped).
-    Ties at the cut are broken deterministically (by candidate order). `topk` finds the per-row
-    candidates (default `row_topk`; values may come back in another float dtype).
+    Ties at the cut are broken deterministically.
 
-    Each row offers its top 2k entries as candidates and the cut is the (k*B)-th largest
-    candidate. A row whose every candidate beat the cut may hide more winners: those rows offer
-    4x more candidates and the cut is taken again (it only rises, so the other rows stay exact),
-    until no row is left in doubt."""
-    topk = topk or row_topk
+    Two passes instead of one top-k over B*F entries: the maxima of column groups, then a value
+    L with at least k*B group maxima >= L (`group_floor`), which bounds the cut from below
+    (k*B entries are >= L). Every winner is an entry >= L in a group whose maximum is >= L;
+    those few candidates are gathered and the cut is taken among them (`take_top`)."""
     B, Fdim = pre_BF.shape
     dev = pre_BF.device
-    if B == 0:
+    if B == 0 or Fdim == 0:
         idx = torch.empty(0, dtype=torch.int64, device=dev)
         return pre_BF.new_empty(0), idx, idx
     total = min(k * B, B * Fdim)
-    rows_all = torch.arange(B, device=dev)
-    blocks: list[tuple[Tensor, Tensor, Tensor]] = []  # (rows [R], values [R, m], cols [R, m])
-    rows, m = rows_all, min(Fdim, 2 * k)
-    while True:
-        sub = pre_BF if rows.numel() == B else pre_BF.index_select(0, rows)
-        vals_RM, cols_RM = topk(sub, m)
-        blocks.append((rows, vals_RM.to(pre_BF.dtype), cols_RM))
-        flat = torch.cat([v.reshape(-1) for _, v, _ in blocks]) if len(blocks) > 1 else blocks[0][1].reshape(-1)
-        cutoff = _kth_largest(flat, min(total, flat.numel()))
-        if m == Fdim:
-            break
-        doubt_R = blocks[-1][1].amin(dim=1) > cutoff.clamp_min(0)
-        if not bool(doubt_R.any()):
-            break
-        # the doubtful rows leave their block and come back with 4x the candidates
-        r, v, c = blocks[-1]
-        keep_R = ~doubt_R
-        blocks[-1] = (r[keep_R], v[keep_R], c[keep_R])
-        rows, m = r[doubt_R], min(Fdim, 4 * m)
-    vals_N = torch.cat([v.reshape(-1) for _, v, _ in blocks])
-    rows_N = torch.cat([r.repeat_interleave(v.shape[1]) for r, v, _ in blocks])
-    cols_N = torch.cat([c.reshape(-1) for _, _, c in blocks])
-    pos_N = _take_exactly(vals_N, cutoff, total).nonzero().squeeze(1)
-    vals_N, rows_N, cols_N = vals_N[pos_N], rows_N[pos_N], cols_N[pos_N]
+    if B * Fdim <= 2**18:  # small: one top-k over everything costs fewer ops
+        vals_N, pos_N = pre_BF.reshape(-1).topk(total, sorted=False)
+        pos_N = pos_N[vals_N > 0].sort().values
+        return pre_BF.reshape(-1)[pos_N], pos_N // Fdim, pos_N % Fdim
+    g = next(c for c in (16, 8, 4, 2, 1) if Fdim % c == 0)
+    G = Fdim // g
+    gmax_BG = pre_BF.reshape(B, g, G).amax(dim=1) if g > 1 else pre_BF  # group j: columns j + G*i
+    floor, _ = group_floor(gmax_BG.reshape(-1), total)
+    grp_n2 = (gmax_BG >= floor).nonzero()
+    rows_NG = grp_n2[:, :1].expand(-1, g)
+    cols_NG = grp_n2[:, 1:] + torch.arange(0, Fdim, G, device=dev)
+    vals_NG = pre_BF[rows_NG, cols_NG]
+    keep = (vals_NG >= floor) & (vals_NG > 0)
+    vals_N, rows_N, cols_N = vals_NG[keep], rows_NG[keep], cols_NG[keep]
     order_N = sort_order(rows_N * Fdim + cols_N, B * Fdim)
-    return vals_N[order_N], rows_N[order_N], cols_N[order_N]
+    vals_N, rows_N, cols_N = vals_N[order_N], rows_N[order_N], cols_N[order_N]
+    take_N = take_top(vals_N, total)
+    return vals_N[take_N], rows_N[take_N], cols_N[take_N]
+
+
+def group_floor(gmax_G: Tensor, total: int) -> tuple[float, int]:
+    """(L, number of entries of `gmax_G` >= L) with at least `total` entries >= L, L close to
+    the total-th largest entry (-inf when total covers them all).
+
+    The exact total-th largest is one `kthvalue` over all of them (slow for millions); a strided
+    sample gives a slightly lower value that is checked with one count, and widened if short."""
+    n = gmax_G.numel()
+    if total >= n:
+        return float("-inf"), n
+    stride = max(1, n // 65536) | 1  # odd: not in step with a power-of-two row length
+    if stride > 1:
+        sample = gmax_G[::stride].contiguous()
+        m = sample.numel()
+        for margin in (1.1, 1.5):
+            r = int(total / n * m * margin) + 1
+            if r >= m:
+                break
+            floor = sample.kthvalue(m - r + 1).values
+            count = int((gmax_G >= floor).sum())
+            if count >= total:
+                return float(floor), count
+    floor = _kth_largest(gmax_G, total)
+    return float(floor), int((gmax_G >= floor).sum())
 
 
 def sort_order(keys_N: Tensor, bound: int) -> Tensor:

@@ -422,20 +422,22 @@ def test_native_step_counts_rows_above_thresholds_for_the_threshold_update(arch)
     assert torch.equal(sae.threshold, recounted.threshold)
 
 
-def _native_batch(pre, k):
-    found = native.batch_top_entries(pre, k)
-    vals, rows, cols, _ = found
+def _batch_entries(impl, pre, k):
+    if impl == "torch":
+        return batch_top_entries(pre, k)
+    vals, rows, cols, _ = native.batch_top_entries(pre, k)
     keep = take_top(vals, min(k * pre.shape[0], pre.numel()))
     return vals[keep], rows[keep], cols[keep]
 
 
-@needs_native
+@pytest.mark.parametrize("impl", ["torch", pytest.param("native", marks=needs_native)])
 @pytest.mark.parametrize(
     "case", ["random_large", "ties", "dominant_row", "bf16", "negative", "k_beyond_groups", "odd_width"]
 )
-def test_native_batch_top_entries_equals_the_flat_reference(case):
+def test_batch_top_entries_equals_the_flat_reference(case, impl):
+    """Shapes above 2**18 entries take the two-pass path of the torch version too."""
     g = torch.Generator().manual_seed(0)
-    B, Fdim, k = 64, 256, 5
+    B, Fdim, k = 256, 1040, 5
     if case == "random_large":  # enough group maxima for the sampled floor
         B, Fdim, k = 512, 4096, 16
         pre = torch.randn(B, Fdim, generator=g)
@@ -451,12 +453,12 @@ def test_native_batch_top_entries_equals_the_flat_reference(case):
         pre = -torch.rand(B, Fdim, generator=g) - 0.1
         pre[5, 17] = 0.5
     elif case == "k_beyond_groups":
-        k = 40  # k*B > B*F/16 groups
+        k = 80  # k*B > B*F/16 groups
         pre = torch.randn(B, Fdim, generator=g)
     else:
-        Fdim = 250  # a partial last group
+        Fdim = 1030  # a partial last group (native) / groups of 2 (torch)
         pre = torch.randn(B, Fdim, generator=g)
-    vals, rows, cols = _native_batch(pre, k)
+    vals, rows, cols = _batch_entries(impl, pre, k)
     ref = saes.batchtopk.batch_topk_select_reference(pre.float(), k).to_dense()
     got = torch.zeros(B, Fdim).index_put_((rows, cols), vals.float())
     if case in ("ties", "bf16"):  # tied values may be picked from other slots: compare the multiset
