@@ -155,7 +155,8 @@ def _as_sae_mapping(saes: Any) -> dict[str, SAE]:
 
 
 def sae_hook_name(sae: SAE, name: str = "sae") -> str:
-    hook = (sae.cfg.metadata or {}).get("hook_name")
+    """The hook an SAE reads: `cfg.metadata["hook_name"]`, else its saesteer.json provenance."""
+    hook = (sae.cfg.metadata or {}).get("hook_name") or (getattr(sae, "provenance", None) or {}).get("hook_name")
     if not hook:
         raise SteeringError(
             f"SAE {name!r} does not record its hook point; set sae.cfg.metadata['hook_name'] "

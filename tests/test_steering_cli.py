@@ -115,3 +115,22 @@ def test_toy_scorer_judges_sentences_in_the_prompt_context():
     assert [s.fluency for s in alone] == [1.0, 0.0]
     with pytest.raises(CLIError, match="unknown toy-world topic"):
         toy_scorer("mars")
+
+
+def test_steer_hook_flag_for_saes_without_one(model, tmp_path, capsys):
+    from saesteer.commands import steer
+
+    sae = random_sae(model, "jumprelu")
+    del sae.cfg.metadata["hook_name"]
+    saes.save_sae(sae, tmp_path / "nohook")
+    base = ["steer", "--sae", str(tmp_path / "nohook"), "-f", "3:clamp=5", "-p", "the sea", "--max-new-tokens", "2"]
+    from saesteer.commands._steering import CLIError
+    from steering.spec import SteeringError
+
+    with pytest.raises(SteeringError, match="hook point"):
+        steer._run(parse(*base), model=model)
+    assert steer._run(parse(*base, "--hook", "blocks.1.hook_resid_post", "--json"), model=model) == 0
+    saes.save_sae(random_sae(model, "jumprelu"), tmp_path / "withhook")
+    with pytest.raises(CLIError, match="trained on"):
+        steer._run(parse("steer", "--sae", str(tmp_path / "withhook"), "-f", "3:clamp=5", "-p", "x",
+                         "--hook", "blocks.0.hook_resid_post"), model=model)
