@@ -295,3 +295,8 @@ def test_toy_model_and_corpus_through_the_cli(tmp_path, capsys):
     assert main(["cache", "--verify", str(out), "--no-progress"]) == 0
     batches = list(CacheReader(out, 512, seed=0))
     assert sum(len(b.acts) for b in batches) == man.total_rows
+
+
+def test_max_tokens_below_one_context_is_refused(model, corpus, tmp_path):
+    with pytest.raises(ValueError, match="max_tokens 10 is less than one context"):
+        build(model, corpus, tmp_path / "c", max_tokens=10)

@@ -376,6 +376,11 @@ def _plan(model, text: TextConfig, cfg: CacheConfig, tokenizer, model_id, model_
             raise ValueError("the model has no tokenizer; pass tokenizer=...")
     runner = ActivationRunner(model, cfg.hooks)
     runner.check_context_length(text.context_length)
+    if cfg.max_tokens is not None and cfg.max_tokens < text.context_length:
+        raise ValueError(
+            f"max_tokens {cfg.max_tokens} is less than one context ({text.context_length} tokens); "
+            "raise --max-tokens or lower --context-length"
+        )
     d_in = runner.d_in(text.context_length)
     source = DocumentSource(text)  # checks the dataset and its text column
     spec = dataset_spec(text, source.data)
