@@ -300,3 +300,25 @@ def test_toy_model_and_corpus_through_the_cli(tmp_path, capsys):
 def test_max_tokens_below_one_context_is_refused(model, corpus, tmp_path):
     with pytest.raises(ValueError, match="max_tokens 10 is less than one context"):
         build(model, corpus, tmp_path / "c", max_tokens=10)
+
+
+def test_hf_model_through_transformer_bridge(corpus, tmp_path):
+    """A local HF checkpoint loads as a TransformerBridge (hooks fire under canonical names,
+    resid_post of block 0 and resid_pre of block 1 are one hook point): same values as run_with_cache."""
+    from safetensors.torch import load_file
+
+    from helpers.tiny_hf import save_tiny_gpt2
+    from saesteer.models import load_model
+
+    m = load_model(str(save_tiny_gpt2(tmp_path / "gpt2")), device="cpu")
+    hooks = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_pre", "blocks.1.hook_resid_post"]
+    build_cache(m, TextConfig(dataset=str(corpus), context_length=16),
+                CacheConfig(out=str(tmp_path / "c"), hooks=hooks, dtype="fp32", shard_contexts=8, max_tokens=16 * 8),
+                progress=False, log=None)
+    sh = load_file(str(tmp_path / "c" / "shard_000000.safetensors"))
+    with torch.inference_mode():
+        _, cache = m.run_with_cache(sh["context_tokens"].long())
+    keep = (sh["context_tokens"] != m.tokenizer.bos_token_id).reshape(-1)  # GPT-2: BOS == EOS, both left out
+    assert not keep[::16].any() and keep.sum() == len(sh["token_ids"])
+    for h in hooks:
+        torch.testing.assert_close(sh[f"acts/{h}"], cache[h].reshape(8 * 16, -1)[keep], rtol=1e-5, atol=1e-5)
