@@ -56,50 +56,49 @@ class CoactSample(NamedTuple):
     n_fires_F: Tensor
 
 
-def coact_pairs(sample: CoactSample, f0: int, f1: int) -> tuple[Tensor, Tensor, Tensor]:
-    """(f, g, count) for latents f in [f0, f1): how many of f's sampled events g is active in
-    (g != f). Sorted by f then g."""
+def coact_counts(sample: CoactSample, f0: int, f1: int, cols: int | None = None) -> Tensor:
+    """Dense counts [f1-f0, cols] (cols default d_sae): in how many of latent f's sampled events
+    latent g was active (g != f; the diagonal is zero). One scatter_add per block, no sorting."""
     F = sample.n_fires_F.numel()
+    cols = F if cols is None else cols
     x = sample.lat_FQK[f0:f1].reshape(f1 - f0, -1).long()
-    rows = torch.arange(f0, f1)[:, None].expand_as(x)
-    ok = (x >= 0) & (x != rows)
-    key = (rows[ok] * F + x[ok]).sort().values
-    uniq, counts = torch.unique_consecutive(key, return_counts=True)
-    return uniq // F, uniq % F, counts
+    x = torch.where((x >= 0) & (x < cols), x, cols)  # padding and columns not asked for -> a spill column
+    out = torch.zeros(f1 - f0, cols + 1, dtype=torch.int32)
+    out.scatter_add_(1, x, torch.ones_like(x, dtype=torch.int32))
+    out = out[:, :cols]
+    rows = torch.arange(f1 - f0)
+    self_col = torch.arange(f0, f1)
+    inside = self_col < cols
+    out[rows[inside], self_col[inside]] = 0
+    return out
 
 
 def coact_neighbours(sample: CoactSample, n: int) -> Neighbours:
     """For every latent, the n latents with the largest estimated Jaccard index of co-firing.
 
     From f's sample, P(g | f) = (events with g) / (events sampled); the co-firing count is
-    estimated as P(g | f) * n_f and Jaccard = C / (n_f + n_g - C). `count` is the number of
-    sampled events of f in which g fired."""
+    estimated as P(g | f) * n_f (capped by n_f and n_g) and Jaccard = C / (n_f + n_g - C).
+    `count` is the number of sampled events of f in which g fired."""
     F = sample.n_fires_F.numel()
     ids = torch.full((F, n), -1, dtype=torch.int64)
     sc = torch.zeros(F, n)
     cnt = torch.zeros(F, n, dtype=torch.int64)
-    per_row = max(1, sample.lat_FQK.shape[1] * sample.lat_FQK.shape[2])
-    b = _block_rows(per_row)
-    nf = sample.n_fires_F.double()
+    k = min(n, F)
+    nf = sample.n_fires_F.float()
+    b = _block_rows(F)
     for f0 in range(0, F, b):
         f1 = min(F, f0 + b)
-        f, g, c = coact_pairs(sample, f0, f1)
-        if f.numel() == 0:
-            continue
-        est = c.double() / sample.n_sample_F[f].double().clamp(min=1) * nf[f]
-        est = torch.minimum(est, torch.minimum(nf[f], nf[g]))  # a sampling estimate; never above either count
-        jac = est / (nf[f] + nf[g] - est).clamp(min=1e-12)
-        # order by (f asc, jaccard desc, g asc)
-        o = torch.sort(g, stable=True).indices
-        o = o[torch.sort(-jac[o], stable=True).indices]
-        o = o[torch.sort(f[o], stable=True).indices]
-        f, g, c, jac = f[o], g[o], c[o], jac[o]
-        fc = torch.bincount(f - f0, minlength=f1 - f0)
-        rank = torch.arange(f.numel()) - (torch.cumsum(fc, 0) - fc)[f - f0]
-        keep = rank < n
-        ids[f[keep], rank[keep]] = g[keep]
-        sc[f[keep], rank[keep]] = jac[keep].float()
-        cnt[f[keep], rank[keep]] = c[keep]
+        c = coact_counts(sample, f0, f1).float()
+        n_f = nf[f0:f1, None]
+        est = c / sample.n_sample_F[f0:f1, None].float().clamp(min=1) * n_f
+        est = torch.minimum(est, torch.minimum(n_f, nf[None, :]))  # a sampling estimate; never above either count
+        jac = est / (n_f + nf[None, :] - est).clamp(min=1e-12)
+        jac[c == 0] = -1.0
+        v, i = jac.topk(k, dim=1)
+        ok = v > 0
+        ids[f0:f1, :k] = torch.where(ok, i, -1)
+        sc[f0:f1, :k] = torch.where(ok, v, 0)
+        cnt[f0:f1, :k] = torch.where(ok, c.gather(1, i).long(), 0)
     return Neighbours(ids, sc, cnt)
 
 
@@ -213,11 +212,7 @@ def matryoshka_links(
             nb = f1 - f0
             cos = Wn[f0:f1] @ Wn[:lower].T  # [nb, lower]
             best_cos, best_cos_id = cos.max(dim=1)
-            frac = torch.zeros(nb, lower, dtype=torch.float64)
-            f, g, c = coact_pairs(sample, f0, f1)
-            low = g < lower
-            f, g, c = f[low], g[low], c[low]
-            frac[f - f0, g] = c.double() / sample.n_sample_F[f].double().clamp(min=1)
+            frac = coact_counts(sample, f0, f1, cols=lower).double() / sample.n_sample_F[f0:f1, None].double().clamp(min=1)
             score = frac + 1e-6 * cos.double()  # ties in the sampled fraction: the closer decoder
             bf, bi = score.max(dim=1)
             bf = frac.gather(1, bi[:, None])[:, 0]

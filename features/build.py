@@ -302,11 +302,6 @@ def _run(store, path, sae, source, cfg, identity, model, tokenizer, progress, ev
                        acc.nbytes(), store.meta.get("summary", {}))
 
 
-def _f(x) -> float | None:
-    x = float(x)
-    return None if x != x else x
-
-
 def _write(store: FeatureStore, sae, source, cfg: BuildConfig, res: PassResult, model, tokenizer, progress, event) -> None:
     from tqdm.auto import tqdm
 
@@ -347,78 +342,90 @@ def _write(store: FeatureStore, sae, source, cfg: BuildConfig, res: PassResult, 
         event("block", {"block": b, "first": f0, "end": f1})
 
 
+_KIND_CODE = {"top": 0, "quantile": 1, "negative": 2}
+
+
 def _block_rows(f0, f1, res: PassResult, dec_norm, dec_nb, co_nb, logits, links, source, tokenizer, before, W):
-    feats, hists, logit_rows, nb_rows = [], [], [], []
-    flags_names = [" ".join(n for j, n in enumerate(FLAG_NAMES) if res.flags_F4[f, j]) for f in range(f0, f1)]
-    for f in range(f0, f1):
-        lev = par = pc = pcos = meth = None
-        if links is not None:
-            lev = int(links.level_F[f])
-            if links.parent_F[f] >= 0:
-                par, pc, pcos, meth = int(links.parent_F[f]), _f(links.parent_coact_F[f]), _f(links.parent_cos_F[f]), links.method_F[f]
-        n = int(res.n_fires_F[f])
-        feats.append((
-            f, n, float(res.freq_F[f]), _f(res.mean_F[f]), _f(res.std_F[f]), float(res.max_F[f]), float(res.sum_F[f]),
-            _f(res.typical_max_F[f]), _f(res.q_F3[f, 0]), _f(res.q_F3[f, 1]), _f(res.q_F3[f, 2]),
-            int(res.min_pos_F[f]) if n else None, int(res.max_pos_F[f]) if n else None, int(res.bos_fires_F[f]),
-            float(dec_norm[f]), flags_names[f - f0], lev, par, pc, pcos, meth,
-        ))
-        hists.append((f, float(res.bin_width_F[f]), json.dumps(res.hist_FH[f].tolist())))
-        if logits is not None:
-            for r, (t, v) in enumerate(zip(logits.top_ids_Fn[f].tolist(), logits.top_vals_Fn[f].tolist())):
-                logit_rows.append((f, "promoted", r, t, v))
-            for r, (t, v) in enumerate(zip(logits.bottom_ids_Fn[f].tolist(), logits.bottom_vals_Fn[f].tolist())):
-                logit_rows.append((f, "suppressed", r, t, v))
-        for r, (o, s) in enumerate(zip(dec_nb.ids_Fn[f].tolist(), dec_nb.score_Fn[f].tolist())):
-            if o >= 0:
-                nb_rows.append((f, "decoder", r, o, s, None))
-        for r, (o, s, c) in enumerate(zip(co_nb.ids_Fn[f].tolist(), co_nb.score_Fn[f].tolist(), co_nb.count_Fn[f].tolist())):
-            if o >= 0:
-                nb_rows.append((f, "coact", r, o, s, c))
-    # examples: (feature, kind, rank, value, quantile, seq, pos, act window)
-    items: list[tuple] = []
+    """The rows of one write transaction, built from whole-block arrays (no per-example tensor ops)."""
     sl = slice(f0, f1)
-    for kind, val, q, seq, pos, win in (
-        ("top", res.top_val_FK[sl], None, res.top_seq_FK[sl], res.top_pos_FK[sl], res.top_win_FKW[sl]),
-        ("quantile", res.qex_val_FQ[sl], res.qex_q_FQ[sl], res.qex_seq_FQ[sl], res.qex_pos_FQ[sl], res.qex_win_FQW[sl]),
+    ids = list(range(f0, f1))
+    flags_F4 = res.flags_F4[sl].tolist()
+    flags = [" ".join(n for n, on in zip(FLAG_NAMES, row) if on) for row in flags_F4]
+    n_fires = res.n_fires_F[sl].tolist()
+    cols = [res.freq_F[sl].tolist(), res.mean_F[sl].tolist(), res.std_F[sl].tolist(), res.max_F[sl].tolist(),
+            res.sum_F[sl].tolist(), res.typical_max_F[sl].tolist(), res.q_F3[sl, 0].tolist(), res.q_F3[sl, 1].tolist(),
+            res.q_F3[sl, 2].tolist()]
+    min_pos, max_pos, bos = res.min_pos_F[sl].tolist(), res.max_pos_F[sl].tolist(), res.bos_fires_F[sl].tolist()
+    norms = dec_norm[sl].tolist()
+    if links is not None:
+        lev, par = links.level_F[sl].tolist(), links.parent_F[sl].tolist()
+        pco, pcos, meth = links.parent_coact_F[sl].tolist(), links.parent_cos_F[sl].tolist(), links.method_F[f0:f1]
+    feats = []
+    for i, f in enumerate(ids):
+        n = n_fires[i]
+        link = (None, None, None, None, None)
+        if links is not None:
+            link = (lev[i], None, None, None, None) if par[i] < 0 else (lev[i], par[i], _nan(pco[i]), _nan(pcos[i]), meth[i])
+        feats.append((f, n, cols[0][i], _nan(cols[1][i]), _nan(cols[2][i]), cols[3][i], cols[4][i], _nan(cols[5][i]),
+                      _nan(cols[6][i]), _nan(cols[7][i]), _nan(cols[8][i]), min_pos[i] if n else None,
+                      max_pos[i] if n else None, bos[i], norms[i], flags[i]) + link)
+    widths = res.bin_width_F[sl].tolist()
+    hists = [(f, widths[i], json.dumps(h)) for i, (f, h) in enumerate(zip(ids, res.hist_FH[sl].tolist()))]
+    logit_rows: list[tuple] = []
+    if logits is not None:
+        for kind, tid, val in (("promoted", logits.top_ids_Fn, logits.top_vals_Fn),
+                               ("suppressed", logits.bottom_ids_Fn, logits.bottom_vals_Fn)):
+            for f, t_row, v_row in zip(ids, tid[sl].tolist(), val[sl].tolist()):
+                logit_rows.extend((f, kind, r, t, v) for r, (t, v) in enumerate(zip(t_row, v_row)))
+    nb_rows: list[tuple] = []
+    for f, o_row, s_row in zip(ids, dec_nb.ids_Fn[sl].tolist(), dec_nb.score_Fn[sl].tolist()):
+        nb_rows.extend((f, "decoder", r, o, sc, None) for r, (o, sc) in enumerate(zip(o_row, s_row)) if o >= 0)
+    for f, o_row, s_row, c_row in zip(ids, co_nb.ids_Fn[sl].tolist(), co_nb.score_Fn[sl].tolist(), co_nb.count_Fn[sl].tolist()):
+        nb_rows.extend((f, "coact", r, o, sc, c) for r, (o, sc, c) in enumerate(zip(o_row, s_row, c_row)) if o >= 0)
+
+    # examples of the block, ordered by (kind, feature, rank)
+    parts = []
+    for code, val, q, seq, pos, win in (
+        (0, res.top_val_FK[sl], None, res.top_seq_FK[sl], res.top_pos_FK[sl], res.top_win_FKW[sl]),
+        (1, res.qex_val_FQ[sl], res.qex_q_FQ[sl], res.qex_seq_FQ[sl], res.qex_pos_FQ[sl], res.qex_win_FQW[sl]),
+        (2, None, None, res.neg_seq_FG[sl], res.neg_pos_FG[sl], None),
     ):
-        fi, ki = (val > float("-inf")).nonzero(as_tuple=True)
-        for a, k in zip(fi.tolist(), ki.tolist()):
-            items.append((f0 + a, kind, k, float(val[a, k]), None if q is None else _f(q[a, k]), int(seq[a, k]),
-                          int(pos[a, k]), win[a, k]))
-    fi, gi = (res.neg_seq_FG[sl] >= 0).nonzero(as_tuple=True)
-    zero = torch.zeros(W)
-    for a, g in zip(fi.tolist(), gi.tolist()):
-        items.append((f0 + a, "negative", g, 0.0, None, int(res.neg_seq_FG[f0 + a, g]), int(res.neg_pos_FG[f0 + a, g]), zero))
-    items.sort(key=lambda t: ({"top": 0, "quantile": 1, "negative": 2}[t[1]], t[0], t[2]))
-    seq_N = torch.tensor([t[5] for t in items], dtype=torch.int64)
-    start_N = torch.tensor([t[6] - before for t in items], dtype=torch.int64)
-    toks_NW = source.window_tokens(seq_N, start_N, W) if items else torch.empty(0, W, dtype=torch.int64)
-    valid = toks_NW >= 0
+        ok = (val > float("-inf")) if val is not None else (seq >= 0)
+        a, k = ok.nonzero(as_tuple=True)
+        n = a.numel()
+        parts.append((
+            torch.full((n,), code), a + f0, k, val[a, k] if val is not None else torch.zeros(n),
+            q[a, k] if q is not None else torch.full((n,), float("nan")), seq[a, k], pos[a, k],
+            win[a, k] if win is not None else torch.zeros(n, W),
+        ))
+    kind_E, f_E, rank_E, val_E, q_E, seq_E, pos_E, win_EW = (torch.cat(c) for c in zip(*parts))
+    toks_EW = source.window_tokens(seq_E, pos_E - before, W) if seq_E.numel() else torch.empty(0, W, dtype=torch.int64)
+    valid = toks_EW >= 0
+    has = valid.any(1)
+    lo_E = torch.where(has, valid.int().argmax(1), before)
+    hi_E = torch.where(has, W - valid.flip(1).int().argmax(1), before + 1)  # windows are contiguous within a context
+    toks_np = toks_EW.numpy().astype("<i4")
+    win_np = win_EW.numpy().astype("<f4")
+    kinds = ("top", "quantile", "negative")
+    cols_E = [kind_E.tolist(), f_E.tolist(), rank_E.tolist(), val_E.tolist(), q_E.tolist(), seq_E.tolist(), pos_E.tolist(),
+              lo_E.tolist(), hi_E.tolist()]
     examples, token_lists = [], []
-    for (f, kind, rank, v, q, seq, pos, win), toks, ok in zip(items, toks_NW, valid):
-        idx = ok.nonzero(as_tuple=True)[0]
-        lo, hi = (int(idx[0]), int(idx[-1]) + 1) if idx.numel() else (before, before + 1)
-        ids = toks[lo:hi].tolist()
-        token_lists.append(ids)
-        examples.append([f, kind, rank, v, q, seq, pos, before - lo, _ints_blob(ids), _floats_blob(win[lo:hi]), None])
+    for e, (kc, f, rank, v, q, seq, pos, lo, hi) in enumerate(zip(*cols_E)):
+        t = toks_np[e, lo:hi]
+        token_lists.append(t)
+        examples.append([f, kinds[kc], rank, v, _nan(q), seq, pos, before - lo, t.tobytes(), win_np[e, lo:hi].tobytes(), None])
     if tokenizer is not None and token_lists:
-        texts = tokenizer.batch_decode(token_lists, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        for e, t in zip(examples, texts):
-            e[10] = t
+        texts = tokenizer.batch_decode([t.tolist() for t in token_lists], skip_special_tokens=False,
+                                       clean_up_tokenization_spaces=False)
+        for ex, t in zip(examples, texts):
+            ex[10] = t
     top_text: dict[int, list[str]] = {}
-    for e in examples:
-        if e[1] == "top" and e[10]:
-            top_text.setdefault(e[0], []).append(e[10])
-    fts = [(f, "", "\n".join(top_text.get(f, []))) for f in range(f0, f1)]
-    return feats, hists, [tuple(e) for e in examples], logit_rows, nb_rows, fts
+    for ex in examples:
+        if ex[1] == "top" and ex[10]:
+            top_text.setdefault(ex[0], []).append(ex[10])
+    fts = [(f, "", "\n".join(top_text.get(f, []))) for f in ids]
+    return feats, hists, [tuple(ex) for ex in examples], logit_rows, nb_rows, fts
 
 
-def _ints_blob(ids) -> bytes:
-    import numpy as np
-
-    return np.asarray(ids, dtype="<i4").tobytes()
-
-
-def _floats_blob(t: torch.Tensor) -> bytes:
-    return t.to(torch.float32).numpy().astype("<f4").tobytes()
+def _nan(x):
+    return None if x is None or x != x else x
