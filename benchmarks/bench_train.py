@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from common import SparseFeatureData, load_average  # noqa: E402
+from step_common import SparseFeatureData, load_average  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SPEED_HEADING = "## SAE training: ours vs SAELens"
@@ -147,7 +147,7 @@ def run_ours(arch, cache, *, d_sae, k, batch, tokens, holdout, method, lr, dead_
     t0 = time.perf_counter()
     res = train(cfg, src, out, model_eval=ce, resume="never")
     wall = time.perf_counter() - t0
-    return {"step_s": src.step_seconds(skip=3), "wall": wall, "metrics": res.metrics["saes"][spec.name],
+    return {"step_s": src.step_seconds(skip=holdout // batch + 3), "wall": wall, "metrics": res.metrics["saes"][spec.name],
             "sae": res.saes[spec.name], "tokens": res.tokens}
 
 
@@ -237,52 +237,51 @@ def cmd_speed(args) -> str:
     rows = []
     common = dict(d_sae=args.d_sae, k=args.k, batch=args.batch, tokens=args.steps * args.batch, holdout=args.holdout,
                   lr=args.lr, dead_tokens=args.dead_tokens, threads=args.threads)
+    who_all = list(args.methods) + ["sae_lens"]
     for arch in args.archs:
-        res = {"ours": [], "ours_bf16": [], "sae_lens": []}
+        res: dict[str, list] = {w: [] for w in who_all}
         for r in range(args.rounds):
-            for who in ("ours", "ours_bf16", "sae_lens") if args.bf16 else ("ours", "sae_lens"):
+            for who in who_all:
                 with tempfile.TemporaryDirectory() as tmp:
                     if who == "sae_lens":
                         out = run_sae_lens(arch, cache, **common)
                     else:
-                        out = run_ours(arch, cache, method="fast" if who == "ours" else "fast_bf16", out=Path(tmp) / "run",
-                                       **common)
+                        out = run_ours(arch, cache, method=who, out=Path(tmp) / "run", **common)
                 q = evaluate_activations(out["sae"], hold)
                 res[who].append({**out, "ev": q["explained_variance"], "l0": q["l0"]})
-                print(f"{arch:22s} round {r} {who:9s}: {args.batch / out['step_s']:9,.0f} tok/s per step, "
+                print(f"{arch:22s} round {r} {who:12s}: {args.batch / out['step_s']:9,.0f} tok/s per step, "
                       f"wall {out['wall']:6.1f} s, EV {q['explained_variance']:.3f}, L0 {q['l0']:.1f}", flush=True)
         rows.append((arch, res))
     load1 = load_average()
     lines = [
         f"Machine: {machine()}; SAELens {sl_version}; load average before/after {load0} / {load1}. "
-        f"`python benchmarks/bench_train.py speed --steps {args.steps} --rounds {args.rounds}`",
+        f"`python benchmarks/bench_train.py speed --steps {args.steps} --rounds {args.rounds} --methods "
+        f"{','.join(args.methods)}`",
         "",
         f"Same fp16 disk cache of synthetic sparse-feature activations (d_in {args.d_in}), d_sae {args.d_sae}, k {args.k}, "
         f"batch {args.batch}, {args.steps} steps ({args.steps * args.batch:,} tokens) after {args.holdout:,} rows for the "
         f"norm estimate; same seeded reader, LR {args.lr} with 1% warmup / 20% linear decay, grad-norm clip 1.0 "
-        f"(SAELens always clips at 1.0), AuxK coefficient 1/32, dead window {args.dead_tokens:,} tokens. tok/s = batch "
-        f"rows / median time between the training loop's batch requests (reading + step + bookkeeping); medians over "
-        f"{args.rounds} interleaved rounds. Wall = whole call (start-up, norm estimate, training, fold, our final "
-        f"eval and save). EV / L0: the trained SAE in its inference form on the same {args.holdout:,} held-out rows.",
+        f"(SAELens always clips at 1.0), AuxK coefficient 1/32, dead window {args.dead_tokens:,} tokens; fp32 both. "
+        f"tok/s = batch rows / median time between the training loop's batch requests (reading + step + "
+        f"bookkeeping); medians over {args.rounds} interleaved rounds. Wall = whole call (start-up, norm estimate, "
+        f"training, fold; ours also final eval, checkpoint and save). EV / L0: the trained SAE in its inference form "
+        f"on the same {args.holdout:,} held-out rows (early in training: a sanity check, not a quality comparison).",
         "",
-        "| arch | ours fp32 (`fast`) tok/s | " + ("ours bf16 tok/s | " if args.bf16 else "") +
-        "SAELens tok/s | speed-up fp32 | " + ("speed-up bf16 | " if args.bf16 else "") +
-        "wall ours / SAELens (s) | EV ours / SAELens | L0 ours / SAELens |",
-        "|---|---|" + ("---|" if args.bf16 else "") + "---|---|" + ("---|" if args.bf16 else "") + "---|---|---|",
+        "| arch | " + " | ".join(f"ours `{m}` tok/s" for m in args.methods) + " | SAELens tok/s | "
+        + " | ".join(f"speed-up `{m}`" for m in args.methods) + " | wall ours / SAELens (s) | EV ours / SAELens | "
+        "L0 ours / SAELens |",
+        "|---|" + "---|" * (2 * len(args.methods) + 4),
     ]
+    first = args.methods[0]
     for arch, res in rows:
-        med = {w: statistics.median(args.batch / x["step_s"] for x in v) for w, v in res.items() if v}
-        wall = {w: statistics.median(x["wall"] for x in v) for w, v in res.items() if v}
-        ev = {w: statistics.median(x["ev"] for x in v) for w, v in res.items() if v}
-        l0 = {w: statistics.median(x["l0"] for x in v) for w, v in res.items() if v}
-        cells = [arch, f"{med['ours']:,.0f}"]
-        if args.bf16:
-            cells.append(f"{med['ours_bf16']:,.0f}")
-        cells += [f"{med['sae_lens']:,.0f}", f"{med['ours'] / med['sae_lens']:.1f}x"]
-        if args.bf16:
-            cells.append(f"{med['ours_bf16'] / med['sae_lens']:.1f}x")
-        cells += [f"{wall['ours']:.1f} / {wall['sae_lens']:.1f}", f"{ev['ours']:.3f} / {ev['sae_lens']:.3f}",
-                  f"{l0['ours']:.1f} / {l0['sae_lens']:.1f}"]
+        med = {w: statistics.median(args.batch / x["step_s"] for x in v) for w, v in res.items()}
+        wall = {w: statistics.median(x["wall"] for x in v) for w, v in res.items()}
+        ev = {w: statistics.median(x["ev"] for x in v) for w, v in res.items()}
+        l0 = {w: statistics.median(x["l0"] for x in v) for w, v in res.items()}
+        cells = [arch] + [f"{med[m]:,.0f}" for m in args.methods] + [f"{med['sae_lens']:,.0f}"]
+        cells += [f"{med[m] / med['sae_lens']:.1f}x" for m in args.methods]
+        cells += [f"{wall[first]:.1f} / {wall['sae_lens']:.1f}", f"{ev[first]:.3f} / {ev['sae_lens']:.3f}",
+                  f"{l0[first]:.1f} / {l0['sae_lens']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Cache reader alone (fp16 shards -> float32 batches of {args.batch}, shuffled, checksums verified once): "
               f"{statistics.median(rr):,.0f} rows/s (median of 3 x 40 batches)."]
@@ -405,10 +404,11 @@ def main() -> int:
     ap.add_argument("--ce-contexts", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--archs", default=",".join(ARCHS))
-    ap.add_argument("--bf16", action="store_true", help="also time ours with the fast_bf16 step")
+    ap.add_argument("--methods", default="fast", help="our step methods to time, comma-separated (e.g. fast,fast_native)")
     ap.add_argument("--no-write", action="store_true", help="print the tables, leave RESULTS.md alone")
     args = ap.parse_args()
     args.archs = [a for a in args.archs.split(",") if a]
+    args.methods = [m for m in args.methods.split(",") if m]
     torch.set_num_threads(args.threads)
     for name, heading, fn in (("speed", SPEED_HEADING, cmd_speed), ("quality", QUALITY_HEADING, cmd_quality),
                               ("toyworld", TOY_HEADING, cmd_toyworld)):

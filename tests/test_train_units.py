@@ -160,3 +160,29 @@ def test_two_runs_cannot_share_an_output_folder(tmp_path) -> None:
             train(RunConfig(saes=[SAESpec("topk", d_sae=16, k=2)]), SyntheticActivations(4, 8), tmp_path)
     finally:
         held.close()
+
+
+@pytest.mark.parametrize("method", ["autograd", "fast", "fast_bf16", "fast_native", "fast_native_bf16"])
+def test_every_step_method_trains(method: str) -> None:
+    from saes.step import STEP_METHODS
+
+    if method not in STEP_METHODS:
+        pytest.skip(f"step method {method} not registered")
+    if "native" in method:
+        from saes import native
+
+        if not native.available():
+            pytest.skip("no C++ compiler for the native kernels")
+    specs = [SAESpec("topk", d_sae=64, k=4), SAESpec("batchtopk", d_sae=64, k=4),
+             SAESpec("matryoshka", d_sae=64, k=4, matryoshka_widths=[16, 64])]
+    tr = Trainer(RunConfig(saes=specs, train=TrainConfig(batch_size=128, step_method=method, dead_tokens=128)), 16)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(128, 16, generator=g)
+    tr.initialize(x0)
+    for _ in range(4):
+        _, stats = tr.train_batch(torch.randn(128, 16, generator=g))
+    assert not any(st.skipped for st in stats.values())
+    for m in tr.members:
+        assert all(bool(torch.isfinite(t).all()) for t in m.sae.state_dict().values())
+        assert int(m.since_fired_F.max()) <= 4 * 128
+    assert bool((tr.members[1].sae.threshold > 0).all())

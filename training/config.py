@@ -172,7 +172,7 @@ class TrainConfig:
         default="geometric_median", metadata={"help": "initial decoder bias, from the held-out sample"}
     )
     threshold_lr: float = field(
-        default=0.01, metadata={"help": "BatchTopK/Matryoshka: step size of the per-latent inference thresholds"}
+        default=0.05, metadata={"help": "BatchTopK/Matryoshka: step size of the per-latent inference thresholds"}
     )
     max_nonfinite: int = field(
         default=10, metadata={"help": "stop the run after this many consecutive skipped (NaN/Inf) steps of one SAE"}
