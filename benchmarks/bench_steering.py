@@ -220,11 +220,8 @@ def toy(args) -> str:
     import saes
 
     torch.set_num_threads(args.threads)
-    if args.sae is None:  # the toy SAE and store of the auto-interp benchmark (built when missing)
-        from bench_autointerp import build_toy_store
-
-        args.store = str(build_toy_store(Path(args.work), tokens=600_000, d_sae=1024, k=16, train_tokens=3_000_000))
-        args.sae = str(Path(args.work) / "run" / "saes" / "topk_k16_f1024")
+    if args.sae is None:  # a toy SAE and its store at --hook, built in --work when missing
+        args.sae, args.store = build_toy_sae(Path(args.work), args.hook or "blocks.3.hook_resid_post")
     model = load_model("toy")
     sae = saes.load_sae(args.sae)
     hook = sae.cfg.metadata.get("hook_name") or args.hook
@@ -278,7 +275,8 @@ def toy(args) -> str:
     for topic in topics:
         pos = docs[topic]
         neg = [d for t in TOPICS if t != topic for d in docs[t][: max(1, args.n_docs // 4)]]
-        cand = contrast_features(model, sae, pos, neg, top=1)[0]
+        ranked = contrast_features(model, sae, pos, neg, top=args.top_n)
+        cand = ranked[0]
         by_f1 = store.concept_matches(f"topic:{topic}") if store is not None else []
         if args.select == "concept":
             if not by_f1:
@@ -298,9 +296,14 @@ def toy(args) -> str:
         def vec_edit(s):
             return vec.edit(s) if s else None
 
+        def top_edits(s):  # the top-N contrast features, each added in proportion to its activation difference
+            return [FeatureEdit(c.feature, "add", s * c.score) for c in ranked] if s else None
+
         result = {"topic": topic, "feature": cand.feature,
                   "f1_feature": by_f1[0].feature_id if by_f1 else None, "f1": by_f1[0].f1 if by_f1 else None}
-        for method, make, grid, saes_arg in (("SAE feature", sae_edit, strengths, sae), ("diff-of-means", vec_edit, args.vec_strengths, None)):
+        methods = (("SAE feature", sae_edit, strengths, sae), (f"SAE top-{args.top_n}", top_edits, args.top_strengths, sae),
+                   ("diff-of-means", vec_edit, args.vec_strengths, None))
+        for method, make, grid, saes_arg in methods:
             pts = sweep_edits(model, saes_arg, make, grid, prompts, scorer, gen_config=cfg(args.dev_seed),
                               typical_max=provider, with_perplexity=False)
             s = recommend_strength(pts, min_fluency=0.8, target_concept=0.5)
@@ -310,7 +313,7 @@ def toy(args) -> str:
             if edit is None:
                 gen = generate(model, prompts, cfg(args.test_seed))
             else:
-                with steer(model, saes_arg, [edit], typical_max=provider) as sess:
+                with steer(model, saes_arg, edit if isinstance(edit, list) else [edit], typical_max=provider) as sess:
                     gen = sess.generate(prompts, cfg(args.test_seed))
             r = score_generation(method, model, prompts, gen, scorer)
             share, gram, gram_doc = pooled(gen.texts, topic)
@@ -338,12 +341,15 @@ def toy(args) -> str:
         f"topic sentence from the toy grammar as the prompt. Feature = "
         + ("top latent by contrast" if args.select == "contrast" else "best latent by concept F1 (store)")
         + f" ({args.n_docs} topic documents vs others); edit: {args.op} at all positions, strength in "
-        f"{'multiples of the typical max activation' if link else 'raw units'}; difference-of-means strength in "
-        f"multiples of the mean difference. `python benchmarks/bench_steering.py toy --select {args.select} --op {args.op}`",
+        f"{'multiples of the typical max activation' if link else 'raw units'}. SAE top-{args.top_n}: the {args.top_n} "
+        f"latents with the largest mean-activation difference, each added with strength x its difference (raw units). "
+        f"Difference of means: strength in multiples of the mean difference. "
+        f"`python benchmarks/bench_steering.py toy --select {args.select} --op {args.op}`",
         "",
-        "| topic | base: share / gram. / in doc. / ppl | SAE feature (F1-best) | strength | share | gram. | in doc. | ppl "
-        "| diff-of-means strength | share | gram. | in doc. | ppl | prompting: share | gram. | in doc. | ppl |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| topic | base: share / gram. / in doc. / ppl | SAE feature (F1-best) | strength | share | gram. | in doc. | ppl "
+        f"| SAE top-{args.top_n} strength | share | gram. | in doc. | ppl "
+        f"| diff-of-means strength | share | gram. | in doc. | ppl | prompting: share | gram. | in doc. | ppl |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def cells(v):
@@ -353,14 +359,61 @@ def toy(args) -> str:
         f1 = "" if r["f1_feature"] is None else f" ({r['f1_feature']}, F1 {r['f1']:.2f})"
         b = r["base"]
         lines.append(f"| {r['topic']} | {b[0]:.0%} / {b[1]:.0%} / {b[2]:.0%} / {b[3]:.1f} | {r['feature']}{f1} | "
-                     f"{r['SAE feature'][0]:g} | {cells(r['SAE feature'])} | {r['diff-of-means'][0]:g} | "
+                     f"{r['SAE feature'][0]:g} | {cells(r['SAE feature'])} | "
+                     f"{r[f'SAE top-{args.top_n}'][0]:g} | {cells(r[f'SAE top-{args.top_n}'])} | {r['diff-of-means'][0]:g} | "
                      f"{cells(r['diff-of-means'])} | {cells(r['prompting'])} |")
     ok = sum(r["SAE feature"][1] >= 0.5 and r["SAE feature"][2] >= 0.8 for r in rows)
     ok_v = sum(r["diff-of-means"][1] >= 0.5 and r["diff-of-means"][2] >= 0.8 for r in rows)
+    ok_n = sum(r[f"SAE top-{args.top_n}"][1] >= 0.5 and r[f"SAE top-{args.top_n}"][2] >= 0.8 for r in rows)
     ok_p = sum(r["prompting"][1] >= 0.5 and r["prompting"][2] >= 0.8 for r in rows)
     lines += ["", f"Topics reaching share >= 50% with >= 80% of sentences grammatical (judged alone): SAE feature "
-                  f"{ok}/{len(rows)}, difference of means {ok_v}/{len(rows)}, prompting {ok_p}/{len(rows)}.", ""]
+                  f"{ok}/{len(rows)}, SAE top-{args.top_n} features {ok_n}/{len(rows)}, difference of means "
+                  f"{ok_v}/{len(rows)}, prompting {ok_p}/{len(rows)}.", ""]
     return "\n".join(lines)
+
+
+def build_toy_sae(work: Path, hook: str, *, tokens: int = 200_000, d_sae: int = 1024, k: int = 16,
+                  train_tokens: int = 2_000_000) -> tuple[str, str]:
+    """cache -> TopK SAE -> feature store (with concept matches) for the toy model at `hook`;
+    each step is skipped when its output exists. Returns (SAE folder, store file)."""
+    import subprocess
+
+    work.mkdir(parents=True, exist_ok=True)
+    cache = work / "cache"
+    manifest = cache / "manifest.json"
+    if not manifest.exists() or '"complete": true' not in manifest.read_text():
+        print(f"caching {tokens:,} toy-world tokens at {hook} ...", file=sys.stderr, flush=True)
+        subprocess.run([sys.executable, "-m", "saesteer", "cache", "--model", "toy", "--dataset", "toy", "--hooks", hook,
+                        "--max-tokens", str(tokens), "--out", str(cache), "--exclude-tokens", "special", "--no-progress"],
+                       check=True)
+    name = f"topk_k{k}_f{d_sae}"
+    sae_dir = work / "run" / "saes" / name
+    if not (sae_dir / "cfg.json").exists():
+        from training import RunConfig, SAESpec, train
+        from training.config import TrainConfig
+        from training.reader import CacheReader
+
+        print(f"training a TopK SAE (d_sae {d_sae}, k {k}) on {train_tokens:,} tokens ...", file=sys.stderr, flush=True)
+        cfg = RunConfig(saes=[SAESpec("topk", d_sae=d_sae, k=k)],
+                        train=TrainConfig(total_tokens=train_tokens, batch_size=4096, holdout_tokens=8192))
+        train(cfg, CacheReader(cache, batch_size=4096, epochs=None, seed=0), work / "run",
+              provenance={"model": "toy", "hook_name": hook, "dataset": "toy"})
+    store = work / "toy.db"
+    if not store.exists():
+        from bench_autointerp import concept_matches
+        from features import BuildConfig, CacheSource, FeatureStore, build_feature_store
+        from saes import load_sae
+        from toyworld.model import load_model as toy
+
+        print("building the feature store ...", file=sys.stderr, flush=True)
+        sae = load_sae(sae_dir)
+        model = toy(device="cpu")
+        build_feature_store(store, sae, CacheSource(cache), BuildConfig(), model=model, tokenizer=model.tokenizer,
+                            sae_path=str(sae_dir), progress=False)
+        with FeatureStore.open(store, readonly=False) as st:
+            matches, source = concept_matches(sae, cache)
+            st.write_concept_matches(matches, source=source)
+    return str(sae_dir), str(store)
 
 
 # ---------------------------------------------------------------------------------- results
@@ -399,18 +452,22 @@ def main(argv=None) -> int:
     t = sub.add_parser("toy")
     t.add_argument("--sae", default=None, help="SAE folder (default: build the auto-interp benchmark's toy SAE in --work)")
     t.add_argument("--store", default=None, help="its feature store (typical max activations, concept matches)")
-    t.add_argument("--work", default="runs/steering_toy", help="where the default toy SAE and store live")
-    t.add_argument("--hook", default=None, help="hook of the SAE when its cfg.json does not record one")
+    t.add_argument("--work", default="runs/steering_toy_l3", help="where the default toy SAE and store are built")
+    t.add_argument("--hook", default=None,
+                   help="hook of the default SAE (blocks.3.hook_resid_post), or of --sae when it records none")
     t.add_argument("--select", default="contrast", choices=["contrast", "concept"],
                    help="pick each topic's feature by contrast of topic documents, or by the store's concept F1")
     t.add_argument("--op", default="add", choices=["add", "clamp"])
     t.add_argument("--topics", default=None, help="comma-separated subset (default: all eight)")
-    t.add_argument("--samples", type=int, default=32)
+    t.add_argument("--samples", type=int, default=48)
     t.add_argument("--new-tokens", type=int, default=48)
     t.add_argument("--n-docs", type=int, default=48)
-    t.add_argument("--strengths", type=lambda s: [float(x) for x in s.split(",")], default=[0, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5])
+    t.add_argument("--strengths", type=lambda s: [float(x) for x in s.split(",")], default=[0, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.8])
+    t.add_argument("--top-n", type=int, default=8, help="features in the 'SAE top-N' method")
+    t.add_argument("--top-strengths", type=lambda s: [float(x) for x in s.split(",")],
+                   default=[0, 0.5, 1, 1.25, 1.5, 1.75, 2, 2.5, 3])
     t.add_argument("--vec-strengths", type=lambda s: [float(x) for x in s.split(",")],
-                   default=[0, 0.25, 0.5, 0.75, 1, 1.5, 2, 3])
+                   default=[0, 0.5, 0.75, 1, 1.25, 1.5, 1.75, 2, 2.5])
     t.add_argument("--dev-seed", type=int, default=1)
     t.add_argument("--test-seed", type=int, default=2)
     t.add_argument("--threads", type=int, default=1)

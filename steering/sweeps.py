@@ -102,7 +102,7 @@ def recommend_strength(points: Sequence[SweepPoint], *, min_fluency: float = 0.0
 def sweep_edits(
     model: Any,
     saes: Any,
-    make_edit: Callable[[float], Edit | None],
+    make_edit: Callable[[float], "Edit | Sequence[Edit] | None"],
     strengths: Sequence[float],
     prompts: Sequence[str],
     scorer: Scorer,
@@ -114,7 +114,8 @@ def sweep_edits(
     with_perplexity: bool = True,
     progress: bool = False,
 ) -> list[SweepPoint]:
-    """Generate and score at each strength (`make_edit(s)` None: unsteered)."""
+    """Generate and score at each strength; `make_edit(s)` gives the edit (or several edits) at
+    strength s, or None for the unsteered model."""
     gen_config = gen_config or GenerationConfig()
     points = []
     it = strengths
@@ -124,10 +125,11 @@ def sweep_edits(
         it = tqdm(strengths, desc="sweep", unit="strength")
     for s in it:
         edit = make_edit(s)
-        if edit is None:
+        edits = [] if edit is None else (list(edit) if isinstance(edit, (list, tuple)) else [edit])
+        if not edits:
             gen = generate(model, prompts, gen_config)
         else:
-            with steer(model, saes, [edit], typical_max=typical_max, limits=limits) as sess:
+            with steer(model, saes, edits, typical_max=typical_max, limits=limits) as sess:
                 gen = sess.generate(prompts, gen_config)
         r = score_generation(f"{s:g}", model, prompts, gen, scorer, sentence_counts=sentence_counts,
                              with_perplexity=with_perplexity, strength=s)
