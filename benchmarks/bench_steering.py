@@ -306,7 +306,7 @@ def toy(args) -> str:
         for method, make, grid, saes_arg in methods:
             pts = sweep_edits(model, saes_arg, make, grid, prompts, scorer, gen_config=cfg(args.dev_seed),
                               typical_max=provider, with_perplexity=False)
-            s = recommend_strength(pts, min_fluency=0.8, target_concept=0.5)
+            s = recommend_strength(pts, min_fluency=0.8, target_concept=0.5, rule=args.rule)
             if s is None:
                 s = recommend_strength(pts)
             edit = make(s)
@@ -333,8 +333,10 @@ def toy(args) -> str:
         "",
         f"{time.strftime('%Y-%m-%d')}; toy model, SAE {args.sae} at {hook} (d_sae {sae.d_sae}); "
         f"{args.samples} unconditional samples of {args.new_tokens} tokens per cell (temperature 1); strength picked on "
-        f"seed {args.dev_seed} (weakest reaching share >= 50% with >= 80% of sentences grammatical, else best harmonic "
-        f"mean of share and grammaticality), reported on seed {args.test_seed}. Share = topic words / all topic-bearing "
+        f"seed {args.dev_seed} ("
+        + ("the point with the largest worst-case margin min(share - 50%, grammatical - 80%)" if args.rule == "margin" else
+           "weakest reaching share >= 50% with >= 80% of sentences grammatical, else best harmonic mean")
+        + f"), reported on seed {args.test_seed}. Share = topic words / all topic-bearing "
         f"content words (pooled over samples); gram. = complete sentences the toy validator accepts, each judged alone; "
         f"in doc. = also obeying the document rules (one tense, names introduced, pronouns resolvable; the prompt "
         f"starts the document); ppl = perplexity of the continuation under the unsteered model. Prompting = a "
@@ -344,7 +346,8 @@ def toy(args) -> str:
         f"{'multiples of the typical max activation' if link else 'raw units'}. SAE top-{args.top_n}: the {args.top_n} "
         f"latents with the largest mean-activation difference, each added with strength x its difference (raw units). "
         f"Difference of means: strength in multiples of the mean difference. "
-        f"`python benchmarks/bench_steering.py toy --select {args.select} --op {args.op}`",
+        f"`python benchmarks/bench_steering.py toy --select {args.select} --op {args.op} --rule {args.rule} "
+        f"--samples {args.samples} --dev-seed {args.dev_seed} --test-seed {args.test_seed}`",
         "",
         f"| topic | base: share / gram. / in doc. / ppl | SAE feature (F1-best) | strength | share | gram. | in doc. | ppl "
         f"| SAE top-{args.top_n} strength | share | gram. | in doc. | ppl "
@@ -458,8 +461,10 @@ def main(argv=None) -> int:
     t.add_argument("--select", default="contrast", choices=["contrast", "concept"],
                    help="pick each topic's feature by contrast of topic documents, or by the store's concept F1")
     t.add_argument("--op", default="add", choices=["add", "clamp"])
+    t.add_argument("--rule", default="margin", choices=["margin", "weakest"],
+                   help="how the dev seed picks the strength (see steering.sweeps.recommend_strength)")
     t.add_argument("--topics", default=None, help="comma-separated subset (default: all eight)")
-    t.add_argument("--samples", type=int, default=48)
+    t.add_argument("--samples", type=int, default=64)
     t.add_argument("--new-tokens", type=int, default=48)
     t.add_argument("--n-docs", type=int, default=48)
     t.add_argument("--strengths", type=lambda s: [float(x) for x in s.split(",")], default=[0, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.8])
@@ -469,7 +474,7 @@ def main(argv=None) -> int:
     t.add_argument("--vec-strengths", type=lambda s: [float(x) for x in s.split(",")],
                    default=[0, 0.5, 0.75, 1, 1.25, 1.5, 1.75, 2, 2.5])
     t.add_argument("--dev-seed", type=int, default=1)
-    t.add_argument("--test-seed", type=int, default=2)
+    t.add_argument("--test-seed", type=int, default=3)
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--write", action="store_true")
     args = ap.parse_args(argv)

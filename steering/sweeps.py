@@ -87,8 +87,19 @@ def _point(strength: float, r: MethodResult) -> SweepPoint:
 
 
 def recommend_strength(points: Sequence[SweepPoint], *, min_fluency: float = 0.0,
-                       target_concept: float | None = None) -> float | None:
-    """See the module docstring. None when no point qualifies."""
+                       target_concept: float | None = None, rule: str = "weakest") -> float | None:
+    """See the module docstring. None when no point qualifies.
+
+    rule="margin" (with `target_concept`): the point with the largest worst-case margin
+    min(concept - target_concept, fluency - min_fluency), i.e. the most robustly acceptable one
+    (still a point, even if no point meets both)."""
+    if rule not in ("weakest", "margin"):
+        raise SteeringError(f"rule must be 'weakest' or 'margin', got {rule!r}")
+    if rule == "margin":
+        if target_concept is None:
+            raise SteeringError("rule='margin' needs target_concept")
+        best = max(points, key=lambda p: (min(p.concept - target_concept, p.fluency - min_fluency), -abs(p.strength)))
+        return best.strength
     ok = [p for p in points if p.fluency >= min_fluency]
     if target_concept is not None:
         hits = [p for p in ok if p.concept >= target_concept]

@@ -170,6 +170,11 @@ def test_recommend_strength_rules():
     assert recommend_strength(pts, target_concept=0.8) == 2
     assert recommend_strength(pts, target_concept=0.8, min_fluency=0.7) is None
     assert recommend_strength(pts, min_fluency=0.95) == 0
+    assert recommend_strength(pts, target_concept=0.5, min_fluency=0.7, rule="margin") == 1  # margin .1 vs -.1
+    assert recommend_strength(pts, target_concept=0.85, min_fluency=0.5, rule="margin") == 2  # margin .05 vs -.25
+    assert recommend_strength(pts, target_concept=0.95, min_fluency=0.95, rule="margin") == 1  # none meets both: closest
+    with pytest.raises(SteeringError):
+        recommend_strength(pts, rule="margin")
 
 
 # --------------------------------------------------------------------- search, baselines
