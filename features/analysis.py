@@ -186,15 +186,20 @@ def matryoshka_links(
     min_coact: float,
     min_cos: float,
     min_sample: int = 1,
+    freq_F: Tensor | None = None,
+    min_lift: float = 2.0,
 ) -> Links:
     """Each latent's level, and a parent among the latents of the lower levels.
 
-    The parent of latent f (level > 0) is the lower-level latent g that fires on the largest
-    fraction of f's firings, P(g | f) (estimated from f's sample of firing events; ties go to the
-    larger decoder cosine), when that fraction is at least `min_coact` and f has at least
-    `min_sample` sampled events (a child feature implies its parent); otherwise the lower-level
-    latent with the most similar decoder direction when that cosine is at least `min_cos`;
-    otherwise none. Children are the latents that name f as their parent."""
+    Candidates for the parent of latent f (level > 0) are the lower-level latents g that fire on
+    at least `min_coact` of f's firings, P(g | f) (estimated from f's sample of firing events,
+    which needs at least `min_sample` events): a child feature implies its parent. A generic
+    latent that fires on most tokens would pass that test for everyone, so g must also be
+    specific: lift P(g | f) / freq(g) >= `min_lift` (when `freq_F` is given). Among candidates
+    the most specific (highest lift; ties: the closer decoder) is the parent. Without a
+    candidate, the lower-level latent with the most similar decoder direction is the parent when
+    that cosine is at least `min_cos`; otherwise there is none. Children are the latents that
+    name f as their parent."""
     F = W_dec_FD.shape[0]
     bounds = torch.tensor(widths, dtype=torch.int64)
     level = torch.bucketize(torch.arange(F), bounds, right=True)
@@ -209,15 +214,19 @@ def matryoshka_links(
         b = _block_rows(lower)
         for f0 in range(lo, hi, b):
             f1 = min(hi, f0 + b)
-            nb = f1 - f0
-            cos = Wn[f0:f1] @ Wn[:lower].T  # [nb, lower]
+            cos = Wn[f0:f1] @ Wn[:lower].T  # [f1 - f0, lower]
             best_cos, best_cos_id = cos.max(dim=1)
             frac = coact_counts(sample, f0, f1, cols=lower).double() / sample.n_sample_F[f0:f1, None].double().clamp(min=1)
-            score = frac + 1e-6 * cos.double()  # ties in the sampled fraction: the closer decoder
-            bf, bi = score.max(dim=1)
-            bf = frac.gather(1, bi[:, None])[:, 0]
+            if freq_F is not None:
+                lift = frac / freq_F[:lower].double().clamp(min=1e-12)[None, :]
+                eligible = (frac >= min_coact) & (lift >= min_lift)
+            else:
+                lift = frac
+                eligible = frac >= min_coact
+            score = torch.where(eligible, lift + 1e-9 * cos.double(), float("-inf"))  # ties: the closer decoder
+            best, bi = score.max(dim=1)
             enough = sample.n_sample_F[f0:f1] >= min_sample
-            ok = (bf >= min_coact) & enough & (bf > 0)
+            ok = (best > float("-inf")) & enough
             chosen = torch.where(ok, bi, -1)
             ok2 = (~ok) & (best_cos >= min_cos)
             chosen = torch.where(ok2, best_cos_id, chosen)

@@ -319,7 +319,8 @@ def _write(store: FeatureStore, sae, source, cfg: BuildConfig, res: PassResult, 
     links = None
     if len(widths) >= 2:
         links = matryoshka_links(widths, W_dec, sample, cfg.parent_min_coact, cfg.parent_min_cos,
-                                 min_sample=min(cfg.flag_min_fires, cfg.n_quantile) or 1)
+                                 min_sample=min(cfg.flag_min_fires, cfg.n_quantile) or 1, freq_F=res.freq_F,
+                                 min_lift=cfg.parent_min_lift)
     if tokenizer is not None and not store.vocab():
         store.write_vocab(token_strings(tokenizer))
     summary = {name: int(res.flags_F4[:, j].sum()) for j, name in enumerate(FLAG_NAMES)}

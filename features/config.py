@@ -56,6 +56,11 @@ class BuildConfig:
     parent_min_coact: float = field(
         default=0.5, metadata={"help": "Matryoshka: link a latent to a lower-level parent that fires on at least this fraction of its firings"}
     )
+    parent_min_lift: float = field(
+        default=2.0,
+        metadata={"help": "Matryoshka: ... and whose firing rate on the latent's firings is at least this many times its "
+                          "overall rate (so that a generic, dense latent is nobody's parent)"},
+    )
     parent_min_cos: float = field(
         default=0.5, metadata={"help": "Matryoshka: else link it to the lower-level latent whose decoder cosine is at least this"}
     )
@@ -79,6 +84,8 @@ class BuildConfig:
             )
         for name in ("dense_threshold", "parent_min_coact", "parent_min_cos"):
             _fraction(name, getattr(self, name))
+        if not isinstance(self.parent_min_lift, (int, float)) or isinstance(self.parent_min_lift, bool) or self.parent_min_lift < 0:
+            raise ValueError(f"BuildConfig.parent_min_lift must be a number >= 0, got {self.parent_min_lift!r}")
 
     @property
     def window(self) -> int:

@@ -191,18 +191,22 @@ def test_list_features_sorts_filters_and_pages(built):
 
 def test_matryoshka_parent_links_from_co_firing_and_decoder(tmp_path):
     """Latents 0, 1 are level 0; 2, 3 level 1. Latent 2 fires only together with latent 0 (its
-    parent by co-firing); latent 3 never fires but its decoder is latent 1's (parent by cosine)."""
+    parent by co-firing). Latent 1 fires on nearly every token: it is nobody's parent by co-firing,
+    though latent 3 fires only with it; latent 3's decoder is latent 1's (parent by cosine)."""
     from features import TensorSource
 
     g = torch.Generator().manual_seed(0)
     n = 200
     x = torch.zeros(n, 4)
-    x[:, 0] = (torch.rand(n, generator=g) < 0.5).float() * (1 + torch.rand(n, generator=g))
-    x[:, 1] = (torch.rand(n, generator=g) < 0.3).float() * (1 + torch.rand(n, generator=g))
+    x[:, 0] = (torch.rand(n, generator=g) < 0.3).float() * (1 + torch.rand(n, generator=g))
+    x[:, 1] = (torch.rand(n, generator=g) < 0.95).float() * (1 + torch.rand(n, generator=g))  # dense: co-fires with all
     x[:, 2] = (x[:, 0] > 0).float() * (torch.rand(n, generator=g) < 0.4).float() * 2.0
+    x[x[:, 2] > 0, 1] = 1.5  # the dense latent fires on every firing of latent 2 too ...
+    x[:, 3] = (x[:, 1] > 0).float() * (torch.rand(n, generator=g) < 0.3).float()  # latent 3 fires only with it
     sae = identity_sae(4, arch="matryoshka_batchtopk")
     with torch.no_grad():
         sae.W_dec[3] = torch.tensor([0.05, 1.0, 0.0, 0.0])
+        sae.W_dec[2] = torch.tensor([0.0, 0.1, 1.0, 0.0])  # ... and has the closer decoder: only its lift rules it out
     src = TensorSource(x, torch.full((n // 10, 10), 7))
     path = tmp_path / "m.db"
     build_feature_store(path, sae, src, small_config(n_quantile=16, flag_min_fires=4), progress=False)
@@ -213,6 +217,8 @@ def test_matryoshka_parent_links_from_co_firing_and_decoder(tmp_path):
         assert [c.child_id for c in st.feature(0).children] == [2]
         assert st.feature(0).parent is None
         assert 0 in [n.id for n in f2.coact_neighbours]
+        assert "dense" in st.feature(1).stats.flags
+        assert [c.child_id for c in st.feature(1).children] == [3]  # by decoder only, not by co-firing
 
 
 def test_a_second_concurrent_build_is_refused(tmp_path):
