@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ARCHS, OurStep, SparseFeatureData, load_average, make_ours, timed  # noqa: E402
+from step_common import ARCHS, OurStep, SparseFeatureData, load_average, make_ours, timed  # noqa: E402
 
 import saes  # noqa: E402
 from saes.step import compute_grads  # noqa: E402

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ARCHS, OurStep, SparseFeatureData, load_average, make_ours  # noqa: E402
+from step_common import ARCHS, OurStep, SparseFeatureData, load_average, make_ours  # noqa: E402
 
 import saes  # noqa: E402
 from saes.losses import fvu  # noqa: E402
@@ -70,12 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--archs", default=",".join(ARCHS))
     p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--batch", type=int, default=2048)
+    p.add_argument("--batch", type=int, default=1024)
     p.add_argument("--d-in", type=int, default=512)
-    p.add_argument("--d-sae", type=int, default=4096)
+    p.add_argument("--d-sae", type=int, default=2048)
     p.add_argument("--k", type=int, default=32)
-    p.add_argument("--widths", default="256,1024,4096", help="Matryoshka prefix widths")
-    p.add_argument("--features", type=int, default=2048, help="ground-truth directions in the data")
+    p.add_argument("--widths", default="128,512,2048", help="Matryoshka prefix widths")
+    p.add_argument("--features", type=int, default=4096, help="ground-truth directions in the data")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--dead-tokens", type=int, default=100_000, help="tokens without firing before a latent counts as dead")
     p.add_argument("--eval-every", type=int, default=10)

@@ -5,19 +5,24 @@ E dead latents, A AuxK latents per row.
 
 Registered in `saes.step.STEP_METHODS` (when `saes` is imported):
 
-- "fast": exact fp32 (the SAE's dtype). Same selection, losses and gradients as the eager
-  reference "autograd" (`saes.objective.training_loss` + backward) up to summation order
-  (~1e-6 relative; tests/test_saes_fast_step.py).
+- "fast": exact, in the SAE's dtype, pure torch (any device). Same selection, losses and
+  gradients as the eager reference "autograd" (`saes.objective.training_loss` + backward) up to
+  summation order (~2e-7 relative; tests/test_saes_fast_step.py).
 - "fast_bf16": the encoder matmul runs on bf16 copies of the input and of W_enc (fp32 master
   weights; everything after the matmul is fp32). Pre-activations are bf16, so near-ties pick
-  different latents in ~1% of slots; gradients agree to ~1e-2. Worth it where bf16 matmuls are
-  fast (CUDA, CPUs with AMX or AVX512-BF16: see `bf16_matmul_is_fast`); on other CPUs bf16
-  matmuls are emulated and *slower* than fp32.
+  different latents in ~1% of slots. Worth it where bf16 matmuls are fast (CUDA, CPUs with AMX
+  or AVX512-BF16: `bf16_matmul_is_fast`); on other CPUs bf16 matmuls are emulated and several
+  times *slower* than fp32.
+- "fast_native", "fast_native_bf16": the same two with the compiled CPU kernels of
+  `saes.native` (exact top-k, exact two-pass BatchTopK that also counts the rows above the
+  inference thresholds, a row-wise fused decode / loss / activation-gradient kernel, a tiled
+  transpose); float32 SAEs on CPU, needs a C++ compiler (built on first use).
 
-What makes it fast (all pure torch, forward and backward by hand, no autograd graph):
+What makes it fast (forward and backward by hand, no autograd graph):
 - the encoder matmul writes into a reused buffer (allocating a fresh [B, F] output costs more
-  than the matmul on CPU);
-- exact top-k through group maxima (`saes.topk_select`), BatchTopK as candidates + one k-th value;
+  than the matmul on CPU); it is the only dense [B, F] work;
+- exact top-k through group maxima (`saes.topk_select`), BatchTopK through a lower bound of the
+  cut from group maxima and a few candidates;
 - decode with `embedding_bag` over the N active decoder rows; Matryoshka prefixes decode as
   (row, level) bags and a cumulative sum over levels;
 - the activation gradients are N dot products (`_embedding_bag_per_sample_weights_backward`);

@@ -449,7 +449,13 @@ def load(cache_dir: str | os.PathLike | None = None) -> ctypes.CDLL:
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
     key = hashlib.sha256("\0".join([_SOURCE, " ".join(_FLAGS), version, _cpu_signature()]).encode()).hexdigest()[:16]
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        if cache_dir is not None:
+            raise
+        folder = Path(tempfile.gettempdir()) / f"saesteer-kernels-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+        folder.mkdir(parents=True, exist_ok=True)
     lib_path = folder / f"saes_kernels_{key}.so"
     if not lib_path.exists():
         with tempfile.TemporaryDirectory(dir=folder) as tmp:

@@ -473,3 +473,11 @@ def test_native_batch_top_entries_declines_nan():
     pre = torch.randn(16, 64)
     pre[2, 3] = float("nan")
     assert native.batch_top_entries(pre, 4) is None
+
+
+def test_native_kernels_without_a_compiler_fail_with_the_fallback_named(monkeypatch):
+    monkeypatch.setattr(native, "_LIB", None)
+    monkeypatch.setattr(native, "compiler", lambda: None)
+    assert not native.available()
+    with pytest.raises(RuntimeError, match="kernels='torch'"):
+        native.load()
