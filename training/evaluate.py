@@ -115,8 +115,12 @@ def sae_reconstructor(sae: SAE, scale: float = 1.0) -> Callable[[Tensor], Tensor
     """x [..., D] -> the SAE's reconstruction of x in raw units (the SAE reads scale * x)."""
 
     def reconstruct(x: Tensor) -> Tensor:
-        x_in = x.to(sae.dtype) * scale if scale != 1.0 else x
-        return (sae(x_in).recon / scale).to(x.dtype)
+        # the model may sit on another device than the SAE (e.g. `saesteer train --device cuda` loads
+        # the CE-evaluation model on the CPU): read x where the SAE is, answer where x is
+        x_in = x.to(sae.device, sae.dtype)
+        if scale != 1.0:
+            x_in = x_in * scale
+        return (sae(x_in).recon / scale).to(x.device, x.dtype)
 
     return reconstruct
 

@@ -67,7 +67,7 @@ class RunLogger:
     ) -> None:
         self.out_dir = out_dir
         self.enabled = enabled
-        self._file = open(out_dir / HISTORY_FILE, "a") if enabled else None
+        self._file = open(out_dir / HISTORY_FILE, "a", buffering=1) if enabled else None  # line-buffered: tail -f works
         self._bar = None
         self._wandb = None
         if enabled and progress:
