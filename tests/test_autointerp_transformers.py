@@ -42,7 +42,7 @@ def test_garbage_answers_fail_cleanly_and_nothing_is_stored(tiny):
     report = label_latents(store, judge, LabelConfig(n_explain_top=2, n_explain_quantile=2, n_detect=2, n_fuzz=2),
                            progress=False)
     assert report.labelled == 0 and not store.results
-    assert [(f.latent, f.stage) for f in report.failed] == [(0, "explain"), (1, "explain")]
+    assert sorted((f.latent, f.stage) for f in report.failed) == [(0, "explain"), (1, "explain")]  # async: any order
     assert all("asks" in f.reason for f in report.failed)
     assert report.usage["paid_calls"] == 4  # 2 latents x (1 ask + 1 re-ask)
     assert report.usage["prompt_tokens"] > 0 and report.usage["cost_usd"] == 0.0
