@@ -97,6 +97,31 @@ def test_ablation_zeroes_the_latent_at_the_chosen_positions_only(model, tokens, 
     assert_clean(model)
 
 
+@pytest.mark.parametrize("positions", ["prompt", "generated"])
+def test_ablation_without_padding_edits_only_its_slice(model, tokens, positions):
+    """No pad tokens: prompt / generated positions are a contiguous slice of the forward (the
+    fast slice path, not the index path that padded batches take)."""
+    sae = random_sae(model, "jumprelu", threshold=0.1)
+    feature = 7
+    with torch.no_grad():
+        sae.b_enc[feature] = 3.0
+    one = tokens[2:3]  # the longest prompt: no padding
+    P = 4  # the first 4 positions are the "prompt", the rest count as generated
+    base_acts = hook_activations(model, one, HOOK)
+    with steer(model, sae, [FeatureEdit(feature, "ablate", positions=positions)]) as s, s.prompt_length(P):
+        hooked = hook_activations(model, one, HOOK)
+    chosen = torch.zeros(one.shape, dtype=torch.bool)
+    if positions == "prompt":
+        chosen[:, :P] = True
+    else:
+        chosen[:, P:] = True
+    assert 0 < int(chosen.sum()) < one.numel()
+    assert (sae.encode(base_acts)[..., feature] > 0).all()
+    assert (sae.encode(hooked)[..., feature][chosen].abs() < 1e-4).all()
+    assert torch.equal(hooked[~chosen], base_acts[~chosen])
+    assert_clean(model)
+
+
 def test_planted_direction_moves_its_logit(model):
     last = model.cfg.n_layers - 1
     sae = random_sae(model, "jumprelu", hook=f"blocks.{last}.hook_resid_post")
