@@ -12,13 +12,16 @@ picked f. At the fixed point every latent fires at inference as often as it did 
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 from torch import Tensor
 
 from saes.config import BatchTopKConfig
 from saes.sparse import SparseActs
 from saes.threshold import JumpReLUSAE, count_above
-from saes.topk_select import batch_top_entries
+from saes.topk_select import BatchGroup, batch_top_entries
 
 
 class BatchTopKSAE(JumpReLUSAE):
@@ -27,8 +30,9 @@ class BatchTopKSAE(JumpReLUSAE):
     cfg: BatchTopKConfig
 
     def training_select(self, pre_BF: Tensor) -> SparseActs:
-        """The training-time selection: top k*B entries of the whole batch."""
-        return batch_topk_select(pre_BF, self.cfg.k)
+        """The training-time selection: top k*B entries of the whole batch (of the global batch
+        inside `global_batch(sae, group)`)."""
+        return batch_topk_select(pre_BF, self.cfg.k, batch_group(self))
 
     @torch.no_grad()
     def update_threshold_(
@@ -54,7 +58,29 @@ class BatchTopKSAE(JumpReLUSAE):
         thr_F.add_(step_F).clamp_(min=1e-6)
 
 
-def batch_topk_select(pre_BF: Tensor, k: int) -> SparseActs:
+_GROUP_ATTR = "_batch_group"
+
+
+def batch_group(sae: BatchTopKSAE) -> BatchGroup | None:
+    """The group set by `global_batch` (None: the batch is this process's own)."""
+    return getattr(sae, _GROUP_ATTR, None)
+
+
+@contextlib.contextmanager
+def global_batch(sae: BatchTopKSAE, group: BatchGroup | None) -> Iterator[None]:
+    """Within the block, the training selection of `sae` (every step method) is taken over the
+    global batch of `group`'s ranks. Removes exactly what it set."""
+    if group is None:
+        yield
+        return
+    setattr(sae, _GROUP_ATTR, group)
+    try:
+        yield
+    finally:
+        delattr(sae, _GROUP_ATTR)
+
+
+def batch_topk_select(pre_BF: Tensor, k: int, group: BatchGroup | None = None) -> SparseActs:
     """Exact BatchTopK: the k*B largest positive entries of `pre_BF`, in row-major CSR order
     (latents ascending within a row).
 
@@ -64,7 +90,7 @@ def batch_topk_select(pre_BF: Tensor, k: int) -> SparseActs:
     in one final round. See `saes.topk_select.batch_top_entries`.
     """
     B, Fdim = pre_BF.shape
-    vals_N, rows_N, cols_N = batch_top_entries(pre_BF, k)
+    vals_N, rows_N, cols_N = batch_top_entries(pre_BF, k, group)
     return SparseActs.from_coo(vals_N, rows_N, cols_N, B, Fdim)
 
 

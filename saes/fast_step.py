@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from saes.base import SAE
-from saes.batchtopk import BatchTopKSAE
+from saes.batchtopk import BatchTopKSAE, batch_group
 from saes.matryoshka import MatryoshkaSAE
 from saes.objective import DEFAULT_AUX_COEF, default_k_aux
 from saes.sparse import SparseActs
@@ -141,18 +141,20 @@ def _select(sae: SAE, pre_BF: Tensor, dtype: torch.dtype, topk: TopkFn, native_k
     dev = pre_BF.device
     if isinstance(sae, BatchTopKSAE):
         k = sae.cfg.k
+        group = batch_group(sae)  # data parallel: select over the global batch
+        total = k * group.global_rows(B) if group is not None else min(k * B, B * Fdim)
         found = None
         if native_kernels:
             from saes import native
 
             thr_F = sae.threshold if bool((sae.threshold > 0).all()) else None
-            found = native.batch_top_entries(pre_BF, k, thr_F)
+            found = native.batch_top_entries(pre_BF, k, thr_F, total=min(total, B * Fdim))
         if found is not None:
             vals_N, rows_N, idx_N, counts_F = found
-            keep_N = take_top(vals_N, min(k * B, B * Fdim))
+            keep_N = group.take_top(vals_N, total) if group is not None else take_top(vals_N, total)
             vals_N, rows_N, idx_N = vals_N[keep_N], rows_N[keep_N], idx_N[keep_N]
         else:
-            vals_N, rows_N, idx_N = batch_top_entries(pre_BF, k)
+            vals_N, rows_N, idx_N = batch_top_entries(pre_BF, k, group)
             counts_F = None
         offsets_B1 = torch.zeros(B + 1, dtype=torch.int64, device=dev)
         torch.cumsum(torch.bincount(rows_N, minlength=B), 0, out=offsets_B1[1:])

@@ -593,7 +593,7 @@ def transpose_into(src_RC: Tensor, dst_CR: Tensor) -> Tensor:
 
 
 def batch_top_entries(
-    pre_BF: Tensor, k: int, threshold_F: Tensor | None = None
+    pre_BF: Tensor, k: int, threshold_F: Tensor | None = None, total: int | None = None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None] | None:
     """Exact BatchTopK selection (as `saes.topk_select.batch_top_entries`), in two passes.
 
@@ -604,7 +604,8 @@ def batch_top_entries(
     them (positive ones only), already in row-major, column-ascending order; the cut is then the
     (k*B)-th largest of these few candidates (`saes.topk_select.take_top`).
     Returns (values float32, rows, cols, counts or None), or None when the matrix holds NaN/inf
-    (the caller then takes the pure-torch path)."""
+    (the caller then takes the pure-torch path). `total` replaces k*B as the number of entries
+    the candidates must cover (data parallel: the global k*B, capped at B*F)."""
     lib = load()
     B, Fdim = pre_BF.shape
     if pre_BF.device.type != "cpu" or pre_BF.dtype not in (torch.float32, torch.bfloat16):
@@ -624,7 +625,7 @@ def batch_top_entries(
     )
     if bad:
         return None
-    total = min(k * B, B * Fdim)
+    total = min(k * B if total is None else total, B * Fdim)
     floor, n_groups = group_floor(gmax_BG.view(-1), total)
     capacity = n_groups * 16
     vals = torch.empty(capacity, dtype=torch.float32)

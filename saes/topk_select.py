@@ -84,8 +84,30 @@ def _take_exactly(vals_N: Tensor, cutoff: Tensor, total: int) -> Tensor:
     return take_N & (vals_N > 0)
 
 
-def batch_top_entries(pre_BF: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+class BatchGroup:
+    """The processes whose batches BatchTopK selects over as one global batch (data parallel).
+
+    This base class is one process. A data-parallel trainer passes a subclass whose methods
+    talk to the other ranks (training/collectives.py): the selection then keeps, on each rank,
+    the local entries that are among the k * (global rows) largest of the global batch, which
+    is exactly what one process would select on the concatenated batch."""
+
+    def global_rows(self, n_local: int) -> int:
+        """Rows of the global batch (sum over ranks)."""
+        return n_local
+
+    def take_top(self, vals_N: Tensor, total: int) -> Tensor:
+        """Mask of the local entries among the `total` largest positive entries of all ranks'
+        `vals_N` taken together (ties broken towards lower ranks, then earlier entries)."""
+        return take_top(vals_N, total)
+
+
+def batch_top_entries(pre_BF: Tensor, k: int, group: BatchGroup | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Exact BatchTopK: the k*B largest positive entries of `pre_BF`.
+
+    With a `group` (data parallel), B is the global batch and the result is this rank's part of
+    the global selection: every local winner is among the local top k*B, so the same candidate
+    search runs with the global total and `group.take_top` makes the cut over all ranks.
 
     Returns (values [N], rows [N] int64, cols [N] int64) in row-major order with columns
     ascending within each row; N <= k*B (non-positive entries of the top k*B are dropped).
@@ -100,11 +122,19 @@ def batch_top_entries(pre_BF: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     if B == 0 or Fdim == 0:
         idx = torch.empty(0, dtype=torch.int64, device=dev)
         return pre_BF.new_empty(0), idx, idx
-    total = min(k * B, B * Fdim)
+    if group is not None:
+        total_global = k * group.global_rows(B)
+        total = min(total_global, B * Fdim)
+    else:
+        total_global = total = min(k * B, B * Fdim)
     if B * Fdim <= 2**18:  # small: one top-k over everything costs fewer ops
         vals_N, pos_N = pre_BF.reshape(-1).topk(total, sorted=False)
         pos_N = pos_N[vals_N > 0].sort().values
-        return pre_BF.reshape(-1)[pos_N], pos_N // Fdim, pos_N % Fdim
+        vals_N = pre_BF.reshape(-1)[pos_N]
+        if group is not None:
+            take_N = group.take_top(vals_N, total_global)
+            vals_N, pos_N = vals_N[take_N], pos_N[take_N]
+        return vals_N, pos_N // Fdim, pos_N % Fdim
     g = next(c for c in (16, 8, 4, 2, 1) if Fdim % c == 0)
     G = Fdim // g
     gmax_BG = pre_BF.reshape(B, g, G).amax(dim=1) if g > 1 else pre_BF  # group j: columns j + G*i
@@ -117,7 +147,7 @@ def batch_top_entries(pre_BF: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     vals_N, rows_N, cols_N = vals_NG[keep], rows_NG[keep], cols_NG[keep]
     order_N = sort_order(rows_N * Fdim + cols_N, B * Fdim)
     vals_N, rows_N, cols_N = vals_N[order_N], rows_N[order_N], cols_N[order_N]
-    take_N = take_top(vals_N, total)
+    take_N = group.take_top(vals_N, total_global) if group is not None else take_top(vals_N, total)
     return vals_N[take_N], rows_N[take_N], cols_N[take_N]
 
 

@@ -143,7 +143,9 @@ class TrainConfig:
     """The run: how many tokens, batch size, seed, step method, dead latents, initialisation."""
 
     total_tokens: int = field(default=20_000_000, metadata={"help": "training tokens (activation rows) in all"})
-    batch_size: int = field(default=4096, metadata={"help": "tokens per optimiser step (the reader's batch size)"})
+    batch_size: int = field(
+        default=4096, metadata={"help": "tokens per optimiser step, over all ranks when data parallel (the global batch)"}
+    )
     seed: int = field(default=0, metadata={"help": "seed of the SAE initialisation (and the reader's shuffle, from the CLI)"})
     step_method: str = field(
         default="auto",

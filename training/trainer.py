@@ -33,11 +33,13 @@ import torch
 from torch import Tensor
 
 from saes import SAE, BatchTopKSAE, create_sae, save_sae
+from saes.batchtopk import global_batch
 from saes.sparse import SparseActs
 from saes.step import STEP_METHODS, compute_grads
 from training.checkpoint import (
     CheckpointError,
     capture_rng,
+    checkpoint_name,
     clean_temporaries,
     flatten_state,
     list_checkpoints,
@@ -211,10 +213,20 @@ def reduced_threshold_update_(
     thr_F.add_(step_F).clamp_(min=1e-6)
 
 
-def train_step(m: Member, x_BD: Tensor, lr: float, s: StepSettings, coll: Collectives) -> StepStats:
-    """One optimiser step of one SAE on one batch (skipped, with grads dropped, if non-finite)."""
-    res = compute_grads(m.sae, x_BD, m.dead_mask(s.dead_tokens), aux_coef=s.aux_coef, k_aux=s.k_aux, method=s.method)
-    coll.average_gradients_(m.params)
+def train_step(
+    m: Member, x_BD: Tensor, lr: float, s: StepSettings, coll: Collectives, n_global: int | None = None
+) -> StepStats:
+    """One optimiser step of one SAE on one batch (skipped, with grads dropped, if non-finite).
+
+    Data parallel (`coll.distributed`): `x_BD` is this rank's part of a global batch of
+    `n_global` rows; BatchTopK selects over the global batch, and the gradients are averaged
+    with weights local rows / global rows (the gradient of the global batch's mean loss)."""
+    n_local = x_BD.shape[0]
+    n_global = coll.global_rows(n_local) if n_global is None else n_global
+    group = coll.batch_group() if isinstance(m.sae, BatchTopKSAE) else None
+    with global_batch(m.sae, group):  # type: ignore[arg-type]
+        res = compute_grads(m.sae, x_BD, m.dead_mask(s.dead_tokens), aux_coef=s.aux_coef, k_aux=s.k_aux, method=s.method)
+    coll.average_gradients_(m.params, n_local / n_global if n_global else None)
     remove_parallel_decoder_grad_(m.sae)
     norm = grad_norm(m.params)
     if not coll.all_finite(bool(torch.isfinite(res.total) & torch.isfinite(norm))):
@@ -227,7 +239,7 @@ def train_step(m: Member, x_BD: Tensor, lr: float, s: StepSettings, coll: Collec
     m.optimizer.step()
     m.sae.normalize_decoder_()
     fired_F = coll.sum_(fired_counts(res.acts))
-    update_dead_counters_(m.since_fired_F, fired_F, coll.global_rows(x_BD.shape[0]))
+    update_dead_counters_(m.since_fired_F, fired_F, n_global)
     if isinstance(m.sae, BatchTopKSAE):
         update_thresholds_(m.sae, res.pre_BF, res.acts, s.threshold_lr, coll, getattr(res, "above_threshold_F", None))
     return StepStats(False, res.total, res.mse, res.aux, res.level_mse, norm, fired_F)
@@ -274,8 +286,8 @@ class Trainer:
     @torch.no_grad()
     def initialize(self, holdout_BD: Tensor) -> None:
         """Activation scale and b_dec from the held-out rows (a fresh run only)."""
-        x = holdout_BD.to(self.device, torch.float32)
-        self.scale = estimate_activation_scale(x, self.coll) if self.config.train.normalize_activations else 1.0
+        x = holdout_BD.to(self.device, torch.float32)  # the whole held-out set on every rank (_draw_holdout)
+        self.scale = estimate_activation_scale(x) if self.config.train.normalize_activations else 1.0
         b_dec_D = initial_b_dec(x * self.scale, self.config.train.b_dec_init, self.coll)
         for m in self.members:
             m.sae.b_dec.copy_(b_dec_D)
@@ -293,9 +305,10 @@ class Trainer:
     def train_batch(self, batch: Any) -> tuple[Tensor, dict[str, StepStats]]:
         x_BD = self.prepare(batch)
         factor = lr_factor(self.step, self.total_steps, self.config.optim)
+        n_global = self.coll.global_rows(x_BD.shape[0])
         stats: dict[str, StepStats] = {}
         for m in self.members:
-            st = train_step(m, x_BD, m.lr * factor, self.settings, self.coll)
+            st = train_step(m, x_BD, m.lr * factor, self.settings, self.coll, n_global)
             if st.skipped:
                 m.consecutive_nonfinite += 1
                 m.skipped_steps += 1
@@ -303,7 +316,7 @@ class Trainer:
                 m.consecutive_nonfinite = 0
             stats[m.name] = st
         self.step += 1
-        self.tokens += self.coll.global_rows(x_BD.shape[0])
+        self.tokens += n_global
         return x_BD, stats
 
     def dead_fraction(self, m: Member) -> float:
@@ -342,6 +355,7 @@ class Trainer:
         state = {
             "tokens": self.tokens, "step_method": self.step_method, "activation_scale": self.scale,
             "train_seconds": self.train_seconds, "config": self.config.to_dict(), "members": members,
+            "world_size": self.coll.world_size,
             "rng": capture_rng(tensors), "data": flatten_state(data_state, "data", tensors),
         }
         return state, tensors
@@ -403,20 +417,35 @@ class TrainResult:
     saes: dict[str, SAE] = field(default_factory=dict)  # the saved (folded) SAEs
 
 
-def _draw_holdout(it: Iterator[Any], rows: int) -> tuple[Tensor, int]:
+def _draw_holdout(it: Iterator[Any], rows: int, coll: Collectives | None = None) -> tuple[Tensor, int]:
+    """The first `rows` rows of the (global) stream, on every rank, and the batches drawn here.
+
+    Data parallel: each rank draws batches until the global batches drawn hold `rows` rows; the
+    ranks' rows are gathered and put back in global-batch order (batch 0 of rank 0, of rank 1,
+    ..., batch 1 of rank 0, ...), so the held-out set is the one a single process reading the
+    same global batches would take."""
+    coll = coll or Collectives()
     parts, n, batches = [], 0, 0
     while n < rows:
-        try:
-            batch = next(it)
-        except StopIteration:
+        batch = next(it, None)
+        if not coll.all_true(batch is not None):
             break
         x = batch_tensor(batch)
         parts.append(x.to("cpu", torch.float32))
-        n += x.shape[0]
+        n += coll.global_rows(x.shape[0])
         batches += 1
-    if not parts:
+    if n == 0:
         raise ValueError("the data source yielded no batches; check the cache / dataset")
-    return torch.cat(parts)[:rows], batches
+    local_BD = torch.cat(parts)
+    if coll.distributed:
+        sizes = {p.shape[0] for p in parts}
+        gathered_BD = coll.gather_rows(local_BD.to(coll.device)).cpu()  # type: ignore[attr-defined]
+        W = coll.world_size
+        if len(sizes) == 1 and gathered_BD.shape[0] == W * local_BD.shape[0]:
+            b = parts[0].shape[0]
+            gathered_BD = gathered_BD.view(W, batches, b, -1).transpose(0, 1).reshape(-1, local_BD.shape[1])
+        local_BD = gathered_BD
+    return local_BD[:rows], batches
 
 
 def seed_everything(seed: int) -> None:
@@ -444,15 +473,33 @@ def _version() -> str:
         return "unknown"
 
 
-def _find_resume(ckpt_root: Path, log: Callable[[str], None]) -> tuple[Path, dict[str, Any], dict[str, Tensor]] | None:
-    for path in reversed(list_checkpoints(ckpt_root)):
-        try:
-            state, tensors = read_checkpoint(path)
-        except CheckpointError as e:
-            log(f"warning: skipping unreadable checkpoint: {e}")
-            continue
-        return path, state, tensors
-    return None
+def _find_resume(
+    ckpt_root: Path, log: Callable[[str], None], coll: Collectives | None = None
+) -> tuple[Path, dict[str, Any], dict[str, Tensor]] | None:
+    """The newest readable checkpoint. Data parallel: rank 0 chooses it and every rank reads
+    that one (across machines, the output folder must be on a shared filesystem)."""
+    coll = coll or Collectives()
+    found = None
+    if coll.is_writer:
+        for path in reversed(list_checkpoints(ckpt_root)):
+            try:
+                state, tensors = read_checkpoint(path)
+            except CheckpointError as e:
+                log(f"warning: skipping unreadable checkpoint: {e}")
+                continue
+            found = path, state, tensors
+            break
+    if not coll.distributed:
+        return found
+    step = coll.broadcast_int(int(found[1]["step"]) if found is not None else -1)
+    if step < 0 or coll.is_writer:
+        return found
+    path = ckpt_root / checkpoint_name(step)
+    if not path.is_dir():
+        raise CheckpointError(f"rank {coll.rank}: rank 0 resumes from {path.name}, which this machine cannot see at {path}; "
+                              f"put the output folder on a filesystem every machine shares")
+    state, tensors = read_checkpoint(path)
+    return path, state, tensors
 
 
 def train(
@@ -523,8 +570,8 @@ def _train_locked(
     writer = coll.is_writer
     ckpt_root = out / CHECKPOINT_DIR
 
-    found = _find_resume(ckpt_root, print) if resume != "never" else None
-    if resume == "never" and list_checkpoints(ckpt_root):
+    found = _find_resume(ckpt_root, print, coll) if resume != "never" else None
+    if resume == "never" and coll.broadcast_int(len(list_checkpoints(ckpt_root)) if writer else 0):
         raise FileExistsError(f"{out} already holds checkpoints of a run; choose another output folder or resume it")
     if resume == "require" and found is None:
         raise FileNotFoundError(f"no checkpoint to resume from in {ckpt_root}")
@@ -537,7 +584,7 @@ def _train_locked(
             )
 
     it = iter(data)
-    holdout_BD, holdout_batches = _draw_holdout(it, config.train.holdout_tokens)
+    holdout_BD, holdout_batches = _draw_holdout(it, config.train.holdout_tokens, coll)
     trainer = Trainer(config, holdout_BD.shape[1], collectives=coll, sae_metadata=_sae_metadata(prov))
     stateful = hasattr(data, "state_dict") and hasattr(data, "load_state_dict")
 
@@ -545,7 +592,7 @@ def _train_locked(
     if found is not None:
         resumed_from, state, tensors = found
         data_state = trainer.restore(state, tensors)
-        fresh_scale = estimate_activation_scale(holdout_BD, coll) if config.train.normalize_activations else 1.0
+        fresh_scale = estimate_activation_scale(holdout_BD) if config.train.normalize_activations else 1.0
         if not math.isclose(fresh_scale, trainer.scale, rel_tol=1e-6):
             print(f"warning: the data's held-out rows differ from the original run's (scale {fresh_scale:.6g} vs "
                   f"{trainer.scale:.6g}); is it the same data source and seed?")
@@ -604,7 +651,7 @@ def _train_locked(
     try:
         while trainer.tokens < config.train.total_tokens:
             batch = next(it, None)
-            if batch is None:
+            if not coll.all_true(batch is not None):  # data parallel: every rank stops together
                 stopped_early = f"the data ran out after {trainer.tokens:,} training tokens"
                 logger.message(f"warning: {stopped_early} (asked for {config.train.total_tokens:,})")
                 break
@@ -624,7 +671,7 @@ def _train_locked(
                 logger.advance(0, {"loss": f"{rec.get(f'{first}/loss', float('nan')):.4g}",
                                    "fvu": f"{rec.get(f'{first}/fvu', float('nan')):.3f}"})
             logger.advance(trainer.tokens - before)
-            if every(config.eval.every_tokens, before, trainer.tokens) and trainer.tokens < config.train.total_tokens:
+            if writer and every(config.eval.every_tokens, before, trainer.tokens) and trainer.tokens < config.train.total_tokens:
                 ev = trainer.evaluate(holdout_BD, model_eval if config.eval.ce_during_training else None)
                 logger.record(_eval_record(trainer, ev))
             if every(config.checkpoint.every_tokens, before, trainer.tokens) and trainer.tokens < config.train.total_tokens:
@@ -665,16 +712,36 @@ def _handle_skips(trainer: Trainer, stats: dict[str, StepStats], logger: RunLogg
             )
 
 
+def _global_losses(trainer: Trainer, x_BD: Tensor, stats: dict[str, StepStats]) -> tuple[float, dict[str, list[float]]]:
+    """The batch variance and (loss, mse, aux) of every SAE over the global batch: local row
+    means weighted by rows and summed over ranks (one all-reduce; identity in one process)."""
+    coll = trainer.coll
+    x = x_BD.double()
+    n = x.shape[0]
+    if not coll.distributed:
+        var = float((x - x.mean(0)).pow(2).sum(1).mean())
+        return var, {m.name: [float(stats[m.name].loss), float(stats[m.name].mse), float(stats[m.name].aux)]
+                     for m in trainer.members}
+    head = [torch.tensor([float(n), float(x.pow(2).sum())], dtype=torch.float64, device=x.device), x.sum(0)]
+    per = [torch.stack([stats[m.name].loss, stats[m.name].mse, stats[m.name].aux]).double().to(x.device) * n
+           for m in trainer.members]
+    buf = coll.sum_(torch.cat(head + per))
+    N, S2, S1 = float(buf[0]), float(buf[1]), buf[2 : 2 + x.shape[1]]
+    var = S2 / N - float(S1.pow(2).sum()) / N**2
+    off = 2 + x.shape[1]
+    return var, {m.name: [float(v) / N for v in buf[off + 3 * i : off + 3 * i + 3]] for i, m in enumerate(trainer.members)}
+
+
 def _train_record(trainer: Trainer, x_BD: Tensor, stats: dict[str, StepStats], rate: float) -> dict[str, Any]:
-    var = float((x_BD - x_BD.mean(0)).pow(2).sum(1).mean())
+    var, losses = _global_losses(trainer, x_BD, stats)
     factor = lr_factor(trainer.step - 1, trainer.total_steps, trainer.config.optim)
     rec: dict[str, Any] = {"kind": "train", "step": trainer.step, "tokens": trainer.tokens, "lr_factor": factor,
                            "tokens_per_second": rate}
     for m in trainer.members:
         st = stats[m.name]
         p = f"{m.name}/"
-        mse = float(st.mse)
-        rec.update({p + "loss": float(st.loss), p + "mse": mse, p + "aux": float(st.aux),
+        loss, mse, aux = losses[m.name]
+        rec.update({p + "loss": loss, p + "mse": mse, p + "aux": aux,
                     p + "fvu": mse / var if var > 0 else float("nan"), p + "grad_norm": float(st.grad_norm),
                     p + "dead_fraction": trainer.dead_fraction(m), p + "lr": m.lr * factor})
         if st.fired_F is not None:
@@ -715,6 +782,9 @@ def _finish(
     per_sae: dict[str, dict[str, Any]] = {}
     for m in trainer.members:
         sae = trainer.folded_sae(m)
+        if not writer:  # data parallel: rank 0 evaluates and writes; the others return the weights
+            saes[m.name] = sae
+            continue
         metrics = evaluate_activations(sae, holdout_BD, dense_threshold=cfg.eval.dense_threshold)
         metrics["dead_fraction"] = trainer.dead_fraction(m)
         if model_eval is not None and cfg.eval.ce_contexts > 0:
@@ -737,7 +807,8 @@ def _finish(
             sae_dirs[m.name] = save_sae(sae, out / SAE_DIR / m.name, provenance=provenance)
     metrics_doc = {
         "tokens_trained": trainer.tokens, "steps": trainer.step, "holdout_rows": int(holdout_BD.shape[0]),
-        "activation_scale": trainer.scale, "step_method": trainer.step_method, "wall_seconds": wall,
+        "activation_scale": trainer.scale, "step_method": trainer.step_method, "world_size": trainer.coll.world_size,
+        "wall_seconds": wall,
         "train_seconds": trainer.train_seconds,
         "tokens_per_second": trainer.tokens / trainer.train_seconds if trainer.train_seconds > 0 else None,
         "stopped_early": stopped_early, "git_commit": commit, "data": prov, "config": cfg.to_dict(), "saes": per_sae,

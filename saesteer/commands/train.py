@@ -21,6 +21,11 @@ Output folder (--out):
   history.jsonl         the logged training and evaluation records
   checkpoints/          the last --checkpoint-keep-last checkpoints (safetensors + JSON)
 
+Several processes (data parallel, one per GPU or across machines): start it with torchrun,
+  torchrun --nproc-per-node 8 -m saesteer train --cache caches/x --out runs/x --device cuda ...
+--batch-size stays the global batch (split evenly over the ranks); NCCL on GPUs, gloo on CPU;
+rank 0 writes everything. See docs/training.md, "Distributed training".
+
 Resuming: run the same command again with the same --out. It continues from the newest
 checkpoint (also after kill -9; on CPU the result is bit-identical to an uninterrupted run with
 the same --num-threads). A resume whose settings differ is refused, naming each field; these
@@ -160,8 +165,27 @@ def run(args) -> int:
     if not out:
         print("error: --out is required (the folder for checkpoints, SAEs and metrics)", file=sys.stderr)
         return 2
+    from training.distributed import init_from_env, launched_by_torchrun, shutdown
+
+    setup = None
+    if launched_by_torchrun():
+        try:
+            setup = init_from_env(run_cfg.train.device, run_cfg.train.num_threads)
+        except (ValueError, RuntimeError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        run_cfg.train.device = setup.device
     try:
-        source, model_eval, provenance = _prepare_data(run_cfg, data_cfg, text_cfg)
+        return _run_training(args, run_cfg, data_cfg, text_cfg, out, setup)
+    finally:
+        if setup is not None:
+            shutdown()
+
+
+def _run_training(args, run_cfg, data_cfg, text_cfg, out, setup) -> int:
+    coll = setup.collectives if setup is not None else None
+    try:
+        source, model_eval, provenance = _prepare_data(run_cfg, data_cfg, text_cfg, coll)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -170,29 +194,41 @@ def run(args) -> int:
     from training.trainer import ConfigMismatchError, NonFiniteError, train
 
     try:
-        result = train(run_cfg, source, out, model_eval=model_eval, provenance=provenance, resume=args.resume)
+        result = train(run_cfg, source, out, model_eval=model_eval, provenance=provenance, resume=args.resume,
+                       collectives=coll)
     except (ConfigMismatchError, CheckpointError, FileExistsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except NonFiniteError as e:
         print(f"stopped: {e}", file=sys.stderr)
         return 3
-    _print_summary(result)
+    if coll is None or coll.is_writer:
+        _print_summary(result)
     return 0
 
 
-def _prepare_data(run_cfg, data_cfg, text_cfg):
-    """The batch source, the CE evaluation (or None) and the provenance for the SAE folders."""
+def _prepare_data(run_cfg, data_cfg, text_cfg, coll=None):
+    """The batch source, the CE evaluation (or None) and the provenance for the SAE folders.
+
+    Data parallel (`coll`): this rank's reader (rows r*B/W..(r+1)*B/W of every global batch of
+    --batch-size rows); only rank 0 loads the model for the CE evaluation."""
     from training.trainer import ModelEval
 
     t = run_cfg.train
     model = None
+    rank, world = (coll.rank, coll.world_size) if coll is not None else (0, 1)
+    if world > 1 and not data_cfg.cache:
+        raise ValueError("training with several processes (torchrun) reads an activation cache: run `saesteer cache` "
+                         "first and pass --cache (without one, every rank would run the model over the same text)")
+    if world > 1 and t.batch_size % world:
+        raise ValueError(f"--batch-size {t.batch_size} is the global batch and must split evenly over the {world} "
+                         f"ranks; use a multiple of {world}")
     if data_cfg.cache:
         from training.reader import CacheReader
         from training.sources import cache_provenance, contexts_from_cache, model_spec_from_cache
 
-        reader = CacheReader(data_cfg.cache, t.batch_size, hook=data_cfg.hook, seed=t.seed, epochs=None,
-                             buffer_rows=data_cfg.reader_buffer_rows)
+        reader = CacheReader(data_cfg.cache, t.batch_size // world, hook=data_cfg.hook, seed=t.seed, epochs=None,
+                             buffer_rows=data_cfg.reader_buffer_rows, rank=rank, world_size=world)
         man = reader.manifest
         prov = cache_provenance(man, data_cfg.cache, reader.hook)
         if t.total_tokens + t.holdout_tokens > man.total_rows:
@@ -201,7 +237,7 @@ def _prepare_data(run_cfg, data_cfg, text_cfg):
         spec = data_cfg.model or model_spec_from_cache(man)
         if data_cfg.model_eval and spec is None:
             print("note: no CE loss recovered: the cache's model cannot be loaded by name; pass --model")
-        if data_cfg.model_eval and spec is not None:
+        if data_cfg.model_eval and spec is not None and rank == 0:
             model = _load_model_checked(spec, man)
         if model is None:
             return reader, None, prov
