@@ -266,7 +266,9 @@ async def label_latents_async(
 
 def label_latents(store: LabelStore, judge: Judge | None, cfg: LabelConfig, *, progress: bool = True,
                   latents: Sequence[int] | None = None) -> RunReport:
-    """Synchronous entry point (runs its own event loop; closes the judge's HTTP clients)."""
+    """Synchronous entry point (runs its own event loop; closes the judge's HTTP clients). Called
+    where an event loop already runs (Jupyter, an async server), it runs in a worker thread with a
+    loop of its own and blocks until done; there, `await label_latents_async(...)` blocks nothing."""
 
     async def main() -> RunReport:
         try:
@@ -275,7 +277,20 @@ def label_latents(store: LabelStore, judge: Judge | None, cfg: LabelConfig, *, p
             if judge is not None:
                 await judge.aclose()
 
-    return asyncio.run(main())
+    return run_coroutine_sync(main)
+
+
+def run_coroutine_sync(make_coro):
+    """`asyncio.run(make_coro())`, also from inside a running event loop (where asyncio.run refuses):
+    then in a worker thread. `make_coro` is called in the thread that runs the loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make_coro())
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="label_latents") as pool:
+        return pool.submit(lambda: asyncio.run(make_coro())).result()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,0 +1,233 @@
+"""The toy-world demo end to end on a small budget (saesteer.pipeline / `saesteer demo`).
+
+Budget (helpers.demo_small.SMALL): 16k cached tokens, a 256-latent Matryoshka SAE with k=8 trained
+on 64k tokens, offline labels, a one-strength steering sweep with 2 samples.
+
+Floors, and why:
+- explained variance > 0.5: an untrained SAE is at or below 0 (its decoder is random), a constant
+  prediction (the mean) is 0, and the innermost Matryoshka level alone (16 latents) reaches about
+  0.35 at this budget; the whole SAE measures about 0.7-0.8 here. 0.5 leaves room for thread and
+  platform differences while failing a broken trainer, a wrong activation scale or a broken save.
+- CE loss recovered > 0.5: splicing the reconstruction in must keep most of the model's loss
+  (measured about 0.9-0.95); zero-ablation is 0 by definition.
+- L0 within [k/4, 2k]: BatchTopK keeps k per token on average in training; the inference thresholds
+  are calibrated to that rate.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from helpers.demo_small import SMALL, small_config, small_flags
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    from saesteer.pipeline import run_demo
+
+    # shared with tests/test_notebooks.py (steering recipes), which reuses it when this ran first
+    out = tmp_path_factory.getbasetemp() / "small-demo"
+    return run_demo(small_config(out), progress=False)
+
+
+def test_demo_outputs_exist(demo) -> None:
+    p = demo.paths
+    manifest = json.loads((p.cache / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["hooks"] == ["blocks.2.hook_resid_post"]
+    assert (demo.sae_dir / "cfg.json").is_file() and (demo.sae_dir / "sae_weights.safetensors").is_file()
+    assert (p.run / "metrics.json").is_file() and (p.run / "training_curves.html").is_file()
+    assert p.store.is_file() and p.summary.is_file() and Path(demo.steering.sweep_html).is_file()
+    summary = json.loads(p.summary.read_text())
+    assert summary["sae_name"] == demo.sae_name == "matryoshka_batchtopk_k8_f256"
+    assert set(summary["stage_seconds"]) == {"model", "cache", "train", "features", "label", "steer"}
+    assert set(demo.stage_status.values()) <= {"ran", "reused"}
+
+
+def test_demo_sae_quality_is_sane(demo) -> None:
+    m = demo.metrics
+    assert m["explained_variance"] > 0.5, m
+    assert 0.5 < m["ce_loss_recovered"] <= 1.05, m
+    k = SMALL["k"]
+    assert k / 4 <= m["l0"] <= 2 * k, m
+    assert 0.0 <= m["dead_fraction"] <= 0.5, m
+    widths = [lv["width"] for lv in m["levels"]]
+    assert widths[-1] == SMALL["d_sae"] and widths == sorted(widths)
+    evs = [lv["explained_variance"] for lv in m["levels"]]
+    assert evs == sorted(evs), "a wider Matryoshka prefix must not reconstruct worse"
+
+
+def test_demo_labels_and_concepts_in_the_store(demo) -> None:
+    from features import FeatureStore
+
+    with FeatureStore.open(demo.paths.store) as store:
+        assert store.complete
+        alive = store.count_features({"alive_only": True})
+        labelled = store.count_features({"has_label": True})
+        assert alive > SMALL["d_sae"] // 2 and labelled == alive == demo.labelled
+        f = store.feature(demo.showcase[0].id)
+        assert f.label is not None and f.label.text == demo.showcase[0].label
+        assert f.label.provenance.judge_kind == "offline"
+        assert {s.method for s in f.scores} == {"detection", "fuzzing"}
+        assert store.concept_matches("topic:ocean"), "ground-truth concept matches are written"
+        strength = store.feature(demo.steering.feature).recommended_strength
+    assert demo.concepts["concepts"] > 40 and demo.concepts["f1_at_least_0.5"] >= 1
+    assert len(demo.showcase) == SMALL["showcase"] and all(s.examples for s in demo.showcase)
+    assert strength == pytest.approx(demo.steering.strength)
+
+
+def test_contexts_from_cache_are_the_last_model_inputs(demo) -> None:
+    from safetensors.torch import load_file
+
+    from training.sources import contexts_from_cache
+
+    manifest = json.loads((demo.paths.cache / "manifest.json").read_text())
+    last = load_file(demo.paths.cache / manifest["shards"][-1]["file"])["context_tokens"]
+    got = contexts_from_cache(demo.paths.cache, 4)
+    assert got.shape == (4, 128) and got.dtype.is_floating_point is False
+    assert (got == last[-4:].long()).all()
+
+
+def test_async_labelling_works_under_a_running_event_loop(demo) -> None:
+    """Jupyter runs an event loop; the notebooks label with `await label_latents_async(...)`."""
+    import asyncio
+
+    from autointerp import FeatureStoreLabels, LabelConfig, label_latents_async
+
+    ids = [s.id for s in demo.showcase]
+
+    async def in_a_loop():
+        with FeatureStoreLabels.open(demo.paths.store) as labels:
+            return await label_latents_async(labels, None, LabelConfig(overwrite=True), progress=False, latents=ids)
+
+    report = asyncio.run(in_a_loop())
+    assert report.labelled == len(ids) and not report.failed
+
+
+def test_demo_steered_output_differs(demo) -> None:
+    s = demo.steering
+    assert s.topic == "ocean" and len(s.prompts) == len(s.default) == len(s.steered) == 3
+    assert any(a != b for a, b in zip(s.default, s.steered))
+    assert s.strength == 4.0 and s.raw_strength and s.raw_strength > 0
+    assert s.topic_share_steered > s.topic_share_default
+
+
+def test_demo_summary_prints(demo, capsys) -> None:
+    from saesteer.pipeline import _console, print_summary
+
+    print_summary(demo, _console())
+    out = capsys.readouterr().out
+    for text in ("SAE quality", "explained", "labelled features", "steering", "default", "steered", "stage times"):
+        assert text in out, text
+    assert f"#{demo.steering.feature}" in out
+
+
+def test_demo_cli_rerun_reuses_every_stage(demo, capsys) -> None:
+    from saesteer.cli import main
+
+    assert main(["demo", "--no-serve", "--no-progress", "--out", str(demo.paths.out), *small_flags()]) == 0
+    out = capsys.readouterr().out
+    for stage in ("cache", "train", "features", "label", "steer"):
+        assert f"{stage}: reused" in out, out
+    again = json.loads(demo.paths.summary.read_text())
+    assert again["metrics"]["explained_variance"] == demo.metrics["explained_variance"]
+
+
+def test_demo_refuses_a_foreign_folder_and_bad_settings(tmp_path: Path, capsys) -> None:
+    from saesteer.cli import main
+
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["demo", "--no-serve", "--fresh", "--out", str(tmp_path)]) == 2
+    assert "not a demo work folder" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").is_file()
+    assert main(["demo", "--no-serve", "--out", str(tmp_path / "x"), "--k", "0"]) == 2
+    assert "DemoConfig.k" in capsys.readouterr().err
+    assert main(["demo", "--no-serve", "--out", str(tmp_path / "x"), "--steer-topic", "moon"]) == 2
+
+
+def test_demo_fresh_starts_over(demo, tmp_path: Path) -> None:
+    from saesteer.pipeline import DemoConfig, _prepare_out, DemoPaths
+
+    out = tmp_path / "w"
+    out.mkdir()
+    (out / "demo.json").write_text("{}")
+    (out / "stale.txt").write_text("x")
+    _prepare_out(DemoConfig(out=str(out)), DemoPaths(out), True, lambda s: None)
+    assert not (out / "stale.txt").exists() and (out / "demo.json").is_file()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_demo_serves_the_web_app(demo) -> None:
+    """`saesteer demo` (no --no-serve) over the finished folder: prints the URL, answers it."""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "saesteer", "demo", "--no-progress", "--out", str(demo.paths.out), "--port",
+           str(port), *small_flags()]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "saesteer serving on" in line:
+                break
+        text = "".join(lines)
+        assert f"saesteer serving on http://127.0.0.1:{port}/" in text, text
+        for _ in range(50):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/stores", timeout=5) as r:
+                    body = json.loads(r.read())
+                break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            pytest.fail("the web app did not answer")
+        assert len(body) == 1 and body[0]["d_sae"] == SMALL["d_sae"], body
+        assert body[0]["can_steer"] and body[0]["has_labels"], body
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_sync_labelling_works_inside_a_running_event_loop(demo) -> None:
+    """`run_demo` labels through the synchronous `label_latents`, which must work where an event loop
+    already runs (Jupyter's kernel; before the fix: "asyncio.run() cannot be called from a running
+    event loop")."""
+    import asyncio
+
+    from autointerp import FeatureStoreLabels, LabelConfig, label_latents
+    from autointerp.runner import run_coroutine_sync
+
+    ids = [s.id for s in demo.showcase]
+
+    async def in_a_loop():
+        with FeatureStoreLabels.open(demo.paths.store) as labels:
+            return label_latents(labels, None, LabelConfig(overwrite=True), progress=False, latents=ids)
+
+    report = asyncio.run(in_a_loop())
+    assert report.labelled == len(ids) and not report.failed
+
+    async def answer():
+        return 42
+
+    async def nested():
+        return run_coroutine_sync(answer)
+
+    assert asyncio.run(nested()) == 42 and run_coroutine_sync(answer) == 42

@@ -1,0 +1,40 @@
+"""docs/cli.md is generated from every command's --help (saesteer/docs.py); it must not go stale."""
+
+from __future__ import annotations
+
+import pytest
+
+from saesteer import docs
+
+
+def test_cli_reference_is_up_to_date() -> None:
+    text = docs.DEFAULT_PATH.read_text(encoding="utf-8")
+    made_with = docs.recorded_python(text)
+    if made_with != docs.python_version():  # argparse's layout differs between Python versions
+        pytest.skip(f"docs/cli.md was generated with Python {made_with}; this is {docs.python_version()}")
+    assert text == docs.render_cli_markdown(), f"docs/cli.md is stale: run `{docs.REGENERATE}`"
+
+
+def test_cli_reference_covers_every_command_and_option() -> None:
+    import argparse
+
+    from saesteer.cli import build_parser
+
+    text = docs.render_cli_markdown()
+    parser = build_parser()
+    for path, sub in docs._walk(parser, []):
+        assert f"## {' '.join(['saesteer', *path])}\n" in text
+        for action in sub._actions:
+            if isinstance(action, argparse._SubParsersAction) or action.help == argparse.SUPPRESS:
+                continue
+            for opt in action.option_strings:
+                assert opt in text, (path, opt)
+    assert "\x1b[" not in text, "no terminal colours in the reference"
+
+
+def test_check_mode_reports_a_stale_file(tmp_path) -> None:
+    out = tmp_path / "cli.md"
+    out.write_text("old\n")
+    assert docs.main(["--out", str(out), "--check"]) == 1
+    assert docs.main(["--out", str(out)]) == 0
+    assert docs.main(["--out", str(out), "--check"]) == 0
