@@ -51,6 +51,8 @@ _LAZY = {
     "evaluate_activations": "training.evaluate",
     "splice_metrics": "training.evaluate",
     "Collectives": "training.collectives",
+    "DistCollectives": "training.collectives",
+    "init_from_env": "training.distributed",
     "SyntheticActivations": "training.synthetic",
 }
 

@@ -191,12 +191,14 @@ class _DistBatchGroup(BatchGroup):
 
     def __init__(self, coll: DistCollectives) -> None:
         self.coll = coll
-        self._rows = (0, 0)  # (local, global) rows of the batch being selected
+        self._rows = (0, 0)  # (local, global) rows of the batch being selected (one group per step)
 
     def global_rows(self, n_local: int) -> int:
-        n_global = self.coll.global_rows(n_local)
-        self._rows = (n_local, n_global)
-        return n_global
+        # one all-reduce per selection, however often a step method asks (a fallback path may
+        # ask again on one rank only; the ranks' sequences of collectives must stay the same)
+        if self._rows[1] == 0 or self._rows[0] != n_local:
+            self._rows = (n_local, self.coll.global_rows(n_local))
+        return self._rows[1]
 
     def take_top(self, vals_N: Tensor, total: int) -> Tensor:
         coll = self.coll
