@@ -25,6 +25,9 @@ Our methods: "fast" and "fast_native" (fp32), "fast_bf16" and "fast_native_bf16"
 --no-native times the pure-torch ones only.
 Runs of ours and theirs alternate; medians of the timed steps and their ratio are reported,
 plus the median of the per-step ratios (more robust when other jobs share the machine).
+--clock cpu times each step by this process's CPU time instead of elapsed time: with
+--threads 1 that is the work a step takes on one core, unaffected by other jobs taking turns
+on the machine (use it when the load average is above the core count); tok/s are then per core.
 """
 
 from __future__ import annotations
@@ -101,7 +104,7 @@ def check_equal_loss(arch: str, ours: saes.SAE, sl, x, dead, aux_coef: float, me
     sl_out.loss.backward()
     aux_sl = sl_out.losses.get("auxiliary_reconstruction_loss", torch.zeros(()))
     out["ours"] = (float(res.total), float(res.mse), float(res.aux))
-    out["sae_lens"] = (float(sl_out.loss), float(sl_out.losses["mse_loss"]), float(aux_sl))
+    out["sae_lens"] = (float(sl_out.loss.detach()), float(sl_out.losses["mse_loss"].detach()), float(aux_sl.detach()))
     if res.level_mse is not None:
         inner = [float(sl_out.losses[f"inner_mse_loss_{w}"]) for w in ours.cfg.matryoshka_widths[:-1]]
         out["levels_ours"] = [float(v) for v in res.level_mse]
@@ -148,7 +151,10 @@ def bench_one(arch: str, precision: str, args, batches: list[torch.Tensor], dead
         order = names[i % len(names):] + names[: i % len(names)]  # rotate who goes first
         step_t = {}
         for n in order:
-            step_t[n] = timed(sl_step, x, i) if n == "SAELens" else timed(steppers[n], x, dead)
+            if n == "SAELens":
+                step_t[n] = timed(sl_step, x, i, clock=args.clock)
+            else:
+                step_t[n] = timed(steppers[n], x, dead, clock=args.clock)
         if i >= args.warmup:
             for n in names:
                 times[n].append(step_t[n])
@@ -171,7 +177,9 @@ def markdown(results: list[dict], args, loads: tuple[str, str]) -> str:
     lines = [
         f"Shape: d_in {args.d_in}, d_sae {args.d_sae}, k {args.k}, batch {args.batch} tokens, Matryoshka widths "
         f"[{args.widths}], dead latents {args.dead}; {args.steps} timed steps after {args.warmup} warm-up, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads; load average before/after {loads[0]} / {loads[1]}.",
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, clock: "
+        f"{'process CPU time (tok/s per CPU-second)' if args.clock == 'cpu' else 'elapsed time'}; "
+        f"load average before/after {loads[0]} / {loads[1]}.",
         "",
         "| arch | precision | ours (method) | ours tok/s | SAELens tok/s | ratio (medians) | median per-step ratio |",
         "|---|---|---|---:|---:|---:|---:|",
@@ -221,6 +229,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pool", type=int, default=4, help="distinct batches cycled through")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="time steps by elapsed time or by this process's CPU time (see above)")
     p.add_argument("--check-dead", type=int, default=1024, help="dead latents in the first-step loss comparison")
     p.add_argument("--skip-check", action="store_true", help="skip the first-step loss comparison")
     p.add_argument("--no-native", action="store_true", help="time only the pure-torch methods (fast, fast_bf16)")

@@ -92,11 +92,12 @@ class Timed:
     """Wraps a batch source; records when each batch was asked for (and forwards resume state)."""
 
     def __init__(self, reader, acts_only: bool = False) -> None:
-        self.reader, self.acts_only, self.times = reader, acts_only, []
+        self.reader, self.acts_only, self.times, self.cpu_times = reader, acts_only, [], []
 
     def __iter__(self):
         for batch in self.reader:
             self.times.append(time.perf_counter())
+            self.cpu_times.append(time.process_time())  # all threads of the process (reader's too)
             yield batch.acts if self.acts_only else batch
 
     def state_dict(self):
@@ -105,8 +106,10 @@ class Timed:
     def load_state_dict(self, s):
         self.reader.load_state_dict(s)
 
-    def step_seconds(self, skip: int) -> float:
-        gaps = [b - a for a, b in zip(self.times, self.times[1:])][skip:]
+    def step_seconds(self, skip: int, clock: str = "wall") -> float:
+        """Median time between consecutive batch requests: elapsed ("wall") or process CPU ("cpu")."""
+        t = self.cpu_times if clock == "cpu" else self.times
+        gaps = [b - a for a, b in zip(t, t[1:])][skip:]
         return statistics.median(gaps)
 
 
@@ -147,7 +150,8 @@ def run_ours(arch, cache, *, d_sae, k, batch, tokens, holdout, method, lr, dead_
     t0 = time.perf_counter()
     res = train(cfg, src, out, model_eval=ce, resume="never")
     wall = time.perf_counter() - t0
-    return {"step_s": src.step_seconds(skip=holdout // batch + 3), "wall": wall, "metrics": res.metrics["saes"][spec.name],
+    return {"step_s": src.step_seconds(skip=holdout // batch + 3), "cpu_step_s": src.step_seconds(holdout // batch + 3, "cpu"),
+            "wall": wall, "metrics": res.metrics["saes"][spec.name],
             "sae": res.saes[spec.name], "tokens": res.tokens}
 
 
@@ -186,7 +190,8 @@ def run_sae_lens(arch, cache, *, d_sae, k, batch, tokens, holdout, lr, dead_toke
     trainer = SAETrainer(cfg, sae, iter(src))
     sae = trainer.fit()
     wall = time.perf_counter() - t0
-    return {"step_s": src.step_seconds(skip=holdout // batch + 3), "wall": wall, "sae": from_sae_lens(sae),
+    return {"step_s": src.step_seconds(skip=holdout // batch + 3), "cpu_step_s": src.step_seconds(holdout // batch + 3, "cpu"),
+            "wall": wall, "sae": from_sae_lens(sae),
             "tokens": tokens}
 
 
@@ -250,36 +255,40 @@ def cmd_speed(args) -> str:
                 q = evaluate_activations(out["sae"], hold)
                 res[who].append({**out, "ev": q["explained_variance"], "l0": q["l0"]})
                 print(f"{arch:22s} round {r} {who:12s}: {args.batch / out['step_s']:9,.0f} tok/s per step, "
+                      f"{args.batch / out['cpu_step_s']:9,.0f} tok per CPU-s, "
                       f"wall {out['wall']:6.1f} s, EV {q['explained_variance']:.3f}, L0 {q['l0']:.1f}", flush=True)
         rows.append((arch, res))
     load1 = load_average()
     lines = [
         f"Machine: {machine()}; SAELens {sl_version}; load average before/after {load0} / {load1}. "
-        f"`python benchmarks/bench_train.py speed --steps {args.steps} --rounds {args.rounds} --methods "
-        f"{','.join(args.methods)}`",
+        f"`python benchmarks/bench_train.py speed --steps {args.steps} --rounds {args.rounds} --threads {args.threads} "
+        f"--holdout {args.holdout} --methods {','.join(args.methods)}`",
         "",
         f"Same fp16 disk cache of synthetic sparse-feature activations (d_in {args.d_in}), d_sae {args.d_sae}, k {args.k}, "
         f"batch {args.batch}, {args.steps} steps ({args.steps * args.batch:,} tokens) after {args.holdout:,} rows for the "
         f"norm estimate; same seeded reader, LR {args.lr} with 1% warmup / 20% linear decay, grad-norm clip 1.0 "
         f"(SAELens always clips at 1.0), AuxK coefficient 1/32, dead window {args.dead_tokens:,} tokens; fp32 both. "
         f"tok/s = batch rows / median time between the training loop's batch requests (reading + step + "
-        f"bookkeeping); medians over {args.rounds} interleaved rounds. Wall = whole call (start-up, norm estimate, "
+        f"bookkeeping), by elapsed time (wall) and by the process's CPU time (cpu: all its threads, the reader's "
+        f"checksum thread included; with {args.threads} torch thread(s) this is the work per token whatever share of "
+        f"the shared machine we get); medians over {args.rounds} interleaved rounds. Wall = whole call (start-up, norm estimate, "
         f"training, fold; ours also final eval, checkpoint and save). EV / L0: the trained SAE in its inference form "
         f"on the same {args.holdout:,} held-out rows (early in training: a sanity check, not a quality comparison).",
         "",
-        "| arch | " + " | ".join(f"ours `{m}` tok/s" for m in args.methods) + " | SAELens tok/s | "
-        + " | ".join(f"speed-up `{m}`" for m in args.methods) + " | wall ours / SAELens (s) | EV ours / SAELens | "
+        "| arch | " + " | ".join(f"ours `{m}` tok/s wall / cpu" for m in args.methods) + " | SAELens tok/s wall / cpu | "
+        + " | ".join(f"speed-up `{m}` wall / cpu" for m in args.methods) + " | wall ours / SAELens (s) | EV ours / SAELens | "
         "L0 ours / SAELens |",
         "|---|" + "---|" * (2 * len(args.methods) + 4),
     ]
     first = args.methods[0]
     for arch, res in rows:
         med = {w: statistics.median(args.batch / x["step_s"] for x in v) for w, v in res.items()}
+        cpu = {w: statistics.median(args.batch / x["cpu_step_s"] for x in v) for w, v in res.items()}
         wall = {w: statistics.median(x["wall"] for x in v) for w, v in res.items()}
         ev = {w: statistics.median(x["ev"] for x in v) for w, v in res.items()}
         l0 = {w: statistics.median(x["l0"] for x in v) for w, v in res.items()}
-        cells = [arch] + [f"{med[m]:,.0f}" for m in args.methods] + [f"{med['sae_lens']:,.0f}"]
-        cells += [f"{med[m] / med['sae_lens']:.1f}x" for m in args.methods]
+        cells = [arch] + [f"{med[w]:,.0f} / {cpu[w]:,.0f}" for w in [*args.methods, "sae_lens"]]
+        cells += [f"{med[m] / med['sae_lens']:.1f}x / {cpu[m] / cpu['sae_lens']:.1f}x" for m in args.methods]
         cells += [f"{wall[first]:.1f} / {wall['sae_lens']:.1f}", f"{ev[first]:.3f} / {ev['sae_lens']:.3f}",
                   f"{l0[first]:.1f} / {l0['sae_lens']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -323,7 +332,7 @@ def cmd_quality(args) -> str:
 
 def cmd_toyworld(args) -> str:
     from saesteer.models import load_model, model_id
-    from training.config import CheckpointConfig, EvalConfig, LogConfig, RunConfig, SAESpec, TrainConfig
+    from training.config import CheckpointConfig, EvalConfig, LogConfig, OptimConfig, RunConfig, SAESpec, TrainConfig
     from training.manifest import read_manifest
     from training.reader import CacheReader
     from training.sources import cache_provenance, contexts_from_text
@@ -347,7 +356,8 @@ def cmd_toyworld(args) -> str:
     cfg = RunConfig(
         saes=saes,
         train=TrainConfig(total_tokens=args.tokens, batch_size=args.batch, dead_tokens=args.toy_dead_tokens,
-                          num_threads=args.threads),
+                          num_threads=args.threads, step_method=args.toy_method, aux_coef=args.toy_aux_coef),
+        optim=OptimConfig(lr=args.toy_lr),
         checkpoint=CheckpointConfig(every_tokens=max(args.tokens // 4, 1)),
         eval=EvalConfig(every_tokens=max(args.tokens // 8, 1), ce_contexts=args.ce_contexts),
         log=LogConfig(progress=True, log_every=50),
@@ -358,13 +368,15 @@ def cmd_toyworld(args) -> str:
                 model_eval=ModelEval(model, hook, tokens, keep), provenance=cache_provenance(man, cache, hook))
     m = res.metrics
     lines = [
-        f"`python benchmarks/bench_train.py toyworld --cache {args.cache} --tokens {args.tokens}`; "
+        f"`python benchmarks/bench_train.py toyworld --cache {args.cache} --tokens {args.tokens} --toy-d-sae {args.toy_d_sae} "
+        f"--batch {args.batch} --toy-dead-tokens {args.toy_dead_tokens} --toy-method {args.toy_method}"
+        f"{' --toy-lr %g' % args.toy_lr if args.toy_lr else ''} --toy-aux-coef {args.toy_aux_coef:g}`; "
         f"{machine()}; load average before {load0}.",
         "",
         f"Toy world model (d_model {_d_in(cache)}, 4 layers), residual stream at `{hook}` from an fp16 activation cache "
         f"of the toy training split ({man.total_rows:,} rows, BOS excluded); the three SAEs trained together in one "
-        f"pass: {m['tokens_trained']:,} tokens, batch {args.batch}, Adam with the width-rule LR, 1% warmup, linear decay "
-        f"over the last 20%, step method `{m['step_method']}`, {m['tokens_per_second']:,.0f} tokens/s for all three "
+        f"pass: {m['tokens_trained']:,} tokens, batch {args.batch}, Adam LR {args.toy_lr if args.toy_lr else 'by the width rule 2e-4/sqrt(d_sae/16384)'}, "
+        f"AuxK coefficient {args.toy_aux_coef:g}, 1% warmup, linear decay over the last 20%, step method `{m['step_method']}`, {m['tokens_per_second']:,.0f} tokens/s for all three "
         f"together. EV, L0 and dense fraction on {m['holdout_rows']:,} held-out rows; CE loss recovered and KL on "
         f"{args.ce_contexts} contexts of the validation split (BOS positions kept clean); dead = no activation in the "
         f"last {args.toy_dead_tokens:,} training tokens. Goals: EV >= 0.9, CE loss recovered >= 0.95, dead < 1%.",
@@ -401,6 +413,9 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=2_000_000, help="quality / toyworld training tokens")
     ap.add_argument("--toy-dead-tokens", type=int, default=2_000_000)
     ap.add_argument("--toy-out", default="/tmp/trainer/toyworld_run")
+    ap.add_argument("--toy-method", default="auto", help="toyworld: the trainer's step method (auto, fast, fast_native, ...)")
+    ap.add_argument("--toy-lr", type=float, default=None, help="toyworld: Adam LR (default: the trainer's width rule)")
+    ap.add_argument("--toy-aux-coef", type=float, default=1 / 32, help="toyworld: AuxK coefficient")
     ap.add_argument("--ce-contexts", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--archs", default=",".join(ARCHS))
