@@ -277,9 +277,17 @@ class DataConfig:
                           "shard when the split is missing)"},
     )
     reader_buffer_rows: int = field(default=1 << 20, metadata={"help": "shuffle window of the cache reader, in rows"})
+    dp_partition: Literal["shards", "rows"] = field(
+        default="shards",
+        metadata={"help": "several processes (torchrun): shards = each rank reads its own shards (no shard read "
+                          "twice; resume needs the same number of ranks); rows = every rank reads the one stream "
+                          "and keeps its slice of each batch (exactly one process's batches; any number of ranks "
+                          "on resume)"},
+    )
 
     def __post_init__(self) -> None:
         _pos_int("DataConfig", "reader_buffer_rows", self.reader_buffer_rows)
+        _check(self.dp_partition in ("shards", "rows"), f"DataConfig.dp_partition must be shards or rows; got {self.dp_partition!r}")
 
 
 @dataclass

@@ -27,6 +27,10 @@ buffer_rows, cache identity); `load_state_dict()` refuses a state from a differe
 Batch size and world size may change across a resume: the remaining stream is the same rows in the
 same order.
 
+Disjoint shards instead (`shards=rank_shards(...)`, `saesteer train --dp-partition shards`): each
+rank reads its own subset of the shards with world_size=1, so no shard is read twice; each rank's
+stream is then its own (its state is per rank), and the global batch is the ranks' batches together.
+
 Memory: one window (at most max(buffer_rows, largest shard's rows) rows of one hook in the stored
 dtype) plus one batch, whatever the cache size. Each shard's SHA-256 is checked (streaming over
 the file) before any of its rows is used, once per reader object (`verify="always"`: every time the
@@ -39,7 +43,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Iterator, Literal, NamedTuple
+from typing import Any, Iterator, Literal, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -104,6 +108,7 @@ class CacheReader:
         dtype: torch.dtype | None = torch.float32,
         device: str | torch.device | None = None,
         verify: Literal["once", "always", "never"] = "once",
+        shards: Sequence[int] | None = None,
     ):
         self.path = Path(path)
         self.manifest: Manifest = read_manifest(self.path)
@@ -143,6 +148,12 @@ class CacheReader:
         self.d_in = self.manifest.d_in[hook]
         self.stored_dtype = DTYPES[self.manifest.dtype]
         self._shards = self.manifest.shards
+        if shards is not None:  # a subset (data parallel by shards: `rank_shards`); the stream is over it alone
+            n = len(self._shards)
+            bad = [i for i in shards if not 0 <= int(i) < n]
+            if bad or len(set(shards)) != len(shards) or not shards:
+                raise ValueError(f"shards must be distinct indices in [0, {n}) and not empty; got {list(shards)[:20]}")
+            self._shards = [self._shards[int(i)] for i in sorted(shards)]
         self._shard_rows = np.array([s.rows for s in self._shards], dtype=np.int64)
         self.rows_per_epoch = int(self._shard_rows.sum())
         self._verified: set[int] = set()
@@ -384,6 +395,22 @@ class ShardData(NamedTuple):
     positions: torch.Tensor  # [R] int32
     seq_index: torch.Tensor  # [R] int64 (global context index of each row)
     context_tokens: torch.Tensor  # [C, L] int32: the full model input of the shard's contexts
+
+
+def rank_shards(shard_rows: Sequence[int], rank: int, world_size: int) -> list[int]:
+    """The shards (indices) of one rank when ranks read disjoint sets of shards: largest first,
+    each to the rank with the fewest rows so far (ties: lowest rank), so the ranks' row counts
+    differ by at most about one shard. Every rank gets at least one shard."""
+    if len(shard_rows) < world_size:
+        raise ValueError(f"the cache has {len(shard_rows)} shard(s), fewer than the {world_size} ranks; read by rows "
+                         f"(--dp-partition rows) or write the cache with more, smaller shards")
+    load = [0] * world_size
+    mine: list[list[int]] = [[] for _ in range(world_size)]
+    for i in sorted(range(len(shard_rows)), key=lambda j: (-int(shard_rows[j]), j)):
+        r = min(range(world_size), key=lambda q: (load[q], len(mine[q]), q))
+        mine[r].append(i)
+        load[r] += int(shard_rows[i])
+    return sorted(mine[rank])
 
 
 def iter_shards(path: str | Path, hook: str | None = None, *, verify: bool = True) -> Iterator[ShardData]:

@@ -448,6 +448,15 @@ def _draw_holdout(it: Iterator[Any], rows: int, coll: Collectives | None = None)
     return local_BD[:rows], batches
 
 
+def _gather_json(coll: Collectives, obj: Any) -> list[Any]:
+    """Every rank's JSON-able `obj`, in rank order (sent as UTF-8 bytes; nothing is unpickled)."""
+    import json
+
+    raw = torch.frombuffer(bytearray(json.dumps(obj, sort_keys=True).encode()), dtype=torch.uint8)
+    pieces, _ = coll._all_gather_padded(raw.to(coll.device))  # type: ignore[attr-defined]
+    return [json.loads(bytes(p.cpu().numpy().tobytes()).decode()) for p in pieces]
+
+
 def seed_everything(seed: int) -> None:
     """Seed the global RNGs (python, numpy, torch) at the start of a fresh run; a resume restores
     their saved states instead. Nothing in the trainer draws from them, but user code may."""
@@ -596,10 +605,18 @@ def _train_locked(
         if not math.isclose(fresh_scale, trainer.scale, rel_tol=1e-6):
             print(f"warning: the data's held-out rows differ from the original run's (scale {fresh_scale:.6g} vs "
                   f"{trainer.scale:.6g}); is it the same data source and seed?")
-        if data_state.get("kind") == "state_dict":
+        if data_state.get("kind") in ("state_dict", "per_rank"):
             if not stateful:
                 raise CheckpointError("the checkpoint stores a reader position but this data source has no load_state_dict()")
-            data.load_state_dict(data_state["state"])  # type: ignore[attr-defined]
+            if data_state["kind"] == "per_rank":
+                states = data_state["states"]
+                if len(states) != coll.world_size:
+                    raise CheckpointError(
+                        f"the checkpoint holds the reader positions of {len(states)} ranks, each reading its own shards; "
+                        f"resume with {len(states)} processes (torchrun --nproc-per-node ...), or start a new run")
+                data.load_state_dict(states[coll.rank])  # type: ignore[attr-defined]
+            else:
+                data.load_state_dict(data_state["state"])  # type: ignore[attr-defined]
             it = iter(data)
         else:
             for _ in range(int(data_state["batches"])):
@@ -629,14 +646,20 @@ def _train_locked(
 
     def data_state() -> dict[str, Any]:
         if stateful:
-            return {"kind": "state_dict", "state": data.state_dict()}  # type: ignore[attr-defined]
+            mine = data.state_dict()  # type: ignore[attr-defined]
+            if coll.distributed:  # every rank's position (they differ when ranks read their own shards)
+                states = _gather_json(coll, mine)
+                if any(st != states[0] for st in states):
+                    return {"kind": "per_rank", "states": states}
+            return {"kind": "state_dict", "state": mine}
         return {"kind": "skip", "batches": batches_trained}
 
     def save_checkpoint() -> Path | None:
+        ds = data_state()  # a collective: every rank calls it
         if not writer:
             return None
         logger.flush()
-        state, tensors = trainer.checkpoint_payload(data_state())
+        state, tensors = trainer.checkpoint_payload(ds)
         path = write_checkpoint(ckpt_root, trainer.step, state, tensors)
         prune_checkpoints(ckpt_root, config.checkpoint.keep_last)
         return path
@@ -682,7 +705,8 @@ def _train_locked(
                 last_ckpt_step, ckpt_due = trainer.step, False
             if on_step is not None:
                 on_step(trainer)
-        if trainer.step != last_ckpt_step or not list_checkpoints(ckpt_root):
+        final_due = trainer.step != last_ckpt_step or not list_checkpoints(ckpt_root)
+        if coll.broadcast_int(int(final_due)):  # rank 0 decides (its folder); all take part
             save_checkpoint()
     finally:
         logger.close()

@@ -23,8 +23,9 @@ Output folder (--out):
 
 Several processes (data parallel, one per GPU or across machines): start it with torchrun,
   torchrun --nproc-per-node 8 -m saesteer train --cache caches/x --out runs/x --device cuda ...
---batch-size stays the global batch (split evenly over the ranks); NCCL on GPUs, gloo on CPU;
-rank 0 writes everything. See docs/training.md, "Distributed training".
+--batch-size stays the global batch (split evenly over the ranks); each rank reads its own
+shards (--dp-partition rows: slices of one stream instead); NCCL on GPUs, gloo on CPU; rank 0
+writes everything. See docs/training.md, "Distributed training".
 
 Resuming: run the same command again with the same --out. It continues from the newest
 checkpoint (also after kill -9; on CPU the result is bit-identical to an uninterrupted run with
@@ -227,10 +228,20 @@ def _prepare_data(run_cfg, data_cfg, text_cfg, coll=None):
         from training.reader import CacheReader
         from training.sources import cache_provenance, contexts_from_cache, model_spec_from_cache
 
-        reader = CacheReader(data_cfg.cache, t.batch_size // world, hook=data_cfg.hook, seed=t.seed, epochs=None,
-                             buffer_rows=data_cfg.reader_buffer_rows, rank=rank, world_size=world)
+        if world > 1 and data_cfg.dp_partition == "shards":  # this rank's own shards, its own stream
+            from training.manifest import read_manifest
+            from training.reader import rank_shards
+
+            mine = rank_shards([sh.rows for sh in read_manifest(data_cfg.cache).shards], rank, world)
+            reader = CacheReader(data_cfg.cache, t.batch_size // world, hook=data_cfg.hook, seed=t.seed, epochs=None,
+                                 buffer_rows=data_cfg.reader_buffer_rows, shards=mine)
+        else:  # rows: rank r keeps rows [r*B/W, (r+1)*B/W) of each global batch of the one stream
+            reader = CacheReader(data_cfg.cache, t.batch_size // world, hook=data_cfg.hook, seed=t.seed, epochs=None,
+                                 buffer_rows=data_cfg.reader_buffer_rows, rank=rank, world_size=world)
         man = reader.manifest
         prov = cache_provenance(man, data_cfg.cache, reader.hook)
+        if world > 1:
+            prov.update(world_size=world, dp_partition=data_cfg.dp_partition)
         if t.total_tokens + t.holdout_tokens > man.total_rows:
             print(f"note: {t.total_tokens + t.holdout_tokens:,} tokens asked for, the cache holds {man.total_rows:,} rows: "
                   f"the reader makes {(t.total_tokens + t.holdout_tokens) / max(1, man.total_rows):.1f} passes over it")
