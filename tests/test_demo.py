@@ -1,7 +1,7 @@
 """The toy-world demo end to end on a small budget (saesteer.pipeline / `saesteer demo`).
 
 Budget (helpers.demo_small.SMALL): 16k cached tokens, a 256-latent Matryoshka SAE with k=8 trained
-on 64k tokens, offline labels, a one-strength steering sweep with 2 samples.
+on 48k tokens, offline labels, a one-strength steering sweep with 2 samples.
 
 Floors, and why:
 - explained variance > 0.5: an untrained SAE is at or below 0 (its decoder is random), a constant
@@ -169,6 +169,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def test_demo_cli_serves_the_web_app(demo, monkeypatch, capsys, recwarn) -> None:
+    """`saesteer demo` (no --no-serve) over the finished folder, in this process: it prints the URL and
+    hands uvicorn an app that answers it (uvicorn.run is replaced by a recorder; the slow test below
+    runs the real server in a subprocess)."""
+    import uvicorn
+
+    from saesteer.cli import main
+    from helpers.web_app import client
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+    port = _free_port()
+    assert main(["demo", "--no-progress", "--out", str(demo.paths.out), "--port", str(port), *small_flags()]) == 0
+    out = capsys.readouterr().out
+    assert f"saesteer serving on http://127.0.0.1:{port}/" in out, out
+    assert f"/steer?f={demo.steering.feature}" in out
+    (app, kw), = calls
+    assert kw["host"] == "127.0.0.1" and kw["port"] == port
+    body = client(app, base_url=f"http://127.0.0.1:{port}").get("/api/stores").json()
+    assert len(body) == 1 and body[0]["d_sae"] == SMALL["d_sae"], body
+    assert body[0]["can_steer"] and body[0]["has_labels"], body
+    assert not [w for w in recwarn if "trained on model" in str(w.message)], "the toy SAE matches the toy model"
+
+
+@pytest.mark.slow
 def test_demo_serves_the_web_app(demo) -> None:
     """`saesteer demo` (no --no-serve) over the finished folder: prints the URL, answers it."""
     port = _free_port()

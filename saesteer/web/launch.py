@@ -28,6 +28,15 @@ def model_name_of(model: Any) -> str:
     return str(getattr(cfg, "model_name", None) or type(model).__name__)
 
 
+def _model_id(model: Any) -> str | None:
+    try:
+        from saesteer.models import model_id
+
+        return model_id(model)
+    except Exception:  # not a model saesteer.models can fingerprint
+        return None
+
+
 def open_entries(
     store_paths: Sequence[str | Path],
     *,
@@ -83,7 +92,7 @@ def _check_model(store, model, store_path: Path) -> None:
     sae_meta = store.meta.get("sae") or {}
     want = sae_meta.get("model_name")
     have = model_name_of(model)
-    if want and have and want != have:
+    if want and have and want != have and want != _model_id(model):  # SAEs record saesteer.models.model_id
         warnings.warn(f"{store_path}: the SAE was trained on model {want!r} but the server runs {have!r}", stacklevel=3)
     d_in = sae_meta.get("d_in")
     d_model = getattr(getattr(model, "cfg", None), "d_model", None)

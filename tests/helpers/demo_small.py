@@ -13,7 +13,7 @@ from pathlib import Path
 
 SMALL = {
     "cache_tokens": 16_000,
-    "train_tokens": 64_000,
+    "train_tokens": 48_000,
     "d_sae": 256,
     "k": 8,
     "batch_size": 1024,
