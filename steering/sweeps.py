@@ -9,7 +9,9 @@
 The recommendation is the strength with the highest mean aggregate score (the harmonic mean
 of concept and fluency [and instruction], AxBench's selection rule) among points whose mean
 fluency is at least `min_fluency`; or, with `target_concept`, the weakest strength whose concept
-score reaches the target with that fluency. Ties go to the weaker strength.
+score reaches the target with that fluency (`rule="weakest"`), or the strength with the largest
+worst-case margin to both targets (`rule="margin"`, the most robust on held-out samples). Ties
+go to the weaker strength.
 `sweep_edits` sweeps anything that builds an edit from a strength (e.g. a steering vector).
 """
 
@@ -181,9 +183,13 @@ def sweep(
                          typical_max=typical_max, limits=limits, sentence_counts=sentence_counts,
                          with_perplexity=config.perplexity, progress=progress)
     tmax = lookup_typical_max(typical_max_for(typical_max, sae_name), feature)
-    rec = recommend_strength(points, min_fluency=config.min_fluency, target_concept=config.target_concept)
-    rule = (f"weakest strength with concept >= {config.target_concept:g}" if config.target_concept is not None
-            else "best mean aggregate") + (f", fluency >= {config.min_fluency:g}" if config.min_fluency else "")
+    rec = recommend_strength(points, min_fluency=config.min_fluency, target_concept=config.target_concept,
+                             rule=config.rule)
+    if config.rule == "margin":
+        rule = (f"largest margin min(concept - {config.target_concept:g}, fluency - {config.min_fluency:g})")
+    else:
+        rule = (f"weakest strength with concept >= {config.target_concept:g}" if config.target_concept is not None
+                else "best mean aggregate") + (f", fluency >= {config.min_fluency:g}" if config.min_fluency else "")
     return SweepResult(f"{sae_name}/{feature}:{config.op}", config.unit, points, rec, feature, sae_name,
                        config.op, tmax, rule)
 

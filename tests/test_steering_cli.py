@@ -88,12 +88,15 @@ def test_sweep_writes_plot_and_numbers(model, sae_dir, tmp_path, capsys):
     from saesteer.commands import sweep
 
     args = parse("sweep", "--sae", str(sae_dir), "--feature", "3", "--topic", "ocean", "--strengths", "0,6",
-                 "--unit", "raw", "--samples", "2", "--max-new-tokens", "4", "--out", str(tmp_path), "--perplexity", "false")
+                 "--unit", "raw", "--samples", "2", "--max-new-tokens", "4", "--out", str(tmp_path), "--perplexity", "false",
+                 "--target-concept", "0.99", "--min-fluency", "0.99", "--rule", "margin")
     assert sweep._run(args, model=model) == 0
     html = tmp_path / "sweep_sae_3.html"
     data = json.loads((tmp_path / "sweep_sae_3.json").read_text())
     assert html.is_file() and [p["strength"] for p in data["points"]] == [0.0, 6.0]
     assert all(p["n_samples"] == 2 for p in data["points"])
+    # the margin rule always recommends a point (the weakest rule would find none at these targets)
+    assert data["recommended"] in (0.0, 6.0) and data["rule"].startswith("largest margin")
 
 
 def test_sweep_needs_one_scorer(model, sae_dir, capsys):

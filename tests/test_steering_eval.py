@@ -159,6 +159,10 @@ def test_sweep_validates_every_strength_first(model, planted):
         sweep(model, planted, 11, PROMPTS[:1], scorer, SweepConfig(strengths=[1.0, 500.0]), typical_max={11: 1.0})
     with pytest.raises(SteeringError, match="finite"):
         SweepConfig(strengths=[1.0, float("nan")])
+    with pytest.raises(SteeringError, match="target_concept"):
+        SweepConfig(rule="margin")
+    with pytest.raises(SteeringError, match="rule"):
+        SweepConfig(rule="best", target_concept=0.5)
 
 
 def test_recommend_strength_rules():

@@ -19,12 +19,13 @@ Scoring, one of:
                  configure it with the --judge-* flags (as in `saesteer label`)
 
 The recommendation is the strength with the best mean harmonic mean of the scores (with fluency
-at least --min-fluency), or with --target-concept the weakest strength that reaches it.
+at least --min-fluency), or with --target-concept the weakest strength that reaches it (--rule
+weakest), or the one with the largest worst-case margin to both targets (--rule margin).
 
 examples:
   saesteer sweep --sae saes/toy-topk --store toy.db --feature 123 --topic ocean --out sweeps/
   saesteer sweep --sae saes/toy-topk --store toy.db --feature 123 --topic ocean \\
-      --strengths 0,1,2,4,8 --target-concept 0.5 --min-fluency 0.8 --save-strength
+      --strengths 0,0.5,0.75,1,1.25 --target-concept 0.5 --min-fluency 0.8 --rule margin --save-strength
   saesteer sweep --model gpt2 --sae saes/gpt2-l6 --store gpt2.db --feature 4117 \\
       --concept "the ocean" --judge-model gpt-4o-mini --prompt "Tell me a story." --samples 8"""
 
