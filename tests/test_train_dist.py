@@ -58,10 +58,12 @@ def env() -> dict[str, str]:
 
 
 def torchrun(args: list[str], hang_at: int | None = None) -> list[str]:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(CHILD)]
-    if hang_at is not None:
-        cmd += ["--hang-at", str(hang_at)]
-    return cmd + ["--"] + args
+    """`torchrun --standalone --nproc-per-node 2 -m saesteer ARGS` (the user's command), or the
+    child that stops at a step for the kill test."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    if hang_at is None:
+        return cmd + ["-m", "saesteer"] + args
+    return cmd + [str(CHILD), "--hang-at", str(hang_at), "--"] + args
 
 
 def run(cmd: list[str]) -> subprocess.CompletedProcess:
