@@ -242,6 +242,11 @@ def toy(args) -> str:
         store = FeatureStore.open(args.store)
         link = StoreLink(store)
     topics = list(TOPICS) if not args.topics else args.topics.split(",")
+    if "-" in args.positions:  # "A-B": token indices A..B (0 = BOS), e.g. the start of the generation
+        lo, hi = (int(v) for v in args.positions.split("-"))
+        where = tuple(range(lo, hi + 1))
+    else:
+        where = args.positions
     docs = {t: [generate_document(f"steer-bench-{t}-{i}", topic=t).text for i in range(args.n_docs)] for t in TOPICS}
     prompts = [""] * args.samples  # unconditional: the base rate of each topic is its share in free generation
 
@@ -276,39 +281,66 @@ def toy(args) -> str:
         pos = docs[topic]
         neg = [d for t in TOPICS if t != topic for d in docs[t][: max(1, args.n_docs // 4)]]
         ranked = contrast_features(model, sae, pos, neg, top=args.top_n)
-        cand = ranked[0]
         by_f1 = store.concept_matches(f"topic:{topic}") if store is not None else []
+        everything = contrast_features(model, sae, pos, neg, top=sae.d_sae)
         if args.select == "concept":
             if not by_f1:
                 raise SystemExit(f"the store has no concept match for topic:{topic}; use --select contrast")
-            f = by_f1[0].feature_id
-            cand = next((c for c in contrast_features(model, sae, pos, neg, top=sae.d_sae) if c.feature == f), cand)
+            pool = [next(c for c in everything if c.feature == by_f1[0].feature_id)]
+        else:  # the top --candidates latents by contrast, plus the store's concept-F1-best latent
+            pool = list(ranked[: args.candidates])
+            if by_f1 and args.candidates > 1 and all(c.feature != by_f1[0].feature_id for c in pool):
+                pool.append(next(c for c in everything if c.feature == by_f1[0].feature_id))
         vec = diff_of_means(model, hook, pos, neg)
         scorer = toy_scorer(topic, "sentence")
-        tmax = link.typical_max(cand.feature) if link else None
-        unit = "max_act" if tmax else "raw"
-        strengths = args.strengths if tmax else [s * max(cand.mean_positive, 1e-3) * 4 for s in args.strengths]
-        provider = {cand.feature: tmax} if tmax else None
+
+        def margin(pt):
+            return min(pt.concept - 0.5, pt.fluency - 0.8)
+
+        # each candidate latent swept on the dev seed; the (latent, strength) with the best margin wins
+        best = None
+        for c in pool:
+            tm = link.typical_max(c.feature) if link else None
+            u = "max_act" if tm else "raw"
+            grid = args.strengths if tm else [s * max(c.mean_positive, 1e-3) * 4 for s in args.strengths]
+            prov = {c.feature: tm} if tm else None
+            pts = sweep_edits(model, sae, lambda s, f=c.feature, u=u: FeatureEdit(f, args.op, s, unit=u, positions=where)
+                              if s else None,
+                              grid, prompts, scorer, gen_config=cfg(args.dev_seed), typical_max=prov,
+                              with_perplexity=False)
+            s_c = recommend_strength(pts, min_fluency=0.8, target_concept=0.5, rule=args.rule)
+            if s_c is None:
+                s_c = recommend_strength(pts)
+            m_c = margin(next(p for p in pts if p.strength == s_c))
+            print(f"  {topic}: candidate {c.feature} (contrast {c.score:.3f}) best dev strength {s_c:g} margin {m_c:+.3f}",
+                  file=sys.stderr, flush=True)
+            if best is None or m_c > best[0]:
+                best = (m_c, c, tm, u, s_c, prov)
+        _, cand, tmax, unit, best_s, provider = best
 
         def sae_edit(s, f=cand.feature):
-            return FeatureEdit(f, args.op, s, unit=unit, positions="all") if s else None
+            return FeatureEdit(f, args.op, s, unit=unit, positions=where) if s else None
 
         def vec_edit(s):
-            return vec.edit(s) if s else None
+            return vec.edit(s, positions=where) if s else None
 
         def top_edits(s):  # the top-N contrast features, each added in proportion to its activation difference
-            return [FeatureEdit(c.feature, "add", s * c.score) for c in ranked] if s else None
+            return [FeatureEdit(c.feature, "add", s * c.score, positions=where) for c in ranked] if s else None
 
-        result = {"topic": topic, "feature": cand.feature,
+        result = {"topic": topic, "feature": cand.feature, "pool": [c.feature for c in pool],
                   "f1_feature": by_f1[0].feature_id if by_f1 else None, "f1": by_f1[0].f1 if by_f1 else None}
-        methods = (("SAE feature", sae_edit, strengths, sae), (f"SAE top-{args.top_n}", top_edits, args.top_strengths, sae),
+        methods = (("SAE feature", sae_edit, None, sae),
+                   (f"SAE top-{args.top_n}", top_edits, args.top_strengths, sae),
                    ("diff-of-means", vec_edit, args.vec_strengths, None))
         for method, make, grid, saes_arg in methods:
-            pts = sweep_edits(model, saes_arg, make, grid, prompts, scorer, gen_config=cfg(args.dev_seed),
-                              typical_max=provider, with_perplexity=False)
-            s = recommend_strength(pts, min_fluency=0.8, target_concept=0.5, rule=args.rule)
-            if s is None:
-                s = recommend_strength(pts)
+            if grid is None:  # already swept above (the SAE feature candidates)
+                s = best_s
+            else:
+                pts = sweep_edits(model, saes_arg, make, grid, prompts, scorer, gen_config=cfg(args.dev_seed),
+                                  typical_max=provider, with_perplexity=False)
+                s = recommend_strength(pts, min_fluency=0.8, target_concept=0.5, rule=args.rule)
+                if s is None:
+                    s = recommend_strength(pts)
             edit = make(s)
             if edit is None:
                 gen = generate(model, prompts, cfg(args.test_seed))
@@ -342,14 +374,19 @@ def toy(args) -> str:
         f"starts the document); ppl = perplexity of the continuation under the unsteered model. Prompting = a "
         f"topic sentence from the toy grammar as the prompt. Feature = "
         + ("top latent by contrast" if args.select == "contrast" else "best latent by concept F1 (store)")
-        + f" ({args.n_docs} topic documents vs others); edit: {args.op} at all positions, strength in "
+        + f" ({args.n_docs} topic documents vs others)"
+        + (f"; with --candidates {args.candidates}, the top {args.candidates} latents by contrast and the store's "
+           f"concept-F1-best latent are each swept on the dev seed and the (latent, strength) with the best margin "
+           f"is kept" if args.select == "contrast" and args.candidates > 1 else "")
+        + f"; edit: {args.op} at {'all positions' if where == 'all' else 'token positions ' + args.positions + ' (0 = BOS)' if isinstance(where, tuple) else args.positions + ' positions'} (every method), strength in "
         f"{'multiples of the typical max activation' if link else 'raw units'}. SAE top-{args.top_n}: the {args.top_n} "
         f"latents with the largest mean-activation difference, each added with strength x its difference (raw units). "
         f"Difference of means: strength in multiples of the mean difference. "
         f"`python benchmarks/bench_steering.py toy --select {args.select} --op {args.op} --rule {args.rule} "
-        f"--samples {args.samples} --dev-seed {args.dev_seed} --test-seed {args.test_seed}`",
+        f"--positions {args.positions} --candidates {args.candidates} --samples {args.samples} --dev-seed {args.dev_seed} --test-seed {args.test_seed}`",
+        f"Load average at the end: {load_average()}.",
         "",
-        f"| topic | base: share / gram. / in doc. / ppl | SAE feature (F1-best) | strength | share | gram. | in doc. | ppl "
+        f"| topic | base: share / gram. / in doc. / ppl | SAE feature (F1-best) of candidates | strength | share | gram. | in doc. | ppl "
         f"| SAE top-{args.top_n} strength | share | gram. | in doc. | ppl "
         f"| diff-of-means strength | share | gram. | in doc. | ppl | prompting: share | gram. | in doc. | ppl |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -361,7 +398,8 @@ def toy(args) -> str:
     for r in rows:
         f1 = "" if r["f1_feature"] is None else f" ({r['f1_feature']}, F1 {r['f1']:.2f})"
         b = r["base"]
-        lines.append(f"| {r['topic']} | {b[0]:.0%} / {b[1]:.0%} / {b[2]:.0%} / {b[3]:.1f} | {r['feature']}{f1} | "
+        lines.append(f"| {r['topic']} | {b[0]:.0%} / {b[1]:.0%} / {b[2]:.0%} / {b[3]:.1f} | {r['feature']}{f1}"
+                     f"{' of ' + ','.join(map(str, r['pool'])) if len(r['pool']) > 1 else ''} | "
                      f"{r['SAE feature'][0]:g} | {cells(r['SAE feature'])} | "
                      f"{r[f'SAE top-{args.top_n}'][0]:g} | {cells(r[f'SAE top-{args.top_n}'])} | {r['diff-of-means'][0]:g} | "
                      f"{cells(r['diff-of-means'])} | {cells(r['prompting'])} |")
@@ -463,16 +501,22 @@ def main(argv=None) -> int:
     t.add_argument("--op", default="add", choices=["add", "clamp"])
     t.add_argument("--rule", default="margin", choices=["margin", "weakest"],
                    help="how the dev seed picks the strength (see steering.sweeps.recommend_strength)")
+    t.add_argument("--positions", default="all",
+                   help="where every method steers: all, generated, or A-B (token indices A..B, 0 = BOS; e.g. 0-10 "
+                        "steers the first ten generated tokens of an unconditional sample, then lets the model run)")
     t.add_argument("--topics", default=None, help="comma-separated subset (default: all eight)")
     t.add_argument("--samples", type=int, default=64)
     t.add_argument("--new-tokens", type=int, default=48)
     t.add_argument("--n-docs", type=int, default=48)
-    t.add_argument("--strengths", type=lambda s: [float(x) for x in s.split(",")], default=[0, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.8])
+    t.add_argument("--strengths", type=lambda s: [float(x) for x in s.split(",")], default=[0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2])
+    t.add_argument("--candidates", type=int, default=3,
+                   help="SAE feature: sweep the top N latents by contrast (plus the store's concept-F1-best latent) on "
+                        "the dev seed and keep the (latent, strength) with the best margin (1: the top latent only)")
     t.add_argument("--top-n", type=int, default=8, help="features in the 'SAE top-N' method")
     t.add_argument("--top-strengths", type=lambda s: [float(x) for x in s.split(",")],
-                   default=[0, 0.5, 1, 1.25, 1.5, 1.75, 2, 2.5, 3])
+                   default=[1, 1.25, 1.5, 1.75, 2, 2.5])
     t.add_argument("--vec-strengths", type=lambda s: [float(x) for x in s.split(",")],
-                   default=[0, 0.5, 0.75, 1, 1.25, 1.5, 1.75, 2, 2.5])
+                   default=[0.75, 1, 1.25, 1.5, 1.75, 2, 2.5])
     t.add_argument("--dev-seed", type=int, default=1)
     t.add_argument("--test-seed", type=int, default=3)
     t.add_argument("--threads", type=int, default=1)
