@@ -55,15 +55,15 @@ class DemoConfig:
     out: str = field(default="runs/demo", metadata={"help": "work folder (re-running reuses the finished stages in it)"})
     hook: str = field(default="blocks.2.hook_resid_post",
                       metadata={"help": "hook point of the toy model (4 layers, d_model 128) to train the SAE on"})
-    cache_tokens: int = field(default=250_000, metadata={"help": "model-input tokens to cache (BOS tokens are not cached)"})
-    train_tokens: int = field(default=1_000_000,
+    cache_tokens: int = field(default=150_000, metadata={"help": "model-input tokens to cache (BOS tokens are not cached)"})
+    train_tokens: int = field(default=400_000,
                               metadata={"help": "training tokens; more than the cache holds means several passes over it"})
     d_sae: int = field(default=1024, metadata={"help": "latents of the Matryoshka SAE"})
     k: int = field(default=16, metadata={"help": "active latents per token (BatchTopK: on average over the batch)"})
     matryoshka_widths: list[int] = field(default_factory=list,
                                          metadata={"help": "nested prefix widths ending at d_sae (empty: ~4x steps)"})
     batch_size: int = field(default=4096, metadata={"help": "tokens per training step"})
-    dead_tokens: int = field(default=300_000,
+    dead_tokens: int = field(default=200_000,
                              metadata={"help": "a latent silent for this many training tokens counts as dead (AuxK revives it)"})
     ce_contexts: int = field(default=64, metadata={"help": "validation contexts for CE loss recovered (0: skip)"})
     label_limit: int | None = field(
@@ -73,7 +73,7 @@ class DemoConfig:
     )
     steer_topic: str = field(default="ocean", metadata={"help": "toy-world topic of the steering example"})
     steer_strengths: list[float] = field(
-        default_factory=lambda: [0.0, 1.0, 2.0, 4.0, 8.0],
+        default_factory=lambda: [1.0, 1.5, 2.0, 3.0, 4.0],
         metadata={"help": "strengths of the steering sweep, in multiples of the feature's typical max activation"},
     )
     steer_samples: int = field(default=8, metadata={"help": "unconditional samples per strength in the steering sweep"})
@@ -101,7 +101,7 @@ class DemoConfig:
         self.matryoshka_widths = [int(w) for w in self.matryoshka_widths]
         self.steer_strengths = [float(s) for s in self.steer_strengths]
         if not any(v != 0 for v in self.steer_strengths):
-            raise ValueError("DemoConfig.steer_strengths needs a non-zero strength; give e.g. 0,1,2,4,8")
+            raise ValueError("DemoConfig.steer_strengths needs a non-zero strength; give e.g. 1,1.5,2,3,4")
         from toyworld.lexicon import TOPICS
 
         if self.steer_topic not in TOPICS:
@@ -518,9 +518,11 @@ def _stage_steer(cfg: DemoConfig, paths: DemoPaths, model, sae, progress: bool, 
             f"{cfg.steer_samples} samples each, scored offline (topic share, grammatical sentences)")
         res = sweep(model, sae, cand.feature, [""] * cfg.steer_samples, toy_scorer(topic), sweep_cfg,
                     gen_config=gen_cfg, typical_max=link.typical_max, progress=progress)
-        if not res.recommended:  # none reached the target with fluency: the best harmonic mean of the others
-            res.recommended = recommend_strength([p for p in res.points if p.strength != 0])
-            res.rule = "best mean aggregate (no strength reached topic share 0.5 with 80% grammatical sentences)"
+        if not res.recommended:  # none reached the target with fluency: the most balanced one
+            res.recommended = recommend_strength([p for p in res.points if p.strength != 0], rule="margin",
+                                                 target_concept=0.5, min_fluency=0.5)
+            res.rule = ("largest margin to topic share 0.5 and 50% grammatical sentences (none reached 0.5 "
+                        "with 80%)")
         html = write_sweep_html(res, paths.steering / f"sweep_{cand.feature}.html")
         write_sweep_json(res, paths.steering / f"sweep_{cand.feature}.json")
         store_recommendation(link.record_strength, res)  # the web playground prefills it
