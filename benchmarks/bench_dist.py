@@ -179,7 +179,12 @@ def main() -> int:
              f"{os.cpu_count()} cores, no GPU; load average {load[0]:.1f} / {load[2]:.1f} (1 / 15 min) at the end: other jobs shared the cores). One SAE, d_in {D_IN}, d_sae {D_SAE}, k {K}, global batch {BATCH}, "
              f"step method fast (fp32), in-memory synthetic batches; medians over {args.rounds} rounds of the median "
              f"step time (steps 4..{args.steps}). torchrun --standalone, gloo over loopback.", "",
-             "| SAE | configuration | step wall (ms) | tokens/s (wall) | vs 1 proc x 2 threads | CPU per step per process (ms) | tokens per CPU-second of one process | in collectives (ms/step) |",
+             "The cores were shared with other jobs (load average above), so the wall-clock columns say little: "
+             "under load the scheduler gives 2 processes a larger share of the machine than 1, which flatters "
+             "`2 procs`. The CPU columns are the usable figures: CPU per step of one process (all its threads), "
+             "and the global batch over it = the tokens/s each configuration would reach if every process had "
+             "its own cores (for `2 procs x 1 thread`: each rank on its own core, as on 2 idle cores).", "",
+             "| SAE | configuration | step wall (ms) | tokens/s (wall) | wall vs 1 proc x 2 threads | CPU per step of one process (ms) | global batch / that CPU time (tokens/s) | in collectives, rank 0 (wall ms/step) |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for arch in archs:
         base = statistics.median(o["step_s"] for o in res[(arch, "1 proc x 2 threads")])

@@ -148,7 +148,8 @@ def _select(sae: SAE, pre_BF: Tensor, dtype: torch.dtype, topk: TopkFn, native_k
             from saes import native
 
             thr_F = sae.threshold if bool((sae.threshold > 0).all()) else None
-            found = native.batch_top_entries(pre_BF, k, thr_F, total=min(total, B * Fdim))
+            found = native.batch_top_entries(pre_BF, k, thr_F, total=min(k * B, B * Fdim),
+                                             reduce_floor=group.reduce_floor if group is not None else None)
         if found is not None:
             vals_N, rows_N, idx_N, counts_F = found
             keep_N = group.take_top(vals_N, total) if group is not None else take_top(vals_N, total)

@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -593,7 +594,8 @@ def transpose_into(src_RC: Tensor, dst_CR: Tensor) -> Tensor:
 
 
 def batch_top_entries(
-    pre_BF: Tensor, k: int, threshold_F: Tensor | None = None, total: int | None = None
+    pre_BF: Tensor, k: int, threshold_F: Tensor | None = None, total: int | None = None,
+    reduce_floor: Callable[[float], float] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None] | None:
     """Exact BatchTopK selection (as `saes.topk_select.batch_top_entries`), in two passes.
 
@@ -605,7 +607,8 @@ def batch_top_entries(
     (k*B)-th largest of these few candidates (`saes.topk_select.take_top`).
     Returns (values float32, rows, cols, counts or None), or None when the matrix holds NaN/inf
     (the caller then takes the pure-torch path). `total` replaces k*B as the number of entries
-    the candidates must cover (data parallel: the global k*B, capped at B*F)."""
+    the candidates must cover; `reduce_floor` (data parallel: `BatchGroup.reduce_floor`) turns
+    this rank's floor into the smallest over the ranks before the candidates are collected."""
     lib = load()
     B, Fdim = pre_BF.shape
     if pre_BF.device.type != "cpu" or pre_BF.dtype not in (torch.float32, torch.bfloat16):
@@ -627,6 +630,9 @@ def batch_top_entries(
         return None
     total = min(k * B if total is None else total, B * Fdim)
     floor, n_groups = group_floor(gmax_BG.view(-1), total)
+    if reduce_floor is not None:
+        floor = reduce_floor(floor)
+        n_groups = int((gmax_BG >= floor).sum())
     capacity = n_groups * 16
     vals = torch.empty(capacity, dtype=torch.float32)
     rows = torch.empty(capacity, dtype=torch.int64)

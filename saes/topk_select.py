@@ -96,6 +96,12 @@ class BatchGroup:
         """Rows of the global batch (sum over ranks)."""
         return n_local
 
+    def reduce_floor(self, floor: float) -> float:
+        """The smallest of the ranks' floors. A rank's floor is a value that at least its share
+        (k * local rows) of its entries reach; the global cut is at least the smallest, so each
+        rank's candidates are its entries >= that (about its share, not k * global rows)."""
+        return floor
+
     def take_top(self, vals_N: Tensor, total: int) -> Tensor:
         """Mask of the local entries among the `total` largest positive entries of all ranks'
         `vals_N` taken together (ties broken towards lower ranks, then earlier entries)."""
@@ -128,6 +134,8 @@ def batch_top_entries(pre_BF: Tensor, k: int, group: BatchGroup | None = None) -
     else:
         total_global = total = min(k * B, B * Fdim)
     if B * Fdim <= 2**18:  # small: one top-k over everything costs fewer ops
+        if group is not None:
+            group.reduce_floor(float("-inf"))  # every rank makes the same collective calls, whatever its path
         vals_N, pos_N = pre_BF.reshape(-1).topk(total, sorted=False)
         pos_N = pos_N[vals_N > 0].sort().values
         vals_N = pre_BF.reshape(-1)[pos_N]
@@ -138,7 +146,10 @@ def batch_top_entries(pre_BF: Tensor, k: int, group: BatchGroup | None = None) -
     g = next(c for c in (16, 8, 4, 2, 1) if Fdim % c == 0)
     G = Fdim // g
     gmax_BG = pre_BF.reshape(B, g, G).amax(dim=1) if g > 1 else pre_BF  # group j: columns j + G*i
-    floor, _ = group_floor(gmax_BG.reshape(-1), total)
+    if group is not None:  # candidates: entries >= the smallest of the ranks' floors for their shares
+        floor = group.reduce_floor(group_floor(gmax_BG.reshape(-1), min(k * B, B * Fdim))[0])
+    else:
+        floor, _ = group_floor(gmax_BG.reshape(-1), total)
     grp_n2 = (gmax_BG >= floor).nonzero()
     rows_NG = grp_n2[:, :1].expand(-1, g)
     cols_NG = grp_n2[:, 1:] + torch.arange(0, Fdim, G, device=dev)

@@ -200,6 +200,10 @@ class _DistBatchGroup(BatchGroup):
             self._rows = (n_local, self.coll.global_rows(n_local))
         return self._rows[1]
 
+    def reduce_floor(self, floor: float) -> float:
+        t = torch.tensor([floor], dtype=torch.float64, device=self.coll.device)
+        return float(self.coll.min_(t)[0])
+
     def take_top(self, vals_N: Tensor, total: int) -> Tensor:
         coll = self.coll
         n_local, n_global = self._rows
