@@ -182,12 +182,14 @@ class DistCollectives(Collectives):
 class _DistBatchGroup(BatchGroup):
     """BatchTopK over the global batch: the cut is taken over all ranks' candidates.
 
-    Each rank's candidates are its local top k*B_global entries (a superset of its share of the
-    global winners). Two collectives: (1) a MIN all-reduce of each rank's local (k*B_local)-th
-    largest candidate: the global cut is at least that floor (the ranks together hold k*B_global
-    entries >= it), so candidates below it are dropped; (2) an all-gather of the rest, over which
-    every rank computes the same global cut (`take_top`, ties towards lower ranks), keeping its
-    own slice. Exact: the same entries as one process selecting over the concatenated batch."""
+    `reduce_floor`: a MIN all-reduce of the ranks' floors (each a value its own share k*B_local
+    of its entries reach): the global cut is at least the smallest (the ranks together hold
+    k*B_global entries >= it), so each rank's candidates are its entries >= it. `take_top`: the
+    same bound once more on the candidates (a MIN all-reduce of each rank's (k*B_local)-th
+    largest; it also guards a step method that collected more), then an all-gather of the rest,
+    over which every rank computes the same global cut (`saes.topk_select.take_top`, ties towards
+    lower ranks) and keeps its own slice. Exact: the same entries as one process selecting over
+    the concatenated batch."""
 
     def __init__(self, coll: DistCollectives) -> None:
         self.coll = coll
