@@ -73,7 +73,7 @@ def test_notebooks_are_stored_without_outputs(name: str) -> None:
 
 
 def test_quickstart_runs_top_to_bottom(tmp_path: Path) -> None:
-    overrides = (f"WORK = {str(tmp_path / 'work')!r}\nCACHE_TOKENS = 16_000\nTRAIN_TOKENS = 48_000\nD_SAE = 256\n"
+    overrides = (f"WORK = {str(tmp_path / 'work')!r}\nCACHE_TOKENS = 12_000\nTRAIN_TOKENS = 32_000\nD_SAE = 256\n"
                  "K = 8\nBATCH_SIZE = 1024\nCE_CONTEXTS = 8\nNEW_TOKENS = 12\n")
     nb = run_notebook(NOTEBOOKS / "quickstart.ipynb", overrides, tmp_path)
     out = _outputs_text(nb)
