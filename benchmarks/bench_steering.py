@@ -101,6 +101,9 @@ def speed(args) -> str:
     feature, value = 123, 8.0
     gen_kw = dict(max_new_tokens=args.new_tokens, do_sample=True, stop_at_eos=False, use_past_kv_cache=True,
                   padding_side="left", return_type="tokens", verbose=False)
+    with torch.no_grad():  # per SAE, a latent that stays silent on these prompts' generations (checked below)
+        _, cache = model.run_with_cache(model.generate(tokens, **dict(gen_kw, do_sample=False)), names_filter=hook)
+        quiet_of = {id(sae): int((cache[hook] @ sae.W_enc + sae.b_enc).amax((0, 1)).argmin()) for _, sae in sae_list}
 
     def gen(m):
         torch.manual_seed(0)
@@ -129,6 +132,12 @@ def speed(args) -> str:
             with steer(model, sae, [edit]):
                 return gen(model)
 
+        quiet = quiet_of[id(sae)]
+
+        def ours_same_text(sae=sae, quiet=quiet):  # the clamp's work (read the latent, write the change) on a latent
+            with steer(model, sae, [f"{quiet}:clamp=0"]):  # that never fires here: the generated text stays the same
+                return gen(model)
+
         def saelens(sl=sl):
             sl_model.add_sae(sl, use_error_term=True)
             try:
@@ -140,10 +149,33 @@ def speed(args) -> str:
         cases[f"ours: clamp 1 latent, all positions [{name}]"] = ours
         cases[f"ours: clamp 1 latent, generated positions [{name}]"] = ours_gen
         cases[f"ours: add 1 latent (no encode) [{name}]"] = ours_add
+        cases[f"ours: clamp a silent latent to 0 (same text as unsteered) [{name}]"] = ours_same_text
         cases[f"SAELens: SAE attached, error term, clamp hook [{name}]"] = saelens
+
+        def saelens_same_text(sl=sl, quiet=quiet):
+            def silent(acts, hook):
+                acts[..., quiet] = 0.0
+                return acts
+
+            sl_model.add_sae(sl, use_error_term=True)
+            try:
+                with sl_model.hooks(fwd_hooks=[(f"{hook}.hook_sae_acts_post", silent)]):
+                    return gen(sl_model)
+            finally:
+                sl_model.reset_saes()
+
+        cases[f"SAELens: clamp a silent latent to 0 (same text as unsteered) [{name}]"] = saelens_same_text
 
     for f in cases.values():  # warm-up
         f()
+    with torch.no_grad():  # the "same text" case must not change the text: its latent must stay silent
+        for name, sae in sae_list:
+            _, cache = model.run_with_cache(model.generate(tokens, **dict(gen_kw, verbose=False)), names_filter=hook)
+            quiet = quiet_of[id(sae)]
+            fired = int((sae.encode(cache[hook])[..., quiet] > 0).sum())
+            if fired:
+                print(f"warning: latent {quiet} of the {name} SAE fires {fired} times; its 'same text' row changes the text",
+                      file=sys.stderr)
     wall: dict[str, list[float]] = {k: [] for k in cases}
     cpu: dict[str, list[float]] = {k: [] for k in cases}
     load_before = load_average()
@@ -186,6 +218,10 @@ def speed(args) -> str:
         f"d_sae {sae_list[0][1].d_sae}; batch {args.batch} (left padded), {args.new_tokens} new tokens, KV cache on, "
         f"sampling with a fixed seed; median of {args.rounds} interleaved rounds. "
         f"`python benchmarks/bench_steering.py speed --rounds {args.rounds} --threads {args.threads}`",
+        "",
+        "Generation speed here depends on the text generated (with sampling, a steered run writes other tokens; part of "
+        "it is denormal arithmetic), by up to ~10% either way, so the 'clamp a silent latent' row, which does the "
+        "clamp's work but leaves the text as it is, measures the overhead of the hooks alone.",
         "",
         "Ratios are speed relative to the unsteered run of the same model class (1.0 = no slowdown): of median "
         "wall times, median of per-round wall-time ratios, and of median process CPU times (this process's "
@@ -361,7 +397,7 @@ def toy(args) -> str:
         print(result, flush=True)
 
     lines = [
-        "### Toy world: steering toward each setting",
+        "### Toy world: steering toward each setting" + ("" if args.positions == "all" else f" (positions {args.positions})"),
         "",
         f"{time.strftime('%Y-%m-%d')}; toy model, SAE {args.sae} at {hook} (d_sae {sae.d_sae}); "
         f"{args.samples} unconditional samples of {args.new_tokens} tokens per cell (temperature 1); strength picked on "
