@@ -116,6 +116,11 @@ def test_ce_recovered_identity_is_one_and_zero_is_zero(tiny) -> None:
         logp = torch.log_softmax(model(tokens).float(), -1)
     ce = -logp[:, :-1].gather(-1, tokens[:, 1:, None]).mean()
     assert ident.ce_loss_clean == pytest.approx(float(ce), rel=1e-5)
+    # hand check of the KL: mean over predicted positions of KL(clean || zero-ablated)
+    with torch.no_grad(), model.hooks(fwd_hooks=[(hook, lambda act, hook: torch.zeros_like(act))]):
+        logq = torch.log_softmax(model(tokens).float(), -1)
+    kl = (logp.exp() * (logp - logq))[:, :-1].sum(-1).mean()
+    assert zero.kl_div == pytest.approx(float(kl), rel=1e-5)
     assert not model.hook_dict[hook].fwd_hooks  # scoped hooks are gone afterwards
 
 

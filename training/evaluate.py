@@ -198,7 +198,7 @@ def splice_metrics(
         sums += torch.stack([ce_clean.double().cpu(), ce_spliced.double().cpu(), ce_zero.double().cpu(),
                              kl.double().cpu(), torch.tensor(float(toks.shape[0] * (toks.shape[1] - 1)), dtype=torch.float64)])
     n = float(sums[4])
-    clean_ce, spliced_ce, zero_ce, kl_sum = (float(v) / n for v in sums[:4])
+    clean_ce, spliced_ce, zero_ce, kl = (float(v) / n for v in sums[:4])  # per predicted position
     denom = zero_ce - clean_ce
     recovered = (zero_ce - spliced_ce) / denom if denom != 0 else float("nan")
-    return SpliceMetrics(clean_ce, spliced_ce, zero_ce, recovered, kl_sum / n)
+    return SpliceMetrics(clean_ce, spliced_ce, zero_ce, recovered, kl)
