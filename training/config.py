@@ -151,7 +151,7 @@ class TrainConfig:
         default="auto",
         metadata={
             "help": "gradient method of saes.step: autograd (reference), fast, fast_bf16 (bf16 encoder); "
-            "auto: fast when available, else autograd"
+            "auto: fast_native on CPU when a C++ compiler builds the kernels, else fast"
         },
     )
     aux_coef: float = field(default=1 / 32, metadata={"help": "AuxK loss coefficient (dead latents model the residual)"})
