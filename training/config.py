@@ -34,6 +34,7 @@ RESUMABLE_FIELDS = (
     "train.max_nonfinite",
     "train.num_threads",  # bit-identical resume on CPU needs the same thread count, but it is allowed
     "train.device",
+    "train.encoder_init_scale",  # used only when a run starts; a resume loads the weights
     "checkpoint.*",
     "eval.*",
     "log.*",
@@ -173,6 +174,11 @@ class TrainConfig:
     b_dec_init: Literal["geometric_median", "mean", "zeros"] = field(
         default="geometric_median", metadata={"help": "initial decoder bias, from the held-out sample"}
     )
+    encoder_init_scale: float | None = field(
+        default=None,
+        metadata={"help": "initial W_enc = this x W_dec^T (none: the least-squares fit of the first top-k "
+                          "reconstruction to the held-out rows; 1: the plain transpose, which overshoots at first)"},
+    )
     threshold_lr: float = field(
         default=0.05, metadata={"help": "BatchTopK/Matryoshka: step size of the per-latent inference thresholds"}
     )
@@ -196,6 +202,9 @@ class TrainConfig:
             self.b_dec_init in ("geometric_median", "mean", "zeros"),
             f"TrainConfig.b_dec_init must be geometric_median, mean or zeros; got {self.b_dec_init!r}",
         )
+        if self.encoder_init_scale is not None:
+            _finite("TrainConfig", "encoder_init_scale", self.encoder_init_scale, lo=0.0)
+            _check(self.encoder_init_scale > 0, "TrainConfig.encoder_init_scale must be positive (or none for the least-squares fit)")
         _finite("TrainConfig", "threshold_lr", self.threshold_lr, lo=0.0)
         _pos_int("TrainConfig", "max_nonfinite", self.max_nonfinite)
         _pos_int("TrainConfig", "num_threads", self.num_threads, allow_zero=True)

@@ -53,7 +53,7 @@ from training.checkpoint import (
 from training.collectives import Collectives
 from training.config import RunConfig, SAESpec, config_differences, sae_lr
 from training.evaluate import evaluate_activations, sae_reconstructor, splice_metrics
-from training.initialize import estimate_activation_scale, initial_b_dec
+from training.initialize import estimate_activation_scale, initial_b_dec, least_squares_encoder_scale
 from training.logs import HISTORY_FILE, RunLogger, read_history, truncate_history
 from training.report import git_commit, write_curves_html, write_metrics
 from training.schedule import lr_factor
@@ -303,12 +303,20 @@ class Trainer:
     # -- initialisation ---------------------------------------------------------------------
     @torch.no_grad()
     def initialize(self, holdout_BD: Tensor) -> None:
-        """Activation scale and b_dec from the held-out rows (a fresh run only)."""
+        """Activation scale, b_dec and the encoder's initial scale from the held-out rows (a fresh run only).
+
+        The scale is computed on rank 0's sample and broadcast with the other parameters."""
         x = holdout_BD.to(self.device, torch.float32)  # the whole held-out set on every rank (_draw_holdout)
         self.scale = estimate_activation_scale(x) if self.config.train.normalize_activations else 1.0
         b_dec_D = initial_b_dec(x * self.scale, self.config.train.b_dec_init, self.coll)
+        init_scale = self.config.train.encoder_init_scale
         for m in self.members:
             m.sae.b_dec.copy_(b_dec_D)
+            c = init_scale if init_scale is not None else least_squares_encoder_scale(
+                m.sae.W_enc, m.sae.b_enc, m.sae.W_dec, b_dec_D, x * self.scale, m.spec.k)
+            if c != 1.0:
+                m.sae.W_enc.mul_(c)
+                m.sae.b_enc.mul_(c)
             for p in m.params:
                 self.coll.broadcast_(p.data)
 
