@@ -8,6 +8,7 @@ from training.initialize import least_squares_encoder_scale
 from training.trainer import Trainer
 
 
+@torch.no_grad()
 def _recon_error(sae, x_BD, b_dec_D, k, c):
     y = x_BD - b_dec_D
     pre = c * (y @ sae.W_enc)
