@@ -139,8 +139,8 @@ def _refuse_pickles(folder: Path, missing: str) -> None:
     if pickles:
         raise SAEFormatError(
             f"{folder} has no {missing} but holds pickled file(s) {', '.join(pickles)}; saesteer never "
-            f"unpickles files (they can run arbitrary code). If you trust the file, convert it once with "
-            f"torch.load(...) and save the tensors with safetensors (or saes.save_sae)."
+            f"unpickles files (they can run arbitrary code). If you trust the file, convert it once in a "
+            f"trusted Python session (load it with torch, then save the tensors with safetensors or saes.save_sae)."
         )
 
 
