@@ -86,6 +86,15 @@ using Entry = std::pair<float, int64_t>;
 
 inline bool entry_greater(const Entry& a, const Entry& b) { return a.first > b.first; }
 
+// counts[j] = the threads' per-thread threshold counts for latent j, summed
+inline void sum_thread_counts(const std::vector<int32_t>& local_counts, int nthreads, int64_t F, int64_t* counts) {
+  for (int64_t j = 0; j < F; ++j) {
+    int64_t c = 0;
+    for (int t = 0; t < nthreads; ++t) c += local_counts[(size_t)t * F + j];
+    counts[j] = c;
+  }
+}
+
 template <class T>
 int64_t topk_rows(const T* x, int64_t B, int64_t F, int64_t k, float* out_v, int64_t* out_i, const float* thr,
                   int64_t* counts, int nthreads) {
@@ -173,13 +182,7 @@ int64_t topk_rows(const T* x, int64_t B, int64_t F, int64_t k, float* out_v, int
       }
     }
   });
-  if (thr) {
-    for (int64_t j = 0; j < F; ++j) {
-      int64_t c = 0;
-      for (int t = 0; t < nthreads; ++t) c += local_counts[(size_t)t * F + j];
-      counts[j] = c;
-    }
-  }
+  if (thr) sum_thread_counts(local_counts, nthreads, F, counts);
   return bad.load();
 }
 
@@ -229,13 +232,7 @@ int64_t group_maxima(const T* x, int64_t B, int64_t F, float* gmax_BG, const flo
       if (!std::isfinite(total)) bad.fetch_add(1);
     }
   });
-  if (thr) {
-    for (int64_t j = 0; j < F; ++j) {
-      int64_t c = 0;
-      for (int t = 0; t < nthreads; ++t) c += local_counts[(size_t)t * F + j];
-      counts[j] = c;
-    }
-  }
+  if (thr) sum_thread_counts(local_counts, nthreads, F, counts);
   return bad.load();
 }
 

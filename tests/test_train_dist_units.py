@@ -43,16 +43,16 @@ class _ThreadColl:
         return pieces, [p.shape[0] for p in pieces]
 
 
-def _per_rank_selection(pre_BF: torch.Tensor, k: int, world: int):
-    B = pre_BF.shape[0] // world
+def _run_ranks(world: int, fn) -> dict:
+    """fn(rank, group) in one thread per rank, each with a `_DistBatchGroup` over the threads;
+    returns {rank: result} and re-raises nothing silently (any error fails the test)."""
     board, barrier = {}, threading.Barrier(world)
-    out: dict[int, tuple] = {}
+    out: dict[int, object] = {}
     errors: list[BaseException] = []
 
     def work(r: int) -> None:
         try:
-            group = _DistBatchGroup(_ThreadColl(r, world, board, barrier))  # type: ignore[arg-type]
-            out[r] = batch_top_entries(pre_BF[r * B:(r + 1) * B].contiguous(), k, group)
+            out[r] = fn(r, _DistBatchGroup(_ThreadColl(r, world, board, barrier)))  # type: ignore[arg-type]
         except BaseException as e:  # pragma: no cover - reported below
             errors.append(e)
             barrier.abort()
@@ -63,6 +63,12 @@ def _per_rank_selection(pre_BF: torch.Tensor, k: int, world: int):
     for t in threads:
         t.join(timeout=60)
     assert not errors, errors
+    return out
+
+
+def _per_rank_selection(pre_BF: torch.Tensor, k: int, world: int):
+    B = pre_BF.shape[0] // world
+    out = _run_ranks(world, lambda r, group: batch_top_entries(pre_BF[r * B:(r + 1) * B].contiguous(), k, group))
     return out, B
 
 
@@ -131,28 +137,14 @@ def test_step_selection_of_every_kernel_honours_the_global_batch(native_kernels:
     pre_BF[: B // world] += 0.3
     whole = _select(sae, pre_BF, torch.float32, None, native_kernels)  # type: ignore[arg-type]
     b = B // world
-    board, barrier = {}, threading.Barrier(world)
-    out: dict[int, object] = {}
-
     saes = [copy.deepcopy(sae) for _ in range(world)]  # one SAE per rank, as in training
-    errors: list[BaseException] = []
 
-    def work(r: int) -> None:
-        try:
-            group = _DistBatchGroup(_ThreadColl(r, world, board, barrier))  # type: ignore[arg-type]
-            with global_batch(saes[r], group):
-                out[r] = _select(saes[r], pre_BF[r * b:(r + 1) * b].contiguous(), torch.float32, None,  # type: ignore[arg-type]
-                                 native_kernels)
-        except BaseException as e:  # pragma: no cover - reported below
-            errors.append(e)
-            barrier.abort()
+    def select(r: int, group):
+        with global_batch(saes[r], group):
+            return _select(saes[r], pre_BF[r * b:(r + 1) * b].contiguous(), torch.float32, None,  # type: ignore[arg-type]
+                           native_kernels)
 
-    threads = [threading.Thread(target=work, args=(r,)) for r in range(world)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert not errors, errors
+    out = _run_ranks(world, select)
     rows = torch.cat([out[r].rows_N + r * b for r in range(world)])  # type: ignore[attr-defined]
     idx = torch.cat([out[r].idx_N for r in range(world)])  # type: ignore[attr-defined]
     assert torch.equal(rows, whole.rows_N) and torch.equal(idx, whole.idx_N)
