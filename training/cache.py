@@ -30,6 +30,7 @@ import re
 import shutil
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
@@ -37,7 +38,8 @@ from typing import Any, Callable, NamedTuple, Sequence
 import numpy as np
 import torch
 
-from training.cache_config import CacheConfig, ExcludeTokens
+from training.cache_config import FORWARD_NAMES, CacheConfig, ExcludeTokens
+from training.fast_forward import FastForward, NotSupported
 from training.manifest import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -152,19 +154,51 @@ def model_device(model) -> torch.device:
     return torch.device("cpu")
 
 
+# relative tolerance of the fast forward's check: max |fast - TL| <= tol * max |TL| per hook
+FAST_CHECK_TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+
+
+class FastForwardMismatch(RuntimeError):
+    """The fast forward's activations differ from TransformerLens's beyond rounding."""
+
+
 class ActivationRunner:
     """Runs `model` on token batches and returns the activations of `hooks`, stopping the
     forward pass as soon as the last of them has fired.
 
     `run(tokens_BL)` -> {hook: acts [B, L, D]} (trailing dims flattened into D, e.g. hook_z).
-    Hooks are added for each call inside TransformerLens's scoped `hooks()` context."""
 
-    def __init__(self, model, hooks: Sequence[str]):
+    `forward` picks the forward pass: "transformer_lens" runs the model itself, with our hooks
+    added for each call inside TransformerLens's scoped `hooks()` context; "fast" runs
+    `training.fast_forward.FastForward` (fused ops, same values up to rounding) and fails when
+    the model is not covered or the check below fails; "auto" (default) uses the fast forward
+    when it covers the model and passes the check, else TransformerLens's (with a warning when
+    the check failed). The check, once per context length: both forwards on a fixed probe batch
+    (seeded random tokens, BOS first when the tokenizer has one), every hook's max abs
+    difference within `FAST_CHECK_TOLERANCE` x its max abs activation. The probe does not
+    depend on the data, so the choice depends only on the model, hooks and context length (a
+    resumed cache makes the same choice). Batches run while hooks are attached to the model
+    (e.g. a steering intervention) always use TransformerLens's forward, so those hooks act."""
+
+    def __init__(self, model, hooks: Sequence[str], forward: str = "auto"):
+        if forward not in FORWARD_NAMES:
+            raise ValueError(f"forward must be one of {', '.join(FORWARD_NAMES)}; got {forward!r}")
         self.model = model
         self.hooks = resolve_hooks(model, hooks)
         self.stop_at_layer = stop_layer(model, self.hooks)
         self.n_ctx = int(model.cfg.n_ctx)
         self.device = model_device(model)
+        self.forward = forward
+        self.fast: FastForward | None = None
+        self.fast_problem: str | None = None  # why the fast forward is not used (None: it is, or not asked)
+        self._fast_ok: dict[int, bool] = {}  # context length -> the check passed
+        if forward != "transformer_lens":
+            try:
+                self.fast = FastForward(model, self.hooks)
+            except NotSupported as e:
+                self.fast_problem = f"not covered by the fast forward: {e}"
+                if forward == "fast":
+                    raise ValueError(f"--forward fast: {self.fast_problem}; use --forward auto or transformer_lens") from None
 
     def check_context_length(self, context_length: int) -> None:
         if context_length > self.n_ctx:
@@ -173,9 +207,85 @@ class ActivationRunner:
                 f"(n_ctx {self.n_ctx}); use --context-length {self.n_ctx} or less"
             )
 
+    def forward_used(self, context_length: int) -> str:
+        """"fast" or "transformer_lens": the forward that computes batches of this length
+        (runs the check when it has not run yet)."""
+        return "fast" if self._use_fast(context_length) else "transformer_lens"
+
+    def pin_forward(self, name: str, context_length: int) -> None:
+        """Use `name` for batches of `context_length` from now on (a resumed cache keeps the
+        forward its first shards were made with). Pinning "fast" where it is not available is
+        an error."""
+        if name == "fast":
+            if self.fast is None:
+                raise FastForwardMismatch(f"the fast forward is not available for this model ({self.fast_problem})")
+            self._fast_ok[context_length] = True
+        else:
+            self._fast_ok[context_length] = False
+
+    def _use_fast(self, L: int) -> bool:
+        if self.fast is None:
+            return False
+        ok = self._fast_ok.get(L)
+        if ok is None:
+            ok = self._fast_ok[L] = self._check_fast(L)
+        return ok
+
+    def _probe(self, L: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(0)
+        vocab = int(getattr(self.model.cfg, "d_vocab", 0) or 2)
+        toks = torch.randint(0, vocab, (2, L), generator=g)
+        bos = getattr(getattr(self.model, "tokenizer", None), "bos_token_id", None)
+        if isinstance(bos, int) and 0 <= bos < vocab:
+            toks[:, 0] = bos
+        return toks
+
+    def _check_fast(self, L: int) -> bool:
+        toks = self._probe(L)
+        try:
+            fast = self.fast(toks)
+        except NotSupported as e:
+            problem = f"not covered by the fast forward: {e}"
+        else:
+            ref = self._run_tl(toks)
+            problem = None
+            for h in self.hooks:
+                a, b = ref[h].float(), fast[h].reshape(ref[h].shape).float()
+                tol = FAST_CHECK_TOLERANCE.get(ref[h].dtype, 5e-2) * max(a.abs().max().item(), 1e-30)
+                diff = (a - b).abs().max().item()
+                if not diff <= tol:
+                    problem = (f"the fast forward differs from TransformerLens's at {h} by {diff:.3g} "
+                               f"(allowed {tol:.3g}) on the check batch")
+                    break
+        if problem is None:
+            return True
+        self.fast_problem = problem
+        if self.forward == "fast":
+            raise FastForwardMismatch(f"--forward fast: {problem}; use --forward transformer_lens")
+        warnings.warn(f"{problem}; using TransformerLens's forward instead", RuntimeWarning, stacklevel=3)
+        return False
+
+    def _hooks_attached(self) -> bool:
+        return any(hp._forward_hooks for hp in self.model.hook_dict.values())
+
     def run(self, tokens_BL: torch.Tensor) -> dict[str, torch.Tensor]:
         B, L = tokens_BL.shape
         self.check_context_length(L)
+        if self._use_fast(L) and not self._hooks_attached():
+            captured = self.fast(tokens_BL)
+        else:
+            captured = self._run_tl(tokens_BL)
+        out = {}
+        for h in self.hooks:
+            a = captured.get(h)
+            if a is None:
+                raise RuntimeError(f"hook point {h} did not fire during the forward pass")
+            if a.shape[:2] != (B, L):
+                raise UnknownHookError(f"hook point {h} gives shape {tuple(a.shape)}, not [batch, position, ...]; it cannot be cached per token")
+            out[h] = a.reshape(B, L, -1)
+        return out
+
+    def _run_tl(self, tokens_BL: torch.Tensor) -> dict[str, torch.Tensor]:
         captured: dict[str, torch.Tensor] = {}
         need = len(self.hooks)
 
@@ -198,15 +308,7 @@ class ActivationRunner:
         finally:
             if was_training:
                 self.model.train()
-        out = {}
-        for h in self.hooks:
-            a = captured.get(h)
-            if a is None:
-                raise RuntimeError(f"hook point {h} did not fire during the forward pass")
-            if a.shape[:2] != (B, L):
-                raise UnknownHookError(f"hook point {h} gives shape {tuple(a.shape)}, not [batch, position, ...]; it cannot be cached per token")
-            out[h] = a.reshape(B, L, -1)
-        return out
+        return captured
 
     def d_in(self, context_length: int = 2) -> dict[str, int]:
         """Width of each hook's per-token vector (runs one tiny forward pass)."""
@@ -318,6 +420,8 @@ class CacheEstimate:
     forward_tokens_per_s: float
     seconds: float | None
     exact: bool  # contexts known exactly (max_tokens given and the data suffices)
+    forward: str = "transformer_lens"  # the forward pass used: "fast" or "transformer_lens"
+    forward_note: str | None = None  # why not the fast one
 
     @property
     def tokens(self) -> int | None:
@@ -339,6 +443,7 @@ class CacheEstimate:
         lines.append(f"  disk:    needs ~{need}, {_fmt_bytes(self.bytes_free)} free")
         t = "unknown" if self.seconds is None else f"~{_fmt_secs(self.seconds)}"
         lines.append(f"  time:    {t} (model forward measured at {self.forward_tokens_per_s:,.0f} tokens/s)")
+        lines.append(f"  forward: {self.forward}" + (f" ({self.forward_note})" if self.forward != "fast" and self.forward_note else ""))
         return "\n".join(lines)
 
 
@@ -374,7 +479,7 @@ def _plan(model, text: TextConfig, cfg: CacheConfig, tokenizer, model_id, model_
         tokenizer = getattr(model, "tokenizer", None)
         if tokenizer is None:
             raise ValueError("the model has no tokenizer; pass tokenizer=...")
-    runner = ActivationRunner(model, cfg.hooks)
+    runner = ActivationRunner(model, cfg.hooks, forward=cfg.forward)
     runner.check_context_length(text.context_length)
     if cfg.max_tokens is not None and cfg.max_tokens < text.context_length:
         raise ValueError(
@@ -416,6 +521,7 @@ def _estimate(plan: _Plan, text: TextConfig, cfg: CacheConfig, tokenizer, out: P
         contexts=contexts, contexts_done=contexts_done, rows_per_context=rows_per_context, shard_contexts=sc,
         bytes_needed=need, bytes_free=_free_bytes(out), forward_tokens_per_s=tps,
         seconds=None if todo is None else todo * L / tps, exact=exact,
+        forward=plan.runner.forward_used(L), forward_note=plan.runner.fast_problem,
     )
 
 
@@ -595,6 +701,24 @@ def _fill_batch(buf: _ShardBuffer, acts: dict[str, torch.Tensor], tokens_BL: np.
     buf.contexts += B
 
 
+def _resume_forward(runner: ActivationRunner, cfg: CacheConfig, L: int, previous: str | None, out: Path,
+                    say: Callable[[str], None]) -> str:
+    """The forward for a resumed build: the one its first shards were made with where possible,
+    so that the finished cache is byte-identical to an uninterrupted build."""
+    now = runner.forward_used(L)
+    if previous is None or previous == now:
+        return now
+    if cfg.forward == "auto" and previous == "transformer_lens":
+        runner.pin_forward(previous, L)
+        say(f"  resuming with the {previous} forward that made the shards already in {out}")
+        return previous
+    warnings.warn(
+        f"the shards already in {out} were made with the {previous} forward; this run uses the {now} forward "
+        f"({runner.fast_problem or f'--forward {cfg.forward}'}), so new shards agree with them up to floating-point "
+        "rounding, not bit for bit", RuntimeWarning, stacklevel=3)
+    return now
+
+
 def build_cache(
     model,
     text: TextConfig,
@@ -634,11 +758,13 @@ def build_cache(
     out.mkdir(parents=True, exist_ok=True)
 
     with DirLock(out):
-        manifest = Manifest(plan.settings, complete=False, shards=[])
+        forward = plan.runner.forward_used(text.context_length)
         if (out / MANIFEST_NAME).is_file():
-            _refuse_mismatch(out, read_manifest(out), plan.settings)
+            previous = read_manifest(out)
+            _refuse_mismatch(out, previous, plan.settings)
+            forward = _resume_forward(plan.runner, cfg, text.context_length, previous.forward, out, say)
         else:
-            write_json_atomic(out / MANIFEST_NAME, manifest.to_json())
+            write_json_atomic(out / MANIFEST_NAME, Manifest(plan.settings, complete=False, shards=[], forward=forward).to_json())
         for p in out.glob("*" + TMP_SUFFIX):  # leftovers of a crash
             p.unlink()
         done = read_progress(out)
@@ -666,7 +792,7 @@ def build_cache(
         finally:
             shards_in.close()
         shards = read_progress(out)
-        manifest = Manifest(plan.settings, complete=True, shards=shards)
+        manifest = Manifest(plan.settings, complete=True, shards=shards, forward=forward)
         try:
             write_json_atomic(out / MANIFEST_NAME, manifest.to_json())
         except OSError as e:

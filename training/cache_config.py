@@ -7,6 +7,7 @@ from typing import Literal
 
 ExcludeTokens = Literal["none", "bos", "special"]
 DTYPE_NAMES = ("fp16", "bf16", "fp32")
+FORWARD_NAMES = ("auto", "transformer_lens", "fast")
 
 
 @dataclass
@@ -31,6 +32,11 @@ class CacheConfig:
         default="bos",
         metadata={"help": "positions not cached: none, bos (BOS tokens), or special (every special token)"},
     )
+    forward: Literal["auto", "transformer_lens", "fast"] = field(
+        default="auto",
+        metadata={"help": "model forward pass: fast (fused ops, same values up to rounding), transformer_lens, or "
+                          "auto (fast when it covers the model and matches TransformerLens on a check batch)"},
+    )
     check_disk: bool = field(
         default=True, metadata={"help": "refuse to start when the estimated size exceeds the free disk space"}
     )
@@ -53,5 +59,7 @@ class CacheConfig:
             raise ValueError(f"CacheConfig.max_tokens must be positive (or None for the whole dataset); got {self.max_tokens}")
         if self.shard_contexts is not None and self.shard_contexts < 1:
             raise ValueError(f"CacheConfig.shard_contexts must be positive (or None for ~128 MiB shards); got {self.shard_contexts}")
+        if self.forward not in FORWARD_NAMES:
+            raise ValueError(f"CacheConfig.forward must be auto, transformer_lens or fast; got {self.forward!r}")
         if self.exclude_tokens not in ("none", "bos", "special"):
             raise ValueError(f"CacheConfig.exclude_tokens must be none, bos or special; got {self.exclude_tokens!r}")

@@ -97,6 +97,9 @@ class Manifest:
     settings: dict[str, Any]
     complete: bool = False
     shards: list[ShardInfo] = field(default_factory=list)
+    # which forward pass computed the activations ("fast" / "transformer_lens"); informational,
+    # not a setting (the two agree up to rounding), but a resumed build reuses it
+    forward: str | None = None
 
     # convenient views -------------------------------------------------------------------
     @property
@@ -134,6 +137,8 @@ class Manifest:
 
     def to_json(self) -> dict[str, Any]:
         d = {k: self.settings[k] for k in SETTING_FIELDS}
+        if self.forward is not None:
+            d["forward"] = self.forward
         d["complete"] = self.complete
         d["totals"] = self.totals()
         d["shards"] = [s.to_json() for s in self.shards]
@@ -155,7 +160,9 @@ class Manifest:
         for i, s in enumerate(shards):
             if s.index != i or s.file != shard_file_name(i):
                 raise CacheFormatError(f"{where}: shard list out of order at entry {i} ({s.file})")
-        return cls({k: d[k] for k in SETTING_FIELDS}, bool(d.get("complete")), shards)
+        fwd = d.get("forward")
+        return cls({k: d[k] for k in SETTING_FIELDS}, bool(d.get("complete")), shards,
+                   forward=fwd if isinstance(fwd, str) else None)
 
 
 # ----------------------------------------------------------------------------------------------

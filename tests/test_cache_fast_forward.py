@@ -1,0 +1,244 @@
+"""The cache's fused forward (training.fast_forward) against TransformerLens's own forward, and the
+runner's choice between them (check batch, fallback, hooks attached, resume)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+
+from helpers.tiny_model import make_model, make_tokenizer, write_corpus
+
+pytestmark = pytest.mark.filterwarnings("ignore:HookedTransformer is deprecated:DeprecationWarning")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def build(seed=0, **kw):
+    """A random HookedTransformer with random biases and norm weights (so every term shows)."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    base = dict(n_layers=3, d_model=32, n_ctx=24, d_head=8, n_heads=4, d_vocab=40, act_fn="gelu", seed=seed)
+    base.update(kw)
+    model = HookedTransformer(HookedTransformerConfig(**base))
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            last = name.split(".")[-1]
+            if last == "w":
+                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g))
+            elif last == "b" or last.startswith("b_") or last.startswith("_b_"):
+                p.copy_(0.2 * torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
+CONFIGS = {
+    "gpt2-like": dict(),
+    "llama-like": dict(normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=8, gated_mlp=True,
+                       act_fn="silu", d_mlp=48, n_key_value_heads=2),
+    "pythia-like": dict(normalization_type="LNPre", positional_embedding_type="rotary", rotary_dim=4,
+                        parallel_attn_mlp=True, act_fn="gelu_new"),
+    "gptj-pairs": dict(positional_embedding_type="rotary", rotary_dim=8, rotary_adjacent_pairs=True,
+                       parallel_attn_mlp=True, act_fn="gelu_fast"),
+    "rmspre-gqa1": dict(normalization_type="RMSPre", positional_embedding_type="rotary", rotary_dim=8,
+                        n_key_value_heads=1, act_fn="gelu_pytorch_tanh", n_ctx=12),
+    "no-norm-layer-scaled": dict(normalization_type=None, scale_attn_by_inverse_layer_idx=True, act_fn="relu"),
+    "attn-only-unscaled": dict(attn_only=True, use_attn_scale=False),
+    "custom-scale": dict(attn_scale=2.5, act_fn="relu2", d_mlp=40),
+}
+
+
+def fast_hooks(model) -> list[str]:
+    from training.fast_forward import BLOCK_HOOKS, GLOBAL_HOOKS
+
+    _, cache = model.run_with_cache(torch.zeros(1, 2, dtype=torch.long))
+    return [h for h in cache.keys() if h in GLOBAL_HOOKS or (h.startswith("blocks.") and h.split(".", 2)[2] in BLOCK_HOOKS)]
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_fast_forward_equals_transformer_lens_at_every_supported_hook(name):
+    from training.fast_forward import FastForward
+
+    model = build(**CONFIGS[name])
+    hooks = fast_hooks(model)
+    assert "blocks.2.hook_resid_post" in hooks and "blocks.1.attn.hook_z" in hooks
+    L = min(model.cfg.n_ctx, 20)
+    tokens = torch.randint(0, model.cfg.d_vocab, (3, L), generator=torch.Generator().manual_seed(5))
+    _, cache = model.run_with_cache(tokens)
+    got = FastForward(model, hooks)(tokens)
+    assert list(got) == hooks
+    for h in hooks:
+        want = cache[h]
+        assert got[h].shape == want.shape, h
+        err = (got[h] - want).abs().max().item()
+        assert err <= 2e-5 * want.abs().max().item(), f"{name} {h}: max abs diff {err:.3g}"
+
+
+def test_fast_forward_stops_after_the_last_needed_block():
+    from training.fast_forward import FastForward
+
+    model = build(n_layers=4)
+    ff = FastForward(model, ["blocks.1.hook_resid_mid", "hook_embed"])
+    assert len(ff.layers) == 2
+    tokens = torch.randint(0, 40, (2, 10))
+    _, cache = model.run_with_cache(tokens)
+    got = ff(tokens)
+    torch.testing.assert_close(got["blocks.1.hook_resid_mid"], cache["blocks.1.hook_resid_mid"], rtol=1e-5, atol=1e-5)
+    assert torch.equal(got["hook_embed"], cache["hook_embed"])
+
+
+@pytest.mark.parametrize("kw,hooks,why", [
+    (dict(attn_scores_soft_cap=30.0), ["blocks.0.hook_resid_post"], "soft_cap"),
+    (dict(positional_embedding_type="alibi"), ["blocks.0.hook_resid_post"], "alibi"),
+    (dict(use_local_attn=True, attn_types=["local", "global"], window_size=4, n_layers=2), ["blocks.0.hook_resid_post"], "local"),
+    (dict(act_fn="solu_ln"), ["blocks.0.hook_resid_post"], "solu_ln"),
+    (dict(), ["blocks.0.ln1.hook_normalized"], "hook point"),
+])
+def test_unsupported_configs_fall_back_to_transformer_lens(kw, hooks, why):
+    from training.cache import ActivationRunner
+    from training.fast_forward import FastForward, NotSupported
+
+    model = build(**kw)
+    with pytest.raises(NotSupported, match=why):
+        FastForward(model, hooks)
+    runner = ActivationRunner(model, hooks)
+    assert runner.fast is None and why in runner.fast_problem
+    tokens = torch.randint(0, 40, (2, 8))
+    _, cache = model.run_with_cache(tokens)
+    assert runner.forward_used(8) == "transformer_lens"
+    assert torch.equal(runner.run(tokens)[hooks[0]], cache[hooks[0]].reshape(2, 8, -1))
+    with pytest.raises(ValueError, match="forward fast"):
+        ActivationRunner(model, hooks, forward="fast")
+
+
+def test_runner_uses_the_fast_forward_when_it_matches():
+    from training import fast_forward
+    from training.cache import ActivationRunner
+
+    model = build(**CONFIGS["llama-like"])
+    hooks = ["blocks.1.hook_resid_post", "blocks.0.hook_mlp_out"]
+    runner = ActivationRunner(model, hooks)
+    calls = []
+    real = fast_forward.FastForward.__call__
+    runner.fast.__class__ = type("Counting", (fast_forward.FastForward,), {"__call__": lambda s, t: calls.append(1) or real(s, t)})
+    tokens = torch.randint(0, 40, (2, 16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        out = runner.run(tokens)
+    assert runner.forward_used(16) == "fast" and len(calls) == 2  # check batch + this batch
+    _, cache = model.run_with_cache(tokens)
+    for h in hooks:
+        torch.testing.assert_close(out[h], cache[h], rtol=1e-5, atol=1e-5)
+
+
+def test_runner_falls_back_with_a_warning_when_the_check_fails(monkeypatch):
+    from training import fast_forward
+    from training.cache import ActivationRunner, FastForwardMismatch
+
+    real = fast_forward.FastForward.__call__
+
+    def wrong(self, tokens):  # a subtly wrong fast path: one position of one hook off by 1%
+        out = real(self, tokens)
+        for h, a in out.items():
+            a = a.clone()
+            a[:, -1] *= 1.01
+            out[h] = a
+        return out
+
+    monkeypatch.setattr(fast_forward.FastForward, "__call__", wrong)
+    model = build()
+    hook = "blocks.2.hook_resid_post"
+    runner = ActivationRunner(model, [hook])
+    tokens = torch.randint(0, 40, (2, 12))
+    with pytest.warns(RuntimeWarning, match="differs from TransformerLens's at blocks.2.hook_resid_post"):
+        out = runner.run(tokens)
+    assert runner.forward_used(12) == "transformer_lens" and "differs" in runner.fast_problem
+    _, cache = model.run_with_cache(tokens)
+    assert torch.equal(out[hook], cache[hook])
+    with pytest.raises(FastForwardMismatch, match="forward fast"):
+        ActivationRunner(model, [hook], forward="fast").run(tokens)
+
+
+def test_runner_uses_transformer_lens_while_hooks_are_attached():
+    from training.cache import ActivationRunner
+
+    model = build()
+    hook = "blocks.1.hook_resid_post"
+    runner = ActivationRunner(model, [hook])
+    tokens = torch.randint(0, 40, (2, 10))
+    assert runner.forward_used(10) == "fast"
+
+    def zero_attn(act, hook):
+        return torch.zeros_like(act)
+
+    with model.hooks(fwd_hooks=[("blocks.0.hook_attn_out", zero_attn)]):
+        steered = runner.run(tokens)[hook]
+        _, want = model.run_with_cache(tokens)
+    assert torch.equal(steered, want[hook])
+    plain = runner.run(tokens)[hook]
+    assert (plain - steered).abs().max() > 1e-3  # the hook mattered, and is gone afterwards
+
+
+def _interrupt_after(monkeypatch, n_batches):
+    import training.cache as cache
+
+    real = cache._fill_batch
+    count = [0]
+
+    def fill(*a, **k):
+        count[0] += 1
+        if count[0] > n_batches:
+            raise KeyboardInterrupt("simulated crash")
+        return real(*a, **k)
+
+    monkeypatch.setattr(cache, "_fill_batch", fill)
+    return lambda: monkeypatch.setattr(cache, "_fill_batch", real)
+
+
+def test_manifest_records_the_forward_and_a_resume_keeps_it(tmp_path, monkeypatch):
+    from training.cache import CacheConfig, build_cache
+    from training.manifest import read_manifest
+    from training.text import TextConfig
+
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, n_docs=40, seed=3, n_files=1)
+    model = make_model(make_tokenizer(), d_model=32, n_layers=2, n_ctx=32, seed=0)
+    text = TextConfig(dataset=str(corpus), context_length=16)
+
+    def cfg(out, forward):
+        return CacheConfig(out=str(tmp_path / out), hooks=["blocks.1.hook_resid_post"], shard_contexts=4,
+                           batch_size=2, dtype="fp32", max_tokens=16 * 16, forward=forward)
+
+    build_cache(model, text, cfg("tl", "transformer_lens"), progress=False, log=None)
+    build_cache(model, text, cfg("auto", "auto"), progress=False, log=None)
+    assert read_manifest(tmp_path / "tl").forward == "transformer_lens"
+    assert read_manifest(tmp_path / "auto").forward == "fast"
+    from safetensors.torch import load_file
+
+    def rows(d):
+        return torch.cat([load_file(d / s.file)["acts/blocks.1.hook_resid_post"] for s in read_manifest(d).shards])
+
+    a, b = rows(tmp_path / "tl"), rows(tmp_path / "auto")
+    assert a.shape == b.shape and not torch.equal(a, b)  # rounding differs ...
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)  # ... nothing else
+
+    # started with TransformerLens's forward, crashed, resumed under auto: keeps TL's, same bytes
+    restore = _interrupt_after(monkeypatch, 5)
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(model, text, cfg("resumed", "transformer_lens"), progress=False, log=None)
+    restore()
+    man = json.loads((tmp_path / "resumed" / "manifest.json").read_text())
+    assert man["forward"] == "transformer_lens" and not man["complete"]
+    said = []
+    build_cache(model, text, cfg("resumed", "auto"), progress=False, log=said.append)
+    assert any("resuming with the transformer_lens forward" in s for s in said)
+    for f in sorted(p.name for p in (tmp_path / "tl").iterdir()):
+        assert (tmp_path / "tl" / f).read_bytes() == (tmp_path / "resumed" / f).read_bytes(), f

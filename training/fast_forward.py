@@ -1,0 +1,373 @@
+"""A fused forward pass for the activation cache: the residual stream of a TransformerLens
+`HookedTransformer` computed with plain fused torch ops, up to the last hook point needed.
+
+    ff = FastForward(model, ["blocks.2.hook_resid_post"])   # raises NotSupported if it can't
+    acts = ff(tokens_BL)                                      # {hook: [B, L, ...]}
+
+TransformerLens's forward is written for readability and hooks: at d_model 128 most of its time
+goes to building and applying the causal mask (`torch.where` over [B, H, L, L]), the separate
+division by the attention scale, the softmax, NaN scrubbing, per-call weight rearranges and a
+layer norm written as six elementwise ops. This path does the same arithmetic with
+`F.layer_norm`, one `F.linear` on QKV weights stacked once at construction,
+`F.scaled_dot_product_attention(is_causal=True, scale=1/attn_scale)` and `torch.addmm`; the
+results equal TL's up to floating-point rounding (tests/test_cache_fast_forward.py checks every
+supported hook point against `run_with_cache`).
+
+Covered: standard (learned absolute) and rotary positional embeddings (the model's own sin/cos
+tables, so NTK-by-parts / YaRN / scaled tables come along; GPT-NeoX and GPT-J pair layouts,
+partial rotary_dim); LN, LNPre, RMS, RMSPre or no normalisation (folded or not); plain and gated
+MLPs with any of TransformerLens's element-wise activations; grouped-query attention;
+sequential or parallel attention+MLP blocks (GPT-J / NeoX / Pythia); attention-only models;
+any attention scale (incl. `scale_attn_by_inverse_layer_idx`); fp32/fp16/bf16 weights.
+
+Anything else raises `NotSupported` with the reason and the caller uses TransformerLens's
+forward: attention-score soft-capping, local/windowed or bidirectional attention, ALiBi /
+relative / shortformer positions, QK-norm, QKV clipping, attention sinks, log-n or dynamic-NTK
+scaling, mixture-of-experts, SoLU-LN, norms before and after sublayers, post-norm
+architectures, split-QKV / attn-in inputs, `use_attn_result`, 4-bit weights, several devices,
+left-padding tokenizers (TL would build an attention mask), subclasses that override forward,
+and any hook point outside `SUPPORTED_HOOKS`.
+
+The weights are snapshotted (stacked) at construction: build a new `FastForward` after changing
+the model's parameters.
+
+Shape key: B batch, L positions, D d_model, H query heads, K key/value heads, E d_head,
+F d_mlp, N = B*L.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from typing import Callable, NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+
+# Hook points the fast path produces, per block (blocks.{i}.<name>) and global.
+BLOCK_HOOKS = (
+    "hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post",
+    "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_z", "mlp.hook_pre", "mlp.hook_post",
+)
+GLOBAL_HOOKS = ("hook_embed", "hook_pos_embed")
+SUPPORTED_HOOKS = GLOBAL_HOOKS + tuple(f"blocks.{{i}}.{h}" for h in BLOCK_HOOKS)
+
+# TransformerLens activation names -> a fused torch equivalent (same function, other rounding).
+_FUSED_ACTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu": F.gelu,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "silu": F.silu,
+    "relu": F.relu,
+}
+# element-wise TL activations used as they are (their own callables)
+_PLAIN_ACTS = ("xielu", "relu2")
+
+
+class NotSupported(Exception):
+    """The model or a hook point is outside what `FastForward` covers; use TransformerLens's forward."""
+
+
+class _Norm(NamedTuple):
+    kind: str  # "LN", "LNPre", "RMS", "RMSPre", "none"
+    w: torch.Tensor | None
+    b: torch.Tensor | None
+    eps: float
+
+
+class _Layer(NamedTuple):
+    ln1: _Norm
+    ln2: _Norm | None
+    W_qkv: torch.Tensor  # [(H + 2K) * E, D]
+    b_qkv: torch.Tensor  # [(H + 2K) * E]
+    W_O: torch.Tensor  # [D, H * E]
+    b_O: torch.Tensor  # [D]
+    scale: float  # multiplies q.k (1 / TL's attn_scale)
+    mlp: str  # "mlp", "gated", "none"
+    W_in: torch.Tensor | None  # [D, F] (gated: [D, 2F] = [W_gate | W_in])
+    b_in: torch.Tensor | None  # [F]
+    W_out: torch.Tensor | None  # [F, D]
+    b_out: torch.Tensor | None  # [D]
+    act: Callable[[torch.Tensor], torch.Tensor] | None
+
+
+def _parse_hook(name: str) -> tuple[int, str] | None:
+    """(layer, block hook) for a supported block hook, (-1, name) for a global one, else None."""
+    if name in GLOBAL_HOOKS:
+        return -1, name
+    m = re.match(r"^blocks\.(\d+)\.(.+)$", name)
+    if m and m.group(2) in BLOCK_HOOKS:
+        return int(m.group(1)), m.group(2)
+    return None
+
+
+def _exact_type(obj, *names: str) -> bool:
+    return type(obj).__name__ in names and type(obj).__module__.startswith("transformer_lens.")
+
+
+def support_problem(model, hooks: Sequence[str]) -> str | None:
+    """Why `FastForward(model, hooks)` would not cover this model / these hooks (None: it would)."""
+    if "transformer_lens" not in sys.modules:
+        return "not a TransformerLens model"
+    from transformer_lens import HookedTransformer
+
+    if not isinstance(model, HookedTransformer):
+        return f"{type(model).__name__} is not a HookedTransformer"
+    if type(model).forward is not HookedTransformer.forward:
+        return f"{type(model).__name__} overrides HookedTransformer.forward"
+    for h in hooks:
+        p = _parse_hook(h)
+        if p is None:
+            return f"hook point {h} (the fast forward covers {', '.join(SUPPORTED_HOOKS)})"
+        if h == "hook_pos_embed" and model.cfg.positional_embedding_type != "standard":
+            return "hook_pos_embed without standard positional embeddings"
+        if p[0] >= model.cfg.n_layers:
+            return f"hook point {h} (the model has {model.cfg.n_layers} blocks)"
+        if p[1] == "hook_resid_mid" and (model.cfg.attn_only or model.cfg.parallel_attn_mlp):
+            return f"hook point {h} (not computed by attention-only or parallel blocks)"
+        if (p[1] == "hook_mlp_out" or p[1].startswith("mlp.")) and model.cfg.attn_only:
+            return f"hook point {h} (an attention-only model has no MLP)"
+    cfg = model.cfg
+    flags = {
+        "attn_scores_soft_cap > 0": (cfg.attn_scores_soft_cap or -1) > 0,
+        "use_local_attn": cfg.use_local_attn,
+        "use_qk_norm": cfg.use_qk_norm,
+        "clip_qkv": cfg.clip_qkv is not None,
+        "use_attention_sinks": getattr(cfg, "use_attention_sinks", False),
+        "use_logn_attn": getattr(cfg, "use_logn_attn", False),
+        "use_dynamic_ntk_rope": getattr(cfg, "use_dynamic_ntk_rope", False),
+        "num_experts (mixture of experts)": bool(cfg.num_experts),
+        "use_normalization_before_and_after": cfg.use_normalization_before_and_after,
+        "use_split_qkv_input": cfg.use_split_qkv_input,
+        "use_attn_in": cfg.use_attn_in,
+        "use_attn_result": cfg.use_attn_result,
+        "load_in_4bit": cfg.load_in_4bit,
+        "post_embedding_ln": cfg.post_embedding_ln,
+        "n_devices > 1": cfg.n_devices > 1,
+        "a layer-norm activation (solu_ln)": cfg.is_layer_norm_activation(),
+    }
+    bad = [k for k, v in flags.items() if v]
+    if bad:
+        return "config " + ", ".join(bad)
+    if cfg.attention_dir != "causal":
+        return f"attention_dir {cfg.attention_dir!r}"
+    if cfg.positional_embedding_type not in ("standard", "rotary"):
+        return f"positional_embedding_type {cfg.positional_embedding_type!r}"
+    if cfg.normalization_type not in ("LN", "LNPre", "RMS", "RMSPre", None):
+        return f"normalization_type {cfg.normalization_type!r}"
+    from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
+
+    if cfg.original_architecture in POST_NORM_ARCHITECTURES or str(cfg.original_architecture or "").startswith("Olmo"):
+        return f"architecture {cfg.original_architecture}"
+    if not cfg.attn_only and cfg.act_fn not in _FUSED_ACTS and cfg.act_fn not in _PLAIN_ACTS:
+        return f"activation {cfg.act_fn!r}"
+    tok = getattr(model, "tokenizer", None)
+    if tok is not None and getattr(tok, "padding_side", "right") == "left":
+        return "a left-padding tokenizer (TransformerLens masks pad tokens)"
+    if not _exact_type(model.embed, "Embed"):
+        return f"embedding {type(model.embed).__name__}"
+    for i, block in enumerate(model.blocks):
+        if not _exact_type(block, "TransformerBlock"):
+            return f"block {i} is a {type(block).__name__}"
+        if not _exact_type(block.attn, "Attention", "GroupedQueryAttention") or block.attn.attn_type != "global":
+            return f"block {i} attention {type(block.attn).__name__}"
+        if not cfg.attn_only and not _exact_type(block.mlp, "MLP", "GatedMLP"):
+            return f"block {i} MLP {type(block.mlp).__name__}"
+        if cfg.positional_embedding_type == "rotary" and cfg.rotary_dim is None:
+            return "rotary embeddings without rotary_dim"
+    return None
+
+
+def _norm(module, kind: str | None) -> _Norm:
+    if kind is None:
+        return _Norm("none", None, None, 0.0)
+    eps = float(module.eps)
+    w = module.w.detach() if kind in ("LN", "RMS") else None
+    b = module.b.detach() if kind == "LN" else None
+    return _Norm(kind, w, b, eps)
+
+
+def _apply_norm(n: _Norm, x_ND: torch.Tensor) -> torch.Tensor:
+    if n.kind == "none":
+        return x_ND
+    D = x_ND.shape[-1]
+    low = x_ND.dtype not in (torch.float32, torch.float64)  # TL normalises in fp32, then casts back
+    x = x_ND.float() if low else x_ND
+    if n.kind.startswith("LN"):
+        if not low and n.kind == "LN":
+            return F.layer_norm(x, (D,), n.w, n.b, n.eps)
+        y = F.layer_norm(x, (D,), None, None, n.eps)
+    else:
+        y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + n.eps)
+    if low:
+        y = y.to(x_ND.dtype)
+    if n.w is not None:
+        y = torch.addcmul(n.b, y, n.w) if n.b is not None else y * n.w
+    return y
+
+
+class FastForward:
+    """The fused forward for `model` (a supported HookedTransformer) reading `hooks`.
+
+    `__call__(tokens_BL)` -> {hook: activation [B, L, ...]} (the shapes TransformerLens gives
+    at those hook points). Raises `NotSupported` at construction otherwise."""
+
+    def __init__(self, model, hooks: Sequence[str]):
+        problem = support_problem(model, hooks)
+        if problem is not None:
+            raise NotSupported(problem)
+        cfg = model.cfg
+        self.model = model
+        self.hooks = list(hooks)
+        self.want: dict[int, set[str]] = {}
+        for h in self.hooks:
+            layer, name = _parse_hook(h)  # type: ignore[misc]
+            self.want.setdefault(layer, set()).add(name)
+        self.n_layers = 1 + max([i for i in self.want if i >= 0], default=-1)
+        self.parallel = bool(cfg.parallel_attn_mlp)
+        self.attn_only = bool(cfg.attn_only)
+        self.rotary = cfg.positional_embedding_type == "rotary"
+        self.rotary_dim = int(cfg.rotary_dim or 0)
+        self.adjacent = bool(getattr(cfg, "rotary_adjacent_pairs", False))
+        self.H = int(cfg.n_heads)
+        self.E = int(cfg.d_head)
+        self.W_E = model.embed.W_E.detach()
+        self.W_pos = model.pos_embed.W_pos.detach() if cfg.positional_embedding_type == "standard" else None
+        with torch.no_grad():
+            self.layers = [self._layer(model.blocks[i], cfg) for i in range(self.n_layers)]
+        self.K = (self.layers[0].W_qkv.shape[0] // self.E - self.H) // 2 if self.layers else self.H
+
+    def _layer(self, block, cfg) -> _Layer:
+        attn = block.attn
+        if _exact_type(attn, "GroupedQueryAttention"):
+            W_K, W_V, b_K, b_V = attn._W_K, attn._W_V, attn._b_K, attn._b_V
+        else:
+            W_K, W_V, b_K, b_V = attn.W_K, attn.W_V, attn.b_K, attn.b_V
+        # [heads, D, E] -> [(heads E), D], stacked Q | K | V
+        W_qkv = torch.cat([w.permute(0, 2, 1).reshape(-1, w.shape[1]) for w in (attn.W_Q, W_K, W_V)]).contiguous()
+        b_qkv = torch.cat([attn.b_Q.reshape(-1), b_K.reshape(-1), b_V.reshape(-1)]).contiguous()
+        W_O = attn.W_O.reshape(-1, attn.W_O.shape[-1]).t().contiguous()  # [H, E, D] -> [D, (H E)]
+        scale = 1.0 / float(attn.attn_scale)
+        ln1 = _norm(block.ln1, cfg.normalization_type)
+        if cfg.attn_only:
+            return _Layer(ln1, None, W_qkv, b_qkv, W_O, attn.b_O.detach(), scale, "none", None, None, None, None, None)
+        mlp = block.mlp
+        act = _FUSED_ACTS.get(cfg.act_fn) or mlp.act_fn
+        if _exact_type(mlp, "GatedMLP"):
+            kind, W_in = "gated", torch.cat([mlp.W_gate, mlp.W_in], dim=1).contiguous()
+        else:
+            kind, W_in = "mlp", mlp.W_in.detach().contiguous()
+        return _Layer(ln1, _norm(block.ln2, cfg.normalization_type), W_qkv, b_qkv, W_O, attn.b_O.detach(), scale,
+                      kind, W_in, mlp.b_in.detach(), mlp.W_out.detach().contiguous(), mlp.b_out.detach(), act)
+
+    # ------------------------------------------------------------------------------------------
+
+    def _rotate(self, x_BLhE: torch.Tensor, cos_LR: torch.Tensor, sin_LR: torch.Tensor) -> torch.Tensor:
+        R = self.rotary_dim
+        x_rot = x_BLhE[..., :R]
+        if self.adjacent:
+            pairs = x_rot.unflatten(-1, (R // 2, 2))
+            flip = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)
+        else:
+            flip = torch.cat([-x_rot[..., R // 2:], x_rot[..., :R // 2]], dim=-1)
+        out = x_rot * cos_LR[:, None] + flip * sin_LR[:, None]
+        if R == x_BLhE.shape[-1]:
+            return out
+        return torch.cat([out, x_BLhE[..., R:]], dim=-1)
+
+    def _attention(self, lay: _Layer, x_BLD: torch.Tensor, rot, want: set[str], got: dict[str, torch.Tensor],
+                   prefix: str) -> torch.Tensor:
+        B, L, D = x_BLD.shape
+        H, K, E = self.H, self.K, self.E
+        qkv = F.linear(x_BLD, lay.W_qkv, lay.b_qkv).view(B, L, H + 2 * K, E)
+        q_BLHE, k_BLKE, v_BLKE = qkv[:, :, :H], qkv[:, :, H:H + K], qkv[:, :, H + K:]
+        for name, t in (("attn.hook_q", q_BLHE), ("attn.hook_k", k_BLKE), ("attn.hook_v", v_BLKE)):
+            if name in want:
+                got[prefix + name] = t.contiguous()
+        if rot is not None:
+            q_BLHE, k_BLKE = self._rotate(q_BLHE, *rot), self._rotate(k_BLKE, *rot)
+        z_BHLE = F.scaled_dot_product_attention(
+            q_BLHE.transpose(1, 2), k_BLKE.transpose(1, 2), v_BLKE.transpose(1, 2),
+            is_causal=True, scale=lay.scale, enable_gqa=K != H,
+        )
+        z_BLF = z_BHLE.transpose(1, 2).reshape(B, L, H * E)
+        if "attn.hook_z" in want:
+            got[prefix + "attn.hook_z"] = z_BLF.view(B, L, H, E)
+        return F.linear(z_BLF, lay.W_O, lay.b_O)
+
+    def _mlp(self, lay: _Layer, x_ND: torch.Tensor, want: set[str], got: dict[str, torch.Tensor], prefix: str,
+             shape) -> torch.Tensor:
+        if lay.mlp == "gated":
+            Fd = lay.W_in.shape[1] // 2
+            both = torch.mm(x_ND, lay.W_in)
+            pre, lin = both[:, :Fd], both[:, Fd:]
+            post = torch.addcmul(lay.b_in, lay.act(pre), lin)
+        else:
+            pre = torch.addmm(lay.b_in, x_ND, lay.W_in)
+            post = lay.act(pre)
+        if "mlp.hook_pre" in want:
+            got[prefix + "mlp.hook_pre"] = pre.reshape(*shape[:2], -1)
+        if "mlp.hook_post" in want:
+            got[prefix + "mlp.hook_post"] = post.view(*shape[:2], -1)
+        return torch.addmm(lay.b_out, post, lay.W_out)
+
+    def __call__(self, tokens_BL: torch.Tensor) -> dict[str, torch.Tensor]:
+        B, L = tokens_BL.shape
+        got: dict[str, torch.Tensor] = {}
+        top = self.want.get(-1, set())
+        with torch.inference_mode():
+            tokens_BL = tokens_BL.to(self.W_E.device)
+            resid = F.embedding(tokens_BL, self.W_E)
+            if "hook_embed" in top:
+                got["hook_embed"] = resid
+            if self.W_pos is not None:
+                pos_LD = self.W_pos[:L]
+                if "hook_pos_embed" in top:
+                    got["hook_pos_embed"] = pos_LD.expand(B, L, -1)
+                resid = resid + pos_LD
+            shape = (B, L, resid.shape[-1])
+            for i, lay in enumerate(self.layers):
+                want = self.want.get(i, set())
+                prefix = f"blocks.{i}."
+                last = i == self.n_layers - 1
+                if "hook_resid_pre" in want:
+                    got[prefix + "hook_resid_pre"] = resid
+                if last and want <= {"hook_resid_pre"}:
+                    break
+                rot = self._rotary_tables(i, L) if self.rotary else None
+                attn_out = self._attention(lay, _apply_norm(lay.ln1, resid), rot, want, got, prefix)
+                if "hook_attn_out" in want:
+                    got[prefix + "hook_attn_out"] = attn_out
+                if self.attn_only:
+                    resid = resid + attn_out
+                elif self.parallel:
+                    if last and not want & {"hook_mlp_out", "hook_resid_post", "mlp.hook_pre", "mlp.hook_post"}:
+                        break
+                    mlp_out = self._mlp(lay, _apply_norm(lay.ln2, resid).view(B * L, -1), want, got, prefix, shape)
+                    mlp_out = mlp_out.view(shape)
+                    resid = resid + attn_out + mlp_out
+                else:
+                    resid = resid + attn_out
+                    if "hook_resid_mid" in want:
+                        got[prefix + "hook_resid_mid"] = resid
+                    if last and not want & {"hook_mlp_out", "hook_resid_post", "mlp.hook_pre", "mlp.hook_post"}:
+                        break
+                    mlp_out = self._mlp(lay, _apply_norm(lay.ln2, resid).view(B * L, -1), want, got, prefix, shape)
+                    mlp_out = mlp_out.view(shape)
+                    resid = resid + mlp_out
+                if not self.attn_only and "hook_mlp_out" in want:
+                    got[prefix + "hook_mlp_out"] = mlp_out
+                if "hook_resid_post" in want:
+                    got[prefix + "hook_resid_post"] = resid
+        missing = [h for h in self.hooks if h not in got]
+        if missing:  # e.g. hook_resid_mid of a parallel or attention-only block
+            raise NotSupported(f"hook point(s) {', '.join(missing)} are not computed by this model's blocks")
+        return {h: got[h] for h in self.hooks}
+
+    def _rotary_tables(self, layer: int, L: int) -> tuple[torch.Tensor, torch.Tensor]:
+        attn = self.model.blocks[layer].attn  # TL's own tables (base, scaling, YaRN all included)
+        cos, sin = attn.rotary_cos, attn.rotary_sin
+        if cos.shape[0] < L:
+            raise NotSupported(f"context of {L} tokens is longer than the model's rotary table ({cos.shape[0]})")
+        return cos[:L], sin[:L]
