@@ -242,3 +242,86 @@ def test_manifest_records_the_forward_and_a_resume_keeps_it(tmp_path, monkeypatc
     assert any("resuming with the transformer_lens forward" in s for s in said)
     for f in sorted(p.name for p in (tmp_path / "tl").iterdir()):
         assert (tmp_path / "tl" / f).read_bytes() == (tmp_path / "resumed" / f).read_bytes(), f
+
+
+# ----------------------------------------------------------------------------------------------
+# HF checkpoints (loaded as a TransformerBridge, as `saesteer.models.load_model` does)
+
+
+def save_tiny_hf(directory, kind: str, **extra):
+    """A random tiny `<kind>ForCausalLM` (+ tokenizer) written locally; norms and biases randomised."""
+    import transformers
+
+    from helpers.tiny_hf import build_bpe_tokenizer
+
+    tok = build_bpe_tokenizer()
+    cfg = getattr(transformers, kind + "Config")(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, **extra)
+    torch.manual_seed(0)
+    model = getattr(transformers, kind + "ForCausalLM")(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(1, 0.2)
+            elif name.endswith("bias"):
+                p.normal_(0, 0.2)
+    model.save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return directory
+
+
+HF_HOOKS = ["blocks.0.hook_resid_pre", "blocks.0.hook_attn_out", "blocks.0.hook_resid_mid",
+            "blocks.1.hook_mlp_out", "blocks.1.hook_resid_post"]
+HF_MODELS = {
+    "gpt2": None,
+    "llama-gqa": ("Llama", {}),
+    "llama3-rope-scaling": ("Llama", dict(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                                        "high_freq_factor": 4.0, "original_max_position_embeddings": 16})),
+    "qwen2-qkv-bias": ("Qwen2", {}),
+}
+
+
+def load_hf(tmp_path, name):
+    from saesteer.models import load_model
+
+    spec = HF_MODELS[name]
+    if spec is None:
+        from helpers.tiny_hf import save_tiny_gpt2
+
+        path = save_tiny_gpt2(tmp_path / name)
+    else:
+        path = save_tiny_hf(tmp_path / name, spec[0], **spec[1])
+    model = load_model(str(path))
+    assert type(model).__name__ == "TransformerBridge"
+    return model
+
+
+@pytest.mark.parametrize("name", list(HF_MODELS))
+def test_fast_forward_equals_the_bridge_on_hf_checkpoints(tmp_path, name):
+    from training.cache import ActivationRunner
+
+    model = load_hf(tmp_path, name)
+    runner = ActivationRunner(model, HF_HOOKS)
+    assert runner.fast is not None and runner.forward_used(24) == "fast", runner.fast_problem
+    tokens = torch.randint(0, model.cfg.d_vocab, (3, 24), generator=torch.Generator().manual_seed(2))
+    want = runner._run_tl(tokens)
+    got = runner.fast(tokens)
+    for h in HF_HOOKS:
+        err = (got[h] - want[h]).abs().max().item()
+        assert err <= 2e-5 * want[h].abs().max().item(), f"{name} {h}: max abs diff {err:.3g}"
+
+
+def test_hf_fallbacks(tmp_path):
+    from saesteer.models import load_model
+    from training.cache import ActivationRunner
+
+    mistral = load_model(str(save_tiny_hf(tmp_path / "mistral", "Mistral", sliding_window=8)))
+    runner = ActivationRunner(mistral, ["blocks.1.hook_resid_post"])
+    assert runner.forward_used(8) == "fast"  # within the window, plain causal attention
+    with pytest.warns(RuntimeWarning, match="sliding window"):
+        assert runner.forward_used(16) == "transformer_lens"
+    neox = load_model(str(save_tiny_hf(tmp_path / "neox", "GPTNeoX")))
+    runner = ActivationRunner(neox, ["blocks.1.hook_resid_post"])
+    assert runner.fast is None and "GPTNeoXForCausalLM" in runner.fast_problem
+    assert runner.forward_used(8) == "transformer_lens"

@@ -20,6 +20,13 @@ MLPs with any of TransformerLens's element-wise activations; grouped-query atten
 sequential or parallel attention+MLP blocks (GPT-J / NeoX / Pythia); attention-only models;
 any attention scale (incl. `scale_attn_by_inverse_layer_idx`); fp32/fp16/bf16 weights.
 
+HF checkpoints loaded as a TransformerLens `TransformerBridge` (how `saesteer.models` loads
+them) are read from the wrapped HF modules for GPT2LMHeadModel and LLaMA-style
+LlamaForCausalLM / MistralForCausalLM / Qwen2ForCausalLM (RMSNorm, q/k/v/o projections with or
+without biases, GQA, HF's own rotary tables incl. rope scaling, gated MLP; a Mistral sliding window
+only for contexts within the window), at blocks.{i}.hook_resid_pre / attn_out / resid_mid /
+mlp_out / resid_post.
+
 Anything else raises `NotSupported` with the reason and the caller uses TransformerLens's
 forward: attention-score soft-capping, local/windowed or bidirectional attention, ALiBi /
 relative / shortformer positions, QK-norm, QKV clipping, attention sinks, log-n or dynamic-NTK
@@ -106,14 +113,24 @@ def _exact_type(obj, *names: str) -> bool:
     return type(obj).__name__ in names and type(obj).__module__.startswith("transformer_lens.")
 
 
+def _hf_model(model):
+    """The HF model inside a TransformerLens `TransformerBridge`, else None."""
+    if type(model).__name__ != "TransformerBridge" or not type(model).__module__.startswith("transformer_lens."):
+        return None
+    return getattr(model, "original_model", None)
+
+
 def support_problem(model, hooks: Sequence[str]) -> str | None:
     """Why `FastForward(model, hooks)` would not cover this model / these hooks (None: it would)."""
     if "transformer_lens" not in sys.modules:
         return "not a TransformerLens model"
     from transformer_lens import HookedTransformer
 
+    hf = _hf_model(model)
+    if hf is not None:
+        return _hf_support_problem(model, hf, hooks)
     if not isinstance(model, HookedTransformer):
-        return f"{type(model).__name__} is not a HookedTransformer"
+        return f"{type(model).__name__} is neither a HookedTransformer nor a TransformerBridge"
     if type(model).forward is not HookedTransformer.forward:
         return f"{type(model).__name__} overrides HookedTransformer.forward"
     for h in hooks:
@@ -179,6 +196,59 @@ def support_problem(model, hooks: Sequence[str]) -> str | None:
     return None
 
 
+# HF architectures (inside a TransformerBridge) the fused forward reads directly
+HF_ARCHITECTURES = ("GPT2LMHeadModel", "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+HF_BLOCK_HOOKS = ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post")
+
+
+def _hf_support_problem(model, hf, hooks: Sequence[str]) -> str | None:
+    arch = type(hf).__name__
+    if arch not in HF_ARCHITECTURES:
+        return f"HF architecture {arch} (the fast forward reads {', '.join(HF_ARCHITECTURES)})"
+    for h in hooks:
+        p = _parse_hook(h)
+        if p is None or p[0] < 0 or p[1] not in HF_BLOCK_HOOKS:
+            return f"hook point {h} on a TransformerBridge (the fast forward covers blocks.{{i}}.{{{','.join(HF_BLOCK_HOOKS)}}})"
+    c = hf.config
+    act = getattr(c, "activation_function", None) or getattr(c, "hidden_act", None)
+    if act not in _FUSED_ACTS:
+        return f"activation {act!r}"
+    if arch == "GPT2LMHeadModel":
+        if getattr(c, "add_cross_attention", False):
+            return "GPT-2 with cross-attention"
+    else:
+        if getattr(c, "num_experts", None) or getattr(c, "use_qk_norm", False):
+            return f"{arch} with experts or QK-norm"
+        if getattr(getattr(hf, "model", None), "rotary_emb", None) is None:
+            return f"{arch} without a shared rotary embedding module"
+    impl = getattr(c, "_attn_implementation", None)
+    if impl not in (None, "eager", "sdpa", "flash_attention_2", "flash_attention_3"):
+        return f"attention implementation {impl!r}"
+    tok = getattr(model, "tokenizer", None)
+    if tok is not None and getattr(tok, "padding_side", "right") == "left":
+        return "a left-padding tokenizer"
+    return None
+
+
+def _unwrap(module):
+    """The HF module a TransformerBridge component wraps (the bridge swaps them in place)."""
+    while getattr(module, "_original_component", None) is not None:
+        module = module._original_component
+    return module
+
+
+def _hf_linear(lin) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight [out, in] for F.linear, bias) of an nn.Linear or a GPT-2 Conv1D."""
+    lin = _unwrap(lin)
+    if type(lin).__name__ == "Conv1D":  # weight [in, out]
+        return lin.weight.detach().t().contiguous(), lin.bias.detach()
+    return lin.weight.detach(), None if lin.bias is None else lin.bias.detach()
+
+
+def _zeros_like_out(w: torch.Tensor) -> torch.Tensor:
+    return torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+
+
 def _norm(module, kind: str | None) -> _Norm:
     if kind is None:
         return _Norm("none", None, None, 0.0)
@@ -217,7 +287,6 @@ class FastForward:
         problem = support_problem(model, hooks)
         if problem is not None:
             raise NotSupported(problem)
-        cfg = model.cfg
         self.model = model
         self.hooks = list(hooks)
         self.want: dict[int, set[str]] = {}
@@ -225,6 +294,15 @@ class FastForward:
             layer, name = _parse_hook(h)  # type: ignore[misc]
             self.want.setdefault(layer, set()).add(name)
         self.n_layers = 1 + max([i for i in self.want if i >= 0], default=-1)
+        self._rot_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.sliding_window: int | None = None
+        hf = _hf_model(model)
+        if hf is not None:
+            with torch.no_grad():
+                self._init_hf(hf)
+            return
+        cfg = model.cfg
+        self.hf = None
         self.parallel = bool(cfg.parallel_attn_mlp)
         self.attn_only = bool(cfg.attn_only)
         self.rotary = cfg.positional_embedding_type == "rotary"
@@ -237,6 +315,65 @@ class FastForward:
         with torch.no_grad():
             self.layers = [self._layer(model.blocks[i], cfg) for i in range(self.n_layers)]
         self.K = (self.layers[0].W_qkv.shape[0] // self.E - self.H) // 2 if self.layers else self.H
+
+    def _init_hf(self, hf) -> None:
+        c = hf.config
+        self.hf = hf
+        act = _FUSED_ACTS[getattr(c, "activation_function", None) or getattr(c, "hidden_act", None)]
+        self.parallel = self.attn_only = False
+        self.adjacent = False
+        if type(hf).__name__ == "GPT2LMHeadModel":
+            t = hf.transformer
+            self.rotary, self.rotary_dim = False, 0
+            self.H = int(c.n_head)
+            self.E = int(c.n_embd) // self.H
+            self.K = self.H
+            self.W_E, self.W_pos = _unwrap(t.wte).weight.detach(), _unwrap(t.wpe).weight.detach()
+            self.layers = []
+            for i in range(self.n_layers):
+                blk = _unwrap(t.h[i])
+                W_qkv, b_qkv = _hf_linear(blk.attn.c_attn)
+                W_O, b_O = _hf_linear(blk.attn.c_proj)
+                scale = (self.E ** -0.5) if getattr(c, "scale_attn_weights", True) else 1.0
+                if getattr(c, "scale_attn_by_inverse_layer_idx", False):
+                    scale /= i + 1
+                ln = lambda m: _Norm("LN", _unwrap(m).weight.detach(), _unwrap(m).bias.detach(), float(_unwrap(m).eps))  # noqa: E731
+                W_fc, b_fc = _hf_linear(blk.mlp.c_fc)  # [F, D]
+                W_pr, b_pr = _hf_linear(blk.mlp.c_proj)  # [D, F]
+                self.layers.append(_Layer(
+                    ln(blk.ln_1), ln(blk.ln_2), W_qkv, b_qkv, W_O, b_O, scale, "mlp",
+                    W_fc.t().contiguous(), b_fc, W_pr.t().contiguous(), b_pr, act))
+            return
+        # LLaMA-style: RMSNorm, q/k/v/o projections, rotary (HF's own tables), gated SiLU MLP
+        m = hf.model
+        self.rotary = True
+        self.H = int(c.num_attention_heads)
+        self.K = int(getattr(c, "num_key_value_heads", None) or self.H)
+        self.E = int(getattr(c, "head_dim", None) or c.hidden_size // self.H)
+        self.rotary_dim = self.E
+        self.W_E, self.W_pos = _unwrap(m.embed_tokens).weight.detach(), None
+        if getattr(c, "use_sliding_window", True) and getattr(c, "sliding_window", None):
+            self.sliding_window = int(c.sliding_window)
+        self.layers = []
+        for i in range(self.n_layers):
+            blk = _unwrap(m.layers[i])
+            at, mlp = _unwrap(blk.self_attn), _unwrap(blk.mlp)
+            ws, bs = zip(*(_hf_linear(x) for x in (at.q_proj, at.k_proj, at.v_proj)))
+            W_qkv = torch.cat(ws).contiguous()
+            b_qkv = torch.cat([b if b is not None else _zeros_like_out(w) for w, b in zip(ws, bs)])
+            W_O, b_O = _hf_linear(at.o_proj)
+            rms = lambda n: _Norm("RMS", _unwrap(n).weight.detach(), None,  # noqa: E731
+                                  float(getattr(_unwrap(n), "variance_epsilon", getattr(_unwrap(n), "eps", 1e-6))))
+            Wg, bg = _hf_linear(mlp.gate_proj)
+            Wu, bu = _hf_linear(mlp.up_proj)
+            Wd, bd = _hf_linear(mlp.down_proj)
+            if bg is not None or bu is not None:
+                raise NotSupported(f"{type(hf).__name__} with MLP biases")
+            self.layers.append(_Layer(
+                rms(blk.input_layernorm), rms(blk.post_attention_layernorm), W_qkv, b_qkv, W_O,
+                b_O if b_O is not None else _zeros_like_out(W_O), float(getattr(at, "scaling", self.E ** -0.5)),
+                "gated", torch.cat([Wg.t(), Wu.t()], dim=1).contiguous(), torch.zeros(Wg.shape[0], dtype=Wg.dtype, device=Wg.device),
+                Wd.t().contiguous(), bd if bd is not None else _zeros_like_out(Wd), act))
 
     def _layer(self, block, cfg) -> _Layer:
         attn = block.attn
@@ -366,6 +503,15 @@ class FastForward:
         return {h: got[h] for h in self.hooks}
 
     def _rotary_tables(self, layer: int, L: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.hf is not None:  # HF's own rotary module (rope scaling, attention factor included)
+            if self.sliding_window is not None and L > self.sliding_window:
+                raise NotSupported(f"context of {L} tokens is longer than the sliding window ({self.sliding_window})")
+            got = self._rot_cache.get(L)
+            if got is None:
+                x = self.W_E[:1].unsqueeze(0)
+                cos, sin = _unwrap(self.hf.model.rotary_emb)(x, torch.arange(L, device=x.device)[None])
+                got = self._rot_cache[L] = (cos[0].to(x.dtype), sin[0].to(x.dtype))
+            return got
         attn = self.model.blocks[layer].attn  # TL's own tables (base, scaling, YaRN all included)
         cos, sin = attn.rotary_cos, attn.rotary_sin
         if cos.shape[0] < L:
