@@ -21,6 +21,7 @@ from torch import Tensor
 import saes
 from saes.batchtopk import BatchTopKSAE
 from saes.step import compute_grads
+from training.trainer import remove_parallel_decoder_grad_
 
 ARCHS = ("topk", "batchtopk", "matryoshka_batchtopk")
 
@@ -79,9 +80,8 @@ class OurStep:
     def __call__(self, x_BD: Tensor, dead_mask_F: Tensor | None = None) -> saes.GradResult:
         sae = self.sae
         res = compute_grads(sae, x_BD, dead_mask_F, aux_coef=self.aux_coef, k_aux=self.k_aux, method=self.method)
-        with torch.no_grad():  # keep unit decoder rows: drop the gradient along each row
-            W_FD, g_FD = sae.W_dec, sae.W_dec.grad
-            g_FD.sub_((g_FD * W_FD).sum(1, keepdim=True) * W_FD)
+        with torch.no_grad():  # keep unit decoder rows: drop the gradient along each row (as the trainer)
+            remove_parallel_decoder_grad_(sae)
         self.opt.step()
         sae.normalize_decoder_()
         if isinstance(sae, BatchTopKSAE):

@@ -134,9 +134,15 @@ class _Entries(NamedTuple):
     above_threshold_F: Tensor | None  # BatchTopK: rows with pre > threshold, when counted
 
 
-def _select(sae: SAE, pre_BF: Tensor, dtype: torch.dtype, topk: TopkFn, native_kernels: bool) -> _Entries:
+def _select(
+    sae: SAE, pre_BF: Tensor, dtype: torch.dtype, topk: TopkFn, native_kernels: bool, bias_F: Tensor | None = None
+) -> _Entries:
     """The training selection (exact either way). With the native kernels, BatchTopK also counts
-    the rows above the SAE's thresholds in its pass over the batch (for `update_threshold_`)."""
+    the rows above the SAE's thresholds in its pass over the batch (for `update_threshold_`).
+    `bias_F` (native kernels only): pre_BF still lacks b_enc; the kernels add it in place in
+    their first pass over each row (one pass over the [B, F] matrix instead of two)."""
+    if bias_F is not None and not native_kernels:
+        raise ValueError("a fused encoder bias needs the native kernels")
     B, Fdim = pre_BF.shape
     dev = pre_BF.device
     if isinstance(sae, BatchTopKSAE):
@@ -149,7 +155,8 @@ def _select(sae: SAE, pre_BF: Tensor, dtype: torch.dtype, topk: TopkFn, native_k
 
             thr_F = sae.threshold if bool((sae.threshold > 0).all()) else None
             found = native.batch_top_entries(pre_BF, k, thr_F, total=min(k * B, B * Fdim),
-                                             reduce_floor=group.reduce_floor if group is not None else None)
+                                             reduce_floor=group.reduce_floor if group is not None else None,
+                                             bias_F=bias_F)
         if found is not None:
             vals_N, rows_N, idx_N, counts_F = found
             keep_N = group.take_top(vals_N, total) if group is not None else take_top(vals_N, total)
@@ -161,7 +168,12 @@ def _select(sae: SAE, pre_BF: Tensor, dtype: torch.dtype, topk: TopkFn, native_k
         torch.cumsum(torch.bincount(rows_N, minlength=B), 0, out=offsets_B1[1:])
         return _Entries(vals_N.to(dtype), idx_N, rows_N, offsets_B1, True, counts_F)
     k = sae.cfg.k  # TopK
-    vals_BK, idx_BK = topk(pre_BF, k)
+    if bias_F is not None:
+        from saes import native
+
+        vals_BK, idx_BK = native.row_topk(pre_BF, k, bias_F)
+    else:
+        vals_BK, idx_BK = topk(pre_BF, k)
     vals_N = vals_BK.reshape(-1).to(dtype).relu_()
     rows_N = torch.arange(B, device=dev).repeat_interleave(k)
     offsets_B1 = torch.arange(0, B * k + 1, k, device=dev)
@@ -198,14 +210,16 @@ def _set_grad(p: Tensor, value: Tensor) -> None:
     p.grad = value
 
 
-def _encode(ws: StepWorkspace, sae_in_BD: Tensor, sae: SAE, enc_dtype: torch.dtype) -> Tensor:
-    """pre = sae_in @ W_enc + b_enc into the workspace buffer (in `enc_dtype`)."""
+def _encode(ws: StepWorkspace, sae_in_BD: Tensor, sae: SAE, enc_dtype: torch.dtype, add_bias: bool = True) -> Tensor:
+    """pre = sae_in @ W_enc + b_enc into the workspace buffer (in `enc_dtype`). add_bias=False
+    (same dtype only) leaves b_enc out, for a selection kernel that adds it on the fly."""
     B, D = sae_in_BD.shape
     W_enc, b_enc = sae.W_enc.detach(), sae.b_enc.detach()
     pre_BF = ws.buffer("pre_BF", (B, sae.d_sae), enc_dtype, sae_in_BD.device)
     if enc_dtype == W_enc.dtype:
         torch.mm(sae_in_BD, W_enc, out=pre_BF)  # same ops as the reference: bitwise equal
-        pre_BF.add_(b_enc)
+        if add_bias:
+            pre_BF.add_(b_enc)
         return pre_BF
     W_lp = ws.buffer("W_enc_lp", tuple(W_enc.shape), enc_dtype, W_enc.device)
     W_lp.copy_(W_enc)
@@ -271,9 +285,11 @@ def _fast_grads(
 
         topk = native.row_topk
 
-    # forward: encoder, selection
-    pre_BF = _encode(ws, sae_in_BD, sae, encoder_dtype or dtype)
-    ent = _select(sae, pre_BF, dtype, topk, native_kernels)
+    # forward: encoder, selection (the native kernels add b_enc in their pass over pre_BF)
+    enc_dtype = encoder_dtype or dtype
+    fuse_bias = native_kernels and enc_dtype == torch.float32
+    pre_BF = _encode(ws, sae_in_BD, sae, enc_dtype, add_bias=not fuse_bias)
+    ent = _select(sae, pre_BF, dtype, topk, native_kernels, sae.b_enc.detach() if fuse_bias else None)
     vals_N, idx_N, rows_N = ent.vals_N, ent.idx_N, ent.rows_N
     relu = not isinstance(sae, BatchTopKSAE)  # TopK values are relu(pre): no gradient where 0
 

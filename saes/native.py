@@ -4,9 +4,11 @@ Two small C++ routines, built on first use with the system C++ compiler (no torc
 build takes ~1-2 s) and called through ctypes on the tensors' memory:
 
 - `row_topk`: the k largest entries of every row of a float32 or bfloat16 matrix. One pass
-  computes the maxima of 16-wide column groups, the k-th largest group maximum t bounds the
-  answer from below (k entries are >= t), so only the members of the k groups above it are
-  ranked. Exact; a row holding NaN or inf is reported, and the caller falls back to `torch.topk`.
+  computes the maxima of 16-column groups (strided: columns q, q + F/16, ..., so the maxima are
+  vertical SIMD maxima), the k-th largest group maximum t bounds the answer from below (k
+  entries are >= t), so only the members of the groups reaching t are ranked. Optionally adds
+  the encoder bias in place first (the row is then in cache for the rest). Exact; a row holding
+  NaN or inf is reported, and the caller falls back to `torch.topk`.
 - `decode_grad`: row by row, the sparse decode (per Matryoshka level), the prefix
   reconstructions and their squared errors, the loss gradient g wrt each prefix (summed over
   the prefixes that contain a level) and each entry's activation gradient <W_dec[idx], g>.
@@ -95,9 +97,31 @@ inline void sum_thread_counts(const std::vector<int32_t>& local_counts, int nthr
   }
 }
 
+// row[j] += bias[j] for every column (fused `pre += b_enc`: the row is then hot in cache for the
+// passes that follow; the same float additions as torch's add_, so bitwise equal). float only.
+// Returns the sum of the new row (not finite <=> the row holds NaN or inf).
+inline float add_bias_row(float* row, const float* bias, int64_t F) {
+  float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+  for (int64_t j = 0; j < F; ++j) {
+    row[j] += bias[j];
+    total += row[j];
+  }
+  return total;
+}
+inline float add_bias_row(uint16_t*, const float*, int64_t) { return 0.0f; }  // bf16 rows never take a bias
+
 template <class T>
-int64_t topk_rows(const T* x, int64_t B, int64_t F, int64_t k, float* out_v, int64_t* out_i, const float* thr,
-                  int64_t* counts, int nthreads) {
+float row_sum(const T* row, int64_t F) {
+  float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+  for (int64_t j = 0; j < F; ++j) total += to_f(row[j]);
+  return total;
+}
+
+template <class T>
+int64_t topk_rows(T* x, int64_t B, int64_t F, int64_t k, float* out_v, int64_t* out_i, const float* thr,
+                  int64_t* counts, const float* bias, int nthreads) {
   const int64_t g = 16;
   const int64_t G = (F + g - 1) / g;
   std::atomic<int64_t> bad{0};
@@ -106,13 +130,14 @@ int64_t topk_rows(const T* x, int64_t B, int64_t F, int64_t k, float* out_v, int
   nthreads = clamp_threads(nthreads, nblocks);
   std::vector<int32_t> local_counts(thr ? (size_t)nthreads * F : 0, 0);
   run_blocks(nblocks, nthreads, [&](int64_t blk, int tid) {
-    std::vector<float> gmax(G);
-    std::vector<Entry> top, cand;
-    top.reserve(4 * k + 1);
+    std::vector<float> gmax(G + 1), kth;
+    std::vector<Entry> cand;
+    kth.reserve(G + 1);
     cand.reserve(k * g + 1);
     const int64_t b_end = std::min(B, (blk + 1) * rows_per_block);
     for (int64_t b = blk * rows_per_block; b < b_end; ++b) {
-      const T* row = x + b * F;
+      T* row = x + b * F;
+      const float biased_sum = bias ? add_bias_row(row, bias, F) : 0.0f;
       if (thr) {  // rows with x > thr, per column (the BatchTopK threshold statistics)
         int32_t* cnt = local_counts.data() + (size_t)tid * F;
 #pragma omp simd
@@ -127,49 +152,57 @@ int64_t topk_rows(const T* x, int64_t B, int64_t F, int64_t k, float* out_v, int
           cand.emplace_back(v, j);
         }
       } else {
-        const int64_t full = F / g;
-        for (int64_t j = 0; j < full; ++j) {  // 16 values -> one vector max and sum
-          const T* p = row + j * g;
-          float m = to_f(p[0]), s = 0.0f;
-          for (int i = 0; i < 16; ++i) {
-            float v = to_f(p[i]);
-            m = v > m ? v : m;
-            s += v;
+        // Group q holds the 16 columns q, q + S, ..., q + 15 S (S = F / 16; the last F - 16 S
+        // columns form group S), so all group maxima come from vertical (SIMD) maxima of 16
+        // row segments, with no per-group horizontal reductions.
+        const int64_t S = F / g, tail = F - g * S;
+        float* gm = gmax.data();
+        for (int64_t q = 0; q < S; ++q) gm[q] = to_f(row[q]);
+        for (int64_t i = 1; i < g; ++i) {
+          const T* seg = row + i * S;
+#pragma omp simd
+          for (int64_t q = 0; q < S; ++q) {
+            const float v = to_f(seg[q]);
+            gm[q] = v > gm[q] ? v : gm[q];
           }
-          gmax[j] = m;
-          total += s;
         }
-        for (int64_t j = full; j < G; ++j) {  // a partial last group
+        total = bias ? biased_sum : row_sum(row, F);
+        if (!std::isfinite(total)) {  // NaN would break the selection's ordering: torch.topk decides
+          bad.fetch_add(1);
+          continue;
+        }
+        const int64_t n_groups = S + (tail > 0);
+        if (tail > 0) {
           float m = -INFINITY;
-          for (int64_t i = j * g; i < F; ++i) {
-            float v = to_f(row[i]);
-            m = v > m ? v : m;
-            total += v;
-          }
-          gmax[j] = m;
+          for (int64_t j = g * S; j < F; ++j) m = to_f(row[j]) > m ? to_f(row[j]) : m;
+          gm[S] = m;
         }
-        // the k groups with the largest maxima (buffered selection), t = k-th largest maximum
-        top.clear();
-        float floor = -INFINITY;
-        for (int64_t j = 0; j < G; ++j) {
-          if (gmax[j] > floor || (int64_t)top.size() < k) {
-            top.emplace_back(gmax[j], j);
-            if ((int64_t)top.size() == 4 * k) {
-              std::nth_element(top.begin(), top.begin() + (k - 1), top.end(), entry_greater);
-              top.resize(k);
-              floor = top[k - 1].first;
-            }
-          }
+        // t = the k-th largest group maximum: >= k entries are >= t, so the k-th largest entry is >= t.
+        // Split the groups into k blocks: the smallest block maximum u has >= k group maxima
+        // above it, so u <= t, and only the (few) groups reaching u need ranking for t.
+        const int64_t per = n_groups / k;
+        float u = INFINITY;
+        for (int64_t blk_i = 0; blk_i < k; ++blk_i) {
+          const int64_t q0 = blk_i * per, q1 = blk_i + 1 < k ? q0 + per : n_groups;
+          float m = gm[q0];
+          for (int64_t q = q0 + 1; q < q1; ++q) m = gm[q] > m ? gm[q] : m;
+          u = m < u ? m : u;
         }
-        std::nth_element(top.begin(), top.begin() + (k - 1), top.end(), entry_greater);
-        const float t = top[k - 1].first;  // >= k entries are >= t: the k-th largest is >= t
-        for (int64_t q = 0; q < k; ++q) {  // entries > t live only in groups with maximum > t
-          const int64_t j = top[q].second, s = j * g, e = std::min(F, s + g);
-          for (int64_t i = s; i < e; ++i) {
-            float v = to_f(row[i]);
-            if (v >= t) cand.emplace_back(v, i);
+        kth.clear();
+        for (int64_t q = 0; q < n_groups; ++q)
+          if (gm[q] >= u) kth.push_back(gm[q]);
+        std::nth_element(kth.begin(), kth.begin() + (k - 1), kth.end(), std::greater<float>());
+        const float t = kth[k - 1];
+        for (int64_t q = 0; q < S; ++q) {  // entries >= t live only in groups with maximum >= t
+          if (!(gm[q] >= t)) continue;
+          for (int64_t i = 0; i < g; ++i) {
+            const float v = to_f(row[q + i * S]);
+            if (v >= t) cand.emplace_back(v, q + i * S);
           }
         }
+        if (tail > 0 && gm[S] >= t)
+          for (int64_t j = g * S; j < F; ++j)
+            if (to_f(row[j]) >= t) cand.emplace_back(to_f(row[j]), j);
       }
       if (!std::isfinite(total) || (int64_t)cand.size() < k) {
         bad.fetch_add(1);
@@ -187,8 +220,8 @@ int64_t topk_rows(const T* x, int64_t B, int64_t F, int64_t k, float* out_v, int
 }
 
 template <class T>
-int64_t group_maxima(const T* x, int64_t B, int64_t F, float* gmax_BG, const float* thr, int64_t* counts,
-                     int nthreads) {
+int64_t group_maxima(T* x, int64_t B, int64_t F, float* gmax_BG, const float* thr, int64_t* counts,
+                     const float* bias, int nthreads) {
   // gmax[b, j] = max of x[b, 16j : 16j+16]; rows holding NaN/inf are reported (return value);
   // with `thr`, counts[f] = rows with x[b, f] > thr[f].
   const int64_t g = 16, G = (F + g - 1) / g;
@@ -200,7 +233,8 @@ int64_t group_maxima(const T* x, int64_t B, int64_t F, float* gmax_BG, const flo
   run_blocks(nblocks, nthreads, [&](int64_t blk, int tid) {
     const int64_t b_end = std::min(B, (blk + 1) * rows_per_block);
     for (int64_t b = blk * rows_per_block; b < b_end; ++b) {
-      const T* row = x + b * F;
+      T* row = x + b * F;
+      if (bias) add_bias_row(row, bias, F);  // (the group pass below checks for NaN/inf)
       float* gm = gmax_BG + b * G;
       if (thr) {
         int32_t* cnt = local_counts.data() + (size_t)tid * F;
@@ -298,14 +332,14 @@ int64_t collect_above(const T* x, int64_t B, int64_t F, const float* gmax_BG, fl
 
 extern "C" {
 
-int64_t saes_row_topk_f32(const float* x, int64_t B, int64_t F, int64_t k, float* out_v, int64_t* out_i,
-                          const float* thr, int64_t* counts, int nthreads) {
-  return topk_rows<float>(x, B, F, k, out_v, out_i, thr, counts, nthreads);
+int64_t saes_row_topk_f32(float* x, int64_t B, int64_t F, int64_t k, float* out_v, int64_t* out_i,
+                          const float* thr, int64_t* counts, const float* bias, int nthreads) {
+  return topk_rows<float>(x, B, F, k, out_v, out_i, thr, counts, bias, nthreads);
 }
 
-int64_t saes_row_topk_bf16(const uint16_t* x, int64_t B, int64_t F, int64_t k, float* out_v, int64_t* out_i,
+int64_t saes_row_topk_bf16(uint16_t* x, int64_t B, int64_t F, int64_t k, float* out_v, int64_t* out_i,
                            const float* thr, int64_t* counts, int nthreads) {
-  return topk_rows<uint16_t>(x, B, F, k, out_v, out_i, thr, counts, nthreads);
+  return topk_rows<uint16_t>(x, B, F, k, out_v, out_i, thr, counts, nullptr, nthreads);
 }
 
 void saes_decode_grad(int64_t B, int64_t D, int64_t L, const int64_t* offsets, const int64_t* idx_N,
@@ -319,16 +353,34 @@ void saes_decode_grad(int64_t B, int64_t D, int64_t L, const int64_t* offsets, c
     for (int64_t b = blk * rows_per_block; b < b_end; ++b) {
       const int64_t e0 = offsets[b], e1 = offsets[b + 1];
       std::fill(acc.begin(), acc.end(), 0.0f);
-      for (int64_t e = e0; e < e1; ++e) {  // each level's part of the reconstruction
-        if (e + 1 < e1) {
-          const char* nxt = (const char*)(W_dec_FD + idx_N[e + 1] * D);
-          for (int64_t o = 0; o < D * 4; o += 64) __builtin_prefetch(nxt + o);
+      for (int64_t e = e0; e < e1;) {  // each level's part of the reconstruction
+        const int64_t lv = L > 1 ? level_N[e] : 0;
+        float* a = acc.data() + lv * D;
+        if (e + 4 <= e1 && (L == 1 || level_N[e + 3] == lv)) {  // four rows of one level at once
+          for (int64_t q = 4; q < 8 && e + q < e1; ++q) {  // the next four rows
+            const char* nxt = (const char*)(W_dec_FD + idx_N[e + q] * D);
+            for (int64_t o = 0; o < D * 4; o += 64) __builtin_prefetch(nxt + o);
+          }
+          const float *w0 = W_dec_FD + idx_N[e] * D, *w1 = W_dec_FD + idx_N[e + 1] * D;
+          const float *w2 = W_dec_FD + idx_N[e + 2] * D, *w3 = W_dec_FD + idx_N[e + 3] * D;
+          const float v0 = val_N[e], v1 = val_N[e + 1], v2 = val_N[e + 2], v3 = val_N[e + 3];
+#pragma omp simd
+          for (int64_t d = 0; d < D; ++d) {  // the same order of additions as one row at a time
+            float t = a[d];
+            t += v0 * w0[d];
+            t += v1 * w1[d];
+            t += v2 * w2[d];
+            t += v3 * w3[d];
+            a[d] = t;
+          }
+          e += 4;
+          continue;
         }
         const float* w = W_dec_FD + idx_N[e] * D;
-        float* a = acc.data() + (L > 1 ? level_N[e] : 0) * D;
         const float v = val_N[e];
 #pragma omp simd
         for (int64_t d = 0; d < D; ++d) a[d] += v * w[d];
+        ++e;
       }
       const float* xr = x_BD + b * D;
       float* gq = g_QD + b * L * D;
@@ -377,14 +429,14 @@ void saes_transpose(const float* src, int64_t R, int64_t C, float* dst, int nthr
   });
 }
 
-int64_t saes_group_maxima_f32(const float* x, int64_t B, int64_t F, float* gmax, const float* thr, int64_t* counts,
-                              int nthreads) {
-  return group_maxima<float>(x, B, F, gmax, thr, counts, nthreads);
+int64_t saes_group_maxima_f32(float* x, int64_t B, int64_t F, float* gmax, const float* thr, int64_t* counts,
+                              const float* bias, int nthreads) {
+  return group_maxima<float>(x, B, F, gmax, thr, counts, bias, nthreads);
 }
 
-int64_t saes_group_maxima_bf16(const uint16_t* x, int64_t B, int64_t F, float* gmax, const float* thr,
+int64_t saes_group_maxima_bf16(uint16_t* x, int64_t B, int64_t F, float* gmax, const float* thr,
                                int64_t* counts, int nthreads) {
-  return group_maxima<uint16_t>(x, B, F, gmax, thr, counts, nthreads);
+  return group_maxima<uint16_t>(x, B, F, gmax, thr, counts, nullptr, nthreads);
 }
 
 int64_t saes_collect_above_f32(const float* x, int64_t B, int64_t F, const float* gmax, float floor,
@@ -469,16 +521,16 @@ def load(cache_dir: str | os.PathLike | None = None) -> ctypes.CDLL:
             os.replace(out, lib_path)  # atomic: a complete library or none
     lib = ctypes.CDLL(str(lib_path))
     i64, ptr, cint = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+    lib.saes_row_topk_f32.argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, cint]
+    lib.saes_row_topk_bf16.argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, ptr, cint]
     for name in ("saes_row_topk_f32", "saes_row_topk_bf16"):
-        fn = getattr(lib, name)
-        fn.argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, ptr, cint]
-        fn.restype = i64
+        getattr(lib, name).restype = i64
     lib.saes_decode_grad.argtypes = [i64, i64, i64] + [ptr] * 7 + [ctypes.c_float, cint] + [ptr] * 4 + [cint]
     lib.saes_decode_grad.restype = None
+    lib.saes_group_maxima_f32.argtypes = [ptr, i64, i64, ptr, ptr, ptr, ptr, cint]
+    lib.saes_group_maxima_bf16.argtypes = [ptr, i64, i64, ptr, ptr, ptr, cint]
     for suffix in ("f32", "bf16"):
-        fn = getattr(lib, f"saes_group_maxima_{suffix}")
-        fn.argtypes = [ptr, i64, i64, ptr, ptr, ptr, cint]
-        fn.restype = i64
+        getattr(lib, f"saes_group_maxima_{suffix}").restype = i64
         fn = getattr(lib, f"saes_collect_above_{suffix}")
         fn.argtypes = [ptr, i64, i64, ptr, ctypes.c_float, i64, ptr, ptr, ptr, cint]
         fn.restype = i64
@@ -497,17 +549,33 @@ def _check(t: Tensor, dtype: torch.dtype, name: str) -> None:
         raise ValueError(f"native kernel input {name} must be a contiguous CPU {dtype} tensor, got {t.dtype} on {t.device}")
 
 
-def row_topk(x_BF: Tensor, k: int) -> tuple[Tensor, Tensor]:
+def row_topk(x_BF: Tensor, k: int, bias_F: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Exact per-row top k of a float32 / bfloat16 CPU matrix: (values float32 [B, k], indices [B, k]).
 
-    Unsorted within a row. Falls back to `torch.topk` when a row holds NaN or inf."""
-    vals, idx, _ = row_topk_count(x_BF, k, None)
+    Unsorted within a row. Falls back to `torch.topk` when a row holds NaN or inf. With
+    `bias_F` (float32 matrices only), first adds it to every row *in place* (x += bias, the same
+    float additions as `x.add_(bias)`) in the same pass, and ranks the sums."""
+    vals, idx, _ = row_topk_count(x_BF, k, None, bias_F)
     return vals, idx
 
 
-def row_topk_count(x_BF: Tensor, k: int, threshold_F: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+def _bias_arg(x_BF: Tensor, bias_F: Tensor | None) -> Tensor | None:
+    """The contiguous float32 bias to add in place, checked; None without one."""
+    if bias_F is None:
+        return None
+    if x_BF.dtype != torch.float32 or not x_BF.is_contiguous():
+        raise ValueError("a fused bias is added in place: the matrix must be a contiguous float32 tensor")
+    bias = bias_F.detach().to(torch.float32).contiguous()
+    if bias.shape != (x_BF.shape[1],):
+        raise ValueError(f"bias has shape {tuple(bias.shape)}, expected ({x_BF.shape[1]},)")
+    return bias
+
+
+def row_topk_count(
+    x_BF: Tensor, k: int, threshold_F: Tensor | None, bias_F: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor | None]:
     """`row_topk` that also counts, per column, the rows with x > threshold (int64 [F]; None
-    without a threshold), in the same pass over the matrix."""
+    without a threshold), in the same pass over the matrix (after adding `bias_F`, if given)."""
     lib = load()
     B, Fdim = x_BF.shape
     if not 0 < k <= Fdim:
@@ -520,6 +588,7 @@ def row_topk_count(x_BF: Tensor, k: int, threshold_F: Tensor | None) -> tuple[Te
         fn = lib.saes_row_topk_bf16
     else:
         raise ValueError(f"native row_topk reads float32 or bfloat16, got {x_BF.dtype}")
+    bias = _bias_arg(x_BF, bias_F)
     x_BF = x_BF.contiguous()
     vals = torch.empty(B, k, dtype=torch.float32)
     idx = torch.empty(B, k, dtype=torch.int64)
@@ -529,10 +598,11 @@ def row_topk_count(x_BF: Tensor, k: int, threshold_F: Tensor | None) -> tuple[Te
         if thr.shape != (Fdim,):
             raise ValueError(f"threshold has shape {tuple(thr.shape)}, expected ({Fdim},)")
         counts = torch.empty(Fdim, dtype=torch.int64)
-    bad = fn(
-        _ptr(x_BF), B, Fdim, k, _ptr(vals), _ptr(idx), _ptr(thr) if thr is not None else None,
-        _ptr(counts) if counts is not None else None, torch.get_num_threads(),
-    )
+    args = [_ptr(x_BF), B, Fdim, k, _ptr(vals), _ptr(idx), _ptr(thr) if thr is not None else None,
+            _ptr(counts) if counts is not None else None]
+    if x_BF.dtype == torch.float32:
+        args.append(_ptr(bias) if bias is not None else None)
+    bad = fn(*args, torch.get_num_threads())
     if bad:
         v, i = x_BF.topk(k, dim=1, sorted=False)
         vals, idx = v.float(), i
@@ -592,7 +662,7 @@ def transpose_into(src_RC: Tensor, dst_CR: Tensor) -> Tensor:
 
 def batch_top_entries(
     pre_BF: Tensor, k: int, threshold_F: Tensor | None = None, total: int | None = None,
-    reduce_floor: Callable[[float], float] | None = None,
+    reduce_floor: Callable[[float], float] | None = None, bias_F: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None] | None:
     """Exact BatchTopK selection (as `saes.topk_select.batch_top_entries`), in two passes.
 
@@ -605,12 +675,14 @@ def batch_top_entries(
     Returns (values float32, rows, cols, counts or None), or None when the matrix holds NaN/inf
     (the caller then takes the pure-torch path). `total` replaces k*B as the number of entries
     the candidates must cover; `reduce_floor` (data parallel: `BatchGroup.reduce_floor`) turns
-    this rank's floor into the smallest over the ranks before the candidates are collected."""
+    this rank's floor into the smallest over the ranks before the candidates are collected.
+    `bias_F` (float32 only): pass 1 first adds it to every row in place, as `row_topk` does."""
     lib = load()
     B, Fdim = pre_BF.shape
     if pre_BF.device.type != "cpu" or pre_BF.dtype not in (torch.float32, torch.bfloat16):
         raise ValueError("native batch_top_entries reads float32 or bfloat16 CPU matrices")
     suffix = "f32" if pre_BF.dtype == torch.float32 else "bf16"
+    bias = _bias_arg(pre_BF, bias_F)
     x = pre_BF.contiguous()
     G = (Fdim + 15) // 16
     gmax_BG = torch.empty(B, G, dtype=torch.float32)
@@ -619,10 +691,11 @@ def batch_top_entries(
         thr = threshold_F.detach().to(torch.float32).contiguous()
         counts = torch.empty(Fdim, dtype=torch.int64)
     nt = torch.get_num_threads()
-    bad = getattr(lib, f"saes_group_maxima_{suffix}")(
-        _ptr(x), B, Fdim, _ptr(gmax_BG), _ptr(thr) if thr is not None else None,
-        _ptr(counts) if counts is not None else None, nt,
-    )
+    args = [_ptr(x), B, Fdim, _ptr(gmax_BG), _ptr(thr) if thr is not None else None,
+            _ptr(counts) if counts is not None else None]
+    if suffix == "f32":
+        args.append(_ptr(bias) if bias is not None else None)
+    bad = getattr(lib, f"saes_group_maxima_{suffix}")(*args, nt)
     if bad:
         return None
     total = min(k * B if total is None else total, B * Fdim)

@@ -361,6 +361,48 @@ def test_native_row_topk_equals_torch_topk(B, F, k, dtype):
 
 
 @needs_native
+@pytest.mark.parametrize("B,F,k", [(64, 1024, 32), (5, 50, 40), (3, 4099, 16)])
+def test_native_row_topk_with_a_fused_bias_equals_add_then_topk(B, F, k):
+    g = torch.Generator().manual_seed(B)
+    x, bias = torch.randn(B, F, generator=g), torch.randn(F, generator=g)
+    ref = x + bias
+    vals, idx = native.row_topk(x, k, bias)
+    assert torch.equal(x, ref)  # added in place, bitwise as torch's add
+    torch.testing.assert_close(vals.sort(dim=1).values, ref.topk(k, dim=1).values.sort(dim=1).values, rtol=0, atol=0)
+    assert torch.equal(idx.sort(dim=1).values, ref.topk(k, dim=1).indices.sort(dim=1).values)
+    with pytest.raises(ValueError, match="bias has shape"):
+        native.row_topk(x, k, bias[:-1])
+    with pytest.raises(ValueError, match="float32"):
+        native.row_topk(x.bfloat16(), k, bias)
+
+
+@needs_native
+def test_native_batch_top_entries_with_a_fused_bias_equals_add_then_select():
+    g = torch.Generator().manual_seed(0)
+    pre, bias = torch.randn(256, 1040, generator=g), torch.randn(1040, generator=g)
+    thr = torch.rand(1040, generator=g)
+    ref = pre + bias
+    vals, rows, cols, counts = native.batch_top_entries(pre, 5, thr, bias_F=bias)
+    assert torch.equal(pre, ref)
+    assert torch.equal(counts, (ref > thr).sum(0))  # counted after the bias
+    ref_vals, ref_rows, ref_cols, _ = native.batch_top_entries(ref.clone(), 5, thr)
+    assert torch.equal(vals, ref_vals) and torch.equal(rows, ref_rows) and torch.equal(cols, ref_cols)
+
+
+@needs_native
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_native_step_with_nan_input_adds_the_bias_before_the_torch_fallback(arch):
+    sae = make(arch, 16, 256, 4)
+    with torch.no_grad():
+        sae.b_enc.normal_(generator=torch.Generator().manual_seed(1))
+    x = torch.randn(32, 16, generator=torch.Generator().manual_seed(0))
+    x[3, 2] = float("nan")
+    got = fast_grads(sae, x, kernels="native")
+    ref = fast_grads(copy.deepcopy(sae), x)
+    torch.testing.assert_close(got.pre_BF, ref.pre_BF, rtol=0, atol=0, equal_nan=True)
+
+
+@needs_native
 def test_native_row_topk_falls_back_on_nan_and_inf_rows():
     x = torch.randn(6, 512, generator=torch.Generator().manual_seed(0))
     x[1, 100] = float("nan")
