@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.threads import torch_threads
 from helpers.tiny_model import make_model, make_tokenizer, write_corpus
 from training.cache import (
     ActivationRunner,
@@ -29,10 +30,8 @@ H0 = "blocks.0.hook_resid_post"
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """Tiny models run fastest on one thread (the CI machine has 2 busy cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import warnings
 import pytest
 import torch
 
+from helpers.threads import torch_threads
 from helpers.tiny_model import make_model, make_tokenizer, write_corpus
 
 pytestmark = pytest.mark.filterwarnings("ignore:HookedTransformer is deprecated:DeprecationWarning")
@@ -16,10 +17,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:HookedTransformer is deprecated:
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with torch_threads(1):
+        yield
 
 
 def build(seed=0, **kw):

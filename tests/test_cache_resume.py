@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers.threads import torch_threads
 from helpers.tiny_model import make_model, make_tokenizer, write_corpus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,12 +47,8 @@ CHILD = textwrap.dedent("""
 @pytest.fixture(autouse=True)
 def one_thread():
     """Tiny models run fastest on one thread on a busy 2-core machine; the child uses one too."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with torch_threads(1):
+        yield
 
 
 def tree(d: Path) -> dict[str, bytes]:

@@ -8,16 +8,15 @@ from features.analysis import final_norm_transform, logit_effects
 from features.text import features_on_text, hook_activations
 from helpers.feature_fixtures import make_sae, small_config
 from helpers.tiny_model import make_documents, make_model, make_tokenizer
+from helpers.threads import torch_threads
 
 HOOK = "blocks.0.hook_resid_post"
 
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
