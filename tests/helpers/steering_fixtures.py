@@ -7,25 +7,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import torch
 
 import saes
+from helpers.threads import torch_threads  # noqa: F401 (re-exported for the steering tests)
 
 PROMPTS = ["the sea and the ship", "a tree", "the whale sees the harbor at the shore", "bread"]
-
-
-@contextlib.contextmanager
-def torch_threads(n: int):
-    """Run with `n` intra-op threads (tiny models are much faster on one thread on a busy machine)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 @functools.lru_cache(maxsize=4)
