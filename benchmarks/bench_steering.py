@@ -2,6 +2,8 @@
 
     python benchmarks/bench_steering.py speed [--model toy] [--rounds 7] [--write]
     python benchmarks/bench_steering.py toy --sae DIR [--store FILE] [--write]
+    python benchmarks/bench_steering.py toy --work DIR --hook HOOK [--sae-arch A --sae-widths W,...] [--write]
+    python benchmarks/bench_steering.py latents --sae DIR [--store FILE]
 
 speed: steered generation tokens/s beside unsteered (KV cache on, batch 8, 64 new tokens,
 sampling with a fixed seed, no early stop), for our hooks and for SAELens in the same run:
@@ -17,6 +19,13 @@ lifts the topic's share of content words to >= 50% with >= 80% grammatical sente
 best harmonic mean), then report on held-out seeds: topic share (base rate -> steered) and
 grammatical sentences, for the SAE feature, the difference-of-means vector at the same hook
 (same selection rule), and prompting (a topic cue sentence before the prompt).
+
+Without --sae, toy builds (once, in --work) a toy-world cache at --hook, an SAE of --sae-arch /
+--sae-width / --sae-k / --sae-widths / --train-tokens / --init-scale on it, and its feature store.
+
+latents: per topic, the SAE's most topic-like latents: the store's best lexical concept F1, the
+best document-topic F1 (fires vs the token lies in a topic document), and the largest cosine of a
+decoder row with the topic's difference-of-means vector.
 
 --write replaces this script's subsection of "## Steering" in benchmarks/RESULTS.md.
 """
@@ -257,7 +266,9 @@ def toy(args) -> str:
 
     torch.set_num_threads(args.threads)
     if args.sae is None:  # a toy SAE and its store at --hook, built in --work when missing
-        args.sae, args.store = build_toy_sae(Path(args.work), args.hook or "blocks.3.hook_resid_post")
+        args.sae, args.store = build_toy_sae(
+            Path(args.work), args.hook or "blocks.3.hook_resid_post", d_sae=args.sae_width, k=args.sae_k,
+            train_tokens=args.train_tokens, arch=args.sae_arch, widths=args.sae_widths, init_scale=args.init_scale)
     model = load_model("toy")
     sae = saes.load_sae(args.sae)
     hook = sae.cfg.metadata.get("hook_name") or args.hook
@@ -330,7 +341,9 @@ def toy(args) -> str:
         vec = diff_of_means(model, hook, pos, neg)
         scorer = toy_scorer(topic, "sentence")
 
-        def margin(pt):
+        def margin(pt):  # the quantity the --rule maximises ("weakest": the plain margin)
+            if args.rule == "z":
+                return min((pt.concept - 0.5) / max(pt.concept_se, 0.01), (pt.fluency - 0.8) / max(pt.fluency_se, 0.01))
             return min(pt.concept - 0.5, pt.fluency - 0.8)
 
         # each candidate latent swept on the dev seed; the (latent, strength) with the best margin wins
@@ -403,6 +416,8 @@ def toy(args) -> str:
         f"{args.samples} unconditional samples of {args.new_tokens} tokens per cell (temperature 1); strength picked on "
         f"seed {args.dev_seed} ("
         + ("the point with the largest worst-case margin min(share - 50%, grammatical - 80%)" if args.rule == "margin" else
+           "the point with the largest worst-case margin in standard errors over the samples, "
+           "min((share - 50%) / se(share), (grammatical - 80%) / se(grammatical))" if args.rule == "z" else
            "weakest reaching share >= 50% with >= 80% of sentences grammatical, else best harmonic mean")
         + f"), reported on seed {args.test_seed}. Share = topic words / all topic-bearing "
         f"content words (pooled over samples); gram. = complete sentences the toy validator accepts, each judged alone; "
@@ -450,9 +465,11 @@ def toy(args) -> str:
 
 
 def build_toy_sae(work: Path, hook: str, *, tokens: int = 200_000, d_sae: int = 1024, k: int = 16,
-                  train_tokens: int = 2_000_000) -> tuple[str, str]:
-    """cache -> TopK SAE -> feature store (with concept matches) for the toy model at `hook`;
-    each step is skipped when its output exists. Returns (SAE folder, store file)."""
+                  train_tokens: int = 2_000_000, arch: str = "topk", widths: list[int] | None = None,
+                  init_scale: float | None = None) -> tuple[str, str]:
+    """cache -> SAE (TopK by default; `arch` and `widths` as in training.SAESpec) -> feature store
+    (with concept matches) for the toy model at `hook`; each step is skipped when its output exists
+    (the store is named after the SAE, except the default TopK's toy.db). Returns (SAE folder, store file)."""
     import subprocess
 
     work.mkdir(parents=True, exist_ok=True)
@@ -463,19 +480,26 @@ def build_toy_sae(work: Path, hook: str, *, tokens: int = 200_000, d_sae: int = 
         subprocess.run([sys.executable, "-m", "saesteer", "cache", "--model", "toy", "--dataset", "toy", "--hooks", hook,
                         "--max-tokens", str(tokens), "--out", str(cache), "--exclude-tokens", "special", "--no-progress"],
                        check=True)
-    name = f"topk_k{k}_f{d_sae}"
-    sae_dir = work / "run" / "saes" / name
+    from training import SAESpec
+
+    spec = SAESpec(arch, d_sae=d_sae, k=k, matryoshka_widths=list(widths or []))
+    default = spec.architecture == "topk" and init_scale is None and train_tokens == 2_000_000
+    if not default:  # every non-default choice in the folder name, so two builds never share one
+        spec.name += (("_w" + "-".join(map(str, widths))) if widths else "") + (
+            f"_init{init_scale:g}" if init_scale is not None else "") + f"_t{train_tokens // 1000}k"
+    run = work / ("run" if default else f"run_{spec.name}")
+    sae_dir = run / "saes" / spec.name
     if not (sae_dir / "cfg.json").exists():
-        from training import RunConfig, SAESpec, train
+        from training import RunConfig, train
         from training.config import TrainConfig
         from training.reader import CacheReader
 
-        print(f"training a TopK SAE (d_sae {d_sae}, k {k}) on {train_tokens:,} tokens ...", file=sys.stderr, flush=True)
-        cfg = RunConfig(saes=[SAESpec("topk", d_sae=d_sae, k=k)],
-                        train=TrainConfig(total_tokens=train_tokens, batch_size=4096, holdout_tokens=8192))
-        train(cfg, CacheReader(cache, batch_size=4096, epochs=None, seed=0), work / "run",
+        print(f"training SAE {spec.name} on {train_tokens:,} tokens ...", file=sys.stderr, flush=True)
+        cfg = RunConfig(saes=[spec], train=TrainConfig(total_tokens=train_tokens, batch_size=4096, holdout_tokens=8192,
+                                                       encoder_init_scale=init_scale))
+        train(cfg, CacheReader(cache, batch_size=4096, epochs=None, seed=0), run,
               provenance={"model": "toy", "hook_name": hook, "dataset": "toy"})
-    store = work / "toy.db"
+    store = work / ("toy.db" if default else f"{spec.name}.db")
     if not store.exists():
         from bench_autointerp import concept_matches
         from features import BuildConfig, CacheSource, FeatureStore, build_feature_store
@@ -491,6 +515,74 @@ def build_toy_sae(work: Path, hook: str, *, tokens: int = 200_000, d_sae: int = 
             matches, source = concept_matches(sae, cache)
             st.write_concept_matches(matches, source=source)
     return str(sae_dir), str(store)
+
+
+def topic_latents(sae, store=None, *, n_docs: int = 32) -> list[dict]:
+    """Per toy topic, how close the SAE comes to a "this document is about T" latent: the store's
+    best lexical concept F1 (latent fires vs token is a topic-T word), the best document F1 (latent
+    fires vs token lies in a topic-T document, over n_docs documents per topic, held apart from the
+    steering benchmark's documents), and the largest cosine between a decoder row and the topic's
+    difference-of-means vector (the benchmark's 48 documents per topic vs 12 of each other topic)."""
+    from steering.activations import iter_hook_activations
+    from steering.baselines import diff_of_means
+    from toyworld.grammar import generate_document
+    from toyworld.lexicon import TOPICS
+    from toyworld.model import load_model as toy_model
+
+    model = toy_model(device="cpu")
+    hook = sae.cfg.metadata["hook_name"]
+    fires, labels = [], []
+    for t in TOPICS:
+        docs = [generate_document(f"topic-latents-{t}-{i}", topic=t).text for i in range(n_docs)]
+        for acts_ND in iter_hook_activations(model, hook, docs):
+            fires.append(sae.encode(acts_ND.to(sae.device)).cpu() > 0)
+            labels += [t] * acts_ND.shape[0]
+    fire_NF = torch.cat(fires).double()
+    dec_FD = sae.W_dec.detach().float().cpu()
+    dec_FD = dec_FD / dec_FD.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    bench_docs = {t: [generate_document(f"steer-bench-{t}-{i}", topic=t).text for i in range(48)] for t in TOPICS}
+    out = []
+    for t in TOPICS:
+        y_N = torch.tensor([x == t for x in labels], dtype=torch.float64)
+        tp_F = fire_NF.T @ y_N
+        prec_F, rec_F = tp_F / fire_NF.sum(0).clamp_min(1), tp_F / y_N.sum()
+        f1_F = 2 * prec_F * rec_F / (prec_F + rec_F).clamp_min(1e-12)
+        d = int(f1_F.argmax())
+        neg = [x for u in TOPICS if u != t for x in bench_docs[u][:12]]
+        vec_D = diff_of_means(model, hook, bench_docs[t], neg).vector.float().cpu()
+        cos_F = dec_FD @ (vec_D / vec_D.norm())
+        c = int(cos_F.argmax())
+        lex = store.concept_matches(f"topic:{t}") if store is not None else []
+        out.append({"topic": t, "lex": (lex[0].feature_id, lex[0].f1) if lex else None,
+                    "doc": (d, float(f1_F[d]), float(prec_F[d]), float(rec_F[d])), "cos": (c, float(cos_F[c]))})
+    return out
+
+
+def latents(args) -> str:
+    """Markdown rows: how topic-like the SAE's best latents are (see topic_latents)."""
+    import saes
+
+    torch.set_num_threads(args.threads)
+    sae = saes.load_sae(args.sae)
+    if args.hook:
+        sae.cfg.metadata["hook_name"] = args.hook
+    store = None
+    if args.store:
+        from features import FeatureStore
+
+        store = FeatureStore.open(args.store)
+    rows = topic_latents(sae, store, n_docs=args.n_docs)
+    lines = [f"{args.sae} at {sae.cfg.metadata['hook_name']}:", "",
+             "| topic | best lexical F1 (store) | best document F1 (precision, recall) | max cos(decoder, diff of means) |",
+             "|---|---|---|---|"]
+    for r in rows:
+        lex = f"{r['lex'][0]}: {r['lex'][1]:.2f}" if r["lex"] else "n/a"
+        d = r["doc"]
+        lines.append(f"| {r['topic']} | {lex} | {d[0]}: {d[1]:.2f} ({d[2]:.2f}, {d[3]:.2f}) | {r['cos'][0]}: {r['cos'][1]:.2f} |")
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    lines += ["", f"means: lexical F1 {mean([r['lex'][1] for r in rows if r['lex']] or [float('nan')]):.2f}, "
+                  f"document F1 {mean([r['doc'][1] for r in rows]):.2f}, cosine {mean([r['cos'][1] for r in rows]):.2f}"]
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------- results
@@ -532,10 +624,19 @@ def main(argv=None) -> int:
     t.add_argument("--work", default="runs/steering_toy_l3", help="where the default toy SAE and store are built")
     t.add_argument("--hook", default=None,
                    help="hook of the default SAE (blocks.3.hook_resid_post), or of --sae when it records none")
+    t.add_argument("--sae-arch", default="topk", choices=["topk", "batchtopk", "matryoshka_batchtopk"],
+                   help="architecture of the SAE built when --sae is not given")
+    t.add_argument("--sae-width", type=int, default=1024, help="d_sae of the SAE built when --sae is not given")
+    t.add_argument("--sae-k", type=int, default=16, help="k of the SAE built when --sae is not given")
+    t.add_argument("--sae-widths", type=lambda s: [int(x) for x in s.split(",")], default=None,
+                   help="Matryoshka prefix widths of the built SAE, e.g. 32,128,1024")
+    t.add_argument("--train-tokens", type=int, default=2_000_000, help="training tokens of the built SAE")
+    t.add_argument("--init-scale", type=float, default=None,
+                   help="TrainConfig.encoder_init_scale of the built SAE (default: the least-squares fit)")
     t.add_argument("--select", default="contrast", choices=["contrast", "concept"],
                    help="pick each topic's feature by contrast of topic documents, or by the store's concept F1")
     t.add_argument("--op", default="add", choices=["add", "clamp"])
-    t.add_argument("--rule", default="margin", choices=["margin", "weakest"],
+    t.add_argument("--rule", default="margin", choices=["margin", "z", "weakest"],
                    help="how the dev seed picks the strength (see steering.sweeps.recommend_strength)")
     t.add_argument("--positions", default="all",
                    help="where every method steers: all, generated, or A-B (token indices A..B, 0 = BOS; e.g. 0-10 "
@@ -557,8 +658,17 @@ def main(argv=None) -> int:
     t.add_argument("--test-seed", type=int, default=3)
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--write", action="store_true")
+    la = sub.add_parser("latents", help="how topic-like an SAE's latents are (lexical F1, document F1, cosine to diff of means)")
+    la.add_argument("--sae", required=True)
+    la.add_argument("--store", default=None)
+    la.add_argument("--hook", default=None, help="hook of --sae when its cfg records none")
+    la.add_argument("--n-docs", type=int, default=32)
+    la.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     print(f"{platform.node()} load {load_average()}", file=sys.stderr)
+    if args.what == "latents":
+        print(latents(args))
+        return 0
     text = speed(args) if args.what == "speed" else toy(args)
     print(text)
     if args.write:

@@ -64,11 +64,12 @@ class SweepConfig:
     target_concept: float | None = field(
         default=None, metadata={"help": "recommend the weakest strength reaching this concept score (none: best aggregate)"}
     )
-    rule: Literal["weakest", "margin"] = field(
+    rule: Literal["weakest", "margin", "z"] = field(
         default="weakest",
         metadata={"help": "with target_concept: 'weakest' strength meeting concept and fluency, or 'margin': the "
                           "strength with the largest worst-case margin min(concept - target, fluency - min_fluency) "
-                          "(always gives one)"},
+                          "(always gives one), or 'z': that margin with each term divided by its standard error "
+                          "over samples"},
     )
     perplexity: bool = field(default=True, metadata={"help": "also measure perplexity under the unsteered model"})
 
@@ -89,7 +90,7 @@ class SweepConfig:
             raise SteeringError(f"min_fluency must be in [0, 1], got {self.min_fluency}")
         if self.target_concept is not None and not 0.0 <= self.target_concept <= 1.0:
             raise SteeringError(f"target_concept must be in [0, 1], got {self.target_concept}")
-        if self.rule not in ("weakest", "margin"):
-            raise SteeringError(f"rule must be weakest or margin, got {self.rule!r}")
-        if self.rule == "margin" and self.target_concept is None:
-            raise SteeringError("rule 'margin' measures the distance to target_concept; set target_concept (e.g. 0.5)")
+        if self.rule not in ("weakest", "margin", "z"):
+            raise SteeringError(f"rule must be weakest, margin or z, got {self.rule!r}")
+        if self.rule in ("margin", "z") and self.target_concept is None:
+            raise SteeringError(f"rule {self.rule!r} measures the distance to target_concept; set target_concept (e.g. 0.5)")

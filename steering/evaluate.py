@@ -69,6 +69,15 @@ def mean_scores(scores: Sequence[SampleScores]) -> dict[str, float | None]:
     }
 
 
+def standard_error(values: Sequence[float]) -> float:
+    """Standard error of the mean of `values` (sample standard deviation / sqrt(n); 0 for n < 2)."""
+    n = len(values)
+    if n < 2:
+        return 0.0
+    m = sum(values) / n
+    return math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1) / n)
+
+
 class Scorer(Protocol):
     """Scores continuations of prompts: one `SampleScores` per continuation."""
 
@@ -308,6 +317,8 @@ class MethodResult:
     n_samples: int = 0
     strength: float | None = None
     texts: list[str] = field(default_factory=list, repr=False)
+    concept_se: float | None = None  # standard errors of the concept and fluency means over samples
+    fluency_se: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k != "texts"}
@@ -346,4 +357,6 @@ def score_generation(
         n_samples=len(texts),
         strength=strength,
         texts=list(texts),
+        concept_se=standard_error([s.concept for s in scores]),
+        fluency_se=standard_error([s.fluency for s in scores]),
     )

@@ -10,8 +10,9 @@ The recommendation is the strength with the highest mean aggregate score (the ha
 of concept and fluency [and instruction], AxBench's selection rule) among points whose mean
 fluency is at least `min_fluency`; or, with `target_concept`, the weakest strength whose concept
 score reaches the target with that fluency (`rule="weakest"`), or the strength with the largest
-worst-case margin to both targets (`rule="margin"`, the most robust on held-out samples). Ties
-go to the weaker strength.
+worst-case margin to both targets (`rule="margin"`, the most robust on held-out samples), or
+that margin counted in standard errors over samples (`rule="z"`, for when one score is much
+noisier than the other). Ties go to the weaker strength.
 `sweep_edits` sweeps anything that builds an edit from a strength (e.g. a steering vector).
 """
 
@@ -45,6 +46,8 @@ class SweepPoint:
     perplexity: float | None = None
     n_samples: int = 0
     examples: list[str] = field(default_factory=list)
+    concept_se: float | None = None  # standard errors of concept and fluency over samples (rule="z")
+    fluency_se: float | None = None
 
 
 @dataclass
@@ -85,22 +88,39 @@ def _point(strength: float, r: MethodResult) -> SweepPoint:
     return SweepPoint(
         strength, r.concept, r.fluency, r.aggregate, r.instruction, r.grammatical_sentences,
         r.perplexity if (r.perplexity is None or math.isfinite(r.perplexity)) else None, r.n_samples, r.texts[:3],
+        concept_se=r.concept_se, fluency_se=r.fluency_se,
     )
 
 
 def recommend_strength(points: Sequence[SweepPoint], *, min_fluency: float = 0.0,
-                       target_concept: float | None = None, rule: str = "weakest") -> float | None:
+                       target_concept: float | None = None, rule: str = "weakest",
+                       min_se: float = 0.01) -> float | None:
     """See the module docstring. None when no point qualifies.
 
     rule="margin" (with `target_concept`): the point with the largest worst-case margin
     min(concept - target_concept, fluency - min_fluency), i.e. the most robustly acceptable one
-    (still a point, even if no point meets both)."""
-    if rule not in ("weakest", "margin"):
-        raise SteeringError(f"rule must be 'weakest' or 'margin', got {rule!r}")
-    if rule == "margin":
+    (still a point, even if no point meets both).
+
+    rule="z" (with `target_concept`): the same, with each margin in units of its standard error
+    over samples, min((concept - target) / concept_se, (fluency - min_fluency) / fluency_se): a
+    score that varies more from sample to sample needs a wider margin. Standard errors below
+    `min_se` count as `min_se`; points without standard errors are refused."""
+    if rule not in ("weakest", "margin", "z"):
+        raise SteeringError(f"rule must be 'weakest', 'margin' or 'z', got {rule!r}")
+    if rule in ("margin", "z"):
         if target_concept is None:
-            raise SteeringError("rule='margin' needs target_concept")
-        best = max(points, key=lambda p: (min(p.concept - target_concept, p.fluency - min_fluency), -abs(p.strength)))
+            raise SteeringError(f"rule={rule!r} needs target_concept")
+        if rule == "z" and any(p.concept_se is None or p.fluency_se is None for p in points):
+            raise SteeringError("rule='z' needs the standard errors of each point (SweepPoint.concept_se, "
+                                "fluency_se); sweep_edits fills them, or use rule='margin'")
+
+        def margin(p: SweepPoint) -> float:
+            if rule == "margin":
+                return min(p.concept - target_concept, p.fluency - min_fluency)
+            return min((p.concept - target_concept) / max(p.concept_se, min_se),
+                       (p.fluency - min_fluency) / max(p.fluency_se, min_se))
+
+        best = max(points, key=lambda p: (margin(p), -abs(p.strength)))
         return best.strength
     ok = [p for p in points if p.fluency >= min_fluency]
     if target_concept is not None:
@@ -187,6 +207,9 @@ def sweep(
                              rule=config.rule)
     if config.rule == "margin":
         rule = (f"largest margin min(concept - {config.target_concept:g}, fluency - {config.min_fluency:g})")
+    elif config.rule == "z":
+        rule = (f"largest margin in standard errors min((concept - {config.target_concept:g}) / se, "
+                f"(fluency - {config.min_fluency:g}) / se)")
     else:
         rule = (f"weakest strength with concept >= {config.target_concept:g}" if config.target_concept is not None
                 else "best mean aggregate") + (f", fluency >= {config.min_fluency:g}" if config.min_fluency else "")

@@ -138,6 +138,8 @@ def test_sweep_gives_a_dose_response_and_a_recommendation(model, planted, tmp_pa
     assert concepts[0] < 0.5 < concepts[-1]
     assert res.recommended == 20.0 and res.recommended_raw == 40.0
     assert all(p.perplexity is not None and p.perplexity > 1 for p in res.points)
+    # standard errors over the 2 samples ride along (for rule="z"); fluency is 1 for every sample
+    assert all(p.concept_se is not None and p.concept_se >= 0 and p.fluency_se == pytest.approx(0.0, abs=1e-12) for p in res.points)
     html = write_sweep_html(res, tmp_path / "out" / "sweep.html").read_text()
     assert "plotly" in html.lower() and "dose-response" in html
     data = json.loads(write_sweep_json(res, tmp_path / "sweep.json").read_text())
@@ -179,6 +181,38 @@ def test_recommend_strength_rules():
     assert recommend_strength(pts, target_concept=0.95, min_fluency=0.95, rule="margin") == 1  # none meets both: closest
     with pytest.raises(SteeringError):
         recommend_strength(pts, rule="margin")
+
+
+def test_recommend_strength_z_rule_weighs_margins_by_their_standard_errors():
+    from steering.sweeps import SweepPoint
+
+    # strength 1: concept margin .10 (se .08 -> 1.25 se), fluency margin .14 (se .02 -> 7 se);
+    # strength 2: concept margin .20 (se .08 -> 2.5 se), fluency margin .06 (se .02 -> 3 se)
+    pts = [SweepPoint(0, 0.1, 0.95, 0.2, concept_se=0.08, fluency_se=0.02),
+           SweepPoint(1, 0.6, 0.94, 0.7, concept_se=0.08, fluency_se=0.02),
+           SweepPoint(2, 0.7, 0.86, 0.7, concept_se=0.08, fluency_se=0.02)]
+    assert recommend_strength(pts, target_concept=0.5, min_fluency=0.8, rule="margin") == 1  # .10 vs .06
+    assert recommend_strength(pts, target_concept=0.5, min_fluency=0.8, rule="z") == 2  # 1.25 vs 2.5 se
+    # a zero standard error counts as min_se, not as an infinite margin
+    flat = [SweepPoint(1, 0.6, 1.0, 0.7, concept_se=0.0, fluency_se=0.0),  # min(10, 20) se
+            SweepPoint(2, 0.9, 0.95, 0.9, concept_se=0.0, fluency_se=0.0)]  # min(40, 15) se
+    assert recommend_strength(flat, target_concept=0.5, min_fluency=0.8, rule="z") == 2
+    with pytest.raises(SteeringError, match="standard errors"):
+        recommend_strength([SweepPoint(1, 0.6, 0.9, 0.7)], target_concept=0.5, min_fluency=0.8, rule="z")
+    with pytest.raises(SteeringError, match="target_concept"):
+        recommend_strength(pts, rule="z")
+    with pytest.raises(SteeringError, match="target_concept"):
+        SweepConfig(rule="z")
+    assert SweepConfig(rule="z", target_concept=0.5).rule == "z"
+
+
+def test_standard_error_and_sweep_points_carry_it():
+    from steering.evaluate import SampleScores, standard_error
+
+    assert standard_error([]) == 0.0 and standard_error([0.3]) == 0.0
+    assert standard_error([0.0, 1.0]) == pytest.approx(0.5)  # sd 0.7071 / sqrt(2)
+    assert standard_error([0.2, 0.2, 0.2]) == pytest.approx(0.0, abs=1e-12)
+    assert SampleScores(0.5, 0.5).aggregate == pytest.approx(0.5)
 
 
 # --------------------------------------------------------------------- search, baselines
