@@ -296,6 +296,8 @@ def toy(args) -> str:
         where = args.positions
     docs = {t: [generate_document(f"steer-bench-{t}-{i}", topic=t).text for i in range(args.n_docs)] for t in TOPICS}
     prompts = [""] * args.samples  # unconditional: the base rate of each topic is its share in free generation
+    n_test = args.test_samples or args.samples
+    test_prompts = [""] * n_test  # the held-out evaluation may use more samples than the dev sweeps
 
     def cfg(seed):
         return GenerationConfig(max_new_tokens=args.new_tokens, do_sample=True, seed=seed, stop_at_eos=False)
@@ -319,7 +321,7 @@ def toy(args) -> str:
             total += len(sents)
         return (num / den if den else 0.0), (good / total if total else 0.0), (good_doc / total if total else 0.0)
 
-    base = generate(model, prompts, cfg(args.test_seed))
+    base = generate(model, test_prompts, cfg(args.test_seed))
     from steering.evaluate import perplexity
 
     base_ppl = perplexity(model, base)
@@ -392,18 +394,18 @@ def toy(args) -> str:
                     s = recommend_strength(pts)
             edit = make(s)
             if edit is None:
-                gen = generate(model, prompts, cfg(args.test_seed))
+                gen = generate(model, test_prompts, cfg(args.test_seed))
             else:
                 with steer(model, saes_arg, edit if isinstance(edit, list) else [edit], typical_max=provider) as sess:
-                    gen = sess.generate(prompts, cfg(args.test_seed))
-            r = score_generation(method, model, prompts, gen, scorer)
+                    gen = sess.generate(test_prompts, cfg(args.test_seed))
+            r = score_generation(method, model, test_prompts, gen, scorer)
             share, gram, gram_doc = pooled(gen.texts, topic)
             result[method] = (s, share, gram, gram_doc, r.perplexity)
         cue = generate_document(f"steer-cue-{topic}", topic=topic).sentences[0]
         cue_text = " ".join(cue)
-        gen = generate(model, [cue_text] * args.samples, cfg(args.test_seed))
+        gen = generate(model, [cue_text] * n_test, cfg(args.test_seed))
         share, gram, gram_doc = pooled(gen.texts, topic, context=cue_text)
-        r = score_generation("prompting", model, [cue_text] * args.samples, gen, scorer)
+        r = score_generation("prompting", model, [cue_text] * n_test, gen, scorer)
         result["prompting"] = (cue_text, share, gram, gram_doc, r.perplexity)
         result["base"] = pooled(base.texts, topic) + (base_ppl,)
         rows.append(result)
@@ -413,7 +415,9 @@ def toy(args) -> str:
         "### Toy world: steering toward each setting" + ("" if args.positions == "all" else f" (positions {args.positions})"),
         "",
         f"{time.strftime('%Y-%m-%d')}; toy model, SAE {args.sae} at {hook} (d_sae {sae.d_sae}); "
-        f"{args.samples} unconditional samples of {args.new_tokens} tokens per cell (temperature 1); strength picked on "
+        f"{args.samples} unconditional samples of {args.new_tokens} tokens per cell (temperature 1)"
+        + (f" on the dev seed, {n_test} on the test seed" if n_test != args.samples else "")
+        + "; strength picked on "
         f"seed {args.dev_seed} ("
         + ("the point with the largest worst-case margin min(share - 50%, grammatical - 80%)" if args.rule == "margin" else
            "the point with the largest worst-case margin in standard errors over the samples, "
@@ -434,7 +438,9 @@ def toy(args) -> str:
         f"latents with the largest mean-activation difference, each added with strength x its difference (raw units). "
         f"Difference of means: strength in multiples of the mean difference. "
         f"`python benchmarks/bench_steering.py toy --select {args.select} --op {args.op} --rule {args.rule} "
-        f"--positions {args.positions} --candidates {args.candidates} --samples {args.samples} --dev-seed {args.dev_seed} --test-seed {args.test_seed}`",
+        f"--positions {args.positions} --candidates {args.candidates} --samples {args.samples}"
+        + (f" --test-samples {n_test}" if n_test != args.samples else "")
+        + f" --dev-seed {args.dev_seed} --test-seed {args.test_seed}`",
         f"Load average at the end: {load_average()}.",
         "",
         f"| topic | base: share / gram. / in doc. / ppl | SAE feature (F1-best) of candidates | strength | share | gram. | in doc. | ppl "
@@ -643,6 +649,8 @@ def main(argv=None) -> int:
                         "steers the first ten generated tokens of an unconditional sample, then lets the model run)")
     t.add_argument("--topics", default=None, help="comma-separated subset (default: all eight)")
     t.add_argument("--samples", type=int, default=64)
+    t.add_argument("--test-samples", type=int, default=None,
+                   help="samples per cell on the test seed (default: --samples); more samples, less seed noise")
     t.add_argument("--new-tokens", type=int, default=48)
     t.add_argument("--n-docs", type=int, default=48)
     t.add_argument("--strengths", type=lambda s: [float(x) for x in s.split(",")], default=[0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2])

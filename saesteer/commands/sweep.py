@@ -20,7 +20,9 @@ Scoring, one of:
 
 The recommendation is the strength with the best mean harmonic mean of the scores (with fluency
 at least --min-fluency), or with --target-concept the weakest strength that reaches it (--rule
-weakest), or the one with the largest worst-case margin to both targets (--rule margin).
+weakest), or the one with the largest worst-case margin to both targets (--rule margin), or
+that margin counted in standard errors over the samples (--rule z: safer when one score is
+much noisier than the other, as topic share is).
 
 examples:
   saesteer sweep --sae saes/toy-topk --store toy.db --feature 123 --topic ocean --out sweeps/
