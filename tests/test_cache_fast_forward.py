@@ -243,6 +243,86 @@ def test_manifest_records_the_forward_and_a_resume_keeps_it(tmp_path, monkeypatc
         assert (tmp_path / "tl" / f).read_bytes() == (tmp_path / "resumed" / f).read_bytes(), f
 
 
+def test_a_manifest_from_before_the_forward_field_resumes_with_transformer_lens(tmp_path, monkeypatch):
+    """Caches written before the fused forward existed have no `forward` in their manifest; all of
+    their shards came from TransformerLens's forward, so a resume under auto must keep it."""
+    from training.cache import CacheConfig, build_cache
+    from training.text import TextConfig
+
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, n_docs=30, seed=4, n_files=1)
+    model = make_model(make_tokenizer(), d_model=32, n_layers=2, n_ctx=32, seed=0)
+    text = TextConfig(dataset=str(corpus), context_length=16)
+
+    def cfg(out, forward):
+        return CacheConfig(out=str(tmp_path / out), hooks=["blocks.1.hook_resid_post"], shard_contexts=4,
+                           batch_size=2, dtype="fp32", max_tokens=16 * 12, forward=forward)
+
+    build_cache(model, text, cfg("whole", "transformer_lens"), progress=False, log=None)
+    restore = _interrupt_after(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(model, text, cfg("old", "transformer_lens"), progress=False, log=None)
+    restore()
+    man_path = tmp_path / "old" / "manifest.json"
+    man = json.loads(man_path.read_text())
+    del man["forward"]  # as an older saesteer wrote it
+    man_path.write_text(json.dumps(man))
+    said = []
+    build_cache(model, text, cfg("old", "auto"), progress=False, log=said.append)
+    assert any("resuming with the transformer_lens forward" in s for s in said)
+    for f in sorted(p.name for p in (tmp_path / "whole").iterdir()):
+        assert (tmp_path / "whole" / f).read_bytes() == (tmp_path / "old" / f).read_bytes(), f
+
+
+def test_ungrouped_key_value_heads_fall_back_instead_of_failing():
+    from training.cache import ActivationRunner
+
+    model = build(n_key_value_heads=2, ungroup_grouped_query_attention=True)
+    for hook in ("blocks.1.attn.hook_k", "blocks.1.attn.hook_v"):
+        runner = ActivationRunner(model, [hook])
+        assert runner.fast is None and "ungroup_grouped_query_attention" in runner.fast_problem
+        tokens = torch.randint(0, 40, (2, 8))
+        _, cache = model.run_with_cache(tokens)
+        assert torch.equal(runner.run(tokens)[hook], cache[hook].reshape(2, 8, -1))
+    assert ActivationRunner(model, ["blocks.1.attn.hook_q"]).forward_used(8) == "fast"  # q is not repeated
+
+
+def test_a_failing_fast_forward_falls_back_in_auto_mode(monkeypatch):
+    from training.cache import ActivationRunner, FastForwardMismatch
+
+    model = build()
+    hook = "blocks.1.hook_resid_post"
+    runner = ActivationRunner(model, [hook])
+
+    def broken(tokens):
+        raise RuntimeError("shape mismatch inside the fast forward")
+
+    monkeypatch.setattr(runner, "fast", broken)
+    with pytest.warns(RuntimeWarning, match="failed on the check batch"):
+        assert runner.forward_used(8) == "transformer_lens"
+    strict = ActivationRunner(model, [hook], forward="fast")
+    monkeypatch.setattr(strict, "fast", broken)
+    with pytest.raises(FastForwardMismatch, match="RuntimeError"):
+        strict.forward_used(8)
+
+
+def test_plain_torch_module_hooks_also_route_batches_through_transformer_lens():
+    from training.cache import ActivationRunner
+
+    model = build()
+    hook = "blocks.1.hook_resid_post"
+    runner = ActivationRunner(model, [hook])
+    tokens = torch.randint(0, 40, (2, 10))
+    plain = runner.run(tokens)[hook]
+    handle = model.blocks[0].mlp.register_forward_hook(lambda mod, inp, out: torch.zeros_like(out))
+    try:
+        hooked = runner.run(tokens)[hook]
+        _, want = model.run_with_cache(tokens)
+    finally:
+        handle.remove()
+    assert torch.equal(hooked, want[hook]) and (plain - hooked).abs().max() > 1e-3
+
+
 # ----------------------------------------------------------------------------------------------
 # HF checkpoints (loaded as a TransformerBridge, as `saesteer.models.load_model` does)
 

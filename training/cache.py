@@ -246,10 +246,16 @@ class ActivationRunner:
             fast = self.fast(toks)
         except NotSupported as e:
             problem = f"not covered by the fast forward: {e}"
+        except Exception as e:  # a gap in the fast forward must cost speed, never the cache
+            problem = f"the fast forward failed on the check batch ({type(e).__name__}: {e})"
         else:
             ref = self._run_tl(toks)
             problem = None
             for h in self.hooks:
+                if fast[h].numel() != ref[h].numel():
+                    problem = (f"the fast forward gives {h} the shape {tuple(fast[h].shape)}, TransformerLens "
+                               f"{tuple(ref[h].shape)}")
+                    break
                 a, b = ref[h].float(), fast[h].reshape(ref[h].shape).float()
                 tol = FAST_CHECK_TOLERANCE.get(ref[h].dtype, 5e-2) * max(a.abs().max().item(), 1e-30)
                 diff = (a - b).abs().max().item()
@@ -266,7 +272,9 @@ class ActivationRunner:
         return False
 
     def _hooks_attached(self) -> bool:
-        return any(hp._forward_hooks for hp in self.model.hook_dict.values())
+        """Any forward (pre-)hook on any module of the model (TransformerLens hook points or plain
+        torch module hooks): the fast forward would skip them, so such batches run through TL."""
+        return any(m._forward_hooks or m._forward_pre_hooks for m in self.model.modules())
 
     def run(self, tokens_BL: torch.Tensor) -> dict[str, torch.Tensor]:
         B, L = tokens_BL.shape
@@ -706,7 +714,9 @@ def _resume_forward(runner: ActivationRunner, cfg: CacheConfig, L: int, previous
     """The forward for a resumed build: the one its first shards were made with where possible,
     so that the finished cache is byte-identical to an uninterrupted build."""
     now = runner.forward_used(L)
-    if previous is None or previous == now:
+    if previous is None:  # a manifest from before the fused forward existed: TL made its shards
+        previous = "transformer_lens"
+    if previous == now:
         return now
     if cfg.forward == "auto" and previous == "transformer_lens":
         runner.pin_forward(previous, L)

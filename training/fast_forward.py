@@ -163,6 +163,10 @@ def support_problem(model, hooks: Sequence[str]) -> str | None:
         "post_embedding_ln": cfg.post_embedding_ln,
         "n_devices > 1": cfg.n_devices > 1,
         "a layer-norm activation (solu_ln)": cfg.is_layer_norm_activation(),
+        # TL then repeats the key/value heads at hook_k / hook_v; the fast forward gives them grouped
+        "ungroup_grouped_query_attention with attn.hook_k / attn.hook_v": (
+            getattr(cfg, "ungroup_grouped_query_attention", False)
+            and any(h.endswith(("attn.hook_k", "attn.hook_v")) for h in hooks)),
     }
     bad = [k for k, v in flags.items() if v]
     if bad:
