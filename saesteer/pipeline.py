@@ -76,7 +76,12 @@ class DemoConfig:
         default_factory=lambda: [1.0, 1.5, 2.0, 3.0, 4.0],
         metadata={"help": "strengths of the steering sweep, in multiples of the feature's typical max activation"},
     )
-    steer_samples: int = field(default=8, metadata={"help": "unconditional samples per strength in the steering sweep"})
+    steer_samples: int = field(default=16, metadata={"help": "unconditional samples per strength in the steering sweep"})
+    steer_positions: str = field(
+        default="0,1,2,3,4",
+        metadata={"help": "token positions the steering example edits (0 = BOS; 'all' for every position): the "
+                          "start of a text sets its topic and the toy model keeps it, so later sentences stay fluent"},
+    )
     steer_new_tokens: int = field(default=32, metadata={"help": "tokens generated per sample"})
     showcase: int = field(default=6, metadata={"help": "labelled features shown in the summary"})
     seed: int = field(default=0, metadata={"help": "seed of training, sampling and generation"})
@@ -100,6 +105,9 @@ class DemoConfig:
             raise ValueError(f"DemoConfig.label_limit must be >= 0 or none; got {self.label_limit!r}")
         self.matryoshka_widths = [int(w) for w in self.matryoshka_widths]
         self.steer_strengths = [float(s) for s in self.steer_strengths]
+        from steering.spec import normalize_positions
+
+        normalize_positions(self.steer_positions)  # a clear error for a bad --steer-positions
         if not any(v != 0 for v in self.steer_strengths):
             raise ValueError("DemoConfig.steer_strengths needs a non-zero strength; give e.g. 1,1.5,2,3,4")
         from toyworld.lexicon import TOPICS
@@ -493,7 +501,8 @@ def _stage_steer(cfg: DemoConfig, paths: DemoPaths, model, sae, progress: bool, 
     from toyworld.lexicon import TOPICS
 
     fp = sae_fingerprint(sae)
-    settings = {k: getattr(cfg, k) for k in ("steer_topic", "steer_strengths", "steer_samples", "steer_new_tokens", "seed")}
+    settings = {k: getattr(cfg, k)
+                for k in ("steer_topic", "steer_strengths", "steer_samples", "steer_positions", "steer_new_tokens", "seed")}
     example_file = paths.steering / "example.json"
     if example_file.is_file():
         old = json.loads(example_file.read_text(encoding="utf-8"))
@@ -512,22 +521,22 @@ def _stage_steer(cfg: DemoConfig, paths: DemoPaths, model, sae, progress: bool, 
         label = store.label(cand.feature).text if store.label(cand.feature) is not None else None
         gen_cfg = GenerationConfig(max_new_tokens=cfg.steer_new_tokens, seed=cfg.seed, stop_at_eos=False)
         strengths = sorted(set([0.0] + cfg.steer_strengths))
-        sweep_cfg = SweepConfig(strengths=strengths, op="add", unit="max_act", positions="all",
-                                target_concept=0.5, min_fluency=0.8, perplexity=False)
+        # rule "z": the worst margin to both targets in standard errors (topic share is the noisier score)
+        sweep_cfg = SweepConfig(strengths=strengths, op="add", unit="max_act", positions=cfg.steer_positions,
+                                target_concept=0.5, min_fluency=0.8, perplexity=False, rule="z")
         say(f"feature {cand.feature} ({label or 'unlabelled'}); dose-response sweep over {strengths} x typical max, "
             f"{cfg.steer_samples} samples each, scored offline (topic share, grammatical sentences)")
         res = sweep(model, sae, cand.feature, [""] * cfg.steer_samples, toy_scorer(topic), sweep_cfg,
                     gen_config=gen_cfg, typical_max=link.typical_max, progress=progress)
-        if not res.recommended:  # none reached the target with fluency: the most balanced one
-            res.recommended = recommend_strength([p for p in res.points if p.strength != 0], rule="margin",
-                                                 target_concept=0.5, min_fluency=0.5)
-            res.rule = ("largest margin to topic share 0.5 and 50% grammatical sentences (none reached 0.5 "
-                        "with 80%)")
+        # the example shows an edit: the best non-zero strength even where not steering scores higher
+        res.recommended = recommend_strength([p for p in res.points if p.strength != 0], rule="z",
+                                             target_concept=0.5, min_fluency=0.8)
         html = write_sweep_html(res, paths.steering / f"sweep_{cand.feature}.html")
         write_sweep_json(res, paths.steering / f"sweep_{cand.feature}.json")
         store_recommendation(link.record_strength, res)  # the web playground prefills it
         strength = float(res.recommended)
-        cmp = compare(model, sae, [FeatureEdit(cand.feature, "add", strength, unit="max_act")], list(EXAMPLE_PROMPTS),
+        edit = FeatureEdit(cand.feature, "add", strength, unit="max_act", positions=cfg.steer_positions)
+        cmp = compare(model, sae, [edit], list(EXAMPLE_PROMPTS),
                       gen_cfg, typical_max=link.typical_max)
         tmax = link.typical_max(cand.feature)
     by_s = {p.strength: p for p in res.points}
@@ -674,12 +683,15 @@ def print_summary(result: DemoResult, console: Any = None) -> None:
     s = result.steering
     if s is not None:
         con.print()
+        where = "every position" if cfg.steer_positions == "all" else f"token positions {cfg.steer_positions}"
         con.print(f"[bold]steering[/]: feature #{s.feature} ({s.label or 'unlabelled'}), add {s.strength:g} x its "
                   f"typical max activation" + ("" if s.raw_strength is None else f" (= {s.raw_strength:.2f})")
-                  + f"; picked by the sweep: {s.rule}")
+                  + f" at {where}; picked by the sweep: {s.rule}")
+        missed = s.topic_share_steered < 0.5 or s.fluency_steered < 0.8
         con.print(f"  '{s.topic}' share of topic words: {s.topic_share_default:.0%} unsteered -> "
                   f"{s.topic_share_steered:.0%} steered; grammatical sentences {s.fluency_default:.0%} -> "
-                  f"{s.fluency_steered:.0%} ({cfg.steer_samples} samples; curve: {s.sweep_html})")
+                  f"{s.fluency_steered:.0%} ({cfg.steer_samples} samples; curve: {s.sweep_html})"
+                  + ("; no strength reached 50% share with 80% grammatical at this budget" if missed else ""))
         tab = Table(show_lines=True, title=f"same seed, {cfg.steer_new_tokens} new tokens", title_justify="left")
         tab.add_column("prompt", style="bold", ratio=1, overflow="fold")
         tab.add_column("default", ratio=3, overflow="fold")

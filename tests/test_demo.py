@@ -257,3 +257,12 @@ def test_sync_labelling_works_inside_a_running_event_loop(demo) -> None:
         return run_coroutine_sync(answer)
 
     assert asyncio.run(nested()) == 42 and run_coroutine_sync(answer) == 42
+
+
+def test_demo_config_refuses_bad_steering_positions(tmp_path) -> None:
+    from saesteer.pipeline import DemoConfig
+    from steering import SteeringError
+
+    with pytest.raises(SteeringError, match="token indices like"):
+        DemoConfig(out=str(tmp_path), steer_positions="first-five")
+    assert DemoConfig(out=str(tmp_path), steer_positions="0,1,2").steer_positions == "0,1,2"

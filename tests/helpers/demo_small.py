@@ -22,6 +22,7 @@ SMALL = {
     "steer_samples": 2,
     "steer_new_tokens": 12,
     "steer_strengths": [4.0],
+    "steer_positions": "all",  # this weak 48k-token SAE needs every position to move 2 short samples
     "showcase": 3,
 }
 
