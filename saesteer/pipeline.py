@@ -535,9 +535,14 @@ def _stage_steer(cfg: DemoConfig, paths: DemoPaths, model, sae, progress: bool, 
         write_sweep_json(res, paths.steering / f"sweep_{cand.feature}.json")
         store_recommendation(link.record_strength, res)  # the web playground prefills it
         strength = float(res.recommended)
-        edit = FeatureEdit(cand.feature, "add", strength, unit="max_act", positions=cfg.steer_positions)
-        cmp = compare(model, sae, [edit], list(EXAMPLE_PROMPTS),
-                      gen_cfg, typical_max=link.typical_max)
+        default, steered = [], []
+        for prompt in EXAMPLE_PROMPTS:  # one at a time: each prompt's positions shift by its length
+            n_prompt = int(model.to_tokens(prompt, prepend_bos=False).shape[-1]) if prompt else 0
+            where = _from_generation_start(cfg.steer_positions, n_prompt)
+            edit = FeatureEdit(cand.feature, "add", strength, unit="max_act", positions=where)
+            cmp = compare(model, sae, [edit], [prompt], gen_cfg, typical_max=link.typical_max)
+            default.append(cmp.unsteered[0])
+            steered.append(cmp.steered[0])
         tmax = link.typical_max(cand.feature)
     by_s = {p.strength: p for p in res.points}
     base, best = by_s[0.0], by_s.get(strength, by_s[max(by_s)])
@@ -546,7 +551,7 @@ def _stage_steer(cfg: DemoConfig, paths: DemoPaths, model, sae, progress: bool, 
         raw_strength=None if tmax is None else strength * tmax, rule=res.rule,
         topic_share_default=base.concept, topic_share_steered=best.concept,
         fluency_default=base.fluency, fluency_steered=best.fluency,
-        prompts=list(cmp.prompts), default=list(cmp.unsteered), steered=list(cmp.steered),
+        prompts=list(EXAMPLE_PROMPTS), default=default, steered=steered,
         sweep_html=str(html), sae_fingerprint=fp, settings=settings,
     )
     from saes.fileio import atomic_write_json
@@ -554,6 +559,18 @@ def _stage_steer(cfg: DemoConfig, paths: DemoPaths, model, sae, progress: bool, 
     atomic_write_json(example_file, dataclasses.asdict(ex))
     info["note"] = f"feature {cand.feature} toward '{topic}' at {strength:g}x typical max"
     return ex
+
+
+def _from_generation_start(positions: str, n_prompt_tokens: int) -> Any:
+    """The configured token positions counted from where generation starts (0, the BOS token,
+    stays 0), so a prompted example is steered at the same place in what the model writes as an
+    unprompted one (the sweep's samples have no prompt)."""
+    from steering.spec import normalize_positions
+
+    pos = normalize_positions(positions)
+    if isinstance(pos, str) or not n_prompt_tokens:
+        return pos
+    return tuple(i if i <= 0 else i + n_prompt_tokens for i in pos)
 
 
 # ------------------------------------------------------------------------------------- driver
@@ -683,7 +700,8 @@ def print_summary(result: DemoResult, console: Any = None) -> None:
     s = result.steering
     if s is not None:
         con.print()
-        where = "every position" if cfg.steer_positions == "all" else f"token positions {cfg.steer_positions}"
+        where = ("every position" if cfg.steer_positions == "all"
+                 else f"token positions {cfg.steer_positions} (0 = BOS, counted from the start of generation)")
         con.print(f"[bold]steering[/]: feature #{s.feature} ({s.label or 'unlabelled'}), add {s.strength:g} x its "
                   f"typical max activation" + ("" if s.raw_strength is None else f" (= {s.raw_strength:.2f})")
                   + f" at {where}; picked by the sweep: {s.rule}")

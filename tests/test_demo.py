@@ -266,3 +266,12 @@ def test_demo_config_refuses_bad_steering_positions(tmp_path) -> None:
     with pytest.raises(SteeringError, match="token indices like"):
         DemoConfig(out=str(tmp_path), steer_positions="first-five")
     assert DemoConfig(out=str(tmp_path), steer_positions="0,1,2").steer_positions == "0,1,2"
+
+
+def test_example_positions_count_from_the_start_of_generation() -> None:
+    from saesteer.pipeline import _from_generation_start
+
+    assert _from_generation_start("0,1,2,3,4", 0) == (0, 1, 2, 3, 4)
+    assert _from_generation_start("0,1,2,3,4", 4) == (0, 5, 6, 7, 8)  # BOS, then the first four new tokens
+    assert _from_generation_start("all", 4) == "all"
+    assert _from_generation_start("0,-1", 3) == (-1, 0)
