@@ -202,19 +202,28 @@ def _interrupt_after(monkeypatch, n_batches):
     return lambda: monkeypatch.setattr(cache, "_fill_batch", real)
 
 
-def test_manifest_records_the_forward_and_a_resume_keeps_it(tmp_path, monkeypatch):
-    from training.cache import CacheConfig, build_cache
-    from training.manifest import read_manifest
+def _small_build(tmp_path, *, n_docs: int, seed: int, contexts: int):
+    """(model, text config, cfg(out, forward) -> CacheConfig) for a small cache of `contexts` contexts of 16 tokens."""
+    from training.cache import CacheConfig
     from training.text import TextConfig
 
     corpus = tmp_path / "corpus"
-    write_corpus(corpus, n_docs=40, seed=3, n_files=1)
+    write_corpus(corpus, n_docs=n_docs, seed=seed, n_files=1)
     model = make_model(make_tokenizer(), d_model=32, n_layers=2, n_ctx=32, seed=0)
     text = TextConfig(dataset=str(corpus), context_length=16)
 
     def cfg(out, forward):
         return CacheConfig(out=str(tmp_path / out), hooks=["blocks.1.hook_resid_post"], shard_contexts=4,
-                           batch_size=2, dtype="fp32", max_tokens=16 * 16, forward=forward)
+                           batch_size=2, dtype="fp32", max_tokens=16 * contexts, forward=forward)
+
+    return model, text, cfg
+
+
+def test_manifest_records_the_forward_and_a_resume_keeps_it(tmp_path, monkeypatch):
+    from training.cache import build_cache
+    from training.manifest import read_manifest
+
+    model, text, cfg = _small_build(tmp_path, n_docs=40, seed=3, contexts=16)
 
     build_cache(model, text, cfg("tl", "transformer_lens"), progress=False, log=None)
     build_cache(model, text, cfg("auto", "auto"), progress=False, log=None)
@@ -246,17 +255,9 @@ def test_manifest_records_the_forward_and_a_resume_keeps_it(tmp_path, monkeypatc
 def test_a_manifest_from_before_the_forward_field_resumes_with_transformer_lens(tmp_path, monkeypatch):
     """Caches written before the fused forward existed have no `forward` in their manifest; all of
     their shards came from TransformerLens's forward, so a resume under auto must keep it."""
-    from training.cache import CacheConfig, build_cache
-    from training.text import TextConfig
+    from training.cache import build_cache
 
-    corpus = tmp_path / "corpus"
-    write_corpus(corpus, n_docs=30, seed=4, n_files=1)
-    model = make_model(make_tokenizer(), d_model=32, n_layers=2, n_ctx=32, seed=0)
-    text = TextConfig(dataset=str(corpus), context_length=16)
-
-    def cfg(out, forward):
-        return CacheConfig(out=str(tmp_path / out), hooks=["blocks.1.hook_resid_post"], shard_contexts=4,
-                           batch_size=2, dtype="fp32", max_tokens=16 * 12, forward=forward)
+    model, text, cfg = _small_build(tmp_path, n_docs=30, seed=4, contexts=12)
 
     build_cache(model, text, cfg("whole", "transformer_lens"), progress=False, log=None)
     restore = _interrupt_after(monkeypatch, 3)
