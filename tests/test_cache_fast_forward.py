@@ -405,3 +405,22 @@ def test_hf_fallbacks(tmp_path):
     runner = ActivationRunner(neox, ["blocks.1.hook_resid_post"])
     assert runner.fast is None and "GPTNeoXForCausalLM" in runner.fast_problem
     assert runner.forward_used(8) == "transformer_lens"
+
+
+def test_the_check_sees_an_error_hidden_behind_a_huge_bos_activation(monkeypatch):
+    """max |diff| <= 1e-4 x max |act| passes when BOS is 1e5x the other tokens; the per-token check must not."""
+    from training.cache import ActivationRunner
+
+    model = build()
+    hook = "blocks.1.hook_resid_post"
+    runner = ActivationRunner(model, [hook])
+    L = 8
+    ref = runner._run_tl(runner._probe(L))
+    ref[hook] = ref[hook].clone()
+    ref[hook][:, 0] *= 1e5  # an outsized BOS activation, as LLaMA-style models have
+    wrong = ref[hook].clone()
+    wrong[:, 5] *= 1.01  # 1% off at one ordinary token
+    monkeypatch.setattr(runner, "_run_tl", lambda tokens: {hook: ref[hook]})
+    monkeypatch.setattr(runner, "fast", lambda tokens: {hook: wrong})
+    with pytest.warns(RuntimeWarning, match="worst token"):
+        assert runner.forward_used(L) == "transformer_lens"

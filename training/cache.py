@@ -175,7 +175,9 @@ class ActivationRunner:
     when it covers the model and passes the check, else TransformerLens's (with a warning when
     the check failed). The check, once per context length: both forwards on a fixed probe batch
     (seeded random tokens, BOS first when the tokenizer has one), every hook's max abs
-    difference within `FAST_CHECK_TOLERANCE` x its max abs activation. The probe does not
+    difference within `FAST_CHECK_TOLERANCE` x its max abs activation, and every token's
+    difference within that fraction of the token's norm (so an outsized activation, e.g. at BOS,
+    cannot hide an error elsewhere). The probe does not
     depend on the data, so the choice depends only on the model, hooks and context length (a
     resumed cache makes the same choice). Batches run while hooks are attached to the model
     (e.g. a steering intervention) always use TransformerLens's forward, so those hooks act."""
@@ -257,11 +259,16 @@ class ActivationRunner:
                                f"{tuple(ref[h].shape)}")
                     break
                 a, b = ref[h].float(), fast[h].reshape(ref[h].shape).float()
-                tol = FAST_CHECK_TOLERANCE.get(ref[h].dtype, 5e-2) * max(a.abs().max().item(), 1e-30)
+                rel = FAST_CHECK_TOLERANCE.get(ref[h].dtype, 5e-2)
+                tol = rel * max(a.abs().max().item(), 1e-30)
                 diff = (a - b).abs().max().item()
-                if not diff <= tol:
+                # per token too: one huge activation (e.g. at BOS) must not hide errors elsewhere
+                a_T, d_T = a.flatten(2).norm(dim=-1), (a - b).flatten(2).norm(dim=-1)
+                token_rel = (d_T / a_T.clamp_min(0.1 * a_T.median().item() + 1e-30)).max().item()
+                if not (diff <= tol and token_rel <= rel):
                     problem = (f"the fast forward differs from TransformerLens's at {h} by {diff:.3g} "
-                               f"(allowed {tol:.3g}) on the check batch")
+                               f"(allowed {tol:.3g}; worst token {token_rel:.3g} of its norm, allowed {rel:g}) "
+                               "on the check batch")
                     break
         if problem is None:
             return True
