@@ -33,6 +33,7 @@ decoder row with the topic's difference-of-means vector.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
@@ -124,6 +125,16 @@ def speed(args) -> str:
         acts[..., feature] = value
         return acts
 
+    @contextlib.contextmanager
+    def saelens_hooked(sl, hook_fn):
+        """SAELens's way: the SAE attached with its error term, `hook_fn` on its latent activations."""
+        sl_model.add_sae(sl, use_error_term=True)
+        try:
+            with sl_model.hooks(fwd_hooks=[(f"{hook}.hook_sae_acts_post", hook_fn)]):
+                yield
+        finally:
+            sl_model.reset_saes()
+
     cases = {"unsteered (HookedTransformer)": lambda: gen(model),
              "unsteered (HookedSAETransformer, no SAE)": lambda: gen(sl_model)}
     for name, sae in sae_list:
@@ -148,12 +159,8 @@ def speed(args) -> str:
                 return gen(model)
 
         def saelens(sl=sl):
-            sl_model.add_sae(sl, use_error_term=True)
-            try:
-                with sl_model.hooks(fwd_hooks=[(f"{hook}.hook_sae_acts_post", clamp_hook)]):
-                    return gen(sl_model)
-            finally:
-                sl_model.reset_saes()
+            with saelens_hooked(sl, clamp_hook):
+                return gen(sl_model)
 
         cases[f"ours: clamp 1 latent, all positions [{name}]"] = ours
         cases[f"ours: clamp 1 latent, generated positions [{name}]"] = ours_gen
@@ -166,12 +173,8 @@ def speed(args) -> str:
                 acts[..., quiet] = 0.0
                 return acts
 
-            sl_model.add_sae(sl, use_error_term=True)
-            try:
-                with sl_model.hooks(fwd_hooks=[(f"{hook}.hook_sae_acts_post", silent)]):
-                    return gen(sl_model)
-            finally:
-                sl_model.reset_saes()
+            with saelens_hooked(sl, silent):
+                return gen(sl_model)
 
         cases[f"SAELens: clamp a silent latent to 0 (same text as unsteered) [{name}]"] = saelens_same_text
 
@@ -211,10 +214,8 @@ def speed(args) -> str:
         g_kw = dict(gen_kw, do_sample=False, max_new_tokens=min(32, args.new_tokens))
         with steer(model, sae, [f"{feature}:clamp={value:g}"]):
             a = model.generate(tokens, **g_kw)
-        sl_model.add_sae(to_sae_lens(sae), use_error_term=True)
-        with sl_model.hooks(fwd_hooks=[(f"{hook}.hook_sae_acts_post", clamp_hook)]):
+        with saelens_hooked(to_sae_lens(sae), clamp_hook):
             b = sl_model.generate(tokens, **g_kw)
-        sl_model.reset_saes()
         new_a, new_b = a[:, tokens.shape[1]:], b[:, tokens.shape[1]:]
         agree.append((name, float((new_a == new_b).float().mean())))
 
