@@ -149,7 +149,10 @@ def _refused(capsys, chain) -> str:
     return err
 
 
-def test_a_wrong_model_is_refused_everywhere(chain, capsys, tmp_path):
+def test_a_wrong_model_is_refused_everywhere(chain, capsys, tmp_path, monkeypatch):
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)  # were serve to accept it, it would not block
     b = str(chain.b)
     assert main(_steer_args(chain, "--model", b)) == 2
     _refused(capsys, chain)

@@ -17,6 +17,8 @@ edits, and print them side by side. An edit is FEATURE:OP[=VALUE[x]][@POSITIONS]
 
 Edits go through the SAE and keep its reconstruction error, so only the chosen latents change.
 Positions: all, prompt, generated, last, or token indices (0 = first token, -1 = last prompt token).
+The model is the one the SAEs (saesteer.json) or the store record; --model must be that model
+(--allow-model-mismatch runs another).
 
 examples:
   saesteer steer --sae saes/toy-topk --feature 123:clamp=8 --prompt "anna was a sailor ."
