@@ -121,15 +121,6 @@ class ModelIdentity:
         return cls(source, name, revision=rev or revision or None, weights_sha256=digest or None)
 
 
-def identity_from_record(record: Any, legacy_id: Any = None, legacy_revision: Any = None) -> ModelIdentity | None:
-    """The identity in a record: a full `to_json()` object, else an older record's id string."""
-    if isinstance(record, Mapping):
-        return ModelIdentity.from_json(record)
-    if isinstance(record, ModelIdentity):
-        return record
-    return ModelIdentity.from_id(legacy_id if legacy_id is not None else record, legacy_revision)
-
-
 def _same_hash(a: str, b: str) -> bool:
     if a.startswith("sampled-") != b.startswith("sampled-"):
         return False

@@ -107,12 +107,14 @@ def run(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    from saesteer.models import load_model, load_recorded_model, model_id, model_info  # the face resolves model names
+    from saesteer.models import load_model, model_id, model_info  # the face resolves model names
 
     device = args.device or extra.get("device")
     existing = _existing_cache(args.out or extra.get("out"))
     try:
         if model_spec is None and existing is not None:  # resuming: the model the cache records
+            from saesteer.models import load_recorded_model
+
             model = load_recorded_model(existing.recorded_model(), None, recorded_in=f"the cache {args.out or extra.get('out')}",
                                         device=device)
             model_spec = model_id(model)

@@ -125,11 +125,14 @@ def run(args) -> int:
 # ---------------------------------------------------------------------------------------------
 def _build(args) -> int:
     import torch
+    from rich.markup import escape
 
     import saes
     from features import CacheSource, build_feature_store
     from features.config import BuildConfig
+    from saes.identity import ModelIdentityError, ModelMismatchError, check_same_model, identity_of_sae
     from saesteer.configargs import dataclass_from_args
+    from saesteer.models import OVERRIDE_FLAG, model_id, pick_record
 
     cfg = dataclass_from_args(BuildConfig, args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -137,11 +140,6 @@ def _build(args) -> int:
     sae.eval()
     hook = args.hook or (sae.cfg.metadata or {}).get("hook_name")
     source = CacheSource(args.cache, hook=hook, verify=not args.no_verify)
-    from saes.identity import ModelIdentityError, ModelMismatchError, check_same_model, identity_of_sae
-    from rich.markup import escape
-
-    from saesteer.models import OVERRIDE_FLAG, model_id, pick_record
-
     cache_model, sae_model = source.recorded_model(), identity_of_sae(sae)
     where = f"the cache {args.cache}"
     if not args.allow_model_mismatch:

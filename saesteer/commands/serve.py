@@ -146,5 +146,5 @@ def _model_for(args):
     print(f"loading model {first.describe()} (recorded by the store) ...", file=sys.stderr)
     try:
         return load_recorded_model(first, None, recorded_in=f"the feature store {where}", device=args.device), None
-    except ModelIdentityError as e:
+    except (ModelIdentityError, OSError) as e:  # e.g. a local directory that moved, a hub model not cached offline
         return None, str(e)
