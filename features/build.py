@@ -168,6 +168,24 @@ def check_compatible(sae, source: ActivationSource) -> None:
         )
 
 
+def check_models(sae, source: ActivationSource, model=None, allow_mismatch: bool = False):
+    """The model the store belongs to (the cache's recorded model, else the SAE's), after refusing
+    (ModelMismatchError) an SAE or a model recorded for another model than the cache's."""
+    from saes.identity import check_same_model, identity_of_model, identity_of_sae
+
+    cache_model = getattr(source, "recorded_model", None)
+    cache_model = cache_model() if callable(cache_model) else None
+    sae_model = identity_of_sae(sae)
+    if not allow_mismatch:
+        where = f"the activation cache {getattr(source, 'path', '')}".rstrip()
+        check_same_model(cache_model, sae_model, recorded_in=where, given_as="the SAE's model (its saesteer.json)",
+                         override="allow_model_mismatch=True", fix="use the cache the SAE was trained on")
+        check_same_model(cache_model or sae_model, identity_of_model(model),
+                         recorded_in=where if cache_model is not None else "the SAE", given_as="the model given",
+                         override="allow_model_mismatch=True", fix="pass the model the cache was made with")
+    return cache_model or sae_model
+
+
 def build_feature_store(
     path: str | Path,
     sae,
@@ -180,16 +198,21 @@ def build_feature_store(
     overwrite: bool = False,
     progress: bool = True,
     on_event: EventHook | None = None,
+    allow_model_mismatch: bool = False,
 ) -> BuildResult:
     """Build (or resume, or finish) the feature store at `path` for `sae` over `source`.
 
     model: a loaded TransformerLens model, for logit effects (optional).
     tokenizer: for token display strings and example text (optional; else `model.tokenizer`).
-    on_event(name, info): called after each 'batch', 'checkpoint', 'pass_done' and 'block'."""
+    sae_path: the SAE's folder, recorded (absolute) so that tools can load the SAE from the store.
+    on_event(name, info): called after each 'batch', 'checkpoint', 'pass_done' and 'block'.
+    allow_model_mismatch: accept an SAE or model recorded for another model than the cache's.
+    The store records the model the activations came from (meta `model_identity`)."""
     t_start = time.perf_counter()
     cfg = cfg or BuildConfig()
     path = Path(path)
     check_compatible(sae, source)
+    recorded = check_models(sae, source, model, allow_model_mismatch)
     if tokenizer is None and model is not None:
         tokenizer = getattr(model, "tokenizer", None)
     event = on_event or (lambda name, info: None)
@@ -204,6 +227,7 @@ def build_feature_store(
     meta = {
         **identity,
         "d_sae": F,
+        "model_identity": None if recorded is None else recorded.to_json(),
         "sae": sae_description(sae, sae_path),
         "cache": source.description,
         "context_length": source.context_length,

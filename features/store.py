@@ -33,8 +33,9 @@ Schema (version 1; `schema_version` holds it, `meta` the build's identity):
     feature_fts USING fts5(label, examples)         -- rowid = feature id
 
 META KEYS: schema_version, build_state ('building'|'complete'), sae_fingerprint,
-cache_fingerprint, sae (architecture, d_in, d_sae, k, hook_name, model_name, matryoshka_widths,
-path), cache (source description), d_sae, n_rows, context_length, window_before, window_after,
+cache_fingerprint, model_identity (the model the activations came from, `saes.identity`; absent in
+stores from older versions), sae (architecture, d_in, d_sae, k, hook_name, model_name,
+matryoshka_widths, path: absolute), cache (source description), d_sae, n_rows, context_length, window_before, window_after,
 bos_id, build_config, logit_method (or null), coact (how co-activation was sampled), summary (counts per
 flag), saesteer_version, built_at.
 
@@ -394,6 +395,17 @@ class FeatureStore:
     @property
     def cache_fingerprint(self) -> str:
         return self.meta["cache_fingerprint"]
+
+    def recorded_model(self):
+        """The model whose activations the store was built from (`saes.identity.ModelIdentity`):
+        meta `model_identity`, else (stores from older versions) the model id its cache or SAE
+        recorded; None if unknown."""
+        from saes.identity import ModelIdentity
+
+        if self.meta.get("model_identity") is not None:
+            return ModelIdentity.from_json(self.meta["model_identity"])
+        return (ModelIdentity.from_id((self.meta.get("cache") or {}).get("model"))
+                or ModelIdentity.from_id((self.meta.get("sae") or {}).get("model_name")))
 
     def check_sae(self, sae) -> None:
         """Refuse (StoreMismatchError) an SAE other than the one this store was built from."""

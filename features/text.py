@@ -86,14 +86,23 @@ def features_on_text(
     hook_name: str | None = None,
     prepend_bos: bool = True,
     min_act: float = 0.0,
+    allow_model_mismatch: bool = False,
 ) -> TextActivations:
     """Latents firing on each token of `text`, strongest first (labels from `store` when given;
-    the store must have been built from this SAE)."""
+    the store must have been built from this SAE). An SAE or store recorded for another model
+    than `model` is refused (saes.identity.ModelMismatchError) unless `allow_model_mismatch`."""
+    from saes.identity import check_sae_model, check_same_model, identity_of_model
+
     hook = hook_name or (sae.cfg.metadata or {}).get("hook_name")
     if not hook:
         raise ValueError("the SAE does not record its hook point (cfg.metadata['hook_name']); pass hook_name=...")
+    check_sae_model(model, sae, allow_mismatch=allow_model_mismatch)
     if store is not None:
         store.check_sae(sae)
+        if not allow_model_mismatch:
+            check_same_model(store.recorded_model(), identity_of_model(model), recorded_in=f"the feature store {store.path}",
+                             given_as="the model given", override="allow_model_mismatch=True",
+                             fix="load the model it records (saesteer.models.load_model)")
     tokens_BS = model.to_tokens(text, prepend_bos=prepend_bos)
     x = hook_activations(model, hook, tokens_BS)[0]  # [S, ...]
     x_SD = x.reshape(x.shape[0], -1)

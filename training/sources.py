@@ -17,26 +17,20 @@ from training.shards import load_tensors
 
 
 def cache_provenance(manifest: Manifest, cache_dir: str | Path, hook: str) -> dict[str, Any]:
-    """What the SAE folders record about their training data."""
+    """What the SAE folders record about their training data. `model_identity` is the cache's
+    recorded model (None for caches from older versions); `model_name` is the name SAELens users
+    load the model by (cfg.json's metadata.model_name)."""
     s = manifest.settings
     ds = s.get("dataset") or {}
+    ident = manifest.recorded_model()
     return {
         "model": (s.get("model") or {}).get("id"), "model_revision": (s.get("model") or {}).get("revision"),
+        "model_identity": manifest.model_identity, "model_name": ident.saelens_model_name if ident else None,
         "hook_name": hook, "dataset": ds.get("name"), "dataset_split": ds.get("split"),
         "context_size": s.get("context_length"), "prepend_bos": s.get("bos_policy") == "prepend",
         "exclude_tokens": s.get("exclude_tokens"), "cache": str(Path(cache_dir).resolve()),
         "cache_rows": manifest.total_rows,
     }
-
-
-def model_spec_from_cache(manifest: Manifest) -> str | None:
-    """A `load_model` spec for the cache's model when one can be derived ('toy', 'name@rev'), else None."""
-    ident = str((manifest.settings.get("model") or {}).get("id") or "")
-    if ident.startswith("toy:toyworld-tiny#"):
-        return "toy"
-    if ident.startswith("hub:"):
-        return ident[4:]
-    return None
 
 
 def contexts_from_text(text_cfg: Any, tokenizer: Any, n: int) -> torch.Tensor:

@@ -35,6 +35,8 @@ def add_arguments(parser) -> None:
     b.add_argument("--hook", default=None, help="hook point to read from the cache (default: the SAE's hook_name)")
     b.add_argument("--model", default=None,
                    help="model for logit effects and token strings (default: the cache's model; 'none' skips both)")
+    b.add_argument("--allow-model-mismatch", action="store_true",
+                   help="accept an SAE or --model recorded for another model than the cache's")
     b.add_argument("--device", default=None, help="where the SAE (and model) run (default: cuda if available, else cpu)")
     b.add_argument("--overwrite", action="store_true", help="replace an existing store built from something else")
     b.add_argument("--no-verify", action="store_true", help="skip the cache shards' SHA-256 checks")
@@ -66,7 +68,9 @@ def add_arguments(parser) -> None:
     t.add_argument("store", nargs="?", default=None, help="feature store (for labels; its SAE is used unless --sae)")
     t.add_argument("text", help="the text")
     t.add_argument("--sae", default=None, help="SAE folder (default: the one the store was built from)")
-    t.add_argument("--model", default=None, help="model (default: the SAE's model_name, else 'toy')")
+    t.add_argument("--model", default=None, help="model (default: the one the store or the SAE records)")
+    t.add_argument("--allow-model-mismatch", action="store_true",
+                   help="run --model even if the store or SAE records another model")
     t.add_argument("--device", default=None)
     t.add_argument("--top", type=int, default=5, help="latents shown per token (default: 5)")
     t.add_argument("--no-bos", action="store_true", help="do not prepend BOS")
@@ -93,23 +97,11 @@ def _ids(spec: str) -> list[int]:
     return out
 
 
-def _load_model(spec: str | None, device: str | None):
-    from saesteer.models import load_model
+def _recorded_model(recorded, spec: str | None, recorded_in: str, device: str | None, allow: bool):
+    """The model to run: --model (checked against the record) or the recorded one."""
+    from saesteer.models import load_recorded_model
 
-    return load_model(spec or "toy", device=device)
-
-
-def _spec_from_id(model_id: str | None) -> str | None:
-    """A load spec from a cache's model id ('toy:...' -> 'toy', 'hub:NAME@REV' -> 'NAME@REV');
-    None when the id cannot be reloaded by name (a local checkpoint)."""
-    if not model_id:
-        return None
-    kind, _, rest = model_id.partition(":")
-    if kind == "toy":
-        return "toy"
-    if kind == "hub" and rest:
-        return rest
-    return None
+    return load_recorded_model(recorded, spec, recorded_in=recorded_in, device=device, allow_mismatch=allow)
 
 
 def _console():
@@ -133,11 +125,14 @@ def run(args) -> int:
 # ---------------------------------------------------------------------------------------------
 def _build(args) -> int:
     import torch
+    from rich.markup import escape
 
     import saes
     from features import CacheSource, build_feature_store
     from features.config import BuildConfig
+    from saes.identity import ModelIdentityError, ModelMismatchError, check_same_model, identity_of_sae
     from saesteer.configargs import dataclass_from_args
+    from saesteer.models import OVERRIDE_FLAG, model_id, pick_record
 
     cfg = dataclass_from_args(BuildConfig, args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -145,24 +140,27 @@ def _build(args) -> int:
     sae.eval()
     hook = args.hook or (sae.cfg.metadata or {}).get("hook_name")
     source = CacheSource(args.cache, hook=hook, verify=not args.no_verify)
+    cache_model, sae_model = source.recorded_model(), identity_of_sae(sae)
+    where = f"the cache {args.cache}"
+    if not args.allow_model_mismatch:
+        check_same_model(cache_model, sae_model, recorded_in=where, given_as=f"the SAE {args.sae}'s model",
+                         override=OVERRIDE_FLAG, fix="use the cache the SAE was trained on")
+    recorded, where = pick_record([(cache_model, where), (sae_model, f"the SAE {args.sae}")])
     model = None
-    cache_model = (source.manifest.settings.get("model") or {}).get("id")
-    spec = args.model or _spec_from_id(cache_model)
-    if spec is None:
-        raise ValueError(f"the cache was made with model {cache_model!r}, which cannot be reloaded by name; pass "
-                         f"--model DIR (that model) for logit effects and token strings, or --model none")
-    if spec.lower() != "none":
-        from saesteer.models import model_id
-
-        model = _load_model(spec, device)
-        if cache_model and model_id(model) != cache_model:
-            raise ValueError(f"--model {spec} is {model_id(model)}, but the cache was made with {cache_model}; "
-                             f"pass the cache's model, or --model none to skip logit effects and token strings")
+    spec = args.model
+    if spec is None or spec.lower() != "none":
+        try:
+            model = _recorded_model(recorded, spec, where, device, args.allow_model_mismatch)
+        except ModelMismatchError:
+            raise
+        except ModelIdentityError as e:
+            raise ModelIdentityError(f"{e} (or --model none to skip logit effects and token strings)") from None
     con = _console()
     con.print(f"[bold]feature store[/] {args.out}: {sae.architecture} d_sae={sae.d_sae} over {source.n_rows:,} tokens "
-              f"of {args.cache} ({source.hook_name}); model: {spec if model is not None else 'none (no logit effects)'}")
+              f"of {args.cache} ({source.hook_name}); model: "
+              + (escape(model_id(model)) if model is not None else "none (no logit effects)"))
     res = build_feature_store(args.out, sae, source, cfg, model=model, sae_path=str(args.sae), overwrite=args.overwrite,
-                              progress=not args.no_progress)
+                              progress=not args.no_progress, allow_model_mismatch=args.allow_model_mismatch)
     if res.already_complete:
         con.print(f"{args.out} is already complete (same SAE, cache and settings); nothing to do")
         return 0
@@ -286,6 +284,8 @@ def _search(args) -> int:
 
 
 def _top_on_text(args) -> int:
+    from pathlib import Path
+
     import torch
     from rich.table import Table
 
@@ -293,20 +293,27 @@ def _top_on_text(args) -> int:
     from features import FeatureStore
     from features.text import features_on_text
 
+    from saes.identity import identity_of_sae
+    from saesteer.models import pick_record
+
     store = FeatureStore.open(args.store) if args.store else None
     try:
         sae_dir = args.sae
-        model_spec = args.model
-        if store is not None:
-            sae_dir = sae_dir or (store.meta.get("sae") or {}).get("path")
-            model_spec = model_spec or _spec_from_id((store.meta.get("cache") or {}).get("model"))
+        if store is not None and not sae_dir:
+            sae_dir = (store.meta.get("sae") or {}).get("path")
+            if sae_dir and not Path(sae_dir).is_dir():
+                raise FileNotFoundError(f"the SAE folder the store records, {sae_dir}, does not exist (moved or "
+                                        f"deleted?); pass --sae DIR")
         if not sae_dir:
             raise ValueError("give --sae (or a store that records the SAE folder it was built from)")
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         sae = saes.load_sae(sae_dir, device=device)
         sae.eval()
-        model = _load_model(model_spec or "toy", device)
-        res = features_on_text(model, sae, args.text, store=store, top_n=args.top, prepend_bos=not args.no_bos)
+        candidates = [(store.recorded_model(), f"the feature store {args.store}")] if store is not None else []
+        recorded, recorded_in = pick_record(candidates + [(identity_of_sae(sae), f"the SAE {sae_dir}")])
+        model = _recorded_model(recorded, args.model, recorded_in, device, args.allow_model_mismatch)
+        res = features_on_text(model, sae, args.text, store=store, top_n=args.top, prepend_bos=not args.no_bos,
+                               allow_model_mismatch=args.allow_model_mismatch)
     finally:
         if store is not None:
             store.close()

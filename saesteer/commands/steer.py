@@ -17,6 +17,8 @@ edits, and print them side by side. An edit is FEATURE:OP[=VALUE[x]][@POSITIONS]
 
 Edits go through the SAE and keep its reconstruction error, so only the chosen latents change.
 Positions: all, prompt, generated, last, or token indices (0 = first token, -1 = last prompt token).
+The model is the one the SAEs (saesteer.json) or the store record; --model must be that model
+(--allow-model-mismatch runs another).
 
 examples:
   saesteer steer --sae saes/toy-topk --feature 123:clamp=8 --prompt "anna was a sailor ."
@@ -97,15 +99,17 @@ def _run(args, model=None) -> int:
         if args.search is not None:
             return _print_search(link, args.search, args.top, args.json)
         if model is None:
-            model = load_model(args.model, args.device)
+            model = load_model(args, saes, store)
         dev = model_device(model)
         saes = {k: v.to(dev) for k, v in saes.items()}
         if args.contrast is not None:
-            return _print_contrast(model, saes, _lines(args.contrast[0]), _lines(args.contrast[1]), args.top, args.json, link)
+            return _print_contrast(model, saes, _lines(args.contrast[0]), _lines(args.contrast[1]), args.top, args.json, link,
+                                   args.allow_model_mismatch)
         from steering.generation import compare
 
         cmp = compare(model, saes if len(saes) > 1 else next(iter(saes.values())), edits, prompts, gen_cfg,
-                      typical_max=typical_max_provider(link, saes), limits=limits)
+                      typical_max=typical_max_provider(link, saes), limits=limits,
+                      allow_model_mismatch=args.allow_model_mismatch)
     finally:
         if store is not None:
             store.close()
@@ -157,7 +161,7 @@ def _print_search(link, query: str, top: int, as_json: bool) -> int:
     return 0
 
 
-def _print_contrast(model, saes, positive, negative, top: int, as_json: bool, link) -> int:
+def _print_contrast(model, saes, positive, negative, top: int, as_json: bool, link, allow_model_mismatch: bool = False) -> int:
     import json
 
     from saesteer.commands._steering import CLIError
@@ -168,7 +172,8 @@ def _print_contrast(model, saes, positive, negative, top: int, as_json: bool, li
     if not positive or not negative:
         raise CLIError("--contrast needs non-empty POSITIVE and NEGATIVE prompt files")
     labels = (lambda f: None) if link is None else (lambda f: link.store.labels([f]).get(f))
-    found = contrast_features(model, next(iter(saes.values())), positive, negative, top=top, labels=labels)
+    found = contrast_features(model, next(iter(saes.values())), positive, negative, top=top, labels=labels,
+                              allow_model_mismatch=allow_model_mismatch)
     rows = [c.__dict__ for c in found]
     if as_json:
         print(json.dumps(rows, indent=2))

@@ -124,7 +124,7 @@ def _run(args, model=None) -> int:
     store, link = open_store(args.store, {name: saes[name]}, writable=args.save_strength)
     try:
         if model is None:
-            model = load_model(args.model, args.device)
+            model = load_model(args, saes, store)
         sae = saes[name].to(model_device(model))
         typical = typical_max_provider(link, {name: sae})
         from steering.sweeps import store_recommendation, sweep, write_sweep_html, write_sweep_json
@@ -132,7 +132,7 @@ def _run(args, model=None) -> int:
         out = Path(args.out)
         for feature in args.feature:
             res = sweep(model, sae, feature, prompts, scorer, sweep_cfg, gen_config=gen_cfg, typical_max=typical,
-                        sae_name=name, limits=limits, progress=True)
+                        sae_name=name, limits=limits, progress=True, allow_model_mismatch=args.allow_model_mismatch)
             html = write_sweep_html(res, out / f"sweep_{name}_{feature}.html")
             js = write_sweep_json(res, out / f"sweep_{name}_{feature}.json")
             _print_result(res, html, js)

@@ -63,6 +63,8 @@ def add_arguments(parser) -> None:
                    help="auto: continue from the newest checkpoint in --out if any (default); never: refuse an --out "
                         "with checkpoints; require: fail without one")
     g.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    g.add_argument("--allow-model-mismatch", action="store_true",
+                   help="evaluate with --model even if it is not the model the cache was made with")
 
     s = parser.add_argument_group("SAEs (comma-separated values: every combination is trained)")
     s.add_argument("--architecture", default=None, metavar="LIST",
@@ -186,7 +188,7 @@ def run(args) -> int:
 def _run_training(args, run_cfg, data_cfg, text_cfg, out, setup) -> int:
     coll = setup.collectives if setup is not None else None
     try:
-        source, model_eval, provenance = _prepare_data(run_cfg, data_cfg, text_cfg, coll)
+        source, model_eval, provenance = _prepare_data(run_cfg, data_cfg, text_cfg, coll, args.allow_model_mismatch)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -208,7 +210,7 @@ def _run_training(args, run_cfg, data_cfg, text_cfg, out, setup) -> int:
     return 0
 
 
-def _prepare_data(run_cfg, data_cfg, text_cfg, coll=None):
+def _prepare_data(run_cfg, data_cfg, text_cfg, coll=None, allow_model_mismatch: bool = False):
     """The batch source, the CE evaluation (or None) and the provenance for the SAE folders.
 
     Data parallel (`coll`): this rank's reader (rows r*B/W..(r+1)*B/W of every global batch of
@@ -226,7 +228,7 @@ def _prepare_data(run_cfg, data_cfg, text_cfg, coll=None):
                          f"ranks; use a multiple of {world}")
     if data_cfg.cache:
         from training.reader import CacheReader
-        from training.sources import cache_provenance, contexts_from_cache, model_spec_from_cache
+        from training.sources import cache_provenance, contexts_from_cache
 
         if world > 1 and data_cfg.dp_partition == "shards":  # this rank's own shards, its own stream
             from training.manifest import read_manifest
@@ -245,13 +247,15 @@ def _prepare_data(run_cfg, data_cfg, text_cfg, coll=None):
         if t.total_tokens + t.holdout_tokens > man.total_rows:
             print(f"note: {t.total_tokens + t.holdout_tokens:,} tokens asked for, the cache holds {man.total_rows:,} rows: "
                   f"the reader makes {(t.total_tokens + t.holdout_tokens) / max(1, man.total_rows):.1f} passes over it")
-        spec = data_cfg.model or model_spec_from_cache(man)
-        if data_cfg.model_eval and spec is None:
-            print("note: no CE loss recovered: the cache's model cannot be loaded by name; pass --model")
-        if data_cfg.model_eval and spec is not None and rank == 0:
-            model = _load_model_checked(spec, man)
+        if data_cfg.model_eval and rank == 0:
+            model = _eval_model(data_cfg.model, man, data_cfg.cache, allow_model_mismatch)
         if model is None:
             return reader, None, prov
+        if prov.get("model_identity") is None and not allow_model_mismatch:  # a cache from an older version:
+            from saesteer.models import model_identity  # its id matched this model, whose record is complete
+
+            ident = model_identity(model)
+            prov.update(model_identity=ident.to_json(), model_name=ident.saelens_model_name)
         text_eval = _eval_text(man, data_cfg.eval_split)
         n = run_cfg.eval.ce_contexts
         try:
@@ -268,15 +272,18 @@ def _prepare_data(run_cfg, data_cfg, text_cfg, coll=None):
         return reader, ModelEval(model, reader.hook, tokens, keep), prov
 
     # no cache: activations straight from the model (one pass over the text; resume replays it)
-    from saesteer.models import check_hook_names, load_model, model_id
+    from saesteer.models import check_hook_names, load_model, model_identity
     from training.reader import model_batches
     from training.sources import contexts_from_text
 
-    model = load_model(data_cfg.model or "toy", device=t.device)
+    model = load_model(data_cfg.model or "toy", device=t.device)  # the start of the chain: toy by default
     hook = data_cfg.hook or f"blocks.{model.cfg.n_layers // 2}.hook_resid_post"
     check_hook_names(model, hook)
     source = _Replayable(lambda: model_batches(model, text_cfg, hook, t.batch_size, seed=t.seed))
-    prov = {"model": model_id(model), "hook_name": hook, "dataset": text_cfg.dataset, "dataset_split": text_cfg.split,
+    ident = model_identity(model)
+    prov = {"model": ident.id, "model_revision": ident.revision, "model_identity": ident.to_json(),
+            "model_name": ident.saelens_model_name,
+            "hook_name": hook, "dataset": text_cfg.dataset, "dataset_split": text_cfg.split,
             "context_size": text_cfg.context_length, "prepend_bos": text_cfg.bos_policy == "prepend"}
     model_eval = None
     if data_cfg.model_eval and run_cfg.eval.ce_contexts > 0:
@@ -316,21 +323,21 @@ def _eval_text(man, split: str):
                       bos_policy=s.get("bos_policy", "prepend"), separator=s.get("separator", "eos"))
 
 
-def _load_model_checked(spec: str, man):
-    """Load the model for the CE evaluation; None (with a note) when it fails or is not the cache's model."""
-    from saesteer.models import load_model, model_id
+def _eval_model(spec: str | None, man, cache_dir: str, allow_mismatch: bool):
+    """The model for the CE evaluation: --model (refused if it is not the cache's model, unless
+    --allow-model-mismatch), else the cache's recorded model; None (with a note) when there is no
+    model to load."""
+    from saes.identity import ModelIdentityError, ModelMismatchError
+    from saesteer.models import load_recorded_model
 
     try:
-        model = load_model(spec, device="cpu")
-    except (OSError, ValueError, RuntimeError) as e:
-        print(f"note: no CE loss recovered: model {spec!r} could not be loaded ({e})")
+        return load_recorded_model(man.recorded_model(), spec, recorded_in=f"the cache {cache_dir}", device="cpu",
+                                   allow_mismatch=allow_mismatch)
+    except ModelMismatchError:
+        raise
+    except (ModelIdentityError, OSError, ValueError, RuntimeError) as e:
+        print(f"note: no CE loss recovered: {e}")
         return None
-    want = (man.settings.get("model") or {}).get("id")
-    have = model_id(model)
-    if want and have != want:
-        print(f"note: no CE loss recovered: model {spec!r} is {have}, but the cache was made with {want}")
-        return None
-    return model
 
 
 def _print_summary(result) -> None:

@@ -209,7 +209,7 @@ async def fire_page(
     result, note = None, None
     if text.strip():
         if entry.engine is None:
-            note = "This store was opened without a model, so nothing can be run. Start the server with --model."
+            note = f"This store is browse-only, so nothing can be run: {entry.info.browse_only_reason}"
         elif request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
             note = "Opened from another site: press Run to run the model on this text."
         else:
@@ -230,4 +230,5 @@ async def steer_page(
     known = entry.catalog.summaries(chosen, with_scores=False)
     picks = [{"index": i, "label": known[i].label if i in known else None,
               "strength": known[i].recommended_strength if i in known else None} for i in chosen]
-    return render(request, "steer.html", store=entry, picks=picks, nav="steer")
+    prefill = getattr(entry.engine, "example_prompt", "")  # the toy prompt only for the toy model
+    return render(request, "steer.html", store=entry, picks=picks, prefill=prefill, nav="steer")

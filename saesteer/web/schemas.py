@@ -49,6 +49,7 @@ class StoreInfo(_Out):
     levels: list[int] = Field(default_factory=list, description="Matryoshka levels present (empty if not Matryoshka)")
     has_labels: bool = False
     can_steer: bool = False
+    browse_only_reason: str | None = Field(None, description="why the store cannot run the model (when can_steer is false)")
     tokens_seen: int | None = None
     score_method: str | None = Field(None, description="the score shown as 'score' (sorting and filtering use it too)")
 
