@@ -322,7 +322,8 @@ def _stage_cache(cfg: DemoConfig, paths: DemoPaths, model, progress: bool, info:
 def _stage_train(cfg: DemoConfig, paths: DemoPaths, model, progress: bool, info: dict, say) -> tuple[str, Path, dict, dict]:
     from training.config import config_differences
     from training.reader import CacheReader
-    from training.sources import cache_provenance, contexts_from_text
+    from training.heldout import heldout_contexts
+    from training.sources import cache_provenance, text_config_from_manifest, text_documents_read
     from training.text import TextConfig
     from training.trainer import ConfigMismatchError, ModelEval, train
 
@@ -342,10 +343,11 @@ def _stage_train(cfg: DemoConfig, paths: DemoPaths, model, progress: bool, info:
     prov = cache_provenance(reader.manifest, paths.cache, cfg.hook)
     model_eval = None
     if cfg.ce_contexts:
-        tokens = contexts_from_text(TextConfig(dataset="toy", split="validation"), model.tokenizer, cfg.ce_contexts)
+        held = heldout_contexts(text_config_from_manifest(reader.manifest), TextConfig(dataset="toy", split="validation"),
+                                model.tokenizer, cfg.ce_contexts, train_docs=text_documents_read(reader.manifest))
         keep = tuple(int(i) for i in reader.manifest.settings.get("excluded_token_ids") or ())
-        model_eval = ModelEval(model, cfg.hook, tokens, keep)
-        prov["ce_eval_contexts"] = "toy:validation"
+        model_eval = ModelEval(model, cfg.hook, held.tokens_NL, keep)
+        prov["ce_eval_data"] = held.provenance()
     passes = (cfg.train_tokens + run_cfg.train.holdout_tokens) / max(1, reader.manifest.total_rows)
     say(f"{name}: d_in {model.cfg.d_model}, d_sae {cfg.d_sae}, k {cfg.k}; {cfg.train_tokens:,} tokens "
         f"({passes:.1f} passes over the cache), batch {cfg.batch_size}")

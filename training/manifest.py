@@ -17,7 +17,8 @@ Manifest fields (format_version 1):
   hooks [names], d_in {hook: int}, dtype "fp16"|"bf16"|"fp32",
   context_length, bos_policy, separator, exclude_tokens, excluded_token_ids [ints],
   tokenizer {name, vocab_size, bos_id, eos_id, pad_id, sha256},
-  dataset {name, config, split, text_column, files?: [[file name, bytes]]},
+  dataset {name, config, split (the split read), text_column, files?: [[path below the data folder, bytes]]},
+  dataset_files? [absolute paths of the local files read] (provenance, not compared on resume),
   max_tokens (int|null), shard_contexts (int),
   totals {shards, contexts, tokens, rows, bytes},
   shards [{index, file, first_context, contexts, rows, bytes, sha256, text_start [doc, offset],
@@ -100,6 +101,8 @@ class Manifest:
     # which forward pass computed the activations ("fast" / "transformer_lens"); informational,
     # not a setting (the two agree up to rounding), but a resumed build reuses it
     forward: str | None = None
+    # the absolute paths of the local data files read (provenance; `dataset.files` is what must match)
+    dataset_files: list[str] | None = None
 
     # convenient views -------------------------------------------------------------------
     @property
@@ -139,6 +142,8 @@ class Manifest:
         d = {k: self.settings[k] for k in SETTING_FIELDS}
         if self.forward is not None:
             d["forward"] = self.forward
+        if self.dataset_files is not None:
+            d["dataset_files"] = list(self.dataset_files)
         d["complete"] = self.complete
         d["totals"] = self.totals()
         d["shards"] = [s.to_json() for s in self.shards]
@@ -161,8 +166,10 @@ class Manifest:
             if s.index != i or s.file != shard_file_name(i):
                 raise CacheFormatError(f"{where}: shard list out of order at entry {i} ({s.file})")
         fwd = d.get("forward")
+        files = d.get("dataset_files")
         return cls({k: d[k] for k in SETTING_FIELDS}, bool(d.get("complete")), shards,
-                   forward=fwd if isinstance(fwd, str) else None)
+                   forward=fwd if isinstance(fwd, str) else None,
+                   dataset_files=[str(f) for f in files] if isinstance(files, list) else None)
 
 
 # ----------------------------------------------------------------------------------------------
