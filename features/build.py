@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -41,6 +42,7 @@ from features.fingerprint import sae_description, sae_fingerprint
 from features.records import utc_now
 from features.source import ActivationSource
 from features.store import FeatureStore, StoreError, StoreMismatchError
+from features.tokentext import token_texts
 
 STATE_SUFFIX = ".state.safetensors"
 LOCK_SUFFIX = ".lock"
@@ -149,9 +151,7 @@ def load_state(path: Path, acc: FeatureAccumulator, identity: dict) -> tuple[str
 
 def token_strings(tokenizer) -> list[str]:
     """Display string of every token id (each decoded alone, special tokens kept)."""
-    n = len(tokenizer)
-    return list(tokenizer.batch_decode([[i] for i in range(n)], skip_special_tokens=False,
-                                       clean_up_tokenization_spaces=False))
+    return [t.text for t in token_texts(tokenizer, [[i] for i in range(len(tokenizer))])]
 
 
 def check_compatible(sae, source: ActivationSource) -> None:
@@ -438,12 +438,12 @@ def _block_rows(f0, f1, res: PassResult, dec_norm, dec_nb, co_nb, logits, links,
     for e, (kc, f, rank, v, q, seq, pos, lo, hi) in enumerate(zip(*cols_E)):
         t = toks_np[e, lo:hi]
         token_lists.append(t)
-        examples.append([f, kinds[kc], rank, v, _nan(q), seq, pos, before - lo, t.tobytes(), win_np[e, lo:hi].tobytes(), None])
+        examples.append([f, kinds[kc], rank, v, _nan(q), seq, pos, before - lo, t.tobytes(), win_np[e, lo:hi].tobytes(),
+                         None, None])
     if tokenizer is not None and token_lists:
-        texts = tokenizer.batch_decode([t.tolist() for t in token_lists], skip_special_tokens=False,
-                                       clean_up_tokenization_spaces=False)
-        for ex, t in zip(examples, texts):
-            ex[10] = t
+        for ex, tt in zip(examples, token_texts(tokenizer, [t.tolist() for t in token_lists])):
+            ex[10] = tt.text
+            ex[11] = np.asarray(tt.offsets, dtype="<i4").tobytes()
     top_text: dict[int, list[str]] = {}
     for ex in examples:
         if ex[1] == "top" and ex[10]:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from features.tokentext import token_text
+
 
 @dataclass(frozen=True)
 class LatentActivation:
@@ -26,7 +28,7 @@ class LatentActivation:
 class TokenActivations:
     position: int
     token_id: int
-    token: str
+    token: str  # the token's piece of the text (features.tokentext): the pieces join to the decoded text
     latents: list[LatentActivation]  # strongest first, at most top_n
 
 
@@ -108,7 +110,8 @@ def features_on_text(
     x_SD = x.reshape(x.shape[0], -1)
     acts_SF = sae.encode(x_SD.to(device=sae.device, dtype=sae.dtype)).float().cpu()
     ids = tokens_BS[0].tolist()
-    strs = model.to_str_tokens(tokens_BS[0]) if hasattr(model, "to_str_tokens") else [str(i) for i in ids]
+    tokenizer = getattr(model, "tokenizer", None)
+    strs = token_text(tokenizer, ids).pieces if tokenizer is not None else [f"<{i}>" for i in ids]
     k = min(top_n, acts_SF.shape[1])
     vals_SK, idx_SK = acts_SF.topk(k, dim=1)
     fired = (acts_SF > min_act) & (acts_SF > 0)

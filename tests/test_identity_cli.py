@@ -25,6 +25,7 @@ class Chain:
         self.root = root
         self.a, self.b = root / "model-a", root / "model-b"
         self.text = root / "text.txt"
+        self.eval_text = root / "eval.txt"  # held-out text for the CE evaluation (not the training file)
         self.cache, self.cache_b = root / "cache-a", root / "cache-b"
         self.run = root / "run"
         self.sae = self.run / "saes" / "s"
@@ -49,11 +50,12 @@ def chain(tmp_path_factory):
     save_tiny_gpt2(c.a, seed=0)
     save_tiny_gpt2(c.b, seed=1)
     c.text.write_text("\n".join(_TEXT * 20), encoding="utf-8")
+    c.eval_text.write_text("\n".join(f"{a} {b}" for a, b in zip(_TEXT, reversed(_TEXT))), encoding="utf-8")
     _cache(c.a, c.text, c.cache, 1024)
     _cache(c.b, c.text, c.cache_b, 256)
     assert main(["train", "--cache", str(c.cache), "--out", str(c.run), "--d-sae", "64", "--k", "4", "--total-tokens",
                  "1024", "--batch-size", "128", "--holdout-tokens", "256", "--progress", "false", "--eval-ce-contexts",
-                 "4", "--eval-split", "train", "--sae-name", "s"]) == 0
+                 "4", "--eval-dataset", str(c.eval_text), "--sae-name", "s"]) == 0
     with pytest.MonkeyPatch.context() as mp:  # the SAE named relatively, from the chain's directory
         mp.chdir(c.root)
         assert main(["features", "build", "--sae", "run/saes/s", "--cache", "cache-a", "--out", "s.db",
@@ -131,7 +133,7 @@ def test_build_and_train_without_model_use_the_cache_model(chain, loads, tmp_pat
     assert chain.id_of(chain.a) in capsys.readouterr().out.replace("\n", "")
     assert main(["train", "--cache", str(chain.cache), "--out", str(tmp_path / "run"), "--d-sae", "16", "--k", "2",
                  "--total-tokens", "256", "--batch-size", "128", "--holdout-tokens", "128", "--progress", "false",
-                 "--eval-ce-contexts", "2", "--eval-split", "train"]) == 0
+                 "--eval-ce-contexts", "2", "--eval-dataset", str(chain.eval_text)]) == 0
     assert loads == [str(chain.a.resolve())] * 2
 
 

@@ -17,6 +17,8 @@ examples:
   saesteer cache --model toy --dataset toy --dry-run       # only print size and time estimates
   saesteer cache --model gpt2 --dataset data/corpus/ --hooks blocks.6.hook_resid_post \\
       --context-length 128 --max-tokens 50000000 --out caches/gpt2-l6
+      # data/corpus/ with train.jsonl + validation.jsonl: only the split --split (train) is read
+  saesteer cache --model gpt2 --dataset train=data/a.jsonl,validation=data/b.jsonl --out caches/x
   saesteer cache --verify caches/gpt2-l6                   # check every shard's SHA-256"""
 
 

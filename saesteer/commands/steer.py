@@ -125,15 +125,16 @@ def _run(args, model=None) -> int:
 def _print_table(cmp, gen_cfg) -> None:
     from rich.console import Console
     from rich.table import Table
-    from rich.text import Text
 
-    table = Table(title=f"steering: {cmp.edits}", caption=f"seed {gen_cfg.seed}, {gen_cfg.max_new_tokens} new tokens"
+    from saesteer.terminal import plain
+
+    table = Table(title=plain(f"steering: {cmp.edits}"), caption=f"seed {gen_cfg.seed}, {gen_cfg.max_new_tokens} new tokens"
                   + ("" if gen_cfg.do_sample else ", greedy"), show_lines=True)
     table.add_column("prompt", style="bold", overflow="fold", ratio=1)
     table.add_column("unsteered", overflow="fold", ratio=2)
     table.add_column("steered", style="green", overflow="fold", ratio=2)
     for p, u, s in zip(cmp.prompts, cmp.unsteered, cmp.steered):
-        table.add_row(Text(p or "<bos>"), Text(u), Text(s))
+        table.add_row(plain(p or "<bos>"), plain(u), plain(s))
     Console().print(table)
 
 
@@ -151,13 +152,15 @@ def _print_search(link, query: str, top: int, as_json: bool) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"features matching {query!r}")
+    from saesteer.terminal import plain
+
+    table = Table(title=plain(f"features matching {query!r}"))
     for col in ("feature", "label", "score", "typical max"):
         table.add_column(col)
     for r in rows:
         tm = r["typical_max"]
-        table.add_row(str(r["feature"]), r["label"] or "", f"{r['score']:.3g}", "" if tm is None else f"{tm:.3g}")
-    Console().print(table if rows else f"no feature label matches {query!r}")
+        table.add_row(str(r["feature"]), plain(r["label"]), f"{r['score']:.3g}", "" if tm is None else f"{tm:.3g}")
+    Console().print(table if rows else plain(f"no feature label matches {query!r}"))
     return 0
 
 
@@ -181,11 +184,13 @@ def _print_contrast(model, saes, positive, negative, top: int, as_json: bool, li
     from rich.console import Console
     from rich.table import Table
 
+    from saesteer.terminal import plain
+
     table = Table(title="features by contrast (mean activation on positive minus negative prompts)")
     for col in ("feature", "difference", "mean +", "mean -", "fires +", "fires -", "label"):
         table.add_column(col)
     for c in found:
         table.add_row(str(c.feature), f"{c.score:.3g}", f"{c.mean_positive:.3g}", f"{c.mean_negative:.3g}",
-                      f"{c.rate_positive:.1%}", f"{c.rate_negative:.1%}", c.label or "")
+                      f"{c.rate_positive:.1%}", f"{c.rate_negative:.1%}", plain(c.label))
     Console().print(table)
     return 0

@@ -156,11 +156,14 @@ def _print_result(res, html, js) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{res.label} ({res.unit})", caption=f"recommended: {res.recommended} ({res.rule}); {html} {js}")
+    from saesteer.terminal import plain
+
+    table = Table(title=plain(f"{res.label} ({res.unit})"),
+                  caption=plain(f"recommended: {res.recommended} ({res.rule}); {html} {js}"))
     for col in ("strength", "concept", "fluency", "aggregate", "perplexity", "example"):
         table.add_column(col, overflow="fold")
     for p in res.points:
         table.add_row(f"{p.strength:g}", f"{p.concept:.2f}", f"{p.fluency:.2f}", f"{p.aggregate:.2f}",
-                      "" if p.perplexity is None else f"{p.perplexity:.1f}", (p.examples or [""])[0][:80],
+                      "" if p.perplexity is None else f"{p.perplexity:.1f}", plain((p.examples or [""])[0][:80]),
                       style="bold green" if p.strength == res.recommended else None)
     Console().print(table)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 NAME = "train"
 ORDER = 30
@@ -46,7 +47,12 @@ examples:
       --k 32 --d-sae 4096 --total-tokens 20000000
   saesteer train --cache caches/toy-l2 --out runs/toy-l2 --total-tokens 30000000   # extend the run
   saesteer train --model toy --dataset toy --hook blocks.1.hook_resid_post --out runs/quick \\
-      --total-tokens 1000000 --d-sae 1024                                            # no cache"""
+      --total-tokens 1000000 --d-sae 1024                                            # no cache
+  saesteer train --cache caches/x --out runs/x --eval-dataset data/held-out.jsonl    # CE on other text
+
+CE loss recovered runs on held-out text: --eval-split of the training data (default validation),
+or --eval-dataset. Eval text that is all training text is refused (--allow-eval-overlap true
+measures it anyway); a partial overlap is printed and recorded in metrics.json (data.ce_eval_data)."""
 
 _SAE_FLAGS = ("architecture", "d_sae", "k", "matryoshka_widths", "sae_lr", "sae_name")
 
@@ -256,51 +262,72 @@ def _prepare_data(run_cfg, data_cfg, text_cfg, coll=None, allow_model_mismatch: 
 
             ident = model_identity(model)
             prov.update(model_identity=ident.to_json(), model_name=ident.saelens_model_name)
-        text_eval = _eval_text(man, data_cfg.eval_split)
-        n = run_cfg.eval.ce_contexts
-        try:
-            from training.sources import contexts_from_text
+        from training.sources import text_config_from_manifest, text_documents_read
 
-            tokens = contexts_from_text(text_eval, model.tokenizer, n)
-            prov["ce_eval_contexts"] = f"{text_eval.dataset}:{text_eval.split}"
-        except (ValueError, OSError, FileNotFoundError) as e:
-            print(f"note: CE evaluation uses contexts from the cache (trained-on text): split "
-                  f"{data_cfg.eval_split!r} unavailable ({e})")
+        n = run_cfg.eval.ce_contexts
+        held = _heldout(text_config_from_manifest(man), data_cfg, model.tokenizer, n, text_documents_read(man))
+        if held is None:
+            print("note: CE evaluation uses contexts from the cache's last shard, which is trained-on text; give "
+                  "held-out text with --eval-dataset PATH or --eval-split NAME")
             tokens = contexts_from_cache(data_cfg.cache, n)
-            prov["ce_eval_contexts"] = "cache (last shard)"
+            prov["ce_eval_data"] = {"cache": str(data_cfg.cache), "contexts": int(tokens.shape[0]), "trained_on": True}
+        else:
+            tokens, prov["ce_eval_data"] = held.tokens_NL, held.provenance()
         keep = tuple(int(i) for i in man.settings.get("excluded_token_ids") or ())
         return reader, ModelEval(model, reader.hook, tokens, keep), prov
 
     # no cache: activations straight from the model (one pass over the text; resume replays it)
     from saesteer.models import check_hook_names, load_model, model_identity
     from training.reader import model_batches
-    from training.sources import contexts_from_text
+    from training.text import resolve_data
 
     model = load_model(data_cfg.model or "toy", device=t.device)  # the start of the chain: toy by default
     hook = data_cfg.hook or f"blocks.{model.cfg.n_layers // 2}.hook_resid_post"
     check_hook_names(model, hook)
     source = _Replayable(lambda: model_batches(model, text_cfg, hook, t.batch_size, seed=t.seed))
     ident = model_identity(model)
+    data = resolve_data(text_cfg)  # the split's files (and a clear error for a split the data lacks)
     prov = {"model": ident.id, "model_revision": ident.revision, "model_identity": ident.to_json(),
             "model_name": ident.saelens_model_name,
-            "hook_name": hook, "dataset": text_cfg.dataset, "dataset_split": text_cfg.split,
+            "hook_name": hook, "dataset": text_cfg.dataset, "dataset_split": data.split,
+            "dataset_files": [str(p) for p in data.files] or None,
             "context_size": text_cfg.context_length, "prepend_bos": text_cfg.bos_policy == "prepend"}
     model_eval = None
     if data_cfg.model_eval and run_cfg.eval.ce_contexts > 0:
-        text_eval = dataclasses_replace(text_cfg, split=data_cfg.eval_split)
-        try:
-            tokens = contexts_from_text(text_eval, model.tokenizer, run_cfg.eval.ce_contexts)
+        held = _heldout(text_cfg, data_cfg, model.tokenizer, run_cfg.eval.ce_contexts, None)
+        if held is None:
+            print("note: no CE evaluation: give held-out text with --eval-dataset PATH or --eval-split NAME")
+        else:
             bos = model.tokenizer.bos_token_id
-            model_eval = ModelEval(model, hook, tokens, (bos,) if bos is not None else ())
-        except (ValueError, OSError) as e:
-            print(f"note: no CE evaluation: split {data_cfg.eval_split!r} unavailable ({e})")
+            model_eval = ModelEval(model, hook, held.tokens_NL, (bos,) if bos is not None else ())
+            prov["ce_eval_data"] = held.provenance()
     return source, model_eval, prov
 
 
-def dataclasses_replace(obj, **kw):
-    import dataclasses
+def _heldout(train_text, data_cfg, tokenizer, n: int, train_docs: int | None):
+    """The CE evaluation's held-out contexts (training.heldout), with notes on what was read; None
+    (with a note) when the training data has no split --eval-split. An --eval-dataset that cannot
+    be read, or eval text that is all training text, is an error (ValueError)."""
+    from training.heldout import eval_text_config, heldout_contexts
 
-    return dataclasses.replace(obj, **kw)
+    try:
+        eval_text = eval_text_config(train_text, data_cfg.eval_dataset, data_cfg.eval_split)
+        held = heldout_contexts(train_text, eval_text, tokenizer, n, train_docs=train_docs,
+                                allow_overlap=data_cfg.allow_eval_overlap)
+    except (ValueError, OSError) as e:
+        from training.heldout import EvalOverlapError
+
+        if data_cfg.eval_dataset or isinstance(e, EvalOverlapError):
+            raise ValueError(f"CE evaluation: {e}") from None
+        print(f"note: split {data_cfg.eval_split!r} of the training data is unavailable for the CE evaluation ({e})")
+        return None
+    where = ", ".join(Path(f).name for f in held.files[:3]) + (" ..." if len(held.files) > 3 else "")
+    print(f"CE evaluation on {held.tokens_NL.shape[0]} contexts of {eval_text.dataset!r} split {eval_text.split!r}"
+          + (f" ({where})" if where else "") + f"; {held.overlap.describe()}")
+    if held.overlap.in_training:
+        print(f"note: {held.overlap.in_training} of the {held.overlap.eval_documents} eval documents are also "
+              f"training documents (recorded in metrics.json and saesteer.json as ce_eval_data.overlap)")
+    return held
 
 
 class _Replayable:
@@ -311,16 +338,6 @@ class _Replayable:
 
     def __iter__(self):
         return iter(self._make())
-
-
-def _eval_text(man, split: str):
-    from training.text import TextConfig
-
-    s = man.settings
-    ds = s.get("dataset") or {}
-    return TextConfig(dataset=ds.get("name") or "toy", dataset_config=ds.get("config"), split=split,
-                      text_column=ds.get("text_column") or "text", context_length=int(s["context_length"]),
-                      bos_policy=s.get("bos_policy", "prepend"), separator=s.get("separator", "eos"))
 
 
 def _eval_model(spec: str | None, man, cache_dir: str, allow_mismatch: bool):

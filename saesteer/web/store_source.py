@@ -23,6 +23,7 @@ from saesteer.web.schemas import (
     Neighbour,
     Page,
     ScoreInfo,
+    SnippetPart,
     StoreInfo,
     TokenEffect,
 )
@@ -140,7 +141,7 @@ class StoreCatalog:
                     break
         return out
 
-    def _summary(self, s, score: float | None = None, snippet: str | None = None) -> FeatureSummary:
+    def _summary(self, s, score: float | None = None) -> FeatureSummary:
         return FeatureSummary(
             index=int(s.id),
             label=s.label,
@@ -155,7 +156,6 @@ class StoreCatalog:
             level=s.level,
             parent=s.parent_id,
             recommended_strength=_finite(s.recommended_strength),
-            snippet=snippet,
         )
 
     def list_features(self, q: FeatureQuery) -> Page[FeatureSummary]:
@@ -192,9 +192,10 @@ class StoreCatalog:
 
     @staticmethod
     def _summary_or_hit(hit, summary: FeatureSummary | None) -> FeatureSummary:
+        snippet = {"snippet": hit.text, "snippet_parts": [SnippetPart(text=t, match=m) for t, m in hit.parts]}
         if summary is not None:
-            return summary.model_copy(update={"snippet": hit.snippet})
-        return FeatureSummary(index=hit.feature_id, label=hit.label, frequency=_finite(hit.freq), snippet=hit.snippet)
+            return summary.model_copy(update=snippet)
+        return FeatureSummary(index=hit.feature_id, label=hit.label, frequency=_finite(hit.freq), **snippet)
 
     # -- one feature ----------------------------------------------------------------------------
     def feature(self, index: int) -> FeatureDetail | None:
