@@ -29,7 +29,9 @@ def add_arguments(parser) -> None:
 
     b = sub.add_parser("build", help="run an SAE over an activation cache and write its feature store",
                        description="Build (or resume, after a crash: re-run the same command) a feature store.")
-    b.add_argument("--sae", required=True, help="SAE folder (cfg.json + sae_weights.safetensors)")
+    b.add_argument("--sae", required=True,
+                   help="SAE: a folder (saesteer, SAELens, sparsify, dictionary_learning, Gemma Scope) or "
+                        "sae_lens:RELEASE/SAE_ID")
     b.add_argument("--cache", required=True, help="activation cache directory (from `saesteer cache`)")
     b.add_argument("--out", required=True, help="store file to write, e.g. stores/toy-topk.db")
     b.add_argument("--hook", default=None, help="hook point to read from the cache (default: the SAE's hook_name)")
@@ -65,7 +67,9 @@ def add_arguments(parser) -> None:
     t = sub.add_parser("top-on-text", help="which latents fire on a text, token by token")
     t.add_argument("store", nargs="?", default=None, help="feature store (for labels; its SAE is used unless --sae)")
     t.add_argument("text", help="the text")
-    t.add_argument("--sae", default=None, help="SAE folder (default: the one the store was built from)")
+    t.add_argument("--sae", default=None, help="SAE folder or sae_lens:RELEASE/SAE_ID (default: the one the store was "
+                                               "built from)")
+    t.add_argument("--hook", default=None, help="hook point of an SAE whose files do not record one")
     t.add_argument("--model", default=None, help="model (default: the SAE's model_name, else 'toy')")
     t.add_argument("--device", default=None)
     t.add_argument("--top", type=int, default=5, help="latents shown per token (default: 5)")
@@ -134,14 +138,16 @@ def run(args) -> int:
 def _build(args) -> int:
     import torch
 
-    import saes
+    from saes.formats import resolve_sae
     from features import CacheSource, build_feature_store
     from features.config import BuildConfig
     from saesteer.configargs import dataclass_from_args
 
     cfg = dataclass_from_args(BuildConfig, args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    sae = saes.load_sae(args.sae, device=device)
+    given_model = args.model if args.model and args.model.lower() != "none" else None
+    loaded = resolve_sae(args.sae, hook=args.hook, model=given_model, device=device)
+    sae = loaded.sae
     sae.eval()
     hook = args.hook or (sae.cfg.metadata or {}).get("hook_name")
     source = CacheSource(args.cache, hook=hook, verify=not args.no_verify)
@@ -161,7 +167,7 @@ def _build(args) -> int:
     con = _console()
     con.print(f"[bold]feature store[/] {args.out}: {sae.architecture} d_sae={sae.d_sae} over {source.n_rows:,} tokens "
               f"of {args.cache} ({source.hook_name}); model: {spec if model is not None else 'none (no logit effects)'}")
-    res = build_feature_store(args.out, sae, source, cfg, model=model, sae_path=str(args.sae), overwrite=args.overwrite,
+    res = build_feature_store(args.out, sae, source, cfg, model=model, sae_path=loaded.spec, overwrite=args.overwrite,
                               progress=not args.no_progress)
     if res.already_complete:
         con.print(f"{args.out} is already complete (same SAE, cache and settings); nothing to do")
@@ -289,9 +295,9 @@ def _top_on_text(args) -> int:
     import torch
     from rich.table import Table
 
-    import saes
     from features import FeatureStore
     from features.text import features_on_text
+    from saes.formats import resolve_sae
 
     store = FeatureStore.open(args.store) if args.store else None
     try:
@@ -303,7 +309,8 @@ def _top_on_text(args) -> int:
         if not sae_dir:
             raise ValueError("give --sae (or a store that records the SAE folder it was built from)")
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        sae = saes.load_sae(sae_dir, device=device)
+        recorded_hook = (store.meta.get("sae") or {}).get("hook_name") if store is not None else None
+        sae = resolve_sae(sae_dir, hook=args.hook or recorded_hook, model=model_spec, device=device).sae
         sae.eval()
         model = _load_model(model_spec or "toy", device)
         res = features_on_text(model, sae, args.text, store=store, top_n=args.top, prepend_bos=not args.no_bos)

@@ -70,19 +70,21 @@ def open_entries(
 
 
 def _load_sae(store, sae_dir, store_path: Path):
-    from saes import load_sae
+    from saes.formats import resolve_sae
 
-    recorded = (store.meta.get("sae") or {}).get("path")
-    folder = Path(sae_dir) if sae_dir else (Path(recorded) if recorded else None)
-    if folder is None:
+    meta = store.meta.get("sae") or {}
+    recorded = meta.get("path")
+    spec = str(sae_dir) if sae_dir else recorded
+    if spec is None:
         warnings.warn(f"{store_path}: the store does not record its SAE folder; serving it browse-only (pass --sae DIR to steer)", stacklevel=3)
         return None
-    if not folder.is_dir():
+    if not spec.startswith("sae_lens:") and not Path(spec).exists():
         if sae_dir:
-            raise FileNotFoundError(f"--sae {folder}: no such folder")
-        warnings.warn(f"{store_path}: its SAE folder {folder} is gone; serving it browse-only (pass --sae DIR to steer)", stacklevel=3)
+            raise FileNotFoundError(f"--sae {spec}: no such folder")
+        warnings.warn(f"{store_path}: its SAE folder {spec} is gone; serving it browse-only (pass --sae DIR to steer)", stacklevel=3)
         return None
-    sae = load_sae(folder)
+    # the hook and model the store recorded stand in for --hook/--model of formats that record neither
+    sae = resolve_sae(spec, hook=meta.get("hook_name"), model=meta.get("model_name")).sae
     sae.eval()
     store.check_sae(sae)  # StoreMismatchError names both fingerprints
     return sae
