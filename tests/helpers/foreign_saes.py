@@ -12,7 +12,6 @@ the library itself loads these files and computes what the references compute.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -205,8 +204,3 @@ def write_hf_snapshot(cache_dir: Path, repo_id: str, files: dict[str, Path], rev
             target.unlink()
         os.symlink(os.path.relpath(blob, target.parent), target)
     return snap
-
-
-def copy_tree(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst
