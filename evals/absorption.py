@@ -34,7 +34,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from evals.linear import f1_score, fit_logistic, mean_difference_ranking, one_thread
+from evals.latents import LatentTable, columns, item_vector, latent_table, ranking
+from evals.linear import f1_score, fit_logistic, one_thread
 from saes.base import SAE
 
 EPS = 1e-8
@@ -81,20 +82,20 @@ def _split(n: int, seed: int) -> tuple[Tensor, Tensor]:
     return perm[:n_train], perm[n_train:]
 
 
-def _main_latents(a_train: Tensor, y_train: Tensor, a_test: Tensor, y_test: Tensor, max_k: int,
+def _main_latents(table: LatentTable, y: Tensor, train: Tensor, test: Tensor, max_k: int,
                   f1_jump: float) -> tuple[list[int], list[float]]:
-    order = mean_difference_ranking(a_train, y_train)[:max_k].tolist()
+    order = ranking(table, train[y[train]], train[~y[train]])[:max_k].tolist()
+    a_train, a_test = columns(table, order, train), columns(table, order, test)
     best, main, f1s = -100.0, order[:1], []
     for k in range(1, len(order) + 1):
-        cols = order[:k]
         try:
-            probe = fit_logistic(a_train[:, cols], y_train)
+            probe = fit_logistic(a_train[:, :k], y[train])
         except ValueError:
             break
-        f1 = f1_score(probe.predict(a_test[:, cols]), y_test)
+        f1 = f1_score(probe.predict(a_test[:, :k]), y[test])
         f1s.append(f1)
         if f1 > best + f1_jump:
-            best, main = f1, cols
+            best, main = f1, order[:k]
         else:
             break
     return main, f1s
@@ -135,7 +136,7 @@ def _absorption(sae: SAE, acts_WD: Tensor, words: list[str], max_k: int, f1_jump
                 seed: int) -> dict[str, Any]:
     letters_W = [w[0].lower() for w in words]
     train, test = _split(len(words), seed)
-    latents_WF = sae.encode(acts_WD.to(sae.device, sae.dtype)).float().cpu()
+    table = latent_table(sae, acts_WD)
     dec_FD = sae.W_dec.detach().float().cpu()
     per_letter: dict[str, dict[str, Any]] = {}
     for letter in sorted(set(letters_W)):
@@ -145,11 +146,11 @@ def _absorption(sae: SAE, acts_WD: Tensor, words: list[str], max_k: int, f1_jump
         probe = fit_logistic(acts_WD[train], y[train])
         direction_D = (probe.w_P / probe.w_P.norm()).float()
         cos_F = torch.nn.functional.cosine_similarity(direction_D[None], dec_FD, dim=-1)
-        main, f1s = _main_latents(latents_WF[train], y[train], latents_WF[test], y[test], max_k, f1_jump)
+        main, f1s = _main_latents(table, y, train, test, max_k, f1_jump)
         true_pos = test[y[test] & probe.predict(acts_WD[test]).cpu()]
         fractions, fulls = [], []
         for w in true_pos.tolist():
-            fraction, full = _word_absorption(latents_WF[w], cos_F, float(acts_WD[w] @ direction_D), main)
+            fraction, full = _word_absorption(item_vector(table, w), cos_F, float(acts_WD[w] @ direction_D), main)
             fractions.append(fraction)
             fulls.append(full)
         n_tp = len(fractions)

@@ -113,12 +113,3 @@ def f1_score(pred_N: Tensor, y_N: Tensor) -> float:
 
 def accuracy(pred_N: Tensor, y_N: Tensor) -> float:
     return float((pred_N.bool().cpu() == y_N.bool().cpu()).double().mean())
-
-
-def mean_difference_ranking(acts_NF: Tensor, y_N: Tensor) -> Tensor:
-    """Latents ordered by (mean activation on positives - mean on negatives), largest first
-    (SAEBench's sparse-probing selection); ties by lower id."""
-    a = acts_NF.double().cpu()
-    y = y_N.bool().cpu()
-    diff = a[y].mean(0) - a[~y].mean(0)
-    return torch.argsort(-diff, stable=True)

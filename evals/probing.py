@@ -21,7 +21,8 @@ from typing import Any, NamedTuple, Sequence
 import torch
 from torch import Tensor
 
-from evals.linear import accuracy, fit_logistic, mean_difference_ranking, one_thread
+from evals.latents import columns, latent_table, ranking
+from evals.linear import accuracy, fit_logistic, one_thread
 from saes.base import SAE
 
 
@@ -99,8 +100,7 @@ def sparse_probing(sae: SAE, data: ProbingData, tasks: Sequence[Task], ks: Seque
 
 def _sparse_probing(sae: SAE, data: ProbingData, tasks: Sequence[Task], ks: Sequence[int]) -> dict[str, Any]:
     model_ID = _pool(data.x_RD, data.item_R, data.n_items)
-    latents_RF = torch.cat([sae.encode(x.to(sae.device, sae.dtype)).float().cpu() for x in data.x_RD.split(4096)])
-    latents_IF = _pool(latents_RF, data.item_R, data.n_items)
+    table = latent_table(sae, data.x_RD, data.item_R, data.n_items)
     ks = [k for k in ks if k <= sae.d_sae]
     per_task: dict[str, dict[str, Any]] = {}
     for task in tasks:
@@ -111,13 +111,12 @@ def _sparse_probing(sae: SAE, data: ProbingData, tasks: Sequence[Task], ks: Sequ
         y_train = torch.cat([torch.ones(len(pos_tr)), torch.zeros(len(neg_tr))]).bool()
         y_test = torch.cat([torch.ones(len(pos_te)), torch.zeros(len(neg_te))]).bool()
         baseline = fit_logistic(model_ID[train], y_train)
-        order = mean_difference_ranking(latents_IF[train], y_train)
+        order = ranking(table, pos_tr, neg_tr)[: max(ks, default=0)]
+        a_train, a_test = columns(table, order, train), columns(table, order, test)
         by_k = {}
         for k in ks:
-            cols = order[:k]
-            probe = fit_logistic(latents_IF[train][:, cols], y_train)
-            by_k[str(k)] = {"accuracy": accuracy(probe.predict(latents_IF[test][:, cols]), y_test),
-                            "latents": cols.tolist()}
+            probe = fit_logistic(a_train[:, :k], y_train)
+            by_k[str(k)] = {"accuracy": accuracy(probe.predict(a_test[:, :k]), y_test), "latents": order[:k].tolist()}
         per_task[task.name] = {"items_train": len(train), "items_test": len(test),
                                "model_accuracy": accuracy(baseline.predict(model_ID[test]), y_test), "k": by_k}
     summary: dict[str, Any] = {"tasks": len(per_task)}

@@ -179,10 +179,10 @@ def foreign(tmp_path_factory) -> dict[str, Path]:
     state, cfg = fs.random_sparsify(D, 96, k=6)
     with torch.no_grad():
         state["encoder.weight"] = state["encoder.weight"] * 0.2
-    sp = fs.write_sparsify(d / "sparsify" / "layers.2", state, cfg, run_config={"model": "toy"})
+    sp = fs.write_sparsify(d / "sparsify" / "layers.2", state, cfg, run_config={"model": "toyworld-tiny"})
     dl_state = fs.random_dictionary_learning("JumpReluAutoEncoder", D, 80, seed=1)
     dl = fs.write_dictionary_learning(d / "dl" / "trainer_0", "JumpReluAutoEncoder", dl_state,
-                                      submodule_name="resid_post_layer_2", lm_name="toy")
+                                      submodule_name="resid_post_layer_2", lm_name="toyworld-tiny")
     gs = fs.write_gemma_scope(d / "gs" / "params.npz", fs.random_gemma_scope(D, 64, seed=2))
     return {"sparsify": sp, "dictionary_learning": dl, "gemma_scope": gs}
 

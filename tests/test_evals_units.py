@@ -111,3 +111,23 @@ def test_sparse_probing_finds_the_latent_that_is_the_concept() -> None:
     assert res["sae_accuracy"]["1"] > 0.95 and res["model_accuracy"] > 0.95
     # a task without enough positives is left out
     assert balanced_tasks({"rare": torch.arange(600) < 3}, max_per_class=200, min_positives=10, seed=0) == []
+
+
+def test_sparse_latent_table_equals_the_dense_computation() -> None:
+    from evals.latents import columns, item_vector, latent_table, ranking
+
+    g = torch.Generator().manual_seed(4)
+    sae = saes.create_sae("topk", 8, 32, k=5, generator=g)
+    x = torch.randn(50, 8, generator=g)
+    item_R = torch.randint(0, 7, (50,), generator=g)
+    dense_RF = sae.encode(x).detach()
+    pooled_IF = torch.zeros(7, 32).index_add_(0, item_R, dense_RF) / torch.bincount(item_R, minlength=7).clamp_min(1)[:, None]
+    table = latent_table(sae, x, item_R, 7, chunk_rows=16)  # chunks: row offsets must carry over
+    items = torch.tensor([5, 0, 3])
+    torch.testing.assert_close(columns(table, [7, 2, 30], items), pooled_IF[items][:, [7, 2, 30]])
+    torch.testing.assert_close(item_vector(table, 3), pooled_IF[3])
+    pos, neg = torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5, 6])
+    diff = pooled_IF[pos].mean(0) - pooled_IF[neg].mean(0)
+    assert ranking(table, pos, neg)[:5].tolist() == torch.argsort(-diff.double(), stable=True)[:5].tolist()
+    rows = latent_table(sae, x)  # one item per row
+    torch.testing.assert_close(columns(rows, list(range(32)), torch.arange(50)), dense_RF)

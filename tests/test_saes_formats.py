@@ -351,6 +351,10 @@ def test_registry_id_loads_through_sae_lens_from_the_hf_cache_offline(tmp_path: 
     assert loaded.provenance["model_from_pretrained_kwargs"] == {"center_writing_weights": True}
     with pytest.raises(SAEFormatError, match="records hook point blocks.0.hook_resid_pre"):
         resolve_sae(spec, hook="blocks.1.hook_resid_pre")
+    from saes.interop import load_pretrained  # the Python API's registry loader takes the same path
+
+    torch.testing.assert_close(load_pretrained("gpt2-small-res-jb", "blocks.0.hook_resid_pre").encode(X),
+                               loaded.sae.encode(X))
 
 
 def test_registry_errors_name_the_cache_and_the_fix(tmp_path: Path, hub_cache: Path) -> None:
