@@ -1,6 +1,6 @@
 """evals: evaluate any SAE (trained here or loaded from another library) on held-out data.
 
-- `heldout`: activations of a model at several hook points over token contexts, or the rows a
+- `activations`: held-out activations of a model at several hook points over token contexts, or the rows a
   training run held out of its activation cache;
 - `reconstruction`: EV, MSE, L0, dead/dense (training.evaluate's functions), cosine similarity,
   relative norm (shrinkage), CE loss recovered and KL with the SAE spliced in;

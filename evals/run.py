@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from evals.config import EvalConfig
-from evals.heldout import HeldOut
+from evals.activations import HeldOutActivations
 from evals.probing import ProbingData, Task, sparse_probing
 from evals.reconstruction import activation_metrics, model_metrics
 
@@ -31,7 +31,7 @@ class ProbingInputs(NamedTuple):
 
 class EvalInputs(NamedTuple):
     model: Any
-    heldout: HeldOut
+    heldout: HeldOutActivations
     ce_tokens: Tensor | None  # [N, L] contexts for CE/KL (None or empty: skip)
     keep_ids: tuple[int, ...]  # tokens whose positions keep their clean activation when spliced
     tokenizer: Any = None
@@ -89,13 +89,13 @@ def evaluate_saes(saes: Mapping[str, Any], inputs: EvalInputs, cfg: EvalConfig,
     return out
 
 
-def token_probing_data(heldout: HeldOut, hooks: list[str]) -> dict[str, ProbingData]:
+def token_probing_data(heldout: HeldOutActivations, hooks: list[str]) -> dict[str, ProbingData]:
     """Every held-out token is an item."""
     n = int(heldout.row_context.numel())
     return {h: ProbingData(heldout.acts[h], None, n) for h in hooks}
 
 
-def token_labels(heldout: HeldOut, masks_NL: Mapping[str, Tensor]) -> dict[str, Tensor]:
+def token_labels(heldout: HeldOutActivations, masks_NL: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Per-row labels [R] of the held-out rows from per-context masks [N, L]."""
     return {name: m.bool().cpu()[heldout.row_context, heldout.row_position] for name, m in masks_NL.items()}
 

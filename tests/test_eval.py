@@ -97,7 +97,7 @@ def sae_lens_trained(tmp_path_factory, toy_model) -> Path:
     from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
     from sae_lens.training.sae_trainer import SAETrainer
 
-    from evals.heldout import collect
+    from evals.activations import collect
     from training.sources import contexts_from_text
     from training.text import TextConfig
 
@@ -125,7 +125,7 @@ def test_eval_agrees_with_sae_lens_run_evals(sae_lens_trained: Path, toy_model) 
     from sae_lens.evals import get_recons_loss, run_evals
     from sae_lens.training.activation_scaler import ActivationScaler
 
-    from evals.heldout import collect
+    from evals.activations import collect
     from evals.reconstruction import activation_metrics, model_metrics
     from saes.formats import resolve_sae
     from training.sources import contexts_from_text

@@ -83,7 +83,7 @@ def _run(args) -> int:
     import torch
 
     from evals.config import EvalConfig
-    from evals.heldout import check_widths, collect
+    from evals.activations import check_widths, collect
     from saes.formats import resolve_sae
     from saesteer.commands._steering import CLIError, parse_sae_args
     from saesteer.configargs import dataclass_from_args
@@ -164,7 +164,7 @@ def _cache_rows(args, cfg, loaded: dict, say):
     on this cache (recorded in its saesteer.json), else the start of the cache's seeded stream."""
     from pathlib import Path
 
-    from evals.heldout import cache_holdout
+    from evals.activations import cache_holdout
     from saesteer.commands.train import _eval_text
     from training.manifest import read_manifest
 
@@ -183,7 +183,7 @@ def _cache_rows(args, cfg, loaded: dict, say):
             buffer_rows = int(data.get("reader_buffer_rows") or (1 << 20))
             rows[name] = cache_holdout(cache, hook, n, seed, buffer_rows)
             source[name] = f"the {n:,} rows its training held out of {cache} (seed {seed}, reader buffer {buffer_rows:,})"
-            ce_from_cache = ce_from_cache or str(data.get("ce_eval_contexts", "")).startswith("cache")
+            ce_from_cache = ce_from_cache or _ce_trained_on_cache(data)
         else:
             n = cfg.contexts * int(man.settings["context_length"])
             rows[name] = cache_holdout(cache, hook, n, cfg.seed, 1 << 20)
@@ -191,6 +191,12 @@ def _cache_rows(args, cfg, loaded: dict, say):
         say(f"{name}: {source[name]}")
     keep = tuple(int(i) for i in man.settings.get("excluded_token_ids") or ())
     return rows, source, keep, text, ce_from_cache, {"cache": str(cache)}
+
+
+def _ce_trained_on_cache(data: dict) -> bool:
+    """Whether training took its CE contexts from the cache (no held-out split): as recorded before
+    (`ce_eval_contexts: "cache (last shard)"`) or as a `ce_eval_data` record (`trained_on: true`)."""
+    return bool((data.get("ce_eval_data") or {}).get("trained_on")) or str(data.get("ce_eval_contexts", "")).startswith("cache")
 
 
 def _probing_inputs(args, cfg, model, spec: str, heldout, hooks, text, say):

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 
-class HeldOut(NamedTuple):
+class HeldOutActivations(NamedTuple):
     """Activations of several hook points at the same token positions of `tokens`."""
 
     tokens: Tensor  # [N, L] model inputs
@@ -44,7 +44,7 @@ def check_widths(model, sae_hooks: dict[str, tuple[str, int]]) -> None:
 
 @torch.no_grad()
 def collect(model, hooks: Sequence[str], tokens_NL: Tensor, excluded_ids: Iterable[int] = (),
-            batch_size: int = 16) -> HeldOut:
+            batch_size: int = 16) -> HeldOutActivations:
     """Run `model` over `tokens_NL` (TransformerLens's forward, so values equal SAELens's) and keep
     every hook's activation at positions whose token is not in `excluded_ids`."""
     from training.cache import ActivationRunner
@@ -60,7 +60,7 @@ def collect(model, hooks: Sequence[str], tokens_NL: Tensor, excluded_ids: Iterab
             parts[h].append(got[h].detach().to("cpu", torch.float32)[keep])
     keep_NL = ~torch.isin(tokens_NL, excl) if excl.numel() else torch.ones_like(tokens_NL, dtype=torch.bool)
     ctx, pos = keep_NL.nonzero(as_tuple=True)
-    return HeldOut(tokens_NL, {h: torch.cat(parts[h]) for h in hooks}, ctx, pos, tuple(int(i) for i in excl.tolist()))
+    return HeldOutActivations(tokens_NL, {h: torch.cat(parts[h]) for h in hooks}, ctx, pos, tuple(int(i) for i in excl.tolist()))
 
 
 def cache_holdout(cache: str | Path, hook: str, rows: int, seed: int, buffer_rows: int) -> Tensor:
