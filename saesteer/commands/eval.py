@@ -44,6 +44,8 @@ def add_arguments(parser) -> None:
     g.add_argument("--model", default=None,
                    help="'toy', a HuggingFace model name, or a local model directory (default: the model the "
                         "SAEs' saesteer.json records)")
+    g.add_argument("--allow-model-mismatch", action="store_true",
+                   help="evaluate with --model even if the SAEs record another model")
     g.add_argument("--hook", default=None, help="hook point of SAEs whose files do not record one")
     g.add_argument("--device", default=None, help="device for the model and SAEs (default: cuda if available, else cpu)")
     g.add_argument("--out", default=None, metavar="DIR", help="write eval.json and eval.html there")
@@ -68,17 +70,6 @@ def _say(args):
     return (lambda _: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
 
 
-def _recorded_model(loaded: dict) -> str | None:
-    """A model spec from an SAE's saesteer.json ('toy:...' -> 'toy', 'hub:NAME@REV' -> 'NAME@REV')."""
-    for item in loaded.values():
-        ident = str((item.provenance or {}).get("model") or "")
-        if ident.startswith("toy:"):
-            return "toy"
-        if ident.startswith("hub:"):
-            return ident[4:]
-    return None
-
-
 def _run(args) -> int:
     import torch
 
@@ -87,7 +78,7 @@ def _run(args) -> int:
     from saes.formats import resolve_sae
     from saesteer.commands._steering import CLIError, parse_sae_args
     from saesteer.configargs import dataclass_from_args
-    from saesteer.models import load_model, model_id
+    from saesteer.models import model_id
     from training.text import TextConfig
 
     say = _say(args)
@@ -107,11 +98,17 @@ def _run(args) -> int:
         if not loaded[name].sae.cfg.metadata.get("hook_name"):
             raise ValueError(f"SAE {name!r} ({spec}) does not record its hook point; pass --hook "
                              f"(e.g. --hook blocks.6.hook_resid_post)")
-    spec = args.model or _recorded_model(loaded)
-    if spec is None:
-        raise ValueError("no --model given and the SAEs record no model saesteer can load; pass --model")
-    say(f"loading model {spec}")
-    model = load_model(spec, device=device)
+    from saes.identity import identity_of_model
+    from saesteer.commands._steering import load_model as load_checked_model
+
+    say(f"loading model {args.model or '(the one the SAEs record)'}")
+    args.device = device
+    try:  # --model checked against the SAEs' recorded model, or that model (saes.identity)
+        model = load_checked_model(args, {n: x.sae for n, x in loaded.items()})
+    except CLIError as e:
+        raise ValueError(str(e)) from None
+    ident = identity_of_model(model)
+    spec = "toy" if ident is not None and ident.source == "toy" else (args.model or "")
     sae_hooks = {n: (x.sae.cfg.metadata["hook_name"], x.sae.d_in) for n, x in loaded.items()}
     check_widths(model, sae_hooks)  # before any real work: a width that does not fit the hook is refused
     hooks = sorted({h for h, _ in sae_hooks.values()})
@@ -165,12 +162,18 @@ def _cache_rows(args, cfg, loaded: dict, say):
     from pathlib import Path
 
     from evals.activations import cache_holdout
-    from saesteer.commands.train import _eval_text
+    from training.heldout import eval_text_config
     from training.manifest import read_manifest
+    from training.sources import text_config_from_manifest
 
     cache = Path(args.cache).resolve()
     man = read_manifest(cache)
-    text = _eval_text(man, args.split)
+    train_text = text_config_from_manifest(man)
+    # the CE text the SAEs' training read (ce_eval_data), else --split of the cache's dataset
+    ce = next(((x.provenance or {}).get("data", {}).get("ce_eval_data") or {} for x in loaded.values()
+               if (x.provenance or {}).get("data", {}).get("ce_eval_data")), {})
+    eval_dataset = ce.get("dataset") if ce.get("dataset") not in (None, train_text.dataset) else None
+    text = eval_text_config(train_text, eval_dataset, ce.get("split") or args.split)
     rows, source = {}, {}
     ce_from_cache = False
     for name, item in loaded.items():
