@@ -117,7 +117,7 @@ def _run(args, model=None) -> int:
         raise CLIError("--samples > 1 needs sampling (--do-sample true); greedy generations would all be the same")
     scorer, judge = _scorer(args, args.store)
 
-    saes = load_saes(args.sae, hook=args.hook)
+    saes = load_saes(args.sae, hook=args.hook, model=args.model)
     name = args.sae_name or (next(iter(saes)) if len(saes) == 1 else None)
     if name is None or name not in saes:
         raise CLIError(f"say which SAE the features belong to with --sae-name (one of {', '.join(saes)})")

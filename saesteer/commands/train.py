@@ -248,6 +248,7 @@ def _prepare_data(run_cfg, data_cfg, text_cfg, coll=None, allow_model_mismatch: 
                                  buffer_rows=data_cfg.reader_buffer_rows, rank=rank, world_size=world)
         man = reader.manifest
         prov = cache_provenance(man, data_cfg.cache, reader.hook)
+        prov["reader_buffer_rows"] = data_cfg.reader_buffer_rows  # with train.seed: which rows were held out
         if world > 1:
             prov.update(world_size=world, dp_partition=data_cfg.dp_partition)
         if t.total_tokens + t.holdout_tokens > man.total_rows:
