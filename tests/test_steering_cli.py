@@ -146,6 +146,29 @@ def test_sweep_save_strength_stores_a_strength_or_an_explicit_none_never_zero(st
     assert data["recommended"] is None and stored is None and data["verdict"].startswith("no strength works")
 
 
+def test_sweep_errors_name_flags_that_exist(model, sae_dir, stored, capsys):
+    from saesteer.commands import sweep
+
+    base = ["sweep", "--sae", str(sae_dir), "--feature", "3", "--no-progress"]
+    assert sweep.run(parse(*base, "--topic", "ocean")) == 2  # x strengths without a store
+    err = capsys.readouterr().err
+    assert "give --store FILE, or --unit raw" in err and "typical_max=" not in err
+    assert sweep.run(parse(*base, "--concept", "the sea", "--min-grammar", "0.8")) == 2
+    assert "--min-grammar needs" in capsys.readouterr().err
+    ws, sae = stored
+    from features import FeatureStore
+
+    with FeatureStore.open(ws.path) as st:
+        dead = [r.id for r in st.list_features(filter={"flags": ["dead"]}, limit=5)]
+    assert dead, "the web tests' store has latents that never fire"
+    from saesteer.commands._steering import CLIError
+
+    # a latent that never fired has no typical max in its store
+    args = parse("sweep", "--sae", str(sae), "--store", str(ws.path), "--feature", str(dead[0]), "--topic", "ocean")
+    with pytest.raises(CLIError, match="sweep them with --unit raw"):
+        sweep._run(args, model=ws.model)
+
+
 def test_sweep_needs_one_scorer(model, sae_dir, capsys):
     from saesteer.commands import sweep
 

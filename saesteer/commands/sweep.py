@@ -124,7 +124,12 @@ def _run(args, model=None) -> int:
     prompts = [p for p in prompts for _ in range(args.samples)]
     if args.samples > 1 and not gen_cfg.do_sample:
         raise CLIError("--samples > 1 needs sampling (--do-sample true); greedy generations would all be the same")
+    if sweep_cfg.min_grammar is not None and args.topic is None:
+        raise CLIError("--min-grammar needs the toy world's validator: score with --topic T, or drop --min-grammar")
     scorer, judge = _scorer(args, args.store)
+    if sweep_cfg.unit == "max_act" and args.store is None:
+        raise CLIError("strengths in multiples of the typical max activation (--unit max_act, the default) need the "
+                       "feature store: give --store FILE, or --unit raw")
 
     saes = load_saes(args.sae, hook=args.hook)
     name = args.sae_name or (next(iter(saes)) if len(saes) == 1 else None)
@@ -136,6 +141,11 @@ def _run(args, model=None) -> int:
             model = load_model(args.model, args.device)
         sae = saes[name].to(model_device(model))
         typical = typical_max_provider(link, {name: sae})
+        if sweep_cfg.unit == "max_act":
+            silent = [f for f in args.feature if 0 <= f < sae.d_sae and typical(f) is None]
+            if silent:
+                raise CLIError(f"feature(s) {', '.join(map(str, silent))} have no typical max activation in "
+                               f"{args.store} (they never fired when it was built); sweep them with --unit raw")
         from steering.sweeps import store_recommendation, sweep, write_sweep_html, write_sweep_json
 
         out = Path(args.out)
