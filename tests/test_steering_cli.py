@@ -146,10 +146,10 @@ def test_sweep_save_strength_stores_a_strength_or_an_explicit_none_never_zero(st
     assert data["recommended"] is None and stored is None and data["verdict"].startswith("no strength works")
 
 
-def test_sweep_errors_name_flags_that_exist(model, sae_dir, stored, capsys):
+def test_sweep_errors_name_flags_that_exist(model, sae_dir, stored, tmp_path, capsys):
     from saesteer.commands import sweep
 
-    base = ["sweep", "--sae", str(sae_dir), "--feature", "3", "--no-progress"]
+    base = ["sweep", "--sae", str(sae_dir), "--feature", "3", "--no-progress", "--out", str(tmp_path)]
     assert sweep.run(parse(*base, "--topic", "ocean")) == 2  # x strengths without a store
     err = capsys.readouterr().err
     assert "give --store FILE, or --unit raw" in err and "typical_max=" not in err
@@ -164,7 +164,8 @@ def test_sweep_errors_name_flags_that_exist(model, sae_dir, stored, capsys):
     from saesteer.commands._steering import CLIError
 
     # a latent that never fired has no typical max in its store
-    args = parse("sweep", "--sae", str(sae), "--store", str(ws.path), "--feature", str(dead[0]), "--topic", "ocean")
+    args = parse("sweep", "--sae", str(sae), "--store", str(ws.path), "--feature", str(dead[0]), "--topic", "ocean",
+                 "--out", str(tmp_path))
     with pytest.raises(CLIError, match="sweep them with --unit raw"):
         sweep._run(args, model=ws.model)
 
