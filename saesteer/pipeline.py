@@ -875,7 +875,8 @@ def serve_demo(result: DemoResult, *, host: str = "127.0.0.1", port: int = 8000,
     s = result.steering
     sid = entries[0].id
     con.print(f"[bold green]saesteer serving on {url}[/]  (Ctrl-C stops it)")
-    con.print(f"  features: {base}/s/{sid}   search: {base}/s/{sid}/search?q={result.config.steer_topic}"
+    query = s.topic if s is not None else ("ocean" if result.config.steer_topic == AUTO else result.config.steer_topic)
+    con.print(f"  features: {base}/s/{sid}   search: {base}/s/{sid}/search?q={query}"
               + (f"   steering playground: {base}/s/{sid}/steer?f={s.feature}" if s else ""))
     uvicorn.run(app, host=host, port=config.port, log_level="warning", proxy_headers=False,
                 server_header=False, date_header=False)

@@ -250,7 +250,7 @@ def test_demo_cli_serves_the_web_app(demo, monkeypatch, capsys, recwarn) -> None
     assert main(["demo", "--no-progress", "--out", str(demo.paths.out), "--port", str(port), *small_flags()]) == 0
     out = capsys.readouterr().out
     assert f"saesteer serving on http://127.0.0.1:{port}/" in out, out
-    assert f"/steer?f={demo.steering.feature}" in out
+    assert f"/steer?f={demo.steering.feature}" in out and f"search?q={demo.steering.topic} " in out
     (app, kw), = calls
     assert kw["host"] == "127.0.0.1" and kw["port"] == port
     body = client(app, base_url=f"http://127.0.0.1:{port}").get("/api/stores").json()
