@@ -805,9 +805,9 @@ def _print_steering(con: Any, s: SteeringExample, cfg: DemoConfig) -> None:
     if t["share_steered"] < 0.5 or t["grammar_steered"] < 0.8 or t["fluency_steered"] < 0.8:
         con.print("  on the held-out samples the steering missed a target (share >= 50%, fluency >= 0.8, "
                   "grammatical >= 80%)")
-    shown = (f"{len(s.examples)} of the {s.visible} held-out samples where the steered text is on topic and the "
-             f"unsteered one is not" if s.visible else f"the first {len(s.examples)} held-out samples (none where "
-             f"only the steered text is on topic)")
+    shown = (f"held-out samples: {s.visible} of {t['samples']} are on topic (share >= 50%) only when steered; the "
+             f"first {len(s.examples)} of them" if s.visible else
+             f"the first {len(s.examples)} held-out samples (none is on topic only when steered)")
     tab = Table(show_lines=True, title=f"{shown}; same seed, {cfg.steer_new_tokens} new tokens", title_justify="left")
     tab.add_column("sample", style="bold", ratio=1, overflow="fold")
     tab.add_column("default", ratio=4, overflow="fold")
