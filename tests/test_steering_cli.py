@@ -155,6 +155,12 @@ def test_sweep_errors_name_flags_that_exist(model, sae_dir, stored, tmp_path, ca
     assert "give --store FILE, or --unit raw" in err and "typical_max=" not in err
     assert sweep.run(parse(*base, "--concept", "the sea", "--min-grammar", "0.8")) == 2
     assert "--min-grammar needs" in capsys.readouterr().err
+    # steering's own errors name config fields; the command says them as its flags
+    assert sweep.run(parse(*base, "--topic", "ocean", "--rule", "margin")) == 2
+    err = capsys.readouterr().err
+    assert "set --target-concept" in err and "target_concept" not in err
+    assert sweep.run(parse(*base, "--topic", "ocean", "--unit", "raw", "--strengths", "0,2", "--min-fluency", "2")) == 2
+    assert "--min-fluency must be in [0, 1]" in capsys.readouterr().err
     ws, sae = stored
     from features import FeatureStore
 
@@ -168,6 +174,9 @@ def test_sweep_errors_name_flags_that_exist(model, sae_dir, stored, tmp_path, ca
                  "--out", str(tmp_path))
     with pytest.raises(CLIError, match="sweep them with --unit raw"):
         sweep._run(args, model=ws.model)
+    from saesteer.commands.sweep import _as_flags
+
+    assert _as_flags("use a smaller value or raise SteerLimits.max_multiple") == "use a smaller value or raise --max-multiple"
 
 
 def test_sweep_needs_one_scorer(model, sae_dir, capsys):
