@@ -102,6 +102,28 @@ def test_thin_chain_caches_the_model_activations(thin):
     assert errors[hook] < 2e-3, errors
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "found by realarch, not yet routed: a .txt file is read one line per document (HF's text builder), so the "
+    "cache puts EOS where every newline was and drops blank lines; training/text.py (branch data)"))
+def test_a_txt_folder_is_cached_as_whole_files(thin, real_corpus):
+    """Each .txt file of the folder is one document: the cached text keeps its newlines and an EOS
+    comes only after a whole file."""
+    from transformers import AutoTokenizer
+
+    from training.shards import load_tensors
+
+    family, path, work = thin
+    tok = AutoTokenizer.from_pretrained(str(path))
+    man = json.loads((work / "cache" / "manifest.json").read_text())
+    contexts = load_tensors(work / "cache" / man["shards"][0]["file"], ["context_tokens"])["context_tokens"]
+    body = contexts[:, 1:].flatten().tolist()  # BOS left out (the model's BOS may be its EOS token)
+    first = real_corpus.train_docs[0]  # doc0000.txt, argparse.py: longer than the whole cache
+    assert len(tok(first, add_special_tokens=False)["input_ids"]) > len(body)
+    assert body.count(tok.eos_token_id) == 0, f"{body.count(tok.eos_token_id)} EOS tokens in {len(body)} tokens"
+    text = tok.decode(contexts[0, 1:].tolist())
+    assert "\n" in text and text in first
+
+
 def test_thin_chain_store_text_is_the_tokenizer_decoding(thin):
     from transformers import AutoTokenizer
 
@@ -213,3 +235,34 @@ def test_sweep_defaults_to_the_bos_the_sae_was_trained_with(thin):
     with steer(model, sae, FeatureEdit(f, "add", 40.0)) as s:
         want = s.generate(["def main("], GenerationConfig(max_new_tokens=5, do_sample=False, prepend_bos=True)).texts
     assert res.points[0].examples == want
+
+
+# SAELens loads models with weight processing unless told otherwise (HookedTransformer.from_pretrained
+# folds LayerNorm, centres writing weights and the unembedding); SAEs are trained on the raw
+# residual stream, so the SAE folder must say how to load the model (SAELens's metadata field
+# model_from_pretrained_kwargs), and loading it that way must give our outputs
+SAELENS_DEFAULT_PROCESSING = {"fold_ln": True, "center_writing_weights": True, "center_unembed": True,
+                              "fold_value_biases": True}
+
+
+def test_saelens_loading_the_model_as_the_sae_folder_says_gives_our_outputs(thin, request):
+    import saes
+    from helpers.real_interop import assert_same_outputs, saelens_side_by_side
+    from saesteer.models import load_model
+
+    family, path, work = thin
+    sae_dir = work / "run/saes/sae"
+    recorded = json.loads((sae_dir / "cfg.json").read_text())["metadata"].get("model_from_pretrained_kwargs") or {}
+    processing = {k: recorded.get(k, v) for k, v in SAELENS_DEFAULT_PROCESSING.items()}
+    if family in ("gpt2", "neox"):  # LayerNorm models: centring the writing weights moves the residual stream
+        request.node.add_marker(pytest.mark.xfail(strict=True, reason=(
+            "issue 16 item 7: cfg.json does not record model_from_pretrained_kwargs, so SAELens processes the "
+            "weights; fixed on branch metrics")))
+    sae = saes.load_sae(sae_dir)
+    hook = sae.cfg.metadata["hook_name"]
+    model = load_model(str(path), device="cpu")
+    with torch.no_grad():
+        _, cache = model.run_with_cache(model.to_tokens(TEXT, prepend_bos=True), names_filter=[hook])
+    latent = int(sae.encode(cache[hook][0]).amax(0).argmax())
+    ours, theirs = saelens_side_by_side(path, sae_dir, TEXT, feature=latent, value=8.0, processing=processing)
+    assert_same_outputs(ours, theirs)

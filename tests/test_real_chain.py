@@ -503,6 +503,13 @@ def server(chain):
             m = re.search(r"serving on (http://127\.0\.0\.1:\d+)/", line)
             url = m.group(1) if m else None
         assert url, "serve did not start:\n" + "".join(lines)
+        while True:  # the line comes just before uvicorn binds the port
+            try:
+                http(f"{url}/api/status")
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "serve exited:\n" + "".join(lines)
+                time.sleep(0.2)
         yield url
     finally:
         proc.terminate()

@@ -69,10 +69,13 @@ def saelens_side_by_side(model_dir, sae_dir, text: str, *, feature: int, value: 
 def assert_same_outputs(ours: Side, theirs: Side, tol: float = 1e-4) -> None:
     """Equal latents and steered log-probs, and the edit changes the output (else equality is empty)."""
     assert (ours.latents > 0).any(), "no latent fires on the text"
-    assert (ours.latents - theirs.latents).abs().max().item() <= tol * max(1.0, ours.latents.abs().max().item())
-    assert (ours.clean - theirs.clean).abs().max().item() <= tol * 10
+    diff = (ours.latents - theirs.latents).abs().max().item()
+    assert diff <= tol * max(1.0, ours.latents.abs().max().item()), f"latents differ by {diff:.3g}"
+    diff = (ours.clean - theirs.clean).abs().max().item()
+    assert diff <= tol * 10, f"the models' log-probs differ by {diff:.3g}"
     assert (ours.logits - ours.clean).abs().max().item() > 1e-2, "the clamp changes nothing: pick another feature/value"
-    assert (ours.logits - theirs.logits).abs().max().item() <= tol * 10
+    diff = (ours.logits - theirs.logits).abs().max().item()
+    assert diff <= tol * 10, f"steered log-probs differ by {diff:.3g}"
 
 
 def cache_vs_model(cache_dir, model, hooks, n_contexts: int = 8) -> dict[str, float]:
