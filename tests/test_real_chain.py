@@ -46,12 +46,10 @@ RICH_LABEL = "[/x] [bold]{}[/bold]"  # what the judge answers: rich markup that 
 CODE = "def parse_args(self, args=None):\n\treturn self._parse(args)  # licence: PSF"
 
 ITEM = {  # xfail reasons: issue 16 item, and the branch building the fix
-    1: "issue 16 item 1: the recorded model is the default and a wrong --model is refused; fixed on branch identity",
     2: "issue 16 item 2: local splits are files (validation.jsonl is not read as train); fixed on branch data",
     3: "issue 16 item 3: token text comes from the tokenizer (no spaces between BPE pieces); fixed on branch data",
     4: "issue 16 item 4: labels and examples are escaped before rich prints them; fixed on branch data",
     5: "issue 16 item 5: one definition of dead for summary, metrics.json and the store; fixed on branch metrics",
-    6: "issue 16 item 6: local models are re-resolvable from their record (absolute path + hash); fixed on branch identity",
     8: "issue 16 item 8: a recommended strength is never 0 unless the sweep says no strength works; fixed on branch "
        "steerdemo",
     7: "issue 16 item 7: hook_z SAEs saved with SAELens's hook_z reshape and the weight processing recorded; "
@@ -222,7 +220,6 @@ def _same_output(with_model, without_model):
     assert without_model.out == with_model.out
 
 
-@xfail(1)
 def test_train_without_model_evaluates_with_the_recorded_model(chain, tmp_path):
     r = saesteer("train", "--cache", chain.cache, "--hook", HOOK, "--out", tmp_path / "run", "--d-sae", 64, "--k", 4,
                  "--total-tokens", 1024, "--batch-size", 512, "--holdout-tokens", 512, "--eval-every-tokens", 0,
@@ -232,7 +229,6 @@ def test_train_without_model_evaluates_with_the_recorded_model(chain, tmp_path):
     assert all(s["ce_loss_recovered"] is not None for s in sae.values())
 
 
-@xfail(1)
 def test_features_build_without_model_uses_the_recorded_model(chain, tmp_path):
     saesteer("features", "build", "--sae", chain.sae, "--cache", chain.cache, "--out", tmp_path / "f.db",
              "--device", "cpu", "--no-progress").ok()
@@ -243,7 +239,6 @@ def test_features_build_without_model_uses_the_recorded_model(chain, tmp_path):
         assert dict(db.execute("SELECT feature_id, token_id FROM logit_effects WHERE rank = 0")) == want
 
 
-@xfail(1)
 def test_top_on_text_without_model_uses_the_recorded_model(chain):
     # --sae rather than the store: no labels printed (their markup is item 4's business)
     with_model = saesteer("features", "top-on-text", "--sae", chain.sae, CODE, "--model", chain.model).ok()
@@ -259,7 +254,6 @@ def steer_args(chain, *extra):
     return ("steer", "--sae", chain.sae, "--store", chain.store, *[a.format(f=f) for a in STEER], *extra)
 
 
-@xfail(1)
 def test_steer_without_model_uses_the_recorded_model(chain):
     with_model = saesteer(*steer_args(chain, "--model", chain.model)).ok()
     _same_output(with_model, saesteer(*steer_args(chain)))
@@ -271,7 +265,6 @@ def sweep_args(chain, out, *extra):
             "--judge-model", "loopback", "--judge-base-url", chain.judge_url, "--judge-use-cache", "false", *extra)
 
 
-@xfail(1)
 def test_sweep_without_model_uses_the_recorded_model(chain, tmp_path):
     saesteer(*sweep_args(chain, tmp_path / "a", "--model", chain.model)).ok()
     saesteer(*sweep_args(chain, tmp_path / "b")).ok()
@@ -279,7 +272,6 @@ def test_sweep_without_model_uses_the_recorded_model(chain, tmp_path):
     assert a == b
 
 
-@xfail(6)
 def test_serve_without_model_steers_with_the_recorded_model(chain, monkeypatch):
     r, client = captured_serve(monkeypatch, "--store", chain.store, "--device", "cpu")
     assert r.rc == 0 and client is not None, r.text
@@ -302,11 +294,7 @@ WRONG = {
     "sweep": lambda c, w, tmp: sweep_args(c, tmp / "sw", "--model", w),
     "serve": lambda c, w, tmp: ("serve", "--store", c.store, "--model", w, "--port", 0),
 }
-WRONG_XFAIL = {"train": 1, "features top-on-text": 1, "steer": 1, "sweep": 1, "serve": 1}
-
-
-@pytest.mark.parametrize("command", [pytest.param(k, marks=xfail(WRONG_XFAIL[k]) if k in WRONG_XFAIL else ())
-                                     for k in WRONG])
+@pytest.mark.parametrize("command", list(WRONG))
 def test_a_wrong_model_is_refused(chain, command, tmp_path, monkeypatch):
     import uvicorn
 
