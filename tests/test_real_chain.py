@@ -382,8 +382,10 @@ def test_dead_fractions_agree_across_summary_metrics_and_store(chain):
     with sqlite3.connect(chain.store) as db:
         never = db.execute("SELECT count(*) FROM features WHERE n_fires = 0").fetchone()[0] / D_SAE
     # one definition (never fired over the last N tokens, N scaled to the run): the trainer's last
-    # pass over the cache and the store's pass with the final SAE see the same rows
-    assert abs(m["dead_fraction"] - never) <= 0.03, (m["dead_fraction"], never)
+    # passes over the cache and the store's pass with the final SAE see the same rows; what is left
+    # is the training form (batch top-k) against the saved form (per-latent thresholds) and the SAE
+    # still moving in the window, so within 5 points (the issue saw 0% against 19%)
+    assert abs(m["dead_fraction"] - never) <= 0.05, (m["dead_fraction"], never)
     assert abs(m["eval_dead_fraction"] - never) <= 0.1, (m["eval_dead_fraction"], never)
     assert never > 0.02  # the check has something to compare (a wide SAE on a short cache)
 
