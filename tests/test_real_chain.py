@@ -46,9 +46,6 @@ RICH_LABEL = "[/x] [bold]{}[/bold]"  # what the judge answers: rich markup that 
 CODE = "def parse_args(self, args=None):\n\treturn self._parse(args)  # licence: PSF"
 
 ITEM = {  # xfail reasons: issue 16 item, and the branch building the fix
-    2: "issue 16 item 2: local splits are files (validation.jsonl is not read as train); fixed on branch data",
-    3: "issue 16 item 3: token text comes from the tokenizer (no spaces between BPE pieces); fixed on branch data",
-    4: "issue 16 item 4: labels and examples are escaped before rich prints them; fixed on branch data",
     5: "issue 16 item 5: one definition of dead for summary, metrics.json and the store; fixed on branch metrics",
     8: "issue 16 item 8: a recommended strength is never 0 unless the sweep says no strength works; fixed on branch "
        "steerdemo",
@@ -319,11 +316,12 @@ def prompt_windows(records) -> list[str]:
     out = []
     for rec in records:
         user = rec.messages[1]["content"]
-        out += [m.replace("<<", "").replace(">>", "") for m in _LINE.findall(user)]
+        # marks removed; then stripped, as the prompt strips the line (a marked whitespace token at
+        # an end keeps its spaces inside the marks)
+        out += [m.replace("<<", "").replace(">>", "").strip() for m in _LINE.findall(user)]
     return out
 
 
-@xfail(3)
 def test_judge_prompt_windows_are_the_tokenizer_decoding(chain):
     from autointerp.prompts import escape_data
     from features import FeatureStore
@@ -349,11 +347,10 @@ def test_store_example_text_is_the_tokenizer_decoding(chain):
 
 
 @pytest.mark.parametrize("argv", [
-    pytest.param(("features", "show", "{store}", "{f}"), marks=xfail(4), id="show"),
-    pytest.param(("features", "list", "{store}", "--labelled", "--limit", "50"), marks=xfail(4), id="list"),
-    pytest.param(("features", "search", "{store}", "bold"), marks=xfail(4), id="search"),
-    pytest.param(("features", "top-on-text", "{store}", CODE, "--model", "{model}", "--top", "8"), marks=xfail(4),
-                 id="top-on-text"),
+    pytest.param(("features", "show", "{store}", "{f}"), id="show"),
+    pytest.param(("features", "list", "{store}", "--labelled", "--limit", "50"), id="list"),
+    pytest.param(("features", "search", "{store}", "bold"), id="search"),
+    pytest.param(("features", "top-on-text", "{store}", CODE, "--model", "{model}", "--top", "8"), id="top-on-text"),
 ])
 def test_a_label_with_markup_prints_literally(chain, argv):
     from features import FeatureStore
@@ -394,7 +391,6 @@ def token_ngrams(tok, docs) -> set:
     return set().union(*(ngrams(tok(d, add_special_tokens=False)["input_ids"]) for d in docs))
 
 
-@xfail(2, "a folder's test.jsonl and validation.jsonl are read as training text")
 def test_cached_rows_never_come_from_held_out_files(chain):
     """The corpus folder holds test.jsonl, train.jsonl and validation.jsonl; `--split train` reads
     train.jsonl only (12-token sequences found only in the held-out files must not be cached)."""
@@ -411,7 +407,6 @@ def test_cached_rows_never_come_from_held_out_files(chain):
     assert leaked == 0, f"{leaked} of {man['totals']['contexts']} cached contexts hold held-out text"
 
 
-@xfail(2, "--eval-split validation reads train.jsonl too, from its start")
 def test_ce_evaluation_runs_on_validation_rows_only(chain):
     tok = tokenizer_of(chain.model)
     train_ng, val_ng = token_ngrams(tok, chain.corpus.train_docs), token_ngrams(tok, chain.corpus.validation_docs)
@@ -538,7 +533,6 @@ def test_serve_api_over_http(chain, server):
     assert [p["value"] for p in swept["points"]] == [0, 2]
 
 
-@xfail(3, "a character split over several byte-level tokens shows as U+FFFD")
 def test_serve_fire_tokens_join_to_non_ascii_text(chain, server):
     text = "naïve café … 中文 – “quoted”"
     sid = http(f"{server}/api/stores")[0]["id"]

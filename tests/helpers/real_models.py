@@ -6,7 +6,7 @@ real text, built locally and seeded, as a user's own model and data would be:
     path = save_real_model(tmp / "llama", "llama", corpus)   # config.json + model.safetensors + tokenizer
 
 The corpus is Python source (stdlib modules, read from this interpreter's own library) and prose
-(the Python reference's topic texts from `pydoc_data`, the Python licence, docstrings, a Unicode
+(the Python reference's topic texts from `pydoc_data`, the Python licence, a Unicode
 table with accented, Greek and CJK letters), plus a tab-separated table and a minified-JSON line
 (tabs and very long lines), split by document into train, validation and test. Each model gets a
 byte-level BPE tokenizer trained on the train split in the style of its family (special tokens,
@@ -16,7 +16,6 @@ so that its features are not pure noise. Nothing is downloaded.
 
 from __future__ import annotations
 
-import ast
 import json
 import sysconfig
 from dataclasses import dataclass
@@ -60,13 +59,6 @@ def corpus_documents() -> list[str]:
     licence = lib / "LICENSE.txt"
     if licence.is_file():
         docs += [p.strip() for p in licence.read_text(encoding="utf-8").split("\n\n\n") if len(p.strip()) > 200]
-    # docstrings of the code modules: prose written by programmers
-    for name in CODE_MODULES[:12]:
-        path = lib / f"{name}.py"
-        if path.is_file():
-            doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8")))
-            if doc and len(doc) > 200:
-                docs.append(doc)
     # non-ASCII prose: characters from the Unicode database (multi-byte pieces for byte-level BPE)
     import unicodedata
 
