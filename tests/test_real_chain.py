@@ -2,8 +2,8 @@
 
 A tiny Llama with grouped-query attention (4 query heads, 2 key/value heads) whose tokenizer is a
 byte-level BPE in Llama 3's style (the tokenizer itself prepends <|begin_of_text|>), trained
-briefly, saved with `save_pretrained`; the text is Python source and prose (train.jsonl and
-validation.jsonl in one folder). Every stage runs through the `saesteer` CLI:
+briefly, saved with `save_pretrained`; the text is Python source and prose (test.jsonl,
+train.jsonl and validation.jsonl in one folder). Every stage runs through the `saesteer` CLI:
 
     cache -> train (resid + hook_z) -> features build -> label (offline, loopback judge)
           -> steer -> sweep -> serve (HTTP API)
@@ -355,16 +355,16 @@ def test_store_example_text_is_the_tokenizer_decoding(chain):
 def test_a_label_with_markup_prints_literally(chain, argv):
     from features import FeatureStore
 
-    f = chain.judged[0]
     store = FeatureStore.open(chain.store)
-    label = store.label(f).text
+    labels = [store.label(f).text for f in chain.judged]
     store.close()
-    assert label.startswith("[/x] [bold]")
-    r = saesteer(*(a.format(store=chain.store, f=f, model=chain.model) for a in argv))
+    assert all(label.startswith("[/x] [bold]") for label in labels)
+    r = saesteer(*(a.format(store=chain.store, f=chain.judged[0], model=chain.model) for a in argv))
     assert r.rc == 0 and "Traceback" not in r.text, r.text[-1500:]
-    if argv[1] == "top-on-text" and label not in r.out:
-        pytest.skip("the latent does not fire on the text")  # pragma: no cover - the text is chosen so it does
-    assert label in r.out, r.out[-2000:]
+    # show / list / search: the most frequent latent's label; top-on-text: the label of any judged
+    # latent that fires on the text (the most frequent latents fire on about a tenth of all tokens)
+    shown = [label for label in labels if label in r.out]
+    assert (labels[0] in shown) if argv[1] != "top-on-text" else shown, r.out[-2000:]
 
 
 # ----------------------------------------------------------------------------------------------
