@@ -266,3 +266,16 @@ def test_saelens_loading_the_model_as_the_sae_folder_says_gives_our_outputs(thin
     latent = int(sae.encode(cache[hook][0]).amax(0).argmax())
     ours, theirs = saelens_side_by_side(path, sae_dir, TEXT, feature=latent, value=8.0, processing=processing)
     assert_same_outputs(ours, theirs)
+
+
+def test_latent_statistics_over_prompts_use_the_bos_the_sae_was_trained_with(thin):
+    """`steer --contrast` and the web sweep's firing score read latents over prompts."""
+    import saes
+    from saesteer.models import load_model
+    from steering.activations import mean_latent_activation
+
+    family, path, work = thin
+    model, sae = load_model(str(path), device="cpu"), saes.load_sae(work / "run/saes/sae")
+    default = mean_latent_activation(model, sae, [TEXT, "def main():"])
+    with_bos = mean_latent_activation(model, sae, [TEXT, "def main():"], prepend_bos=True)
+    assert torch.equal(default[0], with_bos[0]) and default[2] == with_bos[2]
