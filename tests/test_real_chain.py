@@ -47,8 +47,6 @@ CODE = "def parse_args(self, args=None):\n\treturn self._parse(args)  # licence:
 
 ITEM = {  # xfail reasons: issue 16 item, and the branch building the fix
     5: "issue 16 item 5: one definition of dead for summary, metrics.json and the store; fixed on branch metrics",
-    8: "issue 16 item 8: a recommended strength is never 0 unless the sweep says no strength works; fixed on branch "
-       "steerdemo",
     7: "issue 16 item 7: hook_z SAEs saved with SAELens's hook_z reshape and the weight processing recorded; "
        "fixed on branch metrics",
 }
@@ -458,7 +456,6 @@ def test_steer_changes_the_text_and_batching_does_not(chain):
     assert json.loads(alone.out)["results"][0] == both[0]
 
 
-@xfail(8)
 def test_sweep_scores_and_saves_a_recommended_strength(chain, tmp_path):
     saesteer(*sweep_args(chain, tmp_path, "--model", chain.model, "--save-strength")).ok()
     res = json.loads(next(tmp_path.glob("*.json")).read_text())
