@@ -86,10 +86,14 @@ def mean_hook_activation(
 def mean_latent_activation(
     model: Any, sae: Any, prompts: Sequence[str], *, batch_size: int = 16, prepend_bos: bool | None = None
 ) -> tuple[Tensor, Tensor, int]:
-    """Mean activation [F] and firing rate [F] of every latent over the real tokens of `prompts`."""
+    """Mean activation [F] and firing rate [F] of every latent over the real tokens of `prompts`
+    (with the BOS the SAE was trained with unless `prepend_bos` says otherwise)."""
+    from steering.generation import sae_prepend_bos
     from steering.session import sae_hook_name
 
     hook = sae_hook_name(sae)
+    if prepend_bos is None:
+        prepend_bos = sae_prepend_bos(sae)
     total = torch.zeros(sae.d_sae, dtype=torch.float64, device=sae.device)
     fires = torch.zeros(sae.d_sae, dtype=torch.float64, device=sae.device)
     n = 0

@@ -25,7 +25,10 @@ class GenerationConfig:
     seed: int | None = field(default=0, metadata={"help": "random seed for sampling (none: do not reseed)"})
     use_past_kv_cache: bool = field(default=True, metadata={"help": "reuse keys/values of earlier tokens"})
     stop_at_eos: bool = field(default=True, metadata={"help": "stop a row when it emits the end-of-text token"})
-    prepend_bos: bool | None = field(default=None, metadata={"help": "prepend BOS to prompts (none: model default)"})
+    prepend_bos: bool | None = field(
+        default=None,
+        metadata={"help": "prepend BOS to prompts (none: as the SAE was trained, from its cfg.json; else the model's "
+                          "default)"})
 
     def __post_init__(self) -> None:
         for name in ("max_new_tokens", "max_new_tokens_cap"):

@@ -124,6 +124,27 @@ class Comparison:
     edits: str
 
 
+def sae_prepend_bos(saes: Any) -> bool | None:
+    """Whether the SAEs were trained on contexts that start with BOS (`prepend_bos` in their
+    cfg.json metadata, as `saesteer cache` records it); None when none records it or they disagree.
+
+    Models such as GPT-NeoX and Qwen2 do not prepend BOS by default while the cache does: text fed
+    to an SAE without the BOS it was trained with gives other activations at every position."""
+    from steering.session import _as_sae_mapping
+
+    found = {bool(v) for sae in _as_sae_mapping(saes).values()
+             if (v := (getattr(sae.cfg, "metadata", None) or {}).get("prepend_bos")) is not None}
+    return found.pop() if len(found) == 1 else None
+
+
+def with_sae_bos(config: GenerationConfig, saes: Any) -> GenerationConfig:
+    """`config` with prepend_bos set from the SAEs when the caller left it to the default (None)."""
+    if config.prepend_bos is not None:
+        return config
+    recorded = sae_prepend_bos(saes)
+    return config if recorded is None else dataclasses.replace(config, prepend_bos=recorded)
+
+
 def compare(
     model: Any,
     saes: Any,
@@ -136,10 +157,11 @@ def compare(
     allow_model_mismatch: bool = False,
     **overrides: Any,
 ) -> Comparison:
-    """Generate with and without `edits` (same config and seed) for a side-by-side view."""
+    """Generate with and without `edits` (same config and seed) for a side-by-side view. Prompts get
+    the BOS the SAEs were trained with unless `config.prepend_bos` says otherwise."""
     from steering.session import steer
 
-    config = dataclasses.replace(config or GenerationConfig(), **overrides)
+    config = with_sae_bos(dataclasses.replace(config or GenerationConfig(), **overrides), saes)
     with steer(model, saes, edits, typical_max=typical_max, limits=limits,
                allow_model_mismatch=allow_model_mismatch) as s:
         steered = s.generate(prompts, config)

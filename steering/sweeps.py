@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 from steering.evaluate import MethodResult, Scorer, score_generation
 from steering.config import GenerationConfig, SweepConfig
-from steering.generation import generate
+from steering.generation import generate, with_sae_bos
 from steering.session import steer
 from steering.spec import Edit, FeatureEdit, SteerLimits, SteeringError
 
@@ -193,7 +193,7 @@ def sweep_edits(
     from steering.session import check_models
 
     check_models(model, saes, allow_model_mismatch)
-    gen_config = gen_config or GenerationConfig()
+    gen_config = with_sae_bos(gen_config or GenerationConfig(), saes)  # unsteered and steered alike
     points = []
     it = strengths
     if progress:

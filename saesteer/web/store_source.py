@@ -305,6 +305,13 @@ class ModelEngine:
         return SteerLimits(max_abs_value=float(self.limits.max_abs_strength), max_multiple=float(self.limits.max_abs_multiple),
                            max_abs_scale=float(self.limits.max_abs_multiple))
 
+    def _prepend_bos(self) -> bool:
+        """The BOS the SAE was trained with (its cfg.json), else the model's default."""
+        from steering.generation import sae_prepend_bos
+
+        recorded = sae_prepend_bos(self.sae)
+        return bool(getattr(self.model.cfg, "default_prepend_bos", True)) if recorded is None else recorded
+
     def _gen_config(self, req):
         from steering import GenerationConfig
 
@@ -341,7 +348,7 @@ class ModelEngine:
         from saesteer.web.schemas import FeatureAct, FireResult, FiringFeature
 
         model = self.model
-        bos = bool(getattr(model.cfg, "default_prepend_bos", True))
+        bos = self._prepend_bos()
         n_ctx = getattr(model.cfg, "n_ctx", None)
         if n_ctx is not None:
             try:

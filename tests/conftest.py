@@ -1,0 +1,21 @@
+"""Session fixtures shared by several test files (kept here only when more than one file needs them)."""
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def real_corpus(tmp_path_factory):
+    """Python source and prose from this interpreter's library, split into train and validation
+    (tests/helpers/real_models.py)."""
+    from helpers.real_models import write_corpus
+
+    return write_corpus(tmp_path_factory.mktemp("real-corpus"))
+
+
+@pytest.fixture(scope="session")
+def real_models(tmp_path_factory, real_corpus):
+    """Tiny GPT-2 / GPT-NeoX / Llama (GQA) / Qwen2 checkpoints with byte-level BPE tokenizers trained
+    on `real_corpus`, each built the first time a test asks for it: `real_models.path("llama")`."""
+    from helpers.real_models import RealModels
+
+    return RealModels(tmp_path_factory.mktemp("real-models"), real_corpus)

@@ -1,0 +1,76 @@
+"""Run `saesteer` commands in this process (one import of torch / transformers for the whole
+suite instead of one per command) and capture what they print.
+
+    r = saesteer("features", "show", store, "3")
+    assert r.rc == 0, r.err
+    r.out, r.err
+
+argparse errors (SystemExit) become rc 2 as in a real process. The subprocess path of the real
+`saesteer` script is covered by the serve test and a refusal test of tests/test_real_chain.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+from dataclasses import dataclass
+
+
+@dataclass
+class CliResult:
+    argv: tuple[str, ...]
+    rc: int
+    out: str
+    err: str
+
+    @property
+    def text(self) -> str:
+        return self.out + self.err
+
+    def ok(self) -> "CliResult":
+        assert self.rc == 0, f"saesteer {' '.join(self.argv)} -> {self.rc}\n{self.text[-3000:]}"
+        return self
+
+
+def saesteer(*argv) -> CliResult:
+    from saesteer.cli import main
+
+    argv = tuple(str(a) for a in argv)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main(list(argv))
+        except SystemExit as e:  # argparse
+            rc = e.code if isinstance(e.code, int) else 2
+    return CliResult(argv, int(rc), out.getvalue(), err.getvalue())
+
+
+def flags_named(text: str) -> set[str]:
+    """The --flags a message names."""
+    return set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", text))
+
+
+def known_flags(*command: str) -> set[str]:
+    """Every --flag the (sub)command's parser accepts."""
+    from saesteer.cli import build_parser
+
+    parser = build_parser()
+    for name in command:
+        sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+        parser = sub.choices[name]
+    return {s for a in parser._actions for s in a.option_strings if s.startswith("--")}
+
+
+def captured_serve(monkeypatch, *argv):
+    """`saesteer serve ...` in this process, stopped where it would start uvicorn:
+    (CliResult, a fastapi TestClient on the app it would serve, or None)."""
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    r = saesteer("serve", *argv, "--port", 0)
+    if "app" not in seen:
+        return r, None
+    return r, TestClient(seen["app"], base_url=f"http://{seen['host']}:{seen['port']}")

@@ -1,0 +1,271 @@
+"""Tiny checkpoints of real architectures (GPT-2, GPT-NeoX, Llama with GQA, Qwen2) and a corpus of
+real text, built locally and seeded, as a user's own model and data would be:
+
+    from helpers.real_models import write_corpus, save_real_model
+    corpus = write_corpus(tmp / "corpus")            # Corpus: train/validation/test jsonl + a .txt folder
+    path = save_real_model(tmp / "llama", "llama", corpus)   # config.json + model.safetensors + tokenizer
+
+The corpus is Python source (stdlib modules, read from this interpreter's own library) and prose
+(the Python reference's topic texts from `pydoc_data`, the Python licence, a Unicode
+table with accented, Greek and CJK letters), plus a tab-separated table and a minified-JSON line
+(tabs and very long lines), split by document into train, validation and test. Each model gets a
+byte-level BPE tokenizer trained on the train split in the style of its family (special tokens,
+BOS, pre-tokenizer) and some language-model training on it (60 steps by default: a few seconds),
+so that its features are not pure noise. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+ARCHITECTURES = ("gpt2", "neox", "llama", "qwen2")
+
+# stdlib modules present in every CPython 3.9+ (read in this order; one document per module)
+CODE_MODULES = (
+    "argparse", "textwrap", "csv", "difflib", "heapq", "string", "shlex", "fractions", "statistics", "pprint",
+    "calendar", "bisect", "fnmatch", "glob", "graphlib", "colorsys", "numbers", "operator", "keyword",
+    "json/__init__", "json/decoder", "json/encoder", "json/scanner", "json/tool", "html/__init__", "html/parser",
+    "urllib/parse", "email/utils", "email/quoprimime", "email/base64mime", "logging/__init__", "queue",
+    "sched", "secrets", "stat", "struct", "tabnanny", "this", "token", "uu", "wave", "zipapp",
+)
+HELD_OUT_EVERY = 7  # document i goes to validation when i % 7 == 3, to test when i % 7 == 5
+
+
+@dataclass(frozen=True)
+class Corpus:
+    root: Path
+    jsonl_dir: Path  # test.jsonl, train.jsonl, validation.jsonl (test sorts first, as on the hub)
+    txt_dir: Path  # one .txt file per training document
+    train_docs: tuple[str, ...]
+    validation_docs: tuple[str, ...]
+    test_docs: tuple[str, ...]
+
+
+def corpus_documents() -> list[str]:
+    """Code and prose documents, in a fixed order (deterministic for a given Python version)."""
+    lib = Path(sysconfig.get_paths()["stdlib"])
+    docs: list[str] = []
+    for name in CODE_MODULES:
+        path = lib / f"{name}.py"
+        if path.is_file():
+            docs.append(path.read_text(encoding="utf-8"))
+    import pydoc_data.topics
+
+    topics = pydoc_data.topics.topics
+    docs += [topics[k].strip() for k in sorted(topics) if len(topics[k].strip()) > 200]
+    licence = lib / "LICENSE.txt"
+    if licence.is_file():
+        docs += [p.strip() for p in licence.read_text(encoding="utf-8").split("\n\n\n") if len(p.strip()) > 200]
+    # non-ASCII prose: characters from the Unicode database (multi-byte pieces for byte-level BPE)
+    import unicodedata
+
+    chars = [chr(c) for c in (*range(0xE0, 0x100), *range(0x3B1, 0x3CA), *range(0x4E00, 0x4E40), 0x2019, 0x2026)]
+    docs.append("\n".join(f"{ch} is {unicodedata.name(ch, 'unnamed').lower()}." for ch in chars))
+    # a tab-separated table and one long minified JSON line (no line breaks)
+    rows = [f"{name}\t{len(text.splitlines())}\t{len(text)}" for name, text in zip(CODE_MODULES, docs)]
+    docs.append("module\tlines\tchars\n" + "\n".join(rows))
+    docs.append(json.dumps({k: len(v) for k, v in sorted(topics.items())}, separators=(",", ":")))
+    return docs
+
+
+def split_documents(docs: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """(train, validation, test): a spread of code and prose in each."""
+    which = [{3: "validation", 5: "test"}.get(i % HELD_OUT_EVERY, "train") for i in range(len(docs))]
+    return tuple([d for d, w in zip(docs, which) if w == split] for split in ("train", "validation", "test"))
+
+
+def write_corpus(directory) -> Corpus:
+    """test.jsonl / train.jsonl / validation.jsonl under jsonl/, and txt/ with one file per training
+    document."""
+    root = Path(directory)
+    train, validation, test = split_documents(corpus_documents())
+    jsonl_dir, txt_dir = root / "jsonl", root / "txt"
+    jsonl_dir.mkdir(parents=True, exist_ok=True)
+    txt_dir.mkdir(parents=True, exist_ok=True)
+    for split, docs in (("train", train), ("validation", validation), ("test", test)):
+        with open(jsonl_dir / f"{split}.jsonl", "w", encoding="utf-8") as f:
+            for i, d in enumerate(docs):
+                f.write(json.dumps({"text": d, "id": f"{split}-{i}"}) + "\n")
+    for i, d in enumerate(train):
+        (txt_dir / f"doc{i:04d}.txt").write_text(d, encoding="utf-8")
+    return Corpus(root, jsonl_dir, txt_dir, tuple(train), tuple(validation), tuple(test))
+
+
+# ----------------------------------------------------------------------------------------------
+# tokenizers: byte-level BPE in each family's style
+
+# the pre-tokenizer regexes of Llama 3 and Qwen2 (digits in groups of 1-3 / one by one)
+_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+FAMILY_TOKENS = {
+    # specials (first gets id 0, ...), bos, eos, pad, unk
+    "gpt2": dict(specials=["<|endoftext|>"], bos="<|endoftext|>", eos="<|endoftext|>", pad=None,
+                 unk="<|endoftext|>"),
+    "neox": dict(specials=["<|endoftext|>", "<|padding|>"], bos="<|endoftext|>", eos="<|endoftext|>",
+                 pad="<|padding|>", unk="<|endoftext|>"),
+    # Llama 3: the tokenizer itself prepends <|begin_of_text|> (a post-processor)
+    "llama": dict(specials=["<|begin_of_text|>", "<|end_of_text|>"], bos="<|begin_of_text|>",
+                  eos="<|end_of_text|>", pad=None, unk=None),
+    # Qwen2: no BOS token at all; chat markers are special tokens
+    "qwen2": dict(specials=["<|endoftext|>", "<|im_start|>", "<|im_end|>"], bos=None, eos="<|endoftext|>",
+                  pad="<|endoftext|>", unk=None),
+}
+
+
+def build_family_tokenizer(family: str, texts, vocab_size: int = 1024):
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    spec = FAMILY_TOKENS[family]
+    tok = Tokenizer(models.BPE())
+    if family in ("llama", "qwen2"):
+        pattern = _LLAMA3_SPLIT if family == "llama" else _QWEN2_SPLIT
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(pattern), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    else:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=spec["specials"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    if family == "llama":
+        bos = spec["bos"]
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))])
+    else:
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    kwargs = {k + "_token": spec[k] for k in ("bos", "eos", "pad", "unk") if spec[k] is not None}
+    extra = [s for s in spec["specials"] if s not in kwargs.values()]
+    if extra:
+        kwargs["additional_special_tokens"] = extra
+    return PreTrainedTokenizerFast(tokenizer_object=tok, clean_up_tokenization_spaces=False,
+                                   model_max_length=CONTEXT, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# models
+
+CONTEXT = 128  # max positions of every model
+D_MODEL = 64
+
+
+def _config(family: str, tok):
+    import transformers
+
+    common = dict(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                  pad_token_id=tok.pad_token_id)
+    if family == "gpt2":
+        return transformers.GPT2Config(n_embd=D_MODEL, n_layer=2, n_head=4, n_positions=CONTEXT, n_ctx=CONTEXT, **common)
+    if family == "neox":
+        return transformers.GPTNeoXConfig(hidden_size=D_MODEL, num_hidden_layers=2, num_attention_heads=4,
+                                          intermediate_size=4 * D_MODEL, rotary_pct=0.25,
+                                          max_position_embeddings=CONTEXT, use_parallel_residual=True,
+                                          tie_word_embeddings=False, **common)
+    if family == "llama":  # grouped-query attention: 4 query heads share 2 key/value heads
+        return transformers.LlamaConfig(hidden_size=D_MODEL, intermediate_size=2 * D_MODEL, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2,
+                                        max_position_embeddings=CONTEXT, tie_word_embeddings=False, **common)
+    if family == "qwen2":
+        return transformers.Qwen2Config(hidden_size=D_MODEL, intermediate_size=2 * D_MODEL, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2,
+                                        max_position_embeddings=CONTEXT, tie_word_embeddings=True, **common)
+    raise ValueError(f"unknown family {family!r}; one of {ARCHITECTURES}")
+
+
+def _causal_lm_class(family: str):
+    import transformers
+
+    return {"gpt2": transformers.GPT2LMHeadModel, "neox": transformers.GPTNeoXForCausalLM,
+            "llama": transformers.LlamaForCausalLM, "qwen2": transformers.Qwen2ForCausalLM}[family]
+
+
+def _train_briefly(model, tok, texts, steps: int, seed: int, batch: int = 8, length: int = 64) -> list[float]:
+    """A few hundred AdamW steps of next-token prediction on random windows of the texts."""
+    import torch
+
+    ids = [i for t in texts for i in tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]]
+    stream = torch.tensor(ids)
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    losses = []
+    model.train()
+    for _ in range(steps):
+        starts = torch.randint(0, len(stream) - length - 1, (batch,), generator=g)
+        x = torch.stack([stream[s:s + length] for s in starts.tolist()])
+        loss = model(input_ids=x, labels=x).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    model.eval()
+    return losses
+
+
+def save_real_model(directory, family: str, corpus: Corpus, train_steps: int = 200, seed: int = 0) -> Path:
+    """config.json + model.safetensors + tokenizer files of a tiny `family` checkpoint in `directory`."""
+    import torch
+
+    directory = Path(directory)
+    tok = build_family_tokenizer(family, corpus.train_docs)
+    torch.manual_seed(seed)
+    model = _causal_lm_class(family)(_config(family, tok))
+    if train_steps:
+        losses = _train_briefly(model, tok, corpus.train_docs, train_steps, seed)
+        (directory).mkdir(parents=True, exist_ok=True)
+        (directory / "train_losses.json").write_text(json.dumps(losses))
+    model.save_pretrained(directory, safe_serialization=True)
+    tok.save_pretrained(directory)
+    return directory
+
+
+# directory names: TransformerLens's HookedTransformer loader picks the architecture from the
+# *name* when it contains "llama" (and then fails on a local directory), so the Llama checkpoint
+# lives in "gqa-model"; saesteer itself does not care about names.
+DIR_NAMES = {"gpt2": "gpt2-model", "neox": "neox-model", "llama": "gqa-model", "qwen2": "qwen2-model"}
+
+
+class RealModels:
+    """Checkpoints built on first use under `root` (one per family and training length)."""
+
+    def __init__(self, root, corpus: Corpus) -> None:
+        self.root = Path(root)
+        self.corpus = corpus
+        self._paths: dict[tuple[str, int], Path] = {}
+
+    def path(self, family: str, train_steps: int = 60) -> Path:
+        key = (family, train_steps)
+        if key not in self._paths:
+            name = DIR_NAMES[family] + ("" if train_steps == 60 else f"-{train_steps}")
+            self._paths[key] = save_real_model(self.root / name, family, self.corpus, train_steps=train_steps)
+        return self._paths[key]
+
+
+def hooked_sae_transformer(path, *, fold_ln: bool = False, center_writing_weights: bool = False,
+                           center_unembed: bool = False, fold_value_biases: bool = False):
+    """SAELens's HookedSAETransformer with the weights of the local checkpoint at `path`, processed
+    as asked (HookedTransformer.from_pretrained accepts only official hub names, so this does its
+    steps: TransformerLens's config and weight conversion, then `load_and_process_state_dict`).
+    The defaults load the raw weights (`from_pretrained_no_processing`)."""
+    import warnings
+
+    from sae_lens import HookedSAETransformer
+    from transformer_lens import loading_from_pretrained as loading
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = str(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hf = AutoModelForCausalLM.from_pretrained(path)
+        cfg = loading.get_pretrained_model_config(path, fold_ln=fold_ln, device="cpu")
+        state = loading.get_pretrained_state_dict(path, cfg, hf)
+        model = HookedSAETransformer(cfg, AutoTokenizer.from_pretrained(path), move_to_device=False)
+        model.load_and_process_state_dict(state, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
+                                          center_unembed=center_unembed, fold_value_biases=fold_value_biases)
+    return model.eval()
