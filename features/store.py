@@ -589,6 +589,21 @@ class FeatureStore:
                 out.update(dict(c.execute(q, chunk).fetchall()))
         return out
 
+    def current_scores(self, ids: Iterable[int], method: str) -> dict[int, float]:
+        """The latest `method` score of each given latent's current label (or a label-free one),
+        for those that have one: what `feature(i).scores` would show first, in one query per 500
+        latents instead of a whole record per latent."""
+        ids = [self._check_id(i) for i in ids]
+        out: dict[int, float] = {}
+        with self._read() as c:
+            for k in range(0, len(ids), 500):
+                chunk = ids[k:k + 500]
+                q = ("SELECT f.id, (SELECT s.value FROM scores s WHERE s.feature_id = f.id AND s.method = ? AND "
+                     "(s.label_id IS NULL OR s.label_id = (SELECT MAX(l.id) FROM labels l WHERE l.feature_id = f.id)) "
+                     f"ORDER BY s.id DESC LIMIT 1) FROM features f WHERE f.id IN ({','.join('?' * len(chunk))})")
+                out.update((i, float(v)) for i, v in c.execute(q, [method, *chunk]) if v is not None)
+        return out
+
     def _where(self, flt: FeatureFilter) -> tuple[str, list[Any]]:
         cond: list[str] = []
         args: list[Any] = []

@@ -229,3 +229,31 @@ def test_a_second_concurrent_build_is_refused(tmp_path):
         with pytest.raises(StoreError, match="another process is building"):
             build_feature_store(path, make_sae(), random_source(), small_config(), progress=False)
     build_feature_store(path, make_sae(), random_source(), small_config(), progress=False)
+
+
+def test_current_scores_match_the_feature_records_in_one_query(built, tmp_path):
+    """`current_scores` (the web list's scores) agrees with `feature(i).scores` for every case: scores of
+    the current label, of a replaced label (hidden), label-free ones, the latest of several, none."""
+    path, *_ = built
+    copy = tmp_path / "scores.db"
+    copy.write_bytes(path.read_bytes())
+    with FeatureStore.open(copy, readonly=False) as st:
+        st.write_label(1, "old idea", provenance=prov())
+        st.write_scores(1, {"detection": 0.9})  # belongs to the old label: hidden once relabelled
+        st.write_label(1, "new idea", provenance=prov())
+        st.write_scores(1, {"fuzzing": 0.4})
+        st.write_label(2, "two", provenance=prov())
+        st.write_scores(2, {"detection": 0.2})
+        st.write_scores(2, {"detection": 0.6})  # the latest wins
+        st.write_scores(3, {"detection": 0.5}, label_id=None)  # label-free, no label at all
+        st.write_label(5, "unscored", provenance=prov())
+        ids = [1, 2, 3, 5, 6]
+        for method in ("detection", "fuzzing"):
+            expected = {}
+            for i in ids:
+                first = next((s.value for s in st.feature(i).scores if s.method == method), None)
+                if first is not None:
+                    expected[i] = first
+            assert st.current_scores(ids, method) == expected
+        assert st.current_scores(ids, "detection") == {2: 0.6, 3: 0.5}
+        assert st.current_scores([], "detection") == {}
