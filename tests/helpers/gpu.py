@@ -46,4 +46,4 @@ class Sizes:
 def sizes(device: torch.device) -> Sizes:
     if device.type == "cuda":
         return Sizes(d_in=768, d_sae=16384, k=32, batch=4096, curve_steps=300)
-    return Sizes(d_in=32, d_sae=256, k=8, batch=128, curve_steps=60)
+    return Sizes(d_in=16, d_sae=128, k=4, batch=64, curve_steps=25)
