@@ -96,28 +96,28 @@ def coact_neighbours(sample: CoactSample, n: int) -> Neighbours:
     cnt = torch.zeros(F, n, dtype=torch.int64)
     nf = sample.n_fires_F.float()
     QK = sample.lat_FQK[0].numel() if F else 1
-    b = max(1, _BLOCK_ELEMS // 8 // max(QK, 1))
+    b = max(1, min(_BLOCK_ELEMS // 8 // max(QK, 1), (2**31 - 1) // max(F, 1)))  # block keys fit in int32 (faster sorts)
     for f0 in range(0, F, b):
         f1 = min(F, f0 + b)
-        g_BM = sample.lat_FQK[f0:f1].reshape(f1 - f0, -1).long()
-        row_BM = torch.arange(f0, f1).unsqueeze(1).expand_as(g_BM)
-        ok = (g_BM >= 0) & (g_BM != row_BM)
+        g_BM = sample.lat_FQK[f0:f1].reshape(f1 - f0, -1).to(torch.int32)
+        row_BM = torch.arange(f1 - f0, dtype=torch.int32).unsqueeze(1).expand_as(g_BM)  # rows of the block
+        ok = (g_BM >= 0) & (g_BM != row_BM + f0)
         keys, c = torch.unique(row_BM[ok] * F + g_BM[ok], return_counts=True)  # sorted by (f, g)
         if keys.numel() == 0:
             continue
-        f_P, g_P = keys // F, keys % F
+        r_P, g_P = (keys // F).long(), (keys % F).long()
+        f_P = r_P + f0
         jac = _jaccard(c.float(), sample.n_sample_F[f_P], nf[f_P], nf[g_P])
-        keep = jac > 0
-        f_P, g_P, c, jac = f_P[keep], g_P[keep], c[keep], jac[keep]
-        # within each f: descending Jaccard, then ascending g (stable sort of the (f, g)-sorted pairs)
-        order = torch.sort(-jac, stable=True).indices
-        order = order[torch.sort(f_P[order], stable=True).indices]
-        f_P, g_P, c, jac = f_P[order], g_P[order], c[order], jac[order]
-        start = torch.searchsorted(f_P, f_P, right=False)
-        rank = torch.arange(f_P.numel()) - start
-        top = rank < n
-        f_P, g_P, c, jac, rank = f_P[top], g_P[top], c[top], jac[top], rank[top]
-        ids[f_P, rank], sc[f_P, rank], cnt[f_P, rank] = g_P, jac, c.long()
+        # within each f: descending Jaccard, then ascending g. One stable sort of 2r - jac (exact in
+        # float64: jac is a float32 in (0, 1], so each row keeps to its own interval [2r - 1, 2r))
+        order = torch.sort(r_P.double() * 2 - jac.double(), stable=True).indices
+        r_P, g_P, c, jac = r_P[order], g_P[order], c[order], jac[order]
+        first = torch.zeros(f1 - f0 + 1, dtype=torch.int64)
+        torch.cumsum(torch.bincount(r_P, minlength=f1 - f0), 0, out=first[1:])
+        rank = torch.arange(r_P.numel()) - first[r_P]
+        top = (rank < n) & (jac > 0)
+        r_P, g_P, c, jac, rank = r_P[top], g_P[top], c[top], jac[top], rank[top]
+        ids[r_P + f0, rank], sc[r_P + f0, rank], cnt[r_P + f0, rank] = g_P, jac, c.long()
     return Neighbours(ids, sc, cnt)
 
 
