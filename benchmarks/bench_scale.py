@@ -62,6 +62,7 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "tests"))  # helpers.tiny_model (the random models of the nocache runs)
 
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 HEADING = "## Scale"
@@ -820,6 +821,126 @@ def cmd_relations(args) -> tuple[str, dict]:
     return "\n".join(lines), {"relations": rows}
 
 
+def _nocache_model(d_model: int, n_layers: int):
+    from helpers.tiny_model import make_model, make_tokenizer
+
+    tok = make_tokenizer()
+    return make_model(tok, d_model=d_model, n_layers=n_layers, n_heads=12, n_ctx=128, seed=0), tok
+
+
+def _nocache_config(tokens: int, d_sae: int):
+    from training.config import CheckpointConfig, EvalConfig, LogConfig, RunConfig, SAESpec, TrainConfig
+
+    return RunConfig(saes=[SAESpec("topk", d_sae=d_sae, k=32)],
+                     train=TrainConfig(total_tokens=tokens, batch_size=4096, holdout_tokens=8192, num_threads=1),
+                     checkpoint=CheckpointConfig(every_tokens=max(4096, tokens // 2)),
+                     eval=EvalConfig(every_tokens=0, ce_contexts=0), log=LogConfig(progress=False))
+
+
+def child_nocache(params: dict[str, Any]) -> dict[str, Any]:
+    """`saesteer train` without a cache: batches straight from the model (training.reader.model_batches)."""
+    import torch
+
+    from training import train
+    from training.reader import model_batches
+    from training.text import TextConfig
+
+    torch.set_num_threads(1)
+    model, tok = _nocache_model(params["d_model"], params["n_layers"])
+    text = TextConfig(dataset=params["corpus"], context_length=128)
+    hook = f"blocks.{params['n_layers'] // 2 - 1}.hook_resid_post"
+    cfg = _nocache_config(params["tokens"], params["d_sae"])
+    marks: list[tuple[int, float]] = []
+    c0 = time.process_time()
+    res = train(cfg, model_batches(model, text, hook, 4096, tokenizer=tok, seed=0), params["out"], resume="never",
+                on_step=lambda tr: marks.append((tr.tokens, time.process_time())))
+    (t_a, c_a), (t_b, c_b) = marks[0], marks[-1]
+    return {"tokens": res.tokens, "cpu_seconds": time.process_time() - c0, "loop_tokens_per_cpu_s": (t_b - t_a) / max(1e-9, c_b - c_a),
+            "peak_rss_mb": peak_rss_mb(), "stopped_early": res.stopped_early}
+
+
+def child_cached(params: dict[str, Any]) -> dict[str, Any]:
+    """The cached path on the same model and text: `build_cache`, then `train` from a CacheReader."""
+    import torch
+
+    from training import train
+    from training.cache import CacheConfig, build_cache
+    from training.reader import CacheReader
+    from training.text import TextConfig
+
+    torch.set_num_threads(1)
+    model, tok = _nocache_model(params["d_model"], params["n_layers"])
+    text = TextConfig(dataset=params["corpus"], context_length=128)
+    hook = f"blocks.{params['n_layers'] // 2 - 1}.hook_resid_post"
+    cache_dir = Path(params["out"]) / "cache"
+    c0 = time.process_time()
+    build_cache(model, text, CacheConfig(out=str(cache_dir), hooks=[hook], max_tokens=params["tokens"] + 16384),
+                tokenizer=tok, progress=False, log=None)
+    cache_cpu = time.process_time() - c0
+    rss_after_cache = peak_rss_mb()
+    cfg = _nocache_config(params["tokens"], params["d_sae"])
+    marks: list[tuple[int, float]] = []
+    c1 = time.process_time()
+    res = train(cfg, CacheReader(cache_dir, 4096, seed=0, epochs=None), Path(params["out"]) / "run", resume="never",
+                on_step=lambda tr: marks.append((tr.tokens, time.process_time())))
+    (t_a, c_a), (t_b, c_b) = marks[0], marks[-1]
+    return {"tokens": res.tokens, "cache_cpu_s": cache_cpu, "train_cpu_s": time.process_time() - c1,
+            "loop_tokens_per_cpu_s": (t_b - t_a) / max(1e-9, c_b - c_a), "peak_rss_mb": peak_rss_mb(),
+            "peak_rss_after_cache_mb": rss_after_cache, "cache_bytes": du(cache_dir)}
+
+
+def cmd_nocache(args) -> tuple[str, dict]:
+    from helpers.tiny_model import write_corpus
+
+    work = Path(args.work) / "nocache"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    tokens = [as_int(t) for t in parse_sizes(args.tokens)]
+    corpus = work / "corpus"
+    write_corpus(corpus, n_docs=max(2000, max(tokens) // 25), seed=0, n_files=4)
+    base = {"corpus": str(corpus), "d_model": args.nocache_d_model, "n_layers": args.nocache_layers, "d_sae": 4096}
+    nocache, cached = [], []
+    try:
+        for t in tokens:
+            r = run_child("nocache", {**base, "tokens": t, "out": str(work / f"nc_{t}")})
+            shutil.rmtree(work / f"nc_{t}", ignore_errors=True)
+            nocache.append(r)
+            print(json.dumps(r), flush=True)
+        r = run_child("cached", {**base, "tokens": tokens[-1], "out": str(work / "cached")})
+        cached.append(r)
+        print(json.dumps(r), flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    c = cached[-1]
+    lines = [
+        "### Training without a cache (activations straight from the model)",
+        "",
+        header(f"nocache --tokens {args.tokens}"),
+        f"A random GPT-2-small-width model (d_model {args.nocache_d_model}, {args.nocache_layers} layers, 12 heads, "
+        f"contexts of 128, word-level tokenizer, generated corpus), hook blocks.{args.nocache_layers // 2 - 1}.hook_resid_post; "
+        "TopK SAE d_sae 4096, k 32, batch 4096, 1 torch thread; checkpoint at half and at the end. No cache: "
+        "`training.reader.model_batches` (the path `saesteer train` takes without --cache; rows shuffled in windows "
+        "of 65,536). Each run in its own process; process CPU time.",
+        "",
+        "| path | tokens | process CPU s | tokens per CPU-second (whole run) | peak RSS MB |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in nocache:
+        lines.append(f"| no cache | {r['tokens']:,} | {r['cpu_seconds']:.1f} | {r['tokens'] / r['cpu_seconds']:,.0f} | "
+                     f"{r['peak_rss_mb']:,.0f} |")
+    both = c["cache_cpu_s"] + c["train_cpu_s"]
+    lines.append(f"| cached: build the cache | {c['tokens']:,} | {c['cache_cpu_s']:.1f} | {c['tokens'] / c['cache_cpu_s']:,.0f} | "
+                 f"{c['peak_rss_after_cache_mb']:,.0f} |")
+    lines.append(f"| cached: train from it | {c['tokens']:,} | {c['train_cpu_s']:.1f} | {c['tokens'] / c['train_cpu_s']:,.0f} | "
+                 f"{c['peak_rss_mb']:,.0f} |")
+    lines.append(f"| cached: both | {c['tokens']:,} | {both:.1f} | {c['tokens'] / both:,.0f} | |")
+    xs = [r["tokens"] for r in nocache]
+    if len(xs) >= 2:
+        lines += ["", f"No-cache peak RSS growth exponent against tokens: {growth(xs, [r['peak_rss_mb'] for r in nocache]):.3f} "
+                      "(0 = flat)."]
+    return "\n".join(lines), {"nocache": nocache, "cached": cached}
+
+
 def cmd_store(args) -> tuple[str, dict]:
     work = Path(args.work) / "store"
     shutil.rmtree(work, ignore_errors=True)
@@ -909,6 +1030,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latents", default="8192,32768,131072", help="store: SAE widths")
     p.add_argument("--store-tokens", type=int, default=65536, help="store: tokens of the build pass")
     p.add_argument("--requests", type=int, default=40, help="store: requests per web endpoint")
+    p.add_argument("--nocache-d-model", type=int, default=768, help="nocache: model width")
+    p.add_argument("--nocache-layers", type=int, default=4, help="nocache: model layers (the hook is in the middle)")
     p.add_argument("--dense-max", type=int, default=32768, help="relations: widest SAE the dense reference runs on")
     args = p.parse_args(argv)
 
@@ -936,10 +1059,11 @@ def main(argv: list[str] | None = None) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], tuple[str, dict]]] = {
     "cache": cmd_cache, "reader": cmd_reader, "train": cmd_train, "store": cmd_store, "relations": cmd_relations,
+    "nocache": cmd_nocache,
 }
 CHILDREN: dict[str, Callable[[dict], dict]] = {
     "read_cache": child_read_cache, "train_tokens": child_train_tokens, "train_width": child_train_width,
-    "store": child_store,
+    "store": child_store, "nocache": child_nocache, "cached": child_cached,
 }
 
 if __name__ == "__main__":

@@ -204,10 +204,12 @@ _SORTS = {
     "max_act": ("f.max_act", True),
     "typical_max_act": ("f.typical_max_act", True),
     "level": ("f.level", False),
-    "label": ("cur_label", False),
+    "label": ("(SELECT l.label FROM labels l WHERE l.feature_id = f.id ORDER BY l.id DESC LIMIT 1)", False),
     "recommended_strength": ("f.recommended_strength", True),
 }
 _CUR_LABEL = "(SELECT l.label FROM labels l WHERE l.feature_id = f.id ORDER BY l.id DESC LIMIT 1)"
+_NOT_NULL = ("f.id", "f.freq", "f.n_fires", "f.max_act")  # sort columns declared NOT NULL
+_NULLABLE = ("f.mean_act", "f.typical_max_act", "f.level", "f.recommended_strength")
 
 
 class StoreError(Exception):
@@ -661,13 +663,25 @@ class FeatureStore:
             desc = descending
         if offset < 0 or limit < 0:
             raise ValueError(f"offset and limit must be >= 0, got offset={offset}, limit={limit}")
-        q = (
-            f"SELECT f.id, f.n_fires, f.freq, f.mean_act, f.max_act, f.typical_max_act, f.flags, f.level, f.parent_id, "
-            f"{_CUR_LABEL} AS cur_label, f.recommended_strength FROM features f{where} "
-            f"ORDER BY {expr} IS NULL, {expr} {'DESC' if desc else 'ASC'}, f.id LIMIT ? OFFSET ?"
-        )
+        direction = "DESC" if desc else "ASC"
+        if expr in _NOT_NULL or (expr in _NULLABLE and desc):  # NULLs sort last in SQLite's DESC order anyway
+            order = f"{expr} {direction}, f.id"  # an indexed column's index serves it: no sort of every row
+        else:
+            order = f"{expr} IS NULL, {expr} {direction}, f.id"
+        # the page's ids first (cheap columns only), then its rows: a label subquery per row of the page, not of the store
+        q_ids = f"SELECT f.id FROM features f{where} ORDER BY {order} LIMIT ? OFFSET ?"
         with self._read() as c:
-            rows = c.execute(q, args + sort_args + sort_args + [int(limit), int(offset)]).fetchall()
+            n_expr = order.count("?")
+            ids = [r[0] for r in c.execute(q_ids, args + sort_args * n_expr + [int(limit), int(offset)])]
+            rows = []
+            for k in range(0, len(ids), 500):
+                chunk = ids[k:k + 500]
+                rows += c.execute(
+                    f"SELECT f.id, f.n_fires, f.freq, f.mean_act, f.max_act, f.typical_max_act, f.flags, f.level, "
+                    f"f.parent_id, {_CUR_LABEL}, f.recommended_strength FROM features f "
+                    f"WHERE f.id IN ({','.join('?' * len(chunk))})", chunk).fetchall()
+        where_in_page = {i: n for n, i in enumerate(ids)}
+        rows.sort(key=lambda r: where_in_page[r[0]])
         return [
             FeatureSummary(r[0], r[1], r[2], r[3], r[4], r[5], tuple(r[6].split()) if r[6] else (), r[7], r[8], r[9], r[10])
             for r in rows

@@ -257,3 +257,43 @@ def test_current_scores_match_the_feature_records_in_one_query(built, tmp_path):
             assert st.current_scores(ids, method) == expected
         assert st.current_scores(ids, "detection") == {2: 0.6, 3: 0.5}
         assert st.current_scores([], "detection") == {}
+
+
+def test_every_sort_and_direction_orders_as_specified_with_nulls_last_and_pages_that_tile(built, tmp_path):
+    """The list query reads the page's ids through the sort column's index where it can; the order
+    must stay: by the value (NULLs last, whatever the direction), then by id; pages tile the list."""
+    path, *_ = built
+    copy = tmp_path / "sorts.db"
+    copy.write_bytes(path.read_bytes())
+    with FeatureStore.open(copy, readonly=False) as st:
+        for i, text in [(3, "b"), (1, "a"), (7, "b"), (9, "c")]:
+            st.write_label(i, text, provenance=prov())
+        for i, v in [(3, 0.5), (7, 0.5), (2, 0.9)]:
+            st.write_scores(i, {"detection": v}, label_id=None)
+        st.set_recommended_strength(4, 2.0, source="t")
+        st.set_recommended_strength(6, 2.0, source="t")
+        n = st.count_features()
+        recs = {i: st.feature(i) for i in range(n)}
+        value = {
+            "id": lambda i: i, "freq": lambda i: recs[i].stats.freq, "n_fires": lambda i: recs[i].stats.n_fires,
+            "mean_act": lambda i: recs[i].stats.mean_act, "max_act": lambda i: recs[i].stats.max_act,
+            "typical_max_act": lambda i: recs[i].stats.typical_max_act, "level": lambda i: recs[i].level,
+            "label": lambda i: recs[i].label.text if recs[i].label else None,
+            "recommended_strength": lambda i: recs[i].recommended_strength,
+            "score:detection": lambda i: next((s.value for s in recs[i].scores if s.method == "detection"), None),
+        }
+        for sort, get in value.items():
+            for desc in (False, True):
+                have = [i for i in range(n) if get(i) is not None]
+                expected = sorted(have, key=lambda i: (-get(i) if desc else get(i), i)) if sort != "label" else \
+                    sorted(have, key=lambda i: i)
+                if sort == "label":  # strings: sort by text, then id, reversed text order when descending
+                    expected = sorted(have, key=lambda i: i)
+                    expected.sort(key=lambda i: get(i), reverse=desc)
+                expected += sorted(i for i in range(n) if get(i) is None)
+                got = [s.id for s in st.list_features(sort=sort, descending=desc, limit=n)]
+                assert got == expected, (sort, desc)
+                pages = [s.id for off in range(0, n, 5) for s in st.list_features(sort=sort, descending=desc, offset=off, limit=5)]
+                assert pages == expected, (sort, desc)
+        assert [s.id for s in st.list_features(sort="freq", filter={"alive_only": True}, limit=3)] == \
+            [i for i in sorted(range(n), key=lambda i: (-recs[i].stats.freq, i)) if recs[i].stats.n_fires > 0][:3]
