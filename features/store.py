@@ -700,17 +700,23 @@ class FeatureStore:
         with self._read() as c:
             for q in dict.fromkeys(queries):
                 try:
-                    rows = c.execute(
-                        "SELECT t.rowid, bm25(feature_fts, 5.0, 1.0) AS r, "
-                        "snippet(feature_fts, -1, '[', ']', '...', 12), "
-                        f"{_CUR_LABEL.replace('f.id', 't.rowid')}, f.freq "
-                        "FROM feature_fts t JOIN features f ON f.id = t.rowid WHERE feature_fts MATCH ? ORDER BY r LIMIT ?",
-                        (q, int(limit)),
+                    # rank every match, but build snippets and look up labels for the hits kept only
+                    ranked = c.execute(
+                        "SELECT rowid, bm25(feature_fts, 5.0, 1.0) AS r FROM feature_fts WHERE feature_fts MATCH ? "
+                        "ORDER BY r LIMIT ?", (q, int(limit)),
                     ).fetchall()
+                    if not ranked:
+                        continue
+                    ids = [r[0] for r in ranked]
+                    details = {r[0]: r[1:] for r in c.execute(
+                        "SELECT t.rowid, snippet(feature_fts, -1, '[', ']', '...', 12), "
+                        f"{_CUR_LABEL.replace('f.id', 't.rowid')}, f.freq "
+                        "FROM feature_fts t JOIN features f ON f.id = t.rowid "
+                        f"WHERE feature_fts MATCH ? AND t.rowid IN ({','.join('?' * len(ids))})", (q, *ids),
+                    )}
                 except sqlite3.OperationalError as e:
                     raise ValueError(f"bad search query {text!r}: {e}") from None
-                if rows:
-                    return [SearchHit(r[0], -r[1], r[3], r[2], r[4]) for r in rows]
+                return [SearchHit(i, -r, details[i][1], details[i][0], details[i][2]) for i, r in ranked]
         return []
 
     def concept_matches(self, concept: str | None = None) -> list[ConceptMatch]:
