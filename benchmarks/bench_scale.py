@@ -941,6 +941,15 @@ def cmd_nocache(args) -> tuple[str, dict]:
     return "\n".join(lines), {"nocache": nocache, "cached": cached}
 
 
+def build_overrides(text: str) -> dict[str, int]:
+    """'n_negative=4,negative_pool=256' -> BuildConfig overrides."""
+    out = {}
+    for part in parse_sizes(text or ""):
+        k, _, v = part.partition("=")
+        out[k.strip()] = int(v)
+    return out
+
+
 def cmd_store(args) -> tuple[str, dict]:
     work = Path(args.work) / "store"
     shutil.rmtree(work, ignore_errors=True)
@@ -950,11 +959,12 @@ def cmd_store(args) -> tuple[str, dict]:
         for F in [as_int(x) for x in parse_sizes(args.latents)]:
             path = work / f"s{F}.db"
             print(f"store with {F:,} latents ...", flush=True)
-            r = run_child("store", {"d_sae": F, "tokens": args.store_tokens, "path": str(path), "requests": args.requests})
+            r = run_child("store", {"d_sae": F, "tokens": args.store_tokens, "path": str(path), "requests": args.requests,
+                                    "build": build_overrides(args.store_build)})
             for p in work.glob(path.name + "*"):
                 p.unlink()
             results.append(r)
-            print(json.dumps({k: v for k, v in r.items() if k != "web"}), flush=True)
+            print(json.dumps(r), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     xs = [r["d_sae"] for r in results]
@@ -963,10 +973,12 @@ def cmd_store(args) -> tuple[str, dict]:
         "",
         header(f"store --latents {args.latents} --store-tokens {args.store_tokens}"),
         f"TopK SAE (random weights, k 32) on d_in 128 (the toy model's width, so that the toy model runs \"fire on "
-        f"text\"), {results[0]['tokens'] if results else 0:,} tokens of synthetic activations, default BuildConfig "
-        f"(top 20, 32 quantile samples, 20 negatives, 10 decoder and co-activation neighbours, logit effects over the "
-        f"toy vocabulary); then every alive latent gets a label (3 words) and two scores through `FeatureStore`; each "
-        f"size in its own process.",
+        f"text\"), {results[0]['tokens'] if results else 0:,} tokens of synthetic activations, BuildConfig defaults "
+        f"(top 20, 32 quantile samples, 20 negatives from a pool of 1024, 10 decoder and co-activation neighbours, logit "
+        f"effects over the toy vocabulary){' except ' + args.store_build if args.store_build else ''}; then every alive "
+        f"latent gets a label (3 words) and two scores (the first 1000 through `FeatureStore.write_label` / "
+        f"`write_scores`, whose rate is shown, the rest in one transaction); each size in its own process. Wall "
+        f"seconds, with process CPU seconds where given: the machine was shared.",
         "",
         "| latents | build s (cpu s) | pass s | relations s | writing s | build peak RSS MB | pass state MB | file MB | labels+scores written /s |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -1030,6 +1042,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latents", default="8192,32768,131072", help="store: SAE widths")
     p.add_argument("--store-tokens", type=int, default=65536, help="store: tokens of the build pass")
     p.add_argument("--requests", type=int, default=40, help="store: requests per web endpoint")
+    p.add_argument("--store-build", default="", help="store: BuildConfig overrides, e.g. n_negative=4,negative_pool=256")
     p.add_argument("--nocache-d-model", type=int, default=768, help="nocache: model width")
     p.add_argument("--nocache-layers", type=int, default=4, help="nocache: model layers (the hook is in the middle)")
     p.add_argument("--dense-max", type=int, default=32768, help="relations: widest SAE the dense reference runs on")
