@@ -297,3 +297,28 @@ def test_every_sort_and_direction_orders_as_specified_with_nulls_last_and_pages_
                 assert pages == expected, (sort, desc)
         assert [s.id for s in st.list_features(sort="freq", filter={"alive_only": True}, limit=3)] == \
             [i for i in sorted(range(n), key=lambda i: (-recs[i].stats.freq, i)) if recs[i].stats.n_fires > 0][:3]
+
+
+def test_label_and_score_orders_follow_new_writes_from_this_and_other_connections(built, tmp_path):
+    """Label / score sorts and filters read per-connection tables of current labels and latest
+    scores; they must be rebuilt after a write through this connection and after a commit by
+    another process's connection (a labelling run while the web app serves the store)."""
+    path, *_ = built
+    copy = tmp_path / "fresh.db"
+    copy.write_bytes(path.read_bytes())
+    with FeatureStore.open(copy, readonly=False) as writer, FeatureStore.open(copy) as reader:
+        writer.write_label(5, "kelp", provenance=prov())
+        writer.write_scores(5, {"detection": 0.3}, label_id=None)
+        for st in (writer, reader):
+            assert [s.id for s in st.list_features(sort="label", limit=1)] == [5]
+            assert [s.id for s in st.list_features(sort="score:detection", limit=1)] == [5]
+            assert st.count_features({"label_contains": "kelp"}) == 1
+        writer.write_label(2, "anchor", provenance=prov())  # sorts before "kelp"
+        writer.write_label(5, "zebra", provenance=prov())  # relabelled: "kelp" is no longer current
+        writer.write_scores(9, {"detection": 0.8}, label_id=None)
+        for st in (writer, reader):
+            assert [s.id for s in st.list_features(sort="label", limit=2)] == [2, 5]
+            assert [s.label for s in st.list_features(sort="label", limit=2)] == ["anchor", "zebra"]
+            assert [s.id for s in st.list_features(sort="score:detection", limit=2)] == [9, 5]
+            assert st.count_features({"label_contains": "kelp"}) == 0
+            assert [s.id for s in st.list_features(filter={"score_method": "detection", "min_score": 0.5})] == [9]
