@@ -51,7 +51,7 @@ PARAMS = ("W_enc", "b_enc", "W_dec", "b_dec")
 OUR_METHODS = {"fp32": ["fast", "fast_native"], "bf16": ["fast_bf16", "fast_native_bf16"]}
 
 
-def make_sae_lens(arch: str, ours: saes.SAE, aux_coef: float):
+def make_sae_lens(arch: str, ours: saes.SAE, aux_coef: float, device: str = "cpu"):
     from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
     from sae_lens.saes.matryoshka_batchtopk_sae import (
         MatryoshkaBatchTopKTrainingSAE,
@@ -60,7 +60,7 @@ def make_sae_lens(arch: str, ours: saes.SAE, aux_coef: float):
     from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
 
     common = dict(
-        d_in=ours.d_in, d_sae=ours.d_sae, k=ours.cfg.k, dtype="float32", device="cpu",
+        d_in=ours.d_in, d_sae=ours.d_sae, k=ours.cfg.k, dtype="float32", device=device,
         apply_b_dec_to_input=ours.cfg.apply_b_dec_to_input, rescale_acts_by_decoder_norm=False,
         decoder_init_norm=1.0, aux_loss_coefficient=aux_coef,
     )
@@ -98,7 +98,7 @@ def check_equal_loss(arch: str, ours: saes.SAE, sl, x, dead, aux_coef: float, me
     out["autograd"] = (float(ref.total), float(ref.mse), float(ref.aux))
     res = compute_grads(ours, x, dead, aux_coef=aux_coef, method=method)
     ours_g = {n: getattr(ours, n).grad.clone() for n in PARAMS}
-    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else nullcontext()
+    ctx = torch.autocast(x.device.type, dtype=torch.bfloat16) if autocast else nullcontext()
     with ctx:
         sl_out = sae_lens_forward(sl, x, dead, 0)
     sl_out.loss.backward()
@@ -122,12 +122,26 @@ def check_equal_loss(arch: str, ours: saes.SAE, sl, x, dead, aux_coef: float, me
     return out
 
 
+def synced(fn, device: torch.device):
+    """`fn` followed by a wait for the device (CUDA runs asynchronously: time the work, not the launch)."""
+    if device.type != "cuda":
+        return fn
+
+    def run(*a):
+        fn(*a)
+        torch.cuda.synchronize(device)
+
+    return run
+
+
 def bench_one(arch: str, precision: str, args, batches: list[torch.Tensor], dead, check_dead) -> list[dict]:
     widths = [int(w) for w in args.widths.split(",")]
-    ours = make_ours(arch, args.d_in, args.d_sae, args.k, widths, seed=args.seed)
-    sl = make_sae_lens(arch, ours, args.aux_coef)
+    device = torch.device(args.device)
+    ours = make_ours(arch, args.d_in, args.d_sae, args.k, widths, seed=args.seed).to(device)
+    sl = make_sae_lens(arch, ours, args.aux_coef, device=str(device))
     autocast = precision == "bf16"
-    methods = OUR_METHODS[precision][: 1 if args.no_native else None]
+    native_ok = not args.no_native and device.type == "cpu"  # the compiled kernels are CPU kernels
+    methods = OUR_METHODS[precision][: None if native_ok else 1]
     checks = {}
     if not args.skip_check:
         for m in methods:
@@ -135,7 +149,7 @@ def bench_one(arch: str, precision: str, args, batches: list[torch.Tensor], dead
 
     steppers = {m: OurStep(copy.deepcopy(ours), args.lr, m, args.aux_coef) for m in methods}
     sl_opt = torch.optim.Adam(sl.parameters(), lr=args.lr)
-    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if autocast else nullcontext
+    ctx = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if autocast else nullcontext
 
     def sl_step(x, i):
         sl_opt.zero_grad(set_to_none=True)
@@ -152,9 +166,9 @@ def bench_one(arch: str, precision: str, args, batches: list[torch.Tensor], dead
         step_t = {}
         for n in order:
             if n == "SAELens":
-                step_t[n] = timed(sl_step, x, i, clock=args.clock)
+                step_t[n] = timed(synced(sl_step, device), x, i, clock=args.clock)
             else:
-                step_t[n] = timed(steppers[n], x, dead, clock=args.clock)
+                step_t[n] = timed(synced(steppers[n], device), x, dead, clock=args.clock)
         if i >= args.warmup:
             for n in names:
                 times[n].append(step_t[n])
@@ -175,7 +189,7 @@ def bench_one(arch: str, precision: str, args, batches: list[torch.Tensor], dead
 
 def markdown(results: list[dict], args, loads: tuple[str, str]) -> str:
     lines = [
-        f"Shape: d_in {args.d_in}, d_sae {args.d_sae}, k {args.k}, batch {args.batch} tokens, Matryoshka widths "
+        f"Device: {args.device}. Shape: d_in {args.d_in}, d_sae {args.d_sae}, k {args.k}, batch {args.batch} tokens, Matryoshka widths "
         f"[{args.widths}], dead latents {args.dead}; {args.steps} timed steps after {args.warmup} warm-up, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, clock: "
         f"{'process CPU time (tok/s per CPU-second)' if args.clock == 'cpu' else 'elapsed time'}; "
@@ -212,7 +226,7 @@ def markdown(results: list[dict], args, loads: tuple[str, str]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--archs", default=",".join(ARCHS), help="comma-separated subset of " + ",".join(ARCHS))
     p.add_argument("--precisions", default="fp32,bf16", help="fp32 and/or bf16")
@@ -234,6 +248,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--check-dead", type=int, default=1024, help="dead latents in the first-step loss comparison")
     p.add_argument("--skip-check", action="store_true", help="skip the first-step loss comparison")
     p.add_argument("--no-native", action="store_true", help="time only the pure-torch methods (fast, fast_bf16)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (on CUDA: fast / fast_bf16 against SAELens)")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -255,7 +271,11 @@ def main(argv: list[str] | None = None) -> None:
         mask[torch.randperm(args.d_sae, generator=torch.Generator().manual_seed(args.seed + n))[:n]] = True
         return mask
 
+    dev = torch.device(args.device)
+    batches = [b.to(dev) for b in batches]
     dead, check_dead = dead_mask(args.dead), dead_mask(args.check_dead)
+    dead = dead.to(dev) if dead is not None else None
+    check_dead = check_dead.to(dev) if check_dead is not None else None
     before = load_average()
     results = []
     for precision in precisions:
@@ -263,6 +283,11 @@ def main(argv: list[str] | None = None) -> None:
             results.extend(bench_one(arch, precision, args, batches, dead, check_dead))
     print()
     print(markdown(results, args, (before, load_average())))
+    if args.json:
+        import json
+
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return results
 
 
 if __name__ == "__main__":

@@ -216,10 +216,12 @@ _SORTS = {
     "max_act": ("f.max_act", True),
     "typical_max_act": ("f.typical_max_act", True),
     "level": ("f.level", False),
-    "label": ("cur_label", False),
+    "label": ("label", False),  # through temp.current_label (see _refresh_current)
     "recommended_strength": ("f.recommended_strength", True),
 }
 _CUR_LABEL = "(SELECT l.label FROM labels l WHERE l.feature_id = f.id ORDER BY l.id DESC LIMIT 1)"
+_NOT_NULL = ("f.id", "f.freq", "f.n_fires", "f.max_act")  # sort columns declared NOT NULL
+_NULLABLE = ("f.mean_act", "f.typical_max_act", "f.level", "f.recommended_strength")
 
 
 class StoreError(Exception):
@@ -290,6 +292,8 @@ class FeatureStore:
         self.readonly = readonly
         self._lock = threading.RLock()
         self._vocab: list[str] | None = None
+        self._writes = 0  # commits through this connection (they do not change its PRAGMA data_version)
+        self._current_version: tuple[int, int] | None = None  # of the temp current-label / latest-score tables
         self.meta: dict[str, Any] = {}
         self._offsets_column = self._upgrade_examples()
         self.refresh()
@@ -401,6 +405,7 @@ class FeatureStore:
                 self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
+            self._writes += 1
 
     # -- identity ------------------------------------------------------------------------------
     @property
@@ -630,6 +635,21 @@ class FeatureStore:
                 out.update(dict(c.execute(q, chunk).fetchall()))
         return out
 
+    def current_scores(self, ids: Iterable[int], method: str) -> dict[int, float]:
+        """The latest `method` score of each given latent's current label (or a label-free one),
+        for those that have one: what `feature(i).scores` would show first, in one query per 500
+        latents instead of a whole record per latent."""
+        ids = [self._check_id(i) for i in ids]
+        out: dict[int, float] = {}
+        with self._read() as c:
+            for k in range(0, len(ids), 500):
+                chunk = ids[k:k + 500]
+                q = ("SELECT f.id, (SELECT s.value FROM scores s WHERE s.feature_id = f.id AND s.method = ? AND "
+                     "(s.label_id IS NULL OR s.label_id = (SELECT MAX(l.id) FROM labels l WHERE l.feature_id = f.id)) "
+                     f"ORDER BY s.id DESC LIMIT 1) FROM features f WHERE f.id IN ({','.join('?' * len(chunk))})")
+                out.update((i, float(v)) for i, v in c.execute(q, [method, *chunk]) if v is not None)
+        return out
+
     def _where(self, flt: FeatureFilter) -> tuple[str, list[Any]]:
         cond: list[str] = []
         args: list[Any] = []
@@ -649,7 +669,7 @@ class FeatureStore:
         if flt.has_label is not None:
             cond.append(("" if flt.has_label else "NOT ") + "EXISTS (SELECT 1 FROM labels l WHERE l.feature_id = f.id)")
         if flt.label_contains:
-            cond.append(f"{_CUR_LABEL} LIKE ? ESCAPE '\\'")
+            cond.append("f.id IN (SELECT feature_id FROM temp.current_label WHERE label LIKE ? ESCAPE '\\')")
             args.append(f"%{_like_escape(flt.label_contains)}%")
         if flt.ids is not None:
             ids = [self._check_id(i) for i in flt.ids]
@@ -658,7 +678,7 @@ class FeatureStore:
         if flt.min_score is not None:
             if not flt.score_method:
                 raise ValueError("filter min_score needs score_method (e.g. 'detection')")
-            cond.append("(SELECT s.value FROM scores s WHERE s.feature_id = f.id AND s.method = ? ORDER BY s.id DESC LIMIT 1) >= ?")
+            cond.append("f.id IN (SELECT feature_id FROM temp.latest_score WHERE method = ? AND value >= ?)")
             args.extend([flt.score_method, flt.min_score])
         return (" WHERE " + " AND ".join(cond)) if cond else "", args
 
@@ -675,10 +695,9 @@ class FeatureStore:
         descending by default. NULLs (dead latents, unlabelled) always come last."""
         flt = FeatureFilter.coerce(filter)
         where, args = self._where(flt)
-        sort_args: list[Any] = []
+        method = None
         if sort.startswith("score:"):
-            expr, desc = "(SELECT s.value FROM scores s WHERE s.feature_id = f.id AND s.method = ? ORDER BY s.id DESC LIMIT 1)", True
-            sort_args.append(sort.split(":", 1)[1])
+            expr, desc, method = "", True, sort.split(":", 1)[1]
         elif sort in _SORTS:
             expr, desc = _SORTS[sort]
         else:
@@ -687,21 +706,84 @@ class FeatureStore:
             desc = descending
         if offset < 0 or limit < 0:
             raise ValueError(f"offset and limit must be >= 0, got offset={offset}, limit={limit}")
-        q = (
-            f"SELECT f.id, f.n_fires, f.freq, f.mean_act, f.max_act, f.typical_max_act, f.flags, f.level, f.parent_id, "
-            f"{_CUR_LABEL} AS cur_label, f.recommended_strength FROM features f{where} "
-            f"ORDER BY {expr} IS NULL, {expr} {'DESC' if desc else 'ASC'}, f.id LIMIT ? OFFSET ?"
-        )
+        direction = "DESC" if desc else "ASC"
         with self._read() as c:
-            rows = c.execute(q, args + sort_args + sort_args + [int(limit), int(offset)]).fetchall()
+            if method is not None or expr == "label" or "temp." in where:
+                self._refresh_current(c)
+            if method is not None:  # latents with a score of that method by value, then the others by id
+                ids = self._two_part_page(c, "temp.latest_score t", "t.method = ? AND ", [method], f"t.value {direction}",
+                                          where, args, offset, limit)
+            elif expr == "label":  # labelled latents by label, then the unlabelled by id
+                ids = self._two_part_page(c, "temp.current_label t", "", [], f"t.label {direction}", where, args, offset, limit)
+            else:
+                if expr in _NOT_NULL or (expr in _NULLABLE and desc):  # NULLs sort last in SQLite's DESC order anyway
+                    order = f"{expr} {direction}, f.id"  # an indexed column's index serves it: no sort of every row
+                else:
+                    order = f"{expr} IS NULL, {expr} {direction}, f.id"
+                q_ids = f"SELECT f.id FROM features f{where} ORDER BY {order} LIMIT ? OFFSET ?"
+                ids = [r[0] for r in c.execute(q_ids, args + [int(limit), int(offset)])]
+            # then the page's rows: a label subquery per row of the page, not of the store
+            rows = []
+            for k in range(0, len(ids), 500):
+                chunk = ids[k:k + 500]
+                rows += c.execute(
+                    f"SELECT f.id, f.n_fires, f.freq, f.mean_act, f.max_act, f.typical_max_act, f.flags, f.level, "
+                    f"f.parent_id, {_CUR_LABEL}, f.recommended_strength FROM features f "
+                    f"WHERE f.id IN ({','.join('?' * len(chunk))})", chunk).fetchall()
+        where_in_page = {i: n for n, i in enumerate(ids)}
+        rows.sort(key=lambda r: where_in_page[r[0]])
         return [
             FeatureSummary(r[0], r[1], r[2], r[3], r[4], r[5], tuple(r[6].split()) if r[6] else (), r[7], r[8], r[9], r[10])
             for r in rows
         ]
 
+    @staticmethod
+    def _two_part_page(c: sqlite3.Connection, table: str, cond: str, cond_args: list[Any], order: str, where: str,
+                       args: list[Any], offset: int, limit: int) -> list[int]:
+        """A page of the order "rows of `table` (one per latent) by `order`, then the latents without
+        one by id", both parts read through indexes: O(page), not O(latents) per request."""
+        extra = f" AND {where[len(' WHERE '):]}" if where else ""
+        first = (f"SELECT f.id FROM {table} JOIN features f ON f.id = t.feature_id WHERE {cond}1{extra} "
+                 f"ORDER BY {order}, t.feature_id LIMIT ? OFFSET ?")
+        ids = [r[0] for r in c.execute(first, cond_args + args + [int(limit), int(offset)])]
+        if len(ids) == limit:
+            return ids
+        n_first = c.execute(f"SELECT COUNT(*) FROM {table} JOIN features f ON f.id = t.feature_id WHERE {cond}1{extra}",
+                            cond_args + args).fetchone()[0]
+        rest = (f"SELECT f.id FROM features f WHERE NOT EXISTS (SELECT 1 FROM {table} WHERE {cond}t.feature_id = f.id)"
+                f"{extra} ORDER BY f.id LIMIT ? OFFSET ?")
+        return ids + [r[0] for r in c.execute(rest, cond_args + args + [int(limit) - len(ids), max(0, int(offset) - n_first)])]
+
+    def _refresh_current(self, c: sqlite3.Connection) -> None:
+        """temp.current_label (each latent's current label) and temp.latest_score (its latest score
+        per method), indexed, so that label / score sorts and filters read an index instead of
+        running a subquery for every latent of the store (O(d_sae) per request: 0.5 s at 131k
+        latents). Temp tables live in this connection only (read-only ones too); rebuilt when
+        another connection committed (PRAGMA data_version) or this one wrote."""
+        version = (c.execute("PRAGMA data_version").fetchone()[0], self._writes)
+        if self._current_version == version:
+            return
+        for stmt in (
+            "DROP TABLE IF EXISTS temp.current_label",
+            "DROP TABLE IF EXISTS temp.latest_score",
+            "CREATE TEMP TABLE current_label (feature_id INTEGER PRIMARY KEY, label TEXT NOT NULL)",
+            "INSERT INTO temp.current_label SELECT l.feature_id, l.label FROM labels l "
+            "JOIN (SELECT feature_id, MAX(id) AS mid FROM labels GROUP BY feature_id) m ON l.id = m.mid",
+            "CREATE INDEX temp.current_label_order ON current_label (label, feature_id)",
+            "CREATE TEMP TABLE latest_score (method TEXT NOT NULL, feature_id INTEGER NOT NULL, value REAL NOT NULL, "
+            "PRIMARY KEY (method, feature_id)) WITHOUT ROWID",
+            "INSERT INTO temp.latest_score SELECT s.method, s.feature_id, s.value FROM scores s "
+            "JOIN (SELECT feature_id, method, MAX(id) AS mid FROM scores GROUP BY feature_id, method) m ON s.id = m.mid",
+            "CREATE INDEX temp.latest_score_order ON latest_score (method, value, feature_id)",
+        ):
+            c.execute(stmt)
+        self._current_version = version
+
     def count_features(self, filter: FeatureFilter | dict | None = None) -> int:  # noqa: A002
         where, args = self._where(FeatureFilter.coerce(filter))
         with self._read() as c:
+            if "temp." in where:
+                self._refresh_current(c)
             return int(c.execute(f"SELECT COUNT(*) FROM features f{where}", args).fetchone()[0])
 
     def search(self, text: str, limit: int = 20, *, raw: bool = False) -> list[SearchHit]:
@@ -712,17 +794,24 @@ class FeatureStore:
         with self._read() as c:
             for q in dict.fromkeys(queries):
                 try:
-                    rows = c.execute(
-                        "SELECT t.rowid, bm25(feature_fts, 5.0, 1.0) AS r, "
+                    # rank every match, but build snippets and look up labels for the hits kept only
+                    ranked = c.execute(
+                        "SELECT rowid, bm25(feature_fts, 5.0, 1.0) AS r FROM feature_fts WHERE feature_fts MATCH ? "
+                        "ORDER BY r LIMIT ?", (q, int(limit)),
+                    ).fetchall()
+                    if not ranked:
+                        continue
+                    ids = [r[0] for r in ranked]
+                    details = {r[0]: r[1:] for r in c.execute(
+                        "SELECT t.rowid, "
                         f"snippet(feature_fts, -1, '{SNIPPET_OPEN}', '{SNIPPET_CLOSE}', '...', 12), "
                         f"{_CUR_LABEL.replace('f.id', 't.rowid')}, f.freq "
-                        "FROM feature_fts t JOIN features f ON f.id = t.rowid WHERE feature_fts MATCH ? ORDER BY r LIMIT ?",
-                        (q, int(limit)),
-                    ).fetchall()
+                        "FROM feature_fts t JOIN features f ON f.id = t.rowid "
+                        f"WHERE feature_fts MATCH ? AND t.rowid IN ({','.join('?' * len(ids))})", (q, *ids),
+                    )}
                 except sqlite3.OperationalError as e:
                     raise ValueError(f"bad search query {text!r}: {e}") from None
-                if rows:
-                    return [SearchHit(r[0], -r[1], r[3], r[2], r[4]) for r in rows]
+                return [SearchHit(i, -r, details[i][1], details[i][0], details[i][2]) for i, r in ranked]
         return []
 
     def concept_matches(self, concept: str | None = None) -> list[ConceptMatch]:

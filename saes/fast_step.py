@@ -312,8 +312,8 @@ def _fast_grads(
         bag_off = _offsets(torch.bincount(bag_N, minlength=B * L)) if L > 1 else ent.offsets_B1
         parts_QD = _bag_sum(idx_N, W_dec, bag_off, vals_N)  # [B*L, D]
         recon_BLD = parts_QD.view(B, L, D)
-        if L > 1:
-            recon_BLD = recon_BLD.cumsum(1)
+        for j in range(1, L):  # prefix sums over levels, in order: a float cumsum has no deterministic CUDA kernel
+            recon_BLD[:, j] += recon_BLD[:, j - 1]
         recon_BLD += b_dec
         recon_BD = recon_BLD[:, -1].clone()
         # reconstruction losses; err becomes the gradient wrt each prefix, then its suffix sums

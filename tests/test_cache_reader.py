@@ -201,3 +201,22 @@ def test_bf16_and_fp16_stored_rows_come_back_exactly(tmp_path):
             assert b.acts.dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[dt]
             idx = [lookup[k] for k in row_ids(b)]
             assert torch.equal(b.acts.float(), cache.acts[HOOK][idx])
+
+
+def test_the_window_layout_is_walked_once_per_epoch_not_once_per_batch(tmp_path):
+    """A 1e9-token cache has thousands of windows; the reader must not rebuild their list of
+    start rows for every batch (that made a run's bookkeeping quadratic in its length)."""
+    cache = make_fake_cache(tmp_path / "c", [4] * 40, d_in=2)
+    reader = CacheReader(cache.path, 2, buffer_rows=4, epochs=2, verify="never")
+    walks = []
+
+    class Counted(list):
+        def __iter__(self):
+            walks.append(1)
+            return super().__iter__()
+
+    plain = reader.windows
+    reader.windows = lambda epoch: Counted(plain(epoch))
+    rows = sum(b.acts.shape[0] for b in reader)
+    assert rows == 2 * 160 and len(plain(0)) == 40
+    assert len(walks) <= 2 * 2  # per epoch at most, whatever the number of batches (160 here)

@@ -230,3 +230,96 @@ def test_a_second_concurrent_build_is_refused(tmp_path):
         with pytest.raises(StoreError, match="another process is building"):
             build_feature_store(path, make_sae(), random_source(), small_config(), progress=False)
     build_feature_store(path, make_sae(), random_source(), small_config(), progress=False)
+
+
+def test_current_scores_match_the_feature_records_in_one_query(built, tmp_path):
+    """`current_scores` (the web list's scores) agrees with `feature(i).scores` for every case: scores of
+    the current label, of a replaced label (hidden), label-free ones, the latest of several, none."""
+    path, *_ = built
+    copy = tmp_path / "scores.db"
+    copy.write_bytes(path.read_bytes())
+    with FeatureStore.open(copy, readonly=False) as st:
+        st.write_label(1, "old idea", provenance=prov())
+        st.write_scores(1, {"detection": 0.9})  # belongs to the old label: hidden once relabelled
+        st.write_label(1, "new idea", provenance=prov())
+        st.write_scores(1, {"fuzzing": 0.4})
+        st.write_label(2, "two", provenance=prov())
+        st.write_scores(2, {"detection": 0.2})
+        st.write_scores(2, {"detection": 0.6})  # the latest wins
+        st.write_scores(3, {"detection": 0.5}, label_id=None)  # label-free, no label at all
+        st.write_label(5, "unscored", provenance=prov())
+        ids = [1, 2, 3, 5, 6]
+        for method in ("detection", "fuzzing"):
+            expected = {}
+            for i in ids:
+                first = next((s.value for s in st.feature(i).scores if s.method == method), None)
+                if first is not None:
+                    expected[i] = first
+            assert st.current_scores(ids, method) == expected
+        assert st.current_scores(ids, "detection") == {2: 0.6, 3: 0.5}
+        assert st.current_scores([], "detection") == {}
+
+
+def test_every_sort_and_direction_orders_as_specified_with_nulls_last_and_pages_that_tile(built, tmp_path):
+    """The list query reads the page's ids through the sort column's index where it can; the order
+    must stay: by the value (NULLs last, whatever the direction), then by id; pages tile the list."""
+    path, *_ = built
+    copy = tmp_path / "sorts.db"
+    copy.write_bytes(path.read_bytes())
+    with FeatureStore.open(copy, readonly=False) as st:
+        for i, text in [(3, "b"), (1, "a"), (7, "b"), (9, "c")]:
+            st.write_label(i, text, provenance=prov())
+        for i, v in [(3, 0.5), (7, 0.5), (2, 0.9)]:
+            st.write_scores(i, {"detection": v}, label_id=None)
+        st.set_recommended_strength(4, 2.0, source="t")
+        st.set_recommended_strength(6, 2.0, source="t")
+        n = st.count_features()
+        recs = {i: st.feature(i) for i in range(n)}
+        value = {
+            "id": lambda i: i, "freq": lambda i: recs[i].stats.freq, "n_fires": lambda i: recs[i].stats.n_fires,
+            "mean_act": lambda i: recs[i].stats.mean_act, "max_act": lambda i: recs[i].stats.max_act,
+            "typical_max_act": lambda i: recs[i].stats.typical_max_act, "level": lambda i: recs[i].level,
+            "label": lambda i: recs[i].label.text if recs[i].label else None,
+            "recommended_strength": lambda i: recs[i].recommended_strength,
+            "score:detection": lambda i: next((s.value for s in recs[i].scores if s.method == "detection"), None),
+        }
+        for sort, get in value.items():
+            for desc in (False, True):
+                have = [i for i in range(n) if get(i) is not None]
+                expected = sorted(have, key=lambda i: (-get(i) if desc else get(i), i)) if sort != "label" else \
+                    sorted(have, key=lambda i: i)
+                if sort == "label":  # strings: sort by text, then id, reversed text order when descending
+                    expected = sorted(have, key=lambda i: i)
+                    expected.sort(key=lambda i: get(i), reverse=desc)
+                expected += sorted(i for i in range(n) if get(i) is None)
+                got = [s.id for s in st.list_features(sort=sort, descending=desc, limit=n)]
+                assert got == expected, (sort, desc)
+                pages = [s.id for off in range(0, n, 5) for s in st.list_features(sort=sort, descending=desc, offset=off, limit=5)]
+                assert pages == expected, (sort, desc)
+        assert [s.id for s in st.list_features(sort="freq", filter={"alive_only": True}, limit=3)] == \
+            [i for i in sorted(range(n), key=lambda i: (-recs[i].stats.freq, i)) if recs[i].stats.n_fires > 0][:3]
+
+
+def test_label_and_score_orders_follow_new_writes_from_this_and_other_connections(built, tmp_path):
+    """Label / score sorts and filters read per-connection tables of current labels and latest
+    scores; they must be rebuilt after a write through this connection and after a commit by
+    another process's connection (a labelling run while the web app serves the store)."""
+    path, *_ = built
+    copy = tmp_path / "fresh.db"
+    copy.write_bytes(path.read_bytes())
+    with FeatureStore.open(copy, readonly=False) as writer, FeatureStore.open(copy) as reader:
+        writer.write_label(5, "kelp", provenance=prov())
+        writer.write_scores(5, {"detection": 0.3}, label_id=None)
+        for st in (writer, reader):
+            assert [s.id for s in st.list_features(sort="label", limit=1)] == [5]
+            assert [s.id for s in st.list_features(sort="score:detection", limit=1)] == [5]
+            assert st.count_features({"label_contains": "kelp"}) == 1
+        writer.write_label(2, "anchor", provenance=prov())  # sorts before "kelp"
+        writer.write_label(5, "zebra", provenance=prov())  # relabelled: "kelp" is no longer current
+        writer.write_scores(9, {"detection": 0.8}, label_id=None)
+        for st in (writer, reader):
+            assert [s.id for s in st.list_features(sort="label", limit=2)] == [2, 5]
+            assert [s.label for s in st.list_features(sort="label", limit=2)] == ["anchor", "zebra"]
+            assert [s.id for s in st.list_features(sort="score:detection", limit=2)] == [9, 5]
+            assert st.count_features({"label_contains": "kelp"}) == 0
+            assert [s.id for s in st.list_features(filter={"score_method": "detection", "min_score": 0.5})] == [9]

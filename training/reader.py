@@ -160,6 +160,7 @@ class CacheReader:
         self._pending: dict[int, Any] = {}  # shard -> Future of its SHA-256 (verify-ahead)
         self._pool = None
         self._windows_cache: tuple[int, list[_Window]] | None = None
+        self._starts_cache: tuple[int, np.ndarray] | None = None  # (epoch, first stream row of each window)
         self._loaded: tuple[int, int] | None = None  # (epoch, window index)
         self._buf_acts: torch.Tensor | None = None
         self._buf_meta: np.ndarray | None = None  # [3, N] token_ids, positions, seq_index
@@ -204,6 +205,14 @@ class CacheReader:
             out.append(_Window(tuple(cur), start, cur_rows))
         self._windows_cache = (epoch, out)
         return out
+
+    def _window_starts(self, epoch: int, wins: list[_Window]) -> np.ndarray:
+        """First stream rows of the epoch's windows, built once per epoch (a 1e9-token cache has
+        thousands of windows: rebuilding the list for every batch made a run's bookkeeping
+        grow with the square of its length)."""
+        if self._starts_cache is None or self._starts_cache[0] != epoch:
+            self._starts_cache = (epoch, np.fromiter((w.start for w in wins), dtype=np.int64, count=len(wins)))
+        return self._starts_cache[1]
 
     # -- loading ---------------------------------------------------------------------------
     def _check_shard(self, i: int) -> dict[str, TensorEntry]:
@@ -305,8 +314,8 @@ class CacheReader:
         while a < b:
             epoch, off = divmod(a, R)
             wins = self.windows(epoch)
-            starts = [w.start for w in wins]
-            w = int(np.searchsorted(starts, off, side="right")) - 1
+            starts = self._window_starts(epoch, wins)
+            w = int(np.searchsorted(starts, off, side="right")) - 1  # O(log windows) per batch
             win = wins[w]
             self._load_window(epoch, w)
             lo = off - win.start

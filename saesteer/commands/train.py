@@ -254,10 +254,11 @@ def _prepare_data(run_cfg, data_cfg, text_cfg, coll=None, allow_model_mismatch: 
 
             mine = rank_shards([sh.rows for sh in read_manifest(data_cfg.cache).shards], rank, world)
             reader = CacheReader(data_cfg.cache, t.batch_size // world, hook=data_cfg.hook, seed=t.seed, epochs=None,
-                                 buffer_rows=data_cfg.reader_buffer_rows, shards=mine)
+                                 buffer_rows=data_cfg.reader_buffer_rows, shards=mine, **_reader_dtype(t.device))
         else:  # rows: rank r keeps rows [r*B/W, (r+1)*B/W) of each global batch of the one stream
             reader = CacheReader(data_cfg.cache, t.batch_size // world, hook=data_cfg.hook, seed=t.seed, epochs=None,
-                                 buffer_rows=data_cfg.reader_buffer_rows, rank=rank, world_size=world)
+                                 buffer_rows=data_cfg.reader_buffer_rows, rank=rank, world_size=world,
+                                 **_reader_dtype(t.device))
         man = reader.manifest
         prov = cache_provenance(man, data_cfg.cache, reader.hook)
         prov["reader_buffer_rows"] = data_cfg.reader_buffer_rows  # with train.seed: which rows were held out
@@ -315,6 +316,12 @@ def _prepare_data(run_cfg, data_cfg, text_cfg, coll=None, allow_model_mismatch: 
             model_eval = ModelEval(model, hook, held.tokens_NL, (bos,) if bos is not None else ())
             prov["ce_eval_data"] = held.provenance()
     return source, model_eval, prov
+
+
+def _reader_dtype(device: str) -> dict:
+    """On a GPU the reader yields rows as stored (fp16/bf16) and the trainer converts them there:
+    half the bytes over PCIe and no per-batch conversion on the CPU (the same fp32 values)."""
+    return {"dtype": None} if str(device).startswith("cuda") else {}
 
 
 def _heldout(train_text, data_cfg, tokenizer, n: int, train_docs: int | None):

@@ -130,16 +130,7 @@ class StoreCatalog:
         """The main score of the current label of each given feature (those that have one)."""
         if not ids:
             return {}
-        scored = self.store.list_features(
-            filter={"ids": list(ids), "score_method": self.score_method, "min_score": float("-inf")}, limit=len(ids)
-        )
-        out: dict[int, float] = {}
-        for s in scored:
-            for sc in self.store.feature(s.id).scores:
-                if sc.method == self.score_method:
-                    out[s.id] = float(sc.value)
-                    break
-        return out
+        return self.store.current_scores(ids, self.score_method)  # one query, not a whole record per row
 
     def _summary(self, s, score: float | None = None) -> FeatureSummary:
         return FeatureSummary(
