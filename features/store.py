@@ -74,6 +74,7 @@ from features.records import (
     TokenEffect,
     utc_now,
 )
+from saes.errors import SaesteerError
 
 SCHEMA_VERSION = 1
 
@@ -210,7 +211,7 @@ _SORTS = {
 _CUR_LABEL = "(SELECT l.label FROM labels l WHERE l.feature_id = f.id ORDER BY l.id DESC LIMIT 1)"
 
 
-class StoreError(Exception):
+class StoreError(SaesteerError):
     """A feature store problem; the message says what to do."""
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 
@@ -37,6 +38,8 @@ def command_modules() -> list:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="saesteer", description=DESCRIPTION, formatter_class=_Formatter)
     parser.add_argument("--version", action="version", version=f"saesteer {saesteer.__version__}")
+    parser.add_argument("--debug", action="store_true", default=False,
+                        help="show Python's traceback on errors (also: SAESTEER_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for mod in command_modules():
         p = sub.add_parser(
@@ -47,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         )
         if hasattr(mod, "add_arguments"):
             mod.add_arguments(p)
-        p.set_defaults(_run=mod.run)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show Python's traceback on errors")
+        p.set_defaults(_run=mod.run, _parser=p)
     return parser
 
 
@@ -57,11 +62,21 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 0
+    from saesteer.boundary import report, warnings_as_notes
+
+    debug = args.debug or os.environ.get("SAESTEER_DEBUG", "") not in ("", "0")
     try:
-        return int(args._run(args) or 0)
+        if debug:
+            return int(args._run(args) or 0)
+        with warnings_as_notes():
+            return int(args._run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # the error boundary: one or two lines, no traceback (see saesteer/boundary.py)
+        if debug:
+            raise
+        return report(e, getattr(args, "_parser", None))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from saes.errors import SaesteerError
 from saes.fileio import atomic_write_bytes, atomic_write_json, fsync_dir
 
 FORMAT = "saesteer.train_checkpoint"
@@ -45,7 +46,7 @@ TMP_PREFIX = ".tmp-"
 DEL_PREFIX = ".del-"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(SaesteerError, ValueError):
     """A checkpoint that cannot be written or read; the message says what to do."""
 
 

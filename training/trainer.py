@@ -35,6 +35,7 @@ from torch import Tensor
 
 from saes import SAE, BatchTopKSAE, create_sae, save_sae
 from saes.batchtopk import global_batch
+from saes.errors import SaesteerError
 from saes.sparse import SparseActs
 from saes.step import STEP_METHODS, compute_grads
 from training.checkpoint import (
@@ -68,7 +69,7 @@ class NonFiniteError(RuntimeError):
     """Too many consecutive non-finite steps; the last good checkpoint is left as it was."""
 
 
-class ConfigMismatchError(ValueError):
+class ConfigMismatchError(SaesteerError, ValueError):
     """A resume whose config differs from the checkpoint's in fields that may not change."""
 
 

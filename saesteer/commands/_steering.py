@@ -11,7 +11,10 @@ from pathlib import Path
 from typing import Any
 
 
-class CLIError(Exception):
+from saes.errors import SaesteerError
+
+
+class CLIError(SaesteerError):
     """A user error: printed as `error: ...`, exit status 2."""
 
 
