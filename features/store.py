@@ -209,6 +209,12 @@ _SORTS = {
     "recommended_strength": ("f.recommended_strength", True),
 }
 _CUR_LABEL = "(SELECT l.label FROM labels l WHERE l.feature_id = f.id ORDER BY l.id DESC LIMIT 1)"
+# the latest score of a method (bound as ?) that belongs to the current label (or to no label):
+# a score of an older label says nothing about the label shown beside it
+_CUR_SCORE = (
+    "(SELECT s.value FROM scores s WHERE s.feature_id = f.id AND s.method = ? AND (s.label_id IS NULL OR "
+    "s.label_id = (SELECT MAX(l.id) FROM labels l WHERE l.feature_id = f.id)) ORDER BY s.id DESC LIMIT 1)"
+)
 
 
 class StoreError(SaesteerError):
@@ -576,6 +582,18 @@ class FeatureStore:
             self._check_written(c, i)
             return self._current_label(c, i)
 
+    def label_score_methods(self, label_ids: Iterable[int]) -> dict[int, set[str]]:
+        """Label id -> the score methods that have rows tied to that label."""
+        ids = [int(i) for i in label_ids]
+        out: dict[int, set[str]] = {i: set() for i in ids}
+        with self._read() as c:
+            for k in range(0, len(ids), 500):
+                chunk = ids[k:k + 500]
+                q = f"SELECT DISTINCT label_id, method FROM scores WHERE label_id IN ({','.join('?' * len(chunk))})"
+                for label_id, method in c.execute(q, chunk).fetchall():
+                    out[label_id].add(method)
+        return out
+
     def labels(self, ids: Iterable[int]) -> dict[int, str]:
         """Current label text of each given latent that has one."""
         ids = [self._check_id(i) for i in ids]
@@ -618,7 +636,7 @@ class FeatureStore:
         if flt.min_score is not None:
             if not flt.score_method:
                 raise ValueError("filter min_score needs score_method (e.g. 'detection')")
-            cond.append("(SELECT s.value FROM scores s WHERE s.feature_id = f.id AND s.method = ? ORDER BY s.id DESC LIMIT 1) >= ?")
+            cond.append(f"{_CUR_SCORE} >= ?")
             args.extend([flt.score_method, flt.min_score])
         return (" WHERE " + " AND ".join(cond)) if cond else "", args
 
@@ -631,13 +649,14 @@ class FeatureStore:
         descending: bool | None = None,
     ) -> list[FeatureSummary]:
         """A page of latents. sort: id, freq, n_fires, mean_act, max_act, typical_max_act, level,
-        label, recommended_strength, or 'score:<method>' (latest score of that method); stats sort
+        label, recommended_strength, or 'score:<method>' (latest score of that method given to the
+        current label, or to none; filter min_score reads the same); stats sort
         descending by default. NULLs (dead latents, unlabelled) always come last."""
         flt = FeatureFilter.coerce(filter)
         where, args = self._where(flt)
         sort_args: list[Any] = []
         if sort.startswith("score:"):
-            expr, desc = "(SELECT s.value FROM scores s WHERE s.feature_id = f.id AND s.method = ? ORDER BY s.id DESC LIMIT 1)", True
+            expr, desc = _CUR_SCORE, True
             sort_args.append(sort.split(":", 1)[1])
         elif sort in _SORTS:
             expr, desc = _SORTS[sort]
