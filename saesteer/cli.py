@@ -19,6 +19,13 @@ label features with an LLM judge, browse them, and steer generation by feature I
 Start with `saesteer demo` (the built-in toy world: no GPU, no internet)."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad flags print two lines (what is wrong, where the help is), not the whole usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message}\nsee `{self.prog} --help` for the options\n")
+
+
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     def __init__(self, prog: str) -> None:
         super().__init__(prog, max_help_position=32, width=100)
@@ -36,7 +43,7 @@ def command_modules() -> list:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="saesteer", description=DESCRIPTION, formatter_class=_Formatter)
+    parser = _Parser(prog="saesteer", description=DESCRIPTION, formatter_class=_Formatter)
     parser.add_argument("--version", action="version", version=f"saesteer {saesteer.__version__}")
     parser.add_argument("--debug", action="store_true", default=False,
                         help="show Python's traceback on errors (also: SAESTEER_DEBUG=1)")

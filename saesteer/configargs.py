@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -70,11 +71,14 @@ def _parser_for(tp: Any):
             )
         if tp in (int, float, str):
             try:
-                return tp(text)
+                value = tp(text)
             except ValueError:
                 raise argparse.ArgumentTypeError(
                     f"expected {tp.__name__}, got {text!r}"
                 ) from None
+            if tp is float and not math.isfinite(value):  # no setting of ours means NaN or infinity
+                raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+            return value
         if tp is Path:
             return Path(text)
         return text

@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
-from saes.errors import SaesteerError
+from saes.errors import SaesteerError, SaesteerWarning
 
 OPS: tuple[str, ...] = ("add", "clamp", "scale", "ablate")
 POSITION_NAMES: tuple[str, ...] = ("all", "prompt", "generated", "last")
@@ -52,6 +52,10 @@ TypicalMax = Union[Mapping[int, float], Callable[[int], "float | None"]]
 
 class SteeringError(SaesteerError, ValueError):
     """A steering request that cannot be carried out; the message says how to fix it."""
+
+
+class SteeringWarning(SaesteerWarning):
+    """A steering request that runs but may not do all that was asked (e.g. unreachable positions)."""
 
 
 def normalize_positions(positions: Any) -> Positions:
