@@ -89,7 +89,9 @@ def message_for(e: BaseException, parser: argparse.ArgumentParser | None = None)
     """(the text after `error: `, exit status) for an exception reaching the CLI."""
     if isinstance(e, SaesteerError):
         return _with_flag(str(e), e.field, flag_for(parser, e.field or "")), USER_ERROR
-    if isinstance(e, OSError) and (e.errno is not None or e.filename):
+    if isinstance(e, OSError):
+        if e.errno is None and e.filename is None and str(e):  # raised with a message of ours
+            return str(e), USER_ERROR
         return _os_message(e), ENVIRONMENT_ERROR
     if isinstance(e, (ValueError, TypeError)) and str(e):
         return str(e), USER_ERROR

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
@@ -216,4 +217,11 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
             f"{path}/{TENSORS_FILE} does not match the checksum in {STATE_FILE}: the checkpoint is corrupt; "
             f"delete this folder to resume from an older checkpoint"
         )
-    return state, st_load(blob)
+    try:
+        tensors = st_load(blob)
+    except (SafetensorError, ValueError) as e:  # the checksum matched bytes that are not safetensors
+        raise CheckpointError(
+            f"{path}/{TENSORS_FILE} is not a readable safetensors file ({e}) although it matches its recorded "
+            f"checksum: it was written wrongly; delete this folder to resume from an older checkpoint",
+            file=path / TENSORS_FILE) from None
+    return state, tensors

@@ -191,13 +191,12 @@ def _run_training(args, run_cfg, data_cfg, text_cfg, out, setup) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    from training.checkpoint import CheckpointError
-    from training.trainer import ConfigMismatchError, NonFiniteError, train
+    from training.trainer import NonFiniteError, train
 
     try:
         result = train(run_cfg, source, out, model_eval=model_eval, provenance=provenance, resume=args.resume,
                        collectives=coll)
-    except (ConfigMismatchError, CheckpointError, FileExistsError, FileNotFoundError) as e:
+    except (FileExistsError, FileNotFoundError) as e:  # ConfigMismatchError, CheckpointError: the CLI's boundary
         print(f"error: {e}", file=sys.stderr)
         return 2
     except NonFiniteError as e:
