@@ -523,14 +523,17 @@ def _plan(model, text: TextConfig, cfg: CacheConfig, tokenizer, model_id, model_
 
 def _estimate(plan: _Plan, text: TextConfig, cfg: CacheConfig, tokenizer, out: Path, contexts_done: int) -> CacheEstimate:
     L = text.context_length
-    texts = sample_documents(plan.source, 512)  # one read serves both estimates
+    # a source of its own: the prefetcher reads plan.source in its thread meanwhile, and two threads
+    # iterating one streaming dataset can shift its document boundaries (and so the resume pointers)
+    source = DocumentSource(text)
+    texts = sample_documents(source, 512)  # one read serves both estimates
     packer = ContextPacker(iter([texts]), make_tokenize(tokenizer), text, special_tokens(tokenizer))
     sample, _ = packer.take(64)
     if len(sample):
         rows_per_context = float((~np.isin(sample, plan.excluded)).sum()) / len(sample)
     else:
         rows_per_context = float(L)
-    stream = estimate_stream_tokens(text, tokenizer, plan.source, texts, 512)
+    stream = estimate_stream_tokens(text, tokenizer, source, texts, 512)
     K = packer.K
     data_contexts = None if stream is None else stream // K
     exact = False
