@@ -77,7 +77,7 @@ def _option_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
 
 def _with_flag(message: str, field: str | None, flag: str | None) -> str:
     """The message with the config field's name replaced by its flag (or the flag put in front)."""
-    if not flag:
+    if not flag or flag in message:
         return message
     pattern = re.compile(rf"(?<![\w.-]){re.escape(field)}(?![\w-])") if field else None
     if pattern is not None and pattern.search(message):

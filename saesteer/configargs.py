@@ -12,10 +12,13 @@ import argparse
 import dataclasses
 import json
 import math
+import re
 import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
+
+from saes.errors import SaesteerError
 
 T = TypeVar("T")
 
@@ -188,3 +191,29 @@ def dataclass_from_args(
         return cls(**values)
     except TypeError as e:
         raise SystemExit(f"{cls.__name__}: {e}") from None
+    except ValueError as e:  # a config's own check: say it with the flag of the field it names
+        found = _named_field(str(e), cls)
+        if found is None:
+            raise
+        span, field = found
+        text = str(e)
+        raise ConfigValueError(text[:span[0]] + _flag(prefix, field) + text[span[1]:],
+                               field=_dest(prefix, field)) from None
+
+
+class ConfigValueError(SaesteerError, ValueError):
+    """A value a config refused; its message names the flag that sets it (where the config named
+    the field)."""
+
+
+def _named_field(message: str, cls: type) -> tuple[tuple[int, int], str] | None:
+    """Where `message` first names a field of dataclass `cls` that has a flag (as `field` or
+    `Cls.field`), and which field."""
+    best: tuple[tuple[int, int], str] | None = None
+    for f in dataclasses.fields(cls):
+        if not f.init or f.metadata.get("cli") is False:
+            continue
+        m = re.search(rf"(?<![\w-])(?:{re.escape(cls.__name__)}\.)?{re.escape(f.name)}(?![\w-])", message)
+        if m and (best is None or m.start() < best[0][0]):
+            best = (m.span(), f.name)
+    return best

@@ -84,8 +84,11 @@ def add_arguments(parser) -> None:
     add_dataclass_arguments(parser, TextConfig, title="text (only without --cache: activations computed on the fly)")
 
 
-def _split_list(text: str, conv):
-    return [conv(t.strip()) for t in str(text).split(",") if t.strip()]
+def _split_list(text: str, conv, flag: str):
+    try:
+        return [conv(t.strip()) for t in str(text).split(",") if t.strip()]
+    except ValueError:
+        raise ValueError(f"{flag}: expected comma-separated {conv.__name__} values, got {text!r}") from None
 
 
 def _sae_specs(args, file_specs: list) -> list:
@@ -93,10 +96,10 @@ def _sae_specs(args, file_specs: list) -> list:
 
     if all(getattr(args, f) is None for f in _SAE_FLAGS):
         return [SAESpec(**s) if isinstance(s, dict) else s for s in file_specs] or [SAESpec()]
-    archs = _split_list(args.architecture, str) if args.architecture else ["topk"]
-    widths = _split_list(args.d_sae, int) if args.d_sae else [4096]
-    ks = _split_list(args.k, int) if args.k else [32]
-    mw = _split_list(args.matryoshka_widths, int) if args.matryoshka_widths else []
+    archs = _split_list(args.architecture, str, "--architecture") if args.architecture else ["topk"]
+    widths = _split_list(args.d_sae, int, "--d-sae") if args.d_sae else [4096]
+    ks = _split_list(args.k, int, "--k") if args.k else [32]
+    mw = _split_list(args.matryoshka_widths, int, "--matryoshka-widths") if args.matryoshka_widths else []
     specs = []
     for arch in archs:
         for d_sae in widths:
