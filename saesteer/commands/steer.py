@@ -54,7 +54,7 @@ def run(args) -> int:
     try:
         return _run(args)
     except (CLIError, SteeringError) as e:
-        return print_error(e)
+        return print_error(e, args)
 
 
 def _lines(path: str) -> list[str]:

@@ -67,7 +67,7 @@ def run(args) -> int:
     try:
         return _run(args)
     except (CLIError, SteeringError) as e:
-        return print_error(e)
+        return print_error(e, args)
 
 
 def _scorer(args, store_path):
