@@ -98,6 +98,18 @@ class World:
             return path
         return self._once("corrupt_cache", make)
 
+    def corrupt_toy_cache(self) -> Path:
+        """A copy of the toy cache with one flipped byte in its shard."""
+        def make():
+            path = self.path("toy-cache-corrupt")
+            shutil.copytree(self.toy_cache(), path)
+            shard = sorted(path.glob("shard_*.safetensors"))[0]
+            data = bytearray(shard.read_bytes())
+            data[len(data) // 3] ^= 0x01
+            shard.write_bytes(bytes(data))
+            return path
+        return self._once("corrupt_toy_cache", make)
+
     def trained_run(self, name: str = "run") -> Path:
         """A finished small training run on fake cache 'a' (its checkpoints are what resumes read)."""
         def make():
@@ -360,6 +372,14 @@ CASES: list[Case] = [
          lambda w: ["features", "build", "--sae", str(w.sae("hook1", hook="blocks.1.hook_resid_post")), "--cache",
                     str(w.toy_cache()), "--out", str(w.path("f10.db")), "--model", "none", *TINY],
          ["blocks.1.hook_resid_post", HOOK]),
+    Case("features-corrupt-cache-shard",
+         lambda w: ["features", "build", "--sae", str(w.sae("good")), "--cache", str(w.corrupt_toy_cache()), "--out",
+                    str(w.path("f13.db")), "--model", "none", *TINY],
+         ["shard_000000.safetensors", "SHA-256"]),
+    Case("features-store-of-another-sae",
+         lambda w: ["features", "build", "--sae", str(w.sae("other-seed", edit=_flip_weight_bit_and_resave)),
+                    "--cache", str(w.toy_cache()), "--out", str(w.feature_store()), "--model", "none", *TINY],
+         lambda w: [str(w.feature_store())]),
     Case("features-hook-not-in-cache",
          lambda w: ["features", "build", "--sae", str(w.sae("good")), "--cache", str(w.toy_cache()), "--hook",
                     "blocks.0.hook_resid_post", "--out", str(w.path("f12.db")), "--model", "none", *TINY],

@@ -16,7 +16,8 @@ edits, and print them side by side. An edit is FEATURE:OP[=VALUE[x]][@POSITIONS]
   res/123:add=4        latent 123 of the SAE named res (--sae res=DIR)
 
 Edits go through the SAE and keep its reconstruction error, so only the chosen latents change.
-Positions: all, prompt, generated, last, or token indices (0 = first token, -1 = last prompt token).
+Positions: all, prompt, generated, last, or token indices (0 = first token, -1 = last prompt token);
+an edit whose indices lie beyond every prompt + generation is refused (it would change nothing).
 
 examples:
   saesteer steer --sae saes/toy-topk --feature 123:clamp=8 --prompt "anna was a sailor ."
