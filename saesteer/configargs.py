@@ -197,8 +197,11 @@ def dataclass_from_args(
             raise
         span, field = found
         text = str(e)
-        raise ConfigValueError(text[:span[0]] + _flag(prefix, field) + text[span[1]:],
-                               field=_dest(prefix, field)) from None
+        text = text[:span[0]] + _flag(prefix, field) + text[span[1]:]
+        if isinstance(e, SaesteerError):  # keep its type (callers catch e.g. SteeringError)
+            e.message, e.args, e.field = text, (text,), _dest(prefix, field)
+            raise
+        raise ConfigValueError(text, field=_dest(prefix, field)) from None
 
 
 class ConfigValueError(SaesteerError, ValueError):
