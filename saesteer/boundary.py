@@ -10,7 +10,7 @@
   with the config field it names turned into the command's flag; exit status 2.
 - `OSError` (disk full, permission denied, read-only file system, missing file): the file, what
   the system said and what to do; exit status 1.
-- `ValueError` / `TypeError` from a config's checks: the message; exit status 2.
+- `ValueError` (a config's own checks raise it): the message; exit status 2.
 - anything else is a bug: its type and message, and how to get the traceback; exit status 1.
 
 `saesteer --debug ...` (or SAESTEER_DEBUG=1) skips all this and shows Python's traceback.
@@ -39,8 +39,7 @@ _OS_HINTS = {
     errno.EFBIG: "the file size limit was reached (see `ulimit -f`): raise it or choose another output folder, then "
                  "re-run the same command (finished work is kept and resumed)",
     errno.EACCES: "no permission to write there: choose another output folder or fix its permissions",
-    errno.EPERM: "the operation is not permitted there (an immutable or protected path?): choose another output "
-                 "folder or fix its attributes",
+    errno.EPERM: "an immutable or protected path? choose another output folder or fix its attributes",
     errno.EROFS: "the file system is read-only: choose an output folder on a writable disk",
     errno.ENOENT: "check the path",
     errno.ENOTDIR: "a part of the path is a file, not a folder: check the path",
@@ -93,7 +92,7 @@ def message_for(e: BaseException, parser: argparse.ArgumentParser | None = None)
         if e.errno is None and e.filename is None and str(e):  # raised with a message of ours
             return str(e), USER_ERROR
         return _os_message(e), ENVIRONMENT_ERROR
-    if isinstance(e, (ValueError, TypeError)) and str(e):
+    if isinstance(e, ValueError) and str(e):
         return str(e), USER_ERROR
     text = str(e).strip().splitlines()
     first = text[0] if text else ""
@@ -104,8 +103,7 @@ def message_for(e: BaseException, parser: argparse.ArgumentParser | None = None)
 
 def _os_message(e: OSError) -> str:
     what = e.strerror or str(e)
-    where = e.filename if e.filename is not None else None
-    text = f"{where}: {what}" if where is not None else what
+    text = f"{e.filename}: {what}" if e.filename is not None else what
     if getattr(e, "filename2", None):
         text += f" (-> {e.filename2})"
     hint = _OS_HINTS.get(e.errno or -1)

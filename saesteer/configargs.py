@@ -137,26 +137,29 @@ def add_dataclass_arguments(
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a JSON or TOML config file into a dict (clear error if it cannot be read)."""
+    """Read a JSON or TOML config file into a dict (a ConfigValueError naming the file if it cannot)."""
     path = Path(path)
     if not path.is_file():
-        raise SystemExit(f"config file not found: {path}")
-    text = path.read_text()
+        raise ConfigValueError(f"config file not found: {path}", file=path, field="config")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})", file=path) from None
     if path.suffix.lower() == ".toml":
         try:
             import tomllib
         except ModuleNotFoundError:  # Python 3.10
-            raise SystemExit(f"{path}: TOML configs need Python 3.11+; use JSON instead") from None
+            raise ConfigValueError(f"{path}: TOML configs need Python 3.11+; use JSON instead", file=path) from None
         try:
             return tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
-            raise SystemExit(f"{path}: not valid TOML: {e}") from None
+            raise ConfigValueError(f"{path}: not valid TOML: {e}", file=path) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise SystemExit(f"{path}: not valid JSON: {e}") from None
+        raise ConfigValueError(f"{path}: not valid JSON: {e}", file=path) from None
     if not isinstance(data, dict):
-        raise SystemExit(f"{path}: expected a JSON object at the top level")
+        raise ConfigValueError(f"{path}: expected a JSON object at the top level", file=path)
     return data
 
 
@@ -177,7 +180,7 @@ def dataclass_from_args(
     if file_values:
         unknown = sorted(set(file_values) - names)
         if unknown:
-            raise SystemExit(
+            raise ConfigValueError(
                 f"unknown {cls.__name__} key(s) in config: {', '.join(unknown)}; "
                 f"valid keys: {', '.join(sorted(names))}"
             )
@@ -190,7 +193,7 @@ def dataclass_from_args(
     try:
         return cls(**values)
     except TypeError as e:
-        raise SystemExit(f"{cls.__name__}: {e}") from None
+        raise ConfigValueError(f"{cls.__name__}: {e}") from None
     except ValueError as e:  # a config's own check: say it with the flag of the field it names
         found = _named_field(str(e), cls)
         if found is None:
