@@ -4,11 +4,16 @@ Prices are USD per million tokens, input and output, per model: a small built-in
 list prices (check them; they change) that `Prices.for_model(..., input_per_mtok=...,
 output_per_mtok=...)` overrides. Local servers and local models cost nothing unless given a price.
 
-The budget is checked *before* each request by reserving an upper estimate of its cost
-(estimated prompt tokens plus the full `max_tokens` of output); the reservation becomes the real
-usage when the answer arrives. A request that would overrun the budget is not sent:
-`BudgetExceeded` is raised, the runner abandons that latent (nothing written) and stops starting
-new ones. Cached answers cost nothing and are never refused.
+The budget is checked *before* each request by reserving an upper bound of its cost: the prompt
+counted as one token per UTF-8 byte (no tokenizer makes more tokens than bytes) plus the chat
+framing (learnt from the server's reports: the largest excess it ever reported over the bytes)
+plus the full `max_tokens` of output. When the answer arrives the reservation is replaced by the
+usage the server reports. A request whose bound could overrun the budget is not sent: it waits
+for the requests in flight to settle, and if it still does not fit `BudgetExceeded` is raised,
+the runner abandons that latent (nothing written) and stops starting new ones. So the spending
+never crosses the budget as long as the server honours `max_tokens`. Cached answers cost nothing
+and are never refused. (`estimate_message_tokens`, chars / 3.5, is the typical count that dry-run
+estimates use; it is not a bound.)
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ __all__ = [
     "BudgetExceeded",
     "estimate_tokens",
     "estimate_message_tokens",
+    "prompt_token_bound",
     "KNOWN_PRICES",
 ]
 
@@ -55,6 +61,18 @@ def estimate_tokens(text: str) -> int:
 def estimate_message_tokens(messages: list[dict]) -> int:
     """Estimated prompt tokens of a chat request (content plus ~4 tokens of framing per message)."""
     return sum(estimate_tokens(str(m.get("content") or "")) + 4 for m in messages) + 3
+
+
+FRAMING_TOKENS_PER_MESSAGE = 8  # role markers and separators of one chat message (typical: 3-5)
+FRAMING_TOKENS_PER_REQUEST = 16  # start-of-reply tokens and a short default system preamble
+
+
+def prompt_token_bound(messages: list[dict], extra_framing: int = 0) -> int:
+    """An upper bound of a chat request's prompt tokens: one per UTF-8 byte of every message
+    (a token is at least one byte in byte-level BPE; byte-fallback tokenizers do no worse), plus
+    framing per message and per request, plus `extra_framing` (what a server was seen to add)."""
+    content = sum(len(str(m.get("content") or "").encode("utf-8")) for m in messages)
+    return content + FRAMING_TOKENS_PER_MESSAGE * len(messages) + FRAMING_TOKENS_PER_REQUEST + max(0, extra_framing)
 
 
 @dataclass(frozen=True)
@@ -174,7 +192,37 @@ class Ledger:
     def spent_tokens(self) -> int:
         return self.totals.prompt_tokens + self.totals.completion_tokens
 
+    @property
+    def reserved(self) -> bool:
+        """Whether requests in flight still hold reservations (they may settle below them)."""
+        with self._lock:
+            return self._reserved_tokens > 0 or self._reserved_usd > 0
+
+    def fits(self, est_prompt_tokens: int, max_output_tokens: int) -> bool:
+        """Whether this request would fit once every request in flight settled at nothing."""
+        if self.budget is None:
+            return True
+        with self._lock:
+            if self.budget.unit == "tokens":
+                return self.spent_tokens + int(est_prompt_tokens) + int(max_output_tokens) <= self.budget.amount
+            usd = self.prices.cost(est_prompt_tokens, max_output_tokens) or 0.0
+            return self.totals.cost_usd + usd <= self.budget.amount + 1e-12
+
     def reserve(self, est_prompt_tokens: int, max_output_tokens: int) -> Reservation:
+        """Reserve a request's upper bound, or raise BudgetExceeded (and mark the budget exhausted)."""
+        r = self.try_reserve(est_prompt_tokens, max_output_tokens)
+        if r is None:
+            with self._lock:
+                self.exhausted = True
+            raise BudgetExceeded(
+                f"budget {self.budget} reached (spent {self.spent_tokens:,} tokens"
+                + (f", ${self.totals.cost_usd:.4f}" if self.prices.known else "")
+                + ")"
+            )
+        return r
+
+    def try_reserve(self, est_prompt_tokens: int, max_output_tokens: int) -> Reservation | None:
+        """Reserve a request's upper bound if it fits beside what is spent and reserved, else None."""
         tokens = int(est_prompt_tokens) + int(max_output_tokens)
         usd = self.prices.cost(est_prompt_tokens, max_output_tokens) or 0.0
         with self._lock:
@@ -184,12 +232,7 @@ class Ledger:
                 else:
                     over = self.totals.cost_usd + self._reserved_usd + usd > self.budget.amount + 1e-12
                 if over:
-                    self.exhausted = True
-                    raise BudgetExceeded(
-                        f"budget {self.budget} reached (spent {self.spent_tokens:,} tokens"
-                        + (f", ${self.totals.cost_usd:.4f}" if self.prices.known else "")
-                        + ")"
-                    )
+                    return None
             self._reserved_tokens += tokens
             self._reserved_usd += usd
         return Reservation(tokens, usd)

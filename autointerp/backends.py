@@ -29,7 +29,11 @@ class OpenAIBackend:
 
     `base_url` defaults to $OPENAI_BASE_URL (else OpenAI's), `api_key` to $OPENAI_API_KEY (a
     placeholder is sent to servers that need none when a base URL is given). The client's own
-    retries are off (`max_retries=0`): the `Judge` retries, counts and honours Retry-After."""
+    retries are off (`max_retries=0`): the `Judge` retries, counts and honours Retry-After.
+
+    `timeout_s` is the deadline of one attempt as a whole (connect, send, wait, read the answer):
+    httpx's timeouts are per read, so a server sending a byte now and then would hold a request
+    forever under them alone."""
 
     kind = "openai"
 
@@ -95,9 +99,10 @@ class OpenAIBackend:
             # auth, timeout and error classes as `chat.completions.create`, minus the typed request
             # transform and response model, which cost more CPU per request than everything else
             # here; the JSON is read leniently below instead.
-            text = await self._client().post("/chat/completions", cast_to=str, body=body)
-        except openai.APITimeoutError:
-            raise TransientError(f"timed out after {self.timeout_s:g} s") from None
+            text = await asyncio.wait_for(self._client().post("/chat/completions", cast_to=str, body=body),
+                                          timeout=self.timeout_s)
+        except (openai.APITimeoutError, asyncio.TimeoutError):
+            raise TransientError(f"timed out after {self.timeout_s:g} s (no complete answer by then)") from None
         except openai.APIConnectionError as e:
             cause = e.__cause__ or e
             raise TransientError(f"connection error ({type(cause).__name__}: {cause})") from None

@@ -123,19 +123,11 @@ class FeatureStoreLabels:
                 ours[i] = lab
                 done.add(i)
         if ours:
-            # cheap check first: which of them have a (latest) score of each method at all
-            have: dict[str, set[int]] = {}
-            ids = sorted(ours)
-            for m in ("detection", "fuzzing"):
-                have[m] = set()
-                for k in range(0, len(ids), 2000):
-                    chunk = ids[k:k + 2000]
-                    rows = st.list_features(sort="id", filter={"ids": chunk, "score_method": m, "min_score": -1e300},
-                                            offset=0, limit=len(chunk))
-                    have[m].update(r.id for r in rows)
+            # which score methods each current label has rows for (rows of an older label of the
+            # same latent, e.g. an offline one, do not count: they score another label)
+            have = st.label_score_methods(lab.id for lab in ours.values())
             for i, lab in ours.items():
-                wanted = self._wanted_scores(lab)
-                if any(i not in have.get(m, set()) for m in wanted):
+                if any(m not in have.get(lab.id, set()) for m in self._wanted_scores(lab)):
                     self._repair_scores(i, lab)
         return done
 

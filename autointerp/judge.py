@@ -12,10 +12,17 @@ is worth retrying (429, 408, 5xx, connection resets, timeouts, unreadable bodies
 
 - the cache: a response already stored under the same (backend kind, model, full request) key
   is reused and costs nothing;
-- the budget: an upper estimate of the cost is reserved before sending (`BudgetExceeded`);
+- the budget: an upper bound of the cost is reserved before sending (one token per prompt byte,
+  plus framing the server was seen to add, plus max_tokens; see `accounting`); a request that
+  does not fit waits for those in flight to settle, then is refused (`BudgetExceeded`) if it
+  still does not fit, so the budget is never crossed;
 - retries with jittered exponential backoff; a 429's Retry-After (or retry-after-ms) is honoured
-  and pauses *all* requests of this judge until it has passed, since a rate limit is shared;
-- the concurrency bound: at most `concurrency` requests in flight (waiting does not hold a slot).
+  and pauses *all* requests of this judge until it has passed, since a rate limit is shared: the
+  pause is checked after a request gets its concurrency slot, right before it is sent, so calls
+  that were queued for a slot during the pause wait for it too;
+- the concurrency bound: at most `concurrency` requests in flight (a backoff does not hold a slot);
+- the deadline: the backend gives each attempt `timeout_s` in all, however slowly the server
+  sends (a server trickling bytes cannot hold a request longer).
 
 and per call: the answer is parsed as JSON (bare or ```json fenced), checked against `schema`
 and then by `validate`; when that fails, or the model refuses, the judge re-asks (the bad answer
@@ -35,7 +42,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Protocol, Sequence
 
-from .accounting import BudgetExceeded, Ledger, Prices, estimate_message_tokens
+from .accounting import BudgetExceeded, Ledger, Prices, Reservation, prompt_token_bound
 from .cache import CachedResponse, ResponseCache, request_key
 from .schema import InvalidAnswer, check_schema, parse_json_answer
 
@@ -280,6 +287,9 @@ class Judge:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sem: asyncio.Semaphore | None = None
         self._not_before = 0.0  # time.monotonic() before which no request is sent (429 pause)
+        self._settled_event: asyncio.Event | None = None  # set (and replaced) when a reservation settles
+        self._extra_framing = 0  # prompt tokens the server counted beyond our bound (chat template)
+        self._output_excess = 0  # completion tokens beyond max_tokens the server was seen to charge
         self.retry_log: list[tuple[str, float]] = []  # (reason, delay) of every retry, for tests/logs
 
     # -- identity -------------------------------------------------------------------------------
@@ -301,7 +311,47 @@ class Judge:
         loop = asyncio.get_running_loop()
         if self._sem is None or self._loop is not loop:
             self._loop, self._sem = loop, asyncio.Semaphore(self.concurrency)
+            self._settled_event = asyncio.Event()
         return self._sem
+
+    async def _reserve(self, request: ChatRequest) -> Reservation:
+        """Reserve the request's cost bound; wait while requests in flight may free room for it."""
+        prompt = prompt_token_bound(list(request.messages), self._extra_framing)
+        output = request.max_tokens + self._output_excess
+        while True:
+            r = self.ledger.try_reserve(prompt, output)
+            if r is not None:
+                return r
+            if not (self.ledger.reserved and self.ledger.fits(prompt, output)):
+                return self.ledger.reserve(prompt, output)  # raises BudgetExceeded
+            self._semaphore()
+            assert self._settled_event is not None
+            await self._settled_event.wait()  # taken in the same step as the check: no missed wake-up
+
+    def _settle_done(self) -> None:
+        if self._settled_event is not None:
+            self._settled_event.set()
+            self._settled_event = asyncio.Event()
+
+    def _learn_usage(self, request: ChatRequest, resp: ChatResponse) -> None:
+        """Widen the cost bound when the server counted more than it allowed for."""
+        over = resp.prompt_tokens - prompt_token_bound(list(request.messages))
+        if over > self._extra_framing:
+            self._extra_framing = over
+        excess = resp.completion_tokens - request.max_tokens
+        if excess > self._output_excess:
+            self._output_excess = excess
+
+    async def _wait_out_pause(self) -> None:
+        """Sleep until the shared 429 pause has passed (again if it was extended meanwhile)."""
+        while True:
+            until = self._not_before
+            wait = until - time.monotonic()
+            if wait <= 0:
+                return
+            await self._sleep(wait)
+            if self._not_before <= until:
+                return
 
     def request_for(self, messages: Sequence[dict[str, str]], max_tokens: int | None = None,
                     temperature: float | None = None) -> ChatRequest:
@@ -328,14 +378,12 @@ class Judge:
                 tally.cached += 1
                 self.ledger.count(cached=1)
                 return ChatResponse(hit.text, 0, 0, hit.refusal, hit.finish_reason)
-        reservation = self.ledger.reserve(estimate_message_tokens(list(request.messages)), request.max_tokens)
+        reservation = await self._reserve(request)
         try:
             retry = 0
             while True:
-                wait = self._not_before - time.monotonic()
-                if wait > 0:
-                    await self._sleep(wait)
                 async with self._semaphore():
+                    await self._wait_out_pause()  # after the slot: queued calls see a pause set meanwhile
                     tally.requests += 1
                     try:
                         resp = await self.backend.chat(request)
@@ -361,8 +409,10 @@ class Judge:
                 retry += 1
                 await self._sleep(delay)
             cost = self.ledger.settle(reservation, resp.prompt_tokens, resp.completion_tokens)
+            self._learn_usage(request, resp)
         finally:
             self.ledger.release(reservation)
+            self._settle_done()
         tally.prompt_tokens += resp.prompt_tokens
         tally.completion_tokens += resp.completion_tokens
         tally.cost = None if (cost is None or tally.cost is None) else tally.cost + cost

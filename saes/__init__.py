@@ -8,28 +8,51 @@ Folders are SAELens-compatible (`cfg.json` + `sae_weights.safetensors`).
     sae = create_sae("topk", d_in=512, d_sae=8192, k=32)
     out = sae(x)                 # SAEOutput(recon, acts, pre_BF)
     dense = sae.encode(x)        # [..., d_sae]
+
+Names are imported lazily (as in `training` and `steering`), so `import saes.errors` from a
+config module does not load torch. Importing `saes.step` registers the fast step methods.
 """
 
-from saes.base import SAE, Encoding, SAEOutput
-from saes.batchtopk import BatchTopKSAE, batch_topk_select
-from saes.config import BatchTopKConfig, JumpReLUConfig, MatryoshkaConfig, ReLUConfig, SAEConfig, TopKConfig
-from saes.io import SAEFormatError, load_sae, read_provenance, save_sae
-from saes.losses import auxk_loss, explained_variance, fvu, mse_loss
-from saes.matryoshka import MatryoshkaSAE
-from saes.objective import LossOutput, training_loss
-from saes.registry import ARCHITECTURES, TRAINABLE, create_sae, sae_class
-from saes.relu import ReLUSAE
-from saes.sparse import SparseActs, sparse_decode
-from saes.step import STEP_METHODS, GradResult, compute_grads
-from saes.fast_step import StepWorkspace, bf16_matmul_is_fast, fast_grads  # registers "fast", "fast_bf16"
-from saes.threshold import JumpReLUSAE
-from saes.topk import TopKSAE
+from __future__ import annotations
 
-__all__ = [
-    "ARCHITECTURES", "TRAINABLE", "SAE", "SAEConfig", "SAEFormatError", "SAEOutput", "Encoding", "LossOutput",
-    "BatchTopKConfig", "BatchTopKSAE", "JumpReLUConfig", "JumpReLUSAE", "MatryoshkaConfig", "MatryoshkaSAE",
-    "ReLUConfig", "ReLUSAE", "SparseActs", "TopKConfig", "TopKSAE", "auxk_loss", "batch_topk_select",
-    "create_sae", "explained_variance", "fvu", "load_sae", "mse_loss", "read_provenance", "sae_class",
-    "save_sae", "sparse_decode", "training_loss", "GradResult", "compute_grads", "STEP_METHODS",
-    "StepWorkspace", "bf16_matmul_is_fast", "fast_grads",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "SAE": "base", "Encoding": "base", "SAEOutput": "base",
+    "BatchTopKSAE": "batchtopk", "batch_topk_select": "batchtopk",
+    "BatchTopKConfig": "config", "JumpReLUConfig": "config", "MatryoshkaConfig": "config", "ReLUConfig": "config",
+    "SAEConfig": "config", "TopKConfig": "config",
+    "SaesteerError": "errors",
+    "SAEFormatError": "io", "load_sae": "io", "read_provenance": "io", "save_sae": "io",
+    "auxk_loss": "losses", "explained_variance": "losses", "fvu": "losses", "mse_loss": "losses",
+    "MatryoshkaSAE": "matryoshka",
+    "LossOutput": "objective", "training_loss": "objective",
+    "ARCHITECTURES": "registry", "TRAINABLE": "registry", "create_sae": "registry", "sae_class": "registry",
+    "ReLUSAE": "relu",
+    "SparseActs": "sparse", "sparse_decode": "sparse",
+    "STEP_METHODS": "step", "GradResult": "step", "compute_grads": "step",
+    "StepWorkspace": "fast_step", "bf16_matmul_is_fast": "fast_step", "fast_grads": "fast_step",
+    "JumpReLUSAE": "threshold",
+    "TopKSAE": "topk",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        try:  # a submodule reached as an attribute (`saes.io`)
+            return importlib.import_module(f"saes.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"saes.{name}":
+                raise
+            raise AttributeError(f"module 'saes' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(f"saes.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

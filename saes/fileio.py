@@ -81,12 +81,16 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
-    """Parse a JSON file; a missing or malformed file raises ValueError naming it."""
+    """Parse a JSON file; a missing file raises FileNotFoundError, a malformed or non-UTF-8 one
+    ValueError, each naming it."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise FileNotFoundError(f"{what} not found: {path}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{what} {path} is not UTF-8 text (byte {e.start}: {e.reason}); it is corrupt or not a "
+                         f"JSON file") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:

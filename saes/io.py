@@ -3,13 +3,15 @@
 A folder holds:
 - `cfg.json`: SAELens config fields (architecture, d_in, d_sae, dtype, k, metadata, ...).
 - `sae_weights.safetensors`: `W_enc`, `b_enc`, `W_dec`, `b_dec` (+ `threshold`).
-- `saesteer.json` (optional): our provenance (model, hook, dataset, tokens, commit, metrics).
+- `saesteer.json`: our provenance (model, hook, dataset, tokens, commit, metrics) and the SHA-256
+  of the weights file, which the loader verifies (SAELens folders have none: they load with a note).
 
 BatchTopK and Matryoshka SAEs are saved in their inference form, SAELens's "jumprelu"
 architecture, with `metadata.training_architecture` and `training_architecture_details`
 recording how they were trained (as SAELens itself does), so we load them back as themselves.
 
-Only JSON and safetensors are ever read. A pickled checkpoint is refused with instructions.
+Only JSON and safetensors are ever read. A pickled checkpoint is refused with instructions;
+`cfg.json` is checked field by field and NaN weights are refused (`saes.checks`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from safetensors.torch import load, save
 
 from saes.base import SAE
 from saes.batchtopk import BatchTopKSAE
+from saes.checks import CHECKSUMS_KEY, SAEFormatError, check_finite, check_sae_config, file_checksums, verify_checksums
 from saes.fileio import atomic_write_bytes, atomic_write_json, fsync_dir, make_temp_dir, read_json
 from saes.matryoshka import MatryoshkaSAE
 from saes.registry import sae_class
@@ -40,10 +43,7 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 # normalize_activations values that are the identity at inference (SAELens folds the factor in)
 _IDENTITY_NORMS = ("none", "expected_average_only_in")
 _DERIVED_METADATA = ("sae_lens_version", "sae_lens_training_version", "training_architecture", "training_architecture_details")
-
-
-class SAEFormatError(ValueError):
-    """An SAE folder or file that cannot be read as an SAE; the message says how to fix it."""
+_TMP_MARK = ".tmp-"  # a new folder is built as `.<name>.tmp-XXXX` beside its final name
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -93,36 +93,52 @@ def sae_state_dict(sae: SAE) -> dict[str, torch.Tensor]:
     return {n: getattr(sae, n).detach().to("cpu").contiguous() for n in names}
 
 
+def remove_save_leftovers(folder: str | os.PathLike) -> list[str]:
+    """Remove the temporary folders a killed `save_sae` left beside `folder` (its `.<name>.tmp-*`)."""
+    folder = Path(folder)
+    removed = []
+    if folder.parent.is_dir():
+        for p in folder.parent.glob(f".{folder.name}{_TMP_MARK}*"):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p.name)
+    return removed
+
+
 def save_sae(sae: SAE, path: str | os.PathLike, provenance: dict[str, Any] | None = None) -> Path:
     """Write `sae` to folder `path` (created if needed). Non-finite weights are refused.
 
-    A new folder is built under a temporary name and renamed into place; an existing folder
-    has each file replaced atomically (weights first, config last)."""
+    `saesteer.json` gets `provenance` (if given; an existing one is kept otherwise) and the
+    SHA-256 of the weights file. A new folder is built under a temporary name and renamed into
+    place (leftovers of a killed save are removed first); an existing folder has each file
+    replaced atomically (weights, then their checksum, then the config)."""
     path = Path(path)
     state = sae_state_dict(sae)
     bad = [n for n, t in state.items() if not torch.isfinite(t).all()]
     if bad:
         raise ValueError(f"refusing to save an SAE with non-finite values in {', '.join(bad)}")
-    files = {
-        WEIGHTS_FILENAME: save(state, metadata={"format": "pt"}),
-        CFG_FILENAME: None,
-        PROVENANCE_FILENAME: None,
-    }
+    weights = save(state, metadata={"format": "pt"})
     cfg = sae_lens_config(sae)
+    if provenance is None and (path / PROVENANCE_FILENAME).is_file():
+        try:
+            provenance = read_json(path / PROVENANCE_FILENAME, "provenance file")
+        except ValueError:
+            provenance = None  # unreadable: rewritten with the checksum only
+    record = dict(provenance or {}) if isinstance(provenance, dict) else {}
+    record[CHECKSUMS_KEY] = file_checksums({WEIGHTS_FILENAME: weights})
     if path.exists():
         if not path.is_dir():
             raise FileExistsError(f"{path} exists and is not a folder")
-        atomic_write_bytes(path / WEIGHTS_FILENAME, files[WEIGHTS_FILENAME])
-        if provenance is not None:
-            atomic_write_json(path / PROVENANCE_FILENAME, provenance)
+        atomic_write_bytes(path / WEIGHTS_FILENAME, weights)
+        atomic_write_json(path / PROVENANCE_FILENAME, record)
         atomic_write_json(path / CFG_FILENAME, cfg)
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = make_temp_dir(f".{path.name}.", path.parent)
+    remove_save_leftovers(path)
+    tmp = make_temp_dir(f".{path.name}{_TMP_MARK}", path.parent)
     try:
-        atomic_write_bytes(tmp / WEIGHTS_FILENAME, files[WEIGHTS_FILENAME])
-        if provenance is not None:
-            atomic_write_json(tmp / PROVENANCE_FILENAME, provenance)
+        atomic_write_bytes(tmp / WEIGHTS_FILENAME, weights)
+        atomic_write_json(tmp / PROVENANCE_FILENAME, record)
         atomic_write_json(tmp / CFG_FILENAME, cfg)
         os.rename(tmp, path)
     except BaseException:
@@ -162,18 +178,28 @@ def read_sae_folder(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
             raise SAEFormatError(
                 f"{folder} is not an SAE folder: {p.name} is missing (expected {CFG_FILENAME} + {WEIGHTS_FILENAME})"
             )
-    cfg = read_json(cfg_path, "SAE config")
-    if not isinstance(cfg, dict):
-        raise SAEFormatError(f"{cfg_path} must hold a JSON object")
     try:
-        weights = load(weights_path.read_bytes())
+        cfg = read_json(cfg_path, "SAE config")
+    except ValueError as e:
+        raise SAEFormatError(str(e), file=cfg_path) from None
+    check_sae_config(cfg, str(cfg_path))
+    prov_path = folder / PROVENANCE_FILENAME
+    try:
+        provenance = read_json(prov_path, "provenance file") if prov_path.is_file() else None
+    except ValueError as e:
+        raise SAEFormatError(str(e), file=prov_path) from None
+    if provenance is not None and not isinstance(provenance, dict):
+        raise SAEFormatError(f"{prov_path} must hold a JSON object; delete it or re-save the SAE", file=prov_path)
+    blob = weights_path.read_bytes()
+    verify_checksums(str(folder), {WEIGHTS_FILENAME: blob}, provenance, PROVENANCE_FILENAME)
+    try:
+        weights = load(blob)
     except (SafetensorError, ValueError) as e:
         raise SAEFormatError(
             f"{weights_path} is not a readable safetensors file ({e}); it is truncated or corrupt - "
-            f"re-download or re-save the SAE"
+            f"re-download or re-save the SAE", file=weights_path
         ) from None
-    prov_path = folder / PROVENANCE_FILENAME
-    provenance = read_json(prov_path, "provenance file") if prov_path.is_file() else None
+    check_finite(weights, str(weights_path))
     return cfg, weights, provenance
 
 
@@ -197,7 +223,10 @@ def sae_from_sae_lens_dict(
 ) -> SAE:
     """Build our SAE from a SAELens config dict and state dict (folder, hub or object)."""
     arch = _architecture(cfg)
-    cls = sae_class(arch)  # unknown architecture -> error listing the known ones
+    try:
+        cls = sae_class(arch)
+    except ValueError as e:  # unknown architecture: the message lists the known ones
+        raise SAEFormatError(f"{source}: {e}", file=source) from None
     norm = cfg.get("normalize_activations", "none")
     if norm not in _IDENTITY_NORMS:
         raise SAEFormatError(
@@ -271,10 +300,15 @@ def load_sae(
     """Load an SAE folder written by saesteer or SAELens."""
     cfg, weights, provenance = read_sae_folder(path)
     sae = sae_from_sae_lens_dict(cfg, weights, device=device, dtype=dtype, source=str(path))
-    sae.provenance = provenance or {}
+    sae.provenance = _without_checksums(provenance)
     return sae
 
 
+def _without_checksums(record: dict[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in (record or {}).items() if k != CHECKSUMS_KEY}
+
+
 def read_provenance(path: str | os.PathLike) -> dict[str, Any]:
+    """The provenance recorded in an SAE folder's saesteer.json ({} without one; checksums left out)."""
     p = Path(path) / PROVENANCE_FILENAME
-    return read_json(p, "provenance file") if p.is_file() else {}
+    return _without_checksums(read_json(p, "provenance file")) if p.is_file() else {}

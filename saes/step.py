@@ -63,3 +63,8 @@ def compute_grads(
     except KeyError:
         raise ValueError(f"unknown step method {method!r}; available: {', '.join(STEP_METHODS)}") from None
     return impl(sae, x_BD, dead_mask_F, aux_coef, k_aux)
+
+
+# the fast methods register themselves in STEP_METHODS; importing them here makes every importer
+# of this module see them (saes/__init__ loads its modules lazily)
+import saes.fast_step  # noqa: E402,F401

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 
@@ -16,6 +17,13 @@ saesteer: sparse-autoencoder feature work on transformer language models.
 Cache activations, train TopK / BatchTopK / Matryoshka SAEs, build a feature store,
 label features with an LLM judge, browse them, and steer generation by feature ID.
 Start with `saesteer demo` (the built-in toy world: no GPU, no internet)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad flags print two lines (what is wrong, where the help is), not the whole usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message}\nsee `{self.prog} --help` for the options\n")
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -35,8 +43,10 @@ def command_modules() -> list:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="saesteer", description=DESCRIPTION, formatter_class=_Formatter)
+    parser = _Parser(prog="saesteer", description=DESCRIPTION, formatter_class=_Formatter)
     parser.add_argument("--version", action="version", version=f"saesteer {saesteer.__version__}")
+    parser.add_argument("--debug", action="store_true", default=False,
+                        help="show Python's traceback on errors (also: SAESTEER_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for mod in command_modules():
         p = sub.add_parser(
@@ -47,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
         )
         if hasattr(mod, "add_arguments"):
             mod.add_arguments(p)
-        p.set_defaults(_run=mod.run)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show Python's traceback on errors")
+        p.set_defaults(_run=mod.run, _parser=p)
     return parser
 
 
@@ -57,11 +69,21 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 0
+    from saesteer.boundary import report, warnings_as_notes
+
+    debug = args.debug or os.environ.get("SAESTEER_DEBUG", "") not in ("", "0")
     try:
-        return int(args._run(args) or 0)
+        if debug:
+            return int(args._run(args) or 0)
+        with warnings_as_notes():
+            return int(args._run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # the error boundary: one or two lines, no traceback (see saesteer/boundary.py)
+        if debug:
+            raise
+        return report(e, getattr(args, "_parser", None))
 
 
 if __name__ == "__main__":

@@ -11,10 +11,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import re
 import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
+
+from saes.errors import SaesteerError
 
 T = TypeVar("T")
 
@@ -70,11 +74,14 @@ def _parser_for(tp: Any):
             )
         if tp in (int, float, str):
             try:
-                return tp(text)
+                value = tp(text)
             except ValueError:
                 raise argparse.ArgumentTypeError(
                     f"expected {tp.__name__}, got {text!r}"
                 ) from None
+            if tp is float and not math.isfinite(value):  # no setting of ours means NaN or infinity
+                raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+            return value
         if tp is Path:
             return Path(text)
         return text
@@ -130,26 +137,29 @@ def add_dataclass_arguments(
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a JSON or TOML config file into a dict (clear error if it cannot be read)."""
+    """Read a JSON or TOML config file into a dict (a ConfigValueError naming the file if it cannot)."""
     path = Path(path)
     if not path.is_file():
-        raise SystemExit(f"config file not found: {path}")
-    text = path.read_text()
+        raise ConfigValueError(f"config file not found: {path}", file=path, field="config")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})", file=path) from None
     if path.suffix.lower() == ".toml":
         try:
             import tomllib
         except ModuleNotFoundError:  # Python 3.10
-            raise SystemExit(f"{path}: TOML configs need Python 3.11+; use JSON instead") from None
+            raise ConfigValueError(f"{path}: TOML configs need Python 3.11+; use JSON instead", file=path) from None
         try:
             return tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
-            raise SystemExit(f"{path}: not valid TOML: {e}") from None
+            raise ConfigValueError(f"{path}: not valid TOML: {e}", file=path) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise SystemExit(f"{path}: not valid JSON: {e}") from None
+        raise ConfigValueError(f"{path}: not valid JSON: {e}", file=path) from None
     if not isinstance(data, dict):
-        raise SystemExit(f"{path}: expected a JSON object at the top level")
+        raise ConfigValueError(f"{path}: expected a JSON object at the top level", file=path)
     return data
 
 
@@ -170,7 +180,7 @@ def dataclass_from_args(
     if file_values:
         unknown = sorted(set(file_values) - names)
         if unknown:
-            raise SystemExit(
+            raise ConfigValueError(
                 f"unknown {cls.__name__} key(s) in config: {', '.join(unknown)}; "
                 f"valid keys: {', '.join(sorted(names))}"
             )
@@ -183,4 +193,33 @@ def dataclass_from_args(
     try:
         return cls(**values)
     except TypeError as e:
-        raise SystemExit(f"{cls.__name__}: {e}") from None
+        raise ConfigValueError(f"{cls.__name__}: {e}") from None
+    except ValueError as e:  # a config's own check: say it with the flag of the field it names
+        found = _named_field(str(e), cls)
+        if found is None:
+            raise
+        span, field = found
+        text = str(e)
+        text = text[:span[0]] + _flag(prefix, field) + text[span[1]:]
+        if isinstance(e, SaesteerError):  # keep its type (callers catch e.g. SteeringError)
+            e.message, e.args, e.field = text, (text,), _dest(prefix, field)
+            raise
+        raise ConfigValueError(text, field=_dest(prefix, field)) from None
+
+
+class ConfigValueError(SaesteerError, ValueError):
+    """A value a config refused; its message names the flag that sets it (where the config named
+    the field)."""
+
+
+def _named_field(message: str, cls: type) -> tuple[tuple[int, int], str] | None:
+    """Where `message` first names a field of dataclass `cls` that has a flag (as `field` or
+    `Cls.field`), and which field."""
+    best: tuple[tuple[int, int], str] | None = None
+    for f in dataclasses.fields(cls):
+        if not f.init or f.metadata.get("cli") is False:
+            continue
+        m = re.search(rf"(?<![\w-])(?:{re.escape(cls.__name__)}\.)?{re.escape(f.name)}(?![\w-])", message)
+        if m and (best is None or m.start() < best[0][0]):
+            best = (m.span(), f.name)
+    return best

@@ -42,6 +42,11 @@ Every `saesteer` command and its options, as printed by `--help`. This page is g
 it by hand. After changing a command or a config field, run `{REGENERATE}` (the test
 `tests/test_docs_cli.py` fails while it is stale). `python -m saesteer ...` works the same as
 `saesteer ...`.
+
+Errors print as `error: ...` in one or two lines that name the file or the flag at fault and
+what to do (`saesteer/boundary.py`); the exit status is 2 for bad input (a corrupt or mismatched
+file, a bad value), 1 when the system refuses (disk full, permission denied) or for a bug, 130 on
+Ctrl-C. `saesteer --debug ...` (or `SAESTEER_DEBUG=1`) shows Python's traceback instead.
 """
 
 

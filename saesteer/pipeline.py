@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from saes.errors import SaesteerError
+
 __all__ = [
     "DemoConfig", "DemoError", "DemoPaths", "DemoResult", "FeatureShowcase", "SteeringExample", "StageTimer",
     "run_demo", "print_summary", "serve_demo", "run_config", "STAGES",
@@ -44,7 +46,7 @@ SPARSE_MAX_FREQ = 0.05  # a steering showcase latent fires on at most this share
 AUTO = "auto"
 
 
-class DemoError(RuntimeError):
+class DemoError(SaesteerError, RuntimeError):
     """The demo cannot go on; the message says why and what to do."""
 
 

@@ -23,7 +23,7 @@ from typing import Any
 _EXPORTS = {
     # edits and limits
     "FeatureEdit": "spec", "VectorEdit": "spec", "Edit": "spec", "Positions": "spec", "SteerLimits": "spec",
-    "SteeringError": "spec", "parse_edit": "spec", "OPS": "spec", "POSITION_NAMES": "spec",
+    "SteeringError": "spec", "SteeringWarning": "spec", "parse_edit": "spec", "OPS": "spec", "POSITION_NAMES": "spec",
     # configs
     "GenerationConfig": "config", "SweepConfig": "config",
     # hooks

@@ -34,20 +34,27 @@ class GenerationConfig:
         for name in ("max_new_tokens", "max_new_tokens_cap"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise SteeringError(f"{name} must be a positive integer, got {v!r}")
+                raise SteeringError(f"{name} must be a positive integer, got {v!r}", field=name)
         if self.max_new_tokens > self.max_new_tokens_cap:
             raise SteeringError(
                 f"max_new_tokens={self.max_new_tokens} is above the cap of {self.max_new_tokens_cap}; ask for fewer "
-                f"tokens or raise max_new_tokens_cap"
+                f"tokens or raise max_new_tokens_cap", field="max_new_tokens"
             )
-        if not (isinstance(self.temperature, (int, float)) and self.temperature > 0 and self.temperature < float("inf")):
-            raise SteeringError(f"temperature must be a positive finite number, got {self.temperature!r}")
-        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
-            raise SteeringError(f"top_k must be a positive integer or None, got {self.top_k!r}")
-        if self.top_p is not None and not (0 < self.top_p <= 1):
-            raise SteeringError(f"top_p must be in (0, 1] or None, got {self.top_p!r}")
+        if not (_is_number(self.temperature) and 0 < self.temperature < math.inf):
+            raise SteeringError(f"temperature must be a positive finite number, got {self.temperature!r}",
+                                field="temperature")
+        if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1):
+            raise SteeringError(f"top_k must be a positive integer or None, got {self.top_k!r}", field="top_k")
+        if self.top_p is not None and not (_is_number(self.top_p) and 0 < self.top_p <= 1):
+            raise SteeringError(f"top_p must be in (0, 1] or None, got {self.top_p!r}", field="top_p")
+        if not (_is_number(self.freq_penalty) and math.isfinite(self.freq_penalty)):
+            raise SteeringError(f"freq_penalty must be a finite number, got {self.freq_penalty!r}", field="freq_penalty")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise SteeringError(f"seed must be an integer or None, got {self.seed!r}")
+            raise SteeringError(f"seed must be an integer or None, got {self.seed!r}", field="seed")
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 @dataclass

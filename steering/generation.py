@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from steering.config import GenerationConfig
-from steering.spec import SteeringError
+from steering.spec import SteeringError, SteeringWarning
 
 
 @dataclass
@@ -49,10 +49,51 @@ def _as_prompts(prompts: str | Sequence[str]) -> list[str]:
 
 
 def _tokenize(model: Any, prompts: list[str], prepend_bos: bool | None) -> Tensor:
+    """Left-padded tokens of the prompts, never truncated (an overlong prompt is refused with its
+    real length by the caller, not silently cut to the context)."""
     if getattr(model, "tokenizer", None) is None:
         raise SteeringError("the model has no tokenizer; pass a model loaded with one (saesteer.models.load_model)")
     kw = {} if prepend_bos is None else {"prepend_bos": prepend_bos}
-    return model.to_tokens(prompts, padding_side="left", **kw)
+    return model.to_tokens(prompts, padding_side="left", truncate=False, **kw)
+
+
+def prompt_lengths(model: Any, prompts: list[str], prepend_bos: bool | None) -> list[int]:
+    """Each prompt's own length in tokens (BOS included when prepended), without padding."""
+    seen: dict[str, int] = {}
+    for p in prompts:
+        if p not in seen:
+            seen[p] = int(_tokenize(model, [p], prepend_bos).shape[1])
+    return [seen[p] for p in prompts]
+
+
+def check_positions_reachable(edits: Sequence[Any], lengths: list[int], max_new_tokens: int) -> None:
+    """Refuse an edit whose token indices lie outside every row's prompt + generation (it would
+    change nothing); warn about single indices that no row reaches.
+
+    `edits`: objects with `.positions` and `.describe()`; `lengths`: each prompt's token count."""
+    import warnings
+
+    if not lengths:
+        return
+    lo, hi = min(lengths), max(lengths)
+    for e in edits:
+        if not isinstance(e.positions, tuple):
+            continue
+        reach = []
+        for i in e.positions:
+            reach.append(any((i < n + max_new_tokens) if i >= 0 else (n + i >= 0) for n in lengths))
+        span = (f"prompts of {lo} tokens" if lo == hi else f"prompts of {lo}-{hi} tokens") + \
+               f" + {max_new_tokens} new tokens: indices 0..{hi + max_new_tokens - 1}, or -1..-{hi} from the prompt's end"
+        if not any(reach):
+            raise SteeringError(
+                f"{e.describe()}: token position(s) {','.join(map(str, e.positions))} lie beyond every sequence "
+                f"({span}), so the edit would change nothing; pick positions inside, or all / prompt / generated / last"
+            )
+        missed = [i for i, ok in zip(e.positions, reach) if not ok]
+        if missed:
+            warnings.warn(SteeringWarning(
+                f"{e.describe()}: position(s) {','.join(map(str, missed))} lie beyond every sequence ({span}); "
+                f"they are left unedited"), stacklevel=3)
 
 
 def generate(
@@ -72,10 +113,16 @@ def generate(
     P = int(tokens_BP.shape[1])
     n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
     if n_ctx is not None and P + config.max_new_tokens > n_ctx:
+        longest = "the prompt" if len(prompts) == 1 else "the longest prompt"
+        fix = (f"ask for at most {n_ctx - P} new tokens or shorten {longest}" if P < n_ctx else
+               f"shorten {longest} to at most {n_ctx - config.max_new_tokens} tokens")
         raise SteeringError(
-            f"prompt ({P} tokens) + max_new_tokens ({config.max_new_tokens}) exceeds the model's context of {n_ctx} "
-            f"tokens; shorten the prompt or ask for at most {max(n_ctx - P, 0)} new tokens"
+            f"{longest} ({P} tokens) + max_new_tokens ({config.max_new_tokens}) = {P + config.max_new_tokens} "
+            f"tokens exceeds the model's context of {n_ctx}; {fix}", field="max_new_tokens"
         )
+    if session is not None:
+        check_positions_reachable(session.edits, prompt_lengths(model, prompts, config.prepend_bos),
+                                  config.max_new_tokens)
     kwargs: dict[str, Any] = dict(
         max_new_tokens=config.max_new_tokens,
         stop_at_eos=config.stop_at_eos,

@@ -35,6 +35,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
+from saes.errors import SaesteerError, SaesteerWarning
+
 OPS: tuple[str, ...] = ("add", "clamp", "scale", "ablate")
 POSITION_NAMES: tuple[str, ...] = ("all", "prompt", "generated", "last")
 UNITS: tuple[str, ...] = ("raw", "max_act")
@@ -48,8 +50,12 @@ Positions = Union[Literal["all", "prompt", "generated", "last"], tuple[int, ...]
 TypicalMax = Union[Mapping[int, float], Callable[[int], "float | None"]]
 
 
-class SteeringError(ValueError):
+class SteeringError(SaesteerError, ValueError):
     """A steering request that cannot be carried out; the message says how to fix it."""
+
+
+class SteeringWarning(SaesteerWarning):
+    """A steering request that runs but may not do all that was asked (e.g. unreachable positions)."""
 
 
 def normalize_positions(positions: Any) -> Positions:

@@ -139,12 +139,12 @@ def test_cache_answers_repeats_for_free(tmp_path):
 
 def test_budget_refuses_before_sending():
     with JudgeServer(answer) as srv:
-        judge = make_judge(srv, ledger=Ledger(Prices("fake-judge", 1.0, 1.0), Budget(100, "tokens")), max_tokens=80)
-        judge.complete_sync(MSGS, LABEL_SCHEMA)  # ~15 prompt tokens + 80 reserved fits
-        with pytest.raises(BudgetExceeded):
+        judge = make_judge(srv, ledger=Ledger(Prices("fake-judge", 1.0, 1.0), Budget(160, "tokens")), max_tokens=80)
+        judge.complete_sync(MSGS, LABEL_SCHEMA)  # bound 26 bytes + 32 framing + 80 = 138 fits; 12 spent
+        with pytest.raises(BudgetExceeded):  # 12 + (35 + 40 + 80) > 160
             judge.complete_sync(MSGS + [{"role": "user", "content": "and again"}], LABEL_SCHEMA)
         assert len(srv.records) == 1
-        assert judge.ledger.spent_tokens <= 100
+        assert judge.ledger.spent_tokens <= 160
 
 
 def test_concurrency_bound_and_complete_many():
@@ -188,3 +188,62 @@ def test_random_faults_mixture_all_succeed():
         out = judge.complete_many_sync([JudgeCall([{"role": "user", "content": f"q{i}"}], LABEL_SCHEMA) for i in range(30)])
         assert all(getattr(c, "value", None) == {"label": "ocean"} for c in out), out
         assert sum(1 for r in srv.records if r.fault) > 5
+
+
+def test_retry_after_pauses_calls_that_were_queued_for_a_slot():
+    """A 429 asking for 1 s pauses every call, also those waiting for a concurrency slot at the time:
+    no request reaches the server until the pause is over. The 429 answers after 0.05 s and the other
+    call in flight after 0.3 s, so the queued calls get their slot after the client has seen the 429
+    (a call let out before the 429 reached the client could not know of it)."""
+    with JudgeServer(answer, script=scripted("429"), retry_after_s=1, retry_after_ms=None, latency_s=0.3,
+                     fault_latency_s=0.05) as srv:
+        judge = make_judge(srv, retry=RetryPolicy(max_retries=3, base_s=0.01, max_s=0.02, max_retry_after_s=5),
+                           concurrency=2, seed=0)
+        calls = [JudgeCall([{"role": "user", "content": f"item {i}"}], LABEL_SCHEMA) for i in range(6)]
+        out = judge.complete_many_sync(calls)
+        records = srv.snapshot()
+    assert [c.value for c in out] == [{"label": "ocean"}] * 6
+    limited = records[0]
+    assert limited.status == 429 and len(records) == 7
+    pause_end = limited.answered + 1.0  # Retry-After: 1 (the client adds 0-10% jitter on top)
+    after = [r for r in records[1:] if r.arrived > limited.answered]
+    assert len(after) >= 4  # the retry and the calls that were queued behind the two slots
+    early = [(r.index, round(r.arrived - limited.answered, 3)) for r in after if r.arrived < pause_end - 0.02]
+    assert not early, f"requests sent during the Retry-After pause (index, seconds after the 429): {early}"
+
+
+def test_a_trickling_server_cannot_hold_a_request_past_the_deadline():
+    """One byte every 0.5 s never trips a per-read timeout; the 2 s deadline of the whole attempt
+    does, and the retry gets the answer. (Trickled whole, the body would take minutes.)"""
+    with JudgeServer(answer, script=scripted("trickle"), trickle_interval_s=0.5) as srv:
+        judge = make_judge(srv, timeout_s=2.0)
+        done = judge.complete_sync(MSGS, LABEL_SCHEMA)
+        first = srv.snapshot()[0]
+    assert done.value == {"label": "ocean"} and done.requests == 2
+    assert judge.retry_log[0][0].startswith("timed out after 2 s")
+    assert first.fault == "trickle" and not first.completed
+
+
+def test_budget_is_never_crossed_by_a_server_counting_a_token_per_character():
+    """The reservation is an upper bound (a token per prompt byte + framing + max_tokens), so a server
+    that counts one token per character cannot push the spending over the budget; a call is refused
+    only when it could cross the budget with nothing else in flight."""
+    from autointerp.accounting import prompt_token_bound
+
+    budget = 2500
+    calls = [JudgeCall([{"role": "system", "content": "Reply with JSON."},
+                        {"role": "user", "content": f"item {i} " + "word " * (10 + 7 * (i % 5))}], LABEL_SCHEMA)
+             for i in range(40)]
+    with JudgeServer(answer, tokens_per_char=1.0) as srv:
+        judge = make_judge(srv, ledger=Ledger(Prices("fake-judge", 1.0, 1.0), Budget(budget, "tokens")),
+                           concurrency=4, max_tokens=32)
+        out = judge.complete_many_sync(calls)
+        n_requests = len(srv.records)
+    spent = judge.ledger.spent_tokens
+    done = [c for c in out if not isinstance(c, Exception)]
+    refused = [i for i, c in enumerate(out) if isinstance(c, BudgetExceeded)]
+    assert spent <= budget, f"spent {spent} tokens of a {budget}-token budget"
+    assert refused and len(done) == n_requests == 40 - len(refused)
+    assert spent == sum(c.prompt_tokens + c.completion_tokens for c in done)
+    for i in refused:  # refused only when it could have crossed the budget
+        assert spent + prompt_token_bound(list(calls[i].messages)) + 32 > budget

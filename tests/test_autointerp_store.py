@@ -219,3 +219,41 @@ def test_sigkill_and_resume_resend_only_unfinished(store_path, built_store):
     assert len(resent) == len(set(resent))
     assert len(answered_before) + len(resent) == 4 * N  # and every needed request was sent exactly once more
     assert {i: f.label.text for i, f in labels_of(store_path).items()} == dict(enumerate(triggers))
+
+
+def test_scores_of_the_current_label_are_restored_when_an_older_label_had_scores(store_path, monkeypatch):
+    """Offline labels and scores first; then a judge run is killed between writing one latent's
+    label and its scores. The re-run restores that label's scores (the offline label's rows, which
+    score another label, do not count), and lists never filter or sort on the older label's score."""
+    from features import FeatureStore
+
+    assert cli("label", "--store", store_path, "--no-progress") == 0  # offline: every latent scored
+    real = FeatureStore.write_scores
+    calls = {"n": 0}
+
+    def flaky(self, *a, **kw):  # the process "dies" between writing the label and its scores
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(self, *a, **kw)
+
+    with JudgeServer(fake_llm_answer) as srv:
+        monkeypatch.setattr(FeatureStore, "write_scores", flaky)
+        assert cli(*llm_args(srv, store_path, "--judge-concurrency", "1")) == 130
+        monkeypatch.setattr(FeatureStore, "write_scores", real)
+        feats = labels_of(store_path)
+        broken = [i for i, f in feats.items()
+                  if f.label is not None and f.label.provenance.judge_kind == "openai" and not f.scores]
+        assert len(broken) == 1
+        b = broken[0]
+        with FeatureStore.open(store_path) as st:  # the offline label's detection score is not this label's
+            assert st.list_features(filter={"ids": [b], "score_method": "detection", "min_score": -1.0}) == []
+        assert cli(*llm_args(srv, store_path)) == 0
+    fixed = labels_of(store_path)[b]
+    assert {s.method for s in fixed.scores} == {"detection", "fuzzing"}
+    assert all(s.label_id == fixed.label.id for s in fixed.scores)
+    detection = next(s.value for s in fixed.scores if s.method == "detection")
+    with FeatureStore.open(store_path) as st:
+        rows = st.list_features(sort="score:detection", filter={"ids": [b], "score_method": "detection",
+                                                                "min_score": detection}, limit=5)
+        assert [r.id for r in rows] == [b]

@@ -214,7 +214,7 @@ def test_demo_refuses_a_foreign_folder_and_bad_settings(tmp_path: Path, capsys) 
     assert "not a demo work folder" in capsys.readouterr().err
     assert (tmp_path / "notes.txt").is_file()
     assert main(["demo", "--no-serve", "--out", str(tmp_path / "x"), "--k", "0"]) == 2
-    assert "DemoConfig.k" in capsys.readouterr().err
+    assert "--k must be a positive integer" in capsys.readouterr().err  # the config's field, named as its flag
     assert main(["demo", "--no-serve", "--out", str(tmp_path / "x"), "--steer-topic", "moon"]) == 2
 
 

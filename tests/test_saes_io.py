@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import saes
-from saes.io import CFG_FILENAME, WEIGHTS_FILENAME, SAEFormatError
+from saes.io import CFG_FILENAME, PROVENANCE_FILENAME, WEIGHTS_FILENAME, SAEFormatError
 
 
 @st.composite
@@ -62,7 +62,8 @@ def test_overwriting_a_folder_replaces_its_files(tmp_path):
     saes.save_sae(b, tmp_path / "s")
     back = saes.load_sae(tmp_path / "s")
     assert back.cfg.k == 3 and torch.equal(back.W_enc, b.W_enc)
-    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [CFG_FILENAME, WEIGHTS_FILENAME]
+    # the checksum in saesteer.json was rewritten with the weights (the load above verified it)
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [CFG_FILENAME, WEIGHTS_FILENAME, PROVENANCE_FILENAME]
 
 
 def test_load_with_dtype_override(tmp_path):

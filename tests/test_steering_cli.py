@@ -174,9 +174,13 @@ def test_sweep_errors_name_flags_that_exist(model, sae_dir, stored, tmp_path, ca
                  "--out", str(tmp_path))
     with pytest.raises(CLIError, match="sweep them with --unit raw"):
         sweep._run(args, model=ws.model)
-    from saesteer.commands.sweep import _as_flags
+    from saesteer.boundary import fields_as_flags
 
-    assert _as_flags("use a smaller value or raise SteerLimits.max_multiple") == "use a smaller value or raise --max-multiple"
+    sweep_parser = parse(*base)._parser
+    assert (fields_as_flags("use a smaller value or raise SteerLimits.max_multiple", sweep_parser)
+            == "use a smaller value or raise --max-multiple")
+    assert fields_as_flags("see /tmp/target_concept/x and no_such_field", sweep_parser) == (
+        "see /tmp/target_concept/x and no_such_field")
 
 
 def test_sweep_needs_one_scorer(model, sae_dir, capsys):

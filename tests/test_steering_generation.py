@@ -112,3 +112,51 @@ def test_vector_edit_during_generation(model, planted):
     with steer(model, None, [VectorEdit(f"blocks.{last}.hook_resid_post", u / u.norm(), 40.0, positions="generated")]) as s:
         out = s.generate(PROMPTS, GREEDY)
     assert (out.new_tokens[:, 1:] == whale).all()
+
+
+@pytest.mark.parametrize("field, value", [
+    ("freq_penalty", float("inf")), ("freq_penalty", float("nan")), ("freq_penalty", "0.5"),
+    ("temperature", float("nan")), ("temperature", 0.0), ("temperature", float("inf")),
+    ("top_p", float("nan")), ("top_p", 1.5), ("top_k", 0), ("top_k", True), ("max_new_tokens", 0),
+])
+def test_bad_generation_settings_are_refused_naming_the_field(field, value):
+    from steering import SteeringError
+
+    with pytest.raises(SteeringError, match=field) as e:
+        GenerationConfig(**{field: value})
+    assert e.value.field == field  # the CLI turns it into the flag
+
+
+def test_an_overlong_prompt_is_refused_with_its_real_length(model):
+    from steering import SteeringError
+
+    n_ctx = model.cfg.n_ctx
+    long_prompt = " ".join(["the whale"] * n_ctx)  # ~2 * n_ctx tokens before any truncation
+    real = int(model.to_tokens(long_prompt, truncate=False).shape[1])
+    assert real > n_ctx
+    with pytest.raises(SteeringError, match=rf"the prompt \({real} tokens\) \+ max_new_tokens \(8\)") as e:
+        generate(model, long_prompt, GREEDY)
+    assert f"shorten the prompt to at most {n_ctx - 8} tokens" in str(e.value)
+    short = int(model.to_tokens(PROMPTS[0]).shape[1])
+    with pytest.raises(SteeringError, match=rf"ask for at most {n_ctx - short} new tokens"):
+        generate(model, PROMPTS[0], GREEDY, max_new_tokens=n_ctx)
+
+
+def test_positions_beyond_every_sequence_are_refused_and_partly_beyond_warned(model, planted):
+    from steering import SteeringError, SteeringWarning
+
+    sae, _ = planted
+    longest = max(int(model.to_tokens(p).shape[1]) for p in PROMPTS)
+    with steer(model, sae, FeatureEdit(11, "clamp", 8.0, positions=(999,))) as s:
+        with pytest.raises(SteeringError, match=r"11:clamp=8@999: token position\(s\) 999 lie beyond every sequence"):
+            s.generate(PROMPTS, GREEDY)
+    with steer(model, sae, FeatureEdit(11, "clamp", 8.0, positions=(-999,))) as s:
+        with pytest.raises(SteeringError, match="beyond every sequence"):
+            s.generate(PROMPTS, GREEDY)
+    last = longest + GREEDY.max_new_tokens - 1  # the last generated token of the longest row
+    with steer(model, sae, FeatureEdit(11, "clamp", 8.0, positions=(last,))) as s:
+        s.generate(PROMPTS, GREEDY)  # reachable: no error
+    with steer(model, sae, FeatureEdit(11, "clamp", 8.0, positions=(0, last + 1))) as s:
+        with pytest.warns(SteeringWarning, match=rf"position\(s\) {last + 1} lie beyond every sequence"):
+            s.generate(PROMPTS, GREEDY)
+    assert hooks_attached(model) == []

@@ -163,3 +163,97 @@ def test_checkpoint_holds_no_pickle(uninterrupted: Path) -> None:
     assert "sae/batchtopk_k4_f128/threshold" in tensors
     assert "rng/torch" in tensors and state["rng"]["python"] and state["rng"]["numpy"]
     assert state["data"] == {"kind": "state_dict", "state": {"next": 42, "seed": 3, "d_in": 32, "batch_size": 256}}
+
+
+def test_a_checkpoint_whose_tensors_are_not_safetensors_but_match_their_checksum_is_skipped(
+        uninterrupted: Path, tmp_path: Path) -> None:
+    """The checksum matches (the bytes were written that way), the bytes are not safetensors: the
+    resume falls back to the previous checkpoint instead of stopping with a SafetensorError."""
+    import hashlib
+    import shutil
+
+    from training.checkpoint import CheckpointError
+    from training.trainer import train
+
+    out = tmp_path / "bad-tensors"
+    shutil.copytree(uninterrupted, out)
+    root = out / "checkpoints"
+    previous, newest = list_checkpoints(root)[-2:]
+    junk = b"not a safetensors file at all, but its checksum is the recorded one"
+    (newest / "tensors.safetensors").write_bytes(junk)
+    state = json.loads((newest / "state.json").read_text())
+    state["tensors_sha256"] = hashlib.sha256(junk).hexdigest()
+    (newest / "state.json").write_text(json.dumps(state))
+    with pytest.raises(CheckpointError, match="not a readable safetensors file .*matches its recorded checksum"):
+        read_checkpoint(newest)
+    result = train(train_child.run_config(), train_child.source(), out)
+    assert result.resumed_from == previous and result.steps == 40
+
+
+def test_a_kill_during_the_final_sae_save_leaves_nothing_behind_after_the_rerun(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, str(HELPER), str(out), "--total-batches", "8", "--die-in-final-save"],
+                       env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+    hidden = [p.name for p in (out / "saes").iterdir() if p.name.startswith(".")]
+    assert len(hidden) == 1 and hidden[0].startswith(f".{SAE_NAMES[0]}.tmp-")  # what the kill left
+    from training.trainer import train
+
+    train(train_child.run_config(total_batches=8), train_child.source(), out)
+    assert sorted(p.name for p in (out / "saes").iterdir()) == sorted(SAE_NAMES)
+    import saes
+
+    for name in SAE_NAMES:
+        saes.load_sae(out / "saes" / name)  # complete and verified
+
+
+def test_hidden_save_leftovers_are_removed_when_a_run_starts(uninterrupted: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from training.trainer import train
+
+    out = tmp_path / "leftover"
+    shutil.copytree(uninterrupted, out)
+    stale = out / "saes" / f".{SAE_NAMES[1]}.tmp-x1y2z3"
+    stale.mkdir()
+    (stale / "sae_weights.safetensors").write_bytes(b"half")
+    train(train_child.run_config(), train_child.source(), out)
+    assert not stale.exists()
+
+
+class _Wider:
+    """The child's synthetic source with wider rows (another model or hook point)."""
+
+    def __iter__(self):
+        for x in train_child.source():
+            yield torch.cat([x, x[:, :8]], dim=1)
+
+
+def test_resuming_on_data_of_another_width_is_refused_naming_d_in(uninterrupted: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from training.trainer import ConfigMismatchError, train
+
+    out = tmp_path / "wider"
+    shutil.copytree(uninterrupted, out)
+    with pytest.raises(ConfigMismatchError, match=r"d_in: the checkpoint's SAE .* width 32 .*width 40"):
+        train(train_child.run_config(), _Wider(), out)
+
+
+def test_non_finite_held_out_rows_are_refused_before_training(tmp_path: Path) -> None:
+    from training.trainer import DataError, train
+
+    def poisoned():
+        for i, x in enumerate(train_child.source()):
+            if i == 0:
+                x = x.clone()
+                x[3, 5] = float("nan")
+            yield x
+
+    class Source:
+        def __iter__(self):
+            return poisoned()
+
+    with pytest.raises(DataError, match="1 of the first 512 rows .* NaN or infinite"):
+        train(train_child.run_config(total_batches=4), Source(), tmp_path / "nan")
+    assert not list_checkpoints(tmp_path / "nan" / "checkpoints")

@@ -75,7 +75,7 @@ def test_serve_a_store_browse_only():
     [
         (["--host", "0.0.0.0"], "--allow-remote"),
         (["--host", "10.0.0.1"], "--allow-remote"),
-        (["--max-new-tokens", "0"], "max_new_tokens"),
+        (["--max-new-tokens", "0"], "--max-new-tokens must be"),
         (["--port", "99999"], "port"),
     ],
 )

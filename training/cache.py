@@ -38,6 +38,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import numpy as np
 import torch
 
+from saes.errors import SaesteerError
 from saes.identity import identity_of_model
 from training.cache_config import FORWARD_NAMES, CacheConfig, ExcludeTokens
 from training.fast_forward import FastForward, NotSupported
@@ -76,11 +77,23 @@ DEFAULT_SHARD_BYTES = 128 << 20
 _NOT_PER_TOKEN = ("hook_attn_scores", "hook_pattern")
 
 
-class CacheDiskFullError(OSError):
-    """The disk filled up while writing the cache (nothing partial is left under a final name)."""
+class CacheWriteError(SaesteerError, OSError):
+    """Writing the cache failed (disk full, no permission, read-only disk, file size limit).
+
+    Nothing partial is left under a final name; finished shards are kept, and re-running the same
+    command once the cause is fixed resumes with them. `errno` is the system's error code."""
+
+    def __init__(self, message: str, *, code: int, file: str | Path | None = None, hint: str | None = None) -> None:
+        super().__init__(message, file=file, hint=hint)
+        self.errno = code
+        self.filename = self.file
 
 
-class UnknownHookError(ValueError):
+class CacheDiskFullError(CacheWriteError):
+    """The disk filled up (or a quota or file size limit was reached) while writing the cache."""
+
+
+class UnknownHookError(SaesteerError, ValueError):
     """A requested hook point does not exist in the model (the message lists valid ones)."""
 
 
@@ -521,14 +534,17 @@ def _plan(model, text: TextConfig, cfg: CacheConfig, tokenizer, model_id, model_
 
 def _estimate(plan: _Plan, text: TextConfig, cfg: CacheConfig, tokenizer, out: Path, contexts_done: int) -> CacheEstimate:
     L = text.context_length
-    texts = sample_documents(plan.source, 512)  # one read serves both estimates
+    # a source of its own: the prefetcher reads plan.source in its thread meanwhile, and two threads
+    # iterating one streaming dataset can shift its document boundaries (and so the resume pointers)
+    source = DocumentSource(text)
+    texts = sample_documents(source, 512)  # one read serves both estimates
     packer = ContextPacker(iter([texts]), make_tokenize(tokenizer), text, special_tokens(tokenizer))
     sample, _ = packer.take(64)
     if len(sample):
         rows_per_context = float((~np.isin(sample, plan.excluded)).sum()) / len(sample)
     else:
         rows_per_context = float(L)
-    stream = estimate_stream_tokens(text, tokenizer, plan.source, texts, 512)
+    stream = estimate_stream_tokens(text, tokenizer, source, texts, 512)
     K = packer.K
     data_contexts = None if stream is None else stream // K
     exact = False
@@ -592,11 +608,40 @@ class _ShardBuffer:
         return out
 
 
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
 def _disk_full_message(out: Path, what: str) -> str:
     return (
         f"disk full while writing {what} in {out} ({_fmt_bytes(_free_bytes(out))} free). Nothing partial "
         "was kept: free some space (or choose another --out) and re-run the same command to resume."
     )
+
+
+def write_failure(out: Path, e: OSError) -> CacheWriteError | None:
+    """The clear error for an OSError met while writing the cache in `out` (None: not a write failure).
+
+    `e._what` (set by the shard writer) or `e.filename` names the file being written."""
+    if isinstance(e, CacheWriteError):
+        return e
+    what = getattr(e, "_what", None)
+    if what is None and e.filename and Path(e.filename) != out:
+        what = Path(e.filename).name
+    where = f"{what} in {out}" if what else f"the cache folder {out}"
+    if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return CacheDiskFullError(_disk_full_message(out, what or "the cache folder"), code=errno.ENOSPC, file=out)
+    if e.errno == errno.EFBIG:
+        return CacheDiskFullError(
+            f"the file size limit (ulimit -f) was reached while writing {where}. Nothing partial was kept: "
+            "raise the limit and re-run the same command to resume.",
+            code=errno.EFBIG, file=out)
+    if e.errno in _NOT_WRITABLE:
+        why = {errno.EROFS: "the file system is read-only", errno.EPERM: "the operation is not permitted (an "
+               "immutable folder?)"}.get(e.errno, "permission denied")
+        return CacheWriteError(
+            f"cannot write {where}: {why}. Nothing partial was kept: make the folder writable (or choose "
+            "another --out) and re-run the same command to resume.", code=e.errno, file=out)
+    return None
 
 
 class _ShardWriter:
@@ -620,8 +665,10 @@ class _ShardWriter:
         e = self.error
         if e is None:
             return
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
-            raise CacheDiskFullError(errno.ENOSPC, _disk_full_message(self.out, getattr(e, "_what", "a shard"))) from e
+        if isinstance(e, OSError):
+            clear = write_failure(self.out, e)
+            if clear is not None and clear is not e:
+                raise clear from e
         raise e
 
     def acquire(self) -> _ShardBuffer:
@@ -764,7 +811,20 @@ def build_cache(
     `model_id` / `model_revision` are recorded in the manifest (default: `model.cfg.model_name`);
     `tokenizer` defaults to `model.tokenizer`. Raises `CacheMismatchError` when `cfg.out` holds a
     cache with other settings, `UnknownHookError`, `ValueError` for bad input (missing text
-    column, context longer than the model's), `CacheDiskFullError` on a full disk."""
+    column, context longer than the model's), `CacheDiskFullError` on a full disk, `CacheWriteError`
+    when `cfg.out` cannot be written (finished shards are kept: re-run to resume)."""
+    try:
+        return _build_cache(model, text, cfg, tokenizer=tokenizer, model_id=model_id, model_revision=model_revision,
+                            progress=progress, log=log, writer_thread=writer_thread)
+    except OSError as e:
+        clear = write_failure(Path(cfg.out), e)
+        if clear is None or clear is e:
+            raise
+        raise clear from e
+
+
+def _build_cache(model, text: TextConfig, cfg: CacheConfig, *, tokenizer, model_id, model_revision, progress, log,
+                 writer_thread) -> CacheResult:
     t_start = time.perf_counter()
     say = log or (lambda s: None)
     if tokenizer is None:
@@ -811,10 +871,9 @@ def build_cache(
                 say(f"  resuming after {len(done)} finished shard(s) ({contexts_done:,} contexts)")
             if cfg.check_disk and est.bytes_needed is not None and est.bytes_needed > est.bytes_free:
                 raise CacheDiskFullError(
-                    errno.ENOSPC,
                     f"not enough disk space in {out}: the cache needs ~{_fmt_bytes(est.bytes_needed)}, "
                     f"{_fmt_bytes(est.bytes_free)} free. Free space, pick another --out, lower --max-tokens, "
-                    "or pass --check-disk false to try anyway.",
+                    "or pass --check-disk false to try anyway.", code=errno.ENOSPC, file=out,
                 )
             t_loop = time.perf_counter()
             written = _run_build(plan, text, cfg, out, done, est, progress, writer_thread, shards_in)
@@ -824,12 +883,7 @@ def build_cache(
         shards = read_progress(out)
         manifest = Manifest(plan.settings, complete=True, shards=shards, forward=forward,
                             model_identity=_identity_record(model), dataset_files=plan.dataset_files)
-        try:
-            write_json_atomic(out / MANIFEST_NAME, manifest.to_json())
-        except OSError as e:
-            if e.errno == errno.ENOSPC:
-                raise CacheDiskFullError(errno.ENOSPC, _disk_full_message(out, MANIFEST_NAME)) from e
-            raise
+        write_json_atomic(out / MANIFEST_NAME, manifest.to_json())
         (out / PROGRESS_NAME).unlink(missing_ok=True)
         (out / LOCK_NAME).unlink(missing_ok=True)
     secs = time.perf_counter() - t_start

@@ -30,9 +30,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from saes.errors import SaesteerError
 from saes.fileio import atomic_write_bytes, atomic_write_json, fsync_dir, make_temp_dir
 
 FORMAT = "saesteer.train_checkpoint"
@@ -44,7 +46,7 @@ TMP_PREFIX = ".tmp-"
 DEL_PREFIX = ".del-"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(SaesteerError, ValueError):
     """A checkpoint that cannot be written or read; the message says what to do."""
 
 
@@ -214,4 +216,11 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
             f"{path}/{TENSORS_FILE} does not match the checksum in {STATE_FILE}: the checkpoint is corrupt; "
             f"delete this folder to resume from an older checkpoint"
         )
-    return state, st_load(blob)
+    try:
+        tensors = st_load(blob)
+    except (SafetensorError, ValueError) as e:  # the checksum matched bytes that are not safetensors
+        raise CheckpointError(
+            f"{path}/{TENSORS_FILE} is not a readable safetensors file ({e}) although it matches its recorded "
+            f"checksum: it was written wrongly; delete this folder to resume from an older checkpoint",
+            file=path / TENSORS_FILE) from None
+    return state, tensors

@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from saes.errors import SaesteerError
 from training.shards import fsync_dir
 
 FORMAT_NAME = "saesteer.activation_cache"
@@ -51,11 +52,11 @@ SETTING_FIELDS = (
 )
 
 
-class CacheMismatchError(ValueError):
+class CacheMismatchError(SaesteerError, ValueError):
     """An existing cache was made with other settings than the ones requested."""
 
 
-class CacheFormatError(ValueError):
+class CacheFormatError(SaesteerError, ValueError):
     """A directory is not a readable activation cache."""
 
 

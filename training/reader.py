@@ -48,10 +48,19 @@ from typing import Any, Iterator, Literal, NamedTuple, Sequence
 import numpy as np
 import torch
 
+from saes.errors import SaesteerError
 from training.manifest import Manifest, read_manifest
 from training.shards import DTYPES, ShardCorruptError, TensorEntry, read_header, read_into, sha256_file
 
 STATE_VERSION = 1
+
+
+class ReaderStateError(SaesteerError, ValueError):
+    """A saved reader position that belongs to another stream (cache, hook, seed or shuffle window)."""
+
+
+# the reader's identity fields -> the config fields (DataConfig / TrainConfig) that set them
+_IDENTITY_FIELDS = {"cache": "cache", "hook": "hook", "seed": "seed", "buffer_rows": "reader_buffer_rows"}
 
 
 class ActivationBatch(NamedTuple):
@@ -381,9 +390,19 @@ class CacheReader:
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
             raise ValueError(f"not a CacheReader state (version {STATE_VERSION}): {str(state)[:200]}")
         mine = self._identity()
-        diffs = [f"{k}: state has {state.get(k)!r}, this reader has {v!r}" for k, v in mine.items() if state.get(k) != v]
-        if diffs:
-            raise ValueError("the saved reader state belongs to a different stream:\n  - " + "\n  - ".join(diffs))
+        differ = [k for k, v in mine.items() if state.get(k) != v]
+        if differ:
+            lines = []
+            for k in differ:
+                if k == "cache":  # a digest of every shard's SHA-256: only "another cache" is readable
+                    lines.append(f"cache: another cache (its shards hash to {str(state.get(k))[:12]}..., this "
+                                 f"one's to {mine[k][:12]}...)")
+                else:
+                    lines.append(f"{_IDENTITY_FIELDS[k]}: the saved position has {state.get(k)!r}, now {mine[k]!r}")
+            raise ReaderStateError(
+                "the saved reader position belongs to another stream:\n  - " + "\n  - ".join(lines)
+                + "\nuse the cache and settings the run started with, or start a new run",
+                field=_IDENTITY_FIELDS[differ[0]] if len(differ) == 1 else None)
         row = int(state["row"])
         if row < 0:
             raise ValueError(f"bad reader state row {row}")

@@ -26,6 +26,8 @@ from typing import BinaryIO, NamedTuple
 
 import torch
 
+from saes.errors import SaesteerError
+
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 _ST_NAMES = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
@@ -38,7 +40,7 @@ _MAX_HEADER = 100 << 20
 TMP_SUFFIX = ".tmp"
 
 
-class ShardCorruptError(ValueError):
+class ShardCorruptError(SaesteerError, ValueError):
     """A shard's bytes do not match the manifest (checksum, size or header)."""
 
 

@@ -34,7 +34,9 @@ import torch
 from torch import Tensor
 
 from saes import SAE, BatchTopKSAE, create_sae, save_sae
+from saes.io import remove_save_leftovers
 from saes.batchtopk import global_batch
+from saes.errors import SaesteerError
 from saes.sparse import SparseActs
 from saes.step import STEP_METHODS, compute_grads
 from training.checkpoint import (
@@ -68,8 +70,12 @@ class NonFiniteError(RuntimeError):
     """Too many consecutive non-finite steps; the last good checkpoint is left as it was."""
 
 
-class ConfigMismatchError(ValueError):
-    """A resume whose config differs from the checkpoint's in fields that may not change."""
+class ConfigMismatchError(SaesteerError, ValueError):
+    """A resume whose config or data differs from the checkpoint's in what may not change."""
+
+
+class DataError(SaesteerError, ValueError):
+    """Training data that cannot be used (no rows, non-finite rows); the message says why."""
 
 
 # ------------------------------------------------------------------------------ one SAE's state
@@ -398,6 +404,12 @@ class Trainer:
             if saved is None:
                 raise CheckpointError(f"the checkpoint has no SAE named {m.name!r}")
             sd = {k.split("/", 2)[2]: v for k, v in tensors.items() if k.startswith(f"sae/{m.name}/")}
+            w = sd.get("W_enc")
+            if w is not None and tuple(w.shape) != tuple(m.sae.W_enc.shape):
+                raise ConfigMismatchError(
+                    f"d_in: the checkpoint's SAE {m.name} reads activations of width {w.shape[0]} (d_sae "
+                    f"{w.shape[1]}), this run's data has width {m.sae.d_in} (d_sae {m.sae.d_sae}): the data comes "
+                    f"from another model or hook point; resume with the data the run started with, or start a new run")
             m.sae.load_state_dict(sd)
             m.since_fired_F.copy_(tensors[f"dead/{m.name}"])
             m.optimizer.load_state_dict(unflatten_state(saved["optimizer"], tensors))
@@ -578,11 +590,19 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
         lock = _lock_out_dir(out)
         clean_temporaries(ckpt_root)
+        _clean_sae_leftovers(out / SAE_DIR)
     try:
         return _train_locked(config, data, out, coll, prov, model_eval, resume, on_step, t_start)
     finally:
         if lock is not None:
             lock.close()
+
+
+def _clean_sae_leftovers(sae_root: Path) -> None:
+    """Remove the temporary folders of SAE saves that a kill interrupted (`.<name>.tmp-*`)."""
+    if sae_root.is_dir():
+        for p in sae_root.glob(".*.tmp-*"):
+            remove_save_leftovers(sae_root / p.name[1:].rsplit(".tmp-", 1)[0])
 
 
 def _lock_out_dir(out: Path):
@@ -621,6 +641,13 @@ def _train_locked(
 
     it = iter(data)
     holdout_BD, holdout_batches = _draw_holdout(it, config.train.holdout_tokens, coll)
+    if not bool(torch.isfinite(holdout_BD).all()):
+        bad = int((~torch.isfinite(holdout_BD)).any(dim=1).sum())
+        raise DataError(
+            f"{bad} of the first {holdout_BD.shape[0]:,} rows of the data (held out for scaling and evaluation) hold "
+            f"NaN or infinite activations{' (from ' + str(prov['cache']) + ')' if prov.get('cache') else ''}: the "
+            f"activations overflowed when they were cached (fp16?) or the cache is corrupt; rebuild it (e.g. with "
+            f"dtype bf16 or fp32)")
     trainer = Trainer(config, holdout_BD.shape[1], collectives=coll, sae_metadata=_sae_metadata(prov))
     stateful = hasattr(data, "state_dict") and hasattr(data, "load_state_dict")
 
@@ -635,15 +662,19 @@ def _train_locked(
         if data_state.get("kind") in ("state_dict", "per_rank"):
             if not stateful:
                 raise CheckpointError("the checkpoint stores a reader position but this data source has no load_state_dict()")
-            if data_state["kind"] == "per_rank":
-                states = data_state["states"]
-                if len(states) != coll.world_size:
-                    raise CheckpointError(
-                        f"the checkpoint holds the reader positions of {len(states)} ranks, each reading its own shards; "
-                        f"resume with {len(states)} processes (torchrun --nproc-per-node ...), or start a new run")
-                data.load_state_dict(states[coll.rank])  # type: ignore[attr-defined]
-            else:
-                data.load_state_dict(data_state["state"])  # type: ignore[attr-defined]
+            try:
+                if data_state["kind"] == "per_rank":
+                    states = data_state["states"]
+                    if len(states) != coll.world_size:
+                        raise CheckpointError(
+                            f"the checkpoint holds the reader positions of {len(states)} ranks, each reading its own "
+                            f"shards; resume with {len(states)} processes (torchrun --nproc-per-node ...), or start a "
+                            f"new run")
+                    data.load_state_dict(states[coll.rank])  # type: ignore[attr-defined]
+                else:
+                    data.load_state_dict(data_state["state"])  # type: ignore[attr-defined]
+            except SaesteerError as e:
+                raise ConfigMismatchError(f"cannot resume {resumed_from}: {e.message}", field=e.field) from None
             it = iter(data)
         else:
             for _ in range(int(data_state["batches"])):

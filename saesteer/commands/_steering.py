@@ -11,7 +11,10 @@ from pathlib import Path
 from typing import Any
 
 
-class CLIError(Exception):
+from saes.errors import SaesteerError
+
+
+class CLIError(SaesteerError):
     """A user error: printed as `error: ...`, exit status 2."""
 
 
@@ -179,6 +182,8 @@ def toy_scorer(topic: str, context: str = "sentence"):
     return OfflineScorer(share, counts, prompt_context=True)
 
 
-def print_error(e: BaseException) -> int:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+def print_error(e: BaseException, args: Any = None) -> int:
+    """`error: ...` through the CLI's error boundary (config fields named as this command's flags)."""
+    from saesteer.boundary import report
+
+    return report(e, getattr(args, "_parser", None))

@@ -101,7 +101,7 @@ def run(args) -> int:
     text_vals, cache_vals = _split_config(file_values, TextConfig, CacheConfig)
     unknown = set(file_values) - set(text_vals) - set(cache_vals)
     if unknown:
-        raise SystemExit(f"unknown key(s) in {args.config}: {', '.join(sorted(unknown))}")
+        raise ValueError(f"unknown key(s) in {args.config}: {', '.join(sorted(unknown))}")
     model_spec = args.model or extra.get("model")
     try:
         text = dataclass_from_args(TextConfig, args, file_values=text_vals)

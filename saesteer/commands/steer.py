@@ -16,7 +16,8 @@ edits, and print them side by side. An edit is FEATURE:OP[=VALUE[x]][@POSITIONS]
   res/123:add=4        latent 123 of the SAE named res (--sae res=DIR)
 
 Edits go through the SAE and keep its reconstruction error, so only the chosen latents change.
-Positions: all, prompt, generated, last, or token indices (0 = first token, -1 = last prompt token).
+Positions: all, prompt, generated, last, or token indices (0 = first token, -1 = last prompt token);
+an edit whose indices lie beyond every prompt + generation is refused (it would change nothing).
 The model is the one the SAEs (saesteer.json) or the store record; --model must be that model
 (--allow-model-mismatch runs another).
 
@@ -56,7 +57,7 @@ def run(args) -> int:
     try:
         return _run(args)
     except (CLIError, SteeringError) as e:
-        return print_error(e)
+        return print_error(e, args)
 
 
 def _lines(path: str) -> list[str]:

@@ -75,26 +75,8 @@ def run(args) -> int:
 
     try:
         return _run(args)
-    except CLIError as e:
-        return print_error(e)
-    except SteeringError as e:
-        return print_error(_as_flags(str(e)))
-
-
-def _as_flags(message: str) -> str:
-    """A steering error in the CLI's words: the config fields it names become this command's flags
-    (`SteerLimits.max_multiple` -> `--max-multiple`, `target_concept` -> `--target-concept`, ...)."""
-    import dataclasses
-    import re
-
-    from steering.config import SweepConfig
-    from steering.spec import SteerLimits
-
-    message = re.sub(r"\bSteerLimits\.(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), message)
-    for f in dataclasses.fields(SweepConfig):
-        if "_" in f.name:
-            message = re.sub(rf"\b{f.name}\b", "--" + f.name.replace("_", "-"), message)
-    return message
+    except (CLIError, SteeringError) as e:
+        return print_error(e, args)
 
 
 def _scorer(args, store_path):

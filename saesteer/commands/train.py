@@ -103,8 +103,11 @@ def add_arguments(parser) -> None:
     add_dataclass_arguments(parser, TextConfig, title="text (only without --cache: activations computed on the fly)")
 
 
-def _split_list(text: str, conv):
-    return [conv(t.strip()) for t in str(text).split(",") if t.strip()]
+def _split_list(text: str, conv, flag: str):
+    try:
+        return [conv(t.strip()) for t in str(text).split(",") if t.strip()]
+    except ValueError:
+        raise ValueError(f"{flag}: expected comma-separated {conv.__name__} values, got {text!r}") from None
 
 
 def _sae_specs(args, file_specs: list) -> list:
@@ -112,10 +115,10 @@ def _sae_specs(args, file_specs: list) -> list:
 
     if all(getattr(args, f) is None for f in _SAE_FLAGS):
         return [SAESpec(**s) if isinstance(s, dict) else s for s in file_specs] or [SAESpec()]
-    archs = _split_list(args.architecture, str) if args.architecture else ["topk"]
-    widths = _split_list(args.d_sae, int) if args.d_sae else [4096]
-    ks = _split_list(args.k, int) if args.k else [32]
-    mw = _split_list(args.matryoshka_widths, int) if args.matryoshka_widths else []
+    archs = _split_list(args.architecture, str, "--architecture") if args.architecture else ["topk"]
+    widths = _split_list(args.d_sae, int, "--d-sae") if args.d_sae else [4096]
+    ks = _split_list(args.k, int, "--k") if args.k else [32]
+    mw = _split_list(args.matryoshka_widths, int, "--matryoshka-widths") if args.matryoshka_widths else []
     specs = []
     for arch in archs:
         for d_sae in widths:
@@ -211,13 +214,12 @@ def _run_training(args, run_cfg, data_cfg, text_cfg, out, setup) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    from training.checkpoint import CheckpointError
-    from training.trainer import ConfigMismatchError, NonFiniteError, train
+    from training.trainer import NonFiniteError, train
 
     try:
         result = train(run_cfg, source, out, model_eval=model_eval, provenance=provenance, resume=args.resume,
                        collectives=coll)
-    except (ConfigMismatchError, CheckpointError, FileExistsError, FileNotFoundError) as e:
+    except (FileExistsError, FileNotFoundError) as e:  # ConfigMismatchError, CheckpointError: the CLI's boundary
         print(f"error: {e}", file=sys.stderr)
         return 2
     except NonFiniteError as e:

@@ -13,6 +13,8 @@ Faults (name -> what the client sees):
   "reset"        the connection is reset (RST) after the request is read, no response
   "timeout"      no response for `timeout_hold_s` seconds (longer than the client's timeout)
   "bad_body"     HTTP 200 with a truncated, unparseable JSON body
+  "trickle"      HTTP 200 whose (valid) body is sent one byte every `trickle_interval_s` seconds, so
+                 no single read ever waits long: only an overall deadline stops it
   "malformed"    a chat completion whose content is cut in half (invalid JSON)
   "fenced"       content wrapped in ```json ... ``` (valid: must be accepted)
   "prose"        content with a sentence of prose before it (valid: must be accepted)
@@ -23,6 +25,11 @@ Faults (name -> what the client sees):
 Fault choice is a pure function of (seed, request body, how many times that body was seen), so
 runs are reproducible whatever order concurrent requests arrive in, and a retried request can
 succeed. `script(index, body) -> fault | None` overrides the plan for scripted tests.
+
+Usage counts: by default ~4 characters per token; `tokens_per_char=1.0` makes a server that counts
+one token per character (prompt: every message's content; completion: the answer), the kind that
+overruns a budget reserved at chars / 3.5. Each `Record` has the `arrived` and `answered`
+times (time.monotonic()) of its request, for pacing checks (Retry-After).
 Stdlib only (http.server in a thread); nothing leaves 127.0.0.1.
 """
 
@@ -40,7 +47,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
-TRANSIENT_FAULTS = ("429", "500", "503", "reset", "timeout", "bad_body")
+TRANSIENT_FAULTS = ("429", "500", "503", "reset", "timeout", "bad_body", "trickle")
 CONTENT_FAULTS = ("malformed", "fenced", "prose", "refusal", "wrong_length", "bad_schema")
 
 
@@ -80,6 +87,8 @@ class Record:
     status: int | None = None  # None: no HTTP response (reset / timeout)
     completed: bool = False  # a 200 response was fully written
     messages: list = field(default_factory=list)
+    arrived: float = 0.0  # time.monotonic() when the request was read
+    answered: float | None = None  # when its response (or error status) was sent
 
 
 class _Server(ThreadingHTTPServer):
@@ -96,21 +105,27 @@ class JudgeServer:
         faults: FaultPlan | None = None,
         script: Callable[[int, dict], str | None] | None = None,
         latency_s: float = 0.0,
+        fault_latency_s: float | None = None,  # latency of injected faults (429, 5xx, ...); None: latency_s
         timeout_hold_s: float = 2.0,
         retry_after_s: int = 1,
         retry_after_ms: int | None = 20,
         model_check: str | None = None,
         hold_after: int | None = None,
+        trickle_interval_s: float = 0.5,
+        tokens_per_char: float | None = None,
     ) -> None:
         self.responder = responder
         self.faults = faults or FaultPlan()
         self.script = script
         self.latency_s = latency_s
+        self.fault_latency_s = latency_s if fault_latency_s is None else fault_latency_s
         self.timeout_hold_s = timeout_hold_s
         self.retry_after_s = retry_after_s
         self.retry_after_ms = retry_after_ms
         self.model_check = model_check
         self.hold_after = hold_after  # after this many completed answers, hold new requests (no answer)
+        self.trickle_interval_s = trickle_interval_s
+        self.tokens_per_char = tokens_per_char
         self._released = threading.Event()
         self.inflight = 0
         self.max_inflight = 0
@@ -157,7 +172,7 @@ class JudgeServer:
             self._seen[key] += 1
             idx = len(self.records)
             fault = self.script(idx, body) if self.script else self.faults.choose(key, nth)
-            rec = Record(idx, key, fault, messages=body.get("messages", []))
+            rec = Record(idx, key, fault, messages=body.get("messages", []), arrived=time.monotonic())
             self.records.append(rec)
         return rec
 
@@ -197,7 +212,8 @@ class _Handler(BaseHTTPRequestHandler):
         # body until the client's delayed ACK (~40 ms per response) and the server looks slow
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def _send_json(self, status: int, obj: Any, headers: dict[str, str] | None = None, raw: bytes | None = None) -> None:
+    def _send_json(self, status: int, obj: Any, headers: dict[str, str] | None = None, raw: bytes | None = None,
+                   trickle_s: float | None = None) -> None:
         data = raw if raw is not None else json.dumps(obj).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -205,8 +221,14 @@ class _Handler(BaseHTTPRequestHandler):
         for k, v in (headers or {}).items():
             self.send_header(k, v)
         self.end_headers()
-        self.wfile.write(data)
-        self.wfile.flush()
+        if trickle_s is None:
+            self.wfile.write(data)
+            self.wfile.flush()
+            return
+        for i in range(len(data)):  # one byte at a time: every read gets something soon
+            self.wfile.write(data[i:i + 1])
+            self.wfile.flush()
+            time.sleep(trickle_s)
 
     def do_POST(self) -> None:  # noqa: N802
         srv = self.server_owner
@@ -236,9 +258,10 @@ class _Handler(BaseHTTPRequestHandler):
             srv._released.wait(timeout=60)
             self.close_connection = True
             return
-        if srv.latency_s:
-            time.sleep(srv.latency_s)
         fault = rec.fault
+        wait = srv.latency_s if fault is None else srv.fault_latency_s
+        if wait:
+            time.sleep(wait)
         try:
             if fault == "reset":
                 self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -254,6 +277,7 @@ class _Handler(BaseHTTPRequestHandler):
                 if srv.retry_after_ms is not None:
                     headers["retry-after-ms"] = str(srv.retry_after_ms)
                 rec.status = 429
+                rec.answered = time.monotonic()
                 self._send_json(429, {"error": {"message": "rate limited", "type": "rate_limit"}}, headers)
                 return
             if fault in ("500", "503"):
@@ -290,10 +314,12 @@ class _Handler(BaseHTTPRequestHandler):
             elif fault == "bad_schema":
                 content = json.dumps({"result": content})
             prompt_chars = sum(len(str(m.get("content") or "")) for m in body.get("messages", []))
-            usage = {
-                "prompt_tokens": prompt_chars // 4 + 1,
-                "completion_tokens": len(content or refusal or "") // 4 + 1,
-            }
+            answer_chars = len(content or refusal or "")
+            if srv.tokens_per_char is not None:
+                usage = {"prompt_tokens": int(prompt_chars * srv.tokens_per_char),
+                         "completion_tokens": int(answer_chars * srv.tokens_per_char)}
+            else:
+                usage = {"prompt_tokens": prompt_chars // 4 + 1, "completion_tokens": answer_chars // 4 + 1}
             usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
             resp = {
                 "id": f"chatcmpl-{rec.index}",
@@ -310,7 +336,8 @@ class _Handler(BaseHTTPRequestHandler):
                 "usage": usage,
             }
             rec.status = 200
-            self._send_json(200, resp)
+            rec.answered = time.monotonic()
+            self._send_json(200, resp, trickle_s=srv.trickle_interval_s if fault == "trickle" else None)
             rec.completed = True
         except (BrokenPipeError, ConnectionResetError, OSError):
             self.close_connection = True

@@ -1,9 +1,10 @@
 """A tiny training run in its own process, for the kill -9 / resume tests.
 
-    python tests/helpers/train_child.py OUT_DIR [--hang-at STEP] [--total-batches N]
+    python tests/helpers/train_child.py OUT_DIR [--hang-at STEP] [--total-batches N] [--die-in-final-save]
 
 With --hang-at, the run writes OUT_DIR/hanging (holding the step) after that step and sleeps,
-so the parent can SIGKILL it at a known point. Threads are fixed to 1 (bit-identical runs).
+so the parent can SIGKILL it at a known point. With --die-in-final-save, the process kills itself
+(SIGKILL) while writing the first SAE folder at the end. Threads are fixed to 1 (bit-identical runs).
 """
 
 from __future__ import annotations
@@ -47,8 +48,23 @@ def main() -> int:
     ap.add_argument("out")
     ap.add_argument("--hang-at", type=int, default=None)
     ap.add_argument("--total-batches", type=int, default=40)
+    ap.add_argument("--die-in-final-save", action="store_true")
     args = ap.parse_args()
     out = Path(args.out)
+    if args.die_in_final_save:
+        import os
+        import signal
+
+        import saes.io
+
+        real = saes.io.atomic_write_json
+
+        def die(path, obj):
+            if Path(path).name == "cfg.json":  # weights and saesteer.json are written; the folder is temporary
+                os.kill(os.getpid(), signal.SIGKILL)
+            real(path, obj)
+
+        saes.io.atomic_write_json = die
 
     def on_step(trainer) -> None:
         if args.hang_at is not None and trainer.step == args.hang_at:
