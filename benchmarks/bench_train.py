@@ -140,7 +140,7 @@ def run_ours(arch, cache, *, d_sae, k, batch, tokens, holdout, method, lr, dead_
     cfg = RunConfig(
         saes=[spec],
         train=TrainConfig(total_tokens=tokens, batch_size=batch, holdout_tokens=holdout, step_method=method,
-                          dead_tokens=dead_tokens, num_threads=threads),
+                          dead_tokens=dead_tokens, dead_window_fraction=1.0, num_threads=threads),  # SAELens's fixed window
         optim=OptimConfig(lr=lr, grad_clip=1.0, warmup_frac=0.01, decay_start_frac=0.8),
         checkpoint=CheckpointConfig(every_tokens=0, keep_last=1),
         eval=EvalConfig(every_tokens=0, ce_contexts=0),

@@ -334,17 +334,22 @@ def _load_model_checked(spec: str, man):
 
 
 def _print_summary(result) -> None:
+    from training.report import dead_figures_note
+
     m = result.metrics
     rate = m.get("tokens_per_second")
     print(f"trained {m['tokens_trained']:,} tokens in {m['steps']:,} steps"
           + (f" ({rate:,.0f} tokens/s in training steps)" if rate else "")
           + (f"; stopped early: {m['stopped_early']}" if m.get("stopped_early") else ""))
-    header = f"{'SAE':<34} {'EV':>7} {'L0':>7} {'dead':>7} {'dense':>7} {'CE rec':>7} {'KL':>8}"
+    header = f"{'SAE':<34} {'EV':>7} {'L0':>7} {'dead':>7} {'held-out dead':>13} {'dense':>7} {'CE rec':>7} {'KL':>8}"
     print(header)
     for name, s in m["saes"].items():
         ce = s.get("ce_loss_recovered")
         kl = s.get("kl_div")
         print(f"{name:<34} {s['explained_variance']:7.4f} {s['l0']:7.2f} {s['dead_fraction']:7.2%} "
-              f"{s['dense_fraction']:7.2%} {'' if ce is None else f'{ce:7.4f}':>7} {'' if kl is None else f'{kl:8.5f}':>8}")
+              f"{s['eval_dead_fraction']:13.2%} {s['dense_fraction']:7.2%} {'' if ce is None else f'{ce:7.4f}':>7} "
+              f"{'' if kl is None else f'{kl:8.5f}':>8}")
+    first = next(iter(m["saes"].values()), {})
+    print(dead_figures_note(first.get("dead_window_tokens"), first.get("eval_rows")))
     print(f"SAE folders under {result.out_dir / 'saes'}; metrics in {result.out_dir / 'metrics.json'}; "
           f"curves in {result.out_dir / 'training_curves.html'}")
