@@ -64,7 +64,7 @@ class DemoConfig:
                                          metadata={"help": "nested prefix widths ending at d_sae (empty: ~4x steps)"})
     batch_size: int = field(default=4096, metadata={"help": "tokens per training step"})
     dead_tokens: int = field(default=200_000,
-                             metadata={"help": "dead window cap: a latent silent for the last min(this, 10% of the training "
+                             metadata={"help": "dead window cap: a latent silent for the last min(this, a tenth of the training "
                                                "tokens) counts as dead (AuxK revives it)"})
     ce_contexts: int = field(default=64, metadata={"help": "validation contexts for CE loss recovered (0: skip)"})
     label_limit: int | None = field(
