@@ -356,6 +356,7 @@ def cmd_toyworld(args) -> str:
     cfg = RunConfig(
         saes=saes,
         train=TrainConfig(total_tokens=args.tokens, batch_size=args.batch, dead_tokens=args.toy_dead_tokens,
+                          dead_window_fraction=1.0,  # the window is --toy-dead-tokens, as recorded in RESULTS.md
                           num_threads=args.threads, step_method=args.toy_method, aux_coef=args.toy_aux_coef),
         optim=OptimConfig(lr=args.toy_lr),
         checkpoint=CheckpointConfig(every_tokens=max(args.tokens // 4, 1)),
