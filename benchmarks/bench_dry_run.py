@@ -79,9 +79,15 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=200_000)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--models", default="toy,tiny_hf")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    print(f"load average {os.getloadavg()[0]:.1f}; {args.tokens:,} tokens per build; {args.rounds} round(s)")
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"load average {os.getloadavg()[0]:.1f}; {args.tokens:,} tokens per build; {args.rounds} round(s); "
+          f"{torch.get_num_threads()} torch thread(s)")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for name in args.models.split(","):

@@ -28,7 +28,6 @@ from __future__ import annotations
 import difflib
 import errno
 import hashlib
-import math
 import queue
 import re
 import shutil
@@ -504,13 +503,15 @@ def _measure_rate(plan: "_Plan", cfg: CacheConfig, sample_NL: np.ndarray, L: int
     through the forward the build will use (its check done first, untimed) and are copied into a
     shard buffer as `_run_build` does, timed by the wall clock (synchronised on a GPU).
 
-    The probe runs the build's batch size: per-call overheads (Python, kernel launches and, on a
-    busy machine, the wait for the compute threads at every op) weigh on small batches, and a probe
-    of 8 contexts had underestimated the build's rate up to 4x. Only when one context already takes
-    so long that three batches would not fit in PROBE_SECONDS (a large model on a CPU, whose rate
-    no longer grows with the batch) does it run fewer contexts per batch. One untimed batch at the
-    probe size (allocations), then the median of 3 to 7 timed ones (as many as fit in a third of
-    PROBE_SECONDS: on a busy machine single batches swing several-fold)."""
+    The probe works towards the build's batch size: per-call overheads (Python, kernel launches
+    and, on a busy machine, the wait for the compute threads at every op) weigh on small batches,
+    and a probe of 8 contexts had underestimated the build's rate up to 4x. The batch doubles from
+    1 context to `cfg.batch_size` while the next size still fits in PROBE_SECONDS, judged by the
+    time the current size took (a GPU or a small model reaches the build's batch size; a large
+    model on a CPU stops at a batch that already takes a second or more, where its rate no longer
+    grows). Each size runs once untimed (allocations) and once timed; the rate is the median of 3
+    to 7 timed batches at the last size (as many as fit in a fifth of PROBE_SECONDS: on a busy
+    machine single batches swing several-fold)."""
     runner = plan.runner
     B = cfg.batch_size
     if len(sample_NL):
@@ -532,16 +533,18 @@ def _measure_rate(plan: "_Plan", cfg: CacheConfig, sample_NL: np.ndarray, L: int
             torch.cuda.synchronize(device)
         return time.perf_counter() - t0
 
-    timed(1)
-    one = min(timed(1), timed(1))  # a busy machine inflates single runs; the cost is at most the least
-    b = B
-    if B * one * 3 > PROBE_SECONDS:  # the largest power of two that fits (one context costs at most `one`)
-        b = max(1, min(B, 1 << int(math.log2(max(1.0, PROBE_SECONDS / (3 * one))))))
-    walls = [one] if b == 1 else []
-    if b > 1:
-        timed(b)
     start = time.perf_counter()
-    while len(walls) < 3 or (len(walls) < 7 and time.perf_counter() - start < PROBE_SECONDS / 3):
+    b = 1
+    while True:
+        timed(b)  # the first call at this size pays for allocations
+        secs = timed(b)
+        # the next size: two runs of about twice this one, then three or more timed runs
+        if b >= B or time.perf_counter() - start + 8 * secs > PROBE_SECONDS:
+            break
+        b = min(2 * b, B)
+    walls = [secs]
+    start = time.perf_counter()
+    while len(walls) < 3 or (len(walls) < 7 and time.perf_counter() - start < PROBE_SECONDS / 5):
         walls.append(timed(b))
     return ProbeRate(b * L / max(statistics.median(walls), 1e-9), b)
 
