@@ -45,7 +45,7 @@ __all__ = [
     "FuzzItem",
 ]
 
-PROMPT_VERSION = "explain-v1/detect-v1/fuzz-v1"
+PROMPT_VERSION = "explain-v2/detect-v2/fuzz-v2"  # v2: token pieces joined as decoded (features.tokentext)
 MARK_OPEN, MARK_CLOSE = "<<", ">>"
 MAX_LABEL_CHARS = 80
 
@@ -62,29 +62,14 @@ def escape_data(text: str) -> str:
     return "".join(ch for ch in t if ch == "\u200d" or unicodedata.category(ch) not in ("Cc", "Cf"))
 
 
-def _joins_with_spaces(tokens: Sequence[str]) -> bool:
-    """True for word-level tokens ("the", "cat"), False for subword pieces that carry their own
-    leading spaces (" the", " cat", "s")."""
-    if len(tokens) < 2:
-        return True
-    spaced = sum(1 for t in tokens[1:] if t[:1].isspace())
-    return spaced < 0.2 * (len(tokens) - 1)
-
-
 def render_tokens(tokens: Sequence[str], marked: Sequence[int] = ()) -> str:
-    """One line of escaped text with the tokens at `marked` positions wrapped in << >>."""
-    marks = set(marked)
-    sep = " " if _joins_with_spaces(tokens) else ""
-    parts = []
-    for i, tok in enumerate(tokens):
-        t = escape_data(tok)
-        if i in marks:
-            lead = t[: len(t) - len(t.lstrip())]
-            core = t.strip() or t
-            t = f"{lead}{MARK_OPEN}{core}{MARK_CLOSE}"
-        parts.append(t)
-    # merge adjacent marked tokens' marks would hide token boundaries; keep them separate
-    return sep.join(parts).strip()
+    """One line of escaped text with the tokens at `marked` positions wrapped in << >>.
+
+    `tokens` are the window's pieces (`features.tokentext`): they carry their own spaces, so the
+    line is the window's text exactly, escaped. Adjacent marked tokens keep separate marks."""
+    from features.tokentext import mark_pieces  # here: importing `features` loads torch, autointerp does not
+
+    return mark_pieces([escape_data(t) for t in tokens], marked, MARK_OPEN, MARK_CLOSE).strip()
 
 
 # --------------------------------------------------------------------------------------------

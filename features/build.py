@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -41,6 +42,7 @@ from features.fingerprint import sae_description, sae_fingerprint
 from features.records import utc_now
 from features.source import ActivationSource
 from features.store import FeatureStore, StoreError, StoreMismatchError
+from features.tokentext import token_texts
 
 STATE_SUFFIX = ".state.safetensors"
 LOCK_SUFFIX = ".lock"
@@ -149,9 +151,7 @@ def load_state(path: Path, acc: FeatureAccumulator, identity: dict) -> tuple[str
 
 def token_strings(tokenizer) -> list[str]:
     """Display string of every token id (each decoded alone, special tokens kept)."""
-    n = len(tokenizer)
-    return list(tokenizer.batch_decode([[i] for i in range(n)], skip_special_tokens=False,
-                                       clean_up_tokenization_spaces=False))
+    return [t.text for t in token_texts(tokenizer, [[i] for i in range(len(tokenizer))])]
 
 
 def check_compatible(sae, source: ActivationSource) -> None:
@@ -168,6 +168,24 @@ def check_compatible(sae, source: ActivationSource) -> None:
         )
 
 
+def check_models(sae, source: ActivationSource, model=None, allow_mismatch: bool = False):
+    """The model the store belongs to (the cache's recorded model, else the SAE's), after refusing
+    (ModelMismatchError) an SAE or a model recorded for another model than the cache's."""
+    from saes.identity import check_same_model, identity_of_model, identity_of_sae
+
+    cache_model = getattr(source, "recorded_model", None)
+    cache_model = cache_model() if callable(cache_model) else None
+    sae_model = identity_of_sae(sae)
+    if not allow_mismatch:
+        where = f"the activation cache {getattr(source, 'path', '')}".rstrip()
+        check_same_model(cache_model, sae_model, recorded_in=where, given_as="the SAE's model (its saesteer.json)",
+                         override="allow_model_mismatch=True", fix="use the cache the SAE was trained on")
+        check_same_model(cache_model or sae_model, identity_of_model(model),
+                         recorded_in=where if cache_model is not None else "the SAE", given_as="the model given",
+                         override="allow_model_mismatch=True", fix="pass the model the cache was made with")
+    return cache_model or sae_model
+
+
 def build_feature_store(
     path: str | Path,
     sae,
@@ -180,16 +198,21 @@ def build_feature_store(
     overwrite: bool = False,
     progress: bool = True,
     on_event: EventHook | None = None,
+    allow_model_mismatch: bool = False,
 ) -> BuildResult:
     """Build (or resume, or finish) the feature store at `path` for `sae` over `source`.
 
     model: a loaded TransformerLens model, for logit effects (optional).
     tokenizer: for token display strings and example text (optional; else `model.tokenizer`).
-    on_event(name, info): called after each 'batch', 'checkpoint', 'pass_done' and 'block'."""
+    sae_path: the SAE's folder, recorded (absolute) so that tools can load the SAE from the store.
+    on_event(name, info): called after each 'batch', 'checkpoint', 'pass_done' and 'block'.
+    allow_model_mismatch: accept an SAE or model recorded for another model than the cache's.
+    The store records the model the activations came from (meta `model_identity`)."""
     t_start = time.perf_counter()
     cfg = cfg or BuildConfig()
     path = Path(path)
     check_compatible(sae, source)
+    recorded = check_models(sae, source, model, allow_model_mismatch)
     if tokenizer is None and model is not None:
         tokenizer = getattr(model, "tokenizer", None)
     event = on_event or (lambda name, info: None)
@@ -204,6 +227,7 @@ def build_feature_store(
     meta = {
         **identity,
         "d_sae": F,
+        "model_identity": None if recorded is None else recorded.to_json(),
         "sae": sae_description(sae, sae_path),
         "cache": source.description,
         "context_length": source.context_length,
@@ -414,12 +438,12 @@ def _block_rows(f0, f1, res: PassResult, dec_norm, dec_nb, co_nb, logits, links,
     for e, (kc, f, rank, v, q, seq, pos, lo, hi) in enumerate(zip(*cols_E)):
         t = toks_np[e, lo:hi]
         token_lists.append(t)
-        examples.append([f, kinds[kc], rank, v, _nan(q), seq, pos, before - lo, t.tobytes(), win_np[e, lo:hi].tobytes(), None])
+        examples.append([f, kinds[kc], rank, v, _nan(q), seq, pos, before - lo, t.tobytes(), win_np[e, lo:hi].tobytes(),
+                         None, None])
     if tokenizer is not None and token_lists:
-        texts = tokenizer.batch_decode([t.tolist() for t in token_lists], skip_special_tokens=False,
-                                       clean_up_tokenization_spaces=False)
-        for ex, t in zip(examples, texts):
-            ex[10] = t
+        for ex, tt in zip(examples, token_texts(tokenizer, [t.tolist() for t in token_lists])):
+            ex[10] = tt.text
+            ex[11] = np.asarray(tt.offsets, dtype="<i4").tobytes()
     top_text: dict[int, list[str]] = {}
     for ex in examples:
         if ex[1] == "top" and ex[10]:

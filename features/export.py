@@ -19,6 +19,7 @@ from typing import Iterable
 
 from features.records import Example, FeatureRecord
 from features.store import FeatureStore
+from features.tokentext import visible
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:1.5rem;color:#222;max-width:1200px}
@@ -73,7 +74,7 @@ def _example_html(e: Example, scale: float) -> str:
         alpha = 0.0 if scale <= 0 else max(0.0, min(1.0, act / scale))
         cls = "tok centre" if i == e.centre else "tok"
         style = f' style="background:rgba(255,140,0,{alpha:.3f})"' if alpha > 0 else ""
-        spans.append(f'<span class="{cls}"{style} title="{esc(f"{act:.4g}")}">{esc(tok)}</span>')
+        spans.append(f'<span class="{cls}"{style} title="{esc(f"{act:.4g}")}">{esc(visible(tok))}</span>')
     info = f"act {e.activation:.4g}" + (f", quantile {e.quantile:.2f}" if e.quantile is not None else "")
     return f'<div class="ex" title="{esc(info)}">{"".join(spans)}</div>'
 

@@ -31,7 +31,10 @@ def sae_fingerprint(sae) -> str:
 
 
 def sae_description(sae, path: str | None = None) -> dict:
-    """What the store records about the SAE it was built from."""
+    """What the store records about the SAE it was built from (`path` made absolute, so the store
+    finds its SAE from any working directory)."""
+    from pathlib import Path
+
     cfg = sae.cfg
     md = dict(getattr(cfg, "metadata", {}) or {})
     return {
@@ -42,5 +45,5 @@ def sae_description(sae, path: str | None = None) -> dict:
         "matryoshka_widths": list(getattr(cfg, "matryoshka_widths", []) or []) or None,
         "hook_name": md.get("hook_name"),
         "model_name": md.get("model_name"),
-        "path": path,
+        "path": str(Path(path).expanduser().resolve()) if path else None,
     }

@@ -15,6 +15,10 @@ def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
+# search snippets mark matches with two private-use characters, which dataset text does not hold
+SNIPPET_OPEN, SNIPPET_CLOSE = "\ue000", "\ue001"
+
+
 @dataclass(frozen=True)
 class FeatureStats:
     n_fires: int
@@ -58,9 +62,10 @@ class Example:
     position: int  # position of the centre token in its context
     centre: int  # index of the centre token in token_ids
     token_ids: list[int]
-    tokens: list[str]  # display strings (empty strings if the store has no vocabulary)
+    tokens: list[str]  # each token's piece of `text`: "".join(tokens) == text (features.tokentext);
+    #                    empty strings when the store was built without a tokenizer
     acts: list[float]  # the latent's activation at every token of the window
-    text: str | None  # the decoded window
+    text: str | None  # the window as the tokenizer decodes it (None without a tokenizer)
 
 
 @dataclass(frozen=True)
@@ -204,8 +209,26 @@ class SearchHit:
     feature_id: int
     score: float  # bm25 relevance (higher is better)
     label: str | None
-    snippet: str  # matching text with the match marked by [ and ]
+    snippet: str  # matching text, each match between SNIPPET_OPEN and SNIPPET_CLOSE (see `parts`)
     freq: float
+
+    @property
+    def parts(self) -> list[tuple[str, bool]]:
+        """The snippet as (text, is_match) pieces, in order (the text itself may hold any character)."""
+        out: list[tuple[str, bool]] = []
+        for k, piece in enumerate(self.snippet.split(SNIPPET_OPEN)):
+            text, sep, rest = piece.partition(SNIPPET_CLOSE)
+            if k == 0 or not sep:
+                out.append((piece, False))
+                continue
+            out.append((text, True))
+            out.append((rest, False))
+        return [(t, m) for t, m in out if t]
+
+    @property
+    def text(self) -> str:
+        """The snippet without match marks."""
+        return "".join(t for t, _ in self.parts)
 
 
 @dataclass

@@ -181,6 +181,10 @@ class CacheSource:
             "context_length": self.context_length,
         }
 
+    def recorded_model(self):
+        """The model the cache was made with (`saes.identity.ModelIdentity`), or None if unknown."""
+        return self.manifest.recorded_model()
+
     # -- reading -------------------------------------------------------------------------------
     def _entries(self, i: int):
         from training.shards import ShardCorruptError, read_header, sha256_file

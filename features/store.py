@@ -20,8 +20,9 @@ Schema (version 1; `schema_version` holds it, `meta` the build's identity):
     histograms(feature_id PRIMARY KEY, bin_width REAL, counts TEXT)   -- JSON list; bin i = [i*w, (i+1)*w)
     examples(id INTEGER PRIMARY KEY, feature_id, kind TEXT ('top'|'quantile'|'negative'), rank,
              activation REAL, quantile REAL, seq_index, position, centre,
-             token_ids BLOB, acts BLOB, text TEXT)  -- blobs: little-endian int32 / float32, one per token
-    vocab(token_id INTEGER PRIMARY KEY, text TEXT)  -- display string of every token
+             token_ids BLOB, acts BLOB, text TEXT,   -- blobs: little-endian int32 / float32, one per token
+             token_offsets BLOB)  -- int32 per token: where its piece starts in `text` (see features.tokentext)
+    vocab(token_id INTEGER PRIMARY KEY, text TEXT)  -- every token decoded on its own (logit effects)
     logit_effects(feature_id, kind ('promoted'|'suppressed'), rank, token_id, value)
     neighbours(feature_id, kind ('decoder'|'coact'), rank, other_id, score, count)
     label_provenance(id, judge_model, judge_kind, offline, prompt_version, examples_used JSON,
@@ -33,14 +34,19 @@ Schema (version 1; `schema_version` holds it, `meta` the build's identity):
     feature_fts USING fts5(label, examples)         -- rowid = feature id
 
 META KEYS: schema_version, build_state ('building'|'complete'), sae_fingerprint,
-cache_fingerprint, sae (architecture, d_in, d_sae, k, hook_name, model_name, matryoshka_widths,
-path), cache (source description), d_sae, n_rows, context_length, window_before, window_after,
+cache_fingerprint, model_identity (the model the activations came from, `saes.identity`; absent in
+stores from older versions), sae (architecture, d_in, d_sae, k, hook_name, model_name,
+matryoshka_widths, path: absolute), cache (source description), d_sae, n_rows, context_length, window_before, window_after,
 bos_id, build_config, logit_method (or null), coact (how co-activation was sampled), summary (counts per
 flag), saesteer_version, built_at.
 
 Every write happens in one transaction (the build writes `write_block` latents per
 transaction, with their examples and search text), and every multi-query read runs inside one
 read transaction, so a reader never sees half a batch.
+
+Stores written before `examples.token_offsets` existed stay readable: the column is added when
+such a store is opened for writing, and the pieces of their examples are aligned from the window
+text and the vocabulary (`features.tokentext.align_pieces`, best effort; the text is exact).
 """
 
 from __future__ import annotations
@@ -70,10 +76,13 @@ from features.records import (
     ParentLink,
     Score,
     ScoreInput,
+    SNIPPET_CLOSE,
+    SNIPPET_OPEN,
     SearchHit,
     TokenEffect,
     utc_now,
 )
+from features.tokentext import align_pieces, pieces_from_offsets
 
 SCHEMA_VERSION = 1
 
@@ -121,6 +130,7 @@ CREATE TABLE examples (
     token_ids BLOB NOT NULL,
     acts BLOB NOT NULL,
     text TEXT,
+    token_offsets BLOB,
     UNIQUE (feature_id, kind, rank)
 );
 CREATE TABLE vocab (token_id INTEGER PRIMARY KEY, text TEXT NOT NULL);
@@ -192,8 +202,10 @@ FEATURE_COLUMNS = (
     "min_pos", "max_pos", "bos_fires", "decoder_norm", "flags", "level", "parent_id", "parent_coact", "parent_cos",
     "parent_method",
 )
+_EXAMPLE_SELECT = "id, feature_id, kind, rank, activation, quantile, seq_index, position, centre, token_ids, acts, text"
 EXAMPLE_COLUMNS = (
     "feature_id", "kind", "rank", "activation", "quantile", "seq_index", "position", "centre", "token_ids", "acts", "text",
+    "token_offsets",
 )
 
 _SORTS = {
@@ -279,7 +291,19 @@ class FeatureStore:
         self._lock = threading.RLock()
         self._vocab: list[str] | None = None
         self.meta: dict[str, Any] = {}
+        self._offsets_column = self._upgrade_examples()
         self.refresh()
+
+    def _upgrade_examples(self) -> str:
+        """The SQL for the examples' token offsets: the column, added to an older store opened for
+        writing; NULL for an older store opened read-only."""
+        cols = {r[1] for r in self._conn.execute("PRAGMA table_info(examples)")}
+        if "token_offsets" in cols:
+            return "token_offsets"
+        if self.readonly:
+            return "NULL"
+        self._conn.execute("ALTER TABLE examples ADD COLUMN token_offsets BLOB")
+        return "token_offsets"
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
@@ -395,6 +419,17 @@ class FeatureStore:
     def cache_fingerprint(self) -> str:
         return self.meta["cache_fingerprint"]
 
+    def recorded_model(self):
+        """The model whose activations the store was built from (`saes.identity.ModelIdentity`):
+        meta `model_identity`, else (stores from older versions) the model id its cache or SAE
+        recorded; None if unknown."""
+        from saes.identity import ModelIdentity
+
+        if self.meta.get("model_identity") is not None:
+            return ModelIdentity.from_json(self.meta["model_identity"])
+        return (ModelIdentity.from_id((self.meta.get("cache") or {}).get("model"))
+                or ModelIdentity.from_id((self.meta.get("sae") or {}).get("model_name")))
+
     def check_sae(self, sae) -> None:
         """Refuse (StoreMismatchError) an SAE other than the one this store was built from."""
         from features.fingerprint import sae_fingerprint
@@ -475,8 +510,8 @@ class FeatureStore:
             h = c.execute("SELECT bin_width, counts FROM histograms WHERE feature_id = ?", (i,)).fetchone()
             hist = Histogram(h[0], json.loads(h[1])) if h else Histogram(0.0, [])
             ex = c.execute(
-                "SELECT id, feature_id, kind, rank, activation, quantile, seq_index, position, centre, token_ids, acts, text "
-                "FROM examples WHERE feature_id = ? ORDER BY kind, rank", (i,),
+                f"SELECT {_EXAMPLE_SELECT}, {self._offsets_column} FROM examples WHERE feature_id = ? ORDER BY kind, rank",
+                (i,),
             ).fetchall()
             logit_rows = c.execute(
                 "SELECT kind, token_id, value FROM logit_effects WHERE feature_id = ? ORDER BY kind, rank", (i,)
@@ -521,10 +556,17 @@ class FeatureStore:
 
     def _example(self, e) -> Example:
         ids = np.frombuffer(e[9], dtype="<i4").tolist()
+        text, offsets = e[11], e[12]
+        if text is not None and offsets is not None:
+            tokens = pieces_from_offsets(text, np.frombuffer(offsets, dtype="<i4").tolist())
+        elif text is not None:  # a store written before the offsets were kept
+            tokens = align_pieces(text, [self.token_str(t) for t in ids])
+        else:  # built without a tokenizer
+            tokens = [self.token_str(t) for t in ids]
         return Example(
             id=e[0], feature_id=e[1], kind=e[2], rank=e[3], activation=e[4], quantile=e[5], seq_index=e[6],
-            position=e[7], centre=e[8], token_ids=ids, tokens=[self.token_str(t) for t in ids],
-            acts=np.frombuffer(e[10], dtype="<f4").tolist(), text=e[11],
+            position=e[7], centre=e[8], token_ids=ids, tokens=tokens,
+            acts=np.frombuffer(e[10], dtype="<f4").tolist(), text=text,
         )
 
     def examples(self, feature_id: int, kind: str | None = None) -> list[Example]:
@@ -532,8 +574,7 @@ class FeatureStore:
         i = self._check_id(feature_id)
         with self._read() as c:
             self._check_written(c, i)
-            q = ("SELECT id, feature_id, kind, rank, activation, quantile, seq_index, position, centre, token_ids, acts, text "
-                 "FROM examples WHERE feature_id = ?")
+            q = f"SELECT {_EXAMPLE_SELECT}, {self._offsets_column} FROM examples WHERE feature_id = ?"
             args: list[Any] = [i]
             if kind is not None:
                 q += " AND kind = ?"
@@ -673,7 +714,7 @@ class FeatureStore:
                 try:
                     rows = c.execute(
                         "SELECT t.rowid, bm25(feature_fts, 5.0, 1.0) AS r, "
-                        "snippet(feature_fts, -1, '[', ']', '...', 12), "
+                        f"snippet(feature_fts, -1, '{SNIPPET_OPEN}', '{SNIPPET_CLOSE}', '...', 12), "
                         f"{_CUR_LABEL.replace('f.id', 't.rowid')}, f.freq "
                         "FROM feature_fts t JOIN features f ON f.id = t.rowid WHERE feature_fts MATCH ? ORDER BY r LIMIT ?",
                         (q, int(limit)),

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from features.tokentext import token_text
+
 
 @dataclass(frozen=True)
 class LatentActivation:
@@ -26,7 +28,7 @@ class LatentActivation:
 class TokenActivations:
     position: int
     token_id: int
-    token: str
+    token: str  # the token's piece of the text (features.tokentext): the pieces join to the decoded text
     latents: list[LatentActivation]  # strongest first, at most top_n
 
 
@@ -86,20 +88,30 @@ def features_on_text(
     hook_name: str | None = None,
     prepend_bos: bool = True,
     min_act: float = 0.0,
+    allow_model_mismatch: bool = False,
 ) -> TextActivations:
     """Latents firing on each token of `text`, strongest first (labels from `store` when given;
-    the store must have been built from this SAE)."""
+    the store must have been built from this SAE). An SAE or store recorded for another model
+    than `model` is refused (saes.identity.ModelMismatchError) unless `allow_model_mismatch`."""
+    from saes.identity import check_sae_model, check_same_model, identity_of_model
+
     hook = hook_name or (sae.cfg.metadata or {}).get("hook_name")
     if not hook:
         raise ValueError("the SAE does not record its hook point (cfg.metadata['hook_name']); pass hook_name=...")
+    check_sae_model(model, sae, allow_mismatch=allow_model_mismatch)
     if store is not None:
         store.check_sae(sae)
+        if not allow_model_mismatch:
+            check_same_model(store.recorded_model(), identity_of_model(model), recorded_in=f"the feature store {store.path}",
+                             given_as="the model given", override="allow_model_mismatch=True",
+                             fix="load the model it records (saesteer.models.load_model)")
     tokens_BS = model.to_tokens(text, prepend_bos=prepend_bos)
     x = hook_activations(model, hook, tokens_BS)[0]  # [S, ...]
     x_SD = x.reshape(x.shape[0], -1)
     acts_SF = sae.encode(x_SD.to(device=sae.device, dtype=sae.dtype)).float().cpu()
     ids = tokens_BS[0].tolist()
-    strs = model.to_str_tokens(tokens_BS[0]) if hasattr(model, "to_str_tokens") else [str(i) for i in ids]
+    tokenizer = getattr(model, "tokenizer", None)
+    strs = token_text(tokenizer, ids).pieces if tokenizer is not None else [f"<{i}>" for i in ids]
     k = min(top_n, acts_SF.shape[1])
     vals_SK, idx_SK = acts_SF.topk(k, dim=1)
     fired = (acts_SF > min_act) & (acts_SF > 0)

@@ -32,20 +32,34 @@ Two Bridge behaviours downstream code should know (checked by tests/test_toyworl
   HookedTransformer does, but L == n_layers runs the whole model and returns logits (a
   HookedTransformer returns the final residual stream, before ln_final).
 
-`model_id(model)` / `model_fingerprint(model)` identify the weights for cache manifests.
+Identity (`saes.identity.ModelIdentity`): `load_model` attaches to every model it loads who the
+model is (source, name, hub commit, absolute directory, SHA-256 of the weight files, widths);
+`model_identity(model)` / `model_id(model)` read it. Caches, SAEs and feature stores record it;
+`load_recorded_model` is how a command turns "the model this was made with" into a loaded model
+(an explicit --model is checked against the record; a mismatch names both and OVERRIDE_FLAG).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+
+from saes.identity import (
+    ModelIdentity,
+    ModelIdentityError,
+    attach_identity,
+    check_same_model,
+    identity_of_model,
+    same_model,
+)
 
 TOY_SPECS = ("toy", "toyworld")
 _INFO_ATTR = "_saesteer_model_info"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack")
 FULL_HASH_LIMIT_BYTES = 4 << 30  # above this, local weights get a sampled hash (see _hash_files)
+OVERRIDE_FLAG = "--allow-model-mismatch"  # the CLI flag that accepts a model other than the recorded one
 
 
 @dataclass
@@ -58,27 +72,6 @@ class ModelInfo:
     revision: str | None = None
     path: str | None = None
     engine: str = ""  # 'HookedTransformer' | 'TransformerBridge'
-    _weights_hash: str | None = field(default=None, repr=False)
-
-
-@dataclass(frozen=True)
-class ModelFingerprint:
-    """Identity of a model's weights, for cache manifests."""
-
-    source: str
-    name: str
-    revision: str | None
-    weights_sha256: str | None
-    d_model: int
-    n_layers: int
-    d_vocab: int
-
-    @property
-    def id(self) -> str:
-        tail = f"@{self.revision}" if self.revision else ""
-        if self.weights_sha256:
-            tail += f"#sha256:{self.weights_sha256[:16]}"
-        return f"{self.source}:{self.name}{tail}"
 
 
 def _torch_dtype(dtype):
@@ -150,11 +143,12 @@ def load_model(spec: str, device: str | None = None, dtype=None):
         model = _boot_hf(info.path if info.source == "local" else info.name, info.revision, device, torch_dtype,
                          spec)
         info.engine = "TransformerBridge"
-        if info.source == "hub" and info.revision is None:
+        if info.source == "hub":  # record the commit HF resolved, so the record pins the weights
             commit = getattr(getattr(model.original_model, "config", None), "_commit_hash", None)
-            info.revision = commit or None
+            info.revision = commit or info.revision
     model.eval()
     setattr(model, _INFO_ATTR, info)
+    attach_identity(model, _identity(model, info))
     return model
 
 
@@ -192,7 +186,7 @@ def _hub_offline() -> bool:
 
 
 # ----------------------------------------------------------------------------------------------
-# identity for cache manifests
+# identity
 
 def model_info(model) -> ModelInfo:
     """The ModelInfo `load_model` attached; for models built elsewhere, one inferred from the config."""
@@ -225,6 +219,12 @@ def _hash_files(paths: list[Path]) -> str:
     return ("sampled-" if sampled else "") + h.hexdigest()
 
 
+def local_weights_sha256(directory: str | os.PathLike) -> str | None:
+    """SHA-256 of the weight files of a local checkpoint directory (what a 'local' identity records)."""
+    files = [p for p in Path(directory).iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)]
+    return _hash_files(files) if files else None
+
+
 def _hash_parameters(model) -> str:
     h = hashlib.sha256()
     for name, p in sorted(model.state_dict().items()):
@@ -234,32 +234,89 @@ def _hash_parameters(model) -> str:
     return h.hexdigest()
 
 
-def model_fingerprint(model) -> ModelFingerprint:
-    """Name, revision and weights hash of a loaded model.
+def _identity(model, info: ModelInfo) -> ModelIdentity:
+    """toy: SHA-256 of its model.safetensors; local directory: SHA-256 of its weight files; hub: the
+    commit HF resolved (no weight hashing); a model not loaded by `load_model`: SHA-256 of its
+    parameters and buffers."""
+    if info.source == "toy":
+        import toyworld
 
-    toy: SHA-256 of its model.safetensors; local directory: SHA-256 of its weight files; hub: the
-    commit hash HF resolved (no weight hashing); a model not loaded by `load_model`: SHA-256 of
-    its parameters and buffers."""
-    info = model_info(model)
-    if info._weights_hash is None:
-        if info.source == "toy":
-            import toyworld
-
-            info._weights_hash = toyworld.weights_sha256(info.path)
-        elif info.source == "local":
-            files = [p for p in Path(info.path).iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)]
-            info._weights_hash = _hash_files(files) if files else None
-        elif info.source == "object":
-            info._weights_hash = _hash_parameters(model)
+        digest = toyworld.weights_sha256(info.path)
+    elif info.source == "local":
+        digest = local_weights_sha256(info.path)
+    elif info.source == "object":
+        digest = _hash_parameters(model)
+    else:
+        digest = None
     cfg = model.cfg
-    return ModelFingerprint(info.source, info.name, info.revision, info._weights_hash, int(cfg.d_model),
-                            int(cfg.n_layers), int(cfg.d_vocab))
+    return ModelIdentity(info.source, info.name, info.revision, info.path, digest, int(cfg.d_model),
+                         int(cfg.n_layers), int(cfg.d_vocab))
+
+
+def model_identity(model) -> ModelIdentity:
+    """Who a loaded model is: the identity `load_model` attached (for a model built elsewhere, one
+    computed from its parameters, kept on the model)."""
+    ident = identity_of_model(model)
+    if ident is None:
+        ident = _identity(model, model_info(model))
+        attach_identity(model, ident)
+    return ident
 
 
 def model_id(model) -> str:
     """A short stable identifier, e.g. 'toy:toyworld-tiny#sha256:51cd7d194fbc95cd',
     'hub:gpt2@607a30d783dfa663caf39e06633721c8d4cfcd7e', 'local:my-ckpt#sha256:...'."""
-    return model_fingerprint(model).id
+    return model_identity(model).id
+
+
+def pick_record(candidates) -> tuple[ModelIdentity | None, str]:
+    """From (identity or None, where it is recorded) pairs, e.g. a store's and its SAE's: the first
+    record that can be re-loaded (records from older versions may lack a local model's directory),
+    else the first known one, else (None, the places named together)."""
+    known = [(ident, where) for ident, where in candidates if ident is not None]
+    for ident, where in known:
+        if ident.load_spec() is not None and same_model(ident, known[0][0]):
+            return ident, where
+    return known[0] if known else (None, " and ".join(where for _, where in candidates))
+
+
+def load_recorded_model(
+    recorded: ModelIdentity | None,
+    spec: str | None,
+    *,
+    recorded_in: str,
+    device: str | None = None,
+    dtype=None,
+    allow_mismatch: bool = False,
+):
+    """The model a command runs on: `spec` (--model) when given, refused (ModelMismatchError) if it
+    is not the `recorded` model unless `allow_mismatch`; else the recorded model itself, re-loaded
+    from its record (hub name at its commit, the absolute directory checked against its hash, or
+    the toy model when the record says toy). Raises ModelIdentityError when there is no model to
+    load (nothing recorded, or a record that cannot be re-loaded), saying to pass --model."""
+    if spec:
+        model = load_model(spec, device=device, dtype=dtype)
+        if not allow_mismatch:
+            check_same_model(recorded, model_identity(model), recorded_in=recorded_in, given_as=f"--model {spec}",
+                             override=OVERRIDE_FLAG, fix="leave out --model to use the recorded one")
+        return model
+    if recorded is None:
+        raise ModelIdentityError(f"{recorded_in} does not record which model it was made with; pass --model "
+                                 f"('toy', an HF hub name, or a local model directory)")
+    target = recorded.load_spec()
+    if target is None:
+        why = ("was recorded without its directory (by an older saesteer)" if recorded.source == "local"
+               else "was built in code, not loaded by name")
+        raise ModelIdentityError(f"{recorded_in} was made with model {recorded.describe()}, which {why}; pass "
+                                 f"--model with that model (its directory or hub name)")
+    if recorded.source in ("local", "toy") and recorded.path and not Path(recorded.path).is_dir():
+        raise ModelIdentityError(f"{recorded_in} was made with model {recorded.describe()}, but {recorded.path} no "
+                                 f"longer exists (moved or deleted?); pass --model DIR where the model is now")
+    model = load_model(target, device=device, dtype=dtype)
+    if not allow_mismatch:  # the directory may hold other files now
+        check_same_model(recorded, model_identity(model), recorded_in=recorded_in, given_as=f"the model at {target}",
+                         override=OVERRIDE_FLAG, fix="pass --model with the model it was made with")
+    return model
 
 
 def check_hook_names(model, names) -> None:

@@ -236,7 +236,9 @@ class StageTimer:
         self.status[name] = info["status"]
         note = f" ({info['note']})" if info["note"] else ""
         verb = "reused" if info["status"] == "reused" else "done"
-        self.console.print(f"[green]{name}: {verb} in {_fmt_secs(secs)}[/]{note}")
+        from rich.text import Text
+
+        self.console.print(Text.assemble((f"{name}: {verb} in {_fmt_secs(secs)}", "green"), note))  # note: data
 
 
 def _fmt_secs(s: float) -> str:
@@ -321,7 +323,8 @@ def _stage_cache(cfg: DemoConfig, paths: DemoPaths, model, progress: bool, info:
 def _stage_train(cfg: DemoConfig, paths: DemoPaths, model, progress: bool, info: dict, say) -> tuple[str, Path, dict, dict]:
     from training.config import config_differences
     from training.reader import CacheReader
-    from training.sources import cache_provenance, contexts_from_text
+    from training.heldout import heldout_contexts
+    from training.sources import cache_provenance, text_config_from_manifest, text_documents_read
     from training.text import TextConfig
     from training.trainer import ConfigMismatchError, ModelEval, train
 
@@ -341,10 +344,11 @@ def _stage_train(cfg: DemoConfig, paths: DemoPaths, model, progress: bool, info:
     prov = cache_provenance(reader.manifest, paths.cache, cfg.hook)
     model_eval = None
     if cfg.ce_contexts:
-        tokens = contexts_from_text(TextConfig(dataset="toy", split="validation"), model.tokenizer, cfg.ce_contexts)
+        held = heldout_contexts(text_config_from_manifest(reader.manifest), TextConfig(dataset="toy", split="validation"),
+                                model.tokenizer, cfg.ce_contexts, train_docs=text_documents_read(reader.manifest))
         keep = tuple(int(i) for i in reader.manifest.settings.get("excluded_token_ids") or ())
-        model_eval = ModelEval(model, cfg.hook, tokens, keep)
-        prov["ce_eval_contexts"] = "toy:validation"
+        model_eval = ModelEval(model, cfg.hook, held.tokens_NL, keep)
+        prov["ce_eval_data"] = held.provenance()
     passes = (cfg.train_tokens + run_cfg.train.holdout_tokens) / max(1, reader.manifest.total_rows)
     say(f"{name}: d_in {model.cfg.d_model}, d_sae {cfg.d_sae}, k {cfg.k}; {cfg.train_tokens:,} tokens "
         f"({passes:.1f} passes over the cache), batch {cfg.batch_size}")
@@ -485,11 +489,13 @@ def _showcase(store, n: int, topic: str | None = None) -> list[FeatureShowcase]:
 
 def _marked(example, before: int = 8, after: int = 3) -> str:
     """An example window as text, the activating (centre) token in [[ ]], cropped around it."""
-    toks = list(example.tokens or [str(t) for t in example.token_ids])
+    from features.tokentext import mark_pieces, visible
+
+    toks = list(example.tokens) if any(example.tokens) else [f" <{t}>" for t in example.token_ids]
     c = example.centre
     lo, hi = max(0, c - before), min(len(toks), c + after + 1)
-    words = [f"[[{t}]]" if i == c else t for i, t in enumerate(toks[lo:hi], start=lo)]
-    return ("... " if lo > 0 else "") + " ".join(w.replace("\n", "\\n") for w in words) + (" ..." if hi < len(toks) else "")
+    text = mark_pieces([visible(t) for t in toks[lo:hi]], [c - lo], "[[", "]]").strip()
+    return ("... " if lo > 0 else "") + text + (" ..." if hi < len(toks) else "")
 
 
 def _stage_steer(cfg: DemoConfig, paths: DemoPaths, model, sae, progress: bool, info: dict, say) -> SteeringExample:
@@ -592,7 +598,13 @@ def run_demo(
     Raises `DemoError` with a message saying what to do."""
     cfg = cfg or DemoConfig()
     con = console or _console()
-    say = con.print if hasattr(con, "print") else print
+    if hasattr(con, "print"):
+        from rich.text import Text
+
+        def say(message: str) -> None:  # messages hold paths and labels: never rich markup
+            con.print(Text(message))
+    else:
+        say = print
     paths = DemoPaths(Path(cfg.out))
     t_start = time.perf_counter()
     _prepare_out(cfg, paths, fresh, say)
@@ -707,14 +719,15 @@ def print_summary(result: DemoResult, console: Any = None) -> None:
         con.print()
         where = ("every position" if cfg.steer_positions == "all"
                  else f"token positions {cfg.steer_positions} (0 = BOS, counted from the start of generation)")
-        con.print(f"[bold]steering[/]: feature #{s.feature} ({s.label or 'unlabelled'}), add {s.strength:g} x its "
-                  f"typical max activation" + ("" if s.raw_strength is None else f" (= {s.raw_strength:.2f})")
-                  + f" at {where}; picked by the sweep: {s.rule}")
+        con.print(Text.assemble(("steering", "bold"), f": feature #{s.feature} ({s.label or 'unlabelled'}), add "
+                                f"{s.strength:g} x its typical max activation"
+                                + ("" if s.raw_strength is None else f" (= {s.raw_strength:.2f})")
+                                + f" at {where}; picked by the sweep: {s.rule}"))
         missed = s.topic_share_steered < 0.5 or s.fluency_steered < 0.8
-        con.print(f"  '{s.topic}' share of topic words: {s.topic_share_default:.0%} unsteered -> "
+        con.print(Text(f"  '{s.topic}' share of topic words: {s.topic_share_default:.0%} unsteered -> "
                   f"{s.topic_share_steered:.0%} steered; grammatical sentences {s.fluency_default:.0%} -> "
                   f"{s.fluency_steered:.0%} ({cfg.steer_samples} samples; curve: {s.sweep_html})"
-                  + ("; no strength reached 50% share with 80% grammatical at this budget" if missed else ""))
+                  + ("; no strength reached 50% share with 80% grammatical at this budget" if missed else "")))
         tab = Table(show_lines=True, title=f"same seed, {cfg.steer_new_tokens} new tokens", title_justify="left")
         tab.add_column("prompt", style="bold", ratio=1, overflow="fold")
         tab.add_column("default", ratio=3, overflow="fold")
@@ -727,7 +740,7 @@ def print_summary(result: DemoResult, console: Any = None) -> None:
     times = ", ".join(f"{k} {v:.1f} s" + (" (reused)" if result.stage_status.get(k) == "reused" else "")
                       for k, v in result.stage_seconds.items())
     con.print(f"stage times: {times}; total {_fmt_secs(result.total_seconds)}")
-    con.print(f"work folder: {result.paths.out} (summary.json, train/training_curves.html, features.db)")
+    con.print(Text(f"work folder: {result.paths.out} (summary.json, train/training_curves.html, features.db)"))
 
 
 # ------------------------------------------------------------------------------------- serving

@@ -133,13 +133,15 @@ def compare(
     *,
     typical_max: Any = None,
     limits: Any = None,
+    allow_model_mismatch: bool = False,
     **overrides: Any,
 ) -> Comparison:
     """Generate with and without `edits` (same config and seed) for a side-by-side view."""
     from steering.session import steer
 
     config = dataclasses.replace(config or GenerationConfig(), **overrides)
-    with steer(model, saes, edits, typical_max=typical_max, limits=limits) as s:
+    with steer(model, saes, edits, typical_max=typical_max, limits=limits,
+               allow_model_mismatch=allow_model_mismatch) as s:
         steered = s.generate(prompts, config)
         described = s.describe()
     base = generate(model, prompts, config)

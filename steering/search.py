@@ -39,10 +39,15 @@ def contrast_features(
     batch_size: int = 16,
     min_rate: float = 0.0,
     labels: Callable[[int], str | None] | None = None,
+    allow_model_mismatch: bool = False,
 ) -> list[FeatureCandidate]:
     """Latents ranked by mean activation on `positive` minus mean on `negative` prompts.
 
-    `min_rate` drops latents that fire on fewer than that fraction of positive tokens."""
+    `min_rate` drops latents that fire on fewer than that fraction of positive tokens. An SAE
+    recorded for another model is refused (see `steering.steer`) unless `allow_model_mismatch`."""
+    from saes.identity import check_sae_model
+
+    check_sae_model(model, sae, allow_mismatch=allow_model_mismatch)
     if top < 1:
         raise SteeringError(f"top must be positive, got {top}")
     mean_p, rate_p, _ = mean_latent_activation(model, sae, positive, batch_size=batch_size)

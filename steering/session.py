@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from saes.base import SAE
+from saes.identity import check_sae_model
 from steering.interventions import LatentEditor, op_coefficients
 from steering.positions import FULL, SequenceTracker, block_call_info
 from steering.spec import (
@@ -152,6 +153,12 @@ def _as_sae_mapping(saes: Any) -> dict[str, SAE]:
             out[str(i)] = v
         return out
     raise SteeringError(f"saes must be an SAE, a dict name -> SAE, or a list of SAEs; got {type(saes).__name__}")
+
+
+def check_models(model: Any, saes: Any, allow_mismatch: bool = False) -> None:
+    """Refuse SAEs recorded for another model than `model` (when both sides record one)."""
+    for name, sae in _as_sae_mapping(saes).items():
+        check_sae_model(model, sae, sae_name=name, allow_mismatch=allow_mismatch)
 
 
 def sae_hook_name(sae: SAE, name: str = "sae") -> str:
@@ -404,6 +411,7 @@ def steer(
     *,
     typical_max: Any = None,
     limits: SteerLimits | None = None,
+    allow_model_mismatch: bool = False,
 ) -> Iterator[SteeringSession]:
     """Hook `edits` into `model` for the duration of the block.
 
@@ -412,9 +420,12 @@ def steer(
     `cfg.metadata["hook_name"]`. edits: FeatureEdit / VectorEdit objects or edit strings
     ("123:clamp=8", "res/5:add=2x@generated"). typical_max: feature -> typical max activation
     (dict or callable; or a dict SAE name -> such), needed for "x" units. limits: `SteerLimits`.
+    An SAE whose saesteer.json records another model than the one `saesteer.models.load_model`
+    loaded is refused (saes.identity.ModelMismatchError) unless `allow_model_mismatch`.
     """
     if isinstance(edits, (str, FeatureEdit, VectorEdit)):
         edits = [edits]
+    check_models(model, saes, allow_model_mismatch)
     plan = build_plan(model, saes, list(edits), typical_max=typical_max, limits=limits)
     session = SteeringSession(model, plan)
     handles = []

@@ -146,9 +146,14 @@ def sweep_edits(
     sentence_counts: Callable[[str], tuple[int, int]] | None = None,
     with_perplexity: bool = True,
     progress: bool = False,
+    allow_model_mismatch: bool = False,
 ) -> list[SweepPoint]:
     """Generate and score at each strength; `make_edit(s)` gives the edit (or several edits) at
-    strength s, or None for the unsteered model."""
+    strength s, or None for the unsteered model. SAEs recorded for another model are refused
+    (see `steering.steer`) unless `allow_model_mismatch`."""
+    from steering.session import check_models
+
+    check_models(model, saes, allow_model_mismatch)
     gen_config = gen_config or GenerationConfig()
     points = []
     it = strengths
@@ -162,7 +167,8 @@ def sweep_edits(
         if not edits:
             gen = generate(model, prompts, gen_config)
         else:
-            with steer(model, saes, edits, typical_max=typical_max, limits=limits) as sess:
+            with steer(model, saes, edits, typical_max=typical_max, limits=limits,
+                       allow_model_mismatch=allow_model_mismatch) as sess:
                 gen = sess.generate(prompts, gen_config)
         r = score_generation(f"{s:g}", model, prompts, gen, scorer, sentence_counts=sentence_counts,
                              with_perplexity=with_perplexity, strength=s)
@@ -184,13 +190,15 @@ def sweep(
     limits: SteerLimits | None = None,
     sentence_counts: Callable[[str], tuple[int, int]] | None = None,
     progress: bool = False,
+    allow_model_mismatch: bool = False,
 ) -> SweepResult:
     """Dose-response of one SAE feature; see the module docstring."""
-    from steering.session import resolve_edits, typical_max_for
+    from steering.session import check_models, resolve_edits, typical_max_for
     from steering.spec import lookup_typical_max
 
     config = config or SweepConfig()
     saes = {sae_name: sae}
+    check_models(model, saes, allow_model_mismatch)
     # validate every strength before generating anything
     for s in config.strengths:
         resolve_edits(model, saes, [FeatureEdit(feature, config.op, s, config.unit, config.positions, sae_name)],
@@ -201,7 +209,8 @@ def sweep(
 
     points = sweep_edits(model, saes, make, config.strengths, prompts, scorer, gen_config=gen_config,
                          typical_max=typical_max, limits=limits, sentence_counts=sentence_counts,
-                         with_perplexity=config.perplexity, progress=progress)
+                         with_perplexity=config.perplexity, progress=progress,
+                         allow_model_mismatch=allow_model_mismatch)
     tmax = lookup_typical_max(typical_max_for(typical_max, sae_name), feature)
     rec = recommend_strength(points, min_fluency=config.min_fluency, target_concept=config.target_concept,
                              rule=config.rule)

@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-
+from autointerp.prompts import PROMPT_VERSION
 from helpers.judge_server import FaultPlan, JudgeServer, fake_llm_answer
 from helpers.label_store import build_trigger_store
 
@@ -85,11 +85,11 @@ def test_llm_judge_with_faults_and_injection(store_path, built_store, tmp_path):
     assert {i: f.label.text for i, f in feats.items()} == dict(enumerate(triggers))  # latent 1: not 'pwned'
     f = feats[1]
     assert f.label.provenance.judge_kind == "openai" and f.label.provenance.judge_model == "fake-judge"
-    assert f.label.provenance.extra["autointerp"]["prompt_version"].startswith("explain-v1")
+    assert f.label.provenance.extra["autointerp"]["prompt_version"] == PROMPT_VERSION
     assert {s.method: s.value for s in f.scores} == {"detection": 1.0, "fuzzing": 1.0}
     # the planted text was in the examples the judge saw
     seen = [e for e in f.top_examples + f.quantile_examples if e.id in f.label.provenance.examples_used]
-    assert any("ignore" in e.tokens for e in seen)
+    assert any("ignore" in [t.strip() for t in e.tokens] for e in seen)
     rep = json.loads(report.read_text())
     assert rep["labelled"] == N and rep["usage"]["retries"] > 0 and rep["usage"]["cost_usd"] > 0
 

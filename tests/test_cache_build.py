@@ -192,7 +192,26 @@ def test_full_disk_is_a_clean_error_and_resume_finishes_identically(model, corpu
     monkeypatch.setattr(shards, "_write_all", real)
     res = build(model, corpus, out, max_tokens=16 * 30)
     assert res.shards_resumed == 2 and res.shards_written == 2
-    assert tree(out) == tree(ref)
+    assert tree(out) == tree(ref), _tree_difference(out, ref)
+
+
+def _tree_difference(a: Path, b: Path) -> str:
+    """Which files and tensors of two caches differ (and the forwards their manifests record)."""
+    from safetensors.torch import load_file
+
+    ta, tb = tree(a), tree(b)
+    lines = [f"forward {read_manifest(a).forward} vs {read_manifest(b).forward}"]
+    for name in sorted(set(ta) | set(tb)):
+        if ta.get(name) == tb.get(name):
+            continue
+        if not name.endswith(".safetensors") or name not in ta or name not in tb:
+            lines.append(f"{name} differs")
+            continue
+        sa, sb = load_file(a / name), load_file(b / name)
+        for k in sorted(set(sa) | set(sb)):
+            if k not in sa or k not in sb or not torch.equal(sa[k], sb[k]):
+                lines.append(f"{name}:{k} differs")
+    return "; ".join(lines)
 
 
 def test_not_enough_free_space_refused_before_writing(model, corpus, tmp_path, monkeypatch):

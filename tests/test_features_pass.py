@@ -67,7 +67,7 @@ def test_hand_computation(tmp_path):
     assert [(e.activation, e.seq_index, e.position) for e in t] == [(3.0, 0, 2), (3.0, 1, 2)]
     assert t[0].token_ids == [10, 11, 12] and t[0].acts == [1.0, 3.0, 0.0] and t[0].centre == 1
     assert t[1].token_ids == [13, 14, 15] and t[1].acts == [2.0, 3.0, 0.5]
-    assert t[0].tokens == ["t10", "t11", "t12"] and t[0].text == "t10 t11 t12"
+    assert t[0].tokens == ["t10", " t11", " t12"] and t[0].text == "t10 t11 t12"  # pieces join to the text
     t2 = f2.top_examples
     assert [(e.activation, e.seq_index, e.position) for e in t2] == [(4.0, 1, 3), (0.5, 0, 1)]
     assert t2[0].token_ids == [14, 15] and t2[0].acts == [0.0, 4.0] and t2[0].centre == 1  # window cut at the context end

@@ -153,9 +153,10 @@ def test_full_text_search_over_labels_and_examples(built, tmp_path):
     copy.write_bytes(path.read_bytes())
     with FeatureStore.open(copy, readonly=False) as st:
         # example text is searchable: a word from a top example of latent 3
-        word = st.feature(3).top_examples[0].tokens[st.feature(3).top_examples[0].centre]
+        word = st.feature(3).top_examples[0].tokens[st.feature(3).top_examples[0].centre].strip()
         hits = st.search(word, limit=50)
-        assert 3 in [h.feature_id for h in hits] and all(word in h.snippet for h in hits)
+        assert 3 in [h.feature_id for h in hits] and all(word in h.text for h in hits)
+        assert all((word, True) in h.parts for h in hits)  # the match is marked, the rest is not
         st.write_label(7, "whales and dolphins", provenance=prov())
         st.write_label(8, "dolphins", provenance=prov())
         hits = st.search("dolphins")

@@ -37,7 +37,9 @@ def test_features_on_text_match_a_manual_run_and_leave_no_hooks(model, sae):
     with torch.no_grad():
         want_SF = sae.encode(cache[HOOK][0])
     assert torch.allclose(res.acts_SF, want_SF)
-    assert [t.token for t in res.tokens] == model.to_str_tokens(toks[0])
+    # the tokens' pieces are the decoded text, cut where the tokens are
+    assert "".join(t.token for t in res.tokens) == model.tokenizer.decode(toks[0])
+    assert [t.token.strip() for t in res.tokens] == model.to_str_tokens(toks[0])
     for s, t in enumerate(res.tokens):
         v, i = want_SF[s].topk(3)
         assert [l.id for l in t.latents] == [int(j) for j, x in zip(i, v) if x > 0]

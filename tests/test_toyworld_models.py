@@ -6,7 +6,7 @@ import torch
 
 from helpers.tiny_hf import hf_logits, save_tiny_gpt2
 from saesteer import models
-from saesteer.models import check_hook_names, load_model, model_fingerprint, model_id, resolve_spec
+from saesteer.models import check_hook_names, load_model, model_identity, model_id, resolve_spec
 
 
 @pytest.fixture(scope="module")
@@ -118,16 +118,16 @@ def test_toy_spec_and_identity(tiny):
 
     toy = load_model("toy", device="cpu", dtype="float32")
     assert isinstance(toy, HookedTransformer) and toy.tokenizer.bos_token == "<bos>"
-    fp = model_fingerprint(toy)
+    fp = model_identity(toy)
     assert fp.source == "toy" and fp.weights_sha256 == toyworld.weights_sha256()
     assert model_id(toy).startswith("toy:toyworld-tiny#sha256:")
     assert model_id(toy) == model_id(load_model("toy", device="cpu"))
     with pytest.raises(ValueError, match="unknown hook"):
         check_hook_names(toy, ["blocks.9.hook_resid_post"])
-    local = model_fingerprint(tiny)
+    local = model_identity(tiny)
     assert local.source == "local" and local.name == "tiny-gpt2" and len(local.weights_sha256) == 64
     assert (local.d_model, local.n_layers) == (32, 2)
     # a model built elsewhere is identified by its parameters
     other = toyworld.load_model(device="cpu")
-    assert model_fingerprint(other).source == "object"
+    assert model_identity(other).source == "object"
     assert model_id(other) == model_id(toyworld.load_model(device="cpu"))

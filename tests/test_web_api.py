@@ -124,7 +124,9 @@ def test_search(c, ws):
     page = r.json()
     ocean = [i for i, t in ws.labels.items() if "ocean" in t]
     assert [h["index"] for h in page["items"]][:1] == ocean
-    assert "[" in page["items"][0]["snippet"]
+    top = page["items"][0]
+    assert {"text": "ocean", "match": True} in top["snippet_parts"]
+    assert "".join(p["text"] for p in top["snippet_parts"]) == top["snippet"]
     # pages of one hit each
     multi = c.get("/api/stores/tiny/search", params={"q": "words", "limit": 1}).json()
     assert multi["total"] >= 2 and len(multi["items"]) == 1 and multi["next_offset"] == 1
@@ -224,7 +226,9 @@ def test_fire_lists_features_per_token(c, ws):
     r = c.post("/api/stores/tiny/fire", json={"text": "the sailor sees the whale at the harbor .", "top_k": 3})
     assert r.status_code == 200, r.text
     out = r.json()
-    assert out["tokens"] == "the sailor sees the whale at the harbor .".split()  # BOS left out
+    # BOS left out; the pieces join to the decoded text (the first keeps the space after BOS)
+    assert "".join(out["tokens"]) == " the sailor sees the whale at the harbor ."
+    assert [t.strip() for t in out["tokens"]] == "the sailor sees the whale at the harbor .".split()
     assert len(out["per_token"]) == len(out["tokens"]) == len(out["token_shade"])
     assert all(len(p) <= 3 for p in out["per_token"])
     assert out["features"], "some latent fires on an ordinary sentence"

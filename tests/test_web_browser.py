@@ -159,6 +159,10 @@ def test_list_search_feature_steer(browser, server, shots, size):
         assert page.locator("#edits .flabel").inner_text() == "ocean words"
         assert page.locator("#edits .fstrength").input_value() == "3"  # the store's recommended strength
         page.locator("#edits .fstrength").fill("8")
+        assert page.locator("#prompt").input_value() == ""  # the toy prompt is pre-filled for the toy model only
+        page.locator("#generate").click()
+        assert "write a prompt" in page.locator("#status").inner_text()
+        page.locator("#prompt").fill("the sailor")
         page.locator("#max-new").fill("12")
         page.locator("#generate").click()
         page.wait_for_selector("#compare:not([hidden])")
@@ -276,6 +280,7 @@ def test_which_features_fire_and_sweep(browser, server, shots, size):
 
         ocean = next(i for i, t in ws.labels.items() if "ocean" in t)
         page = p.goto(f"/s/tiny/steer?f={ocean}")
+        page.locator("#prompt").fill("the sailor")
         page.locator("#sweep-to").fill("8")
         page.locator("#sweep-n").fill("3")
         page.locator("#max-new").fill("8")

@@ -118,9 +118,11 @@ def test_open_entries_loads_and_checks_each_store_sae(tmp_path):
     entries = open_entries([ws.path, ws.path], model=ws.model, sae_dirs=[tmp_path / "sae", tmp_path / "sae"])
     assert [e.id for e in entries] == ["tiny", "tiny-2"]
     assert all(e.engine is not None for e in entries) and entries[0].queue is entries[1].queue  # one model, one queue
-    assert open_entries([ws.path])[0].engine is None  # no model: browse only
-    with pytest.warns(UserWarning, match="browse-only"):
-        assert open_entries([ws.path], model=ws.model)[0].engine is None  # no SAE folder recorded
+    bare = open_entries([ws.path])[0]  # no model: browse only, and it says why
+    assert bare.engine is None and bare.info.browse_only_reason == "the server was started without a model (pass --model)"
+    nosae = open_entries([ws.path], model=ws.model)[0]  # no SAE folder recorded
+    assert nosae.engine is None and not nosae.info.can_steer
+    assert nosae.info.browse_only_reason == "the store does not record its SAE folder (pass --sae DIR)"
     with pytest.raises(ValueError, match="one --sae per --store"):
         open_entries([ws.path, ws.path], model=ws.model, sae_dirs=[tmp_path / "sae"])
     other = create_sae("topk", ws.sae.cfg.d_in, ws.d_sae, k=4, metadata=dict(ws.sae.cfg.metadata))

@@ -133,12 +133,12 @@ def test_steer_page_preselects_features(c, ws):
     assert f'data-feature="{ocean}" data-label="ocean words" data-strength="3.0"' in _page(c, f"/s/tiny/steer?f={ocean}")
     assert "3× max" in _page(c, f"/s/tiny/f/{ocean}")
     text = _page(c, "/s/nomodel/steer")
-    assert "without a model" in text and "disabled" in text
+    assert "browse-only" in text and "the server runs no model" in text and "disabled" in text
 
 
 def test_fire_page_without_model(c):
     text = _page(c, "/s/nomodel/fire?text=the+sea")
-    assert "without a model" in text
+    assert "browse-only" in text and "the server runs no model" in text
 
 
 @pytest.mark.parametrize(

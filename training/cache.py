@@ -42,6 +42,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import numpy as np
 import torch
 
+from saes.identity import identity_of_model
 from training.cache_config import FORWARD_NAMES, CacheConfig, ExcludeTokens
 from training.fast_forward import FastForward, NotSupported
 from training.manifest import (
@@ -555,6 +556,12 @@ class _Plan(NamedTuple):
     settings: dict[str, Any]
     source: DocumentSource
     excluded: np.ndarray
+    dataset_files: list[str] | None  # the absolute paths of the local files read (provenance)
+
+
+def _identity_record(model) -> dict[str, Any] | None:
+    ident = identity_of_model(model)
+    return None if ident is None else ident.to_json()
 
 
 def _plan(model, text: TextConfig, cfg: CacheConfig, tokenizer, model_id, model_revision) -> _Plan:
@@ -572,8 +579,12 @@ def _plan(model, text: TextConfig, cfg: CacheConfig, tokenizer, model_id, model_
     d_in = runner.d_in(text.context_length)
     source = DocumentSource(text)  # checks the dataset and its text column
     spec = dataset_spec(text, source.data)
+    ident = identity_of_model(model)
+    if ident is not None:  # a model loaded by saesteer.models knows who it is
+        model_id, model_revision = model_id or ident.id, model_revision or ident.revision
     settings = cache_settings(model, runner, d_in, text, cfg, tokenizer, model_id, model_revision, spec)
-    return _Plan(runner, d_in, settings, source, np.asarray(settings["excluded_token_ids"], dtype=np.int64))
+    files = [str(p) for p in source.data.files] if source.data.is_local else None
+    return _Plan(runner, d_in, settings, source, np.asarray(settings["excluded_token_ids"], dtype=np.int64), files)
 
 
 def _estimate(plan: _Plan, text: TextConfig, cfg: CacheConfig, tokenizer, out: Path, contexts_done: int) -> CacheEstimate:
@@ -851,7 +862,9 @@ def build_cache(
             _refuse_mismatch(out, previous, plan.settings)
             forward = _resume_forward(plan.runner, cfg, text.context_length, previous.forward, out, say)
         else:
-            write_json_atomic(out / MANIFEST_NAME, Manifest(plan.settings, complete=False, shards=[], forward=forward).to_json())
+            write_json_atomic(out / MANIFEST_NAME, Manifest(plan.settings, complete=False, shards=[], forward=forward,
+                                                            model_identity=_identity_record(model),
+                                                            dataset_files=plan.dataset_files).to_json())
         for p in out.glob("*" + TMP_SUFFIX):  # leftovers of a crash
             p.unlink()
         done = read_progress(out)
@@ -879,7 +892,8 @@ def build_cache(
         finally:
             shards_in.close()
         shards = read_progress(out)
-        manifest = Manifest(plan.settings, complete=True, shards=shards, forward=forward)
+        manifest = Manifest(plan.settings, complete=True, shards=shards, forward=forward,
+                            model_identity=_identity_record(model), dataset_files=plan.dataset_files)
         try:
             write_json_atomic(out / MANIFEST_NAME, manifest.to_json())
         except OSError as e:

@@ -295,13 +295,24 @@ class DataConfig:
     model: str | None = field(
         default=None,
         metadata={"help": "model ('toy', HF name, local dir) for CE loss recovered / KL, and the activation source "
-                          "without a cache; none: the cache's model, when it is the toy model or a hub name"},
+                          "without a cache; none: the model the cache records (without a cache: toy)"},
     )
     model_eval: bool = field(default=True, metadata={"help": "load the model for CE loss recovered and KL divergence"})
     eval_split: str = field(
         default="validation",
-        metadata={"help": "dataset split giving the held-out contexts of the CE evaluation (the cache's last "
-                          "shard when the split is missing)"},
+        metadata={"help": "split giving the held-out contexts of the CE evaluation, of the training data or of "
+                          "the eval dataset when that has several splits (training data without such a split: "
+                          "the cache's last shard, with a note)"},
+    )
+    eval_dataset: str | None = field(
+        default=None,
+        metadata={"help": "text for the CE evaluation, separate from the training data: a local file, folder, "
+                          "split=path mapping or hub name (none: --eval-split of the training data)"},
+    )
+    allow_eval_overlap: bool = field(
+        default=False,
+        metadata={"help": "evaluate even when the eval text is all training text (refused by default; a partial "
+                          "overlap is always reported)"},
     )
     reader_buffer_rows: int = field(default=1 << 20, metadata={"help": "shuffle window of the cache reader, in rows"})
     dp_partition: Literal["shards", "rows"] = field(

@@ -14,10 +14,13 @@ interrupted and resumed build ends byte-identical to an uninterrupted one.
 Manifest fields (format_version 1):
   format "saesteer.activation_cache", format_version 1, complete (bool),
   model {id, revision, fingerprint, n_ctx, d_model},
+  model_identity {id, source, name, revision, path, weights_sha256, d_model, n_layers, d_vocab}
+    (not a setting; absent in caches from older versions),
   hooks [names], d_in {hook: int}, dtype "fp16"|"bf16"|"fp32",
   context_length, bos_policy, separator, exclude_tokens, excluded_token_ids [ints],
   tokenizer {name, vocab_size, bos_id, eos_id, pad_id, sha256},
-  dataset {name, config, split, text_column, files?: [[file name, bytes]]},
+  dataset {name, config, split (the split read), text_column, files?: [[path below the data folder, bytes]]},
+  dataset_files? [absolute paths of the local files read] (provenance, not compared on resume),
   max_tokens (int|null), shard_contexts (int),
   totals {shards, contexts, tokens, rows, bytes},
   shards [{index, file, first_context, contexts, rows, bytes, sha256, text_start [doc, offset],
@@ -100,6 +103,11 @@ class Manifest:
     # which forward pass computed the activations ("fast" / "transformer_lens"); informational,
     # not a setting (the two agree up to rounding), but a resumed build reuses it
     forward: str | None = None
+    # who the model is (`saes.identity.ModelIdentity.to_json()`): informational, not a setting
+    # (settings.model.id already pins the weights); None in caches from older versions
+    model_identity: dict[str, Any] | None = None
+    # the absolute paths of the local data files read (provenance; `dataset.files` is what must match)
+    dataset_files: list[str] | None = None
 
     # convenient views -------------------------------------------------------------------
     @property
@@ -139,6 +147,10 @@ class Manifest:
         d = {k: self.settings[k] for k in SETTING_FIELDS}
         if self.forward is not None:
             d["forward"] = self.forward
+        if self.model_identity is not None:
+            d["model_identity"] = self.model_identity
+        if self.dataset_files is not None:
+            d["dataset_files"] = list(self.dataset_files)
         d["complete"] = self.complete
         d["totals"] = self.totals()
         d["shards"] = [s.to_json() for s in self.shards]
@@ -161,8 +173,22 @@ class Manifest:
             if s.index != i or s.file != shard_file_name(i):
                 raise CacheFormatError(f"{where}: shard list out of order at entry {i} ({s.file})")
         fwd = d.get("forward")
+        ident = d.get("model_identity")
+        files = d.get("dataset_files")
         return cls({k: d[k] for k in SETTING_FIELDS}, bool(d.get("complete")), shards,
-                   forward=fwd if isinstance(fwd, str) else None)
+                   forward=fwd if isinstance(fwd, str) else None,
+                   model_identity=ident if isinstance(ident, dict) else None,
+                   dataset_files=[str(f) for f in files] if isinstance(files, list) else None)
+
+    def recorded_model(self):
+        """The `saes.identity.ModelIdentity` of the model the cache was made with: the recorded
+        identity, else (caches from older versions) the one its model id tells; None if unknown."""
+        from saes.identity import ModelIdentity
+
+        if self.model_identity is not None:
+            return ModelIdentity.from_json(self.model_identity)
+        m = self.settings.get("model") or {}
+        return ModelIdentity.from_id(m.get("id"), m.get("revision"))
 
 
 # ----------------------------------------------------------------------------------------------

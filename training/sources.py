@@ -17,26 +17,49 @@ from training.shards import load_tensors
 
 
 def cache_provenance(manifest: Manifest, cache_dir: str | Path, hook: str) -> dict[str, Any]:
-    """What the SAE folders record about their training data."""
+    """What the SAE folders record about their training data. `model_identity` is the cache's
+    recorded model (None for caches from older versions); `model_name` is the name SAELens users
+    load the model by (cfg.json's metadata.model_name)."""
     s = manifest.settings
     ds = s.get("dataset") or {}
+    ident = manifest.recorded_model()
     return {
         "model": (s.get("model") or {}).get("id"), "model_revision": (s.get("model") or {}).get("revision"),
+        "model_identity": manifest.model_identity, "model_name": ident.saelens_model_name if ident else None,
         "hook_name": hook, "dataset": ds.get("name"), "dataset_split": ds.get("split"),
+        "dataset_files": manifest.dataset_files,
         "context_size": s.get("context_length"), "prepend_bos": s.get("bos_policy") == "prepend",
         "exclude_tokens": s.get("exclude_tokens"), "cache": str(Path(cache_dir).resolve()),
         "cache_rows": manifest.total_rows,
     }
 
 
-def model_spec_from_cache(manifest: Manifest) -> str | None:
-    """A `load_model` spec for the cache's model when one can be derived ('toy', 'name@rev'), else None."""
-    ident = str((manifest.settings.get("model") or {}).get("id") or "")
-    if ident.startswith("toy:toyworld-tiny#"):
-        return "toy"
-    if ident.startswith("hub:"):
-        return ident[4:]
-    return None
+def text_config_from_manifest(manifest: Manifest) -> Any:
+    """The training text of a cache as a `TextConfig`: its dataset and split, packed as the cache
+    packed it. A local dataset named relative to another working directory is found again through
+    the manifest's absolute `dataset_files`."""
+    from training.splits import local_splits, looks_local, mapping_spec
+    from training.text import TextConfig
+
+    s = manifest.settings
+    ds = s.get("dataset") or {}
+    name, split = ds.get("name") or "toy", ds.get("split") or "train"
+    if name != "toy" and looks_local(name) and manifest.dataset_files:
+        try:
+            local_splits(name)
+        except (OSError, ValueError):
+            name = mapping_spec({split: list(manifest.dataset_files)})
+    return TextConfig(dataset=name, dataset_config=ds.get("config"), split=split,
+                      text_column=ds.get("text_column") or "text", context_length=int(s["context_length"]),
+                      bos_policy=s.get("bos_policy", "prepend"), separator=s.get("separator", "eos"))
+
+
+def text_documents_read(manifest: Manifest) -> int:
+    """How many documents of its dataset the cache read (up to the end of its last shard)."""
+    if not manifest.shards:
+        return 0
+    doc, offset = manifest.shards[-1].text_end
+    return int(doc) + (1 if offset else 0)
 
 
 def contexts_from_text(text_cfg: Any, tokenizer: Any, n: int) -> torch.Tensor:

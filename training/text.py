@@ -1,10 +1,12 @@
 """Text input for the activation cache: documents from HF `datasets`, tokenized and packed into
 fixed-length contexts under an explicit BOS policy.
 
-Sources (`TextConfig.dataset`):
-  * "toy": the toy world's corpus files (jsonl with a "text" field), found through `toyworld`;
-  * a local file or directory: .json / .jsonl / .parquet / .txt (a directory: all such files in
-    it, sorted by name; one kind per directory);
+Sources (`TextConfig.dataset`), read at split `TextConfig.split`:
+  * "toy": the toy world's corpus files (jsonl with a "text" field; splits train, validation);
+  * local data: a .json / .jsonl / .parquet / .txt file (the split "train"), a folder whose files
+    or sub-folders are named by split (train.jsonl, validation.jsonl, test/...; no split names:
+    all of it is "train"), or a mapping "train=PATH,validation=PATH" (see `training.splits`,
+    which follows HF `datasets`' rules); one file kind per split;
   * anything else: a HuggingFace hub dataset name (streamed).
 
 Packing. Each non-empty document becomes an *item* of tokens: `[BOS]` first when
@@ -29,11 +31,14 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, NamedTuple, Sequence
 
 import numpy as np
+
+from training.splits import describe_splits, local_splits, looks_local
 
 BosPolicy = Literal["prepend", "doc", "none"]
 LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}
@@ -46,12 +51,18 @@ class TextConfig:
     dataset: str = field(
         default="toy",
         metadata={"help": "'toy' (the toy-world corpus), a local .json/.jsonl/.parquet/.txt file or "
-                          "directory of them, or a HuggingFace hub dataset name (streamed)"},
+                          "folder of them (split by file name, as HF datasets does), a mapping "
+                          "train=PATH,validation=PATH, or a HuggingFace hub dataset name (streamed)"},
     )
     dataset_config: str | None = field(
         default=None, metadata={"help": "hub dataset configuration (subset) name, if it has several"}
     )
-    split: str = field(default="train", metadata={"help": "dataset split to read"})
+    split: str = field(
+        default="train",
+        metadata={"help": "dataset split to read; local data: a single file is the split 'train', a folder's "
+                          "splits come from its file names (train.jsonl, validation.jsonl, test/...), or give "
+                          "--dataset train=PATH,validation=PATH"},
+    )
     text_column: str = field(default="text", metadata={"help": "column holding the document text"})
     streaming: bool = field(
         default=True,
@@ -107,55 +118,62 @@ def toy_corpus_files(split: str = "train") -> list[Path]:
 
 @dataclass(frozen=True)
 class ResolvedData:
-    """Where documents come from: a `datasets` builder with local files, or a hub name."""
+    """Where documents come from: a `datasets` builder with the local files of one split, or a hub name."""
 
     builder: str  # "json" | "parquet" | "text" | hub dataset name
-    files: tuple[Path, ...]  # empty for hub datasets
+    files: tuple[Path, ...]  # the split's files, absolute (empty for hub datasets)
     is_local: bool
+    split: str = "train"  # the split these files are
+    root: Path | None = None  # the folder the files are named relative to in the manifest
 
 
 def resolve_data(cfg: TextConfig) -> ResolvedData:
-    """Map `cfg.dataset` to a builder and file list (clear errors for unusable local paths)."""
+    """Map `cfg.dataset` and `cfg.split` to a builder and the split's files (see `training.splits`
+    for local files, folders and split=path mappings); clear errors for unusable local paths and
+    for a split the data does not have."""
     if cfg.dataset == "toy":
         files = toy_corpus_files(cfg.split)
+    elif not looks_local(cfg.dataset):
+        return ResolvedData(cfg.dataset, (), False, cfg.split)
     else:
-        path = Path(cfg.dataset).expanduser()
-        looks_local = path.exists() or cfg.dataset.startswith((".", "/", "~")) or path.suffix in LOCAL_SUFFIXES
-        if not looks_local:
-            return ResolvedData(cfg.dataset, (), False)
-        if not path.exists():
-            raise FileNotFoundError(f"dataset {cfg.dataset!r}: no such file or directory")
-        if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in LOCAL_SUFFIXES)
-            if not files:
-                raise ValueError(
-                    f"dataset directory {path} holds no {'/'.join(sorted(LOCAL_SUFFIXES))} files"
-                )
-        else:
-            files = [path]
-    builders = {LOCAL_SUFFIXES.get(p.suffix) for p in files}
-    if None in builders:
-        bad = [p.name for p in files if p.suffix not in LOCAL_SUFFIXES]
+        splits = local_splits(cfg.dataset)
+        if cfg.split not in splits:
+            single = len(splits) == 1 and Path(cfg.dataset).expanduser().is_file()
+            raise ValueError(
+                f"dataset {cfg.dataset!r} has no split {cfg.split!r}"
+                + (" (a single file is the split 'train')" if single else "")
+                + f"; its splits: {describe_splits(splits)}. Pick one with --split, or name the files of "
+                f"each split: --dataset train=PATH,{cfg.split}=PATH"
+            )
+        files = splits[cfg.split]
+    kinds = {p: LOCAL_SUFFIXES.get(p.suffix) for p in files}
+    bad = [p.name for p, k in kinds.items() if k is None]
+    if bad:
         raise ValueError(f"unsupported data file type(s) {bad}; use {', '.join(sorted(LOCAL_SUFFIXES))}")
+    builders = set(kinds.values())
     if len(builders) != 1:
-        raise ValueError(f"dataset {cfg.dataset!r} mixes file kinds {sorted(builders)}; use one kind per dataset")
-    return ResolvedData(builders.pop(), tuple(Path(p).resolve() for p in files), True)
+        raise ValueError(f"split {cfg.split!r} of dataset {cfg.dataset!r} mixes file kinds {sorted(builders)}; "
+                         f"use one kind per split")
+    files = [Path(p).resolve() for p in files]
+    root = Path(os.path.commonpath([p.parent for p in files]))
+    return ResolvedData(builders.pop(), tuple(files), True, cfg.split, root)
 
 
 def dataset_spec(cfg: TextConfig, data: ResolvedData | None = None) -> dict[str, Any]:
-    """What the manifest records about the text source (compared on resume).
+    """What the manifest records about the text source (compared on resume): the split really
+    read and its files.
 
-    Local files are named by file name and size (not absolute path), so a moved corpus still
-    matches while an edited one does not."""
+    Local files are named by their path below the folder that holds them all, and their size
+    (not the absolute path), so a moved corpus still matches while an edited one does not."""
     data = data or resolve_data(cfg)
     spec: dict[str, Any] = {
         "name": cfg.dataset,
         "config": cfg.dataset_config,
-        "split": cfg.split,
+        "split": data.split,
         "text_column": cfg.text_column,
     }
     if data.is_local:
-        spec["files"] = [[p.name, p.stat().st_size] for p in data.files]
+        spec["files"] = [[p.relative_to(data.root).as_posix(), p.stat().st_size] for p in data.files]
     return spec
 
 

@@ -501,8 +501,9 @@ def seed_everything(seed: int) -> None:
 
 
 def _sae_metadata(prov: dict[str, Any]) -> dict[str, Any]:
-    keys = {"model_name": "model", "hook_name": "hook_name", "context_size": "context_size",
-            "prepend_bos": "prepend_bos", "dataset_path": "dataset"}
+    # model_name: the name SAELens users load the model by (hub name, local path), else our id
+    keys = {"model_name": "model_name" if prov.get("model_name") else "model", "hook_name": "hook_name",
+            "context_size": "context_size", "prepend_bos": "prepend_bos", "dataset_path": "dataset"}
     return {k: prov[src] for k, src in keys.items() if prov.get(src) is not None}
 
 
@@ -854,7 +855,8 @@ def _finish(
         if writer:
             provenance = {
                 "tool": "saesteer", "saesteer_version": _version(), "git_commit": commit,
-                "model": prov.get("model"), "hook_name": prov.get("hook_name"), "dataset": prov.get("dataset"),
+                "model": prov.get("model"), "model_identity": prov.get("model_identity"),
+                "hook_name": prov.get("hook_name"), "dataset": prov.get("dataset"),
                 "tokens_trained": trainer.tokens, "steps": trainer.step, "activation_scale": trainer.scale,
                 "activation_scale_folded": True, "step_method": trainer.step_method,
                 "training": {"sae": m.spec.__dict__, "train": cfg.train.__dict__, "optim": cfg.optim.__dict__},

@@ -17,7 +17,11 @@ class CLIError(Exception):
 
 def add_common_arguments(parser, *, prompts_help: str) -> None:
     g = parser.add_argument_group("model, SAE and store")
-    g.add_argument("--model", default="toy", help="'toy' (default), a HuggingFace model name, or a local model directory")
+    g.add_argument("--model", default=None,
+                   help="'toy', a HuggingFace model name, or a local model directory (default: the model the SAEs "
+                        "or the store record)")
+    g.add_argument("--allow-model-mismatch", action="store_true",
+                   help="steer --model even if the SAEs or the store record another model")
     g.add_argument("--device", default=None, help="device for the model and SAEs (default: the model's)")
     g.add_argument("--sae", action="append", default=[], metavar="[NAME=]DIR", required=True,
                    help="SAE folder (repeat for several; name them NAME=DIR and refer to NAME/FEATURE in edits)")
@@ -62,20 +66,30 @@ def load_saes(values: list[str], device: Any = None, hook: str | None = None) ->
     return saes
 
 
-def load_model(spec: str, device: str | None = None):
-    """Resolve a model name through the face (`saesteer.models`); 'toy' works without it."""
-    try:
-        from saesteer.models import load_model as resolve
-    except ImportError:
-        if spec != "toy":
-            raise CLIError(f"cannot load model {spec!r}: model resolution (saesteer.models) is not available") from None
-        from toyworld.model import load_model as toy_load
+def load_model(args, saes: dict[str, Any], store: Any = None):
+    """The model to steer: --model, checked against the model every SAE and the store record,
+    or else the recorded model itself. Refusals name both models and --allow-model-mismatch."""
+    from saes.identity import ModelIdentityError, check_same_model, identity_of_sae
+    from saesteer.models import OVERRIDE_FLAG, load_recorded_model, model_identity, pick_record
 
-        return toy_load(device=device)
+    dirs = parse_sae_args(args.sae)
+    records = [(identity_of_sae(sae), f"SAE {name!r} ({dirs[name]})") for name, sae in saes.items()]
+    if store is not None:
+        records.append((store.recorded_model(), f"the feature store {args.store}"))
+    first, where = pick_record(records)
+    known = [(ident, w) for ident, w in records if ident is not None and w != where]
+    allow = args.allow_model_mismatch
     try:
-        return resolve(spec) if device is None else resolve(spec, device=device)
-    except (FileNotFoundError, ValueError, OSError) as e:
-        raise CLIError(f"cannot load model {spec!r}: {e}") from None
+        model = load_recorded_model(first, args.model, recorded_in=where, device=args.device, allow_mismatch=allow)
+        if not allow:
+            given = model_identity(model)
+            given_as = f"--model {args.model}" if args.model else f"the model {where} records"
+            for ident, other in known:
+                check_same_model(ident, given, recorded_in=other, given_as=given_as, override=OVERRIDE_FLAG,
+                                 fix="give SAEs (and a store) of one model")
+    except (ValueError, OSError) as e:  # ModelIdentityError is a ValueError and says it all
+        raise CLIError(str(e) if isinstance(e, ModelIdentityError) else f"cannot load model: {e}") from None
+    return model
 
 
 def model_device(model: Any):

@@ -17,6 +17,8 @@ examples:
   saesteer cache --model toy --dataset toy --dry-run       # only print size and time estimates
   saesteer cache --model gpt2 --dataset data/corpus/ --hooks blocks.6.hook_resid_post \\
       --context-length 128 --max-tokens 50000000 --out caches/gpt2-l6
+      # data/corpus/ with train.jsonl + validation.jsonl: only the split --split (train) is read
+  saesteer cache --model gpt2 --dataset train=data/a.jsonl,validation=data/b.jsonl --out caches/x
   saesteer cache --verify caches/gpt2-l6                   # check every shard's SHA-256"""
 
 
@@ -27,7 +29,8 @@ def add_arguments(parser) -> None:
 
     g = parser.add_argument_group("model and run")
     g.add_argument("--model", default=None,
-                   help="'toy', a HuggingFace model name[@revision], or a local model directory (default: toy)")
+                   help="'toy', a HuggingFace model name[@revision], or a local model directory (default: the "
+                        "model of the cache already in --out, else toy)")
     g.add_argument("--device", default=None, help="where the model runs (default: cuda if available, else cpu)")
     g.add_argument("--out", default=None, help="cache directory (default: caches/<model>/<hooks>)")
     g.add_argument("--hooks", default=None, help="hook point(s), comma-separated (default: blocks.<n_layers//2>.hook_resid_post)")
@@ -53,6 +56,20 @@ def _slug(s: str) -> str:
     import re
 
     return re.sub(r"[^A-Za-z0-9._-]+", "-", s).strip("-") or "model"
+
+
+def _existing_cache(out):
+    """The manifest of the cache already in `out` (a resume), or None."""
+    from pathlib import Path
+
+    from training.manifest import MANIFEST_NAME, CacheFormatError, read_manifest
+
+    if not out or not (Path(out) / MANIFEST_NAME).is_file():
+        return None
+    try:
+        return read_manifest(out)
+    except CacheFormatError:
+        return None  # build_cache says what is wrong with it
 
 
 def run(args) -> int:
@@ -85,7 +102,7 @@ def run(args) -> int:
     unknown = set(file_values) - set(text_vals) - set(cache_vals)
     if unknown:
         raise SystemExit(f"unknown key(s) in {args.config}: {', '.join(sorted(unknown))}")
-    model_spec = args.model or extra.get("model") or "toy"
+    model_spec = args.model or extra.get("model")
     try:
         text = dataclass_from_args(TextConfig, args, file_values=text_vals)
     except ValueError as e:
@@ -94,8 +111,18 @@ def run(args) -> int:
 
     from saesteer.models import load_model, model_id, model_info  # the face resolves model names
 
+    device = args.device or extra.get("device")
+    existing = _existing_cache(args.out or extra.get("out"))
     try:
-        model = load_model(model_spec, device=args.device or extra.get("device"))
+        if model_spec is None and existing is not None:  # resuming: the model the cache records
+            from saesteer.models import load_recorded_model
+
+            model = load_recorded_model(existing.recorded_model(), None, recorded_in=f"the cache {args.out or extra.get('out')}",
+                                        device=device)
+            model_spec = model_id(model)
+        else:
+            model_spec = model_spec or "toy"  # the start of the chain: the toy world by default
+            model = load_model(model_spec, device=device)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -35,6 +35,8 @@ def add_arguments(parser) -> None:
     b.add_argument("--hook", default=None, help="hook point to read from the cache (default: the SAE's hook_name)")
     b.add_argument("--model", default=None,
                    help="model for logit effects and token strings (default: the cache's model; 'none' skips both)")
+    b.add_argument("--allow-model-mismatch", action="store_true",
+                   help="accept an SAE or --model recorded for another model than the cache's")
     b.add_argument("--device", default=None, help="where the SAE (and model) run (default: cuda if available, else cpu)")
     b.add_argument("--overwrite", action="store_true", help="replace an existing store built from something else")
     b.add_argument("--no-verify", action="store_true", help="skip the cache shards' SHA-256 checks")
@@ -66,7 +68,9 @@ def add_arguments(parser) -> None:
     t.add_argument("store", nargs="?", default=None, help="feature store (for labels; its SAE is used unless --sae)")
     t.add_argument("text", help="the text")
     t.add_argument("--sae", default=None, help="SAE folder (default: the one the store was built from)")
-    t.add_argument("--model", default=None, help="model (default: the SAE's model_name, else 'toy')")
+    t.add_argument("--model", default=None, help="model (default: the one the store or the SAE records)")
+    t.add_argument("--allow-model-mismatch", action="store_true",
+                   help="run --model even if the store or SAE records another model")
     t.add_argument("--device", default=None)
     t.add_argument("--top", type=int, default=5, help="latents shown per token (default: 5)")
     t.add_argument("--no-bos", action="store_true", help="do not prepend BOS")
@@ -93,23 +97,11 @@ def _ids(spec: str) -> list[int]:
     return out
 
 
-def _load_model(spec: str | None, device: str | None):
-    from saesteer.models import load_model
+def _recorded_model(recorded, spec: str | None, recorded_in: str, device: str | None, allow: bool):
+    """The model to run: --model (checked against the record) or the recorded one."""
+    from saesteer.models import load_recorded_model
 
-    return load_model(spec or "toy", device=device)
-
-
-def _spec_from_id(model_id: str | None) -> str | None:
-    """A load spec from a cache's model id ('toy:...' -> 'toy', 'hub:NAME@REV' -> 'NAME@REV');
-    None when the id cannot be reloaded by name (a local checkpoint)."""
-    if not model_id:
-        return None
-    kind, _, rest = model_id.partition(":")
-    if kind == "toy":
-        return "toy"
-    if kind == "hub" and rest:
-        return rest
-    return None
+    return load_recorded_model(recorded, spec, recorded_in=recorded_in, device=device, allow_mismatch=allow)
 
 
 def _console():
@@ -133,11 +125,15 @@ def run(args) -> int:
 # ---------------------------------------------------------------------------------------------
 def _build(args) -> int:
     import torch
+    from rich.text import Text
 
     import saes
     from features import CacheSource, build_feature_store
     from features.config import BuildConfig
+    from saes.identity import ModelIdentityError, ModelMismatchError, check_same_model, identity_of_sae
     from saesteer.configargs import dataclass_from_args
+    from saesteer.models import OVERRIDE_FLAG, model_id, pick_record
+    from saesteer.terminal import plain
 
     cfg = dataclass_from_args(BuildConfig, args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -145,31 +141,34 @@ def _build(args) -> int:
     sae.eval()
     hook = args.hook or (sae.cfg.metadata or {}).get("hook_name")
     source = CacheSource(args.cache, hook=hook, verify=not args.no_verify)
+    cache_model, sae_model = source.recorded_model(), identity_of_sae(sae)
+    where = f"the cache {args.cache}"
+    if not args.allow_model_mismatch:
+        check_same_model(cache_model, sae_model, recorded_in=where, given_as=f"the SAE {args.sae}'s model",
+                         override=OVERRIDE_FLAG, fix="use the cache the SAE was trained on")
+    recorded, where = pick_record([(cache_model, where), (sae_model, f"the SAE {args.sae}")])
     model = None
-    cache_model = (source.manifest.settings.get("model") or {}).get("id")
-    spec = args.model or _spec_from_id(cache_model)
-    if spec is None:
-        raise ValueError(f"the cache was made with model {cache_model!r}, which cannot be reloaded by name; pass "
-                         f"--model DIR (that model) for logit effects and token strings, or --model none")
-    if spec.lower() != "none":
-        from saesteer.models import model_id
-
-        model = _load_model(spec, device)
-        if cache_model and model_id(model) != cache_model:
-            raise ValueError(f"--model {spec} is {model_id(model)}, but the cache was made with {cache_model}; "
-                             f"pass the cache's model, or --model none to skip logit effects and token strings")
+    spec = args.model
+    if spec is None or spec.lower() != "none":
+        try:
+            model = _recorded_model(recorded, spec, where, device, args.allow_model_mismatch)
+        except ModelMismatchError:
+            raise
+        except ModelIdentityError as e:
+            raise ModelIdentityError(f"{e} (or --model none to skip logit effects and token strings)") from None
     con = _console()
-    con.print(f"[bold]feature store[/] {args.out}: {sae.architecture} d_sae={sae.d_sae} over {source.n_rows:,} tokens "
-              f"of {args.cache} ({source.hook_name}); model: {spec if model is not None else 'none (no logit effects)'}")
+    con.print(Text.assemble(("feature store ", "bold"), plain(
+        f"{args.out}: {sae.architecture} d_sae={sae.d_sae} over {source.n_rows:,} tokens of {args.cache} "
+        f"({source.hook_name}); model: {model_id(model) if model is not None else 'none (no logit effects)'}")))
     res = build_feature_store(args.out, sae, source, cfg, model=model, sae_path=str(args.sae), overwrite=args.overwrite,
-                              progress=not args.no_progress)
+                              progress=not args.no_progress, allow_model_mismatch=args.allow_model_mismatch)
     if res.already_complete:
-        con.print(f"{args.out} is already complete (same SAE, cache and settings); nothing to do")
+        con.print(plain(f"{args.out} is already complete (same SAE, cache and settings); nothing to do"))
         return 0
     rate = f", pass {res.tokens_per_s:,.0f} tokens/s" if res.pass_rows else ""
-    con.print(f"done in {res.total_seconds:.1f} s{rate}{' (resumed)' if res.resumed else ''}; "
-              + ", ".join(f"{k} {v}" for k, v in res.summary.items())
-              + f" (dead: no firing on the {res.n_rows:,} tokens of this pass)")
+    con.print(plain(f"done in {res.total_seconds:.1f} s{rate}{' (resumed)' if res.resumed else ''}; "
+                    + ", ".join(f"{k} {v}" for k, v in res.summary.items())
+                    + f" (dead: no firing on the {res.n_rows:,} tokens of this pass)"))
     return 0
 
 
@@ -178,42 +177,48 @@ def _fmt(x, spec: str = ".4g") -> str:
 
 
 def _example_text(e):
-    """A rich Text of an example's window, shaded by activation, the centre token underlined."""
+    """A rich Text of an example's window: its pieces as they are (features.tokentext), shaded by
+    activation, the centre token underlined (or, when its piece is empty, the piece completing it)."""
     from rich.text import Text
 
-    toks = e.tokens or [str(x) for x in e.token_ids]
-    bpe_like = any(t[:1] in (" ", "\n") for t in toks)  # GPT-2 style strings carry their spaces
+    from features.tokentext import visible
+
+    toks = e.tokens if any(e.tokens) else [f"<{x}>" for x in e.token_ids]
     t = Text()
     peak = max([a for a in e.acts] + [1e-9])
+    underline = False
     for i, (tok, a) in enumerate(zip(toks, e.acts)):
         style = ""
         if a > 0:
             level = min(1.0, a / peak)
             style = "black on " + ("#ffb347" if level > 0.66 else "#ffd9a0" if level > 0.33 else "#fff0d6")
-        if i == e.centre:
+        underline = underline or i == e.centre
+        if underline and tok:
             style = (style + " bold underline").strip()
-        if i and not bpe_like:
-            t.append(" ")
-        t.append(tok.replace("\n", "\\n"), style=style)
+            underline = False
+        t.append(visible(tok), style=style)
     return t
 
 
 def _show(args) -> int:
     from rich.table import Table
+    from rich.text import Text
 
     from features import FeatureStore
+    from saesteer.terminal import plain
 
     con = _console()
     with FeatureStore.open(args.store) as store:
         rec = store.feature(args.id)
         st = rec.stats
         title = f"feature {rec.id}" + (f": {rec.label.text}" if rec.label else "")
-        con.rule(f"[bold]{title}")
+        con.rule(plain(title, "bold"))
         if rec.label and rec.label.provenance:
             p = rec.label.provenance
-            con.print(f"label by {p.judge_model} ({p.judge_kind}{', offline' if p.offline else ''}), prompt {p.prompt_version}")
+            con.print(plain(f"label by {p.judge_model} ({p.judge_kind}{', offline' if p.offline else ''}), "
+                            f"prompt {p.prompt_version}"))
         if rec.scores:
-            con.print("scores: " + ", ".join(f"{s.method} {s.value:.3f}" for s in rec.scores))
+            con.print(plain("scores: " + ", ".join(f"{s.method} {s.value:.3f}" for s in rec.scores)))
         tab = Table(show_header=False, box=None)
         for k, v in (("frequency", _fmt(st.freq)), ("firings", str(st.n_fires)), ("mean act", _fmt(st.mean_act)),
                      ("max act", _fmt(st.max_act)), ("typical max", _fmt(st.typical_max_act)),
@@ -222,33 +227,38 @@ def _show(args) -> int:
                      ("parent", str(rec.parent.parent_id) if rec.parent else "-"),
                      ("children", ", ".join(str(c.child_id) for c in rec.children[:20]) or "-"),
                      ("recommended strength", _fmt(rec.recommended_strength))):
-            tab.add_row(f"[dim]{k}", v)
+            tab.add_row(plain(k, "dim"), plain(v))
         con.print(tab)
         if rec.logits is not None:
-            con.print("[green]promotes[/] " + "  ".join(f"{t.token!r} {t.value:+.2f}" for t in rec.logits.promoted[:8]))
-            con.print("[red]suppresses[/] " + "  ".join(f"{t.token!r} {t.value:+.2f}" for t in rec.logits.suppressed[:8]))
+            con.print(Text.assemble(("promotes ", "green"), plain(
+                "  ".join(f"{t.token!r} {t.value:+.2f}" for t in rec.logits.promoted[:8]))))
+            con.print(Text.assemble(("suppresses ", "red"), plain(
+                "  ".join(f"{t.token!r} {t.value:+.2f}" for t in rec.logits.suppressed[:8]))))
         for name, nbs in (("decoder neighbours", rec.decoder_neighbours), ("co-activation neighbours", rec.coact_neighbours)):
             if nbs:
-                con.print(f"[dim]{name}:[/] " + ", ".join(f"{n.id} ({n.score:.2f})" + (f" {n.label}" if n.label else "") for n in nbs[:8]))
+                con.print(Text.assemble((f"{name}: ", "dim"), plain(
+                    ", ".join(f"{n.id} ({n.score:.2f})" + (f" {n.label}" if n.label else "") for n in nbs[:8]))))
         for name, exs in (("top examples", rec.top_examples), ("across quantiles", rec.quantile_examples),
                           ("non-activating", rec.negative_examples)):
             if not exs:
                 continue
-            con.rule(f"[dim]{name}", align="left")
+            con.rule(plain(name, "dim"), align="left")
             for e in exs[: args.examples]:
-                head = f"[dim]{e.activation:7.3f}" + (f" q{e.quantile:.2f}" if e.quantile is not None else "") + "[/] "
-                con.print(head, _example_text(e))
+                head = f"{e.activation:7.3f}" + (f" q{e.quantile:.2f}" if e.quantile is not None else "")
+                con.print(Text.assemble((head, "dim"), " ", _example_text(e)))
     return 0
 
 
 def _summary_table(rows, title: str):
     from rich.table import Table
 
-    tab = Table(title=title)
+    from saesteer.terminal import plain
+
+    tab = Table(title=plain(title))
     for c in ("id", "label", "freq", "max act", "typical max", "flags", "level"):
         tab.add_column(c, justify="right" if c in ("id", "freq", "max act", "typical max", "level") else "left")
     for s in rows:
-        tab.add_row(str(s.id), s.label or "", _fmt(s.freq), _fmt(s.max_act), _fmt(s.typical_max_act), " ".join(s.flags),
+        tab.add_row(str(s.id), plain(s.label), _fmt(s.freq), _fmt(s.max_act), _fmt(s.typical_max_act), " ".join(s.flags),
                     "" if s.level is None else str(s.level))
     return tab
 
@@ -268,61 +278,77 @@ def _list(args) -> int:
 
 def _search(args) -> int:
     from rich.table import Table
+    from rich.text import Text
 
     from features import FeatureStore
+    from saesteer.terminal import plain
 
     with FeatureStore.open(args.store) as store:
         hits = store.search(args.text, limit=args.limit)
     con = _console()
     if not hits:
-        con.print(f"no latent matches {args.text!r}")
+        con.print(plain(f"no latent matches {args.text!r}"))
         return 0
-    tab = Table(title=f"latents matching {args.text!r}")
+    tab = Table(title=plain(f"latents matching {args.text!r}"))
     for c in ("id", "score", "label", "freq", "match"):
         tab.add_column(c)
     for h in hits:
-        tab.add_row(str(h.feature_id), f"{h.score:.2f}", h.label or "", _fmt(h.freq), h.snippet.replace("\n", " ")[:120])
+        snippet = Text()
+        for text, matched in h.parts:
+            snippet.append(text.replace("\n", " "), style="bold" if matched else "")
+        snippet.truncate(120)
+        tab.add_row(str(h.feature_id), f"{h.score:.2f}", plain(h.label), _fmt(h.freq), snippet)
     con.print(tab)
     return 0
 
 
 def _top_on_text(args) -> int:
+    from pathlib import Path
+
     import torch
     from rich.table import Table
 
     import saes
     from features import FeatureStore
     from features.text import features_on_text
+    from saesteer.terminal import plain
+
+    from saes.identity import identity_of_sae
+    from saesteer.models import pick_record
 
     store = FeatureStore.open(args.store) if args.store else None
     try:
         sae_dir = args.sae
-        model_spec = args.model
-        if store is not None:
-            sae_dir = sae_dir or (store.meta.get("sae") or {}).get("path")
-            model_spec = model_spec or _spec_from_id((store.meta.get("cache") or {}).get("model"))
+        if store is not None and not sae_dir:
+            sae_dir = (store.meta.get("sae") or {}).get("path")
+            if sae_dir and not Path(sae_dir).is_dir():
+                raise FileNotFoundError(f"the SAE folder the store records, {sae_dir}, does not exist (moved or "
+                                        f"deleted?); pass --sae DIR")
         if not sae_dir:
             raise ValueError("give --sae (or a store that records the SAE folder it was built from)")
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         sae = saes.load_sae(sae_dir, device=device)
         sae.eval()
-        model = _load_model(model_spec or "toy", device)
-        res = features_on_text(model, sae, args.text, store=store, top_n=args.top, prepend_bos=not args.no_bos)
+        candidates = [(store.recorded_model(), f"the feature store {args.store}")] if store is not None else []
+        recorded, recorded_in = pick_record(candidates + [(identity_of_sae(sae), f"the SAE {sae_dir}")])
+        model = _recorded_model(recorded, args.model, recorded_in, device, args.allow_model_mismatch)
+        res = features_on_text(model, sae, args.text, store=store, top_n=args.top, prepend_bos=not args.no_bos,
+                               allow_model_mismatch=args.allow_model_mismatch)
     finally:
         if store is not None:
             store.close()
     con = _console()
-    tab = Table(title=f"latents firing on {args.text!r} ({res.hook_name})")
+    tab = Table(title=plain(f"latents firing on {args.text!r} ({res.hook_name})"))
     tab.add_column("pos", justify="right")
     tab.add_column("token")
     tab.add_column("latents (activation)")
     for t in res.tokens:
-        tab.add_row(str(t.position), repr(t.token),
-                    ", ".join(f"{l.id} ({l.act:.2f})" + (f" {l.label}" if l.label else "") for l in t.latents) or "-")
+        tab.add_row(str(t.position), plain(repr(t.token)),
+                    plain(", ".join(f"{l.id} ({l.act:.2f})" + (f" {l.label}" if l.label else "") for l in t.latents) or "-"))
     con.print(tab)
     if res.latents:
-        con.print("strongest over the text: " + ", ".join(
-            f"{l.id} max {l.max_act:.2f} on {l.n_tokens} tok" + (f" [{l.label}]" if l.label else "") for l in res.latents[:10]))
+        con.print(plain("strongest over the text: " + ", ".join(
+            f"{l.id} max {l.max_act:.2f} on {l.n_tokens} tok" + (f" [{l.label}]" if l.label else "") for l in res.latents[:10])))
     return 0
 
 

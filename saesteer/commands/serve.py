@@ -13,13 +13,18 @@ activations, histogram, logit effects, neighbours, Matryoshka parent/children, l
 by side, strength sweeps). A JSON API sits behind the pages (schema at /openapi.json).
 
 It listens on 127.0.0.1 only. Binding to another address needs --allow-remote and then always
-requires an access token (printed at start-up; set SAESTEER_TOKEN to choose it). Without --model
-the stores are browse-only.
+requires an access token (printed at start-up; set SAESTEER_TOKEN to choose it).
+
+The model is the one the stores record (they must agree); --model names it explicitly and is
+refused for a store recorded for another model (unless --allow-model-mismatch); --model none
+serves the stores browse-only. A store that cannot run the model is served browse-only, and the
+start-up lines and its pages say why.
 
 examples:
-  saesteer serve --store features/toy.db --model toy
-  saesteer serve --store a.db --store b.db --model gpt2 --port 8080
-  saesteer serve --store a.db --model gpt2 --sae saes/gpt2-l6        # SAE folder not recorded in the store
+  saesteer serve --store features/toy.db
+  saesteer serve --store a.db --store b.db --port 8080
+  saesteer serve --store a.db --sae saes/gpt2-l6        # SAE folder not recorded in the store
+  saesteer serve --store a.db --model none              # browse only: no model loaded
   saesteer serve --store a.db --host 0.0.0.0 --allow-remote --allowed-hosts box.lan"""
 
 
@@ -30,7 +35,11 @@ def add_arguments(parser) -> None:
     g = parser.add_argument_group("what to serve")
     g.add_argument("--store", action="append", default=[], metavar="FILE", required=True,
                    help="a feature store file; repeat for several stores")
-    g.add_argument("--model", default=None, help="'toy', a HuggingFace model name, or a local model directory (needed for steering and 'which features fire'; default: browse only)")
+    g.add_argument("--model", default=None,
+                   help="'toy', a HuggingFace model name, a local model directory, or 'none' (browse only); needed "
+                        "for steering and 'which features fire' (default: the model the stores record)")
+    g.add_argument("--allow-model-mismatch", action="store_true",
+                   help="serve --model even for stores recorded for another model")
     g.add_argument("--sae", action="append", default=[], metavar="DIR",
                    help="SAE folder of each --store, in the same order (default: the folder the store recorded)")
     g.add_argument("--device", default=None, help="device for the model (default: cuda if available, else cpu)")
@@ -63,29 +72,25 @@ def run(args) -> int:
             print(f"error: no feature store at {p}; build one with `saesteer features build`", file=sys.stderr)
             return 2
 
-    model = None
-    if args.model:
-        try:
-            from saesteer.models import load_model
-        except ImportError as e:  # pragma: no cover - depends on the models stage
-            print(f"error: cannot load models ({e})", file=sys.stderr)
-            return 2
-        print(f"loading model {args.model} ...", file=sys.stderr)
-        model = load_model(args.model) if args.device is None else load_model(args.model, device=args.device)
-        model.eval()
+    from features import StoreError
+
+    try:
+        model, no_model_reason = _model_for(args)
+    except (ValueError, OSError, StoreError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
     import uvicorn
 
     from saesteer.web import create_app
     from saesteer.web.launch import open_entries, pick_port
 
-    from features import StoreError
-
     logging.captureWarnings(True)
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         try:
-            entries = open_entries(args.store, model=model, sae_dirs=args.sae or None, limits=limits)
+            entries = open_entries(args.store, model=model, sae_dirs=args.sae or None, limits=limits,
+                                   allow_model_mismatch=args.allow_model_mismatch, no_model_reason=no_model_reason)
         except (ValueError, FileNotFoundError, StoreError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -105,7 +110,7 @@ def run(args) -> int:
         shown_host = f"[{shown_host}]"
     url = f"http://{shown_host}:{config.port}/" + (f"?token={token}" if token else "")
     for e in entries:
-        mode = "browse + steer" if e.engine is not None else "browse only"
+        mode = "browse + steer" if e.engine is not None else f"browse only: {e.info.browse_only_reason}"
         print(f"  store {e.id:<16} {e.info.d_sae:>7,} features  ({mode})", file=sys.stderr)
     if config.remote:
         print(f"WARNING: listening on {config.host}: anyone who can reach this port and has the token can use the app", file=sys.stderr)
@@ -113,3 +118,33 @@ def run(args) -> int:
     uvicorn.run(app, host=config.host.strip("[]"), port=config.port, log_level="warning",
                 proxy_headers=False, server_header=False, date_header=False)
     return 0
+
+
+def _model_for(args):
+    """(the model to serve, None), or (None, why the stores are browse-only). --model is loaded as
+    given (open_entries checks it against each store); without it, the model the stores record."""
+    import sys
+
+    from saes.identity import ModelIdentityError, same_model
+    from saesteer.models import load_model, load_recorded_model
+    from saesteer.web.launch import recorded_models
+
+    if args.model and args.model.lower() == "none":
+        return None, "the server was started with --model none"
+    if args.model:
+        print(f"loading model {args.model} ...", file=sys.stderr)
+        return load_model(args.model, device=args.device), None
+    records = [(ident, path) for ident, path in zip(recorded_models(args.store), args.store) if ident is not None]
+    if not records:
+        return None, "the store does not record which model it was made with (pass --model)"
+    first, where = records[0]
+    for ident, path in records[1:]:
+        if not same_model(first, ident):
+            raise ModelIdentityError(
+                f"the stores were made with different models ({first.describe()} for {where}, {ident.describe()} for "
+                f"{path}); serve them separately, or pass --model none to browse them all")
+    print(f"loading model {first.describe()} (recorded by the store) ...", file=sys.stderr)
+    try:
+        return load_recorded_model(first, None, recorded_in=f"the feature store {where}", device=args.device), None
+    except (ModelIdentityError, OSError) as e:  # e.g. a local directory that moved, a hub model not cached offline
+        return None, str(e)

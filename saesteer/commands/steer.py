@@ -17,6 +17,8 @@ edits, and print them side by side. An edit is FEATURE:OP[=VALUE[x]][@POSITIONS]
 
 Edits go through the SAE and keep its reconstruction error, so only the chosen latents change.
 Positions: all, prompt, generated, last, or token indices (0 = first token, -1 = last prompt token).
+The model is the one the SAEs (saesteer.json) or the store record; --model must be that model
+(--allow-model-mismatch runs another).
 
 examples:
   saesteer steer --sae saes/toy-topk --feature 123:clamp=8 --prompt "anna was a sailor ."
@@ -97,15 +99,17 @@ def _run(args, model=None) -> int:
         if args.search is not None:
             return _print_search(link, args.search, args.top, args.json)
         if model is None:
-            model = load_model(args.model, args.device)
+            model = load_model(args, saes, store)
         dev = model_device(model)
         saes = {k: v.to(dev) for k, v in saes.items()}
         if args.contrast is not None:
-            return _print_contrast(model, saes, _lines(args.contrast[0]), _lines(args.contrast[1]), args.top, args.json, link)
+            return _print_contrast(model, saes, _lines(args.contrast[0]), _lines(args.contrast[1]), args.top, args.json, link,
+                                   args.allow_model_mismatch)
         from steering.generation import compare
 
         cmp = compare(model, saes if len(saes) > 1 else next(iter(saes.values())), edits, prompts, gen_cfg,
-                      typical_max=typical_max_provider(link, saes), limits=limits)
+                      typical_max=typical_max_provider(link, saes), limits=limits,
+                      allow_model_mismatch=args.allow_model_mismatch)
     finally:
         if store is not None:
             store.close()
@@ -121,15 +125,16 @@ def _run(args, model=None) -> int:
 def _print_table(cmp, gen_cfg) -> None:
     from rich.console import Console
     from rich.table import Table
-    from rich.text import Text
 
-    table = Table(title=f"steering: {cmp.edits}", caption=f"seed {gen_cfg.seed}, {gen_cfg.max_new_tokens} new tokens"
+    from saesteer.terminal import plain
+
+    table = Table(title=plain(f"steering: {cmp.edits}"), caption=f"seed {gen_cfg.seed}, {gen_cfg.max_new_tokens} new tokens"
                   + ("" if gen_cfg.do_sample else ", greedy"), show_lines=True)
     table.add_column("prompt", style="bold", overflow="fold", ratio=1)
     table.add_column("unsteered", overflow="fold", ratio=2)
     table.add_column("steered", style="green", overflow="fold", ratio=2)
     for p, u, s in zip(cmp.prompts, cmp.unsteered, cmp.steered):
-        table.add_row(Text(p or "<bos>"), Text(u), Text(s))
+        table.add_row(plain(p or "<bos>"), plain(u), plain(s))
     Console().print(table)
 
 
@@ -147,17 +152,19 @@ def _print_search(link, query: str, top: int, as_json: bool) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"features matching {query!r}")
+    from saesteer.terminal import plain
+
+    table = Table(title=plain(f"features matching {query!r}"))
     for col in ("feature", "label", "score", "typical max"):
         table.add_column(col)
     for r in rows:
         tm = r["typical_max"]
-        table.add_row(str(r["feature"]), r["label"] or "", f"{r['score']:.3g}", "" if tm is None else f"{tm:.3g}")
-    Console().print(table if rows else f"no feature label matches {query!r}")
+        table.add_row(str(r["feature"]), plain(r["label"]), f"{r['score']:.3g}", "" if tm is None else f"{tm:.3g}")
+    Console().print(table if rows else plain(f"no feature label matches {query!r}"))
     return 0
 
 
-def _print_contrast(model, saes, positive, negative, top: int, as_json: bool, link) -> int:
+def _print_contrast(model, saes, positive, negative, top: int, as_json: bool, link, allow_model_mismatch: bool = False) -> int:
     import json
 
     from saesteer.commands._steering import CLIError
@@ -168,7 +175,8 @@ def _print_contrast(model, saes, positive, negative, top: int, as_json: bool, li
     if not positive or not negative:
         raise CLIError("--contrast needs non-empty POSITIVE and NEGATIVE prompt files")
     labels = (lambda f: None) if link is None else (lambda f: link.store.labels([f]).get(f))
-    found = contrast_features(model, next(iter(saes.values())), positive, negative, top=top, labels=labels)
+    found = contrast_features(model, next(iter(saes.values())), positive, negative, top=top, labels=labels,
+                              allow_model_mismatch=allow_model_mismatch)
     rows = [c.__dict__ for c in found]
     if as_json:
         print(json.dumps(rows, indent=2))
@@ -176,11 +184,13 @@ def _print_contrast(model, saes, positive, negative, top: int, as_json: bool, li
     from rich.console import Console
     from rich.table import Table
 
+    from saesteer.terminal import plain
+
     table = Table(title="features by contrast (mean activation on positive minus negative prompts)")
     for col in ("feature", "difference", "mean +", "mean -", "fires +", "fires -", "label"):
         table.add_column(col)
     for c in found:
         table.add_row(str(c.feature), f"{c.score:.3g}", f"{c.mean_positive:.3g}", f"{c.mean_negative:.3g}",
-                      f"{c.rate_positive:.1%}", f"{c.rate_negative:.1%}", c.label or "")
+                      f"{c.rate_positive:.1%}", f"{c.rate_negative:.1%}", plain(c.label))
     Console().print(table)
     return 0

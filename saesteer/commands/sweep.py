@@ -124,7 +124,7 @@ def _run(args, model=None) -> int:
     store, link = open_store(args.store, {name: saes[name]}, writable=args.save_strength)
     try:
         if model is None:
-            model = load_model(args.model, args.device)
+            model = load_model(args, saes, store)
         sae = saes[name].to(model_device(model))
         typical = typical_max_provider(link, {name: sae})
         from steering.sweeps import store_recommendation, sweep, write_sweep_html, write_sweep_json
@@ -132,7 +132,7 @@ def _run(args, model=None) -> int:
         out = Path(args.out)
         for feature in args.feature:
             res = sweep(model, sae, feature, prompts, scorer, sweep_cfg, gen_config=gen_cfg, typical_max=typical,
-                        sae_name=name, limits=limits, progress=True)
+                        sae_name=name, limits=limits, progress=True, allow_model_mismatch=args.allow_model_mismatch)
             html = write_sweep_html(res, out / f"sweep_{name}_{feature}.html")
             js = write_sweep_json(res, out / f"sweep_{name}_{feature}.json")
             _print_result(res, html, js)
@@ -156,11 +156,14 @@ def _print_result(res, html, js) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{res.label} ({res.unit})", caption=f"recommended: {res.recommended} ({res.rule}); {html} {js}")
+    from saesteer.terminal import plain
+
+    table = Table(title=plain(f"{res.label} ({res.unit})"),
+                  caption=plain(f"recommended: {res.recommended} ({res.rule}); {html} {js}"))
     for col in ("strength", "concept", "fluency", "aggregate", "perplexity", "example"):
         table.add_column(col, overflow="fold")
     for p in res.points:
         table.add_row(f"{p.strength:g}", f"{p.concept:.2f}", f"{p.fluency:.2f}", f"{p.aggregate:.2f}",
-                      "" if p.perplexity is None else f"{p.perplexity:.1f}", (p.examples or [""])[0][:80],
+                      "" if p.perplexity is None else f"{p.perplexity:.1f}", plain((p.examples or [""])[0][:80]),
                       style="bold green" if p.strength == res.recommended else None)
     Console().print(table)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 NAME = "train"
 ORDER = 30
@@ -46,7 +47,12 @@ examples:
       --k 32 --d-sae 4096 --total-tokens 20000000
   saesteer train --cache caches/toy-l2 --out runs/toy-l2 --total-tokens 30000000   # extend the run
   saesteer train --model toy --dataset toy --hook blocks.1.hook_resid_post --out runs/quick \\
-      --total-tokens 1000000 --d-sae 1024                                            # no cache"""
+      --total-tokens 1000000 --d-sae 1024                                            # no cache
+  saesteer train --cache caches/x --out runs/x --eval-dataset data/held-out.jsonl    # CE on other text
+
+CE loss recovered runs on held-out text: --eval-split of the training data (default validation),
+or --eval-dataset. Eval text that is all training text is refused (--allow-eval-overlap true
+measures it anyway); a partial overlap is printed and recorded in metrics.json (data.ce_eval_data)."""
 
 _SAE_FLAGS = ("architecture", "d_sae", "k", "matryoshka_widths", "sae_lr", "sae_name")
 
@@ -63,6 +69,8 @@ def add_arguments(parser) -> None:
                    help="auto: continue from the newest checkpoint in --out if any (default); never: refuse an --out "
                         "with checkpoints; require: fail without one")
     g.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    g.add_argument("--allow-model-mismatch", action="store_true",
+                   help="evaluate with --model even if it is not the model the cache was made with")
 
     s = parser.add_argument_group("SAEs (comma-separated values: every combination is trained)")
     s.add_argument("--architecture", default=None, metavar="LIST",
@@ -186,7 +194,7 @@ def run(args) -> int:
 def _run_training(args, run_cfg, data_cfg, text_cfg, out, setup) -> int:
     coll = setup.collectives if setup is not None else None
     try:
-        source, model_eval, provenance = _prepare_data(run_cfg, data_cfg, text_cfg, coll)
+        source, model_eval, provenance = _prepare_data(run_cfg, data_cfg, text_cfg, coll, args.allow_model_mismatch)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -208,7 +216,7 @@ def _run_training(args, run_cfg, data_cfg, text_cfg, out, setup) -> int:
     return 0
 
 
-def _prepare_data(run_cfg, data_cfg, text_cfg, coll=None):
+def _prepare_data(run_cfg, data_cfg, text_cfg, coll=None, allow_model_mismatch: bool = False):
     """The batch source, the CE evaluation (or None) and the provenance for the SAE folders.
 
     Data parallel (`coll`): this rank's reader (rows r*B/W..(r+1)*B/W of every global batch of
@@ -226,7 +234,7 @@ def _prepare_data(run_cfg, data_cfg, text_cfg, coll=None):
                          f"ranks; use a multiple of {world}")
     if data_cfg.cache:
         from training.reader import CacheReader
-        from training.sources import cache_provenance, contexts_from_cache, model_spec_from_cache
+        from training.sources import cache_provenance, contexts_from_cache
 
         if world > 1 and data_cfg.dp_partition == "shards":  # this rank's own shards, its own stream
             from training.manifest import read_manifest
@@ -245,55 +253,81 @@ def _prepare_data(run_cfg, data_cfg, text_cfg, coll=None):
         if t.total_tokens + t.holdout_tokens > man.total_rows:
             print(f"note: {t.total_tokens + t.holdout_tokens:,} tokens asked for, the cache holds {man.total_rows:,} rows: "
                   f"the reader makes {(t.total_tokens + t.holdout_tokens) / max(1, man.total_rows):.1f} passes over it")
-        spec = data_cfg.model or model_spec_from_cache(man)
-        if data_cfg.model_eval and spec is None:
-            print("note: no CE loss recovered: the cache's model cannot be loaded by name; pass --model")
-        if data_cfg.model_eval and spec is not None and rank == 0:
-            model = _load_model_checked(spec, man)
+        if data_cfg.model_eval and rank == 0:
+            model = _eval_model(data_cfg.model, man, data_cfg.cache, allow_model_mismatch)
         if model is None:
             return reader, None, prov
-        text_eval = _eval_text(man, data_cfg.eval_split)
-        n = run_cfg.eval.ce_contexts
-        try:
-            from training.sources import contexts_from_text
+        if prov.get("model_identity") is None and not allow_model_mismatch:  # a cache from an older version:
+            from saesteer.models import model_identity  # its id matched this model, whose record is complete
 
-            tokens = contexts_from_text(text_eval, model.tokenizer, n)
-            prov["ce_eval_contexts"] = f"{text_eval.dataset}:{text_eval.split}"
-        except (ValueError, OSError, FileNotFoundError) as e:
-            print(f"note: CE evaluation uses contexts from the cache (trained-on text): split "
-                  f"{data_cfg.eval_split!r} unavailable ({e})")
+            ident = model_identity(model)
+            prov.update(model_identity=ident.to_json(), model_name=ident.saelens_model_name)
+        from training.sources import text_config_from_manifest, text_documents_read
+
+        n = run_cfg.eval.ce_contexts
+        held = _heldout(text_config_from_manifest(man), data_cfg, model.tokenizer, n, text_documents_read(man))
+        if held is None:
+            print("note: CE evaluation uses contexts from the cache's last shard, which is trained-on text; give "
+                  "held-out text with --eval-dataset PATH or --eval-split NAME")
             tokens = contexts_from_cache(data_cfg.cache, n)
-            prov["ce_eval_contexts"] = "cache (last shard)"
+            prov["ce_eval_data"] = {"cache": str(data_cfg.cache), "contexts": int(tokens.shape[0]), "trained_on": True}
+        else:
+            tokens, prov["ce_eval_data"] = held.tokens_NL, held.provenance()
         keep = tuple(int(i) for i in man.settings.get("excluded_token_ids") or ())
         return reader, ModelEval(model, reader.hook, tokens, keep), prov
 
     # no cache: activations straight from the model (one pass over the text; resume replays it)
-    from saesteer.models import check_hook_names, load_model, model_id
+    from saesteer.models import check_hook_names, load_model, model_identity
     from training.reader import model_batches
-    from training.sources import contexts_from_text
+    from training.text import resolve_data
 
-    model = load_model(data_cfg.model or "toy", device=t.device)
+    model = load_model(data_cfg.model or "toy", device=t.device)  # the start of the chain: toy by default
     hook = data_cfg.hook or f"blocks.{model.cfg.n_layers // 2}.hook_resid_post"
     check_hook_names(model, hook)
     source = _Replayable(lambda: model_batches(model, text_cfg, hook, t.batch_size, seed=t.seed))
-    prov = {"model": model_id(model), "hook_name": hook, "dataset": text_cfg.dataset, "dataset_split": text_cfg.split,
+    ident = model_identity(model)
+    data = resolve_data(text_cfg)  # the split's files (and a clear error for a split the data lacks)
+    prov = {"model": ident.id, "model_revision": ident.revision, "model_identity": ident.to_json(),
+            "model_name": ident.saelens_model_name,
+            "hook_name": hook, "dataset": text_cfg.dataset, "dataset_split": data.split,
+            "dataset_files": [str(p) for p in data.files] or None,
             "context_size": text_cfg.context_length, "prepend_bos": text_cfg.bos_policy == "prepend"}
     model_eval = None
     if data_cfg.model_eval and run_cfg.eval.ce_contexts > 0:
-        text_eval = dataclasses_replace(text_cfg, split=data_cfg.eval_split)
-        try:
-            tokens = contexts_from_text(text_eval, model.tokenizer, run_cfg.eval.ce_contexts)
+        held = _heldout(text_cfg, data_cfg, model.tokenizer, run_cfg.eval.ce_contexts, None)
+        if held is None:
+            print("note: no CE evaluation: give held-out text with --eval-dataset PATH or --eval-split NAME")
+        else:
             bos = model.tokenizer.bos_token_id
-            model_eval = ModelEval(model, hook, tokens, (bos,) if bos is not None else ())
-        except (ValueError, OSError) as e:
-            print(f"note: no CE evaluation: split {data_cfg.eval_split!r} unavailable ({e})")
+            model_eval = ModelEval(model, hook, held.tokens_NL, (bos,) if bos is not None else ())
+            prov["ce_eval_data"] = held.provenance()
     return source, model_eval, prov
 
 
-def dataclasses_replace(obj, **kw):
-    import dataclasses
+def _heldout(train_text, data_cfg, tokenizer, n: int, train_docs: int | None):
+    """The CE evaluation's held-out contexts (training.heldout), with notes on what was read; None
+    (with a note) when the training data has no split --eval-split. An --eval-dataset that cannot
+    be read, or eval text that is all training text, is an error (ValueError)."""
+    from training.heldout import eval_text_config, heldout_contexts
 
-    return dataclasses.replace(obj, **kw)
+    try:
+        eval_text = eval_text_config(train_text, data_cfg.eval_dataset, data_cfg.eval_split)
+        held = heldout_contexts(train_text, eval_text, tokenizer, n, train_docs=train_docs,
+                                allow_overlap=data_cfg.allow_eval_overlap)
+    except (ValueError, OSError) as e:
+        from training.heldout import EvalOverlapError
+
+        if data_cfg.eval_dataset or isinstance(e, EvalOverlapError):
+            raise ValueError(f"CE evaluation: {e}") from None
+        print(f"note: split {data_cfg.eval_split!r} of the training data is unavailable for the CE evaluation ({e})")
+        return None
+    where = ", ".join(Path(f).name for f in held.files[:3]) + (" ..." if len(held.files) > 3 else "")
+    print(f"CE evaluation on {held.tokens_NL.shape[0]} contexts of {eval_text.dataset!r} split {eval_text.split!r}"
+          + (f" ({where})" if where else "") + f"; {held.overlap.describe()}")
+    if held.overlap.in_training:
+        print(f"note: {held.overlap.in_training} of the {held.overlap.eval_documents} eval documents are also "
+              f"training documents (recorded in metrics.json and saesteer.json as ce_eval_data.overlap)")
+    return held
 
 
 class _Replayable:
@@ -306,31 +340,21 @@ class _Replayable:
         return iter(self._make())
 
 
-def _eval_text(man, split: str):
-    from training.text import TextConfig
-
-    s = man.settings
-    ds = s.get("dataset") or {}
-    return TextConfig(dataset=ds.get("name") or "toy", dataset_config=ds.get("config"), split=split,
-                      text_column=ds.get("text_column") or "text", context_length=int(s["context_length"]),
-                      bos_policy=s.get("bos_policy", "prepend"), separator=s.get("separator", "eos"))
-
-
-def _load_model_checked(spec: str, man):
-    """Load the model for the CE evaluation; None (with a note) when it fails or is not the cache's model."""
-    from saesteer.models import load_model, model_id
+def _eval_model(spec: str | None, man, cache_dir: str, allow_mismatch: bool):
+    """The model for the CE evaluation: --model (refused if it is not the cache's model, unless
+    --allow-model-mismatch), else the cache's recorded model; None (with a note) when there is no
+    model to load."""
+    from saes.identity import ModelIdentityError, ModelMismatchError
+    from saesteer.models import load_recorded_model
 
     try:
-        model = load_model(spec, device="cpu")
-    except (OSError, ValueError, RuntimeError) as e:
-        print(f"note: no CE loss recovered: model {spec!r} could not be loaded ({e})")
+        return load_recorded_model(man.recorded_model(), spec, recorded_in=f"the cache {cache_dir}", device="cpu",
+                                   allow_mismatch=allow_mismatch)
+    except ModelMismatchError:
+        raise
+    except (ModelIdentityError, OSError, ValueError, RuntimeError) as e:
+        print(f"note: no CE loss recovered: {e}")
         return None
-    want = (man.settings.get("model") or {}).get("id")
-    have = model_id(model)
-    if want and have != want:
-        print(f"note: no CE loss recovered: model {spec!r} is {have}, but the cache was made with {want}")
-        return None
-    return model
 
 
 def _print_summary(result) -> None:

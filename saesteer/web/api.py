@@ -145,7 +145,7 @@ def check_generation(limits, req) -> None:
 
 def _engine(entry: StoreEntry):
     if entry.engine is None or entry.queue is None:
-        raise HTTPException(409, f"store {entry.id!r} has no model to run; start the server with --model")
+        raise HTTPException(409, f"store {entry.id!r} is browse-only: {entry.info.browse_only_reason}")
     return entry.engine, entry.queue
 
 

@@ -3,16 +3,18 @@
     entries = open_entries(["a.db", "b.db"], model=model, sae_dirs=None, limits=Limits())
 
 Each store gets an id from its file name (unique, URL-safe). With a model, each store's SAE is
-loaded from `--sae` (in the order of `--store`) or else from the SAE path the store recorded when
-it was built, and checked against the store's fingerprint; a store whose SAE cannot be found is
-served browse-only, with a warning. All stores share one `ModelQueue` (one model, one job at a
-time). These are the only file paths the app ever opens, and they come from the operator.
+loaded from `--sae` (in the order of `--store`) or else from the (absolute) SAE path the store
+recorded when it was built, and checked against the store's fingerprint; the model is checked
+against the model the store records (`saes.identity`; a mismatch is refused naming both and
+--allow-model-mismatch). A store whose SAE cannot be found, or served without a model, is
+browse-only, and its entry says why (`StoreEntry.browse_only_reason`). All stores share one
+`ModelQueue` (one model, one job at a time). These are the only file paths the app ever opens,
+and they come from the operator.
 """
 
 from __future__ import annotations
 
 import socket
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,7 +22,9 @@ from saesteer.web.config import Limits
 from saesteer.web.jobs import ModelQueue
 from saesteer.web.sources import StoreEntry, make_store_ids
 
-__all__ = ["open_entries", "pick_port", "model_name_of"]
+__all__ = ["open_entries", "pick_port", "model_name_of", "recorded_models"]
+
+NO_MODEL_REASON = "the server was started without a model (pass --model)"
 
 
 def model_name_of(model: Any) -> str:
@@ -28,13 +32,15 @@ def model_name_of(model: Any) -> str:
     return str(getattr(cfg, "model_name", None) or type(model).__name__)
 
 
-def _model_id(model: Any) -> str | None:
-    try:
-        from saesteer.models import model_id
+def recorded_models(store_paths: Sequence[str | Path]) -> list:
+    """The model each store records (`saes.identity.ModelIdentity`, or None), in order."""
+    from features import FeatureStore
 
-        return model_id(model)
-    except Exception:  # not a model saesteer.models can fingerprint
-        return None
+    out = []
+    for p in store_paths:
+        with FeatureStore.open(p, readonly=True) as store:
+            out.append(store.recorded_model())
+    return out
 
 
 def open_entries(
@@ -43,7 +49,11 @@ def open_entries(
     model: Any = None,
     sae_dirs: Sequence[str | Path] | None = None,
     limits: Limits | None = None,
+    allow_model_mismatch: bool = False,
+    no_model_reason: str | None = None,
 ) -> list[StoreEntry]:
+    """One entry per store. `no_model_reason`: why there is no model (shown for every store when
+    `model` is None). Raises ModelMismatchError when `model` is not the model a store records."""
     from features import FeatureStore
     from saesteer.web.store_source import ModelEngine, StoreCatalog
 
@@ -59,41 +69,51 @@ def open_entries(
     for k, (sid, path) in enumerate(zip(ids, paths)):
         store = FeatureStore.open(path, readonly=True)
         catalog = StoreCatalog(store, name=path.stem)
-        engine = None
+        engine, reason = None, no_model_reason or NO_MODEL_REASON
         if model is not None:
-            sae = _load_sae(store, sae_dirs[k] if sae_dirs else None, path)
+            sae, reason = _load_sae(store, sae_dirs[k] if sae_dirs else None)
             if sae is not None:
-                _check_model(store, model, path)
-                engine = ModelEngine(model, sae, catalog, limits)
-        entries.append(StoreEntry(sid, catalog, engine, queue if engine is not None else None))
+                _check_model(store, sae, model, path, allow_model_mismatch)
+                engine = ModelEngine(model, sae, catalog, limits, allow_model_mismatch=allow_model_mismatch)
+        entries.append(StoreEntry(sid, catalog, engine, queue if engine is not None else None,
+                                  browse_only_reason=None if engine is not None else reason))
     return entries
 
 
-def _load_sae(store, sae_dir, store_path: Path):
+def _load_sae(store, sae_dir) -> tuple[Any, str | None]:
+    """(the store's SAE, None), or (None, why it cannot be loaded)."""
     from saes import load_sae
 
     recorded = (store.meta.get("sae") or {}).get("path")
-    folder = Path(sae_dir) if sae_dir else (Path(recorded) if recorded else None)
-    if folder is None:
-        warnings.warn(f"{store_path}: the store does not record its SAE folder; serving it browse-only (pass --sae DIR to steer)", stacklevel=3)
-        return None
-    if not folder.is_dir():
-        if sae_dir:
+    if sae_dir:
+        folder = Path(sae_dir)
+        if not folder.is_dir():
             raise FileNotFoundError(f"--sae {folder}: no such folder")
-        warnings.warn(f"{store_path}: its SAE folder {folder} is gone; serving it browse-only (pass --sae DIR to steer)", stacklevel=3)
-        return None
+    elif not recorded:
+        return None, "the store does not record its SAE folder (pass --sae DIR)"
+    else:
+        folder = Path(recorded)
+        if not folder.is_dir():
+            if not folder.is_absolute():  # stores from older versions kept the path as typed
+                return None, (f"its SAE folder {recorded!r} was recorded relative to the directory the store was "
+                              f"built in, and is not found from {Path.cwd()} (pass --sae DIR)")
+            return None, f"its SAE folder {folder} does not exist any more (moved or deleted?; pass --sae DIR)"
     sae = load_sae(folder)
     sae.eval()
     store.check_sae(sae)  # StoreMismatchError names both fingerprints
-    return sae
+    return sae, None
 
 
-def _check_model(store, model, store_path: Path) -> None:
+def _check_model(store, sae, model, store_path: Path, allow_mismatch: bool) -> None:
+    from saes.identity import check_same_model, identity_of_model, identity_of_sae
+    from saesteer.models import OVERRIDE_FLAG
+
+    if not allow_mismatch:
+        recorded = store.recorded_model() or identity_of_sae(sae)
+        check_same_model(recorded, identity_of_model(model), recorded_in=f"the feature store {store_path}",
+                         given_as="the server's model", override=OVERRIDE_FLAG,
+                         fix="serve it with the model it records (leave out --model)")
     sae_meta = store.meta.get("sae") or {}
-    want = sae_meta.get("model_name")
-    have = model_name_of(model)
-    if want and have and want != have and want != _model_id(model):  # SAEs record saesteer.models.model_id
-        warnings.warn(f"{store_path}: the SAE was trained on model {want!r} but the server runs {have!r}", stacklevel=3)
     d_in = sae_meta.get("d_in")
     d_model = getattr(getattr(model, "cfg", None), "d_model", None)
     hook = sae_meta.get("hook_name") or ""

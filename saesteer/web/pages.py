@@ -10,7 +10,6 @@ files (the CSP forbids inline ones).
 from __future__ import annotations
 
 import math
-import re
 from typing import Annotated, Optional
 from urllib.parse import urlencode
 
@@ -19,6 +18,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import Field
 
+from features.tokentext import visible
 from saesteer.web import api
 from saesteer.web.schemas import Example
 from saesteer.web.sources import FeatureQuery, StoreEntry
@@ -57,27 +57,9 @@ def _pct(x) -> str:
     return f"{p:.2f}%" if p < 10 else f"{p:.1f}%"
 
 
-def _tokshow(tok: str) -> str:
-    """Make invisible tokens visible (newline, tab, empty) without changing anything else."""
-    if tok == "":
-        return "∅"
-    return tok.replace("\r\n", "↵").replace("\n", "↵").replace("\t", "⇥")
-
-
-def _snippet_parts(snippet: str | None) -> list[tuple[str, bool]]:
-    """FTS snippet 'a [match] b' -> [('a ', False), ('match', True), (' b', False)] (escaped by the template)."""
-    if not snippet:
-        return []
-    parts: list[tuple[str, bool]] = []
-    for k, piece in enumerate(re.split(r"\[([^\[\]]*)\]", snippet)):
-        if piece:
-            parts.append((piece, k % 2 == 1))
-    return parts
-
-
-def _words(tokens) -> bool:
-    """True when no token carries its own whitespace (word-level tokenizers): show gaps between them."""
-    return len(tokens) > 1 and not any(t[:1].isspace() or t[-1:].isspace() for t in tokens if t)
+def _tokshow(piece: str) -> str:
+    """A token's piece as shown: line breaks and tabs drawn (features.tokentext.visible), the rest as is."""
+    return visible(piece)
 
 
 def make_templates() -> jinja2.Environment:
@@ -91,8 +73,6 @@ def make_templates() -> jinja2.Environment:
     env.filters["num"] = _num
     env.filters["pct"] = _pct
     env.filters["tokshow"] = _tokshow
-    env.tests["words"] = _words
-    env.filters["snippet_parts"] = _snippet_parts
     return env
 
 
@@ -209,7 +189,7 @@ async def fire_page(
     result, note = None, None
     if text.strip():
         if entry.engine is None:
-            note = "This store was opened without a model, so nothing can be run. Start the server with --model."
+            note = f"This store is browse-only, so nothing can be run: {entry.info.browse_only_reason}"
         elif request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
             note = "Opened from another site: press Run to run the model on this text."
         else:
@@ -230,4 +210,5 @@ async def steer_page(
     known = entry.catalog.summaries(chosen, with_scores=False)
     picks = [{"index": i, "label": known[i].label if i in known else None,
               "strength": known[i].recommended_strength if i in known else None} for i in chosen]
-    return render(request, "steer.html", store=entry, picks=picks, nav="steer")
+    prefill = getattr(entry.engine, "example_prompt", "")  # the toy prompt only for the toy model
+    return render(request, "steer.html", store=entry, picks=picks, prefill=prefill, nav="steer")

@@ -49,8 +49,14 @@ class StoreInfo(_Out):
     levels: list[int] = Field(default_factory=list, description="Matryoshka levels present (empty if not Matryoshka)")
     has_labels: bool = False
     can_steer: bool = False
+    browse_only_reason: str | None = Field(None, description="why the store cannot run the model (when can_steer is false)")
     tokens_seen: int | None = None
     score_method: str | None = Field(None, description="the score shown as 'score' (sorting and filtering use it too)")
+
+
+class SnippetPart(_Out):
+    text: str
+    match: bool
 
 
 class FeatureSummary(_Out):
@@ -67,12 +73,15 @@ class FeatureSummary(_Out):
     level: int | None = Field(None, description="Matryoshka level (0 = innermost), if any")
     parent: int | None = None
     recommended_strength: float | None = None
-    snippet: str | None = Field(None, description="search only: matching text, matches marked with [ and ]")
+    snippet: str | None = Field(None, description="search only: the matching text")
+    snippet_parts: list[SnippetPart] | None = Field(None, description="search only: the matching text in pieces, "
+                                                                      "each saying whether it is a match")
 
 
 class Example(_Out):
     id: int | None = None
-    tokens: list[str]
+    tokens: list[str] = Field(description="each token's piece of the window's text: joined, they are the text as the "
+                                          "tokenizer decodes it (a character split over tokens is on the last of them)")
     acts: list[float]
     activation: float = Field(description="activation at the example's centre token")
     max_act: float
@@ -168,7 +177,7 @@ class FiringFeature(_Out):
 
 
 class FireResult(_Out):
-    tokens: list[str]
+    tokens: list[str] = Field(description="each token's piece of the text (joined: the text as the tokenizer decodes it)")
     token_shade: list[int] = Field(default_factory=list, description="0..10 per token: its strongest feature, relative to that feature's max")
     features: list[FiringFeature] = Field(description="features firing anywhere on the text, strongest first")
     per_token: list[list[FeatureAct]] = Field(description="for each token, its strongest features")

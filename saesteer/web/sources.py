@@ -78,6 +78,7 @@ class StoreEntry:
     engine: Engine | None = None
     queue: ModelQueue | None = None  # shared by all stores over the same model
     info: StoreInfo | None = field(default=None)
+    browse_only_reason: str | None = None  # why there is no engine (shown on the pages and at start-up)
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", self.id):
@@ -86,7 +87,9 @@ class StoreEntry:
             raise ValueError("StoreEntry: give both an engine and its model queue, or neither")
         if self.info is None:
             self.info = self.catalog.info()
-        self.info = self.info.model_copy(update={"id": self.id, "can_steer": self.engine is not None})
+        reason = None if self.engine is not None else (self.browse_only_reason or "the server runs no model (start it with --model)")
+        self.info = self.info.model_copy(update={"id": self.id, "can_steer": self.engine is not None,
+                                                 "browse_only_reason": reason})
 
 
 def make_store_ids(names: Iterable[str]) -> list[str]:

@@ -23,6 +23,7 @@ from saesteer.web.schemas import (
     Neighbour,
     Page,
     ScoreInfo,
+    SnippetPart,
     StoreInfo,
     TokenEffect,
 )
@@ -37,6 +38,7 @@ MAIN_SCORE_METHODS = ("detection", "fuzzing")
 _SORTS = {"index": "id", "frequency": "freq", "n_fires": "n_fires", "max_act": "max_act", "mean_act": "mean_act",
           "level": "level", "label": "label"}
 SEARCH_CAP = 1000  # most hits one search considers (pages are cut from these)
+TOY_EXAMPLE_PROMPT = "the sailor"  # the steering page's starting prompt when the server runs the toy model
 
 
 def shades(acts: Sequence[float], ref: float | None) -> list[int]:
@@ -87,10 +89,11 @@ class StoreCatalog:
         sae = meta.get("sae") or {}
         widths = sae.get("matryoshka_widths") or []
         n_written = self.store.count_features()
+        recorded = self.store.recorded_model() if hasattr(self.store, "recorded_model") else None
         return StoreInfo(
             id="store",
             name=self.name,
-            model=sae.get("model_name"),
+            model=recorded.id if recorded is not None else sae.get("model_name"),
             hook=sae.get("hook_name"),
             architecture=sae.get("architecture"),
             d_sae=int(self.store.d_sae),
@@ -138,7 +141,7 @@ class StoreCatalog:
                     break
         return out
 
-    def _summary(self, s, score: float | None = None, snippet: str | None = None) -> FeatureSummary:
+    def _summary(self, s, score: float | None = None) -> FeatureSummary:
         return FeatureSummary(
             index=int(s.id),
             label=s.label,
@@ -153,7 +156,6 @@ class StoreCatalog:
             level=s.level,
             parent=s.parent_id,
             recommended_strength=_finite(s.recommended_strength),
-            snippet=snippet,
         )
 
     def list_features(self, q: FeatureQuery) -> Page[FeatureSummary]:
@@ -190,9 +192,10 @@ class StoreCatalog:
 
     @staticmethod
     def _summary_or_hit(hit, summary: FeatureSummary | None) -> FeatureSummary:
+        snippet = {"snippet": hit.text, "snippet_parts": [SnippetPart(text=t, match=m) for t, m in hit.parts]}
         if summary is not None:
-            return summary.model_copy(update={"snippet": hit.snippet})
-        return FeatureSummary(index=hit.feature_id, label=hit.label, frequency=_finite(hit.freq), snippet=hit.snippet)
+            return summary.model_copy(update=snippet)
+        return FeatureSummary(index=hit.feature_id, label=hit.label, frequency=_finite(hit.freq), **snippet)
 
     # -- one feature ----------------------------------------------------------------------------
     def feature(self, index: int) -> FeatureDetail | None:
@@ -278,11 +281,22 @@ class ModelEngine:
 
     Called only from the model's queue thread. `limits` bound what `steering` accepts too."""
 
-    def __init__(self, model: Any, sae: Any, catalog: StoreCatalog, limits: Any) -> None:
+    def __init__(self, model: Any, sae: Any, catalog: StoreCatalog, limits: Any,
+                 allow_model_mismatch: bool = False) -> None:
         self.model = model
         self.sae = sae
         self.catalog = catalog
         self.limits = limits
+        self.allow_model_mismatch = allow_model_mismatch  # the operator accepted an SAE of another model
+
+    @property
+    def example_prompt(self) -> str:
+        """What the steering page's prompt box starts with: a toy-world sentence for the toy model,
+        nothing for other models (a toy prompt means nothing to them)."""
+        from saes.identity import identity_of_model
+
+        ident = identity_of_model(self.model)
+        return TOY_EXAMPLE_PROMPT if ident is not None and ident.source == "toy" else ""
 
     # -- helpers --------------------------------------------------------------------------------
     def _steer_limits(self):
@@ -316,7 +330,8 @@ class ModelEngine:
 
         typical = self.catalog.typical_max(e.feature for e in req.edits)
         cmp = compare(self.model, self.sae, [self._feature_edit(e) for e in req.edits], [req.prompt],
-                      self._gen_config(req), typical_max=typical, limits=self._steer_limits())
+                      self._gen_config(req), typical_max=typical, limits=self._steer_limits(),
+                      allow_model_mismatch=self.allow_model_mismatch)
         return SteerResult(prompt=req.prompt, default=cmp.unsteered[0], steered=cmp.steered[0], edits=req.edits)
 
     # -- which features fire --------------------------------------------------------------------
@@ -335,7 +350,8 @@ class ModelEngine:
                 n = len(model.tokenizer(text)["input_ids"]) + int(bos)
             if n > n_ctx:
                 raise ValueError(f"the text is {n} tokens long, more than the model's context of {n_ctx}; shorten it")
-        res = features_on_text(model, self.sae, text, top_n=int(top_k), prepend_bos=bos)
+        res = features_on_text(model, self.sae, text, top_n=int(top_k), prepend_bos=bos,
+                               allow_model_mismatch=self.allow_model_mismatch)
         start = 1 if bos and len(res.tokens) > 1 else 0  # the BOS position: no meaning, huge norms
         toks = res.tokens[start:]
         acts_SF = res.acts_SF[start:]
@@ -368,7 +384,8 @@ class ModelEngine:
         typical = self.catalog.typical_max([e.feature])
         cfg = SweepConfig(strengths=list(req.values), op=e.op, unit=e.unit, positions=e.positions, perplexity=True)
         res = sweep(self.model, self.sae, e.feature, [req.prompt], FiringScorer(self.model, self.sae, e.feature), cfg,
-                    gen_config=self._gen_config(req), typical_max=typical, limits=self._steer_limits())
+                    gen_config=self._gen_config(req), typical_max=typical, limits=self._steer_limits(),
+                    allow_model_mismatch=self.allow_model_mismatch)
         points = [SweepPoint(value=p.strength, concept=_finite(p.concept), fluency=_finite(p.fluency),
                              aggregate=_finite(p.aggregate), perplexity=_finite(p.perplexity),
                              text=p.examples[0] if p.examples else "") for p in res.points]

@@ -21,6 +21,7 @@ TRIGGERS = ("ocean forest castle rocket kitchen violin tiger garden winter coppe
 
 
 def _window(rng: random.Random, n: int, trigger: str | None, n_hits: int) -> tuple[list[str], list[float]]:
+    """Word pieces as a word-level tokenizer's windows have them: a space before every word but the first."""
     toks = [rng.choice(FILLER) for _ in range(n)]
     acts = [0.0] * n
     if trigger is not None:
@@ -29,7 +30,7 @@ def _window(rng: random.Random, n: int, trigger: str | None, n_hits: int) -> tup
             acts[p] = round(rng.uniform(2.0, 9.0), 3)
             if rng.random() < 0.3:
                 acts[p + 1] = round(rng.uniform(0.05, 0.3), 3)  # weak spill onto the next token
-    return toks, acts
+    return [t if i == 0 else " " + t for i, t in enumerate(toks)], acts
 
 
 def make_latents(n: int, *, seed: int = 0, n_top: int = 12, n_quantile: int = 24, n_random: int = 20,
@@ -45,7 +46,7 @@ def make_latents(n: int, *, seed: int = 0, n_top: int = 12, n_quantile: int = 24
         def ex(kind: str, j: int, trigger: str | None, q: int | None = None) -> Example:
             toks, acts = _window(rng, length, trigger, rng.choice((1, 1, 2)))
             if extra:
-                toks = toks[:3] + list(extra) + toks[3:]
+                toks = toks[:3] + [" " + t for t in extra] + toks[3:]
                 acts = acts[:3] + [0.0] * len(extra) + acts[3:]
             return Example(tuple(toks), tuple(acts), ref=f"{kind}:{i}:{j}", kind=kind, quantile=q)
 

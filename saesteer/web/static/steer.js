@@ -115,8 +115,10 @@
     return edits;
   }
   function readGen() {
+    const prompt = document.getElementById("prompt").value;
+    if (!prompt.trim()) throw new Error("write a prompt to continue");
     return {
-      prompt: document.getElementById("prompt").value,
+      prompt: prompt,
       max_new_tokens: Number(document.getElementById("max-new").value),
       temperature: Number(document.getElementById("temperature").value),
       seed: Number(document.getElementById("seed").value),
@@ -141,7 +143,7 @@
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     let body;
-    try { body = Object.assign(readGen(), { edits: readEdits() }); }
+    try { const edits = readEdits(); body = Object.assign(readGen(), { edits: edits }); }
     catch (e) { setStatus(statusEl, e.message, "error"); return; }
     genBtn.disabled = true;
     setStatus(statusEl, "generating…", "busy");

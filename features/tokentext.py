@@ -1,0 +1,335 @@
+"""Token text: what a window of token ids reads as, and which part of it each token contributes.
+
+One function, `token_text(tokenizer, ids)`, is the only place token ids become display text; the
+feature store keeps its result for every example, and the judge prompts, the CLI and the web app
+show those pieces (joined with nothing in between: the pieces carry their own spaces).
+
+    tt = token_text(tokenizer, [464, 1110, 3797])   # a GPT-2 window
+    tt.text     # 'The quick brown', exactly tokenizer.decode(ids) (special tokens kept, no clean-up)
+    tt.pieces   # ['The', ' quick', ' brown'], one per token; "".join(tt.pieces) == tt.text
+
+The pieces partition the text, for every kind of tokenizer:
+  * byte-level BPE (GPT-2, Llama 3, Qwen): a token's bytes; spaces are part of the token (" quick");
+  * SentencePiece (Llama 2, Mistral, Gemma): "▁" becomes a space, <0xNN> byte tokens are bytes, and
+    the one leading space the decoder strips from the text is taken from the first piece;
+  * word-level (the toy tokenizer): every token after the first carries the space before it;
+  * a character whose bytes are split over several tokens (CJK, emoji under byte-level BPE) belongs
+    to the token that completes it; the tokens before it have an empty piece. A window that starts
+    or ends inside a character reads as the tokenizer decodes it (U+FFFD for the cut bytes).
+
+How: a per-tokenizer table of the bytes (or word) each token contributes gives the pieces in one
+pass; they are used only when they join to exactly `tokenizer.decode(ids)`. Otherwise (another
+decoder, clean-up rules, a slow tokenizer) the pieces come from decoding every prefix of the window
+(`pieces_by_prefix`, the reference implementation: slower, always right by construction).
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+__all__ = ["TokenText", "token_text", "token_texts", "pieces_by_prefix", "align_pieces", "mark_pieces", "visible"]
+
+
+@dataclass(frozen=True)
+class TokenText:
+    """A window's text and where each token's piece starts in it (`offsets[i]`, characters)."""
+
+    text: str
+    offsets: tuple[int, ...]
+
+    @property
+    def pieces(self) -> list[str]:
+        return pieces_from_offsets(self.text, self.offsets)
+
+
+def pieces_from_offsets(text: str, offsets: Sequence[int]) -> list[str]:
+    """Token i's piece is text[offsets[i]:offsets[i+1]] (the last one runs to the end)."""
+    ends = list(offsets[1:]) + [len(text)]
+    return [text[a:b] for a, b in zip(offsets, ends)]
+
+
+def _offsets_of(pieces: Sequence[str]) -> tuple[int, ...]:
+    out, at = [], 0
+    for p in pieces:
+        out.append(at)
+        at += len(p)
+    return tuple(out)
+
+
+def decode_all(tokenizer, windows: Sequence[Sequence[int]]) -> list[str]:
+    """Each window's text as the tokenizer decodes it: special tokens kept, no clean-up of spaces."""
+    if not windows:
+        return []
+    return list(tokenizer.batch_decode([list(w) for w in windows], skip_special_tokens=False,
+                                       clean_up_tokenization_spaces=False))
+
+
+def token_text(tokenizer, ids: Sequence[int]) -> TokenText:
+    """The text of `ids` (exactly `tokenizer.decode`) and each token's piece of it."""
+    ids = [int(i) for i in ids]
+    return _with_text(tokenizer, ids, decode_all(tokenizer, [ids])[0])
+
+
+def token_texts(tokenizer, windows: Sequence[Sequence[int]]) -> list[TokenText]:
+    """`token_text` for many windows (one batched decode)."""
+    windows = [[int(i) for i in w] for w in windows]
+    texts = decode_all(tokenizer, windows)
+    return [_with_text(tokenizer, w, t) for w, t in zip(windows, texts)]
+
+
+def _with_text(tokenizer, ids: list[int], text: str) -> TokenText:
+    table = _table(tokenizer)
+    pieces = table.pieces(ids, text) if table is not None else None
+    if pieces is None:
+        pieces = pieces_by_prefix(tokenizer, ids, text)
+    return TokenText(text, _offsets_of(pieces))
+
+
+def pieces_by_prefix(tokenizer, ids: Sequence[int], text: str | None = None) -> list[str]:
+    """The reference: token i starts where the decoded prefix ids[:i] stops agreeing with the
+    window's text (a prefix ending inside a character decodes to U+FFFD there, so the character
+    falls to a later token). Decodes every prefix, O(len(ids)^2); the pieces always join to `text`."""
+    ids = [int(i) for i in ids]
+    text = decode_all(tokenizer, [ids])[0] if text is None else text
+    starts, prev = [], 0
+    for i, prefix in enumerate([""] + decode_all(tokenizer, [ids[:i] for i in range(1, len(ids))])):
+        if i:
+            n = 0
+            for a, b in zip(prefix, text):
+                if a != b:
+                    break
+                n += 1
+            prev = max(prev, n)
+        starts.append(prev)
+    return pieces_from_offsets(text, starts[:len(ids)])
+
+
+# ------------------------------------------------------------------------------------------------
+# The fast path: what each token contributes, from the tokenizer's decoder
+
+
+def _gpt2_byte_alphabet() -> dict[str, int]:
+    """Byte-level BPE's printable stand-in character for each byte, inverted (char -> byte).
+    Printable Latin-1 bytes stand for themselves; the others map to U+0100 upwards, in byte order."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+class _Table:
+    """What each token adds to the text, for three decoder families:
+
+    "bytes" (byte-level BPE): the token's bytes; the window's bytes are decoded as a whole
+        (invalid or cut-off sequences become U+FFFD, as the tokenizer's decoder does);
+    "spm" (SentencePiece with "▁" and <0xNN> byte fallback): the token's text, or one byte; a run
+        of byte tokens is one UTF-8 sequence, or one U+FFFD per byte when it is not valid;
+    "words" (word level): the token, after a space unless it is the first or a continuation.
+    """
+
+    def __init__(self, kind: str, entries: list[Any], strip_first_space: bool = False):
+        self.kind = kind
+        self.entries = entries  # bytes ("bytes"), str or int byte ("spm"), (word, continues) ("words")
+        self.strip_first_space = strip_first_space
+
+    def pieces(self, ids: list[int], text: str) -> list[str] | None:
+        n = len(self.entries)
+        if any(not 0 <= i < n for i in ids):
+            return None
+        if self.kind == "bytes":
+            chunks = [self.entries[i] for i in ids]
+            try:
+                pieces = [c.decode("utf-8") for c in chunks]
+            except UnicodeDecodeError:
+                pieces = _split_characters(chunks)
+        elif self.kind == "spm":
+            pieces = _spm_pieces([self.entries[i] for i in ids])
+        else:
+            pieces = []
+            for k, i in enumerate(ids):
+                word, continues = self.entries[i]
+                pieces.append(word if continues or k == 0 else " " + word)
+        joined = "".join(pieces)
+        if joined == text:
+            return pieces
+        if self.strip_first_space and joined[:1] == " " and joined[1:] == text:
+            for k, p in enumerate(pieces):  # the decoder dropped the text's first space: take it from its piece
+                if p:
+                    pieces[k] = p[1:]
+                    return pieces
+        return None
+
+
+def _split_characters(chunks: list[bytes]) -> list[str]:
+    """Decode the joined bytes, giving each character to the chunk that completes it; bytes cut
+    off by the end of the window (one U+FFFD) go to the chunk where they began."""
+    dec = codecs.getincrementaldecoder("utf-8")("replace")
+    pieces: list[str] = []
+    pending_from = None
+    for k, c in enumerate(chunks):
+        pieces.append(dec.decode(c))
+        buf = dec.getstate()[0]
+        if not buf:
+            pending_from = None
+        elif len(buf) <= len(c):  # a new unfinished character began in this chunk (else one goes on)
+            pending_from = k
+    tail = dec.decode(b"", final=True)
+    if tail and pieces:
+        pieces[len(pieces) - 1 if pending_from is None else pending_from] += tail
+    return pieces
+
+
+def _spm_pieces(entries: list[str | int]) -> list[str]:
+    pieces: list[str] = []
+    run: list[int] = []
+
+    def flush() -> None:
+        if not run:
+            return
+        raw = bytes(run)
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            pieces.extend("\ufffd" for _ in run)
+        else:
+            pieces.extend(_split_characters([bytes([b]) for b in run]))
+        run.clear()
+
+    for e in entries:
+        if isinstance(e, int):
+            run.append(e)
+        else:
+            flush()
+            pieces.append(e)
+    flush()
+    return pieces
+
+
+_NO_TABLE = object()
+
+
+def _table(tokenizer) -> _Table | None:
+    """The tokenizer's contribution table (built once, kept on the tokenizer object), or None when
+    its decoder is of a kind the table cannot describe."""
+    cached = tokenizer.__dict__.get("_saesteer_token_table", None) if hasattr(tokenizer, "__dict__") else None
+    if cached is not None:
+        return None if cached is _NO_TABLE else cached
+    try:
+        table = _build_table(tokenizer)
+    except Exception:  # an unusual tokenizer: the prefix reference handles it
+        table = None
+    if hasattr(tokenizer, "__dict__"):
+        tokenizer.__dict__["_saesteer_token_table"] = _NO_TABLE if table is None else table
+    return table
+
+
+def _decoder_spec(tokenizer) -> dict | None:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    dec = backend.decoder
+    if dec is None:
+        return {"type": None}
+    return json.loads(dec.__getstate__())
+
+
+def _build_table(tokenizer) -> _Table | None:
+    spec = _decoder_spec(tokenizer)
+    if spec is None:
+        return None
+    strings = [s or "" for s in tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))]
+    added = {int(i) for i in getattr(tokenizer, "added_tokens_decoder", {}) or {}}
+    kind = spec.get("type")
+    parts = spec.get("decoders", []) if kind == "Sequence" else [spec]
+    types = [p.get("type") for p in parts]
+    if types == ["ByteLevel"]:
+        alphabet = _gpt2_byte_alphabet()
+        return _Table("bytes", [s.encode("utf-8") if i in added or any(c not in alphabet for c in s)
+                                else bytes(alphabet[c] for c in s) for i, s in enumerate(strings)])
+    spm = [{"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "}, {"type": "ByteFallback"},
+           {"type": "Fuse"}]
+    if parts[:3] == spm and parts[3:] in ([], [{"type": "Strip", "content": " ", "start": 1, "stop": 0}]):
+        entries: list[str | int] = []
+        for i, s in enumerate(strings):
+            if len(s) == 6 and s.startswith("<0x") and s.endswith(">") and all(c in "0123456789ABCDEFabcdef" for c in s[3:5]):
+                entries.append(int(s[3:5], 16))
+            else:
+                entries.append(s if i in added else s.replace("\u2581", " "))
+        return _Table("spm", entries, strip_first_space=bool(parts[3:]))
+    if kind is None or (kind == "WordPiece" and not spec.get("cleanup")):
+        prefix = spec.get("prefix") if kind == "WordPiece" else None
+        return _Table("words", [(s[len(prefix):], True) if prefix and s.startswith(prefix) else (s, False)
+                                for s in strings])
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# Stores written before the pieces were kept
+
+
+def align_pieces(text: str, strings: Sequence[str]) -> list[str]:
+    """Pieces for a window of an older store, which kept only the window's text and each token
+    decoded on its own (best effort; the pieces always join to `text`): each token's string,
+    stripped, is looked for from the current place in `text`; the whitespace before it becomes part
+    of its piece; tokens that cannot be found (e.g. U+FFFD for part of a character) share the text
+    between their neighbours, the first of them taking all of it."""
+    starts: list[int] = []
+    pending: list[int] = []  # tokens not found yet
+    at = 0
+    for i, s in enumerate(strings):
+        core = s.strip()
+        if not core:
+            if s and text.startswith(s, at):  # a whitespace token: " ", "\n"
+                starts.append(at)
+                at += len(s)
+            else:
+                pending.append(i)
+                starts.append(at)
+            continue
+        j = text.find(core, at)
+        if j < 0:
+            pending.append(i)
+            starts.append(at)
+            continue
+        k = j
+        while k > at and text[k - 1].isspace():
+            k -= 1
+        for p in pending[1:]:
+            starts[p] = k
+        starts.append(k if pending else at)
+        pending = []
+        at = j + len(core)
+    return pieces_from_offsets(text, starts)
+
+
+def visible(piece: str) -> str:
+    """A piece as the CLI and the web pages show it: line breaks and tabs drawn (↵ ⇥), the rest as is."""
+    return piece.replace("\r\n", "\u21b5").replace("\n", "\u21b5").replace("\r", "\u21b5").replace("\t", "\u21e5")
+
+
+def mark_pieces(pieces: Sequence[str], marked: Iterable[int], open_mark: str, close_mark: str) -> str:
+    """The pieces joined, each marked one wrapped in `open_mark` ... `close_mark` (its leading
+    whitespace left outside). A mark on an empty piece (part of a character) moves on to the piece
+    that completes the character; with none left in the window it stays, around nothing."""
+    marks = set(marked)
+    out, carry = [], False
+    for i, p in enumerate(pieces):
+        mark = i in marks or carry
+        if mark and not p and any(pieces[i + 1:]):
+            carry = True
+            out.append(p)
+            continue
+        if mark:
+            core = p.lstrip() or p
+            p = f"{p[:len(p) - len(core)]}{open_mark}{core}{close_mark}"
+        carry = False
+        out.append(p)
+    return "".join(out)

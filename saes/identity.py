@@ -1,0 +1,212 @@
+"""Which model an activation cache, an SAE or a feature store belongs to, as plain data.
+
+    ident = ModelIdentity.from_json(manifest_model_identity)   # or from an older record's id
+    check_same_model(ident, identity_of_model(model), recorded_in="the cache caches/x",
+                     given_as="the model", override="allow_model_mismatch=True")
+
+A `ModelIdentity` is recorded at the start of the chain (the cache's manifest, or training straight
+from a model) and copied into every SAE folder (`saesteer.json`) and feature store made from it.
+Wherever two of them meet, `check_same_model` compares them and refuses a mismatch naming both
+sides and the override. This module only describes and compares; `saesteer.models` computes a
+loaded model's identity (hashing its files), attaches it to the model (`attach_identity`) and
+resolves a recorded identity back into a model (`ModelIdentity.load_spec`).
+
+It lives in `saes` because every domain package may import `saes` and none may import the face;
+it imports nothing but the standard library.
+
+Sources: 'toy' (the toy-world model; its weights file's SHA-256), 'hub' (an HF hub name at a
+commit), 'local' (an HF checkpoint directory: absolute path + SHA-256 of its weight files),
+'object' (a model built in code: SHA-256 of its parameters).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping
+
+SOURCES = ("toy", "hub", "local", "object")
+MODEL_ATTR = "_saesteer_identity"  # set on a model object by `attach_identity`
+_FILE_HASHED = ("toy", "local")  # weights_sha256 of these is over the same kind of bytes (weight files)
+_SHORT_HASH = 16  # older records keep only this many hex digits of the weights hash
+
+
+class ModelIdentityError(ValueError):
+    """A record's model cannot be determined or re-loaded."""
+
+
+class ModelMismatchError(ModelIdentityError):
+    """Two things that must belong to the same model record different models."""
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """Who a model is. `weights_sha256` may be a 16-digit prefix in records from older versions."""
+
+    source: str  # 'toy' | 'hub' | 'local' | 'object'
+    name: str  # toy: 'toyworld-tiny'; hub: 'gpt2'; local: the directory's name; object: cfg.model_name
+    revision: str | None = None  # hub: the commit HF resolved (or the revision asked for)
+    path: str | None = None  # local (and toy saved elsewhere): the absolute directory
+    weights_sha256: str | None = None
+    d_model: int | None = None
+    n_layers: int | None = None
+    d_vocab: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ModelIdentityError(f"model identity: source must be one of {', '.join(SOURCES)}, got {self.source!r}")
+        if not isinstance(self.name, str) or not self.name:
+            raise ModelIdentityError(f"model identity: name must be a non-empty string, got {self.name!r}")
+
+    @property
+    def id(self) -> str:
+        """A short stable id, e.g. 'hub:gpt2@607a30d7...', 'local:my-ckpt#sha256:0123456789abcdef'."""
+        tail = f"@{self.revision}" if self.revision else ""
+        if self.weights_sha256:
+            tail += f"#sha256:{self.weights_sha256[:_SHORT_HASH]}"
+        return f"{self.source}:{self.name}{tail}"
+
+    def describe(self) -> str:
+        """The id, with the directory where there is one (what error messages show)."""
+        return f"{self.id} at {self.path}" if self.path else self.id
+
+    @property
+    def saelens_model_name(self) -> str:
+        """What `cfg.json`'s `metadata.model_name` says: a name SAELens users can load the model by
+        (the hub name; a local checkpoint's absolute path), else our name."""
+        if self.source == "local" and self.path:
+            return self.path
+        return self.name
+
+    def load_spec(self) -> str | None:
+        """A `saesteer.models.load_model` spec that loads this model again, or None (a model built
+        in code, or a local model recorded without its directory by an older saesteer)."""
+        if self.source == "toy":
+            return f"toy:{self.path}" if self.path else "toy"
+        if self.source == "hub":
+            return f"{self.name}@{self.revision}" if self.revision else self.name
+        if self.source == "local":
+            return self.path
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]) -> "ModelIdentity":
+        if not isinstance(record, Mapping):
+            raise ModelIdentityError(f"model identity: expected a JSON object, got {type(record).__name__}")
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in record.items() if k in known}
+        for k in ("d_model", "n_layers", "d_vocab"):
+            if values.get(k) is not None:
+                values[k] = int(values[k])
+        try:
+            return cls(**values)
+        except TypeError as e:
+            raise ModelIdentityError(f"model identity: {e}") from None
+
+    @classmethod
+    def from_id(cls, text: str | None, revision: str | None = None) -> "ModelIdentity | None":
+        """Parse an id string ('local:NAME#sha256:...', 'hub:NAME@REV', 'toy:...') as older
+        versions recorded it; None when `text` is not such an id (e.g. SAELens's 'gpt2-small')."""
+        if not isinstance(text, str):
+            return None
+        source, sep, rest = text.partition(":")
+        if not sep or source not in SOURCES or not rest:
+            return None
+        rest, _, digest = rest.partition("#sha256:")
+        name, _, rev = rest.partition("@")
+        if not name:
+            return None
+        return cls(source, name, revision=rev or revision or None, weights_sha256=digest or None)
+
+
+def _same_hash(a: str, b: str) -> bool:
+    if a.startswith("sampled-") != b.startswith("sampled-"):
+        return False
+    n = min(len(a), len(b))
+    return n >= _SHORT_HASH and a[:n] == b[:n]
+
+
+def same_model(a: ModelIdentity, b: ModelIdentity) -> bool:
+    """Whether two identities name the same weights, as far as their records tell.
+
+    Toy and local models compare by the SHA-256 of their weight files (a directory copied
+    elsewhere is the same model); hub models by name and commit (an unknown revision matches any);
+    models built in code by the hash of their parameters."""
+    if a.d_model is not None and b.d_model is not None and a.d_model != b.d_model:
+        return False
+    if a.source in _FILE_HASHED and b.source in _FILE_HASHED:
+        if a.weights_sha256 and b.weights_sha256:
+            return _same_hash(a.weights_sha256, b.weights_sha256)
+        return a.source == b.source and a.name == b.name and (a.path is None or b.path is None or a.path == b.path)
+    if a.source != b.source:
+        return False
+    if a.source == "hub":
+        if a.name != b.name:
+            return False
+        if a.revision and b.revision:
+            n = min(len(a.revision), len(b.revision))
+            return a.revision[:n] == b.revision[:n] if n >= 7 else a.revision == b.revision
+        return True
+    if a.weights_sha256 and b.weights_sha256:
+        return _same_hash(a.weights_sha256, b.weights_sha256)
+    return a.name == b.name
+
+
+def check_same_model(
+    recorded: ModelIdentity | None,
+    given: ModelIdentity | None,
+    *,
+    recorded_in: str,
+    given_as: str,
+    override: str,
+    fix: str = "use the recorded model",
+) -> None:
+    """Raise `ModelMismatchError` naming both identities and `override` when `given` is not the
+    model `recorded_in` was made with. Nothing to compare (either side unknown) passes."""
+    if recorded is None or given is None or same_model(recorded, given):
+        return
+    if recorded.path and recorded.path == given.path and recorded.weights_sha256 and given.weights_sha256:
+        raise ModelMismatchError(
+            f"the model files in {given.path} changed since {recorded_in} was made (weights sha256 "
+            f"{recorded.weights_sha256[:_SHORT_HASH]} then, {given.weights_sha256[:_SHORT_HASH]} now); restore them, "
+            f"or pass {override} to use the changed model anyway")
+    raise ModelMismatchError(
+        f"{recorded_in} was made with model {recorded.describe()}, but {given_as} is {given.describe()}; "
+        f"{fix}, or pass {override} to use this one anyway")
+
+
+# ---------------------------------------------------------------------------------------------
+# where identities are kept on objects
+
+def attach_identity(model: Any, identity: ModelIdentity) -> None:
+    """Record on a loaded model who it is (`saesteer.models.load_model` does this)."""
+    setattr(model, MODEL_ATTR, identity)
+
+
+def identity_of_model(model: Any) -> ModelIdentity | None:
+    """The identity `attach_identity` put on `model`; None for a model loaded some other way."""
+    ident = getattr(model, MODEL_ATTR, None)
+    return ident if isinstance(ident, ModelIdentity) else None
+
+
+def identity_of_sae(sae: Any) -> ModelIdentity | None:
+    """The model an SAE was trained on, from its `saesteer.json` provenance (`model_identity`, or
+    the `model` id and `model_revision` older versions wrote); None without provenance (e.g. an
+    SAE made by another library: its `cfg.json` names models in that library's own terms)."""
+    prov = getattr(sae, "provenance", None) or {}
+    if prov.get("model_identity") is not None:
+        return ModelIdentity.from_json(prov["model_identity"])
+    data = prov.get("data") or {}
+    return ModelIdentity.from_id(prov.get("model"), data.get("model_revision") or prov.get("model_revision"))
+
+
+def check_sae_model(model: Any, sae: Any, *, sae_name: str = "sae", allow_mismatch: bool = False) -> None:
+    """Python-API check for code that pairs a model with an SAE: refuse (ModelMismatchError) an
+    SAE recorded for another model when both sides carry an identity."""
+    if allow_mismatch:
+        return
+    check_same_model(identity_of_sae(sae), identity_of_model(model), recorded_in=f"SAE {sae_name!r}",
+                     given_as="the model given", override="allow_model_mismatch=True",
+                     fix="load the model it records (saesteer.models.load_model)")

@@ -1,0 +1,96 @@
+"""Tokenizers of every kind we show text for, built here (no downloads, deterministic), and the
+text they are trained on: Python source, English prose and CJK.
+
+    bpe = byte_level_bpe()          # GPT-2 style: byte-level BPE, spaces inside tokens ("Ġthe")
+    sp = sentencepiece_bpe()        # Llama-2 style: "▁" for spaces, <0xNN> byte fallback, leading space stripped
+    toy = toyworld.tokenizer.load_tokenizer()   # word level (not here: it ships with toyworld)
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+PYTHON_SOURCE = '''\
+def boundary_localization(tokens, offsets):
+    """Find the boundary of every token in the decoded text."""
+    starts = []
+    for i, (lo, hi) in enumerate(offsets):
+        if hi <= lo:
+            continue
+        starts.append((i, lo))
+    return {"starts": starts, "count": len(starts)}
+
+
+class TokenWindow:
+    def __init__(self, ids: list[int], text: str = "") -> None:
+        self.ids = ids
+        self.text = text
+
+    def __repr__(self) -> str:
+        return f"TokenWindow({len(self.ids)} tokens)"
+'''
+
+PROSE = [
+    "The localization of a boundary is what the tokenizer decides, not the reader.",
+    "Anna saw two red boats near the reef, and the crabs swam in the deep harbour.",
+    "Permission is hereby granted, free of charge, to any person obtaining a copy of this software.",
+    "café, naïve, résumé: accents are several bytes in UTF-8.",
+]
+
+CJK = [
+    "日本語のテキストを分かち書きせずに書きます。",
+    "你好，世界。机器学习很有趣。",
+    "한국어 문장도 있습니다.",
+    "emoji 🙂 and 🐳 span four bytes each",
+]
+
+CORPUS = [PYTHON_SOURCE] * 3 + PROSE * 3 + CJK
+
+
+@lru_cache(maxsize=None)
+def _bpe_object(vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(CORPUS, trainer=trainer)
+    return tok.to_str()
+
+
+def byte_level_bpe(vocab_size: int = 420):
+    """GPT-2 style byte-level BPE trained on `CORPUS` (small: CJK characters stay split into bytes)."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(_bpe_object(vocab_size)),
+                                   bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>",
+                                   clean_up_tokenization_spaces=False)
+
+
+@lru_cache(maxsize=None)
+def _sp_object(vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    specials = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
+    # no CJK in its training text: those characters are spelled with <0xNN> byte tokens
+    tok.train_from_iterator([PYTHON_SOURCE] * 3 + PROSE * 3, trainer=trainer)
+    return tok.to_str()
+
+
+def sentencepiece_bpe(vocab_size: int = 600):
+    """A Llama-2 style tokenizer: BPE over "▁"-marked words, <0xNN> byte fallback, a decoder that
+    turns "▁" into spaces and strips the text's first space."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(_sp_object(vocab_size)),
+                                   bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   clean_up_tokenization_spaces=False)

@@ -1,0 +1,294 @@
+"""Token text from the tokenizer itself (features.tokentext), and every surface that shows it:
+the feature store, the judge prompts, `saesteer features show` and the web pages.
+
+Tokenizers: byte-level BPE and a SentencePiece-style BPE trained here on Python source, prose and
+CJK (helpers.text_tokenizers), and the toy world's word-level tokenizer."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from html.parser import HTMLParser
+
+import pytest
+import torch
+
+from features.tokentext import (_table, align_pieces, mark_pieces, pieces_by_prefix, token_text, token_texts,
+                                visible)
+from helpers.text_tokenizers import CJK, CORPUS, PROSE, PYTHON_SOURCE, byte_level_bpe, sentencepiece_bpe
+
+
+def _toy():
+    from toyworld.tokenizer import load_tokenizer
+
+    return load_tokenizer()
+
+
+TOKENIZERS = {"byte_level_bpe": byte_level_bpe, "sentencepiece": sentencepiece_bpe, "toy_words": _toy}
+TOY_TEXT = ["the sailor sees a whale .", "did the old owl fly over the sea ?"]
+
+
+def _decode(tok, ids):
+    return tok.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def _windows(tok, texts, step=3, max_len=48):
+    """Many windows of each text (cut anywhere, also inside a character), with and without BOS."""
+    out = []
+    for t in texts:
+        ids = tok(t, add_special_tokens=False)["input_ids"][:max_len]
+        for a in range(0, len(ids), step):
+            for b in range(a + 1, len(ids) + 1, step + 1):
+                out.append(ids[a:b])
+                out.append([tok.bos_token_id] + ids[a:b])
+    return out
+
+
+@pytest.mark.parametrize("name", list(TOKENIZERS))
+def test_window_text_is_the_decoding_and_pieces_join_to_it(name):
+    tok = TOKENIZERS[name]()
+    windows = _windows(tok, TOY_TEXT if name == "toy_words" else CORPUS)
+    assert _table(tok) is not None  # these three take the fast path
+    for w, tt in zip(windows, token_texts(tok, windows)):
+        assert tt.text == _decode(tok, w)
+        assert "".join(tt.pieces) == tt.text and len(tt.pieces) == len(w)
+        # the fast path (contribution table) is what gave these pieces
+        assert _table(tok).pieces(w, tt.text) == tt.pieces
+        # and it agrees with the reference (decoding every prefix) wherever no character is cut:
+        # with a cut one, both are valid partitions that place the U+FFFD differently
+        if "\ufffd" not in tt.text:
+            assert tt.pieces == pieces_by_prefix(tok, w), (w, tt.pieces)
+
+
+def test_code_is_not_garbled_by_guessing_spaces():
+    tok = byte_level_bpe()
+    line = PYTHON_SOURCE.splitlines()[0]  # def boundary_localization(tokens, offsets):
+    ids = tok(line, add_special_tokens=False)["input_ids"]
+    pieces = token_text(tok, ids).pieces
+    assert len(ids) > 5 and "".join(pieces) == line
+    # pieces that do not start a word carry no space: the old heuristic joined them with spaces
+    assert sum(1 for p in pieces if p[:1].isspace()) < 0.2 * len(pieces)
+
+
+def test_sentencepiece_spaces_and_byte_fallback():
+    tok = sentencepiece_bpe()
+    text = "The localization of a boundary 你好"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert tok.convert_ids_to_tokens(ids)[:2] == ["\u2581The", "\u2581localization"]
+    assert any(t.startswith("<0x") for t in tok.convert_ids_to_tokens(ids))  # CJK spelled in bytes
+    tt = token_text(tok, ids)
+    assert tt.text == text == _decode(tok, ids)  # the decoder strips the text's leading "▁"
+    assert tt.pieces[:5] == ["The", " localization", " of", " a", " boundary"]
+    assert tt.pieces[-6:] == ["", "", "你", "", "", "好"]  # each character on the byte token completing it
+
+
+def test_cjk_characters_split_over_byte_tokens_are_never_mojibake():
+    tok = byte_level_bpe()
+    for text in CJK:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        tt = token_text(tok, ids)
+        assert tt.text == text
+        assert "\ufffd" not in "".join(tt.pieces)
+        # every character is in exactly one piece; the byte tokens before it have empty pieces
+        assert [c for p in tt.pieces for c in p] == list(text)
+        assert sum(1 for p in tt.pieces if p == "") > 0
+    # a window cut inside a character reads as the tokenizer decodes it
+    ids = tok(CJK[0], add_special_tokens=False)["input_ids"]
+    for a in range(4):
+        w = ids[a:a + 7]
+        assert "".join(token_text(tok, w).pieces) == _decode(tok, w)
+
+
+def test_word_level_pieces_carry_the_space_before_them():
+    tok = _toy()
+    ids = tok(TOY_TEXT[0], add_special_tokens=False)["input_ids"]
+    assert token_text(tok, ids).pieces == ["the", " sailor", " sees", " a", " whale", " ."]
+    assert token_text(tok, [tok.bos_token_id] + ids).pieces[:2] == [tok.bos_token, " the"]
+
+
+def test_unknown_decoder_falls_back_to_the_reference():
+    from tokenizers import decoders
+
+    tok = byte_level_bpe()
+    tok.backend_tokenizer.decoder = decoders.Sequence([decoders.ByteLevel(), decoders.Strip("d", 1, 0)])  # odd
+    assert _table(tok) is None
+    ids = tok(PYTHON_SOURCE[:60], add_special_tokens=False)["input_ids"]
+    tt = token_text(tok, ids)
+    assert tt.text == _decode(tok, ids) and tt.text.startswith("ef ") and "".join(tt.pieces) == tt.text
+
+
+def test_marks_move_from_an_empty_piece_to_the_completing_one():
+    assert mark_pieces(["a", " b", "", "", "日"], [2], "<<", ">>") == "a b<<日>>"
+    assert mark_pieces(["a", " b"], [1], "[[", "]]") == "a [[b]]"
+    assert mark_pieces(["a", ""], [1], "<<", ">>") == "a<<>>"  # nothing to move to: the mark stays
+    assert visible("x\n\ty") == "x\u21b5\u21e5y"
+
+
+def test_align_pieces_recovers_older_stores_pieces():
+    tok = byte_level_bpe()
+    for text in PROSE + [PYTHON_SOURCE[:200]] + CJK:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        alone = [_decode(tok, [i]) for i in ids]  # what the vocab table of an older store holds
+        got = align_pieces(text, alone)
+        assert "".join(got) == text and len(got) == len(ids)
+        if not any("\ufffd" in s for s in alone):
+            assert got == token_text(tok, ids).pieces
+    sp = sentencepiece_bpe()
+    ids = sp(PROSE[1], add_special_tokens=False)["input_ids"]
+    alone = [_decode(sp, [i]) for i in ids]  # SentencePiece decodes "▁saw" alone as "saw"
+    assert align_pieces(PROSE[1], alone) == token_text(sp, ids).pieces
+
+
+# ------------------------------------------------------------------------------------------------
+# one store, every surface
+
+
+@pytest.fixture(scope="module")
+def code_store(tmp_path_factory):
+    """A feature store over byte-level BPE contexts of code, prose and CJK (random SAE)."""
+    import saes
+    from features import BuildConfig, TensorSource, build_feature_store
+
+    tok = byte_level_bpe()
+    ids = tok("\n".join(CORPUS * 2), add_special_tokens=False)["input_ids"]
+    L = 32
+    C = len(ids) // L
+    ctx_CL = torch.tensor(ids[: C * L]).reshape(C, L)
+    g = torch.Generator().manual_seed(0)
+    acts_RD = torch.randn(C * L, 16, generator=g)
+    sae = saes.create_sae("topk", 16, 24, k=4, generator=g, metadata={"hook_name": "blocks.0.hook_resid_post"})
+    path = tmp_path_factory.mktemp("tokentext") / "code.db"
+    cfg = BuildConfig(top_k=6, n_quantile=6, n_negative=4, negative_pool=64, window_before=10, window_after=4,
+                      n_neighbours=3, checkpoint_rows=0)
+    build_feature_store(path, sae, TensorSource(acts_RD, ctx_CL, name="code"), cfg, tokenizer=tok, progress=False)
+    return path, tok
+
+
+def _examples(path):
+    from features import FeatureStore
+
+    with FeatureStore.open(path) as st:
+        ids = [r.id for r in st.list_features(sort="freq", filter={"alive_only": True}, limit=100)]
+        return {i: st.feature(i).top_examples for i in ids}
+
+
+def test_store_keeps_the_exact_window_text_and_pieces(code_store):
+    path, tok = code_store
+    n_code = 0
+    for exs in _examples(path).values():
+        for e in exs:
+            assert e.text == _decode(tok, e.token_ids)
+            assert "".join(e.tokens) == e.text and len(e.tokens) == len(e.token_ids)
+            n_code += "def " in e.text or "self." in e.text
+    assert n_code > 0
+
+
+def test_judge_prompt_text_is_the_tokenizers_decoding(code_store):
+    from autointerp.examples import active_positions
+    from autointerp.featurestore import FeatureStoreLabels
+    from autointerp.prompts import MARK_CLOSE, MARK_OPEN, build_detection_messages, build_explain_messages, escape_data
+
+    path, tok = code_store
+    checked = 0
+    with FeatureStoreLabels.open(path) as st:
+        for latent in st.latent_ids()[:10]:
+            lex = st.examples(latent)
+            for ex in lex.top[:3]:
+                store_ex = next(e for e in st.store.examples(latent, "top") if str(e.id) == ex.ref)
+                window = _decode(tok, store_ex.token_ids)
+                user = build_explain_messages([ex], mark_threshold=0.5)[1]["content"]
+                line = user.split("Example 1: ", 1)[1].split("\n", 1)[0]
+                assert line.replace(MARK_OPEN, "").replace(MARK_CLOSE, "") == escape_data(window).strip()
+                # one mark per marked token, a mark on an empty piece joining the piece that completes it
+                marked = {next((j for j in range(p, len(ex.tokens)) if ex.tokens[j]), p)
+                          for p in active_positions(ex, 0.5)}
+                assert line.count(MARK_OPEN) == line.count(MARK_CLOSE) == len(marked) > 0
+                detect = build_detection_messages("some label", [ex])[1]["content"]
+                assert f"Context 1: {escape_data(window).strip()}\n" in detect
+                checked += 1
+    assert checked >= 10
+
+
+def test_features_show_and_the_web_page_show_the_same_text(code_store, capsys, monkeypatch):
+    from features import FeatureStore
+    from helpers.web_app import client
+    from saesteer.cli import main
+    from saesteer.web import Limits, ServeConfig, StoreEntry, create_app
+    from saesteer.web.store_source import StoreCatalog
+
+    path, tok = code_store
+    monkeypatch.setenv("COLUMNS", "2000")  # one line per example
+    cjk = re.compile("[\u3040-\u30ff\u4e00-\u9fff\uac00-\ud7af]")
+    picked = {}  # a latent whose examples hold code, and one whose examples hold CJK
+    for i, exs in _examples(path).items():
+        for kind, hit in (("code", lambda t: "def " in t or "self." in t), ("cjk", cjk.search)):
+            if kind not in picked and any(hit(e.text) for e in exs[:5]):
+                picked[kind] = (i, exs)
+    assert set(picked) == {"code", "cjk"}
+
+    cat = StoreCatalog(FeatureStore.open(path), name="code")
+    app = create_app([StoreEntry("code", cat)], config=ServeConfig(port=8000), limits=Limits())
+    with client(app) as c:
+        for latent, exs in picked.values():
+            want = [visible(_decode(tok, e.token_ids)) for e in exs[:5]]
+            assert main(["features", "show", str(path), str(latent), "--examples", "5"]) == 0
+            out = capsys.readouterr().out
+            lines = [re.match(r"^ *-?\d+\.\d{3} (.*)$", ln) for ln in out.split("top examples", 1)[1].splitlines()]
+            assert [m.group(1) for m in lines if m][:5] == want
+            page = c.get(f"/s/code/f/{latent}", headers={"accept": "text/html"}).text
+            assert _example_texts(page)[:5] == want
+
+
+class _Toks(HTMLParser):
+    """The text of each `<span class="toks">` (an example window) of a page."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.windows: list[str] = []
+        self._depth = 0
+
+    def handle_starttag(self, tag, attrs):
+        if tag != "span":
+            return
+        if self._depth:
+            self._depth += 1
+        elif "toks" in (dict(attrs).get("class") or "").split():
+            self._depth = 1
+            self.windows.append("")
+
+    def handle_endtag(self, tag):
+        if tag == "span" and self._depth:
+            self._depth -= 1
+
+    def handle_data(self, data):
+        if self._depth:
+            self.windows[-1] += data
+
+
+def _example_texts(page: str) -> list[str]:
+    p = _Toks()
+    p.feed(page)
+    return p.windows
+
+
+def test_older_stores_stay_readable(code_store, tmp_path):
+    from features import FeatureStore
+
+    path, tok = code_store
+    old = tmp_path / "old.db"
+    old.write_bytes(path.read_bytes())
+    with sqlite3.connect(old) as conn:  # as written before the pieces were kept
+        conn.execute("ALTER TABLE examples DROP COLUMN token_offsets")
+    new = _examples(path)
+    with FeatureStore.open(old) as st:  # read-only: nothing changes on disk
+        for i, exs in new.items():
+            for a, b in zip(st.feature(i).top_examples, exs):
+                assert a.text == b.text and "".join(a.tokens) == a.text
+                if "\ufffd" not in "".join(st.token_str(t) for t in a.token_ids):
+                    assert a.tokens == b.tokens
+    with sqlite3.connect(old) as conn:
+        assert "token_offsets" not in {r[1] for r in conn.execute("PRAGMA table_info(examples)")}
+    with FeatureStore.open(old, readonly=False) as st:  # writable: the column is added
+        assert st.feature(next(iter(new))).top_examples[0].text == new[next(iter(new))][0].text
+    with sqlite3.connect(old) as conn:
+        assert "token_offsets" in {r[1] for r in conn.execute("PRAGMA table_info(examples)")}
