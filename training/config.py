@@ -298,6 +298,12 @@ class DataConfig:
                           "without a cache; none: the model the cache records (without a cache: toy)"},
     )
     model_eval: bool = field(default=True, metadata={"help": "load the model for CE loss recovered and KL divergence"})
+    process_weights: bool = field(
+        default=False,
+        metadata={"help": "without a cache: apply TransformerLens's default weight processing to --model (as "
+                          "HookedSAETransformer.from_pretrained does; see `saesteer cache --process-weights`). With a "
+                          "cache, its record decides"},
+    )
     eval_split: str = field(
         default="validation",
         metadata={"help": "split giving the held-out contexts of the CE evaluation, of the training data or of "

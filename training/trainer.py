@@ -504,7 +504,12 @@ def _sae_metadata(prov: dict[str, Any]) -> dict[str, Any]:
     # model_name: the name SAELens users load the model by (hub name, local path), else our id
     keys = {"model_name": "model_name" if prov.get("model_name") else "model", "hook_name": "hook_name",
             "context_size": "context_size", "prepend_bos": "prepend_bos", "dataset_path": "dataset"}
-    return {k: prov[src] for k, src in keys.items() if prov.get(src) is not None}
+    meta = {k: prov[src] for k, src in keys.items() if prov.get(src) is not None}
+    if prov.get("model_identity") is not None:  # how to load the model: raw weights, or processed (SAELens's hint)
+        from saes.identity import ModelIdentity
+
+        meta["model_from_pretrained_kwargs"] = ModelIdentity.from_json(prov["model_identity"]).saelens_load_kwargs
+    return meta
 
 
 def _version() -> str:

@@ -247,6 +247,10 @@ def _prepare_data(run_cfg, data_cfg, text_cfg, coll=None, allow_model_mismatch: 
             reader = CacheReader(data_cfg.cache, t.batch_size // world, hook=data_cfg.hook, seed=t.seed, epochs=None,
                                  buffer_rows=data_cfg.reader_buffer_rows, rank=rank, world_size=world)
         man = reader.manifest
+        recorded = man.recorded_model()
+        if data_cfg.process_weights and recorded is not None and not recorded.processed:
+            raise ValueError(f"the cache {data_cfg.cache} was made with {recorded.id}'s raw weights, so --process-weights "
+                             f"does not apply; leave it out, or cache again with `saesteer cache --process-weights`")
         prov = cache_provenance(man, data_cfg.cache, reader.hook)
         if world > 1:
             prov.update(world_size=world, dp_partition=data_cfg.dp_partition)
@@ -281,7 +285,8 @@ def _prepare_data(run_cfg, data_cfg, text_cfg, coll=None, allow_model_mismatch: 
     from training.reader import model_batches
     from training.text import resolve_data
 
-    model = load_model(data_cfg.model or "toy", device=t.device)  # the start of the chain: toy by default
+    # the start of the chain: toy by default
+    model = load_model(data_cfg.model or "toy", device=t.device, process_weights=data_cfg.process_weights)
     hook = data_cfg.hook or f"blocks.{model.cfg.n_layers // 2}.hook_resid_post"
     check_hook_names(model, hook)
     source = _Replayable(lambda: model_batches(model, text_cfg, hook, t.batch_size, seed=t.seed))
