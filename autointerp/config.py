@@ -86,7 +86,7 @@ class LabelConfig:
     """Labelling: which latents, which examples, which scores, how much to spend."""
 
     latents: str | None = field(default=None, metadata={"help": "latents to label, e.g. '0-99,512' (default: all in the store)"})
-    limit: int | None = field(default=None, metadata={"help": "label at most this many of them (a trial run)"})
+    limit: int | None = field(default=None, metadata={"help": "label only this many of them, the most frequent first (a trial run)"})
     n_explain_top: int = field(default=10, metadata={"help": "top-activating examples shown to the explainer"})
     n_explain_quantile: int = field(default=10, metadata={"help": "quantile examples (spread over quantiles) shown to the explainer"})
     n_detect: int = field(default=10, metadata={"help": "held-out activating contexts for detection (and as many non-activating)"})

@@ -85,8 +85,9 @@ class FeatureStoreLabels:
                     f"{self.path}: the feature store build is not complete; finish it (re-run the same "
                     "`saesteer features build` command) before labelling"
                 )
-            rows = self.store.list_features(sort="id", filter={"alive_only": True}, offset=0, limit=self.store.d_sae)
-            self._ids = [r.id for r in rows]
+            rows = self.store.list_features(sort="freq", descending=True, filter={"alive_only": True}, offset=0,
+                                            limit=self.store.d_sae)
+            self._ids = [r.id for r in rows]  # most frequent first (ties: lower id)
         return list(self._ids)
 
     def examples(self, latent: int) -> LatentExamples:

@@ -168,6 +168,9 @@ class RunReport:
 
 
 def select_latents(store: LabelStore, cfg: LabelConfig) -> list[int]:
+    """The latents to label: `cfg.latents` (default: every latent that fires), and with `cfg.limit`
+    only the most frequent that many of them; most frequent first, so a budget or an interrupted
+    run has spent itself on the latents that matter most."""
     ids = store.latent_ids()
     if cfg.latents is not None:
         have = set(ids)
@@ -178,7 +181,8 @@ def select_latents(store: LabelStore, cfg: LabelConfig) -> list[int]:
                 f"latents {missing[:10]}{'...' if len(missing) > 10 else ''} cannot be labelled: they are dead "
                 f"(never fire, so have no examples) or not in the store ({len(ids)} latents can be labelled)"
             )
-        ids = wanted
+        keep = set(wanted)
+        ids = [i for i in ids if i in keep]
     if cfg.limit is not None:
         ids = ids[: cfg.limit]
     return ids

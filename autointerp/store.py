@@ -1,6 +1,6 @@
 """What auto-interp needs from a feature store, and the record it writes back.
 
-`LabelStore` is the narrow interface the runner uses: which latents exist, their examples, which
+`LabelStore` is the narrow interface the runner uses: which latents exist (most frequent first), their examples, which
 already have a label from this labeller, and an atomic write of one latent's label + scores +
 provenance (or of its failure). `MemoryLabelStore` implements it in memory (tests, notebooks);
 `autointerp.featurestore.FeatureStoreLabels` implements it over the SQLite feature store.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Protocol
+from typing import Any, Iterable, Mapping, Protocol
 
 from .examples import LatentExamples
 
@@ -46,7 +46,9 @@ class LabelFailure:
 
 
 class LabelStore(Protocol):
-    def latent_ids(self) -> list[int]: ...
+    def latent_ids(self) -> list[int]:
+        """The latents that can be labelled (they fire), most frequent first (ties: lower id first)."""
+        ...
 
     def examples(self, latent: int) -> LatentExamples: ...
 
@@ -58,15 +60,17 @@ class LabelStore(Protocol):
 
 
 class MemoryLabelStore:
-    """An in-memory `LabelStore` over a dict of LatentExamples."""
+    """An in-memory `LabelStore` over a dict of LatentExamples (`frequencies`: latent -> share of
+    tokens it fires on; without them every latent counts as equally frequent, so ids go in order)."""
 
-    def __init__(self, latents: Iterable[LatentExamples]) -> None:
+    def __init__(self, latents: Iterable[LatentExamples], frequencies: Mapping[int, float] | None = None) -> None:
         self._ex = {lx.latent: lx for lx in latents}
+        self._freq = dict(frequencies or {})
         self.results: dict[tuple[int, str, str], LabelResult] = {}
         self.failures: list[LabelFailure] = []
 
     def latent_ids(self) -> list[int]:
-        return sorted(self._ex)
+        return sorted(self._ex, key=lambda i: (-self._freq.get(i, 0.0), i))
 
     def examples(self, latent: int) -> LatentExamples:
         if latent not in self._ex:

@@ -344,10 +344,10 @@ def toy(args) -> str:
         vec = diff_of_means(model, hook, pos, neg)
         scorer = toy_scorer(topic, "sentence")
 
-        def margin(pt):  # the quantity the --rule maximises ("weakest": the plain margin)
+        def margin(pt):  # the quantity the --rule maximises ("weakest": the plain margin); grammar = toy validator
             if args.rule == "z":
-                return min((pt.concept - 0.5) / max(pt.concept_se, 0.01), (pt.fluency - 0.8) / max(pt.fluency_se, 0.01))
-            return min(pt.concept - 0.5, pt.fluency - 0.8)
+                return min((pt.concept - 0.5) / max(pt.concept_se, 0.01), (pt.grammar - 0.8) / max(pt.grammar_se, 0.01))
+            return min(pt.concept - 0.5, pt.grammar - 0.8)
 
         # each candidate latent swept on the dev seed; the (latent, strength) with the best margin wins
         best = None
@@ -360,9 +360,9 @@ def toy(args) -> str:
                               if s else None,
                               grid, prompts, scorer, gen_config=cfg(args.dev_seed), typical_max=prov,
                               with_perplexity=False)
-            s_c = recommend_strength(pts, min_fluency=0.8, target_concept=0.5, rule=args.rule)
-            if s_c is None:
-                s_c = recommend_strength(pts)
+            s_c = recommend_strength(pts, min_grammar=0.8, target_concept=0.5, rule=args.rule)
+            if s_c is None:  # nothing meets the targets: the best harmonic mean (else the strongest point)
+                s_c = recommend_strength(pts) or max(p.strength for p in pts)
             m_c = margin(next(p for p in pts if p.strength == s_c))
             print(f"  {topic}: candidate {c.feature} (contrast {c.score:.3f}) best dev strength {s_c:g} margin {m_c:+.3f}",
                   file=sys.stderr, flush=True)
@@ -390,9 +390,9 @@ def toy(args) -> str:
             else:
                 pts = sweep_edits(model, saes_arg, make, grid, prompts, scorer, gen_config=cfg(args.dev_seed),
                                   typical_max=provider, with_perplexity=False)
-                s = recommend_strength(pts, min_fluency=0.8, target_concept=0.5, rule=args.rule)
+                s = recommend_strength(pts, min_grammar=0.8, target_concept=0.5, rule=args.rule)
                 if s is None:
-                    s = recommend_strength(pts)
+                    s = recommend_strength(pts) or max(grid)
             edit = make(s)
             if edit is None:
                 gen = generate(model, test_prompts, cfg(args.test_seed))

@@ -33,8 +33,6 @@ def sae_fingerprint(sae) -> str:
 def sae_description(sae, path: str | None = None) -> dict:
     """What the store records about the SAE it was built from (`path` made absolute, so the store
     finds its SAE from any working directory)."""
-    from pathlib import Path
-
     cfg = sae.cfg
     md = dict(getattr(cfg, "metadata", {}) or {})
     return {
@@ -45,5 +43,14 @@ def sae_description(sae, path: str | None = None) -> dict:
         "matryoshka_widths": list(getattr(cfg, "matryoshka_widths", []) or []) or None,
         "hook_name": md.get("hook_name"),
         "model_name": md.get("model_name"),
-        "path": str(Path(path).expanduser().resolve()) if path else None,
+        "path": _absolute(path),
     }
+
+
+def _absolute(path: str | None) -> str | None:
+    """An SAE spec made absolute where it is a path (a registry id such as sae_lens:RELEASE/SAE_ID stays)."""
+    from pathlib import Path
+
+    if not path:
+        return None
+    return path if str(path).startswith("sae_lens:") else str(Path(path).expanduser().resolve())

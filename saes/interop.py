@@ -16,13 +16,11 @@ from saes.io import sae_from_sae_lens_dict, sae_lens_config, sae_state_dict
 
 
 def load_pretrained(release: str, sae_id: str, device: str = "cpu", dtype: torch.dtype | None = None) -> SAE:
-    """An SAE from SAELens's pretrained registry, e.g. ("gpt2-small-res-jb", "blocks.8.hook_resid_pre").
+    """An SAE from SAELens's pretrained registry, e.g. ("gpt2-small-res-jb", "blocks.8.hook_resid_pre"):
+    `saes.formats.resolve_sae("sae_lens:RELEASE/SAE_ID")` (sae_lens's loaders, the HF cache), its SAE."""
+    from saes.formats import resolve_sae
 
-    Downloads through sae_lens's own loaders (needs the HF hub), then converts to our classes."""
-    from sae_lens import SAE as SaeLensSAE
-
-    sl_sae = SaeLensSAE.from_pretrained(release, sae_id, device=device)
-    return from_sae_lens(sl_sae, dtype=dtype, source=f"{release}/{sae_id}")
+    return resolve_sae(f"sae_lens:{release}/{sae_id}", device=device, dtype=dtype).sae
 
 
 def from_sae_lens(sl_sae: Any, dtype: torch.dtype | None = None, source: str = "sae_lens SAE") -> SAE:

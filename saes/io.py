@@ -24,7 +24,6 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ from safetensors.torch import load, save
 
 from saes.base import SAE
 from saes.batchtopk import BatchTopKSAE
-from saes.fileio import atomic_write_bytes, atomic_write_json, fsync_dir, read_json
+from saes.fileio import atomic_write_bytes, atomic_write_json, fsync_dir, make_temp_dir, read_json
 from saes.matryoshka import MatryoshkaSAE
 from saes.registry import sae_class
 from saes.threshold import JumpReLUSAE
@@ -137,7 +136,7 @@ def save_sae(sae: SAE, path: str | os.PathLike, provenance: dict[str, Any] | Non
         atomic_write_json(path / CFG_FILENAME, cfg)
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = make_temp_dir(f".{path.name}.", path.parent)
     try:
         atomic_write_bytes(tmp / WEIGHTS_FILENAME, files[WEIGHTS_FILENAME])
         if provenance is not None:

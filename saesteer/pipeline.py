@@ -17,7 +17,7 @@ Work folder (`DemoConfig.out`):
     cache/           activation cache of `hook` (training.cache format)
     train/           training run: saes/<name>/ (SAELens folder), metrics.json, training_curves.html, ...
     features.db      feature store (with labels, scores, concept matches, recommended strength)
-    steering/        the dose-response sweep of the steering example (HTML + JSON) and example.json
+    steering/        the dev-sample sweeps of the steering candidates (HTML + JSON) and example.json
     summary.json     everything the printed summary shows
 """
 
@@ -40,8 +40,8 @@ __all__ = [
 
 STAGES = ("model", "cache", "train", "features", "label", "steer")
 MARKER = "demo.json"
-# Unconditional generation ("" = BOS only) plus two ordinary openings, for the side-by-side example.
-EXAMPLE_PROMPTS = ("", "anna was a happy", "the old farmer saw")
+SPARSE_MAX_FREQ = 0.05  # a steering showcase latent fires on at most this share of tokens
+AUTO = "auto"
 
 
 class DemoError(RuntimeError):
@@ -72,12 +72,21 @@ class DemoConfig:
         metadata={"help": "label at most this many latents, most frequent first (none: all of them with the offline "
                           "judge, 100 with an LLM judge)"},
     )
-    steer_topic: str = field(default="ocean", metadata={"help": "toy-world topic of the steering example"})
+    steer_topic: str = field(
+        default=AUTO,
+        metadata={"help": "toy-world topic of the steering example, or 'auto': the topics whose sparse latents match "
+                          "them best (token F1)"},
+    )
+    steer_candidates: int = field(
+        default=3, metadata={"help": "sparse topic latents (best concept F1 first) swept on the dev samples"})
     steer_strengths: list[float] = field(
-        default_factory=lambda: [1.0, 1.5, 2.0, 3.0, 4.0],
+        default_factory=lambda: [1.0, 2.0, 3.0, 4.0, 6.0, 8.0],
         metadata={"help": "strengths of the steering sweep, in multiples of the feature's typical max activation"},
     )
-    steer_samples: int = field(default=16, metadata={"help": "unconditional samples per strength in the steering sweep"})
+    steer_samples: int = field(
+        default=16, metadata={"help": "unconditional dev samples per strength (seed --seed) that pick the latent and strength"})
+    steer_test_samples: int = field(
+        default=32, metadata={"help": "held-out unconditional samples (seed --seed + 1) the steering figures are reported on"})
     steer_positions: str = field(
         default="0,1,2,3,4",
         metadata={"help": "token positions the steering example edits (0 = BOS; 'all' for every position): the "
@@ -94,7 +103,7 @@ class DemoConfig:
                 raise ValueError(f"DemoConfig.{name} must be a {'non-negative' if allow_zero else 'positive'} integer; got {v!r}")
 
         for n in ("cache_tokens", "train_tokens", "d_sae", "k", "batch_size", "dead_tokens", "steer_samples",
-                  "steer_new_tokens"):
+                  "steer_test_samples", "steer_candidates", "steer_new_tokens"):
             pos(n)
         for n in ("ce_contexts", "showcase", "seed"):
             pos(n, allow_zero=True)
@@ -110,11 +119,12 @@ class DemoConfig:
 
         normalize_positions(self.steer_positions)  # a clear error for a bad --steer-positions
         if not any(v != 0 for v in self.steer_strengths):
-            raise ValueError("DemoConfig.steer_strengths needs a non-zero strength; give e.g. 1,1.5,2,3,4")
+            raise ValueError("DemoConfig.steer_strengths needs a non-zero strength; give e.g. 1,2,3,4,6,8")
         from toyworld.lexicon import TOPICS
 
-        if self.steer_topic not in TOPICS:
-            raise ValueError(f"DemoConfig.steer_topic must be a toy-world topic ({', '.join(TOPICS)}); got {self.steer_topic!r}")
+        if self.steer_topic != AUTO and self.steer_topic not in TOPICS:
+            raise ValueError(f"DemoConfig.steer_topic must be '{AUTO}' or a toy-world topic ({', '.join(TOPICS)}); "
+                             f"got {self.steer_topic!r}")
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -165,21 +175,25 @@ class FeatureShowcase:
 
 @dataclass
 class SteeringExample:
-    """The steering example: a topic feature, its calibrated strength, default vs steered text."""
+    """The steering example: a sparse latent that matches a toy-world topic, its strength picked on
+    dev samples, its effect measured on held-out samples, and held-out samples side by side."""
 
     topic: str
     feature: int
     label: str | None
+    concept_f1: float  # token F1 of the latent for topic:<topic> (ground truth)
+    freq: float  # share of tokens the latent fires on (feature store)
+    detection: float | None  # its label's detection score, if labelled and scored
     strength: float  # multiples of the feature's typical max activation (op: add)
     raw_strength: float | None
     rule: str
-    topic_share_default: float  # share of the topic's words among topic-bearing words, strength 0
-    topic_share_steered: float
-    fluency_default: float  # grammatical share of complete sentences
-    fluency_steered: float
-    prompts: list[str]
-    default: list[str]
-    steered: list[str]
+    met: bool  # the dev sweep found a strength meeting every target (else: the closest one is shown)
+    verdict: str
+    dev: dict[str, Any]  # {seed, samples, share/fluency/grammar at 0 and at the strength}
+    test: dict[str, Any]  # the same on held-out samples (another seed), with standard errors
+    examples: list[dict[str, Any]]  # held-out samples side by side: {sample, default, steered, shares}
+    visible: int  # held-out samples whose steered text is on topic (share >= 0.5) and whose default is not
+    candidates: list[dict[str, Any]]  # every latent swept: {feature, topic, f1, freq, recommended, margin}
     sweep_html: str
     sae_fingerprint: str = ""
     settings: dict[str, Any] = field(default_factory=dict)
@@ -432,10 +446,8 @@ def _stage_label(cfg: DemoConfig, paths: DemoPaths, judge_cfg, progress: bool, i
     say(f"judge: {backend}" + (f" ({model_name})" if model_name else " (token statistics, no LLM)")
         + ("" if limit is None else f"; the {limit} most frequent latents"))
     with FeatureStoreLabels.open(paths.store) as st:
-        rows = st.store.list_features(sort="freq", filter={"alive_only": True}, limit=st.store.d_sae)
-        ids = [r.id for r in rows][: limit if limit is not None else None]
         # also fine under Jupyter's running event loop: label_latents then runs in a worker thread
-        report = label_latents(st, judge, LabelConfig(seed=cfg.seed), progress=progress, latents=sorted(ids))
+        report = label_latents(st, judge, LabelConfig(seed=cfg.seed, limit=limit), progress=progress)
         n_labelled = st.store.count_features({"has_label": True})
     if report.labelled == 0 and not report.failed:
         info["status"] = "reused"
@@ -498,19 +510,34 @@ def _marked(example, before: int = 8, after: int = 3) -> str:
     return ("... " if lo > 0 else "") + text + (" ..." if hi < len(toks) else "")
 
 
-def _stage_steer(cfg: DemoConfig, paths: DemoPaths, model, sae, progress: bool, info: dict, say) -> SteeringExample:
-    from features import FeatureStore, sae_fingerprint
-    from saesteer.commands._steering import toy_scorer
-    from steering import FeatureEdit, GenerationConfig, StoreLink, SweepConfig
-    from steering.generation import compare
-    from steering.search import contrast_features
-    from steering.sweeps import recommend_strength, store_recommendation, sweep, write_sweep_html, write_sweep_json
-    from toyworld.grammar import generate_document
+def _steering_candidates(store, topic: str, n: int) -> tuple[list[dict[str, Any]], bool]:
+    """Latents that match a toy-world topic (token F1, the store's concept matches), best first:
+    sparse ones (firing on at most SPARSE_MAX_FREQ of tokens, not flagged dense or BOS-only) when
+    there are any; (candidates, sparse)."""
     from toyworld.lexicon import TOPICS
 
+    concepts = {f"topic:{t}": t for t in (TOPICS if topic == AUTO else [topic])}
+    rows: dict[int, dict[str, Any]] = {}
+    for m in store.concept_matches():
+        if m.concept not in concepts or (m.feature_id in rows and rows[m.feature_id]["f1"] >= m.f1):
+            continue
+        st = store.feature(m.feature_id).stats
+        rows[m.feature_id] = {"feature": m.feature_id, "topic": concepts[m.concept], "f1": round(float(m.f1), 4),
+                              "freq": float(st.freq), "flags": list(st.flags)}
+    ranked = sorted(rows.values(), key=lambda r: (-r["f1"], r["feature"]))
+    sparse = [r for r in ranked if r["freq"] <= SPARSE_MAX_FREQ and not {"dense", "bos_only", "dead"} & set(r["flags"])]
+    return (sparse or ranked)[:n], bool(sparse)
+
+
+def _stage_steer(cfg: DemoConfig, paths: DemoPaths, model, sae, progress: bool, info: dict, say) -> SteeringExample | None:
+    from features import FeatureStore, sae_fingerprint
+    from saesteer.commands._steering import toy_scorer
+    from steering import GenerationConfig, StoreLink, SweepConfig
+    from steering.sweeps import store_recommendation, sweep, target_margin, write_sweep_html, write_sweep_json
+
     fp = sae_fingerprint(sae)
-    settings = {k: getattr(cfg, k)
-                for k in ("steer_topic", "steer_strengths", "steer_samples", "steer_positions", "steer_new_tokens", "seed")}
+    settings = {k: getattr(cfg, k) for k in ("steer_topic", "steer_candidates", "steer_strengths", "steer_samples",
+                                              "steer_test_samples", "steer_positions", "steer_new_tokens", "seed")}
     example_file = paths.steering / "example.json"
     if example_file.is_file():
         old = json.loads(example_file.read_text(encoding="utf-8"))
@@ -519,66 +546,110 @@ def _stage_steer(cfg: DemoConfig, paths: DemoPaths, model, sae, progress: bool, 
             info["note"] = f"feature {old['feature']} toward '{old['topic']}'"
             return SteeringExample(**old)
 
-    topic = cfg.steer_topic
-    say(f"finding the feature for topic '{topic}': mean activation on {topic} documents minus other topics")
-    docs = {t: [generate_document(f"demo-steer-{t}-{i}", topic=t).text for i in range(24)] for t in TOPICS}
-    negative = [d for t in TOPICS if t != topic for d in docs[t][:6]]
-    cand = contrast_features(model, sae, docs[topic], negative, top=1)[0]
+    targets = dict(target_concept=0.5, min_fluency=0.8, min_grammar=0.8)
     with FeatureStore.open(paths.store, readonly=False) as store:
         link = StoreLink(store)
-        label = store.label(cand.feature).text if store.label(cand.feature) is not None else None
+        cands, sparse = _steering_candidates(store, cfg.steer_topic, cfg.steer_candidates)
+        if not cands:
+            say("no latent matches a toy-world topic in the feature store; no steering example")
+            info["note"] = "no topic latent"
+            return None
+        say(("" if sparse else f"no latent firing on <= {SPARSE_MAX_FREQ:.0%} of tokens matches a topic; ")
+            + "candidates (topic, token F1, share of tokens fired on): "
+            + ", ".join(f"#{c['feature']} ({c['topic']}, F1 {c['f1']:.2f}, {c['freq']:.1%})" for c in cands))
         gen_cfg = GenerationConfig(max_new_tokens=cfg.steer_new_tokens, seed=cfg.seed, stop_at_eos=False)
         strengths = sorted(set([0.0] + cfg.steer_strengths))
-        # rule "z": the worst margin to both targets in standard errors (topic share is the noisier score)
+        # rule "z": the worst margin to every target in standard errors (topic share is the noisiest score)
         sweep_cfg = SweepConfig(strengths=strengths, op="add", unit="max_act", positions=cfg.steer_positions,
-                                target_concept=0.5, min_fluency=0.8, perplexity=False, rule="z")
-        say(f"feature {cand.feature} ({label or 'unlabelled'}); dose-response sweep over {strengths} x typical max, "
-            f"{cfg.steer_samples} samples each, scored offline (topic share, grammatical sentences)")
-        res = sweep(model, sae, cand.feature, [""] * cfg.steer_samples, toy_scorer(topic), sweep_cfg,
-                    gen_config=gen_cfg, typical_max=link.typical_max, progress=progress)
-        # the example shows an edit: the best non-zero strength even where not steering scores higher
-        res.recommended = recommend_strength([p for p in res.points if p.strength != 0], rule="z",
-                                             target_concept=0.5, min_fluency=0.8)
-        html = write_sweep_html(res, paths.steering / f"sweep_{cand.feature}.html")
-        write_sweep_json(res, paths.steering / f"sweep_{cand.feature}.json")
-        store_recommendation(link.record_strength, res)  # the web playground prefills it
-        strength = float(res.recommended)
-        default, steered = [], []
-        for prompt in EXAMPLE_PROMPTS:  # one at a time: each prompt's positions shift by its length
-            n_prompt = int(model.to_tokens(prompt, prepend_bos=False).shape[-1]) if prompt else 0
-            where = _from_generation_start(cfg.steer_positions, n_prompt)
-            edit = FeatureEdit(cand.feature, "add", strength, unit="max_act", positions=where)
-            cmp = compare(model, sae, [edit], [prompt], gen_cfg, typical_max=link.typical_max)
-            default.append(cmp.unsteered[0])
-            steered.append(cmp.steered[0])
-        tmax = link.typical_max(cand.feature)
+                                perplexity=False, rule="z", **targets)
+        say(f"each swept over {strengths} x typical max on {cfg.steer_samples} dev samples (seed {cfg.seed}), scored "
+            f"offline: topic share, fluency, grammatical sentences (toy validator)")
+        best = None  # (met, margin, candidate, result, strength)
+        for c in cands:
+            res = sweep(model, sae, c["feature"], [""] * cfg.steer_samples, toy_scorer(c["topic"]), sweep_cfg,
+                        gen_config=gen_cfg, typical_max=link.typical_max, progress=progress)
+            met = res.recommended is not None
+            steered = [p for p in res.points if p.strength != 0]
+            pick = (next(p for p in steered if p.strength == res.recommended) if met
+                    else max(steered, key=lambda p: (target_margin(p, **targets, in_se=True), -p.strength)))
+            margin = target_margin(pick, **targets, in_se=True)
+            c.update(recommended=res.recommended, margin=round(margin, 3), verdict=res.verdict)
+            say(f"  #{c['feature']} ({c['topic']}): {res.verdict}")
+            if best is None or (met, margin) > (best[0], best[1]):
+                best = (met, margin, c, res, pick.strength)
+        met, _, cand, res, strength = best
+        html = write_sweep_html(res, paths.steering / f"sweep_{cand['feature']}.html")
+        write_sweep_json(res, paths.steering / f"sweep_{cand['feature']}.json")
+        store_recommendation(link.record_strength, res)  # the web playground prefills it (or learns none works)
+        tmax = link.typical_max(cand["feature"])
+        rec = store.feature(cand["feature"])
+    label = rec.label.text if rec.label is not None else None
+    detection = next((float(x.value) for x in rec.scores if x.method == "detection"), None)
     by_s = {p.strength: p for p in res.points}
-    base, best = by_s[0.0], by_s.get(strength, by_s[max(by_s)])
+    dev = {"seed": cfg.seed, "samples": cfg.steer_samples,
+           **_figures(by_s[0.0], "default"), **_figures(by_s[strength], "steered")}
+    test, examples, visible = _held_out(cfg, model, sae, cand, strength, link_typical_max=tmax)
     ex = SteeringExample(
-        topic=topic, feature=cand.feature, label=label, strength=strength,
-        raw_strength=None if tmax is None else strength * tmax, rule=res.rule,
-        topic_share_default=base.concept, topic_share_steered=best.concept,
-        fluency_default=base.fluency, fluency_steered=best.fluency,
-        prompts=list(EXAMPLE_PROMPTS), default=default, steered=steered,
+        topic=cand["topic"], feature=cand["feature"], label=label, concept_f1=cand["f1"], freq=cand["freq"],
+        detection=detection, strength=strength, raw_strength=None if tmax is None else strength * tmax, rule=res.rule,
+        met=met, verdict=res.verdict, dev=dev, test=test, examples=examples, visible=visible, candidates=cands,
         sweep_html=str(html), sae_fingerprint=fp, settings=settings,
     )
     from saes.fileio import atomic_write_json
 
     atomic_write_json(example_file, dataclasses.asdict(ex))
-    info["note"] = f"feature {cand.feature} toward '{topic}' at {strength:g}x typical max"
+    info["note"] = (f"feature {cand['feature']} toward '{cand['topic']}' at {strength:g}x typical max; held-out share "
+                    f"{test['share_default']:.0%} -> {test['share_steered']:.0%}")
     return ex
 
 
-def _from_generation_start(positions: str, n_prompt_tokens: int) -> Any:
-    """The configured token positions counted from where generation starts (0, the BOS token,
-    stays 0), so a prompted example is steered at the same place in what the model writes as an
-    unprompted one (the sweep's samples have no prompt)."""
-    from steering.spec import normalize_positions
+def _figures(point_or_result: Any, which: str) -> dict[str, Any]:
+    """Topic share, fluency and grammatical share (means over samples) of a sweep point or a scored row."""
+    p = point_or_result
+    return {f"share_{which}": p.concept, f"fluency_{which}": p.fluency, f"grammar_{which}": p.grammar,
+            f"share_{which}_se": p.concept_se}
 
-    pos = normalize_positions(positions)
-    if isinstance(pos, str) or not n_prompt_tokens:
-        return pos
-    return tuple(i if i <= 0 else i + n_prompt_tokens for i in pos)
+
+def _held_out(cfg: DemoConfig, model, sae, cand: dict, strength: float, link_typical_max: float | None):
+    """The chosen (latent, strength) on samples the choice never saw (seed + 1): figures, and the
+    held-out samples where the steering is visible (steered on topic, default not), in order."""
+    from saesteer.commands._steering import toy_scorer
+    from steering import FeatureEdit, GenerationConfig, steer
+    from steering.evaluate import score_generation
+    from steering.generation import generate
+
+    seed = cfg.seed + 1
+    n = cfg.steer_test_samples
+    gen_cfg = GenerationConfig(max_new_tokens=cfg.steer_new_tokens, seed=seed, stop_at_eos=False)
+    prompts = [""] * n
+    scorer = toy_scorer(cand["topic"])
+    edit = FeatureEdit(cand["feature"], "add", strength, unit="max_act", positions=cfg.steer_positions)
+    with steer(model, sae, [edit], typical_max={cand["feature"]: link_typical_max}) as s:
+        steered = s.generate(prompts, gen_cfg)
+    default = generate(model, prompts, gen_cfg)
+    r_def = score_generation("default", model, prompts, default, scorer, with_perplexity=False)
+    r_st = score_generation("steered", model, prompts, steered, scorer, with_perplexity=False)
+    test = {"seed": seed, "samples": n, **_figures(r_def, "default"), **_figures(r_st, "steered")}
+    share = scorer.concept_share
+    rows = [{"sample": i, "default": d, "steered": t, "share_default": share(d), "share_steered": share(t)}
+            for i, (d, t) in enumerate(zip(default.texts, steered.texts))]
+    visible = [r for r in rows if r["share_steered"] >= 0.5 > r["share_default"]]
+    return test, (visible or rows)[:3], len(visible)
+
+
+@contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """Generation with the toy model is many tiny steps ([16, 128] x [128, 512]): a second thread
+    gains nothing there, and on a busy machine its spinning multiplies the CPU time (the steering
+    stage measured 7 s of CPU with one thread, 147 s with two, at load 9)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 # ------------------------------------------------------------------------------------- driver
@@ -643,13 +714,15 @@ def run_demo(
     with timer.stage("label", "label the latents") as info:
         judge, n_labelled = _stage_label(cfg, paths, judge_cfg, progress, info, say)
 
-    with timer.stage("steer", f"steering example: toward '{cfg.steer_topic}'") as info:
+    toward = "a sparse latent of a toy-world topic" if cfg.steer_topic == AUTO else f"toward '{cfg.steer_topic}'"
+    with timer.stage("steer", f"steering example: {toward}") as info, _one_torch_thread():
         steering = _stage_steer(cfg, paths, model, sae, progress, info, say)
 
     from features import FeatureStore
 
     with FeatureStore.open(paths.store, readonly=True) as store:
-        showcase = _showcase(store, cfg.showcase, cfg.steer_topic)
+        topic = steering.topic if steering is not None else (None if cfg.steer_topic == AUTO else cfg.steer_topic)
+        showcase = _showcase(store, cfg.showcase, topic)
     result = DemoResult(
         config=cfg, paths=paths, sae_name=name, sae_dir=Path(sae_dir), metrics=metrics, train_info=train_info,
         store_summary=store_summary, cache_rows=cache.manifest.total_rows, concepts=concepts, judge=judge,
@@ -716,31 +789,64 @@ def print_summary(result: DemoResult, console: Any = None) -> None:
 
     s = result.steering
     if s is not None:
-        con.print()
-        where = ("every position" if cfg.steer_positions == "all"
-                 else f"token positions {cfg.steer_positions} (0 = BOS, counted from the start of generation)")
-        con.print(Text.assemble(("steering", "bold"), f": feature #{s.feature} ({s.label or 'unlabelled'}), add "
-                                f"{s.strength:g} x its typical max activation"
-                                + ("" if s.raw_strength is None else f" (= {s.raw_strength:.2f})")
-                                + f" at {where}; picked by the sweep: {s.rule}"))
-        missed = s.topic_share_steered < 0.5 or s.fluency_steered < 0.8
-        con.print(Text(f"  '{s.topic}' share of topic words: {s.topic_share_default:.0%} unsteered -> "
-                  f"{s.topic_share_steered:.0%} steered; grammatical sentences {s.fluency_default:.0%} -> "
-                  f"{s.fluency_steered:.0%} ({cfg.steer_samples} samples; curve: {s.sweep_html})"
-                  + ("; no strength reached 50% share with 80% grammatical at this budget" if missed else "")))
-        tab = Table(show_lines=True, title=f"same seed, {cfg.steer_new_tokens} new tokens", title_justify="left")
-        tab.add_column("prompt", style="bold", ratio=1, overflow="fold")
-        tab.add_column("default", ratio=3, overflow="fold")
-        tab.add_column("steered", style="green", ratio=3, overflow="fold")
-        for p, u, st in zip(s.prompts, s.default, s.steered):
-            tab.add_row(Text(p or "<bos>"), Text(u), Text(st))
-        con.print(tab)
+        _print_steering(con, s, cfg)
 
     con.print()
     times = ", ".join(f"{k} {v:.1f} s" + (" (reused)" if result.stage_status.get(k) == "reused" else "")
                       for k, v in result.stage_seconds.items())
     con.print(f"stage times: {times}; total {_fmt_secs(result.total_seconds)}")
     con.print(Text(f"work folder: {result.paths.out} (summary.json, train/training_curves.html, features.db)"))
+
+
+def _print_steering(con: Any, s: SteeringExample, cfg: DemoConfig) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    con.print()
+    where = ("every position" if cfg.steer_positions == "all"
+             else f"token positions {cfg.steer_positions} (0 = BOS)")
+    det = "" if s.detection is None else f", detection {s.detection:.2f}"
+    con.print(Text.assemble(("steering", "bold"), f": feature #{s.feature} ", (f"{s.label or 'unlabelled'}", "bold cyan"),
+                            f" matches topic '{s.topic}' (token F1 {s.concept_f1:.2f}; fires on {s.freq:.1%} of "
+                            f"tokens{det})"))
+    d, t = s.dev, s.test
+    con.print(Text(f"  add {s.strength:g} x its typical max activation"
+                   + ("" if s.raw_strength is None else f" (= {s.raw_strength:.2f})") + f" at {where}, picked on "
+                   f"{d['samples']} dev samples (seed {d['seed']}) from {len(s.candidates)} candidate latent(s) by "
+                   + (s.rule if s.met else f"the closest to the targets: no strength met {s.rule}")))
+    con.print(Text(f"  held-out ({t['samples']} samples, seed {t['seed']}): '{s.topic}' share of topic words "
+              f"{t['share_default']:.0%} -> {t['share_steered']:.0%} (+-{t['share_steered_se']:.0%}); fluency "
+              f"{t['fluency_default']:.2f} -> {t['fluency_steered']:.2f}; grammatical sentences "
+              f"{t['grammar_default']:.0%} -> {t['grammar_steered']:.0%}  (dev: {d['share_default']:.0%} -> "
+              f"{d['share_steered']:.0%}; curve: {s.sweep_html})"))
+    if t["share_steered"] < 0.5 or t["grammar_steered"] < 0.8 or t["fluency_steered"] < 0.8:
+        con.print("  on the held-out samples the steering missed a target (share >= 50%, fluency >= 0.8, "
+                  "grammatical >= 80%)")
+    shown = (f"held-out samples: {s.visible} of {t['samples']} are on topic (share >= 50%) only when steered; the "
+             f"first {len(s.examples)} of them" if s.visible else
+             f"the first {len(s.examples)} held-out samples (none is on topic only when steered)")
+    tab = Table(show_lines=True, title=f"{shown}; same seed, {cfg.steer_new_tokens} new tokens", title_justify="left")
+    tab.add_column("sample", style="bold", ratio=1, overflow="fold")
+    tab.add_column("default", ratio=4, overflow="fold")
+    tab.add_column("steered", ratio=4, overflow="fold")
+    for e in s.examples:
+        tab.add_row(Text(f"#{e['sample']}"), _topic_marked(e["default"], s.topic), _topic_marked(e["steered"], s.topic))
+    con.print(tab)
+
+
+def _topic_marked(text: str, topic: str):
+    """The text with the topic's words in bold green (other topics' words dim)."""
+    from rich.text import Text
+
+    from toyworld.validate import topic_counts
+
+    out = Text()
+    for i, w in enumerate(text.split(" ")):
+        counts = topic_counts(w)
+        style = "bold green" if counts.get(topic) else ("dim" if any(counts.values()) else "")
+        out.append(("" if i == 0 else " "))
+        out.append(w, style=style)
+    return out
 
 
 # ------------------------------------------------------------------------------------- serving
@@ -786,7 +892,8 @@ def serve_demo(result: DemoResult, *, host: str = "127.0.0.1", port: int = 8000,
     s = result.steering
     sid = entries[0].id
     con.print(f"[bold green]saesteer serving on {url}[/]  (Ctrl-C stops it)")
-    con.print(f"  features: {base}/s/{sid}   search: {base}/s/{sid}/search?q={result.config.steer_topic}"
+    query = s.topic if s is not None else ("ocean" if result.config.steer_topic == AUTO else result.config.steer_topic)
+    con.print(f"  features: {base}/s/{sid}   search: {base}/s/{sid}/search?q={query}"
               + (f"   steering playground: {base}/s/{sid}/steer?f={s.feature}" if s else ""))
     uvicorn.run(app, host=host, port=config.port, log_level="warning", proxy_headers=False,
                 server_header=False, date_header=False)

@@ -16,7 +16,8 @@ if [ ! -x .venv/bin/python ]; then
     echo "[setup] creating .venv with $($PY --version)"
     $PY -m venv .venv
 fi
-if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt scripts/constraints.txt ]; then
+if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt scripts/constraints.txt ] \
+    && [ "$stamp" -nt scripts/interop-libraries.txt ]; then
     exit 0
 fi
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
@@ -25,4 +26,8 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 fi
 echo "[setup] installing saesteer${extras} and its dependencies"
 .venv/bin/pip install --quiet -c scripts/constraints.txt -e ".${extras}"
+if [ -n "$extras" ]; then
+    echo "[setup] installing the other SAE libraries the interop tests compare with (no dependencies)"
+    .venv/bin/pip install --quiet --no-deps -r scripts/interop-libraries.txt
+fi
 touch "$stamp"

@@ -9,7 +9,8 @@ Edits keep the SAE's reconstruction error (only the chosen latents change); posi
 prompt, generated, last, token indices) are exact under the KV cache and left padding; hooks are
 removed on every exit path. Modules: spec (edit grammar, limits), config (generation / sweep
 configs), session (`steer`), interventions (the arithmetic), positions, generation, evaluate
-(judge + offline scores), sweeps (dose-response), search, baselines, store (feature-store link).
+(judge + offline scores), fluency (the one fluency measure), sweeps (dose-response), search,
+baselines, store (feature-store link).
 
 Names are imported lazily, so `import steering.config` (the CLI's flags) does not load torch.
 """
@@ -35,10 +36,11 @@ _EXPORTS = {
     # evaluation
     "SampleScores": "evaluate", "JudgeScorer": "evaluate", "OfflineScorer": "evaluate", "MethodResult": "evaluate",
     "perplexity": "evaluate", "score_generation": "evaluate", "harmonic_mean": "evaluate",
+    "FluencyScore": "fluency", "fluency_of_generation": "fluency", "fluency_of_texts": "fluency",
     # sweeps
     "sweep": "sweeps", "sweep_edits": "sweeps", "SweepResult": "sweeps", "SweepPoint": "sweeps",
     "recommend_strength": "sweeps", "write_sweep_html": "sweeps", "write_sweep_json": "sweeps",
-    "store_recommendation": "sweeps", "dose_response_figure": "sweeps",
+    "store_recommendation": "sweeps", "dose_response_figure": "sweeps", "target_margin": "sweeps",
     # finding features, baselines, store
     "contrast_features": "search", "label_search": "search", "FeatureCandidate": "search",
     "diff_of_means": "baselines", "SteeringVector": "baselines", "prompting_baseline": "baselines",

@@ -60,18 +60,28 @@ class SweepConfig:
         default="max_act", metadata={"help": "raw activation units, or multiples of the feature's typical max"}
     )
     positions: str = field(default="all", metadata={"help": "all | prompt | generated | last | token indices"})
-    min_fluency: float = field(default=0.0, metadata={"help": "recommend only strengths with mean fluency >= this"})
+    min_fluency: float = field(
+        default=0.0,
+        metadata={"help": "recommend only strengths with mean fluency >= this (steering.fluency: surprise under the "
+                          "unsteered model, repetition and punctuation penalties; unsteered text scores about 1)"},
+    )
     target_concept: float | None = field(
         default=None, metadata={"help": "recommend the weakest strength reaching this concept score (none: best aggregate)"}
     )
+    min_grammar: float | None = field(
+        default=None,
+        metadata={"help": "toy world (--topic) only: recommend only strengths whose grammatical share of sentences "
+                          "(the toy validator, ground truth) is >= this (none: no such condition)"},
+    )
     rule: Literal["weakest", "margin", "z"] = field(
         default="weakest",
-        metadata={"help": "with target_concept: 'weakest' strength meeting concept and fluency, or 'margin': the "
-                          "strength with the largest worst-case margin min(concept - target, fluency - min_fluency) "
-                          "(always gives one), or 'z': that margin with each term divided by its standard error "
-                          "over samples"},
+        metadata={"help": "with target_concept, among the strengths meeting every target: the 'weakest', or "
+                          "'margin': the one with the largest worst-case margin min(concept - target, fluency - "
+                          "min_fluency), or 'z': that margin with each term divided by its standard error over "
+                          "samples"},
     )
-    perplexity: bool = field(default=True, metadata={"help": "also measure perplexity under the unsteered model"})
+    perplexity: bool = field(
+        default=True, metadata={"help": "also report perplexity under the unsteered model (from the fluency pass)"})
 
     def __post_init__(self) -> None:
         if not self.strengths:
@@ -82,12 +92,16 @@ class SweepConfig:
                 raise SteeringError(f"strengths must be finite numbers, got {s!r}")
             vals.append(float(s))
         self.strengths = vals
+        if not any(v != 0 for v in vals):
+            raise SteeringError("strengths has no non-zero strength; 0 is the unsteered baseline, add e.g. 0.5,1,2")
         if self.op not in ("add", "clamp"):
             raise SteeringError(f"op must be add or clamp for a sweep, got {self.op!r}")
         if self.unit not in ("raw", "max_act"):
             raise SteeringError(f"unit must be raw or max_act, got {self.unit!r}")
         if not 0.0 <= self.min_fluency <= 1.0:
             raise SteeringError(f"min_fluency must be in [0, 1], got {self.min_fluency}")
+        if self.min_grammar is not None and not 0.0 <= self.min_grammar <= 1.0:
+            raise SteeringError(f"min_grammar must be in [0, 1], got {self.min_grammar}")
         if self.target_concept is not None and not 0.0 <= self.target_concept <= 1.0:
             raise SteeringError(f"target_concept must be in [0, 1], got {self.target_concept}")
         if self.rule not in ("weakest", "margin", "z"):

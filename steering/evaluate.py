@@ -1,31 +1,33 @@
-"""How well steering worked: judge scores (AxBench-style) and offline toy-world metrics.
+"""How well steering worked: concept scores (LLM judge, AxBench-style, or offline), fluency, ground truth.
 
-Judge scores (each 0, 1 or 2, as in AxBench): does the continuation show the concept, does it
-follow the instruction (the prompt), is it fluent; the per-sample aggregate is their harmonic
-mean (0 when any is 0). The judge is anything with `complete_sync(messages, schema)` /
-`complete_many_sync(calls)` (the auto-interp `autointerp.judge.Judge`), or a plain callable
-`messages -> answer text` (tests, local scripts). Continuations are escaped as data.
+Every scored continuation gets (`SampleScores`, all in [0, 1]):
+- concept: from a `Scorer`: an LLM judge's 0-2 rating divided by 2 (`JudgeScorer`), or an offline
+  `concept_share(text)` (`OfflineScorer`, e.g. the toy world's topic share);
+- instruction (judge only): does the continuation follow on from the prompt;
+- fluency: always `steering.fluency` (surprise under the *unsteered* model, repetition and
+  character-class penalties), filled in by `score_generation`: one definition for every scorer,
+  sweep and model, which punctuation runs and repetition cannot game;
+- grammar (where a validator exists, e.g. the toy world): the share of the continuation's complete
+  sentences the validator accepts, the ground truth the generic fluency is checked against.
+The per-sample aggregate is the harmonic mean of the measured scores (0 when any is 0), AxBench's rule.
 
-Offline metrics (no judge; the toy world supplies the two callables):
-- concept rate: share of the continuation's content words that belong to the concept
-  (`concept_share(text) -> float in [0, 1]`, e.g. the toy world's topic share);
-- grammaticality: share of complete sentences the validator accepts
-  (`sentence_counts(text) -> (grammatical, total)`, or `sentence_counter(is_grammatical)`);
-- perplexity of the continuation under the *unsteered* model.
+The judge is anything with `complete_sync(messages, schema)` / `complete_many_sync(calls)` (the
+auto-interp `autointerp.judge.Judge`), or a plain callable `messages -> answer text` (tests, local
+scripts). Continuations are escaped as data.
 
-`Scorer`s turn a batch of continuations into `SampleScores` (all in [0, 1]) for sweeps and tables.
+`Scorer`s turn a batch of continuations into `SampleScores` (fluency left None: `score_generation`
+measures it) for sweeps and tables.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-
-import torch
 
 from steering.spec import SteeringError
 
@@ -37,13 +39,14 @@ class SampleScores:
     """Scores of one continuation, each in [0, 1] (None: not measured)."""
 
     concept: float
-    fluency: float
+    fluency: float | None = None  # steering.fluency; score_generation fills it
     instruction: float | None = None
+    grammar: float | None = None  # ground truth where a validator exists: grammatical share of complete sentences
 
     @property
     def aggregate(self) -> float:
         """Harmonic mean of the measured scores (0 if any is 0)."""
-        return harmonic_mean([s for s in (self.concept, self.fluency, self.instruction) if s is not None])
+        return harmonic_mean([s for s in (self.concept, self.fluency, self.instruction, self.grammar) if s is not None])
 
 
 def harmonic_mean(values: Sequence[float]) -> float:
@@ -56,16 +59,20 @@ def harmonic_mean(values: Sequence[float]) -> float:
 
 
 def mean_scores(scores: Sequence[SampleScores]) -> dict[str, float | None]:
-    """Means over samples of each score and of the per-sample aggregate."""
+    """Means over samples of each score (None where no sample measured it) and of the aggregate."""
     if not scores:
         raise ValueError("no scores to average")
-    n = len(scores)
-    instr = [s.instruction for s in scores if s.instruction is not None]
+
+    def mean(name: str) -> float | None:
+        vals = [getattr(s, name) for s in scores if getattr(s, name) is not None]
+        return sum(vals) / len(vals) if vals else None
+
     return {
-        "concept": sum(s.concept for s in scores) / n,
-        "fluency": sum(s.fluency for s in scores) / n,
-        "instruction": (sum(instr) / len(instr)) if instr else None,
-        "aggregate": sum(s.aggregate for s in scores) / n,
+        "concept": mean("concept"),
+        "fluency": mean("fluency"),
+        "instruction": mean("instruction"),
+        "grammar": mean("grammar"),
+        "aggregate": sum(s.aggregate for s in scores) / len(scores),
     }
 
 
@@ -106,10 +113,6 @@ _ASPECTS = {
         "Does the fragment follow on from, or respond to, the instruction/prompt «{instruction}»? Judge "
         "relevance only, not grammar. 0: unrelated; 1: loosely related; 2: clearly a response or continuation."
     ),
-    "fluency": (
-        "How fluent is the fragment? Judge grammar and coherence only, not content. 0: broken or repetitive; "
-        "1: partly fluent with errors; 2: fluent, natural text."
-    ),
 }
 _QUOTE_ESCAPES = {"«": "‹", "»": "›", "<": "‹", ">": "›", "\r": "", "\u2028": " ", "\u2029": " "}
 
@@ -119,9 +122,10 @@ def _escape(text: str) -> str:
 
 
 def judge_messages(aspect: str, fragment: str, *, concept: str = "", instruction: str = "") -> list[dict[str, str]]:
-    """Chat messages asking the judge to rate one aspect (concept | instruction | fluency) 0-2."""
+    """Chat messages asking the judge to rate one aspect (concept | instruction) 0-2 (fluency is
+    measured by `steering.fluency`, the same for every scorer)."""
     if aspect not in _ASPECTS:
-        raise ValueError(f"unknown aspect {aspect!r}; choose concept, instruction or fluency")
+        raise ValueError(f"unknown aspect {aspect!r}; choose concept or instruction")
     question = _ASPECTS[aspect].format(concept=_escape(concept), instruction=_escape(instruction))
     user = f"{question}\n\nFragment (data, between the markers):\n<<<FRAGMENT\n{_escape(fragment)}\nFRAGMENT>>>"
     return [{"role": "system", "content": _SYSTEM}, {"role": "user", "content": user}]
@@ -164,7 +168,8 @@ class JudgeStats:
 
 
 class JudgeScorer:
-    """AxBench-style judge scores for the concept `concept` (scores divided by 2 into [0, 1])."""
+    """AxBench-style judge scores for the concept `concept` (and, with `instruction`, whether the
+    continuation follows the prompt), divided by 2 into [0, 1]; fluency is `steering.fluency`."""
 
     def __init__(self, judge: Any, concept: str, *, instruction: bool = True) -> None:
         if not concept:
@@ -195,7 +200,7 @@ class JudgeScorer:
         return out
 
     def __call__(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[SampleScores]:
-        aspects = ["concept", "fluency"] + (["instruction"] if self.instruction else [])
+        aspects = ["concept"] + (["instruction"] if self.instruction else [])
         msgs = [
             judge_messages(a, c, concept=self.concept, instruction=p)
             for p, c in zip(prompts, continuations)
@@ -205,7 +210,7 @@ class JudgeScorer:
         out = []
         for i in range(len(continuations)):
             r = {a: (ratings[i * len(aspects) + j] or 0) / 2.0 for j, a in enumerate(aspects)}
-            out.append(SampleScores(r["concept"], r["fluency"], r.get("instruction")))
+            out.append(SampleScores(r["concept"], instruction=r.get("instruction")))
         return out
 
 
@@ -237,10 +242,11 @@ def sentence_counter(is_grammatical: Callable[[str], bool],
 
 @dataclass
 class OfflineScorer:
-    """Concept = `concept_share(text)`; fluency = grammatical share of the complete sentences
+    """Concept = `concept_share(text)`; grammar = grammatical share of the complete sentences
     (`sentence_counts(text) -> (grammatical, total)`, e.g. the toy validator with document
     context, or `sentence_counter(is_grammatical)`). A text with no complete sentence has
-    fluency 0 (degenerate text, e.g. one word repeated, never ends a sentence)."""
+    grammar 0 (degenerate text, e.g. one word repeated, never ends a sentence). Fluency is left to
+    `score_generation` (`steering.fluency`)."""
 
     concept_share: Callable[[str], float]
     sentence_counts: SentenceCounts
@@ -254,7 +260,7 @@ class OfflineScorer:
                 g_all, t_all = self.sentence_counts(f"{prompt} {text}")
                 g_p, t_p = self.sentence_counts(prompt)
                 good, total = g_all - g_p, t_all - t_p
-            out.append(SampleScores(float(self.concept_share(text)), good / total if total else 0.0))
+            out.append(SampleScores(float(self.concept_share(text)), grammar=good / total if total else 0.0))
         return out
 
 
@@ -278,47 +284,36 @@ def pooled_share(texts: Sequence[str], counts: Callable[[str], "tuple[float, flo
     return num / den if den else 0.0
 
 
-@torch.no_grad()
 def perplexity(model: Any, generation: Any) -> float:
     """Perplexity of the generated tokens under `model` as it is now (call it outside `steer`).
 
     `generation` is a `steering.generation.Generation`; tokens after a row's end-of-text are ignored."""
-    tokens_BT = generation.tokens
-    P = generation.prompt_len
-    if tokens_BT.shape[1] <= P:
-        raise SteeringError("the generation has no new tokens to score")
-    logits_BTV = model(tokens_BT, padding_side="left")
-    logp_BTV = torch.log_softmax(logits_BTV[:, P - 1 : -1].float(), dim=-1)
-    target_BT = tokens_BT[:, P:]
-    nll_BT = -logp_BTV.gather(-1, target_BT.unsqueeze(-1)).squeeze(-1)
-    keep_BT = torch.ones_like(target_BT, dtype=torch.bool)
-    eos = getattr(getattr(model, "tokenizer", None), "eos_token_id", None)
-    if eos is not None:
-        is_eos = target_BT == eos
-        after = is_eos.cumsum(1) - is_eos.long() > 0  # strictly after the first EOS
-        keep_BT &= ~after
-    n = int(keep_BT.sum())
-    return math.exp(float(nll_BT[keep_BT].sum()) / max(n, 1))
+    from steering.fluency import fluency_of_generation, pooled_perplexity
+
+    ppl = pooled_perplexity(fluency_of_generation(model, generation))
+    return math.nan if ppl is None else ppl
 
 
 # ----------------------------------------------------------------------------- methods
 @dataclass
 class MethodResult:
-    """One row of a steering comparison table."""
+    """One row of a steering comparison table (means over the samples)."""
 
     method: str
     concept: float
-    fluency: float
+    fluency: float  # steering.fluency
     aggregate: float
     instruction: float | None = None
-    grammatical_sentences: float | None = None  # share over all complete sentences
+    grammatical_sentences: float | None = None  # share over all complete sentences (pooled; `sentence_counts`)
     n_sentences: int | None = None
     perplexity: float | None = None
     n_samples: int = 0
     strength: float | None = None
     texts: list[str] = field(default_factory=list, repr=False)
-    concept_se: float | None = None  # standard errors of the concept and fluency means over samples
+    concept_se: float | None = None  # standard errors of the concept, fluency and grammar means over samples
     fluency_se: float | None = None
+    grammar: float | None = None  # mean per-sample grammatical share, where the scorer has a validator
+    grammar_se: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k != "texts"}
@@ -337,14 +332,22 @@ def score_generation(
     strength: float | None = None,
     score_prompts: Sequence[str] | None = None,
 ) -> MethodResult:
-    """Score a finished generation (`score_prompts`: the prompts the judge sees, default `prompts`)."""
+    """Score a finished generation (`score_prompts`: the prompts the judge sees, default `prompts`).
+
+    Fluency is `steering.fluency` under `model` as it is now: call this outside `steer`, so that
+    the unsteered model judges the steered text. Perplexity comes from the same forward pass."""
+    from steering.fluency import fluency_of_generation, pooled_perplexity
+
     texts = generation.texts
-    scores = scorer(list(score_prompts or prompts), texts)
+    fluency = fluency_of_generation(model, generation)
+    scores = [dataclasses.replace(s, fluency=f.fluency)
+              for s, f in zip(scorer(list(score_prompts or prompts), texts), fluency, strict=True)]
     means = mean_scores(scores)
     good = total = None
     if sentence_counts is not None:
         good, total = sentence_stats(texts, sentence_counts)
-    ppl = perplexity(model, generation) if with_perplexity else None
+    ppl = pooled_perplexity(fluency) if with_perplexity else None
+    grammar = [s.grammar for s in scores if s.grammar is not None]
     return MethodResult(
         method=method,
         concept=float(means["concept"]),  # type: ignore[arg-type]
@@ -358,5 +361,7 @@ def score_generation(
         strength=strength,
         texts=list(texts),
         concept_se=standard_error([s.concept for s in scores]),
-        fluency_se=standard_error([s.fluency for s in scores]),
+        fluency_se=standard_error([s.fluency for s in scores]),  # type: ignore[misc]
+        grammar=means["grammar"],
+        grammar_se=standard_error(grammar) if grammar else None,
     )

@@ -50,9 +50,12 @@ class StoreLink:
         """Full-text search over labels and examples (`SearchHit`s: feature_id, score, label)."""
         return self.store.search(query, limit)
 
-    def record_strength(self, feature: int, strength: float, unit: str, info: dict[str, Any]) -> None:
-        """Store a sweep's recommended strength as a multiple of the typical max activation."""
-        if unit == "max_act":
+    def record_strength(self, feature: int, strength: float | None, unit: str, info: dict[str, Any]) -> None:
+        """Store a sweep's recommended strength as a multiple of the typical max activation (None:
+        the sweep found no strength that works; stored as such, with the sweep in the details)."""
+        if strength is None:
+            multiple = None
+        elif unit == "max_act":
             multiple = float(strength)
         else:
             tmax = self.typical_max(feature)

@@ -4,15 +4,21 @@
                 config=SweepConfig(strengths=[0, 0.5, 1, 2, 4], op="add", unit="max_act"),
                 typical_max=store_max)
     write_sweep_html(res, "sweep_123.html")     # concept, fluency and aggregate against strength
-    res.recommended                             # strength (in the sweep's unit) or None
+    res.recommended                             # strength (in the sweep's unit), or None: no strength works
+    res.verdict                                 # says which, and by what rule
 
-The recommendation is the strength with the highest mean aggregate score (the harmonic mean
-of concept and fluency [and instruction], AxBench's selection rule) among points whose mean
-fluency is at least `min_fluency`; or, with `target_concept`, the weakest strength whose concept
-score reaches the target with that fluency (`rule="weakest"`), or the strength with the largest
-worst-case margin to both targets (`rule="margin"`, the most robust on held-out samples), or
-that margin counted in standard errors over samples (`rule="z"`, for when one score is much
-noisier than the other). Ties go to the weaker strength.
+Every point is scored for concept by the scorer and for fluency by `steering.fluency` (one
+definition for every sweep). Strength 0 is the unsteered baseline and is never recommended. A
+steered point is acceptable when its mean aggregate is above 0 (no score is 0 in every sample)
+and its mean fluency is at least `min_fluency` (and, with
+`target_concept`, its concept score reaches it; with `min_grammar`, its ground-truth grammatical
+share reaches that). Among the acceptable points the recommendation is the one with the highest
+mean aggregate score (the harmonic mean of the scores, AxBench's selection rule); or, with
+`target_concept`, the weakest one (`rule="weakest"`), the one with the largest worst-case margin
+to the targets (`rule="margin"`, the most robust on held-out samples), or that margin counted in
+standard errors over samples (`rule="z"`, for when one score is much noisier than another). Ties
+go to the weaker strength. No acceptable point: `recommended` is None and the verdict says that
+no strength works.
 `sweep_edits` sweeps anything that builds an edit from a strength (e.g. a steering vector).
 """
 
@@ -22,7 +28,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,8 +51,10 @@ class SweepPoint:
     perplexity: float | None = None
     n_samples: int = 0
     examples: list[str] = field(default_factory=list)
-    concept_se: float | None = None  # standard errors of concept and fluency over samples (rule="z")
+    concept_se: float | None = None  # standard errors of concept, fluency and grammar over samples (rule="z")
     fluency_se: float | None = None
+    grammar: float | None = None  # mean ground-truth grammatical share (scorers with a validator)
+    grammar_se: float | None = None
 
 
 @dataclass
@@ -63,6 +70,14 @@ class SweepResult:
     rule: str = ""
 
     @property
+    def verdict(self) -> str:
+        """One line: the recommended strength and the rule, or that no strength works."""
+        if self.recommended is None:
+            steered = [f"{p.strength:g}" for p in self.points if p.strength != 0]
+            return f"no strength works: none of {', '.join(steered) or 'no steered strength'} met {self.rule}"
+        return f"recommended strength {self.recommended:g} ({self.rule})"
+
+    @property
     def recommended_raw(self) -> float | None:
         """The recommended strength in raw activation units (None when unknown)."""
         if self.recommended is None:
@@ -74,6 +89,7 @@ class SweepResult:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["recommended_raw"] = self.recommended_raw
+        d["verdict"] = self.verdict
         return d
 
     def to_json(self) -> str:
@@ -88,48 +104,71 @@ def _point(strength: float, r: MethodResult) -> SweepPoint:
     return SweepPoint(
         strength, r.concept, r.fluency, r.aggregate, r.instruction, r.grammatical_sentences,
         r.perplexity if (r.perplexity is None or math.isfinite(r.perplexity)) else None, r.n_samples, r.texts[:3],
-        concept_se=r.concept_se, fluency_se=r.fluency_se,
+        concept_se=r.concept_se, fluency_se=r.fluency_se, grammar=r.grammar, grammar_se=r.grammar_se,
     )
 
 
 def recommend_strength(points: Sequence[SweepPoint], *, min_fluency: float = 0.0,
                        target_concept: float | None = None, rule: str = "weakest",
-                       min_se: float = 0.01) -> float | None:
-    """See the module docstring. None when no point qualifies.
+                       min_se: float = 0.01, min_grammar: float | None = None) -> float | None:
+    """See the module docstring. Never 0 (the unsteered baseline); None when no steered point is
+    acceptable, i.e. no strength works.
 
-    rule="margin" (with `target_concept`): the point with the largest worst-case margin
-    min(concept - target_concept, fluency - min_fluency), i.e. the most robustly acceptable one
-    (still a point, even if no point meets both).
+    rule="margin" (with `target_concept`): among acceptable points, the one with the largest
+    worst-case margin min(concept - target_concept, fluency - min_fluency[, grammar - min_grammar]).
 
     rule="z" (with `target_concept`): the same, with each margin in units of its standard error
-    over samples, min((concept - target) / concept_se, (fluency - min_fluency) / fluency_se): a
-    score that varies more from sample to sample needs a wider margin. Standard errors below
-    `min_se` count as `min_se`; points without standard errors are refused."""
+    over samples: a score that varies more from sample to sample needs a wider margin. Standard
+    errors below `min_se` count as `min_se`; points without standard errors are refused."""
     if rule not in ("weakest", "margin", "z"):
         raise SteeringError(f"rule must be 'weakest', 'margin' or 'z', got {rule!r}")
-    if rule in ("margin", "z"):
-        if target_concept is None:
-            raise SteeringError(f"rule={rule!r} needs target_concept")
-        if rule == "z" and any(p.concept_se is None or p.fluency_se is None for p in points):
-            raise SteeringError("rule='z' needs the standard errors of each point (SweepPoint.concept_se, "
-                                "fluency_se); sweep_edits fills them, or use rule='margin'")
-
-        def margin(p: SweepPoint) -> float:
-            if rule == "margin":
-                return min(p.concept - target_concept, p.fluency - min_fluency)
-            return min((p.concept - target_concept) / max(p.concept_se, min_se),
-                       (p.fluency - min_fluency) / max(p.fluency_se, min_se))
-
-        best = max(points, key=lambda p: (margin(p), -abs(p.strength)))
-        return best.strength
-    ok = [p for p in points if p.fluency >= min_fluency]
-    if target_concept is not None:
-        hits = [p for p in ok if p.concept >= target_concept]
-        return min(hits, key=lambda p: (abs(p.strength), p.strength)).strength if hits else None
+    if rule in ("margin", "z") and target_concept is None:
+        raise SteeringError(f"rule={rule!r} needs target_concept")
+    targets = dict(min_fluency=min_fluency, target_concept=target_concept, min_grammar=min_grammar)
+    # acceptable: steered, every score above 0 (a degenerate text has fluency 0), every target met
+    ok = [p for p in points if p.strength != 0 and p.aggregate > 0 and target_margin(p, **targets) >= 0]
     if not ok:
         return None
-    best = max(p.aggregate for p in ok)
-    return min((p for p in ok if p.aggregate == best), key=lambda p: (abs(p.strength), p.strength)).strength
+    weaker_first = lambda p: (abs(p.strength), p.strength)  # noqa: E731
+    if rule in ("margin", "z"):
+        return max(ok, key=lambda p: (target_margin(p, **targets, in_se=rule == "z", min_se=min_se),
+                                      -abs(p.strength))).strength
+    if target_concept is not None:
+        return min(ok, key=weaker_first).strength
+    top = max(p.aggregate for p in ok)
+    return min((p for p in ok if p.aggregate == top), key=weaker_first).strength
+
+
+def target_margin(point: SweepPoint, *, min_fluency: float = 0.0, target_concept: float | None = None,
+                  min_grammar: float | None = None, in_se: bool = False, min_se: float = 0.01) -> float:
+    """The worst-case distance of a point to its targets, min(fluency - min_fluency[, concept -
+    target_concept][, grammar - min_grammar]): >= 0 when it meets them all. in_se: each distance
+    divided by its standard error over samples (at least `min_se`)."""
+    terms = [(point.fluency - min_fluency, point.fluency_se)]
+    if target_concept is not None:
+        terms.append((point.concept - target_concept, point.concept_se))
+    if min_grammar is not None:
+        if point.grammar is None:
+            raise SteeringError("min_grammar needs the ground-truth grammatical share of each point (a scorer with "
+                                "a validator, e.g. the toy world's); drop min_grammar for other scorers")
+        terms.append((point.grammar - min_grammar, point.grammar_se))
+    if not in_se:
+        return min(d for d, _ in terms)
+    if any(se is None for _, se in terms):
+        raise SteeringError("rule='z' needs the standard errors of each point (SweepPoint.concept_se, fluency_se, "
+                            "grammar_se); sweep_edits fills them, or use rule='margin'")
+    return min(d / max(se, min_se) for d, se in terms)  # type: ignore[arg-type]
+
+
+def describe_rule(min_fluency: float = 0.0, target_concept: float | None = None, rule: str = "weakest",
+                  min_grammar: float | None = None) -> str:
+    """The recommendation rule in words (SweepResult.rule)."""
+    needs = ([f"concept >= {target_concept:g}"] if target_concept is not None else []) + [f"fluency >= {min_fluency:g}"]
+    needs += [f"grammatical >= {min_grammar:g}"] if min_grammar is not None else []
+    what = {"margin": "the largest margin over", "z": "the largest margin in standard errors over"}.get(rule)
+    if what is None:
+        what = "the weakest strength with" if target_concept is not None else "the best mean aggregate with"
+    return f"{what} {', '.join(needs)}"
 
 
 def sweep_edits(
@@ -213,15 +252,8 @@ def sweep(
                          allow_model_mismatch=allow_model_mismatch)
     tmax = lookup_typical_max(typical_max_for(typical_max, sae_name), feature)
     rec = recommend_strength(points, min_fluency=config.min_fluency, target_concept=config.target_concept,
-                             rule=config.rule)
-    if config.rule == "margin":
-        rule = (f"largest margin min(concept - {config.target_concept:g}, fluency - {config.min_fluency:g})")
-    elif config.rule == "z":
-        rule = (f"largest margin in standard errors min((concept - {config.target_concept:g}) / se, "
-                f"(fluency - {config.min_fluency:g}) / se)")
-    else:
-        rule = (f"weakest strength with concept >= {config.target_concept:g}" if config.target_concept is not None
-                else "best mean aggregate") + (f", fluency >= {config.min_fluency:g}" if config.min_fluency else "")
+                             rule=config.rule, min_grammar=config.min_grammar)
+    rule = describe_rule(config.min_fluency, config.target_concept, config.rule, config.min_grammar)
     return SweepResult(f"{sae_name}/{feature}:{config.op}", config.unit, points, rec, feature, sae_name,
                        config.op, tmax, rule)
 
@@ -236,6 +268,8 @@ def dose_response_figure(result: SweepResult):
     series = [("concept", "concept"), ("fluency", "fluency"), ("aggregate (harmonic mean)", "aggregate")]
     if any(p.instruction is not None for p in result.points):
         series.append(("instruction", "instruction"))
+    if any(p.grammar is not None for p in result.points):
+        series.append(("grammatical (ground truth)", "grammar"))
     for name, attr in series:
         fig.add_trace(go.Scatter(x=xs, y=[getattr(p, attr) for p in result.points], mode="lines+markers", name=name,
                                  hovertext=[" | ".join(p.examples[:1]) for p in result.points]))
@@ -246,7 +280,7 @@ def dose_response_figure(result: SweepResult):
         fig.add_vline(x=result.recommended, line_dash="dash", annotation_text=f"recommended {result.recommended:g}")
     unit = "x typical max activation" if result.unit == "max_act" else "activation units"
     fig.update_layout(
-        title=f"Steering dose-response: {result.label}",
+        title=f"Steering dose-response: {result.label}<br><sub>{result.verdict}</sub>",
         xaxis_title=f"strength ({unit})",
         yaxis={"title": "score (0-1)", "range": [0, 1.05]},
         yaxis2={"title": "perplexity", "overlaying": "y", "side": "right", "type": "log"},
@@ -257,47 +291,36 @@ def dose_response_figure(result: SweepResult):
 
 def write_sweep_html(result: SweepResult, path: str | os.PathLike) -> Path:
     """Write the dose-response plot (self-contained HTML, plotly.js inlined) atomically."""
+    from saes.fileio import atomic_write_bytes
+
     path = Path(path)
-    html = dose_response_figure(result).to_html(include_plotlyjs=True, full_html=True)
-    _atomic_write_text(path, html)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, dose_response_figure(result).to_html(include_plotlyjs=True, full_html=True).encode())
     return path
 
 
 def write_sweep_json(result: SweepResult, path: str | os.PathLike) -> Path:
+    from saes.fileio import atomic_write_bytes
+
     path = Path(path)
-    _atomic_write_text(path, result.to_json() + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, (result.to_json() + "\n").encode())
     return path
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def store_recommendation(sink: Any, result: SweepResult) -> None:
-    """Record the recommended strength of a feature sweep in `sink`.
+    """Record the outcome of a feature sweep in `sink`: its recommended strength, or, when no
+    strength works, an explicit None (which replaces an earlier recommendation; the details say why).
 
-    `sink` is a callable `(feature, strength, unit, info) -> None` (the feature store's setter once
-    wired) or a mutable mapping feature -> {"strength", "unit", "raw", ...}."""
+    `sink` is a callable `(feature, strength | None, unit, info) -> None` (`StoreLink.record_strength`)
+    or a mutable mapping feature -> {"strength", "unit", "raw", ...}."""
     if result.feature is None:
         raise SteeringError("only feature sweeps have a recommended strength to store")
-    if result.recommended is None:
-        raise SteeringError(f"{result.label}: no strength qualified ({result.rule}); nothing to store")
-    info = {"op": result.op, "raw": result.recommended_raw, "rule": result.rule,
-            "points": [{"strength": p.strength, "concept": p.concept, "fluency": p.fluency, "aggregate": p.aggregate}
-                       for p in result.points]}
+    if result.recommended == 0:  # recommend_strength never gives 0; a hand-edited result must not store it
+        raise SteeringError(f"{result.label}: strength 0 is the unsteered model, not a recommendation")
+    info = {"op": result.op, "raw": result.recommended_raw, "rule": result.rule, "verdict": result.verdict,
+            "points": [{"strength": p.strength, "concept": p.concept, "fluency": p.fluency, "aggregate": p.aggregate,
+                        "grammar": p.grammar} for p in result.points]}
     if callable(sink):
         sink(result.feature, result.recommended, result.unit, info)
     else:

@@ -73,6 +73,34 @@ def test_offline_labels_scores_and_provenance(store_path, built_store, capsys):
     assert "8 already labelled" in capsys.readouterr().out
 
 
+def test_label_limit_takes_the_most_frequent_live_latents(store_path, capsys):
+    from features import FeatureStore
+
+    with FeatureStore.open(store_path) as st:
+        rows = st.list_features(sort="id", filter={"alive_only": True}, limit=st.d_sae)
+        by_freq = [r.id for r in sorted(rows, key=lambda r: (-r.freq, r.id))]
+    assert by_freq[:3] != sorted(by_freq)[:3], "the planted store must have frequent latents above the lowest ids"
+    assert cli("label", "--store", store_path, "--no-progress", "--limit", "3") == 0
+    assert "3 labelled" in capsys.readouterr().out
+    labelled = [i for i, f in labels_of(store_path).items() if f.label is not None]
+    assert sorted(labelled) == sorted(by_freq[:3])
+    # --latents with --limit: the most frequent of those
+    assert cli("label", "--store", store_path, "--no-progress", "--latents", ",".join(map(str, by_freq[-3:])),
+               "--limit", "1", "--overwrite", "true", "--report", store_path.with_suffix(".json")) == 0
+    assert json.loads(store_path.with_suffix(".json").read_text())["requested"] == 1
+
+
+def test_select_latents_orders_by_frequency():
+    from autointerp import LabelConfig, MemoryLabelStore
+    from autointerp.runner import select_latents
+    from helpers.label_data import make_latents
+
+    store = MemoryLabelStore(make_latents(5), frequencies={0: 0.01, 1: 0.3, 2: 0.05, 3: 0.3, 4: 0.2})
+    assert select_latents(store, LabelConfig(limit=3)) == [1, 3, 4]  # ties: lower id first
+    assert select_latents(store, LabelConfig(latents="0,2,4", limit=2)) == [4, 2]
+    assert select_latents(MemoryLabelStore(make_latents(3)), LabelConfig(limit=2)) == [0, 1]  # unknown: id order
+
+
 def test_llm_judge_with_faults_and_injection(store_path, built_store, tmp_path):
     _, triggers = built_store
     rates = {"429": 0.1, "500": 0.08, "reset": 0.06, "bad_body": 0.06, "malformed": 0.04, "fenced": 0.04, "refusal": 0.04,

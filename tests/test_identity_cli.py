@@ -158,7 +158,7 @@ def test_a_wrong_model_is_refused_everywhere(chain, capsys, tmp_path, monkeypatc
     b = str(chain.b)
     assert main(_steer_args(chain, "--model", b)) == 2
     _refused(capsys, chain)
-    assert main(["sweep", "--sae", str(chain.sae), "-f", "3", "--topic", "ocean", "--samples", "1", "--strengths",
+    assert main(["sweep", "--sae", str(chain.sae), "--unit", "raw", "-f", "3", "--topic", "ocean", "--samples", "1", "--strengths",
                  "0,1", "--model", b, "--out", str(tmp_path)]) == 2
     _refused(capsys, chain)
     assert main(["features", "top-on-text", str(chain.store), "the crabs", "--model", b]) == 2

@@ -95,8 +95,88 @@ def test_sweep_writes_plot_and_numbers(model, sae_dir, tmp_path, capsys):
     data = json.loads((tmp_path / "sweep_sae_3.json").read_text())
     assert html.is_file() and [p["strength"] for p in data["points"]] == [0.0, 6.0]
     assert all(p["n_samples"] == 2 for p in data["points"])
-    # the margin rule always recommends a point (the weakest rule would find none at these targets)
-    assert data["recommended"] in (0.0, 6.0) and data["rule"].startswith("largest margin")
+    # nothing reaches these targets: no strength works (never "0", the unsteered baseline)
+    assert data["recommended"] is None and data["rule"].startswith("the largest margin over")
+    assert data["verdict"].startswith("no strength works") and "no strength works" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory):
+    """The web tests' tiny feature store, with its SAE saved as a folder for --sae."""
+    from helpers.web_store import build_web_store
+
+    d = tmp_path_factory.mktemp("stored")
+    with torch_threads(1):
+        ws = build_web_store(d)
+    saes.save_sae(ws.sae, d / "sae")
+    return ws, d / "sae"
+
+
+def test_sweep_save_strength_stores_a_strength_or_an_explicit_none_never_zero(stored, tmp_path, capsys, monkeypatch):
+    from features import FeatureStore
+    from saesteer.commands import sweep
+    from steering.evaluate import OfflineScorer
+
+    ws, sae = stored
+    # the tiny model does not speak the toy language: score "ocean" as the share of its sea words
+    sea = set("sea wave ship sailor fish salt tide harbor storm whale coral shore".split())
+    share = OfflineScorer(lambda t: sum(w in sea for w in t.split()) / max(1, len(t.split())), lambda t: (1, 1))
+    monkeypatch.setattr(sweep, "_scorer", lambda args, store: (share, None))
+    def run(label, *extra):
+        f = next(i for i, lab in ws.labels.items() if lab == label)
+        argv = ["sweep", "--sae", str(sae), "--store", str(ws.path), "--feature", str(f), "--topic", "ocean",
+                "--samples", "2", "--max-new-tokens", "6", "--out", str(tmp_path), "--save-strength", "--no-progress",
+                "--strengths", "0,1,4", *extra]
+        assert sweep._run(parse(*argv), model=ws.model) == 0
+        with FeatureStore.open(ws.path) as st:
+            stored = st.feature(f).recommended_strength
+        return json.loads((tmp_path / f"sweep_sae_{f}.json").read_text()), stored, capsys.readouterr().out
+
+    # steering "kitchen tools" brings a sea word in at 4x: recommended and stored
+    data, stored, out = run("kitchen tools")
+    assert data["recommended"] == 4.0 and stored == 4.0 and "stored recommended strength 4" in out
+    # the "ocean words" latent only loses the one sea word the unsteered text had: the unsteered point
+    # scores best, which the old rule recommended (and stored: 0); now no strength works
+    data, stored, out = run("ocean words")
+    assert [p["concept"] > 0 for p in data["points"]] == [True, False, False]
+    assert data["recommended"] is None and stored is None
+    assert "no strength works" in out and "stored 'no strength'" in out
+    # and a stricter target replaces an earlier recommendation with the explicit none
+    data, stored, out = run("kitchen tools", "--target-concept", "0.9")
+    assert data["recommended"] is None and stored is None and data["verdict"].startswith("no strength works")
+
+
+def test_sweep_errors_name_flags_that_exist(model, sae_dir, stored, tmp_path, capsys):
+    from saesteer.commands import sweep
+
+    base = ["sweep", "--sae", str(sae_dir), "--feature", "3", "--no-progress", "--out", str(tmp_path)]
+    assert sweep.run(parse(*base, "--topic", "ocean")) == 2  # x strengths without a store
+    err = capsys.readouterr().err
+    assert "give --store FILE, or --unit raw" in err and "typical_max=" not in err
+    assert sweep.run(parse(*base, "--concept", "the sea", "--min-grammar", "0.8")) == 2
+    assert "--min-grammar needs" in capsys.readouterr().err
+    # steering's own errors name config fields; the command says them as its flags
+    assert sweep.run(parse(*base, "--topic", "ocean", "--rule", "margin")) == 2
+    err = capsys.readouterr().err
+    assert "set --target-concept" in err and "target_concept" not in err
+    assert sweep.run(parse(*base, "--topic", "ocean", "--unit", "raw", "--strengths", "0,2", "--min-fluency", "2")) == 2
+    assert "--min-fluency must be in [0, 1]" in capsys.readouterr().err
+    ws, sae = stored
+    from features import FeatureStore
+
+    with FeatureStore.open(ws.path) as st:
+        dead = [r.id for r in st.list_features(filter={"flags": ["dead"]}, limit=5)]
+    assert dead, "the web tests' store has latents that never fire"
+    from saesteer.commands._steering import CLIError
+
+    # a latent that never fired has no typical max in its store
+    args = parse("sweep", "--sae", str(sae), "--store", str(ws.path), "--feature", str(dead[0]), "--topic", "ocean",
+                 "--out", str(tmp_path))
+    with pytest.raises(CLIError, match="sweep them with --unit raw"):
+        sweep._run(args, model=ws.model)
+    from saesteer.commands.sweep import _as_flags
+
+    assert _as_flags("use a smaller value or raise SteerLimits.max_multiple") == "use a smaller value or raise --max-multiple"
 
 
 def test_sweep_needs_one_scorer(model, sae_dir, capsys):
@@ -112,10 +192,10 @@ def test_toy_scorer_judges_sentences_in_the_prompt_context():
 
     scorer = toy_scorer("ocean", "document")
     with_intro, without = scorer(["anna was a happy sailor .", ""], ["she found the boat . the", "she found the boat ."])
-    assert with_intro.concept == 1.0 and with_intro.fluency == 1.0  # "she" refers to anna; "the" is unfinished
-    assert without.fluency == 0.0  # no character introduced for "she"
+    assert with_intro.concept == 1.0 and with_intro.grammar == 1.0  # "she" refers to anna; "the" is unfinished
+    assert without.grammar == 0.0  # no character introduced for "she"
     alone = toy_scorer("ocean", "sentence")(["", ""], ["she found the boat .", "boat the found she ."])
-    assert [s.fluency for s in alone] == [1.0, 0.0]
+    assert [s.grammar for s in alone] == [1.0, 0.0]
     with pytest.raises(CLIError, match="unknown toy-world topic"):
         toy_scorer("mars")
 

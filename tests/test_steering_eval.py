@@ -79,15 +79,14 @@ def test_judge_scorer_with_a_callable_and_with_a_judge_object():
         frag = user.split("<<<FRAGMENT\n", 1)[1]
         if user.startswith("Does the fragment incorporate"):
             return json.dumps({"rating": 2 if "whale" in frag else 0})
-        if user.startswith("How fluent"):
-            return "Rating: [[1]]"
         return "garbage"  # the instruction aspect fails to parse: scored 0 and counted
 
     scorer = JudgeScorer(judge, "whales")
     s = scorer(["p1", "p2"], ["the whale swims", "a tree"])
-    assert s[0].concept == 1.0 and s[0].fluency == 0.5 and s[0].instruction == 0.0 and s[0].aggregate == 0.0
+    # the judge is not asked about fluency: steering.fluency measures it in score_generation
+    assert s[0].concept == 1.0 and s[0].fluency is None and s[0].instruction == 0.0 and s[0].aggregate == 0.0
     assert s[1].concept == 0.0
-    assert scorer.stats.calls == 6 and scorer.stats.failed == 2
+    assert scorer.stats.calls == 4 and scorer.stats.failed == 2
 
     class Done:
         def __init__(self, v):
@@ -99,7 +98,7 @@ def test_judge_scorer_with_a_callable_and_with_a_judge_object():
             return [Done({"rating": 2}) if i % 2 == 0 else RuntimeError("down") for i, _ in enumerate(calls)]
 
     s = JudgeScorer(FakeJudge(), "whales", instruction=False)(["p"], ["x"])
-    assert s[0].concept == 1.0 and s[0].fluency == 0.0 and s[0].instruction is None
+    assert s[0].concept == 1.0 and s[0].fluency is None and s[0].instruction is None
 
 
 def test_offline_scorer_and_sentences():
@@ -109,11 +108,11 @@ def test_offline_scorer_and_sentences():
     assert counts("a . bad . c") == (1, 2)
     scorer = OfflineScorer(whale_share, counts)
     out = scorer(["p", "p"], ["whale whale . bad one .", "tree"])
-    assert out[0].concept == pytest.approx(2 / 6) and out[0].fluency == 0.5
-    assert out[1].fluency == 0.0  # no complete sentence
+    assert out[0].concept == pytest.approx(2 / 6) and out[0].grammar == 0.5 and out[0].fluency is None
+    assert out[1].grammar == 0.0  # no complete sentence
     assert sentence_stats(["a . b .", "bad ."], counts) == (2, 3)
     in_context = OfflineScorer(whale_share, counts, prompt_context=True)
-    assert in_context(["bad start ."], ["good . bad ."])[0].fluency == 0.5  # the prompt's sentence is not counted
+    assert in_context(["bad start ."], ["good . bad ."])[0].grammar == 0.5  # the prompt's sentence is not counted
     assert pooled_share(["whale a", "whale whale"], lambda t: (t.split().count("whale"), len(t.split()))) == 0.75
 
 
@@ -132,25 +131,48 @@ def test_perplexity_matches_a_direct_computation(model):
 # ------------------------------------------------------------------------------- sweeps
 def test_sweep_gives_a_dose_response_and_a_recommendation(model, planted, tmp_path):
     scorer = OfflineScorer(whale_share, lambda t: (1, 1))
-    cfg = SweepConfig(strengths=[0.0, 2.0, 20.0], op="add", unit="max_act", positions="generated")
+    cfg = SweepConfig(strengths=[0.0, 4.0, 20.0], op="add", unit="max_act", positions="generated")
     res = sweep(model, planted, 11, PROMPTS[:2], scorer, cfg, gen_config=GREEDY, typical_max={11: 2.0})
     concepts = [p.concept for p in res.points]
-    assert concepts[0] < 0.5 < concepts[-1]
-    assert res.recommended == 20.0 and res.recommended_raw == 40.0
+    assert concepts[0] < 0.5 < concepts[1] <= concepts[-1]
+    # at 20x the text is one token repeated ("whale whale whale ..."): most on concept, fluency 0
+    assert res.points[-1].examples[0].split()[1:] == ["whale"] * 5 and res.points[-1].fluency == 0.0
+    assert 0 < res.points[1].fluency < 1  # "whale whale whale a whale": repetitive, not degenerate
+    assert res.recommended == 4.0 and res.recommended_raw == 8.0 and res.verdict.startswith("recommended strength 4")
     assert all(p.perplexity is not None and p.perplexity > 1 for p in res.points)
-    # standard errors over the 2 samples ride along (for rule="z"); fluency is 1 for every sample
-    assert all(p.concept_se is not None and p.concept_se >= 0 and p.fluency_se == pytest.approx(0.0, abs=1e-12) for p in res.points)
+    # standard errors over the 2 samples ride along (for rule="z"); grammar is 1 for every sample
+    assert all(p.concept_se is not None and p.concept_se >= 0 and p.fluency_se is not None for p in res.points)
+    assert all(p.grammar == 1.0 and p.grammar_se == pytest.approx(0.0, abs=1e-12) for p in res.points)
     html = write_sweep_html(res, tmp_path / "out" / "sweep.html").read_text()
     assert "plotly" in html.lower() and "dose-response" in html
     data = json.loads(write_sweep_json(res, tmp_path / "sweep.json").read_text())
-    assert data["recommended"] == 20.0 and len(data["points"]) == 3
+    assert data["recommended"] == 4.0 and len(data["points"]) == 3 and data["verdict"] == res.verdict
     sink = {}
     store_recommendation(sink, res)
-    assert sink[11]["strength"] == 20.0 and sink[11]["unit"] == "max_act" and sink[11]["raw"] == 40.0
+    assert sink[11]["strength"] == 4.0 and sink[11]["unit"] == "max_act" and sink[11]["raw"] == 8.0
     calls = []
     store_recommendation(lambda f, s, u, info: calls.append((f, s, u)), res)
-    assert calls == [(11, 20.0, "max_act")]
+    assert calls == [(11, 4.0, "max_act")]
     assert hooks_attached(model) == []
+
+
+def test_a_sweep_with_no_acceptable_strength_says_so_and_stores_none(model, planted, tmp_path):
+    scorer = OfflineScorer(whale_share, lambda t: (1, 1))
+    # 2x leaves the text off concept, 20x is one token repeated: neither is worth recommending
+    cfg = SweepConfig(strengths=[0.0, 2.0, 20.0], op="add", unit="max_act", positions="generated")
+    res = sweep(model, planted, 11, PROMPTS[:2], scorer, cfg, gen_config=GREEDY, typical_max={11: 2.0})
+    assert res.recommended is None and res.recommended_raw is None
+    assert res.verdict.startswith("no strength works: none of 2, 20 met")
+    data = json.loads(write_sweep_json(res, tmp_path / "none.json").read_text())
+    assert data["recommended"] is None and data["verdict"] == res.verdict
+    sink = {11: {"strength": 3.0}}  # an earlier recommendation is replaced by an explicit none
+    store_recommendation(sink, res)
+    assert sink[11]["strength"] is None and sink[11]["verdict"] == res.verdict
+    res.recommended = 0.0  # a hand-edited result: 0 is the unsteered model, never stored
+    with pytest.raises(SteeringError, match="unsteered"):
+        store_recommendation({}, res)
+    with pytest.raises(SteeringError, match="non-zero"):
+        SweepConfig(strengths=[0.0])
 
 
 def test_sweep_validates_every_strength_first(model, planted):
@@ -175,12 +197,44 @@ def test_recommend_strength_rules():
     assert recommend_strength(pts) == 1  # best aggregate, ties to the weaker strength
     assert recommend_strength(pts, target_concept=0.8) == 2
     assert recommend_strength(pts, target_concept=0.8, min_fluency=0.7) is None
-    assert recommend_strength(pts, min_fluency=0.95) == 0
-    assert recommend_strength(pts, target_concept=0.5, min_fluency=0.7, rule="margin") == 1  # margin .1 vs -.1
-    assert recommend_strength(pts, target_concept=0.85, min_fluency=0.5, rule="margin") == 2  # margin .05 vs -.25
-    assert recommend_strength(pts, target_concept=0.95, min_fluency=0.95, rule="margin") == 1  # none meets both: closest
+    # only the unsteered point (strength 0) is fluent enough: no strength works, never "0"
+    assert recommend_strength(pts, min_fluency=0.95) is None
+    assert recommend_strength(pts, target_concept=0.05) == 1  # 0 reaches it too, but 0 is not steering
+    assert recommend_strength(pts, target_concept=0.5, min_fluency=0.7, rule="margin") == 1  # margin .1; 2 fails
+    assert recommend_strength(pts, target_concept=0.55, min_fluency=0.5, rule="margin") == 2  # .1 vs .05
+    assert recommend_strength(pts, target_concept=0.95, min_fluency=0.95, rule="margin") is None  # none meets both
     with pytest.raises(SteeringError):
         recommend_strength(pts, rule="margin")
+
+
+def test_recommend_strength_never_gives_zero_even_where_not_steering_scores_best():
+    from steering.sweeps import SweepPoint
+
+    # the unsteered point has the best aggregate (the old rule recommended 0 and `--save-strength` stored it)
+    pts = [SweepPoint(0, 0.9, 1.0, 0.95), SweepPoint(-1, 0.2, 0.9, 0.33), SweepPoint(2, 0.3, 0.5, 0.37)]
+    assert recommend_strength(pts) == 2
+    assert recommend_strength(pts, min_fluency=0.8) == -1
+    assert recommend_strength([SweepPoint(0, 0.9, 1.0, 0.95)]) is None
+    for rule in ("weakest", "margin", "z"):
+        got = recommend_strength([SweepPoint(0, 0.9, 1.0, 0.9, concept_se=0.1, fluency_se=0.1),
+                                  SweepPoint(1, 0.6, 0.5, 0.5, concept_se=0.1, fluency_se=0.1)],
+                                 target_concept=0.5, min_fluency=0.8, rule=rule)
+        assert got is None, rule
+
+
+def test_min_grammar_is_a_further_condition():
+    from steering.sweeps import SweepPoint
+
+    pts = [SweepPoint(1, 0.6, 0.9, 0.7, grammar=0.7, concept_se=0.1, fluency_se=0.05, grammar_se=0.05),
+           SweepPoint(2, 0.7, 0.9, 0.8, grammar=0.85, concept_se=0.1, fluency_se=0.05, grammar_se=0.05)]
+    assert recommend_strength(pts, target_concept=0.5) == 1
+    assert recommend_strength(pts, target_concept=0.5, min_grammar=0.8) == 2
+    assert recommend_strength(pts, target_concept=0.5, min_grammar=0.9) is None
+    assert recommend_strength(pts, target_concept=0.5, min_grammar=0.8, rule="z") == 2
+    with pytest.raises(SteeringError, match="min_grammar needs"):
+        recommend_strength([SweepPoint(1, 0.6, 0.9, 0.7)], min_grammar=0.8)
+    with pytest.raises(SteeringError, match="min_grammar"):
+        SweepConfig(min_grammar=1.5)
 
 
 def test_recommend_strength_z_rule_weighs_margins_by_their_standard_errors():
@@ -193,6 +247,10 @@ def test_recommend_strength_z_rule_weighs_margins_by_their_standard_errors():
            SweepPoint(2, 0.7, 0.86, 0.7, concept_se=0.08, fluency_se=0.02)]
     assert recommend_strength(pts, target_concept=0.5, min_fluency=0.8, rule="margin") == 1  # .10 vs .06
     assert recommend_strength(pts, target_concept=0.5, min_fluency=0.8, rule="z") == 2  # 1.25 vs 2.5 se
+    from steering.sweeps import target_margin
+
+    assert target_margin(pts[2], target_concept=0.5, min_fluency=0.8) == pytest.approx(0.06)
+    assert target_margin(pts[2], target_concept=0.5, min_fluency=0.8, in_se=True) == pytest.approx(2.5)
     # a zero standard error counts as min_se, not as an infinite margin
     flat = [SweepPoint(1, 0.6, 1.0, 0.7, concept_se=0.0, fluency_se=0.0),  # min(10, 20) se
             SweepPoint(2, 0.9, 0.95, 0.9, concept_se=0.0, fluency_se=0.0)]  # min(40, 15) se
@@ -213,6 +271,8 @@ def test_standard_error_and_sweep_points_carry_it():
     assert standard_error([0.0, 1.0]) == pytest.approx(0.5)  # sd 0.7071 / sqrt(2)
     assert standard_error([0.2, 0.2, 0.2]) == pytest.approx(0.0, abs=1e-12)
     assert SampleScores(0.5, 0.5).aggregate == pytest.approx(0.5)
+    assert SampleScores(0.5, 1.0, grammar=0.5).aggregate == pytest.approx(3 / (2 + 1 + 2))
+    assert SampleScores(0.5).aggregate == pytest.approx(0.5)  # fluency not measured yet: not counted
 
 
 # --------------------------------------------------------------------- search, baselines
@@ -262,6 +322,12 @@ def test_score_generation_row(model, planted):
     r = score_generation("sae", model, PROMPTS[:2], gen, scorer, sentence_counts=lambda t: (1, 1))
     assert r.concept > 0.5 and r.n_samples == 2 and r.perplexity > 1
     assert "texts" not in r.as_dict()
+    # fluency is steering.fluency of each row under the (now unsteered) model, the perplexity from the same pass
+    from steering.fluency import fluency_of_generation, pooled_perplexity
+
+    flu = fluency_of_generation(model, gen)
+    assert r.fluency == pytest.approx(sum(f.fluency for f in flu) / 2)
+    assert r.perplexity == pytest.approx(pooled_perplexity(flu)) and r.grammar == 1.0
 
 
 def test_judge_scorer_through_the_autointerp_judge():
@@ -278,7 +344,7 @@ def test_judge_scorer_through_the_autointerp_judge():
             user = request.messages[-1]["content"]
             if "previous answer could not be used" in user:
                 return judge_mod.ChatResponse('{"rating": 1}')
-            if user.startswith("How fluent"):
+            if user.startswith("Does the fragment follow"):
                 return judge_mod.ChatResponse("I think it is fine")  # not JSON: the judge re-asks
             return judge_mod.ChatResponse('```json\n{"rating": 2, "reason": "clear"}\n```')
 
@@ -291,5 +357,5 @@ def test_judge_scorer_through_the_autointerp_judge():
     backend = Backend()
     judge = judge_mod.Judge(backend, concurrency=4)
     scores = JudgeScorer(judge, "the ocean")(["tell me a story"], ["the whale swam"])
-    assert scores[0].concept == 1.0 and scores[0].instruction == 1.0 and scores[0].fluency == 0.5
-    assert backend.requests == 4  # three aspects, one re-ask
+    assert scores[0].concept == 1.0 and scores[0].instruction == 0.5 and scores[0].fluency is None
+    assert backend.requests == 3  # two aspects, one re-ask

@@ -48,6 +48,14 @@ def test_store_link(ws):
         # raw-unit recommendations are converted
         link.record_strength(f, 3 * tmax, "raw", {"op": "add"})
         assert store.feature(f).recommended_strength == pytest.approx(3.0)
+        # a sweep where no strength works replaces it with an explicit none, saying why
+        res.recommended = None
+        store_recommendation(link.record_strength, res)
+        rec = store.feature(f)
+        assert rec.recommended_strength is None and rec.strength_source == "steering-sweep"
+        with store._read() as c:
+            (raw,) = c.execute("SELECT strength_details FROM features WHERE id = ?", (f,)).fetchone()
+        assert "no strength works" in raw
         dead = [s.id for s in store.list_features(filter={"flags": ["dead"]}, limit=5)]
         if dead:
             assert link.typical_max(dead[0]) is None

@@ -11,7 +11,7 @@ from saesteer.cli import main
 
 FLAGS = ["--total-tokens", "3072", "--batch-size", "256", "--holdout-tokens", "512", "--d-sae", "64", "--k", "4",
          "--architecture", "topk,matryoshka", "--checkpoint-every-tokens", "1024", "--eval-every-tokens", "1024",
-         "--progress", "false", "--num-threads", "1"]
+         "--no-progress", "--num-threads", "1"]
 
 
 @pytest.fixture(scope="module")

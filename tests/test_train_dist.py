@@ -45,7 +45,7 @@ def train_args(cache: Path, out: Path, *extra: str) -> list[str]:
         "--k", "4", "--d-sae", "64", "--matryoshka-widths", "16,64", "--batch-size", str(BATCH),
         "--total-tokens", str(STEPS * BATCH), "--holdout-tokens", "128", "--dead-tokens", "64",
         "--lr", "3e-3", "--step-method", "fast", "--num-threads", "1", "--checkpoint-every-tokens", str(8 * BATCH),
-        "--eval-every-tokens", "0", "--log-every", "4", "--progress", "false", "--model-eval", "false",
+        "--eval-every-tokens", "0", "--log-every", "4", "--no-progress", "--model-eval", "false",
         "--reader-buffer-rows", "512", *extra,
     ]
 

@@ -265,11 +265,31 @@ def test_sweep_gives_a_curve(c, ws):
     assert [p["value"] for p in out["points"]] == [0, 4, 8]
     for p in out["points"]:
         assert 0 <= p["concept"] <= 1 and 0 <= p["fluency"] <= 1 and p["perplexity"] > 0 and p["text"]
-    assert out["recommended"] in (0, 4, 8) and "fires" in out["concept"]
+    assert out["recommended"] in (4, 8, None) and "fires" in out["concept"]  # never 0, the unsteered text
+    assert out["verdict"] and "repetition" in out["fluency"]
     plain = c.post("/api/stores/tiny/steer", json={"prompt": "the sailor", "max_new_tokens": 6,
                                                    "edits": [{"feature": 3, "op": "add", "value": 8}]}).json()
     assert out["points"][2]["text"] == plain["steered"]  # same seed and settings as the playground
     assert out["points"][0]["text"] == plain["default"]  # adding 0 changes nothing
+
+
+def test_sweep_fluency_is_the_shared_measure(c, ws, monkeypatch):
+    """The web sweep's fluency is steering.fluency (the old distinct-word share scored "(______" 1.0)."""
+    import steering.fluency as fluency
+    from saesteer.web.store_source import FiringScorer
+
+    assert FiringScorer(ws.model, ws.sae, 3)(["p"], ["(______"])[0].fluency is None  # left to the sweep
+    seen = []
+
+    def fake(model, generation):
+        seen.append(len(generation.texts))
+        return [fluency.FluencyScore(0.25, 1.0, 1.0, 0.25, 0.0, 0.1, 1.0, 1) for _ in generation.texts]
+
+    monkeypatch.setattr(fluency, "fluency_of_generation", fake)
+    body = {"prompt": "the sailor", "max_new_tokens": 4, "edit": {"feature": 3, "op": "add", "unit": "max_act"},
+            "values": [0, 4]}
+    out = c.post("/api/stores/tiny/sweep", json=body).json()
+    assert [p["fluency"] for p in out["points"]] == [0.25, 0.25] and seen == [1, 1]
 
 
 @pytest.mark.parametrize("change,word", [

@@ -281,14 +281,17 @@ def test_which_features_fire_and_sweep(browser, server, shots, size):
         ocean = next(i for i, t in ws.labels.items() if "ocean" in t)
         page = p.goto(f"/s/tiny/steer?f={ocean}")
         page.locator("#prompt").fill("the sailor")
-        page.locator("#sweep-to").fill("8")
+        page.locator("#sweep-to").fill("4")
         page.locator("#sweep-n").fill("3")
         page.locator("#max-new").fill("8")
         page.locator("#sweep-run").click()
         page.wait_for_selector("#sweep-chart[data-drawn='1'] svg.main-svg")
         assert page.locator("#sweep-rows tr").count() == 3
+        # 4x writes one word over and over ("crowd ship ship ship ..."): fluency 0, so 2x is recommended
+        assert page.locator("#sweep-rows tr").nth(2).locator("td").nth(2).inner_text() == "0.00"
         assert page.locator("#sweep-rows tr.best").count() == 1
-        assert "recommended strength" in page.locator("#sweep-status").inner_text()
+        assert page.locator("#sweep-rows tr.best td").first.inner_text() == "2"
+        assert "recommended strength 2" in page.locator("#sweep-status").inner_text()
         page.locator("#sweep-card").scroll_into_view_if_needed()
         page.locator("#sweep-card").screenshot(path=str(shots / f"{size}-8-sweep.png"))
         p.check_clean()

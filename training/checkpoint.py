@@ -25,7 +25,6 @@ import json
 import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from saes.fileio import atomic_write_bytes, atomic_write_json, fsync_dir
+from saes.fileio import atomic_write_bytes, atomic_write_json, fsync_dir, make_temp_dir
 
 FORMAT = "saesteer.train_checkpoint"
 FORMAT_VERSION = 1
@@ -141,7 +140,7 @@ def write_checkpoint(root: str | os.PathLike, step: int, state: dict[str, Any], 
     state = dict(state, format=FORMAT, format_version=FORMAT_VERSION, step=step,
                  tensors_sha256=hashlib.sha256(blob).hexdigest())
     final = root / checkpoint_name(step)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{final.name}.", dir=root))
+    tmp = make_temp_dir(f"{TMP_PREFIX}{final.name}.", root)
     try:
         atomic_write_bytes(tmp / TENSORS_FILE, blob)
         atomic_write_json(tmp / STATE_FILE, state)

@@ -23,8 +23,10 @@ def add_common_arguments(parser, *, prompts_help: str) -> None:
     g.add_argument("--allow-model-mismatch", action="store_true",
                    help="steer --model even if the SAEs or the store record another model")
     g.add_argument("--device", default=None, help="device for the model and SAEs (default: the model's)")
-    g.add_argument("--sae", action="append", default=[], metavar="[NAME=]DIR", required=True,
-                   help="SAE folder (repeat for several; name them NAME=DIR and refer to NAME/FEATURE in edits)")
+    g.add_argument("--sae", action="append", default=[], metavar="[NAME=]SAE", required=True,
+                   help="SAE: a folder (saesteer, SAELens, sparsify, dictionary_learning, Gemma Scope) or "
+                        "sae_lens:RELEASE/SAE_ID (repeat for several; name them NAME=SAE and refer to NAME/FEATURE "
+                        "in edits)")
     g.add_argument("--hook", default=None, metavar="HOOK",
                    help="hook point of SAEs whose files do not record one (e.g. blocks.2.hook_resid_post)")
     g.add_argument("--store", default=None, metavar="FILE",
@@ -48,21 +50,17 @@ def parse_sae_args(values: list[str]) -> dict[str, Path]:
     return out
 
 
-def load_saes(values: list[str], device: Any = None, hook: str | None = None) -> dict[str, Any]:
-    from saes import load_sae
+def load_saes(values: list[str], device: Any = None, hook: str | None = None, model: str | None = None) -> dict[str, Any]:
+    """Every --sae through `saes.formats.resolve_sae` (any supported format or registry id); --hook
+    and --model fill in what a format does not record, and a contradicting --hook is refused."""
+    from saes.formats import resolve_sae
 
     saes = {}
     for name, path in parse_sae_args(values).items():
         try:
-            sae = load_sae(path, device=device)
+            saes[name] = resolve_sae(path, hook=hook, model=model, device=device).sae
         except (FileNotFoundError, ValueError) as e:
             raise CLIError(f"cannot load SAE {name!r} from {path}: {e}") from None
-        recorded = sae.cfg.metadata.get("hook_name") or (getattr(sae, "provenance", None) or {}).get("hook_name")
-        if hook and not recorded:
-            sae.cfg.metadata["hook_name"] = hook
-        elif hook and recorded != hook:
-            raise CLIError(f"SAE {name!r} was trained on {recorded}, not {hook}; drop --hook or pick the right SAE")
-        saes[name] = sae
     return saes
 
 

@@ -16,7 +16,8 @@ tiny 4-layer model shipped with saesteer; no GPU, no internet):
   3. train     train a Matryoshka BatchTopK SAE on them (explained variance, CE loss recovered, ...)
   4. features  build the feature store (statistics, examples, neighbours, ground-truth concept F1)
   5. label     label every latent (offline token statistics unless an LLM judge is configured)
-  6. steer     find the feature of a topic, calibrate its strength with a sweep, steer with it
+  6. steer     pick a sparse latent that matches a toy-world topic (token F1), calibrate its
+               strength on dev samples, report its effect on held-out samples
 
 then print a summary and serve the web app (browse, search, steer) until Ctrl-C.
 

@@ -29,7 +29,9 @@ def add_arguments(parser) -> None:
 
     b = sub.add_parser("build", help="run an SAE over an activation cache and write its feature store",
                        description="Build (or resume, after a crash: re-run the same command) a feature store.")
-    b.add_argument("--sae", required=True, help="SAE folder (cfg.json + sae_weights.safetensors)")
+    b.add_argument("--sae", required=True,
+                   help="SAE: a folder (saesteer, SAELens, sparsify, dictionary_learning, Gemma Scope) or "
+                        "sae_lens:RELEASE/SAE_ID")
     b.add_argument("--cache", required=True, help="activation cache directory (from `saesteer cache`)")
     b.add_argument("--out", required=True, help="store file to write, e.g. stores/toy-topk.db")
     b.add_argument("--hook", default=None, help="hook point to read from the cache (default: the SAE's hook_name)")
@@ -67,7 +69,9 @@ def add_arguments(parser) -> None:
     t = sub.add_parser("top-on-text", help="which latents fire on a text, token by token")
     t.add_argument("store", nargs="?", default=None, help="feature store (for labels; its SAE is used unless --sae)")
     t.add_argument("text", help="the text")
-    t.add_argument("--sae", default=None, help="SAE folder (default: the one the store was built from)")
+    t.add_argument("--sae", default=None, help="SAE folder or sae_lens:RELEASE/SAE_ID (default: the one the store was "
+                                               "built from)")
+    t.add_argument("--hook", default=None, help="hook point of an SAE whose files do not record one")
     t.add_argument("--model", default=None, help="model (default: the one the store or the SAE records)")
     t.add_argument("--allow-model-mismatch", action="store_true",
                    help="run --model even if the store or SAE records another model")
@@ -127,7 +131,7 @@ def _build(args) -> int:
     import torch
     from rich.text import Text
 
-    import saes
+    from saes.formats import resolve_sae
     from features import CacheSource, build_feature_store
     from features.config import BuildConfig
     from saes.identity import ModelIdentityError, ModelMismatchError, check_same_model, identity_of_sae
@@ -137,7 +141,9 @@ def _build(args) -> int:
 
     cfg = dataclass_from_args(BuildConfig, args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    sae = saes.load_sae(args.sae, device=device)
+    given_model = args.model if args.model and args.model.lower() != "none" else None
+    loaded = resolve_sae(args.sae, hook=args.hook, model=given_model, device=device)
+    sae = loaded.sae
     sae.eval()
     hook = args.hook or (sae.cfg.metadata or {}).get("hook_name")
     source = CacheSource(args.cache, hook=hook, verify=not args.no_verify)
@@ -160,7 +166,7 @@ def _build(args) -> int:
     con.print(Text.assemble(("feature store ", "bold"), plain(
         f"{args.out}: {sae.architecture} d_sae={sae.d_sae} over {source.n_rows:,} tokens of {args.cache} "
         f"({source.hook_name}); model: {model_id(model) if model is not None else 'none (no logit effects)'}")))
-    res = build_feature_store(args.out, sae, source, cfg, model=model, sae_path=str(args.sae), overwrite=args.overwrite,
+    res = build_feature_store(args.out, sae, source, cfg, model=model, sae_path=loaded.spec, overwrite=args.overwrite,
                               progress=not args.no_progress, allow_model_mismatch=args.allow_model_mismatch)
     if res.already_complete:
         con.print(plain(f"{args.out} is already complete (same SAE, cache and settings); nothing to do"))
@@ -308,9 +314,9 @@ def _top_on_text(args) -> int:
     import torch
     from rich.table import Table
 
-    import saes
     from features import FeatureStore
     from features.text import features_on_text
+    from saes.formats import resolve_sae
     from saesteer.terminal import plain
 
     from saes.identity import identity_of_sae
@@ -321,13 +327,14 @@ def _top_on_text(args) -> int:
         sae_dir = args.sae
         if store is not None and not sae_dir:
             sae_dir = (store.meta.get("sae") or {}).get("path")
-            if sae_dir and not Path(sae_dir).is_dir():
+            if sae_dir and not sae_dir.startswith("sae_lens:") and not Path(sae_dir).exists():
                 raise FileNotFoundError(f"the SAE folder the store records, {sae_dir}, does not exist (moved or "
                                         f"deleted?); pass --sae DIR")
         if not sae_dir:
             raise ValueError("give --sae (or a store that records the SAE folder it was built from)")
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        sae = saes.load_sae(sae_dir, device=device)
+        recorded_hook = (store.meta.get("sae") or {}).get("hook_name") if store is not None else None
+        sae = resolve_sae(sae_dir, hook=args.hook or recorded_hook, model=args.model, device=device).sae
         sae.eval()
         candidates = [(store.recorded_model(), f"the feature store {args.store}")] if store is not None else []
         recorded, recorded_in = pick_record(candidates + [(identity_of_sae(sae), f"the SAE {sae_dir}")])

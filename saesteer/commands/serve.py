@@ -40,8 +40,9 @@ def add_arguments(parser) -> None:
                         "for steering and 'which features fire' (default: the model the stores record)")
     g.add_argument("--allow-model-mismatch", action="store_true",
                    help="serve --model even for stores recorded for another model")
-    g.add_argument("--sae", action="append", default=[], metavar="DIR",
-                   help="SAE folder of each --store, in the same order (default: the folder the store recorded)")
+    g.add_argument("--sae", action="append", default=[], metavar="SAE",
+                   help="SAE of each --store (a folder of any supported format, or sae_lens:RELEASE/SAE_ID), in the "
+                        "same order (default: the one the store recorded)")
     g.add_argument("--device", default=None, help="device for the model (default: cuda if available, else cpu)")
     s = parser.add_argument_group("access")
     s.add_argument("--allow-remote", action="store_true",

@@ -93,7 +93,7 @@ def _run(args, model=None) -> int:
     if args.search is not None and args.store is None:
         raise CLIError("--search looks labels up in a feature store; give --store FILE")
 
-    saes = load_saes(args.sae, hook=args.hook)
+    saes = load_saes(args.sae, hook=args.hook, model=args.model)
     store, link = open_store(args.store, saes)
     try:
         if args.search is not None:

@@ -11,23 +11,30 @@ dose-response plot (plotly HTML) and the numbers (JSON) per feature; with --stor
 --save-strength, the recommended strength goes into the feature store (as a multiple of the
 feature's typical max activation).
 
-Scoring, one of:
-  --topic T      toy world, offline: concept = share of content words of topic T; fluency =
-                 share of sentences the toy validator accepts (alone, or with --toy-grammar
-                 document also the document rules: tense, introduced names, pronouns)
-  --concept C    an LLM judge rates concept / instruction / fluency 0-2 (AxBench-style);
-                 configure it with the --judge-* flags (as in `saesteer label`)
+Concept scoring, one of:
+  --topic T      toy world, offline: concept = share of content words of topic T; also the
+                 ground truth "grammatical" = share of sentences the toy validator accepts
+                 (alone, or with --toy-grammar document also the document rules: tense,
+                 introduced names, pronouns), usable as a condition with --min-grammar
+  --concept C    an LLM judge rates concept and instruction 0-2 (AxBench-style); configure it
+                 with the --judge-* flags (as in `saesteer label`)
+Fluency is the same for both (and for the web app's sweeps): how much more surprising the
+text is to the unsteered model than the model itself expects, times penalties for repetition
+and for punctuation runs; unsteered text scores about 1, degenerate text about 0.
 
-The recommendation is the strength with the best mean harmonic mean of the scores (with fluency
-at least --min-fluency), or with --target-concept the weakest strength that reaches it (--rule
-weakest), or the one with the largest worst-case margin to both targets (--rule margin), or
-that margin counted in standard errors over the samples (--rule z: safer when one score is
-much noisier than the other, as topic share is).
+Strength 0 is the unsteered baseline and is never recommended. Among the steered strengths
+that meet every condition (fluency >= --min-fluency; concept >= --target-concept; grammatical
+>= --min-grammar), the recommendation is the best mean harmonic mean of the scores, or with
+--target-concept the weakest (--rule weakest), the one with the largest worst-case margin to the
+targets (--rule margin), or that margin counted in standard errors over the samples (--rule z:
+safer when one score is much noisier than the other, as topic share is). When none meets them
+the sweep says "no strength works"; --save-strength then stores that (no strength) in --store.
 
 examples:
   saesteer sweep --sae saes/toy-topk --store toy.db --feature 123 --topic ocean --out sweeps/
   saesteer sweep --sae saes/toy-topk --store toy.db --feature 123 --topic ocean \\
-      --strengths 0,0.5,0.75,1,1.25 --target-concept 0.5 --min-fluency 0.8 --rule margin --save-strength
+      --strengths 0,0.5,0.75,1,1.25 --target-concept 0.5 --min-fluency 0.8 --min-grammar 0.8 --rule z \\
+      --save-strength
   saesteer sweep --model gpt2 --sae saes/gpt2-l6 --store gpt2.db --feature 4117 \\
       --concept "the ocean" --judge-model gpt-4o-mini --prompt "Tell me a story." --samples 8"""
 
@@ -52,7 +59,9 @@ def add_arguments(parser) -> None:
     sc.add_argument("--concept", default=None, help="concept for the LLM judge (e.g. 'the ocean')")
     o = parser.add_argument_group("output")
     o.add_argument("--out", default="sweeps", help="directory for sweep_<feature>.html / .json (default: sweeps)")
-    o.add_argument("--save-strength", action="store_true", help="store the recommended strength in --store")
+    o.add_argument("--save-strength", action="store_true",
+                   help="store the recommended strength in --store (or that no strength works)")
+    o.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_dataclass_arguments(parser, SweepConfig, title="sweep")
     add_dataclass_arguments(parser, GenerationConfig, title="generation")
     add_dataclass_arguments(parser, SteerLimits, title="limits")
@@ -66,8 +75,26 @@ def run(args) -> int:
 
     try:
         return _run(args)
-    except (CLIError, SteeringError) as e:
+    except CLIError as e:
         return print_error(e)
+    except SteeringError as e:
+        return print_error(_as_flags(str(e)))
+
+
+def _as_flags(message: str) -> str:
+    """A steering error in the CLI's words: the config fields it names become this command's flags
+    (`SteerLimits.max_multiple` -> `--max-multiple`, `target_concept` -> `--target-concept`, ...)."""
+    import dataclasses
+    import re
+
+    from steering.config import SweepConfig
+    from steering.spec import SteerLimits
+
+    message = re.sub(r"\bSteerLimits\.(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), message)
+    for f in dataclasses.fields(SweepConfig):
+        if "_" in f.name:
+            message = re.sub(rf"\b{f.name}\b", "--" + f.name.replace("_", "-"), message)
+    return message
 
 
 def _scorer(args, store_path):
@@ -115,9 +142,14 @@ def _run(args, model=None) -> int:
     prompts = [p for p in prompts for _ in range(args.samples)]
     if args.samples > 1 and not gen_cfg.do_sample:
         raise CLIError("--samples > 1 needs sampling (--do-sample true); greedy generations would all be the same")
+    if sweep_cfg.min_grammar is not None and args.topic is None:
+        raise CLIError("--min-grammar needs the toy world's validator: score with --topic T, or drop --min-grammar")
     scorer, judge = _scorer(args, args.store)
+    if sweep_cfg.unit == "max_act" and args.store is None:
+        raise CLIError("strengths in multiples of the typical max activation (--unit max_act, the default) need the "
+                       "feature store: give --store FILE, or --unit raw")
 
-    saes = load_saes(args.sae, hook=args.hook)
+    saes = load_saes(args.sae, hook=args.hook, model=args.model)
     name = args.sae_name or (next(iter(saes)) if len(saes) == 1 else None)
     if name is None or name not in saes:
         raise CLIError(f"say which SAE the features belong to with --sae-name (one of {', '.join(saes)})")
@@ -127,20 +159,27 @@ def _run(args, model=None) -> int:
             model = load_model(args, saes, store)
         sae = saes[name].to(model_device(model))
         typical = typical_max_provider(link, {name: sae})
+        if sweep_cfg.unit == "max_act":
+            silent = [f for f in args.feature if 0 <= f < sae.d_sae and typical(f) is None]
+            if silent:
+                raise CLIError(f"feature(s) {', '.join(map(str, silent))} have no typical max activation in "
+                               f"{args.store} (they never fired when it was built); sweep them with --unit raw")
         from steering.sweeps import store_recommendation, sweep, write_sweep_html, write_sweep_json
 
         out = Path(args.out)
         for feature in args.feature:
             res = sweep(model, sae, feature, prompts, scorer, sweep_cfg, gen_config=gen_cfg, typical_max=typical,
-                        sae_name=name, limits=limits, progress=True, allow_model_mismatch=args.allow_model_mismatch)
+                        sae_name=name, limits=limits, progress=not args.no_progress,
+                        allow_model_mismatch=args.allow_model_mismatch)
             html = write_sweep_html(res, out / f"sweep_{name}_{feature}.html")
             js = write_sweep_json(res, out / f"sweep_{name}_{feature}.json")
             _print_result(res, html, js)
             if args.save_strength:
+                store_recommendation(link.record_strength, res)
                 if res.recommended is None:
-                    print(f"feature {feature}: no strength qualified ({res.rule}); nothing stored")
+                    print(f"feature {feature}: {res.verdict}; stored 'no strength' in {args.store} "
+                          "(an earlier recommendation of this feature is cleared)")
                 else:
-                    store_recommendation(link.record_strength, res)
                     print(f"feature {feature}: stored recommended strength {res.recommended:g} ({res.unit}) in {args.store}")
     finally:
         if store is not None:
@@ -154,16 +193,20 @@ def _run(args, model=None) -> int:
 
 def _print_result(res, html, js) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from saesteer.terminal import plain
 
-    table = Table(title=plain(f"{res.label} ({res.unit})"),
-                  caption=plain(f"recommended: {res.recommended} ({res.rule}); {html} {js}"))
-    for col in ("strength", "concept", "fluency", "aggregate", "perplexity", "example"):
+    grammar = any(p.grammar is not None for p in res.points)
+    table = Table(title=plain(f"{res.label} ({res.unit})"), caption=plain(f"{res.verdict}; {html} {js}"))
+    cols = ["strength", "concept", "fluency"] + (["grammatical"] if grammar else []) + ["aggregate", "perplexity", "example"]
+    for col in cols:
         table.add_column(col, overflow="fold")
     for p in res.points:
-        table.add_row(f"{p.strength:g}", f"{p.concept:.2f}", f"{p.fluency:.2f}", f"{p.aggregate:.2f}",
-                      "" if p.perplexity is None else f"{p.perplexity:.1f}", plain((p.examples or [""])[0][:80]),
-                      style="bold green" if p.strength == res.recommended else None)
+        row = [f"{p.strength:g}", f"{p.concept:.2f}", f"{p.fluency:.2f}"]
+        row += [f"{p.grammar:.2f}"] if grammar else []
+        row += [f"{p.aggregate:.2f}", "" if p.perplexity is None else f"{p.perplexity:.1f}",
+                plain((p.examples or [""])[0][:80])]
+        table.add_row(*row, style="bold green" if p.strength == res.recommended else None)
     Console().print(table)

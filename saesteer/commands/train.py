@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import sys
 from pathlib import Path
 
@@ -57,6 +59,12 @@ measures it anyway); a partial overlap is printed and recorded in metrics.json (
 _SAE_FLAGS = ("architecture", "d_sae", "k", "matryoshka_widths", "sae_lr", "sae_name")
 
 
+def _bool_flag(text: str) -> bool:
+    from saesteer.configargs import _parser_for
+
+    return _parser_for(bool)(text)
+
+
 def add_arguments(parser) -> None:
     from saesteer.configargs import add_dataclass_arguments
     from training.config import CheckpointConfig, DataConfig, EvalConfig, LogConfig, OptimConfig, TrainConfig
@@ -71,6 +79,9 @@ def add_arguments(parser) -> None:
     g.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     g.add_argument("--allow-model-mismatch", action="store_true",
                    help="evaluate with --model even if it is not the model the cache was made with")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar (as in every command with long work)")
+    # the earlier spelling `--progress false`, kept working for scripts but not shown: --no-progress is the one flag
+    g.add_argument("--progress", dest="progress", type=_bool_flag, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     s = parser.add_argument_group("SAEs (comma-separated values: every combination is trained)")
     s.add_argument("--architecture", default=None, metavar="LIST",
@@ -88,7 +99,7 @@ def add_arguments(parser) -> None:
     add_dataclass_arguments(parser, OptimConfig, title="optimiser and learning-rate schedule")
     add_dataclass_arguments(parser, CheckpointConfig, prefix="checkpoint_", title="checkpoints")
     add_dataclass_arguments(parser, EvalConfig, prefix="eval_", title="evaluation")
-    add_dataclass_arguments(parser, LogConfig, title="logging")
+    add_dataclass_arguments(parser, LogConfig, title="logging", skip=("progress",))
     add_dataclass_arguments(parser, TextConfig, title="text (only without --cache: activations computed on the fly)")
 
 
@@ -150,7 +161,8 @@ def build_configs(args):
         optim=dataclass_from_args(OptimConfig, args, file_values=section("optim")),
         checkpoint=dataclass_from_args(CheckpointConfig, args, prefix="checkpoint_", file_values=section("checkpoint")),
         eval=dataclass_from_args(EvalConfig, args, prefix="eval_", file_values=section("eval")),
-        log=dataclass_from_args(LogConfig, args, file_values=section("log")),
+        log=dataclass_from_args(LogConfig, args, file_values=section("log"),
+                                **({"progress": False} if getattr(args, "no_progress", False) else {})),
     )
     data = dataclass_from_args(DataConfig, args, file_values=section("data"))
     text = dataclass_from_args(TextConfig, args, file_values=section("text"))
@@ -252,6 +264,7 @@ def _prepare_data(run_cfg, data_cfg, text_cfg, coll=None, allow_model_mismatch: 
             raise ValueError(f"the cache {data_cfg.cache} was made with {recorded.id}'s raw weights, so --process-weights "
                              f"does not apply; leave it out, or cache again with `saesteer cache --process-weights`")
         prov = cache_provenance(man, data_cfg.cache, reader.hook)
+        prov["reader_buffer_rows"] = data_cfg.reader_buffer_rows  # with train.seed: which rows were held out
         if world > 1:
             prov.update(world_size=world, dp_partition=data_cfg.dp_partition)
         if t.total_tokens + t.holdout_tokens > man.total_rows:

@@ -81,24 +81,26 @@ def open_entries(
 
 
 def _load_sae(store, sae_dir) -> tuple[Any, str | None]:
-    """(the store's SAE, None), or (None, why it cannot be loaded)."""
-    from saes import load_sae
+    """(the store's SAE, None), or (None, why it cannot be loaded). Any format `saes.formats` reads;
+    the hook and model the store recorded stand in for --hook/--model of formats that record neither."""
+    from saes.formats import resolve_sae
 
-    recorded = (store.meta.get("sae") or {}).get("path")
+    meta = store.meta.get("sae") or {}
+    recorded = meta.get("path")
     if sae_dir:
-        folder = Path(sae_dir)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"--sae {folder}: no such folder")
+        spec = str(sae_dir)
+        if not spec.startswith("sae_lens:") and not Path(spec).exists():
+            raise FileNotFoundError(f"--sae {spec}: no such folder")
     elif not recorded:
         return None, "the store does not record its SAE folder (pass --sae DIR)"
     else:
-        folder = Path(recorded)
-        if not folder.is_dir():
-            if not folder.is_absolute():  # stores from older versions kept the path as typed
+        spec = recorded
+        if not spec.startswith("sae_lens:") and not Path(spec).exists():
+            if not Path(spec).is_absolute():  # stores from older versions kept the path as typed
                 return None, (f"its SAE folder {recorded!r} was recorded relative to the directory the store was "
                               f"built in, and is not found from {Path.cwd()} (pass --sae DIR)")
-            return None, f"its SAE folder {folder} does not exist any more (moved or deleted?; pass --sae DIR)"
-    sae = load_sae(folder)
+            return None, f"its SAE folder {spec} does not exist any more (moved or deleted?; pass --sae DIR)"
+    sae = resolve_sae(spec, hook=meta.get("hook_name"), model=meta.get("model_name")).sae
     sae.eval()
     store.check_sae(sae)  # StoreMismatchError names both fingerprints
     return sae, None

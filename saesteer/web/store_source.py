@@ -390,14 +390,20 @@ class ModelEngine:
                              aggregate=_finite(p.aggregate), perplexity=_finite(p.perplexity),
                              text=p.examples[0] if p.examples else "") for p in res.points]
         return SweepResult(feature=e.feature, op=e.op, unit=e.unit, points=points, recommended=res.recommended,
+                           verdict=res.verdict,
                            concept="share of the generated tokens on which the feature fires (re-read by the unsteered model)",
-                           fluency="share of distinct words in the continuation (1: no repetition)")
+                           fluency=FLUENCY_DESCRIPTION)
+
+
+FLUENCY_DESCRIPTION = ("how natural the unsteered model finds the continuation (its surprise beyond the model's own "
+                       "uncertainty), times penalties for repetition and punctuation runs: about 1 for unsteered "
+                       "text, 0 for degenerate text (steering.fluency)")
 
 
 class FiringScorer:
     """A judge-free steering scorer: concept = share of the continuation's tokens on which `feature`
-    fires when the unsteered model reads the continuation; fluency = share of distinct words
-    (degenerate repetition scores low). Both in [0, 1], as `steering.sweep` expects."""
+    fires when the unsteered model reads the continuation, in [0, 1] (fluency: `steering.fluency`,
+    measured by the sweep itself)."""
 
     def __init__(self, model: Any, sae: Any, feature: int) -> None:
         self.model, self.sae, self.feature = model, sae, int(feature)
@@ -408,10 +414,9 @@ class FiringScorer:
 
         out = []
         for text in continuations:
-            words = text.split()
-            if not words:
-                out.append(SampleScores(0.0, 0.0))
+            if not text.strip():
+                out.append(SampleScores(0.0))
                 continue
             _, rate_F, _ = mean_latent_activation(self.model, self.sae, [text])
-            out.append(SampleScores(float(rate_F[self.feature]), len(set(words)) / len(words)))
+            out.append(SampleScores(float(rate_F[self.feature])))
         return out

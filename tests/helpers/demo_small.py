@@ -20,6 +20,8 @@ SMALL = {
     "dead_tokens": 32_000,
     "ce_contexts": 8,
     "steer_samples": 2,
+    "steer_test_samples": 4,
+    "steer_candidates": 1,
     "steer_new_tokens": 12,
     "steer_strengths": [4.0],
     "steer_positions": "all",  # this weak 48k-token SAE needs every position to move 2 short samples

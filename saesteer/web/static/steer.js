@@ -216,7 +216,7 @@
         });
         chart.setAttribute("data-drawn", "1");
       }
-      setStatus(sweepStatus, res.recommended === null ? "no recommended strength" : "recommended strength: " + res.recommended, "");
+      setStatus(sweepStatus, res.verdict || (res.recommended === null ? "no strength works" : "recommended strength: " + res.recommended), "");
     } catch (e) {
       setStatus(sweepStatus, e.message, "error");
     } finally { sweepBtn.disabled = false; }

@@ -1,0 +1,64 @@
+"""What `saesteer eval` measures and on how much data (one config; CLI flags are generated from it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"EvalConfig.{name} must be an integer >= {minimum}, got {value!r}")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation of any SAE on held-out text: reconstruction, sparsity, model loss, absorption, probing."""
+
+    contexts: int = field(default=64, metadata={"help": "held-out contexts whose tokens give the activation metrics "
+                                                        "(EV, MSE, L0, dead/dense, cosine, relative norm)"})
+    ce_contexts: int = field(default=64, metadata={"help": "of those, contexts for CE loss recovered and KL with the "
+                                                           "SAE spliced in (0: skip; train's --eval-ce-contexts "
+                                                           "default too)"})
+    ce_batch_size: int = field(default=16, metadata={"help": "contexts per model forward pass in the CE evaluation"})
+    model_batch_size: int = field(default=16, metadata={"help": "contexts per model forward pass when collecting "
+                                                                "activations"})
+    dense_threshold: float = field(default=0.1, metadata={"help": "a latent firing on more than this fraction of "
+                                                                  "held-out tokens counts as dense"})
+    exclude_bos: bool = field(default=True, metadata={"help": "leave BOS positions out of the activation metrics and "
+                                                              "keep their clean activation when the SAE is spliced in "
+                                                              "(as training on a cache that excluded BOS does)"})
+    absorption: bool = field(default=True, metadata={"help": "SAEBench-style first-letter feature absorption"})
+    absorption_max_k: int = field(default=10, metadata={"help": "largest k-sparse probe tried when finding each "
+                                                                "letter's main latents"})
+    absorption_f1_jump: float = field(default=0.03, metadata={"help": "a k-sparse probe must beat the best smaller k "
+                                                                      "by this much F1 to add latents (feature split)"})
+    absorption_prefix: str = field(default="", metadata={"help": "text before each word of the first-letter task "
+                                                                 "(the word's own position is read)"})
+    absorption_min_words: int = field(default=4, metadata={"help": "training words a letter needs to be evaluated"})
+    probing: bool = field(default=True, metadata={"help": "sparse probing: toy-world concepts on the toy model, or "
+                                                          "--probing-dataset"})
+    probing_dataset: str | None = field(default=None, metadata={"help": "labelled text (.jsonl/.json/.parquet with "
+                                                                        "text and label columns) for sparse probing; "
+                                                                        "texts are mean-pooled"})
+    probing_label_column: str = field(default="label", metadata={"help": "column of --probing-dataset holding the "
+                                                                         "label"})
+    probing_ks: list[int] = field(default_factory=lambda: [1, 2, 5, 10],
+                                  metadata={"help": "numbers of latents the sparse probes may use"})
+    probing_max_per_class: int = field(default=400, metadata={"help": "examples kept per class and task (balanced)"})
+    probing_min_positives: int = field(default=20, metadata={"help": "examples a class needs to be probed"})
+    seed: int = field(default=0, metadata={"help": "seed of the splits and subsamples"})
+
+    def __post_init__(self) -> None:
+        _check_int("contexts", self.contexts, 1)
+        _check_int("ce_contexts", self.ce_contexts, 0)
+        for name in ("ce_batch_size", "model_batch_size", "absorption_max_k", "absorption_min_words",
+                     "probing_max_per_class", "probing_min_positives"):
+            _check_int(name, getattr(self, name), 1)
+        if not 0.0 <= float(self.dense_threshold) <= 1.0:
+            raise ValueError(f"EvalConfig.dense_threshold must lie in [0, 1], got {self.dense_threshold!r}")
+        if not 0.0 <= float(self.absorption_f1_jump) < 1.0:
+            raise ValueError(f"EvalConfig.absorption_f1_jump must lie in [0, 1), got {self.absorption_f1_jump!r}")
+        ks = [int(k) for k in self.probing_ks]
+        if not ks or any(k < 1 for k in ks):
+            raise ValueError(f"EvalConfig.probing_ks must be positive integers, got {self.probing_ks!r}")
+        self.probing_ks = sorted(set(ks))

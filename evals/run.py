@@ -1,0 +1,121 @@
+"""Evaluate several SAEs side by side on the same held-out data.
+
+    inputs = EvalInputs(model, heldout, ce_tokens=heldout.tokens[:32], keep_ids=heldout.excluded_ids,
+                        tokenizer=model.tokenizer, probing=...)
+    results = evaluate_saes({"a": loaded_a, "b": loaded_b}, inputs, EvalConfig())
+
+Each SAE is evaluated at its own hook point (`sae.cfg.metadata["hook_name"]`); `heldout` holds every
+hook's activations at the same positions, so the SAEs see the same tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, NamedTuple
+
+import torch
+from torch import Tensor
+
+from evals.config import EvalConfig
+from evals.activations import HeldOutActivations
+from evals.probing import ProbingData, Task, sparse_probing
+from evals.reconstruction import activation_metrics, model_metrics
+
+
+class ProbingInputs(NamedTuple):
+    """What sparse probing runs on, per hook: token activations grouped into items, and tasks."""
+
+    data: Mapping[str, ProbingData]  # hook -> data
+    tasks: list[Task]
+    source: str  # e.g. "toyworld.concept_masks" or the labelled file
+
+
+class EvalInputs(NamedTuple):
+    model: Any
+    heldout: HeldOutActivations
+    ce_tokens: Tensor | None  # [N, L] contexts for CE/KL (None or empty: skip)
+    keep_ids: tuple[int, ...]  # tokens whose positions keep their clean activation when spliced
+    tokenizer: Any = None
+    rows: Mapping[str, Tensor] | None = None  # SAE name -> activation rows replacing heldout's (e.g. a cache holdout)
+    rows_source: Mapping[str, str] | None = None  # SAE name -> where its rows came from
+    probing: ProbingInputs | None = None
+
+
+def _describe(loaded) -> dict[str, Any]:
+    sae = loaded.sae
+    cfg = sae.cfg
+    return {"spec": loaded.spec, "format": loaded.format, "architecture": sae.architecture, "d_in": sae.d_in,
+            "d_sae": sae.d_sae, "k": getattr(cfg, "k", None),
+            "matryoshka_widths": list(getattr(cfg, "matryoshka_widths", []) or []) or None,
+            "hook_name": cfg.metadata.get("hook_name"), "model_name": cfg.metadata.get("model_name"),
+            "source": (loaded.provenance or {}).get("source")}
+
+
+def evaluate_saes(saes: Mapping[str, Any], inputs: EvalInputs, cfg: EvalConfig,
+                  say: Callable[[str], None] = lambda _: None) -> dict[str, dict[str, Any]]:
+    """{name: {description..., "metrics": {...}, "absorption": {...}, "probing": {...}}}."""
+    from evals.absorption import first_letter_absorption, vocabulary_words, word_activations
+
+    words: list[tuple[int, str]] | None = None
+    word_acts: dict[str, Tensor] = {}
+    out: dict[str, dict[str, Any]] = {}
+    for name, loaded in saes.items():
+        sae = loaded.sae
+        sae.eval()
+        hook = sae.cfg.metadata["hook_name"]
+        rows = inputs.rows.get(name) if inputs.rows else None
+        x = rows if rows is not None else inputs.heldout.acts[hook]
+        say(f"{name}: activation metrics on {x.shape[0]:,} held-out tokens at {hook}")
+        metrics = activation_metrics(sae, x, cfg.dense_threshold)
+        if inputs.ce_tokens is not None and len(inputs.ce_tokens) and cfg.ce_contexts > 0:
+            say(f"{name}: CE loss recovered and KL over {len(inputs.ce_tokens)} contexts")
+            metrics.update(model_metrics(inputs.model, sae, hook, inputs.ce_tokens, inputs.keep_ids, cfg.ce_batch_size))
+        entry: dict[str, Any] = {**_describe(loaded), "metrics": metrics,
+                                 "rows_source": (inputs.rows_source or {}).get(name, "held-out text")}
+        if cfg.absorption and inputs.tokenizer is not None:
+            if words is None:
+                words = vocabulary_words(inputs.tokenizer)
+            if hook not in word_acts:
+                say(f"first-letter task: {len(words)} single-token words at {hook}")
+                word_acts[hook] = word_activations(inputs.model, hook, inputs.tokenizer, [t for t, _ in words],
+                                                   cfg.absorption_prefix)
+            entry["absorption"] = first_letter_absorption(
+                sae, word_acts[hook], [w for _, w in words], max_k=cfg.absorption_max_k,
+                f1_jump=cfg.absorption_f1_jump, min_words=cfg.absorption_min_words, seed=cfg.seed)
+        if cfg.probing and inputs.probing is not None and hook in inputs.probing.data:
+            say(f"{name}: sparse probing on {len(inputs.probing.tasks)} tasks ({inputs.probing.source})")
+            entry["probing"] = {"source": inputs.probing.source,
+                                **sparse_probing(sae, inputs.probing.data[hook], inputs.probing.tasks, cfg.probing_ks)}
+        out[name] = entry
+    return out
+
+
+def token_probing_data(heldout: HeldOutActivations, hooks: list[str]) -> dict[str, ProbingData]:
+    """Every held-out token is an item."""
+    n = int(heldout.row_context.numel())
+    return {h: ProbingData(heldout.acts[h], None, n) for h in hooks}
+
+
+def token_labels(heldout: HeldOutActivations, masks_NL: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Per-row labels [R] of the held-out rows from per-context masks [N, L]."""
+    return {name: m.bool().cpu()[heldout.row_context, heldout.row_position] for name, m in masks_NL.items()}
+
+
+def text_probing_data(model, hooks: list[str], texts_tokens: list[Tensor],
+                      excluded_ids: tuple[int, ...]) -> dict[str, ProbingData]:
+    """Each text is an item: its tokens' activations, grouped (padding and excluded tokens dropped)."""
+    from training.cache import ActivationRunner
+
+    runner = ActivationRunner(model, hooks, forward="transformer_lens")
+    excl = torch.tensor(excluded_ids, dtype=torch.long)
+    parts: dict[str, list[Tensor]] = {h: [] for h in hooks}
+    items: list[Tensor] = []
+    for i, toks in enumerate(texts_tokens):
+        got = runner.run(toks[None].long())
+        keep = ~torch.isin(toks.long(), excl) if excl.numel() else torch.ones(len(toks), dtype=torch.bool)
+        if not keep.any():
+            keep[:] = True
+        for h in hooks:
+            parts[h].append(got[h][0].to("cpu", torch.float32)[keep])
+        items.append(torch.full((int(keep.sum()),), i, dtype=torch.long))
+    item_R = torch.cat(items)
+    return {h: ProbingData(torch.cat(parts[h]), item_R, len(texts_tokens)) for h in hooks}

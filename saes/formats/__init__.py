@@ -1,0 +1,98 @@
+"""Any SAE a practitioner has, as one of our SAE classes with the source library's encode/decode.
+
+    loaded = resolve_sae("runs/x/saes/topk_k32_f4096")                       # saesteer / SAELens folder
+    loaded = resolve_sae("sae_lens:gpt2-small-res-jb/blocks.8.hook_resid_pre")   # SAELens registry (HF cache)
+    loaded = resolve_sae("checkpoints/run/layers.6", model="EleutherAI/pythia-70m")  # sparsify hookpoint
+    loaded = resolve_sae("dl/trainer_0")                                      # dictionary_learning ae.pt + config.json
+    loaded = resolve_sae("gs/params.npz", model="gemma-2-2b", hook="blocks.20.hook_resid_post")  # Gemma Scope
+    loaded.sae, loaded.provenance, loaded.spec
+
+`resolve_sae` is the one place a `--sae` string becomes an SAE: every command goes through it.
+`hook` and `model` are what the user says the SAE reads; formats that record them keep their
+record (a contradicting hook is refused), formats that do not take the user's, and the
+provenance keeps both. `spec` is canonical (absolute path or registry id): it resolves again to
+the same SAE, so feature stores record it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from saes.formats import dictionary_learning, gemma_scope, sae_lens_folder, sae_lens_registry, sparsify
+from saes.formats.base import LoadedSAE, tl_hook_for_module
+from saes.io import PICKLE_SUFFIXES, SAEFormatError
+
+FORMATS = {
+    sae_lens_folder.FORMAT: "folder with cfg.json + sae_weights.safetensors (saesteer, SAELens)",
+    sae_lens_registry.FORMAT: "sae_lens:RELEASE/SAE_ID (SAELens's pretrained registry, through the HF cache)",
+    sparsify.FORMAT: "sparsify hookpoint folder with cfg.json + sae.safetensors",
+    dictionary_learning.FORMAT: "dictionary_learning folder with ae.pt (+ config.json), or the ae.pt file",
+    gemma_scope.FORMAT: "Gemma Scope params.npz (or its folder)",
+}
+
+__all__ = ["FORMATS", "LoadedSAE", "detect_format", "resolve_sae", "tl_hook_for_module"]
+
+
+def detect_format(spec: str | os.PathLike) -> str:
+    """Which reader a spec goes to (a FORMATS key); a clear error naming what was expected."""
+    text = os.fspath(spec)
+    if text.startswith(sae_lens_registry.PREFIX):
+        return sae_lens_registry.FORMAT
+    path = Path(text).expanduser()
+    if path.is_file():
+        if path.suffix == ".npz":
+            return gemma_scope.FORMAT
+        if path.name == dictionary_learning.WEIGHTS:
+            return dictionary_learning.FORMAT
+        if path.suffix.lower() in PICKLE_SUFFIXES:
+            raise SAEFormatError(f"{path}: saesteer reads torch pickles only as dictionary_learning's "
+                                 f"{dictionary_learning.WEIGHTS}; other pickles are never loaded (they can run code). "
+                                 f"Convert it with safetensors in a Python session you trust")
+        raise SAEFormatError(f"{path} is a file; pass the SAE folder (or one of: {_known()})")
+    if not path.is_dir():
+        raise FileNotFoundError(f"SAE not found: {path} (expected a folder, a file, or {sae_lens_registry.PREFIX}"
+                                f"RELEASE/SAE_ID)")
+    for fmt, is_folder in ((sae_lens_folder.FORMAT, sae_lens_folder.is_folder), (sparsify.FORMAT, sparsify.is_folder),
+                           (dictionary_learning.FORMAT, dictionary_learning.is_folder),
+                           (gemma_scope.FORMAT, gemma_scope.is_folder)):
+        if is_folder(path):
+            return fmt
+    hookpoints = sparsify.hookpoint_folders(path)
+    if hookpoints:
+        raise SAEFormatError(f"{path} is a sparsify run with one SAE per hookpoint; pass one of its folders, e.g. "
+                             f"{path / hookpoints[0]} (hookpoints: {', '.join(hookpoints[:8])}"
+                             f"{', ...' if len(hookpoints) > 8 else ''})")
+    trainers = sorted(p.name for p in path.iterdir() if dictionary_learning.is_folder(p))
+    if trainers:
+        raise SAEFormatError(f"{path} holds several dictionary_learning SAEs; pass one of {', '.join(trainers[:8])}")
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+    held = f" (it holds pickled file(s) {', '.join(pickles[:5])}, which saesteer never unpickles)" if pickles else ""
+    raise SAEFormatError(f"{path} is not an SAE folder saesteer reads{held}; expected one of: {_known()}")
+
+
+def _known() -> str:
+    return "; ".join(FORMATS.values())
+
+
+def resolve_sae(
+    spec: str | os.PathLike,
+    *,
+    hook: str | None = None,
+    model: str | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> LoadedSAE:
+    """Load the SAE `spec` names (see the module docstring); errors are `SAEFormatError` /
+    `FileNotFoundError` with one line saying what to fix."""
+    fmt = detect_format(spec)
+    text = os.fspath(spec)
+    kw = {"hook": hook, "model": model, "device": device, "dtype": dtype}
+    if fmt == sae_lens_registry.FORMAT:
+        return sae_lens_registry.load(text[len(sae_lens_registry.PREFIX):], **kw)
+    path = Path(text).expanduser()
+    reader = {sae_lens_folder.FORMAT: sae_lens_folder.load, sparsify.FORMAT: sparsify.load,
+              dictionary_learning.FORMAT: dictionary_learning.load, gemma_scope.FORMAT: gemma_scope.load}[fmt]
+    return reader(path, **kw)

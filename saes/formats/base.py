@@ -1,0 +1,154 @@
+"""What every reader of another library's SAE files shares.
+
+- `LoadedSAE`: the SAE, its provenance and the canonical spec it was loaded from.
+- `record_model_and_hook`: where a format records the model and hook point, that record is used
+  (a different `--hook` is refused, naming both); where it does not, the user's values are used;
+  both sides are kept in the provenance.
+- `tl_hook_for_module`: TransformerLens hook name of an HF module path (sparsify's hookpoints).
+- `read_plain_state_dict`: a torch pickle through `torch.load(weights_only=True)` only, and only
+  if it holds a plain {name: tensor} state dict.
+- `read_safetensors`, `require_tensors`, `file_sha256`: small checked readers.
+
+Only JSON, safetensors, numpy .npz (allow_pickle=False) and weights-only torch pickles of plain
+state dicts are read; nothing in a file can run code here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import re
+import zipfile
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from saes.base import SAE
+from saes.io import SAEFormatError
+
+
+class LoadedSAE(NamedTuple):
+    """An SAE from any supported source.
+
+    `spec` re-resolves to the same SAE (an absolute path, or a `sae_lens:` registry id), so a
+    feature store can record it; `provenance` is also set on `sae.provenance`."""
+
+    sae: SAE
+    provenance: dict[str, Any]
+    spec: str
+    format: str
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def files_record(folder: Path, names: list[str]) -> dict[str, str]:
+    """{file name: SHA-256} of the files an SAE was read from (what the provenance records)."""
+    return {n: file_sha256(folder / n) for n in names if (folder / n).is_file()}
+
+
+def read_safetensors(path: Path, source: str) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    try:
+        return load(path.read_bytes())
+    except (SafetensorError, ValueError) as e:
+        raise SAEFormatError(f"{source}: {path.name} is not a readable safetensors file ({e}); it is truncated or "
+                             f"corrupt - re-download or re-save it") from None
+
+
+def require_tensors(weights: dict[str, Any], names: list[str], source: str, what: str) -> None:
+    missing = [n for n in names if n not in weights]
+    if missing:
+        raise SAEFormatError(f"{source}: a {what} needs tensors {', '.join(names)}; missing {', '.join(missing)} "
+                             f"(the file has: {', '.join(sorted(weights)) or 'nothing'})")
+
+
+# --------------------------------------------------------------------------------- pickles
+def read_plain_state_dict(path: Path, source: str) -> dict[str, torch.Tensor]:
+    """A torch-saved {name: tensor} dict, read with `torch.load(weights_only=True)`.
+
+    weights_only's unpickler builds only tensors and plain containers and never calls anything
+    a file names, so a malicious pickle fails here without running. A pickle that holds anything
+    but a flat dict of tensors (a whole module, an optimizer checkpoint, ...) is refused."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile, AttributeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SAEFormatError(
+            f"{source}: {path.name} is not a plain state dict of tensors, refused without running it "
+            f"(torch.load(weights_only=True) said: {first[:200]}). Only files saved as "
+            f"torch.save(module.state_dict(), ...) are read; convert other pickles in a Python session you trust"
+        ) from None
+    if not isinstance(obj, dict) or not obj:
+        raise SAEFormatError(f"{source}: {path.name} holds a {type(obj).__name__}, not a state dict "
+                             f"({{name: tensor}}); save it with torch.save(module.state_dict(), path)")
+    bad = [str(k) for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise SAEFormatError(f"{source}: {path.name} is not a plain state dict: entries {', '.join(bad[:5])} are not "
+                             f"tensors named by strings; save it with torch.save(module.state_dict(), path)")
+    return obj
+
+
+# --------------------------------------------------------------------------- model and hook
+_LAYER = r"(?:layers|h|blocks|layer)\.(\d+)"
+_MODULE_HOOKS = [
+    (re.compile(rf"^(?:.+\.)?{_LAYER}$"), "blocks.{}.hook_resid_post"),  # a decoder layer's output
+    (re.compile(rf"^(?:.+\.)?{_LAYER}\.mlp$"), "blocks.{}.hook_mlp_out"),
+    (re.compile(r"^(?:.+\.)?(?:embed_tokens|wte|embed_in)$"), "hook_embed"),
+]
+
+
+def tl_hook_for_module(module_path: str) -> str | None:
+    """TransformerLens hook point that reads what an HF module outputs, e.g. 'layers.3' (a
+    decoder layer, any HF architecture's list of layers) -> 'blocks.3.hook_resid_post',
+    'h.5.mlp' -> 'blocks.5.hook_mlp_out'; None when there is no exact counterpart."""
+    for pattern, template in _MODULE_HOOKS:
+        m = pattern.match(module_path)
+        if m:
+            return template.format(*m.groups())
+    return None
+
+
+def record_model_and_hook(
+    sae: SAE,
+    provenance: dict[str, Any],
+    *,
+    source: str,
+    hook: str | None,
+    model: str | None,
+    recorded_hook: str | None,
+    recorded_model: str | None,
+    hook_basis: str | None = None,
+) -> None:
+    """Put the hook point and model into `sae.cfg.metadata` (what every command reads) and the
+    provenance. The file's own record wins; a `hook` that contradicts it is refused.
+
+    `hook_basis` says how `recorded_hook` was derived when the file names it in other terms
+    (e.g. "sparsify hookpoint layers.3")."""
+    if hook and recorded_hook and hook != recorded_hook:
+        basis = f" ({hook_basis})" if hook_basis else ""
+        raise SAEFormatError(f"{source} records hook point {recorded_hook}{basis}, but --hook says {hook}; "
+                             f"drop --hook or pick the SAE trained on {hook}")
+    hook_name = recorded_hook or hook
+    model_name = recorded_model or model
+    md = sae.cfg.metadata
+    if hook_name:
+        md["hook_name"] = hook_name
+    if model_name and not md.get("model_name"):
+        md["model_name"] = model_name
+    # Adapter for the model-identity record: `model` and `hook_name` are what saesteer.json holds
+    # for SAEs trained here; a plain name (not a 'hub:'/'local:'/'toy:' id) identifies no weights.
+    provenance.update(
+        model=model_name, hook_name=hook_name,
+        recorded={"model": recorded_model, "hook_name": recorded_hook, "hook_basis": hook_basis},
+        given={"model": model, "hook_name": hook},
+    )

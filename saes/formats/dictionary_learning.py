@@ -1,0 +1,186 @@
+"""saprmarks/dictionary_learning folders: `ae.pt` (a torch-saved state dict) + `config.json`.
+
+As dictionary_learning writes them (`dictionary_learning/training.py`, `trainSAE`): `config.json`
+is `{"trainer": trainer.config, "buffer": buffer.config}` (trainer: `dict_class`, `activation_dim`,
+`dict_size`, `k`, `layer`, `lm_name`, `submodule_name`, ...); `ae.pt` is
+`torch.save({k: v.cpu() for k, v in ae.state_dict().items()})`. It is read with
+`torch.load(weights_only=True)` and only as a plain {name: tensor} dict (`base.read_plain_state_dict`).
+
+The classes, as `dictionary_learning.utils.load_dictionary` loads them:
+- `AutoEncoder` (dictionary.py): relu(encoder(x - bias)), decoder(f) + bias; keys `encoder.weight
+  [F, D]`, `encoder.bias`, `decoder.weight [D, F]`, `bias [D]`. `from_pretrained` (through
+  `load_dictionary`) rescales decoder columns to unit norm and the encoder to match, unless they
+  already are; we do the same, so activations equal theirs.
+- `AutoEncoderTopK` (trainers/top_k.py): per-token top-k of relu(encoder(x - b_dec)); keys
+  `encoder.*`, `decoder.weight`, `b_dec`, `k`, `threshold` (unused by its default encode).
+- `BatchTopKSAE` (trainers/batch_top_k.py): at inference relu(pre) * (relu(pre) > threshold), one
+  scalar threshold -> our BatchTopK with that threshold for every latent.
+- `MatryoshkaBatchTopKSAE` (trainers/matryoshka_batch_top_k.py): `W_enc [D, F]`, `b_enc`, `W_dec
+  [F, D]`, `b_dec`, `k`, `threshold`, `group_sizes` -> our Matryoshka with cumulative widths.
+- `JumpReluAutoEncoder` (dictionary.py): relu(pre * (pre > threshold)), pre = x @ W_enc + b_enc
+  (no b_dec subtraction: `apply_b_dec_to_input = False`).
+`GatedAutoEncoder` and `AutoEncoderNew` have no counterpart here and are refused.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saes.fileio import read_json
+from saes.formats.base import LoadedSAE, files_record, read_plain_state_dict, record_model_and_hook, require_tensors
+from saes.io import SAEFormatError, sae_from_sae_lens_dict
+
+FORMAT = "dictionary_learning"
+WEIGHTS = "ae.pt"
+CONFIG = "config.json"
+SUPPORTED = ("AutoEncoder", "AutoEncoderTopK", "BatchTopKSAE", "MatryoshkaBatchTopKSAE", "JumpReluAutoEncoder")
+_SUBMODULE_HOOKS = [  # dictionary_learning's demo names: "<site>_layer_<n>"
+    (re.compile(r"^resid_post_layer_(\d+)$"), "blocks.{}.hook_resid_post"),
+    (re.compile(r"^mlp_out_layer_(\d+)$"), "blocks.{}.hook_mlp_out"),
+    (re.compile(r"^attn_out_layer_(\d+)$"), "blocks.{}.hook_attn_out"),
+]
+
+
+def is_folder(path: Path) -> bool:
+    return path.is_dir() and (path / WEIGHTS).is_file()
+
+
+def _infer_class(state: dict[str, torch.Tensor], source: str) -> str:
+    """The dict class a state dict belongs to, where its keys say it unambiguously."""
+    keys = set(state)
+    if keys & {"mag_bias", "gate_bias", "r_mag"}:
+        return "GatedAutoEncoder"
+    if "group_sizes" in keys:
+        return "MatryoshkaBatchTopKSAE"
+    if {"encoder.weight", "decoder.weight", "bias"} <= keys:
+        return "AutoEncoder"
+    if {"W_enc", "threshold"} <= keys and "k" not in keys:
+        return "JumpReluAutoEncoder"
+    if {"encoder.weight", "k"} <= keys:
+        raise SAEFormatError(f"{source}: {WEIGHTS} is an AutoEncoderTopK or a BatchTopKSAE (same tensors, different "
+                             f"encoders) and there is no {CONFIG} beside it to say which; put the {CONFIG} "
+                             f"dictionary_learning wrote next to it")
+    raise SAEFormatError(f"{source}: the tensors in {WEIGHTS} ({', '.join(sorted(keys))}) match no dictionary_learning "
+                         f"class saesteer reads ({', '.join(SUPPORTED)})")
+
+
+def _k(state: dict[str, torch.Tensor], trainer: dict[str, Any], source: str) -> int:
+    # load_dictionary passes config k; from_pretrained refuses a different k in the state dict
+    k_cfg, k_state = trainer.get("k"), state.get("k")
+    if k_state is not None and k_state.numel() != 1:
+        raise SAEFormatError(f"{source}: k in {WEIGHTS} must be a single number, got shape {tuple(k_state.shape)}")
+    if k_cfg is not None and k_state is not None and int(k_cfg) != int(k_state.item()):
+        raise SAEFormatError(f"{source}: {CONFIG} says k={k_cfg} but {WEIGHTS} holds k={int(k_state.item())}")
+    k = k_cfg if k_cfg is not None else (k_state.item() if k_state is not None else None)
+    if k is None:
+        raise SAEFormatError(f"{source}: a top-k dictionary needs k (in {CONFIG}'s trainer or in {WEIGHTS})")
+    return int(k)
+
+
+def _scalar_threshold(state: dict[str, torch.Tensor], d_sae: int, source: str) -> torch.Tensor:
+    thr = state["threshold"]
+    if thr.numel() != 1:
+        raise SAEFormatError(f"{source}: threshold in {WEIGHTS} must be one number, got shape {tuple(thr.shape)}")
+    return thr.reshape(()).expand(d_sae).clone()
+
+
+def _convert(dict_class: str, state: dict[str, torch.Tensor], trainer: dict[str, Any], source: str):
+    """(SAELens-style cfg, state) of one dictionary class, plus whether to fold decoder norms."""
+    if dict_class == "AutoEncoder":
+        require_tensors(state, ["encoder.weight", "encoder.bias", "decoder.weight", "bias"], source, dict_class)
+        F_, D_ = state["encoder.weight"].shape
+        cfg = {"architecture": "standard", "d_in": D_, "d_sae": F_, "apply_b_dec_to_input": True}
+        sd = {"W_enc": state["encoder.weight"].T, "b_enc": state["encoder.bias"], "W_dec": state["decoder.weight"].T,
+              "b_dec": state["bias"]}
+        return cfg, sd
+    if dict_class in ("AutoEncoderTopK", "BatchTopKSAE"):
+        names = ["encoder.weight", "encoder.bias", "decoder.weight", "b_dec"]
+        require_tensors(state, names + (["threshold"] if dict_class == "BatchTopKSAE" else []), source, dict_class)
+        F_, D_ = state["encoder.weight"].shape
+        k = _k(state, trainer, source)
+        sd = {"W_enc": state["encoder.weight"].T, "b_enc": state["encoder.bias"], "W_dec": state["decoder.weight"].T,
+              "b_dec": state["b_dec"]}
+        if dict_class == "AutoEncoderTopK":
+            return {"architecture": "topk", "d_in": D_, "d_sae": F_, "k": k, "apply_b_dec_to_input": True}, sd
+        sd["threshold"] = _scalar_threshold(state, F_, source)
+        cfg = {"architecture": "jumprelu", "d_in": D_, "d_sae": F_, "apply_b_dec_to_input": True,
+               "metadata": {"training_architecture": "batchtopk", "training_architecture_details": {"k": k}}}
+        return cfg, sd
+    if dict_class == "MatryoshkaBatchTopKSAE":
+        require_tensors(state, ["W_enc", "b_enc", "W_dec", "b_dec", "threshold", "group_sizes"], source, dict_class)
+        D_, F_ = state["W_enc"].shape
+        sizes = [int(s) for s in state["group_sizes"].tolist()]
+        if sum(sizes) != F_ or any(s <= 0 for s in sizes):
+            raise SAEFormatError(f"{source}: group_sizes {sizes} must be positive and sum to dict_size {F_}")
+        widths = [sum(sizes[: i + 1]) for i in range(len(sizes))]
+        sd = {n: state[n] for n in ("W_enc", "b_enc", "W_dec", "b_dec")}
+        sd["threshold"] = _scalar_threshold(state, F_, source)
+        cfg = {"architecture": "jumprelu", "d_in": D_, "d_sae": F_, "apply_b_dec_to_input": True,
+               "metadata": {"training_architecture": "matryoshka_batchtopk",
+                            "training_architecture_details": {"k": _k(state, trainer, source),
+                                                              "matryoshka_widths": widths}}}
+        return cfg, sd
+    if dict_class == "JumpReluAutoEncoder":
+        require_tensors(state, ["W_enc", "b_enc", "W_dec", "b_dec", "threshold"], source, dict_class)
+        D_, F_ = state["W_enc"].shape
+        cfg = {"architecture": "jumprelu", "d_in": D_, "d_sae": F_, "apply_b_dec_to_input": False}
+        return cfg, {n: state[n] for n in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")}
+    raise SAEFormatError(f"{source}: dict_class {dict_class!r} is not supported (saesteer reads {', '.join(SUPPORTED)})")
+
+
+def _hook_from_submodule(name: Any) -> str | None:
+    for pattern, template in _SUBMODULE_HOOKS:
+        m = pattern.match(str(name or ""))
+        if m:
+            return template.format(*m.groups())
+    return None
+
+
+def load(
+    path: Path, *, hook: str | None = None, model: str | None = None,
+    device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+) -> LoadedSAE:
+    path = path.resolve()
+    folder, weights_path = (path.parent, path) if path.is_file() else (path, path / WEIGHTS)
+    source = f"{weights_path} (dictionary_learning)"
+    config: dict[str, Any] = {}
+    if (folder / CONFIG).is_file():
+        loaded = read_json(folder / CONFIG, "dictionary_learning config")
+        if not isinstance(loaded, dict):
+            raise SAEFormatError(f"{source}: {CONFIG} must hold a JSON object")
+        config = loaded
+    trainer = config.get("trainer") if isinstance(config.get("trainer"), dict) else {}
+    state = read_plain_state_dict(weights_path, source)
+    dict_class = trainer.get("dict_class") or _infer_class(state, source)
+    sl_cfg, sd = _convert(str(dict_class), state, trainer, source)
+    sl_cfg["dtype"] = str(sd["W_enc"].dtype).removeprefix("torch.")
+    sl_cfg.setdefault("metadata", {})
+    for key, want in (("activation_dim", sl_cfg["d_in"]), ("dict_size", sl_cfg["d_sae"])):
+        if trainer.get(key) is not None and int(trainer[key]) != int(want):
+            raise SAEFormatError(f"{source}: {CONFIG} says {key}={trainer[key]} but the weights have {want}")
+    sd = {n: t.contiguous() for n, t in sd.items()}
+    sae = sae_from_sae_lens_dict(sl_cfg, sd, device=device, dtype=dtype, source=source)
+    folded = False
+    if dict_class == "AutoEncoder":  # as AutoEncoder.from_pretrained(normalize_decoder=True) does
+        norms_F = sae.W_dec.detach().norm(dim=1)
+        if not torch.allclose(norms_F, torch.ones_like(norms_F)):
+            sae.fold_decoder_norm_()
+            folded = True
+    buffer = config.get("buffer") if isinstance(config.get("buffer"), dict) else {}
+    if buffer.get("ctx_len"):
+        sae.cfg.metadata["context_size"] = int(buffer["ctx_len"])
+    prov: dict[str, Any] = {"source": {
+        "format": FORMAT, "path": str(weights_path), "dict_class": dict_class, "decoder_norm_folded": folded,
+        "files": files_record(folder, [weights_path.name, CONFIG]), "trainer": trainer, "buffer": buffer,
+    }}
+    submodule = trainer.get("submodule_name")
+    derived = _hook_from_submodule(submodule)
+    record_model_and_hook(sae, prov, source=source, hook=hook, model=model, recorded_hook=derived,
+                          recorded_model=trainer.get("lm_name"),
+                          hook_basis=f"dictionary_learning submodule {submodule!r}" if derived else None)
+    sae.provenance = prov
+    return LoadedSAE(sae, prov, str(weights_path if path.is_file() else folder), FORMAT)

@@ -1,0 +1,46 @@
+"""SAELens folders (`cfg.json` + `sae_weights.safetensors`), ours included (`saes.io`).
+
+SAELens records the model and hook point in `cfg.json` (`metadata.model_name`, `hook_name`);
+folders we trained add `saesteer.json`, whose provenance is kept as it is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saes.formats.base import LoadedSAE, files_record, record_model_and_hook
+from saes.io import CFG_FILENAME, WEIGHTS_FILENAME, SAEFormatError, read_sae_folder, sae_from_sae_lens_dict
+
+FORMAT = "sae_lens"
+
+
+def is_folder(path: Path) -> bool:
+    return path.is_dir() and (path / CFG_FILENAME).is_file() and (path / WEIGHTS_FILENAME).is_file()
+
+
+def load(
+    path: Path, *, hook: str | None = None, model: str | None = None,
+    device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+) -> LoadedSAE:
+    path = path.resolve()
+    cfg, weights, provenance = read_sae_folder(path)
+    sae = sae_from_sae_lens_dict(cfg, weights, device=device, dtype=dtype, source=str(path))
+    md = sae.cfg.metadata
+    if provenance is not None:  # ours: saesteer.json says it all
+        prov: dict[str, Any] = dict(provenance)
+        if hook and not md.get("hook_name") and not prov.get("hook_name"):
+            md["hook_name"] = hook
+        recorded = md.get("hook_name") or prov.get("hook_name")
+        if hook and recorded and hook != recorded:
+            raise SAEFormatError(f"{path} was trained on {recorded}, not {hook}; drop --hook or pick the right SAE")
+    else:
+        prov = {"source": {"format": FORMAT, "path": str(path),
+                           "files": files_record(path, [CFG_FILENAME, WEIGHTS_FILENAME])}}
+        record_model_and_hook(sae, prov, source=str(path), hook=hook, model=model,
+                              recorded_hook=md.get("hook_name"), recorded_model=md.get("model_name"))
+    sae.provenance = prov
+    return LoadedSAE(sae, prov, str(path), FORMAT)
+

@@ -1,0 +1,128 @@
+"""SAELens's pretrained registry: `sae_lens:RELEASE/SAE_ID` (e.g.
+`sae_lens:gpt2-small-res-jb/blocks.8.hook_resid_pre`, `sae_lens:gemma-scope-2b-pt-res-canonical/
+layer_20/width_16k/canonical`), or an HF repo SAELens can read: `sae_lens:ORG/REPO/FOLDER`.
+
+Resolved by sae_lens's own loaders (`SAE.from_pretrained`: the release's repo and folder from its
+`pretrained_saes.yaml`, the release's converter, files through `huggingface_hub.hf_hub_download`),
+so a registry SAE loads here exactly as it does in SAELens, then becomes one of our classes. Files
+come from the HF cache (`HF_HUB_CACHE` / `HF_HOME`); with `HF_HUB_OFFLINE=1`, or no network, a
+cached SAE loads without the hub. sae_lens and huggingface_hub are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saes.formats.base import LoadedSAE, record_model_and_hook
+from saes.io import SAEFormatError
+
+PREFIX = "sae_lens:"
+FORMAT = "sae_lens_registry"
+
+
+def split_ref(ref: str) -> tuple[str, str]:
+    """(release, sae_id) of 'RELEASE/SAE_ID'. SAE ids may hold slashes; a release may be an
+    'ORG/REPO' HF repo when it is not a registry name."""
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    parts = [p for p in ref.split("/")]
+    if len(parts) < 2 or not all(parts):
+        raise SAEFormatError(f"{PREFIX}{ref}: expected {PREFIX}RELEASE/SAE_ID (e.g. "
+                             f"{PREFIX}gpt2-small-res-jb/blocks.8.hook_resid_pre) or {PREFIX}ORG/REPO/FOLDER")
+    directory = get_pretrained_saes_directory()
+    if parts[0] in directory:
+        return parts[0], "/".join(parts[1:])
+    if len(parts) >= 3:
+        return "/".join(parts[:2]), "/".join(parts[2:])
+    raise SAEFormatError(f"{PREFIX}{ref}: {parts[0]!r} is not a release of SAELens's registry (sae_lens "
+                         f"{_version()}); see https://decoderesearch.github.io/SAELens/latest/pretrained_saes/ or give "
+                         f"{PREFIX}ORG/REPO/FOLDER for an HF repo in SAELens's layout")
+
+
+def _version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("sae-lens")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - sae-lens is a dependency
+        return "?"
+
+
+def _repo_and_folder(release: str, sae_id: str) -> tuple[str, str]:
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory, get_repo_id_and_folder_name
+
+    if release in get_pretrained_saes_directory():
+        return get_repo_id_and_folder_name(release, sae_id)
+    return release, sae_id
+
+
+def _overrides(release: str, sae_id: str) -> dict[str, Any]:
+    """The registry's per-SAE config overrides (e.g. model_from_pretrained_kwargs), which SAELens
+    applies to the config dict but a 6.x config class keeps only inside `metadata`."""
+    from sae_lens.loading.pretrained_saes_directory import get_config_overrides, get_pretrained_saes_directory
+
+    return dict(get_config_overrides(release, sae_id) or {}) if release in get_pretrained_saes_directory() else {}
+
+
+def cached_revision(repo_id: str) -> str | None:
+    """The commit the HF cache's `main` ref of `repo_id` points to (what offline loads read)."""
+    from huggingface_hub import constants
+
+    ref = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "refs" / "main"
+    try:
+        return ref.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def load(
+    ref: str, *, hook: str | None = None, model: str | None = None,
+    device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+) -> LoadedSAE:
+    from huggingface_hub import constants
+    from huggingface_hub.errors import EntryNotFoundError
+    from sae_lens import SAE as SaeLensSAE
+
+    from saes.interop import from_sae_lens
+
+    release, sae_id = split_ref(ref)
+    spec = f"{PREFIX}{release}/{sae_id}"
+    try:
+        repo_id, folder = _repo_and_folder(release, sae_id)
+    except ValueError as e:  # an id the release does not have
+        raise SAEFormatError(f"{spec}: {str(e).splitlines()[0]}") from None
+    try:
+        sl = SaeLensSAE.from_pretrained(release, sae_id, device="cpu")
+    except (OSError, EntryNotFoundError) as e:  # LocalEntryNotFoundError, OfflineModeIsEnabled, HTTP errors
+        offline = constants.HF_HUB_OFFLINE
+        raise SAEFormatError(
+            f"{spec}: could not read {repo_id}/{folder} ({type(e).__name__}); it is not in the HF cache at "
+            f"{constants.HF_HUB_CACHE}{' and HF_HUB_OFFLINE is set' if offline else ' and the hub was not reached'}. "
+            f"Download it once where the hub is reachable (python -c \"from sae_lens import SAE; "
+            f"SAE.from_pretrained('{release}', '{sae_id}')\") or point HF_HUB_CACHE at a cache that holds it"
+        ) from None
+    except (ValueError, RuntimeError, KeyError) as e:  # bad config, weights that do not fit it
+        raise SAEFormatError(f"{spec}: sae_lens could not load it: {str(e).strip().splitlines()[0]}") from None
+    try:
+        sae = from_sae_lens(sl, dtype=dtype, source=spec)
+    except ValueError as e:  # an architecture our classes do not have (gated, transcoders, ...)
+        raise SAEFormatError(f"{str(e)} (loaded by sae_lens as {type(sl).__name__})") from None
+    if device is not None:
+        sae = sae.to(device)
+    md = sae.cfg.metadata
+    prov: dict[str, Any] = {
+        "source": {"format": FORMAT, "spec": spec, "release": release, "sae_id": sae_id, "repo_id": repo_id,
+                   "folder": folder, "revision": cached_revision(repo_id), "sae_lens_version": _version(),
+                   "sae_lens_class": type(sl).__name__},
+    }
+    kwargs = _overrides(release, sae_id).get("model_from_pretrained_kwargs") or md.get("model_from_pretrained_kwargs")
+    if kwargs:  # e.g. center_writing_weights: the SAE reads activations of a processed model
+        prov["model_from_pretrained_kwargs"] = kwargs
+    record_model_and_hook(sae, prov, source=spec, hook=hook, model=model,
+                          recorded_hook=md.get("hook_name"), recorded_model=md.get("model_name"))
+    sae.provenance = prov
+    return LoadedSAE(sae, prov, spec, FORMAT)
+

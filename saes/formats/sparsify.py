@@ -1,0 +1,119 @@
+"""EleutherAI sparsify folders: one per hookpoint, `cfg.json` + `sae.safetensors`.
+
+As sparsify writes them (`sparsify/sparse_coder.py`, `SparseCoder.save_to_disk`):
+- `cfg.json`: `SparseCoderConfig.to_dict()` plus `d_in`: `activation` ("topk" | "groupmax"),
+  `expansion_factor`, `normalize_decoder`, `num_latents` (0: d_in * expansion_factor), `k`,
+  `multi_topk`, `skip_connection`, `transcode`.
+- `sae.safetensors` (`safetensors.torch.save_model`): `encoder.weight [F, D]`, `encoder.bias [F]`,
+  `W_dec [F, D]`, `b_dec [D]` (+ `W_skip [D, D]` with a skip connection).
+- A training run writes the hookpoint folders under one directory with the run's `config.json`
+  (`TrainConfig` / `RunConfig`: `model`, `dataset`, `hookpoints`, ...; `Trainer._checkpoint`).
+
+Encoding (`SparseCoder.encode` + `fused_encoder`): top-k of relu((x - b_dec) @ encoder.weight.T +
+encoder.bias), per token; decoding: sum of the chosen rows of W_dec scaled by their activations,
+plus b_dec. That is our TopK SAE with W_enc = encoder.weight.T (the relu before or after the
+top-k selects the same non-zero values).
+
+Not representable, so refused: `activation: "groupmax"`, transcoders (`transcode`), skip
+connections. The hookpoint is an HF module path ("layers.3"); its TransformerLens hook is
+derived where exact (`base.tl_hook_for_module`), else the user gives `--hook`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saes.fileio import read_json
+from saes.formats.base import (
+    LoadedSAE,
+    files_record,
+    read_safetensors,
+    record_model_and_hook,
+    require_tensors,
+    tl_hook_for_module,
+)
+from saes.io import SAEFormatError, sae_from_sae_lens_dict
+
+FORMAT = "sparsify"
+CFG = "cfg.json"
+WEIGHTS = "sae.safetensors"
+RUN_CONFIG = "config.json"
+_SEED_DIR = "seed"
+
+
+def is_folder(path: Path) -> bool:
+    return path.is_dir() and (path / CFG).is_file() and (path / WEIGHTS).is_file()
+
+
+def hookpoint_folders(run_dir: Path) -> list[str]:
+    """Hookpoint folders under a sparsify run directory (to name them when a run is passed)."""
+    if not run_dir.is_dir():
+        return []
+    return sorted(p.name for p in run_dir.iterdir() if is_folder(p))
+
+
+def _hookpoint_and_run(folder: Path) -> tuple[str, Path]:
+    """(hookpoint name, run directory) of a hookpoint folder; sparsify names extra seeds
+    `HOOKPOINT/seedN`."""
+    if folder.name.startswith(_SEED_DIR) and folder.name[len(_SEED_DIR):].isdigit():
+        return folder.parent.name, folder.parent.parent
+    return folder.name, folder.parent
+
+
+def load(
+    path: Path, *, hook: str | None = None, model: str | None = None,
+    device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+) -> LoadedSAE:
+    folder = path.resolve()
+    source = f"{folder} (sparsify)"
+    cfg = read_json(folder / CFG, "sparsify config")
+    if not isinstance(cfg, dict) or "d_in" not in cfg:
+        raise SAEFormatError(f"{source}: {CFG} must be a JSON object with d_in (as SparseCoder.save_to_disk writes)")
+    d_in = int(cfg["d_in"])
+    d_sae = int(cfg.get("num_latents") or 0) or d_in * int(cfg.get("expansion_factor", 32))
+    activation = cfg.get("activation", "topk")
+    if activation != "topk":
+        raise SAEFormatError(f"{source}: activation {activation!r} is not supported (only 'topk'); saesteer has no "
+                             f"group-max SAE")
+    if cfg.get("transcode"):
+        raise SAEFormatError(f"{source}: a transcoder (transcode: true) predicts another module's output; it is not "
+                             f"an SAE saesteer can splice into one hook point")
+    weights = read_safetensors(folder / WEIGHTS, source)
+    if cfg.get("skip_connection") or "W_skip" in weights:
+        raise SAEFormatError(f"{source}: skip connections (W_skip) are not supported")
+    if cfg.get("signed"):
+        raise SAEFormatError(f"{source}: signed top-k (signed: true) is not supported")
+    require_tensors(weights, ["encoder.weight", "encoder.bias", "W_dec", "b_dec"], source, "sparsify SAE")
+    enc_FD = weights["encoder.weight"]
+    if enc_FD.ndim != 2 or tuple(enc_FD.shape) != (d_sae, d_in):
+        raise SAEFormatError(f"{source}: encoder.weight has shape {tuple(enc_FD.shape)} but {CFG} (d_in={d_in}, "
+                             f"num_latents={d_sae}) needs ({d_sae}, {d_in}); the config and weights do not belong together")
+    sl_cfg: dict[str, Any] = {
+        "architecture": "topk", "d_in": d_in, "d_sae": d_sae, "k": int(cfg.get("k", 32)),
+        "apply_b_dec_to_input": True, "dtype": str(enc_FD.dtype).removeprefix("torch."), "metadata": {},
+    }
+    state = {"W_enc": enc_FD.T.contiguous(), "b_enc": weights["encoder.bias"], "W_dec": weights["W_dec"],
+             "b_dec": weights["b_dec"]}
+    sae = sae_from_sae_lens_dict(sl_cfg, state, device=device, dtype=dtype, source=source)
+
+    hookpoint, run_dir = _hookpoint_and_run(folder)
+    run_cfg: dict[str, Any] = {}
+    if (run_dir / RUN_CONFIG).is_file():
+        loaded = read_json(run_dir / RUN_CONFIG, "sparsify run config")
+        run_cfg = loaded if isinstance(loaded, dict) else {}
+    derived = tl_hook_for_module(hookpoint)
+    prov: dict[str, Any] = {"source": {
+        "format": FORMAT, "path": str(folder), "hookpoint": hookpoint, "files": files_record(folder, [CFG, WEIGHTS]),
+        "sparsify_config": cfg, "run": {k: run_cfg.get(k) for k in ("model", "dataset", "ctx_len", "hookpoints")
+                                        if k in run_cfg},
+    }}
+    record_model_and_hook(sae, prov, source=source, hook=hook, model=model, recorded_hook=derived,
+                          recorded_model=run_cfg.get("model") if isinstance(run_cfg.get("model"), str) else None,
+                          hook_basis=f"sparsify hookpoint {hookpoint!r}" if derived else None)
+    if not derived:
+        prov["source"]["note"] = f"hookpoint {hookpoint!r} has no exact TransformerLens counterpart; hook from --hook"
+    sae.provenance = prov
+    return LoadedSAE(sae, prov, str(folder), FORMAT)

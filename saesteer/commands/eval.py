@@ -1,0 +1,277 @@
+"""`saesteer eval`: evaluate any SAE(s) on held-out text, side by side."""
+
+from __future__ import annotations
+
+import sys
+
+NAME = "eval"
+ORDER = 35
+HELP = "evaluate any SAE(s) on held-out text: EV, MSE, L0, dead/dense, CE/KL spliced, shrinkage, absorption, probing"
+DESCRIPTION = """\
+Evaluate SAEs from any source (saesteer, SAELens folders or registry ids, sparsify, dictionary_learning,
+Gemma Scope) on held-out text, side by side:
+
+  activations  explained variance, MSE, L0, dead and dense fractions on the held-out tokens, cosine
+               similarity of x and its reconstruction, relative norm |x_hat|/|x| (shrinkage), L1;
+               Matryoshka SAEs per nested prefix
+  model        CE loss with the SAE spliced in, zero-ablated and clean, CE loss recovered, KL
+  absorption   SAEBench-style first-letter feature absorption (single-token words of the vocabulary)
+  probing      SAEBench-style sparse probing: toy-world concepts on the toy model, or labelled text
+               (--probing-dataset FILE.jsonl with text and label columns)
+
+The held-out text is --dataset's --split (default: validation). With --cache, the activation metrics
+of an SAE trained by `saesteer train` on that cache use the rows its training held out (the same
+figures `train` reported), and the CE contexts are the ones training used.
+
+examples:
+  saesteer eval --sae runs/toy/saes/topk_k32_f4096 --model toy --out evals/toy
+  saesteer eval --sae a=runs/x/saes/topk_k32_f4096 --sae b=runs/x/saes/matryoshka_batchtopk_k32_f4096 \\
+      --cache caches/x --out evals/x
+  saesteer eval --sae sae_lens:gpt2-small-res-jb/blocks.8.hook_resid_pre --model gpt2 --dataset text.jsonl
+  saesteer eval --sae ckpts/run/layers.6 --model EleutherAI/pythia-70m --dataset text.jsonl   # sparsify
+  saesteer eval --sae gs/params.npz --model google/gemma-2-2b --hook blocks.20.hook_resid_post --dataset t.jsonl"""
+
+
+def add_arguments(parser) -> None:
+    from evals.config import EvalConfig
+    from saesteer.configargs import add_dataclass_arguments
+    from training.text import TextConfig
+
+    g = parser.add_argument_group("SAEs and model")
+    g.add_argument("--sae", action="append", default=[], metavar="[NAME=]SAE", required=True,
+                   help="SAE: a folder (saesteer, SAELens, sparsify, dictionary_learning, Gemma Scope) or "
+                        "sae_lens:RELEASE/SAE_ID; repeat to compare several (name them NAME=SAE)")
+    g.add_argument("--model", default=None,
+                   help="'toy', a HuggingFace model name, or a local model directory (default: the model the "
+                        "SAEs' saesteer.json records)")
+    g.add_argument("--allow-model-mismatch", action="store_true",
+                   help="evaluate with --model even if the SAEs record another model")
+    g.add_argument("--hook", default=None, help="hook point of SAEs whose files do not record one")
+    g.add_argument("--device", default=None, help="device for the model and SAEs (default: cuda if available, else cpu)")
+    g.add_argument("--out", default=None, metavar="DIR", help="write eval.json and eval.html there")
+    g.add_argument("--cache", default=None, metavar="DIR",
+                   help="activation cache an SAE was trained on: its held-out rows give the activation metrics")
+    g.add_argument("--split", default="validation", help="split of --dataset holding the held-out text "
+                                                          "(default: validation)")
+    g.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_dataclass_arguments(parser, EvalConfig, title="evaluation")
+    add_dataclass_arguments(parser, TextConfig, title="held-out text", skip=("split",))
+
+
+def run(args) -> int:
+    try:
+        return _run(args)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _say(args):
+    return (lambda _: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+
+
+def _run(args) -> int:
+    import torch
+
+    from evals.config import EvalConfig
+    from evals.activations import check_widths, collect
+    from saes.formats import resolve_sae
+    from saesteer.commands._steering import CLIError, parse_sae_args
+    from saesteer.configargs import dataclass_from_args
+    from saesteer.models import model_id
+    from training.text import TextConfig
+
+    say = _say(args)
+    cfg = dataclass_from_args(EvalConfig, args)
+    text = dataclass_from_args(TextConfig, args, split=args.split)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        specs = parse_sae_args(args.sae)
+    except CLIError as e:
+        raise ValueError(str(e)) from None
+    loaded = {}
+    for name, spec in specs.items():
+        try:
+            loaded[name] = resolve_sae(spec, hook=args.hook, model=args.model, device=device)
+        except (ValueError, FileNotFoundError) as e:
+            raise ValueError(f"cannot load SAE {name!r} from {spec}: {e}") from None
+        if not loaded[name].sae.cfg.metadata.get("hook_name"):
+            raise ValueError(f"SAE {name!r} ({spec}) does not record its hook point; pass --hook "
+                             f"(e.g. --hook blocks.6.hook_resid_post)")
+    from saes.identity import identity_of_model
+    from saesteer.commands._steering import load_model as load_checked_model
+
+    say(f"loading model {args.model or '(the one the SAEs record)'}")
+    args.device = device
+    try:  # --model checked against the SAEs' recorded model, or that model (saes.identity)
+        model = load_checked_model(args, {n: x.sae for n, x in loaded.items()})
+    except CLIError as e:
+        raise ValueError(str(e)) from None
+    ident = identity_of_model(model)
+    spec = "toy" if ident is not None and ident.source == "toy" else (args.model or "")
+    sae_hooks = {n: (x.sae.cfg.metadata["hook_name"], x.sae.d_in) for n, x in loaded.items()}
+    check_widths(model, sae_hooks)  # before any real work: a width that does not fit the hook is refused
+    hooks = sorted({h for h, _ in sae_hooks.values()})
+    tokenizer = model.tokenizer
+
+    rows, rows_source, keep_ids, data_info = {}, {}, None, {}
+    ce_from_cache = False
+    if args.cache:
+        rows, rows_source, keep_ids, text, ce_from_cache, data_info = _cache_rows(args, cfg, loaded, say)
+    bos = getattr(tokenizer, "bos_token_id", None)
+    excluded = (int(bos),) if cfg.exclude_bos and bos is not None else ()
+    tokens = _contexts(text, tokenizer, max(cfg.contexts, cfg.ce_contexts), args.cache if ce_from_cache else None)
+    say(f"collecting activations at {', '.join(hooks)} over {min(cfg.contexts, len(tokens))} held-out contexts")
+    heldout = collect(model, hooks, tokens[: cfg.contexts], excluded, cfg.model_batch_size)
+    from evals.run import EvalInputs, evaluate_saes
+
+    inputs = EvalInputs(model, heldout, tokens[: cfg.ce_contexts], keep_ids if keep_ids is not None else excluded,
+                        tokenizer=tokenizer, rows=rows, rows_source=rows_source,
+                        probing=_probing_inputs(args, cfg, model, spec, heldout, hooks, text, say) if cfg.probing else None)
+    results = evaluate_saes(loaded, inputs, cfg, say)
+    _print_table(results)
+    data = {"dataset": text.dataset, "split": text.split, "context_length": text.context_length,
+            "contexts": int(heldout.tokens.shape[0]), "tokens": int(heldout.row_context.numel()),
+            "ce_contexts": int(len(inputs.ce_tokens)), "excluded_token_ids": list(excluded), **data_info}
+    if args.out:
+        import dataclasses
+        from pathlib import Path
+
+        from evals.report import eval_document, write_html, write_json
+
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        doc = eval_document(results, model=model_id(model), data=data, config=dataclasses.asdict(cfg))
+        write_json(out / "eval.json", doc)
+        write_html(out / "eval.html", doc)
+        print(f"wrote {out / 'eval.json'} and {out / 'eval.html'}")
+    return 0
+
+
+def _contexts(text, tokenizer, n: int, cache: str | None):
+    from training.sources import contexts_from_cache, contexts_from_text
+
+    if cache is not None:  # training took its CE contexts from the cache (no held-out split)
+        return contexts_from_cache(cache, n)
+    return contexts_from_text(text, tokenizer, n)
+
+
+def _cache_rows(args, cfg, loaded: dict, say):
+    """Activation rows per SAE from --cache: the rows an SAE's training held out when it was trained
+    on this cache (recorded in its saesteer.json), else the start of the cache's seeded stream."""
+    from pathlib import Path
+
+    from evals.activations import cache_holdout
+    from training.heldout import eval_text_config
+    from training.manifest import read_manifest
+    from training.sources import text_config_from_manifest
+
+    cache = Path(args.cache).resolve()
+    man = read_manifest(cache)
+    train_text = text_config_from_manifest(man)
+    # the CE text the SAEs' training read (ce_eval_data), else --split of the cache's dataset
+    ce = next(((x.provenance or {}).get("data", {}).get("ce_eval_data") or {} for x in loaded.values()
+               if (x.provenance or {}).get("data", {}).get("ce_eval_data")), {})
+    eval_dataset = ce.get("dataset") if ce.get("dataset") not in (None, train_text.dataset) else None
+    text = eval_text_config(train_text, eval_dataset, ce.get("split") or args.split)
+    rows, source = {}, {}
+    ce_from_cache = False
+    for name, item in loaded.items():
+        prov = item.provenance or {}
+        data = prov.get("data") or {}
+        train = (prov.get("training") or {}).get("train") or {}
+        hook = item.sae.cfg.metadata["hook_name"]
+        if data.get("cache") and Path(data["cache"]).resolve() == cache and train.get("holdout_tokens"):
+            n, seed = int(train["holdout_tokens"]), int(train.get("seed", 0))
+            buffer_rows = int(data.get("reader_buffer_rows") or (1 << 20))
+            rows[name] = cache_holdout(cache, hook, n, seed, buffer_rows)
+            source[name] = f"the {n:,} rows its training held out of {cache} (seed {seed}, reader buffer {buffer_rows:,})"
+            ce_from_cache = ce_from_cache or _ce_trained_on_cache(data)
+        else:
+            n = cfg.contexts * int(man.settings["context_length"])
+            rows[name] = cache_holdout(cache, hook, n, cfg.seed, 1 << 20)
+            source[name] = f"the first {n:,} rows of {cache}'s stream (seed {cfg.seed}); not rows its training held out"
+        say(f"{name}: {source[name]}")
+    keep = tuple(int(i) for i in man.settings.get("excluded_token_ids") or ())
+    return rows, source, keep, text, ce_from_cache, {"cache": str(cache)}
+
+
+def _ce_trained_on_cache(data: dict) -> bool:
+    """Whether training took its CE contexts from the cache (no held-out split): as recorded before
+    (`ce_eval_contexts: "cache (last shard)"`) or as a `ce_eval_data` record (`trained_on: true`)."""
+    return bool((data.get("ce_eval_data") or {}).get("trained_on")) or str(data.get("ce_eval_contexts", "")).startswith("cache")
+
+
+def _probing_inputs(args, cfg, model, spec: str, heldout, hooks, text, say):
+    import torch
+
+    from evals.probing import balanced_tasks, read_labelled_texts
+    from evals.run import ProbingInputs, text_probing_data, token_labels, token_probing_data
+
+    if cfg.probing_dataset:
+        pairs = read_labelled_texts(cfg.probing_dataset, text.text_column, cfg.probing_label_column)
+        pairs = _subsample_per_label(pairs, 2 * cfg.probing_max_per_class, cfg.seed)
+        labels = sorted({lab for _, lab in pairs})
+        masks = {lab: torch.tensor([p == lab for _, p in pairs]) for lab in labels}
+        tasks = balanced_tasks(masks, max_per_class=cfg.probing_max_per_class,
+                               min_positives=cfg.probing_min_positives, seed=cfg.seed)
+        tok = model.tokenizer
+        bos = getattr(tok, "bos_token_id", None)
+        toks = [_encode(tok, t, bos, text.context_length) for t, _ in pairs]
+        say(f"sparse probing: {len(pairs)} labelled texts, {len(tasks)} tasks")
+        return ProbingInputs(text_probing_data(model, hooks, toks, heldout.excluded_ids), tasks, str(cfg.probing_dataset))
+    if spec == "toy" or spec.startswith("toy:"):
+        import toyworld
+
+        names = list(toyworld.CONCEPTS)
+        masks = token_labels(heldout, toyworld.concept_masks(heldout.tokens, names))
+        tasks = balanced_tasks(masks, max_per_class=cfg.probing_max_per_class, min_positives=cfg.probing_min_positives,
+                               seed=cfg.seed)
+        return ProbingInputs(token_probing_data(heldout, hooks), tasks, "toyworld.concept_masks")
+    say("sparse probing skipped: no labels for this model (give --probing-dataset FILE with text and label columns)")
+    return None
+
+
+def _encode(tok, text: str, bos, max_len: int):
+    import torch
+
+    ids = list(tok.encode(text, add_special_tokens=False))
+    if bos is not None:
+        ids = [int(bos)] + ids
+    return torch.tensor(ids[:max_len] or [0], dtype=torch.long)
+
+
+def _subsample_per_label(pairs, n: int, seed: int):
+    import random
+
+    rng = random.Random(seed)
+    by: dict[str, list] = {}
+    for p in pairs:
+        by.setdefault(p[1], []).append(p)
+    out = []
+    for lab in sorted(by):
+        items = by[lab]
+        out += items if len(items) <= n else rng.sample(items, n)
+    return out
+
+
+def _fmt(v, spec: str) -> str:
+    return "-" if v is None or v != v else format(v, spec)
+
+
+def _print_table(results: dict) -> None:
+    cols = [("EV", "explained_variance", ".4f"), ("MSE", "mse", ".4g"), ("L0", "l0", ".2f"),
+            ("dead", "eval_dead_fraction", ".2%"), ("dense", "dense_fraction", ".2%"), ("cos", "cossim", ".4f"),
+            ("|x^|/|x|", "l2_ratio", ".4f"), ("CE rec", "ce_loss_recovered", ".4f"), ("KL", "kl_div", ".5f")]
+    width = max([len(n) for n in results] + [4])
+    print(f"{'SAE':<{width}} " + " ".join(f"{c:>9}" for c, _, _ in cols) + f" {'absorb':>8} {'probe@k':>14}")
+    for name, r in results.items():
+        m = r["metrics"]
+        ab = (r.get("absorption") or {}).get("mean_absorption_fraction_score")
+        pr = (r.get("probing") or {}).get("sae_accuracy") or {}
+        probe = f"{_fmt(list(pr.values())[0], '.3f')}@{list(pr)[0]}" if pr else "-"
+        print(f"{name:<{width}} " + " ".join(f"{_fmt(m.get(k), f):>9}" for _, k, f in cols)
+              + f" {_fmt(ab, '.3f'):>8} {probe:>14}")
+        for lv in m.get("levels") or []:
+            print(f"{'':<{width}}   level width {lv['width']:>7}: EV {lv['explained_variance']:.4f}, MSE "
+                  f"{lv['mse']:.4g}, L0 {lv['l0']:.2f}")

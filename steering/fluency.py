@@ -1,0 +1,186 @@
+"""Fluency of generated text: one definition for every sweep (CLI, web app, demo), for any model.
+
+    scores = fluency_of_generation(model, generation)     # one FluencyScore per row
+    scores = fluency_of_texts(model, prompts, texts)      # the same for texts you already have
+    scores[0].fluency                                     # in [0, 1]
+
+A continuation's fluency is the product of three factors, each in [0, 1]:
+
+- surprise (needs the *unsteered* model): excess = mean over the continuation's tokens of
+  (negative log-likelihood - entropy of the model's prediction), in nats per token. For text the
+  model samples itself the expected log-loss equals the entropy, so unsteered text has excess
+  about 0 whatever the model and the domain; text the model finds unlikely (garbled, off the
+  rails) drifts above. How far an unsteered sample strays by chance depends on the model and the
+  length: the standard error of the mean is se = sqrt(sum of the predictions' variances of
+  log-probability) / tokens, so excess up to SURPRISE_ALLOWANCE_SE standard errors is free:
+  factor = exp(-max(0, excess - SURPRISE_ALLOWANCE_SE * se)).
+- repetition: models give repetition a *low* perplexity, so it is penalised on its own:
+  rep = 1 - distinct bigrams / bigrams (seq-rep-2, Welleck et al. 2019) over units, where a unit is
+  a run of letters or digits, or a run of one repeated other visible character. factor = 1 up to REPEAT_OK,
+  falling linearly to 0 at REPEAT_BAD ("the the the the": rep 0.67, factor 0).
+- characters: the share of visible characters that are letters or digits (any script);
+  factor = min(1, share / WORD_CHARS_OK). Punctuation and underscore runs ("(______") score 0;
+  prose (about 0.95) and code (0.7-0.8) score 1.
+
+A continuation with no visible character scores 0. The constants were set on the toy model's and
+on prose and code samples (tests/test_steering_fluency.py); `FluencyScore` keeps every factor so a
+low score says why.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from steering.spec import SteeringError
+
+SURPRISE_ALLOWANCE_SE = 2.0  # excess surprise within this many standard errors counts as sampling noise
+REPEAT_OK = 0.3  # seq-rep-2 at or below this is ordinary text
+REPEAT_BAD = 0.6  # seq-rep-2 at or above this is degenerate
+WORD_CHARS_OK = 0.5  # share of letters/digits among visible characters that counts as text
+
+# a run of letters/digits, or a run of one repeated other visible character ("-----" in code is one unit)
+_UNITS = re.compile(r"[^\W_]+|([^\w\s]|_)\1*")
+
+
+@dataclass(frozen=True)
+class FluencyScore:
+    """One continuation's fluency and the three factors it is the product of."""
+
+    fluency: float
+    surprise: float  # exp(-max(0, excess - SURPRISE_ALLOWANCE_SE * se))
+    repetition: float  # from seq-rep-2
+    characters: float  # from the share of letters/digits
+    excess_nats: float | None  # mean (nll - entropy) per token under the unsteered model; None: no tokens
+    excess_se: float | None  # its standard error for text the model samples itself
+    nll_sum: float = 0.0  # summed negative log-likelihood of the scored tokens (for perplexity)
+    n_tokens: int = 0
+
+
+def units(text: str) -> list[str]:
+    """The units repetition is counted over: runs of letters/digits, single other characters."""
+    return [m.group(0) for m in _UNITS.finditer(text.lower())]
+
+
+def repeated_bigram_share(text: str) -> float:
+    """seq-rep-2: 1 - distinct unit bigrams / unit bigrams (0 with fewer than two bigrams)."""
+    u = units(text)
+    bigrams = list(zip(u, u[1:]))
+    if len(bigrams) < 2:
+        return 0.0
+    return 1.0 - len(set(bigrams)) / len(bigrams)
+
+
+def word_char_share(text: str) -> float:
+    """Share of visible (non-space) characters that are letters or digits (0 for no visible character)."""
+    visible = [c for c in text if not c.isspace()]
+    if not visible:
+        return 0.0
+    return sum(c.isalnum() for c in visible) / len(visible)
+
+
+def repetition_factor(text: str) -> float:
+    rep = repeated_bigram_share(text)
+    return min(1.0, max(0.0, (REPEAT_BAD - rep) / (REPEAT_BAD - REPEAT_OK)))
+
+
+def characters_factor(text: str) -> float:
+    return min(1.0, word_char_share(text) / WORD_CHARS_OK)
+
+
+def surprise_factor(excess_nats: float | None, excess_se: float = 0.0) -> float:
+    if excess_nats is None:
+        return 0.0
+    return math.exp(-max(0.0, excess_nats - SURPRISE_ALLOWANCE_SE * excess_se))
+
+
+def _combine(text: str, excess: float | None, se: float | None, nll_sum: float, n: int) -> FluencyScore:
+    s = surprise_factor(excess, se or 0.0)
+    if not text.strip():
+        return FluencyScore(0.0, s, 0.0, 0.0, excess, se, nll_sum, n)
+    r, c = repetition_factor(text), characters_factor(text)
+    return FluencyScore(s * r * c, s, r, c, excess, se, nll_sum, n)
+
+
+@torch.no_grad()
+def _token_stats(model: Any, tokens_BT: torch.Tensor, starts: Sequence[int]) -> list[tuple[float, float, float, int]]:
+    """Per row: (summed nll, summed entropy, summed variance of log-probability, scored tokens) of
+    the tokens from `starts[b]` on, up to and including the first end-of-text token, under `model`
+    as it is now."""
+    logits_BTV = model(tokens_BT, padding_side="left")
+    eos = getattr(getattr(model, "tokenizer", None), "eos_token_id", None)
+    out = []
+    for b, start in enumerate(starts):
+        if start >= tokens_BT.shape[1] or start < 1:
+            out.append((0.0, 0.0, 0.0, 0))
+            continue
+        logp_TV = torch.log_softmax(logits_BTV[b, start - 1 : -1].float(), dim=-1)
+        target_T = tokens_BT[b, start:]
+        keep_T = torch.ones_like(target_T, dtype=torch.bool)
+        if eos is not None:
+            is_eos = target_T == eos
+            keep_T &= ~((is_eos.cumsum(0) - is_eos.long()) > 0)  # strictly after the first EOS
+        nll_T = -logp_TV.gather(-1, target_T.unsqueeze(-1)).squeeze(-1)
+        p_TV = logp_TV.exp()
+        ent_T = -(p_TV * logp_TV).sum(-1)
+        var_T = ((p_TV * logp_TV * logp_TV).sum(-1) - ent_T * ent_T).clamp(min=0)  # varentropy
+        out.append((float(nll_T[keep_T].sum()), float(ent_T[keep_T].sum()), float(var_T[keep_T].sum()),
+                    int(keep_T.sum())))
+    return out
+
+
+def _from_stats(texts: Sequence[str], stats: Sequence[tuple[float, float, float, int]]) -> list[FluencyScore]:
+    out = []
+    for text, (nll, ent, var, n) in zip(texts, stats):
+        excess = (nll - ent) / n if n else None
+        se = math.sqrt(var) / n if n else None
+        out.append(_combine(text, excess, se, nll, n))
+    return out
+
+
+def fluency_of_generation(model: Any, generation: Any) -> list[FluencyScore]:
+    """Fluency of each row of a `steering.generation.Generation`, scored by `model` as it is now:
+    call it outside `steer` so the surprise is the unsteered model's."""
+    tokens_BT = generation.tokens
+    P = int(generation.prompt_len)
+    if tokens_BT.shape[1] <= P:
+        raise SteeringError("the generation has no new tokens to score")
+    stats = _token_stats(model, tokens_BT, [P] * int(tokens_BT.shape[0]))
+    return _from_stats(generation.texts, stats)
+
+
+def fluency_of_texts(model: Any, prompts: Sequence[str], texts: Sequence[str]) -> list[FluencyScore]:
+    """Fluency of continuations `texts` of `prompts` (one prompt per text), scored by `model`
+    (the unsteered model); each row is tokenized as prompt tokens followed by the text's."""
+    if len(prompts) != len(texts):
+        raise SteeringError(f"{len(prompts)} prompts for {len(texts)} texts; give one prompt per text")
+    out = []
+    for prompt, text in zip(prompts, texts):
+        if not text.strip():
+            out.append(_combine(text, None, None, 0.0, 0))
+            continue
+        if prompt and not text[:1].isspace() and not prompt[-1:].isspace():
+            text_for_tokens = " " + text
+        else:
+            text_for_tokens = text
+        head = model.to_tokens(prompt) if prompt else model.to_tokens("")
+        if not prompt and head.shape[1] == 0:
+            raise SteeringError("the model adds no BOS token and the prompt is empty: nothing to condition on")
+        tail = model.to_tokens(text_for_tokens, prepend_bos=False)
+        tokens = torch.cat([head, tail.to(head.device)], dim=1)
+        stats = _token_stats(model, tokens, [int(head.shape[1])])
+        out.extend(_from_stats([text], stats))
+    return out
+
+
+def pooled_perplexity(scores: Sequence[FluencyScore]) -> float | None:
+    """exp(summed nll / scored tokens) over all rows (None when no token was scored)."""
+    n = sum(s.n_tokens for s in scores)
+    if not n:
+        return None
+    return math.exp(sum(s.nll_sum for s in scores) / n)

@@ -1,0 +1,206 @@
+"""SAE files of other libraries written exactly as their code writes them, and reference
+encoders written from their source, so format tests run where those libraries are not installed.
+
+Each writer cites the producing function; where the library is installed, tests also check that
+the library itself loads these files and computes what the references compute.
+
+    state, cfg = random_sparsify(d_in=16, d_sae=64, k=4)
+    write_sparsify(tmp_path / "run" / "layers.1", state, cfg, run_config={"model": "org/m"})
+    acts, recon = sparsify_reference(state, cfg, x)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+# ------------------------------------------------------------------------------------ sparsify
+SPARSIFY_CONFIG_DEFAULTS = {  # sparsify/config.py, SparseCoderConfig field order and defaults
+    "activation": "topk", "expansion_factor": 32, "normalize_decoder": True, "num_latents": 0, "k": 32,
+    "multi_topk": False, "skip_connection": False, "transcode": False,
+}
+
+
+def random_sparsify(d_in: int, d_sae: int, k: int, seed: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    g = torch.Generator().manual_seed(seed)
+    state = {
+        "encoder.weight": torch.randn(d_sae, d_in, generator=g) * 0.4,
+        "encoder.bias": torch.randn(d_sae, generator=g) * 0.1,
+        "W_dec": torch.randn(d_sae, d_in, generator=g) * 0.3,
+        "b_dec": torch.randn(d_in, generator=g) * 0.2,
+    }
+    return state, {**SPARSIFY_CONFIG_DEFAULTS, "num_latents": d_sae, "k": k}
+
+
+def write_sparsify(folder: Path, state: dict[str, torch.Tensor], cfg: dict[str, Any],
+                   run_config: dict[str, Any] | None = None) -> Path:
+    """sparsify/sparse_coder.py, SparseCoder.save_to_disk: `save_model(self, "sae.safetensors")`
+    (the module's state dict) and `json.dump({**self.cfg.to_dict(), "d_in": self.d_in})` to
+    cfg.json. A run's `config.json` sits one level up (sparsify/trainer.py, Trainer._checkpoint)."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "sae.safetensors"), metadata={"format": "pt"})
+    d_in = state["encoder.weight"].shape[1]
+    with open(folder / "cfg.json", "w") as f:
+        json.dump({**cfg, "d_in": d_in}, f)
+    if run_config is not None:
+        (folder.parent / "config.json").write_text(json.dumps(run_config))
+    return folder
+
+
+def sparsify_reference(state: dict[str, torch.Tensor], cfg: dict[str, Any], x_BD: torch.Tensor):
+    """Dense activations and reconstruction as sparsify computes them: SparseCoder.encode
+    (x - b_dec, then fused_encoder: relu(F.linear) and top-k) and SparseCoder.decode
+    (utils.eager_decode: embedding_bag of W_dec rows, + b_dec)."""
+    pre = F.relu(F.linear(x_BD - state["b_dec"], state["encoder.weight"], state["encoder.bias"]))
+    vals, idx = pre.topk(cfg["k"], dim=-1, sorted=False)
+    recon = F.embedding_bag(idx, state["W_dec"], per_sample_weights=vals, mode="sum") + state["b_dec"]
+    return torch.zeros_like(pre).scatter_(-1, idx, vals), recon
+
+
+# --------------------------------------------------------------------------- dictionary_learning
+def _trainer_config(dict_class: str, d_in: int, d_sae: int, **extra) -> dict[str, Any]:
+    """The fields every `trainer.config` property of dictionary_learning writes that loaders read
+    (trainers/top_k.py TopKTrainer.config, trainers/standard.py StandardTrainer.config, ...)."""
+    trainer_class = {"AutoEncoder": "StandardTrainer", "AutoEncoderTopK": "TopKTrainer",
+                     "BatchTopKSAE": "BatchTopKTrainer", "MatryoshkaBatchTopKSAE": "MatryoshkaBatchTopKTrainer",
+                     "JumpReluAutoEncoder": "JumpReluTrainer"}[dict_class]
+    return {"trainer_class": trainer_class, "dict_class": dict_class, "activation_dim": d_in, "dict_size": d_sae,
+            "lr": 1e-3, "steps": 100, "seed": 0, "device": "cpu", "layer": 1, "lm_name": "org/model",
+            "wandb_name": trainer_class, "submodule_name": "resid_post_layer_1", **extra}
+
+
+def random_dictionary_learning(dict_class: str, d_in: int, d_sae: int, k: int = 4, seed: int = 0,
+                               group_sizes: tuple[int, ...] = ()) -> dict[str, torch.Tensor]:
+    """A state dict with the keys and shapes of `dict_class`'s `state_dict()`."""
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape, s=0.3):
+        return torch.randn(*shape, generator=g) * s
+
+    if dict_class == "AutoEncoder":  # dictionary.py AutoEncoder: bias, encoder (Linear), decoder (Linear, no bias)
+        return {"bias": r(d_in, s=0.2), "encoder.weight": r(d_sae, d_in), "encoder.bias": r(d_sae, s=0.1),
+                "decoder.weight": r(d_in, d_sae) * (torch.rand(1, d_sae, generator=g) + 0.5)}
+    if dict_class in ("AutoEncoderTopK", "BatchTopKSAE"):  # buffers k, threshold; decoder Linear; b_dec
+        return {"b_dec": r(d_in, s=0.2), "k": torch.tensor(k, dtype=torch.int), "threshold": torch.tensor(0.05),
+                "decoder.weight": r(d_in, d_sae), "encoder.weight": r(d_sae, d_in), "encoder.bias": r(d_sae, s=0.1)}
+    if dict_class == "MatryoshkaBatchTopKSAE":
+        return {"W_enc": r(d_in, d_sae), "b_enc": r(d_sae, s=0.1), "W_dec": r(d_sae, d_in), "b_dec": r(d_in, s=0.2),
+                "k": torch.tensor(k, dtype=torch.int), "threshold": torch.tensor(0.05),
+                "group_sizes": torch.tensor(list(group_sizes))}
+    if dict_class == "JumpReluAutoEncoder":
+        return {"W_enc": r(d_in, d_sae), "b_enc": r(d_sae, s=0.1), "W_dec": r(d_sae, d_in), "b_dec": r(d_in, s=0.2),
+                "threshold": torch.rand(d_sae, generator=g) * 0.3}
+    raise ValueError(dict_class)
+
+
+def write_dictionary_learning(folder: Path, dict_class: str, state: dict[str, torch.Tensor],
+                              config: bool = True, **trainer_extra) -> Path:
+    """dictionary_learning/training.py, trainSAE: `json.dump({"trainer": trainer.config}, f,
+    indent=4)` to config.json, and `t.save({k: v.cpu() for k, v in ae.state_dict().items()},
+    "ae.pt")`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.cpu() for k, v in state.items()}, folder / "ae.pt")
+    if config:
+        d_in, d_sae = _dims(dict_class, state)
+        with open(folder / "config.json", "w") as f:
+            json.dump({"trainer": _trainer_config(dict_class, d_in, d_sae, **trainer_extra)}, f, indent=4)
+    return folder
+
+
+def _dims(dict_class: str, state: dict[str, torch.Tensor]) -> tuple[int, int]:
+    if "encoder.weight" in state:
+        d_sae, d_in = state["encoder.weight"].shape
+    else:
+        d_in, d_sae = state["W_enc"].shape
+    return int(d_in), int(d_sae)
+
+
+def dictionary_learning_reference(dict_class: str, state: dict[str, torch.Tensor], x_BD: torch.Tensor):
+    """(features, reconstruction) as `dictionary_learning.utils.load_dictionary(...)` returns
+    them: AutoEncoder.from_pretrained normalizes decoder columns first (dictionary.py);
+    AutoEncoderTopK.encode picks the top k per row (trainers/top_k.py); BatchTopKSAE and
+    MatryoshkaBatchTopKSAE encode with their threshold (use_threshold=True default);
+    JumpReluAutoEncoder does not subtract b_dec (apply_b_dec_to_input = False)."""
+    s = {k: v.clone() for k, v in state.items()}
+    if dict_class == "AutoEncoder":
+        norms = s["decoder.weight"].norm(dim=0)
+        if not torch.allclose(norms, torch.ones_like(norms)):
+            s["decoder.weight"] = s["decoder.weight"] / norms
+            s["encoder.weight"] = s["encoder.weight"] * norms[:, None]
+            s["encoder.bias"] = s["encoder.bias"] * norms
+        f = F.relu(F.linear(x_BD - s["bias"], s["encoder.weight"], s["encoder.bias"]))
+        return f, F.linear(f, s["decoder.weight"]) + s["bias"]
+    if dict_class in ("AutoEncoderTopK", "BatchTopKSAE"):
+        post = F.relu(F.linear(x_BD - s["b_dec"], s["encoder.weight"], s["encoder.bias"]))
+        if dict_class == "AutoEncoderTopK":
+            top = post.topk(int(s["k"]), dim=-1, sorted=False)
+            f = torch.zeros_like(post).scatter_(-1, top.indices, top.values)
+        else:
+            f = post * (post > s["threshold"])
+        return f, F.linear(f, s["decoder.weight"]) + s["b_dec"]
+    if dict_class == "MatryoshkaBatchTopKSAE":
+        post = F.relu((x_BD - s["b_dec"]) @ s["W_enc"] + s["b_enc"])
+        f = post * (post > s["threshold"])
+        return f, f @ s["W_dec"] + s["b_dec"]
+    if dict_class == "JumpReluAutoEncoder":
+        pre = x_BD @ s["W_enc"] + s["b_enc"]
+        f = F.relu(pre * (pre > s["threshold"]))
+        return f, f @ s["W_dec"] + s["b_dec"]
+    raise ValueError(dict_class)
+
+
+# ---------------------------------------------------------------------------------- Gemma Scope
+def random_gemma_scope(d_in: int, d_sae: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"W_enc": torch.randn(d_in, d_sae, generator=g) * 0.3, "W_dec": torch.randn(d_sae, d_in, generator=g) * 0.3,
+            "b_enc": torch.randn(d_sae, generator=g) * 0.1, "b_dec": torch.randn(d_in, generator=g) * 0.2,
+            "threshold": torch.rand(d_sae, generator=g) * 0.4}
+
+
+def write_gemma_scope(path: Path, params: dict[str, torch.Tensor]) -> Path:
+    """Gemma Scope's released params.npz: `np.savez` of float32 arrays W_enc, W_dec, b_enc, b_dec,
+    threshold (the files SAELens's gemma_2_sae_huggingface_loader reads with np.load)."""
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **{k: v.numpy().astype(np.float32) for k, v in params.items()})
+    return path
+
+
+def gemma_scope_reference(params: dict[str, torch.Tensor], x_BD: torch.Tensor):
+    """The Gemma Scope tutorial's JumpReLUSAE: pre = x @ W_enc + b_enc; acts = (pre > threshold) *
+    relu(pre); recon = acts @ W_dec + b_dec."""
+    pre = x_BD @ params["W_enc"] + params["b_enc"]
+    acts = (pre > params["threshold"]) * F.relu(pre)
+    return acts, acts @ params["W_dec"] + params["b_dec"]
+
+
+# ------------------------------------------------------------------------------- HF hub cache
+def write_hf_snapshot(cache_dir: Path, repo_id: str, files: dict[str, Path], revision: str = "a" * 40) -> Path:
+    """A model repo in the layout huggingface_hub's cache keeps (what `hf_hub_download` leaves):
+    `models--ORG--NAME/blobs/<sha256>`, `snapshots/<revision>/<path>` -> symlink to the blob,
+    `refs/main` holding the revision. `files` maps repo paths to local files to put there."""
+    import hashlib
+    import os
+
+    repo = cache_dir / f"models--{repo_id.replace('/', '--')}"
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(revision)
+    snap = repo / "snapshots" / revision
+    for rel, src in files.items():
+        data = Path(src).read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        target = snap / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists() or target.is_symlink():
+            target.unlink()
+        os.symlink(os.path.relpath(blob, target.parent), target)
+    return snap
