@@ -22,24 +22,53 @@ and detection / fuzzing scorers), `offline` (token-statistics labeller), `runner
 `accounting`, `config`.
 
 Importing this package imports neither `openai`, `torch` nor `features`; they load when used.
+Names are imported lazily, so the CLI reads `autointerp.config` for its flags without loading
+the judge, its backends or asyncio.
 """
 
-from autointerp.accounting import Budget, BudgetExceeded, Ledger, Prices
-from autointerp.backends import OpenAIBackend, TransformersBackend
-from autointerp.cache import ResponseCache
-from autointerp.config import JudgeConfig, LabelConfig, make_judge
-from autointerp.examples import Example, LatentExamples
-from autointerp.featurestore import FeatureStoreLabels
-from autointerp.judge import (AnswerInvalid, Completion, InvalidAnswer, Judge, JudgeCall, JudgeError, RequestFailed,
-                              RetryPolicy)
-from autointerp.prompts import PROMPT_VERSION
-from autointerp.runner import DryRunEstimate, RunReport, estimate_run, label_latents, label_latents_async
-from autointerp.store import LabelFailure, LabelResult, LabelStore, MemoryLabelStore
+from __future__ import annotations
 
-__all__ = [
-    "AnswerInvalid", "Budget", "BudgetExceeded", "Completion", "DryRunEstimate", "Example", "FeatureStoreLabels",
-    "InvalidAnswer", "Judge", "JudgeCall", "JudgeConfig", "JudgeError", "LabelConfig", "LabelFailure", "LabelResult",
-    "LabelStore", "LatentExamples", "Ledger", "MemoryLabelStore", "OpenAIBackend", "PROMPT_VERSION", "Prices",
-    "RequestFailed", "ResponseCache", "RetryPolicy", "RunReport", "TransformersBackend", "estimate_run",
-    "label_latents", "label_latents_async", "make_judge",
-]
+import importlib
+
+_LAZY = {
+    "AnswerInvalid": "autointerp.judge",
+    "Budget": "autointerp.accounting",
+    "BudgetExceeded": "autointerp.accounting",
+    "Completion": "autointerp.judge",
+    "DryRunEstimate": "autointerp.runner",
+    "Example": "autointerp.examples",
+    "FeatureStoreLabels": "autointerp.featurestore",
+    "InvalidAnswer": "autointerp.judge",
+    "Judge": "autointerp.judge",
+    "JudgeCall": "autointerp.judge",
+    "JudgeConfig": "autointerp.config",
+    "JudgeError": "autointerp.judge",
+    "LabelConfig": "autointerp.config",
+    "LabelFailure": "autointerp.store",
+    "LabelResult": "autointerp.store",
+    "LabelStore": "autointerp.store",
+    "LatentExamples": "autointerp.examples",
+    "Ledger": "autointerp.accounting",
+    "MemoryLabelStore": "autointerp.store",
+    "OpenAIBackend": "autointerp.backends",
+    "PROMPT_VERSION": "autointerp.prompts",
+    "Prices": "autointerp.accounting",
+    "RequestFailed": "autointerp.judge",
+    "ResponseCache": "autointerp.cache",
+    "RetryPolicy": "autointerp.judge",
+    "RunReport": "autointerp.runner",
+    "TransformersBackend": "autointerp.backends",
+    "estimate_run": "autointerp.runner",
+    "label_latents": "autointerp.runner",
+    "label_latents_async": "autointerp.runner",
+    "make_judge": "autointerp.config",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'autointerp' has no attribute {name!r}")
+    return getattr(importlib.import_module(mod), name)

@@ -140,7 +140,7 @@ def run_ours(arch, cache, *, d_sae, k, batch, tokens, holdout, method, lr, dead_
     cfg = RunConfig(
         saes=[spec],
         train=TrainConfig(total_tokens=tokens, batch_size=batch, holdout_tokens=holdout, step_method=method,
-                          dead_tokens=dead_tokens, num_threads=threads),
+                          dead_tokens=dead_tokens, dead_window_fraction=1.0, num_threads=threads),  # SAELens's fixed window
         optim=OptimConfig(lr=lr, grad_clip=1.0, warmup_frac=0.01, decay_start_frac=0.8),
         checkpoint=CheckpointConfig(every_tokens=0, keep_last=1),
         eval=EvalConfig(every_tokens=0, ce_contexts=0),
@@ -356,6 +356,7 @@ def cmd_toyworld(args) -> str:
     cfg = RunConfig(
         saes=saes,
         train=TrainConfig(total_tokens=args.tokens, batch_size=args.batch, dead_tokens=args.toy_dead_tokens,
+                          dead_window_fraction=1.0,  # the window is --toy-dead-tokens, as recorded in RESULTS.md
                           num_threads=args.threads, step_method=args.toy_method, aux_coef=args.toy_aux_coef),
         optim=OptimConfig(lr=args.toy_lr),
         checkpoint=CheckpointConfig(every_tokens=max(args.tokens // 4, 1)),

@@ -15,44 +15,54 @@ Read (auto-interp, steering, the web app):
 
 Which latents fire on a text: `features.text.features_on_text(model, sae, "some text")`.
 Which latent best matches a ground-truth concept: `features.concepts.concept_f1(...)`.
-"""
 
-from features.build import BuildResult, build_feature_store
-from features.config import BuildConfig
-from features.fingerprint import sae_fingerprint
-from features.records import (
-    ConceptMatch,
-    Example,
-    FeatureFilter,
-    FeatureRecord,
-    FeatureStats,
-    FeatureSummary,
-    Histogram,
-    Label,
-    LabelProvenance,
-    LogitEffects,
-    Neighbour,
-    ParentLink,
-    Score,
-    ScoreInput,
-    SearchHit,
-    TokenEffect,
-)
-from features.source import ActivationSource, CacheSource, ContextBatch, SyntheticSource, TensorSource
-from features.store import (
-    SCHEMA_VERSION,
-    FeatureIndexError,
-    FeatureNotWrittenError,
-    FeatureStore,
-    StoreError,
-    StoreMismatchError,
-    StoreReadOnlyError,
-)
+Names are imported lazily, so `import features` (e.g. `features.config` for the CLI's flags) stays
+cheap: no torch until a name is used."""
 
-__all__ = [
-    "ActivationSource", "BuildConfig", "BuildResult", "CacheSource", "ConceptMatch", "ContextBatch", "Example",
-    "FeatureFilter", "FeatureIndexError", "FeatureNotWrittenError", "FeatureRecord", "FeatureStats", "FeatureStore",
-    "FeatureSummary", "Histogram", "Label", "LabelProvenance", "LogitEffects", "Neighbour", "ParentLink",
-    "SCHEMA_VERSION", "Score", "ScoreInput", "SearchHit", "StoreError", "StoreMismatchError", "StoreReadOnlyError",
-    "SyntheticSource", "TensorSource", "TokenEffect", "build_feature_store", "sae_fingerprint",
-]
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "ActivationSource": "features.source",
+    "BuildConfig": "features.config",
+    "BuildResult": "features.build",
+    "CacheSource": "features.source",
+    "ConceptMatch": "features.records",
+    "ContextBatch": "features.source",
+    "Example": "features.records",
+    "FeatureFilter": "features.records",
+    "FeatureIndexError": "features.store",
+    "FeatureNotWrittenError": "features.store",
+    "FeatureRecord": "features.records",
+    "FeatureStats": "features.records",
+    "FeatureStore": "features.store",
+    "FeatureSummary": "features.records",
+    "Histogram": "features.records",
+    "Label": "features.records",
+    "LabelProvenance": "features.records",
+    "LogitEffects": "features.records",
+    "Neighbour": "features.records",
+    "ParentLink": "features.records",
+    "SCHEMA_VERSION": "features.store",
+    "Score": "features.records",
+    "ScoreInput": "features.records",
+    "SearchHit": "features.records",
+    "StoreError": "features.store",
+    "StoreMismatchError": "features.store",
+    "StoreReadOnlyError": "features.store",
+    "SyntheticSource": "features.source",
+    "TensorSource": "features.source",
+    "TokenEffect": "features.records",
+    "build_feature_store": "features.build",
+    "sae_fingerprint": "features.fingerprint",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'features' has no attribute {name!r}")
+    return getattr(importlib.import_module(mod), name)

@@ -17,17 +17,27 @@ it imports nothing but the standard library.
 Sources: 'toy' (the toy-world model; its weights file's SHA-256), 'hub' (an HF hub name at a
 commit), 'local' (an HF checkpoint directory: absolute path + SHA-256 of its weight files),
 'object' (a model built in code: SHA-256 of its parameters).
+
+Weights: 'raw' (the checkpoint's weights as they are: what saesteer loads by default) or
+'processed' (TransformerLens's default weight processing applied after loading, `PROCESSING`:
+what `HookedTransformer.from_pretrained` / SAELens's `HookedSAETransformer.from_pretrained` give
+by default). Processing changes activations an SAE reads (centred writing weights centre the
+residual stream; folded value biases change hook_z), so the same files with other weights are
+another model here: the id ends in '+processed'.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Mapping
 
 SOURCES = ("toy", "hub", "local", "object")
 MODEL_ATTR = "_saesteer_identity"  # set on a model object by `attach_identity`
 _FILE_HASHED = ("toy", "local")  # weights_sha256 of these is over the same kind of bytes (weight files)
 _SHORT_HASH = 16  # older records keep only this many hex digits of the weights hash
+WEIGHTS = ("raw", "processed")
+# TransformerLens's load-time weight processing, as HookedTransformer.from_pretrained applies it by default
+PROCESSING = {"fold_ln": True, "center_writing_weights": True, "center_unembed": True, "fold_value_biases": True}
 
 
 class ModelIdentityError(ValueError):
@@ -50,10 +60,13 @@ class ModelIdentity:
     d_model: int | None = None
     n_layers: int | None = None
     d_vocab: int | None = None
+    weights: str = "raw"  # 'raw' | 'processed' (PROCESSING applied after loading); records without it: raw
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
             raise ModelIdentityError(f"model identity: source must be one of {', '.join(SOURCES)}, got {self.source!r}")
+        if self.weights not in WEIGHTS:
+            raise ModelIdentityError(f"model identity: weights must be one of {', '.join(WEIGHTS)}, got {self.weights!r}")
         if not isinstance(self.name, str) or not self.name:
             raise ModelIdentityError(f"model identity: name must be a non-empty string, got {self.name!r}")
 
@@ -63,7 +76,20 @@ class ModelIdentity:
         tail = f"@{self.revision}" if self.revision else ""
         if self.weights_sha256:
             tail += f"#sha256:{self.weights_sha256[:_SHORT_HASH]}"
+        if self.weights == "processed":
+            tail += "+processed"
         return f"{self.source}:{self.name}{tail}"
+
+    @property
+    def processed(self) -> bool:
+        return self.weights == "processed"
+
+    @property
+    def saelens_load_kwargs(self) -> dict[str, bool]:
+        """`cfg.json`'s `metadata.model_from_pretrained_kwargs`: SAELens warns users of an SAE with
+        these to load the model with `HookedSAETransformer.from_pretrained_no_processing(name,
+        **kwargs)`, which then has exactly the weights the SAE was trained on."""
+        return {k: self.processed for k in PROCESSING}
 
     def describe(self) -> str:
         """The id, with the directory where there is one (what error messages show)."""
@@ -114,11 +140,12 @@ class ModelIdentity:
         source, sep, rest = text.partition(":")
         if not sep or source not in SOURCES or not rest:
             return None
-        rest, _, digest = rest.partition("#sha256:")
+        weights = "processed" if rest.endswith("+processed") else "raw"
+        rest, _, digest = rest.removesuffix("+processed").partition("#sha256:")
         name, _, rev = rest.partition("@")
         if not name:
             return None
-        return cls(source, name, revision=rev or revision or None, weights_sha256=digest or None)
+        return cls(source, name, revision=rev or revision or None, weights_sha256=digest or None, weights=weights)
 
 
 def _same_hash(a: str, b: str) -> bool:
@@ -135,6 +162,8 @@ def same_model(a: ModelIdentity, b: ModelIdentity) -> bool:
     elsewhere is the same model); hub models by name and commit (an unknown revision matches any);
     models built in code by the hash of their parameters."""
     if a.d_model is not None and b.d_model is not None and a.d_model != b.d_model:
+        return False
+    if a.weights != b.weights:
         return False
     if a.source in _FILE_HASHED and b.source in _FILE_HASHED:
         if a.weights_sha256 and b.weights_sha256:
@@ -167,6 +196,13 @@ def check_same_model(
     model `recorded_in` was made with. Nothing to compare (either side unknown) passes."""
     if recorded is None or given is None or same_model(recorded, given):
         return
+    if recorded.weights != given.weights and same_model(replace(recorded, weights=given.weights), given):
+        how = {"processed": "with TransformerLens's weight processing (fold_ln, centred weights, folded value "
+                            "biases: --process-weights)", "raw": "with its raw weights (no --process-weights)"}
+        raise ModelMismatchError(
+            f"{recorded_in} was made with model {recorded.id} loaded {how[recorded.weights]}, but {given_as} was "
+            f"loaded {how[given.weights]}; the activations differ. Load it as recorded, or pass {override} to use "
+            f"this one anyway")
     if recorded.path and recorded.path == given.path and recorded.weights_sha256 and given.weights_sha256:
         raise ModelMismatchError(
             f"the model files in {given.path} changed since {recorded_in} was made (weights sha256 "

@@ -10,6 +10,13 @@ BatchTopK and Matryoshka SAEs are saved in their inference form, SAELens's "jump
 architecture, with `metadata.training_architecture` and `training_architecture_details`
 recording how they were trained (as SAELens itself does), so we load them back as themselves.
 
+Attention-head hooks: our SAEs read all heads flattened, [..., n_heads * d_head] (the cache and
+steering flatten them). For `attn.hook_z` the config says `reshape_activations: "hook_z"`, so
+SAELens flattens the [..., n_heads, d_head] hook output the same way and reshapes the
+reconstruction back (HookedSAETransformer then runs the SAE); `metadata.hook_head_index` is null
+(every head, not one). SAELens has no such reshape for hook_q / hook_k / hook_v: those SAEs load in
+SAELens but HookedSAETransformer cannot splice them in.
+
 Only JSON and safetensors are ever read. A pickled checkpoint is refused with instructions;
 `cfg.json` is checked field by field and NaN weights are refused (`saes.checks`).
 """
@@ -44,6 +51,14 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 _IDENTITY_NORMS = ("none", "expected_average_only_in")
 _DERIVED_METADATA = ("sae_lens_version", "sae_lens_training_version", "training_architecture", "training_architecture_details")
 _TMP_MARK = ".tmp-"  # a new folder is built as `.<name>.tmp-XXXX` beside its final name
+RESHAPES = ("none", "hook_z")  # SAELens's reshape_activations values
+_HEAD_HOOKS = ("attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_z")  # [..., n_heads, d_head] at the hook
+
+
+def reshape_for_hook(hook_name: str | None) -> str:
+    """SAELens's `reshape_activations` for an SAE on `hook_name` that reads all heads flattened:
+    "hook_z" where SAELens flattens the heads itself (its rule: the hook name ends in "_z")."""
+    return "hook_z" if str(hook_name or "").endswith("hook_z") else "none"
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -62,6 +77,9 @@ def sae_lens_config(sae: SAE) -> dict[str, Any]:
     """The `cfg.json` dict SAELens expects for this SAE's inference form."""
     metadata = {"sae_lens_version": _sae_lens_version(), "sae_lens_training_version": None}
     metadata.update(sae.cfg.metadata)
+    hook = metadata.get("hook_name")
+    if str(hook or "").endswith(_HEAD_HOOKS):
+        metadata.setdefault("hook_head_index", None)  # all heads (flattened), not one head
     cfg: dict[str, Any] = {
         "architecture": "",
         "d_in": sae.d_in,
@@ -70,7 +88,7 @@ def sae_lens_config(sae: SAE) -> dict[str, Any]:
         "device": "cpu",
         "apply_b_dec_to_input": sae.cfg.apply_b_dec_to_input,
         "normalize_activations": "none",
-        "reshape_activations": "none",
+        "reshape_activations": reshape_for_hook(hook),
     }
     if isinstance(sae, TopKSAE):
         cfg.update(architecture="topk", k=sae.cfg.k, rescale_acts_by_decoder_norm=False)
@@ -231,6 +249,11 @@ def sae_from_sae_lens_dict(
     if norm not in _IDENTITY_NORMS:
         raise SAEFormatError(
             f"{source}: normalize_activations={norm!r} is not supported (supported: {', '.join(_IDENTITY_NORMS)})"
+        )
+    reshape = cfg.get("reshape_activations", "none")
+    if reshape not in RESHAPES:  # "hook_z": SAELens flattens the heads, as our SAEs always read them
+        raise SAEFormatError(
+            f"{source}: reshape_activations={reshape!r} is not supported (supported: {', '.join(RESHAPES)})"
         )
     metadata = dict(cfg.get("metadata") or {})
     for key in ("model_name", "hook_name", "hook_head_index", "context_size", "prepend_bos", "dataset_path"):

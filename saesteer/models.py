@@ -24,6 +24,20 @@ Which TransformerLens class, and why
 - The toy model is a **HookedTransformer**: it is defined by a TransformerLens config and trained
   as one, and the Bridge only wraps HF models.
 
+Raw weights by default; `process_weights=True` (`--process-weights`) the SAELens way
+-------------------------------------------------------------------------------------------------
+Every model loads with its checkpoint's weights unchanged, so SAEs are trained on the model's own
+activations. SAELens users who load `HookedSAETransformer.from_pretrained(name)` get
+TransformerLens's default weight processing (`saes.identity.PROCESSING`: fold_ln,
+center_writing_weights, center_unembed, fold_value_biases), which centres the residual stream and
+moves value biases out of hook_z: an SAE trained on raw activations reads other inputs there.
+`load_model(spec, process_weights=True)` applies that same processing (HookedTransformer:
+`load_and_process_state_dict(state_dict(), **PROCESSING)`; TransformerBridge: `enable_compatibility_mode(**PROCESSING)`), so
+SAEs match SAELens users who load models that way. The identity records it (`weights`, id suffix
+'+processed'); `load_recorded_model` re-applies what a cache / SAE / store records, and a model
+loaded the other way is refused. Each SAE's cfg.json says how to load the model
+(`metadata.model_from_pretrained_kwargs`, for `HookedSAETransformer.from_pretrained_no_processing`).
+
 Two Bridge behaviours downstream code should know (checked by tests/test_toyworld_models.py):
 - a hook fires under its canonical name: a hook added at "blocks.0.hook_resid_post" sees
   `hook.name == "blocks.0.hook_out"`; compare against the name you asked for, not hook.name.
@@ -47,6 +61,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from saes.identity import (
+    PROCESSING,
     ModelIdentity,
     ModelIdentityError,
     attach_identity,
@@ -125,11 +140,12 @@ def resolve_spec(spec: str) -> ModelInfo:
     return ModelInfo(spec, "hub", name, revision=revision or None)
 
 
-def load_model(spec: str, device: str | None = None, dtype=None):
+def load_model(spec: str, device: str | None = None, dtype=None, *, process_weights: bool = False):
     """Load a model by spec ('toy', 'toy:DIR', an HF hub name[@revision], or a local HF checkpoint
     directory). device: default cuda if available, else cpu. dtype: torch dtype or name
-    ('float32', 'bfloat16', ...; default float32). Returns a HookedTransformer (toy) or a
-    TransformerBridge (HF checkpoints), in eval mode."""
+    ('float32', 'bfloat16', ...; default float32). process_weights: apply TransformerLens's default
+    weight processing (see the module's docstring; default: the raw weights). Returns a
+    HookedTransformer (toy) or a TransformerBridge (HF checkpoints), in eval mode."""
     info = resolve_spec(spec)
     device = _default_device(device)
     torch_dtype = _torch_dtype(dtype)
@@ -146,10 +162,28 @@ def load_model(spec: str, device: str | None = None, dtype=None):
         if info.source == "hub":  # record the commit HF resolved, so the record pins the weights
             commit = getattr(getattr(model.original_model, "config", None), "_commit_hash", None)
             info.revision = commit or info.revision
+    if process_weights:
+        _process_weights(model, spec)
     model.eval()
     setattr(model, _INFO_ATTR, info)
-    attach_identity(model, _identity(model, info))
+    attach_identity(model, _identity(model, info, "processed" if process_weights else "raw"))
     return model
+
+
+def _process_weights(model, spec: str) -> None:
+    """TransformerLens's default load-time weight processing, in place (saes.identity.PROCESSING)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning)  # TL's notes about what it folds
+        if hasattr(model, "load_and_process_state_dict"):  # HookedTransformer (process_weights_ takes no fold_value_biases)
+            model.load_and_process_state_dict(model.state_dict(), **PROCESSING)
+            return
+        try:
+            model.enable_compatibility_mode(disable_warnings=True, **PROCESSING)
+        except RuntimeError as e:  # an architecture whose processed weights TransformerLens does not trust
+            raise ValueError(f"model {spec!r}: TransformerLens cannot process its weights ({e}); load it without "
+                             f"--process-weights") from None
 
 
 def _boot_hf(name_or_path: str, revision: str | None, device: str, dtype, spec: str):
@@ -234,7 +268,7 @@ def _hash_parameters(model) -> str:
     return h.hexdigest()
 
 
-def _identity(model, info: ModelInfo) -> ModelIdentity:
+def _identity(model, info: ModelInfo, weights: str = "raw") -> ModelIdentity:
     """toy: SHA-256 of its model.safetensors; local directory: SHA-256 of its weight files; hub: the
     commit HF resolved (no weight hashing); a model not loaded by `load_model`: SHA-256 of its
     parameters and buffers."""
@@ -250,7 +284,7 @@ def _identity(model, info: ModelInfo) -> ModelIdentity:
         digest = None
     cfg = model.cfg
     return ModelIdentity(info.source, info.name, info.revision, info.path, digest, int(cfg.d_model),
-                         int(cfg.n_layers), int(cfg.d_vocab))
+                         int(cfg.n_layers), int(cfg.d_vocab), weights=weights)
 
 
 def model_identity(model) -> ModelIdentity:
@@ -293,9 +327,11 @@ def load_recorded_model(
     is not the `recorded` model unless `allow_mismatch`; else the recorded model itself, re-loaded
     from its record (hub name at its commit, the absolute directory checked against its hash, or
     the toy model when the record says toy). Raises ModelIdentityError when there is no model to
-    load (nothing recorded, or a record that cannot be re-loaded), saying to pass --model."""
+    load (nothing recorded, or a record that cannot be re-loaded), saying to pass --model. The
+    weights are processed when the record says so (`ModelIdentity.weights`)."""
+    process = recorded is not None and recorded.processed
     if spec:
-        model = load_model(spec, device=device, dtype=dtype)
+        model = load_model(spec, device=device, dtype=dtype, process_weights=process)
         if not allow_mismatch:
             check_same_model(recorded, model_identity(model), recorded_in=recorded_in, given_as=f"--model {spec}",
                              override=OVERRIDE_FLAG, fix="leave out --model to use the recorded one")
@@ -312,7 +348,7 @@ def load_recorded_model(
     if recorded.source in ("local", "toy") and recorded.path and not Path(recorded.path).is_dir():
         raise ModelIdentityError(f"{recorded_in} was made with model {recorded.describe()}, but {recorded.path} no "
                                  f"longer exists (moved or deleted?); pass --model DIR where the model is now")
-    model = load_model(target, device=device, dtype=dtype)
+    model = load_model(target, device=device, dtype=dtype, process_weights=process)
     if not allow_mismatch:  # the directory may hold other files now
         check_same_model(recorded, model_identity(model), recorded_in=recorded_in, given_as=f"the model at {target}",
                          override=OVERRIDE_FLAG, fix="pass --model with the model it was made with")

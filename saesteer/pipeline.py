@@ -66,7 +66,8 @@ class DemoConfig:
                                          metadata={"help": "nested prefix widths ending at d_sae (empty: ~4x steps)"})
     batch_size: int = field(default=4096, metadata={"help": "tokens per training step"})
     dead_tokens: int = field(default=200_000,
-                             metadata={"help": "a latent silent for this many training tokens counts as dead (AuxK revives it)"})
+                             metadata={"help": "dead window cap: a latent silent for the last min(this, a tenth of the training "
+                                               "tokens) counts as dead (AuxK revives it)"})
     ce_contexts: int = field(default=64, metadata={"help": "validation contexts for CE loss recovered (0: skip)"})
     label_limit: int | None = field(
         default=None,
@@ -398,7 +399,8 @@ def _stage_features(cfg: DemoConfig, paths: DemoPaths, model, sae, sae_dir: Path
     with FeatureStore.open(paths.store, readonly=False) as store:
         concepts = _concept_matches(store, sae, source, say)
     s = res.summary
-    info["note"] = f"{s.get('alive', 0):,} alive latents, {s.get('dead', 0):,} dead, {s.get('dense', 0):,} dense"
+    info["note"] = (f"{s.get('alive', 0):,} alive latents, {s.get('dead', 0):,} never fire on the cache, "
+                    f"{s.get('dense', 0):,} dense")
     return dict(res.summary), int(res.n_rows), concepts
 
 
@@ -741,19 +743,23 @@ def print_summary(result: DemoResult, console: Any = None) -> None:
     from rich.table import Table
     from rich.text import Text
 
+    from training.report import dead_figures_note
+
     con = console or _console()
     m, cfg = result.metrics, result.config
     con.rule("[bold]summary", align="left")
 
-    q = Table(title=f"SAE quality: {result.sae_name} on {cfg.hook} (held-out tokens)", title_justify="left")
-    for col in ("explained variance", "CE loss recovered", "L0", "dead", "never fire", "dense", "KL"):
+    q = Table(title=f"SAE quality: {result.sae_name} on {cfg.hook} (held-out tokens; dead: see below)",
+              title_justify="left")
+    for col in ("explained variance", "CE loss recovered", "L0", "dead", "held-out dead", "cache dead", "dense", "KL"):
         q.add_column(col, justify="right")
     d_sae = int(m.get("d_sae") or cfg.d_sae)
-    never = result.store_summary.get("dead")
+    cache_dead = result.store_summary.get("dead")
     ce = m.get("ce_loss_recovered")
     kl = m.get("kl_div")
     q.add_row(f"{m['explained_variance']:.3f}", "-" if ce is None else f"{ce:.3f}", f"{m['l0']:.1f}",
-              f"{m['dead_fraction']:.1%}", "-" if never is None else f"{never / d_sae:.1%}",
+              f"{m['dead_fraction']:.1%}", f"{m['eval_dead_fraction']:.1%}",
+              "-" if cache_dead is None else f"{cache_dead / d_sae:.1%}",
               f"{m.get('dense_fraction', 0.0):.1%}", "-" if kl is None else f"{kl:.4f}")
     con.print(q)
     levels = m.get("levels") or []
@@ -764,8 +770,7 @@ def print_summary(result: DemoResult, console: Any = None) -> None:
     rate = t.get("tokens_per_second")
     con.print(f"trained on {t.get('tokens_trained') or 0:,} tokens in {t.get('steps') or 0:,} steps"
               + (f" ({rate:,.0f} tokens/s, step method {t.get('step_method')})" if rate else "")
-              + f"; dead = silent for the last {cfg.dead_tokens:,} training tokens; never fire = over all "
-              f"{result.cache_rows:,} cached tokens")
+              + "; " + dead_figures_note(m.get("dead_window_tokens"), m.get("eval_rows"), result.cache_rows))
     c = result.concepts
     if c.get("concepts"):
         con.print(f"ground truth: of {c['concepts']} toy-world concepts, {c['f1_at_least_0.5']} have a latent with "

@@ -169,6 +169,12 @@ def sae_hook_name(sae: SAE, name: str = "sae") -> str:
             f"SAE {name!r} does not record its hook point; set sae.cfg.metadata['hook_name'] "
             f"(e.g. 'blocks.1.hook_resid_post') to the hook it was trained on"
         )
+    head = (sae.cfg.metadata or {}).get("hook_head_index")
+    if head is not None:  # a SAELens per-head SAE: it reads [..., d_head] of one head
+        raise SteeringError(
+            f"SAE {name!r} reads only head {head} of {hook} (hook_head_index={head}); saesteer steers SAEs that read "
+            f"all heads of the hook, flattened"
+        )
     return str(hook)
 
 

@@ -250,6 +250,30 @@ def test_dry_run_writes_nothing_and_estimates(model, corpus, tmp_path):
     assert "needs ~" in s and "free" in s and "tokens/s" in s
 
 
+def test_the_rate_probe_times_the_builds_own_batches(model, corpus, tmp_path, monkeypatch):
+    """The dry run's rate comes from batches of the build's size, of real contexts, through the
+    forward the build uses and the shard copy; a batch size so slow that the probe would run long
+    is cut down to what fits (no timing is asserted)."""
+    import training.cache as cache
+
+    text = TextConfig(dataset=str(corpus), context_length=16)
+    cfg = CacheConfig(out=str(tmp_path / "c"), hooks=[H0], max_tokens=16 * 20, batch_size=6)
+    batches, fills = [], []
+    real_run, real_fill = cache.ActivationRunner.run, cache._fill_batch
+    monkeypatch.setattr(cache.ActivationRunner, "run", lambda self, t: batches.append(t.clone()) or real_run(self, t))
+    monkeypatch.setattr(cache, "_fill_batch", lambda *a, **k: fills.append(a[2].shape) or real_fill(*a, **k))
+    est = estimate_cache(model, text, cfg)
+    shapes = [tuple(t.shape) for t in batches]
+    assert est.probe_contexts == 6 and (6, 16) in shapes and (6, 16) in fills
+    assert f"{est.forward_tokens_per_s:,.0f} tokens/s" in est.describe() and "6 contexts per batch" in est.describe()
+    probe = next(t for t in batches if tuple(t.shape) == (6, 16))
+    assert (probe[:, 0] == model.tokenizer.bos_token_id).all()  # packed contexts of the corpus, BOS first
+
+    monkeypatch.setattr(cache, "PROBE_SECONDS", 1e-9)  # one context already "too slow": batches of 1
+    batches.clear()
+    assert estimate_cache(model, text, cfg).probe_contexts == 1 and all(len(t) == 1 for t in batches)
+
+
 def test_model_batches_match_the_cache(model, corpus, tmp_path):
     build(model, corpus, tmp_path / "c", dtype="fp32", max_tokens=16 * 12)
     acts, meta = all_rows(tmp_path / "c")

@@ -392,6 +392,28 @@ def test_fast_forward_equals_the_bridge_on_hf_checkpoints(tmp_path, name):
         assert err <= 2e-5 * want[h].abs().max().item(), f"{name} {h}: max abs diff {err:.3g}"
 
 
+def test_an_hf_model_keeps_the_fast_forward_after_its_first_bridge_forward(tmp_path):
+    """The Bridge and transformers leave capture hooks on the HF modules after a forward (the
+    check's); they must not send every later batch through the Bridge, while real hooks still do."""
+    from training import fast_forward
+    from training.cache import ActivationRunner
+
+    model = load_hf(tmp_path, "gpt2")
+    hook = "blocks.1.hook_resid_post"
+    runner = ActivationRunner(model, [hook])
+    tokens = torch.randint(0, model.cfg.d_vocab, (2, 16), generator=torch.Generator().manual_seed(1))
+    assert runner.forward_used(16) == "fast"  # the check ran the Bridge's forward once
+    assert any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())  # what it left behind
+    calls = []
+    real = fast_forward.FastForward.__call__
+    runner.fast.__class__ = type("Counting", (fast_forward.FastForward,), {"__call__": lambda s, t: calls.append(1) or real(s, t)})
+    plain = runner.run(tokens)[hook]
+    assert len(calls) == 1
+    with model.hooks(fwd_hooks=[("blocks.0.hook_attn_out", lambda act, hook: torch.zeros_like(act))]):
+        steered = runner.run(tokens)[hook]
+    assert len(calls) == 1 and (plain - steered).abs().max() > 1e-3  # a real hook: the Bridge's forward
+
+
 def test_hf_fallbacks(tmp_path):
     from saesteer.models import load_model
     from training.cache import ActivationRunner

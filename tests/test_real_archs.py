@@ -245,7 +245,7 @@ SAELENS_DEFAULT_PROCESSING = {"fold_ln": True, "center_writing_weights": True, "
                               "fold_value_biases": True}
 
 
-def test_saelens_loading_the_model_as_the_sae_folder_says_gives_our_outputs(thin, request):
+def test_saelens_loading_the_model_as_the_sae_folder_says_gives_our_outputs(thin):
     import saes
     from helpers.real_interop import assert_same_outputs, saelens_side_by_side
     from saesteer.models import load_model
@@ -254,10 +254,6 @@ def test_saelens_loading_the_model_as_the_sae_folder_says_gives_our_outputs(thin
     sae_dir = work / "run/saes/sae"
     recorded = json.loads((sae_dir / "cfg.json").read_text())["metadata"].get("model_from_pretrained_kwargs") or {}
     processing = {k: recorded.get(k, v) for k, v in SAELENS_DEFAULT_PROCESSING.items()}
-    if family in ("gpt2", "neox"):  # LayerNorm models: centring the writing weights moves the residual stream
-        request.node.add_marker(pytest.mark.xfail(strict=True, reason=(
-            "issue 16 item 7: cfg.json does not record model_from_pretrained_kwargs, so SAELens processes the "
-            "weights; fixed on branch metrics")))
     sae = saes.load_sae(sae_dir)
     hook = sae.cfg.metadata["hook_name"]
     model = load_model(str(path), device="cpu")

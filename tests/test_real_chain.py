@@ -12,8 +12,6 @@ and the tests check what a user must be able to trust: the recorded model is use
 is left out, a wrong --model is refused, token text is the tokenizer's, labels print literally,
 dead fractions agree, eval rows are held out, and SAELens runs our SAEs with equal outputs.
 
-Tests that check a fix still being built on another branch carry `xfail(strict=True)` naming the
-issue item and the branch; the mark goes when the fix is merged (strict: an unexpected pass fails).
 The other three architectures run a thinner chain in tests/test_real_archs.py.
 """
 
@@ -44,17 +42,6 @@ CACHE_TOKENS = 8192
 D_SAE = 512
 RICH_LABEL = "[/x] [bold]{}[/bold]"  # what the judge answers: rich markup that must print literally
 CODE = "def parse_args(self, args=None):\n\treturn self._parse(args)  # licence: PSF"
-
-ITEM = {  # xfail reasons: issue 16 item, and the branch building the fix
-    5: "issue 16 item 5: one definition of dead for summary, metrics.json and the store; fixed on branch metrics",
-    7: "issue 16 item 7: hook_z SAEs saved with SAELens's hook_z reshape and the weight processing recorded; "
-       "fixed on branch metrics",
-}
-
-
-def xfail(item: int, why: str = ""):
-    return pytest.mark.xfail(strict=True, reason=ITEM[item] + (f" ({why})" if why else ""))
-
 
 # ----------------------------------------------------------------------------------------------
 # the chain, run once for the module
@@ -369,7 +356,6 @@ def test_a_label_with_markup_prints_literally(chain, argv):
 # training: dead fractions, held-out rows
 
 
-@xfail(5, "the summary says 0% dead while the store counts latents that never fire")
 def test_dead_fractions_agree_across_summary_metrics_and_store(chain):
     m = json.loads((chain.run / "metrics.json").read_text())["saes"]["resid"]
     row = next(ln for ln in chain.train.out.splitlines() if ln.startswith("resid "))
@@ -426,7 +412,6 @@ def test_saelens_runs_our_resid_sae_with_our_outputs(chain):
     assert_same_outputs(ours, theirs)
 
 
-@xfail(7, "cfg.json has reshape_activations 'none': SAELens feeds [.., n_heads, d_head] to a 64-wide encoder")
 def test_saelens_runs_our_hook_z_sae_with_our_outputs(chain):
     from helpers.real_interop import assert_same_outputs, saelens_side_by_side
 

@@ -11,7 +11,10 @@ several hook points -> fp16/bf16/fp32 shards with token ids, positions and check
   the result is byte-identical to an uninterrupted run. A cache made with other settings is
   refused, naming each differing field. See `training.manifest` for the manifest fields.
 * Disk space and a time estimate are logged before starting (`estimate_cache` alone is the
-  dry run); a full disk stops with `CacheDiskFullError` and leaves no partial shard.
+  dry run); a full disk stops with `CacheDiskFullError` and leaves no partial shard. The time
+  comes from a probe of the build's own loop: real contexts at the build's batch size (smaller
+  when one batch takes a while, see `_measure_rate`) through the forward it will use, copied into
+  a shard buffer.
 
 The model is an already loaded TransformerLens `HookedTransformer` (anything with `hook_dict`,
 `hooks()`, `cfg.n_ctx` and a `stop_at_layer` forward argument); this module does not import
@@ -28,6 +31,7 @@ import hashlib
 import queue
 import re
 import shutil
+import statistics
 import threading
 import time
 import warnings
@@ -162,6 +166,15 @@ class _StopForward(Exception):
     pass
 
 
+# modules whose functions TransformerBridge / transformers register as standing hooks on a model
+# (output capture); hooks from anywhere else (TransformerLens hook points, steering, users) count
+_LIBRARY_HOOK_MODULES = ("transformers.", "transformer_lens.model_bridge.")
+
+
+def _library_hook(fn) -> bool:
+    return str(getattr(fn, "__module__", None) or "").startswith(_LIBRARY_HOOK_MODULES)
+
+
 def model_device(model) -> torch.device:
     for p in model.parameters():
         return p.device
@@ -294,8 +307,14 @@ class ActivationRunner:
 
     def _hooks_attached(self) -> bool:
         """Any forward (pre-)hook on any module of the model (TransformerLens hook points or plain
-        torch module hooks): the fast forward would skip them, so such batches run through TL."""
-        return any(m._forward_hooks or m._forward_pre_hooks for m in self.model.modules())
+        torch module hooks): the fast forward would skip them, so such batches run through TL.
+
+        Hooks the libraries keep on the model for themselves do not count: TransformerBridge and
+        transformers install capture hooks on the HF modules at the first forward and leave them
+        there (they do not change outputs), which sent every later batch of an HF model through
+        the slow forward while the estimate said "fast"."""
+        return any(not _library_hook(fn) for m in self.model.modules()
+                   for fn in (*m._forward_hooks.values(), *m._forward_pre_hooks.values()))
 
     def run(self, tokens_BL: torch.Tensor) -> dict[str, torch.Tensor]:
         B, L = tokens_BL.shape
@@ -446,11 +465,12 @@ class CacheEstimate:
     shard_contexts: int
     bytes_needed: int | None  # for the contexts still to do
     bytes_free: int
-    forward_tokens_per_s: float
+    forward_tokens_per_s: float  # the caching loop's rate on a probe (`_measure_rate`)
     seconds: float | None
     exact: bool  # contexts known exactly (max_tokens given and the data suffices)
     forward: str = "transformer_lens"  # the forward pass used: "fast" or "transformer_lens"
     forward_note: str | None = None  # why not the fast one
+    probe_contexts: int = 0  # contexts per batch of the probe that measured forward_tokens_per_s
 
     @property
     def tokens(self) -> int | None:
@@ -471,7 +491,8 @@ class CacheEstimate:
         need = "unknown" if self.bytes_needed is None else _fmt_bytes(self.bytes_needed)
         lines.append(f"  disk:    needs ~{need}, {_fmt_bytes(self.bytes_free)} free")
         t = "unknown" if self.seconds is None else f"~{_fmt_secs(self.seconds)}"
-        lines.append(f"  time:    {t} (model forward measured at {self.forward_tokens_per_s:,.0f} tokens/s)")
+        lines.append(f"  time:    {t} (caching measured at {self.forward_tokens_per_s:,.0f} tokens/s on a probe: "
+                     f"forward + shard copy, {self.probe_contexts} contexts per batch)")
         lines.append(f"  forward: {self.forward}" + (f" ({self.forward_note})" if self.forward != "fast" and self.forward_note else ""))
         return "\n".join(lines)
 
@@ -483,16 +504,63 @@ def _free_bytes(path: Path) -> int:
     return shutil.disk_usage(p).free
 
 
-def _time_forward(runner: ActivationRunner, batch_size: int, L: int, vocab: int) -> float:
-    g = torch.Generator().manual_seed(0)
-    toks = torch.randint(0, max(1, vocab), (batch_size, L), generator=g)
-    runner.run(toks[:1])  # warm-up
-    best = float("inf")
-    for _ in range(2):  # the first full batch pays for allocations; keep the faster
+PROBE_SECONDS = 10.0  # about the most the rate probe (the dry run's measurement) may take
+
+
+class ProbeRate(NamedTuple):
+    tokens_per_s: float
+    contexts_per_batch: int
+
+
+def _measure_rate(plan: "_Plan", cfg: CacheConfig, sample_NL: np.ndarray, L: int, vocab: int) -> ProbeRate:
+    """Tokens/s of the build's caching loop, measured on a short probe: the sampled contexts run
+    through the forward the build will use (its check done first, untimed) and are copied into a
+    shard buffer as `_run_build` does, timed by the wall clock (synchronised on a GPU).
+
+    The probe works towards the build's batch size: per-call overheads (Python, kernel launches
+    and, on a busy machine, the wait for the compute threads at every op) weigh on small batches,
+    and a probe of 8 contexts had underestimated the build's rate up to 4x. The batch doubles from
+    1 context to `cfg.batch_size` while the next size still fits in PROBE_SECONDS, judged by the
+    time the current size took (a GPU or a small model reaches the build's batch size; a large
+    model on a CPU stops at a batch that already takes a second or more, where its rate no longer
+    grows). Each size runs once untimed (allocations) and once timed; the rate is the median of 3
+    to 7 timed batches at the last size (as many as fit in a fifth of PROBE_SECONDS: on a busy
+    machine single batches swing several-fold)."""
+    runner = plan.runner
+    B = cfg.batch_size
+    if len(sample_NL):
+        tokens_BL = np.resize(sample_NL, (B, L)).astype(sample_NL.dtype, copy=False)
+    else:
+        tokens_BL = torch.randint(0, max(1, vocab), (B, L), generator=torch.Generator().manual_seed(0)).numpy()
+    runner.forward_used(L)  # the fast-forward check, outside the timing
+    device = runner.device
+    cuda = device.type == "cuda"
+    buf = _ShardBuffer(plan.d_in, DTYPES[cfg.dtype], B, L, pin=cuda)
+
+    def timed(b: int) -> float:
+        buf.rows = buf.contexts = 0
+        tb = tokens_BL[:b]
         t0 = time.perf_counter()
-        runner.run(toks)
-        best = min(best, time.perf_counter() - t0)
-    return batch_size * L / max(best, 1e-9)
+        acts = runner.run(torch.from_numpy(tb))
+        _fill_batch(buf, acts, tb, plan.excluded, 0, non_blocking=cuda)
+        if cuda:
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - t0
+
+    start = time.perf_counter()
+    b = 1
+    while True:
+        timed(b)  # the first call at this size pays for allocations
+        secs = timed(b)
+        # the next size: two runs of about twice this one, then three or more timed runs
+        if b >= B or time.perf_counter() - start + 8 * secs > PROBE_SECONDS:
+            break
+        b = min(2 * b, B)
+    walls = [secs]
+    start = time.perf_counter()
+    while len(walls) < 3 or (len(walls) < 7 and time.perf_counter() - start < PROBE_SECONDS / 5):
+        walls.append(timed(b))
+    return ProbeRate(b * L / max(statistics.median(walls), 1e-9), b)
 
 
 class _Plan(NamedTuple):
@@ -554,7 +622,8 @@ def _estimate(plan: _Plan, text: TextConfig, cfg: CacheConfig, tokenizer, out: P
         exact = data_contexts is not None and data_contexts > 1.2 * want
     else:
         contexts = data_contexts
-    tps = _time_forward(plan.runner, min(cfg.batch_size, 8), L, len(tokenizer))
+    probe = _measure_rate(plan, cfg, sample, L, len(tokenizer))
+    tps = probe.tokens_per_s
     sc = plan.settings["shard_contexts"]
     todo = None if contexts is None else max(0, contexts - contexts_done)
     need = None if todo is None else int(todo * (rows_per_context * bytes_per_row(plan.d_in, cfg.dtype) + 4 * L))
@@ -564,6 +633,7 @@ def _estimate(plan: _Plan, text: TextConfig, cfg: CacheConfig, tokenizer, out: P
         bytes_needed=need, bytes_free=_free_bytes(out), forward_tokens_per_s=tps,
         seconds=None if todo is None else todo * L / tps, exact=exact,
         forward=plan.runner.forward_used(L), forward_note=plan.runner.fast_problem,
+        probe_contexts=probe.contexts_per_batch,
     )
 
 

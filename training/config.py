@@ -158,7 +158,14 @@ class TrainConfig:
     aux_coef: float = field(default=1 / 32, metadata={"help": "AuxK loss coefficient (dead latents model the residual)"})
     k_aux: int | None = field(default=None, metadata={"help": "dead latents used by AuxK per token (none: d_in // 2)"})
     dead_tokens: int = field(
-        default=10_000_000, metadata={"help": "a latent that has not fired in this many tokens counts as dead"}
+        default=10_000_000,
+        metadata={"help": "dead window cap: a latent that has not fired in the last N training tokens is dead (AuxK "
+                          "trains it), N = min(dead_tokens, max(batch_size, dead_window_fraction x total_tokens))"},
+    )
+    dead_window_fraction: float = field(
+        default=0.1,
+        metadata={"help": "the dead window as a fraction of the run, used when the run is too short for dead_tokens "
+                          "(so dead latents are found, and AuxK engages, in short runs too)"},
     )
     holdout_tokens: int = field(
         default=16384,
@@ -197,6 +204,8 @@ class TrainConfig:
         if self.k_aux is not None:
             _pos_int("TrainConfig", "k_aux", self.k_aux)
         _pos_int("TrainConfig", "dead_tokens", self.dead_tokens)
+        _finite("TrainConfig", "dead_window_fraction", self.dead_window_fraction, 0.0, 1.0)
+        _check(self.dead_window_fraction > 0, "TrainConfig.dead_window_fraction must be in (0, 1]")
         _pos_int("TrainConfig", "holdout_tokens", self.holdout_tokens)
         _check(
             self.b_dec_init in ("geometric_median", "mean", "zeros"),
@@ -212,6 +221,15 @@ class TrainConfig:
     @property
     def total_steps(self) -> int:
         return -(-self.total_tokens // self.batch_size)
+
+    @property
+    def dead_window_tokens(self) -> int:
+        """N of the one definition of a dead latent: no firing in the last N training tokens
+        (docs/training.md, "Dead latents"). SAELens (`dead_feature_window`, in steps) and sparsify
+        (`dead_feature_threshold`, 10M tokens) use a fixed window, which a run shorter than it never
+        fills: nothing is ever dead and AuxK never engages. Here the window shrinks with the run."""
+        scaled = max(self.batch_size, math.ceil(self.dead_window_fraction * self.total_tokens))
+        return min(self.dead_tokens, scaled)
 
 
 @dataclass
@@ -280,6 +298,12 @@ class DataConfig:
                           "without a cache; none: the model the cache records (without a cache: toy)"},
     )
     model_eval: bool = field(default=True, metadata={"help": "load the model for CE loss recovered and KL divergence"})
+    process_weights: bool = field(
+        default=False,
+        metadata={"help": "without a cache: apply TransformerLens's default weight processing to --model (as "
+                          "HookedSAETransformer.from_pretrained does; see `saesteer cache --process-weights`). With a "
+                          "cache, its record decides"},
+    )
     eval_split: str = field(
         default="validation",
         metadata={"help": "split giving the held-out contexts of the CE evaluation, of the training data or of "

@@ -112,15 +112,19 @@ def evaluate_activations(
 
 
 def sae_reconstructor(sae: SAE, scale: float = 1.0) -> Callable[[Tensor], Tensor]:
-    """x [..., D] -> the SAE's reconstruction of x in raw units (the SAE reads scale * x)."""
+    """x [..., D] (or [B, S, heads, d_head] at a head hook) -> the SAE's reconstruction of x in raw
+    units, same shape (the SAE reads scale * x)."""
 
     def reconstruct(x: Tensor) -> Tensor:
         # the model may sit on another device than the SAE (e.g. `saesteer train --device cuda` loads
         # the CE-evaluation model on the CPU): read x where the SAE is, answer where x is
+        shape = x.shape
+        if x.ndim > 3:  # [batch, pos, heads, d_head] (attn.hook_z, ...): the SAE reads the heads flattened
+            x = x.reshape(*shape[:2], -1)
         x_in = x.to(sae.device, sae.dtype)
         if scale != 1.0:
             x_in = x_in * scale
-        return (sae(x_in).recon / scale).to(x.device, x.dtype)
+        return (sae(x_in).recon / scale).to(x.device, x.dtype).reshape(shape)
 
     return reconstruct
 

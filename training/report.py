@@ -11,8 +11,8 @@ metrics.json (format "saesteer.train_metrics", version 1):
       "saes": {
         "<name>": {
           "folder": "saes/<name>", "architecture", "d_in", "d_sae", "k", "lr", "skipped_steps",
-          "explained_variance", "mse", "l0", "dead_fraction", "eval_dead_fraction", "dense_fraction",
-          "eval_rows", ["levels": [{"width", "explained_variance", "mse", "l0"}, ...]],
+          "explained_variance", "mse", "l0", "dead_fraction", "dead_window_tokens", "eval_dead_fraction",
+          "dense_fraction", "eval_rows", ["levels": [{"width", "explained_variance", "mse", "l0"}, ...]],
           ["ce_loss_clean", "ce_loss_spliced", "ce_loss_zero", "ce_loss_recovered", "kl_div"]
         }, ...
       }
@@ -30,6 +30,22 @@ from saes.fileio import atomic_write_bytes, atomic_write_json
 METRICS_FILE = "metrics.json"
 CURVES_FILE = "training_curves.html"
 METRICS_FORMAT = "saesteer.train_metrics"
+
+
+def dead_figures_note(window_tokens: int | None, heldout_tokens: int | None, pass_tokens: int | None = None) -> str:
+    """What the dead figures printed beside each other mean (docs/training.md, "Dead latents").
+
+    One definition, "no firing over N tokens", measured three ways: over the last N training
+    tokens (`dead_fraction`, training form, the mask AuxK uses), over the held-out tokens
+    (`eval_dead_fraction`, inference form) and over a feature store's pass (its `dead` flag)."""
+    parts = []
+    if window_tokens:
+        parts.append(f"dead = no firing in the last {window_tokens:,} training tokens (the AuxK window)")
+    if heldout_tokens:
+        parts.append(f"held-out dead = no firing on the {heldout_tokens:,} held-out tokens")
+    if pass_tokens:
+        parts.append(f"cache dead = no firing on all {pass_tokens:,} cached tokens (the feature store's 'dead' flag)")
+    return "; ".join(parts)
 
 
 def git_commit(path: str | Path | None = None) -> str | None:
@@ -68,7 +84,7 @@ def write_curves_html(out_dir: Path, history: list[dict[str, Any]], sae_names: l
     panels = [
         ("training loss (normalised units)", train, "loss", True),
         ("training FVU (batch)", train, "fvu", True),
-        ("dead fraction (no fire in the dead window)", train, "dead_fraction", False),
+        ("dead fraction (no firing in the last dead_window_tokens)", train, "dead_fraction", False),
         ("held-out explained variance", evals, "explained_variance", False),
         ("held-out L0", evals, "l0", False),
         ("CE loss recovered", evals, "ce_loss_recovered", False),

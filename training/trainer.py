@@ -99,15 +99,16 @@ class Member:
     def params(self) -> list[torch.nn.Parameter]:
         return [self.sae.W_enc, self.sae.b_enc, self.sae.W_dec, self.sae.b_dec]
 
-    def dead_mask(self, dead_tokens: int) -> Tensor:
-        return self.since_fired_F >= dead_tokens
+    def dead_mask(self, window: int) -> Tensor:
+        """Dead: no firing in the last `window` training tokens (TrainConfig.dead_window_tokens)."""
+        return self.since_fired_F >= window
 
 
 class StepSettings(NamedTuple):
     method: str
     aux_coef: float
     k_aux: int | None
-    dead_tokens: int
+    dead_window: int  # TrainConfig.dead_window_tokens
     grad_clip: float
     threshold_lr: float
 
@@ -249,7 +250,7 @@ def train_step(
     n_global = coll.global_rows(n_local) if n_global is None else n_global
     group = coll.batch_group() if isinstance(m.sae, BatchTopKSAE) else None
     with global_batch(m.sae, group):  # type: ignore[arg-type]
-        res = compute_grads(m.sae, x_BD, m.dead_mask(s.dead_tokens), aux_coef=s.aux_coef, k_aux=s.k_aux, method=s.method)
+        res = compute_grads(m.sae, x_BD, m.dead_mask(s.dead_window), aux_coef=s.aux_coef, k_aux=s.k_aux, method=s.method)
     coll.average_gradients_(m.params, n_local / n_global if n_global else None)
     remove_parallel_decoder_grad_(m.sae)
     norm = grad_norm(m.params)
@@ -293,7 +294,9 @@ class Trainer:
         self.device = torch.device(config.train.device)
         self.step_method = resolve_step_method(config.train.step_method, self.device)
         t = config.train
-        self.settings = StepSettings(self.step_method, t.aux_coef, t.k_aux, t.dead_tokens, config.optim.grad_clip, t.threshold_lr)
+        self.dead_window = t.dead_window_tokens
+        self.settings = StepSettings(self.step_method, t.aux_coef, t.k_aux, self.dead_window, config.optim.grad_clip,
+                                     t.threshold_lr)
         self.members = [
             build_member(spec, i, d_in, config, self.device, sae_metadata or {}) for i, spec in enumerate(config.saes)
         ]
@@ -352,7 +355,8 @@ class Trainer:
         return x_BD, stats
 
     def dead_fraction(self, m: Member) -> float:
-        return float(m.dead_mask(self.config.train.dead_tokens).float().mean())
+        """Latents with no firing in the last `dead_window` training tokens (the mask AuxK uses)."""
+        return float(m.dead_mask(self.dead_window).float().mean())
 
     # -- evaluation ------------------------------------------------------------------------------
     def evaluate(self, holdout_BD: Tensor, model_eval: Any = None) -> dict[str, dict[str, Any]]:
@@ -360,6 +364,7 @@ class Trainer:
         for m in self.members:
             r = evaluate_activations(m.sae, holdout_BD, scale=self.scale, dense_threshold=self.config.eval.dense_threshold)
             r["dead_fraction"] = self.dead_fraction(m)
+            r["dead_window_tokens"] = self.dead_window
             if model_eval is not None:
                 r.update(model_eval.run(sae_reconstructor(m.sae, self.scale), self.config.eval).to_dict())
             out[m.name] = r
@@ -511,7 +516,12 @@ def _sae_metadata(prov: dict[str, Any]) -> dict[str, Any]:
     # model_name: the name SAELens users load the model by (hub name, local path), else our id
     keys = {"model_name": "model_name" if prov.get("model_name") else "model", "hook_name": "hook_name",
             "context_size": "context_size", "prepend_bos": "prepend_bos", "dataset_path": "dataset"}
-    return {k: prov[src] for k, src in keys.items() if prov.get(src) is not None}
+    meta = {k: prov[src] for k, src in keys.items() if prov.get(src) is not None}
+    if prov.get("model_identity") is not None:  # how to load the model: raw weights, or processed (SAELens's hint)
+        from saes.identity import ModelIdentity
+
+        meta["model_from_pretrained_kwargs"] = ModelIdentity.from_json(prov["model_identity"]).saelens_load_kwargs
+    return meta
 
 
 def _version() -> str:
@@ -869,6 +879,7 @@ def _finish(
             continue
         metrics = evaluate_activations(sae, holdout_BD, dense_threshold=cfg.eval.dense_threshold)
         metrics["dead_fraction"] = trainer.dead_fraction(m)
+        metrics["dead_window_tokens"] = trainer.dead_window
         if model_eval is not None and cfg.eval.ce_contexts > 0:
             metrics.update(model_eval.run(sae_reconstructor(sae), cfg.eval).to_dict())
         info = {"folder": f"{SAE_DIR}/{m.name}", "architecture": m.spec.architecture, "d_in": trainer.d_in,

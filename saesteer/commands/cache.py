@@ -31,6 +31,11 @@ def add_arguments(parser) -> None:
     g.add_argument("--model", default=None,
                    help="'toy', a HuggingFace model name[@revision], or a local model directory (default: the "
                         "model of the cache already in --out, else toy)")
+    g.add_argument("--process-weights", action="store_true", default=None,
+                   help="apply TransformerLens's default weight processing (fold_ln, center_writing_weights, "
+                        "center_unembed, fold_value_biases) as HookedSAETransformer.from_pretrained does, so SAEs "
+                        "match SAELens users who load models that way (default: the raw weights; recorded, and "
+                        "re-applied by every later command)")
     g.add_argument("--device", default=None, help="where the model runs (default: cuda if available, else cpu)")
     g.add_argument("--out", default=None, help="cache directory (default: caches/<model>/<hooks>)")
     g.add_argument("--hooks", default=None, help="hook point(s), comma-separated (default: blocks.<n_layers//2>.hook_resid_post)")
@@ -97,7 +102,7 @@ def run(args) -> int:
         return 0 if report.ok else 1
 
     file_values = load_config_file(args.config) if args.config else {}
-    extra = {k: file_values.pop(k) for k in ("model", "device", "out", "hooks") if k in file_values}
+    extra = {k: file_values.pop(k) for k in ("model", "device", "out", "hooks", "process_weights") if k in file_values}
     text_vals, cache_vals = _split_config(file_values, TextConfig, CacheConfig)
     unknown = set(file_values) - set(text_vals) - set(cache_vals)
     if unknown:
@@ -117,12 +122,17 @@ def run(args) -> int:
         if model_spec is None and existing is not None:  # resuming: the model the cache records
             from saesteer.models import load_recorded_model
 
-            model = load_recorded_model(existing.recorded_model(), None, recorded_in=f"the cache {args.out or extra.get('out')}",
+            recorded = existing.recorded_model()
+            if args.process_weights and recorded is not None and not recorded.processed:
+                raise ValueError(f"the cache {args.out or extra.get('out')} was made with {recorded.id}'s raw weights; "
+                                 f"leave out --process-weights to resume it, or choose another --out")
+            model = load_recorded_model(recorded, None, recorded_in=f"the cache {args.out or extra.get('out')}",
                                         device=device)
             model_spec = model_id(model)
         else:
             model_spec = model_spec or "toy"  # the start of the chain: the toy world by default
-            model = load_model(model_spec, device=device)
+            process = bool(args.process_weights if args.process_weights is not None else extra.get("process_weights"))
+            model = load_model(model_spec, device=device, process_weights=process)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -173,7 +173,8 @@ def _build(args) -> int:
         return 0
     rate = f", pass {res.tokens_per_s:,.0f} tokens/s" if res.pass_rows else ""
     con.print(plain(f"done in {res.total_seconds:.1f} s{rate}{' (resumed)' if res.resumed else ''}; "
-                    + ", ".join(f"{k} {v}" for k, v in res.summary.items())))
+                    + ", ".join(f"{k} {v}" for k, v in res.summary.items())
+                    + f" (dead: no firing on the {res.n_rows:,} tokens of this pass)"))
     return 0
 
 

@@ -12,17 +12,24 @@ def add_arguments(parser) -> None:  # no options
 def run(args) -> int:
     import platform
 
-    import sae_lens
-    import torch
-    import transformer_lens
+    import torch  # for the device and threads; the engines' versions come from their metadata (no import)
 
     import saesteer
 
     print(f"saesteer         {saesteer.__version__}")
     print(f"python           {platform.python_version()}")
     print(f"torch            {torch.__version__} (threads: {torch.get_num_threads()})")
-    print(f"transformer-lens {transformer_lens.__version__ if hasattr(transformer_lens, '__version__') else '?'}")
-    print(f"sae-lens         {sae_lens.__version__}")
+    print(f"transformer-lens {_version('transformer-lens')}")
+    print(f"sae-lens         {_version('sae-lens')}")
     cuda = torch.cuda.is_available()
     print(f"device           {'cuda: ' + torch.cuda.get_device_name(0) if cuda else 'cpu'}")
     return 0
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "not installed"

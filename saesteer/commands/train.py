@@ -262,6 +262,10 @@ def _prepare_data(run_cfg, data_cfg, text_cfg, coll=None, allow_model_mismatch: 
                                  buffer_rows=data_cfg.reader_buffer_rows, rank=rank, world_size=world,
                                  **_reader_dtype(t.device))
         man = reader.manifest
+        recorded = man.recorded_model()
+        if data_cfg.process_weights and recorded is not None and not recorded.processed:
+            raise ValueError(f"the cache {data_cfg.cache} was made with {recorded.id}'s raw weights, so --process-weights "
+                             f"does not apply; leave it out, or cache again with `saesteer cache --process-weights`")
         prov = cache_provenance(man, data_cfg.cache, reader.hook)
         prov["reader_buffer_rows"] = data_cfg.reader_buffer_rows  # with train.seed: which rows were held out
         if world > 1:
@@ -297,7 +301,8 @@ def _prepare_data(run_cfg, data_cfg, text_cfg, coll=None, allow_model_mismatch: 
     from training.reader import model_batches
     from training.text import resolve_data
 
-    model = load_model(data_cfg.model or "toy", device=t.device)  # the start of the chain: toy by default
+    # the start of the chain: toy by default
+    model = load_model(data_cfg.model or "toy", device=t.device, process_weights=data_cfg.process_weights)
     hook = data_cfg.hook or f"blocks.{model.cfg.n_layers // 2}.hook_resid_post"
     check_hook_names(model, hook)
     source = _Replayable(lambda: model_batches(model, text_cfg, hook, t.batch_size, seed=t.seed))
@@ -380,17 +385,22 @@ def _eval_model(spec: str | None, man, cache_dir: str, allow_mismatch: bool):
 
 
 def _print_summary(result) -> None:
+    from training.report import dead_figures_note
+
     m = result.metrics
     rate = m.get("tokens_per_second")
     print(f"trained {m['tokens_trained']:,} tokens in {m['steps']:,} steps"
           + (f" ({rate:,.0f} tokens/s in training steps)" if rate else "")
           + (f"; stopped early: {m['stopped_early']}" if m.get("stopped_early") else ""))
-    header = f"{'SAE':<34} {'EV':>7} {'L0':>7} {'dead':>7} {'dense':>7} {'CE rec':>7} {'KL':>8}"
+    header = f"{'SAE':<34} {'EV':>7} {'L0':>7} {'dead':>7} {'held-out dead':>13} {'dense':>7} {'CE rec':>7} {'KL':>8}"
     print(header)
     for name, s in m["saes"].items():
         ce = s.get("ce_loss_recovered")
         kl = s.get("kl_div")
         print(f"{name:<34} {s['explained_variance']:7.4f} {s['l0']:7.2f} {s['dead_fraction']:7.2%} "
-              f"{s['dense_fraction']:7.2%} {'' if ce is None else f'{ce:7.4f}':>7} {'' if kl is None else f'{kl:8.5f}':>8}")
+              f"{s['eval_dead_fraction']:13.2%} {s['dense_fraction']:7.2%} {'' if ce is None else f'{ce:7.4f}':>7} "
+              f"{'' if kl is None else f'{kl:8.5f}':>8}")
+    first = next(iter(m["saes"].values()), {})
+    print(dead_figures_note(first.get("dead_window_tokens"), first.get("eval_rows")))
     print(f"SAE folders under {result.out_dir / 'saes'}; metrics in {result.out_dir / 'metrics.json'}; "
           f"curves in {result.out_dir / 'training_curves.html'}")

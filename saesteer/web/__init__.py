@@ -7,14 +7,33 @@ Layout: `app` (the FastAPI app and error handling), `security` (Host/Origin/toke
 `api` (JSON API under /api), `pages` (HTML), `jobs` (one-at-a-time model queue), `sources`
 (what a store offers the app), `store_source` (those built from a real feature store + model),
 `assets` (static files, bundled plotly.js), `templates/` and `static/`.
+
+Names are imported lazily: the CLI reads `saesteer.web.config` for `serve`'s flags without
+importing FastAPI or torch.
 """
 
-from saesteer.web.app import create_app
-from saesteer.web.config import Limits, ServeConfig
-from saesteer.web.jobs import ModelQueue, QueueFull
-from saesteer.web.sources import Catalog, Engine, FeatureQuery, StoreEntry, make_store_ids
+from __future__ import annotations
 
-__all__ = [
-    "create_app", "Limits", "ServeConfig", "ModelQueue", "QueueFull",
-    "Catalog", "Engine", "FeatureQuery", "StoreEntry", "make_store_ids",
-]
+import importlib
+
+_LAZY = {
+    "create_app": "saesteer.web.app",
+    "Limits": "saesteer.web.config",
+    "ServeConfig": "saesteer.web.config",
+    "ModelQueue": "saesteer.web.jobs",
+    "QueueFull": "saesteer.web.jobs",
+    "Catalog": "saesteer.web.sources",
+    "Engine": "saesteer.web.sources",
+    "FeatureQuery": "saesteer.web.sources",
+    "StoreEntry": "saesteer.web.sources",
+    "make_store_ids": "saesteer.web.sources",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'saesteer.web' has no attribute {name!r}")
+    return getattr(importlib.import_module(mod), name)

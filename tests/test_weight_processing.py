@@ -1,0 +1,152 @@
+"""Raw weights by default, TransformerLens's weight processing when asked (`--process-weights`),
+recorded through the chain and matched to SAELens's way of loading models.
+
+- the identity tells the two apart (id suffix '+processed'), and a model loaded the other way is
+  refused with the flag named;
+- `saesteer cache --process-weights` -> `saesteer train`: the manifest, saesteer.json and cfg.json
+  (`model_from_pretrained_kwargs`) record it, the CE evaluation and later commands re-load the
+  model processed;
+- SAELens, loading the model as cfg.json tells it (`from_pretrained_no_processing(**kwargs)`, here
+  `load_and_process_state_dict(**kwargs)` on the toy model, which is not on TransformerLens's list),
+  gets the logits we get with the SAE spliced in.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from saes.identity import ModelIdentity, ModelMismatchError, check_same_model, identity_of_sae, same_model
+from saesteer.cli import main
+from saesteer.models import load_model, load_recorded_model, model_identity
+
+HOOK = "blocks.2.hook_resid_post"
+H = "c" * 64
+
+
+def test_the_identity_tells_raw_and_processed_weights_apart():
+    raw = ModelIdentity("toy", "toyworld-tiny", weights_sha256=H)
+    pro = ModelIdentity("toy", "toyworld-tiny", weights_sha256=H, weights="processed")
+    assert pro.id == raw.id + "+processed" and not same_model(raw, pro)
+    assert ModelIdentity.from_id(pro.id) == ModelIdentity("toy", "toyworld-tiny", weights_sha256=H[:16], weights="processed")
+    assert ModelIdentity.from_json({k: v for k, v in raw.to_json().items() if k != "weights"}) == raw  # older records
+    assert ModelIdentity.from_json(pro.to_json()) == pro
+    assert pro.saelens_load_kwargs == {"fold_ln": True, "center_writing_weights": True, "center_unembed": True,
+                                       "fold_value_biases": True}
+    assert not any(raw.saelens_load_kwargs.values())
+    with pytest.raises(ModelMismatchError, match=r"--process-weights\).*raw weights \(no --process-weights\).*--x"):
+        check_same_model(pro, raw, recorded_in="the cache c", given_as="--model toy", override="--x")
+
+
+def test_processing_centres_the_residual_stream_and_keeps_the_predictions():
+    raw, pro = load_model("toy", device="cpu"), load_model("toy", device="cpu", process_weights=True)
+    assert model_identity(pro).processed and model_identity(pro).id == model_identity(raw).id + "+processed"
+    toks = torch.randint(1, 400, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        lr, cr = raw.run_with_cache(toks, names_filter=[HOOK])
+        lp, cp = pro.run_with_cache(toks, names_filter=[HOOK])
+    assert cr[HOOK].mean(-1).abs().max() > 1e-2 and cp[HOOK].mean(-1).abs().max() < 1e-5
+    torch.testing.assert_close(lp.log_softmax(-1), lr.log_softmax(-1), rtol=1e-4, atol=1e-4)
+
+
+def test_an_hf_checkpoint_is_processed_through_the_bridge(tmp_path):
+    from helpers.tiny_hf import save_tiny_gpt2
+    from training.cache import ActivationRunner
+
+    path = str(save_tiny_gpt2(tmp_path / "gpt2"))
+    raw, pro = load_model(path, device="cpu"), load_model(path, device="cpu", process_weights=True)
+    assert model_identity(pro).processed and not model_identity(raw).processed
+    toks = torch.randint(1, 200, (2, 12), generator=torch.Generator().manual_seed(0))
+    hook = "blocks.1.hook_resid_post"
+    with torch.no_grad():
+        lr, cr = raw.run_with_cache(toks, names_filter=[hook])
+        lp, cp = pro.run_with_cache(toks, names_filter=[hook])
+    assert cr[hook].mean(-1).abs().max() > 1e-3 and cp[hook].mean(-1).abs().max() < 1e-5
+    torch.testing.assert_close(lp.log_softmax(-1), lr.log_softmax(-1), rtol=1e-4, atol=1e-4)
+    runner = ActivationRunner(pro, [hook])  # the cache reads the processed activations, whichever forward it uses
+    torch.testing.assert_close(runner.run(toks)[hook], cp[hook], rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """A processed cache and a short training run on it (with the CE evaluation), and a raw cache."""
+    d = tmp_path_factory.mktemp("pw")
+    common = ["--dataset", "toy", "--max-tokens", "2048", "--shard-contexts", "8", "--hooks", HOOK, "--no-progress"]
+    assert main(["cache", "--model", "toy", "--process-weights", "--out", str(d / "cache"), *common]) == 0
+    assert main(["cache", "--model", "toy", "--out", str(d / "raw"), *common]) == 0
+    assert main(["train", "--cache", str(d / "cache"), "--out", str(d / "run"), "--total-tokens", "1024",
+                 "--batch-size", "256", "--holdout-tokens", "256", "--d-sae", "128", "--k", "8",
+                 "--architecture", "topk", "--progress", "false", "--num-threads", "1",
+                 "--checkpoint-every-tokens", "0", "--eval-every-tokens", "0", "--eval-ce-contexts", "2",
+                 "--allow-eval-overlap", "true"]) == 0
+    return d
+
+
+def test_the_chain_records_processed_weights_and_reloads_them(chain, capsys):
+    manifest = json.loads((chain / "cache" / "manifest.json").read_text())
+    assert manifest["model_identity"]["weights"] == "processed" and manifest["model"]["id"].endswith("+processed")
+    folder = chain / "run" / "saes" / "topk_k8_f128"
+    cfg = json.loads((folder / "cfg.json").read_text())
+    assert cfg["metadata"]["model_from_pretrained_kwargs"] == ModelIdentity("toy", "t", weights="processed").saelens_load_kwargs
+    metrics = json.loads((chain / "run" / "metrics.json").read_text())["saes"]["topk_k8_f128"]
+    assert metrics["ce_loss_recovered"] == metrics["ce_loss_recovered"]  # the CE evaluation ran (a number, not NaN)
+
+    import saes
+
+    recorded = identity_of_sae(saes.load_sae(folder))
+    assert recorded.processed
+    for spec in (None, "toy"):  # the record decides, with or without --model
+        model = load_recorded_model(recorded, spec, recorded_in="the SAE")
+        assert model_identity(model).processed
+    with pytest.raises(ModelMismatchError, match="--process-weights"):
+        check_same_model(recorded, model_identity(load_model("toy", device="cpu")), recorded_in="the SAE",
+                         given_as="the model", override="--allow-model-mismatch")
+
+    capsys.readouterr()
+    assert main(["cache", "--process-weights", "--out", str(chain / "raw"), "--dataset", "toy", "--max-tokens", "2048",
+                 "--shard-contexts", "8", "--hooks", HOOK, "--no-progress"]) == 2
+    assert "raw weights" in capsys.readouterr().err
+    assert main(["train", "--cache", str(chain / "raw"), "--out", str(chain / "run2"), "--process-weights", "true",
+                 "--total-tokens", "512", "--batch-size", "256", "--holdout-tokens", "256", "--d-sae", "64",
+                 "--progress", "false"]) == 2
+    assert "--process-weights" in capsys.readouterr().err
+
+
+def test_sae_lens_loading_the_model_as_cfg_json_says_gets_our_logits(chain):
+    from sae_lens import SAE as SaeLensSAE
+    from sae_lens import HookedSAETransformer
+
+    import saes
+    from training.evaluate import sae_reconstructor
+
+    folder = chain / "run" / "saes" / "topk_k8_f128"
+    with pytest.warns(UserWarning, match="from_pretrained_no_processing"):
+        sl = SaeLensSAE.load_from_disk(folder)
+    kwargs = dict(sl.cfg.metadata.model_from_pretrained_kwargs)
+    raw = load_model("toy", device="cpu")
+
+    def twin(**process):
+        m = HookedSAETransformer(copy.deepcopy(raw.cfg), tokenizer=raw.tokenizer)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            m.load_and_process_state_dict(copy.deepcopy(raw.state_dict()), **process)
+        return m.eval()
+
+    ours = load_model("toy", device="cpu", process_weights=True)
+    sae = saes.load_sae(folder)
+    toks = torch.randint(1, 400, (2, 16), generator=torch.Generator().manual_seed(1))
+    toks[:, 0] = raw.tokenizer.bos_token_id
+    recon = sae_reconstructor(sae)
+    with torch.no_grad(), ours.hooks(fwd_hooks=[(HOOK, lambda act, hook: recon(act))]):
+        want = ours(toks)
+    no_processing = {k: False for k in kwargs}
+    with torch.no_grad():
+        got = twin(**{**no_processing, **kwargs}).run_with_saes(toks, saes=[sl])
+        unprocessed = twin(**no_processing).run_with_saes(toks, saes=[sl])
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert (unprocessed.log_softmax(-1) - want.log_softmax(-1)).abs().max() > 1e-3  # the other weights: other outputs
