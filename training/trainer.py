@@ -304,6 +304,7 @@ class Trainer:
         self.tokens = 0
         self.scale = 1.0
         self.train_seconds = 0.0
+        self.init_from: dict[str, Any] | None = None  # fine-tuning: the source SAE's record (training.init_from)
 
     @property
     def total_steps(self) -> int:
@@ -392,6 +393,7 @@ class Trainer:
         state = {
             "tokens": self.tokens, "step_method": self.step_method, "activation_scale": self.scale,
             "train_seconds": self.train_seconds, "config": self.config.to_dict(), "members": members,
+            "init_from": self.init_from,
             "world_size": self.coll.world_size,
             "rng": capture_rng(tensors), "data": flatten_state(data_state, "data", tensors),
         }
@@ -425,6 +427,7 @@ class Trainer:
         self.tokens = int(state["tokens"])
         self.scale = float(state["activation_scale"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
+        self.init_from = state.get("init_from")
         restore_rng(state["rng"], tensors)
         return unflatten_state(state["data"], tensors)
 
@@ -666,7 +669,7 @@ def _train_locked(
         resumed_from, state, tensors = found
         data_state = trainer.restore(state, tensors)
         fresh_scale = estimate_activation_scale(holdout_BD) if config.train.normalize_activations else 1.0
-        if not math.isclose(fresh_scale, trainer.scale, rel_tol=1e-6):
+        if not config.train.init_from and not math.isclose(fresh_scale, trainer.scale, rel_tol=1e-6):
             print(f"warning: the data's held-out rows differ from the original run's (scale {fresh_scale:.6g} vs "
                   f"{trainer.scale:.6g}); is it the same data source and seed?")
         if data_state.get("kind") in ("state_dict", "per_rank"):
@@ -694,7 +697,12 @@ def _train_locked(
             truncate_history(out, trainer.step)
     else:
         seed_everything(config.train.seed)
-        trainer.initialize(holdout_BD)
+        if config.train.init_from:  # fine-tuning: the source's weights instead of a fresh initialisation
+            from training.init_from import initialize_from_source, load_source
+
+            trainer.init_from = initialize_from_source(trainer, load_source(config.train.init_from), prov)
+        else:
+            trainer.initialize(holdout_BD)
         if writer:
             truncate_history(out, 0)
     if writer:
@@ -898,6 +906,8 @@ def _finish(
                 "training": {"sae": m.spec.__dict__, "train": cfg.train.__dict__, "optim": cfg.optim.__dict__},
                 "data": prov, "metrics": metrics,
             }
+            if trainer.init_from is not None:
+                provenance["init_from"] = trainer.init_from
             sae_dirs[m.name] = save_sae(sae, out / SAE_DIR / m.name, provenance=provenance)
     metrics_doc = {
         "tokens_trained": trainer.tokens, "steps": trainer.step, "holdout_rows": int(holdout_BD.shape[0]),

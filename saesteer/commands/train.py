@@ -167,6 +167,10 @@ def build_configs(args):
         log=dataclass_from_args(LogConfig, args, file_values=section("log"),
                                 **({"progress": False} if getattr(args, "no_progress", False) else {})),
     )
+    if run.train.init_from and all(getattr(args, f) is None for f in _SAE_FLAGS) and not file_values.get("saes"):
+        from training.init_from import load_source, spec_from_source  # fine-tune the source as it is
+
+        run.saes = [spec_from_source(load_source(run.train.init_from))]
     data = dataclass_from_args(DataConfig, args, file_values=section("data"))
     text = dataclass_from_args(TextConfig, args, file_values=section("text"))
     out = args.out or file_values.get("out")
