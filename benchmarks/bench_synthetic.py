@@ -176,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--levels", action="store_true", help="also print Matryoshka per-level detail")
     p.add_argument("--json", default=None, help="write every result here")
+    p.add_argument("--data-cache", default=None, help="keep each recipe's model and training rows here (reruns skip "
+                                                      "minutes of data generation)")
     args = p.parse_args(argv)
     args.widths = [int(w) for w in args.widths.split(",")] if args.widths else None
     torch.set_num_threads(args.threads)
@@ -190,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.orthogonalize_steps is not None:
             recipe = scaled(recipe, orthogonalize_steps=args.orthogonalize_steps)
         c0 = time.process_time()
-        world = SyntheticWorld(recipe, eval_rows=args.eval_rows)
+        world = SyntheticWorld(recipe, eval_rows=args.eval_rows, cache_dir=args.data_cache)
         world.train_rows(max(-(-n // args.batch_size) * args.batch_size for n in sample_counts))
         setup_cpu = time.process_time() - c0
         info = (f"**{name}** ({recipe.note}): {recipe.num_features:,} true features in {recipe.hidden_dim} dims, "

@@ -126,16 +126,30 @@ class ReplayedFeatures:
 
 class SyntheticWorld:
     """A recipe's synthetic model, its training rows (one fixed stream, grown on demand) and
-    its evaluation set. Rows are drawn under fixed seeds, independent of the global RNG."""
+    its evaluation set. Rows are drawn under fixed seeds, independent of the global RNG.
 
-    def __init__(self, recipe: WorldRecipe, eval_rows: int = 32_768, eval_chunk: int = 4096) -> None:
+    `cache_dir`: keep the model (its orthogonalisation is minutes of CPU at SynthSAEBench
+    sizes) and the training rows there, for the next run with the same recipe."""
+
+    def __init__(self, recipe: WorldRecipe, eval_rows: int = 32_768, eval_chunk: int = 4096,
+                 cache_dir: str | os.PathLike | None = None) -> None:
         from sae_lens.synthetic import SyntheticModel
 
         self.recipe = recipe
-        with _quiet_progress():
-            self.model = SyntheticModel(recipe.model_config())
-        self.model.eval()
+        self.cache = Path(cache_dir) / _recipe_key(recipe) if cache_dir else None
         self._train_ND = torch.empty(0, recipe.hidden_dim)
+        if self.cache is not None and (self.cache / "model").is_dir():
+            self.model = SyntheticModel.load_from_disk(self.cache / "model")
+            if (self.cache / "train.safetensors").is_file():
+                from safetensors.torch import load_file
+
+                self._train_ND = load_file(self.cache / "train.safetensors")["rows"]
+        else:
+            with _quiet_progress():
+                self.model = SyntheticModel(recipe.model_config())
+            if self.cache is not None:
+                self.model.save(self.cache / "model")
+        self.model.eval()
         self.holdout_ND = self._draw_hidden(16_384, seed=recipe.seed * 1000 + 1)
         self.eval_features = self._draw_eval(eval_rows, eval_chunk, seed=recipe.seed * 1000 + 2)
 
@@ -159,6 +173,12 @@ class SyntheticWorld:
         if n > have:
             more = self._draw_hidden(n - have, seed=self.recipe.seed * 1000 + 3 + have)
             self._train_ND = torch.cat([self._train_ND, more])
+            if self.cache is not None:
+                from safetensors.torch import save_file
+
+                tmp = self.cache / "train.safetensors.tmp"
+                save_file({"rows": self._train_ND.contiguous()}, tmp)
+                os.replace(tmp, self.cache / "train.safetensors")
         return self._train_ND[:n]
 
     def true_l0(self, top: int | None = None) -> float:
@@ -168,6 +188,17 @@ class SyntheticWorld:
             idx = c.coalesce().indices()[1]
             total += int((idx < top).sum()) if top is not None else idx.numel()
         return total / self.eval_features.rows
+
+
+def _recipe_key(recipe: WorldRecipe) -> str:
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    import sae_lens
+
+    text = json.dumps({**asdict(recipe), "sae_lens": sae_lens.__version__}, sort_keys=True)
+    return f"{recipe.name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
 def batches(rows_ND: Tensor, batch_size: int) -> Iterator[Tensor]:
