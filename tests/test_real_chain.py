@@ -386,7 +386,7 @@ def test_dead_fractions_agree_across_summary_metrics_and_store(chain):
 
 
 def token_ngrams(tok, docs) -> set:
-    return set().union(*(ngrams(tok(d, add_special_tokens=False)["input_ids"]) for d in docs))
+    return set().union(*(ngrams(tok(d, add_special_tokens=False, verbose=False)["input_ids"]) for d in docs))
 
 
 def test_cached_rows_never_come_from_held_out_files(chain):
