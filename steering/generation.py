@@ -126,15 +126,12 @@ class Comparison:
 
 def sae_prepend_bos(saes: Any) -> bool | None:
     """Whether the SAEs were trained on contexts that start with BOS (`prepend_bos` in their
-    cfg.json metadata, as `saesteer cache` records it); None when none records it or they disagree.
-
-    Models such as GPT-NeoX and Qwen2 do not prepend BOS by default while the cache does: text fed
-    to an SAE without the BOS it was trained with gives other activations at every position."""
+    cfg.json metadata, as `saesteer cache` records it); None when none records it or they disagree
+    (the rule: `saes.bos`)."""
+    from saes.bos import recorded_prepend_bos
     from steering.session import _as_sae_mapping
 
-    found = {bool(v) for sae in _as_sae_mapping(saes).values()
-             if (v := (getattr(sae.cfg, "metadata", None) or {}).get("prepend_bos")) is not None}
-    return found.pop() if len(found) == 1 else None
+    return recorded_prepend_bos(_as_sae_mapping(saes).values())
 
 
 def with_sae_bos(config: GenerationConfig, saes: Any) -> GenerationConfig:

@@ -215,6 +215,14 @@ def test_steer_defaults_to_the_bos_the_sae_was_trained_with(thin):
     assert default == with_bos
 
 
+def test_top_on_text_defaults_to_the_bos_the_sae_was_trained_with(thin):
+    family, path, work = thin
+    args = ("features", "top-on-text", work / "f.db", "def main(", "--model", path, "--device", "cpu", "--top", 3)
+    default = saesteer(*args).ok().out
+    assert default == saesteer(*args, "--prepend-bos", "true").ok().out
+    assert default != saesteer(*args, "--prepend-bos", "false").ok().out
+
+
 def test_sweep_defaults_to_the_bos_the_sae_was_trained_with(thin):
     import saes
     from saesteer.models import load_model

@@ -307,10 +307,9 @@ class ModelEngine:
 
     def _prepend_bos(self) -> bool:
         """The BOS the SAE was trained with (its cfg.json), else the model's default."""
-        from steering.generation import sae_prepend_bos
+        from saes.bos import prepend_bos_for
 
-        recorded = sae_prepend_bos(self.sae)
-        return bool(getattr(self.model.cfg, "default_prepend_bos", True)) if recorded is None else recorded
+        return prepend_bos_for(self.model, [self.sae])
 
     def _gen_config(self, req):
         from steering import GenerationConfig
