@@ -153,6 +153,23 @@ def test_thin_chain_steers(thin):
     assert out["steered"] != out["unsteered"]
 
 
+def test_generated_code_keeps_its_whitespace(thin):
+    """A continuation is what the new tokens add to the prompt's text: prompt + continuation is the
+    tokenizer's decoding of all the tokens (its line breaks and indentation kept, no space put
+    between "def main(" and what follows)."""
+    from transformers import AutoTokenizer
+
+    from saesteer.models import load_model
+    from steering import GenerationConfig, generate
+
+    family, path, work = thin
+    tok = AutoTokenizer.from_pretrained(str(path))
+    gen = generate(load_model(str(path), device="cpu"), ["def main(", "class Parser(object):\n", "import"],
+                   GenerationConfig(max_new_tokens=12, do_sample=False, stop_at_eos=False, prepend_bos=True))
+    for b, full in enumerate(gen.full_texts):
+        assert full == tok.decode(gen.tokens[b].tolist(), skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
 def test_saelens_runs_the_thin_chain_sae_with_our_outputs(thin):
     import saes
     from helpers.real_interop import assert_same_outputs, saelens_side_by_side
