@@ -291,9 +291,9 @@ WRONG = {
 }
 @pytest.mark.parametrize("command", list(WRONG))
 def test_a_wrong_model_is_refused(chain, command, tmp_path, monkeypatch):
-    import uvicorn
+    from helpers.web_app import record_server
 
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)  # serve: accepting it is the failure
+    record_server(monkeypatch)  # serve: accepting it is the failure (and would not block)
     r = saesteer(*WRONG[command](chain, chain.wrong_model, tmp_path))
     assert r.rc == 2, f"{command} accepted the wrong model (rc {r.rc}):\n{r.text[-1500:]}"
     assert "Traceback" not in r.text
@@ -485,13 +485,8 @@ def server(chain):
             m = re.search(r"serving on (http://127\.0\.0\.1:\d+)/", line)
             url = m.group(1) if m else None
         assert url, "serve did not start:\n" + "".join(lines)
-        while True:  # the line comes just before uvicorn binds the port
-            try:
-                http(f"{url}/api/status")
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "serve exited:\n" + "".join(lines)
-                time.sleep(0.2)
+        # the line comes once the server answers (saesteer.web.listen): no retrying
+        assert http(f"{url}/api/status"), "".join(lines)
         yield url
     finally:
         proc.terminate()
