@@ -320,18 +320,49 @@ def prompt_windows(records) -> list[str]:
     return out
 
 
+def window_ids(ex, bos) -> list[int]:
+    """An example's token ids as the judge and the reader see them: the BOS starting its context
+    left out (the cache excludes BOS rows, so no latent fires there)."""
+    start = ex.centre - ex.position
+    return [t for j, t in enumerate(ex.token_ids) if not (j == start and t == bos)]
+
+
 def test_judge_prompt_windows_are_the_tokenizer_decoding(chain):
     from autointerp.prompts import escape_data
     from features import FeatureStore
 
     tok = tokenizer_of(chain.model)
     store = FeatureStore.open(chain.store)
-    want = {escape_data(decode(tok, ex.token_ids)).strip() for f in chain.judged for ex in store.examples(f)}
+    exs = [ex for f in chain.judged for ex in store.examples(f)]
     store.close()
+    want = {escape_data(decode(tok, window_ids(ex, tok.bos_token_id))).strip() for ex in exs}
     lines = prompt_windows(chain.judge_records)
     assert len(lines) > 20 and any("self" in ln or "def " in ln for ln in lines)  # code windows among them
     wrong = [ln for ln in lines if ln not in want]
     assert not wrong, f"{len(wrong)}/{len(lines)} prompt windows are not the tokenizer's text, e.g. {wrong[:3]}"
+    # the BOS marker is not text: the store keeps it, the judge never sees it
+    assert any(ex.text.startswith(tok.bos_token) for ex in exs)
+    assert not [ln for ln in lines if escape_data(tok.bos_token) in ln]
+
+
+def test_shown_windows_leave_out_the_context_bos(chain, monkeypatch):
+    """`features show`, the web app's feature page and full-text search show example windows without
+    the BOS marker that starts their context (the store keeps the window as the model read it)."""
+    from features import FeatureStore
+
+    tok = tokenizer_of(chain.model)
+    marker = tok.bos_token  # <|begin_of_text|>
+    store = FeatureStore.open(chain.store)
+    starts = [f for f in chain.judged if any(ex.text.startswith(marker) for ex in store.feature(f).top_examples)]
+    store.close()
+    assert starts, "no top example starts a context"
+    shown = saesteer("features", "show", chain.store, starts[0], "--examples", 50).ok().out
+    assert "top examples" in shown and marker not in shown
+    r, client = captured_serve(monkeypatch, "--store", chain.store, "--model", "none")
+    sid = client.get("/api/stores").json()[0]["id"]
+    detail = client.get(f"/api/stores/{sid}/features/{starts[0]}").json()
+    assert detail["top_examples"] and not [e for e in detail["top_examples"] if marker in "".join(e["tokens"])]
+    assert "no latent matches" in saesteer("features", "search", chain.store, "begin_of_text").ok().out
 
 
 def test_store_example_text_is_the_tokenizer_decoding(chain):

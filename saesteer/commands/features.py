@@ -214,6 +214,7 @@ def _show(args) -> int:
     from rich.text import Text
 
     from features import FeatureStore
+    from features.records import without_start_bos
     from saesteer.terminal import plain
 
     con = _console()
@@ -252,7 +253,7 @@ def _show(args) -> int:
             if not exs:
                 continue
             con.rule(plain(name, "dim"), align="left")
-            for e in exs[: args.examples]:
+            for e in (without_start_bos(e, store.meta.get("bos_id")) for e in exs[: args.examples]):
                 head = f"{e.activation:7.3f}" + (f" q{e.quantile:.2f}" if e.quantile is not None else "")
                 con.print(Text.assemble((head, "dim"), " ", _example_text(e)))
     return 0

@@ -241,6 +241,7 @@ class StoreCatalog:
                 positive=[TokenEffect(token=t.token, token_id=t.token_id, value=float(t.value)) for t in rec.logits.promoted],
                 negative=[TokenEffect(token=t.token, token_id=t.token_id, value=float(t.value)) for t in rec.logits.suppressed],
             )
+        bos = self.store.meta.get("bos_id")
         return FeatureDetail(
             store=self.name,
             summary=summary,
@@ -249,8 +250,8 @@ class StoreCatalog:
                               created=s.created_at) for s in rec.scores],
             stats=stats,
             histogram=hist,
-            top_examples=[self._example(e, ref) for e in rec.top_examples],
-            quantile_examples=[self._example(e, ref) for e in rec.quantile_examples],
+            top_examples=[self._example(e, ref, bos) for e in rec.top_examples],
+            quantile_examples=[self._example(e, ref, bos) for e in rec.quantile_examples],
             logit_effects=logits,
             decoder_neighbours=[Neighbour(index=n.id, similarity=float(n.score), count=n.count, label=n.label)
                                 for n in rec.decoder_neighbours],
@@ -262,7 +263,10 @@ class StoreCatalog:
         )
 
     @staticmethod
-    def _example(e, ref: float) -> Example:
+    def _example(e, ref: float, bos_id: int | None) -> Example:
+        from features.records import without_start_bos
+
+        e = without_start_bos(e, bos_id)  # the context's BOS is a marker, not text
         tokens = list(e.tokens)
         if tokens and not any(tokens):  # a store without vocabulary: show the ids
             tokens = [f"⟨{t}⟩" for t in e.token_ids]
