@@ -358,6 +358,13 @@ def test_shown_windows_leave_out_the_context_bos(chain, monkeypatch):
     assert starts, "no top example starts a context"
     shown = saesteer("features", "show", chain.store, starts[0], "--examples", 50).ok().out
     assert "top examples" in shown and marker not in shown
+    # logit effects of a small model are small: printed to 3 significant digits, not as +0.00
+    store = FeatureStore.open(chain.store)
+    promoted = store.feature(starts[0]).logits.promoted[:8]
+    store.close()
+    line = next(ln for ln in shown.splitlines() if ln.startswith("promotes"))
+    assert [float(v) for v in re.findall(r" ([+-]\d[\d.e+-]*)(?:  |$)", line)] == \
+        [float(f"{t.value:.3g}") for t in promoted], (line, [t.value for t in promoted])
     r, client = captured_serve(monkeypatch, "--store", chain.store, "--model", "none")
     sid = client.get("/api/stores").json()[0]["id"]
     detail = client.get(f"/api/stores/{sid}/features/{starts[0]}").json()

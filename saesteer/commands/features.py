@@ -241,9 +241,9 @@ def _show(args) -> int:
         con.print(tab)
         if rec.logits is not None:
             con.print(Text.assemble(("promotes ", "green"), plain(
-                "  ".join(f"{t.token!r} {t.value:+.2f}" for t in rec.logits.promoted[:8]))))
+                "  ".join(f"{t.token!r} {t.value:+.3g}" for t in rec.logits.promoted[:8]))))
             con.print(Text.assemble(("suppresses ", "red"), plain(
-                "  ".join(f"{t.token!r} {t.value:+.2f}" for t in rec.logits.suppressed[:8]))))
+                "  ".join(f"{t.token!r} {t.value:+.3g}" for t in rec.logits.suppressed[:8]))))
         for name, nbs in (("decoder neighbours", rec.decoder_neighbours), ("co-activation neighbours", rec.coact_neighbours)):
             if nbs:
                 con.print(Text.assemble((f"{name}: ", "dim"), plain(
