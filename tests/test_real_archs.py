@@ -143,8 +143,9 @@ def test_thin_chain_store_text_is_the_tokenizer_decoding(thin):
 
 def test_thin_chain_steers(thin):
     family, path, work = thin
-    with sqlite3.connect(work / "f.db") as db:
-        f = db.execute("SELECT id FROM features ORDER BY freq DESC LIMIT 1").fetchone()[0]
+    with sqlite3.connect(work / "f.db") as db:  # of the frequent latents, the one that fires strongest
+        f = db.execute("SELECT id FROM (SELECT id, typical_max_act FROM features ORDER BY freq DESC LIMIT 10) "
+                       "ORDER BY typical_max_act DESC LIMIT 1").fetchone()[0]
     # greedy, and strong: these briefly trained models barely read their residual stream
     r = saesteer("steer", "--model", path, "--sae", work / "run/saes/sae", "--store", work / "f.db", "--feature",
                  f"{f}:add=40x", "--prompt", "def main(", "--max-new-tokens", 5, "--do-sample", "false",
