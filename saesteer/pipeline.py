@@ -852,26 +852,14 @@ def _topic_marked(text: str, topic: str):
 
 
 # ------------------------------------------------------------------------------------- serving
-def _port_free(host: str, port: int) -> bool:
-    import socket
-
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((host.strip("[]"), port))
-        except OSError:
-            return False
-    return True
-
-
 def serve_demo(result: DemoResult, *, host: str = "127.0.0.1", port: int = 8000, console: Any = None,
                model: Any = None) -> None:
     """Serve the demo's feature store (browse + steer) with `saesteer serve`'s machinery; blocks
     until interrupted. A busy `port` is replaced by a free one."""
-    import uvicorn
-
     from saesteer.web import create_app
     from saesteer.web.config import Limits, ServeConfig
-    from saesteer.web.launch import open_entries, pick_port
+    from saesteer.web.launch import open_entries
+    from saesteer.web.listen import listening_socket, run_server
 
     con = console or _console()
     model = model if model is not None else result.model
@@ -882,20 +870,31 @@ def serve_demo(result: DemoResult, *, host: str = "127.0.0.1", port: int = 8000,
     model.eval()
     limits = Limits()
     entries = open_entries([result.paths.store], model=model, sae_dirs=[result.sae_dir], limits=limits)
-    if port and not _port_free(host, port):
+    try:
+        sock = listening_socket(host, port)
+    except OSError:
+        if not port:
+            raise
         con.print(f"port {port} is busy; using a free one")
-        port = 0
-    config = ServeConfig(host=host, port=pick_port(host, port))
-    app = create_app(entries, config=config, limits=limits, token=os.environ.get("SAESTEER_TOKEN") or None)
+        sock = listening_socket(host, 0)
+    config = ServeConfig(host=host, port=int(sock.getsockname()[1]))
+    try:
+        app = create_app(entries, config=config, limits=limits, token=os.environ.get("SAESTEER_TOKEN") or None)
+    except BaseException:
+        sock.close()
+        raise
     token = app.state.web.token
     base = f"http://{host}:{config.port}"
     url = f"{base}/" + (f"?token={token}" if token else "")
     con.rule("[bold]web app", align="left")
     s = result.steering
     sid = entries[0].id
-    con.print(f"[bold green]saesteer serving on {url}[/]  (Ctrl-C stops it)")
     query = s.topic if s is not None else ("ocean" if result.config.steer_topic == AUTO else result.config.steer_topic)
-    con.print(f"  features: {base}/s/{sid}   search: {base}/s/{sid}/search?q={query}"
-              + (f"   steering playground: {base}/s/{sid}/steer?f={s.feature}" if s else ""))
-    uvicorn.run(app, host=host, port=config.port, log_level="warning", proxy_headers=False,
-                server_header=False, date_header=False)
+
+    def ready() -> None:  # once uvicorn accepts connections (saesteer.web.listen)
+        con.print(f"[bold green]saesteer serving on {url}[/]  (Ctrl-C stops it)")
+        con.print(f"  features: {base}/s/{sid}   search: {base}/s/{sid}/search?q={query}"
+                  + (f"   steering playground: {base}/s/{sid}/steer?f={s.feature}" if s else ""))
+
+    run_server(app, sock, on_ready=ready, log_level="warning", proxy_headers=False, server_header=False,
+               date_header=False)

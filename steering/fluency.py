@@ -156,7 +156,8 @@ def fluency_of_generation(model: Any, generation: Any) -> list[FluencyScore]:
 
 def fluency_of_texts(model: Any, prompts: Sequence[str], texts: Sequence[str]) -> list[FluencyScore]:
     """Fluency of continuations `texts` of `prompts` (one prompt per text), scored by `model`
-    (the unsteered model); each row is tokenized as prompt tokens followed by the text's."""
+    (the unsteered model); each row is tokenized as prompt tokens followed by the text's. A text
+    is the continuation as `generate` gives it: with its own leading space or line break."""
     if len(prompts) != len(texts):
         raise SteeringError(f"{len(prompts)} prompts for {len(texts)} texts; give one prompt per text")
     out = []
@@ -164,14 +165,10 @@ def fluency_of_texts(model: Any, prompts: Sequence[str], texts: Sequence[str]) -
         if not text.strip():
             out.append(_combine(text, None, None, 0.0, 0))
             continue
-        if prompt and not text[:1].isspace() and not prompt[-1:].isspace():
-            text_for_tokens = " " + text
-        else:
-            text_for_tokens = text
         head = model.to_tokens(prompt) if prompt else model.to_tokens("")
         if not prompt and head.shape[1] == 0:
             raise SteeringError("the model adds no BOS token and the prompt is empty: nothing to condition on")
-        tail = model.to_tokens(text_for_tokens, prepend_bos=False)
+        tail = model.to_tokens(text, prepend_bos=False)
         tokens = torch.cat([head, tail.to(head.device)], dim=1)
         stats = _token_stats(model, tokens, [int(head.shape[1])])
         out.extend(_from_stats([text], stats))

@@ -237,15 +237,12 @@ def _free_port() -> int:
 
 def test_demo_cli_serves_the_web_app(demo, monkeypatch, capsys, recwarn) -> None:
     """`saesteer demo` (no --no-serve) over the finished folder, in this process: it prints the URL and
-    hands uvicorn an app that answers it (uvicorn.run is replaced by a recorder; the slow test below
+    hands uvicorn an app that answers it (the server is replaced by a recorder; the slow test below
     runs the real server in a subprocess)."""
-    import uvicorn
-
     from saesteer.cli import main
-    from helpers.web_app import client
+    from helpers.web_app import client, record_server
 
-    calls = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+    calls = record_server(monkeypatch)
     port = _free_port()
     assert main(["demo", "--no-progress", "--out", str(demo.paths.out), "--port", str(port), *small_flags()]) == 0
     out = capsys.readouterr().out
@@ -278,15 +275,9 @@ def test_demo_serves_the_web_app(demo) -> None:
                 break
         text = "".join(lines)
         assert f"saesteer serving on http://127.0.0.1:{port}/" in text, text
-        for _ in range(50):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/stores", timeout=5) as r:
-                    body = json.loads(r.read())
-                break
-            except OSError:
-                time.sleep(0.2)
-        else:
-            pytest.fail("the web app did not answer")
+        # the line comes once the server answers (saesteer.web.listen): no retrying
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/stores", timeout=30) as r:
+            body = json.loads(r.read())
         assert len(body) == 1 and body[0]["d_sae"] == SMALL["d_sae"], body
         assert body[0]["can_steer"] and body[0]["has_labels"], body
     finally:

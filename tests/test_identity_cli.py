@@ -152,9 +152,9 @@ def _refused(capsys, chain) -> str:
 
 
 def test_a_wrong_model_is_refused_everywhere(chain, capsys, tmp_path, monkeypatch):
-    import uvicorn
+    from helpers.web_app import record_server
 
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)  # were serve to accept it, it would not block
+    record_server(monkeypatch)  # were serve to accept it, it would not block
     b = str(chain.b)
     assert main(_steer_args(chain, "--model", b)) == 2
     _refused(capsys, chain)
@@ -190,11 +190,9 @@ def test_the_override_runs_the_given_model(chain, loads, capsys):
 
 # ------------------------------------------------------------------------------------ serve
 def _serve_app(monkeypatch, *argv):
-    import uvicorn
-    from helpers.web_app import free_port
+    from helpers.web_app import free_port, record_server
 
-    calls = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+    calls = record_server(monkeypatch)
     port = free_port()
     assert main(["serve", "--port", str(port), *argv]) == 0
     (app, kw), = calls

@@ -169,7 +169,8 @@ def test_list_search_feature_steer(browser, server, shots, size):
         default = page.locator("#out-default").inner_text()
         steered = page.locator("#out-steered").inner_text()
         assert default.strip() and steered.strip() and default != steered
-        assert page.locator("#out-prompt-a").inner_text().startswith("the sailor")
+        # the prompt as typed, then the continuation with its own leading space (nothing inserted)
+        assert page.locator("#out-prompt-a").text_content() == "the sailor" and default.startswith(" ")
         _shot(page, shots, f"{size}-4-steer")
         p.check_clean()
     finally:

@@ -51,7 +51,8 @@ def text_config_from_manifest(manifest: Manifest) -> Any:
             name = mapping_spec({split: list(manifest.dataset_files)})
     return TextConfig(dataset=name, dataset_config=ds.get("config"), split=split,
                       text_column=ds.get("text_column") or "text", context_length=int(s["context_length"]),
-                      bos_policy=s.get("bos_policy", "prepend"), separator=s.get("separator", "eos"))
+                      bos_policy=s.get("bos_policy", "prepend"), separator=s.get("separator", "eos"),
+                      txt_documents=ds.get("txt_documents") or "file")
 
 
 def text_documents_read(manifest: Manifest) -> int:
