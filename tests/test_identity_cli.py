@@ -293,3 +293,48 @@ def test_older_records_fall_back_to_a_loadable_record_or_ask_for_model(chain, tm
     assert main(["features", "top-on-text", str(old_store), "the crabs", "--model", str(chain.a)]) == 0
     assert main(["features", "top-on-text", str(old_store), "the crabs", "--model", str(chain.b)]) == 2
     _refused(capsys, chain)
+
+
+# ------------------------------------------------------------------------------------ the toy model is no default
+def test_the_toy_model_reads_only_the_toy_corpus_by_default(chain, loads, tmp_path, capsys):
+    """cache / train straight from text without --model: the toy model is the default for the toy
+    corpus only; the user's text without --model is refused before any model is loaded."""
+    assert main(["cache", "--dataset", str(chain.text), "--out", str(tmp_path / "c"), "--context-length", "16",
+                 "--max-tokens", "64", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"--dataset {chain.text} is not the toy corpus: pass --model" in err and "--model toy" in err
+    assert main(["train", "--dataset", str(chain.text), "--out", str(tmp_path / "r"), "--hook", HOOK, "--d-sae", "16",
+                 "--k", "2", "--total-tokens", "256", "--batch-size", "128", "--progress", "false"]) == 2
+    assert "is not the toy corpus: pass --model" in capsys.readouterr().err
+    assert loads == [] and not (tmp_path / "c").exists() and not (tmp_path / "r" / "saes").exists()
+
+
+EVAL = ["--contexts", "4", "--ce-contexts", "2", "--ce-batch-size", "2", "--context-length", "16", "--absorption",
+        "false", "--probing", "false", "--quiet"]
+
+
+def test_eval_without_dataset_reads_the_recorded_held_out_text(chain, loads, tmp_path):
+    """Not the toy corpus: the text the SAE's training evaluated on (its ce_eval_data)."""
+    assert main(["eval", "--sae", str(chain.sae), *EVAL, "--out", str(tmp_path)]) == 0
+    assert loads == [str(chain.a.resolve())]
+    data = json.loads((tmp_path / "eval.json").read_text())["data"]
+    assert data["dataset"] == str(chain.eval_text) and data["split"] == "train"
+    assert [o["checked"] for o in data["overlap"]] == [True] and data["overlap"][0]["in_training"] == 0
+
+
+def test_eval_refuses_training_text(chain, capsys, tmp_path):
+    assert main(["eval", "--sae", str(chain.sae), "--dataset", str(chain.text), "--split", "train", *EVAL]) == 2
+    err = capsys.readouterr().err
+    assert "is training text" in err and "--dataset PATH or --split NAME" in err and "--allow-eval-overlap true" in err
+    assert main(["eval", "--sae", str(chain.sae), "--dataset", str(chain.text), "--split", "train", *EVAL,
+                 "--allow-eval-overlap", "true", "--out", str(tmp_path)]) == 0
+    overlap = json.loads((tmp_path / "eval.json").read_text())["data"]["overlap"][0]
+    assert overlap["in_training"] == overlap["eval_documents"] > 0
+
+
+def test_eval_refuses_another_models_cache_or_model(chain, capsys):
+    assert main(["eval", "--sae", str(chain.sae), "--cache", str(chain.cache_b), *EVAL]) == 2
+    err = _refused(capsys, chain)
+    assert f"the cache {chain.cache_b}" in err
+    assert main(["eval", "--sae", str(chain.sae), "--model", str(chain.b), "--dataset", str(chain.eval_text), *EVAL]) == 2
+    _refused(capsys, chain)
