@@ -103,9 +103,6 @@ def _run(args) -> int:
             loaded[name] = resolve_sae(spec, hook=args.hook, model=args.model, device=device)
         except (ValueError, FileNotFoundError) as e:
             raise ValueError(f"cannot load SAE {name!r} from {spec}: {e}") from None
-        if not loaded[name].sae.cfg.metadata.get("hook_name"):
-            raise ValueError(f"SAE {name!r} ({spec}) does not record its hook point; pass --hook "
-                             f"(e.g. --hook blocks.6.hook_resid_post)")
     from saes.identity import identity_of_model
     from saesteer.commands._steering import load_model as load_checked_model
 
