@@ -760,8 +760,9 @@ def print_summary(result: DemoResult, console: Any = None) -> None:
                   f"{c['median_best_f1']:.2f})")
 
     con.print()
-    con.print(f"[bold]labelled features[/] ({result.labelled:,} labelled by {result.judge}; label, its detection / "
-              f"fuzzing scores, the ground-truth concept it matches; activating token in [[ ]])")
+    con.print(Text.assemble(("labelled features", "bold"), (  # the judge's name is the user's (--judge-model)
+        f" ({result.labelled:,} labelled by {result.judge}; label, its detection / fuzzing scores, the ground-truth "
+        f"concept it matches; activating token in [[ ]])")))
     for f in result.showcase:
         sc = ", ".join(f"{k} {v:.2f}" for k, v in sorted(f.scores.items()))
         lvl = "" if f.level is None else f", Matryoshka level {f.level}"
