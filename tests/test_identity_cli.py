@@ -338,3 +338,37 @@ def test_eval_refuses_another_models_cache_or_model(chain, capsys):
     assert f"the cache {chain.cache_b}" in err
     assert main(["eval", "--sae", str(chain.sae), "--model", str(chain.b), "--dataset", str(chain.eval_text), *EVAL]) == 2
     _refused(capsys, chain)
+
+
+def test_saes_of_two_models_are_refused_together(chain, capsys, tmp_path):
+    """--sae a=... --sae b=... recorded for models A and B: whichever model runs, one SAE is not its
+    own. Refused by steer and eval (eval has no other check: it never goes through steering.steer)."""
+    sae_b = tmp_path / "sae-b"
+    shutil.copytree(chain.sae, sae_b)
+    prov = json.loads((sae_b / "saesteer.json").read_text())
+    prov["model_identity"] = json.loads((chain.cache_b / "manifest.json").read_text())["model_identity"]
+    prov["model"] = prov["model_identity"]["id"]
+    (sae_b / "saesteer.json").write_text(json.dumps(prov))
+    pair = ["--sae", f"a={chain.sae}", "--sae", f"b={sae_b}"]
+    assert main(["eval", *pair, "--dataset", str(chain.eval_text), *EVAL]) == 2
+    assert "SAE 'b'" in _refused(capsys, chain)
+    assert main(["steer", *pair, "-f", "a/3:add=4", "-p", "the crabs", "--max-new-tokens", "2"]) == 2
+    _refused(capsys, chain)
+
+
+def test_python_api_refuses_a_store_of_another_model(chain):
+    """features_on_text(model, sae, store=...): the store's record is checked even when the SAE
+    carries none (e.g. an SAE from another library, whose files name no model)."""
+    from features import FeatureStore
+    from features.text import features_on_text
+    from saes.formats import resolve_sae
+    from saes.identity import ModelMismatchError
+    from saesteer.models import load_model
+
+    sae = resolve_sae(chain.sae).sae
+    sae.provenance = {}  # no record of its own
+    model_b = load_model(str(chain.b), device="cpu")
+    with FeatureStore.open(chain.store, readonly=True) as store:
+        with pytest.raises(ModelMismatchError, match="allow_model_mismatch=True"):
+            features_on_text(model_b, sae, "the crabs", store=store)
+        assert features_on_text(model_b, sae, "the crabs", store=store, allow_model_mismatch=True).tokens
