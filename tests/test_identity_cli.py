@@ -372,3 +372,16 @@ def test_python_api_refuses_a_store_of_another_model(chain):
         with pytest.raises(ModelMismatchError, match="allow_model_mismatch=True"):
             features_on_text(model_b, sae, "the crabs", store=store)
         assert features_on_text(model_b, sae, "the crabs", store=store, allow_model_mismatch=True).tokens
+
+
+def test_eval_with_cache_reads_the_dataset_given(chain, tmp_path):
+    """--cache gives the activation rows; --dataset, when given, is the CE text (not silently dropped
+    for the one training used)."""
+    other = tmp_path / "other.txt"
+    other.write_text("\n".join(f"did {a} see it ?" for a in ("anna", "tom", "mia", "leo") * 3), encoding="utf-8")
+    assert main(["eval", "--sae", str(chain.sae), "--cache", str(chain.cache), "--dataset", str(other), *EVAL,
+                 "--out", str(tmp_path / "a")]) == 0
+    data = json.loads((tmp_path / "a" / "eval.json").read_text())["data"]
+    assert data["dataset"] == str(other) and data["overlap"][0]["checked"]
+    assert main(["eval", "--sae", str(chain.sae), "--cache", str(chain.cache), *EVAL, "--out", str(tmp_path / "b")]) == 0
+    assert json.loads((tmp_path / "b" / "eval.json").read_text())["data"]["dataset"] == str(chain.eval_text)

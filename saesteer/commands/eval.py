@@ -55,8 +55,8 @@ def add_arguments(parser) -> None:
     g.add_argument("--out", default=None, metavar="DIR", help="write eval.json and eval.html there")
     g.add_argument("--cache", default=None, metavar="DIR",
                    help="activation cache an SAE was trained on: its held-out rows give the activation metrics")
-    g.add_argument("--split", default="validation", help="split of --dataset holding the held-out text "
-                                                          "(default: validation)")
+    g.add_argument("--split", default=None, help="split of --dataset holding the held-out text (default: "
+                                                  "validation; a local file, or data with one split: that split)")
     g.add_argument("--quiet", action="store_true", help="no progress lines")
     add_dataclass_arguments(parser, EvalConfig, title="evaluation")
     text = add_dataclass_arguments(parser, TextConfig, title="held-out text", skip=("split", "dataset"))
@@ -91,7 +91,7 @@ def _run(args) -> int:
 
     say = _say(args)
     cfg = dataclass_from_args(EvalConfig, args)
-    text = dataclass_from_args(TextConfig, args, split=args.split)
+    text = dataclass_from_args(TextConfig, args, split=args.split or _default_split(getattr(args, "dataset", None)))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         specs = parse_sae_args(args.sae)
@@ -125,7 +125,8 @@ def _run(args) -> int:
     ce_from_cache = False
     trained_on = _training_texts(loaded)
     if args.cache:
-        rows, rows_source, keep_ids, text, ce_from_cache, data_info, cache_text = _cache_rows(args, cfg, loaded, model, say)
+        rows, rows_source, keep_ids, text, ce_from_cache, data_info, cache_text = _cache_rows(args, cfg, loaded, model,
+                                                                                              text, say)
         trained_on = trained_on or [cache_text]
     bos = getattr(tokenizer, "bos_token_id", None)
     excluded = (int(bos),) if cfg.exclude_bos and bos is not None else ()
@@ -157,6 +158,18 @@ def _run(args) -> int:
         write_html(out / "eval.html", doc)
         print(f"wrote {out / 'eval.json'} and {out / 'eval.html'}")
     return 0
+
+
+def _default_split(dataset: str | None) -> str:
+    """The split read when --split is not given: 'validation', or the only split of local data
+    that has one (a single file is the split 'train': `training.splits`)."""
+    from training.splits import local_splits, looks_local
+
+    if dataset and dataset != "toy" and looks_local(dataset):
+        splits = local_splits(dataset)
+        if "validation" not in splits and len(splits) == 1:
+            return next(iter(splits))
+    return "validation"
 
 
 def _recorded_text(text, loaded: dict, ident, say):
@@ -219,10 +232,11 @@ def _contexts(text, tokenizer, n: int, cache: str | None, trained_on: list, allo
     return tokens, reports
 
 
-def _cache_rows(args, cfg, loaded: dict, model, say):
+def _cache_rows(args, cfg, loaded: dict, model, text, say):
     """Activation rows per SAE from --cache: the rows an SAE's training held out when it was trained
     on this cache (recorded in its saesteer.json), else the start of the cache's seeded stream. The
-    cache must be of the model (--allow-model-mismatch overrides)."""
+    cache must be of the model (--allow-model-mismatch overrides). The CE text: --dataset when given
+    (`text`), else the one training used."""
     from pathlib import Path
 
     from evals.activations import cache_holdout
@@ -243,7 +257,9 @@ def _cache_rows(args, cfg, loaded: dict, model, say):
     ce = next(((x.provenance or {}).get("data", {}).get("ce_eval_data") or {} for x in loaded.values()
                if (x.provenance or {}).get("data", {}).get("ce_eval_data")), {})
     eval_dataset = ce.get("dataset") if ce.get("dataset") not in (None, train_text.dataset) else None
-    text = eval_text_config(train_text, eval_dataset, ce.get("split") or args.split)
+    given = "dataset" in vars(args)  # --dataset wins over what training used
+    if not given:
+        text = eval_text_config(train_text, eval_dataset, ce.get("split") or args.split or "validation")
     rows, source = {}, {}
     ce_from_cache = False
     for name, item in loaded.items():
@@ -256,7 +272,7 @@ def _cache_rows(args, cfg, loaded: dict, model, say):
             buffer_rows = int(data.get("reader_buffer_rows") or (1 << 20))
             rows[name] = cache_holdout(cache, hook, n, seed, buffer_rows)
             source[name] = f"the {n:,} rows its training held out of {cache} (seed {seed}, reader buffer {buffer_rows:,})"
-            ce_from_cache = ce_from_cache or _ce_trained_on_cache(data)
+            ce_from_cache = ce_from_cache or (not given and _ce_trained_on_cache(data))
         else:
             n = cfg.contexts * int(man.settings["context_length"])
             rows[name] = cache_holdout(cache, hook, n, cfg.seed, 1 << 20)
