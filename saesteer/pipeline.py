@@ -639,21 +639,6 @@ def _held_out(cfg: DemoConfig, model, sae, cand: dict, strength: float, link_typ
     return test, (visible or rows)[:3], len(visible)
 
 
-@contextmanager
-def _one_torch_thread() -> Iterator[None]:
-    """Generation with the toy model is many tiny steps ([16, 128] x [128, 512]): a second thread
-    gains nothing there, and on a busy machine its spinning multiplies the CPU time (the steering
-    stage measured 7 s of CPU with one thread, 147 s with two, at load 9)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
 # ------------------------------------------------------------------------------------- driver
 def run_demo(
     cfg: DemoConfig | None = None,
@@ -717,7 +702,11 @@ def run_demo(
         judge, n_labelled = _stage_label(cfg, paths, judge_cfg, progress, info, say)
 
     toward = "a sparse latent of a toy-world topic" if cfg.steer_topic == AUTO else f"toward '{cfg.steer_topic}'"
-    with timer.stage("steer", f"steering example: {toward}") as info, _one_torch_thread():
+    from saes.threads import torch_threads
+
+    # generation with the toy model is many tiny steps ([16, 128] x [128, 512]): on a busy machine a
+    # second thread's spinning multiplies the CPU time (7 s of CPU with one thread, 147 s with two, at load 9)
+    with timer.stage("steer", f"steering example: {toward}") as info, torch_threads(1):
         steering = _stage_steer(cfg, paths, model, sae, progress, info, say)
 
     from features import FeatureStore
@@ -778,8 +767,9 @@ def print_summary(result: DemoResult, console: Any = None) -> None:
                   f"{c['median_best_f1']:.2f})")
 
     con.print()
-    con.print(f"[bold]labelled features[/] ({result.labelled:,} labelled by {result.judge}; label, its detection / "
-              f"fuzzing scores, the ground-truth concept it matches; activating token in [[ ]])")
+    con.print(Text.assemble(("labelled features", "bold"), (  # the judge's name is the user's (--judge-model)
+        f" ({result.labelled:,} labelled by {result.judge}; label, its detection / fuzzing scores, the ground-truth "
+        f"concept it matches; activating token in [[ ]])")))
     for f in result.showcase:
         sc = ", ".join(f"{k} {v:.2f}" for k, v in sorted(f.scores.items()))
         lvl = "" if f.level is None else f", Matryoshka level {f.level}"

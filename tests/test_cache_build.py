@@ -338,6 +338,7 @@ def test_cli_build_dry_run_and_refusal(model, corpus, tmp_path, monkeypatch, cap
     fake.load_model = lambda spec, **kw: model  # the face's model resolution, stubbed
     fake.model_id = lambda m: "tiny-id"
     fake.model_info = lambda m: types.SimpleNamespace(revision=None)
+    fake.start_model_spec = lambda spec, dataset: spec
     monkeypatch.setitem(sys.modules, "saesteer.models", fake)
     out = tmp_path / "c"
     base = ["cache", "--model", "tiny", "--dataset", str(corpus), "--context-length", "16", "--max-tokens", "256",

@@ -193,6 +193,11 @@ def test_demo_summary_prints(demo, capsys) -> None:
     s = demo.steering
     assert f"#{s.feature}" in out and f"token F1 {s.concept_f1:.2f}" in out
     assert f"{s.test['share_default']:.0%} -> {s.test['share_steered']:.0%}" in out
+    # the judge's name is the user's (--judge-model): printed literally, never read as rich markup
+    import dataclasses
+
+    print_summary(dataclasses.replace(demo, judge="org/[/x]-model"), Console(width=400, highlight=False))
+    assert "labelled by org/[/x]-model;" in capsys.readouterr().out
 
 
 def test_demo_cli_rerun_reuses_every_stage(demo, capsys) -> None:

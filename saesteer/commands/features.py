@@ -325,6 +325,7 @@ def _top_on_text(args) -> int:
     from saesteer.terminal import plain
 
     from saes.identity import identity_of_sae
+    from saesteer.commands._steering import CLIError, require_hook
     from saesteer.models import pick_record
 
     if args.no_bos and args.prepend_bos:
@@ -344,6 +345,10 @@ def _top_on_text(args) -> int:
         recorded_hook = (store.meta.get("sae") or {}).get("hook_name") if store is not None else None
         sae = resolve_sae(sae_dir, hook=args.hook or recorded_hook, model=args.model, device=device).sae
         sae.eval()
+        try:
+            require_hook("sae", sae_dir, sae)
+        except CLIError as e:
+            raise ValueError(str(e)) from None
         candidates = [(store.recorded_model(), f"the feature store {args.store}")] if store is not None else []
         recorded, recorded_in = pick_record(candidates + [(identity_of_sae(sae), f"the SAE {sae_dir}")])
         model = _recorded_model(recorded, args.model, recorded_in, device, args.allow_model_mismatch)
