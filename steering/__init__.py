@@ -22,7 +22,9 @@ from typing import Any
 _EXPORTS = {
     # edits and limits
     "FeatureEdit": "spec", "VectorEdit": "spec", "Edit": "spec", "Positions": "spec", "SteerLimits": "spec",
-    "SteeringError": "spec", "parse_edit": "spec", "OPS": "spec", "POSITION_NAMES": "spec",
+    "SteeringError": "spec", "parse_edit": "spec", "OPS": "spec", "POSITION_NAMES": "spec", "Trigger": "spec",
+    # presets
+    "Preset": "presets", "make_preset": "presets", "PresetMismatchError": "presets",
     # configs
     "GenerationConfig": "config", "SweepConfig": "config",
     # hooks

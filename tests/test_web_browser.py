@@ -199,7 +199,7 @@ def test_add_edit_rows_and_errors_show_inline(browser, server, shots):
         page.locator("#prompt").fill("the ship")
         page.locator("#generate").click()
         page.wait_for_selector("#compare:not([hidden])")
-        assert "#5 ablate" in page.locator("#out-edits").inner_text()
+        assert "5:ablate" in page.locator("#out-edits").inner_text()  # as the API applied it
         p.check_clean()
     finally:
         p.close()
