@@ -255,8 +255,8 @@ def speed(args) -> str:
 def toy(args) -> str:
     from saesteer.commands._steering import toy_scorer
     from steering import FeatureEdit, GenerationConfig, generate, steer
-    from steering.baselines import diff_of_means
     from steering.evaluate import score_generation
+    from steering.methods import compare_methods
     from steering.search import contrast_features
     from steering.sweeps import recommend_strength, sweep_edits
     from toyworld.grammar import generate_document
@@ -332,82 +332,48 @@ def toy(args) -> str:
         neg = [d for t in TOPICS if t != topic for d in docs[t][: max(1, args.n_docs // 4)]]
         ranked = contrast_features(model, sae, pos, neg, top=args.top_n)
         by_f1 = store.concept_matches(f"topic:{topic}") if store is not None else []
-        everything = contrast_features(model, sae, pos, neg, top=sae.d_sae)
         if args.select == "concept":
             if not by_f1:
                 raise SystemExit(f"the store has no concept match for topic:{topic}; use --select contrast")
-            pool = [next(c for c in everything if c.feature == by_f1[0].feature_id)]
+            pool = [by_f1[0].feature_id]
         else:  # the top --candidates latents by contrast, plus the store's concept-F1-best latent
-            pool = list(ranked[: args.candidates])
-            if by_f1 and args.candidates > 1 and all(c.feature != by_f1[0].feature_id for c in pool):
-                pool.append(next(c for c in everything if c.feature == by_f1[0].feature_id))
-        vec = diff_of_means(model, hook, pos, neg)
+            pool = [c.feature for c in ranked[: args.candidates]]
+            if by_f1 and args.candidates > 1 and by_f1[0].feature_id not in pool:
+                pool.append(by_f1[0].feature_id)
         scorer = toy_scorer(topic, "sentence")
-
-        def margin(pt):  # the quantity the --rule maximises ("weakest": the plain margin)
-            if args.rule == "z":
-                return min((pt.concept - 0.5) / max(pt.concept_se, 0.01), (pt.fluency - 0.8) / max(pt.fluency_se, 0.01))
-            return min(pt.concept - 0.5, pt.fluency - 0.8)
-
-        # each candidate latent swept on the dev seed; the (latent, strength) with the best margin wins
-        best = None
-        for c in pool:
-            tm = link.typical_max(c.feature) if link else None
-            u = "max_act" if tm else "raw"
-            grid = args.strengths if tm else [s * max(c.mean_positive, 1e-3) * 4 for s in args.strengths]
-            prov = {c.feature: tm} if tm else None
-            pts = sweep_edits(model, sae, lambda s, f=c.feature, u=u: FeatureEdit(f, args.op, s, unit=u, positions=where)
-                              if s else None,
-                              grid, prompts, scorer, gen_config=cfg(args.dev_seed), typical_max=prov,
-                              with_perplexity=False)
-            s_c = recommend_strength(pts, min_fluency=0.8, target_concept=0.5, rule=args.rule)
-            if s_c is None:
-                s_c = recommend_strength(pts)
-            m_c = margin(next(p for p in pts if p.strength == s_c))
-            print(f"  {topic}: candidate {c.feature} (contrast {c.score:.3f}) best dev strength {s_c:g} margin {m_c:+.3f}",
-                  file=sys.stderr, flush=True)
-            if best is None or m_c > best[0]:
-                best = (m_c, c, tm, u, s_c, prov)
-        _, cand, tmax, unit, best_s, provider = best
-
-        def sae_edit(s, f=cand.feature):
-            return FeatureEdit(f, args.op, s, unit=unit, positions=where) if s else None
-
-        def vec_edit(s):
-            return vec.edit(s, positions=where) if s else None
+        cue = " ".join(generate_document(f"steer-cue-{topic}", topic=topic).sentences[0])
+        # SAE feature, difference of means and prompting: the package's protocol (steering.methods);
+        # without typical maxima the SAE strengths are multiples of 4x the latent's mean activation
+        card = compare_methods(
+            model, sae, scorer, prompts=prompts, test_prompts=test_prompts, positive=pos, negative=neg, cue=cue,
+            features=pool, op=args.op, positions=where,
+            sae_strengths=args.strengths if link else [4 * s for s in args.strengths],
+            vector_strengths=args.vec_strengths, target_concept=0.5, min_fluency=0.8, rule=args.rule,
+            gen_config=cfg(args.dev_seed), dev_seed=args.dev_seed, test_seed=args.test_seed,
+            typical_max=link.typical_max if link else None,
+            progress=lambda msg, t=topic: print(f"  {t}: {msg}", file=sys.stderr, flush=True))
+        pick = card.picks["SAE feature"]
+        result = {"topic": topic, "feature": pick.feature, "pool": pool,
+                  "f1_feature": by_f1[0].feature_id if by_f1 else None, "f1": by_f1[0].f1 if by_f1 else None}
+        for method, label, ctx in (("SAE feature", "SAE feature", ""), ("diff-of-means", "diff-of-means", ""),
+                                   ("prompting", "prompting", cue)):
+            r = card.row(method)
+            share, gram, gram_doc = pooled(card.generations[method].texts, topic, context=ctx)
+            strength = cue if method == "prompting" else card.picks[method].strength
+            result[label] = (strength, share, gram, gram_doc, r.perplexity)
 
         def top_edits(s):  # the top-N contrast features, each added in proportion to its activation difference
             return [FeatureEdit(c.feature, "add", s * c.score, positions=where) for c in ranked] if s else None
 
-        result = {"topic": topic, "feature": cand.feature, "pool": [c.feature for c in pool],
-                  "f1_feature": by_f1[0].feature_id if by_f1 else None, "f1": by_f1[0].f1 if by_f1 else None}
-        methods = (("SAE feature", sae_edit, None, sae),
-                   (f"SAE top-{args.top_n}", top_edits, args.top_strengths, sae),
-                   ("diff-of-means", vec_edit, args.vec_strengths, None))
-        for method, make, grid, saes_arg in methods:
-            if grid is None:  # already swept above (the SAE feature candidates)
-                s = best_s
-            else:
-                pts = sweep_edits(model, saes_arg, make, grid, prompts, scorer, gen_config=cfg(args.dev_seed),
-                                  typical_max=provider, with_perplexity=False)
-                s = recommend_strength(pts, min_fluency=0.8, target_concept=0.5, rule=args.rule)
-                if s is None:
-                    s = recommend_strength(pts)
-            edit = make(s)
-            if edit is None:
-                gen = generate(model, test_prompts, cfg(args.test_seed))
-            else:
-                with steer(model, saes_arg, edit if isinstance(edit, list) else [edit], typical_max=provider) as sess:
-                    gen = sess.generate(test_prompts, cfg(args.test_seed))
-            r = score_generation(method, model, test_prompts, gen, scorer)
-            share, gram, gram_doc = pooled(gen.texts, topic)
-            result[method] = (s, share, gram, gram_doc, r.perplexity)
-        cue = generate_document(f"steer-cue-{topic}", topic=topic).sentences[0]
-        cue_text = " ".join(cue)
-        gen = generate(model, [cue_text] * n_test, cfg(args.test_seed))
-        share, gram, gram_doc = pooled(gen.texts, topic, context=cue_text)
-        r = score_generation("prompting", model, [cue_text] * n_test, gen, scorer)
-        result["prompting"] = (cue_text, share, gram, gram_doc, r.perplexity)
+        pts = sweep_edits(model, sae, top_edits, args.top_strengths, prompts, scorer, gen_config=cfg(args.dev_seed),
+                          with_perplexity=False)
+        s = recommend_strength(pts, min_fluency=0.8, target_concept=0.5, rule=args.rule)
+        if s is None:
+            s = recommend_strength(pts)
+        with steer(model, sae, top_edits(s)) as sess:
+            gen = sess.generate(test_prompts, cfg(args.test_seed))
+        r = score_generation(f"SAE top-{args.top_n}", model, test_prompts, gen, scorer)
+        result[f"SAE top-{args.top_n}"] = (s,) + pooled(gen.texts, topic) + (r.perplexity,)
         result["base"] = pooled(base.texts, topic) + (base_ppl,)
         rows.append(result)
         print(result, flush=True)

@@ -179,7 +179,9 @@ def make_preset(
     name: str,
     edits: Sequence[FeatureEdit | str],
     *,
-    sae: Any,
+    sae: Any = None,
+    d_sae: int | None = None,
+    hook_name: str | None = None,
     model: Any = None,
     typical_max: Any = None,
     recommended: Any = None,
@@ -189,24 +191,31 @@ def make_preset(
     fingerprint: str | None = None,
     model_identity: Any = None,
 ) -> Preset:
-    """A preset of `edits` for `sae` (on `model`, or the model identity given). `typical_max`:
-    feature -> typical max activation (recorded for every feature named, needed for 'x' units);
-    `recommended`: feature -> (strength, source, details) or None, recorded as calibration too."""
+    """A preset of `edits` for `sae` (on `model`, or the model identity given). Without the SAE
+    object (e.g. from a feature store's records), give its `fingerprint`, `d_sae` and `hook_name`.
+    `typical_max`: feature -> typical max activation (recorded for every feature named, needed
+    for 'x' units); `recommended`: feature -> (strength, source, details) or None, recorded as
+    calibration too."""
     from datetime import datetime, timezone
 
     from saes.fingerprint import sae_fingerprint
     from saes.identity import identity_of_model, identity_of_sae
 
     check_preset_name(name)
+    if sae is None and (fingerprint is None or d_sae is None):
+        raise SteeringError("make_preset needs the SAE, or its fingerprint and d_sae")
+    n = int(sae.d_sae) if sae is not None else int(d_sae)  # type: ignore[arg-type]
     parsed = [parse_edit(e) if isinstance(e, str) else e for e in edits]
     if not parsed:
         raise SteeringError("a preset needs at least one edit, e.g. 123:add=2x")
+    triggers = [Trigger.parse(t) if isinstance(t, str) else t for t in stops]
     for e in parsed:
         if not isinstance(e, FeatureEdit):
             raise SteeringError(f"a preset holds SAE feature edits only, got {e!r}")
-        if not 0 <= e.feature < sae.d_sae:
-            raise SteeringError(f"{e.describe()}: feature {e.feature} is out of range (0..{sae.d_sae - 1})")
-    triggers = [Trigger.parse(t) if isinstance(t, str) else t for t in stops]
+    for f, what in [(e.feature, e.describe()) for e in parsed] + [(e.when.feature, e.describe()) for e in parsed if e.when] \
+            + [(t.feature, f"stop {t.describe()}") for t in triggers]:
+        if not 0 <= f < n:
+            raise SteeringError(f"{what}: feature {f} is out of range (0..{n - 1})")
     features = sorted({e.feature for e in parsed} | {e.when.feature for e in parsed if e.when}
                       | {t.feature for t in triggers})
     calibration: dict[str, dict[str, Any]] = {}
@@ -217,14 +226,17 @@ def make_preset(
             if r is not None:
                 rec["recommended_strength"], rec["strength_source"], rec["strength_details"] = r
         calibration[str(f)] = rec
-    ident = model_identity or (identity_of_model(model) if model is not None else None) or identity_of_sae(sae)
+    ident = model_identity or (identity_of_model(model) if model is not None else None) or \
+        (identity_of_sae(sae) if sae is not None else None)
+    if hook_name is None and sae is not None:
+        hook_name = sae.cfg.metadata.get("hook_name") or (getattr(sae, "provenance", None) or {}).get("hook_name")
     preset = Preset(
         name=name,
         edits=tuple(e.describe() if e.sae is None else FeatureEdit(e.feature, e.op, e.value, e.unit, e.positions,
                                                                   None, e.when).describe() for e in parsed),
         stops=tuple(t.describe() for t in triggers),
         sae_fingerprint=fingerprint or sae_fingerprint(sae),
-        hook_name=sae.cfg.metadata.get("hook_name") or (getattr(sae, "provenance", None) or {}).get("hook_name"),
+        hook_name=hook_name,
         model=ident.to_json() if ident is not None else None,
         description=description,
         calibration=calibration,
