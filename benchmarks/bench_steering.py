@@ -1,6 +1,7 @@
 """Steering benchmarks.
 
     python benchmarks/bench_steering.py speed [--model toy] [--rounds 7] [--write]
+    python benchmarks/bench_steering.py matrix [--rounds 5] [--flush-denormal] [--write]
     python benchmarks/bench_steering.py toy --sae DIR [--store FILE] [--write]
     python benchmarks/bench_steering.py toy --work DIR --hook HOOK [--sae-arch A --sae-widths W,...] [--write]
     python benchmarks/bench_steering.py latents --sae DIR [--store FILE]
@@ -12,6 +13,13 @@ and a clamp hook on hook_sae_acts_post. Runs are interleaved round by round; med
 the one given with --sae, else random ones with the toy SAE's shape (d_sae 32 x d_model):
 a threshold-form (BatchTopK inference) SAE and a TopK SAE. It also checks, greedily, that our
 clamp and SAELens's clamp generate the same tokens.
+
+matrix: steered generation speed for every op (add, clamp, scale, ablate, all positions) and every
+SAE architecture's read path (threshold: BatchTopK inference form; TopK; ReLU "standard"), as
+the process CPU time of unsteered / steered generation (toy model, batch 8, 64 new tokens, KV
+cache, sampling with a fixed seed, interleaved rounds, medians). Each edit acts on the latent that
+fires most on the unsteered text (so clamp, scale and ablate have work to do); a "same text" row
+per architecture clamps a latent that never fires to 0 (the read and the write, text unchanged).
 
 toy: steering each toy-world topic (setting): find the topic's feature by contrast (topic
 documents vs other documents), pick the strength on development seeds (weakest strength that
@@ -248,6 +256,77 @@ def speed(args) -> str:
     lines.append("Greedy tokens identical between our clamp and SAELens's clamp (error term kept by both): "
                  + ", ".join(f"{n}: {a:.0%}" for n, a in agree) + ".")
     lines.append("")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ matrix
+def matrix(args) -> str:
+    from steering import steer
+
+    torch.set_num_threads(args.threads)
+    if args.flush_denormal:
+        torch.set_flush_denormal(True)
+    model = load_model("toy")
+    hook = f"blocks.{model.cfg.n_layers // 2}.hook_resid_post"
+    archs = [("threshold (BatchTopK inference form)", "batchtopk"), ("TopK", "topk"), ("ReLU (standard)", "standard")]
+    tokens = model.to_tokens(PROMPTS[: args.batch] * (args.batch // len(PROMPTS) + 1), padding_side="left")[: args.batch]
+    gen_kw = dict(max_new_tokens=args.new_tokens, do_sample=True, stop_at_eos=False, use_past_kv_cache=True,
+                  padding_side="left", return_type="tokens", verbose=False)
+
+    def gen():
+        torch.manual_seed(0)
+        c0 = time.process_time()
+        model.generate(tokens, **gen_kw)
+        return time.process_time() - c0
+
+    cases = {"unsteered": gen}
+    with torch.no_grad():
+        text = model.generate(tokens, **dict(gen_kw, do_sample=False))
+        _, cache = model.run_with_cache(text, names_filter=hook)
+    for label, arch in archs:
+        sae = random_sae(arch, model.cfg.d_model, hook, seed=1)
+        if arch == "standard":  # a ReLU SAE with a sparse-ish code, as trained ones have
+            with torch.no_grad():
+                sae.b_enc.fill_(-1.0)
+        acts = sae.encode(cache[hook])
+        busy = int((acts > 0).sum((0, 1)).argmax())
+        quiet = int((cache[hook] @ sae.W_enc + sae.b_enc).amax((0, 1)).argmin())
+        for op, edit in (("add", f"{busy}:add=8"), ("clamp", f"{busy}:clamp=8"), ("scale", f"{busy}:scale=2"),
+                         ("ablate", f"{busy}:ablate"), ("same text", f"{quiet}:clamp=0")):
+            def run(sae=sae, edit=edit):
+                with steer(model, sae, [edit]):
+                    return gen()
+            cases[f"{label}: {op}"] = run
+    for f in cases.values():
+        f()
+    cpu: dict[str, list[float]] = {k: [] for k in cases}
+    load_before = load_average()
+    for _ in range(args.rounds):
+        for k, f in cases.items():
+            cpu[k].append(f())
+    load_after = load_average()
+    base = statistics.median(cpu["unsteered"])
+    lines = [
+        "### Steered generation speed for every op and architecture",
+        "",
+        f"{time.strftime('%Y-%m-%d')}; {os.cpu_count()} CPU cores, torch {torch.__version__}, {args.threads} thread(s)"
+        f"{', denormals flushed' if args.flush_denormal else ''}; load average before/after {load_before} / {load_after}. "
+        f"Toy model, SAEs random with the toy SAE's shape (d_sae {32 * model.cfg.d_model}) at {hook}; batch {args.batch} "
+        f"(left padded), {args.new_tokens} new tokens, KV cache, sampling with a fixed seed; every edit at all positions "
+        f"on the latent that fires most on the unsteered text; 'same text' clamps a latent that never fires to 0. "
+        f"Ratio = median process CPU time unsteered / steered over {args.rounds} interleaved rounds (1.0 = no slowdown); "
+        f"per round = median of the rounds' own ratios. "
+        f"`python benchmarks/bench_steering.py matrix --rounds {args.rounds}{' --flush-denormal' if args.flush_denormal else ''}`",
+        "",
+        "| run | CPU s per generate | ratio (median CPU) | ratio (per round) |",
+        "|---|---|---|---|",
+    ]
+    for k in cases:
+        t = statistics.median(cpu[k])
+        per_round = statistics.median(b / x for b, x in zip(cpu["unsteered"], cpu[k]))
+        lines.append(f"| {k} | {t:.3f} | {base / t:.3f}x | {per_round:.3f}x |")
+    worst = min((base / statistics.median(v), k) for k, v in cpu.items() if k != "unsteered")
+    lines += ["", f"Slowest: {worst[1]} at {worst[0]:.3f}x.", ""]
     return "\n".join(lines)
 
 
@@ -591,6 +670,14 @@ def main(argv=None) -> int:
     s.add_argument("--rounds", type=int, default=7)
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--write", action="store_true")
+    mx = sub.add_parser("matrix", help="steered speed for every op and SAE architecture (process CPU time)")
+    mx.add_argument("--batch", type=int, default=8)
+    mx.add_argument("--new-tokens", type=int, default=64)
+    mx.add_argument("--rounds", type=int, default=5)
+    mx.add_argument("--threads", type=int, default=1)
+    mx.add_argument("--flush-denormal", action="store_true",
+                    help="flush denormal floats to zero (their slow arithmetic depends on the text generated)")
+    mx.add_argument("--write", action="store_true")
     t = sub.add_parser("toy")
     t.add_argument("--sae", default=None, help="SAE folder (default: build the auto-interp benchmark's toy SAE in --work)")
     t.add_argument("--store", default=None, help="its feature store (typical max activations, concept matches)")
@@ -644,7 +731,7 @@ def main(argv=None) -> int:
     if args.what == "latents":
         print(latents(args))
         return 0
-    text = speed(args) if args.what == "speed" else toy(args)
+    text = {"speed": speed, "matrix": matrix, "toy": toy}[args.what](args)
     print(text)
     if args.write:
         write_subsection(text)

@@ -16,8 +16,9 @@ rows it shares the batch with (up to floating-point differences between batch sh
 A row ends ('stop') at an end-of-text token (not part of the text), at a stop string (cut
 before it), or when one of its stop triggers fires on a generated token (that token is kept);
 ('length') at max_new_tokens or the model's context; ('cancelled') when `cancel` is called.
-The hooks are attached for each forward only (inside `lock` when given), so other work on the
-same model between steps (e.g. a `steer` block holding the same lock) never sees them.
+The engine's hooks act only during its own forward passes (inside `lock` when given), so other
+work on the same model between steps (e.g. a `steer` block holding the same lock) is not
+steered by them; they are removed whenever the engine has no rows.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from steering.rowedits import BatchEditor, RowLayout, RowSteering, editors_for
+from steering.rowedits import BatchEditor, RowLayout, RowSteering, check_positions, editors_for
 from steering.runner import make_runner
 from steering.sampling import Choice, RowRandom, SamplingParams, choose
 from steering.spec import SteeringError
@@ -99,6 +100,8 @@ class BatchEngine:
         self.cache: Any = None
         self._decode_editors: dict[str, BatchEditor] | None = None
         self._cancel_lock = threading.Lock()
+        self._handles: dict[str, Any] = {}  # hook point -> torch hook handle (while busy)
+        self._active: dict[str, list[BatchEditor]] = {}  # editors of the forward pass running now
         self.steps = 0
         self.max_rows_seen = 0  # the largest batch decoded so far (tests, status)
 
@@ -119,7 +122,10 @@ class BatchEngine:
             if layout.prompt_len != len(ids):
                 raise SteeringError(f"row layout is for {layout.prompt_len} tokens but the prompt has {len(ids)}")
             if r.steering is not None:  # compile positions now: a bad role/turn fails the request, not the batch
-                editors_for(self.saes, [r.steering], [layout])
+                unknown = r.steering.saes() - set(self.saes)
+                if unknown:
+                    raise SteeringError(f"unknown SAE {sorted(unknown)[0]!r}; known: {', '.join(self.saes)}")
+                check_positions(r.steering, layout)
             live = _Live(r, RowRandom(r.params.seed), TextAssembler(self.tokenizer, r.params.stop), layout)
             live.detail["seed"] = live.stream.seed
             lives.append(live)
@@ -151,6 +157,8 @@ class BatchEngine:
             self._decode(events)
         self._drop_finished()
         self.steps += 1
+        if not self.busy and self._handles:
+            self._release_hooks()
         return events
 
     def fail_all(self, message: str) -> list[RowEvent]:
@@ -158,6 +166,8 @@ class BatchEngine:
         events = [RowEvent(l.row.tag, l.row.group, finish_reason="error", detail={"error": message})
                   for l in self.pending + self.running]
         self.pending, self.running, self.cache, self._decode_editors = [], [], None, None
+        self._active = {}
+        self._release_hooks()
         return events
 
     # -- internals -------------------------------------------------------------------------
@@ -321,30 +331,45 @@ class BatchEngine:
 
     @contextlib.contextmanager
     def _hooked(self, editors: Mapping[str, BatchEditor]):
-        """The model, inside the lock, with one hook per hook point carrying these editors."""
+        """The model, inside the lock, with these editors active at their hook points.
+
+        The engine's hooks are plain torch forward hooks on the hook points, registered once and
+        kept while the engine is busy (TransformerLens's `hooks()` context resets only the hooks it
+        made, so other work on the model cannot drop them); outside the engine's own forward passes
+        they do nothing, and they are removed when the engine goes idle (`_release_hooks`)."""
+        from steering.session import sae_hook_name
+
         by_hook: dict[str, list[BatchEditor]] = {}
         for name, ed in editors.items():
-            from steering.session import sae_hook_name
-
             by_hook.setdefault(sae_hook_name(self.saes[name], name), []).append(ed)
         with self.lock:
-            if not by_hook:
+            for h in by_hook:
+                if h not in self._handles:
+                    self._handles[h] = self.model.hook_dict[h].register_forward_hook(
+                        lambda module, inputs, output, h=h: self._on_hook(h, output))
+            self._active = by_hook
+            try:
                 yield
-                return
-            hooks = [(h, _make_hook(eds)) for h, eds in by_hook.items()]
-            with self.model.hooks(fwd_hooks=hooks):
-                yield
+            finally:
+                self._active = {}
+
+    def _on_hook(self, hook_name: str, x: Tensor):
+        eds = self._active.get(hook_name)
+        return None if not eds else _apply_editors(eds, x)
+
+    def _release_hooks(self) -> None:
+        with self.lock:
+            for handle in self._handles.values():
+                handle.remove()
+            self._handles = {}
 
 
-def _make_hook(editors: list[BatchEditor]):
-    def hook(x: Tensor, hook: Any = None) -> Tensor:
-        shape = x.shape
-        x_ND = x.reshape(shape[0] * shape[1], -1)
-        out = None
-        for ed in editors:  # every editor reads the unedited activation
-            d = ed(x_ND)
-            if d is not None:
-                out = x_ND + d if out is None else out + d
-        return x if out is None else out.view(shape)
-
-    return hook
+def _apply_editors(editors: list[BatchEditor], x: Tensor) -> Tensor:
+    shape = x.shape
+    x_ND = x.reshape(shape[0] * shape[1], -1)
+    out = None
+    for ed in editors:  # every editor reads the unedited activation
+        d = ed(x_ND)
+        if d is not None:
+            out = x_ND + d if out is None else out + d
+    return x if out is None else out.view(shape)

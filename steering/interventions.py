@@ -104,10 +104,13 @@ class LatentReader:
                 self.err_per_norm = 2.0 * (D + 2) * eps * float(self.W_enc_DM.norm(dim=0).max()) if ids_M.numel() else 0.0
                 self.err_bias = 4.0 * eps * float(self.b_enc_M.abs().max()) if ids_M.numel() else 0.0
 
-    def __call__(self, x_ND: Tensor) -> Tensor:
+    def __call__(self, x_ND: Tensor, need_NM: Tensor | None = None) -> Tensor:
+        """`need_NM` (optional, bool): the (row, latent) pairs the caller will use; the others may
+        come back as 0 whatever their activation (TopK skips the full encode of rows that need
+        none of their undecided latents)."""
         x_ND = x_ND.to(self.dtype)
         if self.topk is not None:
-            return self.topk(x_ND)
+            return self.topk(x_ND, need_NM)
         if self.kind in ("threshold", "relu"):
             sae_in = x_ND - self.b_dec_D if self.b_dec_D is not None else x_ND
             pre_NM = torch.addmm(self.b_enc_M, sae_in, self.W_enc_DM)
@@ -246,11 +249,20 @@ class TopKCandidates:
         self.in_C_F = torch.zeros(F_, dtype=torch.bool, device=W_DF.device)
         self.W_DC: Tensor | None = None
         self.b_C: Tensor | None = None
+        self.rows_since_rebuild = 0
+        self.rebuild_rows = 256  # selected rows counted between rebuilds of the set (a rebuild copies columns)
+        # |computed - exact| <= D * eps * ||u|| * ||w|| + eps * |b| for each pre-activation; two
+        # computations of the same value differ by at most twice that (per SAE: readers share it)
+        eps = torch.finfo(W_DF.dtype).eps
+        self.err_per_norm = 2.0 * (W_DF.shape[0] + 2) * eps * float(W_DF.norm(dim=0).max())
+        self.err_bias = 4.0 * eps * float(b_F.abs().max()) + torch.finfo(W_DF.dtype).tiny
 
     @classmethod
     def of(cls, sae: SAE, n_candidates: int | None = None) -> "TopKCandidates":
         k = int(sae.cfg.k)
-        want = n_candidates or max(8 * k, 256)
+        # an eighth of the latents: the candidates' product costs that much of a full encode, and
+        # the k-th largest of them bounds the k-th largest of all tightly enough to settle most rows
+        want = n_candidates or max(8 * k, 256, sae.d_sae // 8)
         c = cls._by_sae.get(sae)
         if c is None or c.n_candidates != min(sae.d_sae, want) or c.W_DF.data_ptr() != sae.W_enc.data_ptr():
             c = cls(sae.W_enc.detach(), sae.b_enc.detach(), want)
@@ -261,12 +273,14 @@ class TopKCandidates:
         """Grow the candidate set from the latents the full path selected (most frequent first)."""
         flat = idx_NK.reshape(-1)
         self.seen_F.index_add_(0, flat, torch.ones_like(flat))
-        if self.W_DC is not None and bool(self.in_C_F[flat].all()):
+        self.rows_since_rebuild += idx_NK.shape[0]
+        if self.W_DC is not None and (self.rows_since_rebuild < self.rebuild_rows or bool(self.in_C_F[flat].all())):
             return
         seen = int((self.seen_F > 0).sum())
         if seen < k:
             return
         C = self.seen_F.topk(min(self.n_candidates, seen)).indices
+        self.rows_since_rebuild = 0
         self.in_C_F.zero_()
         self.in_C_F[C] = True
         self.W_DC = self.W_DF[:, C].contiguous()
@@ -279,36 +293,33 @@ class TopKReader:
     The full path computes every pre-activation with the SAE's own expression (so values are
     bit-identical to its encode). Which latents are selected: for many rows, or before any
     candidates are known, the SAE's own `topk` (and the selection teaches the candidate set);
-    for a few rows, a count: latent m is selected iff fewer than k pre-activations exceed its
-    own, and a tie straddling the k-th place goes to the SAE's own `topk`.
+    for a few rows and one or two latents, a count: latent m is selected iff fewer than k
+    pre-activations exceed its own, and a tie straddling the k-th place goes to the SAE's own `topk`.
 
     The bound path, for small batches (generation steps), first computes the M latents and the
     shared candidate set C (`TopKCandidates`): if at least k candidates exceed latent m's
     pre-activation by more than the rounding error bound, m is certainly not in the top k (the
-    k-th largest of all is at least the k-th largest of C), so its activation is exactly 0; if
+    k-th largest of all is at least the k-th largest of C), so its activation is exactly 0 (a
+    cheaper bound comes first: C in k groups, the smallest group maximum); if
     its pre-activation is below zero by that margin, the ReLU gives 0 whether it is selected or
     not. Only rows with a latent left undecided go through the full path.
     """
 
     def __init__(self, sae: SAE, ids_M: Tensor, *, n_candidates: int | None = None, bound_rows: int = 64,
-                 count_rows: int = 16) -> None:
+                 count_rows: int = 16, count_latents: int = 2) -> None:
         self.k = int(sae.cfg.k)
         self.ids_M = ids_M
         self.W_DF = sae.W_enc.detach()
         self.b_F = sae.b_enc.detach()
         self.b_dec_D = sae.b_dec.detach() if sae.cfg.apply_b_dec_to_input else None
-        D = self.W_DF.shape[0]
         self.cands = TopKCandidates.of(sae, n_candidates) if n_candidates is None else \
             TopKCandidates(self.W_DF, self.b_F, n_candidates)
         self.bound_rows = bound_rows
         self.count_rows = count_rows
+        self.count_latents = count_latents  # counting costs one pass over F per latent; top-k one per row
         self.W_DM = self.W_DF[:, ids_M].contiguous()
         self.b_M = self.b_F[ids_M].contiguous()
-        # |computed - exact| <= D * eps * ||u|| * ||w|| + eps * |b| for each pre-activation; two
-        # computations of the same value differ by at most twice that
-        eps = torch.finfo(self.W_DF.dtype).eps
-        self.err_per_norm = 2.0 * (D + 2) * eps * float(self.W_DF.norm(dim=0).max())
-        self.err_bias = 4.0 * eps * float(self.b_F.abs().max()) + torch.finfo(self.W_DF.dtype).tiny
+        self.err_per_norm, self.err_bias = self.cands.err_per_norm, self.cands.err_bias
         self.full_rows = 0  # rows that needed the full path (for tests and tuning)
         self.bound_hits = 0  # rows decided by the bound alone
         self.count_rows_used = 0  # full-path rows decided by counting (no top-k selection)
@@ -317,17 +328,38 @@ class TopKReader:
     def W_DC(self) -> Tensor | None:
         return self.cands.W_DC
 
-    def __call__(self, x_ND: Tensor) -> Tensor:
+    def __call__(self, x_ND: Tensor, need_NM: Tensor | None = None) -> Tensor:
         u_ND = x_ND - self.b_dec_D if self.b_dec_D is not None else x_ND
         W_DC, b_C = self.cands.W_DC, self.cands.b_C
         if W_DC is None or u_ND.shape[0] > self.bound_rows:
             return self.full(u_ND)
         pre_NM = torch.addmm(self.b_M, u_ND, self.W_DM)
+        tol_N1 = torch.linalg.vector_norm(u_ND, dim=-1, keepdim=True) * self.err_per_norm + self.err_bias
+        settled_NM = pre_NM < -tol_N1 if need_NM is None else (pre_NM < -tol_N1) | ~need_NM
+        if bool(settled_NM.all()):  # below zero by more than the rounding: off whether selected or not
+            self.bound_hits += u_ND.shape[0]
+            return pre_NM.new_zeros(pre_NM.shape)
         pre_NC = torch.addmm(b_C, u_ND, W_DC)
-        kth_N1 = pre_NC.topk(self.k, dim=-1, sorted=False).values.amin(-1, keepdim=True)
-        tol_N1 = u_ND.norm(dim=-1, keepdim=True) * self.err_per_norm + self.err_bias
-        zero_NM = (pre_NM < kth_N1 - tol_N1) | (pre_NM < -tol_N1)
-        open_N = ~zero_NM.all(1)
+        # first a cheap lower bound on the k-th largest: the candidates in k groups, the smallest of the
+        # groups' maxima (k distinct latents are at least that large); then, for rows it leaves open,
+        # the k-th largest candidate itself
+        k, C = self.k, pre_NC.shape[1]
+        g = C // k
+        for bound in ("groups", "kth"):
+            open_N = ~settled_NM.all(1)
+            if not bool(open_N.any()):
+                self.bound_hits += u_ND.shape[0]
+                return pre_NM.new_zeros(pre_NM.shape)
+            if bound == "groups":
+                if g < 2:
+                    continue
+                low_N1 = pre_NC[:, : k * g].reshape(-1, k, g).amax(-1).amin(-1, keepdim=True)
+                settled_NM = settled_NM | (pre_NM < low_N1 - tol_N1)
+            else:
+                rows = open_N.nonzero().squeeze(1)
+                low_R1 = pre_NC.index_select(0, rows).topk(k, dim=-1, sorted=False).values.amin(-1, keepdim=True)
+                settled_NM[rows] |= pre_NM.index_select(0, rows) < low_R1 - tol_N1.index_select(0, rows)
+        open_N = ~settled_NM.all(1)
         acts_NM = pre_NM.new_zeros(pre_NM.shape)
         if not bool(open_N.any()):
             self.bound_hits += u_ND.shape[0]
@@ -340,7 +372,7 @@ class TopKReader:
     def full(self, u_ND: Tensor) -> Tensor:
         pre_NF = u_ND @ self.W_DF + self.b_F  # the SAE's own expression
         self.full_rows += u_ND.shape[0]
-        if self.cands.W_DC is not None and u_ND.shape[0] <= self.count_rows:
+        if self.cands.W_DC is not None and u_ND.shape[0] <= self.count_rows and self.ids_M.numel() <= self.count_latents:
             pre_NM = pre_NF.index_select(1, self.ids_M)
             above_NM = (pre_NF.unsqueeze(1) > pre_NM.unsqueeze(2)).sum(-1)  # [N, M] latents strictly above
             tied_NM = (pre_NF.unsqueeze(1) == pre_NM.unsqueeze(2)).sum(-1)  # itself included

@@ -128,6 +128,13 @@ def compile_positions(positions: Any, layout: RowLayout, label: str = "edit") ->
     raise SteeringError(f"{label}: unknown positions {positions!r}")
 
 
+def check_positions(steering: RowSteering, layout: RowLayout) -> None:
+    """Compile every edit's positions against this row's prompt (SteeringError if one does not fit),
+    without building anything: what a request is checked with before it joins a batch."""
+    for e in steering.edits:
+        compile_positions(e.positions, layout, e.label or f"feature {e.feature}")
+
+
 class BatchEditor:
     """The edits of the rows of one forward at one SAE (see the module docstring).
 
@@ -189,6 +196,14 @@ class BatchEditor:
         for b, u, s in stops:
             stop_thr[b, u] = min(float(stop_thr[b, u]), s.above)
             self.stop_of[(b, u)] = s
+        need = c1 != 0  # the (row, latent) activations some computation uses: TopK reads only those exactly
+        for (b, u), j in self.edit_at.items():
+            e = rows[b].edits[j]  # type: ignore[union-attr]
+            if e.trigger is not None:
+                need[b, col[e.trigger[0]]] = True
+        for b, u, _ in stops:
+            need[b, u] = True
+        self.need_BU = need.to(dev)
         self.c1_BU, self.c0_BU = c1.to(dev), c0.to(dev)
         self.has_trig_BU = has_trig.to(dev)
         self.conditional = bool(has_trig.any())
@@ -207,6 +222,8 @@ class BatchEditor:
             elif rule.generated:
                 self.offset_rules.append((b, u, rule))
         self.every_generated_BU = every.to(dev)
+        # every edit covers every generated token (the common case): decode steps skip the mask
+        self.decode_covers_all = bool(every.all()) and not self.offset_rules
         self.dtype = dt
         self.device = dev
         self._mode: str | None = None
@@ -239,7 +256,7 @@ class BatchEditor:
             applies = applies.clone()
             for b, u, rule in self.offset_rules:
                 applies[b, u] = rule.at(index_B[b], self.layouts[b].prompt_len)
-        self._mode, self._index, self._applies = "decode", list(index_B), applies
+        self._mode, self._index, self._applies = "decode", index_B, applies
         self.fired, self.stop_rows = [], {}
 
     # -- in the hook -----------------------------------------------------------------------
@@ -255,7 +272,8 @@ class BatchEditor:
         if reps != 1:
             c1 = c1.repeat_interleave(reps, dim=0)
             c0 = c0.repeat_interleave(reps, dim=0)
-        a_NU = self.reader(x_ND) if self.reader is not None else None
+        need = self.need_BU if reps == 1 else self.need_BU.repeat_interleave(reps, dim=0)
+        a_NU = self.reader(x_ND, need) if self.reader is not None else None
         if a_NU is not None:
             coef = torch.addcmul(c0, a_NU, c1)
         else:
@@ -277,10 +295,11 @@ class BatchEditor:
             if bool(stop.any()):
                 for b, u in stop.nonzero().tolist():
                     self.stop_rows.setdefault(b, self.stop_of[(b, u)])
-        coef = coef * on
+        if self._mode == "decode" and self.decode_covers_all and not self.conditional:
+            return (coef @ self.W_dec_UD).to(x_ND.dtype)  # no mask to apply, nothing to check
         if not bool(on.any()):
             return None
-        return (coef @ self.W_dec_UD).to(x_ND.dtype)
+        return ((coef * on) @ self.W_dec_UD).to(x_ND.dtype)
 
     def _record_fired(self, hit_NU: Tensor, reps: int) -> None:
         for n, u in hit_NU.nonzero().tolist():

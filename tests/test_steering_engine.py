@@ -236,3 +236,26 @@ def test_stop_trigger_ends_the_row_after_the_token_it_fires_on():
                                                       tag=0)])[0]
     assert ev.finish_reason == "stop" and ev.detail["token_ids"] == free[: first + 1]
     assert f"{f}>0" in ev.detail["stopped_by"]
+
+
+def test_engine_hooks_act_only_in_its_own_forward_passes_and_leave_when_idle():
+    from steering import hooks_attached
+
+    model = tiny_model()
+    sae = random_sae(model, "jumprelu", hook=HOOK, seed=5)
+    toks = model.to_tokens(PROMPTS[:2], padding_side="left")
+    with torch_threads(1):
+        clean = model(toks, padding_side="left")
+        eng = BatchEngine(model, {"s": sae})
+        eng.add([Row(model.to_tokens("the sea")[0].tolist(), greedy(6), row_steering(model, sae, ["3:add=50"]), tag=0)])
+        eng.step()
+        assert eng.busy and hooks_attached(model)  # registered while busy ...
+        assert torch.equal(model(toks, padding_side="left"), clean)  # ... but inert for anyone else
+        with steer(model, sae, ["4:add=2"]) as s:  # a steer block in between keeps its own hooks, and ours survive it
+            s.generate(PROMPTS[:1], GREEDY_2)
+        out = run(eng, [])
+        assert out[0].detail["token_ids"] == eager(model, sae, ["3:add=50"], "the sea", 6)
+    assert not eng.busy and hooks_attached(model) == []
+
+
+GREEDY_2 = GenerationConfig(max_new_tokens=2, do_sample=False, stop_at_eos=False)

@@ -107,7 +107,7 @@ def test_topk_bound_path_is_exact():
     dense_all = sae.encode(inputs(400, seed=5))
     often = int((dense_all != 0).sum(0).argmax())
     ids = torch.tensor([often, 40, 41, 7])
-    reader = TopKReader(sae, ids, n_candidates=24, bound_rows=8)
+    reader = TopKReader(sae, ids, n_candidates=24, bound_rows=8, count_latents=4)
     x = inputs(400, seed=5)
     torch.testing.assert_close(reader(x[:100]), dense_all[:100][:, ids])  # full path; learns candidates
     assert reader.W_DC is not None
@@ -133,7 +133,7 @@ def test_topk_count_path_defers_straddling_ties_to_topk():
         sae.b_enc[40:48] += 3.0  # and large, so the tie sits at the k-th place
     x = inputs(200, seed=7)
     ids = torch.tensor([40, 44, 47, 2])
-    reader = TopKReader(sae, ids, n_candidates=24, bound_rows=64, count_rows=64)
+    reader = TopKReader(sae, ids, n_candidates=24, bound_rows=64, count_rows=64, count_latents=4)
     reader(x[:100])  # learns candidates with the SAE's topk
     counted = reader.count_rows_used
     for i in range(100, 200, 5):

@@ -116,12 +116,12 @@ def _check_positions(steering, layouts, served: ServedModel) -> None:
     the chat does not have, is the caller's error (400), not the batch's."""
     if steering is None:
         return
-    from steering.rowedits import editors_for
+    from steering.rowedits import check_positions
     from steering.spec import SteeringError
 
     for layout in layouts:
         try:
-            editors_for({served.id: served.sae}, [steering], [layout])
+            check_positions(steering, layout)
         except SteeringError as e:
             raise ApiError(400, str(e), "steering") from None
 

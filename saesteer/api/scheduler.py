@@ -125,12 +125,13 @@ class Scheduler:
                 if self._closed:
                     break
                 inbox, self._inbox = self._inbox, []
+            refused = []
             for job, rows in inbox:
                 try:
                     self.engine.add(rows)
                 except (SteeringError, ValueError) as e:  # checked before submit; a late refusal ends the job
-                    for r in rows:
-                        self._deliver(job, RowEvent(r.tag, job, finish_reason="error", detail={"error": str(e)}))
+                    refused += [RowEvent(r.tag, job, finish_reason="error", detail={"error": str(e)}) for r in rows]
+            self._deliver(refused)
             if not self.engine.busy:
                 continue
             try:
@@ -138,23 +139,31 @@ class Scheduler:
             except Exception as e:  # noqa: BLE001 - fail the batch, keep serving
                 log.exception("generation step failed on %s", self.name)
                 events = self.engine.fail_all(f"generation failed: {type(e).__name__}: {e}")
-            for ev in events:
-                job = ev.group
-                if ev.finish_reason is not None or job.deliver_tokens:
-                    self._deliver(job, ev)
-        for ev in self.engine.fail_all("the server is shutting down"):
-            self._deliver(ev.group, ev)
+            self._deliver([ev for ev in events if ev.finish_reason is not None or ev.group.deliver_tokens])
+        self._deliver(self.engine.fail_all("the server is shutting down"))
 
-    def _deliver(self, job: Job, ev: RowEvent) -> None:
-        if job.first_token_at is None and ev.token is not None:
-            job.first_token_at = time.monotonic()
-        if ev.finish_reason is not None:
-            job.unfinished -= 1
-            if job.unfinished <= 0:
-                with self._cond:
-                    self._jobs.discard(job)
-                    self.completed += 1
-        try:
-            job.loop.call_soon_threadsafe(job.queue.put_nowait, ev)
-        except RuntimeError:  # the event loop is closed (server shutting down)
-            pass
+    def _deliver(self, events: list[RowEvent]) -> None:
+        """Hand a step's events to their jobs: one wake-up of each event loop per step, not per token."""
+        by_loop: dict[Any, list[RowEvent]] = {}
+        now = time.monotonic()
+        for ev in events:
+            job = ev.group
+            if job.first_token_at is None and ev.token is not None:
+                job.first_token_at = now
+            if ev.finish_reason is not None:
+                job.unfinished -= 1
+                if job.unfinished <= 0:
+                    with self._cond:
+                        self._jobs.discard(job)
+                        self.completed += 1
+            by_loop.setdefault(job.loop, []).append(ev)
+        for loop, evs in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, evs)
+            except RuntimeError:  # the event loop is closed (server shutting down)
+                pass
+
+
+def _put_all(events: list[RowEvent]) -> None:
+    for ev in events:
+        ev.group.queue.put_nowait(ev)
