@@ -77,7 +77,10 @@ class Scheduler:
 
     # -- client side (event loop thread) ------------------------------------------------------
     def start(self) -> "Scheduler":
-        self._thread.start()
+        """Start the worker thread (once; `submit` starts it too if the app's startup did not run)."""
+        with self._cond:
+            if not self._thread.is_alive() and not self._closed:
+                self._thread.start()
         return self
 
     @property
@@ -87,6 +90,7 @@ class Scheduler:
     def submit(self, rows: Sequence[Row], loop: asyncio.AbstractEventLoop, *, deliver_tokens: bool) -> Job:
         """Queue a request's rows; raises QueueFull when `max_queued` requests are already in."""
         job = Job(len(rows), loop, deliver_tokens)
+        self.start()
         with self._cond:
             if self._closed:
                 raise QueueFull("the server is shutting down")
