@@ -37,7 +37,7 @@ def _error(status: int, message: str, *, param: str | None = None, code: str | N
 
 def _service(request: Request):
     svc = getattr(request.app.state, "openai", None)
-    if svc is None or not svc.models:
+    if svc is None or not (svc.models or svc.unavailable):
         raise ApiError(404, "this server runs no model, so it cannot generate; start it with a model (--model)",
                        "model", "model_not_found")
     return svc
@@ -46,6 +46,9 @@ def _service(request: Request):
 def _served(request: Request, model_id: str):
     svc = _service(request)
     served = svc.models.get(model_id)
+    if served is None and model_id in svc.unavailable:
+        raise ApiError(400, f"the model {model_id!r} cannot generate through this API: {svc.unavailable[model_id]}",
+                       "model")
     if served is None:
         raise ApiError(404, f"the model {model_id!r} does not exist here; this server serves: "
                             f"{', '.join(sorted(svc.models))} (see /v1/models)", "model", "model_not_found")

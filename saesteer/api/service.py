@@ -77,9 +77,11 @@ class ApiService:
         from saes.fingerprint import sae_fingerprint
         from steering.engine import BatchEngine
         from steering.session import sae_hook_name
+        from steering.spec import SteeringError
 
         self.config = config or BatchConfig()
         self.models: dict[str, ServedModel] = {}
+        self.unavailable: dict[str, str] = {}  # store id -> why its model cannot generate through the API
         self.schedulers: list[Scheduler] = []
         by_model: dict[int, list[Any]] = {}
         for e in entries:
@@ -89,8 +91,13 @@ class ApiService:
             model = group[0].engine.model
             saes = {e.id: e.engine.sae for e in group}
             lock = group[0].queue.lock if group[0].queue is not None else None
-            engine = BatchEngine(model, saes, max_rows=self.config.max_batch_rows,
-                                 max_prefill_tokens=self.config.max_prefill_tokens, lock=lock)
+            try:
+                engine = BatchEngine(model, saes, max_rows=self.config.max_batch_rows,
+                                     max_prefill_tokens=self.config.max_prefill_tokens, lock=lock)
+            except SteeringError as e:  # e.g. a model without a KV-cache forward: the pages still work
+                for e_ in group:
+                    self.unavailable[e_.id] = str(e)
+                continue
             sched = Scheduler(engine, max_queued=self.config.max_queued, name=group[0].id)
             self.schedulers.append(sched)
             for e in group:
