@@ -259,3 +259,34 @@ def test_engine_hooks_act_only_in_its_own_forward_passes_and_leave_when_idle():
 
 
 GREEDY_2 = GenerationConfig(max_new_tokens=2, do_sample=False, stop_at_eos=False)
+
+
+def test_sampling_respects_top_k_top_p_bias_and_penalties():
+    from steering.sampling import RowRandom, choose
+
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05, 0.0]]))
+    draws = {"k2": set(), "p": set(), "all": set()}
+    for seed in range(300):
+        for key, prm in (("k2", SamplingParams(top_k=2, seed=seed)), ("p", SamplingParams(top_p=0.7, seed=seed)),
+                         ("all", SamplingParams(seed=seed))):
+            draws[key].add(choose(logits, [prm], [RowRandom(prm.seed)])[0].token)
+    assert draws["k2"] == {0, 1} and draws["p"] == {0, 1} and draws["all"] == {0, 1, 2, 3}  # p=0 never drawn
+    greedy = SamplingParams(temperature=0, logit_bias=((2, 5.0),), logprobs=2)
+    c = choose(logits, [greedy], [RowRandom(0)])[0]
+    assert c.token == 2 and c.logprob == pytest.approx(float(logits[0, 2]))  # log-probs are the model's, before bias
+    assert [t for t, _ in c.top] == [0, 1]
+    counts = torch.tensor([[3, 0, 0, 0, 0]])
+    pen = SamplingParams(temperature=0, frequency_penalty=1.0)
+    assert choose(logits, [pen], [RowRandom(0)], counts)[0].token == 1
+
+
+def test_text_pieces_hold_back_an_incomplete_character():
+    from helpers.tiny_hf import build_bpe_tokenizer
+    from steering.textstream import TextAssembler
+
+    tok = build_bpe_tokenizer()
+    text = "the whale é ! 🐋 done"
+    ids = tok(text)["input_ids"]
+    a = TextAssembler(tok)
+    pieces = [a.push(i)[0] for i in ids] + [a.finish()]
+    assert "".join(pieces) == tok.decode(ids) and not any("\ufffd" in p for p in pieces)
