@@ -108,6 +108,10 @@ def test_unsteered_greedy_completion_is_the_models_own(client, ws):
     chunks = list(s)
     assert "".join(c.choices[0].text for c in chunks if c.choices) == r.choices[0].text
     assert chunks[-1].usage.completion_tokens == 10  # the usage chunk comes last
+    kw = dict(model="chat", prompt=prompt, max_tokens=10, temperature=0, echo=True, extra_body={"ignore_eos": True})
+    echoed = client.completions.create(**kw)
+    assert echoed.choices[0].text == prompt + r.choices[0].text
+    assert "".join(c.choices[0].text for c in client.completions.create(stream=True, **kw)) == echoed.choices[0].text
 
 
 # -- steering ---------------------------------------------------------------------------------------
