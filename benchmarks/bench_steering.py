@@ -18,8 +18,11 @@ matrix: steered generation speed for every op (add, clamp, scale, ablate, all po
 SAE architecture's read path (threshold: BatchTopK inference form; TopK; ReLU "standard"), as
 the process CPU time of unsteered / steered generation (toy model, batch 8, 64 new tokens, KV
 cache, sampling with a fixed seed, interleaved rounds, medians). Each edit acts on the latent that
-fires most on the unsteered text (so clamp, scale and ablate have work to do); a "same text" row
-per architecture clamps a latent that never fires to 0 (the read and the write, text unchanged).
+fires most on the unsteered text (so clamp, scale and ablate have work to do). Steering changes the
+text, and the cost of generating depends on the text (by several percent either way on this CPU),
+so two "same text" rows per architecture do the edit's whole work and leave the text as it is:
+scaling the busiest latent by 1 (its exact read where it fires, a zero write) and clamping a latent
+that never fires to 0.
 
 toy: steering each toy-world topic (setting): find the topic's feature by contrast (topic
 documents vs other documents), pick the strength on development seeds (weakest strength that
@@ -292,7 +295,8 @@ def matrix(args) -> str:
         busy = int((acts > 0).sum((0, 1)).argmax())
         quiet = int((cache[hook] @ sae.W_enc + sae.b_enc).amax((0, 1)).argmin())
         for op, edit in (("add", f"{busy}:add=8"), ("clamp", f"{busy}:clamp=8"), ("scale", f"{busy}:scale=2"),
-                         ("ablate", f"{busy}:ablate"), ("same text", f"{quiet}:clamp=0")):
+                         ("ablate", f"{busy}:ablate"), ("same text: scale the busiest latent by 1", f"{busy}:scale=1"),
+                         ("same text: clamp a silent latent to 0", f"{quiet}:clamp=0")):
             def run(sae=sae, edit=edit):
                 with steer(model, sae, [edit]):
                     return gen()
@@ -313,7 +317,8 @@ def matrix(args) -> str:
         f"{', denormals flushed' if args.flush_denormal else ''}; load average before/after {load_before} / {load_after}. "
         f"Toy model, SAEs random with the toy SAE's shape (d_sae {32 * model.cfg.d_model}) at {hook}; batch {args.batch} "
         f"(left padded), {args.new_tokens} new tokens, KV cache, sampling with a fixed seed; every edit at all positions "
-        f"on the latent that fires most on the unsteered text; 'same text' clamps a latent that never fires to 0. "
+        f"on the latent that fires most on the unsteered text; the 'same text' rows do an edit's work without changing "
+        f"the text (the cost of generating depends on the text: compare the add rows, which read nothing). "
         f"Ratio = median process CPU time unsteered / steered over {args.rounds} interleaved rounds (1.0 = no slowdown); "
         f"per round = median of the rounds' own ratios. "
         f"`python benchmarks/bench_steering.py matrix --rounds {args.rounds}{' --flush-denormal' if args.flush_denormal else ''}`",
