@@ -1,0 +1,210 @@
+"""Label quality on the toy world, where every token's concepts are known.
+
+    python benchmarks/bench_labels.py concepts [--work DIR]     # do offline labels name the concept?
+    python benchmarks/bench_labels.py simulation [--work DIR]   # true vs shuffled labels, offline and loopback judge
+    python benchmarks/bench_labels.py output [--work DIR]       # output scores vs measured topic steering
+    python benchmarks/bench_labels.py all --write               # all three, into benchmarks/RESULTS.md
+
+The toy store (cache -> TopK SAE -> feature store with concept matches) is built in --work the
+first time, as `bench_autointerp.py toyworld` builds it, and reused after.
+
+concepts: every latent that is the best match of a toy-world concept with token F1 >= --min-f1 is
+labelled by each offline explainer (the token lists of `autointerp.offline`, the concept phrases of
+`autointerp.concept` without and with the toy world's lexicon). A label *names* its concept when
+
+  (a) the concept's plain name is among its words (`toyworld.lexicon.CONCEPT_NAMES`: "ocean" for
+      topic:ocean, "preposition" for pos:prep), or
+  (b) its first word is one of the concept's words and so are at least half of its words.
+
+The concept's words are measured on the cache, not looked up: the tokens whose occurrences carry
+the concept at least half of the time. A label's words are its text split at spaces and the
+separators the explainers write (" / ", ", ", ": ", "(near: ... )"), without the word "context".
+The old measure (README: 14/15) was rule (b)'s first half alone on the token lists.
+
+simulation: for each labelled latent, simulation scores (correlation of predicted with true
+per-token activations on held-out examples) of its own label and of a label drawn from another
+latent (a fixed derangement); the mean gap, with the offline simulator and with the loopback
+judge's simulator (tests/helpers/judge_server.py, whose fake LLM predicts from the label's words).
+
+output: for each toy topic, the feature `steering.search.contrast_features` picks; its output
+score (`autointerp.output_score`, offline: does steering raise the share of the label's words?)
+against the steering success measured with the toy world's topic validator (topic share of the
+steered text minus the unsteered one); Spearman correlation over the topics' features.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
+
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+SECTION = "## Labels"
+_SEPARATORS = re.compile(r"\(near:|\)| / |, |: ")
+
+
+def label_words(label: str) -> list[str]:
+    """A label's words, in order: split at spaces and the explainers' separators, lowercased."""
+    words = []
+    for part in _SEPARATORS.split(label.lower()):
+        for w in part.split():
+            w = w.strip()
+            if w and w != "context":
+                words.append(w)
+    return words
+
+
+def names_concept(label: str, concept: str, concept_words: set[str], concept_name: str | None) -> bool:
+    """Rule (a) or (b) of the module docstring."""
+    words = label_words(label)
+    if not words:
+        return False
+    if concept_name and re.search(rf"(?<![\w-]){re.escape(concept_name)}(?![\w-])", label.lower()):
+        return True
+    hits = sum(1 for w in words if w in concept_words)
+    return words[0] in concept_words and 2 * hits >= len(words)
+
+
+def first_token_rule(label: str, concept_words: set[str]) -> bool:
+    """The old measure: the first word is one of the concept's words."""
+    words = label_words(label)
+    return bool(words) and words[0] in concept_words
+
+
+# ------------------------------------------------------------------------------------------------
+# concepts
+
+
+def matched_latents(store_path: Path, min_f1: float):
+    from features import FeatureStore
+
+    with FeatureStore.open(store_path) as st:
+        best = [m for m in st.concept_matches() if m.rank == 0 and m.f1 >= min_f1]
+    if not best:
+        raise SystemExit(f"{store_path} has no concept matched with F1 >= {min_f1}")
+    return sorted(best, key=lambda m: -m.f1)
+
+
+def label_copy(store_path: Path, tmp: Path, ids: list[int], **label_cfg) -> dict[int, tuple[str, dict]]:
+    """Label `ids` on a copy of the store (offline); latent -> (label, detail)."""
+    from autointerp.config import LabelConfig
+    from autointerp.featurestore import FeatureStoreLabels
+    from autointerp.runner import label_latents
+
+    copy = tmp / f"labels-{len(list(tmp.iterdir()))}.db"
+    shutil.copy(store_path, copy)
+    with FeatureStoreLabels.open(copy) as labels:
+        label_latents(labels, None, LabelConfig(overwrite=True, **label_cfg), progress=False, latents=ids)
+        out = {}
+        for i in ids:
+            lab = labels.store.label(i)
+            out[i] = (lab.text, lab.provenance.extra["autointerp"].get("detail", {})) if lab else ("(failed)", {})
+    return out
+
+
+def bench_concepts(store_path: Path, cache: Path, min_f1: float, cmd: str) -> list[str]:
+    from bench_autointerp import concept_words
+    from toyworld.lexicon import CONCEPT_NAMES
+
+    best = matched_latents(store_path, min_f1)
+    ids = sorted({m.feature_id for m in best})
+    words = concept_words(cache)
+    variants = [("token lists (`--explainer tokens`, before)", {"explainer": "tokens"}),
+                ("concept phrases, no lexicon (`--lexicon none`)", {"lexicon": "none"}),
+                ("concept phrases, toy lexicon (`--lexicon toy`, the demo's)", {"lexicon": "toy"})]
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, cfg in variants:
+            t0 = time.perf_counter()
+            results[name] = label_copy(store_path, Path(tmp), ids, **cfg)
+            print(f"{name}: {len(ids)} latents in {time.perf_counter() - t0:.1f} s", flush=True)
+    lines = [
+        f"Toy world, offline labels of the best latent of every concept with token F1 >= {min_f1} "
+        f"({len(best)} concepts, {len(ids)} latents). *Names it*: the concept's plain name is in the label, or its "
+        "first word and at least half of its words are the concept's words (tokens carrying the concept in >= 50% of "
+        "their occurrences, measured on the cache). *First word*: the old measure (the first word is a concept word). "
+        f"`{cmd}`",
+        "",
+        "| explainer | names it | first word (old measure) |",
+        "|---|---|---|",
+    ]
+    table = ["| concept | latent | F1 | " + " | ".join(n.split(" (")[0] for n, _ in variants) + " |",
+             "|---|---|---|" + "---|" * len(variants)]
+    score = {n: [0, 0] for n, _ in variants}
+    for m in best:
+        cw = words.get(m.concept, set())
+        name = CONCEPT_NAMES.get(m.concept)
+        cells = []
+        for n, _ in variants:
+            text = results[n][m.feature_id][0]
+            ok = names_concept(text, m.concept, cw, name)
+            score[n][0] += ok
+            score[n][1] += first_token_rule(text, cw)
+            cells.append(f"{text} {'**yes**' if ok else 'no'}")
+        table.append(f"| {m.concept} | {m.feature_id} | {m.f1:.2f} | " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    for n, _ in variants:
+        a, b = score[n]
+        lines.append(f"| {n} | **{a}/{len(best)} = {a / len(best):.0%}** | {b}/{len(best)} = {b / len(best):.0%} |")
+    lines += ["", *table]
+    print("\n".join(lines))
+    return lines
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def write_section(body: list[str]) -> None:
+    """Replace (or append) this benchmark's section of RESULTS.md, leaving the others alone."""
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    block = SECTION + "\n\n" + "\n".join(body).rstrip() + "\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda m: block + "\n", text, count=1)
+    else:
+        text = text.rstrip() + "\n\n" + block
+    tmp = RESULTS.with_name(f".{RESULTS.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, RESULTS)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=("concepts", "simulation", "output", "all"))
+    ap.add_argument("--work", type=Path, default=Path("runs/bench_autointerp_toy"),
+                    help="directory with (or for) the toy cache, SAE and feature store")
+    ap.add_argument("--toy-tokens", type=int, default=150_000)
+    ap.add_argument("--train-tokens", type=int, default=2_000_000)
+    ap.add_argument("--d-sae", type=int, default=1024)
+    ap.add_argument("--k", type=int, default=16)
+    ap.add_argument("--min-f1", type=float, default=0.5)
+    ap.add_argument("--write", action="store_true", help="write the results into benchmarks/RESULTS.md")
+    args = ap.parse_args(argv)
+    from bench_autointerp import build_toy_store
+
+    store = build_toy_store(args.work, tokens=args.toy_tokens, d_sae=args.d_sae, k=args.k, train_tokens=args.train_tokens)
+    base = (f"--work {args.work} --toy-tokens {args.toy_tokens} --train-tokens {args.train_tokens} "
+            f"--d-sae {args.d_sae} --k {args.k}")
+    body: list[str] = [f"Machine: {os.cpu_count()} CPU cores; {time.strftime('%Y-%m-%d')}.", ""]
+    if args.what in ("concepts", "all"):
+        body += bench_concepts(store, args.work / "cache", args.min_f1,
+                               f"python benchmarks/bench_labels.py concepts {base} --min-f1 {args.min_f1}")
+        body.append("")
+    if args.write:
+        write_section(body)
+        print(f"wrote {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
