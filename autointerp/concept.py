@@ -135,9 +135,10 @@ def explain_concept(
     """The concept phrase of one latent (see the module docstring). `examples`: its activating
     examples; `background`: contexts where it does not fire; `evidence`: logit effects and neighbours.
 
-    Both readings are built when a few words cover most activations; the lexical one is kept
-    unless the contextual theme tells the examples from the background clearly better (window
-    level: does a window hold one of the reading's words?)."""
+    Both readings are built when a few words cover most activations. The lexical one is kept when
+    it simulates the examples and the background clearly better (the correlation of each reading's
+    per-token prediction with the true activations), or when the tokens the latent writes do not
+    back the contextual theme (fewer than 2 of its 3 exemplars); else the contextual one."""
     evidence = evidence or LatentEvidence()
     st = _Stats.gather(examples, background, mark_threshold, context_window)
     if st.n_act == 0:
@@ -148,13 +149,16 @@ def explain_concept(
     lexical = None
     if token_set and coverage >= lexical_coverage:
         lexical = _lexical(w_act, st, token_set, coverage, lexicon, n_head, n_exemplars, max_label_chars)
-        lexical.evidence["separation"] = _separation(token_set[:10], examples, background)
-        if lexical.evidence["separation"] >= 0.95:
+        lexical.evidence["separation"] = _separation(lexical.head + lexical.exemplars, "lexical", examples, background,
+                                                     context_window)
+        if lexical.evidence["separation"] >= 0.9:
             return lexical  # its words alone tell where it fires
     contextual = _contextual(w_act, st, evidence, lexicon, min_lift, n_head, n_exemplars, n_promoted,
                              max_label_chars, max_token_set)
-    contextual.evidence["separation"] = _separation(list(contextual.token_set[:10]), examples, background)
-    if lexical is not None and lexical.evidence["separation"] + 0.05 >= contextual.evidence["separation"]:
+    contextual.evidence["separation"] = _separation(contextual.token_set[:10], "contextual", examples, background,
+                                                    context_window)
+    if lexical is not None and (lexical.evidence["separation"] > contextual.evidence["separation"] + 0.05
+                                or contextual.evidence["agreement"] < 2 / 3):
         return lexical
     return contextual
 
@@ -220,18 +224,18 @@ class _Stats:
         return {t for t, c in self.bg_docs.items() if n and c > share * n}
 
 
-def _separation(words: Sequence[str], examples: Sequence[Example], background: Sequence[Example]) -> float:
-    """Balanced accuracy of "the window holds one of `words`" for activating examples vs background."""
-    ws = set(words)
-    if not ws or not examples or not background:
-        return 0.0
+def _separation(words: Sequence[str], kind: str, examples: Sequence[Example], background: Sequence[Example],
+                context_window: int) -> float:
+    """How well a reading simulates the explanation examples and the background: the correlation of
+    its per-token prediction (`autointerp.simulation.predict_tokens`) with the true activations."""
+    from .simulation import pearson, predict_tokens
 
-    def holds(ex: Example) -> bool:
-        return any(norm_token(t) in ws for t in ex.tokens)
-
-    tp = sum(1 for e in examples if holds(e)) / len(examples)
-    tn = sum(1 for e in background if not holds(e)) / len(background)
-    return round(0.5 * (tp + tn), 6)
+    detail = {"kind": kind, "token_set": list(words)}
+    pred, true = [], []
+    for ex in list(examples) + list(background):
+        pred += predict_tokens("", detail, ex, context_window)
+        true += ex.acts
+    return round(pearson(pred, true), 6)
 
 
 def _lexical(w_act: dict[str, float], st: _Stats, token_set: list[str], coverage: float, lexicon: Lexicon | None,
