@@ -82,7 +82,7 @@ class Lexicon:
 @dataclass(frozen=True)
 class ConceptExplanation:
     label: str
-    kind: str  # "lexical" | "contextual" | "none"
+    kind: str  # "lexical" | "contextual" | "conjunctive" (its words inside a theme) | "none"
     name: str | None  # the lexicon's category name, when one named it
     head: tuple[str, ...]  # the words that name the concept (lexical: its words; contextual: context words)
     exemplars: tuple[str, ...]  # lexical: more of its words; contextual: the tokens it writes that fit the theme
@@ -91,8 +91,11 @@ class ConceptExplanation:
     evidence: dict = field(default_factory=dict)  # weights per source, for the provenance
 
     def detail(self) -> dict:
-        return {"kind": self.kind, "name": self.name, "head": list(self.head), "exemplars": list(self.exemplars),
-                "confidence": self.confidence, "token_set": list(self.token_set), "evidence": self.evidence}
+        d = {"kind": self.kind, "name": self.name, "head": list(self.head), "exemplars": list(self.exemplars),
+             "confidence": self.confidence, "token_set": list(self.token_set), "evidence": self.evidence}
+        if "theme_set" in self.evidence:  # conjunctive: its words count only inside this theme
+            d["theme_set"] = self.evidence["theme_set"]
+        return d
 
 
 def _kl_weights(fg: Counter, n_fg: int, bg: Counter, n_bg: int, vocab: int, min_lift: float,
@@ -135,10 +138,11 @@ def explain_concept(
     """The concept phrase of one latent (see the module docstring). `examples`: its activating
     examples; `background`: contexts where it does not fire; `evidence`: logit effects and neighbours.
 
-    Both readings are built when a few words cover most activations. The lexical one is kept when
-    it simulates the examples and the background clearly better (the correlation of each reading's
-    per-token prediction with the true activations), or when the tokens the latent writes do not
-    back the contextual theme (fewer than 2 of its 3 exemplars); else the contextual one."""
+    When a few words cover most activations, three readings compete: lexical (its words),
+    contextual (its theme) and both at once (its words inside its theme, `words in THEME context`).
+    Each is scored by how well it simulates the examples and the background (the correlation of its
+    per-token prediction with the true activations); a reading with a theme needs the tokens the
+    latent writes to back it (2 of its 3 exemplars). Ties go to the simpler reading."""
     evidence = evidence or LatentEvidence()
     st = _Stats.gather(examples, background, mark_threshold, context_window)
     if st.n_act == 0:
@@ -146,21 +150,49 @@ def explain_concept(
     w_act = _kl_weights(st.act, st.n_act, st.bg, st.n_bg, st.vocab, min_lift)
     token_set = _top(w_act, max_token_set)
     coverage = sum(st.act[t] for t in token_set) / st.n_act
+
+    def sep(e: ConceptExplanation) -> ConceptExplanation:
+        e.evidence["separation"] = _separation(e.detail(), examples, background, context_window)
+        return e
+
     lexical = None
     if token_set and coverage >= lexical_coverage:
-        lexical = _lexical(w_act, st, token_set, coverage, lexicon, n_head, n_exemplars, max_label_chars)
-        lexical.evidence["separation"] = _separation(lexical.head + lexical.exemplars, "lexical", examples, background,
-                                                     context_window)
+        lexical = sep(_lexical(w_act, st, token_set, coverage, lexicon, n_head, n_exemplars, max_label_chars))
         if lexical.evidence["separation"] >= 0.9:
             return lexical  # its words alone tell where it fires
-    contextual = _contextual(w_act, st, evidence, lexicon, min_lift, n_head, n_exemplars, n_promoted,
-                             max_label_chars, max_token_set)
-    contextual.evidence["separation"] = _separation(contextual.token_set[:10], "contextual", examples, background,
-                                                    context_window)
-    if lexical is not None and (lexical.evidence["separation"] > contextual.evidence["separation"] + 0.05
-                                or contextual.evidence["agreement"] < 2 / 3):
+    contextual = sep(_contextual(w_act, st, evidence, lexicon, min_lift, n_head, n_exemplars, n_promoted,
+                                 max_label_chars, max_token_set))
+    if lexical is None:
+        return contextual
+    if contextual.evidence["agreement"] < 2 / 3:
         return lexical
-    return contextual
+    readings = [contextual]
+    both = _conjunctive(lexical, contextual, max_label_chars)
+    if both is not None:
+        readings.insert(0, sep(both))
+    best = lexical  # in order of simplicity: a later reading must beat the best so far clearly
+    for e in readings:
+        if e.evidence["separation"] > best.evidence["separation"] + 0.05:
+            best = e
+    return best
+
+
+def _conjunctive(lexical: ConceptExplanation, contextual: ConceptExplanation,
+                 max_label_chars: int) -> ConceptExplanation | None:
+    """The lexical words, only inside the contextual theme: "the / tasty / hot in kitchen context:
+    spoons, cakes"; None when the theme holds fewer than 3 words besides the lexical ones."""
+    words = (lexical.head + lexical.exemplars)[:3]
+    shown = set(lexical.head + lexical.exemplars)
+    theme = [t for t in contextual.token_set if t not in shown]
+    if len(theme) < 3:
+        return None
+    front = contextual.name or " / ".join(theme[:2])
+    exemplars = tuple(t for t in contextual.exemplars if t not in shown) or tuple(theme[2:5])
+    label = f"{' / '.join(words)} in {front} context: {', '.join(exemplars)}"
+    ev = {k: v for k, v in contextual.evidence.items() if k != "separation"}
+    return ConceptExplanation(_cut(label, max_label_chars), "conjunctive", contextual.name, tuple(words), exemplars,
+                              round(min(lexical.confidence, contextual.confidence), 6), lexical.token_set,
+                              {**ev, "theme_set": theme})
 
 
 @dataclass
@@ -224,13 +256,16 @@ class _Stats:
         return {t for t, c in self.bg_docs.items() if n and c > share * n}
 
 
-def _separation(words: Sequence[str], kind: str, examples: Sequence[Example], background: Sequence[Example],
-                context_window: int) -> float:
+def _separation(detail: dict, examples: Sequence[Example], background: Sequence[Example], context_window: int) -> float:
     """How well a reading simulates the explanation examples and the background: the correlation of
-    its per-token prediction (`autointerp.simulation.predict_tokens`) with the true activations."""
+    its per-token prediction (`autointerp.simulation.predict_tokens`) with the true activations. A
+    lexical reading is judged on the words its label shows."""
     from .simulation import pearson, predict_tokens
 
-    detail = {"kind": kind, "token_set": list(words)}
+    if detail["kind"] == "lexical":
+        detail = {**detail, "token_set": detail["head"] + detail["exemplars"]}
+    elif detail["kind"] == "contextual":
+        detail = {**detail, "token_set": detail["token_set"][:10]}
     pred, true = [], []
     for ex in list(examples) + list(background):
         pred += predict_tokens("", detail, ex, context_window)
@@ -264,7 +299,7 @@ def _contextual(w_act: dict[str, float], st: _Stats, evidence: LatentEvidence, l
     s_ctx = _norm({t: w for t, w in w_ctx.items() if t not in common})
     s_act = _norm({t: w for t, w in w_act.items() if t not in common})
     s_out = _norm({t: v for t, v in ((norm_token(t), v) for t, v in evidence.promoted[:n_promoted])
-                   if _is_word(t) and v > 0})
+                   if _is_word(t) and v > 0 and t not in common})
     nbr: Counter[str] = Counter()
     for _, sim, toks in evidence.neighbours:
         for t in toks:

@@ -20,11 +20,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from .embeddings import Embedder
+from .output_score import OUTPUT_METHOD
 
 __all__ = ["SemanticHit", "embed_labels", "semantic_search", "output_scores", "OUTPUT_WEIGHT", "OUTPUT_METHOD"]
 
 OUTPUT_WEIGHT = 0.1
-OUTPUT_METHOD = "output"
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ and how strongly the latent fires.
 
 Simulators:
 
-- offline (`judge=None`): the label's words (`predict_tokens`). A concept label's detail says
-  which reading it is: lexical, 1 on its words; contextual, 1 on its theme words and 0.5 on the
-  tokens within `window` of one. Any other label: 1 on its words, 0.5 near them.
+- offline (`judge=None`): the label's words (`predict_tokens`): 1 on its words, 0 elsewhere; for
+  a contextual concept label (its detail says so), also 0.5 on the tokens within `window` of a
+  theme word; for a conjunctive one, 1 on its words only within `window` of a theme word.
 - a judge: each context is shown with every token numbered (`token[3]`), escaped like every other
   piece of data; the judge answers, per context, the positions where the labelled feature is
   active and how strongly (1-10): `{"activations": [[[3, 8], [7, 2]], [], ...]}`.
@@ -62,7 +62,11 @@ def predict_tokens(label: str, detail: dict | None, ex: Example, window: int = 6
     words = label_tokens(label, detail)
     toks = [norm_token(t) for t in ex.tokens]
     on = [t in words for t in toks]
-    if detail.get("kind") == "lexical":
+    if detail.get("kind") == "conjunctive":  # its words, where a theme word is near
+        theme = {norm_token(t) for t in detail.get("theme_set") or ()}
+        near = [t in theme for t in toks]
+        return [1.0 if o and any(near[max(0, i - window): i + window + 1]) else 0.0 for i, o in enumerate(on)]
+    if detail.get("kind") != "contextual":
         return [1.0 if o else 0.0 for o in on]
     out = []
     for i, o in enumerate(on):

@@ -15,7 +15,8 @@ labelled by each offline explainer (the token lists of `autointerp.offline`, the
   (a) the concept's plain name is among its words (`toyworld.lexicon.CONCEPT_NAMES`: "ocean" for
       topic:ocean, "preposition" for pos:prep), or
   (b) its first word is one of the concept's words and so are at least half of its words (of a
-      label "NAME: a, b, c", the listed words a, b, c).
+      label "NAME: a, b, c", the listed words a, b, c; of "a / b / c in THEME context: ...", the
+      words it fires on, a, b, c).
 
 The concept's words are measured on the cache, not looked up: the tokens whose occurrences carry
 the concept at least half of the time. A label's words are its text split at spaces and the
@@ -74,7 +75,10 @@ def names_concept(label: str, concept: str, concept_words: set[str], concept_nam
     if concept_name and re.search(rf"(?<![\w-]){re.escape(concept_name)}(?![\w-])", label.lower()):
         return True
     named = re.match(r"^([^/:()]+): (.+)$", label)
-    if named and not named.group(1).endswith(" context"):  # "NAME: a, b, c": the listed words are the evidence
+    inside = re.match(r"^(.+?) in [^:]+ context: ", label)
+    if inside:  # "a / b / c in THEME context: ...": it fires on a, b, c (inside the theme)
+        words = label_words(inside.group(1)) or words
+    elif named and not named.group(1).endswith(" context"):  # "NAME: a, b, c": the listed words are the evidence
         words = label_words(named.group(2)) or words
     hits = sum(1 for w in words if w in concept_words)
     return words[0] in concept_words and 2 * hits >= len(words)
@@ -257,6 +261,107 @@ def bench_simulation(store_path: Path, n: int, cmd: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------
+# output scores vs measured steering
+
+
+def spearman(xs: list[float], ys: list[float]) -> float:
+    """Spearman rank correlation (average ranks for ties)."""
+    from autointerp.simulation import pearson
+
+    def ranks(v):
+        order = sorted(range(len(v)), key=lambda i: v[i])
+        r = [0.0] * len(v)
+        i = 0
+        while i < len(v):
+            j = i
+            while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                r[order[k]] = (i + j) / 2
+            i = j + 1
+        return r
+
+    return pearson(ranks(xs), ranks(ys))
+
+
+def bench_output(store_path: Path, sae_dir: Path, per_topic: int, samples: int, cmd: str) -> list[str]:
+    from autointerp.config import LabelConfig
+    from autointerp.featurestore import FeatureStoreLabels
+    from autointerp.runner import label_latents
+    from saes import load_sae
+    from saesteer.outputscore import OutputScoreConfig, score_outputs
+    from steering import FeatureEdit, GenerationConfig, StoreLink
+    from steering.generation import generate
+    from steering.search import contrast_features
+    from steering.session import steer
+    from toyworld import topic_share
+    from toyworld.grammar import generate_document
+    from toyworld.lexicon import TOPICS
+    from toyworld.model import load_model
+
+    model = load_model(device="cpu")
+    sae = load_sae(sae_dir)
+    if not sae.cfg.metadata.get("hook_name"):  # bench_autointerp trains from the cache without recording it
+        import json
+
+        manifest = json.loads((store_path.parent / "cache" / "manifest.json").read_text())
+        hooks = manifest.get("hook_names") or manifest.get("hooks") or []
+        sae.cfg.metadata["hook_name"] = hooks[0] if isinstance(hooks, list) else next(iter(hooks))
+    docs = {t: [generate_document(f"bench-labels-{t}-{i}", topic=t).text for i in range(24)] for t in TOPICS}
+    picks: list[tuple[str, int]] = []
+    ranks = [0, 1, 4, 12, 30][:per_topic]  # strong and weak candidates: steering success must vary
+    for t in TOPICS:
+        negative = [d for u in TOPICS if u != t for d in docs[u][:6]]
+        cands = contrast_features(model, sae, docs[t], negative, top=max(ranks) + 1)
+        for r in ranks:
+            if r < len(cands) and all(cands[r].feature != f for _, f in picks):
+                picks.append((t, cands[r].feature))
+    cfg = OutputScoreConfig(samples=samples)
+    gen = GenerationConfig(max_new_tokens=cfg.new_tokens, seed=cfg.seed, stop_at_eos=False)
+    prompts = [cfg.prompt] * cfg.samples
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "store.db"
+        shutil.copy(store_path, copy)
+        with FeatureStoreLabels.open(copy) as labels:
+            ids = sorted({f for _, f in picks})
+            label_latents(labels, None, LabelConfig(overwrite=True, lexicon="toy"), progress=False, latents=ids)
+            st = labels.store
+            scores = score_outputs(model, sae, st, ids, cfg)
+            link = StoreLink(st)
+            base = generate(model, prompts, gen).texts
+            rows = []
+            for t, f in picks:
+                edit = FeatureEdit(f, "add", cfg.strength, unit="max_act", positions=cfg.edit_positions())
+                with steer(model, sae, [edit], typical_max=link.typical_max) as s:
+                    steered = s.generate(prompts, gen).texts
+                gain = statistics.mean(topic_share(b).get(t, 0.0) - topic_share(a).get(t, 0.0)
+                                       for a, b in zip(base, steered))
+                rows.append((t, f, st.label(f).text, scores[f].value, gain))
+    dt = time.perf_counter() - t0
+    rho = spearman([r[3] for r in rows], [r[4] for r in rows])
+    from autointerp.simulation import pearson
+
+    r_p = pearson([r[3] for r in rows], [r[4] for r in rows])
+    lines = [
+        f"Output scores (offline: does adding the latent at BOS and the first four generated tokens, {cfg.strength}x its "
+        f"typical max, raise the share of its label's words? win rate over {samples} seed-paired generations of "
+        f"{cfg.new_tokens} tokens) against measured steering success (the toy validator's share of the topic's words, "
+        f"steered minus unsteered, same generations' settings) for {per_topic} `contrast_features` candidates of each "
+        f"of the 8 topics (ranks {ranks}: strong and weak ones; {len(rows)} latents; {dt:.0f} s). `{cmd}`",
+        "",
+        f"**Spearman {rho:+.2f}**, Pearson {r_p:+.2f} over {len(rows)} latents.",
+        "",
+        "| topic | latent | label | output score | topic share gain |",
+        "|---|---|---|---|---|",
+    ]
+    for t, f, lab, o, g in sorted(rows, key=lambda r: -r[3]):
+        lines.append(f"| {t} | {f} | {lab.replace('|', '/')} | {o:.2f} | {g:+.2f} |")
+    print("\n".join(lines))
+    return lines
+
+
+# ------------------------------------------------------------------------------------------------
 
 
 def write_section(body: list[str]) -> None:
@@ -284,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--min-f1", type=float, default=0.5)
     ap.add_argument("--latents", type=int, default=100, help="simulation: how many latents")
+    ap.add_argument("--per-topic", type=int, default=4, help="output: candidate latents per toy topic (ranks 0, 1, 4, 12, 30)")
+    ap.add_argument("--samples", type=int, default=8, help="output: generation pairs per latent")
     ap.add_argument("--write", action="store_true", help="write the results into benchmarks/RESULTS.md")
     args = ap.parse_args(argv)
     from bench_autointerp import build_toy_store
@@ -299,6 +406,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.what in ("simulation", "all"):
         body += bench_simulation(store, args.latents, f"python benchmarks/bench_labels.py simulation {base} "
                                  f"--latents {args.latents}")
+        body.append("")
+    if args.what in ("output", "all"):
+        sae_dir = args.work / "run" / "saes" / f"topk_k{args.k}_f{args.d_sae}"
+        body += bench_output(store, sae_dir, args.per_topic, args.samples,
+                             f"python benchmarks/bench_labels.py output {base} --per-topic {args.per_topic} "
+                             f"--samples {args.samples}")
         body.append("")
     if args.write:
         write_section(body)

@@ -76,6 +76,10 @@ class FeatureSummary(_Out):
     snippet: str | None = Field(None, description="search only: the matching text")
     snippet_parts: list[SnippetPart] | None = Field(None, description="search only: the matching text in pieces, "
                                                                       "each saying whether it is a match")
+    similarity: float | None = Field(None, description="search by meaning only: cosine of the label's and the "
+                                                       "query's embeddings")
+    output_score: float | None = Field(None, description="does steering with the feature move text toward its label? "
+                                                         "(win rate; 0.5 = no move), if scored")
 
 
 class Example(_Out):

@@ -38,6 +38,7 @@ MAIN_SCORE_METHODS = ("detection", "fuzzing")
 _SORTS = {"index": "id", "frequency": "freq", "n_fires": "n_fires", "max_act": "max_act", "mean_act": "mean_act",
           "level": "level", "label": "label"}
 SEARCH_CAP = 1000  # most hits one search considers (pages are cut from these)
+SEMANTIC_MIN_SIMILARITY = 0.2  # a real embedding model's cosine below this is no match
 TOY_EXAMPLE_PROMPT = "the sailor"  # the steering page's starting prompt when the server runs the toy model
 
 
@@ -76,6 +77,7 @@ class StoreCatalog:
         self.store = store
         self.name = name or Path(store.path).stem
         self.score_method = self._find_score_method()
+        self._embedder = False  # not looked for yet (see query_embedder)
 
     # -- identity -------------------------------------------------------------------------------
     def _find_score_method(self) -> str:
@@ -177,7 +179,49 @@ class StoreCatalog:
         scores = self._scores([r.id for r in rows]) if with_scores else {}
         return {r.id: self._summary(r, scores.get(r.id)) for r in rows}
 
+    # -- search by meaning ----------------------------------------------------------------------
+    def query_embedder(self):
+        """An embedder for the store's label vectors of a real embedding model, made once; None when
+        the store has none this machine can match (the offline hashing vectors are lexical: full-text
+        search does that job better)."""
+        if self._embedder is False:
+            from autointerp.embeddings import embedder_for_name
+
+            self._embedder = None
+            for m in (m for m in self.store.embedding_models() if not m.startswith("offline/")):
+                try:
+                    self._embedder = embedder_for_name(m)
+                except Exception:  # a model that cannot load here: try the next one, else full text
+                    self._embedder = None
+                if self._embedder is not None:
+                    break
+        return self._embedder
+
+    def semantic(self, text: str, offset: int, limit: int) -> Page[FeatureSummary] | None:
+        """Labels nearest `text` by meaning (output scores break near-ties); None without vectors."""
+        emb = self.query_embedder()
+        if emb is None:
+            return None
+        from autointerp.semantic import semantic_search
+
+        hits = semantic_search(self.store, emb, text, limit=min(offset + limit, SEARCH_CAP),
+                               min_similarity=SEMANTIC_MIN_SIMILARITY)
+        if not hits:
+            return None
+        page_hits = hits[offset:offset + limit]
+        known = self.summaries(h.feature_id for h in page_hits)
+        items = [known[h.feature_id].model_copy(update={"similarity": h.similarity, "output_score": h.output_score})
+                 for h in page_hits if h.feature_id in known]
+        nxt = offset + len(items)
+        return Page[FeatureSummary](items=items, total=len(hits), offset=offset, limit=limit,
+                                    next_offset=nxt if nxt < len(hits) and items else None)
+
     def search(self, text: str, offset: int, limit: int) -> Page[FeatureSummary]:
+        """By meaning when the store has label vectors this server can match, else full text."""
+        page = self.semantic(text, offset, limit)
+        return page if page is not None else self.text_search(text, offset, limit)
+
+    def text_search(self, text: str, offset: int, limit: int) -> Page[FeatureSummary]:
         want = min(offset + limit, SEARCH_CAP)
         hits = self.store.search(text, limit=want + (1 if want < SEARCH_CAP else 0))
         more = len(hits) > want
