@@ -17,12 +17,15 @@ examples:
   saesteer features list stores/toy-topk.db --sort freq --limit 20
   saesteer features search stores/toy-topk.db "ocean"
   saesteer features top-on-text stores/toy-topk.db "the sailor sees a whale ." --model toy
-  saesteer features export stores/toy-topk.db out/dash --limit 200"""
+  saesteer features export stores/toy-topk.db out/dash --limit 200
+  saesteer features map stores/toy-topk.db --method umap          # the web app's map page
+  saesteer features embed stores/toy-topk.db --embed-backend openai --embed-model text-embedding-3-small"""
 
 
 def add_arguments(parser) -> None:
-    from saesteer.configargs import add_dataclass_arguments
+    from autointerp.embeddings import EmbedConfig
     from features.config import BuildConfig
+    from saesteer.configargs import add_dataclass_arguments
 
     sub = parser.add_subparsers(dest="features_command", metavar="SUBCOMMAND", title="subcommands")
     sub.required = True
@@ -75,6 +78,23 @@ def add_arguments(parser) -> None:
     t.add_argument("--top", type=int, default=5, help="latents shown per token (default: 5)")
     t.add_argument("--no-bos", action="store_true", help="do not prepend BOS")
 
+    m = sub.add_parser("map", help="2-d layout of the latents (UMAP or PCA) for the web app's map page",
+                       description="Lay the live latents out in 2-d by their decoder directions or their label "
+                                   "embeddings, and store the layout for `saesteer serve`'s map page.")
+    m.add_argument("store", help="feature store file (written)")
+    m.add_argument("--source", default="decoder", choices=["decoder", "labels"],
+                   help="decoder directions of the SAE, or the stored label embeddings (default: decoder)")
+    m.add_argument("--method", default="umap", choices=["umap", "pca"],
+                   help="umap (umap-learn; compiles numba code on first use) or pca (instant) (default: umap)")
+    m.add_argument("--sae", default=None, help="SAE folder for --source decoder (default: the one the store records)")
+    m.add_argument("--embed-model", default=None, help="for --source labels: which stored embedding model (default: "
+                                                         "a real model's over the offline hashing)")
+    m.add_argument("--seed", type=int, default=0)
+
+    em = sub.add_parser("embed", help="embed the current labels (search by meaning, map by labels)")
+    em.add_argument("store", help="feature store file (written)")
+    add_dataclass_arguments(em, EmbedConfig, prefix="embed_", title="label embeddings")
+
     e = sub.add_parser("export", help="static HTML dashboards (open offline)")
     e.add_argument("store", help="feature store file")
     e.add_argument("out", help="output directory")
@@ -114,7 +134,7 @@ def run(args) -> int:
     from features.store import StoreError
 
     cmd = {"build": _build, "show": _show, "list": _list, "search": _search, "top-on-text": _top_on_text,
-           "export": _export}[args.features_command]
+           "export": _export, "map": _map, "embed": _embed}[args.features_command]
     try:
         return cmd(args)
     except (StoreError, FileNotFoundError, FileExistsError, ValueError) as e:
@@ -359,4 +379,39 @@ def _export(args) -> int:
         ids = _ids(args.features) if args.features else None
         index = export_html(store, args.out, ids, limit=args.limit, progress=not args.no_progress)
     print(f"wrote {index} (open it in a browser; works offline)")
+    return 0
+
+
+def _map(args) -> int:
+    from features import FeatureStore
+    from saesteer.featuremap import build_map
+
+    with FeatureStore.open(args.store, readonly=False) as store:
+        sae = None
+        if args.source == "decoder":
+            from saes import load_sae
+
+            path = args.sae or (store.meta.get("sae") or {}).get("path")
+            if not path:
+                raise ValueError(f"{args.store} records no SAE folder; give --sae DIR")
+            sae = load_sae(path)
+        key = build_map(store, source=args.source, method=args.method, sae=sae, embed_model=args.embed_model,
+                        seed=args.seed)
+        n = len(store.feature_map(key))
+    print(f"map {key}: {n} latents laid out in {args.store} (see the Map page of `saesteer serve`)")
+    return 0
+
+
+def _embed(args) -> int:
+    from autointerp.embeddings import EmbedConfig, make_embedder
+    from autointerp.semantic import embed_labels
+    from features import FeatureStore
+    from saesteer.configargs import dataclass_from_args
+
+    embedder = make_embedder(dataclass_from_args(EmbedConfig, args, prefix="embed_"))
+    if embedder is None:
+        raise ValueError("--embed-backend none embeds nothing; choose auto, openai, sentence-transformers or offline")
+    with FeatureStore.open(args.store, readonly=False) as store:
+        n = embed_labels(store, embedder)
+    print(f"label embeddings: {n} new ({embedder.name}) in {args.store}")
     return 0

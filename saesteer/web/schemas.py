@@ -82,6 +82,27 @@ class FeatureSummary(_Out):
                                                          "(win rate; 0.5 = no move), if scored")
 
 
+class MapPoint(_Out):
+    index: int
+    x: float
+    y: float
+    label: str | None = None
+    level: int | None = Field(None, description="Matryoshka level")
+    health: Health = "ok"
+    score: float | None = Field(None, description="the current label's main score")
+    output_score: float | None = Field(None, description="does steering move text toward the label (0.5 = no)")
+    frequency: float | None = None
+
+
+class MapData(_Out):
+    layout: str = Field(description="the layout shown: <source>-<method>, e.g. decoder-umap")
+    layouts: list[str] = Field(description="every stored layout")
+    source: str
+    method: str
+    score_method: str
+    points: list[MapPoint]
+
+
 class Example(_Out):
     id: int | None = None
     tokens: list[str] = Field(description="each token's piece of the window's text: joined, they are the text as the "

@@ -20,6 +20,8 @@ from saesteer.web.schemas import (
     Histogram,
     LabelInfo,
     LogitEffects,
+    MapData,
+    MapPoint,
     Neighbour,
     Page,
     ScoreInfo,
@@ -240,6 +242,33 @@ class StoreCatalog:
         if summary is not None:
             return summary.model_copy(update=snippet)
         return FeatureSummary(index=hit.feature_id, label=hit.label, frequency=_finite(hit.freq), **snippet)
+
+    # -- the map --------------------------------------------------------------------------------
+    def map_layouts(self) -> list[str]:
+        """Stored 2-d layouts (`saesteer features map`), decoder ones first."""
+        return sorted(self.store.feature_map_methods(), key=lambda k: (not k.startswith("decoder"), k))
+
+    def map_points(self, layout: str) -> MapData | None:
+        """Every laid-out latent with what the map colours by; None for an unknown layout."""
+        if layout not in self.map_layouts():
+            return None
+        pts = self.store.feature_map(layout)
+        ids = [i for i, _, _ in pts]
+        rows = {r.id: r for r in self.store.list_features(filter={"ids": ids}, limit=max(1, len(ids)))} if ids else {}
+        main = self._scores(ids)
+        from autointerp.semantic import output_scores
+
+        outs = output_scores(self.store, ids)
+        points = []
+        for i, x, y in pts:
+            r = rows.get(i)
+            points.append(MapPoint(index=i, x=float(x), y=float(y), label=r.label if r else None,
+                                   level=r.level if r else None, health=_health(r.flags) if r else "ok",
+                                   score=_finite(main.get(i)), output_score=_finite(outs.get(i)),
+                                   frequency=_finite(r.freq) if r else None))
+        info = self.store.meta.get(f"feature_map:{layout}") or {}
+        return MapData(layout=layout, layouts=self.map_layouts(), source=str(info.get("source", "")),
+                       method=str(info.get("method", "")), score_method=self.score_method, points=points)
 
     # -- one feature ----------------------------------------------------------------------------
     def feature(self, index: int) -> FeatureDetail | None:
