@@ -18,6 +18,7 @@ examples:
   saesteer features search stores/toy-topk.db "ocean"
   saesteer features top-on-text stores/toy-topk.db "the sailor sees a whale ." --model toy
   saesteer features export stores/toy-topk.db out/dash --limit 200
+  saesteer features export stores/toy-topk.db exports --format neuronpedia --model-id toy --source-set res-1k
   saesteer features map stores/toy-topk.db --method umap          # the web app's map page
   saesteer features embed stores/toy-topk.db --embed-backend openai --embed-model text-embedding-3-small"""
 
@@ -95,11 +96,24 @@ def add_arguments(parser) -> None:
     em.add_argument("store", help="feature store file (written)")
     add_dataclass_arguments(em, EmbedConfig, prefix="embed_", title="label embeddings")
 
-    e = sub.add_parser("export", help="static HTML dashboards (open offline)")
+    e = sub.add_parser("export", help="static HTML dashboards, Neuronpedia's import format, or SAEDashboard JSON",
+                       description="html: static dashboards that open offline. neuronpedia: the JSON-lines layout "
+                                   "Neuronpedia imports (features, activations, explanations, scores; see "
+                                   "docs/features.md). saedashboard: one SAEDashboard-style batch JSON.")
     e.add_argument("store", help="feature store file")
-    e.add_argument("out", help="output directory")
+    e.add_argument("out", help="output directory (saedashboard: the JSON file)")
+    e.add_argument("--format", default="html", choices=["html", "neuronpedia", "saedashboard"],
+                   help="what to write (default: html)")
     e.add_argument("--features", default=None, help="ids and ranges, e.g. 0-99,120 (default: all, or --limit most frequent)")
     e.add_argument("--limit", type=int, default=None, help="export the N most frequent latents")
+    e.add_argument("--model-id", default=None, help="neuronpedia / saedashboard: the model's name there, e.g. "
+                                                    "gpt2-small (default: the store's model)")
+    e.add_argument("--source-set", default="saesteer", help="neuronpedia / saedashboard: the source set name, e.g. "
+                                                            "res-1k (the layer is prepended) (default: saesteer)")
+    e.add_argument("--layer", type=int, default=None, help="neuronpedia / saedashboard: layer number (default: from "
+                                                           "the hook name)")
+    e.add_argument("--creator-name", default="saesteer", help="neuronpedia: creator and release author name")
+    e.add_argument("--url", default=None, help="neuronpedia: a URL for the release (paper, weights)")
     e.add_argument("--no-progress", action="store_true")
 
 
@@ -377,8 +391,32 @@ def _export(args) -> int:
 
     with FeatureStore.open(args.store) as store:
         ids = _ids(args.features) if args.features else None
-        index = export_html(store, args.out, ids, limit=args.limit, progress=not args.no_progress)
-    print(f"wrote {index} (open it in a browser; works offline)")
+        if args.format == "html":
+            index = export_html(store, args.out, ids, limit=args.limit, progress=not args.no_progress)
+            print(f"wrote {index} (open it in a browser; works offline)")
+            return 0
+        if ids is None and args.limit is not None:
+            ids = [r.id for r in store.list_features(sort="freq", filter={"alive_only": True}, limit=args.limit)]
+        recorded = store.recorded_model()
+        model_id = args.model_id or (recorded.id.split("@")[0].replace("/", "-") if recorded is not None
+                                     else (store.meta.get("sae") or {}).get("model_name"))
+        if not model_id:
+            raise ValueError("the store records no model; give --model-id (its name on Neuronpedia, e.g. gpt2-small)")
+        if args.format == "neuronpedia":
+            from features.publish import NeuronpediaInfo, check_neuronpedia_export, export_neuronpedia
+
+            info = NeuronpediaInfo(model_id=model_id, source_set=args.source_set, layer=args.layer,
+                                   creator_name=args.creator_name, url=args.url)
+            root = export_neuronpedia(store, args.out, info, ids)
+            counts = check_neuronpedia_export(root)
+            print(f"wrote {root}: {counts['features']} features, {counts['activations']} activations, "
+                  f"{counts['explanations']} explanations, {counts['explanation_scores']} scores (checked)")
+            return 0
+        from features.publish import export_saedashboard
+
+        path = export_saedashboard(store, args.out, model_id=model_id, source_set=args.source_set, layer=args.layer,
+                                   ids=ids)
+        print(f"wrote {path} (SAEDashboard batch JSON, checked)")
     return 0
 
 
