@@ -204,6 +204,7 @@ class _Stats:
     ctx_docs: Counter  # in how many examples a word is in the context
     bg: Counter
     bg_docs: Counter  # in how many background windows a word is
+    after: Counter  # words right after an activation (what a word-class latent predicts, not a theme)
     contexts: list  # per activating example: the words of its context and activations
     n_act: int
     n_ctx: int
@@ -219,7 +220,7 @@ class _Stats:
     @classmethod
     def gather(cls, examples: Sequence[Example], background: Sequence[Example], mark_threshold: float,
                context_window: int) -> "_Stats":
-        st = cls(Counter(), Counter(), Counter(), Counter(), Counter(), [], 0, 0)
+        st = cls(Counter(), Counter(), Counter(), Counter(), Counter(), Counter(), [], 0, 0)
         for ex in examples:
             marked = set(active_positions(ex, mark_threshold))
             if not marked:
@@ -228,6 +229,9 @@ class _Stats:
             for p in marked:
                 near.update(range(max(0, p - context_window), min(len(ex.tokens), p + context_window + 1)))
             seen: set[str] = set()
+            for p in marked:
+                if p + 1 < len(ex.tokens) and p + 1 not in marked:
+                    st.after[norm_token(ex.tokens[p + 1])] += 1
             for i, tok in enumerate(ex.tokens):
                 t = norm_token(tok)
                 if not _is_word(t):
@@ -298,8 +302,11 @@ def _contextual(w_act: dict[str, float], st: _Stats, evidence: LatentEvidence, l
     common = st.common()
     s_ctx = _norm({t: w for t, w in w_ctx.items() if t not in common})
     s_act = _norm({t: w for t, w in w_act.items() if t not in common})
+    # what it writes counts toward a theme unless it is what typically follows its words ("max" -> "is")
+    n_after = sum(st.after.values())
+    follows = {t for t, c in st.after.items() if c >= 0.2 * n_after}
     s_out = _norm({t: v for t, v in ((norm_token(t), v) for t, v in evidence.promoted[:n_promoted])
-                   if _is_word(t) and v > 0 and t not in common})
+                   if _is_word(t) and v > 0 and t not in common and t not in follows})
     nbr: Counter[str] = Counter()
     for _, sim, toks in evidence.neighbours:
         for t in toks:

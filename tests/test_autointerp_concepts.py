@@ -215,3 +215,94 @@ def test_explainer_choice_is_checked():
         LabelConfig(explainer="magic")
     with pytest.raises(ValueError, match="needs a judge"):
         label_latents(MemoryLabelStore(make_latents(1)), None, LabelConfig(explainer="contrastive"), progress=False)
+
+
+# -- output scores -----------------------------------------------------------------------------------
+
+
+def test_output_score_offline_win_rate():
+    from autointerp.output_score import output_score_offline
+
+    base = ["the cat sat on the mat", "a dog ran home", "the sun is hot"]
+    steered = ["the gull sat on the shell", "a dog ran home", "nets and gulls by the sea"]
+    s = output_score_offline("ocean context: gulls, shells, nets", {"kind": "contextual", "token_set": ["gull", "gulls",
+                             "shell", "nets"]}, base, steered)
+    assert (s.n_pairs, s.wins, s.ties) == (3, 2, 1) and s.value == pytest.approx(2.5 / 3)
+    assert s.share_steered > s.share_unsteered == 0
+    worse = output_score_offline("gulls", None, steered, base)
+    assert worse.value == pytest.approx(1 / 3)  # two ties ("gull" is not "gulls"), one loss
+    # a conjunctive label is about its theme: the words it fires on do not count
+    conj = output_score_offline("the / a in ocean context: gulls", {"kind": "conjunctive", "token_set": ["the", "a"],
+                                "theme_set": ["gulls", "gull", "shell"]}, base, steered)
+    assert conj.value == pytest.approx(2.5 / 3)
+    with pytest.raises(ValueError, match="pairs"):
+        output_score_offline("x", None, base, steered[:2])
+
+
+def test_output_score_by_judge_through_the_loopback_server():
+    from autointerp.backends import OpenAIBackend
+    from autointerp.judge import Judge
+    from autointerp.output_score import output_score_judge
+
+    def answer(body):  # the fake judge: "more about the label" = more of the label's words
+        user = body["messages"][1]["content"]
+        label = user.split("<label>")[1].split("</label>")[0].split()
+        a = user.split("<text_a>")[1].split("</text_a>")[0].split()
+        b = user.split("<text_b>")[1].split("</text_b>")[0].split()
+        na, nb = sum(w in label for w in a), sum(w in label for w in b)
+        return json.dumps({"more": "same" if na == nb else ("a" if na > nb else "b")})
+
+    base = ["the cat sat", "a dog ran", "the sun is hot", "one two"]
+    steered = ["the gull sat", "a gull ran", "the sun is hot", "gull gull"]
+    with JudgeServer(answer) as srv:
+        judge = Judge(OpenAIBackend("fake-judge", base_url=srv.url, timeout_s=10), cache=None)
+        s = asyncio.run(output_score_judge(judge, "gull", base, steered, latent=3))
+        flips = [("<text_a>the gull sat" in r.messages[1]["content"]) for r in srv.records]
+    assert (s.wins, s.ties, s.value) == (3, 1, 0.875) and s.usage.requests == 4
+    assert 0 < sum(flips) < 4 or len(flips) == 4  # the steered text is shown first or second, by (seed, latent)
+
+
+def test_score_outputs_writes_output_scores_and_search_ranks_with_them(tmp_path):
+    import shutil
+
+    from autointerp.semantic import OUTPUT_WEIGHT, embed_labels, semantic_search
+    from features import FeatureStore
+    from helpers.web_app import shared_store
+    from saesteer.outputscore import OutputScoreConfig, score_outputs
+
+    ws = shared_store()
+    path = tmp_path / "s.db"
+    shutil.copy(ws.path, path)
+    ids = sorted(ws.labels)[:3]
+    with FeatureStore.open(path, readonly=False) as st:
+        res = score_outputs(ws.model, ws.sae, st, ids + [max(set(range(ws.d_sae)) - set(ws.labels))],
+                            OutputScoreConfig(samples=2, new_tokens=4))
+        assert sorted(res) == ids  # the unlabelled latent is skipped
+        for i in ids:
+            s = [x for x in st.feature(i).scores if x.method == "output"]
+            assert len(s) == 1 and s[0].value == res[i].value and s[0].n_examples == 2
+            assert s[0].label_id == st.label(i).id
+        # ranking: two labels equally near the query; the one that steers as labelled comes first
+        emb = OfflineEmbedder()
+        embed_labels(st, emb)
+        a, b = ids[:2]
+        from features import LabelProvenance, ScoreInput
+
+        prov = LabelProvenance(judge_model="t", judge_kind="human", prompt_version="t")
+        st.write_label(a, "harbour boats", provenance=prov)
+        st.write_label(b, "harbour boats", provenance=prov)
+        embed_labels(st, emb)
+        st.write_scores(a, [ScoreInput("output", 0.2)], provenance=prov)
+        st.write_scores(b, [ScoreInput("output", 0.9)], provenance=prov)
+        hits = semantic_search(st, emb, "harbour boats", limit=2)
+    assert [h.feature_id for h in hits] == [b, a] and hits[0].similarity == pytest.approx(hits[1].similarity)
+    assert hits[0].rank_score - hits[1].rank_score == pytest.approx(OUTPUT_WEIGHT * 0.7)
+
+
+def test_output_score_command_checks_its_arguments(tmp_path, capsys):
+    from saesteer.cli import main
+
+    assert main(["output-score", "--store", str(tmp_path / "none.db"), "--sae", str(tmp_path), "--samples", "0"]) == 2
+    assert "samples" in capsys.readouterr().err
+    assert main(["output-score", "--store", str(tmp_path / "none.db"), "--sae", str(tmp_path), "--positions", "a,b"]) == 2
+    assert "positions" in capsys.readouterr().err

@@ -205,3 +205,45 @@ def test_map_renders_in_chromium(mapped, tmp_path, tmp_path_factory):
             b.close()
     finally:
         srv.stop()
+
+
+def test_older_stores_open_and_gain_the_new_tables_when_written(tmp_path):
+    """A store from before label_embeddings / feature_map: read-only it reads as empty, opened for
+    writing it gets the tables (nothing else changes)."""
+    import sqlite3
+
+    from autointerp.embeddings import OfflineEmbedder
+    from autointerp.semantic import embed_labels
+    from features import FeatureStore
+
+    ws, path = _store_copy(tmp_path)
+    con = sqlite3.connect(path)
+    con.execute("DROP TABLE label_embeddings")
+    con.execute("DROP TABLE feature_map")
+    con.commit()
+    con.close()
+    with FeatureStore.open(path) as st:
+        assert st.embedding_models() == [] and st.feature_map_methods() == [] and st.feature_map("decoder-pca") == []
+        assert st.label_embeddings("offline/hash-256")[0] == []
+    c = client(_app(path))
+    assert c.get("/api/stores/tiny/search?q=ocean").status_code == 200  # full text, as before
+    with FeatureStore.open(path, readonly=False) as st:
+        assert embed_labels(st, OfflineEmbedder()) == len(ws.labels)
+    with FeatureStore.open(path) as st:
+        assert st.embedding_models() == ["offline/hash-256"]
+
+
+@pytest.mark.slow
+def test_umap_layout_of_the_decoder_directions(tmp_path):
+    """The real method (umap-learn; its first call compiles numba code: minutes on a slow CPU)."""
+    from features import FeatureStore
+    from saesteer.featuremap import build_map
+
+    ws, path = _store_copy(tmp_path)
+    with FeatureStore.open(path, readonly=False) as st:
+        assert build_map(st, source="decoder", method="umap", sae=ws.sae) == "decoder-umap"
+        pts = st.feature_map("decoder-umap")
+        assert st.meta["feature_map:decoder-umap"]["method"] == "umap"
+    assert sorted(i for i, _, _ in pts) == _alive(path)
+    xy = np.array([(x, y) for _, x, y in pts])
+    assert np.isfinite(xy).all() and xy.min() == pytest.approx(-1) and xy.max() == pytest.approx(1)
