@@ -137,9 +137,11 @@ def bench_concepts(store_path: Path, cache: Path, min_f1: float, cmd: str) -> li
             t0 = time.perf_counter()
             results[name] = label_copy(store_path, Path(tmp), ids, **cfg)
             print(f"{name}: {len(ids)} latents in {time.perf_counter() - t0:.1f} s", flush=True)
+    strict = [m for m in best if m.f1 >= min_f1]
     lines = [
         f"Toy world, offline labels of the best latent of every concept with token F1 >= {min_f1} "
-        f"({len(best)} concepts, {len(ids)} latents). *Names it*: the concept's plain name is in the label, or its "
+        f"({len(strict)} concepts, {len({m.feature_id for m in strict})} latents; {len(best)} concepts and "
+        f"{len(ids)} latents at F1 >= 0.3). *Names it*: the concept's plain name is in the label, or its "
         "first word and at least half of its words are the concept's words (tokens carrying the concept in >= 50% of "
         "their occurrences, measured on the cache). *First word*: the old measure (the first word is a concept word). "
         f"`{cmd}`",
