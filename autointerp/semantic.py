@@ -22,9 +22,11 @@ import numpy as np
 from .embeddings import Embedder
 from .output_score import OUTPUT_METHOD
 
-__all__ = ["SemanticHit", "embed_labels", "semantic_search", "output_scores", "OUTPUT_WEIGHT", "OUTPUT_METHOD"]
+__all__ = ["SemanticHit", "embed_labels", "semantic_search", "output_scores", "store_embedder", "search_labels",
+           "OUTPUT_WEIGHT", "OUTPUT_METHOD", "MIN_SIMILARITY"]
 
 OUTPUT_WEIGHT = 0.1
+MIN_SIMILARITY = 0.2  # a real embedding model's cosine below this is no match
 
 
 @dataclass(frozen=True)
@@ -101,3 +103,32 @@ def semantic_search(store: Any, embedder: Embedder, query: str, limit: int = 20,
         hits.append(SemanticHit(i, round(float(sim[j]), 6), round(rank, 6), labels.get(i), o))
     hits.sort(key=lambda h: (-h.rank_score, h.feature_id))
     return hits[:limit]
+
+
+def store_embedder(store: Any) -> Embedder | None:
+    """An embedder for the store's label vectors of a real embedding model (the first one this
+    machine can load), or None: the offline hashing vectors are lexical, and full-text search does
+    that job better."""
+    from .embeddings import embedder_for_name
+
+    for m in store.embedding_models():
+        if m.startswith("offline/"):
+            continue
+        try:
+            emb = embedder_for_name(m)
+        except Exception:  # a model that cannot load here: try the next one
+            emb = None
+        if emb is not None:
+            return emb
+    return None
+
+
+def search_labels(store: Any, query: str, limit: int = 10, embedder: Embedder | None = None) -> list[dict]:
+    """Steering candidates for a concept: by meaning (ranked with output scores) when the store has
+    vectors a real model can match, else the store's full-text search; [{feature, label, score, by}]."""
+    emb = embedder if embedder is not None else store_embedder(store)
+    if emb is not None:
+        hits = semantic_search(store, emb, query, limit, min_similarity=MIN_SIMILARITY)
+        if hits:
+            return [{"feature": h.feature_id, "label": h.label, "score": h.rank_score, "by": "meaning"} for h in hits]
+    return [{"feature": h.feature_id, "label": h.label, "score": h.score, "by": "text"} for h in store.search(query, limit)]

@@ -123,6 +123,11 @@ def test_search_by_meaning_falls_back_to_full_text(mapped):
     ws, path = mapped
     c = client(_app(path))
     # only offline (lexical) vectors: search is full text, as before
+    from autointerp.semantic import search_labels
+    from features import FeatureStore
+
+    with FeatureStore.open(path) as st:
+        assert [c["by"] for c in search_labels(st, "ocean", 3)] == ["text"]
     r = c.get("/api/stores/tiny/search?q=ocean").json()
     assert [i["index"] for i in r["items"]][:1] == [i for i, t in ws.labels.items() if t == "ocean words"]
     assert r["items"][0]["similarity"] is None
@@ -148,8 +153,14 @@ def test_search_sea_finds_the_ocean_features(mapped):
     html = c.get("/s/tiny/search?q=sea", headers={"accept": "text/html"}).text
     assert "by meaning" in html and "ocean words" in html
     # "sea" shares no word with either label: full-text search alone finds neither
+    from autointerp.semantic import search_labels
+
     with FeatureStore.open(path) as st:
         assert all(h.label not in ("ocean words", "sailing and ships") for h in st.search("sea"))
+        # steering candidates (`saesteer steer --search sea`) come the same way
+        cands = search_labels(st, "sea", 2)
+        assert sorted(c["label"] for c in cands) == ["ocean words", "sailing and ships"] and cands[0]["by"] == "meaning"
+        assert search_labels(st, "sea", 2) == cands  # deterministic
 
 
 # -- in Chromium ---------------------------------------------------------------------------------

@@ -40,7 +40,6 @@ MAIN_SCORE_METHODS = ("detection", "fuzzing")
 _SORTS = {"index": "id", "frequency": "freq", "n_fires": "n_fires", "max_act": "max_act", "mean_act": "mean_act",
           "level": "level", "label": "label"}
 SEARCH_CAP = 1000  # most hits one search considers (pages are cut from these)
-SEMANTIC_MIN_SIMILARITY = 0.2  # a real embedding model's cosine below this is no match
 TOY_EXAMPLE_PROMPT = "the sailor"  # the steering page's starting prompt when the server runs the toy model
 
 
@@ -183,20 +182,12 @@ class StoreCatalog:
 
     # -- search by meaning ----------------------------------------------------------------------
     def query_embedder(self):
-        """An embedder for the store's label vectors of a real embedding model, made once; None when
-        the store has none this machine can match (the offline hashing vectors are lexical: full-text
-        search does that job better)."""
+        """The embedder for the store's label vectors of a real model (`autointerp.semantic.store_embedder`),
+        looked for once; None: full-text search."""
         if self._embedder is False:
-            from autointerp.embeddings import embedder_for_name
+            from autointerp.semantic import store_embedder
 
-            self._embedder = None
-            for m in (m for m in self.store.embedding_models() if not m.startswith("offline/")):
-                try:
-                    self._embedder = embedder_for_name(m)
-                except Exception:  # a model that cannot load here: try the next one, else full text
-                    self._embedder = None
-                if self._embedder is not None:
-                    break
+            self._embedder = store_embedder(self.store)
         return self._embedder
 
     def semantic(self, text: str, offset: int, limit: int) -> Page[FeatureSummary] | None:
@@ -204,10 +195,9 @@ class StoreCatalog:
         emb = self.query_embedder()
         if emb is None:
             return None
-        from autointerp.semantic import semantic_search
+        from autointerp.semantic import MIN_SIMILARITY, semantic_search
 
-        hits = semantic_search(self.store, emb, text, limit=min(offset + limit, SEARCH_CAP),
-                               min_similarity=SEMANTIC_MIN_SIMILARITY)
+        hits = semantic_search(self.store, emb, text, limit=min(offset + limit, SEARCH_CAP), min_similarity=MIN_SIMILARITY)
         if not hits:
             return None
         page_hits = hits[offset:offset + limit]
