@@ -89,7 +89,7 @@ def run_saelens(world: SyntheticWorld, arch: str, samples: int, args: argparse.N
                                       checkpoint_path=None, eval_frequency=0, logger=LoggingConfig(log_to_wandb=False))
     torch.manual_seed(args.seed)
     sae = get_sae_training_class(arch)[0](sae_cfg)
-    data = batches(world.train_rows(samples), args.batch_size)
+    data = batches(world.train_rows(-(-samples // args.batch_size) * args.batch_size), args.batch_size)  # whole batches, as ours
     w0, c0 = time.perf_counter(), time.process_time()
     sae = SAETrainer(cfg=runner.to_sae_trainer_config(), sae=sae, data_provider=data).fit()
     wall, cpu = time.perf_counter() - w0, time.process_time() - c0
