@@ -5,7 +5,6 @@ SAE's weights exactly, records where they came from, refuses a source that does 
 from __future__ import annotations
 
 import copy
-import json
 import shutil
 from pathlib import Path
 
