@@ -174,11 +174,11 @@ class SyntheticWorld:
             more = self._draw_hidden(n - have, seed=self.recipe.seed * 1000 + 3 + have)
             self._train_ND = torch.cat([self._train_ND, more])
             if self.cache is not None:
-                from safetensors.torch import save_file
+                from safetensors.torch import save
 
-                tmp = self.cache / "train.safetensors.tmp"
-                save_file({"rows": self._train_ND.contiguous()}, tmp)
-                os.replace(tmp, self.cache / "train.safetensors")
+                from saes.fileio import atomic_write_bytes
+
+                atomic_write_bytes(self.cache / "train.safetensors", save({"rows": self._train_ND.contiguous()}))
         return self._train_ND[:n]
 
     def true_l0(self, top: int | None = None) -> float:
