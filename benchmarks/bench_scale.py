@@ -179,7 +179,7 @@ def write_synthetic_cache(path: Path, rows: int, d_in: int, *, L: int = 128, sha
     import torch
 
     from training.cache import _ShardBuffer, _ShardWriter
-    from training.manifest import MANIFEST_NAME, PROGRESS_NAME, Manifest, read_progress, shard_file_name, write_json_atomic
+    from training.manifest import MANIFEST_NAME, PROGRESS_NAME, Manifest, read_progress, shard_file_name, write_manifest
 
     path.mkdir(parents=True, exist_ok=True)
     C = shard_contexts or default_shard_contexts(d_in, L)
@@ -211,7 +211,7 @@ def write_synthetic_cache(path: Path, rows: int, d_in: int, *, L: int = 128, sha
     finally:
         writer.close()
     shards = read_progress(path)
-    write_json_atomic(path / MANIFEST_NAME, Manifest(cache_settings(d_in, L, C), complete=True, shards=shards).to_json())
+    write_manifest(path, Manifest(cache_settings(d_in, L, C), complete=True, shards=shards))
     (path / PROGRESS_NAME).unlink(missing_ok=True)
     return {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0, "shards": index,
             "rows": n_ctx * L, "bytes": du(path)}
@@ -316,7 +316,7 @@ def cmd_cache(args) -> tuple[str, dict]:
 # ------------------------------------------------------------------------- 1e9-token reader
 def cmd_reader(args) -> tuple[str, dict]:
     from training.manifest import (MANIFEST_NAME, PROGRESS_NAME, Manifest, ShardInfo, append_progress, read_manifest,
-                                   read_progress, shard_file_name, write_json_atomic)
+                                   read_progress, shard_file_name, write_manifest)
     from training.reader import CacheReader
     from training.shards import sha256_file
 
@@ -353,7 +353,7 @@ def cmd_reader(args) -> tuple[str, dict]:
         out["read_progress_s"] = time.perf_counter() - t0
         assert len(shards) == n_shards
         t0 = time.perf_counter()
-        write_json_atomic(work / MANIFEST_NAME, Manifest(cache_settings(d_in, L, C), complete=True, shards=shards).to_json())
+        write_manifest(work, Manifest(cache_settings(d_in, L, C), complete=True, shards=shards))
         out["manifest_write_s"] = time.perf_counter() - t0
         out["manifest_bytes"] = (work / MANIFEST_NAME).stat().st_size
         (work / PROGRESS_NAME).unlink()

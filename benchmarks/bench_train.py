@@ -56,7 +56,7 @@ HOOK = "blocks.0.hook_resid_post"
 # ------------------------------------------------------------------------------ caches
 def synthetic_cache(path: Path, d_in: int, rows: int, shard_rows: int = 65536, seed: int = 0) -> Path:
     """A cache directory in the real format (fp16 shards, manifest, SHA-256) of sparse-feature data."""
-    from training.manifest import FORMAT_NAME, FORMAT_VERSION, Manifest, ShardInfo, shard_file_name, write_json_atomic
+    from training.manifest import FORMAT_NAME, FORMAT_VERSION, Manifest, ShardInfo, shard_file_name, write_manifest
     from training.shards import write_safetensors_atomic
 
     if (path / "manifest.json").is_file():
@@ -84,7 +84,7 @@ def synthetic_cache(path: Path, d_in: int, rows: int, shard_rows: int = 65536, s
         "separator": "none", "exclude_tokens": "none", "excluded_token_ids": [], "tokenizer": {"name": "none", "sha256": "0"},
         "dataset": {"name": "synthetic"}, "max_tokens": None, "shard_contexts": shard_rows // L,
     }
-    write_json_atomic(path / "manifest.json", Manifest(settings, complete=True, shards=shards).to_json())
+    write_manifest(path, Manifest(settings, complete=True, shards=shards))
     return path
 
 

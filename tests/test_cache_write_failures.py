@@ -90,7 +90,7 @@ def test_write_failure_stops_cleanly_and_the_rerun_is_byte_identical(model, corp
         real = shards._write_all
 
         def failing(f, data):
-            if Path(f.name).name.startswith("shard_000002"):
+            if Path(f.name).name.lstrip(".").startswith("shard_000002"):
                 raise _oserror(code)
             return real(f, data)
 
@@ -107,14 +107,14 @@ def test_write_failure_stops_cleanly_and_the_rerun_is_byte_identical(model, corp
         monkeypatch.setattr(cache, "append_progress", failing_append)
         finished = 2  # shard 2 reached its final name, but the log never vouched for it: not kept
     else:
-        real_json = cache.write_json_atomic
+        real_write = cache.write_manifest
 
-        def failing_json(path, obj):
-            if obj.get("complete"):
+        def failing_write(cache_dir, manifest):
+            if manifest.complete:
                 raise _oserror(code)
-            return real_json(path, obj)
+            return real_write(cache_dir, manifest)
 
-        monkeypatch.setattr(cache, "write_json_atomic", failing_json)
+        monkeypatch.setattr(cache, "write_manifest", failing_write)
         finished = 4
     out = tmp_path / "cache"
     with pytest.raises(CacheWriteError) as e:

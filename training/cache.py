@@ -25,7 +25,6 @@ Shape key: B batch (contexts), L context length, D d_in, R rows (cached token po
 
 from __future__ import annotations
 
-import difflib
 import errno
 import hashlib
 import queue
@@ -43,6 +42,8 @@ import numpy as np
 import torch
 
 from saes.errors import SaesteerError
+from saes.fileio import TMP_SUFFIX
+from saes.hookpoints import UnknownHookError, check_hooks, model_device
 from saes.identity import identity_of_model
 from training.cache_config import FORWARD_NAMES, CacheConfig, ExcludeTokens
 from training.fast_forward import FastForward, NotSupported
@@ -53,7 +54,6 @@ from training.manifest import (
     MANIFEST_NAME,
     PROGRESS_NAME,
     CacheMismatchError,
-    DirLock,
     Manifest,
     ShardInfo,
     append_progress,
@@ -61,9 +61,10 @@ from training.manifest import (
     read_progress,
     setting_differences,
     shard_file_name,
-    write_json_atomic,
+    write_manifest,
+    lock_cache_dir,
 )
-from training.shards import DTYPES, TMP_SUFFIX, ShardCorruptError, read_header, sha256_file, write_safetensors_atomic
+from training.shards import DTYPES, ShardCorruptError, read_header, sha256_file, write_safetensors_atomic
 from training.text import (
     DocumentSource,
     TextConfig,
@@ -78,7 +79,6 @@ from training.text import (
 )
 
 DEFAULT_SHARD_BYTES = 128 << 20
-_NOT_PER_TOKEN = ("hook_attn_scores", "hook_pattern")
 
 
 class CacheWriteError(SaesteerError, OSError):
@@ -97,55 +97,8 @@ class CacheDiskFullError(CacheWriteError):
     """The disk filled up (or a quota or file size limit was reached) while writing the cache."""
 
 
-class UnknownHookError(SaesteerError, ValueError):
-    """A requested hook point does not exist in the model (the message lists valid ones)."""
-
-
 # ----------------------------------------------------------------------------------------------
 # Hook points and the forward pass
-
-
-def valid_hook_names(model) -> list[str]:
-    """Hook points whose activation has one vector per token (attention patterns/scores left out)."""
-    return [n for n in model.hook_dict if not n.endswith(_NOT_PER_TOKEN)]
-
-
-def _describe_hooks(names: Sequence[str]) -> str:
-    groups: dict[str, list[int]] = {}
-    order: list[str] = []
-    for n in names:
-        m = re.match(r"^blocks\.(\d+)\.(.*)$", n)
-        key, layer = (f"blocks.{{i}}.{m.group(2)}", int(m.group(1))) if m else (n, -1)
-        if key not in groups:
-            groups[key] = []
-            order.append(key)
-        groups[key].append(layer)
-    out = []
-    for key in order:
-        layers = sorted(l for l in groups[key] if l >= 0)
-        if layers:
-            span = f"{layers[0]}..{layers[-1]}" if layers == list(range(layers[0], layers[-1] + 1)) else ",".join(map(str, layers))
-            out.append(key.replace("{i}", "{" + span + "}"))
-        else:
-            out.append(key)
-    return ", ".join(out)
-
-
-def resolve_hooks(model, hooks: Sequence[str]) -> list[str]:
-    """Check hook names against the model; an unknown name is an error listing the valid ones."""
-    valid = valid_hook_names(model)
-    valid_set = set(valid)
-    for h in hooks:
-        if h in valid_set:
-            continue
-        if h in model.hook_dict:
-            raise UnknownHookError(f"hook point {h!r} is not per-token (it has one value per pair of positions); cache a per-token hook instead")
-        close = difflib.get_close_matches(h, valid, n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise UnknownHookError(
-            f"unknown hook point {h!r}.{hint} Valid hook points for this model: {_describe_hooks(valid)}"
-        )
-    return list(hooks)
 
 
 def stop_layer(model, hooks: Sequence[str]) -> int | None:
@@ -173,12 +126,6 @@ _LIBRARY_HOOK_MODULES = ("transformers.", "transformer_lens.model_bridge.")
 
 def _library_hook(fn) -> bool:
     return str(getattr(fn, "__module__", None) or "").startswith(_LIBRARY_HOOK_MODULES)
-
-
-def model_device(model) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
 
 
 # relative tolerance of the fast forward's check: max |fast - TL| <= tol * max |TL| per hook
@@ -213,7 +160,7 @@ class ActivationRunner:
         if forward not in FORWARD_NAMES:
             raise ValueError(f"forward must be one of {', '.join(FORWARD_NAMES)}; got {forward!r}")
         self.model = model
-        self.hooks = resolve_hooks(model, hooks)
+        self.hooks = check_hooks(model, hooks, per_token=True)
         self.stop_at_layer = stop_layer(model, self.hooks)
         self.n_ctx = int(model.cfg.n_ctx)
         self.device = model_device(model)
@@ -915,16 +862,15 @@ def _build_cache(model, text: TextConfig, cfg: CacheConfig, *, tokenizer, model_
             return CacheResult(out, existing, len(existing.shards), 0, 0, time.perf_counter() - t_start, 0.0)
     out.mkdir(parents=True, exist_ok=True)
 
-    with DirLock(out):
+    with lock_cache_dir(out):
         forward = plan.runner.forward_used(text.context_length)
         if (out / MANIFEST_NAME).is_file():
             previous = read_manifest(out)
             _refuse_mismatch(out, previous, plan.settings)
             forward = _resume_forward(plan.runner, cfg, text.context_length, previous.forward, out, say)
         else:
-            write_json_atomic(out / MANIFEST_NAME, Manifest(plan.settings, complete=False, shards=[], forward=forward,
-                                                            model_identity=_identity_record(model),
-                                                            dataset_files=plan.dataset_files).to_json())
+            write_manifest(out, Manifest(plan.settings, complete=False, shards=[], forward=forward,
+                                         model_identity=_identity_record(model), dataset_files=plan.dataset_files))
         for p in out.glob("*" + TMP_SUFFIX):  # leftovers of a crash
             p.unlink()
         done = read_progress(out)
@@ -953,7 +899,7 @@ def _build_cache(model, text: TextConfig, cfg: CacheConfig, *, tokenizer, model_
         shards = read_progress(out)
         manifest = Manifest(plan.settings, complete=True, shards=shards, forward=forward,
                             model_identity=_identity_record(model), dataset_files=plan.dataset_files)
-        write_json_atomic(out / MANIFEST_NAME, manifest.to_json())
+        write_manifest(out, manifest)
         (out / PROGRESS_NAME).unlink(missing_ok=True)
         (out / LOCK_NAME).unlink(missing_ok=True)
     secs = time.perf_counter() - t_start

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from saes import SAE, MatryoshkaSAE
+from saes.hookpoints import check_hook, model_device
 
 
 class _Accum:
@@ -164,15 +165,12 @@ def splice_metrics(
 
     `model` is a TransformerLens HookedTransformer (or anything with `hook_dict`, `hooks()` and
     `__call__(tokens) -> logits`). An unknown hook name is an error."""
-    hook_dict = getattr(model, "hook_dict", None)
-    if hook_dict is None or hook_name not in hook_dict:
-        known = ", ".join(list(hook_dict)[:8]) + ", ..." if hook_dict else "none"
-        raise ValueError(f"the model has no hook point {hook_name!r} (it has e.g. {known})")
+    check_hook(model, hook_name)
     keep = torch.tensor(sorted(set(int(t) for t in keep_token_ids)), dtype=torch.long)
     tokens_NS = tokens_NS.long()
     if tokens_NS.ndim != 2 or tokens_NS.shape[1] < 2:
         raise ValueError(f"tokens must be [contexts, seq >= 2]; got shape {tuple(tokens_NS.shape)}")
-    device = next(iter(model.parameters())).device
+    device = model_device(model)
     sums = torch.zeros(5, dtype=torch.float64)  # ce clean, spliced, zero, kl, positions
     for chunk in tokens_NS.split(batch_size):
         toks = chunk.to(device)

@@ -46,10 +46,14 @@ def truncate_history(out_dir: str | os.PathLike, last_step: int) -> None:
     path = Path(out_dir) / HISTORY_FILE
     if not path.exists():
         return
-    keep = [r for r in read_history(out_dir) if int(r.get("step", 0)) <= last_step]
+    write_history(out_dir, [r for r in read_history(out_dir) if int(r.get("step", 0)) <= last_step])
+
+
+def write_history(out_dir: str | os.PathLike, records: list[dict[str, Any]]) -> None:
+    """Replace the history with `records` (atomically)."""
     from saes.fileio import atomic_write_bytes
 
-    atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in keep).encode())
+    atomic_write_bytes(Path(out_dir) / HISTORY_FILE, "".join(json.dumps(r) + "\n" for r in records).encode())
 
 
 class RunLogger:

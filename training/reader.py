@@ -498,6 +498,7 @@ def model_batches(
     small runs that need no cache. Rows are shuffled within windows of `buffer_rows` rows
     (seeded); one pass over the text (up to `max_tokens` model-input tokens). Same
     `ActivationBatch` interface as `CacheReader` (no resume state)."""
+    from saes.hookpoints import model_dtype
     from training.cache import ActivationRunner, _fill_batch, _ShardBuffer, excluded_ids
     from training.text import open_packer
 
@@ -519,7 +520,7 @@ def model_batches(
         toks, _ = packer.take(want)
         if len(toks) == 0:
             break
-        buf = _ShardBuffer(d_in, runner_dtype(model) if dtype is None else dtype, len(toks), L, pin=False)
+        buf = _ShardBuffer(d_in, model_dtype(model) if dtype is None else dtype, len(toks), L, pin=False)
         for b in range(0, len(toks), model_batch_size):
             tb = toks[b:b + model_batch_size]
             _fill_batch(buf, runner.run(torch.from_numpy(tb)), tb, excl, ctx0, non_blocking=False)
@@ -544,12 +545,6 @@ def model_batches(
             break
     if carry and not drop_last:
         yield _mk(carry[0][0], carry[0][1], with_tokens)
-
-
-def runner_dtype(model) -> torch.dtype:
-    for p in model.parameters():
-        return p.dtype
-    return torch.float32
 
 
 def _mk(acts: torch.Tensor, meta: np.ndarray, with_tokens: bool) -> ActivationBatch:

@@ -20,6 +20,7 @@ folded into the saved weights, so saved SAEs read raw activations.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.metadata
 import math
@@ -34,6 +35,7 @@ import torch
 from torch import Tensor
 
 from saes import SAE, BatchTopKSAE, create_sae, save_sae
+from saes.fileio import FileLock
 from saes.io import remove_save_leftovers
 from saes.batchtopk import global_batch
 from saes.errors import SaesteerError
@@ -56,7 +58,7 @@ from training.collectives import Collectives
 from training.config import RunConfig, SAESpec, config_differences, sae_lr
 from training.evaluate import evaluate_activations, sae_reconstructor, splice_metrics
 from training.initialize import estimate_activation_scale, initial_b_dec, least_squares_encoder_scale
-from training.logs import HISTORY_FILE, RunLogger, read_history, truncate_history
+from training.logs import RunLogger, read_history, truncate_history, write_history
 from training.report import git_commit, write_curves_html, write_metrics
 from training.schedule import lr_factor
 
@@ -595,17 +597,15 @@ def train(
     prov = dict(provenance or {})
     if config.train.num_threads:
         torch.set_num_threads(config.train.num_threads)
-    lock = None
+    lock = contextlib.nullcontext()
     if writer:
         out.mkdir(parents=True, exist_ok=True)
         lock = _lock_out_dir(out)
-        clean_temporaries(ckpt_root)
-        _clean_sae_leftovers(out / SAE_DIR)
-    try:
+    with lock:
+        if writer:
+            clean_temporaries(ckpt_root)
+            _clean_sae_leftovers(out / SAE_DIR)
         return _train_locked(config, data, out, coll, prov, model_eval, resume, on_step, t_start)
-    finally:
-        if lock is not None:
-            lock.close()
 
 
 def _clean_sae_leftovers(sae_root: Path) -> None:
@@ -615,18 +615,11 @@ def _clean_sae_leftovers(sae_root: Path) -> None:
             remove_save_leftovers(sae_root / p.name[1:].rsplit(".tmp-", 1)[0])
 
 
-def _lock_out_dir(out: Path):
-    """Hold an exclusive lock on the output folder for the run (two runs must not share it)."""
-    import fcntl
-
-    f = open(out / LOCK_FILE, "a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.close()
-        raise FileExistsError(f"another training run is using {out} (it holds {out / LOCK_FILE}); wait for it to "
-                              f"finish or choose another output folder") from None
-    return f
+def _lock_out_dir(out: Path) -> FileLock:
+    """An exclusive lock on the output folder for the run (two runs must not share it)."""
+    return FileLock(out / LOCK_FILE, busy=lambda: FileExistsError(
+        f"another training run is using {out} (it holds {out / LOCK_FILE}); wait for it to finish or choose another "
+        f"output folder"))
 
 
 def _train_locked(
@@ -847,14 +840,6 @@ def _scalars(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def _rewrite_history(out: Path, records: list[dict[str, Any]]) -> None:
-    import json
-
-    from saes.fileio import atomic_write_bytes
-
-    atomic_write_bytes(out / HISTORY_FILE, "".join(json.dumps(r) + "\n" for r in records).encode())
-
-
 def _eval_record(trainer: Trainer, ev: dict[str, dict[str, Any]]) -> dict[str, Any]:
     rec: dict[str, Any] = {"kind": "eval", "step": trainer.step, "tokens": trainer.tokens}
     for name, metrics in ev.items():
@@ -911,6 +896,6 @@ def _finish(
         write_metrics(out, metrics_doc)
         history = [r for r in read_history(out) if not r.get("final")]
         history.append({**_eval_record(trainer, {n: _scalars(v) for n, v in per_sae.items()}), "final": True})
-        _rewrite_history(out, history)
+        write_history(out, history)
         write_curves_html(out, history, [m.name for m in trainer.members])
     return TrainResult(out, sae_dirs, metrics_doc, trainer.tokens, trainer.step, None, stopped_early, saes)
