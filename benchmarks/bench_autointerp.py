@@ -201,7 +201,7 @@ def concept_matches(sae, cache: Path):
     import torch
 
     from features import ConceptMatch
-    from training.reader import iter_shards
+    from training.shardset import iter_shards
 
     F, C = sae.d_sae, len(concepts)
     tp = torch.zeros(F, C, dtype=torch.float64)
@@ -238,7 +238,7 @@ def concept_words(cache: Path, min_share: float = 0.5) -> dict[str, set[str]]:
     from toyworld.lexicon import CONCEPTS
     from toyworld.tags import concept_masks
     from toyworld.tokenizer import load_tokenizer
-    from training.reader import iter_shards
+    from training.shardset import iter_shards
 
     tok = load_tokenizer()
     vocab = {i: w for w, i in tok.get_vocab().items()}

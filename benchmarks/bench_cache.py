@@ -112,7 +112,8 @@ def run_fast(ff, tokens, bs) -> Timing:
 def run_ours(model, text, hook, n_tokens, bs, shard_contexts, out: Path, forward: str = "auto"):
     """(caching loop Timing, whole call Timing, bytes on disk)."""
     import training.cache as cache
-    from training.cache import CacheConfig, build_cache
+    from training.cache import build_cache
+    from training.cache_config import CacheConfig
 
     shutil.rmtree(out, ignore_errors=True)
     cfg = CacheConfig(out=str(out), hooks=[hook], dtype="fp16", batch_size=bs, max_tokens=n_tokens,

@@ -12,7 +12,7 @@ Every command prints a markdown table; `--write` puts it in benchmarks/RESULTS.m
 (its own keyed block, so each command replaces only its table) and `--json FILE` writes the figures.
 
 cache: synthetic caches (no model) written through the cache builder's own writer thread
-(`training.cache._ShardWriter`: safetensors, SHA-256, fsync, atomic rename, build log) with the
+(`training.writer.ShardWriter`: safetensors, SHA-256, fsync, atomic rename, build log) with the
 default shard size, then read back cold (pages dropped with posix_fadvise) by `CacheReader`
 (first epoch: SHA-256 of every shard, fp16 -> fp32 batches) in a child process whose peak RSS is
 reported. "max" is the largest cache that leaves --keep-free GB free on the disk. Each cache is
@@ -167,7 +167,7 @@ def cache_settings(d_in: int, L: int, shard_contexts: int, name: str = "syntheti
 
 
 def default_shard_contexts(d_in: int, L: int = 128) -> int:
-    from training.cache import default_shard_contexts as dsc
+    from training.plan import default_shard_contexts as dsc
 
     return dsc({HOOK: d_in}, "fp16", L)
 
@@ -178,7 +178,7 @@ def write_synthetic_cache(path: Path, rows: int, d_in: int, *, L: int = 128, sha
     SHA-256, fsync, atomic rename, build log), from a pool of random fp16 rows. Returns timings."""
     import torch
 
-    from training.cache import _ShardBuffer, _ShardWriter
+    from training.writer import ShardBuffer, ShardWriter
     from training.manifest import MANIFEST_NAME, PROGRESS_NAME, Manifest, read_progress, shard_file_name, write_manifest
 
     path.mkdir(parents=True, exist_ok=True)
@@ -186,8 +186,8 @@ def write_synthetic_cache(path: Path, rows: int, d_in: int, *, L: int = 128, sha
     n_ctx = -(-rows // L)
     g = torch.Generator().manual_seed(seed)
     pool = torch.randn(C * L, d_in, generator=g).half()  # copied (rolled) into every shard: memcpy, not RNG
-    buffers = [_ShardBuffer({HOOK: d_in}, torch.float16, C, L, pin=False) for _ in range(2)]
-    writer = _ShardWriter(path, buffers, threaded=True, on_written=lambda s: None)
+    buffers = [ShardBuffer({HOOK: d_in}, torch.float16, C, L, pin=False) for _ in range(2)]
+    writer = ShardWriter(path, buffers, threaded=True)
     t0, c0 = time.perf_counter(), time.process_time()
     ctx, index = 0, 0
     try:
@@ -842,7 +842,7 @@ def child_nocache(params: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from training import train
-    from training.reader import model_batches
+    from training.live import model_batches
     from training.text import TextConfig
 
     torch.set_num_threads(1)
@@ -864,7 +864,8 @@ def child_cached(params: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from training import train
-    from training.cache import CacheConfig, build_cache
+    from training.cache import build_cache
+    from training.cache_config import CacheConfig
     from training.reader import CacheReader
     from training.text import TextConfig
 

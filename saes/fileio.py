@@ -23,6 +23,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import stat
 import tempfile
 from pathlib import Path
@@ -76,6 +77,14 @@ def make_temp_dir(prefix: str, dir: str | os.PathLike) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=dir))
     os.chmod(tmp, 0o777 & ~current_umask())
     return tmp
+
+
+def temp_target(path: str | os.PathLike) -> Path:
+    """The file an atomic write's temporary file `path` stands for (`.<name>.XXXX.tmp` -> `<name>`),
+    for messages; `path` itself when it is not one."""
+    path = Path(path)
+    m = re.match(r"^\.(.+)\.\w{8}" + re.escape(TMP_SUFFIX) + "$", path.name)
+    return path.with_name(m.group(1)) if m else path
 
 
 def _unlink_quietly(path: str | os.PathLike) -> None:

@@ -279,7 +279,7 @@ CASES: list[Case] = [
     Case("cache-other-settings-same-out",
          lambda w: ["cache", "--model", "toy", "--dataset", "toy", "--max-tokens", "2048", "--context-length", "32",
                     "--out", str(w.toy_cache()), *TINY],
-         lambda w: [str(w.toy_cache()), "context_length"]),
+         lambda w: [str(w.toy_cache()), "--context-length"]),
     Case("cache-verify-corrupt-shard",
          lambda w: ["cache", "--verify", str(w.corrupt_cache()), *TINY],
          ["shard_000001.safetensors"]),

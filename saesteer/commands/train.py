@@ -298,7 +298,7 @@ def _prepare_data(run_cfg, data_cfg, text_cfg, coll=None, allow_model_mismatch: 
 
     # no cache: activations straight from the model (one pass over the text; resume replays it)
     from saesteer.models import check_hook_names, load_model, model_identity
-    from training.reader import model_batches
+    from training.live import model_batches
     from training.text import resolve_data
 
     # the start of the chain: toy by default
