@@ -139,7 +139,7 @@ def build_toy_store(work: Path, *, tokens: int, d_sae: int, k: int, train_tokens
     sae_dir = run / "saes" / name
     if not (sae_dir / "cfg.json").exists():
         from training.config import RunConfig, SAESpec, TrainConfig
-        from training.trainer import train
+        from training.run import train
         from training.reader import CacheReader
 
         print(f"training a TopK SAE (d_sae {d_sae}, k {k}) on {train_tokens:,} tokens ...", flush=True)

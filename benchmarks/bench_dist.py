@@ -54,7 +54,7 @@ def worker(args) -> int:
     from training.config import CheckpointConfig, EvalConfig, LogConfig, RunConfig, SAESpec, TrainConfig
     from training.distributed import init_from_env, shutdown
     from training.synthetic import SyntheticActivations
-    from training.trainer import train
+    from training.run import train
 
     setup = init_from_env("cpu", args.threads)
     if setup is None:

@@ -152,7 +152,7 @@ def toy(args) -> None:
     from training.cache import build_cache
     from training.cache_config import CacheConfig
     from training.config import CheckpointConfig, EvalConfig, LogConfig, RunConfig, SAESpec, TrainConfig
-    from training.trainer import train
+    from training.run import train
     from training.reader import CacheReader
     from training.text import TextConfig
 

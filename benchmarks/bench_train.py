@@ -134,7 +134,7 @@ def widths_for(d_sae: int) -> list[int]:
 def run_ours(arch, cache, *, d_sae, k, batch, tokens, holdout, method, lr, dead_tokens, threads, out, ce=None):
     from training.config import CheckpointConfig, EvalConfig, LogConfig, OptimConfig, RunConfig, SAESpec, TrainConfig
     from training.reader import CacheReader
-    from training.trainer import train
+    from training.run import train
 
     spec = SAESpec(arch, d_sae=d_sae, k=k, matryoshka_widths=widths_for(d_sae) if arch == "matryoshka_batchtopk" else [])
     cfg = RunConfig(
@@ -336,7 +336,8 @@ def cmd_toyworld(args) -> str:
     from training.manifest import read_manifest
     from training.reader import CacheReader
     from training.sources import cache_provenance, contexts_from_text
-    from training.trainer import ModelEval, train
+    from training.evaluate import ModelEval
+    from training.run import train
 
     cache = Path(args.cache)
     man = read_manifest(cache)

@@ -1,5 +1,5 @@
 """training package: the activation cache (text -> model -> shards on disk -> shuffled batches)
-and the SAE trainer (training.trainer.train).
+and the SAE trainer (training.run.train).
 
 Names are imported lazily so `import training` stays cheap (no torch until used).
 """
@@ -44,10 +44,10 @@ _LAZY = {
     "EvalConfig": "training.config",
     "LogConfig": "training.config",
     "DataConfig": "training.config",
-    "train": "training.trainer",
+    "train": "training.run",
     "Trainer": "training.trainer",
-    "TrainResult": "training.trainer",
-    "ModelEval": "training.trainer",
+    "TrainResult": "training.finish",
+    "ModelEval": "training.evaluate",
     "NonFiniteError": "training.trainer",
     "ConfigMismatchError": "training.trainer",
     "evaluate_activations": "training.evaluate",

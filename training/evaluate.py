@@ -23,6 +23,7 @@ clean activation in both the spliced and the zero-ablated run.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, NamedTuple
 
 import torch
@@ -204,3 +205,23 @@ def splice_metrics(
     denom = zero_ce - clean_ce
     recovered = (zero_ce - spliced_ce) / denom if denom != 0 else float("nan")
     return SpliceMetrics(clean_ce, spliced_ce, zero_ce, recovered, kl)
+
+
+@dataclass
+class ModelEval:
+    """What the CE-loss-recovered / KL evaluation of a training run needs: the loaded model and
+    held-out contexts.
+
+    `keep_token_ids`: positions holding these tokens keep their clean activation when the SAE is
+    spliced in (use the cache's excluded tokens, e.g. BOS, which the SAE never trained on)."""
+
+    model: Any
+    hook_name: str
+    tokens: Tensor  # [N, S] token ids
+    keep_token_ids: tuple[int, ...] = ()
+
+    def run(self, reconstruct: Callable[[Tensor], Tensor], eval_cfg: Any) -> SpliceMetrics:
+        """`splice_metrics` on the first `EvalConfig.ce_contexts` contexts (all when 0)."""
+        toks = self.tokens[: eval_cfg.ce_contexts] if eval_cfg.ce_contexts else self.tokens
+        return splice_metrics(self.model, reconstruct, self.hook_name, toks, keep_token_ids=self.keep_token_ids,
+                              batch_size=eval_cfg.ce_batch_size)
