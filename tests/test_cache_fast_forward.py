@@ -56,7 +56,7 @@ CONFIGS = {
 
 
 def fast_hooks(model) -> list[str]:
-    from training.fast_forward import BLOCK_HOOKS, GLOBAL_HOOKS
+    from training.fast_support import BLOCK_HOOKS, GLOBAL_HOOKS
 
     _, cache = model.run_with_cache(torch.zeros(1, 2, dtype=torch.long))
     return [h for h in cache.keys() if h in GLOBAL_HOOKS or (h.startswith("blocks.") and h.split(".", 2)[2] in BLOCK_HOOKS)]
