@@ -51,7 +51,8 @@ from training.manifest import (
 from training.plan import CachePlan, identity_record, plan_cache, refuse_mismatch
 from training.runner import ActivationRunner
 from training.shards import DTYPES
-from training.text import ContextPacker, TextConfig, TextPointer, make_tokenize, special_tokens
+from training.packing import ContextPacker, open_packer
+from training.text import TextConfig, TextPointer
 from training.writer import CacheDiskFullError, ShardBuffer, ShardWriter, fill_batch, fmt_bytes, write_failure
 
 
@@ -280,7 +281,7 @@ def _open_prefetcher(plan: CachePlan, text: TextConfig, cfg: CacheConfig, tokeni
     start = TextPointer(*done[-1].text_end) if done else TextPointer(0, 0)
     ctx = sum(s.contexts for s in done)
     target = None if cfg.max_tokens is None else cfg.max_tokens // text.context_length
-    packer = ContextPacker(plan.source.chunks(start.doc), make_tokenize(tokenizer), text, special_tokens(tokenizer), start)
+    packer = open_packer(text, tokenizer, start, plan.source)
     return Prefetcher(packer, int(plan.settings["shard_contexts"]), ctx, target, threaded=threaded)
 
 

@@ -25,7 +25,8 @@ from training.cache_config import CacheConfig
 from training.manifest import MANIFEST_NAME, read_manifest, read_progress
 from training.plan import CachePlan, bytes_per_row, plan_cache, refuse_mismatch
 from training.shards import DTYPES
-from training.text import ContextPacker, DocumentSource, TextConfig, estimate_stream_tokens, make_tokenize, sample_documents, special_tokens
+from training.packing import ContextPacker, estimate_stream_tokens, make_tokenize, special_tokens
+from training.text import DocumentSource, TextConfig, sample_documents
 from training.writer import ShardBuffer, fill_batch, fmt_bytes, free_bytes
 
 

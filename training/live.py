@@ -57,7 +57,7 @@ def _shuffled_windows(model, text, hook: str, tokenizer, max_tokens: int | None,
                       dtype: torch.dtype) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
     """(acts [R, D], meta [3, R]) of consecutive windows of contexts, each window's rows in a
     seeded random order."""
-    from training.text import open_packer
+    from training.packing import open_packer
 
     runner = ActivationRunner(model, [hook])
     L = text.context_length

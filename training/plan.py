@@ -22,7 +22,8 @@ from training.cache_config import CacheConfig, ExcludeTokens
 from training.manifest import FORMAT_NAME, FORMAT_VERSION, CacheMismatchError, Manifest, setting_differences
 from training.runner import ActivationRunner
 from training.shards import DTYPES
-from training.text import DocumentSource, TextConfig, dataset_spec, special_tokens, tokenizer_fingerprint
+from training.packing import special_tokens, tokenizer_fingerprint
+from training.text import DocumentSource, TextConfig, dataset_spec
 
 DEFAULT_SHARD_BYTES = 128 << 20
 

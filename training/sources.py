@@ -92,7 +92,7 @@ def text_documents_read(manifest: Manifest) -> int:
 
 def contexts_from_text(text_cfg: Any, tokenizer: Any, n: int) -> torch.Tensor:
     """The first `n` packed contexts [n, L] of a text config (e.g. the validation split)."""
-    from training.text import open_packer
+    from training.packing import open_packer
 
     toks, _ = open_packer(text_cfg, tokenizer).take(n)
     if len(toks) == 0:
