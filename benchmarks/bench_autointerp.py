@@ -359,9 +359,9 @@ def write_section(body: list[str]) -> None:
         text = pattern.sub(lambda m: block + "\n", text, count=1)
     else:
         text = text.rstrip() + "\n\n" + block
-    tmp = RESULTS.with_name(f".{RESULTS.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, RESULTS)
+    from saes.fileio import atomic_write_bytes
+
+    atomic_write_bytes(RESULTS, text.encode())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -193,9 +193,9 @@ def update_results(section: str, path: Path = REPO / "benchmarks" / "RESULTS.md"
         text = text[:start] + section.rstrip() + "\n" + (text[nxt:] if nxt >= 0 else "")
     else:
         text = text.rstrip() + "\n\n" + section.rstrip() + "\n"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from saes.fileio import atomic_write_bytes
+
+    atomic_write_bytes(path, text.encode())
 
 
 def main(argv=None) -> int:
@@ -219,7 +219,8 @@ def main(argv=None) -> int:
 
     from training.fast_forward import FastForward
     from training.manifest import read_manifest
-    from training.text import TextConfig, open_packer, resolve_data
+    from training.packing import open_packer
+    from training.text import TextConfig, resolve_data
 
     if args.threads:
         torch.set_num_threads(args.threads)

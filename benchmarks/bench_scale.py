@@ -318,7 +318,7 @@ def cmd_reader(args) -> tuple[str, dict]:
     from training.manifest import (MANIFEST_NAME, PROGRESS_NAME, Manifest, ShardInfo, append_progress, read_manifest,
                                    read_progress, shard_file_name, write_manifest)
     from training.reader import CacheReader
-    from training.shards import sha256_file
+    from saes.fileio import sha256_file
 
     work = Path(args.work) / "sim1e9"
     shutil.rmtree(work, ignore_errors=True)

@@ -154,7 +154,9 @@ def _start_wandb(out_dir: Path, *, project: str, entity: str | None, name: str |
     id_file = out_dir / "wandb_run_id.txt"
     run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(6)
     if not id_file.is_file():
-        id_file.write_text(run_id + "\n")
+        from saes.fileio import atomic_write_bytes
+
+        atomic_write_bytes(id_file, (run_id + "\n").encode())
     run = wandb.init(
         project=project, entity=entity, name=name or out_dir.name, id=run_id, resume="allow",
         dir=str(out_dir), config=config,

@@ -91,19 +91,6 @@ def write_safetensors_atomic(path: Path, tensors: dict[str, torch.Tensor], metad
     return WrittenFile(h.hexdigest(), nbytes)
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb", buffering=0) as f:
-        buf = bytearray(_CHUNK)
-        mv = memoryview(buf)
-        while True:
-            n = f.readinto(buf)
-            if not n:
-                break
-            h.update(mv[:n])
-    return h.hexdigest()
-
-
 class TensorEntry(NamedTuple):
     dtype: torch.dtype
     shape: tuple[int, ...]
@@ -166,14 +153,19 @@ def load_tensors(path: Path, keys: list[str] | None = None) -> dict[str, torch.T
     """Load some (default all) tensors of a safetensors file into fresh CPU tensors."""
     entries, _ = read_header(path)
     keys = list(entries) if keys is None else keys
-    out = {}
+    missing = [k for k in keys if k not in entries]
+    if missing:
+        raise KeyError(f"{Path(path).name} has no tensor {missing[0]!r}; it has {', '.join(sorted(entries))}")
     with open(path, "rb", buffering=0) as f:
-        for k in keys:
-            if k not in entries:
-                raise KeyError(f"{Path(path).name} has no tensor {k!r}; it has {', '.join(sorted(entries))}")
-            e = entries[k]
-            t = torch.empty(e.shape, dtype=e.dtype)
-            if t.numel():
-                read_into(f, e, t)
-            out[k] = t
+        return read_tensors(f, [entries[k] for k in keys], keys)
+
+
+def read_tensors(f: BinaryIO, entries: list[TensorEntry], names: list[str]) -> dict[str, torch.Tensor]:
+    """The tensors `entries` of the open file `f`, in fresh CPU tensors, under `names`."""
+    out = {}
+    for name, e in zip(names, entries):
+        t = torch.empty(e.shape, dtype=e.dtype)
+        if t.numel():
+            read_into(f, e, t)
+        out[name] = t
     return out

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from training.manifest import Manifest, ShardInfo, read_manifest, read_progress
-from training.shards import DTYPES, ShardCorruptError, TensorEntry, read_header, read_into, sha256_file
+from saes.fileio import sha256_file
+from training.shards import DTYPES, ShardCorruptError, TensorEntry, read_header, read_tensors
 
 Verify = Literal["once", "always", "never"]
 ROW_TENSORS = ("token_ids", "positions", "seq_index")  # one value per row, beside the activations
@@ -180,15 +181,8 @@ class ShardSet:
 
     def read(self, i: int, keys: Sequence[str]) -> dict[str, torch.Tensor]:
         """Whole tensors of shard i (`acts` is this hook's activations), in fresh CPU tensors."""
-        out = {}
         with self.open_shard(i) as (f, entries):
-            for k in keys:
-                e = entries[f"acts/{self.hook}" if k == "acts" else k]
-                t = torch.empty(e.shape, dtype=e.dtype)
-                if t.numel():
-                    read_into(f, e, t)
-                out[k] = t
-        return out
+            return read_tensors(f, [entries[f"acts/{self.hook}" if k == "acts" else k] for k in keys], list(keys))
 
 
 # ----------------------------------------------------------------------------------------------
