@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal
 
+import torch
 from torch import Tensor
 
 from saes.fileio import FileLock
@@ -64,8 +65,6 @@ def train(
     coll = collectives or Collectives()
     out = Path(out_dir)
     if config.train.num_threads:
-        import torch
-
         torch.set_num_threads(config.train.num_threads)
     lock = contextlib.nullcontext()
     if coll.is_writer:
@@ -96,6 +95,7 @@ def _train_locked(
     config: RunConfig, data: Iterable[Any], out: Path, coll: Collectives, prov: dict[str, Any],
     model_eval: ModelEval | None, resume: str, on_step: Callable[[Trainer], None] | None, t_start: float,
 ) -> TrainResult:
+    """The run inside the locked folder: start or resume, the loop, the last checkpoint, the end."""
     start = start_run(config, data, out, coll, prov, resume)
     trainer = start.trainer
     logger = open_run_logger(config, out, prov, trainer.tokens, enabled=coll.is_writer)
