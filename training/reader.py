@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from saes.errors import SaesteerError
-from training.shards import read_into
+from training.shards import TensorEntry, read_into
 from training.shardset import ROW_TENSORS, ShardSet, Verify
 
 STATE_VERSION = 1
@@ -216,25 +216,24 @@ class CacheReader:
         if self._loaded == (epoch, w):
             return
         win = self.windows(epoch)[w]
-        for i in win.shards:  # every shard checked before any row is used
-            self.cache.entries(self._index[i])
+        entries = [self.cache.entries(self._index[i]) for i in win.shards]  # every shard checked before any row is used
         N = win.rows
         if self._buf_acts is None or self._buf_acts.shape[0] < N:
             self._buf_acts = torch.empty(N, self.d_in, dtype=self.stored_dtype)
             self._buf_meta = np.empty((3, N), dtype=np.int64) if self.with_tokens else None
         r = 0
-        for i in win.shards:
+        for i, ent in zip(win.shards, entries):
             n = self._shards[i].rows
             if n:
-                self._read_rows(i, r, n)
+                self._read_rows(i, ent, r, n)
             r += n
         self._perm = seeded_rng(self.seed, epoch, w).permutation(N)
         self._loaded = (epoch, w)
         self._hash_ahead(epoch, w)
 
-    def _read_rows(self, i: int, r: int, n: int) -> None:
-        """Shard i's n rows into the window buffers at row r (the shard was checked just before)."""
-        with self.cache.open_shard(self._index[i]) as (f, ent):
+    def _read_rows(self, i: int, entries: dict[str, TensorEntry], r: int, n: int) -> None:
+        """Shard i's n rows into the window buffers at row r (`entries`: its checked header)."""
+        with self.cache.open_shard(self._index[i], entries) as (f, ent):
             read_into(f, ent[f"acts/{self.hook}"], self._buf_acts[r:r + n])
             if self.with_tokens:
                 for j, k in enumerate(ROW_TENSORS):

@@ -173,9 +173,11 @@ class ShardSet:
 
     # -- reading -------------------------------------------------------------------------------
     @contextmanager
-    def open_shard(self, i: int) -> Iterator[tuple[BinaryIO, dict[str, TensorEntry]]]:
-        """(file, header entries) of shard i, checked; read regions with `training.shards.read_into`."""
-        entries = self.entries(i)
+    def open_shard(self, i: int, entries: dict[str, TensorEntry] | None = None
+                   ) -> Iterator[tuple[BinaryIO, dict[str, TensorEntry]]]:
+        """(file, header entries) of shard i, checked; read regions with `training.shards.read_into`.
+        `entries`: what `entries(i)` just returned (the shard is then not checked again)."""
+        entries = self.entries(i) if entries is None else entries
         with open(self.path / self.shards[i].file, "rb", buffering=0) as f:
             yield f, entries
 
