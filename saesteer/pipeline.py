@@ -453,6 +453,11 @@ def _stage_label(cfg: DemoConfig, paths: DemoPaths, judge_cfg, progress: bool, i
         # also fine under Jupyter's running event loop: label_latents then runs in a worker thread
         report = label_latents(st, judge, LabelConfig(seed=cfg.seed, limit=limit), progress=progress)
         n_labelled = st.store.count_features({"has_label": True})
+        from autointerp.embeddings import EmbedConfig, make_embedder
+        from autointerp.semantic import embed_labels
+
+        embedder = make_embedder(EmbedConfig())  # a local model when installed: the web app searches by meaning
+        say(f"label embeddings: {embed_labels(st.store, embedder)} new ({embedder.name})")
     if report.labelled == 0 and not report.failed:
         info["status"] = "reused"
     info["note"] = report.summary()
