@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 import numpy as np
 import pytest
@@ -338,3 +339,17 @@ def test_feature_store_examples_carry_logit_effects_and_neighbours(tmp_path):
         assert {n for n, _, _ in lex.evidence.neighbours} == near
         for n, _, toks in lex.evidence.neighbours:
             assert list(toks) == [t.token for t in labels.store.feature(n).logits.promoted[:10]]
+
+
+def test_simulation_contexts_read_as_their_text_with_positions_added():
+    """Byte-level BPE pieces keep their own spaces: "def pro[0]g[1]" would read "pro g" if pieces
+    were stripped and joined with spaces (as the first simulation prompt did)."""
+    from autointerp.simulation import build_simulation_messages
+    from autointerp.examples import Example as AIExample
+
+    tokens = ("def", " pro", "g", "(", "self", "):", "\n", "   ", " return", " 1")
+    ex = AIExample(tokens=tokens, acts=(0.0,) * len(tokens), kind="top")
+    user = build_simulation_messages("ocean", [ex])[1]["content"]
+    line = next(ln for ln in user.splitlines() if ln.startswith("Context 1: "))
+    assert line == "Context 1: def[0] pro[1]g[2]([3]self[4]):[5]⏎[6]   [7] return[8] 1[9]"
+    assert re.sub(r"\[\d+\]", "", line) == "Context 1: " + "".join(tokens).replace("\n", "⏎")

@@ -393,7 +393,7 @@ def _task(body: dict) -> str:
     return "detect"
 
 
-_NUMBERED_RE = re.compile(r"(\S+)\[(\d+)\]")
+_NUMBERED_RE = re.compile(r"\s*(.*?)\[(\d+)\]")  # "The[0] ship[1]s[2]": each token (its own space first), then its position
 
 
 def fake_llm_answer(body: dict) -> str:
@@ -424,7 +424,7 @@ def fake_llm_answer(body: dict) -> str:
         return json.dumps({"label": label})
     words = set(label_text.lower().replace(",", " ").replace(":", " ").split()) - {"/", "context"}
     if task == "simulate":  # strength 10 on the label's words, nothing elsewhere
-        return json.dumps({"activations": [[[int(i), 10] for t, i in _NUMBERED_RE.findall(ln) if t.lower() in words]
+        return json.dumps({"activations": [[[int(i), 10] for t, i in _NUMBERED_RE.findall(ln) if t.strip().lower() in words]
                                             for ln in lines]})
     if task == "intruder":  # the context with the fewest of the label's words
         counts = [sum(1 for t in _MARK_RE.sub(r"\1", ln).lower().split() if t in words) for ln in lines]
