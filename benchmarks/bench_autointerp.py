@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -352,16 +351,9 @@ TOY_NOTES = [
 
 def write_section(body: list[str]) -> None:
     """Replace (or append) this benchmark's section of RESULTS.md, leaving the others alone."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    block = SECTION + "\n\n" + "\n".join(body).rstrip() + "\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda m: block + "\n", text, count=1)
-    else:
-        text = text.rstrip() + "\n\n" + block
-    from saes.fileio import atomic_write_bytes
+    from results_md import replace_section
 
-    atomic_write_bytes(RESULTS, text.encode())
+    replace_section(SECTION, SECTION + "\n\n" + "\n".join(body), RESULTS)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -185,17 +185,9 @@ def reader_rows_per_s(path: Path, hook: str) -> tuple[float, float]:
 
 
 def update_results(section: str, path: Path = REPO / "benchmarks" / "RESULTS.md") -> None:
-    head = "## Activation cache"
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    if head in text:
-        start = text.index(head)
-        nxt = text.find("\n## ", start + len(head))
-        text = text[:start] + section.rstrip() + "\n" + (text[nxt:] if nxt >= 0 else "")
-    else:
-        text = text.rstrip() + "\n\n" + section.rstrip() + "\n"
-    from saes.fileio import atomic_write_bytes
+    from results_md import replace_section
 
-    atomic_write_bytes(path, text.encode())
+    replace_section("## Activation cache", section, path)
 
 
 def main(argv=None) -> int:

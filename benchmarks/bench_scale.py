@@ -48,7 +48,6 @@ import argparse
 import json
 import math
 import os
-import re
 import resource
 import shutil
 import statistics
@@ -123,20 +122,9 @@ def run_child(kind: str, params: dict[str, Any], timeout: float | None = None) -
 
 def write_block(key: str, text: str) -> None:
     """Replace (or add) `<!-- scale:key -->...<!-- /scale:key -->` inside "## Scale" of RESULTS.md."""
-    doc = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    tag = f"scale:{key}"
-    block = f"<!-- {tag} -->\n{text.strip()}\n<!-- /{tag} -->"
-    if HEADING + "\n" not in doc:
-        doc = doc.rstrip() + f"\n\n{HEADING}\n\n{block}\n"
-    else:
-        start = doc.index(HEADING + "\n")
-        nxt = re.search(r"^## ", doc[start + len(HEADING):], flags=re.M)
-        end = start + len(HEADING) + nxt.start() if nxt else len(doc)
-        section = doc[start:end]
-        pat = re.compile(rf"<!-- {re.escape(tag)} -->.*?<!-- /{re.escape(tag)} -->", flags=re.S)
-        section = pat.sub(lambda _: block, section) if pat.search(section) else section.rstrip() + f"\n\n{block}\n\n"
-        doc = doc[:start] + section + doc[end:]
-    RESULTS.write_text(doc.rstrip("\n") + "\n")
+    from results_md import replace_block
+
+    replace_block(HEADING, f"scale:{key}", text, RESULTS)
 
 
 def header(cmd: str) -> str:

@@ -210,16 +210,9 @@ def holdout_rows(cache: Path, batch: int, holdout: int) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------ sections
 def replace_section(heading: str, body: str) -> None:
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.strip() == heading), None)
-    block = heading + "\n\n" + body.strip() + "\n\n"
-    if start is None:
-        text = text.rstrip("\n") + "\n\n" + block
-    else:
-        end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
-        text = "".join(lines[:start]) + block + "".join(lines[end:])
-    RESULTS.write_text(text.rstrip("\n") + "\n")
+    from results_md import replace_section as replace
+
+    replace(heading, heading + "\n\n" + body.strip(), RESULTS)
 
 
 def machine() -> str:
