@@ -447,7 +447,7 @@ def _stage_label(cfg: DemoConfig, paths: DemoPaths, judge_cfg, progress: bool, i
     backend, model_name = resolve_backend(judge_cfg)
     judge = make_judge(judge_cfg, cache_path=paths.store.with_name(paths.store.name + ".judge-cache.sqlite"))
     limit = cfg.label_limit if cfg.label_limit is not None else (None if judge is None else 100)
-    say(f"judge: {backend}" + (f" ({model_name})" if model_name else " (token statistics, no LLM)")
+    say(f"judge: {backend}" + (f" ({model_name})" if model_name else " (concept phrases from the contexts, logit effects and neighbours; no LLM)")
         + ("" if limit is None else f"; the {limit} most frequent latents"))
     with FeatureStoreLabels.open(paths.store) as st:
         # also fine under Jupyter's running event loop: label_latents then runs in a worker thread
