@@ -659,9 +659,9 @@ def write_subsection(text: str, results: Path = RESULTS) -> None:
     subs.sort(key=lambda s: s.splitlines()[0])
     new_section = intro.rstrip("\n") + "\n\n" + "\n".join(s.rstrip("\n") + "\n" for s in subs)
     out = head + SECTION + new_section + ("\n" + tail if tail else "")
-    tmp = results.with_suffix(".tmp")
-    tmp.write_text(out)
-    os.replace(tmp, results)
+    from saes.fileio import atomic_write_bytes
+
+    atomic_write_bytes(results, out.encode())
 
 
 def main(argv=None) -> int:

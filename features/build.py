@@ -23,7 +23,6 @@ starts over).
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ from features.records import utc_now
 from features.source import ActivationSource
 from features.store import FeatureStore, StoreError, StoreMismatchError
 from features.tokentext import token_texts
+from saes.fileio import FileLock, atomic_path
 
 STATE_SUFFIX = ".state.safetensors"
 LOCK_SUFFIX = ".lock"
@@ -79,58 +79,20 @@ def _remove_store(path: Path) -> None:
             pass
 
 
-class BuildLock:
-    """An exclusive, non-blocking flock on `<store>.lock` for the duration of a build (released
-    by the OS if the process dies). A separate file: SQLite's own locks on the store must not
-    be disturbed by opening and closing the database file here."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path.with_name(path.name + LOCK_SUFFIX)
-        self._fd: int | None = None
-
-    def __enter__(self) -> "BuildLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(str(self.path), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - non-POSIX
-            return self
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._fd)
-            self._fd = None
-            raise StoreError(f"another process is building {self.path.with_suffix('')}; wait for it to finish") from None
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def build_lock(path: Path) -> FileLock:
+    """An exclusive lock on `<store>.lock` for the duration of a build (released by the OS if the
+    process dies). A separate file: SQLite's own locks on the store must not be disturbed by
+    opening and closing the database file here."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(path.with_name(path.name + LOCK_SUFFIX), busy=lambda: StoreError(
+        f"another process is building {path}; wait for it to finish"))
 
 
 def save_state(path: Path, acc: FeatureAccumulator, identity: dict, phase: str, next_context: int) -> None:
-    """Write the pass state atomically (temp file in the same directory, fsync, rename)."""
-    tmp = path.with_name(path.name + ".tmp")
+    """Write the pass state atomically (`saes.fileio.atomic_path`)."""
     meta = {"identity": json.dumps(identity, sort_keys=True), "phase": phase, "next_context": str(next_context)}
-    save_file({k: v.contiguous() for k, v in acc.state_dict().items()}, str(tmp), metadata=meta)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in acc.state_dict().items()}, str(tmp), metadata=meta)
 
 
 def load_state(path: Path, acc: FeatureAccumulator, identity: dict) -> tuple[str, int] | None:
@@ -235,7 +197,7 @@ def build_feature_store(
         "window_after": cfg.window_after,
         "bos_id": source.bos_id,
     }
-    with BuildLock(path):
+    with build_lock(path):
         return _open_and_run(path, sae, source, cfg, identity, meta, model, tokenizer, overwrite, progress, event, t_start)
 
 

@@ -9,12 +9,12 @@ Shape key: S tokens, D d_in, F d_sae.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 
 import torch
 
 from features.tokentext import token_text
+from saes.hookpoints import check_hook
 
 
 @dataclass(frozen=True)
@@ -57,10 +57,7 @@ class _StopForward(Exception):
 def hook_activations(model, hook_name: str, tokens_BS: torch.Tensor) -> torch.Tensor:
     """The activation at `hook_name` for `tokens_BS`, captured by a scoped forward hook; the
     forward stops right after it. An unknown hook name is an error listing close matches."""
-    if hook_name not in model.hook_dict:
-        close = difflib.get_close_matches(hook_name, list(model.hook_dict), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"the model has no hook point {hook_name!r}{hint}")
+    check_hook(model, hook_name)
     got: dict[str, torch.Tensor] = {}
 
     def grab(act, hook):

@@ -342,7 +342,9 @@ def _stage_train(cfg: DemoConfig, paths: DemoPaths, model, progress: bool, info:
     from training.heldout import heldout_contexts
     from training.sources import cache_provenance, text_config_from_manifest, text_documents_read
     from training.text import TextConfig
-    from training.trainer import ConfigMismatchError, ModelEval, train
+    from training.evaluate import ModelEval
+    from training.run import train
+    from training.trainer import ConfigMismatchError
 
     run_cfg = run_config(cfg, progress)
     name = run_cfg.saes[0].name

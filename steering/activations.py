@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from steering.session import check_hook
+from saes.hookpoints import check_hook
 from steering.spec import SteeringError
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from saes.hookpoints import model_device
 from steering.spec import SteeringError
 
 
@@ -44,13 +45,6 @@ def make_runner(model: Any):
     )
 
 
-def _device(model: Any) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:  # pragma: no cover
-        return torch.device("cpu")
-
-
 def _pad_left(t: Tensor, dim: int, n: int) -> Tensor:
     if n == 0:
         return t
@@ -66,7 +60,7 @@ class HookedRunner:
         from transformer_lens.utilities.activation_functions import apply_softcap
 
         self.model = model
-        self.device = _device(model)
+        self.device = model_device(model)
         self.n_layers = int(model.cfg.n_layers)
         self._softcap = apply_softcap
 
@@ -136,7 +130,7 @@ class BridgeRunner:
 
     def __init__(self, model: Any) -> None:
         self.model = model
-        self.device = _device(model)
+        self.device = model_device(model)
 
     def _forward(self, tokens: Tensor, mask: Tensor, past: Any) -> tuple[Tensor, Any]:
         kw: dict[str, Any] = dict(attention_mask=mask, use_cache=True, return_type="logits_and_cache")

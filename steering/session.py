@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from saes.base import SAE
+from saes.hookpoints import check_hook, model_device
 from saes.identity import check_sae_model
 from steering.interventions import LatentEditor, op_coefficients
 from steering.positions import FULL, SequenceTracker, block_call_info
@@ -177,23 +178,6 @@ def sae_hook_name(sae: SAE, name: str = "sae") -> str:
             f"all heads of the hook, flattened"
         )
     return str(hook)
-
-
-def _hook_examples(model: Any) -> str:
-    names = [n for n in model.hook_dict if n.endswith(("hook_resid_pre", "hook_resid_post"))]
-    return ", ".join(names[:2] + names[-1:]) if names else ", ".join(list(model.hook_dict)[:3])
-
-
-def check_hook(model: Any, hook_name: str, who: str) -> None:
-    hook_dict = getattr(model, "hook_dict", None)
-    if hook_dict is None:
-        raise SteeringError("steering needs a TransformerLens model (HookedTransformer) with hook points")
-    if hook_name not in hook_dict:
-        n_layers = getattr(getattr(model, "cfg", None), "n_layers", "?")
-        raise SteeringError(
-            f"{who}: unknown hook {hook_name!r}; this model ({n_layers} layers) has no such hook point "
-            f"(examples: {_hook_examples(model)})"
-        )
 
 
 def expected_width(model: Any, hook_name: str) -> int | None:
@@ -390,7 +374,7 @@ def build_plan(model: Any, saes: Any, edits: Sequence[Edit | str], *, typical_ma
     resolved = resolve_edits(model, saes, edits, typical_max=typical_max, limits=limits,
                              allow_model_mismatch=allow_model_mismatch)
     sae_map = _as_sae_mapping(saes)
-    model_device = _model_device(model)
+    device = model_device(model)
     # group latent edits by (hook, SAE, positions); vector edits stand alone
     groups: dict[tuple[str, str, Positions], list[ResolvedEdit]] = {}
     per_hook: dict[str, list[_Contribution]] = {}
@@ -398,17 +382,17 @@ def build_plan(model: Any, saes: Any, edits: Sequence[Edit | str], *, typical_ma
         if r.feature is None:
             e = r.edit
             assert isinstance(e, VectorEdit)
-            vec = (e.vector.detach().to(model_device) * r.value) if model_device is not None else e.vector * r.value
+            vec = e.vector.detach().to(device) * r.value
             per_hook.setdefault(r.hook_name, []).append(_Contribution(r.positions, ConstantEditor(vec), e.describe()))
         else:
             assert r.sae_name is not None
             groups.setdefault((r.hook_name, r.sae_name, r.positions), []).append(r)
     for (hook, name, positions), rs in groups.items():
         sae = sae_map[name]
-        if model_device is not None and sae.W_dec.device != model_device:
+        if sae.W_dec.device != device:
             raise SteeringError(
-                f"SAE {name!r} is on {sae.W_dec.device} but the model runs on {model_device}; move it with "
-                f"sae.to({str(model_device)!r})"
+                f"SAE {name!r} is on {sae.W_dec.device} but the model runs on {device}; move it with "
+                f"sae.to({str(device)!r})"
             )
         coefs = [op_coefficients(r.op, r.value) for r in rs]
         triggers = [r.trigger for r in rs] if any(r.trigger for r in rs) else None
@@ -426,13 +410,6 @@ def build_plan(model: Any, saes: Any, edits: Sequence[Edit | str], *, typical_ma
         tracker = None if block is None else trackers.setdefault(block, SequenceTracker())
         hook_fns[hook] = _HookFn(hook, tracker, contribs)
     return SteeringPlan(resolved, hook_fns, trackers)
-
-
-def _model_device(model: Any) -> torch.device | None:
-    try:
-        return next(model.parameters()).device
-    except (StopIteration, AttributeError, TypeError):
-        return None
 
 
 # ---------------------------------------------------------------------------------- session

@@ -223,10 +223,10 @@ def test_matryoshka_parent_links_from_co_firing_and_decoder(tmp_path):
 
 
 def test_a_second_concurrent_build_is_refused(tmp_path):
-    from features.build import BuildLock
+    from features.build import build_lock
 
     path = tmp_path / "busy.db"
-    with BuildLock(path):
+    with build_lock(path):
         with pytest.raises(StoreError, match="another process is building"):
             build_feature_store(path, make_sae(), random_source(), small_config(), progress=False)
     build_feature_store(path, make_sae(), random_source(), small_config(), progress=False)

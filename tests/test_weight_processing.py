@@ -56,7 +56,7 @@ def test_processing_centres_the_residual_stream_and_keeps_the_predictions():
 
 def test_an_hf_checkpoint_is_processed_through_the_bridge(tmp_path):
     from helpers.tiny_hf import save_tiny_gpt2
-    from training.cache import ActivationRunner
+    from training.runner import ActivationRunner
 
     path = str(save_tiny_gpt2(tmp_path / "gpt2"))
     raw, pro = load_model(path, device="cpu"), load_model(path, device="cpu", process_weights=True)

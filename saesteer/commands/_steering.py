@@ -103,11 +103,6 @@ def load_model(args, saes: dict[str, Any], store: Any = None):
     return model
 
 
-def model_device(model: Any):
-    try:
-        return next(model.parameters()).device
-    except StopIteration:  # pragma: no cover
-        return None
 
 
 def read_prompts(args) -> list[str]:

@@ -93,8 +93,9 @@ def _run(args, model=None) -> int:
     import json
 
     from saesteer.commands._steering import (
-        CLIError, load_model, load_saes, model_device, open_store, read_prompts, typical_max_provider,
+        CLIError, load_model, load_saes, open_store, read_prompts, typical_max_provider,
     )
+    from saes.hookpoints import model_device
     from saesteer.configargs import dataclass_from_args
     from steering.config import GenerationConfig
     from steering.spec import SteerLimits, parse_edit

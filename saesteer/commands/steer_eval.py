@@ -104,8 +104,9 @@ def _run(args, model=None) -> int:
     import json
     from pathlib import Path
 
+    from saes.hookpoints import model_device
     from saesteer.commands._steering import (
-        CLIError, load_model, load_saes, model_device, open_store, read_prompts, typical_max_provider,
+        CLIError, load_model, load_saes, open_store, read_prompts, typical_max_provider,
     )
     from saesteer.commands.sweep import _scorer
     from saesteer.configargs import dataclass_from_args

@@ -107,8 +107,9 @@ def _run(args, model=None) -> int:
     from pathlib import Path
 
     from saesteer.commands._steering import (
-        CLIError, load_model, load_saes, model_device, open_store, read_prompts, typical_max_provider,
+        CLIError, load_model, load_saes, open_store, read_prompts, typical_max_provider,
     )
+    from saes.hookpoints import model_device
     from saesteer.configargs import dataclass_from_args
     from steering.config import GenerationConfig, SweepConfig
     from steering.spec import SteerLimits

@@ -214,7 +214,8 @@ def _run_training(args, run_cfg, data_cfg, text_cfg, out, setup) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    from training.trainer import NonFiniteError, train
+    from training.run import train
+    from training.trainer import NonFiniteError
 
     try:
         result = train(run_cfg, source, out, model_eval=model_eval, provenance=provenance, resume=args.resume,
@@ -235,7 +236,7 @@ def _prepare_data(run_cfg, data_cfg, text_cfg, coll=None, allow_model_mismatch: 
 
     Data parallel (`coll`): this rank's reader (rows r*B/W..(r+1)*B/W of every global batch of
     --batch-size rows); only rank 0 loads the model for the CE evaluation."""
-    from training.trainer import ModelEval
+    from training.evaluate import ModelEval
 
     t = run_cfg.train
     model = None
@@ -298,7 +299,7 @@ def _prepare_data(run_cfg, data_cfg, text_cfg, coll=None, allow_model_mismatch: 
 
     # no cache: activations straight from the model (one pass over the text; resume replays it)
     from saesteer.models import check_hook_names, load_model, model_identity, start_model_spec
-    from training.reader import model_batches
+    from training.live import model_batches
     from training.text import resolve_data
 
     model = load_model(start_model_spec(data_cfg.model, text_cfg.dataset), device=t.device,  # toy for toy text only
