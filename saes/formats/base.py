@@ -6,7 +6,7 @@
   both sides are kept in the provenance.
 - `tl_hook_for_module`: TransformerLens hook name of an HF module path (sparsify's hookpoints).
 - `read_plain_state_dict`: a torch pickle through `torch.load(weights_only=True)` only, and only
-  if it holds a plain {name: tensor} state dict.
+  if it holds a plain {name: tensor} state dict (`read_weights_only_pickle`: the load alone).
 - `read_safetensors`, `require_tensors`, `file_sha256`: small checked readers.
 
 Only JSON, safetensors, numpy .npz (allow_pickle=False) and weights-only torch pickles of plain
@@ -79,14 +79,7 @@ def read_plain_state_dict(path: Path, source: str) -> dict[str, torch.Tensor]:
     weights_only's unpickler builds only tensors and plain containers and never calls anything
     a file names, so a malicious pickle fails here without running. A pickle that holds anything
     but a flat dict of tensors (a whole module, an optimizer checkpoint, ...) is refused."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile, AttributeError) as e:
-        raise SAEFormatError(
-            f"{source}: {path.name} is not a plain state dict of tensors, refused without running it "
-            f"(torch.load(weights_only=True) said: {_unpickling_reason(e)[:200]}). Only files saved as "
-            f"torch.save(module.state_dict(), ...) are read; convert other pickles in a Python session you trust"
-        ) from None
+    obj = read_weights_only_pickle(path, source)
     if not isinstance(obj, dict) or not obj:
         raise SAEFormatError(f"{source}: {path.name} holds a {type(obj).__name__}, not a state dict "
                              f"({{name: tensor}}); save it with torch.save(module.state_dict(), path)")
@@ -95,6 +88,19 @@ def read_plain_state_dict(path: Path, source: str) -> dict[str, torch.Tensor]:
         raise SAEFormatError(f"{source}: {path.name} is not a plain state dict: entries {', '.join(bad[:5])} are not "
                              f"tensors named by strings; save it with torch.save(module.state_dict(), path)")
     return obj
+
+
+def read_weights_only_pickle(path: Path, source: str) -> Any:
+    """What a torch pickle holds, read with `torch.load(weights_only=True)` only: tensors, numbers,
+    strings and plain containers; anything else is refused without running (see above)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile, AttributeError) as e:
+        raise SAEFormatError(
+            f"{source}: {path.name} is not a plain state dict of tensors, refused without running it "
+            f"(torch.load(weights_only=True) said: {_unpickling_reason(e)[:200]}). Only files saved as "
+            f"torch.save(module.state_dict(), ...) are read; convert other pickles in a Python session you trust"
+        ) from None
 
 
 def _unpickling_reason(e: BaseException) -> str:
