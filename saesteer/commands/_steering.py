@@ -27,7 +27,7 @@ def add_common_arguments(parser, *, prompts_help: str) -> None:
                    help="steer --model even if the SAEs or the store record another model")
     g.add_argument("--device", default=None, help="device for the model and SAEs (default: the model's)")
     g.add_argument("--sae", action="append", default=[], metavar="[NAME=]SAE", required=True,
-                   help="SAE: a folder (saesteer, SAELens, sparsify, dictionary_learning, Gemma Scope) or "
+                   help="SAE: a folder (saesteer, SAELens, sparsify, dictionary_learning, Gemma Scope), an OpenAI .pt file, or "
                         "sae_lens:RELEASE/SAE_ID (repeat for several; name them NAME=SAE and refer to NAME/FEATURE "
                         "in edits)")
     g.add_argument("--hook", default=None, metavar="HOOK",

@@ -34,7 +34,7 @@ def add_arguments(parser) -> None:
     b = sub.add_parser("build", help="run an SAE over an activation cache and write its feature store",
                        description="Build (or resume, after a crash: re-run the same command) a feature store.")
     b.add_argument("--sae", required=True,
-                   help="SAE: a folder (saesteer, SAELens, sparsify, dictionary_learning, Gemma Scope) or "
+                   help="SAE: a folder (saesteer, SAELens, sparsify, dictionary_learning, Gemma Scope), an OpenAI .pt file, or "
                         "sae_lens:RELEASE/SAE_ID")
     b.add_argument("--cache", required=True, help="activation cache directory (from `saesteer cache`)")
     b.add_argument("--out", required=True, help="store file to write, e.g. stores/toy-topk.db")
