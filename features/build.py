@@ -339,7 +339,7 @@ def _write(store: FeatureStore, sae, source, cfg: BuildConfig, res: PassResult, 
     if model is not None:
         if getattr(model, "W_U", None) is not None and model.W_U.shape[0] == sae.cfg.d_in:
             logits = logit_effects(W_dec, model, cfg.n_logits)
-    widths = list(getattr(sae.cfg, "matryoshka_widths", []) or [])
+    widths = sae.levels or []
     links = None
     if len(widths) >= 2:
         links = matryoshka_links(widths, W_dec, sample, cfg.parent_min_coact, cfg.parent_min_cos,

@@ -35,8 +35,6 @@ import torch
 from torch import Tensor
 
 from saes.base import SAE
-from saes.threshold import JumpReLUSAE
-from saes.topk import TopKSAE
 
 def op_coefficients(op: str, value: float) -> tuple[float, float]:
     """(c1, c0) of one op: the latent changes by delta = a * c1 + c0."""
@@ -52,13 +50,9 @@ def op_coefficients(op: str, value: float) -> tuple[float, float]:
 
 
 def encoder_kind(sae: SAE) -> str:
-    """'threshold', 'topk' or 'generic': which exact current-activation path applies."""
-    select = type(sae).select
-    if isinstance(sae, JumpReLUSAE) and select is JumpReLUSAE.select:
-        return "threshold"
-    if isinstance(sae, TopKSAE) and select is TopKSAE.select:
-        return "topk"
-    return "generic"
+    """Which exact current-activation path applies: the SAE's `encoding_rule` ('threshold',
+    'topk'; 'relu' and 'generic' read through the SAE's own `encode_sparse` here)."""
+    return sae.encoding_rule
 
 
 class LatentEditor:

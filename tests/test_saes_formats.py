@@ -128,7 +128,7 @@ def test_dictionary_learning_files_encode_and_decode_as_the_library(tmp_path: Pa
     assert loaded.sae.cfg.metadata["hook_name"] == "blocks.1.hook_resid_post"
     assert loaded.sae.cfg.metadata["model_name"] == "org/model"
     if dict_class == "MatryoshkaBatchTopKSAE":
-        assert loaded.sae.widths == [16, 64]
+        assert loaded.sae.levels == [16, 64]
     if dict_class == "AutoEncoder":  # the library's loader moves decoder norms into the encoder; so do we
         assert loaded.provenance["source"]["decoder_norm_folded"] is True
         torch.testing.assert_close(loaded.sae.W_dec.norm(dim=1), torch.ones(F))

@@ -32,7 +32,7 @@ def test_encoder_kinds():
     assert encoder_kind(make("batchtopk")) == "threshold"
     assert encoder_kind(make("matryoshka_batchtopk")) == "threshold"
     assert encoder_kind(make("topk")) == "topk"
-    assert encoder_kind(make("standard")) == "generic"
+    assert encoder_kind(make("standard")) == "relu"
 
 
 @pytest.mark.parametrize("arch", ARCHS)
