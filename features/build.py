@@ -43,6 +43,7 @@ from features.records import utc_now
 from features.source import ActivationSource
 from features.store import FeatureStore, StoreError, StoreMismatchError
 from features.tokentext import token_texts
+from saes.formats.base import sae_of
 
 STATE_SUFFIX = ".state.safetensors"
 LOCK_SUFFIX = ".lock"
@@ -202,6 +203,8 @@ def build_feature_store(
 ) -> BuildResult:
     """Build (or resume, or finish) the feature store at `path` for `sae` over `source`.
 
+    sae: an SAE, or a `saes.formats.LoadedSAE` (the SAE beside its provenance: the model it
+    records is checked against the cache's and the model's, and recorded in the store).
     model: a loaded TransformerLens model, for logit effects (optional).
     tokenizer: for token display strings and example text (optional; else `model.tokenizer`).
     sae_path: the SAE's folder, recorded (absolute) so that tools can load the SAE from the store.
@@ -211,8 +214,11 @@ def build_feature_store(
     t_start = time.perf_counter()
     cfg = cfg or BuildConfig()
     path = Path(path)
+    loaded, sae = sae, sae_of(sae)
+    if sae_path is None and loaded is not sae:
+        sae_path = loaded.spec
     check_compatible(sae, source)
-    recorded = check_models(sae, source, model, allow_model_mismatch)
+    recorded = check_models(loaded, source, model, allow_model_mismatch)
     if tokenizer is None and model is not None:
         tokenizer = getattr(model, "tokenizer", None)
     event = on_event or (lambda name, info: None)

@@ -227,11 +227,14 @@ def identity_of_model(model: Any) -> ModelIdentity | None:
     return ident if isinstance(ident, ModelIdentity) else None
 
 
-def identity_of_sae(sae: Any) -> ModelIdentity | None:
-    """The model an SAE was trained on, from its `saesteer.json` provenance (`model_identity`, or
-    the `model` id and `model_revision` older versions wrote); None without provenance (e.g. an
-    SAE made by another library: its `cfg.json` names models in that library's own terms)."""
-    prov = getattr(sae, "provenance", None) or {}
+def identity_of_sae(loaded: Any) -> ModelIdentity | None:
+    """The model an SAE was trained on, from the provenance loaded beside it (a
+    `saes.formats.LoadedSAE`, or the provenance dict itself): `model_identity`, or the `model` id
+    and `model_revision` older versions wrote. None for a bare SAE (its provenance travels beside
+    it, never on it) or without a record (e.g. an SAE made by another library: its `cfg.json`
+    names models in that library's own terms)."""
+    prov = loaded if isinstance(loaded, Mapping) else getattr(loaded, "provenance", None)
+    prov = prov if isinstance(prov, Mapping) else {}
     if prov.get("model_identity") is not None:
         return ModelIdentity.from_json(prov["model_identity"])
     data = prov.get("data") or {}
@@ -240,7 +243,8 @@ def identity_of_sae(sae: Any) -> ModelIdentity | None:
 
 def check_sae_model(model: Any, sae: Any, *, sae_name: str = "sae", allow_mismatch: bool = False) -> None:
     """Python-API check for code that pairs a model with an SAE: refuse (ModelMismatchError) an
-    SAE recorded for another model when both sides carry an identity."""
+    SAE recorded for another model when both sides carry an identity (`sae`: a `LoadedSAE`
+    carries its record; a bare SAE has none)."""
     if allow_mismatch:
         return
     check_same_model(identity_of_sae(sae), identity_of_model(model), recorded_in=f"SAE {sae_name!r}",

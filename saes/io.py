@@ -297,11 +297,10 @@ def sae_from_sae_lens_dict(
 def load_sae(
     path: str | os.PathLike, device: torch.device | str | None = None, dtype: torch.dtype | None = None
 ) -> SAE:
-    """Load an SAE folder written by saesteer or SAELens."""
-    cfg, weights, provenance = read_sae_folder(path)
-    sae = sae_from_sae_lens_dict(cfg, weights, device=device, dtype=dtype, source=str(path))
-    sae.provenance = _without_checksums(provenance)
-    return sae
+    """Load an SAE folder written by saesteer or SAELens (the SAE alone: its provenance is
+    `read_provenance(path)`; `saes.formats.resolve_sae(path)` returns both, side by side)."""
+    cfg, weights, _ = read_sae_folder(path)
+    return sae_from_sae_lens_dict(cfg, weights, device=device, dtype=dtype, source=str(path))
 
 
 def _without_checksums(record: dict[str, Any] | None) -> dict[str, Any]:

@@ -43,11 +43,14 @@ def contrast_features(
 ) -> list[FeatureCandidate]:
     """Latents ranked by mean activation on `positive` minus mean on `negative` prompts.
 
-    `min_rate` drops latents that fire on fewer than that fraction of positive tokens. An SAE
-    recorded for another model is refused (see `steering.steer`) unless `allow_model_mismatch`."""
+    `min_rate` drops latents that fire on fewer than that fraction of positive tokens. `sae`: an
+    SAE or a `saes.formats.LoadedSAE`; one recorded for another model is refused (see
+    `steering.steer`) unless `allow_model_mismatch`."""
+    from saes.formats.base import sae_of
     from saes.identity import check_sae_model
 
     check_sae_model(model, sae, allow_mismatch=allow_model_mismatch)
+    sae = sae_of(sae)
     if top < 1:
         raise SteeringError(f"top must be positive, got {top}")
     mean_p, rate_p, _ = mean_latent_activation(model, sae, positive, batch_size=batch_size)

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from saes.base import SAE
+from saes.formats.base import LoadedSAE, sae_of
 from saes.identity import check_sae_model
 from steering.interventions import LatentEditor, op_coefficients
 from steering.positions import FULL, SequenceTracker, block_call_info
@@ -134,36 +135,38 @@ class _HookFn:
 
 
 def _as_sae_mapping(saes: Any) -> dict[str, SAE]:
+    return {name: sae_of(v) for name, v in _named_saes(saes).items()}
+
+
+def _named_saes(saes: Any) -> dict[str, Any]:
+    """name -> SAE or `LoadedSAE` (the SAE beside its provenance), as given."""
     if saes is None:
         return {}
-    if isinstance(saes, SAE):
+    if isinstance(saes, (SAE, LoadedSAE)):
         return {"sae": saes}
     if isinstance(saes, Mapping):
-        out = {}
-        for k, v in saes.items():
-            if not isinstance(v, SAE):
-                raise SteeringError(f"saes[{k!r}] is a {type(v).__name__}, not an SAE (load one with saes.load_sae)")
-            out[str(k)] = v
-        return out
-    if isinstance(saes, Sequence):
-        out = {}
-        for i, v in enumerate(saes):
-            if not isinstance(v, SAE):
-                raise SteeringError(f"saes[{i}] is a {type(v).__name__}, not an SAE (load one with saes.load_sae)")
-            out[str(i)] = v
-        return out
-    raise SteeringError(f"saes must be an SAE, a dict name -> SAE, or a list of SAEs; got {type(saes).__name__}")
+        items = [(str(k), v, f"saes[{k!r}]") for k, v in saes.items()]
+    elif isinstance(saes, Sequence):
+        items = [(str(i), v, f"saes[{i}]") for i, v in enumerate(saes)]
+    else:
+        raise SteeringError(f"saes must be an SAE, a dict name -> SAE, or a list of SAEs; got {type(saes).__name__}")
+    for _, v, where in items:
+        if not isinstance(v, (SAE, LoadedSAE)):
+            raise SteeringError(f"{where} is a {type(v).__name__}, not an SAE (load one with saes.formats.resolve_sae)")
+    return {name: v for name, v, _ in items}
 
 
 def check_models(model: Any, saes: Any, allow_mismatch: bool = False) -> None:
-    """Refuse SAEs recorded for another model than `model` (when both sides record one)."""
-    for name, sae in _as_sae_mapping(saes).items():
+    """Refuse SAEs recorded for another model than `model` (when both sides record one: an SAE
+    given as a `LoadedSAE` carries its record, a bare SAE none)."""
+    for name, sae in _named_saes(saes).items():
         check_sae_model(model, sae, sae_name=name, allow_mismatch=allow_mismatch)
 
 
 def sae_hook_name(sae: SAE, name: str = "sae") -> str:
-    """The hook an SAE reads: `cfg.metadata["hook_name"]`, else its saesteer.json provenance."""
-    hook = (sae.cfg.metadata or {}).get("hook_name") or (getattr(sae, "provenance", None) or {}).get("hook_name")
+    """The hook an SAE reads: `cfg.metadata["hook_name"]` (the loaders fill it in from the
+    provenance or --hook where cfg.json lacks it)."""
+    hook = (sae.cfg.metadata or {}).get("hook_name")
     if not hook:
         raise SteeringError(
             f"SAE {name!r} does not record its hook point; set sae.cfg.metadata['hook_name'] "
@@ -422,11 +425,12 @@ def steer(
     """Hook `edits` into `model` for the duration of the block.
 
     model: a TransformerLens HookedTransformer or TransformerBridge. saes: an SAE, a dict name -> SAE, a list of SAEs
-    (named "0", "1", ...) or None (vector edits only); each SAE's hook is its
+    (named "0", "1", ...) or None (vector edits only); an SAE may be given as the `LoadedSAE`
+    `saes.formats.resolve_sae` returns (its recorded model is then checked); each SAE's hook is its
     `cfg.metadata["hook_name"]`. edits: FeatureEdit / VectorEdit objects or edit strings
     ("123:clamp=8", "res/5:add=2x@generated"). typical_max: feature -> typical max activation
     (dict or callable; or a dict SAE name -> such), needed for "x" units. limits: `SteerLimits`.
-    An SAE whose saesteer.json records another model than the one `saesteer.models.load_model`
+    An SAE whose provenance records another model than the one `saesteer.models.load_model`
     loaded is refused (saes.identity.ModelMismatchError) unless `allow_model_mismatch`.
     """
     if isinstance(edits, (str, FeatureEdit, VectorEdit)):

@@ -172,6 +172,9 @@ def test_a_wrong_model_is_refused_everywhere(chain, capsys, tmp_path, monkeypatc
     _refused(capsys, chain)
     assert main(["serve", "--store", str(chain.store), "--model", b]) == 2
     _refused(capsys, chain)
+    assert main(["eval", "--sae", str(chain.sae), "--model", b, "--dataset", str(chain.eval_text),
+                 "--out", str(tmp_path / "eval"), "--quiet"]) == 2
+    _refused(capsys, chain)
     assert not (tmp_path / "x.db").exists() and not (tmp_path / "run" / "saes").exists()
 
 

@@ -94,13 +94,14 @@ def _run(args, model=None) -> int:
     if args.search is not None and args.store is None:
         raise CLIError("--search looks labels up in a feature store; give --store FILE")
 
-    saes = load_saes(args.sae, hook=args.hook, model=args.model)
+    loaded = load_saes(args.sae, hook=args.hook, model=args.model)
+    saes = {name: item.sae for name, item in loaded.items()}
     store, link = open_store(args.store, saes)
     try:
         if args.search is not None:
             return _print_search(link, args.search, args.top, args.json)
         if model is None:
-            model = load_model(args, saes, store)
+            model = load_model(args, loaded, store)
         dev = model_device(model)
         saes = {k: v.to(dev) for k, v in saes.items()}
         if args.contrast is not None:
