@@ -91,7 +91,10 @@ class FeatureStoreLabels:
         return list(self._ids)
 
     def examples(self, latent: int) -> LatentExamples:
-        exs = [_convert(e) for e in self.store.examples(latent)]
+        from features.records import without_start_bos
+
+        bos = self.store.meta.get("bos_id")  # the judge does not see the context's BOS marker
+        exs = [_convert(without_start_bos(e, bos)) for e in self.store.examples(latent)]
         max_act = max((e.max_act for e in exs), default=None)
         return LatentExamples(
             latent,

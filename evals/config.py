@@ -47,6 +47,9 @@ class EvalConfig:
     probing_max_per_class: int = field(default=400, metadata={"help": "examples kept per class and task (balanced)"})
     probing_min_positives: int = field(default=20, metadata={"help": "examples a class needs to be probed"})
     seed: int = field(default=0, metadata={"help": "seed of the splits and subsamples"})
+    allow_eval_overlap: bool = field(default=False, metadata={"help": "evaluate even when the held-out text is all "
+                                                                      "text an SAE was trained on (refused by "
+                                                                      "default; a partial overlap is reported)"})
 
     def __post_init__(self) -> None:
         _check_int("contexts", self.contexts, 1)

@@ -10,12 +10,12 @@ Shape key: N examples, P features.
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
+from saes.threads import torch_threads
 
 NEWTON_MAX_FEATURES = 1025  # Newton up to this many parameters, L-BFGS above
 
@@ -31,15 +31,9 @@ class Probe(NamedTuple):
         return self.logits(x_NP) > 0
 
 
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
+def one_thread():
     """Probes are tiny: a thread pool only adds synchronisation (20x slower on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return torch_threads(1)
 
 
 def fit_logistic(x_NP: Tensor, y_N: Tensor, l2: float = 1e-3, max_iter: int = 100, tol: float = 1e-9) -> Probe:

@@ -376,6 +376,17 @@ def _write(store: FeatureStore, sae, source, cfg: BuildConfig, res: PassResult, 
 _KIND_CODE = {"top": 0, "quantile": 1, "negative": 2}
 
 
+def _searchable_text(ex: list, bos_id: int | None) -> str:
+    """An example row's text for full-text search: without the BOS marker that starts its context
+    (as `records.without_start_bos` shows examples), so that searching "text" does not find every
+    window that begins with "<|begin_of_text|>"."""
+    pos, centre, token_bytes, act_bytes, text, offset_bytes = ex[6:12]
+    tokens, acts = np.frombuffer(token_bytes, dtype="<i4"), np.frombuffer(act_bytes, dtype="<f4")
+    if bos_id is None or centre != pos or len(tokens) < 2 or int(tokens[0]) != bos_id or acts[0] > 0:
+        return text  # centre == pos: the window starts at the context's first token
+    return text[int(np.frombuffer(offset_bytes, dtype="<i4")[1]):]
+
+
 def _block_rows(f0, f1, res: PassResult, dec_norm, dec_nb, co_nb, logits, links, source, tokenizer, before, W):
     """The rows of one write transaction, built from whole-block arrays (no per-example tensor ops)."""
     sl = slice(f0, f1)
@@ -453,7 +464,7 @@ def _block_rows(f0, f1, res: PassResult, dec_norm, dec_nb, co_nb, logits, links,
     top_text: dict[int, list[str]] = {}
     for ex in examples:
         if ex[1] == "top" and ex[10]:
-            top_text.setdefault(ex[0], []).append(ex[10])
+            top_text.setdefault(ex[0], []).append(_searchable_text(ex, source.bos_id))
     fts = [(f, "", "\n".join(top_text.get(f, []))) for f in ids]
     return feats, hists, [tuple(ex) for ex in examples], logit_rows, nb_rows, fts
 

@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Iterable
 
-from features.records import Example, FeatureRecord
+from features.records import Example, FeatureRecord, without_start_bos
 from features.store import FeatureStore
 from features.tokentext import visible
 
@@ -146,7 +146,8 @@ def feature_page(store: FeatureStore, rec: FeatureRecord, plotly_src: str | None
                        ("Random non-activating contexts", rec.negative_examples)):
         if exs:
             scale = st.max_act or 1.0
-            parts.append(f"<h2>{esc(title)}</h2>" + "".join(_example_html(e, scale) for e in exs))
+            parts.append(f"<h2>{esc(title)}</h2>" + "".join(
+                _example_html(without_start_bos(e, store.meta.get("bos_id")), scale) for e in exs))
     for title, nbs in (("Decoder-cosine neighbours", rec.decoder_neighbours), ("Co-activation neighbours", rec.coact_neighbours)):
         if nbs:
             parts.append(f"<h2>{esc(title)}</h2><table><tr><th>feature</th><th>score</th><th>count</th></tr>" + "".join(

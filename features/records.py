@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -66,6 +67,21 @@ class Example:
     #                    empty strings when the store was built without a tokenizer
     acts: list[float]  # the latent's activation at every token of the window
     text: str | None  # the window as the tokenizer decodes it (None without a tokenizer)
+
+
+def without_start_bos(ex: Example, bos_id: int | None) -> Example:
+    """The example as the judge and the reader see it: without the BOS that starts its context (a
+    marker the model reads, not text: "<|begin_of_text|>" in a window says nothing about the
+    latent), unless the latent fires on it. The store keeps the window as the model read it."""
+    j = ex.centre - ex.position  # the context's first token, in the window
+    if bos_id is None or len(ex.token_ids) < 2 or not 0 <= j < len(ex.token_ids) or ex.token_ids[j] != bos_id \
+            or ex.acts[j] > 0:
+        return ex
+    tokens = ex.tokens[:j] + ex.tokens[j + 1:]
+    return dataclasses.replace(
+        ex, token_ids=ex.token_ids[:j] + ex.token_ids[j + 1:], tokens=tokens, acts=ex.acts[:j] + ex.acts[j + 1:],
+        centre=ex.centre - 1 if ex.centre > j else min(ex.centre, len(tokens) - 1),
+        text=ex.text if ex.text is None or not any(ex.tokens) else "".join(tokens))
 
 
 @dataclass(frozen=True)

@@ -86,14 +86,17 @@ def features_on_text(
     store=None,
     top_n: int = 10,
     hook_name: str | None = None,
-    prepend_bos: bool = True,
+    prepend_bos: bool | None = None,
     min_act: float = 0.0,
     allow_model_mismatch: bool = False,
 ) -> TextActivations:
     """Latents firing on each token of `text`, strongest first (labels from `store` when given;
     the store must have been built from this SAE). `sae`: an SAE or a `saes.formats.LoadedSAE`.
-    An SAE (loaded beside a record) or store recorded for another model than `model` is refused
-    (saes.identity.ModelMismatchError) unless `allow_model_mismatch`."""
+    The text starts with BOS as the SAE's inputs did (its cfg.json `prepend_bos`, else the model's
+    default) unless `prepend_bos` says otherwise. An SAE (loaded beside a record) or store
+    recorded for another model than `model` is refused (saes.identity.ModelMismatchError) unless
+    `allow_model_mismatch`."""
+    from saes.bos import prepend_bos_for
     from saes.formats.base import sae_of
     from saes.identity import check_sae_model, check_same_model, identity_of_model
 
@@ -108,7 +111,7 @@ def features_on_text(
             check_same_model(store.recorded_model(), identity_of_model(model), recorded_in=f"the feature store {store.path}",
                              given_as="the model given", override="allow_model_mismatch=True",
                              fix="load the model it records (saesteer.models.load_model)")
-    tokens_BS = model.to_tokens(text, prepend_bos=prepend_bos)
+    tokens_BS = model.to_tokens(text, prepend_bos=prepend_bos_for(model, [sae], prepend_bos))
     x = hook_activations(model, hook, tokens_BS)[0]  # [S, ...]
     x_SD = x.reshape(x.shape[0], -1)
     acts_SF = sae.encode(x_SD.to(device=sae.device, dtype=sae.dtype)).float().cpu()

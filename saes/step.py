@@ -37,7 +37,7 @@ class GradResult(NamedTuple):
     pre_BF: Tensor  # fast methods: a workspace buffer, valid until the next step with that workspace
     recon_BD: Tensor
     # BatchTopK / Matryoshka, when a method gets it for free: per latent, the rows with
-    # pre > threshold (thresholds as they were during this call); for `update_threshold_`
+    # pre > threshold (thresholds as they were during this call); for `update_inference_form_`
     above_threshold_F: Tensor | None = None
 
 

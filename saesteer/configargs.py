@@ -108,9 +108,10 @@ def add_dataclass_arguments(
     prefix: str = "",
     title: str | None = None,
     skip: tuple[str, ...] = (),
-) -> None:
+):
     """Add one `--flag` per field of dataclass `cls` (defaults stay unset, so a config
-    file can fill them; `dataclass_from_args` applies the dataclass defaults)."""
+    file can fill them; `dataclass_from_args` applies the dataclass defaults). Returns the
+    argument group (for a skipped field added by hand)."""
     hints = typing.get_type_hints(cls)
     group = parser.add_argument_group(title or (cls.__doc__ or cls.__name__).strip().split("\n")[0])
     for f in dataclasses.fields(cls):
@@ -134,6 +135,7 @@ def add_dataclass_arguments(
             metavar=_type_name(tp).upper() if typing.get_origin(tp) is not typing.Literal else _type_name(tp),
             help=help_text,
         )
+    return group
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

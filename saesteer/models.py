@@ -314,6 +314,20 @@ def pick_record(candidates) -> tuple[ModelIdentity | None, str]:
     return known[0] if known else (None, " and ".join(where for _, where in candidates))
 
 
+def start_model_spec(spec: str | None, dataset: str) -> str:
+    """The model that starts a chain (cache, or train without a cache): `spec` (--model) when given;
+    the toy model only for the toy corpus. Another dataset without --model is refused: the toy
+    model would read the user's text through its word-level vocabulary without a word of warning."""
+    if spec:
+        return spec
+    if dataset in TOY_SPECS:
+        return "toy"
+    raise ModelIdentityError(
+        f"--dataset {dataset} is not the toy corpus: pass --model (an HF hub name or a local model directory) "
+        f"for the model that reads it; the toy model is the default only for --dataset toy (--model toy runs it "
+        f"on this text anyway)")
+
+
 def load_recorded_model(
     recorded: ModelIdentity | None,
     spec: str | None,

@@ -639,21 +639,6 @@ def _held_out(cfg: DemoConfig, model, sae, cand: dict, strength: float, link_typ
     return test, (visible or rows)[:3], len(visible)
 
 
-@contextmanager
-def _one_torch_thread() -> Iterator[None]:
-    """Generation with the toy model is many tiny steps ([16, 128] x [128, 512]): a second thread
-    gains nothing there, and on a busy machine its spinning multiplies the CPU time (the steering
-    stage measured 7 s of CPU with one thread, 147 s with two, at load 9)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
 # ------------------------------------------------------------------------------------- driver
 def run_demo(
     cfg: DemoConfig | None = None,
@@ -717,7 +702,11 @@ def run_demo(
         judge, n_labelled = _stage_label(cfg, paths, judge_cfg, progress, info, say)
 
     toward = "a sparse latent of a toy-world topic" if cfg.steer_topic == AUTO else f"toward '{cfg.steer_topic}'"
-    with timer.stage("steer", f"steering example: {toward}") as info, _one_torch_thread():
+    from saes.threads import torch_threads
+
+    # generation with the toy model is many tiny steps ([16, 128] x [128, 512]): on a busy machine a
+    # second thread's spinning multiplies the CPU time (7 s of CPU with one thread, 147 s with two, at load 9)
+    with timer.stage("steer", f"steering example: {toward}") as info, torch_threads(1):
         steering = _stage_steer(cfg, paths, model, sae, progress, info, say)
 
     from features import FeatureStore
@@ -778,8 +767,9 @@ def print_summary(result: DemoResult, console: Any = None) -> None:
                   f"{c['median_best_f1']:.2f})")
 
     con.print()
-    con.print(f"[bold]labelled features[/] ({result.labelled:,} labelled by {result.judge}; label, its detection / "
-              f"fuzzing scores, the ground-truth concept it matches; activating token in [[ ]])")
+    con.print(Text.assemble(("labelled features", "bold"), (  # the judge's name is the user's (--judge-model)
+        f" ({result.labelled:,} labelled by {result.judge}; label, its detection / fuzzing scores, the ground-truth "
+        f"concept it matches; activating token in [[ ]])")))
     for f in result.showcase:
         sc = ", ".join(f"{k} {v:.2f}" for k, v in sorted(f.scores.items()))
         lvl = "" if f.level is None else f", Matryoshka level {f.level}"
@@ -852,26 +842,14 @@ def _topic_marked(text: str, topic: str):
 
 
 # ------------------------------------------------------------------------------------- serving
-def _port_free(host: str, port: int) -> bool:
-    import socket
-
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((host.strip("[]"), port))
-        except OSError:
-            return False
-    return True
-
-
 def serve_demo(result: DemoResult, *, host: str = "127.0.0.1", port: int = 8000, console: Any = None,
                model: Any = None) -> None:
     """Serve the demo's feature store (browse + steer) with `saesteer serve`'s machinery; blocks
     until interrupted. A busy `port` is replaced by a free one."""
-    import uvicorn
-
     from saesteer.web import create_app
     from saesteer.web.config import Limits, ServeConfig
-    from saesteer.web.launch import open_entries, pick_port
+    from saesteer.web.launch import open_entries
+    from saesteer.web.listen import listening_socket, run_server
 
     con = console or _console()
     model = model if model is not None else result.model
@@ -882,20 +860,31 @@ def serve_demo(result: DemoResult, *, host: str = "127.0.0.1", port: int = 8000,
     model.eval()
     limits = Limits()
     entries = open_entries([result.paths.store], model=model, sae_dirs=[result.sae_dir], limits=limits)
-    if port and not _port_free(host, port):
+    try:
+        sock = listening_socket(host, port)
+    except OSError:
+        if not port:
+            raise
         con.print(f"port {port} is busy; using a free one")
-        port = 0
-    config = ServeConfig(host=host, port=pick_port(host, port))
-    app = create_app(entries, config=config, limits=limits, token=os.environ.get("SAESTEER_TOKEN") or None)
+        sock = listening_socket(host, 0)
+    config = ServeConfig(host=host, port=int(sock.getsockname()[1]))
+    try:
+        app = create_app(entries, config=config, limits=limits, token=os.environ.get("SAESTEER_TOKEN") or None)
+    except BaseException:
+        sock.close()
+        raise
     token = app.state.web.token
     base = f"http://{host}:{config.port}"
     url = f"{base}/" + (f"?token={token}" if token else "")
     con.rule("[bold]web app", align="left")
     s = result.steering
     sid = entries[0].id
-    con.print(f"[bold green]saesteer serving on {url}[/]  (Ctrl-C stops it)")
     query = s.topic if s is not None else ("ocean" if result.config.steer_topic == AUTO else result.config.steer_topic)
-    con.print(f"  features: {base}/s/{sid}   search: {base}/s/{sid}/search?q={query}"
-              + (f"   steering playground: {base}/s/{sid}/steer?f={s.feature}" if s else ""))
-    uvicorn.run(app, host=host, port=config.port, log_level="warning", proxy_headers=False,
-                server_header=False, date_header=False)
+
+    def ready() -> None:  # once uvicorn accepts connections (saesteer.web.listen)
+        con.print(f"[bold green]saesteer serving on {url}[/]  (Ctrl-C stops it)")
+        con.print(f"  features: {base}/s/{sid}   search: {base}/s/{sid}/search?q={query}"
+                  + (f"   steering playground: {base}/s/{sid}/steer?f={s.feature}" if s else ""))
+
+    run_server(app, sock, on_ready=ready, log_level="warning", proxy_headers=False, server_header=False,
+               date_header=False)

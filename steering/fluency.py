@@ -16,8 +16,10 @@ A continuation's fluency is the product of three factors, each in [0, 1]:
   factor = exp(-max(0, excess - SURPRISE_ALLOWANCE_SE * se)).
 - repetition: models give repetition a *low* perplexity, so it is penalised on its own:
   rep = 1 - distinct bigrams / bigrams (seq-rep-2, Welleck et al. 2019) over units, where a unit is
-  a run of letters or digits, or a run of one repeated other visible character. factor = 1 up to REPEAT_OK,
-  falling linearly to 0 at REPEAT_BAD ("the the the the": rep 0.67, factor 0).
+  a run of letters or digits, a run of one repeated other visible character, or one CJK/kana
+  character (scripts without spaces); a run that is one string repeated ("oceanoceanocean") counts
+  once per repeat. factor = 1 up to REPEAT_OK, falling linearly to 0 at REPEAT_BAD ("the the the
+  the": rep 0.67, factor 0).
 - characters: the share of visible characters that are letters or digits (any script);
   factor = min(1, share / WORD_CHARS_OK). Punctuation and underscore runs ("(______") score 0;
   prose (about 0.95) and code (0.7-0.8) score 1.
@@ -44,8 +46,12 @@ REPEAT_OK = 0.3  # seq-rep-2 at or below this is ordinary text
 REPEAT_BAD = 0.6  # seq-rep-2 at or above this is degenerate
 WORD_CHARS_OK = 0.5  # share of letters/digits among visible characters that counts as text
 
-# a run of letters/digits, or a run of one repeated other visible character ("-----" in code is one unit)
-_UNITS = re.compile(r"[^\W_]+|([^\w\s]|_)\1*")
+# scripts written without spaces between words (CJK ideographs, kana): each character is a unit
+_NO_SPACES = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+# such a character, a run of other letters/digits, or a run of one repeated other visible character
+# ("-----" in code is one unit)
+_UNITS = re.compile(rf"[{_NO_SPACES}]|[^\W_{_NO_SPACES}]+|([^\w\s]|_)\1*")
+_PERIODIC = re.compile(r"(.+?)\1{2,}")  # a run that is one shorter string three or more times
 
 
 @dataclass(frozen=True)
@@ -63,8 +69,15 @@ class FluencyScore:
 
 
 def units(text: str) -> list[str]:
-    """The units repetition is counted over: runs of letters/digits, single other characters."""
-    return [m.group(0) for m in _UNITS.finditer(text.lower())]
+    """The units repetition is counted over: runs of letters/digits, runs of one other character,
+    single CJK/kana characters. A run that repeats one string ("oceanoceanocean", "hahaha": a
+    token generated over and over without spaces) counts as that string, once per repeat."""
+    out: list[str] = []
+    for m in _UNITS.finditer(text.lower()):
+        unit = m.group(0)
+        rep = _PERIODIC.fullmatch(unit) if unit[0].isalnum() else None
+        out.extend([rep.group(1)] * (len(unit) // len(rep.group(1))) if rep else [unit])
+    return out
 
 
 def repeated_bigram_share(text: str) -> float:
@@ -156,7 +169,8 @@ def fluency_of_generation(model: Any, generation: Any) -> list[FluencyScore]:
 
 def fluency_of_texts(model: Any, prompts: Sequence[str], texts: Sequence[str]) -> list[FluencyScore]:
     """Fluency of continuations `texts` of `prompts` (one prompt per text), scored by `model`
-    (the unsteered model); each row is tokenized as prompt tokens followed by the text's."""
+    (the unsteered model); each row is tokenized as prompt tokens followed by the text's. A text
+    is the continuation as `generate` gives it: with its own leading space or line break."""
     if len(prompts) != len(texts):
         raise SteeringError(f"{len(prompts)} prompts for {len(texts)} texts; give one prompt per text")
     out = []
@@ -164,14 +178,10 @@ def fluency_of_texts(model: Any, prompts: Sequence[str], texts: Sequence[str]) -
         if not text.strip():
             out.append(_combine(text, None, None, 0.0, 0))
             continue
-        if prompt and not text[:1].isspace() and not prompt[-1:].isspace():
-            text_for_tokens = " " + text
-        else:
-            text_for_tokens = text
         head = model.to_tokens(prompt) if prompt else model.to_tokens("")
         if not prompt and head.shape[1] == 0:
             raise SteeringError("the model adds no BOS token and the prompt is empty: nothing to condition on")
-        tail = model.to_tokens(text_for_tokens, prepend_bos=False)
+        tail = model.to_tokens(text, prepend_bos=False)
         tokens = torch.cat([head, tail.to(head.device)], dim=1)
         stats = _token_stats(model, tokens, [int(head.shape[1])])
         out.extend(_from_stats([text], stats))

@@ -3,7 +3,7 @@
 Shape key: B prompts, P padded prompt positions, T new tokens.
 
     res = generate(model, ["the ship", "in the forest"], GenerationConfig(max_new_tokens=20, seed=3))
-    res.texts          # continuations only
+    res.texts          # continuations only: res.prompts[i] + res.texts[i] reads as the model wrote it
     cmp = compare(model, sae, ["123:clamp=2x"], prompts, typical_max=store_max)
 """
 
@@ -26,7 +26,7 @@ class Generation:
     """Continuations of a batch of prompts."""
 
     prompts: list[str]
-    texts: list[str]  # the continuations only (special tokens removed, cut at end-of-text)
+    texts: list[str]  # the continuations only, as they read after the prompt (`continuation_text`)
     tokens: Tensor  # [B, P + T] left-padded prompt tokens followed by the new tokens
     prompt_len: int  # P
 
@@ -36,7 +36,8 @@ class Generation:
 
     @property
     def full_texts(self) -> list[str]:
-        return [p + (" " if p and t and not p.endswith(" ") else "") + t for p, t in zip(self.prompts, self.texts)]
+        """Prompt and continuation: the continuation carries its own leading space or line break."""
+        return [p + t for p, t in zip(self.prompts, self.texts)]
 
 
 def _as_prompts(prompts: str | Sequence[str]) -> list[str]:
@@ -149,16 +150,36 @@ def generate(
                 out_BT = model.generate(tokens_BP, **kwargs)
         else:
             out_BT = model.generate(tokens_BP, **kwargs)
-    texts = [decode_continuation(model, row, config.stop_at_eos) for row in out_BT[:, P:]]
+    texts = [continuation_text(model.tokenizer, row[:P].tolist(), row[P:].tolist(), config.stop_at_eos)
+             for row in out_BT]
     return Generation(prompts, texts, out_BT, P)
 
 
-def decode_continuation(model: Any, new_T: Tensor, stop_at_eos: bool = True) -> str:
-    ids = new_T.tolist()
-    eos = getattr(model.tokenizer, "eos_token_id", None)
-    if stop_at_eos and eos is not None and eos in ids:
-        ids = ids[: ids.index(eos)]
-    return model.tokenizer.decode(ids, skip_special_tokens=True).strip()
+def continuation_text(tokenizer: Any, prompt_ids: Sequence[int], new_ids: Sequence[int],
+                      stop_at_eos: bool = True) -> str:
+    """What the new tokens add to the prompt's text: decode(prompt + new) less decode(prompt), so
+    that the two texts joined are exactly the tokenizer's decoding of all the tokens. The spaces,
+    line breaks and indentation the new tokens carry are kept ("def main(" + ")" reads
+    "def main()"); where the tokenizer puts a space between words (SentencePiece's "▁", a word-level
+    tokenizer) it is the continuation's first character. Special tokens (BOS, padding) are left
+    out, and the text stops at the first end-of-text token when `stop_at_eos`.
+
+    (`features.tokentext` gives each token's piece of a window the same way; steering does not
+    import `features`, and needs only this one cut.)"""
+    new = [int(i) for i in new_ids]
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if stop_at_eos and eos is not None and eos in new:
+        new = new[: new.index(eos)]
+    if not new:
+        return ""
+    prompt = [int(i) for i in prompt_ids]
+    head, whole = tokenizer.batch_decode([prompt, prompt + new], skip_special_tokens=True,
+                                         clean_up_tokenization_spaces=False)
+    if whole.startswith(head):
+        return whole[len(head):]
+    # a decoder that rewrites text across the boundary (not seen with byte-level BPE, SentencePiece
+    # or word-level tokenizers): the new tokens decoded on their own
+    return tokenizer.decode(new, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
 
 @dataclass
@@ -173,15 +194,12 @@ class Comparison:
 
 def sae_prepend_bos(saes: Any) -> bool | None:
     """Whether the SAEs were trained on contexts that start with BOS (`prepend_bos` in their
-    cfg.json metadata, as `saesteer cache` records it); None when none records it or they disagree.
-
-    Models such as GPT-NeoX and Qwen2 do not prepend BOS by default while the cache does: text fed
-    to an SAE without the BOS it was trained with gives other activations at every position."""
+    cfg.json metadata, as `saesteer cache` records it); None when none records it or they disagree
+    (the rule: `saes.bos`)."""
+    from saes.bos import recorded_prepend_bos
     from steering.session import _as_sae_mapping
 
-    found = {bool(v) for sae in _as_sae_mapping(saes).values()
-             if (v := (getattr(sae.cfg, "metadata", None) or {}).get("prepend_bos")) is not None}
-    return found.pop() if len(found) == 1 else None
+    return recorded_prepend_bos(_as_sae_mapping(saes).values())
 
 
 def with_sae_bos(config: GenerationConfig, saes: Any) -> GenerationConfig:

@@ -9,8 +9,9 @@
 
 Every point is scored for concept by the scorer and for fluency by `steering.fluency` (one
 definition for every sweep). Strength 0 is the unsteered baseline and is never recommended. A
-steered point is acceptable when its mean aggregate is above 0 (no score is 0 in every sample)
-and its mean fluency is at least `min_fluency` (and, with
+steered point is acceptable when its mean concept score is above the unsteered one's (steering
+that does not move the concept is not recommended, however fluent), its mean aggregate is above 0
+(no score is 0 in every sample) and its mean fluency is at least `min_fluency` (and, with
 `target_concept`, its concept score reaches it; with `min_grammar`, its ground-truth grammatical
 share reaches that). Among the acceptable points the recommendation is the one with the highest
 mean aggregate score (the harmonic mean of the scores, AxBench's selection rule); or, with
@@ -111,8 +112,8 @@ def _point(strength: float, r: MethodResult) -> SweepPoint:
 def recommend_strength(points: Sequence[SweepPoint], *, min_fluency: float = 0.0,
                        target_concept: float | None = None, rule: str = "weakest",
                        min_se: float = 0.01, min_grammar: float | None = None) -> float | None:
-    """See the module docstring. Never 0 (the unsteered baseline); None when no steered point is
-    acceptable, i.e. no strength works.
+    """See the module docstring. Never 0 (the unsteered baseline), never a strength whose concept
+    score is not above the baseline's; None when no steered point is acceptable, i.e. no strength works.
 
     rule="margin" (with `target_concept`): among acceptable points, the one with the largest
     worst-case margin min(concept - target_concept, fluency - min_fluency[, grammar - min_grammar]).
@@ -125,8 +126,12 @@ def recommend_strength(points: Sequence[SweepPoint], *, min_fluency: float = 0.0
     if rule in ("margin", "z") and target_concept is None:
         raise SteeringError(f"rule={rule!r} needs target_concept")
     targets = dict(min_fluency=min_fluency, target_concept=target_concept, min_grammar=min_grammar)
-    # acceptable: steered, every score above 0 (a degenerate text has fluency 0), every target met
-    ok = [p for p in points if p.strength != 0 and p.aggregate > 0 and target_margin(p, **targets) >= 0]
+    # acceptable: steered, more of the concept than the unsteered text (strength 0, when swept), every
+    # score above 0 (a degenerate text has fluency 0), every target met
+    unsteered = [p.concept for p in points if p.strength == 0]
+    floor = max(unsteered) if unsteered else -math.inf
+    ok = [p for p in points if p.strength != 0 and p.concept > floor and p.aggregate > 0
+          and target_margin(p, **targets) >= 0]
     if not ok:
         return None
     weaker_first = lambda p: (abs(p.strength), p.strength)  # noqa: E731
@@ -163,7 +168,8 @@ def target_margin(point: SweepPoint, *, min_fluency: float = 0.0, target_concept
 def describe_rule(min_fluency: float = 0.0, target_concept: float | None = None, rule: str = "weakest",
                   min_grammar: float | None = None) -> str:
     """The recommendation rule in words (SweepResult.rule)."""
-    needs = ([f"concept >= {target_concept:g}"] if target_concept is not None else []) + [f"fluency >= {min_fluency:g}"]
+    needs = ["concept above the unsteered"] + ([f"concept >= {target_concept:g}"] if target_concept is not None else [])
+    needs += [f"fluency >= {min_fluency:g}"]
     needs += [f"grammatical >= {min_grammar:g}"] if min_grammar is not None else []
     what = {"margin": "the largest margin over", "z": "the largest margin in standard errors over"}.get(rule)
     if what is None:

@@ -52,7 +52,8 @@ def corpus(tmp_path_factory):
 
 
 def build(model, corpus, out, log=None, **kw):
-    text_kw = {k: kw.pop(k) for k in list(kw) if k in ("context_length", "bos_policy", "separator", "dataset")}
+    text_kw = {k: kw.pop(k) for k in list(kw) if k in ("context_length", "bos_policy", "separator", "dataset",
+                                                       "txt_documents")}
     text = TextConfig(dataset=str(text_kw.pop("dataset", corpus)), context_length=text_kw.pop("context_length", 16), **text_kw)
     cfg = CacheConfig(out=str(out), hooks=kw.pop("hooks", [H0]), **{"shard_contexts": 8, "batch_size": 4, **kw})
     return build_cache(model, text, cfg, progress=False, log=log)
@@ -162,6 +163,38 @@ def test_mismatched_settings_are_refused_naming_each_field(model, tok, corpus, t
     lines = []
     res = build(model, corpus, out, max_tokens=16 * 9, log=lines.append)  # same settings: already complete
     assert res.shards_written == 0 and "already complete" in lines[0]
+
+
+def test_txt_documents_are_recorded_and_a_resume_with_the_other_reading_is_refused(model, tmp_path):
+    """Whether a .txt file is one document or one per line is a setting: recorded in the manifest
+    (dataset.txt_documents), refused on resume when it differs; caches made before the setting
+    existed read lines, and say so when loaded."""
+    import json
+
+    from training.manifest import read_manifest
+    from training.sources import text_config_from_manifest
+
+    write_corpus(tmp_path / "txt", n_docs=40, seed=3, fmt="txt", n_files=2)  # one document per line
+    out = tmp_path / "c"
+    build(model, tmp_path / "txt", out, max_tokens=16 * 9, txt_documents="line")
+    man = read_manifest(out)
+    assert man.settings["dataset"]["txt_documents"] == "line"
+    assert text_config_from_manifest(man).txt_documents == "line"
+    before = tree(out)
+    with pytest.raises(CacheMismatchError, match=r"- dataset\.txt_documents: cache has 'line', this run asks for 'file'"):
+        build(model, tmp_path / "txt", out, max_tokens=16 * 9)  # the default: whole files
+    assert tree(out) == before
+    # an older cache: no txt_documents in its manifest (it read lines)
+    raw = json.loads((out / "manifest.json").read_text())
+    del raw["dataset"]["txt_documents"]
+    (out / "manifest.json").write_text(json.dumps(raw))
+    assert read_manifest(out).settings["dataset"]["txt_documents"] == "line"
+    lines = []
+    build(model, tmp_path / "txt", out, max_tokens=16 * 9, txt_documents="line", log=lines.append)
+    assert "already complete" in lines[0]
+    # jsonl data records no txt_documents (the setting does not apply to it)
+    build(model, tmp_path / "txt", tmp_path / "j", max_tokens=16 * 2, dataset=write_corpus(tmp_path / "js", n_docs=8)[0])
+    assert "txt_documents" not in read_manifest(tmp_path / "j").settings["dataset"]
 
 
 def test_full_disk_is_a_clean_error_and_resume_finishes_identically(model, corpus, tmp_path, monkeypatch):
@@ -305,6 +338,7 @@ def test_cli_build_dry_run_and_refusal(model, corpus, tmp_path, monkeypatch, cap
     fake.load_model = lambda spec, **kw: model  # the face's model resolution, stubbed
     fake.model_id = lambda m: "tiny-id"
     fake.model_info = lambda m: types.SimpleNamespace(revision=None)
+    fake.start_model_spec = lambda spec, dataset: spec
     monkeypatch.setitem(sys.modules, "saesteer.models", fake)
     out = tmp_path / "c"
     base = ["cache", "--model", "tiny", "--dataset", str(corpus), "--context-length", "16", "--max-tokens", "256",

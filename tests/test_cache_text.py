@@ -75,11 +75,63 @@ def test_restart_from_pointer_continues_exactly(policy, sep, L, first, chunk, se
 
 @pytest.mark.parametrize("fmt", ["jsonl", "json", "txt", "parquet"])
 def test_local_formats_give_the_same_contexts(tmp_path, fmt):
-    write_corpus(tmp_path / fmt, n_docs=30, fmt=fmt, n_files=2)
+    write_corpus(tmp_path / fmt, n_docs=30, fmt=fmt, n_files=2)  # txt: one document per line
     write_corpus(tmp_path / "ref", n_docs=30, fmt="jsonl", n_files=1)
-    cfg = TextConfig(dataset=str(tmp_path / fmt), context_length=16)
+    cfg = TextConfig(dataset=str(tmp_path / fmt), context_length=16, txt_documents="line")
     ref = TextConfig(dataset=str(tmp_path / "ref" / "part-000.jsonl"), context_length=16)
     assert np.array_equal(open_packer(cfg, TOK).take(100)[0], open_packer(ref, TOK).take(100)[0])
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_a_txt_file_is_one_document_unless_told_line(tmp_path, monkeypatch, streaming):
+    """Default: each .txt file is one document, its newlines and blank lines kept (a folder of
+    code or prose); txt_documents="line": each non-empty line is one (HF datasets' default)."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    files = {"a.txt": "the sea\n\n  the ship\n", "b.txt": "a tree\r\nthe owl"}
+    (tmp_path / "c").mkdir()
+    for name, text in files.items():
+        (tmp_path / "c" / name).write_bytes(text.encode())
+    whole = DocumentSource(TextConfig(dataset=str(tmp_path / "c"), streaming=streaming))
+    assert [d for c in whole.chunks() for d in c] == ["the sea\n\n  the ship\n", "a tree\nthe owl"]
+    lines = DocumentSource(TextConfig(dataset=str(tmp_path / "c"), streaming=streaming, txt_documents="line"))
+    assert [d for c in lines.chunks() for d in c] == ["the sea", "", "  the ship", "a tree", "the owl"]
+    # packed: one EOS per file, after its last token
+    cfg = TextConfig(dataset=str(tmp_path / "c"), context_length=4, bos_policy="none", streaming=streaming)
+    flat = open_packer(cfg, TOK).take(100)[0].reshape(-1).tolist()
+    ids = lambda d: TOK(d, add_special_tokens=False)["input_ids"]
+    want = ids(files["a.txt"]) + [EOS_ID] + ids("a tree\nthe owl") + [EOS_ID]
+    assert flat == want[:len(flat)] and flat.count(EOS_ID) >= 1
+    with pytest.raises(ValueError, match="txt_documents must be file or line"):
+        TextConfig(txt_documents="paragraph")
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_whole_documents_are_tokenized_without_the_length_warning(fast):
+    """We tokenize whole documents on purpose and cut them into contexts ourselves: transformers'
+    "sequence length is longer than the specified maximum" warning must not be printed."""
+    import logging
+
+    tok = make_tokenizer()
+    tok.model_max_length = 8
+    if not fast:  # the reference path (slow tokenizers, or fast ids that differ)
+        tok.__dict__["_saesteer_fast_tokenize"] = {"checked": True, "use_fast": False}
+    seen = []
+
+    class Grab(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    logger = logging.getLogger("transformers")
+    handler = Grab(level=logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        ids = make_tokenize(tok)([" ".join(["the sea"] * 20)] * 2)
+    finally:
+        logger.removeHandler(handler)
+    assert len(ids[0]) == 40
+    assert not [m for m in seen if "longer than the specified maximum" in m], seen
 
 
 def test_non_streaming_matches_streaming(tmp_path, monkeypatch):

@@ -193,6 +193,11 @@ def test_demo_summary_prints(demo, capsys) -> None:
     s = demo.steering
     assert f"#{s.feature}" in out and f"token F1 {s.concept_f1:.2f}" in out
     assert f"{s.test['share_default']:.0%} -> {s.test['share_steered']:.0%}" in out
+    # the judge's name is the user's (--judge-model): printed literally, never read as rich markup
+    import dataclasses
+
+    print_summary(dataclasses.replace(demo, judge="org/[/x]-model"), Console(width=400, highlight=False))
+    assert "labelled by org/[/x]-model;" in capsys.readouterr().out
 
 
 def test_demo_cli_rerun_reuses_every_stage(demo, capsys) -> None:
@@ -237,15 +242,12 @@ def _free_port() -> int:
 
 def test_demo_cli_serves_the_web_app(demo, monkeypatch, capsys, recwarn) -> None:
     """`saesteer demo` (no --no-serve) over the finished folder, in this process: it prints the URL and
-    hands uvicorn an app that answers it (uvicorn.run is replaced by a recorder; the slow test below
+    hands uvicorn an app that answers it (the server is replaced by a recorder; the slow test below
     runs the real server in a subprocess)."""
-    import uvicorn
-
     from saesteer.cli import main
-    from helpers.web_app import client
+    from helpers.web_app import client, record_server
 
-    calls = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+    calls = record_server(monkeypatch)
     port = _free_port()
     assert main(["demo", "--no-progress", "--out", str(demo.paths.out), "--port", str(port), *small_flags()]) == 0
     out = capsys.readouterr().out
@@ -278,15 +280,9 @@ def test_demo_serves_the_web_app(demo) -> None:
                 break
         text = "".join(lines)
         assert f"saesteer serving on http://127.0.0.1:{port}/" in text, text
-        for _ in range(50):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/stores", timeout=5) as r:
-                    body = json.loads(r.read())
-                break
-            except OSError:
-                time.sleep(0.2)
-        else:
-            pytest.fail("the web app did not answer")
+        # the line comes once the server answers (saesteer.web.listen): no retrying
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/stores", timeout=30) as r:
+            body = json.loads(r.read())
         assert len(body) == 1 and body[0]["d_sae"] == SMALL["d_sae"], body
         assert body[0]["can_steer"] and body[0]["has_labels"], body
     finally:

@@ -66,3 +66,26 @@ def test_cli_refuses_a_store_of_another_sae(toy, capsys, tmp_path):
     assert code == 2 and "refusing" in capsys.readouterr().err
     assert main(["features", "top-on-text", store, "a whale", "--sae", str(tmp_path / "other")]) == 2
     assert "another SAE" in capsys.readouterr().err
+
+
+def test_top_on_text_feeds_the_bos_the_sae_was_trained_with(toy, capsys, tmp_path):
+    """Without a flag, the text gets BOS as the SAE's cfg.json records (`prepend_bos`, as
+    `saesteer cache` writes it), as steer and the web app do; --prepend-bos overrides it."""
+    import saes
+
+    def first_token(*extra):
+        assert main(["features", "top-on-text", "the sailor sees a whale", "--model", "toy", *extra]) == 0
+        rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip().startswith(("│", "|"))]
+        return next(ln for ln in rows if ln.strip("│| ").startswith("0 "))
+
+    for recorded in (False, True):
+        sae = saes.create_sae("topk", 128, 64, k=8, generator=torch.Generator().manual_seed(0),
+                              metadata={"hook_name": HOOK, "model_name": "toyworld-tiny", "prepend_bos": recorded})
+        saes.save_sae(sae, tmp_path / f"bos-{recorded}")
+        sae_flag = ("--sae", str(tmp_path / f"bos-{recorded}"))
+        assert ("'<bos>'" in first_token(*sae_flag)) is recorded
+        assert "'<bos>'" in first_token(*sae_flag, "--prepend-bos", "true")
+        assert "'<bos>'" not in first_token(*sae_flag, "--prepend-bos", "false")
+        assert "'<bos>'" not in first_token(*sae_flag, "--no-bos")
+    assert main(["features", "top-on-text", "a whale", "--model", "toy", *sae_flag, "--no-bos", "--prepend-bos", "true"]) == 2
+    assert "--no-bos and --prepend-bos true contradict" in capsys.readouterr().err

@@ -152,9 +152,9 @@ def _refused(capsys, chain) -> str:
 
 
 def test_a_wrong_model_is_refused_everywhere(chain, capsys, tmp_path, monkeypatch):
-    import uvicorn
+    from helpers.web_app import record_server
 
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)  # were serve to accept it, it would not block
+    record_server(monkeypatch)  # were serve to accept it, it would not block
     b = str(chain.b)
     assert main(_steer_args(chain, "--model", b)) == 2
     _refused(capsys, chain)
@@ -193,11 +193,9 @@ def test_the_override_runs_the_given_model(chain, loads, capsys):
 
 # ------------------------------------------------------------------------------------ serve
 def _serve_app(monkeypatch, *argv):
-    import uvicorn
-    from helpers.web_app import free_port
+    from helpers.web_app import free_port, record_server
 
-    calls = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+    calls = record_server(monkeypatch)
     port = free_port()
     assert main(["serve", "--port", str(port), *argv]) == 0
     (app, kw), = calls
@@ -296,3 +294,94 @@ def test_older_records_fall_back_to_a_loadable_record_or_ask_for_model(chain, tm
     assert main(["features", "top-on-text", str(old_store), "the crabs", "--model", str(chain.a)]) == 0
     assert main(["features", "top-on-text", str(old_store), "the crabs", "--model", str(chain.b)]) == 2
     _refused(capsys, chain)
+
+
+# ------------------------------------------------------------------------------------ the toy model is no default
+def test_the_toy_model_reads_only_the_toy_corpus_by_default(chain, loads, tmp_path, capsys):
+    """cache / train straight from text without --model: the toy model is the default for the toy
+    corpus only; the user's text without --model is refused before any model is loaded."""
+    assert main(["cache", "--dataset", str(chain.text), "--out", str(tmp_path / "c"), "--context-length", "16",
+                 "--max-tokens", "64", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"--dataset {chain.text} is not the toy corpus: pass --model" in err and "--model toy" in err
+    assert main(["train", "--dataset", str(chain.text), "--out", str(tmp_path / "r"), "--hook", HOOK, "--d-sae", "16",
+                 "--k", "2", "--total-tokens", "256", "--batch-size", "128", "--progress", "false"]) == 2
+    assert "is not the toy corpus: pass --model" in capsys.readouterr().err
+    assert loads == [] and not (tmp_path / "c").exists() and not (tmp_path / "r" / "saes").exists()
+
+
+EVAL = ["--contexts", "4", "--ce-contexts", "2", "--ce-batch-size", "2", "--context-length", "16", "--absorption",
+        "false", "--probing", "false", "--quiet"]
+
+
+def test_eval_without_dataset_reads_the_recorded_held_out_text(chain, loads, tmp_path):
+    """Not the toy corpus: the text the SAE's training evaluated on (its ce_eval_data)."""
+    assert main(["eval", "--sae", str(chain.sae), *EVAL, "--out", str(tmp_path)]) == 0
+    assert loads == [str(chain.a.resolve())]
+    data = json.loads((tmp_path / "eval.json").read_text())["data"]
+    assert data["dataset"] == str(chain.eval_text) and data["split"] == "train"
+    assert [o["checked"] for o in data["overlap"]] == [True] and data["overlap"][0]["in_training"] == 0
+
+
+def test_eval_refuses_training_text(chain, capsys, tmp_path):
+    assert main(["eval", "--sae", str(chain.sae), "--dataset", str(chain.text), "--split", "train", *EVAL]) == 2
+    err = capsys.readouterr().err
+    assert "is training text" in err and "--dataset PATH or --split NAME" in err and "--allow-eval-overlap true" in err
+    assert main(["eval", "--sae", str(chain.sae), "--dataset", str(chain.text), "--split", "train", *EVAL,
+                 "--allow-eval-overlap", "true", "--out", str(tmp_path)]) == 0
+    overlap = json.loads((tmp_path / "eval.json").read_text())["data"]["overlap"][0]
+    assert overlap["in_training"] == overlap["eval_documents"] > 0
+
+
+def test_eval_refuses_another_models_cache_or_model(chain, capsys):
+    assert main(["eval", "--sae", str(chain.sae), "--cache", str(chain.cache_b), *EVAL]) == 2
+    err = _refused(capsys, chain)
+    assert f"the cache {chain.cache_b}" in err
+    assert main(["eval", "--sae", str(chain.sae), "--model", str(chain.b), "--dataset", str(chain.eval_text), *EVAL]) == 2
+    _refused(capsys, chain)
+
+
+def test_saes_of_two_models_are_refused_together(chain, capsys, tmp_path):
+    """--sae a=... --sae b=... recorded for models A and B: whichever model runs, one SAE is not its
+    own. Refused by steer and eval (eval has no other check: it never goes through steering.steer)."""
+    sae_b = tmp_path / "sae-b"
+    shutil.copytree(chain.sae, sae_b)
+    prov = json.loads((sae_b / "saesteer.json").read_text())
+    prov["model_identity"] = json.loads((chain.cache_b / "manifest.json").read_text())["model_identity"]
+    prov["model"] = prov["model_identity"]["id"]
+    (sae_b / "saesteer.json").write_text(json.dumps(prov))
+    pair = ["--sae", f"a={chain.sae}", "--sae", f"b={sae_b}"]
+    assert main(["eval", *pair, "--dataset", str(chain.eval_text), *EVAL]) == 2
+    assert "SAE 'b'" in _refused(capsys, chain)
+    assert main(["steer", *pair, "-f", "a/3:add=4", "-p", "the crabs", "--max-new-tokens", "2"]) == 2
+    _refused(capsys, chain)
+
+
+def test_python_api_refuses_a_store_of_another_model(chain):
+    """features_on_text(model, sae, store=...): the store's record is checked even when the SAE
+    carries none (e.g. an SAE from another library, whose files name no model)."""
+    from features import FeatureStore
+    from features.text import features_on_text
+    from saes.formats import resolve_sae
+    from saes.identity import ModelMismatchError
+    from saesteer.models import load_model
+
+    sae = resolve_sae(chain.sae).sae  # the bare SAE: its record stays in the LoadedSAE
+    model_b = load_model(str(chain.b), device="cpu")
+    with FeatureStore.open(chain.store, readonly=True) as store:
+        with pytest.raises(ModelMismatchError, match="allow_model_mismatch=True"):
+            features_on_text(model_b, sae, "the crabs", store=store)
+        assert features_on_text(model_b, sae, "the crabs", store=store, allow_model_mismatch=True).tokens
+
+
+def test_eval_with_cache_reads_the_dataset_given(chain, tmp_path):
+    """--cache gives the activation rows; --dataset, when given, is the CE text (not silently dropped
+    for the one training used)."""
+    other = tmp_path / "other.txt"
+    other.write_text("\n".join(f"did {a} see it ?" for a in ("anna", "tom", "mia", "leo") * 3), encoding="utf-8")
+    assert main(["eval", "--sae", str(chain.sae), "--cache", str(chain.cache), "--dataset", str(other), *EVAL,
+                 "--out", str(tmp_path / "a")]) == 0
+    data = json.loads((tmp_path / "a" / "eval.json").read_text())["data"]
+    assert data["dataset"] == str(other) and data["overlap"][0]["checked"]
+    assert main(["eval", "--sae", str(chain.sae), "--cache", str(chain.cache), *EVAL, "--out", str(tmp_path / "b")]) == 0
+    assert json.loads((tmp_path / "b" / "eval.json").read_text())["data"]["dataset"] == str(chain.eval_text)

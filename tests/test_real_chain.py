@@ -278,9 +278,9 @@ WRONG = {
 }
 @pytest.mark.parametrize("command", list(WRONG))
 def test_a_wrong_model_is_refused(chain, command, tmp_path, monkeypatch):
-    import uvicorn
+    from helpers.web_app import record_server
 
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)  # serve: accepting it is the failure
+    record_server(monkeypatch)  # serve: accepting it is the failure (and would not block)
     r = saesteer(*WRONG[command](chain, chain.wrong_model, tmp_path))
     assert r.rc == 2, f"{command} accepted the wrong model (rc {r.rc}):\n{r.text[-1500:]}"
     assert "Traceback" not in r.text
@@ -307,18 +307,56 @@ def prompt_windows(records) -> list[str]:
     return out
 
 
+def window_ids(ex, bos) -> list[int]:
+    """An example's token ids as the judge and the reader see them: the BOS starting its context
+    left out (the cache excludes BOS rows, so no latent fires there)."""
+    start = ex.centre - ex.position
+    return [t for j, t in enumerate(ex.token_ids) if not (j == start and t == bos)]
+
+
 def test_judge_prompt_windows_are_the_tokenizer_decoding(chain):
     from autointerp.prompts import escape_data
     from features import FeatureStore
 
     tok = tokenizer_of(chain.model)
     store = FeatureStore.open(chain.store)
-    want = {escape_data(decode(tok, ex.token_ids)).strip() for f in chain.judged for ex in store.examples(f)}
+    exs = [ex for f in chain.judged for ex in store.examples(f)]
     store.close()
+    want = {escape_data(decode(tok, window_ids(ex, tok.bos_token_id))).strip() for ex in exs}
     lines = prompt_windows(chain.judge_records)
     assert len(lines) > 20 and any("self" in ln or "def " in ln for ln in lines)  # code windows among them
     wrong = [ln for ln in lines if ln not in want]
     assert not wrong, f"{len(wrong)}/{len(lines)} prompt windows are not the tokenizer's text, e.g. {wrong[:3]}"
+    # the BOS marker is not text: the store keeps it, the judge never sees it
+    assert any(ex.text.startswith(tok.bos_token) for ex in exs)
+    assert not [ln for ln in lines if escape_data(tok.bos_token) in ln]
+
+
+def test_shown_windows_leave_out_the_context_bos(chain, monkeypatch):
+    """`features show`, the web app's feature page and full-text search show example windows without
+    the BOS marker that starts their context (the store keeps the window as the model read it)."""
+    from features import FeatureStore
+
+    tok = tokenizer_of(chain.model)
+    marker = tok.bos_token  # <|begin_of_text|>
+    store = FeatureStore.open(chain.store)
+    starts = [f for f in chain.judged if any(ex.text.startswith(marker) for ex in store.feature(f).top_examples)]
+    store.close()
+    assert starts, "no top example starts a context"
+    shown = saesteer("features", "show", chain.store, starts[0], "--examples", 50).ok().out
+    assert "top examples" in shown and marker not in shown
+    # logit effects of a small model are small: printed to 3 significant digits, not as +0.00
+    store = FeatureStore.open(chain.store)
+    promoted = store.feature(starts[0]).logits.promoted[:8]
+    store.close()
+    line = next(ln for ln in shown.splitlines() if ln.startswith("promotes"))
+    assert [float(v) for v in re.findall(r" ([+-]\d[\d.e+-]*)(?:  |$)", line)] == \
+        [float(f"{t.value:.3g}") for t in promoted], (line, [t.value for t in promoted])
+    r, client = captured_serve(monkeypatch, "--store", chain.store, "--model", "none")
+    sid = client.get("/api/stores").json()[0]["id"]
+    detail = client.get(f"/api/stores/{sid}/features/{starts[0]}").json()
+    assert detail["top_examples"] and not [e for e in detail["top_examples"] if marker in "".join(e["tokens"])]
+    assert "no latent matches" in saesteer("features", "search", chain.store, "begin_of_text").ok().out
 
 
 def test_store_example_text_is_the_tokenizer_decoding(chain):
@@ -372,7 +410,7 @@ def test_dead_fractions_agree_across_summary_metrics_and_store(chain):
 
 
 def token_ngrams(tok, docs) -> set:
-    return set().union(*(ngrams(tok(d, add_special_tokens=False)["input_ids"]) for d in docs))
+    return set().union(*(ngrams(tok(d, add_special_tokens=False, verbose=False)["input_ids"]) for d in docs))
 
 
 def test_cached_rows_never_come_from_held_out_files(chain):
@@ -470,13 +508,8 @@ def server(chain):
             m = re.search(r"serving on (http://127\.0\.0\.1:\d+)/", line)
             url = m.group(1) if m else None
         assert url, "serve did not start:\n" + "".join(lines)
-        while True:  # the line comes just before uvicorn binds the port
-            try:
-                http(f"{url}/api/status")
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "serve exited:\n" + "".join(lines)
-                time.sleep(0.2)
+        # the line comes once the server answers (saesteer.web.listen): no retrying
+        assert http(f"{url}/api/status"), "".join(lines)
         yield url
     finally:
         proc.terminate()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from pathlib import Path
 
 import pytest
@@ -207,9 +208,11 @@ def test_pickles_that_are_not_plain_state_dicts_are_refused_without_running(tmp_
     bad = tmp_path / "evil"
     bad.mkdir()
     torch.save({"encoder.weight": torch.zeros(2, 2), "payload": _Planted(marker)}, bad / "ae.pt")
-    with pytest.raises(SAEFormatError, match="not a plain state dict.*refused without running"):
+    with pytest.raises(SAEFormatError, match="not a plain state dict.*refused without running") as refused:
         resolve_sae(bad)
     assert not marker.exists()
+    # the message says what the file holds, not torch's preamble suggesting weights_only=False
+    assert re.search(r"GLOBAL (io|builtins)\.open", str(refused.value)) and "False" not in str(refused.value)
     # the same object through plain pickle (not torch's zip format) is refused too
     (bad / "ae.pt").write_bytes(pickle.dumps(_Planted(marker)))
     with pytest.raises(SAEFormatError, match="refused without running"):

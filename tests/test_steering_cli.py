@@ -221,3 +221,22 @@ def test_steer_hook_flag_for_saes_without_one(model, tmp_path, capsys):
     with pytest.raises(CLIError, match="trained on"):
         steer._run(parse("steer", "--sae", str(tmp_path / "withhook"), "-f", "3:clamp=5", "-p", "x",
                          "--hook", "blocks.0.hook_resid_post"), model=model)
+
+
+def test_an_sae_without_hook_point_asks_for_hook_in_every_command(tmp_path, capsys):
+    """A Gemma Scope params.npz records no hook point: steer, sweep and top-on-text say --hook (not a
+    Python attribute or argument), before any model is loaded."""
+    import numpy as np
+
+    from saesteer.cli import main
+
+    D, F = 128, 16
+    np.savez(tmp_path / "params.npz", W_enc=np.zeros((D, F), np.float32), W_dec=np.zeros((F, D), np.float32),
+             b_enc=np.zeros(F, np.float32), b_dec=np.zeros(D, np.float32), threshold=np.zeros(F, np.float32))
+    npz = str(tmp_path / "params.npz")
+    for argv in (["steer", "--sae", npz, "--model", "toy", "-p", "x", "-f", "1:add=1"],
+                 ["sweep", "--sae", npz, "--model", "toy", "-p", "x", "-f", "1", "--topic", "ocean", "--unit", "raw"],
+                 ["features", "top-on-text", "--sae", npz, "--model", "toy", "anna saw"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "does not record its hook point; pass --hook" in err and "metadata" not in err and "hook_name" not in err, err

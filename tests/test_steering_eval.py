@@ -211,10 +211,14 @@ def test_recommend_strength_never_gives_zero_even_where_not_steering_scores_best
     from steering.sweeps import SweepPoint
 
     # the unsteered point has the best aggregate (the old rule recommended 0 and `--save-strength` stored it)
-    pts = [SweepPoint(0, 0.9, 1.0, 0.95), SweepPoint(-1, 0.2, 0.9, 0.33), SweepPoint(2, 0.3, 0.5, 0.37)]
-    assert recommend_strength(pts) == 2
+    pts = [SweepPoint(0, 0.5, 1.0, 0.67), SweepPoint(-1, 0.6, 0.9, 0.72), SweepPoint(2, 0.7, 0.5, 0.58)]
+    assert recommend_strength(pts) == -1
     assert recommend_strength(pts, min_fluency=0.8) == -1
+    assert recommend_strength(pts, min_fluency=0.95) is None
     assert recommend_strength([SweepPoint(0, 0.9, 1.0, 0.95)]) is None
+    # steering that lowers the concept, or leaves it where it was, is no recommendation however fluent
+    worse = [SweepPoint(0, 0.9, 1.0, 0.95), SweepPoint(-1, 0.2, 0.9, 0.33), SweepPoint(2, 0.9, 0.95, 0.92)]
+    assert recommend_strength(worse) is None and recommend_strength(worse, target_concept=0.1) is None
     for rule in ("weakest", "margin", "z"):
         got = recommend_strength([SweepPoint(0, 0.9, 1.0, 0.9, concept_se=0.1, fluency_se=0.1),
                                   SweepPoint(1, 0.6, 0.5, 0.5, concept_se=0.1, fluency_se=0.1)],

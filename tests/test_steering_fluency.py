@@ -27,6 +27,10 @@ DEGENERATE = [
     "? ! ? ! ? ! ? ! ? !",
     "",
     "   \n\n ",
+    "oceanoceanoceanoceanoceanoceanocean",  # one token generated over and over with no space: one "word"
+    "hahahahahahahahahaha",
+    "的的的的的的的的的的的的",  # CJK has no spaces: one character repeated
+    "海洋很大海洋很大海洋很大海洋很大",
 ]
 PROSE = ("The harbour was quiet that morning. A few boats rocked against the pier while the gulls argued over "
          "the nets, and an old man in a blue coat counted crates by the warehouse door.")
@@ -63,6 +67,8 @@ def test_degenerate_texts_score_low_under_any_model(any_model):
     assert by_text["(______"].characters == 0.0 and by_text["!!!!!!!!!!!!"].characters == 0.0
     assert by_text["the the the the"].repetition == 0.0 and by_text["the the the the the the the the"].repetition == 0.0
     assert by_text[""].excess_nats is None and by_text[""].n_tokens == 0
+    for text in DEGENERATE[-4:]:
+        assert by_text[text].repetition == 0.0 and by_text[text].characters == 1.0, text
 
 
 def test_the_unsteered_models_own_text_scores_high(any_model):
@@ -111,12 +117,17 @@ def test_texts_and_generations_are_scored_alike(toy):
         fluency_of_texts(toy, [""], ["a", "b"])
 
 
+ZH = "今天早上港口很安静。几艘小船靠着码头轻轻摇晃，海鸥在渔网上争吵，一个穿蓝色外套的老人在仓库门口数着箱子。"
+JA = "今朝の港はとても静かでした。何隻かの小舟が桟橋にもたれて揺れ、カモメは網の上で言い争い、青いコートを着た老人が倉庫の戸口で木箱を数えていました。"
+
+
 def test_text_factors_leave_prose_and_code_alone():
-    for text in (PROSE, CODE):
+    for text in (PROSE, CODE, ZH, JA):
         assert characters_factor(text) == 1.0, text
         assert repetition_factor(text) == 1.0, text
     assert word_char_share(CODE) > 0.6 and word_char_share(PROSE) > 0.9
-    assert units("(______ a-b --- self.x!! 你好") == ["(", "______", "a", "-", "b", "---", "self", ".", "x", "!!", "你好"]
+    assert units("(______ a-b --- self.x!! 你好") == ["(", "______", "a", "-", "b", "---", "self", ".", "x", "!!", "你", "好"]
+    assert units("oceanoceanocean hahaha www 1000") == ["ocean"] * 3 + ["ha"] * 3 + ["w"] * 3 + ["1000"]
     assert repeated_bigram_share("the the the the") == pytest.approx(2 / 3)
     assert repeated_bigram_share("one two") == 0.0  # a single bigram cannot repeat
     assert word_char_share("(______") == 0.0 and word_char_share("   ") == 0.0

@@ -160,3 +160,56 @@ def test_positions_beyond_every_sequence_are_refused_and_partly_beyond_warned(mo
         with pytest.warns(SteeringWarning, match=rf"position\(s\) {last + 1} lie beyond every sequence"):
             s.generate(PROMPTS, GREEDY)
     assert hooks_attached(model) == []
+
+
+def _tokenizer(name):
+    from helpers import text_tokenizers
+
+    if name == "toy_words":
+        from toyworld.tokenizer import load_tokenizer
+
+        return load_tokenizer()
+    return getattr(text_tokenizers, name)()
+
+
+CONTINUED = {  # texts cut at every token: the prompt is the head, the continuation the rest
+    "byte_level_bpe": ["def main(self):\n    return self.value  # done\n\n", "The sea is deep, and the ship sails on."],
+    "sentencepiece_bpe": ["def main(self):\n    return self.value  # done\n", "The sea is deep, and the ship sails on."],
+    "toy_words": ["the sailor sees a whale .", "did the old owl fly over the sea ?"],
+}
+
+
+@pytest.mark.parametrize("name", list(CONTINUED))
+def test_a_continuation_reads_on_from_the_prompt_exactly(name):
+    """prompt text + continuation == the tokenizer's decoding of prompt and new tokens together:
+    a code continuation keeps its line break and indentation, "def main(" + ")" is "def main()",
+    and a word-level or SentencePiece continuation brings the space before its first word."""
+    from steering.generation import continuation_text
+
+    tok = _tokenizer(name)
+    decode = lambda ids: tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    seen_indent = seen_glued = False
+    for text in CONTINUED[name]:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        for k in range(1, len(ids)):
+            prompt, new = [tok.bos_token_id] + ids[:k], ids[k:]
+            cont = continuation_text(tok, prompt, new + [tok.eos_token_id] + ids[:2])  # cut at EOS
+            assert decode(prompt) + cont == decode(prompt + new), (decode(prompt), cont)
+            seen_indent |= cont.startswith(("\n", "  "))  # a line break, or indentation
+            seen_glued |= cont[:1] in tuple("()):.")  # no space between prompt and continuation
+    if name != "toy_words":
+        assert seen_indent and seen_glued
+    else:  # words are space-separated: every continuation brings its space
+        cont = continuation_text(tok, [tok.bos_token_id] + tok("the sailor", add_special_tokens=False)["input_ids"],
+                                 tok(" sees a whale", add_special_tokens=False)["input_ids"])
+        assert "the sailor" + cont == "the sailor sees a whale"
+    assert continuation_text(tok, [tok.bos_token_id], [tok.eos_token_id]) == ""
+
+
+def test_generated_texts_join_their_prompts_as_the_tokenizer_decodes_them(model):
+    gen = generate(model, ["the sailor", ""], GREEDY)
+    tok = model.tokenizer
+    for b, full in enumerate(gen.full_texts):
+        want = tok.decode(gen.tokens[b].tolist(), skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        assert full == want
+    assert gen.texts[0].startswith(" ") and not gen.texts[1].startswith(" ")  # words are space-separated

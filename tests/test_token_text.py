@@ -292,3 +292,25 @@ def test_older_stores_stay_readable(code_store, tmp_path):
         assert st.feature(next(iter(new))).top_examples[0].text == new[next(iter(new))][0].text
     with sqlite3.connect(old) as conn:
         assert "token_offsets" in {r[1] for r in conn.execute("PRAGMA table_info(examples)")}
+
+
+def test_a_window_is_shown_without_the_bos_that_starts_its_context():
+    from features import Example
+    from features.records import without_start_bos
+
+    def ex(ids, acts, centre, position):
+        pieces = ["<s>" if i == 1 else f" w{i}" for i in ids]
+        return Example(1, 0, "top", 0, max(acts), None, 0, position, centre, ids, pieces, acts, "".join(pieces))
+
+    at_start = ex([1, 5, 6, 7], [0.0, 0.0, 2.0, 0.5], centre=2, position=2)
+    shown = without_start_bos(at_start, 1)
+    assert shown.token_ids == [5, 6, 7] and shown.tokens == [" w5", " w6", " w7"] and shown.text == " w5 w6 w7"
+    assert shown.acts == [0.0, 2.0, 0.5] and shown.centre == 1 and shown.tokens[shown.centre] == " w6"
+    assert at_start.token_ids[0] == 1  # the stored example is left as it was
+    fires = ex([1, 5, 6], [0.3, 2.0, 0.0], centre=1, position=1)  # the latent fires on BOS: it stays
+    assert without_start_bos(fires, 1) is fires
+    later = ex([5, 1, 6], [0.0, 0.0, 2.0], centre=2, position=40)  # a BOS inside the text (doc policy): kept
+    assert without_start_bos(later, 1) is later
+    assert without_start_bos(at_start, None) is at_start  # the store records no BOS id
+    negative = ex([1, 5], [0.0, 0.0], centre=0, position=0)  # a centre on the BOS moves to the next token
+    assert without_start_bos(negative, 1).centre == 0 and without_start_bos(negative, 1).token_ids == [5]

@@ -169,7 +169,8 @@ def test_list_search_feature_steer(browser, server, shots, size):
         default = page.locator("#out-default").inner_text()
         steered = page.locator("#out-steered").inner_text()
         assert default.strip() and steered.strip() and default != steered
-        assert page.locator("#out-prompt-a").inner_text().startswith("the sailor")
+        # the prompt as typed, then the continuation with its own leading space (nothing inserted)
+        assert page.locator("#out-prompt-a").text_content() == "the sailor" and default.startswith(" ")
         _shot(page, shots, f"{size}-4-steer")
         p.check_clean()
     finally:
@@ -278,8 +279,9 @@ def test_which_features_fire_and_sweep(browser, server, shots, size):
         assert tip.is_visible() and "#" in tip.inner_text()
         _shot(page, shots, f"{size}-7-fire")
 
-        ocean = next(i for i, t in ws.labels.items() if "ocean" in t)
-        page = p.goto(f"/s/tiny/steer?f={ocean}")
+        # (adding the "ocean words" latent makes it fire *less* here: no strength works for it)
+        sailing = next(i for i, t in ws.labels.items() if "sailing" in t)
+        page = p.goto(f"/s/tiny/steer?f={sailing}")
         page.locator("#prompt").fill("the sailor")
         page.locator("#sweep-to").fill("4")
         page.locator("#sweep-n").fill("3")
@@ -287,8 +289,9 @@ def test_which_features_fire_and_sweep(browser, server, shots, size):
         page.locator("#sweep-run").click()
         page.wait_for_selector("#sweep-chart[data-drawn='1'] svg.main-svg")
         assert page.locator("#sweep-rows tr").count() == 3
-        # 4x writes one word over and over ("crowd ship ship ship ..."): fluency 0, so 2x is recommended
-        assert page.locator("#sweep-rows tr").nth(2).locator("td").nth(2).inner_text() == "0.00"
+        # 2x doubles the share of tokens the latent fires on (0.25 -> 0.50) and stays fluent; 4x falls back
+        assert [page.locator("#sweep-rows tr").nth(i).locator("td").nth(1).inner_text() for i in range(3)] == \
+            ["0.25", "0.50", "0.25"]
         assert page.locator("#sweep-rows tr.best").count() == 1
         assert page.locator("#sweep-rows tr.best td").first.inner_text() == "2"
         assert "recommended strength 2" in page.locator("#sweep-status").inner_text()

@@ -70,6 +70,52 @@ def test_serve_a_store_browse_only():
         _stop(proc)
 
 
+# `saesteer serve` with uvicorn's start slowed down: the URL line must still only come once a client
+# can connect (it used to be printed before uvicorn bound the port: "connection refused" for a
+# client that reacts to it)
+SLOW_START = """
+import asyncio, sys
+import uvicorn
+real_startup = uvicorn.Server.startup
+async def slow_startup(self, sockets=None):
+    await asyncio.sleep(1.5)
+    await real_startup(self, sockets=sockets)
+uvicorn.Server.startup = slow_startup
+from saesteer.cli import main
+sys.exit(main(["serve", *sys.argv[1:]]))
+"""
+
+
+def test_the_url_is_printed_once_the_server_answers():
+    ws = shared_store()
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_START, "--store", str(ws.path), "--model", "none",
+                             "--port", str(port)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        url, lines = _wait_for_url(proc)
+        assert url == f"http://127.0.0.1:{port}/"
+        r = httpx.get(url + "api/stores", timeout=10)  # at once, and once
+        assert r.status_code == 200 and r.json()[0]["id"] == "tiny", "\n".join(lines)
+    finally:
+        _stop(proc)
+
+
+def test_a_busy_port_is_a_clear_error(capsys):
+    import socket
+
+    from saesteer.cli import main
+
+    ws = shared_store()
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen(1)
+        port = held.getsockname()[1]
+        assert main(["serve", "--store", str(ws.path), "--model", "none", "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "--port 0" in err, err
+
+
 @pytest.mark.parametrize(
     "args,message",
     [

@@ -317,7 +317,7 @@ class DataConfig:
     model: str | None = field(
         default=None,
         metadata={"help": "model ('toy', HF name, local dir) for CE loss recovered / KL, and the activation source "
-                          "without a cache; none: the model the cache records (without a cache: toy)"},
+                          "without a cache; none: the model the cache records (without a cache: toy, for --dataset toy only)"},
     )
     model_eval: bool = field(default=True, metadata={"help": "load the model for CE loss recovered and KL divergence"})
     process_weights: bool = field(

@@ -98,11 +98,12 @@ def eval_text_config(train: TextConfig, eval_dataset: str | None, eval_split: st
 
 def heldout_contexts(
     train: TextConfig, eval_text: TextConfig, tokenizer, n: int, *, train_docs: int | None = None,
-    allow_overlap: bool = False,
+    allow_overlap: bool = False, fix: str = "give held-out text with --eval-dataset PATH or --eval-split NAME, or "
+                                            "pass --allow-eval-overlap true to measure it anyway",
 ) -> HeldOut:
     """The first `n` contexts of `eval_text`, with what was read and how much of it is training text.
     Raises ValueError/OSError when the eval text cannot be read, EvalOverlapError when it is all
-    training text (unless allow_overlap)."""
+    training text (unless allow_overlap), ending with `fix` (how to fix it, in the caller's flags)."""
     source = DocumentSource(eval_text)
     toks, end = open_packer(eval_text, tokenizer, source=source).take(n)
     if len(toks) == 0:
@@ -114,9 +115,8 @@ def heldout_contexts(
     held = HeldOut(torch.from_numpy(np.ascontiguousarray(toks)).long(), eval_text, files, n_docs, overlap)
     if overlap.total and not allow_overlap:
         raise EvalOverlapError(
-            f"the CE evaluation text ({_name(eval_text)}) is training text ({_name(train)}): {overlap.describe()}. "
-            f"CE loss recovered would be measured on what the SAE was trained on. Give held-out text with "
-            f"--eval-dataset PATH or --eval-split NAME, or pass --allow-eval-overlap true to measure it anyway"
+            f"the evaluation text ({_name(eval_text)}) is training text ({_name(train)}): {overlap.describe()}. "
+            f"The figures (CE loss recovered, ...) would be measured on what the SAE was trained on; {fix}"
         )
     return held
 

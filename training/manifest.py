@@ -173,10 +173,15 @@ class Manifest:
         for i, s in enumerate(shards):
             if s.index != i or s.file != shard_file_name(i):
                 raise CacheFormatError(f"{where}: shard list out of order at entry {i} ({s.file})")
+        settings = {k: d[k] for k in SETTING_FIELDS}
+        ds = settings.get("dataset")
+        if isinstance(ds, dict) and _txt_files_without_reading(ds):
+            # caches made before `txt_documents` existed read .txt files one line per document
+            settings["dataset"] = {**ds, "txt_documents": "line"}
         fwd = d.get("forward")
         ident = d.get("model_identity")
         files = d.get("dataset_files")
-        return cls({k: d[k] for k in SETTING_FIELDS}, bool(d.get("complete")), shards,
+        return cls(settings, bool(d.get("complete")), shards,
                    forward=fwd if isinstance(fwd, str) else None,
                    model_identity=ident if isinstance(ident, dict) else None,
                    dataset_files=[str(f) for f in files] if isinstance(files, list) else None)
@@ -190,6 +195,12 @@ class Manifest:
             return ModelIdentity.from_json(self.model_identity)
         m = self.settings.get("model") or {}
         return ModelIdentity.from_id(m.get("id"), m.get("revision"))
+
+
+def _txt_files_without_reading(dataset: dict[str, Any]) -> bool:
+    files = dataset.get("files")
+    return ("txt_documents" not in dataset and isinstance(files, list) and bool(files)
+            and all(isinstance(f, list) and str(f[0]).endswith(".txt") for f in files))
 
 
 # ----------------------------------------------------------------------------------------------

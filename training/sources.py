@@ -51,7 +51,35 @@ def text_config_from_manifest(manifest: Manifest) -> Any:
             name = mapping_spec({split: list(manifest.dataset_files)})
     return TextConfig(dataset=name, dataset_config=ds.get("config"), split=split,
                       text_column=ds.get("text_column") or "text", context_length=int(s["context_length"]),
-                      bos_policy=s.get("bos_policy", "prepend"), separator=s.get("separator", "eos"))
+                      bos_policy=s.get("bos_policy", "prepend"), separator=s.get("separator", "eos"),
+                      txt_documents=ds.get("txt_documents") or "file")
+
+
+def training_text_of(data: dict[str, Any]) -> tuple[Any, int | None] | None:
+    """(the training text as a `TextConfig`, documents read or None for all) of an SAE from the
+    `data` provenance training recorded (`cache_provenance`, or the dataset it read without a
+    cache); None when it records no dataset. What `saesteer eval` checks its held-out text against."""
+    from training.splits import local_splits, looks_local, mapping_spec
+    from training.text import TextConfig
+
+    cache = data.get("cache")
+    if cache and (Path(cache) / "manifest.json").is_file():
+        try:
+            man = read_manifest(cache)
+        except ValueError:
+            man = None
+        if man is not None:
+            return text_config_from_manifest(man), text_documents_read(man)
+    name, split = data.get("dataset"), data.get("dataset_split") or "train"
+    if not isinstance(name, str) or not name:
+        return None
+    files = data.get("dataset_files")
+    if name != "toy" and looks_local(name) and files:
+        try:
+            local_splits(name)
+        except (OSError, ValueError):  # named relative to another working directory
+            name = mapping_spec({split: list(files)})
+    return TextConfig(dataset=name, split=split), None
 
 
 def text_documents_read(manifest: Manifest) -> int:

@@ -9,6 +9,10 @@ Sources (`TextConfig.dataset`), read at split `TextConfig.split`:
     which follows HF `datasets`' rules); one file kind per split;
   * anything else: a HuggingFace hub dataset name (streamed).
 
+A .txt file is one document (`txt_documents="file"`: a folder of source files or essays is read as
+such, newlines and blank lines kept), or one document per line (`"line"`: blank lines skipped), the
+default of HF `datasets`' text builder. The manifest records which (see `dataset_spec`).
+
 Packing. Each non-empty document becomes an *item* of tokens: `[BOS]` first when
 `bos_policy="doc"`, then the document's tokens, then `[EOS]` when `separator="eos"`. Items are
 concatenated into one stream, cut into contexts of `context_length` tokens:
@@ -41,6 +45,8 @@ import numpy as np
 from training.splits import describe_splits, local_splits, looks_local
 
 BosPolicy = Literal["prepend", "doc", "none"]
+TxtDocuments = Literal["file", "line"]
+TXT_SAMPLE_BY = {"file": "document", "line": "line"}  # our name -> HF datasets' text builder `sample_by`
 LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}
 
 
@@ -69,6 +75,11 @@ class TextConfig:
         metadata={"help": "stream documents instead of building an Arrow copy first "
                           "(false: local files are converted once into the HF datasets cache)"},
     )
+    txt_documents: TxtDocuments = field(
+        default="file",
+        metadata={"help": "local .txt files: file = each file is one document (newlines kept); line = each "
+                          "line is one document (blank lines skipped)"},
+    )
     context_length: int = field(default=128, metadata={"help": "tokens per context (model input length)"})
     bos_policy: BosPolicy = field(
         default="prepend",
@@ -86,6 +97,8 @@ class TextConfig:
             raise ValueError(f"TextConfig.bos_policy must be prepend, doc or none; got {self.bos_policy!r}")
         if self.separator not in ("eos", "none"):
             raise ValueError(f"TextConfig.separator must be eos or none; got {self.separator!r}")
+        if self.txt_documents not in TXT_SAMPLE_BY:
+            raise ValueError(f"TextConfig.txt_documents must be file or line; got {self.txt_documents!r}")
         if not isinstance(self.context_length, int) or self.context_length < 2:
             raise ValueError(f"TextConfig.context_length must be an integer >= 2; got {self.context_length!r}")
         if not self.text_column:
@@ -161,7 +174,7 @@ def resolve_data(cfg: TextConfig) -> ResolvedData:
 
 def dataset_spec(cfg: TextConfig, data: ResolvedData | None = None) -> dict[str, Any]:
     """What the manifest records about the text source (compared on resume): the split really
-    read and its files.
+    read, its files, and for .txt files whether a document is a file or a line (`txt_documents`).
 
     Local files are named by their path below the folder that holds them all, and their size
     (not the absolute path), so a moved corpus still matches while an edited one does not."""
@@ -174,6 +187,8 @@ def dataset_spec(cfg: TextConfig, data: ResolvedData | None = None) -> dict[str,
     }
     if data.is_local:
         spec["files"] = [[p.relative_to(data.root).as_posix(), p.stat().st_size] for p in data.files]
+    if data.builder == "text" and data.is_local:
+        spec["txt_documents"] = cfg.txt_documents
     return spec
 
 
@@ -198,6 +213,8 @@ class DocumentSource:
             if data.is_local:
                 # json: parse 1 MB at a time (default 10 MB) so the first documents come quickly
                 extra = {"chunksize": 1 << 20} if data.builder == "json" else {}
+                if data.builder == "text":
+                    extra = {"sample_by": TXT_SAMPLE_BY[cfg.txt_documents]}
                 return datasets.load_dataset(
                     data.builder,
                     data_files={cfg.split: [str(p) for p in data.files]},
@@ -478,7 +495,9 @@ def estimate_stream_tokens(cfg: TextConfig, tokenizer, source: DocumentSource, t
     if source.data.is_local and source.data.builder in ("json", "text"):
         total_bytes = sum(p.stat().st_size for p in source.data.files)
         first = source.data.files[0]
-        if source.data.builder == "text" or first.suffix == ".jsonl":  # one document per line
+        if source.data.builder == "text" and cfg.txt_documents == "file":  # one document per file
+            sample_bytes = sum(p.stat().st_size for p in source.data.files[:len(texts)])
+        elif source.data.builder == "text" or first.suffix == ".jsonl":  # one document per line
             with open(first, "rb") as f:
                 sample_bytes = sum(len(next(f, b"")) for _ in range(len(texts)))
         else:

@@ -89,10 +89,9 @@ def read_plain_state_dict(path: Path, source: str) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile, AttributeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SAEFormatError(
             f"{source}: {path.name} is not a plain state dict of tensors, refused without running it "
-            f"(torch.load(weights_only=True) said: {first[:200]}). Only files saved as "
+            f"(torch.load(weights_only=True) said: {_unpickling_reason(e)[:200]}). Only files saved as "
             f"torch.save(module.state_dict(), ...) are read; convert other pickles in a Python session you trust"
         ) from None
     if not isinstance(obj, dict) or not obj:
@@ -103,6 +102,14 @@ def read_plain_state_dict(path: Path, source: str) -> dict[str, torch.Tensor]:
         raise SAEFormatError(f"{source}: {path.name} is not a plain state dict: entries {', '.join(bad[:5])} are not "
                              f"tensors named by strings; save it with torch.save(module.state_dict(), path)")
     return obj
+
+
+def _unpickling_reason(e: BaseException) -> str:
+    """The line of torch's error that says what the file held ("Trying to load unsupported GLOBAL
+    posix.system ..."), not its preamble, which suggests retrying with weights_only=False."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    why = [ln.split(". ")[0].rstrip(".") + "." for ln in lines if "GLOBAL" in ln]
+    return (why or lines or [type(e).__name__])[0]
 
 
 # --------------------------------------------------------------------------- model and hook

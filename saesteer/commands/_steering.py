@@ -71,14 +71,23 @@ def load_saes(values: list[str], device: Any = None, hook: str | None = None, mo
     return loaded
 
 
+def require_hook(name: str, spec: Any, sae: Any) -> None:
+    """Refuse (CLIError naming --hook) an SAE whose files record no hook point and that got no --hook."""
+    if not (sae.cfg.metadata or {}).get("hook_name"):
+        raise CLIError(f"SAE {name!r} ({spec}) does not record its hook point; pass --hook "
+                       f"(e.g. --hook blocks.6.hook_resid_post)")
+
+
 def load_model(args, loaded: dict[str, LoadedSAE], store: Any = None):
     """The model to steer: --model, checked against the model every SAE (`load_saes`'s LoadedSAEs)
     and the store record, or else the recorded model itself. Refusals name both models and
-    --allow-model-mismatch."""
+    --allow-model-mismatch. Every SAE must know its hook point first (its files, or --hook)."""
     from saes.identity import ModelIdentityError, check_same_model, identity_of_sae
     from saesteer.models import OVERRIDE_FLAG, load_recorded_model, model_identity, pick_record
 
     dirs = parse_sae_args(args.sae)
+    for name, item in loaded.items():
+        require_hook(name, dirs[name], item.sae)
     records = [(identity_of_sae(item), f"SAE {name!r} ({dirs[name]})") for name, item in loaded.items()]
     if store is not None:
         records.append((store.recorded_model(), f"the feature store {args.store}"))

@@ -30,7 +30,7 @@ def add_arguments(parser) -> None:
     g = parser.add_argument_group("model and run")
     g.add_argument("--model", default=None,
                    help="'toy', a HuggingFace model name[@revision], or a local model directory (default: the "
-                        "model of the cache already in --out, else toy)")
+                        "model of the cache already in --out, else toy for --dataset toy)")
     g.add_argument("--process-weights", action="store_true", default=None,
                    help="apply TransformerLens's default weight processing (fold_ln, center_writing_weights, "
                         "center_unembed, fold_value_biases) as HookedSAETransformer.from_pretrained does, so SAEs "
@@ -114,7 +114,7 @@ def run(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    from saesteer.models import load_model, model_id, model_info  # the face resolves model names
+    from saesteer.models import load_model, model_id, model_info, start_model_spec  # the face resolves models
 
     device = args.device or extra.get("device")
     existing = _existing_cache(args.out or extra.get("out"))
@@ -130,7 +130,7 @@ def run(args) -> int:
                                         device=device)
             model_spec = model_id(model)
         else:
-            model_spec = model_spec or "toy"  # the start of the chain: the toy world by default
+            model_spec = start_model_spec(model_spec, text.dataset)  # toy only for the toy corpus
             process = bool(args.process_weights if args.process_weights is not None else extra.get("process_weights"))
             model = load_model(model_spec, device=device, process_weights=process)
     except (OSError, ValueError) as e:

@@ -19,9 +19,11 @@ Gemma Scope) on held-out text, side by side:
   probing      SAEBench-style sparse probing: toy-world concepts on the toy model, or labelled text
                (--probing-dataset FILE.jsonl with text and label columns)
 
-The held-out text is --dataset's --split (default: validation). With --cache, the activation metrics
-of an SAE trained by `saesteer train` on that cache use the rows its training held out (the same
-figures `train` reported), and the CE contexts are the ones training used.
+The held-out text is --dataset's --split (default: validation); without --dataset, the text the SAEs'
+training evaluated on (saesteer.json), else --split of their training data (the toy corpus only for the
+toy model). Text an SAE was trained on is refused (--allow-eval-overlap true evaluates on it anyway).
+With --cache, the activation metrics of an SAE trained by `saesteer train` on that cache use the rows
+its training held out (the same figures `train` reported), and the CE contexts are the ones training used.
 
 examples:
   saesteer eval --sae runs/toy/saes/topk_k32_f4096 --model toy --out evals/toy
@@ -33,6 +35,8 @@ examples:
 
 
 def add_arguments(parser) -> None:
+    import argparse
+
     from evals.config import EvalConfig
     from saesteer.configargs import add_dataclass_arguments
     from training.text import TextConfig
@@ -51,11 +55,15 @@ def add_arguments(parser) -> None:
     g.add_argument("--out", default=None, metavar="DIR", help="write eval.json and eval.html there")
     g.add_argument("--cache", default=None, metavar="DIR",
                    help="activation cache an SAE was trained on: its held-out rows give the activation metrics")
-    g.add_argument("--split", default="validation", help="split of --dataset holding the held-out text "
-                                                          "(default: validation)")
+    g.add_argument("--split", default=None, help="split of --dataset holding the held-out text (default: "
+                                                  "validation; a local file, or data with one split: that split)")
     g.add_argument("--quiet", action="store_true", help="no progress lines")
     add_dataclass_arguments(parser, EvalConfig, title="evaluation")
-    add_dataclass_arguments(parser, TextConfig, title="held-out text", skip=("split",))
+    text = add_dataclass_arguments(parser, TextConfig, title="held-out text", skip=("split", "dataset"))
+    text.add_argument("--dataset", default=argparse.SUPPRESS, metavar="STR",
+                      help="held-out text: 'toy', a local .json/.jsonl/.parquet/.txt file or folder, a mapping "
+                           "train=PATH,validation=PATH, or a HuggingFace hub dataset name (default: the text the "
+                           "SAEs' training evaluated on, else their training data; toy for the toy model)")
 
 
 def run(args) -> int:
@@ -83,7 +91,7 @@ def _run(args) -> int:
 
     say = _say(args)
     cfg = dataclass_from_args(EvalConfig, args)
-    text = dataclass_from_args(TextConfig, args, split=args.split)
+    text = dataclass_from_args(TextConfig, args, split=args.split or _default_split(getattr(args, "dataset", None)))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         specs = parse_sae_args(args.sae)
@@ -95,9 +103,6 @@ def _run(args) -> int:
             loaded[name] = resolve_sae(spec, hook=args.hook, model=args.model, device=device)
         except (ValueError, FileNotFoundError) as e:
             raise ValueError(f"cannot load SAE {name!r} from {spec}: {e}") from None
-        if not loaded[name].sae.cfg.metadata.get("hook_name"):
-            raise ValueError(f"SAE {name!r} ({spec}) does not record its hook point; pass --hook "
-                             f"(e.g. --hook blocks.6.hook_resid_post)")
     from saes.identity import identity_of_model
     from saesteer.commands._steering import load_model as load_checked_model
 
@@ -109,6 +114,8 @@ def _run(args) -> int:
         raise ValueError(str(e)) from None
     ident = identity_of_model(model)
     spec = "toy" if ident is not None and ident.source == "toy" else (args.model or "")
+    if not args.cache and "dataset" not in vars(args):  # no --dataset: never the toy corpus for another model
+        text = _recorded_text(text, loaded, ident, say)
     sae_hooks = {n: (x.sae.cfg.metadata["hook_name"], x.sae.d_in) for n, x in loaded.items()}
     check_widths(model, sae_hooks)  # before any real work: a width that does not fit the hook is refused
     hooks = sorted({h for h, _ in sae_hooks.values()})
@@ -116,11 +123,16 @@ def _run(args) -> int:
 
     rows, rows_source, keep_ids, data_info = {}, {}, None, {}
     ce_from_cache = False
+    trained_on = _training_texts(loaded)
     if args.cache:
-        rows, rows_source, keep_ids, text, ce_from_cache, data_info = _cache_rows(args, cfg, loaded, say)
+        rows, rows_source, keep_ids, text, ce_from_cache, data_info, cache_text = _cache_rows(args, cfg, loaded, model,
+                                                                                              text, say)
+        trained_on = trained_on or [cache_text]
     bos = getattr(tokenizer, "bos_token_id", None)
     excluded = (int(bos),) if cfg.exclude_bos and bos is not None else ()
-    tokens = _contexts(text, tokenizer, max(cfg.contexts, cfg.ce_contexts), args.cache if ce_from_cache else None)
+    tokens, overlap = _contexts(text, tokenizer, max(cfg.contexts, cfg.ce_contexts),
+                                args.cache if ce_from_cache else None, trained_on, cfg.allow_eval_overlap, say)
+    data_info["overlap"] = overlap
     say(f"collecting activations at {', '.join(hooks)} over {min(cfg.contexts, len(tokens))} held-out contexts")
     heldout = collect(model, hooks, tokens[: cfg.contexts], excluded, cfg.model_batch_size)
     from evals.run import EvalInputs, evaluate_saes
@@ -148,32 +160,106 @@ def _run(args) -> int:
     return 0
 
 
-def _contexts(text, tokenizer, n: int, cache: str | None):
+def _default_split(dataset: str | None) -> str:
+    """The split read when --split is not given: 'validation', or the only split of local data
+    that has one (a single file is the split 'train': `training.splits`)."""
+    from training.splits import local_splits, looks_local
+
+    if dataset and dataset != "toy" and looks_local(dataset):
+        splits = local_splits(dataset)
+        if "validation" not in splits and len(splits) == 1:
+            return next(iter(splits))
+    return "validation"
+
+
+def _recorded_text(text, loaded: dict, ident, say):
+    """The held-out text when --dataset is not given: the text the SAEs' training evaluated on
+    (`ce_eval_data`), else --split of the data they were trained on; the toy corpus only for the
+    toy model. An SAE that records neither, on another model, needs --dataset."""
+    import dataclasses
+
+    for name, item in loaded.items():
+        data = (item.provenance or {}).get("data") or {}
+        ce = data.get("ce_eval_data") or {}
+        if ce.get("dataset") and ce.get("split") and not ce.get("trained_on"):
+            say(f"held-out text: split {ce['split']!r} of {ce['dataset']} (the CE text SAE {name!r}'s training "
+                f"read; --dataset picks another)")
+            return dataclasses.replace(text, dataset=ce["dataset"], dataset_config=None, split=ce["split"])
+        if data.get("dataset"):
+            say(f"held-out text: split {text.split!r} of {data['dataset']} (the data SAE {name!r} was trained on; "
+                f"--dataset picks another)")
+            return dataclasses.replace(text, dataset=data["dataset"], dataset_config=None)
+    if ident is not None and ident.source == "toy":
+        return text
+    raise ValueError(f"no --dataset, and the SAE(s) record no training data: pass --dataset with held-out text for "
+                     f"{ident.id if ident is not None else 'the model'} (the toy corpus is the default only for the "
+                     f"toy model)")
+
+
+def _training_texts(loaded: dict) -> list:
+    """The distinct training texts the SAEs record, as (TextConfig, documents read or None)."""
+    from training.sources import training_text_of
+
+    out = []
+    for item in loaded.values():
+        got = training_text_of((item.provenance or {}).get("data") or {})
+        if got is not None and all((got[0].dataset, got[0].split) != (t.dataset, t.split) for t, _ in out):
+            out.append(got)
+    return out
+
+
+def _contexts(text, tokenizer, n: int, cache: str | None, trained_on: list, allow_overlap: bool, say):
+    """(held-out contexts [n, L], overlap reports) of `text`, refused when it is all training text
+    of an SAE (training.heldout.heldout_contexts) unless `allow_overlap`."""
+    from training.heldout import heldout_contexts
     from training.sources import contexts_from_cache, contexts_from_text
 
     if cache is not None:  # training took its CE contexts from the cache (no held-out split)
-        return contexts_from_cache(cache, n)
-    return contexts_from_text(text, tokenizer, n)
+        return contexts_from_cache(cache, n), [{"checked": False, "note": "CE contexts from the cache, as training"}]
+    if not trained_on:
+        return contexts_from_text(text, tokenizer, n), [{"checked": False, "note": "the SAEs record no training text"}]
+    tokens, reports = None, []
+    for train_text, docs in trained_on:
+        held = heldout_contexts(train_text, text, tokenizer, n, train_docs=docs, allow_overlap=allow_overlap,
+                                fix="give held-out text with --dataset PATH or --split NAME, or pass "
+                                    "--allow-eval-overlap true to evaluate on it anyway")
+        tokens = held.tokens_NL
+        reports.append(held.overlap.to_json())
+        say(f"held-out text {text.dataset!r} split {text.split!r}: {held.overlap.describe()}")
+        if held.overlap.in_training and not held.overlap.total:
+            say(f"note: {held.overlap.in_training} of the {held.overlap.eval_documents} held-out documents are "
+                f"training documents (recorded in eval.json as data.overlap)")
+    return tokens, reports
 
 
-def _cache_rows(args, cfg, loaded: dict, say):
+def _cache_rows(args, cfg, loaded: dict, model, text, say):
     """Activation rows per SAE from --cache: the rows an SAE's training held out when it was trained
-    on this cache (recorded in its saesteer.json), else the start of the cache's seeded stream."""
+    on this cache (recorded in its saesteer.json), else the start of the cache's seeded stream. The
+    cache must be of the model (--allow-model-mismatch overrides). The CE text: --dataset when given
+    (`text`), else the one training used."""
     from pathlib import Path
 
     from evals.activations import cache_holdout
+    from saes.identity import check_same_model, identity_of_model
+    from saesteer.models import OVERRIDE_FLAG
     from training.heldout import eval_text_config
     from training.manifest import read_manifest
-    from training.sources import text_config_from_manifest
+    from training.sources import text_config_from_manifest, text_documents_read
 
     cache = Path(args.cache).resolve()
     man = read_manifest(cache)
+    if not args.allow_model_mismatch:
+        check_same_model(man.recorded_model(), identity_of_model(model), recorded_in=f"the cache {args.cache}",
+                         given_as="the model evaluated", override=OVERRIDE_FLAG,
+                         fix="pass the cache of the SAEs' model")
     train_text = text_config_from_manifest(man)
     # the CE text the SAEs' training read (ce_eval_data), else --split of the cache's dataset
     ce = next(((x.provenance or {}).get("data", {}).get("ce_eval_data") or {} for x in loaded.values()
                if (x.provenance or {}).get("data", {}).get("ce_eval_data")), {})
     eval_dataset = ce.get("dataset") if ce.get("dataset") not in (None, train_text.dataset) else None
-    text = eval_text_config(train_text, eval_dataset, ce.get("split") or args.split)
+    given = "dataset" in vars(args)  # --dataset wins over what training used
+    if not given:
+        text = eval_text_config(train_text, eval_dataset, ce.get("split") or args.split or "validation")
     rows, source = {}, {}
     ce_from_cache = False
     for name, item in loaded.items():
@@ -186,14 +272,14 @@ def _cache_rows(args, cfg, loaded: dict, say):
             buffer_rows = int(data.get("reader_buffer_rows") or (1 << 20))
             rows[name] = cache_holdout(cache, hook, n, seed, buffer_rows)
             source[name] = f"the {n:,} rows its training held out of {cache} (seed {seed}, reader buffer {buffer_rows:,})"
-            ce_from_cache = ce_from_cache or _ce_trained_on_cache(data)
+            ce_from_cache = ce_from_cache or (not given and _ce_trained_on_cache(data))
         else:
             n = cfg.contexts * int(man.settings["context_length"])
             rows[name] = cache_holdout(cache, hook, n, cfg.seed, 1 << 20)
             source[name] = f"the first {n:,} rows of {cache}'s stream (seed {cfg.seed}); not rows its training held out"
         say(f"{name}: {source[name]}")
     keep = tuple(int(i) for i in man.settings.get("excluded_token_ids") or ())
-    return rows, source, keep, text, ce_from_cache, {"cache": str(cache)}
+    return rows, source, keep, text, ce_from_cache, {"cache": str(cache)}, (train_text, text_documents_read(man))
 
 
 def _ce_trained_on_cache(data: dict) -> bool:

@@ -23,6 +23,7 @@ examples:
 def add_arguments(parser) -> None:
     from saesteer.configargs import add_dataclass_arguments
     from features.config import BuildConfig
+    from saesteer.configargs import _parser_for
 
     sub = parser.add_subparsers(dest="features_command", metavar="SUBCOMMAND", title="subcommands")
     sub.required = True
@@ -77,7 +78,10 @@ def add_arguments(parser) -> None:
                    help="run --model even if the store or SAE records another model")
     t.add_argument("--device", default=None)
     t.add_argument("--top", type=int, default=5, help="latents shown per token (default: 5)")
-    t.add_argument("--no-bos", action="store_true", help="do not prepend BOS")
+    t.add_argument("--prepend-bos", type=_parser_for(bool | None), default=None, metavar="BOOL|NONE",
+                   help="prepend BOS to the text (none: as the SAE was trained, from its cfg.json; else the "
+                        "model's default) (default: None)")
+    t.add_argument("--no-bos", action="store_true", help="the same as --prepend-bos false")
 
     e = sub.add_parser("export", help="static HTML dashboards (open offline)")
     e.add_argument("store", help="feature store file")
@@ -211,6 +215,7 @@ def _show(args) -> int:
     from rich.text import Text
 
     from features import FeatureStore
+    from features.records import without_start_bos
     from saesteer.terminal import plain
 
     con = _console()
@@ -237,9 +242,9 @@ def _show(args) -> int:
         con.print(tab)
         if rec.logits is not None:
             con.print(Text.assemble(("promotes ", "green"), plain(
-                "  ".join(f"{t.token!r} {t.value:+.2f}" for t in rec.logits.promoted[:8]))))
+                "  ".join(f"{t.token!r} {t.value:+.3g}" for t in rec.logits.promoted[:8]))))
             con.print(Text.assemble(("suppresses ", "red"), plain(
-                "  ".join(f"{t.token!r} {t.value:+.2f}" for t in rec.logits.suppressed[:8]))))
+                "  ".join(f"{t.token!r} {t.value:+.3g}" for t in rec.logits.suppressed[:8]))))
         for name, nbs in (("decoder neighbours", rec.decoder_neighbours), ("co-activation neighbours", rec.coact_neighbours)):
             if nbs:
                 con.print(Text.assemble((f"{name}: ", "dim"), plain(
@@ -249,7 +254,7 @@ def _show(args) -> int:
             if not exs:
                 continue
             con.rule(plain(name, "dim"), align="left")
-            for e in exs[: args.examples]:
+            for e in (without_start_bos(e, store.meta.get("bos_id")) for e in exs[: args.examples]):
                 head = f"{e.activation:7.3f}" + (f" q{e.quantile:.2f}" if e.quantile is not None else "")
                 con.print(Text.assemble((head, "dim"), " ", _example_text(e)))
     return 0
@@ -320,8 +325,12 @@ def _top_on_text(args) -> int:
     from saesteer.terminal import plain
 
     from saes.identity import identity_of_sae
+    from saesteer.commands._steering import CLIError, require_hook
     from saesteer.models import pick_record
 
+    if args.no_bos and args.prepend_bos:
+        raise ValueError("--no-bos and --prepend-bos true contradict each other; give one of them")
+    prepend_bos = False if args.no_bos else args.prepend_bos  # None: as the SAE was trained (saes.bos)
     store = FeatureStore.open(args.store) if args.store else None
     try:
         sae_dir = args.sae
@@ -336,10 +345,14 @@ def _top_on_text(args) -> int:
         recorded_hook = (store.meta.get("sae") or {}).get("hook_name") if store is not None else None
         loaded = resolve_sae(sae_dir, hook=args.hook or recorded_hook, model=args.model, device=device)
         loaded.sae.eval()
+        try:
+            require_hook("sae", sae_dir, loaded.sae)
+        except CLIError as e:
+            raise ValueError(str(e)) from None
         candidates = [(store.recorded_model(), f"the feature store {args.store}")] if store is not None else []
         recorded, recorded_in = pick_record(candidates + [(identity_of_sae(loaded), f"the SAE {sae_dir}")])
         model = _recorded_model(recorded, args.model, recorded_in, device, args.allow_model_mismatch)
-        res = features_on_text(model, loaded, args.text, store=store, top_n=args.top, prepend_bos=not args.no_bos,
+        res = features_on_text(model, loaded, args.text, store=store, top_n=args.top, prepend_bos=prepend_bos,
                                allow_model_mismatch=args.allow_model_mismatch)
     finally:
         if store is not None:

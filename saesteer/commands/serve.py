@@ -81,10 +81,9 @@ def run(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    import uvicorn
-
     from saesteer.web import create_app
-    from saesteer.web.launch import open_entries, pick_port
+    from saesteer.web.launch import open_entries
+    from saesteer.web.listen import listening_socket, run_server
 
     logging.captureWarnings(True)
     with warnings.catch_warnings():
@@ -98,11 +97,18 @@ def run(args) -> int:
 
     import dataclasses
 
-    config = dataclasses.replace(config, port=pick_port(config.host, config.port))
+    try:  # bound now, so the port checked by the app and printed is the one served
+        sock = listening_socket(config.host, config.port)
+    except OSError as e:
+        print(f"error: cannot listen on {config.host}:{config.port}: {e.strerror or e}; choose another --port "
+              f"(--port 0 picks a free one)", file=sys.stderr)
+        return 2
+    config = dataclasses.replace(config, port=int(sock.getsockname()[1]))
     token = os.environ.get("SAESTEER_TOKEN") or None
     try:
         app = create_app(entries, config=config, limits=limits, token=token)
     except ValueError as e:
+        sock.close()
         print(f"error: {e}", file=sys.stderr)
         return 2
     token = app.state.web.token
@@ -115,9 +121,9 @@ def run(args) -> int:
         print(f"  store {e.id:<16} {e.info.d_sae:>7,} features  ({mode})", file=sys.stderr)
     if config.remote:
         print(f"WARNING: listening on {config.host}: anyone who can reach this port and has the token can use the app", file=sys.stderr)
-    print(f"saesteer serving on {url}", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=config.host.strip("[]"), port=config.port, log_level="warning",
-                proxy_headers=False, server_header=False, date_header=False)
+    # printed once uvicorn accepts connections: a client may connect as soon as it reads the line
+    run_server(app, sock, on_ready=lambda: print(f"saesteer serving on {url}", file=sys.stderr, flush=True),
+               log_level="warning", proxy_headers=False, server_header=False, date_header=False)
     return 0
 
 

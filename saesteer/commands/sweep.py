@@ -23,8 +23,8 @@ text is to the unsteered model than the model itself expects, times penalties fo
 and for punctuation runs; unsteered text scores about 1, degenerate text about 0.
 
 Strength 0 is the unsteered baseline and is never recommended. Among the steered strengths
-that meet every condition (fluency >= --min-fluency; concept >= --target-concept; grammatical
->= --min-grammar), the recommendation is the best mean harmonic mean of the scores, or with
+that meet every condition (concept above the unsteered one's; fluency >= --min-fluency; concept
+>= --target-concept; grammatical >= --min-grammar), the recommendation is the best mean harmonic mean of the scores, or with
 --target-concept the weakest (--rule weakest), the one with the largest worst-case margin to the
 targets (--rule margin), or that margin counted in standard errors over the samples (--rule z:
 safer when one score is much noisier than the other, as topic share is). When none meets them

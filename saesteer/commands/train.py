@@ -297,12 +297,12 @@ def _prepare_data(run_cfg, data_cfg, text_cfg, coll=None, allow_model_mismatch: 
         return reader, ModelEval(model, reader.hook, tokens, keep), prov
 
     # no cache: activations straight from the model (one pass over the text; resume replays it)
-    from saesteer.models import check_hook_names, load_model, model_identity
+    from saesteer.models import check_hook_names, load_model, model_identity, start_model_spec
     from training.reader import model_batches
     from training.text import resolve_data
 
-    # the start of the chain: toy by default
-    model = load_model(data_cfg.model or "toy", device=t.device, process_weights=data_cfg.process_weights)
+    model = load_model(start_model_spec(data_cfg.model, text_cfg.dataset), device=t.device,  # toy for toy text only
+                       process_weights=data_cfg.process_weights)
     hook = data_cfg.hook or f"blocks.{model.cfg.n_layers // 2}.hook_resid_post"
     check_hook_names(model, hook)
     source = _Replayable(lambda: model_batches(model, text_cfg, hook, t.batch_size, seed=t.seed))

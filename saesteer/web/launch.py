@@ -14,7 +14,6 @@ and they come from the operator.
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,7 +21,7 @@ from saesteer.web.config import Limits
 from saesteer.web.jobs import ModelQueue
 from saesteer.web.sources import StoreEntry, make_store_ids
 
-__all__ = ["open_entries", "pick_port", "model_name_of", "recorded_models"]
+__all__ = ["open_entries", "model_name_of", "recorded_models"]
 
 NO_MODEL_REASON = "the server was started without a model (pass --model)"
 
@@ -122,12 +121,3 @@ def _check_model(store, loaded, model, store_path: Path, allow_mismatch: bool) -
     if d_in and d_model and "resid" in hook and int(d_in) != int(d_model):
         raise ValueError(f"{store_path}: its SAE reads width {d_in} at {hook} but the model's d_model is {d_model}; serve it with the model it was trained on")
 
-
-def pick_port(host: str, port: int) -> int:
-    """`port`, or a free port on `host` when port is 0 (the Host check needs the real number)."""
-    if port:
-        return port
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host.strip("[]"), 0))
-        return int(s.getsockname()[1])

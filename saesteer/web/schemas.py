@@ -231,8 +231,9 @@ class SweepResult(_Out):
     op: EditOp
     unit: StrengthUnit
     points: list[SweepPoint]
-    recommended: float | None = Field(None, description="the non-zero value with the best aggregate score (ties: the "
-                                                          "weaker); null: no value works")
+    recommended: float | None = Field(None, description="the non-zero value with the best aggregate score among "
+                                                          "those raising the concept above the unsteered value's "
+                                                          "(ties: the weaker); null: no value works")
     verdict: str = Field("", description="the recommendation in words, or that no value works")
     concept: str = Field(description="what `concept` measures")
     fluency: str = Field(description="what `fluency` measures")

@@ -232,6 +232,7 @@ class StoreCatalog:
                 positive=[TokenEffect(token=t.token, token_id=t.token_id, value=float(t.value)) for t in rec.logits.promoted],
                 negative=[TokenEffect(token=t.token, token_id=t.token_id, value=float(t.value)) for t in rec.logits.suppressed],
             )
+        bos = self.store.meta.get("bos_id")
         return FeatureDetail(
             store=self.name,
             summary=summary,
@@ -240,8 +241,8 @@ class StoreCatalog:
                               created=s.created_at) for s in rec.scores],
             stats=stats,
             histogram=hist,
-            top_examples=[self._example(e, ref) for e in rec.top_examples],
-            quantile_examples=[self._example(e, ref) for e in rec.quantile_examples],
+            top_examples=[self._example(e, ref, bos) for e in rec.top_examples],
+            quantile_examples=[self._example(e, ref, bos) for e in rec.quantile_examples],
             logit_effects=logits,
             decoder_neighbours=[Neighbour(index=n.id, similarity=float(n.score), count=n.count, label=n.label)
                                 for n in rec.decoder_neighbours],
@@ -253,7 +254,10 @@ class StoreCatalog:
         )
 
     @staticmethod
-    def _example(e, ref: float) -> Example:
+    def _example(e, ref: float, bos_id: int | None) -> Example:
+        from features.records import without_start_bos
+
+        e = without_start_bos(e, bos_id)  # the context's BOS is a marker, not text
         tokens = list(e.tokens)
         if tokens and not any(tokens):  # a store without vocabulary: show the ids
             tokens = [f"⟨{t}⟩" for t in e.token_ids]
@@ -298,10 +302,9 @@ class ModelEngine:
 
     def _prepend_bos(self) -> bool:
         """The BOS the SAE was trained with (its cfg.json), else the model's default."""
-        from steering.generation import sae_prepend_bos
+        from saes.bos import prepend_bos_for
 
-        recorded = sae_prepend_bos(self.sae)
-        return bool(getattr(self.model.cfg, "default_prepend_bos", True)) if recorded is None else recorded
+        return prepend_bos_for(self.model, [self.sae])
 
     def _gen_config(self, req):
         from steering import GenerationConfig

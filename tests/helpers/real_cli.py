@@ -65,12 +65,13 @@ def known_flags(*command: str) -> set[str]:
 def captured_serve(monkeypatch, *argv):
     """`saesteer serve ...` in this process, stopped where it would start uvicorn:
     (CliResult, a fastapi TestClient on the app it would serve, or None)."""
-    import uvicorn
     from fastapi.testclient import TestClient
 
-    seen = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    from helpers.web_app import record_server
+
+    calls = record_server(monkeypatch)
     r = saesteer("serve", *argv, "--port", 0)
-    if "app" not in seen:
+    if not calls:
         return r, None
-    return r, TestClient(seen["app"], base_url=f"http://{seen['host']}:{seen['port']}")
+    (app, kw), = calls
+    return r, TestClient(app, base_url=f"http://{kw['host']}:{kw['port']}")

@@ -190,7 +190,8 @@ def _train_briefly(model, tok, texts, steps: int, seed: int, batch: int = 8, len
     """A few hundred AdamW steps of next-token prediction on random windows of the texts."""
     import torch
 
-    ids = [i for t in texts for i in tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]]
+    # whole documents, cut into windows here (verbose=False: no "longer than the maximum" warning)
+    ids = [i for t in texts for i in tok(t, add_special_tokens=False, verbose=False)["input_ids"] + [tok.eos_token_id]]
     stream = torch.tensor(ids)
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)

@@ -144,7 +144,8 @@ def write_corpus(
     """Write `n_docs` documents into `n_files` files of format `fmt` under `directory`.
 
     jsonl/json/parquet rows have a `column` field (plus `extra_columns`, same value each row);
-    txt files hold one document per line. Returns the file paths (sorted)."""
+    txt files hold one document per line (read them with TextConfig(txt_documents="line")). Returns the
+    file paths (sorted)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     docs = make_documents(n_docs, seed=seed)

@@ -6,6 +6,8 @@
     c = client(app)                           # TestClient speaking to it as http://127.0.0.1:8000
 
 `serve_in_thread(app)` runs uvicorn on a free loopback port in a daemon thread (browser tests).
+`record_server(monkeypatch)` stops `saesteer serve` / `demo` where they would start uvicorn: it
+records (app, {"host", "port", uvicorn options}), frees the port and says the server is ready.
 """
 
 from __future__ import annotations
@@ -92,3 +94,19 @@ class ServerThread:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+def record_server(monkeypatch) -> list:
+    """Replace `saesteer.web.listen.run_server` by a recorder (see the module docstring)."""
+    import saesteer.web.listen as listen
+
+    calls: list = []
+
+    def fake_run_server(app, sock, *, on_ready=lambda: None, **kw):
+        host, port = sock.getsockname()[:2]
+        sock.close()
+        calls.append((app, {"host": host, "port": port, **kw}))
+        on_ready()
+
+    monkeypatch.setattr(listen, "run_server", fake_run_server)
+    return calls

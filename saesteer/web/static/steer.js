@@ -150,10 +150,9 @@
     try {
       const t0 = performance.now();
       const res = await post("/steer", body);
-      const sepA = /\s$/.test(res.prompt) || /^\s/.test(res.default) || !res.default ? "" : " ";
-      const sepB = /\s$/.test(res.prompt) || /^\s/.test(res.steered) || !res.steered ? "" : " ";
-      document.getElementById("out-prompt-a").textContent = res.prompt + sepA;
-      document.getElementById("out-prompt-b").textContent = res.prompt + sepB;
+      // a continuation carries its own leading space or line break: prompt + continuation as written
+      document.getElementById("out-prompt-a").textContent = res.prompt;
+      document.getElementById("out-prompt-b").textContent = res.prompt;
       document.getElementById("out-default").textContent = res.default;
       document.getElementById("out-steered").textContent = res.steered;
       document.getElementById("out-edits").textContent = describe(res.edits);

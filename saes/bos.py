@@ -1,0 +1,37 @@
+"""Whether text fed to an SAE starts with BOS: one rule for every stage that runs a model on text
+for an SAE (steering, sweeps, `features top-on-text`, the web app).
+
+    bos = prepend_bos_for(model, [sae])            # the SAE's record, else the model's default
+    bos = prepend_bos_for(model, [sae], False)     # an explicit choice wins
+
+`saesteer cache` prepends BOS to every context by default and records it in cfg.json's metadata
+(`prepend_bos`, SAELens's field), while models such as GPT-NeoX and Qwen2 do not prepend one by
+default (TransformerLens's `cfg.default_prepend_bos`). Text fed without the BOS the SAE was trained
+with gives other activations at every position, so the record wins over the model's default.
+
+It lives in `saes` because `features` and `steering` both need it and neither may import the other.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+__all__ = ["recorded_prepend_bos", "prepend_bos_for"]
+
+
+def recorded_prepend_bos(saes: Iterable[Any]) -> bool | None:
+    """The `prepend_bos` the SAEs' cfg.json metadata records; None when none records it or they
+    disagree."""
+    found = {bool(v) for sae in saes
+             if (v := (getattr(getattr(sae, "cfg", None), "metadata", None) or {}).get("prepend_bos")) is not None}
+    return found.pop() if len(found) == 1 else None
+
+
+def prepend_bos_for(model: Any, saes: Iterable[Any], override: bool | None = None) -> bool:
+    """`override` when given, else what the SAEs record, else the model's default."""
+    if override is not None:
+        return bool(override)
+    recorded = recorded_prepend_bos(saes)
+    if recorded is not None:
+        return recorded
+    return bool(getattr(getattr(model, "cfg", None), "default_prepend_bos", True))

@@ -1,0 +1,56 @@
+"""Listen, then say so: the socket `saesteer serve` (and the demo) serve on, and uvicorn run on it.
+
+    sock = listening_socket("127.0.0.1", 0)          # bound and listening now; port 0: a free one
+    port = sock.getsockname()[1]                     # the app's Host check needs the real number
+    run_server(app, sock, on_ready=lambda: print(f"serving on http://127.0.0.1:{port}/"))
+
+The socket is bound before the app is built, so the port printed is the port served (no window in
+which another process can take a port we picked), and it listens from then on: a client that
+connects early waits in the backlog instead of being refused. `on_ready` runs once uvicorn has
+started (the app's startup done, connections accepted), so a line printed there is true when a
+client reads it. `run_server` blocks until the server is stopped (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, Callable
+
+__all__ = ["listening_socket", "run_server"]
+
+BACKLOG = 2048  # uvicorn's default
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to `host`:`port` (an IPv6 address may come in brackets; port 0: a free
+    port) and listening. OSError when the address cannot be bound (e.g. the port is in use)."""
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: rebind after a restart
+        sock.bind((host, port))
+        sock.listen(BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def run_server(app: Any, sock: socket.socket, *, on_ready: Callable[[], None] = lambda: None, **uvicorn_kw: Any) -> None:
+    """Serve `app` with uvicorn on `sock` (from `listening_socket`) until stopped; `on_ready()` runs
+    once the server has started. `uvicorn_kw` go to `uvicorn.Config` (log_level, headers, ...)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started and not self.should_exit:
+                on_ready()
+
+    host, port = sock.getsockname()[:2]
+    config = uvicorn.Config(app, host=host, port=port, backlog=BACKLOG, **uvicorn_kw)
+    try:
+        Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
