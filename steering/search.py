@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from steering.activations import mean_latent_activation
 from steering.spec import SteeringError
+
+if TYPE_CHECKING:
+    from steering.inputs import Model, SAEArg
 
 
 @dataclass(frozen=True)
@@ -30,8 +33,8 @@ class FeatureCandidate:
 
 
 def contrast_features(
-    model: Any,
-    sae: Any,
+    model: Model,
+    sae: SAEArg,
     positive: Sequence[str],
     negative: Sequence[str],
     *,

@@ -26,8 +26,10 @@ import torch
 from torch import Tensor
 
 from saes.base import SAE
-from saes.formats.base import LoadedSAE, sae_of
 from saes.identity import check_sae_model
+from steering.config import GenerationConfig
+from steering.generation import Generation, generate
+from steering.inputs import Model, SAEs, TypicalMaxArg, named_saes, sae_mapping
 from steering.interventions import LatentEditor, op_coefficients
 from steering.positions import FULL, SequenceTracker, block_call_info
 from steering.spec import (
@@ -81,7 +83,7 @@ class ConstantEditor:
 @dataclass
 class _Contribution:
     positions: Positions
-    editor: Any  # LatentEditor | ConstantEditor
+    editor: LatentEditor | ConstantEditor
     label: str
 
 
@@ -134,32 +136,10 @@ class _HookFn:
         return None if out_ND is None else out_ND.view(shape)
 
 
-def _as_sae_mapping(saes: Any) -> dict[str, SAE]:
-    return {name: sae_of(v) for name, v in _named_saes(saes).items()}
-
-
-def _named_saes(saes: Any) -> dict[str, Any]:
-    """name -> SAE or `LoadedSAE` (the SAE beside its provenance), as given."""
-    if saes is None:
-        return {}
-    if isinstance(saes, (SAE, LoadedSAE)):
-        return {"sae": saes}
-    if isinstance(saes, Mapping):
-        items = [(str(k), v, f"saes[{k!r}]") for k, v in saes.items()]
-    elif isinstance(saes, Sequence):
-        items = [(str(i), v, f"saes[{i}]") for i, v in enumerate(saes)]
-    else:
-        raise SteeringError(f"saes must be an SAE, a dict name -> SAE, or a list of SAEs; got {type(saes).__name__}")
-    for _, v, where in items:
-        if not isinstance(v, (SAE, LoadedSAE)):
-            raise SteeringError(f"{where} is a {type(v).__name__}, not an SAE (load one with saes.formats.resolve_sae)")
-    return {name: v for name, v, _ in items}
-
-
-def check_models(model: Any, saes: Any, allow_mismatch: bool = False) -> None:
+def check_models(model: Model, saes: SAEs, allow_mismatch: bool = False) -> None:
     """Refuse SAEs recorded for another model than `model` (when both sides record one: an SAE
     given as a `LoadedSAE` carries its record, a bare SAE none)."""
-    for name, sae in _named_saes(saes).items():
+    for name, sae in named_saes(saes).items():
         check_sae_model(model, sae, sae_name=name, allow_mismatch=allow_mismatch)
 
 
@@ -181,12 +161,12 @@ def sae_hook_name(sae: SAE, name: str = "sae") -> str:
     return str(hook)
 
 
-def _hook_examples(model: Any) -> str:
+def _hook_examples(model: Model) -> str:
     names = [n for n in model.hook_dict if n.endswith(("hook_resid_pre", "hook_resid_post"))]
     return ", ".join(names[:2] + names[-1:]) if names else ", ".join(list(model.hook_dict)[:3])
 
 
-def check_hook(model: Any, hook_name: str, who: str) -> None:
+def check_hook(model: Model, hook_name: str, who: str) -> None:
     hook_dict = getattr(model, "hook_dict", None)
     if hook_dict is None:
         raise SteeringError("steering needs a TransformerLens model (HookedTransformer) with hook points")
@@ -198,7 +178,7 @@ def check_hook(model: Any, hook_name: str, who: str) -> None:
         )
 
 
-def expected_width(model: Any, hook_name: str) -> int | None:
+def expected_width(model: Model, hook_name: str) -> int | None:
     """Width of the activation at a standard TransformerLens hook (heads flattened), if known."""
     cfg = getattr(model, "cfg", None)
     if cfg is None:
@@ -215,7 +195,7 @@ def expected_width(model: Any, hook_name: str) -> int | None:
     return None
 
 
-def _tracked_block(model: Any, hook_name: str) -> int | None:
+def _tracked_block(model: Model, hook_name: str) -> int | None:
     m = _BLOCK_RE.match(hook_name)
     if m:
         return int(m.group(1))
@@ -224,7 +204,7 @@ def _tracked_block(model: Any, hook_name: str) -> int | None:
     return None
 
 
-def typical_max_for(provider: Any, sae_name: str) -> TypicalMax | None:
+def typical_max_for(provider: TypicalMaxArg, sae_name: str) -> TypicalMax | None:
     """Pick the provider of one SAE: a per-SAE mapping keyed by SAE name, or a shared one."""
     if provider is None:
         return None
@@ -234,16 +214,16 @@ def typical_max_for(provider: Any, sae_name: str) -> TypicalMax | None:
 
 
 def resolve_edits(
-    model: Any,
-    saes: Any,
-    edits: Sequence[Edit | str],
+    model: Model,
+    saes: SAEs,
+    edits: Sequence[Edit | str] | Edit | str,
     *,
-    typical_max: Any = None,
+    typical_max: TypicalMaxArg = None,
     limits: SteerLimits | None = None,
 ) -> list[ResolvedEdit]:
     """Validate edits against the model and SAEs; raise `SteeringError` naming the fix."""
     limits = limits or SteerLimits()
-    sae_map = _as_sae_mapping(saes)
+    sae_map = sae_mapping(saes)
     if isinstance(edits, (str, FeatureEdit, VectorEdit)):
         edits = [edits]
     if not edits:
@@ -328,10 +308,10 @@ class SteeringPlan:
         return list(self.hook_fns.items())
 
 
-def build_plan(model: Any, saes: Any, edits: Sequence[Edit | str], *, typical_max: Any = None,
+def build_plan(model: Model, saes: SAEs, edits: Sequence[Edit | str], *, typical_max: TypicalMaxArg = None,
                limits: SteerLimits | None = None) -> SteeringPlan:
     resolved = resolve_edits(model, saes, edits, typical_max=typical_max, limits=limits)
-    sae_map = _as_sae_mapping(saes)
+    sae_map = sae_mapping(saes)
     model_device = _model_device(model)
     # group latent edits by (hook, SAE, positions); vector edits stand alone
     groups: dict[tuple[str, str, Positions], list[ResolvedEdit]] = {}
@@ -368,7 +348,7 @@ def build_plan(model: Any, saes: Any, edits: Sequence[Edit | str], *, typical_ma
     return SteeringPlan(resolved, hook_fns, trackers)
 
 
-def _model_device(model: Any) -> torch.device | None:
+def _model_device(model: Model) -> torch.device | None:
     try:
         return next(model.parameters()).device
     except (StopIteration, AttributeError, TypeError):
@@ -379,7 +359,7 @@ def _model_device(model: Any) -> torch.device | None:
 class SteeringSession:
     """Handle yielded by `steer`: the resolved edits, and generation with exact prompt positions."""
 
-    def __init__(self, model: Any, plan: SteeringPlan) -> None:
+    def __init__(self, model: Model, plan: SteeringPlan) -> None:
         self.model = model
         self.plan = plan
         self.active = True
@@ -403,10 +383,9 @@ class SteeringSession:
             for b, t in self.plan.trackers.items():
                 t.explicit_prompt_len = old[b]
 
-    def generate(self, prompts: str | Sequence[str], config: Any = None, **overrides: Any):
-        """Steered generation (see `steering.generation.generate`); returns a `Generation`."""
-        from steering.generation import generate
-
+    def generate(self, prompts: str | Sequence[str], config: GenerationConfig | None = None,
+                 **overrides: Any) -> Generation:
+        """Steered generation (see `steering.generation.generate`)."""
         if not self.active:
             raise SteeringError("this steering session has ended; call it inside the `with steer(...)` block")
         return generate(self.model, prompts, config, session=self, **overrides)
@@ -414,11 +393,11 @@ class SteeringSession:
 
 @contextmanager
 def steer(
-    model: Any,
-    saes: Any,
+    model: Model,
+    saes: SAEs,
     edits: Sequence[Edit | str] | Edit | str,
     *,
-    typical_max: Any = None,
+    typical_max: TypicalMaxArg = None,
     limits: SteerLimits | None = None,
     allow_model_mismatch: bool = False,
 ) -> Iterator[SteeringSession]:
@@ -459,7 +438,7 @@ def _pre_hook(tracker: SequenceTracker, layer_idx: int):
     return pre
 
 
-def hooks_attached(model: Any) -> list[str]:
+def hooks_attached(model: Model) -> list[str]:
     """Names of hook points / blocks that still carry hooks (empty when everything is clean)."""
     dirty = [n for n, hp in model.hook_dict.items() if hp._forward_hooks or hp._backward_hooks or hp.fwd_hooks or hp.bwd_hooks]
     for i, b in enumerate(getattr(model, "blocks", [])):

@@ -107,7 +107,7 @@ def _run(args, model=None) -> int:
         if args.contrast is not None:
             return _print_contrast(model, saes, _lines(args.contrast[0]), _lines(args.contrast[1]), args.top, args.json, link,
                                    args.allow_model_mismatch)
-        from steering.generation import compare
+        from steering.comparison import compare
 
         cmp = compare(model, saes if len(saes) > 1 else next(iter(saes.values())), edits, prompts, gen_cfg,
                       typical_max=typical_max_provider(link, saes), limits=limits,
