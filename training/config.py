@@ -63,7 +63,8 @@ class SAESpec:
 
     architecture: str = field(
         default="topk",
-        metadata={"help": "topk, batchtopk or matryoshka_batchtopk (alias: matryoshka)"},
+        metadata={"help": "a trainable architecture of saes/registry.py (shipped: topk, batchtopk, "
+                          "matryoshka_batchtopk; alias: matryoshka)"},
     )
     d_sae: int = field(default=4096, metadata={"help": "number of latents"})
     k: int = field(default=32, metadata={"help": "active latents per token (BatchTopK: on average over the batch)"})
@@ -83,9 +84,12 @@ class SAESpec:
         _check(self.k <= self.d_sae, f"SAESpec.k ({self.k}) must not exceed d_sae ({self.d_sae}); lower k or widen the SAE")
         self.matryoshka_widths = [int(w) for w in self.matryoshka_widths]
         if self.matryoshka_widths and "matryoshka_widths" not in architecture_fields(self.architecture):
+            from saes.registry import trainable_architectures
+
+            with_levels = [a for a in trainable_architectures() if "matryoshka_widths" in architecture_fields(a)]
             raise ValueError(
                 f"SAESpec.matryoshka_widths is set but architecture {self.architecture!r} has no levels; "
-                f"use architecture=matryoshka_batchtopk or drop the widths"
+                f"use architecture={' or '.join(with_levels)} or drop the widths"
             )
         if self.lr is not None:
             _finite("SAESpec", "lr", self.lr, lo=0.0)
