@@ -1,6 +1,7 @@
 """Steering benchmarks.
 
     python benchmarks/bench_steering.py speed [--model toy] [--rounds 7] [--write]
+    python benchmarks/bench_steering.py matrix [--rounds 5] [--flush-denormal] [--write]
     python benchmarks/bench_steering.py toy --sae DIR [--store FILE] [--write]
     python benchmarks/bench_steering.py toy --work DIR --hook HOOK [--sae-arch A --sae-widths W,...] [--write]
     python benchmarks/bench_steering.py latents --sae DIR [--store FILE]
@@ -12,6 +13,16 @@ and a clamp hook on hook_sae_acts_post. Runs are interleaved round by round; med
 the one given with --sae, else random ones with the toy SAE's shape (d_sae 32 x d_model):
 a threshold-form (BatchTopK inference) SAE and a TopK SAE. It also checks, greedily, that our
 clamp and SAELens's clamp generate the same tokens.
+
+matrix: steered generation speed for every op (add, clamp, scale, ablate, all positions) and every
+SAE architecture's read path (threshold: BatchTopK inference form; TopK; ReLU "standard"), as
+the process CPU time of unsteered / steered generation (toy model, batch 8, 64 new tokens, KV
+cache, sampling with a fixed seed, interleaved rounds, medians). Each edit acts on the latent that
+fires most on the unsteered text (so clamp, scale and ablate have work to do). Steering changes the
+text, and the cost of generating depends on the text (by several percent either way on this CPU),
+so two "same text" rows per architecture do the edit's whole work and leave the text as it is:
+scaling the busiest latent by 1 (its exact read where it fires, a zero write) and clamping a latent
+that never fires to 0.
 
 toy: steering each toy-world topic (setting): find the topic's feature by contrast (topic
 documents vs other documents), pick the strength on development seeds (weakest strength that
@@ -251,12 +262,85 @@ def speed(args) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------------ matrix
+def matrix(args) -> str:
+    from steering import steer
+
+    torch.set_num_threads(args.threads)
+    if args.flush_denormal:
+        torch.set_flush_denormal(True)
+    model = load_model("toy")
+    hook = f"blocks.{model.cfg.n_layers // 2}.hook_resid_post"
+    archs = [("threshold (BatchTopK inference form)", "batchtopk"), ("TopK", "topk"), ("ReLU (standard)", "standard")]
+    tokens = model.to_tokens(PROMPTS[: args.batch] * (args.batch // len(PROMPTS) + 1), padding_side="left")[: args.batch]
+    gen_kw = dict(max_new_tokens=args.new_tokens, do_sample=True, stop_at_eos=False, use_past_kv_cache=True,
+                  padding_side="left", return_type="tokens", verbose=False)
+
+    def gen():
+        torch.manual_seed(0)
+        c0 = time.process_time()
+        model.generate(tokens, **gen_kw)
+        return time.process_time() - c0
+
+    cases = {"unsteered": gen}
+    with torch.no_grad():
+        text = model.generate(tokens, **dict(gen_kw, do_sample=False))
+        _, cache = model.run_with_cache(text, names_filter=hook)
+    for label, arch in archs:
+        sae = random_sae(arch, model.cfg.d_model, hook, seed=1)
+        if arch == "standard":  # a ReLU SAE with a sparse-ish code, as trained ones have
+            with torch.no_grad():
+                sae.b_enc.fill_(-1.0)
+        acts = sae.encode(cache[hook])
+        busy = int((acts > 0).sum((0, 1)).argmax())
+        quiet = int((cache[hook] @ sae.W_enc + sae.b_enc).amax((0, 1)).argmin())
+        for op, edit in (("add", f"{busy}:add=8"), ("clamp", f"{busy}:clamp=8"), ("scale", f"{busy}:scale=2"),
+                         ("ablate", f"{busy}:ablate"), ("same text: scale the busiest latent by 1", f"{busy}:scale=1"),
+                         ("same text: clamp a silent latent to 0", f"{quiet}:clamp=0")):
+            def run(sae=sae, edit=edit):
+                with steer(model, sae, [edit]):
+                    return gen()
+            cases[f"{label}: {op}"] = run
+    for f in cases.values():
+        f()
+    cpu: dict[str, list[float]] = {k: [] for k in cases}
+    load_before = load_average()
+    for _ in range(args.rounds):
+        for k, f in cases.items():
+            cpu[k].append(f())
+    load_after = load_average()
+    base = statistics.median(cpu["unsteered"])
+    lines = [
+        "### Steered generation speed for every op and architecture",
+        "",
+        f"{time.strftime('%Y-%m-%d')}; {os.cpu_count()} CPU cores, torch {torch.__version__}, {args.threads} thread(s)"
+        f"{', denormals flushed' if args.flush_denormal else ''}; load average before/after {load_before} / {load_after}. "
+        f"Toy model, SAEs random with the toy SAE's shape (d_sae {32 * model.cfg.d_model}) at {hook}; batch {args.batch} "
+        f"(left padded), {args.new_tokens} new tokens, KV cache, sampling with a fixed seed; every edit at all positions "
+        f"on the latent that fires most on the unsteered text; the 'same text' rows do an edit's work without changing "
+        f"the text (the cost of generating depends on the text: compare the add rows, which read nothing). "
+        f"Ratio = median process CPU time unsteered / steered over {args.rounds} interleaved rounds (1.0 = no slowdown); "
+        f"per round = median of the rounds' own ratios. "
+        f"`python benchmarks/bench_steering.py matrix --rounds {args.rounds}{' --flush-denormal' if args.flush_denormal else ''}`",
+        "",
+        "| run | CPU s per generate | ratio (median CPU) | ratio (per round) |",
+        "|---|---|---|---|",
+    ]
+    for k in cases:
+        t = statistics.median(cpu[k])
+        per_round = statistics.median(b / x for b, x in zip(cpu["unsteered"], cpu[k]))
+        lines.append(f"| {k} | {t:.3f} | {base / t:.3f}x | {per_round:.3f}x |")
+    worst = min((base / statistics.median(v), k) for k, v in cpu.items() if k != "unsteered")
+    lines += ["", f"Slowest: {worst[1]} at {worst[0]:.3f}x.", ""]
+    return "\n".join(lines)
+
+
 # -------------------------------------------------------------------------------------- toy
 def toy(args) -> str:
     from saesteer.commands._steering import toy_scorer
     from steering import FeatureEdit, GenerationConfig, generate, steer
-    from steering.baselines import diff_of_means
     from steering.evaluate import score_generation
+    from steering.methods import compare_methods
     from steering.search import contrast_features
     from steering.sweeps import recommend_strength, sweep_edits
     from toyworld.grammar import generate_document
@@ -332,82 +416,48 @@ def toy(args) -> str:
         neg = [d for t in TOPICS if t != topic for d in docs[t][: max(1, args.n_docs // 4)]]
         ranked = contrast_features(model, sae, pos, neg, top=args.top_n)
         by_f1 = store.concept_matches(f"topic:{topic}") if store is not None else []
-        everything = contrast_features(model, sae, pos, neg, top=sae.d_sae)
         if args.select == "concept":
             if not by_f1:
                 raise SystemExit(f"the store has no concept match for topic:{topic}; use --select contrast")
-            pool = [next(c for c in everything if c.feature == by_f1[0].feature_id)]
+            pool = [by_f1[0].feature_id]
         else:  # the top --candidates latents by contrast, plus the store's concept-F1-best latent
-            pool = list(ranked[: args.candidates])
-            if by_f1 and args.candidates > 1 and all(c.feature != by_f1[0].feature_id for c in pool):
-                pool.append(next(c for c in everything if c.feature == by_f1[0].feature_id))
-        vec = diff_of_means(model, hook, pos, neg)
+            pool = [c.feature for c in ranked[: args.candidates]]
+            if by_f1 and args.candidates > 1 and by_f1[0].feature_id not in pool:
+                pool.append(by_f1[0].feature_id)
         scorer = toy_scorer(topic, "sentence")
-
-        def margin(pt):  # the quantity the --rule maximises ("weakest": the plain margin); grammar = toy validator
-            if args.rule == "z":
-                return min((pt.concept - 0.5) / max(pt.concept_se, 0.01), (pt.grammar - 0.8) / max(pt.grammar_se, 0.01))
-            return min(pt.concept - 0.5, pt.grammar - 0.8)
-
-        # each candidate latent swept on the dev seed; the (latent, strength) with the best margin wins
-        best = None
-        for c in pool:
-            tm = link.typical_max(c.feature) if link else None
-            u = "max_act" if tm else "raw"
-            grid = args.strengths if tm else [s * max(c.mean_positive, 1e-3) * 4 for s in args.strengths]
-            prov = {c.feature: tm} if tm else None
-            pts = sweep_edits(model, sae, lambda s, f=c.feature, u=u: FeatureEdit(f, args.op, s, unit=u, positions=where)
-                              if s else None,
-                              grid, prompts, scorer, gen_config=cfg(args.dev_seed), typical_max=prov,
-                              with_perplexity=False)
-            s_c = recommend_strength(pts, min_grammar=0.8, target_concept=0.5, rule=args.rule)
-            if s_c is None:  # nothing meets the targets: the best harmonic mean (else the strongest point)
-                s_c = recommend_strength(pts) or max(p.strength for p in pts)
-            m_c = margin(next(p for p in pts if p.strength == s_c))
-            print(f"  {topic}: candidate {c.feature} (contrast {c.score:.3f}) best dev strength {s_c:g} margin {m_c:+.3f}",
-                  file=sys.stderr, flush=True)
-            if best is None or m_c > best[0]:
-                best = (m_c, c, tm, u, s_c, prov)
-        _, cand, tmax, unit, best_s, provider = best
-
-        def sae_edit(s, f=cand.feature):
-            return FeatureEdit(f, args.op, s, unit=unit, positions=where) if s else None
-
-        def vec_edit(s):
-            return vec.edit(s, positions=where) if s else None
+        cue = " ".join(generate_document(f"steer-cue-{topic}", topic=topic).sentences[0])
+        # SAE feature, difference of means and prompting: the package's protocol (steering.methods);
+        # without typical maxima the SAE strengths are multiples of 4x the latent's mean activation
+        card = compare_methods(
+            model, sae, scorer, prompts=prompts, test_prompts=test_prompts, positive=pos, negative=neg, cue=cue,
+            features=pool, op=args.op, positions=where,
+            sae_strengths=args.strengths if link else [4 * s for s in args.strengths],
+            vector_strengths=args.vec_strengths, target_concept=0.5, min_fluency=0.8, rule=args.rule,
+            gen_config=cfg(args.dev_seed), dev_seed=args.dev_seed, test_seed=args.test_seed,
+            typical_max=link.typical_max if link else None,
+            progress=lambda msg, t=topic: print(f"  {t}: {msg}", file=sys.stderr, flush=True))
+        pick = card.picks["SAE feature"]
+        result = {"topic": topic, "feature": pick.feature, "pool": pool,
+                  "f1_feature": by_f1[0].feature_id if by_f1 else None, "f1": by_f1[0].f1 if by_f1 else None}
+        for method, label, ctx in (("SAE feature", "SAE feature", ""), ("diff-of-means", "diff-of-means", ""),
+                                   ("prompting", "prompting", cue)):
+            r = card.row(method)
+            share, gram, gram_doc = pooled(card.generations[method].texts, topic, context=ctx)
+            strength = cue if method == "prompting" else card.picks[method].strength
+            result[label] = (strength, share, gram, gram_doc, r.perplexity)
 
         def top_edits(s):  # the top-N contrast features, each added in proportion to its activation difference
             return [FeatureEdit(c.feature, "add", s * c.score, positions=where) for c in ranked] if s else None
 
-        result = {"topic": topic, "feature": cand.feature, "pool": [c.feature for c in pool],
-                  "f1_feature": by_f1[0].feature_id if by_f1 else None, "f1": by_f1[0].f1 if by_f1 else None}
-        methods = (("SAE feature", sae_edit, None, sae),
-                   (f"SAE top-{args.top_n}", top_edits, args.top_strengths, sae),
-                   ("diff-of-means", vec_edit, args.vec_strengths, None))
-        for method, make, grid, saes_arg in methods:
-            if grid is None:  # already swept above (the SAE feature candidates)
-                s = best_s
-            else:
-                pts = sweep_edits(model, saes_arg, make, grid, prompts, scorer, gen_config=cfg(args.dev_seed),
-                                  typical_max=provider, with_perplexity=False)
-                s = recommend_strength(pts, min_grammar=0.8, target_concept=0.5, rule=args.rule)
-                if s is None:
-                    s = recommend_strength(pts) or max(grid)
-            edit = make(s)
-            if edit is None:
-                gen = generate(model, test_prompts, cfg(args.test_seed))
-            else:
-                with steer(model, saes_arg, edit if isinstance(edit, list) else [edit], typical_max=provider) as sess:
-                    gen = sess.generate(test_prompts, cfg(args.test_seed))
-            r = score_generation(method, model, test_prompts, gen, scorer)
-            share, gram, gram_doc = pooled(gen.texts, topic)
-            result[method] = (s, share, gram, gram_doc, r.perplexity)
-        cue = generate_document(f"steer-cue-{topic}", topic=topic).sentences[0]
-        cue_text = " ".join(cue)
-        gen = generate(model, [cue_text] * n_test, cfg(args.test_seed))
-        share, gram, gram_doc = pooled(gen.texts, topic, context=cue_text)
-        r = score_generation("prompting", model, [cue_text] * n_test, gen, scorer)
-        result["prompting"] = (cue_text, share, gram, gram_doc, r.perplexity)
+        pts = sweep_edits(model, sae, top_edits, args.top_strengths, prompts, scorer, gen_config=cfg(args.dev_seed),
+                          with_perplexity=False)
+        s = recommend_strength(pts, min_fluency=0.8, target_concept=0.5, rule=args.rule)
+        if s is None:
+            s = recommend_strength(pts)
+        with steer(model, sae, top_edits(s)) as sess:
+            gen = sess.generate(test_prompts, cfg(args.test_seed))
+        r = score_generation(f"SAE top-{args.top_n}", model, test_prompts, gen, scorer)
+        result[f"SAE top-{args.top_n}"] = (s,) + pooled(gen.texts, topic) + (r.perplexity,)
         result["base"] = pooled(base.texts, topic) + (base_ppl,)
         rows.append(result)
         print(result, flush=True)
@@ -625,6 +675,14 @@ def main(argv=None) -> int:
     s.add_argument("--rounds", type=int, default=7)
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--write", action="store_true")
+    mx = sub.add_parser("matrix", help="steered speed for every op and SAE architecture (process CPU time)")
+    mx.add_argument("--batch", type=int, default=8)
+    mx.add_argument("--new-tokens", type=int, default=64)
+    mx.add_argument("--rounds", type=int, default=5)
+    mx.add_argument("--threads", type=int, default=1)
+    mx.add_argument("--flush-denormal", action="store_true",
+                    help="flush denormal floats to zero (their slow arithmetic depends on the text generated)")
+    mx.add_argument("--write", action="store_true")
     t = sub.add_parser("toy")
     t.add_argument("--sae", default=None, help="SAE folder (default: build the auto-interp benchmark's toy SAE in --work)")
     t.add_argument("--store", default=None, help="its feature store (typical max activations, concept matches)")
@@ -678,7 +736,7 @@ def main(argv=None) -> int:
     if args.what == "latents":
         print(latents(args))
         return 0
-    text = speed(args) if args.what == "speed" else toy(args)
+    text = {"speed": speed, "matrix": matrix, "toy": toy}[args.what](args)
     print(text)
     if args.write:
         write_subsection(text)

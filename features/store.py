@@ -32,6 +32,8 @@ Schema (version 1; `schema_version` holds it, `meta` the build's identity):
     concept_matches(concept, rank, feature_id, f1, precision, recall, source)
     build_progress(block INTEGER PRIMARY KEY, first_id, end_id)   -- feature blocks written so far
     feature_fts USING fts5(label, examples)         -- rowid = feature id
+    presets(name TEXT PRIMARY KEY, record JSON, created_at, updated_at)   -- steering presets (`steering.presets`);
+                                                    -- made on the first save (stores from older versions have none)
 
 META KEYS: schema_version, build_state ('building'|'complete'), sae_fingerprint,
 cache_fingerprint, model_identity (the model the activations came from, `saes.identity`; absent in
@@ -935,6 +937,53 @@ class FeatureStore:
                 "INSERT INTO concept_matches(concept, rank, feature_id, f1, precision, recall, source) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [(m.concept, m.rank, m.feature_id, m.f1, m.precision, m.recall, source) for m in matches],
             )
+
+    # -- steering presets ------------------------------------------------------------------------
+    def _has_presets(self, c: sqlite3.Connection) -> bool:
+        return c.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'presets'").fetchone() is not None
+
+    def save_preset(self, name: str, record: Mapping[str, Any], *, overwrite: bool = False) -> None:
+        """Keep a steering preset (a JSON record, `steering.presets.Preset.to_json()`) under `name`.
+        A preset made for another SAE (`record["sae_fingerprint"]`) is refused (StoreMismatchError);
+        an existing name is refused unless `overwrite`."""
+        fp = record.get("sae_fingerprint")
+        if fp != self.sae_fingerprint:
+            raise StoreMismatchError(
+                f"preset {name!r} was made for the SAE with weights hash {str(fp)[:12]}, but {self.path} describes "
+                f"the SAE with hash {self.sae_fingerprint[:12]}; a feature id means nothing in another SAE: save the "
+                f"preset again from this store's SAE"
+            )
+        text = json.dumps(dict(record), sort_keys=True, allow_nan=False)
+        now = utc_now()
+        with self.transaction() as c:
+            c.execute("CREATE TABLE IF NOT EXISTS presets (name TEXT PRIMARY KEY, record TEXT NOT NULL, "
+                      "created_at TEXT NOT NULL, updated_at TEXT NOT NULL)")
+            old = c.execute("SELECT created_at FROM presets WHERE name = ?", (name,)).fetchone()
+            if old is not None and not overwrite:
+                raise StoreError(f"{self.path} already has a preset named {name!r}; pick another name or overwrite it")
+            c.execute("INSERT OR REPLACE INTO presets(name, record, created_at, updated_at) VALUES (?, ?, ?, ?)",
+                      (name, text, old[0] if old else now, now))
+
+    def preset_record(self, name: str) -> dict[str, Any] | None:
+        """The preset saved under `name` (None if there is none)."""
+        with self._read() as c:
+            if not self._has_presets(c):
+                return None
+            row = c.execute("SELECT record FROM presets WHERE name = ?", (name,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def preset_names(self) -> list[str]:
+        with self._read() as c:
+            if not self._has_presets(c):
+                return []
+            return [r[0] for r in c.execute("SELECT name FROM presets ORDER BY name")]
+
+    def delete_preset(self, name: str) -> bool:
+        """Remove a preset; False if there was none by that name."""
+        with self.transaction() as c:
+            if not self._has_presets(c):
+                return False
+            return c.execute("DELETE FROM presets WHERE name = ?", (name,)).rowcount > 0
 
     # -- build-side writes -------------------------------------------------------------------------
     def set_meta(self, **items: Any) -> None:

@@ -11,8 +11,9 @@ removed on every exit path. Modules: spec (edit grammar, limits), config (genera
 configs), inputs (the argument types: model, SAEs, typical max), session (`steer`),
 interventions (the arithmetic), positions, generation (plain, or inside a session), comparison
 (steered vs unsteered), evaluate (judge + offline scores), fluency (the one fluency measure),
-sweeps (dose-response), search, baselines, store (feature-store link). Imports go one way:
-generation never imports session.
+sweeps (dose-response), search, baselines, methods (SAE steering vs baselines, a scorecard),
+presets, store (feature-store link); the batched engine behind the API: engine, runner,
+rowedits, sampling, textstream, chat. Imports go one way: generation never imports session.
 
 Names are imported lazily, so `import steering.config` (the CLI's flags) does not load torch.
 """
@@ -25,7 +26,13 @@ from typing import Any
 _EXPORTS = {
     # edits and limits
     "FeatureEdit": "spec", "VectorEdit": "spec", "Edit": "spec", "Positions": "spec", "SteerLimits": "spec",
-    "SteeringError": "spec", "SteeringWarning": "spec", "parse_edit": "spec", "OPS": "spec", "POSITION_NAMES": "spec",
+    "SteeringError": "spec", "SteeringWarning": "spec", "parse_edit": "spec", "OPS": "spec", "POSITION_NAMES": "spec", "Trigger": "spec",
+    # presets
+    "Preset": "presets", "make_preset": "presets", "PresetMismatchError": "presets",
+    # batched engine (the API's), chat prompts, sampling
+    "BatchEngine": "engine", "SamplingParams": "sampling", "render_chat": "chat",
+    # SAE steering vs baselines
+    "compare_methods": "methods", "Scorecard": "methods",
     # configs
     "GenerationConfig": "config", "SweepConfig": "config",
     # hooks

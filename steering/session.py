@@ -32,9 +32,10 @@ from steering.generation import Generation, generate
 from steering.inputs import Model, SAEs, TypicalMaxArg, named_saes, sae_mapping
 from steering.interventions import LatentEditor, op_coefficients
 from steering.positions import FULL, SequenceTracker, block_call_info
+from steering.presets import Preset
 from steering.spec import (
-    Edit, FeatureEdit, Positions, SteerLimits, SteeringError, TypicalMax, VectorEdit, lookup_typical_max,
-    parse_edit, raw_value,
+    Edit, FeatureEdit, Positions, SteerLimits, SteeringError, TypicalMax, VectorEdit, chat_position,
+    lookup_typical_max, parse_edit, raw_value,
 )
 
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
@@ -53,6 +54,7 @@ class ResolvedEdit:
     value: float  # raw units (add/clamp), factor (scale), 0 (ablate), strength (vector)
     positions: Positions
     typical_max: float | None = None
+    trigger: tuple[int, float] | None = None  # (trigger latent, raw threshold) of a conditional edit
 
     def describe(self) -> str:
         return self.edit.describe()
@@ -213,21 +215,51 @@ def typical_max_for(provider: TypicalMaxArg, sae_name: str) -> TypicalMax | None
     return provider
 
 
+def expand_presets(model: Model, sae_map: Mapping[str, SAE], edits: Sequence[Edit | str | Preset], *,
+                   allow_model_mismatch: bool = False,
+                   fingerprints: Mapping[str, str] | None = None,
+                   model_override: str = "allow_model_mismatch=True") -> list[Edit | str]:
+    """Replace every `Preset` in `edits` by its feature edits, after checking it against the SAE
+    (and model) it is applied to (`Preset.check`)."""
+    out: list[Edit | str] = []
+    for e in edits:
+        if not isinstance(e, Preset):
+            out.append(e)
+            continue
+        if len(sae_map) != 1:
+            raise SteeringError(f"preset {e.name!r} belongs to one SAE; give only that SAE (got {', '.join(sae_map) or 'none'})")
+        name, sae = next(iter(sae_map.items()))
+        e.check(model, sae, sae_name=name, allow_model_mismatch=allow_model_mismatch,
+                fingerprint=(fingerprints or {}).get(name), model_override=model_override)
+        out.extend(e.feature_edits(None))
+    return out
+
+
 def resolve_edits(
     model: Model,
     saes: SAEs,
-    edits: Sequence[Edit | str] | Edit | str,
+    edits: Sequence[Edit | str | Preset] | Edit | str | Preset,
     *,
     typical_max: TypicalMaxArg = None,
     limits: SteerLimits | None = None,
+    allow_model_mismatch: bool = False,
+    chat_positions: bool = False,
+    fingerprints: Mapping[str, str] | None = None,
+    model_override: str = "allow_model_mismatch=True",
 ) -> list[ResolvedEdit]:
-    """Validate edits against the model and SAEs; raise `SteeringError` naming the fix."""
+    """Validate edits against the model and SAEs; raise `SteeringError` naming the fix.
+
+    `edits` may hold `steering.presets.Preset`s (checked against the SAE and model, then
+    expanded). `chat_positions`: accept role:/turn: positions (the batched engine resolves them
+    against a chat prompt; `steer` cannot)."""
     limits = limits or SteerLimits()
     sae_map = sae_mapping(saes)
-    if isinstance(edits, (str, FeatureEdit, VectorEdit)):
+    if isinstance(edits, (str, FeatureEdit, VectorEdit, Preset)):
         edits = [edits]
     if not edits:
         raise SteeringError("no edits given; pass e.g. ['123:clamp=8'] or FeatureEdit(123, 'clamp', 8.0)")
+    edits = expand_presets(model, sae_map, edits, allow_model_mismatch=allow_model_mismatch, fingerprints=fingerprints,
+                           model_override=model_override)
     out: list[ResolvedEdit] = []
     seen: dict[tuple[str, int], str] = {}
     for e in edits:
@@ -283,16 +315,42 @@ def resolve_edits(
                 f"feature {e.feature} of SAE {name!r} is edited twice ({seen[key]} and {e.describe()}); merge them into one edit"
             )
         seen[key] = e.describe()
-        tmax = lookup_typical_max(typical_max_for(typical_max, name), e.feature)
+        provider = typical_max_for(typical_max, name)
+        tmax = lookup_typical_max(provider, e.feature)
         value = raw_value(e, tmax, limits, name)
-        out.append(ResolvedEdit(e, name, hook, e.feature, e.op, value, e.positions, tmax))
+        trigger = None if e.when is None else (e.when.feature, trigger_threshold(e, sae, provider, name))
+        out.append(ResolvedEdit(e, name, hook, e.feature, e.op, value, e.positions, tmax, trigger))
     for r in out:
+        if chat_position(r.positions) is not None and not chat_positions:
+            raise SteeringError(
+                f"{r.describe()}: positions {r.positions!r} name a chat role or turn, which only a chat prompt has; "
+                f"use the chat API (saesteer api, steering.engine) or token indices"
+            )
         if r.positions != "all" and _tracked_block(model, r.hook_name) is None:
             raise SteeringError(
                 f"{r.describe()}: positions {r.positions!r} need a hook inside a block (blocks.L.*) or ln_final; "
                 f"{r.hook_name!r} sees the whole sequence at every generation step, so use positions='all'"
             )
     return out
+
+
+def trigger_threshold(e: FeatureEdit, sae: SAE, provider: TypicalMax | None, sae_name: str) -> float:
+    """The raw threshold of `e`'s trigger (checked: a latent of the SAE, a finite threshold)."""
+    t = e.when
+    assert t is not None
+    if not 0 <= t.feature < sae.d_sae:
+        raise SteeringError(
+            f"{e.describe()}: trigger feature {t.feature} is out of range for SAE {sae_name!r}; valid ids are 0..{sae.d_sae - 1}"
+        )
+    if t.unit == "raw":
+        return t.above
+    tmax = lookup_typical_max(provider, t.feature)
+    if tmax is None:
+        raise SteeringError(
+            f"{e.describe()}: trigger feature {t.feature} has no known typical max activation, so "
+            f"'{t.above:g}x' cannot be resolved; pass typical_max= or give a raw threshold"
+        )
+    return t.above * tmax
 
 
 @dataclass
@@ -308,9 +366,10 @@ class SteeringPlan:
         return list(self.hook_fns.items())
 
 
-def build_plan(model: Model, saes: SAEs, edits: Sequence[Edit | str], *, typical_max: TypicalMaxArg = None,
-               limits: SteerLimits | None = None) -> SteeringPlan:
-    resolved = resolve_edits(model, saes, edits, typical_max=typical_max, limits=limits)
+def build_plan(model: Model, saes: SAEs, edits: Sequence[Edit | str | Preset], *, typical_max: TypicalMaxArg = None,
+               limits: SteerLimits | None = None, allow_model_mismatch: bool = False) -> SteeringPlan:
+    resolved = resolve_edits(model, saes, edits, typical_max=typical_max, limits=limits,
+                             allow_model_mismatch=allow_model_mismatch)
     sae_map = sae_mapping(saes)
     model_device = _model_device(model)
     # group latent edits by (hook, SAE, positions); vector edits stand alone
@@ -333,7 +392,9 @@ def build_plan(model: Model, saes: SAEs, edits: Sequence[Edit | str], *, typical
                 f"sae.to({str(model_device)!r})"
             )
         coefs = [op_coefficients(r.op, r.value) for r in rs]
-        editor = LatentEditor(sae, [r.feature for r in rs], [c[0] for c in coefs], [c[1] for c in coefs])  # type: ignore[misc]
+        triggers = [r.trigger for r in rs] if any(r.trigger for r in rs) else None
+        editor = LatentEditor(sae, [r.feature for r in rs], [c[0] for c in coefs], [c[1] for c in coefs],  # type: ignore[misc]
+                              triggers=triggers)
         label = ",".join(r.describe() for r in rs)
         per_hook.setdefault(hook, []).append(_Contribution(positions, editor, label))
     trackers: dict[int, SequenceTracker] = {}
@@ -395,7 +456,7 @@ class SteeringSession:
 def steer(
     model: Model,
     saes: SAEs,
-    edits: Sequence[Edit | str] | Edit | str,
+    edits: Sequence[Edit | str | Preset] | Edit | str | Preset,
     *,
     typical_max: TypicalMaxArg = None,
     limits: SteerLimits | None = None,
@@ -412,10 +473,11 @@ def steer(
     An SAE whose provenance records another model than the one `saesteer.models.load_model`
     loaded is refused (saes.identity.ModelMismatchError) unless `allow_model_mismatch`.
     """
-    if isinstance(edits, (str, FeatureEdit, VectorEdit)):
+    if isinstance(edits, (str, FeatureEdit, VectorEdit, Preset)):
         edits = [edits]
     check_models(model, saes, allow_model_mismatch)
-    plan = build_plan(model, saes, list(edits), typical_max=typical_max, limits=limits)
+    plan = build_plan(model, saes, list(edits), typical_max=typical_max, limits=limits,
+                      allow_model_mismatch=allow_model_mismatch)
     session = SteeringSession(model, plan)
     handles = []
     try:

@@ -22,9 +22,19 @@ Positions (per row of a batch; left padding is accounted for, pad tokens are nev
 - a tuple of ints: token indices within each row (0 = the first real token, BOS included when
   prepended); negative indices count back from the end of the prompt (-1 = last prompt token);
   indices at or beyond the prompt length address generated tokens.
+- "role:NAME" (chat prompts only): the tokens of every message with that role (its whole
+  rendered span, template markup included); "role:assistant" also covers the generated reply.
+- "turn:I" (chat prompts only): the tokens of message I (0 = the first; -1 = the last message of
+  the prompt).
 
-Text form (CLI, web): `[SAE/]FEATURE:OP[=VALUE[x]][@POSITIONS]`, e.g. `123:clamp=8`,
-`123:clamp=2x`, `res/77:add=-3@generated`, `5:ablate@0,1,-1`, `9:scale=0.5@prompt`.
+Conditional edits: `when=Trigger(feature, above)` applies the edit only at positions (among its
+own) where the trigger latent's current activation (read before any edit at that hook) is
+above `above` (raw units, or multiples of its typical max with unit="max_act"). The trigger
+latent belongs to the same SAE as the edited one.
+
+Text form (CLI, web): `[SAE/]FEATURE:OP[=VALUE[x]][@POSITIONS][?TRIGGER>THRESHOLD[x]]`, e.g.
+`123:clamp=8`, `123:clamp=2x`, `res/77:add=-3@generated`, `5:ablate@0,1,-1`, `9:scale=0.5@prompt`,
+`123:add=4?77>1.5` (add where latent 77 is above 1.5).
 """
 
 from __future__ import annotations
@@ -43,7 +53,8 @@ UNITS: tuple[str, ...] = ("raw", "max_act")
 
 Op = Literal["add", "clamp", "scale", "ablate"]
 Unit = Literal["raw", "max_act"]
-Positions = Union[Literal["all", "prompt", "generated", "last"], tuple[int, ...]]
+Positions = Union[str, tuple[int, ...]]  # a name of POSITION_NAMES, "role:NAME", "turn:I", or token indices
+CHAT_POSITION_KINDS: tuple[str, ...] = ("role", "turn")
 
 # A typical-max provider: feature id -> typical max activation (float), as a mapping or callable;
 # or, with several SAEs, a mapping from SAE name to one of those.
@@ -64,11 +75,15 @@ def normalize_positions(positions: Any) -> Positions:
         text = positions.strip()
         if text in POSITION_NAMES:
             return text  # type: ignore[return-value]
+        kind, sep, arg = text.partition(":")
+        if sep and kind in CHAT_POSITION_KINDS:
+            return _chat_positions(kind, arg.strip(), positions)
         try:
             return _parse_indices(text)
         except ValueError:
             raise SteeringError(
-                f"unknown positions {positions!r}; use one of {', '.join(POSITION_NAMES)} or token indices like 0,3,-1"
+                f"unknown positions {positions!r}; use one of {', '.join(POSITION_NAMES)}, token indices like 0,3,-1, "
+                f"or (chat prompts) role:user / turn:-1"
             ) from None
     if isinstance(positions, int) and not isinstance(positions, bool):
         return (int(positions),)
@@ -84,6 +99,26 @@ def normalize_positions(positions: Any) -> Positions:
     raise SteeringError(
         f"positions must be one of {', '.join(POSITION_NAMES)} or a list of token indices, got {positions!r}"
     )
+
+
+def _chat_positions(kind: str, arg: str, original: Any) -> str:
+    if kind == "role":
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]{0,31}", arg):
+            raise SteeringError(f"positions {original!r}: a role is a name such as system, user or assistant")
+        return f"role:{arg}"
+    try:
+        return f"turn:{int(arg)}"
+    except ValueError:
+        raise SteeringError(f"positions {original!r}: a turn is a message index such as turn:0 or turn:-1") from None
+
+
+def chat_position(positions: Positions) -> tuple[str, str] | None:
+    """('role', NAME) or ('turn', I) for chat-scoped positions, else None."""
+    if isinstance(positions, str):
+        kind, sep, arg = positions.partition(":")
+        if sep and kind in CHAT_POSITION_KINDS:
+            return kind, arg
+    return None
 
 
 def _parse_indices(text: str) -> tuple[int, ...]:
@@ -103,6 +138,40 @@ def _check_finite(what: str, value: float) -> None:
 
 
 @dataclass(frozen=True)
+class Trigger:
+    """A condition on a latent of the edited SAE: its current activation is above `above`."""
+
+    feature: int = field(metadata={"help": "latent id whose activation is tested"})
+    above: float = field(default=0.0, metadata={"help": "threshold (raw units, or multiples of the typical max)"})
+    unit: Unit = field(default="raw", metadata={"help": "raw activation units, or max_act"})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.feature, bool) or not isinstance(self.feature, int) or self.feature < 0:
+            raise SteeringError(f"a trigger names a latent id (a non-negative integer), got {self.feature!r}")
+        if isinstance(self.above, bool) or not isinstance(self.above, (int, float)):
+            raise SteeringError(f"a trigger threshold must be a number, got {self.above!r}")
+        object.__setattr__(self, "above", float(self.above))
+        _check_finite(f"the threshold of trigger {self.feature}", self.above)
+        if self.unit not in UNITS:
+            raise SteeringError(f"unknown unit {self.unit!r} for a trigger; choose raw or max_act")
+
+    @classmethod
+    def parse(cls, text: str) -> "Trigger":
+        """`77>1.5` or `77>0.5x`."""
+        m = re.fullmatch(r"\s*(\d+)\s*>\s*([^\sxX]+)\s*([xX])?\s*", text)
+        if not m:
+            raise SteeringError(f"cannot parse trigger {text!r}; expected FEATURE>THRESHOLD[x], e.g. 77>1.5 or 77>0.5x")
+        try:
+            above = float(m.group(2))
+        except ValueError:
+            raise SteeringError(f"threshold {m.group(2)!r} in trigger {text!r} is not a number") from None
+        return cls(int(m.group(1)), above, "max_act" if m.group(3) else "raw")
+
+    def describe(self) -> str:
+        return f"{self.feature}>{self.above:g}" + ("x" if self.unit == "max_act" else "")
+
+
+@dataclass(frozen=True)
 class FeatureEdit:
     """Edit one latent of one SAE. `sae` names the SAE (None: the only SAE given to `steer`)."""
 
@@ -115,8 +184,13 @@ class FeatureEdit:
     unit: Unit = field(default="raw", metadata={"help": "raw activation units, or max_act: multiples of the typical max"})
     positions: Positions = field(default="all", metadata={"help": "all | prompt | generated | last | token indices"})
     sae: str | None = field(default=None, metadata={"help": "name of the SAE (key in the saes mapping)"})
+    when: Trigger | None = field(default=None, metadata={"help": "apply only where this trigger latent is above its threshold"})
 
     def __post_init__(self) -> None:
+        if isinstance(self.when, str):
+            object.__setattr__(self, "when", Trigger.parse(self.when))
+        if self.when is not None and not isinstance(self.when, Trigger):
+            raise SteeringError(f"when must be a Trigger (or text like '77>1.5'), got {self.when!r}")
         if isinstance(self.feature, bool) or not isinstance(self.feature, int):
             raise SteeringError(f"feature must be an integer latent id, got {self.feature!r}")
         if self.op not in OPS:
@@ -149,7 +223,8 @@ class FeatureEdit:
         if self.value is not None:
             val = f"={self.value:g}" + ("x" if self.unit == "max_act" else "")
         pos = "" if self.positions == "all" else f"@{positions_text(self.positions)}"
-        return f"{head}{self.feature}:{self.op}{val}{pos}"
+        cond = "" if self.when is None else f"?{self.when.describe()}"
+        return f"{head}{self.feature}:{self.op}{val}{pos}{cond}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -184,8 +259,9 @@ Edit = Union[FeatureEdit, VectorEdit]
 
 _EDIT_RE = re.compile(
     r"""^\s*(?:(?P<sae>[^/:@\s]+)/)?(?P<feature>-?\d+)\s*
-        (?::\s*(?P<op>[a-z]+)\s*(?:=\s*(?P<value>[^@\s]+?)\s*(?P<x>[xX])?)?)?\s*
-        (?:@\s*(?P<pos>\S+))?\s*$""",
+        (?::\s*(?P<op>[a-z]+)\s*(?:=\s*(?P<value>[^@?\s]+?)\s*(?P<x>[xX])?)?)?\s*
+        (?:@\s*(?P<pos>[^?\s]+))?\s*
+        (?:\?\s*(?P<when>[^\s].*?))?\s*$""",
     re.VERBOSE,
 )
 
@@ -198,7 +274,7 @@ def parse_edit(text: str, positions: Positions | None = None) -> FeatureEdit:
     if not m or m.group("op") is None:
         raise SteeringError(
             f"cannot parse edit {text!r}; expected FEATURE:OP[=VALUE[x]][@POSITIONS] with OP one of "
-            f"{', '.join(OPS)}, e.g. 123:clamp=8, 123:clamp=2x, 123:add=-3@generated, 123:ablate"
+            f"{', '.join(OPS)}, e.g. 123:clamp=8, 123:clamp=2x, 123:add=-3@generated, 123:ablate, 123:add=4?77>1.5"
         )
     op = m.group("op")
     if op not in OPS:
@@ -218,6 +294,7 @@ def parse_edit(text: str, positions: Positions | None = None) -> FeatureEdit:
         unit="max_act" if m.group("x") else "raw",
         positions=pos if pos is not None else (positions if positions is not None else "all"),
         sae=m.group("sae"),
+        when=Trigger.parse(m.group("when")) if m.group("when") else None,
     )
 
 

@@ -54,6 +54,31 @@ class StoreLink:
         """Full-text search over labels and examples (`SearchHit`s: feature_id, score, label)."""
         return self.store.search(query, limit)
 
+    def recommended(self, feature: int):
+        """(recommended strength in x-max units, its source, None) or None when the store has none."""
+        rows = self.store.list_features(filter={"ids": [int(feature)]}, limit=1)
+        if not rows or rows[0].recommended_strength is None:
+            return None
+        return float(rows[0].recommended_strength), self.store.feature(int(feature)).strength_source, None
+
+    # -- presets ---------------------------------------------------------------------------
+    def preset(self, name: str):
+        """The `steering.presets.Preset` saved under `name` in this store (SteeringError if none)."""
+        from steering.presets import Preset, check_preset_name
+
+        record = self.store.preset_record(check_preset_name(name))
+        if record is None:
+            names = self.store.preset_names()
+            known = f"presets here: {', '.join(names)}" if names else "it has no presets (save one with `saesteer preset save`)"
+            raise SteeringError(f"no preset named {name!r} in the feature store {self.store.path}; {known}")
+        return Preset.from_json(record)
+
+    def presets(self) -> list[str]:
+        return self.store.preset_names()
+
+    def save_preset(self, preset: Any, *, overwrite: bool = False) -> None:
+        self.store.save_preset(preset.name, preset.to_json(), overwrite=overwrite)
+
     def record_strength(self, feature: int, strength: float | None, unit: str, info: dict[str, Any]) -> None:
         """Store a sweep's recommended strength as a multiple of the typical max activation (None:
         the sweep found no strength that works; stored as such, with the sweep in the details)."""

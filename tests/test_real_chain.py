@@ -67,13 +67,13 @@ class Chain:
 
 def judge_answer(body: dict) -> str:
     """The loopback judge: fake_llm_answer's labels wrapped in rich markup; sweep ratings from the
-    fragment (concept: Python punctuation present; fluency: not one repeated token)."""
+    fragment (concept: Python punctuation (brackets, colon, equals, quotes) present; fluency: not one repeated token)."""
     system = body["messages"][0]["content"]
     if "impartial judge of short text fragments" in system:
         user = body["messages"][1]["content"]
         fragment = user.split("<<<FRAGMENT", 1)[-1]
         if "Does the fragment incorporate the concept" in user:
-            rating = 2 if any(c in fragment for c in "():=") else 0
+            rating = 2 if any(c in fragment for c in "():='\"") else 0
         else:
             words = fragment.split()
             rating = 2 if len(set(words)) > len(words) // 2 else 1

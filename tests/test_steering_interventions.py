@@ -13,7 +13,7 @@ def make(arch, d_in=16, d_sae=64, seed=0):
     g = torch.Generator().manual_seed(seed)
     kw = {"k": 6} if arch in ("topk", "batchtopk", "matryoshka_batchtopk") else {}
     if arch == "matryoshka_batchtopk":
-        kw["matryoshka_widths"] = [16, 64]
+        kw["matryoshka_widths"] = [16, d_sae]
     sae = saes.create_sae(arch, d_in, d_sae, generator=g, **kw)
     with torch.no_grad():
         sae.b_enc.normal_(0, 0.2, generator=g)
@@ -32,7 +32,7 @@ def test_encoder_kinds():
     assert encoder_kind(make("batchtopk")) == "threshold"
     assert encoder_kind(make("matryoshka_batchtopk")) == "threshold"
     assert encoder_kind(make("topk")) == "topk"
-    assert encoder_kind(make("standard")) == "relu"
+    assert encoder_kind(make("standard")) == "relu"  # its own pre-activation decides: no full encode
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -107,7 +107,7 @@ def test_topk_bound_path_is_exact():
     dense_all = sae.encode(inputs(400, seed=5))
     often = int((dense_all != 0).sum(0).argmax())
     ids = torch.tensor([often, 40, 41, 7])
-    reader = TopKReader(sae, ids, n_candidates=24, bound_rows=8)
+    reader = TopKReader(sae, ids, n_candidates=24, bound_rows=8, count_latents=4)
     x = inputs(400, seed=5)
     torch.testing.assert_close(reader(x[:100]), dense_all[:100][:, ids])  # full path; learns candidates
     assert reader.W_DC is not None
@@ -119,3 +119,60 @@ def test_topk_bound_path_is_exact():
         assert torch.equal(got != 0, want != 0)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     assert reader.bound_hits > hits0 and reader.full_rows > full0  # both paths were taken
+    assert reader.count_rows_used > 0  # and undecided rows were settled by counting, not top-k
+
+
+def test_topk_count_path_defers_straddling_ties_to_topk():
+    from steering.interventions import TopKReader
+
+    sae = make("topk", d_in=16, d_sae=64, seed=3)
+    with torch.no_grad():  # latents 40..47 identical: a tie of 8 latents, more than k=6 can take
+        for j in range(41, 48):
+            sae.W_enc[:, j] = sae.W_enc[:, 40]
+            sae.b_enc[j] = sae.b_enc[40] + 5.0 - 5.0
+        sae.b_enc[40:48] += 3.0  # and large, so the tie sits at the k-th place
+    x = inputs(200, seed=7)
+    ids = torch.tensor([40, 44, 47, 2])
+    reader = TopKReader(sae, ids, n_candidates=24, bound_rows=64, count_rows=64, count_latents=4)
+    reader(x[:100])  # learns candidates with the SAE's topk
+    counted = reader.count_rows_used
+    for i in range(100, 200, 5):
+        got, want = reader(x[i : i + 5]), sae.encode(x[i : i + 5])[:, ids]
+        assert torch.equal(got, want)
+    assert reader.count_rows_used == counted  # every undecided chunk had the straddling tie: topk decided
+
+
+def test_conditional_edit_applies_only_where_the_trigger_fires():
+    for arch in ARCHS:
+        sae, x = make(arch), inputs(60)
+        dense = sae.encode(x)
+        trig = int((dense != 0).float().mean(0).sub(0.5).abs().argmin())  # fires on about half the rows
+        fires = dense[:, trig] > 0.05
+        assert 0 < int(fires.sum()) < x.shape[0], arch
+        editor = LatentEditor(sae, [5, 9], [-1.0, 0.0], [3.0, 1.0], triggers=[(trig, 0.05), None])
+        out = editor.apply(x)
+        ref_on = reference_edit(sae, x, [(5, "clamp", 3.0), (9, "add", 1.0)])
+        ref_off = reference_edit(sae, x, [(9, "add", 1.0)])
+        want = torch.where(fires.unsqueeze(1), ref_on, ref_off)
+        torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+        assert torch.equal(editor.fired(x)[:, 0], fires) and bool(editor.fired(x)[:, 1].all())
+
+
+@pytest.mark.parametrize("arch", ["jumprelu", "matryoshka_batchtopk", "standard"])
+def test_threshold_ties_are_decided_as_the_row_alone_decides(arch):
+    """Thresholds set to a row's own pre-activation (as a quantile sets them): whether the latent
+    fires must not depend on which other latents (or rows) are read alongside."""
+    sae, x = make(arch, d_in=32, d_sae=96), inputs(40, d=32)
+    with torch.no_grad():
+        pre = sae.pre_activations(x)
+        if hasattr(sae, "threshold"):
+            for f in range(12):
+                sae.threshold[f] = pre[f, f]
+        else:  # ReLU: ties at 0
+            sae.b_enc[:12] -= pre[torch.arange(12), torch.arange(12)]
+    alone = torch.cat([sae.encode(x[r : r + 1]) for r in range(x.shape[0])])
+    for ids in ([3], [3, 40], list(range(12)), [7, 1, 90, 11]):
+        got = current_activations(sae, x, ids)
+        assert torch.equal(got != 0, alone[:, ids] != 0), ids
+        for r in (0, 3, 7):  # one row at a time, as the batched engine may see it
+            assert torch.equal(current_activations(sae, x[r : r + 1], ids) != 0, alone[r : r + 1, ids] != 0)

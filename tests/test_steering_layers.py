@@ -58,7 +58,8 @@ def test_the_cycle_finder_finds_a_lazy_import_circle():
 
 
 PUBLIC = ["steer", "resolve_edits", "build_plan", "generate", "compare", "sweep", "sweep_edits", "contrast_features",
-          "diff_of_means", "perplexity", "fluency_of_generation", "score_generation", "store_recommendation"]
+          "diff_of_means", "perplexity", "fluency_of_generation", "score_generation", "store_recommendation",
+          "compare_methods", "make_preset", "BatchEngine"]
 TYPED = {"model", "saes", "sae", "edits", "session", "typical_max", "limits", "config", "generation", "sink"}
 
 

@@ -200,7 +200,7 @@ def test_add_edit_rows_and_errors_show_inline(browser, server, shots):
         page.locator("#prompt").fill("the ship")
         page.locator("#generate").click()
         page.wait_for_selector("#compare:not([hidden])")
-        assert "#5 ablate" in page.locator("#out-edits").inner_text()
+        assert "5:ablate" in page.locator("#out-edits").inner_text()  # as the API applied it
         p.check_clean()
     finally:
         p.close()
@@ -300,3 +300,30 @@ def test_which_features_fire_and_sweep(browser, server, shots, size):
         p.check_clean()
     finally:
         p.close()
+
+
+def test_a_stores_preset_steers_in_the_playground(browser, server, shots):
+    from features import FeatureStore
+    from steering import make_preset
+    from steering.store import StoreLink
+
+    srv, ws = server
+    with FeatureStore.open(ws.path, readonly=False) as store:
+        StoreLink(store).save_preset(make_preset("calm", ["3:clamp=9"], sae=ws.sae, model=ws.model), overwrite=True)
+    p = Page(browser, srv.url, DESKTOP)
+    try:
+        page = p.goto("/s/tiny/steer")
+        page.wait_for_selector(".presetrow:not([hidden])")  # the page lists the store's presets (from /v1/models)
+        page.locator("#preset").select_option("calm")
+        page.locator("#edits .fidx").first.fill("")  # no row edits: the preset alone
+        page.locator("#prompt").fill("the sailor")
+        page.locator("#max-new").fill("8")
+        page.locator("#generate").click()
+        page.wait_for_selector("#compare:not([hidden])")
+        assert page.locator("#out-edits").inner_text() == "3:clamp=9"  # the preset's edits, as the API applied them
+        _shot(page, shots, "desktop-9-preset")
+        p.check_clean()
+    finally:
+        p.close()
+        with FeatureStore.open(ws.path, readonly=False) as store:
+            store.delete_preset("calm")

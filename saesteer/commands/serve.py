@@ -10,7 +10,8 @@ Serve a web app over one or more feature stores: a feature list (sort and filter
 score, frequency, health, Matryoshka level), search, a page per feature (examples with per-token
 activations, histogram, logit effects, neighbours, Matryoshka parent/children, label and scores),
 "which features fire on my text", and a steering playground (default vs steered generations side
-by side, strength sweeps). A JSON API sits behind the pages (schema at /openapi.json).
+by side, strength sweeps). A JSON API sits behind the pages (schema at /openapi.json), and the
+OpenAI-compatible steering API under /v1 (see `saesteer api`), which the playground uses too.
 
 It listens on 127.0.0.1 only. Binding to another address needs --allow-remote and then always
 requires an access token (printed at start-up; set SAESTEER_TOKEN to choose it).
@@ -51,20 +52,31 @@ def add_arguments(parser) -> None:
                    help="require the access token on loopback too (e.g. on a machine shared with other users)")
     add_dataclass_arguments(parser, ServeConfig, title="server", skip=("allow_remote", "require_token"))
     add_dataclass_arguments(parser, Limits, title="request limits")
+    from saesteer.api.config import BatchConfig
+
+    add_dataclass_arguments(parser, BatchConfig, title="batching (the /v1 API)")
 
 
 def run(args) -> int:
+    return run_server(args, pages=True)
+
+
+def run_server(args, *, pages: bool) -> int:
+    """Open the stores (and model), build the app, serve it (`saesteer serve`, and `saesteer api`
+    with pages=False)."""
     import logging
     import os
     import sys
     import warnings
 
+    from saesteer.api.config import BatchConfig
     from saesteer.configargs import dataclass_from_args
     from saesteer.web.config import Limits, ServeConfig
 
     try:
         config = dataclass_from_args(ServeConfig, args, allow_remote=args.allow_remote, require_token=args.require_token)
         limits = dataclass_from_args(Limits, args)
+        batch = dataclass_from_args(BatchConfig, args)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -83,7 +95,8 @@ def run(args) -> int:
 
     from saesteer.web import create_app
     from saesteer.web.launch import open_entries
-    from saesteer.web.listen import listening_socket, run_server
+    from saesteer.web.listen import listening_socket
+    from saesteer.web.listen import run_server as serve_app  # this function is run_server too
 
     logging.captureWarnings(True)
     with warnings.catch_warnings():
@@ -106,7 +119,7 @@ def run(args) -> int:
     config = dataclasses.replace(config, port=int(sock.getsockname()[1]))
     token = os.environ.get("SAESTEER_TOKEN") or None
     try:
-        app = create_app(entries, config=config, limits=limits, token=token)
+        app = create_app(entries, config=config, limits=limits, token=token, pages=pages, batch=batch)
     except ValueError as e:
         sock.close()
         print(f"error: {e}", file=sys.stderr)
@@ -121,9 +134,20 @@ def run(args) -> int:
         print(f"  store {e.id:<16} {e.info.d_sae:>7,} features  ({mode})", file=sys.stderr)
     if config.remote:
         print(f"WARNING: listening on {config.host}: anyone who can reach this port and has the token can use the app", file=sys.stderr)
+    if app.state.openai is not None:
+        base = f"http://{shown_host}:{config.port}/v1"
+        key = "the token above" if token else "any text (loopback, no token)"
+        print(f"  OpenAI-compatible API at {base} (models: {', '.join(app.state.openai.models)}; api_key: {key})",
+              file=sys.stderr)
+    elif not pages:
+        sock.close()
+        print("error: no store can run the model, so there is nothing to serve on /v1; start it with --model",
+              file=sys.stderr)
+        return 2
+    ready = f"saesteer serving on {url}" if pages else f"saesteer API serving on {url.split('?')[0]}v1"
     # printed once uvicorn accepts connections: a client may connect as soon as it reads the line
-    run_server(app, sock, on_ready=lambda: print(f"saesteer serving on {url}", file=sys.stderr, flush=True),
-               log_level="warning", proxy_headers=False, server_header=False, date_header=False)
+    serve_app(app, sock, on_ready=lambda: print(ready, file=sys.stderr, flush=True),
+              log_level="warning", proxy_headers=False, server_header=False, date_header=False)
     return 0
 
 

@@ -7,25 +7,32 @@ ORDER = 70
 HELP = "generate with SAE features edited (add / clamp / scale / ablate), beside the unsteered text"
 DESCRIPTION = """\
 Generate continuations of prompts twice with the same seed, once unsteered and once with the
-edits, and print them side by side. An edit is FEATURE:OP[=VALUE[x]][@POSITIONS]:
+edits, and print them side by side. An edit is FEATURE:OP[=VALUE[x]][@POSITIONS][?TRIGGER>THRESHOLD[x]]:
 
   123:clamp=8          set latent 123 to 8 at every token
   123:clamp=2x         ... to 2x its typical max activation (from --store)
   123:add=-3@generated add -3 to the latent on generated tokens only
   123:scale=0.5@prompt halve it on the prompt;   123:ablate@last   zero it on the last prompt token
   res/123:add=4        latent 123 of the SAE named res (--sae res=DIR)
+  123:add=4?77>1.5     add 4 only where latent 77 is above 1.5 (a conditional edit)
 
 Edits go through the SAE and keep its reconstruction error, so only the chosen latents change.
 Positions: all, prompt, generated, last, or token indices (0 = first token, -1 = last prompt token);
 an edit whose indices lie beyond every prompt + generation is refused (it would change nothing).
+--preset NAME applies a preset saved in --store (`saesteer preset`), or a preset JSON file; it is
+refused for another SAE or model. --search / --contrast list candidate features; with --generate
+they also steer with the best --candidates of them at --strength (the store's recommended
+strength when it has one).
 The model is the one the SAEs (saesteer.json) or the store record; --model must be that model
 (--allow-model-mismatch runs another).
 
 examples:
   saesteer steer --sae saes/toy-topk --feature 123:clamp=8 --prompt "anna was a sailor ."
   saesteer steer --sae saes/toy-topk --store toy.db --feature 123:add=2x --prompt "" --seed 3
+  saesteer steer --sae saes/toy-topk --store toy.db --preset seaward --prompt ""
   saesteer steer --sae saes/toy-topk --store toy.db --search ocean
-  saesteer steer --sae saes/toy-topk --contrast ocean.txt other.txt"""
+  saesteer steer --sae saes/toy-topk --store toy.db --search ocean --generate --prompt ""
+  saesteer steer --sae saes/toy-topk --contrast ocean.txt other.txt --generate --candidates 2 --prompt """""
 
 
 def add_arguments(parser) -> None:
@@ -39,11 +46,20 @@ def add_arguments(parser) -> None:
     e.add_argument("--feature", "-f", action="append", default=[], metavar="EDIT",
                    help="FEATURE:OP[=VALUE[x]][@POSITIONS], repeatable (see above)")
     e.add_argument("--positions", default=None, help="positions for edits that name none (default: all)")
-    f = parser.add_argument_group("finding features (instead of generating)")
+    e.add_argument("--preset", default=None, metavar="NAME|FILE",
+                   help="a preset saved in --store, or a preset JSON file (with any --feature edits)")
+    f = parser.add_argument_group("finding features")
     f.add_argument("--search", default=None, metavar="QUERY", help="list features whose label matches QUERY (needs --store)")
     f.add_argument("--contrast", nargs=2, default=None, metavar=("POSITIVE", "NEGATIVE"),
                    help="list features most active on the prompts of file POSITIVE relative to file NEGATIVE")
     f.add_argument("--top", type=int, default=10, help="how many features to list (default: 10)")
+    f.add_argument("--generate", action="store_true",
+                   help="also steer the prompts with the best --candidates features found")
+    f.add_argument("--candidates", type=int, default=1, help="with --generate: how many of the best features (default: 1)")
+    f.add_argument("--strength", type=float, default=2.0,
+                   help="with --generate: add this many typical max activations (default: 2; the store's recommended "
+                        "strength wins when it has one; without typical maxima: multiples of the feature's mean "
+                        "activation on the POSITIVE prompts)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add_dataclass_arguments(parser, GenerationConfig, title="generation")
     add_dataclass_arguments(parser, SteerLimits, title="limits")
@@ -83,30 +99,42 @@ def _run(args, model=None) -> int:
 
     gen_cfg = dataclass_from_args(GenerationConfig, args)
     limits = dataclass_from_args(SteerLimits, args)
-    edits = [parse_edit(t, args.positions) for t in args.feature]
+    edits: list = [parse_edit(t, args.positions) for t in args.feature]
     finding = args.search is not None or args.contrast is not None
     prompts = read_prompts(args)
-    if not finding:
-        if not edits:
-            raise CLIError("give at least one --feature EDIT (e.g. --feature 123:clamp=8), or --search / --contrast")
-        if not prompts:
-            raise CLIError('give at least one --prompt (use --prompt "" for unconditional generation)')
+    if args.generate and not finding:
+        raise CLIError("--generate steers with the features --search or --contrast finds; give one of them")
+    if not finding and not edits and args.preset is None:
+        raise CLIError("give at least one --feature EDIT (e.g. --feature 123:clamp=8), a --preset, or --search / --contrast")
+    if (not finding or args.generate) and not prompts:
+        raise CLIError('give at least one --prompt (use --prompt "" for unconditional generation)')
     if args.search is not None and args.store is None:
         raise CLIError("--search looks labels up in a feature store; give --store FILE")
+    if args.candidates < 1:
+        raise CLIError(f"--candidates must be positive, got {args.candidates}")
 
     loaded = load_saes(args.sae, hook=args.hook, model=args.model)
     saes = {name: item.sae for name, item in loaded.items()}
     store, link = open_store(args.store, saes)
     try:
-        if args.search is not None:
+        if args.search is not None and not args.generate:
             return _print_search(link, args.search, args.top, args.json)
         if model is None:
             model = load_model(args, loaded, store)
         dev = model_device(model)
         saes = {k: v.to(dev) for k, v in saes.items()}
-        if args.contrast is not None:
-            return _print_contrast(model, saes, _lines(args.contrast[0]), _lines(args.contrast[1]), args.top, args.json, link,
-                                   args.allow_model_mismatch)
+        if args.preset is not None:
+            edits += _preset_edits(args, link, model, saes)
+        found = None
+        if args.search is not None:
+            found = _print_search(link, args.search, args.top, args.json, rows_only=True)
+            edits += _found_edits(found, link, args)
+        elif args.contrast is not None:
+            found = _print_contrast(model, saes, _lines(args.contrast[0]), _lines(args.contrast[1]), args.top, args.json,
+                                    link, args.allow_model_mismatch, rows_only=args.generate)
+            if not args.generate:
+                return found
+            edits += _found_edits(found, link, args)
         from steering.comparison import compare
 
         cmp = compare(model, saes if len(saes) > 1 else next(iter(saes.values())), edits, prompts, gen_cfg,
@@ -116,12 +144,75 @@ def _run(args, model=None) -> int:
         if store is not None:
             store.close()
     if args.json:
-        print(json.dumps({"edits": cmp.edits, "seed": gen_cfg.seed, "results": [
+        out = {"edits": cmp.edits, "seed": gen_cfg.seed, "results": [
             {"prompt": p, "unsteered": u, "steered": s} for p, u, s in zip(cmp.prompts, cmp.unsteered, cmp.steered)
-        ]}, indent=2))
+        ]}
+        if found is not None:
+            out["candidates"] = found
+        print(json.dumps(out, indent=2))
         return 0
+    if found is not None:
+        _candidates_table(found, "features found" + (f" for {args.search!r}" if args.search else " by contrast"))
     _print_table(cmp, gen_cfg)
     return 0
+
+
+def _preset_edits(args, link, model, saes) -> list:
+    """The --preset's edits, after checking it belongs to this SAE and model."""
+    import json
+    from pathlib import Path
+
+    from saesteer.commands._steering import CLIError
+    from saesteer.models import OVERRIDE_FLAG
+    from steering.presets import Preset
+
+    if len(saes) != 1:
+        raise CLIError("--preset belongs to one SAE; give a single --sae")
+    p = Path(args.preset)
+    if p.suffix == ".json" or p.is_file():
+        if not p.is_file():
+            raise CLIError(f"--preset {p}: no such file")
+        try:
+            preset = Preset.from_json(json.loads(p.read_text(encoding="utf-8")))
+        except ValueError as e:
+            raise CLIError(f"--preset {p}: {e}") from None
+    elif link is None:
+        raise CLIError(f"--preset {args.preset!r} names a preset saved in a feature store; give --store FILE (or a .json file)")
+    else:
+        preset = link.preset(args.preset)
+    name, sae = next(iter(saes.items()))
+    try:
+        preset.check(model, sae, sae_name=name, allow_model_mismatch=args.allow_model_mismatch,
+                     model_override=OVERRIDE_FLAG)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    if preset.stops:
+        print(f"note: preset {preset.name!r} has stop triggers ({', '.join(preset.stops)}); they act in the API "
+              f"(saesteer api), not here", file=__import__("sys").stderr)
+    return preset.feature_edits()
+
+
+def _found_edits(found: list[dict], link, args) -> list:
+    """Edits that add the best --candidates found features at --strength (or their recommended one)."""
+    from saesteer.commands._steering import CLIError
+    from steering.spec import FeatureEdit
+
+    if not found:
+        raise CLIError("no feature was found to steer with")
+    out = []
+    for row in found[: args.candidates]:
+        f = int(row["feature"])
+        rec = link.recommended(f) if link is not None else None
+        tmax = link.typical_max(f) if link is not None else None
+        if rec is not None and tmax:
+            out.append(FeatureEdit(f, "add", rec[0], unit="max_act", positions=args.positions or "all"))
+        elif tmax:
+            out.append(FeatureEdit(f, "add", args.strength, unit="max_act", positions=args.positions or "all"))
+        elif row.get("mean_positive"):
+            out.append(FeatureEdit(f, "add", args.strength * float(row["mean_positive"]), positions=args.positions or "all"))
+        else:
+            raise CLIError(f"feature {f} has no typical max activation (build the store's statistics) to scale --strength by")
+    return out
 
 
 def _print_table(cmp, gen_cfg) -> None:
@@ -140,7 +231,7 @@ def _print_table(cmp, gen_cfg) -> None:
     Console().print(table)
 
 
-def _print_search(link, query: str, top: int, as_json: bool) -> int:
+def _print_search(link, query: str, top: int, as_json: bool, rows_only: bool = False):
     import json
 
     from steering.search import label_search
@@ -148,25 +239,37 @@ def _print_search(link, query: str, top: int, as_json: bool) -> int:
     hits = label_search(link.search, query, limit=top)
     rows = [{"feature": h.feature, "label": h.label, "score": h.score, "typical_max": link.typical_max(h.feature)}
             for h in hits]
+    if rows_only:
+        return rows
     if as_json:
         print(json.dumps(rows, indent=2))
         return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    from saesteer.terminal import plain
-
-    table = Table(title=plain(f"features matching {query!r}"))
-    for col in ("feature", "label", "score", "typical max"):
-        table.add_column(col)
-    for r in rows:
-        tm = r["typical_max"]
-        table.add_row(str(r["feature"]), plain(r["label"]), f"{r['score']:.3g}", "" if tm is None else f"{tm:.3g}")
-    Console().print(table if rows else plain(f"no feature label matches {query!r}"))
+    if not rows:
+        print(f"no feature label matches {query!r}")
+        return 0
+    _candidates_table(rows, f"features matching {query!r}")
     return 0
 
 
-def _print_contrast(model, saes, positive, negative, top: int, as_json: bool, link, allow_model_mismatch: bool = False) -> int:
+def _candidates_table(rows: list[dict], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from saesteer.terminal import plain
+
+    table = Table(title=plain(title))  # a query is text, not markup
+    cols = [c for c in ("feature", "label", "score", "typical_max", "mean_positive", "mean_negative") if any(c in r for r in rows)]
+    for col in cols:
+        table.add_column(col.replace("_", " "))
+    for r in rows:
+        table.add_row(*[Text("" if r.get(c) is None else (f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c])))
+                        for c in cols])
+    Console().print(table)
+
+
+def _print_contrast(model, saes, positive, negative, top: int, as_json: bool, link, allow_model_mismatch: bool = False,
+                    rows_only: bool = False):
     import json
 
     from saesteer.commands._steering import CLIError
@@ -179,7 +282,9 @@ def _print_contrast(model, saes, positive, negative, top: int, as_json: bool, li
     labels = (lambda f: None) if link is None else (lambda f: link.store.labels([f]).get(f))
     found = contrast_features(model, next(iter(saes.values())), positive, negative, top=top, labels=labels,
                               allow_model_mismatch=allow_model_mismatch)
-    rows = [c.__dict__ for c in found]
+    rows = [dict(c.__dict__) for c in found]
+    if rows_only:
+        return rows
     if as_json:
         print(json.dumps(rows, indent=2))
         return 0

@@ -163,12 +163,13 @@ async def _run(queue, fn, *args):
 
 
 @router.get("/status", summary="server version, stores, limits and queue lengths")
-async def status(state=Depends(get_state)) -> dict:
+async def status(request: Request, state=Depends(get_state)) -> dict:
     return {
         "version": saesteer.__version__,
         "stores": [s.info.model_dump() for s in state.stores.values()],
         "limits": {k: getattr(state.limits, k) for k in state.limits.__dataclass_fields__},
         "queues": [{"model": q.name, "pending": q.pending} for q in state.queues],
+        "openai": [] if request.app.state.openai is None else request.app.state.openai.status(),
     }
 
 

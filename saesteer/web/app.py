@@ -4,6 +4,10 @@
     app = create_app([entry], config=ServeConfig(port=8000))
     uvicorn.run(app, host="127.0.0.1", port=8000)
 
+The OpenAI-compatible steering API (`saesteer.api`, under /v1) is part of the same app whenever
+a store has a model (the steering playground calls it too); `pages=False` leaves out the HTML
+pages and their assets (`saesteer api`).
+
 Every request passes `SecurityMiddleware` (outermost, see `security.py`). Interactive API docs
 (Swagger UI) are off: they load scripts from a CDN, which neither works offline nor fits the CSP;
 the schema itself is at /openapi.json.
@@ -15,7 +19,7 @@ import contextlib
 import logging
 import socket
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -28,6 +32,9 @@ from saesteer.web.config import Limits, ServeConfig, is_loopback
 from saesteer.web.jobs import ModelQueue, QueueFull
 from saesteer.web.security import SecurityMiddleware, new_token
 from saesteer.web.sources import StoreEntry
+
+if TYPE_CHECKING:
+    from saesteer.api.config import BatchConfig
 
 __all__ = ["create_app", "WebState", "allowed_host_names"]
 
@@ -85,6 +92,8 @@ def create_app(
     limits: Limits | None = None,
     token: str | None = None,
     extra_hosts: Iterable[str] = (),
+    pages: bool = True,
+    batch: "BatchConfig | None" = None,
 ) -> FastAPI:
     """The app over `stores`. A token is made when the config needs one and none is given
     (read it back from `app.state.web.token`). `config.port` is the port clients must name in
@@ -96,12 +105,23 @@ def create_app(
     if token is not None and len(token) < 16:
         raise ValueError("the access token must be at least 16 characters; leave it unset to get a random one")
     state = WebState(stores, config, limits, token)
+    openai_service = None
+    if any(s.engine is not None for s in stores):
+        from saesteer.api.service import ApiService
+
+        openai_service = ApiService(stores, batch)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        yield
-        for q in state.queues:
-            q.close()
+        if openai_service is not None:
+            openai_service.start()
+        try:
+            yield
+        finally:
+            if openai_service is not None:
+                openai_service.close()
+            for q in state.queues:
+                q.close()
 
     app = _App(
         lifespan=lifespan,
@@ -113,6 +133,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.web = state
+    app.state.openai = openai_service
     app.state.guard = dict(
         allowed_hosts=allowed_host_names(config) | {h.lower() for h in extra_hosts},
         port=config.port or None,
@@ -120,14 +141,18 @@ def create_app(
         max_body_bytes=limits.max_body_bytes,
     )
 
-    from saesteer.web import api, pages
+    from saesteer.api import routes as openai_routes
+    from saesteer.web import api
+    from saesteer.web import pages as page_routes
 
     app.include_router(api.router)
-    app.include_router(pages.router)
-    assets = StaticAssets()
-    app.state.assets = assets
-    app.state.templates = pages.make_templates()
-    app.add_api_route("/static/{name:path}", assets.endpoint, methods=["GET", "HEAD"], include_in_schema=False)
+    app.include_router(openai_routes.router)
+    if pages:
+        app.include_router(page_routes.router)
+        assets = StaticAssets()
+        app.state.assets = assets
+        app.state.templates = page_routes.make_templates()
+        app.add_api_route("/static/{name:path}", assets.endpoint, methods=["GET", "HEAD"], include_in_schema=False)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
@@ -160,7 +185,9 @@ def describe_validation_error(exc: RequestValidationError) -> str:
 
 
 def wants_html(request: Request) -> bool:
-    return not request.url.path.startswith("/api/") and "text/html" in request.headers.get("accept", "")
+    from saesteer.web.security import API_PREFIXES
+
+    return not request.url.path.startswith(API_PREFIXES) and "text/html" in request.headers.get("accept", "")
 
 
 def error_response(request: Request, status: int, message: str, headers=None) -> Response:

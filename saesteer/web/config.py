@@ -38,6 +38,7 @@ class Limits:
     max_abs_multiple: float = field(default=20.0, metadata={"help": "largest |value| of an edit in multiples of the feature's typical max, and largest |scale| factor"})
     max_sweep_points: int = field(default=9, metadata={"help": "most values in one sweep"})
     max_pending: int = field(default=8, metadata={"help": "most model jobs (generate, sweep, fire) waiting per model; more get 503"})
+    max_choices: int = field(default=8, metadata={"help": "most generations in one API request (prompts x n)"})
     max_body_bytes: int = field(default=65536, metadata={"help": "largest request body, in bytes"})
 
     def __post_init__(self) -> None:
@@ -60,6 +61,7 @@ HARD_LIMITS: dict[str, float] = {
     "max_abs_multiple": 1000.0,
     "max_sweep_points": 41,
     "max_pending": 256,
+    "max_choices": 64,
     "max_body_bytes": 1 << 20,
 }
 

@@ -3,7 +3,9 @@
 A model object is not safe to run from two threads at once (hooks added by one steering job
 would leak into the other), and a CPU serves one forward pass faster than two interleaved ones.
 So every job that runs the model goes through its `ModelQueue`: a single worker thread takes jobs
-in arrival order while the event loop stays free for page and API reads. At most `max_pending`
+in arrival order while the event loop stays free for page and API reads. Each job holds the
+queue's `lock` while it runs; the OpenAI-compatible API's batching thread (`saesteer.api`) takes
+the same lock around each of its forward passes, so the two never run the model at once. At most `max_pending`
 jobs wait; the next one is refused at once (the API answers 503 with Retry-After) rather than
 piling up behind a slow generation.
 """
@@ -34,6 +36,7 @@ class ModelQueue:
         self._count_lock = threading.Lock()
         self._pending = 0  # queued or running
         self.completed = 0
+        self.lock = threading.RLock()  # held while a job runs the model (shared with the API's batcher)
 
     @property
     def pending(self) -> int:
@@ -56,7 +59,8 @@ class ModelQueue:
 
     def _call(self, fn, args, kwargs):
         try:
-            return fn(*args, **kwargs)
+            with self.lock:
+                return fn(*args, **kwargs)
         finally:
             with self._count_lock:
                 self._pending -= 1

@@ -11,7 +11,8 @@ In order, for each HTTP request:
 3. Token (when configured: always for a non-loopback bind): `Authorization: Bearer <token>`, the
    cookie set after a first visit with `?token=<token>`, or that query parameter itself; compared
    in constant time (`hmac.compare_digest`).
-4. Body: at most `max_body_bytes` (read and counted here before the app sees it); POSTs to the API must be `application/json` (a cross-site
+4. Body: at most `max_body_bytes` (read and counted here before the app sees it); POSTs to the
+   APIs (/api/, and the OpenAI-compatible /v1/) must be `application/json` (a cross-site
    HTML form cannot send that without a CORS preflight, which we never answer).
 5. Response headers: a strict Content-Security-Policy (see `CSP`), no sniffing, no framing,
    no referrer, and `Cache-Control: no-store` on the API.
@@ -27,7 +28,10 @@ import secrets
 from typing import Iterable
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-__all__ = ["CSP", "SecurityMiddleware", "new_token", "EMPTY_STYLE_HASH", "token_cookie_name"]
+__all__ = ["CSP", "SecurityMiddleware", "new_token", "EMPTY_STYLE_HASH", "token_cookie_name", "API_PREFIXES"]
+
+# JSON APIs: the app's own (/api/) and the OpenAI-compatible one (/v1/, `saesteer.api`)
+API_PREFIXES = ("/api/", "/v1/")
 
 # plotly.js adds its own CSS at run time by appending an *empty* <style> element and filling it
 # through the CSSOM (sheet.insertRule), which CSP does not govern. Only creating the empty element
@@ -227,7 +231,7 @@ class SecurityMiddleware:
                 if scheme == "https":
                     cookie += "; Secure"
                 set_cookie = cookie.encode()
-                if method in ("GET", "HEAD") and not path.startswith("/api/"):
+                if method in ("GET", "HEAD") and not path.startswith(API_PREFIXES):
                     # Drop the token from the address bar (and so from history) once it is a cookie.
                     rest = urlencode([(k, v) for k, v in query if k != "token"])
                     raw = scope.get("raw_path") or path.encode()
@@ -237,7 +241,7 @@ class SecurityMiddleware:
                     await _redirect(send, target + (f"?{rest}" if rest else ""), set_cookie)
                     return
 
-        if method not in SAFE_METHODS and path.startswith("/api/"):
+        if method not in SAFE_METHODS and path.startswith(API_PREFIXES):
             ctype = headers.get("content-type", "").split(";")[0].strip().lower()
             has_body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
             if ctype != "application/json" and (ctype or has_body):
@@ -252,7 +256,7 @@ class SecurityMiddleware:
                 await _deny(scope, send, 413, f"request body too large (limit {self.max_body_bytes} bytes)")
                 return
 
-        is_api = path.startswith("/api/") or path == "/openapi.json"
+        is_api = path.startswith(API_PREFIXES) or path == "/openapi.json"
         app_receive = receive
         if clen not in (None, "0") or "transfer-encoding" in headers:
             # Read the (small, bounded) body before the app sees it; refuse it once it is too big.
@@ -304,7 +308,7 @@ async def _deny(scope, send, status: int, message: str) -> None:
     for k, v in scope.get("headers", []):
         if k.lower() == b"accept":
             accept = v.decode("latin-1")
-    if path.startswith("/api/") or "text/html" not in accept:
+    if path.startswith(API_PREFIXES) or "text/html" not in accept:
         body = json.dumps({"detail": message}).encode()
         ctype = b"application/json"
     else:

@@ -72,6 +72,24 @@ def make_tokenizer(extra_words: list[str] | None = None):
     return fast
 
 
+CHAT_ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
+# A chat template in the style of real ones: BOS, then per message a role marker, the content and
+# an end-of-turn marker; the generation prompt opens the assistant's turn.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def make_chat_tokenizer():
+    """`make_tokenizer()` plus role markers as special tokens and a chat template (the word-level
+    tokenizer has none; real chat models' tokenizers carry theirs)."""
+    tok = make_tokenizer()
+    tok.add_special_tokens({"additional_special_tokens": list(CHAT_ROLE_TOKENS)})
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
 def make_model(
     tokenizer=None,
     *,

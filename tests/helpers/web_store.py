@@ -54,6 +54,8 @@ def build_web_store(
     context_length: int = 24,
     seed: int = 0,
     name: str = "tiny",
+    tokenizer=None,
+    n_layers: int = 1,
 ) -> WebStore:
     import torch
 
@@ -63,8 +65,8 @@ def build_web_store(
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tok = make_tokenizer()
-    model = make_model(tok, n_layers=1, d_model=32, n_ctx=64, n_heads=4, seed=seed, model_name="tiny-test-model")
+    tok = tokenizer if tokenizer is not None else make_tokenizer()
+    model = make_model(tok, n_layers=n_layers, d_model=32, n_ctx=64, n_heads=4, seed=seed, model_name="tiny-test-model")
     texts = _corpus(n_contexts, context_length, seed)
     ids = model.to_tokens(texts, prepend_bos=True)[:, :context_length]
     with torch.no_grad():

@@ -1,4 +1,6 @@
 // Steering playground: edit rows, generate default vs steered, and a strength sweep.
+// Generation goes through the OpenAI-compatible API (/v1/completions with the "steering" field),
+// the same API other programs use; the store id is the model id there.
 // Every string from the server or the user is written with textContent, never as HTML.
 "use strict";
 (function () {
@@ -125,32 +127,60 @@
     };
   }
   async function post(path, body) {
-    const r = await fetch(api + path, {
+    const r = await fetch(path.startsWith("/v1/") ? path : api + path, {
       method: "POST", credentials: "same-origin",
       headers: { "Content-Type": "application/json", Accept: "application/json" },
       body: JSON.stringify(body),
     });
     let data = null;
     try { data = await r.json(); } catch (e) { /* not JSON */ }
-    if (!r.ok) throw new Error((data && typeof data.detail === "string") ? data.detail : ("request failed (" + r.status + ")"));
+    if (!r.ok) {
+      const msg = data && (typeof data.detail === "string" ? data.detail : (data.error && data.error.message));
+      throw new Error(typeof msg === "string" && msg ? msg : ("request failed (" + r.status + ")"));
+    }
     return data;
   }
-  function describe(edits) {
-    return edits.map((e) => "#" + e.feature + " " + e.op + (e.op === "ablate" ? "" : " " + e.value + (e.unit === "max_act" ? "× max" : ""))).join(", ");
+  const presetSel = document.getElementById("preset");
+  async function loadPresets() {
+    if (!presetSel) return;
+    try {
+      const r = await fetch("/v1/models/" + encodeURIComponent(sid), { headers: { Accept: "application/json" }, credentials: "same-origin" });
+      if (!r.ok) return;
+      const names = ((await r.json()).saesteer || {}).presets || [];
+      names.forEach((n) => presetSel.appendChild(el("option", { value: n, text: n })));
+      presetSel.closest(".presetrow").hidden = names.length === 0;
+    } catch (e) { /* no presets shown */ }
+  }
+  loadPresets();
+  function completion(gen, steering) {
+    const body = { model: sid, prompt: gen.prompt, max_tokens: gen.max_new_tokens, temperature: gen.temperature, seed: gen.seed };
+    if (steering) body.steering = steering;
+    return post("/v1/completions", body);
+  }
+  function describe(edits) {  // the edits as the API applied them (presets expanded), e.g. "12:add=2x@generated"
+    return edits.join(", ");
   }
 
   const genBtn = document.getElementById("generate");
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
-    let body;
-    try { const edits = readEdits(); body = Object.assign(readGen(), { edits: edits }); }
-    catch (e) { setStatus(statusEl, e.message, "error"); return; }
+    let gen, steering;
+    try {
+      const preset = presetSel && presetSel.value ? presetSel.value : null;
+      let edits = [];
+      try { edits = readEdits(); } catch (e) { if (!preset) throw e; }
+      gen = readGen();
+      steering = { edits: edits.map((e) => ({ feature: e.feature, op: e.op, value: e.op === "ablate" ? null : e.value, unit: e.unit })) };
+      if (preset) steering.preset = preset;
+    } catch (e) { setStatus(statusEl, e.message, "error"); return; }
     genBtn.disabled = true;
     setStatus(statusEl, "generating…", "busy");
     try {
       const t0 = performance.now();
-      const res = await post("/steer", body);
+      const [base, steered] = await Promise.all([completion(gen, null), completion(gen, steering)]);
       // a continuation carries its own leading space or line break: prompt + continuation as written
+      const res = { prompt: gen.prompt, default: base.choices[0].text, steered: steered.choices[0].text,
+                    edits: steered.steering ? steered.steering.edits : [] };
       document.getElementById("out-prompt-a").textContent = res.prompt;
       document.getElementById("out-prompt-b").textContent = res.prompt;
       document.getElementById("out-default").textContent = res.default;

@@ -1,0 +1,34 @@
+"""Identity of an SAE's weights: a SHA-256 over its architecture, shape settings and parameter bytes.
+
+It lives in `saes` so that every package that pairs things with an SAE (feature stores, steering
+presets) can check it; `features.fingerprint` re-exports it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import torch
+
+
+def sae_fingerprint(sae) -> str:
+    """Hex SHA-256 of (architecture, d_in, d_sae, k, widths, apply_b_dec_to_input) and every
+    parameter/buffer tensor (name, dtype, shape, bytes). Any change to the weights changes it."""
+    cfg = sae.cfg
+    head = {
+        "architecture": getattr(sae, "architecture", type(sae).__name__),
+        "d_in": cfg.d_in,
+        "d_sae": cfg.d_sae,
+        "k": getattr(cfg, "k", None),
+        "matryoshka_widths": list(getattr(cfg, "matryoshka_widths", []) or []),
+        "apply_b_dec_to_input": getattr(cfg, "apply_b_dec_to_input", None),
+    }
+    h = hashlib.sha256(json.dumps(head, sort_keys=True).encode())
+    tensors = dict(sae.named_parameters())
+    tensors.update(dict(sae.named_buffers()))
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()

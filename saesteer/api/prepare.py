@@ -1,0 +1,283 @@
+"""From a validated API request to the engine's rows: prompts tokenized (chat ones through the
+tokenizer's chat template), edits / presets / stop triggers resolved against the model's SAE and
+store, sampling settings per choice, every bound of the server's `Limits` checked.
+
+Each refusal is an `ApiError` with the HTTP status and the parameter at fault; its message says
+how to fix the request. Choice i of a request with `seed` s samples with seed s + i (so n=2 with
+seed 5 gives the choices of seed 5 and seed 6); without a seed each choice draws a fresh one and
+reports it (`choices[i].steering.seed`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from saesteer.api.protocol import ChatRequest, CompletionRequest, EditIn, SteeringIn, TriggerIn
+from saesteer.api.service import OVERRIDE_HINT, ServedModel
+
+__all__ = ["ApiError", "Prepared", "prepare_completion", "prepare_chat", "END_OF_TURN_TOKENS"]
+
+# end-of-turn markers of common chat templates: a chat reply also ends at these
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "</s>", "<|endoftext|>")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+
+@dataclass
+class Prepared:
+    kind: str  # 'completion' | 'chat'
+    model_id: str
+    rows: list[Any]
+    n: int
+    stream: bool
+    include_usage: bool
+    logprobs: int | None  # None: no logprobs
+    echo_texts: list[str] = field(default_factory=list)  # per prompt (completions with echo)
+    steering_summary: dict[str, Any] | None = None
+
+
+def _steer_limits(limits):
+    from steering import SteerLimits
+
+    return SteerLimits(max_abs_value=float(limits.max_abs_strength), max_multiple=float(limits.max_abs_multiple),
+                       max_abs_scale=float(limits.max_abs_multiple))
+
+
+def _trigger(t: TriggerIn | str):
+    from steering.spec import Trigger
+
+    return Trigger.parse(t) if isinstance(t, str) else Trigger(t.feature, t.above, t.unit)
+
+
+def _edit(e: EditIn | str):
+    from steering.spec import FeatureEdit, parse_edit
+
+    if isinstance(e, str):
+        return parse_edit(e)
+    positions = tuple(e.positions) if isinstance(e.positions, list) else e.positions
+    return FeatureEdit(e.feature, e.op, None if e.op == "ablate" else e.value, e.unit if e.op in ("add", "clamp") else "raw",
+                       positions, None, _trigger(e.when) if e.when is not None else None)
+
+
+def resolve_steering(spec: SteeringIn | None, served: ServedModel, limits) -> tuple[Any, dict[str, Any] | None]:
+    """(RowSteering or None, a summary for the response) for a request's `steering` field."""
+    if spec is None or (not spec.edits and spec.preset is None and not spec.stop_when):
+        return None, None
+    from saes.identity import ModelIdentityError
+    from steering.presets import Preset
+    from steering.rowedits import RowEdit, RowSteering, StopTrigger
+    from steering.session import resolve_edits
+    from steering.spec import SteeringError, lookup_typical_max
+
+    items: list[Any] = []
+    preset = None
+    stops = []
+    try:
+        if spec.preset is not None:
+            preset = served.preset(spec.preset) if isinstance(spec.preset, str) else Preset.from_json(spec.preset)
+            items.append(preset)
+        items += [_edit(e) for e in spec.edits]
+        resolved = resolve_edits(
+            served.model, {served.id: served.sae}, items, typical_max=served.typical_max, limits=_steer_limits(limits),
+            allow_model_mismatch=served.allow_model_mismatch, chat_positions=True,
+            fingerprints={served.id: served.fingerprint}, model_override=OVERRIDE_HINT,
+        ) if items else []
+        triggers = (preset.stop_triggers() if preset is not None else []) + [_trigger(t) for t in spec.stop_when]
+        for t in triggers:
+            if not 0 <= t.feature < served.sae.d_sae:
+                raise SteeringError(f"stop_when: feature {t.feature} is out of range (0..{served.sae.d_sae - 1})")
+            above = t.above
+            if t.unit == "max_act":
+                tmax = lookup_typical_max(served.typical_max, t.feature)
+                if tmax is None:
+                    raise SteeringError(f"stop_when {t.describe()}: feature {t.feature} has no typical max activation "
+                                        f"in the store; give a raw threshold")
+                above *= tmax
+            stops.append(StopTrigger(served.id, t.feature, above, t.describe()))
+    except (SteeringError, ModelIdentityError) as e:  # bad edits; a preset of another SAE or model
+        raise ApiError(400, str(e), "steering") from None
+    if len(resolved) > limits.max_edits:
+        raise ApiError(400, f"steering.edits: at most {limits.max_edits} edits per request (got {len(resolved)}, "
+                            f"presets included)", "steering")
+    edits = [RowEdit(served.id, r.feature, r.op, r.value, r.positions, r.trigger, r.describe()) for r in resolved]
+    summary = {"edits": [r.describe() for r in resolved], "stop_when": [s.label for s in stops]}
+    if preset is not None:
+        summary["preset"] = preset.name
+    return RowSteering(edits, stops), summary
+
+
+def _check_positions(steering, layouts, served: ServedModel) -> None:
+    """Compile the edits' positions against each prompt now: a role on a plain prompt, or a turn
+    the chat does not have, is the caller's error (400), not the batch's."""
+    if steering is None:
+        return
+    from steering.rowedits import check_positions
+    from steering.spec import SteeringError
+
+    for layout in layouts:
+        try:
+            check_positions(steering, layout)
+        except SteeringError as e:
+            raise ApiError(400, str(e), "steering") from None
+
+
+def _common(req, served: ServedModel, limits, default_max: int | None, n_prompts: int) -> dict[str, Any]:
+    if req.model != served.id:  # routes pick `served` by req.model; a safety net
+        raise ApiError(404, f"model {req.model!r} not found", "model", "model_not_found")
+    n = req.n or 1
+    if n * n_prompts > limits.max_choices:
+        raise ApiError(400, f"n: at most {limits.max_choices} generations per request (prompts x n; got "
+                            f"{n * n_prompts})", "n")
+    max_tokens = getattr(req, "max_completion_tokens", None) or req.max_tokens or default_max
+    if max_tokens is not None and max_tokens > limits.max_new_tokens:
+        raise ApiError(400, f"max_tokens: at most {limits.max_new_tokens} on this server (got {max_tokens})", "max_tokens")
+    stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    bias = []
+    vocab = int(getattr(served.model.cfg, "d_vocab", 0) or 0)
+    for k, v in (req.logit_bias or {}).items():
+        try:
+            tok = int(k)
+        except ValueError:
+            raise ApiError(400, f"logit_bias: keys are token ids, got {k!r}", "logit_bias") from None
+        if not 0 <= tok < vocab:
+            raise ApiError(400, f"logit_bias: token id {tok} is not in the vocabulary (0..{vocab - 1})", "logit_bias")
+        bias.append((tok, float(v)))
+    if len(bias) > 300:
+        raise ApiError(400, "logit_bias: at most 300 tokens", "logit_bias")
+    return dict(n=n, max_tokens=max_tokens, stop=tuple(stop), bias=tuple(bias))
+
+
+def _eos_ids(tokenizer, chat: bool) -> tuple[int, ...]:
+    ids = set()
+    if getattr(tokenizer, "eos_token_id", None) is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    if chat:
+        vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+        for t in END_OF_TURN_TOKENS:
+            if t in vocab:
+                ids.add(int(vocab[t]))
+    return tuple(sorted(ids))
+
+
+def _rows(prompts, layouts, served: ServedModel, req, c: dict, steering, logprobs, stream: bool, chat: bool) -> list:
+    from steering.engine import Row
+    from steering.sampling import SamplingParams
+    from steering.spec import SteeringError
+
+    n_ctx = getattr(served.model.cfg, "n_ctx", None)
+    eos = () if req.ignore_eos else _eos_ids(served.model.tokenizer, chat)
+    rows = []
+    for ids, layout in zip(prompts, layouts):
+        room = (n_ctx - len(ids)) if n_ctx else None
+        max_tokens = c["max_tokens"]
+        if max_tokens is None:  # chat without a limit: as much as the server and the context allow
+            max_tokens = min(c["limit"], room) if room is not None else c["limit"]
+        if room is not None and len(ids) + max_tokens > n_ctx:
+            raise ApiError(400, f"the prompt is {len(ids)} tokens and max_tokens is {max_tokens}, more than the "
+                                f"model's context of {n_ctx} tokens; shorten the prompt or ask for at most "
+                                f"{max(room, 0)} tokens", "max_tokens", "context_length_exceeded")
+        if max_tokens < 1:
+            raise ApiError(400, f"the prompt ({len(ids)} tokens) fills the model's context of {n_ctx} tokens",
+                           "messages" if chat else "prompt", "context_length_exceeded")
+        for i in range(c["n"]):
+            try:
+                params = SamplingParams(
+                    max_new_tokens=int(max_tokens),
+                    temperature=1.0 if req.temperature is None else float(req.temperature),
+                    top_p=1.0 if req.top_p is None else float(req.top_p),
+                    top_k=req.top_k,
+                    seed=None if req.seed is None else (req.seed + i) % (2**63),
+                    frequency_penalty=float(req.frequency_penalty or 0.0),
+                    presence_penalty=float(req.presence_penalty or 0.0),
+                    logit_bias=c["bias"],
+                    logprobs=logprobs,
+                    stop=c["stop"],
+                    stop_token_ids=eos,
+                )
+            except SteeringError as e:
+                raise ApiError(400, str(e)) from None
+            rows.append(Row(ids, params, steering, layout, stream=stream))
+    return rows
+
+
+def prepare_completion(req: CompletionRequest, served: ServedModel, limits) -> Prepared:
+    from steering.rowedits import RowLayout
+
+    if req.suffix:
+        raise ApiError(400, "suffix is not supported by this server", "suffix")
+    if req.best_of is not None and req.best_of != (req.n or 1):
+        raise ApiError(400, "best_of other than n is not supported by this server", "best_of")
+    if req.echo and req.logprobs is not None:
+        raise ApiError(400, "echo together with logprobs (log-probabilities of the prompt) is not supported", "echo")
+    tok = served.model.tokenizer
+    p = req.prompt
+    if isinstance(p, str):
+        texts, id_lists = [p], None
+    elif p and all(isinstance(x, int) for x in p):
+        texts, id_lists = None, [list(p)]
+    elif p and all(isinstance(x, str) for x in p):
+        texts, id_lists = list(p), None
+    elif p and all(isinstance(x, list) for x in p):
+        texts, id_lists = None, [list(x) for x in p]
+    else:
+        raise ApiError(400, "prompt must be a string, a list of strings, a list of token ids or a list of such lists",
+                       "prompt")
+    vocab = int(getattr(served.model.cfg, "d_vocab", 0) or 0)
+    if texts is not None:
+        for t in texts:
+            if len(t) > limits.max_text_chars:
+                raise ApiError(400, f"prompt: at most {limits.max_text_chars} characters (got {len(t)})", "prompt")
+        id_lists = [served.model.to_tokens(t)[0].tolist() for t in texts]
+    else:
+        for ids in id_lists:
+            if not ids or any(not 0 <= i < vocab for i in ids):
+                raise ApiError(400, f"prompt: token ids must be in the vocabulary (0..{vocab - 1}) and a prompt must not be empty", "prompt")
+    for ids in id_lists:
+        if not ids:
+            raise ApiError(400, "prompt: the prompt is empty (this model prepends no BOS token)", "prompt")
+    c = _common(req, served, limits, 16, len(id_lists))
+    c["limit"] = limits.max_new_tokens
+    steering, summary = resolve_steering(req.steering, served, limits)
+    layouts = [RowLayout(len(ids)) for ids in id_lists]
+    _check_positions(steering, layouts, served)
+    rows = _rows(id_lists, layouts, served, req, c, steering, req.logprobs, bool(req.stream), chat=False)
+    echo = []
+    if req.echo:
+        echo = list(texts) if texts is not None else [tok.decode(ids) for ids in id_lists]
+    return Prepared("completion", served.id, rows, c["n"], bool(req.stream),
+                    bool(req.stream_options and req.stream_options.include_usage), req.logprobs, echo, summary)
+
+
+def prepare_chat(req: ChatRequest, served: ServedModel, limits) -> Prepared:
+    from steering.chat import render_chat
+    from steering.rowedits import RowLayout
+    from steering.spec import SteeringError
+
+    if req.tools or req.functions or req.tool_choice not in (None, "none") or req.function_call not in (None, "none"):
+        raise ApiError(400, "tools and function calling are not supported by this server", "tools")
+    if req.response_format is not None and req.response_format.get("type") not in (None, "text"):
+        raise ApiError(400, "response_format other than text is not supported by this server", "response_format")
+    chars = sum(len(m.text()) for m in req.messages)
+    if chars > limits.max_text_chars:
+        raise ApiError(400, f"messages: at most {limits.max_text_chars} characters in all (got {chars})", "messages")
+    msgs = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
+    try:
+        chat = render_chat(served.model.tokenizer, msgs)
+    except SteeringError as e:
+        raise ApiError(400, str(e), "messages") from None
+    c = _common(req, served, limits, None, 1)
+    c["limit"] = limits.max_new_tokens
+    steering, summary = resolve_steering(req.steering, served, limits)
+    layout = RowLayout(len(chat.token_ids), chat.roles, chat.turns, chat.n_messages, chat.why_no_roles)
+    logprobs = (req.top_logprobs or 0) if req.logprobs else None
+    if req.top_logprobs and not req.logprobs:
+        raise ApiError(400, "top_logprobs needs logprobs: true", "top_logprobs")
+    _check_positions(steering, [layout], served)
+    rows = _rows([chat.token_ids], [layout], served, req, c, steering, logprobs, bool(req.stream), chat=True)
+    return Prepared("chat", served.id, rows, c["n"], bool(req.stream),
+                    bool(req.stream_options and req.stream_options.include_usage), logprobs, [], summary)

@@ -1,0 +1,134 @@
+"""The request shapes of the OpenAI-compatible API, with the steering extension.
+
+Requests follow OpenAI's /v1/completions and /v1/chat/completions (the `openai` client sends
+them unchanged); steering rides along as one extra field, `steering` (the client's
+`extra_body={"steering": {...}}`):
+
+    "steering": {
+      "edits": [{"feature": 123, "op": "clamp", "value": 2, "unit": "max_act", "positions": "generated",
+                 "when": {"feature": 77, "above": 1.5}},
+                "45:add=4@role:user"],                       # or the CLI's text form
+      "preset": "ocean",                                     # a preset saved in the model's feature store
+      "stop_when": [{"feature": 77, "above": 3.0}, "90>0.5x"] # end a choice when a latent fires on a generated token
+    }
+
+Two more extensions, as other servers have them: `top_k`, and `ignore_eos` (keep generating
+past end-of-text: fixed-length outputs for benchmarks). Fields OpenAI defines that this server
+does not implement are refused by name (never silently ignored), except purely informational
+ones (`user`, `metadata`, `store`, `service_tier`, ...). Hard ceilings are in the field
+constraints; the server's configured `Limits` are checked in `saesteer.api.prepare`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+
+from saesteer.web.config import HARD_LIMITS
+
+MAX_STOP = 4
+MAX_STOP_CHARS = 200
+MAX_LOGIT_BIAS = 300
+MAX_N = 16
+
+Positions = Union[str, list[int]]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TriggerIn(_In):
+    feature: int = Field(ge=0, le=2**31 - 1, description="latent id (of the model's SAE)")
+    above: float = Field(allow_inf_nan=False, ge=-1e6, le=1e6, description="threshold on its activation")
+    unit: Literal["raw", "max_act"] = Field("raw", description="raw units, or multiples of the latent's typical max")
+
+
+class EditIn(_In):
+    feature: int = Field(ge=0, le=2**31 - 1)
+    op: Literal["add", "clamp", "scale", "ablate"] = "clamp"
+    value: Optional[float] = Field(None, allow_inf_nan=False, ge=-1e6, le=1e6,
+                                   description="add/clamp: the amount (see unit); scale: the factor; ablate: none")
+    unit: Literal["raw", "max_act"] = Field("raw", description="raw activation units, or multiples of the typical max")
+    positions: Positions = Field("all", description="all | prompt | generated | last | token indices | role:NAME | turn:I")
+    when: Optional[TriggerIn] = Field(None, description="apply only where this latent is above its threshold")
+
+
+class SteeringIn(_In):
+    edits: list[Union[EditIn, Annotated[str, Field(max_length=200)]]] = Field(
+        default_factory=list, max_length=int(HARD_LIMITS["max_edits"]))
+    preset: Optional[Union[Annotated[str, Field(max_length=64)], dict[str, Any]]] = Field(
+        None, description="a preset name (saved in the model's feature store) or a whole preset record")
+    stop_when: list[Union[TriggerIn, Annotated[str, Field(max_length=64)]]] = Field(default_factory=list, max_length=16)
+
+
+class StreamOptions(_In):
+    include_usage: Optional[StrictBool] = None
+    include_obfuscation: Optional[StrictBool] = None  # sent by newer clients; ignored (nothing to hide)
+
+
+class _Common(_In):
+    model: str = Field(min_length=1, max_length=200)
+    max_tokens: Optional[StrictInt] = Field(None, ge=1, le=int(HARD_LIMITS["max_new_tokens"]))
+    temperature: Optional[float] = Field(None, ge=0.0, le=2.0, allow_inf_nan=False)
+    top_p: Optional[float] = Field(None, gt=0.0, le=1.0, allow_inf_nan=False)
+    top_k: Optional[StrictInt] = Field(None, ge=1, le=100000, description="extension: sample among the k most likely")
+    n: Optional[StrictInt] = Field(None, ge=1, le=MAX_N)
+    stream: Optional[StrictBool] = None
+    stream_options: Optional[StreamOptions] = None
+    stop: Optional[Union[Annotated[str, Field(max_length=MAX_STOP_CHARS)],
+                         Annotated[list[Annotated[str, Field(max_length=MAX_STOP_CHARS)]], Field(max_length=MAX_STOP)]]] = None
+    seed: Optional[StrictInt] = Field(None, ge=-(2**63), le=2**63 - 1)
+    presence_penalty: Optional[float] = Field(None, ge=-2.0, le=2.0, allow_inf_nan=False)
+    frequency_penalty: Optional[float] = Field(None, ge=-2.0, le=2.0, allow_inf_nan=False)
+    logit_bias: Optional[dict[str, Annotated[float, Field(ge=-100, le=100, allow_inf_nan=False)]]] = None
+    ignore_eos: Optional[StrictBool] = Field(None, description="extension: do not stop at end-of-text")
+    steering: Optional[SteeringIn] = None
+    # informational fields OpenAI clients may send; accepted and ignored
+    user: Optional[str] = None
+    metadata: Optional[dict[str, Any]] = None
+    store: Optional[bool] = None
+    service_tier: Optional[str] = None
+    safety_identifier: Optional[str] = None
+    prompt_cache_key: Optional[str] = None
+
+
+class CompletionRequest(_Common):
+    prompt: Union[str, list[str], list[StrictInt], list[list[StrictInt]]]
+    echo: Optional[StrictBool] = None
+    logprobs: Optional[StrictInt] = Field(None, ge=0, le=20)
+    best_of: Optional[StrictInt] = Field(None, ge=1, le=MAX_N)
+    suffix: Optional[str] = None
+
+
+class TextPart(_In):
+    type: Literal["text"]
+    text: str
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # e.g. 'name', 'refusal', 'annotations' on echoed messages
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Optional[Union[str, list[TextPart]]] = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content)
+
+
+class ChatRequest(_Common):
+    messages: list[Message] = Field(min_length=1, max_length=256)
+    max_completion_tokens: Optional[StrictInt] = Field(None, ge=1, le=int(HARD_LIMITS["max_new_tokens"]))
+    logprobs: Optional[StrictBool] = None
+    top_logprobs: Optional[StrictInt] = Field(None, ge=0, le=20)
+    response_format: Optional[dict[str, Any]] = None
+    tools: Optional[list[Any]] = None
+    tool_choice: Optional[Any] = None
+    parallel_tool_calls: Optional[bool] = None
+    functions: Optional[list[Any]] = None
+    function_call: Optional[Any] = None

@@ -1,0 +1,157 @@
+"""The /v1 routes: models, completions, chat completions (OpenAI's protocol, see `protocol.py`).
+
+Errors use OpenAI's shape (`{"error": {"message", "type", "param", "code"}}`) so clients show
+the message: 400 for a request this server cannot do (the message says why and how to fix it),
+404 for an unknown model, 503 with Retry-After when too many requests are in (the `openai`
+client retries those by itself), 500 when generation fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from saesteer.api.prepare import ApiError, prepare_chat, prepare_completion
+from saesteer.api.protocol import ChatRequest, CompletionRequest
+from saesteer.api.responses import SSE_DONE, Assembler, error_body, sse
+from saesteer.api.scheduler import QueueFull
+
+__all__ = ["router", "RETRY_AFTER_S"]
+
+log = logging.getLogger("saesteer.api")
+router = APIRouter(prefix="/v1", tags=["openai"])
+RETRY_AFTER_S = 1
+
+
+def _error(status: int, message: str, *, param: str | None = None, code: str | None = None, headers=None) -> JSONResponse:
+    kind = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
+            503: "server_busy", 500: "server_error"}.get(status, "invalid_request_error")
+    return JSONResponse(error_body(message, type_=kind, param=param, code=code), status_code=status, headers=headers)
+
+
+def _service(request: Request):
+    svc = getattr(request.app.state, "openai", None)
+    if svc is None or not (svc.models or svc.unavailable):
+        raise ApiError(404, "this server runs no model, so it cannot generate; start it with a model (--model)",
+                       "model", "model_not_found")
+    return svc
+
+
+def _served(request: Request, model_id: str):
+    svc = _service(request)
+    served = svc.models.get(model_id)
+    if served is None and model_id in svc.unavailable:
+        raise ApiError(400, f"the model {model_id!r} cannot generate through this API: {svc.unavailable[model_id]}",
+                       "model")
+    if served is None:
+        raise ApiError(404, f"the model {model_id!r} does not exist here; this server serves: "
+                            f"{', '.join(sorted(svc.models))} (see /v1/models)", "model", "model_not_found")
+    return served
+
+
+def _validation_message(exc: ValidationError) -> tuple[str, str | None]:
+    parts, param = [], None
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(x) for x in err.get("loc", ()))
+        param = param or (str(err["loc"][0]) if err.get("loc") else None)
+        msg = err.get("msg", "invalid")
+        if err.get("type") == "extra_forbidden":
+            msg = "not supported by this server (or misspelt)"
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts) or "invalid request", param
+
+
+async def _parse(request: Request, cls):
+    try:
+        body = await request.json()
+    except ValueError:
+        raise ApiError(400, "the request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    try:
+        return cls.model_validate(body)
+    except ValidationError as e:
+        msg, param = _validation_message(e)
+        raise ApiError(400, msg, param) from None
+
+
+@router.get("/models", summary="the models (one per feature store) this server steers")
+async def list_models(request: Request):
+    try:
+        svc = _service(request)
+    except ApiError:
+        return {"object": "list", "data": []}
+    return {"object": "list", "data": [m.card() for m in svc.models.values()]}
+
+
+@router.get("/models/{model_id}", summary="one model")
+async def get_model(model_id: str, request: Request):
+    try:
+        return _served(request, model_id).card()
+    except ApiError as e:
+        return _error(e.status, e.message, param=e.param, code=e.code)
+
+
+@router.post("/completions", summary="text completion (OpenAI protocol) with optional steering")
+async def completions(request: Request):
+    return await _generate(request, CompletionRequest, prepare_completion)
+
+
+@router.post("/chat/completions", summary="chat completion (OpenAI protocol) with optional steering")
+async def chat_completions(request: Request):
+    return await _generate(request, ChatRequest, prepare_chat)
+
+
+async def _generate(request: Request, cls, prepare):
+    try:
+        req = await _parse(request, cls)
+        served = _served(request, req.model)
+        limits = request.app.state.web.limits
+        prep = await run_in_threadpool(prepare, req, served, limits)
+        job = served.scheduler.submit(prep.rows, asyncio.get_running_loop(),
+                                      deliver_tokens=prep.stream or prep.logprobs is not None)
+    except ApiError as e:
+        return _error(e.status, e.message, param=e.param, code=e.code)
+    except QueueFull as e:
+        return _error(503, str(e), headers={"Retry-After": str(RETRY_AFTER_S)})
+    out = Assembler(prep, served.model.tokenizer)
+    if prep.stream:
+        return StreamingResponse(_stream(served.scheduler, job, out), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    try:
+        async for ev in job:
+            out.add(ev)
+    except asyncio.CancelledError:  # the client went away
+        served.scheduler.cancel(job)
+        raise
+    if out.error is not None:
+        return _error(500, out.error)
+    return JSONResponse(out.body())
+
+
+async def _stream(scheduler, job, out: Assembler):
+    done = False
+    try:
+        for chunk in out.first_chunks():
+            yield sse(chunk)
+        async for ev in job:
+            chunk = out.add(ev)
+            if out.error is not None:
+                yield sse(error_body(out.error, type_="server_error"))
+                break
+            if chunk is not None:
+                yield sse(chunk)
+        else:
+            if out.prep.include_usage:
+                yield sse(out.usage_chunk())
+        yield SSE_DONE
+        done = True
+    finally:
+        if not done:  # the client went away (or the stream broke): stop generating for it
+            scheduler.cancel(job)

@@ -1,0 +1,173 @@
+"""The worker thread in front of one model: requests in, batched steps, events out to the event loop.
+
+    sched = Scheduler(engine, max_queued=64)
+    sched.start()
+    job = sched.submit(rows, loop, deliver_tokens=True)     # QueueFull when too many requests are in
+    async for event in job: ...                             # steering.engine.RowEvent (tag: row index), until every row ends
+    sched.cancel(job)                                       # e.g. the client went away
+    sched.close()
+
+One thread owns the `BatchEngine`: it takes newly submitted rows between steps (they join the
+running batch), runs one step, and hands each event to the job's asyncio queue on the event
+loop's thread. At most `max_queued` requests are in the server at once (running or waiting); one
+more is refused at once (the API answers 503 with Retry-After) instead of waiting unboundedly.
+An exception inside a step fails the rows of that batch (finish_reason 'error', the message in the
+event) and the thread carries on with the next requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from steering.engine import BatchEngine, Row, RowEvent
+from steering.spec import SteeringError
+
+__all__ = ["Scheduler", "Job", "QueueFull"]
+
+log = logging.getLogger("saesteer.api")
+
+
+class QueueFull(RuntimeError):
+    """Too many requests are in the server; try again shortly."""
+
+
+class Job:
+    """One request's rows; iterate (async) over its events until every row has finished."""
+
+    def __init__(self, n_rows: int, loop: asyncio.AbstractEventLoop, deliver_tokens: bool) -> None:
+        self.n_rows = n_rows
+        self.loop = loop
+        self.deliver_tokens = deliver_tokens  # every token's event (streaming, logprobs), else only the last
+        self.queue: asyncio.Queue[RowEvent] = asyncio.Queue()
+        self.open_rows = n_rows  # rows not finished, as the reader has seen them
+        self.unfinished = n_rows  # rows not finished, as the worker thread has delivered them
+        self.submitted = time.monotonic()
+        self.first_token_at: float | None = None
+
+    def __aiter__(self):
+        return self._events()
+
+    async def _events(self):
+        while self.open_rows > 0:
+            ev = await self.queue.get()
+            if ev.finish_reason is not None:
+                self.open_rows -= 1
+            yield ev
+
+
+class Scheduler:
+    def __init__(self, engine: BatchEngine, *, max_queued: int = 64, name: str = "model") -> None:
+        if max_queued < 1:
+            raise ValueError(f"max_queued must be >= 1, got {max_queued}")
+        self.engine = engine
+        self.max_queued = int(max_queued)
+        self.name = name
+        self._cond = threading.Condition()
+        self._inbox: list[tuple[Job, list[Row]]] = []
+        self._jobs: set[Job] = set()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=f"api-{name}", daemon=True)
+        self.completed = 0
+        self.cancelled = 0
+
+    # -- client side (event loop thread) ------------------------------------------------------
+    def start(self) -> "Scheduler":
+        """Start the worker thread (once; `submit` starts it too if the app's startup did not run)."""
+        with self._cond:
+            if not self._thread.is_alive() and not self._closed:
+                self._thread.start()
+        return self
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._jobs)
+
+    def submit(self, rows: Sequence[Row], loop: asyncio.AbstractEventLoop, *, deliver_tokens: bool) -> Job:
+        """Queue a request's rows; raises QueueFull when `max_queued` requests are already in."""
+        job = Job(len(rows), loop, deliver_tokens)
+        self.start()
+        with self._cond:
+            if self._closed:
+                raise QueueFull("the server is shutting down")
+            if len(self._jobs) >= self.max_queued:
+                raise QueueFull(f"{len(self._jobs)} requests are already in the server for {self.name!r}; "
+                                f"try again in a few seconds")
+            self._jobs.add(job)
+            for i, r in enumerate(rows):
+                r.tag, r.group = i, job
+            self._inbox.append((job, list(rows)))
+            self._cond.notify()
+        return job
+
+    def cancel(self, job: Job) -> None:
+        """Stop generating for `job` (its rows end 'cancelled'; nobody reads them any more)."""
+        with self._cond:
+            if job in self._jobs:
+                self.cancelled += 1
+            self._inbox = [(j, rs) for j, rs in self._inbox if j is not job]
+            self._jobs.discard(job)
+        self.engine.cancel(job)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    # -- worker thread ---------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and not self._inbox and not self.engine.busy:
+                    self._cond.wait()
+                if self._closed:
+                    break
+                inbox, self._inbox = self._inbox, []
+            refused = []
+            for job, rows in inbox:
+                try:
+                    self.engine.add(rows)
+                except (SteeringError, ValueError) as e:  # checked before submit; a late refusal ends the job
+                    refused += [RowEvent(r.tag, job, finish_reason="error", detail={"error": str(e)}) for r in rows]
+            self._deliver(refused)
+            if not self.engine.busy:
+                continue
+            try:
+                events = self.engine.step()
+            except Exception as e:  # noqa: BLE001 - fail the batch, keep serving
+                log.exception("generation step failed on %s", self.name)
+                events = self.engine.fail_all(f"generation failed: {type(e).__name__}: {e}")
+            self._deliver([ev for ev in events if ev.finish_reason is not None or ev.group.deliver_tokens])
+        self._deliver(self.engine.fail_all("the server is shutting down"))
+
+    def _deliver(self, events: list[RowEvent]) -> None:
+        """Hand a step's events to their jobs: one wake-up of each event loop per step, not per token."""
+        by_loop: dict[Any, list[RowEvent]] = {}
+        now = time.monotonic()
+        for ev in events:
+            job = ev.group
+            if job.first_token_at is None and ev.token is not None:
+                job.first_token_at = now
+            if ev.finish_reason is not None:
+                job.unfinished -= 1
+                if job.unfinished <= 0:
+                    with self._cond:
+                        self._jobs.discard(job)
+                        self.completed += 1
+            by_loop.setdefault(job.loop, []).append(ev)
+        for loop, evs in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, evs)
+            except RuntimeError:  # the event loop is closed (server shutting down)
+                pass
+
+
+def _put_all(events: list[RowEvent]) -> None:
+    for ev in events:
+        ev.group.queue.put_nowait(ev)

@@ -1,0 +1,223 @@
+"""`saesteer steer-eval`: SAE steering vs difference-of-means vs prompting, on one protocol, with a scorecard."""
+
+from __future__ import annotations
+
+NAME = "steer-eval"
+ORDER = 73
+HELP = "compare SAE steering with difference-of-means and prompting, and write a scorecard"
+DESCRIPTION = """\
+Steer toward one concept three ways and score them side by side: an SAE feature (given with
+--feature, or the best of the top --candidates latents by contrast of --positive vs --negative
+prompts), the difference-of-means vector at the SAE's hook (the same prompt sets), and prompting
+(--cue written before each prompt); plus the unsteered model. Each method picks its strength on
+--dev-seed generations and is scored on --test-seed generations (the same prompts), so no method
+is tuned on the samples it is judged by.
+
+Scoring, one of:
+  --topic T      toy world, offline: concept = share of content words of topic T, fluency = share
+                 of grammatical sentences; the prompt sets and the cue default to toy-world
+                 documents about T vs other topics, and a sentence about T
+  --concept C    an LLM judge rates concept / instruction / fluency 0-2 (AxBench-style); give
+                 --positive/--negative (or --feature) and --cue; configure the judge with --judge-*
+
+The scorecard (--out, JSON) holds the settings, each method's pick (with its development sweep)
+and test scores (concept, fluency, their harmonic mean, perplexity under the unsteered model,
+standard errors, examples). --save-preset NAME keeps the SAE pick as a preset in --store, with
+the scorecard as its provenance.
+
+examples:
+  saesteer steer-eval --sae saes/toy-topk --store toy.db --topic ocean --samples 32 --out ocean.json
+  saesteer steer-eval --sae saes/toy-topk --store toy.db --topic ocean --feature 123 --save-preset ocean
+  saesteer steer-eval --model gpt2 --sae saes/gpt2-l6 --store gpt2.db --concept "the ocean" \\
+      --positive ocean.txt --negative neutral.txt --cue "Talk about the ocean." \\
+      --prompt "Tell me a story." --samples 8 --judge-model gpt-4o-mini"""
+
+
+def add_arguments(parser) -> None:
+    from autointerp.config import JudgeConfig
+    from saesteer.commands._steering import add_common_arguments
+    from saesteer.configargs import add_dataclass_arguments
+    from steering.config import GenerationConfig
+    from steering.methods import CompareConfig
+
+    add_common_arguments(parser, prompts_help="a prompt to steer (repeat for several; default: unconditional, \"\")")
+    c = parser.add_argument_group("the concept")
+    c.add_argument("--topic", default=None, help="toy-world topic: offline scores, default prompt sets and cue")
+    c.add_argument("--toy-grammar", default="sentence", choices=["sentence", "document"],
+                   help="toy world: judge each sentence alone, or with the document rules (tense, names, pronouns)")
+    c.add_argument("--concept", default=None, help="concept for the LLM judge (e.g. 'the ocean')")
+    c.add_argument("--positive", default=None, metavar="FILE", help="prompts that show the concept, one per line")
+    c.add_argument("--negative", default=None, metavar="FILE", help="neutral prompts, one per line")
+    c.add_argument("--cue", default=None, help="text written before each prompt for the prompting baseline")
+    c.add_argument("--feature", "-f", action="append", type=int, default=[],
+                   help="SAE feature(s) to steer with (default: found by contrast), repeatable")
+    c.add_argument("--samples", type=int, default=16, help="generations per prompt and seed (default: 16)")
+    c.add_argument("--n-docs", type=int, default=48, help="toy world: documents in the positive set (default: 48)")
+    o = parser.add_argument_group("output")
+    o.add_argument("--out", default=None, metavar="FILE", help="write the scorecard (JSON) here")
+    o.add_argument("--save-preset", default=None, metavar="NAME", help="save the SAE pick as a preset in --store")
+    o.add_argument("--json", action="store_true", help="print the scorecard as JSON instead of a table")
+    add_dataclass_arguments(parser, CompareConfig, title="methods")
+    add_dataclass_arguments(parser, GenerationConfig, title="generation")
+    add_dataclass_arguments(parser, JudgeConfig, prefix="judge_", title="judge (with --concept)")
+    parser.set_defaults(max_new_tokens=32, stop_at_eos=False)
+
+
+def run(args) -> int:
+    from saesteer.commands._steering import CLIError, print_error
+    from steering.spec import SteeringError
+
+    try:
+        return _run(args)
+    except (CLIError, SteeringError) as e:
+        return print_error(e)
+
+
+def toy_concept(topic: str, n_docs: int) -> tuple[list[str], list[str], str]:
+    """(documents about `topic`, documents about the other topics, a sentence about `topic`)."""
+    from toyworld.grammar import generate_document
+    from toyworld.lexicon import TOPICS
+
+    docs = {t: [generate_document(f"steer-bench-{t}-{i}", topic=t).text for i in range(n_docs)] for t in TOPICS}
+    neg = [d for t in TOPICS if t != topic for d in docs[t][: max(1, n_docs // 4)]]
+    cue = " ".join(generate_document(f"steer-cue-{topic}", topic=topic).sentences[0])
+    return docs[topic], neg, cue
+
+
+def _lines(path: str | None, flag: str) -> list[str] | None:
+    from pathlib import Path
+
+    from saesteer.commands._steering import CLIError
+
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.is_file():
+        raise CLIError(f"{flag} {p}: no such file")
+    lines = [x.strip() for x in p.read_text(encoding="utf-8").splitlines() if x.strip()]
+    if not lines:
+        raise CLIError(f"{flag} {p} holds no prompts")
+    return lines
+
+
+def _run(args, model=None) -> int:
+    import json
+    from pathlib import Path
+
+    from saesteer.commands._steering import (
+        CLIError, load_model, load_saes, model_device, open_store, read_prompts, typical_max_provider,
+    )
+    from saesteer.commands.sweep import _scorer
+    from saesteer.configargs import dataclass_from_args
+    from steering.config import GenerationConfig
+    from steering.methods import CompareConfig, compare_methods
+
+    try:
+        cfg = dataclass_from_args(CompareConfig, args)
+        gen_cfg = dataclass_from_args(GenerationConfig, args)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    if args.samples < 1:
+        raise CLIError(f"--samples must be positive, got {args.samples}")
+    if not gen_cfg.do_sample and args.samples > 1:
+        raise CLIError("--samples > 1 needs sampling (--do-sample true); greedy generations would all be the same")
+    if args.save_preset and args.store is None:
+        raise CLIError("--save-preset keeps the preset in a feature store; give --store FILE")
+    if (args.positive is None) != (args.negative is None):
+        raise CLIError("give both --positive and --negative (the difference of means and the contrast need both)")
+    positive, negative = _lines(args.positive, "--positive"), _lines(args.negative, "--negative")
+    cue = args.cue
+    if args.topic is not None:
+        from saesteer.commands._steering import toy_topics
+
+        if args.topic not in toy_topics():
+            raise CLIError(f"unknown toy-world topic {args.topic!r}; choose one of {', '.join(toy_topics())}")
+        pos, neg, toy_cue = toy_concept(args.topic, args.n_docs)
+        positive, negative = positive or pos, negative or neg
+        cue = cue if cue is not None else toy_cue
+    if not args.feature and positive is None:
+        raise CLIError("give --feature F, or --positive/--negative prompt files to find features by contrast")
+    prompts = read_prompts(args) or [""]
+    prompts = [p for p in prompts for _ in range(args.samples)]
+    scorer, judge = _scorer(args, args.store)
+
+    loaded = load_saes(args.sae, hook=args.hook)
+    if len(loaded) != 1:
+        raise CLIError("steer-eval steers with one SAE; give a single --sae")
+    name, sae = next((n, item.sae) for n, item in loaded.items())
+    saes = {name: sae}
+    store, link = open_store(args.store, saes, writable=bool(args.save_preset))
+    try:
+        if model is None:
+            model = load_model(args, loaded, store)
+        sae = sae.to(model_device(model))
+        card = compare_methods(
+            model, sae, scorer, prompts=prompts, positive=positive, negative=negative, cue=cue,
+            features=args.feature or None, n_candidates=cfg.candidates, op=cfg.op, positions=cfg.positions,
+            sae_strengths=cfg.sae_strengths, vector_strengths=cfg.vector_strengths,
+            target_concept=cfg.target_concept, min_fluency=cfg.min_fluency, rule=cfg.rule, gen_config=gen_cfg,
+            dev_seed=cfg.dev_seed, test_seed=cfg.test_seed, typical_max=typical_max_provider(link, {name: sae}),
+            allow_model_mismatch=args.allow_model_mismatch,
+            progress=lambda msg: print(f"[steer-eval] {msg}", file=__import__("sys").stderr, flush=True))
+        record = card.to_json()
+        record["settings"].update({"topic": args.topic, "concept": args.concept, "samples": args.samples})
+        from saesteer.models import model_identity
+        from saes.fingerprint import sae_fingerprint
+
+        record["provenance"] = {"model": model_identity(model).to_json(), "sae_fingerprint": sae_fingerprint(sae),
+                                "hook": card.settings["hook"], "store": str(Path(args.store).resolve()) if args.store else None}
+        if args.out:
+            from saes.fileio import atomic_write_bytes
+
+            out = Path(args.out)
+            if not out.parent.is_dir():
+                raise CLIError(f"--out {out}: the folder {out.parent} does not exist")
+            atomic_write_bytes(out, (json.dumps(record, indent=2, allow_nan=False) + "\n").encode())
+        if args.save_preset:
+            from steering.presets import make_preset
+            from steering.spec import FeatureEdit
+
+            pick = card.picks["SAE feature"]
+            edit = FeatureEdit(pick.feature, cfg.op, pick.strength, unit=pick.unit, positions=cfg.positions)
+            preset = make_preset(args.save_preset, [edit], sae=sae, model=model, typical_max=link.typical_max,
+                                 recommended=link.recommended, scorecard=record,
+                                 description=f"steer-eval pick for {args.topic or args.concept}")
+            link.save_preset(preset, overwrite=True)
+            print(f"saved {preset.describe()} in {args.store}")
+    finally:
+        if store is not None:
+            store.close()
+        if judge is not None and hasattr(judge, "aclose"):
+            import asyncio
+
+            asyncio.run(judge.aclose())
+    if args.json:
+        print(json.dumps(record, indent=2, allow_nan=False))
+    else:
+        _print_table(card, args)
+    return 0
+
+
+def _print_table(card, args) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    t = Table(title=f"steering toward {args.topic or args.concept!r}: test seed {card.settings['test_seed']}, "
+                    f"{card.settings['n_test_prompts']} samples",
+              caption=f"strengths picked on seed {card.settings['dev_seed']} ({card.settings['rule']}); "
+                      f"{('scorecard: ' + args.out) if args.out else ''}")
+    t.add_column("method", no_wrap=True)
+    for col in ("pick", "concept", "fluency", "aggregate", "perplexity", "example"):
+        t.add_column(col, overflow="fold")
+    for r in card.rows:
+        p = card.picks.get(r.method)
+        pick = ""
+        if p is not None and p.feature is not None:
+            pick = f"latent {p.feature} at {p.strength:g} ({p.unit})"
+        elif p is not None and p.strength is not None:
+            pick = f"{p.strength:g} {p.unit}"
+        t.add_row(r.method, pick, f"{r.concept:.2f} ± {r.concept_se or 0:.2f}", f"{r.fluency:.2f} ± {r.fluency_se or 0:.2f}",
+                  f"{r.aggregate:.2f}", "" if r.perplexity is None else f"{r.perplexity:.1f}",
+                  Text((r.texts or [""])[0][:100]))
+    Console().print(t)

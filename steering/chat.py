@@ -1,0 +1,100 @@
+"""Chat prompts: messages rendered with the tokenizer's chat template, and which message each token is in.
+
+    chat = render_chat(tokenizer, [{"role": "system", "content": "be brief"},
+                                   {"role": "user", "content": "tell me about the sea"}])
+    chat.token_ids            # the prompt, ready to generate the assistant's reply
+    chat.roles, chat.turns    # per token: the role and message index it belongs to
+
+The template decides everything about the text (markup, BOS); the text is tokenized as it is
+(no special tokens added). To know which tokens belong to which message, the messages are
+rendered one prefix at a time: message i spans the characters that rendering messages[:i+1] adds
+to rendering messages[:i] (the template's preamble goes with message 0), and the generation prompt
+(e.g. "<|assistant|>") belongs to the reply: role "assistant", turn len(messages). A token belongs
+to the message holding its first character. A template that does not render earlier messages as
+a prefix of later ones gives no per-token roles (`roles is None`, `why_no_roles` says why); then
+role:/turn: positions are refused and everything else works.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from steering.spec import SteeringError
+
+REPLY_ROLE = "assistant"
+
+
+@dataclass
+class ChatPrompt:
+    text: str
+    token_ids: list[int]
+    roles: list[str] | None  # per token (None: the template does not allow telling)
+    turns: list[int] | None  # per token: message index; len(messages) for the generation prompt
+    n_messages: int
+    why_no_roles: str | None = None
+
+
+def _template_of(tokenizer: Any, chat_template: str | None) -> str:
+    tmpl = chat_template or getattr(tokenizer, "chat_template", None)
+    if not tmpl:
+        raise SteeringError(
+            "this model's tokenizer has no chat template, so it cannot take chat messages; use the completions "
+            "endpoint (a plain prompt), or give the tokenizer a chat_template"
+        )
+    return tmpl
+
+
+def render_chat(tokenizer: Any, messages: Sequence[Mapping[str, Any]], *, chat_template: str | None = None,
+                add_generation_prompt: bool = True) -> ChatPrompt:
+    """Render `messages` (dicts with 'role' and 'content') for generating the next assistant turn."""
+    tmpl = _template_of(tokenizer, chat_template)
+    msgs = [dict(m) for m in messages]
+    if not msgs:
+        raise SteeringError("messages is empty; give at least one message")
+
+    def render(ms: list[dict], gen: bool) -> str:
+        try:
+            return tokenizer.apply_chat_template(ms, chat_template=tmpl, tokenize=False, add_generation_prompt=gen)
+        except Exception as e:  # jinja errors: the template refuses these messages (e.g. roles out of order)
+            raise SteeringError(f"the chat template cannot render these messages: {e}") from None
+
+    text = render(msgs, add_generation_prompt)
+    enc = _tokenize(tokenizer, text)
+    ids = enc["input_ids"]
+    # character spans: message i = [ends[i-1], ends[i]); the generation prompt after ends[-1]
+    ends: list[int] = []
+    why = None
+    prev = ""
+    for i in range(len(msgs)):
+        cur = render(msgs[: i + 1], False)
+        if not cur.startswith(prev):
+            why = f"the chat template renders message {i} by rewriting the text before it"
+            break
+        ends.append(len(cur))
+        prev = cur
+    if why is None and not text.startswith(prev):
+        why = "the chat template's generation prompt rewrites the text before it"
+    offsets = enc.get("offset_mapping")
+    if why is None and offsets is None:
+        why = "this tokenizer does not report character offsets (a 'fast' tokenizer does)"
+    roles = turns = None
+    if why is None:
+        roles, turns = [], []
+        for start, _ in offsets:
+            turn = next((i for i, e in enumerate(ends) if start < e), len(msgs))
+            turns.append(turn)
+            roles.append(str(msgs[turn]["role"]) if turn < len(msgs) else REPLY_ROLE)
+    return ChatPrompt(text, list(ids), roles, turns, len(msgs), why)
+
+
+def _tokenize(tokenizer: Any, text: str) -> dict:
+    try:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    except (NotImplementedError, TypeError, ValueError):
+        enc = tokenizer(text, add_special_tokens=False)
+    out = {"input_ids": list(enc["input_ids"])}
+    if "offset_mapping" in enc:
+        out["offset_mapping"] = [tuple(o) for o in enc["offset_mapping"]]
+    return out

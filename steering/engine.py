@@ -1,0 +1,379 @@
+"""Batched, steered generation: many rows, each with its own prompt, settings, seed and edits.
+
+    engine = BatchEngine(model, {"sae": sae})
+    engine.add([Row(prompt_ids, SamplingParams(max_new_tokens=20, seed=1), steering=row_steering)])
+    while engine.busy:
+        for event in engine.step(): ...          # RowEvent: new text, token, finish reason
+
+This is what the API server runs (`saesteer.api`), one step at a time on its worker thread. Rows
+join the running batch between steps (continuous batching): new rows are prefilled together
+(left padded), their KV cache is merged into the batch's (`steering.runner`), and every step
+decodes one token for every row. Finished rows leave at once. Each row's edits are its own
+(`steering.rowedits`: per-row edit tensors in one hook per hook point), and so are its sampling
+settings and random stream (`steering.sampling`), so a row's result does not depend on which
+rows it shares the batch with (up to floating-point differences between batch shapes).
+
+A row ends ('stop') at an end-of-text token (not part of the text), at a stop string (cut
+before it), or when one of its stop triggers fires on a generated token (that token is kept);
+('length') at max_new_tokens or the model's context; ('cancelled') when `cancel` is called.
+The engine's hooks act only during its own forward passes (inside `lock` when given), so other
+work on the same model between steps (e.g. a `steer` block holding the same lock) is not
+steered by them; they are removed whenever the engine has no rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from steering.rowedits import BatchEditor, RowLayout, RowSteering, check_positions, editors_for
+from steering.runner import make_runner
+from steering.sampling import Choice, RowRandom, SamplingParams, choose
+from steering.spec import SteeringError
+from steering.textstream import TextAssembler
+
+if TYPE_CHECKING:
+    from saes.base import SAE
+    from steering.inputs import Model
+
+
+@dataclass
+class Row:
+    """One sequence to generate."""
+
+    prompt_ids: Sequence[int]
+    params: SamplingParams
+    steering: RowSteering | None = None
+    layout: RowLayout | None = None  # default: a plain prompt of len(prompt_ids) tokens
+    stream: bool = False  # produce text pieces every step (else the text comes at the end)
+    tag: Any = None  # the caller's handle for this row, returned in every event
+    group: Any = None  # the caller's handle for a set of rows (e.g. one request), for `cancel`
+
+
+@dataclass
+class RowEvent:
+    tag: Any
+    group: Any = None
+    text: str = ""  # new text (certain: it will not change)
+    token: int | None = None
+    logprob: float | None = None
+    top: list[tuple[int, float]] | None = None
+    finish_reason: str | None = None  # None: more to come; stop | length | cancelled | error
+    detail: dict[str, Any] | None = None  # on the last event: seed, tokens, fired edits, stop reason
+
+
+@dataclass
+class _Live:
+    row: Row
+    stream: RowRandom
+    text: TextAssembler
+    layout: RowLayout
+    generated: list[int] = field(default_factory=list)
+    next_token: int | None = None
+    fed: int = 0  # generated tokens already fed through the model
+    done: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+    fired: dict[int, list[int]] = field(default_factory=dict)  # edit index -> token indices
+    cancelled: bool = False
+
+
+class BatchEngine:
+    """See the module docstring. Not thread-safe: one thread calls add/step/cancel (the server's
+    worker); `cancel` may come from another thread (it only sets a flag)."""
+
+    def __init__(self, model: Model, saes: Mapping[str, SAE] | None = None, *, max_rows: int = 64,
+                 max_prefill_tokens: int = 4096, lock: Any = None) -> None:
+        if max_rows < 1:
+            raise SteeringError(f"max_rows must be positive, got {max_rows}")
+        self.model = model
+        self.saes = dict(saes or {})
+        self.runner = make_runner(model)
+        self.tokenizer = model.tokenizer
+        self.n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
+        self.max_rows = max_rows
+        self.max_prefill_tokens = max_prefill_tokens
+        self.lock = lock if lock is not None else contextlib.nullcontext()
+        self.pending: list[_Live] = []
+        self.running: list[_Live] = []
+        self.cache: Any = None
+        self._decode_editors: dict[str, BatchEditor] | None = None
+        self._cancel_lock = threading.Lock()
+        self._handles: dict[str, Any] = {}  # hook point -> torch hook handle (while busy)
+        self._active: dict[str, list[BatchEditor]] = {}  # editors of the forward pass running now
+        self.steps = 0
+        self.max_rows_seen = 0  # the largest batch decoded so far (tests, status)
+
+    # -- requests --------------------------------------------------------------------------
+    def add(self, rows: Sequence[Row]) -> None:
+        """Queue rows; they join the batch at the next step (checked here: a bad row raises)."""
+        lives = []
+        for r in rows:
+            ids = [int(t) for t in r.prompt_ids]
+            if not ids:
+                raise SteeringError("a prompt needs at least one token (e.g. the BOS token)")
+            if self.n_ctx is not None and len(ids) + r.params.max_new_tokens > self.n_ctx:
+                raise SteeringError(
+                    f"prompt ({len(ids)} tokens) + max_new_tokens ({r.params.max_new_tokens}) exceeds the model's "
+                    f"context of {self.n_ctx} tokens; shorten the prompt or ask for at most "
+                    f"{max(self.n_ctx - len(ids), 0)} new tokens")
+            layout = r.layout or RowLayout(len(ids))
+            if layout.prompt_len != len(ids):
+                raise SteeringError(f"row layout is for {layout.prompt_len} tokens but the prompt has {len(ids)}")
+            if r.steering is not None:  # compile positions now: a bad role/turn fails the request, not the batch
+                unknown = r.steering.saes() - set(self.saes)
+                if unknown:
+                    raise SteeringError(f"unknown SAE {sorted(unknown)[0]!r}; known: {', '.join(self.saes)}")
+                check_positions(r.steering, layout)
+            live = _Live(r, RowRandom(r.params.seed), TextAssembler(self.tokenizer, r.params.stop), layout)
+            live.detail["seed"] = live.stream.seed
+            lives.append(live)
+        self.pending.extend(lives)
+
+    def cancel(self, group: Any) -> None:
+        """End the rows of `group` at the next step (finish_reason 'cancelled')."""
+        with self._cancel_lock:
+            for live in self.pending + self.running:
+                if live.row.group is group:
+                    live.cancelled = True
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.pending or self.running)
+
+    @property
+    def n_running(self) -> int:
+        return len(self.running)
+
+    # -- one step --------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self) -> list[RowEvent]:
+        """Admit waiting rows (prefill), then decode one token for every running row."""
+        events: list[RowEvent] = []
+        self._drop_cancelled(events)
+        self._admit(events)
+        if self.running:
+            self._decode(events)
+        self._drop_finished()
+        self.steps += 1
+        if not self.busy and self._handles:
+            self._release_hooks()
+        return events
+
+    def fail_all(self, message: str) -> list[RowEvent]:
+        """End every row with finish_reason 'error' (after an exception in a step)."""
+        events = [RowEvent(l.row.tag, l.row.group, finish_reason="error", detail={"error": message})
+                  for l in self.pending + self.running]
+        self.pending, self.running, self.cache, self._decode_editors = [], [], None, None
+        self._active = {}
+        self._release_hooks()
+        return events
+
+    # -- internals -------------------------------------------------------------------------
+    def _drop_cancelled(self, events: list[RowEvent]) -> None:
+        with self._cancel_lock:
+            for l in self.pending + self.running:
+                if l.cancelled and l.done is None:
+                    l.done = "cancelled"
+                    events.append(RowEvent(l.row.tag, l.row.group, finish_reason="cancelled", detail=self._final_detail(l)))
+            self.pending = [l for l in self.pending if l.done is None]
+
+    def _admit(self, events: list[RowEvent]) -> None:
+        if not self.pending:
+            return
+        room = self.max_rows - len(self.running)
+        if room <= 0:
+            return
+        take: list[_Live] = []
+        longest = 0
+        for l in self.pending:
+            P = len(l.row.prompt_ids)
+            if len(take) >= room or (take and max(longest, P) * (len(take) + 1) > self.max_prefill_tokens):
+                break
+            take.append(l)
+            longest = max(longest, P)
+        if not take:
+            return
+        if self.running and not self.runner.can_merge(self.cache):
+            return  # this cache layout cannot take more rows: wait for the batch to drain
+        self.pending = self.pending[len(take):]
+        S = max(len(l.row.prompt_ids) for l in take)
+        dev = self.runner.device
+        tokens = torch.zeros(len(take), S, dtype=torch.long)
+        mask = torch.zeros(len(take), S, dtype=torch.long)
+        index = torch.full((len(take), S), -1, dtype=torch.long)
+        for b, l in enumerate(take):
+            ids = l.row.prompt_ids
+            P = len(ids)
+            tokens[b, S - P:] = torch.tensor(list(ids), dtype=torch.long)
+            mask[b, S - P:] = 1
+            index[b, S - P:] = torch.arange(P)
+        editors = editors_for(self.saes, [l.row.steering for l in take], [l.layout for l in take])
+        for ed in editors.values():
+            ed.prefill(index)
+        with self._hooked(editors):
+            logits, cache = self.runner.prefill(tokens.to(dev), mask.to(dev))
+        self._collect(editors, take, events, decode=False)
+        if self.cache is None or not self.running:
+            self.cache = cache
+        else:
+            self.cache = self.runner.merge(self.cache, cache)
+        self.running.extend(take)
+        self._decode_editors = None
+        self._take_tokens(take, logits, events)
+
+    def _decode(self, events: list[RowEvent]) -> None:
+        rows = [l for l in self.running if l.done is None]
+        if len(rows) != len(self.running):
+            self._drop_finished()
+            rows = self.running
+        if not rows:
+            return
+        if self._decode_editors is None:
+            self._decode_editors = editors_for(self.saes, [l.row.steering for l in rows], [l.layout for l in rows])
+        editors = self._decode_editors
+        index = [len(l.row.prompt_ids) + l.fed for l in rows]
+        for ed in editors.values():
+            ed.decode(index)
+        tokens = torch.tensor([l.next_token for l in rows], dtype=torch.long, device=self.runner.device)
+        self.max_rows_seen = max(self.max_rows_seen, len(rows))
+        with self._hooked(editors):
+            logits = self.runner.decode(tokens, self.cache)
+        for l in rows:
+            l.fed += 1
+        stopped = self._collect(editors, rows, events, decode=True)
+        keep = [b for b, l in enumerate(rows) if b not in stopped]
+        if keep:
+            live = [rows[b] for b in keep]
+            sub = logits if len(keep) == len(rows) else logits.index_select(0, torch.tensor(keep, device=logits.device))
+            self._take_tokens(live, sub, events)
+
+    def _collect(self, editors: Mapping[str, BatchEditor], rows: Sequence[_Live], events: list[RowEvent],
+                 decode: bool) -> set[int]:
+        """Record where conditional edits fired; finish rows whose stop trigger fired."""
+        stopped: set[int] = set()
+        for ed in editors.values():
+            for b, j, index in ed.fired:
+                rows[b].fired.setdefault(j, []).append(index)
+            if decode:
+                for b, trig in ed.stop_rows.items():
+                    if b in stopped or rows[b].done is not None:
+                        continue
+                    stopped.add(b)
+                    l = rows[b]
+                    l.detail["stopped_by"] = (f"{trig.label or f'feature {trig.feature}'} fired on generated token "
+                                              f"{l.fed - 1}")
+                    self._finish(l, "stop", events)
+        return stopped
+
+    def _take_tokens(self, rows: Sequence[_Live], logits_BV: Tensor, events: list[RowEvent]) -> None:
+        params = [l.row.params for l in rows]
+        counts = None
+        if any(p.penalised for p in params):
+            counts = torch.zeros_like(logits_BV, dtype=torch.int64)
+            for b, l in enumerate(rows):
+                if l.generated:
+                    idx = torch.tensor(l.generated, device=logits_BV.device)
+                    counts[b].index_add_(0, idx, torch.ones_like(idx))
+        choices = choose(logits_BV, params, [l.stream for l in rows], counts)
+        for l, c in zip(rows, choices):
+            self._take(l, c, events)
+
+    def _take(self, l: _Live, c: Choice, events: list[RowEvent]) -> None:
+        p = l.row.params
+        if c.token in p.stop_token_ids:
+            l.detail["stopped_by"] = "end-of-text token"
+            self._finish(l, "stop", events, token=c)
+            return
+        l.generated.append(c.token)
+        l.next_token = c.token
+        piece, hit_stop = l.text.push(c.token, emit=l.row.stream)
+        if hit_stop:
+            l.detail["stopped_by"] = "stop string"
+            self._finish(l, "stop", events, token=c, piece=piece)
+            return
+        total = len(l.row.prompt_ids) + len(l.generated)
+        if len(l.generated) >= p.max_new_tokens or (self.n_ctx is not None and total >= self.n_ctx):
+            self._finish(l, "length", events, token=c, piece=piece)
+            return
+        events.append(RowEvent(l.row.tag, l.row.group, piece, c.token, c.logprob, c.top))
+
+    def _finish(self, l: _Live, reason: str, events: list[RowEvent], token: Choice | None = None, piece: str = "") -> None:
+        if l.done is not None:
+            return
+        l.done = reason
+        rest = "" if reason == "stop" and l.text.stopped else l.text.finish()
+        tok = token.token if token is not None else None
+        events.append(RowEvent(l.row.tag, l.row.group, piece + rest, tok, token.logprob if token else None,
+                               token.top if token else None, reason, self._final_detail(l)))
+
+    def _final_detail(self, l: _Live) -> dict[str, Any]:
+        d = dict(l.detail)
+        d["completion_tokens"] = len(l.generated)
+        d["prompt_tokens"] = len(l.row.prompt_ids)
+        d["token_ids"] = list(l.generated)
+        d["text"] = l.text.text
+        if l.row.steering is not None and l.row.steering.edits:
+            d["fired"] = {l.row.steering.edits[j].label or str(j): idx for j, idx in sorted(l.fired.items())}
+        return d
+
+    def _drop_finished(self) -> None:
+        if all(l.done is None for l in self.running):
+            return
+        keep = [b for b, l in enumerate(self.running) if l.done is None]
+        if not keep:
+            self.running, self.cache = [], None
+        else:
+            self.cache = self.runner.select(self.cache, torch.tensor(keep, device=self.runner.device))
+            self.running = [self.running[b] for b in keep]
+        self._decode_editors = None
+
+    @contextlib.contextmanager
+    def _hooked(self, editors: Mapping[str, BatchEditor]):
+        """The model, inside the lock, with these editors active at their hook points.
+
+        The engine's hooks are plain torch forward hooks on the hook points, registered once and
+        kept while the engine is busy (TransformerLens's `hooks()` context resets only the hooks it
+        made, so other work on the model cannot drop them); outside the engine's own forward passes
+        they do nothing, and they are removed when the engine goes idle (`_release_hooks`)."""
+        from steering.session import sae_hook_name
+
+        by_hook: dict[str, list[BatchEditor]] = {}
+        for name, ed in editors.items():
+            by_hook.setdefault(sae_hook_name(self.saes[name], name), []).append(ed)
+        with self.lock:
+            for h in by_hook:
+                if h not in self._handles:
+                    self._handles[h] = self.model.hook_dict[h].register_forward_hook(
+                        lambda module, inputs, output, h=h: self._on_hook(h, output))
+            self._active = by_hook
+            try:
+                yield
+            finally:
+                self._active = {}
+
+    def _on_hook(self, hook_name: str, x: Tensor):
+        eds = self._active.get(hook_name)
+        return None if not eds else _apply_editors(eds, x)
+
+    def _release_hooks(self) -> None:
+        with self.lock:
+            for handle in self._handles.values():
+                handle.remove()
+            self._handles = {}
+
+
+def _apply_editors(editors: list[BatchEditor], x: Tensor) -> Tensor:
+    shape = x.shape
+    x_ND = x.reshape(shape[0] * shape[1], -1)
+    out = None
+    for ed in editors:  # every editor reads the unedited activation
+        d = ed(x_ND)
+        if d is not None:
+            out = x_ND + d if out is None else out + d
+    return x if out is None else out.view(shape)

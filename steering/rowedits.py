@@ -1,0 +1,330 @@
+"""Per-row latent edits for a batch whose rows steer differently (the batched engine's hook).
+
+Shape key: B rows, S positions in this forward, N = B*S activation rows, U latents of the SAE
+that some row edits, tests (trigger) or watches (stop), D width at the hook.
+
+Each row brings its own edits (`RowSteering`: resolved feature edits, stop triggers). For one SAE
+the batch is one set of tensors over the union U of latents involved: coefficients c1 [B, U] and
+c0 [B, U] (zero where a row does not edit that latent), so one row's edit never touches another
+row, and the change of every activation row is one matrix product
+
+    coef_NU = (a_NU * c1 + c0) * applies_NU * trigger_NU,     delta_ND = coef_NU @ W_dec[U]
+
+with a_NU the latents' current activations (`LatentReader`, exact for every architecture, read
+only when some row needs them), `applies` whether each row's edit covers the token (its
+positions), and `trigger` whether its condition holds there (or 1 without one).
+
+Positions are compiled per row against the row's prompt (`RowLayout`: length, and for chat
+prompts the role and message index of every token) into a mask over prompt tokens, plus "every
+generated token" and/or a set of generated offsets (token indices at or beyond the prompt).
+Index 0 is the first prompt token (BOS included); negative indices count back from the end of
+the prompt; role:/turn: need a chat prompt (see `steering.chat`). The semantics are those of
+`steering.steer` (`steering.positions`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from steering.interventions import LatentReader, op_coefficients
+from steering.spec import SteeringError, chat_position
+
+if TYPE_CHECKING:
+    from saes.base import SAE
+
+
+@dataclass(frozen=True)
+class RowLayout:
+    """What positions of one row mean: its prompt length, and (chat) each prompt token's role and turn."""
+
+    prompt_len: int
+    roles: Sequence[str] | None = None
+    turns: Sequence[int] | None = None
+    n_messages: int | None = None
+    why_no_roles: str | None = None
+
+
+@dataclass(frozen=True)
+class RowEdit:
+    """One resolved feature edit of one row (raw units)."""
+
+    sae: str
+    feature: int
+    op: str
+    value: float
+    positions: Any
+    trigger: tuple[int, float] | None = None
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class StopTrigger:
+    """Stop the row once `feature` of SAE `sae` is above `above` on a generated token."""
+
+    sae: str
+    feature: int
+    above: float
+    label: str = ""
+
+
+@dataclass
+class RowSteering:
+    edits: list[RowEdit] = field(default_factory=list)
+    stops: list[StopTrigger] = field(default_factory=list)
+
+    def saes(self) -> set[str]:
+        return {e.sae for e in self.edits} | {s.sae for s in self.stops}
+
+
+@dataclass(frozen=True)
+class CompiledPositions:
+    prompt: tuple[bool, ...]  # per prompt token
+    every_generated: bool
+    generated: frozenset[int]  # generated offsets (0 = the first generated token)
+
+    def at(self, index: int, prompt_len: int) -> bool:
+        if index < prompt_len:
+            return self.prompt[index]
+        return self.every_generated or (index - prompt_len) in self.generated
+
+
+def compile_positions(positions: Any, layout: RowLayout, label: str = "edit") -> CompiledPositions:
+    P = layout.prompt_len
+    none = (False,) * P
+    if positions == "all":
+        return CompiledPositions((True,) * P, True, frozenset())
+    if positions == "prompt":
+        return CompiledPositions((True,) * P, False, frozenset())
+    if positions == "generated":
+        return CompiledPositions(none, True, frozenset())
+    if positions == "last":
+        return CompiledPositions(none[:-1] + (True,) if P else none, False, frozenset())
+    chat = chat_position(positions)
+    if chat is not None:
+        kind, arg = chat
+        if layout.roles is None or layout.turns is None:
+            why = layout.why_no_roles or "the prompt is plain text, not chat messages"
+            raise SteeringError(f"{label}: positions {positions!r} need per-token roles, which this prompt lacks: {why}")
+        if kind == "role":
+            return CompiledPositions(tuple(r == arg for r in layout.roles), arg == "assistant", frozenset())
+        turn = int(arg)
+        n = layout.n_messages or 0
+        t = turn if turn >= 0 else n + turn
+        if not 0 <= t < n:
+            raise SteeringError(f"{label}: turn {turn} does not exist; the prompt has {n} message(s)")
+        return CompiledPositions(tuple(x == t for x in layout.turns), False, frozenset())
+    if isinstance(positions, tuple):
+        prompt = list(none)
+        gen = set()
+        for i in positions:
+            j = i if i >= 0 else P + i
+            if 0 <= j < P:
+                prompt[j] = True
+            elif j >= P:
+                gen.add(j - P)
+        return CompiledPositions(tuple(prompt), False, frozenset(gen))
+    raise SteeringError(f"{label}: unknown positions {positions!r}")
+
+
+def check_positions(steering: RowSteering, layout: RowLayout) -> None:
+    """Compile every edit's positions against this row's prompt (SteeringError if one does not fit),
+    without building anything: what a request is checked with before it joins a batch."""
+    for e in steering.edits:
+        compile_positions(e.positions, layout, e.label or f"feature {e.feature}")
+
+
+class BatchEditor:
+    """The edits of the rows of one forward at one SAE (see the module docstring).
+
+    `rows[b]` is row b's `RowSteering` (or None) and `layouts[b]` its layout. Before each forward
+    the engine calls `prefill(index_BS)` (token index of each column, -1 for padding) or
+    `decode(index_B)`; the hook calls `editor(x_ND)`; afterwards `fired` lists (row, edit,
+    token index) where a conditional edit applied and `stop_rows` the rows whose stop trigger
+    fired on this step's token (with the trigger).
+    """
+
+    def __init__(self, sae: SAE, sae_name: str, rows: Sequence[RowSteering | None], layouts: Sequence[RowLayout]) -> None:
+        self.sae_name = sae_name
+        self.B = len(rows)
+        dev, dt = sae.W_dec.device, sae.W_dec.dtype
+        U: list[int] = []
+        col: dict[int, int] = {}
+
+        def col_of(f: int) -> int:
+            if f not in col:
+                col[f] = len(U)
+                U.append(f)
+            return col[f]
+
+        entries = []  # (b, u, RowEdit index, edit)
+        stops = []
+        for b, r in enumerate(rows):
+            if r is None:
+                continue
+            for j, e in enumerate(r.edits):
+                if e.sae == sae_name:
+                    entries.append((b, col_of(e.feature), j, e))
+                    if e.trigger is not None:
+                        col_of(e.trigger[0])
+            for s in r.stops:
+                if s.sae == sae_name:
+                    stops.append((b, col_of(s.feature), s))
+        self.U = len(U)
+        self.ids_U = torch.tensor(U, dtype=torch.int64, device=dev)
+        c1 = torch.zeros(self.B, self.U, dtype=dt)
+        c0 = torch.zeros(self.B, self.U, dtype=dt)
+        trig_col = torch.zeros(self.B, self.U, dtype=torch.int64)
+        trig_thr = torch.zeros(self.B, self.U, dtype=dt)
+        has_trig = torch.zeros(self.B, self.U, dtype=torch.bool)
+        stop_thr = torch.full((self.B, self.U), float("inf"), dtype=dt)
+        self.edit_at: dict[tuple[int, int], int] = {}  # (b, u) -> index of the row's edit
+        self.rules: dict[tuple[int, int], CompiledPositions] = {}
+        self.layouts = list(layouts)
+        for b, u, j, e in entries:
+            if (b, u) in self.edit_at:
+                raise SteeringError(f"{e.label or e.feature}: feature {e.feature} is edited twice in one request")
+            c1[b, u], c0[b, u] = op_coefficients(e.op, e.value)
+            self.edit_at[(b, u)] = j
+            self.rules[(b, u)] = compile_positions(e.positions, layouts[b], e.label or f"feature {e.feature}")
+            if e.trigger is not None:
+                trig_col[b, u] = col[e.trigger[0]]
+                trig_thr[b, u] = e.trigger[1]
+                has_trig[b, u] = True
+        self.stop_of: dict[tuple[int, int], StopTrigger] = {}
+        for b, u, s in stops:
+            stop_thr[b, u] = min(float(stop_thr[b, u]), s.above)
+            self.stop_of[(b, u)] = s
+        need = c1 != 0  # the (row, latent) activations some computation uses: TopK reads only those exactly
+        for (b, u), j in self.edit_at.items():
+            e = rows[b].edits[j]  # type: ignore[union-attr]
+            if e.trigger is not None:
+                need[b, col[e.trigger[0]]] = True
+        for b, u, _ in stops:
+            need[b, u] = True
+        self.need_BU = need.to(dev)
+        self.c1_BU, self.c0_BU = c1.to(dev), c0.to(dev)
+        self.has_trig_BU = has_trig.to(dev)
+        self.conditional = bool(has_trig.any())
+        self.trig_col_BU, self.trig_thr_BU = trig_col.to(dev), trig_thr.to(dev)
+        self.stop_thr_BU = stop_thr.to(dev)
+        self.watches_stops = bool(stops)
+        self.reads = bool((c1 != 0).any()) or self.conditional or self.watches_stops
+        self.W_dec_UD = sae.W_dec.detach()[self.ids_U].contiguous() if self.U else None
+        self.reader = LatentReader(sae, self.ids_U) if self.reads and self.U else None
+        # decode-time coverage: every-generated rules are fixed, offset sets are looked up per step
+        every = torch.zeros(self.B, self.U, dtype=torch.bool)
+        self.offset_rules = []
+        for (b, u), rule in self.rules.items():
+            if rule.every_generated:
+                every[b, u] = True
+            elif rule.generated:
+                self.offset_rules.append((b, u, rule))
+        self.every_generated_BU = every.to(dev)
+        # every edit covers every generated token (the common case): decode steps skip the mask
+        self.decode_covers_all = bool(every.all()) and not self.offset_rules
+        self.dtype = dt
+        self.device = dev
+        self._mode: str | None = None
+        self._applies: Tensor | None = None
+        self._index: Any = None
+        self.fired: list[tuple[int, int, int]] = []  # (row, edit index, token index)
+        self.stop_rows: dict[int, StopTrigger] = {}
+
+    @property
+    def active(self) -> bool:
+        return self.U > 0
+
+    # -- before a forward ------------------------------------------------------------------
+    def prefill(self, index_BS: Tensor) -> None:
+        """A prefill forward: `index_BS` [B, S] holds each column's token index (-1: padding)."""
+        B, S = index_BS.shape
+        applies = torch.zeros(B, S, self.U, dtype=torch.bool)
+        for (b, u), rule in self.rules.items():
+            P = self.layouts[b].prompt_len
+            if any(rule.prompt):
+                applies[b, S - P :, u] = torch.tensor(rule.prompt, dtype=torch.bool)
+        self._mode, self._index = "prefill", index_BS
+        self._applies = applies.reshape(B * S, self.U).to(self.device)
+        self.fired, self.stop_rows = [], {}
+
+    def decode(self, index_B: Sequence[int]) -> None:
+        """A decode forward: row b feeds its token at index `index_B[b]` (at or after its prompt)."""
+        applies = self.every_generated_BU
+        if self.offset_rules:
+            applies = applies.clone()
+            for b, u, rule in self.offset_rules:
+                applies[b, u] = rule.at(index_B[b], self.layouts[b].prompt_len)
+        self._mode, self._index, self._applies = "decode", index_B, applies
+        self.fired, self.stop_rows = [], {}
+
+    # -- in the hook -----------------------------------------------------------------------
+    def __call__(self, x_ND: Tensor) -> Tensor | None:
+        """The change of the activation rows [N, D] (None: nothing to change on this forward)."""
+        if not self.U:
+            return None
+        applies = self._applies
+        assert applies is not None, "BatchEditor used without prefill()/decode()"
+        N = x_ND.shape[0]
+        reps = N // self.B  # S positions per row
+        c1, c0 = self.c1_BU, self.c0_BU
+        if reps != 1:
+            c1 = c1.repeat_interleave(reps, dim=0)
+            c0 = c0.repeat_interleave(reps, dim=0)
+        need = self.need_BU if reps == 1 else self.need_BU.repeat_interleave(reps, dim=0)
+        a_NU = self.reader(x_ND, need) if self.reader is not None else None
+        if a_NU is not None:
+            coef = torch.addcmul(c0, a_NU, c1)
+        else:
+            coef = c0.expand(N, -1)
+        on = applies
+        if self.conditional:
+            assert a_NU is not None
+            col = self.trig_col_BU if reps == 1 else self.trig_col_BU.repeat_interleave(reps, dim=0)
+            thr = self.trig_thr_BU if reps == 1 else self.trig_thr_BU.repeat_interleave(reps, dim=0)
+            has = self.has_trig_BU if reps == 1 else self.has_trig_BU.repeat_interleave(reps, dim=0)
+            fires = a_NU.gather(1, col) > thr
+            on = applies & (fires | ~has)
+            hit = on & has
+            if bool(hit.any()):
+                self._record_fired(hit, reps)
+        if self.watches_stops and self._mode == "decode":
+            assert a_NU is not None
+            stop = a_NU > self.stop_thr_BU
+            if bool(stop.any()):
+                for b, u in stop.nonzero().tolist():
+                    self.stop_rows.setdefault(b, self.stop_of[(b, u)])
+        if self._mode == "decode" and self.decode_covers_all and not self.conditional:
+            return (coef @ self.W_dec_UD).to(x_ND.dtype)  # no mask to apply, nothing to check
+        if not bool(on.any()):
+            return None
+        return ((coef * on) @ self.W_dec_UD).to(x_ND.dtype)
+
+    def _record_fired(self, hit_NU: Tensor, reps: int) -> None:
+        for n, u in hit_NU.nonzero().tolist():
+            b, s = divmod(n, reps)
+            j = self.edit_at.get((b, u))
+            if j is None:
+                continue
+            index = int(self._index[b, s]) if self._mode == "prefill" else int(self._index[b])
+            self.fired.append((b, j, index))
+
+
+def editors_for(saes: Mapping[str, Any], rows: Sequence[RowSteering | None], layouts: Sequence[RowLayout]) -> dict[str, BatchEditor]:
+    """One `BatchEditor` per SAE that some row uses."""
+    names = set()
+    for r in rows:
+        if r is not None:
+            names |= r.saes()
+    out = {}
+    for name in sorted(names):
+        if name not in saes:
+            raise SteeringError(f"unknown SAE {name!r}; known: {', '.join(saes)}")
+        ed = BatchEditor(saes[name], name, rows, layouts)
+        if ed.active:
+            out[name] = ed
+    return out

@@ -1,0 +1,406 @@
+"""The OpenAI-compatible steering API, spoken to by the real `openai` client over HTTP.
+
+The app runs in uvicorn on a free loopback port over a small real feature store whose model's
+tokenizer has a chat template (helpers.tiny_model.make_chat_tokenizer: the word-level toy
+tokenizers have none). Results are checked against the model itself: TransformerLens's own
+generate, `steering.steer` (the eager path), and the SAE's encoder over the generated tokens.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+import torch
+
+openai = pytest.importorskip("openai")
+
+from helpers.web_app import ServerThread, free_port, make_entry  # noqa: E402
+
+HOOK = "blocks.0.hook_resid_post"
+MSGS = [{"role": "system", "content": "the ship"}, {"role": "user", "content": "the sea and the whale"}]
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    from helpers.tiny_model import make_chat_tokenizer
+    from helpers.web_store import build_web_store
+
+    # two layers, the SAE on the first: an edit on a prompt token reaches later tokens through the
+    # second layer's attention (with one layer only the edited position's own logits would change)
+    ws = build_web_store(tmp_path_factory.mktemp("api"), tokenizer=make_chat_tokenizer(), name="chat", n_layers=2)
+    from saesteer.models import model_identity
+
+    model_identity(ws.model)  # as saesteer.models.load_model does: the model knows who it is (presets check it)
+    return ws
+
+
+def _serve(ws, **app_kw):
+    from saesteer.web import Limits, ServeConfig, create_app
+
+    port = free_port()
+    limits = app_kw.pop("limits", Limits(max_new_tokens=48))
+    app = create_app([make_entry(ws, "chat", limits=limits)], config=ServeConfig(port=port), limits=limits, **app_kw)
+    return ServerThread(app, port).start(), app
+
+
+@pytest.fixture(scope="module")
+def server(ws):
+    srv, app = _serve(ws)
+    yield srv, app
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    srv, _ = server
+    return openai.OpenAI(base_url=f"{srv.url}/v1", api_key="loopback-needs-no-key", max_retries=0, timeout=120)
+
+
+def _firing_latent(ws, ids: list[int], lo: float = 0.2, hi: float = 0.7) -> int:
+    """A latent that fires on some but not all of these tokens."""
+    acts = _latents(ws, ids)
+    rate = (acts > 0).float().mean(0)
+    ok = ((rate >= lo) & (rate <= hi)).nonzero().flatten().tolist()
+    assert ok, "no latent fires on a middling share of the tokens"
+    return int(ok[0])
+
+
+@torch.no_grad()
+def _latents(ws, ids: list[int]) -> torch.Tensor:
+    """The SAE's latents [T, F] at every position of the unsteered model reading `ids`."""
+    _, cache = ws.model.run_with_cache(torch.tensor([ids]), names_filter=HOOK)
+    return ws.sae.encode(cache[HOOK][0])
+
+
+def _ext(choice) -> dict:
+    return choice.model_extra["steering"]
+
+
+# -- models, plain generation ---------------------------------------------------------------------
+
+
+def test_models_list_the_store_with_its_sae(client, ws):
+    models = client.models.list().data
+    assert [m.id for m in models] == ["chat"]
+    card = models[0].model_extra["saesteer"]
+    assert card["d_sae"] == ws.d_sae and card["sae_hook"] == HOOK and card["chat_template"] is True
+    assert client.models.retrieve("chat").id == "chat"
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        client.models.retrieve("gpt-4")
+
+
+def test_unsteered_greedy_completion_is_the_models_own(client, ws):
+    prompt = "the sea and the ship"
+    r = client.completions.create(model="chat", prompt=prompt, max_tokens=10, temperature=0, extra_body={"ignore_eos": True})
+    toks = ws.model.to_tokens(prompt)
+    ref = ws.model.generate(toks, max_new_tokens=10, do_sample=False, stop_at_eos=False, verbose=False,
+                            return_type="tokens")[0, toks.shape[1]:].tolist()
+    got = _ext(r.choices[0])["token_ids"]
+    assert got == ref
+    assert r.choices[0].text == ws.model.tokenizer.decode(ref, skip_special_tokens=True)
+    assert r.choices[0].finish_reason == "length"
+    assert r.usage.prompt_tokens == toks.shape[1] and r.usage.completion_tokens == 10
+    s = client.completions.create(model="chat", prompt=prompt, max_tokens=10, temperature=0, stream=True,
+                                  stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+    chunks = list(s)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == r.choices[0].text
+    assert chunks[-1].usage.completion_tokens == 10  # the usage chunk comes last
+    kw = dict(model="chat", prompt=prompt, max_tokens=10, temperature=0, echo=True, extra_body={"ignore_eos": True})
+    echoed = client.completions.create(**kw)
+    assert echoed.choices[0].text == prompt + r.choices[0].text
+    assert "".join(c.choices[0].text for c in client.completions.create(stream=True, **kw)) == echoed.choices[0].text
+
+
+# -- steering ---------------------------------------------------------------------------------------
+
+
+def test_steered_stream_equals_the_non_streamed_result(client, ws):
+    prompt = "a tree"
+    ids = ws.model.to_tokens(prompt)[0].tolist()
+    target = _firing_latent(ws, ids + ws.model.to_tokens("the sea and the ship sees the whale")[0].tolist())
+    steering = {"edits": [{"feature": target, "op": "add", "value": 12.0, "positions": "all"}]}
+    kw = dict(model="chat", prompt=prompt, max_tokens=16, temperature=1.0, seed=11, extra_body={"steering": steering})
+    whole = client.completions.create(**kw)
+    stream = client.completions.create(stream=True, **kw)
+    pieces, last = [], None
+    for ch in stream:
+        pieces.append(ch.choices[0].text)
+        last = ch.choices[0]
+    assert "".join(pieces) == whole.choices[0].text
+    assert _ext(last)["token_ids"] == _ext(whole.choices[0])["token_ids"]
+    assert last.finish_reason == whole.choices[0].finish_reason
+    plain = client.completions.create(model="chat", prompt=prompt, max_tokens=16, temperature=1.0, seed=11)
+    assert _ext(plain.choices[0])["token_ids"] != _ext(whole.choices[0])["token_ids"]  # the edit changed the text
+    assert whole.model_extra["steering"]["edits"] == [f"{target}:add=12"]
+
+
+def test_steered_greedy_equals_the_eager_steering_path(client, ws):
+    from steering import GenerationConfig, steer
+
+    prompt = "the whale sees the harbor"
+    edits = ["5:clamp=6@generated", "9:scale=3@0,1,-1", "17:ablate@prompt", "20:add=4@last"]
+    r = client.completions.create(model="chat", prompt=prompt, max_tokens=12, temperature=0,
+                                  extra_body={"steering": {"edits": edits}, "ignore_eos": True})
+    with steer(ws.model, ws.sae, edits) as s:
+        ref = s.generate([prompt], GenerationConfig(max_new_tokens=12, do_sample=False, stop_at_eos=False))
+    assert _ext(r.choices[0])["token_ids"] == ref.new_tokens[0].tolist()
+
+
+def test_n_choices_use_consecutive_seeds(client):
+    kw = dict(model="chat", prompt="the sea", max_tokens=8, temperature=1.0)
+    many = client.completions.create(n=3, seed=5, **kw)
+    assert [c.index for c in many.choices] == [0, 1, 2]
+    for i, c in enumerate(many.choices):
+        one = client.completions.create(seed=5 + i, **kw)
+        assert _ext(c)["seed"] == 5 + i and _ext(c)["token_ids"] == _ext(one.choices[0])["token_ids"]
+    assert len({tuple(_ext(c)["token_ids"]) for c in many.choices}) > 1
+
+
+def test_chat_template_is_applied(client, ws):
+    tok = ws.model.tokenizer
+    ids = tok.apply_chat_template(MSGS, add_generation_prompt=True, tokenize=True)["input_ids"]
+    assert tok.convert_ids_to_tokens(ids)[-1] == "<|assistant|>"
+    chat = client.chat.completions.create(model="chat", messages=MSGS, max_tokens=10, temperature=0.9, seed=3)
+    plain = client.completions.create(model="chat", prompt=ids, max_tokens=10, temperature=0.9, seed=3,
+                                      extra_body={"ignore_eos": True})
+    got = _ext(chat.choices[0])["token_ids"]
+    assert chat.usage.prompt_tokens == len(ids)
+    assert got == _ext(plain.choices[0])["token_ids"][: len(got)]  # the same prompt; the chat reply may end at <|end|>
+    assert chat.choices[0].message.role == "assistant" and chat.choices[0].message.content == tok.decode(
+        got, skip_special_tokens=True)
+    stream = client.chat.completions.create(model="chat", messages=MSGS, max_tokens=10, temperature=0.9, seed=3,
+                                            stream=True)
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == chat.choices[0].message.content
+
+
+def test_role_scoped_edit_covers_exactly_that_roles_tokens(client, ws):
+    tok = ws.model.tokenizer
+    ids = tok.apply_chat_template(MSGS, add_generation_prompt=True, tokenize=True)["input_ids"]
+    names = tok.convert_ids_to_tokens(ids)
+    user = [i for i in range(names.index("<|user|>"), len(names) - 1)]  # the user's message, markers included
+    edit = {"feature": 3, "op": "add", "value": 25.0}
+    kw = dict(max_tokens=8, temperature=0)
+    by_role = client.chat.completions.create(model="chat", messages=MSGS, extra_body={
+        "steering": {"edits": [dict(edit, positions="role:user")]}, "ignore_eos": True}, **kw)
+    by_index = client.completions.create(model="chat", prompt=ids, extra_body={
+        "steering": {"edits": [dict(edit, positions=user)]}, "ignore_eos": True}, **kw)
+    by_turn = client.chat.completions.create(model="chat", messages=MSGS, extra_body={
+        "steering": {"edits": [dict(edit, positions="turn:-1")]}, "ignore_eos": True}, **kw)
+    unsteered = client.chat.completions.create(model="chat", messages=MSGS, extra_body={"ignore_eos": True}, **kw)
+    a, b, c = (_ext(x.choices[0])["token_ids"] for x in (by_role, by_index, by_turn))
+    assert a == b == c
+    assert a != _ext(unsteered.choices[0])["token_ids"]
+    with pytest.raises(openai.BadRequestError, match="role"):  # a plain prompt has no roles
+        client.completions.create(model="chat", prompt="the sea", max_tokens=2,
+                                  extra_body={"steering": {"edits": [dict(edit, positions="role:user")]}})
+
+
+def test_conditional_edit_fires_only_where_its_trigger_fires(client, ws):
+    prompt = "the sea and the ship sees the whale at the shore"
+    ids = ws.model.to_tokens(prompt)[0].tolist()
+    trigger = _firing_latent(ws, ids)
+    edit = {"feature": 7, "op": "clamp", "value": 15.0, "when": {"feature": trigger, "above": 0.0}}
+    r = client.completions.create(model="chat", prompt=prompt, max_tokens=10, temperature=0,
+                                  extra_body={"steering": {"edits": [edit]}, "ignore_eos": True})
+    ext = _ext(r.choices[0])
+    (label, fired), = ext["fired"].items()
+    assert label == f"7:clamp=15?{trigger}>0"
+    # the trigger reads the activation before any edit at its hook, which edits at that hook do not
+    # change: the unsteered model over the final tokens shows where it fired (the last generated
+    # token is never fed back, so it cannot fire)
+    seq = ids + ext["token_ids"]
+    fires = (_latents(ws, seq)[:, trigger] > 0).nonzero().flatten().tolist()
+    assert fired == [p for p in fires if p < len(seq) - 1]
+    assert 0 < len(fired) < len(seq) - 1
+    # and the edit applied there and nowhere else: the same edit at exactly those token indices
+    same = client.completions.create(model="chat", prompt=prompt, max_tokens=10, temperature=0, extra_body={
+        "steering": {"edits": [{"feature": 7, "op": "clamp", "value": 15.0, "positions": fired}]}, "ignore_eos": True})
+    assert _ext(same.choices[0])["token_ids"] == ext["token_ids"]
+    everywhere = client.completions.create(model="chat", prompt=prompt, max_tokens=10, temperature=0, extra_body={
+        "steering": {"edits": [{"feature": 7, "op": "clamp", "value": 15.0}]}, "ignore_eos": True})
+    assert _ext(everywhere.choices[0])["token_ids"] != ext["token_ids"]
+
+
+def test_stop_when_a_latent_fires_on_a_generated_token(client, ws):
+    prompt = "the sea"
+    ids = ws.model.to_tokens(prompt)[0].tolist()
+    free = client.completions.create(model="chat", prompt=prompt, max_tokens=24, temperature=0,
+                                     extra_body={"ignore_eos": True})
+    gen = _ext(free.choices[0])["token_ids"]
+    acts = _latents(ws, ids + gen)[len(ids):]
+    latent = next(f for f in range(ws.d_sae) if 0 < int((acts[:-1, f] > 0).sum()) and not bool(acts[0, f] > 0))
+    first = int((acts[:, latent] > 0).nonzero()[0])
+    r = client.completions.create(model="chat", prompt=prompt, max_tokens=24, temperature=0,
+                                  extra_body={"steering": {"stop_when": [f"{latent}>0"]}, "ignore_eos": True})
+    ext = _ext(r.choices[0])
+    assert r.choices[0].finish_reason == "stop" and f"{latent}>0" in ext["stopped_by"]
+    assert ext["token_ids"] == gen[: first + 1]  # the token it fired on is the last one
+
+
+def test_stop_strings_and_logprobs(client, ws):
+    free = client.completions.create(model="chat", prompt="the sea", max_tokens=12, temperature=0,
+                                     extra_body={"ignore_eos": True})
+    words = free.choices[0].text.split()
+    stop_word = words[3]
+    cut = free.choices[0].text[: free.choices[0].text.index(stop_word)]
+    r = client.completions.create(model="chat", prompt="the sea", max_tokens=12, temperature=0, stop=[stop_word],
+                                  extra_body={"ignore_eos": True})
+    assert r.choices[0].text == cut and r.choices[0].finish_reason == "stop"
+    s = client.completions.create(model="chat", prompt="the sea", max_tokens=12, temperature=0, stop=stop_word,
+                                  stream=True, extra_body={"ignore_eos": True})
+    assert "".join(c.choices[0].text for c in s) == cut
+    # chat log-probabilities: those of the model's next-token distribution
+    chat = client.chat.completions.create(model="chat", messages=MSGS, max_tokens=3, temperature=0, logprobs=True,
+                                          top_logprobs=2)
+    first = chat.choices[0].logprobs.content[0]
+    ids = ws.model.tokenizer.apply_chat_template(MSGS, add_generation_prompt=True, tokenize=True)["input_ids"]
+    with torch.no_grad():
+        logp = torch.log_softmax(ws.model(torch.tensor([ids]))[0, -1].float(), -1)
+    assert first.logprob == pytest.approx(float(logp.max()), abs=1e-4)
+    assert len(first.top_logprobs) == 2 and first.top_logprobs[0].logprob == pytest.approx(first.logprob, abs=1e-6)
+    comp = client.completions.create(model="chat", prompt="the sea", max_tokens=3, temperature=0, logprobs=2)
+    assert len(comp.choices[0].logprobs.tokens) == 3 and len(comp.choices[0].logprobs.top_logprobs[0]) == 2
+
+
+# -- presets ------------------------------------------------------------------------------------------
+
+
+def test_presets_apply_by_name_and_are_refused_on_another_sae_or_model(client, ws):
+    import saes
+    from features import FeatureStore, StoreMismatchError
+    from saes.identity import ModelIdentity
+    from steering import make_preset
+    from steering.store import StoreLink
+
+    edits = ["4:add=2x@generated", "11:clamp=5@prompt?3>0"]
+    with FeatureStore.open(ws.path, readonly=False) as store:
+        link = StoreLink(store)
+        preset = make_preset("seaward", edits, sae=ws.sae, model=ws.model, typical_max=link.typical_max,
+                             stops=["30>0.5x"], description="test preset")
+        link.save_preset(preset, overwrite=True)
+        other = saes.create_sae("matryoshka_batchtopk", ws.sae.d_in, ws.d_sae, k=4,
+                                matryoshka_widths=[ws.d_sae // 4, ws.d_sae], generator=torch.Generator().manual_seed(9),
+                                metadata={"hook_name": HOOK})
+        foreign = make_preset("foreign", ["4:add=1"], sae=other, model=ws.model)
+        with pytest.raises(StoreMismatchError, match="another SAE"):
+            link.save_preset(foreign)
+    assert "seaward" in client.models.retrieve("chat").model_extra["saesteer"]["presets"]
+    kw = dict(model="chat", prompt="the whale", max_tokens=10, temperature=0, extra_body={"ignore_eos": True})
+    by_name = client.completions.create(**dict(kw, extra_body={"ignore_eos": True, "steering": {"preset": "seaward"}}))
+    tmax = preset.typical_max(4)
+    explicit = client.completions.create(**dict(kw, extra_body={"ignore_eos": True, "steering": {
+        "edits": [f"4:add={2 * tmax!r}@generated", "11:clamp=5@prompt?3>0"],
+        "stop_when": [f"30>{0.5 * preset.typical_max(30)!r}"]}}))
+    assert _ext(by_name.choices[0])["token_ids"] == _ext(explicit.choices[0])["token_ids"]
+    assert by_name.model_extra["steering"]["preset"] == "seaward"
+    # a preset made for another SAE, sent whole: refused, naming both SAEs
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(**dict(kw, extra_body={"steering": {"preset": foreign.to_json()}}))
+    assert foreign.sae_fingerprint[:12] in str(e.value) and preset.sae_fingerprint[:12] in str(e.value)
+    # made for another model: refused naming both models and the server's override
+    alien = dict(preset.to_json(), model=ModelIdentity("hub", "gpt2", revision="607a30d").to_json())
+    with pytest.raises(openai.BadRequestError, match="gpt2.*--allow-model-mismatch"):
+        client.completions.create(**dict(kw, extra_body={"steering": {"preset": alien}}))
+    with pytest.raises(openai.BadRequestError, match="no preset named 'nope'.*seaward"):
+        client.completions.create(**dict(kw, extra_body={"steering": {"preset": "nope"}}))
+
+
+# -- bounds, errors, security, batching -------------------------------------------------------------
+
+
+def test_bad_requests_get_a_400_that_says_why(client):
+    cases = [
+        (dict(prompt="the", max_tokens=49), "at most 48"),
+        (dict(prompt="the", max_tokens=2, temperature=0, frobnicate=1), "frobnicate"),
+        (dict(prompt="the sea " * 40, max_tokens=20), "context"),
+        (dict(prompt="the", max_tokens=2, steering={"edits": ["999:add=1"]}), "out of range"),
+        (dict(prompt="the", max_tokens=2, steering={"edits": ["4:add=500x"]}), "limit"),
+        (dict(prompt="the", max_tokens=2, n=9), "at most 8 generations"),
+        (dict(prompt="the", max_tokens=2, suffix="x"), "suffix"),
+        (dict(prompt=[99999], max_tokens=2), "vocabulary"),
+    ]
+    for body, msg in cases:
+        extra = {k: body.pop(k) for k in list(body) if k in ("frobnicate", "steering")}
+        with pytest.raises(openai.BadRequestError, match=msg):
+            client.completions.create(model="chat", extra_body=extra, **body)
+    with pytest.raises(openai.BadRequestError, match="tools"):
+        client.chat.completions.create(model="chat", messages=MSGS, tools=[{"type": "function", "function": {"name": "f"}}])
+
+
+def test_token_is_required_when_configured(ws):
+    srv, _ = _serve(ws, token="t" * 32)
+    try:
+        bad = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="wrong-token-of-some-length", max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            bad.completions.create(model="chat", prompt="the", max_tokens=1)
+        good = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="t" * 32, max_retries=0)
+        assert good.completions.create(model="chat", prompt="the", max_tokens=1).choices[0].finish_reason
+    finally:
+        srv.stop()
+
+
+def test_full_queue_answers_503_with_retry_after_and_a_closed_stream_is_cancelled(ws):
+    from saesteer.api.config import BatchConfig
+
+    srv, app = _serve(ws, batch=BatchConfig(max_queued=1, max_batch_rows=4))
+    sched = app.state.openai.schedulers[0]
+    model_lock = app.state.web.queues[0].lock  # generation waits for it at every forward pass
+    body = {"model": "chat", "prompt": "the", "max_tokens": 48, "temperature": 0, "ignore_eos": True}
+    try:
+        with httpx.Client(base_url=srv.url, timeout=60) as h:
+            results = []
+            with model_lock:  # hold the model: the first request stays in
+                t = threading.Thread(target=lambda: results.append(h.post("/v1/completions", json=body)))
+                t.start()
+                deadline = time.monotonic() + 30
+                while sched.in_flight == 0 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                busy = h.post("/v1/completions", json=body)
+                assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+                assert "try again" in busy.json()["error"]["message"]
+            t.join(60)
+            assert results[0].status_code == 200 and results[0].json()["usage"]["completion_tokens"] == 48
+            # a stream the client closes early is cancelled, and its slot frees up
+            with h.stream("POST", "/v1/completions", json=dict(body, stream=True)) as first:
+                next(first.iter_lines())
+                model_lock.acquire()  # pause generation, then go away mid-stream
+            model_lock.release()
+            deadline = time.monotonic() + 30
+            while (sched.in_flight or sched.engine.busy) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert sched.cancelled == 1 and sched.in_flight == 0 and not sched.engine.busy
+            assert h.post("/v1/completions", json=dict(body, max_tokens=2)).status_code == 200
+    finally:
+        srv.stop()
+
+
+def test_concurrent_requests_with_different_edits_share_batches(client, server):
+    _, app = server
+    engine = app.state.openai.schedulers[0].engine
+    engine.max_rows_seen = 0
+    jobs = [("the sea", [f"{f}:clamp=9"]) for f in (2, 6, 10)] + [("a tree", []), ("the whale", ["8:add=5@generated"]),
+                                                                   ("bread", ["12:scale=4"])]
+
+    def ask(prompt, edits):
+        r = client.completions.create(model="chat", prompt=prompt, max_tokens=24, temperature=0,
+                                      extra_body={"steering": {"edits": edits}, "ignore_eos": True})
+        return _ext(r.choices[0])["token_ids"]
+
+    alone = [ask(p, e) for p, e in jobs]
+    together: list = [None] * len(jobs)
+
+    def run(i):
+        together[i] = ask(*jobs[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert together == alone
+    assert engine.max_rows_seen > 1  # they did share forward passes

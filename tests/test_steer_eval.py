@@ -1,0 +1,95 @@
+"""`saesteer steer-eval` and `steering.methods.compare_methods`: SAE steering, difference of means and
+prompting on one protocol (picked on a dev seed, scored on a test seed), with a scorecard."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import saes
+from helpers.steering_fixtures import torch_threads
+from saesteer.cli import build_parser
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    with torch_threads(1):
+        yield
+
+
+def test_compare_methods_on_the_toy_world():
+    """The toy world end to end: default concept sets and cue from the toy grammar, offline scores."""
+    from helpers.steering_fixtures import random_sae
+    from saesteer.commands._steering import toy_scorer
+    from saesteer.commands.steer_eval import toy_concept
+    from saesteer.models import load_model
+    from steering import GenerationConfig
+    from steering.methods import compare_methods
+
+    model = load_model("toy", device="cpu")
+    sae = random_sae(model, "topk", hook="blocks.2.hook_resid_post", d_sae=256, seed=0, k=16)
+    pos, neg, cue = toy_concept("ocean", 6)
+    card = compare_methods(model, sae, toy_scorer("ocean"), prompts=[""] * 3, positive=pos, negative=neg, cue=cue,
+                           n_candidates=2, sae_strengths=[1.0, 4.0], vector_strengths=[1.0, 3.0],
+                           gen_config=GenerationConfig(max_new_tokens=10, do_sample=True, stop_at_eos=False))
+    assert [r.method for r in card.rows] == ["unsteered", "SAE feature", "diff-of-means", "prompting"]
+    pick = card.picks["SAE feature"]
+    assert pick.feature in pick.candidates and len(pick.candidates) == 2 and pick.unit == "raw"
+    assert len(pick.dev_points) == 2 and card.picks["diff-of-means"].strength in (1.0, 3.0)
+    for r in card.rows:
+        assert 0 <= r.concept <= 1 and 0 <= r.fluency <= 1 and r.n_samples == 3 and r.perplexity > 0
+    # prompting is scored on the plain prompts; its continuation follows the cue
+    assert card.generations["prompting"].prompts[0] == cue
+    assert card.settings["dev_seed"] != card.settings["test_seed"]
+    json.dumps(card.to_json(), allow_nan=False)  # the scorecard is plain JSON
+
+
+def test_steer_eval_cli_writes_a_scorecard_and_saves_the_pick_as_a_preset(tmp_path, capsys):
+    from helpers.web_store import build_web_store
+
+    from features import FeatureStore
+    from saesteer.commands import steer_eval
+    from steering.store import StoreLink
+
+    ws = build_web_store(tmp_path, name="e")
+    sae_dir = tmp_path / "sae"
+    saes.save_sae(ws.sae, sae_dir)
+    pos, neg = tmp_path / "pos.txt", tmp_path / "neg.txt"
+    pos.write_text("the sea and the ship\nthe whale at the shore\nthe sailor sees the wave\n")
+    neg.write_text("the tree in the forest\nbread and soup\nthe car on the road\n")
+    out = tmp_path / "card.json"
+    argv = ["steer-eval", "--sae", str(sae_dir), "--store", str(ws.path), "--topic", "ocean", "--positive", str(pos),
+            "--negative", str(neg), "--cue", "the sea", "--samples", "2", "--max-new-tokens", "6",
+            "--sae-strengths", "1,3", "--vector-strengths", "1,2", "--candidates", "1", "--out", str(out),
+            "--save-preset", "eval-pick"]
+    assert steer_eval._run(build_parser().parse_args(argv), model=ws.model) == 0
+    text = capsys.readouterr().out
+    assert "SAE feature" in text and "diff-of-means" in text and "prompting" in text
+    card = json.loads(out.read_text())
+    assert [m["method"] for m in card["methods"]] == ["unsteered", "SAE feature", "diff-of-means", "prompting"]
+    assert card["settings"]["topic"] == "ocean" and card["settings"]["cue"] == "the sea"
+    assert card["provenance"]["hook"] == "blocks.0.hook_resid_post"
+    pick = card["picks"]["SAE feature"]
+    with FeatureStore.open(ws.path) as store:
+        preset = StoreLink(store).preset("eval-pick")
+    assert preset.scorecard["picks"]["SAE feature"]["feature"] == pick["feature"]
+    assert preset.edits[0].startswith(f"{pick['feature']}:add=")
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--topic", "ocean", "--positive", "POS"], "both --positive and --negative"),
+    (["--concept", "sea"], "--feature F, or --positive"),
+    (["--topic", "lava"], "unknown toy-world topic"),
+    (["--topic", "ocean", "--dev-seed", "3", "--test-seed", "3"], "must differ"),
+    (["--topic", "ocean", "--save-preset", "x"], "--store"),
+])
+def test_steer_eval_errors(tmp_path, capsys, argv, fragment):
+    from saesteer.commands import steer_eval
+
+    pos = tmp_path / "pos.txt"
+    pos.write_text("the sea\n")
+    argv = [a if a != "POS" else str(pos) for a in argv]
+    args = build_parser().parse_args(["steer-eval", "--sae", str(tmp_path / "none"), *argv])
+    assert steer_eval.run(args) == 2
+    assert fragment in capsys.readouterr().err

@@ -1,0 +1,292 @@
+"""The batched engine (steering.engine) against the eager paths: TransformerLens's own generate and
+`steering.steer` (one row at a time), for every SAE architecture and op, with rows joining and
+leaving a running batch; plus its parts: sampling, text pieces, chat prompts, presets."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers.steering_fixtures import random_sae, tiny_model, torch_threads
+from steering import GenerationConfig, generate, steer
+from steering.engine import BatchEngine, Row
+from steering.rowedits import RowEdit, RowSteering
+from steering.sampling import SamplingParams
+from steering.session import resolve_edits
+from steering.spec import SteeringError
+
+PROMPTS = ["the sea and the ship", "a tree", "the whale sees the harbor at the shore", "bread", "the"]
+HOOK = "blocks.0.hook_resid_post"
+
+
+def row_steering(model, sae, edits, stops=()):
+    from steering.rowedits import StopTrigger
+
+    rs = resolve_edits(model, {"s": sae}, edits, chat_positions=True) if edits else []
+    return RowSteering([RowEdit("s", r.feature, r.op, r.value, r.positions, r.trigger, r.describe()) for r in rs],
+                       [StopTrigger("s", f, t, f"{f}>{t}") for f, t in stops])
+
+
+def run(engine, rows, stagger: int = 0):
+    """Finish events by tag; with `stagger`, each row joins `stagger` steps after the previous one."""
+    out = {}
+    for r in rows:
+        engine.add([r])
+        for _ in range(stagger):
+            for ev in engine.step():
+                if ev.finish_reason:
+                    out[ev.tag] = ev
+    while engine.busy:
+        for ev in engine.step():
+            if ev.finish_reason:
+                out[ev.tag] = ev
+    return out
+
+
+def greedy(n):
+    return SamplingParams(max_new_tokens=n, temperature=0)
+
+
+def eager(model, sae, edits, prompt, n):
+    cfg = GenerationConfig(max_new_tokens=n, do_sample=False, stop_at_eos=False)
+    if not edits:
+        return generate(model, [prompt], cfg).new_tokens[0].tolist()
+    with steer(model, sae, edits) as s:
+        return s.generate([prompt], cfg).new_tokens[0].tolist()
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "jumprelu", "standard"])
+def test_batched_rows_with_their_own_edits_equal_the_eager_path(arch):
+    model = tiny_model()
+    sae = random_sae(model, arch, hook=HOOK, d_sae=128, seed=1)
+    fire = sae.encode(model.run_with_cache(model.to_tokens(PROMPTS[0]), names_filter=HOOK)[1][HOOK])[0]
+    on = int((fire > 0).sum(0).argmax())  # a latent that fires: clamp/scale/ablate change something
+    cases = [[f"{on}:clamp=12"], [f"{on}:scale=4@prompt", "9:add=6@generated"], [f"{on}:ablate", "20:add=5@last"],
+             [], [f"{on}:add=8@0,2,-1", f"31:clamp=3@{len(model.to_tokens(PROMPTS[4])[0]) + 2}"]]
+    with torch_threads(1):
+        def rows():
+            return [Row(model.to_tokens(p)[0].tolist(), greedy(8), row_steering(model, sae, e) if e else None, tag=i)
+                    for i, (p, e) in enumerate(zip(PROMPTS, cases))]
+        together = run(BatchEngine(model, {"s": sae}), rows())  # one left-padded prefill for all
+        got = run(BatchEngine(model, {"s": sae}, max_rows=3), rows(), stagger=2)  # joins mid-batch, waits for room
+        for i, (p, e) in enumerate(zip(PROMPTS, cases)):
+            want = eager(model, sae, e, p, 8)
+            assert got[i].detail["token_ids"] == want, (arch, i, e)
+            assert together[i].detail["token_ids"] == want, (arch, i, e)
+    assert got[0].detail["token_ids"] != eager(model, sae, [], PROMPTS[0], 8)  # the edit mattered
+
+
+def test_sampled_rows_do_not_depend_on_their_batch():
+    model = tiny_model()
+    sae = random_sae(model, "jumprelu", hook=HOOK, seed=2)
+    params = [SamplingParams(max_new_tokens=10, temperature=t, top_p=p, top_k=k, seed=s, frequency_penalty=f)
+              for t, p, k, s, f in [(1.0, 1.0, None, 1, 0.0), (0.7, 0.9, None, 2, 0.5), (1.3, 1.0, 5, 3, 0.0),
+                                    (1.0, 0.5, 3, 4, 1.0)]]
+    with torch_threads(1):
+        def rows():
+            return [Row(model.to_tokens(p)[0].tolist(), prm, row_steering(model, sae, ["5:add=3"]) if i % 2 else None,
+                        tag=i) for i, (p, prm) in enumerate(zip(PROMPTS, params))]
+        together = run(BatchEngine(model, {"s": sae}), rows())
+        alone = {}
+        for r in rows():
+            alone.update(run(BatchEngine(model, {"s": sae}), [r]))
+    for i in range(len(params)):
+        assert together[i].detail["token_ids"] == alone[i].detail["token_ids"]
+        assert together[i].detail["seed"] == params[i].seed
+    assert len({tuple(e.detail["token_ids"]) for e in together.values()}) == len(params)
+
+
+def test_stops_end_of_text_stop_strings_and_length():
+    model = tiny_model()
+    tok = model.tokenizer
+    with torch_threads(1):
+        free = run(BatchEngine(model), [Row(model.to_tokens("the sea")[0].tolist(), greedy(12), tag=0)])[0]
+        ids = free.detail["token_ids"]
+        assert free.finish_reason == "length" and len(ids) == 12
+        # the 4th token as end-of-text: the text ends before it, and it is not counted
+        eot = run(BatchEngine(model), [Row(model.to_tokens("the sea")[0].tolist(),
+                                           SamplingParams(max_new_tokens=12, temperature=0, stop_token_ids=(ids[3],)),
+                                           tag=0)])[0]
+        assert eot.finish_reason == "stop" and eot.detail["token_ids"] == ids[: ids.index(ids[3])]
+        word = tok.decode([ids[5]])
+        text = tok.decode(ids, skip_special_tokens=True)
+        for stream in (False, True):
+            eng = BatchEngine(model)
+            eng.add([Row(model.to_tokens("the sea")[0].tolist(), SamplingParams(max_new_tokens=12, temperature=0,
+                                                                                 stop=(word,)), stream=stream, tag=0)])
+            pieces, last = [], None
+            while eng.busy:
+                for ev in eng.step():
+                    pieces.append(ev.text)
+                    last = ev
+            assert last.finish_reason == "stop" and last.detail["text"] == text[: text.index(word)]
+            if stream:
+                assert "".join(pieces) == last.detail["text"] and len([p for p in pieces if p]) > 1
+
+
+def test_context_limit_and_cancel():
+    model = tiny_model()  # n_ctx 64
+    eng = BatchEngine(model)
+    with pytest.raises(SteeringError, match="context"):
+        eng.add([Row([1] * 60, greedy(8))])
+    with torch_threads(1):
+        eng.add([Row(model.to_tokens("the sea")[0].tolist(), greedy(40), group="g", tag=0),
+                 Row(model.to_tokens("a tree")[0].tolist(), greedy(5), group="h", tag=1)])
+        eng.step()
+        eng.cancel("g")
+        out = run(eng, [])
+    assert out[0].finish_reason == "cancelled" and out[1].finish_reason == "length"
+    assert len(out[1].detail["token_ids"]) == 5 and not eng.busy
+
+
+def test_bridge_model_batches_and_joins(tmp_path):
+    from helpers.tiny_hf import save_tiny_gpt2
+    from saesteer.models import load_model
+
+    save_tiny_gpt2(tmp_path / "g")
+    import saes
+
+    with torch_threads(1):
+        model = load_model(str(tmp_path / "g"))
+        sae = saes.create_sae("jumprelu", 32, 64, generator=torch.Generator().manual_seed(0), metadata={"hook_name": HOOK})
+        with torch.no_grad():
+            sae.threshold.fill_(0.05)
+        prompts = ["hello world there", "a", "the cat sat on the mat"]
+        edits = [["3:clamp=30@generated"], [], ["7:add=9@0,1"]]
+        rows = [Row(model.to_tokens(p)[0].tolist(), greedy(6), row_steering(model, sae, e) if e else None, tag=i)
+                for i, (p, e) in enumerate(zip(prompts, edits))]
+        got = run(BatchEngine(model, {"s": sae}), rows, stagger=1)
+        for i, (p, e) in enumerate(zip(prompts, edits)):
+            assert got[i].detail["token_ids"] == eager(model, sae, e, p, 6), i
+
+
+# -- parts ---------------------------------------------------------------------------------------------
+
+
+def test_text_pieces_hold_back_what_may_still_change():
+    from helpers.tiny_model import make_tokenizer
+    from steering.textstream import TextAssembler
+
+    tok = make_tokenizer()
+    ids = tok("the sea . a tree , the ship")["input_ids"]
+    final = tok.decode(ids, skip_special_tokens=True)
+    a = TextAssembler(tok)
+    pieces = [a.push(i)[0] for i in ids] + [a.finish()]
+    assert "".join(pieces) == final and not any(p.endswith(" ") for p in pieces[:-1])
+    # a stop string spanning two tokens: nothing of it is ever emitted
+    a = TextAssembler(tok, stop=["a tree"])
+    pieces, stopped = [], False
+    for i in ids:
+        piece, stopped = a.push(i)
+        pieces.append(piece)
+        if stopped:
+            break
+    assert stopped and "".join(pieces) == final[: final.index("a tree")] and "a" not in "".join(pieces).split()
+
+
+def test_chat_prompt_roles_and_turns():
+    from helpers.tiny_model import make_chat_tokenizer
+    from steering.chat import render_chat
+
+    tok = make_chat_tokenizer()
+    msgs = [{"role": "system", "content": "the ship"}, {"role": "user", "content": "a tree"},
+            {"role": "assistant", "content": "the sea"}, {"role": "user", "content": "bread"}]
+    chat = render_chat(tok, msgs)
+    names = tok.convert_ids_to_tokens(chat.token_ids)
+    assert chat.token_ids == tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)["input_ids"]
+    for i, n in enumerate(names):
+        if n.startswith("<|") and n != "<|end|>":
+            role = n.strip("<|>")
+            assert chat.roles[i] == role, (i, n)
+    assert chat.turns[names.index("bread")] == 3 and chat.roles[-1] == "assistant" and chat.turns[-1] == 4
+    # a template that rewrites earlier text when a message is added: no roles, and role positions refused
+    tmpl = "{{ bos_token }}{{ messages | length }} {% for m in messages %}{{ m['content'] }} {% endfor %}"
+    plain = render_chat(tok, msgs, chat_template=tmpl)
+    assert plain.roles is None and "rewriting" in plain.why_no_roles
+    from steering.rowedits import RowLayout, compile_positions
+
+    layout = RowLayout(len(plain.token_ids), plain.roles, plain.turns, plain.n_messages, plain.why_no_roles)
+    with pytest.raises(SteeringError, match="rewriting"):
+        compile_positions("role:user", layout)
+    with pytest.raises(SteeringError, match="has no chat template"):
+        from helpers.tiny_model import make_tokenizer
+
+        render_chat(make_tokenizer(), msgs)
+
+
+def test_role_positions_are_refused_outside_chat():
+    model = tiny_model()
+    sae = random_sae(model, "jumprelu", hook=HOOK)
+    with pytest.raises(SteeringError, match="chat"):
+        with steer(model, sae, ["3:add=1@role:user"]):
+            pass
+
+
+def test_stop_trigger_ends_the_row_after_the_token_it_fires_on():
+    model = tiny_model()
+    sae = random_sae(model, "jumprelu", hook=HOOK, seed=4)
+    with torch_threads(1):
+        prompt = model.to_tokens("the sea")[0].tolist()
+        free = run(BatchEngine(model, {"s": sae}), [Row(prompt, greedy(20), tag=0)])[0].detail["token_ids"]
+        _, cache = model.run_with_cache(torch.tensor([prompt + free]), names_filter=HOOK)
+        acts = sae.encode(cache[HOOK][0])[len(prompt):]
+        f = next(f for f in range(sae.d_sae) if 0 < int((acts[1:-1, f] > 0).sum()) and not bool(acts[0, f] > 0))
+        first = int((acts[:, f] > 0).nonzero()[0])
+        ev = run(BatchEngine(model, {"s": sae}), [Row(prompt, greedy(20), row_steering(model, sae, [], [(f, 0.0)]),
+                                                      tag=0)])[0]
+    assert ev.finish_reason == "stop" and ev.detail["token_ids"] == free[: first + 1]
+    assert f"{f}>0" in ev.detail["stopped_by"]
+
+
+def test_engine_hooks_act_only_in_its_own_forward_passes_and_leave_when_idle():
+    from steering import hooks_attached
+
+    model = tiny_model()
+    sae = random_sae(model, "jumprelu", hook=HOOK, seed=5)
+    toks = model.to_tokens(PROMPTS[:2], padding_side="left")
+    with torch_threads(1):
+        clean = model(toks, padding_side="left")
+        eng = BatchEngine(model, {"s": sae})
+        eng.add([Row(model.to_tokens("the sea")[0].tolist(), greedy(6), row_steering(model, sae, ["3:add=50"]), tag=0)])
+        eng.step()
+        assert eng.busy and hooks_attached(model)  # registered while busy ...
+        assert torch.equal(model(toks, padding_side="left"), clean)  # ... but inert for anyone else
+        with steer(model, sae, ["4:add=2"]) as s:  # a steer block in between keeps its own hooks, and ours survive it
+            s.generate(PROMPTS[:1], GREEDY_2)
+        out = run(eng, [])
+        assert out[0].detail["token_ids"] == eager(model, sae, ["3:add=50"], "the sea", 6)
+    assert not eng.busy and hooks_attached(model) == []
+
+
+GREEDY_2 = GenerationConfig(max_new_tokens=2, do_sample=False, stop_at_eos=False)
+
+
+def test_sampling_respects_top_k_top_p_bias_and_penalties():
+    from steering.sampling import RowRandom, choose
+
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05, 0.0]]))
+    draws = {"k2": set(), "p": set(), "all": set()}
+    for seed in range(300):
+        for key, prm in (("k2", SamplingParams(top_k=2, seed=seed)), ("p", SamplingParams(top_p=0.7, seed=seed)),
+                         ("all", SamplingParams(seed=seed))):
+            draws[key].add(choose(logits, [prm], [RowRandom(prm.seed)])[0].token)
+    assert draws["k2"] == {0, 1} and draws["p"] == {0, 1} and draws["all"] == {0, 1, 2, 3}  # p=0 never drawn
+    greedy = SamplingParams(temperature=0, logit_bias=((2, 5.0),), logprobs=2)
+    c = choose(logits, [greedy], [RowRandom(0)])[0]
+    assert c.token == 2 and c.logprob == pytest.approx(float(logits[0, 2]))  # log-probs are the model's, before bias
+    assert [t for t, _ in c.top] == [0, 1]
+    counts = torch.tensor([[3, 0, 0, 0, 0]])
+    pen = SamplingParams(temperature=0, frequency_penalty=1.0)
+    assert choose(logits, [pen], [RowRandom(0)], counts)[0].token == 1
+
+
+def test_text_pieces_hold_back_an_incomplete_character():
+    from helpers.tiny_hf import build_bpe_tokenizer
+    from steering.textstream import TextAssembler
+
+    tok = build_bpe_tokenizer()
+    text = "the whale é ! 🐋 done"
+    ids = tok(text)["input_ids"]
+    a = TextAssembler(tok)
+    pieces = [a.push(i)[0] for i in ids] + [a.finish()]
+    assert "".join(pieces) == tok.decode(ids) and not any("\ufffd" in p for p in pieces)
