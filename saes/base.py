@@ -31,6 +31,11 @@ The inference form is what `select` computes and what is saved: BatchTopK and Ma
 with `training_select` (over the batch) and infer with their thresholds, saved as SAELens's
 "jumprelu" with `training_architecture` recording the class (`saelens_architecture`).
 
+What the rules promise: "threshold" (`encoding_rule`) means a latent fires where its own
+pre-activation exceeds max(threshold, 0), read from the `threshold` buffer; "relu" where it
+exceeds 0; "topk" and the training rules "topk" / "batch_topk" select the `cfg.k` largest per
+row / k * rows largest in the batch (values relu'd for "topk"), as TopKSAE / BatchTopKSAE do.
+
 Descriptors never go stale: a subclass that redefines how latents are selected (`select`,
 `pre_activations`, `encode_with_pre`) without declaring its own `encoding_rule` and
 `saelens_architecture` gets "generic" and its own name; one that redefines a piece of the
@@ -40,7 +45,7 @@ and training uses autograd). A specialised path never runs for someone else's ru
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, NamedTuple, Protocol
+from typing import Any, ClassVar, Literal, NamedTuple, Protocol
 
 import torch
 from jaxtyping import Float
@@ -51,8 +56,8 @@ from saes.losses import auxk_loss
 from saes.sparse import DecodeMethod, SparseActs, sparse_decode
 from saes.topk_select import BatchGroup
 
-EncodingRule = str  # "threshold" | "relu" | "topk" | "generic"
-TrainingRule = str  # "topk" | "batch_topk" | "generic"
+EncodingRule = Literal["threshold", "relu", "topk", "generic"]
+TrainingRule = Literal["topk", "batch_topk", "generic"]
 
 # members whose redefinition changes what `encoding_rule` / `training_rule` describe
 _ENCODING_MEMBERS = ("select", "pre_activations", "encode_with_pre")

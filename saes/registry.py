@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from saes.base import SAE
 from saes.batchtopk import BatchTopKSAE
 from saes.matryoshka import MatryoshkaSAE
@@ -53,8 +55,6 @@ def sae_class(architecture: str) -> type[SAE]:
 
 def config_fields(architecture: str) -> set[str]:
     """Names of the config fields an architecture takes (e.g. k, matryoshka_widths)."""
-    import dataclasses
-
     return {f.name for f in dataclasses.fields(sae_class(architecture).config_class)}
 
 
