@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from steering.config import GenerationConfig
+from steering.config import CompareConfig, GenerationConfig
 from steering.evaluate import MethodResult, Scorer, score_generation
 from steering.generation import generate
 from steering.session import steer
@@ -40,39 +40,6 @@ from steering.sweeps import SweepPoint, recommend_strength, sweep_edits
 if TYPE_CHECKING:
     from saes.base import SAE
     from steering.inputs import Model
-
-
-@dataclass
-class CompareConfig:
-    """How `compare_methods` picks and tests (the CLI's `steer-eval` flags)."""
-
-    candidates: int = field(default=3, metadata={"help": "SAE latents swept when found by contrast (the best one is kept)"})
-    op: str = field(default="add", metadata={"help": "add or clamp, for the SAE feature"})
-    positions: str = field(default="all", metadata={"help": "where every method steers: all | prompt | generated | token indices"})
-    sae_strengths: list[float] = field(default_factory=lambda: [0.5, 1.0, 1.5, 2.0, 3.0, 4.0], metadata={
-        "help": "SAE feature strengths (multiples of the typical max, else of its mean activation on the positive prompts)"})
-    vector_strengths: list[float] = field(default_factory=lambda: [0.5, 1.0, 1.5, 2.0, 3.0], metadata={
-        "help": "difference-of-means strengths (multiples of the difference)"})
-    target_concept: float = field(default=0.5, metadata={"help": "concept score a pick should reach"})
-    min_fluency: float = field(default=0.8, metadata={"help": "fluency a pick should keep"})
-    rule: str = field(default="margin", metadata={"help": "weakest | margin | z (see saesteer sweep --help)"})
-    dev_seed: int = field(default=1, metadata={"help": "seed of the generations that pick strengths"})
-    test_seed: int = field(default=3, metadata={"help": "seed of the generations that are scored"})
-
-    def __post_init__(self) -> None:
-        from steering.spec import normalize_positions
-
-        if self.op not in ("add", "clamp"):
-            raise SteeringError(f"op must be add or clamp, got {self.op!r}")
-        if self.rule not in ("weakest", "margin", "z"):
-            raise SteeringError(f"rule must be weakest, margin or z, got {self.rule!r}")
-        if self.candidates < 1:
-            raise SteeringError(f"candidates must be positive, got {self.candidates}")
-        if not self.sae_strengths or not self.vector_strengths:
-            raise SteeringError("give at least one strength for each method")
-        if self.dev_seed == self.test_seed:
-            raise SteeringError("dev_seed and test_seed must differ: a method must not be scored on the samples that picked it")
-        normalize_positions(self.positions)
 
 
 @dataclass

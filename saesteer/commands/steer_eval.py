@@ -38,7 +38,7 @@ def add_arguments(parser) -> None:
     from saesteer.commands._steering import add_common_arguments
     from saesteer.configargs import add_dataclass_arguments
     from steering.config import GenerationConfig
-    from steering.methods import CompareConfig
+    from steering.config import CompareConfig
 
     add_common_arguments(parser, prompts_help="a prompt to steer (repeat for several; default: unconditional, \"\")")
     c = parser.add_argument_group("the concept")
@@ -110,7 +110,8 @@ def _run(args, model=None) -> int:
     from saesteer.commands.sweep import _scorer
     from saesteer.configargs import dataclass_from_args
     from steering.config import GenerationConfig
-    from steering.methods import CompareConfig, compare_methods
+    from steering.config import CompareConfig
+    from steering.methods import compare_methods
 
     try:
         cfg = dataclass_from_args(CompareConfig, args)
