@@ -172,11 +172,11 @@ def check_compatible(sae, source: ActivationSource) -> None:
 def check_models(sae, source: ActivationSource, model=None, allow_mismatch: bool = False):
     """The model the store belongs to (the cache's recorded model, else the SAE's), after refusing
     (ModelMismatchError) an SAE or a model recorded for another model than the cache's."""
-    from saes.identity import check_same_model, identity_of_model, identity_of_sae
+    from saes.identity import check_same_model, identity_of_model, recorded_model_of
 
     cache_model = getattr(source, "recorded_model", None)
     cache_model = cache_model() if callable(cache_model) else None
-    sae_model = identity_of_sae(sae)
+    sae_model = recorded_model_of(sae)
     if not allow_mismatch:
         where = f"the activation cache {getattr(source, 'path', '')}".rstrip()
         check_same_model(cache_model, sae_model, recorded_in=where, given_as="the SAE's model (its saesteer.json)",

@@ -205,7 +205,7 @@ def make_preset(
 
     from saes.fingerprint import sae_fingerprint
     from saes.formats.base import sae_of
-    from saes.identity import identity_of_model, identity_of_sae
+    from saes.identity import identity_of_model, recorded_model_of
 
     check_preset_name(name)
     loaded, sae = sae, (sae_of(sae) if sae is not None else None)
@@ -234,7 +234,7 @@ def make_preset(
                 rec["recommended_strength"], rec["strength_source"], rec["strength_details"] = r
         calibration[str(f)] = rec
     ident = model_identity or (identity_of_model(model) if model is not None else None) or \
-        (identity_of_sae(loaded) if loaded is not None else None)
+        (recorded_model_of(loaded) if loaded is not None else None)
     if hook_name is None and sae is not None:
         hook_name = sae.cfg.metadata.get("hook_name")
     preset = Preset(

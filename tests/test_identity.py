@@ -17,6 +17,7 @@ from saes.identity import (
     attach_identity,
     check_same_model,
     identity_of_sae,
+    recorded_model_of,
     same_model,
 )
 
@@ -109,7 +110,10 @@ def test_loaders_return_provenance_beside_the_sae_never_on_it(tmp_path):
     loaded = resolve_sae(tmp_path / "s")
     assert identity_of_sae(loaded) == local()
     for bare in (loaded.sae, saes.load_sae(tmp_path / "s")):
-        assert not hasattr(bare, "provenance") and identity_of_sae(bare) is None
+        assert not hasattr(bare, "provenance")
+        with pytest.raises(TypeError, match="pass the LoadedSAE"):  # never a silent "no record"
+            identity_of_sae(bare)
+        assert recorded_model_of(bare) is None  # Python APIs that take a bare SAE: nothing to check
     assert saes.read_provenance(tmp_path / "s") == {"model_identity": local().to_json()}
 
 
