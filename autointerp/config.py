@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 __all__ = ["JudgeConfig", "LabelConfig", "parse_latents", "resolve_backend", "make_judge",
            "ENV_MODEL", "ENV_BASE_URL", "ENV_API_KEY"]
 
+SCORERS = ("detection", "fuzzing", "simulation", "intruder", "embedding")
 ENV_MODEL = "SAESTEER_JUDGE_MODEL"
 ENV_BASE_URL = "OPENAI_BASE_URL"
 ENV_API_KEY = "OPENAI_API_KEY"
@@ -91,7 +92,22 @@ class LabelConfig:
     n_explain_quantile: int = field(default=10, metadata={"help": "quantile examples (spread over quantiles) shown to the explainer"})
     n_detect: int = field(default=10, metadata={"help": "held-out activating contexts for detection (and as many non-activating)"})
     n_fuzz: int = field(default=10, metadata={"help": "held-out activating contexts for fuzzing (half get wrong marks)"})
-    scorers: tuple[str, ...] = field(default=("detection", "fuzzing"), metadata={"help": "scores to compute: detection, fuzzing (or none)"})
+    explainer: Literal["auto", "tokens", "contrastive"] = field(
+        default="auto",
+        metadata={"help": "auto: offline, concept phrases from contexts, logit effects and neighbours; with a judge, "
+                          "examples plus logit effects. tokens: offline token lists (the labeller before concept "
+                          "phrases). contrastive: a judge compares the top examples with near-miss negatives"},
+    )
+    lexicon: str | None = field(
+        default="auto",
+        metadata={"help": "named word groups for offline concept phrases: a JSON file {category: [words]}, 'toy' "
+                          "(the toy world's dictionary), 'auto' (the toy world's for a toy-model store) or 'none'"},
+    )
+    scorers: tuple[str, ...] = field(
+        default=("detection", "fuzzing", "simulation"),
+        metadata={"help": "scores to compute: detection, fuzzing, simulation (correlation of activations predicted "
+                          "from the label), intruder, embedding (label vs contexts in an embedding space) (or none)"},
+    )
     scoring_batch_size: int = field(default=10, metadata={"help": "contexts per scoring request"})
     max_example_tokens: int = field(default=32, metadata={"help": "tokens shown per example (cropped around the peak)"})
     mark_threshold: float = field(default=0.3, metadata={"help": "mark a token as activating when its activation is >= this fraction of the example's max"})
@@ -111,10 +127,14 @@ class LabelConfig:
         _check(self.max_example_tokens >= 4, "LabelConfig.max_example_tokens must be >= 4")
         _check(0.0 < self.mark_threshold <= 1.0, "LabelConfig.mark_threshold must be in (0, 1]")
         _check(self.limit is None or self.limit >= 0, "LabelConfig.limit must be >= 0")
+        _check(self.explainer in ("auto", "tokens", "contrastive"),
+               f"LabelConfig.explainer must be auto, tokens or contrastive, got {self.explainer!r}")
+        if self.lexicon is not None and self.lexicon.strip().lower() in ("", "none"):
+            self.lexicon = None
         _check(self.max_consecutive_failures >= 0, "LabelConfig.max_consecutive_failures must be >= 0 (0 = never stop)")
         scorers = tuple(s for s in self.scorers if s not in ("none", ""))
-        bad = sorted(set(scorers) - {"detection", "fuzzing"})
-        _check(not bad, f"LabelConfig.scorers: unknown {bad}; choose from detection, fuzzing (or none)")
+        bad = sorted(set(scorers) - set(SCORERS))
+        _check(not bad, f"LabelConfig.scorers: unknown {bad}; choose from {', '.join(SCORERS)} (or none)")
         self.scorers = scorers
         if self.latents is not None:
             parse_latents(self.latents)  # validate early

@@ -17,6 +17,7 @@ from typing import Sequence
 
 __all__ = [
     "Example",
+    "LatentEvidence",
     "LatentExamples",
     "ExampleSplit",
     "active_positions",
@@ -53,6 +54,18 @@ class Example:
 
 
 @dataclass(frozen=True)
+class LatentEvidence:
+    """What the store knows about a latent besides its examples: the tokens its decoder direction
+    promotes / suppresses through the unembedding (logit effects, best first, as (token, value)),
+    and its neighbours (decoder cosine and co-firing), each as (id, similarity, the tokens that
+    neighbour promotes). All empty when the store has none (e.g. built without a model)."""
+
+    promoted: tuple[tuple[str, float], ...] = ()
+    suppressed: tuple[tuple[str, float], ...] = ()
+    neighbours: tuple[tuple[int, float, tuple[str, ...]], ...] = ()
+
+
+@dataclass(frozen=True)
 class LatentExamples:
     """What the store holds for one latent (any of the lists may be empty)."""
 
@@ -61,6 +74,7 @@ class LatentExamples:
     quantile: tuple[Example, ...] = ()
     random: tuple[Example, ...] = ()
     max_act: float | None = None  # the latent's max activation over the dataset, if known
+    evidence: LatentEvidence = field(default_factory=LatentEvidence)
 
     @property
     def activating(self) -> tuple[Example, ...]:
@@ -76,6 +90,7 @@ class ExampleSplit:
     detect_neg: tuple[Example, ...]
     fuzz: tuple[Example, ...]
     background: tuple[Example, ...] = field(default=())  # non-activating contexts for statistics
+    evidence: LatentEvidence = field(default_factory=LatentEvidence)
 
 
 def latent_rng(seed: int, latent: int, purpose: str) -> random.Random:
@@ -145,4 +160,4 @@ def split_examples(
     rng.shuffle(negs)
     detect_neg = negs[:n_detect]
     background = tuple(negs[n_detect:]) or tuple(negs)
-    return ExampleSplit(tuple(explain), tuple(detect_pos), tuple(detect_neg), tuple(fuzz), background)
+    return ExampleSplit(tuple(explain), tuple(detect_pos), tuple(detect_neg), tuple(fuzz), background, lex.evidence)

@@ -26,7 +26,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .examples import Example, LatentExamples
+from .examples import Example, LatentEvidence, LatentExamples
 from .store import LabelFailure, LabelResult
 
 __all__ = ["FeatureStoreLabels", "JUDGE_KIND", "failures_path"]
@@ -34,6 +34,14 @@ __all__ = ["FeatureStoreLabels", "JUDGE_KIND", "failures_path"]
 # our source names -> the store's judge kinds
 JUDGE_KIND = {"openai": "openai", "transformers": "local", "offline": "offline"}
 _KIND_SOURCE = {v: k for k, v in JUDGE_KIND.items()}
+NEIGHBOURS = 4  # of each kind (decoder, co-firing) whose promoted tokens count as evidence
+MIN_NEIGHBOUR_SIMILARITY = 0.2  # decoder cosine or co-firing Jaccard index below this: not a neighbour
+
+
+def score_value(s: dict[str, Any]) -> float | None:
+    """A stored score's value: "value" (written since scores other than balanced accuracies exist),
+    else "balanced_accuracy" (older provenance)."""
+    return s["value"] if "value" in s else s.get("balanced_accuracy")
 
 
 def failures_path(store_path: str | os.PathLike) -> Path:
@@ -93,8 +101,9 @@ class FeatureStoreLabels:
     def examples(self, latent: int) -> LatentExamples:
         from features.records import without_start_bos
 
+        rec = self.store.feature(latent)
         bos = self.store.meta.get("bos_id")  # the judge does not see the context's BOS marker
-        exs = [_convert(without_start_bos(e, bos)) for e in self.store.examples(latent)]
+        exs = [_convert(without_start_bos(e, bos)) for e in rec.top_examples + rec.quantile_examples + rec.negative_examples]
         max_act = max((e.max_act for e in exs), default=None)
         return LatentExamples(
             latent,
@@ -102,6 +111,20 @@ class FeatureStoreLabels:
             tuple(e for e in exs if e.kind == "quantile"),
             tuple(e for e in exs if e.kind == "random"),
             max_act,
+            self._evidence(rec),
+        )
+
+    def _evidence(self, rec: Any) -> LatentEvidence:
+        """Logit effects and neighbours (with the tokens each neighbour promotes) of one latent."""
+        if rec.logits is None:
+            return LatentEvidence()
+        near = [(n.id, float(n.score)) for n in rec.decoder_neighbours[:NEIGHBOURS] + rec.coact_neighbours[:NEIGHBOURS]
+                if n.score >= MIN_NEIGHBOUR_SIMILARITY and n.id != rec.id]
+        theirs = self.store.promoted_tokens([i for i, _ in near], top=10)
+        return LatentEvidence(
+            promoted=tuple((t.token, float(t.value)) for t in rec.logits.promoted),
+            suppressed=tuple((t.token, float(t.value)) for t in rec.logits.suppressed),
+            neighbours=tuple((i, s, tuple(t.token for t in theirs.get(i, ()))) for i, s in near),
         )
 
     def labelled(self, source: str, judge_model: str) -> set[int]:
@@ -137,7 +160,7 @@ class FeatureStoreLabels:
     @staticmethod
     def _wanted_scores(lab: Any) -> dict[str, dict]:
         scores = (lab.provenance.extra or {}).get("autointerp", {}).get("scores") or {}
-        return {m: s for m, s in scores.items() if s.get("balanced_accuracy") is not None}
+        return {m: s for m, s in scores.items() if score_value(s) is not None}
 
     def _repair_scores(self, latent: int, lab: Any) -> None:
         wanted = self._wanted_scores(lab)
@@ -152,10 +175,8 @@ class FeatureStoreLabels:
     def _score_input(method: str, s: dict[str, Any]):
         from features import ScoreInput
 
-        return ScoreInput(
-            method, float(s["balanced_accuracy"]), int(s["n_pos"]) + int(s["n_neg"]),
-            {k: s[k] for k in ("n_pos", "n_neg", "true_pos", "true_neg") if k in s},
-        )
+        keys = ("n_pos", "n_neg", "true_pos", "true_neg", "metric")
+        return ScoreInput(method, float(score_value(s)), int(s["n_pos"]) + int(s["n_neg"]), {k: s[k] for k in keys if k in s})
 
     def write_result(self, r: LabelResult) -> None:
         from features import LabelProvenance
@@ -177,8 +198,7 @@ class FeatureStoreLabels:
             extra={"autointerp": {k: v for k, v in pv.items() if k != "settings"}},
         )
         label_id = self.store.write_label(r.latent, r.label, provenance=prov)
-        scores = [self._score_input(m, s) for m, s in pv.get("scores", {}).items()
-                  if s.get("balanced_accuracy") is not None]
+        scores = [self._score_input(m, s) for m, s in pv.get("scores", {}).items() if score_value(s) is not None]
         if scores:
             self.store.write_scores(r.latent, scores, provenance=prov, label_id=label_id)
 

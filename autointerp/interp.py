@@ -94,10 +94,18 @@ class Score:
     true_pos: int
     true_neg: int
     usage: Usage = field(default_factory=Usage)
+    metric: str = "balanced_accuracy"  # what `value` is (simulation: "pearson", intruder: "accuracy", ...)
+    measured: float | None = None  # the score when it is not a balanced accuracy
+
+    @property
+    def value(self) -> float | None:
+        """The score stored for the label (the balanced accuracy unless another metric says otherwise)."""
+        return self.balanced_accuracy if self.metric == "balanced_accuracy" else self.measured
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["usage"] = self.usage.to_json()
+        d["value"] = self.value
         return d
 
 
@@ -128,11 +136,11 @@ class LLMExplainer:
         self.source = judge.kind
         self.prompt_version = PROMPT_VERSION
 
-    def messages(self, examples: Sequence[Example]) -> list[dict[str, str]]:
-        return build_explain_messages(examples, self.mark_threshold)
+    def messages(self, split: ExampleSplit) -> list[dict[str, str]]:
+        return build_explain_messages(split.explain, self.mark_threshold, [t for t, v in split.evidence.promoted if v > 0])
 
     async def explain(self, latent: int, split: ExampleSplit) -> Explanation:
-        c = await self.judge.complete(self.messages(split.explain), LABEL_SCHEMA, validate=parse_label,
+        c = await self.judge.complete(self.messages(split), LABEL_SCHEMA, validate=parse_label,
                                       max_tokens=self.max_tokens)
         u = Usage()
         u.add(c)

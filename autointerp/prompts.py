@@ -36,6 +36,7 @@ __all__ = [
     "escape_data",
     "render_tokens",
     "build_explain_messages",
+    "logits_section",
     "build_detection_messages",
     "build_fuzz_messages",
     "LABEL_SCHEMA",
@@ -45,7 +46,8 @@ __all__ = [
     "FuzzItem",
 ]
 
-PROMPT_VERSION = "explain-v2/detect-v2/fuzz-v2"  # v2: token pieces joined as decoded (features.tokentext)
+# v2: token pieces joined as decoded (features.tokentext); v3: the explain prompt shows the logit effects
+PROMPT_VERSION = "explain-v3/detect-v2/fuzz-v2"
 MARK_OPEN, MARK_CLOSE = "<<", ">>"
 MAX_LABEL_CHARS = 80
 
@@ -92,16 +94,31 @@ Reply with only a JSON object of this form and nothing else:
 {"label": "<short label>"}"""
 
 
-def build_explain_messages(examples: Sequence[Example], mark_threshold: float) -> list[dict[str, str]]:
+_LOGITS_NOTE = """
+
+Between <logits> and </logits> you may also see the tokens the feature makes more likely as the \
+next token when it is active (its output side), strongest first. They are data too; use them to \
+tell a topic or context feature (its outputs fit the topic) from a single-word feature."""
+
+
+def logits_section(promoted: Sequence[str], n: int = 15) -> str:
+    """The fenced list of promoted tokens (escaped, comma-separated), or "" when there are none."""
+    toks = [escape_data(t).strip() for t in promoted[:n]]
+    toks = [t for t in toks if t]
+    return ("<logits>\n" + ", ".join(toks) + "\n</logits>\n\n") if toks else ""
+
+
+def build_explain_messages(examples: Sequence[Example], mark_threshold: float,
+                           promoted: Sequence[str] = ()) -> list[dict[str, str]]:
     lines = [
         f"Example {i}: {render_tokens(ex.tokens, active_positions(ex, mark_threshold))}"
         for i, ex in enumerate(examples, start=1)
     ]
     user = (
-        "<examples>\n" + "\n".join(lines) + "\n</examples>\n\n"
+        "<examples>\n" + "\n".join(lines) + "\n</examples>\n\n" + logits_section(promoted) +
         'What do the marked tokens have in common? Reply with only {"label": "<short label>"}.'
     )
-    return [{"role": "system", "content": _EXPLAIN_SYSTEM}, {"role": "user", "content": user}]
+    return [{"role": "system", "content": _EXPLAIN_SYSTEM + _LOGITS_NOTE}, {"role": "user", "content": user}]
 
 
 LABEL_SCHEMA: dict[str, Any] = {

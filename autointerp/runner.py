@@ -27,6 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from .accounting import BudgetExceeded, estimate_message_tokens
+from .concept import ConceptExplainer, Lexicon, load_lexicon
+from .embedding_score import EmbeddingScorer
+from .embeddings import Embedder
+from .intruder import IntruderScorer
+from .simulation import SimulationScorer
 from .config import LabelConfig, parse_latents
 from .examples import ExampleSplit, LatentExamples, crop_example, split_examples
 from .interp import (LABEL_MAX_TOKENS, DetectionScorer, FuzzingScorer, LLMExplainer, OfflineExplainer, Score, Usage,
@@ -47,20 +52,28 @@ class _StageError(Exception):
 class Labeller:
     """An explainer and its scorers with the example-selection settings: labels one latent."""
 
-    def __init__(self, judge: Judge | None, cfg: LabelConfig) -> None:
+    def __init__(self, judge: Judge | None, cfg: LabelConfig, *, lexicon: Lexicon | None = None,
+                 embedder: Embedder | None = None) -> None:
         self.judge = judge
         self.cfg = cfg
-        if judge is None:
-            self.explainer: LLMExplainer | OfflineExplainer = OfflineExplainer(mark_threshold=cfg.mark_threshold)
-        else:
-            self.explainer = LLMExplainer(judge, mark_threshold=cfg.mark_threshold)
-        self.scorers: list[DetectionScorer | FuzzingScorer] = []
+        self.explainer = make_explainer(judge, cfg, lexicon)
+        self.scorers: list[Any] = []
         for name in cfg.scorers:
             if name == "detection":
                 self.scorers.append(DetectionScorer(judge, batch_size=cfg.scoring_batch_size, seed=cfg.seed))
-            else:
+            elif name == "fuzzing":
                 self.scorers.append(FuzzingScorer(judge, batch_size=cfg.scoring_batch_size, seed=cfg.seed,
                                                   mark_threshold=cfg.mark_threshold))
+            elif name == "simulation":
+                self.scorers.append(SimulationScorer(judge, batch_size=cfg.scoring_batch_size, seed=cfg.seed))
+            elif name == "intruder":
+                self.scorers.append(IntruderScorer(judge, seed=cfg.seed))
+            elif name == "embedding":
+                if embedder is None:
+                    from .embeddings import EmbedConfig, make_embedder
+
+                    embedder = make_embedder(EmbedConfig())
+                self.scorers.append(EmbeddingScorer(embedder))
 
     @property
     def source(self) -> str:
@@ -78,6 +91,7 @@ class Labeller:
             tuple(crop_example(e, c.max_example_tokens) for e in lex.quantile),
             tuple(crop_example(e, c.max_example_tokens) for e in lex.random),
             lex.max_act,
+            lex.evidence,
         )
         return split_examples(cropped, n_explain_top=c.n_explain_top, n_explain_quantile=c.n_explain_quantile,
                               n_detect=c.n_detect, n_fuzz=c.n_fuzz, seed=c.seed)
@@ -133,8 +147,36 @@ class Labeller:
         return LabelResult(
             latent=lex.latent, label=expl.label, source=self.source, judge_model=self.model,
             prompt_version=self.explainer.prompt_version,
-            scores={s.name: s.balanced_accuracy for s in scores}, provenance=provenance,
+            scores={s.name: s.value for s in scores}, provenance=provenance,
         )
+
+
+def make_explainer(judge: Judge | None, cfg: LabelConfig, lexicon: Lexicon | None = None):
+    """The explainer `cfg.explainer` names: offline (judge None) concept phrases or token lists; with
+    a judge, examples plus logit effects, or the contrastive variant."""
+    if judge is None:
+        if cfg.explainer == "contrastive":
+            raise ValueError("LabelConfig.explainer contrastive needs a judge (--judge-model); offline, use auto or tokens")
+        if cfg.explainer == "tokens":
+            return OfflineExplainer(mark_threshold=cfg.mark_threshold)
+        return ConceptExplainer(lexicon=lexicon, mark_threshold=cfg.mark_threshold)
+    if cfg.explainer == "tokens":
+        raise ValueError("LabelConfig.explainer tokens is the offline token-list labeller; with a judge use auto or contrastive")
+    from .contrastive import ContrastiveExplainer
+
+    if cfg.explainer == "contrastive":
+        return ContrastiveExplainer(judge, mark_threshold=cfg.mark_threshold)
+    return LLMExplainer(judge, mark_threshold=cfg.mark_threshold)
+
+
+def store_lexicon(store: LabelStore, cfg: LabelConfig) -> Lexicon | None:
+    """The lexicon `cfg.lexicon` names; 'auto' is the toy world's for a store of the toy model."""
+    toy = False
+    if cfg.lexicon == "auto":
+        recorded = getattr(getattr(store, "store", None), "recorded_model", None)
+        ident = recorded() if callable(recorded) else None
+        toy = ident is not None and getattr(ident, "source", None) == "toy"
+    return load_lexicon(cfg.lexicon, toy_store=toy)
 
 
 @dataclass
@@ -190,9 +232,9 @@ def select_latents(store: LabelStore, cfg: LabelConfig) -> list[int]:
 
 async def label_latents_async(
     store: LabelStore, judge: Judge | None, cfg: LabelConfig, *, progress: bool = True,
-    latents: Sequence[int] | None = None,
+    latents: Sequence[int] | None = None, embedder: Embedder | None = None,
 ) -> RunReport:
-    labeller = Labeller(judge, cfg)
+    labeller = Labeller(judge, cfg, lexicon=store_lexicon(store, cfg) if judge is None else None, embedder=embedder)
     t0 = time.perf_counter()
     ids = list(latents) if latents is not None else select_latents(store, cfg)
     report = RunReport(judge=f"{labeller.source}:{labeller.model}", requested=len(ids))
@@ -269,14 +311,14 @@ async def label_latents_async(
 
 
 def label_latents(store: LabelStore, judge: Judge | None, cfg: LabelConfig, *, progress: bool = True,
-                  latents: Sequence[int] | None = None) -> RunReport:
+                  latents: Sequence[int] | None = None, embedder: Embedder | None = None) -> RunReport:
     """Synchronous entry point (runs its own event loop; closes the judge's HTTP clients). Called
     where an event loop already runs (Jupyter, an async server), it runs in a worker thread with a
     loop of its own and blocks until done; there, `await label_latents_async(...)` blocks nothing."""
 
     async def main() -> RunReport:
         try:
-            return await label_latents_async(store, judge, cfg, progress=progress, latents=latents)
+            return await label_latents_async(store, judge, cfg, progress=progress, latents=latents, embedder=embedder)
         finally:
             if judge is not None:
                 await judge.aclose()
@@ -299,6 +341,15 @@ def run_coroutine_sync(make_coro):
 
 # ------------------------------------------------------------------------------------------------
 # dry run
+
+
+class _NoEmbedder:
+    """Stands in for an embedder where none is called (a dry run counts judge requests only)."""
+
+    name = "none"
+
+    def embed(self, texts):
+        raise AssertionError("a dry run embeds nothing")
 
 
 @dataclass
@@ -325,7 +376,7 @@ class DryRunEstimate:
 def estimate_run(store: LabelStore, judge: Judge | None, cfg: LabelConfig, *, sample: int = 200) -> DryRunEstimate:
     """Requests, tokens and cost the run would take, without sending anything. Scoring prompts
     are built with a placeholder label of typical length (the real one is not known yet)."""
-    labeller = Labeller(judge, cfg)
+    labeller = Labeller(judge, cfg, embedder=_NoEmbedder() if "embedding" in cfg.scorers else None)
     ids = select_latents(store, cfg)
     done = set() if cfg.overwrite else store.labelled(labeller.source, labeller.model)
     todo = [i for i in ids if i not in done]
@@ -340,7 +391,7 @@ def estimate_run(store: LabelStore, judge: Judge | None, cfg: LabelConfig, *, sa
         split = labeller.split(store.examples(latent))
         if not split.explain:
             continue
-        msgs = labeller.explainer.messages(split.explain)
+        msgs = labeller.explainer.messages(split)
         calls += 1
         if judge.is_cached(msgs, LABEL_MAX_TOKENS):
             cached += 1  # answered already: costs nothing

@@ -89,6 +89,17 @@ from saes.errors import SaesteerError
 
 SCHEMA_VERSION = 1
 
+# Tables added after schema version 1 shipped: created in new stores and, when an older store is
+# opened for writing, added to it (additive: nothing else changes, older saesteers ignore them).
+ADDED_TABLES = (
+    # one vector per latent and embedding model, of the label `label_id` (autointerp.semantic)
+    "CREATE TABLE IF NOT EXISTS label_embeddings (feature_id INTEGER NOT NULL, model TEXT NOT NULL, "
+    "label_id INTEGER, dim INTEGER NOT NULL, vector BLOB NOT NULL, PRIMARY KEY (model, feature_id)) WITHOUT ROWID",
+    # 2-d layouts of the latents for the web app's map (saesteer.featuremap)
+    "CREATE TABLE IF NOT EXISTS feature_map (method TEXT NOT NULL, feature_id INTEGER NOT NULL, x REAL NOT NULL, "
+    "y REAL NOT NULL, PRIMARY KEY (method, feature_id)) WITHOUT ROWID",
+)
+
 SCHEMA = """
 CREATE TABLE schema_version (version INTEGER NOT NULL);
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -198,7 +209,7 @@ CREATE TABLE concept_matches (
 ) WITHOUT ROWID;
 CREATE TABLE build_progress (block INTEGER PRIMARY KEY, first_id INTEGER NOT NULL, end_id INTEGER NOT NULL);
 CREATE VIRTUAL TABLE feature_fts USING fts5(label, examples, tokenize = 'unicode61');
-"""
+""" + "".join(t + ";\n" for t in ADDED_TABLES)
 
 FEATURE_COLUMNS = (
     "id", "n_fires", "freq", "mean_act", "std_act", "max_act", "sum_act", "typical_max_act", "q50", "q90", "q99",
@@ -299,6 +310,9 @@ class FeatureStore:
         self._current_version: tuple[int, int] | None = None  # of the temp current-label / latest-score tables
         self.meta: dict[str, Any] = {}
         self._offsets_column = self._upgrade_examples()
+        if not readonly:
+            for stmt in ADDED_TABLES:
+                self._conn.execute(stmt)
         self.refresh()
 
     def _upgrade_examples(self) -> str:
@@ -525,7 +539,7 @@ class FeatureStore:
                 "SELECT kind, token_id, value FROM logit_effects WHERE feature_id = ? ORDER BY kind, rank", (i,)
             ).fetchall()
             nb = c.execute(
-                f"SELECT n.kind, n.other_id, n.score, n.count, "
+                "SELECT n.kind, n.other_id, n.score, n.count, "
                 f"(SELECT l.label FROM labels l WHERE l.feature_id = n.other_id ORDER BY l.id DESC LIMIT 1) "
                 f"FROM neighbours n WHERE n.feature_id = ? ORDER BY n.kind, n.rank", (i,),
             ).fetchall()
@@ -589,6 +603,24 @@ class FeatureStore:
                 args.append(kind)
             rows = c.execute(q + " ORDER BY kind, rank", args).fetchall()
         return [self._example(e) for e in rows]
+
+    def promoted_tokens(self, ids: Iterable[int], top: int = 10) -> dict[int, list[TokenEffect]]:
+        """The `top` tokens each given latent promotes most (logit effects), best first; {} when the
+        store has no logit effects."""
+        ids = [self._check_id(i) for i in dict.fromkeys(ids)]
+        if not ids or not self.meta.get("logit_method"):
+            return {}
+        out: dict[int, list[TokenEffect]] = {i: [] for i in ids}
+        with self._read() as c:
+            for k in range(0, len(ids), 500):
+                chunk = ids[k:k + 500]
+                rows = c.execute(
+                    f"SELECT feature_id, token_id, value FROM logit_effects WHERE kind = 'promoted' AND rank < ? "
+                    f"AND feature_id IN ({','.join('?' * len(chunk))}) ORDER BY feature_id, rank", [int(top), *chunk],
+                ).fetchall()
+                for f, t, v in rows:
+                    out[f].append(TokenEffect(t, self.token_str(t), v))
+        return out
 
     def _current_label(self, c: sqlite3.Connection, i: int) -> Label | None:
         row = c.execute(
@@ -938,10 +970,10 @@ class FeatureStore:
                 [(m.concept, m.rank, m.feature_id, m.f1, m.precision, m.recall, source) for m in matches],
             )
 
-    # -- steering presets ------------------------------------------------------------------------
-    def _has_presets(self, c: sqlite3.Connection) -> bool:
-        return c.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'presets'").fetchone() is not None
+    def _has_table(self, c: sqlite3.Connection, name: str) -> bool:
+        return c.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
 
+    # -- steering presets ------------------------------------------------------------------------
     def save_preset(self, name: str, record: Mapping[str, Any], *, overwrite: bool = False) -> None:
         """Keep a steering preset (a JSON record, `steering.presets.Preset.to_json()`) under `name`.
         A preset made for another SAE (`record["sae_fingerprint"]`) is refused (StoreMismatchError);
@@ -967,23 +999,84 @@ class FeatureStore:
     def preset_record(self, name: str) -> dict[str, Any] | None:
         """The preset saved under `name` (None if there is none)."""
         with self._read() as c:
-            if not self._has_presets(c):
+            if not self._has_table(c, "presets"):
                 return None
             row = c.execute("SELECT record FROM presets WHERE name = ?", (name,)).fetchone()
         return None if row is None else json.loads(row[0])
 
     def preset_names(self) -> list[str]:
         with self._read() as c:
-            if not self._has_presets(c):
+            if not self._has_table(c, "presets"):
                 return []
             return [r[0] for r in c.execute("SELECT name FROM presets ORDER BY name")]
 
     def delete_preset(self, name: str) -> bool:
         """Remove a preset; False if there was none by that name."""
         with self.transaction() as c:
-            if not self._has_presets(c):
+            if not self._has_table(c, "presets"):
                 return False
             return c.execute("DELETE FROM presets WHERE name = ?", (name,)).rowcount > 0
+
+    # -- label embeddings and map layouts (tables added to older stores when opened for writing) ----
+    def write_label_embeddings(self, model: str, rows: Iterable[tuple[int, int | None, Any]]) -> int:
+        """Store (feature id, label id, vector) rows of one embedding model, replacing those latents' old ones."""
+        data = []
+        for fid, lid, vec in rows:
+            v = np.asarray(vec, dtype="<f4").ravel()
+            if not np.all(np.isfinite(v)):
+                raise ValueError(f"embedding of feature {fid} has non-finite values")
+            data.append((model, self._check_id(fid), lid, int(v.size), v.tobytes()))
+        with self.transaction() as c:
+            c.executemany("INSERT OR REPLACE INTO label_embeddings(model, feature_id, label_id, dim, vector) "
+                          "VALUES (?, ?, ?, ?, ?)", data)
+        return len(data)
+
+    def label_embeddings(self, model: str) -> tuple[list[int], list[int | None], np.ndarray]:
+        """(feature ids, label ids, vectors [n, dim]) stored for `model`; empty when none."""
+        with self._read() as c:
+            if not self._has_table(c, "label_embeddings"):
+                return [], [], np.zeros((0, 0), dtype=np.float32)
+            rows = c.execute("SELECT feature_id, label_id, dim, vector FROM label_embeddings WHERE model = ? "
+                             "ORDER BY feature_id", (model,)).fetchall()
+        if not rows:
+            return [], [], np.zeros((0, 0), dtype=np.float32)
+        dims = {r[2] for r in rows}
+        if len(dims) != 1:
+            raise StoreError(f"{self.path}: label embeddings of {model!r} have several widths {sorted(dims)}; re-embed them")
+        m = np.stack([np.frombuffer(r[3], dtype="<f4") for r in rows])
+        return [r[0] for r in rows], [r[1] for r in rows], m
+
+    def embedding_models(self) -> list[str]:
+        """Embedding models with stored label vectors, the most vectors first."""
+        with self._read() as c:
+            if not self._has_table(c, "label_embeddings"):
+                return []
+            return [r[0] for r in c.execute("SELECT model, COUNT(*) n FROM label_embeddings GROUP BY model "
+                                            "ORDER BY n DESC, model")]
+
+    def write_feature_map(self, method: str, rows: Iterable[tuple[int, float, float]], info: Mapping[str, Any]) -> None:
+        """Replace the 2-d layout `method` (feature id, x, y) and record how it was made (meta feature_map:<method>)."""
+        data = [(method, self._check_id(i), float(x), float(y)) for i, x, y in rows]
+        if any(not (np.isfinite(x) and np.isfinite(y)) for _, _, x, y in data):
+            raise ValueError("map coordinates must be finite")
+        with self.transaction() as c:
+            c.execute("DELETE FROM feature_map WHERE method = ?", (method,))
+            c.executemany("INSERT INTO feature_map(method, feature_id, x, y) VALUES (?, ?, ?, ?)", data)
+            c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (f"feature_map:{method}", json.dumps(dict(info))))
+        self.refresh()
+
+    def feature_map(self, method: str) -> list[tuple[int, float, float]]:
+        with self._read() as c:
+            if not self._has_table(c, "feature_map"):
+                return []
+            return [tuple(r) for r in c.execute("SELECT feature_id, x, y FROM feature_map WHERE method = ? ORDER BY feature_id",
+                                                (method,))]
+
+    def feature_map_methods(self) -> list[str]:
+        with self._read() as c:
+            if not self._has_table(c, "feature_map"):
+                return []
+            return [r[0] for r in c.execute("SELECT DISTINCT method FROM feature_map ORDER BY method")]
 
     # -- build-side writes -------------------------------------------------------------------------
     def set_meta(self, **items: Any) -> None:

@@ -130,7 +130,8 @@ class BatchEngine:
                 if unknown:
                     raise SteeringError(f"unknown SAE {sorted(unknown)[0]!r}; known: {', '.join(self.saes)}")
                 check_positions(r.steering, layout)
-            live = _Live(r, RowRandom(r.params.seed), TextAssembler(self.tokenizer, r.params.stop), layout)
+            live = _Live(r, RowRandom(r.params.seed), TextAssembler(self.tokenizer, r.params.stop, context_ids=ids),
+                         layout)
             live.detail["seed"] = live.stream.seed
             lives.append(live)
         self.pending.extend(lives)

@@ -188,7 +188,9 @@ def continuation_text(tokenizer: Any, prompt_ids: Sequence[int], new_ids: Sequen
     line breaks and indentation the new tokens carry are kept ("def main(" + ")" reads
     "def main()"); where the tokenizer puts a space between words (SentencePiece's "▁", a word-level
     tokenizer) it is the continuation's first character. Special tokens (BOS, padding) are left
-    out, and the text stops at the first end-of-text token when `stop_at_eos`.
+    out, and the text stops at the first end-of-text token when `stop_at_eos`. The prompt counts
+    from after its last control token (`steering.textstream.text_context`): a reply after a chat
+    template's "<|assistant|>" brings no space.
 
     (`features.tokentext` gives each token's piece of a window the same way; steering does not
     import `features`, and needs only this one cut.)"""
@@ -198,7 +200,9 @@ def continuation_text(tokenizer: Any, prompt_ids: Sequence[int], new_ids: Sequen
         new = new[: new.index(eos)]
     if not new:
         return ""
-    prompt = [int(i) for i in prompt_ids]
+    from steering.textstream import text_context
+
+    prompt = text_context(tokenizer, prompt_ids)  # after a chat turn's marker the text starts afresh
     head, whole = tokenizer.batch_decode([prompt, prompt + new], skip_special_tokens=True,
                                          clean_up_tokenization_spaces=False)
     if whole.startswith(head):

@@ -15,6 +15,8 @@ import httpx
 import pytest
 import torch
 
+from steering.generation import continuation_text
+
 openai = pytest.importorskip("openai")
 
 from helpers.web_app import ServerThread, free_port, make_entry  # noqa: E402
@@ -100,7 +102,9 @@ def test_unsteered_greedy_completion_is_the_models_own(client, ws):
                             return_type="tokens")[0, toks.shape[1]:].tolist()
     got = _ext(r.choices[0])["token_ids"]
     assert got == ref
-    assert r.choices[0].text == ws.model.tokenizer.decode(ref, skip_special_tokens=True)
+    # the text reads on from the prompt, with the space before its first word (as `steer` prints it)
+    assert r.choices[0].text == continuation_text(ws.model.tokenizer, toks[0].tolist(), ref)
+    assert r.choices[0].text.startswith(" ")
     assert r.choices[0].finish_reason == "length"
     assert r.usage.prompt_tokens == toks.shape[1] and r.usage.completion_tokens == 10
     s = client.completions.create(model="chat", prompt=prompt, max_tokens=10, temperature=0, stream=True,

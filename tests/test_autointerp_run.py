@@ -16,7 +16,7 @@ from helpers.judge_server import FaultPlan, JudgeServer, fake_llm_answer
 from helpers.label_data import TRIGGERS, make_latents
 
 FAST = RetryPolicy(max_retries=10, base_s=0.005, max_s=0.02, max_retry_after_s=0.03)
-CFG = LabelConfig()  # 1 explain + 2 detection + 1 fuzzing request per latent
+CFG = LabelConfig(scorers=("detection", "fuzzing"))  # 1 explain + 2 detection + 1 fuzzing request per latent
 
 
 def judge_for(srv, tmp_path, *, budget=None, concurrency=8, max_reasks=3, timeout_s=5.0, cache=True):

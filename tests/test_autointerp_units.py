@@ -242,7 +242,7 @@ def test_configs_validate_and_resolve():
     with pytest.raises(ValueError, match="latents"):
         LabelConfig(latents="3-1")
     with pytest.raises(ValueError, match="scorers"):
-        LabelConfig(scorers=("detection", "simulation"))
+        LabelConfig(scorers=("detection", "telepathy"))
     with pytest.raises(ValueError, match="budget"):
         LabelConfig(budget="lots")
     assert LabelConfig(scorers=("none",)).scorers == ()

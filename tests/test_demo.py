@@ -77,7 +77,11 @@ def test_demo_labels_and_concepts_in_the_store(demo) -> None:
         f = store.feature(demo.showcase[0].id)
         assert f.label is not None and f.label.text == demo.showcase[0].label
         assert f.label.provenance.judge_kind == "offline"
-        assert {s.method for s in f.scores} == {"detection", "fuzzing"}
+        # concept-level labels (autointerp.concept), named with the toy world's dictionary
+        assert f.label.provenance.judge_model == "offline/concepts"
+        assert f.label.provenance.extra["autointerp"]["detail"]["kind"] in ("lexical", "contextual", "conjunctive")
+        assert {s.method for s in f.scores} == {"detection", "fuzzing", "simulation"}
+        assert store.embedding_models() and len(store.label_embeddings(store.embedding_models()[0])[0]) == labelled
         assert store.concept_matches("topic:ocean"), "ground-truth concept matches are written"
         strength = store.feature(demo.steering.feature).recommended_strength
     assert demo.concepts["concepts"] > 40 and demo.concepts["f1_at_least_0.5"] >= 1

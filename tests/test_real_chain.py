@@ -301,9 +301,12 @@ def prompt_windows(records) -> list[str]:
     out = []
     for rec in records:
         user = rec.messages[1]["content"]
+        lines = _LINE.findall(user)
+        if "simulating a latent feature" in rec.messages[0]["content"]:  # "The[0] ship[1]s[2]": positions removed
+            lines = [re.sub(r"\[\d+\]", "", ln) for ln in lines]
         # marks removed; then stripped, as the prompt strips the line (a marked whitespace token at
         # an end keeps its spaces inside the marks)
-        out += [m.replace("<<", "").replace(">>", "").strip() for m in _LINE.findall(user)]
+        out += [m.replace("<<", "").replace(">>", "").strip() for m in lines]
     return out
 
 

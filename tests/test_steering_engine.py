@@ -109,7 +109,9 @@ def test_stops_end_of_text_stop_strings_and_length():
                                            tag=0)])[0]
         assert eot.finish_reason == "stop" and eot.detail["token_ids"] == ids[: ids.index(ids[3])]
         word = tok.decode([ids[5]])
-        text = tok.decode(ids, skip_special_tokens=True)
+        from steering.generation import continuation_text
+
+        text = continuation_text(tok, model.to_tokens("the sea")[0].tolist(), ids)  # reads on: " ..."
         for stream in (False, True):
             eng = BatchEngine(model)
             eng.add([Row(model.to_tokens("the sea")[0].tolist(), SamplingParams(max_new_tokens=12, temperature=0,
@@ -290,3 +292,31 @@ def test_text_pieces_hold_back_an_incomplete_character():
     a = TextAssembler(tok)
     pieces = [a.push(i)[0] for i in ids] + [a.finish()]
     assert "".join(pieces) == tok.decode(ids) and not any("\ufffd" in p for p in pieces)
+
+
+@pytest.mark.parametrize("name", ["byte_level_bpe", "sentencepiece_bpe", "toy_words"])
+def test_streamed_text_reads_on_from_the_prompt_as_continuation_text_does(name):
+    """The API's text (pieces joined) is `continuation_text` of the prompt and new tokens, at every
+    cut: it brings its own leading space or line break, so prompt + text is the whole decoding."""
+    from steering.generation import continuation_text
+    from steering.textstream import TextAssembler
+
+    if name == "toy_words":
+        from toyworld.tokenizer import load_tokenizer
+
+        tok = load_tokenizer()
+    else:
+        from helpers import text_tokenizers
+
+        tok = getattr(text_tokenizers, name)()
+    texts = {"toy_words": "the sailor sees a whale . did the old owl fly ?"}.get(
+        name, "def main(self):\n    return self.value  # the sea is deep, and the ship sails on")
+    ids = tok(texts, add_special_tokens=False)["input_ids"]
+    spaced = 0
+    for k in range(1, len(ids)):
+        prompt = [tok.bos_token_id, *ids[:k]]
+        a = TextAssembler(tok, context_ids=prompt)
+        text = "".join([a.push(i)[0] for i in ids[k:]] + [a.finish()])
+        assert text == continuation_text(tok, prompt, ids[k:]), (k, text)
+        spaced += text[:1].isspace()
+    assert spaced  # some cuts fall between words: the text starts with the space or line break

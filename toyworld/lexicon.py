@@ -309,3 +309,33 @@ def _concepts() -> tuple[str, ...]:
 
 
 CONCEPTS: tuple[str, ...] = _concepts()
+
+
+# What each lexical concept is called in plain words (sub-concepts of one word, e.g. colour:red,
+# are their word). Auto-interp's offline labeller names word groups with these (`concept_lexicon`),
+# and the label benchmark checks whether a label names the concept a latent matches.
+CONCEPT_NAMES: dict[str, str] = {
+    **{f"topic:{t}": t for t in TOPICS},
+    "pos:adj": "adjective", "pos:adv": "adverb", "pos:aux": "auxiliary", "pos:conj": "conjunction",
+    "pos:det": "determiner", "pos:name": "name", "pos:noun": "noun", "pos:num": "number",
+    "pos:other": "existential there", "pos:prep": "preposition", "pos:pron": "pronoun",
+    "pos:punct": "punctuation", "pos:verb": "verb", "pos:wh": "question word",
+    "be": "be", "speech": "speech verb", "mood": "mood", "colour": "colour", "name": "name", "role": "role",
+    "place": "place", "animal": "animal", "object": "object", "number": "number", "plural": "plural",
+    "size": "size", "quote": "quote", "pronoun": "pronoun",
+    "dialogue": "dialogue", "question": "question", "imperative": "imperative",
+    "tense:past": "past tense", "tense:present": "present tense",
+}
+
+
+def concept_lexicon() -> dict[str, list[str]]:
+    """The toy world's dictionary as named word groups: {"ocean": ["crab", "crabs", ...],
+    "preposition": [...], ...} (lexical concepts only: context concepts such as dialogue have no
+    words of their own)."""
+    out: dict[str, list[str]] = {}
+    for concept, name in CONCEPT_NAMES.items():
+        words = [w for w, e in LEXICON.items() if concept in e.tags]
+        if len(words) >= 2:
+            out.setdefault(name, [])
+            out[name] += [w for w in words if w not in out[name]]
+    return out

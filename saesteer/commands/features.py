@@ -17,13 +17,16 @@ examples:
   saesteer features list stores/toy-topk.db --sort freq --limit 20
   saesteer features search stores/toy-topk.db "ocean"
   saesteer features top-on-text stores/toy-topk.db "the sailor sees a whale ." --model toy
-  saesteer features export stores/toy-topk.db out/dash --limit 200"""
+  saesteer features export stores/toy-topk.db out/dash --limit 200
+  saesteer features export stores/toy-topk.db exports --format neuronpedia --model-id toy --source-set res-1k
+  saesteer features map stores/toy-topk.db --method umap          # the web app's map page
+  saesteer features embed stores/toy-topk.db --embed-backend openai --embed-model text-embedding-3-small"""
 
 
 def add_arguments(parser) -> None:
-    from saesteer.configargs import add_dataclass_arguments
+    from autointerp.embeddings import EmbedConfig
     from features.config import BuildConfig
-    from saesteer.configargs import _parser_for
+    from saesteer.configargs import _parser_for, add_dataclass_arguments
 
     sub = parser.add_subparsers(dest="features_command", metavar="SUBCOMMAND", title="subcommands")
     sub.required = True
@@ -83,11 +86,41 @@ def add_arguments(parser) -> None:
                         "model's default) (default: None)")
     t.add_argument("--no-bos", action="store_true", help="the same as --prepend-bos false")
 
-    e = sub.add_parser("export", help="static HTML dashboards (open offline)")
+    m = sub.add_parser("map", help="2-d layout of the latents (UMAP or PCA) for the web app's map page",
+                       description="Lay the live latents out in 2-d by their decoder directions or their label "
+                                   "embeddings, and store the layout for `saesteer serve`'s map page.")
+    m.add_argument("store", help="feature store file (written)")
+    m.add_argument("--source", default="decoder", choices=["decoder", "labels"],
+                   help="decoder directions of the SAE, or the stored label embeddings (default: decoder)")
+    m.add_argument("--method", default="umap", choices=["umap", "pca"],
+                   help="umap (umap-learn; compiles numba code on first use) or pca (instant) (default: umap)")
+    m.add_argument("--sae", default=None, help="SAE folder for --source decoder (default: the one the store records)")
+    m.add_argument("--embed-model", default=None, help="for --source labels: which stored embedding model (default: "
+                                                         "a real model's over the offline hashing)")
+    m.add_argument("--seed", type=int, default=0)
+
+    em = sub.add_parser("embed", help="embed the current labels (search by meaning, map by labels)")
+    em.add_argument("store", help="feature store file (written)")
+    add_dataclass_arguments(em, EmbedConfig, prefix="embed_", title="label embeddings")
+
+    e = sub.add_parser("export", help="static HTML dashboards, Neuronpedia's import format, or SAEDashboard JSON",
+                       description="html: static dashboards that open offline. neuronpedia: the JSON-lines layout "
+                                   "Neuronpedia imports (features, activations, explanations, scores; see "
+                                   "docs/features.md). saedashboard: one SAEDashboard-style batch JSON.")
     e.add_argument("store", help="feature store file")
-    e.add_argument("out", help="output directory")
+    e.add_argument("out", help="output directory (saedashboard: the JSON file)")
+    e.add_argument("--format", default="html", choices=["html", "neuronpedia", "saedashboard"],
+                   help="what to write (default: html)")
     e.add_argument("--features", default=None, help="ids and ranges, e.g. 0-99,120 (default: all, or --limit most frequent)")
     e.add_argument("--limit", type=int, default=None, help="export the N most frequent latents")
+    e.add_argument("--model-id", default=None, help="neuronpedia / saedashboard: the model's name there, e.g. "
+                                                    "gpt2-small (default: the store's model)")
+    e.add_argument("--source-set", default="saesteer", help="neuronpedia / saedashboard: the source set name, e.g. "
+                                                            "res-1k (the layer is prepended) (default: saesteer)")
+    e.add_argument("--layer", type=int, default=None, help="neuronpedia / saedashboard: layer number (default: from "
+                                                           "the hook name)")
+    e.add_argument("--creator-name", default="saesteer", help="neuronpedia: creator and release author name")
+    e.add_argument("--url", default=None, help="neuronpedia: a URL for the release (paper, weights)")
     e.add_argument("--no-progress", action="store_true")
 
 
@@ -122,7 +155,7 @@ def run(args) -> int:
     from features.store import StoreError
 
     cmd = {"build": _build, "show": _show, "list": _list, "search": _search, "top-on-text": _top_on_text,
-           "export": _export}[args.features_command]
+           "export": _export, "map": _map, "embed": _embed}[args.features_command]
     try:
         return cmd(args)
     except (StoreError, FileNotFoundError, FileExistsError, ValueError) as e:
@@ -378,6 +411,65 @@ def _export(args) -> int:
 
     with FeatureStore.open(args.store) as store:
         ids = _ids(args.features) if args.features else None
-        index = export_html(store, args.out, ids, limit=args.limit, progress=not args.no_progress)
-    print(f"wrote {index} (open it in a browser; works offline)")
+        if args.format == "html":
+            index = export_html(store, args.out, ids, limit=args.limit, progress=not args.no_progress)
+            print(f"wrote {index} (open it in a browser; works offline)")
+            return 0
+        if ids is None and args.limit is not None:
+            ids = [r.id for r in store.list_features(sort="freq", filter={"alive_only": True}, limit=args.limit)]
+        recorded = store.recorded_model()
+        model_id = args.model_id or (recorded.id.split("@")[0].replace("/", "-") if recorded is not None
+                                     else (store.meta.get("sae") or {}).get("model_name"))
+        if not model_id:
+            raise ValueError("the store records no model; give --model-id (its name on Neuronpedia, e.g. gpt2-small)")
+        if args.format == "neuronpedia":
+            from features.publish import NeuronpediaInfo, check_neuronpedia_export, export_neuronpedia
+
+            info = NeuronpediaInfo(model_id=model_id, source_set=args.source_set, layer=args.layer,
+                                   creator_name=args.creator_name, url=args.url)
+            root = export_neuronpedia(store, args.out, info, ids)
+            counts = check_neuronpedia_export(root)
+            print(f"wrote {root}: {counts['features']} features, {counts['activations']} activations, "
+                  f"{counts['explanations']} explanations, {counts['explanation_scores']} scores (checked)")
+            return 0
+        from features.publish import export_saedashboard
+
+        path = export_saedashboard(store, args.out, model_id=model_id, source_set=args.source_set, layer=args.layer,
+                                   ids=ids)
+        print(f"wrote {path} (SAEDashboard batch JSON, checked)")
+    return 0
+
+
+def _map(args) -> int:
+    from features import FeatureStore
+    from saesteer.featuremap import build_map
+
+    with FeatureStore.open(args.store, readonly=False) as store:
+        sae = None
+        if args.source == "decoder":
+            from saes import load_sae
+
+            path = args.sae or (store.meta.get("sae") or {}).get("path")
+            if not path:
+                raise ValueError(f"{args.store} records no SAE folder; give --sae DIR")
+            sae = load_sae(path)
+        key = build_map(store, source=args.source, method=args.method, sae=sae, embed_model=args.embed_model,
+                        seed=args.seed)
+        n = len(store.feature_map(key))
+    print(f"map {key}: {n} latents laid out in {args.store} (see the Map page of `saesteer serve`)")
+    return 0
+
+
+def _embed(args) -> int:
+    from autointerp.embeddings import EmbedConfig, make_embedder
+    from autointerp.semantic import embed_labels
+    from features import FeatureStore
+    from saesteer.configargs import dataclass_from_args
+
+    embedder = make_embedder(dataclass_from_args(EmbedConfig, args, prefix="embed_"))
+    if embedder is None:
+        raise ValueError("--embed-backend none embeds nothing; choose auto, openai, sentence-transformers or offline")
+    with FeatureStore.open(args.store, readonly=False) as store:
+        n = embed_labels(store, embedder)
+    print(f"label embeddings: {n} new ({embedder.name}) in {args.store}")
     return 0

@@ -7,10 +7,13 @@ ORDER = 40
 HELP = "label and score latents of a feature store (OpenAI-compatible judge, local model, or offline)"
 DESCRIPTION = """\
 Label every latent of a feature store and score each label (detection and fuzzing balanced
-accuracy); labels, scores and their provenance go into the store.
+accuracy, simulation correlation; intruder and embedding scores on request); labels, scores and
+their provenance go into the store, and so do label embeddings (search by meaning, the map).
 
-Judge: with no model configured the offline labeller is used (token statistics, no LLM, marked
-'offline' in the store). For an OpenAI-compatible server give --judge-model (or set
+Judge: with no model configured the offline labeller is used (no LLM, marked 'offline' in the
+store): a concept phrase from the words around the activations, the tokens the latent promotes
+and its neighbours' ("sailor / diver context: gulls, shells, nets"), named from --lexicon when
+one is given ("ocean context: ..."; the toy world's dictionary for toy-model stores). For an OpenAI-compatible server give --judge-model (or set
 SAESTEER_JUDGE_MODEL), and --judge-base-url (or OPENAI_BASE_URL) for servers other than OpenAI;
 the key comes from OPENAI_API_KEY. A local transformers model: --judge-backend transformers
 --judge-model PATH.
@@ -30,6 +33,7 @@ Exit status: 0 all done, 3 stopped by the budget, 4 some latents failed (see the
 
 def add_arguments(parser) -> None:
     from autointerp.config import JudgeConfig, LabelConfig
+    from autointerp.embeddings import EmbedConfig
     from saesteer.configargs import add_dataclass_arguments
 
     parser.add_argument("--store", required=True, help="feature store file (SQLite) to label")
@@ -41,6 +45,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--report", default=None, help="also write the run report as JSON to this file")
     add_dataclass_arguments(parser, LabelConfig, title="labelling")
     add_dataclass_arguments(parser, JudgeConfig, prefix="judge_", title="judge")
+    add_dataclass_arguments(parser, EmbedConfig, prefix="embed_", title="label embeddings (search by meaning, map)")
 
 
 def run(args) -> int:
@@ -50,6 +55,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from autointerp.config import JudgeConfig, LabelConfig, make_judge
+    from autointerp.embeddings import EmbedConfig, make_embedder
     from saesteer.configargs import dataclass_from_args, load_config_file
 
     file_values = load_config_file(args.config) if args.config else {}
@@ -60,6 +66,7 @@ def run(args) -> int:
     try:
         label_cfg = dataclass_from_args(LabelConfig, args, file_values=file_values.get("label"))
         judge_cfg = dataclass_from_args(JudgeConfig, args, prefix="judge_", file_values=file_values.get("judge"))
+        embed_cfg = dataclass_from_args(EmbedConfig, args, prefix="embed_")
         budget = label_cfg.budget_value()
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -90,7 +97,13 @@ def run(args) -> int:
                 if args.report:
                     _write_json(args.report, {"dry_run": est.__dict__})
                 return 0
-            report = label_latents(store, judge, label_cfg, progress=not args.no_progress)
+            embedder = make_embedder(embed_cfg)
+            report = label_latents(store, judge, label_cfg, progress=not args.no_progress, embedder=embedder)
+            if embedder is not None:
+                from autointerp.semantic import embed_labels
+
+                n = embed_labels(store.store, embedder)
+                print(f"label embeddings: {n} new ({embedder.name})")
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

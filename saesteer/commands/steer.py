@@ -49,7 +49,9 @@ def add_arguments(parser) -> None:
     e.add_argument("--preset", default=None, metavar="NAME|FILE",
                    help="a preset saved in --store, or a preset JSON file (with any --feature edits)")
     f = parser.add_argument_group("finding features")
-    f.add_argument("--search", default=None, metavar="QUERY", help="list features whose label matches QUERY (needs --store)")
+    f.add_argument("--search", default=None, metavar="QUERY", help="list features whose label matches QUERY (needs --store): by meaning, ranked "
+                        "with output scores, when the store has label embeddings of a model installed here; "
+                        "else full text")
     f.add_argument("--contrast", nargs=2, default=None, metavar=("POSITIVE", "NEGATIVE"),
                    help="list features most active on the prompts of file POSITIVE relative to file NEGATIVE")
     f.add_argument("--top", type=int, default=10, help="how many features to list (default: 10)")
@@ -236,7 +238,10 @@ def _print_search(link, query: str, top: int, as_json: bool, rows_only: bool = F
 
     from steering.search import label_search
 
-    hits = label_search(link.search, query, limit=top)
+    from autointerp.semantic import search_labels
+
+    # by meaning, ranked with output scores, when the store has label vectors of a real model; else full text
+    hits = label_search(lambda q, n: search_labels(link.store, q, n), query, limit=top)
     rows = [{"feature": h.feature, "label": h.label, "score": h.score, "typical_max": link.typical_max(h.feature)}
             for h in hits]
     if rows_only:

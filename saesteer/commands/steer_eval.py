@@ -109,8 +109,7 @@ def _run(args, model=None) -> int:
     )
     from saesteer.commands.sweep import _scorer
     from saesteer.configargs import dataclass_from_args
-    from steering.config import GenerationConfig
-    from steering.config import CompareConfig
+    from steering.config import CompareConfig, GenerationConfig
     from steering.methods import compare_methods
 
     try:

@@ -24,6 +24,7 @@ from saesteer.web.schemas import (
     FireRequest,
     FireResult,
     Health,
+    MapData,
     Page,
     SortKey,
     SteerRequest,
@@ -214,6 +215,21 @@ async def search(
         return entry.catalog.search(q, offset, limit)
     except ValueError as e:  # a query the full-text index cannot parse
         raise HTTPException(422, f"q: {e}") from e
+
+
+@router.get("/stores/{sid}/map", summary="the feature map: a stored 2-d layout of the latents", responses=_ERRORS)
+async def feature_map(
+    entry: StoreEntry = Depends(get_store),
+    layout: Annotated[Optional[str], Query(max_length=64, pattern=r"^[a-z0-9-]+$",
+                                           description="which layout (default: the first stored)")] = None,
+) -> MapData:
+    layouts = entry.catalog.map_layouts() if hasattr(entry.catalog, "map_layouts") else []
+    if not layouts:
+        raise HTTPException(404, f"store {entry.id!r} has no feature map; make one with `saesteer features map STORE`")
+    data = entry.catalog.map_points(layout or layouts[0])
+    if data is None:
+        raise HTTPException(404, f"no layout {layout!r} in store {entry.id!r}; it has: {', '.join(layouts)}")
+    return data
 
 
 @router.post("/stores/{sid}/fire", summary="which features fire on a text, token by token", responses=_MODEL_ERRORS)

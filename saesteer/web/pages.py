@@ -178,6 +178,19 @@ def quantile_bands(examples: list[Example]) -> list[tuple[str, list[Example]]]:
     return [(name, exs) for name, exs in groups.items() if exs]
 
 
+@router.get("/s/{sid}/map", response_class=HTMLResponse)
+async def map_page(
+    request: Request,
+    entry: StoreEntry = Depends(api.get_store),
+    layout: Annotated[Optional[str], Query(max_length=64, pattern=r"^[a-z0-9-]+$")] = None,
+) -> Response:
+    layouts = entry.catalog.map_layouts() if hasattr(entry.catalog, "map_layouts") else []
+    if layout is not None and layout not in layouts:
+        raise HTTPException(404, f"no layout {layout!r} in this store; it has: {', '.join(layouts) or 'none'}")
+    chosen = layout or (layouts[0] if layouts else None)
+    return render(request, "map.html", store=entry, layouts=layouts, layout=chosen, nav="map")
+
+
 @router.get("/s/{sid}/fire", response_class=HTMLResponse)
 async def fire_page(
     request: Request,

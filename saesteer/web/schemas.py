@@ -76,6 +76,31 @@ class FeatureSummary(_Out):
     snippet: str | None = Field(None, description="search only: the matching text")
     snippet_parts: list[SnippetPart] | None = Field(None, description="search only: the matching text in pieces, "
                                                                       "each saying whether it is a match")
+    similarity: float | None = Field(None, description="search by meaning only: cosine of the label's and the "
+                                                       "query's embeddings")
+    output_score: float | None = Field(None, description="does steering with the feature move text toward its label? "
+                                                         "(win rate; 0.5 = no move), if scored")
+
+
+class MapPoint(_Out):
+    index: int
+    x: float
+    y: float
+    label: str | None = None
+    level: int | None = Field(None, description="Matryoshka level")
+    health: Health = "ok"
+    score: float | None = Field(None, description="the current label's main score")
+    output_score: float | None = Field(None, description="does steering move text toward the label (0.5 = no)")
+    frequency: float | None = None
+
+
+class MapData(_Out):
+    layout: str = Field(description="the layout shown: <source>-<method>, e.g. decoder-umap")
+    layouts: list[str] = Field(description="every stored layout")
+    source: str
+    method: str
+    score_method: str
+    points: list[MapPoint]
 
 
 class Example(_Out):

@@ -20,6 +20,8 @@ from saesteer.web.schemas import (
     Histogram,
     LabelInfo,
     LogitEffects,
+    MapData,
+    MapPoint,
     Neighbour,
     Page,
     ScoreInfo,
@@ -76,6 +78,7 @@ class StoreCatalog:
         self.store = store
         self.name = name or Path(store.path).stem
         self.score_method = self._find_score_method()
+        self._embedder = False  # not looked for yet (see query_embedder)
 
     # -- identity -------------------------------------------------------------------------------
     def _find_score_method(self) -> str:
@@ -168,7 +171,40 @@ class StoreCatalog:
         scores = self._scores([r.id for r in rows]) if with_scores else {}
         return {r.id: self._summary(r, scores.get(r.id)) for r in rows}
 
+    # -- search by meaning ----------------------------------------------------------------------
+    def query_embedder(self):
+        """The embedder for the store's label vectors of a real model (`autointerp.semantic.store_embedder`),
+        looked for once; None: full-text search."""
+        if self._embedder is False:
+            from autointerp.semantic import store_embedder
+
+            self._embedder = store_embedder(self.store)
+        return self._embedder
+
+    def semantic(self, text: str, offset: int, limit: int) -> Page[FeatureSummary] | None:
+        """Labels nearest `text` by meaning (output scores break near-ties); None without vectors."""
+        emb = self.query_embedder()
+        if emb is None:
+            return None
+        from autointerp.semantic import MIN_SIMILARITY, semantic_search
+
+        hits = semantic_search(self.store, emb, text, limit=min(offset + limit, SEARCH_CAP), min_similarity=MIN_SIMILARITY)
+        if not hits:
+            return None
+        page_hits = hits[offset:offset + limit]
+        known = self.summaries(h.feature_id for h in page_hits)
+        items = [known[h.feature_id].model_copy(update={"similarity": h.similarity, "output_score": h.output_score})
+                 for h in page_hits if h.feature_id in known]
+        nxt = offset + len(items)
+        return Page[FeatureSummary](items=items, total=len(hits), offset=offset, limit=limit,
+                                    next_offset=nxt if nxt < len(hits) and items else None)
+
     def search(self, text: str, offset: int, limit: int) -> Page[FeatureSummary]:
+        """By meaning when the store has label vectors this server can match, else full text."""
+        page = self.semantic(text, offset, limit)
+        return page if page is not None else self.text_search(text, offset, limit)
+
+    def text_search(self, text: str, offset: int, limit: int) -> Page[FeatureSummary]:
         want = min(offset + limit, SEARCH_CAP)
         hits = self.store.search(text, limit=want + (1 if want < SEARCH_CAP else 0))
         more = len(hits) > want
@@ -187,6 +223,33 @@ class StoreCatalog:
         if summary is not None:
             return summary.model_copy(update=snippet)
         return FeatureSummary(index=hit.feature_id, label=hit.label, frequency=_finite(hit.freq), **snippet)
+
+    # -- the map --------------------------------------------------------------------------------
+    def map_layouts(self) -> list[str]:
+        """Stored 2-d layouts (`saesteer features map`), decoder ones first."""
+        return sorted(self.store.feature_map_methods(), key=lambda k: (not k.startswith("decoder"), k))
+
+    def map_points(self, layout: str) -> MapData | None:
+        """Every laid-out latent with what the map colours by; None for an unknown layout."""
+        if layout not in self.map_layouts():
+            return None
+        pts = self.store.feature_map(layout)
+        ids = [i for i, _, _ in pts]
+        rows = {r.id: r for r in self.store.list_features(filter={"ids": ids}, limit=max(1, len(ids)))} if ids else {}
+        main = self._scores(ids)
+        from autointerp.semantic import output_scores
+
+        outs = output_scores(self.store, ids)
+        points = []
+        for i, x, y in pts:
+            r = rows.get(i)
+            points.append(MapPoint(index=i, x=float(x), y=float(y), label=r.label if r else None,
+                                   level=r.level if r else None, health=_health(r.flags) if r else "ok",
+                                   score=_finite(main.get(i)), output_score=_finite(outs.get(i)),
+                                   frequency=_finite(r.freq) if r else None))
+        info = self.store.meta.get(f"feature_map:{layout}") or {}
+        return MapData(layout=layout, layouts=self.map_layouts(), source=str(info.get("source", "")),
+                       method=str(info.get("method", "")), score_method=self.score_method, points=points)
 
     # -- one feature ----------------------------------------------------------------------------
     def feature(self, index: int) -> FeatureDetail | None:

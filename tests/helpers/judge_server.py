@@ -386,7 +386,14 @@ def _task(body: dict) -> str:
         return "explain"
     if "decide whether the marked tokens" in system:
         return "fuzz"
+    if "simulating a latent feature" in system:
+        return "simulate"
+    if "the intruder" in system:
+        return "intruder"
     return "detect"
+
+
+_NUMBERED_RE = re.compile(r"\s*(.*?)\[(\d+)\]")  # "The[0] ship[1]s[2]": each token (its own space first), then its position
 
 
 def fake_llm_answer(body: dict) -> str:
@@ -405,13 +412,23 @@ def fake_llm_answer(body: dict) -> str:
         if task == "explain":
             return json.dumps({"label": injected})
         n = len([ln for ln in data.splitlines() if ln.strip()])
+        if task == "simulate":
+            return json.dumps({"activations": [[[0, 10]] for _ in range(n)]})
+        if task == "intruder":
+            return json.dumps({"intruder": 1})
         return json.dumps({"answers": [1] * n})
     lines = [ln.split(":", 1)[1] if ":" in ln else ln for ln in data.splitlines() if ln.strip()]
     if task == "explain":
         marked = Counter(t.strip().lower() for ln in lines for t in _MARK_RE.findall(ln))
         label = marked.most_common(1)[0][0] if marked else "nothing"
         return json.dumps({"label": label})
-    words = set(label_text.lower().split())
+    words = set(label_text.lower().replace(",", " ").replace(":", " ").split()) - {"/", "context"}
+    if task == "simulate":  # strength 10 on the label's words, nothing elsewhere
+        return json.dumps({"activations": [[[int(i), 10] for t, i in _NUMBERED_RE.findall(ln) if t.strip().lower() in words]
+                                            for ln in lines]})
+    if task == "intruder":  # the context with the fewest of the label's words
+        counts = [sum(1 for t in _MARK_RE.sub(r"\1", ln).lower().split() if t in words) for ln in lines]
+        return json.dumps({"intruder": counts.index(min(counts)) + 1})
     answers = []
     for ln in lines:
         if task == "detect":

@@ -1,0 +1,467 @@
+"""Publish a feature store: Neuronpedia's import format and SAEDashboard's batch JSON.
+
+    export_neuronpedia(store, "exports", NeuronpediaInfo(model_id="gpt2-small", source_set="saesteer-res-1k"))
+    check_neuronpedia_export("exports/gpt2-small/6-saesteer-res-1k")     # our schema check; raises on a bad row
+    export_saedashboard(store, "out/batch-0.json", model_id="gpt2-small", source_set="saesteer-res-1k")
+
+Neuronpedia imports a source as a directory of JSON-lines files (public sources, read for this
+module: the exporter `utils/neuronpedia-utils/neuronpedia_utils/export-data.py` and the converter
+`convert-saedashboard-to-neuronpedia-export.py` of github.com/hijohnnylin/neuronpedia, and the
+table definitions in its `apps/webapp/prisma/schema.prisma`, models Neuron, Activation,
+Explanation, ExplanationScore, Model, Source, SourceSet, SourceRelease):
+
+    {out}/{model_id}/{layer}-{source_set}/
+        model.jsonl  source.jsonl  sourceset.jsonl  release.jsonl      one row each
+        features/batch-0.jsonl.gz        one row per latent (table Neuron)
+        activations/batch-0.jsonl.gz     one row per stored top / quantile example (table Activation)
+        explanations/batch-0.jsonl.gz    one row per current label (table Explanation)
+        explanation_scores/batch-0.jsonl.gz   one row per score of a current label (table
+                                         ExplanationScore; Neuronpedia's exporter writes none, its
+                                         schema has the table: import it with the rest)
+    {out}/config/explanation_score_type.jsonl, explanation_model_type.jsonl   our score methods and explainers
+
+Batches hold `batch_size` latents. Ids are deterministic (store fingerprint + row), so a re-export
+gives the same files. What the store does not have is written empty, as Neuronpedia's own
+defaults (correlated neurons, logit histograms, DFA values).
+
+SAEDashboard (github.com/jbloomAus/SAEDashboard) writes one `batch-N.json` per batch of latents:
+`{model_id, layer, sae_set, sae_id_suffix, features: [...]}` with the feature and activation
+fields of `sae_dashboard/neuronpedia/neuronpedia_dashboard.py` (NeuronpediaDashboardFeature,
+NeuronpediaDashboardActivation); Neuronpedia's converter reads those files.
+
+The checks (`FIELDS`, `check_rows`) are ours: field names and JSON types of each row, taken from
+the sources above; they refuse a missing or mistyped field, naming the file, the row and the field.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gzip
+import hashlib
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+__all__ = ["NeuronpediaInfo", "export_neuronpedia", "export_saedashboard", "check_neuronpedia_export",
+           "check_saedashboard_batch", "check_rows", "FIELDS", "PublishError"]
+
+S, I, F, B = "string", "integer", "number", "boolean"
+LS, LI, LF = "list[string]", "list[integer]", "list[number]"
+OPT = "?"  # suffix: may be null
+
+# table -> field -> JSON type (Neuronpedia's prisma schema; "?" = nullable)
+FIELDS: dict[str, dict[str, str]] = {
+    "model": {"id": S, "displayNameShort": S, "displayName": S, "creatorId": S, "layers": I, "neuronsPerLayer": I,
+              "owner": S, "instruct": B, "visibility": S, "createdAt": S, "updatedAt": S, "tlensId": S + OPT},
+    "source": {"id": S, "modelId": S, "setName": S, "creatorId": S, "visibility": S, "hasDashboards": B,
+               "num_prompts": I + OPT, "num_tokens_in_prompt": I + OPT, "dataset": S + OPT, "hfRepoId": S + OPT,
+               "hfFolderId": S + OPT, "createdAt": S},
+    "sourceset": {"modelId": S, "name": S, "description": S, "creatorName": S, "creatorId": S, "releaseName": S + OPT,
+                  "visibility": S, "type": S, "createdAt": S},
+    "release": {"name": S, "description": S, "descriptionShort": S + OPT, "creatorName": S, "creatorNameShort": S + OPT,
+                "creatorId": S, "visibility": S, "urls": LS, "createdAt": S},
+    "features": {"modelId": S, "layer": S, "index": S, "maxActApprox": F, "creatorId": S, "frac_nonzero": F,
+                 "freq_hist_data_bar_heights": LF, "freq_hist_data_bar_values": LF,
+                 "logits_hist_data_bar_heights": LF, "logits_hist_data_bar_values": LF,
+                 "neuron_alignment_indices": LI, "neuron_alignment_l1": LF, "neuron_alignment_values": LF,
+                 "correlated_neurons_indices": LI, "correlated_neurons_l1": LF, "correlated_neurons_pearson": LF,
+                 "correlated_features_indices": LI, "correlated_features_l1": LF, "correlated_features_pearson": LF,
+                 "decoder_weights_dist": LF, "neg_str": LS, "neg_values": LF, "pos_str": LS, "pos_values": LF,
+                 "sourceSetName": S, "topkCosSimIndices": LI, "topkCosSimValues": LF, "vector": LF,
+                 "vectorLabel": S + OPT, "hookName": S + OPT, "vectorDefaultSteerStrength": F + OPT, "hasVector": B,
+                 "umap_x": F + OPT, "umap_y": F + OPT},
+    "activations": {"id": S, "modelId": S, "layer": S, "index": S, "creatorId": S, "dataSource": S + OPT,
+                    "dataIndex": S + OPT, "tokens": LS, "maxValue": F, "minValue": F, "values": LF,
+                    "maxValueTokenIndex": I, "dfaValues": LF, "dfaMaxValue": F + OPT, "dfaTargetIndex": I + OPT,
+                    "binContains": F + OPT, "binMin": F + OPT, "binMax": F + OPT, "qualifyingTokenIndex": I + OPT,
+                    "lossValues": LF, "createdAt": S},
+    "explanations": {"id": S, "modelId": S, "layer": S, "index": S, "authorId": S, "description": S,
+                     "embedding": LF + OPT, "typeName": S + OPT, "explanationModelName": S + OPT, "umap_x": F + OPT,
+                     "umap_y": F + OPT, "umap_cluster": I + OPT, "umap_log_feature_sparsity": F + OPT},
+    "explanation_scores": {"id": S, "initiatedByUserId": S, "value": F, "explanationId": S,
+                           "explanationScoreTypeName": S, "explanationScoreModelName": S, "jsonDetails": S,
+                           "createdAt": S},
+    "explanation_score_type": {"name": S, "displayName": S, "description": S, "creatorName": S, "creatorId": S,
+                               "scoreDescription": S + OPT, "featured": B, "isAttention": B, "createdAt": S},
+    "explanation_model_type": {"name": S, "displayName": S, "description": S, "creatorName": S, "creatorId": S,
+                               "url": S + OPT, "featured": B, "createdAt": S},
+    # SAEDashboard's batch JSON
+    "dashboard_batch": {"model_id": S, "layer": I, "sae_set": S, "sae_id_suffix": S + OPT, "features": "list[object]"},
+    "dashboard_feature": {"feature_index": I, "neuron_alignment_indices": LI, "neuron_alignment_values": LF,
+                          "neuron_alignment_l1": LF, "correlated_neurons_indices": LI, "correlated_neurons_l1": LF,
+                          "correlated_neurons_pearson": LF, "correlated_features_indices": LI,
+                          "correlated_features_l1": LF, "correlated_features_pearson": LF, "neg_str": LS,
+                          "neg_values": LF, "pos_str": LS, "pos_values": LF, "frac_nonzero": F,
+                          "freq_hist_data_bar_values": LF, "freq_hist_data_bar_heights": LF,
+                          "logits_hist_data_bar_heights": LF, "logits_hist_data_bar_values": LF,
+                          "n_prompts_total": I, "n_tokens_in_prompt": I, "dataset": S, "decoder_weights_dist": LF,
+                          "activations": "list[object]", "vector": LF},
+    "dashboard_activation": {"bin_min": F, "bin_max": F, "bin_contains": F, "tokens": LS, "values": LF,
+                             "qualifying_token_index": I},
+}
+_TABLE_FILES = {"model": "model.jsonl", "source": "source.jsonl", "sourceset": "sourceset.jsonl",
+                "release": "release.jsonl"}
+_BATCHED = ("features", "activations", "explanations", "explanation_scores")
+
+
+class PublishError(ValueError):
+    """An export row does not match the format it claims."""
+
+
+def _is(value: Any, kind: str) -> bool:
+    if kind.endswith(OPT):
+        return value is None or _is(value, kind[:-1])
+    if kind.startswith("list["):
+        inner = kind[5:-1]
+        return isinstance(value, list) and all(_is(v, inner) for v in value)
+    if kind == S:
+        return isinstance(value, str)
+    if kind == B:
+        return isinstance(value, bool)
+    if kind == I:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == F:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if kind == "object":
+        return isinstance(value, dict)
+    raise AssertionError(f"unknown field type {kind}")
+
+
+def check_rows(table: str, rows: Iterable[dict], where: str = "") -> int:
+    """Every row has exactly the fields of `table`, each of its type; returns the row count."""
+    spec = FIELDS[table]
+    n = 0
+    for n, row in enumerate(rows, start=1):
+        if not isinstance(row, dict):
+            raise PublishError(f"{where or table} row {n}: not a JSON object")
+        missing = sorted(set(spec) - set(row))
+        extra = sorted(set(row) - set(spec))
+        if missing or extra:
+            raise PublishError(f"{where or table} row {n}: missing fields {missing}, unknown fields {extra}")
+        for k, kind in spec.items():
+            if not _is(row[k], kind):
+                raise PublishError(f"{where or table} row {n}: field {k!r} must be {kind}, got {row[k]!r:.80}")
+    return n
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class NeuronpediaInfo:
+    """Who and what the export is: Neuronpedia's model, source set and release names."""
+
+    model_id: str  # Neuronpedia / TransformerLens model name, e.g. "gpt2-small"
+    source_set: str  # e.g. "saesteer-res-1k" (the layer is prepended: "6-saesteer-res-1k")
+    layer: int | None = None  # default: from the store's hook name (blocks.L....)
+    release: str | None = None  # default: the source set
+    description: str = "SAE features exported by saesteer"
+    creator_name: str = "saesteer"
+    creator_id: str = "saesteer"
+    url: str | None = None
+    dataset: str | None = None
+    n_layers: int | None = None  # the model's layer count (default: layer + 1)
+    batch_size: int = 1024
+
+    def __post_init__(self) -> None:
+        for name in ("model_id", "source_set"):
+            v = getattr(self, name)
+            if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
+                raise ValueError(f"NeuronpediaInfo.{name} must be letters, digits, '.', '_' or '-', got {v!r}")
+        if self.batch_size < 1:
+            raise ValueError("NeuronpediaInfo.batch_size must be >= 1")
+
+
+def _layer_of(store: Any, given: int | None) -> int:
+    if given is not None:
+        return int(given)
+    hook = (store.meta.get("sae") or {}).get("hook_name") or ""
+    m = re.match(r"^blocks\.(\d+)\.", hook)
+    if not m:
+        raise ValueError(f"cannot tell the layer from the hook {hook!r}; give it (--layer)")
+    return int(m.group(1))
+
+
+def _uid(*parts: Any) -> str:
+    return "sst" + hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:22]
+
+
+def _finite(x: Any, default: float = 0.0) -> float:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return default
+    return v if math.isfinite(v) else default
+
+
+def _write_jsonl(path: Path, rows: Iterable[dict], gz: bool) -> None:
+    """Atomically: a temporary file in the same directory, fsynced, renamed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in rows).encode("utf-8")
+    if gz:
+        data = gzip.compress(data, compresslevel=5, mtime=0)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _read_jsonl(path: Path) -> Iterator[dict]:
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    for line in raw.decode("utf-8").splitlines():
+        if line.strip():
+            yield json.loads(line)
+
+
+def _hist(rec) -> tuple[list[float], list[float]]:
+    """(bar heights, bar centres) of the activation histogram, trailing empty bins dropped."""
+    counts = [float(c) for c in rec.histogram.counts]
+    while counts and counts[-1] == 0:
+        counts.pop()
+    w = rec.histogram.bin_width
+    return counts, [round((i + 0.5) * w, 6) for i in range(len(counts))]
+
+
+def _iter_latents(store: Any, ids: Sequence[int] | None):
+    if ids is None:
+        ids = [r.id for r in store.list_features(sort="id", filter={"alive_only": True}, limit=store.d_sae)]
+    for i in ids:
+        yield store.feature(int(i))
+
+
+def export_neuronpedia(store: Any, out: str | os.PathLike, info: NeuronpediaInfo,
+                       ids: Sequence[int] | None = None) -> Path:
+    """Write the store's live latents (or `ids`) in Neuronpedia's import format; returns the
+    source directory. See the module docstring for the layout."""
+    layer = _layer_of(store, info.layer)
+    source_id = f"{layer}-{info.source_set}"
+    root = Path(out) / info.model_id / source_id
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    fp = store.sae_fingerprint[:16]
+    hook = (store.meta.get("sae") or {}).get("hook_name")
+    release = info.release or info.source_set
+    ctx_len = store.meta.get("context_length")
+    creator = info.creator_id
+    one = {
+        "model": {"id": info.model_id, "displayNameShort": info.model_id, "displayName": info.model_id, "creatorId": creator,
+                  "layers": int(info.n_layers or layer + 1), "neuronsPerLayer": int(store.d_sae), "owner": info.creator_name,
+                  "instruct": info.model_id.endswith("-it"), "visibility": "PUBLIC", "createdAt": now, "updatedAt": now,
+                  "tlensId": info.model_id},
+        "source": {"id": source_id, "modelId": info.model_id, "setName": info.source_set, "creatorId": creator,
+                   "visibility": "PUBLIC", "hasDashboards": True, "num_prompts": None,
+                   "num_tokens_in_prompt": int(ctx_len) if ctx_len else None, "dataset": info.dataset,
+                   "hfRepoId": None, "hfFolderId": None, "createdAt": now},
+        "sourceset": {"modelId": info.model_id, "name": info.source_set, "description": info.description,
+                      "creatorName": info.creator_name, "creatorId": creator, "releaseName": release,
+                      "visibility": "PUBLIC", "type": "", "createdAt": now},
+        "release": {"name": release, "description": info.description, "descriptionShort": info.description,
+                    "creatorName": info.creator_name, "creatorNameShort": info.creator_name, "creatorId": creator,
+                    "visibility": "PUBLIC", "urls": [info.url] if info.url else [], "createdAt": now},
+    }
+    for table, row in one.items():
+        check_rows(table, [row])
+        _write_jsonl(root / _TABLE_FILES[table], [row], gz=False)
+
+    layout = next((k for k in store.feature_map_methods() if k.startswith("decoder")), None)
+    xy = {i: (x, y) for i, x, y in store.feature_map(layout)} if layout else {}
+    score_types: dict[str, str] = {}
+    explainers: dict[str, str] = {}
+    batch: dict[str, list[dict]] = {t: [] for t in _BATCHED}
+    n_batch = 0
+
+    def flush() -> None:
+        nonlocal n_batch
+        for t in _BATCHED:
+            check_rows(t, batch[t])
+            _write_jsonl(root / t / f"batch-{n_batch}.jsonl.gz", batch[t], gz=True)
+            batch[t] = []
+        n_batch += 1
+
+    count = 0
+    for rec in _iter_latents(store, ids):
+        idx = str(rec.id)
+        heights, centres = _hist(rec)
+        prom = rec.logits.promoted if rec.logits else []
+        supp = rec.logits.suppressed if rec.logits else []
+        tmax = rec.stats.typical_max_act
+        steer = rec.recommended_strength * tmax if (rec.recommended_strength and tmax) else None
+        batch["features"].append({
+            "modelId": info.model_id, "layer": source_id, "index": idx, "maxActApprox": _finite(rec.stats.max_act),
+            "creatorId": creator, "frac_nonzero": _finite(rec.stats.freq),
+            "freq_hist_data_bar_heights": heights, "freq_hist_data_bar_values": centres,
+            "logits_hist_data_bar_heights": [], "logits_hist_data_bar_values": [],
+            "neuron_alignment_indices": [], "neuron_alignment_l1": [], "neuron_alignment_values": [],
+            "correlated_neurons_indices": [], "correlated_neurons_l1": [], "correlated_neurons_pearson": [],
+            "correlated_features_indices": [], "correlated_features_l1": [], "correlated_features_pearson": [],
+            "decoder_weights_dist": [],
+            "neg_str": [t.token for t in supp], "neg_values": [_finite(t.value) for t in supp],
+            "pos_str": [t.token for t in prom], "pos_values": [_finite(t.value) for t in prom],
+            "sourceSetName": info.source_set,
+            "topkCosSimIndices": [int(n.id) for n in rec.decoder_neighbours],
+            "topkCosSimValues": [_finite(n.score) for n in rec.decoder_neighbours],
+            "vector": [], "vectorLabel": None, "hookName": hook, "vectorDefaultSteerStrength": steer, "hasVector": False,
+            "umap_x": xy[rec.id][0] if rec.id in xy else None, "umap_y": xy[rec.id][1] if rec.id in xy else None,
+        })
+        for e in rec.top_examples + rec.quantile_examples:
+            vals = [_finite(a) for a in e.acts]
+            if not vals or max(vals) <= 0:
+                continue
+            top = max(range(len(vals)), key=lambda k: vals[k])
+            q = e.kind == "quantile"
+            batch["activations"].append({
+                "id": _uid(fp, "act", e.id), "modelId": info.model_id, "layer": source_id, "index": idx,
+                "creatorId": creator, "dataSource": info.dataset, "dataIndex": str(e.seq_index),
+                "tokens": list(e.tokens), "maxValue": vals[top], "minValue": min(vals), "values": vals,
+                "maxValueTokenIndex": top, "dfaValues": [], "dfaMaxValue": None, "dfaTargetIndex": None,
+                "binContains": _finite(e.quantile) if q else None, "binMin": _finite(e.activation) if q else None,
+                "binMax": _finite(e.activation) if q else None, "qualifyingTokenIndex": int(e.centre),
+                "lossValues": [], "createdAt": now,
+            })
+        lab = rec.label
+        if lab is not None:
+            p = lab.provenance
+            model_name = f"saesteer:{p.judge_model}" if p else "saesteer:unknown"
+            explainers[model_name] = p.judge_kind if p else "unknown"
+            eid = _uid(fp, "expl", lab.id)
+            freq = _finite(rec.stats.freq)
+            batch["explanations"].append({
+                "id": eid, "modelId": info.model_id, "layer": source_id, "index": idx, "authorId": creator,
+                "description": lab.text, "embedding": None, "typeName": "saesteer-" + (p.prompt_version if p else "label"),
+                "explanationModelName": model_name,
+                "umap_x": xy[rec.id][0] if rec.id in xy else None, "umap_y": xy[rec.id][1] if rec.id in xy else None,
+                "umap_cluster": None, "umap_log_feature_sparsity": math.log10(freq) if freq > 0 else None,
+            })
+            for s in rec.scores:
+                if s.label_id != lab.id:
+                    continue
+                stype = f"saesteer-{s.method}"
+                score_types[stype] = s.method
+                batch["explanation_scores"].append({
+                    "id": _uid(fp, "score", s.id), "initiatedByUserId": creator, "value": _finite(s.value),
+                    "explanationId": eid, "explanationScoreTypeName": stype, "explanationScoreModelName": model_name,
+                    "jsonDetails": json.dumps(s.details or {}, sort_keys=True), "createdAt": s.created_at or now,
+                })
+        count += 1
+        if count % info.batch_size == 0:
+            flush()
+    if count % info.batch_size or n_batch == 0:
+        flush()
+    cfg = Path(out) / "config"
+    st_rows = [{"name": n, "displayName": f"saesteer {m}", "description": _SCORE_DESCRIPTIONS.get(m, m),
+                "creatorName": info.creator_name, "creatorId": creator, "scoreDescription": None, "featured": True,
+                "isAttention": False, "createdAt": now} for n, m in sorted(score_types.items())]
+    em_rows = [{"name": n, "displayName": n, "description": f"saesteer labeller ({k})", "creatorName": info.creator_name,
+                "creatorId": creator, "url": None, "featured": True, "createdAt": now} for n, k in sorted(explainers.items())]
+    check_rows("explanation_score_type", st_rows)
+    check_rows("explanation_model_type", em_rows)
+    _write_jsonl(cfg / "explanation_score_type.jsonl", st_rows, gz=False)
+    _write_jsonl(cfg / "explanation_model_type.jsonl", em_rows, gz=False)
+    return root
+
+
+_SCORE_DESCRIPTIONS = {
+    "detection": "balanced accuracy: which contexts does the label say the feature fires on?",
+    "fuzzing": "balanced accuracy: are the marked tokens the ones the label describes?",
+    "simulation": "Pearson correlation of activations predicted from the label with the true ones",
+    "intruder": "share of rounds in which the label finds the one context where the feature is silent",
+    "embedding": "AUROC of label-context embedding similarity, firing vs silent contexts",
+    "output": "win rate: does steering with the feature move generated text toward its label? (0.5 = no)",
+}
+
+
+def check_neuronpedia_export(source_dir: str | os.PathLike) -> dict[str, int]:
+    """Check every file of one exported source (and the config beside its model folder) against
+    `FIELDS`; rows per table. Also: one row in each single-row file, and every activation,
+    explanation and score points at an exported latent or explanation."""
+    root = Path(source_dir)
+    counts: dict[str, int] = {}
+    for table, name in _TABLE_FILES.items():
+        rows = list(_read_jsonl(root / name))
+        if len(rows) != 1:
+            raise PublishError(f"{root / name}: {len(rows)} rows, expected 1")
+        counts[table] = check_rows(table, rows, str(root / name))
+    latents: set[str] = set()
+    explanations: set[str] = set()
+    for table in _BATCHED:
+        files = sorted((root / table).glob("batch-*.jsonl.gz"), key=lambda p: int(p.name.split("-")[1].split(".")[0]))
+        if not files:
+            raise PublishError(f"{root / table}: no batch-N.jsonl.gz files")
+        counts[table] = 0
+        for f in files:
+            rows = list(_read_jsonl(f))
+            counts[table] += check_rows(table, rows, str(f))
+            for r in rows:
+                if table == "features":
+                    latents.add(r["index"])
+                elif table in ("activations", "explanations") and r["index"] not in latents:
+                    raise PublishError(f"{f}: {table} row of latent {r['index']} that has no features row")
+                if table == "explanations":
+                    explanations.add(r["id"])
+                if table == "explanation_scores" and r["explanationId"] not in explanations:
+                    raise PublishError(f"{f}: score {r['id']} of an explanation that is not exported")
+    cfg = root.parent.parent / "config"
+    for table in ("explanation_score_type", "explanation_model_type"):
+        counts[table] = check_rows(table, list(_read_jsonl(cfg / f"{table}.jsonl")), str(cfg / f"{table}.jsonl"))
+    return counts
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def export_saedashboard(store: Any, path: str | os.PathLike, *, model_id: str, source_set: str,
+                        layer: int | None = None, ids: Sequence[int] | None = None, dataset: str = "",
+                        n_prompts: int = 0) -> Path:
+    """One SAEDashboard-style batch JSON of the store's live latents (or `ids`)."""
+    layer = _layer_of(store, layer)
+    feats = []
+    for rec in _iter_latents(store, ids):
+        heights, centres = _hist(rec)
+        prom = rec.logits.promoted if rec.logits else []
+        supp = rec.logits.suppressed if rec.logits else []
+        acts = []
+        for e in rec.top_examples + rec.quantile_examples:
+            vals = [_finite(a) for a in e.acts]
+            if not vals or max(vals) <= 0:
+                continue
+            q = e.kind == "quantile"
+            acts.append({"bin_min": _finite(e.activation) if q else -1.0, "bin_max": _finite(e.activation) if q else -1.0,
+                         "bin_contains": _finite(e.quantile) if q else -1.0, "tokens": list(e.tokens), "values": vals,
+                         "qualifying_token_index": int(e.centre)})
+        feats.append({
+            "feature_index": int(rec.id), "neuron_alignment_indices": [], "neuron_alignment_values": [],
+            "neuron_alignment_l1": [], "correlated_neurons_indices": [], "correlated_neurons_l1": [],
+            "correlated_neurons_pearson": [], "correlated_features_indices": [int(n.id) for n in rec.coact_neighbours],
+            "correlated_features_l1": [], "correlated_features_pearson": [_finite(n.score) for n in rec.coact_neighbours],
+            "neg_str": [t.token for t in supp], "neg_values": [_finite(t.value) for t in supp],
+            "pos_str": [t.token for t in prom], "pos_values": [_finite(t.value) for t in prom],
+            "frac_nonzero": _finite(rec.stats.freq), "freq_hist_data_bar_values": centres,
+            "freq_hist_data_bar_heights": heights, "logits_hist_data_bar_heights": [], "logits_hist_data_bar_values": [],
+            "n_prompts_total": int(n_prompts), "n_tokens_in_prompt": int(store.meta.get("context_length") or 0),
+            "dataset": dataset, "decoder_weights_dist": [], "activations": acts, "vector": [],
+        })
+    batch = {"model_id": model_id, "layer": layer, "sae_set": source_set, "sae_id_suffix": None, "features": feats}
+    check_saedashboard_batch(batch)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(batch, fh, ensure_ascii=False, allow_nan=False)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def check_saedashboard_batch(batch: Any, where: str = "batch") -> int:
+    """Check a SAEDashboard batch (dict) against `FIELDS`; returns its feature count."""
+    check_rows("dashboard_batch", [batch], where)
+    n = check_rows("dashboard_feature", batch["features"], f"{where} features")
+    for f in batch["features"]:
+        check_rows("dashboard_activation", f["activations"], f"{where} feature {f['feature_index']} activations")
+    return n

@@ -1,0 +1,107 @@
+"""Neuronpedia's import format and SAEDashboard's batch JSON (features.publish), checked against
+the field lists we wrote from their public sources (see the module docstring), over a copy of the
+small real store of helpers.web_store (labels, scores, a script-payload label)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+
+import pytest
+
+from features.publish import (FIELDS, NeuronpediaInfo, PublishError, check_neuronpedia_export, check_rows,
+                              check_saedashboard_batch, export_neuronpedia, export_saedashboard)
+from helpers.web_app import shared_store
+from helpers.web_store import XSS_LABEL
+
+
+@pytest.fixture
+def store(tmp_path):
+    from features import FeatureStore
+    from saesteer.featuremap import build_map
+
+    ws = shared_store()
+    path = tmp_path / "tiny.db"
+    shutil.copy(ws.path, path)
+    with FeatureStore.open(path, readonly=False) as st:
+        build_map(st, source="decoder", method="pca", sae=ws.sae)
+    st = FeatureStore.open(path)
+    yield ws, st
+    st.close()
+
+
+def _rows(path):
+    return [json.loads(x) for x in gzip.decompress(path.read_bytes()).decode().splitlines() if x.strip()]
+
+
+def test_neuronpedia_export_layout_and_rows(store, tmp_path):
+    ws, st = store
+    out = tmp_path / "exports"
+    root = export_neuronpedia(st, out, NeuronpediaInfo(model_id="tiny-test-model", source_set="saesteer-test",
+                                                       batch_size=16))
+    assert root == out / "tiny-test-model" / "0-saesteer-test"  # layer 0 from blocks.0.hook_resid_post
+    counts = check_neuronpedia_export(root)
+    alive = [r.id for r in st.list_features(sort="id", filter={"alive_only": True}, limit=st.d_sae)]
+    assert counts["features"] == len(alive) and counts["explanations"] == len(ws.labels)
+    assert counts["explanation_scores"] == 2 * len(ws.labels)  # detection and fuzzing of each label
+    assert len(list((root / "features").glob("batch-*.jsonl.gz"))) == -(-len(alive) // 16)
+    feats = {r["index"]: r for f in sorted((root / "features").glob("*.gz")) for r in _rows(f)}
+    f0 = feats[str(alive[0])]
+    rec = st.feature(alive[0])
+    assert f0["pos_str"] == [t.token for t in rec.logits.promoted] and f0["frac_nonzero"] == pytest.approx(rec.stats.freq)
+    assert f0["umap_x"] is not None  # the stored map goes along
+    expl = [r for f in (root / "explanations").glob("*.gz") for r in _rows(f)]
+    assert {e["description"] for e in expl} == set(ws.labels.values())
+    assert any(e["description"] == XSS_LABEL for e in expl)  # data, kept as it is (JSON-escaped)
+    acts = [r for f in (root / "activations").glob("*.gz") for r in _rows(f)]
+    assert all(a["values"][a["maxValueTokenIndex"]] == a["maxValue"] for a in acts)
+    # a second export writes the same ids (deterministic)
+    again = export_neuronpedia(st, tmp_path / "again", NeuronpediaInfo(model_id="tiny-test-model",
+                                                                       source_set="saesteer-test", batch_size=16))
+    assert [r["id"] for r in _rows(again / "activations" / "batch-0.jsonl.gz")] == \
+           [r["id"] for r in _rows(root / "activations" / "batch-0.jsonl.gz")]
+
+
+def test_schema_check_refuses_missing_and_mistyped_fields(store, tmp_path):
+    _, st = store
+    root = export_neuronpedia(st, tmp_path / "x", NeuronpediaInfo(model_id="m", source_set="s"))
+    f = root / "explanations" / "batch-0.jsonl.gz"
+    rows = _rows(f)
+    rows[0]["description"] = 42
+    f.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
+    with pytest.raises(PublishError, match="'description' must be string"):
+        check_neuronpedia_export(root)
+    good = {k: ([] if t.startswith("list") else None) for k, t in FIELDS["explanation_scores"].items()}
+    with pytest.raises(PublishError, match="missing fields"):
+        check_rows("explanation_scores", [{"id": "a"}])
+    with pytest.raises(PublishError, match="must be"):
+        check_rows("explanation_scores", [good])
+    with pytest.raises(ValueError, match="model_id"):
+        NeuronpediaInfo(model_id="bad id/..", source_set="s")
+
+
+def test_saedashboard_batch(store, tmp_path):
+    _, st = store
+    path = export_saedashboard(st, tmp_path / "dash" / "batch-0.json", model_id="tiny-test-model", source_set="test")
+    batch = json.loads(path.read_text())
+    assert batch["layer"] == 0 and check_saedashboard_batch(batch) == len(batch["features"]) > 0
+    feat = batch["features"][0]
+    assert feat["activations"] and len(feat["activations"][0]["tokens"]) == len(feat["activations"][0]["values"])
+    feat["activations"][0]["values"] = "oops"
+    with pytest.raises(PublishError, match="values"):
+        check_saedashboard_batch(batch)
+
+
+def test_export_command(store, tmp_path, capsys):
+    from saesteer.cli import main
+
+    ws, st = store
+    assert main(["features", "export", str(st.path), str(tmp_path / "np"), "--format", "neuronpedia",
+                 "--source-set", "res-48"]) == 0
+    out = capsys.readouterr().out
+    assert "(checked)" in out and f"{len(ws.labels)} explanations" in out
+    assert (tmp_path / "np" / "tiny-test-model" / "0-res-48" / "source.jsonl").is_file()
+    assert main(["features", "export", str(st.path), str(tmp_path / "d.json"), "--format", "saedashboard",
+                 "--limit", "5"]) == 0
+    assert len(json.loads((tmp_path / "d.json").read_text())["features"]) == 5
