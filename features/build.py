@@ -43,6 +43,7 @@ from features.source import ActivationSource
 from features.store import FeatureStore, StoreError, StoreMismatchError
 from features.tokentext import token_texts
 from saes.fileio import FileLock, atomic_path
+from saes.formats.base import sae_of
 
 STATE_SUFFIX = ".state.safetensors"
 LOCK_SUFFIX = ".lock"
@@ -133,11 +134,11 @@ def check_compatible(sae, source: ActivationSource) -> None:
 def check_models(sae, source: ActivationSource, model=None, allow_mismatch: bool = False):
     """The model the store belongs to (the cache's recorded model, else the SAE's), after refusing
     (ModelMismatchError) an SAE or a model recorded for another model than the cache's."""
-    from saes.identity import check_same_model, identity_of_model, identity_of_sae
+    from saes.identity import check_same_model, identity_of_model, recorded_model_of
 
     cache_model = getattr(source, "recorded_model", None)
     cache_model = cache_model() if callable(cache_model) else None
-    sae_model = identity_of_sae(sae)
+    sae_model = recorded_model_of(sae)
     if not allow_mismatch:
         where = f"the activation cache {getattr(source, 'path', '')}".rstrip()
         check_same_model(cache_model, sae_model, recorded_in=where, given_as="the SAE's model (its saesteer.json)",
@@ -164,6 +165,8 @@ def build_feature_store(
 ) -> BuildResult:
     """Build (or resume, or finish) the feature store at `path` for `sae` over `source`.
 
+    sae: an SAE, or a `saes.formats.LoadedSAE` (the SAE beside its provenance: the model it
+    records is checked against the cache's and the model's, and recorded in the store).
     model: a loaded TransformerLens model, for logit effects (optional).
     tokenizer: for token display strings and example text (optional; else `model.tokenizer`).
     sae_path: the SAE's folder, recorded (absolute) so that tools can load the SAE from the store.
@@ -173,8 +176,11 @@ def build_feature_store(
     t_start = time.perf_counter()
     cfg = cfg or BuildConfig()
     path = Path(path)
+    loaded, sae = sae, sae_of(sae)
+    if sae_path is None and loaded is not sae:
+        sae_path = loaded.spec
     check_compatible(sae, source)
-    recorded = check_models(sae, source, model, allow_model_mismatch)
+    recorded = check_models(loaded, source, model, allow_model_mismatch)
     if tokenizer is None and model is not None:
         tokenizer = getattr(model, "tokenizer", None)
     event = on_event or (lambda name, info: None)
@@ -301,7 +307,7 @@ def _write(store: FeatureStore, sae, source, cfg: BuildConfig, res: PassResult, 
     if model is not None:
         if getattr(model, "W_U", None) is not None and model.W_U.shape[0] == sae.cfg.d_in:
             logits = logit_effects(W_dec, model, cfg.n_logits)
-    widths = list(getattr(sae.cfg, "matryoshka_widths", []) or [])
+    widths = sae.levels or []
     links = None
     if len(widths) >= 2:
         links = matryoshka_links(widths, W_dec, sample, cfg.parent_min_coact, cfg.parent_min_cos,

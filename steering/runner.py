@@ -21,7 +21,7 @@ Only the last position's logits are computed at prefill ([B, V], not [B, S, V]).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -29,12 +29,15 @@ from torch import Tensor
 from saes.hookpoints import model_device
 from steering.spec import SteeringError
 
+if TYPE_CHECKING:
+    from steering.inputs import Model
+
 
 class CacheMergeUnsupported(Exception):
     """This cache layout cannot take rows of another batch (the engine waits for the batch to drain)."""
 
 
-def make_runner(model: Any):
+def make_runner(model: Model) -> HookedRunner | BridgeRunner:
     """The runner for `model` (a HookedTransformer or a TransformerBridge)."""
     if type(model).__name__ == "TransformerBridge" or hasattr(model, "original_model"):
         return BridgeRunner(model)

@@ -172,6 +172,9 @@ def test_a_wrong_model_is_refused_everywhere(chain, capsys, tmp_path, monkeypatc
     _refused(capsys, chain)
     assert main(["serve", "--store", str(chain.store), "--model", b]) == 2
     _refused(capsys, chain)
+    assert main(["eval", "--sae", str(chain.sae), "--model", b, "--dataset", str(chain.eval_text),
+                 "--out", str(tmp_path / "eval"), "--quiet"]) == 2
+    _refused(capsys, chain)
     assert not (tmp_path / "x.db").exists() and not (tmp_path / "run" / "saes").exists()
 
 
@@ -363,8 +366,7 @@ def test_python_api_refuses_a_store_of_another_model(chain):
     from saes.identity import ModelMismatchError
     from saesteer.models import load_model
 
-    sae = resolve_sae(chain.sae).sae
-    sae.provenance = {}  # no record of its own
+    sae = resolve_sae(chain.sae).sae  # the bare SAE: its record stays in the LoadedSAE
     model_b = load_model(str(chain.b), device="cpu")
     with FeatureStore.open(chain.store, readonly=True) as store:
         with pytest.raises(ModelMismatchError, match="allow_model_mismatch=True"):

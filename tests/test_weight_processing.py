@@ -98,7 +98,7 @@ def test_the_chain_records_processed_weights_and_reloads_them(chain, capsys):
 
     import saes
 
-    recorded = identity_of_sae(saes.load_sae(folder))
+    recorded = identity_of_sae(saes.read_provenance(folder))
     assert recorded.processed
     for spec in (None, "toy"):  # the record decides, with or without --model
         model = load_recorded_model(recorded, spec, recorded_in="the SAE")

@@ -26,9 +26,9 @@ from typing import Any, Literal
 
 from saes.validators import finite_number, require, whole_number
 
-Architecture = Literal["topk", "batchtopk", "matryoshka_batchtopk"]
-ARCHITECTURE_ALIASES = {"matryoshka": "matryoshka_batchtopk"}
-TRAINABLE = ("topk", "batchtopk", "matryoshka_batchtopk")
+
+# SAESpec fields that go to the SAE's config where its architecture's config has them
+ARCHITECTURE_FIELDS = ("k", "matryoshka_widths")
 
 # Fields that may differ between a checkpoint's config and the resuming config.
 RESUMABLE_FIELDS = (
@@ -49,7 +49,8 @@ class SAESpec:
 
     architecture: str = field(
         default="topk",
-        metadata={"help": "topk, batchtopk or matryoshka_batchtopk (alias: matryoshka)"},
+        metadata={"help": "a trainable architecture of saes/registry.py (shipped: topk, batchtopk, "
+                          "matryoshka_batchtopk; alias: matryoshka)"},
     )
     d_sae: int = field(default=4096, metadata={"help": "number of latents"})
     k: int = field(default=32, metadata={"help": "active latents per token (BatchTopK: on average over the batch)"})
@@ -63,19 +64,18 @@ class SAESpec:
     name: str = field(default="", metadata={"help": "folder name of this SAE (empty: <arch>_k<k>_f<d_sae>)"})
 
     def __post_init__(self) -> None:
-        self.architecture = ARCHITECTURE_ALIASES.get(self.architecture, self.architecture)
-        require(
-            self.architecture in TRAINABLE,
-            f"SAESpec.architecture must be one of {', '.join(TRAINABLE)} (or matryoshka); got {self.architecture!r}",
-        )
+        self.architecture = trainable_architecture(self.architecture)
         whole_number("SAESpec", "d_sae", self.d_sae)
         whole_number("SAESpec", "k", self.k)
         require(self.k <= self.d_sae, f"SAESpec.k ({self.k}) must not exceed d_sae ({self.d_sae}); lower k or widen the SAE")
         self.matryoshka_widths = [int(w) for w in self.matryoshka_widths]
-        if self.matryoshka_widths and self.architecture != "matryoshka_batchtopk":
+        if self.matryoshka_widths and "matryoshka_widths" not in architecture_fields(self.architecture):
+            from saes.registry import trainable_architectures
+
+            with_levels = [a for a in trainable_architectures() if "matryoshka_widths" in architecture_fields(a)]
             raise ValueError(
-                f"SAESpec.matryoshka_widths is set but architecture is {self.architecture!r}; "
-                f"use architecture=matryoshka_batchtopk or drop the widths"
+                f"SAESpec.matryoshka_widths is set but architecture {self.architecture!r} has no levels; "
+                f"use architecture={' or '.join(with_levels)} or drop the widths"
             )
         if self.lr is not None:
             finite_number("SAESpec", "lr", self.lr, lo=0.0)
@@ -85,6 +85,33 @@ class SAESpec:
             all(c.isalnum() or c in "._-" for c in self.name) and not self.name.startswith("."),
             f"SAESpec.name {self.name!r} must use only letters, digits, '.', '_' and '-' (it names a folder)",
         )
+
+
+    def sae_config_fields(self) -> dict[str, Any]:
+        """The spec's values of the config fields its architecture takes (`ARCHITECTURE_FIELDS`)."""
+        taken = architecture_fields(self.architecture)
+        return {name: getattr(self, name) for name in ARCHITECTURE_FIELDS if name in taken}
+
+
+def trainable_architecture(name: str) -> str:
+    """The registered name of a trainable architecture (an alias resolved); otherwise a
+    ValueError naming SAESpec.architecture and the choices. Asks `saes.registry` (loads torch:
+    only when a spec is built, never while the CLI parser is)."""
+    from saes.registry import ALIASES, canonical_name, trainable_architectures
+
+    choices = trainable_architectures()
+    aliases = ", ".join(f"{alias} = {full}" for alias, full in ALIASES.items() if full in choices)
+    require(canonical_name(name) in choices,
+           f"SAESpec.architecture must be one of {', '.join(choices)}{f' (aliases: {aliases})' if aliases else ''}; "
+           f"got {name!r}")
+    return canonical_name(name)
+
+
+def architecture_fields(architecture: str) -> set[str]:
+    """Which of `ARCHITECTURE_FIELDS` an architecture's config takes."""
+    from saes.registry import config_fields
+
+    return config_fields(architecture) & set(ARCHITECTURE_FIELDS)
 
 
 @dataclass

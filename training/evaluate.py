@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from saes import SAE, MatryoshkaSAE
+from saes import SAE
 from saes.hookpoints import check_hook, model_device
 
 
@@ -75,7 +75,7 @@ def evaluate_activations(
     dev = sae.device
     acc = _Accum(sae.d_in, dev)
     fires_F = torch.zeros(sae.d_sae, dtype=torch.float64, device=dev)
-    widths = sae.widths if isinstance(sae, MatryoshkaSAE) else None
+    widths = sae.levels
     level_resid = torch.zeros(len(widths) if widths else 0, dtype=torch.float64, device=dev)
     level_l0 = torch.zeros_like(level_resid)
     for x in batches:
@@ -86,7 +86,7 @@ def evaluate_activations(
         active_N = acts.values_N != 0
         fires_F += torch.bincount(acts.indices_N[active_N], minlength=sae.d_sae).double()
         if widths:
-            recons = sae.prefix_reconstructions(acts)
+            recons = sae.level_reconstructions(acts)
             for j, r in enumerate(recons):
                 level_resid[j] += (x_BD - r / scale).double().pow(2).sum()
                 level_l0[j] += (active_N & (acts.indices_N < widths[j])).sum()

@@ -80,8 +80,8 @@ def final_metrics(trainer: Trainer, m: Member, sae: SAE, holdout_BD: Tensor,
 def _sae_summary(trainer: Trainer, m: Member, sae: SAE) -> dict[str, Any]:
     info = {"folder": f"{SAE_DIR}/{m.name}", "architecture": m.spec.architecture, "d_in": trainer.d_in,
             "d_sae": m.spec.d_sae, "k": m.spec.k, "lr": m.lr, "skipped_steps": m.skipped_steps}
-    if m.spec.architecture == "matryoshka_batchtopk":
-        info["matryoshka_widths"] = list(sae.widths)  # type: ignore[attr-defined]
+    if sae.levels is not None:
+        info["matryoshka_widths"] = sae.levels
     return info
 
 

@@ -25,17 +25,17 @@ folded into the saved weights, so saved SAEs read raw activations.
 from __future__ import annotations
 
 import copy
-import math
 import warnings
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-from saes import SAE, BatchTopKSAE, create_sae
-from saes.batchtopk import global_batch
+from saes import SAE, create_sae
 from saes.errors import SaesteerError
+from saes.fast_step import StepWorkspace
 from saes.sparse import SparseActs
 from saes.step import STEP_METHODS, compute_grads
 from training.checkpoint import (
@@ -76,6 +76,7 @@ class Member:
     since_fired_F: Tensor  # int64 [F]: tokens since each latent last fired
     consecutive_nonfinite: int = 0
     skipped_steps: int = 0
+    workspace: StepWorkspace = field(default_factory=StepWorkspace)  # the fast step's reused buffers
 
     @property
     def name(self) -> str:
@@ -83,7 +84,7 @@ class Member:
 
     @property
     def params(self) -> list[torch.nn.Parameter]:
-        return [self.sae.W_enc, self.sae.b_enc, self.sae.W_dec, self.sae.b_dec]
+        return list(self.sae.parameters())
 
     def dead_mask(self, window: int) -> Tensor:
         """Dead: no firing in the last `window` training tokens (TrainConfig.dead_window_tokens)."""
@@ -109,11 +110,16 @@ class StepStats(NamedTuple):
     fired_F: Tensor | None  # firing counts over the global batch (None when skipped)
 
 
-def resolve_step_method(name: str, device: torch.device | None = None) -> str:
+def resolve_step_method(name: str, device: torch.device | None = None, saes: Iterable[SAE] = ()) -> str:
     """'auto' -> 'fast_native' on CPU when the compiled kernels build here (1.1-1.5x faster than
     'fast', same results up to summation order: benchmarks/RESULTS.md), else 'fast', else
-    'autograd'; other names must be registered."""
+    'autograd' (also when one of `saes` has no fast step: its `training_rule` is not one the fast
+    step implements); other names must be registered."""
+    from saes.fast_step import FAST_RULES
+
     if name == "auto":
+        if any(sae.training_rule not in FAST_RULES for sae in saes):
+            return "autograd"
         if device is not None and device.type == "cpu" and "fast_native" in STEP_METHODS and _native_kernels_load():
             return "fast_native"
         return "fast" if "fast" in STEP_METHODS else "autograd"
@@ -145,14 +151,12 @@ def make_optimizer(params: list[torch.nn.Parameter], lr: float, cfg: RunConfig) 
 
 
 def build_member(spec: SAESpec, index: int, d_in: int, cfg: RunConfig, device: torch.device, metadata: dict[str, Any]) -> Member:
-    extra: dict[str, Any] = {"k": spec.k, "metadata": dict(metadata)}
-    if spec.architecture == "matryoshka_batchtopk":
-        extra["matryoshka_widths"] = list(spec.matryoshka_widths)
     gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + index)
-    sae = create_sae(spec.architecture, d_in, spec.d_sae, device=device, generator=gen, **extra)
+    sae = create_sae(spec.architecture, d_in, spec.d_sae, device=device, generator=gen, metadata=dict(metadata),
+                     **spec.sae_config_fields())
     lr = sae_lr(spec, cfg.optim)
-    params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec]
-    return Member(spec, sae, make_optimizer(params, lr, cfg), lr, torch.zeros(spec.d_sae, dtype=torch.int64, device=device))
+    return Member(spec, sae, make_optimizer(list(sae.parameters()), lr, cfg), lr,
+                  torch.zeros(spec.d_sae, dtype=torch.int64, device=device))
 
 
 # ---------------------------------------------------------------- small pieces of one step
@@ -185,58 +189,19 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-@torch.no_grad()
-def update_thresholds_(
-    sae: SAE, pre_BF: Tensor, acts: SparseActs, lr: float, coll: Collectives, above_threshold_F: Tensor | None = None
-) -> None:
-    """One frequency-matching step of a BatchTopK / Matryoshka SAE's inference thresholds.
-
-    `above_threshold_F`: rows with pre > threshold per latent, when the step method counted them."""
-    if coll.distributed:
-        reduced_threshold_update_(sae, pre_BF, acts, lr, coll, above_threshold_F)
-    elif above_threshold_F is not None:
-        sae.update_threshold_(pre_BF, acts, lr, above_threshold_F=above_threshold_F)  # type: ignore[attr-defined]
-    else:
-        sae.update_threshold_(pre_BF, acts, lr)  # type: ignore[attr-defined]
-
-
-@torch.no_grad()
-def reduced_threshold_update_(
-    sae: SAE, pre_BF: Tensor, acts: SparseActs, lr: float, coll: Collectives, above_threshold_F: Tensor | None = None
-) -> None:
-    """`BatchTopKSAE.update_threshold_` with its statistics reduced over ranks: the firing counts
-    (selected by the batch, and above threshold) are summed, the batch cutoff is the minimum over
-    ranks. With one rank it equals the method (tested)."""
-    thr_F = sae.threshold  # type: ignore[attr-defined]
-    local_cut = acts.values_N.min() if acts.values_N.numel() else thr_F.new_tensor(math.inf)
-    cutoff = coll.min_(local_cut.reshape(1).to(thr_F.dtype).clone())[0]
-    cutoff = torch.where(torch.isfinite(cutoff), cutoff, torch.zeros_like(cutoff))
-    unset_F = thr_F <= 0
-    if unset_F.any():
-        thr_F[unset_F] = cutoff.clamp_min(1e-6)
-        above_threshold_F = None
-    if above_threshold_F is None:
-        above_threshold_F = ((pre_BF > thr_F) & (pre_BF > 0)).sum(0)
-    selected_F = torch.bincount(acts.indices_N, minlength=sae.d_sae)
-    counts = coll.sum_(torch.stack([selected_F, above_threshold_F.to(selected_F.dtype)]))
-    selected_F, fired_F = counts[0].to(thr_F.dtype), counts[1].to(thr_F.dtype)
-    step_F = lr * cutoff * (fired_F - selected_F) / (fired_F + selected_F + 1)
-    thr_F.add_(step_F).clamp_(min=1e-6)
-
-
 def train_step(
     m: Member, x_BD: Tensor, lr: float, s: StepSettings, coll: Collectives, n_global: int | None = None
 ) -> StepStats:
     """One optimiser step of one SAE on one batch (skipped, with grads dropped, if non-finite).
 
     Data parallel (`coll.distributed`): `x_BD` is this rank's part of a global batch of
-    `n_global` rows; BatchTopK selects over the global batch, and the gradients are averaged
-    with weights local rows / global rows (the gradient of the global batch's mean loss)."""
+    `n_global` rows; selections over the batch (BatchTopK) see the global batch, and the
+    gradients are averaged with weights local rows / global rows (the gradient of the global
+    batch's mean loss)."""
     n_local = x_BD.shape[0]
     n_global = coll.global_rows(n_local) if n_global is None else n_global
-    group = coll.batch_group() if isinstance(m.sae, BatchTopKSAE) else None
-    with global_batch(m.sae, group):  # type: ignore[arg-type]
-        res = compute_grads(m.sae, x_BD, m.dead_mask(s.dead_window), aux_coef=s.aux_coef, k_aux=s.k_aux, method=s.method)
+    res = compute_grads(m.sae, x_BD, m.dead_mask(s.dead_window), aux_coef=s.aux_coef, k_aux=s.k_aux, method=s.method,
+                        group=coll.batch_group(), workspace=m.workspace)
     coll.average_gradients_(m.params, n_local / n_global if n_global else None)
     remove_parallel_decoder_grad_(m.sae)
     norm = grad_norm(m.params)
@@ -251,8 +216,8 @@ def train_step(
     m.sae.normalize_decoder_()
     fired_F = coll.sum_(fired_counts(res.acts))
     update_dead_counters_(m.since_fired_F, fired_F, n_global)
-    if isinstance(m.sae, BatchTopKSAE):
-        update_thresholds_(m.sae, res.pre_BF, res.acts, s.threshold_lr, coll, getattr(res, "above_threshold_F", None))
+    m.sae.update_inference_form_(res.pre_BF, res.acts, lr=s.threshold_lr, above_threshold_F=res.above_threshold_F,
+                                 reduce=coll if coll.distributed else None)
     return StepStats(False, res.total, res.mse, res.aux, res.level_mse, norm, fired_F)
 
 
@@ -278,14 +243,14 @@ class Trainer:
         self.d_in = d_in
         self.coll = collectives or Collectives()
         self.device = torch.device(config.train.device)
-        self.step_method = resolve_step_method(config.train.step_method, self.device)
+        self.members = [
+            build_member(spec, i, d_in, config, self.device, sae_metadata or {}) for i, spec in enumerate(config.saes)
+        ]
+        self.step_method = resolve_step_method(config.train.step_method, self.device, [m.sae for m in self.members])
         t = config.train
         self.dead_window = t.dead_window_tokens
         self.settings = StepSettings(self.step_method, t.aux_coef, t.k_aux, self.dead_window, config.optim.grad_clip,
                                      t.threshold_lr)
-        self.members = [
-            build_member(spec, i, d_in, config, self.device, sae_metadata or {}) for i, spec in enumerate(config.saes)
-        ]
         self.step = 0
         self.tokens = 0
         self.scale = 1.0

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from saes.formats import dictionary_learning, gemma_scope, openai_sae, sae_lens_folder, sae_lens_registry, sparsify
-from saes.formats.base import LoadedSAE, tl_hook_for_module
+from saes.formats.base import LoadedSAE, sae_of, tl_hook_for_module
 from saes.io import PICKLE_SUFFIXES, SAEFormatError
 
 FORMATS = {
@@ -35,7 +35,7 @@ FORMATS = {
     openai_sae.FORMAT: "OpenAI sparse_autoencoder Autoencoder state dict (a .pt file, read weights-only)",
 }
 
-__all__ = ["FORMATS", "LoadedSAE", "detect_format", "resolve_sae", "tl_hook_for_module"]
+__all__ = ["FORMATS", "LoadedSAE", "detect_format", "resolve_sae", "sae_of", "tl_hook_for_module"]
 
 
 def detect_format(spec: str | os.PathLike) -> str:

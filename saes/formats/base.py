@@ -1,6 +1,7 @@
 """What every reader of another library's SAE files shares.
 
-- `LoadedSAE`: the SAE, its provenance and the canonical spec it was loaded from.
+- `LoadedSAE`: the SAE, its provenance and the canonical spec it was loaded from; `sae_of`
+  unwraps it where a domain API takes an SAE or a `LoadedSAE`.
 - `record_model_and_hook`: where a format records the model and hook point, that record is used
   (a different `--hook` is refused, naming both); where it does not, the user's values are used;
   both sides are kept in the provenance.
@@ -35,12 +36,18 @@ class LoadedSAE(NamedTuple):
     """An SAE from any supported source.
 
     `spec` re-resolves to the same SAE (an absolute path, or a `sae_lens:` registry id), so a
-    feature store can record it; `provenance` is also set on `sae.provenance`."""
+    feature store can record it. `provenance` travels beside the SAE, never on it: pass the
+    `LoadedSAE` itself where the recorded model is checked (`saes.identity.identity_of_sae`)."""
 
     sae: SAE
     provenance: dict[str, Any]
     spec: str
     format: str
+
+
+def sae_of(sae: SAE | LoadedSAE) -> SAE:
+    """The SAE itself, given bare or loaded beside its provenance (domain APIs take either)."""
+    return sae.sae if isinstance(sae, LoadedSAE) else sae
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -189,5 +189,4 @@ def load(
     record_model_and_hook(sae, prov, source=source, hook=hook, model=model, recorded_hook=derived,
                           recorded_model=trainer.get("lm_name"), recorded_identity=hf_model_identity(trainer.get("lm_name")),
                           hook_basis=f"dictionary_learning submodule {submodule!r}" if derived else None)
-    sae.provenance = prov
     return LoadedSAE(sae, prov, str(weights_path if path.is_file() else folder), FORMAT)

@@ -115,5 +115,4 @@ def load(
     prov: dict[str, Any] = {"source": {"format": FORMAT, "path": str(path), "activation": activation,
                                        "files": files_record(path.parent, [path.name])}}
     record_model_and_hook(sae, prov, source=source, hook=hook, model=model, recorded_hook=None, recorded_model=None)
-    sae.provenance = prov
     return LoadedSAE(sae, prov, str(path), FORMAT)

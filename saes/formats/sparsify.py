@@ -117,5 +117,4 @@ def load(
                           hook_basis=f"sparsify hookpoint {hookpoint!r}" if derived else None)
     if not derived:
         prov["source"]["note"] = f"hookpoint {hookpoint!r} has no exact TransformerLens counterpart; hook from --hook"
-    sae.provenance = prov
     return LoadedSAE(sae, prov, str(folder), FORMAT)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
-
+from typing import TYPE_CHECKING, Any
 
 from saes.errors import SaesteerError
+
+if TYPE_CHECKING:  # importing saes.formats loads torch: not at CLI start-up
+    from saes.formats import LoadedSAE
 
 
 class CLIError(SaesteerError):
@@ -53,18 +55,20 @@ def parse_sae_args(values: list[str]) -> dict[str, Path]:
     return out
 
 
-def load_saes(values: list[str], device: Any = None, hook: str | None = None, model: str | None = None) -> dict[str, Any]:
-    """Every --sae through `saes.formats.resolve_sae` (any supported format or registry id); --hook
-    and --model fill in what a format does not record, and a contradicting --hook is refused."""
+def load_saes(values: list[str], device: Any = None, hook: str | None = None, model: str | None = None
+              ) -> dict[str, LoadedSAE]:
+    """Every --sae through `saes.formats.resolve_sae` (any supported format or registry id): name ->
+    `LoadedSAE` (the SAE beside its provenance); --hook and --model fill in what a format does not
+    record, and a contradicting --hook is refused."""
     from saes.formats import resolve_sae
 
-    saes = {}
+    loaded = {}
     for name, path in parse_sae_args(values).items():
         try:
-            saes[name] = resolve_sae(path, hook=hook, model=model, device=device).sae
+            loaded[name] = resolve_sae(path, hook=hook, model=model, device=device)
         except (FileNotFoundError, ValueError) as e:
             raise CLIError(f"cannot load SAE {name!r} from {path}: {e}") from None
-    return saes
+    return loaded
 
 
 def require_hook(name: str, spec: Any, sae: Any) -> None:
@@ -74,17 +78,17 @@ def require_hook(name: str, spec: Any, sae: Any) -> None:
                        f"(e.g. --hook blocks.6.hook_resid_post)")
 
 
-def load_model(args, saes: dict[str, Any], store: Any = None):
-    """The model to steer: --model, checked against the model every SAE and the store record,
-    or else the recorded model itself. Refusals name both models and --allow-model-mismatch.
-    Every SAE must know its hook point first (its files, or --hook)."""
+def load_model(args, loaded: dict[str, LoadedSAE], store: Any = None):
+    """The model to steer: --model, checked against the model every SAE (`load_saes`'s LoadedSAEs)
+    and the store record, or else the recorded model itself. Refusals name both models and
+    --allow-model-mismatch. Every SAE must know its hook point first (its files, or --hook)."""
     from saes.identity import ModelIdentityError, check_same_model, identity_of_sae
     from saesteer.models import OVERRIDE_FLAG, load_recorded_model, model_identity, pick_record
 
     dirs = parse_sae_args(args.sae)
-    for name, sae in saes.items():
-        require_hook(name, dirs[name], sae)
-    records = [(identity_of_sae(sae), f"SAE {name!r} ({dirs[name]})") for name, sae in saes.items()]
+    for name, item in loaded.items():
+        require_hook(name, dirs[name], item.sae)
+    records = [(identity_of_sae(item), f"SAE {name!r} ({dirs[name]})") for name, item in loaded.items()]
     if store is not None:
         records.append((store.recorded_model(), f"the feature store {args.store}"))
     first, where = pick_record(records)

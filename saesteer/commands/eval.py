@@ -109,7 +109,7 @@ def _run(args) -> int:
     say(f"loading model {args.model or '(the one the SAEs record)'}")
     args.device = device
     try:  # --model checked against the SAEs' recorded model, or that model (saes.identity)
-        model = load_checked_model(args, {n: x.sae for n, x in loaded.items()})
+        model = load_checked_model(args, loaded)
     except CLIError as e:
         raise ValueError(str(e)) from None
     ident = identity_of_model(model)

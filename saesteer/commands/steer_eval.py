@@ -110,8 +110,7 @@ def _run(args, model=None) -> int:
     )
     from saesteer.commands.sweep import _scorer
     from saesteer.configargs import dataclass_from_args
-    from steering.config import GenerationConfig
-    from steering.config import CompareConfig
+    from steering.config import CompareConfig, GenerationConfig
     from steering.methods import compare_methods
 
     try:
@@ -143,14 +142,15 @@ def _run(args, model=None) -> int:
     prompts = [p for p in prompts for _ in range(args.samples)]
     scorer, judge = _scorer(args, args.store)
 
-    saes = load_saes(args.sae, hook=args.hook)
-    if len(saes) != 1:
+    loaded = load_saes(args.sae, hook=args.hook)
+    if len(loaded) != 1:
         raise CLIError("steer-eval steers with one SAE; give a single --sae")
-    name, sae = next(iter(saes.items()))
+    name, sae = next((n, item.sae) for n, item in loaded.items())
+    saes = {name: sae}
     store, link = open_store(args.store, saes, writable=bool(args.save_preset))
     try:
         if model is None:
-            model = load_model(args, saes, store)
+            model = load_model(args, loaded, store)
         sae = sae.to(model_device(model))
         card = compare_methods(
             model, sae, scorer, prompts=prompts, positive=positive, negative=negative, cue=cue,

@@ -132,14 +132,15 @@ def _run(args, model=None) -> int:
         raise CLIError("strengths in multiples of the typical max activation (--unit max_act, the default) need the "
                        "feature store: give --store FILE, or --unit raw")
 
-    saes = load_saes(args.sae, hook=args.hook, model=args.model)
+    loaded = load_saes(args.sae, hook=args.hook, model=args.model)
+    saes = {sae_name: item.sae for sae_name, item in loaded.items()}
     name = args.sae_name or (next(iter(saes)) if len(saes) == 1 else None)
     if name is None or name not in saes:
         raise CLIError(f"say which SAE the features belong to with --sae-name (one of {', '.join(saes)})")
     store, link = open_store(args.store, {name: saes[name]}, writable=args.save_strength)
     try:
         if model is None:
-            model = load_model(args, saes, store)
+            model = load_model(args, loaded, store)
         sae = saes[name].to(model_device(model))
         typical = typical_max_provider(link, {name: sae})
         if sweep_cfg.unit == "max_act":

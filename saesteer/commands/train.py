@@ -85,7 +85,8 @@ def add_arguments(parser) -> None:
 
     s = parser.add_argument_group("SAEs (comma-separated values: every combination is trained)")
     s.add_argument("--architecture", default=None, metavar="LIST",
-                   help="topk, batchtopk, matryoshka (= matryoshka_batchtopk) (default: topk)")
+                   help="topk, batchtopk, matryoshka (= matryoshka_batchtopk), or any other trainable "
+                        "architecture of saes/registry.py (default: topk)")
     s.add_argument("--d-sae", dest="d_sae", default=None, metavar="LIST", help="number of latents (default: 4096)")
     s.add_argument("--k", default=None, metavar="LIST", help="active latents per token (default: 32)")
     s.add_argument("--matryoshka-widths", dest="matryoshka_widths", default=None, metavar="INT,...",
@@ -111,7 +112,7 @@ def _split_list(text: str, conv, flag: str):
 
 
 def _sae_specs(args, file_specs: list) -> list:
-    from training.config import SAESpec
+    from training.config import SAESpec, architecture_fields, trainable_architecture
 
     if all(getattr(args, f) is None for f in _SAE_FLAGS):
         return [SAESpec(**s) if isinstance(s, dict) else s for s in file_specs] or [SAESpec()]
@@ -123,8 +124,8 @@ def _sae_specs(args, file_specs: list) -> list:
     for arch in archs:
         for d_sae in widths:
             for k in ks:
-                is_m = arch in ("matryoshka", "matryoshka_batchtopk")
-                specs.append(SAESpec(arch, d_sae=d_sae, k=k, matryoshka_widths=mw if is_m else [], lr=args.sae_lr))
+                levels = mw if "matryoshka_widths" in architecture_fields(trainable_architecture(arch)) else []
+                specs.append(SAESpec(arch, d_sae=d_sae, k=k, matryoshka_widths=levels, lr=args.sae_lr))
     if args.sae_name:
         if len(specs) != 1:
             raise ValueError("--sae-name names a single SAE; with several, the names are <arch>_k<k>_f<d_sae>")
