@@ -338,7 +338,7 @@ def matrix(args) -> str:
 
 # -------------------------------------------------------------------------------------- toy
 def toy(args) -> str:
-    from saesteer.commands._steering import toy_scorer
+    from saesteer.toyscore import toy_scorer
     from steering import FeatureEdit, GenerationConfig, generate, steer
     from steering.evaluate import score_generation
     from steering.methods import compare_methods

@@ -129,7 +129,7 @@ def _run(args, model=None) -> int:
     positive, negative = _lines(args.positive, "--positive"), _lines(args.negative, "--negative")
     cue = args.cue
     if args.topic is not None:
-        from saesteer.commands._steering import toy_topics
+        from saesteer.toyscore import toy_topics
 
         if args.topic not in toy_topics():
             raise CLIError(f"unknown toy-world topic {args.topic!r}; choose one of {', '.join(toy_topics())}")

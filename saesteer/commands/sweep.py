@@ -70,19 +70,21 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from saesteer.commands._steering import CLIError, print_error
+    from saesteer.toyscore import ToyScorerError
 
     from steering.spec import SteeringError
 
     try:
         return _run(args)
-    except (CLIError, SteeringError) as e:
+    except (CLIError, SteeringError, ToyScorerError) as e:
         return print_error(e, args)
 
 
 def _scorer(args, store_path):
     from pathlib import Path
 
-    from saesteer.commands._steering import CLIError, toy_scorer
+    from saesteer.commands._steering import CLIError
+    from saesteer.toyscore import toy_scorer
 
     if (args.topic is None) == (args.concept is None):
         raise CLIError("choose how to score: --topic T (toy world, offline) or --concept C (LLM judge)")
