@@ -209,7 +209,9 @@ class TransformersBackend:
         enc = self._tok.apply_chat_template(
             [dict(m) for m in request.messages], add_generation_prompt=True, return_tensors="pt", return_dict=True,
         )
-        device = next(self._model.parameters()).device
+        from saes.hookpoints import model_device
+
+        device = model_device(self._model)
         input_ids = enc["input_ids"].to(device)
         attn = enc.get("attention_mask")
         pad_id = self._tok.pad_token_id if self._tok.pad_token_id is not None else self._tok.eos_token_id

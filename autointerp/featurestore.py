@@ -26,6 +26,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from saes.fileio import append_durably
+
 from .examples import Example, LatentEvidence, LatentExamples
 from .store import LabelFailure, LabelResult
 
@@ -205,10 +207,7 @@ class FeatureStoreLabels:
     def write_failure(self, f: LabelFailure) -> None:
         line = json.dumps({"latent": f.latent, "stage": f.stage, "reason": f.reason, "source": f.source,
                            "judge_model": f.judge_model, "time": f.created}) + "\n"
-        with open(self.failures_file, "a", encoding="utf-8") as fh:
-            fh.write(line)
-            fh.flush()
-            os.fsync(fh.fileno())
+        append_durably(self.failures_file, line.encode("utf-8"))
 
     def read_failures(self) -> list[dict[str, Any]]:
         if not self.failures_file.is_file():

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -139,7 +138,7 @@ def build_toy_store(work: Path, *, tokens: int, d_sae: int, k: int, train_tokens
     sae_dir = run / "saes" / name
     if not (sae_dir / "cfg.json").exists():
         from training.config import RunConfig, SAESpec, TrainConfig
-        from training.trainer import train
+        from training.run import train
         from training.reader import CacheReader
 
         print(f"training a TopK SAE (d_sae {d_sae}, k {k}) on {train_tokens:,} tokens ...", flush=True)
@@ -201,7 +200,7 @@ def concept_matches(sae, cache: Path):
     import torch
 
     from features import ConceptMatch
-    from training.reader import iter_shards
+    from training.shardset import iter_shards
 
     F, C = sae.d_sae, len(concepts)
     tp = torch.zeros(F, C, dtype=torch.float64)
@@ -238,7 +237,7 @@ def concept_words(cache: Path, min_share: float = 0.5) -> dict[str, set[str]]:
     from toyworld.lexicon import CONCEPTS
     from toyworld.tags import concept_masks
     from toyworld.tokenizer import load_tokenizer
-    from training.reader import iter_shards
+    from training.shardset import iter_shards
 
     tok = load_tokenizer()
     vocab = {i: w for w, i in tok.get_vocab().items()}
@@ -352,16 +351,9 @@ TOY_NOTES = [
 
 def write_section(body: list[str]) -> None:
     """Replace (or append) this benchmark's section of RESULTS.md, leaving the others alone."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    block = SECTION + "\n\n" + "\n".join(body).rstrip() + "\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda m: block + "\n", text, count=1)
-    else:
-        text = text.rstrip() + "\n\n" + block
-    tmp = RESULTS.with_name(f".{RESULTS.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, RESULTS)
+    from results_md import replace_section
+
+    replace_section(SECTION, SECTION + "\n\n" + "\n".join(body), RESULTS)
 
 
 def main(argv: list[str] | None = None) -> int:

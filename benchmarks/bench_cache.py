@@ -112,7 +112,8 @@ def run_fast(ff, tokens, bs) -> Timing:
 def run_ours(model, text, hook, n_tokens, bs, shard_contexts, out: Path, forward: str = "auto"):
     """(caching loop Timing, whole call Timing, bytes on disk)."""
     import training.cache as cache
-    from training.cache import CacheConfig, build_cache
+    from training.cache import build_cache
+    from training.cache_config import CacheConfig
 
     shutil.rmtree(out, ignore_errors=True)
     cfg = CacheConfig(out=str(out), hooks=[hook], dtype="fp16", batch_size=bs, max_tokens=n_tokens,
@@ -184,17 +185,9 @@ def reader_rows_per_s(path: Path, hook: str) -> tuple[float, float]:
 
 
 def update_results(section: str, path: Path = REPO / "benchmarks" / "RESULTS.md") -> None:
-    head = "## Activation cache"
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    if head in text:
-        start = text.index(head)
-        nxt = text.find("\n## ", start + len(head))
-        text = text[:start] + section.rstrip() + "\n" + (text[nxt:] if nxt >= 0 else "")
-    else:
-        text = text.rstrip() + "\n\n" + section.rstrip() + "\n"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from results_md import replace_section
+
+    replace_section("## Activation cache", section, path)
 
 
 def main(argv=None) -> int:
@@ -218,7 +211,8 @@ def main(argv=None) -> int:
 
     from training.fast_forward import FastForward
     from training.manifest import read_manifest
-    from training.text import TextConfig, open_packer, resolve_data
+    from training.packing import open_packer
+    from training.text import TextConfig, resolve_data
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -54,7 +54,7 @@ def worker(args) -> int:
     from training.config import CheckpointConfig, EvalConfig, LogConfig, RunConfig, SAESpec, TrainConfig
     from training.distributed import init_from_env, shutdown
     from training.synthetic import SyntheticActivations
-    from training.trainer import train
+    from training.run import train
 
     setup = init_from_env("cpu", args.threads)
     if setup is None:
@@ -134,14 +134,9 @@ def run_one(arch: str, procs: int, threads: int, steps: int) -> dict:
 
 
 def replace_section(body: str) -> None:
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    start = text.find(HEADING + "\n")
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + body
-    else:
-        nxt = text.find("\n## ", start + len(HEADING))
-        text = text[:start] + body + (text[nxt + 1:] if nxt >= 0 else "")
-    RESULTS.write_text(text.rstrip("\n") + "\n")
+    from results_md import replace_section as replace
+
+    replace(HEADING, body, RESULTS)
 
 
 def main() -> int:

@@ -59,7 +59,8 @@ def _tiny_hf(work: Path):
 
 def measure(model, text, hook: str, tokens: int, work: Path) -> dict:
     from saesteer.models import model_id
-    from training.cache import build_cache, estimate_cache
+    from training.cache import build_cache
+    from training.estimate import estimate_cache
     from training.cache_config import CacheConfig
 
     out = work / "cache"

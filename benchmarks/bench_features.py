@@ -19,7 +19,6 @@ import argparse
 import json
 import math
 import os
-import re
 import statistics
 import sys
 import time
@@ -66,21 +65,9 @@ HEADING = "## Feature store"
 
 def write_section(key: str, text: str) -> None:
     """Replace (or add) the block `<!-- key -->...<!-- /key -->` inside our section of RESULTS.md."""
-    doc = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if not doc.endswith("\n"):
-        doc += "\n"
-    block = f"<!-- {key} -->\n{text.strip()}\n<!-- /{key} -->"
-    if HEADING not in doc:
-        doc = doc.rstrip() + f"\n\n{HEADING}\n\n{block}\n"
-    else:
-        start = doc.index(HEADING)
-        nxt = re.search(r"^## ", doc[start + len(HEADING):], flags=re.M)
-        end = start + len(HEADING) + nxt.start() if nxt else len(doc)
-        section = doc[start:end]
-        pat = re.compile(rf"<!-- {re.escape(key)} -->.*?<!-- /{re.escape(key)} -->", flags=re.S)
-        section = pat.sub(block, section) if pat.search(section) else section.rstrip() + f"\n\n{block}\n\n"
-        doc = doc[:start] + section + doc[end:]
-    RESULTS.write_text(doc)
+    from results_md import replace_block
+
+    replace_block(HEADING, key, text, RESULTS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,7 +139,7 @@ def toy(args) -> None:
     from training.cache import build_cache
     from training.cache_config import CacheConfig
     from training.config import CheckpointConfig, EvalConfig, LogConfig, RunConfig, SAESpec, TrainConfig
-    from training.trainer import train
+    from training.run import train
     from training.reader import CacheReader
     from training.text import TextConfig
 

@@ -371,16 +371,9 @@ def bench_output(store_path: Path, sae_dir: Path, per_topic: int, samples: int, 
 
 def write_section(body: list[str]) -> None:
     """Replace (or append) this benchmark's section of RESULTS.md, leaving the others alone."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    block = SECTION + "\n\n" + "\n".join(body).rstrip() + "\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda m: block + "\n", text, count=1)
-    else:
-        text = text.rstrip() + "\n\n" + block
-    tmp = RESULTS.with_name(f".{RESULTS.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, RESULTS)
+    from results_md import replace_section
+
+    replace_section(SECTION, SECTION + "\n\n" + "\n".join(body), RESULTS)
 
 
 def main(argv: list[str] | None = None) -> int:

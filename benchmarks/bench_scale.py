@@ -12,7 +12,7 @@ Every command prints a markdown table; `--write` puts it in benchmarks/RESULTS.m
 (its own keyed block, so each command replaces only its table) and `--json FILE` writes the figures.
 
 cache: synthetic caches (no model) written through the cache builder's own writer thread
-(`training.cache._ShardWriter`: safetensors, SHA-256, fsync, atomic rename, build log) with the
+(`training.writer.ShardWriter`: safetensors, SHA-256, fsync, atomic rename, build log) with the
 default shard size, then read back cold (pages dropped with posix_fadvise) by `CacheReader`
 (first epoch: SHA-256 of every shard, fp16 -> fp32 batches) in a child process whose peak RSS is
 reported. "max" is the largest cache that leaves --keep-free GB free on the disk. Each cache is
@@ -48,7 +48,6 @@ import argparse
 import json
 import math
 import os
-import re
 import resource
 import shutil
 import statistics
@@ -123,20 +122,9 @@ def run_child(kind: str, params: dict[str, Any], timeout: float | None = None) -
 
 def write_block(key: str, text: str) -> None:
     """Replace (or add) `<!-- scale:key -->...<!-- /scale:key -->` inside "## Scale" of RESULTS.md."""
-    doc = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    tag = f"scale:{key}"
-    block = f"<!-- {tag} -->\n{text.strip()}\n<!-- /{tag} -->"
-    if HEADING + "\n" not in doc:
-        doc = doc.rstrip() + f"\n\n{HEADING}\n\n{block}\n"
-    else:
-        start = doc.index(HEADING + "\n")
-        nxt = re.search(r"^## ", doc[start + len(HEADING):], flags=re.M)
-        end = start + len(HEADING) + nxt.start() if nxt else len(doc)
-        section = doc[start:end]
-        pat = re.compile(rf"<!-- {re.escape(tag)} -->.*?<!-- /{re.escape(tag)} -->", flags=re.S)
-        section = pat.sub(lambda _: block, section) if pat.search(section) else section.rstrip() + f"\n\n{block}\n\n"
-        doc = doc[:start] + section + doc[end:]
-    RESULTS.write_text(doc.rstrip("\n") + "\n")
+    from results_md import replace_block
+
+    replace_block(HEADING, f"scale:{key}", text, RESULTS)
 
 
 def header(cmd: str) -> str:
@@ -167,7 +155,7 @@ def cache_settings(d_in: int, L: int, shard_contexts: int, name: str = "syntheti
 
 
 def default_shard_contexts(d_in: int, L: int = 128) -> int:
-    from training.cache import default_shard_contexts as dsc
+    from training.plan import default_shard_contexts as dsc
 
     return dsc({HOOK: d_in}, "fp16", L)
 
@@ -178,16 +166,16 @@ def write_synthetic_cache(path: Path, rows: int, d_in: int, *, L: int = 128, sha
     SHA-256, fsync, atomic rename, build log), from a pool of random fp16 rows. Returns timings."""
     import torch
 
-    from training.cache import _ShardBuffer, _ShardWriter
-    from training.manifest import MANIFEST_NAME, PROGRESS_NAME, Manifest, read_progress, shard_file_name, write_json_atomic
+    from training.writer import ShardBuffer, ShardWriter
+    from training.manifest import MANIFEST_NAME, PROGRESS_NAME, Manifest, read_progress, shard_file_name, write_manifest
 
     path.mkdir(parents=True, exist_ok=True)
     C = shard_contexts or default_shard_contexts(d_in, L)
     n_ctx = -(-rows // L)
     g = torch.Generator().manual_seed(seed)
     pool = torch.randn(C * L, d_in, generator=g).half()  # copied (rolled) into every shard: memcpy, not RNG
-    buffers = [_ShardBuffer({HOOK: d_in}, torch.float16, C, L, pin=False) for _ in range(2)]
-    writer = _ShardWriter(path, buffers, threaded=True, on_written=lambda s: None)
+    buffers = [ShardBuffer({HOOK: d_in}, torch.float16, C, L, pin=False) for _ in range(2)]
+    writer = ShardWriter(path, buffers, threaded=True)
     t0, c0 = time.perf_counter(), time.process_time()
     ctx, index = 0, 0
     try:
@@ -211,7 +199,7 @@ def write_synthetic_cache(path: Path, rows: int, d_in: int, *, L: int = 128, sha
     finally:
         writer.close()
     shards = read_progress(path)
-    write_json_atomic(path / MANIFEST_NAME, Manifest(cache_settings(d_in, L, C), complete=True, shards=shards).to_json())
+    write_manifest(path, Manifest(cache_settings(d_in, L, C), complete=True, shards=shards))
     (path / PROGRESS_NAME).unlink(missing_ok=True)
     return {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0, "shards": index,
             "rows": n_ctx * L, "bytes": du(path)}
@@ -316,9 +304,9 @@ def cmd_cache(args) -> tuple[str, dict]:
 # ------------------------------------------------------------------------- 1e9-token reader
 def cmd_reader(args) -> tuple[str, dict]:
     from training.manifest import (MANIFEST_NAME, PROGRESS_NAME, Manifest, ShardInfo, append_progress, read_manifest,
-                                   read_progress, shard_file_name, write_json_atomic)
+                                   read_progress, shard_file_name, write_manifest)
     from training.reader import CacheReader
-    from training.shards import sha256_file
+    from saes.fileio import sha256_file
 
     work = Path(args.work) / "sim1e9"
     shutil.rmtree(work, ignore_errors=True)
@@ -353,7 +341,7 @@ def cmd_reader(args) -> tuple[str, dict]:
         out["read_progress_s"] = time.perf_counter() - t0
         assert len(shards) == n_shards
         t0 = time.perf_counter()
-        write_json_atomic(work / MANIFEST_NAME, Manifest(cache_settings(d_in, L, C), complete=True, shards=shards).to_json())
+        write_manifest(work, Manifest(cache_settings(d_in, L, C), complete=True, shards=shards))
         out["manifest_write_s"] = time.perf_counter() - t0
         out["manifest_bytes"] = (work / MANIFEST_NAME).stat().st_size
         (work / PROGRESS_NAME).unlink()
@@ -842,7 +830,7 @@ def child_nocache(params: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from training import train
-    from training.reader import model_batches
+    from training.live import model_batches
     from training.text import TextConfig
 
     torch.set_num_threads(1)
@@ -864,7 +852,8 @@ def child_cached(params: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from training import train
-    from training.cache import CacheConfig, build_cache
+    from training.cache import build_cache
+    from training.cache_config import CacheConfig
     from training.reader import CacheReader
     from training.text import TextConfig
 

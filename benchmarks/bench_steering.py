@@ -20,9 +20,10 @@ the process CPU time of unsteered / steered generation (toy model, batch 8, 64 n
 cache, sampling with a fixed seed, interleaved rounds, medians). Each edit acts on the latent that
 fires most on the unsteered text (so clamp, scale and ablate have work to do). Steering changes the
 text, and the cost of generating depends on the text (by several percent either way on this CPU),
-so two "same text" rows per architecture do the edit's whole work and leave the text as it is:
-scaling the busiest latent by 1 (its exact read where it fires, a zero write) and clamping a latent
-that never fires to 0.
+so two "same text" rows per architecture do an edit's work and leave the text as it is: reading
+the busiest latent exactly at every token (the trigger of a conditional edit that never passes;
+an edit such as scale 1 would not do: edits that change nothing are skipped, nothing is read) and
+clamping a latent that never fires to 0.
 
 toy: steering each toy-world topic (setting): find the topic's feature by contrast (topic
 documents vs other documents), pick the strength on development seeds (weakest strength that
@@ -295,7 +296,7 @@ def matrix(args) -> str:
         busy = int((acts > 0).sum((0, 1)).argmax())
         quiet = int((cache[hook] @ sae.W_enc + sae.b_enc).amax((0, 1)).argmin())
         for op, edit in (("add", f"{busy}:add=8"), ("clamp", f"{busy}:clamp=8"), ("scale", f"{busy}:scale=2"),
-                         ("ablate", f"{busy}:ablate"), ("same text: scale the busiest latent by 1", f"{busy}:scale=1"),
+                         ("ablate", f"{busy}:ablate"), ("same text: read the busiest latent", f"{quiet}:add=8?{busy}>1000000"),
                          ("same text: clamp a silent latent to 0", f"{quiet}:clamp=0")):
             def run(sae=sae, edit=edit):
                 with steer(model, sae, [edit]):
@@ -337,7 +338,7 @@ def matrix(args) -> str:
 
 # -------------------------------------------------------------------------------------- toy
 def toy(args) -> str:
-    from saesteer.commands._steering import toy_scorer
+    from saesteer.toyscore import toy_scorer
     from steering import FeatureEdit, GenerationConfig, generate, steer
     from steering.evaluate import score_generation
     from steering.methods import compare_methods
@@ -658,9 +659,9 @@ def write_subsection(text: str, results: Path = RESULTS) -> None:
     subs.sort(key=lambda s: s.splitlines()[0])
     new_section = intro.rstrip("\n") + "\n\n" + "\n".join(s.rstrip("\n") + "\n" for s in subs)
     out = head + SECTION + new_section + ("\n" + tail if tail else "")
-    tmp = results.with_suffix(".tmp")
-    tmp.write_text(out)
-    os.replace(tmp, results)
+    from saes.fileio import atomic_write_bytes
+
+    atomic_write_bytes(results, out.encode())
 
 
 def main(argv=None) -> int:

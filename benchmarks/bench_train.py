@@ -56,7 +56,7 @@ HOOK = "blocks.0.hook_resid_post"
 # ------------------------------------------------------------------------------ caches
 def synthetic_cache(path: Path, d_in: int, rows: int, shard_rows: int = 65536, seed: int = 0) -> Path:
     """A cache directory in the real format (fp16 shards, manifest, SHA-256) of sparse-feature data."""
-    from training.manifest import FORMAT_NAME, FORMAT_VERSION, Manifest, ShardInfo, shard_file_name, write_json_atomic
+    from training.manifest import FORMAT_NAME, FORMAT_VERSION, Manifest, ShardInfo, shard_file_name, write_manifest
     from training.shards import write_safetensors_atomic
 
     if (path / "manifest.json").is_file():
@@ -84,7 +84,7 @@ def synthetic_cache(path: Path, d_in: int, rows: int, shard_rows: int = 65536, s
         "separator": "none", "exclude_tokens": "none", "excluded_token_ids": [], "tokenizer": {"name": "none", "sha256": "0"},
         "dataset": {"name": "synthetic"}, "max_tokens": None, "shard_contexts": shard_rows // L,
     }
-    write_json_atomic(path / "manifest.json", Manifest(settings, complete=True, shards=shards).to_json())
+    write_manifest(path, Manifest(settings, complete=True, shards=shards))
     return path
 
 
@@ -134,7 +134,7 @@ def widths_for(d_sae: int) -> list[int]:
 def run_ours(arch, cache, *, d_sae, k, batch, tokens, holdout, method, lr, dead_tokens, threads, out, ce=None):
     from training.config import CheckpointConfig, EvalConfig, LogConfig, OptimConfig, RunConfig, SAESpec, TrainConfig
     from training.reader import CacheReader
-    from training.trainer import train
+    from training.run import train
 
     spec = SAESpec(arch, d_sae=d_sae, k=k, matryoshka_widths=widths_for(d_sae) if arch == "matryoshka_batchtopk" else [])
     cfg = RunConfig(
@@ -210,16 +210,9 @@ def holdout_rows(cache: Path, batch: int, holdout: int) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------ sections
 def replace_section(heading: str, body: str) -> None:
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.strip() == heading), None)
-    block = heading + "\n\n" + body.strip() + "\n\n"
-    if start is None:
-        text = text.rstrip("\n") + "\n\n" + block
-    else:
-        end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
-        text = "".join(lines[:start]) + block + "".join(lines[end:])
-    RESULTS.write_text(text.rstrip("\n") + "\n")
+    from results_md import replace_section as replace
+
+    replace(heading, heading + "\n\n" + body.strip(), RESULTS)
 
 
 def machine() -> str:
@@ -336,7 +329,8 @@ def cmd_toyworld(args) -> str:
     from training.manifest import read_manifest
     from training.reader import CacheReader
     from training.sources import cache_provenance, contexts_from_text
-    from training.trainer import ModelEval, train
+    from training.evaluate import ModelEval
+    from training.run import train
 
     cache = Path(args.cache)
     man = read_manifest(cache)

@@ -177,7 +177,9 @@ def _model(sz, device):
 def section_cache(device, sz, dry: bool, work: Path) -> dict:
     from helpers.tiny_model import write_corpus
 
-    from training.cache import CacheConfig, build_cache
+    from training.cache import build_cache
+
+    from training.cache_config import CacheConfig
     from training.text import TextConfig
 
     model, tok = _model(sz, device)

@@ -19,7 +19,8 @@ import torch
 from torch import Tensor
 
 import saes
-from saes.batchtopk import BatchTopKSAE
+from saes.fast_step import StepWorkspace
+from saes.registry import config_fields
 from saes.step import compute_grads
 from training.trainer import remove_parallel_decoder_grad_
 
@@ -64,7 +65,7 @@ class SparseFeatureData:
 
 def make_ours(arch: str, d_in: int, d_sae: int, k: int, widths: list[int] | None, seed: int) -> saes.SAE:
     kw: dict = {"k": k}
-    if arch == "matryoshka_batchtopk":
+    if "matryoshka_widths" in config_fields(arch):
         kw["matryoshka_widths"] = list(widths or [])
     return saes.create_sae(arch, d_in, d_sae, generator=torch.Generator().manual_seed(seed), **kw)
 
@@ -74,18 +75,18 @@ class OurStep:
 
     def __init__(self, sae: saes.SAE, lr: float, method: str, aux_coef: float, k_aux: int | None = None) -> None:
         self.sae, self.method, self.aux_coef, self.k_aux = sae, method, aux_coef, k_aux
-        params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec]
-        self.opt = torch.optim.Adam(params, lr=lr, fused=True)
+        self.opt = torch.optim.Adam(list(sae.parameters()), lr=lr, fused=True)
+        self.workspace = StepWorkspace()  # the step's reused buffers (the trainer keeps one per SAE)
 
     def __call__(self, x_BD: Tensor, dead_mask_F: Tensor | None = None) -> saes.GradResult:
         sae = self.sae
-        res = compute_grads(sae, x_BD, dead_mask_F, aux_coef=self.aux_coef, k_aux=self.k_aux, method=self.method)
+        res = compute_grads(sae, x_BD, dead_mask_F, aux_coef=self.aux_coef, k_aux=self.k_aux, method=self.method,
+                            workspace=self.workspace)
         with torch.no_grad():  # keep unit decoder rows: drop the gradient along each row (as the trainer)
             remove_parallel_decoder_grad_(sae)
         self.opt.step()
         sae.normalize_decoder_()
-        if isinstance(sae, BatchTopKSAE):
-            sae.update_threshold_(res.pre_BF, res.acts, above_threshold_F=res.above_threshold_F)
+        sae.update_inference_form_(res.pre_BF, res.acts, lr=0.01, above_threshold_F=res.above_threshold_F)
         return res
 
 

@@ -63,7 +63,7 @@ def vocabulary_words(tokenizer, min_chars: int = 2) -> list[tuple[int, str]]:
 def word_activations(model, hook: str, tokenizer, token_ids: list[int], prefix: str = "",
                      batch_size: int = 64) -> Tensor:
     """[W, D] activations at each word's position in BOS + prefix + word."""
-    from training.cache import ActivationRunner
+    from training.runner import ActivationRunner
 
     head: list[int] = []
     if getattr(tokenizer, "bos_token_id", None) is not None:

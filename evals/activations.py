@@ -26,7 +26,7 @@ class HeldOutActivations(NamedTuple):
 def hook_widths(model, hooks: Sequence[str]) -> dict[str, int]:
     """Width of each hook's per-token vector (one tiny forward pass; unknown hooks are an error
     listing the valid ones)."""
-    from training.cache import ActivationRunner
+    from training.runner import ActivationRunner
 
     return ActivationRunner(model, list(hooks), forward="transformer_lens").d_in(2)
 
@@ -47,7 +47,7 @@ def collect(model, hooks: Sequence[str], tokens_NL: Tensor, excluded_ids: Iterab
             batch_size: int = 16) -> HeldOutActivations:
     """Run `model` over `tokens_NL` (TransformerLens's forward, so values equal SAELens's) and keep
     every hook's activation at positions whose token is not in `excluded_ids`."""
-    from training.cache import ActivationRunner
+    from training.runner import ActivationRunner
 
     runner = ActivationRunner(model, list(hooks), forward="transformer_lens")
     excl = torch.tensor(sorted(set(int(i) for i in excluded_ids)), dtype=torch.long)

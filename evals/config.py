@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"EvalConfig.{name} must be an integer >= {minimum}, got {value!r}")
+from saes.validators import finite_number, require, whole_number
 
 
 @dataclass
@@ -52,16 +49,16 @@ class EvalConfig:
                                                                       "default; a partial overlap is reported)"})
 
     def __post_init__(self) -> None:
-        _check_int("contexts", self.contexts, 1)
-        _check_int("ce_contexts", self.ce_contexts, 0)
+        whole_number("EvalConfig", "contexts", self.contexts, minimum=1)
+        whole_number("EvalConfig", "ce_contexts", self.ce_contexts, minimum=0)
         for name in ("ce_batch_size", "model_batch_size", "absorption_max_k", "absorption_min_words",
                      "probing_max_per_class", "probing_min_positives"):
-            _check_int(name, getattr(self, name), 1)
-        if not 0.0 <= float(self.dense_threshold) <= 1.0:
-            raise ValueError(f"EvalConfig.dense_threshold must lie in [0, 1], got {self.dense_threshold!r}")
-        if not 0.0 <= float(self.absorption_f1_jump) < 1.0:
-            raise ValueError(f"EvalConfig.absorption_f1_jump must lie in [0, 1), got {self.absorption_f1_jump!r}")
+            whole_number("EvalConfig", name, getattr(self, name), minimum=1)
+        finite_number("EvalConfig", "dense_threshold", self.dense_threshold, 0.0, 1.0)
+        finite_number("EvalConfig", "absorption_f1_jump", self.absorption_f1_jump, 0.0, 1.0)
+        require(self.absorption_f1_jump < 1.0, f"EvalConfig.absorption_f1_jump must be below 1; got "
+                f"{self.absorption_f1_jump!r}", field="absorption_f1_jump")
         ks = [int(k) for k in self.probing_ks]
-        if not ks or any(k < 1 for k in ks):
-            raise ValueError(f"EvalConfig.probing_ks must be positive integers, got {self.probing_ks!r}")
+        require(ks and all(k >= 1 for k in ks), f"EvalConfig.probing_ks must be positive integers; got "
+                f"{self.probing_ks!r}", field="probing_ks")
         self.probing_ks = sorted(set(ks))

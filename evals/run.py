@@ -103,7 +103,7 @@ def token_labels(heldout: HeldOutActivations, masks_NL: Mapping[str, Tensor]) ->
 def text_probing_data(model, hooks: list[str], texts_tokens: list[Tensor],
                       excluded_ids: tuple[int, ...]) -> dict[str, ProbingData]:
     """Each text is an item: its tokens' activations, grouped (padding and excluded tokens dropped)."""
-    from training.cache import ActivationRunner
+    from training.runner import ActivationRunner
 
     runner = ActivationRunner(model, hooks, forward="transformer_lens")
     excl = torch.tensor(excluded_ids, dtype=torch.long)

@@ -212,7 +212,7 @@ def train_ours(world: SyntheticWorld, specs: list[Any], samples: int, out_dir: s
     """Train our SAEs through `training.train` (the CLI's path: held-out scale and b_dec, the
     trainer's step, the saved folded SAE) on `samples` rows of the world's stream, in memory."""
     from training.config import CheckpointConfig, EvalConfig, LogConfig, OptimConfig, RunConfig, TrainConfig
-    from training.trainer import train as run_training
+    from training.run import train as run_training
 
     holdout = world.holdout_ND
     cfg = RunConfig(

@@ -23,7 +23,6 @@ starts over).
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,10 @@ from features.fingerprint import sae_description, sae_fingerprint
 from features.records import utc_now
 from features.source import ActivationSource
 from features.store import FeatureStore, StoreError, StoreMismatchError
+from features.store.rows import ExampleRow, FeatureRow, HistogramRow, LogitRow, NeighbourRow, SearchTextRow
 from features.tokentext import token_texts
+from saes.fileio import FileLock, atomic_path
+from saes.formats.base import sae_of
 
 STATE_SUFFIX = ".state.safetensors"
 LOCK_SUFFIX = ".lock"
@@ -79,58 +81,20 @@ def _remove_store(path: Path) -> None:
             pass
 
 
-class BuildLock:
-    """An exclusive, non-blocking flock on `<store>.lock` for the duration of a build (released
-    by the OS if the process dies). A separate file: SQLite's own locks on the store must not
-    be disturbed by opening and closing the database file here."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path.with_name(path.name + LOCK_SUFFIX)
-        self._fd: int | None = None
-
-    def __enter__(self) -> "BuildLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(str(self.path), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - non-POSIX
-            return self
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._fd)
-            self._fd = None
-            raise StoreError(f"another process is building {self.path.with_suffix('')}; wait for it to finish") from None
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def build_lock(path: Path) -> FileLock:
+    """An exclusive lock on `<store>.lock` for the duration of a build (released by the OS if the
+    process dies). A separate file: SQLite's own locks on the store must not be disturbed by
+    opening and closing the database file here."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(path.with_name(path.name + LOCK_SUFFIX), busy=lambda: StoreError(
+        f"another process is building {path}; wait for it to finish"))
 
 
 def save_state(path: Path, acc: FeatureAccumulator, identity: dict, phase: str, next_context: int) -> None:
-    """Write the pass state atomically (temp file in the same directory, fsync, rename)."""
-    tmp = path.with_name(path.name + ".tmp")
+    """Write the pass state atomically (`saes.fileio.atomic_path`)."""
     meta = {"identity": json.dumps(identity, sort_keys=True), "phase": phase, "next_context": str(next_context)}
-    save_file({k: v.contiguous() for k, v in acc.state_dict().items()}, str(tmp), metadata=meta)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in acc.state_dict().items()}, str(tmp), metadata=meta)
 
 
 def load_state(path: Path, acc: FeatureAccumulator, identity: dict) -> tuple[str, int] | None:
@@ -171,11 +135,11 @@ def check_compatible(sae, source: ActivationSource) -> None:
 def check_models(sae, source: ActivationSource, model=None, allow_mismatch: bool = False):
     """The model the store belongs to (the cache's recorded model, else the SAE's), after refusing
     (ModelMismatchError) an SAE or a model recorded for another model than the cache's."""
-    from saes.identity import check_same_model, identity_of_model, identity_of_sae
+    from saes.identity import check_same_model, identity_of_model, recorded_model_of
 
     cache_model = getattr(source, "recorded_model", None)
     cache_model = cache_model() if callable(cache_model) else None
-    sae_model = identity_of_sae(sae)
+    sae_model = recorded_model_of(sae)
     if not allow_mismatch:
         where = f"the activation cache {getattr(source, 'path', '')}".rstrip()
         check_same_model(cache_model, sae_model, recorded_in=where, given_as="the SAE's model (its saesteer.json)",
@@ -202,6 +166,8 @@ def build_feature_store(
 ) -> BuildResult:
     """Build (or resume, or finish) the feature store at `path` for `sae` over `source`.
 
+    sae: an SAE, or a `saes.formats.LoadedSAE` (the SAE beside its provenance: the model it
+    records is checked against the cache's and the model's, and recorded in the store).
     model: a loaded TransformerLens model, for logit effects (optional).
     tokenizer: for token display strings and example text (optional; else `model.tokenizer`).
     sae_path: the SAE's folder, recorded (absolute) so that tools can load the SAE from the store.
@@ -211,8 +177,11 @@ def build_feature_store(
     t_start = time.perf_counter()
     cfg = cfg or BuildConfig()
     path = Path(path)
+    loaded, sae = sae, sae_of(sae)
+    if sae_path is None and loaded is not sae:
+        sae_path = loaded.spec
     check_compatible(sae, source)
-    recorded = check_models(sae, source, model, allow_model_mismatch)
+    recorded = check_models(loaded, source, model, allow_model_mismatch)
     if tokenizer is None and model is not None:
         tokenizer = getattr(model, "tokenizer", None)
     event = on_event or (lambda name, info: None)
@@ -235,7 +204,7 @@ def build_feature_store(
         "window_after": cfg.window_after,
         "bos_id": source.bos_id,
     }
-    with BuildLock(path):
+    with build_lock(path):
         return _open_and_run(path, sae, source, cfg, identity, meta, model, tokenizer, overwrite, progress, event, t_start)
 
 
@@ -339,7 +308,7 @@ def _write(store: FeatureStore, sae, source, cfg: BuildConfig, res: PassResult, 
     if model is not None:
         if getattr(model, "W_U", None) is not None and model.W_U.shape[0] == sae.cfg.d_in:
             logits = logit_effects(W_dec, model, cfg.n_logits)
-    widths = list(getattr(sae.cfg, "matryoshka_widths", []) or [])
+    widths = sae.levels or []
     links = None
     if len(widths) >= 2:
         links = matryoshka_links(widths, W_dec, sample, cfg.parent_min_coact, cfg.parent_min_cos,
@@ -370,15 +339,15 @@ def _write(store: FeatureStore, sae, source, cfg: BuildConfig, res: PassResult, 
 _KIND_CODE = {"top": 0, "quantile": 1, "negative": 2}
 
 
-def _searchable_text(ex: list, bos_id: int | None) -> str:
+def _searchable_text(ex: ExampleRow, bos_id: int | None) -> str:
     """An example row's text for full-text search: without the BOS marker that starts its context
     (as `records.without_start_bos` shows examples), so that searching "text" does not find every
     window that begins with "<|begin_of_text|>"."""
-    pos, centre, token_bytes, act_bytes, text, offset_bytes = ex[6:12]
-    tokens, acts = np.frombuffer(token_bytes, dtype="<i4"), np.frombuffer(act_bytes, dtype="<f4")
-    if bos_id is None or centre != pos or len(tokens) < 2 or int(tokens[0]) != bos_id or acts[0] > 0:
+    text = ex.text
+    tokens, acts = np.frombuffer(ex.token_ids, dtype="<i4"), np.frombuffer(ex.acts, dtype="<f4")
+    if bos_id is None or ex.centre != ex.position or len(tokens) < 2 or int(tokens[0]) != bos_id or acts[0] > 0:
         return text  # centre == pos: the window starts at the context's first token
-    return text[int(np.frombuffer(offset_bytes, dtype="<i4")[1]):]
+    return text[int(np.frombuffer(ex.token_offsets, dtype="<i4")[1]):]
 
 
 def _block_rows(f0, f1, res: PassResult, dec_norm, dec_nb, co_nb, logits, links, source, tokenizer, before, W):
@@ -402,22 +371,25 @@ def _block_rows(f0, f1, res: PassResult, dec_norm, dec_nb, co_nb, logits, links,
         link = (None, None, None, None, None)
         if links is not None:
             link = (lev[i], None, None, None, None) if par[i] < 0 else (lev[i], par[i], _nan(pco[i]), _nan(pcos[i]), meth[i])
-        feats.append((f, n, cols[0][i], _nan(cols[1][i]), _nan(cols[2][i]), cols[3][i], cols[4][i], _nan(cols[5][i]),
-                      _nan(cols[6][i]), _nan(cols[7][i]), _nan(cols[8][i]), min_pos[i] if n else None,
-                      max_pos[i] if n else None, bos[i], norms[i], flags[i]) + link)
+        feats.append(FeatureRow(
+            id=f, n_fires=n, freq=cols[0][i], mean_act=_nan(cols[1][i]), std_act=_nan(cols[2][i]), max_act=cols[3][i],
+            sum_act=cols[4][i], typical_max_act=_nan(cols[5][i]), q50=_nan(cols[6][i]), q90=_nan(cols[7][i]),
+            q99=_nan(cols[8][i]), min_pos=min_pos[i] if n else None, max_pos=max_pos[i] if n else None,
+            bos_fires=bos[i], decoder_norm=norms[i], flags=flags[i], level=link[0], parent_id=link[1],
+            parent_coact=link[2], parent_cos=link[3], parent_method=link[4]))
     widths = res.bin_width_F[sl].tolist()
-    hists = [(f, widths[i], json.dumps(h)) for i, (f, h) in enumerate(zip(ids, res.hist_FH[sl].tolist()))]
-    logit_rows: list[tuple] = []
+    hists = [HistogramRow(f, widths[i], json.dumps(h)) for i, (f, h) in enumerate(zip(ids, res.hist_FH[sl].tolist()))]
+    logit_rows: list[LogitRow] = []
     if logits is not None:
         for kind, tid, val in (("promoted", logits.top_ids_Fn, logits.top_vals_Fn),
                                ("suppressed", logits.bottom_ids_Fn, logits.bottom_vals_Fn)):
             for f, t_row, v_row in zip(ids, tid[sl].tolist(), val[sl].tolist()):
-                logit_rows.extend((f, kind, r, t, v) for r, (t, v) in enumerate(zip(t_row, v_row)))
-    nb_rows: list[tuple] = []
+                logit_rows.extend(LogitRow(f, kind, r, t, v) for r, (t, v) in enumerate(zip(t_row, v_row)))
+    nb_rows: list[NeighbourRow] = []
     for f, o_row, s_row in zip(ids, dec_nb.ids_Fn[sl].tolist(), dec_nb.score_Fn[sl].tolist()):
-        nb_rows.extend((f, "decoder", r, o, sc, None) for r, (o, sc) in enumerate(zip(o_row, s_row)) if o >= 0)
+        nb_rows.extend(NeighbourRow(f, "decoder", r, o, sc, None) for r, (o, sc) in enumerate(zip(o_row, s_row)) if o >= 0)
     for f, o_row, s_row, c_row in zip(ids, co_nb.ids_Fn[sl].tolist(), co_nb.score_Fn[sl].tolist(), co_nb.count_Fn[sl].tolist()):
-        nb_rows.extend((f, "coact", r, o, sc, c) for r, (o, sc, c) in enumerate(zip(o_row, s_row, c_row)) if o >= 0)
+        nb_rows.extend(NeighbourRow(f, "coact", r, o, sc, c) for r, (o, sc, c) in enumerate(zip(o_row, s_row, c_row)) if o >= 0)
 
     # examples of the block, ordered by (kind, feature, rank)
     parts = []
@@ -445,22 +417,23 @@ def _block_rows(f0, f1, res: PassResult, dec_norm, dec_nb, co_nb, logits, links,
     kinds = ("top", "quantile", "negative")
     cols_E = [kind_E.tolist(), f_E.tolist(), rank_E.tolist(), val_E.tolist(), q_E.tolist(), seq_E.tolist(), pos_E.tolist(),
               lo_E.tolist(), hi_E.tolist()]
-    examples, token_lists = [], []
-    for e, (kc, f, rank, v, q, seq, pos, lo, hi) in enumerate(zip(*cols_E)):
-        t = toks_np[e, lo:hi]
-        token_lists.append(t)
-        examples.append([f, kinds[kc], rank, v, _nan(q), seq, pos, before - lo, t.tobytes(), win_np[e, lo:hi].tobytes(),
-                         None, None])
+    token_lists = [toks_np[e, lo:hi] for e, (lo, hi) in enumerate(zip(cols_E[7], cols_E[8]))]
+    texts: list[tuple] = [(None, None)] * len(token_lists)  # (text, offsets) per example: with a tokenizer only
     if tokenizer is not None and token_lists:
-        for ex, tt in zip(examples, token_texts(tokenizer, [t.tolist() for t in token_lists])):
-            ex[10] = tt.text
-            ex[11] = np.asarray(tt.offsets, dtype="<i4").tobytes()
+        texts = [(tt.text, np.asarray(tt.offsets, dtype="<i4").tobytes())
+                 for tt in token_texts(tokenizer, [t.tolist() for t in token_lists])]
+    examples = [
+        ExampleRow(feature_id=f, kind=kinds[kc], rank=rank, activation=v, quantile=_nan(q), seq_index=seq, position=pos,
+                   centre=before - lo, token_ids=token_lists[e].tobytes(), acts=win_np[e, lo:hi].tobytes(),
+                   text=texts[e][0], token_offsets=texts[e][1])
+        for e, (kc, f, rank, v, q, seq, pos, lo, hi) in enumerate(zip(*cols_E))
+    ]
     top_text: dict[int, list[str]] = {}
     for ex in examples:
-        if ex[1] == "top" and ex[10]:
-            top_text.setdefault(ex[0], []).append(_searchable_text(ex, source.bos_id))
-    fts = [(f, "", "\n".join(top_text.get(f, []))) for f in ids]
-    return feats, hists, [tuple(ex) for ex in examples], logit_rows, nb_rows, fts
+        if ex.kind == "top" and ex.text:
+            top_text.setdefault(ex.feature_id, []).append(_searchable_text(ex, source.bos_id))
+    fts = [SearchTextRow(f, "", "\n".join(top_text.get(f, []))) for f in ids]
+    return feats, hists, examples, logit_rows, nb_rows, fts
 
 
 def _nan(x):

@@ -10,16 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-
-def _pos_int(name: str, value: Any, allow_zero: bool = False) -> None:
-    ok = isinstance(value, int) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        raise ValueError(f"BuildConfig.{name} must be a {'non-negative' if allow_zero else 'positive'} integer, got {value!r}")
-
-
-def _fraction(name: str, value: Any) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"BuildConfig.{name} must be a number in [0, 1], got {value!r}")
+from saes.validators import finite_number, whole_number
 
 
 @dataclass
@@ -72,10 +63,10 @@ class BuildConfig:
 
     def __post_init__(self) -> None:
         for name in ("top_k", "hist_bins", "batch_rows", "write_block", "n_logits", "n_neighbours", "coact_kmax"):
-            _pos_int(name, getattr(self, name))
+            whole_number("BuildConfig", name, getattr(self, name))
         for name in ("n_quantile", "n_negative", "negative_pool", "window_before", "window_after", "flag_min_fires",
                      "checkpoint_rows", "seed"):
-            _pos_int(name, getattr(self, name), allow_zero=True)
+            whole_number("BuildConfig", name, getattr(self, name), minimum=0)
         if self.hist_bins & (self.hist_bins - 1):
             raise ValueError(f"BuildConfig.hist_bins must be a power of two (e.g. 64), got {self.hist_bins}")
         if self.negative_pool < self.n_negative:
@@ -83,9 +74,8 @@ class BuildConfig:
                 f"BuildConfig.negative_pool ({self.negative_pool}) must be at least n_negative ({self.n_negative}); raise it"
             )
         for name in ("dense_threshold", "parent_min_coact", "parent_min_cos"):
-            _fraction(name, getattr(self, name))
-        if not isinstance(self.parent_min_lift, (int, float)) or isinstance(self.parent_min_lift, bool) or self.parent_min_lift < 0:
-            raise ValueError(f"BuildConfig.parent_min_lift must be a number >= 0, got {self.parent_min_lift!r}")
+            finite_number("BuildConfig", name, getattr(self, name), 0.0, 1.0)
+        finite_number("BuildConfig", "parent_min_lift", self.parent_min_lift, lo=0.0)
 
     @property
     def window(self) -> int:

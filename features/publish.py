@@ -46,6 +46,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+from saes.fileio import atomic_write_bytes
+
 __all__ = ["NeuronpediaInfo", "export_neuronpedia", "export_saedashboard", "check_neuronpedia_export",
            "check_saedashboard_batch", "check_rows", "FIELDS", "PublishError"]
 
@@ -204,12 +206,7 @@ def _write_jsonl(path: Path, rows: Iterable[dict], gz: bool) -> None:
     data = "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in rows).encode("utf-8")
     if gz:
         data = gzip.compress(data, compresslevel=5, mtime=0)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data)
 
 
 def _read_jsonl(path: Path) -> Iterator[dict]:
@@ -449,12 +446,7 @@ def export_saedashboard(store: Any, path: str | os.PathLike, *, model_id: str, s
     check_saedashboard_batch(batch)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(batch, fh, ensure_ascii=False, allow_nan=False)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, json.dumps(batch, ensure_ascii=False, allow_nan=False).encode("utf-8"))
     return path
 
 

@@ -136,45 +136,28 @@ class TensorSource:
 
 # ----------------------------------------------------------------------------------------------
 class CacheSource:
-    """An activation cache directory (see `training.manifest`), read in storage order."""
+    """An activation cache directory (see `training.manifest`), read in storage order through
+    `training.shardset.ShardSet` (each shard checked before its rows are used)."""
 
     def __init__(self, path: str | Path, hook: str | None = None, *, verify: bool = True) -> None:
-        from training.manifest import read_manifest
+        from training.shardset import ShardSet
 
-        self.path = Path(path)
-        self.manifest = read_manifest(self.path)
-        if not self.manifest.complete:
-            raise ValueError(
-                f"{self.path}: the activation cache is incomplete; re-run the same `saesteer cache` command to finish it"
-            )
-        hooks = self.manifest.hooks
-        if hook is None:
-            if len(hooks) != 1:
-                raise ValueError(f"{self.path} holds several hook points ({', '.join(hooks)}); choose one with hook=...")
-            hook = hooks[0]
-        if hook not in hooks:
-            raise ValueError(f"{self.path} has no hook point {hook!r}; it holds {', '.join(hooks)}")
-        self.hook_name = hook
-        self.verify = verify
-        self._verified: set[int] = set()
+        self.cache = ShardSet(path, hook, verify="once" if verify else "never")
+        self.path, self.manifest, self.hook_name = self.cache.path, self.cache.manifest, self.cache.hook
+        self.shards = self.cache.shards
         s = self.manifest.settings
-        self.d_in = int(self.manifest.d_in[hook])
+        self.d_in = self.cache.d_in
         self.n_rows = self.manifest.total_rows
         self.n_contexts = self.manifest.total_contexts
         self.context_length = self.manifest.context_length
-        tok = s.get("tokenizer") or {}
-        self.bos_id = tok.get("bos_id")
-        self.shards = self.manifest.shards
+        self.bos_id = (s.get("tokenizer") or {}).get("bos_id")
         self._row_base = np.concatenate([[0], np.cumsum([sh.rows for sh in self.shards])]).astype(np.int64)
-        ident = {k: s[k] for k in ("model", "dtype", "context_length", "bos_policy", "exclude_tokens", "tokenizer", "dataset")}
-        ident["hook"] = hook
-        ident["shards"] = [sh.sha256 for sh in self.shards]
-        self.fingerprint = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
+        self.fingerprint = self.cache.fingerprint
         self.description = {
             "kind": "cache",
             "path": str(self.path.resolve()),
             "model": (s.get("model") or {}).get("id"),
-            "hook": hook,
+            "hook": self.hook_name,
             "dataset": (s.get("dataset") or {}).get("name"),
             "rows": self.n_rows,
             "contexts": self.n_contexts,
@@ -186,27 +169,6 @@ class CacheSource:
         return self.manifest.recorded_model()
 
     # -- reading -------------------------------------------------------------------------------
-    def _entries(self, i: int):
-        from training.shards import ShardCorruptError, read_header, sha256_file
-
-        sh = self.shards[i]
-        f = self.path / sh.file
-        if not f.is_file():
-            raise ShardCorruptError(f"shard {sh.file} of {self.path} is missing; rebuild the cache")
-        if self.verify and i not in self._verified:
-            digest = sha256_file(f)
-            if digest != sh.sha256:
-                raise ShardCorruptError(
-                    f"shard {sh.file} of {self.path} fails its SHA-256 check: the file is corrupt; rebuild the cache"
-                )
-            self._verified.add(i)
-        entries, _ = read_header(f)
-        need = [f"acts/{self.hook_name}", "token_ids", "positions", "seq_index", "context_tokens"]
-        missing = [k for k in need if k not in entries]
-        if missing:
-            raise ShardCorruptError(f"shard {sh.file} of {self.path} lacks tensor(s) {', '.join(missing)}")
-        return f, entries
-
     @staticmethod
     def _read(fh, entry, first: int = 0, count: int | None = None) -> Tensor:
         from training.shards import read_into
@@ -221,8 +183,7 @@ class CacheSource:
         for i, sh in enumerate(self.shards):
             if sh.first_context + sh.contexts <= start_context or sh.rows == 0:
                 continue
-            path, ent = self._entries(i)
-            with open(path, "rb", buffering=0) as fh:
+            with self.cache.open_shard(i) as (fh, ent):
                 seq_R = self._read(fh, ent["seq_index"]).to(torch.int64)
                 # rows of context j of this shard: [bounds[j], bounds[j+1])
                 local = seq_R - sh.first_context
@@ -247,12 +208,10 @@ class CacheSource:
         for i in shard_N.unique().tolist():
             sel = (shard_N == i).nonzero(as_tuple=True)[0]
             sh = self.shards[i]
-            path, ent = self._entries(i)
-            e = ent["context_tokens"]
             local = seq_N[sel] - sh.first_context
-            with open(path, "rb", buffering=0) as fh:  # context tokens are small: one read per shard
+            with self.cache.open_shard(i) as (fh, ent):  # context tokens are small: one read per shard
                 lo, hi = int(local.min()), int(local.max()) + 1
-                rows = self._read(fh, e, lo, hi - lo)[local - lo]
+                rows = self._read(fh, ent["context_tokens"], lo, hi - lo)[local - lo]
             out[sel] = _slice_windows(rows, start_N[sel], width)
         return out
 

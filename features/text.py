@@ -9,12 +9,12 @@ Shape key: S tokens, D d_in, F d_sae.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 
 import torch
 
 from features.tokentext import token_text
+from saes.hookpoints import check_hook
 
 
 @dataclass(frozen=True)
@@ -57,10 +57,7 @@ class _StopForward(Exception):
 def hook_activations(model, hook_name: str, tokens_BS: torch.Tensor) -> torch.Tensor:
     """The activation at `hook_name` for `tokens_BS`, captured by a scoped forward hook; the
     forward stops right after it. An unknown hook name is an error listing close matches."""
-    if hook_name not in model.hook_dict:
-        close = difflib.get_close_matches(hook_name, list(model.hook_dict), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"the model has no hook point {hook_name!r}{hint}")
+    check_hook(model, hook_name)
     got: dict[str, torch.Tensor] = {}
 
     def grab(act, hook):
@@ -91,17 +88,20 @@ def features_on_text(
     allow_model_mismatch: bool = False,
 ) -> TextActivations:
     """Latents firing on each token of `text`, strongest first (labels from `store` when given;
-    the store must have been built from this SAE). The text starts with BOS as the SAE's inputs did
-    (its cfg.json `prepend_bos`, else the model's default) unless `prepend_bos` says otherwise. An
-    SAE or store recorded for another model than `model` is refused
-    (saes.identity.ModelMismatchError) unless `allow_model_mismatch`."""
+    the store must have been built from this SAE). `sae`: an SAE or a `saes.formats.LoadedSAE`.
+    The text starts with BOS as the SAE's inputs did (its cfg.json `prepend_bos`, else the model's
+    default) unless `prepend_bos` says otherwise. An SAE (loaded beside a record) or store
+    recorded for another model than `model` is refused (saes.identity.ModelMismatchError) unless
+    `allow_model_mismatch`."""
     from saes.bos import prepend_bos_for
+    from saes.formats.base import sae_of
     from saes.identity import check_sae_model, check_same_model, identity_of_model
 
+    loaded, sae = sae, sae_of(sae)
     hook = hook_name or (sae.cfg.metadata or {}).get("hook_name")
     if not hook:
         raise ValueError("the SAE does not record its hook point (cfg.metadata['hook_name']); pass hook_name=...")
-    check_sae_model(model, sae, allow_mismatch=allow_model_mismatch)
+    check_sae_model(model, loaded, allow_mismatch=allow_model_mismatch)
     if store is not None:
         store.check_sae(sae)
         if not allow_model_mismatch:

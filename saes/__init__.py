@@ -2,6 +2,7 @@
 
 Architectures: TopK, BatchTopK, Matryoshka BatchTopK (trainable); JumpReLU (threshold
 encoder; the inference form of BatchTopK and Matryoshka) and standard ReLU (for loading).
+What an architecture is, and how to add one: `saes/base.py` and docs/architecture.md.
 Folders are SAELens-compatible (`cfg.json` + `sae_weights.safetensors`).
 
     from saes import create_sae, save_sae, load_sae
@@ -28,7 +29,8 @@ _EXPORTS = {
     "auxk_loss": "losses", "explained_variance": "losses", "fvu": "losses", "mse_loss": "losses",
     "MatryoshkaSAE": "matryoshka",
     "LossOutput": "objective", "training_loss": "objective",
-    "ARCHITECTURES": "registry", "TRAINABLE": "registry", "create_sae": "registry", "sae_class": "registry",
+    "ARCHITECTURES": "registry", "create_sae": "registry", "register": "registry", "sae_class": "registry",
+    "trainable_architectures": "registry",
     "ReLUSAE": "relu",
     "SparseActs": "sparse", "sparse_decode": "sparse",
     "STEP_METHODS": "step", "GradResult": "step", "compute_grads": "step",

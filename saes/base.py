@@ -1,23 +1,67 @@
-"""The SAE base module: raw parameters, encode / decode / forward.
+"""The SAE base module: raw parameters, encode / decode / forward, and what an architecture is.
 
-Shape key: B rows (tokens; leading dims are flattened into B), D d_in, F d_sae, N nonzeros.
+Shape key: B rows (tokens; leading dims are flattened into B), D d_in, F d_sae, N nonzeros, M latents read.
 
 Parameters use SAELens's names and layouts (design convention 5):
-`W_enc [D, F]`, `b_enc [F]`, `W_dec [F, D]`, `b_dec [D]`. Subclasses only decide which latents
-fire (`select`). Device and dtype come from the parameters; inputs are cast to them.
-`forward` changes nothing: no counters, no threshold updates (the trainer owns those).
+`W_enc [D, F]`, `b_enc [F]`, `W_dec [F, D]`, `b_dec [D]`. Device and dtype come from the
+parameters; inputs are cast to them. `forward` changes nothing: no counters, no threshold
+updates (the trainer owns those).
+
+An architecture is one subclass (plus its line in `saes/registry.py`). Everything the rest of the
+code needs to know about it is asked of the class, never decided by its name or type elsewhere:
+
+| what | member | default here |
+|---|---|---|
+| name recorded in cfg.json, other names accepted | `architecture`, `aliases` | - |
+| its config dataclass | `config_class` | `SAEConfig` |
+| may be trained (`saesteer train`) | `trainable` | False |
+| inference selection (a row's latents never depend on other rows) | `select(pre_BF)` | abstract |
+| how `select` decides, for readers of a few latents (steering) | `encoding_rule` | "generic" |
+| training selection; `group`: the ranks of a data-parallel global batch | `training_select(pre_BF, group)` | `select` |
+| nested levels and their reconstructions (Matryoshka) | `levels`, `level_reconstructions` | None, [full] |
+| the objective's auxiliary term | `auxiliary_loss` | AuxK |
+| which hand-written fast step applies ("topk", "batch_topk") | `training_rule` | "generic" (autograd only) |
+| state updated after each optimiser step (BatchTopK thresholds) | `update_inference_form_` | nothing |
+| SAELens cfg.json: architecture saved, its fields, training details | `saelens_architecture`, `saelens_fields`, `training_details` | own name, {}, {} |
+| SAELens cfg.json back into config fields | `config_fields_from_saelens` | {} |
+| tensors beyond the four parameters (JumpReLU's `threshold`) | buffers, `load_saelens_tensors_` | none |
+| SAELens's `rescale_acts_by_decoder_norm` folded into the weights | `fold_selection_decoder_norm_` | `fold_decoder_norm_` |
+
+The inference form is what `select` computes and what is saved: BatchTopK and Matryoshka train
+with `training_select` (over the batch) and infer with their thresholds, saved as SAELens's
+"jumprelu" with `training_architecture` recording the class (`saelens_architecture`).
+
+What the rules promise: "threshold" (`encoding_rule`) means a latent fires where its own
+pre-activation exceeds max(threshold, 0), read from the `threshold` buffer; "relu" where it
+exceeds 0; "topk" and the training rules "topk" / "batch_topk" select the `cfg.k` largest per
+row / k * rows largest in the batch (values relu'd for "topk"), as TopKSAE / BatchTopKSAE do.
+
+Descriptors never go stale: a subclass that redefines how latents are selected (`select`,
+`pre_activations`, `encode_with_pre`) without declaring its own `encoding_rule` and
+`saelens_architecture` gets "generic" and its own name; one that redefines a piece of the
+training objective without declaring `training_rule` gets "generic" (the fast step refuses it
+and training uses autograd). A specialised path never runs for someone else's rule.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple, Protocol
 
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
 from saes.config import SAEConfig
+from saes.losses import auxk_loss
 from saes.sparse import DecodeMethod, SparseActs, sparse_decode
+from saes.topk_select import BatchGroup
+
+EncodingRule = Literal["threshold", "relu", "topk", "generic"]
+TrainingRule = Literal["topk", "batch_topk", "generic"]
+
+# members whose redefinition changes what `encoding_rule` / `training_rule` describe
+_ENCODING_MEMBERS = ("select", "pre_activations", "encode_with_pre")
+_TRAINING_MEMBERS = _ENCODING_MEMBERS + ("training_select", "level_reconstructions", "auxiliary_loss")
 
 
 class Encoding(NamedTuple):
@@ -33,11 +77,41 @@ class SAEOutput(NamedTuple):
     pre_BF: Tensor
 
 
+class Reducer(Protocol):
+    """Sums and minima over the ranks of a data-parallel run (training.collectives.Collectives)."""
+
+    def sum_(self, t: Tensor) -> Tensor: ...
+
+    def min_(self, t: Tensor) -> Tensor: ...
+
+
 class SAE(nn.Module):
-    """Base class. Subclasses set `architecture`, `config_class` and implement `select`."""
+    """Base class. Subclasses set `architecture`, `config_class` and implement `select`; the
+    table in the module docstring lists everything else they may say about themselves."""
 
     architecture: ClassVar[str] = ""
+    aliases: ClassVar[tuple[str, ...]] = ()
     config_class: ClassVar[type[SAEConfig]] = SAEConfig
+    trainable: ClassVar[bool] = False
+    encoding_rule: ClassVar[EncodingRule] = "generic"
+    training_rule: ClassVar[TrainingRule] = "generic"
+    saelens_architecture: ClassVar[str] = ""  # "" = `architecture`
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__
+        if any(m in own for m in _ENCODING_MEMBERS):
+            if "encoding_rule" not in own:
+                cls.encoding_rule = "generic"
+            if "saelens_architecture" not in own:
+                cls.saelens_architecture = ""
+        if any(m in own for m in _TRAINING_MEMBERS) and "training_rule" not in own:
+            cls.training_rule = "generic"
+
+    @classmethod
+    def saved_architecture(cls) -> str:
+        """The architecture cfg.json names (the inference form's)."""
+        return cls.saelens_architecture or cls.architecture
 
     def __init__(
         self,
@@ -101,6 +175,7 @@ class SAE(nn.Module):
         return sae_in_BD @ self.W_enc + self.b_enc
 
     def select(self, pre_BF: Tensor) -> SparseActs:  # pragma: no cover - abstract
+        """Inference selection: which latents of each row fire, and their values."""
         raise NotImplementedError
 
     def encode_with_pre(self, x: Float[Tensor, "... d_in"]) -> Encoding:
@@ -130,6 +205,63 @@ class SAE(nn.Module):
         enc = self.encode_with_pre(x)
         recon_BD = self.decode(enc.acts, method=decode_method)
         return SAEOutput(recon_BD.reshape(x.shape[:-1] + (self.d_in,)), enc.acts, enc.pre_BF)
+
+    # -- training --------------------------------------------------------------------------
+    def training_select(self, pre_BF: Tensor, group: BatchGroup | None = None) -> SparseActs:
+        """The selection while training. `group` (data parallel): the ranks whose batches form one
+        global batch; an architecture whose selection looks at other rows selects over it."""
+        return self.select(pre_BF)
+
+    @property
+    def levels(self) -> list[int] | None:
+        """Cumulative widths of nested latent prefixes, each trained to reconstruct on its own
+        (Matryoshka); None: one level, the whole dictionary."""
+        return None
+
+    def level_reconstructions(self, acts: SparseActs, method: DecodeMethod = "embedding_bag") -> list[Tensor]:
+        """Reconstruction [B, D] from each level, innermost first; the last is the full one."""
+        return [self.decode(acts, method=method)]
+
+    def auxiliary_loss(
+        self, pre_BF: Tensor, residual_BD: Tensor, dead_mask_F: Tensor | None, k_aux: int,
+        method: DecodeMethod = "embedding_bag",
+    ) -> Tensor:
+        """The objective's auxiliary term before its coefficient: AuxK (the top-k_aux dead latents
+        reconstruct the detached residual of the live ones)."""
+        return auxk_loss(pre_BF, residual_BD, self.W_dec, dead_mask_F, k_aux, method)
+
+    @torch.no_grad()
+    def update_inference_form_(
+        self, pre_BF: Tensor, acts: SparseActs, *, lr: float, above_threshold_F: Tensor | None = None,
+        reduce: Reducer | None = None,
+    ) -> None:
+        """After each optimiser step: bring state that gradients do not train up to date with the
+        training selection `acts` made from `pre_BF` (BatchTopK: its inference thresholds).
+        `reduce`: sums/minima over ranks in data-parallel training. Nothing to do here."""
+
+    # -- SAELens cfg.json ------------------------------------------------------------------
+    def saelens_fields(self) -> dict[str, Any]:
+        """This architecture's own top-level cfg.json fields (e.g. TopK's k)."""
+        return {}
+
+    def training_details(self) -> dict[str, Any]:
+        """`metadata.training_architecture_details` when the saved architecture is not this one."""
+        return {}
+
+    @classmethod
+    def config_fields_from_saelens(cls, cfg: dict[str, Any], details: dict[str, Any], source: str) -> dict[str, Any]:
+        """Config fields of this architecture from a SAELens cfg.json (`details`: its
+        training_architecture_details); errors are ValueErrors naming the missing field."""
+        return {}
+
+    def load_saelens_tensors_(self, weights: dict[str, Tensor], source: str) -> None:
+        """Copy the tensors beyond W_enc, b_enc, W_dec, b_dec from SAELens weights (none here)."""
+
+    @torch.no_grad()
+    def fold_selection_decoder_norm_(self) -> None:
+        """SAELens's `rescale_acts_by_decoder_norm`: selection ran on pre * ||W_dec row||; fold the
+        norms into the weights (exact for this SAE's selection)."""
+        self.fold_decoder_norm_()
 
     # -- weight maintenance ----------------------------------------------------------------
     @torch.no_grad()

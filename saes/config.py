@@ -9,10 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-
-def _positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+from saes.validators import whole_number
 
 
 @dataclass
@@ -30,8 +27,8 @@ class SAEConfig:
     )
 
     def __post_init__(self) -> None:
-        _positive_int("d_in", self.d_in)
-        _positive_int("d_sae", self.d_sae)
+        whole_number("", "d_in", self.d_in)
+        whole_number("", "d_sae", self.d_sae)
         if not isinstance(self.metadata, dict):
             raise ValueError(f"metadata must be a dict, got {type(self.metadata).__name__}")
 
@@ -54,7 +51,7 @@ class TopKConfig(SAEConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _positive_int("k", self.k)
+        whole_number("", "k", self.k)
         if self.k > self.d_sae:
             raise ValueError(f"k ({self.k}) must not exceed d_sae ({self.d_sae}); lower k or widen the SAE")
 

@@ -30,8 +30,14 @@ What makes it fast (forward and backward by hand, no autograd graph):
   only (entries sorted by latent once, two `embedding_bag`s), never a dense [B, F] matrix;
 - AuxK works on the E dead columns only (dense matmuls over E, not F).
 
-`GradResult.pre_BF` is a buffer owned by the SAE's workspace: valid until the next fast step on
-the same SAE (the trainer uses it within the step). Copy it to keep it.
+Which step applies is the SAE's `training_rule` (`saes/base.py`): "topk" (each row's k largest)
+or "batch_topk" (the batch's k*B largest: BatchTopK, Matryoshka); levels come from `sae.levels`.
+An SAE with another rule trains with "autograd" only.
+
+Buffers are reused through a `StepWorkspace` the caller owns (the trainer keeps one per SAE;
+without one, each call allocates afresh). `GradResult.pre_BF` is a buffer of that workspace:
+valid until the next fast step with the same workspace (the trainer uses it within the step).
+Copy it to keep it.
 """
 
 from __future__ import annotations
@@ -43,15 +49,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from saes.base import SAE
-from saes.batchtopk import BatchTopKSAE, batch_group
-from saes.matryoshka import MatryoshkaSAE
 from saes.objective import DEFAULT_AUX_COEF, default_k_aux
 from saes.sparse import SparseActs
 from saes.step import STEP_METHODS, GradResult
-from saes.topk import TopKSAE
-from saes.topk_select import batch_top_entries, row_topk, sort_order, take_top
+from saes.topk_select import BatchGroup, batch_top_entries, row_topk, sort_order, take_top
 
-_WORKSPACE_ATTR = "_fast_step_workspace"
+FAST_RULES = ("topk", "batch_topk")  # the training rules this step implements
 Kernels = Literal["torch", "native"]
 TopkFn = Callable[[Tensor, int], "tuple[Tensor, Tensor]"]
 KERNELS: tuple[str, ...] = ("torch", "native")
@@ -61,9 +64,9 @@ KERNELS: tuple[str, ...] = ("torch", "native")
 class StepWorkspace:
     """Reusable buffers of one SAE's fast step, keyed by name, shape, dtype and device.
 
-    Lives on the SAE (`workspace_for`), never in module state; copies and pickles of the SAE
-    get an empty one. At most `per_name` shapes are kept per buffer name (e.g. the training
-    batch and a smaller last batch)."""
+    Owned by the caller of the step (the trainer keeps one per SAE), never by the SAE or module
+    state; copies and pickles are empty. At most `per_name` shapes are kept per buffer name (e.g.
+    the training batch and a smaller last batch)."""
 
     def __init__(self, per_name: int = 2) -> None:
         self.per_name = per_name
@@ -99,15 +102,6 @@ class StepWorkspace:
         return f"StepWorkspace({sum(map(len, self._buffers.values()))} buffers, {self.nbytes() / 2**20:.1f} MiB)"
 
 
-def workspace_for(sae: SAE) -> StepWorkspace:
-    """The SAE's own workspace (created on first use, stored as a plain attribute)."""
-    ws = sae.__dict__.get(_WORKSPACE_ATTR)
-    if ws is None:
-        ws = StepWorkspace()
-        object.__setattr__(sae, _WORKSPACE_ATTR, ws)
-    return ws
-
-
 def bf16_matmul_is_fast(device: torch.device | str = "cpu") -> bool:
     """True where bf16 matmuls run on dedicated hardware (CUDA; CPU with AMX or AVX512-BF16),
     i.e. where "fast_bf16" beats "fast". A hint for choosing a step method, never applied
@@ -135,19 +129,20 @@ class _Entries(NamedTuple):
 
 
 def _select(
-    sae: SAE, pre_BF: Tensor, dtype: torch.dtype, topk: TopkFn, native_kernels: bool, bias_F: Tensor | None = None
+    sae: SAE, pre_BF: Tensor, dtype: torch.dtype, topk: TopkFn, native_kernels: bool, bias_F: Tensor | None = None,
+    group: BatchGroup | None = None,
 ) -> _Entries:
     """The training selection (exact either way). With the native kernels, BatchTopK also counts
-    the rows above the SAE's thresholds in its pass over the batch (for `update_threshold_`).
+    the rows above the SAE's thresholds in its pass over the batch (for `update_inference_form_`).
     `bias_F` (native kernels only): pre_BF still lacks b_enc; the kernels add it in place in
-    their first pass over each row (one pass over the [B, F] matrix instead of two)."""
+    their first pass over each row (one pass over the [B, F] matrix instead of two). `group`
+    (data parallel, "batch_topk"): select over the global batch of its ranks."""
     if bias_F is not None and not native_kernels:
         raise ValueError("a fused encoder bias needs the native kernels")
     B, Fdim = pre_BF.shape
     dev = pre_BF.device
-    if isinstance(sae, BatchTopKSAE):
+    if sae.training_rule == "batch_topk":
         k = sae.cfg.k
-        group = batch_group(sae)  # data parallel: select over the global batch
         total = k * group.global_rows(B) if group is not None else min(k * B, B * Fdim)
         found = None
         if native_kernels:
@@ -167,7 +162,7 @@ def _select(
         offsets_B1 = torch.zeros(B + 1, dtype=torch.int64, device=dev)
         torch.cumsum(torch.bincount(rows_N, minlength=B), 0, out=offsets_B1[1:])
         return _Entries(vals_N.to(dtype), idx_N, rows_N, offsets_B1, True, counts_F)
-    k = sae.cfg.k  # TopK
+    k = sae.cfg.k  # "topk"
     if bias_F is not None:
         from saes import native
 
@@ -240,18 +235,23 @@ def fast_grads(
     encoder_dtype: torch.dtype | None = None,
     kernels: Kernels = "torch",
     workspace: StepWorkspace | None = None,
+    group: BatchGroup | None = None,
 ) -> GradResult:
     """Gradients of `training_loss` written into `.grad` of W_enc, b_enc, W_dec, b_dec.
 
     encoder_dtype: dtype of the encoder matmul (None = the SAE's dtype: exact); e.g.
     torch.bfloat16 for "fast_bf16". kernels: "torch" (pure torch, any device and dtype) or
     "native" (the compiled CPU kernels of `saes.native`: top-k and the sparse backward; float32
-    SAEs on CPU). workspace: buffers to reuse (default: the SAE's own)."""
-    if not isinstance(sae, (TopKSAE, BatchTopKSAE)):
+    SAEs on CPU). workspace: buffers to reuse (default: fresh ones). group: the ranks of a
+    data-parallel global batch (see `saes.step`)."""
+    if sae.training_rule not in FAST_RULES:
         raise ValueError(
-            f"the fast step supports topk, batchtopk and matryoshka_batchtopk SAEs, not {sae.architecture!r}; "
-            "use method='autograd'"
+            f"the fast step implements the training rules {', '.join(FAST_RULES)}; a {sae.architecture!r} SAE "
+            f"trains by the rule {sae.training_rule!r}: use method='autograd' (TrainConfig.step_method)"
         )
+    if sae.levels is not None and sae.training_rule != "batch_topk":
+        raise ValueError(f"the fast step decodes levels only after a batch_topk selection (rows in latent order); "
+                         f"train this {sae.architecture!r} SAE with method='autograd' (TrainConfig.step_method)")
     if kernels not in KERNELS:
         raise ValueError(f"unknown kernels {kernels!r}; choose one of {', '.join(KERNELS)}")
     if kernels == "native" and (sae.device.type != "cpu" or sae.dtype != torch.float32):
@@ -260,7 +260,8 @@ def fast_grads(
         )
     with torch.no_grad():
         return _fast_grads(
-            sae, x_BD, dead_mask_F, aux_coef, k_aux, encoder_dtype, kernels == "native", workspace or workspace_for(sae)
+            sae, x_BD, dead_mask_F, aux_coef, k_aux, encoder_dtype, kernels == "native", workspace or StepWorkspace(),
+            group,
         )
 
 
@@ -273,6 +274,7 @@ def _fast_grads(
     encoder_dtype: torch.dtype | None,
     native_kernels: bool,
     ws: StepWorkspace,
+    group: BatchGroup | None,
 ) -> GradResult:
     x_BD = sae._rows(x_BD).contiguous()
     B, D = x_BD.shape
@@ -289,13 +291,13 @@ def _fast_grads(
     enc_dtype = encoder_dtype or dtype
     fuse_bias = native_kernels and enc_dtype == torch.float32
     pre_BF = _encode(ws, sae_in_BD, sae, enc_dtype, add_bias=not fuse_bias)
-    ent = _select(sae, pre_BF, dtype, topk, native_kernels, sae.b_enc.detach() if fuse_bias else None)
+    ent = _select(sae, pre_BF, dtype, topk, native_kernels, sae.b_enc.detach() if fuse_bias else None, group)
     vals_N, idx_N, rows_N = ent.vals_N, ent.idx_N, ent.rows_N
-    relu = not isinstance(sae, BatchTopKSAE)  # TopK values are relu(pre): no gradient where 0
+    relu = sae.training_rule == "topk"  # TopK values are relu(pre): no gradient where 0
+    widths = sae.levels
 
     # decode into (row, level) bags; level sums accumulate into prefix reconstructions
-    if isinstance(sae, MatryoshkaSAE):
-        widths = sae.widths
+    if widths is not None:
         L = len(widths)
         assert ent.sorted_in_row  # (row, level) bags are then contiguous
         level_N = torch.bucketize(idx_N, torch.tensor(widths, device=dev), right=True)
@@ -363,7 +365,7 @@ def _fast_grads(
 
     total = level_mse_L.sum() + aux
     acts = SparseActs(vals_N, idx_N, ent.offsets_B1, Fdim)
-    level_mse = level_mse_L if isinstance(sae, MatryoshkaSAE) else None
+    level_mse = level_mse_L if widths is not None else None
     return GradResult(total, mse, aux, level_mse, acts, pre_BF, recon_BD, ent.above_threshold_F)
 
 
@@ -409,26 +411,29 @@ def _auxk(
     return _AuxK(loss, dead_E, acts_BE.t() @ diff_BD, sae_in_BD.t() @ dpre_BE, dpre_BE.sum(0))
 
 
-def fast_fp32_grads(sae: SAE, x_BD: Tensor, dead_mask_F: Tensor | None, aux_coef: float, k_aux: int | None) -> GradResult:
+def fast_fp32_grads(sae: SAE, x_BD: Tensor, dead_mask_F: Tensor | None, aux_coef: float, k_aux: int | None,
+                    **kw) -> GradResult:
     """STEP_METHODS["fast"]: exact, in the SAE's dtype."""
-    return fast_grads(sae, x_BD, dead_mask_F, aux_coef, k_aux)
+    return fast_grads(sae, x_BD, dead_mask_F, aux_coef, k_aux, **kw)
 
 
-def fast_bf16_grads(sae: SAE, x_BD: Tensor, dead_mask_F: Tensor | None, aux_coef: float, k_aux: int | None) -> GradResult:
+def fast_bf16_grads(sae: SAE, x_BD: Tensor, dead_mask_F: Tensor | None, aux_coef: float, k_aux: int | None,
+                    **kw) -> GradResult:
     """STEP_METHODS["fast_bf16"]: bf16 encoder matmul, fp32 everything else."""
-    return fast_grads(sae, x_BD, dead_mask_F, aux_coef, k_aux, encoder_dtype=torch.bfloat16)
+    return fast_grads(sae, x_BD, dead_mask_F, aux_coef, k_aux, encoder_dtype=torch.bfloat16, **kw)
 
 
-def fast_native_grads(sae: SAE, x_BD: Tensor, dead_mask_F: Tensor | None, aux_coef: float, k_aux: int | None) -> GradResult:
+def fast_native_grads(sae: SAE, x_BD: Tensor, dead_mask_F: Tensor | None, aux_coef: float, k_aux: int | None,
+                      **kw) -> GradResult:
     """STEP_METHODS["fast_native"]: as "fast" (exact fp32) with the compiled CPU kernels."""
-    return fast_grads(sae, x_BD, dead_mask_F, aux_coef, k_aux, kernels="native")
+    return fast_grads(sae, x_BD, dead_mask_F, aux_coef, k_aux, kernels="native", **kw)
 
 
 def fast_native_bf16_grads(
-    sae: SAE, x_BD: Tensor, dead_mask_F: Tensor | None, aux_coef: float, k_aux: int | None
+    sae: SAE, x_BD: Tensor, dead_mask_F: Tensor | None, aux_coef: float, k_aux: int | None, **kw
 ) -> GradResult:
     """STEP_METHODS["fast_native_bf16"]: as "fast_bf16" with the compiled CPU kernels."""
-    return fast_grads(sae, x_BD, dead_mask_F, aux_coef, k_aux, encoder_dtype=torch.bfloat16, kernels="native")
+    return fast_grads(sae, x_BD, dead_mask_F, aux_coef, k_aux, encoder_dtype=torch.bfloat16, kernels="native", **kw)
 
 
 STEP_METHODS.setdefault("fast", fast_fp32_grads)

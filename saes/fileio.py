@@ -1,28 +1,51 @@
-"""Atomic file writes: a file appears under its final name only when complete.
+"""File plumbing every package shares: atomic writes, durable appends, exclusive locks.
 
-Write to a temporary name in the same directory, flush and fsync, rename over the target,
-fsync the directory. A crash leaves either the old file or the new one, never half of one.
+Atomic writes: the bytes go to a temporary name in the same directory (`.<name>.XXXX.tmp`), are
+flushed and fsynced, then renamed over the target, then the directory is fsynced. A crash leaves
+either the old file or the new one, never half of one; an error removes the temporary file.
+
+    atomic_write_bytes(path, data)          atomic_write_json(path, obj)
+    with atomic_open(path) as f: f.write(...)            # streamed (e.g. a large shard)
+    with atomic_path(path) as tmp: save_file(t, tmp)     # another library writes the file by name
 
 Modes: `tempfile` makes private files (0600) and folders (0700); what we write is for the user to
 share (caches, SAE folders, stores), so a new file gets the mode an ordinary `open` would give it
 (0666 minus the umask; a file it replaces keeps its mode) and `make_temp_dir` folders 0777 minus
 the umask.
+
+This module imports only the standard library (the floor: `saes` imports no other package of
+ours, and every package above it imports this).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
 import json
 import os
+import re
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable, Iterator
+
+TMP_SUFFIX = ".tmp"  # every temporary file of an atomic write ends so (leftovers are found by it)
+_UNSUPPORTED = (errno.EINVAL, errno.ENOTSUP, errno.EBADF)  # a file system that cannot fsync a directory
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    """fsync a directory so a rename inside it survives a crash (nothing where directories cannot
+    be opened or fsynced: some platforms and file systems)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
     try:
         os.fsync(fd)
+    except OSError as e:
+        if e.errno not in _UNSUPPORTED:
+            raise
     finally:
         os.close(fd)
 
@@ -57,27 +80,129 @@ def make_temp_dir(prefix: str, dir: str | os.PathLike) -> Path:
     return tmp
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+def temp_target(path: str | os.PathLike) -> Path:
+    """The file an atomic write's temporary file `path` stands for (`.<name>.XXXX.tmp` -> `<name>`),
+    for messages; `path` itself when it is not one."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    m = re.match(r"^\.(.+)\.\w{8}" + re.escape(TMP_SUFFIX) + "$", path.name)
+    return path.with_name(m.group(1)) if m else path
+
+
+def _unlink_quietly(path: str | os.PathLike) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+@contextlib.contextmanager
+def _replacing(path: Path) -> Iterator[tuple[int, str]]:
+    """(fd, name) of a new temporary file beside `path` with the target's mode; renamed over
+    `path` (directory fsynced) when the block ends without error, removed when it raises. The
+    block must fsync the file (and close or leave `fd` open: it is closed here if still open)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
         os.fchmod(fd, new_file_mode(path))
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        yield fd, tmp
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        _unlink_quietly(tmp)
         raise
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
     fsync_dir(path.parent)
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A binary file to write the new content of `path` into; it replaces `path` atomically when
+    the block ends without error (see the module docstring)."""
+    with _replacing(Path(path)) as (_, tmp):
+        with open(tmp, "wb") as f:  # by name: `f.name` says which file it is
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside `path` for a writer that opens files by name (e.g. safetensors'
+    `save_file`); the file written there replaces `path` atomically when the block ends without
+    error."""
+    with _replacing(Path(path)) as (fd, tmp):
+        yield Path(tmp)
+        with open(tmp, "rb") as f:  # the writer's own file object is closed: fsync what it wrote
+            os.fsync(f.fileno())
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_open(path) as f:
+        f.write(data)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int = 2, default: Callable | None = None) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=indent, default=default) + "\n").encode())
+
+
+def append_durably(path: str | os.PathLike, data: bytes) -> None:
+    """Append `data` to `path` (created if absent) and fsync it before returning (a log line a
+    crash must not lose)."""
+    with open(path, "ab") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+
+def sha256_file(path: str | os.PathLike, chunk_bytes: int = 8 << 20) -> str:
+    """The SHA-256 of a file's bytes, read in chunks into one reused buffer."""
+    h = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(chunk_bytes)
+        mv = memoryview(buf)
+        while True:
+            n = f.readinto(buf)
+            if not n:
+                break
+            h.update(mv[:n])
+    return h.hexdigest()
+
+
+class FileLock:
+    """An exclusive, non-blocking lock (flock) on the file `path`, held inside `with` and released
+    by the OS if the process dies. When another process holds it, `busy()` is raised: each user
+    says in its own words (and exception type) who holds what.
+
+        with FileLock(out / ".lock", busy=lambda: RuntimeError(f"another process is writing {out}")):
+            ...
+    """
+
+    def __init__(self, path: str | os.PathLike, busy: Callable[[], BaseException]) -> None:
+        self.path = Path(path)
+        self.busy = busy
+        self._fd: int | None = None
+
+    def __enter__(self) -> "FileLock":
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - non-POSIX: no lock
+            return self
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.release()
+            raise self.busy() from None
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:

@@ -28,6 +28,7 @@ another model here: the id ends in '+processed'.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Mapping
 
@@ -227,22 +228,41 @@ def identity_of_model(model: Any) -> ModelIdentity | None:
     return ident if isinstance(ident, ModelIdentity) else None
 
 
-def identity_of_sae(sae: Any) -> ModelIdentity | None:
-    """The model an SAE was trained on, from its `saesteer.json` provenance (`model_identity`, or
-    the `model` id and `model_revision` older versions wrote); None without provenance (e.g. an
-    SAE made by another library: its `cfg.json` names models in that library's own terms)."""
-    prov = getattr(sae, "provenance", None) or {}
+def identity_of_sae(loaded: Any) -> ModelIdentity | None:
+    """The model an SAE was trained on, from the provenance loaded beside it (a
+    `saes.formats.LoadedSAE`, or the provenance dict itself): `model_identity`, or the `model` id
+    and `model_revision` older versions wrote; None without a record (e.g. an SAE made by another
+    library: its `cfg.json` names models in that library's own terms).
+
+    A bare SAE module is refused (TypeError): its provenance travels beside it, never on it, so
+    asking it would silently answer "no record". Code that takes either uses `recorded_model_of`."""
+    base = sys.modules.get("saes.base")  # an SAE exists only once saes.base is imported
+    if base is not None and isinstance(loaded, base.SAE):
+        raise TypeError("identity_of_sae reads the provenance loaded beside an SAE, and a bare SAE carries none: "
+                        "pass the LoadedSAE saes.formats.resolve_sae returns, or saes.read_provenance(folder)")
+    prov = loaded if isinstance(loaded, Mapping) else getattr(loaded, "provenance", None)
+    prov = prov if isinstance(prov, Mapping) else {}
     if prov.get("model_identity") is not None:
         return ModelIdentity.from_json(prov["model_identity"])
     data = prov.get("data") or {}
     return ModelIdentity.from_id(prov.get("model"), data.get("model_revision") or prov.get("model_revision"))
 
 
+def recorded_model_of(sae: Any) -> ModelIdentity | None:
+    """For Python APIs that take an SAE or a `LoadedSAE`: the model the latter records; None for a
+    bare SAE (nothing recorded with it)."""
+    base = sys.modules.get("saes.base")
+    if base is not None and isinstance(sae, base.SAE):
+        return None
+    return identity_of_sae(sae)
+
+
 def check_sae_model(model: Any, sae: Any, *, sae_name: str = "sae", allow_mismatch: bool = False) -> None:
     """Python-API check for code that pairs a model with an SAE: refuse (ModelMismatchError) an
-    SAE recorded for another model when both sides carry an identity."""
+    SAE recorded for another model when both sides carry an identity (`sae`: a `LoadedSAE`
+    carries its record; a bare SAE has none)."""
     if allow_mismatch:
         return
-    check_same_model(identity_of_sae(sae), identity_of_model(model), recorded_in=f"SAE {sae_name!r}",
+    check_same_model(recorded_model_of(sae), identity_of_model(model), recorded_in=f"SAE {sae_name!r}",
                      given_as="the model given", override="allow_model_mismatch=True",
                      fix="load the model it records (saesteer.models.load_model)")

@@ -34,13 +34,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 
 from saes.base import SAE
-from saes.batchtopk import BatchTopKSAE
 from saes.checks import CHECKSUMS_KEY, SAEFormatError, check_finite, check_sae_config, file_checksums, verify_checksums
 from saes.fileio import atomic_write_bytes, atomic_write_json, fsync_dir, make_temp_dir, read_json
-from saes.matryoshka import MatryoshkaSAE
-from saes.registry import sae_class
-from saes.threshold import JumpReLUSAE
-from saes.topk import TopKSAE
+from saes.registry import ARCHITECTURES, sae_class
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
@@ -81,7 +77,7 @@ def sae_lens_config(sae: SAE) -> dict[str, Any]:
     if str(hook or "").endswith(_HEAD_HOOKS):
         metadata.setdefault("hook_head_index", None)  # all heads (flattened), not one head
     cfg: dict[str, Any] = {
-        "architecture": "",
+        "architecture": sae.saved_architecture(),
         "d_in": sae.d_in,
         "d_sae": sae.d_sae,
         "dtype": _dtype_name(sae.dtype),
@@ -90,25 +86,17 @@ def sae_lens_config(sae: SAE) -> dict[str, Any]:
         "normalize_activations": "none",
         "reshape_activations": reshape_for_hook(hook),
     }
-    if isinstance(sae, TopKSAE):
-        cfg.update(architecture="topk", k=sae.cfg.k, rescale_acts_by_decoder_norm=False)
-    elif isinstance(sae, JumpReLUSAE):
-        cfg["architecture"] = "jumprelu"
-        if isinstance(sae, BatchTopKSAE):
-            details: dict[str, Any] = {"k": sae.cfg.k, "threshold_method": "frequency_matching"}
-            if isinstance(sae, MatryoshkaSAE):
-                details["matryoshka_widths"] = sae.widths
-            metadata["training_architecture"] = sae.architecture
-            metadata["training_architecture_details"] = details
-    else:
-        cfg["architecture"] = sae.architecture
+    cfg.update(sae.saelens_fields())
+    if sae.saved_architecture() != sae.architecture:  # saved as another architecture's inference form
+        metadata["training_architecture"] = sae.architecture
+        metadata["training_architecture_details"] = sae.training_details()
     cfg["metadata"] = metadata
     return cfg
 
 
 def sae_state_dict(sae: SAE) -> dict[str, torch.Tensor]:
-    names = ["W_enc", "b_enc", "W_dec", "b_dec"] + (["threshold"] if isinstance(sae, JumpReLUSAE) else [])
-    return {n: getattr(sae, n).detach().to("cpu").contiguous() for n in names}
+    """The tensors saved: the SAE's parameters and buffers (W_enc, b_enc, W_dec, b_dec, + threshold)."""
+    return {n: t.detach().to("cpu").contiguous() for n, t in sae.state_dict().items()}
 
 
 def remove_save_leftovers(folder: str | os.PathLike) -> list[str]:
@@ -227,7 +215,8 @@ def _architecture(cfg: dict[str, Any]) -> str:
         fn = cfg.get("activation_fn", cfg.get("activation_fn_str", "relu"))
         return "topk" if fn == "topk" else "standard"
     training_arch = (cfg.get("metadata") or {}).get("training_architecture")
-    if arch == "jumprelu" and training_arch in ("batchtopk", "matryoshka_batchtopk"):
+    trained_as = ARCHITECTURES.get(training_arch) if isinstance(training_arch, str) else None
+    if trained_as is not None and trained_as.saved_architecture() == arch:  # its inference form was saved
         return training_arch
     return arch
 
@@ -267,13 +256,10 @@ def sae_from_sae_lens_dict(
     for key in _DERIVED_METADATA:  # the writer regenerates these from the SAE itself
         metadata.pop(key, None)
     fields: dict[str, Any] = {"apply_b_dec_to_input": bool(cfg.get("apply_b_dec_to_input", True)), "metadata": metadata}
-    k = cfg.get("k", details.get("k", (cfg.get("activation_fn_kwargs") or {}).get("k")))
-    if arch in ("topk", "batchtopk", "matryoshka_batchtopk"):
-        if k is None:
-            raise SAEFormatError(f"{source}: a {arch} SAE needs k in its config")
-        fields["k"] = int(round(float(k)))
-    if arch == "matryoshka_batchtopk":
-        fields["matryoshka_widths"] = list(cfg.get("matryoshka_widths") or details.get("matryoshka_widths") or [])
+    try:
+        fields.update(cls.config_fields_from_saelens(cfg, details, source))
+    except (TypeError, ValueError) as e:
+        raise SAEFormatError(f"{source}: {e}") from None
     try:
         sae_cfg = cls.config_class(d_in=d_in, d_sae=d_sae, **fields)
     except (TypeError, ValueError) as e:
@@ -295,36 +281,26 @@ def sae_from_sae_lens_dict(
     with torch.no_grad():
         for name in expected:
             getattr(sae, name).copy_(weights[name])
+        for buf in sae.buffers():  # to_empty left them uninitialised; the file's values come last
+            buf.zero_()
         # SAELens may treat decoder rows as unit norm at run time; fold that into the weights
         rescale = cfg.get("rescale_acts_by_decoder_norm", details.get("rescale_acts_by_decoder_norm", False))
-        if isinstance(sae, JumpReLUSAE):
-            sae.threshold.zero_()
         if rescale:  # selection ran on pre * ||W_dec row||, so folding is exact here
-            if isinstance(sae, TopKSAE):
-                sae.fold_decoder_norm_(selection_uses_unit_decoder=True)
-            else:
-                sae.fold_decoder_norm_()
-        if isinstance(sae, JumpReLUSAE):
-            if "threshold" in weights:
-                thr = weights["threshold"]
-                if tuple(thr.shape) != (d_sae,):
-                    raise SAEFormatError(f"{source}: threshold has shape {tuple(thr.shape)}, expected ({d_sae},)")
-                sae.threshold.copy_(thr)
-            elif "topk_threshold" in weights:  # SAELens BatchTopK training checkpoint: one global value
-                sae.threshold.fill_(float(weights["topk_threshold"]))
-            else:
-                raise SAEFormatError(f"{source}: a {arch} SAE needs a threshold tensor in its weights")
+            sae.fold_selection_decoder_norm_()
+        try:
+            sae.load_saelens_tensors_(weights, source)
+        except ValueError as e:
+            raise SAEFormatError(f"{source}: {e}") from None
     return sae
 
 
 def load_sae(
     path: str | os.PathLike, device: torch.device | str | None = None, dtype: torch.dtype | None = None
 ) -> SAE:
-    """Load an SAE folder written by saesteer or SAELens."""
-    cfg, weights, provenance = read_sae_folder(path)
-    sae = sae_from_sae_lens_dict(cfg, weights, device=device, dtype=dtype, source=str(path))
-    sae.provenance = _without_checksums(provenance)
-    return sae
+    """Load an SAE folder written by saesteer or SAELens (the SAE alone: its provenance is
+    `read_provenance(path)`; `saes.formats.resolve_sae(path)` returns both, side by side)."""
+    cfg, weights, _ = read_sae_folder(path)
+    return sae_from_sae_lens_dict(cfg, weights, device=device, dtype=dtype, source=str(path))
 
 
 def _without_checksums(record: dict[str, Any] | None) -> dict[str, Any]:

@@ -12,6 +12,8 @@ from saes.sparse import SparseActs
 class ReLUSAE(SAE):
     architecture = "standard"
     config_class = ReLUConfig
+    encoding_rule = "relu"
+    saelens_architecture = "standard"
 
     def select(self, pre_BF: Tensor) -> SparseActs:
         return SparseActs.from_dense(pre_BF.relu())

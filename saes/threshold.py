@@ -18,6 +18,8 @@ from saes.sparse import SparseActs
 class JumpReLUSAE(SAE):
     architecture = "jumprelu"
     config_class = JumpReLUConfig
+    encoding_rule = "threshold"  # a latent fires when its own pre-activation exceeds max(threshold, 0)
+    saelens_architecture = "jumprelu"
     threshold: Tensor
 
     def __init__(self, cfg, **kwargs) -> None:
@@ -29,6 +31,18 @@ class JumpReLUSAE(SAE):
 
     def _scale_thresholds_(self, factor_F: Tensor) -> None:
         self.threshold.mul_(factor_F)
+
+    @torch.no_grad()
+    def load_saelens_tensors_(self, weights: dict[str, Tensor], source: str) -> None:
+        if "threshold" in weights:
+            thr = weights["threshold"]
+            if tuple(thr.shape) != (self.d_sae,):
+                raise ValueError(f"threshold has shape {tuple(thr.shape)}, expected ({self.d_sae},)")
+            self.threshold.copy_(thr)
+        elif "topk_threshold" in weights:  # SAELens BatchTopK training checkpoint: one global value
+            self.threshold.fill_(float(weights["topk_threshold"]))
+        else:
+            raise ValueError(f"a {self.architecture} SAE needs a threshold tensor in its weights")
 
 
 def threshold_select(pre_BF: Tensor, threshold_F: Tensor) -> SparseActs:

@@ -78,7 +78,8 @@ def _with_flag(message: str, field: str | None, flag: str | None) -> str:
     """The message with the config field's name replaced by its flag (or the flag put in front)."""
     if not flag or flag in message:
         return message
-    pattern = re.compile(rf"(?<![\w.-]){re.escape(field)}(?![\w-])") if field else None
+    # the field as it is (`k`) or qualified by its config (`CacheConfig.max_tokens`)
+    pattern = re.compile(rf"(?<![\w.-])(?:[A-Z]\w*\.)?{re.escape(field)}(?![\w-])") if field else None
     if pattern is not None and pattern.search(message):
         return pattern.sub(flag, message, count=1)
     return f"{flag}: {message}"

@@ -370,16 +370,8 @@ def load_recorded_model(
 
 
 def check_hook_names(model, names) -> None:
-    """Raise ValueError naming every hook in `names` the model does not have (TransformerBridge's
-    hooks() would ignore them silently)."""
-    if isinstance(names, str):
-        names = [names]
-    known = model.hook_dict
-    missing = [n for n in names if n not in known]
-    if missing:
-        import difflib
+    """Raise `saes.hookpoints.UnknownHookError` (a ValueError) for a hook in `names` the model does
+    not have (TransformerBridge's hooks() would ignore it silently)."""
+    from saes.hookpoints import check_hooks
 
-        hints = {n: difflib.get_close_matches(n, list(known), n=3) for n in missing}
-        detail = "; ".join(f"{n!r} (close: {', '.join(h) if h else 'none'})" for n, h in hints.items())
-        raise ValueError(f"unknown hook point(s) for {model_info(model).name}: {detail}. "
-                         "List the valid names with sorted(model.hook_dict).")
+    check_hooks(model, names, who=model_info(model).name)

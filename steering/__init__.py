@@ -8,10 +8,12 @@
 Edits keep the SAE's reconstruction error (only the chosen latents change); positions (all,
 prompt, generated, last, token indices) are exact under the KV cache and left padding; hooks are
 removed on every exit path. Modules: spec (edit grammar, limits), config (generation / sweep
-configs), session (`steer`), interventions (the arithmetic), positions, generation, evaluate
-(judge + offline scores), fluency (the one fluency measure), sweeps (dose-response), search,
-baselines, methods (SAE steering vs baselines, a scorecard), presets, store (feature-store link);
-the batched engine behind the API: engine, runner, rowedits, sampling, textstream, chat.
+configs), inputs (the argument types: model, SAEs, typical max), session (`steer`),
+interventions (the arithmetic), positions, generation (plain, or inside a session), comparison
+(steered vs unsteered), evaluate (judge + offline scores), fluency (the one fluency measure),
+sweeps (dose-response), search, baselines, methods (SAE steering vs baselines, a scorecard),
+presets, store (feature-store link); the batched engine behind the API: engine, runner,
+rowedits, sampling, textstream, chat. Imports go one way: generation never imports session.
 
 Names are imported lazily, so `import steering.config` (the CLI's flags) does not load torch.
 """
@@ -39,7 +41,7 @@ _EXPORTS = {
     # arithmetic
     "LatentEditor": "interventions", "current_activations": "interventions", "reference_edit": "interventions",
     # generation
-    "generate": "generation", "Generation": "generation", "compare": "generation", "Comparison": "generation",
+    "generate": "generation", "Generation": "generation", "compare": "comparison", "Comparison": "comparison",
     # evaluation
     "SampleScores": "evaluate", "JudgeScorer": "evaluate", "OfflineScorer": "evaluate", "MethodResult": "evaluate",
     "perplexity": "evaluate", "score_generation": "evaluate", "harmonic_mean": "evaluate",

@@ -8,16 +8,20 @@ difference-of-means baseline (mean activation per prompt set).
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from steering.session import check_hook
+from saes.hookpoints import check_hook
 from steering.spec import SteeringError
 
+if TYPE_CHECKING:
+    from saes.base import SAE
+    from steering.inputs import Model
 
-def real_token_mask(model: Any, tokens_BS: Tensor, prepend_bos: bool | None = None) -> Tensor:
+
+def real_token_mask(model: Model, tokens_BS: Tensor, prepend_bos: bool | None = None) -> Tensor:
     """True at real, non-BOS tokens of a left-padded batch."""
     from transformer_lens.utilities import get_attention_mask
 
@@ -33,7 +37,7 @@ def real_token_mask(model: Any, tokens_BS: Tensor, prepend_bos: bool | None = No
 
 @torch.no_grad()
 def iter_hook_activations(
-    model: Any, hook_name: str, prompts: Sequence[str], *, batch_size: int = 16, prepend_bos: bool | None = None
+    model: Model, hook_name: str, prompts: Sequence[str], *, batch_size: int = 16, prepend_bos: bool | None = None
 ) -> Iterator[Tensor]:
     """Yield [n_real, D] activations at `hook_name` for each batch of prompts (heads flattened)."""
     check_hook(model, hook_name, "activation collection")
@@ -68,7 +72,7 @@ def _layer_of(hook_name: str) -> int | None:
 
 @torch.no_grad()
 def mean_hook_activation(
-    model: Any, hook_name: str, prompts: Sequence[str], *, batch_size: int = 16, prepend_bos: bool | None = None
+    model: Model, hook_name: str, prompts: Sequence[str], *, batch_size: int = 16, prepend_bos: bool | None = None
 ) -> tuple[Tensor, int]:
     """Mean activation [D] over all real tokens of `prompts`, and the token count."""
     total: Tensor | None = None
@@ -84,7 +88,7 @@ def mean_hook_activation(
 
 @torch.no_grad()
 def mean_latent_activation(
-    model: Any, sae: Any, prompts: Sequence[str], *, batch_size: int = 16, prepend_bos: bool | None = None
+    model: Model, sae: SAE, prompts: Sequence[str], *, batch_size: int = 16, prepend_bos: bool | None = None
 ) -> tuple[Tensor, Tensor, int]:
     """Mean activation [F] and firing rate [F] of every latent over the real tokens of `prompts`
     (with the BOS the SAE was trained with unless `prepend_bos` says otherwise)."""

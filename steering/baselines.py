@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from torch import Tensor
 
 from steering.activations import mean_hook_activation
 from steering.spec import Positions, SteeringError, VectorEdit
+
+if TYPE_CHECKING:
+    from steering.inputs import Model
 
 
 @dataclass(eq=False)
@@ -37,7 +40,7 @@ class SteeringVector:
 
 
 def diff_of_means(
-    model: Any,
+    model: Model,
     hook_name: str,
     positive: Sequence[str],
     negative: Sequence[str],

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from steering.spec import SteeringError
+from steering.spec import SteeringError, normalize_positions
 
 
 @dataclass
@@ -138,8 +138,6 @@ class CompareConfig:
     test_seed: int = field(default=3, metadata={"help": "seed of the generations that are scored"})
 
     def __post_init__(self) -> None:
-        from steering.spec import normalize_positions
-
         if self.op not in ("add", "clamp"):
             raise SteeringError(f"op must be add or clamp, got {self.op!r}")
         if self.rule not in ("weakest", "margin", "z"):

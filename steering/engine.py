@@ -27,7 +27,7 @@ import contextlib
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -37,6 +37,10 @@ from steering.runner import make_runner
 from steering.sampling import Choice, RowRandom, SamplingParams, choose
 from steering.spec import SteeringError
 from steering.textstream import TextAssembler
+
+if TYPE_CHECKING:
+    from saes.base import SAE
+    from steering.inputs import Model
 
 
 @dataclass
@@ -83,7 +87,7 @@ class BatchEngine:
     """See the module docstring. Not thread-safe: one thread calls add/step/cancel (the server's
     worker); `cancel` may come from another thread (it only sets a flag)."""
 
-    def __init__(self, model: Any, saes: Mapping[str, Any] | None = None, *, max_rows: int = 64,
+    def __init__(self, model: Model, saes: Mapping[str, SAE] | None = None, *, max_rows: int = 64,
                  max_prefill_tokens: int = 4096, lock: Any = None) -> None:
         if max_rows < 1:
             raise SteeringError(f"max_rows must be positive, got {max_rows}")

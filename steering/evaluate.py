@@ -27,9 +27,13 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from steering.spec import SteeringError
+
+if TYPE_CHECKING:
+    from steering.generation import Generation
+    from steering.inputs import Model
 
 # ---------------------------------------------------------------------------------- scores
 
@@ -284,7 +288,7 @@ def pooled_share(texts: Sequence[str], counts: Callable[[str], "tuple[float, flo
     return num / den if den else 0.0
 
 
-def perplexity(model: Any, generation: Any) -> float:
+def perplexity(model: Model, generation: Generation) -> float:
     """Perplexity of the generated tokens under `model` as it is now (call it outside `steer`).
 
     `generation` is a `steering.generation.Generation`; tokens after a row's end-of-text are ignored."""
@@ -322,9 +326,9 @@ class MethodResult:
 
 def score_generation(
     method: str,
-    model: Any,
+    model: Model,
     prompts: Sequence[str],
-    generation: Any,
+    generation: Generation,
     scorer: Scorer,
     *,
     sentence_counts: SentenceCounts | None = None,

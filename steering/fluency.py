@@ -35,11 +35,15 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from steering.spec import SteeringError
+
+if TYPE_CHECKING:
+    from steering.generation import Generation
+    from steering.inputs import Model
 
 SURPRISE_ALLOWANCE_SE = 2.0  # excess surprise within this many standard errors counts as sampling noise
 REPEAT_OK = 0.3  # seq-rep-2 at or below this is ordinary text
@@ -121,7 +125,7 @@ def _combine(text: str, excess: float | None, se: float | None, nll_sum: float, 
 
 
 @torch.no_grad()
-def _token_stats(model: Any, tokens_BT: torch.Tensor, starts: Sequence[int]) -> list[tuple[float, float, float, int]]:
+def _token_stats(model: Model, tokens_BT: torch.Tensor, starts: Sequence[int]) -> list[tuple[float, float, float, int]]:
     """Per row: (summed nll, summed entropy, summed variance of log-probability, scored tokens) of
     the tokens from `starts[b]` on, up to and including the first end-of-text token, under `model`
     as it is now."""
@@ -156,7 +160,7 @@ def _from_stats(texts: Sequence[str], stats: Sequence[tuple[float, float, float,
     return out
 
 
-def fluency_of_generation(model: Any, generation: Any) -> list[FluencyScore]:
+def fluency_of_generation(model: Model, generation: Generation) -> list[FluencyScore]:
     """Fluency of each row of a `steering.generation.Generation`, scored by `model` as it is now:
     call it outside `steer` so the surprise is the unsteered model's."""
     tokens_BT = generation.tokens
@@ -167,7 +171,7 @@ def fluency_of_generation(model: Any, generation: Any) -> list[FluencyScore]:
     return _from_stats(generation.texts, stats)
 
 
-def fluency_of_texts(model: Any, prompts: Sequence[str], texts: Sequence[str]) -> list[FluencyScore]:
+def fluency_of_texts(model: Model, prompts: Sequence[str], texts: Sequence[str]) -> list[FluencyScore]:
     """Fluency of continuations `texts` of `prompts` (one prompt per text), scored by `model`
     (the unsteered model); each row is tokenized as prompt tokens followed by the text's. A text
     is the continuation as `generate` gives it: with its own leading space or line break."""

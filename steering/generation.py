@@ -4,21 +4,47 @@ Shape key: B prompts, P padded prompt positions, T new tokens.
 
     res = generate(model, ["the ship", "in the forest"], GenerationConfig(max_new_tokens=20, seed=3))
     res.texts          # continuations only: res.prompts[i] + res.texts[i] reads as the model wrote it
-    cmp = compare(model, sae, ["123:clamp=2x"], prompts, typical_max=store_max)
+
+Steered generation is `steering.session.SteeringSession.generate` (which calls `generate` with
+the session); this module does not import the session: it asks of it only what
+`SteeringContext` names. Steered vs unsteered side by side: `steering.comparison`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
 from steering.config import GenerationConfig
-from steering.spec import SteeringError, SteeringWarning
+from steering.inputs import Model, SAEs, sae_mapping
+from steering.spec import Positions, SteeringError, SteeringWarning
+
+
+class PositionedEdit(Protocol):
+    """An edit as generation sees it: where it applies, and how to name it in a message."""
+
+    @property
+    def positions(self) -> Positions: ...
+
+    def describe(self) -> str: ...
+
+
+class SteeringContext(Protocol):
+    """What `generate` needs of the steering it runs inside (`steering.session.SteeringSession`)."""
+
+    @property
+    def active(self) -> bool: ...
+
+    @property
+    def edits(self) -> Sequence[PositionedEdit]: ...
+
+    def prompt_length(self, n_positions: int | None) -> AbstractContextManager[None]: ...
 
 
 @dataclass
@@ -49,7 +75,7 @@ def _as_prompts(prompts: str | Sequence[str]) -> list[str]:
     return out
 
 
-def _tokenize(model: Any, prompts: list[str], prepend_bos: bool | None) -> Tensor:
+def _tokenize(model: Model, prompts: list[str], prepend_bos: bool | None) -> Tensor:
     """Left-padded tokens of the prompts, never truncated (an overlong prompt is refused with its
     real length by the caller, not silently cut to the context)."""
     if getattr(model, "tokenizer", None) is None:
@@ -58,7 +84,7 @@ def _tokenize(model: Any, prompts: list[str], prepend_bos: bool | None) -> Tenso
     return model.to_tokens(prompts, padding_side="left", truncate=False, **kw)
 
 
-def prompt_lengths(model: Any, prompts: list[str], prepend_bos: bool | None) -> list[int]:
+def prompt_lengths(model: Model, prompts: list[str], prepend_bos: bool | None) -> list[int]:
     """Each prompt's own length in tokens (BOS included when prepended), without padding."""
     seen: dict[str, int] = {}
     for p in prompts:
@@ -67,7 +93,7 @@ def prompt_lengths(model: Any, prompts: list[str], prepend_bos: bool | None) -> 
     return [seen[p] for p in prompts]
 
 
-def check_positions_reachable(edits: Sequence[Any], lengths: list[int], max_new_tokens: int) -> None:
+def check_positions_reachable(edits: Sequence[PositionedEdit], lengths: list[int], max_new_tokens: int) -> None:
     """Refuse an edit whose token indices lie outside every row's prompt + generation (it would
     change nothing); warn about single indices that no row reaches.
 
@@ -98,11 +124,11 @@ def check_positions_reachable(edits: Sequence[Any], lengths: list[int], max_new_
 
 
 def generate(
-    model: Any,
+    model: Model,
     prompts: str | Sequence[str],
     config: GenerationConfig | None = None,
     *,
-    session: Any = None,
+    session: SteeringContext | None = None,
     **overrides: Any,
 ) -> Generation:
     """Generate continuations of `prompts` with `model.generate` (inside `session`'s steering if given).
@@ -186,54 +212,18 @@ def continuation_text(tokenizer: Any, prompt_ids: Sequence[int], new_ids: Sequen
     return tokenizer.decode(new, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
 
-@dataclass
-class Comparison:
-    """Steered and unsteered continuations of the same prompts with the same seed."""
-
-    prompts: list[str]
-    steered: list[str]
-    unsteered: list[str]
-    edits: str
-
-
-def sae_prepend_bos(saes: Any) -> bool | None:
+def sae_prepend_bos(saes: SAEs) -> bool | None:
     """Whether the SAEs were trained on contexts that start with BOS (`prepend_bos` in their
     cfg.json metadata, as `saesteer cache` records it); None when none records it or they disagree
     (the rule: `saes.bos`)."""
     from saes.bos import recorded_prepend_bos
-    from steering.session import _as_sae_mapping
 
-    return recorded_prepend_bos(_as_sae_mapping(saes).values())
+    return recorded_prepend_bos(sae_mapping(saes).values())
 
 
-def with_sae_bos(config: GenerationConfig, saes: Any) -> GenerationConfig:
+def with_sae_bos(config: GenerationConfig, saes: SAEs) -> GenerationConfig:
     """`config` with prepend_bos set from the SAEs when the caller left it to the default (None)."""
     if config.prepend_bos is not None:
         return config
     recorded = sae_prepend_bos(saes)
     return config if recorded is None else dataclasses.replace(config, prepend_bos=recorded)
-
-
-def compare(
-    model: Any,
-    saes: Any,
-    edits: Any,
-    prompts: str | Sequence[str],
-    config: GenerationConfig | None = None,
-    *,
-    typical_max: Any = None,
-    limits: Any = None,
-    allow_model_mismatch: bool = False,
-    **overrides: Any,
-) -> Comparison:
-    """Generate with and without `edits` (same config and seed) for a side-by-side view. Prompts get
-    the BOS the SAEs were trained with unless `config.prepend_bos` says otherwise."""
-    from steering.session import steer
-
-    config = with_sae_bos(dataclasses.replace(config or GenerationConfig(), **overrides), saes)
-    with steer(model, saes, edits, typical_max=typical_max, limits=limits,
-               allow_model_mismatch=allow_model_mismatch) as s:
-        steered = s.generate(prompts, config)
-        described = s.describe()
-    base = generate(model, prompts, config)
-    return Comparison(base.prompts, steered.texts, base.texts, described)

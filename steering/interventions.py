@@ -40,9 +40,6 @@ from torch import Tensor
 import weakref
 
 from saes.base import SAE
-from saes.relu import ReLUSAE
-from saes.threshold import JumpReLUSAE
-from saes.topk import TopKSAE
 
 def op_coefficients(op: str, value: float) -> tuple[float, float]:
     """(c1, c0) of one op: the latent changes by delta = a * c1 + c0."""
@@ -58,15 +55,10 @@ def op_coefficients(op: str, value: float) -> tuple[float, float]:
 
 
 def encoder_kind(sae: SAE) -> str:
-    """'threshold', 'relu', 'topk' or 'generic': which exact current-activation path applies."""
-    select = type(sae).select
-    if isinstance(sae, JumpReLUSAE) and select is JumpReLUSAE.select:
-        return "threshold"
-    if isinstance(sae, ReLUSAE) and select is ReLUSAE.select:
-        return "relu"
-    if isinstance(sae, TopKSAE) and select is TopKSAE.select:
-        return "topk"
-    return "generic"
+    """Which exact current-activation path applies: the SAE's `encoding_rule` ("threshold":
+    pre > max(threshold, 0) from its `threshold` buffer; "relu": pre > 0; "topk"; "generic": the
+    SAE's own `encode_sparse`)."""
+    return sae.encoding_rule
 
 
 class LatentReader:

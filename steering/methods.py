@@ -28,7 +28,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from steering.config import GenerationConfig
 from steering.evaluate import MethodResult, Scorer, score_generation
@@ -36,6 +36,10 @@ from steering.generation import generate
 from steering.session import steer
 from steering.spec import FeatureEdit, Positions, SteeringError
 from steering.sweeps import SweepPoint, recommend_strength, sweep_edits
+
+if TYPE_CHECKING:
+    from saes.base import SAE
+    from steering.inputs import Model
 
 
 @dataclass
@@ -100,8 +104,8 @@ def _pick(points: Sequence[SweepPoint], rule: str, target: float, min_fluency: f
 
 
 def compare_methods(
-    model: Any,
-    sae: Any,
+    model: Model,
+    sae: SAE,
     scorer: Scorer,
     *,
     prompts: Sequence[str],

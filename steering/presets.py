@@ -21,9 +21,13 @@ import json
 import math
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from steering.spec import FeatureEdit, SteeringError, Trigger, lookup_typical_max, parse_edit
+from steering.spec import FeatureEdit, SteeringError, Trigger, TypicalMax, lookup_typical_max, parse_edit
+
+if TYPE_CHECKING:
+    from saes.base import SAE
+    from steering.inputs import Model, SAEArg
 
 PRESET_FORMAT = 1
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -96,7 +100,7 @@ class Preset:
             raise SteeringError(f"preset record is incomplete: {e}") from None
 
     # -- checks --------------------------------------------------------------------------------
-    def check(self, model: Any, sae: Any, *, sae_name: str = "sae", allow_model_mismatch: bool = False,
+    def check(self, model: Model, sae: SAE, *, sae_name: str = "sae", allow_model_mismatch: bool = False,
               fingerprint: str | None = None, model_override: str = "allow_model_mismatch=True") -> None:
         """Refuse an SAE whose weights hash or hook differ from the preset's (PresetMismatchError),
         and a model other than the recorded one (saes.identity.ModelMismatchError) unless allowed.
@@ -179,11 +183,11 @@ def make_preset(
     name: str,
     edits: Sequence[FeatureEdit | str],
     *,
-    sae: Any = None,
+    sae: SAEArg | None = None,
     d_sae: int | None = None,
     hook_name: str | None = None,
-    model: Any = None,
-    typical_max: Any = None,
+    model: Model | None = None,
+    typical_max: TypicalMax | None = None,
     recommended: Any = None,
     stops: Sequence[Trigger | str] = (),
     description: str = "",
@@ -191,7 +195,8 @@ def make_preset(
     fingerprint: str | None = None,
     model_identity: Any = None,
 ) -> Preset:
-    """A preset of `edits` for `sae` (on `model`, or the model identity given). Without the SAE
+    """A preset of `edits` for `sae` (on `model`, or the model identity given, or else the model
+    a `LoadedSAE` records). Without the SAE
     object (e.g. from a feature store's records), give its `fingerprint`, `d_sae` and `hook_name`.
     `typical_max`: feature -> typical max activation (recorded for every feature named, needed
     for 'x' units); `recommended`: feature -> (strength, source, details) or None, recorded as
@@ -199,9 +204,11 @@ def make_preset(
     from datetime import datetime, timezone
 
     from saes.fingerprint import sae_fingerprint
-    from saes.identity import identity_of_model, identity_of_sae
+    from saes.formats.base import sae_of
+    from saes.identity import identity_of_model, recorded_model_of
 
     check_preset_name(name)
+    loaded, sae = sae, (sae_of(sae) if sae is not None else None)
     if sae is None and (fingerprint is None or d_sae is None):
         raise SteeringError("make_preset needs the SAE, or its fingerprint and d_sae")
     n = int(sae.d_sae) if sae is not None else int(d_sae)  # type: ignore[arg-type]
@@ -227,9 +234,9 @@ def make_preset(
                 rec["recommended_strength"], rec["strength_source"], rec["strength_details"] = r
         calibration[str(f)] = rec
     ident = model_identity or (identity_of_model(model) if model is not None else None) or \
-        (identity_of_sae(sae) if sae is not None else None)
+        (recorded_model_of(loaded) if loaded is not None else None)
     if hook_name is None and sae is not None:
-        hook_name = sae.cfg.metadata.get("hook_name") or (getattr(sae, "provenance", None) or {}).get("hook_name")
+        hook_name = sae.cfg.metadata.get("hook_name")
     preset = Preset(
         name=name,
         edits=tuple(e.describe() if e.sae is None else FeatureEdit(e.feature, e.op, e.value, e.unit, e.positions,

@@ -26,13 +26,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from steering.interventions import LatentReader, op_coefficients
 from steering.spec import SteeringError, chat_position
+
+if TYPE_CHECKING:
+    from saes.base import SAE
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,7 @@ class BatchEditor:
     fired on this step's token (with the trigger).
     """
 
-    def __init__(self, sae: Any, sae_name: str, rows: Sequence[RowSteering | None], layouts: Sequence[RowLayout]) -> None:
+    def __init__(self, sae: SAE, sae_name: str, rows: Sequence[RowSteering | None], layouts: Sequence[RowLayout]) -> None:
         self.sae_name = sae_name
         self.B = len(rows)
         dev, dt = sae.W_dec.device, sae.W_dec.dtype

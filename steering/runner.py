@@ -21,19 +21,23 @@ Only the last position's logits are computed at prefill ([B, V], not [B, S, V]).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
+from saes.hookpoints import model_device
 from steering.spec import SteeringError
+
+if TYPE_CHECKING:
+    from steering.inputs import Model
 
 
 class CacheMergeUnsupported(Exception):
     """This cache layout cannot take rows of another batch (the engine waits for the batch to drain)."""
 
 
-def make_runner(model: Any):
+def make_runner(model: Model) -> HookedRunner | BridgeRunner:
     """The runner for `model` (a HookedTransformer or a TransformerBridge)."""
     if type(model).__name__ == "TransformerBridge" or hasattr(model, "original_model"):
         return BridgeRunner(model)
@@ -42,13 +46,6 @@ def make_runner(model: Any):
     raise SteeringError(
         f"batched generation needs a TransformerLens HookedTransformer or TransformerBridge, got {type(model).__name__}"
     )
-
-
-def _device(model: Any) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:  # pragma: no cover
-        return torch.device("cpu")
 
 
 def _pad_left(t: Tensor, dim: int, n: int) -> Tensor:
@@ -66,7 +63,7 @@ class HookedRunner:
         from transformer_lens.utilities.activation_functions import apply_softcap
 
         self.model = model
-        self.device = _device(model)
+        self.device = model_device(model)
         self.n_layers = int(model.cfg.n_layers)
         self._softcap = apply_softcap
 
@@ -136,7 +133,7 @@ class BridgeRunner:
 
     def __init__(self, model: Any) -> None:
         self.model = model
-        self.device = _device(model)
+        self.device = model_device(model)
 
     def _forward(self, tokens: Tensor, mask: Tensor, past: Any) -> tuple[Tensor, Any]:
         kw: dict[str, Any] = dict(attention_mask=mask, use_cache=True, return_type="logits_and_cache")

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from steering.activations import mean_latent_activation
 from steering.spec import SteeringError
+
+if TYPE_CHECKING:
+    from steering.inputs import Model, SAEArg
 
 
 @dataclass(frozen=True)
@@ -30,8 +33,8 @@ class FeatureCandidate:
 
 
 def contrast_features(
-    model: Any,
-    sae: Any,
+    model: Model,
+    sae: SAEArg,
     positive: Sequence[str],
     negative: Sequence[str],
     *,
@@ -43,11 +46,14 @@ def contrast_features(
 ) -> list[FeatureCandidate]:
     """Latents ranked by mean activation on `positive` minus mean on `negative` prompts.
 
-    `min_rate` drops latents that fire on fewer than that fraction of positive tokens. An SAE
-    recorded for another model is refused (see `steering.steer`) unless `allow_model_mismatch`."""
+    `min_rate` drops latents that fire on fewer than that fraction of positive tokens. `sae`: an
+    SAE or a `saes.formats.LoadedSAE`; one recorded for another model is refused (see
+    `steering.steer`) unless `allow_model_mismatch`."""
+    from saes.formats.base import sae_of
     from saes.identity import check_sae_model
 
     check_sae_model(model, sae, allow_mismatch=allow_model_mismatch)
+    sae = sae_of(sae)
     if top < 1:
         raise SteeringError(f"top must be positive, got {top}")
     mean_p, rate_p, _ = mean_latent_activation(model, sae, positive, batch_size=batch_size)

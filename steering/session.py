@@ -26,9 +26,14 @@ import torch
 from torch import Tensor
 
 from saes.base import SAE
+from saes.hookpoints import check_hook, model_device
 from saes.identity import check_sae_model
+from steering.config import GenerationConfig
+from steering.generation import Generation, generate
+from steering.inputs import Model, SAEs, TypicalMaxArg, named_saes, sae_mapping
 from steering.interventions import LatentEditor, op_coefficients
 from steering.positions import FULL, SequenceTracker, block_call_info
+from steering.presets import Preset
 from steering.spec import (
     Edit, FeatureEdit, Positions, SteerLimits, SteeringError, TypicalMax, VectorEdit, chat_position,
     lookup_typical_max, parse_edit, raw_value,
@@ -81,7 +86,7 @@ class ConstantEditor:
 @dataclass
 class _Contribution:
     positions: Positions
-    editor: Any  # LatentEditor | ConstantEditor
+    editor: LatentEditor | ConstantEditor
     label: str
 
 
@@ -134,37 +139,17 @@ class _HookFn:
         return None if out_ND is None else out_ND.view(shape)
 
 
-def _as_sae_mapping(saes: Any) -> dict[str, SAE]:
-    if saes is None:
-        return {}
-    if isinstance(saes, SAE):
-        return {"sae": saes}
-    if isinstance(saes, Mapping):
-        out = {}
-        for k, v in saes.items():
-            if not isinstance(v, SAE):
-                raise SteeringError(f"saes[{k!r}] is a {type(v).__name__}, not an SAE (load one with saes.load_sae)")
-            out[str(k)] = v
-        return out
-    if isinstance(saes, Sequence):
-        out = {}
-        for i, v in enumerate(saes):
-            if not isinstance(v, SAE):
-                raise SteeringError(f"saes[{i}] is a {type(v).__name__}, not an SAE (load one with saes.load_sae)")
-            out[str(i)] = v
-        return out
-    raise SteeringError(f"saes must be an SAE, a dict name -> SAE, or a list of SAEs; got {type(saes).__name__}")
-
-
-def check_models(model: Any, saes: Any, allow_mismatch: bool = False) -> None:
-    """Refuse SAEs recorded for another model than `model` (when both sides record one)."""
-    for name, sae in _as_sae_mapping(saes).items():
+def check_models(model: Model, saes: SAEs, allow_mismatch: bool = False) -> None:
+    """Refuse SAEs recorded for another model than `model` (when both sides record one: an SAE
+    given as a `LoadedSAE` carries its record, a bare SAE none)."""
+    for name, sae in named_saes(saes).items():
         check_sae_model(model, sae, sae_name=name, allow_mismatch=allow_mismatch)
 
 
 def sae_hook_name(sae: SAE, name: str = "sae") -> str:
-    """The hook an SAE reads: `cfg.metadata["hook_name"]`, else its saesteer.json provenance."""
-    hook = (sae.cfg.metadata or {}).get("hook_name") or (getattr(sae, "provenance", None) or {}).get("hook_name")
+    """The hook an SAE reads: `cfg.metadata["hook_name"]` (the loaders fill it in from the
+    provenance or --hook where cfg.json lacks it)."""
+    hook = (sae.cfg.metadata or {}).get("hook_name")
     if not hook:
         raise SteeringError(
             f"SAE {name!r} does not record its hook point; set sae.cfg.metadata['hook_name'] "
@@ -179,24 +164,7 @@ def sae_hook_name(sae: SAE, name: str = "sae") -> str:
     return str(hook)
 
 
-def _hook_examples(model: Any) -> str:
-    names = [n for n in model.hook_dict if n.endswith(("hook_resid_pre", "hook_resid_post"))]
-    return ", ".join(names[:2] + names[-1:]) if names else ", ".join(list(model.hook_dict)[:3])
-
-
-def check_hook(model: Any, hook_name: str, who: str) -> None:
-    hook_dict = getattr(model, "hook_dict", None)
-    if hook_dict is None:
-        raise SteeringError("steering needs a TransformerLens model (HookedTransformer) with hook points")
-    if hook_name not in hook_dict:
-        n_layers = getattr(getattr(model, "cfg", None), "n_layers", "?")
-        raise SteeringError(
-            f"{who}: unknown hook {hook_name!r}; this model ({n_layers} layers) has no such hook point "
-            f"(examples: {_hook_examples(model)})"
-        )
-
-
-def expected_width(model: Any, hook_name: str) -> int | None:
+def expected_width(model: Model, hook_name: str) -> int | None:
     """Width of the activation at a standard TransformerLens hook (heads flattened), if known."""
     cfg = getattr(model, "cfg", None)
     if cfg is None:
@@ -213,7 +181,7 @@ def expected_width(model: Any, hook_name: str) -> int | None:
     return None
 
 
-def _tracked_block(model: Any, hook_name: str) -> int | None:
+def _tracked_block(model: Model, hook_name: str) -> int | None:
     m = _BLOCK_RE.match(hook_name)
     if m:
         return int(m.group(1))
@@ -222,7 +190,7 @@ def _tracked_block(model: Any, hook_name: str) -> int | None:
     return None
 
 
-def typical_max_for(provider: Any, sae_name: str) -> TypicalMax | None:
+def typical_max_for(provider: TypicalMaxArg, sae_name: str) -> TypicalMax | None:
     """Pick the provider of one SAE: a per-SAE mapping keyed by SAE name, or a shared one."""
     if provider is None:
         return None
@@ -231,13 +199,12 @@ def typical_max_for(provider: Any, sae_name: str) -> TypicalMax | None:
     return provider
 
 
-def expand_presets(model: Any, sae_map: Mapping[str, SAE], edits: Sequence[Any], *, allow_model_mismatch: bool = False,
+def expand_presets(model: Model, sae_map: Mapping[str, SAE], edits: Sequence[Edit | str | Preset], *,
+                   allow_model_mismatch: bool = False,
                    fingerprints: Mapping[str, str] | None = None,
                    model_override: str = "allow_model_mismatch=True") -> list[Edit | str]:
     """Replace every `Preset` in `edits` by its feature edits, after checking it against the SAE
     (and model) it is applied to (`Preset.check`)."""
-    from steering.presets import Preset
-
     out: list[Edit | str] = []
     for e in edits:
         if not isinstance(e, Preset):
@@ -253,11 +220,11 @@ def expand_presets(model: Any, sae_map: Mapping[str, SAE], edits: Sequence[Any],
 
 
 def resolve_edits(
-    model: Any,
-    saes: Any,
-    edits: Sequence[Edit | str],
+    model: Model,
+    saes: SAEs,
+    edits: Sequence[Edit | str | Preset] | Edit | str | Preset,
     *,
-    typical_max: Any = None,
+    typical_max: TypicalMaxArg = None,
     limits: SteerLimits | None = None,
     allow_model_mismatch: bool = False,
     chat_positions: bool = False,
@@ -270,9 +237,7 @@ def resolve_edits(
     expanded). `chat_positions`: accept role:/turn: positions (the batched engine resolves them
     against a chat prompt; `steer` cannot)."""
     limits = limits or SteerLimits()
-    sae_map = _as_sae_mapping(saes)
-    from steering.presets import Preset
-
+    sae_map = sae_mapping(saes)
     if isinstance(edits, (str, FeatureEdit, VectorEdit, Preset)):
         edits = [edits]
     if not edits:
@@ -353,7 +318,7 @@ def resolve_edits(
     return out
 
 
-def trigger_threshold(e: FeatureEdit, sae: SAE, provider: Any, sae_name: str) -> float:
+def trigger_threshold(e: FeatureEdit, sae: SAE, provider: TypicalMax | None, sae_name: str) -> float:
     """The raw threshold of `e`'s trigger (checked: a latent of the SAE, a finite threshold)."""
     t = e.when
     assert t is not None
@@ -385,12 +350,12 @@ class SteeringPlan:
         return list(self.hook_fns.items())
 
 
-def build_plan(model: Any, saes: Any, edits: Sequence[Edit | str], *, typical_max: Any = None,
+def build_plan(model: Model, saes: SAEs, edits: Sequence[Edit | str | Preset], *, typical_max: TypicalMaxArg = None,
                limits: SteerLimits | None = None, allow_model_mismatch: bool = False) -> SteeringPlan:
     resolved = resolve_edits(model, saes, edits, typical_max=typical_max, limits=limits,
                              allow_model_mismatch=allow_model_mismatch)
-    sae_map = _as_sae_mapping(saes)
-    model_device = _model_device(model)
+    sae_map = sae_mapping(saes)
+    device = model_device(model)
     # group latent edits by (hook, SAE, positions); vector edits stand alone
     groups: dict[tuple[str, str, Positions], list[ResolvedEdit]] = {}
     per_hook: dict[str, list[_Contribution]] = {}
@@ -398,17 +363,17 @@ def build_plan(model: Any, saes: Any, edits: Sequence[Edit | str], *, typical_ma
         if r.feature is None:
             e = r.edit
             assert isinstance(e, VectorEdit)
-            vec = (e.vector.detach().to(model_device) * r.value) if model_device is not None else e.vector * r.value
+            vec = e.vector.detach().to(device) * r.value
             per_hook.setdefault(r.hook_name, []).append(_Contribution(r.positions, ConstantEditor(vec), e.describe()))
         else:
             assert r.sae_name is not None
             groups.setdefault((r.hook_name, r.sae_name, r.positions), []).append(r)
     for (hook, name, positions), rs in groups.items():
         sae = sae_map[name]
-        if model_device is not None and sae.W_dec.device != model_device:
+        if sae.W_dec.device != device:
             raise SteeringError(
-                f"SAE {name!r} is on {sae.W_dec.device} but the model runs on {model_device}; move it with "
-                f"sae.to({str(model_device)!r})"
+                f"SAE {name!r} is on {sae.W_dec.device} but the model runs on {device}; move it with "
+                f"sae.to({str(device)!r})"
             )
         coefs = [op_coefficients(r.op, r.value) for r in rs]
         triggers = [r.trigger for r in rs] if any(r.trigger for r in rs) else None
@@ -428,18 +393,11 @@ def build_plan(model: Any, saes: Any, edits: Sequence[Edit | str], *, typical_ma
     return SteeringPlan(resolved, hook_fns, trackers)
 
 
-def _model_device(model: Any) -> torch.device | None:
-    try:
-        return next(model.parameters()).device
-    except (StopIteration, AttributeError, TypeError):
-        return None
-
-
 # ---------------------------------------------------------------------------------- session
 class SteeringSession:
     """Handle yielded by `steer`: the resolved edits, and generation with exact prompt positions."""
 
-    def __init__(self, model: Any, plan: SteeringPlan) -> None:
+    def __init__(self, model: Model, plan: SteeringPlan) -> None:
         self.model = model
         self.plan = plan
         self.active = True
@@ -463,10 +421,9 @@ class SteeringSession:
             for b, t in self.plan.trackers.items():
                 t.explicit_prompt_len = old[b]
 
-    def generate(self, prompts: str | Sequence[str], config: Any = None, **overrides: Any):
-        """Steered generation (see `steering.generation.generate`); returns a `Generation`."""
-        from steering.generation import generate
-
+    def generate(self, prompts: str | Sequence[str], config: GenerationConfig | None = None,
+                 **overrides: Any) -> Generation:
+        """Steered generation (see `steering.generation.generate`)."""
         if not self.active:
             raise SteeringError("this steering session has ended; call it inside the `with steer(...)` block")
         return generate(self.model, prompts, config, session=self, **overrides)
@@ -474,26 +431,25 @@ class SteeringSession:
 
 @contextmanager
 def steer(
-    model: Any,
-    saes: Any,
-    edits: Sequence[Edit | str] | Edit | str,
+    model: Model,
+    saes: SAEs,
+    edits: Sequence[Edit | str | Preset] | Edit | str | Preset,
     *,
-    typical_max: Any = None,
+    typical_max: TypicalMaxArg = None,
     limits: SteerLimits | None = None,
     allow_model_mismatch: bool = False,
 ) -> Iterator[SteeringSession]:
     """Hook `edits` into `model` for the duration of the block.
 
     model: a TransformerLens HookedTransformer or TransformerBridge. saes: an SAE, a dict name -> SAE, a list of SAEs
-    (named "0", "1", ...) or None (vector edits only); each SAE's hook is its
+    (named "0", "1", ...) or None (vector edits only); an SAE may be given as the `LoadedSAE`
+    `saes.formats.resolve_sae` returns (its recorded model is then checked); each SAE's hook is its
     `cfg.metadata["hook_name"]`. edits: FeatureEdit / VectorEdit objects or edit strings
     ("123:clamp=8", "res/5:add=2x@generated"). typical_max: feature -> typical max activation
     (dict or callable; or a dict SAE name -> such), needed for "x" units. limits: `SteerLimits`.
-    An SAE whose saesteer.json records another model than the one `saesteer.models.load_model`
+    An SAE whose provenance records another model than the one `saesteer.models.load_model`
     loaded is refused (saes.identity.ModelMismatchError) unless `allow_model_mismatch`.
     """
-    from steering.presets import Preset
-
     if isinstance(edits, (str, FeatureEdit, VectorEdit, Preset)):
         edits = [edits]
     check_models(model, saes, allow_model_mismatch)
@@ -521,7 +477,7 @@ def _pre_hook(tracker: SequenceTracker, layer_idx: int):
     return pre
 
 
-def hooks_attached(model: Any) -> list[str]:
+def hooks_attached(model: Model) -> list[str]:
     """Names of hook points / blocks that still carry hooks (empty when everything is clean)."""
     dirty = [n for n, hp in model.hook_dict.items() if hp._forward_hooks or hp._backward_hooks or hp.fwd_hooks or hp.bwd_hooks]
     for i, b in enumerate(getattr(model, "blocks", [])):

@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from steering.spec import SteeringError
+
+if TYPE_CHECKING:
+    from features.records import SearchHit  # steering never imports features at run time
+    from features.store import FeatureStore
 
 STRENGTH_SOURCE = "steering-sweep"
 
@@ -26,7 +30,7 @@ STRENGTH_SOURCE = "steering-sweep"
 class StoreLink:
     """Steering's view of one feature store (caches typical max activations)."""
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: FeatureStore) -> None:
         self.store = store
         self._tmax: dict[int, float | None] = {}
 
@@ -46,7 +50,7 @@ class StoreLink:
             self.prefetch([feature])
         return self._tmax.get(feature)
 
-    def search(self, query: str, limit: int = 10) -> list[Any]:
+    def search(self, query: str, limit: int = 10) -> list[SearchHit]:
         """Full-text search over labels and examples (`SearchHit`s: feature_id, score, label)."""
         return self.store.search(query, limit)
 

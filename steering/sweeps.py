@@ -29,14 +29,15 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union
 
 from steering.evaluate import MethodResult, Scorer, score_generation
 from steering.config import GenerationConfig, SweepConfig
 from steering.generation import generate, with_sae_bos
+from steering.inputs import Model, SAEArg, SAEs, TypicalMaxArg
 from steering.session import steer
 from steering.spec import Edit, FeatureEdit, SteerLimits, SteeringError
 
@@ -178,15 +179,15 @@ def describe_rule(min_fluency: float = 0.0, target_concept: float | None = None,
 
 
 def sweep_edits(
-    model: Any,
-    saes: Any,
+    model: Model,
+    saes: SAEs,
     make_edit: Callable[[float], "Edit | Sequence[Edit] | None"],
     strengths: Sequence[float],
     prompts: Sequence[str],
     scorer: Scorer,
     *,
     gen_config: GenerationConfig | None = None,
-    typical_max: Any = None,
+    typical_max: TypicalMaxArg = None,
     limits: SteerLimits | None = None,
     sentence_counts: Callable[[str], tuple[int, int]] | None = None,
     with_perplexity: bool = True,
@@ -222,15 +223,15 @@ def sweep_edits(
 
 
 def sweep(
-    model: Any,
-    sae: Any,
+    model: Model,
+    sae: SAEArg,
     feature: int,
     prompts: Sequence[str],
     scorer: Scorer,
     config: SweepConfig | None = None,
     *,
     gen_config: GenerationConfig | None = None,
-    typical_max: Any = None,
+    typical_max: TypicalMaxArg = None,
     sae_name: str = "sae",
     limits: SteerLimits | None = None,
     sentence_counts: Callable[[str], tuple[int, int]] | None = None,
@@ -314,7 +315,11 @@ def write_sweep_json(result: SweepResult, path: str | os.PathLike) -> Path:
     return path
 
 
-def store_recommendation(sink: Any, result: SweepResult) -> None:
+# where a sweep's recommendation goes: `StoreLink.record_strength`-like, or a mapping feature -> record
+StrengthSink = Union[Callable[[int, "float | None", str, "dict[str, Any]"], None], MutableMapping[int, "dict[str, Any]"]]
+
+
+def store_recommendation(sink: StrengthSink, result: SweepResult) -> None:
     """Record the outcome of a feature sweep in `sink`: its recommended strength, or, when no
     strength works, an explicit None (which replaces an earlier recommendation; the details say why).
 

@@ -72,7 +72,7 @@ class World:
                 return make_fake_cache(self.path(name), shard_rows=[512, 512, 1024], d_in=d_in, seed=seed).path
             import torch
 
-            from training.manifest import Manifest, read_manifest, write_json_atomic
+            from training.manifest import Manifest, read_manifest, write_manifest
             from training.shards import load_tensors, write_safetensors_atomic
 
             path = make_fake_cache(self.path(name), shard_rows=[512, 512, 1024], d_in=d_in, seed=seed).path
@@ -84,7 +84,7 @@ class World:
                 tensors[key][::16, 3] = float("nan")
                 w = write_safetensors_atomic(path / sh.file, {k: v.contiguous() for k, v in tensors.items()})
                 shards.append(sh.__class__(**{**sh.__dict__, "bytes": w.nbytes, "sha256": w.sha256}))
-            write_json_atomic(path / "manifest.json", Manifest(man.settings, True, shards, man.forward).to_json())
+            write_manifest(path, Manifest(man.settings, True, shards, man.forward))
             return path
         return self._once(f"fake_cache:{name}", make)
 
@@ -279,7 +279,7 @@ CASES: list[Case] = [
     Case("cache-other-settings-same-out",
          lambda w: ["cache", "--model", "toy", "--dataset", "toy", "--max-tokens", "2048", "--context-length", "32",
                     "--out", str(w.toy_cache()), *TINY],
-         lambda w: [str(w.toy_cache()), "context_length"]),
+         lambda w: [str(w.toy_cache()), "--context-length"]),
     Case("cache-verify-corrupt-shard",
          lambda w: ["cache", "--verify", str(w.corrupt_cache()), *TINY],
          ["shard_000001.safetensors"]),

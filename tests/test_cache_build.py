@@ -11,17 +11,17 @@ import torch
 
 from helpers.threads import torch_threads
 from helpers.tiny_model import make_model, make_tokenizer, write_corpus
-from training.cache import (
-    ActivationRunner,
-    CacheConfig,
-    CacheDiskFullError,
-    UnknownHookError,
-    build_cache,
-    estimate_cache,
-    verify_cache,
-)
+from saes.hookpoints import UnknownHookError
+from training.cache import build_cache
+from training.cache_config import CacheConfig
+from training.estimate import estimate_cache
+from training.runner import ActivationRunner
+from training.shardset import verify_cache
+from training.writer import CacheDiskFullError
 from training.manifest import CacheMismatchError, read_manifest
-from training.reader import CacheReader, all_rows, iter_shards, model_batches
+from training.live import model_batches
+from training.reader import CacheReader
+from training.shardset import all_rows, iter_shards
 from training.text import TextConfig
 
 H0 = "blocks.0.hook_resid_post"
@@ -206,7 +206,7 @@ def test_full_disk_is_a_clean_error_and_resume_finishes_identically(model, corpu
     real = shards._write_all
 
     def failing(f, data):
-        if Path(f.name).name.startswith("shard_000002"):
+        if Path(f.name).name.lstrip(".").startswith("shard_000002"):
             calls["n"] += 1
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(f, data)
@@ -248,9 +248,9 @@ def _tree_difference(a: Path, b: Path) -> str:
 
 
 def test_not_enough_free_space_refused_before_writing(model, corpus, tmp_path, monkeypatch):
-    import training.cache as cache
+    import training.estimate as estimate
 
-    monkeypatch.setattr(cache, "_free_bytes", lambda p: 1000)
+    monkeypatch.setattr(estimate, "free_bytes", lambda p: 1000)
     with pytest.raises(CacheDiskFullError, match="not enough disk space"):
         build(model, corpus, tmp_path / "c", max_tokens=16 * 30)
     assert not list((tmp_path / "c").glob("shard_*"))
@@ -287,14 +287,14 @@ def test_the_rate_probe_times_the_builds_own_batches(model, corpus, tmp_path, mo
     """The dry run's rate comes from batches of the build's size, of real contexts, through the
     forward the build uses and the shard copy; a batch size so slow that the probe would run long
     is cut down to what fits (no timing is asserted)."""
-    import training.cache as cache
+    import training.estimate as estimate
 
     text = TextConfig(dataset=str(corpus), context_length=16)
     cfg = CacheConfig(out=str(tmp_path / "c"), hooks=[H0], max_tokens=16 * 20, batch_size=6)
     batches, fills = [], []
-    real_run, real_fill = cache.ActivationRunner.run, cache._fill_batch
-    monkeypatch.setattr(cache.ActivationRunner, "run", lambda self, t: batches.append(t.clone()) or real_run(self, t))
-    monkeypatch.setattr(cache, "_fill_batch", lambda *a, **k: fills.append(a[2].shape) or real_fill(*a, **k))
+    real_run, real_fill = ActivationRunner.run, estimate.fill_batch
+    monkeypatch.setattr(ActivationRunner, "run", lambda self, t: batches.append(t.clone()) or real_run(self, t))
+    monkeypatch.setattr(estimate, "fill_batch", lambda *a, **k: fills.append(a[2].shape) or real_fill(*a, **k))
     est = estimate_cache(model, text, cfg)
     shapes = [tuple(t.shape) for t in batches]
     assert est.probe_contexts == 6 and (6, 16) in shapes and (6, 16) in fills
@@ -302,7 +302,7 @@ def test_the_rate_probe_times_the_builds_own_batches(model, corpus, tmp_path, mo
     probe = next(t for t in batches if tuple(t.shape) == (6, 16))
     assert (probe[:, 0] == model.tokenizer.bos_token_id).all()  # packed contexts of the corpus, BOS first
 
-    monkeypatch.setattr(cache, "PROBE_SECONDS", 1e-9)  # one context already "too slow": batches of 1
+    monkeypatch.setattr(estimate, "PROBE_SECONDS", 1e-9)  # one context already "too slow": batches of 1
     batches.clear()
     assert estimate_cache(model, text, cfg).probe_contexts == 1 and all(len(t) == 1 for t in batches)
 

@@ -56,7 +56,7 @@ CONFIGS = {
 
 
 def fast_hooks(model) -> list[str]:
-    from training.fast_forward import BLOCK_HOOKS, GLOBAL_HOOKS
+    from training.fast_support import BLOCK_HOOKS, GLOBAL_HOOKS
 
     _, cache = model.run_with_cache(torch.zeros(1, 2, dtype=torch.long))
     return [h for h in cache.keys() if h in GLOBAL_HOOKS or (h.startswith("blocks.") and h.split(".", 2)[2] in BLOCK_HOOKS)]
@@ -102,7 +102,7 @@ def test_fast_forward_stops_after_the_last_needed_block():
     (dict(), ["blocks.0.ln1.hook_normalized"], "hook point"),
 ])
 def test_unsupported_configs_fall_back_to_transformer_lens(kw, hooks, why):
-    from training.cache import ActivationRunner
+    from training.runner import ActivationRunner
     from training.fast_forward import FastForward, NotSupported
 
     model = build(**kw)
@@ -120,7 +120,7 @@ def test_unsupported_configs_fall_back_to_transformer_lens(kw, hooks, why):
 
 def test_runner_uses_the_fast_forward_when_it_matches():
     from training import fast_forward
-    from training.cache import ActivationRunner
+    from training.runner import ActivationRunner
 
     model = build(**CONFIGS["llama-like"])
     hooks = ["blocks.1.hook_resid_post", "blocks.0.hook_mlp_out"]
@@ -140,7 +140,7 @@ def test_runner_uses_the_fast_forward_when_it_matches():
 
 def test_runner_falls_back_with_a_warning_when_the_check_fails(monkeypatch):
     from training import fast_forward
-    from training.cache import ActivationRunner, FastForwardMismatch
+    from training.runner import ActivationRunner, FastForwardMismatch
 
     real = fast_forward.FastForward.__call__
 
@@ -167,7 +167,7 @@ def test_runner_falls_back_with_a_warning_when_the_check_fails(monkeypatch):
 
 
 def test_runner_uses_transformer_lens_while_hooks_are_attached():
-    from training.cache import ActivationRunner
+    from training.runner import ActivationRunner
 
     model = build()
     hook = "blocks.1.hook_resid_post"
@@ -189,7 +189,7 @@ def test_runner_uses_transformer_lens_while_hooks_are_attached():
 def _interrupt_after(monkeypatch, n_batches):
     import training.cache as cache
 
-    real = cache._fill_batch
+    real = cache.fill_batch
     count = [0]
 
     def fill(*a, **k):
@@ -198,13 +198,13 @@ def _interrupt_after(monkeypatch, n_batches):
             raise KeyboardInterrupt("simulated crash")
         return real(*a, **k)
 
-    monkeypatch.setattr(cache, "_fill_batch", fill)
-    return lambda: monkeypatch.setattr(cache, "_fill_batch", real)
+    monkeypatch.setattr(cache, "fill_batch", fill)
+    return lambda: monkeypatch.setattr(cache, "fill_batch", real)
 
 
 def _small_build(tmp_path, *, n_docs: int, seed: int, contexts: int):
     """(model, text config, cfg(out, forward) -> CacheConfig) for a small cache of `contexts` contexts of 16 tokens."""
-    from training.cache import CacheConfig
+    from training.cache_config import CacheConfig
     from training.text import TextConfig
 
     corpus = tmp_path / "corpus"
@@ -276,7 +276,7 @@ def test_a_manifest_from_before_the_forward_field_resumes_with_transformer_lens(
 
 
 def test_ungrouped_key_value_heads_fall_back_instead_of_failing():
-    from training.cache import ActivationRunner
+    from training.runner import ActivationRunner
 
     model = build(n_key_value_heads=2, ungroup_grouped_query_attention=True)
     for hook in ("blocks.1.attn.hook_k", "blocks.1.attn.hook_v"):
@@ -289,7 +289,7 @@ def test_ungrouped_key_value_heads_fall_back_instead_of_failing():
 
 
 def test_a_failing_fast_forward_falls_back_in_auto_mode(monkeypatch):
-    from training.cache import ActivationRunner, FastForwardMismatch
+    from training.runner import ActivationRunner, FastForwardMismatch
 
     model = build()
     hook = "blocks.1.hook_resid_post"
@@ -308,7 +308,7 @@ def test_a_failing_fast_forward_falls_back_in_auto_mode(monkeypatch):
 
 
 def test_plain_torch_module_hooks_also_route_batches_through_transformer_lens():
-    from training.cache import ActivationRunner
+    from training.runner import ActivationRunner
 
     model = build()
     hook = "blocks.1.hook_resid_post"
@@ -379,7 +379,7 @@ def load_hf(tmp_path, name):
 
 @pytest.mark.parametrize("name", list(HF_MODELS))
 def test_fast_forward_equals_the_bridge_on_hf_checkpoints(tmp_path, name):
-    from training.cache import ActivationRunner
+    from training.runner import ActivationRunner
 
     model = load_hf(tmp_path, name)
     runner = ActivationRunner(model, HF_HOOKS)
@@ -396,7 +396,7 @@ def test_an_hf_model_keeps_the_fast_forward_after_its_first_bridge_forward(tmp_p
     """The Bridge and transformers leave capture hooks on the HF modules after a forward (the
     check's); they must not send every later batch through the Bridge, while real hooks still do."""
     from training import fast_forward
-    from training.cache import ActivationRunner
+    from training.runner import ActivationRunner
 
     model = load_hf(tmp_path, "gpt2")
     hook = "blocks.1.hook_resid_post"
@@ -416,7 +416,7 @@ def test_an_hf_model_keeps_the_fast_forward_after_its_first_bridge_forward(tmp_p
 
 def test_hf_fallbacks(tmp_path):
     from saesteer.models import load_model
-    from training.cache import ActivationRunner
+    from training.runner import ActivationRunner
 
     mistral = load_model(str(save_tiny_hf(tmp_path / "mistral", "Mistral", sliding_window=8)))
     runner = ActivationRunner(mistral, ["blocks.1.hook_resid_post"])
@@ -431,7 +431,7 @@ def test_hf_fallbacks(tmp_path):
 
 def test_the_check_sees_an_error_hidden_behind_a_huge_bos_activation(monkeypatch):
     """max |diff| <= 1e-4 x max |act| passes when BOS is 1e5x the other tokens; the per-token check must not."""
-    from training.cache import ActivationRunner
+    from training.runner import ActivationRunner
 
     model = build()
     hook = "blocks.1.hook_resid_post"

@@ -23,15 +23,16 @@ CHILD = textwrap.dedent("""
     import torch
     torch.set_num_threads(1)  # as in the parent test (tiny ops; shared CI cores)
     from helpers.tiny_model import make_model, make_tokenizer
-    import training.cache as cache
-    from training.cache import CacheConfig, build_cache
+    from training.cache import build_cache
+    from training.cache_config import CacheConfig
+    from training.runner import ActivationRunner
     from training.text import TextConfig
 
-    real_run = cache.ActivationRunner.run
+    real_run = ActivationRunner.run
     def slow_run(self, tokens):
         time.sleep(0.03)
         return real_run(self, tokens)
-    cache.ActivationRunner.run = slow_run
+    ActivationRunner.run = slow_run
 
     corpus, out = sys.argv[1], sys.argv[2]
     model = make_model(make_tokenizer(), d_model=64, n_layers=2, n_ctx=64, seed=0)
@@ -56,7 +57,7 @@ def tree(d: Path) -> dict[str, bytes]:
 
 
 def run_config(corpus, out):
-    from training.cache import CacheConfig
+    from training.cache_config import CacheConfig
     from training.text import TextConfig
 
     return (TextConfig(dataset=str(corpus), context_length=16),

@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers.tiny_model import BOS, EOS, make_documents, make_tokenizer, write_corpus
-from training.text import ContextPacker, DocumentSource, TextConfig, make_tokenize, open_packer, special_tokens
+from training.packing import ContextPacker, make_tokenize, open_packer, special_tokens
+from training.text import DocumentSource, TextConfig
 
 TOK = make_tokenizer()
 BOS_ID, EOS_ID = TOK.convert_tokens_to_ids([BOS, EOS])

@@ -20,7 +20,10 @@ import pytest
 
 from helpers.threads import torch_threads
 from helpers.tiny_model import make_model, make_tokenizer, write_corpus
-from training.cache import CacheConfig, CacheDiskFullError, CacheWriteError, build_cache, verify_cache
+from training.cache import build_cache
+from training.cache_config import CacheConfig
+from training.shardset import verify_cache
+from training.writer import CacheDiskFullError, CacheWriteError
 from training.manifest import read_manifest
 from training.text import TextConfig
 
@@ -90,31 +93,33 @@ def test_write_failure_stops_cleanly_and_the_rerun_is_byte_identical(model, corp
         real = shards._write_all
 
         def failing(f, data):
-            if Path(f.name).name.startswith("shard_000002"):
+            if Path(f.name).name.lstrip(".").startswith("shard_000002"):
                 raise _oserror(code)
             return real(f, data)
 
         monkeypatch.setattr(shards, "_write_all", failing)
         finished = 2
     elif where == "log":
-        real_append = cache.append_progress
+        import training.writer as writer
+
+        real_append = writer.append_progress
 
         def failing_append(cache_dir, shard):
             if shard.index == 2:
                 raise _oserror(code)
             return real_append(cache_dir, shard)
 
-        monkeypatch.setattr(cache, "append_progress", failing_append)
+        monkeypatch.setattr(writer, "append_progress", failing_append)
         finished = 2  # shard 2 reached its final name, but the log never vouched for it: not kept
     else:
-        real_json = cache.write_json_atomic
+        real_write = cache.write_manifest
 
-        def failing_json(path, obj):
-            if obj.get("complete"):
+        def failing_write(cache_dir, manifest):
+            if manifest.complete:
                 raise _oserror(code)
-            return real_json(path, obj)
+            return real_write(cache_dir, manifest)
 
-        monkeypatch.setattr(cache, "write_json_atomic", failing_json)
+        monkeypatch.setattr(cache, "write_manifest", failing_write)
         finished = 4
     out = tmp_path / "cache"
     with pytest.raises(CacheWriteError) as e:
@@ -161,7 +166,7 @@ signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # EFBIG instead of being killed
 resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), resource.RLIM_INFINITY))
 from test_cache_write_failures import build, make_model, make_tokenizer
 from pathlib import Path
-from training.cache import CacheDiskFullError
+from training.writer import CacheDiskFullError
 model = make_model(make_tokenizer(), d_model=64, n_layers=2, n_ctx=64, seed=0)
 try:
     build(model, Path(sys.argv[4]), Path(sys.argv[1]))

@@ -1,4 +1,4 @@
-"""The toy-world demo end to end on a small budget (saesteer.pipeline / `saesteer demo`).
+"""The toy-world demo end to end on a small budget (saesteer.demo / `saesteer demo`).
 
 Budget (helpers.demo_small.SMALL): 16k cached tokens, a 256-latent Matryoshka SAE with k=8 trained
 on 48k tokens, offline labels, a one-strength steering sweep of one candidate latent with 2 dev
@@ -33,7 +33,7 @@ from helpers.demo_small import SMALL, small_config, small_flags
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    from saesteer.pipeline import run_demo
+    from saesteer.demo import run_demo
 
     # shared with tests/test_notebooks.py (steering recipes), which reuses it when this ran first
     out = tmp_path_factory.getbasetemp() / "small-demo"
@@ -160,7 +160,7 @@ def test_steering_candidates_are_sparse_topic_latents_best_f1_first() -> None:
     from types import SimpleNamespace as NS
 
     from features.records import ConceptMatch
-    from saesteer.pipeline import _steering_candidates
+    from saesteer.demo.steer import steering_candidates
 
     freq = {1: 0.21, 2: 0.01, 3: 0.02, 4: 0.03, 5: 0.004}
     flags = {1: ("dense",), 5: ("bos_only",)}
@@ -174,20 +174,20 @@ def test_steering_candidates_are_sparse_topic_latents_best_f1_first() -> None:
         def feature(self, i):
             return NS(stats=NS(freq=freq[i], flags=flags.get(i, ())))
 
-    got, sparse = _steering_candidates(Store(), "auto", 3)
+    got, sparse = steering_candidates(Store(), "auto", 3)
     assert sparse and [c["feature"] for c in got] == [3, 2]  # dense #1, BOS-only #5 and non-topic #4 are out
     assert got[0] == {"feature": 3, "topic": "space", "f1": 0.36, "freq": 0.02, "flags": []}
-    got, _ = _steering_candidates(Store(), "ocean", 3)
+    got, _ = steering_candidates(Store(), "ocean", 3)
     assert [c["feature"] for c in got] == [2]
     freq[2] = 0.3  # no sparse latent matches ocean: the best match is shown, and said to be dense
-    got, sparse = _steering_candidates(Store(), "ocean", 3)
+    got, sparse = steering_candidates(Store(), "ocean", 3)
     assert not sparse and [c["feature"] for c in got] == [1, 2]
 
 
 def test_demo_summary_prints(demo, capsys) -> None:
     from rich.console import Console
 
-    from saesteer.pipeline import print_summary
+    from saesteer.demo import print_summary
 
     print_summary(demo, Console(width=400, highlight=False))  # wide: no phrase is wrapped
     out = capsys.readouterr().out
@@ -228,13 +228,14 @@ def test_demo_refuses_a_foreign_folder_and_bad_settings(tmp_path: Path, capsys) 
 
 
 def test_demo_fresh_starts_over(demo, tmp_path: Path) -> None:
-    from saesteer.pipeline import DemoConfig, _prepare_out, DemoPaths
+    from saesteer.demo import DemoConfig, DemoPaths
+    from saesteer.demo.workdir import prepare_out
 
     out = tmp_path / "w"
     out.mkdir()
     (out / "demo.json").write_text("{}")
     (out / "stale.txt").write_text("x")
-    _prepare_out(DemoConfig(out=str(out)), DemoPaths(out), True, lambda s: None)
+    prepare_out(DemoConfig(out=str(out)), DemoPaths(out), True, lambda s: None)
     assert not (out / "stale.txt").exists() and (out / "demo.json").is_file()
 
 
@@ -325,7 +326,7 @@ def test_sync_labelling_works_inside_a_running_event_loop(demo) -> None:
 
 
 def test_demo_config_refuses_bad_steering_positions(tmp_path) -> None:
-    from saesteer.pipeline import DemoConfig
+    from saesteer.demo import DemoConfig
     from steering import SteeringError
 
     with pytest.raises(SteeringError, match="token indices like"):

@@ -223,10 +223,10 @@ def test_matryoshka_parent_links_from_co_firing_and_decoder(tmp_path):
 
 
 def test_a_second_concurrent_build_is_refused(tmp_path):
-    from features.build import BuildLock
+    from features.build import build_lock
 
     path = tmp_path / "busy.db"
-    with BuildLock(path):
+    with build_lock(path):
         with pytest.raises(StoreError, match="another process is building"):
             build_feature_store(path, make_sae(), random_source(), small_config(), progress=False)
     build_feature_store(path, make_sae(), random_source(), small_config(), progress=False)
@@ -323,3 +323,25 @@ def test_label_and_score_orders_follow_new_writes_from_this_and_other_connection
             assert [s.id for s in st.list_features(sort="score:detection", limit=2)] == [9, 5]
             assert st.count_features({"label_contains": "kelp"}) == 0
             assert [s.id for s in st.list_features(filter={"score_method": "detection", "min_score": 0.5})] == [9]
+
+
+def test_build_rows_are_the_tables_columns_in_order(built):
+    """The build's typed rows (features.store.rows) name their table's columns in the table's order:
+    the store's INSERTs are made from the fields, and a row read back by those columns is the row."""
+    from features.store.rows import ExampleRow, FeatureRow, HistogramRow, LogitRow, NeighbourRow
+
+    path, *_ = built
+    with FeatureStore.open(path) as st:
+        def columns(table):
+            return tuple(r[1] for r in st._conn.execute(f"PRAGMA table_info({table})"))
+
+        assert FeatureRow._fields == columns("features")[:len(FeatureRow._fields)]
+        assert columns("features")[len(FeatureRow._fields):] == (  # written by steering, not by the build
+            "recommended_strength", "strength_source", "strength_details", "strength_updated_at")
+        assert ExampleRow._fields == columns("examples")[1:]  # after the id SQLite assigns
+        for row_type, table in ((HistogramRow, "histograms"), (LogitRow, "logit_effects"), (NeighbourRow, "neighbours")):
+            assert row_type._fields == columns(table), table
+        row = FeatureRow(*st._conn.execute(f"SELECT {', '.join(FeatureRow._fields)} FROM features WHERE id = 20").fetchone())
+        rec = st.feature(20)
+        assert (row.id, row.n_fires, row.max_act, row.level) == (20, rec.stats.n_fires, rec.stats.max_act, rec.level)
+        assert row.flags.split() == list(rec.stats.flags) and row.parent_id == (rec.parent.parent_id if rec.parent else None)

@@ -46,7 +46,7 @@ def test_features_on_text_match_a_manual_run_and_leave_no_hooks(model, sae):
         assert [l.act for l in t.latents] == pytest.approx([float(x) for x in v if x > 0])
     assert res.latents and res.latents[0].max_act == pytest.approx(float(want_SF.max()))
     assert all(not hp.fwd_hooks for hp in model.hook_dict.values())  # the scoped hook is gone
-    with pytest.raises(ValueError, match="no hook point 'blocks.0.hook_resid_pots'; did you mean blocks.0.hook_resid_post"):
+    with pytest.raises(ValueError, match=r"unknown hook point 'blocks.0.hook_resid_pots'\. Did you mean blocks.0.hook_resid_post"):
         hook_activations(model, "blocks.0.hook_resid_pots", toks)
     assert all(not hp.fwd_hooks for hp in model.hook_dict.values())
 

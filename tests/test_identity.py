@@ -17,6 +17,7 @@ from saes.identity import (
     attach_identity,
     check_same_model,
     identity_of_sae,
+    recorded_model_of,
     same_model,
 )
 
@@ -92,6 +93,28 @@ def test_sae_identity_from_provenance_new_and_old():
     assert identity_of_sae(old) == ModelIdentity("hub", "gpt2", revision="607a30d")
     assert identity_of_sae(types.SimpleNamespace(provenance={})) is None
     assert identity_of_sae(types.SimpleNamespace()) is None  # e.g. an SAE SAELens made
+    assert identity_of_sae({"model_identity": local().to_json()}) == local()  # the provenance dict itself
+
+
+def test_loaders_return_provenance_beside_the_sae_never_on_it(tmp_path):
+    """The identity check reads the provenance that comes back beside the SAE (`LoadedSAE`); the
+    SAE module itself carries none."""
+    import torch
+
+    import saes
+    from saes.formats import resolve_sae
+
+    sae = saes.create_sae("topk", 8, 16, k=2, generator=torch.Generator().manual_seed(0),
+                          metadata={"hook_name": "blocks.0.hook_resid_post"})
+    saes.save_sae(sae, tmp_path / "s", provenance={"model_identity": local().to_json()})
+    loaded = resolve_sae(tmp_path / "s")
+    assert identity_of_sae(loaded) == local()
+    for bare in (loaded.sae, saes.load_sae(tmp_path / "s")):
+        assert not hasattr(bare, "provenance")
+        with pytest.raises(TypeError, match="pass the LoadedSAE"):  # never a silent "no record"
+            identity_of_sae(bare)
+        assert recorded_model_of(bare) is None  # Python APIs that take a bare SAE: nothing to check
+    assert saes.read_provenance(tmp_path / "s") == {"model_identity": local().to_json()}
 
 
 # ------------------------------------------------------------------------------------ resolving
@@ -148,9 +171,11 @@ def test_steering_and_features_refuse_an_sae_of_another_model():
     from steering import SweepConfig, compare, contrast_features, steer, sweep
     from steering.evaluate import SampleScores
 
+    from saes.formats import LoadedSAE
+
     model = tiny_model()
-    sae = random_sae(model, "topk")
-    sae.provenance = {"model_identity": ModelIdentity("object", "model-a", weights_sha256=H_A).to_json()}
+    record = {"model_identity": ModelIdentity("object", "model-a", weights_sha256=H_A).to_json()}
+    sae = LoadedSAE(random_sae(model, "topk"), record, "test", "test")  # the SAE beside its provenance
     b = ModelIdentity("object", "model-b", weights_sha256=H_B)
     runs = {
         "steer": lambda allow: steer(model, sae, ["3:add=2"], allow_model_mismatch=allow).__enter__(),
@@ -187,8 +212,9 @@ def test_build_feature_store_refuses_an_sae_of_another_cache_model():
 
     from features.build import check_models
 
-    sae = random_sae(tiny_model(), "topk")
-    sae.provenance = {"model_identity": local().to_json()}
+    from saes.formats import LoadedSAE
+
+    sae = LoadedSAE(random_sae(tiny_model(), "topk"), {"model_identity": local().to_json()}, "test", "test")
     source = types.SimpleNamespace(path="caches/b", recorded_model=lambda: local(path="/m/b", digest=H_B, name="b"))
     with pytest.raises(ModelMismatchError, match=r"activation cache caches/b was made with model local:b.*SAE's model"):
         check_models(sae, source)

@@ -172,6 +172,9 @@ def test_a_wrong_model_is_refused_everywhere(chain, capsys, tmp_path, monkeypatc
     _refused(capsys, chain)
     assert main(["serve", "--store", str(chain.store), "--model", b]) == 2
     _refused(capsys, chain)
+    assert main(["eval", "--sae", str(chain.sae), "--model", b, "--dataset", str(chain.eval_text),
+                 "--out", str(tmp_path / "eval"), "--quiet"]) == 2
+    _refused(capsys, chain)
     assert not (tmp_path / "x.db").exists() and not (tmp_path / "run" / "saes").exists()
 
 
@@ -363,8 +366,7 @@ def test_python_api_refuses_a_store_of_another_model(chain):
     from saes.identity import ModelMismatchError
     from saesteer.models import load_model
 
-    sae = resolve_sae(chain.sae).sae
-    sae.provenance = {}  # no record of its own
+    sae = resolve_sae(chain.sae).sae  # the bare SAE: its record stays in the LoadedSAE
     model_b = load_model(str(chain.b), device="cpu")
     with FeatureStore.open(chain.store, readonly=True) as store:
         with pytest.raises(ModelMismatchError, match="allow_model_mismatch=True"):
@@ -383,3 +385,68 @@ def test_eval_with_cache_reads_the_dataset_given(chain, tmp_path):
     assert data["dataset"] == str(other) and data["overlap"][0]["checked"]
     assert main(["eval", "--sae", str(chain.sae), "--cache", str(chain.cache), *EVAL, "--out", str(tmp_path / "b")]) == 0
     assert json.loads((tmp_path / "b" / "eval.json").read_text())["data"]["dataset"] == str(chain.eval_text)
+
+
+# ------------------------------------------------------------------------- SAEs of other libraries
+def _foreign(kind: str, root: Path, lm_name: str | None = None) -> tuple[str, list[str]]:
+    """(--sae spec, extra flags) of a random SAE in another library's files that reads HOOK of the
+    tiny models (d_model 32); dictionary_learning and sparsify record `lm_name` as their model."""
+    from helpers import foreign_saes as fs
+
+    d, f = 32, 64
+    if kind == "openai":  # records neither model nor hook
+        return str(fs.write_openai(root / "oa" / "1.pt", fs.random_openai(d, f))), ["--hook", HOOK]
+    if kind == "gemma_scope":
+        return str(fs.write_gemma_scope(root / "gs" / "params.npz", fs.random_gemma_scope(d, f))), ["--hook", HOOK]
+    if kind == "dictionary_learning":
+        state = fs.random_dictionary_learning("AutoEncoderTopK", d, f, k=4)
+        folder = fs.write_dictionary_learning(root / "dl", "AutoEncoderTopK", state, k=4)
+        cfg = json.loads((folder / "config.json").read_text())
+        cfg["trainer"]["lm_name"] = lm_name
+        (folder / "config.json").write_text(json.dumps(cfg))
+        return str(folder), []
+    state, cfg = fs.random_sparsify(d, f, k=4)
+    return str(fs.write_sparsify(root / "sp" / "layers.1", state, cfg, run_config={"model": lm_name})), []
+
+
+@pytest.mark.parametrize("kind", ["openai", "gemma_scope"])
+def test_a_foreign_sae_takes_the_given_model_and_later_commands_check_it(chain, kind, tmp_path, capsys):
+    """A format that records no model: --model A at `features build` is recorded as A's identity
+    (the store's model_identity), so `steer --model B` with that store is refused naming both."""
+    spec, hook = _foreign(kind, tmp_path)
+    store = tmp_path / "f.db"
+    assert main(["features", "build", "--sae", spec, *hook, "--cache", str(chain.cache), "--model", str(chain.a),
+                 "--out", str(store), "--no-progress"]) == 0
+    assert json.loads(sqlite3.connect(store).execute("SELECT value FROM meta WHERE key = 'model_identity'")
+                      .fetchone()[0])["id"] == chain.id_of(chain.a)
+    capsys.readouterr()
+    assert main(["steer", "--sae", spec, *hook, "--store", str(store), "-f", "3:add=4", "-p", "the crabs",
+                 "--max-new-tokens", "2", "--json", "--model", str(chain.b)]) == 2
+    err = _refused(capsys, chain)
+    assert str(store) in err
+
+
+@pytest.mark.parametrize("kind", ["dictionary_learning", "sparsify"])
+def test_a_foreign_sae_recording_its_model_is_checked_like_ours(chain, kind, tmp_path, capsys, loads):
+    """dictionary_learning's lm_name and sparsify's run `model` become the SAE's model identity:
+    another model or another model's cache is refused naming both; the recorded directory loads."""
+    spec, _ = _foreign(kind, tmp_path / "b", lm_name=str(chain.b.resolve()))
+    steer = ["steer", "--sae", spec, "-f", "3:add=4", "-p", "the crabs", "--max-new-tokens", "2", "--json"]
+    assert main([*steer, "--model", str(chain.a)]) == 2
+    err = capsys.readouterr().err
+    assert f"local:model-b at {chain.b.resolve()}" in err and chain.id_of(chain.a) in err and OVERRIDE in err, err
+    assert main(["features", "build", "--sae", spec, "--cache", str(chain.cache), "--out", str(tmp_path / "x.db"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "local:model-b" in err and chain.id_of(chain.a) in err and str(chain.cache) in err and OVERRIDE in err, err
+    assert not (tmp_path / "x.db").exists()
+    assert main([*steer, "--model", str(chain.a), OVERRIDE]) == 0
+    # an HF hub name is a hub identity: a local model is another model
+    spec, _ = _foreign(kind, tmp_path / "hub", lm_name="EleutherAI/pythia-70m")
+    assert main(["steer", "--sae", spec, "-f", "3:add=4", "-p", "x", "--json", "--model", str(chain.a)]) == 2
+    assert "hub:EleutherAI/pythia-70m" in capsys.readouterr().err
+    # the recorded directory is the model steer runs without --model
+    spec, _ = _foreign(kind, tmp_path / "a", lm_name=str(chain.a.resolve()))
+    loads.clear()
+    assert main(["steer", "--sae", spec, "-f", "3:add=4", "-p", "the crabs", "--max-new-tokens", "2", "--json"]) == 0
+    assert loads == [str(chain.a.resolve())]

@@ -130,7 +130,7 @@ def test_gpu_notebook_lists_every_api_it_uses_and_each_is_tested() -> None:
     listed = {api for apis, _ in rows for api in apis}
     missing = _used_apis(nb) - listed
     assert not missing, f"add these to the notebook's API table (with their tests): {sorted(missing)}"
-    pipeline = (ROOT / "saesteer" / "pipeline.py").read_text()
+    pipeline = "\n".join(p.read_text() for p in sorted((ROOT / "saesteer" / "demo").glob("*.py")))
     for apis, tests in rows:
         assert tests, f"no test named for {apis}"
         texts = {t: (ROOT / t).read_text() for t in tests}  # a missing file fails here

@@ -113,16 +113,16 @@ def chain(tmp_path_factory, real_models, real_corpus, judge) -> Chain:
              "--out", c.cache, "--no-progress").ok()
 
     # resid SAE, with the model for CE loss recovered; record the contexts the evaluation runs on
-    import training.trainer as trainer_mod
+    import training.evaluate as evaluate_mod
 
-    real_model_eval = trainer_mod.ModelEval
+    real_model_eval = evaluate_mod.ModelEval
 
     def spy(model_, hook, tokens, *a, **kw):
         c.eval_tokens = [list(map(int, row)) for row in torch.as_tensor(tokens).tolist()]
         return real_model_eval(model_, hook, tokens, *a, **kw)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(trainer_mod, "ModelEval", spy)
+        mp.setattr(evaluate_mod, "ModelEval", spy)
         c.train = saesteer("train", "--cache", c.cache, "--hook", HOOK, "--model", model, "--out", c.run,
                            "--architecture", "batchtopk", "--d-sae", D_SAE, "--k", 8, "--total-tokens", 3 * CACHE_TOKENS,
                            "--batch-size", 512, "--holdout-tokens", 1024,

@@ -41,8 +41,8 @@ def test_saved_folder_records_the_weights_checksum_and_loads_verified(saved):
     assert record["files"] == file_checksums({WEIGHTS_FILENAME: blob})
     with warnings.catch_warnings():
         warnings.simplefilter("error", SaesteerWarning)  # verified: no note
-        back = saes.load_sae(saved)
-    assert back.provenance == {"hook_name": "blocks.0.hook_resid_post"}  # checksums are not provenance
+        saes.load_sae(saved)
+    assert saes.read_provenance(saved) == {"hook_name": "blocks.0.hook_resid_post"}  # checksums are not provenance
 
 
 def test_every_flipped_bit_in_the_weights_is_refused_naming_the_file(saved):
@@ -142,7 +142,7 @@ def test_nan_weights_are_refused_on_load_even_with_a_matching_checksum(saved):
 def test_resaving_in_place_rewrites_the_checksum(saved):
     saes.save_sae(make_sae(k=3, seed=2), saved)  # no provenance given: the old one is kept
     back = saes.load_sae(saved)
-    assert back.cfg.k == 3 and back.provenance == {"hook_name": "blocks.0.hook_resid_post"}
+    assert back.cfg.k == 3 and saes.read_provenance(saved) == {"hook_name": "blocks.0.hook_resid_post"}
 
 
 _KILLED_SAVE = """

@@ -128,7 +128,7 @@ def test_frequency_matched_thresholds_reproduce_training_firing_rates():
     for _ in range(1500):
         x = torch.randn(256, 16)
         pre = sae.pre_activations(x)
-        sae.update_threshold_(pre, sae.training_select(pre), lr=0.05)
+        sae.update_inference_form_(pre, sae.training_select(pre), lr=0.05)
     x = torch.randn(20000, 16)
     pre = sae.pre_activations(x)
     train_rate = torch.bincount(batch_topk_select(pre[:16384], 4).indices_N, minlength=64) / 16384
@@ -143,9 +143,9 @@ def test_matryoshka_prefixes_match_masked_dense_reconstructions():
     sae = make("matryoshka_batchtopk", k=6)
     x = torch.randn(40, 16)
     acts = sae.training_select(sae.pre_activations(x))
-    recons = sae.prefix_reconstructions(acts)
+    recons = sae.level_reconstructions(acts)
     dense = acts.to_dense()
-    for width, recon in zip(sae.widths, recons):
+    for width, recon in zip(sae.levels, recons):
         ref = dense[:, :width] @ sae.W_dec[:width] + sae.b_dec
         torch.testing.assert_close(recon, ref, rtol=1e-5, atol=1e-5)
     assert sae.level_of(torch.tensor([0, 7, 8, 23, 24, 63])).tolist() == [0, 0, 1, 1, 2, 2]

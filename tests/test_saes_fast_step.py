@@ -17,7 +17,7 @@ import torch
 
 import saes
 from saes import native
-from saes.fast_step import StepWorkspace, bf16_matmul_is_fast, fast_grads, workspace_for
+from saes.fast_step import StepWorkspace, bf16_matmul_is_fast, fast_grads
 from saes.losses import auxk_loss, matryoshka_level_losses, mse_loss
 from saes.sparse import SparseActs
 from saes.step import STEP_METHODS, compute_grads
@@ -205,8 +205,8 @@ def forced_selection_grads(sae, x, acts):
     pre = sae.pre_activations(x)
     rows = acts.row_ids()
     forced = acts._replace(values_N=pre[rows, acts.indices_N].relu())
-    if isinstance(sae, saes.MatryoshkaSAE):
-        loss = matryoshka_level_losses(sae.prefix_reconstructions(forced), x).sum()
+    if sae.levels is not None:
+        loss = matryoshka_level_losses(sae.level_reconstructions(forced), x).sum()
     else:
         loss = mse_loss(sae.decode(forced), x)
     loss.backward()
@@ -250,24 +250,31 @@ def test_fast_bf16_auxk_term_is_close(arch, method):
 # -------------------------------------------------------------------- workspace buffers
 def test_workspace_reuses_the_pre_activation_buffer_and_adapts_to_new_shapes():
     sae = make("topk", 16, 64, 4)
-    a = fast_grads(sae, torch.randn(32, 16)).pre_BF
-    b = fast_grads(sae, torch.randn(32, 16)).pre_BF
-    assert a.data_ptr() == b.data_ptr()
-    c = fast_grads(sae, torch.randn(7, 16)).pre_BF
-    assert c.shape == (7, 64)
     own = StepWorkspace()
-    d = fast_grads(sae, torch.randn(32, 16), workspace=own).pre_BF
-    assert d.data_ptr() != a.data_ptr()
-    assert workspace_for(sae).nbytes() > 0
+    a = fast_grads(sae, torch.randn(32, 16), workspace=own).pre_BF
+    b = fast_grads(sae, torch.randn(32, 16), workspace=own).pre_BF
+    assert a.data_ptr() == b.data_ptr()
+    c = fast_grads(sae, torch.randn(7, 16), workspace=own).pre_BF
+    assert c.shape == (7, 64)
+    other = fast_grads(sae, torch.randn(32, 16), workspace=StepWorkspace()).pre_BF
+    assert other.data_ptr() != a.data_ptr()
+    assert own.nbytes() > 0
 
 
-def test_copies_of_an_sae_do_not_share_or_carry_its_workspace():
-    sae = make("batchtopk", 16, 64, 4)
-    fast_grads(sae, torch.randn(32, 16))
-    clone = copy.deepcopy(sae)
-    assert workspace_for(clone).nbytes() == 0
-    assert workspace_for(clone) is not workspace_for(sae)
-    assert set(sae.state_dict()) == set(clone.state_dict()) == {"W_enc", "b_enc", "W_dec", "b_dec", "threshold"}
+@pytest.mark.parametrize("method", ["autograd", "fast"])
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka_batchtopk"])
+def test_a_training_step_leaves_no_state_on_the_sae(arch, method):
+    """Buffers belong to the caller's workspace and the data-parallel group is an argument: the
+    SAE module carries neither, so copies and saved state hold the weights and nothing else."""
+    from saes.topk_select import BatchGroup
+
+    sae = make(arch, 16, 64, 4)
+    before = set(vars(sae))
+    compute_grads(sae, torch.randn(32, 16), method=method, workspace=StepWorkspace(), group=BatchGroup())
+    compute_grads(sae, torch.randn(32, 16), method=method)
+    assert set(vars(sae)) == before
+    expected = {"W_enc", "b_enc", "W_dec", "b_dec"} | ({"threshold"} if arch != "topk" else set())
+    assert set(copy.deepcopy(sae).state_dict()) == expected
 
 
 # ------------------------------------------------------------------------ selections
@@ -338,8 +345,8 @@ def test_threshold_update_from_bf16_pre_activations_keeps_fp32_counts():
     pre[:1001, 0] = 0.0  # latent 0 fires on 999 rows above threshold
     acts = SparseActs.from_dense(torch.zeros(2000, 16).index_fill_(1, torch.tensor([0]), 2.0))  # selected 2000x
     ref = copy.deepcopy(sae)
-    sae.update_threshold_(pre.bfloat16(), acts, lr=0.1)
-    ref.update_threshold_(pre, acts, lr=0.1)
+    sae.update_inference_form_(pre.bfloat16(), acts, lr=0.1)
+    ref.update_inference_form_(pre, acts, lr=0.1)
     assert sae.threshold.dtype == torch.float32
     torch.testing.assert_close(sae.threshold, ref.threshold, rtol=0, atol=0)
 
@@ -459,8 +466,8 @@ def test_native_step_counts_rows_above_thresholds_for_the_threshold_update(arch)
     res = fast_grads(sae, x, kernels="native")
     assert torch.equal(res.above_threshold_F, (res.pre_BF > sae.threshold).sum(0))
     recounted = copy.deepcopy(sae)
-    sae.update_threshold_(res.pre_BF, res.acts, 0.1, above_threshold_F=res.above_threshold_F)
-    recounted.update_threshold_(res.pre_BF, res.acts, 0.1)
+    sae.update_inference_form_(res.pre_BF, res.acts, lr=0.1, above_threshold_F=res.above_threshold_F)
+    recounted.update_inference_form_(res.pre_BF, res.acts, lr=0.1)
     assert torch.equal(sae.threshold, recounted.threshold)
 
 

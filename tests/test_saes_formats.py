@@ -47,7 +47,7 @@ def test_sparsify_folder_encodes_and_decodes_as_sparsify(tmp_path: Path) -> None
     assert md["hook_name"] == "blocks.2.hook_resid_post" and md["model_name"] == "EleutherAI/pythia-70m"
     src = loaded.provenance["source"]
     assert src["hookpoint"] == "layers.2" and set(src["files"]) == {"cfg.json", "sae.safetensors"}
-    assert loaded.sae.provenance is loaded.provenance
+    assert not hasattr(loaded.sae, "provenance")  # beside the SAE, never on it
 
 
 def test_sparsify_library_writes_what_we_load_and_reads_what_we_write(tmp_path: Path) -> None:
@@ -129,7 +129,7 @@ def test_dictionary_learning_files_encode_and_decode_as_the_library(tmp_path: Pa
     assert loaded.sae.cfg.metadata["hook_name"] == "blocks.1.hook_resid_post"
     assert loaded.sae.cfg.metadata["model_name"] == "org/model"
     if dict_class == "MatryoshkaBatchTopKSAE":
-        assert loaded.sae.widths == [16, 64]
+        assert loaded.sae.levels == [16, 64]
     if dict_class == "AutoEncoder":  # the library's loader moves decoder norms into the encoder; so do we
         assert loaded.provenance["source"]["decoder_norm_folded"] is True
         torch.testing.assert_close(loaded.sae.W_dec.norm(dim=1), torch.ones(F))
@@ -384,6 +384,68 @@ def test_registry_repo_form_and_unsupported_architectures(tmp_path: Path, hub_ca
         resolve_sae("sae_lens:someone/gated/g")
 
 
+# --------------------------------------------------------------------- OpenAI sparse_autoencoder
+@pytest.mark.parametrize("activation", ["ReLU", None])
+def test_openai_autoencoder_encodes_and_decodes_as_its_source(tmp_path: Path, activation) -> None:
+    """Files as openai/sparse_autoencoder writes them (fs.OPENAI_SOURCE; the package is not on PyPI:
+    the PyPI `sparse_autoencoder` is another project), checked against its encode/decode."""
+    tensors = fs.random_openai(D, F)
+    path = fs.write_openai(tmp_path / "mlp_post_act" / "autoencoders" / "1.pt", tensors, activation=activation)
+    assert detect_format(path) == "openai"
+    bare = resolve_sae(path)
+    assert "hook_name" not in bare.sae.cfg.metadata  # the file records neither model nor hook
+    loaded = resolve_sae(path, hook="blocks.1.mlp.hook_post", model="gpt2")
+    assert loaded.format == "openai" and loaded.sae.architecture == "standard" and loaded.spec == str(path.resolve())
+    assert loaded.sae.cfg.apply_b_dec_to_input
+    assert_same(loaded, *fs.openai_reference(tensors, X))
+    assert loaded.sae.cfg.metadata == {"hook_name": "blocks.1.mlp.hook_post", "model_name": "gpt2"}
+    assert loaded.provenance["given"] == {"model": "gpt2", "hook_name": "blocks.1.mlp.hook_post"}
+    assert set(loaded.provenance["source"]["files"]) == {"1.pt"}
+
+
+def test_openai_what_cannot_be_represented_is_refused(tmp_path: Path) -> None:
+    tensors = fs.random_openai(D, F)
+    # TopK files run on layer-normed inputs in Autoencoder.from_state_dict: no counterpart here
+    fs.write_openai(tmp_path / "topk.pt", tensors, activation="TopK", k=8)
+    with pytest.raises(SAEFormatError, match=r"TopK\(k=8\) Autoencoder.*layer-normed inputs.*refused"):
+        resolve_sae(tmp_path / "topk.pt")
+    fs.write_openai(tmp_path / "identity.pt", tensors, activation="Identity")
+    with pytest.raises(SAEFormatError, match="activation 'Identity' is not supported"):
+        resolve_sae(tmp_path / "identity.pt")
+    tied = {k: v for k, v in tensors.items() if k != "decoder.weight"}
+    tied["decoder.linear.weight"] = tensors["encoder.weight"]  # TiedTranspose's state dict
+    fs.write_openai(tmp_path / "tied.pt", tied)
+    with pytest.raises(SAEFormatError, match="tied decoder"):
+        resolve_sae(tmp_path / "tied.pt")
+
+
+def test_openai_bad_files_are_clear_and_nothing_runs(tmp_path: Path) -> None:
+    tensors = fs.random_openai(D, F)
+    fs.write_openai(tmp_path / "missing.pt", {k: v for k, v in tensors.items() if k != "decoder.weight"})
+    with pytest.raises(SAEFormatError, match="needs tensors .*missing decoder.weight"):
+        resolve_sae(tmp_path / "missing.pt")
+    fs.write_openai(tmp_path / "shape.pt", {**tensors, "decoder.weight": tensors["decoder.weight"][:, :8]})
+    with pytest.raises(SAEFormatError, match=r"decoder.weight has shape \(16, 8\) .*needs \(16, 64\)"):
+        resolve_sae(tmp_path / "shape.pt")
+    fs.write_openai(tmp_path / "extra.pt", {**tensors, "W_skip": torch.zeros(D, D)})
+    with pytest.raises(SAEFormatError, match="unexpected tensors W_skip"):
+        resolve_sae(tmp_path / "extra.pt")
+    marker = tmp_path / "ran.txt"
+    torch.save({**tensors, "activation": "ReLU", "payload": _Planted(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(SAEFormatError, match="refused without running"):
+        resolve_sae(tmp_path / "evil.pt")
+    (tmp_path / "evil.pth").write_bytes(pickle.dumps(_Planted(marker)))
+    with pytest.raises(SAEFormatError, match="refused without running"):
+        resolve_sae(tmp_path / "evil.pth")
+    assert not marker.exists()
+    torch.save({**tensors, "activation": "ReLU", "step": 3}, tmp_path / "step.pt")
+    with pytest.raises(SAEFormatError, match="entries step are not tensors"):
+        resolve_sae(tmp_path / "step.pt")
+    torch.save([tensors["pre_bias"]], tmp_path / "list.pt")
+    with pytest.raises(SAEFormatError, match="holds a list, not a state dict"):
+        resolve_sae(tmp_path / "list.pt")
+
+
 # ------------------------------------------------------------------------------------ dispatch
 def test_detection_and_refusals(tmp_path: Path) -> None:
     import saes
@@ -394,12 +456,12 @@ def test_detection_and_refusals(tmp_path: Path) -> None:
     assert loaded.format == "sae_lens" and loaded.provenance["model"] == "toy:x"  # saesteer.json kept as it is
     with pytest.raises(SAEFormatError, match="trained on blocks.0.hook_resid_post, not blocks.1"):
         resolve_sae(tmp_path / "ours", hook="blocks.1.hook_resid_post")
-    torch.save({"a": torch.zeros(1)}, tmp_path / "model.pt")
-    with pytest.raises(SAEFormatError, match="never loaded"):
+    torch.save({"a": torch.zeros(1)}, tmp_path / "model.pt")  # a .pt goes to the OpenAI reader, which refuses it
+    with pytest.raises(SAEFormatError, match="not an OpenAI sparse_autoencoder state dict .*it has a\\b"):
         resolve_sae(tmp_path / "model.pt")
     (tmp_path / "only_pickles").mkdir()
     torch.save({"a": torch.zeros(1)}, tmp_path / "only_pickles" / "sae.ckpt")
-    with pytest.raises(SAEFormatError, match="sae.ckpt"):
+    with pytest.raises(SAEFormatError, match="sae.ckpt: pass the file itself"):
         resolve_sae(tmp_path / "only_pickles")
     with pytest.raises(FileNotFoundError, match="SAE not found"):
         resolve_sae(tmp_path / "nowhere")

@@ -115,7 +115,7 @@ def test_sae_lens_batchtopk_inference_and_training_folders_load_into_ours(tmp_pa
     sae = saes.load_sae(tmp_path / "inference")
     assert type(sae) is ours_cls and sae.cfg.k == 6
     if matryoshka:
-        assert sae.widths == [16, 48, F]
+        assert sae.levels == [16, 48, F]
     check_same(reference, sae)
     # the training-form folder (global topk_threshold, decoder-norm rescaling) gives the same SAE
     sl.save_model(tmp_path / "training")

@@ -21,7 +21,7 @@ def _one_thread():
 def test_compare_methods_on_the_toy_world():
     """The toy world end to end: default concept sets and cue from the toy grammar, offline scores."""
     from helpers.steering_fixtures import random_sae
-    from saesteer.commands._steering import toy_scorer
+    from saesteer.toyscore import toy_scorer
     from saesteer.commands.steer_eval import toy_concept
     from saesteer.models import load_model
     from steering import GenerationConfig

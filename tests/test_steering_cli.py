@@ -192,7 +192,7 @@ def test_sweep_needs_one_scorer(model, sae_dir, capsys):
 
 def test_toy_scorer_judges_sentences_in_the_prompt_context():
     pytest.importorskip("toyworld.validate")
-    from saesteer.commands._steering import CLIError, toy_scorer
+    from saesteer.toyscore import ToyScorerError, toy_scorer
 
     scorer = toy_scorer("ocean", "document")
     with_intro, without = scorer(["anna was a happy sailor .", ""], ["she found the boat . the", "she found the boat ."])
@@ -200,7 +200,7 @@ def test_toy_scorer_judges_sentences_in_the_prompt_context():
     assert without.grammar == 0.0  # no character introduced for "she"
     alone = toy_scorer("ocean", "sentence")(["", ""], ["she found the boat .", "boat the found she ."])
     assert [s.grammar for s in alone] == [1.0, 0.0]
-    with pytest.raises(CLIError, match="unknown toy-world topic"):
+    with pytest.raises(ToyScorerError, match="unknown toy-world topic"):
         toy_scorer("mars")
 
 

@@ -92,7 +92,7 @@ def test_wandb_offline_run(tmp_path: Path, monkeypatch) -> None:
     sys.path.insert(0, str(Path(__file__).parent / "helpers"))
     import train_child
 
-    from training.trainer import train
+    from training.run import train
 
     cfg = train_child.run_config(total_batches=8)
     cfg.log.wandb = True

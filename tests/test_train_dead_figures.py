@@ -39,7 +39,7 @@ def test_auxk_engages_in_a_short_run_with_the_default_window(tmp_path: Path) -> 
     they count as dead after 10% of the run and AuxK trains them."""
     from training.config import CheckpointConfig, EvalConfig, LogConfig
     from training.logs import read_history
-    from training.trainer import train
+    from training.run import train
 
     D, F, B, steps = 16, 64, 256, 40
     never = torch.arange(48, 64)

@@ -135,7 +135,7 @@ def test_two_ranks_by_shards_equal_one_process_on_the_same_global_batches(cache:
     from saesteer.commands import train as train_cmd
     from training.manifest import read_manifest
     from training.reader import CacheReader, rank_shards
-    from training.trainer import train
+    from training.run import train
 
     ap = argparse.ArgumentParser()
     train_cmd.add_arguments(ap)

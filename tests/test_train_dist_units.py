@@ -121,11 +121,10 @@ def test_reader_over_a_subset_of_shards(tmp_path) -> None:
 
 @pytest.mark.parametrize("native_kernels", [False, True])
 def test_step_selection_of_every_kernel_honours_the_global_batch(native_kernels: bool) -> None:
-    """`saes.fast_step._select` (the selection of the fast / fast_native step methods) inside
-    `global_batch`: each rank's entries are its rows of one process's selection."""
+    """`saes.fast_step._select` (the selection of the fast / fast_native step methods) given the
+    ranks' group: each rank's entries are its rows of one process's selection."""
     from saes import create_sae
     from saes import native
-    from saes.batchtopk import global_batch
     from saes.fast_step import _select
 
     if native_kernels and not native.available():
@@ -140,12 +139,10 @@ def test_step_selection_of_every_kernel_honours_the_global_batch(native_kernels:
     saes = [copy.deepcopy(sae) for _ in range(world)]  # one SAE per rank, as in training
 
     def select(r: int, group):
-        with global_batch(saes[r], group):
-            return _select(saes[r], pre_BF[r * b:(r + 1) * b].contiguous(), torch.float32, None,  # type: ignore[arg-type]
-                           native_kernels)
+        return _select(saes[r], pre_BF[r * b:(r + 1) * b].contiguous(), torch.float32, None,  # type: ignore[arg-type]
+                       native_kernels, group=group)
 
     out = _run_ranks(world, select)
     rows = torch.cat([out[r].rows_N + r * b for r in range(world)])  # type: ignore[attr-defined]
     idx = torch.cat([out[r].idx_N for r in range(world)])  # type: ignore[attr-defined]
     assert torch.equal(rows, whole.rows_N) and torch.equal(idx, whole.idx_N)
-    assert not any(hasattr(m, "_batch_group") for m in saes)  # the scope removed what it set

@@ -143,5 +143,5 @@ def test_identity_sae_recovers_everything_and_kept_positions(tiny) -> None:
 
 def test_unknown_hook_is_an_error(tiny) -> None:
     model, tokens, _ = tiny
-    with pytest.raises(ValueError, match="no hook point"):
+    with pytest.raises(ValueError, match="unknown hook point 'blocks.9.hook_resid_post'"):
         splice_metrics(model, lambda x: x, "blocks.9.hook_resid_post", tokens)

@@ -12,7 +12,8 @@ import torch
 from training.checkpoint import CheckpointError, list_checkpoints, read_checkpoint, write_checkpoint
 from training.config import CheckpointConfig, EvalConfig, LogConfig, RunConfig, SAESpec, TrainConfig
 from training.synthetic import SyntheticActivations
-from training.trainer import NonFiniteError, train
+from training.run import train
+from training.trainer import NonFiniteError
 
 
 class PoisonedStream(SyntheticActivations):

@@ -19,7 +19,8 @@ from training.config import CheckpointConfig, EvalConfig, LogConfig, OptimConfig
 from training.init_from import InitFromError, initialize_from_source, load_source, weights_sha256  # noqa: E402
 from training.schedule import lr_factor  # noqa: E402
 from training.synthetic import SyntheticActivations  # noqa: E402
-from training.trainer import ConfigMismatchError, Trainer, train  # noqa: E402
+from training.run import train  # noqa: E402
+from training.trainer import ConfigMismatchError, Trainer  # noqa: E402
 
 D, F, K, B = 16, 64, 4, 256
 HOOK = "blocks.0.hook_resid_post"

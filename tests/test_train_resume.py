@@ -92,7 +92,8 @@ def test_sigkill_then_resume_is_bit_identical(uninterrupted: Path, tmp_path: Pat
 def test_changed_config_is_refused_naming_fields(uninterrupted: Path, tmp_path: Path) -> None:
     import shutil
 
-    from training.trainer import ConfigMismatchError, train
+    from training.run import train
+    from training.trainer import ConfigMismatchError
 
     out = tmp_path / "copy"
     shutil.copytree(uninterrupted, out)
@@ -111,7 +112,7 @@ def test_changed_config_is_refused_naming_fields(uninterrupted: Path, tmp_path: 
 def test_whitelisted_change_extends_the_run(uninterrupted: Path, tmp_path: Path) -> None:
     import shutil
 
-    from training.trainer import train
+    from training.run import train
 
     out = tmp_path / "extend"
     shutil.copytree(uninterrupted, out)
@@ -127,7 +128,7 @@ def test_whitelisted_change_extends_the_run(uninterrupted: Path, tmp_path: Path)
 def test_half_written_checkpoints_are_ignored(uninterrupted: Path, tmp_path: Path) -> None:
     import shutil
 
-    from training.trainer import train
+    from training.run import train
 
     out = tmp_path / "partial"
     shutil.copytree(uninterrupted, out)
@@ -144,7 +145,7 @@ def test_half_written_checkpoints_are_ignored(uninterrupted: Path, tmp_path: Pat
 
 
 def test_resume_never_and_require(uninterrupted: Path, tmp_path: Path) -> None:
-    from training.trainer import train
+    from training.run import train
 
     with pytest.raises(FileExistsError):
         train(train_child.run_config(), train_child.source(), uninterrupted, resume="never")
@@ -173,7 +174,7 @@ def test_a_checkpoint_whose_tensors_are_not_safetensors_but_match_their_checksum
     import shutil
 
     from training.checkpoint import CheckpointError
-    from training.trainer import train
+    from training.run import train
 
     out = tmp_path / "bad-tensors"
     shutil.copytree(uninterrupted, out)
@@ -197,7 +198,7 @@ def test_a_kill_during_the_final_sae_save_leaves_nothing_behind_after_the_rerun(
     assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
     hidden = [p.name for p in (out / "saes").iterdir() if p.name.startswith(".")]
     assert len(hidden) == 1 and hidden[0].startswith(f".{SAE_NAMES[0]}.tmp-")  # what the kill left
-    from training.trainer import train
+    from training.run import train
 
     train(train_child.run_config(total_batches=8), train_child.source(), out)
     assert sorted(p.name for p in (out / "saes").iterdir()) == sorted(SAE_NAMES)
@@ -210,7 +211,7 @@ def test_a_kill_during_the_final_sae_save_leaves_nothing_behind_after_the_rerun(
 def test_hidden_save_leftovers_are_removed_when_a_run_starts(uninterrupted: Path, tmp_path: Path) -> None:
     import shutil
 
-    from training.trainer import train
+    from training.run import train
 
     out = tmp_path / "leftover"
     shutil.copytree(uninterrupted, out)
@@ -232,7 +233,8 @@ class _Wider:
 def test_resuming_on_data_of_another_width_is_refused_naming_d_in(uninterrupted: Path, tmp_path: Path) -> None:
     import shutil
 
-    from training.trainer import ConfigMismatchError, train
+    from training.run import train
+    from training.trainer import ConfigMismatchError
 
     out = tmp_path / "wider"
     shutil.copytree(uninterrupted, out)
@@ -241,7 +243,8 @@ def test_resuming_on_data_of_another_width_is_refused_naming_d_in(uninterrupted:
 
 
 def test_non_finite_held_out_rows_are_refused_before_training(tmp_path: Path) -> None:
-    from training.trainer import DataError, train
+    from training.run import train
+    from training.trainer import DataError
 
     def poisoned():
         for i, x in enumerate(train_child.source()):

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from saes import create_sae
-from saes.objective import training_selection
 from training.checkpoint import (
     capture_rng,
     flatten_state,
@@ -26,7 +25,6 @@ from training.initialize import estimate_activation_scale, geometric_median
 from training.schedule import lr_factor
 from training.trainer import (
     Trainer,
-    reduced_threshold_update_,
     remove_parallel_decoder_grad_,
 )
 
@@ -102,7 +100,7 @@ class _TwoRankLooking(Collectives):
 
 
 @pytest.mark.parametrize("arch", ["batchtopk", "matryoshka_batchtopk"])
-def test_reduced_threshold_update_equals_the_sae_method(arch: str) -> None:
+def test_threshold_update_reduced_over_ranks_equals_the_local_one(arch: str) -> None:
     g = torch.Generator().manual_seed(0)
     a = create_sae(arch, 8, 32, k=3, generator=g)
     b = create_sae(arch, 8, 32, k=3, generator=torch.Generator().manual_seed(0))
@@ -110,9 +108,9 @@ def test_reduced_threshold_update_equals_the_sae_method(arch: str) -> None:
         x = torch.randn(64, 8, generator=g)
         with torch.no_grad():
             pre = a.pre_activations(x)
-        acts = training_selection(a, pre)
-        a.update_threshold_(pre, acts, 0.05)
-        reduced_threshold_update_(b, pre, acts, 0.05, _TwoRankLooking())
+        acts = a.training_select(pre)
+        a.update_inference_form_(pre, acts, lr=0.05)
+        b.update_inference_form_(pre, acts, lr=0.05, reduce=_TwoRankLooking())
         assert torch.equal(a.threshold, b.threshold), step
 
 
@@ -152,14 +150,11 @@ def test_checkpoint_pruning_and_listing(tmp_path) -> None:
 
 def test_two_runs_cannot_share_an_output_folder(tmp_path) -> None:
     from training.synthetic import SyntheticActivations
-    from training.trainer import _lock_out_dir, train
+    from training.run import _lock_out_dir, train
 
-    held = _lock_out_dir(tmp_path)
-    try:
+    with _lock_out_dir(tmp_path):
         with pytest.raises(FileExistsError, match="another training run"):
             train(RunConfig(saes=[SAESpec("topk", d_sae=16, k=2)]), SyntheticActivations(4, 8), tmp_path)
-    finally:
-        held.close()
 
 
 @pytest.mark.parametrize("method", ["autograd", "fast", "fast_bf16", "fast_native", "fast_native_bf16"])

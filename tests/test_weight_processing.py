@@ -56,7 +56,7 @@ def test_processing_centres_the_residual_stream_and_keeps_the_predictions():
 
 def test_an_hf_checkpoint_is_processed_through_the_bridge(tmp_path):
     from helpers.tiny_hf import save_tiny_gpt2
-    from training.cache import ActivationRunner
+    from training.runner import ActivationRunner
 
     path = str(save_tiny_gpt2(tmp_path / "gpt2"))
     raw, pro = load_model(path, device="cpu"), load_model(path, device="cpu", process_weights=True)
@@ -98,7 +98,7 @@ def test_the_chain_records_processed_weights_and_reloads_them(chain, capsys):
 
     import saes
 
-    recorded = identity_of_sae(saes.load_sae(folder))
+    recorded = identity_of_sae(saes.read_provenance(folder))
     assert recorded.processed
     for spec in (None, "toy"):  # the record decides, with or without --model
         model = load_recorded_model(recorded, spec, recorded_in="the SAE")

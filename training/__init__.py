@@ -1,5 +1,5 @@
 """training package: the activation cache (text -> model -> shards on disk -> shuffled batches)
-and the SAE trainer (training.trainer.train).
+and the SAE trainer (training.run.train).
 
 Names are imported lazily so `import training` stays cheap (no torch until used).
 """
@@ -13,15 +13,15 @@ _LAZY = {
     "TextConfig": "training.text",
     "TextPointer": "training.text",
     "CacheConfig": "training.cache_config",
-    "CacheEstimate": "training.cache",
+    "CacheEstimate": "training.estimate",
     "CacheResult": "training.cache",
-    "CacheDiskFullError": "training.cache",
-    "UnknownHookError": "training.cache",
-    "ActivationRunner": "training.cache",
+    "CacheDiskFullError": "training.writer",
+    "UnknownHookError": "saes.hookpoints",
+    "ActivationRunner": "training.runner",
     "build_cache": "training.cache",
-    "estimate_cache": "training.cache",
-    "verify_cache": "training.cache",
-    "VerifyReport": "training.cache",
+    "estimate_cache": "training.estimate",
+    "verify_cache": "training.shardset",
+    "VerifyReport": "training.shardset",
     "Manifest": "training.manifest",
     "ShardInfo": "training.manifest",
     "read_manifest": "training.manifest",
@@ -30,9 +30,11 @@ _LAZY = {
     "ShardCorruptError": "training.shards",
     "CacheReader": "training.reader",
     "ActivationBatch": "training.reader",
-    "model_batches": "training.reader",
-    "iter_shards": "training.reader",
-    "ShardData": "training.reader",
+    "model_batches": "training.live",
+    "iter_shards": "training.shardset",
+    "ShardData": "training.shardset",
+    "ShardSet": "training.shardset",
+    "CacheWriteError": "training.writer",
     # SAE training (issue 5)
     "RunConfig": "training.config",
     "SAESpec": "training.config",
@@ -42,10 +44,10 @@ _LAZY = {
     "EvalConfig": "training.config",
     "LogConfig": "training.config",
     "DataConfig": "training.config",
-    "train": "training.trainer",
+    "train": "training.run",
     "Trainer": "training.trainer",
-    "TrainResult": "training.trainer",
-    "ModelEval": "training.trainer",
+    "TrainResult": "training.finish",
+    "ModelEval": "training.evaluate",
     "NonFiniteError": "training.trainer",
     "ConfigMismatchError": "training.trainer",
     "evaluate_activations": "training.evaluate",

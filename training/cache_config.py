@@ -5,9 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from saes.validators import one_of, require, whole_number
+
 ExcludeTokens = Literal["none", "bos", "special"]
 DTYPE_NAMES = ("fp16", "bf16", "fp32")
 FORWARD_NAMES = ("auto", "transformer_lens", "fast")
+EXCLUDE_NAMES = ("none", "bos", "special")
 
 
 @dataclass
@@ -42,24 +45,19 @@ class CacheConfig:
     )
 
     def __post_init__(self) -> None:
-        if not self.out:
-            raise ValueError("CacheConfig.out is empty: give the cache directory, e.g. --out caches/toy-l2")
+        require(self.out, "CacheConfig.out is empty: give the cache directory (e.g. caches/toy-l2)", field="out")
         if isinstance(self.hooks, str):
             self.hooks = [h.strip() for h in self.hooks.split(",") if h.strip()]
         self.hooks = list(self.hooks or [])
-        if not self.hooks:
-            raise ValueError("CacheConfig.hooks is empty: name at least one hook point, e.g. --hooks blocks.1.hook_resid_post")
-        if len(set(self.hooks)) != len(self.hooks):
-            raise ValueError(f"CacheConfig.hooks lists a hook point twice: {self.hooks}")
-        if self.dtype not in DTYPE_NAMES:
-            raise ValueError(f"CacheConfig.dtype must be one of {', '.join(DTYPE_NAMES)}; got {self.dtype!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"CacheConfig.batch_size must be a positive integer; got {self.batch_size!r}")
-        if self.max_tokens is not None and self.max_tokens < 1:
-            raise ValueError(f"CacheConfig.max_tokens must be positive (or None for the whole dataset); got {self.max_tokens}")
-        if self.shard_contexts is not None and self.shard_contexts < 1:
-            raise ValueError(f"CacheConfig.shard_contexts must be positive (or None for ~128 MiB shards); got {self.shard_contexts}")
-        if self.forward not in FORWARD_NAMES:
-            raise ValueError(f"CacheConfig.forward must be auto, transformer_lens or fast; got {self.forward!r}")
-        if self.exclude_tokens not in ("none", "bos", "special"):
-            raise ValueError(f"CacheConfig.exclude_tokens must be none, bos or special; got {self.exclude_tokens!r}")
+        require(self.hooks, "CacheConfig.hooks is empty: name at least one hook point (e.g. blocks.1.hook_resid_post)",
+                field="hooks")
+        require(len(set(self.hooks)) == len(self.hooks), f"CacheConfig.hooks lists a hook point twice: {self.hooks}",
+                field="hooks")
+        one_of("CacheConfig", "dtype", self.dtype, DTYPE_NAMES)
+        whole_number("CacheConfig", "batch_size", self.batch_size)
+        if self.max_tokens is not None:
+            whole_number("CacheConfig", "max_tokens", self.max_tokens)
+        if self.shard_contexts is not None:
+            whole_number("CacheConfig", "shard_contexts", self.shard_contexts)
+        one_of("CacheConfig", "forward", self.forward, FORWARD_NAMES)
+        one_of("CacheConfig", "exclude_tokens", self.exclude_tokens, EXCLUDE_NAMES)

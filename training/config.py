@@ -25,9 +25,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Architecture = Literal["topk", "batchtopk", "matryoshka_batchtopk"]
-ARCHITECTURE_ALIASES = {"matryoshka": "matryoshka_batchtopk"}
-TRAINABLE = ("topk", "batchtopk", "matryoshka_batchtopk")
+from saes.validators import finite_number, require, whole_number
+
+
+# SAESpec fields that go to the SAE's config where its architecture's config has them
+ARCHITECTURE_FIELDS = ("k", "matryoshka_widths")
 
 # Fields that may differ between a checkpoint's config and the resuming config.
 RESUMABLE_FIELDS = (
@@ -43,30 +45,14 @@ RESUMABLE_FIELDS = (
 )
 
 
-def _check(cond: bool, message: str) -> None:
-    if not cond:
-        raise ValueError(message)
-
-
-def _pos_int(owner: str, name: str, value: Any, allow_zero: bool = False) -> None:
-    ok = isinstance(value, int) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
-    _check(ok, f"{owner}.{name} must be a {'non-negative' if allow_zero else 'positive'} integer; got {value!r}")
-
-
-def _finite(owner: str, name: str, value: Any, lo: float | None = None, hi: float | None = None) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (lo is None or value >= lo) and (hi is None or value <= hi)
-    rng = f" in [{lo}, {hi}]" if lo is not None and hi is not None else (f" >= {lo}" if lo is not None else "")
-    _check(ok, f"{owner}.{name} must be a finite number{rng}; got {value!r}")
-
-
 @dataclass
 class SAESpec:
     """One SAE to train. Several specs train in one pass over the same batches."""
 
     architecture: str = field(
         default="topk",
-        metadata={"help": "topk, batchtopk or matryoshka_batchtopk (alias: matryoshka)"},
+        metadata={"help": "a trainable architecture of saes/registry.py (shipped: topk, batchtopk, "
+                          "matryoshka_batchtopk; alias: matryoshka)"},
     )
     d_sae: int = field(default=4096, metadata={"help": "number of latents"})
     k: int = field(default=32, metadata={"help": "active latents per token (BatchTopK: on average over the batch)"})
@@ -80,28 +66,54 @@ class SAESpec:
     name: str = field(default="", metadata={"help": "folder name of this SAE (empty: <arch>_k<k>_f<d_sae>)"})
 
     def __post_init__(self) -> None:
-        self.architecture = ARCHITECTURE_ALIASES.get(self.architecture, self.architecture)
-        _check(
-            self.architecture in TRAINABLE,
-            f"SAESpec.architecture must be one of {', '.join(TRAINABLE)} (or matryoshka); got {self.architecture!r}",
-        )
-        _pos_int("SAESpec", "d_sae", self.d_sae)
-        _pos_int("SAESpec", "k", self.k)
-        _check(self.k <= self.d_sae, f"SAESpec.k ({self.k}) must not exceed d_sae ({self.d_sae}); lower k or widen the SAE")
+        self.architecture = trainable_architecture(self.architecture)
+        whole_number("SAESpec", "d_sae", self.d_sae)
+        whole_number("SAESpec", "k", self.k)
+        require(self.k <= self.d_sae, f"SAESpec.k ({self.k}) must not exceed d_sae ({self.d_sae}); lower k or widen the SAE")
         self.matryoshka_widths = [int(w) for w in self.matryoshka_widths]
-        if self.matryoshka_widths and self.architecture != "matryoshka_batchtopk":
+        if self.matryoshka_widths and "matryoshka_widths" not in architecture_fields(self.architecture):
+            from saes.registry import trainable_architectures
+
+            with_levels = [a for a in trainable_architectures() if "matryoshka_widths" in architecture_fields(a)]
             raise ValueError(
-                f"SAESpec.matryoshka_widths is set but architecture is {self.architecture!r}; "
-                f"use architecture=matryoshka_batchtopk or drop the widths"
+                f"SAESpec.matryoshka_widths is set but architecture {self.architecture!r} has no levels; "
+                f"use architecture={' or '.join(with_levels)} or drop the widths"
             )
         if self.lr is not None:
-            _finite("SAESpec", "lr", self.lr, lo=0.0)
+            finite_number("SAESpec", "lr", self.lr, lo=0.0)
         if not self.name:
             self.name = f"{self.architecture}_k{self.k}_f{self.d_sae}"
-        _check(
+        require(
             all(c.isalnum() or c in "._-" for c in self.name) and not self.name.startswith("."),
             f"SAESpec.name {self.name!r} must use only letters, digits, '.', '_' and '-' (it names a folder)",
         )
+
+
+    def sae_config_fields(self) -> dict[str, Any]:
+        """The spec's values of the config fields its architecture takes (`ARCHITECTURE_FIELDS`)."""
+        taken = architecture_fields(self.architecture)
+        return {name: getattr(self, name) for name in ARCHITECTURE_FIELDS if name in taken}
+
+
+def trainable_architecture(name: str) -> str:
+    """The registered name of a trainable architecture (an alias resolved); otherwise a
+    ValueError naming SAESpec.architecture and the choices. Asks `saes.registry` (loads torch:
+    only when a spec is built, never while the CLI parser is)."""
+    from saes.registry import ALIASES, canonical_name, trainable_architectures
+
+    choices = trainable_architectures()
+    aliases = ", ".join(f"{alias} = {full}" for alias, full in ALIASES.items() if full in choices)
+    require(canonical_name(name) in choices,
+           f"SAESpec.architecture must be one of {', '.join(choices)}{f' (aliases: {aliases})' if aliases else ''}; "
+           f"got {name!r}")
+    return canonical_name(name)
+
+
+def architecture_fields(architecture: str) -> set[str]:
+    """Which of `ARCHITECTURE_FIELDS` an architecture's config takes."""
+    from saes.registry import config_fields
+
+    return config_fields(architecture) & set(ARCHITECTURE_FIELDS)
 
 
 @dataclass
@@ -125,16 +137,16 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         if self.lr is not None:
-            _finite("OptimConfig", "lr", self.lr, lo=0.0)
-        _finite("OptimConfig", "adam_beta1", self.adam_beta1, 0.0, 1.0)
-        _finite("OptimConfig", "adam_beta2", self.adam_beta2, 0.0, 1.0)
-        _finite("OptimConfig", "adam_eps", self.adam_eps, lo=0.0)
-        _finite("OptimConfig", "warmup_frac", self.warmup_frac, 0.0, 1.0)
-        _finite("OptimConfig", "decay_start_frac", self.decay_start_frac, 0.0, 1.0)
-        _finite("OptimConfig", "final_lr_frac", self.final_lr_frac, 0.0, 1.0)
-        _finite("OptimConfig", "grad_clip", self.grad_clip, lo=0.0)
-        _check(self.decay in ("linear", "cosine", "constant"), f"OptimConfig.decay must be linear, cosine or constant; got {self.decay!r}")
-        _check(
+            finite_number("OptimConfig", "lr", self.lr, lo=0.0)
+        finite_number("OptimConfig", "adam_beta1", self.adam_beta1, 0.0, 1.0)
+        finite_number("OptimConfig", "adam_beta2", self.adam_beta2, 0.0, 1.0)
+        finite_number("OptimConfig", "adam_eps", self.adam_eps, lo=0.0)
+        finite_number("OptimConfig", "warmup_frac", self.warmup_frac, 0.0, 1.0)
+        finite_number("OptimConfig", "decay_start_frac", self.decay_start_frac, 0.0, 1.0)
+        finite_number("OptimConfig", "final_lr_frac", self.final_lr_frac, 0.0, 1.0)
+        finite_number("OptimConfig", "grad_clip", self.grad_clip, lo=0.0)
+        require(self.decay in ("linear", "cosine", "constant"), f"OptimConfig.decay must be linear, cosine or constant; got {self.decay!r}")
+        require(
             self.decay == "constant" or self.decay_start_frac >= self.warmup_frac,
             f"OptimConfig.decay_start_frac ({self.decay_start_frac}) must not be before the end of the warmup "
             f"(warmup_frac={self.warmup_frac})",
@@ -209,32 +221,32 @@ class TrainConfig:
     device: str = field(default="cpu", metadata={"help": "device of the SAEs and batches, e.g. cpu, cuda, cuda:1"})
 
     def __post_init__(self) -> None:
-        _pos_int("TrainConfig", "total_tokens", self.total_tokens)
-        _pos_int("TrainConfig", "batch_size", self.batch_size)
-        _pos_int("TrainConfig", "seed", self.seed, allow_zero=True)
-        _check(isinstance(self.step_method, str) and bool(self.step_method), "TrainConfig.step_method must be a method name or auto")
-        _finite("TrainConfig", "aux_coef", self.aux_coef, lo=0.0)
+        whole_number("TrainConfig", "total_tokens", self.total_tokens)
+        whole_number("TrainConfig", "batch_size", self.batch_size)
+        whole_number("TrainConfig", "seed", self.seed, minimum=0)
+        require(isinstance(self.step_method, str) and bool(self.step_method), "TrainConfig.step_method must be a method name or auto")
+        finite_number("TrainConfig", "aux_coef", self.aux_coef, lo=0.0)
         if self.k_aux is not None:
-            _pos_int("TrainConfig", "k_aux", self.k_aux)
-        _pos_int("TrainConfig", "dead_tokens", self.dead_tokens)
-        _finite("TrainConfig", "dead_window_fraction", self.dead_window_fraction, 0.0, 1.0)
-        _check(self.dead_window_fraction > 0, "TrainConfig.dead_window_fraction must be in (0, 1]")
-        _pos_int("TrainConfig", "holdout_tokens", self.holdout_tokens)
-        _check(
+            whole_number("TrainConfig", "k_aux", self.k_aux)
+        whole_number("TrainConfig", "dead_tokens", self.dead_tokens)
+        finite_number("TrainConfig", "dead_window_fraction", self.dead_window_fraction, 0.0, 1.0)
+        require(self.dead_window_fraction > 0, "TrainConfig.dead_window_fraction must be in (0, 1]")
+        whole_number("TrainConfig", "holdout_tokens", self.holdout_tokens)
+        require(
             self.b_dec_init in ("geometric_median", "mean", "zeros"),
             f"TrainConfig.b_dec_init must be geometric_median, mean or zeros; got {self.b_dec_init!r}",
         )
         if self.encoder_init_scale is not None:
-            _finite("TrainConfig", "encoder_init_scale", self.encoder_init_scale, lo=0.0)
-            _check(self.encoder_init_scale > 0, "TrainConfig.encoder_init_scale must be positive (or none for the least-squares fit)")
-        _finite("TrainConfig", "threshold_lr", self.threshold_lr, lo=0.0)
+            finite_number("TrainConfig", "encoder_init_scale", self.encoder_init_scale, lo=0.0)
+            require(self.encoder_init_scale > 0, "TrainConfig.encoder_init_scale must be positive (or none for the least-squares fit)")
+        finite_number("TrainConfig", "threshold_lr", self.threshold_lr, lo=0.0)
         if self.init_from is not None:
-            _check(isinstance(self.init_from, str) and bool(self.init_from.strip()),
-                   f"TrainConfig.init_from must be an SAE path or sae_lens:RELEASE/SAE_ID; got {self.init_from!r}")
+            require(isinstance(self.init_from, str) and bool(self.init_from.strip()),
+                    f"TrainConfig.init_from must be an SAE path or sae_lens:RELEASE/SAE_ID; got {self.init_from!r}")
             if not self.init_from.startswith("sae_lens:"):  # a path: absolute, so a resume compares like with like
                 self.init_from = os.path.abspath(os.path.expanduser(self.init_from))
-        _pos_int("TrainConfig", "max_nonfinite", self.max_nonfinite)
-        _pos_int("TrainConfig", "num_threads", self.num_threads, allow_zero=True)
+        whole_number("TrainConfig", "max_nonfinite", self.max_nonfinite)
+        whole_number("TrainConfig", "num_threads", self.num_threads, minimum=0)
 
     @property
     def total_steps(self) -> int:
@@ -258,8 +270,8 @@ class CheckpointConfig:
     keep_last: int = field(default=2, metadata={"help": "checkpoints kept (older ones are deleted)"})
 
     def __post_init__(self) -> None:
-        _pos_int("CheckpointConfig", "every_tokens", self.every_tokens, allow_zero=True)
-        _pos_int("CheckpointConfig", "keep_last", self.keep_last)
+        whole_number("CheckpointConfig", "every_tokens", self.every_tokens, minimum=0)
+        whole_number("CheckpointConfig", "keep_last", self.keep_last)
 
 
 @dataclass
@@ -279,10 +291,10 @@ class EvalConfig:
     )
 
     def __post_init__(self) -> None:
-        _pos_int("EvalConfig", "every_tokens", self.every_tokens, allow_zero=True)
-        _finite("EvalConfig", "dense_threshold", self.dense_threshold, 0.0, 1.0)
-        _pos_int("EvalConfig", "ce_contexts", self.ce_contexts, allow_zero=True)
-        _pos_int("EvalConfig", "ce_batch_size", self.ce_batch_size)
+        whole_number("EvalConfig", "every_tokens", self.every_tokens, minimum=0)
+        finite_number("EvalConfig", "dense_threshold", self.dense_threshold, 0.0, 1.0)
+        whole_number("EvalConfig", "ce_contexts", self.ce_contexts, minimum=0)
+        whole_number("EvalConfig", "ce_batch_size", self.ce_batch_size)
 
 
 @dataclass
@@ -297,7 +309,7 @@ class LogConfig:
     wandb_name: str | None = field(default=None, metadata={"help": "wandb run name (none: the output folder's name)"})
 
     def __post_init__(self) -> None:
-        _pos_int("LogConfig", "log_every", self.log_every)
+        whole_number("LogConfig", "log_every", self.log_every)
 
 
 @dataclass
@@ -348,8 +360,8 @@ class DataConfig:
     )
 
     def __post_init__(self) -> None:
-        _pos_int("DataConfig", "reader_buffer_rows", self.reader_buffer_rows)
-        _check(self.dp_partition in ("shards", "rows"), f"DataConfig.dp_partition must be shards or rows; got {self.dp_partition!r}")
+        whole_number("DataConfig", "reader_buffer_rows", self.reader_buffer_rows)
+        require(self.dp_partition in ("shards", "rows"), f"DataConfig.dp_partition must be shards or rows; got {self.dp_partition!r}")
 
 
 @dataclass
@@ -364,11 +376,11 @@ class RunConfig:
     log: LogConfig = field(default_factory=LogConfig)
 
     def __post_init__(self) -> None:
-        _check(len(self.saes) > 0, "RunConfig.saes is empty: give at least one SAE to train")
+        require(len(self.saes) > 0, "RunConfig.saes is empty: give at least one SAE to train")
         self.saes = [s if isinstance(s, SAESpec) else SAESpec(**s) for s in self.saes]
         names = [s.name for s in self.saes]
         dupes = sorted({n for n in names if names.count(n) > 1})
-        _check(not dupes, f"RunConfig.saes has duplicate names {dupes}; set SAESpec.name to tell them apart")
+        require(not dupes, f"RunConfig.saes has duplicate names {dupes}; set SAESpec.name to tell them apart")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

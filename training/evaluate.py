@@ -23,13 +23,15 @@ clean activation in both the spliced and the zero-ablated run.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from saes import SAE, MatryoshkaSAE
+from saes import SAE
+from saes.hookpoints import check_hook, model_device
 
 
 class _Accum:
@@ -73,7 +75,7 @@ def evaluate_activations(
     dev = sae.device
     acc = _Accum(sae.d_in, dev)
     fires_F = torch.zeros(sae.d_sae, dtype=torch.float64, device=dev)
-    widths = sae.widths if isinstance(sae, MatryoshkaSAE) else None
+    widths = sae.levels
     level_resid = torch.zeros(len(widths) if widths else 0, dtype=torch.float64, device=dev)
     level_l0 = torch.zeros_like(level_resid)
     for x in batches:
@@ -84,7 +86,7 @@ def evaluate_activations(
         active_N = acts.values_N != 0
         fires_F += torch.bincount(acts.indices_N[active_N], minlength=sae.d_sae).double()
         if widths:
-            recons = sae.prefix_reconstructions(acts)
+            recons = sae.level_reconstructions(acts)
             for j, r in enumerate(recons):
                 level_resid[j] += (x_BD - r / scale).double().pow(2).sum()
                 level_l0[j] += (active_N & (acts.indices_N < widths[j])).sum()
@@ -164,15 +166,12 @@ def splice_metrics(
 
     `model` is a TransformerLens HookedTransformer (or anything with `hook_dict`, `hooks()` and
     `__call__(tokens) -> logits`). An unknown hook name is an error."""
-    hook_dict = getattr(model, "hook_dict", None)
-    if hook_dict is None or hook_name not in hook_dict:
-        known = ", ".join(list(hook_dict)[:8]) + ", ..." if hook_dict else "none"
-        raise ValueError(f"the model has no hook point {hook_name!r} (it has e.g. {known})")
+    check_hook(model, hook_name)
     keep = torch.tensor(sorted(set(int(t) for t in keep_token_ids)), dtype=torch.long)
     tokens_NS = tokens_NS.long()
     if tokens_NS.ndim != 2 or tokens_NS.shape[1] < 2:
         raise ValueError(f"tokens must be [contexts, seq >= 2]; got shape {tuple(tokens_NS.shape)}")
-    device = next(iter(model.parameters())).device
+    device = model_device(model)
     sums = torch.zeros(5, dtype=torch.float64)  # ce clean, spliced, zero, kl, positions
     for chunk in tokens_NS.split(batch_size):
         toks = chunk.to(device)
@@ -206,3 +205,23 @@ def splice_metrics(
     denom = zero_ce - clean_ce
     recovered = (zero_ce - spliced_ce) / denom if denom != 0 else float("nan")
     return SpliceMetrics(clean_ce, spliced_ce, zero_ce, recovered, kl)
+
+
+@dataclass
+class ModelEval:
+    """What the CE-loss-recovered / KL evaluation of a training run needs: the loaded model and
+    held-out contexts.
+
+    `keep_token_ids`: positions holding these tokens keep their clean activation when the SAE is
+    spliced in (use the cache's excluded tokens, e.g. BOS, which the SAE never trained on)."""
+
+    model: Any
+    hook_name: str
+    tokens: Tensor  # [N, S] token ids
+    keep_token_ids: tuple[int, ...] = ()
+
+    def run(self, reconstruct: Callable[[Tensor], Tensor], eval_cfg: Any) -> SpliceMetrics:
+        """`splice_metrics` on the first `EvalConfig.ce_contexts` contexts (all when 0)."""
+        toks = self.tokens[: eval_cfg.ce_contexts] if eval_cfg.ce_contexts else self.tokens
+        return splice_metrics(self.model, reconstruct, self.hook_name, toks, keep_token_ids=self.keep_token_ids,
+                              batch_size=eval_cfg.ce_batch_size)

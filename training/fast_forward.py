@@ -33,7 +33,7 @@ relative / shortformer positions, QK-norm, QKV clipping, attention sinks, log-n 
 scaling, mixture-of-experts, SoLU-LN, norms before and after sublayers, post-norm
 architectures, split-QKV / attn-in inputs, `use_attn_result`, 4-bit weights, several devices,
 left-padding tokenizers (TL would build an attention mask), subclasses that override forward,
-and any hook point outside `SUPPORTED_HOOKS`.
+and any hook point outside `SUPPORTED_HOOKS`. These checks are `training.fast_support`.
 
 The weights are snapshotted (stacked) at construction: build a new `FastForward` after changing
 the model's parameters.
@@ -44,36 +44,19 @@ F d_mlp, N = B*L.
 
 from __future__ import annotations
 
-import re
-import sys
 from typing import Callable, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
 
-# Hook points the fast path produces, per block (blocks.{i}.<name>) and global.
-BLOCK_HOOKS = (
-    "hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post",
-    "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_z", "mlp.hook_pre", "mlp.hook_post",
+from training.fast_support import (
+    FUSED_ACTS,
+    NotSupported,
+    exact_type,
+    hf_model,
+    parse_hook,
+    support_problem,
 )
-GLOBAL_HOOKS = ("hook_embed", "hook_pos_embed")
-SUPPORTED_HOOKS = GLOBAL_HOOKS + tuple(f"blocks.{{i}}.{h}" for h in BLOCK_HOOKS)
-
-# TransformerLens activation names -> a fused torch equivalent (same function, other rounding).
-_FUSED_ACTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "gelu": F.gelu,
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "silu": F.silu,
-    "relu": F.relu,
-}
-# element-wise TL activations used as they are (their own callables)
-_PLAIN_ACTS = ("xielu", "relu2")
-
-
-class NotSupported(Exception):
-    """The model or a hook point is outside what `FastForward` covers; use TransformerLens's forward."""
 
 
 class _Norm(NamedTuple):
@@ -99,139 +82,6 @@ class _Layer(NamedTuple):
     act: Callable[[torch.Tensor], torch.Tensor] | None
 
 
-def _parse_hook(name: str) -> tuple[int, str] | None:
-    """(layer, block hook) for a supported block hook, (-1, name) for a global one, else None."""
-    if name in GLOBAL_HOOKS:
-        return -1, name
-    m = re.match(r"^blocks\.(\d+)\.(.+)$", name)
-    if m and m.group(2) in BLOCK_HOOKS:
-        return int(m.group(1)), m.group(2)
-    return None
-
-
-def _exact_type(obj, *names: str) -> bool:
-    return type(obj).__name__ in names and type(obj).__module__.startswith("transformer_lens.")
-
-
-def _hf_model(model):
-    """The HF model inside a TransformerLens `TransformerBridge`, else None."""
-    if type(model).__name__ != "TransformerBridge" or not type(model).__module__.startswith("transformer_lens."):
-        return None
-    return getattr(model, "original_model", None)
-
-
-def support_problem(model, hooks: Sequence[str]) -> str | None:
-    """Why `FastForward(model, hooks)` would not cover this model / these hooks (None: it would)."""
-    if "transformer_lens" not in sys.modules:
-        return "not a TransformerLens model"
-    from transformer_lens import HookedTransformer
-
-    hf = _hf_model(model)
-    if hf is not None:
-        return _hf_support_problem(model, hf, hooks)
-    if not isinstance(model, HookedTransformer):
-        return f"{type(model).__name__} is neither a HookedTransformer nor a TransformerBridge"
-    if type(model).forward is not HookedTransformer.forward:
-        return f"{type(model).__name__} overrides HookedTransformer.forward"
-    for h in hooks:
-        p = _parse_hook(h)
-        if p is None:
-            return f"hook point {h} (the fast forward covers {', '.join(SUPPORTED_HOOKS)})"
-        if h == "hook_pos_embed" and model.cfg.positional_embedding_type != "standard":
-            return "hook_pos_embed without standard positional embeddings"
-        if p[0] >= model.cfg.n_layers:
-            return f"hook point {h} (the model has {model.cfg.n_layers} blocks)"
-        if p[1] == "hook_resid_mid" and (model.cfg.attn_only or model.cfg.parallel_attn_mlp):
-            return f"hook point {h} (not computed by attention-only or parallel blocks)"
-        if (p[1] == "hook_mlp_out" or p[1].startswith("mlp.")) and model.cfg.attn_only:
-            return f"hook point {h} (an attention-only model has no MLP)"
-    cfg = model.cfg
-    flags = {
-        "attn_scores_soft_cap > 0": (cfg.attn_scores_soft_cap or -1) > 0,
-        "use_local_attn": cfg.use_local_attn,
-        "use_qk_norm": cfg.use_qk_norm,
-        "clip_qkv": cfg.clip_qkv is not None,
-        "use_attention_sinks": getattr(cfg, "use_attention_sinks", False),
-        "use_logn_attn": getattr(cfg, "use_logn_attn", False),
-        "use_dynamic_ntk_rope": getattr(cfg, "use_dynamic_ntk_rope", False),
-        "num_experts (mixture of experts)": bool(cfg.num_experts),
-        "use_normalization_before_and_after": cfg.use_normalization_before_and_after,
-        "use_split_qkv_input": cfg.use_split_qkv_input,
-        "use_attn_in": cfg.use_attn_in,
-        "use_attn_result": cfg.use_attn_result,
-        "load_in_4bit": cfg.load_in_4bit,
-        "post_embedding_ln": cfg.post_embedding_ln,
-        "n_devices > 1": cfg.n_devices > 1,
-        "a layer-norm activation (solu_ln)": cfg.is_layer_norm_activation(),
-        # TL then repeats the key/value heads at hook_k / hook_v; the fast forward gives them grouped
-        "ungroup_grouped_query_attention with attn.hook_k / attn.hook_v": (
-            getattr(cfg, "ungroup_grouped_query_attention", False)
-            and any(h.endswith(("attn.hook_k", "attn.hook_v")) for h in hooks)),
-    }
-    bad = [k for k, v in flags.items() if v]
-    if bad:
-        return "config " + ", ".join(bad)
-    if cfg.attention_dir != "causal":
-        return f"attention_dir {cfg.attention_dir!r}"
-    if cfg.positional_embedding_type not in ("standard", "rotary"):
-        return f"positional_embedding_type {cfg.positional_embedding_type!r}"
-    if cfg.normalization_type not in ("LN", "LNPre", "RMS", "RMSPre", None):
-        return f"normalization_type {cfg.normalization_type!r}"
-    from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
-
-    if cfg.original_architecture in POST_NORM_ARCHITECTURES or str(cfg.original_architecture or "").startswith("Olmo"):
-        return f"architecture {cfg.original_architecture}"
-    if not cfg.attn_only and cfg.act_fn not in _FUSED_ACTS and cfg.act_fn not in _PLAIN_ACTS:
-        return f"activation {cfg.act_fn!r}"
-    tok = getattr(model, "tokenizer", None)
-    if tok is not None and getattr(tok, "padding_side", "right") == "left":
-        return "a left-padding tokenizer (TransformerLens masks pad tokens)"
-    if not _exact_type(model.embed, "Embed"):
-        return f"embedding {type(model.embed).__name__}"
-    for i, block in enumerate(model.blocks):
-        if not _exact_type(block, "TransformerBlock"):
-            return f"block {i} is a {type(block).__name__}"
-        if not _exact_type(block.attn, "Attention", "GroupedQueryAttention") or block.attn.attn_type != "global":
-            return f"block {i} attention {type(block.attn).__name__}"
-        if not cfg.attn_only and not _exact_type(block.mlp, "MLP", "GatedMLP"):
-            return f"block {i} MLP {type(block.mlp).__name__}"
-        if cfg.positional_embedding_type == "rotary" and cfg.rotary_dim is None:
-            return "rotary embeddings without rotary_dim"
-    return None
-
-
-# HF architectures (inside a TransformerBridge) the fused forward reads directly
-HF_ARCHITECTURES = ("GPT2LMHeadModel", "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
-HF_BLOCK_HOOKS = ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post")
-
-
-def _hf_support_problem(model, hf, hooks: Sequence[str]) -> str | None:
-    arch = type(hf).__name__
-    if arch not in HF_ARCHITECTURES:
-        return f"HF architecture {arch} (the fast forward reads {', '.join(HF_ARCHITECTURES)})"
-    for h in hooks:
-        p = _parse_hook(h)
-        if p is None or p[0] < 0 or p[1] not in HF_BLOCK_HOOKS:
-            return f"hook point {h} on a TransformerBridge (the fast forward covers blocks.{{i}}.{{{','.join(HF_BLOCK_HOOKS)}}})"
-    c = hf.config
-    act = getattr(c, "activation_function", None) or getattr(c, "hidden_act", None)
-    if act not in _FUSED_ACTS:
-        return f"activation {act!r}"
-    if arch == "GPT2LMHeadModel":
-        if getattr(c, "add_cross_attention", False):
-            return "GPT-2 with cross-attention"
-    else:
-        if getattr(c, "num_experts", None) or getattr(c, "use_qk_norm", False):
-            return f"{arch} with experts or QK-norm"
-        if getattr(getattr(hf, "model", None), "rotary_emb", None) is None:
-            return f"{arch} without a shared rotary embedding module"
-    impl = getattr(c, "_attn_implementation", None)
-    if impl not in (None, "eager", "sdpa", "flash_attention_2", "flash_attention_3"):
-        return f"attention implementation {impl!r}"
-    tok = getattr(model, "tokenizer", None)
-    if tok is not None and getattr(tok, "padding_side", "right") == "left":
-        return "a left-padding tokenizer"
-    return None
 
 
 def _unwrap(module):
@@ -295,12 +145,12 @@ class FastForward:
         self.hooks = list(hooks)
         self.want: dict[int, set[str]] = {}
         for h in self.hooks:
-            layer, name = _parse_hook(h)  # type: ignore[misc]
+            layer, name = parse_hook(h)  # type: ignore[misc]
             self.want.setdefault(layer, set()).add(name)
         self.n_layers = 1 + max([i for i in self.want if i >= 0], default=-1)
         self._rot_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.sliding_window: int | None = None
-        hf = _hf_model(model)
+        hf = hf_model(model)
         if hf is not None:
             with torch.no_grad():
                 self._init_hf(hf)
@@ -323,7 +173,7 @@ class FastForward:
     def _init_hf(self, hf) -> None:
         c = hf.config
         self.hf = hf
-        act = _FUSED_ACTS[getattr(c, "activation_function", None) or getattr(c, "hidden_act", None)]
+        act = FUSED_ACTS[getattr(c, "activation_function", None) or getattr(c, "hidden_act", None)]
         self.parallel = self.attn_only = False
         self.adjacent = False
         if type(hf).__name__ == "GPT2LMHeadModel":
@@ -381,7 +231,7 @@ class FastForward:
 
     def _layer(self, block, cfg) -> _Layer:
         attn = block.attn
-        if _exact_type(attn, "GroupedQueryAttention"):
+        if exact_type(attn, "GroupedQueryAttention"):
             W_K, W_V, b_K, b_V = attn._W_K, attn._W_V, attn._b_K, attn._b_V
         else:
             W_K, W_V, b_K, b_V = attn.W_K, attn.W_V, attn.b_K, attn.b_V
@@ -394,8 +244,8 @@ class FastForward:
         if cfg.attn_only:
             return _Layer(ln1, None, W_qkv, b_qkv, W_O, attn.b_O.detach(), scale, "none", None, None, None, None, None)
         mlp = block.mlp
-        act = _FUSED_ACTS.get(cfg.act_fn) or mlp.act_fn
-        if _exact_type(mlp, "GatedMLP"):
+        act = FUSED_ACTS.get(cfg.act_fn) or mlp.act_fn
+        if exact_type(mlp, "GatedMLP"):
             kind, W_in = "gated", torch.cat([mlp.W_gate, mlp.W_in], dim=1).contiguous()
         else:
             kind, W_in = "mlp", mlp.W_in.detach().contiguous()

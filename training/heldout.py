@@ -31,8 +31,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from saes.fileio import sha256_file
 from training.splits import describe_splits, local_splits, looks_local
-from training.text import DocumentSource, TextConfig, open_packer
+from training.packing import open_packer
+from training.text import DocumentSource, TextConfig
 
 __all__ = ["EvalOverlapError", "OverlapReport", "HeldOut", "eval_text_config", "heldout_contexts"]
 
@@ -169,15 +171,7 @@ def _shared_files(train_files, eval_files) -> list[str]:
         by_size.setdefault(p.stat().st_size, []).append(p)
     out = []
     for p in eval_files:
-        same = [q for q in by_size.get(p.stat().st_size, []) if q == p or _sha256(q) == _sha256(p)]
+        same = [q for q in by_size.get(p.stat().st_size, []) if q == p or sha256_file(q) == sha256_file(p)]
         if same:
             out.append(str(p))
     return out
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

@@ -66,15 +66,16 @@ def spec_from_source(loaded: Any) -> Any:
 
 
 def _require_trainable(arch: str, spec: str) -> None:
-    from training.config import TRAINABLE
+    from saes.registry import trainable_architectures
 
-    if arch not in TRAINABLE:
-        raise InitFromError(f"train.init_from: {spec} is a {arch} SAE; saesteer trains {', '.join(TRAINABLE)}, so it "
-                            f"cannot be fine-tuned here", field="train.init_from")
+    if arch not in trainable_architectures():
+        raise InitFromError(f"train.init_from: {spec} is a {arch} SAE; saesteer trains "
+                            f"{', '.join(trainable_architectures())}, so it cannot be fine-tuned here", field="train.init_from")
 
 
-def _recorded(sae: Any, key: str) -> Any:
-    return (sae.cfg.metadata or {}).get(key) or (getattr(sae, "provenance", None) or {}).get(key)
+def _recorded(loaded: Any, key: str) -> Any:
+    """What the source records under `key`: its cfg metadata, else the provenance loaded beside it."""
+    return (loaded.sae.cfg.metadata or {}).get(key) or (loaded.provenance or {}).get(key)
 
 
 def _model_name(name: str | None) -> str | None:
@@ -107,20 +108,20 @@ def check_source(loaded: Any, specs: list[Any], d_in: int, prov: dict[str, Any],
                 f"(or leave the SAE flags out: they default to the source's)", field="saes")
     if allow_mismatch:
         return
-    src_hook, run_hook = _recorded(sae, "hook_name"), prov.get("hook_name")
+    src_hook, run_hook = _recorded(loaded, "hook_name"), prov.get("hook_name")
     if src_hook and run_hook and src_hook != run_hook:
         raise InitFromError(f"train.init_from: {where} was trained on hook point {src_hook}, this run reads {run_hook}; "
                             f"pass --hook {src_hook}, or {ALLOW_FLAG} true to fine-tune it on {run_hook} anyway",
                             field="train.init_from")
     run_ident = ModelIdentity.from_json(prov["model_identity"]) if prov.get("model_identity") else None
-    src_ident = identity_of_sae(sae)
+    src_ident = identity_of_sae(loaded)
     try:
         check_same_model(src_ident, run_ident, recorded_in=where, given_as="this run's model", override=f"{ALLOW_FLAG} true",
                          fix="fine-tune it on activations of the model it records")
     except ModelMismatchError as e:
         raise InitFromError(f"train.init_from: {e}", field="train.init_from") from None
     if src_ident is None or run_ident is None:  # another library's SAE names its model in its own terms
-        src_name, run_name = _recorded(sae, "model_name") or _recorded(sae, "model"), prov.get("model_name") or prov.get("model")
+        src_name, run_name = _recorded(loaded, "model_name") or _recorded(loaded, "model"), prov.get("model_name") or prov.get("model")
         if src_name and run_name and _model_name(src_name) != _model_name(run_name):
             raise InitFromError(f"train.init_from: {where} records model {src_name!r}, this run's activations come from "
                                 f"{run_name!r}; fine-tune it on activations of {src_name!r}, or pass {ALLOW_FLAG} true",
@@ -135,11 +136,11 @@ def _hook_note(prov: dict[str, Any]) -> str:
 def source_record(loaded: Any) -> dict[str, Any]:
     """What the fine-tuned SAE records about where it started (saesteer.json `init_from`)."""
     sae = loaded.sae
-    prov = dict(getattr(sae, "provenance", None) or {})
+    prov = dict(loaded.provenance or {})
     return {
         "spec": loaded.spec, "format": loaded.format, "architecture": sae.architecture, "d_in": sae.d_in,
         "d_sae": sae.d_sae, "k": getattr(sae.cfg, "k", None), "weights_sha256": weights_sha256(sae),
-        "hook_name": _recorded(sae, "hook_name"), "model": _recorded(sae, "model_name") or prov.get("model"),
+        "hook_name": _recorded(loaded, "hook_name"), "model": _recorded(loaded, "model_name") or prov.get("model"),
         "files": prov.get("files") or (prov.get("source") or {}).get("files"),
         "source_provenance": {k: prov.get(k) for k in ("tool", "saesteer_version", "git_commit", "model_identity",
                                                         "dataset", "tokens_trained", "source") if k in prov},

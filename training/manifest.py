@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from saes.errors import SaesteerError
-from training.shards import fsync_dir
+from saes.fileio import FileLock, append_durably, atomic_write_bytes
 
 FORMAT_NAME = "saesteer.activation_cache"
 FORMAT_VERSION = 1
@@ -211,24 +211,9 @@ def dumps(obj: Any) -> bytes:
     return (json.dumps(obj, indent=1, ensure_ascii=False) + "\n").encode()
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to `path` atomically (temp file in the same dir, fsync, os.replace, fsync dir)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    data = dumps(obj)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        raise
-    fsync_dir(path.parent)
+def write_manifest(cache_dir: str | Path, manifest: Manifest) -> None:
+    """Write `cache_dir/manifest.json` atomically (`saes.fileio`)."""
+    atomic_write_bytes(Path(cache_dir) / MANIFEST_NAME, dumps(manifest.to_json()))
 
 
 def read_manifest(cache_dir: str | Path) -> Manifest:
@@ -245,11 +230,7 @@ def read_manifest(cache_dir: str | Path) -> Manifest:
 
 def append_progress(cache_dir: Path, shard: ShardInfo) -> None:
     """Append one finished shard to the build log, durably."""
-    line = json.dumps(shard.to_json(), separators=(",", ":")) + "\n"
-    with open(Path(cache_dir) / PROGRESS_NAME, "ab") as f:
-        f.write(line.encode())
-        f.flush()
-        os.fsync(f.fileno())
+    append_durably(Path(cache_dir) / PROGRESS_NAME, (json.dumps(shard.to_json(), separators=(",", ":")) + "\n").encode())
 
 
 def read_progress(cache_dir: Path) -> list[ShardInfo]:
@@ -308,31 +289,8 @@ def setting_differences(existing: dict[str, Any], requested: dict[str, Any]) -> 
     return diffs
 
 
-class DirLock:
-    """An exclusive, non-blocking flock on `cache_dir/.lock` (released when the process dies)."""
-
-    def __init__(self, cache_dir: Path):
-        self.path = Path(cache_dir) / LOCK_NAME
-        self._fd: int | None = None
-
-    def __enter__(self) -> "DirLock":
-        self._fd = os.open(str(self.path), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - non-POSIX
-            return self
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._fd)
-            self._fd = None
-            raise RuntimeError(
-                f"another process is writing the cache in {self.path.parent}; wait for it to finish "
-                "(or stop it) before running this command"
-            ) from None
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+def lock_cache_dir(cache_dir: str | Path) -> FileLock:
+    """The building process's exclusive lock on `cache_dir/.lock` (released when it dies)."""
+    return FileLock(Path(cache_dir) / LOCK_NAME, busy=lambda: RuntimeError(
+        f"another process is writing the cache in {cache_dir}; wait for it to finish (or stop it) before running "
+        "this command"))

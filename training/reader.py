@@ -41,16 +41,15 @@ Shape key: B batch rows, D d_in, N window rows.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
-from typing import Any, Iterator, Literal, NamedTuple, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
 from saes.errors import SaesteerError
-from training.manifest import Manifest, read_manifest
-from training.shards import DTYPES, ShardCorruptError, TensorEntry, read_header, read_into, sha256_file
+from training.shards import TensorEntry, read_into
+from training.shardset import ROW_TENSORS, ShardSet, Verify
 
 STATE_VERSION = 1
 
@@ -72,13 +71,26 @@ class ActivationBatch(NamedTuple):
     seq_index: torch.Tensor | None = None  # [B] int64: global context index in the cache
 
 
+def make_batch(acts: torch.Tensor, meta_3B: np.ndarray | None, device: torch.device | None = None) -> ActivationBatch:
+    """An `ActivationBatch` of acts [B, D] and meta [3, B] (token ids, positions, context indices;
+    None: activations only), moved to `device` when one is given."""
+    if device is not None:
+        acts = acts.to(device)
+    if meta_3B is None:
+        return ActivationBatch(acts)
+    t = [torch.from_numpy(np.ascontiguousarray(m)) for m in meta_3B]
+    if device is not None:
+        t = [x.to(device) for x in t]
+    return ActivationBatch(acts, t[0], t[1], t[2])
+
+
 class _Window(NamedTuple):
     shards: tuple[int, ...]  # shard indices, in stream order
     start: int  # first stream row (within the epoch)
     rows: int
 
 
-def _rng(seed: int, *keys: int) -> np.random.Generator:
+def seeded_rng(seed: int, *keys: int) -> np.random.Generator:
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, (int(seed) >> 32) & 0xFFFFFFFF, *map(int, keys)])
 
 
@@ -116,22 +128,9 @@ class CacheReader:
         drop_last: bool = False,
         dtype: torch.dtype | None = torch.float32,
         device: str | torch.device | None = None,
-        verify: Literal["once", "always", "never"] = "once",
+        verify: Verify = "once",
         shards: Sequence[int] | None = None,
     ):
-        self.path = Path(path)
-        self.manifest: Manifest = read_manifest(self.path)
-        if not self.manifest.complete:
-            raise ValueError(
-                f"{self.path}: the cache is incomplete; re-run the same `saesteer cache` command to finish it"
-            )
-        hooks = self.manifest.hooks
-        if hook is None:
-            if len(hooks) != 1:
-                raise ValueError(f"{self.path} holds several hook points ({', '.join(hooks)}); pass hook=... to pick one")
-            hook = hooks[0]
-        if hook not in hooks:
-            raise ValueError(f"{self.path} has no hook point {hook!r}; it holds {', '.join(hooks)}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
         if not isinstance(world_size, int) or world_size < 1 or not isinstance(rank, int) or not 0 <= rank < world_size:
@@ -140,9 +139,9 @@ class CacheReader:
             raise ValueError(f"epochs must be >= 0 or None (endless); got {epochs}")
         if buffer_rows < 1:
             raise ValueError(f"buffer_rows must be positive; got {buffer_rows}")
-        if verify not in ("once", "always", "never"):
-            raise ValueError(f"verify must be once, always or never; got {verify!r}")
-        self.hook = hook
+        self.cache = ShardSet(path, hook, verify=verify)
+        self.path, self.manifest, self.hook = self.cache.path, self.cache.manifest, self.cache.hook
+        self.d_in, self.stored_dtype = self.cache.d_in, self.cache.stored_dtype
         self.batch_size = batch_size
         self.seed = int(seed)
         self.epochs = epochs
@@ -153,21 +152,10 @@ class CacheReader:
         self.drop_last = drop_last
         self.dtype = dtype
         self.device = torch.device(device) if device is not None else None
-        self.verify = verify
-        self.d_in = self.manifest.d_in[hook]
-        self.stored_dtype = DTYPES[self.manifest.dtype]
-        self._shards = self.manifest.shards
-        if shards is not None:  # a subset (data parallel by shards: `rank_shards`); the stream is over it alone
-            n = len(self._shards)
-            bad = [i for i in shards if not 0 <= int(i) < n]
-            if bad or len(set(shards)) != len(shards) or not shards:
-                raise ValueError(f"shards must be distinct indices in [0, {n}) and not empty; got {list(shards)[:20]}")
-            self._shards = [self._shards[int(i)] for i in sorted(shards)]
+        self._index = _shard_subset(len(self.cache.shards), shards)  # stream position -> cache shard index
+        self._shards = [self.cache.shards[i] for i in self._index]
         self._shard_rows = np.array([s.rows for s in self._shards], dtype=np.int64)
         self.rows_per_epoch = int(self._shard_rows.sum())
-        self._verified: set[int] = set()
-        self._pending: dict[int, Any] = {}  # shard -> Future of its SHA-256 (verify-ahead)
-        self._pool = None
         self._windows_cache: tuple[int, list[_Window]] | None = None
         self._starts_cache: tuple[int, np.ndarray] | None = None  # (epoch, first stream row of each window)
         self._loaded: tuple[int, int] | None = None  # (epoch, window index)
@@ -198,7 +186,7 @@ class CacheReader:
         """The windows of epoch `epoch`, in stream order."""
         if self._windows_cache and self._windows_cache[0] == epoch:
             return self._windows_cache[1]
-        order = _rng(self.seed, epoch).permutation(len(self._shards)) if self._shards else np.empty(0, np.int64)
+        order = seeded_rng(self.seed, epoch).permutation(len(self._shards)) if self._shards else np.empty(0, np.int64)
         out: list[_Window] = []
         cur: list[int] = []
         cur_rows = start = 0
@@ -224,65 +212,37 @@ class CacheReader:
         return self._starts_cache[1]
 
     # -- loading ---------------------------------------------------------------------------
-    def _check_shard(self, i: int) -> dict[str, TensorEntry]:
-        s = self._shards[i]
-        f = self.path / s.file
-        if not f.is_file():
-            raise ShardCorruptError(f"shard {s.file} of {self.path} is missing; rebuild the cache")
-        if f.stat().st_size != s.bytes:
-            raise ShardCorruptError(f"shard {s.file} of {self.path} has {f.stat().st_size} bytes, the manifest says {s.bytes}: the file is damaged; rebuild the cache")
-        if self.verify == "always" or (self.verify == "once" and i not in self._verified):
-            fut = self._pending.pop(i, None)
-            digest = fut.result() if fut is not None else sha256_file(f)
-            if digest != s.sha256:
-                raise ShardCorruptError(
-                    f"shard {s.file} of {self.path} fails its SHA-256 check (file {digest[:16]}..., manifest "
-                    f"{s.sha256[:16]}...): the file is corrupt and none of its rows were used. "
-                    f"Run `saesteer cache --verify {self.path}` to list all bad shards, then rebuild the cache."
-                )
-            self._verified.add(i)
-        entries, _ = read_header(f)
-        key = f"acts/{self.hook}"
-        need = {key: (s.rows, self.d_in), "token_ids": (s.rows,), "positions": (s.rows,), "seq_index": (s.rows,)}
-        for k, shape in need.items():
-            if k not in entries or entries[k].shape != shape:
-                raise ShardCorruptError(f"shard {s.file} of {self.path}: tensor {k} missing or not of shape {shape}")
-        if entries[key].dtype != self.stored_dtype:
-            raise ShardCorruptError(f"shard {s.file} of {self.path}: {key} is {entries[key].dtype}, the manifest says {self.manifest.dtype}")
-        return entries
-
     def _load_window(self, epoch: int, w: int) -> None:
         if self._loaded == (epoch, w):
             return
         win = self.windows(epoch)[w]
-        entries = [self._check_shard(i) for i in win.shards]  # every shard verified before any row is used
+        entries = [self.cache.entries(self._index[i]) for i in win.shards]  # every shard checked before any row is used
         N = win.rows
         if self._buf_acts is None or self._buf_acts.shape[0] < N:
             self._buf_acts = torch.empty(N, self.d_in, dtype=self.stored_dtype)
             self._buf_meta = np.empty((3, N), dtype=np.int64) if self.with_tokens else None
-        key = f"acts/{self.hook}"
         r = 0
         for i, ent in zip(win.shards, entries):
             n = self._shards[i].rows
-            with open(self.path / self._shards[i].file, "rb", buffering=0) as f:
-                if n:
-                    read_into(f, ent[key], self._buf_acts[r:r + n])
-                    if self.with_tokens:
-                        for j, k in enumerate(("token_ids", "positions", "seq_index")):
-                            tmp = torch.empty(n, dtype=ent[k].dtype)
-                            read_into(f, ent[k], tmp)
-                            self._buf_meta[j, r:r + n] = tmp.numpy()
+            if n:
+                self._read_rows(i, ent, r, n)
             r += n
-        self._perm = _rng(self.seed, epoch, w).permutation(N)
+        self._perm = seeded_rng(self.seed, epoch, w).permutation(N)
         self._loaded = (epoch, w)
-        self._verify_ahead(epoch, w)
+        self._hash_ahead(epoch, w)
 
-    def _verify_ahead(self, epoch: int, w: int) -> None:
-        """Hash the next window's shards in a background thread while this window is consumed
-        (hashlib releases the GIL; the reads also warm the page cache). Rows of a shard are still
-        used only after its result has been checked in `_check_shard`."""
-        if self.verify == "never":
-            return
+    def _read_rows(self, i: int, entries: dict[str, TensorEntry], r: int, n: int) -> None:
+        """Shard i's n rows into the window buffers at row r (`entries`: its checked header)."""
+        with self.cache.open_shard(self._index[i], entries) as (f, ent):
+            read_into(f, ent[f"acts/{self.hook}"], self._buf_acts[r:r + n])
+            if self.with_tokens:
+                for j, k in enumerate(ROW_TENSORS):
+                    tmp = torch.empty(n, dtype=ent[k].dtype)
+                    read_into(f, ent[k], tmp)
+                    self._buf_meta[j, r:r + n] = tmp.numpy()
+
+    def _hash_ahead(self, epoch: int, w: int) -> None:
+        """Hash the next window's shards in the background while this window is consumed."""
         wins = self.windows(epoch)
         if w + 1 < len(wins):
             nxt = wins[w + 1].shards
@@ -291,30 +251,11 @@ class CacheReader:
             self._windows_cache = (epoch, wins)  # keep the current epoch's layout cached
         else:
             return
-        todo = [i for i in nxt if i not in self._pending and (self.verify == "always" or i not in self._verified)]
-        if not todo:
-            return
-        if self._pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-verify")
-        for i in todo:
-            self._pending[i] = self._pool.submit(sha256_file, self.path / self._shards[i].file)
+        self.cache.hash_ahead([self._index[i] for i in nxt])
 
     def close(self) -> None:
         """Stop the background verification thread (also done when the reader is garbage collected)."""
-        if self._pool is not None:
-            for f in self._pending.values():
-                f.cancel()
-            self._pending.clear()
-            self._pool.shutdown(wait=True)
-            self._pool = None
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
+        self.cache.close()
 
     def _gather(self, a: int, b: int) -> list[tuple[torch.Tensor, np.ndarray | None]]:
         """Rows [a, b) of the global stream, as (acts, meta) pieces."""
@@ -365,20 +306,15 @@ class CacheReader:
         acts = pieces[0][0] if len(pieces) == 1 else torch.cat([p[0] for p in pieces])
         if self.dtype is not None:
             acts = acts.to(self.dtype)
-        if self.device is not None:
-            acts = acts.to(self.device)
         if not self.with_tokens:
-            return ActivationBatch(acts)
+            return make_batch(acts, None, self.device)
         meta = pieces[0][1] if len(pieces) == 1 else np.concatenate([p[1] for p in pieces], axis=1)
-        t = [torch.from_numpy(np.ascontiguousarray(m)) for m in meta]
-        if self.device is not None:
-            t = [x.to(self.device) for x in t]
-        return ActivationBatch(acts, t[0], t[1], t[2])
+        return make_batch(acts, meta, self.device)
 
     # -- resume ----------------------------------------------------------------------------
     def _identity(self) -> dict[str, Any]:
-        h = hashlib.sha256("".join(s.sha256 for s in self._shards).encode()).hexdigest()
-        return {"cache": h, "hook": self.hook, "seed": self.seed, "buffer_rows": self.buffer_rows}
+        return {"cache": self.cache.shards_digest(self._index), "hook": self.hook, "seed": self.seed,
+                "buffer_rows": self.buffer_rows}
 
     def state_dict(self) -> dict[str, Any]:
         """Where the stream stands (JSON-able; identical on every rank)."""
@@ -413,16 +349,14 @@ class CacheReader:
         self._row = int(row)
 
 
-class ShardData(NamedTuple):
-    """One shard's rows in storage order (context order, then position), for sequential passes."""
-
-    index: int
-    first_context: int  # global index of the shard's first context
-    acts: torch.Tensor  # [R, D] stored dtype
-    token_ids: torch.Tensor  # [R] int32
-    positions: torch.Tensor  # [R] int32
-    seq_index: torch.Tensor  # [R] int64 (global context index of each row)
-    context_tokens: torch.Tensor  # [C, L] int32: the full model input of the shard's contexts
+def _shard_subset(n: int, shards: Sequence[int] | None) -> list[int]:
+    """The cache shards a reader streams, in cache order (all, or a subset: `rank_shards`)."""
+    if shards is None:
+        return list(range(n))
+    bad = [i for i in shards if not 0 <= int(i) < n]
+    if bad or len(set(shards)) != len(shards) or not shards:
+        raise ValueError(f"shards must be distinct indices in [0, {n}) and not empty; got {list(shards)[:20]}")
+    return sorted(int(i) for i in shards)
 
 
 def rank_shards(shard_rows: Sequence[int], rank: int, world_size: int) -> list[int]:
@@ -439,121 +373,3 @@ def rank_shards(shard_rows: Sequence[int], rank: int, world_size: int) -> list[i
         mine[r].append(i)
         load[r] += int(shard_rows[i])
     return sorted(mine[rank])
-
-
-def iter_shards(path: str | Path, hook: str | None = None, *, verify: bool = True) -> Iterator[ShardData]:
-    """The cache's shards in order, one at a time (memory: one shard). Each shard's SHA-256 is
-    checked before it is returned (`ShardCorruptError` names a bad one). For the feature stage
-    and other sequential passes; training should use `CacheReader`."""
-    reader = CacheReader(path, 1, hook=hook, with_tokens=True, dtype=None, verify="once" if verify else "never")
-    man = reader.manifest
-    for i, s in enumerate(man.shards):
-        ent = reader._check_shard(i)
-        t = {}
-        with open(Path(path) / s.file, "rb", buffering=0) as f:
-            for k in (f"acts/{reader.hook}", "token_ids", "positions", "seq_index", "context_tokens"):
-                e = ent.get(k)
-                if e is None:
-                    raise ShardCorruptError(f"shard {s.file} of {path} has no tensor {k}")
-                t[k] = torch.empty(e.shape, dtype=e.dtype)
-                if t[k].numel():
-                    read_into(f, e, t[k])
-        yield ShardData(i, s.first_context, t[f"acts/{reader.hook}"], t["token_ids"], t["positions"], t["seq_index"],
-                        t["context_tokens"])
-
-
-def all_rows(path: str | Path, hook: str | None = None) -> tuple[torch.Tensor, np.ndarray]:
-    """Every row of a small cache in storage order: acts [R, D] (stored dtype) and meta [3, R]
-    (token_ids, positions, seq_index). For tests and small analyses; not memory bounded."""
-    acts, metas = [], []
-    for sd in iter_shards(path, hook):
-        acts.append(sd.acts)
-        metas.append(np.stack([sd.token_ids.numpy(), sd.positions.numpy(), sd.seq_index.numpy()]).astype(np.int64))
-    d_in = read_manifest(path).d_in
-    return (torch.cat(acts) if acts else torch.empty(0, next(iter(d_in.values()))),
-            np.concatenate(metas, axis=1) if metas else np.empty((3, 0), np.int64))
-
-
-# ----------------------------------------------------------------------------------------------
-# No disk: batches straight from a model
-
-
-def model_batches(
-    model,
-    text,
-    hook: str,
-    batch_size: int,
-    *,
-    tokenizer=None,
-    max_tokens: int | None = None,
-    model_batch_size: int = 32,
-    exclude_tokens: str = "bos",
-    buffer_rows: int = 1 << 16,
-    seed: int = 0,
-    with_tokens: bool = False,
-    drop_last: bool = False,
-    dtype: torch.dtype | None = torch.float32,
-) -> Iterator[ActivationBatch]:
-    """Activation batches computed on the fly from `model` over `text` (a `TextConfig`), for
-    small runs that need no cache. Rows are shuffled within windows of `buffer_rows` rows
-    (seeded); one pass over the text (up to `max_tokens` model-input tokens). Same
-    `ActivationBatch` interface as `CacheReader` (no resume state)."""
-    from training.cache import ActivationRunner, _fill_batch, _ShardBuffer, excluded_ids
-    from training.text import open_packer
-
-    if tokenizer is None:
-        tokenizer = model.tokenizer
-    runner = ActivationRunner(model, [hook])
-    L = text.context_length
-    runner.check_context_length(L)
-    d_in = runner.d_in(L)
-    excl = np.asarray(excluded_ids(tokenizer, exclude_tokens), dtype=np.int64)
-    packer = open_packer(text, tokenizer)
-    contexts_per_window = max(1, buffer_rows // L)
-    left = None if max_tokens is None else max_tokens // L
-    carry: list[tuple[torch.Tensor, np.ndarray]] = []
-    w = 0
-    ctx0 = 0
-    while left is None or left > 0:
-        want = contexts_per_window if left is None else min(contexts_per_window, left)
-        toks, _ = packer.take(want)
-        if len(toks) == 0:
-            break
-        buf = _ShardBuffer(d_in, runner_dtype(model) if dtype is None else dtype, len(toks), L, pin=False)
-        for b in range(0, len(toks), model_batch_size):
-            tb = toks[b:b + model_batch_size]
-            _fill_batch(buf, runner.run(torch.from_numpy(tb)), tb, excl, ctx0, non_blocking=False)
-        ctx0 += len(toks)
-        n = buf.rows
-        perm = torch.from_numpy(_rng(seed, 0, w).permutation(n))
-        acts = buf.acts[hook][:n].index_select(0, perm)
-        meta = np.stack([buf.token_ids[:n].numpy(), buf.positions[:n].numpy(), buf.seq_index[:n].numpy()])[:, perm.numpy()]
-        if carry:
-            acts = torch.cat([c[0] for c in carry] + [acts])
-            meta = np.concatenate([c[1] for c in carry] + [meta], axis=1)
-            carry = []
-        full = (len(acts) // batch_size) * batch_size
-        for i in range(0, full, batch_size):
-            yield _mk(acts[i:i + batch_size], meta[:, i:i + batch_size], with_tokens)
-        if full < len(acts):
-            carry = [(acts[full:], meta[:, full:])]
-        if left is not None:
-            left -= len(toks)
-        w += 1
-        if len(toks) < want:
-            break
-    if carry and not drop_last:
-        yield _mk(carry[0][0], carry[0][1], with_tokens)
-
-
-def runner_dtype(model) -> torch.dtype:
-    for p in model.parameters():
-        return p.dtype
-    return torch.float32
-
-
-def _mk(acts: torch.Tensor, meta: np.ndarray, with_tokens: bool) -> ActivationBatch:
-    if not with_tokens:
-        return ActivationBatch(acts)
-    t = [torch.from_numpy(np.ascontiguousarray(m)) for m in meta]
-    return ActivationBatch(acts, t[0], t[1], t[2])

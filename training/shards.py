@@ -11,22 +11,22 @@ Rows are in context order, then position order; positions excluded by the cache'
 `exclude_tokens` setting (e.g. BOS) have no row. Any safetensors reader opens these files;
 `safetensors.torch.load_file(path)` gives all tensors.
 
-Writing: the bytes go to `<final name>.tmp` in the same directory, are flushed and fsynced, then
-`os.replace`d to the final name, then the directory is fsynced. A shard is therefore under its
-final name only when complete. Any error (e.g. ENOSPC) removes the temp file.
+Writing: `saes.fileio.atomic_open` (a temporary `.<final name>.XXXX.tmp` in the same directory,
+flushed and fsynced, renamed to the final name, the directory fsynced). A shard is therefore
+under its final name only when complete. Any error (e.g. ENOSPC) removes the temporary file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
 import torch
 
 from saes.errors import SaesteerError
+from saes.fileio import atomic_open
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 _ST_NAMES = {
@@ -37,7 +37,6 @@ _ST_NAMES = {
 _ST_TYPES = {v: k for k, v in _ST_NAMES.items()}
 _CHUNK = 8 << 20
 _MAX_HEADER = 100 << 20
-TMP_SUFFIX = ".tmp"
 
 
 class ShardCorruptError(SaesteerError, ValueError):
@@ -52,20 +51,6 @@ class WrittenFile(NamedTuple):
 def _write_all(f: BinaryIO, data: memoryview) -> None:
     """Write `data` fully. A separate function so tests can inject disk errors (ENOSPC)."""
     f.write(data)
-
-
-def fsync_dir(path: Path) -> None:
-    """fsync a directory so a rename inside it is durable (no-op where unsupported)."""
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _as_bytes(t: torch.Tensor) -> memoryview:
@@ -91,46 +76,19 @@ def _header(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> tuple
 
 
 def write_safetensors_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> WrittenFile:
-    """Write `tensors` as a safetensors file at `path` atomically; returns its SHA-256 and size.
-
-    The bytes are deterministic for given tensors and metadata."""
-    path = Path(path)
-    tmp = path.with_name(path.name + TMP_SUFFIX)
+    """Write `tensors` as a safetensors file at `path` atomically (`saes.fileio.atomic_open`);
+    returns its SHA-256 and size. The bytes are deterministic for given tensors and metadata."""
     head, order = _header(tensors, metadata or {})
     h = hashlib.sha256()
     nbytes = 0
-    try:
-        with open(tmp, "wb") as f:
-            for mv in [memoryview(head)] + [_as_bytes(tensors[k]) for k in order]:
-                for i in range(0, len(mv), _CHUNK):
-                    piece = mv[i:i + _CHUNK]
-                    h.update(piece)
-                    _write_all(f, piece)
-                    nbytes += len(piece)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        raise
-    fsync_dir(path.parent)
+    with atomic_open(path) as f:
+        for mv in [memoryview(head)] + [_as_bytes(tensors[k]) for k in order]:
+            for i in range(0, len(mv), _CHUNK):
+                piece = mv[i:i + _CHUNK]
+                h.update(piece)
+                _write_all(f, piece)
+                nbytes += len(piece)
     return WrittenFile(h.hexdigest(), nbytes)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb", buffering=0) as f:
-        buf = bytearray(_CHUNK)
-        mv = memoryview(buf)
-        while True:
-            n = f.readinto(buf)
-            if not n:
-                break
-            h.update(mv[:n])
-    return h.hexdigest()
 
 
 class TensorEntry(NamedTuple):
@@ -195,14 +153,19 @@ def load_tensors(path: Path, keys: list[str] | None = None) -> dict[str, torch.T
     """Load some (default all) tensors of a safetensors file into fresh CPU tensors."""
     entries, _ = read_header(path)
     keys = list(entries) if keys is None else keys
-    out = {}
+    missing = [k for k in keys if k not in entries]
+    if missing:
+        raise KeyError(f"{Path(path).name} has no tensor {missing[0]!r}; it has {', '.join(sorted(entries))}")
     with open(path, "rb", buffering=0) as f:
-        for k in keys:
-            if k not in entries:
-                raise KeyError(f"{Path(path).name} has no tensor {k!r}; it has {', '.join(sorted(entries))}")
-            e = entries[k]
-            t = torch.empty(e.shape, dtype=e.dtype)
-            if t.numel():
-                read_into(f, e, t)
-            out[k] = t
+        return read_tensors(f, [entries[k] for k in keys], keys)
+
+
+def read_tensors(f: BinaryIO, entries: list[TensorEntry], names: list[str]) -> dict[str, torch.Tensor]:
+    """The tensors `entries` of the open file `f`, in fresh CPU tensors, under `names`."""
+    out = {}
+    for name, e in zip(names, entries):
+        t = torch.empty(e.shape, dtype=e.dtype)
+        if t.numel():
+            read_into(f, e, t)
+        out[name] = t
     return out

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from training.manifest import Manifest, read_manifest
-from training.shards import load_tensors
+from training.shardset import ShardSet
 
 
 def cache_provenance(manifest: Manifest, cache_dir: str | Path, hook: str) -> dict[str, Any]:
@@ -92,7 +92,7 @@ def text_documents_read(manifest: Manifest) -> int:
 
 def contexts_from_text(text_cfg: Any, tokenizer: Any, n: int) -> torch.Tensor:
     """The first `n` packed contexts [n, L] of a text config (e.g. the validation split)."""
-    from training.text import open_packer
+    from training.packing import open_packer
 
     toks, _ = open_packer(text_cfg, tokenizer).take(n)
     if len(toks) == 0:
@@ -101,11 +101,12 @@ def contexts_from_text(text_cfg: Any, tokenizer: Any, n: int) -> torch.Tensor:
 
 
 def contexts_from_cache(cache_dir: str | Path, n: int) -> torch.Tensor:
-    """Up to `n` model inputs [n, L] stored in the cache's last shards (trained-on text: a fallback)."""
-    man = read_manifest(cache_dir)
+    """Up to `n` model inputs [n, L] stored in the cache's last shards (trained-on text: a fallback);
+    each shard read is checked first (`training.shardset`)."""
+    cache = ShardSet(cache_dir, read_manifest(cache_dir).hooks[0])  # any hook: only the model inputs are read
     parts, have = [], 0
-    for shard in reversed(man.shards):
-        t = load_tensors(Path(cache_dir) / shard.file, ["context_tokens"])["context_tokens"]
+    for i in reversed(range(len(cache.shards))):
+        t = cache.read(i, ["context_tokens"])["context_tokens"]
         parts.insert(0, t)
         have += t.shape[0]
         if have >= n:

@@ -1,5 +1,6 @@
-"""Text input for the activation cache: documents from HF `datasets`, tokenized and packed into
-fixed-length contexts under an explicit BOS policy.
+"""Text input for the activation cache: where the documents come from (HF `datasets`) and
+what the manifest records about them. Tokenizing and packing them into contexts is
+`training.packing`.
 
 Sources (`TextConfig.dataset`), read at split `TextConfig.split`:
   * "toy": the toy world's corpus files (jsonl with a "text" field; splits train, validation);
@@ -13,34 +14,17 @@ A .txt file is one document (`txt_documents="file"`: a folder of source files or
 such, newlines and blank lines kept), or one document per line (`"line"`: blank lines skipped), the
 default of HF `datasets`' text builder. The manifest records which (see `dataset_spec`).
 
-Packing. Each non-empty document becomes an *item* of tokens: `[BOS]` first when
-`bos_policy="doc"`, then the document's tokens, then `[EOS]` when `separator="eos"`. Items are
-concatenated into one stream, cut into contexts of `context_length` tokens:
-  * "prepend": every context is `[BOS]` + the next `context_length - 1` stream tokens;
-  * "doc":     contexts are plain slices of the stream (BOS marks document starts inside it);
-  * "none":    contexts are plain slices, no BOS anywhere.
-The tail of the stream shorter than one context is dropped.
-
-A `TextPointer(doc, offset)` names a place in the stream: item `doc` (index in the dataset,
-counting empty documents too), token `offset` within that item. Packing restarted at a pointer
-continues exactly where an uninterrupted run would be; this is what makes cache resume exact.
+A `TextPointer(doc, offset)` names a place in the packed stream: item `doc` (index in the
+dataset, counting empty documents too), token `offset` within that item (see `training.packing`).
 `datasets` is imported lazily (it is slow to import).
-
-Shape key: N contexts, L context_length.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import itertools
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, NamedTuple, Sequence
-
-import numpy as np
+from typing import Any, Iterator, Literal, NamedTuple
 
 from training.splits import describe_splits, local_splits, looks_local
 
@@ -271,249 +255,9 @@ class DocumentSource:
             yield [t if isinstance(t, str) else "" for t in batch[col]]
 
 
-# ----------------------------------------------------------------------------------------------
-# Tokenizer facts
-
-
-@dataclass(frozen=True)
-class SpecialTokens:
-    bos: int | None
-    eos: int | None
-    pad: int | None
-    all: tuple[int, ...]
-
-
-def special_tokens(tokenizer) -> SpecialTokens:
-    ids = sorted({int(i) for i in (getattr(tokenizer, "all_special_ids", None) or [])})
-    get = lambda name: None if getattr(tokenizer, name, None) is None else int(getattr(tokenizer, name))
-    return SpecialTokens(get("bos_token_id"), get("eos_token_id"), get("pad_token_id"), tuple(ids))
-
-
-def tokenizer_fingerprint(tokenizer) -> dict[str, Any]:
-    """Name, vocabulary size, special token ids and a SHA-256 over the full tokenizer definition
-    (fast tokenizers: their JSON; others: the sorted vocabulary)."""
-    h = hashlib.sha256()
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        h.update(backend.to_str().encode())
-    else:
-        vocab = tokenizer.get_vocab()
-        h.update(json.dumps(sorted(vocab.items())).encode())
-    sp = special_tokens(tokenizer)
-    h.update(json.dumps(dataclasses.asdict(sp)).encode())
-    return {
-        "name": str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__),
-        "vocab_size": int(len(tokenizer)),
-        "bos_id": sp.bos,
-        "eos_id": sp.eos,
-        "pad_id": sp.pad,
-        "sha256": h.hexdigest(),
-    }
-
-
-def make_tokenize(tokenizer) -> Callable[[list[str]], list[list[int]]]:
-    """A function mapping a list of texts to lists of token ids, adding no special tokens.
-
-    For HF fast tokenizers it calls the Rust backend's `encode_batch_fast` directly (about 1.5x
-    less CPU than `tokenizer(...)`), after checking on the first batch that it gives exactly the
-    ids `tokenizer(...)` gives; on any difference it uses `tokenizer(...)` throughout."""
-
-    def slow(texts: list[str]) -> list[list[int]]:
-        out = tokenizer(
-            texts,
-            add_special_tokens=False,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-            verbose=False,
-        )
-        return out["input_ids"]
-
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    fast_fn = getattr(backend, "encode_batch_fast", None)
-    if fast_fn is None:
-        return slow
-    # the check's verdict is remembered on the tokenizer object (one check per tokenizer)
-    state = tokenizer.__dict__.setdefault("_saesteer_fast_tokenize", {"checked": False, "use_fast": True})
-
-    def tokenize(texts: list[str]) -> list[list[int]]:
-        if not state["use_fast"]:
-            return slow(texts)
-        ids = [e.ids for e in fast_fn(texts, add_special_tokens=False)]
-        if not state["checked"] and texts:
-            ref = slow(texts)
-            state["checked"] = True
-            if [list(x) for x in ref] != ids:
-                state["use_fast"] = False
-                return ref
-        return ids
-
-    return tokenize
-
-
-# ----------------------------------------------------------------------------------------------
-# Packing
-
-
-class ContextPacker:
-    """Cut the document stream into contexts, starting at a `TextPointer`.
-
-    `take(n)` returns up to `n` contexts [N, L] (int64) and the pointer just past the last
-    stream token they used; fewer than `n` only when the data ran out. The returned pointer is
-    canonical (it depends only on what was consumed, not on how far ahead we tokenized).
-    """
-
-    def __init__(
-        self,
-        chunks: Iterator[list[str]],
-        tokenize: Callable[[list[str]], list[list[int]]],
-        cfg: TextConfig,
-        specials: SpecialTokens,
-        start: TextPointer = START,
-    ):
-        self.cfg = cfg
-        self._chunks = chunks
-        self._tokenize = tokenize
-        if cfg.bos_policy in ("prepend", "doc") and specials.bos is None:
-            raise ValueError(
-                f"bos_policy {cfg.bos_policy!r} needs a BOS token, but the tokenizer has none; "
-                "use --bos-policy none"
-            )
-        if cfg.separator == "eos" and specials.eos is None:
-            raise ValueError("separator 'eos' needs an EOS token, but the tokenizer has none; use --separator none")
-        self._bos = specials.bos
-        self._eos = specials.eos
-        self.K = cfg.context_length - 1 if cfg.bos_policy == "prepend" else cfg.context_length
-        self._next_doc = start.doc
-        self._skip = start.offset
-        self._last = start  # pointer just past the last consumed token
-        self._tok = np.empty(0, np.int64)
-        self._doc = np.empty(0, np.int64)
-        self._off = np.empty(0, np.int64)
-        self._pos = 0
-        self._exhausted = False
-
-    @property
-    def pointer(self) -> TextPointer:
-        return self._last
-
-    def _refill(self) -> bool:
-        """Tokenize the next chunk of documents into the pending buffer. False when out of data."""
-        while True:
-            try:
-                texts = next(self._chunks)
-            except StopIteration:
-                self._exhausted = True
-                return False
-            ids = self._tokenize(texts)
-            d0 = self._next_doc
-            skip = self._skip
-            self._next_doc += len(ids)
-            self._skip = 0
-            tok, doc, off = self._items(ids, d0, skip)
-            if len(tok):
-                keep = slice(self._pos, None)
-                self._tok = np.concatenate([self._tok[keep], tok])
-                self._doc = np.concatenate([self._doc[keep], doc])
-                self._off = np.concatenate([self._off[keep], off])
-                self._pos = 0
-                return True
-
-    def _items(self, ids: list[list[int]], d0: int, skip: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Items of documents d0, d0+1, ... (vectorized): tokens, their document index, their
-        offset in the item; the first `skip` tokens of document d0's item dropped."""
-        lens = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-        flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lens.sum()))
-        pre = int(self.cfg.bos_policy == "doc")
-        post = int(self.cfg.separator == "eos")
-        nonempty = lens > 0  # empty documents contribute nothing (not even BOS/EOS)
-        item_len = np.where(nonempty, lens + pre + post, 0)
-        item_start = np.cumsum(item_len) - item_len
-        total = int(item_len.sum())
-        tok = np.empty(total, dtype=np.int64)
-        tok_start = np.cumsum(lens) - lens
-        within = np.arange(flat.size, dtype=np.int64) - np.repeat(tok_start, lens)
-        tok[np.repeat(item_start + pre, lens) + within] = flat
-        if pre:
-            tok[item_start[nonempty]] = self._bos
-        if post:
-            tok[item_start[nonempty] + item_len[nonempty] - 1] = self._eos
-        doc = np.repeat(np.arange(d0, d0 + len(ids), dtype=np.int64), item_len)
-        off = np.arange(total, dtype=np.int64) - np.repeat(item_start, item_len)
-        if skip and len(ids):
-            cut = min(skip, int(item_len[0]))  # item 0 comes first in the stream
-            tok, doc, off = tok[cut:], doc[cut:], off[cut:]
-        return tok, doc, off
-
-    def take(self, n: int) -> tuple[np.ndarray, TextPointer]:
-        K, L = self.K, self.cfg.context_length
-        need = n * K
-        while len(self._tok) - self._pos < need and not self._exhausted:
-            self._refill()
-        m = min(n, (len(self._tok) - self._pos) // K)
-        if m == 0:
-            return np.empty((0, L), np.int64), self._last
-        end = self._pos + m * K
-        block = self._tok[self._pos:end].reshape(m, K)
-        if self.cfg.bos_policy == "prepend":
-            block = np.concatenate([np.full((m, 1), self._bos, np.int64), block], axis=1)
-        self._last = TextPointer(int(self._doc[end - 1]), int(self._off[end - 1]) + 1)
-        self._pos = end
-        return np.ascontiguousarray(block), self._last
-
-
-def open_packer(
-    cfg: TextConfig, tokenizer, start: TextPointer = START, source: DocumentSource | None = None
-) -> ContextPacker:
-    """A `ContextPacker` over `cfg`'s documents, from `start`."""
-    source = source or DocumentSource(cfg)
-    return ContextPacker(
-        source.chunks(start.doc), make_tokenize(tokenizer), cfg, special_tokens(tokenizer), start
-    )
-
-
 def sample_documents(source: DocumentSource, n: int = 512) -> list[str]:
     """The first `n` documents (fewer if the dataset is smaller)."""
     try:
         return next(source.chunks(0, chunk_docs=n))
     except StopIteration:
         return []
-
-
-def estimate_stream_tokens(cfg: TextConfig, tokenizer, source: DocumentSource, texts: list[str], sample_docs: int = 512) -> int | None:
-    """Rough number of stream tokens in the whole dataset from `texts`, its first documents (from
-    `sample_documents(source, sample_docs)`). None when it cannot be guessed (e.g. a streamed hub
-    dataset). Scales by the document count (non-streaming) or by file bytes (local files)."""
-    if not texts:
-        return 0
-    ids = make_tokenize(tokenizer)(texts)
-    extra = (cfg.bos_policy == "doc") + (cfg.separator == "eos")
-    sample_tokens = sum(len(x) + extra for x in ids if x)
-    if len(texts) < sample_docs:
-        return sample_tokens  # we saw everything
-    if source.num_docs is not None:
-        return int(sample_tokens * source.num_docs / max(1, len(texts)))
-    if source.data.is_local and source.data.builder in ("json", "text"):
-        total_bytes = sum(p.stat().st_size for p in source.data.files)
-        first = source.data.files[0]
-        if source.data.builder == "text" and cfg.txt_documents == "file":  # one document per file
-            sample_bytes = sum(p.stat().st_size for p in source.data.files[:len(texts)])
-        elif source.data.builder == "text" or first.suffix == ".jsonl":  # one document per line
-            with open(first, "rb") as f:
-                sample_bytes = sum(len(next(f, b"")) for _ in range(len(texts)))
-        else:
-            sample_bytes = sum(len(t.encode()) for t in texts)
-        return int(sample_tokens * total_bytes / max(1, sample_bytes))
-    if source.data.is_local and source.data.builder == "parquet":
-        try:
-            import pyarrow.parquet as pq
-
-            rows = sum(pq.ParquetFile(p).metadata.num_rows for p in source.data.files)
-            return int(sample_tokens * rows / max(1, len(texts)))
-        except Exception:
-            return None
-    return None
-
-
-def contexts_as_text(tokens_NL: Sequence[Sequence[int]], tokenizer) -> list[str]:
-    """Decode contexts back to text (debugging and tests)."""
-    return [tokenizer.decode(list(map(int, row))) for row in tokens_NL]

@@ -5,6 +5,7 @@
     loaded = resolve_sae("checkpoints/run/layers.6", model="EleutherAI/pythia-70m")  # sparsify hookpoint
     loaded = resolve_sae("dl/trainer_0")                                      # dictionary_learning ae.pt + config.json
     loaded = resolve_sae("gs/params.npz", model="gemma-2-2b", hook="blocks.20.hook_resid_post")  # Gemma Scope
+    loaded = resolve_sae("oa/6.pt", model="gpt2", hook="blocks.6.mlp.hook_post")  # OpenAI Autoencoder state dict
     loaded.sae, loaded.provenance, loaded.spec
 
 `resolve_sae` is the one place a `--sae` string becomes an SAE: every command goes through it.
@@ -21,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from saes.formats import dictionary_learning, gemma_scope, sae_lens_folder, sae_lens_registry, sparsify
-from saes.formats.base import LoadedSAE, tl_hook_for_module
+from saes.formats import dictionary_learning, gemma_scope, openai_sae, sae_lens_folder, sae_lens_registry, sparsify
+from saes.formats.base import LoadedSAE, sae_of, tl_hook_for_module
 from saes.io import PICKLE_SUFFIXES, SAEFormatError
 
 FORMATS = {
@@ -31,9 +32,10 @@ FORMATS = {
     sparsify.FORMAT: "sparsify hookpoint folder with cfg.json + sae.safetensors",
     dictionary_learning.FORMAT: "dictionary_learning folder with ae.pt (+ config.json), or the ae.pt file",
     gemma_scope.FORMAT: "Gemma Scope params.npz (or its folder)",
+    openai_sae.FORMAT: "OpenAI sparse_autoencoder Autoencoder state dict (a .pt file, read weights-only)",
 }
 
-__all__ = ["FORMATS", "LoadedSAE", "detect_format", "resolve_sae", "tl_hook_for_module"]
+__all__ = ["FORMATS", "LoadedSAE", "detect_format", "resolve_sae", "sae_of", "tl_hook_for_module"]
 
 
 def detect_format(spec: str | os.PathLike) -> str:
@@ -47,10 +49,8 @@ def detect_format(spec: str | os.PathLike) -> str:
             return gemma_scope.FORMAT
         if path.name == dictionary_learning.WEIGHTS:
             return dictionary_learning.FORMAT
-        if path.suffix.lower() in PICKLE_SUFFIXES:
-            raise SAEFormatError(f"{path}: saesteer reads torch pickles only as dictionary_learning's "
-                                 f"{dictionary_learning.WEIGHTS}; other pickles are never loaded (they can run code). "
-                                 f"Convert it with safetensors in a Python session you trust")
+        if path.suffix.lower() in PICKLE_SUFFIXES:  # read weights-only; the reader refuses what is not its format
+            return openai_sae.FORMAT
         raise SAEFormatError(f"{path} is a file; pass the SAE folder (or one of: {_known()})")
     if not path.is_dir():
         raise FileNotFoundError(f"SAE not found: {path} (expected a folder, a file, or {sae_lens_registry.PREFIX}"
@@ -69,7 +69,8 @@ def detect_format(spec: str | os.PathLike) -> str:
     if trainers:
         raise SAEFormatError(f"{path} holds several dictionary_learning SAEs; pass one of {', '.join(trainers[:8])}")
     pickles = sorted(p.name for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
-    held = f" (it holds pickled file(s) {', '.join(pickles[:5])}, which saesteer never unpickles)" if pickles else ""
+    held = (f" (it holds pickled file(s) {', '.join(pickles[:5])}: pass the file itself if it is an OpenAI "
+            f"Autoencoder state dict)" if pickles else "")
     raise SAEFormatError(f"{path} is not an SAE folder saesteer reads{held}; expected one of: {_known()}")
 
 
@@ -94,5 +95,6 @@ def resolve_sae(
         return sae_lens_registry.load(text[len(sae_lens_registry.PREFIX):], **kw)
     path = Path(text).expanduser()
     reader = {sae_lens_folder.FORMAT: sae_lens_folder.load, sparsify.FORMAT: sparsify.load,
-              dictionary_learning.FORMAT: dictionary_learning.load, gemma_scope.FORMAT: gemma_scope.load}[fmt]
+              dictionary_learning.FORMAT: dictionary_learning.load, gemma_scope.FORMAT: gemma_scope.load,
+              openai_sae.FORMAT: openai_sae.load}[fmt]
     return reader(path, **kw)

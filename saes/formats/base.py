@@ -1,12 +1,14 @@
 """What every reader of another library's SAE files shares.
 
-- `LoadedSAE`: the SAE, its provenance and the canonical spec it was loaded from.
+- `LoadedSAE`: the SAE, its provenance and the canonical spec it was loaded from; `sae_of`
+  unwraps it where a domain API takes an SAE or a `LoadedSAE`.
 - `record_model_and_hook`: where a format records the model and hook point, that record is used
   (a different `--hook` is refused, naming both); where it does not, the user's values are used;
   both sides are kept in the provenance.
 - `tl_hook_for_module`: TransformerLens hook name of an HF module path (sparsify's hookpoints).
 - `read_plain_state_dict`: a torch pickle through `torch.load(weights_only=True)` only, and only
-  if it holds a plain {name: tensor} state dict.
+  if it holds a plain {name: tensor} state dict (`read_weights_only_pickle`: the load alone).
+- `hf_model_identity`: the model identity of an HF model name a file records.
 - `read_safetensors`, `require_tensors`, `file_sha256`: small checked readers.
 
 Only JSON, safetensors, numpy .npz (allow_pickle=False) and weights-only torch pickles of plain
@@ -26,6 +28,7 @@ from typing import Any, NamedTuple
 import torch
 
 from saes.base import SAE
+from saes.identity import ModelIdentity
 from saes.io import SAEFormatError
 
 
@@ -33,12 +36,18 @@ class LoadedSAE(NamedTuple):
     """An SAE from any supported source.
 
     `spec` re-resolves to the same SAE (an absolute path, or a `sae_lens:` registry id), so a
-    feature store can record it; `provenance` is also set on `sae.provenance`."""
+    feature store can record it. `provenance` travels beside the SAE, never on it: pass the
+    `LoadedSAE` itself where the recorded model is checked (`saes.identity.identity_of_sae`)."""
 
     sae: SAE
     provenance: dict[str, Any]
     spec: str
     format: str
+
+
+def sae_of(sae: SAE | LoadedSAE) -> SAE:
+    """The SAE itself, given bare or loaded beside its provenance (domain APIs take either)."""
+    return sae.sae if isinstance(sae, LoadedSAE) else sae
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -79,14 +88,7 @@ def read_plain_state_dict(path: Path, source: str) -> dict[str, torch.Tensor]:
     weights_only's unpickler builds only tensors and plain containers and never calls anything
     a file names, so a malicious pickle fails here without running. A pickle that holds anything
     but a flat dict of tensors (a whole module, an optimizer checkpoint, ...) is refused."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile, AttributeError) as e:
-        raise SAEFormatError(
-            f"{source}: {path.name} is not a plain state dict of tensors, refused without running it "
-            f"(torch.load(weights_only=True) said: {_unpickling_reason(e)[:200]}). Only files saved as "
-            f"torch.save(module.state_dict(), ...) are read; convert other pickles in a Python session you trust"
-        ) from None
+    obj = read_weights_only_pickle(path, source)
     if not isinstance(obj, dict) or not obj:
         raise SAEFormatError(f"{source}: {path.name} holds a {type(obj).__name__}, not a state dict "
                              f"({{name: tensor}}); save it with torch.save(module.state_dict(), path)")
@@ -95,6 +97,19 @@ def read_plain_state_dict(path: Path, source: str) -> dict[str, torch.Tensor]:
         raise SAEFormatError(f"{source}: {path.name} is not a plain state dict: entries {', '.join(bad[:5])} are not "
                              f"tensors named by strings; save it with torch.save(module.state_dict(), path)")
     return obj
+
+
+def read_weights_only_pickle(path: Path, source: str) -> Any:
+    """What a torch pickle holds, read with `torch.load(weights_only=True)` only: tensors, numbers,
+    strings and plain containers; anything else is refused without running (see above)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile, AttributeError) as e:
+        raise SAEFormatError(
+            f"{source}: {path.name} is not a plain state dict of tensors, refused without running it "
+            f"(torch.load(weights_only=True) said: {_unpickling_reason(e)[:200]}). Only files saved as "
+            f"torch.save(module.state_dict(), ...) are read; convert other pickles in a Python session you trust"
+        ) from None
 
 
 def _unpickling_reason(e: BaseException) -> str:
@@ -135,12 +150,15 @@ def record_model_and_hook(
     recorded_hook: str | None,
     recorded_model: str | None,
     hook_basis: str | None = None,
+    recorded_identity: ModelIdentity | None = None,
 ) -> None:
     """Put the hook point and model into `sae.cfg.metadata` (what every command reads) and the
     provenance. The file's own record wins; a `hook` that contradicts it is refused.
 
     `hook_basis` says how `recorded_hook` was derived when the file names it in other terms
-    (e.g. "sparsify hookpoint layers.3")."""
+    (e.g. "sparsify hookpoint layers.3"). `recorded_identity` (`hf_model_identity` of the recorded
+    name) becomes the provenance's `model_identity`, which every command checks the model against
+    as it checks our own SAEs' (`saes.identity.identity_of_sae`)."""
     if hook and recorded_hook and hook != recorded_hook:
         basis = f" ({hook_basis})" if hook_basis else ""
         raise SAEFormatError(f"{source} records hook point {recorded_hook}{basis}, but --hook says {hook}; "
@@ -159,3 +177,20 @@ def record_model_and_hook(
         recorded={"model": recorded_model, "hook_name": recorded_hook, "hook_basis": hook_basis},
         given={"model": model, "hook_name": hook},
     )
+    if recorded_identity is not None:
+        provenance["model_identity"] = recorded_identity.to_json()
+
+
+_HF_REPO = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def hf_model_identity(name: Any) -> ModelIdentity | None:
+    """The model identity of a model name a library that reads HF checkpoints with their raw
+    weights recorded (dictionary_learning's `lm_name`, sparsify's `model`): an HF hub repo
+    'ORG/NAME' (any revision), or an absolute checkpoint directory; None for anything else (a bare
+    name could be an alias of any model)."""
+    if not isinstance(name, str) or not name:
+        return None
+    if os.path.isabs(name):
+        return ModelIdentity("local", Path(name).name or name, path=name)
+    return ModelIdentity("hub", name) if _HF_REPO.match(name) else None

@@ -31,7 +31,14 @@ from typing import Any
 import torch
 
 from saes.fileio import read_json
-from saes.formats.base import LoadedSAE, files_record, read_plain_state_dict, record_model_and_hook, require_tensors
+from saes.formats.base import (
+    LoadedSAE,
+    files_record,
+    hf_model_identity,
+    read_plain_state_dict,
+    record_model_and_hook,
+    require_tensors,
+)
 from saes.io import SAEFormatError, sae_from_sae_lens_dict
 
 FORMAT = "dictionary_learning"
@@ -180,7 +187,6 @@ def load(
     submodule = trainer.get("submodule_name")
     derived = _hook_from_submodule(submodule)
     record_model_and_hook(sae, prov, source=source, hook=hook, model=model, recorded_hook=derived,
-                          recorded_model=trainer.get("lm_name"),
+                          recorded_model=trainer.get("lm_name"), recorded_identity=hf_model_identity(trainer.get("lm_name")),
                           hook_basis=f"dictionary_learning submodule {submodule!r}" if derived else None)
-    sae.provenance = prov
     return LoadedSAE(sae, prov, str(weights_path if path.is_file() else folder), FORMAT)

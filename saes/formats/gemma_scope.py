@@ -64,5 +64,4 @@ def load(
                                  source=source)
     prov: dict[str, Any] = {"source": {"format": FORMAT, "path": str(npz), "files": files_record(npz.parent, [npz.name])}}
     record_model_and_hook(sae, prov, source=source, hook=hook, model=model, recorded_hook=None, recorded_model=None)
-    sae.provenance = prov
     return LoadedSAE(sae, prov, str(npz), FORMAT)

@@ -31,8 +31,8 @@ def load(
     md = sae.cfg.metadata
     if provenance is not None:  # ours: saesteer.json says it all
         prov: dict[str, Any] = dict(provenance)
-        if hook and not md.get("hook_name") and not prov.get("hook_name"):
-            md["hook_name"] = hook
+        if not md.get("hook_name") and (prov.get("hook_name") or hook):  # older folders: only saesteer.json says
+            md["hook_name"] = prov.get("hook_name") or hook
         recorded = md.get("hook_name") or prov.get("hook_name")
         if hook and recorded and hook != recorded:
             raise SAEFormatError(f"{path} was trained on {recorded}, not {hook}; drop --hook or pick the right SAE")
@@ -41,6 +41,5 @@ def load(
                            "files": files_record(path, [CFG_FILENAME, WEIGHTS_FILENAME])}}
         record_model_and_hook(sae, prov, source=str(path), hook=hook, model=model,
                               recorded_hook=md.get("hook_name"), recorded_model=md.get("model_name"))
-    sae.provenance = prov
     return LoadedSAE(sae, prov, str(path), FORMAT)
 

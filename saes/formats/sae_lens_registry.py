@@ -123,6 +123,5 @@ def load(
         prov["model_from_pretrained_kwargs"] = kwargs
     record_model_and_hook(sae, prov, source=spec, hook=hook, model=model,
                           recorded_hook=md.get("hook_name"), recorded_model=md.get("model_name"))
-    sae.provenance = prov
     return LoadedSAE(sae, prov, spec, FORMAT)
 

@@ -30,6 +30,7 @@ from saes.fileio import read_json
 from saes.formats.base import (
     LoadedSAE,
     files_record,
+    hf_model_identity,
     read_safetensors,
     record_model_and_hook,
     require_tensors,
@@ -110,10 +111,10 @@ def load(
         "sparsify_config": cfg, "run": {k: run_cfg.get(k) for k in ("model", "dataset", "ctx_len", "hookpoints")
                                         if k in run_cfg},
     }}
+    run_model = run_cfg.get("model") if isinstance(run_cfg.get("model"), str) else None
     record_model_and_hook(sae, prov, source=source, hook=hook, model=model, recorded_hook=derived,
-                          recorded_model=run_cfg.get("model") if isinstance(run_cfg.get("model"), str) else None,
+                          recorded_model=run_model, recorded_identity=hf_model_identity(run_model),
                           hook_basis=f"sparsify hookpoint {hookpoint!r}" if derived else None)
     if not derived:
         prov["source"]["note"] = f"hookpoint {hookpoint!r} has no exact TransformerLens counterpart; hook from --hook"
-    sae.provenance = prov
     return LoadedSAE(sae, prov, str(folder), FORMAT)

@@ -1,17 +1,19 @@
 """Shared pieces of `saesteer steer` and `saesteer sweep` (not a command: the name starts with _).
 
-Loading (model, SAEs, feature store), reading prompts, and the toy-world offline scorer (the face
-may import toyworld; the steering package itself does not).
+Loading (model, SAEs, feature store) and reading prompts; the toy-world offline scorer is
+`saesteer.toyscore`.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
-
+from typing import TYPE_CHECKING, Any
 
 from saes.errors import SaesteerError
+
+if TYPE_CHECKING:  # importing saes.formats loads torch: not at CLI start-up
+    from saes.formats import LoadedSAE
 
 
 class CLIError(SaesteerError):
@@ -27,7 +29,7 @@ def add_common_arguments(parser, *, prompts_help: str) -> None:
                    help="steer --model even if the SAEs or the store record another model")
     g.add_argument("--device", default=None, help="device for the model and SAEs (default: the model's)")
     g.add_argument("--sae", action="append", default=[], metavar="[NAME=]SAE", required=True,
-                   help="SAE: a folder (saesteer, SAELens, sparsify, dictionary_learning, Gemma Scope) or "
+                   help="SAE: a folder (saesteer, SAELens, sparsify, dictionary_learning, Gemma Scope), an OpenAI .pt file, or "
                         "sae_lens:RELEASE/SAE_ID (repeat for several; name them NAME=SAE and refer to NAME/FEATURE "
                         "in edits)")
     g.add_argument("--hook", default=None, metavar="HOOK",
@@ -53,18 +55,20 @@ def parse_sae_args(values: list[str]) -> dict[str, Path]:
     return out
 
 
-def load_saes(values: list[str], device: Any = None, hook: str | None = None, model: str | None = None) -> dict[str, Any]:
-    """Every --sae through `saes.formats.resolve_sae` (any supported format or registry id); --hook
-    and --model fill in what a format does not record, and a contradicting --hook is refused."""
+def load_saes(values: list[str], device: Any = None, hook: str | None = None, model: str | None = None
+              ) -> dict[str, LoadedSAE]:
+    """Every --sae through `saes.formats.resolve_sae` (any supported format or registry id): name ->
+    `LoadedSAE` (the SAE beside its provenance); --hook and --model fill in what a format does not
+    record, and a contradicting --hook is refused."""
     from saes.formats import resolve_sae
 
-    saes = {}
+    loaded = {}
     for name, path in parse_sae_args(values).items():
         try:
-            saes[name] = resolve_sae(path, hook=hook, model=model, device=device).sae
+            loaded[name] = resolve_sae(path, hook=hook, model=model, device=device)
         except (FileNotFoundError, ValueError) as e:
             raise CLIError(f"cannot load SAE {name!r} from {path}: {e}") from None
-    return saes
+    return loaded
 
 
 def require_hook(name: str, spec: Any, sae: Any) -> None:
@@ -74,17 +78,17 @@ def require_hook(name: str, spec: Any, sae: Any) -> None:
                        f"(e.g. --hook blocks.6.hook_resid_post)")
 
 
-def load_model(args, saes: dict[str, Any], store: Any = None):
-    """The model to steer: --model, checked against the model every SAE and the store record,
-    or else the recorded model itself. Refusals name both models and --allow-model-mismatch.
-    Every SAE must know its hook point first (its files, or --hook)."""
+def load_model(args, loaded: dict[str, LoadedSAE], store: Any = None):
+    """The model to steer: --model, checked against the model every SAE (`load_saes`'s LoadedSAEs)
+    and the store record, or else the recorded model itself. Refusals name both models and
+    --allow-model-mismatch. Every SAE must know its hook point first (its files, or --hook)."""
     from saes.identity import ModelIdentityError, check_same_model, identity_of_sae
     from saesteer.models import OVERRIDE_FLAG, load_recorded_model, model_identity, pick_record
 
     dirs = parse_sae_args(args.sae)
-    for name, sae in saes.items():
-        require_hook(name, dirs[name], sae)
-    records = [(identity_of_sae(sae), f"SAE {name!r} ({dirs[name]})") for name, sae in saes.items()]
+    for name, item in loaded.items():
+        require_hook(name, dirs[name], item.sae)
+    records = [(identity_of_sae(item), f"SAE {name!r} ({dirs[name]})") for name, item in loaded.items()]
     if store is not None:
         records.append((store.recorded_model(), f"the feature store {args.store}"))
     first, where = pick_record(records)
@@ -103,11 +107,6 @@ def load_model(args, saes: dict[str, Any], store: Any = None):
     return model
 
 
-def model_device(model: Any):
-    try:
-        return next(model.parameters()).device
-    except StopIteration:  # pragma: no cover
-        return None
 
 
 def read_prompts(args) -> list[str]:
@@ -148,48 +147,6 @@ def typical_max_provider(link: Any, saes: dict[str, Any]):
     if len(saes) == 1:
         return link.typical_max
     raise CLIError("--store goes with a single --sae (a store describes one SAE)")
-
-
-# ------------------------------------------------------------------------------ toy world
-def toy_topics() -> tuple[str, ...]:
-    from toyworld.lexicon import TOPICS
-
-    return tuple(TOPICS)
-
-
-def toy_scorer(topic: str, context: str = "sentence"):
-    """Offline scorer on the toy world: topic share of the continuation's content words, and the
-    grammatical share of its complete sentences (an unfinished last sentence is dropped).
-
-    context="sentence": each sentence is judged alone by the toy grammar; "document": with the
-    document rules too (one narrative tense, names introduced before use, pronouns with a
-    character of that gender), the prompt counting as the start of the document."""
-    from toyworld.validate import TERMINALS, split_sentences, topic_counts, validate_document, validate_sentence
-
-    from steering.evaluate import OfflineScorer
-
-    topics = toy_topics()
-    if topic not in topics:
-        raise CLIError(f"unknown toy-world topic {topic!r}; choose one of {', '.join(topics)}")
-    if context not in ("sentence", "document"):
-        raise CLIError(f"context must be 'sentence' or 'document', got {context!r}")
-
-    def share(text: str) -> float:
-        c = topic_counts(text)
-        total = sum(c.values())
-        return c[topic] / total if total else 0.0
-
-    def counts(text: str) -> tuple[int, int]:
-        if context == "document":
-            res = validate_document(text).sentences
-        else:
-            sents = split_sentences(text)
-            if sents and sents[-1][-1] not in TERMINALS:
-                sents = sents[:-1]
-            res = [validate_sentence(w) for w in sents]
-        return sum(r.grammatical for r in res), len(res)
-
-    return OfflineScorer(share, counts, prompt_context=True)
 
 
 def print_error(e: BaseException, args: Any = None) -> int:

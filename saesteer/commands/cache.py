@@ -79,13 +79,11 @@ def _existing_cache(out):
 
 def run(args) -> int:
     from saesteer.configargs import dataclass_from_args, load_config_file
-    from training.cache import (
-        CacheDiskFullError,
-        UnknownHookError,
-        build_cache,
-        estimate_cache,
-        verify_cache,
-    )
+    from saes.hookpoints import UnknownHookError
+    from training.cache import build_cache
+    from training.estimate import estimate_cache
+    from training.shardset import verify_cache
+    from training.writer import CacheDiskFullError
     from training.cache_config import CacheConfig
     from training.manifest import CacheFormatError, CacheMismatchError
     from training.text import TextConfig
@@ -149,6 +147,15 @@ def run(args) -> int:
             return 0
         build_cache(model, text, cfg, model_id=ident, model_revision=revision, progress=not args.no_progress)
     except (CacheMismatchError, CacheDiskFullError, UnknownHookError, CacheFormatError, ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _error(e, args)
     return 0
+
+
+def _error(e: Exception, args) -> int:
+    """`error: ...` with the config fields a domain error names said as this command's flags."""
+    from saes.errors import SaesteerError
+    from saesteer.boundary import message_for
+
+    text = message_for(e, getattr(args, "_parser", None))[0] if isinstance(e, SaesteerError) else str(e)
+    print(f"error: {text}", file=sys.stderr)
+    return 2

@@ -37,7 +37,7 @@ examples:
 def add_arguments(parser) -> None:
     from autointerp.config import JudgeConfig
     from saesteer.configargs import add_dataclass_arguments
-    from saesteer.pipeline import DemoConfig
+    from saesteer.demo import DemoConfig
 
     g = parser.add_argument_group("run")
     g.add_argument("--fresh", action="store_true", help="delete the work folder (--out) first and start over")
@@ -53,7 +53,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from autointerp.config import JudgeConfig
     from saesteer.configargs import dataclass_from_args
-    from saesteer.pipeline import DemoConfig, DemoError, print_summary, run_demo, serve_demo
+    from saesteer.demo import DemoConfig, DemoError, print_summary, run_demo, serve_demo
 
     try:
         cfg = dataclass_from_args(DemoConfig, args)

@@ -9,7 +9,7 @@ ORDER = 35
 HELP = "evaluate any SAE(s) on held-out text: EV, MSE, L0, dead/dense, CE/KL spliced, shrinkage, absorption, probing"
 DESCRIPTION = """\
 Evaluate SAEs from any source (saesteer, SAELens folders or registry ids, sparsify, dictionary_learning,
-Gemma Scope) on held-out text, side by side:
+Gemma Scope, OpenAI) on held-out text, side by side:
 
   activations  explained variance, MSE, L0, dead and dense fractions on the held-out tokens, cosine
                similarity of x and its reconstruction, relative norm |x_hat|/|x| (shrinkage), L1;
@@ -43,7 +43,7 @@ def add_arguments(parser) -> None:
 
     g = parser.add_argument_group("SAEs and model")
     g.add_argument("--sae", action="append", default=[], metavar="[NAME=]SAE", required=True,
-                   help="SAE: a folder (saesteer, SAELens, sparsify, dictionary_learning, Gemma Scope) or "
+                   help="SAE: a folder (saesteer, SAELens, sparsify, dictionary_learning, Gemma Scope), an OpenAI .pt file, or "
                         "sae_lens:RELEASE/SAE_ID; repeat to compare several (name them NAME=SAE)")
     g.add_argument("--model", default=None,
                    help="'toy', a HuggingFace model name, or a local model directory (default: the model the "
@@ -109,7 +109,7 @@ def _run(args) -> int:
     say(f"loading model {args.model or '(the one the SAEs record)'}")
     args.device = device
     try:  # --model checked against the SAEs' recorded model, or that model (saes.identity)
-        model = load_checked_model(args, {n: x.sae for n, x in loaded.items()})
+        model = load_checked_model(args, loaded)
     except CLIError as e:
         raise ValueError(str(e)) from None
     ident = identity_of_model(model)

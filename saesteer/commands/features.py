@@ -34,7 +34,7 @@ def add_arguments(parser) -> None:
     b = sub.add_parser("build", help="run an SAE over an activation cache and write its feature store",
                        description="Build (or resume, after a crash: re-run the same command) a feature store.")
     b.add_argument("--sae", required=True,
-                   help="SAE: a folder (saesteer, SAELens, sparsify, dictionary_learning, Gemma Scope) or "
+                   help="SAE: a folder (saesteer, SAELens, sparsify, dictionary_learning, Gemma Scope), an OpenAI .pt file, or "
                         "sae_lens:RELEASE/SAE_ID")
     b.add_argument("--cache", required=True, help="activation cache directory (from `saesteer cache`)")
     b.add_argument("--out", required=True, help="store file to write, e.g. stores/toy-topk.db")
@@ -184,7 +184,7 @@ def _build(args) -> int:
     sae.eval()
     hook = args.hook or (sae.cfg.metadata or {}).get("hook_name")
     source = CacheSource(args.cache, hook=hook, verify=not args.no_verify)
-    cache_model, sae_model = source.recorded_model(), identity_of_sae(sae)
+    cache_model, sae_model = source.recorded_model(), identity_of_sae(loaded)
     where = f"the cache {args.cache}"
     if not args.allow_model_mismatch:
         check_same_model(cache_model, sae_model, recorded_in=where, given_as=f"the SAE {args.sae}'s model",
@@ -203,7 +203,7 @@ def _build(args) -> int:
     con.print(Text.assemble(("feature store ", "bold"), plain(
         f"{args.out}: {sae.architecture} d_sae={sae.d_sae} over {source.n_rows:,} tokens of {args.cache} "
         f"({source.hook_name}); model: {model_id(model) if model is not None else 'none (no logit effects)'}")))
-    res = build_feature_store(args.out, sae, source, cfg, model=model, sae_path=loaded.spec, overwrite=args.overwrite,
+    res = build_feature_store(args.out, loaded, source, cfg, model=model, overwrite=args.overwrite,
                               progress=not args.no_progress, allow_model_mismatch=args.allow_model_mismatch)
     if res.already_complete:
         con.print(plain(f"{args.out} is already complete (same SAE, cache and settings); nothing to do"))
@@ -376,16 +376,16 @@ def _top_on_text(args) -> int:
             raise ValueError("give --sae (or a store that records the SAE folder it was built from)")
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         recorded_hook = (store.meta.get("sae") or {}).get("hook_name") if store is not None else None
-        sae = resolve_sae(sae_dir, hook=args.hook or recorded_hook, model=args.model, device=device).sae
-        sae.eval()
+        loaded = resolve_sae(sae_dir, hook=args.hook or recorded_hook, model=args.model, device=device)
+        loaded.sae.eval()
         try:
-            require_hook("sae", sae_dir, sae)
+            require_hook("sae", sae_dir, loaded.sae)
         except CLIError as e:
             raise ValueError(str(e)) from None
         candidates = [(store.recorded_model(), f"the feature store {args.store}")] if store is not None else []
-        recorded, recorded_in = pick_record(candidates + [(identity_of_sae(sae), f"the SAE {sae_dir}")])
+        recorded, recorded_in = pick_record(candidates + [(identity_of_sae(loaded), f"the SAE {sae_dir}")])
         model = _recorded_model(recorded, args.model, recorded_in, device, args.allow_model_mismatch)
-        res = features_on_text(model, sae, args.text, store=store, top_n=args.top, prepend_bos=prepend_bos,
+        res = features_on_text(model, loaded, args.text, store=store, top_n=args.top, prepend_bos=prepend_bos,
                                allow_model_mismatch=args.allow_model_mismatch)
     finally:
         if store is not None:

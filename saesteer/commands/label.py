@@ -49,8 +49,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    import json
-    import os
     import sys
     from pathlib import Path
 
@@ -131,14 +129,6 @@ def run(args) -> int:
 
 
 def _write_json(path, obj) -> None:
-    import json
-    import os
-    from pathlib import Path
+    from saes.fileio import atomic_write_json
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2, default=str)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write_json(path, obj, default=str)

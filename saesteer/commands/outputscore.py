@@ -40,6 +40,7 @@ def run(args) -> int:
     from autointerp.config import JudgeConfig, make_judge, parse_latents
     from features import FeatureStore
     from features.store import StoreError
+    from saes.hookpoints import model_device
     from saesteer.configargs import dataclass_from_args
     from saesteer.outputscore import OutputScoreConfig, score_outputs
 
@@ -60,7 +61,7 @@ def run(args) -> int:
         with FeatureStore.open(store_path, readonly=False, sae=sae) as store:
             model = load_recorded_model(store.recorded_model(), args.model, recorded_in=str(store_path),
                                         device=args.device, allow_mismatch=args.allow_model_mismatch)
-            sae = sae.to(next(model.parameters()).device)
+            sae = sae.to(model_device(model))
             judge = make_judge(judge_cfg, cache_path=store_path.with_name(store_path.name + ".judge-cache.sqlite"))
             labelled = [r.id for r in store.list_features(sort="id", filter={"has_label": True}, limit=store.d_sae)]
             ids = [i for i in labelled if wanted is None or i in set(wanted)]

@@ -93,8 +93,9 @@ def _run(args, model=None) -> int:
     import json
 
     from saesteer.commands._steering import (
-        CLIError, load_model, load_saes, model_device, open_store, read_prompts, typical_max_provider,
+        CLIError, load_model, load_saes, open_store, read_prompts, typical_max_provider,
     )
+    from saes.hookpoints import model_device
     from saesteer.configargs import dataclass_from_args
     from steering.config import GenerationConfig
     from steering.spec import SteerLimits, parse_edit
@@ -115,13 +116,14 @@ def _run(args, model=None) -> int:
     if args.candidates < 1:
         raise CLIError(f"--candidates must be positive, got {args.candidates}")
 
-    saes = load_saes(args.sae, hook=args.hook, model=args.model)
+    loaded = load_saes(args.sae, hook=args.hook, model=args.model)
+    saes = {name: item.sae for name, item in loaded.items()}
     store, link = open_store(args.store, saes)
     try:
         if args.search is not None and not args.generate:
             return _print_search(link, args.search, args.top, args.json)
         if model is None:
-            model = load_model(args, saes, store)
+            model = load_model(args, loaded, store)
         dev = model_device(model)
         saes = {k: v.to(dev) for k, v in saes.items()}
         if args.preset is not None:
@@ -136,7 +138,7 @@ def _run(args, model=None) -> int:
             if not args.generate:
                 return found
             edits += _found_edits(found, link, args)
-        from steering.generation import compare
+        from steering.comparison import compare
 
         cmp = compare(model, saes if len(saes) > 1 else next(iter(saes.values())), edits, prompts, gen_cfg,
                       typical_max=typical_max_provider(link, saes), limits=limits,

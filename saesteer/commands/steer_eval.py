@@ -104,13 +104,13 @@ def _run(args, model=None) -> int:
     import json
     from pathlib import Path
 
+    from saes.hookpoints import model_device
     from saesteer.commands._steering import (
-        CLIError, load_model, load_saes, model_device, open_store, read_prompts, typical_max_provider,
+        CLIError, load_model, load_saes, open_store, read_prompts, typical_max_provider,
     )
     from saesteer.commands.sweep import _scorer
     from saesteer.configargs import dataclass_from_args
-    from steering.config import GenerationConfig
-    from steering.config import CompareConfig
+    from steering.config import CompareConfig, GenerationConfig
     from steering.methods import compare_methods
 
     try:
@@ -129,7 +129,7 @@ def _run(args, model=None) -> int:
     positive, negative = _lines(args.positive, "--positive"), _lines(args.negative, "--negative")
     cue = args.cue
     if args.topic is not None:
-        from saesteer.commands._steering import toy_topics
+        from saesteer.toyscore import toy_topics
 
         if args.topic not in toy_topics():
             raise CLIError(f"unknown toy-world topic {args.topic!r}; choose one of {', '.join(toy_topics())}")
@@ -142,14 +142,15 @@ def _run(args, model=None) -> int:
     prompts = [p for p in prompts for _ in range(args.samples)]
     scorer, judge = _scorer(args, args.store)
 
-    saes = load_saes(args.sae, hook=args.hook)
-    if len(saes) != 1:
+    loaded = load_saes(args.sae, hook=args.hook)
+    if len(loaded) != 1:
         raise CLIError("steer-eval steers with one SAE; give a single --sae")
-    name, sae = next(iter(saes.items()))
+    name, sae = next((n, item.sae) for n, item in loaded.items())
+    saes = {name: sae}
     store, link = open_store(args.store, saes, writable=bool(args.save_preset))
     try:
         if model is None:
-            model = load_model(args, saes, store)
+            model = load_model(args, loaded, store)
         sae = sae.to(model_device(model))
         card = compare_methods(
             model, sae, scorer, prompts=prompts, positive=positive, negative=negative, cue=cue,

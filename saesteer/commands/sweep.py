@@ -70,19 +70,21 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from saesteer.commands._steering import CLIError, print_error
+    from saesteer.toyscore import ToyScorerError
 
     from steering.spec import SteeringError
 
     try:
         return _run(args)
-    except (CLIError, SteeringError) as e:
+    except (CLIError, SteeringError, ToyScorerError) as e:
         return print_error(e, args)
 
 
 def _scorer(args, store_path):
     from pathlib import Path
 
-    from saesteer.commands._steering import CLIError, toy_scorer
+    from saesteer.commands._steering import CLIError
+    from saesteer.toyscore import toy_scorer
 
     if (args.topic is None) == (args.concept is None):
         raise CLIError("choose how to score: --topic T (toy world, offline) or --concept C (LLM judge)")
@@ -107,8 +109,9 @@ def _run(args, model=None) -> int:
     from pathlib import Path
 
     from saesteer.commands._steering import (
-        CLIError, load_model, load_saes, model_device, open_store, read_prompts, typical_max_provider,
+        CLIError, load_model, load_saes, open_store, read_prompts, typical_max_provider,
     )
+    from saes.hookpoints import model_device
     from saesteer.configargs import dataclass_from_args
     from steering.config import GenerationConfig, SweepConfig
     from steering.spec import SteerLimits
@@ -131,14 +134,15 @@ def _run(args, model=None) -> int:
         raise CLIError("strengths in multiples of the typical max activation (--unit max_act, the default) need the "
                        "feature store: give --store FILE, or --unit raw")
 
-    saes = load_saes(args.sae, hook=args.hook, model=args.model)
+    loaded = load_saes(args.sae, hook=args.hook, model=args.model)
+    saes = {sae_name: item.sae for sae_name, item in loaded.items()}
     name = args.sae_name or (next(iter(saes)) if len(saes) == 1 else None)
     if name is None or name not in saes:
         raise CLIError(f"say which SAE the features belong to with --sae-name (one of {', '.join(saes)})")
     store, link = open_store(args.store, {name: saes[name]}, writable=args.save_strength)
     try:
         if model is None:
-            model = load_model(args, saes, store)
+            model = load_model(args, loaded, store)
         sae = saes[name].to(model_device(model))
         typical = typical_max_provider(link, {name: sae})
         if sweep_cfg.unit == "max_act":

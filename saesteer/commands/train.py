@@ -90,7 +90,8 @@ def add_arguments(parser) -> None:
 
     s = parser.add_argument_group("SAEs (comma-separated values: every combination is trained)")
     s.add_argument("--architecture", default=None, metavar="LIST",
-                   help="topk, batchtopk, matryoshka (= matryoshka_batchtopk) (default: topk)")
+                   help="topk, batchtopk, matryoshka (= matryoshka_batchtopk), or any other trainable "
+                        "architecture of saes/registry.py (default: topk)")
     s.add_argument("--d-sae", dest="d_sae", default=None, metavar="LIST", help="number of latents (default: 4096)")
     s.add_argument("--k", default=None, metavar="LIST", help="active latents per token (default: 32)")
     s.add_argument("--matryoshka-widths", dest="matryoshka_widths", default=None, metavar="INT,...",
@@ -116,7 +117,7 @@ def _split_list(text: str, conv, flag: str):
 
 
 def _sae_specs(args, file_specs: list) -> list:
-    from training.config import SAESpec
+    from training.config import SAESpec, architecture_fields, trainable_architecture
 
     if all(getattr(args, f) is None for f in _SAE_FLAGS):
         return [SAESpec(**s) if isinstance(s, dict) else s for s in file_specs] or [SAESpec()]
@@ -128,8 +129,8 @@ def _sae_specs(args, file_specs: list) -> list:
     for arch in archs:
         for d_sae in widths:
             for k in ks:
-                is_m = arch in ("matryoshka", "matryoshka_batchtopk")
-                specs.append(SAESpec(arch, d_sae=d_sae, k=k, matryoshka_widths=mw if is_m else [], lr=args.sae_lr))
+                levels = mw if "matryoshka_widths" in architecture_fields(trainable_architecture(arch)) else []
+                specs.append(SAESpec(arch, d_sae=d_sae, k=k, matryoshka_widths=levels, lr=args.sae_lr))
     if args.sae_name:
         if len(specs) != 1:
             raise ValueError("--sae-name names a single SAE; with several, the names are <arch>_k<k>_f<d_sae>")
@@ -223,7 +224,8 @@ def _run_training(args, run_cfg, data_cfg, text_cfg, out, setup) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    from training.trainer import NonFiniteError, train
+    from training.run import train
+    from training.trainer import NonFiniteError
 
     try:
         result = train(run_cfg, source, out, model_eval=model_eval, provenance=provenance, resume=args.resume,
@@ -244,7 +246,7 @@ def _prepare_data(run_cfg, data_cfg, text_cfg, coll=None, allow_model_mismatch: 
 
     Data parallel (`coll`): this rank's reader (rows r*B/W..(r+1)*B/W of every global batch of
     --batch-size rows); only rank 0 loads the model for the CE evaluation."""
-    from training.trainer import ModelEval
+    from training.evaluate import ModelEval
 
     t = run_cfg.train
     model = None
@@ -307,7 +309,7 @@ def _prepare_data(run_cfg, data_cfg, text_cfg, coll=None, allow_model_mismatch: 
 
     # no cache: activations straight from the model (one pass over the text; resume replays it)
     from saesteer.models import check_hook_names, load_model, model_identity, start_model_spec
-    from training.reader import model_batches
+    from training.live import model_batches
     from training.text import resolve_data
 
     model = load_model(start_model_spec(data_cfg.model, text_cfg.dataset), device=t.device,  # toy for toy text only

@@ -70,17 +70,17 @@ def open_entries(
         catalog = StoreCatalog(store, name=path.stem)
         engine, reason = None, no_model_reason or NO_MODEL_REASON
         if model is not None:
-            sae, reason = _load_sae(store, sae_dirs[k] if sae_dirs else None)
-            if sae is not None:
-                _check_model(store, sae, model, path, allow_model_mismatch)
-                engine = ModelEngine(model, sae, catalog, limits, allow_model_mismatch=allow_model_mismatch)
+            loaded, reason = _load_sae(store, sae_dirs[k] if sae_dirs else None)
+            if loaded is not None:
+                _check_model(store, loaded, model, path, allow_model_mismatch)
+                engine = ModelEngine(model, loaded.sae, catalog, limits, allow_model_mismatch=allow_model_mismatch)
         entries.append(StoreEntry(sid, catalog, engine, queue if engine is not None else None,
                                   browse_only_reason=None if engine is not None else reason))
     return entries
 
 
 def _load_sae(store, sae_dir) -> tuple[Any, str | None]:
-    """(the store's SAE, None), or (None, why it cannot be loaded). Any format `saes.formats` reads;
+    """(the store's SAE as a `LoadedSAE`, None), or (None, why it cannot be loaded). Any format `saes.formats` reads;
     the hook and model the store recorded stand in for --hook/--model of formats that record neither."""
     from saes.formats import resolve_sae
 
@@ -99,18 +99,18 @@ def _load_sae(store, sae_dir) -> tuple[Any, str | None]:
                 return None, (f"its SAE folder {recorded!r} was recorded relative to the directory the store was "
                               f"built in, and is not found from {Path.cwd()} (pass --sae DIR)")
             return None, f"its SAE folder {spec} does not exist any more (moved or deleted?; pass --sae DIR)"
-    sae = resolve_sae(spec, hook=meta.get("hook_name"), model=meta.get("model_name")).sae
-    sae.eval()
-    store.check_sae(sae)  # StoreMismatchError names both fingerprints
-    return sae, None
+    loaded = resolve_sae(spec, hook=meta.get("hook_name"), model=meta.get("model_name"))
+    loaded.sae.eval()
+    store.check_sae(loaded.sae)  # StoreMismatchError names both fingerprints
+    return loaded, None
 
 
-def _check_model(store, sae, model, store_path: Path, allow_mismatch: bool) -> None:
+def _check_model(store, loaded, model, store_path: Path, allow_mismatch: bool) -> None:
     from saes.identity import check_same_model, identity_of_model, identity_of_sae
     from saesteer.models import OVERRIDE_FLAG
 
     if not allow_mismatch:
-        recorded = store.recorded_model() or identity_of_sae(sae)
+        recorded = store.recorded_model() or identity_of_sae(loaded)
         check_same_model(recorded, identity_of_model(model), recorded_in=f"the feature store {store_path}",
                          given_as="the server's model", override=OVERRIDE_FLAG,
                          fix="serve it with the model it records (leave out --model)")

@@ -1,4 +1,4 @@
-"""A small-budget toy-world demo (saesteer.pipeline), shared by tests/test_demo.py and
+"""A small-budget toy-world demo (saesteer.demo), shared by tests/test_demo.py and
 tests/test_notebooks.py: a few tens of thousands of tokens and a 256-latent SAE.
 
     from helpers.demo_small import SMALL, small_config, small_flags
@@ -30,7 +30,7 @@ SMALL = {
 
 
 def small_config(out: str | Path):
-    from saesteer.pipeline import DemoConfig
+    from saesteer.demo import DemoConfig
 
     return DemoConfig(out=str(out), **SMALL)
 

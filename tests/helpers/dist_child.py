@@ -27,11 +27,11 @@ def main(argv: list[str]) -> int:
         argv = argv[1:]
     out = Path(argv[argv.index("--out") + 1])
 
-    import training.trainer as trainer_mod
+    import training.run as run_mod
     from saesteer.cli import main as cli_main
 
     if hang_at is not None:
-        real_train = trainer_mod.train
+        real_train = run_mod.train
 
         def train(*a, **kw):
             def on_step(tr) -> None:
@@ -41,7 +41,7 @@ def main(argv: list[str]) -> int:
 
             return real_train(*a, on_step=on_step, **kw)
 
-        trainer_mod.train = train
+        run_mod.train = train
     return cli_main(argv)
 
 

@@ -16,7 +16,7 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-from training.manifest import FORMAT_NAME, FORMAT_VERSION, Manifest, ShardInfo, shard_file_name, write_json_atomic
+from training.manifest import FORMAT_NAME, FORMAT_VERSION, Manifest, ShardInfo, shard_file_name, write_manifest
 from training.shards import DTYPES, write_safetensors_atomic
 
 
@@ -68,5 +68,5 @@ def make_fake_cache(
         "max_tokens": None, "shard_contexts": 1,
     }
     man = Manifest(settings, complete=True, shards=shards)
-    write_json_atomic(path / "manifest.json", man.to_json())
+    write_manifest(path, man)
     return FakeCache(path, {h: a.float() for h, a in acts.items()}, token_ids.long(), positions.long(), seq_index.long(), man)

@@ -181,6 +181,60 @@ def gemma_scope_reference(params: dict[str, torch.Tensor], x_BD: torch.Tensor):
     return acts, acts @ params["W_dec"] + params["b_dec"]
 
 
+# --------------------------------------------------------------------- OpenAI sparse_autoencoder
+OPENAI_SOURCE = "openai/sparse_autoencoder sparse_autoencoder/model.py @ 4965b941e9eb590b00b253a2c406db1e1b193942"
+
+
+def random_openai(d_in: int, d_sae: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The tensors of an `Autoencoder(n_latents=d_sae, n_inputs=d_in)`, randomised."""
+    g = torch.Generator().manual_seed(seed)
+    return {"pre_bias": torch.randn(d_in, generator=g) * 0.2, "latent_bias": torch.randn(d_sae, generator=g) * 0.1,
+            "encoder.weight": torch.randn(d_sae, d_in, generator=g) * 0.3,
+            "decoder.weight": torch.randn(d_in, d_sae, generator=g) * 0.3}
+
+
+def write_openai(path: Path, tensors: dict[str, torch.Tensor], activation: str | None = "ReLU", k: int = 32) -> Path:
+    """`torch.save(ae.state_dict(), path)` of OpenAI's Autoencoder (OPENAI_SOURCE): nn.Module's
+    state dict (own parameters pre_bias, latent_bias; buffers stats_last_nonzero (long),
+    latents_activation_frequency (ones), latents_mean_square; then the submodules: encoder.weight,
+    the activation's own state_dict under 'activation.' (TopK.state_dict adds k and postact_fn),
+    decoder.weight), plus what Autoencoder.state_dict adds: 'activation' (the class name) and
+    'activation_state_dict'. `activation=None`: the first release's files, without either."""
+    from collections import OrderedDict
+
+    F_ = tensors["encoder.weight"].shape[0] if "encoder.weight" in tensors else tensors["latent_bias"].shape[0]
+    sd: OrderedDict[str, Any] = OrderedDict()
+    for name in ("pre_bias", "latent_bias"):
+        if name in tensors:
+            sd[name] = tensors[name]
+    sd["stats_last_nonzero"] = torch.zeros(F_, dtype=torch.long)
+    sd["latents_activation_frequency"] = torch.ones(F_, dtype=torch.float)
+    sd["latents_mean_square"] = torch.zeros(F_, dtype=torch.float)
+    if "encoder.weight" in tensors:
+        sd["encoder.weight"] = tensors["encoder.weight"]
+    act_state: OrderedDict[str, Any] = OrderedDict()
+    if activation == "TopK":
+        act_state.update(k=k, postact_fn="ReLU")
+        sd["activation.k"], sd["activation.postact_fn"] = k, "ReLU"
+    for name, t in tensors.items():
+        if name not in sd:
+            sd[name] = t
+    if activation is not None:
+        sd["activation"] = activation
+        sd["activation_state_dict"] = act_state
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(sd, path)
+    return path
+
+
+def openai_reference(tensors: dict[str, torch.Tensor], x_BD: torch.Tensor):
+    """Autoencoder.encode / decode with nn.ReLU and normalize=False (OPENAI_SOURCE):
+    latents = relu(F.linear(x - pre_bias, encoder.weight, latent_bias)); recons =
+    F.linear(latents, decoder.weight) + pre_bias."""
+    latents = F.relu(F.linear(x_BD - tensors["pre_bias"], tensors["encoder.weight"], tensors["latent_bias"]))
+    return latents, F.linear(latents, tensors["decoder.weight"]) + tensors["pre_bias"]
+
+
 # ------------------------------------------------------------------------------- HF hub cache
 def write_hf_snapshot(cache_dir: Path, repo_id: str, files: dict[str, Path], revision: str = "a" * 40) -> Path:
     """A model repo in the layout huggingface_hub's cache keeps (what `hf_hub_download` leaves):

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from training.config import CheckpointConfig, EvalConfig, LogConfig, RunConfig, SAESpec, TrainConfig  # noqa: E402
 from training.synthetic import SyntheticActivations  # noqa: E402
-from training.trainer import train  # noqa: E402
+from training.run import train  # noqa: E402
 
 D_IN, BATCH = 32, 256
 

@@ -1,0 +1,253 @@
+"""The store's connection: opening and creating a store file, transactions, the build's identity
+(SAE and cache fingerprints, the model), feature-id checks and the vocabulary. `FeatureStore`
+(features.store) adds the reads, queries and writes to it."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping, TypeVar
+
+from features.store.errors import (
+    FeatureIndexError,
+    FeatureNotWrittenError,
+    StoreError,
+    StoreMismatchError,
+    StoreReadOnlyError,
+)
+from features.store.schema import ADDED_TABLES, FEATURE_COLUMNS, SCHEMA, SCHEMA_VERSION, connect
+
+_Store = TypeVar("_Store", bound="StoreBase")
+
+
+class StoreBase:
+    """A feature store file's connection and identity. Use `FeatureStore.open(...)`."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path, readonly: bool) -> None:
+        self._conn = conn
+        self.path = Path(path)
+        self.readonly = readonly
+        self._lock = threading.RLock()
+        self._vocab: list[str] | None = None
+        self._writes = 0  # commits through this connection (they do not change its PRAGMA data_version)
+        self._current_version: tuple[int, int] | None = None  # of the temp current-label / latest-score tables
+        self.meta: dict[str, Any] = {}
+        self._offsets_column = self._upgrade_examples()
+        if not readonly:
+            for stmt in ADDED_TABLES:
+                self._conn.execute(stmt)
+        self.refresh()
+
+    def _upgrade_examples(self) -> str:
+        """The SQL for the examples' token offsets: the column, added to an older store opened for
+        writing; NULL for an older store opened read-only."""
+        cols = {r[1] for r in self._conn.execute("PRAGMA table_info(examples)")}
+        if "token_offsets" in cols:
+            return "token_offsets"
+        if self.readonly:
+            return "NULL"
+        self._conn.execute("ALTER TABLE examples ADD COLUMN token_offsets BLOB")
+        return "token_offsets"
+
+    # -- opening -------------------------------------------------------------------------------
+    @classmethod
+    def open(cls: type[_Store], path: str | Path, readonly: bool = True, *, sae=None, cache=None) -> _Store:
+        """Open an existing store. With `sae` (an SAE, or a fingerprint string) and/or `cache`
+        (an ActivationSource, or a fingerprint string) the store must have been built from them,
+        else `StoreMismatchError`."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"no feature store at {path}; build one with `saesteer features build --sae SAE_DIR --cache CACHE_DIR --out {path}`"
+            )
+        try:
+            conn = connect(path, readonly)
+            version = conn.execute("SELECT version FROM schema_version").fetchone()
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"{path} is not a saesteer feature store ({e})") from None
+        if version is None:
+            conn.close()
+            raise StoreError(f"{path} has no schema version; it is not a complete feature store - rebuild it")
+        if version[0] != SCHEMA_VERSION:
+            conn.close()
+            newer = version[0] > SCHEMA_VERSION
+            raise StoreError(
+                f"{path} has feature-store schema version {version[0]}, this saesteer reads version {SCHEMA_VERSION}; "
+                + ("upgrade saesteer" if newer else "rebuild the store with `saesteer features build ... --overwrite`")
+            )
+        store = cls(conn, path, readonly)
+        if sae is not None:
+            store.check_sae(sae)
+        if cache is not None:
+            store.check_cache(cache)
+        return store
+
+    @classmethod
+    def create(cls: type[_Store], path: str | Path, meta: Mapping[str, Any]) -> _Store:
+        """A new, empty store (build_state 'building') with the given metadata. Internal: used by the build."""
+        path = Path(path)
+        if path.exists():
+            raise FileExistsError(f"{path} already exists")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = connect(path, readonly=False)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for stmt in SCHEMA.split(";"):
+                if stmt.strip():
+                    conn.execute(stmt)
+            conn.execute("INSERT INTO schema_version(version) VALUES (?)", (SCHEMA_VERSION,))
+            m = {"schema_version": SCHEMA_VERSION, "build_state": "building", **meta}
+            conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", [(k, json.dumps(v)) for k, v in m.items()])
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            conn.close()
+            raise
+        return cls(conn, path, readonly=False)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None  # type: ignore[assignment]
+
+    def __enter__(self: _Store) -> _Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def refresh(self) -> None:
+        """Re-read the metadata (another process may have written)."""
+        with self._lock:
+            self.meta = {k: json.loads(v) for k, v in self._conn.execute("SELECT key, value FROM meta")}
+
+    # -- transactions -------------------------------------------------------------------------
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN")
+            try:
+                yield self._conn
+            finally:
+                self._conn.execute("COMMIT")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT; rolled back on error)."""
+        if self.readonly:
+            raise StoreReadOnlyError(f"{self.path} is open read-only; open it with FeatureStore.open(path, readonly=False)")
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+            self._writes += 1
+
+    # -- identity ------------------------------------------------------------------------------
+    @property
+    def d_sae(self) -> int:
+        return int(self.meta["d_sae"])
+
+    @property
+    def complete(self) -> bool:
+        return self.meta.get("build_state") == "complete"
+
+    @property
+    def sae_fingerprint(self) -> str:
+        return self.meta["sae_fingerprint"]
+
+    @property
+    def cache_fingerprint(self) -> str:
+        return self.meta["cache_fingerprint"]
+
+    def recorded_model(self):
+        """The model whose activations the store was built from (`saes.identity.ModelIdentity`):
+        meta `model_identity`, else (stores from older versions) the model id its cache or SAE
+        recorded; None if unknown."""
+        from saes.identity import ModelIdentity
+
+        if self.meta.get("model_identity") is not None:
+            return ModelIdentity.from_json(self.meta["model_identity"])
+        return (ModelIdentity.from_id((self.meta.get("cache") or {}).get("model"))
+                or ModelIdentity.from_id((self.meta.get("sae") or {}).get("model_name")))
+
+    def check_sae(self, sae) -> None:
+        """Refuse (StoreMismatchError) an SAE other than the one this store was built from."""
+        from features.fingerprint import sae_fingerprint
+
+        fp = sae if isinstance(sae, str) else sae_fingerprint(sae)
+        if fp != self.sae_fingerprint:
+            built = self.meta.get("sae", {})
+            raise StoreMismatchError(
+                f"{self.path} was built from another SAE (fingerprint {self.sae_fingerprint[:12]}, "
+                f"{built.get('architecture')} d_sae={built.get('d_sae')} from {built.get('path') or 'an in-memory SAE'}); "
+                f"the SAE given has fingerprint {fp[:12]}. Use the store built for this SAE, or build one with "
+                f"`saesteer features build --sae ... --out NEW.db`"
+            )
+
+    def check_cache(self, cache) -> None:
+        """Refuse (StoreMismatchError) a cache other than the one this store was built from."""
+        fp = cache if isinstance(cache, str) else cache.fingerprint
+        if fp != self.cache_fingerprint:
+            built = self.meta.get("cache", {})
+            raise StoreMismatchError(
+                f"{self.path} was built from another activation cache (fingerprint {self.cache_fingerprint[:12]}, "
+                f"{built.get('path') or built.get('name') or '?'}); the cache given has fingerprint {fp[:12]}. "
+                f"Use the matching cache, or rebuild the store with `saesteer features build ... --overwrite`"
+            )
+
+    def _check_id(self, feature_id: int) -> int:
+        try:
+            i = int(feature_id)
+        except (TypeError, ValueError):
+            raise FeatureIndexError(f"feature id must be an integer, got {feature_id!r}") from None
+        if not 0 <= i < self.d_sae:
+            raise FeatureIndexError(
+                f"feature {i} is out of range: this store holds latents 0..{self.d_sae - 1} (d_sae={self.d_sae})"
+            )
+        return i
+
+    def _check_written(self, conn: sqlite3.Connection, i: int) -> sqlite3.Row | tuple:
+        row = conn.execute(f"SELECT {', '.join(FEATURE_COLUMNS)}, recommended_strength, strength_source "
+                           f"FROM features WHERE id = ?", (i,)).fetchone()
+        if row is None:
+            done = conn.execute("SELECT COUNT(*) FROM features").fetchone()[0]
+            raise FeatureNotWrittenError(
+                f"feature {i} is not in {self.path} yet: the build has written {done} of {self.d_sae} latents; "
+                f"finish it by re-running the same `saesteer features build` command"
+            )
+        return row
+
+    # -- vocabulary ----------------------------------------------------------------------------
+    def vocab(self) -> list[str]:
+        """Display string of every token id (empty when the build had no tokenizer)."""
+        if self._vocab is None:
+            with self._lock:
+                rows = self._conn.execute("SELECT token_id, text FROM vocab ORDER BY token_id").fetchall()
+            out = [""] * (rows[-1][0] + 1 if rows else 0)
+            for i, t in rows:
+                out[i] = t
+            self._vocab = out
+        return self._vocab
+
+    def token_str(self, token_id: int) -> str:
+        v = self.vocab()
+        return v[token_id] if 0 <= token_id < len(v) else (f"<{token_id}>" if token_id >= 0 else "")
+
+    def _has_table(self, c: sqlite3.Connection, name: str) -> bool:
+        return c.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
+
+    def integrity_check(self) -> str:
+        with self._lock:
+            return self._conn.execute("PRAGMA integrity_check").fetchone()[0]
+
+    def checkpoint_wal(self) -> None:
+        with self._lock:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -1,0 +1,88 @@
+"""The rows the feature build writes, one typed row per table row: the field order is the table's
+column order, so `FeatureStore.write_feature_block` builds its INSERTs from the fields and no list of
+columns has to be kept in step with positional tuples. They are named tuples: sqlite3 takes them as
+they are (no copy per row), and a build writes millions of them."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class FeatureRow(NamedTuple):
+    """A latent's statistics (table `features`; the steering columns are written later, by steering)."""
+
+    id: int
+    n_fires: int
+    freq: float
+    mean_act: float | None
+    std_act: float | None
+    max_act: float
+    sum_act: float
+    typical_max_act: float | None
+    q50: float | None
+    q90: float | None
+    q99: float | None
+    min_pos: int | None
+    max_pos: int | None
+    bos_fires: int
+    decoder_norm: float
+    flags: str  # space-separated: dead dense bos_only single_position
+    level: int | None = None  # Matryoshka level and parent link (None otherwise)
+    parent_id: int | None = None
+    parent_coact: float | None = None
+    parent_cos: float | None = None
+    parent_method: str | None = None
+
+
+class HistogramRow(NamedTuple):
+    feature_id: int
+    bin_width: float
+    counts: str  # JSON list; bin i = [i*w, (i+1)*w)
+
+
+class ExampleRow(NamedTuple):
+    """One example window (table `examples`, whose `id` SQLite assigns)."""
+
+    feature_id: int
+    kind: str  # 'top' | 'quantile' | 'negative'
+    rank: int
+    activation: float
+    quantile: float | None
+    seq_index: int
+    position: int
+    centre: int  # index of `position` in the window
+    token_ids: bytes  # little-endian int32 per token
+    acts: bytes  # little-endian float32 per token
+    text: str | None  # None when built without a tokenizer
+    token_offsets: bytes | None  # int32 per token: where its piece starts in `text`
+
+
+class LogitRow(NamedTuple):
+    feature_id: int
+    kind: str  # 'promoted' | 'suppressed'
+    rank: int
+    token_id: int
+    value: float
+
+
+class NeighbourRow(NamedTuple):
+    feature_id: int
+    kind: str  # 'decoder' | 'coact'
+    rank: int
+    other_id: int
+    score: float
+    count: int | None  # co-activations (coact only)
+
+
+class SearchTextRow(NamedTuple):
+    """A latent's full-text search row (table `feature_fts`, rowid = feature id)."""
+
+    feature_id: int
+    label: str
+    examples: str  # its top examples' text, one per line
+
+
+def insert_sql(table: str, row_type: type) -> str:
+    """INSERT INTO table(<the row type's fields>) VALUES (?, ...)."""
+    cols = row_type._fields
+    return f"INSERT INTO {table}({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"

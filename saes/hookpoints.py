@@ -1,0 +1,100 @@
+"""A loaded model's hook points: the one check of a hook name, and where the model lives.
+
+The model is anything with TransformerLens's `hook_dict` (a `HookedTransformer`, or a
+`TransformerBridge` for HF checkpoints). Their `hooks()` / `run_with_hooks` ignore an unknown
+name silently, so every stage checks names here first: an unknown one is an `UnknownHookError`
+that lists close matches and the model's hook points.
+
+    check_hook(model, "blocks.1.hook_resid_post", who="SAE 'l1'")
+    check_hooks(model, hooks, per_token=True)     # the activation cache: one vector per token
+    model_device(model), model_dtype(model)       # where its weights live
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from saes.errors import SaesteerError
+
+# hook points whose activation has one value per pair of positions, not one vector per token
+NOT_PER_TOKEN = ("hook_attn_scores", "hook_pattern")
+
+
+class UnknownHookError(SaesteerError, ValueError):
+    """A hook point the model does not have (or that a stage cannot use); the message lists valid ones."""
+
+
+def hook_names(model: Any) -> list[str]:
+    """The model's hook point names (an error for a model without hook points)."""
+    hook_dict = getattr(model, "hook_dict", None)
+    if hook_dict is None:
+        raise UnknownHookError(f"{type(model).__name__} has no hook points (hook_dict); pass a TransformerLens "
+                               f"HookedTransformer, or an HF model loaded through saesteer (a TransformerBridge)")
+    return list(hook_dict)
+
+
+def per_token_hooks(model: Any) -> list[str]:
+    """Hook points whose activation has one vector per token (attention patterns/scores left out)."""
+    return [n for n in hook_names(model) if not n.endswith(NOT_PER_TOKEN)]
+
+
+def describe_hooks(names: Iterable[str]) -> str:
+    """Hook names folded by layer: `blocks.{0..11}.hook_resid_post, hook_embed, ...`."""
+    groups: dict[str, list[int]] = {}
+    for n in names:
+        m = re.match(r"^blocks\.(\d+)\.(.*)$", n)
+        key, layer = (f"blocks.{{i}}.{m.group(2)}", int(m.group(1))) if m else (n, -1)
+        groups.setdefault(key, []).append(layer)
+    out = []
+    for key, layers in groups.items():
+        layers = sorted(l for l in layers if l >= 0)
+        if not layers:
+            out.append(key)
+            continue
+        contiguous = layers == list(range(layers[0], layers[-1] + 1))
+        span = f"{layers[0]}..{layers[-1]}" if contiguous else ",".join(map(str, layers))
+        out.append(key.replace("{i}", "{" + span + "}"))
+    return ", ".join(out)
+
+
+def check_hook(model: Any, name: str, who: str | None = None, *, per_token: bool = False) -> str:
+    """`name` if the model has that hook point, else an `UnknownHookError` saying so (prefixed
+    with `who`, the thing that asked for it) with close matches and the valid names.
+    `per_token`: also refuse hooks with one value per pair of positions (attention patterns)."""
+    known = hook_names(model)
+    valid = per_token_hooks(model) if per_token else known
+    if name in valid:
+        return name
+    where = f"{who}: " if who else ""
+    if name in known:
+        raise UnknownHookError(f"{where}hook point {name!r} is not per-token (it has one value per pair of "
+                               f"positions); use a per-token hook instead")
+    close = difflib.get_close_matches(name, valid, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise UnknownHookError(f"{where}unknown hook point {name!r}.{hint} Valid hook points for this model: "
+                           f"{describe_hooks(valid)}")
+
+
+def check_hooks(model: Any, names: str | Sequence[str], who: str | None = None, *,
+                per_token: bool = False) -> list[str]:
+    """`check_hook` for each name (one name may be given as a string); returns them as a list."""
+    names = [names] if isinstance(names, str) else list(names)
+    return [check_hook(model, n, who, per_token=per_token) for n in names]
+
+
+def model_device(model: Any) -> torch.device:
+    """The device of the model's first parameter (CPU for a model without parameters)."""
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def model_dtype(model: Any) -> torch.dtype:
+    """The dtype of the model's first parameter (float32 for a model without parameters)."""
+    for p in model.parameters():
+        return p.dtype
+    return torch.float32

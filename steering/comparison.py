@@ -1,0 +1,54 @@
+"""Steered and unsteered continuations side by side (same prompts, config and seed).
+
+    cmp = compare(model, sae, ["123:clamp=2x"], prompts, typical_max=store_max)
+    cmp.steered[i], cmp.unsteered[i]
+
+Sits above both `steering.session` (the hooks) and `steering.generation` (plain generation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from steering.config import GenerationConfig
+from steering.generation import generate, with_sae_bos
+from steering.inputs import Model, SAEs, TypicalMaxArg
+from steering.session import steer
+from steering.spec import Edit, SteerLimits
+
+
+@dataclass
+class Comparison:
+    """Steered and unsteered continuations of the same prompts with the same seed."""
+
+    prompts: list[str]
+    steered: list[str]
+    unsteered: list[str]
+    edits: str
+
+
+def compare(
+    model: Model,
+    saes: SAEs,
+    edits: Sequence[Edit | str] | Edit | str,
+    prompts: str | Sequence[str],
+    config: GenerationConfig | None = None,
+    *,
+    typical_max: TypicalMaxArg = None,
+    limits: SteerLimits | None = None,
+    allow_model_mismatch: bool = False,
+    **overrides: Any,
+) -> Comparison:
+    """Generate with and without `edits` (same config and seed) for a side-by-side view. Prompts get
+    the BOS the SAEs were trained with unless `config.prepend_bos` says otherwise. `overrides`
+    replace fields of `config` (e.g. max_new_tokens=10)."""
+    config = with_sae_bos(dataclasses.replace(config or GenerationConfig(), **overrides), saes)
+    with steer(model, saes, edits, typical_max=typical_max, limits=limits,
+               allow_model_mismatch=allow_model_mismatch) as s:
+        steered = s.generate(prompts, config)
+        described = s.describe()
+    base = generate(model, prompts, config)
+    return Comparison(base.prompts, steered.texts, base.texts, described)

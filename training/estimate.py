@@ -1,0 +1,209 @@
+"""What a cache build will cost, before it starts (the dry run): tokens, shards, disk and time.
+
+    est = estimate_cache(model, text, cfg)      # validates everything a build would; writes nothing
+    print(est.describe())
+
+The time comes from a probe of the build's own loop (`measure_rate`): real contexts at the
+build's batch size (smaller when one batch takes a while) through the forward it will use,
+copied into a shard buffer. The build logs the same estimate before it starts.
+
+Shape key: B batch (contexts), L context length.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from training.cache_config import CacheConfig
+from training.manifest import MANIFEST_NAME, read_manifest, read_progress
+from training.plan import CachePlan, bytes_per_row, plan_cache, refuse_mismatch
+from training.shards import DTYPES
+from training.packing import ContextPacker, estimate_stream_tokens, make_tokenize, special_tokens
+from training.text import DocumentSource, TextConfig, sample_documents
+from training.writer import ShardBuffer, fill_batch, fmt_bytes, free_bytes
+
+
+def fmt_secs(s: float) -> str:
+    """A duration for people: 42 s, 3 min 05 s, 2 h 07 min."""
+    s = int(round(s))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {(s % 3600) // 60:02d} min"
+
+
+@dataclass
+class CacheEstimate:
+    """What a build will cost, computed before it starts (the dry run)."""
+
+    out: str
+    hooks: list[str]
+    d_in: dict[str, int]
+    dtype: str
+    context_length: int
+    contexts: int | None  # total contexts (None: unknown, e.g. a streamed hub dataset without max_tokens)
+    contexts_done: int  # already in the cache (resume)
+    rows_per_context: float
+    shard_contexts: int
+    bytes_needed: int | None  # for the contexts still to do
+    bytes_free: int
+    forward_tokens_per_s: float  # the caching loop's rate on a probe (`measure_rate`)
+    seconds: float | None
+    exact: bool  # contexts known exactly (max_tokens given and the data suffices)
+    forward: str = "transformer_lens"  # the forward pass used: "fast" or "transformer_lens"
+    forward_note: str | None = None  # why not the fast one
+    probe_contexts: int = 0  # contexts per batch of the probe that measured forward_tokens_per_s
+
+    @property
+    def tokens(self) -> int | None:
+        return None if self.contexts is None else self.contexts * self.context_length
+
+    def describe(self) -> str:
+        lines = [f"activation cache {self.out}: hooks {', '.join(f'{h} (d_in {self.d_in[h]})' for h in self.hooks)}, {self.dtype}, context {self.context_length}"]
+        if self.contexts is None:
+            lines.append("  tokens:  unknown (streamed dataset of unknown size; set --max-tokens for an estimate)")
+        else:
+            approx = "" if self.exact else "~"
+            n_shards = -(-self.contexts // self.shard_contexts)
+            lines.append(
+                f"  tokens:  {approx}{self.tokens:,} in {approx}{self.contexts:,} contexts, "
+                f"{approx}{n_shards:,} shards of {self.shard_contexts:,} contexts"
+                + (f" ({self.contexts_done:,} contexts already cached)" if self.contexts_done else "")
+            )
+        need = "unknown" if self.bytes_needed is None else fmt_bytes(self.bytes_needed)
+        lines.append(f"  disk:    needs ~{need}, {fmt_bytes(self.bytes_free)} free")
+        t = "unknown" if self.seconds is None else f"~{fmt_secs(self.seconds)}"
+        lines.append(f"  time:    {t} (caching measured at {self.forward_tokens_per_s:,.0f} tokens/s on a probe: "
+                     f"forward + shard copy, {self.probe_contexts} contexts per batch)")
+        lines.append(f"  forward: {self.forward}" + (f" ({self.forward_note})" if self.forward != "fast" and self.forward_note else ""))
+        return "\n".join(lines)
+
+
+PROBE_SECONDS = 10.0  # about the most the rate probe (the dry run's measurement) may take
+
+
+class ProbeRate(NamedTuple):
+    """The caching loop's rate on the probe, and the batch size it was measured at."""
+
+    tokens_per_s: float
+    contexts_per_batch: int
+
+
+def measure_rate(plan: CachePlan, cfg: CacheConfig, sample_NL: np.ndarray, L: int, vocab: int) -> ProbeRate:
+    """Tokens/s of the build's caching loop, measured on a short probe: the sampled contexts run
+    through the forward the build will use (its check done first, untimed) and are copied into a
+    shard buffer as the build's loop does, timed by the wall clock (synchronised on a GPU).
+
+    The probe works towards the build's batch size: per-call overheads (Python, kernel launches
+    and, on a busy machine, the wait for the compute threads at every op) weigh on small batches,
+    and a probe of 8 contexts had underestimated the build's rate up to 4x. The batch doubles from
+    1 context to `cfg.batch_size` while the next size still fits in PROBE_SECONDS, judged by the
+    time the current size took (a GPU or a small model reaches the build's batch size; a large
+    model on a CPU stops at a batch that already takes a second or more, where its rate no longer
+    grows). Each size runs once untimed (allocations) and once timed; the rate is the median of 3
+    to 7 timed batches at the last size (as many as fit in a fifth of PROBE_SECONDS: on a busy
+    machine single batches swing several-fold)."""
+    B = cfg.batch_size
+    if len(sample_NL):
+        tokens_BL = np.resize(sample_NL, (B, L)).astype(sample_NL.dtype, copy=False)
+    else:
+        tokens_BL = torch.randint(0, max(1, vocab), (B, L), generator=torch.Generator().manual_seed(0)).numpy()
+    plan.runner.forward_used(L)  # the fast-forward check, outside the timing
+    probe = _ProbeBatches(plan, cfg, tokens_BL)
+    start = time.perf_counter()
+    b = 1
+    while True:
+        probe.seconds(b)  # the first call at this size pays for allocations
+        secs = probe.seconds(b)
+        # the next size: two runs of about twice this one, then three or more timed runs
+        if b >= B or time.perf_counter() - start + 8 * secs > PROBE_SECONDS:
+            break
+        b = min(2 * b, B)
+    walls = [secs]
+    start = time.perf_counter()
+    while len(walls) < 3 or (len(walls) < 7 and time.perf_counter() - start < PROBE_SECONDS / 5):
+        walls.append(probe.seconds(b))
+    return ProbeRate(b * L / max(statistics.median(walls), 1e-9), b)
+
+
+class _ProbeBatches:
+    """The first b contexts of the probe through the build's forward and into a shard buffer."""
+
+    def __init__(self, plan: CachePlan, cfg: CacheConfig, tokens_BL: np.ndarray) -> None:
+        self.runner, self.excluded, self.tokens_BL = plan.runner, plan.excluded, tokens_BL
+        self.cuda = self.runner.device.type == "cuda"
+        self.buf = ShardBuffer(plan.d_in, DTYPES[cfg.dtype], tokens_BL.shape[0], tokens_BL.shape[1], pin=self.cuda)
+
+    def seconds(self, b: int) -> float:
+        """Wall time of one batch of b contexts (synchronised on a GPU)."""
+        self.buf.rows = self.buf.contexts = 0
+        tb = self.tokens_BL[:b]
+        t0 = time.perf_counter()
+        acts = self.runner.run(torch.from_numpy(tb))
+        fill_batch(self.buf, acts, tb, self.excluded, 0, non_blocking=self.cuda)
+        if self.cuda:
+            torch.cuda.synchronize(self.runner.device)
+        return time.perf_counter() - t0
+
+
+def estimate_plan(plan: CachePlan, text: TextConfig, cfg: CacheConfig, tokenizer, out: Path,
+                  contexts_done: int) -> CacheEstimate:
+    """The estimate of a planned build of which `contexts_done` contexts are already cached."""
+    L = text.context_length
+    # a source of its own: the prefetcher reads plan.source in its thread meanwhile, and two threads
+    # iterating one streaming dataset can shift its document boundaries (and so the resume pointers)
+    source = DocumentSource(text)
+    texts = sample_documents(source, 512)  # one read serves both estimates
+    packer = ContextPacker(iter([texts]), make_tokenize(tokenizer), text, special_tokens(tokenizer))
+    sample, _ = packer.take(64)
+    if len(sample):
+        rows_per_context = float((~np.isin(sample, plan.excluded)).sum()) / len(sample)
+    else:
+        rows_per_context = float(L)
+    stream = estimate_stream_tokens(text, tokenizer, source, texts, 512)
+    K = packer.K
+    data_contexts = None if stream is None else stream // K
+    exact = False
+    if cfg.max_tokens is not None:
+        want = cfg.max_tokens // L
+        contexts = want if data_contexts is None else min(want, data_contexts)
+        exact = data_contexts is not None and data_contexts > 1.2 * want
+    else:
+        contexts = data_contexts
+    probe = measure_rate(plan, cfg, sample, L, len(tokenizer))
+    tps = probe.tokens_per_s
+    sc = plan.settings["shard_contexts"]
+    todo = None if contexts is None else max(0, contexts - contexts_done)
+    need = None if todo is None else int(todo * (rows_per_context * bytes_per_row(plan.d_in, cfg.dtype) + 4 * L))
+    return CacheEstimate(
+        out=str(out), hooks=list(plan.runner.hooks), d_in=dict(plan.d_in), dtype=cfg.dtype, context_length=L,
+        contexts=contexts, contexts_done=contexts_done, rows_per_context=rows_per_context, shard_contexts=sc,
+        bytes_needed=need, bytes_free=free_bytes(out), forward_tokens_per_s=tps,
+        seconds=None if todo is None else todo * L / tps, exact=exact,
+        forward=plan.runner.forward_used(L), forward_note=plan.runner.fast_problem,
+        probe_contexts=probe.contexts_per_batch,
+    )
+
+
+def estimate_cache(
+    model, text: TextConfig, cfg: CacheConfig, *, tokenizer=None, model_id: str | None = None,
+    model_revision: str | None = None,
+) -> CacheEstimate:
+    """The dry run: validate everything a build would, estimate disk and time; write nothing."""
+    plan = plan_cache(model, text, cfg, tokenizer, model_id, model_revision)
+    tokenizer = tokenizer if tokenizer is not None else model.tokenizer
+    out = Path(cfg.out)
+    done = 0
+    if (out / MANIFEST_NAME).is_file():
+        existing = read_manifest(out)
+        refuse_mismatch(out, existing, plan.settings)
+        done = existing.total_contexts if existing.complete else sum(s.contexts for s in read_progress(out))
+    return estimate_plan(plan, text, cfg, tokenizer, out, done)

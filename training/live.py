@@ -1,0 +1,89 @@
+"""No disk: activation batches computed straight from a model over text (`model_batches`), for
+small runs that need no cache. Same `ActivationBatch` interface as `CacheReader`, no resume state.
+
+Shape key: N contexts of a window, L context length, R rows of a window, B batch rows.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from saes.hookpoints import model_dtype
+from training.plan import excluded_ids
+from training.reader import ActivationBatch, make_batch, seeded_rng
+from training.runner import ActivationRunner
+from training.writer import ShardBuffer, fill_batch
+
+
+def model_batches(
+    model,
+    text,
+    hook: str,
+    batch_size: int,
+    *,
+    tokenizer=None,
+    max_tokens: int | None = None,
+    model_batch_size: int = 32,
+    exclude_tokens: str = "bos",
+    buffer_rows: int = 1 << 16,
+    seed: int = 0,
+    with_tokens: bool = False,
+    drop_last: bool = False,
+    dtype: torch.dtype | None = torch.float32,
+) -> Iterator[ActivationBatch]:
+    """Activation batches computed on the fly from `model` over `text` (a `TextConfig`). Rows are
+    shuffled within windows of `buffer_rows` rows (seeded); one pass over the text (up to
+    `max_tokens` model-input tokens)."""
+    windows = _shuffled_windows(model, text, hook, tokenizer if tokenizer is not None else model.tokenizer,
+                                max_tokens, model_batch_size, exclude_tokens, buffer_rows, seed,
+                                model_dtype(model) if dtype is None else dtype)
+    acts_RD, meta_3R = None, None  # rows not yet batched (fewer than batch_size)
+    for win_acts, win_meta in windows:
+        acts_RD = win_acts if acts_RD is None else torch.cat([acts_RD, win_acts])
+        meta_3R = win_meta if meta_3R is None else np.concatenate([meta_3R, win_meta], axis=1)
+        full = (len(acts_RD) // batch_size) * batch_size
+        for i in range(0, full, batch_size):
+            yield make_batch(acts_RD[i:i + batch_size], meta_3R[:, i:i + batch_size] if with_tokens else None)
+        acts_RD, meta_3R = acts_RD[full:], meta_3R[:, full:]
+    if acts_RD is not None and len(acts_RD) and not drop_last:
+        yield make_batch(acts_RD, meta_3R if with_tokens else None)
+
+
+def _shuffled_windows(model, text, hook: str, tokenizer, max_tokens: int | None, model_batch_size: int,
+                      exclude_tokens: str, buffer_rows: int, seed: int,
+                      dtype: torch.dtype) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+    """(acts [R, D], meta [3, R]) of consecutive windows of contexts, each window's rows in a
+    seeded random order."""
+    from training.packing import open_packer
+
+    runner = ActivationRunner(model, [hook])
+    L = text.context_length
+    runner.check_context_length(L)
+    d_in = runner.d_in(L)
+    excl = np.asarray(excluded_ids(tokenizer, exclude_tokens), dtype=np.int64)
+    packer = open_packer(text, tokenizer)
+    per_window = max(1, buffer_rows // L)
+    left = None if max_tokens is None else max_tokens // L
+    first_context = 0
+    w = 0
+    while left is None or left > 0:
+        want = per_window if left is None else min(per_window, left)
+        toks_NL, _ = packer.take(want)
+        if len(toks_NL) == 0:
+            return
+        buf = ShardBuffer(d_in, dtype, len(toks_NL), L, pin=False)
+        for b in range(0, len(toks_NL), model_batch_size):
+            tb = toks_NL[b:b + model_batch_size]
+            fill_batch(buf, runner.run(torch.from_numpy(tb)), tb, excl, first_context, non_blocking=False)
+        n = buf.rows
+        perm = torch.from_numpy(seeded_rng(seed, 0, w).permutation(n))
+        meta = np.stack([buf.token_ids[:n].numpy(), buf.positions[:n].numpy(), buf.seq_index[:n].numpy()])
+        yield buf.acts[hook][:n].index_select(0, perm), meta[:, perm.numpy()]
+        first_context += len(toks_NL)
+        left = None if left is None else left - len(toks_NL)
+        w += 1
+        if len(toks_NL) < want:
+            return

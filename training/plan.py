@@ -1,0 +1,144 @@
+"""What a cache build will make, checked before anything runs: the runner and hook widths, the
+settings the manifest records (and a resume must match), the text source, the excluded tokens.
+
+    plan = plan_cache(model, text, cfg, tokenizer, model_id, model_revision)
+    refuse_mismatch(out, read_manifest(out), plan.settings)    # resuming another cache's folder
+
+Used by the build (`training.cache`) and the dry run (`training.estimate`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from saes.identity import identity_of_model
+from saes.validators import require
+from training.cache_config import CacheConfig, ExcludeTokens
+from training.manifest import FORMAT_NAME, FORMAT_VERSION, CacheMismatchError, Manifest, setting_differences
+from training.runner import ActivationRunner
+from training.shards import DTYPES
+from training.packing import special_tokens, tokenizer_fingerprint
+from training.text import DocumentSource, TextConfig, dataset_spec
+
+DEFAULT_SHARD_BYTES = 128 << 20
+
+
+class CachePlan(NamedTuple):
+    """What `plan_cache` fixed for a build."""
+
+    runner: ActivationRunner
+    d_in: dict[str, int]
+    settings: dict[str, Any]
+    source: DocumentSource
+    excluded: np.ndarray
+    dataset_files: list[str] | None  # the absolute paths of the local files read (provenance)
+
+
+def identity_record(model) -> dict[str, Any] | None:
+    """Who the model is, as the manifest's `model_identity` (None for a model of unknown identity)."""
+    ident = identity_of_model(model)
+    return None if ident is None else ident.to_json()
+
+
+def plan_cache(model, text: TextConfig, cfg: CacheConfig, tokenizer, model_id, model_revision) -> CachePlan:
+    """Check everything a build needs (hooks, context length, tokens, dataset and text column) and
+    fix its settings; runs one tiny forward pass (the hooks' widths) and nothing else."""
+    if tokenizer is None:
+        tokenizer = getattr(model, "tokenizer", None)
+        if tokenizer is None:
+            raise ValueError("the model has no tokenizer; pass tokenizer=...")
+    runner = ActivationRunner(model, cfg.hooks, forward=cfg.forward)
+    runner.check_context_length(text.context_length)
+    require(cfg.max_tokens is None or cfg.max_tokens >= text.context_length,
+            f"CacheConfig.max_tokens {cfg.max_tokens} is less than one context ({text.context_length} tokens); raise "
+            f"CacheConfig.max_tokens or lower TextConfig.context_length", field="max_tokens")
+    d_in = runner.d_in(text.context_length)
+    source = DocumentSource(text)  # checks the dataset and its text column
+    spec = dataset_spec(text, source.data)
+    ident = identity_of_model(model)
+    if ident is not None:  # a model loaded by saesteer.models knows who it is
+        model_id, model_revision = model_id or ident.id, model_revision or ident.revision
+    settings = cache_settings(model, runner, d_in, text, cfg, tokenizer, model_id, model_revision, spec)
+    files = [str(p) for p in source.data.files] if source.data.is_local else None
+    return CachePlan(runner, d_in, settings, source, np.asarray(settings["excluded_token_ids"], dtype=np.int64), files)
+
+
+def cache_settings(
+    model, runner: ActivationRunner, d_in: dict[str, int], text: TextConfig, cfg: CacheConfig, tokenizer,
+    model_id: str | None, model_revision: str | None, dataset: dict[str, Any],
+) -> dict[str, Any]:
+    """The manifest's SETTING_FIELDS for this build (what must match to resume)."""
+    excl = excluded_ids(tokenizer, cfg.exclude_tokens)
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "model": {
+            "id": model_id or str(getattr(model.cfg, "model_name", "") or type(model).__name__),
+            "revision": model_revision,
+            "fingerprint": model_fingerprint(model),
+            "n_ctx": runner.n_ctx,
+            "d_model": int(getattr(model.cfg, "d_model", 0)),
+        },
+        "hooks": list(runner.hooks),
+        "d_in": dict(d_in),
+        "dtype": cfg.dtype,
+        "context_length": text.context_length,
+        "bos_policy": text.bos_policy,
+        "separator": text.separator,
+        "exclude_tokens": cfg.exclude_tokens,
+        "excluded_token_ids": excl,
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "dataset": dataset,
+        "max_tokens": cfg.max_tokens,
+        "shard_contexts": cfg.shard_contexts or default_shard_contexts(d_in, cfg.dtype, text.context_length),
+    }
+
+
+def bytes_per_row(d_in: dict[str, int], dtype: str) -> int:
+    item = torch.empty((), dtype=DTYPES[dtype]).element_size()
+    return sum(d_in.values()) * item + 4 + 4 + 8  # acts + token_ids + positions + seq_index
+
+
+def default_shard_contexts(d_in: dict[str, int], dtype: str, context_length: int) -> int:
+    per_context = context_length * (bytes_per_row(d_in, dtype) + 4)
+    return max(1, DEFAULT_SHARD_BYTES // per_context)
+
+
+def model_fingerprint(model) -> str:
+    """SHA-256 over parameter names, shapes, dtypes and a strided sample of each tensor's values:
+    cheap even for large models, and different for a retrained or re-initialised model."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(f"{name}|{p.dtype}|{tuple(p.shape)}\n".encode())
+        flat = p.detach().reshape(-1)
+        if flat.numel():
+            step = max(1, flat.numel() // 1024)
+            sample = flat[::step][:1024].to("cpu", torch.float32).contiguous()
+            h.update(sample.numpy().tobytes())
+    return h.hexdigest()
+
+
+def excluded_ids(tokenizer, mode: ExcludeTokens) -> list[int]:
+    """The token ids whose positions are not cached (`CacheConfig.exclude_tokens`)."""
+    sp = special_tokens(tokenizer)
+    if mode == "none":
+        return []
+    if mode == "bos":
+        return [] if sp.bos is None else [sp.bos]
+    return sorted(set(sp.all) | {i for i in (sp.bos, sp.eos, sp.pad) if i is not None})
+
+
+def refuse_mismatch(out: Path, existing: Manifest, settings: dict[str, Any]) -> None:
+    """Refuse to resume (or estimate against) a cache made with other settings, naming each."""
+    diffs = setting_differences(existing.settings, settings)
+    if diffs:
+        raise CacheMismatchError(
+            f"{out} holds a cache made with other settings; refusing to mix them:\n  - "
+            + "\n  - ".join(diffs)
+            + "\nUse another cache folder (CacheConfig.out), or delete this one to rebuild it."
+        )

@@ -1,0 +1,255 @@
+"""A finished activation cache opened for reading, and the checks of its shards.
+
+    cache = ShardSet("caches/toy", hook=None, verify="once")
+    with cache.open_shard(i) as (f, entries):   # shard i checked first (see below)
+        read_into(f, entries["token_ids"], out)
+    cache.fingerprint                           # what a feature store built from it records
+
+Every reader of a cache goes through here: `training.reader.CacheReader` (shuffled training
+batches), `iter_shards` / `all_rows` (sequential passes), `features.source.CacheSource` (the
+feature store's pass) and `verify_cache` (`saesteer cache --verify`). A shard is checked before
+any of its rows is used: present, of the manifest's size, its SHA-256 equal to the manifest's
+(`verify="once"` per ShardSet, `"always"` every time it is opened, `"never"`), a readable header
+holding the hook's activations [rows, d_in] in the manifest's dtype, `token_ids`, `positions`,
+`seq_index` [rows] and `context_tokens`. A bad shard is a `ShardCorruptError` naming it.
+
+Shape key: R rows of a shard, D d_in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Iterator, Literal, NamedTuple, Sequence
+
+import numpy as np
+import torch
+
+from training.manifest import Manifest, ShardInfo, read_manifest, read_progress
+from saes.fileio import sha256_file
+from training.shards import DTYPES, ShardCorruptError, TensorEntry, read_header, read_tensors
+
+Verify = Literal["once", "always", "never"]
+ROW_TENSORS = ("token_ids", "positions", "seq_index")  # one value per row, beside the activations
+# the settings that shape every cached activation (with the hook and the shards: the fingerprint)
+_CONTENT_SETTINGS = ("model", "dtype", "context_length", "bos_policy", "exclude_tokens", "tokenizer", "dataset")
+
+
+def shard_problem(path: Path, shard: ShardInfo, d_in: dict[str, int], dtype: torch.dtype,
+                  digest: Callable[[], str] | None) -> tuple[str | None, dict[str, TensorEntry]]:
+    """What is wrong with the shard file `path` (None: nothing) and its header's entries.
+
+    `d_in`: the hooks whose activations it must hold [rows, width]; `digest`: its SHA-256 (None:
+    not checked)."""
+    if not path.is_file():
+        return "missing", {}
+    size = path.stat().st_size
+    if size != shard.bytes:
+        return f"{size} bytes, the manifest says {shard.bytes}: the file is damaged", {}
+    if digest is not None:
+        got = digest()
+        if got != shard.sha256:
+            return (f"SHA-256 mismatch (file {got[:16]}..., manifest {shard.sha256[:16]}...): the file is corrupt",
+                    {})
+    try:
+        entries, _ = read_header(path)
+    except ShardCorruptError as e:
+        return str(e).removeprefix(f"{path.name}: "), {}
+    need = {f"acts/{h}": (shard.rows, d) for h, d in d_in.items()} | {k: (shard.rows,) for k in ROW_TENSORS}
+    for k, shape in need.items():
+        if k not in entries or entries[k].shape != shape:
+            return f"tensor {k} missing or not of shape {shape}", {}
+    if "context_tokens" not in entries:
+        return "tensor context_tokens missing", {}
+    for h in d_in:
+        if entries[f"acts/{h}"].dtype != dtype:
+            return f"acts/{h} is {entries[f'acts/{h}'].dtype}, the manifest says {dtype}", {}
+    return None, entries
+
+
+class ShardSet:
+    """The shards of one hook of a complete cache, each checked before use (see the module doc).
+
+    Args:
+        path: cache directory.
+        hook: which cached hook point (optional when the cache holds one).
+        verify: "once" (default: each shard's SHA-256 checked once per ShardSet), "always" (every
+            time a shard is opened), or "never".
+    """
+
+    def __init__(self, path: str | Path, hook: str | None = None, *, verify: Verify = "once") -> None:
+        self.path = Path(path)
+        self.manifest: Manifest = read_manifest(self.path)
+        if not self.manifest.complete:
+            raise ValueError(
+                f"{self.path}: the cache is incomplete; re-run the same `saesteer cache` command to finish it"
+            )
+        hooks = self.manifest.hooks
+        if hook is None:
+            if len(hooks) != 1:
+                raise ValueError(f"{self.path} holds several hook points ({', '.join(hooks)}); pass hook=... to pick one")
+            hook = hooks[0]
+        if hook not in hooks:
+            raise ValueError(f"{self.path} has no hook point {hook!r}; it holds {', '.join(hooks)}")
+        if verify not in ("once", "always", "never"):
+            raise ValueError(f"verify must be once, always or never; got {verify!r}")
+        self.hook = hook
+        self.verify = verify
+        self.d_in = self.manifest.d_in[hook]
+        self.stored_dtype = DTYPES[self.manifest.dtype]
+        self.shards: list[ShardInfo] = self.manifest.shards
+        self._verified: set[int] = set()
+        self._pending: dict[int, Any] = {}  # shard -> Future of its SHA-256 (hashed ahead)
+        self._pool = None
+
+    # -- identity ----------------------------------------------------------------------------
+    @property
+    def fingerprint(self) -> str:
+        """Identity of this hook's cached rows: the settings that shape every activation, the hook
+        and every shard's SHA-256 (a feature store records it and refuses another cache)."""
+        s = self.manifest.settings
+        ident = {k: s[k] for k in _CONTENT_SETTINGS}
+        ident["hook"] = self.hook
+        ident["shards"] = [sh.sha256 for sh in self.shards]
+        return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
+
+    def shards_digest(self, indices: Sequence[int]) -> str:
+        """SHA-256 over the SHA-256s of the shards `indices`, in order: which shards a reader's
+        stream is made of (its saved position records it)."""
+        return hashlib.sha256("".join(self.shards[i].sha256 for i in indices).encode()).hexdigest()
+
+    # -- checking ----------------------------------------------------------------------------
+    def entries(self, i: int) -> dict[str, TensorEntry]:
+        """The header entries of shard i, after its checks (SHA-256 as `verify` says)."""
+        s = self.shards[i]
+        problem, entries = shard_problem(self.path / s.file, s, {self.hook: self.d_in}, self.stored_dtype,
+                                         self._digest(i) if self._must_hash(i) else None)
+        if problem is not None:
+            fix = (f" and none of its rows were used. Run `saesteer cache --verify {self.path}` to list all bad "
+                   f"shards, then rebuild the cache" if problem.startswith("SHA-256") else "; rebuild the cache")
+            raise ShardCorruptError(f"shard {s.file} of {self.path}: {problem}{fix}")
+        if self._must_hash(i):
+            self._verified.add(i)
+        return entries
+
+    def _must_hash(self, i: int) -> bool:
+        return self.verify == "always" or (self.verify == "once" and i not in self._verified)
+
+    def _digest(self, i: int) -> Callable[[], str]:
+        def digest() -> str:
+            fut = self._pending.pop(i, None)
+            return fut.result() if fut is not None else sha256_file(self.path / self.shards[i].file)
+        return digest
+
+    def hash_ahead(self, indices: Sequence[int]) -> None:
+        """Hash these shards in a background thread (hashlib releases the GIL; the reads also warm
+        the page cache); `entries` still checks each result before any row is used."""
+        todo = [i for i in indices if i not in self._pending and self._must_hash(i)]
+        if self.verify == "never" or not todo:
+            return
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-verify")
+        for i in todo:
+            self._pending[i] = self._pool.submit(sha256_file, self.path / self.shards[i].file)
+
+    def close(self) -> None:
+        """Stop the background hashing thread (also done when the ShardSet is garbage collected)."""
+        if self._pool is not None:
+            for f in self._pending.values():
+                f.cancel()
+            self._pending.clear()
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # -- reading -------------------------------------------------------------------------------
+    @contextmanager
+    def open_shard(self, i: int, entries: dict[str, TensorEntry] | None = None
+                   ) -> Iterator[tuple[BinaryIO, dict[str, TensorEntry]]]:
+        """(file, header entries) of shard i, checked; read regions with `training.shards.read_into`.
+        `entries`: what `entries(i)` just returned (the shard is then not checked again)."""
+        entries = self.entries(i) if entries is None else entries
+        with open(self.path / self.shards[i].file, "rb", buffering=0) as f:
+            yield f, entries
+
+    def read(self, i: int, keys: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Whole tensors of shard i (`acts` is this hook's activations), in fresh CPU tensors."""
+        with self.open_shard(i) as (f, entries):
+            return read_tensors(f, [entries[f"acts/{self.hook}" if k == "acts" else k] for k in keys], list(keys))
+
+
+# ----------------------------------------------------------------------------------------------
+# Sequential passes
+
+
+class ShardData(NamedTuple):
+    """One shard's rows in storage order (context order, then position), for sequential passes."""
+
+    index: int
+    first_context: int  # global index of the shard's first context
+    acts: torch.Tensor  # [R, D] stored dtype
+    token_ids: torch.Tensor  # [R] int32
+    positions: torch.Tensor  # [R] int32
+    seq_index: torch.Tensor  # [R] int64 (global context index of each row)
+    context_tokens: torch.Tensor  # [C, L] int32: the full model input of the shard's contexts
+
+
+def iter_shards(path: str | Path, hook: str | None = None, *, verify: bool = True) -> Iterator[ShardData]:
+    """The cache's shards in order, one at a time (memory: one shard). Each shard's SHA-256 is
+    checked before it is returned (`ShardCorruptError` names a bad one). For the feature stage
+    and other sequential passes; training should use `CacheReader`."""
+    cache = ShardSet(path, hook, verify="once" if verify else "never")
+    for i, s in enumerate(cache.shards):
+        t = cache.read(i, ("acts", *ROW_TENSORS, "context_tokens"))
+        yield ShardData(i, s.first_context, t["acts"], t["token_ids"], t["positions"], t["seq_index"],
+                        t["context_tokens"])
+
+
+def all_rows(path: str | Path, hook: str | None = None) -> tuple[torch.Tensor, np.ndarray]:
+    """Every row of a small cache in storage order: acts [R, D] (stored dtype) and meta [3, R]
+    (token_ids, positions, seq_index). For tests and small analyses; not memory bounded."""
+    acts, metas = [], []
+    for sd in iter_shards(path, hook):
+        acts.append(sd.acts)
+        metas.append(np.stack([sd.token_ids.numpy(), sd.positions.numpy(), sd.seq_index.numpy()]).astype(np.int64))
+    d_in = read_manifest(path).d_in
+    return (torch.cat(acts) if acts else torch.empty(0, next(iter(d_in.values()))),
+            np.concatenate(metas, axis=1) if metas else np.empty((3, 0), np.int64))
+
+
+# ----------------------------------------------------------------------------------------------
+# Verification
+
+
+class VerifyReport(NamedTuple):
+    ok: bool
+    checked: int
+    problems: list[str]  # one line per bad shard, naming it
+
+
+def verify_cache(path: str | Path, *, progress: bool = False) -> VerifyReport:
+    """Check every shard of a cache against the manifest (presence, size, SHA-256, header).
+    An unfinished cache is checked against its build log."""
+    from tqdm.auto import tqdm
+
+    out = Path(path)
+    man = read_manifest(out)
+    shards = man.shards if man.complete else read_progress(out)
+    problems = [] if man.complete else [f"cache is incomplete ({len(shards)} shards finished); re-run the same "
+                                        f"`saesteer cache` command to finish it"]
+    dtype = DTYPES[man.dtype]
+    for s in tqdm(shards, desc="verifying", unit="shard", disable=not progress):
+        f = out / s.file
+        problem, _ = shard_problem(f, s, man.d_in, dtype, lambda: sha256_file(f))
+        if problem is not None:
+            problems.append(f"{s.file}: {problem}")
+    return VerifyReport(not problems, len(shards), problems)
