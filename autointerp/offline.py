@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from .examples import Example, active_positions
@@ -62,6 +62,63 @@ def _weights(fg: Counter, n_fg: int, bg: Counter, n_bg: int, vocab: int, alpha: 
     return out
 
 
+@dataclass
+class _TokenCounts:
+    """Normalised-token counts: at activating positions (`act`), near them (`ctx`), in the
+    background (`bg`: the background contexts and the non-activating positions of the examples);
+    `*_docs` count examples, `n_*` positions."""
+
+    act: Counter[str] = field(default_factory=Counter)
+    act_docs: Counter[str] = field(default_factory=Counter)
+    ctx: Counter[str] = field(default_factory=Counter)
+    ctx_docs: Counter[str] = field(default_factory=Counter)
+    bg: Counter[str] = field(default_factory=Counter)
+    n_act: int = 0
+    n_ctx: int = 0
+
+
+def _count_tokens(examples: Sequence[Example], background: Sequence[Example], mark_threshold: float,
+                  context_window: int) -> _TokenCounts:
+    c = _TokenCounts()
+    for ex in examples:
+        pos = active_positions(ex, mark_threshold)
+        marked = set(pos)
+        near: set[int] = set()
+        for p in pos:
+            near.update(range(max(0, p - context_window), min(len(ex.tokens), p + context_window + 1)))
+        near -= marked
+        seen_a, seen_c = set(), set()
+        for i, tok in enumerate(ex.tokens):
+            t = norm_token(tok)
+            if not t:
+                continue
+            if i in marked:
+                c.act[t] += 1
+                c.n_act += 1
+                seen_a.add(t)
+            else:
+                if i in near:
+                    c.ctx[t] += 1
+                    c.n_ctx += 1
+                    seen_c.add(t)
+                if ex.acts[i] <= 0:
+                    c.bg[t] += 1
+        c.act_docs.update(seen_a)
+        c.ctx_docs.update(seen_c)
+    for ex in background:
+        c.bg.update(t for t in map(norm_token, ex.tokens) if t)
+    return c
+
+
+def _label_text(tokens: tuple[str, ...], context: tuple[str, ...], max_label_chars: int) -> str:
+    label = " / ".join(tokens) if tokens else "(various)"
+    if context:
+        label += " (near: " + " / ".join(context) + ")"
+    if len(label) > max_label_chars:
+        label = label[: max_label_chars - 1].rstrip() + "\u2026"
+    return label
+
+
 def explain_offline(
     examples: Sequence[Example],
     background: Sequence[Example],
@@ -77,39 +134,8 @@ def explain_offline(
 ) -> OfflineExplanation:
     """Label from token statistics (see the module docstring). `background` should be contexts
     where the latent does not fire; non-activating positions of `examples` are added to it."""
-    act: Counter[str] = Counter()
-    act_docs: Counter[str] = Counter()
-    ctx: Counter[str] = Counter()
-    ctx_docs: Counter[str] = Counter()
-    bg: Counter[str] = Counter()
-    n_act = n_ctx = 0
-    for ex in examples:
-        pos = active_positions(ex, mark_threshold)
-        marked = set(pos)
-        near: set[int] = set()
-        for p in pos:
-            near.update(range(max(0, p - context_window), min(len(ex.tokens), p + context_window + 1)))
-        near -= marked
-        seen_a, seen_c = set(), set()
-        for i, tok in enumerate(ex.tokens):
-            t = norm_token(tok)
-            if not t:
-                continue
-            if i in marked:
-                act[t] += 1
-                n_act += 1
-                seen_a.add(t)
-            else:
-                if i in near:
-                    ctx[t] += 1
-                    n_ctx += 1
-                    seen_c.add(t)
-                if ex.acts[i] <= 0:
-                    bg[t] += 1
-        act_docs.update(seen_a)
-        ctx_docs.update(seen_c)
-    for ex in background:
-        bg.update(t for t in map(norm_token, ex.tokens) if t)
+    c = _count_tokens(examples, background, mark_threshold, context_window)
+    act, n_act, ctx, n_ctx, bg = c.act, c.n_act, c.ctx, c.n_ctx, c.bg
     n_bg = sum(bg.values())
     vocab = len(set(bg) | set(act) | set(ctx)) or 1
     need = min(min_examples, max(1, len(examples)))
@@ -121,7 +147,7 @@ def explain_offline(
     lift = {t: math.exp(w / (act[t] / n_act)) for t, w in w_all.items()}  # p_act / p_bg
     token_set = tuple(sorted((t for t in w_all if lift[t] >= min_lift), key=lambda t: (-w_all[t], t))[:max_token_set])
 
-    w_act = {t: w for t, w in _weights(act, n_act, bg, n_bg, vocab).items() if act_docs[t] >= need}
+    w_act = {t: w for t, w in _weights(act, n_act, bg, n_bg, vocab).items() if c.act_docs[t] >= need}
     tokens = tuple(sorted(w_act, key=lambda t: (-w_act[t], t))[:max_tokens])
     # drop tail tokens that add little (less than a fifth of the best weight)
     if tokens:
@@ -131,18 +157,13 @@ def explain_offline(
     context: tuple[str, ...] = ()
     if n_ctx and coverage < 0.5:
         w_ctx = {t: w for t, w in _weights(ctx, n_ctx, bg, n_bg, vocab).items()
-                 if ctx_docs[t] >= need and t not in tokens}
+                 if c.ctx_docs[t] >= need and t not in tokens}
         context = tuple(sorted(w_ctx, key=lambda t: (-w_ctx[t], t))[:max_context])
     if not tokens and not context:
         # nothing stands out from the background: name the commonest activating token
         tokens = (act.most_common(1)[0][0],)
         w_act = {tokens[0]: 0.0}
-    label = " / ".join(tokens) if tokens else "(various)"
-    if context:
-        label += " (near: " + " / ".join(context) + ")"
-    if len(label) > max_label_chars:
-        label = label[: max_label_chars - 1].rstrip() + "\u2026"
-    return OfflineExplanation(label, tokens, context, {t: round(w_act.get(t, 0.0), 6) for t in tokens},
+    return OfflineExplanation(_label_text(tokens, context, max_label_chars), tokens, context, {t: round(w_act.get(t, 0.0), 6) for t in tokens},
                               round(coverage, 6), token_set or tokens)
 
 

@@ -230,6 +230,68 @@ def select_latents(store: LabelStore, cfg: LabelConfig) -> list[int]:
     return ids
 
 
+class _LabelRun:
+    """One labelling run's shared state: the queue of latents its workers take from, the report
+    they fill in, the progress bar, and the stop signal (budget spent, or too many failures in a row)."""
+
+    def __init__(self, store: LabelStore, labeller: Labeller, cfg: LabelConfig, report: RunReport,
+                 todo: Sequence[int], ledger, bar) -> None:
+        self.store, self.labeller, self.cfg, self.report = store, labeller, cfg, report
+        self.queue: asyncio.Queue[int] = asyncio.Queue()
+        for i in todo:
+            self.queue.put_nowait(i)
+        self.stop = asyncio.Event()
+        self.ledger = ledger
+        self.bar = bar
+        self.internal_errors = 0
+        self.streak = 0  # latents failed in a row
+
+    def postfix(self) -> None:
+        if self.ledger is not None:
+            t = self.ledger.totals
+            pf = {"failed": len(self.report.failed), "tok": t.prompt_tokens + t.completion_tokens, "cached": t.cached_calls}
+            if self.ledger.prices.known:
+                pf["$"] = f"{t.cost_usd:.4f}"
+            self.bar.set_postfix(pf, refresh=False)
+
+    def failed(self, f: LabelFailure) -> None:
+        self.store.write_failure(f)
+        self.report.failed.append(f)
+        self.streak += 1
+        limit = self.cfg.max_consecutive_failures
+        if limit and self.streak >= limit and not self.stop.is_set():
+            self.report.stopped = "failures"
+            self.stop.set()
+
+    async def worker(self) -> None:
+        labeller, report = self.labeller, self.report
+        while not self.stop.is_set():
+            try:
+                latent = self.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            try:
+                result = await labeller.label(self.store.examples(latent))
+            except BudgetExceeded:
+                report.abandoned += 1
+                report.stopped = "budget"
+                self.stop.set()
+                return
+            except _StageError as e:
+                self.failed(LabelFailure(latent, e.stage, e.reason, labeller.source, labeller.model))
+            except Exception as e:  # a bug or a broken store row: record it, keep going
+                self.internal_errors += 1
+                if self.internal_errors == 1:
+                    traceback.print_exc(file=sys.stderr)
+                self.failed(LabelFailure(latent, "internal", f"{type(e).__name__}: {e}", labeller.source, labeller.model))
+            else:
+                self.store.write_result(result)
+                report.labelled += 1
+                self.streak = 0
+            self.bar.update(1)
+            self.postfix()
+
+
 async def label_latents_async(
     store: LabelStore, judge: Judge | None, cfg: LabelConfig, *, progress: bool = True,
     latents: Sequence[int] | None = None, embedder: Embedder | None = None,
@@ -241,67 +303,15 @@ async def label_latents_async(
     done = set() if cfg.overwrite else store.labelled(labeller.source, labeller.model)
     todo = [i for i in ids if i not in done]
     report.skipped = len(ids) - len(todo)
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in todo:
-        queue.put_nowait(i)
-    stop = asyncio.Event()
     ledger = judge.ledger if judge is not None else None
 
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(todo), unit="latent", desc="labelling", disable=not progress, dynamic_ncols=True)
-
-    def postfix() -> None:
-        if ledger is not None:
-            t = ledger.totals
-            pf = {"failed": len(report.failed), "tok": t.prompt_tokens + t.completion_tokens, "cached": t.cached_calls}
-            if ledger.prices.known:
-                pf["$"] = f"{t.cost_usd:.4f}"
-            bar.set_postfix(pf, refresh=False)
-
-    internal_errors = 0
-    streak = 0  # latents failed in a row
-
-    def failed(f: LabelFailure) -> None:
-        nonlocal streak
-        store.write_failure(f)
-        report.failed.append(f)
-        streak += 1
-        if cfg.max_consecutive_failures and streak >= cfg.max_consecutive_failures and not stop.is_set():
-            report.stopped = "failures"
-            stop.set()
-
-    async def worker() -> None:
-        nonlocal internal_errors, streak
-        while not stop.is_set():
-            try:
-                latent = queue.get_nowait()
-            except asyncio.QueueEmpty:
-                return
-            try:
-                result = await labeller.label(store.examples(latent))
-            except BudgetExceeded:
-                report.abandoned += 1
-                report.stopped = "budget"
-                stop.set()
-                return
-            except _StageError as e:
-                failed(LabelFailure(latent, e.stage, e.reason, labeller.source, labeller.model))
-            except Exception as e:  # a bug or a broken store row: record it, keep going
-                internal_errors += 1
-                if internal_errors == 1:
-                    traceback.print_exc(file=sys.stderr)
-                failed(LabelFailure(latent, "internal", f"{type(e).__name__}: {e}", labeller.source, labeller.model))
-            else:
-                store.write_result(result)
-                report.labelled += 1
-                streak = 0
-            bar.update(1)
-            postfix()
-
+    run = _LabelRun(store, labeller, cfg, report, todo, ledger, bar)
     n_workers = judge.concurrency if judge is not None else 1
     try:
-        await asyncio.gather(*(worker() for _ in range(max(1, min(n_workers, len(todo))))))
+        await asyncio.gather(*(run.worker() for _ in range(max(1, min(n_workers, len(todo))))))
     finally:
         bar.close()
     if ledger is not None:

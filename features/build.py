@@ -354,29 +354,7 @@ def _block_rows(f0, f1, res: PassResult, dec_norm, dec_nb, co_nb, logits, links,
     """The rows of one write transaction, built from whole-block arrays (no per-example tensor ops)."""
     sl = slice(f0, f1)
     ids = list(range(f0, f1))
-    flags_F4 = res.flags_F4[sl].tolist()
-    flags = [" ".join(n for n, on in zip(FLAG_NAMES, row) if on) for row in flags_F4]
-    n_fires = res.n_fires_F[sl].tolist()
-    cols = [res.freq_F[sl].tolist(), res.mean_F[sl].tolist(), res.std_F[sl].tolist(), res.max_F[sl].tolist(),
-            res.sum_F[sl].tolist(), res.typical_max_F[sl].tolist(), res.q_F3[sl, 0].tolist(), res.q_F3[sl, 1].tolist(),
-            res.q_F3[sl, 2].tolist()]
-    min_pos, max_pos, bos = res.min_pos_F[sl].tolist(), res.max_pos_F[sl].tolist(), res.bos_fires_F[sl].tolist()
-    norms = dec_norm[sl].tolist()
-    if links is not None:
-        lev, par = links.level_F[sl].tolist(), links.parent_F[sl].tolist()
-        pco, pcos, meth = links.parent_coact_F[sl].tolist(), links.parent_cos_F[sl].tolist(), links.method_F[f0:f1]
-    feats = []
-    for i, f in enumerate(ids):
-        n = n_fires[i]
-        link = (None, None, None, None, None)
-        if links is not None:
-            link = (lev[i], None, None, None, None) if par[i] < 0 else (lev[i], par[i], _nan(pco[i]), _nan(pcos[i]), meth[i])
-        feats.append(FeatureRow(
-            id=f, n_fires=n, freq=cols[0][i], mean_act=_nan(cols[1][i]), std_act=_nan(cols[2][i]), max_act=cols[3][i],
-            sum_act=cols[4][i], typical_max_act=_nan(cols[5][i]), q50=_nan(cols[6][i]), q90=_nan(cols[7][i]),
-            q99=_nan(cols[8][i]), min_pos=min_pos[i] if n else None, max_pos=max_pos[i] if n else None,
-            bos_fires=bos[i], decoder_norm=norms[i], flags=flags[i], level=link[0], parent_id=link[1],
-            parent_coact=link[2], parent_cos=link[3], parent_method=link[4]))
+    feats = _feature_rows(f0, f1, res, dec_norm, links)
     widths = res.bin_width_F[sl].tolist()
     hists = [HistogramRow(f, widths[i], json.dumps(h)) for i, (f, h) in enumerate(zip(ids, res.hist_FH[sl].tolist()))]
     logit_rows: list[LogitRow] = []
@@ -390,8 +368,48 @@ def _block_rows(f0, f1, res: PassResult, dec_norm, dec_nb, co_nb, logits, links,
         nb_rows.extend(NeighbourRow(f, "decoder", r, o, sc, None) for r, (o, sc) in enumerate(zip(o_row, s_row)) if o >= 0)
     for f, o_row, s_row, c_row in zip(ids, co_nb.ids_Fn[sl].tolist(), co_nb.score_Fn[sl].tolist(), co_nb.count_Fn[sl].tolist()):
         nb_rows.extend(NeighbourRow(f, "coact", r, o, sc, c) for r, (o, sc, c) in enumerate(zip(o_row, s_row, c_row)) if o >= 0)
+    examples = _example_rows(f0, f1, res, source, tokenizer, before, W)
+    top_text: dict[int, list[str]] = {}
+    for ex in examples:
+        if ex.kind == "top" and ex.text:
+            top_text.setdefault(ex.feature_id, []).append(_searchable_text(ex, source.bos_id))
+    fts = [SearchTextRow(f, "", "\n".join(top_text.get(f, []))) for f in ids]
+    return feats, hists, examples, logit_rows, nb_rows, fts
 
-    # examples of the block, ordered by (kind, feature, rank)
+
+def _feature_rows(f0, f1, res: PassResult, dec_norm, links) -> list[FeatureRow]:
+    """The block's feature rows: statistics, flags, decoder norm and (with `links`) hierarchy links."""
+    sl = slice(f0, f1)
+    flags_F4 = res.flags_F4[sl].tolist()
+    flags = [" ".join(n for n, on in zip(FLAG_NAMES, row) if on) for row in flags_F4]
+    n_fires = res.n_fires_F[sl].tolist()
+    cols = [res.freq_F[sl].tolist(), res.mean_F[sl].tolist(), res.std_F[sl].tolist(), res.max_F[sl].tolist(),
+            res.sum_F[sl].tolist(), res.typical_max_F[sl].tolist(), res.q_F3[sl, 0].tolist(), res.q_F3[sl, 1].tolist(),
+            res.q_F3[sl, 2].tolist()]
+    min_pos, max_pos, bos = res.min_pos_F[sl].tolist(), res.max_pos_F[sl].tolist(), res.bos_fires_F[sl].tolist()
+    norms = dec_norm[sl].tolist()
+    if links is not None:
+        lev, par = links.level_F[sl].tolist(), links.parent_F[sl].tolist()
+        pco, pcos, meth = links.parent_coact_F[sl].tolist(), links.parent_cos_F[sl].tolist(), links.method_F[f0:f1]
+    feats = []
+    for i, f in enumerate(range(f0, f1)):
+        n = n_fires[i]
+        link = (None, None, None, None, None)
+        if links is not None:
+            link = (lev[i], None, None, None, None) if par[i] < 0 else (lev[i], par[i], _nan(pco[i]), _nan(pcos[i]), meth[i])
+        feats.append(FeatureRow(
+            id=f, n_fires=n, freq=cols[0][i], mean_act=_nan(cols[1][i]), std_act=_nan(cols[2][i]), max_act=cols[3][i],
+            sum_act=cols[4][i], typical_max_act=_nan(cols[5][i]), q50=_nan(cols[6][i]), q90=_nan(cols[7][i]),
+            q99=_nan(cols[8][i]), min_pos=min_pos[i] if n else None, max_pos=max_pos[i] if n else None,
+            bos_fires=bos[i], decoder_norm=norms[i], flags=flags[i], level=link[0], parent_id=link[1],
+            parent_coact=link[2], parent_cos=link[3], parent_method=link[4]))
+    return feats
+
+
+def _block_examples(f0, f1, res: PassResult, W):
+    """The block's stored examples as flat tensors, ordered by (kind, feature, rank): kind code
+    (0 top, 1 quantile, 2 negative), feature, rank, activation, quantile, seq, position, window [E, W]."""
+    sl = slice(f0, f1)
     parts = []
     for code, val, q, seq, pos, win in (
         (0, res.top_val_FK[sl], None, res.top_seq_FK[sl], res.top_pos_FK[sl], res.top_win_FKW[sl]),
@@ -406,7 +424,13 @@ def _block_rows(f0, f1, res: PassResult, dec_norm, dec_nb, co_nb, logits, links,
             q[a, k] if q is not None else torch.full((n,), float("nan")), seq[a, k], pos[a, k],
             win[a, k] if win is not None else torch.zeros(n, W),
         ))
-    kind_E, f_E, rank_E, val_E, q_E, seq_E, pos_E, win_EW = (torch.cat(c) for c in zip(*parts))
+    return (torch.cat(c) for c in zip(*parts))
+
+
+def _example_rows(f0, f1, res: PassResult, source, tokenizer, before, W) -> list[ExampleRow]:
+    """The block's example rows: each window's tokens (trimmed to its context), activations and,
+    with a tokenizer, text and offsets."""
+    kind_E, f_E, rank_E, val_E, q_E, seq_E, pos_E, win_EW = _block_examples(f0, f1, res, W)
     toks_EW = source.window_tokens(seq_E, pos_E - before, W) if seq_E.numel() else torch.empty(0, W, dtype=torch.int64)
     valid = toks_EW >= 0
     has = valid.any(1)
@@ -422,18 +446,12 @@ def _block_rows(f0, f1, res: PassResult, dec_norm, dec_nb, co_nb, logits, links,
     if tokenizer is not None and token_lists:
         texts = [(tt.text, np.asarray(tt.offsets, dtype="<i4").tobytes())
                  for tt in token_texts(tokenizer, [t.tolist() for t in token_lists])]
-    examples = [
+    return [
         ExampleRow(feature_id=f, kind=kinds[kc], rank=rank, activation=v, quantile=_nan(q), seq_index=seq, position=pos,
                    centre=before - lo, token_ids=token_lists[e].tobytes(), acts=win_np[e, lo:hi].tobytes(),
                    text=texts[e][0], token_offsets=texts[e][1])
         for e, (kc, f, rank, v, q, seq, pos, lo, hi) in enumerate(zip(*cols_E))
     ]
-    top_text: dict[int, list[str]] = {}
-    for ex in examples:
-        if ex.kind == "top" and ex.text:
-            top_text.setdefault(ex.feature_id, []).append(_searchable_text(ex, source.bos_id))
-    fts = [SearchTextRow(f, "", "\n".join(top_text.get(f, []))) for f in ids]
-    return feats, hists, examples, logit_rows, nb_rows, fts
 
 
 def _nan(x):

@@ -77,32 +77,29 @@ def histogram_quantiles(hist_FH: Tensor, width_F: Tensor, qs: list[float]) -> Te
     return out
 
 
-def finalize(acc: FeatureAccumulator) -> PassResult:
-    s, cfg = acc.s, acc.cfg
-    F = acc.F
-    n_rows = int(s["n_rows"])
-    n = s["n_fires"]
-    nf = n.double()
-    dead = n == 0
-    mean = torch.where(dead, float("nan"), s["sum"] / nf.clamp(min=1))
-    var = (s["sumsq"] / nf.clamp(min=1) - mean.square()).clamp(min=0)
-    std = torch.where(dead, float("nan"), var.sqrt())
-    width = s["hist_top"] / cfg.hist_bins
-    # the top-K buffer is unordered: sort it by (value desc, row asc)
+def _sorted_top_examples(s: dict) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(values, seqs, positions, windows) of each latent's top-K buffer, which is unordered:
+    sorted by (value desc, row asc)."""
     rows = torch.where(s["top_row"] >= 0, s["top_row"], torch.iinfo(torch.int64).max)
     o = torch.sort(rows, dim=1, stable=True).indices
     o = o.gather(1, torch.sort(s["top_val"].gather(1, o), dim=1, descending=True, stable=True).indices)
     tv = s["top_val"].gather(1, o)
     top_seq, top_pos = s["top_seq"].gather(1, o), s["top_pos"].gather(1, o)
     top_win = s["top_win"].gather(1, o[:, :, None].expand(-1, -1, s["top_win"].shape[2]))
-    # typical max: median of the filled top-K slots
+    return tv, top_seq, top_pos, top_win
+
+
+def _typical_max(tv: Tensor) -> Tensor:
+    """Median of the filled top-K slots (the usual median: mean of the middle two)."""
     filled = tv > float("-inf")
     tv_nan = torch.where(filled, tv, torch.full_like(tv, float("nan")))
-    typical = torch.nanquantile(tv_nan, 0.5, dim=1)  # the usual median (mean of the middle two)
-    q = histogram_quantiles(s["hist"], width, [0.5, 0.9, 0.99])
-    freq = nf / max(n_rows, 1)
+    return torch.nanquantile(tv_nan, 0.5, dim=1)
+
+
+def _flags(s: dict, cfg, n: Tensor, dead: Tensor, freq: Tensor) -> Tensor:
+    """[F, 4] bool, columns FLAG_NAMES: dead, dense, fires only on BOS, fires at one position only."""
     enough = n >= max(cfg.flag_min_fires, 1)
-    flags = torch.stack(
+    return torch.stack(
         [
             dead,
             freq > cfg.dense_threshold,
@@ -111,7 +108,11 @@ def finalize(acc: FeatureAccumulator) -> PassResult:
         ],
         1,
     )
-    # quantile examples: the reservoir sorted by activation, tagged with their quantile
+
+
+def _quantile_examples(s: dict, F: int, width: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(order, values, quantiles, windows): the reservoir sorted by activation, each example
+    tagged with its quantile of the latent's histogram."""
     rv = s["res_val"]
     order = torch.argsort(rv, dim=1, descending=True, stable=True)
     qv = rv.gather(1, order)
@@ -121,8 +122,12 @@ def finalize(acc: FeatureAccumulator) -> PassResult:
     if bool(ok.any()):
         qq[ok] = histogram_cdf(s["hist"], width, lat[ok], qv[ok])
     win = s["res_win"].gather(1, order[:, :, None].expand(-1, -1, s["res_win"].shape[2]))
-    # negatives: a fixed random order of the pool; each latent takes the first G windows where
-    # it is silent throughout
+    return order, qv, qq, win
+
+
+def _negatives(s: dict, cfg, F: int) -> tuple[Tensor, Tensor]:
+    """(seqs, positions) [F, G]: a fixed random order of the pool; each latent takes the first G
+    windows where it is silent throughout (-1 where fewer)."""
     G, P = cfg.n_negative, cfg.negative_pool
     neg_seq = torch.full((F, G), -1, dtype=torch.int64)
     neg_pos = torch.full((F, G), -1, dtype=torch.int64)
@@ -138,6 +143,27 @@ def finalize(acc: FeatureAccumulator) -> PassResult:
             slot = rank[fi, pi] - 1
             neg_seq[f0 + fi, slot] = s["neg_seq"][perm][pi]
             neg_pos[f0 + fi, slot] = s["neg_pos"][perm][pi]
+    return neg_seq, neg_pos
+
+
+def finalize(acc: FeatureAccumulator) -> PassResult:
+    s, cfg = acc.s, acc.cfg
+    F = acc.F
+    n_rows = int(s["n_rows"])
+    n = s["n_fires"]
+    nf = n.double()
+    dead = n == 0
+    mean = torch.where(dead, float("nan"), s["sum"] / nf.clamp(min=1))
+    var = (s["sumsq"] / nf.clamp(min=1) - mean.square()).clamp(min=0)
+    std = torch.where(dead, float("nan"), var.sqrt())
+    width = s["hist_top"] / cfg.hist_bins
+    tv, top_seq, top_pos, top_win = _sorted_top_examples(s)
+    typical = _typical_max(tv)
+    q = histogram_quantiles(s["hist"], width, [0.5, 0.9, 0.99])
+    freq = nf / max(n_rows, 1)
+    flags = _flags(s, cfg, n, dead, freq)
+    order, qv, qq, win = _quantile_examples(s, F, width)
+    neg_seq, neg_pos = _negatives(s, cfg, F)
     return PassResult(
         n_rows=n_rows,
         n_fires_F=n.clone(),

@@ -42,7 +42,7 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -232,20 +232,27 @@ def _iter_latents(store: Any, ids: Sequence[int] | None):
         yield store.feature(int(i))
 
 
-def export_neuronpedia(store: Any, out: str | os.PathLike, info: NeuronpediaInfo,
-                       ids: Sequence[int] | None = None) -> Path:
-    """Write the store's live latents (or `ids`) in Neuronpedia's import format; returns the
-    source directory. See the module docstring for the layout."""
-    layer = _layer_of(store, info.layer)
-    source_id = f"{layer}-{info.source_set}"
-    root = Path(out) / info.model_id / source_id
-    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    fp = store.sae_fingerprint[:16]
-    hook = (store.meta.get("sae") or {}).get("hook_name")
+@dataclass
+class _NeuronpediaExport:
+    """What every exported row shares, and the score methods and explainers met on the way
+    (written to `config/` at the end)."""
+
+    info: NeuronpediaInfo
+    source_id: str
+    now: str
+    fp: str  # the store fingerprint's prefix: row ids derive from it
+    hook: str | None
+    xy: dict[int, tuple[float, float]]  # latent -> its decoder map position
+    score_types: dict[str, str] = field(default_factory=dict)
+    explainers: dict[str, str] = field(default_factory=dict)
+
+
+def _header_rows(store: Any, info: NeuronpediaInfo, layer: int, source_id: str, now: str) -> dict[str, dict]:
+    """The one-row tables: model, source, source set, release."""
     release = info.release or info.source_set
     ctx_len = store.meta.get("context_length")
     creator = info.creator_id
-    one = {
+    return {
         "model": {"id": info.model_id, "displayNameShort": info.model_id, "displayName": info.model_id, "creatorId": creator,
                   "layers": int(info.n_layers or layer + 1), "neuronsPerLayer": int(store.d_sae), "owner": info.creator_name,
                   "instruct": info.model_id.endswith("-it"), "visibility": "PUBLIC", "createdAt": now, "updatedAt": now,
@@ -261,14 +268,92 @@ def export_neuronpedia(store: Any, out: str | os.PathLike, info: NeuronpediaInfo
                     "creatorName": info.creator_name, "creatorNameShort": info.creator_name, "creatorId": creator,
                     "visibility": "PUBLIC", "urls": [info.url] if info.url else [], "createdAt": now},
     }
-    for table, row in one.items():
-        check_rows(table, [row])
-        _write_jsonl(root / _TABLE_FILES[table], [row], gz=False)
 
-    layout = next((k for k in store.feature_map_methods() if k.startswith("decoder")), None)
-    xy = {i: (x, y) for i, x, y in store.feature_map(layout)} if layout else {}
-    score_types: dict[str, str] = {}
-    explainers: dict[str, str] = {}
+
+def _feature_row(ex: _NeuronpediaExport, rec) -> dict:
+    """The latent's row of table Neuron."""
+    info = ex.info
+    heights, centres = _hist(rec)
+    prom = rec.logits.promoted if rec.logits else []
+    supp = rec.logits.suppressed if rec.logits else []
+    tmax = rec.stats.typical_max_act
+    steer = rec.recommended_strength * tmax if (rec.recommended_strength and tmax) else None
+    return {
+        "modelId": info.model_id, "layer": ex.source_id, "index": str(rec.id), "maxActApprox": _finite(rec.stats.max_act),
+        "creatorId": info.creator_id, "frac_nonzero": _finite(rec.stats.freq),
+        "freq_hist_data_bar_heights": heights, "freq_hist_data_bar_values": centres,
+        "logits_hist_data_bar_heights": [], "logits_hist_data_bar_values": [],
+        "neuron_alignment_indices": [], "neuron_alignment_l1": [], "neuron_alignment_values": [],
+        "correlated_neurons_indices": [], "correlated_neurons_l1": [], "correlated_neurons_pearson": [],
+        "correlated_features_indices": [], "correlated_features_l1": [], "correlated_features_pearson": [],
+        "decoder_weights_dist": [],
+        "neg_str": [t.token for t in supp], "neg_values": [_finite(t.value) for t in supp],
+        "pos_str": [t.token for t in prom], "pos_values": [_finite(t.value) for t in prom],
+        "sourceSetName": info.source_set,
+        "topkCosSimIndices": [int(n.id) for n in rec.decoder_neighbours],
+        "topkCosSimValues": [_finite(n.score) for n in rec.decoder_neighbours],
+        "vector": [], "vectorLabel": None, "hookName": ex.hook, "vectorDefaultSteerStrength": steer, "hasVector": False,
+        "umap_x": ex.xy[rec.id][0] if rec.id in ex.xy else None, "umap_y": ex.xy[rec.id][1] if rec.id in ex.xy else None,
+    }
+
+
+def _activation_rows(ex: _NeuronpediaExport, rec) -> list[dict]:
+    """One row of table Activation per stored top / quantile example that fires."""
+    info = ex.info
+    rows = []
+    for e in rec.top_examples + rec.quantile_examples:
+        vals = [_finite(a) for a in e.acts]
+        if not vals or max(vals) <= 0:
+            continue
+        top = max(range(len(vals)), key=lambda k: vals[k])
+        q = e.kind == "quantile"
+        rows.append({
+            "id": _uid(ex.fp, "act", e.id), "modelId": info.model_id, "layer": ex.source_id, "index": str(rec.id),
+            "creatorId": info.creator_id, "dataSource": info.dataset, "dataIndex": str(e.seq_index),
+            "tokens": list(e.tokens), "maxValue": vals[top], "minValue": min(vals), "values": vals,
+            "maxValueTokenIndex": top, "dfaValues": [], "dfaMaxValue": None, "dfaTargetIndex": None,
+            "binContains": _finite(e.quantile) if q else None, "binMin": _finite(e.activation) if q else None,
+            "binMax": _finite(e.activation) if q else None, "qualifyingTokenIndex": int(e.centre),
+            "lossValues": [], "createdAt": ex.now,
+        })
+    return rows
+
+
+def _explanation_rows(ex: _NeuronpediaExport, rec) -> tuple[list[dict], list[dict]]:
+    """(the current label's Explanation row, its ExplanationScore rows); both empty without a
+    label. Records the explainer and score methods met in `ex`."""
+    lab = rec.label
+    if lab is None:
+        return [], []
+    info, creator = ex.info, ex.info.creator_id
+    p = lab.provenance
+    model_name = f"saesteer:{p.judge_model}" if p else "saesteer:unknown"
+    ex.explainers[model_name] = p.judge_kind if p else "unknown"
+    eid = _uid(ex.fp, "expl", lab.id)
+    freq = _finite(rec.stats.freq)
+    explanation = {
+        "id": eid, "modelId": info.model_id, "layer": ex.source_id, "index": str(rec.id), "authorId": creator,
+        "description": lab.text, "embedding": None, "typeName": "saesteer-" + (p.prompt_version if p else "label"),
+        "explanationModelName": model_name,
+        "umap_x": ex.xy[rec.id][0] if rec.id in ex.xy else None, "umap_y": ex.xy[rec.id][1] if rec.id in ex.xy else None,
+        "umap_cluster": None, "umap_log_feature_sparsity": math.log10(freq) if freq > 0 else None,
+    }
+    scores = []
+    for s in rec.scores:
+        if s.label_id != lab.id:
+            continue
+        stype = f"saesteer-{s.method}"
+        ex.score_types[stype] = s.method
+        scores.append({
+            "id": _uid(ex.fp, "score", s.id), "initiatedByUserId": creator, "value": _finite(s.value),
+            "explanationId": eid, "explanationScoreTypeName": stype, "explanationScoreModelName": model_name,
+            "jsonDetails": json.dumps(s.details or {}, sort_keys=True), "createdAt": s.created_at or ex.now,
+        })
+    return [explanation], scores
+
+
+def _write_latent_batches(store: Any, ex: _NeuronpediaExport, root: Path, ids: Sequence[int] | None) -> None:
+    """The batched tables, `batch_size` latents per file (one file each, even for no latent)."""
     batch: dict[str, list[dict]] = {t: [] for t in _BATCHED}
     n_batch = 0
 
@@ -282,83 +367,51 @@ def export_neuronpedia(store: Any, out: str | os.PathLike, info: NeuronpediaInfo
 
     count = 0
     for rec in _iter_latents(store, ids):
-        idx = str(rec.id)
-        heights, centres = _hist(rec)
-        prom = rec.logits.promoted if rec.logits else []
-        supp = rec.logits.suppressed if rec.logits else []
-        tmax = rec.stats.typical_max_act
-        steer = rec.recommended_strength * tmax if (rec.recommended_strength and tmax) else None
-        batch["features"].append({
-            "modelId": info.model_id, "layer": source_id, "index": idx, "maxActApprox": _finite(rec.stats.max_act),
-            "creatorId": creator, "frac_nonzero": _finite(rec.stats.freq),
-            "freq_hist_data_bar_heights": heights, "freq_hist_data_bar_values": centres,
-            "logits_hist_data_bar_heights": [], "logits_hist_data_bar_values": [],
-            "neuron_alignment_indices": [], "neuron_alignment_l1": [], "neuron_alignment_values": [],
-            "correlated_neurons_indices": [], "correlated_neurons_l1": [], "correlated_neurons_pearson": [],
-            "correlated_features_indices": [], "correlated_features_l1": [], "correlated_features_pearson": [],
-            "decoder_weights_dist": [],
-            "neg_str": [t.token for t in supp], "neg_values": [_finite(t.value) for t in supp],
-            "pos_str": [t.token for t in prom], "pos_values": [_finite(t.value) for t in prom],
-            "sourceSetName": info.source_set,
-            "topkCosSimIndices": [int(n.id) for n in rec.decoder_neighbours],
-            "topkCosSimValues": [_finite(n.score) for n in rec.decoder_neighbours],
-            "vector": [], "vectorLabel": None, "hookName": hook, "vectorDefaultSteerStrength": steer, "hasVector": False,
-            "umap_x": xy[rec.id][0] if rec.id in xy else None, "umap_y": xy[rec.id][1] if rec.id in xy else None,
-        })
-        for e in rec.top_examples + rec.quantile_examples:
-            vals = [_finite(a) for a in e.acts]
-            if not vals or max(vals) <= 0:
-                continue
-            top = max(range(len(vals)), key=lambda k: vals[k])
-            q = e.kind == "quantile"
-            batch["activations"].append({
-                "id": _uid(fp, "act", e.id), "modelId": info.model_id, "layer": source_id, "index": idx,
-                "creatorId": creator, "dataSource": info.dataset, "dataIndex": str(e.seq_index),
-                "tokens": list(e.tokens), "maxValue": vals[top], "minValue": min(vals), "values": vals,
-                "maxValueTokenIndex": top, "dfaValues": [], "dfaMaxValue": None, "dfaTargetIndex": None,
-                "binContains": _finite(e.quantile) if q else None, "binMin": _finite(e.activation) if q else None,
-                "binMax": _finite(e.activation) if q else None, "qualifyingTokenIndex": int(e.centre),
-                "lossValues": [], "createdAt": now,
-            })
-        lab = rec.label
-        if lab is not None:
-            p = lab.provenance
-            model_name = f"saesteer:{p.judge_model}" if p else "saesteer:unknown"
-            explainers[model_name] = p.judge_kind if p else "unknown"
-            eid = _uid(fp, "expl", lab.id)
-            freq = _finite(rec.stats.freq)
-            batch["explanations"].append({
-                "id": eid, "modelId": info.model_id, "layer": source_id, "index": idx, "authorId": creator,
-                "description": lab.text, "embedding": None, "typeName": "saesteer-" + (p.prompt_version if p else "label"),
-                "explanationModelName": model_name,
-                "umap_x": xy[rec.id][0] if rec.id in xy else None, "umap_y": xy[rec.id][1] if rec.id in xy else None,
-                "umap_cluster": None, "umap_log_feature_sparsity": math.log10(freq) if freq > 0 else None,
-            })
-            for s in rec.scores:
-                if s.label_id != lab.id:
-                    continue
-                stype = f"saesteer-{s.method}"
-                score_types[stype] = s.method
-                batch["explanation_scores"].append({
-                    "id": _uid(fp, "score", s.id), "initiatedByUserId": creator, "value": _finite(s.value),
-                    "explanationId": eid, "explanationScoreTypeName": stype, "explanationScoreModelName": model_name,
-                    "jsonDetails": json.dumps(s.details or {}, sort_keys=True), "createdAt": s.created_at or now,
-                })
+        batch["features"].append(_feature_row(ex, rec))
+        batch["activations"].extend(_activation_rows(ex, rec))
+        explanations, scores = _explanation_rows(ex, rec)
+        batch["explanations"].extend(explanations)
+        batch["explanation_scores"].extend(scores)
         count += 1
-        if count % info.batch_size == 0:
+        if count % ex.info.batch_size == 0:
             flush()
-    if count % info.batch_size or n_batch == 0:
+    if count % ex.info.batch_size or n_batch == 0:
         flush()
-    cfg = Path(out) / "config"
+
+
+def _write_config(cfg: Path, ex: _NeuronpediaExport) -> None:
+    """config/: the score methods and explainers the exported rows name."""
+    info, creator, now = ex.info, ex.info.creator_id, ex.now
     st_rows = [{"name": n, "displayName": f"saesteer {m}", "description": _SCORE_DESCRIPTIONS.get(m, m),
                 "creatorName": info.creator_name, "creatorId": creator, "scoreDescription": None, "featured": True,
-                "isAttention": False, "createdAt": now} for n, m in sorted(score_types.items())]
+                "isAttention": False, "createdAt": now} for n, m in sorted(ex.score_types.items())]
     em_rows = [{"name": n, "displayName": n, "description": f"saesteer labeller ({k})", "creatorName": info.creator_name,
-                "creatorId": creator, "url": None, "featured": True, "createdAt": now} for n, k in sorted(explainers.items())]
+                "creatorId": creator, "url": None, "featured": True, "createdAt": now} for n, k in sorted(ex.explainers.items())]
     check_rows("explanation_score_type", st_rows)
     check_rows("explanation_model_type", em_rows)
     _write_jsonl(cfg / "explanation_score_type.jsonl", st_rows, gz=False)
     _write_jsonl(cfg / "explanation_model_type.jsonl", em_rows, gz=False)
+
+
+def export_neuronpedia(store: Any, out: str | os.PathLike, info: NeuronpediaInfo,
+                       ids: Sequence[int] | None = None) -> Path:
+    """Write the store's live latents (or `ids`) in Neuronpedia's import format; returns the
+    source directory. See the module docstring for the layout."""
+    layer = _layer_of(store, info.layer)
+    source_id = f"{layer}-{info.source_set}"
+    root = Path(out) / info.model_id / source_id
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    fp = store.sae_fingerprint[:16]
+    hook = (store.meta.get("sae") or {}).get("hook_name")
+    for table, row in _header_rows(store, info, layer, source_id, now).items():
+        check_rows(table, [row])
+        _write_jsonl(root / _TABLE_FILES[table], [row], gz=False)
+
+    layout = next((k for k in store.feature_map_methods() if k.startswith("decoder")), None)
+    xy = {i: (x, y) for i, x, y in store.feature_map(layout)} if layout else {}
+    ex = _NeuronpediaExport(info, source_id, now, fp, hook, xy)
+    _write_latent_batches(store, ex, root, ids)
+    _write_config(Path(out) / "config", ex)
     return root
 
 

@@ -103,6 +103,161 @@ def _pick(points: Sequence[SweepPoint], rule: str, target: float, min_fluency: f
     return s, _margin(p, rule if rule in ("z", "margin") else "margin", target, min_fluency)
 
 
+@dataclass
+class _Comparison:
+    """What every method shares: the model and SAE, the scorer, the dev sweep and the test-seed run.
+    `rows` and `generations` collect the test-seed results in the order the methods ran."""
+
+    model: Model
+    sae: SAE
+    scorer: Scorer
+    prompts: Sequence[str]
+    test_prompts: list[str]
+    dev_cfg: GenerationConfig
+    test_cfg: GenerationConfig
+    rule: str
+    target_concept: float
+    min_fluency: float
+    typical_max: Callable[[int], float | None] | None
+    with_perplexity: bool
+    allow_model_mismatch: bool
+    rows: list[MethodResult] = field(default_factory=list)
+    generations: dict[str, Any] = field(default_factory=dict)
+
+    def test(self, method: str, make_edits, strength, score_prompts=None, gen_prompts=None) -> None:
+        """Generate with `make_edits(strength)` (or unsteered) on the test seed and score it."""
+        edits = make_edits(strength) if make_edits is not None else None
+        ps = list(gen_prompts or self.test_prompts)
+        if edits:
+            sae = self.sae if any(isinstance(e, FeatureEdit) for e in edits) else None
+            with steer(self.model, sae, edits, typical_max=self.typical_max,
+                       allow_model_mismatch=self.allow_model_mismatch) as s:
+                gen = s.generate(ps, self.test_cfg)
+        else:
+            gen = generate(self.model, ps, self.test_cfg)
+        r = score_generation(method, self.model, ps, gen, self.scorer, with_perplexity=self.with_perplexity,
+                             strength=strength, score_prompts=score_prompts)
+        self.rows.append(r)
+        self.generations[method] = gen
+
+    def sweep(self, sae: SAE | None, make_edits, strengths: Sequence[float], typical_max=None
+              ) -> tuple[list[SweepPoint], float, float]:
+        """The dev-seed sweep over `strengths`, and the rule's pick from it: (points, strength, margin)."""
+        pts = sweep_edits(self.model, sae, make_edits, list(strengths), self.prompts, self.scorer,
+                          gen_config=self.dev_cfg, typical_max=typical_max, with_perplexity=False,
+                          allow_model_mismatch=self.allow_model_mismatch)
+        s, m = _pick(pts, self.rule, self.target_concept, self.min_fluency)
+        return pts, s, m
+
+
+def _check_compare_args(op: str, prompts: Sequence[str], features, has_sets: bool) -> None:
+    if op not in ("add", "clamp"):
+        raise SteeringError(f"op must be add or clamp to compare steering methods, got {op!r}")
+    if not prompts:
+        raise SteeringError("give at least one prompt to steer (\"\" for unconditional generation)")
+    if features is None and not has_sets:
+        raise SteeringError("give the SAE features to steer with, or positive and negative prompts to find them by contrast")
+
+
+def _candidate_features(model: Model, sae: SAE, features: Sequence[int] | None, positive, negative, *,
+                        has_sets: bool, n_candidates: int, typical_max, allow_model_mismatch: bool
+                        ) -> tuple[list[int], dict[int, float]]:
+    """The candidate latents (given, or the top ones by contrast) and, where needed to scale
+    strengths, each one's mean activation on the positive prompts."""
+    from steering.search import contrast_features
+
+    mean_pos: dict[int, float] = {}
+    if features is None:
+        ranked = contrast_features(model, sae, positive, negative, top=max(1, n_candidates),
+                                   allow_model_mismatch=allow_model_mismatch)
+        cands = [c.feature for c in ranked]
+        mean_pos = {c.feature: max(float(c.mean_positive or 0.0), 1e-3) for c in ranked}
+        return cands, mean_pos
+    cands = [int(f) for f in dict.fromkeys(features)]
+    for f in cands:
+        if not 0 <= f < sae.d_sae:
+            raise SteeringError(f"feature {f} is out of range for this SAE (0..{sae.d_sae - 1})")
+    if has_sets and (typical_max is None or any(not typical_max(f) for f in cands)):
+        from steering.activations import mean_latent_activation
+
+        mean_F, _, _ = mean_latent_activation(model, sae, positive)
+        mean_pos = {f: max(float(mean_F[f]), 1e-3) for f in cands}
+    return cands, mean_pos
+
+
+def _strength_unit(f: int, typical_max, mean_pos: dict[int, float]) -> tuple[str, float]:
+    """(unit, scale) of latent `f`'s strengths: multiples of its typical max when known, else of
+    its mean activation on the positive prompts."""
+    tmax = typical_max(f) if typical_max is not None else None
+    if tmax:
+        return "max_act", 1.0
+    if f in mean_pos:
+        return "raw", mean_pos[f]
+    raise SteeringError(f"feature {f} has no known typical max activation (pass a feature store), so its "
+                        f"strengths cannot be scaled; or give positive/negative prompts")
+
+
+def _best_sae_feature(run: _Comparison, cands: list[int], mean_pos: dict[int, float], *, op: str,
+                      positions: Positions, sae_strengths: Sequence[float], say) -> MethodPick:
+    """Sweep each candidate latent on the dev seed; the (latent, strength) with the best margin wins."""
+    best: MethodPick | None = None
+    for f in cands:
+        unit, scale = _strength_unit(f, run.typical_max, mean_pos)
+
+        def make(s, f=f, unit=unit, scale=scale):
+            return [FeatureEdit(f, op, s * scale, unit=unit, positions=positions)] if s else None
+
+        say(f"SAE feature {f}: sweeping {len(sae_strengths)} strengths on the dev seed")
+        pts, s, m = run.sweep(run.sae, make, sae_strengths, typical_max=run.typical_max)
+        if best is None or m > (best.margin if best.margin is not None else -math.inf):
+            best = MethodPick("SAE feature", s * scale, f, unit, m, pts, cands)
+    assert best is not None
+    return best
+
+
+def _run_sae_feature(run: _Comparison, cands: list[int], mean_pos: dict[int, float], *, op: str,
+                     positions: Positions, sae_strengths: Sequence[float], say) -> MethodPick:
+    """Pick the best SAE latent and strength on the dev seed, then score it on the test seed."""
+    best = _best_sae_feature(run, cands, mean_pos, op=op, positions=positions, sae_strengths=sae_strengths, say=say)
+
+    def sae_edit(s):
+        return [FeatureEdit(best.feature, op, s, unit=best.unit, positions=positions)] if s else None  # type: ignore[arg-type]
+
+    say(f"SAE feature {best.feature} at {best.strength:g} ({best.unit}): test seed")
+    run.test("SAE feature", sae_edit, best.strength)
+    return best
+
+
+def _run_diff_of_means(run: _Comparison, hook: str, positive, negative, *, positions: Positions,
+                       vector_strengths: Sequence[float], say) -> MethodPick:
+    from steering.baselines import diff_of_means
+
+    vec = diff_of_means(run.model, hook, positive, negative)
+
+    def vec_edit(s):
+        return [vec.edit(s, positions=positions)] if s else None
+
+    say(f"difference of means: sweeping {len(vector_strengths)} strengths on the dev seed")
+    pts, s, m = run.sweep(None, vec_edit, vector_strengths)
+    pick = MethodPick("diff-of-means", s, None, "x difference", m, pts)
+    run.test("diff-of-means", vec_edit, s)
+    return pick
+
+
+def _settings(*, op, positions, sae_strengths, vector_strengths, target_concept, min_fluency, rule, dev_seed,
+              test_seed, prompts, test_prompts, base_cfg, hook, cue, cands, positive, negative) -> dict[str, Any]:
+    """The scorecard's record of how the comparison was run."""
+    return {
+        "op": op, "positions": positions if isinstance(positions, str) else list(positions),
+        "sae_strengths": list(sae_strengths), "vector_strengths": list(vector_strengths),
+        "target_concept": target_concept, "min_fluency": min_fluency, "rule": rule,
+        "dev_seed": dev_seed, "test_seed": test_seed, "n_prompts": len(prompts), "n_test_prompts": len(test_prompts),
+        "max_new_tokens": base_cfg.max_new_tokens, "temperature": base_cfg.temperature, "hook": hook,
+        "cue": cue if isinstance(cue, str) else (None if cue is None else "function"),
+        "candidates": cands, "n_positive": len(positive or []), "n_negative": len(negative or []),
+    }
+
+
 def compare_methods(
     model: Model,
     sae: SAE,
@@ -133,127 +288,41 @@ def compare_methods(
     """See the module docstring. `features` skips the contrast search; `positive`/`negative` are
     needed for the contrast search and for difference of means (without them that method is
     left out); `cue` enables prompting. `test_prompts` (default `prompts`) are scored on the test seed."""
-    from steering.baselines import diff_of_means, prompting_baseline
-    from steering.search import contrast_features
+    from steering.baselines import prompting_baseline
     from steering.session import check_models, sae_hook_name
 
     check_models(model, sae, allow_model_mismatch)
-    if op not in ("add", "clamp"):
-        raise SteeringError(f"op must be add or clamp to compare steering methods, got {op!r}")
-    if not prompts:
-        raise SteeringError("give at least one prompt to steer (\"\" for unconditional generation)")
     has_sets = bool(positive) and bool(negative)
-    if features is None and not has_sets:
-        raise SteeringError("give the SAE features to steer with, or positive and negative prompts to find them by contrast")
+    _check_compare_args(op, prompts, features, has_sets)
     base_cfg = gen_config or GenerationConfig(max_new_tokens=32, do_sample=True, stop_at_eos=False)
-    dev_cfg = dataclasses.replace(base_cfg, seed=dev_seed)
-    test_cfg = dataclasses.replace(base_cfg, seed=test_seed)
-    test_prompts = list(test_prompts or prompts)
+    run = _Comparison(model, sae, scorer, prompts, list(test_prompts or prompts),
+                      dataclasses.replace(base_cfg, seed=dev_seed), dataclasses.replace(base_cfg, seed=test_seed),
+                      rule, target_concept, min_fluency, typical_max, with_perplexity, allow_model_mismatch)
     say = progress or (lambda msg: None)
     hook = sae_hook_name(sae)
-
-    def test(method: str, make_edits, strength, score_prompts=None, gen_prompts=None) -> tuple[MethodResult, Any]:
-        edits = make_edits(strength) if make_edits is not None else None
-        ps = list(gen_prompts or test_prompts)
-        if edits:
-            with steer(model, sae if any(isinstance(e, FeatureEdit) for e in edits) else None, edits,
-                       typical_max=typical_max, allow_model_mismatch=allow_model_mismatch) as s:
-                gen = s.generate(ps, test_cfg)
-        else:
-            gen = generate(model, ps, test_cfg)
-        r = score_generation(method, model, ps, gen, scorer, with_perplexity=with_perplexity, strength=strength,
-                             score_prompts=score_prompts)
-        return r, gen
-
-    rows: list[MethodResult] = []
     picks: dict[str, MethodPick] = {}
-    gens: dict[str, Any] = {}
 
     say("unsteered")
-    r, g = test("unsteered", None, None)
-    rows.append(r)
-    gens["unsteered"] = g
+    run.test("unsteered", None, None)
 
-    # -- SAE feature
-    mean_pos: dict[int, float] = {}
-    if features is None:
-        ranked = contrast_features(model, sae, positive, negative, top=max(1, n_candidates),
-                                   allow_model_mismatch=allow_model_mismatch)
-        cands = [c.feature for c in ranked]
-        mean_pos = {c.feature: max(float(c.mean_positive or 0.0), 1e-3) for c in ranked}
-    else:
-        cands = [int(f) for f in dict.fromkeys(features)]
-        for f in cands:
-            if not 0 <= f < sae.d_sae:
-                raise SteeringError(f"feature {f} is out of range for this SAE (0..{sae.d_sae - 1})")
-        if has_sets and (typical_max is None or any(not typical_max(f) for f in cands)):
-            from steering.activations import mean_latent_activation
+    cands, mean_pos = _candidate_features(model, sae, features, positive, negative, has_sets=has_sets,
+                                          n_candidates=n_candidates, typical_max=typical_max,
+                                          allow_model_mismatch=allow_model_mismatch)
+    picks["SAE feature"] = _run_sae_feature(run, cands, mean_pos, op=op, positions=positions,
+                                            sae_strengths=sae_strengths, say=say)
 
-            mean_F, _, _ = mean_latent_activation(model, sae, positive)
-            mean_pos = {f: max(float(mean_F[f]), 1e-3) for f in cands}
-    best: MethodPick | None = None
-    for f in cands:
-        tmax = typical_max(f) if typical_max is not None else None
-        if tmax:
-            unit, scale = "max_act", 1.0
-        elif f in mean_pos:
-            unit, scale = "raw", mean_pos[f]
-        else:
-            raise SteeringError(f"feature {f} has no known typical max activation (pass a feature store), so its "
-                                f"strengths cannot be scaled; or give positive/negative prompts")
-
-        def make(s, f=f, unit=unit, scale=scale):
-            return [FeatureEdit(f, op, s * scale, unit=unit, positions=positions)] if s else None
-
-        say(f"SAE feature {f}: sweeping {len(sae_strengths)} strengths on the dev seed")
-        pts = sweep_edits(model, sae, make, list(sae_strengths), prompts, scorer, gen_config=dev_cfg,
-                          typical_max=typical_max, with_perplexity=False, allow_model_mismatch=allow_model_mismatch)
-        s, m = _pick(pts, rule, target_concept, min_fluency)
-        if best is None or m > (best.margin if best.margin is not None else -math.inf):
-            best = MethodPick("SAE feature", s * scale, f, unit, m, pts, cands)
-    assert best is not None
-    picks["SAE feature"] = best
-
-    def sae_edit(s):
-        return [FeatureEdit(best.feature, op, s, unit=best.unit, positions=positions)] if s else None  # type: ignore[arg-type]
-
-    say(f"SAE feature {best.feature} at {best.strength:g} ({best.unit}): test seed")
-    r, g = test("SAE feature", sae_edit, best.strength)
-    rows.append(r)
-    gens["SAE feature"] = g
-
-    # -- difference of means
     if has_sets:
-        vec = diff_of_means(model, hook, positive, negative)
-
-        def vec_edit(s):
-            return [vec.edit(s, positions=positions)] if s else None
-
-        say(f"difference of means: sweeping {len(vector_strengths)} strengths on the dev seed")
-        pts = sweep_edits(model, None, vec_edit, list(vector_strengths), prompts, scorer, gen_config=dev_cfg,
-                          with_perplexity=False, allow_model_mismatch=allow_model_mismatch)
-        s, m = _pick(pts, rule, target_concept, min_fluency)
-        picks["diff-of-means"] = MethodPick("diff-of-means", s, None, "x difference", m, pts)
-        r, g = test("diff-of-means", vec_edit, s)
-        rows.append(r)
-        gens["diff-of-means"] = g
-
-    # -- prompting
+        picks["diff-of-means"] = _run_diff_of_means(run, hook, positive, negative, positions=positions,
+                                                    vector_strengths=vector_strengths, say=say)
     if cue is not None:
         say("prompting: test seed")
-        cued = prompting_baseline(test_prompts, cue)
-        r, g = test("prompting", None, None, score_prompts=test_prompts, gen_prompts=cued)
-        rows.append(r)
-        gens["prompting"] = g
+        run.test("prompting", None, None, score_prompts=run.test_prompts,
+                 gen_prompts=prompting_baseline(run.test_prompts, cue))
         picks["prompting"] = MethodPick("prompting")
 
-    settings = {
-        "op": op, "positions": positions if isinstance(positions, str) else list(positions),
-        "sae_strengths": list(sae_strengths), "vector_strengths": list(vector_strengths),
-        "target_concept": target_concept, "min_fluency": min_fluency, "rule": rule,
-        "dev_seed": dev_seed, "test_seed": test_seed, "n_prompts": len(prompts), "n_test_prompts": len(test_prompts),
-        "max_new_tokens": base_cfg.max_new_tokens, "temperature": base_cfg.temperature, "hook": hook,
-        "cue": cue if isinstance(cue, str) else (None if cue is None else "function"),
-        "candidates": cands, "n_positive": len(positive or []), "n_negative": len(negative or []),
-    }
-    return Scorecard(rows, picks, settings, gens)
+    settings = _settings(
+        op=op, positions=positions, sae_strengths=sae_strengths, vector_strengths=vector_strengths,
+        target_concept=target_concept, min_fluency=min_fluency, rule=rule, dev_seed=dev_seed, test_seed=test_seed,
+        prompts=prompts, test_prompts=run.test_prompts, base_cfg=base_cfg, hook=hook, cue=cue, cands=cands,
+        positive=positive, negative=negative)
+    return Scorecard(run.rows, picks, settings, run.generations)

@@ -212,27 +212,10 @@ def make_preset(
     if sae is None and (fingerprint is None or d_sae is None):
         raise SteeringError("make_preset needs the SAE, or its fingerprint and d_sae")
     n = int(sae.d_sae) if sae is not None else int(d_sae)  # type: ignore[arg-type]
-    parsed = [parse_edit(e) if isinstance(e, str) else e for e in edits]
-    if not parsed:
-        raise SteeringError("a preset needs at least one edit, e.g. 123:add=2x")
-    triggers = [Trigger.parse(t) if isinstance(t, str) else t for t in stops]
-    for e in parsed:
-        if not isinstance(e, FeatureEdit):
-            raise SteeringError(f"a preset holds SAE feature edits only, got {e!r}")
-    for f, what in [(e.feature, e.describe()) for e in parsed] + [(e.when.feature, e.describe()) for e in parsed if e.when] \
-            + [(t.feature, f"stop {t.describe()}") for t in triggers]:
-        if not 0 <= f < n:
-            raise SteeringError(f"{what}: feature {f} is out of range (0..{n - 1})")
+    parsed, triggers = _preset_edits(edits, stops, n)
     features = sorted({e.feature for e in parsed} | {e.when.feature for e in parsed if e.when}
                       | {t.feature for t in triggers})
-    calibration: dict[str, dict[str, Any]] = {}
-    for f in features:
-        rec: dict[str, Any] = {"typical_max": lookup_typical_max(typical_max, f)}
-        if recommended is not None:
-            r = recommended(f) if callable(recommended) else recommended.get(f)
-            if r is not None:
-                rec["recommended_strength"], rec["strength_source"], rec["strength_details"] = r
-        calibration[str(f)] = rec
+    calibration = _calibration(features, typical_max, recommended)
     ident = model_identity or (identity_of_model(model) if model is not None else None) or \
         (recorded_model_of(loaded) if loaded is not None else None)
     if hook_name is None and sae is not None:
@@ -251,10 +234,45 @@ def make_preset(
         created_at=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
         saesteer_version=_package_version(),
     )
-    for e in preset.edits:  # 'x' units must resolve now, not when someone applies it
+    _check_resolves(preset)
+    return preset
+
+
+def _preset_edits(edits: Sequence[FeatureEdit | str], stops: Sequence[Trigger | str],
+                  n: int) -> tuple[list[FeatureEdit], list[Trigger]]:
+    """The edits and stop triggers parsed, checked to be feature edits of latents 0..n-1."""
+    parsed = [parse_edit(e) if isinstance(e, str) else e for e in edits]
+    if not parsed:
+        raise SteeringError("a preset needs at least one edit, e.g. 123:add=2x")
+    triggers = [Trigger.parse(t) if isinstance(t, str) else t for t in stops]
+    for e in parsed:
+        if not isinstance(e, FeatureEdit):
+            raise SteeringError(f"a preset holds SAE feature edits only, got {e!r}")
+    for f, what in [(e.feature, e.describe()) for e in parsed] + [(e.when.feature, e.describe()) for e in parsed if e.when] \
+            + [(t.feature, f"stop {t.describe()}") for t in triggers]:
+        if not 0 <= f < n:
+            raise SteeringError(f"{what}: feature {f} is out of range (0..{n - 1})")
+    return parsed, triggers
+
+
+def _calibration(features: Sequence[int], typical_max: TypicalMax | None, recommended: Any) -> dict[str, dict[str, Any]]:
+    """Per feature: its typical max activation and, where known, its recommended strength."""
+    calibration: dict[str, dict[str, Any]] = {}
+    for f in features:
+        rec: dict[str, Any] = {"typical_max": lookup_typical_max(typical_max, f)}
+        if recommended is not None:
+            r = recommended(f) if callable(recommended) else recommended.get(f)
+            if r is not None:
+                rec["recommended_strength"], rec["strength_source"], rec["strength_details"] = r
+        calibration[str(f)] = rec
+    return calibration
+
+
+def _check_resolves(preset: Preset) -> None:
+    """'x' units and stop triggers must resolve now, not when someone applies the preset."""
+    for e in preset.edits:
         pe = parse_edit(e)
         if pe.unit == "max_act" or (pe.when is not None and pe.when.unit == "max_act"):
             preset.feature_edits()
             break
     preset.stop_triggers()
-    return preset

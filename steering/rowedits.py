@@ -138,6 +138,34 @@ def check_positions(steering: RowSteering, layout: RowLayout) -> None:
         compile_positions(e.positions, layout, e.label or f"feature {e.feature}")
 
 
+def _latent_columns(rows: Sequence[RowSteering | None], sae_name: str):
+    """(latents U in first-use order, latent -> its column, edit entries (b, u, edit index, edit),
+    stop entries (b, u, stop)) of the rows' edits, trigger latents and stops at this SAE."""
+    U: list[int] = []
+    col: dict[int, int] = {}
+
+    def col_of(f: int) -> int:
+        if f not in col:
+            col[f] = len(U)
+            U.append(f)
+        return col[f]
+
+    entries = []  # (b, u, RowEdit index, edit)
+    stops = []
+    for b, r in enumerate(rows):
+        if r is None:
+            continue
+        for j, e in enumerate(r.edits):
+            if e.sae == sae_name:
+                entries.append((b, col_of(e.feature), j, e))
+                if e.trigger is not None:
+                    col_of(e.trigger[0])
+        for s in r.stops:
+            if s.sae == sae_name:
+                stops.append((b, col_of(s.feature), s))
+    return U, col, entries, stops
+
+
 class BatchEditor:
     """The edits of the rows of one forward at one SAE (see the module docstring).
 
@@ -152,53 +180,12 @@ class BatchEditor:
         self.sae_name = sae_name
         self.B = len(rows)
         dev, dt = sae.W_dec.device, sae.W_dec.dtype
-        U: list[int] = []
-        col: dict[int, int] = {}
-
-        def col_of(f: int) -> int:
-            if f not in col:
-                col[f] = len(U)
-                U.append(f)
-            return col[f]
-
-        entries = []  # (b, u, RowEdit index, edit)
-        stops = []
-        for b, r in enumerate(rows):
-            if r is None:
-                continue
-            for j, e in enumerate(r.edits):
-                if e.sae == sae_name:
-                    entries.append((b, col_of(e.feature), j, e))
-                    if e.trigger is not None:
-                        col_of(e.trigger[0])
-            for s in r.stops:
-                if s.sae == sae_name:
-                    stops.append((b, col_of(s.feature), s))
+        U, col, entries, stops = _latent_columns(rows, sae_name)
         self.U = len(U)
         self.ids_U = torch.tensor(U, dtype=torch.int64, device=dev)
-        c1 = torch.zeros(self.B, self.U, dtype=dt)
-        c0 = torch.zeros(self.B, self.U, dtype=dt)
-        trig_col = torch.zeros(self.B, self.U, dtype=torch.int64)
-        trig_thr = torch.zeros(self.B, self.U, dtype=dt)
-        has_trig = torch.zeros(self.B, self.U, dtype=torch.bool)
-        stop_thr = torch.full((self.B, self.U), float("inf"), dtype=dt)
-        self.edit_at: dict[tuple[int, int], int] = {}  # (b, u) -> index of the row's edit
-        self.rules: dict[tuple[int, int], CompiledPositions] = {}
         self.layouts = list(layouts)
-        for b, u, j, e in entries:
-            if (b, u) in self.edit_at:
-                raise SteeringError(f"{e.label or e.feature}: feature {e.feature} is edited twice in one request")
-            c1[b, u], c0[b, u] = op_coefficients(e.op, e.value)
-            self.edit_at[(b, u)] = j
-            self.rules[(b, u)] = compile_positions(e.positions, layouts[b], e.label or f"feature {e.feature}")
-            if e.trigger is not None:
-                trig_col[b, u] = col[e.trigger[0]]
-                trig_thr[b, u] = e.trigger[1]
-                has_trig[b, u] = True
-        self.stop_of: dict[tuple[int, int], StopTrigger] = {}
-        for b, u, s in stops:
-            stop_thr[b, u] = min(float(stop_thr[b, u]), s.above)
-            self.stop_of[(b, u)] = s
+        c1, c0, trig_col, trig_thr, has_trig = self._compile_edits(entries, col, dt)
+        stop_thr = self._compile_stops(stops, dt)
         need = c1 != 0  # the (row, latent) activations some computation uses: TopK reads only those exactly
         for (b, u), j in self.edit_at.items():
             e = rows[b].edits[j]  # type: ignore[union-attr]
@@ -216,7 +203,48 @@ class BatchEditor:
         self.reads = bool((c1 != 0).any()) or self.conditional or self.watches_stops
         self.W_dec_UD = sae.W_dec.detach()[self.ids_U].contiguous() if self.U else None
         self.reader = LatentReader(sae, self.ids_U) if self.reads and self.U else None
-        # decode-time coverage: every-generated rules are fixed, offset sets are looked up per step
+        self._compile_decode_coverage(dev)
+        self.dtype = dt
+        self.device = dev
+        self._mode: str | None = None
+        self._applies: Tensor | None = None
+        self._index: Any = None
+        self.fired: list[tuple[int, int, int]] = []  # (row, edit index, token index)
+        self.stop_rows: dict[int, StopTrigger] = {}
+
+    def _compile_edits(self, entries, col: dict[int, int], dt) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """[B, U] tables of the edits (c1, c0, trigger column, trigger threshold, has a trigger);
+        fills `edit_at` and `rules` (each edit's positions compiled against its row's layout)."""
+        c1 = torch.zeros(self.B, self.U, dtype=dt)
+        c0 = torch.zeros(self.B, self.U, dtype=dt)
+        trig_col = torch.zeros(self.B, self.U, dtype=torch.int64)
+        trig_thr = torch.zeros(self.B, self.U, dtype=dt)
+        has_trig = torch.zeros(self.B, self.U, dtype=torch.bool)
+        self.edit_at: dict[tuple[int, int], int] = {}  # (b, u) -> index of the row's edit
+        self.rules: dict[tuple[int, int], CompiledPositions] = {}
+        for b, u, j, e in entries:
+            if (b, u) in self.edit_at:
+                raise SteeringError(f"{e.label or e.feature}: feature {e.feature} is edited twice in one request")
+            c1[b, u], c0[b, u] = op_coefficients(e.op, e.value)
+            self.edit_at[(b, u)] = j
+            self.rules[(b, u)] = compile_positions(e.positions, self.layouts[b], e.label or f"feature {e.feature}")
+            if e.trigger is not None:
+                trig_col[b, u] = col[e.trigger[0]]
+                trig_thr[b, u] = e.trigger[1]
+                has_trig[b, u] = True
+        return c1, c0, trig_col, trig_thr, has_trig
+
+    def _compile_stops(self, stops, dt) -> Tensor:
+        """[B, U] stop thresholds (inf where none; the lowest where a latent has several); fills `stop_of`."""
+        stop_thr = torch.full((self.B, self.U), float("inf"), dtype=dt)
+        self.stop_of: dict[tuple[int, int], StopTrigger] = {}
+        for b, u, s in stops:
+            stop_thr[b, u] = min(float(stop_thr[b, u]), s.above)
+            self.stop_of[(b, u)] = s
+        return stop_thr
+
+    def _compile_decode_coverage(self, dev) -> None:
+        """Decode-time coverage: every-generated rules are fixed, offset sets are looked up per step."""
         every = torch.zeros(self.B, self.U, dtype=torch.bool)
         self.offset_rules = []
         for (b, u), rule in self.rules.items():
@@ -227,13 +255,6 @@ class BatchEditor:
         self.every_generated_BU = every.to(dev)
         # every edit covers every generated token (the common case): decode steps skip the mask
         self.decode_covers_all = bool(every.all()) and not self.offset_rules
-        self.dtype = dt
-        self.device = dev
-        self._mode: str | None = None
-        self._applies: Tensor | None = None
-        self._index: Any = None
-        self.fired: list[tuple[int, int, int]] = []  # (row, edit index, token index)
-        self.stop_rows: dict[int, StopTrigger] = {}
 
     @property
     def active(self) -> bool:

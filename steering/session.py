@@ -245,77 +245,99 @@ def resolve_edits(
     edits = expand_presets(model, sae_map, edits, allow_model_mismatch=allow_model_mismatch, fingerprints=fingerprints,
                            model_override=model_override)
     out: list[ResolvedEdit] = []
-    seen: dict[tuple[str, int], str] = {}
+    seen: dict[tuple[str, int], str] = {}  # (SAE, feature) -> the edit that took it
     for e in edits:
         if isinstance(e, str):
             e = parse_edit(e)
         if isinstance(e, VectorEdit):
-            check_hook(model, e.hook_name, e.describe())
-            if not torch.isfinite(e.vector).all():
-                raise SteeringError(f"vector {e.label!r} has non-finite entries")
-            width = expected_width(model, e.hook_name)
-            if width is not None and width != e.vector.numel():
-                raise SteeringError(
-                    f"vector {e.label!r} has {e.vector.numel()} entries but {e.hook_name} has width {width}"
-                )
-            if abs(e.strength) > limits.max_vector_norm_multiple:
-                raise SteeringError(
-                    f"{e.describe()}: strength {e.strength:g} is above the limit of "
-                    f"{limits.max_vector_norm_multiple:g}; use a smaller one or raise SteerLimits.max_vector_norm_multiple"
-                )
-            out.append(ResolvedEdit(e, None, e.hook_name, None, "add", e.strength, e.positions))
+            out.append(_resolve_vector_edit(model, e, limits))
             continue
         if not isinstance(e, FeatureEdit):
             raise SteeringError(f"an edit must be a FeatureEdit, VectorEdit or text like '123:clamp=8'; got {e!r}")
-        if not sae_map:
-            raise SteeringError(f"{e.describe()}: no SAE given; pass saes=the SAE (or a dict name -> SAE)")
-        if e.sae is None:
-            if len(sae_map) != 1:
-                raise SteeringError(
-                    f"{e.describe()}: several SAEs are given ({', '.join(sae_map)}); name one, e.g. "
-                    f"{next(iter(sae_map))}/{e.feature}:{e.op}"
-                )
-            name = next(iter(sae_map))
-        else:
-            name = e.sae
-            if name not in sae_map:
-                raise SteeringError(f"{e.describe()}: unknown SAE {name!r}; known: {', '.join(sae_map)}")
-        sae = sae_map[name]
-        if not 0 <= e.feature < sae.d_sae:
-            raise SteeringError(
-                f"{e.describe()}: feature {e.feature} is out of range for SAE {name!r}; valid ids are 0..{sae.d_sae - 1}"
-            )
-        hook = sae_hook_name(sae, name)
-        check_hook(model, hook, f"SAE {name!r}")
-        width = expected_width(model, hook)
-        if width is not None and width != sae.d_in:
-            raise SteeringError(
-                f"SAE {name!r} reads d_in={sae.d_in} but {hook} of this model has width {width}; "
-                f"the SAE belongs to another model or hook point"
-            )
-        key = (name, e.feature)
-        if key in seen:
-            raise SteeringError(
-                f"feature {e.feature} of SAE {name!r} is edited twice ({seen[key]} and {e.describe()}); merge them into one edit"
-            )
-        seen[key] = e.describe()
-        provider = typical_max_for(typical_max, name)
-        tmax = lookup_typical_max(provider, e.feature)
-        value = raw_value(e, tmax, limits, name)
-        trigger = None if e.when is None else (e.when.feature, trigger_threshold(e, sae, provider, name))
-        out.append(ResolvedEdit(e, name, hook, e.feature, e.op, value, e.positions, tmax, trigger))
+        out.append(_resolve_feature_edit(model, sae_map, e, seen, typical_max, limits))
     for r in out:
-        if chat_position(r.positions) is not None and not chat_positions:
-            raise SteeringError(
-                f"{r.describe()}: positions {r.positions!r} name a chat role or turn, which only a chat prompt has; "
-                f"use the chat API (saesteer api, steering.engine) or token indices"
-            )
-        if r.positions != "all" and _tracked_block(model, r.hook_name) is None:
-            raise SteeringError(
-                f"{r.describe()}: positions {r.positions!r} need a hook inside a block (blocks.L.*) or ln_final; "
-                f"{r.hook_name!r} sees the whole sequence at every generation step, so use positions='all'"
-            )
+        _check_positions(model, r, chat_positions)
     return out
+
+
+def _resolve_vector_edit(model: Model, e: VectorEdit, limits: SteerLimits) -> ResolvedEdit:
+    """A steering vector: its hook exists, its entries are finite and as many as the hook's width,
+    its strength is within the limit."""
+    check_hook(model, e.hook_name, e.describe())
+    if not torch.isfinite(e.vector).all():
+        raise SteeringError(f"vector {e.label!r} has non-finite entries")
+    width = expected_width(model, e.hook_name)
+    if width is not None and width != e.vector.numel():
+        raise SteeringError(
+            f"vector {e.label!r} has {e.vector.numel()} entries but {e.hook_name} has width {width}"
+        )
+    if abs(e.strength) > limits.max_vector_norm_multiple:
+        raise SteeringError(
+            f"{e.describe()}: strength {e.strength:g} is above the limit of "
+            f"{limits.max_vector_norm_multiple:g}; use a smaller one or raise SteerLimits.max_vector_norm_multiple"
+        )
+    return ResolvedEdit(e, None, e.hook_name, None, "add", e.strength, e.positions)
+
+
+def _sae_name_of(e: FeatureEdit, sae_map: Mapping[str, SAE]) -> str:
+    """The SAE a feature edit names, or the only one given."""
+    if not sae_map:
+        raise SteeringError(f"{e.describe()}: no SAE given; pass saes=the SAE (or a dict name -> SAE)")
+    if e.sae is None:
+        if len(sae_map) != 1:
+            raise SteeringError(
+                f"{e.describe()}: several SAEs are given ({', '.join(sae_map)}); name one, e.g. "
+                f"{next(iter(sae_map))}/{e.feature}:{e.op}"
+            )
+        return next(iter(sae_map))
+    if e.sae not in sae_map:
+        raise SteeringError(f"{e.describe()}: unknown SAE {e.sae!r}; known: {', '.join(sae_map)}")
+    return e.sae
+
+
+def _resolve_feature_edit(model: Model, sae_map: Mapping[str, SAE], e: FeatureEdit, seen: dict[tuple[str, int], str],
+                          typical_max: TypicalMaxArg, limits: SteerLimits) -> ResolvedEdit:
+    """A feature edit: a latent of its SAE, the SAE fits the model's hook, no latent edited twice
+    (`seen` records it), its strength converted to a raw activation."""
+    name = _sae_name_of(e, sae_map)
+    sae = sae_map[name]
+    if not 0 <= e.feature < sae.d_sae:
+        raise SteeringError(
+            f"{e.describe()}: feature {e.feature} is out of range for SAE {name!r}; valid ids are 0..{sae.d_sae - 1}"
+        )
+    hook = sae_hook_name(sae, name)
+    check_hook(model, hook, f"SAE {name!r}")
+    width = expected_width(model, hook)
+    if width is not None and width != sae.d_in:
+        raise SteeringError(
+            f"SAE {name!r} reads d_in={sae.d_in} but {hook} of this model has width {width}; "
+            f"the SAE belongs to another model or hook point"
+        )
+    key = (name, e.feature)
+    if key in seen:
+        raise SteeringError(
+            f"feature {e.feature} of SAE {name!r} is edited twice ({seen[key]} and {e.describe()}); merge them into one edit"
+        )
+    seen[key] = e.describe()
+    provider = typical_max_for(typical_max, name)
+    tmax = lookup_typical_max(provider, e.feature)
+    value = raw_value(e, tmax, limits, name)
+    trigger = None if e.when is None else (e.when.feature, trigger_threshold(e, sae, provider, name))
+    return ResolvedEdit(e, name, hook, e.feature, e.op, value, e.positions, tmax, trigger)
+
+
+def _check_positions(model: Model, r: ResolvedEdit, chat_positions: bool) -> None:
+    """Chat positions only where the caller resolves them; token positions only at a hook inside a block."""
+    if chat_position(r.positions) is not None and not chat_positions:
+        raise SteeringError(
+            f"{r.describe()}: positions {r.positions!r} name a chat role or turn, which only a chat prompt has; "
+            f"use the chat API (saesteer api, steering.engine) or token indices"
+        )
+    if r.positions != "all" and _tracked_block(model, r.hook_name) is None:
+        raise SteeringError(
+            f"{r.describe()}: positions {r.positions!r} need a hook inside a block (blocks.L.*) or ln_final; "
+            f"{r.hook_name!r} sees the whole sequence at every generation step, so use positions='all'"
+        )
 
 
 def trigger_threshold(e: FeatureEdit, sae: SAE, provider: TypicalMax | None, sae_name: str) -> float:

@@ -111,20 +111,8 @@ def create_app(
 
         openai_service = ApiService(stores, batch)
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app):
-        if openai_service is not None:
-            openai_service.start()
-        try:
-            yield
-        finally:
-            if openai_service is not None:
-                openai_service.close()
-            for q in state.queues:
-                q.close()
-
     app = _App(
-        lifespan=lifespan,
+        lifespan=_lifespan(state, openai_service),
         title="saesteer",
         version=saesteer.__version__,
         description="Browse SAE features and steer generation by feature id. All list endpoints are paginated "
@@ -141,6 +129,32 @@ def create_app(
         max_body_bytes=limits.max_body_bytes,
     )
 
+    _add_routes(app, pages)
+    _add_error_handlers(app)
+    return app
+
+
+def _lifespan(state: WebState, openai_service):
+    """Start the OpenAI-compatible service's worker with the app; on shutdown close it and the
+    steering queues."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        if openai_service is not None:
+            openai_service.start()
+        try:
+            yield
+        finally:
+            if openai_service is not None:
+                openai_service.close()
+            for q in state.queues:
+                q.close()
+
+    return lifespan
+
+
+def _add_routes(app: FastAPI, pages: bool) -> None:
+    """The JSON API, the OpenAI-compatible API and (with `pages`) the HTML pages and their assets."""
     from saesteer.api import routes as openai_routes
     from saesteer.web import api
     from saesteer.web import pages as page_routes
@@ -153,6 +167,10 @@ def create_app(
         app.state.assets = assets
         app.state.templates = page_routes.make_templates()
         app.add_api_route("/static/{name:path}", assets.endpoint, methods=["GET", "HEAD"], include_in_schema=False)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error answered by `error_response`: a short message, never a traceback."""
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
@@ -172,8 +190,6 @@ def create_app(
     async def _crash(request: Request, exc: Exception):
         log.exception("internal error on %s %s", request.method, request.url.path)
         return error_response(request, 500, "internal error; the server log has the details")
-
-    return app
 
 
 def describe_validation_error(exc: RequestValidationError) -> str:

@@ -183,6 +183,95 @@ class SecurityMiddleware:
 
     # -- ASGI ---------------------------------------------------------------------------------
 
+    def _origin_refusal(self, headers: dict[str, str], host: str | None, scheme: str,
+                        method: str) -> tuple[int, str] | None:
+        """Steps 1 and 2: (status, message) when Host, Origin or Sec-Fetch-Site refuses the request."""
+        if not self._host_ok(host, scheme):
+            return 400, "unrecognised Host header; open the app by the address it prints at start-up"
+        origin = headers.get("origin")
+        if origin is not None and not self._origin_ok(origin, host, scheme):
+            return 403, "cross-origin request refused"
+        if origin is None and method not in SAFE_METHODS:
+            if headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+                return 403, "cross-site request refused"
+        return None
+
+    async def _authenticate(self, scope, send, headers: dict[str, str], scheme: str, method: str,
+                            path: str) -> tuple[bool, bytes | None]:
+        """Step 3: (answered, the token cookie to set). `answered` when a refusal or a redirect
+        that drops the token from the address was sent; the request goes no further."""
+        if self.token is None:
+            return False, None
+        query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        presented, from_query = self._token_from(headers, query)
+        if not self._token_ok(presented):
+            await _deny(scope, send, 401, "a valid access token is required: open the URL with ?token=... printed at start-up, or send 'Authorization: Bearer <token>'")
+            return True, None
+        if not from_query:
+            return False, None
+        cookie = f"{self.cookie}={self.token}; Path=/; HttpOnly; SameSite=Strict"
+        if scheme == "https":
+            cookie += "; Secure"
+        set_cookie = cookie.encode()
+        if method in ("GET", "HEAD") and not path.startswith(API_PREFIXES):
+            # Drop the token from the address bar (and so from history) once it is a cookie.
+            rest = urlencode([(k, v) for k, v in query if k != "token"])
+            raw = scope.get("raw_path") or path.encode()
+            target = raw.decode("latin-1") if isinstance(raw, bytes) else str(raw)
+            if not target.startswith("/") or target.startswith(("//", "/\\")):
+                target = "/"  # never an off-site (protocol-relative) redirect
+            await _redirect(send, target + (f"?{rest}" if rest else ""), set_cookie)
+            return True, set_cookie
+        return False, set_cookie
+
+    def _body_refusal(self, headers: dict[str, str], method: str, path: str) -> tuple[int, str] | None:
+        """Step 4, from the headers: (status, message) for a non-JSON API body or a bad or too
+        large Content-Length."""
+        if method not in SAFE_METHODS and path.startswith(API_PREFIXES):
+            ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+            has_body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
+            if ctype != "application/json" and (ctype or has_body):
+                return 415, "send the request body as JSON with 'Content-Type: application/json'"
+        clen = headers.get("content-length")
+        if clen is not None:
+            if not clen.isdigit():
+                return 400, "malformed Content-Length"
+            if int(clen) > self.max_body_bytes:
+                return 413, f"request body too large (limit {self.max_body_bytes} bytes)"
+        return None
+
+    async def _buffered_receive(self, scope, receive, send):
+        """Step 4, the body itself: read it (small, bounded) before the app sees it, refusing it
+        once it is too big; returns a `receive` that replays it, or None when the request was
+        answered or the client went away."""
+        chunks: list[bytes] = []
+        seen = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return None  # the client went away
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.max_body_bytes:
+                await _deny(scope, send, 413, f"request body too large (limit {self.max_body_bytes} bytes)")
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def app_receive():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return app_receive
+
+    # -- ASGI ---------------------------------------------------------------------------------
+
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
@@ -191,111 +280,65 @@ class SecurityMiddleware:
             await self.app(scope, receive, send)
             return
 
-        headers: dict[str, str] = {}
-        for k, v in scope.get("headers", []):
-            key = k.decode("latin-1").lower()
-            val = v.decode("latin-1")
-            if key in headers:  # a repeated Host/Origin/Authorization is never legitimate
-                if key in ("host", "origin", "authorization", "content-type", "content-length"):
-                    await _deny(scope, send, 400, f"repeated {key} header")
-                    return
-                headers[key] = headers[key] + ("; " if key == "cookie" else ", ") + val
-            else:
-                headers[key] = val
+        headers, repeated = _collect_headers(scope)
+        if repeated is not None:
+            await _deny(scope, send, 400, f"repeated {repeated} header")
+            return
         scheme = scope.get("scheme", "http")
         method = scope.get("method", "GET").upper()
         path = scope.get("path", "")
-        host = headers.get("host")
-
-        if not self._host_ok(host, scheme):
-            await _deny(scope, send, 400, "unrecognised Host header; open the app by the address it prints at start-up")
+        refusal = self._origin_refusal(headers, headers.get("host"), scheme, method)
+        if refusal is not None:
+            await _deny(scope, send, *refusal)
             return
-        origin = headers.get("origin")
-        if origin is not None and not self._origin_ok(origin, host, scheme):
-            await _deny(scope, send, 403, "cross-origin request refused")
+        answered, set_cookie = await self._authenticate(scope, send, headers, scheme, method, path)
+        if answered:
             return
-        if origin is None and method not in SAFE_METHODS:
-            if headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
-                await _deny(scope, send, 403, "cross-site request refused")
-                return
-
-        set_cookie: bytes | None = None
-        if self.token is not None:
-            query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
-            presented, from_query = self._token_from(headers, query)
-            if not self._token_ok(presented):
-                await _deny(scope, send, 401, "a valid access token is required: open the URL with ?token=... printed at start-up, or send 'Authorization: Bearer <token>'")
-                return
-            if from_query:
-                cookie = f"{self.cookie}={self.token}; Path=/; HttpOnly; SameSite=Strict"
-                if scheme == "https":
-                    cookie += "; Secure"
-                set_cookie = cookie.encode()
-                if method in ("GET", "HEAD") and not path.startswith(API_PREFIXES):
-                    # Drop the token from the address bar (and so from history) once it is a cookie.
-                    rest = urlencode([(k, v) for k, v in query if k != "token"])
-                    raw = scope.get("raw_path") or path.encode()
-                    target = raw.decode("latin-1") if isinstance(raw, bytes) else str(raw)
-                    if not target.startswith("/") or target.startswith(("//", "/\\")):
-                        target = "/"  # never an off-site (protocol-relative) redirect
-                    await _redirect(send, target + (f"?{rest}" if rest else ""), set_cookie)
-                    return
-
-        if method not in SAFE_METHODS and path.startswith(API_PREFIXES):
-            ctype = headers.get("content-type", "").split(";")[0].strip().lower()
-            has_body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
-            if ctype != "application/json" and (ctype or has_body):
-                await _deny(scope, send, 415, "send the request body as JSON with 'Content-Type: application/json'")
-                return
-        clen = headers.get("content-length")
-        if clen is not None:
-            if not clen.isdigit():
-                await _deny(scope, send, 400, "malformed Content-Length")
-                return
-            if int(clen) > self.max_body_bytes:
-                await _deny(scope, send, 413, f"request body too large (limit {self.max_body_bytes} bytes)")
-                return
+        refusal = self._body_refusal(headers, method, path)
+        if refusal is not None:
+            await _deny(scope, send, *refusal)
+            return
 
         is_api = path.startswith(API_PREFIXES) or path == "/openapi.json"
         app_receive = receive
-        if clen not in (None, "0") or "transfer-encoding" in headers:
-            # Read the (small, bounded) body before the app sees it; refuse it once it is too big.
-            chunks: list[bytes] = []
-            seen = 0
-            while True:
-                message = await receive()
-                if message["type"] != "http.request":
-                    return  # the client went away
-                chunk = message.get("body", b"")
-                seen += len(chunk)
-                if seen > self.max_body_bytes:
-                    await _deny(scope, send, 413, f"request body too large (limit {self.max_body_bytes} bytes)")
-                    return
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    break
-            body = b"".join(chunks)
-            replayed = False
+        if headers.get("content-length") not in (None, "0") or "transfer-encoding" in headers:
+            app_receive = await self._buffered_receive(scope, receive, send)
+            if app_receive is None:
+                return
+        await self.app(scope, app_receive, _guarded_send(send, is_api, set_cookie))
 
-            async def app_receive():
-                nonlocal replayed
-                if not replayed:
-                    replayed = True
-                    return {"type": "http.request", "body": body, "more_body": False}
-                return await receive()
 
-        async def guarded_send(message):
-            if message["type"] == "http.response.start":
-                hdrs = [(k, v) for k, v in message.get("headers", []) if k.lower() not in _OWN_HEADER_NAMES]
-                hdrs.extend(_SECURITY_HEADERS)
-                if is_api:
-                    hdrs.append((b"cache-control", b"no-store"))
-                if set_cookie is not None:
-                    hdrs.append((b"set-cookie", set_cookie))
-                message = dict(message, headers=hdrs)
-            await send(message)
+def _collect_headers(scope) -> tuple[dict[str, str], str | None]:
+    """(lower-cased name -> value, repeats joined; the first repeated header that must appear at
+    most once, else None)."""
+    headers: dict[str, str] = {}
+    for k, v in scope.get("headers", []):
+        key = k.decode("latin-1").lower()
+        val = v.decode("latin-1")
+        if key in headers:  # a repeated Host/Origin/Authorization is never legitimate
+            if key in ("host", "origin", "authorization", "content-type", "content-length"):
+                return headers, key
+            headers[key] = headers[key] + ("; " if key == "cookie" else ", ") + val
+        else:
+            headers[key] = val
+    return headers, None
 
-        await self.app(scope, app_receive, guarded_send)
+
+def _guarded_send(send, is_api: bool, set_cookie: bytes | None):
+    """Step 5: `send` with our security headers (and the token cookie) on the response start."""
+
+    async def guarded_send(message):
+        if message["type"] == "http.response.start":
+            hdrs = [(k, v) for k, v in message.get("headers", []) if k.lower() not in _OWN_HEADER_NAMES]
+            hdrs.extend(_SECURITY_HEADERS)
+            if is_api:
+                hdrs.append((b"cache-control", b"no-store"))
+            if set_cookie is not None:
+                hdrs.append((b"set-cookie", set_cookie))
+            message = dict(message, headers=hdrs)
+        await send(message)
+
+    return guarded_send
 
 
 _OWN_HEADER_NAMES = frozenset(k for k, _ in _SECURITY_HEADERS)
