@@ -178,3 +178,17 @@ def test_cli_init_from_defaults_the_sae_to_the_source_and_refuses_a_mismatch_cle
     err = capsys.readouterr().err
     assert code == 2 and "blocks.5.hook_resid_post" in err and HOOK in err and "--init-from-allow-mismatch" in err
     assert "Traceback" not in err
+
+
+def test_the_default_spec_of_a_matryoshka_source_keeps_its_levels() -> None:
+    """--init-from with no SAE flags on a Matryoshka SAE (the demo's): the spec carries its nested
+    widths (this raised AttributeError after the levels rename)."""
+    from saes import create_sae
+    from saes.formats.base import LoadedSAE
+    from training.init_from import spec_from_source
+
+    sae = create_sae("matryoshka_batchtopk", D, F, k=K, matryoshka_widths=[F // 4, F],
+                     generator=torch.Generator().manual_seed(0))
+    spec = spec_from_source(LoadedSAE(sae, {}, "mem", "saesteer"))
+    assert spec.architecture == "matryoshka_batchtopk" and list(spec.matryoshka_widths) == [F // 4, F]
+    assert (spec.d_sae, spec.k) == (F, K)

@@ -61,7 +61,7 @@ def spec_from_source(loaded: Any) -> Any:
 
     sae = loaded.sae
     _require_trainable(sae.architecture, loaded.spec)
-    widths = list(sae.widths) if sae.architecture == "matryoshka_batchtopk" else []
+    widths = list(sae.levels) if sae.levels is not None else []  # Matryoshka: its nested widths
     return SAESpec(sae.architecture, d_sae=sae.d_sae, k=int(sae.cfg.k), matryoshka_widths=widths)
 
 
