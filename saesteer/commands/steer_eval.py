@@ -105,7 +105,7 @@ def _run(args, model=None) -> int:
 
     from saes.hookpoints import model_device
     from saesteer.commands._steering import CLIError, load_model, load_saes, open_store, read_prompts
-    from saesteer.commands.sweep import _scorer
+    from saesteer.commands.sweep import _close, _scorer
 
     cfg, gen_cfg = _configs(args)
     positive, negative, cue = _concept_sets(args)
@@ -234,15 +234,6 @@ def _save_pick(args, cfg, card, record, sae, model, link) -> None:
                          description=f"steer-eval pick for {args.topic or args.concept}")
     link.save_preset(preset, overwrite=True)
     print(f"saved {preset.describe()} in {args.store}")
-
-
-def _close(store, judge) -> None:
-    if store is not None:
-        store.close()
-    if judge is not None and hasattr(judge, "aclose"):
-        import asyncio
-
-        asyncio.run(judge.aclose())
 
 
 def _print_table(card, args) -> None:
