@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -37,6 +38,7 @@ RESUMABLE_FIELDS = (
     "train.num_threads",  # bit-identical resume on CPU needs the same thread count, but it is allowed
     "train.device",
     "train.encoder_init_scale",  # used only when a run starts; a resume loads the weights
+    "train.init_from_allow_mismatch",  # likewise (train.init_from itself may not change: a different source is refused)
     "checkpoint.*",
     "eval.*",
     "log.*",
@@ -198,6 +200,17 @@ class TrainConfig:
         metadata={"help": "initial W_enc = this x W_dec^T (none: the least-squares fit of the first top-k "
                           "reconstruction to the held-out rows; 1: the plain transpose, which overshoots at first)"},
     )
+    init_from: str | None = field(
+        default=None,
+        metadata={"help": "fine-tune: start every SAE from this SAE's weights (a saesteer or SAELens folder, "
+                          "sae_lens:RELEASE/SAE_ID, a sparsify, dictionary_learning or Gemma Scope SAE); its d_in, hook "
+                          "point and model must be the data's; SAE flags default to its architecture, d_sae and k"},
+    )
+    init_from_allow_mismatch: bool = field(
+        default=False,
+        metadata={"help": "with init_from: accept a source SAE recorded for another hook point or model (d_in must "
+                          "still match)"},
+    )
     threshold_lr: float = field(
         default=0.05, metadata={"help": "BatchTopK/Matryoshka: step size of the per-latent inference thresholds"}
     )
@@ -227,6 +240,11 @@ class TrainConfig:
             finite_number("TrainConfig", "encoder_init_scale", self.encoder_init_scale, lo=0.0)
             require(self.encoder_init_scale > 0, "TrainConfig.encoder_init_scale must be positive (or none for the least-squares fit)")
         finite_number("TrainConfig", "threshold_lr", self.threshold_lr, lo=0.0)
+        if self.init_from is not None:
+            require(isinstance(self.init_from, str) and bool(self.init_from.strip()),
+                    f"TrainConfig.init_from must be an SAE path or sae_lens:RELEASE/SAE_ID; got {self.init_from!r}")
+            if not self.init_from.startswith("sae_lens:"):  # a path: absolute, so a resume compares like with like
+                self.init_from = os.path.abspath(os.path.expanduser(self.init_from))
         whole_number("TrainConfig", "max_nonfinite", self.max_nonfinite)
         whole_number("TrainConfig", "num_threads", self.num_threads, minimum=0)
 

@@ -88,6 +88,7 @@ def _sae_summary(trainer: Trainer, m: Member, sae: SAE) -> dict[str, Any]:
 def _sae_provenance(trainer: Trainer, m: Member, prov: dict[str, Any], metrics: dict[str, Any],
                     commit: str | None) -> dict[str, Any]:
     cfg = trainer.config
+    init_from = {"init_from": trainer.init_from} if trainer.init_from is not None else {}
     return {
         "tool": "saesteer", "saesteer_version": _version(), "git_commit": commit,
         "model": prov.get("model"), "model_identity": prov.get("model_identity"),
@@ -95,7 +96,7 @@ def _sae_provenance(trainer: Trainer, m: Member, prov: dict[str, Any], metrics: 
         "tokens_trained": trainer.tokens, "steps": trainer.step, "activation_scale": trainer.scale,
         "activation_scale_folded": True, "step_method": trainer.step_method,
         "training": {"sae": m.spec.__dict__, "train": cfg.train.__dict__, "optim": cfg.optim.__dict__},
-        "data": prov, "metrics": metrics,
+        "data": prov, "metrics": metrics, **init_from,
     }
 
 

@@ -255,6 +255,7 @@ class Trainer:
         self.tokens = 0
         self.scale = 1.0
         self.train_seconds = 0.0
+        self.init_from: dict[str, Any] | None = None  # fine-tuning: the source SAE's record (training.init_from)
 
     @property
     def total_steps(self) -> int:
@@ -343,6 +344,7 @@ class Trainer:
         state = {
             "tokens": self.tokens, "step_method": self.step_method, "activation_scale": self.scale,
             "train_seconds": self.train_seconds, "config": self.config.to_dict(), "members": members,
+            "init_from": self.init_from,
             "world_size": self.coll.world_size,
             "rng": capture_rng(tensors), "data": flatten_state(data_state, "data", tensors),
         }
@@ -376,5 +378,6 @@ class Trainer:
         self.tokens = int(state["tokens"])
         self.scale = float(state["activation_scale"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
+        self.init_from = state.get("init_from")
         restore_rng(state["rng"], tensors)
         return unflatten_state(state["data"], tensors)

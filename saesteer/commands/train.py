@@ -37,6 +37,11 @@ may change: --total-tokens (extends or shortens the run; the LR decay is re-plan
 --max-nonfinite, --num-threads, --device, checkpoint, eval and logging options.
 --resume never refuses an --out that holds checkpoints; --resume require insists on one.
 
+Fine-tuning: --init-from SAE (a folder trained here, a SAELens folder or sae_lens:RELEASE/ID, a
+sparsify / dictionary_learning / Gemma Scope SAE) starts from its weights; without SAE flags the
+SAE is the source's architecture, d_sae and k. A source for another d_in, hook point or model is
+refused (--init-from-allow-mismatch true: another hook point or model); the saved SAEs record it.
+
 A config file (--config, JSON or TOML) can hold any option, in sections:
   {"data": {"cache": "caches/toy"}, "train": {"total_tokens": 20000000},
    "optim": {"lr": 3e-4}, "saes": [{"architecture": "topk", "k": 32, "d_sae": 4096}, ...],
@@ -168,6 +173,10 @@ def build_configs(args):
         log=dataclass_from_args(LogConfig, args, file_values=section("log"),
                                 **({"progress": False} if getattr(args, "no_progress", False) else {})),
     )
+    if run.train.init_from and all(getattr(args, f) is None for f in _SAE_FLAGS) and not file_values.get("saes"):
+        from training.init_from import load_source, spec_from_source  # fine-tune the source as it is
+
+        run.saes = [spec_from_source(load_source(run.train.init_from))]
     data = dataclass_from_args(DataConfig, args, file_values=section("data"))
     text = dataclass_from_args(TextConfig, args, file_values=section("text"))
     out = args.out or file_values.get("out")

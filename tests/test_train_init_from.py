@@ -1,0 +1,180 @@
+"""Fine-tuning (`TrainConfig.init_from`, `saesteer train --init-from`): a run starts from another
+SAE's weights exactly, records where they came from, refuses a source that does not fit the run
+(naming both sides), and resumes as any run does."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("sae_lens")
+
+from saes import load_sae, read_provenance  # noqa: E402
+from saes.step import compute_grads  # noqa: E402
+from training.config import CheckpointConfig, EvalConfig, LogConfig, OptimConfig, RunConfig, SAESpec, TrainConfig  # noqa: E402
+from training.init_from import InitFromError, initialize_from_source, load_source, weights_sha256  # noqa: E402
+from training.schedule import lr_factor  # noqa: E402
+from training.synthetic import SyntheticActivations  # noqa: E402
+from training.run import train  # noqa: E402
+from training.trainer import ConfigMismatchError, Trainer  # noqa: E402
+
+D, F, K, B = 16, 64, 4, 256
+HOOK = "blocks.0.hook_resid_post"
+
+
+def sae_lens_topk_folder(path: Path, d_in: int = D, hook: str = HOOK, model_name: str | None = None, seed: int = 3) -> Path:
+    """A TopK SAE made and saved by SAELens itself (unit decoder rows, as SAELens saves them)."""
+    from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
+
+    sl = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=F, k=K, rescale_acts_by_decoder_norm=False))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        sl.W_enc.copy_(torch.randn(d_in, F, generator=g) / d_in**0.5)
+        sl.b_enc.copy_(torch.randn(F, generator=g) * 0.1)
+        W = torch.randn(F, d_in, generator=g)
+        sl.W_dec.copy_(W / W.norm(dim=1, keepdim=True))
+        sl.b_dec.copy_(torch.randn(d_in, generator=g) * 0.1)
+    sl.cfg.metadata.hook_name = hook
+    if model_name:
+        sl.cfg.metadata.model_name = model_name
+    sl.save_model(path)
+    return path
+
+
+def run_config(init_from: str | None, total: int = 2 * B, **train_kw) -> RunConfig:
+    return RunConfig(
+        saes=[SAESpec("topk", d_sae=F, k=K)],
+        train=TrainConfig(total_tokens=total, batch_size=B, holdout_tokens=B, step_method="fast", init_from=init_from,
+                          num_threads=1, **train_kw),
+        optim=OptimConfig(lr=1e-3),
+        checkpoint=CheckpointConfig(every_tokens=B), eval=EvalConfig(every_tokens=0, ce_contexts=0),
+        log=LogConfig(progress=False),
+    )
+
+
+def data(d_in: int = D, n: int | None = None) -> SyntheticActivations:
+    return SyntheticActivations(d_in=d_in, batch_size=B, seed=11, n_batches=n)
+
+
+def test_fine_tuning_a_sae_lens_sae_starts_from_its_weights_and_steps_like_the_reference(tmp_path: Path) -> None:
+    src = sae_lens_topk_folder(tmp_path / "sl")
+    loaded = load_source(str(src))
+    cfg = run_config(str(src))
+    trainer = Trainer(cfg, D)
+    initialize_from_source(trainer, loaded, {"hook_name": HOOK})
+    m = trainer.members[0]
+    # step 0: the SAE the run starts from is the source, bit for bit (unit rows: the source's own scale, 1)
+    assert trainer.scale == 1.0
+    start = trainer.folded_sae(m)
+    for name, t in loaded.sae.state_dict().items():
+        assert torch.equal(start.state_dict()[name], t), name
+
+    # one step of the trainer (fast path) equals the eager reference step from the source's weights
+    x = next(iter(data()))
+    ref = copy.deepcopy(loaded.sae)
+    params = [ref.W_enc, ref.b_enc, ref.W_dec, ref.b_dec]
+    compute_grads(ref, x, torch.zeros(F, dtype=torch.bool), aux_coef=cfg.train.aux_coef, k_aux=cfg.train.k_aux,
+                  method="autograd")
+    with torch.no_grad():  # the decoder gradient along each (unit) row removed, Adam, rows back to unit norm
+        g = ref.W_dec.grad
+        g -= (g * ref.W_dec).sum(1, keepdim=True) * ref.W_dec
+    lr = 1e-3 * lr_factor(0, cfg.train.total_steps, cfg.optim)
+    torch.optim.Adam(params, lr=lr, betas=(cfg.optim.adam_beta1, cfg.optim.adam_beta2), eps=cfg.optim.adam_eps).step()
+    with torch.no_grad():
+        ref.W_dec /= ref.W_dec.norm(dim=1, keepdim=True)
+    trainer.train_batch(x)
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        torch.testing.assert_close(getattr(m.sae, name), getattr(ref, name), rtol=1e-5, atol=1e-6)
+    assert not torch.equal(m.sae.W_enc, loaded.sae.W_enc)  # it did move
+
+
+def test_fine_tuning_our_own_sae_continues_in_its_training_space(tmp_path: Path) -> None:
+    first = train(RunConfig(saes=[SAESpec("batchtopk", d_sae=F, k=K)],
+                            train=TrainConfig(total_tokens=2 * B, batch_size=B, holdout_tokens=B, step_method="fast"),
+                            checkpoint=CheckpointConfig(every_tokens=0), eval=EvalConfig(every_tokens=0, ce_contexts=0),
+                            log=LogConfig(progress=False)), data(), tmp_path / "first", provenance={"hook_name": HOOK})
+    folder = first.sae_dirs["batchtopk_k4_f64"]
+    loaded = load_source(str(folder))
+    cfg = RunConfig(saes=[SAESpec("batchtopk", d_sae=F, k=K)],
+                    train=TrainConfig(total_tokens=2 * B, batch_size=B, holdout_tokens=B, init_from=str(folder)))
+    trainer = Trainer(cfg, D)
+    initialize_from_source(trainer, loaded, {"hook_name": HOOK})
+    assert trainer.scale == pytest.approx(first.metrics["activation_scale"], rel=1e-5)
+    start = trainer.folded_sae(trainer.members[0])
+    for name, t in loaded.sae.state_dict().items():  # the threshold too
+        torch.testing.assert_close(start.state_dict()[name], t, rtol=1e-6, atol=1e-7)
+
+
+def test_the_saved_sae_records_its_source_and_resume_ignores_or_refuses_init_from(tmp_path: Path) -> None:
+    src = sae_lens_topk_folder(tmp_path / "sl")
+    out = tmp_path / "run"
+    res = train(run_config(str(src)), data(), out, provenance={"hook_name": HOOK})
+    rec = read_provenance(res.sae_dirs["topk_k4_f64"])["init_from"]
+    assert rec["spec"] == str(src.resolve()) and rec["format"] == "sae_lens" and rec["architecture"] == "topk"
+    assert rec["weights_sha256"] == weights_sha256(load_source(str(src)).sae)
+    assert rec["files"]["sae_weights.safetensors"]  # the source file's own checksum
+    assert load_sae(res.sae_dirs["topk_k4_f64"]).cfg.k == K
+
+    # resume (longer run): the weights come from the checkpoint; the source is not even read
+    moved = tmp_path / "moved"
+    shutil.move(str(src), moved)
+    again = train(run_config(str(src), total=3 * B), data(), out, provenance={"hook_name": HOOK})
+    assert again.resumed_from is not None and again.tokens == 3 * B
+    assert read_provenance(again.sae_dirs["topk_k4_f64"])["init_from"]["weights_sha256"] == rec["weights_sha256"]
+    # a different source for the same run is refused, naming the field
+    with pytest.raises(ConfigMismatchError, match="train.init_from"):
+        train(run_config(str(moved), total=4 * B), data(), out, provenance={"hook_name": HOOK})
+    # and a run that did not start from a source cannot adopt one on resume
+    plain = tmp_path / "plain"
+    train(run_config(None), data(), plain, provenance={"hook_name": HOOK})
+    with pytest.raises(ConfigMismatchError, match="train.init_from"):
+        train(run_config(str(moved), total=3 * B), data(), plain, provenance={"hook_name": HOOK})
+
+
+@pytest.mark.parametrize("case", ["d_in", "hook", "model", "d_sae"])
+def test_a_source_that_does_not_fit_the_run_is_refused_naming_both_sides(tmp_path: Path, case: str) -> None:
+    src = sae_lens_topk_folder(tmp_path / "sl", d_in=D + 8 if case == "d_in" else D,
+                               hook="blocks.3.hook_resid_post" if case == "hook" else HOOK,
+                               model_name="gpt2-small" if case == "model" else None)
+    prov = {"hook_name": HOOK, "model": "pythia-70m", "model_name": "EleutherAI/pythia-70m"}
+    cfg = run_config(str(src))
+    if case == "d_sae":
+        cfg.saes = [SAESpec("topk", d_sae=2 * F, k=K)]
+    with pytest.raises(InitFromError) as err:
+        train(cfg, data(), tmp_path / "run", provenance=prov)
+    msg = str(err.value)
+    expected = {"d_in": [f"d_in={D + 8}", f"width {D}"], "hook": ["blocks.3.hook_resid_post", HOOK, "--hook", "--init-from-allow-mismatch"],
+                "model": ["gpt2-small", "pythia-70m", "--init-from-allow-mismatch"], "d_sae": [f"d_sae={F}", f"d_sae={2 * F}", "--d-sae"]}[case]
+    for part in expected:
+        assert part in msg, (part, msg)
+    if case in ("hook", "model"):  # the override fine-tunes it anyway, and the record keeps the source's side
+        cfg = run_config(str(src), init_from_allow_mismatch=True)
+        res = train(cfg, data(), tmp_path / "forced", provenance=prov)
+        assert read_provenance(res.sae_dirs["topk_k4_f64"])["init_from"]["hook_name"] == src_hook(case)
+
+
+def src_hook(case: str) -> str:
+    return "blocks.3.hook_resid_post" if case == "hook" else HOOK
+
+
+def test_cli_init_from_defaults_the_sae_to_the_source_and_refuses_a_mismatch_cleanly(tmp_path: Path, capsys) -> None:
+    from helpers.fake_cache import make_fake_cache
+
+    from saesteer.cli import main
+
+    cache = make_fake_cache(tmp_path / "cache", shard_rows=[1024, 1024], d_in=D).path
+    good = sae_lens_topk_folder(tmp_path / "good")
+    flags = ["--total-tokens", "512", "--batch-size", "256", "--holdout-tokens", "256", "--no-progress", "--num-threads", "1"]
+    assert main(["train", "--cache", str(cache), "--out", str(tmp_path / "run"), "--init-from", str(good), *flags]) == 0
+    rec = read_provenance(tmp_path / "run" / "saes" / f"topk_k{K}_f{F}")["init_from"]
+    assert rec["spec"] == str(good.resolve())
+
+    wrong = sae_lens_topk_folder(tmp_path / "wrong", hook="blocks.5.hook_resid_post")
+    code = main(["train", "--cache", str(cache), "--out", str(tmp_path / "run2"), "--init-from", str(wrong), *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and "blocks.5.hook_resid_post" in err and HOOK in err and "--init-from-allow-mismatch" in err
+    assert "Traceback" not in err
