@@ -260,21 +260,10 @@ def matryoshka_links(
         for f0 in range(lo, hi, b):
             f1 = min(hi, f0 + b)
             cos = Wn[f0:f1] @ Wn[:lower].T  # [f1 - f0, lower]
-            best_cos, best_cos_id = cos.max(dim=1)
             frac = coact_counts(sample, f0, f1, cols=lower).double() / sample.n_sample_F[f0:f1, None].double().clamp(min=1)
-            if freq_F is not None:
-                lift = frac / freq_F[:lower].double().clamp(min=1e-12)[None, :]
-                eligible = (frac >= min_coact) & (lift >= min_lift)
-            else:
-                lift = frac
-                eligible = frac >= min_coact
-            score = torch.where(eligible, lift + 1e-9 * cos.double(), float("-inf"))  # ties: the closer decoder
-            best, bi = score.max(dim=1)
-            enough = sample.n_sample_F[f0:f1] >= min_sample
-            ok = (best > float("-inf")) & enough
-            chosen = torch.where(ok, bi, -1)
-            ok2 = (~ok) & (best_cos >= min_cos)
-            chosen = torch.where(ok2, best_cos_id, chosen)
+            ok, ok2, chosen = _choose_parents(
+                cos, frac, sample.n_sample_F[f0:f1], None if freq_F is None else freq_F[:lower],
+                min_coact=min_coact, min_cos=min_cos, min_sample=min_sample, min_lift=min_lift)
             for i in ok.nonzero(as_tuple=True)[0].tolist():
                 method[f0 + i] = "coact"
             for i in ok2.nonzero(as_tuple=True)[0].tolist():
@@ -286,3 +275,25 @@ def matryoshka_links(
             p_coact[f0 + rows[sample.n_sample_F[f0 + rows] == 0]] = float("nan")
             p_cos[f0 + rows] = cos[rows, chosen[rows]]
     return Links(level, parent, p_coact, p_cos, method)
+
+
+def _choose_parents(cos: Tensor, frac: Tensor, n_sample: Tensor, freq_lower: Tensor | None, *, min_coact: float,
+                    min_cos: float, min_sample: int, min_lift: float) -> tuple[Tensor, Tensor, Tensor]:
+    """For a block of latents against the lower levels (decoder cosines and co-activation fractions,
+    [block, lower]): (chosen by co-activation, chosen by decoder, the parent or -1), as in
+    matryoshka_links."""
+    best_cos, best_cos_id = cos.max(dim=1)
+    if freq_lower is not None:
+        lift = frac / freq_lower.double().clamp(min=1e-12)[None, :]
+        eligible = (frac >= min_coact) & (lift >= min_lift)
+    else:
+        lift = frac
+        eligible = frac >= min_coact
+    score = torch.where(eligible, lift + 1e-9 * cos.double(), float("-inf"))  # ties: the closer decoder
+    best, bi = score.max(dim=1)
+    enough = n_sample >= min_sample
+    ok = (best > float("-inf")) & enough
+    chosen = torch.where(ok, bi, -1)
+    ok2 = (~ok) & (best_cos >= min_cos)
+    chosen = torch.where(ok2, best_cos_id, chosen)
+    return ok, ok2, chosen

@@ -85,8 +85,19 @@ def _feature_link(i: int, label: str | None = None) -> str:
 
 
 def feature_page(store: FeatureStore, rec: FeatureRecord, plotly_src: str | None = "../plotly.min.js") -> str:
-    st = rec.stats
     parts = [f'<p><a href="../index.html">&larr; all features</a></p><h1>Feature {rec.id}</h1>']
+    parts += _label_html(rec)
+    parts += _stats_html(rec)
+    parts += _charts_html(rec)
+    parts += _examples_html(store, rec)
+    title = f"Feature {rec.id}" + (f": {rec.label.text}" if rec.label else "")
+    return _page(title, "".join(parts), plotly_src)
+
+
+def _label_html(rec: FeatureRecord) -> list[str]:
+    """A feature page's label (with its provenance), scores and flags."""
+    st = rec.stats
+    parts = []
     if rec.label is not None:
         parts.append(f"<h2 style=\"margin-top:.3rem\">{esc(rec.label.text)}</h2>")
         if rec.label.explanation:
@@ -101,6 +112,13 @@ def feature_page(store: FeatureStore, rec: FeatureRecord, plotly_src: str | None
             f"{esc(s.method)} {s.value:.3f}" + (" (offline)" if s.offline else "") for s in rec.scores) + "</p>")
     if st.flags:
         parts.append("<p>" + "".join(f'<span class="flag">{esc(f)}</span>' for f in st.flags) + "</p>")
+    return parts
+
+
+def _stats_html(rec: FeatureRecord) -> list[str]:
+    """A feature page's statistics table and its Matryoshka parent / children links."""
+    st = rec.stats
+    parts = []
     rows = [("firing frequency", _num(st.freq)), ("firings", str(st.n_fires)), ("mean act (when firing)", _num(st.mean_act)),
             ("max act", _num(st.max_act)), ("typical max (median of top)", _num(st.typical_max_act)),
             ("p50 / p90 / p99", " / ".join(_num(q) for q in (st.q50, st.q90, st.q99))),
@@ -118,6 +136,12 @@ def feature_page(store: FeatureStore, rec: FeatureRecord, plotly_src: str | None
         links.append("children: " + ", ".join(_feature_link(c.child_id) for c in rec.children[:50]))
     if links:
         parts.append("<p>" + " &middot; ".join(links) + "</p>")
+    return parts
+
+
+def _charts_html(rec: FeatureRecord) -> list[str]:
+    """A feature page's activation histogram and logit effects (plotly), if it has either."""
+    parts = []
     charts = []
     data = {}
     if rec.histogram.counts and any(rec.histogram.counts):
@@ -142,6 +166,13 @@ def feature_page(store: FeatureStore, rec: FeatureRecord, plotly_src: str | None
             "marker:{color:D.logits.x.map(function(v){return v>=0?'#2a7':'#c44';})}}],{title:'logit effects "
             "(direct path)',margin:{t:40,l:140,r:10}},{displaylogo:false,responsive:true});}</script>"
         )
+    return parts
+
+
+def _examples_html(store: FeatureStore, rec: FeatureRecord) -> list[str]:
+    """A feature page's example contexts (top, quantiles, negatives) and neighbour tables."""
+    st = rec.stats
+    parts = []
     for title, exs in (("Top activations", rec.top_examples), ("Across the activation distribution", rec.quantile_examples),
                        ("Random non-activating contexts", rec.negative_examples)):
         if exs:
@@ -153,8 +184,7 @@ def feature_page(store: FeatureStore, rec: FeatureRecord, plotly_src: str | None
             parts.append(f"<h2>{esc(title)}</h2><table><tr><th>feature</th><th>score</th><th>count</th></tr>" + "".join(
                 f"<tr><td>{_feature_link(n.id, n.label)}</td><td class=\"num\">{n.score:.3f}</td>"
                 f"<td class=\"num\">{'' if n.count is None else n.count}</td></tr>" for n in nbs) + "</table>")
-    title = f"Feature {rec.id}" + (f": {rec.label.text}" if rec.label else "")
-    return _page(title, "".join(parts), plotly_src)
+    return parts
 
 
 def export_html(

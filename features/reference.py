@@ -55,19 +55,9 @@ def _u(seed: int, a: int, b: int) -> Tensor:
 
 
 def reference_pass(sae, source: ActivationSource, cfg: BuildConfig) -> ReferenceResult:
-    acts, seqs, poss, toks = [], [], [], []
-    for b in source.batches(0, 1):
-        acts.append(b.acts_BD)
-        seqs.append(b.seq_index_B)
-        poss.append(b.positions_B)
-        toks.append(b.token_ids_B)
-    x = torch.cat(acts)
-    with torch.no_grad():
-        A = sae.encode(x.to(sae.dtype)).float()
-    A = torch.where(A > 0, A, torch.zeros_like(A))
-    seq, pos, tok = torch.cat(seqs), torch.cat(poss), torch.cat(toks)
+    A, seq, pos, tok = _encode_all(sae, source)
     R, F = A.shape
-    K, Q, P, H = cfg.top_k, cfg.n_quantile, cfg.negative_pool, cfg.hist_bins
+    K, Q, H = cfg.top_k, cfg.n_quantile, cfg.hist_bins
     fired = A > 0
     n_fires = fired.sum(0)
     total = A.double().sum(0)
@@ -93,35 +83,60 @@ def reference_pass(sae, source: ActivationSource, cfg: BuildConfig) -> Reference
                 hist[f, min(H - 1, int(math.floor(float(A[r, f]) / U * H)))] += 1
         events = sorted(((float(A[r, f]), r) for r in rows), key=lambda t: (-t[0], t[1]))
         top.append(events[:K])
-        # Algorithm L, one event at a time
-        slots: list[int | None] = [None] * Q
-        if Q:
-            w = torch.exp(torch.log(_u(cfg.seed, f, 0)) / Q)
-            nxt = Q + int(_skip(_u(cfg.seed, f, 1), w)) + 1
-            m_acc = 0
-            for t, r in enumerate(rows, 1):
-                if t <= Q:
-                    slots[t - 1] = r
-                elif t == nxt:
-                    j = min(Q - 1, int(math.floor(float(_u(cfg.seed, f, 2 + 3 * m_acc)) * Q)))
-                    slots[j] = r
-                    w = w * torch.exp(torch.log(_u(cfg.seed, f, 3 + 3 * m_acc)) / Q)
-                    nxt += int(_skip(_u(cfg.seed, f, 4 + 3 * m_acc), w)) + 1
-                    m_acc += 1
-        reservoir.append(slots)
-    # negatives: Algorithm R over rows
+        reservoir.append(_reservoir_slots(rows, Q, cfg.seed, f))
+    neg_rows, neg_mask = _negatives(R, fired, seq, pos, cfg)
+    return ReferenceResult(R, A, seq, pos, tok, n_fires, total, mx, min_pos, max_pos, bos, hist, top_of, top, reservoir,
+                           neg_rows, neg_mask)
+
+
+def _encode_all(sae, source: ActivationSource):
+    """(every row's activations, values <= 0 zeroed; their sequence, position, token)."""
+    acts, seqs, poss, toks = [], [], [], []
+    for b in source.batches(0, 1):
+        acts.append(b.acts_BD)
+        seqs.append(b.seq_index_B)
+        poss.append(b.positions_B)
+        toks.append(b.token_ids_B)
+    x = torch.cat(acts)
+    with torch.no_grad():
+        A = sae.encode(x.to(sae.dtype)).float()
+    A = torch.where(A > 0, A, torch.zeros_like(A))
+    return A, torch.cat(seqs), torch.cat(poss), torch.cat(toks)
+
+
+def _reservoir_slots(rows: list[int], Q: int, seed: int, f: int) -> list[int | None]:
+    """Latent f's quantile reservoir of Q rows over its firing `rows`: Algorithm L, one event at a time."""
+    slots: list[int | None] = [None] * Q
+    if Q:
+        w = torch.exp(torch.log(_u(seed, f, 0)) / Q)
+        nxt = Q + int(_skip(_u(seed, f, 1), w)) + 1
+        m_acc = 0
+        for t, r in enumerate(rows, 1):
+            if t <= Q:
+                slots[t - 1] = r
+            elif t == nxt:
+                j = min(Q - 1, int(math.floor(float(_u(seed, f, 2 + 3 * m_acc)) * Q)))
+                slots[j] = r
+                w = w * torch.exp(torch.log(_u(seed, f, 3 + 3 * m_acc)) / Q)
+                nxt += int(_skip(_u(seed, f, 4 + 3 * m_acc), w)) + 1
+                m_acc += 1
+    return slots
+
+
+def _negatives(R: int, fired: Tensor, seq: Tensor, pos: Tensor, cfg: BuildConfig):
+    """(the negative pool's rows: Algorithm R over all rows; [P, F] latents active in each one's window)."""
+    P = cfg.negative_pool
     neg_rows: list[int | None] = [None] * P
     for r in range(R):
         t = r + 1
         j = t - 1 if t <= P else int(math.floor(float(_u(cfg.seed, r, NEG_TAG)) * t))
         if j < P:
             neg_rows[j] = r
-    neg_mask = torch.zeros(P, F, dtype=torch.bool)
+    neg_mask = torch.zeros(P, fired.shape[1], dtype=torch.bool)
     for j, r in enumerate(neg_rows):
         if r is None:
             continue
         c, p = int(seq[r]), int(pos[r])
         inwin = (seq == c) & (pos >= p - cfg.window_before) & (pos <= p + cfg.window_after)
         neg_mask[j] = fired[inwin].any(0)
-    return ReferenceResult(R, A, seq, pos, tok, n_fires, total, mx, min_pos, max_pos, bos, hist, top_of, top, reservoir,
-                           neg_rows, neg_mask)
+    return neg_rows, neg_mask

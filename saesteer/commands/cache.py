@@ -78,59 +78,27 @@ def _existing_cache(out):
 
 
 def run(args) -> int:
-    from saesteer.configargs import dataclass_from_args, load_config_file
+    from saesteer.configargs import dataclass_from_args
     from saes.hookpoints import UnknownHookError
+    from saesteer.models import model_id, model_info
     from training.cache import build_cache
     from training.estimate import estimate_cache
-    from training.shardset import verify_cache
     from training.writer import CacheDiskFullError
     from training.cache_config import CacheConfig
     from training.manifest import CacheFormatError, CacheMismatchError
     from training.text import TextConfig
 
     if args.verify:
-        try:
-            report = verify_cache(args.verify, progress=not args.no_progress)
-        except CacheFormatError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        for p in report.problems:
-            print(f"BAD  {p}")
-        print(f"{args.verify}: {report.checked} shard(s) checked, {'all good' if report.ok else f'{len(report.problems)} problem(s)'}")
-        return 0 if report.ok else 1
-
-    file_values = load_config_file(args.config) if args.config else {}
-    extra = {k: file_values.pop(k) for k in ("model", "device", "out", "hooks", "process_weights") if k in file_values}
-    text_vals, cache_vals = _split_config(file_values, TextConfig, CacheConfig)
-    unknown = set(file_values) - set(text_vals) - set(cache_vals)
-    if unknown:
-        raise ValueError(f"unknown key(s) in {args.config}: {', '.join(sorted(unknown))}")
-    model_spec = args.model or extra.get("model")
+        return _verify(args)
+    extra, text_vals, cache_vals = _file_config(args)
     try:
         text = dataclass_from_args(TextConfig, args, file_values=text_vals)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-
-    from saesteer.models import load_model, model_id, model_info, start_model_spec  # the face resolves models
-
-    device = args.device or extra.get("device")
     existing = _existing_cache(args.out or extra.get("out"))
     try:
-        if model_spec is None and existing is not None:  # resuming: the model the cache records
-            from saesteer.models import load_recorded_model
-
-            recorded = existing.recorded_model()
-            if args.process_weights and recorded is not None and not recorded.processed:
-                raise ValueError(f"the cache {args.out or extra.get('out')} was made with {recorded.id}'s raw weights; "
-                                 f"leave out --process-weights to resume it, or choose another --out")
-            model = load_recorded_model(recorded, None, recorded_in=f"the cache {args.out or extra.get('out')}",
-                                        device=device)
-            model_spec = model_id(model)
-        else:
-            model_spec = start_model_spec(model_spec, text.dataset)  # toy only for the toy corpus
-            process = bool(args.process_weights if args.process_weights is not None else extra.get("process_weights"))
-            model = load_model(model_spec, device=device, process_weights=process)
+        model, model_spec = _model(args, extra, text, existing)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -149,6 +117,60 @@ def run(args) -> int:
     except (CacheMismatchError, CacheDiskFullError, UnknownHookError, CacheFormatError, ValueError, FileNotFoundError, RuntimeError) as e:
         return _error(e, args)
     return 0
+
+
+def _verify(args) -> int:
+    """--verify: check every shard of a cache; exit 1 if any is bad."""
+    from training.manifest import CacheFormatError
+    from training.shardset import verify_cache
+
+    try:
+        report = verify_cache(args.verify, progress=not args.no_progress)
+    except CacheFormatError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for p in report.problems:
+        print(f"BAD  {p}")
+    print(f"{args.verify}: {report.checked} shard(s) checked, {'all good' if report.ok else f'{len(report.problems)} problem(s)'}")
+    return 0 if report.ok else 1
+
+
+def _file_config(args):
+    """(the --config file's model/device/out/hooks/process_weights, its TextConfig fields, its
+    CacheConfig fields); any other key is refused."""
+    from saesteer.configargs import load_config_file
+    from training.cache_config import CacheConfig
+    from training.text import TextConfig
+
+    file_values = load_config_file(args.config) if args.config else {}
+    extra = {k: file_values.pop(k) for k in ("model", "device", "out", "hooks", "process_weights") if k in file_values}
+    text_vals, cache_vals = _split_config(file_values, TextConfig, CacheConfig)
+    unknown = set(file_values) - set(text_vals) - set(cache_vals)
+    if unknown:
+        raise ValueError(f"unknown key(s) in {args.config}: {', '.join(sorted(unknown))}")
+    return extra, text_vals, cache_vals
+
+
+def _model(args, extra: dict, text, existing):
+    """(the model, its spec): resuming a cache without --model, the model the cache records; else
+    --model (or the config file's), toy only for the toy corpus."""
+    from saesteer.models import load_model, model_id, start_model_spec  # the face resolves models
+
+    model_spec = args.model or extra.get("model")
+    device = args.device or extra.get("device")
+    if model_spec is None and existing is not None:  # resuming: the model the cache records
+        from saesteer.models import load_recorded_model
+
+        recorded = existing.recorded_model()
+        if args.process_weights and recorded is not None and not recorded.processed:
+            raise ValueError(f"the cache {args.out or extra.get('out')} was made with {recorded.id}'s raw weights; "
+                             f"leave out --process-weights to resume it, or choose another --out")
+        model = load_recorded_model(recorded, None, recorded_in=f"the cache {args.out or extra.get('out')}",
+                                    device=device)
+        return model, model_id(model)
+    model_spec = start_model_spec(model_spec, text.dataset)  # toy only for the toy corpus
+    process = bool(args.process_weights if args.process_weights is not None else extra.get("process_weights"))
+    return load_model(model_spec, device=device, process_weights=process), model_spec
 
 
 def _error(e: Exception, args) -> int:

@@ -81,41 +81,18 @@ def _say(args):
 def _run(args) -> int:
     import torch
 
-    from evals.config import EvalConfig
     from evals.activations import check_widths, collect
-    from saes.formats import resolve_sae
-    from saesteer.commands._steering import CLIError, parse_sae_args
+    from evals.config import EvalConfig
+    from evals.run import EvalInputs, evaluate_saes
     from saesteer.configargs import dataclass_from_args
-    from saesteer.models import model_id
     from training.text import TextConfig
 
     say = _say(args)
     cfg = dataclass_from_args(EvalConfig, args)
     text = dataclass_from_args(TextConfig, args, split=args.split or _default_split(getattr(args, "dataset", None)))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        specs = parse_sae_args(args.sae)
-    except CLIError as e:
-        raise ValueError(str(e)) from None
-    loaded = {}
-    for name, spec in specs.items():
-        try:
-            loaded[name] = resolve_sae(spec, hook=args.hook, model=args.model, device=device)
-        except (ValueError, FileNotFoundError) as e:
-            raise ValueError(f"cannot load SAE {name!r} from {spec}: {e}") from None
-    from saes.identity import identity_of_model
-    from saesteer.commands._steering import load_model as load_checked_model
-
-    say(f"loading model {args.model or '(the one the SAEs record)'}")
-    args.device = device
-    try:  # --model checked against the SAEs' recorded model, or that model (saes.identity)
-        model = load_checked_model(args, loaded)
-    except CLIError as e:
-        raise ValueError(str(e)) from None
-    ident = identity_of_model(model)
-    spec = "toy" if ident is not None and ident.source == "toy" else (args.model or "")
-    if not args.cache and "dataset" not in vars(args):  # no --dataset: never the toy corpus for another model
-        text = _recorded_text(text, loaded, ident, say)
+    loaded = _load_saes(args, device)
+    model, spec, text = _load_model(args, loaded, device, text, say)
     sae_hooks = {n: (x.sae.cfg.metadata["hook_name"], x.sae.d_in) for n, x in loaded.items()}
     check_widths(model, sae_hooks)  # before any real work: a width that does not fit the hook is refused
     hooks = sorted({h for h, _ in sae_hooks.values()})
@@ -135,8 +112,6 @@ def _run(args) -> int:
     data_info["overlap"] = overlap
     say(f"collecting activations at {', '.join(hooks)} over {min(cfg.contexts, len(tokens))} held-out contexts")
     heldout = collect(model, hooks, tokens[: cfg.contexts], excluded, cfg.model_batch_size)
-    from evals.run import EvalInputs, evaluate_saes
-
     inputs = EvalInputs(model, heldout, tokens[: cfg.ce_contexts], keep_ids if keep_ids is not None else excluded,
                         tokenizer=tokenizer, rows=rows, rows_source=rows_source,
                         probing=_probing_inputs(args, cfg, model, spec, heldout, hooks, text, say) if cfg.probing else None)
@@ -146,18 +121,62 @@ def _run(args) -> int:
             "contexts": int(heldout.tokens.shape[0]), "tokens": int(heldout.row_context.numel()),
             "ce_contexts": int(len(inputs.ce_tokens)), "excluded_token_ids": list(excluded), **data_info}
     if args.out:
-        import dataclasses
-        from pathlib import Path
-
-        from evals.report import eval_document, write_html, write_json
-
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        doc = eval_document(results, model=model_id(model), data=data, config=dataclasses.asdict(cfg))
-        write_json(out / "eval.json", doc)
-        write_html(out / "eval.html", doc)
-        print(f"wrote {out / 'eval.json'} and {out / 'eval.html'}")
+        _write_report(args.out, results, model, data, cfg)
     return 0
+
+
+def _load_saes(args, device) -> dict:
+    """Each --sae resolved (any supported format) on `device`; a failure names the SAE and its spec."""
+    from saes.formats import resolve_sae
+    from saesteer.commands._steering import CLIError, parse_sae_args
+
+    try:
+        specs = parse_sae_args(args.sae)
+    except CLIError as e:
+        raise ValueError(str(e)) from None
+    loaded = {}
+    for name, spec in specs.items():
+        try:
+            loaded[name] = resolve_sae(spec, hook=args.hook, model=args.model, device=device)
+        except (ValueError, FileNotFoundError) as e:
+            raise ValueError(f"cannot load SAE {name!r} from {spec}: {e}") from None
+    return loaded
+
+
+def _load_model(args, loaded, device, text, say):
+    """(the model, its spec for probing, the text to evaluate on): --model checked against the SAEs'
+    recorded model, or that model (saes.identity); without --dataset, the text the SAEs record."""
+    from saes.identity import identity_of_model
+    from saesteer.commands._steering import CLIError
+    from saesteer.commands._steering import load_model as load_checked_model
+
+    say(f"loading model {args.model or '(the one the SAEs record)'}")
+    args.device = device
+    try:
+        model = load_checked_model(args, loaded)
+    except CLIError as e:
+        raise ValueError(str(e)) from None
+    ident = identity_of_model(model)
+    spec = "toy" if ident is not None and ident.source == "toy" else (args.model or "")
+    if not args.cache and "dataset" not in vars(args):  # no --dataset: never the toy corpus for another model
+        text = _recorded_text(text, loaded, ident, say)
+    return model, spec, text
+
+
+def _write_report(out_dir: str, results, model, data: dict, cfg) -> None:
+    """eval.json and eval.html in `out_dir` (created if missing)."""
+    import dataclasses
+    from pathlib import Path
+
+    from evals.report import eval_document, write_html, write_json
+    from saesteer.models import model_id
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    doc = eval_document(results, model=model_id(model), data=data, config=dataclasses.asdict(cfg))
+    write_json(out / "eval.json", doc)
+    write_html(out / "eval.html", doc)
+    print(f"wrote {out / 'eval.json'} and {out / 'eval.html'}")
 
 
 def _default_split(dataset: str | None) -> str:

@@ -24,12 +24,22 @@ examples:
 
 
 def add_arguments(parser) -> None:
-    from autointerp.embeddings import EmbedConfig
-    from features.config import BuildConfig
-    from saesteer.configargs import _parser_for, add_dataclass_arguments
-
     sub = parser.add_subparsers(dest="features_command", metavar="SUBCOMMAND", title="subcommands")
     sub.required = True
+    _add_build(sub)
+    _add_show(sub)
+    _add_list(sub)
+    _add_search(sub)
+    _add_top_on_text(sub)
+    _add_map(sub)
+    _add_embed(sub)
+    _add_export(sub)
+
+
+def _add_build(sub) -> None:
+    """`features build`: SAE over a cache into a feature store."""
+    from features.config import BuildConfig
+    from saesteer.configargs import add_dataclass_arguments
 
     b = sub.add_parser("build", help="run an SAE over an activation cache and write its feature store",
                        description="Build (or resume, after a crash: re-run the same command) a feature store.")
@@ -49,11 +59,15 @@ def add_arguments(parser) -> None:
     b.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_dataclass_arguments(b, BuildConfig, title="what the store keeps")
 
+
+def _add_show(sub) -> None:
     s = sub.add_parser("show", help="everything about one latent")
     s.add_argument("store", help="feature store file")
     s.add_argument("id", type=int, help="latent id")
     s.add_argument("--examples", type=int, default=5, help="examples shown per kind (default: 5)")
 
+
+def _add_list(sub) -> None:
     ls = sub.add_parser("list", help="a table of latents, sorted and filtered")
     ls.add_argument("store", help="feature store file")
     ls.add_argument("--sort", default="freq", help="id, freq, n_fires, mean_act, max_act, typical_max_act, level, label, "
@@ -65,10 +79,17 @@ def add_arguments(parser) -> None:
     ls.add_argument("--alive", action="store_true", help="leave out dead latents")
     ls.add_argument("--labelled", action="store_true", help="only latents with a label")
 
+
+def _add_search(sub) -> None:
     q = sub.add_parser("search", help="full-text search over labels and example text")
     q.add_argument("store", help="feature store file")
     q.add_argument("text", help="words to look for")
     q.add_argument("--limit", type=int, default=20)
+
+
+def _add_top_on_text(sub) -> None:
+    """`features top-on-text`: which latents fire on a text."""
+    from saesteer.configargs import _parser_for
 
     t = sub.add_parser("top-on-text", help="which latents fire on a text, token by token")
     t.add_argument("store", nargs="?", default=None, help="feature store (for labels; its SAE is used unless --sae)")
@@ -86,6 +107,9 @@ def add_arguments(parser) -> None:
                         "model's default) (default: None)")
     t.add_argument("--no-bos", action="store_true", help="the same as --prepend-bos false")
 
+
+def _add_map(sub) -> None:
+    """`features map`: the 2-d layout for the web map page."""
     m = sub.add_parser("map", help="2-d layout of the latents (UMAP or PCA) for the web app's map page",
                        description="Lay the live latents out in 2-d by their decoder directions or their label "
                                    "embeddings, and store the layout for `saesteer serve`'s map page.")
@@ -99,10 +123,18 @@ def add_arguments(parser) -> None:
                                                          "a real model's over the offline hashing)")
     m.add_argument("--seed", type=int, default=0)
 
+
+def _add_embed(sub) -> None:
+    from autointerp.embeddings import EmbedConfig
+    from saesteer.configargs import add_dataclass_arguments
+
     em = sub.add_parser("embed", help="embed the current labels (search by meaning, map by labels)")
     em.add_argument("store", help="feature store file (written)")
     add_dataclass_arguments(em, EmbedConfig, prefix="embed_", title="label embeddings")
 
+
+def _add_export(sub) -> None:
+    """`features export`: HTML dashboards, Neuronpedia or SAEDashboard files."""
     e = sub.add_parser("export", help="static HTML dashboards, Neuronpedia's import format, or SAEDashboard JSON",
                        description="html: static dashboards that open offline. neuronpedia: the JSON-lines layout "
                                    "Neuronpedia imports (features, activations, explanations, scores; see "

@@ -52,9 +52,8 @@ def run(args) -> int:
     import sys
     from pathlib import Path
 
-    from autointerp.config import JudgeConfig, LabelConfig, make_judge
-    from autointerp.embeddings import EmbedConfig, make_embedder
-    from saesteer.configargs import dataclass_from_args, load_config_file
+    from autointerp.config import make_judge
+    from saesteer.configargs import load_config_file
 
     file_values = load_config_file(args.config) if args.config else {}
     unknown = sorted(set(file_values) - {"judge", "label"})
@@ -62,9 +61,7 @@ def run(args) -> int:
         print(f"error: unknown section(s) {unknown} in {args.config}; use 'judge' and 'label'", file=sys.stderr)
         return 2
     try:
-        label_cfg = dataclass_from_args(LabelConfig, args, file_values=file_values.get("label"))
-        judge_cfg = dataclass_from_args(JudgeConfig, args, prefix="judge_", file_values=file_values.get("judge"))
-        embed_cfg = dataclass_from_args(EmbedConfig, args, prefix="embed_")
+        label_cfg, judge_cfg, embed_cfg = _configs(args, file_values)
         budget = label_cfg.budget_value()
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -76,7 +73,6 @@ def run(args) -> int:
         return 2
 
     from autointerp.featurestore import FeatureStoreLabels
-    from autointerp.runner import estimate_run, label_latents
 
     try:
         judge = make_judge(judge_cfg, cache_path=store_path.with_name(store_path.name + ".judge-cache.sqlite"),
@@ -90,22 +86,64 @@ def run(args) -> int:
     with FeatureStoreLabels.open(store_path) as store:
         try:
             if args.dry_run:
-                est = estimate_run(store, judge, label_cfg)
-                print(est.summary())
-                if args.report:
-                    _write_json(args.report, {"dry_run": est.__dict__})
+                _dry_run(args, store, judge, label_cfg)
                 return 0
-            embedder = make_embedder(embed_cfg)
-            report = label_latents(store, judge, label_cfg, progress=not args.no_progress, embedder=embedder)
-            if embedder is not None:
-                from autointerp.semantic import embed_labels
-
-                n = embed_labels(store.store, embedder)
-                print(f"label embeddings: {n} new ({embedder.name})")
+            report = _label(args, store, judge, label_cfg, embed_cfg)
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
 
+    _print_report(report, store, budget, label_cfg)
+    if args.report:
+        _write_json(args.report, {
+            "judge": report.judge, "requested": report.requested, "skipped": report.skipped,
+            "labelled": report.labelled, "abandoned": report.abandoned, "stopped": report.stopped,
+            "failed": [f.__dict__ for f in report.failed], "usage": report.usage, "elapsed_s": report.elapsed_s,
+        })
+    if report.stopped == "budget":
+        return 3
+    return 4 if report.failed else 0
+
+
+def _configs(args, file_values: dict):
+    """(LabelConfig, JudgeConfig, EmbedConfig): flags over the --config file's 'label' and 'judge' sections."""
+    from autointerp.config import JudgeConfig, LabelConfig
+    from autointerp.embeddings import EmbedConfig
+    from saesteer.configargs import dataclass_from_args
+
+    label_cfg = dataclass_from_args(LabelConfig, args, file_values=file_values.get("label"))
+    judge_cfg = dataclass_from_args(JudgeConfig, args, prefix="judge_", file_values=file_values.get("judge"))
+    embed_cfg = dataclass_from_args(EmbedConfig, args, prefix="embed_")
+    return label_cfg, judge_cfg, embed_cfg
+
+
+def _dry_run(args, store, judge, label_cfg) -> None:
+    """--dry-run: print what a run would cost (and write it to --report)."""
+    from autointerp.runner import estimate_run
+
+    est = estimate_run(store, judge, label_cfg)
+    print(est.summary())
+    if args.report:
+        _write_json(args.report, {"dry_run": est.__dict__})
+
+
+def _label(args, store, judge, label_cfg, embed_cfg):
+    """Label the latents; with an embedder, embed the new labels too. Returns the run's report."""
+    from autointerp.embeddings import make_embedder
+    from autointerp.runner import label_latents
+
+    embedder = make_embedder(embed_cfg)
+    report = label_latents(store, judge, label_cfg, progress=not args.no_progress, embedder=embedder)
+    if embedder is not None:
+        from autointerp.semantic import embed_labels
+
+        n = embed_labels(store.store, embedder)
+        print(f"label embeddings: {n} new ({embedder.name})")
+    return report
+
+
+def _print_report(report, store, budget, label_cfg) -> None:
+    """The run's summary, the first failures, and why it stopped early if it did."""
     print(report.summary())
     for f in report.failed[:20]:
         print(f"  latent {f.latent} failed at {f.stage}: {f.reason}")
@@ -117,15 +155,6 @@ def run(args) -> int:
     if report.stopped == "failures":
         print(f"stopped: {label_cfg.max_consecutive_failures} latents failed in a row; the judge looks unreachable "
               f"or misconfigured (last reason: {report.failed[-1].reason}). Fix it and re-run to continue.")
-    if args.report:
-        _write_json(args.report, {
-            "judge": report.judge, "requested": report.requested, "skipped": report.skipped,
-            "labelled": report.labelled, "abandoned": report.abandoned, "stopped": report.stopped,
-            "failed": [f.__dict__ for f in report.failed], "usage": report.usage, "elapsed_s": report.elapsed_s,
-        })
-    if report.stopped == "budget":
-        return 3
-    return 4 if report.failed else 0
 
 
 def _write_json(path, obj) -> None:

@@ -88,11 +88,7 @@ def _open(path: str, writable: bool):
 
 
 def _run(args) -> int:
-    import json
-    from pathlib import Path
-
     from saesteer.commands._steering import CLIError
-    from steering.presets import Preset, make_preset
     from steering.store import StoreLink
 
     cmd = args.preset_command
@@ -100,53 +96,86 @@ def _run(args) -> int:
     with _open(args.store, writable) as store:
         link = StoreLink(store)
         if cmd == "save":
-            scorecard = None
-            if args.scorecard:
-                p = Path(args.scorecard)
-                if not p.is_file():
-                    raise CLIError(f"--scorecard {p}: no such file")
-                try:
-                    scorecard = json.loads(p.read_text(encoding="utf-8"))
-                except ValueError as e:
-                    raise CLIError(f"--scorecard {p} is not JSON: {e}") from None
-            sae = store.meta.get("sae") or {}
-            preset = make_preset(args.name, args.feature, d_sae=store.d_sae, hook_name=sae.get("hook_name"),
-                                 fingerprint=store.sae_fingerprint, model_identity=store.recorded_model(),
-                                 typical_max=link.typical_max, recommended=link.recommended, stops=args.stop_when,
-                                 description=args.description, scorecard=scorecard)
-            link.save_preset(preset, overwrite=args.overwrite)
-            print(f"saved {preset.describe()} in {args.store}")
+            _save(args, store, link)
         elif cmd == "list":
-            names = link.presets()
-            if not names:
-                print(f"{args.store} has no presets (save one with `saesteer preset save`)")
-            for n in names:
-                print(link.preset(n).describe())
+            _list(args, link)
         elif cmd == "show":
             print(link.preset(args.name).dumps())
         elif cmd == "export":
-            from saes.fileio import atomic_write_bytes
-
-            out = Path(args.out)
-            if not out.parent.is_dir():
-                raise CLIError(f"--out {out}: the folder {out.parent} does not exist")
-            atomic_write_bytes(out, (link.preset(args.name).dumps() + "\n").encode())
-            print(f"wrote preset {args.name!r} to {args.out}")
+            _export(args, link)
         elif cmd == "import":
-            p = Path(args.file)
-            if not p.is_file():
-                raise CLIError(f"no preset file at {p}")
-            try:
-                record = json.loads(p.read_text(encoding="utf-8"))
-            except ValueError as e:
-                raise CLIError(f"{p} is not JSON: {e}") from None
-            preset = Preset.from_json(record)
-            if args.name:
-                preset = Preset.from_json(dict(preset.to_json(), name=args.name))
-            link.save_preset(preset, overwrite=args.overwrite)
-            print(f"imported {preset.describe()} into {args.store}")
+            _import(args, link)
         elif cmd == "delete":
             if not store.delete_preset(args.name):
                 raise CLIError(f"{args.store} has no preset named {args.name!r}")
             print(f"deleted preset {args.name!r}")
     return 0
+
+
+def _save(args, store, link) -> None:
+    """`preset save`: the --feature edits as a preset, checked against the store's SAE and model."""
+    import json
+    from pathlib import Path
+
+    from saesteer.commands._steering import CLIError
+    from steering.presets import make_preset
+
+    scorecard = None
+    if args.scorecard:
+        p = Path(args.scorecard)
+        if not p.is_file():
+            raise CLIError(f"--scorecard {p}: no such file")
+        try:
+            scorecard = json.loads(p.read_text(encoding="utf-8"))
+        except ValueError as e:
+            raise CLIError(f"--scorecard {p} is not JSON: {e}") from None
+    sae = store.meta.get("sae") or {}
+    preset = make_preset(args.name, args.feature, d_sae=store.d_sae, hook_name=sae.get("hook_name"),
+                         fingerprint=store.sae_fingerprint, model_identity=store.recorded_model(),
+                         typical_max=link.typical_max, recommended=link.recommended, stops=args.stop_when,
+                         description=args.description, scorecard=scorecard)
+    link.save_preset(preset, overwrite=args.overwrite)
+    print(f"saved {preset.describe()} in {args.store}")
+
+
+def _list(args, link) -> None:
+    names = link.presets()
+    if not names:
+        print(f"{args.store} has no presets (save one with `saesteer preset save`)")
+    for n in names:
+        print(link.preset(n).describe())
+
+
+def _export(args, link) -> None:
+    from pathlib import Path
+
+    from saes.fileio import atomic_write_bytes
+    from saesteer.commands._steering import CLIError
+
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise CLIError(f"--out {out}: the folder {out.parent} does not exist")
+    atomic_write_bytes(out, (link.preset(args.name).dumps() + "\n").encode())
+    print(f"wrote preset {args.name!r} to {args.out}")
+
+
+def _import(args, link) -> None:
+    """`preset import`: a preset JSON file into the store (renamed with --name)."""
+    import json
+    from pathlib import Path
+
+    from saesteer.commands._steering import CLIError
+    from steering.presets import Preset
+
+    p = Path(args.file)
+    if not p.is_file():
+        raise CLIError(f"no preset file at {p}")
+    try:
+        record = json.loads(p.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise CLIError(f"{p} is not JSON: {e}") from None
+    preset = Preset.from_json(record)
+    if args.name:
+        preset = Preset.from_json(dict(preset.to_json(), name=args.name))
+    link.save_preset(preset, overwrite=args.overwrite)
+    print(f"imported {preset.describe()} into {args.store}")

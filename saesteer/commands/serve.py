@@ -61,14 +61,35 @@ def run(args) -> int:
     return run_server(args, pages=True)
 
 
+class _Refused(Exception):
+    """A start-up step that cannot go on: run_server prints `error: <message>` and exits 2."""
+
+
 def run_server(args, *, pages: bool) -> int:
     """Open the stores (and model), build the app, serve it (`saesteer serve`, and `saesteer api`
     with pages=False)."""
-    import logging
-    import os
     import sys
-    import warnings
 
+    from saesteer.web.listen import run_server as serve_app  # this function is run_server too
+
+    try:
+        config, limits, batch = _configs(args)
+        entries = _open_stores(args, limits)
+        sock, config = _listen(config)
+        app = _build_app(entries, sock, config=config, limits=limits, pages=pages, batch=batch)
+        url = _announce(entries, app, sock, config, pages=pages)
+    except _Refused as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    ready = f"saesteer serving on {url}" if pages else f"saesteer API serving on {url.split('?')[0]}v1"
+    # printed once uvicorn accepts connections: a client may connect as soon as it reads the line
+    serve_app(app, sock, on_ready=lambda: print(ready, file=sys.stderr, flush=True),
+              log_level="warning", proxy_headers=False, server_header=False, date_header=False)
+    return 0
+
+
+def _configs(args):
+    """(ServeConfig, Limits, BatchConfig) from the flags."""
     from saesteer.api.config import BatchConfig
     from saesteer.configargs import dataclass_from_args
     from saesteer.web.config import Limits, ServeConfig
@@ -78,52 +99,72 @@ def run_server(args, *, pages: bool) -> int:
         limits = dataclass_from_args(Limits, args)
         batch = dataclass_from_args(BatchConfig, args)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise _Refused(e) from None
+    return config, limits, batch
+
+
+def _open_stores(args, limits):
+    """Each --store opened with its SAE and, where it can run it, the model (warnings shown once each)."""
+    import logging
+    import os
+    import warnings
+
     for p in args.store:
         if not os.path.isfile(p):
-            print(f"error: no feature store at {p}; build one with `saesteer features build`", file=sys.stderr)
-            return 2
+            raise _Refused(f"no feature store at {p}; build one with `saesteer features build`")
 
     from features import StoreError
 
     try:
         model, no_model_reason = _model_for(args)
     except (ValueError, OSError, StoreError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise _Refused(e) from None
 
-    from saesteer.web import create_app
     from saesteer.web.launch import open_entries
-    from saesteer.web.listen import listening_socket
-    from saesteer.web.listen import run_server as serve_app  # this function is run_server too
 
     logging.captureWarnings(True)
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         try:
-            entries = open_entries(args.store, model=model, sae_dirs=args.sae or None, limits=limits,
-                                   allow_model_mismatch=args.allow_model_mismatch, no_model_reason=no_model_reason)
+            return open_entries(args.store, model=model, sae_dirs=args.sae or None, limits=limits,
+                                allow_model_mismatch=args.allow_model_mismatch, no_model_reason=no_model_reason)
         except (ValueError, FileNotFoundError, StoreError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+            raise _Refused(e) from None
 
+
+def _listen(config):
+    """(the listening socket, config with the port bound): bound now, so the port checked by the app
+    and printed is the one served."""
     import dataclasses
 
-    try:  # bound now, so the port checked by the app and printed is the one served
+    from saesteer.web.listen import listening_socket
+
+    try:
         sock = listening_socket(config.host, config.port)
     except OSError as e:
-        print(f"error: cannot listen on {config.host}:{config.port}: {e.strerror or e}; choose another --port "
-              f"(--port 0 picks a free one)", file=sys.stderr)
-        return 2
-    config = dataclasses.replace(config, port=int(sock.getsockname()[1]))
+        raise _Refused(f"cannot listen on {config.host}:{config.port}: {e.strerror or e}; choose another --port "
+                       f"(--port 0 picks a free one)") from None
+    return sock, dataclasses.replace(config, port=int(sock.getsockname()[1]))
+
+
+def _build_app(entries, sock, **kwargs):
+    import os
+
+    from saesteer.web import create_app
+
     token = os.environ.get("SAESTEER_TOKEN") or None
     try:
-        app = create_app(entries, config=config, limits=limits, token=token, pages=pages, batch=batch)
+        return create_app(entries, token=token, **kwargs)
     except ValueError as e:
         sock.close()
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise _Refused(e) from None
+
+
+def _announce(entries, app, sock, config, *, pages: bool) -> str:
+    """Print the start-up lines (each store and its mode, the remote warning, the /v1 address);
+    return the URL to open (with the token)."""
+    import sys
+
     token = app.state.web.token
     shown_host = "127.0.0.1" if config.host in ("0.0.0.0", "::", "[::]") else config.host
     if ":" in shown_host and not shown_host.startswith("["):
@@ -141,14 +182,8 @@ def run_server(args, *, pages: bool) -> int:
               file=sys.stderr)
     elif not pages:
         sock.close()
-        print("error: no store can run the model, so there is nothing to serve on /v1; start it with --model",
-              file=sys.stderr)
-        return 2
-    ready = f"saesteer serving on {url}" if pages else f"saesteer API serving on {url.split('?')[0]}v1"
-    # printed once uvicorn accepts connections: a client may connect as soon as it reads the line
-    serve_app(app, sock, on_ready=lambda: print(ready, file=sys.stderr, flush=True),
-              log_level="warning", proxy_headers=False, server_header=False, date_header=False)
-    return 0
+        raise _Refused("no store can run the model, so there is nothing to serve on /v1; start it with --model")
+    return url
 
 
 def _model_for(args):

@@ -90,11 +90,7 @@ def _lines(path: str) -> list[str]:
 
 
 def _run(args, model=None) -> int:
-    import json
-
-    from saesteer.commands._steering import (
-        CLIError, load_model, load_saes, open_store, read_prompts, typical_max_provider,
-    )
+    from saesteer.commands._steering import load_model, load_saes, open_store, read_prompts, typical_max_provider
     from saes.hookpoints import model_device
     from saesteer.configargs import dataclass_from_args
     from steering.config import GenerationConfig
@@ -105,16 +101,7 @@ def _run(args, model=None) -> int:
     edits: list = [parse_edit(t, args.positions) for t in args.feature]
     finding = args.search is not None or args.contrast is not None
     prompts = read_prompts(args)
-    if args.generate and not finding:
-        raise CLIError("--generate steers with the features --search or --contrast finds; give one of them")
-    if not finding and not edits and args.preset is None:
-        raise CLIError("give at least one --feature EDIT (e.g. --feature 123:clamp=8), a --preset, or --search / --contrast")
-    if (not finding or args.generate) and not prompts:
-        raise CLIError('give at least one --prompt (use --prompt "" for unconditional generation)')
-    if args.search is not None and args.store is None:
-        raise CLIError("--search looks labels up in a feature store; give --store FILE")
-    if args.candidates < 1:
-        raise CLIError(f"--candidates must be positive, got {args.candidates}")
+    _check_flags(args, edits, prompts, finding=finding)
 
     loaded = load_saes(args.sae, hook=args.hook, model=args.model)
     saes = {name: item.sae for name, item in loaded.items()}
@@ -146,6 +133,30 @@ def _run(args, model=None) -> int:
     finally:
         if store is not None:
             store.close()
+    _print_comparison(args, cmp, gen_cfg, found)
+    return 0
+
+
+def _check_flags(args, edits: list, prompts: list, *, finding: bool) -> None:
+    """Refuse flag combinations that cannot steer: no edits and nothing to find, no prompts, and the like."""
+    from saesteer.commands._steering import CLIError
+
+    if args.generate and not finding:
+        raise CLIError("--generate steers with the features --search or --contrast finds; give one of them")
+    if not finding and not edits and args.preset is None:
+        raise CLIError("give at least one --feature EDIT (e.g. --feature 123:clamp=8), a --preset, or --search / --contrast")
+    if (not finding or args.generate) and not prompts:
+        raise CLIError('give at least one --prompt (use --prompt "" for unconditional generation)')
+    if args.search is not None and args.store is None:
+        raise CLIError("--search looks labels up in a feature store; give --store FILE")
+    if args.candidates < 1:
+        raise CLIError(f"--candidates must be positive, got {args.candidates}")
+
+
+def _print_comparison(args, cmp, gen_cfg, found) -> None:
+    """Unsteered vs steered generations (and the features found) as JSON with --json, else as tables."""
+    import json
+
     if args.json:
         out = {"edits": cmp.edits, "seed": gen_cfg.seed, "results": [
             {"prompt": p, "unsteered": u, "steered": s} for p, u, s in zip(cmp.prompts, cmp.unsteered, cmp.steered)
@@ -153,11 +164,10 @@ def _run(args, model=None) -> int:
         if found is not None:
             out["candidates"] = found
         print(json.dumps(out, indent=2))
-        return 0
+        return
     if found is not None:
         _candidates_table(found, "features found" + (f" for {args.search!r}" if args.search else " by contrast"))
     _print_table(cmp, gen_cfg)
-    return 0
 
 
 def _preset_edits(args, link, model, saes) -> list:

@@ -102,16 +102,47 @@ def _lines(path: str | None, flag: str) -> list[str] | None:
 
 def _run(args, model=None) -> int:
     import json
-    from pathlib import Path
 
     from saes.hookpoints import model_device
-    from saesteer.commands._steering import (
-        CLIError, load_model, load_saes, open_store, read_prompts, typical_max_provider,
-    )
-    from saesteer.commands.sweep import _scorer
+    from saesteer.commands._steering import CLIError, load_model, load_saes, open_store, read_prompts
+    from saesteer.commands.sweep import _close, _scorer
+
+    cfg, gen_cfg = _configs(args)
+    positive, negative, cue = _concept_sets(args)
+    prompts = read_prompts(args) or [""]
+    prompts = [p for p in prompts for _ in range(args.samples)]
+    scorer, judge = _scorer(args, args.store)
+
+    loaded = load_saes(args.sae, hook=args.hook)
+    if len(loaded) != 1:
+        raise CLIError("steer-eval steers with one SAE; give a single --sae")
+    name, sae = next((n, item.sae) for n, item in loaded.items())
+    store, link = open_store(args.store, {name: sae}, writable=bool(args.save_preset))
+    try:
+        if model is None:
+            model = load_model(args, loaded, store)
+        sae = sae.to(model_device(model))
+        card = _compare(args, cfg, gen_cfg, model, name, sae, scorer, link,
+                        prompts=prompts, positive=positive, negative=negative, cue=cue)
+        record = _scorecard_record(card, args, model, sae)
+        if args.out:
+            _write_scorecard(args.out, record)
+        if args.save_preset:
+            _save_pick(args, cfg, card, record, sae, model, link)
+    finally:
+        _close(store, judge)
+    if args.json:
+        print(json.dumps(record, indent=2, allow_nan=False))
+    else:
+        _print_table(card, args)
+    return 0
+
+
+def _configs(args):
+    """The methods and generation configs from the flags, with the checks that need several flags at once."""
+    from saesteer.commands._steering import CLIError
     from saesteer.configargs import dataclass_from_args
     from steering.config import CompareConfig, GenerationConfig
-    from steering.methods import compare_methods
 
     try:
         cfg = dataclass_from_args(CompareConfig, args)
@@ -124,6 +155,13 @@ def _run(args, model=None) -> int:
         raise CLIError("--samples > 1 needs sampling (--do-sample true); greedy generations would all be the same")
     if args.save_preset and args.store is None:
         raise CLIError("--save-preset keeps the preset in a feature store; give --store FILE")
+    return cfg, gen_cfg
+
+
+def _concept_sets(args):
+    """(positive prompts, negative prompts, cue): from the files and --cue, the toy world filling the gaps."""
+    from saesteer.commands._steering import CLIError
+
     if (args.positive is None) != (args.negative is None):
         raise CLIError("give both --positive and --negative (the difference of means and the contrast need both)")
     positive, negative = _lines(args.positive, "--positive"), _lines(args.negative, "--negative")
@@ -138,65 +176,64 @@ def _run(args, model=None) -> int:
         cue = cue if cue is not None else toy_cue
     if not args.feature and positive is None:
         raise CLIError("give --feature F, or --positive/--negative prompt files to find features by contrast")
-    prompts = read_prompts(args) or [""]
-    prompts = [p for p in prompts for _ in range(args.samples)]
-    scorer, judge = _scorer(args, args.store)
+    return positive, negative, cue
 
-    loaded = load_saes(args.sae, hook=args.hook)
-    if len(loaded) != 1:
-        raise CLIError("steer-eval steers with one SAE; give a single --sae")
-    name, sae = next((n, item.sae) for n, item in loaded.items())
-    saes = {name: sae}
-    store, link = open_store(args.store, saes, writable=bool(args.save_preset))
-    try:
-        if model is None:
-            model = load_model(args, loaded, store)
-        sae = sae.to(model_device(model))
-        card = compare_methods(
-            model, sae, scorer, prompts=prompts, positive=positive, negative=negative, cue=cue,
-            features=args.feature or None, n_candidates=cfg.candidates, op=cfg.op, positions=cfg.positions,
-            sae_strengths=cfg.sae_strengths, vector_strengths=cfg.vector_strengths,
-            target_concept=cfg.target_concept, min_fluency=cfg.min_fluency, rule=cfg.rule, gen_config=gen_cfg,
-            dev_seed=cfg.dev_seed, test_seed=cfg.test_seed, typical_max=typical_max_provider(link, {name: sae}),
-            allow_model_mismatch=args.allow_model_mismatch,
-            progress=lambda msg: print(f"[steer-eval] {msg}", file=__import__("sys").stderr, flush=True))
-        record = card.to_json()
-        record["settings"].update({"topic": args.topic, "concept": args.concept, "samples": args.samples})
-        from saesteer.models import model_identity
-        from saes.fingerprint import sae_fingerprint
 
-        record["provenance"] = {"model": model_identity(model).to_json(), "sae_fingerprint": sae_fingerprint(sae),
-                                "hook": card.settings["hook"], "store": str(Path(args.store).resolve()) if args.store else None}
-        if args.out:
-            from saes.fileio import atomic_write_bytes
+def _compare(args, cfg, gen_cfg, model, name, sae, scorer, link, *, prompts, positive, negative, cue):
+    import sys
 
-            out = Path(args.out)
-            if not out.parent.is_dir():
-                raise CLIError(f"--out {out}: the folder {out.parent} does not exist")
-            atomic_write_bytes(out, (json.dumps(record, indent=2, allow_nan=False) + "\n").encode())
-        if args.save_preset:
-            from steering.presets import make_preset
-            from steering.spec import FeatureEdit
+    from saesteer.commands._steering import typical_max_provider
+    from steering.methods import compare_methods
 
-            pick = card.picks["SAE feature"]
-            edit = FeatureEdit(pick.feature, cfg.op, pick.strength, unit=pick.unit, positions=cfg.positions)
-            preset = make_preset(args.save_preset, [edit], sae=sae, model=model, typical_max=link.typical_max,
-                                 recommended=link.recommended, scorecard=record,
-                                 description=f"steer-eval pick for {args.topic or args.concept}")
-            link.save_preset(preset, overwrite=True)
-            print(f"saved {preset.describe()} in {args.store}")
-    finally:
-        if store is not None:
-            store.close()
-        if judge is not None and hasattr(judge, "aclose"):
-            import asyncio
+    return compare_methods(
+        model, sae, scorer, prompts=prompts, positive=positive, negative=negative, cue=cue,
+        features=args.feature or None, n_candidates=cfg.candidates, op=cfg.op, positions=cfg.positions,
+        sae_strengths=cfg.sae_strengths, vector_strengths=cfg.vector_strengths,
+        target_concept=cfg.target_concept, min_fluency=cfg.min_fluency, rule=cfg.rule, gen_config=gen_cfg,
+        dev_seed=cfg.dev_seed, test_seed=cfg.test_seed, typical_max=typical_max_provider(link, {name: sae}),
+        allow_model_mismatch=args.allow_model_mismatch,
+        progress=lambda msg: print(f"[steer-eval] {msg}", file=sys.stderr, flush=True))
 
-            asyncio.run(judge.aclose())
-    if args.json:
-        print(json.dumps(record, indent=2, allow_nan=False))
-    else:
-        _print_table(card, args)
-    return 0
+
+def _scorecard_record(card, args, model, sae) -> dict:
+    """The scorecard as JSON, with the CLI's settings and where the model, SAE and store came from."""
+    from pathlib import Path
+
+    from saes.fingerprint import sae_fingerprint
+    from saesteer.models import model_identity
+
+    record = card.to_json()
+    record["settings"].update({"topic": args.topic, "concept": args.concept, "samples": args.samples})
+    record["provenance"] = {"model": model_identity(model).to_json(), "sae_fingerprint": sae_fingerprint(sae),
+                            "hook": card.settings["hook"], "store": str(Path(args.store).resolve()) if args.store else None}
+    return record
+
+
+def _write_scorecard(path: str, record: dict) -> None:
+    import json
+    from pathlib import Path
+
+    from saes.fileio import atomic_write_bytes
+    from saesteer.commands._steering import CLIError
+
+    out = Path(path)
+    if not out.parent.is_dir():
+        raise CLIError(f"--out {out}: the folder {out.parent} does not exist")
+    atomic_write_bytes(out, (json.dumps(record, indent=2, allow_nan=False) + "\n").encode())
+
+
+def _save_pick(args, cfg, card, record, sae, model, link) -> None:
+    """Keep the SAE method's pick as preset --save-preset, the scorecard as its provenance."""
+    from steering.presets import make_preset
+    from steering.spec import FeatureEdit
+
+    pick = card.picks["SAE feature"]
+    edit = FeatureEdit(pick.feature, cfg.op, pick.strength, unit=pick.unit, positions=cfg.positions)
+    preset = make_preset(args.save_preset, [edit], sae=sae, model=model, typical_max=link.typical_max,
+                         recommended=link.recommended, scorecard=record,
+                         description=f"steer-eval pick for {args.topic or args.concept}")
+    link.save_preset(preset, overwrite=True)
+    print(f"saved {preset.describe()} in {args.store}")
 
 
 def _print_table(card, args) -> None:

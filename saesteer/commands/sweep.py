@@ -106,12 +106,33 @@ def _scorer(args, store_path):
 
 
 def _run(args, model=None) -> int:
-    from pathlib import Path
-
-    from saesteer.commands._steering import (
-        CLIError, load_model, load_saes, open_store, read_prompts, typical_max_provider,
-    )
+    from saesteer.commands._steering import load_model, load_saes, open_store, typical_max_provider
     from saes.hookpoints import model_device
+
+    sweep_cfg, gen_cfg, limits, prompts, scorer, judge = _prepare(args)
+    loaded = load_saes(args.sae, hook=args.hook, model=args.model)
+    saes = {sae_name: item.sae for sae_name, item in loaded.items()}
+    name = _sae_name(args, saes)
+    store, link = open_store(args.store, {name: saes[name]}, writable=args.save_strength)
+    try:
+        if model is None:
+            model = load_model(args, loaded, store)
+        sae = saes[name].to(model_device(model))
+        typical = typical_max_provider(link, {name: sae})
+        if sweep_cfg.unit == "max_act":
+            _check_typical(args, sae, typical)
+        for feature in args.feature:
+            _sweep_feature(args, feature, model, sae, name, prompts, scorer, sweep_cfg,
+                           gen_config=gen_cfg, typical_max=typical, limits=limits, link=link)
+    finally:
+        _close(store, judge)
+    return 0
+
+
+def _prepare(args):
+    """(sweep, generation and limit configs, the prompts repeated --samples times, the scorer, its
+    judge or None), after the checks that need several flags at once."""
+    from saesteer.commands._steering import CLIError, read_prompts
     from saesteer.configargs import dataclass_from_args
     from steering.config import GenerationConfig, SweepConfig
     from steering.spec import SteerLimits
@@ -133,48 +154,60 @@ def _run(args, model=None) -> int:
     if sweep_cfg.unit == "max_act" and args.store is None:
         raise CLIError("strengths in multiples of the typical max activation (--unit max_act, the default) need the "
                        "feature store: give --store FILE, or --unit raw")
+    return sweep_cfg, gen_cfg, limits, prompts, scorer, judge
 
-    loaded = load_saes(args.sae, hook=args.hook, model=args.model)
-    saes = {sae_name: item.sae for sae_name, item in loaded.items()}
+
+def _sae_name(args, saes: dict) -> str:
+    """--sae-name, or the only SAE's name."""
+    from saesteer.commands._steering import CLIError
+
     name = args.sae_name or (next(iter(saes)) if len(saes) == 1 else None)
     if name is None or name not in saes:
         raise CLIError(f"say which SAE the features belong to with --sae-name (one of {', '.join(saes)})")
-    store, link = open_store(args.store, {name: saes[name]}, writable=args.save_strength)
-    try:
-        if model is None:
-            model = load_model(args, loaded, store)
-        sae = saes[name].to(model_device(model))
-        typical = typical_max_provider(link, {name: sae})
-        if sweep_cfg.unit == "max_act":
-            silent = [f for f in args.feature if 0 <= f < sae.d_sae and typical(f) is None]
-            if silent:
-                raise CLIError(f"feature(s) {', '.join(map(str, silent))} have no typical max activation in "
-                               f"{args.store} (they never fired when it was built); sweep them with --unit raw")
-        from steering.sweeps import store_recommendation, sweep, write_sweep_html, write_sweep_json
+    return name
 
-        out = Path(args.out)
-        for feature in args.feature:
-            res = sweep(model, sae, feature, prompts, scorer, sweep_cfg, gen_config=gen_cfg, typical_max=typical,
-                        sae_name=name, limits=limits, progress=not args.no_progress,
-                        allow_model_mismatch=args.allow_model_mismatch)
-            html = write_sweep_html(res, out / f"sweep_{name}_{feature}.html")
-            js = write_sweep_json(res, out / f"sweep_{name}_{feature}.json")
-            _print_result(res, html, js)
-            if args.save_strength:
-                store_recommendation(link.record_strength, res)
-                if res.recommended is None:
-                    print(f"feature {feature}: {res.verdict}; stored 'no strength' in {args.store} "
-                          "(an earlier recommendation of this feature is cleared)")
-                else:
-                    print(f"feature {feature}: stored recommended strength {res.recommended:g} ({res.unit}) in {args.store}")
-    finally:
-        if store is not None:
-            store.close()
-        if judge is not None and hasattr(judge, "aclose"):
-            import asyncio
 
-            asyncio.run(judge.aclose())
-    return 0
+def _check_typical(args, sae, typical) -> None:
+    """--unit max_act: every feature swept needs a typical max activation in the store."""
+    from saesteer.commands._steering import CLIError
+
+    silent = [f for f in args.feature if 0 <= f < sae.d_sae and typical(f) is None]
+    if silent:
+        raise CLIError(f"feature(s) {', '.join(map(str, silent))} have no typical max activation in "
+                       f"{args.store} (they never fired when it was built); sweep them with --unit raw")
+
+
+def _sweep_feature(args, feature, model, sae, name, prompts, scorer, sweep_cfg, *, gen_config, typical_max,
+                   limits, link) -> None:
+    """Sweep one feature, write its HTML and JSON, print the result (and with --save-strength store it)."""
+    from pathlib import Path
+
+    from steering.sweeps import store_recommendation, sweep, write_sweep_html, write_sweep_json
+
+    out = Path(args.out)
+    res = sweep(model, sae, feature, prompts, scorer, sweep_cfg, gen_config=gen_config, typical_max=typical_max,
+                sae_name=name, limits=limits, progress=not args.no_progress,
+                allow_model_mismatch=args.allow_model_mismatch)
+    html = write_sweep_html(res, out / f"sweep_{name}_{feature}.html")
+    js = write_sweep_json(res, out / f"sweep_{name}_{feature}.json")
+    _print_result(res, html, js)
+    if args.save_strength:
+        store_recommendation(link.record_strength, res)
+        if res.recommended is None:
+            print(f"feature {feature}: {res.verdict}; stored 'no strength' in {args.store} "
+                  "(an earlier recommendation of this feature is cleared)")
+        else:
+            print(f"feature {feature}: stored recommended strength {res.recommended:g} ({res.unit}) in {args.store}")
+
+
+def _close(store, judge) -> None:
+    """Close the feature store and the LLM judge's client (either may be None)."""
+    if store is not None:
+        store.close()
+    if judge is not None and hasattr(judge, "aclose"):
+        import asyncio
+
+        asyncio.run(judge.aclose())
 
 
 def _print_result(res, html, js) -> None:

@@ -71,6 +71,50 @@ def _finite(x) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def _record_summary(rec, score: float | None) -> FeatureSummary:
+    """A feature record's row in the list (the feature page's header)."""
+    st = rec.stats
+    return FeatureSummary(
+        index=rec.id, label=rec.label.text if rec.label else None, score=_finite(score), frequency=_finite(st.freq),
+        n_fires=st.n_fires, max_act=_finite(st.max_act), mean_act=_finite(st.mean_act),
+        typical_max_act=_finite(st.typical_max_act), health=_health(st.flags), flags=list(st.flags),
+        level=rec.level, parent=rec.parent.parent_id if rec.parent else None,
+        recommended_strength=_finite(rec.recommended_strength),
+    )
+
+
+def _label_info(rec) -> LabelInfo | None:
+    if rec.label is None:
+        return None
+    p = rec.label.provenance
+    return LabelInfo(
+        text=rec.label.text, explanation=rec.label.explanation, created=rec.label.created_at,
+        judge_model=p.judge_model if p else None, judge_kind=p.judge_kind if p else None,
+        prompt_version=p.prompt_version if p else None, offline=bool(p and p.offline),
+    )
+
+
+def _histogram(rec) -> Histogram | None:
+    """The activation histogram up to its last non-empty bin; log scale when one bin dwarfs the median."""
+    counts = [int(c) for c in rec.histogram.counts]
+    while counts and counts[-1] == 0:  # the bins run past the max activation
+        counts.pop()
+    if not counts:
+        return None
+    edges = [float(e) for e in rec.histogram.edges[: len(counts) + 1]]
+    nonzero = sorted(c for c in counts if c > 0)
+    return Histogram(edges=edges, counts=counts, log_scale=max(counts) > 30 * nonzero[len(nonzero) // 2])
+
+
+def _logit_effects(rec) -> LogitEffects | None:
+    if rec.logits is None:
+        return None
+    return LogitEffects(
+        positive=[TokenEffect(token=t.token, token_id=t.token_id, value=float(t.value)) for t in rec.logits.promoted],
+        negative=[TokenEffect(token=t.token, token_id=t.token_id, value=float(t.value)) for t in rec.logits.suppressed],
+    )
+
+
 class StoreCatalog:
     """Read side of one feature store for the web app (see `sources.Catalog`)."""
 
@@ -262,51 +306,22 @@ class StoreCatalog:
         st = rec.stats
         ref = _finite(st.max_act) or 0.0
         score = next((float(s.value) for s in rec.scores if s.method == self.score_method), None)
-        summary = FeatureSummary(
-            index=rec.id, label=rec.label.text if rec.label else None, score=_finite(score), frequency=_finite(st.freq),
-            n_fires=st.n_fires, max_act=_finite(st.max_act), mean_act=_finite(st.mean_act),
-            typical_max_act=_finite(st.typical_max_act), health=_health(st.flags), flags=list(st.flags),
-            level=rec.level, parent=rec.parent.parent_id if rec.parent else None,
-            recommended_strength=_finite(rec.recommended_strength),
-        )
         family = [rec.parent.parent_id] if rec.parent else []
         family += [c.child_id for c in rec.children]
         labels = self.store.labels(family) if family else {}
-        label = None
-        if rec.label is not None:
-            p = rec.label.provenance
-            label = LabelInfo(
-                text=rec.label.text, explanation=rec.label.explanation, created=rec.label.created_at,
-                judge_model=p.judge_model if p else None, judge_kind=p.judge_kind if p else None,
-                prompt_version=p.prompt_version if p else None, offline=bool(p and p.offline),
-            )
         stats = {k: (_finite(v) if isinstance(v, float) else v) for k, v in vars(st).items() if k != "flags"}
-        hist = None
-        counts = [int(c) for c in rec.histogram.counts]
-        while counts and counts[-1] == 0:  # the bins run past the max activation
-            counts.pop()
-        if counts:
-            edges = [float(e) for e in rec.histogram.edges[: len(counts) + 1]]
-            nonzero = sorted(c for c in counts if c > 0)
-            hist = Histogram(edges=edges, counts=counts, log_scale=max(counts) > 30 * nonzero[len(nonzero) // 2])
-        logits = None
-        if rec.logits is not None:
-            logits = LogitEffects(
-                positive=[TokenEffect(token=t.token, token_id=t.token_id, value=float(t.value)) for t in rec.logits.promoted],
-                negative=[TokenEffect(token=t.token, token_id=t.token_id, value=float(t.value)) for t in rec.logits.suppressed],
-            )
         bos = self.store.meta.get("bos_id")
         return FeatureDetail(
             store=self.name,
-            summary=summary,
-            label=label,
+            summary=_record_summary(rec, score),
+            label=_label_info(rec),
             scores=[ScoreInfo(method=s.method, value=float(s.value), n_examples=s.n_examples, offline=s.offline,
                               created=s.created_at) for s in rec.scores],
             stats=stats,
-            histogram=hist,
+            histogram=_histogram(rec),
             top_examples=[self._example(e, ref, bos) for e in rec.top_examples],
             quantile_examples=[self._example(e, ref, bos) for e in rec.quantile_examples],
-            logit_effects=logits,
+            logit_effects=_logit_effects(rec),
             decoder_neighbours=[Neighbour(index=n.id, similarity=float(n.score), count=n.count, label=n.label)
                                 for n in rec.decoder_neighbours],
             coact_neighbours=[Neighbour(index=n.id, similarity=float(n.score), count=n.count, label=n.label)
