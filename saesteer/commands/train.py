@@ -246,10 +246,7 @@ def _prepare_data(run_cfg, data_cfg, text_cfg, coll=None, allow_model_mismatch: 
 
     Data parallel (`coll`): this rank's reader (rows r*B/W..(r+1)*B/W of every global batch of
     --batch-size rows); only rank 0 loads the model for the CE evaluation."""
-    from training.evaluate import ModelEval
-
     t = run_cfg.train
-    model = None
     rank, world = (coll.rank, coll.world_size) if coll is not None else (0, 1)
     if world > 1 and not data_cfg.cache:
         raise ValueError("training with several processes (torchrun) reads an activation cache: run `saesteer cache` "
@@ -258,60 +255,87 @@ def _prepare_data(run_cfg, data_cfg, text_cfg, coll=None, allow_model_mismatch: 
         raise ValueError(f"--batch-size {t.batch_size} is the global batch and must split evenly over the {world} "
                          f"ranks; use a multiple of {world}")
     if data_cfg.cache:
-        from training.reader import CacheReader
-        from training.sources import cache_provenance, contexts_from_cache
+        return _from_cache(run_cfg, data_cfg, rank, world, allow_model_mismatch)
+    return _from_model(run_cfg, data_cfg, text_cfg)
 
-        if world > 1 and data_cfg.dp_partition == "shards":  # this rank's own shards, its own stream
-            from training.manifest import read_manifest
-            from training.reader import rank_shards
 
-            mine = rank_shards([sh.rows for sh in read_manifest(data_cfg.cache).shards], rank, world)
-            reader = CacheReader(data_cfg.cache, t.batch_size // world, hook=data_cfg.hook, seed=t.seed, epochs=None,
-                                 buffer_rows=data_cfg.reader_buffer_rows, shards=mine, **_reader_dtype(t.device))
-        else:  # rows: rank r keeps rows [r*B/W, (r+1)*B/W) of each global batch of the one stream
-            reader = CacheReader(data_cfg.cache, t.batch_size // world, hook=data_cfg.hook, seed=t.seed, epochs=None,
-                                 buffer_rows=data_cfg.reader_buffer_rows, rank=rank, world_size=world,
-                                 **_reader_dtype(t.device))
-        man = reader.manifest
-        recorded = man.recorded_model()
-        if data_cfg.process_weights and recorded is not None and not recorded.processed:
-            raise ValueError(f"the cache {data_cfg.cache} was made with {recorded.id}'s raw weights, so --process-weights "
-                             f"does not apply; leave it out, or cache again with `saesteer cache --process-weights`")
-        prov = cache_provenance(man, data_cfg.cache, reader.hook)
-        prov["reader_buffer_rows"] = data_cfg.reader_buffer_rows  # with train.seed: which rows were held out
-        if world > 1:
-            prov.update(world_size=world, dp_partition=data_cfg.dp_partition)
-        if t.total_tokens + t.holdout_tokens > man.total_rows:
-            print(f"note: {t.total_tokens + t.holdout_tokens:,} tokens asked for, the cache holds {man.total_rows:,} rows: "
-                  f"the reader makes {(t.total_tokens + t.holdout_tokens) / max(1, man.total_rows):.1f} passes over it")
-        if data_cfg.model_eval and rank == 0:
-            model = _eval_model(data_cfg.model, man, data_cfg.cache, allow_model_mismatch)
-        if model is None:
-            return reader, None, prov
-        if prov.get("model_identity") is None and not allow_model_mismatch:  # a cache from an older version:
-            from saesteer.models import model_identity  # its id matched this model, whose record is complete
+def _cache_reader(data_cfg, t, rank: int, world: int):
+    """This rank's reader of the cache: its own shards (dp_partition shards), or its slice of every
+    global batch of the one stream (rows)."""
+    from training.reader import CacheReader
 
-            ident = model_identity(model)
-            prov.update(model_identity=ident.to_json(), model_name=ident.saelens_model_name)
-        from training.sources import text_config_from_manifest, text_documents_read
+    if world > 1 and data_cfg.dp_partition == "shards":  # this rank's own shards, its own stream
+        from training.manifest import read_manifest
+        from training.reader import rank_shards
 
-        n = run_cfg.eval.ce_contexts
-        held = _heldout(text_config_from_manifest(man), data_cfg, model.tokenizer, n, text_documents_read(man))
-        if held is None:
-            print("note: CE evaluation uses contexts from the cache's last shard, which is trained-on text; give "
-                  "held-out text with --eval-dataset PATH or --eval-split NAME")
-            tokens = contexts_from_cache(data_cfg.cache, n)
-            prov["ce_eval_data"] = {"cache": str(data_cfg.cache), "contexts": int(tokens.shape[0]), "trained_on": True}
-        else:
-            tokens, prov["ce_eval_data"] = held.tokens_NL, held.provenance()
-        keep = tuple(int(i) for i in man.settings.get("excluded_token_ids") or ())
-        return reader, ModelEval(model, reader.hook, tokens, keep), prov
+        mine = rank_shards([sh.rows for sh in read_manifest(data_cfg.cache).shards], rank, world)
+        return CacheReader(data_cfg.cache, t.batch_size // world, hook=data_cfg.hook, seed=t.seed, epochs=None,
+                           buffer_rows=data_cfg.reader_buffer_rows, shards=mine, **_reader_dtype(t.device))
+    # rows: rank r keeps rows [r*B/W, (r+1)*B/W) of each global batch of the one stream
+    return CacheReader(data_cfg.cache, t.batch_size // world, hook=data_cfg.hook, seed=t.seed, epochs=None,
+                       buffer_rows=data_cfg.reader_buffer_rows, rank=rank, world_size=world,
+                       **_reader_dtype(t.device))
 
-    # no cache: activations straight from the model (one pass over the text; resume replays it)
+
+def _from_cache(run_cfg, data_cfg, rank: int, world: int, allow_model_mismatch: bool):
+    """Batches from an activation cache; the CE evaluation with the cache's model (rank 0)."""
+    from training.sources import cache_provenance
+
+    t = run_cfg.train
+    reader = _cache_reader(data_cfg, t, rank, world)
+    man = reader.manifest
+    recorded = man.recorded_model()
+    if data_cfg.process_weights and recorded is not None and not recorded.processed:
+        raise ValueError(f"the cache {data_cfg.cache} was made with {recorded.id}'s raw weights, so --process-weights "
+                         f"does not apply; leave it out, or cache again with `saesteer cache --process-weights`")
+    prov = cache_provenance(man, data_cfg.cache, reader.hook)
+    prov["reader_buffer_rows"] = data_cfg.reader_buffer_rows  # with train.seed: which rows were held out
+    if world > 1:
+        prov.update(world_size=world, dp_partition=data_cfg.dp_partition)
+    if t.total_tokens + t.holdout_tokens > man.total_rows:
+        print(f"note: {t.total_tokens + t.holdout_tokens:,} tokens asked for, the cache holds {man.total_rows:,} rows: "
+              f"the reader makes {(t.total_tokens + t.holdout_tokens) / max(1, man.total_rows):.1f} passes over it")
+    model = None
+    if data_cfg.model_eval and rank == 0:
+        model = _eval_model(data_cfg.model, man, data_cfg.cache, allow_model_mismatch)
+    if model is None:
+        return reader, None, prov
+    return reader, _cache_model_eval(run_cfg, data_cfg, reader, model, prov, allow_model_mismatch), prov
+
+
+def _cache_model_eval(run_cfg, data_cfg, reader, model, prov: dict, allow_model_mismatch: bool):
+    """The CE evaluation of a cached run: held-out text when there is some (else the cache's last
+    shard, with a note); fills prov's model identity (older caches) and ce_eval_data."""
+    from training.evaluate import ModelEval
+    from training.sources import contexts_from_cache, text_config_from_manifest, text_documents_read
+
+    man = reader.manifest
+    if prov.get("model_identity") is None and not allow_model_mismatch:  # a cache from an older version:
+        from saesteer.models import model_identity  # its id matched this model, whose record is complete
+
+        ident = model_identity(model)
+        prov.update(model_identity=ident.to_json(), model_name=ident.saelens_model_name)
+    n = run_cfg.eval.ce_contexts
+    held = _heldout(text_config_from_manifest(man), data_cfg, model.tokenizer, n, text_documents_read(man))
+    if held is None:
+        print("note: CE evaluation uses contexts from the cache's last shard, which is trained-on text; give "
+              "held-out text with --eval-dataset PATH or --eval-split NAME")
+        tokens = contexts_from_cache(data_cfg.cache, n)
+        prov["ce_eval_data"] = {"cache": str(data_cfg.cache), "contexts": int(tokens.shape[0]), "trained_on": True}
+    else:
+        tokens, prov["ce_eval_data"] = held.tokens_NL, held.provenance()
+    keep = tuple(int(i) for i in man.settings.get("excluded_token_ids") or ())
+    return ModelEval(model, reader.hook, tokens, keep)
+
+
+def _from_model(run_cfg, data_cfg, text_cfg):
+    """No cache: activations straight from the model (one pass over the text; resume replays it)."""
     from saesteer.models import check_hook_names, load_model, model_identity, start_model_spec
+    from training.evaluate import ModelEval
     from training.live import model_batches
     from training.text import resolve_data
 
+    t = run_cfg.train
     model = load_model(start_model_spec(data_cfg.model, text_cfg.dataset), device=t.device,  # toy for toy text only
                        process_weights=data_cfg.process_weights)
     hook = data_cfg.hook or f"blocks.{model.cfg.n_layers // 2}.hook_resid_post"
