@@ -181,3 +181,17 @@ def test_every_step_method_trains(method: str) -> None:
         assert all(bool(torch.isfinite(t).all()) for t in m.sae.state_dict().values())
         assert int(m.since_fired_F.max()) <= 4 * 128
     assert bool((tr.members[1].sae.threshold > 0).all())
+
+
+def test_a_field_newer_than_the_checkpoint_counts_as_its_default() -> None:
+    """A run saved before train.init_from existed resumes (and the demo reuses it); a newer field
+    set to a non-default value, or a whole new SAE, still differs."""
+    saved = RunConfig(saes=[SAESpec("topk", k=8)]).to_dict()
+    del saved["train"]["init_from"], saved["saes"][0]["lr"]
+    assert config_differences(saved, RunConfig(saes=[SAESpec("topk", k=8)]).to_dict()) == []
+    changed = RunConfig(saes=[SAESpec("topk", k=8, lr=1e-3)], train=TrainConfig(init_from="/x/sae")).to_dict()
+    diffs = config_differences(saved, changed)
+    assert any(d.startswith("train.init_from: checkpoint '<absent>'") for d in diffs)
+    assert any(d.startswith("saes.0.lr:") for d in diffs)
+    two = RunConfig(saes=[SAESpec("topk", k=8), SAESpec("batchtopk")]).to_dict()
+    assert any(d.startswith("saes.1.") for d in config_differences(saved, two))

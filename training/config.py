@@ -443,16 +443,35 @@ def _resumable(path: str, allowed: tuple[str, ...]) -> bool:
 def config_differences(
     saved: dict[str, Any], current: dict[str, Any], allowed: tuple[str, ...] = RESUMABLE_FIELDS
 ) -> list[str]:
-    """'field: checkpoint X, now Y' for every differing field not in `allowed` (dotted paths)."""
+    """'field: checkpoint X, now Y' for every differing field not in `allowed` (dotted paths).
+
+    A field the checkpoint's section lacks (added in a later version, e.g. train.init_from) counts
+    as its default: a run saved before it existed ran with the behaviour the default keeps."""
     a, b = _flatten(saved), _flatten(current)
+    defaults = _flatten(RunConfig().to_dict())
     diffs = []
     for key in sorted(set(a) | set(b)):
         if _resumable(key, allowed):
             continue
         va, vb = a.get(key, "<absent>"), b.get(key, "<absent>")
+        if va == "<absent>" and _added_later(key, a, defaults) and vb == defaults[_first_item(key)]:
+            continue
         if va != vb:
             diffs.append(f"{key}: checkpoint {va!r}, now {vb!r}")
     return diffs
+
+
+def _first_item(key: str) -> str:
+    """saes.3.k -> saes.0.k: the default config's key for a field of any list item."""
+    parts = key.split(".")
+    return ".".join("0" if p.isdigit() else p for p in parts)
+
+
+def _added_later(key: str, saved: dict[str, Any], defaults: dict[str, Any]) -> bool:
+    """The saved config has the field's section (or list item) but not the field, and the field is
+    one the current config defines: a field newer than the checkpoint."""
+    parent = key.rsplit(".", 1)[0] + "."
+    return _first_item(key) in defaults and any(k.startswith(parent) for k in saved)
 
 
 def default_lr(d_sae: int) -> float:
