@@ -31,7 +31,7 @@ the judge, its backends or asyncio.
 
 from __future__ import annotations
 
-import importlib
+from saes.lazy import lazy_exports
 
 _LAZY = {
     "AnswerInvalid": "autointerp.judge",
@@ -69,9 +69,4 @@ _LAZY = {
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str):
-    mod = _LAZY.get(name)
-    if mod is None:
-        raise AttributeError(f"module 'autointerp' has no attribute {name!r}")
-    return getattr(importlib.import_module(mod), name)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -16,8 +16,7 @@ config module does not load torch. Importing `saes.step` registers the fast step
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from saes.lazy import lazy_exports
 
 _EXPORTS = {
     "SAE": "base", "Encoding": "base", "SAEOutput": "base",
@@ -41,20 +40,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        try:  # a submodule reached as an attribute (`saes.io`)
-            return importlib.import_module(f"saes.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"saes.{name}":
-                raise
-            raise AttributeError(f"module 'saes' has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(f"saes.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, submodules=True)

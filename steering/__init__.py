@@ -20,8 +20,7 @@ Names are imported lazily, so `import steering.config` (the CLI's flags) does no
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from saes.lazy import lazy_exports
 
 _EXPORTS = {
     # edits and limits
@@ -58,15 +57,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    mod = _EXPORTS.get(name)
-    if mod is None:
-        raise AttributeError(f"module 'steering' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"steering.{mod}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -6,7 +6,7 @@ Names are imported lazily so `import training` stays cheap (no torch until used)
 
 from __future__ import annotations
 
-import importlib
+from saes.lazy import lazy_exports
 
 # activation cache (issue 4)
 _LAZY = {
@@ -60,9 +60,4 @@ _LAZY = {
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str):
-    mod = _LAZY.get(name)
-    if mod is None:
-        raise AttributeError(f"module 'training' has no attribute {name!r}")
-    return getattr(importlib.import_module(mod), name)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

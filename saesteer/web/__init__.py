@@ -14,7 +14,7 @@ importing FastAPI or torch.
 
 from __future__ import annotations
 
-import importlib
+from saes.lazy import lazy_exports
 
 _LAZY = {
     "create_app": "saesteer.web.app",
@@ -31,9 +31,4 @@ _LAZY = {
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str):
-    mod = _LAZY.get(name)
-    if mod is None:
-        raise AttributeError(f"module 'saesteer.web' has no attribute {name!r}")
-    return getattr(importlib.import_module(mod), name)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
