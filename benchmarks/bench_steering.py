@@ -5,6 +5,7 @@
     python benchmarks/bench_steering.py toy --sae DIR [--store FILE] [--write]
     python benchmarks/bench_steering.py toy --work DIR --hook HOOK [--sae-arch A --sae-widths W,...] [--write]
     python benchmarks/bench_steering.py latents --sae DIR [--store FILE]
+    python benchmarks/bench_steering.py topk-read [--reps 5]
 
 speed: steered generation tokens/s beside unsteered (KV cache on, batch 8, 64 new tokens,
 sampling with a fixed seed, no early stop), for our hooks and for SAELens in the same run:
@@ -24,6 +25,12 @@ so two "same text" rows per architecture do an edit's work and leave the text as
 the busiest latent exactly at every token (the trigger of a conditional edit that never passes;
 an edit such as scale 1 would not do: edits that change nothing are skipped, nothing is read) and
 clamping a latent that never fires to 0.
+
+topk-read: what the TopK exact read costs, per call of one generation step's rows (8): the bound
+path (`TopKReader.__call__`: candidate bound, then the full encode for rows it leaves open) against
+the full path alone, process CPU time on the toy model's own activations of its greedy text and,
+for comparison, on random rows at wider shapes; and how many rows a steered generation sent to the
+full path (`TopKReader.full_rows`) with the busiest latent read at every token.
 
 toy: steering each toy-world topic (setting): find the topic's feature by contrast (topic
 documents vs other documents), pick the strength on development seeds (weakest strength that
@@ -664,6 +671,81 @@ def write_subsection(text: str, results: Path = RESULTS) -> None:
     atomic_write_bytes(results, out.encode())
 
 
+def topk_read(args) -> str:
+    """See the module docstring (topk-read)."""
+    from saes import create_sae
+    from steering import steer
+    from steering.interventions import TopKReader
+
+    torch.set_num_threads(args.threads)
+    model = load_model("toy")
+    hook = f"blocks.{model.cfg.n_layers // 2}.hook_resid_post"
+    tokens = model.to_tokens(PROMPTS[:8] * 2, padding_side="left")[:8]
+    with torch.no_grad():
+        text = model.generate(tokens, max_new_tokens=64, do_sample=False, stop_at_eos=False, use_past_kv_cache=True,
+                              padding_side="left", return_type="tokens", verbose=False)  # as `matrix` picks its latents
+        _, cache = model.run_with_cache(text, names_filter=hook)
+
+    def per_call_us(reader, steps) -> tuple[float, float]:
+        def best(fn):
+            runs = []
+            for _ in range(args.reps):
+                c0 = time.process_time()
+                for x in steps:
+                    fn(x)
+                runs.append(time.process_time() - c0)
+            return min(runs) / len(steps) * 1e6
+        u = (lambda x: x - reader.b_dec_D) if reader.b_dec_D is not None else (lambda x: x)
+        return best(reader), best(lambda x: reader.full(u(x)))
+
+    rows = ["| activations | d_in | d_sae | bound path us/call | full path us/call |", "|---|---|---|---|---|"]
+    sae = random_sae("topk", model.cfg.d_model, hook, seed=1)
+    X = cache[hook]
+    busy = int((sae.encode(X) > 0).sum((0, 1)).argmax())
+    with torch.no_grad():
+        r = TopKReader(sae, torch.tensor([busy]))
+        r.full(X.reshape(-1, X.shape[-1]) - sae.b_dec)  # the candidates learn from a first full pass
+        b, f = per_call_us(r, [X[:, t] for t in range(X.shape[1])])
+        rows.append(f"| toy model, its greedy text | {sae.cfg.d_in} | {sae.d_sae} | {b:.0f} | {f:.0f} |")
+        for D, F in ((256, 8192), (768, 24576)):
+            g = torch.Generator().manual_seed(1)
+            wide = create_sae("topk", D, F, k=32, generator=g)
+            R = torch.randn(264, 8, D, generator=g) + wide.b_dec
+            top = ((R.reshape(-1, D) - wide.b_dec) @ wide.W_enc + wide.b_enc).topk(32, -1).indices
+            r = TopKReader(wide, torch.tensor([int(top.flatten().bincount(minlength=F).argmax())]))
+            r.full(R[:64].reshape(-1, D) - wide.b_dec)
+            b, f = per_call_us(r, list(R[64:]))
+            rows.append(f"| random rows | {D} | {F} | {b:.0f} | {f:.0f} |")
+
+    readers: list = []
+    init = TopKReader.__init__
+
+    def counting_init(self, *a, **kw):
+        init(self, *a, **kw)
+        readers.append(self)
+
+    quiet = int((X @ sae.W_enc + sae.b_enc).amax((0, 1)).argmin())
+    TopKReader.__init__ = counting_init
+    try:
+        with steer(model, sae, [f"{quiet}:add=8?{busy}>1000000"]):  # reads the busiest latent, changes nothing
+            torch.manual_seed(0)
+            model.generate(tokens, max_new_tokens=64, do_sample=True, stop_at_eos=False, use_past_kv_cache=True,
+                           padding_side="left", return_type="tokens", verbose=False)
+    finally:
+        TopKReader.__init__ = init
+    full = sum(x.full_rows for x in readers)
+    total = full + sum(x.bound_hits for x in readers)
+    return "\n".join([
+        "### TopK exact read: bound path vs full path", "",
+        f"{time.strftime('%Y-%m-%d')}; {os.cpu_count()} CPU cores, torch {torch.__version__}, {args.threads} "
+        f"thread(s); load average {load_average()}. Process CPU time per call on 8 rows (one "
+        f"generation step of batch 8), best of {args.reps} passes. `python benchmarks/bench_steering.py topk-read "
+        f"--reps {args.reps}`", "", *rows, "",
+        f"A steered generation (toy model, batch 8, 64 new tokens) reading the busiest latent {busy} at every "
+        f"token: {full} of {total} rows went to the full path.",
+    ])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="what", required=True)
@@ -726,6 +808,9 @@ def main(argv=None) -> int:
     t.add_argument("--test-seed", type=int, default=3)
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--write", action="store_true")
+    tr = sub.add_parser("topk-read", help="what the TopK exact read costs: bound path vs full path, rows it cannot settle")
+    tr.add_argument("--reps", type=int, default=5)
+    tr.add_argument("--threads", type=int, default=1)
     la = sub.add_parser("latents", help="how topic-like an SAE's latents are (lexical F1, document F1, cosine to diff of means)")
     la.add_argument("--sae", required=True)
     la.add_argument("--store", default=None)
@@ -736,6 +821,9 @@ def main(argv=None) -> int:
     print(f"{platform.node()} load {load_average()}", file=sys.stderr)
     if args.what == "latents":
         print(latents(args))
+        return 0
+    if args.what == "topk-read":
+        print(topk_read(args))
         return 0
     text = {"speed": speed, "matrix": matrix, "toy": toy}[args.what](args)
     print(text)
