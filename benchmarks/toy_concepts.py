@@ -145,7 +145,7 @@ class Scored:
     best: dict  # concept -> ConceptMatch
     dead: int
     dense: int
-    concepts_of_latent: dict = field(default_factory=dict)
+    fits: dict = field(default_factory=dict)  # concept -> (the concept its best latent fits best, that F1)
 
 
 def score_one(spec: ToySAE, record: dict, cache_val: Path, work: Path, names: list[str], min_positives: int) -> Scored:
@@ -159,8 +159,13 @@ def score_one(spec: ToySAE, record: dict, cache_val: Path, work: Path, names: li
     scores = concept_f1_over_source(sae, source, lambda ids: toyworld.concept_masks(ids, names), names)
     best = {m.concept: m for m in scores.best_per_concept(min_positives=min_positives)}
     freq = scores.fires_F.double() / scores.n_rows
+    f1_FC = scores.f1_FC()
+    fits = {}
+    for c, m in best.items():
+        j = int(torch.argmax(f1_FC[m.feature_id]))
+        fits[c] = (names[j], float(f1_FC[m.feature_id, j]))
     (work / "runs" / spec.slug / "concepts.json").write_text(json.dumps([m.__dict__ for m in best.values()], indent=1))
-    return Scored(spec, record, best, int((scores.fires_F == 0).sum()), int((freq > 0.1).sum()))
+    return Scored(spec, record, best, int((scores.fires_F == 0).sum()), int((freq > 0.1).sum()), fits)
 
 
 def activation_rows(cache: Path, hook: str, names: list[str], max_rows: int | None, seed: int = 0):
@@ -242,4 +247,4 @@ def why_failed(match, ceiling_f1: float | None) -> str:
         return "absorbed"  # the best latent fires on a superset: a broader concept's latent
     if match.recall < 0.5 <= match.precision:
         return "split"  # the best latent fires on a part of it: the concept is spread over latents
-    return "mixed"
+    return "near miss" if match.precision >= 0.5 else "no match"

@@ -58,20 +58,25 @@ def toy_section(scored: list[Scored], ceilings: dict, *, command: str, load: tup
         fl.append(f"| {fam} | {len(cs)} | " + " | ".join(cells) + " |")
 
     layer_ceiling = ceil.get(best.spec.layer, {})
-    reasons = {"not linear": [], "absorbed": [], "split": [], "mixed": []}
+    reasons = {"not linear": [], "absorbed": [], "split": [], "near miss": [], "no match": []}
     for c, m in best.best.items():
         if m.f1 < F1_GOAL:
             reasons[why_failed(m, layer_ceiling.get(c))].append(c)
-    why = ["| reason | concepts | examples (best latent: precision / recall) |", "|---|---|---|"]
+    why = ["| reason | concepts | examples (best latent: precision / recall; the concept that latent fits best, F1) |",
+           "|---|---|---|"]
     explain = {
         "not linear": f"the linear ceiling at L{best.spec.layer} is under {F1_GOAL}: no single direction detects it",
         "absorbed": "its best latent fires on a superset (precision < 0.5 <= recall): a broader concept's latent",
         "split": "its best latent covers a part of it (recall < 0.5 <= precision): spread over several latents",
-        "mixed": "precision and recall both under 0.5, or both over it with F1 under the goal",
+        "near miss": "precision and recall both >= 0.5, F1 under the goal",
+        "no match": "precision and recall both under 0.5",
     }
     for r, cs in reasons.items():
-        ex = ", ".join(f"`{c}` {best.best[c].precision:.2f} / {best.best[c].recall:.2f}" for c in cs[:5])
-        why.append(f"| {r}: {explain[r]} | {len(cs)} | {ex} |")
+        ex = ", ".join(f"`{c}` {best.best[c].precision:.2f} / {best.best[c].recall:.2f}"
+                       + (f" (`{best.fits[c][0]}` {best.fits[c][1]:.2f})" if best.fits[c][0] != c else "") for c in cs[:5])
+        by_family = {f: sum(c in cs for c in members) for f, members in fams.items()}
+        where = ", ".join(f"{f.split(' (')[0]} {n}" for f, n in by_family.items() if n)
+        why.append(f"| {r}: {explain[r]} | {len(cs)}{f' ({where})' if where else ''} | {ex} |")
 
     diffs = sorted(concepts, key=lambda c: -(best.best[c].f1 - base.best[c].f1))[:8]
     dl = [f"| concept | first row: latent, F1 | best: latent, F1 | ceiling L{best.spec.layer} |", "|---|---|---|---|"]
