@@ -134,8 +134,19 @@ Pass state: {res.state_bytes / 2**20:.0f} MiB, independent of the number of toke
 
 # ---------------------------------------------------------------------------------------------
 DEFAULT_TOY_SAES = (
-    # the SAEs of the first version of this table (width-rule LR, hook blocks.2)
+    # the first version of this table: TopK and Matryoshka at blocks.2, width-rule LR, 8M tokens
     "arch=topk", "arch=matryoshka",
+    # one change at a time from there (defaults: d_sae 1024, k 16, 8M tokens)
+    "lr=2e-3", "layer=1,lr=2e-3", "layer=0,lr=2e-3", "layer=1", "layer=1,lr=5e-4",
+    "layer=1,lr=2e-3,tokens=2M", "layer=1,lr=2e-3,tokens=32M",
+    "layer=1,lr=2e-3,k=8,tokens=2M", "layer=1,lr=2e-3,k=32,tokens=2M", "layer=1,lr=2e-3,k=64,tokens=2M",
+    "layer=1,lr=2e-3,d_sae=4096,tokens=2M",
+    "layer=1,lr=2e-3,k=8",
+    "layer=1,lr=2e-3,arch=batchtopk", "layer=1,lr=2e-3,arch=batchtopk,k=8", "layer=1,lr=2e-3,arch=batchtopk,k=4",
+    "layer=1,lr=2e-3,arch=batchtopk,k=8,d_sae=2048", "layer=0,lr=2e-3,arch=batchtopk,k=8",
+    "layer=2,lr=2e-3,arch=batchtopk,k=8", "layer=1,lr=2e-3,arch=batchtopk,tokens=32M",
+    "layer=1,lr=2e-3,arch=matryoshka", "layer=1,lr=2e-3,arch=matryoshka,widths=32/128/1024",
+    "layer=1,lr=2e-3,arch=matryoshka,widths=16/64/256/1024",
 )
 
 
@@ -167,7 +178,7 @@ def toy(args) -> None:
               f"mean {statistics.fmean(f1):.3f}; trained in {record['cpu_s']:.0f} CPU s", flush=True)
     ceilings = {} if args.no_ceiling else {
         layer: ceiling_for_layer(layer, caches, work, names, args.ceiling_rows, args.min_positives) for layer in layers}
-    command = "python benchmarks/bench_features.py toy " + " ".join(f"--sae {s}" for s in (args.sae or []))
+    command = "python benchmarks/bench_features.py toy" + "".join(f" --sae {s}" for s in (args.sae or []))
     text = toy_section(scored, ceilings, command=command.strip(), load=(load0, load_average()),
                        threads=torch.get_num_threads(), cache_rows=args.train_tokens, eval_rows=_rows(caches["validation"]))
     if args.write:
@@ -255,7 +266,7 @@ def main() -> None:
     ap.add_argument("--layer", type=int, default=2, help="toy: default of --sae layer= (hook blocks.<layer>.hook_resid_post)")
     ap.add_argument("--sae", action="append", metavar="KEY=VALUE,...",
                     help="toy: one SAE setting, e.g. arch=batchtopk,d_sae=2048,k=8,lr=2e-3,layer=1,tokens=32M,widths=64/256/2048 "
-                         "(repeatable; keys not given take the defaults above; default: the first version's TopK and Matryoshka)")
+                         "(repeatable; keys not given take the defaults above; default: the sweep in DEFAULT_TOY_SAES)")
     ap.add_argument("--ceiling-layers", type=int, nargs="*", help="toy: more layers to give the linear ceiling of")
     ap.add_argument("--ceiling-rows", type=int, default=40_000, help="toy: train rows the ceiling's probes are fitted on")
     ap.add_argument("--no-ceiling", action="store_true", help="toy: skip the linear ceiling")

@@ -145,6 +145,7 @@ class Scored:
     best: dict  # concept -> ConceptMatch
     dead: int
     dense: int
+    latent: dict = field(default_factory=dict)  # concept -> its best latent
     fits: dict = field(default_factory=dict)  # concept -> (the concept its best latent fits best, that F1)
 
 
@@ -160,12 +161,13 @@ def score_one(spec: ToySAE, record: dict, cache_val: Path, work: Path, names: li
     best = {m.concept: m for m in scores.best_per_concept(min_positives=min_positives)}
     freq = scores.fires_F.double() / scores.n_rows
     f1_FC = scores.f1_FC()
-    fits = {}
-    for c, m in best.items():
-        j = int(torch.argmax(f1_FC[m.feature_id]))
-        fits[c] = (names[j], float(f1_FC[m.feature_id, j]))
+    latent, fits = {}, {}
+    for c in best:
+        latent[c] = f = int(torch.argsort(-f1_FC[:, names.index(c)], stable=True)[0])  # as ConceptScores.top
+        j = int(torch.argmax(f1_FC[f]))
+        fits[c] = (names[j], float(f1_FC[f, j]))
     (work / "runs" / spec.slug / "concepts.json").write_text(json.dumps([m.__dict__ for m in best.values()], indent=1))
-    return Scored(spec, record, best, int((scores.fires_F == 0).sum()), int((freq > 0.1).sum()), fits)
+    return Scored(spec, record, best, int((scores.fires_F == 0).sum()), int((freq > 0.1).sum()), latent, fits)
 
 
 def activation_rows(cache: Path, hook: str, names: list[str], max_rows: int | None, seed: int = 0):

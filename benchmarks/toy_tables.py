@@ -80,7 +80,7 @@ def toy_section(scored: list[Scored], ceilings: dict, *, command: str, load: tup
 
     diffs = sorted(concepts, key=lambda c: -(best.best[c].f1 - base.best[c].f1))[:8]
     dl = [f"| concept | first row: latent, F1 | best: latent, F1 | ceiling L{best.spec.layer} |", "|---|---|---|---|"]
-    dl += [f"| {c} | {base.best[c].feature_id}, {base.best[c].f1:.3f} | {best.best[c].feature_id}, {best.best[c].f1:.3f} | "
+    dl += [f"| {c} | {base.latent[c]}, {base.best[c].f1:.3f} | {best.latent[c]}, {best.best[c].f1:.3f} | "
            f"{layer_ceiling.get(c, float('nan')):.3f} |" for c in diffs]
     fit_rows = next(iter(ceilings.values()))["fit_rows"] if ceilings else 0
     return f"""### Toy world: best single latent per ground-truth concept
