@@ -244,7 +244,7 @@ def share(values: list[float]) -> float:
 def why_failed(match, ceiling_f1: float | None) -> str:
     """Why a concept's best latent stays under the goal, from its precision and recall."""
     if ceiling_f1 is not None and ceiling_f1 < F1_GOAL:
-        return "not linear"
+        return "low ceiling"
     if match.precision < 0.5 <= match.recall:
         return "absorbed"  # the best latent fires on a superset: a broader concept's latent
     if match.recall < 0.5 <= match.precision:

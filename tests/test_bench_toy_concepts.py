@@ -44,7 +44,7 @@ def _m(p, r):
 
 
 def test_why_failed_reads_precision_recall_and_the_ceiling():
-    assert why_failed(_m(0.9, 0.9), ceiling_f1=0.5) == "not linear"
+    assert why_failed(_m(0.9, 0.9), ceiling_f1=0.5) == "low ceiling"
     assert why_failed(_m(0.1, 0.9), ceiling_f1=0.95) == "absorbed"
     assert why_failed(_m(0.9, 0.2), ceiling_f1=None) == "split"
     assert why_failed(_m(0.6, 0.7), ceiling_f1=0.9) == "near miss"
