@@ -177,6 +177,9 @@ class BatchEditor:
     """
 
     def __init__(self, sae: SAE, sae_name: str, rows: Sequence[RowSteering | None], layouts: Sequence[RowLayout]) -> None:
+        if sae.is_transcoder:  # its edits land on another hook than the one its latents are read at
+            raise SteeringError(f"{sae_name!r} is a transcoder: the batched engine (API, web playground) steers SAEs "
+                                f"only; steer a transcoder with `saesteer steer` or steering.steer()")
         self.sae_name = sae_name
         self.B = len(rows)
         dev, dt = sae.W_dec.device, sae.W_dec.dtype

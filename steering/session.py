@@ -7,6 +7,10 @@ Shape key: B batch, S positions, D width at the hook (heads flattened), N select
         out = model.generate("the ship", max_new_tokens=20)      # TransformerLens, KV cache on
         res = s.generate(["the ship", "a tree"], GenerationConfig(max_new_tokens=20, seed=1))
 
+A transcoder's latent edits read its latents at its input hook (`metadata.hook_name`), captured in
+the same forward pass, and add (edited - original latent) x decoder row to its target hook's output
+(`metadata.hook_name_out`); the input hook's activation itself is left as it is.
+
 Everything is checked before a hook is attached (unknown SAE or hook, feature out of range,
 non-finite or absurd strengths); hooks are added with TransformerLens's `model.hooks(...)` plus a
 forward pre-hook per block involved (to read the KV-cache length and attention mask), and all of
@@ -49,13 +53,14 @@ class ResolvedEdit:
 
     edit: Edit
     sae_name: str | None
-    hook_name: str
+    hook_name: str  # where the edit lands (a transcoder: its target hook)
     feature: int | None  # None for vector edits
     op: str
     value: float  # raw units (add/clamp), factor (scale), 0 (ablate), strength (vector)
     positions: Positions
     typical_max: float | None = None
     trigger: tuple[int, float] | None = None  # (trigger latent, raw threshold) of a conditional edit
+    reads_hook: str | None = None  # a transcoder's input hook, where its latents are read
 
     def describe(self) -> str:
         return self.edit.describe()
@@ -65,7 +70,7 @@ class ConstantEditor:
     """Adds one fixed vector to every selected row (steering vectors, add-only latent edits)."""
 
     def __init__(self, vector_D: Tensor) -> None:
-        self.d_in = int(vector_D.numel())
+        self.d_in = self.d_out = int(vector_D.numel())
         self.const_D = vector_D.detach().reshape(-1)
         self._cache: dict[tuple[torch.dtype, torch.device], Tensor] = {}
 
@@ -83,11 +88,35 @@ class ConstantEditor:
         return x_ND + self.constant(x_ND.dtype, x_ND.device)
 
 
+class _Capture:
+    """A forward hook that keeps its hook's activation of the current forward pass (a
+    transcoder's input, read at its target hook) and changes nothing."""
+
+    def __init__(self, hook_name: str) -> None:
+        self.hook_name = hook_name
+        self.value: Tensor | None = None
+
+    def __repr__(self) -> str:
+        return f"steering-capture<{self.hook_name}>"
+
+    def __call__(self, x: Tensor, hook: Any = None) -> None:
+        self.value = x
+
+    def rows(self, B: int, S: int) -> Tensor:
+        """The captured activation as [B * S, width] rows, for a forward pass of B x S positions."""
+        v = self.value
+        if v is None or tuple(v.shape[:2]) != (B, S):
+            raise SteeringError(f"the transcoder input at {self.hook_name} was not captured in this forward pass "
+                                f"(got {None if v is None else tuple(v.shape)}, expected [{B}, {S}, ...])")
+        return v.reshape(B * S, -1)
+
+
 @dataclass
 class _Contribution:
     positions: Positions
     editor: LatentEditor | ConstantEditor
     label: str
+    reads: _Capture | None = None  # a transcoder's input hook: latents are read there, not at this hook
 
 
 class _HookFn:
@@ -97,7 +126,7 @@ class _HookFn:
         self.hook_name = hook_name
         self.tracker = tracker
         self.contribs = contribs
-        self.d_in = contribs[0].editor.d_in
+        self.d_in = contribs[0].editor.d_out  # the width written here
         self.calls = 0
 
     def __repr__(self) -> str:
@@ -122,20 +151,21 @@ class _HookFn:
             sel = FULL if tracker is None else tracker.select(c.positions)
             if sel is None:
                 continue
+            read_NR = x_ND if c.reads is None else c.reads.rows(B, S).to(x.device)  # where the latents are read
             if sel is FULL:
                 if out_ND is None:
-                    out_ND = c.editor.apply(x_ND)
+                    out_ND = c.editor.apply(x_ND) if c.reads is None else x_ND + c.editor.delta(read_NR).to(x.dtype)
                 else:
-                    out_ND = out_ND + c.editor.delta(x_ND)
+                    out_ND = out_ND + c.editor.delta(read_NR)
                 continue
             if out_ND is None:
                 out_ND = x_ND.clone()
             if isinstance(sel, tuple):
                 lo, hi = sel
-                rows_ND = x[:, lo:hi].reshape(-1, D)
-                out_ND.view(B, S, D)[:, lo:hi] += c.editor.delta(rows_ND).view(B, hi - lo, D)
+                rows_NR = read_NR.view(B, S, -1)[:, lo:hi].reshape(B * (hi - lo), -1)
+                out_ND.view(B, S, D)[:, lo:hi] += c.editor.delta(rows_NR).view(B, hi - lo, D)
             else:
-                out_ND.index_add_(0, sel, c.editor.delta(x_ND.index_select(0, sel)))
+                out_ND.index_add_(0, sel, c.editor.delta(read_NR.index_select(0, sel)))
         return None if out_ND is None else out_ND.view(shape)
 
 
@@ -313,6 +343,9 @@ def _resolve_feature_edit(model: Model, sae_map: Mapping[str, SAE], e: FeatureEd
             f"SAE {name!r} reads d_in={sae.d_in} but {hook} of this model has width {width}; "
             f"the SAE belongs to another model or hook point"
         )
+    reads = None
+    if sae.is_transcoder:  # the edit lands on the target hook; the latents are read at `hook`
+        reads, hook = hook, transcoder_target_hook(model, sae, name)
     key = (name, e.feature)
     if key in seen:
         raise SteeringError(
@@ -323,7 +356,23 @@ def _resolve_feature_edit(model: Model, sae_map: Mapping[str, SAE], e: FeatureEd
     tmax = lookup_typical_max(provider, e.feature)
     value = raw_value(e, tmax, limits, name)
     trigger = None if e.when is None else (e.when.feature, trigger_threshold(e, sae, provider, name))
-    return ResolvedEdit(e, name, hook, e.feature, e.op, value, e.positions, tmax, trigger)
+    return ResolvedEdit(e, name, hook, e.feature, e.op, value, e.positions, tmax, trigger, reads)
+
+
+def transcoder_target_hook(model: Model, sae: SAE, name: str) -> str:
+    """The hook a transcoder's edits land on (`metadata.hook_name_out`), its pair checked on `model`."""
+    from saes.hookpoints import HookPairError, check_transcoder_hooks
+
+    target = (sae.cfg.metadata or {}).get("hook_name_out")
+    if not target:
+        raise SteeringError(f"transcoder {name!r} does not record the hook it predicts; set "
+                            f"sae.cfg.metadata['hook_name_out'] (e.g. 'blocks.1.hook_mlp_out')")
+    try:
+        check_transcoder_hooks(model, sae_hook_name(sae, name), str(target), f"transcoder {name!r}",
+                               d_in=sae.d_in, d_out=sae.d_out)
+    except HookPairError as e:
+        raise SteeringError(e.message) from None
+    return str(target)
 
 
 def _check_positions(model: Model, r: ResolvedEdit, chat_positions: bool) -> None:
@@ -366,10 +415,12 @@ class SteeringPlan:
     edits: list[ResolvedEdit]
     hook_fns: dict[str, _HookFn]
     trackers: dict[int, SequenceTracker] = field(default_factory=dict)
+    captures: dict[str, _Capture] = field(default_factory=dict)  # transcoder inputs, by hook
 
     @property
-    def fwd_hooks(self) -> list[tuple[str, _HookFn]]:
-        return list(self.hook_fns.items())
+    def fwd_hooks(self) -> list[tuple[str, _HookFn | _Capture]]:
+        # captures after the edits at their hook: a transcoder reads what flows on from there
+        return list(self.hook_fns.items()) + list(self.captures.items())
 
 
 def build_plan(model: Model, saes: SAEs, edits: Sequence[Edit | str | Preset], *, typical_max: TypicalMaxArg = None,
@@ -381,6 +432,7 @@ def build_plan(model: Model, saes: SAEs, edits: Sequence[Edit | str | Preset], *
     # group latent edits by (hook, SAE, positions); vector edits stand alone
     groups: dict[tuple[str, str, Positions], list[ResolvedEdit]] = {}
     per_hook: dict[str, list[_Contribution]] = {}
+    captures: dict[str, _Capture] = {}
     for r in resolved:
         if r.feature is None:
             e = r.edit
@@ -402,17 +454,19 @@ def build_plan(model: Model, saes: SAEs, edits: Sequence[Edit | str | Preset], *
         editor = LatentEditor(sae, [r.feature for r in rs], [c[0] for c in coefs], [c[1] for c in coefs],  # type: ignore[misc]
                               triggers=triggers)
         label = ",".join(r.describe() for r in rs)
-        per_hook.setdefault(hook, []).append(_Contribution(positions, editor, label))
+        reads = rs[0].reads_hook
+        capture = captures.setdefault(reads, _Capture(reads)) if reads is not None else None
+        per_hook.setdefault(hook, []).append(_Contribution(positions, editor, label, capture))
     trackers: dict[int, SequenceTracker] = {}
     hook_fns: dict[str, _HookFn] = {}
     for hook, contribs in per_hook.items():
-        widths = {c.editor.d_in for c in contribs}
+        widths = {c.editor.d_out for c in contribs}
         if len(widths) > 1:
             raise SteeringError(f"edits at hook {hook} expect different widths {sorted(widths)}; check the SAEs' hooks")
         block = _tracked_block(model, hook)  # tracked even for "all": pad tokens are never edited
         tracker = None if block is None else trackers.setdefault(block, SequenceTracker())
         hook_fns[hook] = _HookFn(hook, tracker, contribs)
-    return SteeringPlan(resolved, hook_fns, trackers)
+    return SteeringPlan(resolved, hook_fns, trackers, captures)
 
 
 # ---------------------------------------------------------------------------------- session
