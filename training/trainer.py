@@ -288,6 +288,11 @@ class Trainer:
     def is_transcoder(self) -> bool:
         return self.d_out is not None
 
+    @property
+    def output_scale(self) -> float:
+        """The scale of what the SAEs reconstruct: a transcoder's target scale, else the input's."""
+        return self.target_scale if self.is_transcoder else self.scale
+
     @torch.no_grad()
     def initialize(self, holdout_BD: Tensor, holdout_targets: Tensor | None = None) -> None:
         """Activation scale(s), b_dec and the encoder's initial scale from the held-out rows (a fresh
@@ -368,19 +373,19 @@ class Trainer:
         out = {}
         for m in self.members:
             r = evaluate_activations(m.sae, holdout_BD, scale=self.scale, dense_threshold=self.config.eval.dense_threshold,
-                                     targets=holdout_targets, target_scale=self.target_scale)
+                                     targets=holdout_targets, target_scale=self.output_scale)
             r["dead_fraction"] = self.dead_fraction(m)
             r["dead_window_tokens"] = self.dead_window
             if model_eval is not None:
-                r.update(model_eval.run(sae_reconstructor(m.sae, self.scale, self.target_scale), self.config.eval).to_dict())
+                r.update(model_eval.run(sae_reconstructor(m.sae, self.scale, self.output_scale), self.config.eval).to_dict())
             out[m.name] = r
         return out
 
     def folded_sae(self, m: Member) -> SAE:
         """A copy of the SAE with the activation scale folded in (reads raw activations)."""
         sae = copy.deepcopy(m.sae)
-        if self.scale != 1.0 or self.target_scale != 1.0:
-            sae.fold_activation_scale_(self.scale, self.target_scale)
+        if self.scale != 1.0 or self.output_scale != 1.0:
+            sae.fold_activation_scale_(self.scale, self.output_scale)
         return sae
 
     # -- checkpoints ------------------------------------------------------------------------------
