@@ -5,6 +5,7 @@ splices the prediction in place of the MLP; bad hook pairs are refused in one li
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -74,7 +75,9 @@ class Stop(Exception):
 
 def test_train_resume_save_and_splice(model, cache, tmp_path):
     prov = {"hook_name": H_IN, "hook_name_out": H_OUT}
-    straight = train(run_config(), reader(cache), tmp_path / "a", provenance=prov, model_eval=model_eval(model, cache))
+    seen = []
+    straight = train(run_config(), reader(cache), tmp_path / "a", provenance=prov, model_eval=model_eval(model, cache),
+                     on_step=seen.append)
     names = [s.name for s in run_config().saes]
     assert names[1].endswith("_skip")
     metrics = straight.metrics["saes"]
@@ -91,7 +94,12 @@ def test_train_resume_save_and_splice(model, cache, tmp_path):
     x, y = (torch.cat(t) for t in zip(*[(b.acts, b.targets) for b in (next(it), next(it))]))
     with torch.no_grad():
         fvu = float((sae(x).recon - y).pow(2).sum() / (y - y.mean(0)).pow(2).sum())
-    assert 1 - fvu == pytest.approx(metrics[names[1]]["explained_variance"], abs=1e-4)  # raw in, raw out
+    assert 1 - fvu == pytest.approx(metrics[names[1]]["explained_variance"], abs=1e-4)
+    trainer = seen[-1]  # raw in, raw out: saved(x) == trained(s_in x) / s_out, W_skip scaled by s_in / s_out
+    assert abs(math.log(trainer.target_scale / trainer.scale)) > 0.1
+    with torch.no_grad():
+        want = trainer.members[1].sae(x * trainer.scale).recon / trainer.target_scale
+        torch.testing.assert_close(sae(x).recon, want, rtol=1e-4, atol=1e-4)
 
     # killed after its step-8 checkpoint, then resumed: the same weights bit for bit
     def stop_at(trainer):
@@ -167,3 +175,20 @@ def test_bad_hook_pairs_are_refused_in_one_line(model):
         with pytest.raises(err, match=text) as e:
             check_transcoder_hooks(model, hin, hout, **kw)
         assert "\n" not in str(e.value)
+
+
+def test_an_sae_run_still_folds_its_own_scale(cache, tmp_path):
+    """Beside transcoders, a plain SAE run (no target) saves an SAE that reads and reconstructs raw
+    activations: saved(x) == trained(scale * x) / scale, the input scale folded into both sides."""
+    cfg = run_config(every=0)
+    cfg.saes = [SAESpec("topk", d_sae=64, k=4)]
+    cfg.eval.ce_contexts = 0
+    seen = []
+    res = train(cfg, CacheReader(cache, B, hook=H_OUT, seed=1, epochs=None, buffer_rows=400), tmp_path / "s",
+                on_step=seen.append)
+    trainer, saved = seen[-1], res.saes["topk_k4_f64"]
+    assert not saved.is_transcoder and abs(math.log(trainer.scale)) > 0.15  # 1.25 measured: a missing fold shows
+    x = next(iter(CacheReader(cache, B, hook=H_OUT, seed=1)))[0]
+    with torch.no_grad():
+        want = trainer.members[0].sae(x * trainer.scale).recon / trainer.scale
+        torch.testing.assert_close(saved(x).recon, want, rtol=1e-4, atol=1e-4)
