@@ -77,3 +77,24 @@ def test_a_cache_without_the_pair_is_refused(trained: Path, tmp_path: Path, caps
                  "--target-hook", "blocks.2.hook_mlp_out", *TRAIN])
     err = capsys.readouterr().err
     assert code == 2 and "blocks.2.hook_mlp_out" in err and H_IN in err and "--hooks" in err
+
+
+def test_steer_cli_generates_with_a_transcoder_edit(trained: Path, capsys) -> None:
+    """`saesteer steer` on a trained transcoder: KV-cached generation with the edit at the MLP output."""
+    folder = trained / "run" / "saes" / "batchtopk_k4_f64_skip"
+    capsys.readouterr()
+    with torch_threads(1):
+        code = main(["steer", "--sae", str(folder), "--prompt", "the sailor", "--feature", "3:add=40",
+                     "--max-new-tokens", "6", "--seed", "0"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "steering: 3:add=40" in out.out
+    # the same through the Python API: the steered continuation differs from the unsteered one
+    import saes
+    from saesteer.models import load_model
+    from steering.comparison import compare
+
+    with torch_threads(1):
+        res = compare(load_model("toy", device="cpu"), saes.load_sae(folder), ["3:add=40"], ["the sailor"],
+                      max_new_tokens=6, seed=0)
+    assert res.steered != res.unsteered
