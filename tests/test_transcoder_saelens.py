@@ -101,3 +101,39 @@ def test_a_transcoder_config_without_d_out_is_refused(tmp_path):
     (tmp_path / "t" / "cfg.json").write_text(json.dumps(cfg))
     with pytest.raises(saes.SAEFormatError, match="d_out"):
         saes.load_sae(tmp_path / "t")
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+def test_sae_lens_splices_our_transcoder_as_we_do(tmp_path):
+    """HookedSAETransformer.run_with_saes with our saved (non-skip) BatchTopK transcoder gives the logits of
+    our own splice (input captured at hook_name, prediction in place of hook_name_out). SAELens's
+    splice calls encode + decode, which leaves out a skip transcoder's W_skip x: only ours includes it."""
+    from sae_lens import HookedSAETransformer
+
+    from helpers.threads import torch_threads
+    from helpers.tiny_model import make_model, make_tokenizer
+
+    with torch_threads(1):
+        model = make_model(make_tokenizer(), d_model=16, n_layers=1, n_ctx=16, seed=0)
+        hooked = HookedSAETransformer(model.cfg, tokenizer=model.tokenizer)
+        hooked.load_state_dict(model.state_dict())
+        hooked.eval()
+        g = torch.Generator().manual_seed(1)
+        sae = saes.create_sae("batchtopk", 16, 48, k=4, generator=g, d_out=16, apply_b_dec_to_input=False,
+                              metadata=dict(META))
+        with torch.no_grad():
+            sae.b_enc.normal_(0, 0.2, generator=g)
+            sae.threshold.uniform_(0.0, 0.2, generator=g)
+        saes.save_sae(sae, tmp_path / "t")
+        sl = SaeLensSAE.load_from_disk(tmp_path / "t")
+        tokens = model.to_tokens(["the ship sails over the sea"])
+        captured = {}
+        with torch.no_grad():
+            ours = model.run_with_hooks(tokens, fwd_hooks=[
+                (META["hook_name"], lambda a, hook: captured.__setitem__("x", a)),
+                (META["hook_name_out"], lambda a, hook: sae(captured["x"]).recon.to(a.dtype)),
+            ])
+            theirs = hooked.run_with_saes(tokens, saes=[sl])
+            clean = model(tokens)
+    assert not torch.allclose(ours, clean, atol=1e-3)  # the splice changes the output
+    torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-4)
