@@ -26,10 +26,16 @@ def model():
 
 
 @pytest.fixture(scope="module")
-def cache(model, tmp_path_factory):
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tccorpus")
+    write_corpus(root, n_docs=30, seed=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def cache(model, corpus, tmp_path_factory):
     root = tmp_path_factory.mktemp("tc")
-    write_corpus(root / "corpus", n_docs=30, seed=1)
-    text = TextConfig(dataset=str(root / "corpus"), context_length=16)
+    text = TextConfig(dataset=str(corpus), context_length=16)
     cfg = CacheConfig(out=str(root / "cache"), hooks=[H_IN, H_OUT], dtype="fp32", shard_contexts=4, batch_size=4)
     with torch_threads(1):
         build_cache(model, text, cfg, progress=False, log=None)
@@ -94,3 +100,18 @@ def test_a_damaged_target_shard_is_refused(cache, tmp_path):
 
     with pytest.raises(ShardCorruptError, match=H_OUT):
         ShardSet(copy, H_IN, target_hook=H_OUT).entries(0)
+
+
+def test_live_batches_without_a_cache_are_pairs_too(model, corpus):
+    """`training.live.model_batches(target_hook=)` (training without a cache): both hooks of one forward pass."""
+    from training.live import model_batches
+
+    text = TextConfig(dataset=str(corpus), context_length=16)
+    n = 0
+    with torch.no_grad(), torch_threads(1):
+        for batch in model_batches(model, text, H_IN, 37, target_hook=H_OUT, buffer_rows=60, seed=3):
+            assert batch.targets.shape == batch.acts.shape
+            mlp = model.blocks[0].mlp(batch.acts[:, None, :])[:, 0]
+            torch.testing.assert_close(mlp, batch.targets, rtol=1e-4, atol=1e-4)
+            n += batch.acts.shape[0]
+    assert n > 37
