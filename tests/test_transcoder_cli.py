@@ -98,3 +98,17 @@ def test_steer_cli_generates_with_a_transcoder_edit(trained: Path, capsys) -> No
         res = compare(load_model("toy", device="cpu"), saes.load_sae(folder), ["3:add=40"], ["the sailor"],
                       max_new_tokens=6, seed=0)
     assert res.steered != res.unsteered
+
+
+def test_feature_store_cli_on_a_transcoder(trained: Path, tmp_path: Path, capsys) -> None:
+    """`saesteer features build` reads the transcoder's input hook from the pair cache; its store records it."""
+    folder = trained / "run" / "saes" / "batchtopk_k4_f64_skip"
+    store = tmp_path / "tc.db"
+    with torch_threads(1):
+        assert main(["features", "build", "--sae", str(folder), "--cache", str(trained / "cache"), "--out", str(store),
+                     "--no-progress"]) == 0, capsys.readouterr().err
+    from features.store import FeatureStore
+
+    with FeatureStore.open(store) as st:
+        assert st.meta["sae"]["hook_name"] == H_IN
+        assert sum(st.feature(i).stats.n_fires for i in range(64)) > 0
