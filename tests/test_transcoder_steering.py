@@ -136,3 +136,57 @@ def test_feature_store_of_a_transcoder_counts_its_input_hook_latents(model, tmp_
     with FeatureStore.open(tmp_path / "f.db") as store:
         for latent in range(64):
             assert store.feature(latent).stats.n_fires == int(fires[latent])
+
+
+@pytest.mark.parametrize("arch", ["jumprelu", "topk"])
+def test_batched_engine_steers_a_transcoder_as_steer_does(model, arch):
+    """The batched engine (API, web playground) captures the transcoder's input and edits its target:
+    greedy rows with their own edits, in one batch and joining mid-batch, equal `steer()` one at a time."""
+    from steering import GenerationConfig
+    from steering.engine import BatchEngine, Row
+    from steering.rowedits import RowEdit, RowSteering
+    from steering.sampling import SamplingParams
+    from steering.session import resolve_edits
+
+    sae = transcoder(arch, seed=2)
+    prompts = ["the sea and the ship", "a tree", "the whale sees the harbor"]
+    fire = sae.encode(model.run_with_cache(model.to_tokens(prompts[0]), names_filter=H_IN)[1][H_IN])[0]
+    on = int((fire > 0).sum(0).argmax())
+    cases = [[f"{on}:clamp=9"], [f"{on}:scale=3@prompt", "5:add=4@generated"], []]
+
+    def rows():
+        out = []
+        for i, (p, e) in enumerate(zip(prompts, cases)):
+            rs = resolve_edits(model, {"t": sae}, e, chat_positions=True) if e else []
+            st = RowSteering([RowEdit("t", r.feature, r.op, r.value, r.positions, r.trigger, r.describe()) for r in rs], [])
+            out.append(Row(model.to_tokens(p)[0].tolist(), SamplingParams(max_new_tokens=6, temperature=0),
+                           st if e else None, tag=i))
+        return out
+
+    def run(engine, rs, stagger=0):
+        done = {}
+        for r in rs:
+            engine.add([r])
+            for _ in range(stagger):
+                done.update({ev.tag: ev for ev in engine.step() if ev.finish_reason})
+        while engine.busy:
+            done.update({ev.tag: ev for ev in engine.step() if ev.finish_reason})
+        return done
+
+    cfg = GenerationConfig(max_new_tokens=6, do_sample=False, stop_at_eos=False)
+    together = run(BatchEngine(model, {"t": sae}), rows())
+    joined = run(BatchEngine(model, {"t": sae}, max_rows=2), rows(), stagger=2)
+    for i, (p, e) in enumerate(zip(prompts, cases)):
+        if e:
+            with steer(model, sae, e) as s:
+                want = s.generate([p], cfg).new_tokens[0].tolist()
+        else:
+            from steering import generate
+
+            want = generate(model, [p], cfg).new_tokens[0].tolist()
+        assert together[i].detail["token_ids"] == want, (i, e)
+        assert joined[i].detail["token_ids"] == want, (i, e)
+    from steering import generate
+
+    assert want is not None and together[0].detail["token_ids"] != generate(model, [prompts[0]], cfg).new_tokens[0].tolist()
+    assert hooks_attached(model) == []
