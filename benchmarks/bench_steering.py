@@ -427,11 +427,11 @@ def toy(args) -> str:
         if args.select == "concept":
             if not by_f1:
                 raise SystemExit(f"the store has no concept match for topic:{topic}; use --select contrast")
-            pool = [by_f1[0].feature_id]
+            pool = [by_f1[0].latent]
         else:  # the top --candidates latents by contrast, plus the store's concept-F1-best latent
             pool = [c.feature for c in ranked[: args.candidates]]
-            if by_f1 and args.candidates > 1 and by_f1[0].feature_id not in pool:
-                pool.append(by_f1[0].feature_id)
+            if by_f1 and args.candidates > 1 and by_f1[0].latent not in pool:
+                pool.append(by_f1[0].latent)
         scorer = toy_scorer(topic, "sentence")
         cue = " ".join(generate_document(f"steer-cue-{topic}", topic=topic).sentences[0])
         # SAE feature, difference of means and prompting: the package's protocol (steering.methods);
@@ -446,7 +446,7 @@ def toy(args) -> str:
             progress=lambda msg, t=topic: print(f"  {t}: {msg}", file=sys.stderr, flush=True))
         pick = card.picks["SAE feature"]
         result = {"topic": topic, "feature": pick.feature, "pool": pool,
-                  "f1_feature": by_f1[0].feature_id if by_f1 else None, "f1": by_f1[0].f1 if by_f1 else None}
+                  "f1_feature": by_f1[0].latent if by_f1 else None, "f1": by_f1[0].f1 if by_f1 else None}
         for method, label, ctx in (("SAE feature", "SAE feature", ""), ("diff-of-means", "diff-of-means", ""),
                                    ("prompting", "prompting", cue)):
             r = card.row(method)
@@ -618,7 +618,7 @@ def topic_latents(sae, store=None, *, n_docs: int = 32) -> list[dict]:
         cos_F = dec_FD @ (vec_D / vec_D.norm())
         c = int(cos_F.argmax())
         lex = store.concept_matches(f"topic:{t}") if store is not None else []
-        out.append({"topic": t, "lex": (lex[0].feature_id, lex[0].f1) if lex else None,
+        out.append({"topic": t, "lex": (lex[0].latent, lex[0].f1) if lex else None,
                     "doc": (d, float(f1_F[d]), float(prec_F[d]), float(rec_F[d])), "cos": (c, float(cos_F[c]))})
     return out
 

@@ -225,10 +225,10 @@ def _hist(rec) -> tuple[list[float], list[float]]:
     return counts, [round((i + 0.5) * w, 6) for i in range(len(counts))]
 
 
-def _iter_latents(store: Any, ids: Sequence[int] | None):
-    if ids is None:
-        ids = [r.id for r in store.list_features(sort="id", filter={"alive_only": True}, limit=store.d_sae)]
-    for i in ids:
+def _iter_latents(store: Any, latents: Sequence[int] | None):
+    if latents is None:
+        latents = [r.latent for r in store.list_features(sort="latent", filter={"alive_only": True}, limit=store.d_sae)]
+    for i in latents:
         yield store.feature(int(i))
 
 
@@ -279,7 +279,7 @@ def _feature_row(ex: _NeuronpediaExport, rec) -> dict:
     tmax = rec.stats.typical_max_act
     steer = rec.recommended_strength * tmax if (rec.recommended_strength and tmax) else None
     return {
-        "modelId": info.model_id, "layer": ex.source_id, "index": str(rec.id), "maxActApprox": _finite(rec.stats.max_act),
+        "modelId": info.model_id, "layer": ex.source_id, "index": str(rec.latent), "maxActApprox": _finite(rec.stats.max_act),
         "creatorId": info.creator_id, "frac_nonzero": _finite(rec.stats.freq),
         "freq_hist_data_bar_heights": heights, "freq_hist_data_bar_values": centres,
         "logits_hist_data_bar_heights": [], "logits_hist_data_bar_values": [],
@@ -290,10 +290,10 @@ def _feature_row(ex: _NeuronpediaExport, rec) -> dict:
         "neg_str": [t.token for t in supp], "neg_values": [_finite(t.value) for t in supp],
         "pos_str": [t.token for t in prom], "pos_values": [_finite(t.value) for t in prom],
         "sourceSetName": info.source_set,
-        "topkCosSimIndices": [int(n.id) for n in rec.decoder_neighbours],
+        "topkCosSimIndices": [int(n.latent) for n in rec.decoder_neighbours],
         "topkCosSimValues": [_finite(n.score) for n in rec.decoder_neighbours],
         "vector": [], "vectorLabel": None, "hookName": ex.hook, "vectorDefaultSteerStrength": steer, "hasVector": False,
-        "umap_x": ex.xy[rec.id][0] if rec.id in ex.xy else None, "umap_y": ex.xy[rec.id][1] if rec.id in ex.xy else None,
+        "umap_x": ex.xy[rec.latent][0] if rec.latent in ex.xy else None, "umap_y": ex.xy[rec.latent][1] if rec.latent in ex.xy else None,
     }
 
 
@@ -308,7 +308,7 @@ def _activation_rows(ex: _NeuronpediaExport, rec) -> list[dict]:
         top = max(range(len(vals)), key=lambda k: vals[k])
         q = e.kind == "quantile"
         rows.append({
-            "id": _uid(ex.fp, "act", e.id), "modelId": info.model_id, "layer": ex.source_id, "index": str(rec.id),
+            "id": _uid(ex.fp, "act", e.id), "modelId": info.model_id, "layer": ex.source_id, "index": str(rec.latent),
             "creatorId": info.creator_id, "dataSource": info.dataset, "dataIndex": str(e.seq_index),
             "tokens": list(e.tokens), "maxValue": vals[top], "minValue": min(vals), "values": vals,
             "maxValueTokenIndex": top, "dfaValues": [], "dfaMaxValue": None, "dfaTargetIndex": None,
@@ -332,10 +332,10 @@ def _explanation_rows(ex: _NeuronpediaExport, rec) -> tuple[list[dict], list[dic
     eid = _uid(ex.fp, "expl", lab.id)
     freq = _finite(rec.stats.freq)
     explanation = {
-        "id": eid, "modelId": info.model_id, "layer": ex.source_id, "index": str(rec.id), "authorId": creator,
+        "id": eid, "modelId": info.model_id, "layer": ex.source_id, "index": str(rec.latent), "authorId": creator,
         "description": lab.text, "embedding": None, "typeName": "saesteer-" + (p.prompt_version if p else "label"),
         "explanationModelName": model_name,
-        "umap_x": ex.xy[rec.id][0] if rec.id in ex.xy else None, "umap_y": ex.xy[rec.id][1] if rec.id in ex.xy else None,
+        "umap_x": ex.xy[rec.latent][0] if rec.latent in ex.xy else None, "umap_y": ex.xy[rec.latent][1] if rec.latent in ex.xy else None,
         "umap_cluster": None, "umap_log_feature_sparsity": math.log10(freq) if freq > 0 else None,
     }
     scores = []
@@ -352,7 +352,7 @@ def _explanation_rows(ex: _NeuronpediaExport, rec) -> tuple[list[dict], list[dic
     return [explanation], scores
 
 
-def _write_latent_batches(store: Any, ex: _NeuronpediaExport, root: Path, ids: Sequence[int] | None) -> None:
+def _write_latent_batches(store: Any, ex: _NeuronpediaExport, root: Path, latents: Sequence[int] | None) -> None:
     """The batched tables, `batch_size` latents per file (one file each, even for no latent)."""
     batch: dict[str, list[dict]] = {t: [] for t in _BATCHED}
     n_batch = 0
@@ -366,7 +366,7 @@ def _write_latent_batches(store: Any, ex: _NeuronpediaExport, root: Path, ids: S
         n_batch += 1
 
     count = 0
-    for rec in _iter_latents(store, ids):
+    for rec in _iter_latents(store, latents):
         batch["features"].append(_feature_row(ex, rec))
         batch["activations"].extend(_activation_rows(ex, rec))
         explanations, scores = _explanation_rows(ex, rec)
@@ -394,8 +394,8 @@ def _write_config(cfg: Path, ex: _NeuronpediaExport) -> None:
 
 
 def export_neuronpedia(store: Any, out: str | os.PathLike, info: NeuronpediaInfo,
-                       ids: Sequence[int] | None = None) -> Path:
-    """Write the store's live latents (or `ids`) in Neuronpedia's import format; returns the
+                       latents: Sequence[int] | None = None) -> Path:
+    """Write the store's live latents (or just `latents`) in Neuronpedia's import format; returns the
     source directory. See the module docstring for the layout."""
     layer = _layer_of(store, info.layer)
     source_id = f"{layer}-{info.source_set}"
@@ -410,7 +410,7 @@ def export_neuronpedia(store: Any, out: str | os.PathLike, info: NeuronpediaInfo
     layout = next((k for k in store.feature_map_methods() if k.startswith("decoder")), None)
     xy = {i: (x, y) for i, x, y in store.feature_map(layout)} if layout else {}
     ex = _NeuronpediaExport(info, source_id, now, fp, hook, xy)
-    _write_latent_batches(store, ex, root, ids)
+    _write_latent_batches(store, ex, root, latents)
     _write_config(Path(out) / "config", ex)
     return root
 
@@ -465,12 +465,12 @@ def check_neuronpedia_export(source_dir: str | os.PathLike) -> dict[str, int]:
 
 
 def export_saedashboard(store: Any, path: str | os.PathLike, *, model_id: str, source_set: str,
-                        layer: int | None = None, ids: Sequence[int] | None = None, dataset: str = "",
+                        layer: int | None = None, latents: Sequence[int] | None = None, dataset: str = "",
                         n_prompts: int = 0) -> Path:
-    """One SAEDashboard-style batch JSON of the store's live latents (or `ids`)."""
+    """One SAEDashboard-style batch JSON of the store's live latents (or just `latents`)."""
     layer = _layer_of(store, layer)
     feats = []
-    for rec in _iter_latents(store, ids):
+    for rec in _iter_latents(store, latents):
         heights, centres = _hist(rec)
         prom = rec.logits.promoted if rec.logits else []
         supp = rec.logits.suppressed if rec.logits else []
@@ -484,9 +484,9 @@ def export_saedashboard(store: Any, path: str | os.PathLike, *, model_id: str, s
                          "bin_contains": _finite(e.quantile) if q else -1.0, "tokens": list(e.tokens), "values": vals,
                          "qualifying_token_index": int(e.centre)})
         feats.append({
-            "feature_index": int(rec.id), "neuron_alignment_indices": [], "neuron_alignment_values": [],
+            "feature_index": int(rec.latent), "neuron_alignment_indices": [], "neuron_alignment_values": [],
             "neuron_alignment_l1": [], "correlated_neurons_indices": [], "correlated_neurons_l1": [],
-            "correlated_neurons_pearson": [], "correlated_features_indices": [int(n.id) for n in rec.coact_neighbours],
+            "correlated_neurons_pearson": [], "correlated_features_indices": [int(n.latent) for n in rec.coact_neighbours],
             "correlated_features_l1": [], "correlated_features_pearson": [_finite(n.score) for n in rec.coact_neighbours],
             "neg_str": [t.token for t in supp], "neg_values": [_finite(t.value) for t in supp],
             "pos_str": [t.token for t in prom], "pos_values": [_finite(t.value) for t in prom],

@@ -48,7 +48,7 @@ class MethodPick:
 
     method: str
     strength: float | None = None
-    feature: int | None = None
+    latent: int | None = None
     unit: str | None = None
     margin: float | None = None
     dev_points: list[SweepPoint] = field(default_factory=list)
@@ -170,8 +170,8 @@ def _candidate_features(model: Model, sae: SAE, features: Sequence[int] | None, 
     if features is None:
         ranked = contrast_features(model, sae, positive, negative, top=max(1, n_candidates),
                                    allow_model_mismatch=allow_model_mismatch)
-        cands = [c.feature for c in ranked]
-        mean_pos = {c.feature: max(float(c.mean_positive or 0.0), 1e-3) for c in ranked}
+        cands = [c.latent for c in ranked]
+        mean_pos = {c.latent: max(float(c.mean_positive or 0.0), 1e-3) for c in ranked}
         return cands, mean_pos
     cands = [int(f) for f in dict.fromkeys(features)]
     for f in cands:
@@ -221,9 +221,9 @@ def _run_sae_feature(run: _Comparison, cands: list[int], mean_pos: dict[int, flo
     best = _best_sae_feature(run, cands, mean_pos, op=op, positions=positions, sae_strengths=sae_strengths, say=say)
 
     def sae_edit(s):
-        return [FeatureEdit(best.feature, op, s, unit=best.unit, positions=positions)] if s else None  # type: ignore[arg-type]
+        return [FeatureEdit(best.latent, op, s, unit=best.unit, positions=positions)] if s else None  # type: ignore[arg-type]
 
-    say(f"SAE feature {best.feature} at {best.strength:g} ({best.unit}): test seed")
+    say(f"SAE feature {best.latent} at {best.strength:g} ({best.unit}): test seed")
     run.test("SAE feature", sae_edit, best.strength)
     return best
 

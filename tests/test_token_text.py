@@ -168,7 +168,7 @@ def _examples(path):
     from features import FeatureStore
 
     with FeatureStore.open(path) as st:
-        ids = [r.id for r in st.list_features(sort="freq", filter={"alive_only": True}, limit=100)]
+        ids = [r.latent for r in st.list_features(sort="freq", filter={"alive_only": True}, limit=100)]
         return {i: st.feature(i).top_examples for i in ids}
 
 

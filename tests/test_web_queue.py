@@ -121,7 +121,7 @@ def _app_with(probe, limits, gate=None, two_stores=False):
 
 def _body(seed):
     return {"prompt": "the ship", "max_new_tokens": 3, "seed": seed, "temperature": 1.0,
-            "edits": [{"feature": 2, "op": "add", "value": 2}]}
+            "edits": [{"latent": 2, "op": "add", "value": 2}]}
 
 
 def test_concurrent_steer_requests_never_overlap_on_one_model():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 NAME = "features"
@@ -34,6 +35,8 @@ def add_arguments(parser) -> None:
     _add_map(sub)
     _add_embed(sub)
     _add_export(sub)
+    up = sub.add_parser("upgrade", help="bring a store written by an older saesteer to this version's schema, in place")
+    up.add_argument("store", help="feature store file (written)")
 
 
 def _add_build(sub) -> None:
@@ -63,14 +66,14 @@ def _add_build(sub) -> None:
 def _add_show(sub) -> None:
     s = sub.add_parser("show", help="everything about one latent")
     s.add_argument("store", help="feature store file")
-    s.add_argument("id", type=int, help="latent id")
+    s.add_argument("latent", type=int, help="the latent's index")
     s.add_argument("--examples", type=int, default=5, help="examples shown per kind (default: 5)")
 
 
 def _add_list(sub) -> None:
     ls = sub.add_parser("list", help="a table of latents, sorted and filtered")
     ls.add_argument("store", help="feature store file")
-    ls.add_argument("--sort", default="freq", help="id, freq, n_fires, mean_act, max_act, typical_max_act, level, label, "
+    ls.add_argument("--sort", default="freq", help="latent, freq, n_fires, mean_act, max_act, typical_max_act, level, label, "
                                                    "or score:<method> (default: freq)")
     ls.add_argument("--ascending", action="store_true", help="smallest first")
     ls.add_argument("--limit", type=int, default=30)
@@ -143,7 +146,8 @@ def _add_export(sub) -> None:
     e.add_argument("out", help="output directory (saedashboard: the JSON file)")
     e.add_argument("--format", default="html", choices=["html", "neuronpedia", "saedashboard"],
                    help="what to write (default: html)")
-    e.add_argument("--features", default=None, help="ids and ranges, e.g. 0-99,120 (default: all, or --limit most frequent)")
+    e.add_argument("--latents", default=None, help="latents and ranges, e.g. 0-99,120 (default: all, or --limit most frequent)")
+    e.add_argument("--features", dest="latents", default=None, help=argparse.SUPPRESS)  # the older name of --latents
     e.add_argument("--limit", type=int, default=None, help="export the N most frequent latents")
     e.add_argument("--model-id", default=None, help="neuronpedia / saedashboard: the model's name there, e.g. "
                                                     "gpt2-small (default: the store's model)")
@@ -187,7 +191,7 @@ def run(args) -> int:
     from features.store import StoreError
 
     cmd = {"build": _build, "show": _show, "list": _list, "search": _search, "top-on-text": _top_on_text,
-           "export": _export, "map": _map, "embed": _embed}[args.features_command]
+           "export": _export, "map": _map, "embed": _embed, "upgrade": _upgrade}[args.features_command]
     try:
         return cmd(args)
     except (StoreError, FileNotFoundError, FileExistsError, ValueError) as e:
@@ -285,9 +289,9 @@ def _show(args) -> int:
 
     con = _console()
     with FeatureStore.open(args.store) as store:
-        rec = store.feature(args.id)
+        rec = store.feature(args.latent)
         st = rec.stats
-        title = f"feature {rec.id}" + (f": {rec.label.text}" if rec.label else "")
+        title = f"feature {rec.latent}" + (f": {rec.label.text}" if rec.label else "")
         con.rule(plain(title, "bold"))
         if rec.label and rec.label.provenance:
             p = rec.label.provenance
@@ -300,8 +304,8 @@ def _show(args) -> int:
                      ("max act", _fmt(st.max_act)), ("typical max", _fmt(st.typical_max_act)),
                      ("p50/p90/p99", f"{_fmt(st.q50)} / {_fmt(st.q90)} / {_fmt(st.q99)}"),
                      ("flags", ", ".join(st.flags) or "-"), ("level", _fmt(rec.level, "d") if rec.level is not None else "-"),
-                     ("parent", str(rec.parent.parent_id) if rec.parent else "-"),
-                     ("children", ", ".join(str(c.child_id) for c in rec.children[:20]) or "-"),
+                     ("parent", str(rec.parent.parent_latent) if rec.parent else "-"),
+                     ("children", ", ".join(str(c.child_latent) for c in rec.children[:20]) or "-"),
                      ("recommended strength", _fmt(rec.recommended_strength))):
             tab.add_row(plain(k, "dim"), plain(v))
         con.print(tab)
@@ -313,7 +317,7 @@ def _show(args) -> int:
         for name, nbs in (("decoder neighbours", rec.decoder_neighbours), ("co-activation neighbours", rec.coact_neighbours)):
             if nbs:
                 con.print(Text.assemble((f"{name}: ", "dim"), plain(
-                    ", ".join(f"{n.id} ({n.score:.2f})" + (f" {n.label}" if n.label else "") for n in nbs[:8]))))
+                    ", ".join(f"{n.latent} ({n.score:.2f})" + (f" {n.label}" if n.label else "") for n in nbs[:8]))))
         for name, exs in (("top examples", rec.top_examples), ("across quantiles", rec.quantile_examples),
                           ("non-activating", rec.negative_examples)):
             if not exs:
@@ -331,10 +335,10 @@ def _summary_table(rows, title: str):
     from saesteer.terminal import plain
 
     tab = Table(title=plain(title))
-    for c in ("id", "label", "freq", "max act", "typical max", "flags", "level"):
-        tab.add_column(c, justify="right" if c in ("id", "freq", "max act", "typical max", "level") else "left")
+    for c in ("latent", "label", "freq", "max act", "typical max", "flags", "level"):
+        tab.add_column(c, justify="right" if c in ("latent", "freq", "max act", "typical max", "level") else "left")
     for s in rows:
-        tab.add_row(str(s.id), plain(s.label), _fmt(s.freq), _fmt(s.max_act), _fmt(s.typical_max_act), " ".join(s.flags),
+        tab.add_row(str(s.latent), plain(s.label), _fmt(s.freq), _fmt(s.max_act), _fmt(s.typical_max_act), " ".join(s.flags),
                     "" if s.level is None else str(s.level))
     return tab
 
@@ -366,14 +370,14 @@ def _search(args) -> int:
         con.print(plain(f"no latent matches {args.text!r}"))
         return 0
     tab = Table(title=plain(f"latents matching {args.text!r}"))
-    for c in ("id", "score", "label", "freq", "match"):
+    for c in ("latent", "score", "label", "freq", "match"):
         tab.add_column(c)
     for h in hits:
         snippet = Text()
         for text, matched in h.parts:
             snippet.append(text.replace("\n", " "), style="bold" if matched else "")
         snippet.truncate(120)
-        tab.add_row(str(h.feature_id), f"{h.score:.2f}", plain(h.label), _fmt(h.freq), snippet)
+        tab.add_row(str(h.latent), f"{h.score:.2f}", plain(h.label), _fmt(h.freq), snippet)
     con.print(tab)
     return 0
 
@@ -429,11 +433,20 @@ def _top_on_text(args) -> int:
     tab.add_column("latents (activation)")
     for t in res.tokens:
         tab.add_row(str(t.position), plain(repr(t.token)),
-                    plain(", ".join(f"{l.id} ({l.act:.2f})" + (f" {l.label}" if l.label else "") for l in t.latents) or "-"))
+                    plain(", ".join(f"{l.latent} ({l.act:.2f})" + (f" {l.label}" if l.label else "") for l in t.latents) or "-"))
     con.print(tab)
     if res.latents:
         con.print(plain("strongest over the text: " + ", ".join(
-            f"{l.id} max {l.max_act:.2f} on {l.n_tokens} tok" + (f" [{l.label}]" if l.label else "") for l in res.latents[:10])))
+            f"{l.latent} max {l.max_act:.2f} on {l.n_tokens} tok" + (f" [{l.label}]" if l.label else "") for l in res.latents[:10])))
+    return 0
+
+
+def _upgrade(args) -> int:
+    """Opening a store for writing upgrades its schema (`features.store.base`); say what it is now."""
+    from features import FeatureStore
+
+    with FeatureStore.open(args.store, readonly=False) as store:
+        print(f"{store.path}: feature-store schema version {store.meta['schema_version']}")
     return 0
 
 
@@ -442,13 +455,13 @@ def _export(args) -> int:
     from features.export import export_html
 
     with FeatureStore.open(args.store) as store:
-        ids = _ids(args.features) if args.features else None
+        ids = _ids(args.latents) if args.latents else None
         if args.format == "html":
             index = export_html(store, args.out, ids, limit=args.limit, progress=not args.no_progress)
             print(f"wrote {index} (open it in a browser; works offline)")
             return 0
         if ids is None and args.limit is not None:
-            ids = [r.id for r in store.list_features(sort="freq", filter={"alive_only": True}, limit=args.limit)]
+            ids = [r.latent for r in store.list_features(sort="freq", filter={"alive_only": True}, limit=args.limit)]
         recorded = store.recorded_model()
         model_id = args.model_id or (recorded.id.split("@")[0].replace("/", "-") if recorded is not None
                                      else (store.meta.get("sae") or {}).get("model_name"))
@@ -467,7 +480,7 @@ def _export(args) -> int:
         from features.publish import export_saedashboard
 
         path = export_saedashboard(store, args.out, model_id=model_id, source_set=args.source_set, layer=args.layer,
-                                   ids=ids)
+                                   latents=ids)
         print(f"wrote {path} (SAEDashboard batch JSON, checked)")
     return 0
 

@@ -25,11 +25,11 @@ def pick_showcase(store, n: int, topic: str | None = None) -> list[FeatureShowca
     picks: list[tuple[int, str | None, float | None]] = []
     for concept in ((f"topic:{topic}",) if topic else ()) + SHOWCASE_CONCEPTS:
         m = best.get(concept)
-        if m is not None and m.f1 >= 0.3 and all(m.feature_id != p[0] for p in picks):
-            picks.append((m.feature_id, concept, m.f1))
+        if m is not None and m.f1 >= 0.3 and all(m.latent != p[0] for p in picks):
+            picks.append((m.latent, concept, m.f1))
     flt = {"alive_only": True, "has_label": True, "exclude_flags": ["dense", "bos_only"]}
     for r in store.list_features(sort="score:detection", filter=flt, limit=max(50, 8 * n)):
-        picks.append((r.id, None, None))
+        picks.append((r.latent, None, None))
     out: list[FeatureShowcase] = []
     seen_ids: set[int] = set()
     seen_labels: set[str] = set()

@@ -37,7 +37,7 @@ __all__ = ["StoreCatalog", "ModelEngine", "shades", "HEALTH_FLAGS", "MAIN_SCORE_
 HEALTH_FLAGS = ("dead", "dense", "bos_only", "single_position")
 # The score shown in lists and used by the score filter/sort: the first method a store has.
 MAIN_SCORE_METHODS = ("detection", "fuzzing")
-_SORTS = {"index": "id", "frequency": "freq", "n_fires": "n_fires", "max_act": "max_act", "mean_act": "mean_act",
+_SORTS = {"latent": "latent", "frequency": "freq", "n_fires": "n_fires", "max_act": "max_act", "mean_act": "mean_act",
           "level": "level", "label": "label"}
 SEARCH_CAP = 1000  # most hits one search considers (pages are cut from these)
 TOY_EXAMPLE_PROMPT = "the sailor"  # the steering page's starting prompt when the server runs the toy model
@@ -75,10 +75,10 @@ def _record_summary(rec, score: float | None) -> FeatureSummary:
     """A feature record's row in the list (the feature page's header)."""
     st = rec.stats
     return FeatureSummary(
-        index=rec.id, label=rec.label.text if rec.label else None, score=_finite(score), frequency=_finite(st.freq),
+        latent=rec.latent, label=rec.label.text if rec.label else None, score=_finite(score), frequency=_finite(st.freq),
         n_fires=st.n_fires, max_act=_finite(st.max_act), mean_act=_finite(st.mean_act),
         typical_max_act=_finite(st.typical_max_act), health=_health(st.flags), flags=list(st.flags),
-        level=rec.level, parent=rec.parent.parent_id if rec.parent else None,
+        level=rec.level, parent=rec.parent.parent_latent if rec.parent else None,
         recommended_strength=_finite(rec.recommended_strength),
     )
 
@@ -173,15 +173,15 @@ class StoreCatalog:
             f["min_score"] = q.min_score
         return f
 
-    def _scores(self, ids: Sequence[int]) -> dict[int, float]:
+    def _scores(self, latents: Sequence[int]) -> dict[int, float]:
         """The main score of the current label of each given feature (those that have one)."""
-        if not ids:
+        if not latents:
             return {}
-        return self.store.current_scores(ids, self.score_method)  # one query, not a whole record per row
+        return self.store.current_scores(latents, self.score_method)  # one query, not a whole record per row
 
     def _summary(self, s, score: float | None = None) -> FeatureSummary:
         return FeatureSummary(
-            index=int(s.id),
+            latent=int(s.latent),
             label=s.label,
             score=_finite(score),
             frequency=_finite(s.freq),
@@ -192,7 +192,7 @@ class StoreCatalog:
             health=_health(s.flags),
             flags=list(s.flags),
             level=s.level,
-            parent=s.parent_id,
+            parent=s.parent_latent,
             recommended_strength=_finite(s.recommended_strength),
         )
 
@@ -201,8 +201,8 @@ class StoreCatalog:
         flt = self._filter(q)
         total = self.store.count_features(flt)
         rows = self.store.list_features(sort=sort, filter=flt, offset=q.offset, limit=q.limit, descending=q.descending)
-        scores = self._scores([r.id for r in rows])
-        items = [self._summary(r, scores.get(r.id)) for r in rows]
+        scores = self._scores([r.latent for r in rows])
+        items = [self._summary(r, scores.get(r.latent)) for r in rows]
         nxt = q.offset + len(items)
         return Page[FeatureSummary](items=items, total=total, offset=q.offset, limit=q.limit,
                                     next_offset=nxt if nxt < total else None)
@@ -211,9 +211,9 @@ class StoreCatalog:
         ids = [int(i) for i in dict.fromkeys(indices) if 0 <= int(i) < self.store.d_sae]
         if not ids:
             return {}
-        rows = self.store.list_features(filter={"ids": ids}, limit=len(ids))
-        scores = self._scores([r.id for r in rows]) if with_scores else {}
-        return {r.id: self._summary(r, scores.get(r.id)) for r in rows}
+        rows = self.store.list_features(filter={"latents": ids}, limit=len(ids))
+        scores = self._scores([r.latent for r in rows]) if with_scores else {}
+        return {r.latent: self._summary(r, scores.get(r.latent)) for r in rows}
 
     # -- search by meaning ----------------------------------------------------------------------
     def query_embedder(self):
@@ -236,9 +236,9 @@ class StoreCatalog:
         if not hits:
             return None
         page_hits = hits[offset:offset + limit]
-        known = self.summaries(h.feature_id for h in page_hits)
-        items = [known[h.feature_id].model_copy(update={"similarity": h.similarity, "output_score": h.output_score})
-                 for h in page_hits if h.feature_id in known]
+        known = self.summaries(h.latent for h in page_hits)
+        items = [known[h.latent].model_copy(update={"similarity": h.similarity, "output_score": h.output_score})
+                 for h in page_hits if h.latent in known]
         nxt = offset + len(items)
         return Page[FeatureSummary](items=items, total=len(hits), offset=offset, limit=limit,
                                     next_offset=nxt if nxt < len(hits) and items else None)
@@ -254,8 +254,8 @@ class StoreCatalog:
         more = len(hits) > want
         hits = hits[:want]
         page_hits = hits[offset:offset + limit]
-        known = self.summaries(h.feature_id for h in page_hits)
-        items = [self._summary_or_hit(h, known.get(h.feature_id)) for h in page_hits]
+        known = self.summaries(h.latent for h in page_hits)
+        items = [self._summary_or_hit(h, known.get(h.latent)) for h in page_hits]
         total = len(hits) + (1 if more else 0)
         nxt = offset + len(items)
         return Page[FeatureSummary](items=items, total=total, offset=offset, limit=limit,
@@ -266,7 +266,7 @@ class StoreCatalog:
         snippet = {"snippet": hit.text, "snippet_parts": [SnippetPart(text=t, match=m) for t, m in hit.parts]}
         if summary is not None:
             return summary.model_copy(update=snippet)
-        return FeatureSummary(index=hit.feature_id, label=hit.label, frequency=_finite(hit.freq), **snippet)
+        return FeatureSummary(latent=hit.latent, label=hit.label, frequency=_finite(hit.freq), **snippet)
 
     # -- the map --------------------------------------------------------------------------------
     def map_layouts(self) -> list[str]:
@@ -279,7 +279,7 @@ class StoreCatalog:
             return None
         pts = self.store.feature_map(layout)
         ids = [i for i, _, _ in pts]
-        rows = {r.id: r for r in self.store.list_features(filter={"ids": ids}, limit=max(1, len(ids)))} if ids else {}
+        rows = {r.latent: r for r in self.store.list_features(filter={"latents": ids}, limit=max(1, len(ids)))} if ids else {}
         main = self._scores(ids)
         from autointerp.semantic import output_scores
 
@@ -287,7 +287,7 @@ class StoreCatalog:
         points = []
         for i, x, y in pts:
             r = rows.get(i)
-            points.append(MapPoint(index=i, x=float(x), y=float(y), label=r.label if r else None,
+            points.append(MapPoint(latent=i, x=float(x), y=float(y), label=r.label if r else None,
                                    level=r.level if r else None, health=_health(r.flags) if r else "ok",
                                    score=_finite(main.get(i)), output_score=_finite(outs.get(i)),
                                    frequency=_finite(r.freq) if r else None))
@@ -296,18 +296,18 @@ class StoreCatalog:
                        method=str(info.get("method", "")), score_method=self.score_method, points=points)
 
     # -- one feature ----------------------------------------------------------------------------
-    def feature(self, index: int) -> FeatureDetail | None:
+    def feature(self, latent: int) -> FeatureDetail | None:
         from features import FeatureIndexError, FeatureNotWrittenError
 
         try:
-            rec = self.store.feature(index)
+            rec = self.store.feature(latent)
         except (FeatureIndexError, FeatureNotWrittenError):
             return None
         st = rec.stats
         ref = _finite(st.max_act) or 0.0
         score = next((float(s.value) for s in rec.scores if s.method == self.score_method), None)
-        family = [rec.parent.parent_id] if rec.parent else []
-        family += [c.child_id for c in rec.children]
+        family = [rec.parent.parent_latent] if rec.parent else []
+        family += [c.child_latent for c in rec.children]
         labels = self.store.labels(family) if family else {}
         stats = {k: (_finite(v) if isinstance(v, float) else v) for k, v in vars(st).items() if k != "flags"}
         bos = self.store.meta.get("bos_id")
@@ -322,13 +322,13 @@ class StoreCatalog:
             top_examples=[self._example(e, ref, bos) for e in rec.top_examples],
             quantile_examples=[self._example(e, ref, bos) for e in rec.quantile_examples],
             logit_effects=_logit_effects(rec),
-            decoder_neighbours=[Neighbour(index=n.id, similarity=float(n.score), count=n.count, label=n.label)
+            decoder_neighbours=[Neighbour(latent=n.latent, similarity=float(n.score), count=n.count, label=n.label)
                                 for n in rec.decoder_neighbours],
-            coact_neighbours=[Neighbour(index=n.id, similarity=float(n.score), count=n.count, label=n.label)
+            coact_neighbours=[Neighbour(latent=n.latent, similarity=float(n.score), count=n.count, label=n.label)
                               for n in rec.coact_neighbours],
-            parent=FeatureRef(index=rec.parent.parent_id, label=labels.get(rec.parent.parent_id),
+            parent=FeatureRef(latent=rec.parent.parent_latent, label=labels.get(rec.parent.parent_latent),
                               score=_finite(rec.parent.coact)) if rec.parent else None,
-            children=[FeatureRef(index=c.child_id, label=labels.get(c.child_id), score=_finite(c.coact)) for c in rec.children],
+            children=[FeatureRef(latent=c.child_latent, label=labels.get(c.child_latent), score=_finite(c.coact)) for c in rec.children],
         )
 
     @staticmethod
@@ -398,7 +398,7 @@ class ModelEngine:
         from steering import FeatureEdit
 
         v = e.value if value is None else value
-        return FeatureEdit(feature=e.feature, op=e.op, value=None if e.op == "ablate" else float(v),
+        return FeatureEdit(latent=e.latent, op=e.op, value=None if e.op == "ablate" else float(v),
                            unit=e.unit if e.op in ("add", "clamp") else "raw", positions=e.positions)
 
     # -- engine ---------------------------------------------------------------------------------
@@ -407,7 +407,7 @@ class ModelEngine:
 
         from saesteer.web.schemas import SteerResult
 
-        typical = self.catalog.typical_max(e.feature for e in req.edits)
+        typical = self.catalog.typical_max(e.latent for e in req.edits)
         cmp = compare(self.model, self.sae, [self._feature_edit(e) for e in req.edits], [req.prompt],
                       self._gen_config(req), typical_max=typical, limits=self._steer_limits(),
                       allow_model_mismatch=self.allow_model_mismatch)
@@ -435,7 +435,7 @@ class ModelEngine:
         toks = res.tokens[start:]
         acts_SF = res.acts_SF[start:]
         fired_F = (acts_SF > 0).sum(0)
-        totals = sorted(((t.id, float(acts_SF[:, t.id].max())) for t in res.latents if int(fired_F[t.id]) > 0),
+        totals = sorted(((t.latent, float(acts_SF[:, t.latent].max())) for t in res.latents if int(fired_F[t.latent]) > 0),
                         key=lambda x: (-x[1], x[0]))[:50]
         known = self.catalog.summaries((i for i, _ in totals), with_scores=False)
         features = []
@@ -445,10 +445,10 @@ class ModelEngine:
             s = known.get(i)
             sh = shades(col, (s.max_act if s and s.max_act else None) or mx)
             token_shade = [max(a, b) for a, b in zip(token_shade, sh)]
-            features.append(FiringFeature(index=i, label=s.label if s else None, max_act=mx,
+            features.append(FiringFeature(latent=i, label=s.label if s else None, max_act=mx,
                                           count=int(fired_F[i]), shade=sh, acts=col))
         labels = {i: s.label for i, s in known.items()}
-        per_token = [[FeatureAct(index=lat.id, act=lat.act, label=labels.get(lat.id)) for lat in t.latents] for t in toks]
+        per_token = [[FeatureAct(latent=lat.latent, act=lat.act, label=labels.get(lat.latent)) for lat in t.latents] for t in toks]
         return FireResult(tokens=[t.token for t in toks], token_shade=token_shade, features=features, per_token=per_token)
 
     # -- sweeps ---------------------------------------------------------------------------------
@@ -460,15 +460,15 @@ class ModelEngine:
         e = req.edit
         if e.op not in ("add", "clamp"):
             raise ValueError(f"a sweep varies an add or clamp edit; got op {e.op!r}")
-        typical = self.catalog.typical_max([e.feature])
+        typical = self.catalog.typical_max([e.latent])
         cfg = SweepConfig(strengths=list(req.values), op=e.op, unit=e.unit, positions=e.positions, perplexity=True)
-        res = sweep(self.model, self.sae, e.feature, [req.prompt], FiringScorer(self.model, self.sae, e.feature), cfg,
+        res = sweep(self.model, self.sae, e.latent, [req.prompt], FiringScorer(self.model, self.sae, e.latent), cfg,
                     gen_config=self._gen_config(req), typical_max=typical, limits=self._steer_limits(),
                     allow_model_mismatch=self.allow_model_mismatch)
         points = [SweepPoint(value=p.strength, concept=_finite(p.concept), fluency=_finite(p.fluency),
                              aggregate=_finite(p.aggregate), perplexity=_finite(p.perplexity),
                              text=p.examples[0] if p.examples else "") for p in res.points]
-        return SweepResult(feature=e.feature, op=e.op, unit=e.unit, points=points, recommended=res.recommended,
+        return SweepResult(latent=e.latent, op=e.op, unit=e.unit, points=points, recommended=res.recommended,
                            verdict=res.verdict,
                            concept="share of the generated tokens on which the feature fires (re-read by the unsteered model)",
                            fluency=FLUENCY_DESCRIPTION)
@@ -484,8 +484,8 @@ class FiringScorer:
     fires when the unsteered model reads the continuation, in [0, 1] (fluency: `steering.fluency`,
     measured by the sweep itself)."""
 
-    def __init__(self, model: Any, sae: Any, feature: int) -> None:
-        self.model, self.sae, self.feature = model, sae, int(feature)
+    def __init__(self, model: Any, sae: Any, latent: int) -> None:
+        self.model, self.sae, self.latent = model, sae, int(latent)
 
     def __call__(self, prompts, continuations):
         from steering.activations import mean_latent_activation
@@ -497,5 +497,5 @@ class FiringScorer:
                 out.append(SampleScores(0.0))
                 continue
             _, rate_F, _ = mean_latent_activation(self.model, self.sae, [text])
-            out.append(SampleScores(float(rate_F[self.feature])))
+            out.append(SampleScores(float(rate_F[self.latent])))
         return out
