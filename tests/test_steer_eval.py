@@ -24,14 +24,14 @@ def test_compare_methods_on_the_toy_world():
     from saesteer.toyscore import toy_scorer
     from saesteer.commands.steer_eval import toy_concept
     from saesteer.models import load_model
-    from steering import GenerationConfig
+    from steering import CompareConfig, GenerationConfig
     from steering.methods import compare_methods
 
     model = load_model("toy", device="cpu")
     sae = random_sae(model, "topk", hook="blocks.2.hook_resid_post", d_sae=256, seed=0, k=16)
     pos, neg, cue = toy_concept("ocean", 6)
     card = compare_methods(model, sae, toy_scorer("ocean"), prompts=[""] * 3, positive=pos, negative=neg, cue=cue,
-                           n_candidates=2, sae_strengths=[1.0, 4.0], vector_strengths=[1.0, 3.0],
+                           config=CompareConfig(candidates=2, sae_strengths=[1.0, 4.0], vector_strengths=[1.0, 3.0]),
                            gen_config=GenerationConfig(max_new_tokens=10, do_sample=True, stop_at_eos=False))
     assert [r.method for r in card.rows] == ["unsteered", "SAE feature", "diff-of-means", "prompting"]
     pick = card.picks["SAE feature"]

@@ -185,11 +185,8 @@ def _compare(args, cfg, gen_cfg, model, name, sae, scorer, link, *, prompts, pos
     from steering.methods import compare_methods
 
     return compare_methods(
-        model, sae, scorer, prompts=prompts, positive=positive, negative=negative, cue=cue,
-        features=args.latent or None, n_candidates=cfg.candidates, op=cfg.op, positions=cfg.positions,
-        sae_strengths=cfg.sae_strengths, vector_strengths=cfg.vector_strengths,
-        target_concept=cfg.target_concept, min_fluency=cfg.min_fluency, rule=cfg.rule, gen_config=gen_cfg,
-        dev_seed=cfg.dev_seed, test_seed=cfg.test_seed, typical_max=typical_max_provider(link, {name: sae}),
+        model, sae, scorer, prompts=prompts, config=cfg, positive=positive, negative=negative, cue=cue,
+        latents=args.latent or None, gen_config=gen_cfg, typical_max=typical_max_provider(link, {name: sae}),
         allow_model_mismatch=args.allow_model_mismatch,
         progress=lambda msg: print(f"[steer-eval] {msg}", file=sys.stderr, flush=True))
 
