@@ -15,8 +15,8 @@ fluency ratings):
     done.value, done.prompt_tokens, done.cost_usd, done.cached
     results = judge.complete_many_sync([JudgeCall(messages, schema), ...])   # concurrent, bounded
 
-Modules: `judge` (retries, cache, accounting, re-asks), `backends` (OpenAI-compatible HTTP, local
-transformers), `prompts` (escaped prompts and answer parsers), `schema`, `interp` (LLM explainer
+Modules: `judge` (retries, cache, accounting, re-asks), `wire` (a backend's request, response and
+errors), `backends` (OpenAI-compatible HTTP, local transformers), `prompts` (escaped prompts and answer parsers), `schema`, `interp` (LLM explainer
 and detection / fuzzing scorers), `concept` (offline concept phrases: the default offline
 explainer), `offline` (token-list labeller), `contrastive` (LLM explainer against near misses),
 `simulation`, `intruder`, `embedding_score` (scorers), `output_score` (does steering move text
