@@ -706,7 +706,8 @@ def time_web(path: Path, model, sae, alive: list[int], n: int) -> dict[str, dict
 
     from features import FeatureStore
     from saesteer.web import Limits, ModelQueue, ServeConfig, StoreEntry, create_app
-    from saesteer.web.store_source import ModelEngine, StoreCatalog
+    from saesteer.web.model_source import ModelEngine
+    from saesteer.web.store_source import StoreCatalog
 
     limits = Limits()
     t0 = time.perf_counter()

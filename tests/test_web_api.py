@@ -276,7 +276,7 @@ def test_sweep_gives_a_curve(c, ws):
 def test_sweep_fluency_is_the_shared_measure(c, ws, monkeypatch):
     """The web sweep's fluency is steering.fluency (the old distinct-word share scored "(______" 1.0)."""
     import steering.fluency as fluency
-    from saesteer.web.store_source import FiringScorer
+    from saesteer.web.model_source import FiringScorer
 
     assert FiringScorer(ws.model, ws.sae, 3)(["p"], ["(______"])[0].fluency is None  # left to the sweep
     seen = []

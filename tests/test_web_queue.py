@@ -11,7 +11,7 @@ import pytest
 
 from helpers.web_app import BASE, make_entry, shared_store
 from saesteer.web import Limits, ModelQueue, QueueFull, ServeConfig, create_app
-from saesteer.web.store_source import ModelEngine
+from saesteer.web.model_source import ModelEngine
 
 
 class Probe:

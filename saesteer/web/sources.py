@@ -4,8 +4,8 @@ The app never opens a file named by a request. The server is started with a fixe
 each gets a short id (from its file name, made unique) and requests name stores by that id only.
 
 `Catalog` is what pages and the API read (fast, on the event loop); `Engine` is what runs the
-model (slow, always on that model's `ModelQueue` thread). `saesteer.web.store_source` builds both
-from a feature store and a loaded model.
+model (slow, always on that model's `ModelQueue` thread). `saesteer.web.store_source` builds the
+first from a feature store, `saesteer.web.model_source` the second from a loaded model and SAE.
 """
 
 from __future__ import annotations
