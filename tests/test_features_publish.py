@@ -10,8 +10,9 @@ import shutil
 
 import pytest
 
-from features.publish import (FIELDS, NeuronpediaInfo, PublishError, check_neuronpedia_export, check_rows,
-                              check_saedashboard_batch, export_neuronpedia, export_saedashboard)
+from features.publish import (NeuronpediaInfo, check_neuronpedia_export, check_saedashboard_batch,
+                              export_neuronpedia, export_saedashboard)
+from features.publishfields import FIELDS, PublishError, check_rows
 from helpers.web_app import shared_store
 from helpers.web_store import XSS_LABEL
 
