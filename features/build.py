@@ -18,6 +18,9 @@ Phases and crash safety:
    state file is deleted.
 Re-running against a store built from another SAE, cache or settings is refused (overwrite=True
 starts over).
+
+One module over 450 lines on purpose: the phases above are one resumable sequence over one lock
+and one state file, and the block rows at the end are what phase 3 writes.
 """
 
 from __future__ import annotations

@@ -11,6 +11,10 @@ Everything is checked before a hook is attached (unknown SAE or hook, feature ou
 non-finite or absurd strengths); hooks are added with TransformerLens's `model.hooks(...)` plus a
 forward pre-hook per block involved (to read the KV-cache length and attention mask), and all of
 them are removed when the block exits, whichever way it exits.
+
+One module over 450 lines on purpose: resolving edits (checks, presets, triggers) and the hooks
+that apply them are the two halves of `steer`, imported together by the API, the engine, sweeps
+and methods; if it grows, the resolving half is the one to move out.
 """
 
 from __future__ import annotations
