@@ -88,7 +88,7 @@ class FeatureStoreLabels:
         self.close()
 
     # -- reading ------------------------------------------------------------------------------------
-    def latent_ids(self) -> list[int]:
+    def latents(self) -> list[int]:
         if self._ids is None:
             if not self.store.complete:
                 raise ValueError(
@@ -134,7 +134,7 @@ class FeatureStoreLabels:
         this judge's labels are restored from their provenance on the way."""
         kind = JUDGE_KIND[source]
         st = self.store
-        alive = set(self.latent_ids())
+        alive = set(self.latents())
         with_label = [r.latent for r in st.list_features(sort="latent", filter={"has_label": True}, offset=0, limit=st.d_sae)]
         done: set[int] = set()
         ours: dict[int, Any] = {}

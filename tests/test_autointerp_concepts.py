@@ -331,7 +331,7 @@ def test_feature_store_examples_carry_logit_effects_and_neighbours(tmp_path):
     path = tmp_path / "s.db"
     shutil.copy(ws.path, path)
     with FeatureStoreLabels.open(path) as labels:
-        i = labels.latent_ids()[0]
+        i = labels.latents()[0]
         lex = labels.examples(i)
         rec = labels.store.feature(i)
         assert [t for t, _ in lex.evidence.promoted] == [t.token for t in rec.logits.promoted]

@@ -191,7 +191,7 @@ def test_judge_prompt_text_is_the_tokenizers_decoding(code_store):
     path, tok = code_store
     checked = 0
     with FeatureStoreLabels.open(path) as st:
-        for latent in st.latent_ids()[:10]:
+        for latent in st.latents()[:10]:
             lex = st.examples(latent)
             for ex in lex.top[:3]:
                 store_ex = next(e for e in st.store.examples(latent, "top") if str(e.id) == ex.ref)

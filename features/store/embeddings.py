@@ -17,11 +17,11 @@ class StoreLabelEmbeddings(StoreBase):
     def write_label_embeddings(self, model: str, rows: Iterable[tuple[int, int | None, Any]]) -> int:
         """Store (latent, label id, vector) rows of one embedding model, replacing those latents' old ones."""
         data = []
-        for fid, lid, vec in rows:
+        for latent, lid, vec in rows:
             v = np.asarray(vec, dtype="<f4").ravel()
             if not np.all(np.isfinite(v)):
-                raise ValueError(f"embedding of feature {fid} has non-finite values")
-            data.append((model, self._check_latent(fid), lid, int(v.size), v.tobytes()))
+                raise ValueError(f"embedding of latent {latent} has non-finite values")
+            data.append((model, self._check_latent(latent), lid, int(v.size), v.tobytes()))
         with self.transaction() as c:
             c.executemany("INSERT OR REPLACE INTO label_embeddings(model, latent, label_id, dim, vector) "
                           "VALUES (?, ?, ?, ?, ?)", data)
