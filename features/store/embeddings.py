@@ -28,7 +28,7 @@ class StoreLabelEmbeddings(StoreBase):
         return len(data)
 
     def label_embeddings(self, model: str) -> tuple[list[int], list[int | None], np.ndarray]:
-        """(feature ids, label ids, vectors [n, dim]) stored for `model`; empty when none."""
+        """(latents, label ids, vectors [n, dim]) stored for `model`; empty when none."""
         with self._read() as c:
             if not self._has_table(c, "label_embeddings"):
                 return [], [], np.zeros((0, 0), dtype=np.float32)
