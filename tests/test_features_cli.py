@@ -47,6 +47,9 @@ def test_cli_build_show_list_search_export(toy, capsys):
     assert str(top) in capsys.readouterr().out
     assert main(["features", "export", store, str(d / "dash"), "--latents", f"0-3,{top}", "--no-progress"]) == 0
     assert len(list((d / "dash" / "f").glob("*.html"))) == len({0, 1, 2, 3, top})
+    capsys.readouterr()
+    assert main(["features", "export", store, str(d / "dash2"), "--latents", "0-x", "--no-progress"]) == 2
+    assert "--latents: cannot read '0-x'" in capsys.readouterr().err  # the flag, not another command's field
     assert main(["features", "top-on-text", store, "the sailor sees a big whale ."]) == 0
     out = capsys.readouterr().out
     assert "whale" in out and "strongest over the text" in out

@@ -36,7 +36,7 @@ def export(args) -> int:
     from features.export import export_html
 
     with FeatureStore.open(args.store) as store:
-        ids = parse_latents(args.latents) if args.latents else None
+        ids = parse_latents(args.latents, "--latents") if args.latents else None
         if args.format == "html":
             index = export_html(store, args.out, ids, limit=args.limit, progress=not args.no_progress)
             print(f"wrote {index} (open it in a browser; works offline)")

@@ -48,7 +48,7 @@ def run(args) -> int:
         cfg = dataclass_from_args(OutputScoreConfig, args)
         cfg.edit_positions()
         judge_cfg = dataclass_from_args(JudgeConfig, args, prefix="judge_")
-        wanted = parse_latents(args.latents) if args.latents else None
+        wanted = parse_latents(args.latents, "--latents") if args.latents else None
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
