@@ -158,7 +158,7 @@ def test_batched_engine_steers_a_transcoder_as_steer_does(model, arch):
         out = []
         for i, (p, e) in enumerate(zip(prompts, cases)):
             rs = resolve_edits(model, {"t": sae}, e, chat_positions=True) if e else []
-            st = RowSteering([RowEdit("t", r.feature, r.op, r.value, r.positions, r.trigger, r.describe()) for r in rs], [])
+            st = RowSteering([RowEdit("t", r.latent, r.op, r.value, r.positions, r.trigger, r.describe()) for r in rs], [])
             out.append(Row(model.to_tokens(p)[0].tolist(), SamplingParams(max_new_tokens=6, temperature=0),
                            st if e else None, tag=i))
         return out
