@@ -42,6 +42,7 @@ from steering.inputs import Model, SAEs, TypicalMaxArg, named_saes, sae_mapping
 from steering.interventions import LatentEditor, op_coefficients
 from steering.positions import FULL, SequenceTracker, block_call_info
 from steering.presets import Preset
+from steering.transcoder import InputCapture, transcoder_target_hook
 from steering.spec import (
     Edit, FeatureEdit, Positions, SteerLimits, SteeringError, TypicalMax, VectorEdit, chat_position,
     lookup_typical_max, parse_edit, raw_value,
@@ -92,35 +93,12 @@ class ConstantEditor:
         return x_ND + self.constant(x_ND.dtype, x_ND.device)
 
 
-class _Capture:
-    """A forward hook that keeps its hook's activation of the current forward pass (a
-    transcoder's input, read at its target hook) and changes nothing."""
-
-    def __init__(self, hook_name: str) -> None:
-        self.hook_name = hook_name
-        self.value: Tensor | None = None
-
-    def __repr__(self) -> str:
-        return f"steering-capture<{self.hook_name}>"
-
-    def __call__(self, x: Tensor, hook: Any = None) -> None:
-        self.value = x
-
-    def rows(self, B: int, S: int) -> Tensor:
-        """The captured activation as [B * S, width] rows, for a forward pass of B x S positions."""
-        v = self.value
-        if v is None or tuple(v.shape[:2]) != (B, S):
-            raise SteeringError(f"the transcoder input at {self.hook_name} was not captured in this forward pass "
-                                f"(got {None if v is None else tuple(v.shape)}, expected [{B}, {S}, ...])")
-        return v.reshape(B * S, -1)
-
-
 @dataclass
 class _Contribution:
     positions: Positions
     editor: LatentEditor | ConstantEditor
     label: str
-    reads: _Capture | None = None  # a transcoder's input hook: latents are read there, not at this hook
+    reads: InputCapture | None = None  # a transcoder's input hook: latents are read there, not at this hook
 
 
 class _HookFn:
@@ -349,7 +327,7 @@ def _resolve_feature_edit(model: Model, sae_map: Mapping[str, SAE], e: FeatureEd
         )
     reads = None
     if sae.is_transcoder:  # the edit lands on the target hook; the latents are read at `hook`
-        reads, hook = hook, transcoder_target_hook(model, sae, name)
+        reads, hook = hook, transcoder_target_hook(model, sae, name, hook)
     key = (name, e.latent)
     if key in seen:
         raise SteeringError(
@@ -361,22 +339,6 @@ def _resolve_feature_edit(model: Model, sae_map: Mapping[str, SAE], e: FeatureEd
     value = raw_value(e, tmax, limits, name)
     trigger = None if e.when is None else (e.when.latent, trigger_threshold(e, sae, provider, name))
     return ResolvedEdit(e, name, hook, e.latent, e.op, value, e.positions, tmax, trigger, reads)
-
-
-def transcoder_target_hook(model: Model, sae: SAE, name: str) -> str:
-    """The hook a transcoder's edits land on (`metadata.hook_name_out`), its pair checked on `model`."""
-    from saes.hookpoints import HookPairError, check_transcoder_hooks
-
-    target = (sae.cfg.metadata or {}).get("hook_name_out")
-    if not target:
-        raise SteeringError(f"transcoder {name!r} does not record the hook it predicts; set "
-                            f"sae.cfg.metadata['hook_name_out'] (e.g. 'blocks.1.hook_mlp_out')")
-    try:
-        check_transcoder_hooks(model, sae_hook_name(sae, name), str(target), f"transcoder {name!r}",
-                               d_in=sae.d_in, d_out=sae.d_out)
-    except HookPairError as e:
-        raise SteeringError(e.message) from None
-    return str(target)
 
 
 def _check_positions(model: Model, r: ResolvedEdit, chat_positions: bool) -> None:
@@ -419,10 +381,10 @@ class SteeringPlan:
     edits: list[ResolvedEdit]
     hook_fns: dict[str, _HookFn]
     trackers: dict[int, SequenceTracker] = field(default_factory=dict)
-    captures: dict[str, _Capture] = field(default_factory=dict)  # transcoder inputs, by hook
+    captures: dict[str, InputCapture] = field(default_factory=dict)  # transcoder inputs, by hook
 
     @property
-    def fwd_hooks(self) -> list[tuple[str, _HookFn | _Capture]]:
+    def fwd_hooks(self) -> list[tuple[str, _HookFn | InputCapture]]:
         # captures after the edits at their hook: a transcoder reads what flows on from there
         return list(self.hook_fns.items()) + list(self.captures.items())
 
@@ -436,7 +398,7 @@ def build_plan(model: Model, saes: SAEs, edits: Sequence[Edit | str | Preset], *
     # group latent edits by (hook, SAE, positions); vector edits stand alone
     groups: dict[tuple[str, str, Positions], list[ResolvedEdit]] = {}
     per_hook: dict[str, list[_Contribution]] = {}
-    captures: dict[str, _Capture] = {}
+    captures: dict[str, InputCapture] = {}
     for r in resolved:
         if r.latent is None:
             e = r.edit
@@ -459,7 +421,7 @@ def build_plan(model: Model, saes: SAEs, edits: Sequence[Edit | str | Preset], *
                               triggers=triggers)
         label = ",".join(r.describe() for r in rs)
         reads = rs[0].reads_hook
-        capture = captures.setdefault(reads, _Capture(reads)) if reads is not None else None
+        capture = captures.setdefault(reads, InputCapture(reads)) if reads is not None else None
         per_hook.setdefault(hook, []).append(_Contribution(positions, editor, label, capture))
     trackers: dict[int, SequenceTracker] = {}
     hook_fns: dict[str, _HookFn] = {}
