@@ -10,7 +10,8 @@ Every latent edit is `new_m = a_m * c1_m + c0_m` on the current activation `a_m`
     ablate   -> c1 = -1, c0 = 0     (delta = -a)
 
 and the activation moves by the decoded change only, keeping the SAE's reconstruction error:
-x' = x + delta_NM @ W_dec[ids]. A conditional edit multiplies its delta by whether its trigger
+x' = x + delta_NM @ W_dec[ids]. A transcoder reads its latents at its input hook and writes the
+decoded change ([N, d_out]) to its target hook (`steering.session` captures the input there). A conditional edit multiplies its delta by whether its trigger
 latent's current activation is above the threshold (read from the same x). A delta of exactly zero (add 0, scale 1, clamp to the value the
 latent has) adds exact zeros, so x' is bit-identical to x.
 
@@ -134,7 +135,8 @@ class LatentEditor:
             raise ValueError("give one trigger (or None) per edited latent")
         dev, dt = sae.W_dec.device, sae.W_dec.dtype
         self.sae = sae
-        self.d_in = sae.d_in
+        self.d_in = sae.d_in  # width of the rows the latents are read from
+        self.d_out = sae.d_out  # width of the delta (a transcoder's target; d_in for an SAE)
         self.dtype = dt
         self.kind = encoder_kind(sae)
         M = len(ids)
@@ -407,16 +409,16 @@ def reference_edit(sae: SAE, x: Tensor, ops: Sequence[tuple[int, str, float]]) -
     x_ND = x.reshape(-1, sae.d_in).to(sae.dtype)
     acts_NF = sae.encode(x_ND)
     edited_NF = acts_NF.clone()
-    for feature, op, value in ops:
-        col = acts_NF[:, feature]
+    for latent, op, value in ops:
+        col = acts_NF[:, latent]
         if op == "add":
-            edited_NF[:, feature] = col + value
+            edited_NF[:, latent] = col + value
         elif op == "clamp":
-            edited_NF[:, feature] = value
+            edited_NF[:, latent] = value
         elif op == "scale":
-            edited_NF[:, feature] = col * value
+            edited_NF[:, latent] = col * value
         elif op == "ablate":
-            edited_NF[:, feature] = 0.0
+            edited_NF[:, latent] = 0.0
         else:
             raise ValueError(f"unknown op {op!r}")
     out_ND = x_ND + (sae.decode(edited_NF) - sae.decode(acts_NF))
