@@ -136,17 +136,16 @@ Pass state: {res.state_bytes / 2**20:.0f} MiB, independent of the number of toke
 DEFAULT_TOY_SAES = (
     # the first version of this table: TopK and Matryoshka at blocks.2, width-rule LR, 8M tokens
     "arch=topk", "arch=matryoshka",
-    # one change at a time from there (defaults: d_sae 1024, k 16, 8M tokens)
+    # TopK, one change at a time (defaults: d_sae 1024, k 16, 8M tokens): LR, layer, length, k, width
     "lr=2e-3", "layer=1,lr=2e-3", "layer=0,lr=2e-3", "layer=1", "layer=1,lr=5e-4",
     "layer=1,lr=2e-3,tokens=2M", "layer=1,lr=2e-3,tokens=32M",
     "layer=1,lr=2e-3,k=8,tokens=2M", "layer=1,lr=2e-3,k=32,tokens=2M", "layer=1,lr=2e-3,k=64,tokens=2M",
-    "layer=1,lr=2e-3,d_sae=4096,tokens=2M",
-    "layer=1,lr=2e-3,k=8",
-    "layer=1,lr=2e-3,arch=batchtopk", "layer=1,lr=2e-3,arch=batchtopk,k=8", "layer=1,lr=2e-3,arch=batchtopk,k=4",
-    "layer=1,lr=2e-3,arch=batchtopk,k=8,d_sae=2048", "layer=0,lr=2e-3,arch=batchtopk,k=8",
-    "layer=2,lr=2e-3,arch=batchtopk,k=8", "layer=1,lr=2e-3,arch=batchtopk,tokens=32M",
+    "layer=1,lr=2e-3,k=8", "layer=1,lr=2e-3,d_sae=4096,tokens=2M",
+    # BatchTopK and Matryoshka at the better LR
+    "layer=1,lr=2e-3,arch=batchtopk", "layer=1,lr=2e-3,arch=batchtopk,k=8", "layer=1,lr=2e-3,arch=batchtopk,d_sae=2048",
+    "layer=1,lr=2e-3,arch=batchtopk,tokens=32M",
+    "layer=0,lr=2e-3,arch=batchtopk", "layer=0,lr=2e-3,arch=batchtopk,tokens=32M", "layer=0,lr=2e-3,arch=batchtopk,tokens=64M",
     "layer=1,lr=2e-3,arch=matryoshka", "layer=1,lr=2e-3,arch=matryoshka,widths=32/128/1024",
-    "layer=1,lr=2e-3,arch=matryoshka,widths=16/64/256/1024",
 )
 
 
