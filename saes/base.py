@@ -20,7 +20,8 @@ code needs to know about it is asked of the class, never decided by its name or 
 | training selection; `group`: the ranks of a data-parallel global batch | `training_select(pre_BF, group)` | `select` |
 | nested levels and their reconstructions (Matryoshka) | `levels`, `level_reconstructions` | None, [full] |
 | the objective's auxiliary term | `auxiliary_loss` | AuxK |
-| which hand-written fast step applies ("topk", "batch_topk") | `training_rule` | "generic" (autograd only) |
+| a sparsity penalty in the objective (JumpReLU), by optimiser step | `sparsity_penalty` | None |
+| which hand-written fast step applies ("topk", "batch_topk", "jumprelu") | `training_rule` | "generic" (autograd only) |
 | state updated after each optimiser step (BatchTopK thresholds) | `update_inference_form_` | nothing |
 | SAELens cfg.json: architecture saved, its fields, training details | `saelens_architecture`, `saelens_fields`, `training_details` | own name, {}, {} |
 | SAELens cfg.json back into config fields | `config_fields_from_saelens` | {} |
@@ -57,11 +58,11 @@ from saes.sparse import DecodeMethod, SparseActs, sparse_decode
 from saes.topk_select import BatchGroup
 
 EncodingRule = Literal["threshold", "relu", "topk", "generic"]
-TrainingRule = Literal["topk", "batch_topk", "generic"]
+TrainingRule = Literal["topk", "batch_topk", "jumprelu", "generic"]
 
 # members whose redefinition changes what `encoding_rule` / `training_rule` describe
 _ENCODING_MEMBERS = ("select", "pre_activations", "encode_with_pre")
-_TRAINING_MEMBERS = _ENCODING_MEMBERS + ("training_select", "level_reconstructions", "auxiliary_loss")
+_TRAINING_MEMBERS = _ENCODING_MEMBERS + ("training_select", "level_reconstructions", "auxiliary_loss", "sparsity_penalty")
 
 
 class Encoding(NamedTuple):
@@ -229,6 +230,12 @@ class SAE(nn.Module):
         """The objective's auxiliary term before its coefficient: AuxK (the top-k_aux dead latents
         reconstruct the detached residual of the live ones)."""
         return auxk_loss(pre_BF, residual_BD, self.W_dec, dead_mask_F, k_aux, method)
+
+    def sparsity_penalty(self, pre_BF: Tensor, acts: SparseActs, dead_mask_F: Tensor | None, step: int) -> Tensor | None:
+        """A term the objective adds as it is (its coefficient inside), for architectures whose
+        sparsity is trained rather than imposed (JumpReLU); `step`: the optimiser step, 0-based,
+        for coefficients with a warm-up. None: no such term (TopK, BatchTopK: k imposes it)."""
+        return None
 
     @torch.no_grad()
     def update_inference_form_(

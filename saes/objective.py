@@ -2,6 +2,7 @@
 gives (`saes/base.py`): `training_select`, `level_reconstructions`, `auxiliary_loss`.
 
     total = sum over levels of MSE(level reconstruction) + aux_coef * auxiliary term
+            + sparsity penalty (JumpReLU; its coefficient inside, warmed up by optimiser step)
 
 (one level unless the SAE has `levels`). This is the eager reference: any fast training step
 must give the same loss and gradients (see tests/test_saes_fast_step.py).
@@ -25,7 +26,7 @@ DEFAULT_AUX_COEF = 1 / 32  # OpenAI TopK paper
 class LossOutput(NamedTuple):
     total: Tensor  # what the optimizer minimises
     mse: Tensor  # full reconstruction
-    aux: Tensor  # AuxK term, already multiplied by its coefficient
+    aux: Tensor  # AuxK term times its coefficient, plus the sparsity penalty where the SAE has one
     level_mse: Tensor | None  # SAEs with `levels`: [L] per level (last = full); else None
     recon_BD: Tensor
     acts: SparseActs
@@ -44,8 +45,10 @@ def training_loss(
     k_aux: int | None = None,
     decode_method: DecodeMethod = "embedding_bag",
     group: BatchGroup | None = None,
+    step: int = 0,
 ) -> LossOutput:
-    """`group`: the ranks of a data-parallel global batch (for selections over the batch)."""
+    """`group`: the ranks of a data-parallel global batch (for selections over the batch);
+    `step`: the optimiser step (0-based), for penalties warmed up over steps."""
     x_BD = sae._rows(x_BD)
     pre_BF = sae.pre_activations(x_BD)
     acts = sae.training_select(pre_BF, group)
@@ -60,4 +63,7 @@ def training_loss(
     aux = aux_coef * sae.auxiliary_loss(
         pre_BF, (x_BD - recon_BD).detach(), dead_mask_F, k_aux or default_k_aux(sae.d_in), decode_method
     )
+    penalty = sae.sparsity_penalty(pre_BF, acts, dead_mask_F, step)
+    if penalty is not None:
+        aux = aux + penalty
     return LossOutput(recon_total + aux, mse, aux, level_mse, recon_BD, acts, pre_BF)
