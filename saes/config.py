@@ -45,12 +45,14 @@ SPARSITY_LOSS_MODES = ("step", "tanh")
 class JumpReLUConfig(SAEConfig):
     """JumpReLU SAE: a latent fires when its pre-activation exceeds its own learned threshold.
 
-    The training fields are SAELens's (JumpReLUTrainingSAEConfig), with its names and defaults;
-    they change how the SAE trains, never what a trained one computes."""
+    The training fields are SAELens's (JumpReLUTrainingSAEConfig), with its names and defaults
+    except the initial threshold (ours is in the units of the trainer's scaled inputs); they
+    change how the SAE trains, never what a trained one computes."""
 
     jumprelu_init_threshold: float = field(
-        default=0.01, metadata={"help": "JumpReLU: initial threshold of every latent (in the units of the "
-                                        "normalised pre-activations)"})
+        default=1.0, metadata={"help": "JumpReLU: initial threshold of every latent, in the trainer's units (inputs "
+                                       "scaled to E||x|| = sqrt(d_in): a random direction's pre-activation has std "
+                                       "about 1; SAELens's default 0.01 is for its unscaled inputs)"})
     jumprelu_bandwidth: float = field(
         default=0.05, metadata={"help": "JumpReLU: width of the rectangle kernel of the straight-through threshold "
                                         "gradient (pre-activations within bandwidth/2 of a threshold move it)"})

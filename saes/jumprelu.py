@@ -15,6 +15,10 @@ and Anthropic's 2025 variant of the penalty):
 - Anthropic's pre-activation loss (`pre_act_loss_coefficient`, 0 = off): for dead latents,
   c * sum_f relu(t_f - pre_f) * ||W_dec_f||, pulling their pre-activations up to the threshold.
   It replaces AuxK, which JumpReLU does not use.
+- the decoder norms in both terms are constants of the objective: the trainer keeps decoder
+  rows at unit norm and removes the part of each row's gradient along the row, which is all a
+  norm's gradient would be (SAELens, not constraining the decoder, differentiates them); computed,
+  it would leave only rounding noise, which Adam turns into lr-sized steps of dead latents' rows.
 - t is the parameter itself, not log t (SAELens 6 changed this: Adam moves a parameter by about
   lr per step, so log t barely moves a small initial threshold); a projection after each
   optimiser step keeps t >= 0 (`update_inference_form_`).
@@ -113,7 +117,7 @@ class JumpReLUSAE(ThresholdSAE):
         cfg, t_F = self.cfg, self.threshold
         B = pre_BF.shape[0]
         coef = cfg.sparsity_coefficient(step)
-        norms_F = self.W_dec.norm(dim=1)
+        norms_F = self.W_dec.norm(dim=1).detach()  # constants: see the module docstring
         if cfg.jumprelu_sparsity_loss_mode == "step":
             penalty = coef * _StepCount.apply(pre_BF, t_F, cfg.jumprelu_bandwidth).sum() / B
         else:  # "tanh"

@@ -61,8 +61,7 @@ def jumprelu_grads(sae, x_BD: Tensor, dead_mask_F: Tensor | None, step: int, enc
 
     # the sparsity penalty (its coefficient warmed up by step)
     coef = cfg.sparsity_coefficient(step)
-    norms_F = W_dec.norm(dim=1)
-    dnorm_F = torch.zeros(Fdim, dtype=dtype, device=dev)  # d loss / d ||W_dec row||
+    norms_F = W_dec.norm(dim=1)  # constants of the objective (saes/jumprelu.py)
     dt_F = torch.zeros(Fdim, dtype=dtype, device=dev)
     if cfg.jumprelu_sparsity_loss_mode == "step":
         penalty = coef * fire_N.sum().to(dtype) / B
@@ -73,7 +72,6 @@ def jumprelu_grads(sae, x_BD: Tensor, dead_mask_F: Tensor | None, step: int, enc
         penalty = coef * tanh_N.sum() / B
         dtanh_N = (coef / B) * (1 - tanh_N * tanh_N)  # d penalty / d (s * act * norm)
         dacts_N += dtanh_N * s * n_N
-        dnorm_F.index_add_(0, idx_N, dtanh_N * s * vals_N)
 
     # the gate: to pre where the entry fires, straight through the kernel to t
     dpre_N = dacts_N * fire_N
@@ -100,12 +98,9 @@ def jumprelu_grads(sae, x_BD: Tensor, dead_mask_F: Tensor | None, step: int, enc
         pre_act = (c / B) * (gap_BE * n_E).sum()
         dpre_BE = below_BE * (-(c / B) * n_E)
         dt_F.index_add_(0, dead_E, below_BE.sum(0) * (c / B) * n_E)
-        dnorm_F.index_add_(0, dead_E, (c / B) * gap_BE.sum(0))
         dW_enc_DF.index_add_(1, dead_E, sae_in_BD.t() @ dpre_BE)
         db_enc_F.index_add_(0, dead_E, dpre_BE.sum(0))
 
-    if cfg.jumprelu_sparsity_loss_mode == "tanh" or pre_act_used:  # terms scaled by ||W_dec row||:
-        dW_dec_FD.addcmul_((dnorm_F / norms_F)[:, None], W_dec)  # along each row (the trainer drops that part)
     db_dec_D = g_BD.sum(0)
     if cfg.apply_b_dec_to_input:  # sae_in = x - b_dec
         db_dec_D -= W_enc @ db_enc_F

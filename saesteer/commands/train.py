@@ -67,7 +67,7 @@ _SAE_FLAGS = ("architecture", "d_sae", "k", "matryoshka_widths", "sae_lr", "sae_
 def _option_configs():
     from saes.config import JumpReLUConfig  # torch-free
 
-    return ((JumpReLUConfig, "JumpReLU (--architecture jumprelu; SAELens's names and defaults)"),)
+    return ((JumpReLUConfig, "JumpReLU (--architecture jumprelu; SAELens's names)"),)
 
 
 def _shared_sae_fields() -> tuple[str, ...]:
