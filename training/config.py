@@ -53,7 +53,7 @@ class SAESpec:
     architecture: str = field(
         default="topk",
         metadata={"help": "a trainable architecture of saes/registry.py (shipped: topk, batchtopk, "
-                          "matryoshka_batchtopk; alias: matryoshka)"},
+                          "matryoshka_batchtopk, jumprelu; alias: matryoshka)"},
     )
     d_sae: int = field(default=4096, metadata={"help": "number of latents"})
     k: int = field(default=32, metadata={"help": "active latents per token (BatchTopK: on average over the batch)"})

@@ -9,11 +9,12 @@ from pathlib import Path
 
 NAME = "train"
 ORDER = 30
-HELP = "train TopK / BatchTopK / Matryoshka SAEs on an activation cache (resumable, evaluated)"
+HELP = "train TopK / BatchTopK / Matryoshka / JumpReLU SAEs on an activation cache (resumable, evaluated)"
 DESCRIPTION = """\
 Train sparse autoencoders on the activations of one hook point. Several SAEs (different
 architecture, k or width) train together in one pass over the same batches: give several
-comma-separated values to --architecture / --k / --d-sae and every combination is trained.
+comma-separated values to --architecture / --k / --d-sae and every combination is trained
+(JumpReLU, which has no k, once per width; its own settings apply to every JumpReLU SAE).
 
 Output folder (--out):
   saes/<name>/          one SAELens-compatible SAE folder per SAE (cfg.json, sae_weights.safetensors,
@@ -146,10 +147,11 @@ def add_arguments(parser) -> None:
 
     s = parser.add_argument_group("SAEs (comma-separated values: every combination is trained)")
     s.add_argument("--architecture", default=None, metavar="LIST",
-                   help="topk, batchtopk, matryoshka (= matryoshka_batchtopk), or any other trainable "
-                        "architecture of saes/registry.py (default: topk)")
+                   help="topk, batchtopk, matryoshka (= matryoshka_batchtopk), jumprelu (its settings: "
+                        "below), or any other trainable architecture of saes/registry.py (default: topk)")
     s.add_argument("--d-sae", dest="d_sae", default=None, metavar="LIST", help="number of latents (default: 4096)")
-    s.add_argument("--k", default=None, metavar="LIST", help="active latents per token (default: 32)")
+    s.add_argument("--k", default=None, metavar="LIST", help="active latents per token (default: 32; JumpReLU has "
+                                                             "none: its L0 follows from --l0-coefficient)")
     s.add_argument("--matryoshka-widths", dest="matryoshka_widths", default=None, metavar="INT,...",
                    help="Matryoshka prefix widths ending at d_sae (default: ~4x steps)")
     s.add_argument("--sae-lr", dest="sae_lr", type=float, default=None,
