@@ -35,7 +35,8 @@ with `training_select` (over the batch) and infer with their thresholds, saved a
 What the rules promise: "threshold" (`encoding_rule`) means a latent fires where its own
 pre-activation exceeds max(threshold, 0), read from the `threshold` buffer; "relu" where it
 exceeds 0; "topk" and the training rules "topk" / "batch_topk" select the `cfg.k` largest per
-row / k * rows largest in the batch (values relu'd for "topk"), as TopKSAE / BatchTopKSAE do.
+row / k * rows largest in the batch (values relu'd for "topk"), as TopKSAE / BatchTopKSAE do;
+the training rule "jumprelu" is JumpReLUSAE's objective (learned thresholds, sparsity penalty).
 
 Descriptors never go stale: a subclass that redefines how latents are selected (`select`,
 `pre_activations`, `encode_with_pre`) without declaring its own `encoding_rule` and
