@@ -65,6 +65,9 @@ class JumpReLUConfig(SAEConfig):
         default=0, metadata={"help": "JumpReLU: steps over which the sparsity coefficient rises linearly from 0"})
     jumprelu_tanh_scale: float = field(
         default=4.0, metadata={"help": "JumpReLU, tanh penalty: scale inside the tanh"})
+    jumprelu_ste_to_input: bool = field(
+        default=False, metadata={"help": "JumpReLU: the straight-through estimate reaches the pre-activations (and so "
+                                         "the encoder) too, not only the thresholds (false: DeepMind; true: Anthropic)"})
     pre_act_loss_coefficient: float = field(
         default=0.0, metadata={"help": "JumpReLU: coefficient of Anthropic's pre-activation loss, which pulls dead "
                                        "latents' pre-activations up to their thresholds (0: off; Anthropic: 3e-6)"})
@@ -80,6 +83,8 @@ class JumpReLUConfig(SAEConfig):
         whole_number("JumpReLUConfig", "l0_warm_up_steps", self.l0_warm_up_steps, minimum=0)
         finite_number("JumpReLUConfig", "jumprelu_tanh_scale", self.jumprelu_tanh_scale, lo=0.0)
         finite_number("JumpReLUConfig", "pre_act_loss_coefficient", self.pre_act_loss_coefficient, lo=0.0)
+        require(isinstance(self.jumprelu_ste_to_input, bool), f"JumpReLUConfig.jumprelu_ste_to_input must be true or "
+                f"false; got {self.jumprelu_ste_to_input!r}", field="jumprelu_ste_to_input")
 
     def sparsity_coefficient(self, step: int) -> float:
         """The penalty's coefficient at optimiser step `step` (0-based): linear from 0 over

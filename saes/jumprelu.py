@@ -7,7 +7,9 @@ and Anthropic's 2025 variant of the penalty):
 
 - act = pre * H(pre - t). H's derivative is zero almost everywhere, so t gets a straight-through
   estimate through a rectangle kernel K(u) = 1[-1/2 < u < 1/2] of width `jumprelu_bandwidth` bw:
-  d act / d t = -(t / bw) K((pre - t) / bw); d act / d pre = H (the estimate reaches t only).
+  d act / d t = -(t / bw) K((pre - t) / bw); d act / d pre = H (the estimate reaches t only;
+  with `jumprelu_ste_to_input`, Anthropic's choice, pre gets + (t / bw) K too, and the L0's
+  estimate below reaches pre as + (1/bw) K).
 - the sparsity penalty, its coefficient rising linearly over `l0_warm_up_steps`
   (`JumpReLUConfig.sparsity_coefficient`), averaged over rows:
   "step": coef * L0, L0 = sum_f H(pre_f - t_f), d/dt = -(1/bw) K((pre - t) / bw);
@@ -58,33 +60,36 @@ class _GatedValues(torch.autograd.Function):
     """act = pre * H(pre - t) per entry; straight-through gradient to t through the kernel."""
 
     @staticmethod
-    def forward(ctx: Any, pre_N: Tensor, t_N: Tensor, bandwidth: float) -> Tensor:
+    def forward(ctx: Any, pre_N: Tensor, t_N: Tensor, bandwidth: float, to_input: bool) -> Tensor:
         fire_N = fires(pre_N, t_N)
         ctx.save_for_backward(pre_N, t_N, fire_N)
-        ctx.bandwidth = bandwidth
+        ctx.bandwidth, ctx.to_input = bandwidth, to_input
         return pre_N * fire_N
 
     @staticmethod
-    def backward(ctx: Any, g_N: Tensor) -> tuple[Tensor, Tensor, None]:
+    def backward(ctx: Any, g_N: Tensor) -> tuple[Tensor, Tensor, None, None]:
         pre_N, t_N, fire_N = ctx.saved_tensors
         bw = ctx.bandwidth
-        return g_N * fire_N, -(t_N / bw) * in_band(pre_N, t_N, bw) * g_N, None
+        ste_N = (t_N / bw) * in_band(pre_N, t_N, bw) * g_N
+        dpre_N = g_N * fire_N + ste_N if ctx.to_input else g_N * fire_N
+        return dpre_N, -ste_N, None, None
 
 
 class _StepCount(torch.autograd.Function):
     """H(pre - t) over [B, F]; straight-through gradient to t only (the L0 penalty)."""
 
     @staticmethod
-    def forward(ctx: Any, pre_BF: Tensor, t_F: Tensor, bandwidth: float) -> Tensor:
+    def forward(ctx: Any, pre_BF: Tensor, t_F: Tensor, bandwidth: float, to_input: bool) -> Tensor:
         ctx.save_for_backward(pre_BF, t_F)
-        ctx.bandwidth = bandwidth
+        ctx.bandwidth, ctx.to_input = bandwidth, to_input
         return fires(pre_BF, t_F).to(pre_BF.dtype)
 
     @staticmethod
-    def backward(ctx: Any, g_BF: Tensor) -> tuple[None, Tensor, None]:
+    def backward(ctx: Any, g_BF: Tensor) -> tuple[Tensor | None, Tensor, None, None]:
         pre_BF, t_F = ctx.saved_tensors
         bw = ctx.bandwidth
-        return None, (-(1.0 / bw) * in_band(pre_BF, t_F, bw) * g_BF).sum(0), None
+        ste_BF = (1.0 / bw) * in_band(pre_BF, t_F, bw) * g_BF
+        return (ste_BF if ctx.to_input else None), -ste_BF.sum(0), None, None
 
 
 class JumpReLUSAE(ThresholdSAE):
@@ -104,7 +109,7 @@ class JumpReLUSAE(ThresholdSAE):
         with torch.no_grad():
             keep_BF = fires(pre_BF, t_F) | in_band(pre_BF, t_F, bw)
         rows_N, cols_N = keep_BF.nonzero(as_tuple=True)
-        vals_N = _GatedValues.apply(pre_BF[rows_N, cols_N], t_F[cols_N], bw)
+        vals_N = _GatedValues.apply(pre_BF[rows_N, cols_N], t_F[cols_N], bw, self.cfg.jumprelu_ste_to_input)
         return SparseActs.from_coo(vals_N, rows_N, cols_N, pre_BF.shape[0], pre_BF.shape[1])
 
     def auxiliary_loss(self, pre_BF: Tensor, residual_BD: Tensor, dead_mask_F: Tensor | None, k_aux: int,
@@ -119,7 +124,7 @@ class JumpReLUSAE(ThresholdSAE):
         coef = cfg.sparsity_coefficient(step)
         norms_F = self.W_dec.norm(dim=1).detach()  # constants: see the module docstring
         if cfg.jumprelu_sparsity_loss_mode == "step":
-            penalty = coef * _StepCount.apply(pre_BF, t_F, cfg.jumprelu_bandwidth).sum() / B
+            penalty = coef * _StepCount.apply(pre_BF, t_F, cfg.jumprelu_bandwidth, cfg.jumprelu_ste_to_input).sum() / B
         else:  # "tanh"
             scaled_N = cfg.jumprelu_tanh_scale * acts.values_N * norms_F[acts.indices_N]
             penalty = coef * torch.tanh(scaled_N).sum() / B

@@ -63,9 +63,14 @@ def jumprelu_grads(sae, x_BD: Tensor, dead_mask_F: Tensor | None, step: int, enc
     coef = cfg.sparsity_coefficient(step)
     norms_F = W_dec.norm(dim=1)  # constants of the objective (saes/jumprelu.py)
     dt_F = torch.zeros(Fdim, dtype=dtype, device=dev)
+    dpre_N = torch.zeros_like(vals_N)
+    to_input = cfg.jumprelu_ste_to_input  # the straight-through estimates reach pre too (Anthropic)
     if cfg.jumprelu_sparsity_loss_mode == "step":
         penalty = coef * fire_N.sum().to(dtype) / B
-        dt_F.index_add_(0, idx_N, band_N.to(dtype) * (-coef / (bw * B)))
+        ste_N = band_N.to(dtype) * (coef / (bw * B))
+        dt_F.index_add_(0, idx_N, -ste_N)
+        if to_input:
+            dpre_N += ste_N
     else:  # "tanh": coef * sum tanh(s * act * norm) / B
         s, n_N = cfg.jumprelu_tanh_scale, norms_F[idx_N]
         tanh_N = torch.tanh(s * vals_N * n_N)
@@ -74,8 +79,11 @@ def jumprelu_grads(sae, x_BD: Tensor, dead_mask_F: Tensor | None, step: int, enc
         dacts_N += dtanh_N * s * n_N
 
     # the gate: to pre where the entry fires, straight through the kernel to t
-    dpre_N = dacts_N * fire_N
-    dt_F.index_add_(0, idx_N, -(t_N / bw) * band_N * dacts_N)
+    ste_N = (t_N / bw) * band_N * dacts_N
+    dpre_N += dacts_N * fire_N
+    dt_F.index_add_(0, idx_N, -ste_N)
+    if to_input:
+        dpre_N += ste_N
 
     # weight gradients, entries grouped by latent
     perm_N = sort_order(idx_N, Fdim)

@@ -16,12 +16,15 @@ from saes.step import compute_grads
 from training.config import CheckpointConfig, EvalConfig, LogConfig, OptimConfig, RunConfig, SAESpec, TrainConfig
 
 PARAMS = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")
-MODES = [("step", 0.0), ("tanh", 0.0), ("step", 0.2), ("tanh", 0.3)]  # (sparsity loss, pre-activation loss coef)
+# (sparsity loss, pre-activation loss coef, straight-through estimate to the pre-activations too)
+MODES = [("step", 0.0, False), ("tanh", 0.0, False), ("step", 0.2, True), ("tanh", 0.3, True), ("tanh", 0.0, True)]
 
 
-def _jumprelu(mode: str, pre_act: float, d_in: int = 16, d_sae: int = 64, **kw) -> saes.JumpReLUSAE:
+def _jumprelu(mode: str, pre_act: float, to_input: bool = False, d_in: int = 16, d_sae: int = 64,
+              **kw) -> saes.JumpReLUSAE:
     sae = saes.create_sae("jumprelu", d_in, d_sae, jumprelu_sparsity_loss_mode=mode, pre_act_loss_coefficient=pre_act,
-                          jumprelu_bandwidth=0.3, generator=torch.Generator().manual_seed(1), **kw)
+                          jumprelu_ste_to_input=to_input, jumprelu_bandwidth=0.3,
+                          generator=torch.Generator().manual_seed(1), **kw)
     g = torch.Generator().manual_seed(2)
     with torch.no_grad():
         sae.threshold.uniform_(0.0, 1.0, generator=g)
@@ -37,17 +40,17 @@ def test_sparsity_coefficient_warms_up_linearly_as_sae_lens() -> None:
     assert saes.JumpReLUConfig(d_in=4, d_sae=8, l0_coefficient=2.0).sparsity_coefficient(0) == 2.0
 
 
-@pytest.mark.parametrize("mode,pre_act", MODES)
-def test_eager_reference_equals_sae_lens_training_sae(mode: str, pre_act: float) -> None:
+@pytest.mark.parametrize("mode,pre_act,to_input", MODES)
+def test_eager_reference_equals_sae_lens_training_sae(mode: str, pre_act: float, to_input: bool) -> None:
     """Our objective (loss and every gradient, the threshold's included) is SAELens's
     JumpReLUTrainingSAE.training_forward_pass on the same weights, coefficient and dead mask."""
     from sae_lens.saes.jumprelu_sae import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
     from sae_lens.saes.sae import TrainStepInput
 
-    ours = _jumprelu(mode, pre_act, l0_coefficient=0.7, l0_warm_up_steps=4)
+    ours = _jumprelu(mode, pre_act, to_input, l0_coefficient=0.7, l0_warm_up_steps=4)
     sl = JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(
         d_in=16, d_sae=64, jumprelu_bandwidth=0.3, jumprelu_sparsity_loss_mode=mode, l0_coefficient=0.7,
-        pre_act_loss_coefficient=pre_act or None, jumprelu_tanh_scale=4.0))
+        pre_act_loss_coefficient=pre_act or None, jumprelu_tanh_scale=4.0, jumprelu_ste_to_input=to_input))
     with torch.no_grad():
         for n in PARAMS:
             getattr(sl, n).copy_(getattr(ours, n))
@@ -69,12 +72,13 @@ def test_eager_reference_equals_sae_lens_training_sae(mode: str, pre_act: float)
     assert ours.threshold.grad.abs().sum() > 0
 
 
-def _trainer_pair(mode: str, pre_act: float, steps: int):
+def _trainer_pair(mode: str, pre_act: float, to_input: bool, steps: int):
     from training.trainer import Trainer
 
     def config(method: str) -> RunConfig:
         options = {"jumprelu_sparsity_loss_mode": mode, "pre_act_loss_coefficient": pre_act, "l0_coefficient": 0.5,
-                   "l0_warm_up_steps": 3, "jumprelu_init_threshold": 1.5, "jumprelu_bandwidth": 0.4}
+                   "l0_warm_up_steps": 3, "jumprelu_init_threshold": 1.5, "jumprelu_bandwidth": 0.4,
+                   "jumprelu_ste_to_input": to_input}
         return RunConfig(saes=[SAESpec("jumprelu", d_sae=48, options=options)],
                          train=TrainConfig(total_tokens=steps * 64, batch_size=64, step_method=method, seed=5,
                                            dead_window_fraction=0.01),  # window = 1 batch: latents go dead
@@ -83,14 +87,14 @@ def _trainer_pair(mode: str, pre_act: float, steps: int):
     return Trainer(config("autograd"), 16), Trainer(config("fast"), 16)
 
 
-@pytest.mark.parametrize("mode,pre_act", MODES)
-def test_fast_step_equals_the_reference_over_trainer_steps(mode: str, pre_act: float) -> None:
+@pytest.mark.parametrize("mode,pre_act,to_input", MODES)
+def test_fast_step_equals_the_reference_over_trainer_steps(mode: str, pre_act: float, to_input: bool) -> None:
     """Six trainer steps (the penalty's warm-up runs over the first three; latents die, so the
     pre-activation loss engages): losses, every gradient and the weights stay equal."""
     from training.synthetic import SyntheticActivations
 
     steps = 6
-    ref, fast = _trainer_pair(mode, pre_act, steps)
+    ref, fast = _trainer_pair(mode, pre_act, to_input, steps)
     assert ref.step_method == "autograd" and fast.step_method == "fast"
     src = SyntheticActivations(16, 64, n_features=40, active=3, seed=7)
     holdout = src.batch(99)
