@@ -97,8 +97,7 @@ def jumprelu_grads(sae, x_BD: Tensor, dead_mask_F: Tensor | None, step: int, enc
     pre_act = torch.zeros((), dtype=dtype, device=dev)
     c = cfg.pre_act_loss_coefficient
     dead_E = None if c <= 0 or dead_mask_F is None else dead_mask_F.to(dev, torch.bool).nonzero().squeeze(1)
-    pre_act_used = dead_E is not None and dead_E.numel() > 0
-    if pre_act_used:
+    if dead_E is not None and dead_E.numel():
         gap_BE = t_F[dead_E] - pre_BF.index_select(1, dead_E).to(dtype)
         below_BE = (gap_BE > 0).to(dtype)
         n_E = norms_F[dead_E]
