@@ -407,16 +407,16 @@ def reference_edit(sae: SAE, x: Tensor, ops: Sequence[tuple[int, str, float]]) -
     x_ND = x.reshape(-1, sae.d_in).to(sae.dtype)
     acts_NF = sae.encode(x_ND)
     edited_NF = acts_NF.clone()
-    for feature, op, value in ops:
-        col = acts_NF[:, feature]
+    for latent, op, value in ops:
+        col = acts_NF[:, latent]
         if op == "add":
-            edited_NF[:, feature] = col + value
+            edited_NF[:, latent] = col + value
         elif op == "clamp":
-            edited_NF[:, feature] = value
+            edited_NF[:, latent] = value
         elif op == "scale":
-            edited_NF[:, feature] = col * value
+            edited_NF[:, latent] = col * value
         elif op == "ablate":
-            edited_NF[:, feature] = 0.0
+            edited_NF[:, latent] = 0.0
         else:
             raise ValueError(f"unknown op {op!r}")
     out_ND = x_ND + (sae.decode(edited_NF) - sae.decode(acts_NF))

@@ -54,7 +54,7 @@ class RowEdit:
     """One resolved feature edit of one row (raw units)."""
 
     sae: str
-    feature: int
+    latent: int
     op: str
     value: float
     positions: Any
@@ -67,7 +67,7 @@ class StopTrigger:
     """Stop the row once `feature` of SAE `sae` is above `above` on a generated token."""
 
     sae: str
-    feature: int
+    latent: int
     above: float
     label: str = ""
 
@@ -135,7 +135,7 @@ def check_positions(steering: RowSteering, layout: RowLayout) -> None:
     """Compile every edit's positions against this row's prompt (SteeringError if one does not fit),
     without building anything: what a request is checked with before it joins a batch."""
     for e in steering.edits:
-        compile_positions(e.positions, layout, e.label or f"feature {e.feature}")
+        compile_positions(e.positions, layout, e.label or f"feature {e.latent}")
 
 
 def _latent_columns(rows: Sequence[RowSteering | None], sae_name: str):
@@ -157,12 +157,12 @@ def _latent_columns(rows: Sequence[RowSteering | None], sae_name: str):
             continue
         for j, e in enumerate(r.edits):
             if e.sae == sae_name:
-                entries.append((b, col_of(e.feature), j, e))
+                entries.append((b, col_of(e.latent), j, e))
                 if e.trigger is not None:
                     col_of(e.trigger[0])
         for s in r.stops:
             if s.sae == sae_name:
-                stops.append((b, col_of(s.feature), s))
+                stops.append((b, col_of(s.latent), s))
     return U, col, entries, stops
 
 
@@ -224,10 +224,10 @@ class BatchEditor:
         self.rules: dict[tuple[int, int], CompiledPositions] = {}
         for b, u, j, e in entries:
             if (b, u) in self.edit_at:
-                raise SteeringError(f"{e.label or e.feature}: feature {e.feature} is edited twice in one request")
+                raise SteeringError(f"{e.label or e.latent}: feature {e.latent} is edited twice in one request")
             c1[b, u], c0[b, u] = op_coefficients(e.op, e.value)
             self.edit_at[(b, u)] = j
-            self.rules[(b, u)] = compile_positions(e.positions, self.layouts[b], e.label or f"feature {e.feature}")
+            self.rules[(b, u)] = compile_positions(e.positions, self.layouts[b], e.label or f"feature {e.latent}")
             if e.trigger is not None:
                 trig_col[b, u] = col[e.trigger[0]]
                 trig_thr[b, u] = e.trigger[1]

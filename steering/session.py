@@ -11,6 +11,10 @@ Everything is checked before a hook is attached (unknown SAE or hook, feature ou
 non-finite or absurd strengths); hooks are added with TransformerLens's `model.hooks(...)` plus a
 forward pre-hook per block involved (to read the KV-cache length and attention mask), and all of
 them are removed when the block exits, whichever way it exits.
+
+One module over 450 lines on purpose: resolving edits (checks, presets, triggers) and the hooks
+that apply them are the two halves of `steer`, imported together by the API, the engine, sweeps
+and methods; if it grows, the resolving half is the one to move out.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ class ResolvedEdit:
     edit: Edit
     sae_name: str | None
     hook_name: str
-    feature: int | None  # None for vector edits
+    latent: int | None  # None for vector edits
     op: str
     value: float  # raw units (add/clamp), factor (scale), 0 (ablate), strength (vector)
     positions: Positions
@@ -287,7 +291,7 @@ def _sae_name_of(e: FeatureEdit, sae_map: Mapping[str, SAE]) -> str:
         if len(sae_map) != 1:
             raise SteeringError(
                 f"{e.describe()}: several SAEs are given ({', '.join(sae_map)}); name one, e.g. "
-                f"{next(iter(sae_map))}/{e.feature}:{e.op}"
+                f"{next(iter(sae_map))}/{e.latent}:{e.op}"
             )
         return next(iter(sae_map))
     if e.sae not in sae_map:
@@ -301,9 +305,9 @@ def _resolve_feature_edit(model: Model, sae_map: Mapping[str, SAE], e: FeatureEd
     (`seen` records it), its strength converted to a raw activation."""
     name = _sae_name_of(e, sae_map)
     sae = sae_map[name]
-    if not 0 <= e.feature < sae.d_sae:
+    if not 0 <= e.latent < sae.d_sae:
         raise SteeringError(
-            f"{e.describe()}: feature {e.feature} is out of range for SAE {name!r}; valid ids are 0..{sae.d_sae - 1}"
+            f"{e.describe()}: feature {e.latent} is out of range for SAE {name!r}; valid ids are 0..{sae.d_sae - 1}"
         )
     hook = sae_hook_name(sae, name)
     check_hook(model, hook, f"SAE {name!r}")
@@ -313,17 +317,17 @@ def _resolve_feature_edit(model: Model, sae_map: Mapping[str, SAE], e: FeatureEd
             f"SAE {name!r} reads d_in={sae.d_in} but {hook} of this model has width {width}; "
             f"the SAE belongs to another model or hook point"
         )
-    key = (name, e.feature)
+    key = (name, e.latent)
     if key in seen:
         raise SteeringError(
-            f"feature {e.feature} of SAE {name!r} is edited twice ({seen[key]} and {e.describe()}); merge them into one edit"
+            f"feature {e.latent} of SAE {name!r} is edited twice ({seen[key]} and {e.describe()}); merge them into one edit"
         )
     seen[key] = e.describe()
     provider = typical_max_for(typical_max, name)
-    tmax = lookup_typical_max(provider, e.feature)
+    tmax = lookup_typical_max(provider, e.latent)
     value = raw_value(e, tmax, limits, name)
-    trigger = None if e.when is None else (e.when.feature, trigger_threshold(e, sae, provider, name))
-    return ResolvedEdit(e, name, hook, e.feature, e.op, value, e.positions, tmax, trigger)
+    trigger = None if e.when is None else (e.when.latent, trigger_threshold(e, sae, provider, name))
+    return ResolvedEdit(e, name, hook, e.latent, e.op, value, e.positions, tmax, trigger)
 
 
 def _check_positions(model: Model, r: ResolvedEdit, chat_positions: bool) -> None:
@@ -344,16 +348,16 @@ def trigger_threshold(e: FeatureEdit, sae: SAE, provider: TypicalMax | None, sae
     """The raw threshold of `e`'s trigger (checked: a latent of the SAE, a finite threshold)."""
     t = e.when
     assert t is not None
-    if not 0 <= t.feature < sae.d_sae:
+    if not 0 <= t.latent < sae.d_sae:
         raise SteeringError(
-            f"{e.describe()}: trigger feature {t.feature} is out of range for SAE {sae_name!r}; valid ids are 0..{sae.d_sae - 1}"
+            f"{e.describe()}: trigger feature {t.latent} is out of range for SAE {sae_name!r}; valid ids are 0..{sae.d_sae - 1}"
         )
     if t.unit == "raw":
         return t.above
-    tmax = lookup_typical_max(provider, t.feature)
+    tmax = lookup_typical_max(provider, t.latent)
     if tmax is None:
         raise SteeringError(
-            f"{e.describe()}: trigger feature {t.feature} has no known typical max activation, so "
+            f"{e.describe()}: trigger feature {t.latent} has no known typical max activation, so "
             f"'{t.above:g}x' cannot be resolved; pass typical_max= or give a raw threshold"
         )
     return t.above * tmax
@@ -382,7 +386,7 @@ def build_plan(model: Model, saes: SAEs, edits: Sequence[Edit | str | Preset], *
     groups: dict[tuple[str, str, Positions], list[ResolvedEdit]] = {}
     per_hook: dict[str, list[_Contribution]] = {}
     for r in resolved:
-        if r.feature is None:
+        if r.latent is None:
             e = r.edit
             assert isinstance(e, VectorEdit)
             vec = e.vector.detach().to(device) * r.value
@@ -399,7 +403,7 @@ def build_plan(model: Model, saes: SAEs, edits: Sequence[Edit | str | Preset], *
             )
         coefs = [op_coefficients(r.op, r.value) for r in rs]
         triggers = [r.trigger for r in rs] if any(r.trigger for r in rs) else None
-        editor = LatentEditor(sae, [r.feature for r in rs], [c[0] for c in coefs], [c[1] for c in coefs],  # type: ignore[misc]
+        editor = LatentEditor(sae, [r.latent for r in rs], [c[0] for c in coefs], [c[1] for c in coefs],  # type: ignore[misc]
                               triggers=triggers)
         label = ",".join(r.describe() for r in rs)
         per_hook.setdefault(hook, []).append(_Contribution(positions, editor, label))

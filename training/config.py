@@ -15,6 +15,9 @@ Resume rules: a checkpoint stores the RunConfig it was made with. A resume whose
 is refused, naming every differing field, except for the fields in `RESUMABLE_FIELDS`, which
 may change (they do not alter what the optimiser sees, or - total_tokens - extend/shorten the
 run on purpose).
+
+One module over 450 lines on purpose: RunConfig is what a checkpoint records and a resume compares
+field by field, so every section it nests, and that comparison, stay beside it.
 """
 
 from __future__ import annotations
