@@ -65,62 +65,6 @@ measures it anyway); a partial overlap is printed and recorded in metrics.json (
 _SAE_FLAGS = ("architecture", "d_sae", "k", "matryoshka_widths", "sae_lr", "sae_name")
 
 
-def _option_configs():
-    from saes.config import JumpReLUConfig  # torch-free
-
-    return ((JumpReLUConfig, "JumpReLU (--architecture jumprelu; SAELens's names)"),)
-
-
-def _shared_sae_fields() -> tuple[str, ...]:
-    """Config fields every SAE has (SAEConfig) or that have their own SAE flags."""
-    import dataclasses
-
-    from saes.config import SAEConfig
-
-    return tuple(f.name for f in dataclasses.fields(SAEConfig)) + ("k", "matryoshka_widths")
-
-
-def _option_values(args) -> dict:
-    """The architecture settings given as flags (e.g. --l0-coefficient), by field name."""
-    import dataclasses
-
-    names = {f.name for cls, _ in _option_configs() for f in dataclasses.fields(cls)} - set(_shared_sae_fields())
-    return {n: getattr(args, n) for n in sorted(names) if hasattr(args, n)}
-
-
-def _apply_options(specs: list, options: dict) -> list:
-    """Give each spec the settings its architecture takes; a setting no spec takes is refused."""
-    from saes.validators import ConfigError
-    from training.config import SAESpec, option_fields
-
-    if not options:
-        return specs
-    taken: set[str] = set()
-    out = []
-    for spec in specs:
-        mine = {k: v for k, v in options.items() if k in option_fields(spec.architecture)}
-        taken |= set(mine)
-        try:
-            out.append(SAESpec(spec.architecture, d_sae=spec.d_sae, k=spec.k, matryoshka_widths=spec.matryoshka_widths,
-                               lr=spec.lr, name=spec.name, options={**spec.options, **mine}))
-        except ConfigError as e:  # the config names its field: say it as the flag
-            raise ValueError(_field_as_flag(str(e), e.field)) from None
-    unused = sorted(set(options) - taken)
-    if unused:
-        flags = ", ".join("--" + n.replace("_", "-") for n in unused)
-        raise ValueError(f"{flags}: no SAE of this run has that setting ({', '.join(s.architecture for s in specs)}); "
-                         f"add --architecture jumprelu or drop {flags}")
-    return out
-
-
-def _field_as_flag(message: str, field: str | None) -> str:
-    import re
-
-    if not field:
-        return message
-    return re.sub(rf"\b(?:[A-Z]\w*\.)?{re.escape(field)}\b", "--" + field.replace("_", "-"), message, count=1)
-
-
 def _bool_flag(text: str) -> bool:
     from saesteer.configargs import _parser_for
 
@@ -128,6 +72,7 @@ def _bool_flag(text: str) -> bool:
 
 
 def add_arguments(parser) -> None:
+    from saesteer.commands._train_options import add_option_arguments
     from saesteer.configargs import add_dataclass_arguments
     from training.config import CheckpointConfig, DataConfig, EvalConfig, LogConfig, OptimConfig, TrainConfig
     from training.text import TextConfig
@@ -157,8 +102,7 @@ def add_arguments(parser) -> None:
     s.add_argument("--sae-lr", dest="sae_lr", type=float, default=None,
                    help="learning rate of every SAE given here (default: --lr, or the width rule)")
     s.add_argument("--sae-name", dest="sae_name", default=None, help="folder name (only with a single SAE)")
-    for cls, title in _option_configs():  # an architecture's own settings, from its config dataclass
-        add_dataclass_arguments(parser, cls, title=title, skip=_shared_sae_fields())
+    add_option_arguments(parser)  # an architecture's own settings (JumpReLU's), from its config dataclass
 
     add_dataclass_arguments(parser, DataConfig, title="data")
     add_dataclass_arguments(parser, TrainConfig, title="training")
@@ -201,6 +145,7 @@ def _sae_specs(args, file_specs: list) -> list:
 
 def build_configs(args):
     """(RunConfig, DataConfig, TextConfig) from defaults, the config file and the flags."""
+    from saesteer.commands._train_options import apply_options, option_values
     from saesteer.configargs import dataclass_from_args, load_config_file
     from training.config import (
         CheckpointConfig,
@@ -238,7 +183,7 @@ def build_configs(args):
         from training.init_from import load_source, spec_from_source  # fine-tune the source as it is
 
         run.saes = [spec_from_source(load_source(run.train.init_from))]
-    run.saes = _apply_options(run.saes, _option_values(args))
+    run.saes = apply_options(run.saes, option_values(args))
     data = dataclass_from_args(DataConfig, args, file_values=section("data"))
     text = dataclass_from_args(TextConfig, args, file_values=section("text"))
     out = args.out or file_values.get("out")
