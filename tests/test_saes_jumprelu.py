@@ -296,3 +296,40 @@ def test_resume_mid_warm_up_is_exact(tmp_path: Path) -> None:
     for n in PARAMS:
         assert torch.equal(getattr(whole.saes[name], n), getattr(resumed.saes[name], n)), n
     assert math.isfinite(float(whole.metrics["saes"][name]["explained_variance"]))
+
+
+# ------------------------------------------------------------------------------ fine-tuning
+def test_fine_tuning_a_sae_lens_jumprelu_starts_from_its_weights_and_trains_its_thresholds(tmp_path: Path) -> None:
+    """A JumpReLU is trainable now, so `--init-from` a SAELens (or Gemma Scope) JumpReLU fine-tunes
+    it: the SAE flags default to the source's (no k), the run starts from its weights and
+    thresholds bit for bit, and the first step moves the thresholds."""
+    from sae_lens.saes.jumprelu_sae import JumpReLUSAE as SLJumpReLU
+    from sae_lens.saes.jumprelu_sae import JumpReLUSAEConfig
+
+    from training.init_from import initialize_from_source, load_source, spec_from_source
+    from training.synthetic import SyntheticActivations
+    from training.trainer import Trainer
+
+    sl = SLJumpReLU(JumpReLUSAEConfig(d_in=16, d_sae=32))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        sl.W_enc.copy_(torch.randn(16, 32, generator=g) / 4)
+        sl.b_enc.copy_(torch.randn(32, generator=g) * 0.1)
+        sl.W_dec.copy_(torch.nn.functional.normalize(torch.randn(32, 16, generator=g), dim=1))
+        sl.threshold.copy_(torch.rand(32, generator=g) * 0.4 + 0.1)
+    sl.cfg.metadata.hook_name = "blocks.0.hook_resid_post"
+    sl.save_model(tmp_path / "sl")
+    loaded = load_source(str(tmp_path / "sl"))
+    spec = spec_from_source(loaded)
+    assert (spec.architecture, spec.d_sae, spec.name) == ("jumprelu", 32, "jumprelu_f32")
+    cfg = RunConfig(saes=[spec], train=TrainConfig(total_tokens=256, batch_size=128, holdout_tokens=128,
+                                                   init_from=str(tmp_path / "sl"), num_threads=1),
+                    optim=OptimConfig(lr=1e-3))
+    trainer = Trainer(cfg, 16)
+    initialize_from_source(trainer, loaded, {"hook_name": "blocks.0.hook_resid_post"})
+    start = trainer.folded_sae(trainer.members[0])
+    for name, t in loaded.sae.state_dict().items():
+        assert torch.equal(start.state_dict()[name], t), name
+    before = trainer.members[0].sae.threshold.detach().clone()
+    trainer.train_batch(SyntheticActivations(16, 128, seed=1).batch(0))
+    assert not torch.equal(trainer.members[0].sae.threshold.detach(), before)
