@@ -123,6 +123,22 @@ def test_fast_step_equals_the_reference_over_trainer_steps(mode: str, pre_act: f
     assert not torch.equal(ref.members[0].sae.threshold, torch.full((48,), 1.5))  # thresholds moved
 
 
+def test_fast_step_equals_the_reference_without_b_dec_subtraction() -> None:
+    """Gemma Scope's JumpReLUs read x itself (apply_b_dec_to_input false): b_dec's gradient then
+    comes from the decoder alone."""
+    sae = _jumprelu("tanh", 0.1, True, apply_b_dec_to_input=False)
+    with torch.no_grad():
+        sae.b_dec.normal_(0, 0.5, generator=torch.Generator().manual_seed(5))
+    x = torch.randn(48, 16, generator=torch.Generator().manual_seed(6))
+    dead = torch.rand(64, generator=torch.Generator().manual_seed(7)) < 0.3
+    grads = {}
+    for method in ("autograd", "fast"):
+        compute_grads(sae, x, dead, method=method, step=1)
+        grads[method] = {n: getattr(sae, n).grad.clone() for n in PARAMS}
+    for n in PARAMS:
+        torch.testing.assert_close(grads["fast"][n], grads["autograd"][n], rtol=1e-4, atol=1e-6, msg=n)
+
+
 def test_fast_step_without_a_trainer_warm_up_term_by_step() -> None:
     """compute_grads passes `step` to both methods: the loss differs between steps 0 and 3 of the
     warm-up by exactly the penalty's share."""
