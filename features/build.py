@@ -309,7 +309,7 @@ def _write(store: FeatureStore, sae, source, cfg: BuildConfig, res: PassResult, 
     co_nb = coact_neighbours(sample, cfg.n_neighbours)
     logits = None
     if model is not None:
-        if getattr(model, "W_U", None) is not None and model.W_U.shape[0] == sae.cfg.d_in:
+        if getattr(model, "W_U", None) is not None and model.W_U.shape[0] == sae.d_out:  # what the decoder writes
             logits = logit_effects(W_dec, model, cfg.n_logits)
     widths = sae.levels or []
     links = None

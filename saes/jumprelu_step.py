@@ -1,6 +1,7 @@
 """Hand-written forward and backward of the JumpReLU objective (training rule "jumprelu").
 
-Shape key: B rows, D d_in, F d_sae, C candidate entries, N kept entries, E dead latents.
+Shape key: B rows, D d_in, F d_sae, C candidate entries, N kept entries, E dead latents, O d_out
+(a transcoder's target width; D for an SAE).
 
 `saes.fast_step.fast_grads` sends a "jumprelu" SAE here. Same entries, losses and gradients as
 the eager reference (`saes.jumprelu.JumpReLUSAE` through `saes.objective.training_loss` and
@@ -11,7 +12,8 @@ the firing entries and of the kernel's band), the exact masks are computed on th
 as in the TopK step: decode with `embedding_bag`, the activation gradients as N dot products,
 weight gradients by latent with two `embedding_bag`s; the pre-activation loss works on the E
 dead columns only. The native kernels (top-k selections) do not apply: "fast_native" runs
-this same code for a JumpReLU SAE.
+this same code for a JumpReLU SAE. A JumpReLU transcoder decodes against its target less the
+skip term, as `saes.fast_step` does for the others.
 """
 
 from __future__ import annotations
@@ -20,20 +22,26 @@ import torch
 from torch import Tensor
 
 from saes.jumprelu import fires, in_band
+from saes.objective import training_target
 from saes.sparse import SparseActs
 from saes.step import GradResult
 from saes.topk_select import sort_order
 
 
 def jumprelu_grads(sae, x_BD: Tensor, dead_mask_F: Tensor | None, step: int, encoder_dtype: torch.dtype | None,
-                   ws) -> GradResult:
+                   ws, target_BO: Tensor | None = None) -> GradResult:
     """Gradients of the JumpReLU objective into `.grad` of W_enc, b_enc, W_dec, b_dec, threshold
-    (call inside `torch.no_grad()`; `ws`: a `saes.fast_step.StepWorkspace`)."""
+    (and W_skip) (call inside `torch.no_grad()`; `ws`: a `saes.fast_step.StepWorkspace`;
+    `target_BO`: a transcoder's target rows)."""
     from saes.fast_step import _bag_sum, _encode, _entry_dots, _offsets  # fast_step imports this module
 
     cfg = sae.cfg
     x_BD = sae._rows(x_BD).contiguous()
     B, D = x_BD.shape
+    skip_BO = sae.skip_term(x_BD)
+    goal_BO = training_target(sae, x_BD, target_BO)  # what the decoder output must match
+    if skip_BO is not None:
+        goal_BO = goal_BO - skip_BO
     Fdim, dtype, dev = sae.d_sae, sae.dtype, x_BD.device
     W_enc, W_dec, b_dec = sae.W_enc.detach(), sae.W_dec.detach().contiguous(), sae.b_dec.detach()
     t_F, bw = sae.threshold.detach(), cfg.jumprelu_bandwidth
@@ -52,12 +60,12 @@ def jumprelu_grads(sae, x_BD: Tensor, dead_mask_F: Tensor | None, step: int, enc
     vals_N = pre_N * fire_N
     offsets_B1 = _offsets(torch.bincount(rows_N, minlength=B))
 
-    # reconstruction and its gradient g = d mse / d recon
-    recon_BD = _bag_sum(idx_N, W_dec, offsets_B1, vals_N) + b_dec
-    g_BD = recon_BD - x_BD
-    mse = (g_BD * g_BD).sum() / B
-    g_BD.mul_(2.0 / B)
-    dacts_N = _entry_dots(g_BD, W_dec, idx_N, offsets_B1, rows_N)  # d loss / d act of each entry
+    # reconstruction (a transcoder: its prediction) and its gradient g = d mse / d recon
+    recon_BO = _bag_sum(idx_N, W_dec, offsets_B1, vals_N) + b_dec
+    g_BO = recon_BO - goal_BO
+    mse = (g_BO * g_BO).sum() / B
+    g_BO.mul_(2.0 / B)
+    dacts_N = _entry_dots(g_BO, W_dec, idx_N, offsets_B1, rows_N)  # d loss / d act of each entry
 
     # the sparsity penalty (its coefficient warmed up by step)
     coef = cfg.sparsity_coefficient(step)
@@ -89,7 +97,7 @@ def jumprelu_grads(sae, x_BD: Tensor, dead_mask_F: Tensor | None, step: int, enc
     perm_N = sort_order(idx_N, Fdim)
     lat_off = _offsets(torch.bincount(idx_N, minlength=Fdim))
     row_S = rows_N[perm_N]
-    dW_dec_FD = _bag_sum(row_S, g_BD, lat_off, vals_N[perm_N])
+    dW_dec_FO = _bag_sum(row_S, g_BO, lat_off, vals_N[perm_N])
     dW_enc_DF = _bag_sum(row_S, sae_in_BD, lat_off, dpre_N[perm_N]).t().contiguous()
     db_enc_F = torch.zeros(Fdim, dtype=dtype, device=dev).index_add_(0, idx_N, dpre_N)
 
@@ -108,13 +116,16 @@ def jumprelu_grads(sae, x_BD: Tensor, dead_mask_F: Tensor | None, step: int, enc
         dW_enc_DF.index_add_(1, dead_E, sae_in_BD.t() @ dpre_BE)
         db_enc_F.index_add_(0, dead_E, dpre_BE.sum(0))
 
-    db_dec_D = g_BD.sum(0)
+    db_dec_O = g_BO.sum(0)
     if cfg.apply_b_dec_to_input:  # sae_in = x - b_dec
-        db_dec_D -= W_enc @ db_enc_F
-    sae.W_enc.grad, sae.b_enc.grad, sae.W_dec.grad, sae.b_dec.grad = dW_enc_DF, db_enc_F, dW_dec_FD, db_dec_D
+        db_dec_O -= W_enc @ db_enc_F
+    sae.W_enc.grad, sae.b_enc.grad, sae.W_dec.grad, sae.b_dec.grad = dW_enc_DF, db_enc_F, dW_dec_FO, db_dec_O
     sae.threshold.grad = dt_F
+    if skip_BO is not None:
+        sae.W_skip.grad = g_BO.t() @ x_BD
+        recon_BO = recon_BO + skip_BO
 
     aux = penalty + pre_act
     acts = SparseActs(vals_N, idx_N, offsets_B1, Fdim)
-    return GradResult(mse + aux, mse, aux, None, acts, pre_BF, recon_BD, None)
+    return GradResult(mse + aux, mse, aux, None, acts, pre_BF, recon_BO, None)
 

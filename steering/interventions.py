@@ -10,7 +10,8 @@ Every latent edit is `new_m = a_m * c1_m + c0_m` on the current activation `a_m`
     ablate   -> c1 = -1, c0 = 0     (delta = -a)
 
 and the activation moves by the decoded change only, keeping the SAE's reconstruction error:
-x' = x + delta_NM @ W_dec[ids]. A conditional edit multiplies its delta by whether its trigger
+x' = x + delta_NM @ W_dec[ids]. A transcoder reads its latents at its input hook and writes the
+decoded change ([N, d_out]) to its target hook (`steering.session` captures the input there). A conditional edit multiplies its delta by whether its trigger
 latent's current activation is above the threshold (read from the same x). A delta of exactly zero (add 0, scale 1, clamp to the value the
 latent has) adds exact zeros, so x' is bit-identical to x.
 
@@ -134,7 +135,8 @@ class LatentEditor:
             raise ValueError("give one trigger (or None) per edited latent")
         dev, dt = sae.W_dec.device, sae.W_dec.dtype
         self.sae = sae
-        self.d_in = sae.d_in
+        self.d_in = sae.d_in  # width of the rows the latents are read from
+        self.d_out = sae.d_out  # width of the delta (a transcoder's target; d_in for an SAE)
         self.dtype = dt
         self.kind = encoder_kind(sae)
         M = len(ids)

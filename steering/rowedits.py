@@ -178,6 +178,8 @@ class BatchEditor:
 
     def __init__(self, sae: SAE, sae_name: str, rows: Sequence[RowSteering | None], layouts: Sequence[RowLayout]) -> None:
         self.sae_name = sae_name
+        # a transcoder reads its latents at its input hook and writes at its target (the engine captures the input)
+        self.reads_hook: str | None = sae.cfg.metadata.get("hook_name") if sae.is_transcoder else None
         self.B = len(rows)
         dev, dt = sae.W_dec.device, sae.W_dec.dtype
         U, col, entries, stops = _latent_columns(rows, sae_name)
@@ -284,8 +286,9 @@ class BatchEditor:
         self.fired, self.stop_rows = [], {}
 
     # -- in the hook -----------------------------------------------------------------------
-    def __call__(self, x_ND: Tensor) -> Tensor | None:
-        """The change of the activation rows [N, D] (None: nothing to change on this forward)."""
+    def __call__(self, x_ND: Tensor, read_ND: Tensor | None = None) -> Tensor | None:
+        """The change of the activation rows [N, D] (None: nothing to change on this forward).
+        `read_ND`: a transcoder's input rows of the same positions, where its latents are read."""
         if not self.U:
             return None
         applies = self._applies
@@ -297,7 +300,7 @@ class BatchEditor:
             c1 = c1.repeat_interleave(reps, dim=0)
             c0 = c0.repeat_interleave(reps, dim=0)
         need = self.need_BU if reps == 1 else self.need_BU.repeat_interleave(reps, dim=0)
-        a_NU = self.reader(x_ND, need) if self.reader is not None else None
+        a_NU = self.reader(x_ND if read_ND is None else read_ND, need) if self.reader is not None else None
         if a_NU is not None:
             coef = torch.addcmul(c0, a_NU, c1)
         else:

@@ -139,6 +139,27 @@ def test_fast_step_equals_the_reference_without_b_dec_subtraction() -> None:
         torch.testing.assert_close(grads["fast"][n], grads["autograd"][n], rtol=1e-4, atol=1e-6, msg=n)
 
 
+@pytest.mark.parametrize("skip", [False, True])
+def test_jumprelu_transcoder_fast_step_equals_the_reference(skip: bool) -> None:
+    """A JumpReLU (skip) transcoder (`d_out`, transcoders being a mode of every architecture):
+    scored against the target less the skip term; W_skip's gradient included."""
+    sae = _jumprelu("tanh", 0.2, True, apply_b_dec_to_input=False, d_out=10, skip_connection=skip)
+    g = torch.Generator().manual_seed(8)
+    with torch.no_grad():
+        if skip:
+            sae.W_skip.normal_(0, 0.2, generator=g)
+    x, y = torch.randn(48, 16, generator=g), torch.randn(48, 10, generator=g)
+    dead = torch.rand(64, generator=g) < 0.3
+    names = PARAMS + (("W_skip",) if skip else ())
+    grads, totals = {}, {}
+    for method in ("autograd", "fast"):
+        totals[method] = compute_grads(sae, x, dead, method=method, step=2, target_BO=y).total
+        grads[method] = {n: getattr(sae, n).grad.clone() for n in names}
+    assert totals["fast"].item() == pytest.approx(totals["autograd"].item(), rel=1e-5)
+    for n in names:
+        torch.testing.assert_close(grads["fast"][n], grads["autograd"][n], rtol=1e-4, atol=1e-6, msg=n)
+
+
 def test_fast_step_without_a_trainer_warm_up_term_by_step() -> None:
     """compute_grads passes `step` to both methods: the loss differs between steps 0 and 3 of the
     warm-up by exactly the penalty's share."""

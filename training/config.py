@@ -69,6 +69,11 @@ class SAESpec:
     )
     name: str = field(default="", metadata={"help": "folder name of this SAE (empty: <arch>_k<k>_f<d_sae>, "
                                                     "<arch>_f<d_sae> for an architecture without k)"})
+    skip: bool = field(
+        default=False,
+        metadata={"help": "transcoder runs (DataConfig.target_hook) only: a skip transcoder, with a learned linear "
+                          "term W_skip x"},
+    )
     options: dict[str, Any] = field(
         default_factory=dict,
         metadata={"help": "the architecture's other config fields, e.g. JumpReLU's l0_coefficient, "
@@ -96,7 +101,8 @@ class SAESpec:
         self.options = dict(self.options or {})
         check_options(self.architecture, self.options, self.d_sae)
         if not self.name:
-            self.name = f"{self.architecture}_k{self.k}_f{self.d_sae}" if takes_k else f"{self.architecture}_f{self.d_sae}"
+            base = f"{self.architecture}_k{self.k}_f{self.d_sae}" if takes_k else f"{self.architecture}_f{self.d_sae}"
+            self.name = base + ("_skip" if self.skip else "")
         require(
             all(c.isalnum() or c in "._-" for c in self.name) and not self.name.startswith("."),
             f"SAESpec.name {self.name!r} must use only letters, digits, '.', '_' and '-' (it names a folder)",
@@ -361,6 +367,12 @@ class DataConfig:
     )
     hook: str | None = field(default=None, metadata={"help": "hook point to train on; none: the cache's only hook, or "
                                                              "blocks.<n_layers//2>.hook_resid_post without a cache"})
+    target_hook: str | None = field(
+        default=None,
+        metadata={"help": "train transcoders: read --hook, predict this later hook point (e.g. --hook "
+                          "blocks.L.ln2.hook_normalized --target-hook blocks.L.hook_mlp_out); the cache must hold both "
+                          "(`saesteer cache --hooks IN,OUT`). none: SAEs reconstructing --hook"},
+    )
     model: str | None = field(
         default=None,
         metadata={"help": "model ('toy', HF name, local dir) for CE loss recovered / KL, and the activation source "

@@ -45,7 +45,7 @@ def apply_options(specs: list, options: dict[str, Any]) -> list:
     naming the architectures that do."""
     from saes.registry import trainable_architectures
     from saes.validators import ConfigError
-    from training.config import SAESpec, option_fields
+    from training.config import option_fields
 
     if not options:
         return specs
@@ -55,8 +55,7 @@ def apply_options(specs: list, options: dict[str, Any]) -> list:
         mine = {k: v for k, v in options.items() if k in option_fields(spec.architecture)}
         taken |= set(mine)
         try:
-            out.append(SAESpec(spec.architecture, d_sae=spec.d_sae, k=spec.k, matryoshka_widths=spec.matryoshka_widths,
-                               lr=spec.lr, name=spec.name, options={**spec.options, **mine}))
+            out.append(dataclasses.replace(spec, options={**spec.options, **mine}))  # re-checked
         except ConfigError as e:  # the config names its field: say it as the flag
             raise ValueError(field_as_flag(str(e), e.field)) from None
     unused = sorted(set(options) - taken)
