@@ -150,8 +150,7 @@ def check_options(architecture: str, options: dict[str, Any], d_sae: int) -> Non
         from saes.registry import sae_class
 
         cls = sae_class(architecture).config_class
-        cls(d_in=1, d_sae=d_sae, **{k: v for k, v in options.items()},
-            **({"k": 1} if "k" in architecture_fields(architecture) else {}))
+        cls(d_in=1, d_sae=d_sae, **options, **({"k": 1} if "k" in architecture_fields(architecture) else {}))
 
 
 def architecture_fields(architecture: str) -> set[str]:
