@@ -1,0 +1,106 @@
+"""The TopK exact read (steering.topk_read): every path equals its eager reference exactly, and
+steered generation with it equals steered generation with the reference (tokens and edited
+activations), across ops, positions, rows with different edits and both paths of the size rule."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import saes
+from helpers.steering_fixtures import PROMPTS, random_sae, tiny_model, torch_threads
+from steering.topk_read import TopKCandidates, TopKReader
+
+
+def topk_sae(tie: str, d_in: int = 16, d_sae: int = 256, k: int = 6, seed: int = 3):
+    """A random TopK SAE with ties: latents 40 and 41 identical ("pair": an exact tie), or latents
+    40..47 equal up to a few units in the last place and shifted to sit at the k-th place on about
+    half the rows ("group": more near-tied latents than places left, ordered by rounding alone)."""
+    g = torch.Generator().manual_seed(seed)
+    sae = saes.create_sae("topk", d_in, d_sae, k=k, generator=g)
+    with torch.no_grad():
+        sae.b_enc.normal_(0, 0.2, generator=g)
+        sae.b_dec.normal_(0, 0.1, generator=g)
+        last = 41 if tie == "pair" else 47
+        for j in range(41, last + 1):
+            ulps = 0 if tie == "pair" else j - 40
+            sae.W_enc[:, j] = sae.W_enc[:, 40] * (1 + ulps * torch.finfo(torch.float32).eps)
+            sae.b_enc[j] = sae.b_enc[40]
+        if tie == "group":
+            pre = sae.pre_activations(inputs(200, d_in, seed=11))
+            sae.b_enc[40:48] += float((pre.topk(k, dim=1).values[:, -1] - pre[:, 40]).median())
+    return sae
+
+
+def inputs(n: int, d: int = 16, seed: int = 5) -> torch.Tensor:
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("tie", ["pair", "group"])
+@pytest.mark.parametrize("n_read", [1, 2, 5])  # 1-2 latents: counted; 5: the row's k+1 largest decide
+def test_every_path_of_the_topk_read_equals_the_reference(tie, n_read):
+    sae = topk_sae(tie)
+    x = inputs(600)
+    pre = sae.pre_activations(x)
+    often = int((sae.encode(x) != 0).sum(0).argmax())
+    # the latent most often exactly k-th: the bound and the counts are tested at their edge
+    at_k = int(pre.topk(sae.cfg.k, dim=1).indices[:, -1].bincount(minlength=sae.d_sae)[48:].argmax()) + 48
+    ids = torch.tensor({1: [at_k], 2: [40, at_k], 5: [40, at_k, often, 41, 44]}[n_read])
+    reader = TopKReader(sae, ids, n_candidates=128, count_latents=2)  # half: most rows' top k are candidates
+    reader.cands.learn_rows = 120
+    alone = torch.cat([sae.encode(x[r : r + 1]) for r in range(x.shape[0])])[:, ids]  # each row encoded alone
+
+    def check(lo: int, hi: int) -> None:
+        got = reader(x[lo:hi])
+        assert torch.equal(got, reader.reference(x[lo:hi])), (lo, hi)
+        # what fires is what the SAE's own encode of each row alone selects (a batch encode may order
+        # near-tied latents otherwise); values are the latents' pre-activations, equal up to rounding
+        assert torch.equal(got != 0, alone[lo:hi] != 0)
+        torch.testing.assert_close(got, alone[lo:hi], rtol=1e-5, atol=1e-5)
+
+    with torch.no_grad():
+        for lo in range(0, 120, 40):  # young candidate set: full rows, its top k teaches the set
+            check(lo, lo + 40)
+        assert not reader.cands.young and reader.bound_pays(8)
+        counts = (reader.full_rows, reader.bound_hits)
+        for size in (1, 3, 8, 40):  # the bound path, full rows only where it leaves a row open
+            for lo in range(120, 360, size * 4):
+                check(lo, lo + size)
+        assert reader.bound_hits > counts[1] and reader.full_rows > counts[0]
+        reader.min_bound_macs = 10**12  # the size rule sends every call to the full path
+        assert not reader.bound_pays(8)
+        hits = reader.bound_hits
+        for lo in range(360, 600, 8):
+            check(lo, lo + 8)
+        assert reader.bound_hits == hits
+    if 40 in ids:
+        assert reader.alone_rows > 0  # (near-)ties were decided by the SAE's own encode of the row alone
+    assert int((alone != 0).sum()) > 0 and int((alone == 0).sum()) > 0
+
+
+def test_a_read_of_the_needed_pairs_only_equals_the_reference_there():
+    sae = topk_sae("group")
+    x = inputs(300)
+    ids = torch.tensor([40, int((sae.encode(x) != 0).sum(0).argmax())])
+    reader = TopKReader(sae, ids, n_candidates=32)
+    reader.cands.learn_rows = 100
+    with torch.no_grad():
+        reader(x[:100])
+        need = torch.rand(8, 2, generator=torch.Generator().manual_seed(0)) > 0.5
+        for lo in range(100, 300, 8):
+            got, want = reader(x[lo : lo + 8], need), reader.reference(x[lo : lo + 8])
+            assert torch.equal(got[need], want[need])
+
+
+def test_candidates_are_shared_per_sae_and_stop_learning_when_mature():
+    sae = topk_sae("pair")
+    c = TopKCandidates.of(sae)
+    assert TopKCandidates.of(sae) is c and c.young
+    c.learn_rows = 50
+    with torch.no_grad():
+        reader = TopKReader(sae, torch.tensor([3]))
+        reader(inputs(60))
+    assert not c.young and c.learned_rows == 60
+    with torch.no_grad():
+        TopKReader(sae, torch.tensor([3]))(inputs(100, seed=9))
+    assert c.learned_rows == 60  # a mature set is not taught again (no top-k paid for it)
