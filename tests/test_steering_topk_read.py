@@ -104,3 +104,106 @@ def test_candidates_are_shared_per_sae_and_stop_learning_when_mature():
     with torch.no_grad():
         TopKReader(sae, torch.tensor([3]))(inputs(100, seed=9))
     assert c.learned_rows == 60  # a mature set is not taught again (no top-k paid for it)
+
+
+# -------------------------------------------------------------- steered generation, fast vs reference
+HOOK = "blocks.0.hook_resid_post"
+CASES = [  # {B}: the latent that fires most on the prompts, {E}: the one most often last in the top k, {Q}: a silent one
+    ["{B}:clamp=6"], ["{E}:scale=3@generated"], ["{B}:ablate@prompt", "{E}:clamp=4"],
+    ["{B}:ablate@0,2,-1", "{Q}:add=4@generated"], ["{Q}:add=5?{B}>0.2"], ["{E}:clamp=0@last", "{Q}:clamp=2"],
+]
+
+
+def _record_edits(monkeypatch, seen: list) -> None:
+    """Record every activation the steering hooks hand on (edited or not), `steer`'s and the engine's."""
+    import steering.engine as engine
+    import steering.session as session
+
+    hook_call, apply_editors = session._HookFn.__call__, engine._apply_editors
+
+    def recorded_hook(self, x, hook=None):
+        out = hook_call(self, x, hook)
+        seen.append((x if out is None else out).detach().clone())
+        return out
+
+    def recorded_apply(editors, x):
+        out = apply_editors(editors, x)
+        seen.append(out.detach().clone())
+        return out
+
+    monkeypatch.setattr(session._HookFn, "__call__", recorded_hook)
+    monkeypatch.setattr(engine, "_apply_editors", recorded_apply)
+
+
+@pytest.mark.parametrize("path", ["bound", "full"])
+def test_steered_generation_with_the_topk_read_equals_the_reference(monkeypatch, path):
+    from steering import GenerationConfig, steer
+    from steering.engine import BatchEngine, Row
+    from steering.rowedits import RowEdit, RowSteering
+    from steering.sampling import SamplingParams
+    from steering.session import resolve_edits
+
+    model = tiny_model()
+    sae = random_sae(model, "topk", hook=HOOK, d_sae=512, k=8, seed=1)
+    TopKCandidates.of(sae).learn_rows = 16  # mature after the first prefill: later calls take the bound path
+    readers: list[TopKReader] = []
+    init = TopKReader.__init__
+
+    def counting_init(self, *a, **kw):
+        init(self, *a, **kw)
+        readers.append(self)
+
+    monkeypatch.setattr(TopKReader, "__init__", counting_init)
+    if path == "full":  # the size rule's other side
+        monkeypatch.setattr(TopKReader, "bound_pays", lambda self, n_rows: False)
+    with torch.no_grad():
+        x = model.run_with_cache(model.to_tokens(PROMPTS, padding_side="left"), names_filter=HOOK)[1][HOOK]
+        pre = sae.pre_activations(x.reshape(-1, x.shape[-1]))
+    top = pre.topk(sae.cfg.k, dim=1).indices
+    busy, edge = (top[:, j:].flatten().bincount(minlength=sae.d_sae) for j in (0, -3))
+    edge[busy.argmax()] = 0
+    fill = {"B": int(busy.argmax()), "E": int(edge.argmax()), "Q": int(pre.amax(0).argmin())}
+    cases = [[e.format(**fill) for e in c] for c in CASES]
+    greedy = GenerationConfig(max_new_tokens=6, do_sample=False, stop_at_eos=False)
+
+    def generations():
+        """Every case through `steer` (all prompts, left padded), then every case as its own row of one batch."""
+        seen: list = []
+        with monkeypatch.context() as m:
+            _record_edits(m, seen)
+            out = []
+            for edits in cases:
+                with steer(model, sae, edits) as s:
+                    out.append(s.generate(PROMPTS, greedy).new_tokens.tolist())
+            engine = BatchEngine(model, {"s": sae})
+            rows = []
+            for i, edits in enumerate(cases):
+                rs = resolve_edits(model, {"s": sae}, edits)
+                steering = RowSteering([RowEdit("s", r.feature, r.op, r.value, r.positions, r.trigger) for r in rs])
+                rows.append(Row(model.to_tokens(PROMPTS[i % len(PROMPTS)])[0].tolist(),
+                                SamplingParams(max_new_tokens=6, temperature=0), steering, tag=i))
+            engine.add(rows)
+            done = {}
+            while engine.busy:
+                done.update({ev.tag: ev.detail["token_ids"] for ev in engine.step() if ev.finish_reason})
+            out.append([done[i] for i in range(len(cases))])
+        return out, seen
+
+    with torch_threads(1):
+        fast, fast_seen = generations()
+        with monkeypatch.context() as m:
+            m.setattr(TopKReader, "__call__", TopKReader.reference)
+            ref, ref_seen = generations()
+            base = [steer_free(model, PROMPTS, greedy)]
+    assert fast == ref
+    assert len(fast_seen) == len(ref_seen) and all(torch.equal(a, b) for a, b in zip(fast_seen, ref_seen))
+    assert any(tokens != base[0] for tokens in fast[:-1])  # the edits changed the text
+    full = sum(r.full_rows for r in readers)
+    hits = sum(r.bound_hits for r in readers)
+    assert full > 0 and (hits > 0) == (path == "bound")
+
+
+def steer_free(model, prompts, cfg):
+    from steering import generate
+
+    return generate(model, prompts, cfg).new_tokens.tolist()
