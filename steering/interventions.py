@@ -100,9 +100,16 @@ class LatentReader:
         """`need_NM` (optional, bool): the (row, latent) pairs the caller will use; the others may
         come back as 0 whatever their activation (TopK skips the full encode of rows that need
         none of their undecided latents)."""
-        x_ND = x_ND.to(self.dtype)
+        a_NM = self.read(x_ND, need_NM)
+        return x_ND.new_zeros(x_ND.shape[0], self.ids_M.numel(), dtype=self.dtype) if a_NM is None else a_NM
+
+    def read(self, x_ND: Tensor, need_NM: Tensor | None = None) -> Tensor | None:
+        """As calling the reader, or None when every needed activation is exactly 0 (TopK's bound
+        proves that often; callers skip work on it)."""
+        if x_ND.dtype != self.dtype:
+            x_ND = x_ND.to(self.dtype)
         if self.topk is not None:
-            return self.topk(x_ND, need_NM)
+            return self.topk.read(x_ND, need_NM)
         if self.kind in ("threshold", "relu"):
             sae_in = x_ND - self.b_dec_D if self.b_dec_D is not None else x_ND
             pre_NM = torch.addmm(self.b_enc_M, sae_in, self.W_enc_DM)
@@ -159,6 +166,7 @@ class LatentEditor:
             self.c0_M = torch.tensor(list(c0), dtype=dt, device=dev)
             self.W_dec_MD = sae.W_dec.detach()[self.ids_M].contiguous()
             self.conditional = any(c >= 0 for c in trig_col)
+            self.c0_zero = not bool((self.c0_M != 0).any())  # scale / ablate only: no change where all are off
             self.needs_acts = bool((self.c1_M != 0).any()) or self.conditional
             # all-constant edits (add only, unconditional): one vector per row
             self.const_D = (self.c0_M @ self.W_dec_MD) if not self.needs_acts else None
@@ -182,10 +190,19 @@ class LatentEditor:
 
     def coefficients(self, x_ND: Tensor) -> Tensor:
         """How much each edited latent changes on each row, [N, M] (0 where a trigger is off)."""
+        coef_NM = self.coefficients_or_none(x_ND)
+        return x_ND.new_zeros(x_ND.shape[0], self.ids_M.numel(), dtype=self.dtype) if coef_NM is None else coef_NM
+
+    def coefficients_or_none(self, x_ND: Tensor) -> Tensor | None:
+        """As `coefficients`, or None when every coefficient is exactly 0 (nothing changes)."""
         assert self.reader is not None
-        a_NR = self.reader(x_ND)
+        a_NR = self.reader.read(x_ND)
         M = self.ids_M.numel()
-        coef_NM = torch.addcmul(self.c0_M, a_NR[:, :M], self.c1_M)
+        if a_NR is None:  # every read activation is 0: c0 + 0 * c1 is c0 exactly
+            if not self.conditional:
+                return None if self.c0_zero else self.c0_M.expand(x_ND.shape[0], M)
+            a_NR = x_ND.new_zeros(x_ND.shape[0], self.read_ids_R.numel(), dtype=self.dtype)
+        coef_NM = torch.addcmul(self.c0_M, a_NR if a_NR.shape[1] == M else a_NR[:, :M], self.c1_M)
         if self.conditional:
             fires_NM = a_NR.index_select(1, self.trig_col_M) > self.trig_thr_M
             coef_NM = coef_NM * (fires_NM | ~self.trig_on_M)
@@ -218,7 +235,9 @@ class LatentEditor:
         """x + delta, as a new tensor."""
         if self.const_D is not None:
             return x_ND + self.constant(x_ND.dtype, x_ND.device)
-        coef_NM = self.coefficients(x_ND)
+        coef_NM = self.coefficients_or_none(x_ND)
+        if coef_NM is None:
+            return x_ND
         if x_ND.dtype == self.dtype:
             return torch.addmm(x_ND, coef_NM, self.W_dec_MD)
         return x_ND + (coef_NM @ self.W_dec_MD).to(x_ND.dtype)

@@ -144,6 +144,11 @@ class TopKReader:
     def __call__(self, x_ND: Tensor, need_NM: Tensor | None = None) -> Tensor:
         """`need_NM` (optional, bool): the (row, latent) pairs the caller will use; the others may
         come back as 0 whatever their activation."""
+        a_NM = self.read(x_ND, need_NM)
+        return x_ND.new_zeros(x_ND.shape[0], self.M) if a_NM is None else a_NM
+
+    def read(self, x_ND: Tensor, need_NM: Tensor | None = None) -> Tensor | None:
+        """As calling the reader, or None when the bound proves every needed latent off."""
         u_ND = x_ND - self.b_dec_D if self.b_dec_D is not None else x_ND
         N = u_ND.shape[0]
         tol_N1 = torch.linalg.vector_norm(u_ND, dim=-1, keepdim=True).mul_(self.err_per_norm).add_(self.err_bias)
@@ -152,7 +157,7 @@ class TopKReader:
             open_N = self.open_rows(u_ND, tol_N1, need_NM)
             if open_N is None:
                 self.bound_hits += N
-                return u_ND.new_zeros(N, self.M)
+                return None
             rows_R = open_N.nonzero().squeeze(1)
             self.bound_hits += N - rows_R.numel()
             if rows_R.numel() == N:

@@ -192,7 +192,7 @@ def test_steered_generation_with_the_topk_read_equals_the_reference(monkeypatch,
     with torch_threads(1):
         fast, fast_seen = generations()
         with monkeypatch.context() as m:
-            m.setattr(TopKReader, "__call__", TopKReader.reference)
+            m.setattr(TopKReader, "read", TopKReader.reference)
             ref, ref_seen = generations()
             base = [steer_free(model, PROMPTS, greedy)]
     assert fast == ref
