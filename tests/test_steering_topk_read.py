@@ -203,3 +203,13 @@ def steer_free(model, prompts, cfg):
     from steering import generate
 
     return generate(model, prompts, cfg).new_tokens.tolist()
+
+
+def test_candidates_are_rebuilt_when_the_encoder_changes_in_place():
+    sae = topk_sae("pair")
+    c = TopKCandidates.of(sae)
+    with torch.no_grad():
+        sae.b_dec.add_(0.5)
+    c2 = TopKCandidates.of(sae)
+    assert c2 is not c and torch.equal(c2.b_dec_D, sae.b_dec.detach())
+    assert TopKCandidates.of(sae) is c2
