@@ -15,14 +15,15 @@ fluency ratings):
     done.value, done.prompt_tokens, done.cost_usd, done.cached
     results = judge.complete_many_sync([JudgeCall(messages, schema), ...])   # concurrent, bounded
 
-Modules: `judge` (retries, cache, accounting, re-asks), `backends` (OpenAI-compatible HTTP, local
-transformers), `prompts` (escaped prompts and answer parsers), `schema`, `interp` (LLM explainer
-and detection / fuzzing scorers), `concept` (offline concept phrases: the default offline
-explainer), `offline` (token-list labeller), `contrastive` (LLM explainer against near misses),
-`simulation`, `intruder`, `embedding_score` (scorers), `output_score` (does steering move text
-toward the label?), `embeddings` (OpenAI-compatible, sentence-transformers, offline hashing),
-`semantic` (label vectors in the store, search by meaning), `runner`, `store` (the LabelStore
-interface), `featurestore` (it, over `features.FeatureStore`), `cache`, `accounting`, `config`.
+Modules: `judge` (retries, cache, accounting, re-asks), `wire` (a backend's request, response and
+errors), `backends` (OpenAI-compatible HTTP, local transformers), `prompts` (escaped prompts and
+answer parsers), `schema`, `interp` (LLM explainer and detection / fuzzing scorers), `concept`
+(offline concept phrases: the default offline explainer), `offline` (token-list labeller),
+`contrastive` (LLM explainer against near misses), `simulation`, `intruder`, `embedding_score`
+(scorers), `output_score` (does steering move text toward the label?), `embeddings`
+(OpenAI-compatible, sentence-transformers, offline hashing), `semantic` (label vectors in the
+store, search by meaning), `runner`, `store` (the LabelStore interface), `featurestore` (it, over
+`features.FeatureStore`), `cache`, `accounting`, `config`.
 
 Importing this package imports neither `openai`, `torch` nor `features`; they load when used.
 Names are imported lazily, so the CLI reads `autointerp.config` for its flags without loading

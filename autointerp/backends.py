@@ -13,7 +13,7 @@ import os
 import threading
 from typing import Any
 
-from .judge import ChatRequest, ChatResponse, PermanentError, TransientError, parse_retry_after
+from .wire import ChatRequest, ChatResponse, PermanentError, TransientError, parse_retry_after
 
 __all__ = ["OpenAIBackend", "TransformersBackend", "RETRYABLE_STATUS"]
 

@@ -149,8 +149,9 @@ class LabelConfig:
         return None if self.budget is None else Budget.parse(self.budget)
 
 
-def parse_latents(spec: str) -> list[int]:
-    """'0-3,7,10-11' -> [0, 1, 2, 3, 7, 10, 11] (sorted, unique)."""
+def parse_latents(spec: str, what: str = "LabelConfig.latents") -> list[int]:
+    """'0-3,7,10-11' -> [0, 1, 2, 3, 7, 10, 11] (sorted, unique); an error names `what` (the field
+    or flag the text came from)."""
     out: set[int] = set()
     for part in spec.split(","):
         part = part.strip()
@@ -169,7 +170,7 @@ def parse_latents(spec: str) -> list[int]:
                     raise ValueError
                 out.add(v)
         except ValueError:
-            raise ValueError(f"LabelConfig.latents: cannot read {part!r}; write ids and ranges like '0-99,512'") from None
+            raise ValueError(f"{what}: cannot read {part!r}; write latents and ranges like '0-99,512'") from None
     return sorted(out)
 
 

@@ -88,7 +88,7 @@ class FeatureStoreLabels:
         self.close()
 
     # -- reading ------------------------------------------------------------------------------------
-    def latent_ids(self) -> list[int]:
+    def latents(self) -> list[int]:
         if self._ids is None:
             if not self.store.complete:
                 raise ValueError(
@@ -97,7 +97,7 @@ class FeatureStoreLabels:
                 )
             rows = self.store.list_features(sort="freq", descending=True, filter={"alive_only": True}, offset=0,
                                             limit=self.store.d_sae)
-            self._ids = [r.id for r in rows]  # most frequent first (ties: lower id)
+            self._ids = [r.latent for r in rows]  # most frequent first (ties: lower id)
         return list(self._ids)
 
     def examples(self, latent: int) -> LatentExamples:
@@ -120,8 +120,8 @@ class FeatureStoreLabels:
         """Logit effects and neighbours (with the tokens each neighbour promotes) of one latent."""
         if rec.logits is None:
             return LatentEvidence()
-        near = [(n.id, float(n.score)) for n in rec.decoder_neighbours[:NEIGHBOURS] + rec.coact_neighbours[:NEIGHBOURS]
-                if n.score >= MIN_NEIGHBOUR_SIMILARITY and n.id != rec.id]
+        near = [(n.latent, float(n.score)) for n in rec.decoder_neighbours[:NEIGHBOURS] + rec.coact_neighbours[:NEIGHBOURS]
+                if n.score >= MIN_NEIGHBOUR_SIMILARITY and n.latent != rec.latent]
         theirs = self.store.promoted_tokens([i for i, _ in near], top=10)
         return LatentEvidence(
             promoted=tuple((t.token, float(t.value)) for t in rec.logits.promoted),
@@ -134,8 +134,8 @@ class FeatureStoreLabels:
         this judge's labels are restored from their provenance on the way."""
         kind = JUDGE_KIND[source]
         st = self.store
-        alive = set(self.latent_ids())
-        with_label = [r.id for r in st.list_features(sort="id", filter={"has_label": True}, offset=0, limit=st.d_sae)]
+        alive = set(self.latents())
+        with_label = [r.latent for r in st.list_features(sort="latent", filter={"has_label": True}, offset=0, limit=st.d_sae)]
         done: set[int] = set()
         ours: dict[int, Any] = {}
         for i in with_label:

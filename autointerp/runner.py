@@ -213,7 +213,7 @@ def select_latents(store: LabelStore, cfg: LabelConfig) -> list[int]:
     """The latents to label: `cfg.latents` (default: every latent that fires), and with `cfg.limit`
     only the most frequent that many of them; most frequent first, so a budget or an interrupted
     run has spent itself on the latents that matter most."""
-    ids = store.latent_ids()
+    ids = store.latents()
     if cfg.latents is not None:
         have = set(ids)
         wanted = parse_latents(cfg.latents)

@@ -2,7 +2,7 @@
 the same model, nearest labels first; output scores break near-ties.
 
     n = embed_labels(store, embedder)                # vectors for current labels that lack one
-    hits = semantic_search(store, embedder, "sea")   # [SemanticHit(feature_id, similarity, rank_score, label)]
+    hits = semantic_search(store, embedder, "sea")   # [SemanticHit(latent, similarity, rank_score, label)]
 
 `store` is a `features.FeatureStore` (writable for `embed_labels`). A vector belongs to one label:
 a relabelled latent gets a new vector on the next `embed_labels`. Ranking: cosine similarity, plus
@@ -31,7 +31,7 @@ MIN_SIMILARITY = 0.2  # a real embedding model's cosine below this is no match
 
 @dataclass(frozen=True)
 class SemanticHit:
-    feature_id: int
+    latent: int
     similarity: float  # cosine of label and query vectors
     rank_score: float  # what the results are ordered by
     label: str | None
@@ -39,13 +39,13 @@ class SemanticHit:
 
 
 def _current_labels(store: Any) -> dict[int, tuple[int, str]]:
-    """feature id -> (label id, text) of every labelled latent."""
+    """latent -> (label id, text) of every labelled latent."""
     out: dict[int, tuple[int, str]] = {}
-    rows = store.list_features(sort="id", filter={"has_label": True}, offset=0, limit=store.d_sae)
+    rows = store.list_features(sort="latent", filter={"has_label": True}, offset=0, limit=store.d_sae)
     for r in rows:
-        lab = store.label(r.id)
+        lab = store.label(r.latent)
         if lab is not None:
-            out[r.id] = (lab.id, lab.text)
+            out[r.latent] = (lab.id, lab.text)
     return out
 
 
@@ -63,17 +63,17 @@ def embed_labels(store: Any, embedder: Embedder, *, batch: int = 256) -> int:
     return len(todo)
 
 
-def output_scores(store: Any, ids: Sequence[int]) -> dict[int, float]:
+def output_scores(store: Any, latents: Sequence[int]) -> dict[int, float]:
     """The latest output score of each given latent that has one."""
-    if not ids:
+    if not latents:
         return {}
-    rows = store.list_features(filter={"ids": list(ids), "score_method": OUTPUT_METHOD, "min_score": float("-inf")},
-                               limit=len(ids))
+    rows = store.list_features(filter={"latents": list(latents), "score_method": OUTPUT_METHOD, "min_score": float("-inf")},
+                               limit=len(latents))
     out = {}
     for r in rows:
-        for s in store.feature(r.id).scores:
+        for s in store.feature(r.latent).scores:
             if s.method == OUTPUT_METHOD:
-                out[r.id] = float(s.value)
+                out[r.latent] = float(s.value)
                 break
     return out
 
@@ -101,7 +101,7 @@ def semantic_search(store: Any, embedder: Embedder, query: str, limit: int = 20,
         o = outs.get(i)
         rank = float(sim[j]) + (OUTPUT_WEIGHT * (o - 0.5) if o is not None else 0.0)
         hits.append(SemanticHit(i, round(float(sim[j]), 6), round(rank, 6), labels.get(i), o))
-    hits.sort(key=lambda h: (-h.rank_score, h.feature_id))
+    hits.sort(key=lambda h: (-h.rank_score, h.latent))
     return hits[:limit]
 
 
@@ -125,10 +125,10 @@ def store_embedder(store: Any) -> Embedder | None:
 
 def search_labels(store: Any, query: str, limit: int = 10, embedder: Embedder | None = None) -> list[dict]:
     """Steering candidates for a concept: by meaning (ranked with output scores) when the store has
-    vectors a real model can match, else the store's full-text search; [{feature, label, score, by}]."""
+    vectors a real model can match, else the store's full-text search; [{latent, label, score, by}]."""
     emb = embedder if embedder is not None else store_embedder(store)
     if emb is not None:
         hits = semantic_search(store, emb, query, limit, min_similarity=MIN_SIMILARITY)
         if hits:
-            return [{"feature": h.feature_id, "label": h.label, "score": h.rank_score, "by": "meaning"} for h in hits]
-    return [{"feature": h.feature_id, "label": h.label, "score": h.score, "by": "text"} for h in store.search(query, limit)]
+            return [{"latent": h.latent, "label": h.label, "score": h.rank_score, "by": "meaning"} for h in hits]
+    return [{"latent": h.latent, "label": h.label, "score": h.score, "by": "text"} for h in store.search(query, limit)]

@@ -46,7 +46,7 @@ class LabelFailure:
 
 
 class LabelStore(Protocol):
-    def latent_ids(self) -> list[int]:
+    def latents(self) -> list[int]:
         """The latents that can be labelled (they fire), most frequent first (ties: lower id first)."""
         ...
 
@@ -69,7 +69,7 @@ class MemoryLabelStore:
         self.results: dict[tuple[int, str, str], LabelResult] = {}
         self.failures: list[LabelFailure] = []
 
-    def latent_ids(self) -> list[int]:
+    def latents(self) -> list[int]:
         return sorted(self._ex, key=lambda i: (-self._freq.get(i, 0.0), i))
 
     def examples(self, latent: int) -> LatentExamples:

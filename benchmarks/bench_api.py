@@ -104,9 +104,9 @@ async def client(i: int, base: str, until: float, args, steered: bool, d_sae: in
     body = {"model": "store", "prompt": "", "max_tokens": args.max_tokens, "temperature": 1.0, "stream": True,
             "stream_options": {"include_usage": True}, "ignore_eos": True}
     if steered:
-        edits = [{"feature": (37 * i) % d_sae, "op": "clamp", "value": 8.0}]
+        edits = [{"latent": (37 * i) % d_sae, "op": "clamp", "value": 8.0}]
         if args.edits > 1:
-            edits.append({"feature": (37 * i + 11) % d_sae, "op": "add", "value": 2.0, "positions": "generated"})
+            edits.append({"latent": (37 * i + 11) % d_sae, "op": "add", "value": 2.0, "positions": "generated"})
         body["steering"] = {"edits": edits}
     n = 0
     async with httpx.AsyncClient(base_url=base, timeout=600) as h:

@@ -277,7 +277,7 @@ def bench_toyworld(store_path: Path, cache: Path | None, min_f1: float, also: tu
             if not best:
                 raise SystemExit(f"{store_path} has no concept matches; fill them with features.concepts first")
             considered = [m for m in best if m.f1 >= lowest]
-            ids = sorted({m.feature_id for m in considered})
+            ids = sorted({m.latent for m in considered})
             t0 = time.perf_counter()
             label_latents(labels, None, LabelConfig(overwrite=True), progress=False, latents=ids)
             dt = time.perf_counter() - t0
@@ -286,7 +286,7 @@ def bench_toyworld(store_path: Path, cache: Path | None, min_f1: float, also: tu
     words = concept_words(cache) if cache else {}
     judged = []  # (match, label text, detection, names it)
     for m in sorted(considered, key=lambda m: -m.f1):
-        f = feats[m.feature_id]
+        f = feats[m.latent]
         if f.label is None:
             judged.append((m, "(failed)", None, False))
             continue
@@ -324,7 +324,7 @@ def bench_toyworld(store_path: Path, cache: Path | None, min_f1: float, also: tu
     ]
     for m, text, d, ok in judged:
         if m.f1 >= min_f1:
-            lines.append(f"| {m.concept} | {m.feature_id} | {m.f1:.2f} | {text} | "
+            lines.append(f"| {m.concept} | {m.latent} | {m.f1:.2f} | {text} | "
                          f"{'' if d is None else f'{d:.2f}'} | {'yes' if ok else 'no'} |")
     print("\n".join(lines))
     return lines

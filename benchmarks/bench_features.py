@@ -215,7 +215,7 @@ def toy(args) -> None:
     a, b = {m.concept: m for m in rows[0][3]}, {m.concept: m for m in rows[1][3]}
     diffs = sorted(a, key=lambda c: -abs(a[c].f1 - b[c].f1))[:8]
     dl = ["| concept | TopK best latent, F1 | Matryoshka best latent, F1 |", "|---|---|---|"]
-    dl += [f"| {c} | {a[c].feature_id}, {a[c].f1:.3f} | {b[c].feature_id}, {b[c].f1:.3f} |" for c in diffs]
+    dl += [f"| {c} | {a[c].latent}, {a[c].f1:.3f} | {b[c].latent}, {b[c].f1:.3f} |" for c in diffs]
     text = f"""### Toy world: best single latent per ground-truth concept
 
 Machine: 2 CPU cores (shared; load average {load0} before, {load_average()} after), torch threads {torch.get_num_threads()}, {time.strftime('%Y-%m-%d')}.

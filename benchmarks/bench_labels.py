@@ -129,7 +129,7 @@ def bench_concepts(store_path: Path, cache: Path, min_f1: float, cmd: str) -> li
     from toyworld.lexicon import CONCEPT_NAMES
 
     best = matched_latents(store_path, min(min_f1, 0.3))  # the summary also reports F1 >= 0.3
-    ids = sorted({m.feature_id for m in best})
+    ids = sorted({m.latent for m in best})
     words = concept_words(cache)
     variants = [("token lists (`--explainer tokens`, before)", {"explainer": "tokens"}),
                 ("concept phrases, no lexicon (`--lexicon none`)", {"lexicon": "none"}),
@@ -143,7 +143,7 @@ def bench_concepts(store_path: Path, cache: Path, min_f1: float, cmd: str) -> li
     strict = [m for m in best if m.f1 >= min_f1]
     lines = [
         f"Toy world, offline labels of the best latent of every concept with token F1 >= {min_f1} "
-        f"({len(strict)} concepts, {len({m.feature_id for m in strict})} latents; {len(best)} concepts and "
+        f"({len(strict)} concepts, {len({m.latent for m in strict})} latents; {len(best)} concepts and "
         f"{len(ids)} latents at F1 >= 0.3). *Names it*: the concept's plain name is in the label, or its "
         "first word and at least half of its words are the concept's words (tokens carrying the concept in >= 50% of "
         "their occurrences, measured on the cache). *First word*: the old measure (the first word is a concept word). "
@@ -159,7 +159,7 @@ def bench_concepts(store_path: Path, cache: Path, min_f1: float, cmd: str) -> li
     n_loose = len(best)
     for m in [m for m in best if m.f1 < min_f1]:
         for n, _ in variants:
-            loose[n] += names_concept(results[n][m.feature_id][0], m.concept, words.get(m.concept, set()),
+            loose[n] += names_concept(results[n][m.latent][0], m.concept, words.get(m.concept, set()),
                                       CONCEPT_NAMES.get(m.concept))
     best = [m for m in best if m.f1 >= min_f1]
     for m in best:
@@ -167,12 +167,12 @@ def bench_concepts(store_path: Path, cache: Path, min_f1: float, cmd: str) -> li
         name = CONCEPT_NAMES.get(m.concept)
         cells = []
         for n, _ in variants:
-            text = results[n][m.feature_id][0]
+            text = results[n][m.latent][0]
             ok = names_concept(text, m.concept, cw, name)
             score[n][0] += ok
             score[n][1] += first_token_rule(text, cw)
             cells.append(f"{text} {'**yes**' if ok else 'no'}")
-        table.append(f"| {m.concept} | {m.feature_id} | {m.f1:.2f} | " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        table.append(f"| {m.concept} | {m.latent} | {m.f1:.2f} | " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     for n, _ in variants:
         a, b = score[n]
         c = a + loose[n]
@@ -193,7 +193,7 @@ def pick_latents(store_path: Path, n: int) -> list[int]:
 
     with FeatureStore.open(store_path) as st:
         rows = st.list_features(sort="freq", filter={"alive_only": True, "exclude_flags": ["dense"]}, limit=n)
-    return sorted(r.id for r in rows)
+    return sorted(r.latent for r in rows)
 
 
 def simulation_scores(store_path: Path, labels: dict[int, tuple[str, dict]], judge, pairs: dict[int, int]):
@@ -319,8 +319,8 @@ def bench_output(store_path: Path, sae_dir: Path, per_topic: int, samples: int, 
         negative = [d for u in TOPICS if u != t for d in docs[u][:6]]
         cands = contrast_features(model, sae, docs[t], negative, top=max(ranks) + 1)
         for r in ranks:
-            if r < len(cands) and all(cands[r].feature != f for _, f in picks):
-                picks.append((t, cands[r].feature))
+            if r < len(cands) and all(cands[r].latent != f for _, f in picks):
+                picks.append((t, cands[r].latent))
     cfg = OutputScoreConfig(samples=samples)
     gen = GenerationConfig(max_new_tokens=cfg.new_tokens, seed=cfg.seed, stop_at_eos=False)
     prompts = [cfg.prompt] * cfg.samples

@@ -658,7 +658,7 @@ def child_store(params: dict[str, Any]) -> dict[str, Any]:
     out["label_estimate"] = {"latents": est.latents, "calls": est.calls, "prompt_tokens": est.prompt_tokens,
                              "completion_tokens": est.completion_tokens, "cost_usd": est.cost_usd,
                              "judge": est.judge}
-    alive = [r.id for r in store.list_features(sort="id", filter={"alive_only": True}, limit=F)]
+    alive = [r.latent for r in store.list_features(sort="latent", filter={"alive_only": True}, limit=F)]
     out["alive"] = len(alive)
     rng = random.Random(0)
     prov = LabelProvenance(judge_model="bench", judge_kind="human", prompt_version="scale-1")
@@ -690,11 +690,11 @@ def bulk_labels(store, ids: list[int], rng) -> None:
         pid = c.execute("SELECT MAX(id) FROM label_provenance").fetchone()[0]
         for i in ids:
             text = " ".join(rng.sample(LABEL_WORDS, 3))
-            lid = c.execute("INSERT INTO labels(feature_id, label, explanation, provenance_id, created_at) "
+            lid = c.execute("INSERT INTO labels(latent, label, explanation, provenance_id, created_at) "
                             "VALUES (?, ?, ?, ?, '2026-01-01T00:00:00Z')", (i, text, f"latent {i}: {text}", pid)).lastrowid
             c.execute("UPDATE feature_fts SET label = ? WHERE rowid = ?", (text, i))
             for m in ("detection", "fuzzing"):
-                c.execute("INSERT INTO scores(feature_id, label_id, method, value, n_examples, provenance_id, created_at) "
+                c.execute("INSERT INTO scores(latent, label_id, method, value, n_examples, provenance_id, created_at) "
                           "VALUES (?, ?, ?, ?, 20, ?, '2026-01-01T00:00:00Z')", (i, lid, m, rng.random(), pid))
 
 
@@ -706,7 +706,8 @@ def time_web(path: Path, model, sae, alive: list[int], n: int) -> dict[str, dict
 
     from features import FeatureStore
     from saesteer.web import Limits, ModelQueue, ServeConfig, StoreEntry, create_app
-    from saesteer.web.store_source import ModelEngine, StoreCatalog
+    from saesteer.web.model_source import ModelEngine
+    from saesteer.web.store_source import StoreCatalog
 
     limits = Limits()
     t0 = time.perf_counter()

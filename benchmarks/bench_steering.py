@@ -346,7 +346,7 @@ def matrix(args) -> str:
 # -------------------------------------------------------------------------------------- toy
 def toy(args) -> str:
     from saesteer.toyscore import toy_scorer
-    from steering import FeatureEdit, GenerationConfig, generate, steer
+    from steering import CompareConfig, FeatureEdit, GenerationConfig, generate, steer
     from steering.evaluate import score_generation
     from steering.methods import compare_methods
     from steering.search import contrast_features
@@ -427,26 +427,26 @@ def toy(args) -> str:
         if args.select == "concept":
             if not by_f1:
                 raise SystemExit(f"the store has no concept match for topic:{topic}; use --select contrast")
-            pool = [by_f1[0].feature_id]
+            pool = [by_f1[0].latent]
         else:  # the top --candidates latents by contrast, plus the store's concept-F1-best latent
-            pool = [c.feature for c in ranked[: args.candidates]]
-            if by_f1 and args.candidates > 1 and by_f1[0].feature_id not in pool:
-                pool.append(by_f1[0].feature_id)
+            pool = [c.latent for c in ranked[: args.candidates]]
+            if by_f1 and args.candidates > 1 and by_f1[0].latent not in pool:
+                pool.append(by_f1[0].latent)
         scorer = toy_scorer(topic, "sentence")
         cue = " ".join(generate_document(f"steer-cue-{topic}", topic=topic).sentences[0])
         # SAE feature, difference of means and prompting: the package's protocol (steering.methods);
         # without typical maxima the SAE strengths are multiples of 4x the latent's mean activation
         card = compare_methods(
             model, sae, scorer, prompts=prompts, test_prompts=test_prompts, positive=pos, negative=neg, cue=cue,
-            features=pool, op=args.op, positions=where,
-            sae_strengths=args.strengths if link else [4 * s for s in args.strengths],
-            vector_strengths=args.vec_strengths, target_concept=0.5, min_fluency=0.8, rule=args.rule,
-            gen_config=cfg(args.dev_seed), dev_seed=args.dev_seed, test_seed=args.test_seed,
-            typical_max=link.typical_max if link else None,
+            latents=pool, gen_config=cfg(args.dev_seed), typical_max=link.typical_max if link else None,
+            config=CompareConfig(op=args.op, positions=where if isinstance(where, str) else ",".join(map(str, where)),
+                                 sae_strengths=args.strengths if link else [4 * s for s in args.strengths],
+                                 vector_strengths=args.vec_strengths, target_concept=0.5, min_fluency=0.8,
+                                 rule=args.rule, dev_seed=args.dev_seed, test_seed=args.test_seed),
             progress=lambda msg, t=topic: print(f"  {t}: {msg}", file=sys.stderr, flush=True))
         pick = card.picks["SAE feature"]
-        result = {"topic": topic, "feature": pick.feature, "pool": pool,
-                  "f1_feature": by_f1[0].feature_id if by_f1 else None, "f1": by_f1[0].f1 if by_f1 else None}
+        result = {"topic": topic, "latent": pick.latent, "pool": pool,
+                  "f1_feature": by_f1[0].latent if by_f1 else None, "f1": by_f1[0].f1 if by_f1 else None}
         for method, label, ctx in (("SAE feature", "SAE feature", ""), ("diff-of-means", "diff-of-means", ""),
                                    ("prompting", "prompting", cue)):
             r = card.row(method)
@@ -455,7 +455,7 @@ def toy(args) -> str:
             result[label] = (strength, share, gram, gram_doc, r.perplexity)
 
         def top_edits(s):  # the top-N contrast features, each added in proportion to its activation difference
-            return [FeatureEdit(c.feature, "add", s * c.score, positions=where) for c in ranked] if s else None
+            return [FeatureEdit(c.latent, "add", s * c.score, positions=where) for c in ranked] if s else None
 
         pts = sweep_edits(model, sae, top_edits, args.top_strengths, prompts, scorer, gen_config=cfg(args.dev_seed),
                           with_perplexity=False)
@@ -514,7 +514,7 @@ def toy(args) -> str:
     for r in rows:
         f1 = "" if r["f1_feature"] is None else f" ({r['f1_feature']}, F1 {r['f1']:.2f})"
         b = r["base"]
-        lines.append(f"| {r['topic']} | {b[0]:.0%} / {b[1]:.0%} / {b[2]:.0%} / {b[3]:.1f} | {r['feature']}{f1}"
+        lines.append(f"| {r['topic']} | {b[0]:.0%} / {b[1]:.0%} / {b[2]:.0%} / {b[3]:.1f} | {r['latent']}{f1}"
                      f"{' of ' + ','.join(map(str, r['pool'])) if len(r['pool']) > 1 else ''} | "
                      f"{r['SAE feature'][0]:g} | {cells(r['SAE feature'])} | "
                      f"{r[f'SAE top-{args.top_n}'][0]:g} | {cells(r[f'SAE top-{args.top_n}'])} | {r['diff-of-means'][0]:g} | "
@@ -618,7 +618,7 @@ def topic_latents(sae, store=None, *, n_docs: int = 32) -> list[dict]:
         cos_F = dec_FD @ (vec_D / vec_D.norm())
         c = int(cos_F.argmax())
         lex = store.concept_matches(f"topic:{t}") if store is not None else []
-        out.append({"topic": t, "lex": (lex[0].feature_id, lex[0].f1) if lex else None,
+        out.append({"topic": t, "lex": (lex[0].latent, lex[0].f1) if lex else None,
                     "doc": (d, float(f1_F[d]), float(prec_F[d]), float(rec_F[d])), "cos": (c, float(cos_F[c]))})
     return out
 

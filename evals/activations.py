@@ -63,16 +63,19 @@ def collect(model, hooks: Sequence[str], tokens_NL: Tensor, excluded_ids: Iterab
     return HeldOutActivations(tokens_NL, {h: torch.cat(parts[h]) for h in hooks}, ctx, pos, tuple(int(i) for i in excl.tolist()))
 
 
-def cache_holdout(cache: str | Path, hook: str, rows: int, seed: int, buffer_rows: int) -> Tensor:
+def cache_holdout(cache: str | Path, hook: str, rows: int, seed: int, buffer_rows: int,
+                  target_hook: str | None = None) -> Tensor:
     """The first `rows` rows of a cache's seeded stream [rows, D] float32: the rows `saesteer train`
     held out of training with this seed and reader buffer (the stream, hence the held-out set, does
-    not depend on the batch size)."""
+    not depend on the batch size). `target_hook`: the same rows of a transcoder's target hook
+    instead (the stream of the pair, as its training read it)."""
     from training.reader import CacheReader
 
-    reader = CacheReader(cache, batch_size=min(rows, 4096), hook=hook, seed=seed, epochs=None, buffer_rows=buffer_rows)
+    reader = CacheReader(cache, batch_size=min(rows, 4096), hook=hook, seed=seed, epochs=None, buffer_rows=buffer_rows,
+                         target_hook=target_hook)
     parts, n = [], 0
     for batch in reader:
-        parts.append(batch.acts.to("cpu", torch.float32))
+        parts.append((batch.acts if target_hook is None else batch.targets).to("cpu", torch.float32))
         n += parts[-1].shape[0]
         if n >= rows:
             break

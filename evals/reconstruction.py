@@ -10,7 +10,12 @@ and this module adds, defined as SAELens's `run_evals` defines them:
     relative_reconstruction_bias  mean ||x_hat||^2 / mean <x, x_hat>  (eq. 10 of arXiv:2404.16014)
     l1                            mean over rows of sum |acts|
 
-Shape key: B rows, D d_in, F d_sae.
+A transcoder (`sae.is_transcoder`) is scored against its target rows (the target hook's
+activations at the same tokens: x above is then the target and x_hat the prediction), and spliced
+in place of its target: the target hook's output replaced by the prediction from the input hook
+of the same forward pass (CE loss recovered against the target-ablated model, e.g. MLP-ablated).
+
+Shape key: B rows, D d_in, F d_sae, O d_out.
 """
 
 from __future__ import annotations
@@ -24,14 +29,16 @@ from saes.base import SAE
 
 
 @torch.no_grad()
-def shrinkage_metrics(sae: SAE, x_RD: Tensor, chunk_rows: int = 4096) -> dict[str, float]:
+def shrinkage_metrics(sae: SAE, x_RD: Tensor, chunk_rows: int = 4096, targets_RO: Tensor | None = None) -> dict[str, float]:
     dev = sae.device
     sums = torch.zeros(5, dtype=torch.float64)  # cos, l2 ratio, ||x_hat||^2, <x, x_hat>, l1
     n = 0
-    for x in x_RD.split(chunk_rows):
-        x_BD = x.to(dev, torch.float32)
-        acts = sae.encode_sparse(x_BD)
-        x_hat = sae.decode(acts).to(torch.float32)
+    goals = targets_RO.split(chunk_rows) if targets_RO is not None else x_RD.split(chunk_rows)
+    for x, goal in zip(x_RD.split(chunk_rows), goals):
+        x_in = x.to(dev, torch.float32)
+        acts = sae.encode_sparse(x_in)
+        x_hat = sae.predict(x_in, acts).to(torch.float32)
+        x_BD = goal.to(dev, torch.float32)  # what x_hat is compared with: the input, or a transcoder's target
         norm_in, norm_out = x_BD.norm(dim=-1), x_hat.norm(dim=-1)
         dot = (x_BD * x_hat).sum(-1)
         cos = dot / (norm_in * norm_out)  # NaN for a zero vector, as in SAELens
@@ -46,12 +53,12 @@ def shrinkage_metrics(sae: SAE, x_RD: Tensor, chunk_rows: int = 4096) -> dict[st
             "l1": float(sums[4]) / n}
 
 
-def activation_metrics(sae: SAE, x_RD: Tensor, dense_threshold: float) -> dict[str, Any]:
-    """Everything measured on activations alone (no model)."""
+def activation_metrics(sae: SAE, x_RD: Tensor, dense_threshold: float, targets_RO: Tensor | None = None) -> dict[str, Any]:
+    """Everything measured on activations alone (no model); `targets_RO`: a transcoder's target rows."""
     from training.evaluate import evaluate_activations
 
-    out = evaluate_activations(sae, x_RD, dense_threshold=dense_threshold)
-    out.update(shrinkage_metrics(sae, x_RD))
+    out = evaluate_activations(sae, x_RD, dense_threshold=dense_threshold, targets=targets_RO)
+    out.update(shrinkage_metrics(sae, x_RD, targets_RO=targets_RO))
     return out
 
 
@@ -63,7 +70,7 @@ def reconstructor(sae: SAE) -> Callable[[Tensor], Tensor]:
     inner = sae_reconstructor(sae)
 
     def reconstruct(act: Tensor) -> Tensor:
-        if act.shape[-1] == sae.d_in or act.ndim < 4:
+        if sae.is_transcoder or act.shape[-1] == sae.d_in or act.ndim < 4:
             return inner(act)
         return inner(act.flatten(-2)).reshape(act.shape)
 
@@ -72,8 +79,21 @@ def reconstructor(sae: SAE) -> Callable[[Tensor], Tensor]:
 
 def model_metrics(model: Any, sae: SAE, hook: str, tokens_NL: Tensor, keep_token_ids: tuple[int, ...],
                   batch_size: int) -> dict[str, float]:
-    """CE loss recovered and KL with the SAE spliced in at `hook` (`training.evaluate.splice_metrics`)."""
+    """CE loss recovered and KL with the SAE spliced in at `hook` (`training.evaluate.splice_metrics`);
+    a transcoder reading `hook` replaces its target hook (`metadata.hook_name_out`) instead."""
     from training.evaluate import splice_metrics
 
+    if sae.is_transcoder:
+        return splice_metrics(model, reconstructor(sae), transcoder_target(sae), tokens_NL,
+                              keep_token_ids=keep_token_ids, batch_size=batch_size, input_hook=hook).to_dict()
     return splice_metrics(model, reconstructor(sae), hook, tokens_NL, keep_token_ids=keep_token_ids,
                           batch_size=batch_size).to_dict()
+
+
+def transcoder_target(sae: SAE) -> str:
+    """The hook point a transcoder predicts (its `metadata.hook_name_out`); an error naming the fix without one."""
+    target = sae.cfg.metadata.get("hook_name_out")
+    if not target:
+        raise ValueError("this transcoder does not record the hook point it predicts (metadata.hook_name_out); "
+                         "set sae.cfg.metadata['hook_name_out'] before evaluating it")
+    return str(target)

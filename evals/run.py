@@ -18,7 +18,7 @@ from torch import Tensor
 from evals.config import EvalConfig
 from evals.activations import HeldOutActivations
 from evals.probing import ProbingData, Task, sparse_probing
-from evals.reconstruction import activation_metrics, model_metrics
+from evals.reconstruction import activation_metrics, model_metrics, transcoder_target
 
 
 class ProbingInputs(NamedTuple):
@@ -36,6 +36,7 @@ class EvalInputs(NamedTuple):
     keep_ids: tuple[int, ...]  # tokens whose positions keep their clean activation when spliced
     tokenizer: Any = None
     rows: Mapping[str, Tensor] | None = None  # SAE name -> activation rows replacing heldout's (e.g. a cache holdout)
+    target_rows: Mapping[str, Tensor] | None = None  # transcoder name -> its target rows, paired with `rows`
     rows_source: Mapping[str, str] | None = None  # SAE name -> where its rows came from
     probing: ProbingInputs | None = None
 
@@ -47,6 +48,8 @@ def _describe(loaded) -> dict[str, Any]:
             "d_sae": sae.d_sae, "k": getattr(cfg, "k", None),
             "matryoshka_widths": list(getattr(cfg, "matryoshka_widths", []) or []) or None,
             "hook_name": cfg.metadata.get("hook_name"), "model_name": cfg.metadata.get("model_name"),
+            **({"hook_name_out": cfg.metadata.get("hook_name_out"), "d_out": sae.d_out,
+                "skip_connection": sae.W_skip is not None} if sae.is_transcoder else {}),
             "source": (loaded.provenance or {}).get("source")}
 
 
@@ -64,8 +67,13 @@ def evaluate_saes(saes: Mapping[str, Any], inputs: EvalInputs, cfg: EvalConfig,
         hook = sae.cfg.metadata["hook_name"]
         rows = inputs.rows.get(name) if inputs.rows else None
         x = rows if rows is not None else inputs.heldout.acts[hook]
+        y = None
+        if sae.is_transcoder:  # scored against its target hook's rows at the same tokens
+            target = transcoder_target(sae)
+            y = inputs.target_rows[name] if rows is not None and inputs.target_rows else inputs.heldout.acts[target]
+            say(f"{name}: transcoder {hook} -> {target}")
         say(f"{name}: activation metrics on {x.shape[0]:,} held-out tokens at {hook}")
-        metrics = activation_metrics(sae, x, cfg.dense_threshold)
+        metrics = activation_metrics(sae, x, cfg.dense_threshold, y)
         if inputs.ce_tokens is not None and len(inputs.ce_tokens) and cfg.ce_contexts > 0:
             say(f"{name}: CE loss recovered and KL over {len(inputs.ce_tokens)} contexts")
             metrics.update(model_metrics(inputs.model, sae, hook, inputs.ce_tokens, inputs.keep_ids, cfg.ce_batch_size))

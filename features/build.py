@@ -18,6 +18,9 @@ Phases and crash safety:
    state file is deleted.
 Re-running against a store built from another SAE, cache or settings is refused (overwrite=True
 starts over).
+
+One module over 450 lines on purpose: the phases above are one resumable sequence over one lock
+and one state file, and the block rows at the end are what phase 3 writes.
 """
 
 from __future__ import annotations
@@ -306,7 +309,7 @@ def _write(store: FeatureStore, sae, source, cfg: BuildConfig, res: PassResult, 
     co_nb = coact_neighbours(sample, cfg.n_neighbours)
     logits = None
     if model is not None:
-        if getattr(model, "W_U", None) is not None and model.W_U.shape[0] == sae.cfg.d_in:
+        if getattr(model, "W_U", None) is not None and model.W_U.shape[0] == sae.d_out:  # what the decoder writes
             logits = logit_effects(W_dec, model, cfg.n_logits)
     widths = sae.levels or []
     links = None
@@ -372,7 +375,7 @@ def _block_rows(f0, f1, res: PassResult, dec_norm, dec_nb, co_nb, logits, links,
     top_text: dict[int, list[str]] = {}
     for ex in examples:
         if ex.kind == "top" and ex.text:
-            top_text.setdefault(ex.feature_id, []).append(_searchable_text(ex, source.bos_id))
+            top_text.setdefault(ex.latent, []).append(_searchable_text(ex, source.bos_id))
     fts = [SearchTextRow(f, "", "\n".join(top_text.get(f, []))) for f in ids]
     return feats, hists, examples, logit_rows, nb_rows, fts
 
@@ -398,10 +401,10 @@ def _feature_rows(f0, f1, res: PassResult, dec_norm, links) -> list[FeatureRow]:
         if links is not None:
             link = (lev[i], None, None, None, None) if par[i] < 0 else (lev[i], par[i], _nan(pco[i]), _nan(pcos[i]), meth[i])
         feats.append(FeatureRow(
-            id=f, n_fires=n, freq=cols[0][i], mean_act=_nan(cols[1][i]), std_act=_nan(cols[2][i]), max_act=cols[3][i],
+            latent=f, n_fires=n, freq=cols[0][i], mean_act=_nan(cols[1][i]), std_act=_nan(cols[2][i]), max_act=cols[3][i],
             sum_act=cols[4][i], typical_max_act=_nan(cols[5][i]), q50=_nan(cols[6][i]), q90=_nan(cols[7][i]),
             q99=_nan(cols[8][i]), min_pos=min_pos[i] if n else None, max_pos=max_pos[i] if n else None,
-            bos_fires=bos[i], decoder_norm=norms[i], flags=flags[i], level=link[0], parent_id=link[1],
+            bos_fires=bos[i], decoder_norm=norms[i], flags=flags[i], level=link[0], parent_latent=link[1],
             parent_coact=link[2], parent_cos=link[3], parent_method=link[4]))
     return feats
 
@@ -447,7 +450,7 @@ def _example_rows(f0, f1, res: PassResult, source, tokenizer, before, W) -> list
         texts = [(tt.text, np.asarray(tt.offsets, dtype="<i4").tobytes())
                  for tt in token_texts(tokenizer, [t.tolist() for t in token_lists])]
     return [
-        ExampleRow(feature_id=f, kind=kinds[kc], rank=rank, activation=v, quantile=_nan(q), seq_index=seq, position=pos,
+        ExampleRow(latent=f, kind=kinds[kc], rank=rank, activation=v, quantile=_nan(q), seq_index=seq, position=pos,
                    centre=before - lo, token_ids=token_lists[e].tobytes(), acts=win_np[e, lo:hi].tobytes(),
                    text=texts[e][0], token_offsets=texts[e][1])
         for e, (kc, f, rank, v, q, seq, pos, lo, hi) in enumerate(zip(*cols_E))

@@ -5,7 +5,7 @@ with the token's ground-truth tag. Streaming and memory bounded: one pass keeps 
 tp [F, C], fires [F], positives [C].
 
     scores = concept_f1_over_source(sae, source, concept_fn, names)     # e.g. the toy world's tags
-    scores.best("topic:ocean")            # ConceptMatch(feature_id, f1, precision, recall)
+    scores.best("topic:ocean")            # ConceptMatch(latent, f1, precision, recall)
     scores.fraction_at_least(0.8)         # fraction of concepts whose best latent reaches F1 0.8
 
 Shape key: B rows, F d_sae, C concepts, N active entries, L context length.

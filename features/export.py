@@ -85,12 +85,12 @@ def _feature_link(i: int, label: str | None = None) -> str:
 
 
 def feature_page(store: FeatureStore, rec: FeatureRecord, plotly_src: str | None = "../plotly.min.js") -> str:
-    parts = [f'<p><a href="../index.html">&larr; all features</a></p><h1>Feature {rec.id}</h1>']
+    parts = [f'<p><a href="../index.html">&larr; all features</a></p><h1>Feature {rec.latent}</h1>']
     parts += _label_html(rec)
     parts += _stats_html(rec)
     parts += _charts_html(rec)
     parts += _examples_html(store, rec)
-    title = f"Feature {rec.id}" + (f": {rec.label.text}" if rec.label else "")
+    title = f"Feature {rec.latent}" + (f": {rec.label.text}" if rec.label else "")
     return _page(title, "".join(parts), plotly_src)
 
 
@@ -131,9 +131,9 @@ def _stats_html(rec: FeatureRecord) -> list[str]:
     parts.append("<table>" + "".join(f"<tr><td>{esc(k)}</td><td class=\"num\">{esc(v)}</td></tr>" for k, v in rows) + "</table>")
     links = []
     if rec.parent is not None:
-        links.append("parent: " + _feature_link(rec.parent.parent_id))
+        links.append("parent: " + _feature_link(rec.parent.parent_latent))
     if rec.children:
-        links.append("children: " + ", ".join(_feature_link(c.child_id) for c in rec.children[:50]))
+        links.append("children: " + ", ".join(_feature_link(c.child_latent) for c in rec.children[:50]))
     if links:
         parts.append("<p>" + " &middot; ".join(links) + "</p>")
     return parts
@@ -182,7 +182,7 @@ def _examples_html(store: FeatureStore, rec: FeatureRecord) -> list[str]:
     for title, nbs in (("Decoder-cosine neighbours", rec.decoder_neighbours), ("Co-activation neighbours", rec.coact_neighbours)):
         if nbs:
             parts.append(f"<h2>{esc(title)}</h2><table><tr><th>feature</th><th>score</th><th>count</th></tr>" + "".join(
-                f"<tr><td>{_feature_link(n.id, n.label)}</td><td class=\"num\">{n.score:.3f}</td>"
+                f"<tr><td>{_feature_link(n.latent, n.label)}</td><td class=\"num\">{n.score:.3f}</td>"
                 f"<td class=\"num\">{'' if n.count is None else n.count}</td></tr>" for n in nbs) + "</table>")
     return parts
 
@@ -190,13 +190,13 @@ def _examples_html(store: FeatureStore, rec: FeatureRecord) -> list[str]:
 def export_html(
     store: FeatureStore,
     out_dir: str | Path,
-    feature_ids: Iterable[int] | None = None,
+    latents: Iterable[int] | None = None,
     *,
     limit: int | None = None,
     title: str | None = None,
     progress: bool = False,
 ) -> Path:
-    """Write the dashboards for `feature_ids` (default: every written latent, or the `limit`
+    """Write the dashboards for `latents` (default: every written latent, or the `limit`
     most frequent) to `out_dir`; returns the index page's path."""
     from tqdm.auto import tqdm
 
@@ -209,16 +209,16 @@ def export_html(
         raise FileNotFoundError(f"plotly.min.js not found in the plotly package ({js}); reinstall plotly")
     if not (out / "plotly.min.js").is_file() or (out / "plotly.min.js").stat().st_size != js.stat().st_size:
         shutil.copyfile(js, out / "plotly.min.js")
-    if feature_ids is None:
-        summaries = store.list_features(sort="freq" if limit else "id", limit=limit or store.d_sae)
+    if latents is None:
+        summaries = store.list_features(sort="freq" if limit else "latent", limit=limit or store.d_sae)
     else:
-        ids = list(dict.fromkeys(int(i) for i in feature_ids))
+        ids = list(dict.fromkeys(int(i) for i in latents))
         for i in ids:
-            store._check_id(i)
-        found = {s.id: s for s in store.list_features(filter={"ids": ids}, limit=len(ids))}
+            store._check_latent(i)
+        found = {s.latent: s for s in store.list_features(filter={"latents": ids}, limit=len(ids))}
         summaries = [found[i] for i in ids if i in found]
     for s in tqdm(summaries, desc="exporting", disable=not progress):
-        (out / "f" / f"{s.id:05d}.html").write_text(feature_page(store, store.feature(s.id)), encoding="utf-8")
+        (out / "f" / f"{s.latent:05d}.html").write_text(feature_page(store, store.feature(s.latent)), encoding="utf-8")
     meta = store.meta
     sae = meta.get("sae") or {}
     head = title or f"Features of {sae.get('architecture', 'SAE')} d_sae={store.d_sae} ({sae.get('hook_name') or ''})"
@@ -226,7 +226,7 @@ def export_html(
     for s in summaries:
         flags = "".join(f'<span class="flag">{esc(f)}</span>' for f in s.flags)
         rows.append(
-            f'<tr><td data-v="{s.id}"><a href="f/{s.id:05d}.html">{s.id}</a></td><td>{esc(s.label)}</td>'
+            f'<tr><td data-v="{s.latent}"><a href="f/{s.latent:05d}.html">{s.latent}</a></td><td>{esc(s.label)}</td>'
             f'<td class="num" data-v="{s.freq}">{_num(s.freq)}</td><td class="num" data-v="{s.max_act}">{_num(s.max_act)}</td>'
             f'<td class="num" data-v="{s.typical_max_act if s.typical_max_act is not None else ""}">{_num(s.typical_max_act)}</td>'
             f"<td>{flags}</td></tr>"

@@ -29,8 +29,9 @@ SAEDashboard (github.com/jbloomAus/SAEDashboard) writes one `batch-N.json` per b
 fields of `sae_dashboard/neuronpedia/neuronpedia_dashboard.py` (NeuronpediaDashboardFeature,
 NeuronpediaDashboardActivation); Neuronpedia's converter reads those files.
 
-The checks (`FIELDS`, `check_rows`) are ours: field names and JSON types of each row, taken from
-the sources above; they refuse a missing or mistyped field, naming the file, the row and the field.
+The checks (`features.publishfields`: `FIELDS`, `check_rows`) are ours: field names and JSON types
+of each row, taken from the sources above; they refuse a missing or mistyped field, naming the file,
+the row and the field.
 """
 
 from __future__ import annotations
@@ -46,108 +47,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+from features.publishfields import PublishError, check_rows
 from saes.fileio import atomic_write_bytes
 
 __all__ = ["NeuronpediaInfo", "export_neuronpedia", "export_saedashboard", "check_neuronpedia_export",
-           "check_saedashboard_batch", "check_rows", "FIELDS", "PublishError"]
+           "check_saedashboard_batch"]
 
-S, I, F, B = "string", "integer", "number", "boolean"
-LS, LI, LF = "list[string]", "list[integer]", "list[number]"
-OPT = "?"  # suffix: may be null
-
-# table -> field -> JSON type (Neuronpedia's prisma schema; "?" = nullable)
-FIELDS: dict[str, dict[str, str]] = {
-    "model": {"id": S, "displayNameShort": S, "displayName": S, "creatorId": S, "layers": I, "neuronsPerLayer": I,
-              "owner": S, "instruct": B, "visibility": S, "createdAt": S, "updatedAt": S, "tlensId": S + OPT},
-    "source": {"id": S, "modelId": S, "setName": S, "creatorId": S, "visibility": S, "hasDashboards": B,
-               "num_prompts": I + OPT, "num_tokens_in_prompt": I + OPT, "dataset": S + OPT, "hfRepoId": S + OPT,
-               "hfFolderId": S + OPT, "createdAt": S},
-    "sourceset": {"modelId": S, "name": S, "description": S, "creatorName": S, "creatorId": S, "releaseName": S + OPT,
-                  "visibility": S, "type": S, "createdAt": S},
-    "release": {"name": S, "description": S, "descriptionShort": S + OPT, "creatorName": S, "creatorNameShort": S + OPT,
-                "creatorId": S, "visibility": S, "urls": LS, "createdAt": S},
-    "features": {"modelId": S, "layer": S, "index": S, "maxActApprox": F, "creatorId": S, "frac_nonzero": F,
-                 "freq_hist_data_bar_heights": LF, "freq_hist_data_bar_values": LF,
-                 "logits_hist_data_bar_heights": LF, "logits_hist_data_bar_values": LF,
-                 "neuron_alignment_indices": LI, "neuron_alignment_l1": LF, "neuron_alignment_values": LF,
-                 "correlated_neurons_indices": LI, "correlated_neurons_l1": LF, "correlated_neurons_pearson": LF,
-                 "correlated_features_indices": LI, "correlated_features_l1": LF, "correlated_features_pearson": LF,
-                 "decoder_weights_dist": LF, "neg_str": LS, "neg_values": LF, "pos_str": LS, "pos_values": LF,
-                 "sourceSetName": S, "topkCosSimIndices": LI, "topkCosSimValues": LF, "vector": LF,
-                 "vectorLabel": S + OPT, "hookName": S + OPT, "vectorDefaultSteerStrength": F + OPT, "hasVector": B,
-                 "umap_x": F + OPT, "umap_y": F + OPT},
-    "activations": {"id": S, "modelId": S, "layer": S, "index": S, "creatorId": S, "dataSource": S + OPT,
-                    "dataIndex": S + OPT, "tokens": LS, "maxValue": F, "minValue": F, "values": LF,
-                    "maxValueTokenIndex": I, "dfaValues": LF, "dfaMaxValue": F + OPT, "dfaTargetIndex": I + OPT,
-                    "binContains": F + OPT, "binMin": F + OPT, "binMax": F + OPT, "qualifyingTokenIndex": I + OPT,
-                    "lossValues": LF, "createdAt": S},
-    "explanations": {"id": S, "modelId": S, "layer": S, "index": S, "authorId": S, "description": S,
-                     "embedding": LF + OPT, "typeName": S + OPT, "explanationModelName": S + OPT, "umap_x": F + OPT,
-                     "umap_y": F + OPT, "umap_cluster": I + OPT, "umap_log_feature_sparsity": F + OPT},
-    "explanation_scores": {"id": S, "initiatedByUserId": S, "value": F, "explanationId": S,
-                           "explanationScoreTypeName": S, "explanationScoreModelName": S, "jsonDetails": S,
-                           "createdAt": S},
-    "explanation_score_type": {"name": S, "displayName": S, "description": S, "creatorName": S, "creatorId": S,
-                               "scoreDescription": S + OPT, "featured": B, "isAttention": B, "createdAt": S},
-    "explanation_model_type": {"name": S, "displayName": S, "description": S, "creatorName": S, "creatorId": S,
-                               "url": S + OPT, "featured": B, "createdAt": S},
-    # SAEDashboard's batch JSON
-    "dashboard_batch": {"model_id": S, "layer": I, "sae_set": S, "sae_id_suffix": S + OPT, "features": "list[object]"},
-    "dashboard_feature": {"feature_index": I, "neuron_alignment_indices": LI, "neuron_alignment_values": LF,
-                          "neuron_alignment_l1": LF, "correlated_neurons_indices": LI, "correlated_neurons_l1": LF,
-                          "correlated_neurons_pearson": LF, "correlated_features_indices": LI,
-                          "correlated_features_l1": LF, "correlated_features_pearson": LF, "neg_str": LS,
-                          "neg_values": LF, "pos_str": LS, "pos_values": LF, "frac_nonzero": F,
-                          "freq_hist_data_bar_values": LF, "freq_hist_data_bar_heights": LF,
-                          "logits_hist_data_bar_heights": LF, "logits_hist_data_bar_values": LF,
-                          "n_prompts_total": I, "n_tokens_in_prompt": I, "dataset": S, "decoder_weights_dist": LF,
-                          "activations": "list[object]", "vector": LF},
-    "dashboard_activation": {"bin_min": F, "bin_max": F, "bin_contains": F, "tokens": LS, "values": LF,
-                             "qualifying_token_index": I},
-}
 _TABLE_FILES = {"model": "model.jsonl", "source": "source.jsonl", "sourceset": "sourceset.jsonl",
                 "release": "release.jsonl"}
 _BATCHED = ("features", "activations", "explanations", "explanation_scores")
-
-
-class PublishError(ValueError):
-    """An export row does not match the format it claims."""
-
-
-def _is(value: Any, kind: str) -> bool:
-    if kind.endswith(OPT):
-        return value is None or _is(value, kind[:-1])
-    if kind.startswith("list["):
-        inner = kind[5:-1]
-        return isinstance(value, list) and all(_is(v, inner) for v in value)
-    if kind == S:
-        return isinstance(value, str)
-    if kind == B:
-        return isinstance(value, bool)
-    if kind == I:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind == F:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if kind == "object":
-        return isinstance(value, dict)
-    raise AssertionError(f"unknown field type {kind}")
-
-
-def check_rows(table: str, rows: Iterable[dict], where: str = "") -> int:
-    """Every row has exactly the fields of `table`, each of its type; returns the row count."""
-    spec = FIELDS[table]
-    n = 0
-    for n, row in enumerate(rows, start=1):
-        if not isinstance(row, dict):
-            raise PublishError(f"{where or table} row {n}: not a JSON object")
-        missing = sorted(set(spec) - set(row))
-        extra = sorted(set(row) - set(spec))
-        if missing or extra:
-            raise PublishError(f"{where or table} row {n}: missing fields {missing}, unknown fields {extra}")
-        for k, kind in spec.items():
-            if not _is(row[k], kind):
-                raise PublishError(f"{where or table} row {n}: field {k!r} must be {kind}, got {row[k]!r:.80}")
-    return n
 
 
 # ------------------------------------------------------------------------------------------------
@@ -225,10 +133,10 @@ def _hist(rec) -> tuple[list[float], list[float]]:
     return counts, [round((i + 0.5) * w, 6) for i in range(len(counts))]
 
 
-def _iter_latents(store: Any, ids: Sequence[int] | None):
-    if ids is None:
-        ids = [r.id for r in store.list_features(sort="id", filter={"alive_only": True}, limit=store.d_sae)]
-    for i in ids:
+def _iter_latents(store: Any, latents: Sequence[int] | None):
+    if latents is None:
+        latents = [r.latent for r in store.list_features(sort="latent", filter={"alive_only": True}, limit=store.d_sae)]
+    for i in latents:
         yield store.feature(int(i))
 
 
@@ -279,7 +187,7 @@ def _feature_row(ex: _NeuronpediaExport, rec) -> dict:
     tmax = rec.stats.typical_max_act
     steer = rec.recommended_strength * tmax if (rec.recommended_strength and tmax) else None
     return {
-        "modelId": info.model_id, "layer": ex.source_id, "index": str(rec.id), "maxActApprox": _finite(rec.stats.max_act),
+        "modelId": info.model_id, "layer": ex.source_id, "index": str(rec.latent), "maxActApprox": _finite(rec.stats.max_act),
         "creatorId": info.creator_id, "frac_nonzero": _finite(rec.stats.freq),
         "freq_hist_data_bar_heights": heights, "freq_hist_data_bar_values": centres,
         "logits_hist_data_bar_heights": [], "logits_hist_data_bar_values": [],
@@ -290,10 +198,10 @@ def _feature_row(ex: _NeuronpediaExport, rec) -> dict:
         "neg_str": [t.token for t in supp], "neg_values": [_finite(t.value) for t in supp],
         "pos_str": [t.token for t in prom], "pos_values": [_finite(t.value) for t in prom],
         "sourceSetName": info.source_set,
-        "topkCosSimIndices": [int(n.id) for n in rec.decoder_neighbours],
+        "topkCosSimIndices": [int(n.latent) for n in rec.decoder_neighbours],
         "topkCosSimValues": [_finite(n.score) for n in rec.decoder_neighbours],
         "vector": [], "vectorLabel": None, "hookName": ex.hook, "vectorDefaultSteerStrength": steer, "hasVector": False,
-        "umap_x": ex.xy[rec.id][0] if rec.id in ex.xy else None, "umap_y": ex.xy[rec.id][1] if rec.id in ex.xy else None,
+        "umap_x": ex.xy[rec.latent][0] if rec.latent in ex.xy else None, "umap_y": ex.xy[rec.latent][1] if rec.latent in ex.xy else None,
     }
 
 
@@ -308,7 +216,7 @@ def _activation_rows(ex: _NeuronpediaExport, rec) -> list[dict]:
         top = max(range(len(vals)), key=lambda k: vals[k])
         q = e.kind == "quantile"
         rows.append({
-            "id": _uid(ex.fp, "act", e.id), "modelId": info.model_id, "layer": ex.source_id, "index": str(rec.id),
+            "id": _uid(ex.fp, "act", e.id), "modelId": info.model_id, "layer": ex.source_id, "index": str(rec.latent),
             "creatorId": info.creator_id, "dataSource": info.dataset, "dataIndex": str(e.seq_index),
             "tokens": list(e.tokens), "maxValue": vals[top], "minValue": min(vals), "values": vals,
             "maxValueTokenIndex": top, "dfaValues": [], "dfaMaxValue": None, "dfaTargetIndex": None,
@@ -332,10 +240,10 @@ def _explanation_rows(ex: _NeuronpediaExport, rec) -> tuple[list[dict], list[dic
     eid = _uid(ex.fp, "expl", lab.id)
     freq = _finite(rec.stats.freq)
     explanation = {
-        "id": eid, "modelId": info.model_id, "layer": ex.source_id, "index": str(rec.id), "authorId": creator,
+        "id": eid, "modelId": info.model_id, "layer": ex.source_id, "index": str(rec.latent), "authorId": creator,
         "description": lab.text, "embedding": None, "typeName": "saesteer-" + (p.prompt_version if p else "label"),
         "explanationModelName": model_name,
-        "umap_x": ex.xy[rec.id][0] if rec.id in ex.xy else None, "umap_y": ex.xy[rec.id][1] if rec.id in ex.xy else None,
+        "umap_x": ex.xy[rec.latent][0] if rec.latent in ex.xy else None, "umap_y": ex.xy[rec.latent][1] if rec.latent in ex.xy else None,
         "umap_cluster": None, "umap_log_feature_sparsity": math.log10(freq) if freq > 0 else None,
     }
     scores = []
@@ -352,7 +260,7 @@ def _explanation_rows(ex: _NeuronpediaExport, rec) -> tuple[list[dict], list[dic
     return [explanation], scores
 
 
-def _write_latent_batches(store: Any, ex: _NeuronpediaExport, root: Path, ids: Sequence[int] | None) -> None:
+def _write_latent_batches(store: Any, ex: _NeuronpediaExport, root: Path, latents: Sequence[int] | None) -> None:
     """The batched tables, `batch_size` latents per file (one file each, even for no latent)."""
     batch: dict[str, list[dict]] = {t: [] for t in _BATCHED}
     n_batch = 0
@@ -366,7 +274,7 @@ def _write_latent_batches(store: Any, ex: _NeuronpediaExport, root: Path, ids: S
         n_batch += 1
 
     count = 0
-    for rec in _iter_latents(store, ids):
+    for rec in _iter_latents(store, latents):
         batch["features"].append(_feature_row(ex, rec))
         batch["activations"].extend(_activation_rows(ex, rec))
         explanations, scores = _explanation_rows(ex, rec)
@@ -394,8 +302,8 @@ def _write_config(cfg: Path, ex: _NeuronpediaExport) -> None:
 
 
 def export_neuronpedia(store: Any, out: str | os.PathLike, info: NeuronpediaInfo,
-                       ids: Sequence[int] | None = None) -> Path:
-    """Write the store's live latents (or `ids`) in Neuronpedia's import format; returns the
+                       latents: Sequence[int] | None = None) -> Path:
+    """Write the store's live latents (or just `latents`) in Neuronpedia's import format; returns the
     source directory. See the module docstring for the layout."""
     layer = _layer_of(store, info.layer)
     source_id = f"{layer}-{info.source_set}"
@@ -410,7 +318,7 @@ def export_neuronpedia(store: Any, out: str | os.PathLike, info: NeuronpediaInfo
     layout = next((k for k in store.feature_map_methods() if k.startswith("decoder")), None)
     xy = {i: (x, y) for i, x, y in store.feature_map(layout)} if layout else {}
     ex = _NeuronpediaExport(info, source_id, now, fp, hook, xy)
-    _write_latent_batches(store, ex, root, ids)
+    _write_latent_batches(store, ex, root, latents)
     _write_config(Path(out) / "config", ex)
     return root
 
@@ -465,12 +373,12 @@ def check_neuronpedia_export(source_dir: str | os.PathLike) -> dict[str, int]:
 
 
 def export_saedashboard(store: Any, path: str | os.PathLike, *, model_id: str, source_set: str,
-                        layer: int | None = None, ids: Sequence[int] | None = None, dataset: str = "",
+                        layer: int | None = None, latents: Sequence[int] | None = None, dataset: str = "",
                         n_prompts: int = 0) -> Path:
-    """One SAEDashboard-style batch JSON of the store's live latents (or `ids`)."""
+    """One SAEDashboard-style batch JSON of the store's live latents (or just `latents`)."""
     layer = _layer_of(store, layer)
     feats = []
-    for rec in _iter_latents(store, ids):
+    for rec in _iter_latents(store, latents):
         heights, centres = _hist(rec)
         prom = rec.logits.promoted if rec.logits else []
         supp = rec.logits.suppressed if rec.logits else []
@@ -484,9 +392,9 @@ def export_saedashboard(store: Any, path: str | os.PathLike, *, model_id: str, s
                          "bin_contains": _finite(e.quantile) if q else -1.0, "tokens": list(e.tokens), "values": vals,
                          "qualifying_token_index": int(e.centre)})
         feats.append({
-            "feature_index": int(rec.id), "neuron_alignment_indices": [], "neuron_alignment_values": [],
+            "feature_index": int(rec.latent), "neuron_alignment_indices": [], "neuron_alignment_values": [],
             "neuron_alignment_l1": [], "correlated_neurons_indices": [], "correlated_neurons_l1": [],
-            "correlated_neurons_pearson": [], "correlated_features_indices": [int(n.id) for n in rec.coact_neighbours],
+            "correlated_neurons_pearson": [], "correlated_features_indices": [int(n.latent) for n in rec.coact_neighbours],
             "correlated_features_l1": [], "correlated_features_pearson": [_finite(n.score) for n in rec.coact_neighbours],
             "neg_str": [t.token for t in supp], "neg_values": [_finite(t.value) for t in supp],
             "pos_str": [t.token for t in prom], "pos_values": [_finite(t.value) for t in prom],

@@ -54,7 +54,7 @@ class Histogram:
 @dataclass(frozen=True)
 class Example:
     id: int  # examples.id (auto-interp cites these in label provenance)
-    feature_id: int
+    latent: int
     kind: str  # "top" | "quantile" | "negative"
     rank: int
     activation: float  # at the centre token (0 for negatives)
@@ -99,7 +99,7 @@ class LogitEffects:
 
 @dataclass(frozen=True)
 class Neighbour:
-    id: int
+    latent: int
     score: float  # cosine (decoder) or Jaccard index of co-firing (coact)
     count: int | None = None  # co-firing count (coact)
     label: str | None = None
@@ -107,8 +107,8 @@ class Neighbour:
 
 @dataclass(frozen=True)
 class ParentLink:
-    parent_id: int
-    child_id: int
+    parent_latent: int
+    child_latent: int
     coact: float | None  # P(parent fires | child fires)
     cosine: float | None  # decoder cosine
     method: str  # "coact" | "decoder"
@@ -147,7 +147,7 @@ class LabelProvenance:
 @dataclass(frozen=True)
 class Label:
     id: int
-    feature_id: int
+    latent: int
     text: str
     explanation: str | None
     created_at: str
@@ -158,7 +158,7 @@ class Label:
 @dataclass(frozen=True)
 class Score:
     id: int
-    feature_id: int
+    latent: int
     label_id: int | None
     method: str  # e.g. "detection", "fuzzing", "simulation"
     value: float
@@ -181,7 +181,7 @@ class ScoreInput:
 class FeatureSummary:
     """One row of a feature list."""
 
-    id: int
+    latent: int
     n_fires: int
     freq: float
     mean_act: float | None
@@ -189,7 +189,7 @@ class FeatureSummary:
     typical_max_act: float | None
     flags: tuple[str, ...]
     level: int | None
-    parent_id: int | None
+    parent_latent: int | None
     label: str | None
     recommended_strength: float | None
 
@@ -198,7 +198,7 @@ class FeatureSummary:
 class FeatureRecord:
     """Everything the store knows about one latent."""
 
-    id: int
+    latent: int
     stats: FeatureStats
     histogram: Histogram
     top_examples: list[Example]
@@ -222,7 +222,7 @@ class FeatureRecord:
 
 @dataclass(frozen=True)
 class SearchHit:
-    feature_id: int
+    latent: int
     score: float  # bm25 relevance (higher is better)
     label: str | None
     snippet: str  # matching text, each match between SNIPPET_OPEN and SNIPPET_CLOSE (see `parts`)
@@ -260,8 +260,8 @@ class FeatureFilter:
     has_label: bool | None = None
     label_contains: str | None = None  # case-insensitive substring of the current label
     level: int | None = None
-    parent_id: int | None = None
-    ids: list[int] | None = None
+    parent_latent: int | None = None
+    latents: list[int] | None = None
     score_method: str | None = None  # with min_score: latest score of this method >= min_score
     min_score: float | None = None
 
@@ -282,7 +282,7 @@ class FeatureFilter:
 @dataclass(frozen=True)
 class ConceptMatch:
     concept: str
-    feature_id: int
+    latent: int
     f1: float
     precision: float
     recall: float

@@ -2,7 +2,7 @@
 removed afterwards), encode with the SAE, list the latents per token.
 
     res = features_on_text(model, sae, "the whale swims", store=store, top_n=5)
-    for tok in res.tokens: print(tok.token, [(l.id, l.act, l.label) for l in tok.latents])
+    for tok in res.tokens: print(tok.token, [(l.latent, l.act, l.label) for l in tok.latents])
 
 Shape key: S tokens, D d_in, F d_sae.
 """
@@ -19,7 +19,7 @@ from saes.hookpoints import check_hook
 
 @dataclass(frozen=True)
 class LatentActivation:
-    id: int
+    latent: int
     act: float
     label: str | None = None
 
@@ -34,7 +34,7 @@ class TokenActivations:
 
 @dataclass(frozen=True)
 class LatentTotal:
-    id: int
+    latent: int
     max_act: float
     total_act: float
     n_tokens: int  # tokens it fires on
@@ -118,16 +118,16 @@ def features_on_text(
     k = min(top_n, acts_SF.shape[1])
     vals_SK, idx_SK = acts_SF.topk(k, dim=1)
     fired = (acts_SF > min_act) & (acts_SF > 0)
-    latent_ids = fired.any(0).nonzero(as_tuple=True)[0].tolist()
-    labels = store.labels(latent_ids) if store is not None and latent_ids else {}
+    latents = fired.any(0).nonzero(as_tuple=True)[0].tolist()
+    labels = store.labels(latents) if store is not None and latents else {}
     tokens = []
     for s, (tid, tstr) in enumerate(zip(ids, strs)):
         lat = [LatentActivation(int(i), float(v), labels.get(int(i)))
                for v, i in zip(vals_SK[s].tolist(), idx_SK[s].tolist()) if v > min_act and v > 0]
         tokens.append(TokenActivations(s, int(tid), str(tstr), lat))
     totals = []
-    for i in latent_ids:
+    for i in latents:
         col = acts_SF[:, i]
         totals.append(LatentTotal(int(i), float(col.max()), float(col.sum()), int(fired[:, i].sum()), labels.get(int(i))))
-    totals.sort(key=lambda t: (-t.max_act, t.id))
+    totals.sort(key=lambda t: (-t.max_act, t.latent))
     return TextActivations(text, hook, tokens, totals, acts_SF)

@@ -1,6 +1,7 @@
 """The SAE base module: raw parameters, encode / decode / forward, and what an architecture is.
 
-Shape key: B rows (tokens; leading dims are flattened into B), D d_in, F d_sae, N nonzeros, M latents read.
+Shape key: B rows (tokens; leading dims are flattened into B), D d_in, F d_sae, N nonzeros, M latents read,
+O d_out (a transcoder's target width; d_in for an SAE).
 
 Parameters use SAELens's names and layouts (design convention 5):
 `W_enc [D, F]`, `b_enc [F]`, `W_dec [F, D]`, `b_dec [D]`. Device and dtype come from the
@@ -26,6 +27,13 @@ code needs to know about it is asked of the class, never decided by its name or 
 | SAELens cfg.json back into config fields | `config_fields_from_saelens` | {} |
 | tensors beyond the four parameters (JumpReLU's `threshold`) | buffers, `load_saelens_tensors_` | none |
 | SAELens's `rescale_acts_by_decoder_norm` folded into the weights | `fold_selection_decoder_norm_` | `fold_decoder_norm_` |
+
+Transcoders are a mode of every architecture, not classes of their own: with `cfg.d_out` set the
+SAE reads its input at one hook and predicts another hook's activations (the target). Encoding and
+selection are the architecture's; only the decoder's width (`W_dec [F, O]`, `b_dec [O]`), the
+input centring (none: b_dec lives in the target's space) and, with `cfg.skip_connection`, a
+learned linear term `W_skip [O, D]` (prediction = decode(latents) + x @ W_skip.T) change.
+`decode` never includes the skip term (it has no input); `predict(x, acts)` / `forward` do.
 
 The inference form is what `select` computes and what is saved: BatchTopK and Matryoshka train
 with `training_select` (over the batch) and infer with their thresholds, saved as SAELens's
@@ -125,12 +133,13 @@ class SAE(nn.Module):
         if not isinstance(cfg, self.config_class):
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(cfg).__name__}")
         self.cfg = cfg
-        D, Fdim = cfg.d_in, cfg.d_sae
+        D, Fdim, O = cfg.d_in, cfg.d_sae, cfg.d_out or cfg.d_in
         kw = {"device": device, "dtype": dtype}
         self.W_enc = nn.Parameter(torch.empty(D, Fdim, **kw))
         self.b_enc = nn.Parameter(torch.zeros(Fdim, **kw))
-        self.W_dec = nn.Parameter(torch.empty(Fdim, D, **kw))
-        self.b_dec = nn.Parameter(torch.zeros(D, **kw))
+        self.W_dec = nn.Parameter(torch.empty(Fdim, O, **kw))
+        self.b_dec = nn.Parameter(torch.zeros(O, **kw))
+        self.W_skip = nn.Parameter(torch.zeros(O, D, **kw)) if cfg.skip_connection else None
         self.reset_parameters(generator)
 
     # -- shape helpers -------------------------------------------------------------------
@@ -143,6 +152,15 @@ class SAE(nn.Module):
         return self.cfg.d_sae
 
     @property
+    def d_out(self) -> int:
+        """Width of what the decoder writes: the target's (transcoder) or the input's (SAE)."""
+        return self.cfg.d_out or self.cfg.d_in
+
+    @property
+    def is_transcoder(self) -> bool:
+        return self.cfg.is_transcoder
+
+    @property
     def device(self) -> torch.device:
         return self.W_enc.device
 
@@ -152,13 +170,20 @@ class SAE(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Unit-norm random decoder rows, encoder = decoder transpose, zero biases."""
-        W = torch.randn(self.d_sae, self.d_in, generator=generator, dtype=torch.float32, device="cpu")
+        """Unit-norm random decoder rows, encoder = decoder transpose, zero biases (a transcoder
+        whose widths differ: an independent unit-norm encoder; W_skip zero, as SAELens)."""
+        W = torch.randn(self.d_sae, self.d_out, generator=generator, dtype=torch.float32, device="cpu")
         W /= W.norm(dim=1, keepdim=True)
         self.W_dec.copy_(W)
-        self.W_enc.copy_(W.T)
+        if self.d_out == self.d_in:
+            self.W_enc.copy_(W.T)
+        else:
+            E = torch.randn(self.d_sae, self.d_in, generator=generator, dtype=torch.float32, device="cpu")
+            self.W_enc.copy_((E / E.norm(dim=1, keepdim=True)).T)
         self.b_enc.zero_()
         self.b_dec.zero_()
+        if self.W_skip is not None:
+            self.W_skip.zero_()
 
     def _rows(self, x: Tensor) -> Tensor:
         """Flatten leading dims to [B, D] in the SAE's dtype, checking the width."""
@@ -168,6 +193,19 @@ class SAE(nn.Module):
                 f"check the hook point (SAE hook: {self.cfg.metadata.get('hook_name', 'unknown')})"
             )
         return x.reshape(-1, self.d_in).to(self.dtype)
+
+    def _target_rows(self, y: Tensor) -> Tensor:
+        """The target as [B, O] rows in the SAE's dtype (a transcoder's other hook; an SAE's input)."""
+        if y.shape[-1] != self.d_out:
+            raise ValueError(
+                f"target has width {y.shape[-1]} but this transcoder predicts d_out={self.d_out}; check the target "
+                f"hook (recorded: {self.cfg.metadata.get('hook_name_out', 'unknown')})"
+            )
+        return y.reshape(-1, self.d_out).to(self.dtype)
+
+    def skip_term(self, x_BD: Tensor) -> Tensor | None:
+        """A skip transcoder's linear term x @ W_skip.T [B, O]; None without a skip connection."""
+        return None if self.W_skip is None else x_BD @ self.W_skip.T
 
     # -- encode --------------------------------------------------------------------------
     def pre_activations(self, x_BD: Tensor) -> Tensor:
@@ -193,18 +231,25 @@ class SAE(nn.Module):
     # -- decode --------------------------------------------------------------------------
     def decode(
         self, acts: SparseActs | Float[Tensor, "... d_sae"], method: DecodeMethod = "embedding_bag"
-    ) -> Float[Tensor, "... d_in"]:
-        """Reconstruction from sparse (rows) or dense ([..., F]) activations."""
+    ) -> Float[Tensor, "... d_out"]:
+        """Reconstruction (a transcoder: its prediction, less any skip term) from sparse (rows) or
+        dense ([..., F]) activations."""
         if isinstance(acts, SparseActs):
             return sparse_decode(acts, self.W_dec, self.b_dec, method)
         if acts.shape[-1] != self.d_sae:
             raise ValueError(f"activations have width {acts.shape[-1]}, expected d_sae={self.d_sae}")
         return acts.to(self.dtype) @ self.W_dec + self.b_dec
 
+    def predict(self, x_BD: Tensor, acts: SparseActs, method: DecodeMethod = "embedding_bag") -> Tensor:
+        """The output [B, O] from input rows x_BD and their latents: decode + the skip term (if any)."""
+        out_BO = self.decode(acts, method=method)
+        skip_BO = self.skip_term(self._rows(x_BD))
+        return out_BO if skip_BO is None else out_BO + skip_BO
+
     def forward(self, x: Float[Tensor, "... d_in"], decode_method: DecodeMethod = "embedding_bag") -> SAEOutput:
         enc = self.encode_with_pre(x)
-        recon_BD = self.decode(enc.acts, method=decode_method)
-        return SAEOutput(recon_BD.reshape(x.shape[:-1] + (self.d_in,)), enc.acts, enc.pre_BF)
+        recon_BO = self.predict(x, enc.acts, method=decode_method)
+        return SAEOutput(recon_BO.reshape(x.shape[:-1] + (self.d_out,)), enc.acts, enc.pre_BF)
 
     # -- training --------------------------------------------------------------------------
     def training_select(self, pre_BF: Tensor, group: BatchGroup | None = None) -> SparseActs:
@@ -284,19 +329,25 @@ class SAE(nn.Module):
         self._scale_thresholds_(norms_F)
 
     @torch.no_grad()
-    def fold_activation_scale_(self, scale: float) -> None:
-        """Fold an input scaling factor into the weights.
+    def fold_activation_scale_(self, scale: float, target_scale: float | None = None) -> None:
+        """Fold input (and target) scaling factors into the weights.
 
-        Trained on `scale * x`, the SAE afterwards reads raw `x` and reconstructs raw `x`,
-        with identical latent activations: W_enc *= scale, W_dec /= scale, b_dec /= scale."""
-        if not (scale > 0 and float(scale) != float("inf")):
-            raise ValueError(f"activation scale must be positive and finite, got {scale}")
+        Trained on `scale * x` predicting `target_scale * y` (an SAE: y = x, one scale), the SAE
+        afterwards reads raw `x` and predicts raw `y`, with identical latent activations:
+        W_enc *= scale, W_dec /= target_scale, b_dec /= target_scale, W_skip *= scale / target_scale."""
+        target_scale = scale if target_scale is None else target_scale
+        for s in (scale, target_scale):
+            if not (s > 0 and float(s) != float("inf")):
+                raise ValueError(f"activation scale must be positive and finite, got {s}")
         self.W_enc.mul_(scale)
-        self.W_dec.div_(scale)
-        self.b_dec.div_(scale)
+        self.W_dec.div_(target_scale)
+        self.b_dec.div_(target_scale)
+        if self.W_skip is not None:
+            self.W_skip.mul_(scale / target_scale)
 
     def _scale_thresholds_(self, factor_F: Tensor) -> None:
         """Threshold encoders rescale their thresholds with the pre-activations."""
 
     def extra_repr(self) -> str:
-        return f"architecture={self.architecture!r}, d_in={self.d_in}, d_sae={self.d_sae}"
+        out = f", d_out={self.d_out}, skip={self.W_skip is not None}" if self.is_transcoder else ""
+        return f"architecture={self.architecture!r}, d_in={self.d_in}, d_sae={self.d_sae}{out}"

@@ -70,6 +70,7 @@ def check_sae_config(cfg: Any, source: str) -> None:
         raise SAEFormatError(f"{source} must hold a JSON object, got {type(cfg).__name__}", file=source)
     _positive_int(cfg, "d_in", source, "d_in", required=True)
     _positive_int(cfg, "d_sae", source, "d_sae", required=True)
+    _positive_int(cfg, "d_out", source, "d_out")  # transcoders
     _optional(cfg, "architecture", str, "a string", source, "architecture")
     _optional(cfg, "apply_b_dec_to_input", bool, "true or false", source, "apply_b_dec_to_input")
     _optional(cfg, "rescale_acts_by_decoder_norm", bool, "true or false", source, "rescale_acts_by_decoder_norm")
@@ -84,7 +85,7 @@ def check_sae_config(cfg: Any, source: str) -> None:
     if details is not None and not isinstance(details, dict):
         raise _bad(source, "metadata.training_architecture_details", "a JSON object", details)
     details = details or {}
-    for key in ("hook_name", "model_name", "training_architecture"):
+    for key in ("hook_name", "hook_name_out", "model_name", "training_architecture"):
         _optional(metadata, key, str, "a string", source, f"metadata.{key}")
         _optional(cfg, key, str, "a string", source, key)  # SAELens < 6 kept some at the top level
     for key in ("context_size",):

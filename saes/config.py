@@ -21,6 +21,15 @@ class SAEConfig:
     apply_b_dec_to_input: bool = field(
         default=True, metadata={"help": "subtract b_dec from the input before encoding (SAELens convention)"}
     )
+    d_out: int | None = field(
+        default=None,
+        metadata={"help": "transcoder: width of the target it predicts (another hook's activations); "
+                          "none: an SAE, reconstructing its own input", "cli": False},
+    )
+    skip_connection: bool = field(
+        default=False,
+        metadata={"help": "transcoder only: add a learned linear skip term W_skip x (a skip transcoder)", "cli": False},
+    )
     metadata: dict[str, Any] = field(
         default_factory=dict,
         metadata={"help": "SAELens metadata (model_name, hook_name, context_size, ...)", "cli": False},
@@ -31,6 +40,17 @@ class SAEConfig:
         whole_number("", "d_sae", self.d_sae)
         if not isinstance(self.metadata, dict):
             raise ValueError(f"metadata must be a dict, got {type(self.metadata).__name__}")
+        if self.d_out is not None:
+            whole_number("", "d_out", self.d_out)
+            if self.apply_b_dec_to_input:  # b_dec lives in the target's space, not the input's
+                raise ValueError("a transcoder (d_out set) reads its input uncentred: set apply_b_dec_to_input=False")
+        elif self.skip_connection:
+            raise ValueError("skip_connection needs a transcoder: set d_out (the target's width) or drop it")
+
+    @property
+    def is_transcoder(self) -> bool:
+        """Predicts another hook's activations (d_out set) instead of reconstructing its input."""
+        return self.d_out is not None
 
 
 @dataclass

@@ -1,7 +1,12 @@
 """Hand-written forward and backward of the training objective: the fast `compute_grads`.
 
 Shape key: B rows, D d_in, F d_sae, K k per row, L Matryoshka levels, N selected entries,
-E dead latents, A AuxK latents per row.
+E dead latents, A AuxK latents per row, O d_out (the target's width; D for an SAE).
+
+Transcoders (`target_BO` given): the decoder's goal is the target less the skip term
+(`goal = y - x @ W_skip.T`, a constant within the step), so decode, losses and the sparse
+backward run unchanged against `goal`; W_skip's gradient is G^T x with G the loss's gradient
+with respect to the prediction (summed over Matryoshka levels, as b_dec's).
 
 Registered in `saes.step.STEP_METHODS` (when `saes` is imported):
 
@@ -49,7 +54,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from saes.base import SAE
-from saes.objective import DEFAULT_AUX_COEF, default_k_aux
+from saes.objective import DEFAULT_AUX_COEF, default_k_aux, training_target
 from saes.sparse import SparseActs
 from saes.step import STEP_METHODS, GradResult
 from saes.topk_select import BatchGroup, batch_top_entries, row_topk, sort_order, take_top
@@ -236,8 +241,10 @@ def fast_grads(
     kernels: Kernels = "torch",
     workspace: StepWorkspace | None = None,
     group: BatchGroup | None = None,
+    target_BO: Tensor | None = None,
 ) -> GradResult:
-    """Gradients of `training_loss` written into `.grad` of W_enc, b_enc, W_dec, b_dec.
+    """Gradients of `training_loss` written into `.grad` of W_enc, b_enc, W_dec, b_dec (and
+    W_skip); `target_BO`: a transcoder's target rows.
 
     encoder_dtype: dtype of the encoder matmul (None = the SAE's dtype: exact); e.g.
     torch.bfloat16 for "fast_bf16". kernels: "torch" (pure torch, any device and dtype) or
@@ -261,7 +268,7 @@ def fast_grads(
     with torch.no_grad():
         return _fast_grads(
             sae, x_BD, dead_mask_F, aux_coef, k_aux, encoder_dtype, kernels == "native", workspace or StepWorkspace(),
-            group,
+            group, target_BO,
         )
 
 
@@ -275,9 +282,16 @@ def _fast_grads(
     native_kernels: bool,
     ws: StepWorkspace,
     group: BatchGroup | None,
+    target_BO: Tensor | None = None,
 ) -> GradResult:
     x_BD = sae._rows(x_BD).contiguous()
     B, D = x_BD.shape
+    skip_BO = sae.skip_term(x_BD)
+    goal_BO = training_target(sae, x_BD, target_BO)  # what the decoder output must match
+    if skip_BO is not None:
+        goal_BO = goal_BO - skip_BO
+    goal_BO = goal_BO.contiguous()
+    O = goal_BO.shape[1]
     Fdim, dtype, dev = sae.d_sae, sae.dtype, x_BD.device
     W_enc, W_dec, b_dec = sae.W_enc.detach(), sae.W_dec.detach().contiguous(), sae.b_dec.detach()
     sae_in_BD = x_BD - b_dec if sae.cfg.apply_b_dec_to_input else x_BD
@@ -306,26 +320,28 @@ def _fast_grads(
         L, bag_N, level_N = 1, rows_N, None
     if native_kernels:  # decode, losses, g and dvals row by row
         recon_BD, g_QD, sq_BL, dvals_N = native.decode_grad(
-            ent.offsets_B1, idx_N, level_N if L > 1 else None, vals_N, W_dec, b_dec.contiguous(), x_BD, L, relu
+            ent.offsets_B1, idx_N, level_N if L > 1 else None, vals_N, W_dec, b_dec.contiguous(), goal_BO, L, relu
         )
         level_mse_L = (sq_BL.sum(0) / B).to(dtype)
-        db_dec_D = g_QD.view(B, L, D)[:, 0].sum(0)
+        g0_BO = g_QD.view(B, L, O)[:, 0]  # d loss / d prediction, over every level
+        db_dec_D = g0_BO.sum(0)
     else:
         bag_off = _offsets(torch.bincount(bag_N, minlength=B * L)) if L > 1 else ent.offsets_B1
-        parts_QD = _bag_sum(idx_N, W_dec, bag_off, vals_N)  # [B*L, D]
-        recon_BLD = parts_QD.view(B, L, D)
+        parts_QD = _bag_sum(idx_N, W_dec, bag_off, vals_N)  # [B*L, O]
+        recon_BLD = parts_QD.view(B, L, O)
         for j in range(1, L):  # prefix sums over levels, in order: a float cumsum has no deterministic CUDA kernel
             recon_BLD[:, j] += recon_BLD[:, j - 1]
         recon_BLD += b_dec
         recon_BD = recon_BLD[:, -1].clone()
         # reconstruction losses; err becomes the gradient wrt each prefix, then its suffix sums
-        err_BLD = recon_BLD.sub_(x_BD.unsqueeze(1))
+        err_BLD = recon_BLD.sub_(goal_BO.unsqueeze(1))
         level_mse_L = (err_BLD * err_BLD).sum(dim=(0, 2)) / B
         err_BLD.mul_(2.0 / B)
         for j in range(L - 2, -1, -1):  # G_l = sum over levels j >= l of d loss / d recon_j
             err_BLD[:, j] += err_BLD[:, j + 1]
-        g_QD = err_BLD.view(B * L, D)
-        db_dec_D = err_BLD[:, 0].sum(0)
+        g_QD = err_BLD.view(B * L, O)
+        g0_BO = err_BLD[:, 0]
+        db_dec_D = g0_BO.sum(0)
         dvals_N = _entry_dots(g_QD, W_dec, idx_N, bag_off, bag_N)  # d loss / d value of each entry
         if relu:
             dvals_N.mul_(vals_N > 0)
@@ -349,7 +365,7 @@ def _fast_grads(
     # AuxK: the top-A dead latents reconstruct the residual of the live ones
     aux = torch.zeros((), dtype=dtype, device=dev)
     if dead_mask_F is not None:
-        auxk = _auxk(pre_BF, x_BD - recon_BD, sae_in_BD, W_dec, dead_mask_F, k_aux or default_k_aux(D), aux_coef, topk)
+        auxk = _auxk(pre_BF, goal_BO - recon_BD, sae_in_BD, W_dec, dead_mask_F, k_aux or default_k_aux(D), aux_coef, topk)
         if auxk is not None:
             aux = auxk.loss
             dW_dec_FD.index_add_(0, auxk.dead_E, auxk.dW_dec_ED)
@@ -358,6 +374,9 @@ def _fast_grads(
 
     if sae.cfg.apply_b_dec_to_input:  # sae_in = x - b_dec
         db_dec_D -= W_enc @ db_enc_F
+    if skip_BO is not None:
+        _set_grad(sae.W_skip, g0_BO.t() @ x_BD)
+        recon_BD = recon_BD + skip_BO
     _set_grad(sae.W_enc, dW_enc_DF)
     _set_grad(sae.b_enc, db_enc_F)
     _set_grad(sae.W_dec, dW_dec_FD)

@@ -98,3 +98,43 @@ def model_dtype(model: Any) -> torch.dtype:
     for p in model.parameters():
         return p.dtype
     return torch.float32
+
+
+class HookPairError(SaesteerError, ValueError):
+    """A transcoder's (input hook, target hook) pair that cannot work on this model."""
+
+
+@torch.no_grad()
+def check_transcoder_hooks(model: Any, hook_in: str, hook_out: str, who: str | None = None, *,
+                           d_in: int | None = None, d_out: int | None = None) -> tuple[int, int]:
+    """The widths (d_in, d_out) of a transcoder's input and target hooks on `model`, after checking
+    the pair: both hooks exist and are per-token, the target fires after the input in the forward
+    pass (a transcoder predicts a later activation from an earlier one), and the widths equal
+    `d_in` / `d_out` when given (a transcoder made for another model or hook). One tiny forward
+    pass (two tokens) observes the firing order and the widths."""
+    where = f"{who}: " if who else ""
+    check_hooks(model, [hook_in, hook_out], who, per_token=True)
+    if hook_in == hook_out:
+        raise HookPairError(f"{where}the input and target hooks are both {hook_in!r}; a transcoder's target "
+                            f"(target_hook) is a later hook point, e.g. the MLP's output", field="target_hook")
+    fired: list[tuple[str, int]] = []
+
+    def record(act: torch.Tensor, hook: Any) -> None:
+        fired.append((hook.name, int(act.shape[2] * act.shape[3] if act.ndim > 3 else act.shape[-1])))
+
+    tokens = torch.zeros(1, 2, dtype=torch.long, device=model_device(model))
+    model.run_with_hooks(tokens, fwd_hooks=[(hook_in, record), (hook_out, record)])
+    order = [name for name, _ in fired]
+    widths = dict(fired)
+    if hook_in not in widths or hook_out not in widths:  # pragma: no cover - a model that skips a hook
+        raise HookPairError(f"{where}hook {hook_in if hook_in not in widths else hook_out!r} did not fire in a "
+                            f"forward pass of this model")
+    if order.index(hook_out) < order.index(hook_in):
+        raise HookPairError(f"{where}the target hook {hook_out!r} runs before the input hook {hook_in!r}; a "
+                            f"transcoder predicts a later activation: swap them (hook={hook_out}, "
+                            f"target_hook={hook_in})", field="target_hook")
+    for name, got, want, fld in ((hook_in, widths[hook_in], d_in, "d_in"), (hook_out, widths[hook_out], d_out, "d_out")):
+        if want is not None and got != want:
+            raise HookPairError(f"{where}hook {name!r} has width {got} on this model but the transcoder's {fld} is "
+                                f"{want}: it was made for another model or hook point", field=fld)
+    return widths[hook_in], widths[hook_out]

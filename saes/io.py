@@ -17,6 +17,14 @@ reconstruction back (HookedSAETransformer then runs the SAE); `metadata.hook_hea
 (every head, not one). SAELens has no such reshape for hook_q / hook_k / hook_v: those SAEs load in
 SAELens but HookedSAETransformer cannot splice them in.
 
+Transcoders (`cfg.d_out` set) are saved as SAELens saves its transcoders: cfg.json's architecture
+is the inference form's name with "_transcoder" (or "_skip_transcoder") appended - "standard"
+becomes SAELens's "transcoder" / "skip_transcoder", "jumprelu" (BatchTopK, Matryoshka, JumpReLU)
+its "jumprelu_transcoder" / "jumprelu_skip_transcoder" - with `d_out`, `apply_b_dec_to_input:
+false`, `metadata.hook_name_out` (the target hook, which SAELens's HookedSAETransformer splices
+at) and `W_skip [d_out, d_in]` among the weights. SAELens has no TopK transcoder: a TopK one is
+saved as "topk_transcoder", which we load and SAELens refuses as an unknown architecture.
+
 Only JSON and safetensors are ever read. A pickled checkpoint is refused with instructions;
 `cfg.json` is checked field by field and NaN weights are refused (`saes.checks`).
 """
@@ -57,6 +65,25 @@ def reshape_for_hook(hook_name: str | None) -> str:
     return "hook_z" if str(hook_name or "").endswith("hook_z") else "none"
 
 
+TRANSCODER_SUFFIXES = ("_skip_transcoder", "_transcoder")  # longest first
+
+
+def transcoder_architecture(base: str, skip: bool) -> str:
+    """cfg.json's name of a transcoder whose inference form is `base` ("standard" -> SAELens's "transcoder")."""
+    suffix = "skip_transcoder" if skip else "transcoder"
+    return suffix if base == "standard" else f"{base}_{suffix}"
+
+
+def split_transcoder_architecture(arch: str) -> tuple[str, bool, bool]:
+    """(inference form, is a transcoder, has a skip connection) of a cfg.json architecture name."""
+    for suffix in ("skip_transcoder", "transcoder"):
+        if arch == suffix:
+            return "standard", True, suffix.startswith("skip")
+        if arch.endswith("_" + suffix):
+            return arch[: -len(suffix) - 1], True, suffix.startswith("skip")
+    return arch, False, False
+
+
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
@@ -76,10 +103,12 @@ def sae_lens_config(sae: SAE) -> dict[str, Any]:
     hook = metadata.get("hook_name")
     if str(hook or "").endswith(_HEAD_HOOKS):
         metadata.setdefault("hook_head_index", None)  # all heads (flattened), not one head
+    arch = sae.saved_architecture()
     cfg: dict[str, Any] = {
-        "architecture": sae.saved_architecture(),
+        "architecture": transcoder_architecture(arch, sae.W_skip is not None) if sae.is_transcoder else arch,
         "d_in": sae.d_in,
         "d_sae": sae.d_sae,
+        **({"d_out": sae.d_out} if sae.is_transcoder else {}),
         "dtype": _dtype_name(sae.dtype),
         "device": "cpu",
         "apply_b_dec_to_input": sae.cfg.apply_b_dec_to_input,
@@ -87,7 +116,7 @@ def sae_lens_config(sae: SAE) -> dict[str, Any]:
         "reshape_activations": reshape_for_hook(hook),
     }
     cfg.update(sae.saelens_fields())
-    if sae.saved_architecture() != sae.architecture:  # saved as another architecture's inference form
+    if arch != sae.architecture:  # saved as another architecture's inference form
         metadata["training_architecture"] = sae.architecture
         metadata["training_architecture_details"] = sae.training_details()
     cfg["metadata"] = metadata
@@ -210,10 +239,12 @@ def read_sae_folder(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
 
 
 def _architecture(cfg: dict[str, Any]) -> str:
+    """The class to build (a transcoder: its inference form's class, or the one it was trained as)."""
     arch = cfg.get("architecture")
     if arch is None:  # SAELens < 6 config
         fn = cfg.get("activation_fn", cfg.get("activation_fn_str", "relu"))
         return "topk" if fn == "topk" else "standard"
+    arch = split_transcoder_architecture(arch)[0]
     training_arch = (cfg.get("metadata") or {}).get("training_architecture")
     trained_as = ARCHITECTURES.get(training_arch) if isinstance(training_arch, str) else None
     if trained_as is not None and trained_as.saved_architecture() == arch:  # its inference form was saved
@@ -256,6 +287,13 @@ def sae_from_sae_lens_dict(
     for key in _DERIVED_METADATA:  # the writer regenerates these from the SAE itself
         metadata.pop(key, None)
     fields: dict[str, Any] = {"apply_b_dec_to_input": bool(cfg.get("apply_b_dec_to_input", True)), "metadata": metadata}
+    _, transcoder, skip = split_transcoder_architecture(str(cfg.get("architecture") or ""))
+    d_out = d_in
+    if transcoder:
+        if "d_out" not in cfg:
+            raise SAEFormatError(f"{source}: a {cfg['architecture']} config needs d_out (the target's width)")
+        d_out = int(cfg["d_out"])
+        fields.update(d_out=d_out, skip_connection=skip, apply_b_dec_to_input=False)
     try:
         fields.update(cls.config_fields_from_saelens(cfg, details, source))
     except (TypeError, ValueError) as e:
@@ -265,14 +303,17 @@ def sae_from_sae_lens_dict(
     except (TypeError, ValueError) as e:
         raise SAEFormatError(f"{source}: invalid config: {e}") from None
 
-    expected = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
+    expected = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_out), "b_dec": (d_out,)}
+    if transcoder and skip:
+        expected["W_skip"] = (d_out, d_in)
     missing = [n for n in expected if n not in weights]
     if missing:
         raise SAEFormatError(f"{source}: weights lack {', '.join(missing)} (have: {', '.join(sorted(weights))})")
     for name, shape in expected.items():
         if tuple(weights[name].shape) != shape:
             raise SAEFormatError(
-                f"{source}: {name} has shape {tuple(weights[name].shape)} but cfg d_in={d_in}, d_sae={d_sae} "
+                f"{source}: {name} has shape {tuple(weights[name].shape)} but cfg d_in={d_in}, d_sae={d_sae}"
+                f"{f', d_out={d_out}' if transcoder else ''} "
                 f"needs {shape}; the config and weights do not belong together"
             )
     store_dtype = dtype or _DTYPES.get(str(cfg.get("dtype", "float32")).removeprefix("torch."), weights["W_enc"].dtype)

@@ -40,7 +40,7 @@ class MatryoshkaSAE(BatchTopKSAE):
         """Reconstruction [B, D] from each prefix, innermost first; the last is the full one."""
         level_N = self.level_of(acts.indices_N)
         out: list[Tensor] = []
-        running_BD = self.b_dec.expand(acts.n_rows, self.d_in)
+        running_BD = self.b_dec.expand(acts.n_rows, self.d_out)
         for j in range(len(self.levels)):
             part = acts._replace(values_N=acts.values_N * (level_N == j).to(acts.values_N.dtype))
             running_BD = running_BD + sparse_decode(part, self.W_dec, None, method)

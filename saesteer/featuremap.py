@@ -65,7 +65,7 @@ def build_map(store: Any, *, source: str = "decoder", method: str = "umap", sae:
     returns its key `<source>-<method>`."""
     if source not in SOURCES:
         raise ValueError(f"unknown map source {source!r}; choose {' or '.join(SOURCES)}")
-    alive = [r.id for r in store.list_features(sort="id", filter={"alive_only": True}, limit=store.d_sae)]
+    alive = [r.latent for r in store.list_features(sort="latent", filter={"alive_only": True}, limit=store.d_sae)]
     info: dict[str, Any] = {"source": source, "method": method, "seed": seed}
     if source == "decoder":
         if sae is None:

@@ -33,7 +33,7 @@ _EXPORTS = {
     # SAE steering vs baselines
     "compare_methods": "methods", "Scorecard": "methods",
     # configs
-    "GenerationConfig": "config", "SweepConfig": "config",
+    "GenerationConfig": "config", "SweepConfig": "config", "CompareConfig": "config",
     # hooks
     "steer": "session", "SteeringSession": "session", "ResolvedEdit": "session", "resolve_edits": "session",
     "build_plan": "session", "hooks_attached": "session",

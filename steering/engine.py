@@ -106,6 +106,8 @@ class BatchEngine:
         self._cancel_lock = threading.Lock()
         self._handles: dict[str, Any] = {}  # hook point -> torch hook handle (while busy)
         self._active: dict[str, list[BatchEditor]] = {}  # editors of the forward pass running now
+        self._reads: set[str] = set()  # transcoders' input hooks of the forward pass running now
+        self._captured: dict[str, Tensor] = {}  # their activations in it
         self.steps = 0
         self.max_rows_seen = 0  # the largest batch decoded so far (tests, status)
 
@@ -267,7 +269,7 @@ class BatchEngine:
                         continue
                     stopped.add(b)
                     l = rows[b]
-                    l.detail["stopped_by"] = (f"{trig.label or f'feature {trig.feature}'} fired on generated token "
+                    l.detail["stopped_by"] = (f"{trig.label or f'feature {trig.latent}'} fired on generated token "
                                               f"{l.fed - 1}")
                     self._finish(l, "stop", events)
         return stopped
@@ -345,22 +347,28 @@ class BatchEngine:
         from steering.session import sae_hook_name
 
         by_hook: dict[str, list[BatchEditor]] = {}
-        for name, ed in editors.items():
-            by_hook.setdefault(sae_hook_name(self.saes[name], name), []).append(ed)
+        for name, ed in editors.items():  # a transcoder's edits land on its target hook
+            sae = self.saes[name]
+            writes = sae.cfg.metadata["hook_name_out"] if sae.is_transcoder else sae_hook_name(sae, name)
+            by_hook.setdefault(writes, []).append(ed)
+        reads = {ed.reads_hook for ed in editors.values() if ed.reads_hook is not None}
         with self.lock:
-            for h in by_hook:
+            for h in set(by_hook) | reads:
                 if h not in self._handles:
                     self._handles[h] = self.model.hook_dict[h].register_forward_hook(
                         lambda module, inputs, output, h=h: self._on_hook(h, output))
-            self._active = by_hook
+            self._active, self._reads, self._captured = by_hook, reads, {}
             try:
                 yield
             finally:
-                self._active = {}
+                self._active, self._reads, self._captured = {}, set(), {}
 
     def _on_hook(self, hook_name: str, x: Tensor):
         eds = self._active.get(hook_name)
-        return None if not eds else _apply_editors(eds, x)
+        out = None if not eds else _apply_editors(eds, x, self._captured)
+        if hook_name in self._reads:  # a transcoder's input, as the rest of the model sees it
+            self._captured[hook_name] = x if out is None else out
+        return out
 
     def _release_hooks(self) -> None:
         with self.lock:
@@ -369,12 +377,18 @@ class BatchEngine:
             self._handles = {}
 
 
-def _apply_editors(editors: list[BatchEditor], x: Tensor) -> Tensor:
+def _apply_editors(editors: list[BatchEditor], x: Tensor, captured: Mapping[str, Tensor] | None = None) -> Tensor:
     shape = x.shape
     x_ND = x.reshape(shape[0] * shape[1], -1)
     out = None
-    for ed in editors:  # every editor reads the unedited activation
-        d = ed(x_ND)
+    for ed in editors:  # every editor reads the unedited activation (a transcoder: its input of this forward)
+        read = None
+        if ed.reads_hook is not None:
+            got = (captured or {}).get(ed.reads_hook)
+            if got is None or tuple(got.shape[:2]) != tuple(shape[:2]):
+                raise RuntimeError(f"the transcoder input at {ed.reads_hook} was not captured in this forward pass")
+            read = got.reshape(shape[0] * shape[1], -1)
+        d = ed(x_ND, read)
         if d is not None:
             out = x_ND + d if out is None else out + d
     return x if out is None else out.view(shape)

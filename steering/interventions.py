@@ -10,22 +10,22 @@ Every latent edit is `new_m = a_m * c1_m + c0_m` on the current activation `a_m`
     ablate   -> c1 = -1, c0 = 0     (delta = -a)
 
 and the activation moves by the decoded change only, keeping the SAE's reconstruction error:
-x' = x + delta_NM @ W_dec[ids]. A conditional edit multiplies its delta by whether its trigger
+x' = x + delta_NM @ W_dec[ids]. A transcoder reads its latents at its input hook and writes the
+decoded change ([N, d_out]) to its target hook (`steering.session` captures the input there). A conditional edit multiplies its delta by whether its trigger
 latent's current activation is above the threshold (read from the same x). A delta of exactly zero (add 0, scale 1, clamp to the value the
 latent has) adds exact zeros, so x' is bit-identical to x.
 
-Current activations, exactly as the SAE's own encoder would give them: a latent's value is its
-own pre-activation pre = (x - b_dec) @ W_enc[:, ids] + b_enc[ids] (only the M encoder columns are
-computed), and whether it fires is what the SAE's encode of the row alone says:
-- threshold encoders (JumpReLU, and the inference form of BatchTopK / Matryoshka): a = pre where
-  pre > max(threshold, 0).
+Current activations, exactly as the SAE's own encoder would give them:
+- threshold encoders (JumpReLU, and the inference form of BatchTopK / Matryoshka): a latent's
+  activation depends on its own pre-activation only, so only the M encoder columns are computed:
+  pre = (x - b_dec) @ W_enc[:, ids] + b_enc[ids]; a = pre where pre > max(threshold, 0); a
+  pre-activation within float rounding of its threshold is decided by the SAE's own expression
+  over the row alone.
 - ReLU ("standard"): the same with a threshold of 0.
-- TopK: whether a latent is among the k largest depends on all pre-activations; a bound from a
-  learned candidate set usually proves the M latents off without them, and rows it leaves open
-  compute their full pre-activation row (`steering.topk_read`).
+- TopK: `sae.encode(x)[:, ids]` bit for bit: a bound from a learned candidate set usually proves
+  the M latents off without the full encode; otherwise the SAE's own expression and selection over
+  the rows (`steering.topk_read`).
 - any other SAE: its own `encode_sparse`, then the M latents are read out of the sparse rows.
-A pre-activation within float rounding of the decision (threshold, k-th place) is decided by the
-SAE's own expression over the row alone.
 
 `reference_edit` is the eager reference (full encode, dense edit, decode both, add the difference);
 tests compare the fast path against it.
@@ -141,7 +141,8 @@ class LatentEditor:
             raise ValueError("give one trigger (or None) per edited latent")
         dev, dt = sae.W_dec.device, sae.W_dec.dtype
         self.sae = sae
-        self.d_in = sae.d_in
+        self.d_in = sae.d_in  # width of the rows the latents are read from
+        self.d_out = sae.d_out  # width of the delta (a transcoder's target; d_in for an SAE)
         self.dtype = dt
         self.kind = encoder_kind(sae)
         M = len(ids)
@@ -232,7 +233,7 @@ class LatentEditor:
         return v
 
     def apply(self, x_ND: Tensor) -> Tensor:
-        """x + delta, as a new tensor."""
+        """x + delta: a new tensor, or x_ND itself when nothing changes (do not write into it)."""
         if self.const_D is not None:
             return x_ND + self.constant(x_ND.dtype, x_ND.device)
         coef_NM = self.coefficients_or_none(x_ND)
@@ -268,16 +269,16 @@ def reference_edit(sae: SAE, x: Tensor, ops: Sequence[tuple[int, str, float]]) -
     x_ND = x.reshape(-1, sae.d_in).to(sae.dtype)
     acts_NF = sae.encode(x_ND)
     edited_NF = acts_NF.clone()
-    for feature, op, value in ops:
-        col = acts_NF[:, feature]
+    for latent, op, value in ops:
+        col = acts_NF[:, latent]
         if op == "add":
-            edited_NF[:, feature] = col + value
+            edited_NF[:, latent] = col + value
         elif op == "clamp":
-            edited_NF[:, feature] = value
+            edited_NF[:, latent] = value
         elif op == "scale":
-            edited_NF[:, feature] = col * value
+            edited_NF[:, latent] = col * value
         elif op == "ablate":
-            edited_NF[:, feature] = 0.0
+            edited_NF[:, latent] = 0.0
         else:
             raise ValueError(f"unknown op {op!r}")
     out_ND = x_ND + (sae.decode(edited_NF) - sae.decode(acts_NF))

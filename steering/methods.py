@@ -30,11 +30,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from steering.config import GenerationConfig
+from steering.config import CompareConfig, GenerationConfig
 from steering.evaluate import MethodResult, Scorer, score_generation
 from steering.generation import generate
 from steering.session import steer
-from steering.spec import FeatureEdit, Positions, SteeringError
+from steering.spec import FeatureEdit, SteeringError
 from steering.sweeps import SweepPoint, recommend_strength, sweep_edits
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ class MethodPick:
 
     method: str
     strength: float | None = None
-    feature: int | None = None
+    latent: int | None = None
     unit: str | None = None
     margin: float | None = None
     dev_points: list[SweepPoint] = field(default_factory=list)
@@ -105,24 +105,30 @@ def _pick(points: Sequence[SweepPoint], rule: str, target: float, min_fluency: f
 
 @dataclass
 class _Comparison:
-    """What every method shares: the model and SAE, the scorer, the dev sweep and the test-seed run.
-    `rows` and `generations` collect the test-seed results in the order the methods ran."""
+    """What every method shares: the model and SAE, the scorer, how methods pick and are tested
+    (`cfg`), the dev sweep and the test-seed run. `rows` and `generations` collect the test-seed
+    results in the order the methods ran."""
 
     model: Model
     sae: SAE
     scorer: Scorer
+    cfg: CompareConfig
     prompts: Sequence[str]
     test_prompts: list[str]
-    dev_cfg: GenerationConfig
-    test_cfg: GenerationConfig
-    rule: str
-    target_concept: float
-    min_fluency: float
+    base_cfg: GenerationConfig  # the generation settings; the dev and test seeds come from `cfg`
     typical_max: Callable[[int], float | None] | None
     with_perplexity: bool
     allow_model_mismatch: bool
     rows: list[MethodResult] = field(default_factory=list)
     generations: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dev_cfg(self) -> GenerationConfig:
+        return dataclasses.replace(self.base_cfg, seed=self.cfg.dev_seed)
+
+    @property
+    def test_cfg(self) -> GenerationConfig:
+        return dataclasses.replace(self.base_cfg, seed=self.cfg.test_seed)
 
     def test(self, method: str, make_edits, strength, score_prompts=None, gen_prompts=None) -> None:
         """Generate with `make_edits(strength)` (or unsteered) on the test seed and score it."""
@@ -146,20 +152,18 @@ class _Comparison:
         pts = sweep_edits(self.model, sae, make_edits, list(strengths), self.prompts, self.scorer,
                           gen_config=self.dev_cfg, typical_max=typical_max, with_perplexity=False,
                           allow_model_mismatch=self.allow_model_mismatch)
-        s, m = _pick(pts, self.rule, self.target_concept, self.min_fluency)
+        s, m = _pick(pts, self.cfg.rule, self.cfg.target_concept, self.cfg.min_fluency)
         return pts, s, m
 
 
-def _check_compare_args(op: str, prompts: Sequence[str], features, has_sets: bool) -> None:
-    if op not in ("add", "clamp"):
-        raise SteeringError(f"op must be add or clamp to compare steering methods, got {op!r}")
+def _check_compare_args(prompts: Sequence[str], latents, has_sets: bool) -> None:
     if not prompts:
         raise SteeringError("give at least one prompt to steer (\"\" for unconditional generation)")
-    if features is None and not has_sets:
-        raise SteeringError("give the SAE features to steer with, or positive and negative prompts to find them by contrast")
+    if latents is None and not has_sets:
+        raise SteeringError("give the SAE latents to steer with, or positive and negative prompts to find them by contrast")
 
 
-def _candidate_features(model: Model, sae: SAE, features: Sequence[int] | None, positive, negative, *,
+def _candidate_features(model: Model, sae: SAE, latents: Sequence[int] | None, positive, negative, *,
                         has_sets: bool, n_candidates: int, typical_max, allow_model_mismatch: bool
                         ) -> tuple[list[int], dict[int, float]]:
     """The candidate latents (given, or the top ones by contrast) and, where needed to scale
@@ -167,13 +171,13 @@ def _candidate_features(model: Model, sae: SAE, features: Sequence[int] | None, 
     from steering.search import contrast_features
 
     mean_pos: dict[int, float] = {}
-    if features is None:
+    if latents is None:
         ranked = contrast_features(model, sae, positive, negative, top=max(1, n_candidates),
                                    allow_model_mismatch=allow_model_mismatch)
-        cands = [c.feature for c in ranked]
-        mean_pos = {c.feature: max(float(c.mean_positive or 0.0), 1e-3) for c in ranked}
+        cands = [c.latent for c in ranked]
+        mean_pos = {c.latent: max(float(c.mean_positive or 0.0), 1e-3) for c in ranked}
         return cands, mean_pos
-    cands = [int(f) for f in dict.fromkeys(features)]
+    cands = [int(f) for f in dict.fromkeys(latents)]
     for f in cands:
         if not 0 <= f < sae.d_sae:
             raise SteeringError(f"feature {f} is out of range for this SAE (0..{sae.d_sae - 1})")
@@ -197,9 +201,9 @@ def _strength_unit(f: int, typical_max, mean_pos: dict[int, float]) -> tuple[str
                         f"strengths cannot be scaled; or give positive/negative prompts")
 
 
-def _best_sae_feature(run: _Comparison, cands: list[int], mean_pos: dict[int, float], *, op: str,
-                      positions: Positions, sae_strengths: Sequence[float], say) -> MethodPick:
+def _best_sae_feature(run: _Comparison, cands: list[int], mean_pos: dict[int, float], say) -> MethodPick:
     """Sweep each candidate latent on the dev seed; the (latent, strength) with the best margin wins."""
+    op, positions, sae_strengths = run.cfg.op, run.cfg.positions, run.cfg.sae_strengths
     best: MethodPick | None = None
     for f in cands:
         unit, scale = _strength_unit(f, run.typical_max, mean_pos)
@@ -215,27 +219,26 @@ def _best_sae_feature(run: _Comparison, cands: list[int], mean_pos: dict[int, fl
     return best
 
 
-def _run_sae_feature(run: _Comparison, cands: list[int], mean_pos: dict[int, float], *, op: str,
-                     positions: Positions, sae_strengths: Sequence[float], say) -> MethodPick:
+def _run_sae_feature(run: _Comparison, cands: list[int], mean_pos: dict[int, float], say) -> MethodPick:
     """Pick the best SAE latent and strength on the dev seed, then score it on the test seed."""
-    best = _best_sae_feature(run, cands, mean_pos, op=op, positions=positions, sae_strengths=sae_strengths, say=say)
+    best = _best_sae_feature(run, cands, mean_pos, say)
 
     def sae_edit(s):
-        return [FeatureEdit(best.feature, op, s, unit=best.unit, positions=positions)] if s else None  # type: ignore[arg-type]
+        return [FeatureEdit(best.latent, run.cfg.op, s, unit=best.unit, positions=run.cfg.positions)] if s else None  # type: ignore[arg-type]
 
-    say(f"SAE feature {best.feature} at {best.strength:g} ({best.unit}): test seed")
+    say(f"SAE feature {best.latent} at {best.strength:g} ({best.unit}): test seed")
     run.test("SAE feature", sae_edit, best.strength)
     return best
 
 
-def _run_diff_of_means(run: _Comparison, hook: str, positive, negative, *, positions: Positions,
-                       vector_strengths: Sequence[float], say) -> MethodPick:
+def _run_diff_of_means(run: _Comparison, hook: str, positive, negative, say) -> MethodPick:
     from steering.baselines import diff_of_means
 
     vec = diff_of_means(run.model, hook, positive, negative)
+    vector_strengths = run.cfg.vector_strengths
 
     def vec_edit(s):
-        return [vec.edit(s, positions=positions)] if s else None
+        return [vec.edit(s, positions=run.cfg.positions)] if s else None
 
     say(f"difference of means: sweeping {len(vector_strengths)} strengths on the dev seed")
     pts, s, m = run.sweep(None, vec_edit, vector_strengths)
@@ -244,15 +247,16 @@ def _run_diff_of_means(run: _Comparison, hook: str, positive, negative, *, posit
     return pick
 
 
-def _settings(*, op, positions, sae_strengths, vector_strengths, target_concept, min_fluency, rule, dev_seed,
-              test_seed, prompts, test_prompts, base_cfg, hook, cue, cands, positive, negative) -> dict[str, Any]:
+def _settings(run: _Comparison, *, hook, cue, cands, positive, negative) -> dict[str, Any]:
     """The scorecard's record of how the comparison was run."""
+    cfg = run.cfg
     return {
-        "op": op, "positions": positions if isinstance(positions, str) else list(positions),
-        "sae_strengths": list(sae_strengths), "vector_strengths": list(vector_strengths),
-        "target_concept": target_concept, "min_fluency": min_fluency, "rule": rule,
-        "dev_seed": dev_seed, "test_seed": test_seed, "n_prompts": len(prompts), "n_test_prompts": len(test_prompts),
-        "max_new_tokens": base_cfg.max_new_tokens, "temperature": base_cfg.temperature, "hook": hook,
+        "op": cfg.op, "positions": cfg.positions if isinstance(cfg.positions, str) else list(cfg.positions),
+        "sae_strengths": list(cfg.sae_strengths), "vector_strengths": list(cfg.vector_strengths),
+        "target_concept": cfg.target_concept, "min_fluency": cfg.min_fluency, "rule": cfg.rule,
+        "dev_seed": cfg.dev_seed, "test_seed": cfg.test_seed, "n_prompts": len(run.prompts),
+        "n_test_prompts": len(run.test_prompts), "max_new_tokens": run.base_cfg.max_new_tokens,
+        "temperature": run.base_cfg.temperature, "hook": hook,
         "cue": cue if isinstance(cue, str) else (None if cue is None else "function"),
         "candidates": cands, "n_positive": len(positive or []), "n_negative": len(negative or []),
     }
@@ -264,65 +268,48 @@ def compare_methods(
     scorer: Scorer,
     *,
     prompts: Sequence[str],
+    config: CompareConfig | None = None,
     positive: Sequence[str] | None = None,
     negative: Sequence[str] | None = None,
     cue: str | Callable[[str], str] | None = None,
-    features: Sequence[int] | None = None,
-    n_candidates: int = 3,
-    op: str = "add",
-    positions: Positions = "all",
-    sae_strengths: Sequence[float] = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0),
-    vector_strengths: Sequence[float] = (0.5, 1.0, 1.5, 2.0, 3.0),
-    target_concept: float = 0.5,
-    min_fluency: float = 0.8,
-    rule: str = "margin",
+    latents: Sequence[int] | None = None,
     gen_config: GenerationConfig | None = None,
-    dev_seed: int = 1,
-    test_seed: int = 3,
     test_prompts: Sequence[str] | None = None,
     typical_max: Callable[[int], float | None] | None = None,
     with_perplexity: bool = True,
     allow_model_mismatch: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> Scorecard:
-    """See the module docstring. `features` skips the contrast search; `positive`/`negative` are
-    needed for the contrast search and for difference of means (without them that method is
+    """See the module docstring; `config` says how methods pick and are tested (strengths, targets,
+    seeds; `CompareConfig()` by default). `latents` skips the contrast search; `positive`/`negative`
+    are needed for the contrast search and for difference of means (without them that method is
     left out); `cue` enables prompting. `test_prompts` (default `prompts`) are scored on the test seed."""
     from steering.baselines import prompting_baseline
     from steering.session import check_models, sae_hook_name
 
     check_models(model, sae, allow_model_mismatch)
     has_sets = bool(positive) and bool(negative)
-    _check_compare_args(op, prompts, features, has_sets)
+    _check_compare_args(prompts, latents, has_sets)
+    cfg = config or CompareConfig()
     base_cfg = gen_config or GenerationConfig(max_new_tokens=32, do_sample=True, stop_at_eos=False)
-    run = _Comparison(model, sae, scorer, prompts, list(test_prompts or prompts),
-                      dataclasses.replace(base_cfg, seed=dev_seed), dataclasses.replace(base_cfg, seed=test_seed),
-                      rule, target_concept, min_fluency, typical_max, with_perplexity, allow_model_mismatch)
+    run = _Comparison(model, sae, scorer, cfg, prompts, list(test_prompts or prompts), base_cfg, typical_max,
+                      with_perplexity, allow_model_mismatch)
     say = progress or (lambda msg: None)
     hook = sae_hook_name(sae)
     picks: dict[str, MethodPick] = {}
 
     say("unsteered")
     run.test("unsteered", None, None)
-
-    cands, mean_pos = _candidate_features(model, sae, features, positive, negative, has_sets=has_sets,
-                                          n_candidates=n_candidates, typical_max=typical_max,
+    cands, mean_pos = _candidate_features(model, sae, latents, positive, negative, has_sets=has_sets,
+                                          n_candidates=cfg.candidates, typical_max=typical_max,
                                           allow_model_mismatch=allow_model_mismatch)
-    picks["SAE feature"] = _run_sae_feature(run, cands, mean_pos, op=op, positions=positions,
-                                            sae_strengths=sae_strengths, say=say)
-
+    picks["SAE feature"] = _run_sae_feature(run, cands, mean_pos, say)
     if has_sets:
-        picks["diff-of-means"] = _run_diff_of_means(run, hook, positive, negative, positions=positions,
-                                                    vector_strengths=vector_strengths, say=say)
+        picks["diff-of-means"] = _run_diff_of_means(run, hook, positive, negative, say)
     if cue is not None:
         say("prompting: test seed")
         run.test("prompting", None, None, score_prompts=run.test_prompts,
                  gen_prompts=prompting_baseline(run.test_prompts, cue))
         picks["prompting"] = MethodPick("prompting")
-
-    settings = _settings(
-        op=op, positions=positions, sae_strengths=sae_strengths, vector_strengths=vector_strengths,
-        target_concept=target_concept, min_fluency=min_fluency, rule=rule, dev_seed=dev_seed, test_seed=test_seed,
-        prompts=prompts, test_prompts=run.test_prompts, base_cfg=base_cfg, hook=hook, cue=cue, cands=cands,
-        positive=positive, negative=negative)
+    settings = _settings(run, hook=hook, cue=cue, cands=cands, positive=positive, negative=negative)
     return Scorecard(run.rows, picks, settings, run.generations)

@@ -126,9 +126,9 @@ class Preset:
                              fix="use the model the preset records")
 
     # -- use -------------------------------------------------------------------------------------
-    def typical_max(self, feature: int) -> float | None:
+    def typical_max(self, latent: int) -> float | None:
         """The typical max activation recorded for `feature` when the preset was saved."""
-        v = (self.calibration.get(str(int(feature))) or {}).get("typical_max")
+        v = (self.calibration.get(str(int(latent))) or {}).get("typical_max")
         return float(v) if isinstance(v, (int, float)) and math.isfinite(v) and v > 0 else None
 
     def feature_edits(self, sae_name: str | None = None) -> list[FeatureEdit]:
@@ -139,12 +139,12 @@ class Preset:
             e = parse_edit(text)
             value, unit = e.value, e.unit
             if unit == "max_act":
-                tmax = self._recorded_max(e.feature, text)
+                tmax = self._recorded_max(e.latent, text)
                 value, unit = (value or 0.0) * tmax, "raw"
             when = e.when
             if when is not None and when.unit == "max_act":
-                when = Trigger(when.feature, when.above * self._recorded_max(when.feature, text), "raw")
-            out.append(FeatureEdit(e.feature, e.op, value, unit, e.positions, sae_name, when))
+                when = Trigger(when.latent, when.above * self._recorded_max(when.latent, text), "raw")
+            out.append(FeatureEdit(e.latent, e.op, value, unit, e.positions, sae_name, when))
         return out
 
     def stop_triggers(self) -> list[Trigger]:
@@ -152,16 +152,16 @@ class Preset:
         for text in self.stops:
             t = Trigger.parse(text)
             if t.unit == "max_act":
-                t = Trigger(t.feature, t.above * self._recorded_max(t.feature, text), "raw")
+                t = Trigger(t.latent, t.above * self._recorded_max(t.latent, text), "raw")
             out.append(t)
         return out
 
-    def _recorded_max(self, feature: int, text: str) -> float:
-        tmax = self.typical_max(feature)
+    def _recorded_max(self, latent: int, text: str) -> float:
+        tmax = self.typical_max(latent)
         if tmax is None:
             raise SteeringError(
                 f"preset {self.name!r}: {text!r} uses an 'x' strength but the preset records no typical max "
-                f"activation for feature {feature}; save it again from a store with statistics"
+                f"activation for feature {latent}; save it again from a store with statistics"
             )
         return tmax
 
@@ -213,8 +213,8 @@ def make_preset(
         raise SteeringError("make_preset needs the SAE, or its fingerprint and d_sae")
     n = int(sae.d_sae) if sae is not None else int(d_sae)  # type: ignore[arg-type]
     parsed, triggers = _preset_edits(edits, stops, n)
-    features = sorted({e.feature for e in parsed} | {e.when.feature for e in parsed if e.when}
-                      | {t.feature for t in triggers})
+    features = sorted({e.latent for e in parsed} | {e.when.latent for e in parsed if e.when}
+                      | {t.latent for t in triggers})
     calibration = _calibration(features, typical_max, recommended)
     ident = model_identity or (identity_of_model(model) if model is not None else None) or \
         (recorded_model_of(loaded) if loaded is not None else None)
@@ -222,7 +222,7 @@ def make_preset(
         hook_name = sae.cfg.metadata.get("hook_name")
     preset = Preset(
         name=name,
-        edits=tuple(e.describe() if e.sae is None else FeatureEdit(e.feature, e.op, e.value, e.unit, e.positions,
+        edits=tuple(e.describe() if e.sae is None else FeatureEdit(e.latent, e.op, e.value, e.unit, e.positions,
                                                                   None, e.when).describe() for e in parsed),
         stops=tuple(t.describe() for t in triggers),
         sae_fingerprint=fingerprint or sae_fingerprint(sae),
@@ -248,8 +248,8 @@ def _preset_edits(edits: Sequence[FeatureEdit | str], stops: Sequence[Trigger | 
     for e in parsed:
         if not isinstance(e, FeatureEdit):
             raise SteeringError(f"a preset holds SAE feature edits only, got {e!r}")
-    for f, what in [(e.feature, e.describe()) for e in parsed] + [(e.when.feature, e.describe()) for e in parsed if e.when] \
-            + [(t.feature, f"stop {t.describe()}") for t in triggers]:
+    for f, what in [(e.latent, e.describe()) for e in parsed] + [(e.when.latent, e.describe()) for e in parsed if e.when] \
+            + [(t.latent, f"stop {t.describe()}") for t in triggers]:
         if not 0 <= f < n:
             raise SteeringError(f"{what}: feature {f} is out of range (0..{n - 1})")
     return parsed, triggers

@@ -54,7 +54,7 @@ class RowEdit:
     """One resolved feature edit of one row (raw units)."""
 
     sae: str
-    feature: int
+    latent: int
     op: str
     value: float
     positions: Any
@@ -67,7 +67,7 @@ class StopTrigger:
     """Stop the row once `feature` of SAE `sae` is above `above` on a generated token."""
 
     sae: str
-    feature: int
+    latent: int
     above: float
     label: str = ""
 
@@ -135,7 +135,7 @@ def check_positions(steering: RowSteering, layout: RowLayout) -> None:
     """Compile every edit's positions against this row's prompt (SteeringError if one does not fit),
     without building anything: what a request is checked with before it joins a batch."""
     for e in steering.edits:
-        compile_positions(e.positions, layout, e.label or f"feature {e.feature}")
+        compile_positions(e.positions, layout, e.label or f"feature {e.latent}")
 
 
 def _latent_columns(rows: Sequence[RowSteering | None], sae_name: str):
@@ -157,12 +157,12 @@ def _latent_columns(rows: Sequence[RowSteering | None], sae_name: str):
             continue
         for j, e in enumerate(r.edits):
             if e.sae == sae_name:
-                entries.append((b, col_of(e.feature), j, e))
+                entries.append((b, col_of(e.latent), j, e))
                 if e.trigger is not None:
                     col_of(e.trigger[0])
         for s in r.stops:
             if s.sae == sae_name:
-                stops.append((b, col_of(s.feature), s))
+                stops.append((b, col_of(s.latent), s))
     return U, col, entries, stops
 
 
@@ -178,6 +178,8 @@ class BatchEditor:
 
     def __init__(self, sae: SAE, sae_name: str, rows: Sequence[RowSteering | None], layouts: Sequence[RowLayout]) -> None:
         self.sae_name = sae_name
+        # a transcoder reads its latents at its input hook and writes at its target (the engine captures the input)
+        self.reads_hook: str | None = sae.cfg.metadata.get("hook_name") if sae.is_transcoder else None
         self.B = len(rows)
         dev, dt = sae.W_dec.device, sae.W_dec.dtype
         U, col, entries, stops = _latent_columns(rows, sae_name)
@@ -224,10 +226,10 @@ class BatchEditor:
         self.rules: dict[tuple[int, int], CompiledPositions] = {}
         for b, u, j, e in entries:
             if (b, u) in self.edit_at:
-                raise SteeringError(f"{e.label or e.feature}: feature {e.feature} is edited twice in one request")
+                raise SteeringError(f"{e.label or e.latent}: feature {e.latent} is edited twice in one request")
             c1[b, u], c0[b, u] = op_coefficients(e.op, e.value)
             self.edit_at[(b, u)] = j
-            self.rules[(b, u)] = compile_positions(e.positions, self.layouts[b], e.label or f"feature {e.feature}")
+            self.rules[(b, u)] = compile_positions(e.positions, self.layouts[b], e.label or f"feature {e.latent}")
             if e.trigger is not None:
                 trig_col[b, u] = col[e.trigger[0]]
                 trig_thr[b, u] = e.trigger[1]
@@ -284,8 +286,9 @@ class BatchEditor:
         self.fired, self.stop_rows = [], {}
 
     # -- in the hook -----------------------------------------------------------------------
-    def __call__(self, x_ND: Tensor) -> Tensor | None:
-        """The change of the activation rows [N, D] (None: nothing to change on this forward)."""
+    def __call__(self, x_ND: Tensor, read_ND: Tensor | None = None) -> Tensor | None:
+        """The change of the activation rows [N, D] (None: nothing to change on this forward).
+        `read_ND`: a transcoder's input rows of the same positions, where its latents are read."""
         if not self.U:
             return None
         applies = self._applies
@@ -297,7 +300,7 @@ class BatchEditor:
             c1 = c1.repeat_interleave(reps, dim=0)
             c0 = c0.repeat_interleave(reps, dim=0)
         need = self.need_BU if reps == 1 else self.need_BU.repeat_interleave(reps, dim=0)
-        a_NU = self.reader(x_ND, need) if self.reader is not None else None
+        a_NU = self.reader(x_ND if read_ND is None else read_ND, need) if self.reader is not None else None
         if a_NU is not None:
             coef = torch.addcmul(c0, a_NU, c1)
         else:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 class FeatureCandidate:
     """A latent proposed for steering, with the evidence behind it."""
 
-    feature: int
+    latent: int
     score: float  # contrast: mean activation difference; label search: the search rank score
     label: str | None = None
     mean_positive: float | None = None
@@ -78,8 +78,8 @@ def contrast_features(
 def label_search(search: Callable[..., Any], query: str, *, limit: int = 10) -> list[FeatureCandidate]:
     """Features whose label matches `query`, through `search(query, limit)`.
 
-    A hit may be a (feature, label, score) tuple, a dict with those keys ("feature" or
-    "feature_id", "label", "score"/"rank"), or an object with such attributes."""
+    A hit may be a (latent, label, score) tuple, a dict with those keys ("latent", "label",
+    "score"/"rank"), or an object with such attributes."""
     if not isinstance(query, str) or not query.strip():
         raise SteeringError("give a non-empty search query, e.g. 'ocean'")
     hits = search(query, limit)
@@ -93,11 +93,11 @@ def _candidate(hit: Any) -> FeatureCandidate:
     if isinstance(hit, FeatureCandidate):
         return hit
     if isinstance(hit, tuple):
-        feature, label, score = (list(hit) + [None, None])[:3]
-        return FeatureCandidate(int(feature), float(score or 0.0), label)
+        latent, label, score = (list(hit) + [None, None])[:3]
+        return FeatureCandidate(int(latent), float(score or 0.0), label)
     get = hit.get if isinstance(hit, dict) else (lambda k, d=None: getattr(hit, k, d))
-    feature = get("feature", get("feature_id", get("latent")))
-    if feature is None:
-        raise SteeringError(f"search hit {hit!r} names no feature id")
+    latent = get("latent")
+    if latent is None:
+        raise SteeringError(f"search hit {hit!r} names no latent")
     score = get("score", get("rank", 0.0))
-    return FeatureCandidate(int(feature), float(score or 0.0), get("label"))
+    return FeatureCandidate(int(latent), float(score or 0.0), get("label"))

@@ -7,10 +7,18 @@ Shape key: B batch, S positions, D width at the hook (heads flattened), N select
         out = model.generate("the ship", max_new_tokens=20)      # TransformerLens, KV cache on
         res = s.generate(["the ship", "a tree"], GenerationConfig(max_new_tokens=20, seed=1))
 
+A transcoder's latent edits read its latents at its input hook (`metadata.hook_name`), captured in
+the same forward pass, and add (edited - original latent) x decoder row to its target hook's output
+(`metadata.hook_name_out`); the input hook's activation itself is left as it is.
+
 Everything is checked before a hook is attached (unknown SAE or hook, feature out of range,
 non-finite or absurd strengths); hooks are added with TransformerLens's `model.hooks(...)` plus a
 forward pre-hook per block involved (to read the KV-cache length and attention mask), and all of
 them are removed when the block exits, whichever way it exits.
+
+One module over 450 lines on purpose: resolving edits (checks, presets, triggers) and the hooks
+that apply them are the two halves of `steer`, imported together by the API, the engine, sweeps
+and methods; if it grows, the resolving half is the one to move out.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from steering.inputs import Model, SAEs, TypicalMaxArg, named_saes, sae_mapping
 from steering.interventions import LatentEditor, op_coefficients
 from steering.positions import FULL, SequenceTracker, block_call_info
 from steering.presets import Preset
+from steering.transcoder import InputCapture, transcoder_target_hook
 from steering.spec import (
     Edit, FeatureEdit, Positions, SteerLimits, SteeringError, TypicalMax, VectorEdit, chat_position,
     lookup_typical_max, parse_edit, raw_value,
@@ -49,13 +58,14 @@ class ResolvedEdit:
 
     edit: Edit
     sae_name: str | None
-    hook_name: str
-    feature: int | None  # None for vector edits
+    hook_name: str  # where the edit lands (a transcoder: its target hook)
+    latent: int | None  # None for vector edits
     op: str
     value: float  # raw units (add/clamp), factor (scale), 0 (ablate), strength (vector)
     positions: Positions
     typical_max: float | None = None
     trigger: tuple[int, float] | None = None  # (trigger latent, raw threshold) of a conditional edit
+    reads_hook: str | None = None  # a transcoder's input hook, where its latents are read
 
     def describe(self) -> str:
         return self.edit.describe()
@@ -65,7 +75,7 @@ class ConstantEditor:
     """Adds one fixed vector to every selected row (steering vectors, add-only latent edits)."""
 
     def __init__(self, vector_D: Tensor) -> None:
-        self.d_in = int(vector_D.numel())
+        self.d_in = self.d_out = int(vector_D.numel())
         self.const_D = vector_D.detach().reshape(-1)
         self._cache: dict[tuple[torch.dtype, torch.device], Tensor] = {}
 
@@ -88,6 +98,7 @@ class _Contribution:
     positions: Positions
     editor: LatentEditor | ConstantEditor
     label: str
+    reads: InputCapture | None = None  # a transcoder's input hook: latents are read there, not at this hook
 
 
 class _HookFn:
@@ -97,7 +108,7 @@ class _HookFn:
         self.hook_name = hook_name
         self.tracker = tracker
         self.contribs = contribs
-        self.d_in = contribs[0].editor.d_in
+        self.d_in = contribs[0].editor.d_out  # the width written here
         self.calls = 0
 
     def __repr__(self) -> str:
@@ -122,21 +133,22 @@ class _HookFn:
             sel = FULL if tracker is None else tracker.select(c.positions)
             if sel is None:
                 continue
+            read_NR = x_ND if c.reads is None else c.reads.rows(B, S).to(x.device)  # where the latents are read
             if sel is FULL:
                 if out_ND is None:
-                    out_ND = c.editor.apply(x_ND)
+                    out_ND = c.editor.apply(x_ND) if c.reads is None else x_ND + c.editor.delta(read_NR).to(x.dtype)
                 else:
-                    out_ND = out_ND + c.editor.delta(x_ND)
+                    out_ND = out_ND + c.editor.delta(read_NR)
                 continue
-            if out_ND is None:
+            if out_ND is None or out_ND is x_ND:  # never write into the activation the model handed us
                 out_ND = x_ND.clone()
             if isinstance(sel, tuple):
                 lo, hi = sel
-                rows_ND = x[:, lo:hi].reshape(-1, D)
-                out_ND.view(B, S, D)[:, lo:hi] += c.editor.delta(rows_ND).view(B, hi - lo, D)
+                rows_NR = read_NR.view(B, S, -1)[:, lo:hi].reshape(B * (hi - lo), -1)
+                out_ND.view(B, S, D)[:, lo:hi] += c.editor.delta(rows_NR).view(B, hi - lo, D)
             else:
-                out_ND.index_add_(0, sel, c.editor.delta(x_ND.index_select(0, sel)))
-        return None if out_ND is None else out_ND.view(shape)
+                out_ND.index_add_(0, sel, c.editor.delta(read_NR.index_select(0, sel)))
+        return None if out_ND is None or out_ND is x_ND else out_ND.view(shape)
 
 
 def check_models(model: Model, saes: SAEs, allow_mismatch: bool = False) -> None:
@@ -287,7 +299,7 @@ def _sae_name_of(e: FeatureEdit, sae_map: Mapping[str, SAE]) -> str:
         if len(sae_map) != 1:
             raise SteeringError(
                 f"{e.describe()}: several SAEs are given ({', '.join(sae_map)}); name one, e.g. "
-                f"{next(iter(sae_map))}/{e.feature}:{e.op}"
+                f"{next(iter(sae_map))}/{e.latent}:{e.op}"
             )
         return next(iter(sae_map))
     if e.sae not in sae_map:
@@ -301,9 +313,9 @@ def _resolve_feature_edit(model: Model, sae_map: Mapping[str, SAE], e: FeatureEd
     (`seen` records it), its strength converted to a raw activation."""
     name = _sae_name_of(e, sae_map)
     sae = sae_map[name]
-    if not 0 <= e.feature < sae.d_sae:
+    if not 0 <= e.latent < sae.d_sae:
         raise SteeringError(
-            f"{e.describe()}: feature {e.feature} is out of range for SAE {name!r}; valid ids are 0..{sae.d_sae - 1}"
+            f"{e.describe()}: feature {e.latent} is out of range for SAE {name!r}; valid ids are 0..{sae.d_sae - 1}"
         )
     hook = sae_hook_name(sae, name)
     check_hook(model, hook, f"SAE {name!r}")
@@ -313,17 +325,20 @@ def _resolve_feature_edit(model: Model, sae_map: Mapping[str, SAE], e: FeatureEd
             f"SAE {name!r} reads d_in={sae.d_in} but {hook} of this model has width {width}; "
             f"the SAE belongs to another model or hook point"
         )
-    key = (name, e.feature)
+    reads = None
+    if sae.is_transcoder:  # the edit lands on the target hook; the latents are read at `hook`
+        reads, hook = hook, transcoder_target_hook(model, sae, name, hook)
+    key = (name, e.latent)
     if key in seen:
         raise SteeringError(
-            f"feature {e.feature} of SAE {name!r} is edited twice ({seen[key]} and {e.describe()}); merge them into one edit"
+            f"feature {e.latent} of SAE {name!r} is edited twice ({seen[key]} and {e.describe()}); merge them into one edit"
         )
     seen[key] = e.describe()
     provider = typical_max_for(typical_max, name)
-    tmax = lookup_typical_max(provider, e.feature)
+    tmax = lookup_typical_max(provider, e.latent)
     value = raw_value(e, tmax, limits, name)
-    trigger = None if e.when is None else (e.when.feature, trigger_threshold(e, sae, provider, name))
-    return ResolvedEdit(e, name, hook, e.feature, e.op, value, e.positions, tmax, trigger)
+    trigger = None if e.when is None else (e.when.latent, trigger_threshold(e, sae, provider, name))
+    return ResolvedEdit(e, name, hook, e.latent, e.op, value, e.positions, tmax, trigger, reads)
 
 
 def _check_positions(model: Model, r: ResolvedEdit, chat_positions: bool) -> None:
@@ -344,16 +359,16 @@ def trigger_threshold(e: FeatureEdit, sae: SAE, provider: TypicalMax | None, sae
     """The raw threshold of `e`'s trigger (checked: a latent of the SAE, a finite threshold)."""
     t = e.when
     assert t is not None
-    if not 0 <= t.feature < sae.d_sae:
+    if not 0 <= t.latent < sae.d_sae:
         raise SteeringError(
-            f"{e.describe()}: trigger feature {t.feature} is out of range for SAE {sae_name!r}; valid ids are 0..{sae.d_sae - 1}"
+            f"{e.describe()}: trigger feature {t.latent} is out of range for SAE {sae_name!r}; valid ids are 0..{sae.d_sae - 1}"
         )
     if t.unit == "raw":
         return t.above
-    tmax = lookup_typical_max(provider, t.feature)
+    tmax = lookup_typical_max(provider, t.latent)
     if tmax is None:
         raise SteeringError(
-            f"{e.describe()}: trigger feature {t.feature} has no known typical max activation, so "
+            f"{e.describe()}: trigger feature {t.latent} has no known typical max activation, so "
             f"'{t.above:g}x' cannot be resolved; pass typical_max= or give a raw threshold"
         )
     return t.above * tmax
@@ -366,10 +381,12 @@ class SteeringPlan:
     edits: list[ResolvedEdit]
     hook_fns: dict[str, _HookFn]
     trackers: dict[int, SequenceTracker] = field(default_factory=dict)
+    captures: dict[str, InputCapture] = field(default_factory=dict)  # transcoder inputs, by hook
 
     @property
-    def fwd_hooks(self) -> list[tuple[str, _HookFn]]:
-        return list(self.hook_fns.items())
+    def fwd_hooks(self) -> list[tuple[str, _HookFn | InputCapture]]:
+        # captures after the edits at their hook: a transcoder reads what flows on from there
+        return list(self.hook_fns.items()) + list(self.captures.items())
 
 
 def build_plan(model: Model, saes: SAEs, edits: Sequence[Edit | str | Preset], *, typical_max: TypicalMaxArg = None,
@@ -381,8 +398,9 @@ def build_plan(model: Model, saes: SAEs, edits: Sequence[Edit | str | Preset], *
     # group latent edits by (hook, SAE, positions); vector edits stand alone
     groups: dict[tuple[str, str, Positions], list[ResolvedEdit]] = {}
     per_hook: dict[str, list[_Contribution]] = {}
+    captures: dict[str, InputCapture] = {}
     for r in resolved:
-        if r.feature is None:
+        if r.latent is None:
             e = r.edit
             assert isinstance(e, VectorEdit)
             vec = e.vector.detach().to(device) * r.value
@@ -399,20 +417,22 @@ def build_plan(model: Model, saes: SAEs, edits: Sequence[Edit | str | Preset], *
             )
         coefs = [op_coefficients(r.op, r.value) for r in rs]
         triggers = [r.trigger for r in rs] if any(r.trigger for r in rs) else None
-        editor = LatentEditor(sae, [r.feature for r in rs], [c[0] for c in coefs], [c[1] for c in coefs],  # type: ignore[misc]
+        editor = LatentEditor(sae, [r.latent for r in rs], [c[0] for c in coefs], [c[1] for c in coefs],  # type: ignore[misc]
                               triggers=triggers)
         label = ",".join(r.describe() for r in rs)
-        per_hook.setdefault(hook, []).append(_Contribution(positions, editor, label))
+        reads = rs[0].reads_hook
+        capture = captures.setdefault(reads, InputCapture(reads)) if reads is not None else None
+        per_hook.setdefault(hook, []).append(_Contribution(positions, editor, label, capture))
     trackers: dict[int, SequenceTracker] = {}
     hook_fns: dict[str, _HookFn] = {}
     for hook, contribs in per_hook.items():
-        widths = {c.editor.d_in for c in contribs}
+        widths = {c.editor.d_out for c in contribs}
         if len(widths) > 1:
             raise SteeringError(f"edits at hook {hook} expect different widths {sorted(widths)}; check the SAEs' hooks")
         block = _tracked_block(model, hook)  # tracked even for "all": pad tokens are never edited
         tracker = None if block is None else trackers.setdefault(block, SequenceTracker())
         hook_fns[hook] = _HookFn(hook, tracker, contribs)
-    return SteeringPlan(resolved, hook_fns, trackers)
+    return SteeringPlan(resolved, hook_fns, trackers, captures)
 
 
 # ---------------------------------------------------------------------------------- session

@@ -32,7 +32,7 @@ own) where the trigger latent's current activation (read before any edit at that
 above `above` (raw units, or multiples of its typical max with unit="max_act"). The trigger
 latent belongs to the same SAE as the edited one.
 
-Text form (CLI, web): `[SAE/]FEATURE:OP[=VALUE[x]][@POSITIONS][?TRIGGER>THRESHOLD[x]]`, e.g.
+Text form (CLI, web): `[SAE/]LATENT:OP[=VALUE[x]][@POSITIONS][?TRIGGER>THRESHOLD[x]]`, e.g.
 `123:clamp=8`, `123:clamp=2x`, `res/77:add=-3@generated`, `5:ablate@0,1,-1`, `9:scale=0.5@prompt`,
 `123:add=4?77>1.5` (add where latent 77 is above 1.5).
 """
@@ -141,17 +141,17 @@ def _check_finite(what: str, value: float) -> None:
 class Trigger:
     """A condition on a latent of the edited SAE: its current activation is above `above`."""
 
-    feature: int = field(metadata={"help": "latent id whose activation is tested"})
+    latent: int = field(metadata={"help": "latent id whose activation is tested"})
     above: float = field(default=0.0, metadata={"help": "threshold (raw units, or multiples of the typical max)"})
     unit: Unit = field(default="raw", metadata={"help": "raw activation units, or max_act"})
 
     def __post_init__(self) -> None:
-        if isinstance(self.feature, bool) or not isinstance(self.feature, int) or self.feature < 0:
-            raise SteeringError(f"a trigger names a latent id (a non-negative integer), got {self.feature!r}")
+        if isinstance(self.latent, bool) or not isinstance(self.latent, int) or self.latent < 0:
+            raise SteeringError(f"a trigger names a latent id (a non-negative integer), got {self.latent!r}")
         if isinstance(self.above, bool) or not isinstance(self.above, (int, float)):
             raise SteeringError(f"a trigger threshold must be a number, got {self.above!r}")
         object.__setattr__(self, "above", float(self.above))
-        _check_finite(f"the threshold of trigger {self.feature}", self.above)
+        _check_finite(f"the threshold of trigger {self.latent}", self.above)
         if self.unit not in UNITS:
             raise SteeringError(f"unknown unit {self.unit!r} for a trigger; choose raw or max_act")
 
@@ -160,7 +160,7 @@ class Trigger:
         """`77>1.5` or `77>0.5x`."""
         m = re.fullmatch(r"\s*(\d+)\s*>\s*([^\sxX]+)\s*([xX])?\s*", text)
         if not m:
-            raise SteeringError(f"cannot parse trigger {text!r}; expected FEATURE>THRESHOLD[x], e.g. 77>1.5 or 77>0.5x")
+            raise SteeringError(f"cannot parse trigger {text!r}; expected LATENT>THRESHOLD[x], e.g. 77>1.5 or 77>0.5x")
         try:
             above = float(m.group(2))
         except ValueError:
@@ -168,14 +168,14 @@ class Trigger:
         return cls(int(m.group(1)), above, "max_act" if m.group(3) else "raw")
 
     def describe(self) -> str:
-        return f"{self.feature}>{self.above:g}" + ("x" if self.unit == "max_act" else "")
+        return f"{self.latent}>{self.above:g}" + ("x" if self.unit == "max_act" else "")
 
 
 @dataclass(frozen=True)
 class FeatureEdit:
     """Edit one latent of one SAE. `sae` names the SAE (None: the only SAE given to `steer`)."""
 
-    feature: int = field(metadata={"help": "latent id in the SAE (0 .. d_sae-1)"})
+    latent: int = field(metadata={"help": "latent id in the SAE (0 .. d_sae-1)"})
     op: Op = field(default="clamp", metadata={"help": "add | clamp | scale | ablate"})
     value: float | None = field(
         default=None,
@@ -191,8 +191,8 @@ class FeatureEdit:
             object.__setattr__(self, "when", Trigger.parse(self.when))
         if self.when is not None and not isinstance(self.when, Trigger):
             raise SteeringError(f"when must be a Trigger (or text like '77>1.5'), got {self.when!r}")
-        if isinstance(self.feature, bool) or not isinstance(self.feature, int):
-            raise SteeringError(f"feature must be an integer latent id, got {self.feature!r}")
+        if isinstance(self.latent, bool) or not isinstance(self.latent, int):
+            raise SteeringError(f"feature must be an integer latent id, got {self.latent!r}")
         if self.op not in OPS:
             raise SteeringError(f"unknown op {self.op!r}; choose one of {', '.join(OPS)}")
         if self.unit not in UNITS:
@@ -203,18 +203,18 @@ class FeatureEdit:
             object.__setattr__(self, "value", None)
         else:
             if self.value is None:
-                raise SteeringError(f"{self.op} needs a value, e.g. {self.feature}:{self.op}=4")
+                raise SteeringError(f"{self.op} needs a value, e.g. {self.latent}:{self.op}=4")
             if isinstance(self.value, bool) or not isinstance(self.value, (int, float)):
                 raise SteeringError(f"value must be a number, got {self.value!r}")
             object.__setattr__(self, "value", float(self.value))
-            _check_finite(f"the {self.op} value of feature {self.feature}", self.value)
+            _check_finite(f"the {self.op} value of feature {self.latent}", self.value)
         if self.unit == "max_act" and self.op in ("scale", "ablate"):
             raise SteeringError(f"{self.op} does not take a max-activation unit ('x'); scale takes a plain factor")
         object.__setattr__(self, "positions", normalize_positions(self.positions))
 
     @classmethod
     def parse(cls, text: str, positions: Positions | None = None) -> FeatureEdit:
-        """Parse `[SAE/]FEATURE:OP[=VALUE[x]][@POSITIONS]` (see the module docstring)."""
+        """Parse `[SAE/]LATENT:OP[=VALUE[x]][@POSITIONS]` (see the module docstring)."""
         return parse_edit(text, positions)
 
     def describe(self) -> str:
@@ -224,7 +224,7 @@ class FeatureEdit:
             val = f"={self.value:g}" + ("x" if self.unit == "max_act" else "")
         pos = "" if self.positions == "all" else f"@{positions_text(self.positions)}"
         cond = "" if self.when is None else f"?{self.when.describe()}"
-        return f"{head}{self.feature}:{self.op}{val}{pos}{cond}"
+        return f"{head}{self.latent}:{self.op}{val}{pos}{cond}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -258,7 +258,7 @@ class VectorEdit:
 Edit = Union[FeatureEdit, VectorEdit]
 
 _EDIT_RE = re.compile(
-    r"""^\s*(?:(?P<sae>[^/:@\s]+)/)?(?P<feature>-?\d+)\s*
+    r"""^\s*(?:(?P<sae>[^/:@\s]+)/)?(?P<latent>-?\d+)\s*
         (?::\s*(?P<op>[a-z]+)\s*(?:=\s*(?P<value>[^@?\s]+?)\s*(?P<x>[xX])?)?)?\s*
         (?:@\s*(?P<pos>[^?\s]+))?\s*
         (?:\?\s*(?P<when>[^\s].*?))?\s*$""",
@@ -273,7 +273,7 @@ def parse_edit(text: str, positions: Positions | None = None) -> FeatureEdit:
     m = _EDIT_RE.match(text)
     if not m or m.group("op") is None:
         raise SteeringError(
-            f"cannot parse edit {text!r}; expected FEATURE:OP[=VALUE[x]][@POSITIONS] with OP one of "
+            f"cannot parse edit {text!r}; expected LATENT:OP[=VALUE[x]][@POSITIONS] with OP one of "
             f"{', '.join(OPS)}, e.g. 123:clamp=8, 123:clamp=2x, 123:add=-3@generated, 123:ablate, 123:add=4?77>1.5"
         )
     op = m.group("op")
@@ -288,7 +288,7 @@ def parse_edit(text: str, positions: Positions | None = None) -> FeatureEdit:
             raise SteeringError(f"value {raw!r} in {text!r} is not a number") from None
     pos = m.group("pos")
     return FeatureEdit(
-        feature=int(m.group("feature")),
+        latent=int(m.group("latent")),
         op=op,  # type: ignore[arg-type]
         value=value,
         unit="max_act" if m.group("x") else "raw",
@@ -321,14 +321,14 @@ class SteerLimits:
                 raise ValueError(f"{name} must be a positive finite number, got {v!r}")
 
 
-def lookup_typical_max(provider: TypicalMax | None, feature: int) -> float | None:
+def lookup_typical_max(provider: TypicalMax | None, latent: int) -> float | None:
     """Typical max activation of `feature` from a mapping or callable (None if unknown)."""
     if provider is None:
         return None
     if callable(provider) and not isinstance(provider, Mapping):
-        value = provider(feature)
+        value = provider(latent)
     else:
-        value = provider.get(feature)  # type: ignore[union-attr]
+        value = provider.get(latent)  # type: ignore[union-attr]
     if value is None:
         return None
     value = float(value)
@@ -337,7 +337,7 @@ def lookup_typical_max(provider: TypicalMax | None, feature: int) -> float | Non
 
 def raw_value(edit: FeatureEdit, typical_max: float | None, limits: SteerLimits, sae_name: str) -> float:
     """The edit's value in raw activation units, checked against `limits`."""
-    where = f"feature {edit.feature} of SAE {sae_name!r}"
+    where = f"feature {edit.latent} of SAE {sae_name!r}"
     if edit.op == "ablate":
         return 0.0
     assert edit.value is not None

@@ -38,28 +38,28 @@ class StoreLink:
         ids = [int(f) for f in features if int(f) not in self._tmax]
         if not ids:
             return
-        rows = self.store.list_features(filter={"ids": ids}, limit=len(ids))
-        found = {r.id: r.typical_max_act for r in rows}
+        rows = self.store.list_features(filter={"latents": ids}, limit=len(ids))
+        found = {r.latent: r.typical_max_act for r in rows}
         for f in ids:
             v = found.get(f)
             self._tmax[f] = float(v) if v is not None and math.isfinite(v) and v > 0 else None
 
-    def typical_max(self, feature: int) -> float | None:
+    def typical_max(self, latent: int) -> float | None:
         """The feature's typical max activation from the store (None if the store has none)."""
-        if feature not in self._tmax:
-            self.prefetch([feature])
-        return self._tmax.get(feature)
+        if latent not in self._tmax:
+            self.prefetch([latent])
+        return self._tmax.get(latent)
 
     def search(self, query: str, limit: int = 10) -> list[SearchHit]:
-        """Full-text search over labels and examples (`SearchHit`s: feature_id, score, label)."""
+        """Full-text search over labels and examples (`SearchHit`s: latent, score, label)."""
         return self.store.search(query, limit)
 
-    def recommended(self, feature: int):
+    def recommended(self, latent: int):
         """(recommended strength in x-max units, its source, None) or None when the store has none."""
-        rows = self.store.list_features(filter={"ids": [int(feature)]}, limit=1)
+        rows = self.store.list_features(filter={"latents": [int(latent)]}, limit=1)
         if not rows or rows[0].recommended_strength is None:
             return None
-        return float(rows[0].recommended_strength), self.store.feature(int(feature)).strength_source, None
+        return float(rows[0].recommended_strength), self.store.feature(int(latent)).strength_source, None
 
     # -- presets ---------------------------------------------------------------------------
     def preset(self, name: str):
@@ -79,7 +79,7 @@ class StoreLink:
     def save_preset(self, preset: Any, *, overwrite: bool = False) -> None:
         self.store.save_preset(preset.name, preset.to_json(), overwrite=overwrite)
 
-    def record_strength(self, feature: int, strength: float | None, unit: str, info: dict[str, Any]) -> None:
+    def record_strength(self, latent: int, strength: float | None, unit: str, info: dict[str, Any]) -> None:
         """Store a sweep's recommended strength as a multiple of the typical max activation (None:
         the sweep found no strength that works; stored as such, with the sweep in the details)."""
         if strength is None:
@@ -87,12 +87,12 @@ class StoreLink:
         elif unit == "max_act":
             multiple = float(strength)
         else:
-            tmax = self.typical_max(feature)
+            tmax = self.typical_max(latent)
             if tmax is None:
                 raise SteeringError(
-                    f"feature {feature}: the store has no typical max activation, so a raw strength cannot be stored "
+                    f"feature {latent}: the store has no typical max activation, so a raw strength cannot be stored "
                     f"as a multiple of it; sweep with unit=max_act after building the store's statistics"
                 )
             multiple = float(strength) / tmax
         details = {"unit": "max_act", **{k: v for k, v in info.items()}}
-        self.store.set_recommended_strength(int(feature), multiple, source=STRENGTH_SOURCE, details=details)
+        self.store.set_recommended_strength(int(latent), multiple, source=STRENGTH_SOURCE, details=details)

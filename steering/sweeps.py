@@ -1,6 +1,6 @@
 """Dose-response sweeps: generate at a range of strengths, score each, pick a recommended strength.
 
-    res = sweep(model, sae, feature=123, prompts=prompts, scorer=scorer,
+    res = sweep(model, sae, latent=123, prompts=prompts, scorer=scorer,
                 config=SweepConfig(strengths=[0, 0.5, 1, 2, 4], op="add", unit="max_act"),
                 typical_max=store_max)
     write_sweep_html(res, "sweep_123.html")     # concept, fluency and aggregate against strength
@@ -65,7 +65,7 @@ class SweepResult:
     unit: str
     points: list[SweepPoint]
     recommended: float | None
-    feature: int | None = None
+    latent: int | None = None
     sae_name: str | None = None
     op: str | None = None
     typical_max: float | None = None
@@ -225,7 +225,7 @@ def sweep_edits(
 def sweep(
     model: Model,
     sae: SAEArg,
-    feature: int,
+    latent: int,
     prompts: Sequence[str],
     scorer: Scorer,
     config: SweepConfig | None = None,
@@ -247,21 +247,21 @@ def sweep(
     check_models(model, saes, allow_model_mismatch)
     # validate every strength before generating anything
     for s in config.strengths:
-        resolve_edits(model, saes, [FeatureEdit(feature, config.op, s, config.unit, config.positions, sae_name)],
+        resolve_edits(model, saes, [FeatureEdit(latent, config.op, s, config.unit, config.positions, sae_name)],
                       typical_max=typical_max, limits=limits)
 
     def make(s: float) -> Edit:
-        return FeatureEdit(feature, config.op, s, config.unit, config.positions, sae_name)
+        return FeatureEdit(latent, config.op, s, config.unit, config.positions, sae_name)
 
     points = sweep_edits(model, saes, make, config.strengths, prompts, scorer, gen_config=gen_config,
                          typical_max=typical_max, limits=limits, sentence_counts=sentence_counts,
                          with_perplexity=config.perplexity, progress=progress,
                          allow_model_mismatch=allow_model_mismatch)
-    tmax = lookup_typical_max(typical_max_for(typical_max, sae_name), feature)
+    tmax = lookup_typical_max(typical_max_for(typical_max, sae_name), latent)
     rec = recommend_strength(points, min_fluency=config.min_fluency, target_concept=config.target_concept,
                              rule=config.rule, min_grammar=config.min_grammar)
     rule = describe_rule(config.min_fluency, config.target_concept, config.rule, config.min_grammar)
-    return SweepResult(f"{sae_name}/{feature}:{config.op}", config.unit, points, rec, feature, sae_name,
+    return SweepResult(f"{sae_name}/{latent}:{config.op}", config.unit, points, rec, latent, sae_name,
                        config.op, tmax, rule)
 
 
@@ -325,7 +325,7 @@ def store_recommendation(sink: StrengthSink, result: SweepResult) -> None:
 
     `sink` is a callable `(feature, strength | None, unit, info) -> None` (`StoreLink.record_strength`)
     or a mutable mapping feature -> {"strength", "unit", "raw", ...}."""
-    if result.feature is None:
+    if result.latent is None:
         raise SteeringError("only feature sweeps have a recommended strength to store")
     if result.recommended == 0:  # recommend_strength never gives 0; a hand-edited result must not store it
         raise SteeringError(f"{result.label}: strength 0 is the unsteered model, not a recommendation")
@@ -333,6 +333,6 @@ def store_recommendation(sink: StrengthSink, result: SweepResult) -> None:
             "points": [{"strength": p.strength, "concept": p.concept, "fluency": p.fluency, "aggregate": p.aggregate,
                         "grammar": p.grammar} for p in result.points]}
     if callable(sink):
-        sink(result.feature, result.recommended, result.unit, info)
+        sink(result.latent, result.recommended, result.unit, info)
     else:
-        sink[result.feature] = {"strength": result.recommended, "unit": result.unit, **info}
+        sink[result.latent] = {"strength": result.recommended, "unit": result.unit, **info}

@@ -125,7 +125,7 @@ def test_steered_stream_equals_the_non_streamed_result(client, ws):
     prompt = "a tree"
     ids = ws.model.to_tokens(prompt)[0].tolist()
     target = _firing_latent(ws, ids + ws.model.to_tokens("the sea and the ship sees the whale")[0].tolist())
-    steering = {"edits": [{"feature": target, "op": "add", "value": 12.0, "positions": "all"}]}
+    steering = {"edits": [{"latent": target, "op": "add", "value": 12.0, "positions": "all"}]}
     kw = dict(model="chat", prompt=prompt, max_tokens=16, temperature=1.0, seed=11, extra_body={"steering": steering})
     whole = client.completions.create(**kw)
     stream = client.completions.create(stream=True, **kw)
@@ -187,7 +187,7 @@ def test_role_scoped_edit_covers_exactly_that_roles_tokens(client, ws):
     ids = tok.apply_chat_template(MSGS, add_generation_prompt=True, tokenize=True)["input_ids"]
     names = tok.convert_ids_to_tokens(ids)
     user = [i for i in range(names.index("<|user|>"), len(names) - 1)]  # the user's message, markers included
-    edit = {"feature": 3, "op": "add", "value": 25.0}
+    edit = {"latent": 3, "op": "add", "value": 25.0}
     kw = dict(max_tokens=8, temperature=0)
     by_role = client.chat.completions.create(model="chat", messages=MSGS, extra_body={
         "steering": {"edits": [dict(edit, positions="role:user")]}, "ignore_eos": True}, **kw)
@@ -208,7 +208,7 @@ def test_conditional_edit_fires_only_where_its_trigger_fires(client, ws):
     prompt = "the sea and the ship sees the whale at the shore"
     ids = ws.model.to_tokens(prompt)[0].tolist()
     trigger = _firing_latent(ws, ids)
-    edit = {"feature": 7, "op": "clamp", "value": 15.0, "when": {"feature": trigger, "above": 0.0}}
+    edit = {"latent": 7, "op": "clamp", "value": 15.0, "when": {"latent": trigger, "above": 0.0}}
     r = client.completions.create(model="chat", prompt=prompt, max_tokens=10, temperature=0,
                                   extra_body={"steering": {"edits": [edit]}, "ignore_eos": True})
     ext = _ext(r.choices[0])
@@ -223,11 +223,25 @@ def test_conditional_edit_fires_only_where_its_trigger_fires(client, ws):
     assert 0 < len(fired) < len(seq) - 1
     # and the edit applied there and nowhere else: the same edit at exactly those token indices
     same = client.completions.create(model="chat", prompt=prompt, max_tokens=10, temperature=0, extra_body={
-        "steering": {"edits": [{"feature": 7, "op": "clamp", "value": 15.0, "positions": fired}]}, "ignore_eos": True})
+        "steering": {"edits": [{"latent": 7, "op": "clamp", "value": 15.0, "positions": fired}]}, "ignore_eos": True})
     assert _ext(same.choices[0])["token_ids"] == ext["token_ids"]
     everywhere = client.completions.create(model="chat", prompt=prompt, max_tokens=10, temperature=0, extra_body={
-        "steering": {"edits": [{"feature": 7, "op": "clamp", "value": 15.0}]}, "ignore_eos": True})
+        "steering": {"edits": [{"latent": 7, "op": "clamp", "value": 15.0}]}, "ignore_eos": True})
     assert _ext(everywhere.choices[0])["token_ids"] != ext["token_ids"]
+
+
+def test_feature_the_older_name_of_latent_is_accepted_in_edits_and_triggers(client, ws):
+    """Requests written before the key was renamed keep working: "feature" reads as "latent"."""
+    prompt = "the sea and the ship sees the whale at the shore"
+    trigger = _firing_latent(ws, ws.model.to_tokens(prompt)[0].tolist())
+    kw = dict(model="chat", prompt=prompt, max_tokens=8, temperature=0)
+    new = {"latent": 7, "op": "clamp", "value": 15.0, "when": {"latent": trigger, "above": 0.0}}
+    old = {"feature": 7, "op": "clamp", "value": 15.0, "when": {"feature": trigger, "above": 0.0}}
+    a, b = (client.completions.create(**kw, extra_body={"steering": {"edits": [e], "stop_when": [dict(e["when"], above=1e5)]},
+                                                          "ignore_eos": True}) for e in (new, old))
+    assert _ext(a.choices[0])["token_ids"] == _ext(b.choices[0])["token_ids"] and _ext(a.choices[0])["fired"]
+    with pytest.raises(openai.BadRequestError, match="feature"):  # one edit naming its latent twice
+        client.completions.create(**kw, extra_body={"steering": {"edits": [dict(new, feature=7)]}})
 
 
 def test_stop_when_a_latent_fires_on_a_generated_token(client, ws):

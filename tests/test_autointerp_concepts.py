@@ -296,7 +296,7 @@ def test_score_outputs_writes_output_scores_and_search_ranks_with_them(tmp_path)
         st.write_scores(a, [ScoreInput("output", 0.2)], provenance=prov)
         st.write_scores(b, [ScoreInput("output", 0.9)], provenance=prov)
         hits = semantic_search(st, emb, "harbour boats", limit=2)
-    assert [h.feature_id for h in hits] == [b, a] and hits[0].similarity == pytest.approx(hits[1].similarity)
+    assert [h.latent for h in hits] == [b, a] and hits[0].similarity == pytest.approx(hits[1].similarity)
     assert hits[0].rank_score - hits[1].rank_score == pytest.approx(OUTPUT_WEIGHT * 0.7)
 
 
@@ -331,11 +331,11 @@ def test_feature_store_examples_carry_logit_effects_and_neighbours(tmp_path):
     path = tmp_path / "s.db"
     shutil.copy(ws.path, path)
     with FeatureStoreLabels.open(path) as labels:
-        i = labels.latent_ids()[0]
+        i = labels.latents()[0]
         lex = labels.examples(i)
         rec = labels.store.feature(i)
         assert [t for t, _ in lex.evidence.promoted] == [t.token for t in rec.logits.promoted]
-        near = {n.id for n in rec.decoder_neighbours[:4] + rec.coact_neighbours[:4] if n.score >= 0.2}
+        near = {n.latent for n in rec.decoder_neighbours[:4] + rec.coact_neighbours[:4] if n.score >= 0.2}
         assert {n for n, _, _ in lex.evidence.neighbours} == near
         for n, _, toks in lex.evidence.neighbours:
             assert list(toks) == [t.token for t in labels.store.feature(n).logits.promoted[:10]]

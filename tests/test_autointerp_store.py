@@ -88,8 +88,8 @@ def test_label_limit_takes_the_most_frequent_live_latents(store_path, capsys):
     from features import FeatureStore
 
     with FeatureStore.open(store_path) as st:
-        rows = st.list_features(sort="id", filter={"alive_only": True}, limit=st.d_sae)
-        by_freq = [r.id for r in sorted(rows, key=lambda r: (-r.freq, r.id))]
+        rows = st.list_features(sort="latent", filter={"alive_only": True}, limit=st.d_sae)
+        by_freq = [r.latent for r in sorted(rows, key=lambda r: (-r.freq, r.latent))]
     assert by_freq[:3] != sorted(by_freq)[:3], "the planted store must have frequent latents above the lowest ids"
     assert cli("label", "--store", store_path, "--no-progress", "--limit", "3") == 0
     assert "3 labelled" in capsys.readouterr().out
@@ -258,13 +258,13 @@ def test_scores_of_the_current_label_are_restored_when_an_older_label_had_scores
         assert len(broken) == 1
         b = broken[0]
         with FeatureStore.open(store_path) as st:  # the offline label's detection score is not this label's
-            assert st.list_features(filter={"ids": [b], "score_method": "detection", "min_score": -1.0}) == []
+            assert st.list_features(filter={"latents": [b], "score_method": "detection", "min_score": -1.0}) == []
         assert cli(*llm_args(srv, store_path)) == 0
     fixed = labels_of(store_path)[b]
     assert {s.method for s in fixed.scores} == {"detection", "fuzzing"}
     assert all(s.label_id == fixed.label.id for s in fixed.scores)
     detection = next(s.value for s in fixed.scores if s.method == "detection")
     with FeatureStore.open(store_path) as st:
-        rows = st.list_features(sort="score:detection", filter={"ids": [b], "score_method": "detection",
+        rows = st.list_features(sort="score:detection", filter={"latents": [b], "score_method": "detection",
                                                                 "min_score": detection}, limit=5)
-        assert [r.id for r in rows] == [b]
+        assert [r.latent for r in rows] == [b]

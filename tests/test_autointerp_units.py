@@ -12,7 +12,8 @@ from autointerp.accounting import Budget, BudgetExceeded, Ledger, Prices
 from autointerp.cache import CachedResponse, ResponseCache, request_key
 from autointerp.config import JudgeConfig, LabelConfig, parse_latents, resolve_backend
 from autointerp.examples import Example, LatentExamples, active_positions, crop_example, split_examples
-from autointerp.judge import RetryPolicy, parse_retry_after
+from autointerp.judge import RetryPolicy
+from autointerp.wire import parse_retry_after
 from autointerp.offline import explain_offline, label_tokens, predict_detection
 from autointerp.prompts import (MARK_CLOSE, MARK_OPEN, build_detection_messages, build_explain_messages, escape_data,
                                 parse_binary_answers, parse_label, render_tokens)
@@ -256,7 +257,7 @@ def test_configs_validate_and_resolve():
 
 def test_lenient_chat_completion_parsing():
     from autointerp.backends import _to_response
-    from autointerp.judge import TransientError
+    from autointerp.wire import TransientError
 
     r = _to_response({"choices": [{"message": {"content": [{"type": "text", "text": "{\"label\": "},
                                                            {"type": "text", "text": "\"x\"}"}]}}]})

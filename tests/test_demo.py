@@ -74,7 +74,7 @@ def test_demo_labels_and_concepts_in_the_store(demo) -> None:
         alive = store.count_features({"alive_only": True})
         labelled = store.count_features({"has_label": True})
         assert alive > SMALL["d_sae"] // 2 and labelled == alive == demo.labelled
-        f = store.feature(demo.showcase[0].id)
+        f = store.feature(demo.showcase[0].latent)
         assert f.label is not None and f.label.text == demo.showcase[0].label
         assert f.label.provenance.judge_kind == "offline"
         # concept-level labels (autointerp.concept), named with the toy world's dictionary
@@ -83,7 +83,7 @@ def test_demo_labels_and_concepts_in_the_store(demo) -> None:
         assert {s.method for s in f.scores} == {"detection", "fuzzing", "simulation"}
         assert store.embedding_models() and len(store.label_embeddings(store.embedding_models()[0])[0]) == labelled
         assert store.concept_matches("topic:ocean"), "ground-truth concept matches are written"
-        strength = store.feature(demo.steering.feature).recommended_strength
+        strength = store.feature(demo.steering.latent).recommended_strength
     assert demo.concepts["concepts"] > 40 and demo.concepts["f1_at_least_0.5"] >= 1
     assert len(demo.showcase) == SMALL["showcase"] and all(s.examples for s in demo.showcase)
     # the sweep's outcome is in the store: its strength, or "none works" (never 0)
@@ -108,7 +108,7 @@ def test_async_labelling_works_under_a_running_event_loop(demo) -> None:
 
     from autointerp import FeatureStoreLabels, LabelConfig, label_latents_async
 
-    ids = [s.id for s in demo.showcase]
+    ids = [s.latent for s in demo.showcase]
 
     async def in_a_loop():
         with FeatureStoreLabels.open(demo.paths.store) as labels:
@@ -126,18 +126,18 @@ def test_demo_steering_example_is_a_topic_latent_reported_on_held_out_samples(de
     s = demo.steering
     assert s.topic in toyworld.TOPICS and 0 < s.concept_f1 <= 1 and 0 < s.freq < 1
     with FeatureStore.open(demo.paths.store) as store:
-        best = {m.feature_id: m.f1 for m in store.concept_matches(f"topic:{s.topic}")}
-        assert best[s.feature] == pytest.approx(s.concept_f1, abs=1e-4)  # the F1 shown is the store's
-        assert store.feature(s.feature).stats.freq == pytest.approx(s.freq)
+        best = {m.latent: m.f1 for m in store.concept_matches(f"topic:{s.topic}")}
+        assert best[s.latent] == pytest.approx(s.concept_f1, abs=1e-4)  # the F1 shown is the store's
+        assert store.feature(s.latent).stats.freq == pytest.approx(s.freq)
         link = StoreLink(store)
-        tmax = link.typical_max(s.feature)
+        tmax = link.typical_max(s.latent)
     assert s.strength == 4.0 and s.raw_strength == pytest.approx(4.0 * tmax)
     # picked on the dev seed, reported on another one: the held-out texts are regenerated here
     assert s.dev["seed"] == SMALL.get("seed", 0) and s.test["seed"] == s.dev["seed"] + 1
     assert s.dev["samples"] == SMALL["steer_samples"] and s.test["samples"] == SMALL["steer_test_samples"]
     cfg = GenerationConfig(max_new_tokens=SMALL["steer_new_tokens"], seed=s.test["seed"], stop_at_eos=False)
-    edit = FeatureEdit(s.feature, "add", s.strength, unit="max_act", positions=SMALL["steer_positions"])
-    with steer(demo.model, demo_sae(demo), [edit], typical_max={s.feature: tmax}) as sess:
+    edit = FeatureEdit(s.latent, "add", s.strength, unit="max_act", positions=SMALL["steer_positions"])
+    with steer(demo.model, demo_sae(demo), [edit], typical_max={s.latent: tmax}) as sess:
         held_out = sess.generate([""] * s.test["samples"], cfg).texts
     assert s.examples and all(e["steered"] == held_out[e["sample"]] for e in s.examples)
     assert any(e["default"] != e["steered"] for e in s.examples)
@@ -145,7 +145,7 @@ def test_demo_steering_example_is_a_topic_latent_reported_on_held_out_samples(de
                 "grammar_steered"):
         assert 0.0 <= s.test[key] <= 1.0 and 0.0 <= s.dev[key] <= 1.0, key
     assert s.visible == sum(1 for e in s.examples if e["share_steered"] >= 0.5 > e["share_default"]) or s.visible > 3
-    assert [c["feature"] for c in s.candidates][:1] == [s.feature] and s.verdict
+    assert [c["latent"] for c in s.candidates][:1] == [s.latent] and s.verdict
 
 
 def demo_sae(demo):
@@ -175,13 +175,13 @@ def test_steering_candidates_are_sparse_topic_latents_best_f1_first() -> None:
             return NS(stats=NS(freq=freq[i], flags=flags.get(i, ())))
 
     got, sparse = steering_candidates(Store(), "auto", 3)
-    assert sparse and [c["feature"] for c in got] == [3, 2]  # dense #1, BOS-only #5 and non-topic #4 are out
-    assert got[0] == {"feature": 3, "topic": "space", "f1": 0.36, "freq": 0.02, "flags": []}
+    assert sparse and [c["latent"] for c in got] == [3, 2]  # dense #1, BOS-only #5 and non-topic #4 are out
+    assert got[0] == {"latent": 3, "topic": "space", "f1": 0.36, "freq": 0.02, "flags": []}
     got, _ = steering_candidates(Store(), "ocean", 3)
-    assert [c["feature"] for c in got] == [2]
+    assert [c["latent"] for c in got] == [2]
     freq[2] = 0.3  # no sparse latent matches ocean: the best match is shown, and said to be dense
     got, sparse = steering_candidates(Store(), "ocean", 3)
-    assert not sparse and [c["feature"] for c in got] == [1, 2]
+    assert not sparse and [c["latent"] for c in got] == [1, 2]
 
 
 def test_demo_summary_prints(demo, capsys) -> None:
@@ -195,7 +195,7 @@ def test_demo_summary_prints(demo, capsys) -> None:
                  "held-out", "dev samples"):
         assert text in out, text
     s = demo.steering
-    assert f"#{s.feature}" in out and f"token F1 {s.concept_f1:.2f}" in out
+    assert f"#{s.latent}" in out and f"token F1 {s.concept_f1:.2f}" in out
     assert f"{s.test['share_default']:.0%} -> {s.test['share_steered']:.0%}" in out
     # the judge's name is the user's (--judge-model): printed literally, never read as rich markup
     import dataclasses
@@ -257,7 +257,7 @@ def test_demo_cli_serves_the_web_app(demo, monkeypatch, capsys, recwarn) -> None
     assert main(["demo", "--no-progress", "--out", str(demo.paths.out), "--port", str(port), *small_flags()]) == 0
     out = capsys.readouterr().out
     assert f"saesteer serving on http://127.0.0.1:{port}/" in out, out
-    assert f"/steer?f={demo.steering.feature}" in out and f"search?q={demo.steering.topic} " in out
+    assert f"/steer?latent={demo.steering.latent}" in out and f"search?q={demo.steering.topic} " in out
     (app, kw), = calls
     assert kw["host"] == "127.0.0.1" and kw["port"] == port
     body = client(app, base_url=f"http://127.0.0.1:{port}").get("/api/stores").json()
@@ -307,7 +307,7 @@ def test_sync_labelling_works_inside_a_running_event_loop(demo) -> None:
     from autointerp import FeatureStoreLabels, LabelConfig, label_latents
     from autointerp.runner import run_coroutine_sync
 
-    ids = [s.id for s in demo.showcase]
+    ids = [s.latent for s in demo.showcase]
 
     async def in_a_loop():
         with FeatureStoreLabels.open(demo.paths.store) as labels:

@@ -260,7 +260,7 @@ def test_features_steer_and_serve_work_on_a_foreign_sae(foreign, tmp_path: Path,
     assert main(["features", "top-on-text", str(store), "the sailor sees a big whale ."]) == 0
     assert "strongest over the text" in capsys.readouterr().out
     assert main(["steer", "--sae", str(foreign["dictionary_learning"]), "--model", "toy", "--prompt", "the sailor",
-                 "--feature", "0:add=2", "--max-new-tokens", "4", "--seed", "0"]) == 0, capsys.readouterr().err
+                 "--latent", "0:add=2", "--max-new-tokens", "4", "--seed", "0"]) == 0, capsys.readouterr().err
     from saesteer.models import load_model
     from saesteer.web.launch import open_entries
 

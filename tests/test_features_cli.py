@@ -33,7 +33,7 @@ def test_cli_build_show_list_search_export(toy, capsys):
     from features import FeatureStore
 
     with FeatureStore.open(store) as st:
-        top = st.list_features(sort="freq", limit=1)[0].id
+        top = st.list_features(sort="freq", limit=1)[0].latent
         word = st.feature(top).top_examples[0].tokens[st.feature(top).top_examples[0].centre].strip()
         assert st.meta["logit_method"] and st.feature(top).logits.promoted  # the cache's model was loaded
     assert main(["features", "show", store, str(top)]) == 0
@@ -45,8 +45,11 @@ def test_cli_build_show_list_search_export(toy, capsys):
     assert "64 latents match" in capsys.readouterr().out
     assert main(["features", "search", store, word]) == 0
     assert str(top) in capsys.readouterr().out
-    assert main(["features", "export", store, str(d / "dash"), "--features", f"0-3,{top}", "--no-progress"]) == 0
+    assert main(["features", "export", store, str(d / "dash"), "--latents", f"0-3,{top}", "--no-progress"]) == 0
     assert len(list((d / "dash" / "f").glob("*.html"))) == len({0, 1, 2, 3, top})
+    capsys.readouterr()
+    assert main(["features", "export", store, str(d / "dash2"), "--latents", "0-x", "--no-progress"]) == 2
+    assert "--latents: cannot read '0-x'" in capsys.readouterr().err  # the flag, not another command's field
     assert main(["features", "top-on-text", store, "the sailor sees a big whale ."]) == 0
     out = capsys.readouterr().out
     assert "whale" in out and "strongest over the text" in out

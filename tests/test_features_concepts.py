@@ -24,11 +24,11 @@ def test_concept_f1_finds_the_planted_latent_and_counts_by_hand():
     sc = concept_f1(sae, [(x[:5], m[:5]), (x[5:], m[5:])], ["a", "b"])  # two batches
     assert sc.tp_FC.tolist() == [[3, 2], [1, 2], [0, 0]] and sc.pos_C.tolist() == [3, 4]
     best = sc.best("a")
-    assert (best.feature_id, best.f1, best.precision, best.recall) == (0, 1.0, 1.0, 1.0)
-    assert sc.best("b").feature_id == 0  # 2 tp / (3 fires + 4 positives) = 4/7 beats latent 1's 0.5
+    assert (best.latent, best.f1, best.precision, best.recall) == (0, 1.0, 1.0, 1.0)
+    assert sc.best("b").latent == 0  # 2 tp / (3 fires + 4 positives) = 4/7 beats latent 1's 0.5
     assert sc.f1_FC()[1, 1].item() == pytest.approx(0.5)
     assert sc.fraction_at_least(0.8) == 0.5
-    assert [m.feature_id for m in sc.top("b", 3)] == [0, 1, 2]
+    assert [m.latent for m in sc.top("b", 3)] == [0, 1, 2]
     with pytest.raises(KeyError, match="unknown concept"):
         sc.best("c")
 
@@ -44,4 +44,4 @@ def test_concept_f1_over_a_cache_reads_tags_of_each_rows_context_and_position():
     src = TensorSource(x, ctx, keep, bos_id=1)
     sc = concept_f1_over_source(identity_sae(2), src, lambda ids: {"five": ids == 5, "seven": ids == 7}, ["five", "seven"],
                                 batch_rows=4)
-    assert sc.n_rows == 6 and sc.best("five").f1 == 1.0 and sc.best("seven").feature_id == 1
+    assert sc.n_rows == 6 and sc.best("five").f1 == 1.0 and sc.best("seven").latent == 1

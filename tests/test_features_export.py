@@ -23,7 +23,7 @@ def test_export_escapes_untrusted_text_and_works_offline(tmp_path):
     path = tmp_path / "x.db"
     build_feature_store(path, sae, src, small_config(), tokenizer=WordTokenizer(EVIL_WORDS), progress=False)
     with FeatureStore.open(path, readonly=False) as st:
-        alive = st.list_features(sort="freq", limit=1)[0].id
+        alive = st.list_features(sort="freq", limit=1)[0].latent
         st.write_label(alive, EVIL_LABEL, explanation="<b onmouseover=alert(4)>x</b>",
                        provenance=LabelProvenance("<judge>", "offline", "v<1>"))
         index = export_html(st, tmp_path / "dash")

@@ -10,8 +10,9 @@ import shutil
 
 import pytest
 
-from features.publish import (FIELDS, NeuronpediaInfo, PublishError, check_neuronpedia_export, check_rows,
-                              check_saedashboard_batch, export_neuronpedia, export_saedashboard)
+from features.publish import (NeuronpediaInfo, check_neuronpedia_export, check_saedashboard_batch,
+                              export_neuronpedia, export_saedashboard)
+from features.publishfields import FIELDS, PublishError, check_rows
 from helpers.web_app import shared_store
 from helpers.web_store import XSS_LABEL
 
@@ -42,7 +43,7 @@ def test_neuronpedia_export_layout_and_rows(store, tmp_path):
                                                        batch_size=16))
     assert root == out / "tiny-test-model" / "0-saesteer-test"  # layer 0 from blocks.0.hook_resid_post
     counts = check_neuronpedia_export(root)
-    alive = [r.id for r in st.list_features(sort="id", filter={"alive_only": True}, limit=st.d_sae)]
+    alive = [r.latent for r in st.list_features(sort="latent", filter={"alive_only": True}, limit=st.d_sae)]
     assert counts["features"] == len(alive) and counts["explanations"] == len(ws.labels)
     assert counts["explanation_scores"] == 2 * len(ws.labels)  # detection and fuzzing of each label
     assert len(list((root / "features").glob("batch-*.jsonl.gz"))) == -(-len(alive) // 16)

@@ -64,7 +64,7 @@ def test_killed_builds_resume_to_identical_content(tmp_path):
             assert written == (0 if k == "pass" else 2 * cfg.write_block)
             blocks = st._conn.execute("SELECT COUNT(*) FROM build_progress").fetchone()[0]
             assert blocks * cfg.write_block == written
-            n_ex = st._conn.execute("SELECT COUNT(DISTINCT feature_id) FROM examples").fetchone()[0]
+            n_ex = st._conn.execute("SELECT COUNT(DISTINCT latent) FROM examples").fetchone()[0]
             assert n_ex == sum(1 for r in want["features"][:written] if r[1] > 0)
         res = build_feature_store(path, sae, source, cfg, tokenizer=WordTokenizer(), progress=False)
         assert res.resumed and not res.already_complete

@@ -45,13 +45,13 @@ def test_build_summary_and_metadata(built):
     assert not res.already_complete and res.n_rows == src.n_rows and res.pass_rows == src.n_rows
     with FeatureStore.open(path, sae=sae, cache=src) as st:
         assert st.complete and st.d_sae == 24 and st.integrity_check() == "ok"
-        assert st.meta["schema_version"] == 1 and st.meta["n_rows"] == src.n_rows
+        assert st.meta["schema_version"] == 2 and st.meta["n_rows"] == src.n_rows
         assert st.meta["sae"]["architecture"] == "matryoshka_batchtopk" and st.meta["window_before"] == 3
         assert st.count_features() == 24
         assert st._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         rec = st.feature(20)
         assert rec.level == 1 and st.feature(2).level == 0
-        assert len(rec.decoder_neighbours) == 3 and all(n.id != 20 for n in rec.decoder_neighbours)
+        assert len(rec.decoder_neighbours) == 3 and all(n.latent != 20 for n in rec.decoder_neighbours)
         assert [n.score for n in rec.decoder_neighbours] == sorted([n.score for n in rec.decoder_neighbours], reverse=True)
     # a second build with the same inputs is a no-op
     again = build_feature_store(path, sae, src, small_config(), tokenizer=WordTokenizer(), progress=False)
@@ -88,7 +88,7 @@ def test_feature_id_out_of_range_names_the_valid_range(built):
         with pytest.raises(IndexError):
             st.examples(24)
         with pytest.raises(FeatureIndexError):
-            st.list_features(filter={"ids": [3, 99]})
+            st.list_features(filter={"latents": [3, 99]})
 
 
 def test_readonly_store_refuses_writes_and_missing_store_says_how_to_build(built, tmp_path):
@@ -143,7 +143,7 @@ def test_labels_scores_provenance_round_trip(built, tmp_path):
         assert {s.method: s.offline for s in rec.scores} == {"detection": True, "fuzzing": True, "simulation": None}
         assert rec.recommended_strength == 2.5 and rec.strength_source == "sweep"
         assert st.labels([4, 5]) == {4: "ocean waves"}
-        n_hist = st._conn.execute("SELECT COUNT(*) FROM labels WHERE feature_id = 4").fetchone()[0]
+        n_hist = st._conn.execute("SELECT COUNT(*) FROM labels WHERE latent = 4").fetchone()[0]
         assert n_hist == 2  # history kept, newest is current
 
 
@@ -155,18 +155,18 @@ def test_full_text_search_over_labels_and_examples(built, tmp_path):
         # example text is searchable: a word from a top example of latent 3
         word = st.feature(3).top_examples[0].tokens[st.feature(3).top_examples[0].centre].strip()
         hits = st.search(word, limit=50)
-        assert 3 in [h.feature_id for h in hits] and all(word in h.text for h in hits)
+        assert 3 in [h.latent for h in hits] and all(word in h.text for h in hits)
         assert all((word, True) in h.parts for h in hits)  # the match is marked, the rest is not
         st.write_label(7, "whales and dolphins", provenance=prov())
         st.write_label(8, "dolphins", provenance=prov())
         hits = st.search("dolphins")
-        assert {h.feature_id for h in hits} == {7, 8}
+        assert {h.latent for h in hits} == {7, 8}
         assert hits[0].label in ("dolphins", "whales and dolphins")
-        assert st.search("whales dolphins")[0].feature_id == 7  # all words first
-        assert [h.feature_id for h in st.search("whales zebra")] == [7]  # else any word
+        assert st.search("whales dolphins")[0].latent == 7  # all words first
+        assert [h.latent for h in st.search("whales zebra")] == [7]  # else any word
         assert st.search("zebra") == [] and st.search("   ") == []
         st.write_label(7, "sharks", provenance=prov())  # relabel: the old label leaves the index
-        assert [h.feature_id for h in st.search("dolphins")] == [8]
+        assert [h.latent for h in st.search("dolphins")] == [8]
         assert st.search('"; DROP TABLE features; --') == []  # quoted as words, never SQL
 
 
@@ -176,8 +176,8 @@ def test_list_features_sorts_filters_and_pages(built):
         by_freq = st.list_features(sort="freq", limit=24)
         freqs = [s.freq for s in by_freq]
         assert freqs == sorted(freqs, reverse=True)
-        assert [s.id for s in st.list_features(sort="id", offset=5, limit=3)] == [5, 6, 7]
-        assert [s.id for s in st.list_features(sort="id", descending=True, limit=2)] == [23, 22]
+        assert [s.latent for s in st.list_features(sort="latent", offset=5, limit=3)] == [5, 6, 7]
+        assert [s.latent for s in st.list_features(sort="latent", descending=True, limit=2)] == [23, 22]
         lvl1 = st.list_features(filter={"level": 1}, limit=100)
         assert lvl1 and all(s.level == 1 for s in lvl1) and st.count_features({"level": 1}) == len(lvl1)
         alive = st.count_features({"alive_only": True})
@@ -213,13 +213,13 @@ def test_matryoshka_parent_links_from_co_firing_and_decoder(tmp_path):
     build_feature_store(path, sae, src, small_config(n_quantile=16, flag_min_fires=4), progress=False)
     with FeatureStore.open(path) as st:
         f2, f3 = st.feature(2), st.feature(3)
-        assert (f2.level, f2.parent.parent_id, f2.parent.method, f2.parent.coact) == (1, 0, "coact", 1.0)
-        assert (f3.parent.parent_id, f3.parent.method) == (1, "decoder") and f3.parent.cosine > 0.99
-        assert [c.child_id for c in st.feature(0).children] == [2]
+        assert (f2.level, f2.parent.parent_latent, f2.parent.method, f2.parent.coact) == (1, 0, "coact", 1.0)
+        assert (f3.parent.parent_latent, f3.parent.method) == (1, "decoder") and f3.parent.cosine > 0.99
+        assert [c.child_latent for c in st.feature(0).children] == [2]
         assert st.feature(0).parent is None
-        assert 0 in [n.id for n in f2.coact_neighbours]
+        assert 0 in [n.latent for n in f2.coact_neighbours]
         assert "dense" in st.feature(1).stats.flags
-        assert [c.child_id for c in st.feature(1).children] == [3]  # by decoder only, not by co-firing
+        assert [c.child_latent for c in st.feature(1).children] == [3]  # by decoder only, not by co-firing
 
 
 def test_a_second_concurrent_build_is_refused(tmp_path):
@@ -276,7 +276,7 @@ def test_every_sort_and_direction_orders_as_specified_with_nulls_last_and_pages_
         n = st.count_features()
         recs = {i: st.feature(i) for i in range(n)}
         value = {
-            "id": lambda i: i, "freq": lambda i: recs[i].stats.freq, "n_fires": lambda i: recs[i].stats.n_fires,
+            "latent": lambda i: i, "freq": lambda i: recs[i].stats.freq, "n_fires": lambda i: recs[i].stats.n_fires,
             "mean_act": lambda i: recs[i].stats.mean_act, "max_act": lambda i: recs[i].stats.max_act,
             "typical_max_act": lambda i: recs[i].stats.typical_max_act, "level": lambda i: recs[i].level,
             "label": lambda i: recs[i].label.text if recs[i].label else None,
@@ -292,11 +292,11 @@ def test_every_sort_and_direction_orders_as_specified_with_nulls_last_and_pages_
                     expected = sorted(have, key=lambda i: i)
                     expected.sort(key=lambda i: get(i), reverse=desc)
                 expected += sorted(i for i in range(n) if get(i) is None)
-                got = [s.id for s in st.list_features(sort=sort, descending=desc, limit=n)]
+                got = [s.latent for s in st.list_features(sort=sort, descending=desc, limit=n)]
                 assert got == expected, (sort, desc)
-                pages = [s.id for off in range(0, n, 5) for s in st.list_features(sort=sort, descending=desc, offset=off, limit=5)]
+                pages = [s.latent for off in range(0, n, 5) for s in st.list_features(sort=sort, descending=desc, offset=off, limit=5)]
                 assert pages == expected, (sort, desc)
-        assert [s.id for s in st.list_features(sort="freq", filter={"alive_only": True}, limit=3)] == \
+        assert [s.latent for s in st.list_features(sort="freq", filter={"alive_only": True}, limit=3)] == \
             [i for i in sorted(range(n), key=lambda i: (-recs[i].stats.freq, i)) if recs[i].stats.n_fires > 0][:3]
 
 
@@ -311,18 +311,18 @@ def test_label_and_score_orders_follow_new_writes_from_this_and_other_connection
         writer.write_label(5, "kelp", provenance=prov())
         writer.write_scores(5, {"detection": 0.3}, label_id=None)
         for st in (writer, reader):
-            assert [s.id for s in st.list_features(sort="label", limit=1)] == [5]
-            assert [s.id for s in st.list_features(sort="score:detection", limit=1)] == [5]
+            assert [s.latent for s in st.list_features(sort="label", limit=1)] == [5]
+            assert [s.latent for s in st.list_features(sort="score:detection", limit=1)] == [5]
             assert st.count_features({"label_contains": "kelp"}) == 1
         writer.write_label(2, "anchor", provenance=prov())  # sorts before "kelp"
         writer.write_label(5, "zebra", provenance=prov())  # relabelled: "kelp" is no longer current
         writer.write_scores(9, {"detection": 0.8}, label_id=None)
         for st in (writer, reader):
-            assert [s.id for s in st.list_features(sort="label", limit=2)] == [2, 5]
+            assert [s.latent for s in st.list_features(sort="label", limit=2)] == [2, 5]
             assert [s.label for s in st.list_features(sort="label", limit=2)] == ["anchor", "zebra"]
-            assert [s.id for s in st.list_features(sort="score:detection", limit=2)] == [9, 5]
+            assert [s.latent for s in st.list_features(sort="score:detection", limit=2)] == [9, 5]
             assert st.count_features({"label_contains": "kelp"}) == 0
-            assert [s.id for s in st.list_features(filter={"score_method": "detection", "min_score": 0.5})] == [9]
+            assert [s.latent for s in st.list_features(filter={"score_method": "detection", "min_score": 0.5})] == [9]
 
 
 def test_build_rows_are_the_tables_columns_in_order(built):
@@ -341,7 +341,66 @@ def test_build_rows_are_the_tables_columns_in_order(built):
         assert ExampleRow._fields == columns("examples")[1:]  # after the id SQLite assigns
         for row_type, table in ((HistogramRow, "histograms"), (LogitRow, "logit_effects"), (NeighbourRow, "neighbours")):
             assert row_type._fields == columns(table), table
-        row = FeatureRow(*st._conn.execute(f"SELECT {', '.join(FeatureRow._fields)} FROM features WHERE id = 20").fetchone())
+        row = FeatureRow(*st._conn.execute(f"SELECT {', '.join(FeatureRow._fields)} FROM features WHERE latent = 20").fetchone())
         rec = st.feature(20)
-        assert (row.id, row.n_fires, row.max_act, row.level) == (20, rec.stats.n_fires, rec.stats.max_act, rec.level)
-        assert row.flags.split() == list(rec.stats.flags) and row.parent_id == (rec.parent.parent_id if rec.parent else None)
+        assert (row.latent, row.n_fires, row.max_act, row.level) == (20, rec.stats.n_fires, rec.stats.max_act, rec.level)
+        assert row.flags.split() == list(rec.stats.flags) and row.parent_latent == (rec.parent.parent_latent if rec.parent else None)
+
+
+def _columns(path) -> dict[str, list[str]]:
+    with sqlite3.connect(path) as db:
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND sql NOT LIKE "
+                                            "'CREATE VIRTUAL%' AND name NOT LIKE 'feature_fts_%' ORDER BY name")]
+        return {t: [r[1] for r in db.execute(f"PRAGMA table_info({t})")] for t in tables}
+
+
+def _version_1_store(built, path):
+    """A copy of the built store as schema version 1 wrote it: a latent's columns under their old names."""
+    import shutil
+
+    shutil.copy(built[0], path)
+    old_names = {("features", "latent"): "id", ("features", "parent_latent"): "parent_id",
+                 ("neighbours", "other_latent"): "other_id", ("build_progress", "first_latent"): "first_id",
+                 ("build_progress", "end_latent"): "end_id"}
+    with sqlite3.connect(path) as db:
+        for table, cols in _columns(path).items():
+            for col in cols:
+                if col == "latent" or col.endswith("_latent"):
+                    old = old_names.get((table, col), "feature_id")
+                    db.execute(f"ALTER TABLE {table} RENAME COLUMN {col} TO {old}")
+        db.execute("UPDATE schema_version SET version = 1")
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    cols = _columns(path)
+    assert "id" in cols["features"] and "feature_id" in cols["examples"] and "other_id" in cols["neighbours"]
+    assert not any(c == "latent" or c.endswith("_latent") for cs in cols.values() for c in cs)
+
+
+def test_a_version_1_store_is_refused_read_only_naming_the_upgrade_and_upgraded_when_opened_for_writing(built, tmp_path):
+    from saesteer.cli import main
+
+    old = tmp_path / "old.db"
+    _version_1_store(built, old)
+    with pytest.raises(StoreError, match=f"saesteer features upgrade {old}"):
+        FeatureStore.open(old)
+    assert main(["features", "upgrade", str(old)]) == 0
+    assert _columns(old) == _columns(built[0])  # every column as a store made now has it
+    with FeatureStore.open(old) as up, FeatureStore.open(built[0]) as new:
+        assert up.meta["schema_version"] == 2 and up.integrity_check() == "ok"
+        assert [up.feature(i) for i in range(up.d_sae)] == [new.feature(i) for i in range(new.d_sae)]
+        assert up.list_features(sort="latent", limit=up.d_sae) == new.list_features(sort="latent", limit=new.d_sae)
+        word = new.feature(3).top_examples[0].tokens[new.feature(3).top_examples[0].centre].strip()
+        assert 3 in [h.latent for h in up.search(word)] and up.search(word) == new.search(word)
+
+
+def test_a_failed_upgrade_leaves_the_version_1_store_as_it_was(built, tmp_path, monkeypatch):
+    import features.store.base as base
+
+    old = tmp_path / "old.db"
+    _version_1_store(built, old)
+    before = _columns(old)
+    monkeypatch.setattr(base, "RENAMED_COLUMNS", base.RENAMED_COLUMNS[:3] + (("features", "n_fires", "freq"),))
+    with pytest.raises(sqlite3.OperationalError):
+        FeatureStore.open(old, readonly=False)  # renaming n_fires onto an existing column fails half-way
+    assert _columns(old) == before
+    with sqlite3.connect(old) as db:
+        assert db.execute("SELECT version FROM schema_version").fetchone()[0] == 1

@@ -42,7 +42,7 @@ def test_features_on_text_match_a_manual_run_and_leave_no_hooks(model, sae):
     assert [t.token.strip() for t in res.tokens] == model.to_str_tokens(toks[0])
     for s, t in enumerate(res.tokens):
         v, i = want_SF[s].topk(3)
-        assert [l.id for l in t.latents] == [int(j) for j, x in zip(i, v) if x > 0]
+        assert [l.latent for l in t.latents] == [int(j) for j, x in zip(i, v) if x > 0]
         assert [l.act for l in t.latents] == pytest.approx([float(x) for x in v if x > 0])
     assert res.latents and res.latents[0].max_act == pytest.approx(float(want_SF.max()))
     assert all(not hp.fwd_hooks for hp in model.hook_dict.values())  # the scoped hook is gone
@@ -73,13 +73,13 @@ def test_store_with_model_has_logits_labels_and_text_lookup(model, sae, tmp_path
     build_feature_store(path, sae, src, small_config(n_logits=4), model=model, progress=False)
     with FeatureStore.open(path, readonly=False) as st:
         assert "direct path" in st.meta["logit_method"]
-        rec = st.feature(int(st.list_features(sort="freq", limit=1)[0].id))
+        rec = st.feature(int(st.list_features(sort="freq", limit=1)[0].latent))
         assert len(rec.logits.promoted) == 4 and rec.logits.promoted[0].value >= rec.logits.promoted[-1].value
         assert rec.logits.promoted[0].token == model.tokenizer.decode([rec.logits.promoted[0].token_id])
         assert rec.top_examples[0].text and rec.top_examples[0].tokens[0] != ""
-        st.write_label(rec.id, "the strongest latent", provenance=LabelProvenance("m", "human", "v0"))
+        st.write_label(rec.latent, "the strongest latent", provenance=LabelProvenance("m", "human", "v0"))
         res = features_on_text(model, sae, texts[0][:40], store=st, top_n=2)
-        labelled = [l for t in res.tokens for l in t.latents if l.id == rec.id]
+        labelled = [l for t in res.tokens for l in t.latents if l.latent == rec.latent]
         assert all(l.label == "the strongest latent" for l in labelled)
         other = make_sae("topk", d_in=32, d_sae=48, seed=9, k=6, metadata={"hook_name": HOOK})
         with pytest.raises(ValueError, match="another SAE"):

@@ -233,7 +233,8 @@ def test_steering_page_prefills_the_toy_prompt_only_for_the_toy_model():
 
     from features import FeatureStore
     from saesteer.web import Limits, ModelQueue, ServeConfig, StoreEntry, create_app
-    from saesteer.web.store_source import TOY_EXAMPLE_PROMPT, ModelEngine, StoreCatalog
+    from saesteer.web.model_source import TOY_EXAMPLE_PROMPT, ModelEngine
+    from saesteer.web.store_source import StoreCatalog
 
     ws = shared_store()
     html = client(make_app()).get("/s/tiny/steer").text  # a model that is not the toy model

@@ -107,7 +107,7 @@ def test_our_sae_still_loads_in_sae_lens(chain):
 
 # ------------------------------------------------------------------------------------ without --model
 def _steer_args(chain, *extra):
-    return ["steer", "--sae", str(chain.sae), "-f", "3:add=4", "-p", "the crabs", "--max-new-tokens", "3", "--json",
+    return ["steer", "--sae", str(chain.sae), "-l", "3:add=4", "-p", "the crabs", "--max-new-tokens", "3", "--json",
             *extra]
 
 
@@ -120,7 +120,7 @@ def test_steer_without_model_runs_the_recorded_model(chain, loads, capsys):
 
 
 def test_sweep_and_top_on_text_without_model_run_the_recorded_model(chain, loads, tmp_path, capsys):
-    assert main(["sweep", "--sae", str(chain.sae), "--store", str(chain.store), "-f", "3", "--topic", "ocean",
+    assert main(["sweep", "--sae", str(chain.sae), "--store", str(chain.store), "-l", "3", "--topic", "ocean",
                  "--samples", "1", "--strengths", "0,1", "--max-new-tokens", "2", "--out", str(tmp_path)]) == 0
     assert main(["features", "top-on-text", str(chain.store), "the crabs swim"]) == 0
     assert loads == [str(chain.a.resolve())] * 2
@@ -158,7 +158,7 @@ def test_a_wrong_model_is_refused_everywhere(chain, capsys, tmp_path, monkeypatc
     b = str(chain.b)
     assert main(_steer_args(chain, "--model", b)) == 2
     _refused(capsys, chain)
-    assert main(["sweep", "--sae", str(chain.sae), "--unit", "raw", "-f", "3", "--topic", "ocean", "--samples", "1", "--strengths",
+    assert main(["sweep", "--sae", str(chain.sae), "--unit", "raw", "-l", "3", "--topic", "ocean", "--samples", "1", "--strengths",
                  "0,1", "--model", b, "--out", str(tmp_path)]) == 2
     _refused(capsys, chain)
     assert main(["features", "top-on-text", str(chain.store), "the crabs", "--model", b]) == 2
@@ -213,7 +213,7 @@ def test_serve_from_another_directory_steers_with_the_recorded_model(chain, load
     info = c.get("/api/stores").json()[0]
     assert info["can_steer"] and info["browse_only_reason"] is None and info["model"] == chain.id_of(chain.a)
     r = c.post(f"/api/stores/{info['id']}/steer",
-               json={"prompt": "the crabs", "max_new_tokens": 3, "edits": [{"feature": 3, "op": "add", "value": 4}]})
+               json={"prompt": "the crabs", "max_new_tokens": 3, "edits": [{"latent": 3, "op": "add", "value": 4}]})
     assert r.status_code == 200 and r.json()["prompt"] == "the crabs"
 
 
@@ -289,7 +289,7 @@ def test_older_records_fall_back_to_a_loadable_record_or_ask_for_model(chain, tm
     assert main(["features", "top-on-text", str(old_store), "the crabs"]) == 2
     err = capsys.readouterr().err
     assert "without its directory" in err and "--model" in err
-    assert main(["steer", "--sae", str(old_sae), "-f", "3:add=4", "-p", "x", "--max-new-tokens", "2"]) == 2
+    assert main(["steer", "--sae", str(old_sae), "-l", "3:add=4", "-p", "x", "--max-new-tokens", "2"]) == 2
     assert "without its directory" in capsys.readouterr().err
     assert main(["features", "top-on-text", str(old_store), "the crabs", "--model", str(chain.a)]) == 0
     assert main(["features", "top-on-text", str(old_store), "the crabs", "--model", str(chain.b)]) == 2
@@ -353,7 +353,7 @@ def test_saes_of_two_models_are_refused_together(chain, capsys, tmp_path):
     pair = ["--sae", f"a={chain.sae}", "--sae", f"b={sae_b}"]
     assert main(["eval", *pair, "--dataset", str(chain.eval_text), *EVAL]) == 2
     assert "SAE 'b'" in _refused(capsys, chain)
-    assert main(["steer", *pair, "-f", "a/3:add=4", "-p", "the crabs", "--max-new-tokens", "2"]) == 2
+    assert main(["steer", *pair, "-l", "a/3:add=4", "-p", "the crabs", "--max-new-tokens", "2"]) == 2
     _refused(capsys, chain)
 
 
@@ -420,7 +420,7 @@ def test_a_foreign_sae_takes_the_given_model_and_later_commands_check_it(chain, 
     assert json.loads(sqlite3.connect(store).execute("SELECT value FROM meta WHERE key = 'model_identity'")
                       .fetchone()[0])["id"] == chain.id_of(chain.a)
     capsys.readouterr()
-    assert main(["steer", "--sae", spec, *hook, "--store", str(store), "-f", "3:add=4", "-p", "the crabs",
+    assert main(["steer", "--sae", spec, *hook, "--store", str(store), "-l", "3:add=4", "-p", "the crabs",
                  "--max-new-tokens", "2", "--json", "--model", str(chain.b)]) == 2
     err = _refused(capsys, chain)
     assert str(store) in err
@@ -431,7 +431,7 @@ def test_a_foreign_sae_recording_its_model_is_checked_like_ours(chain, kind, tmp
     """dictionary_learning's lm_name and sparsify's run `model` become the SAE's model identity:
     another model or another model's cache is refused naming both; the recorded directory loads."""
     spec, _ = _foreign(kind, tmp_path / "b", lm_name=str(chain.b.resolve()))
-    steer = ["steer", "--sae", spec, "-f", "3:add=4", "-p", "the crabs", "--max-new-tokens", "2", "--json"]
+    steer = ["steer", "--sae", spec, "-l", "3:add=4", "-p", "the crabs", "--max-new-tokens", "2", "--json"]
     assert main([*steer, "--model", str(chain.a)]) == 2
     err = capsys.readouterr().err
     assert f"local:model-b at {chain.b.resolve()}" in err and chain.id_of(chain.a) in err and OVERRIDE in err, err
@@ -443,10 +443,10 @@ def test_a_foreign_sae_recording_its_model_is_checked_like_ours(chain, kind, tmp
     assert main([*steer, "--model", str(chain.a), OVERRIDE]) == 0
     # an HF hub name is a hub identity: a local model is another model
     spec, _ = _foreign(kind, tmp_path / "hub", lm_name="EleutherAI/pythia-70m")
-    assert main(["steer", "--sae", spec, "-f", "3:add=4", "-p", "x", "--json", "--model", str(chain.a)]) == 2
+    assert main(["steer", "--sae", spec, "-l", "3:add=4", "-p", "x", "--json", "--model", str(chain.a)]) == 2
     assert "hub:EleutherAI/pythia-70m" in capsys.readouterr().err
     # the recorded directory is the model steer runs without --model
     spec, _ = _foreign(kind, tmp_path / "a", lm_name=str(chain.a.resolve()))
     loads.clear()
-    assert main(["steer", "--sae", spec, "-f", "3:add=4", "-p", "the crabs", "--max-new-tokens", "2", "--json"]) == 0
+    assert main(["steer", "--sae", spec, "-l", "3:add=4", "-p", "the crabs", "--max-new-tokens", "2", "--json"]) == 0
     assert loads == [str(chain.a.resolve())]

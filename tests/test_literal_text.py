@@ -29,7 +29,7 @@ def store(tmp_path_factory):
                  "--no-progress", "--top-k", "4", "--n-quantile", "4", "--window-before", "4", "--window-after", "2",
                  "--write-block", "16"]) == 0
     with FeatureStore.open(path, readonly=False) as st:
-        alive = [r.id for r in st.list_features(sort="id", filter={"alive_only": True}, limit=32)]
+        alive = [r.latent for r in st.list_features(sort="latent", filter={"alive_only": True}, limit=32)]
         for k, i in enumerate(alive):
             st.write_label(i, LABELS[k % len(LABELS)], provenance=LabelProvenance("someone", "human", "manual"))
     return path, alive

@@ -131,7 +131,7 @@ def test_thin_chain_store_text_is_the_tokenizer_decoding(thin):
     family, path, work = thin
     tok = AutoTokenizer.from_pretrained(str(path))
     store = FeatureStore.open(work / "f.db")
-    top = [r.id for r in store.list_features(sort="freq", limit=5)]
+    top = [r.latent for r in store.list_features(sort="freq", limit=5)]
     exs = [ex for f in top for ex in store.examples(f)]
     logits = store.feature(top[0]).logits
     n_vocab = len(store.vocab())
@@ -144,10 +144,10 @@ def test_thin_chain_store_text_is_the_tokenizer_decoding(thin):
 def test_thin_chain_steers(thin):
     family, path, work = thin
     with sqlite3.connect(work / "f.db") as db:  # of the frequent latents, the one that fires strongest
-        f = db.execute("SELECT id FROM (SELECT id, typical_max_act FROM features ORDER BY freq DESC LIMIT 10) "
+        f = db.execute("SELECT latent FROM (SELECT latent, typical_max_act FROM features ORDER BY freq DESC LIMIT 10) "
                        "ORDER BY typical_max_act DESC LIMIT 1").fetchone()[0]
     # greedy, and strong: these briefly trained models barely read their residual stream
-    r = saesteer("steer", "--model", path, "--sae", work / "run/saes/sae", "--store", work / "f.db", "--feature",
+    r = saesteer("steer", "--model", path, "--sae", work / "run/saes/sae", "--store", work / "f.db", "--latent",
                  f"{f}:add=40x", "--prompt", "def main(", "--max-new-tokens", 5, "--do-sample", "false",
                  "--json").ok()
     out = json.loads(r.out)["results"][0]
@@ -184,7 +184,7 @@ def test_saelens_runs_the_thin_chain_sae_with_our_outputs(thin):
     with torch.no_grad():
         _, cache = model.run_with_cache(model.to_tokens(TEXT, prepend_bos=True), names_filter=[hook])
     latent = int(sae.encode(cache[hook][0]).amax(0).argmax())
-    ours, theirs = saelens_side_by_side(path, sae_dir, TEXT, feature=latent, value=8.0)
+    ours, theirs = saelens_side_by_side(path, sae_dir, TEXT, latent=latent, value=8.0)
     assert_same_outputs(ours, theirs)
 
 
@@ -215,7 +215,7 @@ def test_the_web_app_fires_latents_on_the_context_the_sae_was_trained_with(thin,
     fired = client.post(f"/api/stores/{sid}/fire", json={"text": TEXT, "top_k": 50}).json()
     want = sae_latents(load_model(str(path), device="cpu"), sae, TEXT, prepend_bos=True)
     assert len(fired["tokens"]) == want.shape[0]
-    shown = {feat["index"]: torch.tensor(feat["acts"]) for feat in fired["features"]}  # the 50 strongest
+    shown = {feat["latent"]: torch.tensor(feat["acts"]) for feat in fired["features"]}  # the 50 strongest
     firing = (want > 0).any(0).nonzero().flatten().tolist()
     assert shown and set(shown) <= set(firing) and len(shown) == min(50, len(firing))
     for i, acts in shown.items():
@@ -225,8 +225,8 @@ def test_the_web_app_fires_latents_on_the_context_the_sae_was_trained_with(thin,
 def test_steer_defaults_to_the_bos_the_sae_was_trained_with(thin):
     family, path, work = thin
     with sqlite3.connect(work / "f.db") as db:
-        f = db.execute("SELECT id FROM features ORDER BY freq DESC LIMIT 1").fetchone()[0]
-    args = ("steer", "--model", path, "--sae", work / "run/saes/sae", "--feature", f"{f}:add=40",
+        f = db.execute("SELECT latent FROM features ORDER BY freq DESC LIMIT 1").fetchone()[0]
+    args = ("steer", "--model", path, "--sae", work / "run/saes/sae", "--latent", f"{f}:add=40",
             "--prompt", "def main(", "--max-new-tokens", 5, "--do-sample", "false", "--json")
     default = json.loads(saesteer(*args).ok().out)["results"]
     with_bos = json.loads(saesteer(*args, "--prepend-bos", "true").ok().out)["results"]
@@ -251,7 +251,7 @@ def test_sweep_defaults_to_the_bos_the_sae_was_trained_with(thin):
     model = load_model(str(path), device="cpu")
     sae = saes.load_sae(work / "run/saes/sae")
     with sqlite3.connect(work / "f.db") as db:
-        f = db.execute("SELECT id FROM features ORDER BY freq DESC LIMIT 1").fetchone()[0]
+        f = db.execute("SELECT latent FROM features ORDER BY freq DESC LIMIT 1").fetchone()[0]
     def scorer(prompts, texts):
         return [SampleScores(0.5, 0.5) for _ in texts]
 
@@ -285,7 +285,7 @@ def test_saelens_loading_the_model_as_the_sae_folder_says_gives_our_outputs(thin
     with torch.no_grad():
         _, cache = model.run_with_cache(model.to_tokens(TEXT, prepend_bos=True), names_filter=[hook])
     latent = int(sae.encode(cache[hook][0]).amax(0).argmax())
-    ours, theirs = saelens_side_by_side(path, sae_dir, TEXT, feature=latent, value=8.0, processing=processing)
+    ours, theirs = saelens_side_by_side(path, sae_dir, TEXT, latent=latent, value=8.0, processing=processing)
     assert_same_outputs(ours, theirs)
 
 

@@ -139,7 +139,7 @@ def chain(tmp_path_factory, real_models, real_corpus, judge) -> Chain:
              "--device", "cpu", "--no-progress").ok()
     saesteer("label", "--store", c.store, "--no-progress").ok()  # offline, every live latent
     with sqlite3.connect(c.store) as db:  # the most frequent latents go to the judge
-        c.judged = [r[0] for r in db.execute("SELECT id FROM features WHERE n_fires > 0 ORDER BY freq DESC LIMIT 6")]
+        c.judged = [r[0] for r in db.execute("SELECT latent FROM features WHERE n_fires > 0 ORDER BY freq DESC LIMIT 6")]
     c.judge_url = judge.url
     saesteer("label", "--store", c.store, "--latents", ",".join(map(str, c.judged)), "--judge-model", "loopback",
              "--judge-base-url", judge.url, "--judge-backoff-base-s", "0.01", "--max-example-tokens", 64,
@@ -173,7 +173,7 @@ def test_chain_runs_on_the_user_model(chain):
     metrics = json.loads((chain.run / "metrics.json").read_text())["saes"]["resid"]
     assert metrics["ce_loss_recovered"] is not None and metrics["explained_variance"] > 0.3
     with sqlite3.connect(chain.store) as db:
-        labels = dict(db.execute("SELECT feature_id, label FROM labels"))
+        labels = dict(db.execute("SELECT latent, label FROM labels"))
     assert set(chain.judged) <= set(labels) and all(labels[i].startswith("[/x]") for i in chain.judged)
 
 
@@ -217,8 +217,8 @@ def test_features_build_without_model_uses_the_recorded_model(chain, tmp_path):
     with sqlite3.connect(tmp_path / "f.db") as db:
         meta = dict(db.execute("SELECT key, value FROM meta"))
         assert json.loads(meta["with_logits"]) and json.loads(meta["with_vocab"])
-        want = dict(sqlite3.connect(chain.store).execute("SELECT feature_id, token_id FROM logit_effects WHERE rank = 0"))
-        assert dict(db.execute("SELECT feature_id, token_id FROM logit_effects WHERE rank = 0")) == want
+        want = dict(sqlite3.connect(chain.store).execute("SELECT latent, token_id FROM logit_effects WHERE rank = 0"))
+        assert dict(db.execute("SELECT latent, token_id FROM logit_effects WHERE rank = 0")) == want
 
 
 def test_top_on_text_without_model_uses_the_recorded_model(chain):
@@ -227,7 +227,7 @@ def test_top_on_text_without_model_uses_the_recorded_model(chain):
     _same_output(with_model, saesteer("features", "top-on-text", "--sae", chain.sae, CODE))
 
 
-STEER = ("--feature", "{f}:add=3x", "--prompt", "import os", "--prompt", "The licence says", "--max-new-tokens", "6",
+STEER = ("--latent", "{f}:add=3x", "--prompt", "import os", "--prompt", "The licence says", "--max-new-tokens", "6",
          "--seed", "1", "--json")
 
 
@@ -242,7 +242,7 @@ def test_steer_without_model_uses_the_recorded_model(chain):
 
 
 def sweep_args(chain, out, *extra):
-    return ("sweep", "--sae", chain.sae, "--store", chain.store, "--feature", chain.judged[0], "--concept", "Python code",
+    return ("sweep", "--sae", chain.sae, "--store", chain.store, "--latent", chain.judged[0], "--concept", "Python code",
             "--prompt", "x = ", "--samples", 2, "--strengths", "0,1,3", "--max-new-tokens", 6, "--out", out,
             "--judge-model", "loopback", "--judge-base-url", chain.judge_url, "--judge-use-cache", "false", *extra)
 
@@ -449,7 +449,7 @@ def test_ce_evaluation_runs_on_validation_rows_only(chain):
 def test_saelens_runs_our_resid_sae_with_our_outputs(chain):
     from helpers.real_interop import assert_same_outputs, saelens_side_by_side
 
-    ours, theirs = saelens_side_by_side(chain.model, chain.sae, CODE, feature=chain.judged[0], value=8.0)
+    ours, theirs = saelens_side_by_side(chain.model, chain.sae, CODE, latent=chain.judged[0], value=8.0)
     assert_same_outputs(ours, theirs)
 
 
@@ -463,7 +463,7 @@ def test_saelens_runs_our_hook_z_sae_with_our_outputs(chain):
     with torch.no_grad():
         _, cache = model.run_with_cache(model.to_tokens(CODE), names_filter=[HOOK_Z])
     latent = int(saes.load_sae(chain.sae_z).encode(cache[HOOK_Z][0].flatten(1)).amax(0).argmax())
-    ours, theirs = saelens_side_by_side(chain.model, chain.sae_z, CODE, feature=latent, value=8.0)
+    ours, theirs = saelens_side_by_side(chain.model, chain.sae_z, CODE, latent=latent, value=8.0)
     assert_same_outputs(ours, theirs)
 
 
@@ -475,7 +475,7 @@ def test_steer_changes_the_text_and_batching_does_not(chain):
     both = json.loads(saesteer(*steer_args(chain, "--model", chain.model, "--do-sample", "false")).ok().out)["results"]
     assert any(r["steered"] != r["unsteered"] for r in both)
     f = chain.judged[0]
-    alone = saesteer("steer", "--sae", chain.sae, "--store", chain.store, "--model", chain.model, "--feature",
+    alone = saesteer("steer", "--sae", chain.sae, "--store", chain.store, "--model", chain.model, "--latent",
                      f"{f}:add=3x", "--prompt", "import os", "--max-new-tokens", "6", "--seed", "1", "--json",
                      "--do-sample", "false").ok()
     # "import os" is the shorter prompt: batched, it is left-padded; rotary positions must not shift
@@ -544,9 +544,9 @@ def test_serve_api_over_http(chain, server):
     assert "".join(fired["tokens"]) == CODE
     assert fired["features"] and all(len(t) <= 3 for t in fired["per_token"])
     steered = http(f"{server}/api/stores/{sid}/steer", {"prompt": "import os", "edits": [
-        {"feature": f, "op": "add", "value": 3, "unit": "max_act"}], "max_new_tokens": 6, "seed": 1})
+        {"latent": f, "op": "add", "value": 3, "unit": "max_act"}], "max_new_tokens": 6, "seed": 1})
     assert steered["steered"] != steered["default"]
-    swept = http(f"{server}/api/stores/{sid}/sweep", {"prompt": "x = ", "edit": {"feature": f, "op": "add"},
+    swept = http(f"{server}/api/stores/{sid}/sweep", {"prompt": "x = ", "edit": {"latent": f, "op": "add"},
                                                      "values": [0, 2], "max_new_tokens": 4})
     assert [p["value"] for p in swept["points"]] == [0, 2]
 

@@ -24,18 +24,18 @@ def test_compare_methods_on_the_toy_world():
     from saesteer.toyscore import toy_scorer
     from saesteer.commands.steer_eval import toy_concept
     from saesteer.models import load_model
-    from steering import GenerationConfig
+    from steering import CompareConfig, GenerationConfig
     from steering.methods import compare_methods
 
     model = load_model("toy", device="cpu")
     sae = random_sae(model, "topk", hook="blocks.2.hook_resid_post", d_sae=256, seed=0, k=16)
     pos, neg, cue = toy_concept("ocean", 6)
     card = compare_methods(model, sae, toy_scorer("ocean"), prompts=[""] * 3, positive=pos, negative=neg, cue=cue,
-                           n_candidates=2, sae_strengths=[1.0, 4.0], vector_strengths=[1.0, 3.0],
+                           config=CompareConfig(candidates=2, sae_strengths=[1.0, 4.0], vector_strengths=[1.0, 3.0]),
                            gen_config=GenerationConfig(max_new_tokens=10, do_sample=True, stop_at_eos=False))
     assert [r.method for r in card.rows] == ["unsteered", "SAE feature", "diff-of-means", "prompting"]
     pick = card.picks["SAE feature"]
-    assert pick.feature in pick.candidates and len(pick.candidates) == 2 and pick.unit == "raw"
+    assert pick.latent in pick.candidates and len(pick.candidates) == 2 and pick.unit == "raw"
     assert len(pick.dev_points) == 2 and card.picks["diff-of-means"].strength in (1.0, 3.0)
     for r in card.rows:
         assert 0 <= r.concept <= 1 and 0 <= r.fluency <= 1 and r.n_samples == 3 and r.perplexity > 0
@@ -73,13 +73,13 @@ def test_steer_eval_cli_writes_a_scorecard_and_saves_the_pick_as_a_preset(tmp_pa
     pick = card["picks"]["SAE feature"]
     with FeatureStore.open(ws.path) as store:
         preset = StoreLink(store).preset("eval-pick")
-    assert preset.scorecard["picks"]["SAE feature"]["feature"] == pick["feature"]
-    assert preset.edits[0].startswith(f"{pick['feature']}:add=")
+    assert preset.scorecard["picks"]["SAE feature"]["latent"] == pick["latent"]
+    assert preset.edits[0].startswith(f"{pick['latent']}:add=")
 
 
 @pytest.mark.parametrize("argv, fragment", [
     (["--topic", "ocean", "--positive", "POS"], "both --positive and --negative"),
-    (["--concept", "sea"], "--feature F, or --positive"),
+    (["--concept", "sea"], "--latent L, or --positive"),
     (["--topic", "lava"], "unknown toy-world topic"),
     (["--topic", "ocean", "--dev-seed", "3", "--test-seed", "3"], "must differ"),
     (["--topic", "ocean", "--save-preset", "x"], "--store"),

@@ -35,7 +35,7 @@ def parse(*argv):
 def test_steer_prints_both_sides_as_json(model, sae_dir, capsys):
     from saesteer.commands import steer
 
-    args = parse("steer", "--sae", str(sae_dir), "-f", "3:clamp=9", "-f", "5:add=4@generated", "-p", "the sea",
+    args = parse("steer", "--sae", str(sae_dir), "-l", "3:clamp=9", "-l", "5:add=4@generated", "-p", "the sea",
                  "-p", "", "--max-new-tokens", "5", "--seed", "2", "--do-sample", "false", "--json")
     assert steer._run(args, model=model) == 0
     out = json.loads(capsys.readouterr().out)
@@ -45,10 +45,28 @@ def test_steer_prints_both_sides_as_json(model, sae_dir, capsys):
     assert hooks_attached(model) == []
 
 
+def test_feature_the_older_name_of_latent_still_works_and_is_hidden_from_help(model, sae_dir, capsys):
+    from saesteer.commands import steer
+
+    runs = []
+    for flag in ("--latent", "-l", "--feature", "-f"):
+        args = parse("steer", "--sae", str(sae_dir), flag, "3:clamp=9", "-p", "the sea", "--max-new-tokens", "3", "--json")
+        assert steer._run(args, model=model) == 0
+        runs.append(json.loads(capsys.readouterr().out))
+    assert all(r == runs[0] for r in runs) and runs[0]["edits"] == "3:clamp=9"
+    assert parse("sweep", "--sae", str(sae_dir), "-f", "3", "--feature", "4").latent == [3, 4]
+    assert parse("features", "export", "s.db", "out", "--features", "0-3").latents == "0-3"
+    for cmd in (["steer"], ["sweep"], ["steer-eval"], ["preset", "save"], ["features", "export"]):
+        with pytest.raises(SystemExit):
+            parse(*cmd, "--help")
+        text = capsys.readouterr().out
+        assert "--feature" not in text and "-f " not in text and "--lat" in text
+
+
 def test_steer_table_output(model, sae_dir, capsys):
     from saesteer.commands import steer
 
-    args = parse("steer", "--sae", str(sae_dir), "-f", "3:clamp=9", "-p", "the sea", "--max-new-tokens", "3")
+    args = parse("steer", "--sae", str(sae_dir), "-l", "3:clamp=9", "-p", "the sea", "--max-new-tokens", "3")
     assert steer._run(args, model=model) == 0
     out = capsys.readouterr().out
     assert "unsteered" in out and "steered" in out and "3:clamp=9" in out
@@ -57,12 +75,12 @@ def test_steer_table_output(model, sae_dir, capsys):
 @pytest.mark.parametrize(
     "argv, fragment",
     [
-        (["-f", "999:clamp=1", "-p", "x"], "out of range"),
-        (["-f", "3:clamp=nan", "-p", "x"], "finite"),
-        (["-f", "3:clamp=2x", "-p", "x"], "typical max"),
-        (["-f", "3:clamp=1"], "--prompt"),
-        (["-p", "x"], "--feature"),
-        (["-f", "3:clamp=1", "-p", "x", "--max-new-tokens", "5000"], "cap"),
+        (["-l", "999:clamp=1", "-p", "x"], "out of range"),
+        (["-l", "3:clamp=nan", "-p", "x"], "finite"),
+        (["-l", "3:clamp=2x", "-p", "x"], "typical max"),
+        (["-l", "3:clamp=1"], "--prompt"),
+        (["-p", "x"], "--latent"),
+        (["-l", "3:clamp=1", "-p", "x", "--max-new-tokens", "5000"], "cap"),
         (["--search", "ocean"], "--store"),
     ],
 )
@@ -79,7 +97,7 @@ def test_steer_errors(model, sae_dir, capsys, argv, fragment, monkeypatch):
 def test_steer_bad_sae_folder(tmp_path, capsys):
     from saesteer.commands import steer
 
-    assert steer.run(parse("steer", "--sae", str(tmp_path / "nope"), "-f", "1:clamp=1", "-p", "x")) == 2
+    assert steer.run(parse("steer", "--sae", str(tmp_path / "nope"), "-l", "1:clamp=1", "-p", "x")) == 2
     assert "cannot load SAE" in capsys.readouterr().err
 
 
@@ -87,7 +105,7 @@ def test_sweep_writes_plot_and_numbers(model, sae_dir, tmp_path, capsys):
     pytest.importorskip("toyworld.validate")
     from saesteer.commands import sweep
 
-    args = parse("sweep", "--sae", str(sae_dir), "--feature", "3", "--topic", "ocean", "--strengths", "0,6",
+    args = parse("sweep", "--sae", str(sae_dir), "--latent", "3", "--topic", "ocean", "--strengths", "0,6",
                  "--unit", "raw", "--samples", "2", "--max-new-tokens", "4", "--out", str(tmp_path), "--perplexity", "false",
                  "--target-concept", "0.99", "--min-fluency", "0.99", "--rule", "margin")
     assert sweep._run(args, model=model) == 0
@@ -124,7 +142,7 @@ def test_sweep_save_strength_stores_a_strength_or_an_explicit_none_never_zero(st
     monkeypatch.setattr(sweep, "_scorer", lambda args, store: (share, None))
     def run(label, *extra):
         f = next(i for i, lab in ws.labels.items() if lab == label)
-        argv = ["sweep", "--sae", str(sae), "--store", str(ws.path), "--feature", str(f), "--topic", "ocean",
+        argv = ["sweep", "--sae", str(sae), "--store", str(ws.path), "--latent", str(f), "--topic", "ocean",
                 "--samples", "2", "--max-new-tokens", "6", "--out", str(tmp_path), "--save-strength", "--no-progress",
                 "--strengths", "0,1,4", *extra]
         assert sweep._run(parse(*argv), model=ws.model) == 0
@@ -149,7 +167,7 @@ def test_sweep_save_strength_stores_a_strength_or_an_explicit_none_never_zero(st
 def test_sweep_errors_name_flags_that_exist(model, sae_dir, stored, tmp_path, capsys):
     from saesteer.commands import sweep
 
-    base = ["sweep", "--sae", str(sae_dir), "--feature", "3", "--no-progress", "--out", str(tmp_path)]
+    base = ["sweep", "--sae", str(sae_dir), "--latent", "3", "--no-progress", "--out", str(tmp_path)]
     assert sweep.run(parse(*base, "--topic", "ocean")) == 2  # x strengths without a store
     err = capsys.readouterr().err
     assert "give --store FILE, or --unit raw" in err and "typical_max=" not in err
@@ -165,12 +183,12 @@ def test_sweep_errors_name_flags_that_exist(model, sae_dir, stored, tmp_path, ca
     from features import FeatureStore
 
     with FeatureStore.open(ws.path) as st:
-        dead = [r.id for r in st.list_features(filter={"flags": ["dead"]}, limit=5)]
+        dead = [r.latent for r in st.list_features(filter={"flags": ["dead"]}, limit=5)]
     assert dead, "the web tests' store has latents that never fire"
     from saesteer.commands._steering import CLIError
 
     # a latent that never fired has no typical max in its store
-    args = parse("sweep", "--sae", str(sae), "--store", str(ws.path), "--feature", str(dead[0]), "--topic", "ocean",
+    args = parse("sweep", "--sae", str(sae), "--store", str(ws.path), "--latent", str(dead[0]), "--topic", "ocean",
                  "--out", str(tmp_path))
     with pytest.raises(CLIError, match="sweep them with --unit raw"):
         sweep._run(args, model=ws.model)
@@ -186,7 +204,7 @@ def test_sweep_errors_name_flags_that_exist(model, sae_dir, stored, tmp_path, ca
 def test_sweep_needs_one_scorer(model, sae_dir, capsys):
     from saesteer.commands import sweep
 
-    assert sweep.run(parse("sweep", "--sae", str(sae_dir), "--feature", "3")) == 2
+    assert sweep.run(parse("sweep", "--sae", str(sae_dir), "--latent", "3")) == 2
     assert "--topic" in capsys.readouterr().err
 
 
@@ -210,7 +228,7 @@ def test_steer_hook_flag_for_saes_without_one(model, tmp_path, capsys):
     sae = random_sae(model, "jumprelu")
     del sae.cfg.metadata["hook_name"]
     saes.save_sae(sae, tmp_path / "nohook")
-    base = ["steer", "--sae", str(tmp_path / "nohook"), "-f", "3:clamp=5", "-p", "the sea", "--max-new-tokens", "2"]
+    base = ["steer", "--sae", str(tmp_path / "nohook"), "-l", "3:clamp=5", "-p", "the sea", "--max-new-tokens", "2"]
     from saesteer.commands._steering import CLIError
     from steering.spec import SteeringError
 
@@ -219,7 +237,7 @@ def test_steer_hook_flag_for_saes_without_one(model, tmp_path, capsys):
     assert steer._run(parse(*base, "--hook", "blocks.1.hook_resid_post", "--json"), model=model) == 0
     saes.save_sae(random_sae(model, "jumprelu"), tmp_path / "withhook")
     with pytest.raises(CLIError, match="trained on"):
-        steer._run(parse("steer", "--sae", str(tmp_path / "withhook"), "-f", "3:clamp=5", "-p", "x",
+        steer._run(parse("steer", "--sae", str(tmp_path / "withhook"), "-l", "3:clamp=5", "-p", "x",
                          "--hook", "blocks.0.hook_resid_post"), model=model)
 
 
@@ -234,8 +252,8 @@ def test_an_sae_without_hook_point_asks_for_hook_in_every_command(tmp_path, caps
     np.savez(tmp_path / "params.npz", W_enc=np.zeros((D, F), np.float32), W_dec=np.zeros((F, D), np.float32),
              b_enc=np.zeros(F, np.float32), b_dec=np.zeros(D, np.float32), threshold=np.zeros(F, np.float32))
     npz = str(tmp_path / "params.npz")
-    for argv in (["steer", "--sae", npz, "--model", "toy", "-p", "x", "-f", "1:add=1"],
-                 ["sweep", "--sae", npz, "--model", "toy", "-p", "x", "-f", "1", "--topic", "ocean", "--unit", "raw"],
+    for argv in (["steer", "--sae", npz, "--model", "toy", "-p", "x", "-l", "1:add=1"],
+                 ["sweep", "--sae", npz, "--model", "toy", "-p", "x", "-l", "1", "--topic", "ocean", "--unit", "raw"],
                  ["features", "top-on-text", "--sae", npz, "--model", "toy", "anna saw"]):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err

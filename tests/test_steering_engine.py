@@ -23,7 +23,7 @@ def row_steering(model, sae, edits, stops=()):
     from steering.rowedits import StopTrigger
 
     rs = resolve_edits(model, {"s": sae}, edits, chat_positions=True) if edits else []
-    return RowSteering([RowEdit("s", r.feature, r.op, r.value, r.positions, r.trigger, r.describe()) for r in rs],
+    return RowSteering([RowEdit("s", r.latent, r.op, r.value, r.positions, r.trigger, r.describe()) for r in rs],
                        [StopTrigger("s", f, t, f"{f}>{t}") for f, t in stops])
 
 

@@ -294,7 +294,7 @@ def test_diff_of_means_and_contrast_search_find_a_planted_feature(model):
         sae.W_enc[:, f] = 3 * vec.vector / vec.norm**2  # pre = 3 * projection onto the difference
         sae.b_enc[f] = 0.0
     found = contrast_features(model, sae, OCEAN, OTHER, top=3)
-    assert found[0].feature == f
+    assert found[0].latent == f
     assert found[0].mean_positive > found[0].mean_negative
     # the vector steers: adding it makes generations closer to the positive set's mean
     edit = vec.edit(strength=4.0)
@@ -305,9 +305,9 @@ def test_diff_of_means_and_contrast_search_find_a_planted_feature(model):
 
 
 def test_label_search_adapts_hits():
-    hits = {"ocean": [(5, "ocean words", 3.0), {"feature_id": 9, "label": "sea", "score": 1.0}]}
+    hits = {"ocean": [(5, "ocean words", 3.0), {"latent": 9, "label": "sea", "score": 1.0}]}
     out = label_search(lambda q, n: hits.get(q, [])[:n], "ocean", limit=5)
-    assert [c.feature for c in out] == [5, 9] and out[1].label == "sea"
+    assert [c.latent for c in out] == [5, 9] and out[1].label == "sea"
     with pytest.raises(SteeringError, match="non-empty"):
         label_search(lambda q, n: [], " ")
 

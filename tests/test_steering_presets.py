@@ -117,7 +117,7 @@ def test_preset_cli_save_list_export_import(tmp_path, capsys):
     a = build_web_store(tmp_path / "a", name="a")
     b = build_web_store(tmp_path / "b", name="b", seed=1)  # another SAE
     f = 5
-    assert main(["preset", "save", "calm", "--store", str(a.path), "-f", f"{f}:add=1@generated", "--stop-when",
+    assert main(["preset", "save", "calm", "--store", str(a.path), "-l", f"{f}:add=1@generated", "--stop-when",
                  f"{f}>2", "--description", "test"]) == 0
     assert "saved preset calm" in capsys.readouterr().out
     assert main(["preset", "list", "--store", str(a.path)]) == 0
@@ -135,7 +135,7 @@ def test_preset_cli_save_list_export_import(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out.split("\n", 1)[1])["name"] == "calm2"
     assert main(["preset", "delete", "calm2", "--store", str(a.path)]) == 0
     assert main(["preset", "delete", "calm2", "--store", str(a.path)]) == 2
-    assert main(["preset", "save", "x", "--store", str(a.path), "-f", "999:add=1"]) == 2
+    assert main(["preset", "save", "x", "--store", str(a.path), "-l", "999:add=1"]) == 2
     assert "out of range" in capsys.readouterr().err
 
 
@@ -148,20 +148,20 @@ def test_steer_cli_with_a_preset_and_with_found_features(tmp_path, capsys):
     ws = build_web_store(tmp_path, name="s")
     sae_dir = tmp_path / "sae"
     saes.save_sae(ws.sae, sae_dir)
-    assert main(["preset", "save", "pp", "--store", str(ws.path), "-f", "3:clamp=9"]) == 0
+    assert main(["preset", "save", "pp", "--store", str(ws.path), "-l", "3:clamp=9"]) == 0
     capsys.readouterr()
     base = ["steer", "--sae", str(sae_dir), "--store", str(ws.path), "-p", "the sea", "--max-new-tokens", "5",
             "--do-sample", "false", "--json"]
     with torch_threads(1):
         assert steer_cmd._run(build_parser().parse_args(base + ["--preset", "pp"]), model=ws.model) == 0
         by_preset = json.loads(capsys.readouterr().out)
-        assert steer_cmd._run(build_parser().parse_args(base + ["-f", "3:clamp=9"]), model=ws.model) == 0
+        assert steer_cmd._run(build_parser().parse_args(base + ["-l", "3:clamp=9"]), model=ws.model) == 0
         by_edit = json.loads(capsys.readouterr().out)
         assert by_preset["results"] == by_edit["results"]
         ocean = next(i for i, t in ws.labels.items() if "ocean" in t)
         assert steer_cmd._run(build_parser().parse_args(base + ["--search", "ocean", "--generate"]), model=ws.model) == 0
         found = json.loads(capsys.readouterr().out)
-        assert found["candidates"][0]["feature"] == ocean
+        assert found["candidates"][0]["latent"] == ocean
         assert found["edits"] == f"{ocean}:add=3x"  # the store's recommended strength for it
         pos, neg = tmp_path / "pos.txt", tmp_path / "neg.txt"
         pos.write_text("the sea and the ship\nthe whale at the shore\n")
@@ -169,4 +169,4 @@ def test_steer_cli_with_a_preset_and_with_found_features(tmp_path, capsys):
         assert steer_cmd._run(build_parser().parse_args(base + ["--contrast", str(pos), str(neg), "--generate",
                                                                  "--candidates", "2"]), model=ws.model) == 0
         con = json.loads(capsys.readouterr().out)
-        assert len(con["edits"].split("; ")) == 2 and con["edits"].split(":")[0] == str(con["candidates"][0]["feature"])
+        assert len(con["edits"].split("; ")) == 2 and con["edits"].split(":")[0] == str(con["candidates"][0]["latent"])

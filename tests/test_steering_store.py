@@ -30,7 +30,7 @@ def test_store_link(ws):
         assert tmax is not None and tmax > 0
         assert tmax == store.feature(f).stats.typical_max_act
         hits = label_search(link.search, "ocean", limit=5)
-        assert hits and ws.labels[hits[0].feature] == "ocean words"
+        assert hits and ws.labels[hits[0].latent] == "ocean words"
         # x units resolve through the store
         tokens = ws.model.to_tokens(["the sea and the ship"])
         with torch.no_grad(), torch_threads(1):
@@ -54,9 +54,9 @@ def test_store_link(ws):
         rec = store.feature(f)
         assert rec.recommended_strength is None and rec.strength_source == "steering-sweep"
         with store._read() as c:
-            (raw,) = c.execute("SELECT strength_details FROM features WHERE id = ?", (f,)).fetchone()
+            (raw,) = c.execute("SELECT strength_details FROM features WHERE latent = ?", (f,)).fetchone()
         assert "no strength works" in raw
-        dead = [s.id for s in store.list_features(filter={"flags": ["dead"]}, limit=5)]
+        dead = [s.latent for s in store.list_features(filter={"flags": ["dead"]}, limit=5)]
         if dead:
             assert link.typical_max(dead[0]) is None
             with pytest.raises(SteeringError, match="typical max"):

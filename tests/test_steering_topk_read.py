@@ -213,3 +213,33 @@ def test_candidates_are_rebuilt_when_the_encoder_changes_in_place():
     c2 = TopKCandidates.of(sae)
     assert c2 is not c and torch.equal(c2.b_dec_D, sae.b_dec.detach())
     assert TopKCandidates.of(sae) is c2
+
+
+def test_an_edit_that_changes_nothing_leaves_the_models_activation_untouched(monkeypatch):
+    """An all-positions edit that changes nothing (an ablation the bound proves off) hands the
+    activation back as it is; a later edit at some positions must then write into a copy, not into
+    the tensor the model (and any hook before ours, e.g. a cache) holds."""
+    import steering.session as session
+    from steering import steer
+
+    model = tiny_model()
+    sae = random_sae(model, "topk", hook=HOOK, d_sae=512, k=8, seed=1)
+    TopKCandidates.of(sae).learn_rows = 1
+    tokens = model.to_tokens(PROMPTS[2])  # one prompt, no padding: "all" is every position
+    call = session._HookFn.__call__
+    untouched = []
+
+    def spy(self, x, hook=None):
+        before = x.clone()
+        out = call(self, x, hook)
+        untouched.append(torch.equal(x, before))
+        return out
+
+    monkeypatch.setattr(session._HookFn, "__call__", spy)
+    with torch.no_grad():
+        x = model.run_with_cache(tokens, names_filter=HOOK)[1][HOOK]
+        quiet = int(sae.pre_activations(x[0]).amax(0).argmin())
+        with steer(model, sae, [f"{quiet}:ablate", f"{(quiet + 1) % 512}:add=3@0,2"]):
+            model(tokens)  # the young candidate set learns from the full path
+            model(tokens)  # now the bound settles the ablation: nothing to change there
+    assert untouched == [True, True]

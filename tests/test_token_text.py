@@ -168,7 +168,7 @@ def _examples(path):
     from features import FeatureStore
 
     with FeatureStore.open(path) as st:
-        ids = [r.id for r in st.list_features(sort="freq", filter={"alive_only": True}, limit=100)]
+        ids = [r.latent for r in st.list_features(sort="freq", filter={"alive_only": True}, limit=100)]
         return {i: st.feature(i).top_examples for i in ids}
 
 
@@ -191,7 +191,7 @@ def test_judge_prompt_text_is_the_tokenizers_decoding(code_store):
     path, tok = code_store
     checked = 0
     with FeatureStoreLabels.open(path) as st:
-        for latent in st.latent_ids()[:10]:
+        for latent in st.latents()[:10]:
             lex = st.examples(latent)
             for ex in lex.top[:3]:
                 store_ex = next(e for e in st.store.examples(latent, "top") if str(e.id) == ex.ref)

@@ -54,7 +54,7 @@ def test_feature_list_paginates_over_all_features(c, ws):
         assert r.status_code == 200
         page = r.json()
         assert page["total"] == ws.d_sae and page["limit"] == 20 and page["offset"] == offset
-        seen += [f["index"] for f in page["items"]]
+        seen += [f["latent"] for f in page["items"]]
         offset = page["next_offset"]
     assert seen == list(range(ws.d_sae))
 
@@ -72,9 +72,9 @@ def test_feature_list_sorts_and_filters(c, ws):
     assert ok["total"] > 0 and all(r["health"] == "ok" and not r["flags"] for r in ok["items"])
 
     lab = c.get("/api/stores/tiny/features", params={"label": "OCEAN"}).json()
-    assert [r["index"] for r in lab["items"]] == [i for i, t in ws.labels.items() if "ocean" in t]
+    assert [r["latent"] for r in lab["items"]] == [i for i, t in ws.labels.items() if "ocean" in t]
     labelled = c.get("/api/stores/tiny/features", params={"labelled": "true", "limit": 100}).json()
-    assert sorted(r["index"] for r in labelled["items"]) == sorted(ws.labels)
+    assert sorted(r["latent"] for r in labelled["items"]) == sorted(ws.labels)
     assert all(r["score"] is not None for r in labelled["items"])
 
     scored = c.get("/api/stores/tiny/features", params={"min_score": 0.75, "sort": "score", "limit": 100}).json()
@@ -95,7 +95,7 @@ def test_feature_detail(c, ws):
     r = c.get(f"/api/stores/tiny/features/{i}")
     assert r.status_code == 200
     f = r.json()
-    assert f["summary"]["index"] == i and f["summary"]["label"] == ws.labels[i]
+    assert f["summary"]["latent"] == i and f["summary"]["label"] == ws.labels[i]
     assert f["label"]["text"] == ws.labels[i] and f["label"]["judge_model"] == "test-judge"
     assert {s["method"] for s in f["scores"]} == {"detection", "fuzzing"}
     h = f["histogram"]
@@ -104,7 +104,7 @@ def test_feature_detail(c, ws):
     assert len(ex["tokens"]) == len(ex["acts"]) == len(ex["shade"])
     assert max(ex["shade"]) >= 1 and all(0 <= s <= 10 for s in ex["shade"])
     assert f["logit_effects"]["positive"] and f["logit_effects"]["negative"]
-    assert f["decoder_neighbours"] and all(0 <= n["index"] < ws.d_sae for n in f["decoder_neighbours"])
+    assert f["decoder_neighbours"] and all(0 <= n["latent"] < ws.d_sae for n in f["decoder_neighbours"])
     acts = [a for e in f["top_examples"] for a in e["acts"]]
     assert max(acts) == pytest.approx(f["summary"]["max_act"], rel=1e-5)
 
@@ -112,10 +112,10 @@ def test_feature_detail(c, ws):
 def test_matryoshka_parent_and_children(c, ws):
     rows = c.get("/api/stores/tiny/features", params={"limit": 100}).json()["items"]
     child = next(r for r in rows if r["parent"] is not None)
-    f = c.get(f"/api/stores/tiny/features/{child['index']}").json()
-    assert f["parent"]["index"] == child["parent"]
+    f = c.get(f"/api/stores/tiny/features/{child['latent']}").json()
+    assert f["parent"]["latent"] == child["parent"]
     parent = c.get(f"/api/stores/tiny/features/{child['parent']}").json()
-    assert child["index"] in [k["index"] for k in parent["children"]]
+    assert child["latent"] in [k["latent"] for k in parent["children"]]
 
 
 def test_search(c, ws):
@@ -123,7 +123,7 @@ def test_search(c, ws):
     assert r.status_code == 200
     page = r.json()
     ocean = [i for i, t in ws.labels.items() if "ocean" in t]
-    assert [h["index"] for h in page["items"]][:1] == ocean
+    assert [h["latent"] for h in page["items"]][:1] == ocean
     top = page["items"][0]
     assert {"text": "ocean", "match": True} in top["snippet_parts"]
     assert "".join(p["text"] for p in top["snippet_parts"]) == top["snippet"]
@@ -131,7 +131,7 @@ def test_search(c, ws):
     multi = c.get("/api/stores/tiny/search", params={"q": "words", "limit": 1}).json()
     assert multi["total"] >= 2 and len(multi["items"]) == 1 and multi["next_offset"] == 1
     second = c.get("/api/stores/tiny/search", params={"q": "words", "limit": 1, "offset": 1}).json()
-    assert second["items"][0]["index"] != multi["items"][0]["index"]
+    assert second["items"][0]["latent"] != multi["items"][0]["latent"]
     assert c.get("/api/stores/tiny/search", params={"q": "zebra"}).json() == {
         "items": [], "total": 0, "offset": 0, "limit": 20, "next_offset": None}
     # FTS syntax in the query is just text
@@ -142,7 +142,7 @@ def test_openapi_describes_every_api_route(c):
     spec = c.get("/openapi.json").json()
     paths = set(spec["paths"])
     for p in ("/api/status", "/api/stores", "/api/stores/{sid}", "/api/stores/{sid}/features",
-              "/api/stores/{sid}/features/{index}", "/api/stores/{sid}/search", "/api/stores/{sid}/fire",
+              "/api/stores/{sid}/features/{latent}", "/api/stores/{sid}/search", "/api/stores/{sid}/fire",
               "/api/stores/{sid}/steer", "/api/stores/{sid}/sweep"):
         assert p in paths, p
     assert not any(p.startswith("/s/") or p.startswith("/static") for p in paths)  # pages stay out
@@ -155,7 +155,7 @@ def test_openapi_describes_every_api_route(c):
 
 
 def test_steer_returns_default_and_steered(c, ws):
-    body = {"prompt": "the sailor", "max_new_tokens": 8, "edits": [{"feature": 3, "op": "add", "value": 6, "unit": "max_act"}]}
+    body = {"prompt": "the sailor", "max_new_tokens": 8, "edits": [{"latent": 3, "op": "add", "value": 6, "unit": "max_act"}]}
     r = c.post("/api/stores/tiny/steer", json=body)
     assert r.status_code == 200, r.text
     out = r.json()
@@ -163,26 +163,26 @@ def test_steer_returns_default_and_steered(c, ws):
     assert out["default"] != out["steered"]
     again = c.post("/api/stores/tiny/steer", json=body).json()
     assert again == out  # greedy and seeded: deterministic
-    ablate = c.post("/api/stores/tiny/steer", json={**body, "edits": [{"feature": 5, "op": "ablate", "unit": "raw"}]})
+    ablate = c.post("/api/stores/tiny/steer", json={**body, "edits": [{"latent": 5, "op": "ablate", "unit": "raw"}]})
     assert ablate.status_code == 200
 
 
 def test_steer_without_model_is_409(c):
-    r = c.post("/api/stores/nomodel/steer", json={"prompt": "a", "edits": [{"feature": 1, "op": "add", "value": 1}]})
+    r = c.post("/api/stores/nomodel/steer", json={"prompt": "a", "edits": [{"latent": 1, "op": "add", "value": 1}]})
     assert r.status_code == 409 and "--model" in _detail(r)
 
 
 BAD_STEER = [
     ({"edits": []}, "edits"),
-    ({"edits": [{"feature": 1, "op": "add", "value": 1}] * 9}, "edits"),
-    ({"edits": [{"feature": 48, "op": "add", "value": 1}]}, "feature"),
-    ({"edits": [{"feature": -1, "op": "add", "value": 1}]}, "feature"),
-    ({"edits": [{"feature": 1, "op": "boost", "value": 1}]}, "op"),
-    ({"edits": [{"feature": 1, "op": "add", "value": 21, "unit": "max_act"}]}, "limit"),
-    ({"edits": [{"feature": 1, "op": "add", "value": 1001, "unit": "raw"}]}, "limit"),
-    ({"edits": [{"feature": 1, "op": "scale", "value": 2, "unit": "max_act"}]}, "raw"),
-    ({"edits": [{"feature": 1, "op": "add", "value": "x"}]}, "value"),
-    ({"edits": [{"feature": 1, "op": "add", "value": 1, "colour": "red"}]}, "colour"),
+    ({"edits": [{"latent": 1, "op": "add", "value": 1}] * 9}, "edits"),
+    ({"edits": [{"latent": 48, "op": "add", "value": 1}]}, "latent"),
+    ({"edits": [{"latent": -1, "op": "add", "value": 1}]}, "latent"),
+    ({"edits": [{"latent": 1, "op": "boost", "value": 1}]}, "op"),
+    ({"edits": [{"latent": 1, "op": "add", "value": 21, "unit": "max_act"}]}, "limit"),
+    ({"edits": [{"latent": 1, "op": "add", "value": 1001, "unit": "raw"}]}, "limit"),
+    ({"edits": [{"latent": 1, "op": "scale", "value": 2, "unit": "max_act"}]}, "raw"),
+    ({"edits": [{"latent": 1, "op": "add", "value": "x"}]}, "value"),
+    ({"edits": [{"latent": 1, "op": "add", "value": 1, "colour": "red"}]}, "colour"),
     ({"max_new_tokens": 65}, "max_new_tokens"),
     ({"max_new_tokens": 0}, "max_new_tokens"),
     ({"prompt": ""}, "prompt"),
@@ -194,7 +194,7 @@ BAD_STEER = [
 
 @pytest.mark.parametrize("change,word", BAD_STEER)
 def test_steer_rejects_bad_input(c, change, word):
-    body = {"prompt": "the sailor", "max_new_tokens": 4, "edits": [{"feature": 1, "op": "add", "value": 1}]}
+    body = {"prompt": "the sailor", "max_new_tokens": 4, "edits": [{"latent": 1, "op": "add", "value": 1}]}
     body.update(change)
     r = c.post("/api/stores/tiny/steer", json=body)
     assert r.status_code == 422, r.text
@@ -203,7 +203,7 @@ def test_steer_rejects_bad_input(c, change, word):
 
 @pytest.mark.parametrize("raw", ["NaN", "Infinity", "-Infinity", "1e999"])
 def test_steer_rejects_non_finite_strengths(c, raw):
-    text = '{"prompt": "a", "edits": [{"feature": 1, "op": "clamp", "value": %s}]}' % raw
+    text = '{"prompt": "a", "edits": [{"latent": 1, "op": "clamp", "value": %s}]}' % raw
     r = c.post("/api/stores/tiny/steer", content=text, headers={"content-type": "application/json"})
     assert r.status_code == 422 and "finite" in _detail(r)
 
@@ -211,7 +211,7 @@ def test_steer_rejects_non_finite_strengths(c, raw):
 def test_prompt_beyond_model_context_is_422(c):
     long_prompt = " ".join(["the sea"] * 40)  # 80 tokens > n_ctx 64
     r = c.post("/api/stores/tiny/steer", json={"prompt": long_prompt, "max_new_tokens": 8,
-                                              "edits": [{"feature": 1, "op": "add", "value": 1}]})
+                                              "edits": [{"latent": 1, "op": "add", "value": 1}]})
     assert r.status_code == 422 and "context" in _detail(r)
 
 
@@ -237,14 +237,14 @@ def test_fire_lists_features_per_token(c, ws):
     for f in out["features"]:
         assert len(f["acts"]) == len(out["tokens"]) and f["count"] == sum(a > 0 for a in f["acts"])
         assert max(f["acts"]) == pytest.approx(f["max_act"])
-    labelled = {f["index"]: f["label"] for f in out["features"] if f["label"]}
+    labelled = {f["latent"]: f["label"] for f in out["features"] if f["label"]}
     assert all(ws.labels[i] == t for i, t in labelled.items())
     # the per-token lists agree with the per-feature activations
-    byid = {f["index"]: f["acts"] for f in out["features"]}
+    byid = {f["latent"]: f["acts"] for f in out["features"]}
     for t, feats in enumerate(out["per_token"]):
         for a in feats:
-            if a["index"] in byid:
-                assert byid[a["index"]][t] == pytest.approx(a["act"])
+            if a["latent"] in byid:
+                assert byid[a["latent"]][t] == pytest.approx(a["act"])
 
 
 def test_fire_bad_input(c):
@@ -257,7 +257,7 @@ def test_fire_bad_input(c):
 
 
 def test_sweep_gives_a_curve(c, ws):
-    body = {"prompt": "the sailor", "max_new_tokens": 6, "edit": {"feature": 3, "op": "add", "unit": "max_act"},
+    body = {"prompt": "the sailor", "max_new_tokens": 6, "edit": {"latent": 3, "op": "add", "unit": "max_act"},
             "values": [0, 4, 8]}
     r = c.post("/api/stores/tiny/sweep", json=body)
     assert r.status_code == 200, r.text
@@ -268,7 +268,7 @@ def test_sweep_gives_a_curve(c, ws):
     assert out["recommended"] in (4, 8, None) and "fires" in out["concept"]  # never 0, the unsteered text
     assert out["verdict"] and "repetition" in out["fluency"]
     plain = c.post("/api/stores/tiny/steer", json={"prompt": "the sailor", "max_new_tokens": 6,
-                                                   "edits": [{"feature": 3, "op": "add", "value": 8}]}).json()
+                                                   "edits": [{"latent": 3, "op": "add", "value": 8}]}).json()
     assert out["points"][2]["text"] == plain["steered"]  # same seed and settings as the playground
     assert out["points"][0]["text"] == plain["default"]  # adding 0 changes nothing
 
@@ -276,7 +276,7 @@ def test_sweep_gives_a_curve(c, ws):
 def test_sweep_fluency_is_the_shared_measure(c, ws, monkeypatch):
     """The web sweep's fluency is steering.fluency (the old distinct-word share scored "(______" 1.0)."""
     import steering.fluency as fluency
-    from saesteer.web.store_source import FiringScorer
+    from saesteer.web.model_source import FiringScorer
 
     assert FiringScorer(ws.model, ws.sae, 3)(["p"], ["(______"])[0].fluency is None  # left to the sweep
     seen = []
@@ -286,7 +286,7 @@ def test_sweep_fluency_is_the_shared_measure(c, ws, monkeypatch):
         return [fluency.FluencyScore(0.25, 1.0, 1.0, 0.25, 0.0, 0.1, 1.0, 1) for _ in generation.texts]
 
     monkeypatch.setattr(fluency, "fluency_of_generation", fake)
-    body = {"prompt": "the sailor", "max_new_tokens": 4, "edit": {"feature": 3, "op": "add", "unit": "max_act"},
+    body = {"prompt": "the sailor", "max_new_tokens": 4, "edit": {"latent": 3, "op": "add", "unit": "max_act"},
             "values": [0, 4]}
     out = c.post("/api/stores/tiny/sweep", json=body).json()
     assert [p["fluency"] for p in out["points"]] == [0.25, 0.25] and seen == [1, 1]
@@ -297,13 +297,13 @@ def test_sweep_fluency_is_the_shared_measure(c, ws, monkeypatch):
     ({"values": list(range(10))}, "values"),
     ({"values": [0, 25]}, "limit"),
     ({"values": [0, float("nan")]}, "finite"),
-    ({"edit": {"feature": 3, "op": "ablate"}}, "add or clamp"),
-    ({"edit": {"feature": 3, "op": "scale", "unit": "raw"}}, "add or clamp"),
-    ({"edit": {"feature": 99, "op": "add"}}, "feature"),
+    ({"edit": {"latent": 3, "op": "ablate"}}, "add or clamp"),
+    ({"edit": {"latent": 3, "op": "scale", "unit": "raw"}}, "add or clamp"),
+    ({"edit": {"latent": 99, "op": "add"}}, "latent"),
     ({"max_new_tokens": 100}, "max_new_tokens"),
 ])
 def test_sweep_bad_input(c, change, word):
-    body = {"prompt": "the sailor", "max_new_tokens": 4, "edit": {"feature": 3, "op": "add"}, "values": [0, 1]}
+    body = {"prompt": "the sailor", "max_new_tokens": 4, "edit": {"latent": 3, "op": "add"}, "values": [0, 1]}
     body.update(change)
     r = c.post("/api/stores/tiny/sweep", content=json.dumps(body), headers={"content-type": "application/json"})
     assert r.status_code == 422, r.text
@@ -382,7 +382,7 @@ def test_random_query_parameters_never_500(c, params, url):
 _json = st.recursive(st.none() | st.booleans() | st.floats(allow_nan=False, allow_infinity=False) | st.integers(-99, 99) | _text,
                      lambda children: st.lists(children, max_size=3) | st.dictionaries(_text, children, max_size=3),
                      max_leaves=8)
-_edit = st.fixed_dictionaries({"feature": st.integers(-2, 60), "op": st.sampled_from(["add", "clamp", "scale", "ablate", "x"]),
+_edit = st.fixed_dictionaries({"latent": st.integers(-2, 60), "op": st.sampled_from(["add", "clamp", "scale", "ablate", "x"]),
                                "value": st.one_of(st.floats(-50, 50), st.integers(-2000, 2000)),
                                "unit": st.sampled_from(["raw", "max_act", "max"])})
 

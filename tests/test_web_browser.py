@@ -154,7 +154,7 @@ def test_list_search_feature_steer(browser, server, shots, size):
         _shot(page, shots, f"{size}-3-feature")
 
         page.locator("#steer-link").click()
-        page.wait_for_url(f"**/s/tiny/steer?f={ocean}")
+        page.wait_for_url(f"**/s/tiny/steer?latent={ocean}")
         assert page.locator("#edits .edit").count() == 1
         assert page.locator("#edits .flabel").inner_text() == "ocean words"
         assert page.locator("#edits .fstrength").input_value() == "3"  # the store's recommended strength
@@ -222,7 +222,7 @@ def test_script_label_renders_as_inert_text(browser, server, shots):
         assert page.get_by_text(XSS_LABEL, exact=True).is_visible()
         page = p.goto("/s/tiny/search?q=script")
         assert page.get_by_text(XSS_LABEL, exact=True).is_visible()
-        page = p.goto(f"/s/tiny/steer?f={i}")  # the label is written by steer.js (textContent)
+        page = p.goto(f"/s/tiny/steer?latent={i}")  # the label is written by steer.js (textContent)
         page.wait_for_function("document.querySelector('#edits .flabel').textContent.length > 0")
         assert page.locator("#edits .flabel").inner_text() == XSS_LABEL
         page.locator("#edits .fidx").fill(str(i + 1))
@@ -281,7 +281,7 @@ def test_which_features_fire_and_sweep(browser, server, shots, size):
 
         # (adding the "ocean words" latent makes it fire *less* here: no strength works for it)
         sailing = next(i for i, t in ws.labels.items() if "sailing" in t)
-        page = p.goto(f"/s/tiny/steer?f={sailing}")
+        page = p.goto(f"/s/tiny/steer?latent={sailing}")
         page.locator("#prompt").fill("the sailor")
         page.locator("#sweep-to").fill("4")
         page.locator("#sweep-n").fill("3")

@@ -63,7 +63,7 @@ def test_serve_a_store_browse_only():
         assert stores[0]["id"] == "tiny" and stores[0]["can_steer"] is False
         assert httpx.get(base + "/api/stores", headers={**auth, "host": f"evil.example:{port}"}).status_code == 400
         r = httpx.post(base + "/api/stores/tiny/steer", headers=auth,
-                       json={"prompt": "a", "edits": [{"feature": 1, "op": "add", "value": 1}]})
+                       json={"prompt": "a", "edits": [{"latent": 1, "op": "add", "value": 1}]})
         assert r.status_code == 409
         assert "server" not in r.headers  # no server banner
     finally:

@@ -39,7 +39,7 @@ def _alive(path) -> list[int]:
     from features import FeatureStore
 
     with FeatureStore.open(path) as st:
-        return [r.id for r in st.list_features(sort="id", filter={"alive_only": True}, limit=st.d_sae)]
+        return [r.latent for r in st.list_features(sort="latent", filter={"alive_only": True}, limit=st.d_sae)]
 
 
 @pytest.fixture
@@ -88,9 +88,9 @@ def test_map_api_and_page(mapped, tmp_path):
     assert r.status_code == 200
     d = r.json()
     assert d["layout"] == "decoder-pca" and d["layouts"] == ["decoder-pca", "labels-pca"]
-    assert sorted(p["index"] for p in d["points"]) == _alive(path)
+    assert sorted(p["latent"] for p in d["points"]) == _alive(path)
     assert all(-1 <= p["x"] <= 1 and -1 <= p["y"] <= 1 for p in d["points"])
-    by = {p["index"]: p for p in d["points"]}
+    by = {p["latent"]: p for p in d["points"]}
     assert by[ws.xss_latent]["label"] == XSS_LABEL and {p["level"] for p in d["points"]} == {0, 1}
     assert len(c.get("/api/stores/tiny/map?layout=labels-pca").json()["points"]) == len(ws.labels)
     assert c.get("/api/stores/tiny/map?layout=nope").status_code == 404
@@ -129,7 +129,7 @@ def test_search_by_meaning_falls_back_to_full_text(mapped):
     with FeatureStore.open(path) as st:
         assert [c["by"] for c in search_labels(st, "ocean", 3)] == ["text"]
     r = c.get("/api/stores/tiny/search?q=ocean").json()
-    assert [i["index"] for i in r["items"]][:1] == [i for i, t in ws.labels.items() if t == "ocean words"]
+    assert [i["latent"] for i in r["items"]][:1] == [i for i, t in ws.labels.items() if t == "ocean words"]
     assert r["items"][0]["similarity"] is None
 
 
@@ -147,7 +147,7 @@ def test_search_sea_finds_the_ocean_features(mapped):
         assert embed_labels(st, emb) == len(ws.labels)
     c = client(_app(path))
     r = c.get("/api/stores/tiny/search?q=sea").json()
-    top = [ws.labels.get(i["index"]) for i in r["items"][:2]]
+    top = [ws.labels.get(i["latent"]) for i in r["items"][:2]]
     assert sorted(top) == ["ocean words", "sailing and ships"], top
     assert r["items"][0]["similarity"] > 0.2
     html = c.get("/s/tiny/search?q=sea", headers={"accept": "text/html"}).text

@@ -52,7 +52,7 @@ class _Elements(HTMLParser):
 
 
 def test_no_inline_script_or_style_anywhere(c, ws):
-    for url in ("/", "/s/tiny", "/s/tiny/search?q=ocean", f"/s/tiny/f/{ws.xss_latent}", "/s/tiny/steer?f=1",
+    for url in ("/", "/s/tiny", "/s/tiny/search?q=ocean", f"/s/tiny/f/{ws.xss_latent}", "/s/tiny/steer?latent=1",
                 "/s/tiny/fire", "/s/tiny/f/9999", "/s/tiny?label=script"):
         p = _Elements()
         p.feed(c.get(url, headers=H).text)
@@ -78,7 +78,7 @@ def test_feature_list_page(c, ws):
     text = _page(c, "/s/tiny")
     assert text.count('class="fid" href="/s/tiny/f/') == 48  # one page holds the 48 features
     assert html.escape("ocean words") in text
-    text = _page(c, "/s/tiny?health=dead&sort=index")
+    text = _page(c, "/s/tiny?health=dead&sort=latent")
     assert text.count('class="fid" href="/s/tiny/f/') == 2 and "filtered" in text
     text = _page(c, "/s/tiny?limit=10&offset=10")
     assert "11–20 of 48" in text and 'rel="prev"' in text and 'rel="next"' in text
@@ -88,7 +88,7 @@ def test_feature_list_page(c, ws):
 
 def test_xss_label_is_escaped_everywhere(c, ws):
     i = ws.xss_latent
-    for url in (f"/s/tiny/f/{i}", "/s/tiny", "/s/tiny/search?q=script", f"/s/tiny/steer?f={i}", "/s/tiny?label=script"):
+    for url in (f"/s/tiny/f/{i}", "/s/tiny", "/s/tiny/search?q=script", f"/s/tiny/steer?latent={i}", "/s/tiny?label=script"):
         text = _page(c, url)
         assert "<script>window.__xss" not in text and "<img src=x" not in text, url
         assert "&lt;script&gt;window.__xss=1;alert(&#34;xss&#34;)&lt;/script&gt;" in text, url
@@ -99,7 +99,7 @@ def test_feature_page_sections(c, ws):
     text = _page(c, f"/s/tiny/f/{i}")
     for piece in ("Top activations", "Activation histogram", "Logit effects", "Nearest by decoder direction",
                   "Label and scores", "Across the activation range", 'data-chart=\'{"counts"', "test-judge",
-                  f'href="/s/tiny/steer?f={i}"', 'class="tok s10'):
+                  f'href="/s/tiny/steer?latent={i}"', 'class="tok s10'):
         assert piece in text, piece
     assert "/static/vendor/plotly-" in text and "/static/charts.js" in text
 
@@ -107,10 +107,10 @@ def test_feature_page_sections(c, ws):
 def test_matryoshka_family_on_feature_page(c):
     rows = c.get("/api/stores/tiny/features", params={"limit": 100}).json()["items"]
     child = next(r for r in rows if r["parent"] is not None)
-    text = _page(c, f"/s/tiny/f/{child['index']}")
+    text = _page(c, f"/s/tiny/f/{child['latent']}")
     assert "Matryoshka family" in text and f'href="/s/tiny/f/{child["parent"]}"' in text
     text = _page(c, f"/s/tiny/f/{child['parent']}")
-    assert f'href="/s/tiny/f/{child["index"]}"' in text
+    assert f'href="/s/tiny/f/{child["latent"]}"' in text
 
 
 def test_search_page(c, ws):
@@ -125,12 +125,12 @@ def test_search_page(c, ws):
 
 
 def test_steer_page_preselects_features(c, ws):
-    text = _page(c, f"/s/tiny/steer?f=3&f={ws.xss_latent}&f=3&f=999")
+    text = _page(c, f"/s/tiny/steer?latent=3&latent={ws.xss_latent}&latent=3&latent=999")
     assert text.count('class="edit"') == 2  # duplicates and unknown ids dropped
-    assert 'data-feature="3"' in text
+    assert 'data-latent="3"' in text
     assert "Generate" in text and "/static/steer.js" in text
     ocean = next(i for i, t in ws.labels.items() if "ocean" in t)
-    assert f'data-feature="{ocean}" data-label="ocean words" data-strength="3.0"' in _page(c, f"/s/tiny/steer?f={ocean}")
+    assert f'data-latent="{ocean}" data-label="ocean words" data-strength="3.0"' in _page(c, f"/s/tiny/steer?latent={ocean}")
     assert "3× max" in _page(c, f"/s/tiny/f/{ocean}")
     text = _page(c, "/s/nomodel/steer")
     assert "browse-only" in text and "the server runs no model" in text and "disabled" in text
@@ -146,12 +146,12 @@ def test_fire_page_without_model(c):
     [
         ("/s/nope", 404, "no store"),
         ("/s/tiny/f/48", 404, "0..47"),
-        ("/s/tiny/f/-3", 422, "index"),
-        ("/s/tiny/f/x", 422, "index"),
+        ("/s/tiny/f/-3", 422, "latent"),
+        ("/s/tiny/f/x", 422, "latent"),
         ("/s/tiny?limit=5000", 422, "limit"),
         ("/s/tiny?health=<b>x</b>", 422, "health"),
         ("/s/tiny/search?q=" + "a" * 300, 422, "at most"),
-        ("/s/tiny/steer?f=abc", 422, "f"),
+        ("/s/tiny/steer?latent=abc", 422, "f"),
         ("/nowhere", 404, "Not Found"),
     ],
 )

@@ -11,7 +11,7 @@ import pytest
 
 from helpers.web_app import BASE, make_entry, shared_store
 from saesteer.web import Limits, ModelQueue, QueueFull, ServeConfig, create_app
-from saesteer.web.store_source import ModelEngine
+from saesteer.web.model_source import ModelEngine
 
 
 class Probe:
@@ -121,7 +121,7 @@ def _app_with(probe, limits, gate=None, two_stores=False):
 
 def _body(seed):
     return {"prompt": "the ship", "max_new_tokens": 3, "seed": seed, "temperature": 1.0,
-            "edits": [{"feature": 2, "op": "add", "value": 2}]}
+            "edits": [{"latent": 2, "op": "add", "value": 2}]}
 
 
 def test_concurrent_steer_requests_never_overlap_on_one_model():

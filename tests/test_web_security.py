@@ -10,7 +10,7 @@ from saesteer.web.app import allowed_host_names
 from saesteer.web.config import is_loopback
 from saesteer.web.security import CSP, _split_host
 
-STEER = {"prompt": "the", "max_new_tokens": 2, "edits": [{"feature": 1, "op": "add", "value": 1}]}
+STEER = {"prompt": "the", "max_new_tokens": 2, "edits": [{"latent": 1, "op": "add", "value": 1}]}
 
 
 @pytest.fixture(scope="module")

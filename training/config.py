@@ -15,6 +15,9 @@ Resume rules: a checkpoint stores the RunConfig it was made with. A resume whose
 is refused, naming every differing field, except for the fields in `RESUMABLE_FIELDS`, which
 may change (they do not alter what the optimiser sees, or - total_tokens - extend/shorten the
 run on purpose).
+
+One module over 450 lines on purpose: RunConfig is what a checkpoint records and a resume compares
+field by field, so every section it nests, and that comparison, stay beside it.
 """
 
 from __future__ import annotations
@@ -64,6 +67,11 @@ class SAESpec:
         default=None, metadata={"help": "learning rate of this SAE (none: OptimConfig.lr, or its width rule)"}
     )
     name: str = field(default="", metadata={"help": "folder name of this SAE (empty: <arch>_k<k>_f<d_sae>)"})
+    skip: bool = field(
+        default=False,
+        metadata={"help": "transcoder runs (DataConfig.target_hook) only: a skip transcoder, with a learned linear "
+                          "term W_skip x"},
+    )
 
     def __post_init__(self) -> None:
         self.architecture = trainable_architecture(self.architecture)
@@ -82,7 +90,7 @@ class SAESpec:
         if self.lr is not None:
             finite_number("SAESpec", "lr", self.lr, lo=0.0)
         if not self.name:
-            self.name = f"{self.architecture}_k{self.k}_f{self.d_sae}"
+            self.name = f"{self.architecture}_k{self.k}_f{self.d_sae}" + ("_skip" if self.skip else "")
         require(
             all(c.isalnum() or c in "._-" for c in self.name) and not self.name.startswith("."),
             f"SAESpec.name {self.name!r} must use only letters, digits, '.', '_' and '-' (it names a folder)",
@@ -322,6 +330,12 @@ class DataConfig:
     )
     hook: str | None = field(default=None, metadata={"help": "hook point to train on; none: the cache's only hook, or "
                                                              "blocks.<n_layers//2>.hook_resid_post without a cache"})
+    target_hook: str | None = field(
+        default=None,
+        metadata={"help": "train transcoders: read --hook, predict this later hook point (e.g. --hook "
+                          "blocks.L.ln2.hook_normalized --target-hook blocks.L.hook_mlp_out); the cache must hold both "
+                          "(`saesteer cache --hooks IN,OUT`). none: SAEs reconstructing --hook"},
+    )
     model: str | None = field(
         default=None,
         metadata={"help": "model ('toy', HF name, local dir) for CE loss recovered / KL, and the activation source "

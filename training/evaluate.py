@@ -19,6 +19,11 @@ predicted position:
     kl_div              mean over positions of KL(clean next-token distribution || spliced)
 Positions whose token is in `keep_token_ids` (e.g. BOS, when the cache left it out) keep their
 clean activation in both the spliced and the zero-ablated run.
+
+A transcoder (`input_hook=`): in the same forward pass its input hook's activation is captured and
+the target hook's output is replaced by the transcoder's prediction from it (e.g. the MLP's output
+replaced by the transcoder's: the transcoder in place of the MLP); the zero-ablated run zeroes the
+target (the MLP ablated), so ce_loss_recovered is measured against the MLP-ablated model.
 """
 
 from __future__ import annotations
@@ -65,35 +70,46 @@ def evaluate_activations(
     scale: float = 1.0,
     dense_threshold: float = 0.1,
     chunk_rows: int = 4096,
+    targets: Tensor | Iterable[Tensor] | None = None,
+    target_scale: float | None = None,
 ) -> dict[str, Any]:
     """Metrics of `sae` on raw activations `batches` ([R, D] tensor or iterable of [B, D]).
 
     `scale`: the SAE reads `scale * x` (an SAE under training, before the scale is folded in);
-    mse is reported in raw units either way."""
+    mse is reported in raw units either way. A transcoder is scored against `targets` (the target
+    hook's rows paired with `batches`; `target_scale`: its prediction is of `target_scale * y`)."""
+    if sae.is_transcoder and targets is None:
+        raise ValueError("a transcoder is evaluated against its target rows: pass targets=")
     if isinstance(batches, Tensor):
         batches = batches.split(chunk_rows)
+    if isinstance(targets, Tensor):
+        targets = targets.split(chunk_rows)
+    out_scale = scale if target_scale is None else target_scale
     dev = sae.device
-    acc = _Accum(sae.d_in, dev)
+    acc = _Accum(sae.d_out, dev)
     fires_F = torch.zeros(sae.d_sae, dtype=torch.float64, device=dev)
     widths = sae.levels
     level_resid = torch.zeros(len(widths) if widths else 0, dtype=torch.float64, device=dev)
     level_l0 = torch.zeros_like(level_resid)
-    for x in batches:
+    pairs = zip(batches, targets) if targets is not None else ((x, x) for x in batches)
+    for x, goal in pairs:
         x_BD = x.to(device=dev, dtype=torch.float32)
-        acc.add_data(x_BD)
+        y_BD = goal.to(device=dev, dtype=torch.float32) if targets is not None else x_BD
+        acc.add_data(y_BD)
         x_in = x_BD * scale if scale != 1.0 else x_BD
         acts = sae.encode_sparse(x_in)
+        skip_BD = sae.skip_term(x_in)
         active_N = acts.values_N != 0
         fires_F += torch.bincount(acts.indices_N[active_N], minlength=sae.d_sae).double()
         if widths:
-            recons = sae.level_reconstructions(acts)
+            recons = [r if skip_BD is None else r + skip_BD for r in sae.level_reconstructions(acts)]
             for j, r in enumerate(recons):
-                level_resid[j] += (x_BD - r / scale).double().pow(2).sum()
+                level_resid[j] += (y_BD - r / out_scale).double().pow(2).sum()
                 level_l0[j] += (active_N & (acts.indices_N < widths[j])).sum()
             recon = recons[-1]
         else:
-            recon = sae.decode(acts)
-        acc.resid += (x_BD - recon / scale).double().pow(2).sum()
+            recon = sae.decode(acts) if skip_BD is None else sae.decode(acts) + skip_BD
+        acc.resid += (y_BD - recon / out_scale).double().pow(2).sum()
     n = max(acc.n, 1)
     freq_F = fires_F / n
     out: dict[str, Any] = {
@@ -113,9 +129,11 @@ def evaluate_activations(
     return out
 
 
-def sae_reconstructor(sae: SAE, scale: float = 1.0) -> Callable[[Tensor], Tensor]:
+def sae_reconstructor(sae: SAE, scale: float = 1.0, target_scale: float | None = None) -> Callable[[Tensor], Tensor]:
     """x [..., D] (or [B, S, heads, d_head] at a head hook) -> the SAE's reconstruction of x in raw
-    units, same shape (the SAE reads scale * x)."""
+    units, same shape (the SAE reads scale * x). A transcoder: x is its input hook's activation and
+    the answer its prediction of the target [..., d_out] (`target_scale`: of target_scale * y)."""
+    out_scale = scale if target_scale is None else target_scale
 
     def reconstruct(x: Tensor) -> Tensor:
         # the model may sit on another device than the SAE (e.g. `saesteer train --device cuda` loads
@@ -126,7 +144,8 @@ def sae_reconstructor(sae: SAE, scale: float = 1.0) -> Callable[[Tensor], Tensor
         x_in = x.to(sae.device, sae.dtype)
         if scale != 1.0:
             x_in = x_in * scale
-        return (sae(x_in).recon / scale).to(x.device, x.dtype).reshape(shape)
+        out = (sae(x_in).recon / out_scale).to(x.device, x.dtype)
+        return out.reshape(shape) if not sae.is_transcoder else out.reshape(*x.shape[:-1], sae.d_out)
 
     return reconstruct
 
@@ -161,12 +180,19 @@ def splice_metrics(
     *,
     keep_token_ids: Iterable[int] = (),
     batch_size: int = 16,
+    input_hook: str | None = None,
 ) -> SpliceMetrics:
-    """CE loss recovered and KL when `reconstruct(activation)` replaces `hook_name`'s output.
+    """CE loss recovered and KL when `reconstruct(activation)` replaces `hook_name`'s output
+    (`input_hook`: a transcoder's; `reconstruct` then reads that hook's activation of the same
+    forward pass, and its answer replaces `hook_name`'s).
 
     `model` is a TransformerLens HookedTransformer (or anything with `hook_dict`, `hooks()` and
     `__call__(tokens) -> logits`). An unknown hook name is an error."""
     check_hook(model, hook_name)
+    if input_hook is not None:
+        from saes.hookpoints import check_transcoder_hooks
+
+        check_transcoder_hooks(model, input_hook, hook_name)
     keep = torch.tensor(sorted(set(int(t) for t in keep_token_ids)), dtype=torch.long)
     tokens_NS = tokens_NS.long()
     if tokens_NS.ndim != 2 or tokens_NS.shape[1] < 2:
@@ -177,9 +203,14 @@ def splice_metrics(
         toks = chunk.to(device)
         keep_NS = torch.isin(toks, keep.to(device)) if keep.numel() else torch.zeros_like(toks, dtype=torch.bool)
 
-        def replace_with(fn: Callable[[Tensor], Tensor]):
+        captured: dict[str, Tensor] = {}
+
+        def capture(act: Tensor, hook: Any = None) -> None:
+            captured["input"] = act
+
+        def replace_with(fn: Callable[[Tensor], Tensor], from_input: bool = False):
             def hook(act: Tensor, hook: Any = None) -> Tensor:
-                new = fn(act)
+                new = fn(captured.pop("input") if from_input else act)
                 if new.shape != act.shape:
                     raise ValueError(f"replacement for {hook_name} has shape {tuple(new.shape)}, expected {tuple(act.shape)}")
                 mask = keep_NS.reshape(keep_NS.shape + (1,) * (act.ndim - 2))
@@ -191,7 +222,8 @@ def splice_metrics(
         ref_logp = F.log_softmax(clean[:, :-1].float(), dim=-1)
         ce_clean, _ = _next_token_ce_kl(clean, toks, None)
         del clean
-        with model.hooks(fwd_hooks=[(hook_name, replace_with(reconstruct))]):
+        splice = [(hook_name, replace_with(reconstruct, input_hook is not None))]
+        with model.hooks(fwd_hooks=([(input_hook, capture)] if input_hook is not None else []) + splice):
             spliced = model(toks)
         ce_spliced, kl = _next_token_ce_kl(spliced, toks, ref_logp)
         del spliced
@@ -219,9 +251,10 @@ class ModelEval:
     hook_name: str
     tokens: Tensor  # [N, S] token ids
     keep_token_ids: tuple[int, ...] = ()
+    input_hook: str | None = None  # transcoders: the hook they read (hook_name: the target they replace)
 
     def run(self, reconstruct: Callable[[Tensor], Tensor], eval_cfg: Any) -> SpliceMetrics:
         """`splice_metrics` on the first `EvalConfig.ce_contexts` contexts (all when 0)."""
         toks = self.tokens[: eval_cfg.ce_contexts] if eval_cfg.ce_contexts else self.tokens
         return splice_metrics(self.model, reconstruct, self.hook_name, toks, keep_token_ids=self.keep_token_ids,
-                              batch_size=eval_cfg.ce_batch_size)
+                              batch_size=eval_cfg.ce_batch_size, input_hook=self.input_hook)

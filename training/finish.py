@@ -40,7 +40,7 @@ class TrainResult:
 
 
 def finish_run(trainer: Trainer, out: Path, holdout_BD: Tensor, model_eval: ModelEval | None, prov: dict[str, Any],
-               stopped_early: str | None, wall: float) -> TrainResult:
+               stopped_early: str | None, wall: float, holdout_targets: Tensor | None = None) -> TrainResult:
     """Evaluate and save every SAE, write metrics.json, the final history record and the curves."""
     writer = trainer.coll.is_writer
     commit = git_commit()
@@ -51,7 +51,7 @@ def finish_run(trainer: Trainer, out: Path, holdout_BD: Tensor, model_eval: Mode
         sae = saes[m.name] = trainer.folded_sae(m)
         if not writer:  # data parallel: rank 0 evaluates and writes; the others return the weights
             continue
-        metrics = final_metrics(trainer, m, sae, holdout_BD, model_eval)
+        metrics = final_metrics(trainer, m, sae, holdout_BD, model_eval, holdout_targets)
         per_sae[m.name] = {**_sae_summary(trainer, m, sae), **metrics}
         provenance = _sae_provenance(trainer, m, prov, metrics, commit)
         sae_dirs[m.name] = save_sae(sae, out / SAE_DIR / m.name, provenance=provenance)
@@ -66,10 +66,11 @@ def finish_run(trainer: Trainer, out: Path, holdout_BD: Tensor, model_eval: Mode
 
 
 def final_metrics(trainer: Trainer, m: Member, sae: SAE, holdout_BD: Tensor,
-                  model_eval: ModelEval | None) -> dict[str, Any]:
-    """The saved (folded) SAE on the held-out rows, its dead fraction, and spliced into the model."""
+                  model_eval: ModelEval | None, holdout_targets: Tensor | None = None) -> dict[str, Any]:
+    """The saved (folded) SAE on the held-out rows (a transcoder: against their targets), its dead
+    fraction, and spliced into the model."""
     cfg = trainer.config
-    metrics = evaluate_activations(sae, holdout_BD, dense_threshold=cfg.eval.dense_threshold)
+    metrics = evaluate_activations(sae, holdout_BD, dense_threshold=cfg.eval.dense_threshold, targets=holdout_targets)
     metrics["dead_fraction"] = trainer.dead_fraction(m)
     metrics["dead_window_tokens"] = trainer.dead_window
     if model_eval is not None and cfg.eval.ce_contexts > 0:
@@ -80,6 +81,8 @@ def final_metrics(trainer: Trainer, m: Member, sae: SAE, holdout_BD: Tensor,
 def _sae_summary(trainer: Trainer, m: Member, sae: SAE) -> dict[str, Any]:
     info = {"folder": f"{SAE_DIR}/{m.name}", "architecture": m.spec.architecture, "d_in": trainer.d_in,
             "d_sae": m.spec.d_sae, "k": m.spec.k, "lr": m.lr, "skipped_steps": m.skipped_steps}
+    if sae.is_transcoder:
+        info.update(d_out=sae.d_out, skip_connection=sae.W_skip is not None, target_hook=sae.cfg.metadata.get("hook_name_out"))
     if sae.levels is not None:
         info["matryoshka_widths"] = sae.levels
     return info
@@ -93,6 +96,7 @@ def _sae_provenance(trainer: Trainer, m: Member, prov: dict[str, Any], metrics: 
         "tool": "saesteer", "saesteer_version": _version(), "git_commit": commit,
         "model": prov.get("model"), "model_identity": prov.get("model_identity"),
         "hook_name": prov.get("hook_name"), "dataset": prov.get("dataset"),
+        **({"hook_name_out": prov["hook_name_out"]} if prov.get("hook_name_out") else {}),
         "tokens_trained": trainer.tokens, "steps": trainer.step, "activation_scale": trainer.scale,
         "activation_scale_folded": True, "step_method": trainer.step_method,
         "training": {"sae": m.spec.__dict__, "train": cfg.train.__dict__, "optim": cfg.optim.__dict__},
@@ -105,6 +109,7 @@ def _metrics_doc(trainer: Trainer, holdout_BD: Tensor, prov: dict[str, Any], per
     return {
         "tokens_trained": trainer.tokens, "steps": trainer.step, "holdout_rows": int(holdout_BD.shape[0]),
         "activation_scale": trainer.scale, "step_method": trainer.step_method, "world_size": trainer.coll.world_size,
+        **({"target_activation_scale": trainer.target_scale} if trainer.is_transcoder else {}),
         "wall_seconds": wall,
         "train_seconds": trainer.train_seconds,
         "tokens_per_second": trainer.tokens / trainer.train_seconds if trainer.train_seconds > 0 else None,

@@ -152,6 +152,10 @@ def initialize_from_source(trainer: Any, loaded: Any, prov: dict[str, Any], log=
     """Copy the source's weights into every SAE of a fresh trainer (instead of `Trainer.initialize`);
     returns the record the saved SAEs carry."""
     cfg = trainer.config.train
+    if trainer.is_transcoder or loaded.sae.is_transcoder:  # two activation scales: not planned for here yet
+        what = "this run trains transcoders" if trainer.is_transcoder else f"{loaded.spec} is a transcoder"
+        raise InitFromError(f"train.init_from: {what}; fine-tuning transcoders is not supported yet (train one "
+                            f"from scratch with --target-hook)", field="train.init_from")
     check_source(loaded, [m.spec for m in trainer.members], trainer.d_in, prov, cfg.init_from_allow_mismatch)
     src = loaded.sae
     norms_F = src.W_dec.norm(dim=1)

@@ -64,17 +64,23 @@ def initial_b_dec(sample_BD: Tensor, method: str, coll: Collectives | None = Non
 
 @torch.no_grad()
 def least_squares_encoder_scale(W_enc_DF: Tensor, b_enc_F: Tensor, W_dec_FD: Tensor, b_dec_D: Tensor,
-                                sample_BD: Tensor, k: int, chunk_rows: int = 1024) -> float:
+                                sample_BD: Tensor, k: int, chunk_rows: int = 1024,
+                                target_BO: Tensor | None = None) -> float:
     """The factor c for W_enc, b_enc that makes the initial top-k reconstruction the least-squares
     fit of the (already scaled) sample: c = <x - b_dec, R> / <R, R>, R the reconstruction minus b_dec.
 
     With W_enc = W_dec^T at unit norm and inputs at E||x|| = sqrt(d_in), the first reconstructions
     overshoot (held-out EV below zero on the toy world), and Adam spends its first steps shrinking
     the encoder; scaling by c starts from the best fit of the initial directions instead. The
-    top-k rows do not depend on c > 0 (b_enc is zero at initialisation), so one pass suffices."""
+    top-k rows do not depend on c > 0 (b_enc is zero at initialisation), so one pass suffices.
+
+    A transcoder (`target_BO`, scaled like the sample): the encoder reads the sample uncentred and
+    the fit is to the target minus b_dec."""
     ry, rr = 0.0, 0.0
-    for y_BD in (sample_BD - b_dec_D).split(chunk_rows):  # chunks: [B, F] of a wide SAE is large
-        pre_BF = y_BD @ W_enc_DF + b_enc_F
+    inputs = sample_BD - b_dec_D if target_BO is None else sample_BD
+    goals = sample_BD - b_dec_D if target_BO is None else target_BO - b_dec_D
+    for x_BD, y_BD in zip(inputs.split(chunk_rows), goals.split(chunk_rows)):  # chunks: [B, F] of a wide SAE is large
+        pre_BF = x_BD @ W_enc_DF + b_enc_F
         vals_BK, idx_BK = pre_BF.topk(min(k, pre_BF.shape[1]), dim=1)
         R_BD = torch.zeros_like(pre_BF).scatter_(1, idx_BK, vals_BK.relu()) @ W_dec_FD
         ry += float((R_BD.double() * y_BD.double()).sum())

@@ -33,33 +33,41 @@ def model_batches(
     with_tokens: bool = False,
     drop_last: bool = False,
     dtype: torch.dtype | None = torch.float32,
+    target_hook: str | None = None,
 ) -> Iterator[ActivationBatch]:
     """Activation batches computed on the fly from `model` over `text` (a `TextConfig`). Rows are
     shuffled within windows of `buffer_rows` rows (seeded); one pass over the text (up to
-    `max_tokens` model-input tokens)."""
-    windows = _shuffled_windows(model, text, hook, tokenizer if tokenizer is not None else model.tokenizer,
+    `max_tokens` model-input tokens). `target_hook`: a transcoder's target, captured in the same
+    forward pass and yielded as `.targets`, row for row with `.acts`."""
+    hooks = [hook] if target_hook is None else [hook, target_hook]
+    windows = _shuffled_windows(model, text, hooks, tokenizer if tokenizer is not None else model.tokenizer,
                                 max_tokens, model_batch_size, exclude_tokens, buffer_rows, seed,
                                 model_dtype(model) if dtype is None else dtype)
-    acts_RD, meta_3R = None, None  # rows not yet batched (fewer than batch_size)
+    acts, meta_3R = None, None  # rows not yet batched (fewer than batch_size), one [R, width] per hook
+
+    def batch(rows: slice) -> ActivationBatch:
+        targets = acts[1][rows] if target_hook is not None else None
+        return make_batch(acts[0][rows], meta_3R[:, rows] if with_tokens else None, targets=targets)
+
     for win_acts, win_meta in windows:
-        acts_RD = win_acts if acts_RD is None else torch.cat([acts_RD, win_acts])
+        acts = win_acts if acts is None else [torch.cat([a, w]) for a, w in zip(acts, win_acts)]
         meta_3R = win_meta if meta_3R is None else np.concatenate([meta_3R, win_meta], axis=1)
-        full = (len(acts_RD) // batch_size) * batch_size
+        full = (len(acts[0]) // batch_size) * batch_size
         for i in range(0, full, batch_size):
-            yield make_batch(acts_RD[i:i + batch_size], meta_3R[:, i:i + batch_size] if with_tokens else None)
-        acts_RD, meta_3R = acts_RD[full:], meta_3R[:, full:]
-    if acts_RD is not None and len(acts_RD) and not drop_last:
-        yield make_batch(acts_RD, meta_3R if with_tokens else None)
+            yield batch(slice(i, i + batch_size))
+        acts, meta_3R = [a[full:] for a in acts], meta_3R[:, full:]
+    if acts is not None and len(acts[0]) and not drop_last:
+        yield batch(slice(0, len(acts[0])))
 
 
-def _shuffled_windows(model, text, hook: str, tokenizer, max_tokens: int | None, model_batch_size: int,
+def _shuffled_windows(model, text, hooks: list[str], tokenizer, max_tokens: int | None, model_batch_size: int,
                       exclude_tokens: str, buffer_rows: int, seed: int,
-                      dtype: torch.dtype) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
-    """(acts [R, D], meta [3, R]) of consecutive windows of contexts, each window's rows in a
-    seeded random order."""
+                      dtype: torch.dtype) -> Iterator[tuple[list[torch.Tensor], np.ndarray]]:
+    """([acts [R, width] per hook], meta [3, R]) of consecutive windows of contexts, each window's
+    rows in one seeded random order (the same for every hook)."""
     from training.packing import open_packer
 
-    runner = ActivationRunner(model, [hook])
+    runner = ActivationRunner(model, hooks)
     L = text.context_length
     runner.check_context_length(L)
     d_in = runner.d_in(L)
@@ -81,7 +89,7 @@ def _shuffled_windows(model, text, hook: str, tokenizer, max_tokens: int | None,
         n = buf.rows
         perm = torch.from_numpy(seeded_rng(seed, 0, w).permutation(n))
         meta = np.stack([buf.token_ids[:n].numpy(), buf.positions[:n].numpy(), buf.seq_index[:n].numpy()])
-        yield buf.acts[hook][:n].index_select(0, perm), meta[:, perm.numpy()]
+        yield [buf.acts[h][:n].index_select(0, perm) for h in hooks], meta[:, perm.numpy()]
         first_context += len(toks_NL)
         left = None if left is None else left - len(toks_NL)
         w += 1

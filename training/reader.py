@@ -31,6 +31,10 @@ Disjoint shards instead (`shards=rank_shards(...)`, `saesteer train --dp-partiti
 rank reads its own subset of the shards with world_size=1, so no shard is read twice; each rank's
 stream is then its own (its state is per rank), and the global batch is the ranks' batches together.
 
+Transcoders (`target_hook=`): each batch also carries the target hook's rows (`targets`), the same
+rows in the same order as `acts` (one permutation, applied to both); the position's identity
+names the target hook, so a run over another pair does not resume from it.
+
 Memory: one window (at most max(buffer_rows, largest shard's rows) rows of one hook in the stored
 dtype) plus one batch, whatever the cache size. Each shard's SHA-256 is checked (streaming over
 the file) before any of its rows is used, once per reader object (`verify="always"`: every time the
@@ -59,7 +63,8 @@ class ReaderStateError(SaesteerError, ValueError):
 
 
 # the reader's identity fields -> the config fields (DataConfig / TrainConfig) that set them
-_IDENTITY_FIELDS = {"cache": "cache", "hook": "hook", "seed": "seed", "buffer_rows": "reader_buffer_rows"}
+_IDENTITY_FIELDS = {"cache": "cache", "hook": "hook", "seed": "seed", "buffer_rows": "reader_buffer_rows",
+                    "target_hook": "target_hook"}
 
 
 class ActivationBatch(NamedTuple):
@@ -69,19 +74,22 @@ class ActivationBatch(NamedTuple):
     token_ids: torch.Tensor | None = None  # [B] int64: the token at each row
     positions: torch.Tensor | None = None  # [B] int64: position in its context
     seq_index: torch.Tensor | None = None  # [B] int64: global context index in the cache
+    targets: torch.Tensor | None = None  # [B, O] a transcoder's target hook rows, paired with acts
 
 
-def make_batch(acts: torch.Tensor, meta_3B: np.ndarray | None, device: torch.device | None = None) -> ActivationBatch:
+def make_batch(acts: torch.Tensor, meta_3B: np.ndarray | None, device: torch.device | None = None,
+               targets: torch.Tensor | None = None) -> ActivationBatch:
     """An `ActivationBatch` of acts [B, D] and meta [3, B] (token ids, positions, context indices;
-    None: activations only), moved to `device` when one is given."""
+    None: activations only) and a transcoder's targets [B, O], moved to `device` when one is given."""
     if device is not None:
         acts = acts.to(device)
+        targets = targets.to(device) if targets is not None else None
     if meta_3B is None:
-        return ActivationBatch(acts)
+        return ActivationBatch(acts, targets=targets)
     t = [torch.from_numpy(np.ascontiguousarray(m)) for m in meta_3B]
     if device is not None:
         t = [x.to(device) for x in t]
-    return ActivationBatch(acts, t[0], t[1], t[2])
+    return ActivationBatch(acts, t[0], t[1], t[2], targets)
 
 
 class _Window(NamedTuple):
@@ -111,6 +119,7 @@ class CacheReader:
         device: move yielded tensors there.
         verify: "once" (default: each shard's SHA-256 checked once per reader before its rows are
             used), "always" (every time a shard is loaded), or "never".
+        target_hook: a transcoder's target hook: batches carry its rows as `targets`.
     """
 
     def __init__(
@@ -130,6 +139,7 @@ class CacheReader:
         device: str | torch.device | None = None,
         verify: Verify = "once",
         shards: Sequence[int] | None = None,
+        target_hook: str | None = None,
     ):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
@@ -139,8 +149,9 @@ class CacheReader:
             raise ValueError(f"epochs must be >= 0 or None (endless); got {epochs}")
         if buffer_rows < 1:
             raise ValueError(f"buffer_rows must be positive; got {buffer_rows}")
-        self.cache = ShardSet(path, hook, verify=verify)
+        self.cache = ShardSet(path, hook, verify=verify, target_hook=target_hook)
         self.path, self.manifest, self.hook = self.cache.path, self.cache.manifest, self.cache.hook
+        self.target_hook, self.d_out = self.cache.target_hook, self.cache.d_out
         self.d_in, self.stored_dtype = self.cache.d_in, self.cache.stored_dtype
         self.batch_size = batch_size
         self.seed = int(seed)
@@ -160,6 +171,7 @@ class CacheReader:
         self._starts_cache: tuple[int, np.ndarray] | None = None  # (epoch, first stream row of each window)
         self._loaded: tuple[int, int] | None = None  # (epoch, window index)
         self._buf_acts: torch.Tensor | None = None
+        self._buf_targets: torch.Tensor | None = None  # [N, O] transcoder targets, same rows as _buf_acts
         self._buf_meta: np.ndarray | None = None  # [3, N] token_ids, positions, seq_index
         self._perm: np.ndarray | None = None
         self._row = 0  # global stream rows consumed
@@ -220,6 +232,8 @@ class CacheReader:
         N = win.rows
         if self._buf_acts is None or self._buf_acts.shape[0] < N:
             self._buf_acts = torch.empty(N, self.d_in, dtype=self.stored_dtype)
+            if self.target_hook is not None:
+                self._buf_targets = torch.empty(N, self.d_out, dtype=self.stored_dtype)
             self._buf_meta = np.empty((3, N), dtype=np.int64) if self.with_tokens else None
         r = 0
         for i, ent in zip(win.shards, entries):
@@ -235,6 +249,8 @@ class CacheReader:
         """Shard i's n rows into the window buffers at row r (`entries`: its checked header)."""
         with self.cache.open_shard(self._index[i], entries) as (f, ent):
             read_into(f, ent[f"acts/{self.hook}"], self._buf_acts[r:r + n])
+            if self.target_hook is not None:
+                read_into(f, ent[f"acts/{self.target_hook}"], self._buf_targets[r:r + n])
             if self.with_tokens:
                 for j, k in enumerate(ROW_TENSORS):
                     tmp = torch.empty(n, dtype=ent[k].dtype)
@@ -257,8 +273,8 @@ class CacheReader:
         """Stop the background verification thread (also done when the reader is garbage collected)."""
         self.cache.close()
 
-    def _gather(self, a: int, b: int) -> list[tuple[torch.Tensor, np.ndarray | None]]:
-        """Rows [a, b) of the global stream, as (acts, meta) pieces."""
+    def _gather(self, a: int, b: int) -> list[tuple[torch.Tensor, np.ndarray | None, torch.Tensor | None]]:
+        """Rows [a, b) of the global stream, as (acts, meta, targets) pieces."""
         pieces = []
         R = self.rows_per_epoch
         while a < b:
@@ -274,7 +290,8 @@ class CacheReader:
             t_idx = torch.from_numpy(idx)
             acts = self._buf_acts.index_select(0, t_idx)
             meta = self._buf_meta[:, idx] if self.with_tokens else None
-            pieces.append((acts, meta))
+            targets = self._buf_targets.index_select(0, t_idx) if self.target_hook is not None else None
+            pieces.append((acts, meta, targets))
             a += hi - lo
         return pieces
 
@@ -295,26 +312,34 @@ class CacheReader:
             if size < G and self.drop_last:
                 return
             a, b = self._rank_range(self._row, size)
-            pieces = self._gather(a, b) if b > a else [(self._empty_acts(), np.empty((3, 0), np.int64) if self.with_tokens else None)]
+            pieces = self._gather(a, b) if b > a else [self._empty_piece()]
             self._row += size  # before yielding: state_dict() now describes what comes next
             yield self._make_batch(pieces)
 
-    def _empty_acts(self) -> torch.Tensor:
-        return torch.empty(0, self.d_in, dtype=self.stored_dtype)
+    def _empty_piece(self) -> tuple[torch.Tensor, np.ndarray | None, torch.Tensor | None]:
+        targets = torch.empty(0, self.d_out, dtype=self.stored_dtype) if self.target_hook is not None else None
+        return (torch.empty(0, self.d_in, dtype=self.stored_dtype),
+                np.empty((3, 0), np.int64) if self.with_tokens else None, targets)
 
     def _make_batch(self, pieces) -> ActivationBatch:
-        acts = pieces[0][0] if len(pieces) == 1 else torch.cat([p[0] for p in pieces])
-        if self.dtype is not None:
-            acts = acts.to(self.dtype)
+        def joined(j: int) -> torch.Tensor:
+            t = pieces[0][j] if len(pieces) == 1 else torch.cat([p[j] for p in pieces])
+            return t.to(self.dtype) if self.dtype is not None else t
+
+        acts = joined(0)
+        targets = joined(2) if self.target_hook is not None else None
         if not self.with_tokens:
-            return make_batch(acts, None, self.device)
+            return make_batch(acts, None, self.device, targets)
         meta = pieces[0][1] if len(pieces) == 1 else np.concatenate([p[1] for p in pieces], axis=1)
-        return make_batch(acts, meta, self.device)
+        return make_batch(acts, meta, self.device, targets)
 
     # -- resume ----------------------------------------------------------------------------
     def _identity(self) -> dict[str, Any]:
-        return {"cache": self.cache.shards_digest(self._index), "hook": self.hook, "seed": self.seed,
-                "buffer_rows": self.buffer_rows}
+        ident = {"cache": self.cache.shards_digest(self._index), "hook": self.hook, "seed": self.seed,
+                 "buffer_rows": self.buffer_rows}
+        if self.target_hook is not None:  # (an SAE's saved positions stay as they were)
+            ident["target_hook"] = self.target_hook
+        return ident
 
     def state_dict(self) -> dict[str, Any]:
         """Where the stream stands (JSON-able; identical on every rank)."""
@@ -326,7 +351,8 @@ class CacheReader:
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
             raise ValueError(f"not a CacheReader state (version {STATE_VERSION}): {str(state)[:200]}")
         mine = self._identity()
-        differ = [k for k, v in mine.items() if state.get(k) != v]
+        keys = list(mine) + [k for k in ("target_hook",) if k in state and k not in mine]  # an SAE's vs a pair's
+        differ = [k for k in keys if state.get(k) != mine.get(k)]
         if differ:
             lines = []
             for k in differ:
@@ -334,7 +360,7 @@ class CacheReader:
                     lines.append(f"cache: another cache (its shards hash to {str(state.get(k))[:12]}..., this "
                                  f"one's to {mine[k][:12]}...)")
                 else:
-                    lines.append(f"{_IDENTITY_FIELDS[k]}: the saved position has {state.get(k)!r}, now {mine[k]!r}")
+                    lines.append(f"{_IDENTITY_FIELDS[k]}: the saved position has {state.get(k)!r}, now {mine.get(k)!r}")
             raise ReaderStateError(
                 "the saved reader position belongs to another stream:\n  - " + "\n  - ".join(lines)
                 + "\nuse the cache and settings the run started with, or start a new run",

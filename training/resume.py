@@ -27,7 +27,7 @@ from training.collectives import Collectives
 from training.config import RunConfig, config_differences
 from training.initialize import estimate_activation_scale
 from training.logs import truncate_history
-from training.trainer import ConfigMismatchError, DataError, Trainer, batch_tensor
+from training.trainer import ConfigMismatchError, DataError, Trainer, batch_targets, batch_tensor
 
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
@@ -40,6 +40,7 @@ class RunStart(NamedTuple):
     batches: Iterator[Any]  # the training batches, after the held-out rows (and, resumed, the trained ones)
     holdout_BD: Tensor  # the held-out rows, on every rank
     resumed_from: Path | None  # the checkpoint folder (None: a fresh run)
+    holdout_targets: Tensor | None = None  # transcoder runs: the held-out rows' targets, paired with holdout_BD
 
 
 def start_run(config: RunConfig, data: Iterable[Any], out: Path, coll: Collectives, prov: dict[str, Any],
@@ -48,9 +49,12 @@ def start_run(config: RunConfig, data: Iterable[Any], out: Path, coll: Collectiv
     ("auto", "never": refuse a folder with checkpoints, "require": refuse one without)."""
     found = checkpoint_to_resume(config, out, coll, resume)
     batches = iter(data)
-    holdout_BD, _ = draw_holdout(batches, config.train.holdout_tokens, coll)
+    holdout_BD, _, holdout_targets = draw_holdout(batches, config.train.holdout_tokens, coll)
     refuse_nonfinite(holdout_BD, prov)
-    trainer = Trainer(config, holdout_BD.shape[1], collectives=coll, sae_metadata=sae_metadata(prov))
+    if holdout_targets is not None:
+        refuse_nonfinite(holdout_targets, prov)
+    d_out = holdout_targets.shape[1] if holdout_targets is not None else None
+    trainer = Trainer(config, holdout_BD.shape[1], collectives=coll, sae_metadata=sae_metadata(prov), d_out=d_out)
     if found is not None:
         batches = resume_from(trainer, found, data, batches, holdout_BD)
     else:
@@ -60,11 +64,11 @@ def start_run(config: RunConfig, data: Iterable[Any], out: Path, coll: Collectiv
 
             trainer.init_from = initialize_from_source(trainer, load_source(config.train.init_from), prov)
         else:
-            trainer.initialize(holdout_BD)
+            trainer.initialize(holdout_BD, holdout_targets)
     if coll.is_writer:
         truncate_history(out, trainer.step)
         atomic_write_json(out / CONFIG_FILE, config.to_dict())
-    return RunStart(trainer, batches, holdout_BD, found[0] if found is not None else None)
+    return RunStart(trainer, batches, holdout_BD, found[0] if found is not None else None, holdout_targets)
 
 
 def checkpoint_to_resume(config: RunConfig, out: Path, coll: Collectives, resume: str) -> Checkpoint | None:
@@ -147,26 +151,32 @@ def _reader_position(data_state: dict[str, Any], coll: Collectives) -> dict[str,
     return states[coll.rank]
 
 
-def draw_holdout(it: Iterator[Any], rows: int, coll: Collectives | None = None) -> tuple[Tensor, int]:
-    """The first `rows` rows of the (global) stream, on every rank, and the batches drawn here.
+def draw_holdout(it: Iterator[Any], rows: int, coll: Collectives | None = None) -> tuple[Tensor, int, Tensor | None]:
+    """The first `rows` rows of the (global) stream, on every rank, the batches drawn here, and
+    (transcoder batches, with `.targets`) the same rows' targets.
 
     Data parallel: each rank draws batches until the global batches drawn hold `rows` rows; the
     ranks' rows are gathered and put back in global-batch order (batch 0 of rank 0, of rank 1,
     ..., batch 1 of rank 0, ...), so the held-out set is the one a single process reading the
     same global batches would take."""
     coll = coll or Collectives()
-    parts, n, batches = [], 0, 0
+    parts, target_parts, n, batches = [], [], 0, 0
     while n < rows:
         batch = next(it, None)
         if not coll.all_true(batch is not None):
             break
         x = batch_tensor(batch)
         parts.append(x.to("cpu", torch.float32))
+        y = batch_targets(batch)
+        if y is not None:
+            target_parts.append(y.to("cpu", torch.float32))
         n += coll.global_rows(x.shape[0])
         batches += 1
     if n == 0:
         raise ValueError("the data source yielded no batches; check the cache / dataset")
-    local_BD = torch.cat(parts)
+    # inputs and targets side by side: one gather keeps them paired
+    width = parts[0].shape[1]
+    local_BD = torch.cat([torch.cat(parts)] + ([torch.cat(target_parts)] if target_parts else []), dim=1)
     if coll.distributed:
         sizes = {p.shape[0] for p in parts}
         gathered_BD = coll.gather_rows(local_BD.to(coll.device)).cpu()  # type: ignore[attr-defined]
@@ -175,7 +185,8 @@ def draw_holdout(it: Iterator[Any], rows: int, coll: Collectives | None = None) 
             b = parts[0].shape[0]
             gathered_BD = gathered_BD.view(W, batches, b, -1).transpose(0, 1).reshape(-1, local_BD.shape[1])
         local_BD = gathered_BD
-    return local_BD[:rows], batches
+    local_BD = local_BD[:rows]
+    return local_BD[:, :width], batches, (local_BD[:, width:] if target_parts else None)
 
 
 def refuse_nonfinite(holdout_BD: Tensor, prov: dict[str, Any]) -> None:
@@ -206,6 +217,7 @@ def sae_metadata(prov: dict[str, Any]) -> dict[str, Any]:
     """What each SAE's config records about its data (SAELens's field names) from the provenance."""
     # model_name: the name SAELens users load the model by (hub name, local path), else our id
     keys = {"model_name": "model_name" if prov.get("model_name") else "model", "hook_name": "hook_name",
+            "hook_name_out": "hook_name_out",  # a transcoder's target hook (SAELens's field)
             "context_size": "context_size", "prepend_bos": "prepend_bos", "dataset_path": "dataset"}
     meta = {k: prov[src] for k, src in keys.items() if prov.get(src) is not None}
     if prov.get("model_identity") is not None:  # how to load the model: raw weights, or processed (SAELens's hint)

@@ -103,17 +103,20 @@ def _train_locked(
         logger.message(f"resumed from {start.resumed_from.name} at {trainer.tokens:,} tokens")
     checkpointer = Checkpointer(out / CHECKPOINT_DIR, config.checkpoint, data, logger, trainer)
     try:
-        stopped_early = _loop(trainer, start.batches, start.holdout_BD, logger, checkpointer, model_eval, on_step)
+        stopped_early = _loop(trainer, start.batches, start.holdout_BD, logger, checkpointer, model_eval, on_step,
+                              start.holdout_targets)
         checkpointer.save_final(trainer)
     finally:
         logger.close()
-    result = finish_run(trainer, out, start.holdout_BD, model_eval, prov, stopped_early, time.perf_counter() - t_start)
+    result = finish_run(trainer, out, start.holdout_BD, model_eval, prov, stopped_early, time.perf_counter() - t_start,
+                        start.holdout_targets)
     result.resumed_from = start.resumed_from
     return result
 
 
 def _loop(trainer: Trainer, batches: Iterator[Any], holdout_BD: Tensor, logger: RunLogger, checkpointer: Checkpointer,
-          model_eval: ModelEval | None, on_step: Callable[[Trainer], None] | None) -> str | None:
+          model_eval: ModelEval | None, on_step: Callable[[Trainer], None] | None,
+          holdout_targets: Tensor | None = None) -> str | None:
     """Step until `TrainConfig.total_tokens` or the end of the data; returns why the run
     stopped early (None: it did not)."""
     cfg = trainer.config
@@ -131,7 +134,7 @@ def _loop(trainer: Trainer, batches: Iterator[Any], holdout_BD: Tensor, logger: 
         trainer.train_seconds += time.perf_counter() - t0
         step_log.after_step(x_BD, stats, before)
         if trainer.coll.is_writer and crossed(cfg.eval.every_tokens, before, trainer.tokens) and trainer.tokens < total:
-            ev = trainer.evaluate(holdout_BD, model_eval if cfg.eval.ce_during_training else None)
+            ev = trainer.evaluate(holdout_BD, model_eval if cfg.eval.ce_during_training else None, holdout_targets)
             logger.record(eval_record(trainer, ev))
         checkpointer.after_step(trainer, before)
         if on_step is not None:

@@ -13,6 +13,11 @@ any of its rows is used: present, of the manifest's size, its SHA-256 equal to t
 holding the hook's activations [rows, d_in] in the manifest's dtype, `token_ids`, `positions`,
 `seq_index` [rows] and `context_tokens`. A bad shard is a `ShardCorruptError` naming it.
 
+Transcoder pairs (`target_hook=`): every shard holds every cached hook for the same rows (one model
+pass wrote them, in one order), so row i of the input hook and row i of the target hook come from
+the same token. The shard checks then cover both hooks, the fingerprint names both, and a cache
+that lacks either hook is refused naming the pair asked for and the hooks it holds.
+
 Shape key: R rows of a shard, D d_in.
 """
 
@@ -27,6 +32,7 @@ from typing import Any, BinaryIO, Callable, Iterator, Literal, NamedTuple, Seque
 import numpy as np
 import torch
 
+from saes.errors import SaesteerError
 from training.manifest import Manifest, ShardInfo, read_manifest, read_progress
 from saes.fileio import sha256_file
 from training.shards import DTYPES, ShardCorruptError, TensorEntry, read_header, read_tensors
@@ -69,17 +75,25 @@ def shard_problem(path: Path, shard: ShardInfo, d_in: dict[str, int], dtype: tor
     return None, entries
 
 
+class CachePairError(SaesteerError, ValueError):
+    """A cache that does not hold the (input hook, target hook) pair a transcoder needs."""
+
+
 class ShardSet:
-    """The shards of one hook of a complete cache, each checked before use (see the module doc).
+    """The shards of one hook (or one input/target pair) of a complete cache, each checked before
+    use (see the module doc).
 
     Args:
         path: cache directory.
-        hook: which cached hook point (optional when the cache holds one).
+        hook: which cached hook point (optional when the cache holds one; with `target_hook`,
+            optional when the cache holds exactly the pair).
+        target_hook: a transcoder's target hook, read beside `hook` row for row (None: an SAE).
         verify: "once" (default: each shard's SHA-256 checked once per ShardSet), "always" (every
             time a shard is opened), or "never".
     """
 
-    def __init__(self, path: str | Path, hook: str | None = None, *, verify: Verify = "once") -> None:
+    def __init__(self, path: str | Path, hook: str | None = None, *, verify: Verify = "once",
+                 target_hook: str | None = None) -> None:
         self.path = Path(path)
         self.manifest: Manifest = read_manifest(self.path)
         if not self.manifest.complete:
@@ -87,6 +101,8 @@ class ShardSet:
                 f"{self.path}: the cache is incomplete; re-run the same `saesteer cache` command to finish it"
             )
         hooks = self.manifest.hooks
+        if target_hook is not None:
+            hook = check_cached_pair(self.path, hooks, hook, target_hook)
         if hook is None:
             if len(hooks) != 1:
                 raise ValueError(f"{self.path} holds several hook points ({', '.join(hooks)}); pass hook=... to pick one")
@@ -96,8 +112,10 @@ class ShardSet:
         if verify not in ("once", "always", "never"):
             raise ValueError(f"verify must be once, always or never; got {verify!r}")
         self.hook = hook
+        self.target_hook = target_hook
         self.verify = verify
         self.d_in = self.manifest.d_in[hook]
+        self.d_out = self.manifest.d_in[target_hook] if target_hook is not None else None
         self.stored_dtype = DTYPES[self.manifest.dtype]
         self.shards: list[ShardInfo] = self.manifest.shards
         self._verified: set[int] = set()
@@ -112,6 +130,8 @@ class ShardSet:
         s = self.manifest.settings
         ident = {k: s[k] for k in _CONTENT_SETTINGS}
         ident["hook"] = self.hook
+        if self.target_hook is not None:  # (SAE fingerprints stay as they were)
+            ident["target_hook"] = self.target_hook
         ident["shards"] = [sh.sha256 for sh in self.shards]
         return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -124,7 +144,7 @@ class ShardSet:
     def entries(self, i: int) -> dict[str, TensorEntry]:
         """The header entries of shard i, after its checks (SHA-256 as `verify` says)."""
         s = self.shards[i]
-        problem, entries = shard_problem(self.path / s.file, s, {self.hook: self.d_in}, self.stored_dtype,
+        problem, entries = shard_problem(self.path / s.file, s, self.widths, self.stored_dtype,
                                          self._digest(i) if self._must_hash(i) else None)
         if problem is not None:
             fix = (f" and none of its rows were used. Run `saesteer cache --verify {self.path}` to list all bad "
@@ -133,6 +153,14 @@ class ShardSet:
         if self._must_hash(i):
             self._verified.add(i)
         return entries
+
+    @property
+    def widths(self) -> dict[str, int]:
+        """The hooks read, with their widths: the input hook (and the target hook)."""
+        out = {self.hook: self.d_in}
+        if self.target_hook is not None:
+            out[self.target_hook] = self.d_out
+        return out
 
     def _must_hash(self, i: int) -> bool:
         return self.verify == "always" or (self.verify == "once" and i not in self._verified)
@@ -182,9 +210,36 @@ class ShardSet:
             yield f, entries
 
     def read(self, i: int, keys: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Whole tensors of shard i (`acts` is this hook's activations), in fresh CPU tensors."""
+        """Whole tensors of shard i (`acts` is this hook's activations, `targets` the target hook's),
+        in fresh CPU tensors."""
+        names = {"acts": f"acts/{self.hook}", "targets": f"acts/{self.target_hook}"}
+        if "targets" in keys and self.target_hook is None:
+            raise ValueError("targets asked of a ShardSet opened without target_hook")
         with self.open_shard(i) as (f, entries):
-            return read_tensors(f, [entries[f"acts/{self.hook}" if k == "acts" else k] for k in keys], list(keys))
+            return read_tensors(f, [entries[names.get(k, k)] for k in keys], list(keys))
+
+
+def check_cached_pair(path: Path, hooks: Sequence[str], hook: str | None, target_hook: str) -> str:
+    """The input hook of a transcoder pair the cache at `path` holds (`hook`, or the cache's other
+    hook when it holds exactly two); a cache without the pair is refused naming both sides."""
+    if hook is None:
+        others = [h for h in hooks if h != target_hook]
+        if len(hooks) == 2 and len(others) == 1:
+            hook = others[0]
+        else:
+            raise CachePairError(f"{path} holds {', '.join(hooks)}; name the transcoder's input hook (DataConfig.hook) "
+                                 f"beside its target {target_hook!r}", field="hook")
+    if hook == target_hook:
+        raise CachePairError(f"the transcoder's input hook and target hook are both {hook!r}; a target hook "
+                             f"(DataConfig.target_hook) is another hook point, or leave it out to train an SAE",
+                             field="target_hook")
+    missing = [h for h in (hook, target_hook) if h not in hooks]
+    if missing:
+        raise CachePairError(
+            f"{path} was built for hook(s) {', '.join(hooks)}, but this transcoder reads {hook!r} and predicts "
+            f"{target_hook!r} ({', '.join(repr(h) for h in missing)} not cached); cache the pair in one pass with "
+            f"`saesteer cache --hooks {hook},{target_hook}`", field="target_hook" if target_hook in missing else "hook")
+    return hook
 
 
 # ----------------------------------------------------------------------------------------------

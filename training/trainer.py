@@ -20,6 +20,11 @@ a call on `Collectives` (see training/collectives.py).
 
 Inputs are scaled by one factor (E||x|| = sqrt(d_in) on the held-out rows); the factor is
 folded into the saved weights, so saved SAEs read raw activations.
+
+Transcoders (`Trainer(..., d_out=)`, a run whose data has a target hook): every SAE of the run is
+a transcoder of its architecture (`SAESpec.skip`: with a skip connection), each batch is a pair
+(`.acts` the input, `.targets` the target), the target has its own scale (E||y|| = sqrt(d_out)),
+b_dec starts at the target's median, and losses, FVU and EV are the target's.
 """
 
 from __future__ import annotations
@@ -150,10 +155,15 @@ def make_optimizer(params: list[torch.nn.Parameter], lr: float, cfg: RunConfig) 
         return torch.optim.Adam(params, foreach=True, **kw)
 
 
-def build_member(spec: SAESpec, index: int, d_in: int, cfg: RunConfig, device: torch.device, metadata: dict[str, Any]) -> Member:
+def build_member(spec: SAESpec, index: int, d_in: int, cfg: RunConfig, device: torch.device, metadata: dict[str, Any],
+                 d_out: int | None = None) -> Member:
     gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + index)
+    if spec.skip and d_out is None:
+        raise ConfigMismatchError(f"SAESpec.skip is set for {spec.name!r} but the data has no target hook: a skip "
+                                  f"connection belongs to a transcoder (give DataConfig.target_hook)", field="skip")
+    mode = {} if d_out is None else {"d_out": d_out, "apply_b_dec_to_input": False, "skip_connection": spec.skip}
     sae = create_sae(spec.architecture, d_in, spec.d_sae, device=device, generator=gen, metadata=dict(metadata),
-                     **spec.sae_config_fields())
+                     **spec.sae_config_fields(), **mode)
     lr = sae_lr(spec, cfg.optim)
     return Member(spec, sae, make_optimizer(list(sae.parameters()), lr, cfg), lr,
                   torch.zeros(spec.d_sae, dtype=torch.int64, device=device))
@@ -190,18 +200,19 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 def train_step(
-    m: Member, x_BD: Tensor, lr: float, s: StepSettings, coll: Collectives, n_global: int | None = None
+    m: Member, x_BD: Tensor, lr: float, s: StepSettings, coll: Collectives, n_global: int | None = None,
+    target_BO: Tensor | None = None,
 ) -> StepStats:
     """One optimiser step of one SAE on one batch (skipped, with grads dropped, if non-finite).
 
     Data parallel (`coll.distributed`): `x_BD` is this rank's part of a global batch of
     `n_global` rows; selections over the batch (BatchTopK) see the global batch, and the
     gradients are averaged with weights local rows / global rows (the gradient of the global
-    batch's mean loss)."""
+    batch's mean loss). `target_BO`: a transcoder's target rows."""
     n_local = x_BD.shape[0]
     n_global = coll.global_rows(n_local) if n_global is None else n_global
     res = compute_grads(m.sae, x_BD, m.dead_mask(s.dead_window), aux_coef=s.aux_coef, k_aux=s.k_aux, method=s.method,
-                        group=coll.batch_group(), workspace=m.workspace)
+                        group=coll.batch_group(), workspace=m.workspace, target_BO=target_BO)
     coll.average_gradients_(m.params, n_local / n_global if n_global else None)
     remove_parallel_decoder_grad_(m.sae)
     norm = grad_norm(m.params)
@@ -230,6 +241,14 @@ def batch_tensor(batch: Any) -> Tensor:
     return x
 
 
+def batch_targets(batch: Any) -> Tensor | None:
+    """A transcoder batch's [B, O] target rows (`.targets`, paired with `.acts`); None for an SAE's batch."""
+    y = getattr(batch, "targets", None)
+    if y is not None and (not isinstance(y, Tensor) or y.ndim != 2):
+        raise TypeError(f"a batch's targets must be a [B, d_out] tensor; got {type(y).__name__}")
+    return y
+
+
 class Trainer:
     """The state of a run (SAEs, optimisers, counters, position) and the step over all SAEs.
 
@@ -237,14 +256,16 @@ class Trainer:
 
     def __init__(
         self, config: RunConfig, d_in: int, *, collectives: Collectives | None = None,
-        sae_metadata: dict[str, Any] | None = None,
+        sae_metadata: dict[str, Any] | None = None, d_out: int | None = None,
     ) -> None:
         self.config = config
         self.d_in = d_in
+        self.d_out = d_out  # transcoders: the target's width (None: SAEs)
         self.coll = collectives or Collectives()
         self.device = torch.device(config.train.device)
         self.members = [
-            build_member(spec, i, d_in, config, self.device, sae_metadata or {}) for i, spec in enumerate(config.saes)
+            build_member(spec, i, d_in, config, self.device, sae_metadata or {}, d_out)
+            for i, spec in enumerate(config.saes)
         ]
         self.step_method = resolve_step_method(config.train.step_method, self.device, [m.sae for m in self.members])
         t = config.train
@@ -254,6 +275,7 @@ class Trainer:
         self.step = 0
         self.tokens = 0
         self.scale = 1.0
+        self.target_scale = 1.0  # transcoders: the target's own scale (an SAE's target is its input)
         self.train_seconds = 0.0
         self.init_from: dict[str, Any] | None = None  # fine-tuning: the source SAE's record (training.init_from)
 
@@ -262,19 +284,39 @@ class Trainer:
         return self.config.train.total_steps
 
     # -- initialisation ---------------------------------------------------------------------
+    @property
+    def is_transcoder(self) -> bool:
+        return self.d_out is not None
+
+    @property
+    def output_scale(self) -> float:
+        """The scale of what the SAEs reconstruct: a transcoder's target scale, else the input's."""
+        return self.target_scale if self.is_transcoder else self.scale
+
     @torch.no_grad()
-    def initialize(self, holdout_BD: Tensor) -> None:
-        """Activation scale, b_dec and the encoder's initial scale from the held-out rows (a fresh run only).
+    def initialize(self, holdout_BD: Tensor, holdout_targets: Tensor | None = None) -> None:
+        """Activation scale(s), b_dec and the encoder's initial scale from the held-out rows (a fresh
+        run only); `holdout_targets`: a transcoder run's held-out target rows.
 
         The scale is computed on rank 0's sample and broadcast with the other parameters."""
         x = holdout_BD.to(self.device, torch.float32)  # the whole held-out set on every rank (training.resume.draw_holdout)
-        self.scale = estimate_activation_scale(x) if self.config.train.normalize_activations else 1.0
-        b_dec_D = initial_b_dec(x * self.scale, self.config.train.b_dec_init, self.coll)
+        normalize = self.config.train.normalize_activations
+        self.scale = estimate_activation_scale(x) if normalize else 1.0
+        y = None
+        if self.is_transcoder:
+            if holdout_targets is None:
+                raise DataError("a transcoder run needs the held-out target rows; the data yielded batches without "
+                                "targets (read the cache with its target hook)")
+            y = holdout_targets.to(self.device, torch.float32)
+            self.target_scale = estimate_activation_scale(y) if normalize else 1.0
+        goal = x * self.scale if y is None else y * self.target_scale  # what the decoder's output must match
+        b_dec_D = initial_b_dec(goal, self.config.train.b_dec_init, self.coll)
         init_scale = self.config.train.encoder_init_scale
         for m in self.members:
             m.sae.b_dec.copy_(b_dec_D)
             c = init_scale if init_scale is not None else least_squares_encoder_scale(
-                m.sae.W_enc, m.sae.b_enc, m.sae.W_dec, b_dec_D, x * self.scale, m.spec.k)
+                m.sae.W_enc, m.sae.b_enc, m.sae.W_dec, b_dec_D, x * self.scale, m.spec.k,
+                target_BO=None if y is None else goal)
             if c != 1.0:
                 m.sae.W_enc.mul_(c)
                 m.sae.b_enc.mul_(c)
@@ -289,13 +331,28 @@ class Trainer:
         x = x.to(self.device, non_blocking=True).to(torch.float32)  # stored fp16 crosses to a GPU as fp16: half the bytes
         return x * self.scale if self.scale != 1.0 else x
 
+    def prepare_targets(self, batch: Any, rows: int) -> Tensor | None:
+        """A transcoder batch's target rows, scaled (None for an SAE run)."""
+        if not self.is_transcoder:
+            return None
+        y = batch_targets(batch)
+        if y is None:
+            raise DataError("a transcoder run got a batch without target rows; read the cache with its target hook")
+        if y.shape != (rows, self.d_out):
+            raise ValueError(f"batch targets have shape {tuple(y.shape)}, the run predicts [{rows}, d_out={self.d_out}]")
+        y = y.to(self.device, non_blocking=True).to(torch.float32)
+        return y * self.target_scale if self.target_scale != 1.0 else y
+
     def train_batch(self, batch: Any) -> tuple[Tensor, dict[str, StepStats]]:
+        """One step of every SAE; returns the rows they reconstruct (a transcoder's: the targets,
+        scaled) and each one's stats."""
         x_BD = self.prepare(batch)
+        y_BO = self.prepare_targets(batch, x_BD.shape[0])
         factor = lr_factor(self.step, self.total_steps, self.config.optim)
         n_global = self.coll.global_rows(x_BD.shape[0])
         stats: dict[str, StepStats] = {}
         for m in self.members:
-            st = train_step(m, x_BD, m.lr * factor, self.settings, self.coll, n_global)
+            st = train_step(m, x_BD, m.lr * factor, self.settings, self.coll, n_global, y_BO)
             if st.skipped:
                 m.consecutive_nonfinite += 1
                 m.skipped_steps += 1
@@ -304,29 +361,31 @@ class Trainer:
             stats[m.name] = st
         self.step += 1
         self.tokens += n_global
-        return x_BD, stats
+        return (x_BD if y_BO is None else y_BO), stats
 
     def dead_fraction(self, m: Member) -> float:
         """Latents with no firing in the last `dead_window` training tokens (the mask AuxK uses)."""
         return float(m.dead_mask(self.dead_window).float().mean())
 
     # -- evaluation ------------------------------------------------------------------------------
-    def evaluate(self, holdout_BD: Tensor, model_eval: Any = None) -> dict[str, dict[str, Any]]:
+    def evaluate(self, holdout_BD: Tensor, model_eval: Any = None,
+                 holdout_targets: Tensor | None = None) -> dict[str, dict[str, Any]]:
         out = {}
         for m in self.members:
-            r = evaluate_activations(m.sae, holdout_BD, scale=self.scale, dense_threshold=self.config.eval.dense_threshold)
+            r = evaluate_activations(m.sae, holdout_BD, scale=self.scale, dense_threshold=self.config.eval.dense_threshold,
+                                     targets=holdout_targets, target_scale=self.output_scale)
             r["dead_fraction"] = self.dead_fraction(m)
             r["dead_window_tokens"] = self.dead_window
             if model_eval is not None:
-                r.update(model_eval.run(sae_reconstructor(m.sae, self.scale), self.config.eval).to_dict())
+                r.update(model_eval.run(sae_reconstructor(m.sae, self.scale, self.output_scale), self.config.eval).to_dict())
             out[m.name] = r
         return out
 
     def folded_sae(self, m: Member) -> SAE:
         """A copy of the SAE with the activation scale folded in (reads raw activations)."""
         sae = copy.deepcopy(m.sae)
-        if self.scale != 1.0:
-            sae.fold_activation_scale_(self.scale)
+        if self.scale != 1.0 or self.output_scale != 1.0:
+            sae.fold_activation_scale_(self.scale, self.output_scale)
         return sae
 
     # -- checkpoints ------------------------------------------------------------------------------
@@ -343,6 +402,7 @@ class Trainer:
             }
         state = {
             "tokens": self.tokens, "step_method": self.step_method, "activation_scale": self.scale,
+            "target_activation_scale": self.target_scale, "d_out": self.d_out,
             "train_seconds": self.train_seconds, "config": self.config.to_dict(), "members": members,
             "init_from": self.init_from,
             "world_size": self.coll.world_size,
@@ -362,7 +422,13 @@ class Trainer:
             if saved is None:
                 raise CheckpointError(f"the checkpoint has no SAE named {m.name!r}")
             sd = {k.split("/", 2)[2]: v for k, v in tensors.items() if k.startswith(f"sae/{m.name}/")}
-            w = sd.get("W_enc")
+            w, wd = sd.get("W_enc"), sd.get("W_dec")
+            if wd is not None and w is not None and tuple(w.shape) == tuple(m.sae.W_enc.shape) \
+                    and tuple(wd.shape) != tuple(m.sae.W_dec.shape):
+                raise ConfigMismatchError(
+                    f"target_hook: the checkpoint's SAE {m.name} predicts rows of width {wd.shape[1]} (saved d_out "
+                    f"{state.get('d_out')}), this run's target has width {m.sae.d_out}; resume with the target hook "
+                    f"the run started with", field="target_hook")
             if w is not None and tuple(w.shape) != tuple(m.sae.W_enc.shape):
                 raise ConfigMismatchError(
                     f"d_in: the checkpoint's SAE {m.name} reads activations of width {w.shape[0]} (d_sae "
@@ -377,6 +443,7 @@ class Trainer:
         self.step = int(state["step"])
         self.tokens = int(state["tokens"])
         self.scale = float(state["activation_scale"])
+        self.target_scale = float(state.get("target_activation_scale", 1.0))
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self.init_from = state.get("init_from")
         restore_rng(state["rng"], tensors)

@@ -1,5 +1,5 @@
 """The store's connection: opening and creating a store file, transactions, the build's identity
-(SAE and cache fingerprints, the model), feature-id checks and the vocabulary. `FeatureStore`
+(SAE and cache fingerprints, the model), latent checks and the vocabulary. `FeatureStore`
 (features.store) adds the reads, queries and writes to it."""
 
 from __future__ import annotations
@@ -18,9 +18,26 @@ from features.store.errors import (
     StoreMismatchError,
     StoreReadOnlyError,
 )
-from features.store.schema import ADDED_TABLES, FEATURE_COLUMNS, SCHEMA, SCHEMA_VERSION, connect
+from features.store.schema import ADDED_TABLES, FEATURE_COLUMNS, RENAMED_COLUMNS, SCHEMA, SCHEMA_VERSION, connect
 
 _Store = TypeVar("_Store", bound="StoreBase")
+
+
+def _rename_columns(conn: sqlite3.Connection) -> None:
+    """Upgrade a version-1 store to version 2 in one transaction: its latent columns get their new
+    names (`RENAMED_COLUMNS`; SQLite updates the indexes with them); nothing else changes."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for table, old, new in RENAMED_COLUMNS:
+            if old in {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}:
+                conn.execute(f"ALTER TABLE {table} RENAME COLUMN {old} TO {new}")
+        conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        conn.close()
+        raise
 
 
 class StoreBase:
@@ -71,7 +88,13 @@ class StoreBase:
         if version is None:
             conn.close()
             raise StoreError(f"{path} has no schema version; it is not a complete feature store - rebuild it")
-        if version[0] != SCHEMA_VERSION:
+        if version[0] == 1 and not readonly:
+            _rename_columns(conn)
+        elif version[0] == 1:
+            conn.close()
+            raise StoreError(f"{path} has feature-store schema version 1 (older column names); upgrade it in place "
+                             f"with `saesteer features upgrade {path}`")
+        elif version[0] != SCHEMA_VERSION:
             conn.close()
             newer = version[0] > SCHEMA_VERSION
             raise StoreError(
@@ -203,11 +226,11 @@ class StoreBase:
                 f"Use the matching cache, or rebuild the store with `saesteer features build ... --overwrite`"
             )
 
-    def _check_id(self, feature_id: int) -> int:
+    def _check_latent(self, latent: int) -> int:
         try:
-            i = int(feature_id)
+            i = int(latent)
         except (TypeError, ValueError):
-            raise FeatureIndexError(f"feature id must be an integer, got {feature_id!r}") from None
+            raise FeatureIndexError(f"a latent must be an integer, got {latent!r}") from None
         if not 0 <= i < self.d_sae:
             raise FeatureIndexError(
                 f"feature {i} is out of range: this store holds latents 0..{self.d_sae - 1} (d_sae={self.d_sae})"
@@ -216,7 +239,7 @@ class StoreBase:
 
     def _check_written(self, conn: sqlite3.Connection, i: int) -> sqlite3.Row | tuple:
         row = conn.execute(f"SELECT {', '.join(FEATURE_COLUMNS)}, recommended_strength, strength_source "
-                           f"FROM features WHERE id = ?", (i,)).fetchone()
+                           f"FROM features WHERE latent = ?", (i,)).fetchone()
         if row is None:
             done = conn.execute("SELECT COUNT(*) FROM features").fetchone()[0]
             raise FeatureNotWrittenError(

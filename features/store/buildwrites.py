@@ -36,10 +36,10 @@ class StoreBuildWrites(StoreBase):
             c.executemany("INSERT INTO vocab(token_id, text) VALUES (?, ?)", list(enumerate(strings)))
         self._vocab = None
 
-    def write_feature_block(self, block: int, first_id: int, end_id: int, features: list[FeatureRow],
+    def write_feature_block(self, block: int, first_latent: int, end_latent: int, features: list[FeatureRow],
                             histograms: list[HistogramRow], examples: list[ExampleRow], logits: list[LogitRow],
                             neighbours: list[NeighbourRow], fts: list[SearchTextRow]) -> None:
-        """One build transaction: latents [first_id, end_id) with everything that belongs to them."""
+        """One build transaction: latents [first_latent, end_latent) with everything that belongs to them."""
         with self.transaction() as c:
             if c.execute("SELECT 1 FROM build_progress WHERE block = ?", (block,)).fetchone():
                 return
@@ -49,4 +49,4 @@ class StoreBuildWrites(StoreBase):
             c.executemany(insert_sql("logit_effects", LogitRow), logits)
             c.executemany(insert_sql("neighbours", NeighbourRow), neighbours)
             c.executemany("INSERT INTO feature_fts(rowid, label, examples) VALUES (?, ?, ?)", fts)
-            c.execute("INSERT INTO build_progress(block, first_id, end_id) VALUES (?, ?, ?)", (block, first_id, end_id))
+            c.execute("INSERT INTO build_progress(block, first_latent, end_latent) VALUES (?, ?, ?)", (block, first_latent, end_latent))

@@ -15,25 +15,25 @@ class StoreLabelEmbeddings(StoreBase):
     """Write and read the label vectors of an embedding model."""
 
     def write_label_embeddings(self, model: str, rows: Iterable[tuple[int, int | None, Any]]) -> int:
-        """Store (feature id, label id, vector) rows of one embedding model, replacing those latents' old ones."""
+        """Store (latent, label id, vector) rows of one embedding model, replacing those latents' old ones."""
         data = []
-        for fid, lid, vec in rows:
+        for latent, lid, vec in rows:
             v = np.asarray(vec, dtype="<f4").ravel()
             if not np.all(np.isfinite(v)):
-                raise ValueError(f"embedding of feature {fid} has non-finite values")
-            data.append((model, self._check_id(fid), lid, int(v.size), v.tobytes()))
+                raise ValueError(f"embedding of latent {latent} has non-finite values")
+            data.append((model, self._check_latent(latent), lid, int(v.size), v.tobytes()))
         with self.transaction() as c:
-            c.executemany("INSERT OR REPLACE INTO label_embeddings(model, feature_id, label_id, dim, vector) "
+            c.executemany("INSERT OR REPLACE INTO label_embeddings(model, latent, label_id, dim, vector) "
                           "VALUES (?, ?, ?, ?, ?)", data)
         return len(data)
 
     def label_embeddings(self, model: str) -> tuple[list[int], list[int | None], np.ndarray]:
-        """(feature ids, label ids, vectors [n, dim]) stored for `model`; empty when none."""
+        """(latents, label ids, vectors [n, dim]) stored for `model`; empty when none."""
         with self._read() as c:
             if not self._has_table(c, "label_embeddings"):
                 return [], [], np.zeros((0, 0), dtype=np.float32)
-            rows = c.execute("SELECT feature_id, label_id, dim, vector FROM label_embeddings WHERE model = ? "
-                             "ORDER BY feature_id", (model,)).fetchall()
+            rows = c.execute("SELECT latent, label_id, dim, vector FROM label_embeddings WHERE model = ? "
+                             "ORDER BY latent", (model,)).fetchall()
         if not rows:
             return [], [], np.zeros((0, 0), dtype=np.float32)
         dims = {r[2] for r in rows}

@@ -15,13 +15,13 @@ class StoreFeatureMaps(StoreBase):
     """Write and read the map layouts, one per method."""
 
     def write_feature_map(self, method: str, rows: Iterable[tuple[int, float, float]], info: Mapping[str, Any]) -> None:
-        """Replace the 2-d layout `method` (feature id, x, y) and record how it was made (meta feature_map:<method>)."""
-        data = [(method, self._check_id(i), float(x), float(y)) for i, x, y in rows]
+        """Replace the 2-d layout `method` (latent, x, y) and record how it was made (meta feature_map:<method>)."""
+        data = [(method, self._check_latent(i), float(x), float(y)) for i, x, y in rows]
         if any(not (np.isfinite(x) and np.isfinite(y)) for _, _, x, y in data):
             raise ValueError("map coordinates must be finite")
         with self.transaction() as c:
             c.execute("DELETE FROM feature_map WHERE method = ?", (method,))
-            c.executemany("INSERT INTO feature_map(method, feature_id, x, y) VALUES (?, ?, ?, ?)", data)
+            c.executemany("INSERT INTO feature_map(method, latent, x, y) VALUES (?, ?, ?, ?)", data)
             c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (f"feature_map:{method}", json.dumps(dict(info))))
         self.refresh()
 
@@ -29,7 +29,7 @@ class StoreFeatureMaps(StoreBase):
         with self._read() as c:
             if not self._has_table(c, "feature_map"):
                 return []
-            return [tuple(r) for r in c.execute("SELECT feature_id, x, y FROM feature_map WHERE method = ? ORDER BY feature_id",
+            return [tuple(r) for r in c.execute("SELECT latent, x, y FROM feature_map WHERE method = ? ORDER BY latent",
                                                 (method,))]
 
     def feature_map_methods(self) -> list[str]:

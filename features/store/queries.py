@@ -11,7 +11,7 @@ from features.records import SNIPPET_CLOSE, SNIPPET_OPEN, ConceptMatch, FeatureF
 from features.store.base import StoreBase
 
 _SORTS = {
-    "id": ("f.id", False),
+    "latent": ("f.latent", False),
     "freq": ("f.freq", True),
     "n_fires": ("f.n_fires", True),
     "mean_act": ("f.mean_act", True),
@@ -21,8 +21,8 @@ _SORTS = {
     "label": ("label", False),  # through temp.current_label (see _refresh_current)
     "recommended_strength": ("f.recommended_strength", True),
 }
-_CUR_LABEL = "(SELECT l.label FROM labels l WHERE l.feature_id = f.id ORDER BY l.id DESC LIMIT 1)"
-_NOT_NULL = ("f.id", "f.freq", "f.n_fires", "f.max_act")  # sort columns declared NOT NULL
+_CUR_LABEL = "(SELECT l.label FROM labels l WHERE l.latent = f.latent ORDER BY l.id DESC LIMIT 1)"
+_NOT_NULL = ("f.latent", "f.freq", "f.n_fires", "f.max_act")  # sort columns declared NOT NULL
 _NULLABLE = ("f.mean_act", "f.typical_max_act", "f.level", "f.recommended_strength")
 
 
@@ -43,7 +43,7 @@ class StoreQueries(StoreBase):
         cond: list[str] = []
         args: list[Any] = []
         for col, op, val in (("freq", ">=", flt.min_freq), ("freq", "<=", flt.max_freq), ("max_act", ">=", flt.min_max_act),
-                             ("level", "=", flt.level), ("parent_id", "=", flt.parent_id)):
+                             ("level", "=", flt.level), ("parent_latent", "=", flt.parent_latent)):
             if val is not None:
                 cond.append(f"f.{col} {op} ?")
                 args.append(val)
@@ -56,30 +56,30 @@ class StoreQueries(StoreBase):
         if flt.alive_only:
             cond.append("f.n_fires > 0")
         if flt.has_label is not None:
-            cond.append(("" if flt.has_label else "NOT ") + "EXISTS (SELECT 1 FROM labels l WHERE l.feature_id = f.id)")
+            cond.append(("" if flt.has_label else "NOT ") + "EXISTS (SELECT 1 FROM labels l WHERE l.latent = f.latent)")
         if flt.label_contains:
-            cond.append("f.id IN (SELECT feature_id FROM temp.current_label WHERE label LIKE ? ESCAPE '\\')")
+            cond.append("f.latent IN (SELECT latent FROM temp.current_label WHERE label LIKE ? ESCAPE '\\')")
             args.append(f"%{_like_escape(flt.label_contains)}%")
-        if flt.ids is not None:
-            ids = [self._check_id(i) for i in flt.ids]
-            cond.append(f"f.id IN ({','.join('?' * len(ids))})" if ids else "0")
+        if flt.latents is not None:
+            ids = [self._check_latent(i) for i in flt.latents]
+            cond.append(f"f.latent IN ({','.join('?' * len(ids))})" if ids else "0")
             args.extend(ids)
         if flt.min_score is not None:
             if not flt.score_method:
                 raise ValueError("filter min_score needs score_method (e.g. 'detection')")
-            cond.append("f.id IN (SELECT feature_id FROM temp.latest_score WHERE method = ? AND value >= ?)")
+            cond.append("f.latent IN (SELECT latent FROM temp.latest_score WHERE method = ? AND value >= ?)")
             args.extend([flt.score_method, flt.min_score])
         return (" WHERE " + " AND ".join(cond)) if cond else "", args
 
     def list_features(
         self,
-        sort: str = "id",
+        sort: str = "latent",
         filter: FeatureFilter | dict | None = None,  # noqa: A002 - the public name others use
         offset: int = 0,
         limit: int = 50,
         descending: bool | None = None,
     ) -> list[FeatureSummary]:
-        """A page of latents. sort: id, freq, n_fires, mean_act, max_act, typical_max_act, level,
+        """A page of latents. sort: latent, freq, n_fires, mean_act, max_act, typical_max_act, level,
         label, recommended_strength, or 'score:<method>' (latest score of that method given to the
         current label, or to none; filter min_score reads the same); stats sort
         descending by default. NULLs (dead latents, unlabelled) always come last."""
@@ -107,19 +107,19 @@ class StoreQueries(StoreBase):
                 ids = self._two_part_page(c, "temp.current_label t", "", [], f"t.label {direction}", where, args, offset, limit)
             else:
                 if expr in _NOT_NULL or (expr in _NULLABLE and desc):  # NULLs sort last in SQLite's DESC order anyway
-                    order = f"{expr} {direction}, f.id"  # an indexed column's index serves it: no sort of every row
+                    order = f"{expr} {direction}, f.latent"  # an indexed column's index serves it: no sort of every row
                 else:
-                    order = f"{expr} IS NULL, {expr} {direction}, f.id"
-                q_ids = f"SELECT f.id FROM features f{where} ORDER BY {order} LIMIT ? OFFSET ?"
+                    order = f"{expr} IS NULL, {expr} {direction}, f.latent"
+                q_ids = f"SELECT f.latent FROM features f{where} ORDER BY {order} LIMIT ? OFFSET ?"
                 ids = [r[0] for r in c.execute(q_ids, args + [int(limit), int(offset)])]
             # then the page's rows: a label subquery per row of the page, not of the store
             rows = []
             for k in range(0, len(ids), 500):
                 chunk = ids[k:k + 500]
                 rows += c.execute(
-                    f"SELECT f.id, f.n_fires, f.freq, f.mean_act, f.max_act, f.typical_max_act, f.flags, f.level, "
-                    f"f.parent_id, {_CUR_LABEL}, f.recommended_strength FROM features f "
-                    f"WHERE f.id IN ({','.join('?' * len(chunk))})", chunk).fetchall()
+                    f"SELECT f.latent, f.n_fires, f.freq, f.mean_act, f.max_act, f.typical_max_act, f.flags, f.level, "
+                    f"f.parent_latent, {_CUR_LABEL}, f.recommended_strength FROM features f "
+                    f"WHERE f.latent IN ({','.join('?' * len(chunk))})", chunk).fetchall()
         where_in_page = {i: n for n, i in enumerate(ids)}
         rows.sort(key=lambda r: where_in_page[r[0]])
         return [
@@ -133,15 +133,15 @@ class StoreQueries(StoreBase):
         """A page of the order "rows of `table` (one per latent) by `order`, then the latents without
         one by id", both parts read through indexes: O(page), not O(latents) per request."""
         extra = f" AND {where[len(' WHERE '):]}" if where else ""
-        first = (f"SELECT f.id FROM {table} JOIN features f ON f.id = t.feature_id WHERE {cond}1{extra} "
-                 f"ORDER BY {order}, t.feature_id LIMIT ? OFFSET ?")
+        first = (f"SELECT f.latent FROM {table} JOIN features f ON f.latent = t.latent WHERE {cond}1{extra} "
+                 f"ORDER BY {order}, t.latent LIMIT ? OFFSET ?")
         ids = [r[0] for r in c.execute(first, cond_args + args + [int(limit), int(offset)])]
         if len(ids) == limit:
             return ids
-        n_first = c.execute(f"SELECT COUNT(*) FROM {table} JOIN features f ON f.id = t.feature_id WHERE {cond}1{extra}",
+        n_first = c.execute(f"SELECT COUNT(*) FROM {table} JOIN features f ON f.latent = t.latent WHERE {cond}1{extra}",
                             cond_args + args).fetchone()[0]
-        rest = (f"SELECT f.id FROM features f WHERE NOT EXISTS (SELECT 1 FROM {table} WHERE {cond}t.feature_id = f.id)"
-                f"{extra} ORDER BY f.id LIMIT ? OFFSET ?")
+        rest = (f"SELECT f.latent FROM features f WHERE NOT EXISTS (SELECT 1 FROM {table} WHERE {cond}t.latent = f.latent)"
+                f"{extra} ORDER BY f.latent LIMIT ? OFFSET ?")
         return ids + [r[0] for r in c.execute(rest, cond_args + args + [int(limit) - len(ids), max(0, int(offset) - n_first)])]
 
     def _refresh_current(self, c: sqlite3.Connection) -> None:
@@ -156,21 +156,21 @@ class StoreQueries(StoreBase):
         for stmt in (
             "DROP TABLE IF EXISTS temp.current_label",
             "DROP TABLE IF EXISTS temp.latest_score",
-            "CREATE TEMP TABLE current_label (feature_id INTEGER PRIMARY KEY, label_id INTEGER NOT NULL, "
+            "CREATE TEMP TABLE current_label (latent INTEGER PRIMARY KEY, label_id INTEGER NOT NULL, "
             "label TEXT NOT NULL)",
-            "INSERT INTO temp.current_label SELECT l.feature_id, l.id, l.label FROM labels l "
-            "JOIN (SELECT feature_id, MAX(id) AS mid FROM labels GROUP BY feature_id) m ON l.id = m.mid",
-            "CREATE INDEX temp.current_label_order ON current_label (label, feature_id)",
-            "CREATE TEMP TABLE latest_score (method TEXT NOT NULL, feature_id INTEGER NOT NULL, value REAL NOT NULL, "
-            "PRIMARY KEY (method, feature_id)) WITHOUT ROWID",
+            "INSERT INTO temp.current_label SELECT l.latent, l.id, l.label FROM labels l "
+            "JOIN (SELECT latent, MAX(id) AS mid FROM labels GROUP BY latent) m ON l.id = m.mid",
+            "CREATE INDEX temp.current_label_order ON current_label (label, latent)",
+            "CREATE TEMP TABLE latest_score (method TEXT NOT NULL, latent INTEGER NOT NULL, value REAL NOT NULL, "
+            "PRIMARY KEY (method, latent)) WITHOUT ROWID",
             # a score of an older label says nothing about the label shown beside it: only scores of
             # the current label (or of no label) count
-            "INSERT INTO temp.latest_score SELECT s.method, s.feature_id, s.value FROM scores s "
-            "JOIN (SELECT s2.feature_id, s2.method, MAX(s2.id) AS mid FROM scores s2 "
-            "LEFT JOIN temp.current_label cl ON cl.feature_id = s2.feature_id "
-            "WHERE s2.label_id IS NULL OR s2.label_id = cl.label_id GROUP BY s2.feature_id, s2.method) m "
+            "INSERT INTO temp.latest_score SELECT s.method, s.latent, s.value FROM scores s "
+            "JOIN (SELECT s2.latent, s2.method, MAX(s2.id) AS mid FROM scores s2 "
+            "LEFT JOIN temp.current_label cl ON cl.latent = s2.latent "
+            "WHERE s2.label_id IS NULL OR s2.label_id = cl.label_id GROUP BY s2.latent, s2.method) m "
             "ON s.id = m.mid",
-            "CREATE INDEX temp.latest_score_order ON latest_score (method, value, feature_id)",
+            "CREATE INDEX temp.latest_score_order ON latest_score (method, value, latent)",
         ):
             c.execute(stmt)
         self._current_version = version
@@ -201,8 +201,8 @@ class StoreQueries(StoreBase):
                     details = {r[0]: r[1:] for r in c.execute(
                         "SELECT t.rowid, "
                         f"snippet(feature_fts, -1, '{SNIPPET_OPEN}', '{SNIPPET_CLOSE}', '...', 12), "
-                        f"{_CUR_LABEL.replace('f.id', 't.rowid')}, f.freq "
-                        "FROM feature_fts t JOIN features f ON f.id = t.rowid "
+                        f"{_CUR_LABEL.replace('f.latent', 't.rowid')}, f.freq "
+                        "FROM feature_fts t JOIN features f ON f.latent = t.rowid "
                         f"WHERE feature_fts MATCH ? AND t.rowid IN ({','.join('?' * len(ids))})", (q, *ids),
                     )}
                 except sqlite3.OperationalError as e:
@@ -212,7 +212,7 @@ class StoreQueries(StoreBase):
 
     def concept_matches(self, concept: str | None = None) -> list[ConceptMatch]:
         """Stored concept -> latent matches (see `features.concepts`), best first per concept."""
-        q = "SELECT concept, feature_id, f1, precision, recall, rank FROM concept_matches"
+        q = "SELECT concept, latent, f1, precision, recall, rank FROM concept_matches"
         args: list[Any] = []
         if concept is not None:
             q += " WHERE concept = ?"

@@ -30,9 +30,9 @@ from features.tokentext import align_pieces, pieces_from_offsets
 class StoreReads(StoreBase):
     """Per-latent reads of the store."""
 
-    def feature(self, feature_id: int) -> FeatureRecord:
+    def feature(self, latent: int) -> FeatureRecord:
         """Everything about one latent. Out of range: FeatureIndexError naming the valid range."""
-        i = self._check_id(feature_id)
+        i = self._check_latent(latent)
         with self._read() as c:
             row = self._check_written(c, i)
             r = dict(zip(FEATURE_COLUMNS + ("recommended_strength", "strength_source"), row))
@@ -43,22 +43,22 @@ class StoreReads(StoreBase):
                 min_pos=r["min_pos"], max_pos=r["max_pos"], bos_fires=r["bos_fires"], decoder_norm=r["decoder_norm"],
                 flags=flags,
             )
-            h = c.execute("SELECT bin_width, counts FROM histograms WHERE feature_id = ?", (i,)).fetchone()
+            h = c.execute("SELECT bin_width, counts FROM histograms WHERE latent = ?", (i,)).fetchone()
             hist = Histogram(h[0], json.loads(h[1])) if h else Histogram(0.0, [])
             ex = c.execute(
-                f"SELECT {EXAMPLE_SELECT}, {self._offsets_column} FROM examples WHERE feature_id = ? ORDER BY kind, rank",
+                f"SELECT {EXAMPLE_SELECT}, {self._offsets_column} FROM examples WHERE latent = ? ORDER BY kind, rank",
                 (i,),
             ).fetchall()
             logit_rows = c.execute(
-                "SELECT kind, token_id, value FROM logit_effects WHERE feature_id = ? ORDER BY kind, rank", (i,)
+                "SELECT kind, token_id, value FROM logit_effects WHERE latent = ? ORDER BY kind, rank", (i,)
             ).fetchall()
             nb = c.execute(
-                "SELECT n.kind, n.other_id, n.score, n.count, "
-                f"(SELECT l.label FROM labels l WHERE l.feature_id = n.other_id ORDER BY l.id DESC LIMIT 1) "
-                f"FROM neighbours n WHERE n.feature_id = ? ORDER BY n.kind, n.rank", (i,),
+                "SELECT n.kind, n.other_latent, n.score, n.count, "
+                f"(SELECT l.label FROM labels l WHERE l.latent = n.other_latent ORDER BY l.id DESC LIMIT 1) "
+                f"FROM neighbours n WHERE n.latent = ? ORDER BY n.kind, n.rank", (i,),
             ).fetchall()
             children = c.execute(
-                "SELECT id, parent_coact, parent_cos, parent_method FROM features WHERE parent_id = ? ORDER BY id", (i,)
+                "SELECT latent, parent_coact, parent_cos, parent_method FROM features WHERE parent_latent = ? ORDER BY latent", (i,)
             ).fetchall()
             label = current_label(c, i)
             scores = label_scores(c, i, label.id if label else None)
@@ -69,10 +69,10 @@ class StoreReads(StoreBase):
             supp = [TokenEffect(t, self.token_str(t), v) for k, t, v in logit_rows if k == "suppressed"]
             logits = LogitEffects(prom, supp)
         parent = None
-        if r["parent_id"] is not None:
-            parent = ParentLink(r["parent_id"], i, r["parent_coact"], r["parent_cos"], r["parent_method"])
+        if r["parent_latent"] is not None:
+            parent = ParentLink(r["parent_latent"], i, r["parent_coact"], r["parent_cos"], r["parent_method"])
         return FeatureRecord(
-            id=i,
+            latent=i,
             stats=stats,
             histogram=hist,
             top_examples=[e for e in examples if e.kind == "top"],
@@ -100,17 +100,17 @@ class StoreReads(StoreBase):
         else:  # built without a tokenizer
             tokens = [self.token_str(t) for t in ids]
         return Example(
-            id=e[0], feature_id=e[1], kind=e[2], rank=e[3], activation=e[4], quantile=e[5], seq_index=e[6],
+            id=e[0], latent=e[1], kind=e[2], rank=e[3], activation=e[4], quantile=e[5], seq_index=e[6],
             position=e[7], centre=e[8], token_ids=ids, tokens=tokens,
             acts=np.frombuffer(e[10], dtype="<f4").tolist(), text=text,
         )
 
-    def examples(self, feature_id: int, kind: str | None = None) -> list[Example]:
+    def examples(self, latent: int, kind: str | None = None) -> list[Example]:
         """The stored examples of a latent (optionally one kind), ordered by kind and rank."""
-        i = self._check_id(feature_id)
+        i = self._check_latent(latent)
         with self._read() as c:
             self._check_written(c, i)
-            q = f"SELECT {EXAMPLE_SELECT}, {self._offsets_column} FROM examples WHERE feature_id = ?"
+            q = f"SELECT {EXAMPLE_SELECT}, {self._offsets_column} FROM examples WHERE latent = ?"
             args: list[Any] = [i]
             if kind is not None:
                 q += " AND kind = ?"
@@ -118,27 +118,27 @@ class StoreReads(StoreBase):
             rows = c.execute(q + " ORDER BY kind, rank", args).fetchall()
         return [self._example(e) for e in rows]
 
-    def promoted_tokens(self, ids: Iterable[int], top: int = 10) -> dict[int, list[TokenEffect]]:
+    def promoted_tokens(self, latents: Iterable[int], top: int = 10) -> dict[int, list[TokenEffect]]:
         """The `top` tokens each given latent promotes most (logit effects), best first; {} when the
         store has no logit effects."""
-        ids = [self._check_id(i) for i in dict.fromkeys(ids)]
-        if not ids or not self.meta.get("logit_method"):
+        latents = [self._check_latent(i) for i in dict.fromkeys(latents)]
+        if not latents or not self.meta.get("logit_method"):
             return {}
-        out: dict[int, list[TokenEffect]] = {i: [] for i in ids}
+        out: dict[int, list[TokenEffect]] = {i: [] for i in latents}
         with self._read() as c:
-            for k in range(0, len(ids), 500):
-                chunk = ids[k:k + 500]
+            for k in range(0, len(latents), 500):
+                chunk = latents[k:k + 500]
                 rows = c.execute(
-                    f"SELECT feature_id, token_id, value FROM logit_effects WHERE kind = 'promoted' AND rank < ? "
-                    f"AND feature_id IN ({','.join('?' * len(chunk))}) ORDER BY feature_id, rank", [int(top), *chunk],
+                    f"SELECT latent, token_id, value FROM logit_effects WHERE kind = 'promoted' AND rank < ? "
+                    f"AND latent IN ({','.join('?' * len(chunk))}) ORDER BY latent, rank", [int(top), *chunk],
                 ).fetchall()
                 for f, t, v in rows:
                     out[f].append(TokenEffect(t, self.token_str(t), v))
         return out
 
-    def label(self, feature_id: int) -> Label | None:
+    def label(self, latent: int) -> Label | None:
         """The current label of a latent (None when unlabelled)."""
-        i = self._check_id(feature_id)
+        i = self._check_latent(latent)
         with self._read() as c:
             self._check_written(c, i)
             return current_label(c, i)
@@ -155,32 +155,32 @@ class StoreReads(StoreBase):
                     out[label_id].add(method)
         return out
 
-    def labels(self, ids: Iterable[int]) -> dict[int, str]:
+    def labels(self, latents: Iterable[int]) -> dict[int, str]:
         """Current label text of each given latent that has one."""
-        ids = [self._check_id(i) for i in ids]
-        if not ids:
+        latents = [self._check_latent(i) for i in latents]
+        if not latents:
             return {}
         out: dict[int, str] = {}
         with self._read() as c:
-            for k in range(0, len(ids), 500):
-                chunk = ids[k:k + 500]
-                q = (f"SELECT l.feature_id, l.label FROM labels l WHERE l.feature_id IN ({','.join('?' * len(chunk))}) "
-                     f"AND l.id = (SELECT MAX(id) FROM labels m WHERE m.feature_id = l.feature_id)")
+            for k in range(0, len(latents), 500):
+                chunk = latents[k:k + 500]
+                q = (f"SELECT l.latent, l.label FROM labels l WHERE l.latent IN ({','.join('?' * len(chunk))}) "
+                     f"AND l.id = (SELECT MAX(id) FROM labels m WHERE m.latent = l.latent)")
                 out.update(dict(c.execute(q, chunk).fetchall()))
         return out
 
-    def current_scores(self, ids: Iterable[int], method: str) -> dict[int, float]:
+    def current_scores(self, latents: Iterable[int], method: str) -> dict[int, float]:
         """The latest `method` score of each given latent's current label (or a label-free one),
         for those that have one: what `feature(i).scores` would show first, in one query per 500
         latents instead of a whole record per latent."""
-        ids = [self._check_id(i) for i in ids]
+        latents = [self._check_latent(i) for i in latents]
         out: dict[int, float] = {}
         with self._read() as c:
-            for k in range(0, len(ids), 500):
-                chunk = ids[k:k + 500]
-                q = ("SELECT f.id, (SELECT s.value FROM scores s WHERE s.feature_id = f.id AND s.method = ? AND "
-                     "(s.label_id IS NULL OR s.label_id = (SELECT MAX(l.id) FROM labels l WHERE l.feature_id = f.id)) "
-                     f"ORDER BY s.id DESC LIMIT 1) FROM features f WHERE f.id IN ({','.join('?' * len(chunk))})")
+            for k in range(0, len(latents), 500):
+                chunk = latents[k:k + 500]
+                q = ("SELECT f.latent, (SELECT s.value FROM scores s WHERE s.latent = f.latent AND s.method = ? AND "
+                     "(s.label_id IS NULL OR s.label_id = (SELECT MAX(l.id) FROM labels l WHERE l.latent = f.latent)) "
+                     f"ORDER BY s.id DESC LIMIT 1) FROM features f WHERE f.latent IN ({','.join('?' * len(chunk))})")
                 out.update((i, float(v)) for i, v in c.execute(q, [method, *chunk]) if v is not None)
         return out
 
@@ -190,7 +190,7 @@ def current_label(c: sqlite3.Connection, i: int) -> Label | None:
     row = c.execute(
         "SELECT l.id, l.label, l.explanation, l.created_at, l.provenance_id, p.judge_model, p.judge_kind, "
         "p.prompt_version, p.examples_used, p.params, p.created_at, p.extra FROM labels l "
-        "LEFT JOIN label_provenance p ON p.id = l.provenance_id WHERE l.feature_id = ? ORDER BY l.id DESC LIMIT 1",
+        "LEFT JOIN label_provenance p ON p.id = l.provenance_id WHERE l.latent = ? ORDER BY l.id DESC LIMIT 1",
         (i,),
     ).fetchone()
     if row is None:
@@ -205,7 +205,7 @@ def label_scores(c: sqlite3.Connection, i: int, label_id: int | None) -> list[Sc
     rows = c.execute(
         "SELECT s.id, s.label_id, s.method, s.value, s.n_examples, s.details, s.created_at, s.provenance_id, p.offline "
         "FROM scores s LEFT JOIN label_provenance p ON p.id = s.provenance_id "
-        "WHERE s.feature_id = ? AND (s.label_id IS ? OR s.label_id IS NULL) ORDER BY s.id DESC",
+        "WHERE s.latent = ? AND (s.label_id IS ? OR s.label_id IS NULL) ORDER BY s.id DESC",
         (i, label_id),
     ).fetchall()
     return [

@@ -11,7 +11,7 @@ from typing import NamedTuple
 class FeatureRow(NamedTuple):
     """A latent's statistics (table `features`; the steering columns are written later, by steering)."""
 
-    id: int
+    latent: int
     n_fires: int
     freq: float
     mean_act: float | None
@@ -28,14 +28,14 @@ class FeatureRow(NamedTuple):
     decoder_norm: float
     flags: str  # space-separated: dead dense bos_only single_position
     level: int | None = None  # Matryoshka level and parent link (None otherwise)
-    parent_id: int | None = None
+    parent_latent: int | None = None
     parent_coact: float | None = None
     parent_cos: float | None = None
     parent_method: str | None = None
 
 
 class HistogramRow(NamedTuple):
-    feature_id: int
+    latent: int
     bin_width: float
     counts: str  # JSON list; bin i = [i*w, (i+1)*w)
 
@@ -43,7 +43,7 @@ class HistogramRow(NamedTuple):
 class ExampleRow(NamedTuple):
     """One example window (table `examples`, whose `id` SQLite assigns)."""
 
-    feature_id: int
+    latent: int
     kind: str  # 'top' | 'quantile' | 'negative'
     rank: int
     activation: float
@@ -58,7 +58,7 @@ class ExampleRow(NamedTuple):
 
 
 class LogitRow(NamedTuple):
-    feature_id: int
+    latent: int
     kind: str  # 'promoted' | 'suppressed'
     rank: int
     token_id: int
@@ -66,18 +66,18 @@ class LogitRow(NamedTuple):
 
 
 class NeighbourRow(NamedTuple):
-    feature_id: int
+    latent: int
     kind: str  # 'decoder' | 'coact'
     rank: int
-    other_id: int
+    other_latent: int
     score: float
     count: int | None  # co-activations (coact only)
 
 
 class SearchTextRow(NamedTuple):
-    """A latent's full-text search row (table `feature_fts`, rowid = feature id)."""
+    """A latent's full-text search row (table `feature_fts`, rowid = latent)."""
 
-    feature_id: int
+    latent: int
     label: str
     examples: str  # its top examples' text, one per line
 

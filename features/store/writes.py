@@ -27,9 +27,9 @@ class StoreWrites(StoreBase):
         )
         return int(cur.lastrowid)
 
-    def write_label(self, feature_id: int, label: str, *, provenance: LabelProvenance, explanation: str | None = None) -> int:
+    def write_label(self, latent: int, label: str, *, provenance: LabelProvenance, explanation: str | None = None) -> int:
         """Record a new current label for a latent (older ones stay as history); returns its id."""
-        i = self._check_id(feature_id)
+        i = self._check_latent(latent)
         if not isinstance(label, str) or not label.strip():
             raise ValueError("label must be a non-empty string")
         if not isinstance(provenance, LabelProvenance):
@@ -38,7 +38,7 @@ class StoreWrites(StoreBase):
             self._check_written(c, i)
             pid = self._insert_provenance(c, provenance)
             lid = int(c.execute(
-                "INSERT INTO labels(feature_id, label, explanation, provenance_id, created_at) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO labels(latent, label, explanation, provenance_id, created_at) VALUES (?, ?, ?, ?, ?)",
                 (i, label, explanation, pid, provenance.created_at or utc_now()),
             ).lastrowid)
             c.execute("UPDATE feature_fts SET label = ? WHERE rowid = ?", (label, i))
@@ -46,7 +46,7 @@ class StoreWrites(StoreBase):
 
     def write_scores(
         self,
-        feature_id: int,
+        latent: int,
         scores: Mapping[str, float] | Iterable[ScoreInput],
         *,
         provenance: LabelProvenance | None = None,
@@ -54,7 +54,7 @@ class StoreWrites(StoreBase):
     ) -> list[int]:
         """Record scores (method -> value, or ScoreInput items) for a latent. By default they
         belong to its current label; pass label_id=None for label-free scores."""
-        i = self._check_id(feature_id)
+        i = self._check_latent(latent)
         items = [ScoreInput(k, float(v)) for k, v in scores.items()] if isinstance(scores, Mapping) else list(scores)
         for s in items:
             if not isinstance(s, ScoreInput):
@@ -68,31 +68,31 @@ class StoreWrites(StoreBase):
                 cur = current_label(c, i)
                 label_id = cur.id if cur else None
             elif label_id is not None:
-                ok = c.execute("SELECT 1 FROM labels WHERE id = ? AND feature_id = ?", (label_id, i)).fetchone()
+                ok = c.execute("SELECT 1 FROM labels WHERE id = ? AND latent = ?", (label_id, i)).fetchone()
                 if not ok:
                     raise ValueError(f"label {label_id} does not belong to feature {i}")
             pid = self._insert_provenance(c, provenance) if provenance is not None else None
             now = provenance.created_at if provenance and provenance.created_at else utc_now()
             for s in items:
                 ids.append(int(c.execute(
-                    "INSERT INTO scores(feature_id, label_id, method, value, n_examples, details, provenance_id, created_at) "
+                    "INSERT INTO scores(latent, label_id, method, value, n_examples, details, provenance_id, created_at) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (i, label_id, s.method, float(s.value), s.n_examples,
                      json.dumps(s.details, sort_keys=True) if s.details is not None else None, pid, now),
                 ).lastrowid))
         return ids
 
-    def set_recommended_strength(self, feature_id: int, strength: float | None, *, source: str,
+    def set_recommended_strength(self, latent: int, strength: float | None, *, source: str,
                                  details: dict[str, Any] | None = None) -> None:
         """Steering's calibrated strength for a latent (None clears it); `source` says how it was found."""
-        i = self._check_id(feature_id)
+        i = self._check_latent(latent)
         if strength is not None and not np.isfinite(float(strength)):
             raise ValueError(f"strength must be finite, got {strength}")
         with self.transaction() as c:
             self._check_written(c, i)
             c.execute(
                 "UPDATE features SET recommended_strength = ?, strength_source = ?, strength_details = ?, "
-                "strength_updated_at = ? WHERE id = ?",
+                "strength_updated_at = ? WHERE latent = ?",
                 (None if strength is None else float(strength), source, json.dumps(details or {}, sort_keys=True), utc_now(), i),
             )
 
@@ -103,6 +103,6 @@ class StoreWrites(StoreBase):
             for concept in {m.concept for m in matches}:
                 c.execute("DELETE FROM concept_matches WHERE concept = ?", (concept,))
             c.executemany(
-                "INSERT INTO concept_matches(concept, rank, feature_id, f1, precision, recall, source) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(m.concept, m.rank, m.feature_id, m.f1, m.precision, m.recall, source) for m in matches],
+                "INSERT INTO concept_matches(concept, rank, latent, f1, precision, recall, source) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(m.concept, m.rank, m.latent, m.f1, m.precision, m.recall, source) for m in matches],
             )

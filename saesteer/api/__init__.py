@@ -5,7 +5,7 @@
     from openai import OpenAI
     client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="<token, or anything on loopback>")
     client.chat.completions.create(model="toy", messages=[...],
-                                   extra_body={"steering": {"edits": [{"feature": 123, "op": "add", "value": 2,
+                                   extra_body={"steering": {"edits": [{"latent": 123, "op": "add", "value": 2,
                                                                        "unit": "max_act"}]}})
 
 Modules, one idea each: `protocol` (request shapes, the steering extension), `prepare` (request

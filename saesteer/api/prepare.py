@@ -51,7 +51,7 @@ def _steer_limits(limits):
 def _trigger(t: TriggerIn | str):
     from steering.spec import Trigger
 
-    return Trigger.parse(t) if isinstance(t, str) else Trigger(t.feature, t.above, t.unit)
+    return Trigger.parse(t) if isinstance(t, str) else Trigger(t.latent, t.above, t.unit)
 
 
 def _edit(e: EditIn | str):
@@ -60,7 +60,7 @@ def _edit(e: EditIn | str):
     if isinstance(e, str):
         return parse_edit(e)
     positions = tuple(e.positions) if isinstance(e.positions, list) else e.positions
-    return FeatureEdit(e.feature, e.op, None if e.op == "ablate" else e.value, e.unit if e.op in ("add", "clamp") else "raw",
+    return FeatureEdit(e.latent, e.op, None if e.op == "ablate" else e.value, e.unit if e.op in ("add", "clamp") else "raw",
                        positions, None, _trigger(e.when) if e.when is not None else None)
 
 
@@ -89,22 +89,22 @@ def resolve_steering(spec: SteeringIn | None, served: ServedModel, limits) -> tu
         ) if items else []
         triggers = (preset.stop_triggers() if preset is not None else []) + [_trigger(t) for t in spec.stop_when]
         for t in triggers:
-            if not 0 <= t.feature < served.sae.d_sae:
-                raise SteeringError(f"stop_when: feature {t.feature} is out of range (0..{served.sae.d_sae - 1})")
+            if not 0 <= t.latent < served.sae.d_sae:
+                raise SteeringError(f"stop_when: feature {t.latent} is out of range (0..{served.sae.d_sae - 1})")
             above = t.above
             if t.unit == "max_act":
-                tmax = lookup_typical_max(served.typical_max, t.feature)
+                tmax = lookup_typical_max(served.typical_max, t.latent)
                 if tmax is None:
-                    raise SteeringError(f"stop_when {t.describe()}: feature {t.feature} has no typical max activation "
+                    raise SteeringError(f"stop_when {t.describe()}: feature {t.latent} has no typical max activation "
                                         f"in the store; give a raw threshold")
                 above *= tmax
-            stops.append(StopTrigger(served.id, t.feature, above, t.describe()))
+            stops.append(StopTrigger(served.id, t.latent, above, t.describe()))
     except (SteeringError, ModelIdentityError) as e:  # bad edits; a preset of another SAE or model
         raise ApiError(400, str(e), "steering") from None
     if len(resolved) > limits.max_edits:
         raise ApiError(400, f"steering.edits: at most {limits.max_edits} edits per request (got {len(resolved)}, "
                             f"presets included)", "steering")
-    edits = [RowEdit(served.id, r.feature, r.op, r.value, r.positions, r.trigger, r.describe()) for r in resolved]
+    edits = [RowEdit(served.id, r.latent, r.op, r.value, r.positions, r.trigger, r.describe()) for r in resolved]
     summary = {"edits": [r.describe() for r in resolved], "stop_when": [s.label for s in stops]}
     if preset is not None:
         summary["preset"] = preset.name

@@ -5,12 +5,15 @@ them unchanged); steering rides along as one extra field, `steering` (the client
 `extra_body={"steering": {...}}`):
 
     "steering": {
-      "edits": [{"feature": 123, "op": "clamp", "value": 2, "unit": "max_act", "positions": "generated",
-                 "when": {"feature": 77, "above": 1.5}},
+      "edits": [{"latent": 123, "op": "clamp", "value": 2, "unit": "max_act", "positions": "generated",
+                 "when": {"latent": 77, "above": 1.5}},
                 "45:add=4@role:user"],                       # or the CLI's text form
       "preset": "ocean",                                     # a preset saved in the model's feature store
-      "stop_when": [{"feature": 77, "above": 3.0}, "90>0.5x"] # end a choice when a latent fires on a generated token
+      "stop_when": [{"latent": 77, "above": 3.0}, "90>0.5x"]  # end a choice when a latent fires on a generated token
     }
+
+`"feature"` is accepted as an alias of `"latent"` (the key's name before it was renamed), so
+older requests keep working; the schema shows only `latent`.
 
 Two more extensions, as other servers have them: `top_k`, and `ignore_eos` (keep generating
 past end-of-text: fixed-length outputs for benchmarks). Fields OpenAI defines that this server
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from saesteer.web.config import HARD_LIMITS
 
@@ -39,14 +42,18 @@ class _In(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# a latent's index; "feature" is its older name, still accepted in requests (hidden from the schema)
+_LATENT = AliasChoices("latent", "feature")
+
+
 class TriggerIn(_In):
-    feature: int = Field(ge=0, le=2**31 - 1, description="latent id (of the model's SAE)")
+    latent: int = Field(ge=0, le=2**31 - 1, validation_alias=_LATENT, description="latent index (of the model's SAE)")
     above: float = Field(allow_inf_nan=False, ge=-1e6, le=1e6, description="threshold on its activation")
     unit: Literal["raw", "max_act"] = Field("raw", description="raw units, or multiples of the latent's typical max")
 
 
 class EditIn(_In):
-    feature: int = Field(ge=0, le=2**31 - 1)
+    latent: int = Field(ge=0, le=2**31 - 1, validation_alias=_LATENT, description="latent index (of the model's SAE)")
     op: Literal["add", "clamp", "scale", "ablate"] = "clamp"
     value: Optional[float] = Field(None, allow_inf_nan=False, ge=-1e6, le=1e6,
                                    description="add/clamp: the amount (see unit); scale: the factor; ablate: none")

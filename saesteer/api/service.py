@@ -33,12 +33,12 @@ class ServedModel:
     created: int = field(default_factory=lambda: int(time.time()))
     _tmax: dict[int, float | None] = field(default_factory=dict)
 
-    def typical_max(self, feature: int) -> float | None:
+    def typical_max(self, latent: int) -> float | None:
         from steering.store import StoreLink
 
-        if feature not in self._tmax:
-            self._tmax[feature] = StoreLink(self.store).typical_max(feature)
-        return self._tmax[feature]
+        if latent not in self._tmax:
+            self._tmax[latent] = StoreLink(self.store).typical_max(latent)
+        return self._tmax[latent]
 
     def preset(self, name: str):
         from steering.store import StoreLink

@@ -6,6 +6,7 @@ Loading (model, SAEs, feature store) and reading prompts; the toy-world offline 
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,15 @@ if TYPE_CHECKING:  # importing saes.formats loads torch: not at CLI start-up
 
 class CLIError(SaesteerError):
     """A user error: printed as `error: ...`, exit status 2."""
+
+
+def add_latent_argument(group, *, required: bool = False, **kw: Any) -> None:
+    """`--latent/-l` (repeatable, into `args.latent`), and `--feature/-f`, its name before a latent's
+    index was called `latent` everywhere: still accepted, hidden from --help."""
+    target = group.add_mutually_exclusive_group(required=True) if required else group
+    target.add_argument("--latent", "-l", action="append", default=[], **kw)
+    target.add_argument("--feature", "-f", action="append", dest="latent", default=[],
+                        **{k: v for k, v in kw.items() if k != "help"}, help=argparse.SUPPRESS)
 
 
 def add_common_arguments(parser, *, prompts_help: str) -> None:

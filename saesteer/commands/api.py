@@ -12,7 +12,7 @@ client (and anything built on it) works unchanged, with steering as one extra re
   from openai import OpenAI
   client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="TOKEN")     # printed at start-up
   client.chat.completions.create(model="toy", messages=[{"role": "user", "content": "hello"}],
-      extra_body={"steering": {"edits": [{"feature": 123, "op": "add", "value": 2, "unit": "max_act",
+      extra_body={"steering": {"edits": [{"latent": 123, "op": "add", "value": 2, "unit": "max_act",
                                           "positions": "role:assistant"}],
                                "stop_when": ["77>1.5"]}})
 

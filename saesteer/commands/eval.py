@@ -95,7 +95,8 @@ def _run(args) -> int:
     model, spec, text = _load_model(args, loaded, device, text, say)
     sae_hooks = {n: (x.sae.cfg.metadata["hook_name"], x.sae.d_in) for n, x in loaded.items()}
     check_widths(model, sae_hooks)  # before any real work: a width that does not fit the hook is refused
-    hooks = sorted({h for h, _ in sae_hooks.values()})
+    targets = _transcoder_targets(model, loaded)
+    hooks = sorted({h for h, _ in sae_hooks.values()} | set(targets.values()))
     tokenizer = model.tokenizer
 
     rows, rows_source, keep_ids, data_info = {}, {}, None, {}
@@ -114,6 +115,7 @@ def _run(args) -> int:
     heldout = collect(model, hooks, tokens[: cfg.contexts], excluded, cfg.model_batch_size)
     inputs = EvalInputs(model, heldout, tokens[: cfg.ce_contexts], keep_ids if keep_ids is not None else excluded,
                         tokenizer=tokenizer, rows=rows, rows_source=rows_source,
+                        target_rows=data_info.pop("target_rows", None),
                         probing=_probing_inputs(args, cfg, model, spec, heldout, hooks, text, say) if cfg.probing else None)
     results = evaluate_saes(loaded, inputs, cfg, say)
     _print_table(results)
@@ -123,6 +125,22 @@ def _run(args) -> int:
     if args.out:
         _write_report(args.out, results, model, data, cfg)
     return 0
+
+
+def _transcoder_targets(model, loaded: dict) -> dict[str, str]:
+    """The target hook of each transcoder among the SAEs, its pair checked on the model (both hooks
+    exist, the target runs after the input, the widths are d_in and d_out)."""
+    from evals.reconstruction import transcoder_target
+    from saes.hookpoints import check_transcoder_hooks
+
+    out = {}
+    for name, item in loaded.items():
+        sae = item.sae
+        if sae.is_transcoder:
+            out[name] = transcoder_target(sae)
+            check_transcoder_hooks(model, sae.cfg.metadata["hook_name"], out[name], f"transcoder {name!r}",
+                                   d_in=sae.d_in, d_out=sae.d_out)
+    return out
 
 
 def _load_saes(args, device) -> dict:
@@ -279,9 +297,10 @@ def _cache_rows(args, cfg, loaded: dict, model, text, say):
     given = "dataset" in vars(args)  # --dataset wins over what training used
     if not given:
         text = eval_text_config(train_text, eval_dataset, ce.get("split") or args.split or "validation")
-    rows, source = {}, {}
+    rows, source, target_rows = {}, {}, {}
     ce_from_cache = False
     for name, item in loaded.items():
+        target = item.sae.cfg.metadata.get("hook_name_out") if item.sae.is_transcoder else None
         prov = item.provenance or {}
         data = prov.get("data") or {}
         train = (prov.get("training") or {}).get("train") or {}
@@ -290,15 +309,20 @@ def _cache_rows(args, cfg, loaded: dict, model, text, say):
             n, seed = int(train["holdout_tokens"]), int(train.get("seed", 0))
             buffer_rows = int(data.get("reader_buffer_rows") or (1 << 20))
             rows[name] = cache_holdout(cache, hook, n, seed, buffer_rows)
+            if target:
+                target_rows[name] = cache_holdout(cache, hook, n, seed, buffer_rows, target_hook=target)
             source[name] = f"the {n:,} rows its training held out of {cache} (seed {seed}, reader buffer {buffer_rows:,})"
             ce_from_cache = ce_from_cache or (not given and _ce_trained_on_cache(data))
         else:
             n = cfg.contexts * int(man.settings["context_length"])
             rows[name] = cache_holdout(cache, hook, n, cfg.seed, 1 << 20)
+            if target:
+                target_rows[name] = cache_holdout(cache, hook, n, cfg.seed, 1 << 20, target_hook=target)
             source[name] = f"the first {n:,} rows of {cache}'s stream (seed {cfg.seed}); not rows its training held out"
         say(f"{name}: {source[name]}")
     keep = tuple(int(i) for i in man.settings.get("excluded_token_ids") or ())
-    return rows, source, keep, text, ce_from_cache, {"cache": str(cache)}, (train_text, text_documents_read(man))
+    info = {"cache": str(cache), **({"target_rows": target_rows} if target_rows else {})}
+    return rows, source, keep, text, ce_from_cache, info, (train_text, text_documents_read(man))
 
 
 def _ce_trained_on_cache(data: dict) -> bool:
@@ -377,6 +401,10 @@ def _print_table(results: dict) -> None:
         probe = f"{_fmt(list(pr.values())[0], '.3f')}@{list(pr)[0]}" if pr else "-"
         print(f"{name:<{width}} " + " ".join(f"{_fmt(m.get(k), f):>9}" for _, k, f in cols)
               + f" {_fmt(ab, '.3f'):>8} {probe:>14}")
+        if r.get("hook_name_out"):
+            print(f"{'':<{width}}   transcoder {r['hook_name']} -> {r['hook_name_out']}"
+                  f"{' (skip)' if r.get('skip_connection') else ''}: EV/MSE/cos of the target; CE rec and KL "
+                  f"with its prediction in place of {r['hook_name_out']} (0 = that output zero-ablated)")
         for lv in m.get("levels") or []:
             print(f"{'':<{width}}   level width {lv['width']:>7}: EV {lv['explained_variance']:.4f}, MSE "
                   f"{lv['mse']:.4g}, L0 {lv['l0']:.2f}")

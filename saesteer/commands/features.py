@@ -24,16 +24,21 @@ examples:
 
 
 def add_arguments(parser) -> None:
+    from saesteer.commands._features_export import add_export
+    from saesteer.commands._features_text import add_top_on_text
+
     sub = parser.add_subparsers(dest="features_command", metavar="SUBCOMMAND", title="subcommands")
     sub.required = True
     _add_build(sub)
     _add_show(sub)
     _add_list(sub)
     _add_search(sub)
-    _add_top_on_text(sub)
+    add_top_on_text(sub)
     _add_map(sub)
     _add_embed(sub)
-    _add_export(sub)
+    add_export(sub)
+    up = sub.add_parser("upgrade", help="bring a store written by an older saesteer to this version's schema, in place")
+    up.add_argument("store", help="feature store file (written)")
 
 
 def _add_build(sub) -> None:
@@ -63,14 +68,14 @@ def _add_build(sub) -> None:
 def _add_show(sub) -> None:
     s = sub.add_parser("show", help="everything about one latent")
     s.add_argument("store", help="feature store file")
-    s.add_argument("id", type=int, help="latent id")
+    s.add_argument("latent", type=int, help="the latent's index")
     s.add_argument("--examples", type=int, default=5, help="examples shown per kind (default: 5)")
 
 
 def _add_list(sub) -> None:
     ls = sub.add_parser("list", help="a table of latents, sorted and filtered")
     ls.add_argument("store", help="feature store file")
-    ls.add_argument("--sort", default="freq", help="id, freq, n_fires, mean_act, max_act, typical_max_act, level, label, "
+    ls.add_argument("--sort", default="freq", help="latent, freq, n_fires, mean_act, max_act, typical_max_act, level, label, "
                                                    "or score:<method> (default: freq)")
     ls.add_argument("--ascending", action="store_true", help="smallest first")
     ls.add_argument("--limit", type=int, default=30)
@@ -85,27 +90,6 @@ def _add_search(sub) -> None:
     q.add_argument("store", help="feature store file")
     q.add_argument("text", help="words to look for")
     q.add_argument("--limit", type=int, default=20)
-
-
-def _add_top_on_text(sub) -> None:
-    """`features top-on-text`: which latents fire on a text."""
-    from saesteer.configargs import _parser_for
-
-    t = sub.add_parser("top-on-text", help="which latents fire on a text, token by token")
-    t.add_argument("store", nargs="?", default=None, help="feature store (for labels; its SAE is used unless --sae)")
-    t.add_argument("text", help="the text")
-    t.add_argument("--sae", default=None, help="SAE folder or sae_lens:RELEASE/SAE_ID (default: the one the store was "
-                                               "built from)")
-    t.add_argument("--hook", default=None, help="hook point of an SAE whose files do not record one")
-    t.add_argument("--model", default=None, help="model (default: the one the store or the SAE records)")
-    t.add_argument("--allow-model-mismatch", action="store_true",
-                   help="run --model even if the store or SAE records another model")
-    t.add_argument("--device", default=None)
-    t.add_argument("--top", type=int, default=5, help="latents shown per token (default: 5)")
-    t.add_argument("--prepend-bos", type=_parser_for(bool | None), default=None, metavar="BOOL|NONE",
-                   help="prepend BOS to the text (none: as the SAE was trained, from its cfg.json; else the "
-                        "model's default) (default: None)")
-    t.add_argument("--no-bos", action="store_true", help="the same as --prepend-bos false")
 
 
 def _add_map(sub) -> None:
@@ -133,50 +117,6 @@ def _add_embed(sub) -> None:
     add_dataclass_arguments(em, EmbedConfig, prefix="embed_", title="label embeddings")
 
 
-def _add_export(sub) -> None:
-    """`features export`: HTML dashboards, Neuronpedia or SAEDashboard files."""
-    e = sub.add_parser("export", help="static HTML dashboards, Neuronpedia's import format, or SAEDashboard JSON",
-                       description="html: static dashboards that open offline. neuronpedia: the JSON-lines layout "
-                                   "Neuronpedia imports (features, activations, explanations, scores; see "
-                                   "docs/features.md). saedashboard: one SAEDashboard-style batch JSON.")
-    e.add_argument("store", help="feature store file")
-    e.add_argument("out", help="output directory (saedashboard: the JSON file)")
-    e.add_argument("--format", default="html", choices=["html", "neuronpedia", "saedashboard"],
-                   help="what to write (default: html)")
-    e.add_argument("--features", default=None, help="ids and ranges, e.g. 0-99,120 (default: all, or --limit most frequent)")
-    e.add_argument("--limit", type=int, default=None, help="export the N most frequent latents")
-    e.add_argument("--model-id", default=None, help="neuronpedia / saedashboard: the model's name there, e.g. "
-                                                    "gpt2-small (default: the store's model)")
-    e.add_argument("--source-set", default="saesteer", help="neuronpedia / saedashboard: the source set name, e.g. "
-                                                            "res-1k (the layer is prepended) (default: saesteer)")
-    e.add_argument("--layer", type=int, default=None, help="neuronpedia / saedashboard: layer number (default: from "
-                                                           "the hook name)")
-    e.add_argument("--creator-name", default="saesteer", help="neuronpedia: creator and release author name")
-    e.add_argument("--url", default=None, help="neuronpedia: a URL for the release (paper, weights)")
-    e.add_argument("--no-progress", action="store_true")
-
-
-def _ids(spec: str) -> list[int]:
-    out: list[int] = []
-    for part in spec.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        if "-" in part[1:]:
-            a, b = part.split("-", 1)
-            out.extend(range(int(a), int(b) + 1))
-        else:
-            out.append(int(part))
-    return out
-
-
-def _recorded_model(recorded, spec: str | None, recorded_in: str, device: str | None, allow: bool):
-    """The model to run: --model (checked against the record) or the recorded one."""
-    from saesteer.models import load_recorded_model
-
-    return load_recorded_model(recorded, spec, recorded_in=recorded_in, device=device, allow_mismatch=allow)
-
-
 def _console():
     from rich.console import Console
 
@@ -186,8 +126,11 @@ def _console():
 def run(args) -> int:
     from features.store import StoreError
 
-    cmd = {"build": _build, "show": _show, "list": _list, "search": _search, "top-on-text": _top_on_text,
-           "export": _export, "map": _map, "embed": _embed}[args.features_command]
+    from saesteer.commands._features_export import export
+    from saesteer.commands._features_text import top_on_text
+
+    cmd = {"build": _build, "show": _show, "list": _list, "search": _search, "top-on-text": top_on_text,
+           "export": export, "map": _map, "embed": _embed, "upgrade": _upgrade}[args.features_command]
     try:
         return cmd(args)
     except (StoreError, FileNotFoundError, FileExistsError, ValueError) as e:
@@ -205,7 +148,7 @@ def _build(args) -> int:
     from features.config import BuildConfig
     from saes.identity import ModelIdentityError, ModelMismatchError, check_same_model, identity_of_sae
     from saesteer.configargs import dataclass_from_args
-    from saesteer.models import OVERRIDE_FLAG, model_id, pick_record
+    from saesteer.models import OVERRIDE_FLAG, load_recorded_model, model_id, pick_record
     from saesteer.terminal import plain
 
     cfg = dataclass_from_args(BuildConfig, args)
@@ -226,7 +169,8 @@ def _build(args) -> int:
     spec = args.model
     if spec is None or spec.lower() != "none":
         try:
-            model = _recorded_model(recorded, spec, where, device, args.allow_model_mismatch)
+            model = load_recorded_model(recorded, spec, recorded_in=where, device=device,
+                                        allow_mismatch=args.allow_model_mismatch)
         except ModelMismatchError:
             raise
         except ModelIdentityError as e:
@@ -285,9 +229,9 @@ def _show(args) -> int:
 
     con = _console()
     with FeatureStore.open(args.store) as store:
-        rec = store.feature(args.id)
+        rec = store.feature(args.latent)
         st = rec.stats
-        title = f"feature {rec.id}" + (f": {rec.label.text}" if rec.label else "")
+        title = f"feature {rec.latent}" + (f": {rec.label.text}" if rec.label else "")
         con.rule(plain(title, "bold"))
         if rec.label and rec.label.provenance:
             p = rec.label.provenance
@@ -300,8 +244,8 @@ def _show(args) -> int:
                      ("max act", _fmt(st.max_act)), ("typical max", _fmt(st.typical_max_act)),
                      ("p50/p90/p99", f"{_fmt(st.q50)} / {_fmt(st.q90)} / {_fmt(st.q99)}"),
                      ("flags", ", ".join(st.flags) or "-"), ("level", _fmt(rec.level, "d") if rec.level is not None else "-"),
-                     ("parent", str(rec.parent.parent_id) if rec.parent else "-"),
-                     ("children", ", ".join(str(c.child_id) for c in rec.children[:20]) or "-"),
+                     ("parent", str(rec.parent.parent_latent) if rec.parent else "-"),
+                     ("children", ", ".join(str(c.child_latent) for c in rec.children[:20]) or "-"),
                      ("recommended strength", _fmt(rec.recommended_strength))):
             tab.add_row(plain(k, "dim"), plain(v))
         con.print(tab)
@@ -313,7 +257,7 @@ def _show(args) -> int:
         for name, nbs in (("decoder neighbours", rec.decoder_neighbours), ("co-activation neighbours", rec.coact_neighbours)):
             if nbs:
                 con.print(Text.assemble((f"{name}: ", "dim"), plain(
-                    ", ".join(f"{n.id} ({n.score:.2f})" + (f" {n.label}" if n.label else "") for n in nbs[:8]))))
+                    ", ".join(f"{n.latent} ({n.score:.2f})" + (f" {n.label}" if n.label else "") for n in nbs[:8]))))
         for name, exs in (("top examples", rec.top_examples), ("across quantiles", rec.quantile_examples),
                           ("non-activating", rec.negative_examples)):
             if not exs:
@@ -331,10 +275,10 @@ def _summary_table(rows, title: str):
     from saesteer.terminal import plain
 
     tab = Table(title=plain(title))
-    for c in ("id", "label", "freq", "max act", "typical max", "flags", "level"):
-        tab.add_column(c, justify="right" if c in ("id", "freq", "max act", "typical max", "level") else "left")
+    for c in ("latent", "label", "freq", "max act", "typical max", "flags", "level"):
+        tab.add_column(c, justify="right" if c in ("latent", "freq", "max act", "typical max", "level") else "left")
     for s in rows:
-        tab.add_row(str(s.id), plain(s.label), _fmt(s.freq), _fmt(s.max_act), _fmt(s.typical_max_act), " ".join(s.flags),
+        tab.add_row(str(s.latent), plain(s.label), _fmt(s.freq), _fmt(s.max_act), _fmt(s.typical_max_act), " ".join(s.flags),
                     "" if s.level is None else str(s.level))
     return tab
 
@@ -366,109 +310,24 @@ def _search(args) -> int:
         con.print(plain(f"no latent matches {args.text!r}"))
         return 0
     tab = Table(title=plain(f"latents matching {args.text!r}"))
-    for c in ("id", "score", "label", "freq", "match"):
+    for c in ("latent", "score", "label", "freq", "match"):
         tab.add_column(c)
     for h in hits:
         snippet = Text()
         for text, matched in h.parts:
             snippet.append(text.replace("\n", " "), style="bold" if matched else "")
         snippet.truncate(120)
-        tab.add_row(str(h.feature_id), f"{h.score:.2f}", plain(h.label), _fmt(h.freq), snippet)
+        tab.add_row(str(h.latent), f"{h.score:.2f}", plain(h.label), _fmt(h.freq), snippet)
     con.print(tab)
     return 0
 
 
-def _top_on_text(args) -> int:
-    from pathlib import Path
-
-    import torch
-    from rich.table import Table
-
+def _upgrade(args) -> int:
+    """Opening a store for writing upgrades its schema (`features.store.base`); say what it is now."""
     from features import FeatureStore
-    from features.text import features_on_text
-    from saes.formats import resolve_sae
-    from saesteer.terminal import plain
 
-    from saes.identity import identity_of_sae
-    from saesteer.commands._steering import CLIError, require_hook
-    from saesteer.models import pick_record
-
-    if args.no_bos and args.prepend_bos:
-        raise ValueError("--no-bos and --prepend-bos true contradict each other; give one of them")
-    prepend_bos = False if args.no_bos else args.prepend_bos  # None: as the SAE was trained (saes.bos)
-    store = FeatureStore.open(args.store) if args.store else None
-    try:
-        sae_dir = args.sae
-        if store is not None and not sae_dir:
-            sae_dir = (store.meta.get("sae") or {}).get("path")
-            if sae_dir and not sae_dir.startswith("sae_lens:") and not Path(sae_dir).exists():
-                raise FileNotFoundError(f"the SAE folder the store records, {sae_dir}, does not exist (moved or "
-                                        f"deleted?); pass --sae DIR")
-        if not sae_dir:
-            raise ValueError("give --sae (or a store that records the SAE folder it was built from)")
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        recorded_hook = (store.meta.get("sae") or {}).get("hook_name") if store is not None else None
-        loaded = resolve_sae(sae_dir, hook=args.hook or recorded_hook, model=args.model, device=device)
-        loaded.sae.eval()
-        try:
-            require_hook("sae", sae_dir, loaded.sae)
-        except CLIError as e:
-            raise ValueError(str(e)) from None
-        candidates = [(store.recorded_model(), f"the feature store {args.store}")] if store is not None else []
-        recorded, recorded_in = pick_record(candidates + [(identity_of_sae(loaded), f"the SAE {sae_dir}")])
-        model = _recorded_model(recorded, args.model, recorded_in, device, args.allow_model_mismatch)
-        res = features_on_text(model, loaded, args.text, store=store, top_n=args.top, prepend_bos=prepend_bos,
-                               allow_model_mismatch=args.allow_model_mismatch)
-    finally:
-        if store is not None:
-            store.close()
-    con = _console()
-    tab = Table(title=plain(f"latents firing on {args.text!r} ({res.hook_name})"))
-    tab.add_column("pos", justify="right")
-    tab.add_column("token")
-    tab.add_column("latents (activation)")
-    for t in res.tokens:
-        tab.add_row(str(t.position), plain(repr(t.token)),
-                    plain(", ".join(f"{l.id} ({l.act:.2f})" + (f" {l.label}" if l.label else "") for l in t.latents) or "-"))
-    con.print(tab)
-    if res.latents:
-        con.print(plain("strongest over the text: " + ", ".join(
-            f"{l.id} max {l.max_act:.2f} on {l.n_tokens} tok" + (f" [{l.label}]" if l.label else "") for l in res.latents[:10])))
-    return 0
-
-
-def _export(args) -> int:
-    from features import FeatureStore
-    from features.export import export_html
-
-    with FeatureStore.open(args.store) as store:
-        ids = _ids(args.features) if args.features else None
-        if args.format == "html":
-            index = export_html(store, args.out, ids, limit=args.limit, progress=not args.no_progress)
-            print(f"wrote {index} (open it in a browser; works offline)")
-            return 0
-        if ids is None and args.limit is not None:
-            ids = [r.id for r in store.list_features(sort="freq", filter={"alive_only": True}, limit=args.limit)]
-        recorded = store.recorded_model()
-        model_id = args.model_id or (recorded.id.split("@")[0].replace("/", "-") if recorded is not None
-                                     else (store.meta.get("sae") or {}).get("model_name"))
-        if not model_id:
-            raise ValueError("the store records no model; give --model-id (its name on Neuronpedia, e.g. gpt2-small)")
-        if args.format == "neuronpedia":
-            from features.publish import NeuronpediaInfo, check_neuronpedia_export, export_neuronpedia
-
-            info = NeuronpediaInfo(model_id=model_id, source_set=args.source_set, layer=args.layer,
-                                   creator_name=args.creator_name, url=args.url)
-            root = export_neuronpedia(store, args.out, info, ids)
-            counts = check_neuronpedia_export(root)
-            print(f"wrote {root}: {counts['features']} features, {counts['activations']} activations, "
-                  f"{counts['explanations']} explanations, {counts['explanation_scores']} scores (checked)")
-            return 0
-        from features.publish import export_saedashboard
-
-        path = export_saedashboard(store, args.out, model_id=model_id, source_set=args.source_set, layer=args.layer,
-                                   ids=ids)
-        print(f"wrote {path} (SAEDashboard batch JSON, checked)")
+    with FeatureStore.open(args.store, readonly=False) as store:
+        print(f"{store.path}: feature-store schema version {store.meta['schema_version']}")
     return 0
 
 

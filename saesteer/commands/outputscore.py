@@ -48,7 +48,7 @@ def run(args) -> int:
         cfg = dataclass_from_args(OutputScoreConfig, args)
         cfg.edit_positions()
         judge_cfg = dataclass_from_args(JudgeConfig, args, prefix="judge_")
-        wanted = parse_latents(args.latents) if args.latents else None
+        wanted = parse_latents(args.latents, "--latents") if args.latents else None
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -63,7 +63,7 @@ def run(args) -> int:
                                         device=args.device, allow_mismatch=args.allow_model_mismatch)
             sae = sae.to(model_device(model))
             judge = make_judge(judge_cfg, cache_path=store_path.with_name(store_path.name + ".judge-cache.sqlite"))
-            labelled = [r.id for r in store.list_features(sort="id", filter={"has_label": True}, limit=store.d_sae)]
+            labelled = [r.latent for r in store.list_features(sort="latent", filter={"has_label": True}, limit=store.d_sae)]
             ids = [i for i in labelled if wanted is None or i in set(wanted)]
             if not ids:
                 print("error: no labelled latent to score; run `saesteer label` first (or check --latents)", file=sys.stderr)

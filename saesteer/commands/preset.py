@@ -24,6 +24,8 @@ examples:
 
 
 def add_arguments(parser) -> None:
+    from saesteer.commands._steering import add_latent_argument
+
     sub = parser.add_subparsers(dest="preset_command", metavar="SUBCOMMAND", title="subcommands")
     sub.required = True
 
@@ -33,9 +35,9 @@ def add_arguments(parser) -> None:
     s = sub.add_parser("save", help="save a preset of edits into the store", description="Save a preset into the store.")
     s.add_argument("name", help="preset name: letters, digits, '_', '-', '.'")
     store_arg(s)
-    s.add_argument("--feature", "-f", action="append", default=[], metavar="EDIT", required=True,
-                   help="FEATURE:OP[=VALUE[x]][@POSITIONS][?TRIGGER>THRESHOLD[x]], repeatable (as in `saesteer steer`)")
-    s.add_argument("--stop-when", action="append", default=[], metavar="FEATURE>THRESHOLD[x]",
+    add_latent_argument(s, required=True, metavar="EDIT",
+                        help="LATENT:OP[=VALUE[x]][@POSITIONS][?TRIGGER>THRESHOLD[x]], repeatable (as in `saesteer steer`)")
+    s.add_argument("--stop-when", action="append", default=[], metavar="LATENT>THRESHOLD[x]",
                    help="end a generation when this latent fires on a generated token (API), repeatable")
     s.add_argument("--description", default="", help="what the preset is for")
     s.add_argument("--scorecard", default=None, metavar="FILE", help="a JSON scorecard to keep with it (steer-eval, sweep)")
@@ -113,7 +115,7 @@ def _run(args) -> int:
 
 
 def _save(args, store, link) -> None:
-    """`preset save`: the --feature edits as a preset, checked against the store's SAE and model."""
+    """`preset save`: the --latent edits as a preset, checked against the store's SAE and model."""
     import json
     from pathlib import Path
 
@@ -130,7 +132,7 @@ def _save(args, store, link) -> None:
         except ValueError as e:
             raise CLIError(f"--scorecard {p} is not JSON: {e}") from None
     sae = store.meta.get("sae") or {}
-    preset = make_preset(args.name, args.feature, d_sae=store.d_sae, hook_name=sae.get("hook_name"),
+    preset = make_preset(args.name, args.latent, d_sae=store.d_sae, hook_name=sae.get("hook_name"),
                          fingerprint=store.sae_fingerprint, model_identity=store.recorded_model(),
                          typical_max=link.typical_max, recommended=link.recommended, stops=args.stop_when,
                          description=args.description, scorecard=scorecard)

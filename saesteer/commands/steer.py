@@ -7,7 +7,7 @@ ORDER = 70
 HELP = "generate with SAE features edited (add / clamp / scale / ablate), beside the unsteered text"
 DESCRIPTION = """\
 Generate continuations of prompts twice with the same seed, once unsteered and once with the
-edits, and print them side by side. An edit is FEATURE:OP[=VALUE[x]][@POSITIONS][?TRIGGER>THRESHOLD[x]]:
+edits, and print them side by side. An edit is LATENT:OP[=VALUE[x]][@POSITIONS][?TRIGGER>THRESHOLD[x]]:
 
   123:clamp=8          set latent 123 to 8 at every token
   123:clamp=2x         ... to 2x its typical max activation (from --store)
@@ -27,8 +27,8 @@ The model is the one the SAEs (saesteer.json) or the store record; --model must 
 (--allow-model-mismatch runs another).
 
 examples:
-  saesteer steer --sae saes/toy-topk --feature 123:clamp=8 --prompt "anna was a sailor ."
-  saesteer steer --sae saes/toy-topk --store toy.db --feature 123:add=2x --prompt "" --seed 3
+  saesteer steer --sae saes/toy-topk --latent 123:clamp=8 --prompt "anna was a sailor ."
+  saesteer steer --sae saes/toy-topk --store toy.db --latent 123:add=2x --prompt "" --seed 3
   saesteer steer --sae saes/toy-topk --store toy.db --preset seaward --prompt ""
   saesteer steer --sae saes/toy-topk --store toy.db --search ocean
   saesteer steer --sae saes/toy-topk --store toy.db --search ocean --generate --prompt ""
@@ -36,18 +36,17 @@ examples:
 
 
 def add_arguments(parser) -> None:
-    from saesteer.commands._steering import add_common_arguments
+    from saesteer.commands._steering import add_common_arguments, add_latent_argument
     from saesteer.configargs import add_dataclass_arguments
     from steering.config import GenerationConfig
     from steering.spec import SteerLimits
 
     add_common_arguments(parser, prompts_help="a prompt (repeat for several; \"\" for unconditional generation)")
     e = parser.add_argument_group("edits")
-    e.add_argument("--feature", "-f", action="append", default=[], metavar="EDIT",
-                   help="FEATURE:OP[=VALUE[x]][@POSITIONS], repeatable (see above)")
+    add_latent_argument(e, metavar="EDIT", help="LATENT:OP[=VALUE[x]][@POSITIONS], repeatable (see above)")
     e.add_argument("--positions", default=None, help="positions for edits that name none (default: all)")
     e.add_argument("--preset", default=None, metavar="NAME|FILE",
-                   help="a preset saved in --store, or a preset JSON file (with any --feature edits)")
+                   help="a preset saved in --store, or a preset JSON file (with any --latent edits)")
     f = parser.add_argument_group("finding features")
     f.add_argument("--search", default=None, metavar="QUERY", help="list features whose label matches QUERY (needs --store): by meaning, ranked "
                         "with output scores, when the store has label embeddings of a model installed here; "
@@ -98,7 +97,7 @@ def _run(args, model=None) -> int:
 
     gen_cfg = dataclass_from_args(GenerationConfig, args)
     limits = dataclass_from_args(SteerLimits, args)
-    edits: list = [parse_edit(t, args.positions) for t in args.feature]
+    edits: list = [parse_edit(t, args.positions) for t in args.latent]
     finding = args.search is not None or args.contrast is not None
     prompts = read_prompts(args)
     _check_flags(args, edits, prompts, finding=finding)
@@ -144,7 +143,7 @@ def _check_flags(args, edits: list, prompts: list, *, finding: bool) -> None:
     if args.generate and not finding:
         raise CLIError("--generate steers with the features --search or --contrast finds; give one of them")
     if not finding and not edits and args.preset is None:
-        raise CLIError("give at least one --feature EDIT (e.g. --feature 123:clamp=8), a --preset, or --search / --contrast")
+        raise CLIError("give at least one --latent EDIT (e.g. --latent 123:clamp=8), a --preset, or --search / --contrast")
     if (not finding or args.generate) and not prompts:
         raise CLIError('give at least one --prompt (use --prompt "" for unconditional generation)')
     if args.search is not None and args.store is None:
@@ -214,7 +213,7 @@ def _found_edits(found: list[dict], link, args) -> list:
         raise CLIError("no feature was found to steer with")
     out = []
     for row in found[: args.candidates]:
-        f = int(row["feature"])
+        f = int(row["latent"])
         rec = link.recommended(f) if link is not None else None
         tmax = link.typical_max(f) if link is not None else None
         if rec is not None and tmax:
@@ -253,7 +252,7 @@ def _print_search(link, query: str, top: int, as_json: bool, rows_only: bool = F
 
     # by meaning, ranked with output scores, when the store has label vectors of a real model; else full text
     hits = label_search(lambda q, n: search_labels(link.store, q, n), query, limit=top)
-    rows = [{"feature": h.feature, "label": h.label, "score": h.score, "typical_max": link.typical_max(h.feature)}
+    rows = [{"latent": h.latent, "label": h.label, "score": h.score, "typical_max": link.typical_max(h.latent)}
             for h in hits]
     if rows_only:
         return rows
@@ -275,7 +274,7 @@ def _candidates_table(rows: list[dict], title: str) -> None:
     from saesteer.terminal import plain
 
     table = Table(title=plain(title))  # a query is text, not markup
-    cols = [c for c in ("feature", "label", "score", "typical_max", "mean_positive", "mean_negative") if any(c in r for r in rows)]
+    cols = [c for c in ("latent", "label", "score", "typical_max", "mean_positive", "mean_negative") if any(c in r for r in rows)]
     for col in cols:
         table.add_column(col.replace("_", " "))
     for r in rows:
@@ -310,10 +309,10 @@ def _print_contrast(model, saes, positive, negative, top: int, as_json: bool, li
     from saesteer.terminal import plain
 
     table = Table(title="features by contrast (mean activation on positive minus negative prompts)")
-    for col in ("feature", "difference", "mean +", "mean -", "fires +", "fires -", "label"):
+    for col in ("latent", "difference", "mean +", "mean -", "fires +", "fires -", "label"):
         table.add_column(col)
     for c in found:
-        table.add_row(str(c.feature), f"{c.score:.3g}", f"{c.mean_positive:.3g}", f"{c.mean_negative:.3g}",
+        table.add_row(str(c.latent), f"{c.score:.3g}", f"{c.mean_positive:.3g}", f"{c.mean_negative:.3g}",
                       f"{c.rate_positive:.1%}", f"{c.rate_negative:.1%}", plain(c.label))
     Console().print(table)
     return 0

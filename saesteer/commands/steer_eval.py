@@ -7,7 +7,7 @@ ORDER = 73
 HELP = "compare SAE steering with difference-of-means and prompting, and write a scorecard"
 DESCRIPTION = """\
 Steer toward one concept three ways and score them side by side: an SAE feature (given with
---feature, or the best of the top --candidates latents by contrast of --positive vs --negative
+--latent, or the best of the top --candidates latents by contrast of --positive vs --negative
 prompts), the difference-of-means vector at the SAE's hook (the same prompt sets), and prompting
 (--cue written before each prompt); plus the unsteered model. Each method picks its strength on
 --dev-seed generations and is scored on --test-seed generations (the same prompts), so no method
@@ -18,7 +18,7 @@ Scoring, one of:
                  of grammatical sentences; the prompt sets and the cue default to toy-world
                  documents about T vs other topics, and a sentence about T
   --concept C    an LLM judge rates concept / instruction / fluency 0-2 (AxBench-style); give
-                 --positive/--negative (or --feature) and --cue; configure the judge with --judge-*
+                 --positive/--negative (or --latent) and --cue; configure the judge with --judge-*
 
 The scorecard (--out, JSON) holds the settings, each method's pick (with its development sweep)
 and test scores (concept, fluency, their harmonic mean, perplexity under the unsteered model,
@@ -27,7 +27,7 @@ the scorecard as its provenance.
 
 examples:
   saesteer steer-eval --sae saes/toy-topk --store toy.db --topic ocean --samples 32 --out ocean.json
-  saesteer steer-eval --sae saes/toy-topk --store toy.db --topic ocean --feature 123 --save-preset ocean
+  saesteer steer-eval --sae saes/toy-topk --store toy.db --topic ocean --latent 123 --save-preset ocean
   saesteer steer-eval --model gpt2 --sae saes/gpt2-l6 --store gpt2.db --concept "the ocean" \\
       --positive ocean.txt --negative neutral.txt --cue "Talk about the ocean." \\
       --prompt "Tell me a story." --samples 8 --judge-model gpt-4o-mini"""
@@ -35,7 +35,7 @@ examples:
 
 def add_arguments(parser) -> None:
     from autointerp.config import JudgeConfig
-    from saesteer.commands._steering import add_common_arguments
+    from saesteer.commands._steering import add_common_arguments, add_latent_argument
     from saesteer.configargs import add_dataclass_arguments
     from steering.config import GenerationConfig
     from steering.config import CompareConfig
@@ -49,8 +49,7 @@ def add_arguments(parser) -> None:
     c.add_argument("--positive", default=None, metavar="FILE", help="prompts that show the concept, one per line")
     c.add_argument("--negative", default=None, metavar="FILE", help="neutral prompts, one per line")
     c.add_argument("--cue", default=None, help="text written before each prompt for the prompting baseline")
-    c.add_argument("--feature", "-f", action="append", type=int, default=[],
-                   help="SAE feature(s) to steer with (default: found by contrast), repeatable")
+    add_latent_argument(c, type=int, help="SAE latent(s) to steer with (default: found by contrast), repeatable")
     c.add_argument("--samples", type=int, default=16, help="generations per prompt and seed (default: 16)")
     c.add_argument("--n-docs", type=int, default=48, help="toy world: documents in the positive set (default: 48)")
     o = parser.add_argument_group("output")
@@ -174,8 +173,8 @@ def _concept_sets(args):
         pos, neg, toy_cue = toy_concept(args.topic, args.n_docs)
         positive, negative = positive or pos, negative or neg
         cue = cue if cue is not None else toy_cue
-    if not args.feature and positive is None:
-        raise CLIError("give --feature F, or --positive/--negative prompt files to find features by contrast")
+    if not args.latent and positive is None:
+        raise CLIError("give --latent L, or --positive/--negative prompt files to find features by contrast")
     return positive, negative, cue
 
 
@@ -186,11 +185,8 @@ def _compare(args, cfg, gen_cfg, model, name, sae, scorer, link, *, prompts, pos
     from steering.methods import compare_methods
 
     return compare_methods(
-        model, sae, scorer, prompts=prompts, positive=positive, negative=negative, cue=cue,
-        features=args.feature or None, n_candidates=cfg.candidates, op=cfg.op, positions=cfg.positions,
-        sae_strengths=cfg.sae_strengths, vector_strengths=cfg.vector_strengths,
-        target_concept=cfg.target_concept, min_fluency=cfg.min_fluency, rule=cfg.rule, gen_config=gen_cfg,
-        dev_seed=cfg.dev_seed, test_seed=cfg.test_seed, typical_max=typical_max_provider(link, {name: sae}),
+        model, sae, scorer, prompts=prompts, config=cfg, positive=positive, negative=negative, cue=cue,
+        latents=args.latent or None, gen_config=gen_cfg, typical_max=typical_max_provider(link, {name: sae}),
         allow_model_mismatch=args.allow_model_mismatch,
         progress=lambda msg: print(f"[steer-eval] {msg}", file=sys.stderr, flush=True))
 
@@ -228,7 +224,7 @@ def _save_pick(args, cfg, card, record, sae, model, link) -> None:
     from steering.spec import FeatureEdit
 
     pick = card.picks["SAE feature"]
-    edit = FeatureEdit(pick.feature, cfg.op, pick.strength, unit=pick.unit, positions=cfg.positions)
+    edit = FeatureEdit(pick.latent, cfg.op, pick.strength, unit=pick.unit, positions=cfg.positions)
     preset = make_preset(args.save_preset, [edit], sae=sae, model=model, typical_max=link.typical_max,
                          recommended=link.recommended, scorecard=record,
                          description=f"steer-eval pick for {args.topic or args.concept}")
@@ -251,8 +247,8 @@ def _print_table(card, args) -> None:
     for r in card.rows:
         p = card.picks.get(r.method)
         pick = ""
-        if p is not None and p.feature is not None:
-            pick = f"latent {p.feature} at {p.strength:g} ({p.unit})"
+        if p is not None and p.latent is not None:
+            pick = f"latent {p.latent} at {p.strength:g} ({p.unit})"
         elif p is not None and p.strength is not None:
             pick = f"{p.strength:g} {p.unit}"
         t.add_row(r.method, pick, f"{r.concept:.2f} ± {r.concept_se or 0:.2f}", f"{r.fluency:.2f} ± {r.fluency_se or 0:.2f}",

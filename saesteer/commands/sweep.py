@@ -31,25 +31,24 @@ safer when one score is much noisier than the other, as topic share is). When no
 the sweep says "no strength works"; --save-strength then stores that (no strength) in --store.
 
 examples:
-  saesteer sweep --sae saes/toy-topk --store toy.db --feature 123 --topic ocean --out sweeps/
-  saesteer sweep --sae saes/toy-topk --store toy.db --feature 123 --topic ocean \\
+  saesteer sweep --sae saes/toy-topk --store toy.db --latent 123 --topic ocean --out sweeps/
+  saesteer sweep --sae saes/toy-topk --store toy.db --latent 123 --topic ocean \\
       --strengths 0,0.5,0.75,1,1.25 --target-concept 0.5 --min-fluency 0.8 --min-grammar 0.8 --rule z \\
       --save-strength
-  saesteer sweep --model gpt2 --sae saes/gpt2-l6 --store gpt2.db --feature 4117 \\
+  saesteer sweep --model gpt2 --sae saes/gpt2-l6 --store gpt2.db --latent 4117 \\
       --concept "the ocean" --judge-model gpt-4o-mini --prompt "Tell me a story." --samples 8"""
 
 
 def add_arguments(parser) -> None:
     from autointerp.config import JudgeConfig
-    from saesteer.commands._steering import add_common_arguments
+    from saesteer.commands._steering import add_common_arguments, add_latent_argument
     from saesteer.configargs import add_dataclass_arguments
     from steering.config import GenerationConfig, SweepConfig
     from steering.spec import SteerLimits
 
     add_common_arguments(parser, prompts_help="a prompt (repeat for several; default: unconditional, \"\")")
     s = parser.add_argument_group("what to sweep")
-    s.add_argument("--feature", "-f", action="append", type=int, default=[], required=True,
-                   help="feature id to sweep (repeatable); with several SAEs use --sae-name")
+    add_latent_argument(s, required=True, type=int, help="latent to sweep (repeatable); with several SAEs use --sae-name")
     s.add_argument("--sae-name", default=None, help="which --sae the features belong to (default: the only one)")
     s.add_argument("--samples", type=int, default=8, help="generations per prompt at each strength (default: 8)")
     sc = parser.add_argument_group("scoring")
@@ -58,7 +57,7 @@ def add_arguments(parser) -> None:
                     help="toy world: judge each sentence alone, or with the document rules (tense, names, pronouns)")
     sc.add_argument("--concept", default=None, help="concept for the LLM judge (e.g. 'the ocean')")
     o = parser.add_argument_group("output")
-    o.add_argument("--out", default="sweeps", help="directory for sweep_<feature>.html / .json (default: sweeps)")
+    o.add_argument("--out", default="sweeps", help="directory for sweep_<latent>.html / .json (default: sweeps)")
     o.add_argument("--save-strength", action="store_true",
                    help="store the recommended strength in --store (or that no strength works)")
     o.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -121,8 +120,8 @@ def _run(args, model=None) -> int:
         typical = typical_max_provider(link, {name: sae})
         if sweep_cfg.unit == "max_act":
             _check_typical(args, sae, typical)
-        for feature in args.feature:
-            _sweep_feature(args, feature, model, sae, name, prompts, scorer, sweep_cfg,
+        for latent in args.latent:
+            _sweep_feature(args, latent, model, sae, name, prompts, scorer, sweep_cfg,
                            gen_config=gen_cfg, typical_max=typical, limits=limits, link=link)
     finally:
         _close(store, judge)
@@ -171,13 +170,13 @@ def _check_typical(args, sae, typical) -> None:
     """--unit max_act: every feature swept needs a typical max activation in the store."""
     from saesteer.commands._steering import CLIError
 
-    silent = [f for f in args.feature if 0 <= f < sae.d_sae and typical(f) is None]
+    silent = [f for f in args.latent if 0 <= f < sae.d_sae and typical(f) is None]
     if silent:
         raise CLIError(f"feature(s) {', '.join(map(str, silent))} have no typical max activation in "
                        f"{args.store} (they never fired when it was built); sweep them with --unit raw")
 
 
-def _sweep_feature(args, feature, model, sae, name, prompts, scorer, sweep_cfg, *, gen_config, typical_max,
+def _sweep_feature(args, latent, model, sae, name, prompts, scorer, sweep_cfg, *, gen_config, typical_max,
                    limits, link) -> None:
     """Sweep one feature, write its HTML and JSON, print the result (and with --save-strength store it)."""
     from pathlib import Path
@@ -185,19 +184,19 @@ def _sweep_feature(args, feature, model, sae, name, prompts, scorer, sweep_cfg, 
     from steering.sweeps import store_recommendation, sweep, write_sweep_html, write_sweep_json
 
     out = Path(args.out)
-    res = sweep(model, sae, feature, prompts, scorer, sweep_cfg, gen_config=gen_config, typical_max=typical_max,
+    res = sweep(model, sae, latent, prompts, scorer, sweep_cfg, gen_config=gen_config, typical_max=typical_max,
                 sae_name=name, limits=limits, progress=not args.no_progress,
                 allow_model_mismatch=args.allow_model_mismatch)
-    html = write_sweep_html(res, out / f"sweep_{name}_{feature}.html")
-    js = write_sweep_json(res, out / f"sweep_{name}_{feature}.json")
+    html = write_sweep_html(res, out / f"sweep_{name}_{latent}.html")
+    js = write_sweep_json(res, out / f"sweep_{name}_{latent}.json")
     _print_result(res, html, js)
     if args.save_strength:
         store_recommendation(link.record_strength, res)
         if res.recommended is None:
-            print(f"feature {feature}: {res.verdict}; stored 'no strength' in {args.store} "
+            print(f"feature {latent}: {res.verdict}; stored 'no strength' in {args.store} "
                   "(an earlier recommendation of this feature is cleared)")
         else:
-            print(f"feature {feature}: stored recommended strength {res.recommended:g} ({res.unit}) in {args.store}")
+            print(f"feature {latent}: stored recommended strength {res.recommended:g} ({res.unit}) in {args.store}")
 
 
 def _close(store, judge) -> None:

@@ -61,7 +61,7 @@ CE loss recovered runs on held-out text: --eval-split of the training data (defa
 or --eval-dataset. Eval text that is all training text is refused (--allow-eval-overlap true
 measures it anyway); a partial overlap is printed and recorded in metrics.json (data.ce_eval_data)."""
 
-_SAE_FLAGS = ("architecture", "d_sae", "k", "matryoshka_widths", "sae_lr", "sae_name")
+_SAE_FLAGS = ("architecture", "d_sae", "k", "matryoshka_widths", "sae_lr", "sae_name", "skip")
 
 
 def _bool_flag(text: str) -> bool:
@@ -99,6 +99,8 @@ def add_arguments(parser) -> None:
     s.add_argument("--sae-lr", dest="sae_lr", type=float, default=None,
                    help="learning rate of every SAE given here (default: --lr, or the width rule)")
     s.add_argument("--sae-name", dest="sae_name", default=None, help="folder name (only with a single SAE)")
+    s.add_argument("--skip", dest="skip", action="store_const", const=True, default=None,
+                   help="with --target-hook: skip transcoders (a learned linear term W_skip x beside the latents)")
 
     add_dataclass_arguments(parser, DataConfig, title="data")
     add_dataclass_arguments(parser, TrainConfig, title="training")
@@ -130,7 +132,8 @@ def _sae_specs(args, file_specs: list) -> list:
         for d_sae in widths:
             for k in ks:
                 levels = mw if "matryoshka_widths" in architecture_fields(trainable_architecture(arch)) else []
-                specs.append(SAESpec(arch, d_sae=d_sae, k=k, matryoshka_widths=levels, lr=args.sae_lr))
+                specs.append(SAESpec(arch, d_sae=d_sae, k=k, matryoshka_widths=levels, lr=args.sae_lr,
+                                     skip=bool(args.skip)))
     if args.sae_name:
         if len(specs) != 1:
             raise ValueError("--sae-name names a single SAE; with several, the names are <arch>_k<k>_f<d_sae>")
@@ -178,6 +181,8 @@ def build_configs(args):
 
         run.saes = [spec_from_source(load_source(run.train.init_from))]
     data = dataclass_from_args(DataConfig, args, file_values=section("data"))
+    if data.target_hook is None and any(spec.skip for spec in run.saes):
+        raise ValueError("--skip makes skip transcoders: give --target-hook too (the hook point they predict)")
     text = dataclass_from_args(TextConfig, args, file_values=section("text"))
     out = args.out or file_values.get("out")
     return run, data, text, out
@@ -270,11 +275,12 @@ def _cache_reader(data_cfg, t, rank: int, world: int):
 
         mine = rank_shards([sh.rows for sh in read_manifest(data_cfg.cache).shards], rank, world)
         return CacheReader(data_cfg.cache, t.batch_size // world, hook=data_cfg.hook, seed=t.seed, epochs=None,
-                           buffer_rows=data_cfg.reader_buffer_rows, shards=mine, **_reader_dtype(t.device))
+                           buffer_rows=data_cfg.reader_buffer_rows, shards=mine, target_hook=data_cfg.target_hook,
+                           **_reader_dtype(t.device))
     # rows: rank r keeps rows [r*B/W, (r+1)*B/W) of each global batch of the one stream
     return CacheReader(data_cfg.cache, t.batch_size // world, hook=data_cfg.hook, seed=t.seed, epochs=None,
                        buffer_rows=data_cfg.reader_buffer_rows, rank=rank, world_size=world,
-                       **_reader_dtype(t.device))
+                       target_hook=data_cfg.target_hook, **_reader_dtype(t.device))
 
 
 def _from_cache(run_cfg, data_cfg, rank: int, world: int, allow_model_mismatch: bool):
@@ -289,6 +295,8 @@ def _from_cache(run_cfg, data_cfg, rank: int, world: int, allow_model_mismatch: 
         raise ValueError(f"the cache {data_cfg.cache} was made with {recorded.id}'s raw weights, so --process-weights "
                          f"does not apply; leave it out, or cache again with `saesteer cache --process-weights`")
     prov = cache_provenance(man, data_cfg.cache, reader.hook)
+    if reader.target_hook is not None:
+        prov["hook_name_out"] = reader.target_hook
     prov["reader_buffer_rows"] = data_cfg.reader_buffer_rows  # with train.seed: which rows were held out
     if world > 1:
         prov.update(world_size=world, dp_partition=data_cfg.dp_partition)
@@ -325,6 +333,11 @@ def _cache_model_eval(run_cfg, data_cfg, reader, model, prov: dict, allow_model_
     else:
         tokens, prov["ce_eval_data"] = held.tokens_NL, held.provenance()
     keep = tuple(int(i) for i in man.settings.get("excluded_token_ids") or ())
+    if reader.target_hook is not None:  # the transcoder replaces its target, reading its input hook
+        from saes.hookpoints import check_transcoder_hooks
+
+        check_transcoder_hooks(model, reader.hook, reader.target_hook, d_in=reader.d_in, d_out=reader.d_out)
+        return ModelEval(model, reader.target_hook, tokens, keep, input_hook=reader.hook)
     return ModelEval(model, reader.hook, tokens, keep)
 
 
@@ -340,12 +353,18 @@ def _from_model(run_cfg, data_cfg, text_cfg):
                        process_weights=data_cfg.process_weights)
     hook = data_cfg.hook or f"blocks.{model.cfg.n_layers // 2}.hook_resid_post"
     check_hook_names(model, hook)
-    source = _Replayable(lambda: model_batches(model, text_cfg, hook, t.batch_size, seed=t.seed))
+    target = data_cfg.target_hook
+    if target is not None:
+        from saes.hookpoints import check_transcoder_hooks
+
+        check_transcoder_hooks(model, hook, target)
+    source = _Replayable(lambda: model_batches(model, text_cfg, hook, t.batch_size, seed=t.seed, target_hook=target))
     ident = model_identity(model)
     data = resolve_data(text_cfg)  # the split's files (and a clear error for a split the data lacks)
     prov = {"model": ident.id, "model_revision": ident.revision, "model_identity": ident.to_json(),
             "model_name": ident.saelens_model_name,
-            "hook_name": hook, "dataset": text_cfg.dataset, "dataset_split": data.split,
+            "hook_name": hook, **({"hook_name_out": target} if target else {}),
+            "dataset": text_cfg.dataset, "dataset_split": data.split,
             "dataset_files": [str(p) for p in data.files] or None,
             "context_size": text_cfg.context_length, "prepend_bos": text_cfg.bos_policy == "prepend"}
     model_eval = None
@@ -355,7 +374,9 @@ def _from_model(run_cfg, data_cfg, text_cfg):
             print("note: no CE evaluation: give held-out text with --eval-dataset PATH or --eval-split NAME")
         else:
             bos = model.tokenizer.bos_token_id
-            model_eval = ModelEval(model, hook, held.tokens_NL, (bos,) if bos is not None else ())
+            keep = (bos,) if bos is not None else ()
+            model_eval = (ModelEval(model, hook, held.tokens_NL, keep) if target is None
+                          else ModelEval(model, target, held.tokens_NL, keep, input_hook=hook))
             prov["ce_eval_data"] = held.provenance()
     return source, model_eval, prov
 

@@ -16,7 +16,7 @@ from saesteer.demo.config import DemoConfig, DemoPaths
 class FeatureShowcase:
     """One labelled latent for the summary."""
 
-    id: int
+    latent: int
     label: str
     scores: dict[str, float]
     freq: float
@@ -32,7 +32,7 @@ class SteeringExample:
     dev samples, its effect measured on held-out samples, and held-out samples side by side."""
 
     topic: str
-    feature: int
+    latent: int
     label: str | None
     concept_f1: float  # token F1 of the latent for topic:<topic> (ground truth)
     freq: float  # share of tokens the latent fires on (feature store)
@@ -46,7 +46,7 @@ class SteeringExample:
     test: dict[str, Any]  # the same on held-out samples (another seed), with standard errors
     examples: list[dict[str, Any]]  # held-out samples side by side: {sample, default, steered, shares}
     visible: int  # held-out samples whose steered text is on topic (share >= 0.5) and whose default is not
-    candidates: list[dict[str, Any]]  # every latent swept: {feature, topic, f1, freq, recommended, margin}
+    candidates: list[dict[str, Any]]  # every latent swept: {latent, topic, f1, freq, recommended, margin}
     sweep_html: str
     sae_fingerprint: str = ""
     settings: dict[str, Any] = field(default_factory=dict)

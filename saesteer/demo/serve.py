@@ -52,7 +52,7 @@ def serve_demo(result: DemoResult, *, host: str = "127.0.0.1", port: int = 8000,
     def ready() -> None:  # once uvicorn accepts connections (saesteer.web.listen)
         con.print(f"[bold green]saesteer serving on {url}[/]  (Ctrl-C stops it)")
         con.print(f"  features: {base}/s/{sid}   search: {base}/s/{sid}/search?q={query}"
-                  + (f"   steering playground: {base}/s/{sid}/steer?f={s.feature}" if s else ""))
+                  + (f"   steering playground: {base}/s/{sid}/steer?latent={s.latent}" if s else ""))
 
     run_server(app, sock, on_ready=ready, log_level="warning", proxy_headers=False, server_header=False,
                date_header=False)

@@ -25,27 +25,27 @@ def pick_showcase(store, n: int, topic: str | None = None) -> list[FeatureShowca
     picks: list[tuple[int, str | None, float | None]] = []
     for concept in ((f"topic:{topic}",) if topic else ()) + SHOWCASE_CONCEPTS:
         m = best.get(concept)
-        if m is not None and m.f1 >= 0.3 and all(m.feature_id != p[0] for p in picks):
-            picks.append((m.feature_id, concept, m.f1))
+        if m is not None and m.f1 >= 0.3 and all(m.latent != p[0] for p in picks):
+            picks.append((m.latent, concept, m.f1))
     flt = {"alive_only": True, "has_label": True, "exclude_flags": ["dense", "bos_only"]}
     for r in store.list_features(sort="score:detection", filter=flt, limit=max(50, 8 * n)):
-        picks.append((r.id, None, None))
+        picks.append((r.latent, None, None))
     out: list[FeatureShowcase] = []
     seen_ids: set[int] = set()
     seen_labels: set[str] = set()
-    for fid, concept, f1 in picks:
+    for latent, concept, f1 in picks:
         if len(out) >= n:
             break
-        rec = store.feature(fid)
+        rec = store.feature(latent)
         label = rec.label.text if rec.label is not None else ""
         key = label.split("(")[0].strip()
-        if fid in seen_ids or not key or key in seen_labels or "dense" in rec.stats.flags:
+        if latent in seen_ids or not key or key in seen_labels or "dense" in rec.stats.flags:
             continue
-        seen_ids.add(fid)
+        seen_ids.add(latent)
         seen_labels.add(key)
         scores = {s.method: round(float(s.value), 3) for s in reversed(rec.scores)}  # newest wins
         exs = [_marked(e) for e in rec.top_examples[:3]]
-        out.append(FeatureShowcase(fid, label, scores, float(rec.stats.freq), rec.level, exs, concept,
+        out.append(FeatureShowcase(latent, label, scores, float(rec.stats.freq), rec.level, exs, concept,
                                    None if f1 is None else round(f1, 3)))
     return out
 

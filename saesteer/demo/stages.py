@@ -120,7 +120,7 @@ def _concept_matches(store, sae, source, say) -> dict:
     best = {}
     for m in have:
         if m.concept not in best or m.f1 > best[m.concept]["f1"]:
-            best[m.concept] = {"feature": m.feature_id, "f1": round(m.f1, 4)}
+            best[m.concept] = {"latent": m.latent, "f1": round(m.f1, 4)}
     f1s = sorted(v["f1"] for v in best.values())
     return {
         "concepts": len(f1s),

@@ -26,12 +26,12 @@ def steering_candidates(store, topic: str, n: int) -> tuple[list[dict[str, Any]]
     concepts = {f"topic:{t}": t for t in (TOPICS if topic == AUTO else [topic])}
     rows: dict[int, dict[str, Any]] = {}
     for m in store.concept_matches():
-        if m.concept not in concepts or (m.feature_id in rows and rows[m.feature_id]["f1"] >= m.f1):
+        if m.concept not in concepts or (m.latent in rows and rows[m.latent]["f1"] >= m.f1):
             continue
-        st = store.feature(m.feature_id).stats
-        rows[m.feature_id] = {"feature": m.feature_id, "topic": concepts[m.concept], "f1": round(float(m.f1), 4),
+        st = store.feature(m.latent).stats
+        rows[m.latent] = {"latent": m.latent, "topic": concepts[m.concept], "f1": round(float(m.f1), 4),
                               "freq": float(st.freq), "flags": list(st.flags)}
-    ranked = sorted(rows.values(), key=lambda r: (-r["f1"], r["feature"]))
+    ranked = sorted(rows.values(), key=lambda r: (-r["f1"], r["latent"]))
     sparse = [r for r in ranked if r["freq"] <= SPARSE_MAX_FREQ and not {"dense", "bos_only", "dead"} & set(r["flags"])]
     return (sparse or ranked)[:n], bool(sparse)
 
@@ -50,9 +50,10 @@ def stage_steer(cfg: DemoConfig, paths: DemoPaths, model, sae, progress: bool, i
     example_file = paths.steering / "example.json"
     if example_file.is_file():
         old = json.loads(example_file.read_text(encoding="utf-8"))
-        if old.get("sae_fingerprint") == fp and _same_json(old.get("settings"), settings):
+        # (an example written before a latent's index was called `latent` is made again)
+        if old.get("sae_fingerprint") == fp and _same_json(old.get("settings"), settings) and "latent" in old:
             info["status"] = "reused"
-            info["note"] = f"feature {old['feature']} toward '{old['topic']}'"
+            info["note"] = f"feature {old['latent']} toward '{old['topic']}'"
             return SteeringExample(**old)
 
     with FeatureStore.open(paths.store, readonly=False) as store:
@@ -64,13 +65,13 @@ def stage_steer(cfg: DemoConfig, paths: DemoPaths, model, sae, progress: bool, i
             return None
         say(("" if sparse else f"no latent firing on <= {SPARSE_MAX_FREQ:.0%} of tokens matches a topic; ")
             + "candidates (topic, token F1, share of tokens fired on): "
-            + ", ".join(f"#{c['feature']} ({c['topic']}, F1 {c['f1']:.2f}, {c['freq']:.1%})" for c in cands))
+            + ", ".join(f"#{c['latent']} ({c['topic']}, F1 {c['f1']:.2f}, {c['freq']:.1%})" for c in cands))
         met, cand, res, strength = _best_of_sweeps(cfg, model, sae, cands, link, progress, say)
-        html = write_sweep_html(res, paths.steering / f"sweep_{cand['feature']}.html")
-        write_sweep_json(res, paths.steering / f"sweep_{cand['feature']}.json")
+        html = write_sweep_html(res, paths.steering / f"sweep_{cand['latent']}.html")
+        write_sweep_json(res, paths.steering / f"sweep_{cand['latent']}.json")
         store_recommendation(link.record_strength, res)  # the web playground prefills it (or learns none works)
-        tmax = link.typical_max(cand["feature"])
-        rec = store.feature(cand["feature"])
+        tmax = link.typical_max(cand["latent"])
+        rec = store.feature(cand["latent"])
     label = rec.label.text if rec.label is not None else None
     detection = next((float(x.value) for x in rec.scores if x.method == "detection"), None)
     by_s = {p.strength: p for p in res.points}
@@ -78,7 +79,7 @@ def stage_steer(cfg: DemoConfig, paths: DemoPaths, model, sae, progress: bool, i
            **_figures(by_s[0.0], "default"), **_figures(by_s[strength], "steered")}
     test, examples, visible = _held_out(cfg, model, sae, cand, strength, link_typical_max=tmax)
     ex = SteeringExample(
-        topic=cand["topic"], feature=cand["feature"], label=label, concept_f1=cand["f1"], freq=cand["freq"],
+        topic=cand["topic"], latent=cand["latent"], label=label, concept_f1=cand["f1"], freq=cand["freq"],
         detection=detection, strength=strength, raw_strength=None if tmax is None else strength * tmax, rule=res.rule,
         met=met, verdict=res.verdict, dev=dev, test=test, examples=examples, visible=visible, candidates=cands,
         sweep_html=str(html), sae_fingerprint=fp, settings=settings,
@@ -86,7 +87,7 @@ def stage_steer(cfg: DemoConfig, paths: DemoPaths, model, sae, progress: bool, i
     from saes.fileio import atomic_write_json
 
     atomic_write_json(example_file, dataclasses.asdict(ex))
-    info["note"] = (f"feature {cand['feature']} toward '{cand['topic']}' at {strength:g}x typical max; held-out share "
+    info["note"] = (f"feature {cand['latent']} toward '{cand['topic']}' at {strength:g}x typical max; held-out share "
                     f"{test['share_default']:.0%} -> {test['share_steered']:.0%}")
     return ex
 
@@ -108,7 +109,7 @@ def _best_of_sweeps(cfg: DemoConfig, model, sae, cands: list[dict[str, Any]], li
         f"offline: topic share, fluency, grammatical sentences (toy validator)")
     best = None  # (met, margin, candidate, result, strength)
     for c in cands:
-        res = sweep(model, sae, c["feature"], [""] * cfg.steer_samples, toy_scorer(c["topic"]), sweep_cfg,
+        res = sweep(model, sae, c["latent"], [""] * cfg.steer_samples, toy_scorer(c["topic"]), sweep_cfg,
                     gen_config=gen_cfg, typical_max=link.typical_max, progress=progress)
         met = res.recommended is not None
         steered = [p for p in res.points if p.strength != 0]
@@ -116,7 +117,7 @@ def _best_of_sweeps(cfg: DemoConfig, model, sae, cands: list[dict[str, Any]], li
                 else max(steered, key=lambda p: (target_margin(p, **TARGETS, in_se=True), -p.strength)))
         margin = target_margin(pick, **TARGETS, in_se=True)
         c.update(recommended=res.recommended, margin=round(margin, 3), verdict=res.verdict)
-        say(f"  #{c['feature']} ({c['topic']}): {res.verdict}")
+        say(f"  #{c['latent']} ({c['topic']}): {res.verdict}")
         if best is None or (met, margin) > (best[0], best[1]):
             best = (met, margin, c, res, pick.strength)
     met, _, cand, res, strength = best
@@ -143,8 +144,8 @@ def _held_out(cfg: DemoConfig, model, sae, cand: dict, strength: float, link_typ
     gen_cfg = GenerationConfig(max_new_tokens=cfg.steer_new_tokens, seed=seed, stop_at_eos=False)
     prompts = [""] * n
     scorer = toy_scorer(cand["topic"])
-    edit = FeatureEdit(cand["feature"], "add", strength, unit="max_act", positions=cfg.steer_positions)
-    with steer(model, sae, [edit], typical_max={cand["feature"]: link_typical_max}) as s:
+    edit = FeatureEdit(cand["latent"], "add", strength, unit="max_act", positions=cfg.steer_positions)
+    with steer(model, sae, [edit], typical_max={cand["latent"]: link_typical_max}) as s:
         steered = s.generate(prompts, gen_cfg)
     default = generate(model, prompts, gen_cfg)
     r_def = score_generation("default", model, prompts, default, scorer, with_perplexity=False)

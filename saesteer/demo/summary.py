@@ -76,7 +76,7 @@ def _print_showcase(con: Any, result: DemoResult) -> None:
         sc = ", ".join(f"{k} {v:.2f}" for k, v in sorted(f.scores.items()))
         lvl = "" if f.level is None else f", Matryoshka level {f.level}"
         gt = "" if f.concept is None else f"; matches '{f.concept}' with F1 {f.f1:.2f}"
-        con.print(Text.assemble((f"  #{f.id} ", "bold"), (f"{f.label}", "bold cyan"),
+        con.print(Text.assemble((f"  #{f.latent} ", "bold"), (f"{f.label}", "bold cyan"),
                                 f"   ({sc}; fires on {f.freq:.2%} of tokens{lvl}{gt})"))
         for e in f.examples[:2]:
             con.print(Text("      " + e))
@@ -90,7 +90,7 @@ def _print_steering(con: Any, s: SteeringExample, cfg: DemoConfig) -> None:
     where = ("every position" if cfg.steer_positions == "all"
              else f"token positions {cfg.steer_positions} (0 = BOS)")
     det = "" if s.detection is None else f", detection {s.detection:.2f}"
-    con.print(Text.assemble(("steering", "bold"), f": feature #{s.feature} ", (f"{s.label or 'unlabelled'}", "bold cyan"),
+    con.print(Text.assemble(("steering", "bold"), f": feature #{s.latent} ", (f"{s.label or 'unlabelled'}", "bold cyan"),
                             f" matches topic '{s.topic}' (token F1 {s.concept_f1:.2f}; fires on {s.freq:.1%} of "
                             f"tokens{det})"))
     d, t = s.dev, s.test

@@ -5,8 +5,9 @@
 
 Layout: `app` (the FastAPI app and error handling), `security` (Host/Origin/token/CSP guard),
 `api` (JSON API under /api), `pages` (HTML), `jobs` (one-at-a-time model queue), `sources`
-(what a store offers the app), `store_source` (those built from a real feature store + model),
-`assets` (static files, bundled plotly.js), `templates/` and `static/`.
+(what a store offers the app), `store_source` (a real feature store's records), `model_source`
+(the model work: fire, steer, sweep), `assets` (static files, bundled plotly.js), `templates/`
+and `static/`.
 
 Names are imported lazily: the CLI reads `saesteer.web.config` for `serve`'s flags without
 importing FastAPI or torch.

@@ -59,7 +59,7 @@ OptLevel = Annotated[Optional[Annotated[int, Field(ge=0, le=64)]], _Empty]
 OptStr = Annotated[Optional[str], _Empty]
 OptBool = Annotated[Optional[bool], _Empty]
 StoreId = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="a store id from /api/stores")]
-FeatureIndex = Annotated[int, Path(ge=0, le=2**31 - 1, description="feature (latent) index")]
+Latent = Annotated[int, Path(ge=0, le=2**31 - 1, description="the latent's index in the SAE")]
 
 
 def get_state(request: Request):
@@ -76,8 +76,8 @@ def get_store(sid: StoreId, request: Request) -> StoreEntry:
 
 def feature_query(
     request: Request,
-    sort: Annotated[SortKey, Query(description="column to order by")] = "index",
-    desc: Annotated[Optional[bool], _Empty, Query(description="descending order (default: descending for statistics, ascending for index/label/level)")] = None,
+    sort: Annotated[SortKey, Query(description="column to order by")] = "latent",
+    desc: Annotated[Optional[bool], _Empty, Query(description="descending order (default: descending for statistics, ascending for latent/label/level)")] = None,
     label: Annotated[OptStr, Query(description="only features whose label contains this text (case-insensitive)")] = None,
     min_score: Annotated[OptFloat, Query(description="lowest main score (detection balanced accuracy)")] = None,
     min_freq: Annotated[OptFrac, Query(description="lowest firing frequency (fraction of tokens)")] = None,
@@ -124,8 +124,8 @@ def check_edits(entry: StoreEntry, limits, edits: list[Edit]) -> None:
 
 def check_edit(where: str, e: Edit, d_sae: int, limits, value: float | None = None) -> None:
     v = e.value if value is None else value
-    if e.feature >= d_sae:
-        raise HTTPException(422, f"{where}.feature: {e.feature} is not a feature of this store (0..{d_sae - 1})")
+    if e.latent >= d_sae:
+        raise HTTPException(422, f"{where}.latent: {e.latent} is not a latent of this store (0..{d_sae - 1})")
     if not math.isfinite(v):
         raise HTTPException(422, f"{where}.value must be a finite number")
     if e.op in ("scale", "ablate") and e.unit != "raw":
@@ -189,11 +189,11 @@ async def list_features(entry: StoreEntry = Depends(get_store), q: FeatureQuery 
     return entry.catalog.list_features(q)
 
 
-@router.get("/stores/{sid}/features/{index}", summary="everything about one feature", responses=_ERRORS)
-async def feature(index: FeatureIndex, entry: StoreEntry = Depends(get_store)) -> FeatureDetail:
-    detail = entry.catalog.feature(index)
+@router.get("/stores/{sid}/features/{latent}", summary="everything about one feature", responses=_ERRORS)
+async def feature(latent: Latent, entry: StoreEntry = Depends(get_store)) -> FeatureDetail:
+    detail = entry.catalog.feature(latent)
     if detail is None:
-        raise HTTPException(404, f"feature {index} is not in store {entry.id!r} (it has {entry.info.d_sae} features: 0..{entry.info.d_sae - 1})")
+        raise HTTPException(404, f"feature {latent} is not in store {entry.id!r} (it has {entry.info.d_sae} features: 0..{entry.info.d_sae - 1})")
     return detail
 
 

@@ -54,7 +54,8 @@ def open_entries(
     """One entry per store. `no_model_reason`: why there is no model (shown for every store when
     `model` is None). Raises ModelMismatchError when `model` is not the model a store records."""
     from features import FeatureStore
-    from saesteer.web.store_source import ModelEngine, StoreCatalog
+    from saesteer.web.model_source import ModelEngine
+    from saesteer.web.store_source import StoreCatalog
 
     limits = limits or Limits()
     paths = [Path(p) for p in store_paths]

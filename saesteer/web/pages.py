@@ -151,11 +151,11 @@ async def search(
     return render(request, "search.html", store=entry, query=q, page=page, exact=exact, nav="search")
 
 
-@router.get("/s/{sid}/f/{index}", response_class=HTMLResponse)
-async def feature_page(request: Request, index: api.FeatureIndex, entry: StoreEntry = Depends(api.get_store)) -> Response:
-    detail = entry.catalog.feature(index)
+@router.get("/s/{sid}/f/{latent}", response_class=HTMLResponse)
+async def feature_page(request: Request, latent: api.Latent, entry: StoreEntry = Depends(api.get_store)) -> Response:
+    detail = entry.catalog.feature(latent)
     if detail is None:
-        raise HTTPException(404, f"feature {index} is not in store {entry.id!r} (its features are 0..{entry.info.d_sae - 1})")
+        raise HTTPException(404, f"feature {latent} is not in store {entry.id!r} (its features are 0..{entry.info.d_sae - 1})")
     hist = None
     if detail.histogram is not None and detail.histogram.counts:
         hist = {"edges": detail.histogram.edges, "counts": detail.histogram.counts, "log": detail.histogram.log_scale}
@@ -214,14 +214,14 @@ async def fire_page(
 async def steer_page(
     request: Request,
     entry: StoreEntry = Depends(api.get_store),
-    f: Annotated[Optional[list[Annotated[int, Field(ge=0, le=2**31 - 1)]]], Query(description="features to preselect")] = None,
+    latent: Annotated[Optional[list[Annotated[int, Field(ge=0, le=2**31 - 1)]]], Query(description="latents to preselect")] = None,
 ) -> Response:
     limits = request.app.state.web.limits
-    if f is not None and len(f) > 64:
-        raise HTTPException(422, "f: at most 64 features")
-    chosen = [i for i in dict.fromkeys(f or []) if i < entry.info.d_sae][: limits.max_edits]
+    if latent is not None and len(latent) > 64:
+        raise HTTPException(422, "latent: at most 64 latents")
+    chosen = [i for i in dict.fromkeys(latent or []) if i < entry.info.d_sae][: limits.max_edits]
     known = entry.catalog.summaries(chosen, with_scores=False)
-    picks = [{"index": i, "label": known[i].label if i in known else None,
+    picks = [{"latent": i, "label": known[i].label if i in known else None,
               "strength": known[i].recommended_strength if i in known else None} for i in chosen]
     prefill = getattr(entry.engine, "example_prompt", "")  # the toy prompt only for the toy model
     return render(request, "steer.html", store=entry, picks=picks, prefill=prefill, nav="steer")

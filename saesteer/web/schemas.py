@@ -15,7 +15,7 @@ from saesteer.web.config import HARD_LIMITS
 
 T = TypeVar("T")
 
-SortKey = Literal["index", "label", "score", "frequency", "n_fires", "max_act", "mean_act", "level"]
+SortKey = Literal["latent", "label", "score", "frequency", "n_fires", "max_act", "mean_act", "level"]
 Health = Literal["ok", "dead", "dense", "bos_only", "single_position"]
 EditOp = Literal["add", "clamp", "scale", "ablate"]
 StrengthUnit = Literal["raw", "max_act"]
@@ -60,7 +60,7 @@ class SnippetPart(_Out):
 
 
 class FeatureSummary(_Out):
-    index: int
+    latent: int
     label: str | None = None
     score: float | None = Field(None, description="the current label's main score (balanced accuracy of detection), if scored")
     frequency: float | None = Field(None, description="fraction of tokens on which the feature fires")
@@ -83,7 +83,7 @@ class FeatureSummary(_Out):
 
 
 class MapPoint(_Out):
-    index: int
+    latent: int
     x: float
     y: float
     label: str | None = None
@@ -135,14 +135,14 @@ class LogitEffects(_Out):
 
 
 class Neighbour(_Out):
-    index: int
+    latent: int
     similarity: float
     count: int | None = Field(None, description="co-firing count (co-firing neighbours)")
     label: str | None = None
 
 
 class FeatureRef(_Out):
-    index: int
+    latent: int
     label: str | None = None
     score: float | None = Field(None, description="parent/child link strength, e.g. P(parent fires | child fires)")
 
@@ -187,13 +187,13 @@ class FireRequest(_In):
 
 
 class FeatureAct(_Out):
-    index: int
+    latent: int
     act: float
     label: str | None = None
 
 
 class FiringFeature(_Out):
-    index: int
+    latent: int
     label: str | None = None
     max_act: float = Field(description="largest activation on this text")
     count: int = Field(description="tokens it fires on")
@@ -209,7 +209,7 @@ class FireResult(_Out):
 
 
 class Edit(_In):
-    feature: int = Field(ge=0, le=2**31 - 1)
+    latent: int = Field(ge=0, le=2**31 - 1, description="the latent's index in the SAE")
     op: EditOp = Field("add", description="add: add to the latent; clamp: set it; scale: multiply it; ablate: zero it")
     value: float = Field(
         0.0, allow_inf_nan=False, ge=-HARD_LIMITS["max_abs_strength"], le=HARD_LIMITS["max_abs_strength"],
@@ -252,7 +252,7 @@ class SweepPoint(_Out):
 
 
 class SweepResult(_Out):
-    feature: int
+    latent: int
     op: EditOp
     unit: StrengthUnit
     points: list[SweepPoint]

@@ -4,8 +4,8 @@ The app never opens a file named by a request. The server is started with a fixe
 each gets a short id (from its file name, made unique) and requests name stores by that id only.
 
 `Catalog` is what pages and the API read (fast, on the event loop); `Engine` is what runs the
-model (slow, always on that model's `ModelQueue` thread). `saesteer.web.store_source` builds both
-from a feature store and a loaded model.
+model (slow, always on that model's `ModelQueue` thread). `saesteer.web.store_source` builds the
+first from a feature store, `saesteer.web.model_source` the second from a loaded model and SAE.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ __all__ = ["FeatureQuery", "Catalog", "Engine", "StoreEntry", "make_store_ids"]
 class FeatureQuery:
     """Filters and order for the feature list (already validated against the limits)."""
 
-    sort: str = "index"
+    sort: str = "latent"
     descending: bool | None = None  # None: the natural order of the column
     label: str | None = None  # substring of the label, case-insensitive
     min_score: float | None = None
@@ -52,8 +52,8 @@ class Catalog(Protocol):
 
     def list_features(self, query: FeatureQuery) -> Page[FeatureSummary]: ...
 
-    def feature(self, index: int) -> FeatureDetail | None:
-        """None if `index` is not a feature of this store."""
+    def feature(self, latent: int) -> FeatureDetail | None:
+        """None if `latent` is not a latent of this store."""
 
     def search(self, text: str, offset: int, limit: int) -> Page[FeatureSummary]: ...
 

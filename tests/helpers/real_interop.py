@@ -25,7 +25,7 @@ class Side(NamedTuple):
     clean: torch.Tensor  # log-probabilities without the SAE
 
 
-def saelens_side_by_side(model_dir, sae_dir, text: str, *, feature: int, value: float,
+def saelens_side_by_side(model_dir, sae_dir, text: str, *, latent: int, value: float,
                          processing: dict | None = None) -> tuple[Side, Side]:
     from sae_lens import SAE as SaeLensSAE
 
@@ -43,7 +43,7 @@ def saelens_side_by_side(model_dir, sae_dir, text: str, *, feature: int, value: 
         _, cache = model.run_with_cache(tokens, names_filter=[hook])
         ours_latents = sae.encode(cache[hook][0].flatten(1))
         ours_clean = model(tokens)[0].log_softmax(-1)
-        with steer(model, sae, FeatureEdit(feature, "clamp", value)):
+        with steer(model, sae, FeatureEdit(latent, "clamp", value)):
             ours_logits = model(tokens)[0].log_softmax(-1)
 
     hst = hooked_sae_transformer(model_dir, **(processing or {}))
@@ -51,7 +51,7 @@ def saelens_side_by_side(model_dir, sae_dir, text: str, *, feature: int, value: 
     name = f"{hook}.hook_sae_acts_post"
 
     def clamp(acts, hook):  # noqa: ARG001 - TransformerLens's hook signature
-        acts[..., feature] = value
+        acts[..., latent] = value
         return acts
 
     with torch.no_grad():

@@ -37,7 +37,8 @@ def shared_store() -> WebStore:
 def make_entry(ws: WebStore, sid: str = "tiny", *, limits=None, with_model: bool = True, queue=None):
     from features import FeatureStore
     from saesteer.web import Limits, ModelQueue, StoreEntry
-    from saesteer.web.store_source import ModelEngine, StoreCatalog
+    from saesteer.web.model_source import ModelEngine
+    from saesteer.web.store_source import StoreCatalog
 
     limits = limits or Limits()
     cat = StoreCatalog(FeatureStore.open(ws.path), name=sid)

@@ -95,7 +95,7 @@ def build_web_store(
 
     labels = {}
     with FeatureStore.open(path, readonly=False) as store:
-        alive = [s.id for s in store.list_features(sort="freq", filter={"alive_only": True}, limit=d_sae)]
+        alive = [s.latent for s in store.list_features(sort="freq", filter={"alive_only": True}, limit=d_sae)]
         prov = LabelProvenance(judge_model="test-judge", judge_kind="human", prompt_version="web-test-1")
         topics = ["ocean words", "forest animals", "city traffic", "kitchen tools", "verbs of motion",
                   "punctuation: full stop", "function words", "sailing and ships"]

@@ -32,7 +32,7 @@
 
   function trace(ps, name, marker) {
     return { type: kind(), mode: "markers", name: name, x: ps.map((p) => p.x), y: ps.map((p) => p.y),
-             customdata: ps.map((p) => p.index), marker: marker, hovertemplate: "#%{customdata}<extra></extra>" };
+             customdata: ps.map((p) => p.latent), marker: marker, hovertemplate: "#%{customdata}<extra></extra>" };
   }
 
   function traces() {
@@ -66,8 +66,8 @@
     });
   }
 
-  function labelOf(index) {
-    const p = data.points.find((q) => q.index === index);
+  function labelOf(latent) {
+    const p = data.points.find((q) => q.latent === latent);
     return p && p.label ? p.label : "(unlabelled)";
   }
 

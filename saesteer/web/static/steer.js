@@ -51,13 +51,13 @@
     } catch (e) { target.textContent = ""; }
   }
 
-  function makeRow(li, feature, label, recommended) {
+  function makeRow(li, latent, label, recommended) {
     li.className = "edit";
     li.textContent = "";
     const featInput = el("input", { type: "number", min: "0", max: String(dSae - 1), step: "1", "aria-label": "feature index", class: "fidx" });
-    if (feature !== null && feature !== undefined && feature !== "") featInput.value = String(feature);
+    if (latent !== null && latent !== undefined && latent !== "") featInput.value = String(latent);
     const flabel = el("span", { class: "flabel" });
-    if (label) { flabel.textContent = label; labelCache.set(Number(feature), label); }
+    if (label) { flabel.textContent = label; labelCache.set(Number(latent), label); }
     else if (featInput.value !== "") lookupLabel(Number(featInput.value), flabel);
     let timer = null;
     featInput.addEventListener("input", () => {
@@ -94,7 +94,7 @@
     li.querySelector("input").focus();
     updateAdd();
   });
-  Array.from(list.children).forEach((li) => makeRow(li, li.dataset.feature, li.dataset.label, li.dataset.strength));
+  Array.from(list.children).forEach((li) => makeRow(li, li.dataset.latent, li.dataset.label, li.dataset.strength));
   if (!list.children.length) list.appendChild(makeRow(el("li"), "", ""));
   updateAdd();
 
@@ -103,15 +103,15 @@
     for (const li of list.children) {
       const f = li.querySelector(".fidx").value.trim();
       if (f === "") continue;
-      const feature = Number(f);
-      if (!Number.isInteger(feature) || feature < 0 || feature >= dSae) throw new Error("feature " + f + " is not in this store (0–" + (dSae - 1) + ")");
+      const latent = Number(f);
+      if (!Number.isInteger(latent) || latent < 0 || latent >= dSae) throw new Error("feature " + f + " is not in this store (0–" + (dSae - 1) + ")");
       const mode = li.querySelector(".fmode").value;
       const unit = mode === "scale" ? "raw" : li.querySelector(".funit").value;
       const s = mode === "ablate" ? 0 : Number(li.querySelector(".fstrength").value);
-      if (!isFinite(s)) throw new Error("strength of feature " + feature + " must be a number");
+      if (!isFinite(s)) throw new Error("strength of feature " + latent + " must be a number");
       const cap = (unit === "max_act" || mode === "scale") ? maxMult : maxRaw;
-      if (Math.abs(s) > cap) throw new Error("strength of feature " + feature + " is beyond ±" + cap);
-      edits.push({ feature: feature, op: mode, value: s, unit: mode === "ablate" ? "raw" : unit });
+      if (Math.abs(s) > cap) throw new Error("strength of feature " + latent + " is beyond ±" + cap);
+      edits.push({ latent: latent, op: mode, value: s, unit: mode === "ablate" ? "raw" : unit });
     }
     if (!edits.length) throw new Error("pick at least one feature to steer with");
     return edits;
@@ -170,7 +170,7 @@
       let edits = [];
       try { edits = readEdits(); } catch (e) { if (!preset) throw e; }
       gen = readGen();
-      steering = { edits: edits.map((e) => ({ feature: e.feature, op: e.op, value: e.op === "ablate" ? null : e.value, unit: e.unit })) };
+      steering = { edits: edits.map((e) => ({ latent: e.latent, op: e.op, value: e.op === "ablate" ? null : e.value, unit: e.unit })) };
       if (preset) steering.preset = preset;
     } catch (e) { setStatus(statusEl, e.message, "error"); return; }
     genBtn.disabled = true;

@@ -1,0 +1,100 @@
+"""What a judge backend speaks: one chat request, one response, and its two kinds of failure
+(`TransientError`: worth retrying, with the server's Retry-After if it sent one; `PermanentError`:
+not). `autointerp.judge.Judge` adds retries, the cache, accounting and re-asks on top."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    messages: tuple[dict[str, str], ...]
+    temperature: float = 0.0
+    max_tokens: int = 256
+    response_format: str | None = None  # None/"text" or "json_object"
+
+    def key_dict(self, kind: str, model: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        d = {
+            "kind": kind,
+            "model": model,
+            "messages": [dict(m) for m in self.messages],
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "response_format": self.response_format,
+        }
+        if extra:
+            d["extra"] = extra
+        return d
+
+
+@dataclass(frozen=True)
+class ChatResponse:
+    text: str | None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    refusal: str | None = None
+    finish_reason: str | None = None
+
+
+class TransientError(Exception):
+    """Worth retrying: rate limit, server error, reset, timeout, unreadable response."""
+
+    def __init__(self, reason: str, *, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.retry_after = retry_after
+
+
+class PermanentError(Exception):
+    """Not worth retrying (bad request, auth, unknown model...)."""
+
+    def __init__(self, reason: str, *, status: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+class Backend(Protocol):
+    kind: str  # "openai", "transformers", ...
+    model: str
+
+    async def chat(self, request: ChatRequest) -> ChatResponse: ...
+
+    def cache_extra(self) -> dict[str, Any]: ...  # backend settings that change answers
+
+    async def aclose(self) -> None: ...
+
+
+def parse_retry_after(headers: Any) -> float | None:
+    """Seconds to wait from `retry-after-ms` or `Retry-After` (seconds or an HTTP date)."""
+    if headers is None:
+        return None
+    get = headers.get
+    ms = get("retry-after-ms")
+    if ms is not None:
+        try:
+            v = float(ms) / 1000.0
+            if v >= 0:
+                return v
+        except ValueError:
+            pass
+    ra = get("retry-after")
+    if ra is None:
+        return None
+    try:
+        v = float(ra)
+        return v if v >= 0 else None
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(ra)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
