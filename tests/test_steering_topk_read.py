@@ -122,8 +122,8 @@ def _record_edits(monkeypatch, seen: list) -> None:
         seen.append((x if out is None else out).detach().clone())
         return out
 
-    def recorded_apply(editors, x):
-        out = apply_editors(editors, x)
+    def recorded_apply(editors, x, *rest):
+        out = apply_editors(editors, x, *rest)
         seen.append(out.detach().clone())
         return out
 
@@ -175,7 +175,7 @@ def test_steered_generation_with_the_topk_read_equals_the_reference(monkeypatch,
             rows = []
             for i, edits in enumerate(cases):
                 rs = resolve_edits(model, {"s": sae}, edits)
-                steering = RowSteering([RowEdit("s", r.feature, r.op, r.value, r.positions, r.trigger) for r in rs])
+                steering = RowSteering([RowEdit("s", r.latent, r.op, r.value, r.positions, r.trigger) for r in rs])
                 rows.append(Row(model.to_tokens(PROMPTS[i % len(PROMPTS)])[0].tolist(),
                                 SamplingParams(max_new_tokens=6, temperature=0), steering, tag=i))
             engine.add(rows)
