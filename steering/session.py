@@ -109,7 +109,7 @@ class _HookFn:
                 else:
                     out_ND = out_ND + c.editor.delta(read_NR)
                 continue
-            if out_ND is None:
+            if out_ND is None or out_ND is x_ND:  # never write into the activation the model handed us
                 out_ND = x_ND.clone()
             if isinstance(sel, tuple):
                 lo, hi = sel
@@ -117,7 +117,7 @@ class _HookFn:
                 out_ND.view(B, S, D)[:, lo:hi] += c.editor.delta(rows_NR).view(B, hi - lo, D)
             else:
                 out_ND.index_add_(0, sel, c.editor.delta(read_NR.index_select(0, sel)))
-        return None if out_ND is None else out_ND.view(shape)
+        return None if out_ND is None or out_ND is x_ND else out_ND.view(shape)
 
 
 @dataclass
