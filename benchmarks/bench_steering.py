@@ -27,8 +27,8 @@ an edit such as scale 1 would not do: edits that change nothing are skipped, not
 clamping a latent that never fires to 0.
 
 topk-read: what the TopK exact read costs, per call of one generation step's rows (8): the bound
-path (`TopKReader.__call__`: candidate bound, then the full encode for rows it leaves open) against
-the full path alone, process CPU time on the toy model's own activations of its greedy text and,
+path (`TopKReader.read`: candidate bound, then the full encode when it leaves a row open) against
+the full path alone (`TopKReader.full`: the SAE's own expression and selection), process CPU time on the toy model's own activations of its greedy text and,
 for comparison, on random rows at wider shapes; and how many rows a steered generation sent to the
 full path (`TopKReader.full_rows`) with the busiest latent read at every token.
 
@@ -695,8 +695,7 @@ def topk_read(args) -> str:
                     fn(x)
                 runs.append(time.process_time() - c0)
             return min(runs) / len(steps) * 1e6
-        u = (lambda x: x - reader.b_dec_D) if reader.b_dec_D is not None else (lambda x: x)
-        return best(reader), best(lambda x: reader.full(u(x)))
+        return best(reader.read), best(reader.full)
 
     rows = ["| activations | d_in | d_sae | bound path us/call | full path us/call |", "|---|---|---|---|---|"]
     sae = random_sae("topk", model.cfg.d_model, hook, seed=1)
@@ -704,7 +703,8 @@ def topk_read(args) -> str:
     busy = int((sae.encode(X) > 0).sum((0, 1)).argmax())
     with torch.no_grad():
         r = TopKReader(sae, torch.tensor([busy]))
-        r.full(X.reshape(-1, X.shape[-1]) - sae.b_dec)  # the candidates learn from a first full pass
+        r.cands.learn_rows = X.shape[0] * X.shape[1]
+        r.full(X.reshape(-1, X.shape[-1]))  # the candidates learn from a first full pass
         b, f = per_call_us(r, [X[:, t] for t in range(X.shape[1])])
         rows.append(f"| toy model, its greedy text | {sae.cfg.d_in} | {sae.d_sae} | {b:.0f} | {f:.0f} |")
         for D, F in ((256, 8192), (768, 24576)):
@@ -713,7 +713,8 @@ def topk_read(args) -> str:
             R = torch.randn(264, 8, D, generator=g) + wide.b_dec
             top = ((R.reshape(-1, D) - wide.b_dec) @ wide.W_enc + wide.b_enc).topk(32, -1).indices
             r = TopKReader(wide, torch.tensor([int(top.flatten().bincount(minlength=F).argmax())]))
-            r.full(R[:64].reshape(-1, D) - wide.b_dec)
+            r.cands.learn_rows = 64 * 8
+            r.full(R[:64].reshape(-1, D))
             b, f = per_call_us(r, list(R[64:]))
             rows.append(f"| random rows | {D} | {F} | {b:.0f} | {f:.0f} |")
 

@@ -10,6 +10,8 @@ latent as a detector of its best-matching true feature, MCC, explained variance,
 - ours: `training.train` (the CLI's path: held-out scale and b_dec, the trainer's step, the
   folded saved SAE) with our defaults (LR width rule, warmup, linear decay, AuxK), evaluated in
   its saved SAELens form (BatchTopK / Matryoshka as JumpReLU with per-latent thresholds);
+- JumpReLU (no k): each library's defaults unless --ours-jumprelu / --saelens-jumprelu say
+  otherwise (its L0 follows from the penalty, so compare F1 with L0 in view);
 - SAELens: `SAETrainer` with `SyntheticSAERunnerConfig`'s settings (SynthSAEBench's recipe: lr
   3e-4 constant, batch 1024) fed the same batches, evaluated as its runner evaluates it (the
   trained TrainingSAE).
@@ -44,7 +46,7 @@ from evals.synthetic import RECIPES, SyntheticWorld, batches, evaluate, evaluate
 from saes.config import default_matryoshka_widths  # noqa: E402
 from training.config import SAESpec  # noqa: E402
 
-ARCHS = ("topk", "batchtopk", "matryoshka_batchtopk")
+ARCHS = ("topk", "batchtopk", "matryoshka_batchtopk", "jumprelu")
 
 
 def widths_for(d_sae: int, levels: list[int] | None) -> list[int]:
@@ -54,7 +56,8 @@ def widths_for(d_sae: int, levels: list[int] | None) -> list[int]:
 def run_ours(world: SyntheticWorld, arch: str, samples: int, args: argparse.Namespace) -> tuple[dict[str, float], Any]:
     r = world.recipe
     spec = SAESpec(arch, d_sae=r.d_sae, k=r.k,
-                   matryoshka_widths=widths_for(r.d_sae, args.widths) if arch == "matryoshka_batchtopk" else [])
+                   matryoshka_widths=widths_for(r.d_sae, args.widths) if arch == "matryoshka_batchtopk" else [],
+                   options=json.loads(args.ours_jumprelu) if arch == "jumprelu" else {})
     with tempfile.TemporaryDirectory() as out:
         w0, c0 = time.perf_counter(), time.process_time()
         result = train_ours(world, [spec], samples, out, batch_size=args.batch_size, seed=args.seed,
@@ -69,6 +72,7 @@ def run_ours(world: SyntheticWorld, arch: str, samples: int, args: argparse.Name
 def run_saelens(world: SyntheticWorld, arch: str, samples: int, args: argparse.Namespace) -> tuple[dict[str, float], Any]:
     from sae_lens import (
         BatchTopKTrainingSAEConfig,
+        JumpReLUTrainingSAEConfig,
         LoggingConfig,
         MatryoshkaBatchTopKTrainingSAEConfig,
         TopKTrainingSAEConfig,
@@ -80,7 +84,10 @@ def run_saelens(world: SyntheticWorld, arch: str, samples: int, args: argparse.N
     r = world.recipe
     kw: dict[str, Any] = {"d_in": r.hidden_dim, "d_sae": r.d_sae, "k": r.k}
     cfg_class = {"topk": TopKTrainingSAEConfig, "batchtopk": BatchTopKTrainingSAEConfig,
-                 "matryoshka_batchtopk": MatryoshkaBatchTopKTrainingSAEConfig}[arch]
+                 "matryoshka_batchtopk": MatryoshkaBatchTopKTrainingSAEConfig, "jumprelu": JumpReLUTrainingSAEConfig}[arch]
+    if arch == "jumprelu":  # no k: its L0 comes from its penalty
+        del kw["k"]
+        kw.update(json.loads(args.saelens_jumprelu))
     if arch == "matryoshka_batchtopk":
         kw["matryoshka_widths"] = widths_for(r.d_sae, args.widths)
     sae_cfg = cfg_class(**kw)
@@ -170,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--saelens-lr", type=float, default=3e-4, help="SynthSAEBench's lr")
     p.add_argument("--ours-lr", type=float, default=None, help="ours: peak lr (none: our width rule)")
     p.add_argument("--widths", default=None, help="Matryoshka prefix widths (default: ours, ~4x steps)")
+    p.add_argument("--ours-jumprelu", default="{}", help="ours: JumpReLU settings as JSON, e.g. "
+                                                         "'{\"l0_coefficient\": 2}' (default: our defaults)")
+    p.add_argument("--saelens-jumprelu", default="{}", help="SAELens: JumpReLUTrainingSAEConfig fields as JSON "
+                                                            "(default: its defaults)")
     p.add_argument("--orthogonalize-steps", type=int, default=None, help="override the recipe's (0: skip, saves ~80 CPU s)")
     p.add_argument("--eval-rows", type=int, default=32_768)
     p.add_argument("--seed", type=int, default=0)
@@ -200,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{recipe.branching}, children mutually exclusive), correlation rank {recipe.correlation_rank}, "
                 f"orthogonalisation {recipe.orthogonalize_steps} steps; true L0 {world.true_l0():.1f} "
                 f"({world.true_l0(recipe.d_sae):.1f} among the {recipe.d_sae} most frequent); SAEs d_sae {recipe.d_sae}, "
-                f"k {recipe.k}, batch {args.batch_size}, Matryoshka widths {widths_for(recipe.d_sae, args.widths)}; "
+                f"k {recipe.k} (JumpReLU: none; ours {args.ours_jumprelu}, SAELens {args.saelens_jumprelu} over each "
+                f"library's defaults), batch {args.batch_size}, Matryoshka widths {widths_for(recipe.d_sae, args.widths)}; "
                 f"evaluation on {world.eval_features.rows:,} rows (world and data drawn in {setup_cpu:.0f} CPU s)")
         print(info, flush=True)
         rows = []

@@ -1,7 +1,8 @@
 """saes: sparse autoencoders in plain torch.
 
-Architectures: TopK, BatchTopK, Matryoshka BatchTopK (trainable); JumpReLU (threshold
-encoder; the inference form of BatchTopK and Matryoshka) and standard ReLU (for loading).
+Architectures: TopK, BatchTopK, Matryoshka BatchTopK, JumpReLU (learned per-latent thresholds)
+(trainable); ThresholdSAE (the threshold encoder: JumpReLU's and BatchTopK / Matryoshka's
+inference form) and standard ReLU (for loading).
 What an architecture is, and how to add one: `saes/base.py` and docs/architecture.md.
 Folders are SAELens-compatible (`cfg.json` + `sae_weights.safetensors`).
 
@@ -34,7 +35,7 @@ _EXPORTS = {
     "SparseActs": "sparse", "sparse_decode": "sparse",
     "STEP_METHODS": "step", "GradResult": "step", "compute_grads": "step",
     "StepWorkspace": "fast_step", "bf16_matmul_is_fast": "fast_step", "fast_grads": "fast_step",
-    "JumpReLUSAE": "threshold",
+    "JumpReLUSAE": "jumprelu", "ThresholdSAE": "threshold",
     "TopKSAE": "topk",
 }
 

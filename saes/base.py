@@ -21,7 +21,8 @@ code needs to know about it is asked of the class, never decided by its name or 
 | training selection; `group`: the ranks of a data-parallel global batch | `training_select(pre_BF, group)` | `select` |
 | nested levels and their reconstructions (Matryoshka) | `levels`, `level_reconstructions` | None, [full] |
 | the objective's auxiliary term | `auxiliary_loss` | AuxK |
-| which hand-written fast step applies ("topk", "batch_topk") | `training_rule` | "generic" (autograd only) |
+| a sparsity penalty in the objective (JumpReLU), by optimiser step | `sparsity_penalty` | None |
+| which hand-written fast step applies ("topk", "batch_topk", "jumprelu") | `training_rule` | "generic" (autograd only) |
 | state updated after each optimiser step (BatchTopK thresholds) | `update_inference_form_` | nothing |
 | SAELens cfg.json: architecture saved, its fields, training details | `saelens_architecture`, `saelens_fields`, `training_details` | own name, {}, {} |
 | SAELens cfg.json back into config fields | `config_fields_from_saelens` | {} |
@@ -42,7 +43,8 @@ with `training_select` (over the batch) and infer with their thresholds, saved a
 What the rules promise: "threshold" (`encoding_rule`) means a latent fires where its own
 pre-activation exceeds max(threshold, 0), read from the `threshold` buffer; "relu" where it
 exceeds 0; "topk" and the training rules "topk" / "batch_topk" select the `cfg.k` largest per
-row / k * rows largest in the batch (values relu'd for "topk"), as TopKSAE / BatchTopKSAE do.
+row / k * rows largest in the batch (values relu'd for "topk"), as TopKSAE / BatchTopKSAE do;
+the training rule "jumprelu" is JumpReLUSAE's objective (learned thresholds, sparsity penalty).
 
 Descriptors never go stale: a subclass that redefines how latents are selected (`select`,
 `pre_activations`, `encode_with_pre`) without declaring its own `encoding_rule` and
@@ -65,11 +67,11 @@ from saes.sparse import DecodeMethod, SparseActs, sparse_decode
 from saes.topk_select import BatchGroup
 
 EncodingRule = Literal["threshold", "relu", "topk", "generic"]
-TrainingRule = Literal["topk", "batch_topk", "generic"]
+TrainingRule = Literal["topk", "batch_topk", "jumprelu", "generic"]
 
 # members whose redefinition changes what `encoding_rule` / `training_rule` describe
 _ENCODING_MEMBERS = ("select", "pre_activations", "encode_with_pre")
-_TRAINING_MEMBERS = _ENCODING_MEMBERS + ("training_select", "level_reconstructions", "auxiliary_loss")
+_TRAINING_MEMBERS = _ENCODING_MEMBERS + ("training_select", "level_reconstructions", "auxiliary_loss", "sparsity_penalty")
 
 
 class Encoding(NamedTuple):
@@ -274,6 +276,12 @@ class SAE(nn.Module):
         """The objective's auxiliary term before its coefficient: AuxK (the top-k_aux dead latents
         reconstruct the detached residual of the live ones)."""
         return auxk_loss(pre_BF, residual_BD, self.W_dec, dead_mask_F, k_aux, method)
+
+    def sparsity_penalty(self, pre_BF: Tensor, acts: SparseActs, dead_mask_F: Tensor | None, step: int) -> Tensor | None:
+        """A term the objective adds as it is (its coefficient inside), for architectures whose
+        sparsity is trained rather than imposed (JumpReLU); `step`: the optimiser step, 0-based,
+        for coefficients with a warm-up. None: no such term (TopK, BatchTopK: k imposes it)."""
+        return None
 
     @torch.no_grad()
     def update_inference_form_(

@@ -21,12 +21,12 @@ from torch import Tensor
 from saes.base import Reducer
 from saes.config import BatchTopKConfig
 from saes.sparse import SparseActs
-from saes.threshold import JumpReLUSAE, count_above
+from saes.threshold import ThresholdSAE, count_above
 from saes.topk import k_from_saelens
 from saes.topk_select import BatchGroup, batch_top_entries
 
 
-class BatchTopKSAE(JumpReLUSAE):
+class BatchTopKSAE(ThresholdSAE):
     architecture = "batchtopk"
     config_class = BatchTopKConfig
     cfg: BatchTopKConfig

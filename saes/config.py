@@ -7,9 +7,9 @@ Validation happens in `__post_init__` and names the offending field and the fix.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from saes.validators import whole_number
+from saes.validators import finite_number, one_of, require, whole_number
 
 
 @dataclass
@@ -58,9 +58,60 @@ class ReLUConfig(SAEConfig):
     """Standard ReLU SAE (L1-trained). Supported for loading pretrained SAEs."""
 
 
+SPARSITY_LOSS_MODES = ("step", "tanh")
+
+
 @dataclass
 class JumpReLUConfig(SAEConfig):
-    """Threshold encoder: a latent fires when its pre-activation exceeds its own threshold."""
+    """JumpReLU SAE: a latent fires when its pre-activation exceeds its own learned threshold.
+
+    The training fields are SAELens's (JumpReLUTrainingSAEConfig), with its names and defaults
+    except the initial threshold (ours is in the units of the trainer's scaled inputs); they
+    change how the SAE trains, never what a trained one computes."""
+
+    jumprelu_init_threshold: float = field(
+        default=1.0, metadata={"help": "JumpReLU: initial threshold of every latent, in the trainer's units (inputs "
+                                       "scaled to E||x|| = sqrt(d_in): a random direction's pre-activation has std "
+                                       "about 1; SAELens's default 0.01 is for its unscaled inputs)"})
+    jumprelu_bandwidth: float = field(
+        default=0.05, metadata={"help": "JumpReLU: width of the rectangle kernel of the straight-through threshold "
+                                        "gradient (pre-activations within bandwidth/2 of a threshold move it)"})
+    jumprelu_sparsity_loss_mode: Literal["step", "tanh"] = field(
+        default="step", metadata={"help": "JumpReLU sparsity penalty: step (L0, DeepMind / Gemma Scope) or tanh "
+                                          "(sum of tanh(jumprelu_tanh_scale x act x ||W_dec row||), Anthropic 2025)"})
+    l0_coefficient: float = field(
+        default=1.0, metadata={"help": "JumpReLU: coefficient of the sparsity penalty (after its warm-up)"})
+    l0_warm_up_steps: int = field(
+        default=0, metadata={"help": "JumpReLU: steps over which the sparsity coefficient rises linearly from 0"})
+    jumprelu_tanh_scale: float = field(
+        default=4.0, metadata={"help": "JumpReLU, tanh penalty: scale inside the tanh"})
+    jumprelu_ste_to_input: bool = field(
+        default=False, metadata={"help": "JumpReLU: the straight-through estimate reaches the pre-activations (and so "
+                                         "the encoder) too, not only the thresholds (false: DeepMind; true: Anthropic)"})
+    pre_act_loss_coefficient: float = field(
+        default=0.0, metadata={"help": "JumpReLU: coefficient of Anthropic's pre-activation loss, which pulls dead "
+                                       "latents' pre-activations up to their thresholds (0: off; Anthropic: 3e-6)"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        finite_number("JumpReLUConfig", "jumprelu_init_threshold", self.jumprelu_init_threshold, lo=0.0)
+        finite_number("JumpReLUConfig", "jumprelu_bandwidth", self.jumprelu_bandwidth, lo=0.0)
+        require(self.jumprelu_bandwidth > 0, f"JumpReLUConfig.jumprelu_bandwidth must be positive; got "
+                f"{self.jumprelu_bandwidth!r}", field="jumprelu_bandwidth")
+        one_of("JumpReLUConfig", "jumprelu_sparsity_loss_mode", self.jumprelu_sparsity_loss_mode, SPARSITY_LOSS_MODES)
+        finite_number("JumpReLUConfig", "l0_coefficient", self.l0_coefficient, lo=0.0)
+        whole_number("JumpReLUConfig", "l0_warm_up_steps", self.l0_warm_up_steps, minimum=0)
+        finite_number("JumpReLUConfig", "jumprelu_tanh_scale", self.jumprelu_tanh_scale, lo=0.0)
+        finite_number("JumpReLUConfig", "pre_act_loss_coefficient", self.pre_act_loss_coefficient, lo=0.0)
+        require(isinstance(self.jumprelu_ste_to_input, bool), f"JumpReLUConfig.jumprelu_ste_to_input must be true or "
+                f"false; got {self.jumprelu_ste_to_input!r}", field="jumprelu_ste_to_input")
+
+    def sparsity_coefficient(self, step: int) -> float:
+        """The penalty's coefficient at optimiser step `step` (0-based): linear from 0 over
+        l0_warm_up_steps, as SAELens's CoefficientScheduler (step s uses s / warm-up)."""
+        if step >= self.l0_warm_up_steps:
+            return self.l0_coefficient
+        return self.l0_coefficient * step / self.l0_warm_up_steps
 
 
 @dataclass

@@ -36,7 +36,8 @@ What makes it fast (forward and backward by hand, no autograd graph):
 - AuxK works on the E dead columns only (dense matmuls over E, not F).
 
 Which step applies is the SAE's `training_rule` (`saes/base.py`): "topk" (each row's k largest)
-or "batch_topk" (the batch's k*B largest: BatchTopK, Matryoshka); levels come from `sae.levels`.
+or "batch_topk" (the batch's k*B largest: BatchTopK, Matryoshka); levels come from `sae.levels`;
+"jumprelu" (learned thresholds, a sparsity penalty) has its own step in `saes/jumprelu_step.py`.
 An SAE with another rule trains with "autograd" only.
 
 Buffers are reused through a `StepWorkspace` the caller owns (the trainer keeps one per SAE;
@@ -59,7 +60,7 @@ from saes.sparse import SparseActs
 from saes.step import STEP_METHODS, GradResult
 from saes.topk_select import BatchGroup, batch_top_entries, row_topk, sort_order, take_top
 
-FAST_RULES = ("topk", "batch_topk")  # the training rules this step implements
+FAST_RULES = ("topk", "batch_topk", "jumprelu")  # the training rules this step implements
 Kernels = Literal["torch", "native"]
 TopkFn = Callable[[Tensor, int], "tuple[Tensor, Tensor]"]
 KERNELS: tuple[str, ...] = ("torch", "native")
@@ -242,25 +243,35 @@ def fast_grads(
     workspace: StepWorkspace | None = None,
     group: BatchGroup | None = None,
     target_BO: Tensor | None = None,
+    step: int = 0,
 ) -> GradResult:
     """Gradients of `training_loss` written into `.grad` of W_enc, b_enc, W_dec, b_dec (and
-    W_skip); `target_BO`: a transcoder's target rows.
+    W_skip; and a JumpReLU's threshold); `target_BO`: a transcoder's target rows.
 
     encoder_dtype: dtype of the encoder matmul (None = the SAE's dtype: exact); e.g.
     torch.bfloat16 for "fast_bf16". kernels: "torch" (pure torch, any device and dtype) or
     "native" (the compiled CPU kernels of `saes.native`: top-k and the sparse backward; float32
-    SAEs on CPU). workspace: buffers to reuse (default: fresh ones). group: the ranks of a
-    data-parallel global batch (see `saes.step`)."""
+    SAEs on CPU; a JumpReLU SAE has no native kernels and runs the torch code). workspace:
+    buffers to reuse (default: fresh ones). group: the ranks of a data-parallel global batch (see
+    `saes.step`). step: the optimiser step, for the JumpReLU penalty's warm-up."""
     if sae.training_rule not in FAST_RULES:
         raise ValueError(
             f"the fast step implements the training rules {', '.join(FAST_RULES)}; a {sae.architecture!r} SAE "
             f"trains by the rule {sae.training_rule!r}: use method='autograd' (TrainConfig.step_method)"
         )
+    if kernels not in KERNELS:
+        raise ValueError(f"unknown kernels {kernels!r}; choose one of {', '.join(KERNELS)}")
+    if sae.training_rule == "jumprelu":
+        if sae.levels is not None:
+            raise ValueError(f"the JumpReLU fast step has no levels; train this {sae.architecture!r} SAE with "
+                             f"method='autograd' (TrainConfig.step_method)")
+        from saes.jumprelu_step import jumprelu_grads
+
+        with torch.no_grad():
+            return jumprelu_grads(sae, x_BD, dead_mask_F, step, encoder_dtype, workspace or StepWorkspace(), target_BO)
     if sae.levels is not None and sae.training_rule != "batch_topk":
         raise ValueError(f"the fast step decodes levels only after a batch_topk selection (rows in latent order); "
                          f"train this {sae.architecture!r} SAE with method='autograd' (TrainConfig.step_method)")
-    if kernels not in KERNELS:
-        raise ValueError(f"unknown kernels {kernels!r}; choose one of {', '.join(KERNELS)}")
     if kernels == "native" and (sae.device.type != "cpu" or sae.dtype != torch.float32):
         raise ValueError(
             f"kernels='native' runs float32 SAEs on CPU; this one is {sae.dtype} on {sae.device}: use kernels='torch'"

@@ -2,6 +2,7 @@
 gives (`saes/base.py`): `training_select`, `level_reconstructions`, `auxiliary_loss`.
 
     total = sum over levels of MSE(level reconstruction) + aux_coef * auxiliary term
+            + sparsity penalty (JumpReLU; its coefficient inside, warmed up by optimiser step)
 
 (one level unless the SAE has `levels`). A transcoder (`sae.is_transcoder`) is scored against
 its target rows `target_BO` (another hook's activations) instead of its input, each level's
@@ -27,7 +28,7 @@ DEFAULT_AUX_COEF = 1 / 32  # OpenAI TopK paper
 class LossOutput(NamedTuple):
     total: Tensor  # what the optimizer minimises
     mse: Tensor  # full reconstruction
-    aux: Tensor  # AuxK term, already multiplied by its coefficient
+    aux: Tensor  # AuxK term times its coefficient, plus the sparsity penalty where the SAE has one
     level_mse: Tensor | None  # SAEs with `levels`: [L] per level (last = full); else None
     recon_BD: Tensor
     acts: SparseActs
@@ -47,9 +48,11 @@ def training_loss(
     decode_method: DecodeMethod = "embedding_bag",
     group: BatchGroup | None = None,
     target_BO: Tensor | None = None,
+    step: int = 0,
 ) -> LossOutput:
     """`group`: the ranks of a data-parallel global batch (for selections over the batch).
-    `target_BO`: what a transcoder predicts (required for one, refused for an SAE)."""
+    `target_BO`: what a transcoder predicts (required for one, refused for an SAE).
+    `step`: the optimiser step (0-based), for penalties warmed up over steps."""
     x_BD = sae._rows(x_BD)
     y_BO = training_target(sae, x_BD, target_BO)
     pre_BF = sae.pre_activations(x_BD)
@@ -68,6 +71,9 @@ def training_loss(
     aux = aux_coef * sae.auxiliary_loss(
         pre_BF, (y_BO - recon_BO).detach(), dead_mask_F, k_aux or default_k_aux(sae.d_in), decode_method
     )
+    penalty = sae.sparsity_penalty(pre_BF, acts, dead_mask_F, step)
+    if penalty is not None:
+        aux = aux + penalty
     return LossOutput(recon_total + aux, mse, aux, level_mse, recon_BO, acts, pre_BF)
 
 

@@ -10,7 +10,7 @@ from saes.base import SAE
 from saes.batchtopk import BatchTopKSAE
 from saes.matryoshka import MatryoshkaSAE
 from saes.relu import ReLUSAE
-from saes.threshold import JumpReLUSAE
+from saes.jumprelu import JumpReLUSAE
 from saes.topk import TopKSAE
 
 ARCHITECTURES: dict[str, type[SAE]] = {}

@@ -6,13 +6,14 @@ figures the trainer needs (losses, the selected latents, pre-activations, recons
 
 method="autograd" is the eager reference. Faster implementations register themselves in
 STEP_METHODS under their own name and must match it (tests compare them). Every method is
-called as `impl(sae, x_BD, dead_mask_F, aux_coef, k_aux, group=, workspace=, target_BO=)`:
+called as `impl(sae, x_BD, dead_mask_F, aux_coef, k_aux, group=, workspace=, target_BO=, step=)`:
 - `group`: the ranks of a data-parallel global batch (`saes.topk_select.BatchGroup`), for
   architectures whose training selection looks at the whole batch; None in one process.
 - `workspace`: reusable buffers owned by the caller (the trainer keeps one per SAE), for
   methods that use them; None: fresh buffers on each call.
 - `target_BO`: a transcoder's target rows (another hook's activations); None for an SAE.
   Transcoders get `.grad` of `W_skip` too when they have one.
+- `step`: the optimiser step (0-based), for objectives whose coefficients warm up (JumpReLU).
 """
 
 from __future__ import annotations
@@ -45,12 +46,12 @@ class GradResult(NamedTuple):
 
 def autograd_grads(
     sae: SAE, x_BD: Tensor, dead_mask_F: Tensor | None, aux_coef: float, k_aux: int | None, *,
-    group: BatchGroup | None = None, workspace: Any = None, target_BO: Tensor | None = None,
+    group: BatchGroup | None = None, workspace: Any = None, target_BO: Tensor | None = None, step: int = 0,
 ) -> GradResult:
     for p in sae.parameters():
         p.grad = None
     out = training_loss(sae, x_BD, dead_mask_F=dead_mask_F, aux_coef=aux_coef, k_aux=k_aux, group=group,
-                        target_BO=target_BO)
+                        target_BO=target_BO, step=step)
     out.total.backward()
     acts = out.acts._replace(values_N=out.acts.values_N.detach())
     lm = out.level_mse.detach() if out.level_mse is not None else None
@@ -73,14 +74,18 @@ def compute_grads(
     group: BatchGroup | None = None,
     workspace: StepWorkspace | None = None,
     target_BO: Tensor | None = None,
+    step: int = 0,
 ) -> GradResult:
     try:
         impl = STEP_METHODS[method]
     except KeyError:
         raise ValueError(f"unknown step method {method!r}; available: {', '.join(STEP_METHODS)}") from None
-    if target_BO is None:  # methods written before transcoders need not take the keyword
-        return impl(sae, x_BD, dead_mask_F, aux_coef, k_aux, group=group, workspace=workspace)
-    return impl(sae, x_BD, dead_mask_F, aux_coef, k_aux, group=group, workspace=workspace, target_BO=target_BO)
+    kw: dict[str, Any] = {}  # methods written before transcoders / warm-ups need not take these keywords
+    if target_BO is not None:
+        kw["target_BO"] = target_BO
+    if step:
+        kw["step"] = step
+    return impl(sae, x_BD, dead_mask_F, aux_coef, k_aux, group=group, workspace=workspace, **kw)
 
 
 # the fast methods register themselves in STEP_METHODS; importing them here makes every importer

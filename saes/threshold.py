@@ -1,8 +1,9 @@
-"""Threshold (JumpReLU-style) encoder: latent f fires when pre_f > threshold_f.
+"""Threshold encoders: latent f fires when pre_f > threshold_f (and pre_f > 0).
 
-This is the inference form of BatchTopK and Matryoshka SAEs, and SAELens's "jumprelu"
-architecture. `threshold` is a buffer: it is not trained by gradients here (BatchTopK learns
-it by frequency matching in the trainer; pretrained JumpReLU SAEs bring their own).
+`ThresholdSAE` is the inference form of BatchTopK and Matryoshka SAEs and the common part of
+JumpReLU SAEs (`saes/jumprelu.py`), saved as SAELens's "jumprelu". Its `threshold` is a buffer,
+not trained by gradients (BatchTopK learns it by frequency matching in the trainer); JumpReLU
+makes it a parameter trained through a straight-through estimator.
 """
 
 from __future__ import annotations
@@ -11,20 +12,23 @@ import torch
 from torch import Tensor
 
 from saes.base import SAE
-from saes.config import JumpReLUConfig
 from saes.sparse import SparseActs
 
 
-class JumpReLUSAE(SAE):
-    architecture = "jumprelu"
-    config_class = JumpReLUConfig
+class ThresholdSAE(SAE):
+    """Not registered itself: the architectures built on it are (jumprelu, batchtopk, ...)."""
+
     encoding_rule = "threshold"  # a latent fires when its own pre-activation exceeds max(threshold, 0)
     saelens_architecture = "jumprelu"
     threshold: Tensor
 
     def __init__(self, cfg, **kwargs) -> None:
         super().__init__(cfg, **kwargs)
-        self.register_buffer("threshold", torch.zeros(cfg.d_sae, device=self.device, dtype=self.dtype))
+        self._make_threshold(torch.zeros(cfg.d_sae, device=self.device, dtype=self.dtype))
+
+    def _make_threshold(self, initial_F: Tensor) -> None:
+        """Register `threshold` (a buffer here; JumpReLU makes it a parameter)."""
+        self.register_buffer("threshold", initial_F)
 
     def select(self, pre_BF: Tensor) -> SparseActs:
         return threshold_select(pre_BF, self.threshold)
@@ -39,6 +43,11 @@ class JumpReLUSAE(SAE):
             if tuple(thr.shape) != (self.d_sae,):
                 raise ValueError(f"threshold has shape {tuple(thr.shape)}, expected ({self.d_sae},)")
             self.threshold.copy_(thr)
+        elif "log_threshold" in weights:  # older SAELens JumpReLU training checkpoints
+            log_thr = weights["log_threshold"]
+            if tuple(log_thr.shape) != (self.d_sae,):
+                raise ValueError(f"log_threshold has shape {tuple(log_thr.shape)}, expected ({self.d_sae},)")
+            self.threshold.copy_(log_thr.exp())
         elif "topk_threshold" in weights:  # SAELens BatchTopK training checkpoint: one global value
             self.threshold.fill_(float(weights["topk_threshold"]))
         else:

@@ -14,8 +14,8 @@ import saesteer.commands
 DESCRIPTION = """\
 saesteer: sparse-autoencoder feature work on transformer language models.
 
-Cache activations, train TopK / BatchTopK / Matryoshka SAEs, build a feature store,
-label features with an LLM judge, browse them, and steer generation by feature ID.
+Cache activations, train TopK / BatchTopK / Matryoshka / JumpReLU SAEs (or transcoders), build
+a feature store, label features with an LLM judge, browse them, and steer generation by feature ID.
 Start with `saesteer demo` (the built-in toy world: no GPU, no internet)."""
 
 

@@ -8,7 +8,8 @@
 Edits keep the SAE's reconstruction error (only the chosen latents change); positions (all,
 prompt, generated, last, token indices) are exact under the KV cache and left padding; hooks are
 removed on every exit path. Modules: spec (edit grammar, limits), config (generation / sweep
-configs), inputs (the argument types: model, SAEs, typical max), session (`steer`),
+configs), inputs (the argument types: model, SAEs, typical max), resolve (edits checked and
+turned into raw values), session (`steer`: the hooks),
 interventions (the arithmetic), positions, generation (plain, or inside a session), comparison
 (steered vs unsteered), evaluate (judge + offline scores), fluency (the one fluency measure),
 sweeps (dose-response), search, baselines, methods (SAE steering vs baselines, a scorecard),
@@ -35,7 +36,7 @@ _EXPORTS = {
     # configs
     "GenerationConfig": "config", "SweepConfig": "config", "CompareConfig": "config",
     # hooks
-    "steer": "session", "SteeringSession": "session", "ResolvedEdit": "session", "resolve_edits": "session",
+    "steer": "session", "SteeringSession": "session", "ResolvedEdit": "resolve", "resolve_edits": "resolve",
     "build_plan": "session", "hooks_attached": "session",
     # arithmetic
     "LatentEditor": "interventions", "current_activations": "interventions", "reference_edit": "interventions",

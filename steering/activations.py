@@ -93,7 +93,7 @@ def mean_latent_activation(
     """Mean activation [F] and firing rate [F] of every latent over the real tokens of `prompts`
     (with the BOS the SAE was trained with unless `prepend_bos` says otherwise)."""
     from steering.generation import sae_prepend_bos
-    from steering.session import sae_hook_name
+    from steering.resolve import sae_hook_name
 
     hook = sae_hook_name(sae)
     if prepend_bos is None:

@@ -344,7 +344,7 @@ class BatchEngine:
         kept while the engine is busy (TransformerLens's `hooks()` context resets only the hooks it
         made, so other work on the model cannot drop them); outside the engine's own forward passes
         they do nothing, and they are removed when the engine goes idle (`_release_hooks`)."""
-        from steering.session import sae_hook_name
+        from steering.resolve import sae_hook_name
 
         by_hook: dict[str, list[BatchEditor]] = {}
         for name, ed in editors.items():  # a transcoder's edits land on its target hook

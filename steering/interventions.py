@@ -18,13 +18,13 @@ latent has) adds exact zeros, so x' is bit-identical to x.
 Current activations, exactly as the SAE's own encoder would give them:
 - threshold encoders (JumpReLU, and the inference form of BatchTopK / Matryoshka): a latent's
   activation depends on its own pre-activation only, so only the M encoder columns are computed:
-  pre = (x - b_dec) @ W_enc[:, ids] + b_enc[ids]; a = pre where pre > max(threshold, 0).
+  pre = (x - b_dec) @ W_enc[:, ids] + b_enc[ids]; a = pre where pre > max(threshold, 0); a
+  pre-activation within float rounding of its threshold is decided by the SAE's own expression
+  over the row alone.
 - ReLU ("standard"): the same with a threshold of 0.
-- TopK: whether a latent is among the k largest depends on all pre-activations; a bound from a
-  learned candidate set usually proves the M latents off without them (`TopKReader`); the rows
-  left undecided compute the full pre-activation row, and latent m is active iff fewer than k
-  pre-activations exceed its own; a tie straddling the k-th place is decided by the SAE's own
-  `topk`.
+- TopK: `sae.encode(x)[:, ids]` bit for bit: a bound from a learned candidate set usually proves
+  the M latents off without the full encode; otherwise the SAE's own expression and selection over
+  the rows (`steering.topk_read`).
 - any other SAE: its own `encode_sparse`, then the M latents are read out of the sparse rows.
 
 `reference_edit` is the eager reference (full encode, dense edit, decode both, add the difference);
@@ -38,9 +38,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-import weakref
-
 from saes.base import SAE
+from steering.topk_read import TopKReader
 
 def op_coefficients(op: str, value: float) -> tuple[float, float]:
     """(c1, c0) of one op: the latent changes by delta = a * c1 + c0."""
@@ -101,9 +100,16 @@ class LatentReader:
         """`need_NM` (optional, bool): the (row, latent) pairs the caller will use; the others may
         come back as 0 whatever their activation (TopK skips the full encode of rows that need
         none of their undecided latents)."""
-        x_ND = x_ND.to(self.dtype)
+        a_NM = self.read(x_ND, need_NM)
+        return x_ND.new_zeros(x_ND.shape[0], self.ids_M.numel(), dtype=self.dtype) if a_NM is None else a_NM
+
+    def read(self, x_ND: Tensor, need_NM: Tensor | None = None) -> Tensor | None:
+        """As calling the reader, or None when every needed activation is exactly 0 (TopK's bound
+        proves that often; callers skip work on it)."""
+        if x_ND.dtype != self.dtype:
+            x_ND = x_ND.to(self.dtype)
         if self.topk is not None:
-            return self.topk(x_ND, need_NM)
+            return self.topk.read(x_ND, need_NM)
         if self.kind in ("threshold", "relu"):
             sae_in = x_ND - self.b_dec_D if self.b_dec_D is not None else x_ND
             pre_NM = torch.addmm(self.b_enc_M, sae_in, self.W_enc_DM)
@@ -161,6 +167,7 @@ class LatentEditor:
             self.c0_M = torch.tensor(list(c0), dtype=dt, device=dev)
             self.W_dec_MD = sae.W_dec.detach()[self.ids_M].contiguous()
             self.conditional = any(c >= 0 for c in trig_col)
+            self.c0_zero = not bool((self.c0_M != 0).any())  # scale / ablate only: no change where all are off
             self.needs_acts = bool((self.c1_M != 0).any()) or self.conditional
             # all-constant edits (add only, unconditional): one vector per row
             self.const_D = (self.c0_M @ self.W_dec_MD) if not self.needs_acts else None
@@ -184,10 +191,19 @@ class LatentEditor:
 
     def coefficients(self, x_ND: Tensor) -> Tensor:
         """How much each edited latent changes on each row, [N, M] (0 where a trigger is off)."""
+        coef_NM = self.coefficients_or_none(x_ND)
+        return x_ND.new_zeros(x_ND.shape[0], self.ids_M.numel(), dtype=self.dtype) if coef_NM is None else coef_NM
+
+    def coefficients_or_none(self, x_ND: Tensor) -> Tensor | None:
+        """As `coefficients`, or None when every coefficient is exactly 0 (nothing changes)."""
         assert self.reader is not None
-        a_NR = self.reader(x_ND)
+        a_NR = self.reader.read(x_ND)
         M = self.ids_M.numel()
-        coef_NM = torch.addcmul(self.c0_M, a_NR[:, :M], self.c1_M)
+        if a_NR is None:  # every read activation is 0: c0 + 0 * c1 is c0 exactly
+            if not self.conditional:
+                return None if self.c0_zero else self.c0_M.expand(x_ND.shape[0], M)
+            a_NR = x_ND.new_zeros(x_ND.shape[0], self.read_ids_R.numel(), dtype=self.dtype)
+        coef_NM = torch.addcmul(self.c0_M, a_NR if a_NR.shape[1] == M else a_NR[:, :M], self.c1_M)
         if self.conditional:
             fires_NM = a_NR.index_select(1, self.trig_col_M) > self.trig_thr_M
             coef_NM = coef_NM * (fires_NM | ~self.trig_on_M)
@@ -217,171 +233,15 @@ class LatentEditor:
         return v
 
     def apply(self, x_ND: Tensor) -> Tensor:
-        """x + delta, as a new tensor."""
+        """x + delta: a new tensor, or x_ND itself when nothing changes (do not write into it)."""
         if self.const_D is not None:
             return x_ND + self.constant(x_ND.dtype, x_ND.device)
-        coef_NM = self.coefficients(x_ND)
+        coef_NM = self.coefficients_or_none(x_ND)
+        if coef_NM is None:
+            return x_ND
         if x_ND.dtype == self.dtype:
             return torch.addmm(x_ND, coef_NM, self.W_dec_MD)
         return x_ND + (coef_NM @ self.W_dec_MD).to(x_ND.dtype)
-
-
-class TopKCandidates:
-    """Latents a TopK SAE selects most often, learned from the rows its readers fully encoded.
-
-    Shared by every reader of one SAE (`TopKCandidates.of(sae)`), so a reader built for a new
-    batch starts with what earlier ones learned. Stale candidates only cost speed, never
-    exactness: the bound they give is checked against the rows at hand."""
-
-    _by_sae: "weakref.WeakKeyDictionary[SAE, TopKCandidates]" = weakref.WeakKeyDictionary()
-
-    def __init__(self, W_DF: Tensor, b_F: Tensor, n_candidates: int) -> None:
-        F_ = W_DF.shape[1]
-        self.W_DF, self.b_F = W_DF, b_F
-        self.n_candidates = min(F_, n_candidates)
-        self.seen_F = torch.zeros(F_, dtype=torch.int64, device=W_DF.device)
-        self.in_C_F = torch.zeros(F_, dtype=torch.bool, device=W_DF.device)
-        self.W_DC: Tensor | None = None
-        self.b_C: Tensor | None = None
-        self.rows_since_rebuild = 0
-        self.rebuild_rows = 256  # selected rows counted between rebuilds of the set (a rebuild copies columns)
-        # |computed - exact| <= D * eps * ||u|| * ||w|| + eps * |b| for each pre-activation; two
-        # computations of the same value differ by at most twice that (per SAE: readers share it)
-        eps = torch.finfo(W_DF.dtype).eps
-        self.err_per_norm = 2.0 * (W_DF.shape[0] + 2) * eps * float(W_DF.norm(dim=0).max())
-        self.err_bias = 4.0 * eps * float(b_F.abs().max()) + torch.finfo(W_DF.dtype).tiny
-
-    @classmethod
-    def of(cls, sae: SAE, n_candidates: int | None = None) -> "TopKCandidates":
-        k = int(sae.cfg.k)
-        # an eighth of the latents: the candidates' product costs that much of a full encode, and
-        # the k-th largest of them bounds the k-th largest of all tightly enough to settle most rows
-        want = n_candidates or max(8 * k, 256, sae.d_sae // 8)
-        c = cls._by_sae.get(sae)
-        if c is None or c.n_candidates != min(sae.d_sae, want) or c.W_DF.data_ptr() != sae.W_enc.data_ptr():
-            c = cls(sae.W_enc.detach(), sae.b_enc.detach(), want)
-            cls._by_sae[sae] = c
-        return c
-
-    def learn(self, idx_NK: Tensor, k: int) -> None:
-        """Grow the candidate set from the latents the full path selected (most frequent first)."""
-        flat = idx_NK.reshape(-1)
-        self.seen_F.index_add_(0, flat, torch.ones_like(flat))
-        self.rows_since_rebuild += idx_NK.shape[0]
-        if self.W_DC is not None and (self.rows_since_rebuild < self.rebuild_rows or bool(self.in_C_F[flat].all())):
-            return
-        seen = int((self.seen_F > 0).sum())
-        if seen < k:
-            return
-        C = self.seen_F.topk(min(self.n_candidates, seen)).indices
-        self.rows_since_rebuild = 0
-        self.in_C_F.zero_()
-        self.in_C_F[C] = True
-        self.W_DC = self.W_DF[:, C].contiguous()
-        self.b_C = self.b_F[C].contiguous()
-
-
-class TopKReader:
-    """Exact activations [N, M] of latents `ids` of a TopK SAE, cheaply when they are off.
-
-    The full path computes every pre-activation with the SAE's own expression (so values are
-    bit-identical to its encode). Which latents are selected: for many rows, or before any
-    candidates are known, the SAE's own `topk` (and the selection teaches the candidate set);
-    for a few rows and one or two latents, a count: latent m is selected iff fewer than k
-    pre-activations exceed its own, and a tie straddling the k-th place goes to the SAE's own `topk`.
-
-    The bound path, for small batches (generation steps), first computes the M latents and the
-    shared candidate set C (`TopKCandidates`): if at least k candidates exceed latent m's
-    pre-activation by more than the rounding error bound, m is certainly not in the top k (the
-    k-th largest of all is at least the k-th largest of C), so its activation is exactly 0 (a
-    cheaper bound comes first: C in k groups, the smallest group maximum); if
-    its pre-activation is below zero by that margin, the ReLU gives 0 whether it is selected or
-    not. Only rows with a latent left undecided go through the full path.
-    """
-
-    def __init__(self, sae: SAE, ids_M: Tensor, *, n_candidates: int | None = None, bound_rows: int = 64,
-                 count_rows: int = 16, count_latents: int = 2) -> None:
-        self.k = int(sae.cfg.k)
-        self.ids_M = ids_M
-        self.W_DF = sae.W_enc.detach()
-        self.b_F = sae.b_enc.detach()
-        self.b_dec_D = sae.b_dec.detach() if sae.cfg.apply_b_dec_to_input else None
-        self.cands = TopKCandidates.of(sae, n_candidates) if n_candidates is None else \
-            TopKCandidates(self.W_DF, self.b_F, n_candidates)
-        self.bound_rows = bound_rows
-        self.count_rows = count_rows
-        self.count_latents = count_latents  # counting costs one pass over F per latent; top-k one per row
-        self.W_DM = self.W_DF[:, ids_M].contiguous()
-        self.b_M = self.b_F[ids_M].contiguous()
-        self.err_per_norm, self.err_bias = self.cands.err_per_norm, self.cands.err_bias
-        self.full_rows = 0  # rows that needed the full path (for tests and tuning)
-        self.bound_hits = 0  # rows decided by the bound alone
-        self.count_rows_used = 0  # full-path rows decided by counting (no top-k selection)
-
-    @property
-    def W_DC(self) -> Tensor | None:
-        return self.cands.W_DC
-
-    def __call__(self, x_ND: Tensor, need_NM: Tensor | None = None) -> Tensor:
-        u_ND = x_ND - self.b_dec_D if self.b_dec_D is not None else x_ND
-        W_DC, b_C = self.cands.W_DC, self.cands.b_C
-        if W_DC is None or u_ND.shape[0] > self.bound_rows:
-            return self.full(u_ND)
-        pre_NM = torch.addmm(self.b_M, u_ND, self.W_DM)
-        tol_N1 = torch.linalg.vector_norm(u_ND, dim=-1, keepdim=True) * self.err_per_norm + self.err_bias
-        settled_NM = pre_NM < -tol_N1 if need_NM is None else (pre_NM < -tol_N1) | ~need_NM
-        if bool(settled_NM.all()):  # below zero by more than the rounding: off whether selected or not
-            self.bound_hits += u_ND.shape[0]
-            return pre_NM.new_zeros(pre_NM.shape)
-        pre_NC = torch.addmm(b_C, u_ND, W_DC)
-        # first a cheap lower bound on the k-th largest: the candidates in k groups, the smallest of the
-        # groups' maxima (k distinct latents are at least that large); then, for rows it leaves open,
-        # the k-th largest candidate itself
-        k, C = self.k, pre_NC.shape[1]
-        g = C // k
-        for bound in ("groups", "kth"):
-            open_N = ~settled_NM.all(1)
-            if not bool(open_N.any()):
-                self.bound_hits += u_ND.shape[0]
-                return pre_NM.new_zeros(pre_NM.shape)
-            if bound == "groups":
-                if g < 2:
-                    continue
-                low_N1 = pre_NC[:, : k * g].reshape(-1, k, g).amax(-1).amin(-1, keepdim=True)
-                settled_NM = settled_NM | (pre_NM < low_N1 - tol_N1)
-            else:
-                rows = open_N.nonzero().squeeze(1)
-                low_R1 = pre_NC.index_select(0, rows).topk(k, dim=-1, sorted=False).values.amin(-1, keepdim=True)
-                settled_NM[rows] |= pre_NM.index_select(0, rows) < low_R1 - tol_N1.index_select(0, rows)
-        open_N = ~settled_NM.all(1)
-        acts_NM = pre_NM.new_zeros(pre_NM.shape)
-        if not bool(open_N.any()):
-            self.bound_hits += u_ND.shape[0]
-            return acts_NM
-        rows = open_N.nonzero().squeeze(1)
-        self.bound_hits += u_ND.shape[0] - rows.numel()
-        acts_NM[rows] = self.full(u_ND.index_select(0, rows))
-        return acts_NM
-
-    def full(self, u_ND: Tensor) -> Tensor:
-        pre_NF = u_ND @ self.W_DF + self.b_F  # the SAE's own expression
-        self.full_rows += u_ND.shape[0]
-        if self.cands.W_DC is not None and u_ND.shape[0] <= self.count_rows and self.ids_M.numel() <= self.count_latents:
-            pre_NM = pre_NF.index_select(1, self.ids_M)
-            above_NM = (pre_NF.unsqueeze(1) > pre_NM.unsqueeze(2)).sum(-1)  # [N, M] latents strictly above
-            tied_NM = (pre_NF.unsqueeze(1) == pre_NM.unsqueeze(2)).sum(-1)  # itself included
-            if bool(((above_NM < self.k) & (above_NM + tied_NM > self.k)).any()):
-                return self._select(pre_NF)  # a tie straddles the k-th place: the SAE's own topk decides
-            self.count_rows_used += u_ND.shape[0]
-            return torch.where(above_NM < self.k, pre_NM.relu(), pre_NM.new_zeros(()))
-        return self._select(pre_NF, learn=True)
-
-    def _select(self, pre_NF: Tensor, learn: bool = False) -> Tensor:
-        vals_NK, idx_NK = pre_NF.topk(self.k, dim=-1, sorted=False)  # the SAE's own selection
-        if learn:
-            self.cands.learn(idx_NK, self.k)
-        hit_NKM = idx_NK.unsqueeze(-1) == self.ids_M
-        return (vals_NK.relu().unsqueeze(-1) * hit_NKM).sum(1)
 
 
 def latents_from_sparse(acts, ids_M: Tensor) -> Tensor:

@@ -285,7 +285,7 @@ def compare_methods(
     are needed for the contrast search and for difference of means (without them that method is
     left out); `cue` enables prompting. `test_prompts` (default `prompts`) are scored on the test seed."""
     from steering.baselines import prompting_baseline
-    from steering.session import check_models, sae_hook_name
+    from steering.resolve import check_models, sae_hook_name
 
     check_models(model, sae, allow_model_mismatch)
     has_sets = bool(positive) and bool(negative)

@@ -11,21 +11,15 @@ A transcoder's latent edits read its latents at its input hook (`metadata.hook_n
 the same forward pass, and add (edited - original latent) x decoder row to its target hook's output
 (`metadata.hook_name_out`); the input hook's activation itself is left as it is.
 
-Everything is checked before a hook is attached (unknown SAE or hook, feature out of range,
-non-finite or absurd strengths); hooks are added with TransformerLens's `model.hooks(...)` plus a
+Everything is checked before a hook is attached (`steering.resolve`); hooks are added with TransformerLens's `model.hooks(...)` plus a
 forward pre-hook per block involved (to read the KV-cache length and attention mask), and all of
 them are removed when the block exits, whichever way it exits.
-
-One module over 450 lines on purpose: resolving edits (checks, presets, triggers) and the hooks
-that apply them are the two halves of `steer`, imported together by the API, the engine, sweeps
-and methods; if it grows, the resolving half is the one to move out.
 """
 
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,44 +27,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from saes.base import SAE
-from saes.hookpoints import check_hook, model_device
-from saes.identity import check_sae_model
+from saes.hookpoints import model_device
 from steering.config import GenerationConfig
 from steering.generation import Generation, generate
-from steering.inputs import Model, SAEs, TypicalMaxArg, named_saes, sae_mapping
+from steering.inputs import Model, SAEs, TypicalMaxArg, sae_mapping
 from steering.interventions import LatentEditor, op_coefficients
 from steering.positions import FULL, SequenceTracker, block_call_info
 from steering.presets import Preset
-from steering.transcoder import InputCapture, transcoder_target_hook
-from steering.spec import (
-    Edit, FeatureEdit, Positions, SteerLimits, SteeringError, TypicalMax, VectorEdit, chat_position,
-    lookup_typical_max, parse_edit, raw_value,
-)
-
-_BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
+from steering.resolve import ResolvedEdit, check_models, resolve_edits, tracked_block
+from steering.spec import Edit, FeatureEdit, Positions, SteerLimits, SteeringError, VectorEdit
+from steering.transcoder import InputCapture
 
 
 # ------------------------------------------------------------------------------------- plan
-@dataclass(frozen=True)
-class ResolvedEdit:
-    """An edit after validation: raw value, the SAE's name and hook."""
-
-    edit: Edit
-    sae_name: str | None
-    hook_name: str  # where the edit lands (a transcoder: its target hook)
-    latent: int | None  # None for vector edits
-    op: str
-    value: float  # raw units (add/clamp), factor (scale), 0 (ablate), strength (vector)
-    positions: Positions
-    typical_max: float | None = None
-    trigger: tuple[int, float] | None = None  # (trigger latent, raw threshold) of a conditional edit
-    reads_hook: str | None = None  # a transcoder's input hook, where its latents are read
-
-    def describe(self) -> str:
-        return self.edit.describe()
-
-
 class ConstantEditor:
     """Adds one fixed vector to every selected row (steering vectors, add-only latent edits)."""
 
@@ -140,7 +109,7 @@ class _HookFn:
                 else:
                     out_ND = out_ND + c.editor.delta(read_NR)
                 continue
-            if out_ND is None:
+            if out_ND is None or out_ND is x_ND:  # never write into the activation the model handed us
                 out_ND = x_ND.clone()
             if isinstance(sel, tuple):
                 lo, hi = sel
@@ -148,230 +117,7 @@ class _HookFn:
                 out_ND.view(B, S, D)[:, lo:hi] += c.editor.delta(rows_NR).view(B, hi - lo, D)
             else:
                 out_ND.index_add_(0, sel, c.editor.delta(read_NR.index_select(0, sel)))
-        return None if out_ND is None else out_ND.view(shape)
-
-
-def check_models(model: Model, saes: SAEs, allow_mismatch: bool = False) -> None:
-    """Refuse SAEs recorded for another model than `model` (when both sides record one: an SAE
-    given as a `LoadedSAE` carries its record, a bare SAE none)."""
-    for name, sae in named_saes(saes).items():
-        check_sae_model(model, sae, sae_name=name, allow_mismatch=allow_mismatch)
-
-
-def sae_hook_name(sae: SAE, name: str = "sae") -> str:
-    """The hook an SAE reads: `cfg.metadata["hook_name"]` (the loaders fill it in from the
-    provenance or --hook where cfg.json lacks it)."""
-    hook = (sae.cfg.metadata or {}).get("hook_name")
-    if not hook:
-        raise SteeringError(
-            f"SAE {name!r} does not record its hook point; set sae.cfg.metadata['hook_name'] "
-            f"(e.g. 'blocks.1.hook_resid_post') to the hook it was trained on"
-        )
-    head = (sae.cfg.metadata or {}).get("hook_head_index")
-    if head is not None:  # a SAELens per-head SAE: it reads [..., d_head] of one head
-        raise SteeringError(
-            f"SAE {name!r} reads only head {head} of {hook} (hook_head_index={head}); saesteer steers SAEs that read "
-            f"all heads of the hook, flattened"
-        )
-    return str(hook)
-
-
-def expected_width(model: Model, hook_name: str) -> int | None:
-    """Width of the activation at a standard TransformerLens hook (heads flattened), if known."""
-    cfg = getattr(model, "cfg", None)
-    if cfg is None:
-        return None
-    last = hook_name.rsplit(".", 1)[-1]
-    if last in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out",
-                "hook_embed", "hook_pos_embed") or hook_name.startswith("ln_final."):
-        return int(cfg.d_model)
-    if last in ("hook_z", "hook_q", "hook_v", "hook_k", "hook_result") and ".attn." in hook_name:
-        n_heads = cfg.n_key_value_heads if (last in ("hook_k", "hook_v") and getattr(cfg, "n_key_value_heads", None)) else cfg.n_heads
-        return int(n_heads * cfg.d_head) if last != "hook_result" else None
-    if last in ("hook_pre", "hook_post") and ".mlp." in hook_name and getattr(cfg, "d_mlp", None):
-        return int(cfg.d_mlp)
-    return None
-
-
-def _tracked_block(model: Model, hook_name: str) -> int | None:
-    m = _BLOCK_RE.match(hook_name)
-    if m:
-        return int(m.group(1))
-    if hook_name.startswith("ln_final.") and hasattr(model, "blocks"):
-        return len(model.blocks) - 1
-    return None
-
-
-def typical_max_for(provider: TypicalMaxArg, sae_name: str) -> TypicalMax | None:
-    """Pick the provider of one SAE: a per-SAE mapping keyed by SAE name, or a shared one."""
-    if provider is None:
-        return None
-    if isinstance(provider, Mapping) and provider and all(isinstance(k, str) for k in provider):
-        return provider.get(sae_name)
-    return provider
-
-
-def expand_presets(model: Model, sae_map: Mapping[str, SAE], edits: Sequence[Edit | str | Preset], *,
-                   allow_model_mismatch: bool = False,
-                   fingerprints: Mapping[str, str] | None = None,
-                   model_override: str = "allow_model_mismatch=True") -> list[Edit | str]:
-    """Replace every `Preset` in `edits` by its feature edits, after checking it against the SAE
-    (and model) it is applied to (`Preset.check`)."""
-    out: list[Edit | str] = []
-    for e in edits:
-        if not isinstance(e, Preset):
-            out.append(e)
-            continue
-        if len(sae_map) != 1:
-            raise SteeringError(f"preset {e.name!r} belongs to one SAE; give only that SAE (got {', '.join(sae_map) or 'none'})")
-        name, sae = next(iter(sae_map.items()))
-        e.check(model, sae, sae_name=name, allow_model_mismatch=allow_model_mismatch,
-                fingerprint=(fingerprints or {}).get(name), model_override=model_override)
-        out.extend(e.feature_edits(None))
-    return out
-
-
-def resolve_edits(
-    model: Model,
-    saes: SAEs,
-    edits: Sequence[Edit | str | Preset] | Edit | str | Preset,
-    *,
-    typical_max: TypicalMaxArg = None,
-    limits: SteerLimits | None = None,
-    allow_model_mismatch: bool = False,
-    chat_positions: bool = False,
-    fingerprints: Mapping[str, str] | None = None,
-    model_override: str = "allow_model_mismatch=True",
-) -> list[ResolvedEdit]:
-    """Validate edits against the model and SAEs; raise `SteeringError` naming the fix.
-
-    `edits` may hold `steering.presets.Preset`s (checked against the SAE and model, then
-    expanded). `chat_positions`: accept role:/turn: positions (the batched engine resolves them
-    against a chat prompt; `steer` cannot)."""
-    limits = limits or SteerLimits()
-    sae_map = sae_mapping(saes)
-    if isinstance(edits, (str, FeatureEdit, VectorEdit, Preset)):
-        edits = [edits]
-    if not edits:
-        raise SteeringError("no edits given; pass e.g. ['123:clamp=8'] or FeatureEdit(123, 'clamp', 8.0)")
-    edits = expand_presets(model, sae_map, edits, allow_model_mismatch=allow_model_mismatch, fingerprints=fingerprints,
-                           model_override=model_override)
-    out: list[ResolvedEdit] = []
-    seen: dict[tuple[str, int], str] = {}  # (SAE, feature) -> the edit that took it
-    for e in edits:
-        if isinstance(e, str):
-            e = parse_edit(e)
-        if isinstance(e, VectorEdit):
-            out.append(_resolve_vector_edit(model, e, limits))
-            continue
-        if not isinstance(e, FeatureEdit):
-            raise SteeringError(f"an edit must be a FeatureEdit, VectorEdit or text like '123:clamp=8'; got {e!r}")
-        out.append(_resolve_feature_edit(model, sae_map, e, seen, typical_max, limits))
-    for r in out:
-        _check_positions(model, r, chat_positions)
-    return out
-
-
-def _resolve_vector_edit(model: Model, e: VectorEdit, limits: SteerLimits) -> ResolvedEdit:
-    """A steering vector: its hook exists, its entries are finite and as many as the hook's width,
-    its strength is within the limit."""
-    check_hook(model, e.hook_name, e.describe())
-    if not torch.isfinite(e.vector).all():
-        raise SteeringError(f"vector {e.label!r} has non-finite entries")
-    width = expected_width(model, e.hook_name)
-    if width is not None and width != e.vector.numel():
-        raise SteeringError(
-            f"vector {e.label!r} has {e.vector.numel()} entries but {e.hook_name} has width {width}"
-        )
-    if abs(e.strength) > limits.max_vector_norm_multiple:
-        raise SteeringError(
-            f"{e.describe()}: strength {e.strength:g} is above the limit of "
-            f"{limits.max_vector_norm_multiple:g}; use a smaller one or raise SteerLimits.max_vector_norm_multiple"
-        )
-    return ResolvedEdit(e, None, e.hook_name, None, "add", e.strength, e.positions)
-
-
-def _sae_name_of(e: FeatureEdit, sae_map: Mapping[str, SAE]) -> str:
-    """The SAE a feature edit names, or the only one given."""
-    if not sae_map:
-        raise SteeringError(f"{e.describe()}: no SAE given; pass saes=the SAE (or a dict name -> SAE)")
-    if e.sae is None:
-        if len(sae_map) != 1:
-            raise SteeringError(
-                f"{e.describe()}: several SAEs are given ({', '.join(sae_map)}); name one, e.g. "
-                f"{next(iter(sae_map))}/{e.latent}:{e.op}"
-            )
-        return next(iter(sae_map))
-    if e.sae not in sae_map:
-        raise SteeringError(f"{e.describe()}: unknown SAE {e.sae!r}; known: {', '.join(sae_map)}")
-    return e.sae
-
-
-def _resolve_feature_edit(model: Model, sae_map: Mapping[str, SAE], e: FeatureEdit, seen: dict[tuple[str, int], str],
-                          typical_max: TypicalMaxArg, limits: SteerLimits) -> ResolvedEdit:
-    """A feature edit: a latent of its SAE, the SAE fits the model's hook, no latent edited twice
-    (`seen` records it), its strength converted to a raw activation."""
-    name = _sae_name_of(e, sae_map)
-    sae = sae_map[name]
-    if not 0 <= e.latent < sae.d_sae:
-        raise SteeringError(
-            f"{e.describe()}: feature {e.latent} is out of range for SAE {name!r}; valid ids are 0..{sae.d_sae - 1}"
-        )
-    hook = sae_hook_name(sae, name)
-    check_hook(model, hook, f"SAE {name!r}")
-    width = expected_width(model, hook)
-    if width is not None and width != sae.d_in:
-        raise SteeringError(
-            f"SAE {name!r} reads d_in={sae.d_in} but {hook} of this model has width {width}; "
-            f"the SAE belongs to another model or hook point"
-        )
-    reads = None
-    if sae.is_transcoder:  # the edit lands on the target hook; the latents are read at `hook`
-        reads, hook = hook, transcoder_target_hook(model, sae, name, hook)
-    key = (name, e.latent)
-    if key in seen:
-        raise SteeringError(
-            f"feature {e.latent} of SAE {name!r} is edited twice ({seen[key]} and {e.describe()}); merge them into one edit"
-        )
-    seen[key] = e.describe()
-    provider = typical_max_for(typical_max, name)
-    tmax = lookup_typical_max(provider, e.latent)
-    value = raw_value(e, tmax, limits, name)
-    trigger = None if e.when is None else (e.when.latent, trigger_threshold(e, sae, provider, name))
-    return ResolvedEdit(e, name, hook, e.latent, e.op, value, e.positions, tmax, trigger, reads)
-
-
-def _check_positions(model: Model, r: ResolvedEdit, chat_positions: bool) -> None:
-    """Chat positions only where the caller resolves them; token positions only at a hook inside a block."""
-    if chat_position(r.positions) is not None and not chat_positions:
-        raise SteeringError(
-            f"{r.describe()}: positions {r.positions!r} name a chat role or turn, which only a chat prompt has; "
-            f"use the chat API (saesteer api, steering.engine) or token indices"
-        )
-    if r.positions != "all" and _tracked_block(model, r.hook_name) is None:
-        raise SteeringError(
-            f"{r.describe()}: positions {r.positions!r} need a hook inside a block (blocks.L.*) or ln_final; "
-            f"{r.hook_name!r} sees the whole sequence at every generation step, so use positions='all'"
-        )
-
-
-def trigger_threshold(e: FeatureEdit, sae: SAE, provider: TypicalMax | None, sae_name: str) -> float:
-    """The raw threshold of `e`'s trigger (checked: a latent of the SAE, a finite threshold)."""
-    t = e.when
-    assert t is not None
-    if not 0 <= t.latent < sae.d_sae:
-        raise SteeringError(
-            f"{e.describe()}: trigger feature {t.latent} is out of range for SAE {sae_name!r}; valid ids are 0..{sae.d_sae - 1}"
-        )
-    if t.unit == "raw":
-        return t.above
-    tmax = lookup_typical_max(provider, t.latent)
-    if tmax is None:
-        raise SteeringError(
-            f"{e.describe()}: trigger feature {t.latent} has no known typical max activation, so "
-            f"'{t.above:g}x' cannot be resolved; pass typical_max= or give a raw threshold"
-        )
-    return t.above * tmax
+        return None if out_ND is None or out_ND is x_ND else out_ND.view(shape)
 
 
 @dataclass
@@ -429,7 +175,7 @@ def build_plan(model: Model, saes: SAEs, edits: Sequence[Edit | str | Preset], *
         widths = {c.editor.d_out for c in contribs}
         if len(widths) > 1:
             raise SteeringError(f"edits at hook {hook} expect different widths {sorted(widths)}; check the SAEs' hooks")
-        block = _tracked_block(model, hook)  # tracked even for "all": pad tokens are never edited
+        block = tracked_block(model, hook)  # tracked even for "all": pad tokens are never edited
         tracker = None if block is None else trackers.setdefault(block, SequenceTracker())
         hook_fns[hook] = _HookFn(hook, tracker, contribs)
     return SteeringPlan(resolved, hook_fns, trackers, captures)

@@ -197,7 +197,7 @@ def sweep_edits(
     """Generate and score at each strength; `make_edit(s)` gives the edit (or several edits) at
     strength s, or None for the unsteered model. SAEs recorded for another model are refused
     (see `steering.steer`) unless `allow_model_mismatch`."""
-    from steering.session import check_models
+    from steering.resolve import check_models
 
     check_models(model, saes, allow_model_mismatch)
     gen_config = with_sae_bos(gen_config or GenerationConfig(), saes)  # unsteered and steered alike
@@ -239,7 +239,7 @@ def sweep(
     allow_model_mismatch: bool = False,
 ) -> SweepResult:
     """Dose-response of one SAE feature; see the module docstring."""
-    from steering.session import check_models, resolve_edits, typical_max_for
+    from steering.resolve import check_models, resolve_edits, typical_max_for
     from steering.spec import lookup_typical_max
 
     config = config or SweepConfig()

@@ -187,7 +187,7 @@ def test_leading_dims_and_other_dtypes_of_the_input_are_flattened_and_cast():
 
 
 def test_unsupported_architecture_is_an_error_naming_the_fallback():
-    sae = saes.create_sae("jumprelu", 8, 32)
+    sae = saes.create_sae("standard", 8, 32)  # ReLU: loaded, never trained here
     with pytest.raises(ValueError, match="method='autograd'"):
         compute_grads(sae, torch.randn(4, 8), method="fast")
 

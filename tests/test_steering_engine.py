@@ -12,7 +12,7 @@ from steering import GenerationConfig, generate, steer
 from steering.engine import BatchEngine, Row
 from steering.rowedits import RowEdit, RowSteering
 from steering.sampling import SamplingParams
-from steering.session import resolve_edits
+from steering.resolve import resolve_edits
 from steering.spec import SteeringError
 
 PROMPTS = ["the sea and the ship", "a tree", "the whale sees the harbor at the shore", "bread", "the"]

@@ -97,51 +97,6 @@ def test_mixed_dtypes_cast_back_to_the_activation_dtype():
     torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=2e-2)
 
 
-def test_topk_bound_path_is_exact():
-    from steering.interventions import TopKReader
-
-    sae = make("topk", d_in=16, d_sae=64, seed=3)
-    with torch.no_grad():  # a duplicated latent: exact ties that the bound must leave to topk
-        sae.W_enc[:, 41] = sae.W_enc[:, 40]
-        sae.b_enc[41] = sae.b_enc[40]
-    dense_all = sae.encode(inputs(400, seed=5))
-    often = int((dense_all != 0).sum(0).argmax())
-    ids = torch.tensor([often, 40, 41, 7])
-    reader = TopKReader(sae, ids, n_candidates=24, bound_rows=8, count_latents=4)
-    x = inputs(400, seed=5)
-    torch.testing.assert_close(reader(x[:100]), dense_all[:100][:, ids])  # full path; learns candidates
-    assert reader.W_DC is not None
-    hits0, full0 = reader.bound_hits, reader.full_rows
-    for i in range(100, 400, 4):
-        chunk = x[i : i + 4]
-        got = reader(chunk)
-        want = sae.encode(chunk)[:, ids]
-        assert torch.equal(got != 0, want != 0)
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-    assert reader.bound_hits > hits0 and reader.full_rows > full0  # both paths were taken
-    assert reader.count_rows_used > 0  # and undecided rows were settled by counting, not top-k
-
-
-def test_topk_count_path_defers_straddling_ties_to_topk():
-    from steering.interventions import TopKReader
-
-    sae = make("topk", d_in=16, d_sae=64, seed=3)
-    with torch.no_grad():  # latents 40..47 identical: a tie of 8 latents, more than k=6 can take
-        for j in range(41, 48):
-            sae.W_enc[:, j] = sae.W_enc[:, 40]
-            sae.b_enc[j] = sae.b_enc[40] + 5.0 - 5.0
-        sae.b_enc[40:48] += 3.0  # and large, so the tie sits at the k-th place
-    x = inputs(200, seed=7)
-    ids = torch.tensor([40, 44, 47, 2])
-    reader = TopKReader(sae, ids, n_candidates=24, bound_rows=64, count_rows=64, count_latents=4)
-    reader(x[:100])  # learns candidates with the SAE's topk
-    counted = reader.count_rows_used
-    for i in range(100, 200, 5):
-        got, want = reader(x[i : i + 5]), sae.encode(x[i : i + 5])[:, ids]
-        assert torch.equal(got, want)
-    assert reader.count_rows_used == counted  # every undecided chunk had the straddling tie: topk decided
-
-
 def test_conditional_edit_applies_only_where_the_trigger_fires():
     for arch in ARCHS:
         sae, x = make(arch), inputs(60)

@@ -3,8 +3,9 @@ SAELens's synthetic data (`sae_lens.synthetic`), scored by SAELens's own evaluat
 
 The "ci-1k" world of evals.synthetic (512 true features in 96 dimensions, 16 trees of depth 2
 with mutually exclusive children, low-rank correlations, SynthSAEBench's firing probabilities and
-magnitudes); TopK, BatchTopK and Matryoshka SAEs (256 latents, k 8) trained together through
-`training.train` on 200k rows (batch 256), evaluated on 16k fixed rows in their saved form.
+magnitudes); TopK, BatchTopK, Matryoshka (256 latents, k 8) and JumpReLU (256 latents, our default
+settings: its L0 comes from its penalty) SAEs trained together through `training.train` on 200k
+rows (batch 256), evaluated on 16k fixed rows in their saved form.
 
 Measured F1 (training seeds 0-4): FLOORS' comments; the floors sit well below the
 lowest seed, and above what planted bugs give (tried once each, seed 0): a TopK that ranks
@@ -12,6 +13,9 @@ lowest seed, and above what planted bugs give (tried once each, seed 0): a TopK 
 updated give BatchTopK / Matryoshka F1 0.124 / 0.105 (L0 73 / 81 instead of 8). Removing
 the decoder's unit-norm constraint (normalisation and gradient projection) does NOT lower F1
 here (0.46 / 0.52 / 0.51 at seed 0): this floor cannot catch that bug, the step tests do.
+JumpReLU: no sparsity penalty (coefficient 0 in the fast step) gives F1 0.367; thresholds frozen at
+their initial 1.0 do NOT fall below the floor (1.0 suits this world): the planted test of
+tests/test_saes_jumprelu.py, whose thresholds start at 0.01, catches that.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ FLOORS = {  # F1 measured at training seeds 0-4 (2026-12-06), min ~0.05 above th
     "topk": 0.36,  # 0.439 0.413 0.434 0.414 0.431
     "batchtopk": 0.37,  # 0.452 0.435 0.419 0.455 0.431
     "matryoshka_batchtopk": 0.40,  # 0.465 0.498 0.488 0.470 0.466
+    "jumprelu": 0.47,  # 0.545 0.539 0.526 0.533 0.534 (L0 7.7-7.9)
 }
 
 
@@ -47,5 +52,6 @@ def test_our_saes_recover_ground_truth_features_above_the_floor(tmp_path: Path) 
     for arch, floor in FLOORS.items():
         s = scores[arch]
         assert s["f1"] >= floor, f"{arch}: F1 {s['f1']:.3f} fell below the floor {floor}; all scores: {report}"
+        # JumpReLU has no k: its penalty brings L0 near the world's true L0 (8.2), which is k here
         assert abs(s["l0"] - recipe.k) <= 0.25 * recipe.k, f"{arch}: L0 {s['l0']:.2f}, k {recipe.k}: {report}"
         assert s["dead"] <= 0.2 and s["ev"] >= 0.7, f"{arch}: {report}"

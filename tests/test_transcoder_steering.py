@@ -146,7 +146,7 @@ def test_batched_engine_steers_a_transcoder_as_steer_does(model, arch):
     from steering.engine import BatchEngine, Row
     from steering.rowedits import RowEdit, RowSteering
     from steering.sampling import SamplingParams
-    from steering.session import resolve_edits
+    from steering.resolve import resolve_edits
 
     sae = transcoder(arch, seed=2)
     prompts = ["the sea and the ship", "a tree", "the whale sees the harbor"]

@@ -33,6 +33,7 @@ from saes.validators import finite_number, require, whole_number
 
 # SAESpec fields that go to the SAE's config where its architecture's config has them
 ARCHITECTURE_FIELDS = ("k", "matryoshka_widths")
+# the other fields of an architecture's config go through SAESpec.options (e.g. JumpReLU's l0_coefficient)
 
 # Fields that may differ between a checkpoint's config and the resuming config.
 RESUMABLE_FIELDS = (
@@ -55,7 +56,7 @@ class SAESpec:
     architecture: str = field(
         default="topk",
         metadata={"help": "a trainable architecture of saes/registry.py (shipped: topk, batchtopk, "
-                          "matryoshka_batchtopk; alias: matryoshka)"},
+                          "matryoshka_batchtopk, jumprelu; alias: matryoshka)"},
     )
     d_sae: int = field(default=4096, metadata={"help": "number of latents"})
     k: int = field(default=32, metadata={"help": "active latents per token (BatchTopK: on average over the batch)"})
@@ -66,18 +67,26 @@ class SAESpec:
     lr: float | None = field(
         default=None, metadata={"help": "learning rate of this SAE (none: OptimConfig.lr, or its width rule)"}
     )
-    name: str = field(default="", metadata={"help": "folder name of this SAE (empty: <arch>_k<k>_f<d_sae>)"})
+    name: str = field(default="", metadata={"help": "folder name of this SAE (empty: <arch>_k<k>_f<d_sae>, "
+                                                    "<arch>_f<d_sae> for an architecture without k)"})
     skip: bool = field(
         default=False,
         metadata={"help": "transcoder runs (DataConfig.target_hook) only: a skip transcoder, with a learned linear "
                           "term W_skip x"},
+    )
+    options: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "the architecture's other config fields, e.g. JumpReLU's l0_coefficient, "
+                          "l0_warm_up_steps, jumprelu_bandwidth (see saes/config.py)"},
     )
 
     def __post_init__(self) -> None:
         self.architecture = trainable_architecture(self.architecture)
         whole_number("SAESpec", "d_sae", self.d_sae)
         whole_number("SAESpec", "k", self.k)
-        require(self.k <= self.d_sae, f"SAESpec.k ({self.k}) must not exceed d_sae ({self.d_sae}); lower k or widen the SAE")
+        takes_k = "k" in architecture_fields(self.architecture)
+        require(not takes_k or self.k <= self.d_sae,
+                f"SAESpec.k ({self.k}) must not exceed d_sae ({self.d_sae}); lower k or widen the SAE")
         self.matryoshka_widths = [int(w) for w in self.matryoshka_widths]
         if self.matryoshka_widths and "matryoshka_widths" not in architecture_fields(self.architecture):
             from saes.registry import trainable_architectures
@@ -89,8 +98,11 @@ class SAESpec:
             )
         if self.lr is not None:
             finite_number("SAESpec", "lr", self.lr, lo=0.0)
+        self.options = dict(self.options or {})
+        check_options(self.architecture, self.options, self.d_sae)
         if not self.name:
-            self.name = f"{self.architecture}_k{self.k}_f{self.d_sae}" + ("_skip" if self.skip else "")
+            base = f"{self.architecture}_k{self.k}_f{self.d_sae}" if takes_k else f"{self.architecture}_f{self.d_sae}"
+            self.name = base + ("_skip" if self.skip else "")
         require(
             all(c.isalnum() or c in "._-" for c in self.name) and not self.name.startswith("."),
             f"SAESpec.name {self.name!r} must use only letters, digits, '.', '_' and '-' (it names a folder)",
@@ -100,7 +112,7 @@ class SAESpec:
     def sae_config_fields(self) -> dict[str, Any]:
         """The spec's values of the config fields its architecture takes (`ARCHITECTURE_FIELDS`)."""
         taken = architecture_fields(self.architecture)
-        return {name: getattr(self, name) for name in ARCHITECTURE_FIELDS if name in taken}
+        return {**{name: getattr(self, name) for name in ARCHITECTURE_FIELDS if name in taken}, **self.options}
 
 
 def trainable_architecture(name: str) -> str:
@@ -115,6 +127,30 @@ def trainable_architecture(name: str) -> str:
            f"SAESpec.architecture must be one of {', '.join(choices)}{f' (aliases: {aliases})' if aliases else ''}; "
            f"got {name!r}")
     return canonical_name(name)
+
+
+def option_fields(architecture: str) -> set[str]:
+    """The config fields of an architecture that SAESpec.options sets: all but the shape and input
+    handling every SAE shares (SAEConfig) and `ARCHITECTURE_FIELDS`."""
+    from saes.config import SAEConfig
+    from saes.registry import config_fields
+
+    return config_fields(architecture) - {f.name for f in dataclasses.fields(SAEConfig)} - set(ARCHITECTURE_FIELDS)
+
+
+def check_options(architecture: str, options: dict[str, Any], d_sae: int) -> None:
+    """Unknown keys are refused naming the valid ones; values are checked by the architecture's
+    config itself (its errors name the field; d_in is not known yet and no check reads it)."""
+    valid = option_fields(architecture)
+    unknown = sorted(set(options) - valid)
+    require(not unknown, f"SAESpec.options: {', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not a "
+                         f"setting of architecture {architecture!r}"
+                         + (f"; its settings: {', '.join(sorted(valid))}" if valid else " (it has none)"))
+    if options:
+        from saes.registry import sae_class
+
+        cls = sae_class(architecture).config_class
+        cls(d_in=1, d_sae=d_sae, **options, **({"k": 1} if "k" in architecture_fields(architecture) else {}))
 
 
 def architecture_fields(architecture: str) -> set[str]:

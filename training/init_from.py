@@ -62,7 +62,8 @@ def spec_from_source(loaded: Any) -> Any:
     sae = loaded.sae
     _require_trainable(sae.architecture, loaded.spec)
     widths = list(sae.levels) if sae.levels is not None else []  # Matryoshka: its nested widths
-    return SAESpec(sae.architecture, d_sae=sae.d_sae, k=int(sae.cfg.k), matryoshka_widths=widths)
+    k = {"k": int(sae.cfg.k)} if hasattr(sae.cfg, "k") else {}  # JumpReLU has none
+    return SAESpec(sae.architecture, d_sae=sae.d_sae, matryoshka_widths=widths, **k)
 
 
 def _require_trainable(arch: str, spec: str) -> None:

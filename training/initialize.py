@@ -6,10 +6,12 @@ Shape key: B rows, D d_in.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import Tensor
 
+from saes.sparse import SparseActs
 from training.collectives import Collectives
 
 
@@ -64,10 +66,13 @@ def initial_b_dec(sample_BD: Tensor, method: str, coll: Collectives | None = Non
 
 @torch.no_grad()
 def least_squares_encoder_scale(W_enc_DF: Tensor, b_enc_F: Tensor, W_dec_FD: Tensor, b_dec_D: Tensor,
-                                sample_BD: Tensor, k: int, chunk_rows: int = 1024,
-                                target_BO: Tensor | None = None) -> float:
+                                sample_BD: Tensor, k: int | None, chunk_rows: int = 1024,
+                                target_BO: Tensor | None = None,
+                                select: Callable[[Tensor], SparseActs] | None = None) -> float:
     """The factor c for W_enc, b_enc that makes the initial top-k reconstruction the least-squares
     fit of the (already scaled) sample: c = <x - b_dec, R> / <R, R>, R the reconstruction minus b_dec.
+    k=None (an SAE without k, e.g. JumpReLU): R comes from `select` (the SAE's own selection at c = 1;
+    a threshold selection does depend on c, so the fit is a first guess there, not exact).
 
     With W_enc = W_dec^T at unit norm and inputs at E||x|| = sqrt(d_in), the first reconstructions
     overshoot (held-out EV below zero on the toy world), and Adam spends its first steps shrinking
@@ -81,8 +86,13 @@ def least_squares_encoder_scale(W_enc_DF: Tensor, b_enc_F: Tensor, W_dec_FD: Ten
     goals = sample_BD - b_dec_D if target_BO is None else target_BO - b_dec_D
     for x_BD, y_BD in zip(inputs.split(chunk_rows), goals.split(chunk_rows)):  # chunks: [B, F] of a wide SAE is large
         pre_BF = x_BD @ W_enc_DF + b_enc_F
-        vals_BK, idx_BK = pre_BF.topk(min(k, pre_BF.shape[1]), dim=1)
-        R_BD = torch.zeros_like(pre_BF).scatter_(1, idx_BK, vals_BK.relu()) @ W_dec_FD
+        if k is None:
+            if select is None:
+                raise ValueError("least_squares_encoder_scale needs k or a selection")
+            R_BD = select(pre_BF).to_dense() @ W_dec_FD
+        else:
+            vals_BK, idx_BK = pre_BF.topk(min(k, pre_BF.shape[1]), dim=1)
+            R_BD = torch.zeros_like(pre_BF).scatter_(1, idx_BK, vals_BK.relu()) @ W_dec_FD
         ry += float((R_BD.double() * y_BD.double()).sum())
         rr += float(R_BD.double().pow(2).sum())
     c = ry / rr if rr > 0 else 1.0

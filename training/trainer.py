@@ -201,18 +201,19 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 def train_step(
     m: Member, x_BD: Tensor, lr: float, s: StepSettings, coll: Collectives, n_global: int | None = None,
-    target_BO: Tensor | None = None,
+    target_BO: Tensor | None = None, step: int = 0,
 ) -> StepStats:
     """One optimiser step of one SAE on one batch (skipped, with grads dropped, if non-finite).
 
     Data parallel (`coll.distributed`): `x_BD` is this rank's part of a global batch of
     `n_global` rows; selections over the batch (BatchTopK) see the global batch, and the
     gradients are averaged with weights local rows / global rows (the gradient of the global
-    batch's mean loss). `target_BO`: a transcoder's target rows."""
+    batch's mean loss). `target_BO`: a transcoder's target rows. `step`: the optimiser step
+    (0-based; JumpReLU's penalty warms up by it)."""
     n_local = x_BD.shape[0]
     n_global = coll.global_rows(n_local) if n_global is None else n_global
     res = compute_grads(m.sae, x_BD, m.dead_mask(s.dead_window), aux_coef=s.aux_coef, k_aux=s.k_aux, method=s.method,
-                        group=coll.batch_group(), workspace=m.workspace, target_BO=target_BO)
+                        group=coll.batch_group(), workspace=m.workspace, target_BO=target_BO, step=step)
     coll.average_gradients_(m.params, n_local / n_global if n_global else None)
     remove_parallel_decoder_grad_(m.sae)
     norm = grad_norm(m.params)
@@ -315,8 +316,8 @@ class Trainer:
         for m in self.members:
             m.sae.b_dec.copy_(b_dec_D)
             c = init_scale if init_scale is not None else least_squares_encoder_scale(
-                m.sae.W_enc, m.sae.b_enc, m.sae.W_dec, b_dec_D, x * self.scale, m.spec.k,
-                target_BO=None if y is None else goal)
+                m.sae.W_enc, m.sae.b_enc, m.sae.W_dec, b_dec_D, x * self.scale, getattr(m.sae.cfg, "k", None),
+                target_BO=None if y is None else goal, select=m.sae.select)
             if c != 1.0:
                 m.sae.W_enc.mul_(c)
                 m.sae.b_enc.mul_(c)
@@ -352,7 +353,7 @@ class Trainer:
         n_global = self.coll.global_rows(x_BD.shape[0])
         stats: dict[str, StepStats] = {}
         for m in self.members:
-            st = train_step(m, x_BD, m.lr * factor, self.settings, self.coll, n_global, y_BO)
+            st = train_step(m, x_BD, m.lr * factor, self.settings, self.coll, n_global, y_BO, self.step)
             if st.skipped:
                 m.consecutive_nonfinite += 1
                 m.skipped_steps += 1

@@ -71,7 +71,7 @@ def resolve_steering(spec: SteeringIn | None, served: ServedModel, limits) -> tu
     from saes.identity import ModelIdentityError
     from steering.presets import Preset
     from steering.rowedits import RowEdit, RowSteering, StopTrigger
-    from steering.session import resolve_edits
+    from steering.resolve import resolve_edits
     from steering.spec import SteeringError, lookup_typical_max
 
     items: list[Any] = []

@@ -76,7 +76,7 @@ class ApiService:
     def __init__(self, entries: Sequence[Any], config: BatchConfig | None = None) -> None:
         from saes.fingerprint import sae_fingerprint
         from steering.engine import BatchEngine
-        from steering.session import sae_hook_name
+        from steering.resolve import sae_hook_name
         from steering.spec import SteeringError
 
         self.config = config or BatchConfig()

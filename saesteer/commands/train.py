@@ -9,11 +9,12 @@ from pathlib import Path
 
 NAME = "train"
 ORDER = 30
-HELP = "train TopK / BatchTopK / Matryoshka SAEs on an activation cache (resumable, evaluated)"
+HELP = "train TopK / BatchTopK / Matryoshka / JumpReLU SAEs on an activation cache (resumable, evaluated)"
 DESCRIPTION = """\
 Train sparse autoencoders on the activations of one hook point. Several SAEs (different
 architecture, k or width) train together in one pass over the same batches: give several
-comma-separated values to --architecture / --k / --d-sae and every combination is trained.
+comma-separated values to --architecture / --k / --d-sae and every combination is trained
+(JumpReLU, which has no k, once per width; its own settings apply to every JumpReLU SAE).
 
 Output folder (--out):
   saes/<name>/          one SAELens-compatible SAE folder per SAE (cfg.json, sae_weights.safetensors,
@@ -71,6 +72,7 @@ def _bool_flag(text: str) -> bool:
 
 
 def add_arguments(parser) -> None:
+    from saesteer.commands._train_options import add_option_arguments
     from saesteer.configargs import add_dataclass_arguments
     from training.config import CheckpointConfig, DataConfig, EvalConfig, LogConfig, OptimConfig, TrainConfig
     from training.text import TextConfig
@@ -90,10 +92,11 @@ def add_arguments(parser) -> None:
 
     s = parser.add_argument_group("SAEs (comma-separated values: every combination is trained)")
     s.add_argument("--architecture", default=None, metavar="LIST",
-                   help="topk, batchtopk, matryoshka (= matryoshka_batchtopk), or any other trainable "
-                        "architecture of saes/registry.py (default: topk)")
+                   help="topk, batchtopk, matryoshka (= matryoshka_batchtopk), jumprelu (its settings: "
+                        "below), or any other trainable architecture of saes/registry.py (default: topk)")
     s.add_argument("--d-sae", dest="d_sae", default=None, metavar="LIST", help="number of latents (default: 4096)")
-    s.add_argument("--k", default=None, metavar="LIST", help="active latents per token (default: 32)")
+    s.add_argument("--k", default=None, metavar="LIST", help="active latents per token (default: 32; JumpReLU has "
+                                                             "none: its L0 follows from --l0-coefficient)")
     s.add_argument("--matryoshka-widths", dest="matryoshka_widths", default=None, metavar="INT,...",
                    help="Matryoshka prefix widths ending at d_sae (default: ~4x steps)")
     s.add_argument("--sae-lr", dest="sae_lr", type=float, default=None,
@@ -101,6 +104,7 @@ def add_arguments(parser) -> None:
     s.add_argument("--sae-name", dest="sae_name", default=None, help="folder name (only with a single SAE)")
     s.add_argument("--skip", dest="skip", action="store_const", const=True, default=None,
                    help="with --target-hook: skip transcoders (a learned linear term W_skip x beside the latents)")
+    add_option_arguments(parser)  # an architecture's own settings (JumpReLU's), from its config dataclass
 
     add_dataclass_arguments(parser, DataConfig, title="data")
     add_dataclass_arguments(parser, TrainConfig, title="training")
@@ -129,9 +133,10 @@ def _sae_specs(args, file_specs: list) -> list:
     mw = _split_list(args.matryoshka_widths, int, "--matryoshka-widths") if args.matryoshka_widths else []
     specs = []
     for arch in archs:
+        taken = architecture_fields(trainable_architecture(arch))
         for d_sae in widths:
-            for k in ks:
-                levels = mw if "matryoshka_widths" in architecture_fields(trainable_architecture(arch)) else []
+            for k in ks if "k" in taken else ks[:1]:  # an architecture without k (jumprelu): one SAE per width
+                levels = mw if "matryoshka_widths" in taken else []
                 specs.append(SAESpec(arch, d_sae=d_sae, k=k, matryoshka_widths=levels, lr=args.sae_lr,
                                      skip=bool(args.skip)))
     if args.sae_name:
@@ -143,6 +148,7 @@ def _sae_specs(args, file_specs: list) -> list:
 
 def build_configs(args):
     """(RunConfig, DataConfig, TextConfig) from defaults, the config file and the flags."""
+    from saesteer.commands._train_options import apply_options, option_values
     from saesteer.configargs import dataclass_from_args, load_config_file
     from training.config import (
         CheckpointConfig,
@@ -180,6 +186,7 @@ def build_configs(args):
         from training.init_from import load_source, spec_from_source  # fine-tune the source as it is
 
         run.saes = [spec_from_source(load_source(run.train.init_from))]
+    run.saes = apply_options(run.saes, option_values(args))
     data = dataclass_from_args(DataConfig, args, file_values=section("data"))
     if data.target_hook is None and any(spec.skip for spec in run.saes):
         raise ValueError("--skip makes skip transcoders: give --target-hook too (the hook point they predict)")

@@ -1,0 +1,245 @@
+"""The TopK exact read (steering.topk_read): every path equals its eager reference exactly, and
+steered generation with it equals steered generation with the reference (tokens and edited
+activations), across ops, positions, rows with different edits and both paths of the size rule."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import saes
+from helpers.steering_fixtures import PROMPTS, random_sae, tiny_model, torch_threads
+from steering.topk_read import TopKCandidates, TopKReader
+
+
+def topk_sae(tie: str, d_in: int = 16, d_sae: int = 256, k: int = 6, seed: int = 3):
+    """A random TopK SAE with ties: latents 40 and 41 identical ("pair": an exact tie), or latents
+    40..47 equal up to a few units in the last place and shifted to sit at the k-th place on about
+    half the rows ("group": more near-tied latents than places left, ordered by rounding alone)."""
+    g = torch.Generator().manual_seed(seed)
+    sae = saes.create_sae("topk", d_in, d_sae, k=k, generator=g)
+    with torch.no_grad():
+        sae.b_enc.normal_(0, 0.2, generator=g)
+        sae.b_dec.normal_(0, 0.1, generator=g)
+        last = 41 if tie == "pair" else 47
+        for j in range(41, last + 1):
+            ulps = 0 if tie == "pair" else (-1) ** j * (j - 40) // 2  # 0, 1, -1, 2, -2, ...: rounding orders them
+            sae.W_enc[:, j] = sae.W_enc[:, 40] * (1 + ulps * torch.finfo(torch.float32).eps)
+            sae.b_enc[j] = sae.b_enc[40]
+        if tie == "group":
+            pre = sae.pre_activations(inputs(200, d_in, seed=11))
+            sae.b_enc[40:48] += float((pre.topk(k, dim=1).values[:, -1] - pre[:, 40]).median())
+    return sae
+
+
+def inputs(n: int, d: int = 16, seed: int = 5) -> torch.Tensor:
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("tie", ["pair", "group"])
+@pytest.mark.parametrize("n_read", [1, 2, 5])
+def test_every_path_of_the_topk_read_equals_the_reference(tie, n_read):
+    sae = topk_sae(tie)
+    x = inputs(600)
+    pre = sae.pre_activations(x)
+    often = int((sae.encode(x) != 0).sum(0).argmax())
+    # the latent most often exactly k-th: the bound is tested at its edge
+    at_k = int(pre.topk(sae.cfg.k, dim=1).indices[:, -1].bincount(minlength=sae.d_sae)[48:].argmax()) + 48
+    ids = torch.tensor({1: [at_k], 2: [40, at_k], 5: [40, at_k, often, 41, 44]}[n_read])
+    reader = TopKReader(sae, ids, n_candidates=128)  # half the latents: most rows' top k are candidates
+    reader.cands.learn_rows = 120
+
+    def check(lo: int, hi: int) -> None:
+        got = reader(x[lo:hi])
+        assert torch.equal(got, reader.reference(x[lo:hi])), (lo, hi)
+        assert torch.equal(got, sae.encode(x[lo:hi])[:, ids])
+
+    with torch.no_grad():
+        for lo in range(0, 120, 40):  # young candidate set: the full path, its top k teaches the set
+            check(lo, lo + 40)
+        assert not reader.cands.young and reader.bound_pays(8)
+        counts = (reader.full_rows, reader.bound_hits)
+        for size in (1, 3, 8, 40):  # the bound path, the full path where it leaves a row open
+            for lo in range(120, 360, size * 4):
+                check(lo, lo + size)
+        assert reader.bound_hits > counts[1] and reader.full_rows > counts[0]
+        reader.min_bound_macs = 10**12  # the size rule sends every call to the full path
+        assert not reader.bound_pays(8)
+        hits = reader.bound_hits
+        for lo in range(360, 600, 8):
+            check(lo, lo + 8)
+        assert reader.bound_hits == hits
+    assert int((sae.encode(x)[:, ids] != 0).sum()) > 0  # the latents do fire
+
+
+def test_a_read_of_the_needed_pairs_only_equals_the_reference_there():
+    sae = topk_sae("group")
+    x = inputs(300)
+    at_k = int(sae.pre_activations(x).topk(sae.cfg.k, dim=1).indices[:, -1].bincount(minlength=sae.d_sae)[48:].argmax())
+    ids = torch.tensor([40, at_k + 48])
+    reader = TopKReader(sae, ids, n_candidates=128)
+    reader.cands.learn_rows = 100
+    with torch.no_grad():
+        reader(x[:100])
+        need = torch.tensor([[False, True], [True, True]])
+        for lo in range(100, 300, 2):
+            got, want = reader(x[lo : lo + 2], need), reader.reference(x[lo : lo + 2])
+            assert torch.equal(got[need], want[need])
+    assert reader.bound_hits > 0
+
+
+def test_candidates_are_shared_per_sae_and_stop_learning_when_mature():
+    sae = topk_sae("pair")
+    c = TopKCandidates.of(sae)
+    assert TopKCandidates.of(sae) is c and c.young
+    c.learn_rows = 50
+    with torch.no_grad():
+        reader = TopKReader(sae, torch.tensor([3]))
+        reader(inputs(60))
+    assert not c.young and c.learned_rows == 60
+    with torch.no_grad():
+        TopKReader(sae, torch.tensor([3]))(inputs(100, seed=9))
+    assert c.learned_rows == 60  # a mature set is not taught again (no top-k paid for it)
+
+
+# -------------------------------------------------------------- steered generation, fast vs reference
+HOOK = "blocks.0.hook_resid_post"
+CASES = [  # {B}: the latent that fires most on the prompts, {E}: the one most often last in the top k, {Q}: a silent one
+    ["{B}:clamp=6"], ["{E}:scale=3@generated"], ["{B}:ablate@prompt", "{E}:clamp=4"],
+    ["{B}:ablate@0,2,-1", "{Q}:add=4@generated"], ["{Q}:add=5?{B}>0.2"], ["{E}:clamp=0@last", "{Q}:clamp=2"],
+]
+
+
+def _record_edits(monkeypatch, seen: list) -> None:
+    """Record every activation the steering hooks hand on (edited or not), `steer`'s and the engine's."""
+    import steering.engine as engine
+    import steering.session as session
+
+    hook_call, apply_editors = session._HookFn.__call__, engine._apply_editors
+
+    def recorded_hook(self, x, hook=None):
+        out = hook_call(self, x, hook)
+        seen.append((x if out is None else out).detach().clone())
+        return out
+
+    def recorded_apply(editors, x, *rest):
+        out = apply_editors(editors, x, *rest)
+        seen.append(out.detach().clone())
+        return out
+
+    monkeypatch.setattr(session._HookFn, "__call__", recorded_hook)
+    monkeypatch.setattr(engine, "_apply_editors", recorded_apply)
+
+
+@pytest.mark.parametrize("path", ["bound", "full"])
+def test_steered_generation_with_the_topk_read_equals_the_reference(monkeypatch, path):
+    from steering import GenerationConfig, steer
+    from steering.engine import BatchEngine, Row
+    from steering.rowedits import RowEdit, RowSteering
+    from steering.sampling import SamplingParams
+    from steering.session import resolve_edits
+
+    model = tiny_model()
+    sae = random_sae(model, "topk", hook=HOOK, d_sae=512, k=8, seed=1)
+    TopKCandidates.of(sae).learn_rows = 16  # mature after the first prefill: later calls take the bound path
+    readers: list[TopKReader] = []
+    init = TopKReader.__init__
+
+    def counting_init(self, *a, **kw):
+        init(self, *a, **kw)
+        readers.append(self)
+
+    monkeypatch.setattr(TopKReader, "__init__", counting_init)
+    if path == "full":  # the size rule's other side
+        monkeypatch.setattr(TopKReader, "bound_pays", lambda self, n_rows: False)
+    with torch.no_grad():
+        x = model.run_with_cache(model.to_tokens(PROMPTS, padding_side="left"), names_filter=HOOK)[1][HOOK]
+        pre = sae.pre_activations(x.reshape(-1, x.shape[-1]))
+    top = pre.topk(sae.cfg.k, dim=1).indices
+    busy, edge = (top[:, j:].flatten().bincount(minlength=sae.d_sae) for j in (0, -3))
+    edge[busy.argmax()] = 0
+    fill = {"B": int(busy.argmax()), "E": int(edge.argmax()), "Q": int(pre.amax(0).argmin())}
+    cases = [[e.format(**fill) for e in c] for c in CASES]
+    greedy = GenerationConfig(max_new_tokens=6, do_sample=False, stop_at_eos=False)
+
+    def generations():
+        """Every case through `steer` (all prompts, left padded), then every case as its own row of one batch."""
+        seen: list = []
+        with monkeypatch.context() as m:
+            _record_edits(m, seen)
+            out = []
+            for edits in cases:
+                with steer(model, sae, edits) as s:
+                    out.append(s.generate(PROMPTS, greedy).new_tokens.tolist())
+            engine = BatchEngine(model, {"s": sae})
+            rows = []
+            for i, edits in enumerate(cases):
+                rs = resolve_edits(model, {"s": sae}, edits)
+                steering = RowSteering([RowEdit("s", r.latent, r.op, r.value, r.positions, r.trigger) for r in rs])
+                rows.append(Row(model.to_tokens(PROMPTS[i % len(PROMPTS)])[0].tolist(),
+                                SamplingParams(max_new_tokens=6, temperature=0), steering, tag=i))
+            engine.add(rows)
+            done = {}
+            while engine.busy:
+                done.update({ev.tag: ev.detail["token_ids"] for ev in engine.step() if ev.finish_reason})
+            out.append([done[i] for i in range(len(cases))])
+        return out, seen
+
+    with torch_threads(1):
+        fast, fast_seen = generations()
+        with monkeypatch.context() as m:
+            m.setattr(TopKReader, "read", TopKReader.reference)
+            ref, ref_seen = generations()
+            base = [steer_free(model, PROMPTS, greedy)]
+    assert fast == ref
+    assert len(fast_seen) == len(ref_seen) and all(torch.equal(a, b) for a, b in zip(fast_seen, ref_seen))
+    assert any(tokens != base[0] for tokens in fast[:-1])  # the edits changed the text
+    full = sum(r.full_rows for r in readers)
+    hits = sum(r.bound_hits for r in readers)
+    assert full > 0 and (hits > 0) == (path == "bound")
+
+
+def steer_free(model, prompts, cfg):
+    from steering import generate
+
+    return generate(model, prompts, cfg).new_tokens.tolist()
+
+
+def test_candidates_are_rebuilt_when_the_encoder_changes_in_place():
+    sae = topk_sae("pair")
+    c = TopKCandidates.of(sae)
+    with torch.no_grad():
+        sae.b_dec.add_(0.5)
+    c2 = TopKCandidates.of(sae)
+    assert c2 is not c and torch.equal(c2.b_dec_D, sae.b_dec.detach())
+    assert TopKCandidates.of(sae) is c2
+
+
+def test_an_edit_that_changes_nothing_leaves_the_models_activation_untouched(monkeypatch):
+    """An all-positions edit that changes nothing (an ablation the bound proves off) hands the
+    activation back as it is; a later edit at some positions must then write into a copy, not into
+    the tensor the model (and any hook before ours, e.g. a cache) holds."""
+    import steering.session as session
+    from steering import steer
+
+    model = tiny_model()
+    sae = random_sae(model, "topk", hook=HOOK, d_sae=512, k=8, seed=1)
+    TopKCandidates.of(sae).learn_rows = 1
+    tokens = model.to_tokens(PROMPTS[2])  # one prompt, no padding: "all" is every position
+    call = session._HookFn.__call__
+    untouched = []
+
+    def spy(self, x, hook=None):
+        before = x.clone()
+        out = call(self, x, hook)
+        untouched.append(torch.equal(x, before))
+        return out
+
+    monkeypatch.setattr(session._HookFn, "__call__", spy)
+    with torch.no_grad():
+        x = model.run_with_cache(tokens, names_filter=HOOK)[1][HOOK]
+        quiet = int(sae.pre_activations(x[0]).amax(0).argmin())
+        with steer(model, sae, [f"{quiet}:ablate", f"{(quiet + 1) % 512}:add=3@0,2"]):
+            model(tokens)  # the young candidate set learns from the full path
+            model(tokens)  # now the bound settles the ablation: nothing to change there
+    assert untouched == [True, True]
