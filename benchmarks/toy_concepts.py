@@ -33,6 +33,7 @@ class ToySAE:
     layer: int = 2  # hook blocks.<layer>.hook_resid_post
     tokens: int = 8_000_000
     widths: tuple[int, ...] = ()  # Matryoshka prefixes (empty: the trainer's ~4x steps)
+    l0_coefficient: float | None = None  # JumpReLU's sparsity penalty (None: its default); JumpReLU ignores k
 
     @property
     def hook(self) -> str:
@@ -42,13 +43,18 @@ class ToySAE:
     def slug(self) -> str:
         lr = "lrW" if self.lr is None else f"lr{self.lr:g}"
         w = "-w" + ".".join(map(str, self.widths)) if self.widths else ""
-        return f"L{self.layer}-{self.arch}-f{self.d_sae}-k{self.k}-{lr}-t{self.tokens}{w}"
+        c = "" if self.l0_coefficient is None else f"-c{self.l0_coefficient:g}"
+        return f"L{self.layer}-{self.arch}-f{self.d_sae}-k{self.k}-{lr}-t{self.tokens}{w}{c}"
 
     @property
     def label(self) -> str:
         lr = "LR width rule" if self.lr is None else f"LR {self.lr:g}"
         w = f", levels {'/'.join(map(str, self.widths))}" if self.widths else ""
-        return (f"{ARCH_SHORT.get(self.arch, self.arch)} L{self.layer} d_sae {self.d_sae} k {self.k}, {lr}, "
+        if self.arch == "jumprelu":
+            sparsity = "no k, L0 penalty " + ("default" if self.l0_coefficient is None else f"{self.l0_coefficient:g}")
+        else:
+            sparsity = f"k {self.k}"
+        return (f"{ARCH_SHORT.get(self.arch, self.arch)} L{self.layer} d_sae {self.d_sae} {sparsity}, {lr}, "
                 f"{_tokens(self.tokens)} tokens{w}")
 
 
@@ -76,8 +82,8 @@ def parse_sae(text: str, defaults: ToySAE) -> ToySAE:
         try:
             if key == "arch":
                 changes[key] = canonical_name(value.strip())
-            elif key == "lr":
-                changes[key] = None if value.strip() in ("", "auto", "width") else float(value)
+            elif key in ("lr", "l0_coefficient"):
+                changes[key] = None if value.strip() in ("", "auto", "width", "default") else float(value)
             elif key == "widths":
                 changes[key] = tuple(int(w) for w in value.replace("/", " ").split())
             elif key == "tokens":
@@ -120,7 +126,8 @@ def train_one(spec: ToySAE, cache_train: Path, work: Path, log=print) -> dict:
     if record_path.exists():
         return json.loads(record_path.read_text())
     cfg = RunConfig(
-        saes=[SAESpec(spec.arch, d_sae=spec.d_sae, k=spec.k, matryoshka_widths=list(spec.widths), lr=spec.lr, name="sae")],
+        saes=[SAESpec(spec.arch, d_sae=spec.d_sae, k=spec.k, matryoshka_widths=list(spec.widths), lr=spec.lr, name="sae",
+                      options={} if spec.l0_coefficient is None else {"l0_coefficient": spec.l0_coefficient})],
         train=TrainConfig(total_tokens=spec.tokens, batch_size=4096, dead_tokens=1_000_000),
         optim=OptimConfig(),
         checkpoint=CheckpointConfig(every_tokens=0),
@@ -145,6 +152,7 @@ class Scored:
     best: dict  # concept -> ConceptMatch
     dead: int
     dense: int
+    l0: float  # mean latents firing per validation token
     latent: dict = field(default_factory=dict)  # concept -> its best latent
     fits: dict = field(default_factory=dict)  # concept -> (the concept its best latent fits best, that F1)
 
@@ -167,7 +175,8 @@ def score_one(spec: ToySAE, record: dict, cache_val: Path, work: Path, names: li
         j = int(torch.argmax(f1_FC[f]))
         fits[c] = (names[j], float(f1_FC[f, j]))
     (work / "runs" / spec.slug / "concepts.json").write_text(json.dumps([m.__dict__ for m in best.values()], indent=1))
-    return Scored(spec, record, best, int((scores.fires_F == 0).sum()), int((freq > 0.1).sum()), latent, fits)
+    return Scored(spec, record, best, int((scores.fires_F == 0).sum()), int((freq > 0.1).sum()),
+                  float(scores.fires_F.sum()) / scores.n_rows, latent, fits)
 
 
 def activation_rows(cache: Path, hook: str, names: list[str], max_rows: int | None, seed: int = 0):

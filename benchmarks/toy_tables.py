@@ -35,17 +35,17 @@ def toy_section(scored: list[Scored], ceilings: dict, *, command: str, load: tup
     ceil = {layer: {c: v["f1"] for c, v in c_.get("f1", {}).items()} for layer, c_ in ceilings.items()}
 
     rows = ["| SAE (architecture, hook layer, width, k, LR, training tokens) | training CPU s | F1 >= 0.8 | "
-            "median best F1 | mean best F1 | dead / dense latents |", "|---|---|---|---|---|---|"]
+            "median best F1 | mean best F1 | L0 | dead / dense latents |", "|---|---|---|---|---|---|---|"]
     for s in scored:
         f = _f1s(s)
         mark = "**" if s is best else ""
         rows.append(f"| {mark}{s.spec.label}{mark} | {s.record['cpu_s']:.0f} | **{share(f):.1%}** ({sum(v >= F1_GOAL for v in f)}) | "
-                    f"{statistics.median(f):.3f} | {statistics.fmean(f):.3f} | {s.dead} / {s.dense} |")
+                    f"{statistics.median(f):.3f} | {statistics.fmean(f):.3f} | {s.l0:.1f} | {s.dead} / {s.dense} |")
     for layer, c in sorted(ceil.items()):
         f = [c[x] for x in concepts if x in c]
         rows.append(f"| linear ceiling at blocks.{layer}.hook_resid_post (best single direction: logistic probe + "
                     f"threshold) | {ceilings[layer]['cpu_s']:.0f} | **{share(f):.1%}** ({sum(v >= F1_GOAL for v in f)}) | "
-                    f"{statistics.median(f):.3f} | {statistics.fmean(f):.3f} | - |")
+                    f"{statistics.median(f):.3f} | {statistics.fmean(f):.3f} | - | - |")
 
     fams = families_of(concepts)
     cols = [("first row", base)] + [(f"best {ARCH_SHORT.get(a, a)}", s) for a, s in per_arch.items() if s is not base]
@@ -96,7 +96,8 @@ Toy model (4 layers, d_model 128), residual stream `blocks.<layer>.hook_resid_po
 (batch 4096, several passes where the tokens exceed the cache), CPU seconds of the training call. Scored on the
 {eval_rows:,} tokens of the validation split: a latent detects a concept on a token when it fires there (the saved
 inference form); F1 against the token's ground-truth tag (`toyworld.concept_masks`); for each concept (seen >= 20 times)
-the best latent's F1 (`features.concepts`). Dead / dense: latents firing on no / over 10% of the validation tokens.
+the best latent's F1 (`features.concepts`). L0: latents firing per validation token; dead / dense: latents firing on
+no / over 10% of the validation tokens.
 Linear ceiling (`evals.ceiling`): per concept a balanced logistic probe on the activations, fitted with its
 F1-best threshold on {fit_rows:,} random train rows, scored on the same validation tokens: a latent fires where one
 direction passes a threshold, so no SAE latent at that hook can beat the best single direction by much.

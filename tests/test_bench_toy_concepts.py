@@ -22,6 +22,9 @@ def test_parse_sae_overrides_only_the_keys_given():
     assert parse_sae("lr=width,tokens=500k", s).lr is None
     assert parse_sae("tokens=500k", s).tokens == 500_000
     assert parse_sae("", base) == base
+    jr = parse_sae("arch=jumprelu,l0_coefficient=2", base)
+    assert jr.l0_coefficient == 2.0 and "no k, L0 penalty 2" in jr.label and jr.slug.endswith("-c2")
+    assert parse_sae("l0_coefficient=default", jr).l0_coefficient is None
     # every setting has its own folder
     assert len({parse_sae(t, base).slug for t in ("k=8", "k=16", "lr=2e-3", "layer=1", "widths=64/1024", "arch=batchtopk")}) == 6
 
