@@ -3,7 +3,8 @@ a time, on one shared activation cache), score every concept's best single laten
 `features.concepts`), and set it against the linear ceiling at the same hook (`evals.ceiling`).
 Used by `python benchmarks/bench_features.py toy` (see its --help).
 
-A setting is written `arch=topk,d_sae=2048,k=16,lr=2e-3,layer=1,tokens=8M,widths=64/256/2048`;
+A setting is written `arch=topk,d_sae=2048,k=16,lr=2e-3,layer=1,tokens=8M,widths=64/256/2048` (JumpReLU: no k,
+`arch=jumprelu,l0_coefficient=0.1`);
 omitted keys take the command's defaults. Each SAE is trained in `<work>/runs/<slug>/` and reused
 when its `bench.json` is there (so a re-run only trains the new settings); CPU seconds are the
 training process's (all threads), measured around `training.train`.
