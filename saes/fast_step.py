@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from saes.base import SAE
-from saes.objective import DEFAULT_AUX_COEF, default_k_aux, training_target
+from saes.objective import DEFAULT_AUX_COEF, default_k_aux, decoder_goal
 from saes.sparse import SparseActs
 from saes.step import STEP_METHODS, GradResult
 from saes.topk_select import BatchGroup, batch_top_entries, row_topk, sort_order, take_top
@@ -295,12 +295,8 @@ def _fast_grads(
     group: BatchGroup | None,
     target_BO: Tensor | None = None,
 ) -> GradResult:
-    x_BD = sae._rows(x_BD).contiguous()
+    x_BD, goal_BO, skip_BO = decoder_goal(sae, x_BD, target_BO)
     B, D = x_BD.shape
-    skip_BO = sae.skip_term(x_BD)
-    goal_BO = training_target(sae, x_BD, target_BO)  # what the decoder output must match
-    if skip_BO is not None:
-        goal_BO = goal_BO - skip_BO
     goal_BO = goal_BO.contiguous()
     O = goal_BO.shape[1]
     Fdim, dtype, dev = sae.d_sae, sae.dtype, x_BD.device

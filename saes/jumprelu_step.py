@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from saes.jumprelu import fires, in_band
-from saes.objective import training_target
+from saes.objective import decoder_goal
 from saes.sparse import SparseActs
 from saes.step import GradResult
 from saes.topk_select import sort_order
@@ -36,12 +36,8 @@ def jumprelu_grads(sae, x_BD: Tensor, dead_mask_F: Tensor | None, step: int, enc
     from saes.fast_step import _bag_sum, _encode, _entry_dots, _offsets  # fast_step imports this module
 
     cfg = sae.cfg
-    x_BD = sae._rows(x_BD).contiguous()
+    x_BD, goal_BO, skip_BO = decoder_goal(sae, x_BD, target_BO)
     B, D = x_BD.shape
-    skip_BO = sae.skip_term(x_BD)
-    goal_BO = training_target(sae, x_BD, target_BO)  # what the decoder output must match
-    if skip_BO is not None:
-        goal_BO = goal_BO - skip_BO
     Fdim, dtype, dev = sae.d_sae, sae.dtype, x_BD.device
     W_enc, W_dec, b_dec = sae.W_enc.detach(), sae.W_dec.detach().contiguous(), sae.b_dec.detach()
     t_F, bw = sae.threshold.detach(), cfg.jumprelu_bandwidth

@@ -89,3 +89,17 @@ def training_target(sae: SAE, x_BD: Tensor, target_BO: Tensor | None) -> Tensor:
     if y_BO.shape[0] != x_BD.shape[0]:
         raise ValueError(f"{x_BD.shape[0]} input rows but {y_BO.shape[0]} target rows: the pairs are misaligned")
     return y_BO
+
+
+class DecoderGoal(NamedTuple):
+    x_BD: Tensor  # the input as [B, D] rows in the SAE's dtype
+    goal_BO: Tensor  # what the decoder output alone must match
+    skip_BO: Tensor | None  # a skip transcoder's linear term (None without one)
+
+
+def decoder_goal(sae: SAE, x_BD: Tensor, target_BO: Tensor | None) -> DecoderGoal:
+    """For the hand-written steps: the training target less a skip transcoder's linear term."""
+    x_BD = sae._rows(x_BD).contiguous()
+    goal_BO = training_target(sae, x_BD, target_BO)
+    skip_BO = sae.skip_term(x_BD)
+    return DecoderGoal(x_BD, goal_BO if skip_BO is None else goal_BO - skip_BO, skip_BO)

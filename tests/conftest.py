@@ -19,3 +19,21 @@ def real_models(tmp_path_factory, real_corpus):
     from helpers.real_models import RealModels
 
     return RealModels(tmp_path_factory.mktemp("real-models"), real_corpus)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one torch thread (the CI machine has 2 busy cores). A module
+    asks for it with `pytestmark = [pytest.mark.usefixtures("one_thread")]`."""
+    from helpers.threads import torch_threads
+
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    """The tiny TransformerLens model of `helpers.tiny_model` (d_model 32, 2 layers, context 32), one per module."""
+    from helpers.tiny_model import make_model, make_tokenizer
+
+    return make_model(make_tokenizer(), d_model=32, n_layers=2, n_ctx=32, seed=0)

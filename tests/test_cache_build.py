@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.threads import torch_threads
 from helpers.tiny_model import make_model, make_tokenizer, write_corpus
 from saes.hookpoints import UnknownHookError
 from training.cache import build_cache
@@ -24,14 +23,9 @@ from training.reader import CacheReader
 from training.shardset import all_rows, iter_shards
 from training.text import TextConfig
 
+pytestmark = [pytest.mark.usefixtures("one_thread")]
+
 H0 = "blocks.0.hook_resid_post"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (the CI machine has 2 busy cores)."""
-    with torch_threads(1):
-        yield
 
 
 @pytest.fixture(scope="module")

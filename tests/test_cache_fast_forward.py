@@ -9,16 +9,9 @@ import warnings
 import pytest
 import torch
 
-from helpers.threads import torch_threads
 from helpers.tiny_model import make_model, make_tokenizer, write_corpus
 
-pytestmark = pytest.mark.filterwarnings("ignore:HookedTransformer is deprecated:DeprecationWarning")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    with torch_threads(1):
-        yield
+pytestmark = [pytest.mark.filterwarnings("ignore:HookedTransformer is deprecated:DeprecationWarning"), pytest.mark.usefixtures("one_thread")]
 
 
 def build(seed=0, **kw):

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers.threads import torch_threads
 from helpers.tiny_model import make_model, make_tokenizer, write_corpus
+
+pytestmark = [pytest.mark.usefixtures("one_thread")]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,13 +44,6 @@ CHILD = textwrap.dedent("""
                 progress=False, log=None)
     print("finished", flush=True)
 """)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread on a busy 2-core machine; the child uses one too."""
-    with torch_threads(1):
-        yield
 
 
 def tree(d: Path) -> dict[str, bytes]:

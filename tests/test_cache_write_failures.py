@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from helpers.threads import torch_threads
 from helpers.tiny_model import make_model, make_tokenizer, write_corpus
 from training.cache import build_cache
 from training.cache_config import CacheConfig
@@ -27,14 +26,10 @@ from training.writer import CacheDiskFullError, CacheWriteError
 from training.manifest import read_manifest
 from training.text import TextConfig
 
+pytestmark = [pytest.mark.usefixtures("one_thread")]
+
 H0 = "blocks.0.hook_resid_post"
 TOKENS = 16 * 30  # 30 contexts of 16 tokens, 8 contexts per shard: 4 shards
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    with torch_threads(1):
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -167,6 +162,7 @@ resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), resource.RLIM_INFIN
 from test_cache_write_failures import build, make_model, make_tokenizer
 from pathlib import Path
 from training.writer import CacheDiskFullError
+
 model = make_model(make_tokenizer(), d_model=64, n_layers=2, n_ctx=64, seed=0)
 try:
     build(model, Path(sys.argv[4]), Path(sys.argv[1]))

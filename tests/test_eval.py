@@ -13,17 +13,10 @@ import pytest
 import torch
 
 from helpers import foreign_saes as fs
-from helpers.threads import torch_threads
 from saesteer.cli import main
 
 HOOK = "blocks.2.hook_resid_post"
 D = 128  # the toy model's d_model
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    with torch_threads(1):
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -7,21 +7,16 @@ from features import FeatureStore, LabelProvenance, TensorSource, build_feature_
 from features.analysis import final_norm_transform, logit_effects
 from features.text import features_on_text, hook_activations
 from helpers.feature_fixtures import make_sae, small_config
-from helpers.tiny_model import make_documents, make_model, make_tokenizer
-from helpers.threads import torch_threads
+from helpers.tiny_model import make_documents
+
+pytestmark = [pytest.mark.usefixtures("one_thread")]
 
 HOOK = "blocks.0.hook_resid_post"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    with torch_threads(1):
-        yield
-
-
 @pytest.fixture(scope="module")
-def model():
-    return make_model(make_tokenizer(), d_model=32, n_layers=2, n_ctx=32, seed=0)
+def model(tiny_model):
+    return tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -239,11 +239,11 @@ def test_steering_under_the_kv_cache_on_the_device(device):
 
 def test_stored_fp16_rows_become_the_same_fp32_rows_on_the_device(device):
     """`saesteer train --device cuda` reads the cache as stored (fp16) and converts on the device."""
-    from saesteer.commands.train import _reader_dtype
+    from saesteer.commands._train_data import reader_dtype
     from training.config import RunConfig, SAESpec, TrainConfig
     from training.trainer import Trainer
 
-    assert _reader_dtype("cuda:0") == {"dtype": None} and _reader_dtype("cpu") == {}
+    assert reader_dtype("cuda:0") == {"dtype": None} and reader_dtype("cpu") == {}
     s = sizes(device)
     tr = Trainer(RunConfig(saes=[SAESpec("topk", d_sae=s.d_sae, k=s.k)], train=TrainConfig(device=str(device))), s.d_in)
     tr.scale = 1.5

@@ -7,24 +7,18 @@ import pytest
 import torch
 
 import saes
-from helpers.threads import torch_threads
-from helpers.tiny_model import make_model, make_tokenizer
 from steering import SteeringError, current_activations, hooks_attached, steer
+
+pytestmark = [pytest.mark.usefixtures("one_thread")]
 
 H_IN = "blocks.0.ln2.hook_normalized"
 H_OUT = "blocks.0.hook_mlp_out"
 BEFORE = ["hook_embed", "blocks.0.hook_resid_pre", "blocks.0.hook_attn_out", "blocks.0.hook_resid_mid", H_IN]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with torch_threads(1):
-        yield
-
-
 @pytest.fixture(scope="module")
-def model():
-    return make_model(make_tokenizer(), d_model=32, n_layers=2, n_ctx=32, seed=0)
+def model(tiny_model):
+    return tiny_model
 
 
 @pytest.fixture(scope="module")

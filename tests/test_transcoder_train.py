@@ -4,15 +4,13 @@ splices the prediction in place of the MLP; bad hook pairs are refused in one li
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
 
 import saes
-from helpers.threads import torch_threads
-from helpers.tiny_model import make_model, make_tokenizer, write_corpus
+from helpers.tiny_model import write_corpus
 from saes.hookpoints import HookPairError, UnknownHookError, check_transcoder_hooks
 from training import RunConfig, SAESpec, train
 from training.cache import build_cache
@@ -22,20 +20,16 @@ from training.evaluate import ModelEval, splice_metrics
 from training.reader import CacheReader
 from training.text import TextConfig
 
+pytestmark = [pytest.mark.usefixtures("one_thread")]
+
 H_IN = "blocks.0.ln2.hook_normalized"
 H_OUT = "blocks.0.hook_mlp_out"
 B = 64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with torch_threads(1):
-        yield
-
-
 @pytest.fixture(scope="module")
-def model():
-    return make_model(make_tokenizer(), d_model=32, n_layers=2, n_ctx=32, seed=0)
+def model(tiny_model):
+    return tiny_model
 
 
 @pytest.fixture(scope="module")

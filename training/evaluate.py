@@ -101,14 +101,7 @@ def evaluate_activations(
         skip_BD = sae.skip_term(x_in)
         active_N = acts.values_N != 0
         fires_F += torch.bincount(acts.indices_N[active_N], minlength=sae.d_sae).double()
-        if widths:
-            recons = [r if skip_BD is None else r + skip_BD for r in sae.level_reconstructions(acts)]
-            for j, r in enumerate(recons):
-                level_resid[j] += (y_BD - r / out_scale).double().pow(2).sum()
-                level_l0[j] += (active_N & (acts.indices_N < widths[j])).sum()
-            recon = recons[-1]
-        else:
-            recon = sae.decode(acts) if skip_BD is None else sae.decode(acts) + skip_BD
+        recon = _reconstruction(sae, acts, skip_BD, y_BD, out_scale, level_resid, level_l0)
         acc.resid += (y_BD - recon / out_scale).double().pow(2).sum()
     n = max(acc.n, 1)
     freq_F = fires_F / n
@@ -127,6 +120,21 @@ def evaluate_activations(
             for j, w in enumerate(widths)
         ]
     return out
+
+
+def _reconstruction(sae: SAE, acts: Any, skip_BD: Tensor | None, y_BD: Tensor, out_scale: float,
+                    level_resid: Tensor, level_l0: Tensor) -> Tensor:
+    """The SAE's reconstruction (skip term included); a Matryoshka SAE also adds each level's
+    residual and L0 to `level_resid` / `level_l0`."""
+    widths = sae.levels
+    if not widths:
+        return sae.decode(acts) if skip_BD is None else sae.decode(acts) + skip_BD
+    active_N = acts.values_N != 0
+    recons = [r if skip_BD is None else r + skip_BD for r in sae.level_reconstructions(acts)]
+    for j, r in enumerate(recons):
+        level_resid[j] += (y_BD - r / out_scale).double().pow(2).sum()
+        level_l0[j] += (active_N & (acts.indices_N < widths[j])).sum()
+    return recons[-1]
 
 
 def sae_reconstructor(sae: SAE, scale: float = 1.0, target_scale: float | None = None) -> Callable[[Tensor], Tensor]:
@@ -200,43 +208,48 @@ def splice_metrics(
     device = model_device(model)
     sums = torch.zeros(5, dtype=torch.float64)  # ce clean, spliced, zero, kl, positions
     for chunk in tokens_NS.split(batch_size):
-        toks = chunk.to(device)
-        keep_NS = torch.isin(toks, keep.to(device)) if keep.numel() else torch.zeros_like(toks, dtype=torch.bool)
-
-        captured: dict[str, Tensor] = {}
-
-        def capture(act: Tensor, hook: Any = None) -> None:
-            captured["input"] = act
-
-        def replace_with(fn: Callable[[Tensor], Tensor], from_input: bool = False):
-            def hook(act: Tensor, hook: Any = None) -> Tensor:
-                new = fn(captured.pop("input") if from_input else act)
-                if new.shape != act.shape:
-                    raise ValueError(f"replacement for {hook_name} has shape {tuple(new.shape)}, expected {tuple(act.shape)}")
-                mask = keep_NS.reshape(keep_NS.shape + (1,) * (act.ndim - 2))
-                return torch.where(mask, act, new.to(act.dtype))
-
-            return hook
-
-        clean = model(toks)
-        ref_logp = F.log_softmax(clean[:, :-1].float(), dim=-1)
-        ce_clean, _ = _next_token_ce_kl(clean, toks, None)
-        del clean
-        splice = [(hook_name, replace_with(reconstruct, input_hook is not None))]
-        with model.hooks(fwd_hooks=([(input_hook, capture)] if input_hook is not None else []) + splice):
-            spliced = model(toks)
-        ce_spliced, kl = _next_token_ce_kl(spliced, toks, ref_logp)
-        del spliced
-        with model.hooks(fwd_hooks=[(hook_name, replace_with(torch.zeros_like))]):
-            zero = model(toks)
-        ce_zero, _ = _next_token_ce_kl(zero, toks, None)
-        sums += torch.stack([ce_clean.double().cpu(), ce_spliced.double().cpu(), ce_zero.double().cpu(),
-                             kl.double().cpu(), torch.tensor(float(toks.shape[0] * (toks.shape[1] - 1)), dtype=torch.float64)])
+        sums += _splice_chunk_sums(model, reconstruct, hook_name, input_hook, chunk.to(device), keep)
     n = float(sums[4])
     clean_ce, spliced_ce, zero_ce, kl = (float(v) / n for v in sums[:4])  # per predicted position
     denom = zero_ce - clean_ce
     recovered = (zero_ce - spliced_ce) / denom if denom != 0 else float("nan")
     return SpliceMetrics(clean_ce, spliced_ce, zero_ce, recovered, kl)
+
+
+def _splice_chunk_sums(model: Any, reconstruct: Callable[[Tensor], Tensor], hook_name: str, input_hook: str | None,
+                       toks: Tensor, keep: Tensor) -> Tensor:
+    """One chunk's summed CE (clean, spliced, zero-ablated), summed KL and predicted positions."""
+    keep_NS = torch.isin(toks, keep.to(toks.device)) if keep.numel() else torch.zeros_like(toks, dtype=torch.bool)
+    captured: dict[str, Tensor] = {}
+
+    def capture(act: Tensor, hook: Any = None) -> None:
+        captured["input"] = act
+
+    def replace_with(fn: Callable[[Tensor], Tensor], from_input: bool = False):
+        def hook(act: Tensor, hook: Any = None) -> Tensor:
+            new = fn(captured.pop("input") if from_input else act)
+            if new.shape != act.shape:
+                raise ValueError(f"replacement for {hook_name} has shape {tuple(new.shape)}, expected {tuple(act.shape)}")
+            mask = keep_NS.reshape(keep_NS.shape + (1,) * (act.ndim - 2))
+            return torch.where(mask, act, new.to(act.dtype))
+
+        return hook
+
+    clean = model(toks)
+    ref_logp = F.log_softmax(clean[:, :-1].float(), dim=-1)
+    ce_clean, _ = _next_token_ce_kl(clean, toks, None)
+    del clean
+    splice = [(hook_name, replace_with(reconstruct, input_hook is not None))]
+    with model.hooks(fwd_hooks=([(input_hook, capture)] if input_hook is not None else []) + splice):
+        spliced = model(toks)
+    ce_spliced, kl = _next_token_ce_kl(spliced, toks, ref_logp)
+    del spliced
+    with model.hooks(fwd_hooks=[(hook_name, replace_with(torch.zeros_like))]):
+        zero = model(toks)
+    ce_zero, _ = _next_token_ce_kl(zero, toks, None)
+    assert kl is not None
+    return torch.stack([ce_clean.double().cpu(), ce_spliced.double().cpu(), ce_zero.double().cpu(),
+                        kl.double().cpu(), torch.tensor(float(toks.shape[0] * (toks.shape[1] - 1)), dtype=torch.float64)])
 
 
 @dataclass

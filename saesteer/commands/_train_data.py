@@ -1,0 +1,200 @@
+"""`saesteer train`'s data: the batch source (a cache, or the model run on text), the CE-loss
+evaluation's model and held-out contexts, and the provenance the SAE folders record."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def prepare_data(run_cfg, data_cfg, text_cfg, coll=None, allow_model_mismatch: bool = False):
+    """The batch source, the CE evaluation (or None) and the provenance for the SAE folders.
+
+    Data parallel (`coll`): this rank's reader (rows r*B/W..(r+1)*B/W of every global batch of
+    --batch-size rows); only rank 0 loads the model for the CE evaluation."""
+    t = run_cfg.train
+    rank, world = (coll.rank, coll.world_size) if coll is not None else (0, 1)
+    if world > 1 and not data_cfg.cache:
+        raise ValueError("training with several processes (torchrun) reads an activation cache: run `saesteer cache` "
+                         "first and pass --cache (without one, every rank would run the model over the same text)")
+    if world > 1 and t.batch_size % world:
+        raise ValueError(f"--batch-size {t.batch_size} is the global batch and must split evenly over the {world} "
+                         f"ranks; use a multiple of {world}")
+    if data_cfg.cache:
+        return _from_cache(run_cfg, data_cfg, rank, world, allow_model_mismatch)
+    return _from_model(run_cfg, data_cfg, text_cfg)
+
+
+def _cache_reader(data_cfg, t, rank: int, world: int):
+    """This rank's reader of the cache: its own shards (dp_partition shards), or its slice of every
+    global batch of the one stream (rows)."""
+    from training.reader import CacheReader
+
+    if world > 1 and data_cfg.dp_partition == "shards":  # this rank's own shards, its own stream
+        from training.manifest import read_manifest
+        from training.reader import rank_shards
+
+        mine = rank_shards([sh.rows for sh in read_manifest(data_cfg.cache).shards], rank, world)
+        return CacheReader(data_cfg.cache, t.batch_size // world, hook=data_cfg.hook, seed=t.seed, epochs=None,
+                           buffer_rows=data_cfg.reader_buffer_rows, shards=mine, target_hook=data_cfg.target_hook,
+                           **reader_dtype(t.device))
+    # rows: rank r keeps rows [r*B/W, (r+1)*B/W) of each global batch of the one stream
+    return CacheReader(data_cfg.cache, t.batch_size // world, hook=data_cfg.hook, seed=t.seed, epochs=None,
+                       buffer_rows=data_cfg.reader_buffer_rows, rank=rank, world_size=world,
+                       target_hook=data_cfg.target_hook, **reader_dtype(t.device))
+
+
+def _from_cache(run_cfg, data_cfg, rank: int, world: int, allow_model_mismatch: bool):
+    """Batches from an activation cache; the CE evaluation with the cache's model (rank 0)."""
+    from training.sources import cache_provenance
+
+    t = run_cfg.train
+    reader = _cache_reader(data_cfg, t, rank, world)
+    man = reader.manifest
+    recorded = man.recorded_model()
+    if data_cfg.process_weights and recorded is not None and not recorded.processed:
+        raise ValueError(f"the cache {data_cfg.cache} was made with {recorded.id}'s raw weights, so --process-weights "
+                         f"does not apply; leave it out, or cache again with `saesteer cache --process-weights`")
+    prov = cache_provenance(man, data_cfg.cache, reader.hook)
+    if reader.target_hook is not None:
+        prov["hook_name_out"] = reader.target_hook
+    prov["reader_buffer_rows"] = data_cfg.reader_buffer_rows  # with train.seed: which rows were held out
+    if world > 1:
+        prov.update(world_size=world, dp_partition=data_cfg.dp_partition)
+    if t.total_tokens + t.holdout_tokens > man.total_rows:
+        print(f"note: {t.total_tokens + t.holdout_tokens:,} tokens asked for, the cache holds {man.total_rows:,} rows: "
+              f"the reader makes {(t.total_tokens + t.holdout_tokens) / max(1, man.total_rows):.1f} passes over it")
+    model = None
+    if data_cfg.model_eval and rank == 0:
+        model = _eval_model(data_cfg.model, man, data_cfg.cache, allow_model_mismatch)
+    if model is None:
+        return reader, None, prov
+    return reader, _cache_model_eval(run_cfg, data_cfg, reader, model, prov, allow_model_mismatch), prov
+
+
+def _cache_model_eval(run_cfg, data_cfg, reader, model, prov: dict, allow_model_mismatch: bool):
+    """The CE evaluation of a cached run: held-out text when there is some (else the cache's last
+    shard, with a note); fills prov's model identity (older caches) and ce_eval_data."""
+    from training.evaluate import ModelEval
+    from training.sources import contexts_from_cache, text_config_from_manifest, text_documents_read
+
+    man = reader.manifest
+    if prov.get("model_identity") is None and not allow_model_mismatch:  # a cache from an older version:
+        from saesteer.models import model_identity  # its id matched this model, whose record is complete
+
+        ident = model_identity(model)
+        prov.update(model_identity=ident.to_json(), model_name=ident.saelens_model_name)
+    n = run_cfg.eval.ce_contexts
+    held = _heldout(text_config_from_manifest(man), data_cfg, model.tokenizer, n, text_documents_read(man))
+    if held is None:
+        print("note: CE evaluation uses contexts from the cache's last shard, which is trained-on text; give "
+              "held-out text with --eval-dataset PATH or --eval-split NAME")
+        tokens = contexts_from_cache(data_cfg.cache, n)
+        prov["ce_eval_data"] = {"cache": str(data_cfg.cache), "contexts": int(tokens.shape[0]), "trained_on": True}
+    else:
+        tokens, prov["ce_eval_data"] = held.tokens_NL, held.provenance()
+    keep = tuple(int(i) for i in man.settings.get("excluded_token_ids") or ())
+    if reader.target_hook is not None:  # the transcoder replaces its target, reading its input hook
+        from saes.hookpoints import check_transcoder_hooks
+
+        check_transcoder_hooks(model, reader.hook, reader.target_hook, d_in=reader.d_in, d_out=reader.d_out)
+        return ModelEval(model, reader.target_hook, tokens, keep, input_hook=reader.hook)
+    return ModelEval(model, reader.hook, tokens, keep)
+
+
+def _from_model(run_cfg, data_cfg, text_cfg):
+    """No cache: activations straight from the model (one pass over the text; resume replays it)."""
+    from saesteer.models import check_hook_names, load_model, model_identity, start_model_spec
+    from training.evaluate import ModelEval
+    from training.live import model_batches
+    from training.text import resolve_data
+
+    t = run_cfg.train
+    model = load_model(start_model_spec(data_cfg.model, text_cfg.dataset), device=t.device,  # toy for toy text only
+                       process_weights=data_cfg.process_weights)
+    hook = data_cfg.hook or f"blocks.{model.cfg.n_layers // 2}.hook_resid_post"
+    check_hook_names(model, hook)
+    target = data_cfg.target_hook
+    if target is not None:
+        from saes.hookpoints import check_transcoder_hooks
+
+        check_transcoder_hooks(model, hook, target)
+    source = _Replayable(lambda: model_batches(model, text_cfg, hook, t.batch_size, seed=t.seed, target_hook=target))
+    ident = model_identity(model)
+    data = resolve_data(text_cfg)  # the split's files (and a clear error for a split the data lacks)
+    prov = {"model": ident.id, "model_revision": ident.revision, "model_identity": ident.to_json(),
+            "model_name": ident.saelens_model_name,
+            "hook_name": hook, **({"hook_name_out": target} if target else {}),
+            "dataset": text_cfg.dataset, "dataset_split": data.split,
+            "dataset_files": [str(p) for p in data.files] or None,
+            "context_size": text_cfg.context_length, "prepend_bos": text_cfg.bos_policy == "prepend"}
+    model_eval = None
+    if data_cfg.model_eval and run_cfg.eval.ce_contexts > 0:
+        held = _heldout(text_cfg, data_cfg, model.tokenizer, run_cfg.eval.ce_contexts, None)
+        if held is None:
+            print("note: no CE evaluation: give held-out text with --eval-dataset PATH or --eval-split NAME")
+        else:
+            bos = model.tokenizer.bos_token_id
+            keep = (bos,) if bos is not None else ()
+            model_eval = (ModelEval(model, hook, held.tokens_NL, keep) if target is None
+                          else ModelEval(model, target, held.tokens_NL, keep, input_hook=hook))
+            prov["ce_eval_data"] = held.provenance()
+    return source, model_eval, prov
+
+
+def reader_dtype(device: str) -> dict:
+    """On a GPU the reader yields rows as stored (fp16/bf16) and the trainer converts them there:
+    half the bytes over PCIe and no per-batch conversion on the CPU (the same fp32 values)."""
+    return {"dtype": None} if str(device).startswith("cuda") else {}
+
+
+def _heldout(train_text, data_cfg, tokenizer, n: int, train_docs: int | None):
+    """The CE evaluation's held-out contexts (training.heldout), with notes on what was read; None
+    (with a note) when the training data has no split --eval-split. An --eval-dataset that cannot
+    be read, or eval text that is all training text, is an error (ValueError)."""
+    from training.heldout import eval_text_config, heldout_contexts
+
+    try:
+        eval_text = eval_text_config(train_text, data_cfg.eval_dataset, data_cfg.eval_split)
+        held = heldout_contexts(train_text, eval_text, tokenizer, n, train_docs=train_docs,
+                                allow_overlap=data_cfg.allow_eval_overlap)
+    except (ValueError, OSError) as e:
+        from training.heldout import EvalOverlapError
+
+        if data_cfg.eval_dataset or isinstance(e, EvalOverlapError):
+            raise ValueError(f"CE evaluation: {e}") from None
+        print(f"note: split {data_cfg.eval_split!r} of the training data is unavailable for the CE evaluation ({e})")
+        return None
+    where = ", ".join(Path(f).name for f in held.files[:3]) + (" ..." if len(held.files) > 3 else "")
+    print(f"CE evaluation on {held.tokens_NL.shape[0]} contexts of {eval_text.dataset!r} split {eval_text.split!r}"
+          + (f" ({where})" if where else "") + f"; {held.overlap.describe()}")
+    if held.overlap.in_training:
+        print(f"note: {held.overlap.in_training} of the {held.overlap.eval_documents} eval documents are also "
+              f"training documents (recorded in metrics.json and saesteer.json as ce_eval_data.overlap)")
+    return held
+
+
+class _Replayable:
+    """An iterable that restarts a generator each time it is iterated (resume replays it)."""
+
+    def __init__(self, make):
+        self._make = make
+
+    def __iter__(self):
+        return iter(self._make())
+
+
+def _eval_model(spec: str | None, man, cache_dir: str, allow_mismatch: bool):
+    """The model for the CE evaluation: --model (refused if it is not the cache's model, unless
+    --allow-model-mismatch), else the cache's recorded model; None (with a note) when there is no
+    model to load."""
+    from saes.identity import ModelIdentityError, ModelMismatchError
+    from saesteer.models import load_recorded_model
+
+    try:
+        return load_recorded_model(man.recorded_model(), spec, recorded_in=f"the cache {cache_dir}", device="cpu",
+                                   allow_mismatch=allow_mismatch)
+    except ModelMismatchError:
+        raise
+    except (ModelIdentityError, OSError, ValueError, RuntimeError) as e:
+        print(f"note: no CE loss recovered: {e}")
+        return None
