@@ -4,11 +4,13 @@
         Build-pass throughput at d_in 512, d_sae 8192, k 32 (the perf-notes shape) on activations
         with real sparse structure, next to the SAE encoder alone over the same rows.
     python benchmarks/bench_features.py rate       (after toy: caching vs the pass, alternated)
-    python benchmarks/bench_features.py toy [--train-tokens 3000000] [--eval-tokens 400000]
-        The toy world end to end: cache the toy model (train and validation text), train a TopK and
-        a Matryoshka SAE with the trainer, build both feature stores over the validation cache, and
-        for every ground-truth concept the best single latent's F1; reports the fraction of concepts
-        with F1 >= 0.8, and the pass throughput next to the caching throughput.
+    python benchmarks/bench_features.py toy [--sae arch=batchtopk,layer=1,k=8,tokens=32M ...]
+        The toy world's concept recovery: cache the toy model once (train and validation text, every
+        layer asked for), train each --sae setting alone on that cache (reused when already trained),
+        and for every ground-truth concept the best single latent's F1 on the validation text; reports
+        per SAE and per concept family the share of concepts at F1 >= 0.8, the linear ceiling at each
+        hook (the best single direction, `evals.ceiling`) and why the best SAE's concepts fail
+        (benchmarks/toy_concepts.py, toy_tables.py).
 
 Medians of several runs where it matters; the machine is shared, so the load average is printed.
 """
@@ -131,118 +133,63 @@ Pass state: {res.state_bytes / 2**20:.0f} MiB, independent of the number of toke
 
 
 # ---------------------------------------------------------------------------------------------
+DEFAULT_TOY_SAES = (
+    # the first version of this table: TopK and Matryoshka at blocks.2, width-rule LR, 8M tokens
+    "arch=topk", "arch=matryoshka",
+    # TopK, one change at a time (defaults: d_sae 1024, k 16, 8M tokens): LR, layer, length, k, width
+    "lr=2e-3", "layer=1,lr=2e-3", "layer=0,lr=2e-3", "layer=1", "layer=1,lr=5e-4",
+    "layer=1,lr=2e-3,tokens=2M", "layer=1,lr=2e-3,tokens=32M",
+    "layer=1,lr=2e-3,k=8,tokens=2M", "layer=1,lr=2e-3,k=32,tokens=2M", "layer=1,lr=2e-3,k=64,tokens=2M",
+    "layer=1,lr=2e-3,k=8", "layer=1,lr=2e-3,d_sae=4096,tokens=2M",
+    # BatchTopK and Matryoshka at the better LR
+    "layer=1,lr=2e-3,arch=batchtopk", "layer=1,lr=2e-3,arch=batchtopk,k=8", "layer=1,lr=2e-3,arch=batchtopk,d_sae=2048",
+    "layer=1,lr=2e-3,arch=batchtopk,tokens=32M",
+    "layer=0,lr=2e-3,arch=batchtopk", "layer=0,lr=2e-3,arch=batchtopk,tokens=32M", "layer=0,lr=2e-3,arch=batchtopk,tokens=64M",
+    "layer=1,lr=2e-3,arch=matryoshka", "layer=1,lr=2e-3,arch=matryoshka,widths=32/128/1024",
+    # JumpReLU (no k: its L0 comes from the penalty), blocks.0
+    "layer=0,arch=jumprelu", "layer=0,lr=2e-3,arch=jumprelu", "layer=0,lr=2e-3,arch=jumprelu,l0_coefficient=0.1",
+    "layer=0,lr=2e-3,arch=jumprelu,l0_coefficient=0.01",
+)
+
+
+CACHE_LAYERS = (0, 1, 2)  # the toy cache holds these layers' residual stream (one forward for all)
+
+
 def toy(args) -> None:
+    """Concept recovery in the toy world for every --sae setting (benchmarks/toy_concepts.py)."""
     import toyworld
-    from features import BuildConfig, CacheSource, FeatureStore, build_feature_store
-    from features.concepts import concept_f1_over_source
-    from saesteer.models import load_model, model_id
-    from training.cache import build_cache
-    from training.cache_config import CacheConfig
-    from training.config import CheckpointConfig, EvalConfig, LogConfig, RunConfig, SAESpec, TrainConfig
-    from training.run import train
-    from training.reader import CacheReader
-    from training.text import TextConfig
+    from toy_concepts import ToySAE, cache_tokens, ceiling_for_layer, parse_sae, score_one, train_one
+    from toy_tables import toy_section
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    hook = "blocks.2.hook_resid_post"
-    model = load_model("toy", device="cpu")
-    load0 = load_average()
-    caches = {}
-    for split, tokens in (("train", args.train_tokens), ("validation", args.eval_tokens)):
-        out = work / f"cache-{split}"
-        t0 = time.perf_counter()
-        build_cache(model, TextConfig(dataset="toy", split=split, context_length=128),
-                    CacheConfig(out=str(out), hooks=[hook], max_tokens=tokens), progress=True)
-        caches[split] = out
-        print(f"cache {split}: up to {tokens:,} tokens in {time.perf_counter() - t0:.1f} s", flush=True)
-
-    run_dir = work / "run"
-    specs = [SAESpec("topk", d_sae=args.d_sae, k=args.k, name="topk"),
-             SAESpec("matryoshka_batchtopk", d_sae=args.d_sae, k=args.k, name="matryoshka")]
-    cfg = RunConfig(
-        saes=specs,
-        train=TrainConfig(total_tokens=args.train_tokens * args.epochs, batch_size=4096, dead_tokens=1_000_000),
-        checkpoint=CheckpointConfig(every_tokens=0),
-        eval=EvalConfig(every_tokens=0, ce_contexts=0),
-        log=LogConfig(progress=True),
-    )
-    if not (run_dir / "saes" / "matryoshka" / "cfg.json").exists():
-        reader = CacheReader(caches["train"], batch_size=4096, seed=0, epochs=None)
-        t0 = time.perf_counter()
-        train(cfg, reader, run_dir, provenance={"model_name": "toyworld-tiny", "hook_name": hook})
-        print(f"trained in {time.perf_counter() - t0:.0f} s", flush=True)
-
-    import saes as saes_pkg
-
+    defaults = ToySAE(d_sae=args.d_sae, k=args.k, layer=args.layer, tokens=args.sae_tokens)
+    specs = [parse_sae(s, defaults) for s in (args.sae or DEFAULT_TOY_SAES)]
+    layers = sorted({s.layer for s in specs} | set(args.ceiling_layers or []))
+    if not set(layers) <= set(CACHE_LAYERS):
+        raise SystemExit(f"toy: layers {layers} asked for; the cache holds layers {CACHE_LAYERS} (--sae layer=, --ceiling-layers)")
     names = list(toyworld.CONCEPTS)
-    source = CacheSource(caches["validation"], hook=hook)
-    rows = []
+    load0 = load_average()
+    caches = cache_tokens(work, CACHE_LAYERS, args.train_tokens, args.eval_tokens)
+    scored = []
     for spec in specs:
-        sae = saes_pkg.load_sae(run_dir / "saes" / spec.name).eval()
-        store_path = work / f"{spec.name}.db"
-        res = build_feature_store(store_path, sae, source, BuildConfig(), model=model, sae_path=str(run_dir / "saes" / spec.name),
-                                  overwrite=True, progress=True)
-        t0 = time.perf_counter()
-        scores = concept_f1_over_source(sae, source, lambda ids: toyworld.concept_masks(ids, names), names)
-        t_f1 = time.perf_counter() - t0
-        best = scores.best_per_concept(min_positives=args.min_positives)
-        with FeatureStore.open(store_path, readonly=False) as st:
-            st.write_concept_matches([m for c in best for m in scores.top(c.concept, 5)], source="toyworld.concept_masks")
-            summary = st.meta["summary"]
-        (work / f"{spec.name}-concepts.json").write_text(json.dumps([m.__dict__ for m in best], indent=1))
-        frac = sum(m.f1 >= 0.8 for m in best) / len(best)
-        rows.append((spec, res, frac, best, summary, t_f1))
-        print(f"{spec.name}: {frac:.1%} of {len(best)} concepts with F1>=0.8; pass {res.tokens_per_s:,.0f} tok/s", flush=True)
-
-    hdr = "| SAE | concepts | F1 >= 0.8 | median best F1 | mean best F1 | alive / dead / dense latents |"
-    lines = [hdr, "|---|---|---|---|---|---|"]
-    for spec, res, frac, best, summary, _ in rows:
-        f1s = [m.f1 for m in best]
-        lines.append(f"| {spec.name} (d_sae {spec.d_sae}, k {spec.k}) | {len(best)} | **{frac:.1%}** "
-                     f"({sum(f >= 0.8 for f in f1s)}: {', '.join(m.concept for m in best if m.f1 >= 0.8)}) | "
-                     f"{statistics.median(f1s):.3f} | {statistics.fmean(f1s):.3f} | "
-                     f"{summary['alive']} / {summary['dead']} / {summary['dense']} |")
-    fam: dict[str, list[str]] = {}
-    for m in rows[0][3]:
-        fam.setdefault(m.concept.split(":")[0] + (":*" if ":" in m.concept else ""), []).append(m.concept)
-    a0, b0 = {m.concept: m.f1 for m in rows[0][3]}, {m.concept: m.f1 for m in rows[1][3]}
-    fl = ["| concepts | n | TopK mean best F1 | Matryoshka mean best F1 |", "|---|---|---|---|"]
-    singles = [c for cs in fam.values() if len(cs) < 3 for c in cs]
-    for name, cs in sorted(((k, v) for k, v in fam.items() if len(v) >= 3), key=lambda t: -len(t[1])) + [("other", singles)]:
-        fl.append(f"| {name} | {len(cs)} | {statistics.fmean(a0[c] for c in cs):.3f} | {statistics.fmean(b0[c] for c in cs):.3f} |")
-    # concepts where the two differ most
-    a, b = {m.concept: m for m in rows[0][3]}, {m.concept: m for m in rows[1][3]}
-    diffs = sorted(a, key=lambda c: -abs(a[c].f1 - b[c].f1))[:8]
-    dl = ["| concept | TopK best latent, F1 | Matryoshka best latent, F1 |", "|---|---|---|"]
-    dl += [f"| {c} | {a[c].latent}, {a[c].f1:.3f} | {b[c].latent}, {b[c].f1:.3f} |" for c in diffs]
-    text = f"""### Toy world: best single latent per ground-truth concept
-
-Machine: 2 CPU cores (shared; load average {load0} before, {load_average()} after), torch threads {torch.get_num_threads()}, {time.strftime('%Y-%m-%d')}.
-Toy model `{model_id(model)}`, hook `{hook}`. SAEs trained together by `training.train` on {args.train_tokens:,} cached
-tokens of the toy corpus's train split ({args.epochs} epoch(s), batch 4096); evaluated on {source.n_rows:,} tokens of the
-validation split (BOS not cached). A latent detects a concept on a token when it fires there; F1 against the
-token's ground-truth tag (`toyworld.concept_masks`, exact on contexts that start with BOS); for each concept
-(seen >= {args.min_positives} times) the best latent's F1 (`features.concepts.concept_f1_over_source`).
-`python benchmarks/bench_features.py toy`
-
-{chr(10).join(lines)}
-
-By concept family (a family: the concepts sharing a prefix, e.g. `name:anna`, `name:ben`, ...):
-
-{chr(10).join(fl)}
-
-Concepts where the two differ most:
-
-{chr(10).join(dl)}
-
-Both SAEs give categories their own latents (parts of speech, `place`, `speech`, `colour`, `name`) but not
-the members of a category: the best latent for `name:anna` (or `colour:red`, `number:two`) is the one for
-names (colours, numbers) in general, with recall ~0.6 and precision ~0.1. Per-concept results:
-`<work>/<sae>-concepts.json`; the stores keep the top 5 latents per concept in `concept_matches`
-(`FeatureStore.concept_matches(concept)`)."""
-    write_section("toy", text)
+        record = train_one(spec, caches["train"], work)
+        scored.append(score_one(spec, record, caches["validation"], work, names, args.min_positives))
+        f1 = [m.f1 for m in scored[-1].best.values()]
+        print(f"{spec.label}: {sum(f >= 0.8 for f in f1)}/{len(f1)} concepts at F1 >= 0.8, "
+              f"mean {statistics.fmean(f1):.3f}; trained in {record['cpu_s']:.0f} CPU s", flush=True)
+    ceilings = {} if args.no_ceiling else {
+        layer: ceiling_for_layer(layer, caches, work, names, args.ceiling_rows, args.min_positives) for layer in layers}
+    command = "python benchmarks/bench_features.py toy" + "".join(f" --sae {s}" for s in (args.sae or []))
+    text = toy_section(scored, ceilings, command=command.strip(), load=(load0, load_average()),
+                       threads=torch.get_num_threads(), cache_rows=args.train_tokens, eval_rows=_rows(caches["validation"]))
+    if args.write:
+        write_section("toy", text)
     print(text)
+
+
+def _rows(cache: Path) -> int:
+    return int(json.loads((cache / "manifest.json").read_text())["totals"]["rows"])
 
 
 def rate(args) -> None:
@@ -259,7 +206,10 @@ def rate(args) -> None:
     work = Path(args.work)
     hook = "blocks.2.hook_resid_post"
     model = load_model("toy", device="cpu")
-    sae = saes_pkg.load_sae(work / "run" / "saes" / "topk").eval()
+    from toy_concepts import ToySAE
+
+    topk = ToySAE(d_sae=args.d_sae, k=args.k, layer=2, tokens=args.sae_tokens)  # the toy table's first row
+    sae = saes_pkg.load_sae(work / "runs" / topk.slug / "saes" / "sae").eval()
     load0 = load_average()
     cache_t, pass_t, enc_t, rows = [], [], [], 0
     for rep in range(args.runs):
@@ -310,11 +260,19 @@ def main() -> None:
     ap.add_argument("what", choices=["throughput", "toy", "rate", "all"])
     ap.add_argument("--tokens", type=int, default=262144)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--train-tokens", type=int, default=3_000_000)
-    ap.add_argument("--eval-tokens", type=int, default=400_000)
-    ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--d-sae", type=int, default=1024)
-    ap.add_argument("--k", type=int, default=16)
+    ap.add_argument("--train-tokens", type=int, default=2_000_000, help="toy: tokens of the train cache")
+    ap.add_argument("--eval-tokens", type=int, default=400_000, help="toy: tokens of the validation cache (the split holds ~82k)")
+    ap.add_argument("--sae-tokens", type=int, default=8_000_000, help="toy: training tokens per SAE (default of --sae tokens=)")
+    ap.add_argument("--d-sae", type=int, default=1024, help="toy: default of --sae d_sae=")
+    ap.add_argument("--k", type=int, default=16, help="toy: default of --sae k=")
+    ap.add_argument("--layer", type=int, default=2, help="toy: default of --sae layer= (hook blocks.<layer>.hook_resid_post)")
+    ap.add_argument("--sae", action="append", metavar="KEY=VALUE,...",
+                    help="toy: one SAE setting, e.g. arch=batchtopk,d_sae=2048,k=8,lr=2e-3,layer=1,tokens=32M,widths=64/256/2048 "
+                         "(repeatable; keys not given take the defaults above; default: the sweep in DEFAULT_TOY_SAES)")
+    ap.add_argument("--ceiling-layers", type=int, nargs="*", help="toy: more layers to give the linear ceiling of")
+    ap.add_argument("--ceiling-rows", type=int, default=40_000, help="toy: train rows the ceiling's probes are fitted on")
+    ap.add_argument("--no-ceiling", action="store_true", help="toy: skip the linear ceiling")
+    ap.add_argument("--no-write", dest="write", action="store_false", help="toy: print the section, leave RESULTS.md alone")
     ap.add_argument("--min-positives", type=int, default=20)
     ap.add_argument("--work", default="/tmp/saesteer-bench-features")
     ap.add_argument("--results", default=str(RESULTS), help="markdown file to update (default: benchmarks/RESULTS.md)")
