@@ -208,6 +208,20 @@ async def _gather_all(coros) -> list:
     return results
 
 
+async def _judged_answers(judge: Judge, requests: list[tuple[list[dict], int]]) -> tuple[list[bool], Usage]:
+    """Ask `judge` every (messages, n) request for n yes/no answers: all answers in order, and the usage."""
+    done = await _gather_all(
+        judge.complete(messages, validate=lambda v, n=n: parse_binary_answers(v, n), max_tokens=answers_max_tokens(n))
+        for messages, n in requests
+    )
+    usage = Usage()
+    pred: list[bool] = []
+    for c in done:
+        usage.add(c)
+        pred.extend(c.value)
+    return pred, usage
+
+
 def _batches(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
@@ -239,18 +253,8 @@ class DetectionScorer:
         if self.judge is None:
             pred = predict_detection(label_tokens(label, detail), [e for e, _ in items])
             return balanced_accuracy(self.name, truth, pred)
-        usage = Usage()
-        batches = _batches(items, self.batch_size)
-        done = await _gather_all(
-            self.judge.complete(build_detection_messages(label, [e for e, _ in b]),
-                                validate=lambda v, n=len(b): parse_binary_answers(v, n),
-                                max_tokens=answers_max_tokens(len(b)))
-            for b in batches
-        )
-        pred: list[bool] = []
-        for c in done:
-            usage.add(c)
-            pred.extend(c.value)
+        pred, usage = await _judged_answers(
+            self.judge, [(build_detection_messages(label, [e for e, _ in b]), len(b)) for b in _batches(items, self.batch_size)])
         return balanced_accuracy(self.name, truth, pred, usage)
 
 
@@ -275,18 +279,8 @@ class FuzzingScorer:
         if self.judge is None:
             pred = predict_fuzz(label_tokens(label, detail), [(it.example, it.marked) for it in items])
             return balanced_accuracy(self.name, truth, pred)
-        usage = Usage()
-        batches = _batches(items, self.batch_size)
-        done = await _gather_all(
-            self.judge.complete(build_fuzz_messages(label, b),
-                                validate=lambda v, n=len(b): parse_binary_answers(v, n),
-                                max_tokens=answers_max_tokens(len(b)))
-            for b in batches
-        )
-        pred: list[bool] = []
-        for c in done:
-            usage.add(c)
-            pred.extend(c.value)
+        pred, usage = await _judged_answers(
+            self.judge, [(build_fuzz_messages(label, b), len(b)) for b in _batches(items, self.batch_size)])
         return balanced_accuracy(self.name, truth, pred, usage)
 
 
