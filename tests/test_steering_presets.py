@@ -137,6 +137,13 @@ def test_preset_cli_save_list_export_import(tmp_path, capsys):
     assert main(["preset", "delete", "calm2", "--store", str(a.path)]) == 2
     assert main(["preset", "save", "x", "--store", str(a.path), "-l", "999:add=1"]) == 2
     assert "out of range" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    for argv, message in ((["import", str(tmp_path / "none.json")], "none.json: no such file"),
+                          (["import", str(bad)], "bad.json is not JSON"),
+                          (["save", "y", "-l", "5:add=1", "--scorecard", str(bad)], "--scorecard " + str(bad) + " is not JSON")):
+        assert main(["preset", *argv, "--store", str(a.path)]) == 2
+        assert message in capsys.readouterr().err
 
 
 def test_steer_cli_with_a_preset_and_with_found_features(tmp_path, capsys):

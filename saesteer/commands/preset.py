@@ -116,21 +116,9 @@ def _run(args) -> int:
 
 def _save(args, store, link) -> None:
     """`preset save`: the --latent edits as a preset, checked against the store's SAE and model."""
-    import json
-    from pathlib import Path
-
-    from saesteer.commands._steering import CLIError
     from steering.presets import make_preset
 
-    scorecard = None
-    if args.scorecard:
-        p = Path(args.scorecard)
-        if not p.is_file():
-            raise CLIError(f"--scorecard {p}: no such file")
-        try:
-            scorecard = json.loads(p.read_text(encoding="utf-8"))
-        except ValueError as e:
-            raise CLIError(f"--scorecard {p} is not JSON: {e}") from None
+    scorecard = _read_json(args.scorecard, "--scorecard ") if args.scorecard else None
     sae = store.meta.get("sae") or {}
     preset = make_preset(args.name, args.latent, d_sae=store.d_sae, hook_name=sae.get("hook_name"),
                          fingerprint=store.sae_fingerprint, model_identity=store.recorded_model(),
@@ -163,21 +151,26 @@ def _export(args, link) -> None:
 
 def _import(args, link) -> None:
     """`preset import`: a preset JSON file into the store (renamed with --name)."""
-    import json
-    from pathlib import Path
-
-    from saesteer.commands._steering import CLIError
     from steering.presets import Preset
 
-    p = Path(args.file)
-    if not p.is_file():
-        raise CLIError(f"no preset file at {p}")
-    try:
-        record = json.loads(p.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise CLIError(f"{p} is not JSON: {e}") from None
-    preset = Preset.from_json(record)
+    preset = Preset.from_json(_read_json(args.file, "preset file "))
     if args.name:
         preset = Preset.from_json(dict(preset.to_json(), name=args.name))
     link.save_preset(preset, overwrite=args.overwrite)
     print(f"imported {preset.describe()} into {args.store}")
+
+
+def _read_json(path: str, what: str):
+    """The JSON in `path`, or a CLI error naming it (`what`: how the message names the file)."""
+    import json
+    from pathlib import Path
+
+    from saesteer.commands._steering import CLIError
+
+    p = Path(path)
+    if not p.is_file():
+        raise CLIError(f"{what}{p}: no such file")
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise CLIError(f"{what}{p} is not JSON: {e}") from None
