@@ -399,3 +399,23 @@ def test_default_jumprelu_keeps_its_latents_alive() -> None:
         trainer.train_batch(src.batch(i))
     assert trainer.dead_fraction(m) <= 0.05
     assert firing_share() >= 0.9
+
+
+def test_init_firing_rate_sets_each_latents_threshold_from_the_held_out_rows() -> None:
+    """jumprelu_init_firing_rate r: at init every latent fires on about r of the held-out rows
+    (its own quantile), whatever the scale of its pre-activations."""
+    from training.synthetic import SyntheticActivations
+    from training.trainer import Trainer
+
+    torch.manual_seed(0)
+    cfg = RunConfig(saes=[SAESpec("jumprelu", d_sae=64, options={"jumprelu_init_firing_rate": 0.05})],
+                    train=TrainConfig(total_tokens=1024, batch_size=128, seed=0), optim=OptimConfig(lr=2e-3))
+    trainer = Trainer(cfg, 16)
+    holdout = SyntheticActivations(16, 1024, n_features=64, active=4, seed=2).batch(0)
+    trainer.initialize(holdout)
+    sae = trainer.members[0].sae
+    with torch.no_grad():
+        rate_F = (sae.encode(holdout * trainer.scale) > 0).float().mean(0)
+    torch.testing.assert_close(rate_F, torch.full_like(rate_F, 0.05), atol=2 / 1024, rtol=0)
+    with pytest.raises(ValueError, match="jumprelu_init_firing_rate"):
+        saes.JumpReLUConfig(d_in=16, d_sae=64, jumprelu_init_firing_rate=1.0)
