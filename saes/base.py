@@ -353,6 +353,19 @@ class SAE(nn.Module):
         if self.W_skip is not None:
             self.W_skip.mul_(scale / target_scale)
 
+    @torch.no_grad()
+    def fit_initial_thresholds_(self, sample_BD: Tensor) -> None:
+        """A fresh training run's hook, before the encoder's initial scale is fitted: set starting
+        values that depend on the (scaled) held-out rows. Nothing here (JumpReLU sets thresholds)."""
+
+    @torch.no_grad()
+    def scale_encoder_(self, factor: float) -> None:
+        """Multiply W_enc and b_enc by `factor`, and thresholds with them (the pre-activations scale
+        by `factor`, so which entries fire does not change)."""
+        self.W_enc.mul_(factor)
+        self.b_enc.mul_(factor)
+        self._scale_thresholds_(torch.full((self.d_sae,), float(factor), device=self.device, dtype=self.dtype))
+
     def _scale_thresholds_(self, factor_F: Tensor) -> None:
         """Threshold encoders rescale their thresholds with the pre-activations."""
 

@@ -72,7 +72,12 @@ class JumpReLUConfig(SAEConfig):
     jumprelu_init_threshold: float = field(
         default=1.0, metadata={"help": "JumpReLU: initial threshold of every latent, in the trainer's units (inputs "
                                        "scaled to E||x|| = sqrt(d_in): a random direction's pre-activation has std "
-                                       "about 1; SAELens's default 0.01 is for its unscaled inputs)"})
+                                       "about 1; SAELens's default 0.01 is for its unscaled inputs); scaled with the "
+                                       "encoder's initial scale"})
+    jumprelu_init_firing_rate: float = field(
+        default=0.0, metadata={"help": "JumpReLU: a fresh run sets each latent's initial threshold so that it fires "
+                                         "on this fraction of the held-out rows (then jumprelu_init_threshold is "
+                                         "unused); 0: every latent starts at jumprelu_init_threshold"})
     jumprelu_bandwidth: float = field(
         default=0.05, metadata={"help": "JumpReLU: width of the rectangle kernel of the straight-through threshold "
                                         "gradient (pre-activations within bandwidth/2 of a threshold move it)"})
@@ -95,6 +100,9 @@ class JumpReLUConfig(SAEConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         finite_number("JumpReLUConfig", "jumprelu_init_threshold", self.jumprelu_init_threshold, lo=0.0)
+        finite_number("JumpReLUConfig", "jumprelu_init_firing_rate", self.jumprelu_init_firing_rate, lo=0.0)
+        require(self.jumprelu_init_firing_rate < 1, f"JumpReLUConfig.jumprelu_init_firing_rate must be below 1 (a "
+                f"fraction of rows); got {self.jumprelu_init_firing_rate!r}", field="jumprelu_init_firing_rate")
         finite_number("JumpReLUConfig", "jumprelu_bandwidth", self.jumprelu_bandwidth, lo=0.0)
         require(self.jumprelu_bandwidth > 0, f"JumpReLUConfig.jumprelu_bandwidth must be positive; got "
                 f"{self.jumprelu_bandwidth!r}", field="jumprelu_bandwidth")

@@ -33,6 +33,7 @@ The hand-written step: `saes/jumprelu_step.py`; this file is its eager reference
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -101,6 +102,23 @@ class JumpReLUSAE(ThresholdSAE):
 
     def _make_threshold(self, initial_F: Tensor) -> None:
         self.threshold = nn.Parameter(initial_F.fill_(self.cfg.jumprelu_init_threshold))
+
+    @torch.no_grad()
+    def fit_initial_thresholds_(self, sample_BD: Tensor, chunk_latents: int = 1024) -> None:
+        """With `jumprelu_init_firing_rate` r > 0: each latent's threshold is the value its
+        pre-activation exceeds on a fraction r of the sample (at least 0). One number for all would
+        leave the latents whose pre-activations are small (an anisotropic residual stream) below
+        it: never firing, they get no gradient and stay dead from the first step."""
+        rate = self.cfg.jumprelu_init_firing_rate
+        if rate <= 0:
+            return
+        B = sample_BD.shape[0]
+        kth = min(B, max(1, math.ceil((1.0 - rate) * B)))  # the kth smallest: about r * B rows lie above it
+        sae_in_BD = sample_BD - self.b_dec if self.cfg.apply_b_dec_to_input else sample_BD
+        for lo in range(0, self.d_sae, chunk_latents):  # chunks: [B, F] of a wide SAE is large
+            cols = slice(lo, lo + chunk_latents)
+            pre_BC = sae_in_BD @ self.W_enc[:, cols] + self.b_enc[cols]
+            self.threshold[cols] = pre_BC.kthvalue(kth, dim=0).values.clamp_min(0.0)
 
     def training_select(self, pre_BF: Tensor, group: BatchGroup | None = None) -> SparseActs:
         """The firing entries and the non-firing ones in the kernel's band (value 0), row-major;

@@ -370,3 +370,52 @@ def test_fine_tuning_a_sae_lens_jumprelu_starts_from_its_weights_and_trains_its_
     before = trainer.members[0].sae.threshold.detach().clone()
     trainer.train_batch(SyntheticActivations(16, 128, seed=1).batch(0))
     assert not torch.equal(trainer.members[0].sae.threshold.detach(), before)
+
+
+def test_default_jumprelu_keeps_its_latents_alive() -> None:
+    """The initial threshold scales with the encoder's least-squares init scale c (0.22 here): left
+    at 1.0 while the pre-activations shrank by c, 52% of latents never fired at init and 25% were
+    dead after 100 steps (the toy world: 96% / 92%). Measured with the fix (seed 0): every latent
+    fires at init, dead fraction 0.4% and every latent fires on held-out rows after 100 steps."""
+    from training.synthetic import SyntheticActivations
+    from training.trainer import Trainer
+
+    torch.manual_seed(0)
+    D, F, B, steps = 32, 256, 128, 100
+    cfg = RunConfig(saes=[SAESpec("jumprelu", d_sae=F)],  # every JumpReLU setting at its default
+                    train=TrainConfig(total_tokens=steps * B, batch_size=B, seed=0), optim=OptimConfig(lr=2e-3))
+    trainer = Trainer(cfg, D)
+    src = SyntheticActivations(D, B, n_features=4 * D, active=8, seed=1)
+    trainer.initialize(torch.cat([src.batch(10_000 + i) for i in range(8)]))
+    m = trainer.members[0]
+    x_eval = torch.cat([src.batch(20_000 + i) for i in range(16)]) * trainer.scale
+
+    def firing_share() -> float:
+        with torch.no_grad():
+            return float((m.sae.encode(x_eval) > 0).any(0).float().mean())
+
+    assert firing_share() >= 0.95
+    for i in range(steps):
+        trainer.train_batch(src.batch(i))
+    assert trainer.dead_fraction(m) <= 0.05
+    assert firing_share() >= 0.9
+
+
+def test_init_firing_rate_sets_each_latents_threshold_from_the_held_out_rows() -> None:
+    """jumprelu_init_firing_rate r: at init every latent fires on about r of the held-out rows
+    (its own quantile), whatever the scale of its pre-activations."""
+    from training.synthetic import SyntheticActivations
+    from training.trainer import Trainer
+
+    torch.manual_seed(0)
+    cfg = RunConfig(saes=[SAESpec("jumprelu", d_sae=64, options={"jumprelu_init_firing_rate": 0.05})],
+                    train=TrainConfig(total_tokens=1024, batch_size=128, seed=0), optim=OptimConfig(lr=2e-3))
+    trainer = Trainer(cfg, 16)
+    holdout = SyntheticActivations(16, 1024, n_features=64, active=4, seed=2).batch(0)
+    trainer.initialize(holdout)
+    sae = trainer.members[0].sae
+    with torch.no_grad():
+        rate_F = (sae.encode(holdout * trainer.scale) > 0).float().mean(0)
+    torch.testing.assert_close(rate_F, torch.full_like(rate_F, 0.05), atol=2 / 1024, rtol=0)
+    with pytest.raises(ValueError, match="jumprelu_init_firing_rate"):
+        saes.JumpReLUConfig(d_in=16, d_sae=64, jumprelu_init_firing_rate=1.0)

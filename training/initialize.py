@@ -72,7 +72,7 @@ def least_squares_encoder_scale(W_enc_DF: Tensor, b_enc_F: Tensor, W_dec_FD: Ten
     """The factor c for W_enc, b_enc that makes the initial top-k reconstruction the least-squares
     fit of the (already scaled) sample: c = <x - b_dec, R> / <R, R>, R the reconstruction minus b_dec.
     k=None (an SAE without k, e.g. JumpReLU): R comes from `select` (the SAE's own selection at c = 1;
-    a threshold selection does depend on c, so the fit is a first guess there, not exact).
+    exact too when the thresholds are scaled with the encoder, as `SAE.scale_encoder_` does).
 
     With W_enc = W_dec^T at unit norm and inputs at E||x|| = sqrt(d_in), the first reconstructions
     overshoot (held-out EV below zero on the toy world), and Adam spends its first steps shrinking

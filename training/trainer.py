@@ -315,12 +315,12 @@ class Trainer:
         init_scale = self.config.train.encoder_init_scale
         for m in self.members:
             m.sae.b_dec.copy_(b_dec_D)
+            m.sae.fit_initial_thresholds_(x * self.scale)  # JumpReLU: each latent's threshold from its own pre-activations
             c = init_scale if init_scale is not None else least_squares_encoder_scale(
                 m.sae.W_enc, m.sae.b_enc, m.sae.W_dec, b_dec_D, x * self.scale, getattr(m.sae.cfg, "k", None),
                 target_BO=None if y is None else goal, select=m.sae.select)
-            if c != 1.0:
-                m.sae.W_enc.mul_(c)
-                m.sae.b_enc.mul_(c)
+            if c != 1.0:  # thresholds too: a JumpReLU's initial threshold is relative to the unscaled encoder
+                m.sae.scale_encoder_(c)
             for p in m.params:
                 self.coll.broadcast_(p.data)
 
