@@ -119,14 +119,19 @@ def check_transcoder_hooks(model: Any, hook_in: str, hook_out: str, who: str | N
                             f"(target_hook) is a later hook point, e.g. the MLP's output", field="target_hook")
     fired: list[tuple[str, int]] = []
 
-    def record(act: torch.Tensor, hook: Any) -> None:
-        fired.append((hook.name, int(act.shape[2] * act.shape[3] if act.ndim > 3 else act.shape[-1])))
+    def recorder(name: str):
+        # the name asked for, not `hook.name`: on a TransformerBridge an alias such as
+        # blocks.0.hook_mlp_out fires under its canonical name (blocks.0.mlp.hook_out)
+        def record(act: torch.Tensor, hook: Any) -> None:
+            fired.append((name, int(act.shape[2] * act.shape[3] if act.ndim > 3 else act.shape[-1])))
+
+        return record
 
     tokens = torch.zeros(1, 2, dtype=torch.long, device=model_device(model))
-    model.run_with_hooks(tokens, fwd_hooks=[(hook_in, record), (hook_out, record)])
+    model.run_with_hooks(tokens, fwd_hooks=[(hook_in, recorder(hook_in)), (hook_out, recorder(hook_out))])
     order = [name for name, _ in fired]
     widths = dict(fired)
-    if hook_in not in widths or hook_out not in widths:  # pragma: no cover - a model that skips a hook
+    if hook_in not in widths or hook_out not in widths:
         raise HookPairError(f"{where}hook {hook_in if hook_in not in widths else hook_out!r} did not fire in a "
                             f"forward pass of this model")
     if order.index(hook_out) < order.index(hook_in):
