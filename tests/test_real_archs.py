@@ -74,6 +74,21 @@ def test_the_bridge_runs_the_checkpoint_as_transformers_does(real_models, family
 # the thin chain
 
 
+@pytest.mark.parametrize("family", ALL)
+def test_transcoder_hook_pairs_are_checked_on_the_bridge(real_models, family):
+    """The Bridge fires alias hooks (blocks.0.hook_mlp_out) under their canonical names: the pair
+    check must still find both, in order, with their widths."""
+    from saes.hookpoints import HookPairError, check_transcoder_hooks
+    from saesteer.models import load_model
+
+    model = load_model(str(model_path(real_models, family)), device="cpu")
+    d = model.cfg.d_model
+    assert check_transcoder_hooks(model, "blocks.0.hook_resid_pre", "blocks.0.hook_mlp_out") == (d, d)
+    with pytest.raises(HookPairError, match="runs before the input hook"):
+        check_transcoder_hooks(model, "blocks.0.hook_mlp_out", "blocks.0.hook_resid_pre")
+
+
+
 @pytest.fixture(scope="module", params=THIN)
 def thin(request, real_models, real_corpus, tmp_path_factory):
     family = request.param
