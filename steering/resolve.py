@@ -152,6 +152,7 @@ def resolve_edits(
                            model_override=model_override)
     out: list[ResolvedEdit] = []
     seen: dict[tuple[str, int], str] = {}  # (SAE, feature) -> the edit that took it
+    targets: dict[str, str] = {}  # transcoder -> its checked target hook (the check runs the model once)
     for e in edits:
         if isinstance(e, str):
             e = parse_edit(e)
@@ -160,7 +161,7 @@ def resolve_edits(
             continue
         if not isinstance(e, FeatureEdit):
             raise SteeringError(f"an edit must be a FeatureEdit, VectorEdit or text like '123:clamp=8'; got {e!r}")
-        out.append(_resolve_feature_edit(model, sae_map, e, seen, typical_max, limits))
+        out.append(_resolve_feature_edit(model, sae_map, e, seen, targets, typical_max, limits))
     for r in out:
         _check_positions(model, r, chat_positions)
     return out
@@ -202,6 +203,7 @@ def _sae_name_of(e: FeatureEdit, sae_map: Mapping[str, SAE]) -> str:
 
 
 def _resolve_feature_edit(model: Model, sae_map: Mapping[str, SAE], e: FeatureEdit, seen: dict[tuple[str, int], str],
+                          targets: dict[str, str],
                           typical_max: TypicalMaxArg, limits: SteerLimits) -> ResolvedEdit:
     """A feature edit: a latent of its SAE, the SAE fits the model's hook, no latent edited twice
     (`seen` records it), its strength converted to a raw activation."""
@@ -221,7 +223,9 @@ def _resolve_feature_edit(model: Model, sae_map: Mapping[str, SAE], e: FeatureEd
         )
     reads = None
     if sae.is_transcoder:  # the edit lands on the target hook; the latents are read at `hook`
-        reads, hook = hook, transcoder_target_hook(model, sae, name, hook)
+        if name not in targets:
+            targets[name] = transcoder_target_hook(model, sae, name, hook)
+        reads, hook = hook, targets[name]
     key = (name, e.latent)
     if key in seen:
         raise SteeringError(

@@ -76,9 +76,7 @@ class DemoResult:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "model"}
         d = json.loads(json.dumps(d, default=_jsonable))
         d["paths"] = {k: str(getattr(self.paths, k)) for k in ("out", "cache", "run", "store", "steering", "summary")}
-        d["sae_dir"] = str(self.sae_dir)
         return d
-
 
 
 def _jsonable(o: Any) -> Any:
