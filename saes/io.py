@@ -65,7 +65,7 @@ def reshape_for_hook(hook_name: str | None) -> str:
     return "hook_z" if str(hook_name or "").endswith("hook_z") else "none"
 
 
-TRANSCODER_SUFFIXES = ("_skip_transcoder", "_transcoder")  # longest first
+TRANSCODER_SUFFIXES = ("skip_transcoder", "transcoder")  # longest first
 
 
 def transcoder_architecture(base: str, skip: bool) -> str:
@@ -76,7 +76,7 @@ def transcoder_architecture(base: str, skip: bool) -> str:
 
 def split_transcoder_architecture(arch: str) -> tuple[str, bool, bool]:
     """(inference form, is a transcoder, has a skip connection) of a cfg.json architecture name."""
-    for suffix in ("skip_transcoder", "transcoder"):
+    for suffix in TRANSCODER_SUFFIXES:
         if arch == suffix:
             return "standard", True, suffix.startswith("skip")
         if arch.endswith("_" + suffix):

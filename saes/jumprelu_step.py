@@ -50,9 +50,9 @@ def jumprelu_grads(sae, x_BD: Tensor, dead_mask_F: Tensor | None, step: int, enc
     rows_C, idx_C = near_BF.nonzero(as_tuple=True)
     pre_C, t_C = pre_BF[rows_C, idx_C].to(dtype), t_F[idx_C]
     fire_C, band_C = fires(pre_C, t_C), in_band(pre_C, t_C, bw)
-    keep_C = fire_C | band_C
-    rows_N, idx_N, pre_N, t_N = rows_C[keep_C], idx_C[keep_C], pre_C[keep_C], t_C[keep_C]
-    fire_N, band_N = fire_C[keep_C], band_C[keep_C]
+    keep_N = (fire_C | band_C).nonzero().squeeze(1)  # the mask turned into indices once, for all six gathers
+    rows_N, idx_N, pre_N, t_N = rows_C[keep_N], idx_C[keep_N], pre_C[keep_N], t_C[keep_N]
+    fire_N, band_N = fire_C[keep_N], band_C[keep_N]
     vals_N = pre_N * fire_N
     offsets_B1 = _offsets(torch.bincount(rows_N, minlength=B))
 

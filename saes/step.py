@@ -80,12 +80,8 @@ def compute_grads(
         impl = STEP_METHODS[method]
     except KeyError:
         raise ValueError(f"unknown step method {method!r}; available: {', '.join(STEP_METHODS)}") from None
-    kw: dict[str, Any] = {}  # methods written before transcoders / warm-ups need not take these keywords
-    if target_BO is not None:
-        kw["target_BO"] = target_BO
-    if step:
-        kw["step"] = step
-    return impl(sae, x_BD, dead_mask_F, aux_coef, k_aux, group=group, workspace=workspace, **kw)
+    return impl(sae, x_BD, dead_mask_F, aux_coef, k_aux, group=group, workspace=workspace, target_BO=target_BO,
+                step=step)
 
 
 # the fast methods register themselves in STEP_METHODS; importing them here makes every importer

@@ -310,14 +310,15 @@ class Trainer:
                                 "targets (read the cache with its target hook)")
             y = holdout_targets.to(self.device, torch.float32)
             self.target_scale = estimate_activation_scale(y) if normalize else 1.0
-        goal = x * self.scale if y is None else y * self.target_scale  # what the decoder's output must match
+        xs = x * self.scale  # what the SAEs read
+        goal = xs if y is None else y * self.target_scale  # what the decoder's output must match
         b_dec_D = initial_b_dec(goal, self.config.train.b_dec_init, self.coll)
         init_scale = self.config.train.encoder_init_scale
         for m in self.members:
             m.sae.b_dec.copy_(b_dec_D)
-            m.sae.fit_initial_thresholds_(x * self.scale)  # JumpReLU: each latent's threshold from its own pre-activations
+            m.sae.fit_initial_thresholds_(xs)  # JumpReLU: each latent's threshold from its own pre-activations
             c = init_scale if init_scale is not None else least_squares_encoder_scale(
-                m.sae.W_enc, m.sae.b_enc, m.sae.W_dec, b_dec_D, x * self.scale, getattr(m.sae.cfg, "k", None),
+                m.sae.W_enc, m.sae.b_enc, m.sae.W_dec, b_dec_D, xs, getattr(m.sae.cfg, "k", None),
                 target_BO=None if y is None else goal, select=m.sae.select)
             if c != 1.0:  # thresholds too: a JumpReLU's initial threshold is relative to the unscaled encoder
                 m.sae.scale_encoder_(c)

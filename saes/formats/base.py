@@ -9,7 +9,7 @@
 - `read_plain_state_dict`: a torch pickle through `torch.load(weights_only=True)` only, and only
   if it holds a plain {name: tensor} state dict (`read_weights_only_pickle`: the load alone).
 - `hf_model_identity`: the model identity of an HF model name a file records.
-- `read_safetensors`, `require_tensors`, `file_sha256`: small checked readers.
+- `read_safetensors`, `require_tensors`: small checked readers.
 
 Only JSON, safetensors, numpy .npz (allow_pickle=False) and weights-only torch pickles of plain
 state dicts are read; nothing in a file can run code here.
@@ -17,7 +17,6 @@ state dicts are read; nothing in a file can run code here.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import re
@@ -28,6 +27,7 @@ from typing import Any, NamedTuple
 import torch
 
 from saes.base import SAE
+from saes.fileio import sha256_file
 from saes.identity import ModelIdentity
 from saes.io import SAEFormatError
 
@@ -50,17 +50,9 @@ def sae_of(sae: SAE | LoadedSAE) -> SAE:
     return sae.sae if isinstance(sae, LoadedSAE) else sae
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def files_record(folder: Path, names: list[str]) -> dict[str, str]:
     """{file name: SHA-256} of the files an SAE was read from (what the provenance records)."""
-    return {n: file_sha256(folder / n) for n in names if (folder / n).is_file()}
+    return {n: sha256_file(folder / n) for n in names if (folder / n).is_file()}
 
 
 def read_safetensors(path: Path, source: str) -> dict[str, torch.Tensor]:
