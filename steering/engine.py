@@ -37,6 +37,7 @@ from steering.runner import make_runner
 from steering.sampling import Choice, RowRandom, SamplingParams, choose
 from steering.spec import SteeringError
 from steering.textstream import TextAssembler
+from steering.transcoder import InputCapture
 
 if TYPE_CHECKING:
     from saes.base import SAE
@@ -106,8 +107,7 @@ class BatchEngine:
         self._cancel_lock = threading.Lock()
         self._handles: dict[str, Any] = {}  # hook point -> torch hook handle (while busy)
         self._active: dict[str, list[BatchEditor]] = {}  # editors of the forward pass running now
-        self._reads: set[str] = set()  # transcoders' input hooks of the forward pass running now
-        self._captured: dict[str, Tensor] = {}  # their activations in it
+        self._captures: dict[str, InputCapture] = {}  # transcoders' inputs in the forward pass running now
         self.steps = 0
         self.max_rows_seen = 0  # the largest batch decoded so far (tests, status)
 
@@ -357,17 +357,18 @@ class BatchEngine:
                 if h not in self._handles:
                     self._handles[h] = self.model.hook_dict[h].register_forward_hook(
                         lambda module, inputs, output, h=h: self._on_hook(h, output))
-            self._active, self._reads, self._captured = by_hook, reads, {}
+            self._active, self._captures = by_hook, {h: InputCapture(h) for h in reads}
             try:
                 yield
             finally:
-                self._active, self._reads, self._captured = {}, set(), {}
+                self._active, self._captures = {}, {}
 
     def _on_hook(self, hook_name: str, x: Tensor):
         eds = self._active.get(hook_name)
-        out = None if not eds else _apply_editors(eds, x, self._captured)
-        if hook_name in self._reads:  # a transcoder's input, as the rest of the model sees it
-            self._captured[hook_name] = x if out is None else out
+        out = None if not eds else _apply_editors(eds, x, self._captures)
+        capture = self._captures.get(hook_name)
+        if capture is not None:  # a transcoder's input, as the rest of the model sees it
+            capture(x if out is None else out)
         return out
 
     def _release_hooks(self) -> None:
@@ -377,17 +378,15 @@ class BatchEngine:
             self._handles = {}
 
 
-def _apply_editors(editors: list[BatchEditor], x: Tensor, captured: Mapping[str, Tensor] | None = None) -> Tensor:
+def _apply_editors(editors: list[BatchEditor], x: Tensor, captures: Mapping[str, InputCapture] | None = None) -> Tensor:
     shape = x.shape
     x_ND = x.reshape(shape[0] * shape[1], -1)
     out = None
     for ed in editors:  # every editor reads the unedited activation (a transcoder: its input of this forward)
         read = None
         if ed.reads_hook is not None:
-            got = (captured or {}).get(ed.reads_hook)
-            if got is None or tuple(got.shape[:2]) != tuple(shape[:2]):
-                raise RuntimeError(f"the transcoder input at {ed.reads_hook} was not captured in this forward pass")
-            read = got.reshape(shape[0] * shape[1], -1)
+            capture = (captures or {}).get(ed.reads_hook) or InputCapture(ed.reads_hook)  # none: .rows says so
+            read = capture.rows(shape[0], shape[1])
         d = ed(x_ND, read)
         if d is not None:
             out = x_ND + d if out is None else out + d
