@@ -119,6 +119,7 @@ class StoreCatalog:
         self.name = name or Path(store.path).stem
         self.score_method = self._find_score_method()
         self._embedder = False  # not looked for yet (see query_embedder)
+        self._steering_link: Any = None  # steering.store.StoreLink, made on first use
 
     # -- identity -------------------------------------------------------------------------------
     def _find_score_method(self) -> str:
@@ -342,4 +343,11 @@ class StoreCatalog:
         )
 
     def typical_max(self, latents: Iterable[int]) -> dict[int, float]:
-        return {i: s.typical_max_act for i, s in self.summaries(latents, with_scores=False).items() if s.typical_max_act}
+        """Known typical max activations (finite, > 0), read as steering reads them (`StoreLink`, cached)."""
+        if self._steering_link is None:
+            from steering.store import StoreLink
+
+            self._steering_link = StoreLink(self.store)
+        link, latents = self._steering_link, [int(i) for i in latents]
+        link.prefetch(latents)
+        return {i: v for i in latents if (v := link.typical_max(i)) is not None}
