@@ -180,12 +180,16 @@ def build_configs(args):
         log=dataclass_from_args(LogConfig, args, file_values=section("log"),
                                 **({"progress": False} if getattr(args, "no_progress", False) else {})),
     )
-    if run.train.init_from and all(getattr(args, f) is None for f in _SAE_FLAGS) and not file_values.get("saes"):
-        from training.init_from import load_source, spec_from_source  # fine-tune the source as it is
-
-        run.saes = [spec_from_source(load_source(run.train.init_from))]
-    run.saes = apply_options(run.saes, option_values(args))
     data = dataclass_from_args(DataConfig, args, file_values=section("data"))
+    if run.train.init_from and all(getattr(args, f) is None for f in _SAE_FLAGS) and not file_values.get("saes"):
+        from training.init_from import load_source, mode_mismatch, spec_from_source  # fine-tune the source as it is
+
+        source = load_source(run.train.init_from)
+        mismatch = mode_mismatch(source, data.target_hook, data.hook)  # before --skip's check: the source set it
+        if mismatch:
+            raise ValueError(mismatch)
+        run.saes = [spec_from_source(source)]
+    run.saes = apply_options(run.saes, option_values(args))
     if data.target_hook is None and any(spec.skip for spec in run.saes):
         raise ValueError("--skip makes skip transcoders: give --target-hook too (the hook point they predict)")
     text = dataclass_from_args(TextConfig, args, file_values=section("text"))
