@@ -9,6 +9,9 @@
   matmuls and the gradient all-reduce add in another order than one process; measured: at most
   1.2e-7 on weights of size ~0.7); inference thresholds the same. With per-rank BatchTopK
   selection instead of the global one the rows test fails (differences ~2e-2).
+- the same rows check for transcoders (a paired cache; BatchTopK and JumpReLU skip transcoders:
+  the target's own scale and the held-out targets gathered beside the inputs) and for JumpReLU
+  SAEs (learned thresholds, the sparsity penalty's gradients averaged over ranks).
 - kill -9 of the whole 2-process run (launcher and both workers) mid-training, then the same
   command again, resumes from the checkpoint (each rank its own reader position) and ends
   bit-identical to the uninterrupted 2-process run.
@@ -35,14 +38,20 @@ pytestmark = pytest.mark.dist
 ROOT = Path(__file__).resolve().parents[1]
 CHILD = ROOT / "tests" / "helpers" / "dist_child.py"
 SAES = ("topk_k4_f64", "batchtopk_k4_f64", "matryoshka_batchtopk_k4_f64")
+SAE_ARGS = ("--architecture", "topk,batchtopk,matryoshka", "--k", "4", "--matryoshka-widths", "16,64")
 BATCH, STEPS = 64, 24
 SHARD_ROWS = [400, 300, 500, 350, 250]
+H_IN, H_OUT = "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out"  # the transcoder case's pair (widths 16, 12)
+MORE_CASES = {  # case: (SAE and data flags, the SAEs it trains)
+    "transcoder": (("--hook", H_IN, "--target-hook", H_OUT, "--architecture", "batchtopk,jumprelu", "--k", "4", "--skip"),
+                   ("batchtopk_k4_f64_skip", "jumprelu_f64_skip")),
+    "jumprelu": (("--architecture", "jumprelu"), ("jumprelu_f64",)),
+}
 
 
-def train_args(cache: Path, out: Path, *extra: str) -> list[str]:
+def train_args(cache: Path, out: Path, *extra: str, sae_args: tuple[str, ...] = SAE_ARGS) -> list[str]:
     return [
-        "train", "--cache", str(cache), "--out", str(out), "--architecture", "topk,batchtopk,matryoshka",
-        "--k", "4", "--d-sae", "64", "--matryoshka-widths", "16,64", "--batch-size", str(BATCH),
+        "train", "--cache", str(cache), "--out", str(out), *sae_args, "--d-sae", "64", "--batch-size", str(BATCH),
         "--total-tokens", str(STEPS * BATCH), "--holdout-tokens", "128", "--dead-tokens", "64",
         "--lr", "3e-3", "--step-method", "fast", "--num-threads", "1", "--checkpoint-every-tokens", str(8 * BATCH),
         "--eval-every-tokens", "0", "--log-every", "4", "--no-progress", "--model-eval", "false",
@@ -76,13 +85,15 @@ def weights(out: Path, name: str) -> dict[str, torch.Tensor]:
     return load_file(str(out / "saes" / name / "sae_weights.safetensors"))
 
 
-def assert_same_saes(one: Path, two: Path) -> None:
+def assert_same_saes(one: Path, two: Path, names: tuple[str, ...] = SAES) -> None:
     m1 = json.loads((one / "metrics.json").read_text())
     m2 = json.loads((two / "metrics.json").read_text())
     assert m2["world_size"] == 2
     assert m1["tokens_trained"] == m2["tokens_trained"] == STEPS * BATCH
     assert m1["activation_scale"] == pytest.approx(m2["activation_scale"], rel=1e-6)
-    for name in SAES:
+    assert ("target_activation_scale" in m1) == ("target_activation_scale" in m2)  # transcoders: the target's own
+    assert m1.get("target_activation_scale", 1) == pytest.approx(m2.get("target_activation_scale", 1), rel=1e-6)
+    for name in names:
         w1, w2 = weights(one, name), weights(two, name)
         assert w1.keys() == w2.keys()
         for key in w1:
@@ -91,9 +102,9 @@ def assert_same_saes(one: Path, two: Path) -> None:
             assert m2["saes"][name][metric] == pytest.approx(m1["saes"][name][metric], rel=1e-3, abs=1e-3), (name, metric)
     # dead latents existed during the run: AuxK and the summed firing counters were exercised
     hist = [json.loads(line) for line in (two / "history.jsonl").read_text().splitlines()]
-    assert any(r.get("batchtopk_k4_f64/dead_fraction", 0) > 0 for r in hist if r["kind"] == "train")
+    assert any(r.get(f"{names[0]}/dead_fraction", 0) > 0 for r in hist if r["kind"] == "train")
     # only rank 0 wrote: one set of SAE folders
-    assert sorted(p.name for p in (two / "saes").iterdir()) == sorted(SAES)
+    assert sorted(p.name for p in (two / "saes").iterdir()) == sorted(names)
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +126,27 @@ def test_two_ranks_by_rows_equal_one_process_with_the_same_batch_size(cache: Pat
     run(torchrun(train_args(cache, two, "--dp-partition", "rows")))
     assert json.loads((one / "metrics.json").read_text())["world_size"] == 1
     assert_same_saes(one, two)
+
+
+@pytest.fixture(scope="module")
+def pair_cache(tmp_path_factory) -> Path:
+    return make_fake_cache(tmp_path_factory.mktemp("dist_pairs") / "cache", shard_rows=SHARD_ROWS, d_in=16, seed=6,
+                           hooks=(H_IN, H_OUT), widths={H_OUT: 12}).path
+
+
+@pytest.mark.parametrize("case", list(MORE_CASES))
+def test_transcoders_and_jumprelu_on_two_ranks_by_rows_equal_one_process(case: str, cache: Path, pair_cache: Path,
+                                                                         tmp_path: Path) -> None:
+    sae_args, names = MORE_CASES[case]
+    data = pair_cache if case == "transcoder" else cache
+    one, two = tmp_path / "one", tmp_path / "two"
+    run([sys.executable, "-m", "saesteer", *train_args(data, one, sae_args=sae_args)])
+    run(torchrun(train_args(data, two, "--dp-partition", "rows", sae_args=sae_args)))
+    assert_same_saes(one, two, names)
+    if case == "transcoder":
+        m2 = json.loads((two / "metrics.json").read_text())
+        assert all(m2["saes"][n]["d_out"] == 12 and m2["saes"][n]["target_hook"] == H_OUT for n in names)
+        assert weights(two, names[1])["W_skip"].shape == (12, 16)
 
 
 class _Zipped:
