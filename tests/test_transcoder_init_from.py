@@ -248,23 +248,55 @@ def pair_cache(tmp_path: Path) -> Path:
                            widths={H_OUT: O, "blocks.1.hook_mlp_out": O}).path
 
 
-def test_cli_fine_tunes_a_sae_lens_transcoder_folder(tmp_path: Path, pair_cache: Path) -> None:
+def test_cli_fine_tunes_a_sae_lens_transcoder_folder_and_resumes_after_kill_9(tmp_path: Path, pair_cache: Path,
+                                                                              capsys) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
     from saesteer.cli import main
 
     sl = sae_lens_transcoder(tmp_path / "sl")
-    out = tmp_path / "run"
-    assert main(["train", "--cache", str(pair_cache), "--out", str(out), "--hook", H_IN, "--target-hook", H_OUT,
-                 "--init-from", str(tmp_path / "sl"), *FLAGS]) == 0
-    folder = out / "saes" / "jumprelu_f48_skip"  # the SAE flags defaulted to the source's, skip included
+    args = ["--cache", str(pair_cache), "--hook", H_IN, "--target-hook", H_OUT, "--init-from", str(tmp_path / "sl"),
+            *FLAGS, "--checkpoint-every-tokens", "256"]
+    assert main(["train", "--out", str(tmp_path / "run"), *args]) == 0
+    folder = tmp_path / "run" / "saes" / "jumprelu_f48_skip"  # the SAE flags defaulted to the source's, skip included
     rec = read_provenance(folder)["init_from"]
     assert rec["spec"] == str((tmp_path / "sl").resolve()) and rec["hook_name_out"] == H_OUT
     tuned = load_sae(folder)
     assert tuned.is_transcoder and tuned.W_skip is not None and tuned.cfg.metadata["hook_name_out"] == H_OUT
-    # 4 small steps from the source: close to it, not equal
     x = torch.randn(64, D, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
+    with torch.no_grad():  # 4 small steps from the source: close to it, not equal
         got, want = tuned(x).recon, sl(x)
     assert 0 < float((got - want).norm() / want.norm()) < 0.2
+
+    # the same command killed (SIGKILL) after step 3 (its step-2 checkpoint written), then run again
+    out = tmp_path / "killed"
+    child = Path(__file__).parent / "helpers" / "dist_child.py"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, str(child), "--hang-at", "3", "--", "train", "--out", str(out), *args],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "hanging.0").exists():
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "the run never reached step 3"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stderr.close()
+    assert not (out / "saes").exists()
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), *args]) == 0
+    printed = capsys.readouterr()
+    assert "resumed from" in printed.out + printed.err and "step_0000000002" in printed.out + printed.err
+    for name, t in load_sae(folder).state_dict().items():
+        assert torch.equal(load_sae(out / "saes" / "jumprelu_f48_skip").state_dict()[name], t), name
 
 
 @pytest.mark.parametrize("flags,parts", [
