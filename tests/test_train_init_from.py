@@ -223,3 +223,20 @@ def test_an_uncentred_source_starts_the_run_as_its_own_function(tmp_path: Path) 
     x = next(iter(data()))
     with torch.no_grad():
         torch.testing.assert_close(trainer.folded_sae(trainer.members[0])(x).recon, sl(x), rtol=1e-5, atol=1e-5)
+
+
+def test_cli_resume_without_sae_flags_does_not_read_the_source_again(tmp_path: Path) -> None:
+    """The SAE flags default to the source's; on resume they come from the run's config.json, so
+    the source may have moved (before, the CLI read it again for the default and failed)."""
+    from helpers.fake_cache import make_fake_cache
+
+    from saesteer.cli import main
+
+    cache = make_fake_cache(tmp_path / "cache", shard_rows=[1024, 1024], d_in=D).path
+    src = sae_lens_topk_folder(tmp_path / "sl")
+    flags = ["--batch-size", "256", "--holdout-tokens", "256", "--no-progress", "--num-threads", "1"]
+    cmd = ["train", "--cache", str(cache), "--out", str(tmp_path / "run"), "--init-from", str(src), *flags]
+    assert main([*cmd, "--total-tokens", "512"]) == 0
+    shutil.move(str(src), tmp_path / "moved")
+    assert main([*cmd, "--total-tokens", "768"]) == 0
+    assert read_provenance(tmp_path / "run" / "saes" / f"topk_k{K}_f{F}")["tokens_trained"] == 768
