@@ -52,13 +52,16 @@ CASES = {
                  ("batchtopk_k4_f64", "topk_k4_f64", "matryoshka_batchtopk_k4_f64", "jumprelu_f64")),
     "transcoder": Case(("--hook", H_IN, "--target-hook", H_OUT, "--architecture", "batchtopk,jumprelu", "--k", "4",
                         "--skip"), ("batchtopk_k4_f64_skip", "jumprelu_f64_skip")),
+    # fine-tuning SAELens's JumpReLU skip transcoder (--init-from added by its test; the SAE flags are the source's)
+    "transcoder_init": Case(("--hook", H_IN, "--target-hook", H_OUT), ("jumprelu_f48_skip",)),
 }
+RUN_CASES = ("saes", "transcoder")  # the cases every check runs
 
 
 def train_args(case: str, cache: Path, out: Path, *extra: str) -> list[str]:
     return [
-        "train", "--cache", str(cache), "--out", str(out), *CASES[case].sae_args, "--d-sae", "64",
-        "--batch-size", str(BATCH),
+        "train", "--cache", str(cache), "--out", str(out), *CASES[case].sae_args,
+        *(("--d-sae", "64") if case != "transcoder_init" else ()), "--batch-size", str(BATCH),
         "--total-tokens", str(STEPS * BATCH), "--holdout-tokens", "128", "--dead-tokens", "64",
         "--lr", "3e-3", "--step-method", "fast", "--num-threads", "1", "--checkpoint-every-tokens", str(8 * BATCH),
         "--eval-every-tokens", "0", "--log-every", "4", "--no-progress", "--model-eval", "false",
@@ -113,7 +116,7 @@ def assert_same_saes(case: str, one: Path, two: Path) -> None:
     assert any(r.get(f"{names[0]}/dead_fraction", 0) > 0 for r in hist if r["kind"] == "train")
     # only rank 0 wrote: one set of SAE folders
     assert sorted(p.name for p in (two / "saes").iterdir()) == sorted(names)
-    if case == "transcoder":  # predicting the target hook, with the skip term
+    if case.startswith("transcoder"):  # predicting the target hook, with the skip term
         assert all(m2["saes"][n]["d_out"] == 12 and m2["saes"][n]["target_hook"] == H_OUT for n in names)
         assert all(weights(two, n)["W_skip"].shape == (12, 16) for n in names)
 
@@ -142,7 +145,7 @@ def shards_runs(caches: dict[str, Path], tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", RUN_CASES)
 def test_two_ranks_by_rows_equal_one_process_with_the_same_batch_size(case: str, caches: dict[str, Path],
                                                                       tmp_path: Path) -> None:
     one, two = tmp_path / "one", tmp_path / "two"
@@ -150,6 +153,20 @@ def test_two_ranks_by_rows_equal_one_process_with_the_same_batch_size(case: str,
     run(torchrun(train_args(case, caches[case], two, "--dp-partition", "rows")))
     assert json.loads((one / "metrics.json").read_text())["world_size"] == 1
     assert_same_saes(case, one, two)
+
+
+@pytest.mark.slow
+def test_fine_tuning_a_sae_lens_transcoder_on_two_ranks_by_rows_equals_one_process(caches: dict[str, Path],
+                                                                                   tmp_path: Path) -> None:
+    """--init-from under torchrun: rank 0's source weights broadcast, both scales the same on every rank."""
+    pytest.importorskip("sae_lens")
+    from test_transcoder_init_from import sae_lens_transcoder
+
+    sae_lens_transcoder(tmp_path / "sl")
+    one, two, src = tmp_path / "one", tmp_path / "two", ("--init-from", str(tmp_path / "sl"))
+    run([sys.executable, "-m", "saesteer", *train_args("transcoder_init", caches["transcoder"], one, *src)])
+    run(torchrun(train_args("transcoder_init", caches["transcoder"], two, "--dp-partition", "rows", *src)))
+    assert_same_saes("transcoder_init", one, two)
 
 
 class _Zipped:
@@ -171,7 +188,7 @@ class _Pair(NamedTuple):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", RUN_CASES)
 def test_two_ranks_by_shards_equal_one_process_on_the_same_global_batches(case: str, caches: dict[str, Path],
                                                                           shards_runs, tmp_path: Path) -> None:
     import argparse
@@ -202,7 +219,7 @@ def test_two_ranks_by_shards_equal_one_process_on_the_same_global_batches(case: 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", RUN_CASES)
 def test_kill_9_of_the_two_rank_run_then_resume_is_bit_identical(case: str, caches: dict[str, Path], shards_runs,
                                                                  tmp_path: Path) -> None:
     out = tmp_path / "killed"
