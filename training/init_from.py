@@ -77,7 +77,7 @@ def spec_from_source(loaded: Any) -> Any:
     return SAESpec(sae.architecture, d_sae=sae.d_sae, matryoshka_widths=widths, skip=sae.W_skip is not None, **k)
 
 
-def describe(loaded: Any) -> str:
+def _describe(loaded: Any) -> str:
     """'a transcoder (IN -> OUT, d_out=O)' / 'a skip transcoder (...)' / 'an SAE' for messages."""
     sae = loaded.sae
     if not sae.is_transcoder:
@@ -91,7 +91,7 @@ def mode_mismatch(loaded: Any, run_target_hook: str | None, run_hook: str | None
     where, src = f"the --init-from SAE {loaded.spec}", loaded.sae
     if src.is_transcoder and run_target_hook is None:
         out = _recorded(loaded, "hook_name_out")
-        return (f"train.init_from: {where} is {describe(loaded)}, but this run trains SAEs"
+        return (f"train.init_from: {where} is {_describe(loaded)}, but this run trains SAEs"
                 f"{' on ' + run_hook if run_hook else ''}; pass --target-hook {out or '(the hook point it predicts)'} "
                 f"(from a cache holding both hooks) to fine-tune it")
     if not src.is_transcoder and run_target_hook is not None:
@@ -162,11 +162,11 @@ def check_source(loaded: Any, specs: list[Any], d_in: int, prov: dict[str, Any],
                                 field="saes")
     if allow_mismatch:
         return
-    for key, flag, what in (("hook_name", "--hook", "reads"), ("hook_name_out", "--target-hook", "predicts")):
+    for key, flag, src_does, run_does in (("hook_name", "--hook", "was trained on", "reads"),
+                                          ("hook_name_out", "--target-hook", "predicts", "predicts")):
         src_hook, run_hook = _recorded(loaded, key), prov.get(key)
         if src_hook and run_hook and src_hook != run_hook:
-            side = "was trained on" if key == "hook_name" else "predicts"
-            raise InitFromError(f"train.init_from: {where} {side} hook point {src_hook}, this run {what} {run_hook}; "
+            raise InitFromError(f"train.init_from: {where} {src_does} hook point {src_hook}, this run {run_does} {run_hook}; "
                                 f"pass {flag} {src_hook}, or {ALLOW_FLAG} true to fine-tune it on {run_hook} anyway",
                                 field="train.init_from")
     run_ident = ModelIdentity.from_json(prov["model_identity"]) if prov.get("model_identity") else None
