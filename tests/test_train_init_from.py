@@ -192,3 +192,51 @@ def test_the_default_spec_of_a_matryoshka_source_keeps_its_levels() -> None:
     spec = spec_from_source(LoadedSAE(sae, {}, "mem", "saesteer"))
     assert spec.architecture == "matryoshka_batchtopk" and list(spec.matryoshka_widths) == [F // 4, F]
     assert (spec.d_sae, spec.k) == (F, K)
+
+
+def test_an_uncentred_source_starts_the_run_as_its_own_function(tmp_path: Path) -> None:
+    """A SAELens JumpReLU that reads its input uncentred (apply_b_dec_to_input false, as every Gemma
+    Scope SAE): the run's SAEs centre (x - b_dec), so b_enc takes b_dec @ W_enc and the function at
+    step 0 is the source's (before, b_dec was subtracted from the input too: outputs off by ~1)."""
+    from sae_lens.saes.jumprelu_sae import JumpReLUSAE as SLJumpReLU
+    from sae_lens.saes.jumprelu_sae import JumpReLUSAEConfig
+
+    from training.init_from import spec_from_source
+
+    sl = SLJumpReLU(JumpReLUSAEConfig(d_in=D, d_sae=F, apply_b_dec_to_input=False))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        sl.W_enc.copy_(torch.randn(D, F, generator=g) / D**0.5)
+        sl.b_enc.copy_(torch.randn(F, generator=g) * 0.1)
+        sl.W_dec.copy_(torch.nn.functional.normalize(torch.randn(F, D, generator=g), dim=1))
+        sl.b_dec.copy_(torch.randn(D, generator=g))
+        sl.threshold.copy_(torch.rand(F, generator=g) * 0.3)
+    sl.cfg.metadata.hook_name = HOOK
+    sl.save_model(tmp_path / "sl")
+    loaded = load_source(str(tmp_path / "sl"))
+    cfg = RunConfig(saes=[spec_from_source(loaded)], train=TrainConfig(total_tokens=2 * B, batch_size=B, holdout_tokens=B,
+                                                                        init_from=str(tmp_path / "sl"), num_threads=1))
+    trainer = Trainer(cfg, D)
+    notes: list[str] = []
+    record = initialize_from_source(trainer, loaded, {"hook_name": HOOK}, log=notes.append)
+    assert record["input_centring_folded"] and any("apply_b_dec_to_input" in n for n in notes)
+    x = next(iter(data()))
+    with torch.no_grad():
+        torch.testing.assert_close(trainer.folded_sae(trainer.members[0])(x).recon, sl(x), rtol=1e-5, atol=1e-5)
+
+
+def test_cli_resume_without_sae_flags_does_not_read_the_source_again(tmp_path: Path) -> None:
+    """The SAE flags default to the source's; on resume they come from the run's config.json, so
+    the source may have moved (before, the CLI read it again for the default and failed)."""
+    from helpers.fake_cache import make_fake_cache
+
+    from saesteer.cli import main
+
+    cache = make_fake_cache(tmp_path / "cache", shard_rows=[1024, 1024], d_in=D).path
+    src = sae_lens_topk_folder(tmp_path / "sl")
+    flags = ["--batch-size", "256", "--holdout-tokens", "256", "--no-progress", "--num-threads", "1"]
+    cmd = ["train", "--cache", str(cache), "--out", str(tmp_path / "run"), "--init-from", str(src), *flags]
+    assert main([*cmd, "--total-tokens", "512"]) == 0
+    shutil.move(str(src), tmp_path / "moved")
+    assert main([*cmd, "--total-tokens", "768"]) == 0
+    assert read_provenance(tmp_path / "run" / "saes" / f"topk_k{K}_f{F}")["tokens_trained"] == 768

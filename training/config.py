@@ -247,13 +247,14 @@ class TrainConfig:
     init_from: str | None = field(
         default=None,
         metadata={"help": "fine-tune: start every SAE from this SAE's weights (a saesteer or SAELens folder, "
-                          "sae_lens:RELEASE/SAE_ID, a sparsify, dictionary_learning or Gemma Scope SAE); its d_in, hook "
-                          "point and model must be the data's; SAE flags default to its architecture, d_sae and k"},
+                          "sae_lens:RELEASE/SAE_ID, a sparsify, dictionary_learning or Gemma Scope SAE; a transcoder "
+                          "for a run with a target hook); its d_in (d_out), hook point(s) and model must be the data's; "
+                          "SAE flags default to its architecture, d_sae, k and skip connection"},
     )
     init_from_allow_mismatch: bool = field(
         default=False,
-        metadata={"help": "with init_from: accept a source SAE recorded for another hook point or model (d_in must "
-                          "still match)"},
+        metadata={"help": "with init_from: accept a source SAE recorded for another hook point (input or target) or "
+                          "model (d_in and d_out must still match)"},
     )
     threshold_lr: float = field(
         default=0.05, metadata={"help": "BatchTopK/Matryoshka: step size of the per-latent inference thresholds"}

@@ -1,25 +1,35 @@
 """Fine-tuning: a fresh run starts its SAEs from an existing SAE (`TrainConfig.init_from`, `--init-from`).
 
 The source is anything `saes.formats.resolve_sae` loads (a folder trained here, a SAELens
-folder or registry id, sparsify, dictionary_learning, Gemma Scope). Before any weight is copied:
+folder or registry id, sparsify, dictionary_learning, Gemma Scope), SAEs and transcoders alike
+(ours of every trainable architecture, SAELens's `jumprelu_transcoder` / `jumprelu_skip_transcoder`).
+Before any weight is copied:
 
 - its d_in must be the data's, its architecture and d_sae those of every SAE of the run (k and
   Matryoshka widths may change: they are training choices);
-- its recorded hook point and model must be the run's (both sides named;
+- a transcoder source needs a transcoder run and the other way round (`--target-hook`), with the
+  target's width d_out and the skip connection (`--skip`) the run's;
+- its recorded hook point(s) and model must be the run's (both sides named;
   `TrainConfig.init_from_allow_mismatch` / `--init-from-allow-mismatch` accepts another
-  model or hook, e.g. to transfer an SAE; d_in must still match).
+  model or hook, e.g. to transfer an SAE; the widths must still match).
 
-The run continues in the source's own activation space: the activation scale is 1 / the mean
-norm of the source's decoder rows (an SAE trained here folded its scale into the decoder;
-SAELens SAEs have unit rows: scale 1), so the saved SAE at step 0 has the source's weights and
-its latents keep their magnitudes. Decoder rows that are not all of one norm are brought to unit
+The run continues in the source's own activation space for what it reconstructs: the output
+scale is 1 / the mean norm of the source's decoder rows (an SAE trained here folded its scale into
+the decoder; SAELens SAEs have unit rows: scale 1), so the saved SAE at step 0 has the source's
+weights and its latents keep their magnitudes. An SAE's input scale is that same factor. A
+transcoder's input has its own scale, which the weights do not reveal and which changes no latent
+(pre-activations are (s x) (W_enc / s)); it is the one a fresh run on these data uses (E||s x|| =
+sqrt(d_in) on the held-out rows, 1 without `normalize_activations`): for a transcoder trained here
+on the same data that is its own. Decoder rows that are not all of one norm are brought to unit
 norm with each latent's encoder column scaled to match (what the trainer keeps throughout;
-noted, and recorded as `decoder_renormalized`).
+noted, and recorded as `decoder_renormalized`). An SAE that reads its input uncentred
+(`apply_b_dec_to_input` false, e.g. Gemma Scope) trains centred, as every SAE here: b_dec @ W_enc
+is added to b_enc, which computes the same (recorded as `input_centring_folded`).
 
-Every saved SAE records `init_from` (spec, format, architecture, shapes, SHA-256 of the weights
-as loaded, the source's own file checksums and provenance). A resume ignores `init_from` (the
-weights come from the checkpoint); a resume with a different `init_from` is refused by the
-config comparison (train.init_from is not a resumable field).
+Every saved SAE records `init_from` (spec, format, architecture, shapes, hooks, SHA-256 of the
+weights as loaded, the scales, the source's own file checksums and provenance). A resume ignores
+`init_from` (the weights and scales come from the checkpoint); a resume with a different
+`init_from` is refused by the config comparison (train.init_from is not a resumable field).
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import hashlib
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from saes.errors import SaesteerError
 
@@ -60,17 +71,41 @@ def spec_from_source(loaded: Any) -> Any:
     from training.config import SAESpec
 
     sae = loaded.sae
-    _require_trainable(sae.architecture, loaded.spec)
+    _require_trainable(sae, loaded.spec)
     widths = list(sae.levels) if sae.levels is not None else []  # Matryoshka: its nested widths
     k = {"k": int(sae.cfg.k)} if hasattr(sae.cfg, "k") else {}  # JumpReLU has none
-    return SAESpec(sae.architecture, d_sae=sae.d_sae, matryoshka_widths=widths, **k)
+    return SAESpec(sae.architecture, d_sae=sae.d_sae, matryoshka_widths=widths, skip=sae.W_skip is not None, **k)
 
 
-def _require_trainable(arch: str, spec: str) -> None:
+def _describe(loaded: Any) -> str:
+    """'a transcoder (IN -> OUT, d_out=O)' / 'a skip transcoder (...)' / 'an SAE' for messages."""
+    sae = loaded.sae
+    if not sae.is_transcoder:
+        return "an SAE"
+    hooks = f"{_recorded(loaded, 'hook_name') or '?'} -> {_recorded(loaded, 'hook_name_out') or '?'}, "
+    return f"a {'skip ' if sae.W_skip is not None else ''}transcoder ({hooks}d_out={sae.d_out})"
+
+
+def mode_mismatch(loaded: Any, run_target_hook: str | None, run_hook: str | None = None) -> str | None:
+    """Why a source cannot start a run with (a transcoder run) or without a target hook; None if it can."""
+    where, src = f"the --init-from SAE {loaded.spec}", loaded.sae
+    if src.is_transcoder and run_target_hook is None:
+        out = _recorded(loaded, "hook_name_out")
+        return (f"train.init_from: {where} is {_describe(loaded)}, but this run trains SAEs"
+                f"{' on ' + run_hook if run_hook else ''}; pass --target-hook {out or '(the hook point it predicts)'} "
+                f"(from a cache holding both hooks) to fine-tune it")
+    if not src.is_transcoder and run_target_hook is not None:
+        return (f"train.init_from: {where} is an SAE (it reconstructs its own input), but this run trains transcoders "
+                f"predicting {run_target_hook}; drop --target-hook to fine-tune it")
+    return None
+
+
+def _require_trainable(sae: Any, spec: str) -> None:
     from saes.registry import trainable_architectures
 
-    if arch not in trainable_architectures():
-        raise InitFromError(f"train.init_from: {spec} is a {arch} SAE; saesteer trains "
+    if sae.architecture not in trainable_architectures():
+        kind = "transcoder" if sae.is_transcoder else "SAE"
+        raise InitFromError(f"train.init_from: {spec} is a {sae.architecture} {kind}; saesteer trains "
                             f"{', '.join(trainable_architectures())}, so it cannot be fine-tuned here", field="train.init_from")
 
 
@@ -91,29 +126,49 @@ def _model_name(name: str | None) -> str | None:
         return name
 
 
-def check_source(loaded: Any, specs: list[Any], d_in: int, prov: dict[str, Any], allow_mismatch: bool) -> None:
-    """Refuse a source that does not fit the run, naming both sides and the fix."""
+def check_source(loaded: Any, specs: list[Any], d_in: int, prov: dict[str, Any], allow_mismatch: bool,
+                 d_out: int | None = None) -> None:
+    """Refuse a source that does not fit the run, naming both sides and the fix. `d_out`: a
+    transcoder run's target width (None: the run trains SAEs)."""
     from saes.identity import ModelIdentity, ModelMismatchError, check_same_model, identity_of_sae
 
     sae, where = loaded.sae, f"the --init-from SAE {loaded.spec}"
-    _require_trainable(sae.architecture, loaded.spec)
+    _require_trainable(sae, loaded.spec)
+    run_target = (prov.get("hook_name_out") or "the run's target hook") if d_out is not None else None
+    mismatch = mode_mismatch(loaded, run_target, prov.get("hook_name"))
+    if mismatch:
+        raise InitFromError(mismatch, field="train.init_from")
     if sae.d_in != d_in:
         raise InitFromError(f"train.init_from: {where} reads activations of width d_in={sae.d_in}, this run's data has "
                             f"width {d_in}{_hook_note(prov)}; fine-tune it on activations of its own hook point and model",
                             field="train.init_from")
+    if d_out is not None and sae.d_out != d_out:
+        src_out = _recorded(loaded, "hook_name_out")
+        raise InitFromError(f"train.init_from: {where} predicts activations of width d_out={sae.d_out}, this run's "
+                            f"target{' ' + prov['hook_name_out'] if prov.get('hook_name_out') else ''} has width {d_out}; "
+                            f"fine-tune it on activations of its own target hook{' ' + src_out if src_out else ''} "
+                            f"(--target-hook) and model", field="train.init_from")
     for s in specs:
         if s.architecture != sae.architecture or s.d_sae != sae.d_sae:
             raise InitFromError(
                 f"train.init_from: {where} is {sae.architecture} with d_sae={sae.d_sae}, but SAE {s.name!r} of the run "
                 f"is {s.architecture} with d_sae={s.d_sae}; pass --architecture {sae.architecture} --d-sae {sae.d_sae} "
                 f"(or leave the SAE flags out: they default to the source's)", field="saes")
+        if d_out is not None and s.skip != (sae.W_skip is not None):
+            sides = ("is a skip transcoder", "has no skip connection", "pass") if not s.skip else (
+                "has no skip connection", "is a skip transcoder", "drop")
+            raise InitFromError(f"train.init_from: {where} {sides[0]}, but SAE {s.name!r} of the run {sides[1]}; "
+                                f"{sides[2]} --skip (or leave the SAE flags out: they default to the source's)",
+                                field="saes")
     if allow_mismatch:
         return
-    src_hook, run_hook = _recorded(loaded, "hook_name"), prov.get("hook_name")
-    if src_hook and run_hook and src_hook != run_hook:
-        raise InitFromError(f"train.init_from: {where} was trained on hook point {src_hook}, this run reads {run_hook}; "
-                            f"pass --hook {src_hook}, or {ALLOW_FLAG} true to fine-tune it on {run_hook} anyway",
-                            field="train.init_from")
+    for key, flag, src_does, run_does in (("hook_name", "--hook", "was trained on", "reads"),
+                                          ("hook_name_out", "--target-hook", "predicts", "predicts")):
+        src_hook, run_hook = _recorded(loaded, key), prov.get(key)
+        if src_hook and run_hook and src_hook != run_hook:
+            raise InitFromError(f"train.init_from: {where} {src_does} hook point {src_hook}, this run {run_does} {run_hook}; "
+                                f"pass {flag} {src_hook}, or {ALLOW_FLAG} true to fine-tune it on {run_hook} anyway",
+                                field="train.init_from")
     run_ident = ModelIdentity.from_json(prov["model_identity"]) if prov.get("model_identity") else None
     src_ident = identity_of_sae(loaded)
     try:
@@ -142,6 +197,8 @@ def source_record(loaded: Any) -> dict[str, Any]:
         "spec": loaded.spec, "format": loaded.format, "architecture": sae.architecture, "d_in": sae.d_in,
         "d_sae": sae.d_sae, "k": getattr(sae.cfg, "k", None), "weights_sha256": weights_sha256(sae),
         "hook_name": _recorded(loaded, "hook_name"), "model": _recorded(loaded, "model_name") or prov.get("model"),
+        **({"hook_name_out": _recorded(loaded, "hook_name_out"), "d_out": sae.d_out,
+            "skip_connection": sae.W_skip is not None} if sae.is_transcoder else {}),
         "files": prov.get("files") or (prov.get("source") or {}).get("files"),
         "source_provenance": {k: prov.get(k) for k in ("tool", "saesteer_version", "git_commit", "model_identity",
                                                         "dataset", "tokens_trained", "source") if k in prov},
@@ -149,24 +206,29 @@ def source_record(loaded: Any) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def initialize_from_source(trainer: Any, loaded: Any, prov: dict[str, Any], log=print) -> dict[str, Any]:
-    """Copy the source's weights into every SAE of a fresh trainer (instead of `Trainer.initialize`);
-    returns the record the saved SAEs carry."""
+def initialize_from_source(trainer: Any, loaded: Any, prov: dict[str, Any], log=print,
+                           holdout_BD: Tensor | None = None) -> dict[str, Any]:
+    """Copy the source's weights into every SAE of a fresh trainer (instead of `Trainer.initialize`)
+    and set its activation scale(s); returns the record the saved SAEs carry. `holdout_BD`: the
+    held-out input rows, which set a transcoder's input scale (see the module docstring)."""
     cfg = trainer.config.train
-    if trainer.is_transcoder or loaded.sae.is_transcoder:  # two activation scales: not planned for here yet
-        what = "this run trains transcoders" if trainer.is_transcoder else f"{loaded.spec} is a transcoder"
-        raise InitFromError(f"train.init_from: {what}; fine-tuning transcoders is not supported yet (train one "
-                            f"from scratch with --target-hook)", field="train.init_from")
-    check_source(loaded, [m.spec for m in trainer.members], trainer.d_in, prov, cfg.init_from_allow_mismatch)
+    check_source(loaded, [m.spec for m in trainer.members], trainer.d_in, prov, cfg.init_from_allow_mismatch,
+                 d_out=trainer.d_out)
     src = loaded.sae
     norms_F = src.W_dec.norm(dim=1)
     mean_norm = float(norms_F.mean())
     if not (mean_norm > 0 and torch.isfinite(norms_F).all()):
         raise InitFromError(f"train.init_from: {loaded.spec} has zero or non-finite decoder rows", field="train.init_from")
-    trainer.scale = 1.0 / mean_norm  # the source's own training space (see the module docstring)
+    if trainer.is_transcoder:
+        trainer.target_scale = 1.0 / mean_norm  # the source's own output space (see the module docstring)
+        trainer.scale = _input_scale(holdout_BD, cfg.normalize_activations)
+    else:
+        trainer.scale = 1.0 / mean_norm
     record = source_record(loaded)
     spread = float((norms_F / mean_norm - 1).abs().max())
     record["activation_scale"] = trainer.scale
+    if trainer.is_transcoder:
+        record["target_activation_scale"] = trainer.target_scale
     record["decoder_renormalized"] = spread > 1e-5
     if record["decoder_renormalized"]:
         log(f"note: the decoder rows of {loaded.spec} have norms {float(norms_F.min()):.4g}..{float(norms_F.max()):.4g}; "
@@ -176,7 +238,9 @@ def initialize_from_source(trainer: Any, loaded: Any, prov: dict[str, Any], log=
         sae = m.sae
         state = {k: v.to(sae.W_enc.device) for k, v in src.state_dict().items()}
         sae.load_state_dict(state)
-        sae.fold_activation_scale_(1.0 / trainer.scale)  # unfold: raw space -> the trainer's scaled space
+        if _match_input_centring_(sae, src.cfg.apply_b_dec_to_input):
+            record["input_centring_folded"] = True
+        sae.fold_activation_scale_(1.0 / trainer.scale, 1.0 / trainer.output_scale)  # raw -> the trainer's scaled space
         if record["decoder_renormalized"]:
             if src.architecture == "topk":
                 sae.fold_decoder_norm_(selection_uses_unit_decoder=True)
@@ -184,4 +248,30 @@ def initialize_from_source(trainer: Any, loaded: Any, prov: dict[str, Any], log=
                 sae.fold_decoder_norm_()
         for t in sae.state_dict().values():
             trainer.coll.broadcast_(t)
+    if record.get("input_centring_folded"):
+        log(f"note: {loaded.spec} reads its input uncentred (apply_b_dec_to_input false); the run trains it centred, "
+            f"as every SAE here, with b_dec @ W_enc added to b_enc (the same function)")
     return record
+
+
+def _input_scale(holdout_BD: Tensor | None, normalize: bool) -> float:
+    """A transcoder run's input scale: a fresh run's (E||s x|| = sqrt(d_in) on the held-out rows)."""
+    from training.initialize import estimate_activation_scale
+
+    if not normalize:
+        return 1.0
+    if holdout_BD is None:
+        raise ValueError("initialize_from_source needs the held-out input rows (holdout_BD) to set a transcoder's "
+                         "input scale")
+    return estimate_activation_scale(holdout_BD.to(torch.float32))
+
+
+def _match_input_centring_(sae: Any, source_centres: bool) -> bool:
+    """Give `sae` (holding the source's weights) the function the source computes with its own
+    input centring: pre = (x - b_dec) W_enc + b_enc' equals x W_enc + b_enc for b_enc' = b_enc +
+    b_dec W_enc. True when b_enc changed (only an SAE can differ: transcoders never centre)."""
+    if bool(sae.cfg.apply_b_dec_to_input) == bool(source_centres):
+        return False
+    shift_F = sae.b_dec @ sae.W_enc
+    sae.b_enc.add_(shift_F if sae.cfg.apply_b_dec_to_input else -shift_F)
+    return True

@@ -62,7 +62,8 @@ def start_run(config: RunConfig, data: Iterable[Any], out: Path, coll: Collectiv
         if config.train.init_from:  # fine-tuning: the source's weights instead of a fresh initialisation
             from training.init_from import initialize_from_source, load_source
 
-            trainer.init_from = initialize_from_source(trainer, load_source(config.train.init_from), prov)
+            trainer.init_from = initialize_from_source(trainer, load_source(config.train.init_from), prov,
+                                                       holdout_BD=holdout_BD)
         else:
             trainer.initialize(holdout_BD, holdout_targets)
     if coll.is_writer:
@@ -122,7 +123,8 @@ def resume_from(trainer: Trainer, found: Checkpoint, data: Iterable[Any], batche
     path, state, tensors = found
     data_state = trainer.restore(state, tensors)
     fresh_scale = estimate_activation_scale(holdout_BD) if trainer.config.train.normalize_activations else 1.0
-    if not trainer.config.train.init_from and not math.isclose(fresh_scale, trainer.scale, rel_tol=1e-6):
+    from_data = not trainer.config.train.init_from or trainer.is_transcoder  # fine-tuned SAEs: the source's scale
+    if from_data and not math.isclose(fresh_scale, trainer.scale, rel_tol=1e-6):
         print(f"warning: the data's held-out rows differ from the original run's (scale {fresh_scale:.6g} vs "
               f"{trainer.scale:.6g}); is it the same data source and seed?")
     if data_state.get("kind") not in ("state_dict", "per_rank"):  # a source without state: replay and skip

@@ -180,17 +180,43 @@ def build_configs(args):
         log=dataclass_from_args(LogConfig, args, file_values=section("log"),
                                 **({"progress": False} if getattr(args, "no_progress", False) else {})),
     )
-    if run.train.init_from and all(getattr(args, f) is None for f in _SAE_FLAGS) and not file_values.get("saes"):
-        from training.init_from import load_source, spec_from_source  # fine-tune the source as it is
-
-        run.saes = [spec_from_source(load_source(run.train.init_from))]
-    run.saes = apply_options(run.saes, option_values(args))
     data = dataclass_from_args(DataConfig, args, file_values=section("data"))
+    out = args.out or file_values.get("out")
+    if run.train.init_from and all(getattr(args, f) is None for f in _SAE_FLAGS) and not file_values.get("saes"):
+        run.saes = _fine_tuning_run_saes(out, run.train.init_from) or _source_as_it_is(run.train.init_from, data)
+    run.saes = apply_options(run.saes, option_values(args))
     if data.target_hook is None and any(spec.skip for spec in run.saes):
         raise ValueError("--skip makes skip transcoders: give --target-hook too (the hook point they predict)")
     text = dataclass_from_args(TextConfig, args, file_values=section("text"))
-    out = args.out or file_values.get("out")
     return run, data, text, out
+
+
+def _source_as_it_is(init_from: str, data) -> list:
+    """The SAE flags' default with --init-from: one SAE, the source's architecture, d_sae, k, widths, skip."""
+    from training.init_from import load_source, mode_mismatch, spec_from_source
+
+    source = load_source(init_from)
+    mismatch = mode_mismatch(source, data.target_hook, data.hook)  # before --skip's check: the source set it
+    if mismatch:
+        raise ValueError(mismatch)
+    return [spec_from_source(source)]
+
+
+def _fine_tuning_run_saes(out: str | None, init_from: str) -> list | None:
+    """The SAEs of the run already in `out` that fine-tunes `init_from` (its config.json): a resume
+    takes them from there, so the source is not read again and may have moved."""
+    import json
+    from pathlib import Path
+
+    from training.config import RunConfig
+
+    try:
+        saved = json.loads((Path(out) / "config.json").read_text()) if out else None
+    except (OSError, ValueError):
+        return None
+    if not isinstance(saved, dict) or (saved.get("train") or {}).get("init_from") != init_from:
+        return None
+    return RunConfig.from_dict({"saes": saved.get("saes") or []}).saes or None
 
 
 def run(args) -> int:

@@ -7,6 +7,8 @@ i % context_length, so (seq_index, position) identifies a row.
     from helpers.fake_cache import make_fake_cache
     cache = make_fake_cache(tmp_path / "c", shard_rows=[5, 3, 7], d_in=4)
     cache.acts  # [15, 4] float32, storage order
+
+`widths` gives some hooks another width than d_in (a transcoder's pair: input and target hook).
 """
 
 from __future__ import annotations
@@ -38,12 +40,14 @@ def make_fake_cache(
     dtype: str = "fp32",
     context_length: int = 4,
     seed: int = 0,
+    widths: dict[str, int] | None = None,
 ) -> FakeCache:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(seed)
     R = sum(shard_rows)
-    acts = {h: torch.randn(R, d_in, generator=g).to(DTYPES[dtype]) for h in hooks}
+    width = {h: (widths or {}).get(h, d_in) for h in hooks}
+    acts = {h: torch.randn(R, width[h], generator=g).to(DTYPES[dtype]) for h in hooks}
     token_ids = torch.randint(0, 100, (R,), generator=g, dtype=torch.int32)
     rows = torch.arange(R)
     positions = (rows % context_length).to(torch.int32)
@@ -62,7 +66,7 @@ def make_fake_cache(
     settings = {
         "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
         "model": {"id": "fake", "revision": None, "fingerprint": "0", "n_ctx": context_length, "d_model": d_in},
-        "hooks": list(hooks), "d_in": {h: d_in for h in hooks}, "dtype": dtype,
+        "hooks": list(hooks), "d_in": width, "dtype": dtype,
         "context_length": context_length, "bos_policy": "none", "separator": "none", "exclude_tokens": "none",
         "excluded_token_ids": [], "tokenizer": {"name": "fake", "sha256": "0"}, "dataset": {"name": "fake"},
         "max_tokens": None, "shard_contexts": 1,
