@@ -215,6 +215,10 @@ def test_demo_cli_rerun_reuses_every_stage(demo, capsys) -> None:
         assert f"{stage}: reused" in out, out
     again = json.loads(demo.paths.summary.read_text())
     assert again["metrics"]["explained_variance"] == demo.metrics["explained_variance"]
+    # every path of the work folder, as DemoPaths names it (none left out of a hand-typed list)
+    assert again["paths"] == {"out": str(demo.paths.out), "cache": str(demo.paths.cache), "run": str(demo.paths.run),
+                              "store": str(demo.paths.store), "steering": str(demo.paths.steering),
+                              "summary": str(demo.paths.summary), "marker": str(demo.paths.marker)}
 
 
 def test_demo_refuses_a_foreign_folder_and_bad_settings(tmp_path: Path, capsys) -> None:
