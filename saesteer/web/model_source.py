@@ -83,10 +83,9 @@ class ModelEngine:
 
         from saesteer.web.schemas import FeatureAct, FireResult, FiringFeature
 
-        model = self.model
         bos = self._prepend_bos()
         # a text longer than the model's context: features_on_text refuses it (ValueError -> 422)
-        res = features_on_text(model, self.sae, text, top_n=int(top_k), prepend_bos=bos,
+        res = features_on_text(self.model, self.sae, text, top_n=int(top_k), prepend_bos=bos,
                                allow_model_mismatch=self.allow_model_mismatch)
         start = 1 if bos and len(res.tokens) > 1 else 0  # the BOS position: no meaning, huge norms
         toks = res.tokens[start:]
