@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from saes.base import SAE
+from saes.hookpoints import transcoder_target
 
 
 @torch.no_grad()
@@ -88,12 +89,3 @@ def model_metrics(model: Any, sae: SAE, hook: str, tokens_NL: Tensor, keep_token
                               keep_token_ids=keep_token_ids, batch_size=batch_size, input_hook=hook).to_dict()
     return splice_metrics(model, reconstructor(sae), hook, tokens_NL, keep_token_ids=keep_token_ids,
                           batch_size=batch_size).to_dict()
-
-
-def transcoder_target(sae: SAE) -> str:
-    """The hook point a transcoder predicts (its `metadata.hook_name_out`); an error naming the fix without one."""
-    target = sae.cfg.metadata.get("hook_name_out")
-    if not target:
-        raise ValueError("this transcoder does not record the hook point it predicts (metadata.hook_name_out); "
-                         "set sae.cfg.metadata['hook_name_out'] before evaluating it")
-    return str(target)

@@ -18,7 +18,8 @@ from torch import Tensor
 from evals.config import EvalConfig
 from evals.activations import HeldOutActivations
 from evals.probing import ProbingData, Task, sparse_probing
-from evals.reconstruction import activation_metrics, model_metrics, transcoder_target
+from evals.reconstruction import activation_metrics, model_metrics
+from saes.hookpoints import transcoder_target
 
 
 class ProbingInputs(NamedTuple):

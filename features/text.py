@@ -74,6 +74,18 @@ def hook_activations(model, hook_name: str, tokens_BS: torch.Tensor) -> torch.Te
     return got["x"]
 
 
+def text_tokens(model, text: str, prepend_bos: bool) -> torch.Tensor:
+    """`text`'s tokens [1, S], tokenized once and never cut: a text longer than the model's context
+    (`cfg.n_ctx`) is refused naming both lengths (TransformerLens's `to_tokens` would cut it to the
+    context without a word, and the latents of its tail would silently be missing)."""
+    tokens_BS = model.to_tokens(text, prepend_bos=prepend_bos, truncate=False)
+    n, n_ctx = int(tokens_BS.shape[1]), getattr(model.cfg, "n_ctx", None)
+    if n_ctx is not None and n > n_ctx:
+        raise ValueError(f"the text is {n} tokens long, more than the model's context of {n_ctx} tokens; shorten it "
+                         f"(or split it into parts of at most {n_ctx} tokens, each read on its own)")
+    return tokens_BS
+
+
 @torch.no_grad()
 def features_on_text(
     model,
@@ -90,7 +102,8 @@ def features_on_text(
     """Latents firing on each token of `text`, strongest first (labels from `store` when given;
     the store must have been built from this SAE). `sae`: an SAE or a `saes.formats.LoadedSAE`.
     The text starts with BOS as the SAE's inputs did (its cfg.json `prepend_bos`, else the model's
-    default) unless `prepend_bos` says otherwise. An SAE (loaded beside a record) or store
+    default) unless `prepend_bos` says otherwise; a text longer than the model's context is refused
+(ValueError, `text_tokens`), never cut. An SAE (loaded beside a record) or store
     recorded for another model than `model` is refused (saes.identity.ModelMismatchError) unless
     `allow_model_mismatch`."""
     from saes.bos import prepend_bos_for
@@ -108,7 +121,7 @@ def features_on_text(
             check_same_model(store.recorded_model(), identity_of_model(model), recorded_in=f"the feature store {store.path}",
                              given_as="the model given", override="allow_model_mismatch=True",
                              fix="load the model it records (saesteer.models.load_model)")
-    tokens_BS = model.to_tokens(text, prepend_bos=prepend_bos_for(model, [sae], prepend_bos))
+    tokens_BS = text_tokens(model, text, prepend_bos_for(model, [sae], prepend_bos))
     x = hook_activations(model, hook, tokens_BS)[0]  # [S, ...]
     x_SD = x.reshape(x.shape[0], -1)
     acts_SF = sae.encode(x_SD.to(device=sae.device, dtype=sae.dtype)).float().cpu()

@@ -7,6 +7,7 @@ that lists close matches and the model's hook points.
 
     check_hook(model, "blocks.1.hook_resid_post", who="SAE 'l1'")
     check_hooks(model, hooks, per_token=True)     # the activation cache: one vector per token
+    transcoder_target(sae)                        # the hook a transcoder predicts (check_transcoder_hooks: the pair)
     model_device(model), model_dtype(model)       # where its weights live
 """
 
@@ -102,6 +103,16 @@ def model_dtype(model: Any) -> torch.dtype:
 
 class HookPairError(SaesteerError, ValueError):
     """A transcoder's (input hook, target hook) pair that cannot work on this model."""
+
+
+def transcoder_target(sae: Any, who: str = "this transcoder") -> str:
+    """The hook point a transcoder predicts (its `cfg.metadata["hook_name_out"]`, SAELens's field);
+    a HookPairError naming the fix when it records none."""
+    target = (sae.cfg.metadata or {}).get("hook_name_out")
+    if not target:
+        raise HookPairError(f"{who} does not record the hook point it predicts; set "
+                            f"sae.cfg.metadata['hook_name_out'] (e.g. 'blocks.1.hook_mlp_out')")
+    return str(target)
 
 
 @torch.no_grad()

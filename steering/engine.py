@@ -344,12 +344,13 @@ class BatchEngine:
         kept while the engine is busy (TransformerLens's `hooks()` context resets only the hooks it
         made, so other work on the model cannot drop them); outside the engine's own forward passes
         they do nothing, and they are removed when the engine goes idle (`_release_hooks`)."""
+        from saes.hookpoints import transcoder_target
         from steering.resolve import sae_hook_name
 
         by_hook: dict[str, list[BatchEditor]] = {}
         for name, ed in editors.items():  # a transcoder's edits land on its target hook
             sae = self.saes[name]
-            writes = sae.cfg.metadata["hook_name_out"] if sae.is_transcoder else sae_hook_name(sae, name)
+            writes = transcoder_target(sae, f"transcoder {name!r}") if sae.is_transcoder else sae_hook_name(sae, name)
             by_hook.setdefault(writes, []).append(ed)
         reads = {ed.reads_hook for ed in editors.values() if ed.reads_hook is not None}
         with self.lock:

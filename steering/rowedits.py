@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from steering.interventions import LatentReader, op_coefficients
+from steering.resolve import sae_hook_name
 from steering.spec import SteeringError, chat_position
 
 if TYPE_CHECKING:
@@ -179,7 +180,7 @@ class BatchEditor:
     def __init__(self, sae: SAE, sae_name: str, rows: Sequence[RowSteering | None], layouts: Sequence[RowLayout]) -> None:
         self.sae_name = sae_name
         # a transcoder reads its latents at its input hook and writes at its target (the engine captures the input)
-        self.reads_hook: str | None = sae.cfg.metadata.get("hook_name") if sae.is_transcoder else None
+        self.reads_hook: str | None = sae_hook_name(sae, sae_name) if sae.is_transcoder else None
         self.B = len(rows)
         dev, dt = sae.W_dec.device, sae.W_dec.dtype
         U, col, entries, stops = _latent_columns(rows, sae_name)

@@ -36,7 +36,7 @@ from typing import Any, Literal, Union
 
 from steering.evaluate import MethodResult, Scorer, score_generation
 from steering.config import GenerationConfig, SweepConfig
-from steering.generation import generate, with_sae_bos
+from steering.generation import Generation, generate, with_sae_bos
 from steering.inputs import Model, SAEArg, SAEs, TypicalMaxArg
 from steering.session import steer
 from steering.spec import Edit, FeatureEdit, SteerLimits, SteeringError
@@ -193,10 +193,13 @@ def sweep_edits(
     with_perplexity: bool = True,
     progress: bool = False,
     allow_model_mismatch: bool = False,
+    unsteered_memo: MutableMapping[str, Generation] | None = None,
 ) -> list[SweepPoint]:
     """Generate and score at each strength; `make_edit(s)` gives the edit (or several edits) at
     strength s, or None for the unsteered model. SAEs recorded for another model are refused
-    (see `steering.steer`) unless `allow_model_mismatch`."""
+    (see `steering.steer`) unless `allow_model_mismatch`. `unsteered_memo`: a dict the caller keeps
+    across sweeps of one model (e.g. of several latents on the same prompts): the unsteered
+    generation is made once per prompts and generation settings, then read from it."""
     from steering.resolve import check_models
 
     check_models(model, saes, allow_model_mismatch)
@@ -211,7 +214,7 @@ def sweep_edits(
         edit = make_edit(s)
         edits = [] if edit is None else (list(edit) if isinstance(edit, (list, tuple)) else [edit])
         if not edits:
-            gen = generate(model, prompts, gen_config)
+            gen = _unsteered(model, prompts, gen_config, unsteered_memo)
         else:
             with steer(model, saes, edits, typical_max=typical_max, limits=limits,
                        allow_model_mismatch=allow_model_mismatch) as sess:
@@ -220,6 +223,18 @@ def sweep_edits(
                              with_perplexity=with_perplexity, strength=s)
         points.append(_point(s, r))
     return points
+
+
+def _unsteered(model: Model, prompts: Sequence[str], gen_config: GenerationConfig,
+               memo: MutableMapping[str, Generation] | None) -> Generation:
+    """The unsteered generation, from `memo` when it holds one for these prompts and settings."""
+    key = repr((list(prompts), gen_config))
+    gen = memo.get(key) if memo is not None else None
+    if gen is None:
+        gen = generate(model, prompts, gen_config)
+        if memo is not None:
+            memo[key] = gen
+    return gen
 
 
 def sweep(
@@ -237,8 +252,11 @@ def sweep(
     sentence_counts: Callable[[str], tuple[int, int]] | None = None,
     progress: bool = False,
     allow_model_mismatch: bool = False,
+    unsteered_memo: MutableMapping[str, Generation] | None = None,
 ) -> SweepResult:
-    """Dose-response of one SAE feature; see the module docstring."""
+    """Dose-response of one SAE feature; see the module docstring. `unsteered_memo`: see
+    `sweep_edits` (add 0 is the unsteered model: its exact-zero delta leaves every activation bit
+    for bit as it was, steering.interventions)."""
     from steering.resolve import check_models, resolve_edits, typical_max_for
     from steering.spec import lookup_typical_max
 
@@ -250,13 +268,15 @@ def sweep(
         resolve_edits(model, saes, [FeatureEdit(latent, config.op, s, config.unit, config.positions, sae_name)],
                       typical_max=typical_max, limits=limits)
 
-    def make(s: float) -> Edit:
+    def make(s: float) -> Edit | None:
+        if config.op == "add" and s == 0:
+            return None
         return FeatureEdit(latent, config.op, s, config.unit, config.positions, sae_name)
 
     points = sweep_edits(model, saes, make, config.strengths, prompts, scorer, gen_config=gen_config,
                          typical_max=typical_max, limits=limits, sentence_counts=sentence_counts,
                          with_perplexity=config.perplexity, progress=progress,
-                         allow_model_mismatch=allow_model_mismatch)
+                         allow_model_mismatch=allow_model_mismatch, unsteered_memo=unsteered_memo)
     tmax = lookup_typical_max(typical_max_for(typical_max, sae_name), latent)
     rec = recommend_strength(points, min_fluency=config.min_fluency, target_concept=config.target_concept,
                              rule=config.rule, min_grammar=config.min_grammar)

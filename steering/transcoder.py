@@ -13,7 +13,7 @@ from typing import Any
 from torch import Tensor
 
 from saes.base import SAE
-from saes.hookpoints import HookPairError, check_transcoder_hooks
+from saes.hookpoints import HookPairError, check_transcoder_hooks, transcoder_target
 from steering.inputs import Model
 from steering.spec import SteeringError
 
@@ -42,14 +42,10 @@ class InputCapture:
 
 
 def transcoder_target_hook(model: Model, sae: SAE, name: str, input_hook: str) -> str:
-    """The hook a transcoder's edits land on (`metadata.hook_name_out`), its pair checked on `model`."""
-    target = (sae.cfg.metadata or {}).get("hook_name_out")
-    if not target:
-        raise SteeringError(f"transcoder {name!r} does not record the hook it predicts; set "
-                            f"sae.cfg.metadata['hook_name_out'] (e.g. 'blocks.1.hook_mlp_out')")
+    """The hook a transcoder's edits land on (`saes.hookpoints.transcoder_target`), its pair checked on `model`."""
     try:
-        check_transcoder_hooks(model, input_hook, str(target), f"transcoder {name!r}",
-                               d_in=sae.d_in, d_out=sae.d_out)
+        target = transcoder_target(sae, f"transcoder {name!r}")
+        check_transcoder_hooks(model, input_hook, target, f"transcoder {name!r}", d_in=sae.d_in, d_out=sae.d_out)
     except HookPairError as e:
         raise SteeringError(e.message) from None
-    return str(target)
+    return target

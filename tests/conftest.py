@@ -3,6 +3,14 @@
 import pytest
 
 
+def pytest_configure(config):
+    """`-p no:warnings` turns off pytest's warnings plugin, which registers the `filterwarnings`
+    marker: under --strict-markers (pyproject) every file that quiets a warning with it would then
+    fail to collect. Registered here in its place (it does nothing then: warnings are not captured)."""
+    if not config.pluginmanager.has_plugin("warnings"):
+        config.addinivalue_line("markers", "filterwarnings(spec): ignored (pytest's warnings plugin is off)")
+
+
 @pytest.fixture(scope="session")
 def real_corpus(tmp_path_factory):
     """Python source and prose from this interpreter's library, split into train and validation

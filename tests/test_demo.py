@@ -171,8 +171,10 @@ def test_steering_candidates_are_sparse_topic_latents_best_f1_first() -> None:
                     ConceptMatch("topic:space", 3, 0.36, 0.4, 0.3, 0), ConceptMatch("colour", 4, 0.9, 0.9, 0.9, 0),
                     ConceptMatch("topic:city", 5, 0.6, 0.6, 0.6, 0)]
 
-        def feature(self, i):
-            return NS(stats=NS(freq=freq[i], flags=flags.get(i, ())))
+        def list_features(self, filter, limit):  # noqa: A002 - the store's name; no whole records (feature())
+            asked = filter["latents"]
+            assert limit == len(asked) and 4 not in asked  # the topic matches' summaries, in one read
+            return [NS(latent=i, freq=freq[i], flags=flags.get(i, ())) for i in asked]
 
     got, sparse = steering_candidates(Store(), "auto", 3)
     assert sparse and [c["latent"] for c in got] == [3, 2]  # dense #1, BOS-only #5 and non-topic #4 are out
@@ -213,6 +215,10 @@ def test_demo_cli_rerun_reuses_every_stage(demo, capsys) -> None:
         assert f"{stage}: reused" in out, out
     again = json.loads(demo.paths.summary.read_text())
     assert again["metrics"]["explained_variance"] == demo.metrics["explained_variance"]
+    # every path of the work folder, as DemoPaths names it (none left out of a hand-typed list)
+    assert again["paths"] == {"out": str(demo.paths.out), "cache": str(demo.paths.cache), "run": str(demo.paths.run),
+                              "store": str(demo.paths.store), "steering": str(demo.paths.steering),
+                              "summary": str(demo.paths.summary), "marker": str(demo.paths.marker)}
 
 
 def test_demo_refuses_a_foreign_folder_and_bad_settings(tmp_path: Path, capsys) -> None:

@@ -53,6 +53,9 @@ def test_cli_build_show_list_search_export(toy, capsys):
     assert main(["features", "top-on-text", store, "the sailor sees a big whale ."]) == 0
     out = capsys.readouterr().out
     assert "whale" in out and "strongest over the text" in out
+    assert main(["features", "top-on-text", store, " ".join(["whale"] * 200)]) == 2  # never silently cut
+    err = capsys.readouterr().err
+    assert "the text is 201 tokens long, more than the model's context of" in err and "shorten it" in err
 
 
 def test_cli_refuses_a_store_of_another_sae(toy, capsys, tmp_path):

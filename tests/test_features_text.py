@@ -46,6 +46,18 @@ def test_features_on_text_match_a_manual_run_and_leave_no_hooks(model, sae):
     assert all(not hp.fwd_hooks for hp in model.hook_dict.values())
 
 
+def test_a_text_longer_than_the_context_is_refused_not_cut(model, sae):
+    """TransformerLens's to_tokens cuts a text to n_ctx by default: the tail's latents would be
+    missing without a word. The refusal names the text's length and the context."""
+    n_ctx = model.cfg.n_ctx
+    fits = " ".join(["sea"] * (n_ctx - 1))  # + BOS: exactly the context
+    assert len(features_on_text(model, sae, fits).tokens) == n_ctx
+    n = int(model.to_tokens(fits + " sea", truncate=False).shape[1])
+    with pytest.raises(ValueError, match=rf"the text is {n} tokens long, more than the model's context of {n_ctx} "
+                                         rf"tokens; shorten it"):
+        features_on_text(model, sae, fits + " sea")
+
+
 def test_logit_effects_are_the_centred_scaled_direction_through_W_U(model, sae):
     eff = logit_effects(sae.W_dec, model, n=5)
     d = sae.W_dec.detach()

@@ -343,7 +343,8 @@ def test_eval_refuses_another_models_cache_or_model(chain, capsys):
 
 def test_saes_of_two_models_are_refused_together(chain, capsys, tmp_path):
     """--sae a=... --sae b=... recorded for models A and B: whichever model runs, one SAE is not its
-    own. Refused by steer and eval (eval has no other check: it never goes through steering.steer)."""
+    own. Refused by steer and eval (eval has no other check: it never goes through steering.steer),
+    and a store of A with an SAE of B by top-on-text."""
     sae_b = tmp_path / "sae-b"
     shutil.copytree(chain.sae, sae_b)
     prov = json.loads((sae_b / "saesteer.json").read_text())
@@ -355,6 +356,10 @@ def test_saes_of_two_models_are_refused_together(chain, capsys, tmp_path):
     assert "SAE 'b'" in _refused(capsys, chain)
     assert main(["steer", *pair, "-l", "a/3:add=4", "-p", "the crabs", "--max-new-tokens", "2"]) == 2
     _refused(capsys, chain)
+    # top-on-text decides the model as steer does: the store (A) and the SAE (B) named, and the CLI's flag
+    assert main(["features", "top-on-text", str(chain.store), "the crabs", "--sae", str(sae_b)]) == 2
+    err = _refused(capsys, chain)
+    assert f"the feature store {chain.store}" in err and str(sae_b) in err and "allow_model_mismatch=True" not in err
 
 
 def test_python_api_refuses_a_store_of_another_model(chain):

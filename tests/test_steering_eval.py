@@ -175,6 +175,32 @@ def test_a_sweep_with_no_acceptable_strength_says_so_and_stores_none(model, plan
         SweepConfig(strengths=[0.0])
 
 
+def test_sweeps_sharing_a_memo_generate_the_unsteered_text_once(model, planted, monkeypatch):
+    """Strength 0 of an add sweep is the unsteered model (add 0 leaves every activation bit for bit
+    as it was); sweeps of several latents on the same prompts (the demo's candidates) share it
+    through `unsteered_memo` instead of generating it again, with the same points."""
+    import steering.sweeps as sweeps
+    from steering import FeatureEdit
+
+    scorer = OfflineScorer(whale_share, lambda t: (1, 1))
+    cfg = SweepConfig(strengths=[0.0, 4.0], op="add", unit="max_act", positions="generated")
+    sampled = GenerationConfig(max_new_tokens=6, do_sample=True, seed=3, stop_at_eos=False)
+    with steer(model, planted, [FeatureEdit(11, "add", 0.0, "max_act", "generated")], typical_max={11: 2.0}) as s:
+        added_zero = s.generate(PROMPTS[:2], sampled)
+    assert torch.equal(added_zero.tokens, generate(model, PROMPTS[:2], sampled).tokens)
+    alone = [sweep(model, planted, f, PROMPTS[:2], scorer, cfg, gen_config=sampled, typical_max={f: 2.0})
+             for f in (11, 5)]
+    unsteered_runs = []
+    real = sweeps.generate
+    monkeypatch.setattr(sweeps, "generate", lambda *a, **kw: unsteered_runs.append(1) or real(*a, **kw))
+    memo = {}
+    shared = [sweep(model, planted, f, PROMPTS[:2], scorer, cfg, gen_config=sampled, typical_max={f: 2.0},
+                    unsteered_memo=memo) for f in (11, 5)]
+    assert len(unsteered_runs) == 1 and len(memo) == 1
+    assert [r.points for r in shared] == [r.points for r in alone]
+    assert shared[0].points[0].examples == added_zero.texts
+
+
 def test_sweep_validates_every_strength_first(model, planted):
     scorer = OfflineScorer(whale_share, lambda t: (1, 1))
     with pytest.raises(SteeringError, match="typical max"):

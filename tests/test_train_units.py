@@ -4,6 +4,7 @@ decoder-gradient projection, config comparison, checkpoint files, initialisation
 from __future__ import annotations
 
 import random
+import re
 
 import numpy as np
 import pytest
@@ -195,3 +196,26 @@ def test_a_field_newer_than_the_checkpoint_counts_as_its_default() -> None:
     assert any(d.startswith("saes.0.lr:") for d in diffs)
     two = RunConfig(saes=[SAESpec("topk", k=8), SAESpec("batchtopk")]).to_dict()
     assert any(d.startswith("saes.1.") for d in config_differences(saved, two))
+
+
+def test_restore_refuses_a_checkpoint_of_another_target_width_by_its_saved_d_out() -> None:
+    """The saved run config's d_out decides, not the tensors' shapes: an SAE's checkpoint (no
+    target) has the shapes of a transcoder whose target is as wide as its input, and loaded
+    into one silently before."""
+    from training.trainer import ConfigMismatchError
+
+    cfg = RunConfig(saes=[SAESpec("topk", d_sae=32, k=2)], train=TrainConfig(batch_size=8))
+
+    def payload(d_out):
+        state, tensors = Trainer(cfg, 16, d_out=d_out).checkpoint_payload({"kind": "replay", "batches": 0})
+        return {**state, "step": 0}, tensors  # as write_checkpoint saves it
+
+    for saved, now in ((None, 16), (16, None), (16, 24)):
+        state, tensors = payload(saved)
+        words = {None: "no target (an SAE)", 16: "a target of width d_out=16", 24: "a target of width d_out=24"}
+        want = f"target_hook: the checkpoint's run has {words[saved]}, this run has {words[now]}"
+        with pytest.raises(ConfigMismatchError, match=re.escape(want)) as e:
+            Trainer(cfg, 16, d_out=now).restore(state, tensors)
+        assert e.value.field == "target_hook"
+    state, tensors = payload(16)
+    assert Trainer(cfg, 16, d_out=16).restore(state, tensors) == {"kind": "replay", "batches": 0}

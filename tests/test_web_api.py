@@ -96,6 +96,9 @@ def test_feature_detail(c, ws):
     assert r.status_code == 200
     f = r.json()
     assert f["summary"]["latent"] == i and f["summary"]["label"] == ws.labels[i]
+    listed = c.get("/api/stores/tiny/features", params={"offset": i, "limit": 1}).json()["items"][0]
+    assert listed["latent"] == i and f["summary"] == listed  # the page's header is the list's row
+    assert f["summary"]["score"] == next(s["value"] for s in f["scores"] if s["method"] == "detection")
     assert f["label"]["text"] == ws.labels[i] and f["label"]["judge_model"] == "test-judge"
     assert {s["method"] for s in f["scores"]} == {"detection", "fuzzing"}
     h = f["histogram"]

@@ -419,18 +419,19 @@ class Trainer:
                 f"train.step_method: the checkpoint was trained with {state.get('step_method')!r}, this run would use "
                 f"{self.step_method!r}; pass --step-method {state.get('step_method')} to resume"
             )
+        if state.get("d_out") != self.d_out:  # a transcoder's target width as saved (None: an SAE, no target)
+            def target(d_out):
+                return "no target (an SAE)" if d_out is None else f"a target of width d_out={d_out}"
+
+            raise ConfigMismatchError(
+                f"target_hook: the checkpoint's run has {target(state.get('d_out'))}, this run has "
+                f"{target(self.d_out)}; resume with the target hook the run started with", field="target_hook")
         for m in self.members:
             saved = state["members"].get(m.name)
             if saved is None:
                 raise CheckpointError(f"the checkpoint has no SAE named {m.name!r}")
             sd = {k.split("/", 2)[2]: v for k, v in tensors.items() if k.startswith(f"sae/{m.name}/")}
-            w, wd = sd.get("W_enc"), sd.get("W_dec")
-            if wd is not None and w is not None and tuple(w.shape) == tuple(m.sae.W_enc.shape) \
-                    and tuple(wd.shape) != tuple(m.sae.W_dec.shape):
-                raise ConfigMismatchError(
-                    f"target_hook: the checkpoint's SAE {m.name} predicts rows of width {wd.shape[1]} (saved d_out "
-                    f"{state.get('d_out')}), this run's target has width {m.sae.d_out}; resume with the target hook "
-                    f"the run started with", field="target_hook")
+            w = sd.get("W_enc")
             if w is not None and tuple(w.shape) != tuple(m.sae.W_enc.shape):
                 raise ConfigMismatchError(
                     f"d_in: the checkpoint's SAE {m.name} reads activations of width {w.shape[0]} (d_sae "

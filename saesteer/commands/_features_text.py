@@ -37,9 +37,7 @@ def top_on_text(args) -> int:
     from saes.formats import resolve_sae
     from saesteer.terminal import plain
 
-    from saes.identity import identity_of_sae
-    from saesteer.commands._steering import CLIError, require_hook
-    from saesteer.models import load_recorded_model, pick_record
+    from saesteer.commands._steering import load_model
 
     if args.no_bos and args.prepend_bos:
         raise ValueError("--no-bos and --prepend-bos true contradict each other; give one of them")
@@ -58,14 +56,7 @@ def top_on_text(args) -> int:
         recorded_hook = (store.meta.get("sae") or {}).get("hook_name") if store is not None else None
         loaded = resolve_sae(sae_dir, hook=args.hook or recorded_hook, model=args.model, device=device)
         loaded.sae.eval()
-        try:
-            require_hook("sae", sae_dir, loaded.sae)
-        except CLIError as e:
-            raise ValueError(str(e)) from None
-        candidates = [(store.recorded_model(), f"the feature store {args.store}")] if store is not None else []
-        recorded, recorded_in = pick_record(candidates + [(identity_of_sae(loaded), f"the SAE {sae_dir}")])
-        model = load_recorded_model(recorded, args.model, recorded_in=recorded_in, device=device,
-                                    allow_mismatch=args.allow_model_mismatch)
+        model = load_model(args, {"sae": loaded}, store, sae_specs={"sae": sae_dir})
         res = features_on_text(model, loaded, args.text, store=store, top_n=args.top, prepend_bos=prepend_bos,
                                allow_model_mismatch=args.allow_model_mismatch)
     finally:

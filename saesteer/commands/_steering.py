@@ -88,14 +88,15 @@ def require_hook(name: str, spec: Any, sae: Any) -> None:
                        f"(e.g. --hook blocks.6.hook_resid_post)")
 
 
-def load_model(args, loaded: dict[str, LoadedSAE], store: Any = None):
-    """The model to steer: --model, checked against the model every SAE (`load_saes`'s LoadedSAEs)
+def load_model(args, loaded: dict[str, LoadedSAE], store: Any = None, sae_specs: dict[str, Any] | None = None):
+    """The model to run: --model, checked against the model every SAE (`load_saes`'s LoadedSAEs)
     and the store record, or else the recorded model itself. Refusals name both models and
-    --allow-model-mismatch. Every SAE must know its hook point first (its files, or --hook)."""
+    --allow-model-mismatch. Every SAE must know its hook point first (its files, or --hook).
+    `sae_specs`: name -> what each SAE was given as, for messages (default: parsed from args.sae)."""
     from saes.identity import ModelIdentityError, check_same_model, identity_of_sae
     from saesteer.models import OVERRIDE_FLAG, load_recorded_model, model_identity, pick_record
 
-    dirs = parse_sae_args(args.sae)
+    dirs = parse_sae_args(args.sae) if sae_specs is None else sae_specs
     for name, item in loaded.items():
         require_hook(name, dirs[name], item.sae)
     records = [(identity_of_sae(item), f"SAE {name!r} ({dirs[name]})") for name, item in loaded.items()]

@@ -130,14 +130,13 @@ def _run(args) -> int:
 def _transcoder_targets(model, loaded: dict) -> dict[str, str]:
     """The target hook of each transcoder among the SAEs, its pair checked on the model (both hooks
     exist, the target runs after the input, the widths are d_in and d_out)."""
-    from evals.reconstruction import transcoder_target
-    from saes.hookpoints import check_transcoder_hooks
+    from saes.hookpoints import check_transcoder_hooks, transcoder_target
 
     out = {}
     for name, item in loaded.items():
         sae = item.sae
         if sae.is_transcoder:
-            out[name] = transcoder_target(sae)
+            out[name] = transcoder_target(sae, f"transcoder {name!r}")
             check_transcoder_hooks(model, sae.cfg.metadata["hook_name"], out[name], f"transcoder {name!r}",
                                    d_in=sae.d_in, d_out=sae.d_out)
     return out

@@ -129,6 +129,11 @@ class DemoPaths:
     def marker(self) -> Path:
         return self.out / MARKER
 
+    def named(self) -> dict[str, Path]:
+        """Every path of the work folder by name (`out` and each property above), for summary.json."""
+        names = [f.name for f in dataclasses.fields(self)]
+        names += [k for k, v in vars(type(self)).items() if isinstance(v, property)]
+        return {k: getattr(self, k) for k in names}
 
 
 def run_config(cfg: DemoConfig, progress: bool = True):

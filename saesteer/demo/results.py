@@ -75,7 +75,7 @@ class DemoResult:
     def to_json(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "model"}
         d = json.loads(json.dumps(d, default=_jsonable))
-        d["paths"] = {k: str(getattr(self.paths, k)) for k in ("out", "cache", "run", "store", "steering", "summary")}
+        d["paths"] = {k: str(p) for k, p in self.paths.named().items()}
         return d
 
 

@@ -28,9 +28,10 @@ def steering_candidates(store, topic: str, n: int) -> tuple[list[dict[str, Any]]
     for m in store.concept_matches():
         if m.concept not in concepts or (m.latent in rows and rows[m.latent]["f1"] >= m.f1):
             continue
-        st = store.feature(m.latent).stats
-        rows[m.latent] = {"latent": m.latent, "topic": concepts[m.concept], "f1": round(float(m.f1), 4),
-                              "freq": float(st.freq), "flags": list(st.flags)}
+        rows[m.latent] = {"latent": m.latent, "topic": concepts[m.concept], "f1": round(float(m.f1), 4)}
+    # each match's frequency and flags: one read of their summaries (not a whole record per latent)
+    for s in store.list_features(filter={"latents": list(rows)}, limit=len(rows)) if rows else []:
+        rows[s.latent].update(freq=float(s.freq), flags=list(s.flags))
     ranked = sorted(rows.values(), key=lambda r: (-r["f1"], r["latent"]))
     sparse = [r for r in ranked if r["freq"] <= SPARSE_MAX_FREQ and not {"dense", "bos_only", "dead"} & set(r["flags"])]
     return (sparse or ranked)[:n], bool(sparse)
@@ -71,9 +72,9 @@ def stage_steer(cfg: DemoConfig, paths: DemoPaths, model, sae, progress: bool, i
         write_sweep_json(res, paths.steering / f"sweep_{cand['latent']}.json")
         store_recommendation(link.record_strength, res)  # the web playground prefills it (or learns none works)
         tmax = link.typical_max(cand["latent"])
-        rec = store.feature(cand["latent"])
-    label = rec.label.text if rec.label is not None else None
-    detection = next((float(x.value) for x in rec.scores if x.method == "detection"), None)
+        current = store.label(cand["latent"])
+        detection = store.current_scores([cand["latent"]], "detection").get(cand["latent"])
+    label = current.text if current is not None else None
     by_s = {p.strength: p for p in res.points}
     dev = {"seed": cfg.seed, "samples": cfg.steer_samples,
            **_figures(by_s[0.0], "default"), **_figures(by_s[strength], "steered")}
@@ -108,9 +109,10 @@ def _best_of_sweeps(cfg: DemoConfig, model, sae, cands: list[dict[str, Any]], li
     say(f"each swept over {strengths} x typical max on {cfg.steer_samples} dev samples (seed {cfg.seed}), scored "
         f"offline: topic share, fluency, grammatical sentences (toy validator)")
     best = None  # (met, margin, candidate, result, strength)
+    unsteered: dict = {}  # the same prompts and seed for every candidate: the unsteered text is made once
     for c in cands:
         res = sweep(model, sae, c["latent"], [""] * cfg.steer_samples, toy_scorer(c["topic"]), sweep_cfg,
-                    gen_config=gen_cfg, typical_max=link.typical_max, progress=progress)
+                    gen_config=gen_cfg, typical_max=link.typical_max, progress=progress, unsteered_memo=unsteered)
         met = res.recommended is not None
         steered = [p for p in res.points if p.strength != 0]
         pick = (next(p for p in steered if p.strength == res.recommended) if met

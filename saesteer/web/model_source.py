@@ -83,17 +83,9 @@ class ModelEngine:
 
         from saesteer.web.schemas import FeatureAct, FireResult, FiringFeature
 
-        model = self.model
         bos = self._prepend_bos()
-        n_ctx = getattr(model.cfg, "n_ctx", None)
-        if n_ctx is not None:
-            try:
-                n = int(model.to_tokens(text, prepend_bos=bos, truncate=False).shape[1])
-            except TypeError:  # a model whose to_tokens has no truncate flag
-                n = len(model.tokenizer(text)["input_ids"]) + int(bos)
-            if n > n_ctx:
-                raise ValueError(f"the text is {n} tokens long, more than the model's context of {n_ctx}; shorten it")
-        res = features_on_text(model, self.sae, text, top_n=int(top_k), prepend_bos=bos,
+        # a text longer than the model's context: features_on_text refuses it (ValueError -> 422)
+        res = features_on_text(self.model, self.sae, text, top_n=int(top_k), prepend_bos=bos,
                                allow_model_mismatch=self.allow_model_mismatch)
         start = 1 if bos and len(res.tokens) > 1 else 0  # the BOS position: no meaning, huge norms
         toks = res.tokens[start:]

@@ -67,18 +67,6 @@ def finite(x) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _record_summary(rec, score: float | None) -> FeatureSummary:
-    """A feature record's row in the list (the feature page's header)."""
-    st = rec.stats
-    return FeatureSummary(
-        latent=rec.latent, label=rec.label.text if rec.label else None, score=finite(score), frequency=finite(st.freq),
-        n_fires=st.n_fires, max_act=finite(st.max_act), mean_act=finite(st.mean_act),
-        typical_max_act=finite(st.typical_max_act), health=_health(st.flags), flags=list(st.flags),
-        level=rec.level, parent=rec.parent.parent_latent if rec.parent else None,
-        recommended_strength=finite(rec.recommended_strength),
-    )
-
-
 def _label_info(rec) -> LabelInfo | None:
     if rec.label is None:
         return None
@@ -302,7 +290,6 @@ class StoreCatalog:
             return None
         st = rec.stats
         ref = finite(st.max_act) or 0.0
-        score = next((float(s.value) for s in rec.scores if s.method == self.score_method), None)
         family = [rec.parent.parent_latent] if rec.parent else []
         family += [c.child_latent for c in rec.children]
         labels = self.store.labels(family) if family else {}
@@ -310,7 +297,7 @@ class StoreCatalog:
         bos = self.store.meta.get("bos_id")
         return FeatureDetail(
             store=self.name,
-            summary=_record_summary(rec, score),
+            summary=self.summaries([latent])[rec.latent],  # the feature's row in the list, as the list shows it
             label=_label_info(rec),
             scores=[ScoreInfo(method=s.method, value=float(s.value), n_examples=s.n_examples, offline=s.offline,
                               created=s.created_at) for s in rec.scores],
