@@ -8,7 +8,9 @@
     res.verdict                                 # says which, and by what rule
 
 Every point is scored for concept by the scorer and for fluency by `steering.fluency` (one
-definition for every sweep). Strength 0 is the unsteered baseline and is never recommended. A
+definition for every sweep). The unsteered baseline is strength 0 of an add sweep; a clamp sweep's
+strength 0 is an ablation, so its baseline is generated beside the points (`SweepResult.unsteered`).
+Strength 0 is never recommended. A
 steered point is acceptable when its mean concept score is above the unsteered one's (steering
 that does not move the concept is not recommended, however fluent), its mean aggregate is above 0
 (no score is 0 in every sample) and its mean fluency is at least `min_fluency` (and, with
@@ -70,12 +72,14 @@ class SweepResult:
     op: str | None = None
     typical_max: float | None = None
     rule: str = ""
+    # the unsteered model's point when no swept strength is the unsteered model (a clamp sweep)
+    unsteered: SweepPoint | None = None
 
     @property
     def verdict(self) -> str:
         """One line: the recommended strength and the rule, or that no strength works."""
         if self.recommended is None:
-            steered = [f"{p.strength:g}" for p in self.points if p.strength != 0]
+            steered = [f"{p.strength:g}" for p in self.points if p.strength != 0 or self.unsteered is not None]
             return f"no strength works: none of {', '.join(steered) or 'no steered strength'} met {self.rule}"
         return f"recommended strength {self.recommended:g} ({self.rule})"
 
@@ -112,9 +116,11 @@ def _point(strength: float, r: MethodResult) -> SweepPoint:
 
 def recommend_strength(points: Sequence[SweepPoint], *, min_fluency: float = 0.0,
                        target_concept: float | None = None, rule: str = "weakest",
-                       min_se: float = 0.01, min_grammar: float | None = None) -> float | None:
-    """See the module docstring. Never 0 (the unsteered baseline), never a strength whose concept
-    score is not above the baseline's; None when no steered point is acceptable, i.e. no strength works.
+                       min_se: float = 0.01, min_grammar: float | None = None,
+                       unsteered: SweepPoint | None = None) -> float | None:
+    """See the module docstring. Never 0, never a strength whose concept score is not above the
+    unsteered one's: `unsteered` when given (a clamp sweep), else the points at strength 0 (an add
+    sweep's). None when no steered point is acceptable, i.e. no strength works.
 
     rule="margin" (with `target_concept`): among acceptable points, the one with the largest
     worst-case margin min(concept - target_concept, fluency - min_fluency[, grammar - min_grammar]).
@@ -129,8 +135,8 @@ def recommend_strength(points: Sequence[SweepPoint], *, min_fluency: float = 0.0
     targets = dict(min_fluency=min_fluency, target_concept=target_concept, min_grammar=min_grammar)
     # acceptable: steered, more of the concept than the unsteered text (strength 0, when swept), every
     # score above 0 (a degenerate text has fluency 0), every target met
-    unsteered = [p.concept for p in points if p.strength == 0]
-    floor = max(unsteered) if unsteered else -math.inf
+    baseline = [unsteered.concept] if unsteered is not None else [p.concept for p in points if p.strength == 0]
+    floor = max(baseline) if baseline else -math.inf
     ok = [p for p in points if p.strength != 0 and p.concept > floor and p.aggregate > 0
           and target_margin(p, **targets) >= 0]
     if not ok:
@@ -273,16 +279,19 @@ def sweep(
             return None
         return FeatureEdit(latent, config.op, s, config.unit, config.positions, sae_name)
 
-    points = sweep_edits(model, saes, make, config.strengths, prompts, scorer, gen_config=gen_config,
-                         typical_max=typical_max, limits=limits, sentence_counts=sentence_counts,
-                         with_perplexity=config.perplexity, progress=progress,
-                         allow_model_mismatch=allow_model_mismatch, unsteered_memo=unsteered_memo)
+    run = dict(gen_config=gen_config, typical_max=typical_max, limits=limits, sentence_counts=sentence_counts,
+               with_perplexity=config.perplexity, allow_model_mismatch=allow_model_mismatch,
+               unsteered_memo=unsteered_memo)
+    points = sweep_edits(model, saes, make, config.strengths, prompts, scorer, progress=progress, **run)
+    # clamping to 0 ablates the latent: a clamp sweep's baseline is the unsteered model, generated apart
+    unsteered = (sweep_edits(model, saes, lambda s: None, [0.0], prompts, scorer, **run)[0]
+                 if config.op != "add" else None)
     tmax = lookup_typical_max(typical_max_for(typical_max, sae_name), latent)
     rec = recommend_strength(points, min_fluency=config.min_fluency, target_concept=config.target_concept,
-                             rule=config.rule, min_grammar=config.min_grammar)
+                             rule=config.rule, min_grammar=config.min_grammar, unsteered=unsteered)
     rule = describe_rule(config.min_fluency, config.target_concept, config.rule, config.min_grammar)
     return SweepResult(f"{sae_name}/{latent}:{config.op}", config.unit, points, rec, latent, sae_name,
-                       config.op, tmax, rule)
+                       config.op, tmax, rule, unsteered)
 
 
 # ---------------------------------------------------------------------------------- output
@@ -303,6 +312,9 @@ def dose_response_figure(result: SweepResult):
     if any(p.perplexity is not None for p in result.points):
         fig.add_trace(go.Scatter(x=xs, y=[p.perplexity for p in result.points], mode="lines+markers",
                                  name="perplexity (unsteered model)", yaxis="y2", line={"dash": "dot"}))
+    if result.unsteered is not None:
+        fig.add_hline(y=result.unsteered.concept, line_dash="dot",
+                      annotation_text=f"unsteered concept {result.unsteered.concept:.2f}")
     if result.recommended is not None:
         fig.add_vline(x=result.recommended, line_dash="dash", annotation_text=f"recommended {result.recommended:g}")
     unit = "x typical max activation" if result.unit == "max_act" else "activation units"

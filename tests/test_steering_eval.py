@@ -201,6 +201,34 @@ def test_sweeps_sharing_a_memo_generate_the_unsteered_text_once(model, planted, 
     assert shared[0].points[0].examples == added_zero.texts
 
 
+def test_a_clamp_sweep_is_judged_against_the_unsteered_model_not_its_ablation(model, planted, tmp_path, capsys):
+    """Clamping to 0 ablates the latent, so a clamp sweep's strength 0 is no baseline: the sweep
+    generates the unsteered text beside its points and a strength must beat that."""
+    from steering.sweeps import SweepPoint
+
+    # ablated 0.0 < clamp-to-1 0.3 < unsteered 0.4: judged against the ablation, 1 would be recommended
+    pts = [SweepPoint(0, 0.0, 1.0, 0.0), SweepPoint(1, 0.3, 0.9, 0.45)]
+    assert recommend_strength(pts) == 1
+    assert recommend_strength(pts, unsteered=SweepPoint(0, 0.4, 1.0, 0.57)) is None
+    assert recommend_strength(pts, unsteered=SweepPoint(0, 0.2, 1.0, 0.33)) == 1
+    scorer = OfflineScorer(whale_share, lambda t: (1, 1))
+    cfg = SweepConfig(strengths=[0.0, 20.0], op="clamp", unit="max_act", positions="generated")
+    res = sweep(model, planted, 11, PROMPTS[:2], scorer, cfg, gen_config=GREEDY, typical_max={11: 2.0})
+    assert res.unsteered is not None and res.unsteered.examples == generate(model, PROMPTS[:2], GREEDY).texts[:3]
+    assert res.points[1].concept > res.unsteered.concept
+    # 20x repeats one token (fluency 0): no strength works; clamping to 0 is a steered strength here
+    assert res.recommended is None and res.verdict.startswith("no strength works: none of 0, 20 met")
+    assert json.loads(write_sweep_json(res, tmp_path / "c.json").read_text())["unsteered"]["concept"] == res.unsteered.concept
+    assert "unsteered concept" in write_sweep_html(res, tmp_path / "c.html").read_text()
+    added = sweep(model, planted, 11, PROMPTS[:2], scorer, SweepConfig(strengths=[0.0, 4.0], op="add"),
+                  gen_config=GREEDY, typical_max={11: 2.0})
+    assert added.unsteered is None  # an add sweep's strength 0 is the unsteered model
+    from saesteer.commands.sweep import _print_result
+
+    _print_result(res, "c.html", "c.json")
+    assert "unsteered" in capsys.readouterr().out
+
+
 def test_sweep_validates_every_strength_first(model, planted):
     scorer = OfflineScorer(whale_share, lambda t: (1, 1))
     with pytest.raises(SteeringError, match="typical max"):

@@ -22,7 +22,8 @@ Fluency is the same for both (and for the web app's sweeps): how much more surpr
 text is to the unsteered model than the model itself expects, times penalties for repetition
 and for punctuation runs; unsteered text scores about 1, degenerate text about 0.
 
-Strength 0 is the unsteered baseline and is never recommended. Among the steered strengths
+Strength 0 is never recommended: it is the unsteered baseline of an add sweep; a clamp sweep (0 ablates) is
+judged against the unsteered text, generated beside it (the "unsteered" row). Among the steered strengths
 that meet every condition (concept above the unsteered one's; fluency >= --min-fluency; concept
 >= --target-concept; grammatical >= --min-grammar), the recommendation is the best mean harmonic mean of the scores, or with
 --target-concept the weakest (--rule weakest), the one with the largest worst-case margin to the
@@ -221,10 +222,11 @@ def _print_result(res, html, js) -> None:
     cols = ["strength", "concept", "fluency"] + (["grammatical"] if grammar else []) + ["aggregate", "perplexity", "example"]
     for col in cols:
         table.add_column(col, overflow="fold")
-    for p in res.points:
-        row = [f"{p.strength:g}", f"{p.concept:.2f}", f"{p.fluency:.2f}"]
+    baseline = [("unsteered", res.unsteered)] if res.unsteered is not None else []  # a clamp sweep's
+    for name, p in baseline + [(f"{p.strength:g}", p) for p in res.points]:
+        row = [name, f"{p.concept:.2f}", f"{p.fluency:.2f}"]
         row += [f"{p.grammar:.2f}"] if grammar else []
         row += [f"{p.aggregate:.2f}", "" if p.perplexity is None else f"{p.perplexity:.1f}",
                 plain((p.examples or [""])[0][:80])]
-        table.add_row(*row, style="bold green" if p.strength == res.recommended else None)
+        table.add_row(*row, style="bold green" if p is not res.unsteered and p.strength == res.recommended else None)
     Console().print(table)
