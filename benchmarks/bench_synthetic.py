@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"orthogonalisation {recipe.orthogonalize_steps} steps; true L0 {world.true_l0():.1f} "
                 f"({world.true_l0(recipe.d_sae):.1f} among the {recipe.d_sae} most frequent); SAEs d_sae {recipe.d_sae}, "
                 f"k {recipe.k} (JumpReLU: none; ours {args.ours_jumprelu}, SAELens {args.saelens_jumprelu} over each "
-                f"library's defaults), batch {args.batch_size}, Matryoshka widths {widths_for(recipe.d_sae, args.widths)}; "
+                f"library's defaults; ours' training settings {args.ours_train} over our defaults), batch {args.batch_size}, Matryoshka widths {widths_for(recipe.d_sae, args.widths)}; "
                 f"evaluation on {world.eval_features.rows:,} rows (world and data drawn in {setup_cpu:.0f} CPU s)")
         print(info, flush=True)
         rows = []

@@ -13,9 +13,10 @@ the step; the run around it (`train()`: resume, logging, checkpoints, the end) i
 Per step and SAE (`train_step`, one short function): gradients from `saes.compute_grads` (the
 step method: autograd reference, or the fast / fast_bf16 kernels), averaged over ranks, the
 component of each decoder row's gradient parallel to the row removed, a non-finite check
-(skip the step), optional clipping, Adam (fused where it works), decoder rows back to unit
-norm, the dead-latent counters, and (BatchTopK / Matryoshka) one frequency-matching step of
-the inference thresholds. Every operation that crosses processes in data-parallel training is
+(skip the step), optional clipping, Adam (fused where it works; JumpReLU's thresholds in a param
+group of their own, at TrainConfig.jumprelu_threshold_lr), decoder rows back to unit norm, the
+dead-latent counters, and (BatchTopK / Matryoshka) one frequency-matching step of the inference
+thresholds. Every operation that crosses processes in data-parallel training is
 a call on `Collectives` (see training/collectives.py).
 
 Inputs are scaled by one factor (E||x|| = sqrt(d_in) on the held-out rows); the factor is
@@ -79,7 +80,7 @@ class Member:
     optimizer: torch.optim.Optimizer
     lr: float
     since_fired_F: Tensor  # int64 [F]: tokens since each latent last fired
-    group_lrs: tuple[float, ...] = ()  # peak LR of each optimiser param group (`param_groups`); () : all at lr
+    group_lrs: tuple[float, ...]  # peak LR of each optimiser param group (`param_groups`; the first is lr)
     consecutive_nonfinite: int = 0
     skipped_steps: int = 0
     workspace: StepWorkspace = field(default_factory=StepWorkspace)  # the fast step's reused buffers
@@ -213,8 +214,7 @@ def grad_norm(params: list[torch.nn.Parameter]) -> Tensor:
 
 def set_lr(m: Member, factor: float) -> None:
     """Each param group at its peak LR times the schedule's factor."""
-    peaks = m.group_lrs or (m.lr,) * len(m.optimizer.param_groups)
-    for group, peak in zip(m.optimizer.param_groups, peaks, strict=True):
+    for group, peak in zip(m.optimizer.param_groups, m.group_lrs, strict=True):
         group["lr"] = peak * factor
 
 
