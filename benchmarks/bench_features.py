@@ -148,7 +148,6 @@ DEFAULT_TOY_SAES = (
     "layer=1,lr=2e-3,arch=matryoshka", "layer=1,lr=2e-3,arch=matryoshka,widths=32/128/1024",
     # JumpReLU (no k: its L0 comes from the penalty), blocks.0
     "layer=0,arch=jumprelu", "layer=0,lr=2e-3,arch=jumprelu", "layer=0,lr=2e-3,arch=jumprelu,l0_coefficient=0.1",
-    "layer=0,lr=2e-3,arch=jumprelu,l0_coefficient=0.01",
 )
 
 

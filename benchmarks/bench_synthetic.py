@@ -61,7 +61,7 @@ def run_ours(world: SyntheticWorld, arch: str, samples: int, args: argparse.Name
     with tempfile.TemporaryDirectory() as out:
         w0, c0 = time.perf_counter(), time.process_time()
         result = train_ours(world, [spec], samples, out, batch_size=args.batch_size, seed=args.seed,
-                            optim={"lr": args.ours_lr} if args.ours_lr else None)
+                            optim={"lr": args.ours_lr} if args.ours_lr else None, train=json.loads(args.ours_train))
         wall, cpu = time.perf_counter() - w0, time.process_time() - c0
     sae = result.saes[spec.name]
     scores = evaluate_ours(sae, world)
@@ -179,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--widths", default=None, help="Matryoshka prefix widths (default: ours, ~4x steps)")
     p.add_argument("--ours-jumprelu", default="{}", help="ours: JumpReLU settings as JSON, e.g. "
                                                          "'{\"l0_coefficient\": 2}' (default: our defaults)")
+    p.add_argument("--ours-train", default="{}", help="ours: TrainConfig fields as JSON, e.g. "
+                                                      "'{\"jumprelu_threshold_lr\": 0.03}' (default: our defaults)")
     p.add_argument("--saelens-jumprelu", default="{}", help="SAELens: JumpReLUTrainingSAEConfig fields as JSON "
                                                             "(default: its defaults)")
     p.add_argument("--orthogonalize-steps", type=int, default=None, help="override the recipe's (0: skip, saves ~80 CPU s)")
@@ -212,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"orthogonalisation {recipe.orthogonalize_steps} steps; true L0 {world.true_l0():.1f} "
                 f"({world.true_l0(recipe.d_sae):.1f} among the {recipe.d_sae} most frequent); SAEs d_sae {recipe.d_sae}, "
                 f"k {recipe.k} (JumpReLU: none; ours {args.ours_jumprelu}, SAELens {args.saelens_jumprelu} over each "
-                f"library's defaults), batch {args.batch_size}, Matryoshka widths {widths_for(recipe.d_sae, args.widths)}; "
+                f"library's defaults; ours' training settings {args.ours_train} over our defaults), batch {args.batch_size}, Matryoshka widths {widths_for(recipe.d_sae, args.widths)}; "
                 f"evaluation on {world.eval_features.rows:,} rows (world and data drawn in {setup_cpu:.0f} CPU s)")
         print(info, flush=True)
         rows = []

@@ -23,7 +23,10 @@ and Anthropic's 2025 variant of the penalty):
   it would leave only rounding noise, which Adam turns into lr-sized steps of dead latents' rows.
 - t is the parameter itself, not log t (SAELens 6 changed this: Adam moves a parameter by about
   lr per step, so log t barely moves a small initial threshold); a projection after each
-  optimiser step keeps t >= 0 (`update_inference_form_`).
+  optimiser step keeps t >= 0 (`update_inference_form_`). The trainer steps t at a learning rate
+  of its own (`TrainConfig.jumprelu_threshold_lr`, a param group of its own); Adam on log t at
+  that rate measured the same on SAELens's synthetic worlds and slower for a wide SAE, whose
+  thresholds start small (benchmarks/RESULTS.md, "JumpReLU threshold step size").
 
 The training selection is the firing entries plus, with value 0, the entries within bw/2 of
 their threshold that did not fire: through those the reconstruction and tanh terms reach t.

@@ -14,6 +14,7 @@ import torch
 import saes
 from saes.step import compute_grads
 from training.config import CheckpointConfig, EvalConfig, LogConfig, OptimConfig, RunConfig, SAESpec, TrainConfig
+from training.trainer import ConfigMismatchError
 
 PARAMS = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")
 # (sparsity loss, pre-activation loss coef, straight-through estimate to the pre-activations too)
@@ -298,6 +299,32 @@ def test_trained_jumprelu_builds_a_feature_store(planted, tmp_path: Path) -> Non
         assert f.stats.max_act == pytest.approx(float(sae.encode(x)[:, latent].max()), rel=1e-5)
 
 
+def test_thresholds_step_at_their_own_learning_rate() -> None:
+    """The thresholds are an optimiser param group of their own at TrainConfig.jumprelu_threshold_lr
+    (the schedule's factor applied), the weights at the SAE's LR: Adam's first step moves every
+    parameter with a gradient by its group's LR (m / sqrt(v) = sign(g)), so one step shows both."""
+    from training.synthetic import SyntheticActivations
+    from training.trainer import Trainer
+
+    sae_lr, threshold_lr = 1e-4, 0.02
+    cfg = RunConfig(saes=[SAESpec("jumprelu", d_sae=64)],
+                    train=TrainConfig(total_tokens=4 * 128, batch_size=128, seed=0, jumprelu_threshold_lr=threshold_lr),
+                    optim=OptimConfig(lr=sae_lr, warmup_frac=0.5))  # warm-up over 2 steps: factor 0.5 at step 0
+    trainer = Trainer(cfg, 16)
+    src = SyntheticActivations(16, 128, n_features=64, active=4, seed=2)
+    trainer.initialize(src.batch(99))
+    m = trainer.members[0]
+    assert [g["params"] for g in m.optimizer.param_groups][1] == [m.sae.threshold]
+    t0, w0 = m.sae.threshold.detach().clone(), m.sae.W_enc.detach().clone()
+    trainer.train_batch(src.batch(0))
+    assert [g["lr"] for g in m.optimizer.param_groups] == [sae_lr * 0.5, threshold_lr * 0.5]
+    moved_t = (m.sae.threshold.detach() - t0).abs()
+    assert int((moved_t > 0).sum()) >= 8  # thresholds with a gradient (the others stay)
+    torch.testing.assert_close(moved_t[moved_t > 0], torch.full_like(moved_t[moved_t > 0], threshold_lr * 0.5),
+                               rtol=1e-3, atol=0)
+    assert float((m.sae.W_enc.detach() - w0).abs().max()) <= sae_lr * 0.5 * 1.001
+
+
 # ------------------------------------------------------------------------------------ resume
 def test_resume_mid_warm_up_is_exact(tmp_path: Path) -> None:
     """A run stopped after its step-3 checkpoint (the penalty still warming up) and resumed ends
@@ -316,7 +343,7 @@ def test_resume_mid_warm_up_is_exact(tmp_path: Path) -> None:
         saes=[SAESpec("jumprelu", d_sae=64, options={"l0_warm_up_steps": 6, "pre_act_loss_coefficient": 0.01,
                                                       "jumprelu_sparsity_loss_mode": "tanh"})],
         train=TrainConfig(total_tokens=8 * 128, batch_size=128, holdout_tokens=128, dead_window_fraction=0.01,
-                          num_threads=1, step_method="fast"),
+                          num_threads=1, step_method="fast", jumprelu_threshold_lr=0.02),
         checkpoint=CheckpointConfig(every_tokens=3 * 128), eval=EvalConfig(every_tokens=0, ce_contexts=0),
         log=LogConfig(progress=False))
 
@@ -326,6 +353,10 @@ def test_resume_mid_warm_up_is_exact(tmp_path: Path) -> None:
     whole = train(cfg, source(), tmp_path / "whole")
     with pytest.raises(Crash):
         train(cfg, source(), tmp_path / "split", on_step=crash_at_step_3)
+    changed = copy.deepcopy(cfg)  # the thresholds' step size is recorded and compared like the others
+    changed.train.jumprelu_threshold_lr = 0.03
+    with pytest.raises(ConfigMismatchError, match=r"train\.jumprelu_threshold_lr: checkpoint 0\.02, now 0\.03"):
+        train(changed, source(), tmp_path / "split", resume="require")
     resumed = train(cfg, source(), tmp_path / "split", resume="require")
     assert resumed.resumed_from is not None and resumed.tokens == whole.tokens
     name = cfg.saes[0].name
@@ -333,6 +364,31 @@ def test_resume_mid_warm_up_is_exact(tmp_path: Path) -> None:
     for n in PARAMS:
         assert torch.equal(getattr(whole.saes[name], n), getattr(resumed.saes[name], n)), n
     assert math.isfinite(float(whole.metrics["saes"][name]["explained_variance"]))
+
+
+def test_a_checkpoint_whose_thresholds_shared_the_weights_step_size_is_refused(tmp_path: Path, monkeypatch) -> None:
+    """A JumpReLU checkpoint from before the thresholds had a param group of their own (one group:
+    thresholds at the SAE's LR) cannot resume exactly: refused naming the setting, not torch's
+    "different number of parameter groups"."""
+    import training.trainer
+    from training.run import train
+    from training.synthetic import SyntheticActivations
+
+    cfg = RunConfig(saes=[SAESpec("jumprelu", d_sae=32)],
+                    train=TrainConfig(total_tokens=4 * 64, batch_size=64, holdout_tokens=64, num_threads=1),
+                    checkpoint=CheckpointConfig(every_tokens=2 * 64), eval=EvalConfig(every_tokens=0, ce_contexts=0),
+                    log=LogConfig(progress=False))
+
+    def crash_at_step_2(trainer) -> None:
+        if trainer.step == 2:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:  # the old layout: every parameter in one group
+        patch.setattr(training.trainer, "param_groups", lambda sae, lr, cfg: [{"params": list(sae.parameters()), "lr": lr}])
+        with pytest.raises(KeyboardInterrupt):
+            train(cfg, SyntheticActivations(16, 64, seed=1), tmp_path / "old", on_step=crash_at_step_2)
+    with pytest.raises(ConfigMismatchError, match="jumprelu_threshold_lr.*1 optimiser param group.*start a new run"):
+        train(cfg, SyntheticActivations(16, 64, seed=1), tmp_path / "old", resume="require")
 
 
 # ------------------------------------------------------------------------------ fine-tuning

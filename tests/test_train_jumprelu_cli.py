@@ -28,7 +28,8 @@ def _train(cache: Path, out: Path, *extra: str) -> int:
 def test_jumprelu_trains_from_the_cli_with_its_settings(cache: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
     settings = ["--architecture", "jumprelu,topk", "--l0-coefficient", "2", "--l0-warm-up-steps", "4",
-                "--jumprelu-sparsity-loss-mode", "tanh", "--jumprelu-bandwidth", "0.1", "--pre-act-loss-coefficient", "1e-3"]
+                "--jumprelu-sparsity-loss-mode", "tanh", "--jumprelu-bandwidth", "0.1", "--jumprelu-threshold-lr", "0.02",
+                "--pre-act-loss-coefficient", "1e-3"]
     assert _train(cache, out, *settings) == 0
     captured = capsys.readouterr()
     assert "warning" not in captured.err, captured.err
@@ -39,6 +40,7 @@ def test_jumprelu_trains_from_the_cli_with_its_settings(cache: Path, tmp_path: P
                                                 "l0_coefficient": 2.0, "l0_warm_up_steps": 4,
                                                 "pre_act_loss_coefficient": 0.001}
     assert specs["topk_k4_f64"]["options"] == {}
+    assert metrics["config"]["train"]["jumprelu_threshold_lr"] == 0.02  # the run's (TrainConfig), compared on resume
     assert metrics["step_method"] in ("fast", "fast_native")  # JumpReLU has a fast step: auto keeps it
     from saes import load_sae
 
@@ -57,6 +59,7 @@ def test_jumprelu_trains_from_the_cli_with_its_settings(cache: Path, tmp_path: P
     (["--l0-warm-up-steps", "-3"], "--l0-warm-up-steps"),
     (["--jumprelu-sparsity-loss-mode", "quadratic"], "--jumprelu-sparsity-loss-mode"),
     (["--jumprelu-init-threshold", "inf"], "--jumprelu-init-threshold"),
+    (["--jumprelu-threshold-lr", "-0.01"], "--jumprelu-threshold-lr"),
 ])
 def test_bad_values_are_one_line_errors_naming_the_flag(cache: Path, tmp_path: Path, capsys, extra, flag) -> None:
     try:

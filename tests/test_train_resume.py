@@ -22,7 +22,7 @@ HELPER = Path(__file__).parent / "helpers" / "train_child.py"
 sys.path.insert(0, str(HELPER.parent))
 import train_child  # noqa: E402
 
-SAE_NAMES = ["topk_k4_f128", "batchtopk_k4_f128", "matryoshka_batchtopk_k4_f128"]
+SAE_NAMES = ["topk_k4_f128", "batchtopk_k4_f128", "matryoshka_batchtopk_k4_f128", "jumprelu_f128"]
 
 
 def _env() -> dict[str, str]:
@@ -100,10 +100,11 @@ def test_changed_config_is_refused_naming_fields(uninterrupted: Path, tmp_path: 
     cfg = train_child.run_config(k=5)
     cfg.optim.lr = 1e-3
     cfg.train.batch_size = 128
+    cfg.train.jumprelu_threshold_lr = 0.05
     with pytest.raises(ConfigMismatchError) as e:
         train(cfg, train_child.source(), out)
     msg = str(e.value)
-    for field in ("saes.0.k", "saes.1.k", "saes.2.k", "optim.lr", "train.batch_size"):
+    for field in ("saes.0.k", "saes.1.k", "saes.2.k", "optim.lr", "train.batch_size", "train.jumprelu_threshold_lr"):
         assert field in msg
     assert "saes.0.name" in msg  # the default name includes k
     assert "total_tokens" not in msg
@@ -162,6 +163,10 @@ def test_checkpoint_holds_no_pickle(uninterrupted: Path) -> None:
         assert f"dead/{name}" in tensors and f"sae/{name}/W_enc" in tensors
         assert f"optim/{name}/state/0/exp_avg" in tensors
     assert "sae/batchtopk_k4_f128/threshold" in tensors
+    # JumpReLU: weights (parameters 0-3) and thresholds (4) in two param groups, each with its Adam moments
+    groups = state["members"]["jumprelu_f128"]["optimizer"]["param_groups"]
+    assert [g["params"] for g in groups] == [[0, 1, 2, 3], [4]]
+    assert "optim/jumprelu_f128/state/4/exp_avg" in tensors and "sae/jumprelu_f128/threshold" in tensors
     assert "rng/torch" in tensors and state["rng"]["python"] and state["rng"]["numpy"]
     assert state["data"] == {"kind": "state_dict", "state": {"next": 42, "seed": 3, "d_in": 32, "batch_size": 256}}
 

@@ -259,6 +259,12 @@ class TrainConfig:
     threshold_lr: float = field(
         default=0.05, metadata={"help": "BatchTopK/Matryoshka: step size of the per-latent inference thresholds"}
     )
+    jumprelu_threshold_lr: float = field(
+        default=0.01,
+        metadata={"help": "JumpReLU: peak Adam learning rate of the thresholds, their own step size (the LR schedule "
+                          "applies; the other weights use the SAE's LR), in the trainer's units (inputs scaled to "
+                          "E||x|| = sqrt(d_in))"},
+    )
     max_nonfinite: int = field(
         default=10, metadata={"help": "stop the run after this many consecutive skipped (NaN/Inf) steps of one SAE"}
     )
@@ -285,6 +291,7 @@ class TrainConfig:
             finite_number("TrainConfig", "encoder_init_scale", self.encoder_init_scale, lo=0.0)
             require(self.encoder_init_scale > 0, "TrainConfig.encoder_init_scale must be positive (or none for the least-squares fit)")
         finite_number("TrainConfig", "threshold_lr", self.threshold_lr, lo=0.0)
+        finite_number("TrainConfig", "jumprelu_threshold_lr", self.jumprelu_threshold_lr, lo=0.0)
         if self.init_from is not None:
             require(isinstance(self.init_from, str) and bool(self.init_from.strip()),
                     f"TrainConfig.init_from must be an SAE path or sae_lens:RELEASE/SAE_ID; got {self.init_from!r}")

@@ -13,9 +13,10 @@ the step; the run around it (`train()`: resume, logging, checkpoints, the end) i
 Per step and SAE (`train_step`, one short function): gradients from `saes.compute_grads` (the
 step method: autograd reference, or the fast / fast_bf16 kernels), averaged over ranks, the
 component of each decoder row's gradient parallel to the row removed, a non-finite check
-(skip the step), optional clipping, Adam (fused where it works), decoder rows back to unit
-norm, the dead-latent counters, and (BatchTopK / Matryoshka) one frequency-matching step of
-the inference thresholds. Every operation that crosses processes in data-parallel training is
+(skip the step), optional clipping, Adam (fused where it works; JumpReLU's thresholds in a param
+group of their own, at TrainConfig.jumprelu_threshold_lr), decoder rows back to unit norm, the
+dead-latent counters, and (BatchTopK / Matryoshka) one frequency-matching step of the inference
+thresholds. Every operation that crosses processes in data-parallel training is
 a call on `Collectives` (see training/collectives.py).
 
 Inputs are scaled by one factor (E||x|| = sqrt(d_in) on the held-out rows); the factor is
@@ -79,6 +80,7 @@ class Member:
     optimizer: torch.optim.Optimizer
     lr: float
     since_fired_F: Tensor  # int64 [F]: tokens since each latent last fired
+    group_lrs: tuple[float, ...]  # peak LR of each optimiser param group (`param_groups`; the first is lr)
     consecutive_nonfinite: int = 0
     skipped_steps: int = 0
     workspace: StepWorkspace = field(default_factory=StepWorkspace)  # the fast step's reused buffers
@@ -146,13 +148,28 @@ def _native_kernels_load() -> bool:
     return True
 
 
-def make_optimizer(params: list[torch.nn.Parameter], lr: float, cfg: RunConfig) -> torch.optim.Optimizer:
-    """Adam, fused when the device/dtype supports it (CPU fp32 and CUDA do in torch >= 2.4)."""
+def make_optimizer(params: list[torch.nn.Parameter] | list[dict[str, Any]], lr: float,
+                   cfg: RunConfig) -> torch.optim.Optimizer:
+    """Adam, fused when the device/dtype supports it (CPU fp32 and CUDA do in torch >= 2.4);
+    `params`: parameters, or param groups (dicts with their own "lr")."""
     kw = dict(lr=lr, betas=(cfg.optim.adam_beta1, cfg.optim.adam_beta2), eps=cfg.optim.adam_eps)
     try:
         return torch.optim.Adam(params, fused=True, **kw)
     except (RuntimeError, ValueError):
         return torch.optim.Adam(params, foreach=True, **kw)
+
+
+def param_groups(sae: SAE, lr: float, cfg: RunConfig) -> list[dict[str, Any]]:
+    """The SAE's optimiser param groups: every weight at the SAE's LR, and a learned threshold
+    (JumpReLU's, a parameter) in a group of its own at TrainConfig.jumprelu_threshold_lr. The
+    thresholds must travel from where they start to where the sparsity penalty wants them, a
+    distance of the pre-activations' scale, while Adam moves a parameter by about its LR per step:
+    at a small SAE LR they would not get there within a short run (benchmarks/RESULTS.md)."""
+    threshold = getattr(sae, "threshold", None)
+    if not isinstance(threshold, torch.nn.Parameter):
+        return [{"params": list(sae.parameters()), "lr": lr}]
+    weights = [p for p in sae.parameters() if p is not threshold]
+    return [{"params": weights, "lr": lr}, {"params": [threshold], "lr": cfg.train.jumprelu_threshold_lr}]
 
 
 def build_member(spec: SAESpec, index: int, d_in: int, cfg: RunConfig, device: torch.device, metadata: dict[str, Any],
@@ -165,8 +182,9 @@ def build_member(spec: SAESpec, index: int, d_in: int, cfg: RunConfig, device: t
     sae = create_sae(spec.architecture, d_in, spec.d_sae, device=device, generator=gen, metadata=dict(metadata),
                      **spec.sae_config_fields(), **mode)
     lr = sae_lr(spec, cfg.optim)
-    return Member(spec, sae, make_optimizer(list(sae.parameters()), lr, cfg), lr,
-                  torch.zeros(spec.d_sae, dtype=torch.int64, device=device))
+    groups = param_groups(sae, lr, cfg)
+    return Member(spec, sae, make_optimizer(groups, lr, cfg), lr,
+                  torch.zeros(spec.d_sae, dtype=torch.int64, device=device), tuple(g["lr"] for g in groups))
 
 
 # ---------------------------------------------------------------- small pieces of one step
@@ -194,16 +212,18 @@ def grad_norm(params: list[torch.nn.Parameter]) -> Tensor:
     return torch.nn.utils.get_total_norm(grads, foreach=True) if grads else torch.zeros(())
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+def set_lr(m: Member, factor: float) -> None:
+    """Each param group at its peak LR times the schedule's factor."""
+    for group, peak in zip(m.optimizer.param_groups, m.group_lrs, strict=True):
+        group["lr"] = peak * factor
 
 
 def train_step(
-    m: Member, x_BD: Tensor, lr: float, s: StepSettings, coll: Collectives, n_global: int | None = None,
+    m: Member, x_BD: Tensor, lr_factor: float, s: StepSettings, coll: Collectives, n_global: int | None = None,
     target_BO: Tensor | None = None, step: int = 0,
 ) -> StepStats:
-    """One optimiser step of one SAE on one batch (skipped, with grads dropped, if non-finite).
+    """One optimiser step of one SAE on one batch (skipped, with grads dropped, if non-finite);
+    `lr_factor`: the LR schedule's factor at this step (each param group's peak LR times it).
 
     Data parallel (`coll.distributed`): `x_BD` is this rank's part of a global batch of
     `n_global` rows; selections over the batch (BatchTopK) see the global batch, and the
@@ -223,7 +243,7 @@ def train_step(
         return StepStats(True, res.total, res.mse, res.aux, res.level_mse, norm, None)
     if s.grad_clip > 0:
         torch.nn.utils.clip_grads_with_norm_(m.params, s.grad_clip, norm, foreach=True)
-    set_lr(m.optimizer, lr)
+    set_lr(m, lr_factor)
     m.optimizer.step()
     m.sae.normalize_decoder_()
     fired_F = coll.sum_(fired_counts(res.acts))
@@ -354,7 +374,7 @@ class Trainer:
         n_global = self.coll.global_rows(x_BD.shape[0])
         stats: dict[str, StepStats] = {}
         for m in self.members:
-            st = train_step(m, x_BD, m.lr * factor, self.settings, self.coll, n_global, y_BO, self.step)
+            st = train_step(m, x_BD, factor, self.settings, self.coll, n_global, y_BO, self.step)
             if st.skipped:
                 m.consecutive_nonfinite += 1
                 m.skipped_steps += 1
@@ -439,7 +459,14 @@ class Trainer:
                     f"from another model or hook point; resume with the data the run started with, or start a new run")
             m.sae.load_state_dict(sd)
             m.since_fired_F.copy_(tensors[f"dead/{m.name}"])
-            m.optimizer.load_state_dict(unflatten_state(saved["optimizer"], tensors))
+            optim_state = unflatten_state(saved["optimizer"], tensors)
+            n_saved, n_now = len(optim_state["param_groups"]), len(m.optimizer.param_groups)
+            if n_saved != n_now:  # a JumpReLU checkpoint from before its thresholds had a group of their own
+                raise ConfigMismatchError(
+                    f"jumprelu_threshold_lr: the checkpoint's SAE {m.name} was trained with {n_saved} optimiser "
+                    f"param group(s), this version trains it with {n_now} (JumpReLU thresholds have their own step "
+                    f"size now); it cannot resume exactly: start a new run", field="jumprelu_threshold_lr")
+            m.optimizer.load_state_dict(optim_state)
             m.lr = float(saved["lr"])
             m.consecutive_nonfinite = int(saved["consecutive_nonfinite"])
             m.skipped_steps = int(saved["skipped_steps"])

@@ -29,9 +29,11 @@ def run_config(total_batches: int = 40, k: int = 4) -> RunConfig:
             SAESpec("topk", d_sae=128, k=k),
             SAESpec("batchtopk", d_sae=128, k=k),
             SAESpec("matryoshka_batchtopk", d_sae=128, k=k, matryoshka_widths=[16, 64, 128]),
+            SAESpec("jumprelu", d_sae=128),  # its thresholds: a param group of their own (not at the default LR)
         ],
         train=TrainConfig(
-            total_tokens=total_batches * BATCH, batch_size=BATCH, dead_tokens=2048, holdout_tokens=512, num_threads=1
+            total_tokens=total_batches * BATCH, batch_size=BATCH, dead_tokens=2048, holdout_tokens=512, num_threads=1,
+            jumprelu_threshold_lr=0.02,
         ),
         checkpoint=CheckpointConfig(every_tokens=4 * BATCH, keep_last=2),
         eval=EvalConfig(every_tokens=8 * BATCH),
