@@ -194,6 +194,8 @@ class DocumentSource:
 
         cfg, data = self.cfg, self.data
         try:
+            if data.is_local and data.builder == "text" and cfg.txt_documents == "file":
+                return _whole_txt_files(data.files, cfg.split, cfg.streaming)
             if data.is_local:
                 # json: parse 1 MB at a time (default 10 MB) so the first documents come quickly
                 extra = {"chunksize": 1 << 20} if data.builder == "json" else {}
@@ -253,6 +255,35 @@ class DocumentSource:
         ds = ds.select_columns([col])
         for batch in ds.iter(batch_size=chunk_docs):
             yield [t if isinstance(t, str) else "" for t in batch[col]]
+
+
+def _whole_txt_files(files, split: str, streaming: bool):
+    """One document per .txt file, its text exactly as stored (UTF-8). Not HF datasets' text builder:
+    it opens files in text mode, which turns CRLF and CR line ends into LF, so the tokens cached would
+    not be the file's. The files' sizes and modification times go into the generator's arguments, so
+    the Arrow copy of a non-streaming read is rebuilt when a file changes."""
+    import datasets
+
+    stamped = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    kwargs = dict(features=datasets.Features({"text": datasets.Value("string")}), gen_kwargs={"files": stamped},
+                  split=split)
+    if streaming:
+        return datasets.IterableDataset.from_generator(_read_txt_files, **kwargs)
+    try:
+        return datasets.Dataset.from_generator(_read_txt_files, **kwargs)
+    except datasets.exceptions.DatasetGenerationError as e:  # say what went wrong in the generator
+        raise (e.__cause__ if isinstance(e.__cause__, ValueError) else e) from None
+
+
+def _read_txt_files(files):
+    for path, _size, _mtime in files:
+        raw = Path(path).read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path} is not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start}); convert it "
+                             f"to UTF-8, e.g. iconv -f latin1 -t utf-8") from None
+        yield {"text": text}
 
 
 def sample_documents(source: DocumentSource, n: int = 512) -> list[str]:
