@@ -20,7 +20,8 @@ def add_export(sub) -> None:
     e.add_argument("--features", dest="latents", default=None, help=argparse.SUPPRESS)  # the older name of --latents
     e.add_argument("--limit", type=int, default=None, help="export the N most frequent latents")
     e.add_argument("--model-id", default=None, help="neuronpedia / saedashboard: the model's name there, e.g. "
-                                                    "gpt2-small (default: the last part of the model name the store records, e.g. pythia-70m)")
+                                                    "gpt2-small (default: the last part of the model name the store "
+                                                    "records, e.g. pythia-70m)")
     e.add_argument("--source-set", default="saesteer", help="neuronpedia / saedashboard: the source set name, e.g. "
                                                             "res-1k (the layer is prepended) (default: saesteer)")
     e.add_argument("--layer", type=int, default=None, help="neuronpedia / saedashboard: layer number (default: from "
