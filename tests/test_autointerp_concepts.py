@@ -375,6 +375,7 @@ def test_cut_characters_are_no_words_of_a_label():
     e = explain_concept(explain, background, sp.evidence)
     assert cut not in e.label and cut not in e.token_set and e.label, e
     ctx = split_of(contextual_latent())
-    evidence = dataclasses.replace(ctx.evidence, promoted=tuple((cut, 9.0 - i) for i in range(5)) + ctx.evidence.promoted)
+    cut_first = tuple((cut, 9.0 - i) for i in range(5)) + ctx.evidence.promoted
+    evidence = dataclasses.replace(ctx.evidence, promoted=cut_first)
     e = explain_concept(ctx.explain, ctx.background, evidence)
     assert cut not in e.label and cut not in e.exemplars, e
