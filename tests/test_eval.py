@@ -317,3 +317,16 @@ def test_eval_packs_text_as_the_sae_cfg_records_unless_a_flag_says_otherwise():
     got = _packed_as_trained(argparse.Namespace(), text, {"a": sae(context_size=32), "b": sae(context_size=64)},
                              said.append)
     assert got.context_length == 128 and "different --context-length" in said[-1]
+
+
+def test_an_sae_that_names_no_model_is_evaluated_with_the_caches_model(foreign, trained, tmp_path, capsys,
+                                                                       one_thread) -> None:
+    """--cache records the model its activations came from: an SAE whose files name none (Gemma
+    Scope's params.npz; SAELens's model_name is in TransformerLens's terms) needs no --model then,
+    as `features build` needs none."""
+    out = tmp_path / "ev"
+    capsys.readouterr()
+    assert main(["eval", "--sae", str(foreign["gemma_scope"]), "--hook", HOOK, "--cache", str(trained / "cache"),
+                 "--contexts", "4", "--ce-contexts", "2", "--absorption", "false", "--probing", "false", "--quiet",
+                 "--out", str(out)]) == 0, capsys.readouterr().err
+    assert json.loads((out / "eval.json").read_text())["model"].startswith("toy:")

@@ -49,7 +49,7 @@ def add_arguments(parser) -> None:
                         "sae_lens:RELEASE/SAE_ID; repeat to compare several (name them NAME=SAE)")
     g.add_argument("--model", default=None,
                    help="'toy', a HuggingFace model name, or a local model directory (default: the model the "
-                        "SAEs' saesteer.json records)")
+                        "SAEs' saesteer.json records, else the one --cache records)")
     g.add_argument("--allow-model-mismatch", action="store_true",
                    help="evaluate with --model even if the SAEs record another model")
     g.add_argument("--hook", default=None, help="hook point of SAEs whose files do not record one")
@@ -172,10 +172,10 @@ def _load_model(args, loaded, device, text, say):
     from saesteer.commands._steering import CLIError
     from saesteer.commands._steering import load_model as load_checked_model
 
-    say(f"loading model {args.model or '(the one the SAEs record)'}")
+    say(f"loading model {args.model or '(the one the SAEs' + (' or the cache' if args.cache else '') + ' record)'}")
     args.device = device
     try:
-        model = load_checked_model(args, loaded)
+        model = load_checked_model(args, loaded, cache=args.cache)
     except CLIError as e:
         raise ValueError(str(e)) from None
     ident = identity_of_model(model)
