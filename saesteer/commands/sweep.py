@@ -192,7 +192,7 @@ def _sweep_feature(args, latent, model, sae, name, prompts, scorer, sweep_cfg, *
                 sae_name=name, limits=limits, progress=not args.no_progress,
                 allow_model_mismatch=args.allow_model_mismatch)
     if stats is not None:
-        _check_judgements(latent, stats.calls - before[0], stats.failed - before[1])
+        _check_judgements(f"feature {latent}", stats.calls - before[0], stats.failed - before[1])
     html = write_sweep_html(res, out / f"sweep_{name}_{latent}.html")
     js = write_sweep_json(res, out / f"sweep_{name}_{latent}.json")
     _print_result(res, html, js)
@@ -205,17 +205,17 @@ def _sweep_feature(args, latent, model, sae, name, prompts, scorer, sweep_cfg, *
             print(f"feature {latent}: stored recommended strength {res.recommended:g} ({res.unit}) in {args.store}")
 
 
-def _check_judgements(latent: int, calls: int, failed: int) -> None:
+def _check_judgements(what: str, calls: int, failed: int) -> None:
     """Unusable judge answers score 0 (AxBench's rule): say how many; when none was usable the
     scores are no measurement at all, so stop before anything is written or stored."""
     from saesteer.commands._steering import CLIError
 
     if calls and failed == calls:
-        raise CLIError(f"feature {latent}: the judge gave no usable rating ({failed} of {calls} answers failed or "
+        raise CLIError(f"{what}: the judge gave no usable rating ({failed} of {calls} answers failed or "
                        f"were not a 0-2 rating); check --judge-model and --judge-base-url. Nothing was written or "
                        f"stored")
     if failed:
-        print(f"note: feature {latent}: {failed} of {calls} judge answers were unusable and scored 0", file=sys.stderr)
+        print(f"note: {what}: {failed} of {calls} judge answers were unusable and scored 0", file=sys.stderr)
 
 
 def _close(store, judge) -> None:
