@@ -223,7 +223,7 @@ def _recorded_text(text, loaded: dict, ident, say):
         data = (item.provenance or {}).get("data") or {}
         ce = data.get("ce_eval_data") or {}
         if ce.get("dataset") and ce.get("split") and not ce.get("trained_on"):
-            say(f"held-out text: split {ce['split']!r} of {ce['dataset']} (the CE text SAE {name!r}'s training "
+            say(f"held-out text: split {ce['split']!r} of {ce['dataset']} (the CE text the training of SAE {name!r} "
                 f"read; --dataset picks another)")
             return dataclasses.replace(text, dataset=ce["dataset"], dataset_config=None, split=ce["split"])
         if data.get("dataset"):
