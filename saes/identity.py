@@ -161,8 +161,8 @@ def same_model(a: ModelIdentity, b: ModelIdentity) -> bool:
     """Whether two identities name the same weights, as far as their records tell.
 
     Toy and local models compare by the SHA-256 of their weight files (a directory copied
-    elsewhere is the same model); hub models by name and commit (an unknown revision, or a branch or tag name against a commit, matches any);
-    models built in code by the hash of their parameters."""
+    elsewhere is the same model); hub models by name and commit (an unknown revision, or a branch or
+    tag name against a commit, matches any); models built in code by the hash of their parameters."""
     if a.d_model is not None and b.d_model is not None and a.d_model != b.d_model:
         return False
     if a.weights != b.weights:
