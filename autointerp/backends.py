@@ -213,6 +213,7 @@ class TransformersBackend:
 
         device = model_device(self._model)
         input_ids = enc["input_ids"].to(device)
+        self._check_context(int(input_ids.shape[1]), int(request.max_tokens))
         attn = enc.get("attention_mask")
         pad_id = self._tok.pad_token_id if self._tok.pad_token_id is not None else self._tok.eos_token_id
         gen_kw: dict[str, Any] = {"max_new_tokens": int(request.max_tokens), "pad_token_id": pad_id}
@@ -229,6 +230,19 @@ class TransformersBackend:
         n_new = int(new.shape[0])
         finish = "length" if n_new >= int(request.max_tokens) else "stop"
         return ChatResponse(text, int(input_ids.shape[1]), n_new, None, finish)
+
+    def _check_context(self, n_prompt: int, n_answer: int) -> None:
+        """A prompt (plus the answer's room) longer than the positions the model was trained on is
+        refused: transformers only warns, and the model then answers from positions it never saw
+        (or fails on an index error)."""
+        cfg = getattr(self._model, "config", None)
+        limit = next((int(v) for k in ("max_position_embeddings", "n_positions", "max_seq_len")
+                      if isinstance(v := getattr(cfg, k, None), int) and v > 0), None)
+        if limit is not None and n_prompt + n_answer > limit:
+            raise PermanentError(
+                f"the prompt is {n_prompt:,} tokens and the answer may take {n_answer:,}, but the judge model {self.model} "
+                f"reads at most {limit:,}; use a judge with a longer context, or shorter prompts (`saesteer label`: "
+                f"--max-example-tokens, --n-explain-top, --n-explain-quantile)")
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
         def run() -> ChatResponse:

@@ -50,8 +50,9 @@ _SPECIAL = re.compile(r"^<[^<>\s]*>$|^\[[A-Z_]+\]$|^<\|.*\|>$")
 
 
 def _is_word(t: str) -> bool:
-    """A normalised token worth naming: not empty, not a special token (<bos>, [CLS], <|endoftext|>)."""
-    return bool(t) and not _SPECIAL.match(t)
+    """A normalised token worth naming: not empty, not a special token (<bos>, [CLS], <|endoftext|>),
+    not a piece of a character cut in two (U+FFFD: byte-level BPE's bytes of a CJK letter or emoji)."""
+    return bool(t) and not _SPECIAL.match(t) and "\ufffd" not in t
 
 
 class Lexicon:

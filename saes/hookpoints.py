@@ -76,8 +76,16 @@ def check_hook(model: Any, name: str, who: str | None = None, *, per_token: bool
                                f"positions); use a per-token hook instead")
     close = difflib.get_close_matches(name, valid, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
+    # TransformerBridge adds an input and an output hook to every submodule (attn.q.hook_in, ...):
+    # named by count, so that the hook points people use stay readable
+    wrappers = [n for n in valid if n.endswith((".hook_in", ".hook_out"))]
+    named, more = list(valid), ""
+    if wrappers and len(wrappers) < len(valid):
+        named = [n for n in valid if n not in set(wrappers)]
+        example = next((g for g in describe_hooks(wrappers).split(", ") if g.startswith("blocks.")), wrappers[0])
+        more = f" (and {len(wrappers)} input/output hooks of its modules, such as {example})"
     raise UnknownHookError(f"{where}unknown hook point {name!r}.{hint} Valid hook points for this model: "
-                           f"{describe_hooks(valid)}")
+                           f"{describe_hooks(named)}{more}")
 
 
 def check_hooks(model: Any, names: str | Sequence[str], who: str | None = None, *,

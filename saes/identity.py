@@ -28,6 +28,7 @@ another model here: the id ends in '+processed'.
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Mapping
@@ -160,8 +161,8 @@ def same_model(a: ModelIdentity, b: ModelIdentity) -> bool:
     """Whether two identities name the same weights, as far as their records tell.
 
     Toy and local models compare by the SHA-256 of their weight files (a directory copied
-    elsewhere is the same model); hub models by name and commit (an unknown revision matches any);
-    models built in code by the hash of their parameters."""
+    elsewhere is the same model); hub models by name and commit (an unknown revision, or a branch or
+    tag name against a commit, matches any); models built in code by the hash of their parameters."""
     if a.d_model is not None and b.d_model is not None and a.d_model != b.d_model:
         return False
     if a.weights != b.weights:
@@ -176,12 +177,19 @@ def same_model(a: ModelIdentity, b: ModelIdentity) -> bool:
         if a.name != b.name:
             return False
         if a.revision and b.revision:
+            if _is_commit(a.revision) != _is_commit(b.revision):
+                return True  # a branch or tag name (a record from before commits were resolved) vs a commit
             n = min(len(a.revision), len(b.revision))
             return a.revision[:n] == b.revision[:n] if n >= 7 else a.revision == b.revision
         return True
     if a.weights_sha256 and b.weights_sha256:
         return _same_hash(a.weights_sha256, b.weights_sha256)
     return a.name == b.name
+
+
+def _is_commit(revision: str) -> bool:
+    """A (possibly short) commit hash, not a branch or tag name such as 'main' or 'step3000'."""
+    return re.fullmatch(r"[0-9a-f]{7,40}", revision) is not None
 
 
 def check_same_model(

@@ -155,19 +155,39 @@ def load_model(spec: str, device: str | None = None, dtype=None, *, process_weig
         model = toyworld.load_model(device=device, dtype=torch_dtype, directory=info.path)
         info.engine = "HookedTransformer"
     else:
+        if info.source == "hub":  # load and record one commit, so the record pins the weights
+            info.revision = hub_commit(info.name, info.revision) or info.revision
         # hub name and local directory take the same path; only the string differs
         model = _boot_hf(info.path if info.source == "local" else info.name, info.revision, device, torch_dtype,
                          spec)
         info.engine = "TransformerBridge"
-        if info.source == "hub":  # record the commit HF resolved, so the record pins the weights
-            commit = getattr(getattr(model.original_model, "config", None), "_commit_hash", None)
-            info.revision = commit or info.revision
     if process_weights:
         _process_weights(model, spec)
     model.eval()
     setattr(model, _INFO_ATTR, info)
     attach_identity(model, _identity(model, info, "processed" if process_weights else "raw"))
     return model
+
+
+def hub_commit(name: str, revision: str | None) -> str | None:
+    """The commit that `revision` (default: the main branch) of hub model `name` points to, as
+    huggingface_hub resolves it: from the hub, or offline from the local HF cache's refs. None when
+    neither knows (the load then fails with HF's own message). transformers 5 no longer reports the
+    commit it loaded (`config._commit_hash`), so it is resolved here, before loading, and the load
+    is pinned to it."""
+    import re
+
+    try:
+        from huggingface_hub import hf_hub_download
+
+        path = Path(hf_hub_download(name, "config.json", revision=revision))
+    except Exception:  # not cached offline, unknown repo, no network: the load reports it
+        return None
+    parts = path.parts
+    if "snapshots" not in parts[:-1]:
+        return None
+    commit = parts[parts.index("snapshots") + 1]
+    return commit if re.fullmatch(r"[0-9a-f]{40}", commit) else None
 
 
 def _process_weights(model, spec: str) -> None:

@@ -229,7 +229,8 @@ def _resolve_feature_edit(model: Model, sae_map: Mapping[str, SAE], e: FeatureEd
     key = (name, e.latent)
     if key in seen:
         raise SteeringError(
-            f"feature {e.latent} of SAE {name!r} is edited twice ({seen[key]} and {e.describe()}); merge them into one edit"
+            f"latent {e.latent} of SAE {name!r} is edited twice ({seen[key]} and {e.describe()}; a preset's edits "
+            f"count too); one edit per latent: drop one of them"
         )
     seen[key] = e.describe()
     provider = typical_max_for(typical_max, name)

@@ -112,6 +112,10 @@ def compile_positions(positions: Any, layout: RowLayout, label: str = "edit") ->
             why = layout.why_no_roles or "the prompt is plain text, not chat messages"
             raise SteeringError(f"{label}: positions {positions!r} need per-token roles, which this prompt lacks: {why}")
         if kind == "role":
+            if arg != "assistant" and arg not in layout.roles:  # it would change nothing (as turn:I beyond the end)
+                have = ", ".join(dict.fromkeys(layout.roles))
+                raise SteeringError(f"{label}: positions {positions!r}: the prompt has no {arg!r} message (its roles: "
+                                    f"{have}); the edit would change nothing")
             return CompiledPositions(tuple(r == arg for r in layout.roles), arg == "assistant", frozenset())
         turn = int(arg)
         n = layout.n_messages or 0

@@ -353,3 +353,29 @@ def test_simulation_contexts_read_as_their_text_with_positions_added():
     line = next(ln for ln in user.splitlines() if ln.startswith("Context 1: "))
     assert line == "Context 1: def[0] pro[1]g[2]([3]self[4]):[5]⏎[6]   [7] return[8] 1[9]"
     assert re.sub(r"\[\d+\]", "", line) == "Context 1: " + "".join(tokens).replace("\n", "⏎")
+
+
+def test_cut_characters_are_no_words_of_a_label():
+    """Byte-level BPE splits a CJK letter or an emoji over several tokens; one of them alone (a
+    window's edge, a promoted token) decodes to U+FFFD. Such a token names nothing: a label made of
+    its words, or of the tokens it writes, leaves it out."""
+    import dataclasses
+
+    from autointerp.examples import Example
+
+    cut = "\ufffd"
+    sp = split_of(lexical_latent())
+    # the latent's strongest word is cut in half in every window
+    top = max(((t, a) for e in sp.explain for t, a in zip(e.tokens, e.acts)), key=lambda x: x[1])[0]
+
+    def garble(e):
+        return Example(tuple(cut if t == top else t for t in e.tokens), e.acts, e.ref, e.kind, e.quantile)
+
+    explain, background = [garble(e) for e in sp.explain], [garble(e) for e in sp.background]
+    e = explain_concept(explain, background, sp.evidence)
+    assert cut not in e.label and cut not in e.token_set and e.label, e
+    ctx = split_of(contextual_latent())
+    cut_first = tuple((cut, 9.0 - i) for i in range(5)) + ctx.evidence.promoted
+    evidence = dataclasses.replace(ctx.evidence, promoted=cut_first)
+    e = explain_concept(ctx.explain, ctx.background, evidence)
+    assert cut not in e.label and cut not in e.exemplars, e

@@ -268,3 +268,26 @@ def test_scores_of_the_current_label_are_restored_when_an_older_label_had_scores
         rows = st.list_features(sort="score:detection", filter={"latents": [b], "score_method": "detection",
                                                                 "min_score": detection}, limit=5)
         assert [r.latent for r in rows] == [b]
+
+
+def test_evidence_leaves_out_tokens_that_are_a_cut_character():
+    """A byte-level BPE token holding one byte of a CJK letter or an emoji decodes alone to U+FFFD:
+    the promoted / suppressed tokens and the neighbours' tokens a judge sees leave it out."""
+    from types import SimpleNamespace as NS
+
+    from autointerp.featurestore import FeatureStoreLabels
+
+    def toks(*names):
+        return [NS(token=t, value=1.0) for t in names]
+
+    class Store:
+        readonly, path = False, "mem.db"
+
+        def promoted_tokens(self, latents, top):
+            return {i: toks("\ufffd", " sea", "\ufffd\ufffd") for i in latents}
+
+    rec = NS(latent=0, logits=NS(promoted=toks(" ship", "\ufffd", "日"), suppressed=toks("\ufffd", " owl")),
+             decoder_neighbours=[NS(latent=5, score=0.9)], coact_neighbours=[])
+    ev = FeatureStoreLabels(Store())._evidence(rec)
+    assert [t for t, _ in ev.promoted] == [" ship", "日"] and [t for t, _ in ev.suppressed] == [" owl"]
+    assert ev.neighbours == ((5, 0.9, (" sea",)),)

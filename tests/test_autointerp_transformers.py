@@ -72,3 +72,20 @@ def test_needs_a_chat_template(tiny):
     plain.chat_template = None
     with pytest.raises(ValueError, match="chat template"):
         TransformersBackend(model, plain)
+
+
+def test_a_prompt_longer_than_the_judge_model_reads_is_refused(tiny):
+    """transformers only warns when the prompt runs past the model's positions (a small local model:
+    n_positions 32 here), then answers from positions it never saw: the latent fails instead, naming
+    both lengths and the fix, and nothing is generated."""
+    import asyncio
+
+    from autointerp.wire import ChatRequest, PermanentError
+
+    model, tok = tiny
+    short = type(model)(type(model.config)(**{**model.config.to_dict(), "n_positions": 32})).eval()
+    backend = TransformersBackend(short, tok, name="tiny-32")
+    request = ChatRequest(messages=({"role": "user", "content": " ".join(["the ocean"] * 20)},), max_tokens=8)
+    with pytest.raises(PermanentError, match=r"the prompt is \d+ tokens and the answer may take 8, but the judge "
+                                             r"model tiny-32 reads at most 32; use a judge with a longer context"):
+        asyncio.run(backend.chat(request))

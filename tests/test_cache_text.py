@@ -85,27 +85,37 @@ def test_local_formats_give_the_same_contexts(tmp_path, fmt):
 
 @pytest.mark.parametrize("streaming", [True, False])
 def test_a_txt_file_is_one_document_unless_told_line(tmp_path, monkeypatch, streaming):
-    """Default: each .txt file is one document, its newlines and blank lines kept (a folder of
-    code or prose); txt_documents="line": each non-empty line is one (HF datasets' default)."""
+    """Default: each .txt file is one document, exactly as stored: newlines, blank lines and CRLF /
+    CR line ends kept (HF datasets' text builder would turn them into LF); txt_documents="line":
+    each non-empty line is one (HF datasets' default)."""
     import datasets
 
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))
-    files = {"a.txt": "the sea\n\n  the ship\n", "b.txt": "a tree\r\nthe owl"}
+    files = {"a.txt": "the sea\n\n  the ship\n", "b.txt": "a tree\r\nthe owl", "c.txt": "old mac\rline end"}
     (tmp_path / "c").mkdir()
     for name, text in files.items():
         (tmp_path / "c" / name).write_bytes(text.encode())
     whole = DocumentSource(TextConfig(dataset=str(tmp_path / "c"), streaming=streaming))
-    assert [d for c in whole.chunks() for d in c] == ["the sea\n\n  the ship\n", "a tree\nthe owl"]
+    assert [d for c in whole.chunks() for d in c] == list(files.values())
     lines = DocumentSource(TextConfig(dataset=str(tmp_path / "c"), streaming=streaming, txt_documents="line"))
-    assert [d for c in lines.chunks() for d in c] == ["the sea", "", "  the ship", "a tree", "the owl"]
+    assert [d for c in lines.chunks() for d in c] == ["the sea", "", "  the ship", "a tree", "the owl", "old mac",
+                                                      "line end"]
     # packed: one EOS per file, after its last token
     cfg = TextConfig(dataset=str(tmp_path / "c"), context_length=4, bos_policy="none", streaming=streaming)
     flat = open_packer(cfg, TOK).take(100)[0].reshape(-1).tolist()
     ids = lambda d: TOK(d, add_special_tokens=False)["input_ids"]
-    want = ids(files["a.txt"]) + [EOS_ID] + ids("a tree\nthe owl") + [EOS_ID]
+    want = [i for d in files.values() for i in ids(d) + [EOS_ID]]
     assert flat == want[:len(flat)] and flat.count(EOS_ID) >= 1
     with pytest.raises(ValueError, match="txt_documents must be file or line"):
         TextConfig(txt_documents="paragraph")
+    # an edited file is read again (the non-streaming Arrow copy is not reused), and a file that is
+    # not UTF-8 is named with the fix
+    (tmp_path / "c" / "b.txt").write_bytes(b"a tree\r\nthe owl sang")
+    again = DocumentSource(TextConfig(dataset=str(tmp_path / "c"), streaming=streaming))
+    assert [d for c in again.chunks() for d in c][1] == "a tree\r\nthe owl sang"
+    (tmp_path / "c" / "c.txt").write_bytes("caf\u00e9".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"c\.txt is not UTF-8 text \(byte 0xe9 at offset 3\); convert it"):
+        [d for c in DocumentSource(TextConfig(dataset=str(tmp_path / "c"), streaming=streaming)).chunks() for d in c]
 
 
 @pytest.mark.parametrize("fast", [True, False])

@@ -224,3 +224,32 @@ def test_train_without_a_cache_reads_the_split_asked_for(data, model_dir, tmp_pa
     code = main(["train", "--model", str(model_dir), "--dataset", str(data / "train.jsonl"), "--split", "validation",
                  "--context-length", "32", "--hook", HOOK, "--out", str(tmp_path / "r2"), *TRAIN])
     assert code == 2 and "a single file is the split 'train'" in capsys.readouterr().err
+
+
+def test_a_hub_dataset_snapshot_in_the_hf_cache_reads_as_local_data(tmp_path, monkeypatch):
+    """`huggingface-cli download --repo-type dataset NAME` leaves snapshot files that are symlinks to
+    content-named blobs: the folder's splits come from the link names (not the blobs', which have no
+    suffix), the documents read as the files hold them; and asking for the hub name offline says
+    where that snapshot is."""
+    import datasets
+    from huggingface_hub import constants
+
+    from helpers.foreign_saes import write_hf_snapshot
+
+    src = {f"data/{split}.jsonl": _write(tmp_path / "src" / f"{split}.jsonl", _rows(split, 3))
+           for split in ("train", "validation")}
+    hub = tmp_path / "hub"
+    snap = write_hf_snapshot(hub, "someone/prose", src, revision="c" * 40)
+    (hub / "models--someone--prose").rename(hub / "datasets--someone--prose")  # the dataset repo's folder name
+    snap = hub / "datasets--someone--prose" / snap.relative_to(hub / "models--someone--prose")
+    assert (snap / "data" / "train.jsonl").is_symlink()
+    splits = local_splits(str(snap))
+    assert {k: [p.name for p in v] for k, v in splits.items()} == {"train": ["train.jsonl"],
+                                                                  "validation": ["validation.jsonl"]}
+    docs = [d for c in DocumentSource(TextConfig(dataset=str(snap), split="validation")).chunks() for d in c]
+    assert docs == _rows("validation", 3)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ValueError, match=f"offline mode .* the HF cache holds a copy of its files: --dataset {snap}"):
+        DocumentSource(TextConfig(dataset="someone/prose", split="train"))

@@ -291,3 +291,42 @@ def test_registry_sae_from_a_fake_hub_cache_through_the_cli(tmp_path: Path) -> N
     res = subprocess.run(cmd, env={**env, "HF_HUB_CACHE": str(tmp_path / "empty")}, capture_output=True, text=True,
                          timeout=300)
     assert res.returncode == 2 and "not in the HF cache" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_eval_packs_text_as_the_sae_cfg_records_unless_a_flag_says_otherwise():
+    """An SAE from another library records its training contexts in cfg.json (`context_size`,
+    `prepend_bos`): eval feeds it the same, unless --context-length / --bos-policy are given; SAEs
+    that disagree keep the defaults, with a note."""
+    import argparse
+    from types import SimpleNamespace
+
+    from saesteer.commands.eval import _packed_as_trained
+    from training.text import TextConfig
+
+    def sae(**meta):
+        return SimpleNamespace(provenance={}, sae=SimpleNamespace(cfg=SimpleNamespace(metadata=meta)))
+
+    said = []
+    text = TextConfig(dataset="toy")  # the flag defaults: 128 tokens, BOS prepended
+    got = _packed_as_trained(argparse.Namespace(), text, {"a": sae(context_size=32, prepend_bos=False)}, said.append)
+    assert (got.context_length, got.bos_policy) == (32, "none")
+    assert "--context-length 32" in said[-1] and "--bos-policy none" in said[-1]
+    given = argparse.Namespace(context_length=128)
+    got = _packed_as_trained(given, text, {"a": sae(context_size=32, prepend_bos=False)}, said.append)
+    assert (got.context_length, got.bos_policy) == (128, "none")
+    got = _packed_as_trained(argparse.Namespace(), text, {"a": sae(context_size=32), "b": sae(context_size=64)},
+                             said.append)
+    assert got.context_length == 128 and "different --context-length" in said[-1]
+
+
+def test_an_sae_that_names_no_model_is_evaluated_with_the_caches_model(foreign, trained, tmp_path, capsys,
+                                                                       one_thread) -> None:
+    """--cache records the model its activations came from: an SAE whose files name none (Gemma
+    Scope's params.npz; SAELens's model_name is in TransformerLens's terms) needs no --model then,
+    as `features build` needs none."""
+    out = tmp_path / "ev"
+    capsys.readouterr()
+    assert main(["eval", "--sae", str(foreign["gemma_scope"]), "--hook", HOOK, "--cache", str(trained / "cache"),
+                 "--contexts", "4", "--ce-contexts", "2", "--absorption", "false", "--probing", "false", "--quiet",
+                 "--out", str(out)]) == 0, capsys.readouterr().err
+    assert json.loads((out / "eval.json").read_text())["model"].startswith("toy:")

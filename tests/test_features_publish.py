@@ -106,3 +106,24 @@ def test_export_command(store, tmp_path, capsys):
     assert main(["features", "export", str(st.path), str(tmp_path / "d.json"), "--format", "saedashboard",
                  "--limit", "5"]) == 0
     assert len(json.loads((tmp_path / "d.json").read_text())["features"]) == 5
+
+
+def test_the_cli_names_the_model_for_neuronpedia_from_the_store_record(store, tmp_path):
+    """Without --model-id the export uses the last part of the model name the store records (its
+    record id, 'hub:org/name@commit' or 'local:dir#sha256:...', is no Neuronpedia id); a refused
+    value names the flag, not the dataclass field."""
+    from features import FeatureStore
+    from helpers.real_cli import saesteer
+    from saes.identity import ModelIdentity
+
+    ws, st = store
+    hub = ModelIdentity("hub", "SomeOrg/tiny-model", revision="a" * 40, d_model=32)
+    with FeatureStore.open(st.path, readonly=False) as rw:  # as a build from a hub model's cache records it
+        rw.set_meta(model_identity=hub.to_json())
+    want = "tiny-model"
+    r = saesteer("features", "export", st.path, tmp_path / "np", "--format", "neuronpedia", "--limit", 2).ok()
+    assert (tmp_path / "np" / want).is_dir(), r.text
+    r = saesteer("features", "export", st.path, tmp_path / "bad", "--format", "neuronpedia", "--model-id", "a b")
+    assert r.rc == 2 and "--model-id must be letters" in r.err and "NeuronpediaInfo" not in r.err
+    saesteer("features", "export", st.path, tmp_path / "d.json", "--format", "saedashboard", "--limit", 2).ok()
+    assert json.loads((tmp_path / "d.json").read_text())["model_id"] == want

@@ -69,6 +69,11 @@ def test_same_model_rules():
     assert same_model(g1, ModelIdentity("hub", "gpt2"))  # revision unknown on one side
     assert not same_model(g1, ModelIdentity("hub", "gpt2", revision="11c5a3d5811f50298f278a704980280950aedb10"))
     assert not same_model(g1, ModelIdentity("hub", "distilgpt2", revision=g1.revision))
+    # a record from before hub commits were resolved holds the branch or tag asked for ('@step3000'):
+    # re-loading it now records a commit, which that name cannot be compared with
+    assert same_model(ModelIdentity("hub", "gpt2", revision="step3000"), g1)
+    assert same_model(g1, ModelIdentity("hub", "gpt2", revision="main"))
+    assert not same_model(ModelIdentity("hub", "gpt2", revision="main"), ModelIdentity("hub", "gpt2", revision="v2"))
     assert not same_model(g1, local())
     assert not same_model(local(digest="sampled-" + H_A), local(digest=H_A))
 

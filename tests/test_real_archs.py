@@ -89,6 +89,23 @@ def test_transcoder_hook_pairs_are_checked_on_the_bridge(real_models, family):
 
 
 
+def test_an_unknown_hook_lists_the_hook_points_people_use(real_models):
+    """On a TransformerBridge the error lists the HookedTransformer-style names (and counts the input /
+    output hooks the Bridge adds to every submodule), not ~100 names in one line."""
+    from saes.hookpoints import UnknownHookError, check_hook, hook_names
+    from saesteer.models import load_model
+
+    model = load_model(str(model_path(real_models, "qwen2")), device="cpu")
+    with pytest.raises(UnknownHookError) as e:
+        check_hook(model, "blocks.5.hook_resid_post")
+    msg = str(e.value)
+    assert "Did you mean blocks.1.hook_resid_post" in msg and "blocks.{0..1}.hook_resid_post" in msg
+    assert ".attn.q.hook_in" not in msg and "input/output hooks of its modules" in msg
+    wrappers = [n for n in hook_names(model) if n.endswith((".hook_in", ".hook_out"))]
+    assert f"and {len(wrappers)} input/output hooks" in msg and len(msg) < 1600
+    check_hook(model, "blocks.0.attn.q.hook_out")  # still valid, only not listed
+
+
 @pytest.fixture(scope="module", params=THIN)
 def thin(request, real_models, real_corpus, tmp_path_factory):
     family = request.param

@@ -442,6 +442,20 @@ def test_ce_evaluation_runs_on_validation_rows_only(chain):
         assert not grams & (train_ng - val_ng), "an evaluation context with training text"
 
 
+def test_eval_packs_the_held_out_text_as_training_did(chain, tmp_path):
+    """`saesteer eval` with no --dataset or --context-length reads the text the SAE's training
+    evaluated on, in the contexts training packed (64 tokens, not the flag's default 128): its CE
+    contexts are training's, so its CE loss recovered is the one training reported."""
+    saesteer("eval", "--sae", chain.sae, "--contexts", 8, "--ce-contexts", 8, "--absorption", "false",
+             "--probing", "false", "--quiet", "--out", tmp_path).ok()
+    doc = json.loads((tmp_path / "eval.json").read_text())
+    assert (doc["data"]["context_length"], doc["data"]["bos_policy"]) == (CONTEXT, "prepend")
+    got = doc["saes"]["sae"]["metrics"]
+    want = json.loads((chain.run / "metrics.json").read_text())["saes"]["resid"]
+    assert got["ce_loss_recovered"] == pytest.approx(want["ce_loss_recovered"], abs=1e-4)
+    assert got["kl_div"] == pytest.approx(want["kl_div"], rel=1e-3)
+
+
 # ----------------------------------------------------------------------------------------------
 # SAELens interop
 

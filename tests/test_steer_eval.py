@@ -93,3 +93,29 @@ def test_steer_eval_errors(tmp_path, capsys, argv, fragment):
     args = build_parser().parse_args(["steer-eval", "--sae", str(tmp_path / "none"), *argv])
     assert steer_eval.run(args) == 2
     assert fragment in capsys.readouterr().err
+
+
+def test_steer_eval_with_a_judge_that_gives_no_usable_rating_writes_nothing(tmp_path, monkeypatch):
+    """A judge that never answers with a 0-2 rating would score every method 0 (AxBench's rule for
+    an unusable answer): the scorecard is refused instead, naming the judge flags."""
+    from helpers.web_store import build_web_store
+
+    from saesteer.commands import steer_eval, sweep
+    from saesteer.commands._steering import CLIError
+    from steering.evaluate import JudgeScorer
+
+    ws = build_web_store(tmp_path, name="j")
+    saes.save_sae(ws.sae, tmp_path / "sae")
+    pos, neg = tmp_path / "pos.txt", tmp_path / "neg.txt"
+    pos.write_text("the sea and the ship\nthe whale at the shore\n")
+    neg.write_text("the tree in the forest\nbread and soup\n")
+    monkeypatch.setattr(sweep, "_scorer", lambda args, store: (JudgeScorer(lambda m: "I cannot rate this", "the sea"),
+                                                                None))
+    out = tmp_path / "card.json"
+    argv = ["steer-eval", "--sae", str(tmp_path / "sae"), "--store", str(ws.path), "--concept", "the sea",
+            "--positive", str(pos), "--negative", str(neg), "--cue", "the sea", "--samples", "1",
+            "--max-new-tokens", "4", "--sae-strengths", "1", "--vector-strengths", "1", "--candidates", "1",
+            "--out", str(out)]
+    with pytest.raises(CLIError, match="no usable rating.*--judge-model"):
+        steer_eval._run(build_parser().parse_args(argv), model=ws.model)
+    assert not out.exists()

@@ -164,6 +164,40 @@ def test_sweep_save_strength_stores_a_strength_or_an_explicit_none_never_zero(st
     assert data["recommended"] is None and stored is None and data["verdict"].startswith("no strength works")
 
 
+def test_sweep_with_a_judge_that_gives_no_usable_rating_stores_nothing(stored, tmp_path, capsys, monkeypatch):
+    """A judge whose answers are no 0-2 rating (a misconfigured server, another schema) scores 0 per
+    answer (AxBench's rule): when no answer was usable the sweep stops before writing or storing,
+    naming the judge flags; some unusable answers are counted in a note."""
+    from features import FeatureStore
+    from saesteer.commands import sweep
+    from saesteer.commands._steering import CLIError
+    from steering.evaluate import JudgeScorer
+
+    ws, sae = stored
+    f = next(iter(ws.labels))
+    with FeatureStore.open(ws.path) as st:
+        before = st.feature(f).recommended_strength
+    answers = {"n": 0}
+
+    def judge(messages, usable_every=0):
+        answers["n"] += 1
+        return '{"rating": 2}' if usable_every and answers["n"] % usable_every == 0 else '{"answers": [1]}'
+
+    argv = ["sweep", "--sae", str(sae), "--store", str(ws.path), "--latent", str(f), "--concept", "the sea",
+            "--samples", "1", "--max-new-tokens", "4", "--out", str(tmp_path / "o"), "--save-strength",
+            "--no-progress", "--strengths", "0,2"]
+    monkeypatch.setattr(sweep, "_scorer", lambda args, store: (JudgeScorer(judge, "the sea"), None))
+    with pytest.raises(CLIError, match=r"no usable rating \(\d+ of \d+ answers.*--judge-model and --judge-base-url"):
+        sweep._run(parse(*argv), model=ws.model)
+    assert not (tmp_path / "o").exists()
+    with FeatureStore.open(ws.path) as st:
+        assert st.feature(f).recommended_strength == before
+    monkeypatch.setattr(sweep, "_scorer", lambda args, store: (
+        JudgeScorer(lambda m: judge(m, usable_every=2), "the sea"), None))
+    assert sweep._run(parse(*argv), model=ws.model) == 0
+    assert "judge answers were unusable and scored 0" in capsys.readouterr().err
+
+
 def test_sweep_errors_name_flags_that_exist(model, sae_dir, stored, tmp_path, capsys):
     from saesteer.commands import sweep
 

@@ -210,6 +210,14 @@ def test_chat_prompt_roles_and_turns():
     layout = RowLayout(len(plain.token_ids), plain.roles, plain.turns, plain.n_messages, plain.why_no_roles)
     with pytest.raises(SteeringError, match="rewriting"):
         compile_positions("role:user", layout)
+    # a role no message has is refused (as a turn beyond the last), naming the roles there; the
+    # assistant's reply is always there to steer
+    full = render_chat(tok, msgs)
+    layout = RowLayout(len(full.token_ids), full.roles, full.turns, full.n_messages, full.why_no_roles)
+    with pytest.raises(SteeringError, match=r"no 'tool' message \(its roles: system, user, assistant\)"):
+        compile_positions("role:tool", layout)
+    assert compile_positions("role:assistant", layout).every_generated
+    assert any(compile_positions("role:user", layout).prompt)
     with pytest.raises(SteeringError, match="has no chat template"):
         from helpers.tiny_model import make_tokenizer
 

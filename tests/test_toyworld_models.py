@@ -131,3 +131,28 @@ def test_toy_spec_and_identity(tiny):
     other = toyworld.load_model(device="cpu")
     assert model_identity(other).source == "object"
     assert model_id(other) == model_id(toyworld.load_model(device="cpu"))
+
+
+def test_a_hub_model_records_the_commit_it_loaded_offline(tmp_path, monkeypatch, tiny_dir):
+    """A hub name read from the local HF cache (HF_HUB_OFFLINE) records the commit refs/main points
+    to, and name@commit loads and records that commit: the record pins the weights, so a later
+    command given the other commit is refused."""
+    from huggingface_hub import constants
+
+    from helpers.foreign_saes import write_hf_snapshot
+    from saes.identity import ModelMismatchError, check_same_model
+
+    files = {p.name: p for p in tiny_dir.iterdir() if p.is_file()}
+    old, new = "1" * 40, "2" * 40
+    write_hf_snapshot(tmp_path / "hub", "someone/tiny-gpt2", files, revision=old)
+    write_hf_snapshot(tmp_path / "hub", "someone/tiny-gpt2", files, revision=new)  # refs/main -> new
+    _offline(monkeypatch)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    latest = model_identity(load_model("someone/tiny-gpt2", device="cpu"))
+    pinned = model_identity(load_model(f"someone/tiny-gpt2@{old}", device="cpu"))
+    assert (latest.source, latest.name, latest.revision) == ("hub", "someone/tiny-gpt2", new)
+    assert pinned.revision == old
+    assert latest.load_spec() == f"someone/tiny-gpt2@{new}"
+    with pytest.raises(ModelMismatchError, match=old):
+        check_same_model(pinned, latest, recorded_in="the cache", given_as="--model someone/tiny-gpt2",
+                         override="--allow-model-mismatch", fix="")

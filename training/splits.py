@@ -15,6 +15,8 @@ Every split holds the data files of one kind (.json/.jsonl, .parquet or .txt), s
 
 from __future__ import annotations
 
+import os
+
 import re
 from pathlib import Path
 
@@ -61,7 +63,7 @@ def local_splits(spec: str) -> dict[str, list[Path]]:
     if not path.exists():
         raise FileNotFoundError(f"dataset {spec!r}: no such file or directory")
     if path.is_file():
-        return {"train": [path.resolve()]}
+        return {"train": [absolute(path)]}
     from datasets.data_files import DataFilesDict, get_data_patterns
 
     try:
@@ -70,7 +72,7 @@ def local_splits(spec: str) -> dict[str, list[Path]]:
                                                    allowed_extensions=list(DATA_SUFFIXES))
     except FileNotFoundError:
         raise ValueError(f"dataset directory {path} holds no {'/'.join(DATA_SUFFIXES)} files") from None
-    splits = {str(name): sorted(Path(f).resolve() for f in files) for name, files in found.items()}
+    splits = {str(name): sorted(absolute(f) for f in files) for name, files in found.items()}
     splits = {name: files for name, files in splits.items() if files}
     if not splits:
         raise ValueError(f"dataset directory {path} holds no {'/'.join(DATA_SUFFIXES)} files")
@@ -82,13 +84,19 @@ def _files_of(path_or_glob: str, spec: str) -> list[Path]:
 
     path = Path(path_or_glob).expanduser()
     if path.is_file():
-        return [path.resolve()]
+        return [absolute(path)]
     pattern, base = ("**", str(path.resolve())) if path.is_dir() else (str(path), str(Path.cwd()))
     try:
         files = resolve_pattern(pattern, base_path=base, allowed_extensions=list(DATA_SUFFIXES))
     except FileNotFoundError:
         raise FileNotFoundError(f"dataset {spec!r}: {path_or_glob!r} matches no {'/'.join(DATA_SUFFIXES)} file") from None
-    return sorted(Path(f).resolve() for f in files)
+    return sorted(absolute(f) for f in files)
+
+
+def absolute(path) -> Path:
+    """`path` made absolute without following symlinks: a data file's name and suffix are its own even
+    when it links elsewhere (the HF hub cache's snapshot files link to content-named blobs)."""
+    return Path(os.path.abspath(Path(path).expanduser()))
 
 
 def describe_splits(splits: dict[str, list[Path]]) -> str:

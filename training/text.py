@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal, NamedTuple
 
-from training.splits import describe_splits, local_splits, looks_local
+from training.splits import absolute, describe_splits, local_splits, looks_local
 
 BosPolicy = Literal["prepend", "doc", "none"]
 TxtDocuments = Literal["file", "line"]
@@ -151,7 +151,7 @@ def resolve_data(cfg: TextConfig) -> ResolvedData:
     if len(builders) != 1:
         raise ValueError(f"split {cfg.split!r} of dataset {cfg.dataset!r} mixes file kinds {sorted(builders)}; "
                          f"use one kind per split")
-    files = [Path(p).resolve() for p in files]
+    files = [absolute(p) for p in files]  # symlinked files keep their names (HF hub cache snapshots)
     root = Path(os.path.commonpath([p.parent for p in files]))
     return ResolvedData(builders.pop(), tuple(files), True, cfg.split, root)
 
@@ -194,6 +194,8 @@ class DocumentSource:
 
         cfg, data = self.cfg, self.data
         try:
+            if data.is_local and data.builder == "text" and cfg.txt_documents == "file":
+                return _whole_txt_files(data.files, cfg.split, cfg.streaming)
             if data.is_local:
                 # json: parse 1 MB at a time (default 10 MB) so the first documents come quickly
                 extra = {"chunksize": 1 << 20} if data.builder == "json" else {}
@@ -211,6 +213,10 @@ class DocumentSource:
             )
         except (FileNotFoundError, ValueError) as e:
             raise ValueError(f"could not open dataset {cfg.dataset!r} (split {cfg.split!r}): {e}") from e
+        except ConnectionError as e:
+            if data.is_local or not _hub_offline():
+                raise
+            raise ValueError(_offline_hub_dataset_hint(cfg.dataset, e)) from None
 
     def columns(self) -> list[str]:
         names = getattr(self._ds, "column_names", None)
@@ -253,6 +259,56 @@ class DocumentSource:
         ds = ds.select_columns([col])
         for batch in ds.iter(batch_size=chunk_docs):
             yield [t if isinstance(t, str) else "" for t in batch[col]]
+
+
+def _hub_offline() -> bool:
+    import datasets
+
+    return bool(getattr(datasets.config, "HF_HUB_OFFLINE", False)) or os.environ.get(
+        "HF_DATASETS_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _offline_hub_dataset_hint(name: str, error: Exception) -> str:
+    """Why a hub dataset cannot be read offline, and the local folder to give instead when the HF
+    cache holds a snapshot of it (`huggingface-cli download --repo-type dataset NAME` puts one there)."""
+    head = f"dataset {name!r}: hub datasets are read from the hub, which offline mode (HF_HUB_OFFLINE / " \
+           f"HF_DATASETS_OFFLINE) forbids ({error})"
+    try:
+        from huggingface_hub import snapshot_download
+
+        snap = snapshot_download(name, repo_type="dataset", local_files_only=True)
+    except Exception:  # not in the cache (or not a repo name at all)
+        return f"{head}; give its files as a local path (--dataset DIR), or unset offline mode"
+    return f"{head}; the HF cache holds a copy of its files: --dataset {snap}"
+
+
+def _whole_txt_files(files, split: str, streaming: bool):
+    """One document per .txt file, its text exactly as stored (UTF-8). Not HF datasets' text builder:
+    it opens files in text mode, which turns CRLF and CR line ends into LF, so the tokens cached would
+    not be the file's. The files' sizes and modification times go into the generator's arguments, so
+    the Arrow copy of a non-streaming read is rebuilt when a file changes."""
+    import datasets
+
+    stamped = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    kwargs = dict(features=datasets.Features({"text": datasets.Value("string")}), gen_kwargs={"files": stamped},
+                  split=split)
+    if streaming:
+        return datasets.IterableDataset.from_generator(_read_txt_files, **kwargs)
+    try:
+        return datasets.Dataset.from_generator(_read_txt_files, **kwargs)
+    except datasets.exceptions.DatasetGenerationError as e:  # say what went wrong in the generator
+        raise (e.__cause__ if isinstance(e.__cause__, ValueError) else e) from None
+
+
+def _read_txt_files(files):
+    for path, _size, _mtime in files:
+        raw = Path(path).read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path} is not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start}); convert it "
+                             f"to UTF-8, e.g. iconv -f latin1 -t utf-8") from None
+        yield {"text": text}
 
 
 def sample_documents(source: DocumentSource, n: int = 512) -> list[str]:

@@ -20,7 +20,8 @@ def add_export(sub) -> None:
     e.add_argument("--features", dest="latents", default=None, help=argparse.SUPPRESS)  # the older name of --latents
     e.add_argument("--limit", type=int, default=None, help="export the N most frequent latents")
     e.add_argument("--model-id", default=None, help="neuronpedia / saedashboard: the model's name there, e.g. "
-                                                    "gpt2-small (default: the store's model)")
+                                                    "gpt2-small (default: the last part of the model name the store "
+                                                    "records, e.g. pythia-70m)")
     e.add_argument("--source-set", default="saesteer", help="neuronpedia / saedashboard: the source set name, e.g. "
                                                             "res-1k (the layer is prepended) (default: saesteer)")
     e.add_argument("--layer", type=int, default=None, help="neuronpedia / saedashboard: layer number (default: from "
@@ -43,16 +44,19 @@ def export(args) -> int:
             return 0
         if ids is None and args.limit is not None:
             ids = [r.latent for r in store.list_features(sort="freq", filter={"alive_only": True}, limit=args.limit)]
-        recorded = store.recorded_model()
-        model_id = args.model_id or (recorded.id.split("@")[0].replace("/", "-") if recorded is not None
-                                     else (store.meta.get("sae") or {}).get("model_name"))
+        model_id = args.model_id or _default_model_id(store)
         if not model_id:
             raise ValueError("the store records no model; give --model-id (its name on Neuronpedia, e.g. gpt2-small)")
         if args.format == "neuronpedia":
-            from features.publish import NeuronpediaInfo, check_neuronpedia_export, export_neuronpedia
+            import argparse
 
-            info = NeuronpediaInfo(model_id=model_id, source_set=args.source_set, layer=args.layer,
-                                   creator_name=args.creator_name, url=args.url)
+            from features.publish import NeuronpediaInfo, check_neuronpedia_export, export_neuronpedia
+            from saesteer.configargs import dataclass_from_args
+
+            # built through the flags' names, so a refused value names --model-id / --source-set
+            info = dataclass_from_args(NeuronpediaInfo, argparse.Namespace(), model_id=model_id,
+                                       source_set=args.source_set, layer=args.layer,
+                                       creator_name=args.creator_name, url=args.url)
             root = export_neuronpedia(store, args.out, info, ids)
             counts = check_neuronpedia_export(root)
             print(f"wrote {root}: {counts['features']} features, {counts['activations']} activations, "
@@ -64,3 +68,16 @@ def export(args) -> int:
                                    latents=ids)
         print(f"wrote {path} (SAEDashboard batch JSON, checked)")
     return 0
+
+
+def _default_model_id(store) -> str | None:
+    """The model's name for Neuronpedia / SAEDashboard when --model-id is not given: the last part of
+    the name the store records ('EleutherAI/pythia-70m' -> 'pythia-70m', a checkpoint directory's
+    name), without the record's source, commit and hash (which such ids cannot hold)."""
+    import re
+
+    recorded = store.recorded_model()
+    name = recorded.name if recorded is not None else (store.meta.get("sae") or {}).get("model_name")
+    if not name:
+        return None
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(name).rstrip("/").split("/")[-1]).strip("-._") or None

@@ -88,11 +88,12 @@ def require_hook(name: str, spec: Any, sae: Any) -> None:
                        f"(e.g. --hook blocks.6.hook_resid_post)")
 
 
-def load_model(args, loaded: dict[str, LoadedSAE], store: Any = None, sae_specs: dict[str, Any] | None = None):
+def load_model(args, loaded: dict[str, LoadedSAE], store: Any = None, cache: str | None = None,
+               sae_specs: dict[str, Any] | None = None):
     """The model to run: --model, checked against the model every SAE (`load_saes`'s LoadedSAEs)
-    and the store record, or else the recorded model itself. Refusals name both models and
-    --allow-model-mismatch. Every SAE must know its hook point first (its files, or --hook).
-    `sae_specs`: name -> what each SAE was given as, for messages (default: parsed from args.sae)."""
+    and the store's (or activation cache's) record, or else the recorded model itself. Refusals name
+    both models and --allow-model-mismatch. Every SAE must know its hook point first (its files, or
+    --hook). `sae_specs`: name -> what each SAE was given as, for messages (default: parsed from args.sae)."""
     from saes.identity import ModelIdentityError, check_same_model, identity_of_sae
     from saesteer.models import OVERRIDE_FLAG, load_recorded_model, model_identity, pick_record
 
@@ -102,6 +103,10 @@ def load_model(args, loaded: dict[str, LoadedSAE], store: Any = None, sae_specs:
     records = [(identity_of_sae(item), f"SAE {name!r} ({dirs[name]})") for name, item in loaded.items()]
     if store is not None:
         records.append((store.recorded_model(), f"the feature store {args.store}"))
+    if cache is not None:  # e.g. an SAE from another library, whose files name no model we can load
+        from training.manifest import read_manifest
+
+        records.append((read_manifest(cache).recorded_model(), f"the cache {cache}"))
     first, where = pick_record(records)
     known = [(ident, w) for ident, w in records if ident is not None and w != where]
     allow = args.allow_model_mismatch
@@ -116,8 +121,6 @@ def load_model(args, loaded: dict[str, LoadedSAE], store: Any = None, sae_specs:
     except (ValueError, OSError) as e:  # ModelIdentityError is a ValueError and says it all
         raise CLIError(str(e) if isinstance(e, ModelIdentityError) else f"cannot load model: {e}") from None
     return model
-
-
 
 
 def read_prompts(args) -> list[str]:

@@ -22,6 +22,8 @@ Gemma Scope, OpenAI) on held-out text, side by side:
 The held-out text is --dataset's --split (default: validation); without --dataset, the text the SAEs'
 training evaluated on (saesteer.json), else --split of their training data (the toy corpus only for the
 toy model). Text an SAE was trained on is refused (--allow-eval-overlap true evaluates on it anyway).
+Contexts are packed as the SAEs were trained (their cache's context length, BOS policy and separator,
+else cfg.json's context_size and prepend_bos) unless --context-length / --bos-policy / --separator say.
 With --cache, the activation metrics of an SAE trained by `saesteer train` on that cache use the rows
 its training held out (the same figures `train` reported), and the CE contexts are the ones training used.
 
@@ -47,7 +49,7 @@ def add_arguments(parser) -> None:
                         "sae_lens:RELEASE/SAE_ID; repeat to compare several (name them NAME=SAE)")
     g.add_argument("--model", default=None,
                    help="'toy', a HuggingFace model name, or a local model directory (default: the model the "
-                        "SAEs' saesteer.json records)")
+                        "SAEs' saesteer.json records, else the one --cache records)")
     g.add_argument("--allow-model-mismatch", action="store_true",
                    help="evaluate with --model even if the SAEs record another model")
     g.add_argument("--hook", default=None, help="hook point of SAEs whose files do not record one")
@@ -106,6 +108,7 @@ def _run(args) -> int:
         rows, rows_source, keep_ids, text, ce_from_cache, data_info, cache_text = _cache_rows(args, cfg, loaded, model,
                                                                                               text, say)
         trained_on = trained_on or [cache_text]
+    text = _packed_as_trained(args, text, loaded, say)
     bos = getattr(tokenizer, "bos_token_id", None)
     excluded = (int(bos),) if cfg.exclude_bos and bos is not None else ()
     tokens, overlap = _contexts(text, tokenizer, max(cfg.contexts, cfg.ce_contexts),
@@ -120,6 +123,7 @@ def _run(args) -> int:
     results = evaluate_saes(loaded, inputs, cfg, say)
     _print_table(results)
     data = {"dataset": text.dataset, "split": text.split, "context_length": text.context_length,
+            "bos_policy": text.bos_policy,
             "contexts": int(heldout.tokens.shape[0]), "tokens": int(heldout.row_context.numel()),
             "ce_contexts": int(len(inputs.ce_tokens)), "excluded_token_ids": list(excluded), **data_info}
     if args.out:
@@ -167,10 +171,10 @@ def _load_model(args, loaded, device, text, say):
     from saesteer.commands._steering import CLIError
     from saesteer.commands._steering import load_model as load_checked_model
 
-    say(f"loading model {args.model or '(the one the SAEs record)'}")
+    say(f"loading model {args.model or '(the one the SAEs' + (' or the cache' if args.cache else '') + ' record)'}")
     args.device = device
     try:
-        model = load_checked_model(args, loaded)
+        model = load_checked_model(args, loaded, cache=args.cache)
     except CLIError as e:
         raise ValueError(str(e)) from None
     ident = identity_of_model(model)
@@ -218,7 +222,7 @@ def _recorded_text(text, loaded: dict, ident, say):
         data = (item.provenance or {}).get("data") or {}
         ce = data.get("ce_eval_data") or {}
         if ce.get("dataset") and ce.get("split") and not ce.get("trained_on"):
-            say(f"held-out text: split {ce['split']!r} of {ce['dataset']} (the CE text SAE {name!r}'s training "
+            say(f"held-out text: split {ce['split']!r} of {ce['dataset']} (the CE text the training of SAE {name!r} "
                 f"read; --dataset picks another)")
             return dataclasses.replace(text, dataset=ce["dataset"], dataset_config=None, split=ce["split"])
         if data.get("dataset"):
@@ -230,6 +234,50 @@ def _recorded_text(text, loaded: dict, ident, say):
     raise ValueError(f"no --dataset, and the SAE(s) record no training data: pass --dataset with held-out text for "
                      f"{ident.id if ident is not None else 'the model'} (the toy corpus is the default only for the "
                      f"toy model)")
+
+
+PACKING_FLAGS = {"context_length": "--context-length", "bos_policy": "--bos-policy", "separator": "--separator"}
+
+
+def _packed_as_trained(args, text, loaded: dict, say):
+    """`text` packed as the SAEs were trained (context length, BOS policy, separator), for each of
+    those not given as a flag: from the training text the SAEs record (their cache's manifest), else
+    from cfg.json (`context_size`, `prepend_bos`). An SAE fed longer contexts or another BOS than it
+    was trained on reads other activations, so the flag defaults would silently measure something
+    else. SAEs that disagree keep the defaults, and a note says so."""
+    import dataclasses
+
+    from training.sources import training_text_of
+
+    wanted: dict[str, set] = {k: set() for k in PACKING_FLAGS}
+    for item in loaded.values():
+        got = training_text_of((item.provenance or {}).get("data") or {})
+        meta = item.sae.cfg.metadata or {}
+        if got is not None and (item.provenance or {}).get("data", {}).get("cache"):
+            trained = got[0]
+            for k in PACKING_FLAGS:
+                wanted[k].add(getattr(trained, k))
+            continue
+        if meta.get("context_size"):
+            wanted["context_length"].add(int(meta["context_size"]))
+        if meta.get("prepend_bos") is not None:
+            wanted["bos_policy"].add("prepend" if meta["prepend_bos"] else "none")
+    changes = {}
+    for k, flag in PACKING_FLAGS.items():
+        if hasattr(args, k) or not wanted[k]:
+            continue  # given on the command line, or nothing recorded
+        if len(wanted[k]) > 1:
+            say(f"note: the SAEs were trained with different {flag} ({', '.join(map(str, sorted(wanted[k])))}); "
+                f"evaluating with {getattr(text, k)} (give {flag} to choose)")
+            continue
+        value = next(iter(wanted[k]))
+        if value != getattr(text, k):
+            changes[k] = value
+    if not changes:
+        return text
+    say("contexts packed as the SAEs were trained: " + ", ".join(f"{PACKING_FLAGS[k]} {v}" for k, v in changes.items())
+        + " (give the flag to choose another)")
+    return dataclasses.replace(text, **changes)
 
 
 def _training_texts(loaded: dict) -> list:

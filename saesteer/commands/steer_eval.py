@@ -104,7 +104,7 @@ def _run(args, model=None) -> int:
 
     from saes.hookpoints import model_device
     from saesteer.commands._steering import CLIError, load_model, load_saes, open_store, read_prompts
-    from saesteer.commands.sweep import _close, _scorer
+    from saesteer.commands.sweep import _check_judgements, _close, _scorer
 
     cfg, gen_cfg = _configs(args)
     positive, negative, cue = _concept_sets(args)
@@ -123,6 +123,9 @@ def _run(args, model=None) -> int:
         sae = sae.to(model_device(model))
         card = _compare(args, cfg, gen_cfg, model, name, sae, scorer, link,
                         prompts=prompts, positive=positive, negative=negative, cue=cue)
+        stats = getattr(scorer, "stats", None)
+        if stats is not None:
+            _check_judgements("steer-eval", stats.calls, stats.failed)
         record = _scorecard_record(card, args, model, sae)
         if args.out:
             _write_scorecard(args.out, record)

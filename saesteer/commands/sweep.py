@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 NAME = "sweep"
 ORDER = 71
 HELP = "steering dose-response: concept and fluency against strength, and a recommended strength"
@@ -185,9 +187,13 @@ def _sweep_feature(args, latent, model, sae, name, prompts, scorer, sweep_cfg, *
     from steering.sweeps import store_recommendation, sweep, write_sweep_html, write_sweep_json
 
     out = Path(args.out)
+    stats = getattr(scorer, "stats", None)  # a JudgeScorer counts the judge's unusable answers
+    before = (stats.calls, stats.failed) if stats is not None else (0, 0)
     res = sweep(model, sae, latent, prompts, scorer, sweep_cfg, gen_config=gen_config, typical_max=typical_max,
                 sae_name=name, limits=limits, progress=not args.no_progress,
                 allow_model_mismatch=args.allow_model_mismatch)
+    if stats is not None:
+        _check_judgements(f"feature {latent}", stats.calls - before[0], stats.failed - before[1])
     html = write_sweep_html(res, out / f"sweep_{name}_{latent}.html")
     js = write_sweep_json(res, out / f"sweep_{name}_{latent}.json")
     _print_result(res, html, js)
@@ -198,6 +204,19 @@ def _sweep_feature(args, latent, model, sae, name, prompts, scorer, sweep_cfg, *
                   "(an earlier recommendation of this feature is cleared)")
         else:
             print(f"feature {latent}: stored recommended strength {res.recommended:g} ({res.unit}) in {args.store}")
+
+
+def _check_judgements(what: str, calls: int, failed: int) -> None:
+    """Unusable judge answers score 0 (AxBench's rule): say how many; when none was usable the
+    scores are no measurement at all, so stop before anything is written or stored."""
+    from saesteer.commands._steering import CLIError
+
+    if calls and failed == calls:
+        raise CLIError(f"{what}: the judge gave no usable rating ({failed} of {calls} answers failed or "
+                       f"were not a 0-2 rating); check --judge-model and --judge-base-url. Nothing was written or "
+                       f"stored")
+    if failed:
+        print(f"note: {what}: {failed} of {calls} judge answers were unusable and scored 0", file=sys.stderr)
 
 
 def _close(store, judge) -> None:
