@@ -18,7 +18,7 @@ from .interp import Score, Usage, _gather_all
 from .judge import Judge
 from .offline import label_tokens, norm_token
 from .prompts import escape_data, render_tokens
-from .schema import InvalidAnswer, check_schema
+from .schema import check_schema
 
 __all__ = ["IntruderScorer", "intruder_rounds", "build_intruder_messages", "parse_intruder"]
 

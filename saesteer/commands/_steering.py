@@ -7,7 +7,6 @@ Loading (model, SAEs, feature store) and reading prompts; the toy-world offline 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 

@@ -231,7 +231,6 @@ def _close(store, judge) -> None:
 
 def _print_result(res, html, js) -> None:
     from rich.console import Console
-    from rich.markup import escape
     from rich.table import Table
 
     from saesteer.terminal import plain
