@@ -22,7 +22,7 @@ import saes
 from saes.fast_step import StepWorkspace
 from saes.registry import config_fields
 from saes.step import compute_grads
-from training.trainer import remove_parallel_decoder_grad_
+from training.update import remove_parallel_decoder_grad_
 
 ARCHS = ("topk", "batchtopk", "matryoshka_batchtopk")
 

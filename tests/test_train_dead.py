@@ -6,7 +6,8 @@ import torch
 
 from saes import SparseActs
 from training.config import RunConfig, SAESpec, TrainConfig
-from training.trainer import Trainer, fired_counts, update_dead_counters_
+from training.trainer import Trainer
+from training.update import fired_counts, update_dead_counters_
 
 
 def test_fired_counts_ignore_zero_valued_selections() -> None:

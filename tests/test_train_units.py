@@ -24,10 +24,8 @@ from training.collectives import Collectives
 from training.config import OptimConfig, RunConfig, SAESpec, TrainConfig, config_differences
 from training.initialize import estimate_activation_scale, geometric_median
 from training.schedule import lr_factor
-from training.trainer import (
-    Trainer,
-    remove_parallel_decoder_grad_,
-)
+from training.trainer import Trainer
+from training.update import remove_parallel_decoder_grad_
 
 
 def test_schedule_warmup_constant_decay() -> None:

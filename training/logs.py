@@ -34,7 +34,8 @@ from training.schedule import lr_factor
 
 if TYPE_CHECKING:
     from training.config import RunConfig
-    from training.trainer import StepStats, Trainer
+    from training.trainer import Trainer
+    from training.update import StepStats
 
 HISTORY_FILE = "history.jsonl"
 
