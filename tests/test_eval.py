@@ -330,3 +330,13 @@ def test_an_sae_that_names_no_model_is_evaluated_with_the_caches_model(foreign, 
                  "--contexts", "4", "--ce-contexts", "2", "--absorption", "false", "--probing", "false", "--quiet",
                  "--out", str(out)]) == 0, capsys.readouterr().err
     assert json.loads((out / "eval.json").read_text())["model"].startswith("toy:")
+
+
+def test_an_sae_of_another_library_without_a_model_record_quotes_the_model_its_files_name(foreign, capsys) -> None:
+    """Another library's files name the model in that library's terms (sparsify's run config: a
+    name we never load unasked): with nothing recorded and no --model, the one-line refusal quotes it."""
+    capsys.readouterr()
+    assert main(["eval", "--sae", str(foreign["sparsify"]), "--contexts", "4", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "does not record which model" in err and "'toyworld-tiny'" in err and "--model" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 2

@@ -107,6 +107,8 @@ def load_model(args, loaded: dict[str, LoadedSAE], store: Any = None, cache: str
 
         records.append((read_manifest(cache).recorded_model(), f"the cache {cache}"))
     first, where = pick_record(records)
+    if first is None and not args.model:
+        _refuse_unrecorded(where, loaded)
     known = [(ident, w) for ident, w in records if ident is not None and w != where]
     allow = args.allow_model_mismatch
     try:
@@ -120,6 +122,15 @@ def load_model(args, loaded: dict[str, LoadedSAE], store: Any = None, cache: str
     except (ValueError, OSError) as e:  # ModelIdentityError is a ValueError and says it all
         raise CLIError(str(e) if isinstance(e, ModelIdentityError) else f"cannot load model: {e}") from None
     return model
+
+
+def _refuse_unrecorded(where: str, loaded: dict[str, LoadedSAE]) -> None:
+    """No model recorded anywhere: say to pass --model, quoting the model an SAE's own files name
+    (another library's cfg.json model_name, in that library's terms: a hint, never loaded unasked)."""
+    named = sorted({str(n) for item in loaded.values() if (n := (item.sae.cfg.metadata or {}).get("model_name"))})
+    hint = f"; its files name {' / '.join(map(repr, named))} (pass that as --model if it is the HF hub name)" if named else ""
+    raise CLIError(f"{where} does not record which model it was made with: pass --model ('toy', an HF hub name, "
+                   f"or a local model directory){hint}")
 
 
 def read_prompts(args) -> list[str]:
