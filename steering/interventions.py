@@ -54,13 +54,6 @@ def op_coefficients(op: str, value: float) -> tuple[float, float]:
     raise ValueError(f"unknown op {op!r}")
 
 
-def encoder_kind(sae: SAE) -> str:
-    """Which exact current-activation path applies: the SAE's `encoding_rule` ("threshold":
-    pre > max(threshold, 0) from its `threshold` buffer; "relu": pre > 0; "topk"; "generic": the
-    SAE's own `encode_sparse`)."""
-    return sae.encoding_rule
-
-
 class LatentReader:
     """Exact current activations [N, M] of latents `ids_M` of one SAE (see the module docstring).
 
@@ -73,7 +66,7 @@ class LatentReader:
 
     def __init__(self, sae: SAE, ids_M: Tensor) -> None:
         self.sae = sae
-        self.kind = encoder_kind(sae)
+        self.kind = sae.encoding_rule  # "threshold", "relu", "topk" or "generic" (its own encode_sparse)
         self.dtype = sae.W_enc.dtype
         self.ids_M = ids_M
         self.near_rows = 0  # rows decided by the SAE's own expression (threshold/ReLU; tests)
@@ -144,7 +137,6 @@ class LatentEditor:
         self.d_in = sae.d_in  # width of the rows the latents are read from
         self.d_out = sae.d_out  # width of the delta (a transcoder's target; d_in for an SAE)
         self.dtype = dt
-        self.kind = encoder_kind(sae)
         M = len(ids)
         # latents read: the edited ones, then trigger latents that are not edited themselves
         read = list(ids)
@@ -189,13 +181,9 @@ class LatentEditor:
         reader = self.reader or LatentReader(self.sae, self.read_ids_R)
         return reader(x_ND)[:, : self.ids_M.numel()]
 
-    def coefficients(self, x_ND: Tensor) -> Tensor:
-        """How much each edited latent changes on each row, [N, M] (0 where a trigger is off)."""
-        coef_NM = self.coefficients_or_none(x_ND)
-        return x_ND.new_zeros(x_ND.shape[0], self.ids_M.numel(), dtype=self.dtype) if coef_NM is None else coef_NM
-
     def coefficients_or_none(self, x_ND: Tensor) -> Tensor | None:
-        """As `coefficients`, or None when every coefficient is exactly 0 (nothing changes)."""
+        """How much each edited latent changes on each row, [N, M] (0 where a trigger is off), or
+        None when every coefficient is exactly 0 (nothing changes)."""
         assert self.reader is not None
         a_NR = self.reader.read(x_ND)
         M = self.ids_M.numel()
@@ -218,10 +206,16 @@ class LatentEditor:
 
     # -- the edit ------------------------------------------------------------------------
     def delta(self, x_ND: Tensor) -> Tensor:
-        """Change [N, D] of the activation rows (in x's dtype). Rows are not modified."""
+        """Change [N, d_out] of the activation rows read at `x_ND` (in x's dtype). Rows are not modified."""
+        d_ND = self.delta_or_none(x_ND)
+        return x_ND.new_zeros(x_ND.shape[0], self.d_out) if d_ND is None else d_ND
+
+    def delta_or_none(self, x_ND: Tensor) -> Tensor | None:
+        """As `delta`, or None when nothing changes (every coefficient is exactly 0: no product)."""
         if self.const_D is not None:
             return self.constant(x_ND.dtype, x_ND.device).expand(x_ND.shape[0], -1)
-        return (self.coefficients(x_ND.to(self.dtype)) @ self.W_dec_MD).to(x_ND.dtype)
+        coef_NM = self.coefficients_or_none(x_ND.to(self.dtype))
+        return None if coef_NM is None else (coef_NM @ self.W_dec_MD).to(x_ND.dtype)
 
     def constant(self, dtype: torch.dtype, device: torch.device) -> Tensor:
         """The delta of add-only edits, one vector [D] (cached per dtype/device)."""

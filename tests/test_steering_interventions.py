@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import saes
-from steering.interventions import LatentEditor, current_activations, encoder_kind, op_coefficients, reference_edit
+from steering.interventions import LatentEditor, current_activations, op_coefficients, reference_edit
 
 ARCHS = ["jumprelu", "batchtopk", "matryoshka_batchtopk", "topk", "standard"]
 
@@ -27,12 +27,12 @@ def inputs(n=40, d=16, seed=1):
     return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
 
 
-def test_encoder_kinds():
-    assert encoder_kind(make("jumprelu")) == "threshold"
-    assert encoder_kind(make("batchtopk")) == "threshold"
-    assert encoder_kind(make("matryoshka_batchtopk")) == "threshold"
-    assert encoder_kind(make("topk")) == "topk"
-    assert encoder_kind(make("standard")) == "relu"  # its own pre-activation decides: no full encode
+def test_encoding_rules_pick_the_read_path():
+    assert make("jumprelu").encoding_rule == "threshold"
+    assert make("batchtopk").encoding_rule == "threshold"
+    assert make("matryoshka_batchtopk").encoding_rule == "threshold"
+    assert make("topk").encoding_rule == "topk"
+    assert make("standard").encoding_rule == "relu"  # its own pre-activation decides: no full encode
 
 
 @pytest.mark.parametrize("arch", ARCHS)
