@@ -243,3 +243,69 @@ def test_an_edit_that_changes_nothing_leaves_the_models_activation_untouched(mon
             model(tokens)  # the young candidate set learns from the full path
             model(tokens)  # now the bound settles the ablation: nothing to change there
     assert untouched == [True, True]
+
+
+@pytest.mark.parametrize("case", ["slice", "indices", "transcoder", "transcoder-indices"])
+def test_an_edit_that_changes_nothing_skips_its_product_at_any_positions_and_for_transcoders(monkeypatch, case):
+    """Where the bound proves the edited latent off, an ablation changes nothing: the hook hands the
+    activation back (None) at a slice of positions, at listed positions and for a transcoder, as it
+    does for all positions (no copy, no zero product added)."""
+    import steering.session as session
+    from steering import steer
+
+    model = tiny_model()
+    if case.startswith("transcoder"):
+        g = torch.Generator().manual_seed(2)
+        sae = saes.create_sae("topk", 64, 512, k=8, d_out=64, generator=g, apply_b_dec_to_input=False,
+                              metadata={"hook_name": "blocks.0.ln2.hook_normalized", "hook_name_out": "blocks.0.hook_mlp_out"})
+        read_at = "blocks.0.ln2.hook_normalized"
+    else:
+        sae = random_sae(model, "topk", hook=HOOK, d_sae=512, k=8, seed=1)
+        read_at = HOOK
+    TopKCandidates.of(sae).learn_rows = 1
+    tokens = model.to_tokens(PROMPTS[2])  # one prompt, no padding
+    positions = {"slice": "generated", "indices": "0,2", "transcoder": "all", "transcoder-indices": "0,2"}[case]
+    call = session._HookFn.__call__
+    returned = []
+
+    def spy(self, x, hook=None):
+        before = x.clone()
+        out = call(self, x, hook)
+        returned.append((out, torch.equal(x, before)))
+        return out
+
+    monkeypatch.setattr(session._HookFn, "__call__", spy)
+    with torch.no_grad():
+        x = model.run_with_cache(tokens, names_filter=read_at)[1][read_at]
+        quiet = int(sae.pre_activations(x[0]).amax(0).argmin())
+        with steer(model, sae, [f"{quiet}:ablate@{positions}"]) as s, s.prompt_length(3):  # "generated": positions 3..
+            model(tokens)  # the young candidate set learns from the full path
+            returned.clear()
+            model(tokens)  # now the bound settles the ablation: nothing to change
+    assert [(out is None, same) for out, same in returned] == [(True, True)]
+
+
+def test_the_batched_editor_skips_an_edit_that_changes_nothing():
+    """The engine's per-row editor: scale / ablate of latents the bound proves off change nothing
+    (None, no product); a clamp of the same latent still writes its value."""
+    from steering.rowedits import BatchEditor, RowEdit, RowLayout, RowSteering
+
+    model = tiny_model()
+    sae = random_sae(model, "topk", hook=HOOK, d_sae=512, k=8, seed=1)
+    TopKCandidates.of(sae).learn_rows = 1
+    with torch.no_grad():
+        x = model.run_with_cache(model.to_tokens(PROMPTS[2]), names_filter=HOOK)[1][HOOK][0]  # [S, D]
+        quiet = int(sae.pre_activations(x).amax(0).argmin())
+
+        def editor(*ops):
+            rows = [RowSteering([RowEdit("s", quiet, op, value, "all")]) for op, value in ops]
+            ed = BatchEditor(sae, "s", rows, [RowLayout(3)] * len(rows))
+            ed.decode([3] * len(rows))
+            ed(x[: len(rows)])  # the young candidate set learns from the full path
+            ed.decode([4] * len(rows))
+            return ed(x[len(rows) : 2 * len(rows)])
+
+        assert editor(("ablate", 0.0), ("scale", 2.0)) is None
+        moved = editor(("ablate", 0.0), ("clamp", 2.0))
+        assert moved is not None and torch.equal(moved[0], torch.zeros_like(moved[0]))
+        torch.testing.assert_close(moved[1], 2.0 * sae.W_dec[quiet].detach())
