@@ -309,3 +309,26 @@ def test_the_batched_editor_skips_an_edit_that_changes_nothing():
         moved = editor(("ablate", 0.0), ("clamp", 2.0))
         assert moved is not None and torch.equal(moved[0], torch.zeros_like(moved[0]))
         torch.testing.assert_close(moved[1], 2.0 * sae.W_dec[quiet].detach())
+
+
+def test_reused_outputs_never_leak_into_results_and_big_calls_keep_none():
+    """The reader reuses its outputs from call to call (generation steps): a result must not change
+    when the next call runs, and a call of more than `keep_rows` rows keeps no buffer."""
+    sae = topk_sae("pair")
+    x = inputs(400)
+    ids = torch.tensor([40, int(sae.encode(x).ne(0).sum(0).argmax())])
+    reader = TopKReader(sae, ids, n_candidates=128)
+    reader.cands.learn_rows = 40
+    with torch.no_grad():
+        reader(x[:40])
+        results = [(reader.full(x[lo : lo + 8]), reader.read(x[lo : lo + 8])) for lo in range(40, 200, 8)]
+        for i, (full, read) in enumerate(results):
+            want = reader.reference(x[40 + 8 * i : 48 + 8 * i])
+            assert torch.equal(full, want) and (read is None and not want.any() or torch.equal(read, want)), i
+        assert any(r is not None and r.any() for _, r in results)
+        reader.keep_rows = 64
+        reader._buffers.clear()
+        reader.full(x[200:400])
+        assert reader._buffers == {}
+        reader.full(x[200:240])
+        assert {b.shape[0] for b in reader._buffers.values()} == {40}
