@@ -24,7 +24,10 @@ text, and the cost of generating depends on the text (by several percent either 
 so two "same text" rows per architecture do an edit's work and leave the text as it is: reading
 the busiest latent exactly at every token (the trigger of a conditional edit that never passes;
 an edit such as scale 1 would not do: edits that change nothing are skipped, nothing is read) and
-clamping a latent that never fires to 0.
+clamping a latent that never fires to 0. A TopK "floor" row times a hook that computes the SAE's
+full pre-activations at every step and nothing else: whether a firing TopK latent is among its
+row's k largest depends on all d_sae of them, so an exact read pays at least this on every step
+where a row's latent fires.
 
 topk-read: what the TopK exact read costs, per call of one generation step's rows (8): the bound
 path (`TopKReader.read`: candidate bound, then the full encode when it leaves a row open) against
@@ -309,6 +312,15 @@ def matrix(args) -> str:
                 with steer(model, sae, [edit]):
                     return gen()
             cases[f"{label}: {op}"] = run
+        if arch == "topk":  # what any exact read of a firing TopK latent must at least do at every step
+            def encoder_product(x, hook, sae=sae):
+                x_ND = x.reshape(-1, x.shape[-1])
+                (x_ND - sae.b_dec) @ sae.W_enc + sae.b_enc  # the SAE's own pre-activations, nothing else
+
+            def floor(fn=encoder_product):
+                with model.hooks(fwd_hooks=[(hook, fn)]):
+                    return gen()
+            cases[f"{label}: floor: the SAE's full encoder product alone at every step (same text)"] = floor
     for f in cases.values():
         f()
     cpu: dict[str, list[float]] = {k: [] for k in cases}

@@ -187,7 +187,7 @@ class TopKReader:
         W_DP, b_P = self._bound_weights()
         M = self.M
         N, P = x_ND.shape[0], W_DP.shape[1]
-        pre_NP = torch.addmm(b_P, x_ND, W_DP, out=self._buffer("pre", (N, P), x_ND.dtype))  # the M latents' columns carry + err_const
+        pre_NP = torch.addmm(b_P, x_ND, W_DP, out=self._buffer("bound", (N, P), x_ND.dtype))  # the M latents' columns carry + err_const
         hi_NM = torch.add(pre_NP[:, :M], torch.linalg.vector_norm(x_ND, dim=-1, keepdim=True), alpha=self.err_per_norm)
         above_NM = torch.gt(pre_NP[:, None, M:], hi_NM[:, :, None], out=self._buffer("above", (N, M, P - M))).sum(-1)
         if need_NM is None:
