@@ -121,6 +121,14 @@ class TopKCandidates:
         self.b_C = self.b_F[C].contiguous()
 
 
+def _count(compare, values_NX: Tensor, bounds_NM: Tensor) -> Tensor:
+    """[N, M]: how many of each row's X values pass `compare` against each of its M bounds
+    (one latent, the usual case, without the [N, M, X] broadcast)."""
+    if bounds_NM.shape[1] == 1:
+        return compare(values_NX, bounds_NM).sum(1, keepdim=True)
+    return compare(values_NX.unsqueeze(1), bounds_NM.unsqueeze(2)).sum(-1)
+
+
 class TopKReader:
     """Exact activations [N, M] of latents `ids_M` of a TopK SAE: `sae.encode(x)[:, ids]`,
     bit for bit (see the module docstring).
@@ -130,7 +138,7 @@ class TopKReader:
     rows, a candidate set at most half the latents, and a full product of at least
     `min_bound_macs` multiply-adds, below which the bound's extra operations cost more than they
     save), else the full path. Snapshot of the SAE's weights at construction (detached). Not
-    thread-safe (counters, reused buffers)."""
+    thread-safe (counters, a reused buffer)."""
 
     def __init__(self, sae: SAE, ids_M: Tensor, *, n_candidates: int | None = None, bound_rows: int = 4096,
                  min_bound_macs: int = 0, count_latents: int = 2) -> None:
@@ -153,7 +161,7 @@ class TopKReader:
         self.b_fold_hi_M = (c.b_fold_F[ids_M].double() + c.err_const).to(self.W_DF.dtype)  # + the tolerance's constant
         self._bound_of: Tensor | None = None  # the candidate columns _W_DP was built from
         self._W_DP = self._b_P = self.W_DM
-        self._buffers: dict[tuple, Tensor] = {}
+        self._buffers: dict[int, Tensor] = {}
         self.keep_rows = 256  # reuse outputs of calls of at most this many rows (generation steps)
         self.full_rows = 0  # rows encoded in full (tests, tuning)
         self.bound_hits = 0  # rows the candidate bound alone proved off
@@ -186,10 +194,9 @@ class TopKReader:
         candidates above the latent's pre-activation plus the tolerance."""
         W_DP, b_P = self._bound_weights()
         M = self.M
-        N, P = x_ND.shape[0], W_DP.shape[1]
-        pre_NP = torch.addmm(b_P, x_ND, W_DP, out=self._buffer("bound", (N, P), x_ND.dtype))  # the M latents' columns carry + err_const
+        pre_NP = torch.addmm(b_P, x_ND, W_DP)  # the M latents' columns carry + err_const
         hi_NM = torch.add(pre_NP[:, :M], torch.linalg.vector_norm(x_ND, dim=-1, keepdim=True), alpha=self.err_per_norm)
-        above_NM = torch.gt(pre_NP[:, None, M:], hi_NM[:, :, None], out=self._buffer("above", (N, M, P - M))).sum(-1)
+        above_NM = _count(torch.gt, pre_NP[:, M:], hi_NM)
         if need_NM is None:
             return int(above_NM.min()) >= self.k
         return not bool(((above_NM < self.k) & need_NM).any())
@@ -210,15 +217,13 @@ class TopKReader:
         Once the candidate set is mature and few latents are read, a count decides instead of
         the top k: latent m is selected iff fewer than k pre-activations exceed its own, unless a
         tie straddles the k-th place (then the SAE's own top k decides)."""
-        N, D, F, M = x_ND.shape[0], self.D, self.F, self.M
-        self.full_rows += N
-        u_ND = x_ND if self.b_dec_D is None else torch.sub(x_ND, self.b_dec_D, out=self._buffer("u", (N, D), x_ND.dtype))
-        pre_NF = torch.mm(u_ND, self.W_DF, out=self._buffer("pre", (N, F), x_ND.dtype)).add_(self.b_F)  # the SAE's own expression
-        if M <= self.count_latents and not self.cands.young:
+        self.full_rows += x_ND.shape[0]
+        u_ND = x_ND - self.b_dec_D if self.b_dec_D is not None else x_ND
+        pre_NF = torch.mm(u_ND, self.W_DF, out=self._buffer(u_ND)).add_(self.b_F)  # the SAE's own expression
+        if self.M <= self.count_latents and not self.cands.young:
             pre_NM = pre_NF.index_select(1, self.ids_M)
-            mask_NMF = self._buffer("mask", (N, M, F))
-            above_NM = torch.gt(pre_NF[:, None], pre_NM[:, :, None], out=mask_NMF).sum(-1)
-            at_least_NM = torch.ge(pre_NF[:, None], pre_NM[:, :, None], out=mask_NMF).sum(-1)  # itself included
+            above_NM = _count(torch.gt, pre_NF, pre_NM)
+            at_least_NM = _count(torch.ge, pre_NF, pre_NM)  # itself included
             selected_NM = above_NM < self.k
             if not bool((selected_NM & (at_least_NM > self.k)).any()):
                 return pre_NM.relu_().mul_(selected_NM)
@@ -227,17 +232,17 @@ class TopKReader:
             self.cands.learn(idx_NK, self.k)
         return (vals_NK.relu_()[:, :, None] * (idx_NK[:, :, None] == self.ids_M)).sum(1)
 
-    def _buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype = torch.bool) -> Tensor:
-        """An output of this shape reused from call to call for calls of at most `keep_rows` rows
-        (a fresh one costs page faults every generation step; a big one is not worth keeping)."""
-        key = (name, shape, dtype)
-        buf = self._buffers.get(key)
-        if buf is None:
-            buf = torch.empty(shape, dtype=dtype, device=self.W_DF.device)
-            if shape[0] <= self.keep_rows:
-                if len(self._buffers) >= 16:  # other row counts (prefills): keep a few
+    def _buffer(self, u_ND: Tensor) -> Tensor:
+        """A reused [N, F] output for calls of at most `keep_rows` rows (generation steps: a fresh
+        one of this size costs page faults every step; a big one is not worth keeping)."""
+        N = u_ND.shape[0]
+        buf = self._buffers.get(N)
+        if buf is None or buf.dtype != u_ND.dtype:
+            buf = u_ND.new_empty(N, self.F)
+            if N <= self.keep_rows:
+                if len(self._buffers) >= 4:  # prefills of other lengths: keep a few sizes
                     self._buffers.clear()
-                self._buffers[key] = buf
+                self._buffers[N] = buf
         return buf
 
     def reference(self, x_ND: Tensor, need_NM: Tensor | None = None) -> Tensor:
