@@ -88,6 +88,7 @@ class LatentReader:
                 D = self.W_enc_DM.shape[0]
                 self.err_per_norm = 2.0 * (D + 2) * eps * float(self.W_enc_DM.norm(dim=0).max()) if ids_M.numel() else 0.0
                 self.err_bias = 4.0 * eps * float(self.b_enc_M.abs().max()) if ids_M.numel() else 0.0
+                self.zero = self.b_enc_M.new_zeros(())
 
     def __call__(self, x_ND: Tensor, need_NM: Tensor | None = None) -> Tensor:
         """`need_NM` (optional, bool): the (row, latent) pairs the caller will use; the others may
@@ -106,15 +107,16 @@ class LatentReader:
         if self.kind in ("threshold", "relu"):
             sae_in = x_ND - self.b_dec_D if self.b_dec_D is not None else x_ND
             pre_NM = torch.addmm(self.b_enc_M, sae_in, self.W_enc_DM)
-            tol_N1 = sae_in.norm(dim=-1, keepdim=True) * self.err_per_norm + self.err_bias
-            near_N = ((pre_NM - self.fire_above_M).abs() <= tol_N1).any(1)
-            if bool(near_N.any()):  # too close to call: the SAE's own expression decides, one row at a time
-                pre_NM = pre_NM.clone()
+            # near: |pre - threshold| within the rounding bound err_per_norm * ||u|| + err_bias
+            slack_NM = torch.sub(torch.sub(pre_NM, self.fire_above_M).abs_(), sae_in.norm(dim=-1, keepdim=True),
+                                 alpha=self.err_per_norm)
+            if bool((slack_NM <= self.err_bias).any()):  # too close to call: the SAE's own expression decides, one row at a time
+                near_N = (slack_NM <= self.err_bias).any(1)
                 for r in near_N.nonzero().flatten().tolist():
                     own_1F = sae_in[r : r + 1] @ self.W_enc_DF + self.b_enc_F
                     pre_NM[r] = own_1F[0].index_select(0, self.ids_M)
                     self.near_rows += 1
-            return torch.where(pre_NM > self.fire_above_M, pre_NM, pre_NM.new_zeros(()))
+            return torch.where(pre_NM > self.fire_above_M, pre_NM, self.zero)
         return latents_from_sparse(self.sae.encode_sparse(x_ND), self.ids_M)
 
 
