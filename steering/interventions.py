@@ -140,8 +140,11 @@ class LatentEditor:
         self.d_out = sae.d_out  # width of the delta (a transcoder's target; d_in for an SAE)
         self.dtype = dt
         M = len(ids)
-        # latents read: the edited ones, then trigger latents that are not edited themselves
-        read = list(ids)
+        # latents read: the edited ones whose change depends on their activation (c1 != 0; an add
+        # does not), then trigger latents not read already
+        read = [int(f) for f, c in zip(ids, c1) if c != 0]
+        self.read_all_edited = len(read) == M  # then the first M read columns are the edited latents, in order
+        self.edited_read_pos = [j for j, c in enumerate(c1) if c != 0]  # edited latents among the read ones
         trig_col: list[int] = []
         trig_thr: list[float] = []
         for t in triggers or [None] * M:
@@ -180,8 +183,7 @@ class LatentEditor:
     # -- current activations ---------------------------------------------------------------
     def current_acts(self, x_ND: Tensor) -> Tensor:
         """Activations [N, M] of the edited latents, as the SAE's encoder gives them."""
-        reader = self.reader or LatentReader(self.sae, self.read_ids_R)
-        return reader(x_ND)[:, : self.ids_M.numel()]
+        return LatentReader(self.sae, self.ids_M)(x_ND)
 
     def coefficients_or_none(self, x_ND: Tensor) -> Tensor | None:
         """How much each edited latent changes on each row, [N, M] (0 where a trigger is off), or
@@ -193,7 +195,14 @@ class LatentEditor:
             if not self.conditional:
                 return None if self.c0_zero else self.c0_M.expand(x_ND.shape[0], M)
             a_NR = x_ND.new_zeros(x_ND.shape[0], self.read_ids_R.numel(), dtype=self.dtype)
-        coef_NM = torch.addcmul(self.c0_M, a_NR if a_NR.shape[1] == M else a_NR[:, :M], self.c1_M)
+        if self.read_all_edited:
+            coef_NM = torch.addcmul(self.c0_M, a_NR if a_NR.shape[1] == M else a_NR[:, :M], self.c1_M)
+        elif not self.edited_read_pos:  # adds only (conditional): the change does not depend on their activations
+            coef_NM = self.c0_M.expand(x_ND.shape[0], M)
+        else:
+            a_NM = a_NR.new_zeros(x_ND.shape[0], M)  # c1 is 0 where an edited latent is not read
+            a_NM[:, self.edited_read_pos] = a_NR[:, : len(self.edited_read_pos)]
+            coef_NM = torch.addcmul(self.c0_M, a_NM, self.c1_M)
         if self.conditional:
             fires_NM = a_NR.index_select(1, self.trig_col_M) > self.trig_thr_M
             coef_NM = coef_NM * (fires_NM | ~self.trig_on_M)
