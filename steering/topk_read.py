@@ -196,6 +196,12 @@ class TopKReader:
         M = self.M
         pre_NP = torch.addmm(b_P, x_ND, W_DP)  # the M latents' columns carry + err_const
         hi_NM = torch.add(pre_NP[:, :M], torch.linalg.vector_norm(x_ND, dim=-1, keepdim=True), alpha=self.err_per_norm)
+        if need_NM is not None and M > self.count_latents:  # the batched engine: each row needs a few of many
+            rows_P, cols_P = need_NM.nonzero().unbind(1)
+            if rows_P.numel() == 0:
+                return True
+            above_P = (pre_NP[:, M:].index_select(0, rows_P) > hi_NM[rows_P, cols_P].unsqueeze(1)).sum(1)
+            return int(above_P.min()) >= self.k
         above_NM = _count(torch.gt, pre_NP[:, M:], hi_NM)
         if need_NM is None:
             return int(above_NM.min()) >= self.k

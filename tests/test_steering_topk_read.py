@@ -72,20 +72,27 @@ def test_every_path_of_the_topk_read_equals_the_reference(tie, n_read):
     assert int((sae.encode(x)[:, ids] != 0).sum()) > 0  # the latents do fire
 
 
-def test_a_read_of_the_needed_pairs_only_equals_the_reference_there():
+@pytest.mark.parametrize("n_read", [2, 6])
+def test_a_read_of_the_needed_pairs_only_equals_the_reference_there(n_read):
+    """Rows that need some of the latents only (the batched engine: each row its own edits); with
+    more latents than `count_latents` the bound counts the needed pairs alone."""
     sae = topk_sae("group")
     x = inputs(300)
-    at_k = int(sae.pre_activations(x).topk(sae.cfg.k, dim=1).indices[:, -1].bincount(minlength=sae.d_sae)[48:].argmax())
-    ids = torch.tensor([40, at_k + 48])
+    pre = sae.pre_activations(x)
+    at_k = int(pre.topk(sae.cfg.k, dim=1).indices[:, -1].bincount(minlength=sae.d_sae)[48:].argmax())
+    often = (sae.encode(x) != 0).sum(0)
+    often[[40, at_k + 48]] = -1
+    ids = torch.tensor([40, at_k + 48] + often.topk(n_read - 2).indices.tolist())
     reader = TopKReader(sae, ids, n_candidates=128)
     reader.cands.learn_rows = 100
+    g = torch.Generator().manual_seed(4)
     with torch.no_grad():
         reader(x[:100])
-        need = torch.tensor([[False, True], [True, True]])
         for lo in range(100, 300, 2):
+            need = torch.rand(2, n_read, generator=g) < 0.4
             got, want = reader(x[lo : lo + 2], need), reader.reference(x[lo : lo + 2])
-            assert torch.equal(got[need], want[need])
-    assert reader.bound_hits > 0
+            assert torch.equal(got[need], want[need]), lo
+    assert reader.bound_hits > 0 and reader.full_rows > 100
 
 
 def test_candidates_are_shared_per_sae_and_stop_learning_when_mature():
