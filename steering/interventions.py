@@ -54,13 +54,6 @@ def op_coefficients(op: str, value: float) -> tuple[float, float]:
     raise ValueError(f"unknown op {op!r}")
 
 
-def encoder_kind(sae: SAE) -> str:
-    """Which exact current-activation path applies: the SAE's `encoding_rule` ("threshold":
-    pre > max(threshold, 0) from its `threshold` buffer; "relu": pre > 0; "topk"; "generic": the
-    SAE's own `encode_sparse`)."""
-    return sae.encoding_rule
-
-
 class LatentReader:
     """Exact current activations [N, M] of latents `ids_M` of one SAE (see the module docstring).
 
@@ -73,7 +66,7 @@ class LatentReader:
 
     def __init__(self, sae: SAE, ids_M: Tensor) -> None:
         self.sae = sae
-        self.kind = encoder_kind(sae)
+        self.kind = sae.encoding_rule  # "threshold", "relu", "topk" or "generic" (its own encode_sparse)
         self.dtype = sae.W_enc.dtype
         self.ids_M = ids_M
         self.near_rows = 0  # rows decided by the SAE's own expression (threshold/ReLU; tests)
@@ -95,6 +88,7 @@ class LatentReader:
                 D = self.W_enc_DM.shape[0]
                 self.err_per_norm = 2.0 * (D + 2) * eps * float(self.W_enc_DM.norm(dim=0).max()) if ids_M.numel() else 0.0
                 self.err_bias = 4.0 * eps * float(self.b_enc_M.abs().max()) if ids_M.numel() else 0.0
+                self.zero = self.b_enc_M.new_zeros(())
 
     def __call__(self, x_ND: Tensor, need_NM: Tensor | None = None) -> Tensor:
         """`need_NM` (optional, bool): the (row, latent) pairs the caller will use; the others may
@@ -113,15 +107,16 @@ class LatentReader:
         if self.kind in ("threshold", "relu"):
             sae_in = x_ND - self.b_dec_D if self.b_dec_D is not None else x_ND
             pre_NM = torch.addmm(self.b_enc_M, sae_in, self.W_enc_DM)
-            tol_N1 = sae_in.norm(dim=-1, keepdim=True) * self.err_per_norm + self.err_bias
-            near_N = ((pre_NM - self.fire_above_M).abs() <= tol_N1).any(1)
-            if bool(near_N.any()):  # too close to call: the SAE's own expression decides, one row at a time
-                pre_NM = pre_NM.clone()
+            # near: |pre - threshold| within the rounding bound err_per_norm * ||u|| + err_bias
+            slack_NM = torch.sub(torch.sub(pre_NM, self.fire_above_M).abs_(), sae_in.norm(dim=-1, keepdim=True),
+                                 alpha=self.err_per_norm)
+            if bool((slack_NM <= self.err_bias).any()):  # too close to call: the SAE's own expression decides, one row at a time
+                near_N = (slack_NM <= self.err_bias).any(1)
                 for r in near_N.nonzero().flatten().tolist():
                     own_1F = sae_in[r : r + 1] @ self.W_enc_DF + self.b_enc_F
                     pre_NM[r] = own_1F[0].index_select(0, self.ids_M)
                     self.near_rows += 1
-            return torch.where(pre_NM > self.fire_above_M, pre_NM, pre_NM.new_zeros(()))
+            return torch.where(pre_NM > self.fire_above_M, pre_NM, self.zero)
         return latents_from_sparse(self.sae.encode_sparse(x_ND), self.ids_M)
 
 
@@ -144,10 +139,12 @@ class LatentEditor:
         self.d_in = sae.d_in  # width of the rows the latents are read from
         self.d_out = sae.d_out  # width of the delta (a transcoder's target; d_in for an SAE)
         self.dtype = dt
-        self.kind = encoder_kind(sae)
         M = len(ids)
-        # latents read: the edited ones, then trigger latents that are not edited themselves
-        read = list(ids)
+        # latents read: the edited ones whose change depends on their activation (c1 != 0; an add
+        # does not), then trigger latents not read already
+        read = [int(f) for f, c in zip(ids, c1) if c != 0]
+        self.read_all_edited = len(read) == M  # then the first M read columns are the edited latents, in order
+        self.edited_read_pos = [j for j, c in enumerate(c1) if c != 0]  # edited latents among the read ones
         trig_col: list[int] = []
         trig_thr: list[float] = []
         for t in triggers or [None] * M:
@@ -186,16 +183,11 @@ class LatentEditor:
     # -- current activations ---------------------------------------------------------------
     def current_acts(self, x_ND: Tensor) -> Tensor:
         """Activations [N, M] of the edited latents, as the SAE's encoder gives them."""
-        reader = self.reader or LatentReader(self.sae, self.read_ids_R)
-        return reader(x_ND)[:, : self.ids_M.numel()]
-
-    def coefficients(self, x_ND: Tensor) -> Tensor:
-        """How much each edited latent changes on each row, [N, M] (0 where a trigger is off)."""
-        coef_NM = self.coefficients_or_none(x_ND)
-        return x_ND.new_zeros(x_ND.shape[0], self.ids_M.numel(), dtype=self.dtype) if coef_NM is None else coef_NM
+        return LatentReader(self.sae, self.ids_M)(x_ND)
 
     def coefficients_or_none(self, x_ND: Tensor) -> Tensor | None:
-        """As `coefficients`, or None when every coefficient is exactly 0 (nothing changes)."""
+        """How much each edited latent changes on each row, [N, M] (0 where a trigger is off), or
+        None when every coefficient is exactly 0 (nothing changes)."""
         assert self.reader is not None
         a_NR = self.reader.read(x_ND)
         M = self.ids_M.numel()
@@ -203,7 +195,14 @@ class LatentEditor:
             if not self.conditional:
                 return None if self.c0_zero else self.c0_M.expand(x_ND.shape[0], M)
             a_NR = x_ND.new_zeros(x_ND.shape[0], self.read_ids_R.numel(), dtype=self.dtype)
-        coef_NM = torch.addcmul(self.c0_M, a_NR if a_NR.shape[1] == M else a_NR[:, :M], self.c1_M)
+        if self.read_all_edited:
+            coef_NM = torch.addcmul(self.c0_M, a_NR if a_NR.shape[1] == M else a_NR[:, :M], self.c1_M)
+        elif not self.edited_read_pos:  # adds only (conditional): the change does not depend on their activations
+            coef_NM = self.c0_M.expand(x_ND.shape[0], M)
+        else:
+            a_NM = a_NR.new_zeros(x_ND.shape[0], M)  # c1 is 0 where an edited latent is not read
+            a_NM[:, self.edited_read_pos] = a_NR[:, : len(self.edited_read_pos)]
+            coef_NM = torch.addcmul(self.c0_M, a_NM, self.c1_M)
         if self.conditional:
             fires_NM = a_NR.index_select(1, self.trig_col_M) > self.trig_thr_M
             coef_NM = coef_NM * (fires_NM | ~self.trig_on_M)
@@ -218,10 +217,16 @@ class LatentEditor:
 
     # -- the edit ------------------------------------------------------------------------
     def delta(self, x_ND: Tensor) -> Tensor:
-        """Change [N, D] of the activation rows (in x's dtype). Rows are not modified."""
+        """Change [N, d_out] of the activation rows read at `x_ND` (in x's dtype). Rows are not modified."""
+        d_ND = self.delta_or_none(x_ND)
+        return x_ND.new_zeros(x_ND.shape[0], self.d_out) if d_ND is None else d_ND
+
+    def delta_or_none(self, x_ND: Tensor) -> Tensor | None:
+        """As `delta`, or None when nothing changes (every coefficient is exactly 0: no product)."""
         if self.const_D is not None:
             return self.constant(x_ND.dtype, x_ND.device).expand(x_ND.shape[0], -1)
-        return (self.coefficients(x_ND.to(self.dtype)) @ self.W_dec_MD).to(x_ND.dtype)
+        coef_NM = self.coefficients_or_none(x_ND.to(self.dtype))
+        return None if coef_NM is None else (coef_NM @ self.W_dec_MD).to(x_ND.dtype)
 
     def constant(self, dtype: torch.dtype, device: torch.device) -> Tensor:
         """The delta of add-only edits, one vector [D] (cached per dtype/device)."""

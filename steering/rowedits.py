@@ -208,6 +208,7 @@ class BatchEditor:
         self.stop_thr_BU = stop_thr.to(dev)
         self.watches_stops = bool(stops)
         self.reads = bool((c1 != 0).any()) or self.conditional or self.watches_stops
+        self.c0_zero = not bool((c0 != 0).any())
         self.W_dec_UD = sae.W_dec.detach()[self.ids_U].contiguous() if self.U else None
         self.reader = LatentReader(sae, self.ids_U) if self.reads and self.U else None
         self._compile_decode_coverage(dev)
@@ -305,9 +306,13 @@ class BatchEditor:
             c1 = c1.repeat_interleave(reps, dim=0)
             c0 = c0.repeat_interleave(reps, dim=0)
         need = self.need_BU if reps == 1 else self.need_BU.repeat_interleave(reps, dim=0)
-        a_NU = self.reader(x_ND if read_ND is None else read_ND, need) if self.reader is not None else None
+        a_NU = self.reader.read(x_ND if read_ND is None else read_ND, need) if self.reader is not None else None
+        if a_NU is None and (self.conditional or self.watches_stops):  # None: every needed activation is 0
+            a_NU = x_ND.new_zeros(N, self.U, dtype=self.dtype)
         if a_NU is not None:
             coef = torch.addcmul(c0, a_NU, c1)
+        elif self.c0_zero:  # scale / ablate only, every latent off: nothing changes
+            return None
         else:
             coef = c0.expand(N, -1)
         on = applies

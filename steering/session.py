@@ -55,7 +55,7 @@ class ConstantEditor:
             v = self._cache[key] = self.const_D.to(device=device, dtype=dtype)
         return v
 
-    def delta(self, x_ND: Tensor) -> Tensor:
+    def delta_or_none(self, x_ND: Tensor) -> Tensor:
         return self.constant(x_ND.dtype, x_ND.device).expand(x_ND.shape[0], -1)
 
     def apply(self, x_ND: Tensor) -> Tensor:
@@ -102,21 +102,28 @@ class _HookFn:
             sel = FULL if tracker is None else tracker.select(c.positions)
             if sel is None:
                 continue
+            if sel is FULL and c.reads is None and out_ND is None:
+                out_ND = c.editor.apply(x_ND)  # one fused product; x_ND itself when nothing changes
+                continue
             read_NR = x_ND if c.reads is None else c.reads.rows(B, S).to(x.device)  # where the latents are read
             if sel is FULL:
-                if out_ND is None:
-                    out_ND = c.editor.apply(x_ND) if c.reads is None else x_ND + c.editor.delta(read_NR).to(x.dtype)
-                else:
-                    out_ND = out_ND + c.editor.delta(read_NR)
+                d_ND = c.editor.delta_or_none(read_NR)
+                if d_ND is not None:
+                    out_ND = (x_ND if out_ND is None else out_ND) + d_ND.to(x.dtype)
+                continue
+            if isinstance(sel, tuple):
+                lo, hi = sel
+                d_ND = c.editor.delta_or_none(read_NR.view(B, S, -1)[:, lo:hi].reshape(B * (hi - lo), -1))
+            else:
+                d_ND = c.editor.delta_or_none(read_NR.index_select(0, sel))
+            if d_ND is None:  # nothing changes at these positions
                 continue
             if out_ND is None or out_ND is x_ND:  # never write into the activation the model handed us
                 out_ND = x_ND.clone()
             if isinstance(sel, tuple):
-                lo, hi = sel
-                rows_NR = read_NR.view(B, S, -1)[:, lo:hi].reshape(B * (hi - lo), -1)
-                out_ND.view(B, S, D)[:, lo:hi] += c.editor.delta(rows_NR).view(B, hi - lo, D)
+                out_ND.view(B, S, D)[:, lo:hi] += d_ND.to(x.dtype).view(B, hi - lo, D)
             else:
-                out_ND.index_add_(0, sel, c.editor.delta(read_NR.index_select(0, sel)))
+                out_ND.index_add_(0, sel, d_ND.to(x.dtype))
         return None if out_ND is None or out_ND is x_ND else out_ND.view(shape)
 
 

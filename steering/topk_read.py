@@ -88,10 +88,11 @@ class TopKCandidates:
         # an eighth of the latents: the candidates' product costs that much of a full encode, and
         # the k-th largest of them bounds the k-th largest of all tightly enough to settle most rows
         want = n_candidates or max(8 * k, 256, sae.d_sae // 8)
+        version = weights_version(sae)
         c = cls._by_sae.get(sae)
-        if c is None or c.n_candidates != min(sae.d_sae, want) or c.weights_of != weights_version(sae):
+        if c is None or c.n_candidates != min(sae.d_sae, want) or c.weights_of != version:
             c = cls(sae.W_enc.detach(), sae.b_enc.detach(), want, b_dec_D=b_dec_of(sae))
-            c.weights_of = weights_version(sae)
+            c.weights_of = version
             cls._by_sae[sae] = c
         return c
 
@@ -120,6 +121,14 @@ class TopKCandidates:
         self.b_C = self.b_F[C].contiguous()
 
 
+def _count(compare, values_NX: Tensor, bounds_NM: Tensor) -> Tensor:
+    """[N, M]: how many of each row's X values pass `compare` against each of its M bounds
+    (one latent, the usual case, without the [N, M, X] broadcast)."""
+    if bounds_NM.shape[1] == 1:
+        return compare(values_NX, bounds_NM).sum(1, keepdim=True)
+    return compare(values_NX.unsqueeze(1), bounds_NM.unsqueeze(2)).sum(-1)
+
+
 class TopKReader:
     """Exact activations [N, M] of latents `ids_M` of a TopK SAE: `sae.encode(x)[:, ids]`,
     bit for bit (see the module docstring).
@@ -129,7 +138,7 @@ class TopKReader:
     rows, a candidate set at most half the latents, and a full product of at least
     `min_bound_macs` multiply-adds, below which the bound's extra operations cost more than they
     save), else the full path. Snapshot of the SAE's weights at construction (detached). Not
-    thread-safe (counters)."""
+    thread-safe (counters, a reused buffer)."""
 
     def __init__(self, sae: SAE, ids_M: Tensor, *, n_candidates: int | None = None, bound_rows: int = 4096,
                  min_bound_macs: int = 0, count_latents: int = 2) -> None:
@@ -153,6 +162,7 @@ class TopKReader:
         self._bound_of: Tensor | None = None  # the candidate columns _W_DP was built from
         self._W_DP = self._b_P = self.W_DM
         self._buffers: dict[int, Tensor] = {}
+        self.keep_rows = 256  # reuse outputs of calls of at most this many rows (generation steps)
         self.full_rows = 0  # rows encoded in full (tests, tuning)
         self.bound_hits = 0  # rows the candidate bound alone proved off
 
@@ -186,10 +196,13 @@ class TopKReader:
         M = self.M
         pre_NP = torch.addmm(b_P, x_ND, W_DP)  # the M latents' columns carry + err_const
         hi_NM = torch.add(pre_NP[:, :M], torch.linalg.vector_norm(x_ND, dim=-1, keepdim=True), alpha=self.err_per_norm)
-        if M == 1:
-            above_NM = (pre_NP[:, 1:] > hi_NM).sum(1, keepdim=True)
-        else:
-            above_NM = (pre_NP[:, None, M:] > hi_NM[:, :, None]).sum(-1)
+        if need_NM is not None and M > self.count_latents:  # the batched engine: each row needs a few of many
+            rows_P, cols_P = need_NM.nonzero().unbind(1)
+            if rows_P.numel() == 0:
+                return True
+            above_P = (pre_NP[:, M:].index_select(0, rows_P) > hi_NM[rows_P, cols_P].unsqueeze(1)).sum(1)
+            return int(above_P.min()) >= self.k
+        above_NM = _count(torch.gt, pre_NP[:, M:], hi_NM)
         if need_NM is None:
             return int(above_NM.min()) >= self.k
         return not bool(((above_NM < self.k) & need_NM).any())
@@ -214,32 +227,28 @@ class TopKReader:
         u_ND = x_ND - self.b_dec_D if self.b_dec_D is not None else x_ND
         pre_NF = torch.mm(u_ND, self.W_DF, out=self._buffer(u_ND)).add_(self.b_F)  # the SAE's own expression
         if self.M <= self.count_latents and not self.cands.young:
-            if self.M == 1:
-                pre_NM = pre_NF.index_select(1, self.ids_M)
-                above_NM = (pre_NF > pre_NM).sum(1, keepdim=True)
-                at_least_NM = (pre_NF >= pre_NM).sum(1, keepdim=True)  # itself included
-            else:
-                pre_NM = pre_NF.index_select(1, self.ids_M)
-                above_NM = (pre_NF.unsqueeze(1) > pre_NM.unsqueeze(2)).sum(-1)
-                at_least_NM = (pre_NF.unsqueeze(1) >= pre_NM.unsqueeze(2)).sum(-1)
+            pre_NM = pre_NF.index_select(1, self.ids_M)
+            above_NM = _count(torch.gt, pre_NF, pre_NM)
+            at_least_NM = _count(torch.ge, pre_NF, pre_NM)  # itself included
             selected_NM = above_NM < self.k
             if not bool((selected_NM & (at_least_NM > self.k)).any()):
                 return pre_NM.relu_().mul_(selected_NM)
         vals_NK, idx_NK = pre_NF.topk(self.k, dim=-1, sorted=False)  # the SAE's own selection
         if self.cands.young:
             self.cands.learn(idx_NK, self.k)
-        if self.M == 1:
-            return (vals_NK.relu_() * (idx_NK == self.ids_M)).sum(1, keepdim=True)
-        return (vals_NK.relu_().unsqueeze(-1) * (idx_NK.unsqueeze(-1) == self.ids_M)).sum(1)
+        return (vals_NK.relu_()[:, :, None] * (idx_NK[:, :, None] == self.ids_M)).sum(1)
 
     def _buffer(self, u_ND: Tensor) -> Tensor:
-        """A reused [N, F] output (a fresh one of this size costs page faults every step)."""
+        """A reused [N, F] output for calls of at most `keep_rows` rows (generation steps: a fresh
+        one of this size costs page faults every step; a big one is not worth keeping)."""
         N = u_ND.shape[0]
         buf = self._buffers.get(N)
         if buf is None or buf.dtype != u_ND.dtype:
-            if len(self._buffers) >= 4:
-                self._buffers.clear()
-            buf = self._buffers[N] = u_ND.new_empty(N, self.F)
+            buf = u_ND.new_empty(N, self.F)
+            if N <= self.keep_rows:
+                if len(self._buffers) >= 4:  # prefills of other lengths: keep a few sizes
+                    self._buffers.clear()
+                self._buffers[N] = buf
         return buf
 
     def reference(self, x_ND: Tensor, need_NM: Tensor | None = None) -> Tensor:

@@ -265,11 +265,11 @@ def test_saved_trained_jumprelu_loads_in_sae_lens_and_ours_identically(planted) 
 
 
 def test_trained_jumprelu_reads_exactly_in_steering_and_the_feature_pass(planted) -> None:
-    from steering.interventions import LatentEditor, current_activations, encoder_kind, op_coefficients, reference_edit
+    from steering.interventions import LatentEditor, current_activations, op_coefficients, reference_edit
 
     sae, _, _, x_eval, _ = planted
     x = x_eval[:200]
-    assert encoder_kind(sae) == "threshold"
+    assert sae.encoding_rule == "threshold"
     dense = sae.encode(x).detach()
     ids = (dense != 0).sum(0).argsort(descending=True)[:4].tolist()
     got = current_activations(sae, x, ids)

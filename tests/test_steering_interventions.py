@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import saes
-from steering.interventions import LatentEditor, current_activations, encoder_kind, op_coefficients, reference_edit
+from steering.interventions import LatentEditor, current_activations, op_coefficients, reference_edit
 
 ARCHS = ["jumprelu", "batchtopk", "matryoshka_batchtopk", "topk", "standard"]
 
@@ -27,12 +27,12 @@ def inputs(n=40, d=16, seed=1):
     return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
 
 
-def test_encoder_kinds():
-    assert encoder_kind(make("jumprelu")) == "threshold"
-    assert encoder_kind(make("batchtopk")) == "threshold"
-    assert encoder_kind(make("matryoshka_batchtopk")) == "threshold"
-    assert encoder_kind(make("topk")) == "topk"
-    assert encoder_kind(make("standard")) == "relu"  # its own pre-activation decides: no full encode
+def test_encoding_rules_pick_the_read_path():
+    assert make("jumprelu").encoding_rule == "threshold"
+    assert make("batchtopk").encoding_rule == "threshold"
+    assert make("matryoshka_batchtopk").encoding_rule == "threshold"
+    assert make("topk").encoding_rule == "topk"
+    assert make("standard").encoding_rule == "relu"  # its own pre-activation decides: no full encode
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -131,3 +131,26 @@ def test_threshold_ties_are_decided_as_the_row_alone_decides(arch):
         assert torch.equal(got != 0, alone[:, ids] != 0), ids
         for r in (0, 3, 7):  # one row at a time, as the batched engine may see it
             assert torch.equal(current_activations(sae, x[r : r + 1], ids) != 0, alone[r : r + 1, ids] != 0)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_an_added_latent_is_not_read_and_mixed_edits_still_equal_the_reference(arch):
+    """An add changes its latent by a constant, so its activation is not read: a conditional add
+    reads its trigger only, and an add listed before a clamp leaves the clamp's column in place."""
+    sae, x = make(arch), inputs(60)
+    dense = sae.encode(x)
+    trig = int((dense != 0).float().mean(0).sub(0.5).abs().argmin())  # fires on about half the rows
+    fires = dense[:, trig] > 0.05
+    only_add = LatentEditor(sae, [9], [0.0], [2.0], triggers=[(trig, 0.05)])
+    assert only_add.read_ids_R.tolist() == [trig]
+    want = torch.where(fires.unsqueeze(1), reference_edit(sae, x, [(9, "add", 2.0)]), x)
+    torch.testing.assert_close(only_add.apply(x), want, rtol=1e-5, atol=1e-5)
+    counts = (dense != 0).sum(0)
+    counts[[trig, 9]] = -1
+    busy, other = counts.topk(2).indices.tolist()  # two firing latents besides the trigger
+    mixed = LatentEditor(sae, [9, busy, other], [0.0, -1.0, 1.0], [1.5, 3.0, 0.0], triggers=[None, (trig, 0.05), None])
+    assert mixed.read_ids_R.tolist() == [busy, other, trig]
+    on = reference_edit(sae, x, [(9, "add", 1.5), (busy, "clamp", 3.0), (other, "scale", 2.0)])
+    off = reference_edit(sae, x, [(9, "add", 1.5), (other, "scale", 2.0)])
+    torch.testing.assert_close(mixed.apply(x), torch.where(fires.unsqueeze(1), on, off), rtol=1e-5, atol=1e-5)
+    assert bool((dense[:, busy] != 0).any()) and bool((dense[:, other] != 0).any())

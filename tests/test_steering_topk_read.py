@@ -72,20 +72,27 @@ def test_every_path_of_the_topk_read_equals_the_reference(tie, n_read):
     assert int((sae.encode(x)[:, ids] != 0).sum()) > 0  # the latents do fire
 
 
-def test_a_read_of_the_needed_pairs_only_equals_the_reference_there():
+@pytest.mark.parametrize("n_read", [2, 6])
+def test_a_read_of_the_needed_pairs_only_equals_the_reference_there(n_read):
+    """Rows that need some of the latents only (the batched engine: each row its own edits); with
+    more latents than `count_latents` the bound counts the needed pairs alone."""
     sae = topk_sae("group")
     x = inputs(300)
-    at_k = int(sae.pre_activations(x).topk(sae.cfg.k, dim=1).indices[:, -1].bincount(minlength=sae.d_sae)[48:].argmax())
-    ids = torch.tensor([40, at_k + 48])
+    pre = sae.pre_activations(x)
+    at_k = int(pre.topk(sae.cfg.k, dim=1).indices[:, -1].bincount(minlength=sae.d_sae)[48:].argmax())
+    often = (sae.encode(x) != 0).sum(0)
+    often[[40, at_k + 48]] = -1
+    ids = torch.tensor([40, at_k + 48] + often.topk(n_read - 2).indices.tolist())
     reader = TopKReader(sae, ids, n_candidates=128)
     reader.cands.learn_rows = 100
+    g = torch.Generator().manual_seed(4)
     with torch.no_grad():
         reader(x[:100])
-        need = torch.tensor([[False, True], [True, True]])
         for lo in range(100, 300, 2):
+            need = torch.rand(2, n_read, generator=g) < 0.4
             got, want = reader(x[lo : lo + 2], need), reader.reference(x[lo : lo + 2])
-            assert torch.equal(got[need], want[need])
-    assert reader.bound_hits > 0
+            assert torch.equal(got[need], want[need]), lo
+    assert reader.bound_hits > 0 and reader.full_rows > 100
 
 
 def test_candidates_are_shared_per_sae_and_stop_learning_when_mature():
@@ -243,3 +250,92 @@ def test_an_edit_that_changes_nothing_leaves_the_models_activation_untouched(mon
             model(tokens)  # the young candidate set learns from the full path
             model(tokens)  # now the bound settles the ablation: nothing to change there
     assert untouched == [True, True]
+
+
+@pytest.mark.parametrize("case", ["slice", "indices", "transcoder", "transcoder-indices"])
+def test_an_edit_that_changes_nothing_skips_its_product_at_any_positions_and_for_transcoders(monkeypatch, case):
+    """Where the bound proves the edited latent off, an ablation changes nothing: the hook hands the
+    activation back (None) at a slice of positions, at listed positions and for a transcoder, as it
+    does for all positions (no copy, no zero product added)."""
+    import steering.session as session
+    from steering import steer
+
+    model = tiny_model()
+    if case.startswith("transcoder"):
+        g = torch.Generator().manual_seed(2)
+        sae = saes.create_sae("topk", 64, 512, k=8, d_out=64, generator=g, apply_b_dec_to_input=False,
+                              metadata={"hook_name": "blocks.0.ln2.hook_normalized", "hook_name_out": "blocks.0.hook_mlp_out"})
+        read_at = "blocks.0.ln2.hook_normalized"
+    else:
+        sae = random_sae(model, "topk", hook=HOOK, d_sae=512, k=8, seed=1)
+        read_at = HOOK
+    TopKCandidates.of(sae).learn_rows = 1
+    tokens = model.to_tokens(PROMPTS[2])  # one prompt, no padding
+    positions = {"slice": "generated", "indices": "0,2", "transcoder": "all", "transcoder-indices": "0,2"}[case]
+    call = session._HookFn.__call__
+    returned = []
+
+    def spy(self, x, hook=None):
+        before = x.clone()
+        out = call(self, x, hook)
+        returned.append((out, torch.equal(x, before)))
+        return out
+
+    monkeypatch.setattr(session._HookFn, "__call__", spy)
+    with torch.no_grad():
+        x = model.run_with_cache(tokens, names_filter=read_at)[1][read_at]
+        quiet = int(sae.pre_activations(x[0]).amax(0).argmin())
+        with steer(model, sae, [f"{quiet}:ablate@{positions}"]) as s, s.prompt_length(3):  # "generated": positions 3..
+            model(tokens)  # the young candidate set learns from the full path
+            returned.clear()
+            model(tokens)  # now the bound settles the ablation: nothing to change
+    assert [(out is None, same) for out, same in returned] == [(True, True)]
+
+
+def test_the_batched_editor_skips_an_edit_that_changes_nothing():
+    """The engine's per-row editor: scale / ablate of latents the bound proves off change nothing
+    (None, no product); a clamp of the same latent still writes its value."""
+    from steering.rowedits import BatchEditor, RowEdit, RowLayout, RowSteering
+
+    model = tiny_model()
+    sae = random_sae(model, "topk", hook=HOOK, d_sae=512, k=8, seed=1)
+    TopKCandidates.of(sae).learn_rows = 1
+    with torch.no_grad():
+        x = model.run_with_cache(model.to_tokens(PROMPTS[2]), names_filter=HOOK)[1][HOOK][0]  # [S, D]
+        quiet = int(sae.pre_activations(x).amax(0).argmin())
+
+        def editor(*ops):
+            rows = [RowSteering([RowEdit("s", quiet, op, value, "all")]) for op, value in ops]
+            ed = BatchEditor(sae, "s", rows, [RowLayout(3)] * len(rows))
+            ed.decode([3] * len(rows))
+            ed(x[: len(rows)])  # the young candidate set learns from the full path
+            ed.decode([4] * len(rows))
+            return ed(x[len(rows) : 2 * len(rows)])
+
+        assert editor(("ablate", 0.0), ("scale", 2.0)) is None
+        moved = editor(("ablate", 0.0), ("clamp", 2.0))
+        assert moved is not None and torch.equal(moved[0], torch.zeros_like(moved[0]))
+        torch.testing.assert_close(moved[1], 2.0 * sae.W_dec[quiet].detach())
+
+
+def test_reused_outputs_never_leak_into_results_and_big_calls_keep_none():
+    """The reader reuses its outputs from call to call (generation steps): a result must not change
+    when the next call runs, and a call of more than `keep_rows` rows keeps no buffer."""
+    sae = topk_sae("pair")
+    x = inputs(400)
+    ids = torch.tensor([40, int(sae.encode(x).ne(0).sum(0).argmax())])
+    reader = TopKReader(sae, ids, n_candidates=128)
+    reader.cands.learn_rows = 40
+    with torch.no_grad():
+        reader(x[:40])
+        results = [(reader.full(x[lo : lo + 8]), reader.read(x[lo : lo + 8])) for lo in range(40, 200, 8)]
+        for i, (full, read) in enumerate(results):
+            want = reader.reference(x[40 + 8 * i : 48 + 8 * i])
+            assert torch.equal(full, want) and (read is None and not want.any() or torch.equal(read, want)), i
+        assert any(r is not None and r.any() for _, r in results)
+        reader.keep_rows = 64
+        reader._buffers.clear()
+        reader.full(x[200:400])
+        assert reader._buffers == {}
+        reader.full(x[200:240])
+        assert {b.shape[0] for b in reader._buffers.values()} == {40}
