@@ -25,7 +25,9 @@ them) are read from the wrapped HF modules for GPT2LMHeadModel and LLaMA-style
 LlamaForCausalLM / MistralForCausalLM / Qwen2ForCausalLM (RMSNorm, q/k/v/o projections with or
 without biases, GQA, HF's own rotary tables incl. rope scaling, gated MLP; a Mistral sliding window
 only for contexts within the window), at blocks.{i}.hook_resid_pre / attn_out / resid_mid /
-mlp_out / resid_post.
+mlp_out / resid_post; raw or processed weights (`--process-weights`: the Bridge's processing
+writes into the modules read here; GPT-2's Q/K/V come from the Bridge's split q / k / v copies,
+which its attention runs, not from HF's fused c_attn, which processing leaves raw).
 
 Anything else raises `NotSupported` with the reason and the caller uses TransformerLens's
 forward: attention-score soft-capping, local/windowed or bidirectional attention, ALiBi /
