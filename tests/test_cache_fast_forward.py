@@ -322,20 +322,22 @@ def test_plain_torch_module_hooks_also_route_batches_through_transformer_lens():
 
 
 def save_tiny_hf(directory, kind: str, **extra):
-    """A random tiny `<kind>ForCausalLM` (+ tokenizer) written locally; norms and biases randomised."""
+    """A random tiny `<kind>ForCausalLM` (GPT-2: GPT2LMHeadModel) + tokenizer written locally; norms and
+    biases randomised."""
     import transformers
 
     from helpers.tiny_hf import build_bpe_tokenizer
 
     tok = build_bpe_tokenizer()
-    cfg = getattr(transformers, kind + "Config")(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, **extra)
+    sizes = dict(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64)
+    if kind != "GPT2":  # GPT-2 has no grouped heads (TransformerLens would read the key as GQA) and sizes its MLP as 4 D
+        sizes.update(intermediate_size=48, num_key_value_heads=2)
+    cfg = getattr(transformers, kind + "Config")(**sizes, **extra)
     torch.manual_seed(0)
-    model = getattr(transformers, kind + "ForCausalLM")(cfg)
+    model = getattr(transformers, "GPT2LMHeadModel" if kind == "GPT2" else kind + "ForCausalLM")(cfg)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "norm" in name:
+            if "norm" in name or ".ln_" in name:  # GPT-2 calls its norms ln_1 / ln_2 / ln_f
                 p.normal_(1, 0.2)
             elif name.endswith("bias"):
                 p.normal_(0, 0.2)
@@ -348,6 +350,7 @@ HF_HOOKS = ["blocks.0.hook_resid_pre", "blocks.0.hook_attn_out", "blocks.0.hook_
             "blocks.1.hook_mlp_out", "blocks.1.hook_resid_post"]
 HF_MODELS = {
     "gpt2": None,
+    "gpt2-random-norms": ("GPT2", {}),  # GPT-2's own init has unit norms and zero biases: folding them changes nothing
     "llama-gqa": ("Llama", {}),
     "llama3-rope-scaling": ("Llama", dict(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                                         "high_freq_factor": 4.0, "original_max_position_embeddings": 16})),
@@ -355,26 +358,32 @@ HF_MODELS = {
 }
 
 
-def load_hf(tmp_path, name):
-    from saesteer.models import load_model
-
+def save_hf(tmp_path, name):
     spec = HF_MODELS[name]
     if spec is None:
         from helpers.tiny_hf import save_tiny_gpt2
 
-        path = save_tiny_gpt2(tmp_path / name)
-    else:
-        path = save_tiny_hf(tmp_path / name, spec[0], **spec[1])
-    model = load_model(str(path))
+        return save_tiny_gpt2(tmp_path / name)
+    return save_tiny_hf(tmp_path / name, spec[0], **spec[1])
+
+
+def load_hf(tmp_path, name, process_weights=False):
+    from saesteer.models import load_model
+
+    model = load_model(str(save_hf(tmp_path, name)), process_weights=process_weights)
     assert type(model).__name__ == "TransformerBridge"
     return model
 
 
+@pytest.mark.parametrize("process_weights", [False, True], ids=["raw", "processed"])
 @pytest.mark.parametrize("name", list(HF_MODELS))
-def test_fast_forward_equals_the_bridge_on_hf_checkpoints(tmp_path, name):
+def test_fast_forward_equals_the_bridge_on_hf_checkpoints(tmp_path, name, process_weights):
+    """Raw and processed (--process-weights: fold_ln, centred writing weights, folded value biases)
+    weights. On GPT-2 the Bridge runs its own split q / k / v copies of c_attn, and processing
+    replaces those (ln_1 folded in) while c_attn stays raw: the fast forward must read the copies."""
     from training.runner import ActivationRunner
 
-    model = load_hf(tmp_path, name)
+    model = load_hf(tmp_path, name, process_weights)
     runner = ActivationRunner(model, HF_HOOKS)
     assert runner.fast is not None and runner.forward_used(24) == "fast", runner.fast_problem
     tokens = torch.randint(0, model.cfg.d_vocab, (3, 24), generator=torch.Generator().manual_seed(2))
@@ -383,6 +392,24 @@ def test_fast_forward_equals_the_bridge_on_hf_checkpoints(tmp_path, name):
     for h in HF_HOOKS:
         err = (got[h] - want[h]).abs().max().item()
         assert err <= 2e-5 * want[h].abs().max().item(), f"{name} {h}: max abs diff {err:.3g}"
+
+
+def test_the_cache_command_keeps_the_fast_forward_on_a_processed_gpt2(tmp_path, capsys):
+    from helpers.tiny_hf import _TEXT
+    from saesteer.cli import main
+    from training.manifest import read_manifest
+
+    path = save_hf(tmp_path, "gpt2-random-norms")
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(_TEXT * 4), encoding="utf-8")
+    capsys.readouterr()
+    assert main(["cache", "--model", str(path), "--process-weights", "--dataset", str(text), "--context-length", "16",
+                 "--max-tokens", "128", "--hooks", "blocks.1.hook_resid_post", "--out", str(tmp_path / "cache"),
+                 "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    manifest = read_manifest(tmp_path / "cache")
+    assert manifest.model_identity["weights"] == "processed"
+    assert manifest.forward == "fast" and "TransformerLens's forward instead" not in err, err
 
 
 def test_an_hf_model_keeps_the_fast_forward_after_its_first_bridge_forward(tmp_path):

@@ -25,7 +25,9 @@ them) are read from the wrapped HF modules for GPT2LMHeadModel and LLaMA-style
 LlamaForCausalLM / MistralForCausalLM / Qwen2ForCausalLM (RMSNorm, q/k/v/o projections with or
 without biases, GQA, HF's own rotary tables incl. rope scaling, gated MLP; a Mistral sliding window
 only for contexts within the window), at blocks.{i}.hook_resid_pre / attn_out / resid_mid /
-mlp_out / resid_post.
+mlp_out / resid_post; raw or processed weights (`--process-weights`: the Bridge's processing
+writes into the modules read here; GPT-2's Q/K/V come from the Bridge's split q / k / v copies,
+which its attention runs, not from HF's fused c_attn, which processing leaves raw).
 
 Anything else raises `NotSupported` with the reason and the caller uses TransformerLens's
 forward: attention-score soft-capping, local/windowed or bidirectional attention, ALiBi /
@@ -97,6 +99,27 @@ def _hf_linear(lin) -> tuple[torch.Tensor, torch.Tensor | None]:
     if type(lin).__name__ == "Conv1D":  # weight [in, out]
         return lin.weight.detach().t().contiguous(), lin.bias.detach()
     return lin.weight.detach(), None if lin.bias is None else lin.bias.detach()
+
+
+def _bridge_part(attn, name: str):
+    """Submodule `name` of a TransformerBridge attention component (None on a plain HF module)."""
+    part = attn._modules.get(name)
+    return part if part is not None and hasattr(part, "_original_component") else None
+
+
+def _gpt2_qkv(attn) -> tuple[torch.Tensor, torch.Tensor]:
+    """GPT-2's stacked Q | K | V weight [3 * H * E, D] and bias, as the model computes them.
+
+    TransformerBridge splits GPT-2's fused `c_attn` (a Conv1D) into q / k / v `nn.Linear`s at
+    boot and its attention runs those. Weight processing (`--process-weights`: fold_ln folds
+    ln_1's weights into them, fold_value_biases moves v's bias into the output bias) replaces the
+    three and leaves `c_attn` raw, so `c_attn` is read only on a plain HF module."""
+    parts = [_bridge_part(attn, n) for n in ("q", "k", "v")]
+    if any(p is None for p in parts):
+        return _hf_linear(attn.c_attn)
+    ws, bs = zip(*(_hf_linear(p) for p in parts))
+    b = torch.cat([b if b is not None else _zeros_like_out(w) for w, b in zip(ws, bs)])
+    return torch.cat(ws).contiguous(), b
 
 
 def _zeros_like_out(w: torch.Tensor) -> torch.Tensor:
@@ -186,8 +209,8 @@ class FastForward:
             self.layers = []
             for i in range(self.n_layers):
                 blk = _unwrap(t.h[i])
-                W_qkv, b_qkv = _hf_linear(blk.attn.c_attn)
-                W_O, b_O = _hf_linear(blk.attn.c_proj)
+                W_qkv, b_qkv = _gpt2_qkv(blk.attn)
+                W_O, b_O = _hf_linear(_bridge_part(blk.attn, "o") or blk.attn.c_proj)
                 scale = (self.E ** -0.5) if getattr(c, "scale_attn_weights", True) else 1.0
                 if getattr(c, "scale_attn_by_inverse_layer_idx", False):
                     scale /= i + 1
