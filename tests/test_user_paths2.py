@@ -66,3 +66,51 @@ def test_eval_on_the_training_split_of_the_same_data_is_refused(user):
                  "--contexts", 4, "--ce-contexts", 2, "--absorption", "false", "--probing", "false", "--quiet")
     assert r.rc != 0 and "is training text" in r.err and "--allow-eval-overlap" in r.err
     assert [line for line in r.err.splitlines() if line.startswith("Traceback")] == []
+
+
+@pytest.fixture(scope="module")
+def llama_hub(real_models, real_corpus, tmp_path_factory):
+    """A tiny Llama known by its hub name in a local HF cache (offline), and a hub dataset snapshot
+    (data/<split>-00000-of-00001.parquet) whose text is in 'content'."""
+    import datasets
+    from huggingface_hub import constants
+
+    from helpers.foreign_saes import write_hf_snapshot
+
+    work = tmp_path_factory.mktemp("llama-hub")
+    model_dir = real_models.path("llama")
+    write_hf_snapshot(work / "hub", "researcher/tiny-llama",
+                      {p.name: p for p in model_dir.iterdir() if p.suffix in (".json", ".safetensors")}, revision="e" * 40)
+    (work / "ds" / "data").mkdir(parents=True)
+    for name, docs in (("train", real_corpus.train_docs), ("validation", real_corpus.validation_docs),
+                       ("test", real_corpus.test_docs)):
+        datasets.Dataset.from_dict({"content": list(docs)}).to_parquet(str(work / "ds/data" / f"{name}-00000-of-00001.parquet"))
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in {"WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}.items():
+            mp.setenv(k, v)
+        mp.setattr(constants, "HF_HUB_OFFLINE", True)
+        mp.setattr(constants, "HF_HUB_CACHE", str(work / "hub"))
+        yield work
+
+
+def test_train_without_a_cache_records_how_it_read_the_text_and_eval_reads_it_so(llama_hub, tmp_path):
+    """Activations straight from the model, text in 'content', 32-token contexts without BOS: eval with
+    only --sae reads the recorded CE text (validation) with that column and packing, so its CE loss
+    recovered is training's."""
+    work = llama_hub
+    saesteer("train", "--model", "researcher/tiny-llama", "--dataset", work / "ds", "--text-column", "content",
+             "--hook", "blocks.1.hook_resid_post", "--context-length", 32, "--bos-policy", "none",
+             "--out", tmp_path / "run", "--architecture", "topk", "--d-sae", 64, "--k", 4, "--total-tokens", 1024,
+             "--batch-size", 256, "--holdout-tokens", 256, "--eval-ce-contexts", 4, "--eval-every-tokens", 0,
+             "--checkpoint-every-tokens", 0, "--no-progress", "--sae-name", "sae").ok()
+    prov = json.loads((tmp_path / "run/saes/sae/saesteer.json").read_text())
+    assert prov["data"]["dataset_split"] == "train" and prov["data"]["ce_eval_data"]["split"] == "validation"
+    assert prov["model_identity"]["revision"] == "e" * 40
+    saesteer("eval", "--sae", tmp_path / "run/saes/sae", "--contexts", 4, "--ce-contexts", 4, "--absorption", "false",
+             "--probing", "false", "--quiet", "--out", tmp_path / "eval").ok()
+    doc = json.loads((tmp_path / "eval/eval.json").read_text())
+    assert (doc["data"]["split"], doc["data"]["context_length"], doc["data"]["bos_policy"]) == ("validation", 32, "none")
+    trained = json.loads((tmp_path / "run/metrics.json").read_text())["saes"]["sae"]
+    evaluated = doc["saes"]["sae"]["metrics"]
+    assert evaluated["ce_loss_clean"] == pytest.approx(trained["ce_loss_clean"], rel=1e-6)
+    assert evaluated["ce_loss_recovered"] == pytest.approx(trained["ce_loss_recovered"], rel=1e-6)

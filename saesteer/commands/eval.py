@@ -279,7 +279,8 @@ def _packed_as_trained(args, text, loaded: dict, say):
     for item in loaded.values():
         got = training_text_of((item.provenance or {}).get("data") or {})
         meta = item.sae.cfg.metadata or {}
-        if got is not None and (item.provenance or {}).get("data", {}).get("cache"):
+        data = (item.provenance or {}).get("data") or {}
+        if got is not None and (data.get("cache") or data.get("text")):  # a cache's manifest, or recorded without one
             trained = got[0]
             for k in PACKING_FLAGS:
                 wanted[k].add(getattr(trained, k))
