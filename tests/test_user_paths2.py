@@ -114,3 +114,23 @@ def test_train_without_a_cache_records_how_it_read_the_text_and_eval_reads_it_so
     evaluated = doc["saes"]["sae"]["metrics"]
     assert evaluated["ce_loss_clean"] == pytest.approx(trained["ce_loss_clean"], rel=1e-6)
     assert evaluated["ce_loss_recovered"] == pytest.approx(trained["ce_loss_recovered"], rel=1e-6)
+
+
+def test_init_from_a_sparsify_sae_trains_on_the_hook_it_records(user, real_models, tmp_path):
+    """A cache of two hook points and a sparsify hookpoint folder `layers.1` (blocks.1.hook_resid_post):
+    --init-from without --hook fine-tunes on that hook (it was refused with 'pass hook=...', no flag)."""
+    from helpers.foreign_saes import random_sparsify, write_sparsify
+
+    work, _ = user
+    model = real_models.path("gpt2")
+    saesteer("cache", "--model", model, "--dataset", work / "dsdict", "--split", "test", "--text-column", "content",
+             "--context-length", 32, "--max-tokens", 2048, "--hooks", "blocks.0.hook_resid_post,blocks.1.hook_resid_post",
+             "--out", tmp_path / "cache", "--no-progress").ok()
+    state, cfg = random_sparsify(64, 64, 4)
+    sae = write_sparsify(tmp_path / "sparsify/layers.1", state, cfg, run_config={"model": str(model)})
+    saesteer("train", "--cache", tmp_path / "cache", "--init-from", sae, "--total-tokens", 512, "--batch-size", 128,
+             "--holdout-tokens", 256, "--lr", 1e-4, "--eval-every-tokens", 0, "--checkpoint-every-tokens", 0,
+             "--model-eval", "false", "--no-progress", "--out", tmp_path / "ft", "--sae-name", "ft").ok()
+    assert json.loads((tmp_path / "ft/saes/ft/cfg.json").read_text())["metadata"]["hook_name"] == "blocks.1.hook_resid_post"
+    r = saesteer("train", "--cache", tmp_path / "cache", "--total-tokens", 512, "--out", tmp_path / "plain")
+    assert r.rc != 0 and "--hook" in r.err and "hook=..." not in r.err
