@@ -134,3 +134,20 @@ def test_init_from_a_sparsify_sae_trains_on_the_hook_it_records(user, real_model
     assert json.loads((tmp_path / "ft/saes/ft/cfg.json").read_text())["metadata"]["hook_name"] == "blocks.1.hook_resid_post"
     r = saesteer("train", "--cache", tmp_path / "cache", "--total-tokens", 512, "--out", tmp_path / "plain")
     assert r.rc != 0 and "--hook" in r.err and "hook=..." not in r.err
+
+
+def test_a_gemma_scope_sae_steers_at_the_hook_its_store_was_built_at(user, tmp_path):
+    """params.npz records no hook: `features build --hook` gave it and the store keeps it, so steer
+    with that --store needs no --hook again (it was refused: 'does not record its hook point')."""
+    from helpers.foreign_saes import random_gemma_scope, write_gemma_scope
+
+    work, _ = user
+    sae = write_gemma_scope(tmp_path / "gs/params.npz", random_gemma_scope(64, 64))
+    saesteer("features", "build", "--sae", sae, "--hook", "blocks.1.hook_resid_post", "--cache", work / "cache",
+             "--out", tmp_path / "gs.db", "--no-progress").ok()
+    r = saesteer("steer", "--sae", sae, "--store", tmp_path / "gs.db", "--latent", "3:add=4", "--prompt", "def f(",
+                 "--max-new-tokens", 3, "--do-sample", "false", "--json").ok()
+    assert json.loads(r.out)["results"][0]["prompt"] == "def f("
+    r = saesteer("steer", "--sae", sae, "--store", tmp_path / "gs.db", "--hook", "blocks.0.hook_resid_post",
+                 "--latent", "3:add=4", "--prompt", "def f(", "--max-new-tokens", 3)
+    assert r.rc != 0 and "not built for this SAE" in r.err
