@@ -105,7 +105,7 @@ class ShardSet:
             hook = check_cached_pair(self.path, hooks, hook, target_hook)
         if hook is None:
             if len(hooks) != 1:
-                raise ValueError(f"{self.path} holds several hook points ({', '.join(hooks)}); pass hook=... to pick one")
+                raise ValueError(f"{self.path} holds several hook points ({', '.join(hooks)}); pick one (hook=; saesteer: --hook)")
             hook = hooks[0]
         if hook not in hooks:
             raise ValueError(f"{self.path} has no hook point {hook!r}; it holds {', '.join(hooks)}")

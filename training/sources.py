@@ -16,6 +16,10 @@ from training.manifest import Manifest, read_manifest
 from training.shardset import ShardSet
 
 
+# what an SAE trained without a cache records of how its text was read and packed (`data.text`)
+TEXT_READING = ("dataset_config", "text_column", "txt_documents", "context_length", "bos_policy", "separator")
+
+
 def cache_provenance(manifest: Manifest, cache_dir: str | Path, hook: str) -> dict[str, Any]:
     """What the SAE folders record about their training data. `model_identity` is the cache's
     recorded model (None for caches from older versions); `model_name` is the name SAELens users
@@ -79,7 +83,8 @@ def training_text_of(data: dict[str, Any]) -> tuple[Any, int | None] | None:
             local_splits(name)
         except (OSError, ValueError):  # named relative to another working directory
             name = mapping_spec({split: list(files)})
-    return TextConfig(dataset=name, split=split), None
+    how = {k: v for k, v in (data.get("text") or {}).items() if k in TEXT_READING}  # absent before this version
+    return TextConfig(dataset=name, split=split, **how), None
 
 
 def text_documents_read(manifest: Manifest) -> int:

@@ -7,7 +7,11 @@ A local `--dataset` is one of:
     eval* / evaluation*, or data/<split>-00000-of-00001.* shards. A folder without split names is
     one split, "train", of all its data files (sub-folders included);
   * a mapping "train=PATH,validation=PATH" (HF's `data_files={"train": ..., "validation": ...}`);
-    each PATH is a file, a folder (all its data files) or a glob.
+    each PATH is a file, a folder (all its data files) or a glob;
+  * a folder written by `DatasetDict.save_to_disk` (dataset_dict.json: one split per sub-folder, its
+    .arrow files) or `Dataset.save_to_disk` (state.json: the split "train", like a single file). Only
+    the .arrow files are data: the JSON files beside them describe the copy and were once read as
+    documents.
 
 Every split holds the data files of one kind (.json/.jsonl, .parquet or .txt), sorted by path.
 `datasets` is imported lazily (it is slow to import).
@@ -64,6 +68,9 @@ def local_splits(spec: str) -> dict[str, list[Path]]:
         raise FileNotFoundError(f"dataset {spec!r}: no such file or directory")
     if path.is_file():
         return {"train": [absolute(path)]}
+    saved = _saved_to_disk(path)
+    if saved is not None:
+        return saved
     from datasets.data_files import DataFilesDict, get_data_patterns
 
     try:
@@ -77,6 +84,31 @@ def local_splits(spec: str) -> dict[str, list[Path]]:
     if not splits:
         raise ValueError(f"dataset directory {path} holds no {'/'.join(DATA_SUFFIXES)} files")
     return splits
+
+
+def _saved_to_disk(path: Path) -> dict[str, list[Path]] | None:
+    """The splits of a `save_to_disk` folder (None for any other folder): their .arrow files in the
+    order state.json lists them (the rows' order)."""
+    import json
+
+    def arrow_files(folder: Path) -> list[Path]:
+        try:
+            state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+            names = [f["filename"] for f in state["_data_files"]]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"dataset folder {folder} looks written by save_to_disk but its state.json is "
+                             f"unreadable ({e}); save it again") from None
+        return [absolute(folder / n) for n in names]
+
+    if (path / "dataset_dict.json").is_file():
+        try:
+            names = json.loads((path / "dataset_dict.json").read_text(encoding="utf-8"))["splits"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"dataset folder {path}: dataset_dict.json is unreadable ({e}); save it again") from None
+        return {str(name): arrow_files(path / name) for name in names}
+    if (path / "state.json").is_file() and (path / "dataset_info.json").is_file():
+        return {"train": arrow_files(path)}
+    return None
 
 
 def _files_of(path_or_glob: str, spec: str) -> list[Path]:

@@ -31,7 +31,8 @@ from training.splits import absolute, describe_splits, local_splits, looks_local
 BosPolicy = Literal["prepend", "doc", "none"]
 TxtDocuments = Literal["file", "line"]
 TXT_SAMPLE_BY = {"file": "document", "line": "line"}  # our name -> HF datasets' text builder `sample_by`
-LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}
+LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text",
+                  ".arrow": "arrow"}  # .arrow: the files of a save_to_disk folder
 
 
 @dataclass
@@ -41,8 +42,8 @@ class TextConfig:
     dataset: str = field(
         default="toy",
         metadata={"help": "'toy' (the toy-world corpus), a local .json/.jsonl/.parquet/.txt file or "
-                          "folder of them (split by file name, as HF datasets does), a mapping "
-                          "train=PATH,validation=PATH, or a HuggingFace hub dataset name (streamed)"},
+                          "folder of them (split by file name, as HF datasets does), a folder written by "
+                          "save_to_disk, a mapping train=PATH,validation=PATH, or a HuggingFace hub dataset name (streamed)"},
     )
     dataset_config: str | None = field(
         default=None, metadata={"help": "hub dataset configuration (subset) name, if it has several"}

@@ -214,6 +214,13 @@ class StoreBase:
                 f"the SAE given has fingerprint {fp[:12]}. Use the store built for this SAE, or build one with "
                 f"`saesteer features build --sae ... --out NEW.db`"
             )
+        # same weights at another hook point (a Gemma Scope / OpenAI SAE takes its hook from --hook): the
+        # store's statistics, examples and typical maxima describe the latents at the hook it was built at
+        hook, built_hook = None if isinstance(sae, str) else (sae.cfg.metadata or {}).get("hook_name"), \
+            self.meta.get("sae", {}).get("hook_name")
+        if hook and built_hook and hook != built_hook:
+            raise StoreMismatchError(f"{self.path} was built at hook point {built_hook}, but the SAE given is used at "
+                                     f"{hook}; use --hook {built_hook}, or build a store at {hook}")
 
     def check_cache(self, cache) -> None:
         """Refuse (StoreMismatchError) a cache other than the one this store was built from."""

@@ -42,7 +42,8 @@ def add_common_arguments(parser, *, prompts_help: str) -> None:
                         "sae_lens:RELEASE/SAE_ID (repeat for several; name them NAME=SAE and refer to NAME/FEATURE "
                         "in edits)")
     g.add_argument("--hook", default=None, metavar="HOOK",
-                   help="hook point of SAEs whose files do not record one (e.g. blocks.2.hook_resid_post)")
+                   help="hook point of SAEs whose files do not record one (e.g. blocks.2.hook_resid_post; default: "
+                        "the hook --store was built at)")
     g.add_argument("--store", default=None, metavar="FILE",
                    help="feature store of the SAE: typical max activations for 'x' strengths, label search")
     p = parser.add_argument_group("prompts")
@@ -78,6 +79,22 @@ def load_saes(values: list[str], device: Any = None, hook: str | None = None, mo
         except (FileNotFoundError, ValueError) as e:
             raise CLIError(f"cannot load SAE {name!r} from {path}: {e}") from None
     return loaded
+
+
+def hook_of(args) -> str | None:
+    """--hook, else the hook point the --store was built at (a Gemma Scope or OpenAI SAE records none:
+    `features build --hook` gave it, and the store keeps it; the store's SAE check then confirms the pair)."""
+    if getattr(args, "hook", None) or not getattr(args, "store", None) or len(args.sae or []) != 1:
+        return getattr(args, "hook", None)
+    import json
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{Path(args.store).resolve()}?mode=ro", uri=True) as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'sae'").fetchone()
+        return (json.loads(row[0]) or {}).get("hook_name") if row else None
+    except (sqlite3.Error, ValueError, TypeError, AttributeError):
+        return None  # not a store: open_store says so
 
 
 def require_hook(name: str, spec: Any, sae: Any) -> None:

@@ -106,6 +106,7 @@ def _from_model(run_cfg, data_cfg, text_cfg):
     from saesteer.models import check_hook_names, load_model, model_identity, start_model_spec
     from training.evaluate import ModelEval
     from training.live import model_batches
+    from training.sources import TEXT_READING
     from training.text import resolve_data
 
     t = run_cfg.train
@@ -126,7 +127,9 @@ def _from_model(run_cfg, data_cfg, text_cfg):
             "hook_name": hook, **({"hook_name_out": target} if target else {}),
             "dataset": text_cfg.dataset, "dataset_split": data.split,
             "dataset_files": [str(p) for p in data.files] or None,
-            "context_size": text_cfg.context_length, "prepend_bos": text_cfg.bos_policy == "prepend"}
+            "context_size": text_cfg.context_length, "prepend_bos": text_cfg.bos_policy == "prepend",
+            # how the text was read and packed (a cache's manifest holds these): eval reads it again so
+            "text": {k: getattr(text_cfg, k) for k in TEXT_READING}}
     model_eval = None
     if data_cfg.model_eval and run_cfg.eval.ce_contexts > 0:
         held = _heldout(text_cfg, data_cfg, model.tokenizer, run_cfg.eval.ce_contexts, None)

@@ -63,8 +63,8 @@ def add_arguments(parser) -> None:
     add_dataclass_arguments(parser, EvalConfig, title="evaluation")
     text = add_dataclass_arguments(parser, TextConfig, title="held-out text", skip=("split", "dataset"))
     text.add_argument("--dataset", default=argparse.SUPPRESS, metavar="STR",
-                      help="held-out text: 'toy', a local .json/.jsonl/.parquet/.txt file or folder, a mapping "
-                           "train=PATH,validation=PATH, or a HuggingFace hub dataset name (default: the text the "
+                      help="held-out text: 'toy', a local .json/.jsonl/.parquet/.txt file or folder, a "
+                           "save_to_disk folder, a mapping train=PATH,validation=PATH, or a HuggingFace hub dataset name (default: the text the "
                            "SAEs' training evaluated on, else their training data; toy for the toy model)")
 
 
@@ -108,6 +108,7 @@ def _run(args) -> int:
         rows, rows_source, keep_ids, text, ce_from_cache, data_info, cache_text = _cache_rows(args, cfg, loaded, model,
                                                                                               text, say)
         trained_on = trained_on or [cache_text]
+    text = _read_as_trained(args, text, loaded, trained_on, say)
     text = _packed_as_trained(args, text, loaded, say)
     bos = getattr(tokenizer, "bos_token_id", None)
     excluded = (int(bos),) if cfg.exclude_bos and bos is not None else ()
@@ -236,6 +237,31 @@ def _recorded_text(text, loaded: dict, ident, say):
                      f"toy model)")
 
 
+READING_FLAGS = {"text_column": "--text-column", "txt_documents": "--txt-documents"}
+
+
+def _read_as_trained(args, text, loaded: dict, trained_on: list, say):
+    """`text` read as training read it (its text column, .txt reading) when it is the SAEs' training
+    data or the CE text their training read, for each of those not given as a flag: a dataset whose
+    text is in 'content' was trained on with --text-column content, and eval without it failed on the
+    very text training recorded."""
+    import dataclasses
+
+    for train_text, _ in trained_on:
+        ce_sets = {((x.provenance or {}).get("data") or {}).get("ce_eval_data", {}).get("dataset")
+                   for x in loaded.values()}
+        if text.dataset != train_text.dataset and text.dataset not in ce_sets:
+            continue
+        changes = {k: getattr(train_text, k) for k in READING_FLAGS
+                   if not hasattr(args, k) and getattr(train_text, k) != getattr(text, k)}
+        if changes:
+            say("held-out text read as the SAEs' training read it: "
+                + ", ".join(f"{READING_FLAGS[k]} {v}" for k, v in changes.items()) + " (give the flag to choose another)")
+            return dataclasses.replace(text, **changes)
+        return text
+    return text
+
+
 PACKING_FLAGS = {"context_length": "--context-length", "bos_policy": "--bos-policy", "separator": "--separator"}
 
 
@@ -253,7 +279,8 @@ def _packed_as_trained(args, text, loaded: dict, say):
     for item in loaded.values():
         got = training_text_of((item.provenance or {}).get("data") or {})
         meta = item.sae.cfg.metadata or {}
-        if got is not None and (item.provenance or {}).get("data", {}).get("cache"):
+        data = (item.provenance or {}).get("data") or {}
+        if got is not None and (data.get("cache") or data.get("text")):  # a cache's manifest, or recorded without one
             trained = got[0]
             for k in PACKING_FLAGS:
                 wanted[k].add(getattr(trained, k))

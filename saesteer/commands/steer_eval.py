@@ -103,7 +103,7 @@ def _run(args, model=None) -> int:
     import json
 
     from saes.hookpoints import model_device
-    from saesteer.commands._steering import CLIError, load_model, load_saes, open_store, read_prompts
+    from saesteer.commands._steering import CLIError, hook_of, load_model, load_saes, open_store, read_prompts
     from saesteer.commands.sweep import _check_judgements, _close, _scorer
 
     cfg, gen_cfg = _configs(args)
@@ -112,7 +112,7 @@ def _run(args, model=None) -> int:
     prompts = [p for p in prompts for _ in range(args.samples)]
     scorer, judge = _scorer(args, args.store)
 
-    loaded = load_saes(args.sae, hook=args.hook)
+    loaded = load_saes(args.sae, hook=hook_of(args))
     if len(loaded) != 1:
         raise CLIError("steer-eval steers with one SAE; give a single --sae")
     name, sae = next((n, item.sae) for n, item in loaded.items())

@@ -108,11 +108,11 @@ def _scorer(args, store_path):
 
 
 def _run(args, model=None) -> int:
-    from saesteer.commands._steering import load_model, load_saes, open_store, typical_max_provider
+    from saesteer.commands._steering import hook_of, load_model, load_saes, open_store, typical_max_provider
     from saes.hookpoints import model_device
 
     sweep_cfg, gen_cfg, limits, prompts, scorer, judge = _prepare(args)
-    loaded = load_saes(args.sae, hook=args.hook, model=args.model)
+    loaded = load_saes(args.sae, hook=hook_of(args), model=args.model)
     saes = {sae_name: item.sae for sae_name, item in loaded.items()}
     name = _sae_name(args, saes)
     store, link = open_store(args.store, {name: saes[name]}, writable=args.save_strength)

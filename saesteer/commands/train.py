@@ -37,8 +37,8 @@ may change: --total-tokens (extends or shortens the run; the LR decay is re-plan
 --resume never refuses an --out that holds checkpoints; --resume require insists on one.
 
 Fine-tuning: --init-from SAE (a folder trained here, a SAELens folder or sae_lens:RELEASE/ID, a
-sparsify / dictionary_learning / Gemma Scope SAE) starts from its weights; without SAE flags the
-SAE is the source's architecture, d_sae and k. A source for another d_in, hook point or model is
+sparsify / dictionary_learning / Gemma Scope SAE) starts from its weights; without --architecture,
+--d-sae, --k the SAE is the source's, and without --hook its hook point is the one the source records. A source for another d_in, hook point or model is
 refused (--init-from-allow-mismatch true: another hook point or model); the saved SAEs record it.
 
 A config file (--config, JSON or TOML) can hold any option, in sections:
@@ -61,6 +61,7 @@ or --eval-dataset. Eval text that is all training text is refused (--allow-eval-
 measures it anyway); a partial overlap is printed and recorded in metrics.json (data.ce_eval_data)."""
 
 _SAE_FLAGS = ("architecture", "d_sae", "k", "matryoshka_widths", "sae_lr", "sae_name", "skip")
+_SHAPE_FLAGS = ("architecture", "d_sae", "k", "matryoshka_widths", "skip")  # what --init-from's source gives
 
 
 def _bool_flag(text: str) -> bool:
@@ -182,13 +183,42 @@ def build_configs(args):
     )
     data = dataclass_from_args(DataConfig, args, file_values=section("data"))
     out = args.out or file_values.get("out")
-    if run.train.init_from and all(getattr(args, f) is None for f in _SAE_FLAGS) and not file_values.get("saes"):
+    if run.train.init_from and data.hook is None:
+        data = _hook_of_source(run.train.init_from, data)
+    if run.train.init_from and all(getattr(args, f) is None for f in _SHAPE_FLAGS) and not file_values.get("saes"):
+        # the source's shape; --sae-name / --sae-lr still apply to it
         run.saes = _fine_tuning_run_saes(out, run.train.init_from) or _source_as_it_is(run.train.init_from, data)
+        for spec in run.saes:
+            spec.name = args.sae_name or spec.name
+            spec.lr = args.sae_lr if args.sae_lr is not None else spec.lr
     run.saes = apply_options(run.saes, option_values(args))
     if data.target_hook is None and any(spec.skip for spec in run.saes):
         raise ValueError("--skip makes skip transcoders: give --target-hook too (the hook point they predict)")
     text = dataclass_from_args(TextConfig, args, file_values=section("text"))
     return run, data, text, out
+
+
+def _hook_of_source(init_from: str, data):
+    """--hook's default with --init-from: the hook point the source SAE records (its cfg.json, sparsify's
+    hookpoint, dictionary_learning's submodule). Without it a cache of several hooks was refused naming
+    no flag, and training without a cache took the middle layer."""
+    import dataclasses
+
+    from training.init_from import load_source
+
+    try:
+        hook = (load_source(init_from).sae.cfg.metadata or {}).get("hook_name")
+    except (OSError, ValueError):  # reported where the source is loaded (a resume does not need it)
+        return data
+    if data.cache:  # a cache without that hook: the mismatch is refused later, naming --init-from-allow-mismatch
+        from training.manifest import read_manifest
+
+        try:
+            if hook not in read_manifest(data.cache).hooks:
+                return data
+        except (OSError, ValueError):
+            return data
+    return dataclasses.replace(data, hook=hook) if hook else data
 
 
 def _source_as_it_is(init_from: str, data) -> list:

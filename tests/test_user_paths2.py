@@ -1,0 +1,153 @@
+"""A second user's path: a tiny GPT-2 (byte-level BPE) in a local directory and their text as an HF
+`DatasetDict` written by `save_to_disk`, three splits, the text in a column named 'content'. Driven
+through the CLI as the docs say: cache the validation split, train with CE measured on test, then eval
+with nothing but --sae. Checks what only this path shows: the split read is the one asked for (a
+save_to_disk folder's JSON bookkeeping files were read as documents), and eval re-reads the recorded
+held-out text with the column training used."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from helpers.real_cli import saesteer
+
+pytestmark = [pytest.mark.usefixtures("one_thread")]
+
+
+@pytest.fixture(scope="module")
+def user(real_models, real_corpus, tmp_path_factory):
+    import datasets
+
+    work = tmp_path_factory.mktemp("user2")
+    splits = {"train": real_corpus.train_docs, "validation": real_corpus.validation_docs, "test": real_corpus.test_docs}
+    datasets.DatasetDict({name: datasets.Dataset.from_dict({"content": list(docs), "n": list(range(len(docs)))})
+                          for name, docs in splits.items()}).save_to_disk(str(work / "dsdict"))
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in {"WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}.items():
+            mp.setenv(k, v)
+        saesteer("cache", "--model", real_models.path("gpt2"), "--dataset", work / "dsdict", "--split", "validation",
+                 "--text-column", "content", "--context-length", 32, "--max-tokens", 6000,
+                 "--out", work / "cache", "--no-progress").ok()
+        saesteer("train", "--cache", work / "cache", "--out", work / "run", "--architecture", "topk", "--d-sae", 128,
+                 "--k", 4, "--total-tokens", 2048, "--batch-size", 256, "--holdout-tokens", 512,
+                 "--eval-split", "test", "--eval-ce-contexts", 4, "--eval-every-tokens", 0,
+                 "--checkpoint-every-tokens", 0, "--no-progress", "--sae-name", "sae").ok()
+        yield work, splits
+
+
+def test_a_save_to_disk_dataset_dict_is_read_at_the_split_asked_for(user):
+    work, splits = user
+    man = json.loads((work / "cache" / "manifest.json").read_text())
+    assert man["dataset"]["split"] == "validation"
+    assert man["dataset_files"] == [str(work / "dsdict" / "validation" / "data-00000-of-00001.arrow")]
+    from training.manifest import read_manifest
+    from training.sources import text_config_from_manifest
+    from training.text import DocumentSource
+
+    docs = [d for chunk in DocumentSource(text_config_from_manifest(read_manifest(work / "cache"))).chunks() for d in chunk]
+    assert docs == list(splits["validation"])
+    prov = json.loads((work / "run/saes/sae/saesteer.json").read_text())["data"]
+    assert prov["ce_eval_data"]["split"] == "test" and prov["ce_eval_data"]["overlap"]["in_training"] == 0
+
+
+def test_eval_with_only_sae_reads_the_recorded_held_out_text_with_its_column(user, tmp_path):
+    work, _ = user
+    saesteer("eval", "--sae", work / "run/saes/sae", "--contexts", 4, "--ce-contexts", 2, "--absorption", "false",
+             "--probing", "false", "--quiet", "--out", tmp_path).ok()
+    data = json.loads((tmp_path / "eval.json").read_text())["data"]
+    assert (data["dataset"], data["split"], data["context_length"]) == (str(work / "dsdict"), "test", 32)
+
+
+def test_eval_on_the_training_split_of_the_same_data_is_refused(user):
+    work, _ = user
+    r = saesteer("eval", "--sae", work / "run/saes/sae", "--dataset", work / "dsdict", "--split", "validation",
+                 "--contexts", 4, "--ce-contexts", 2, "--absorption", "false", "--probing", "false", "--quiet")
+    assert r.rc != 0 and "is training text" in r.err and "--allow-eval-overlap" in r.err
+    assert [line for line in r.err.splitlines() if line.startswith("Traceback")] == []
+
+
+@pytest.fixture(scope="module")
+def llama_hub(real_models, real_corpus, tmp_path_factory):
+    """A tiny Llama known by its hub name in a local HF cache (offline), and a hub dataset snapshot
+    (data/<split>-00000-of-00001.parquet) whose text is in 'content'."""
+    import datasets
+    from huggingface_hub import constants
+
+    from helpers.foreign_saes import write_hf_snapshot
+
+    work = tmp_path_factory.mktemp("llama-hub")
+    model_dir = real_models.path("llama")
+    write_hf_snapshot(work / "hub", "researcher/tiny-llama",
+                      {p.name: p for p in model_dir.iterdir() if p.suffix in (".json", ".safetensors")}, revision="e" * 40)
+    (work / "ds" / "data").mkdir(parents=True)
+    for name, docs in (("train", real_corpus.train_docs), ("validation", real_corpus.validation_docs),
+                       ("test", real_corpus.test_docs)):
+        datasets.Dataset.from_dict({"content": list(docs)}).to_parquet(str(work / "ds/data" / f"{name}-00000-of-00001.parquet"))
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in {"WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}.items():
+            mp.setenv(k, v)
+        mp.setattr(constants, "HF_HUB_OFFLINE", True)
+        mp.setattr(constants, "HF_HUB_CACHE", str(work / "hub"))
+        yield work
+
+
+def test_train_without_a_cache_records_how_it_read_the_text_and_eval_reads_it_so(llama_hub, tmp_path):
+    """Activations straight from the model, text in 'content', 32-token contexts without BOS: eval with
+    only --sae reads the recorded CE text (validation) with that column and packing, so its CE loss
+    recovered is training's."""
+    work = llama_hub
+    saesteer("train", "--model", "researcher/tiny-llama", "--dataset", work / "ds", "--text-column", "content",
+             "--hook", "blocks.1.hook_resid_post", "--context-length", 32, "--bos-policy", "none",
+             "--out", tmp_path / "run", "--architecture", "topk", "--d-sae", 64, "--k", 4, "--total-tokens", 1024,
+             "--batch-size", 256, "--holdout-tokens", 256, "--eval-ce-contexts", 4, "--eval-every-tokens", 0,
+             "--checkpoint-every-tokens", 0, "--no-progress", "--sae-name", "sae").ok()
+    prov = json.loads((tmp_path / "run/saes/sae/saesteer.json").read_text())
+    assert prov["data"]["dataset_split"] == "train" and prov["data"]["ce_eval_data"]["split"] == "validation"
+    assert prov["model_identity"]["revision"] == "e" * 40
+    saesteer("eval", "--sae", tmp_path / "run/saes/sae", "--contexts", 4, "--ce-contexts", 4, "--absorption", "false",
+             "--probing", "false", "--quiet", "--out", tmp_path / "eval").ok()
+    doc = json.loads((tmp_path / "eval/eval.json").read_text())
+    assert (doc["data"]["split"], doc["data"]["context_length"], doc["data"]["bos_policy"]) == ("validation", 32, "none")
+    trained = json.loads((tmp_path / "run/metrics.json").read_text())["saes"]["sae"]
+    evaluated = doc["saes"]["sae"]["metrics"]
+    assert evaluated["ce_loss_clean"] == pytest.approx(trained["ce_loss_clean"], rel=1e-6)
+    assert evaluated["ce_loss_recovered"] == pytest.approx(trained["ce_loss_recovered"], rel=1e-6)
+
+
+def test_init_from_a_sparsify_sae_trains_on_the_hook_it_records(user, real_models, tmp_path):
+    """A cache of two hook points and a sparsify hookpoint folder `layers.1` (blocks.1.hook_resid_post):
+    --init-from without --hook fine-tunes on that hook (it was refused with 'pass hook=...', no flag)."""
+    from helpers.foreign_saes import random_sparsify, write_sparsify
+
+    work, _ = user
+    model = real_models.path("gpt2")
+    saesteer("cache", "--model", model, "--dataset", work / "dsdict", "--split", "test", "--text-column", "content",
+             "--context-length", 32, "--max-tokens", 2048, "--hooks", "blocks.0.hook_resid_post,blocks.1.hook_resid_post",
+             "--out", tmp_path / "cache", "--no-progress").ok()
+    state, cfg = random_sparsify(64, 64, 4)
+    sae = write_sparsify(tmp_path / "sparsify/layers.1", state, cfg, run_config={"model": str(model)})
+    saesteer("train", "--cache", tmp_path / "cache", "--init-from", sae, "--total-tokens", 512, "--batch-size", 128,
+             "--holdout-tokens", 256, "--lr", 1e-4, "--eval-every-tokens", 0, "--checkpoint-every-tokens", 0,
+             "--model-eval", "false", "--no-progress", "--out", tmp_path / "ft", "--sae-name", "ft").ok()
+    assert json.loads((tmp_path / "ft/saes/ft/cfg.json").read_text())["metadata"]["hook_name"] == "blocks.1.hook_resid_post"
+    r = saesteer("train", "--cache", tmp_path / "cache", "--total-tokens", 512, "--out", tmp_path / "plain")
+    assert r.rc != 0 and "--hook" in r.err and "hook=..." not in r.err
+
+
+def test_a_gemma_scope_sae_steers_at_the_hook_its_store_was_built_at(user, tmp_path):
+    """params.npz records no hook: `features build --hook` gave it and the store keeps it, so steer
+    with that --store needs no --hook again (it was refused: 'does not record its hook point')."""
+    from helpers.foreign_saes import random_gemma_scope, write_gemma_scope
+
+    work, _ = user
+    sae = write_gemma_scope(tmp_path / "gs/params.npz", random_gemma_scope(64, 64))
+    saesteer("features", "build", "--sae", sae, "--hook", "blocks.1.hook_resid_post", "--cache", work / "cache",
+             "--out", tmp_path / "gs.db", "--no-progress").ok()
+    r = saesteer("steer", "--sae", sae, "--store", tmp_path / "gs.db", "--latent", "3:add=4", "--prompt", "def f(",
+                 "--max-new-tokens", 3, "--do-sample", "false", "--json").ok()
+    assert json.loads(r.out)["results"][0]["prompt"] == "def f("
+    r = saesteer("steer", "--sae", sae, "--store", tmp_path / "gs.db", "--hook", "blocks.0.hook_resid_post",
+                 "--latent", "3:add=4", "--prompt", "def f(", "--max-new-tokens", 3)
+    assert r.rc != 0 and "not built for this SAE" in r.err
