@@ -11,9 +11,11 @@ k-th largest candidate is a lower bound on the k-th largest of all, so "k candid
 pre-activation by more than `tol`" proves the latent off without the other F - C columns, where
 `tol` (per row) bounds the float rounding of both this product and the SAE's own. When that
 settles every row, the read is exactly zero (`read` returns None: callers skip work); otherwise
-the full path runs the SAE's own expression and top-k over all rows given (so values and ties
-are the SAE's own). `TopKReader.reference` is the eager reference (the SAE's encode); tests
-compare the two exactly.
+the full path runs the SAE's own expression over all rows given, and its top k decides, or,
+for a few latents or a few needed (row, latent) pairs, a count of the pre-activations above each
+one (a latent is selected iff fewer than k exceed it; a tie at the k-th place goes back to the
+top k), so values and ties are the SAE's own. `TopKReader.reference` is the eager reference (the
+SAE's encode); tests compare the two exactly.
 """
 
 from __future__ import annotations
