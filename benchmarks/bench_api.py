@@ -1,6 +1,6 @@
 """Throughput and time to first token of the OpenAI-compatible API under concurrent clients.
 
-    python benchmarks/bench_api.py [--clients 1,8,32] [--seconds 20] [--max-tokens 64] [--arch topk] [--write]
+    python benchmarks/bench_api.py [--clients 1,8,32] [--seconds 20] [--rounds 1] [--max-tokens 64] [--arch topk] [--write]
 
 The server is `saesteer api` in its own process (toy model, a random SAE of the toy SAE's shape
 (d_sae 32 x d_model) at blocks.2.hook_resid_post and a small feature store built for it here);
@@ -13,7 +13,7 @@ server batches rows with different per-row edits. Unsteered: no steering field.
 Per cell: completion tokens per wall second, per second of the server process's CPU time (its
 own work, /proc/PID/stat, less sensitive to other load), and the median / 90th percentile time to
 first token. Cells run interleaved, steered and unsteered back to back at each client count;
-ratios are within one run. --write replaces this script's subsection of "## Steering" in
+ratios are within one run (with --rounds R: every cell R times, medians of the rounds' own ratios). --write replaces this script's subsection of "## Steering" in
 benchmarks/RESULTS.md.
 """
 
@@ -159,19 +159,36 @@ def run(args) -> str:
     load_before = load_average()
     try:
         asyncio.run(cell(base, 2, argparse.Namespace(**{**vars(args), "seconds": 3}), True, d_sae, proc.pid))  # warm-up
-        for n in args.clients:
-            for steered in (False, True):
-                r = asyncio.run(cell(base, n, args, steered, d_sae, proc.pid))
-                print(json.dumps(r), file=sys.stderr, flush=True)
-                results.append(r)
+        for rnd in range(args.rounds):
+            for n in args.clients:
+                for steered in (False, True):
+                    r = asyncio.run(cell(base, n, args, steered, d_sae, proc.pid))
+                    r["round"] = rnd
+                    print(json.dumps(r), file=sys.stderr, flush=True)
+                    results.append(r)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
     load_after = load_average()
 
-    def get(n, steered):
-        return next(r for r in results if r["clients"] == n and r["steered"] == steered)
+    def cells(n, steered):
+        return [r for r in results if r["clients"] == n and r["steered"] == steered]  # one per round, in order
 
+    def get(n, steered):
+        """The cell's medians over rounds (requests: the total)."""
+        rs = cells(n, steered)
+        med = {key: statistics.median(r[key] for r in rs) for key in ("tok_s", "tok_cpu_s", "ttft_p50", "ttft_p90")}
+        return {**rs[0], **med, "requests": sum(r["requests"] for r in rs)}
+
+    def ratio(a_cells, b_cells, key):
+        """Median over rounds of a / b within each round, with the rounds' range when several."""
+        per = sorted(a[key] / b[key] for a, b in zip(a_cells, b_cells))
+        med = statistics.median(per)
+        return f"{med:.2f}x" if len(per) == 1 else f"{med:.2f}x ({per[0]:.2f}-{per[-1]:.2f})"
+
+    rounds_note = (f"{args.rounds} rounds of every cell, interleaved; the table gives each cell's median over rounds "
+                   f"(requests: total), the ratios the median of the rounds' own ratios (range in brackets). "
+                   if args.rounds > 1 else "")
     lines = [
         "### API throughput under concurrent clients",
         "",
@@ -181,9 +198,9 @@ def run(args) -> str:
         f"({args.max_tokens} tokens each, ignore_eos, temperature 1, a seed per request). Steered: client i clamps "
         f"latent 37i mod d_sae to 8 at all positions" + (" and adds 2 to another on generated tokens" if args.edits > 1
                                                            else "") + " (every client different). Load average "
-        f"before/after: {load_before} / {load_after}. "
+        f"before/after: {load_before} / {load_after}. {rounds_note}"
         f"`python benchmarks/bench_api.py --clients {','.join(map(str, args.clients))} --seconds {args.seconds} "
-        f"--max-tokens {args.max_tokens} --arch {args.arch}`",
+        f"--max-tokens {args.max_tokens} --arch {args.arch}" + (f" --rounds {args.rounds}" if args.rounds > 1 else "") + "`",
         "",
         "tok/s: completion tokens per wall second; tok/CPU-s: per second of the server process's CPU time; "
         "TTFT: time from sending a request to its first streamed token (median, 90th percentile).",
@@ -191,22 +208,21 @@ def run(args) -> str:
         "| clients | steering | requests | tok/s | tok/CPU-s | TTFT p50 | TTFT p90 |",
         "|---|---|---|---|---|---|---|",
     ]
-    for r in results:
+    for r in (get(n, steered) for n in args.clients for steered in (False, True)):
         lines.append(f"| {r['clients']} | {'steered' if r['steered'] else 'unsteered'} | {r['requests']} | "
                      f"{r['tok_s']:,.0f} | {r['tok_cpu_s']:,.0f} | {r['ttft_p50'] * 1000:.0f} ms | "
                      f"{r['ttft_p90'] * 1000:.0f} ms |")
     lines.append("")
     ratios = []
     for n in args.clients:
-        s, u = get(n, True), get(n, False)
-        ratios.append(f"{n} client(s): steered / unsteered {s['tok_s'] / u['tok_s']:.2f}x (wall), "
-                      f"{s['tok_cpu_s'] / u['tok_cpu_s']:.2f}x (CPU)")
+        s, u = cells(n, True), cells(n, False)
+        ratios.append(f"{n} client(s): steered / unsteered {ratio(s, u, 'tok_s')} (wall), {ratio(s, u, 'tok_cpu_s')} (CPU)")
     one = args.clients[0]
     for n in args.clients[1:]:
         for steered in (False, True):
-            a, b = get(n, steered), get(one, steered)
+            a, b = cells(n, steered), cells(one, steered)
             ratios.append(f"{n} vs {one} client(s), {'steered' if steered else 'unsteered'}: "
-                          f"{a['tok_s'] / b['tok_s']:.1f}x throughput (wall), {a['tok_cpu_s'] / b['tok_cpu_s']:.1f}x (CPU)")
+                          f"{ratio(a, b, 'tok_s')} throughput (wall), {ratio(a, b, 'tok_cpu_s')} (CPU)")
     lines += ["Ratios within this run: " + "; ".join(ratios) + ".", ""]
     return "\n".join(lines)
 
@@ -215,6 +231,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32])
     ap.add_argument("--seconds", type=float, default=20.0, help="per cell")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run every cell this many times, interleaved; report medians (the ratios vary by several "
+                         "percent between runs on a shared machine)")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--arch", default="topk", choices=["topk", "batchtopk", "jumprelu", "standard"])
     ap.add_argument("--edits", type=int, default=1, choices=[1, 2], help="edits per steered client")

@@ -223,24 +223,26 @@ class BatchEditor:
     def _compile_edits(self, entries, col: dict[int, int], dt) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """[B, U] tables of the edits (c1, c0, trigger column, trigger threshold, has a trigger);
         fills `edit_at` and `rules` (each edit's positions compiled against its row's layout)."""
-        c1 = torch.zeros(self.B, self.U, dtype=dt)
-        c0 = torch.zeros(self.B, self.U, dtype=dt)
-        trig_col = torch.zeros(self.B, self.U, dtype=torch.int64)
-        trig_thr = torch.zeros(self.B, self.U, dtype=dt)
-        has_trig = torch.zeros(self.B, self.U, dtype=torch.bool)
+        # filled as Python lists, one tensor each at the end (the engine builds these whenever rows join or leave)
+        n = self.B * self.U
+        c1, c0, trig_col, trig_thr, has_trig = [0.0] * n, [0.0] * n, [0] * n, [0.0] * n, [False] * n
         self.edit_at: dict[tuple[int, int], int] = {}  # (b, u) -> index of the row's edit
         self.rules: dict[tuple[int, int], CompiledPositions] = {}
         for b, u, j, e in entries:
             if (b, u) in self.edit_at:
                 raise SteeringError(f"{e.label or e.latent}: feature {e.latent} is edited twice in one request")
-            c1[b, u], c0[b, u] = op_coefficients(e.op, e.value)
+            i = b * self.U + u
+            c1[i], c0[i] = op_coefficients(e.op, e.value)
             self.edit_at[(b, u)] = j
             self.rules[(b, u)] = compile_positions(e.positions, self.layouts[b], e.label or f"feature {e.latent}")
             if e.trigger is not None:
-                trig_col[b, u] = col[e.trigger[0]]
-                trig_thr[b, u] = e.trigger[1]
-                has_trig[b, u] = True
-        return c1, c0, trig_col, trig_thr, has_trig
+                trig_col[i], trig_thr[i], has_trig[i] = col[e.trigger[0]], e.trigger[1], True
+
+        def table(values: list, dtype) -> Tensor:
+            return torch.tensor(values, dtype=dtype).reshape(self.B, self.U)
+
+        return (table(c1, dt), table(c0, dt), table(trig_col, torch.int64), table(trig_thr, dt),
+                table(has_trig, torch.bool))
 
     def _compile_stops(self, stops, dt) -> Tensor:
         """[B, U] stop thresholds (inf where none; the lowest where a latent has several); fills `stop_of`."""
@@ -253,16 +255,16 @@ class BatchEditor:
 
     def _compile_decode_coverage(self, dev) -> None:
         """Decode-time coverage: every-generated rules are fixed, offset sets are looked up per step."""
-        every = torch.zeros(self.B, self.U, dtype=torch.bool)
+        every = [False] * (self.B * self.U)
         self.offset_rules = []
         for (b, u), rule in self.rules.items():
             if rule.every_generated:
-                every[b, u] = True
+                every[b * self.U + u] = True
             elif rule.generated:
                 self.offset_rules.append((b, u, rule))
-        self.every_generated_BU = every.to(dev)
+        self.every_generated_BU = torch.tensor(every, dtype=torch.bool).reshape(self.B, self.U).to(dev)
         # every edit covers every generated token (the common case): decode steps skip the mask
-        self.decode_covers_all = bool(every.all()) and not self.offset_rules
+        self.decode_covers_all = all(every) and not self.offset_rules
 
     @property
     def active(self) -> bool:

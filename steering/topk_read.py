@@ -11,9 +11,11 @@ k-th largest candidate is a lower bound on the k-th largest of all, so "k candid
 pre-activation by more than `tol`" proves the latent off without the other F - C columns, where
 `tol` (per row) bounds the float rounding of both this product and the SAE's own. When that
 settles every row, the read is exactly zero (`read` returns None: callers skip work); otherwise
-the full path runs the SAE's own expression and top-k over all rows given (so values and ties
-are the SAE's own). `TopKReader.reference` is the eager reference (the SAE's encode); tests
-compare the two exactly.
+the full path runs the SAE's own expression over all rows given, and its top k decides, or,
+for a few latents or a few needed (row, latent) pairs, a count of the pre-activations above each
+one (a latent is selected iff fewer than k exceed it; a tie at the k-th place goes back to the
+top k), so values and ties are the SAE's own. `TopKReader.reference` is the eager reference (the
+SAE's encode); tests compare the two exactly.
 """
 
 from __future__ import annotations
@@ -163,7 +165,9 @@ class TopKReader:
         self._W_DP = self._b_P = self.W_DM
         self._buffers: dict[int, Tensor] = {}
         self.keep_rows = 256  # reuse outputs of calls of at most this many rows (generation steps)
+        self._pairs_of: tuple | None = None  # (mask, its key, its pairs, one pair per row): see _pairs
         self.full_rows = 0  # rows encoded in full (tests, tuning)
+        self.counted_pairs = 0  # needed pairs the full path decided by a count (tests)
         self.bound_hits = 0  # rows the candidate bound alone proved off
 
     @property
@@ -187,7 +191,7 @@ class TopKReader:
         if self.bound_pays(N) and self.all_off(x_ND, need_NM):
             self.bound_hits += N
             return None
-        return self.full(x_ND)
+        return self.full(x_ND, need_NM)
 
     def all_off(self, x_ND: Tensor, need_NM: Tensor | None = None) -> bool:
         """Whether the candidate bound proves every needed latent of every row off: at least k
@@ -197,7 +201,7 @@ class TopKReader:
         pre_NP = torch.addmm(b_P, x_ND, W_DP)  # the M latents' columns carry + err_const
         hi_NM = torch.add(pre_NP[:, :M], torch.linalg.vector_norm(x_ND, dim=-1, keepdim=True), alpha=self.err_per_norm)
         if need_NM is not None and M > self.count_latents:  # the batched engine: each row needs a few of many
-            rows_P, cols_P = need_NM.nonzero().unbind(1)
+            rows_P, cols_P = self._pairs(need_NM)
             if rows_P.numel() == 0:
                 return True
             above_P = (pre_NP[:, M:].index_select(0, rows_P) > hi_NM[rows_P, cols_P].unsqueeze(1)).sum(1)
@@ -218,11 +222,13 @@ class TopKReader:
             self._bound_of = W_DC
         return self._W_DP, self._b_P
 
-    def full(self, x_ND: Tensor) -> Tensor:
+    def full(self, x_ND: Tensor, need_NM: Tensor | None = None) -> Tensor:
         """The SAE's own encode of every row (its expression, its top k), latents `ids` read out.
         Once the candidate set is mature and few latents are read, a count decides instead of
         the top k: latent m is selected iff fewer than k pre-activations exceed its own, unless a
-        tie straddles the k-th place (then the SAE's own top k decides)."""
+        tie straddles the k-th place (then the SAE's own top k decides). With more latents but a
+        `need_NM` of few pairs (the batched engine: a latent or two per row), the count runs for
+        the needed (row, latent) pairs alone (the others come back 0)."""
         self.full_rows += x_ND.shape[0]
         u_ND = x_ND - self.b_dec_D if self.b_dec_D is not None else x_ND
         pre_NF = torch.mm(u_ND, self.W_DF, out=self._buffer(u_ND)).add_(self.b_F)  # the SAE's own expression
@@ -233,10 +239,47 @@ class TopKReader:
             selected_NM = above_NM < self.k
             if not bool((selected_NM & (at_least_NM > self.k)).any()):
                 return pre_NM.relu_().mul_(selected_NM)
+        elif need_NM is not None and not self.cands.young:
+            a_NM = self._count_pairs(pre_NF, need_NM)
+            if a_NM is not None:
+                return a_NM
         vals_NK, idx_NK = pre_NF.topk(self.k, dim=-1, sorted=False)  # the SAE's own selection
         if self.cands.young:
             self.cands.learn(idx_NK, self.k)
         return (vals_NK.relu_()[:, :, None] * (idx_NK[:, :, None] == self.ids_M)).sum(1)
+
+    def _count_pairs(self, pre_NF: Tensor, need_NM: Tensor) -> Tensor | None:
+        """[N, M] activations of the needed pairs by a count over their rows (0 elsewhere), or
+        None when the count does not pay (more than `count_latents` pairs per row on average: a
+        count costs two passes over F per pair, the top k one per row) or a tie straddles a
+        needed latent's k-th place (the SAE's own top k decides those)."""
+        N = pre_NF.shape[0]
+        rows_P, cols_P = self._pairs(need_NM)
+        P = rows_P.numel()
+        out_NM = pre_NF.new_zeros(N, self.M)
+        if P == 0:
+            return out_NM
+        if P > self.count_latents * N:
+            return None
+        pre_PF = pre_NF if self._pairs_of[3] else pre_NF.index_select(0, rows_P)  # type: ignore[index]
+        v_P1 = pre_NF[rows_P, self.ids_M[cols_P]].unsqueeze(1)
+        above_P = (pre_PF > v_P1).sum(1)
+        selected_P = above_P < self.k
+        if bool((selected_P & ((pre_PF >= v_P1).sum(1) > self.k)).any()):  # >= counts the latent itself
+            return None
+        out_NM[rows_P, cols_P] = v_P1.squeeze(1).relu_().mul_(selected_P)
+        self.counted_pairs += P
+        return out_NM
+
+    def _pairs(self, need_NM: Tensor) -> tuple[Tensor, Tensor]:
+        """(rows, latent columns) of the needed pairs, row-major; kept for a mask seen last
+        (the engine passes the same mask every decode step) while it is not modified."""
+        key = (need_NM.data_ptr(), need_NM.shape, need_NM._version)
+        if self._pairs_of is None or self._pairs_of[0] is not need_NM or self._pairs_of[1] != key:
+            rows_P, cols_P = need_NM.nonzero().unbind(1)
+            one_per_row = rows_P.numel() == need_NM.shape[0] and bool((need_NM.sum(1) == 1).all())
+            self._pairs_of = (need_NM, key, (rows_P, cols_P), one_per_row)
+        return self._pairs_of[2]
 
     def _buffer(self, u_ND: Tensor) -> Tensor:
         """A reused [N, F] output for calls of at most `keep_rows` rows (generation steps: a fresh

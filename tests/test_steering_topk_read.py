@@ -95,6 +95,34 @@ def test_a_read_of_the_needed_pairs_only_equals_the_reference_there(n_read):
     assert reader.bound_hits > 0 and reader.full_rows > 100
 
 
+@pytest.mark.parametrize("tie", ["pair", "group"])
+def test_the_full_path_counting_the_needed_pairs_equals_the_reference_there(tie):
+    """More latents than `count_latents`, a few needed per row (the batched engine's decode and
+    prefill): the full path counts the needed pairs alone; ties at a needed latent's k-th place
+    fall back on the SAE's own top k. Random need masks, one pair per row among them."""
+    sae = topk_sae(tie)
+    x = inputs(400)
+    pre = sae.pre_activations(x)
+    at_k = int(pre.topk(sae.cfg.k, dim=1).indices[:, -1].bincount(minlength=sae.d_sae)[48:].argmax()) + 48
+    ids = torch.tensor([40, 41, 44, at_k, 7])
+    reader = TopKReader(sae, ids, n_candidates=128)
+    reader.cands.learn_rows = 100
+    g = torch.Generator().manual_seed(6)
+    with torch.no_grad():
+        reader(x[:100])
+        assert not reader.cands.young
+        reader.min_bound_macs = 10**12  # every call takes the full path
+        for i, lo in enumerate(range(100, 400, 6)):
+            if i % 3 == 0:  # one pair per row (a clamp per client)
+                need = torch.nn.functional.one_hot(torch.randint(0, 5, (6,), generator=g), 5).bool()
+            else:
+                need = torch.rand(6, 5, generator=g) < (0.25 if i % 3 == 1 else 0.6)
+            got, want = reader(x[lo : lo + 6], need), reader.reference(x[lo : lo + 6])
+            assert torch.equal(got[need], want[need]), lo
+    assert reader.counted_pairs > 0 and reader.bound_hits == 0
+    assert int((sae.encode(x[100:])[:, ids] != 0).sum()) > 0
+
+
 def test_candidates_are_shared_per_sae_and_stop_learning_when_mature():
     sae = topk_sae("pair")
     c = TopKCandidates.of(sae)
@@ -339,3 +367,27 @@ def test_reused_outputs_never_leak_into_results_and_big_calls_keep_none():
         assert reader._buffers == {}
         reader.full(x[200:240])
         assert {b.shape[0] for b in reader._buffers.values()} == {40}
+
+
+def test_the_kept_pairs_of_a_need_mask_follow_it_when_it_changes_in_place():
+    """The reader keeps the pairs of the mask it saw last (the engine's is the same every step):
+    a mask changed in place, or another mask, must not read the old pairs."""
+    sae = topk_sae("pair")
+    x = inputs(200)
+    ids = torch.tensor([40, 3, 7, 11, 19])
+    reader = TopKReader(sae, ids, n_candidates=128)
+    reader.cands.learn_rows = 100
+    with torch.no_grad():
+        reader(x[:100])
+        reader.min_bound_macs = 10**12
+        fires = sae.encode(x[100:104])[:, ids] != 0
+        need = torch.zeros(4, 5, dtype=torch.bool)
+        need[0, 0] = True
+        for other in (need, need.clone()):  # the mask seen last changed in place, then a new mask
+            reader(x[100:104], other)
+            other.copy_(fires)
+            other[0, 0] = not bool(fires[0, 0])  # and the old pair changes too
+            got = reader(x[100:104], other)
+            assert torch.equal(got[other], reader.reference(x[100:104])[other])
+            other.copy_(need.new_zeros(4, 5)); other[0, 0] = True
+        assert bool(fires.any()) and reader.counted_pairs > 1
