@@ -180,11 +180,6 @@ class LatentEditor:
     def topk_reader(self) -> "TopKReader | None":
         return None if self.reader is None else self.reader.topk
 
-    # -- current activations ---------------------------------------------------------------
-    def current_acts(self, x_ND: Tensor) -> Tensor:
-        """Activations [N, M] of the edited latents, as the SAE's encoder gives them."""
-        return LatentReader(self.sae, self.ids_M)(x_ND)
-
     def coefficients_or_none(self, x_ND: Tensor) -> Tensor | None:
         """How much each edited latent changes on each row, [N, M] (0 where a trigger is off), or
         None when every coefficient is exactly 0 (nothing changes)."""

@@ -72,7 +72,7 @@ class TopKCandidates:
         ||x|| + err_const` of the SAE's own computed pre-activations (rounding of both
         computations, of the folded bias and of the bound's own sums)."""
         W, b = self.W_DF.double(), self.b_F.double()
-        b_dec = self.b_dec_D.double() if self.b_dec_D is not None else torch.zeros(self.W_DF.shape[0], dtype=torch.float64)
+        b_dec = self.b_dec_D.double() if self.b_dec_D is not None else W.new_zeros(self.W_DF.shape[0])
         self.b_fold_F = (b - b_dec @ W).to(self.W_DF.dtype)
         eps = torch.finfo(self.W_DF.dtype).eps
         w_max = float(W.norm(dim=0).max())
