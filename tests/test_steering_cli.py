@@ -118,6 +118,25 @@ def test_sweep_writes_plot_and_numbers(model, sae_dir, tmp_path, capsys):
     assert data["verdict"].startswith("no strength works") and "no strength works" in capsys.readouterr().out
 
 
+def test_a_clamp_sweep_of_several_latents_generates_the_unsteered_text_once(model, sae_dir, tmp_path, monkeypatch):
+    """A clamp sweep's baseline is the unsteered text (clamping to 0 ablates): `sweep --latent A
+    --latent B` makes it once, not once per latent."""
+    pytest.importorskip("toyworld.validate")
+    import steering.sweeps as sweeps
+    from saesteer.commands import sweep
+
+    unsteered_runs = []
+    real = sweeps.generate
+    monkeypatch.setattr(sweeps, "generate", lambda *a, **kw: unsteered_runs.append(1) or real(*a, **kw))
+    args = parse("sweep", "--sae", str(sae_dir), "--latent", "3", "--latent", "5", "--topic", "ocean", "--op", "clamp",
+                 "--strengths", "0,6", "--unit", "raw", "--samples", "2", "--max-new-tokens", "4", "--out", str(tmp_path),
+                 "--perplexity", "false")
+    assert sweep._run(args, model=model) == 0
+    assert len(unsteered_runs) == 1
+    docs = [json.loads((tmp_path / f"sweep_sae_{f}.json").read_text()) for f in (3, 5)]
+    assert docs[0]["unsteered"] == docs[1]["unsteered"] and docs[0]["unsteered"]["n_samples"] == 2
+
+
 @pytest.fixture(scope="module")
 def stored(tmp_path_factory):
     """The web tests' tiny feature store, with its SAE saved as a folder for --sae."""

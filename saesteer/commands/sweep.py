@@ -123,9 +123,10 @@ def _run(args, model=None) -> int:
         typical = typical_max_provider(link, {name: sae})
         if sweep_cfg.unit == "max_act":
             _check_typical(args, sae, typical)
+        unsteered: dict = {}  # the same prompts and settings for every latent: the unsteered text is made once
         for latent in args.latent:
             _sweep_feature(args, latent, model, sae, name, prompts, scorer, sweep_cfg,
-                           gen_config=gen_cfg, typical_max=typical, limits=limits, link=link)
+                           gen_config=gen_cfg, typical_max=typical, limits=limits, link=link, unsteered=unsteered)
     finally:
         _close(store, judge)
     return 0
@@ -180,7 +181,7 @@ def _check_typical(args, sae, typical) -> None:
 
 
 def _sweep_feature(args, latent, model, sae, name, prompts, scorer, sweep_cfg, *, gen_config, typical_max,
-                   limits, link) -> None:
+                   limits, link, unsteered: dict) -> None:
     """Sweep one feature, write its HTML and JSON, print the result (and with --save-strength store it)."""
     from pathlib import Path
 
@@ -191,7 +192,7 @@ def _sweep_feature(args, latent, model, sae, name, prompts, scorer, sweep_cfg, *
     before = (stats.calls, stats.failed) if stats is not None else (0, 0)
     res = sweep(model, sae, latent, prompts, scorer, sweep_cfg, gen_config=gen_config, typical_max=typical_max,
                 sae_name=name, limits=limits, progress=not args.no_progress,
-                allow_model_mismatch=args.allow_model_mismatch)
+                allow_model_mismatch=args.allow_model_mismatch, unsteered_memo=unsteered)
     if stats is not None:
         _check_judgements(f"feature {latent}", stats.calls - before[0], stats.failed - before[1])
     html = write_sweep_html(res, out / f"sweep_{name}_{latent}.html")
