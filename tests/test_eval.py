@@ -317,6 +317,11 @@ def test_eval_packs_text_as_the_sae_cfg_records_unless_a_flag_says_otherwise():
     got = _packed_as_trained(argparse.Namespace(), text, {"a": sae(context_size=32), "b": sae(context_size=64)},
                              said.append)
     assert got.context_length == 128 and "different --context-length" in said[-1]
+    # a cache recorded by our training but since moved away: cfg.json's packing, not the defaults
+    moved = sae(context_size=32, prepend_bos=False)
+    moved.provenance = {"data": {"cache": "/nonexistent/cache", "dataset": "toy"}}
+    got = _packed_as_trained(argparse.Namespace(), text, {"a": moved}, said.append)
+    assert (got.context_length, got.bos_policy) == (32, "none")
 
 
 def test_an_sae_that_names_no_model_is_evaluated_with_the_caches_model(foreign, trained, tmp_path, capsys,

@@ -273,14 +273,18 @@ def _packed_as_trained(args, text, loaded: dict, say):
     else. SAEs that disagree keep the defaults, and a note says so."""
     import dataclasses
 
+    from pathlib import Path
+
     from training.sources import training_text_of
 
     wanted: dict[str, set] = {k: set() for k in PACKING_FLAGS}
     for item in loaded.values():
-        got = training_text_of((item.provenance or {}).get("data") or {})
-        meta = item.sae.cfg.metadata or {}
         data = (item.provenance or {}).get("data") or {}
-        if got is not None and (data.get("cache") or data.get("text")):  # a cache's manifest, or recorded without one
+        meta = item.sae.cfg.metadata or {}
+        # packing is recorded in the cache's manifest (while it is there) or, without a cache, in data.text
+        recorded = data.get("text") or (data.get("cache") and (Path(data["cache"]) / "manifest.json").is_file())
+        got = training_text_of(data) if recorded else None
+        if got is not None:
             trained = got[0]
             for k in PACKING_FLAGS:
                 wanted[k].add(getattr(trained, k))
