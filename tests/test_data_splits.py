@@ -253,3 +253,17 @@ def test_a_hub_dataset_snapshot_in_the_hf_cache_reads_as_local_data(tmp_path, mo
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     with pytest.raises(ValueError, match=f"offline mode .* the HF cache holds a copy of its files: --dataset {snap}"):
         DocumentSource(TextConfig(dataset="someone/prose", split="train"))
+
+
+def test_a_split_named_by_a_folder_of_arrow_files_reads_them(tmp_path):
+    """`--dataset train=DIR,validation=DIR` where each DIR was written by Dataset.save_to_disk: the
+    .arrow files are data files wherever a folder or glob names them, as for a whole save_to_disk folder."""
+    from datasets import Dataset
+
+    for split in ("train", "validation"):
+        Dataset.from_dict({"content": [f"{split} doc {i}" for i in range(3)]}).save_to_disk(tmp_path / split)
+    spec = f"train={tmp_path / 'train'},validation={tmp_path / 'validation'}"
+    found = local_splits(spec)
+    assert {k: [p.suffix for p in v] for k, v in found.items()} == {"train": [".arrow"], "validation": [".arrow"]}
+    docs = [t for c in DocumentSource(TextConfig(dataset=spec, split="validation", text_column="content")).chunks(0) for t in c]
+    assert docs == [f"validation doc {i}" for i in range(3)]

@@ -24,9 +24,11 @@ import os
 import re
 from pathlib import Path
 
-__all__ = ["DATA_SUFFIXES", "looks_local", "parse_mapping", "mapping_spec", "local_splits", "describe_splits"]
+__all__ = ["DATA_FILE_BUILDERS", "DATA_SUFFIXES", "looks_local", "parse_mapping", "mapping_spec", "local_splits", "describe_splits"]
 
-DATA_SUFFIXES = (".json", ".jsonl", ".parquet", ".txt")
+# a data file's suffix -> the HF datasets builder that reads it (.arrow: the files of a save_to_disk folder)
+DATA_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text", ".arrow": "arrow"}
+DATA_SUFFIXES = tuple(DATA_FILE_BUILDERS)
 _SPLIT_NAME = re.compile(r"\w+(\.\w+)*")  # HF's rule for split names
 
 
@@ -117,6 +119,12 @@ def _files_of(path_or_glob: str, spec: str) -> list[Path]:
     path = Path(path_or_glob).expanduser()
     if path.is_file():
         return [absolute(path)]
+    saved = _saved_to_disk(path) if path.is_dir() else None
+    if saved is not None:  # its .arrow files, not its JSON bookkeeping
+        if len(saved) > 1:
+            raise ValueError(f"dataset {spec!r}: {path_or_glob} holds the splits {', '.join(saved)}; name one split's "
+                             f"folder, or give the folder itself as --dataset and pick with --split")
+        return next(iter(saved.values()))
     pattern, base = ("**", str(path.resolve())) if path.is_dir() else (str(path), str(Path.cwd()))
     try:
         files = resolve_pattern(pattern, base_path=base, allowed_extensions=list(DATA_SUFFIXES))

@@ -26,13 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal, NamedTuple
 
-from training.splits import absolute, describe_splits, local_splits, looks_local
+from training.splits import DATA_FILE_BUILDERS, absolute, describe_splits, local_splits, looks_local
 
 BosPolicy = Literal["prepend", "doc", "none"]
 TxtDocuments = Literal["file", "line"]
 TXT_SAMPLE_BY = {"file": "document", "line": "line"}  # our name -> HF datasets' text builder `sample_by`
-LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text",
-                  ".arrow": "arrow"}  # .arrow: the files of a save_to_disk folder
 
 
 @dataclass
@@ -144,10 +142,10 @@ def resolve_data(cfg: TextConfig) -> ResolvedData:
                 f"each split: --dataset train=PATH,{cfg.split}=PATH"
             )
         files = splits[cfg.split]
-    kinds = {p: LOCAL_SUFFIXES.get(p.suffix) for p in files}
+    kinds = {p: DATA_FILE_BUILDERS.get(p.suffix) for p in files}
     bad = [p.name for p, k in kinds.items() if k is None]
     if bad:
-        raise ValueError(f"unsupported data file type(s) {bad}; use {', '.join(sorted(LOCAL_SUFFIXES))}")
+        raise ValueError(f"unsupported data file type(s) {bad}; use {', '.join(sorted(DATA_FILE_BUILDERS))}")
     builders = set(kinds.values())
     if len(builders) != 1:
         raise ValueError(f"split {cfg.split!r} of dataset {cfg.dataset!r} mixes file kinds {sorted(builders)}; "
