@@ -80,7 +80,7 @@ def final_metrics(trainer: Trainer, m: Member, sae: SAE, holdout_BD: Tensor,
 
 def _sae_summary(trainer: Trainer, m: Member, sae: SAE) -> dict[str, Any]:
     info = {"folder": f"{SAE_DIR}/{m.name}", "architecture": m.spec.architecture, "d_in": trainer.d_in,
-            "d_sae": m.spec.d_sae, "k": m.spec.k, "lr": m.lr, "skipped_steps": m.skipped_steps}
+            "d_sae": m.spec.d_sae, "k": getattr(sae.cfg, "k", None), "lr": m.lr, "skipped_steps": m.skipped_steps}
     if sae.is_transcoder:
         info.update(d_out=sae.d_out, skip_connection=sae.W_skip is not None, target_hook=sae.cfg.metadata.get("hook_name_out"))
     if sae.levels is not None:
