@@ -177,6 +177,9 @@ def hub_commit(name: str, revision: str | None) -> str | None:
     is pinned to it."""
     import re
 
+    full_commit = re.compile(r"[0-9a-f]{40}")
+    if revision and full_commit.fullmatch(revision):  # already pinned: nothing to ask the hub
+        return revision
     try:
         from huggingface_hub import hf_hub_download
 
@@ -187,7 +190,7 @@ def hub_commit(name: str, revision: str | None) -> str | None:
     if "snapshots" not in parts[:-1]:
         return None
     commit = parts[parts.index("snapshots") + 1]
-    return commit if re.fullmatch(r"[0-9a-f]{40}", commit) else None
+    return commit if full_commit.fullmatch(commit) else None
 
 
 def _process_weights(model, spec: str) -> None:

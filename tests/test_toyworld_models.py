@@ -156,3 +156,18 @@ def test_a_hub_model_records_the_commit_it_loaded_offline(tmp_path, monkeypatch,
     with pytest.raises(ModelMismatchError, match=old):
         check_same_model(pinned, latest, recorded_in="the cache", given_as="--model someone/tiny-gpt2",
                          override="--allow-model-mismatch", fix="")
+
+
+def test_a_full_commit_is_its_own_hub_revision_without_asking_the_hub(monkeypatch):
+    """`NAME@<40-hex commit>` is pinned already: hub_commit returns it without a hub request (online,
+    hf_hub_download would ask the hub for config.json)."""
+    import huggingface_hub
+
+    from saesteer.models import hub_commit
+
+    def no_hub(*a, **kw):
+        raise AssertionError("asked the hub")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_hub)
+    assert hub_commit("org/model", "a" * 40) == "a" * 40
+    assert hub_commit("org/model", "main") is None  # a branch is resolved (here: cannot be)
