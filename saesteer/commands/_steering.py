@@ -86,15 +86,17 @@ def hook_of(args) -> str | None:
     `features build --hook` gave it, and the store keeps it; the store's SAE check then confirms the pair)."""
     if getattr(args, "hook", None) or not getattr(args, "store", None) or len(args.sae or []) != 1:
         return getattr(args, "hook", None)
-    import json
-    import sqlite3
+    from features import FeatureStore
+    from features.store import StoreError
 
     try:
-        with sqlite3.connect(f"file:{Path(args.store).resolve()}?mode=ro", uri=True) as db:
-            row = db.execute("SELECT value FROM meta WHERE key = 'sae'").fetchone()
-        return (json.loads(row[0]) or {}).get("hook_name") if row else None
-    except (sqlite3.Error, ValueError, TypeError, AttributeError):
+        store = FeatureStore.open(args.store)
+    except (OSError, StoreError):
         return None  # not a store: open_store says so
+    try:
+        return (store.meta.get("sae") or {}).get("hook_name")
+    finally:
+        store.close()
 
 
 def require_hook(name: str, spec: Any, sae: Any) -> None:
