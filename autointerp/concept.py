@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 from .examples import Example, LatentEvidence, active_positions
-from .offline import norm_token
+from .offline import norm_token, readable_token
 
 __all__ = ["CONCEPT_MODEL", "CONCEPT_PROMPT_VERSION", "ConceptExplainer", "ConceptExplanation", "explain_concept", "Lexicon",
            "load_lexicon",
@@ -52,7 +52,7 @@ _SPECIAL = re.compile(r"^<[^<>\s]*>$|^\[[A-Z_]+\]$|^<\|.*\|>$")
 def _is_word(t: str) -> bool:
     """A normalised token worth naming: not empty, not a special token (<bos>, [CLS], <|endoftext|>),
     not a piece of a character cut in two (U+FFFD: byte-level BPE's bytes of a CJK letter or emoji)."""
-    return bool(t) and not _SPECIAL.match(t) and "\ufffd" not in t
+    return bool(t) and not _SPECIAL.match(t) and readable_token(t)
 
 
 class Lexicon:

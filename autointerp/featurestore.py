@@ -29,6 +29,7 @@ from typing import Any
 from saes.fileio import append_durably
 
 from .examples import Example, LatentEvidence, LatentExamples
+from .offline import readable_token
 from .store import LabelFailure, LabelResult
 
 __all__ = ["FeatureStoreLabels", "JUDGE_KIND", "failures_path"]
@@ -124,9 +125,9 @@ class FeatureStoreLabels:
                 if n.score >= MIN_NEIGHBOUR_SIMILARITY and n.latent != rec.latent]
         theirs = self.store.promoted_tokens([i for i, _ in near], top=10)
         return LatentEvidence(
-            promoted=tuple((t.token, float(t.value)) for t in rec.logits.promoted if _readable(t.token)),
-            suppressed=tuple((t.token, float(t.value)) for t in rec.logits.suppressed if _readable(t.token)),
-            neighbours=tuple((i, s, tuple(t.token for t in theirs.get(i, ()) if _readable(t.token))) for i, s in near),
+            promoted=tuple((t.token, float(t.value)) for t in rec.logits.promoted if readable_token(t.token)),
+            suppressed=tuple((t.token, float(t.value)) for t in rec.logits.suppressed if readable_token(t.token)),
+            neighbours=tuple((i, s, tuple(t.token for t in theirs.get(i, ()) if readable_token(t.token))) for i, s in near),
         )
 
     def labelled(self, source: str, judge_model: str) -> set[int]:
@@ -219,9 +220,3 @@ class FeatureStoreLabels:
             except json.JSONDecodeError:
                 continue  # a line cut by a kill
         return out
-
-
-def _readable(token: str) -> bool:
-    """A token that reads as text on its own: byte-level BPE's pieces of a multi-byte character (one
-    byte of a CJK letter or an emoji) decode alone to U+FFFD, which tells a judge or a label nothing."""
-    return "\ufffd" not in token

@@ -35,6 +35,12 @@ OFFLINE_MODEL = "offline/token-stats"
 OFFLINE_PROMPT_VERSION = "offline-v1"
 
 
+def readable_token(t: str) -> bool:
+    """A token that reads as text on its own: byte-level BPE's pieces of a multi-byte character (one
+    byte of a CJK letter or an emoji) decode alone to U+FFFD, which tells a judge or a label nothing."""
+    return "\ufffd" not in t
+
+
 def norm_token(t: str) -> str:
     """Case- and space-insensitive form of a token ("Ġocean", " Ocean" -> "ocean")."""
     t = t.replace("\u0120", " ").replace("\u2581", " ")
