@@ -69,12 +69,16 @@ class Member:
     spec: SAESpec
     sae: SAE
     optimizer: torch.optim.Optimizer
-    lr: float
     since_fired_F: Tensor  # int64 [F]: tokens since each latent last fired
-    group_lrs: tuple[float, ...]  # peak LR of each optimiser param group (`param_groups`; the first is lr)
+    group_lrs: tuple[float, ...]  # peak LR of each optimiser param group (`param_groups`; the first is the SAE's)
     consecutive_nonfinite: int = 0
     skipped_steps: int = 0
     workspace: StepWorkspace = field(default_factory=StepWorkspace)  # the fast step's reused buffers
+
+    @property
+    def lr(self) -> float:
+        """The SAE's peak LR (its weights' group)."""
+        return self.group_lrs[0]
 
     @property
     def name(self) -> str:
@@ -124,7 +128,7 @@ def build_member(spec: SAESpec, index: int, d_in: int, cfg: RunConfig, device: t
                      **spec.sae_config_fields(), **mode)
     lr = sae_lr(spec, cfg.optim)
     groups = param_groups(sae, lr, cfg)
-    return Member(spec, sae, make_optimizer(groups, lr, cfg), lr,
+    return Member(spec, sae, make_optimizer(groups, lr, cfg),
                   torch.zeros(spec.d_sae, dtype=torch.int64, device=device), tuple(g["lr"] for g in groups))
 
 
@@ -342,7 +346,6 @@ class Trainer:
                     f"param group(s), this version trains it with {n_now} (JumpReLU thresholds have their own step "
                     f"size now); it cannot resume exactly: start a new run", field="jumprelu_threshold_lr")
             m.optimizer.load_state_dict(optim_state)
-            m.lr = float(saved["lr"])
             m.consecutive_nonfinite = int(saved["consecutive_nonfinite"])
             m.skipped_steps = int(saved["skipped_steps"])
         self.step = int(state["step"])
