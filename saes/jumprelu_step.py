@@ -65,7 +65,9 @@ def jumprelu_grads(sae, x_BD: Tensor, dead_mask_F: Tensor | None, step: int, enc
 
     # the sparsity penalty (its coefficient warmed up by step)
     coef = cfg.sparsity_coefficient(step)
-    norms_F = W_dec.norm(dim=1)  # constants of the objective (saes/jumprelu.py)
+    # decoder row norms, constants of the objective (saes/jumprelu.py): only tanh and the pre-act loss use them
+    uses_norms = cfg.jumprelu_sparsity_loss_mode != "step" or cfg.pre_act_loss_coefficient > 0
+    norms_F = W_dec.norm(dim=1) if uses_norms else None
     dt_F = torch.zeros(Fdim, dtype=dtype, device=dev)
     dpre_N = torch.zeros_like(vals_N)
     to_input = cfg.jumprelu_ste_to_input  # the straight-through estimates reach pre too (Anthropic)
