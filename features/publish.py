@@ -51,7 +51,7 @@ from features.publishfields import PublishError, check_rows
 from saes.fileio import atomic_write_bytes
 
 __all__ = ["NeuronpediaInfo", "export_neuronpedia", "export_saedashboard", "check_neuronpedia_export",
-           "check_saedashboard_batch"]
+           "check_saedashboard_batch", "check_neuronpedia_id", "neuronpedia_id"]
 
 _TABLE_FILES = {"model": "model.jsonl", "source": "source.jsonl", "sourceset": "sourceset.jsonl",
                 "release": "release.jsonl"}
@@ -59,6 +59,26 @@ _BATCHED = ("features", "activations", "explanations", "explanation_scores")
 
 
 # ------------------------------------------------------------------------------------------------
+
+
+# The one rule for the names that become Neuronpedia / SAEDashboard ids and folder names (model id,
+# source set): letters, digits, '.', '_' or '-', starting with a letter or digit.
+_ID_CHARS = "A-Za-z0-9._-"
+_ID_RULE = re.compile(f"[A-Za-z0-9][{_ID_CHARS}]*")
+
+
+def check_neuronpedia_id(what: str, value: Any) -> None:
+    """Refuse a `value` (named `what`) that breaks the id rule."""
+    if not isinstance(value, str) or not _ID_RULE.fullmatch(value):
+        raise ValueError(f"{what} must be letters, digits, '.', '_' or '-' (starting with a letter or digit), "
+                         f"got {value!r}")
+
+
+def neuronpedia_id(name: str) -> str | None:
+    """`name` made to follow the id rule (runs of other characters become '-', leading and trailing
+    '-', '.', '_' go), or None when nothing is left."""
+    cleaned = re.sub(f"[^{_ID_CHARS}]+", "-", str(name)).strip("-._")
+    return cleaned if _ID_RULE.fullmatch(cleaned) else None
 
 
 @dataclass
@@ -79,9 +99,7 @@ class NeuronpediaInfo:
 
     def __post_init__(self) -> None:
         for name in ("model_id", "source_set"):
-            v = getattr(self, name)
-            if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
-                raise ValueError(f"NeuronpediaInfo.{name} must be letters, digits, '.', '_' or '-', got {v!r}")
+            check_neuronpedia_id(f"NeuronpediaInfo.{name}", getattr(self, name))
         if self.batch_size < 1:
             raise ValueError("NeuronpediaInfo.batch_size must be >= 1")
 
@@ -376,6 +394,8 @@ def export_saedashboard(store: Any, path: str | os.PathLike, *, model_id: str, s
                         layer: int | None = None, latents: Sequence[int] | None = None, dataset: str = "",
                         n_prompts: int = 0) -> Path:
     """One SAEDashboard-style batch JSON of the store's live latents (or just `latents`)."""
+    check_neuronpedia_id("model_id", model_id)
+    check_neuronpedia_id("source_set", source_set)
     layer = _layer_of(store, layer)
     feats = []
     for rec in _iter_latents(store, latents):

@@ -127,3 +127,31 @@ def test_the_cli_names_the_model_for_neuronpedia_from_the_store_record(store, tm
     assert r.rc == 2 and "--model-id must be letters" in r.err and "NeuronpediaInfo" not in r.err
     saesteer("features", "export", st.path, tmp_path / "d.json", "--format", "saedashboard", "--limit", 2).ok()
     assert json.loads((tmp_path / "d.json").read_text())["model_id"] == want
+
+
+@pytest.mark.parametrize("name", ["EleutherAI/pythia-70m", "my model (v2)", "--x--", "..", "ünïcode-名前", "gpt2@main",
+                                  "_private", "a.b_c-d"])
+def test_one_id_rule_for_the_default_name_and_the_check(name):
+    """The CLI's default --model-id (the store's model name cleaned up) and the check of a given one
+    are the one rule of features.publish: a cleaned name always passes the check, whatever it was."""
+    from features.publish import check_neuronpedia_id, neuronpedia_id
+
+    cleaned = neuronpedia_id(name.rstrip("/").split("/")[-1])
+    if cleaned is None:
+        with pytest.raises(ValueError, match="letters, digits"):
+            check_neuronpedia_id("model_id", name)
+    else:
+        NeuronpediaInfo(model_id=cleaned, source_set=cleaned)  # passes
+        assert neuronpedia_id(cleaned) == cleaned  # already clean: unchanged
+
+
+def test_saedashboard_ids_follow_the_same_rule(store, tmp_path):
+    """SAEDashboard's model_id / sae_set become Neuronpedia ids too: the same rule refuses a bad one
+    (the export once wrote any string), and the CLI names the flag."""
+    from helpers.real_cli import saesteer
+
+    _, st = store
+    with pytest.raises(ValueError, match="model_id must be letters"):
+        export_saedashboard(st, tmp_path / "d.json", model_id="a b", source_set="test")
+    r = saesteer("features", "export", st.path, tmp_path / "d.json", "--format", "saedashboard", "--model-id", "a/b")
+    assert r.rc == 2 and "--model-id must be letters" in r.err and not (tmp_path / "d.json").exists()
