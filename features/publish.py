@@ -22,7 +22,8 @@ Explanation, ExplanationScore, Model, Source, SourceSet, SourceRelease):
 
 Batches hold `batch_size` latents. Ids are deterministic (store fingerprint + row), so a re-export
 gives the same files. What the store does not have is written empty, as Neuronpedia's own
-defaults (correlated neurons, logit histograms, DFA values).
+defaults (correlated neurons, logit histograms, DFA values). Correlated features are the store's
+`correlations` (Pearson and cosine of activations, see `_correlated_features`).
 
 SAEDashboard (github.com/jbloomAus/SAEDashboard) writes one `batch-N.json` per batch of latents:
 `{model_id, layer, sae_set, sae_id_suffix, features: [...]}` with the feature and activation
@@ -151,6 +152,17 @@ def _hist(rec) -> tuple[list[float], list[float]]:
     return counts, [round((i + 0.5) * w, 6) for i in range(len(counts))]
 
 
+def _correlated_features(rec) -> dict[str, list]:
+    """SAEDashboard's feature table "correlated features", as its converter writes it: the latents
+    most correlated with this one by activation over all tokens, descending Pearson correlation
+    (`_indices`, `_pearson`), and the cosine similarity of the same two activation vectors, which
+    the format calls `_l1`. Empty for a store built before correlations were kept. (Co-activation
+    neighbours, a Jaccard index of co-firing, have no field in these formats.)"""
+    return {"correlated_features_indices": [int(c.latent) for c in rec.correlated],
+            "correlated_features_pearson": [_finite(c.pearson) for c in rec.correlated],
+            "correlated_features_l1": [_finite(c.cossim) for c in rec.correlated]}
+
+
 def _iter_latents(store: Any, latents: Sequence[int] | None):
     if latents is None:
         latents = [r.latent for r in store.list_features(sort="latent", filter={"alive_only": True}, limit=store.d_sae)]
@@ -211,8 +223,7 @@ def _feature_row(ex: _NeuronpediaExport, rec) -> dict:
         "logits_hist_data_bar_heights": [], "logits_hist_data_bar_values": [],
         "neuron_alignment_indices": [], "neuron_alignment_l1": [], "neuron_alignment_values": [],
         "correlated_neurons_indices": [], "correlated_neurons_l1": [], "correlated_neurons_pearson": [],
-        "correlated_features_indices": [], "correlated_features_l1": [], "correlated_features_pearson": [],
-        "decoder_weights_dist": [],
+        **_correlated_features(rec), "decoder_weights_dist": [],
         "neg_str": [t.token for t in supp], "neg_values": [_finite(t.value) for t in supp],
         "pos_str": [t.token for t in prom], "pos_values": [_finite(t.value) for t in prom],
         "sourceSetName": info.source_set,
@@ -414,8 +425,7 @@ def export_saedashboard(store: Any, path: str | os.PathLike, *, model_id: str, s
         feats.append({
             "feature_index": int(rec.latent), "neuron_alignment_indices": [], "neuron_alignment_values": [],
             "neuron_alignment_l1": [], "correlated_neurons_indices": [], "correlated_neurons_l1": [],
-            "correlated_neurons_pearson": [], "correlated_features_indices": [int(n.latent) for n in rec.coact_neighbours],
-            "correlated_features_l1": [], "correlated_features_pearson": [_finite(n.score) for n in rec.coact_neighbours],
+            "correlated_neurons_pearson": [], **_correlated_features(rec),
             "neg_str": [t.token for t in supp], "neg_values": [_finite(t.value) for t in supp],
             "pos_str": [t.token for t in prom], "pos_values": [_finite(t.value) for t in prom],
             "frac_nonzero": _finite(rec.stats.freq), "freq_hist_data_bar_values": centres,

@@ -106,6 +106,16 @@ class Neighbour:
 
 
 @dataclass(frozen=True)
+class Correlated:
+    """A latent correlated with another by activation (over every token of the build's pass)."""
+
+    latent: int
+    pearson: float  # Pearson correlation of the two activations
+    cossim: float  # cosine similarity of the two activation vectors
+    label: str | None = None
+
+
+@dataclass(frozen=True)
 class ParentLink:
     parent_latent: int
     child_latent: int
@@ -214,6 +224,7 @@ class FeatureRecord:
     scores: list[Score]  # scores of the current label (and unlabelled scores), newest first
     recommended_strength: float | None
     strength_source: str | None
+    correlated: list[Correlated] = field(default_factory=list)  # descending Pearson; empty in older stores
 
     @property
     def flags(self) -> tuple[str, ...]:

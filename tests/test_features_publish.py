@@ -155,3 +155,81 @@ def test_saedashboard_ids_follow_the_same_rule(store, tmp_path):
         export_saedashboard(st, tmp_path / "d.json", model_id="a b", source_set="test")
     r = saesteer("features", "export", st.path, tmp_path / "d.json", "--format", "saedashboard", "--model-id", "a/b")
     assert r.rc == 2 and "--model-id must be letters" in r.err and not (tmp_path / "d.json").exists()
+
+
+def _dense_correlations(acts_RF, n):
+    """SAEDashboard's definition, from every token's activations [R, F]: per latent, the n others with
+    the largest Pearson correlation (descending; here only positive ones), and the cosine similarity
+    of the same two activation vectors."""
+    import torch
+
+    a = acts_RF.double()
+    c = a - a.mean(0)
+    pearson = (c.T @ c) / (c.norm(dim=0)[:, None] * c.norm(dim=0)[None, :]).clamp(min=1e-300)
+    cos = (a.T @ a) / (a.norm(dim=0)[:, None] * a.norm(dim=0)[None, :]).clamp(min=1e-300)
+    pearson.fill_diagonal_(-2)
+    out = {}
+    for f in range(a.shape[1]):
+        order = sorted((g for g in range(a.shape[1]) if pearson[f, g] > 0), key=lambda g: (-float(pearson[f, g]), g))[:n]
+        out[f] = (order, [float(pearson[f, g]) for g in order], [float(cos[f, g]) for g in order])
+    return out
+
+
+def test_correlated_features_are_the_pearson_correlation_of_activations(tmp_path):
+    """correlated_features_indices / _pearson / _l1 mean what SAEDashboard's feature tables mean (its
+    RollingCorrCoef.topk_pearson, written by its Neuronpedia converter): the latents whose activations
+    over every token correlate most with this one's, in descending Pearson order, and the cosine
+    similarity of the same activation vectors under `_l1`. Recomputed from the dense activations of
+    all tokens; the store's estimate is exact here (every latent fires at most n_quantile times, at
+    most k <= coact_kmax latents per token). The export once wrote co-activation Jaccard indices as
+    `_pearson` and left `_l1` empty."""
+    import torch
+
+    from features import FeatureStore, build_feature_store
+    from helpers.feature_fixtures import WordTokenizer, make_sae, random_source, small_config
+
+    src = random_source(seed=3, n_contexts=12, context_length=8, d_in=8)
+    sae = make_sae("topk", d_in=8, d_sae=24, seed=3, k=3)
+    cfg = small_config(n_quantile=128, coact_kmax=8, n_neighbours=4)
+    path = tmp_path / "s.db"
+    build_feature_store(path, sae, src, cfg, tokenizer=WordTokenizer(), progress=False)
+    with torch.no_grad():
+        acts = torch.cat([sae.encode(b.acts_BD) for b in src.batches(0, 100)]).clamp(min=0)
+    assert int((acts > 0).sum(0).max()) <= cfg.n_quantile  # the exact case
+    want = _dense_correlations(acts, cfg.n_neighbours)
+    with FeatureStore.open(path) as st:
+        batch = json.loads(export_saedashboard(st, tmp_path / "d.json", model_id="m", source_set="s").read_text())
+        root = export_neuronpedia(st, tmp_path / "np", NeuronpediaInfo(model_id="m", source_set="s"))
+    np_rows = {int(r["index"]): r for f in (root / "features").glob("*.gz") for r in _rows(f)}
+    checked = 0
+    for feat in batch["features"]:
+        f = feat["feature_index"]
+        ids, pearson, cos = want[f]
+        for row in (feat, np_rows[f]):
+            assert row["correlated_features_indices"] == ids, f
+            assert row["correlated_features_pearson"] == pytest.approx(pearson, abs=1e-5), f
+            assert row["correlated_features_l1"] == pytest.approx(cos, abs=1e-5), f
+            assert row["correlated_features_pearson"] == sorted(row["correlated_features_pearson"], reverse=True)
+        checked += len(ids)
+    assert checked > len(batch["features"])  # most latents have correlated ones
+
+
+def test_a_store_built_before_correlations_exports_them_empty(store, tmp_path):
+    """A store from before the `correlations` table (opened read-only, so nothing adds it) reads and
+    exports with the correlated-features fields empty, as Neuronpedia's defaults have them."""
+    import sqlite3
+
+    _, st = store
+    old = tmp_path / "old.db"
+    shutil.copy(st.path, old)
+    with sqlite3.connect(old) as db:
+        db.execute("DROP TABLE correlations")
+    from features import FeatureStore
+
+    with FeatureStore.open(old) as ro:
+        batch = json.loads(export_saedashboard(ro, tmp_path / "d.json", model_id="m", source_set="s").read_text())
+        assert all(not ro.feature(f["feature_index"]).correlated for f in batch["features"])
+    assert {(len(f["correlated_features_indices"]), len(f["correlated_features_pearson"]),
+             len(f["correlated_features_l1"])) for f in batch["features"]} == {(0, 0, 0)}
+    with FeatureStore.open(st.path) as new:  # the same store as built now has them
+        assert any(new.feature(f["feature_index"]).correlated for f in batch["features"])

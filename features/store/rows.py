@@ -74,6 +74,16 @@ class NeighbourRow(NamedTuple):
     count: int | None  # co-activations (coact only)
 
 
+class CorrelationRow(NamedTuple):
+    """One of a latent's most correlated latents by activation (table `correlations`)."""
+
+    latent: int
+    rank: int  # 0 = the largest Pearson correlation
+    other_latent: int
+    pearson: float  # Pearson correlation of the two latents' activations over every token
+    cossim: float  # cosine similarity of the same two activation vectors
+
+
 class SearchTextRow(NamedTuple):
     """A latent's full-text search row (table `feature_fts`, rowid = latent)."""
 
