@@ -152,6 +152,18 @@ def _hist(rec) -> tuple[list[float], list[float]]:
     return counts, [round((i + 0.5) * w, 6) for i in range(len(counts))]
 
 
+def _activation_bin(rec, activation: float) -> tuple[float, float, float] | None:
+    """The histogram bin holding `activation`, as SAEDashboard's quantile groups describe theirs
+    ("INTERVAL lo - hi, CONTAINS x%"): (bin_min, bin_max, the fraction of all tokens whose activation
+    lies in [bin_min, bin_max)); None without a histogram."""
+    counts, w = rec.histogram.counts, rec.histogram.bin_width
+    total = sum(counts)
+    if not counts or not w or w <= 0 or total <= 0:
+        return None
+    i = min(max(int(activation // w), 0), len(counts) - 1)
+    return i * w, (i + 1) * w, _finite(rec.stats.freq) * counts[i] / total
+
+
 def _correlated_features(rec) -> dict[str, list]:
     """SAEDashboard's feature table "correlated features", as its converter writes it: the latents
     most correlated with this one by activation over all tokens, descending Pearson correlation
@@ -243,14 +255,14 @@ def _activation_rows(ex: _NeuronpediaExport, rec) -> list[dict]:
         if not vals or max(vals) <= 0:
             continue
         top = max(range(len(vals)), key=lambda k: vals[k])
-        q = e.kind == "quantile"
+        b = _activation_bin(rec, _finite(e.activation)) if e.kind == "quantile" else None
         rows.append({
             "id": _uid(ex.fp, "act", e.id), "modelId": info.model_id, "layer": ex.source_id, "index": str(rec.latent),
             "creatorId": info.creator_id, "dataSource": info.dataset, "dataIndex": str(e.seq_index),
             "tokens": list(e.tokens), "maxValue": vals[top], "minValue": min(vals), "values": vals,
             "maxValueTokenIndex": top, "dfaValues": [], "dfaMaxValue": None, "dfaTargetIndex": None,
-            "binContains": _finite(e.quantile) if q else None, "binMin": _finite(e.activation) if q else None,
-            "binMax": _finite(e.activation) if q else None, "qualifyingTokenIndex": int(e.centre),
+            "binContains": b[2] if b else None, "binMin": b[0] if b else None,
+            "binMax": b[1] if b else None, "qualifyingTokenIndex": int(e.centre),
             "lossValues": [], "createdAt": ex.now,
         })
     return rows
@@ -418,10 +430,11 @@ def export_saedashboard(store: Any, path: str | os.PathLike, *, model_id: str, s
             vals = [_finite(a) for a in e.acts]
             if not vals or max(vals) <= 0:
                 continue
-            q = e.kind == "quantile"
-            acts.append({"bin_min": _finite(e.activation) if q else -1.0, "bin_max": _finite(e.activation) if q else -1.0,
-                         "bin_contains": _finite(e.quantile) if q else -1.0, "tokens": list(e.tokens), "values": vals,
-                         "qualifying_token_index": int(e.centre)})
+            # SAEDashboard's groups: top activations (-1, the max, -1), else the interval the example is in
+            b = _activation_bin(rec, _finite(e.activation)) if e.kind == "quantile" else None
+            bin_min, bin_max, contains = b if b else (-1.0, _finite(rec.stats.max_act), -1.0)
+            acts.append({"bin_min": bin_min, "bin_max": bin_max, "bin_contains": contains, "tokens": list(e.tokens),
+                         "values": vals, "qualifying_token_index": int(e.centre)})
         feats.append({
             "feature_index": int(rec.latent), "neuron_alignment_indices": [], "neuron_alignment_values": [],
             "neuron_alignment_l1": [], "correlated_neurons_indices": [], "correlated_neurons_l1": [],

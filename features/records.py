@@ -100,8 +100,8 @@ class LogitEffects:
 @dataclass(frozen=True)
 class Neighbour:
     latent: int
-    score: float  # cosine (decoder) or Jaccard index of co-firing (coact)
-    count: int | None = None  # co-firing count (coact)
+    score: float  # cosine (decoder) or estimated Jaccard index of co-firing (coact)
+    count: int | None = None  # coact: in how many of this latent's sampled firings (<= n_quantile) the other fired
     label: str | None = None
 
 

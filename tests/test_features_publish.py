@@ -175,43 +175,77 @@ def _dense_correlations(acts_RF, n):
     return out
 
 
-def test_correlated_features_are_the_pearson_correlation_of_activations(tmp_path):
-    """correlated_features_indices / _pearson / _l1 mean what SAEDashboard's feature tables mean (its
-    RollingCorrCoef.topk_pearson, written by its Neuronpedia converter): the latents whose activations
-    over every token correlate most with this one's, in descending Pearson order, and the cosine
-    similarity of the same activation vectors under `_l1`. Recomputed from the dense activations of
-    all tokens; the store's estimate is exact here (every latent fires at most n_quantile times, at
-    most k <= coact_kmax latents per token). The export once wrote co-activation Jaccard indices as
-    `_pearson` and left `_l1` empty."""
+@pytest.fixture(scope="module")
+def dense(tmp_path_factory):
+    """A store built over a small random source, with every token's activations [R, F] beside it and
+    both exports of it: (cfg, acts_RF, SAEDashboard batch, {latent: Neuronpedia features row},
+    Neuronpedia activation rows). Every latent fires at most n_quantile times, at most k <= coact_kmax
+    latents per token: the store's sampled statistics are exact."""
     import torch
 
     from features import FeatureStore, build_feature_store
     from helpers.feature_fixtures import WordTokenizer, make_sae, random_source, small_config
 
+    tmp = tmp_path_factory.mktemp("dense")
     src = random_source(seed=3, n_contexts=12, context_length=8, d_in=8)
     sae = make_sae("topk", d_in=8, d_sae=24, seed=3, k=3)
     cfg = small_config(n_quantile=128, coact_kmax=8, n_neighbours=4)
-    path = tmp_path / "s.db"
-    build_feature_store(path, sae, src, cfg, tokenizer=WordTokenizer(), progress=False)
+    build_feature_store(tmp / "s.db", sae, src, cfg, tokenizer=WordTokenizer(), progress=False)
     with torch.no_grad():
         acts = torch.cat([sae.encode(b.acts_BD) for b in src.batches(0, 100)]).clamp(min=0)
     assert int((acts > 0).sum(0).max()) <= cfg.n_quantile  # the exact case
+    with FeatureStore.open(tmp / "s.db") as st:
+        batch = json.loads(export_saedashboard(st, tmp / "d.json", model_id="m", source_set="s").read_text())
+        root = export_neuronpedia(st, tmp / "np", NeuronpediaInfo(model_id="m", source_set="s"))
+    np_feats = {int(r["index"]): r for f in (root / "features").glob("*.gz") for r in _rows(f)}
+    np_acts = [r for f in (root / "activations").glob("*.gz") for r in _rows(f)]
+    return cfg, acts, batch, np_feats, np_acts
+
+
+def test_correlated_features_are_the_pearson_correlation_of_activations(dense):
+    """correlated_features_indices / _pearson / _l1 mean what SAEDashboard's feature tables mean (its
+    RollingCorrCoef.topk_pearson, written by its Neuronpedia converter): the latents whose activations
+    over every token correlate most with this one's, in descending Pearson order, and the cosine
+    similarity of the same activation vectors under `_l1`. Recomputed from the dense activations of
+    all tokens. The export once wrote co-activation Jaccard indices as `_pearson` and left `_l1` empty."""
+    cfg, acts, batch, np_feats, _ = dense
     want = _dense_correlations(acts, cfg.n_neighbours)
-    with FeatureStore.open(path) as st:
-        batch = json.loads(export_saedashboard(st, tmp_path / "d.json", model_id="m", source_set="s").read_text())
-        root = export_neuronpedia(st, tmp_path / "np", NeuronpediaInfo(model_id="m", source_set="s"))
-    np_rows = {int(r["index"]): r for f in (root / "features").glob("*.gz") for r in _rows(f)}
     checked = 0
     for feat in batch["features"]:
         f = feat["feature_index"]
         ids, pearson, cos = want[f]
-        for row in (feat, np_rows[f]):
+        for row in (feat, np_feats[f]):
             assert row["correlated_features_indices"] == ids, f
             assert row["correlated_features_pearson"] == pytest.approx(pearson, abs=1e-5), f
             assert row["correlated_features_l1"] == pytest.approx(cos, abs=1e-5), f
             assert row["correlated_features_pearson"] == sorted(row["correlated_features_pearson"], reverse=True)
         checked += len(ids)
     assert checked > len(batch["features"])  # most latents have correlated ones
+
+
+def test_activation_bins_are_intervals_and_the_share_of_tokens_in_them(dense):
+    """An example's bin fields mean what SAEDashboard's quantile groups mean ("INTERVAL lo - hi,
+    CONTAINS x%"): bin_min / bin_max bound the activation interval the example's token lies in, and
+    bin_contains is the fraction of all tokens whose activation lies in that interval; top examples
+    are SAEDashboard's top group (-1, the max activation, -1). The exports once wrote the example's
+    own activation as both bounds and its quantile (a CDF position) as bin_contains."""
+    _, acts, batch, _, np_acts = dense
+    n_rows = acts.shape[0]
+    seen = 0
+    rows = [(f["feature_index"], a["bin_min"], a["bin_max"], a["bin_contains"], a["values"][a["qualifying_token_index"]])
+            for f in batch["features"] for a in f["activations"]]
+    rows += [(int(a["index"]), a["binMin"], a["binMax"], a["binContains"], a["values"][a["qualifyingTokenIndex"]])
+             for a in np_acts if a["binMin"] is not None]
+    for f, lo, hi, contains, value in rows:
+        if lo == -1:  # SAEDashboard's top group
+            assert contains == -1 and hi == pytest.approx(float(acts[:, f].max()))
+            continue
+        assert lo <= value < hi, (f, lo, value, hi)
+        share = float(((acts[:, f] >= lo) & (acts[:, f] < hi) & (acts[:, f] > 0)).sum()) / n_rows
+        assert contains == pytest.approx(share, abs=1e-9), f
+        seen += 1
+    assert seen > len(batch["features"])
+    assert all(a["binMin"] is None and a["binContains"] is None for a in np_acts if a["binMax"] is None)
 
 
 def test_a_store_built_before_correlations_exports_them_empty(store, tmp_path):

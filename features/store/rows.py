@@ -71,7 +71,7 @@ class NeighbourRow(NamedTuple):
     rank: int
     other_latent: int
     score: float
-    count: int | None  # co-activations (coact only)
+    count: int | None  # coact only: co-firings in this latent's sample of firing events (<= n_quantile)
 
 
 class CorrelationRow(NamedTuple):
