@@ -192,13 +192,13 @@ def _texts_as_trained(args, text, loaded: dict, ident, cache_text, say) -> dict:
             if own is None:
                 continue  # records nothing: decided below
         trained_on = _training_texts({name: item}) or ([cache_text] if cache_text else [])
-        own = _read_as_trained(args, own, {name: item}, trained_on, say)
+        own = _read_as_trained(args, own, item, trained_on, say)
         fallback = fallback or own
-        out[name] = _packed_as_trained(args, own, {name: item}, say)
+        out[name] = _packed_as_trained(args, own, item, say)
     for name, item in loaded.items():
         if name not in out:
             base = fallback if fallback is not None else _recorded_text(text, {}, ident, say)
-            out[name] = _packed_as_trained(args, base, {name: item}, say)
+            out[name] = _packed_as_trained(args, base, item, say)
     return {n: out[n] for n in loaded}
 
 
@@ -308,20 +308,19 @@ def _recorded_text(text, loaded: dict, ident, say, required: bool = True):
 READING_FLAGS = {"text_column": "--text-column", "txt_documents": "--txt-documents"}
 
 
-def _read_as_trained(args, text, loaded: dict, trained_on: list, say):
-    """`text` read as training read it (its text column, .txt reading) when it is the SAEs' training
-    data or the CE text their training read, for each of those not given as a flag: a dataset whose
-    text is in 'content' was trained on with --text-column content, and eval without it failed on the
-    very text training recorded. Called per SAE (`_texts_as_trained`)."""
+def _read_as_trained(args, text, item, trained_on: list, say):
+    """`text` read as the SAE `item`'s training read it (its text column, .txt reading) when it is
+    that SAE's training data (`trained_on`) or the CE text its training read, for each of those not
+    given as a flag: a dataset whose text is in 'content' was trained on with --text-column content,
+    and eval without it failed on the very text training recorded."""
+    ce_set = (((item.provenance or {}).get("data") or {}).get("ce_eval_data") or {}).get("dataset")
     for train_text, _ in trained_on:
-        ce_sets = {((x.provenance or {}).get("data") or {}).get("ce_eval_data", {}).get("dataset")
-                   for x in loaded.values()}
-        if text.dataset != train_text.dataset and text.dataset not in ce_sets:
+        if text.dataset not in (train_text.dataset, ce_set):
             continue
         changes = {k: getattr(train_text, k) for k in READING_FLAGS
                    if not hasattr(args, k) and getattr(train_text, k) != getattr(text, k)}
         if changes:
-            say("held-out text read as the SAEs' training read it: "
+            say("held-out text read as the SAE's training read it: "
                 + ", ".join(f"{READING_FLAGS[k]} {v}" for k, v in changes.items()) + " (give the flag to choose another)")
             return dataclasses.replace(text, **changes)
         return text
@@ -331,47 +330,33 @@ def _read_as_trained(args, text, loaded: dict, trained_on: list, say):
 PACKING_FLAGS = {"context_length": "--context-length", "bos_policy": "--bos-policy", "separator": "--separator"}
 
 
-def _packed_as_trained(args, text, loaded: dict, say):
-    """`text` packed as the SAEs were trained (context length, BOS policy, separator), for each of
-    those not given as a flag: from the training text the SAEs record (their cache's manifest), else
-    from cfg.json (`context_size`, `prepend_bos`). An SAE fed longer contexts or another BOS than it
-    was trained on reads other activations, so the flag defaults would silently measure something
-    else. Called per SAE (`_texts_as_trained`); SAEs given together that disagree (a folder's
-    SAE with two records) keep the defaults, and a note says so."""
+def _packed_as_trained(args, text, item, say):
+    """`text` packed as the SAE `item` was trained (context length, BOS policy, separator), for each
+    of those not given as a flag: from the training text it records (its cache's manifest), else from
+    cfg.json (`context_size`, `prepend_bos`). An SAE fed longer contexts or another BOS than it was
+    trained on reads other activations, so the flag defaults would silently measure something else."""
     from pathlib import Path
 
     from training.sources import training_text_of
 
-    wanted: dict[str, set] = {k: set() for k in PACKING_FLAGS}
-    for item in loaded.values():
-        data = (item.provenance or {}).get("data") or {}
-        meta = item.sae.cfg.metadata or {}
-        # packing is recorded in the cache's manifest (while it is there) or, without a cache, in data.text
-        recorded = data.get("text") or (data.get("cache") and (Path(data["cache"]) / "manifest.json").is_file())
-        got = training_text_of(data) if recorded else None
-        if got is not None:
-            trained = got[0]
-            for k in PACKING_FLAGS:
-                wanted[k].add(getattr(trained, k))
-            continue
+    data = (item.provenance or {}).get("data") or {}
+    meta = item.sae.cfg.metadata or {}
+    wanted: dict = {}
+    # packing is recorded in the cache's manifest (while it is there) or, without a cache, in data.text
+    recorded = data.get("text") or (data.get("cache") and (Path(data["cache"]) / "manifest.json").is_file())
+    got = training_text_of(data) if recorded else None
+    if got is not None:
+        wanted = {k: getattr(got[0], k) for k in PACKING_FLAGS}
+    else:
         if meta.get("context_size"):
-            wanted["context_length"].add(int(meta["context_size"]))
+            wanted["context_length"] = int(meta["context_size"])
         if meta.get("prepend_bos") is not None:
-            wanted["bos_policy"].add("prepend" if meta["prepend_bos"] else "none")
-    changes = {}
-    for k, flag in PACKING_FLAGS.items():
-        if hasattr(args, k) or not wanted[k]:
-            continue  # given on the command line, or nothing recorded
-        if len(wanted[k]) > 1:
-            say(f"note: the SAEs were trained with different {flag} ({', '.join(map(str, sorted(wanted[k])))}); "
-                f"evaluating with {getattr(text, k)} (give {flag} to choose)")
-            continue
-        value = next(iter(wanted[k]))
-        if value != getattr(text, k):
-            changes[k] = value
+            wanted["bos_policy"] = "prepend" if meta["prepend_bos"] else "none"
+    # a flag given on the command line wins; nothing recorded keeps the flag default
+    changes = {k: v for k, v in wanted.items() if not hasattr(args, k) and v != getattr(text, k)}
     if not changes:
         return text
-    say("contexts packed as the SAEs were trained: " + ", ".join(f"{PACKING_FLAGS[k]} {v}" for k, v in changes.items())
+    say("contexts packed as the SAE was trained: " + ", ".join(f"{PACKING_FLAGS[k]} {v}" for k, v in changes.items())
         + " (give the flag to choose another)")
     return dataclasses.replace(text, **changes)
 
