@@ -356,7 +356,10 @@ def export_neuronpedia(store: Any, out: str | os.PathLike, info: NeuronpediaInfo
         check_rows(table, [row])
         _write_jsonl(root / _TABLE_FILES[table], [row], gz=False)
 
-    layout = next((k for k in store.feature_map_methods() if k.startswith("decoder")), None)
+    # Neuronpedia's umap_x / umap_y: the decoder map's UMAP layout when the store has one, else another
+    # decoder layout (e.g. decoder-pca, which sorts first)
+    maps = [k for k in store.feature_map_methods() if k.startswith("decoder")]
+    layout = "decoder-umap" if "decoder-umap" in maps else next(iter(maps), None)
     xy = {i: (x, y) for i, x, y in store.feature_map(layout)} if layout else {}
     ex = _NeuronpediaExport(info, source_id, now, fp, hook, xy)
     _write_latent_batches(store, ex, root, latents)

@@ -267,3 +267,19 @@ def test_a_store_built_before_correlations_exports_them_empty(store, tmp_path):
              len(f["correlated_features_l1"])) for f in batch["features"]} == {(0, 0, 0)}
     with FeatureStore.open(st.path) as new:  # the same store as built now has them
         assert any(new.feature(f["feature_index"]).correlated for f in batch["features"])
+
+
+def test_umap_fields_take_the_umap_layout_when_the_store_has_one(store, tmp_path):
+    """umap_x / umap_y hold the decoder map's UMAP layout when there is one; the export once took
+    the first decoder layout by name, decoder-pca, even beside a decoder-umap."""
+    from features import FeatureStore
+
+    _, st = store
+    with FeatureStore.open(st.path, readonly=False) as rw:  # a UMAP layout beside the fixture's PCA one
+        pca = {i: (x, y) for i, x, y in rw.feature_map("decoder-pca")}
+        rw.write_feature_map("decoder-umap", [(i, -x - 0.5, y + 0.25) for i, (x, y) in pca.items()], {"method": "umap"})
+    with FeatureStore.open(st.path) as ro:
+        root = export_neuronpedia(ro, tmp_path / "np", NeuronpediaInfo(model_id="m", source_set="s"))
+    feats = [r for f in (root / "features").glob("*.gz") for r in _rows(f)]
+    assert feats and all((r["umap_x"], r["umap_y"]) == pytest.approx((-pca[int(r["index"])][0] - 0.5,
+                                                                       pca[int(r["index"])][1] + 0.25)) for r in feats)
