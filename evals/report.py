@@ -2,7 +2,9 @@
 
 eval.json: {"format": "saesteer.eval", "format_version": 1, "model", "data", "config",
             "saes": {name: {spec, format, architecture, d_in, d_sae, k, hook_name, model_name, source,
-                            rows_source, metrics: {...}, absorption: {...}, probing: {...}}}}
+                            rows_source, text (how its held-out text was read and packed),
+                            metrics: {...}, absorption: {...}, probing: {...}}}}
+(docs/formats.md "Evaluation report" lists the fields.)
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ _LAZY = {
     "ContextBatch": "features.source",
     "Example": "features.records",
     "FeatureFilter": "features.records",
+    "Correlated": "features.records",
     "FeatureIndexError": "features.store",
     "FeatureNotWrittenError": "features.store",
     "FeatureRecord": "features.records",

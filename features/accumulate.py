@@ -17,9 +17,10 @@ State (all tensors, saved and restored for resume; sizes depend on F, K, Q, P, W
   latent, acceptance number), so the sample does not depend on batching or on resumes);
 - a pool of P random rows (again Algorithm R) and, for each, the set of latents active anywhere
   in its window, from which each latent's non-activating contexts are drawn at the end;
-- with every reservoir event, the set of latents active on that token (at most `coact_kmax`):
-  a uniform sample of each latent's co-firing, from which P(g fires | f fires) and co-activation
-  neighbours are estimated at the end (exact for latents that fire at most Q times). Exact
+- with every reservoir event, the set of latents active on that token (at most `coact_kmax`) and
+  their activations: a uniform sample of each latent's co-firing, from which P(g fires | f fires),
+  co-activation neighbours and the Pearson correlation of activations are estimated at the end
+  (exact for latents that fire at most Q times). Exact
   pairwise counts were dropped: B*k^2 scattered increments per batch into an [F, F] (or
   [F, anchors]) table cost several times the SAE encoder itself.
 Token ids are not kept: windows are re-read from the cache when the store is written.
@@ -100,6 +101,7 @@ class FeatureAccumulator:
         s["neg_mask"] = torch.zeros(P, F, dtype=torch.bool)
         # for every reservoir event: the other latents active on that token (co-activation sample)
         s["res_lat"] = torch.full((F, Q, cfg.coact_kmax), -1, dtype=torch.int32)
+        s["res_latv"] = torch.zeros(F, Q, cfg.coact_kmax, dtype=f32)  # ... and their activations there
         self.s = s
 
     @staticmethod
@@ -306,7 +308,9 @@ class FeatureAccumulator:
         s["res_seq"][f, j] = batch.seq_index_B[r]
         s["res_pos"][f, j] = batch.positions_B[r]
         s["res_win"][f, j] = ctx.windows(r, f)
-        s["res_lat"][f, j] = ctx.row_latents(r, s["res_lat"].shape[2]).to(torch.int32)
+        lat_nK, val_nK = ctx.row_latents(r, s["res_lat"].shape[2])
+        s["res_lat"][f, j] = lat_nK.to(torch.int32)
+        s["res_latv"][f, j] = val_nK
 
     def _negatives(self, ctx: "_BatchContext", batch: ContextBatch, f_csr: Tensor, cnt_B: Tensor, rstart_B: Tensor) -> None:
         s, P = self.s, self.cfg.negative_pool
@@ -378,8 +382,9 @@ class _BatchContext:
         hit = (wr >= 0) & (self.keys_N[idx] == keys)
         return torch.where(hit, self.v_N[idx], out)
 
-    def row_latents(self, r_n: Tensor, kmax: int) -> Tensor:
-        """The latents active on each row [n, kmax] (-1 padded; the kmax strongest if more)."""
+    def row_latents(self, r_n: Tensor, kmax: int) -> tuple[Tensor, Tensor]:
+        """(the latents active on each row [n, kmax], -1 padded, the kmax strongest if more; their
+        activations there [n, kmax], 0 in padding)."""
         n = r_n.numel()
         cnt = self.cnt_B[r_n]
         width = max(int(cnt.max()) if n else 0, 1)
@@ -387,12 +392,14 @@ class _BatchContext:
         ok = torch.arange(width)[None, :] < cnt[:, None]
         ent = torch.where(ok, ent, 0)
         f_nK = torch.where(ok, self.f_csr[ent] if self.f_csr.numel() else ent, -1)
+        v_nK = torch.where(ok, self.v_csr[ent] if self.v_csr.numel() else 0.0, float("-inf"))
         if width > kmax:
-            v_nK = torch.where(ok, self.v_csr[ent], float("-inf"))
             top = v_nK.topk(kmax, dim=1).indices
-            f_nK = f_nK.gather(1, top)
+            f_nK, v_nK = f_nK.gather(1, top), v_nK.gather(1, top)
         elif width < kmax:
             f_nK = torch.nn.functional.pad(f_nK, (0, kmax - width), value=-1)
+            v_nK = torch.nn.functional.pad(v_nK, (0, kmax - width), value=float("-inf"))
         # canonical order (ascending ids, padding last), whatever rows were gathered together
-        f_nK = torch.where(f_nK >= 0, f_nK, _BIG).sort(dim=1).values
-        return torch.where(f_nK == _BIG, -1, f_nK)
+        key, order = torch.where(f_nK >= 0, f_nK, _BIG).sort(dim=1)
+        v_nK = v_nK.gather(1, order)
+        return torch.where(key == _BIG, -1, key), torch.where(key == _BIG, 0.0, v_nK)

@@ -1,5 +1,6 @@
 """Weight- and count-based relations between latents: decoder-cosine neighbours, co-activation
-neighbours, logit effects through the unembedding, and Matryoshka parent/child links.
+neighbours, correlations of activations, logit effects through the unembedding, and Matryoshka
+parent/child links.
 
 Shape key: F d_sae, D d_in, V vocab, Q sampled events per latent, K latents per event, n neighbours
 kept, b block rows.
@@ -145,6 +146,66 @@ def coact_neighbours_dense(sample: CoactSample, n: int) -> Neighbours:
         sc[f0:f1, :k] = torch.where(ok, v, 0)
         cnt[f0:f1, :k] = torch.where(ok, c.gather(1, i).long(), 0)
     return Neighbours(ids, sc, cnt)
+
+
+class Correlations(NamedTuple):
+    """Each latent's most correlated latents by activation, as SAEDashboard's feature tables have
+    them: Pearson correlation and cosine similarity of the two latents' activations over every token."""
+
+    ids_Fn: Tensor  # int64, -1 where fewer than n exist
+    pearson_Fn: Tensor  # float32, descending in each row
+    cossim_Fn: Tensor  # float32, at the same latents
+
+
+def activation_correlations(sample: CoactSample, val_FQK: Tensor, self_FQ: Tensor, sum_F: Tensor, sumsq_F: Tensor,
+                            n_rows: int, n: int) -> Correlations:
+    """For every latent f, the n latents g with the largest Pearson correlation of activations over
+    all `n_rows` tokens (a latent that is silent counts 0), and the cosine similarity of the same two
+    activation vectors: SAEDashboard's `correlated_features_pearson` and `_cossim` (Neuronpedia's
+    `correlated_features_pearson` and `_l1`).
+
+    Sums and sums of squares are exact (the pass's moments); the cross sum S_fg = sum_t x_f(t) x_g(t)
+    is estimated from f's uniform sample of firing events (`sample.lat_FQK`, their activations
+    `val_FQK`, f's own `self_FQ`): (n_f / sampled) * sum over the sample of x_f x_g. Exact when f
+    fires at most Q times and at most `coact_kmax` latents fire on each of its tokens. Only pairs seen
+    in f's sample are scored and only positive correlations kept: a pair that never fires together
+    has S_fg = 0, so its correlation is negative. Ties: the lower latent first."""
+    F = sample.n_fires_F.numel()
+    ids = torch.full((F, n), -1, dtype=torch.int64)
+    pear = torch.zeros(F, n)
+    cos = torch.zeros(F, n)
+    N = float(n_rows)
+    S, SS = sum_F.double(), sumsq_F.double()
+    var = (N * SS - S * S).clamp(min=0)  # N^2 times the variance over all tokens
+    scale_F = sample.n_fires_F.double() / sample.n_sample_F.double().clamp(min=1)
+    QK = sample.lat_FQK[0].numel() if F else 1
+    b = max(1, min(_BLOCK_ELEMS // 16 // max(QK, 1), (2**62) // max(F, 1)))
+    for f0 in range(0, F, b):
+        f1 = min(F, f0 + b)
+        g_BM = sample.lat_FQK[f0:f1].reshape(f1 - f0, -1).long()
+        xy_BM = (self_FQ[f0:f1, :, None].double() * val_FQK[f0:f1].double()).reshape(f1 - f0, -1)
+        row_BM = torch.arange(f1 - f0).unsqueeze(1).expand_as(g_BM)
+        ok = (g_BM >= 0) & (g_BM != row_BM + f0)
+        keys, inv = torch.unique(row_BM[ok] * F + g_BM[ok], return_inverse=True)  # sorted by (f, g)
+        if keys.numel() == 0:
+            continue
+        sxy = torch.zeros(keys.numel(), dtype=torch.float64).index_add_(0, inv, xy_BM[ok])
+        r_P, g_P = keys // F, keys % F
+        f_P = r_P + f0
+        sxy = sxy * scale_F[f_P]
+        den = (var[f_P] * var[g_P]).sqrt()
+        p = torch.where(den > 0, (N * sxy - S[f_P] * S[g_P]) / den.clamp(min=1e-300), 0.0).clamp(-1, 1)
+        c = (sxy / (SS[f_P] * SS[g_P]).sqrt().clamp(min=1e-300)).clamp(-1, 1)
+        # within each f: descending correlation, then ascending g (stable; rows keep to (4r - 2, 4r])
+        order = torch.sort(r_P.double() * 4 - (p + 1), stable=True).indices
+        r_P, g_P, p, c = r_P[order], g_P[order], p[order], c[order]
+        first = torch.zeros(f1 - f0 + 1, dtype=torch.int64)
+        torch.cumsum(torch.bincount(r_P, minlength=f1 - f0), 0, out=first[1:])
+        rank = torch.arange(r_P.numel()) - first[r_P]
+        top = (rank < n) & (p > 0)
+        r_P, g_P, p, c, rank = r_P[top], g_P[top], p[top], c[top], rank[top]
+        ids[r_P + f0, rank], pear[r_P + f0, rank], cos[r_P + f0, rank] = g_P, p.float(), c.float()
+    return Correlations(ids, pear, cos)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -37,14 +37,16 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from features.accumulate import FeatureAccumulator
-from features.analysis import CoactSample, coact_neighbours, decoder_neighbours, logit_effects, matryoshka_links
+from features.analysis import (CoactSample, activation_correlations, coact_neighbours, decoder_neighbours,
+                               logit_effects, matryoshka_links)
 from features.config import BuildConfig
 from features.finalize import FLAG_NAMES, PassResult, finalize
 from features.fingerprint import sae_description, sae_fingerprint
 from features.records import utc_now
 from features.source import ActivationSource
 from features.store import FeatureStore, StoreError, StoreMismatchError
-from features.store.rows import ExampleRow, FeatureRow, HistogramRow, LogitRow, NeighbourRow, SearchTextRow
+from features.store.rows import (CorrelationRow, ExampleRow, FeatureRow, HistogramRow, LogitRow, NeighbourRow,
+                                 SearchTextRow)
 from features.tokentext import token_texts
 from saes.fileio import FileLock, atomic_path
 from saes.formats.base import sae_of
@@ -307,6 +309,8 @@ def _write(store: FeatureStore, sae, source, cfg: BuildConfig, res: PassResult, 
     dec_nb = decoder_neighbours(W_dec, cfg.n_neighbours)
     sample = CoactSample(res.coact_lat_FQK, res.coact_n_F, res.n_fires_F)
     co_nb = coact_neighbours(sample, cfg.n_neighbours)
+    corr = activation_correlations(sample, res.coact_val_FQK, res.coact_self_FQ, res.sum_F, res.sumsq_F, res.n_rows,
+                                   cfg.n_neighbours)
     logits = None
     if model is not None:
         if getattr(model, "W_U", None) is not None and model.W_U.shape[0] == sae.d_out:  # what the decoder writes
@@ -324,7 +328,8 @@ def _write(store: FeatureStore, sae, source, cfg: BuildConfig, res: PassResult, 
     store.set_meta(
         n_rows=res.n_rows,
         logit_method=logits.method if logits is not None else None,
-        coact={"method": "sample", "events_per_latent": cfg.n_quantile, "latents_per_event": cfg.coact_kmax},
+        coact={"method": "sample", "events_per_latent": cfg.n_quantile, "latents_per_event": cfg.coact_kmax,
+               "correlations": "pearson"},  # the store has table `correlations` (its Pearson cross sums: the sample)
         summary=summary,
     )
     done = store.written_blocks()
@@ -334,7 +339,7 @@ def _write(store: FeatureStore, sae, source, cfg: BuildConfig, res: PassResult, 
         if b in done:
             continue
         f1 = min(F, f0 + cfg.write_block)
-        rows = _block_rows(f0, f1, res, dec_norm, dec_nb, co_nb, logits, links, source, tokenizer, before, W)
+        rows = _block_rows(f0, f1, res, dec_norm, dec_nb, co_nb, corr, logits, links, source, tokenizer, before, W)
         store.write_feature_block(b, f0, f1, *rows)
         event("block", {"block": b, "first": f0, "end": f1})
 
@@ -353,7 +358,7 @@ def _searchable_text(ex: ExampleRow, bos_id: int | None) -> str:
     return text[int(np.frombuffer(ex.token_offsets, dtype="<i4")[1]):]
 
 
-def _block_rows(f0, f1, res: PassResult, dec_norm, dec_nb, co_nb, logits, links, source, tokenizer, before, W):
+def _block_rows(f0, f1, res: PassResult, dec_norm, dec_nb, co_nb, corr, logits, links, source, tokenizer, before, W):
     """The rows of one write transaction, built from whole-block arrays (no per-example tensor ops)."""
     sl = slice(f0, f1)
     ids = list(range(f0, f1))
@@ -371,13 +376,16 @@ def _block_rows(f0, f1, res: PassResult, dec_norm, dec_nb, co_nb, logits, links,
         nb_rows.extend(NeighbourRow(f, "decoder", r, o, sc, None) for r, (o, sc) in enumerate(zip(o_row, s_row)) if o >= 0)
     for f, o_row, s_row, c_row in zip(ids, co_nb.ids_Fn[sl].tolist(), co_nb.score_Fn[sl].tolist(), co_nb.count_Fn[sl].tolist()):
         nb_rows.extend(NeighbourRow(f, "coact", r, o, sc, c) for r, (o, sc, c) in enumerate(zip(o_row, s_row, c_row)) if o >= 0)
+    corr_rows = [CorrelationRow(f, r, o, p, c) for f, o_row, p_row, c_row in
+                 zip(ids, corr.ids_Fn[sl].tolist(), corr.pearson_Fn[sl].tolist(), corr.cossim_Fn[sl].tolist())
+                 for r, (o, p, c) in enumerate(zip(o_row, p_row, c_row)) if o >= 0]
     examples = _example_rows(f0, f1, res, source, tokenizer, before, W)
     top_text: dict[int, list[str]] = {}
     for ex in examples:
         if ex.kind == "top" and ex.text:
             top_text.setdefault(ex.latent, []).append(_searchable_text(ex, source.bos_id))
     fts = [SearchTextRow(f, "", "\n".join(top_text.get(f, []))) for f in ids]
-    return feats, hists, examples, logit_rows, nb_rows, fts
+    return feats, hists, examples, logit_rows, nb_rows, fts, corr_rows
 
 
 def _feature_rows(f0, f1, res: PassResult, dec_norm, links) -> list[FeatureRow]:

@@ -1,8 +1,8 @@
 """Configuration of the feature-store build (one dataclass; fields become CLI flags).
 
 Memory of the pass state, in bytes, for F latents (W = window_before + 1 + window_after):
-    F * (4*W*(top_k + n_quantile) + 4*n_quantile*coact_kmax + 8*hist_bins + ~120) + negative_pool * F
-e.g. ~100 MiB for F = 8192 with the defaults, ~800 MiB for F = 65536; it never grows with tokens.
+    F * (4*W*(top_k + n_quantile) + 8*n_quantile*coact_kmax + 8*hist_bins + ~120) + negative_pool * F
+e.g. ~130 MiB for F = 8192 with the defaults, ~1 GiB for F = 65536; it never grows with tokens.
 """
 
 from __future__ import annotations

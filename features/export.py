@@ -124,8 +124,8 @@ def _stats_html(rec: FeatureRecord) -> list[str]:
             ("p50 / p90 / p99", " / ".join(_num(q) for q in (st.q50, st.q90, st.q99))),
             ("positions", f"{st.min_pos}..{st.max_pos}" if st.min_pos is not None else ""),
             ("decoder norm", _num(st.decoder_norm))]
-    if rec.recommended_strength is not None:
-        rows.append(("recommended strength", f"{_num(rec.recommended_strength)} ({esc(rec.strength_source)})"))
+    if rec.recommended_strength is not None:  # stored in multiples of the typical max (steering.store)
+        rows.append(("recommended strength", f"{_num(rec.recommended_strength)}x typical max ({rec.strength_source})"))
     if rec.level is not None:
         rows.append(("Matryoshka level", str(rec.level)))
     parts.append("<table>" + "".join(f"<tr><td>{esc(k)}</td><td class=\"num\">{esc(v)}</td></tr>" for k, v in rows) + "</table>")
@@ -179,11 +179,22 @@ def _examples_html(store: FeatureStore, rec: FeatureRecord) -> list[str]:
             scale = st.max_act or 1.0
             parts.append(f"<h2>{esc(title)}</h2>" + "".join(
                 _example_html(without_start_bos(e, store.meta.get("bos_id")), scale) for e in exs))
-    for title, nbs in (("Decoder-cosine neighbours", rec.decoder_neighbours), ("Co-activation neighbours", rec.coact_neighbours)):
+    q = (store.meta.get("build_config") or {}).get("n_quantile")
+    n_sampled = min(st.n_fires, int(q)) if q is not None else None  # the co-activation sample's size
+    for title, score, count, nbs in (
+            ("Decoder-cosine neighbours", "cosine", "", rec.decoder_neighbours),
+            ("Co-activation neighbours", "Jaccard (est.)",
+             f"co-fired in (of {n_sampled} sampled firings)" if n_sampled is not None else "co-fired in (sampled firings)",
+             rec.coact_neighbours)):
         if nbs:
-            parts.append(f"<h2>{esc(title)}</h2><table><tr><th>feature</th><th>score</th><th>count</th></tr>" + "".join(
-                f"<tr><td>{_feature_link(n.latent, n.label)}</td><td class=\"num\">{n.score:.3f}</td>"
-                f"<td class=\"num\">{'' if n.count is None else n.count}</td></tr>" for n in nbs) + "</table>")
+            parts.append(f"<h2>{esc(title)}</h2><table><tr><th>feature</th><th>{esc(score)}</th><th>{esc(count)}</th></tr>"
+                         + "".join(f"<tr><td>{_feature_link(n.latent, n.label)}</td><td class=\"num\">{n.score:.3f}</td>"
+                                   f"<td class=\"num\">{'' if n.count is None else n.count}</td></tr>" for n in nbs)
+                         + "</table>")
+    if rec.correlated:
+        parts.append("<h2>Correlated activations</h2><table><tr><th>feature</th><th>Pearson</th><th>cosine</th></tr>"
+                     + "".join(f"<tr><td>{_feature_link(c.latent, c.label)}</td><td class=\"num\">{c.pearson:.3f}</td>"
+                               f"<td class=\"num\">{c.cossim:.3f}</td></tr>" for c in rec.correlated) + "</table>")
     return parts
 
 

@@ -26,6 +26,7 @@ class PassResult:
     std_F: Tensor
     max_F: Tensor
     sum_F: Tensor
+    sumsq_F: Tensor  # sum of squared activations (float64)
     min_pos_F: Tensor  # -1 when dead
     max_pos_F: Tensor
     bos_fires_F: Tensor
@@ -46,6 +47,8 @@ class PassResult:
     neg_seq_FG: Tensor  # -1: empty
     neg_pos_FG: Tensor
     coact_lat_FQK: Tensor  # latents active on each sampled event (reservoir order), -1 padded
+    coact_val_FQK: Tensor  # their activations on that token (0 in padding)
+    coact_self_FQ: Tensor  # the latent's own activation on each sampled event (reservoir order)
     coact_n_F: Tensor  # sampled events per latent
 
 
@@ -172,6 +175,7 @@ def finalize(acc: FeatureAccumulator) -> PassResult:
         std_F=std,
         max_F=s["max"].clone(),
         sum_F=s["sum"].clone(),
+        sumsq_F=s["sumsq"].clone(),
         min_pos_F=torch.where(dead, -1, s["min_pos"]),
         max_pos_F=s["max_pos"].clone(),
         bos_fires_F=s["bos_fires"].clone(),
@@ -192,5 +196,7 @@ def finalize(acc: FeatureAccumulator) -> PassResult:
         neg_seq_FG=neg_seq,
         neg_pos_FG=neg_pos,
         coact_lat_FQK=s["res_lat"],
+        coact_val_FQK=s["res_latv"],
+        coact_self_FQ=s["res_val"],
         coact_n_F=(s["res_val"] > float("-inf")).sum(1),
     )

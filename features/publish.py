@@ -22,7 +22,8 @@ Explanation, ExplanationScore, Model, Source, SourceSet, SourceRelease):
 
 Batches hold `batch_size` latents. Ids are deterministic (store fingerprint + row), so a re-export
 gives the same files. What the store does not have is written empty, as Neuronpedia's own
-defaults (correlated neurons, logit histograms, DFA values).
+defaults (correlated neurons, logit histograms, DFA values). Correlated features are the store's
+`correlations` (Pearson and cosine of activations, see `_correlated_features`).
 
 SAEDashboard (github.com/jbloomAus/SAEDashboard) writes one `batch-N.json` per batch of latents:
 `{model_id, layer, sae_set, sae_id_suffix, features: [...]}` with the feature and activation
@@ -51,7 +52,7 @@ from features.publishfields import PublishError, check_rows
 from saes.fileio import atomic_write_bytes
 
 __all__ = ["NeuronpediaInfo", "export_neuronpedia", "export_saedashboard", "check_neuronpedia_export",
-           "check_saedashboard_batch"]
+           "check_saedashboard_batch", "check_neuronpedia_id", "neuronpedia_id"]
 
 _TABLE_FILES = {"model": "model.jsonl", "source": "source.jsonl", "sourceset": "sourceset.jsonl",
                 "release": "release.jsonl"}
@@ -59,6 +60,26 @@ _BATCHED = ("features", "activations", "explanations", "explanation_scores")
 
 
 # ------------------------------------------------------------------------------------------------
+
+
+# The one rule for the names that become Neuronpedia / SAEDashboard ids and folder names (model id,
+# source set): letters, digits, '.', '_' or '-', starting with a letter or digit.
+_ID_CHARS = "A-Za-z0-9._-"
+_ID_RULE = re.compile(f"[A-Za-z0-9][{_ID_CHARS}]*")
+
+
+def check_neuronpedia_id(what: str, value: Any) -> None:
+    """Refuse a `value` (named `what`) that breaks the id rule."""
+    if not isinstance(value, str) or not _ID_RULE.fullmatch(value):
+        raise ValueError(f"{what} must be letters, digits, '.', '_' or '-' (starting with a letter or digit), "
+                         f"got {value!r}")
+
+
+def neuronpedia_id(name: str) -> str | None:
+    """`name` made to follow the id rule (runs of other characters become '-', leading and trailing
+    '-', '.', '_' go), or None when nothing is left."""
+    cleaned = re.sub(f"[^{_ID_CHARS}]+", "-", str(name)).strip("-._")
+    return cleaned if _ID_RULE.fullmatch(cleaned) else None
 
 
 @dataclass
@@ -79,9 +100,7 @@ class NeuronpediaInfo:
 
     def __post_init__(self) -> None:
         for name in ("model_id", "source_set"):
-            v = getattr(self, name)
-            if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
-                raise ValueError(f"NeuronpediaInfo.{name} must be letters, digits, '.', '_' or '-', got {v!r}")
+            check_neuronpedia_id(f"NeuronpediaInfo.{name}", getattr(self, name))
         if self.batch_size < 1:
             raise ValueError("NeuronpediaInfo.batch_size must be >= 1")
 
@@ -131,6 +150,29 @@ def _hist(rec) -> tuple[list[float], list[float]]:
         counts.pop()
     w = rec.histogram.bin_width
     return counts, [round((i + 0.5) * w, 6) for i in range(len(counts))]
+
+
+def _activation_bin(rec, activation: float) -> tuple[float, float, float] | None:
+    """The histogram bin holding `activation`, as SAEDashboard's quantile groups describe theirs
+    ("INTERVAL lo - hi, CONTAINS x%"): (bin_min, bin_max, the fraction of all tokens whose activation
+    lies in [bin_min, bin_max)); None without a histogram."""
+    counts, w = rec.histogram.counts, rec.histogram.bin_width
+    total = sum(counts)
+    if not counts or not w or w <= 0 or total <= 0:
+        return None
+    i = min(max(int(activation // w), 0), len(counts) - 1)
+    return i * w, (i + 1) * w, _finite(rec.stats.freq) * counts[i] / total
+
+
+def _correlated_features(rec) -> dict[str, list]:
+    """SAEDashboard's feature table "correlated features", as its converter writes it: the latents
+    most correlated with this one by activation over all tokens, descending Pearson correlation
+    (`_indices`, `_pearson`), and the cosine similarity of the same two activation vectors, which
+    the format calls `_l1`. Empty for a store built before correlations were kept. (Co-activation
+    neighbours, a Jaccard index of co-firing, have no field in these formats.)"""
+    return {"correlated_features_indices": [int(c.latent) for c in rec.correlated],
+            "correlated_features_pearson": [_finite(c.pearson) for c in rec.correlated],
+            "correlated_features_l1": [_finite(c.cossim) for c in rec.correlated]}
 
 
 def _iter_latents(store: Any, latents: Sequence[int] | None):
@@ -193,8 +235,7 @@ def _feature_row(ex: _NeuronpediaExport, rec) -> dict:
         "logits_hist_data_bar_heights": [], "logits_hist_data_bar_values": [],
         "neuron_alignment_indices": [], "neuron_alignment_l1": [], "neuron_alignment_values": [],
         "correlated_neurons_indices": [], "correlated_neurons_l1": [], "correlated_neurons_pearson": [],
-        "correlated_features_indices": [], "correlated_features_l1": [], "correlated_features_pearson": [],
-        "decoder_weights_dist": [],
+        **_correlated_features(rec), "decoder_weights_dist": [],
         "neg_str": [t.token for t in supp], "neg_values": [_finite(t.value) for t in supp],
         "pos_str": [t.token for t in prom], "pos_values": [_finite(t.value) for t in prom],
         "sourceSetName": info.source_set,
@@ -214,14 +255,14 @@ def _activation_rows(ex: _NeuronpediaExport, rec) -> list[dict]:
         if not vals or max(vals) <= 0:
             continue
         top = max(range(len(vals)), key=lambda k: vals[k])
-        q = e.kind == "quantile"
+        b = _activation_bin(rec, _finite(e.activation)) if e.kind == "quantile" else None
         rows.append({
             "id": _uid(ex.fp, "act", e.id), "modelId": info.model_id, "layer": ex.source_id, "index": str(rec.latent),
             "creatorId": info.creator_id, "dataSource": info.dataset, "dataIndex": str(e.seq_index),
             "tokens": list(e.tokens), "maxValue": vals[top], "minValue": min(vals), "values": vals,
             "maxValueTokenIndex": top, "dfaValues": [], "dfaMaxValue": None, "dfaTargetIndex": None,
-            "binContains": _finite(e.quantile) if q else None, "binMin": _finite(e.activation) if q else None,
-            "binMax": _finite(e.activation) if q else None, "qualifyingTokenIndex": int(e.centre),
+            "binContains": b[2] if b else None, "binMin": b[0] if b else None,
+            "binMax": b[1] if b else None, "qualifyingTokenIndex": int(e.centre),
             "lossValues": [], "createdAt": ex.now,
         })
     return rows
@@ -315,7 +356,10 @@ def export_neuronpedia(store: Any, out: str | os.PathLike, info: NeuronpediaInfo
         check_rows(table, [row])
         _write_jsonl(root / _TABLE_FILES[table], [row], gz=False)
 
-    layout = next((k for k in store.feature_map_methods() if k.startswith("decoder")), None)
+    # Neuronpedia's umap_x / umap_y: the decoder map's UMAP layout when the store has one, else another
+    # decoder layout (e.g. decoder-pca, which sorts first)
+    maps = [k for k in store.feature_map_methods() if k.startswith("decoder")]
+    layout = "decoder-umap" if "decoder-umap" in maps else next(iter(maps), None)
     xy = {i: (x, y) for i, x, y in store.feature_map(layout)} if layout else {}
     ex = _NeuronpediaExport(info, source_id, now, fp, hook, xy)
     _write_latent_batches(store, ex, root, latents)
@@ -376,6 +420,8 @@ def export_saedashboard(store: Any, path: str | os.PathLike, *, model_id: str, s
                         layer: int | None = None, latents: Sequence[int] | None = None, dataset: str = "",
                         n_prompts: int = 0) -> Path:
     """One SAEDashboard-style batch JSON of the store's live latents (or just `latents`)."""
+    check_neuronpedia_id("model_id", model_id)
+    check_neuronpedia_id("source_set", source_set)
     layer = _layer_of(store, layer)
     feats = []
     for rec in _iter_latents(store, latents):
@@ -387,15 +433,15 @@ def export_saedashboard(store: Any, path: str | os.PathLike, *, model_id: str, s
             vals = [_finite(a) for a in e.acts]
             if not vals or max(vals) <= 0:
                 continue
-            q = e.kind == "quantile"
-            acts.append({"bin_min": _finite(e.activation) if q else -1.0, "bin_max": _finite(e.activation) if q else -1.0,
-                         "bin_contains": _finite(e.quantile) if q else -1.0, "tokens": list(e.tokens), "values": vals,
-                         "qualifying_token_index": int(e.centre)})
+            # SAEDashboard's groups: top activations (-1, the max, -1), else the interval the example is in
+            b = _activation_bin(rec, _finite(e.activation)) if e.kind == "quantile" else None
+            bin_min, bin_max, contains = b if b else (-1.0, _finite(rec.stats.max_act), -1.0)
+            acts.append({"bin_min": bin_min, "bin_max": bin_max, "bin_contains": contains, "tokens": list(e.tokens),
+                         "values": vals, "qualifying_token_index": int(e.centre)})
         feats.append({
             "feature_index": int(rec.latent), "neuron_alignment_indices": [], "neuron_alignment_values": [],
             "neuron_alignment_l1": [], "correlated_neurons_indices": [], "correlated_neurons_l1": [],
-            "correlated_neurons_pearson": [], "correlated_features_indices": [int(n.latent) for n in rec.coact_neighbours],
-            "correlated_features_l1": [], "correlated_features_pearson": [_finite(n.score) for n in rec.coact_neighbours],
+            "correlated_neurons_pearson": [], **_correlated_features(rec),
             "neg_str": [t.token for t in supp], "neg_values": [_finite(t.value) for t in supp],
             "pos_str": [t.token for t in prom], "pos_values": [_finite(t.value) for t in prom],
             "frac_nonzero": _finite(rec.stats.freq), "freq_hist_data_bar_values": centres,

@@ -100,8 +100,18 @@ class LogitEffects:
 @dataclass(frozen=True)
 class Neighbour:
     latent: int
-    score: float  # cosine (decoder) or Jaccard index of co-firing (coact)
-    count: int | None = None  # co-firing count (coact)
+    score: float  # cosine (decoder) or estimated Jaccard index of co-firing (coact)
+    count: int | None = None  # coact: in how many of this latent's sampled firings (<= n_quantile) the other fired
+    label: str | None = None
+
+
+@dataclass(frozen=True)
+class Correlated:
+    """A latent correlated with another by activation (over every token of the build's pass)."""
+
+    latent: int
+    pearson: float  # Pearson correlation of the two activations
+    cossim: float  # cosine similarity of the two activation vectors
     label: str | None = None
 
 
@@ -214,6 +224,7 @@ class FeatureRecord:
     scores: list[Score]  # scores of the current label (and unlabelled scores), newest first
     recommended_strength: float | None
     strength_source: str | None
+    correlated: list[Correlated] = field(default_factory=list)  # descending Pearson; empty in older stores
 
     @property
     def flags(self) -> tuple[str, ...]:

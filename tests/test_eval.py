@@ -295,8 +295,8 @@ def test_registry_sae_from_a_fake_hub_cache_through_the_cli(tmp_path: Path) -> N
 
 def test_eval_packs_text_as_the_sae_cfg_records_unless_a_flag_says_otherwise():
     """An SAE from another library records its training contexts in cfg.json (`context_size`,
-    `prepend_bos`): eval feeds it the same, unless --context-length / --bos-policy are given; SAEs
-    that disagree keep the defaults, with a note."""
+    `prepend_bos`): eval feeds it the same, unless --context-length / --bos-policy are given. (SAEs
+    trained with different packing are each packed as trained: tests/test_user_paths2.py.)"""
     import argparse
     from types import SimpleNamespace
 
@@ -308,19 +308,16 @@ def test_eval_packs_text_as_the_sae_cfg_records_unless_a_flag_says_otherwise():
 
     said = []
     text = TextConfig(dataset="toy")  # the flag defaults: 128 tokens, BOS prepended
-    got = _packed_as_trained(argparse.Namespace(), text, {"a": sae(context_size=32, prepend_bos=False)}, said.append)
+    got = _packed_as_trained(argparse.Namespace(), text, sae(context_size=32, prepend_bos=False), said.append)
     assert (got.context_length, got.bos_policy) == (32, "none")
     assert "--context-length 32" in said[-1] and "--bos-policy none" in said[-1]
     given = argparse.Namespace(context_length=128)
-    got = _packed_as_trained(given, text, {"a": sae(context_size=32, prepend_bos=False)}, said.append)
+    got = _packed_as_trained(given, text, sae(context_size=32, prepend_bos=False), said.append)
     assert (got.context_length, got.bos_policy) == (128, "none")
-    got = _packed_as_trained(argparse.Namespace(), text, {"a": sae(context_size=32), "b": sae(context_size=64)},
-                             said.append)
-    assert got.context_length == 128 and "different --context-length" in said[-1]
     # a cache recorded by our training but since moved away: cfg.json's packing, not the defaults
     moved = sae(context_size=32, prepend_bos=False)
     moved.provenance = {"data": {"cache": "/nonexistent/cache", "dataset": "toy"}}
-    got = _packed_as_trained(argparse.Namespace(), text, {"a": moved}, said.append)
+    got = _packed_as_trained(argparse.Namespace(), text, moved, said.append)
     assert (got.context_length, got.bos_policy) == (32, "none")
 
 

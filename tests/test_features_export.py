@@ -52,3 +52,30 @@ def test_export_escapes_untrusted_text_and_works_offline(tmp_path):
 def test_script_json_cannot_close_the_script_element():
     s = script_json({"t": "</script><script>alert(1)</script>", "u": "a\u2028b&c"})
     assert "<" not in s and ">" not in s and "&" not in s and "\u2028" not in s
+
+
+def test_a_page_says_what_each_number_is(tmp_path, capsys):
+    """The recommended strength is stored in multiples of the typical max (steering.store): the page
+    and `features show` say so (they showed a bare number, read as an activation); the co-activation
+    table names its score (an estimated Jaccard index) and its count (co-firings among the latent's
+    sampled firings, not over all tokens); correlated activations show Pearson and cosine."""
+    from saesteer.cli import main
+
+    src = random_source(seed=5, n_contexts=16, context_length=10)
+    sae = make_sae("topk", d_in=8, d_sae=12, seed=5)
+    path = tmp_path / "x.db"
+    cfg = small_config()
+    build_feature_store(path, sae, src, cfg, tokenizer=WordTokenizer(), progress=False)
+    with FeatureStore.open(path, readonly=False) as st:
+        f = next(s.latent for s in st.list_features(sort="freq", limit=12)
+                 if st.feature(s.latent).coact_neighbours and st.feature(s.latent).correlated)
+        st.set_recommended_strength(f, 2.5, source="sweep")
+        rec = st.feature(f)
+        export_html(st, tmp_path / "dash", [f])
+    page = (tmp_path / "dash" / "f" / f"{f:05d}.html").read_text()
+    assert "2.5x typical max (sweep)" in page
+    n_sampled = min(rec.stats.n_fires, cfg.n_quantile)
+    assert f"<th>Jaccard (est.)</th><th>co-fired in (of {n_sampled} sampled firings)</th>" in page
+    assert "<th>Pearson</th><th>cosine</th>" in page and f"{rec.correlated[0].pearson:.3f}" in page
+    assert main(["features", "show", str(path), str(f)]) == 0
+    assert "2.5x typical max" in capsys.readouterr().out

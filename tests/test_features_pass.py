@@ -126,6 +126,8 @@ def test_streaming_pass_matches_the_eager_reference(arch):
                 if active.numel() > cfg.coact_kmax:  # capped to the strongest
                     active = active[row[active].topk(cfg.coact_kmax).indices]
                 assert lat == sorted(active.tolist())
+                vals = {int(g): float(v) for g, v in zip(s["res_lat"][f, j], s["res_latv"][f, j]) if g >= 0}
+                assert vals == {g: pytest.approx(float(row[g])) for g in lat}  # each one's activation there
     assert [None if int(x) < 0 else int(x) for x in s["neg_row"]] == ref.neg_rows
     assert torch.equal(s["neg_mask"], ref.neg_mask)
 

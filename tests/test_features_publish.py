@@ -127,3 +127,159 @@ def test_the_cli_names_the_model_for_neuronpedia_from_the_store_record(store, tm
     assert r.rc == 2 and "--model-id must be letters" in r.err and "NeuronpediaInfo" not in r.err
     saesteer("features", "export", st.path, tmp_path / "d.json", "--format", "saedashboard", "--limit", 2).ok()
     assert json.loads((tmp_path / "d.json").read_text())["model_id"] == want
+
+
+@pytest.mark.parametrize("name", ["EleutherAI/pythia-70m", "my model (v2)", "--x--", "..", "ünïcode-名前", "gpt2@main",
+                                  "_private", "a.b_c-d"])
+def test_one_id_rule_for_the_default_name_and_the_check(name):
+    """The CLI's default --model-id (the store's model name cleaned up) and the check of a given one
+    are the one rule of features.publish: a cleaned name always passes the check, whatever it was."""
+    from features.publish import check_neuronpedia_id, neuronpedia_id
+
+    cleaned = neuronpedia_id(name.rstrip("/").split("/")[-1])
+    if cleaned is None:
+        with pytest.raises(ValueError, match="letters, digits"):
+            check_neuronpedia_id("model_id", name)
+    else:
+        NeuronpediaInfo(model_id=cleaned, source_set=cleaned)  # passes
+        assert neuronpedia_id(cleaned) == cleaned  # already clean: unchanged
+
+
+def test_saedashboard_ids_follow_the_same_rule(store, tmp_path):
+    """SAEDashboard's model_id / sae_set become Neuronpedia ids too: the same rule refuses a bad one
+    (the export once wrote any string), and the CLI names the flag."""
+    from helpers.real_cli import saesteer
+
+    _, st = store
+    with pytest.raises(ValueError, match="model_id must be letters"):
+        export_saedashboard(st, tmp_path / "d.json", model_id="a b", source_set="test")
+    r = saesteer("features", "export", st.path, tmp_path / "d.json", "--format", "saedashboard", "--model-id", "a/b")
+    assert r.rc == 2 and "--model-id must be letters" in r.err and not (tmp_path / "d.json").exists()
+
+
+def _dense_correlations(acts_RF, n):
+    """SAEDashboard's definition, from every token's activations [R, F]: per latent, the n others with
+    the largest Pearson correlation (descending; here only positive ones), and the cosine similarity
+    of the same two activation vectors."""
+    import torch
+
+    a = acts_RF.double()
+    c = a - a.mean(0)
+    pearson = (c.T @ c) / (c.norm(dim=0)[:, None] * c.norm(dim=0)[None, :]).clamp(min=1e-300)
+    cos = (a.T @ a) / (a.norm(dim=0)[:, None] * a.norm(dim=0)[None, :]).clamp(min=1e-300)
+    pearson.fill_diagonal_(-2)
+    out = {}
+    for f in range(a.shape[1]):
+        order = sorted((g for g in range(a.shape[1]) if pearson[f, g] > 0), key=lambda g: (-float(pearson[f, g]), g))[:n]
+        out[f] = (order, [float(pearson[f, g]) for g in order], [float(cos[f, g]) for g in order])
+    return out
+
+
+@pytest.fixture(scope="module")
+def dense(tmp_path_factory):
+    """A store built over a small random source, with every token's activations [R, F] beside it and
+    both exports of it: (cfg, acts_RF, SAEDashboard batch, {latent: Neuronpedia features row},
+    Neuronpedia activation rows). Every latent fires at most n_quantile times, at most k <= coact_kmax
+    latents per token: the store's sampled statistics are exact."""
+    import torch
+
+    from features import FeatureStore, build_feature_store
+    from helpers.feature_fixtures import WordTokenizer, make_sae, random_source, small_config
+
+    tmp = tmp_path_factory.mktemp("dense")
+    src = random_source(seed=3, n_contexts=12, context_length=8, d_in=8)
+    sae = make_sae("topk", d_in=8, d_sae=24, seed=3, k=3)
+    cfg = small_config(n_quantile=128, coact_kmax=8, n_neighbours=4)
+    build_feature_store(tmp / "s.db", sae, src, cfg, tokenizer=WordTokenizer(), progress=False)
+    with torch.no_grad():
+        acts = torch.cat([sae.encode(b.acts_BD) for b in src.batches(0, 100)]).clamp(min=0)
+    assert int((acts > 0).sum(0).max()) <= cfg.n_quantile  # the exact case
+    with FeatureStore.open(tmp / "s.db") as st:
+        batch = json.loads(export_saedashboard(st, tmp / "d.json", model_id="m", source_set="s").read_text())
+        root = export_neuronpedia(st, tmp / "np", NeuronpediaInfo(model_id="m", source_set="s"))
+    np_feats = {int(r["index"]): r for f in (root / "features").glob("*.gz") for r in _rows(f)}
+    np_acts = [r for f in (root / "activations").glob("*.gz") for r in _rows(f)]
+    return cfg, acts, batch, np_feats, np_acts
+
+
+def test_correlated_features_are_the_pearson_correlation_of_activations(dense):
+    """correlated_features_indices / _pearson / _l1 mean what SAEDashboard's feature tables mean (its
+    RollingCorrCoef.topk_pearson, written by its Neuronpedia converter): the latents whose activations
+    over every token correlate most with this one's, in descending Pearson order, and the cosine
+    similarity of the same activation vectors under `_l1`. Recomputed from the dense activations of
+    all tokens. The export once wrote co-activation Jaccard indices as `_pearson` and left `_l1` empty."""
+    cfg, acts, batch, np_feats, _ = dense
+    want = _dense_correlations(acts, cfg.n_neighbours)
+    checked = 0
+    for feat in batch["features"]:
+        f = feat["feature_index"]
+        ids, pearson, cos = want[f]
+        for row in (feat, np_feats[f]):
+            assert row["correlated_features_indices"] == ids, f
+            assert row["correlated_features_pearson"] == pytest.approx(pearson, abs=1e-5), f
+            assert row["correlated_features_l1"] == pytest.approx(cos, abs=1e-5), f
+            assert row["correlated_features_pearson"] == sorted(row["correlated_features_pearson"], reverse=True)
+        checked += len(ids)
+    assert checked > len(batch["features"])  # most latents have correlated ones
+
+
+def test_activation_bins_are_intervals_and_the_share_of_tokens_in_them(dense):
+    """An example's bin fields mean what SAEDashboard's quantile groups mean ("INTERVAL lo - hi,
+    CONTAINS x%"): bin_min / bin_max bound the activation interval the example's token lies in, and
+    bin_contains is the fraction of all tokens whose activation lies in that interval; top examples
+    are SAEDashboard's top group (-1, the max activation, -1). The exports once wrote the example's
+    own activation as both bounds and its quantile (a CDF position) as bin_contains."""
+    _, acts, batch, _, np_acts = dense
+    n_rows = acts.shape[0]
+    seen = 0
+    rows = [(f["feature_index"], a["bin_min"], a["bin_max"], a["bin_contains"], a["values"][a["qualifying_token_index"]])
+            for f in batch["features"] for a in f["activations"]]
+    rows += [(int(a["index"]), a["binMin"], a["binMax"], a["binContains"], a["values"][a["qualifyingTokenIndex"]])
+             for a in np_acts if a["binMin"] is not None]
+    for f, lo, hi, contains, value in rows:
+        if lo == -1:  # SAEDashboard's top group
+            assert contains == -1 and hi == pytest.approx(float(acts[:, f].max()))
+            continue
+        assert lo <= value < hi, (f, lo, value, hi)
+        share = float(((acts[:, f] >= lo) & (acts[:, f] < hi) & (acts[:, f] > 0)).sum()) / n_rows
+        assert contains == pytest.approx(share, abs=1e-9), f
+        seen += 1
+    assert seen > len(batch["features"])
+    assert all(a["binMin"] is None and a["binContains"] is None for a in np_acts if a["binMax"] is None)
+
+
+def test_a_store_built_before_correlations_exports_them_empty(store, tmp_path):
+    """A store from before the `correlations` table (opened read-only, so nothing adds it) reads and
+    exports with the correlated-features fields empty, as Neuronpedia's defaults have them."""
+    import sqlite3
+
+    _, st = store
+    old = tmp_path / "old.db"
+    shutil.copy(st.path, old)
+    with sqlite3.connect(old) as db:
+        db.execute("DROP TABLE correlations")
+    from features import FeatureStore
+
+    with FeatureStore.open(old) as ro:
+        batch = json.loads(export_saedashboard(ro, tmp_path / "d.json", model_id="m", source_set="s").read_text())
+        assert all(not ro.feature(f["feature_index"]).correlated for f in batch["features"])
+    assert {(len(f["correlated_features_indices"]), len(f["correlated_features_pearson"]),
+             len(f["correlated_features_l1"])) for f in batch["features"]} == {(0, 0, 0)}
+    with FeatureStore.open(st.path) as new:  # the same store as built now has them
+        assert any(new.feature(f["feature_index"]).correlated for f in batch["features"])
+
+
+def test_umap_fields_take_the_umap_layout_when_the_store_has_one(store, tmp_path):
+    """umap_x / umap_y hold the decoder map's UMAP layout when there is one; the export once took
+    the first decoder layout by name, decoder-pca, even beside a decoder-umap."""
+    from features import FeatureStore
+
+    _, st = store
+    with FeatureStore.open(st.path, readonly=False) as rw:  # a UMAP layout beside the fixture's PCA one
+        pca = {i: (x, y) for i, x, y in rw.feature_map("decoder-pca")}
+        rw.write_feature_map("decoder-umap", [(i, -x - 0.5, y + 0.25) for i, (x, y) in pca.items()], {"method": "umap"})
+    with FeatureStore.open(st.path) as ro:
+        root = export_neuronpedia(ro, tmp_path / "np", NeuronpediaInfo(model_id="m", source_set="s"))
+    feats = [r for f in (root / "features").glob("*.gz") for r in _rows(f)]
+    assert feats and all((r["umap_x"], r["umap_y"]) == pytest.approx((-pca[int(r["index"])][0] - 0.5,
+                                                                       pca[int(r["index"])][1] + 0.25)) for r in feats)

@@ -100,3 +100,16 @@ def test_wandb_offline_run(tmp_path: Path, monkeypatch) -> None:
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
     assert (tmp_path / "run" / "wandb_run_id.txt").read_text().strip() in runs[0].name
+
+
+def test_token_counts_say_what_they_count(cache: Path, tmp_path: Path, capsys) -> None:
+    """The cache holds 4,096 rows; 4,096 training tokens + 512 held-out rows ask for more than one
+    pass. The note and the summary name training and held-out tokens apart (the note once said
+    "4,608 tokens asked for", the held-out rows silently included)."""
+    flags = ["--total-tokens", "4096", "--batch-size", "256", "--holdout-tokens", "512", "--d-sae", "32", "--k", "4",
+             "--architecture", "topk", "--no-progress", "--num-threads", "1"]
+    assert main(["train", "--cache", str(cache), "--out", str(tmp_path / "run"), *flags]) == 0
+    out = capsys.readouterr().out
+    assert "note: 4,096 training tokens (+512 held out) asked for, the cache holds 4,096 rows: " \
+           "the reader makes 1.1 passes over it" in out
+    assert "trained 4,096 training tokens in 16 steps (+512 held out for evaluation)" in out

@@ -116,6 +116,53 @@ def test_train_without_a_cache_records_how_it_read_the_text_and_eval_reads_it_so
     assert evaluated["ce_loss_recovered"] == pytest.approx(trained["ce_loss_recovered"], rel=1e-6)
 
 
+def test_eval_reads_each_sae_s_text_as_that_sae_was_trained(llama_hub, real_corpus, tmp_path, monkeypatch):
+    """Two SAEs trained straight from the model on different text: 'a' on the hub snapshot (column
+    'content', 32-token contexts, no BOS), 'b' on another dataset (column 'body', 24-token contexts,
+    BOS prepended). `eval --sae a --sae b --sae a2` (a2: a's folder again) reads each SAE's recorded CE
+    text with that SAE's column and packing, so each one's CE figures are its training's; the text of
+    a and a2 is read once. (Eval once read every SAE's text as the first SAE's training read it, and
+    packed it with the defaults when their packing differed.)"""
+    import datasets
+
+    import training.heldout
+
+    work = llama_hub
+    (tmp_path / "ds_b" / "data").mkdir(parents=True)
+    for name, docs in (("train", real_corpus.train_docs), ("validation", real_corpus.test_docs)):
+        datasets.Dataset.from_dict({"body": list(docs)}).to_parquet(str(tmp_path / "ds_b/data" / f"{name}-00000-of-00001.parquet"))
+    common = ["--model", "researcher/tiny-llama", "--hook", "blocks.1.hook_resid_post", "--architecture", "topk",
+              "--d-sae", 64, "--k", 4, "--total-tokens", 1024, "--batch-size", 256, "--holdout-tokens", 256,
+              "--eval-ce-contexts", 4, "--eval-every-tokens", 0, "--checkpoint-every-tokens", 0, "--no-progress"]
+    saesteer("train", *common, "--dataset", work / "ds", "--text-column", "content", "--context-length", 32,
+             "--bos-policy", "none", "--out", tmp_path / "run_a", "--sae-name", "sae").ok()
+    saesteer("train", *common, "--dataset", tmp_path / "ds_b", "--text-column", "body", "--context-length", 24,
+             "--bos-policy", "prepend", "--out", tmp_path / "run_b", "--sae-name", "sae").ok()
+
+    reads = []
+    real = training.heldout.heldout_contexts
+    monkeypatch.setattr(training.heldout, "heldout_contexts",
+                        lambda train, text, *a, **k: reads.append(text) or real(train, text, *a, **k))
+    saesteer("eval", "--sae", f"a={tmp_path / 'run_a/saes/sae'}", "--sae", f"b={tmp_path / 'run_b/saes/sae'}",
+             "--sae", f"a2={tmp_path / 'run_a/saes/sae'}", "--contexts", 4, "--ce-contexts", 4, "--absorption", "false",
+             "--probing", "false", "--quiet", "--out", tmp_path / "eval").ok()
+    doc = json.loads((tmp_path / "eval/eval.json").read_text())
+    for name, run in (("a", "run_a"), ("b", "run_b"), ("a2", "run_a")):
+        trained = json.loads((tmp_path / run / "metrics.json").read_text())["saes"]["sae"]
+        evaluated = doc["saes"][name]["metrics"]
+        assert evaluated["ce_loss_clean"] == pytest.approx(trained["ce_loss_clean"], rel=1e-6), name
+        assert evaluated["ce_loss_recovered"] == pytest.approx(trained["ce_loss_recovered"], rel=1e-6), name
+    how = {n: doc["saes"][n]["text"] for n in ("a", "b", "a2")}
+    assert (how["a"]["dataset"], how["a"]["text_column"], how["a"]["context_length"], how["a"]["bos_policy"]) == \
+           (str(work / "ds"), "content", 32, "none")
+    assert (how["b"]["dataset"], how["b"]["text_column"], how["b"]["context_length"], how["b"]["bos_policy"]) == \
+           (str(tmp_path / "ds_b"), "body", 24, "prepend")
+    assert how["a2"] == how["a"] and how["a"]["split"] == how["b"]["split"] == "validation"
+    assert [t["saes"] for t in doc["data"]["texts"]] == [["a", "a2"], ["b"]]
+    assert sorted((t.dataset, t.text_column) for t in reads) == sorted([(str(tmp_path / "ds_b"), "body"),
+                                                                        (str(work / "ds"), "content")])
+
+
 def test_init_from_a_sparsify_sae_trains_on_the_hook_it_records(user, real_models, tmp_path):
     """A cache of two hook points and a sparsify hookpoint folder `layers.1` (blocks.1.hook_resid_post):
     --init-from without --hook fine-tunes on that hook (it was refused with 'pass hook=...', no flag)."""

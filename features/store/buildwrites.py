@@ -8,6 +8,7 @@ from typing import Any
 
 from features.store.base import StoreBase
 from features.store.rows import (
+    CorrelationRow,
     ExampleRow,
     FeatureRow,
     HistogramRow,
@@ -38,7 +39,8 @@ class StoreBuildWrites(StoreBase):
 
     def write_feature_block(self, block: int, first_latent: int, end_latent: int, features: list[FeatureRow],
                             histograms: list[HistogramRow], examples: list[ExampleRow], logits: list[LogitRow],
-                            neighbours: list[NeighbourRow], fts: list[SearchTextRow]) -> None:
+                            neighbours: list[NeighbourRow], fts: list[SearchTextRow],
+                            correlations: list[CorrelationRow]) -> None:
         """One build transaction: latents [first_latent, end_latent) with everything that belongs to them."""
         with self.transaction() as c:
             if c.execute("SELECT 1 FROM build_progress WHERE block = ?", (block,)).fetchone():
@@ -48,5 +50,6 @@ class StoreBuildWrites(StoreBase):
             c.executemany(insert_sql("examples", ExampleRow), examples)
             c.executemany(insert_sql("logit_effects", LogitRow), logits)
             c.executemany(insert_sql("neighbours", NeighbourRow), neighbours)
+            c.executemany(insert_sql("correlations", CorrelationRow), correlations)
             c.executemany("INSERT INTO feature_fts(rowid, label, examples) VALUES (?, ?, ?)", fts)
             c.execute("INSERT INTO build_progress(block, first_latent, end_latent) VALUES (?, ?, ?)", (block, first_latent, end_latent))

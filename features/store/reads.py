@@ -10,6 +10,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from features.records import (
+    Correlated,
     Example,
     FeatureRecord,
     FeatureStats,
@@ -60,6 +61,11 @@ class StoreReads(StoreBase):
             children = c.execute(
                 "SELECT latent, parent_coact, parent_cos, parent_method FROM features WHERE parent_latent = ? ORDER BY latent", (i,)
             ).fetchall()
+            corr = c.execute(
+                "SELECT k.other_latent, k.pearson, k.cossim, "
+                "(SELECT l.label FROM labels l WHERE l.latent = k.other_latent ORDER BY l.id DESC LIMIT 1) "
+                "FROM correlations k WHERE k.latent = ? ORDER BY k.rank", (i,),
+            ).fetchall() if self._has_table(c, "correlations") else []  # stores built before it have none
             label = current_label(c, i)
             scores = label_scores(c, i, label.id if label else None)
         examples = [self._example(e) for e in ex]
@@ -88,6 +94,7 @@ class StoreReads(StoreBase):
             scores=scores,
             recommended_strength=r["recommended_strength"],
             strength_source=r["strength_source"],
+            correlated=[Correlated(o, p, cs, lab) for o, p, cs, lab in corr],
         )
 
     def _example(self, e) -> Example:

@@ -71,7 +71,17 @@ class NeighbourRow(NamedTuple):
     rank: int
     other_latent: int
     score: float
-    count: int | None  # co-activations (coact only)
+    count: int | None  # coact only: co-firings in this latent's sample of firing events (<= n_quantile)
+
+
+class CorrelationRow(NamedTuple):
+    """One of a latent's most correlated latents by activation (table `correlations`)."""
+
+    latent: int
+    rank: int  # 0 = the largest Pearson correlation
+    other_latent: int
+    pearson: float  # Pearson correlation of the two latents' activations over every token
+    cossim: float  # cosine similarity of the same two activation vectors
 
 
 class SearchTextRow(NamedTuple):

@@ -18,6 +18,8 @@ Schema (version 2; `schema_version` holds it, `meta` the build's identity):
     vocab(token_id INTEGER PRIMARY KEY, text TEXT)  -- every token decoded on its own (logit effects)
     logit_effects(latent, kind ('promoted'|'suppressed'), rank, token_id, value)
     neighbours(latent, kind ('decoder'|'coact'), rank, other_latent, score, count)
+    correlations(latent, rank, other_latent, pearson, cossim)   -- Pearson / cosine of activations over all
+                                                    -- tokens, descending Pearson (added after version 2 shipped)
     label_provenance(id, judge_model, judge_kind, offline, prompt_version, examples_used JSON,
                      params JSON, created_at, extra JSON)
     labels(id, latent, label, explanation, provenance_id, created_at)   -- newest = current
@@ -66,6 +68,10 @@ ADDED_TABLES = (
     # 2-d layouts of the latents for the web app's map (saesteer.featuremap)
     "CREATE TABLE IF NOT EXISTS feature_map (method TEXT NOT NULL, latent INTEGER NOT NULL, x REAL NOT NULL, "
     "y REAL NOT NULL, PRIMARY KEY (method, latent)) WITHOUT ROWID",
+    # each latent's most correlated latents by activation (features.analysis.activation_correlations);
+    # stores built before it have none
+    "CREATE TABLE IF NOT EXISTS correlations (latent INTEGER NOT NULL, rank INTEGER NOT NULL, "
+    "other_latent INTEGER NOT NULL, pearson REAL NOT NULL, cossim REAL NOT NULL, PRIMARY KEY (latent, rank)) WITHOUT ROWID",
 )
 
 SCHEMA = """

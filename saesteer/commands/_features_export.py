@@ -47,16 +47,16 @@ def export(args) -> int:
         model_id = args.model_id or _default_model_id(store)
         if not model_id:
             raise ValueError("the store records no model; give --model-id (its name on Neuronpedia, e.g. gpt2-small)")
+        from features.publish import NeuronpediaInfo
+        from saesteer.configargs import dataclass_from_args
+
+        # built through the flags' names, so a refused value names --model-id / --source-set (both formats)
+        info = dataclass_from_args(NeuronpediaInfo, argparse.Namespace(), model_id=model_id,
+                                   source_set=args.source_set, layer=args.layer,
+                                   creator_name=args.creator_name, url=args.url)
         if args.format == "neuronpedia":
-            import argparse
+            from features.publish import check_neuronpedia_export, export_neuronpedia
 
-            from features.publish import NeuronpediaInfo, check_neuronpedia_export, export_neuronpedia
-            from saesteer.configargs import dataclass_from_args
-
-            # built through the flags' names, so a refused value names --model-id / --source-set
-            info = dataclass_from_args(NeuronpediaInfo, argparse.Namespace(), model_id=model_id,
-                                       source_set=args.source_set, layer=args.layer,
-                                       creator_name=args.creator_name, url=args.url)
             root = export_neuronpedia(store, args.out, info, ids)
             counts = check_neuronpedia_export(root)
             print(f"wrote {root}: {counts['features']} features, {counts['activations']} activations, "
@@ -64,8 +64,8 @@ def export(args) -> int:
             return 0
         from features.publish import export_saedashboard
 
-        path = export_saedashboard(store, args.out, model_id=model_id, source_set=args.source_set, layer=args.layer,
-                                   latents=ids)
+        path = export_saedashboard(store, args.out, model_id=info.model_id, source_set=info.source_set,
+                                   layer=info.layer, latents=ids)
         print(f"wrote {path} (SAEDashboard batch JSON, checked)")
     return 0
 
@@ -73,11 +73,12 @@ def export(args) -> int:
 def _default_model_id(store) -> str | None:
     """The model's name for Neuronpedia / SAEDashboard when --model-id is not given: the last part of
     the name the store records ('EleutherAI/pythia-70m' -> 'pythia-70m', a checkpoint directory's
-    name), without the record's source, commit and hash (which such ids cannot hold)."""
-    import re
+    name), without the record's source, commit and hash (which such ids cannot hold), made to follow
+    the id rule (`features.publish.neuronpedia_id`)."""
+    from features.publish import neuronpedia_id
 
     recorded = store.recorded_model()
     name = recorded.name if recorded is not None else (store.meta.get("sae") or {}).get("model_name")
     if not name:
         return None
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(name).rstrip("/").split("/")[-1]).strip("-._") or None
+    return neuronpedia_id(str(name).rstrip("/").split("/")[-1])

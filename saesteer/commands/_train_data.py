@@ -60,9 +60,10 @@ def _from_cache(run_cfg, data_cfg, rank: int, world: int, allow_model_mismatch: 
     prov["reader_buffer_rows"] = data_cfg.reader_buffer_rows  # with train.seed: which rows were held out
     if world > 1:
         prov.update(world_size=world, dp_partition=data_cfg.dp_partition)
-    if t.total_tokens + t.holdout_tokens > man.total_rows:
-        print(f"note: {t.total_tokens + t.holdout_tokens:,} tokens asked for, the cache holds {man.total_rows:,} rows: "
-              f"the reader makes {(t.total_tokens + t.holdout_tokens) / max(1, man.total_rows):.1f} passes over it")
+    asked = t.total_tokens + t.holdout_tokens  # the held-out rows come out of the same stream first
+    if asked > man.total_rows:
+        print(f"note: {t.total_tokens:,} training tokens (+{t.holdout_tokens:,} held out) asked for, the cache "
+              f"holds {man.total_rows:,} rows: the reader makes {asked / max(1, man.total_rows):.1f} passes over it")
     model = None
     if data_cfg.model_eval and rank == 0:
         model = _eval_model(data_cfg.model, man, data_cfg.cache, allow_model_mismatch)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 NAME = "eval"
@@ -19,11 +20,12 @@ Gemma Scope, OpenAI) on held-out text, side by side:
   probing      SAEBench-style sparse probing: toy-world concepts on the toy model, or labelled text
                (--probing-dataset FILE.jsonl with text and label columns)
 
-The held-out text is --dataset's --split (default: validation); without --dataset, the text the SAEs'
-training evaluated on (saesteer.json), else --split of their training data (the toy corpus only for the
+The held-out text is --dataset's --split (default: validation); without --dataset, the text each SAE's
+training evaluated on (saesteer.json), else --split of its training data (the toy corpus only for the
 toy model). Text an SAE was trained on is refused (--allow-eval-overlap true evaluates on it anyway).
-Contexts are packed as the SAEs were trained (their cache's context length, BOS policy and separator,
-else cfg.json's context_size and prepend_bos) unless --context-length / --bos-policy / --separator say.
+Each SAE's text is read and packed as that SAE was trained (its text column; its cache's context length,
+BOS policy and separator, else cfg.json's context_size and prepend_bos) unless --text-column /
+--context-length / --bos-policy / --separator say; each distinct text is read once.
 With --cache, the activation metrics of an SAE trained by `saesteer train` on that cache use the rows
 its training held out (the same figures `train` reported), and the CE contexts are the ones training used.
 
@@ -83,9 +85,8 @@ def _say(args):
 def _run(args) -> int:
     import torch
 
-    from evals.activations import check_widths, collect
+    from evals.activations import check_widths
     from evals.config import EvalConfig
-    from evals.run import EvalInputs, evaluate_saes
     from saesteer.configargs import dataclass_from_args
     from training.text import TextConfig
 
@@ -94,42 +95,111 @@ def _run(args) -> int:
     text = dataclass_from_args(TextConfig, args, split=args.split or _default_split(getattr(args, "dataset", None)))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     loaded = _load_saes(args, device)
-    model, spec, text = _load_model(args, loaded, device, text, say)
+    model, spec, ident = _load_model(args, loaded, device, say)
     sae_hooks = {n: (x.sae.cfg.metadata["hook_name"], x.sae.d_in) for n, x in loaded.items()}
     check_widths(model, sae_hooks)  # before any real work: a width that does not fit the hook is refused
     targets = _transcoder_targets(model, loaded)
-    hooks = sorted({h for h, _ in sae_hooks.values()} | set(targets.values()))
     tokenizer = model.tokenizer
 
     rows, rows_source, keep_ids, data_info = {}, {}, None, {}
-    ce_from_cache = False
-    trained_on = _training_texts(loaded)
+    ce_from_cache, cache_text = False, None
     if args.cache:
         rows, rows_source, keep_ids, text, ce_from_cache, data_info, cache_text = _cache_rows(args, cfg, loaded, model,
                                                                                               text, say)
-        trained_on = trained_on or [cache_text]
-    text = _read_as_trained(args, text, loaded, trained_on, say)
-    text = _packed_as_trained(args, text, loaded, say)
+    # each SAE's text read and packed as its training read it; each distinct text is read once
+    groups = _group_by_text(_texts_as_trained(args, text, loaded, ident, cache_text, say))
     bos = getattr(tokenizer, "bos_token_id", None)
     excluded = (int(bos),) if cfg.exclude_bos and bos is not None else ()
-    tokens, overlap = _contexts(text, tokenizer, max(cfg.contexts, cfg.ce_contexts),
-                                args.cache if ce_from_cache else None, trained_on, cfg.allow_eval_overlap, say)
-    data_info["overlap"] = overlap
-    say(f"collecting activations at {', '.join(hooks)} over {min(cfg.contexts, len(tokens))} held-out contexts")
-    heldout = collect(model, hooks, tokens[: cfg.contexts], excluded, cfg.model_batch_size)
-    inputs = EvalInputs(model, heldout, tokens[: cfg.ce_contexts], keep_ids if keep_ids is not None else excluded,
-                        tokenizer=tokenizer, rows=rows, rows_source=rows_source,
-                        target_rows=data_info.pop("target_rows", None),
-                        probing=_probing_inputs(args, cfg, model, spec, heldout, hooks, text, say) if cfg.probing else None)
-    results = evaluate_saes(loaded, inputs, cfg, say)
+    results, texts = {}, []
+    for sae_text, names in groups:
+        group = {n: loaded[n] for n in names}
+        if len(groups) > 1:
+            say(f"SAEs {', '.join(names)}: {_describe_text(sae_text)}")
+        trained_on = _training_texts(group) or ([cache_text] if cache_text else [])
+        tokens, overlap = _contexts(sae_text, tokenizer, max(cfg.contexts, cfg.ce_contexts),
+                                    args.cache if ce_from_cache else None, trained_on, cfg.allow_eval_overlap, say)
+        got, record = _evaluate_group(args, cfg, model, spec, group, targets, tokens, sae_text, excluded, keep_ids,
+                                      rows, rows_source, data_info, say)
+        record["overlap"] = overlap
+        for name in names:
+            got[name]["text"] = record
+        results.update(got)
+        texts.append({"saes": list(names), **record})
+    results = {n: results[n] for n in loaded}  # in the order given
     _print_table(results)
-    data = {"dataset": text.dataset, "split": text.split, "context_length": text.context_length,
-            "bos_policy": text.bos_policy,
-            "contexts": int(heldout.tokens.shape[0]), "tokens": int(heldout.row_context.numel()),
-            "ce_contexts": int(len(inputs.ce_tokens)), "excluded_token_ids": list(excluded), **data_info}
+    data = {**(texts[0] if len(texts) == 1 else {"texts": texts}), "excluded_token_ids": list(excluded), **data_info}
+    data.pop("saes", None)
+    data.pop("target_rows", None)
     if args.out:
         _write_report(args.out, results, model, data, cfg)
     return 0
+
+
+def _evaluate_group(args, cfg, model, spec, group: dict, targets: dict, tokens, text, excluded, keep_ids, rows,
+                    rows_source, data_info, say):
+    """(results, the record of the text) of SAEs that read the same text: their hooks' activations
+    collected once over `tokens`, then each SAE evaluated (evals.run.evaluate_saes)."""
+    from evals.activations import collect
+    from evals.run import EvalInputs, evaluate_saes
+
+    hooks = sorted({x.sae.cfg.metadata["hook_name"] for x in group.values()} | {targets[n] for n in group if n in targets})
+    say(f"collecting activations at {', '.join(hooks)} over {min(cfg.contexts, len(tokens))} held-out contexts")
+    heldout = collect(model, hooks, tokens[: cfg.contexts], excluded, cfg.model_batch_size)
+    target_rows = data_info.get("target_rows")
+    inputs = EvalInputs(model, heldout, tokens[: cfg.ce_contexts], keep_ids if keep_ids is not None else excluded,
+                        tokenizer=model.tokenizer, rows={n: r for n, r in rows.items() if n in group},
+                        rows_source=rows_source,
+                        target_rows={n: r for n, r in target_rows.items() if n in group} if target_rows else None,
+                        probing=_probing_inputs(args, cfg, model, spec, heldout, hooks, text, say) if cfg.probing else None)
+    record = {**_text_record(text), "contexts": int(heldout.tokens.shape[0]), "tokens": int(heldout.row_context.numel()),
+              "ce_contexts": int(len(inputs.ce_tokens))}
+    return evaluate_saes(group, inputs, cfg, say), record
+
+
+def _text_record(text) -> dict:
+    """How the held-out text was read and packed (eval.json's data / each SAE's `text`)."""
+    return {"dataset": text.dataset, "dataset_config": text.dataset_config, "split": text.split,
+            "text_column": text.text_column, "txt_documents": text.txt_documents,
+            "context_length": text.context_length, "bos_policy": text.bos_policy, "separator": text.separator}
+
+
+def _describe_text(text) -> str:
+    return (f"split {text.split!r} of {text.dataset}, column {text.text_column!r}, {text.context_length}-token "
+            f"contexts, BOS {text.bos_policy}, separator {text.separator}")
+
+
+def _group_by_text(texts: dict) -> list[tuple]:
+    """[(text, [SAE names])]: the SAEs that read the same text, in the order first given."""
+    groups: dict[str, tuple] = {}
+    for name, text in texts.items():
+        key = repr(sorted(dataclasses.asdict(text).items()))
+        groups.setdefault(key, (text, []))[1].append(name)
+    return list(groups.values())
+
+
+def _texts_as_trained(args, text, loaded: dict, ident, cache_text, say) -> dict:
+    """{SAE name: the held-out text it is evaluated on}: `text` (the flags' or --cache's), else
+    (no --dataset, no --cache) the text its own training evaluated on or read; read (text column,
+    .txt reading) and packed (context length, BOS, separator) as that SAE was trained, each setting
+    given as a flag winning. An SAE that records no text reads the first recorded one."""
+    out: dict = {}
+    pick_recorded = not args.cache and "dataset" not in vars(args)  # never the toy corpus for another model
+    fallback = None
+    for name, item in loaded.items():
+        own = text
+        if pick_recorded:
+            own = _recorded_text(text, {name: item}, ident, say, required=False)
+            if own is None:
+                continue  # records nothing: decided below
+        trained_on = _training_texts({name: item}) or ([cache_text] if cache_text else [])
+        own = _read_as_trained(args, own, item, trained_on, say)
+        fallback = fallback or own
+        out[name] = _packed_as_trained(args, own, item, say)
+    for name, item in loaded.items():
+        if name not in out:
+            base = fallback if fallback is not None else _recorded_text(text, {}, ident, say)
+            out[name] = _packed_as_trained(args, base, item, say)
+    return {n: out[n] for n in loaded}
 
 
 def _transcoder_targets(model, loaded: dict) -> dict[str, str]:
@@ -165,9 +235,9 @@ def _load_saes(args, device) -> dict:
     return loaded
 
 
-def _load_model(args, loaded, device, text, say):
-    """(the model, its spec for probing, the text to evaluate on): --model checked against the SAEs'
-    recorded model, or that model (saes.identity); without --dataset, the text the SAEs record."""
+def _load_model(args, loaded, device, say):
+    """(the model, its spec for probing, its identity): --model checked against the SAEs' recorded
+    model, or that model (saes.identity)."""
     from saes.identity import identity_of_model
     from saesteer.commands._steering import CLIError
     from saesteer.commands._steering import load_model as load_checked_model
@@ -180,14 +250,11 @@ def _load_model(args, loaded, device, text, say):
         raise ValueError(str(e)) from None
     ident = identity_of_model(model)
     spec = "toy" if ident is not None and ident.source == "toy" else (args.model or "")
-    if not args.cache and "dataset" not in vars(args):  # no --dataset: never the toy corpus for another model
-        text = _recorded_text(text, loaded, ident, say)
-    return model, spec, text
+    return model, spec, ident
 
 
 def _write_report(out_dir: str, results, model, data: dict, cfg) -> None:
     """eval.json and eval.html in `out_dir` (created if missing)."""
-    import dataclasses
     from pathlib import Path
 
     from evals.report import eval_document, write_html, write_json
@@ -213,12 +280,11 @@ def _default_split(dataset: str | None) -> str:
     return "validation"
 
 
-def _recorded_text(text, loaded: dict, ident, say):
+def _recorded_text(text, loaded: dict, ident, say, required: bool = True):
     """The held-out text when --dataset is not given: the text the SAEs' training evaluated on
     (`ce_eval_data`), else --split of the data they were trained on; the toy corpus only for the
-    toy model. An SAE that records neither, on another model, needs --dataset."""
-    import dataclasses
-
+    toy model. An SAE that records neither, on another model, needs --dataset (None when not
+    `required`)."""
     for name, item in loaded.items():
         data = (item.provenance or {}).get("data") or {}
         ce = data.get("ce_eval_data") or {}
@@ -230,6 +296,8 @@ def _recorded_text(text, loaded: dict, ident, say):
             say(f"held-out text: split {text.split!r} of {data['dataset']} (the data SAE {name!r} was trained on; "
                 f"--dataset picks another)")
             return dataclasses.replace(text, dataset=data["dataset"], dataset_config=None)
+    if not required:
+        return None
     if ident is not None and ident.source == "toy":
         return text
     raise ValueError(f"no --dataset, and the SAE(s) record no training data: pass --dataset with held-out text for "
@@ -240,22 +308,19 @@ def _recorded_text(text, loaded: dict, ident, say):
 READING_FLAGS = {"text_column": "--text-column", "txt_documents": "--txt-documents"}
 
 
-def _read_as_trained(args, text, loaded: dict, trained_on: list, say):
-    """`text` read as training read it (its text column, .txt reading) when it is the SAEs' training
-    data or the CE text their training read, for each of those not given as a flag: a dataset whose
-    text is in 'content' was trained on with --text-column content, and eval without it failed on the
-    very text training recorded."""
-    import dataclasses
-
+def _read_as_trained(args, text, item, trained_on: list, say):
+    """`text` read as the SAE `item`'s training read it (its text column, .txt reading) when it is
+    that SAE's training data (`trained_on`) or the CE text its training read, for each of those not
+    given as a flag: a dataset whose text is in 'content' was trained on with --text-column content,
+    and eval without it failed on the very text training recorded."""
+    ce_set = (((item.provenance or {}).get("data") or {}).get("ce_eval_data") or {}).get("dataset")
     for train_text, _ in trained_on:
-        ce_sets = {((x.provenance or {}).get("data") or {}).get("ce_eval_data", {}).get("dataset")
-                   for x in loaded.values()}
-        if text.dataset != train_text.dataset and text.dataset not in ce_sets:
+        if text.dataset not in (train_text.dataset, ce_set):
             continue
         changes = {k: getattr(train_text, k) for k in READING_FLAGS
                    if not hasattr(args, k) and getattr(train_text, k) != getattr(text, k)}
         if changes:
-            say("held-out text read as the SAEs' training read it: "
+            say("held-out text read as the SAE's training read it: "
                 + ", ".join(f"{READING_FLAGS[k]} {v}" for k, v in changes.items()) + " (give the flag to choose another)")
             return dataclasses.replace(text, **changes)
         return text
@@ -265,48 +330,33 @@ def _read_as_trained(args, text, loaded: dict, trained_on: list, say):
 PACKING_FLAGS = {"context_length": "--context-length", "bos_policy": "--bos-policy", "separator": "--separator"}
 
 
-def _packed_as_trained(args, text, loaded: dict, say):
-    """`text` packed as the SAEs were trained (context length, BOS policy, separator), for each of
-    those not given as a flag: from the training text the SAEs record (their cache's manifest), else
-    from cfg.json (`context_size`, `prepend_bos`). An SAE fed longer contexts or another BOS than it
-    was trained on reads other activations, so the flag defaults would silently measure something
-    else. SAEs that disagree keep the defaults, and a note says so."""
-    import dataclasses
-
+def _packed_as_trained(args, text, item, say):
+    """`text` packed as the SAE `item` was trained (context length, BOS policy, separator), for each
+    of those not given as a flag: from the training text it records (its cache's manifest), else from
+    cfg.json (`context_size`, `prepend_bos`). An SAE fed longer contexts or another BOS than it was
+    trained on reads other activations, so the flag defaults would silently measure something else."""
     from pathlib import Path
 
     from training.sources import training_text_of
 
-    wanted: dict[str, set] = {k: set() for k in PACKING_FLAGS}
-    for item in loaded.values():
-        data = (item.provenance or {}).get("data") or {}
-        meta = item.sae.cfg.metadata or {}
-        # packing is recorded in the cache's manifest (while it is there) or, without a cache, in data.text
-        recorded = data.get("text") or (data.get("cache") and (Path(data["cache"]) / "manifest.json").is_file())
-        got = training_text_of(data) if recorded else None
-        if got is not None:
-            trained = got[0]
-            for k in PACKING_FLAGS:
-                wanted[k].add(getattr(trained, k))
-            continue
+    data = (item.provenance or {}).get("data") or {}
+    meta = item.sae.cfg.metadata or {}
+    wanted: dict = {}
+    # packing is recorded in the cache's manifest (while it is there) or, without a cache, in data.text
+    recorded = data.get("text") or (data.get("cache") and (Path(data["cache"]) / "manifest.json").is_file())
+    got = training_text_of(data) if recorded else None
+    if got is not None:
+        wanted = {k: getattr(got[0], k) for k in PACKING_FLAGS}
+    else:
         if meta.get("context_size"):
-            wanted["context_length"].add(int(meta["context_size"]))
+            wanted["context_length"] = int(meta["context_size"])
         if meta.get("prepend_bos") is not None:
-            wanted["bos_policy"].add("prepend" if meta["prepend_bos"] else "none")
-    changes = {}
-    for k, flag in PACKING_FLAGS.items():
-        if hasattr(args, k) or not wanted[k]:
-            continue  # given on the command line, or nothing recorded
-        if len(wanted[k]) > 1:
-            say(f"note: the SAEs were trained with different {flag} ({', '.join(map(str, sorted(wanted[k])))}); "
-                f"evaluating with {getattr(text, k)} (give {flag} to choose)")
-            continue
-        value = next(iter(wanted[k]))
-        if value != getattr(text, k):
-            changes[k] = value
+            wanted["bos_policy"] = "prepend" if meta["prepend_bos"] else "none"
+    # a flag given on the command line wins; nothing recorded keeps the flag default
+    changes = {k: v for k, v in wanted.items() if not hasattr(args, k) and v != getattr(text, k)}
     if not changes:
         return text
-    say("contexts packed as the SAEs were trained: " + ", ".join(f"{PACKING_FLAGS[k]} {v}" for k, v in changes.items())
+    say("contexts packed as the SAE was trained: " + ", ".join(f"{PACKING_FLAGS[k]} {v}" for k, v in changes.items())
         + " (give the flag to choose another)")
     return dataclasses.replace(text, **changes)
 

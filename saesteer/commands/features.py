@@ -246,7 +246,8 @@ def _show(args) -> int:
                      ("flags", ", ".join(st.flags) or "-"), ("level", _fmt(rec.level, "d") if rec.level is not None else "-"),
                      ("parent", str(rec.parent.parent_latent) if rec.parent else "-"),
                      ("children", ", ".join(str(c.child_latent) for c in rec.children[:20]) or "-"),
-                     ("recommended strength", _fmt(rec.recommended_strength))):
+                     ("recommended strength", "-" if rec.recommended_strength is None
+                      else f"{_fmt(rec.recommended_strength)}x typical max")):
             tab.add_row(plain(k, "dim"), plain(v))
         con.print(tab)
         if rec.logits is not None:

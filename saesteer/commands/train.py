@@ -314,7 +314,9 @@ def _print_summary(result) -> None:
 
     m = result.metrics
     rate = m.get("tokens_per_second")
-    print(f"trained {m['tokens_trained']:,} tokens in {m['steps']:,} steps"
+    held = m.get("holdout_rows")
+    print(f"trained {m['tokens_trained']:,} training tokens in {m['steps']:,} steps"
+          + (f" (+{held:,} held out for evaluation)" if held else "")
           + (f" ({rate:,.0f} tokens/s in training steps)" if rate else "")
           + (f"; stopped early: {m['stopped_early']}" if m.get("stopped_early") else ""))
     header = f"{'SAE':<34} {'EV':>7} {'L0':>7} {'dead':>7} {'held-out dead':>13} {'dense':>7} {'CE rec':>7} {'KL':>8}"

@@ -72,7 +72,7 @@ class FeatureSummary(_Out):
     flags: list[str] = Field(default_factory=list)
     level: int | None = Field(None, description="Matryoshka level (0 = innermost), if any")
     parent: int | None = None
-    recommended_strength: float | None = None
+    recommended_strength: float | None = Field(None, description="in multiples of typical_max_act ('x max')")
     snippet: str | None = Field(None, description="search only: the matching text")
     snippet_parts: list[SnippetPart] | None = Field(None, description="search only: the matching text in pieces, "
                                                                       "each saying whether it is a match")
@@ -137,7 +137,8 @@ class LogitEffects(_Out):
 class Neighbour(_Out):
     latent: int
     similarity: float
-    count: int | None = Field(None, description="co-firing count (co-firing neighbours)")
+    count: int | None = Field(None, description="co-firing neighbours: in how many of this feature's sampled firing "
+                                                "events (at most the build's n_quantile) the other one fired")
     label: str | None = None
 
 
