@@ -196,6 +196,26 @@ def test_a_field_newer_than_the_checkpoint_counts_as_its_default() -> None:
     assert any(d.startswith("saes.1.") for d in config_differences(saved, two))
 
 
+def test_an_architecture_without_k_neither_records_nor_compares_k() -> None:
+    """JumpReLU has no k: its spec keeps none (whatever was given), its record names none, and a
+    checkpoint saved when JumpReLU specs still recorded the default k=32 (or a TopK spec the empty
+    Matryoshka widths) resumes; a k change of an SAE that has k is still refused."""
+    spec = SAESpec("jumprelu", d_sae=64, k=8)
+    assert spec.k is None and spec.name == "jumprelu_f64"
+    run = RunConfig(saes=[spec, SAESpec("topk", d_sae=64)])
+    recorded = run.to_dict()["saes"]
+    assert "k" not in recorded[0] and "matryoshka_widths" not in recorded[0] and "matryoshka_widths" not in recorded[1]
+    assert recorded[1]["k"] == 32
+    old = run.to_dict()
+    old["saes"][0].update(k=32, matryoshka_widths=[])  # as this version's predecessors wrote it
+    old["saes"][1]["matryoshka_widths"] = []
+    assert config_differences(old, run.to_dict()) == []
+    assert config_differences(old, RunConfig(saes=[SAESpec("jumprelu", d_sae=64, k=4), SAESpec("topk", d_sae=64)]).to_dict()) == []
+    assert RunConfig.from_dict(old).saes[0].k is None
+    changed_k = RunConfig(saes=[spec, SAESpec("topk", d_sae=64, k=16, name="topk_k32_f64")]).to_dict()
+    assert config_differences(old, changed_k) == ["saes.1.k: checkpoint 32, now 16"]
+
+
 def test_restore_refuses_a_checkpoint_of_another_target_width_by_its_saved_d_out() -> None:
     """The saved run config's d_out decides, not the tensors' shapes: an SAE's checkpoint (no
     target) has the shapes of a transcoder whose target is as wide as its input, and loaded

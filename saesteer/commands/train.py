@@ -134,7 +134,7 @@ def _sae_specs(args, file_specs: list) -> list:
     for arch in archs:
         taken = architecture_fields(trainable_architecture(arch))
         for d_sae in widths:
-            for k in ks if "k" in taken else ks[:1]:  # an architecture without k (jumprelu): one SAE per width
+            for k in ks if "k" in taken else [None]:  # an architecture without k (jumprelu): one SAE per width
                 levels = mw if "matryoshka_widths" in taken else []
                 specs.append(SAESpec(arch, d_sae=d_sae, k=k, matryoshka_widths=levels, lr=args.sae_lr,
                                      skip=bool(args.skip)))
