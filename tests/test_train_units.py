@@ -216,6 +216,17 @@ def test_an_architecture_without_k_neither_records_nor_compares_k() -> None:
     assert config_differences(old, changed_k) == ["saes.1.k: checkpoint 32, now 16"]
 
 
+def test_the_threshold_lr_is_compared_only_for_a_run_with_learned_thresholds() -> None:
+    """train.jumprelu_threshold_lr steps only the parameters an SAE class declares
+    (`own_lr_parameters`): a TopK run resumes with another value, a run with a JumpReLU does not."""
+    def run(archs, lr):
+        return RunConfig(saes=[SAESpec(a, d_sae=64) for a in archs], train=TrainConfig(jumprelu_threshold_lr=lr)).to_dict()
+
+    assert config_differences(run(["topk", "batchtopk"], 0.01), run(["topk", "batchtopk"], 0.05)) == []
+    assert config_differences(run(["topk", "jumprelu"], 0.01), run(["topk", "jumprelu"], 0.05)) == [
+        "train.jumprelu_threshold_lr: checkpoint 0.01, now 0.05"]
+
+
 def test_parameters_with_their_own_step_size_are_the_ones_the_sae_class_declares() -> None:
     """The optimiser's threshold group is what the class declares (`own_lr_parameters`), not an
     attribute named `threshold`: a threshold-like parameter of another name gets the threshold LR

@@ -529,12 +529,14 @@ def config_differences(
 
     A field the checkpoint's section lacks (added in a later version, e.g. train.init_from) counts
     as its default: a run saved before it existed ran with the behaviour the default keeps. An SAE
-    field its architecture does not take (a JumpReLU's k) is no difference (`spec_record`)."""
+    field its architecture does not take (a JumpReLU's k) is no difference (`spec_record`), nor is
+    the learning rate of own-step-size parameters in a run whose SAEs have none (`_unused_fields`)."""
     a, b = _flatten(_spec_records(saved)), _flatten(_spec_records(current))
     defaults = _flatten(RunConfig().to_dict())
+    unused = _unused_fields(saved, current)
     diffs = []
     for key in sorted(set(a) | set(b)):
-        if _resumable(key, allowed):
+        if _resumable(key, allowed) or key in unused:
             continue
         va, vb = a.get(key, "<absent>"), b.get(key, "<absent>")
         if va == "<absent>" and _added_later(key, a, defaults) and vb == defaults[_first_item(key)]:
@@ -542,6 +544,21 @@ def config_differences(
         if va != vb:
             diffs.append(f"{key}: checkpoint {va!r}, now {vb!r}")
     return diffs
+
+
+def _unused_fields(*configs: dict[str, Any]) -> set[str]:
+    """Run-wide fields that no SAE of these configs uses: train.jumprelu_threshold_lr without an SAE
+    whose class declares `own_lr_parameters` (a TopK run's; an unknown architecture counts as using it)."""
+    from saes.registry import sae_class
+
+    for config in configs:
+        for spec in config.get("saes") or []:
+            try:
+                if sae_class(spec["architecture"]).own_lr_parameters:
+                    return set()
+            except (KeyError, TypeError, ValueError):
+                return set()
+    return {"train.jumprelu_threshold_lr"}
 
 
 def _spec_records(config: dict[str, Any]) -> dict[str, Any]:
