@@ -118,7 +118,6 @@ class SAESpec:
             f"SAESpec.name {self.name!r} must use only letters, digits, '.', '_' and '-' (it names a folder)",
         )
 
-
     def to_dict(self) -> dict[str, Any]:
         """The spec as a config records it: without the `ARCHITECTURE_FIELDS` its architecture lacks."""
         return spec_record(dataclasses.asdict(self))

@@ -128,7 +128,7 @@ def _sae_specs(args, file_specs: list) -> list:
         return [SAESpec(**s) if isinstance(s, dict) else s for s in file_specs] or [SAESpec()]
     archs = _split_list(args.architecture, str, "--architecture") if args.architecture else ["topk"]
     widths = _split_list(args.d_sae, int, "--d-sae") if args.d_sae else [4096]
-    ks = _split_list(args.k, int, "--k") if args.k else [32]
+    ks = _split_list(args.k, int, "--k") if args.k else [None]  # none: SAESpec's default (DEFAULT_K)
     mw = _split_list(args.matryoshka_widths, int, "--matryoshka-widths") if args.matryoshka_widths else []
     specs = []
     for arch in archs:
