@@ -24,6 +24,7 @@ code needs to know about it is asked of the class, never decided by its name or 
 | a sparsity penalty in the objective (JumpReLU), by optimiser step | `sparsity_penalty` | None |
 | which hand-written fast step applies ("topk", "batch_topk", "jumprelu") | `training_rule` | "generic" (autograd only) |
 | state updated after each optimiser step (BatchTopK thresholds) | `update_inference_form_` | nothing |
+| parameters the optimiser steps at a step size of their own (learned thresholds) | `own_lr_parameters` | () |
 | SAELens cfg.json: architecture saved, its fields, training details | `saelens_architecture`, `saelens_fields`, `training_details` | own name, {}, {} |
 | SAELens cfg.json back into config fields | `config_fields_from_saelens` | {} |
 | tensors beyond the four parameters (JumpReLU's `threshold`) | buffers, `load_saelens_tensors_` | none |
@@ -106,6 +107,9 @@ class SAE(nn.Module):
     encoding_rule: ClassVar[EncodingRule] = "generic"
     training_rule: ClassVar[TrainingRule] = "generic"
     saelens_architecture: ClassVar[str] = ""  # "" = `architecture`
+    # names of parameters the trainer steps at their own learning rate (TrainConfig.jumprelu_threshold_lr),
+    # not the weights': learned thresholds, which must travel a pre-activation-sized distance (JumpReLU's)
+    own_lr_parameters: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

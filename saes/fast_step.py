@@ -354,20 +354,8 @@ def _fast_grads(
             dvals_N.mul_(vals_N > 0)
     mse = level_mse_L[-1]
 
-    # weight gradients: entries grouped by latent, one `embedding_bag` per weight
-    perm_N = sort_order(idx_N, Fdim)
-    lat_off = _offsets(torch.bincount(idx_N, minlength=Fdim))
-    dW_enc_DF = sae.W_enc.grad
-    if dW_enc_DF is None or dW_enc_DF.shape != W_enc.shape or dW_enc_DF.dtype != dtype or not dW_enc_DF.is_contiguous():
-        dW_enc_DF = torch.empty_like(W_enc)
-    bag_S, row_S, val_S, dval_S = bag_N[perm_N], rows_N[perm_N], vals_N[perm_N], dvals_N[perm_N]
-    dW_dec_FD = _bag_sum(bag_S, g_QD, lat_off, val_S)  # fbgemm's kernels beat a hand-written one
-    dW_encT_FD = _bag_sum(row_S, sae_in_BD, lat_off, dval_S)
-    if native_kernels:
-        native.transpose_into(dW_encT_FD, dW_enc_DF)
-    else:
-        dW_enc_DF.copy_(dW_encT_FD.t())
-    db_enc_F = torch.zeros(Fdim, dtype=dtype, device=dev).index_add_(0, idx_N, dvals_N)
+    dW_dec_FD, dW_enc_DF, db_enc_F = latent_weight_grads(sae, idx_N, rows_N, bag_N, vals_N, dvals_N, g_QD, sae_in_BD,
+                                                         native_kernels)
 
     # AuxK: the top-A dead latents reconstruct the residual of the live ones
     aux = torch.zeros((), dtype=dtype, device=dev)
@@ -393,6 +381,36 @@ def _fast_grads(
     acts = SparseActs(vals_N, idx_N, ent.offsets_B1, Fdim)
     level_mse = level_mse_L if widths is not None else None
     return GradResult(total, mse, aux, level_mse, acts, pre_BF, recon_BD, ent.above_threshold_F)
+
+
+def latent_weight_grads(
+    sae: SAE, idx_N: Tensor, rows_N: Tensor, bag_N: Tensor, vals_N: Tensor, dvals_N: Tensor, g_QO: Tensor,
+    sae_in_BD: Tensor, native_kernels: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(dW_dec [F, O], dW_enc [D, F], db_enc [F]) from the selected entries (latent, row, value,
+    d loss / d pre-activation), entries grouped by latent: one `embedding_bag` per weight, never a
+    dense [B, F] matrix. W_dec's rows sum value x g[bag] (`bag_N`: the entry's row, or its (row,
+    level) bag for Matryoshka, with `g_QO` per bag); W_enc's columns dvalue x sae_in[row]. Written
+    into W_enc's own .grad when it can hold it (no [D, F] allocation per step). Also the JumpReLU
+    step's (`saes.jumprelu_step`)."""
+    Fdim, W_enc = sae.d_sae, sae.W_enc.detach()
+    perm_N = sort_order(idx_N, Fdim)
+    lat_off = _offsets(torch.bincount(idx_N, minlength=Fdim))
+    dW_enc_DF = sae.W_enc.grad
+    if dW_enc_DF is None or dW_enc_DF.shape != W_enc.shape or dW_enc_DF.dtype != W_enc.dtype or not dW_enc_DF.is_contiguous():
+        dW_enc_DF = torch.empty_like(W_enc)
+    row_S = rows_N[perm_N]
+    bag_S = row_S if bag_N is rows_N else bag_N[perm_N]
+    dW_dec_FO = _bag_sum(bag_S, g_QO, lat_off, vals_N[perm_N])  # fbgemm's kernels beat a hand-written one
+    dW_encT_FD = _bag_sum(row_S, sae_in_BD, lat_off, dvals_N[perm_N])
+    if native_kernels:
+        from saes import native
+
+        native.transpose_into(dW_encT_FD, dW_enc_DF)
+    else:
+        dW_enc_DF.copy_(dW_encT_FD.t())
+    db_enc_F = torch.zeros(Fdim, dtype=W_enc.dtype, device=W_enc.device).index_add_(0, idx_N, dvals_N)
+    return dW_dec_FO, dW_enc_DF, db_enc_F
 
 
 class _AuxK(NamedTuple):

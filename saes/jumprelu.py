@@ -102,6 +102,7 @@ class JumpReLUSAE(ThresholdSAE):
     cfg: JumpReLUConfig
     trainable = True
     training_rule = "jumprelu"
+    own_lr_parameters = ("threshold",)  # stepped at TrainConfig.jumprelu_threshold_lr (see the module docstring)
 
     def _make_threshold(self, initial_F: Tensor) -> None:
         self.threshold = nn.Parameter(initial_F.fill_(self.cfg.jumprelu_init_threshold))

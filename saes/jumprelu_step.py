@@ -25,7 +25,6 @@ from saes.jumprelu import fires, in_band
 from saes.objective import decoder_goal
 from saes.sparse import SparseActs
 from saes.step import GradResult
-from saes.topk_select import sort_order
 
 
 def jumprelu_grads(sae, x_BD: Tensor, dead_mask_F: Tensor | None, step: int, encoder_dtype: torch.dtype | None,
@@ -33,7 +32,7 @@ def jumprelu_grads(sae, x_BD: Tensor, dead_mask_F: Tensor | None, step: int, enc
     """Gradients of the JumpReLU objective into `.grad` of W_enc, b_enc, W_dec, b_dec, threshold
     (and W_skip) (call inside `torch.no_grad()`; `ws`: a `saes.fast_step.StepWorkspace`;
     `target_BO`: a transcoder's target rows)."""
-    from saes.fast_step import _bag_sum, _encode, _entry_dots, _offsets  # fast_step imports this module
+    from saes.fast_step import _bag_sum, _encode, _entry_dots, _offsets, latent_weight_grads  # it imports this module
 
     cfg = sae.cfg
     x_BD, goal_BO, skip_BO = decoder_goal(sae, x_BD, target_BO)
@@ -91,13 +90,8 @@ def jumprelu_grads(sae, x_BD: Tensor, dead_mask_F: Tensor | None, step: int, enc
     if to_input:
         dpre_N += ste_N
 
-    # weight gradients, entries grouped by latent
-    perm_N = sort_order(idx_N, Fdim)
-    lat_off = _offsets(torch.bincount(idx_N, minlength=Fdim))
-    row_S = rows_N[perm_N]
-    dW_dec_FO = _bag_sum(row_S, g_BO, lat_off, vals_N[perm_N])
-    dW_enc_DF = _bag_sum(row_S, sae_in_BD, lat_off, dpre_N[perm_N]).t().contiguous()
-    db_enc_F = torch.zeros(Fdim, dtype=dtype, device=dev).index_add_(0, idx_N, dpre_N)
+    # weight gradients, entries grouped by latent (as the TopK step's; one bag per row: no levels)
+    dW_dec_FO, dW_enc_DF, db_enc_F = latent_weight_grads(sae, idx_N, rows_N, rows_N, vals_N, dpre_N, g_BO, sae_in_BD)
 
     # Anthropic's pre-activation loss on the dead columns: c * sum relu(t - pre) * norm / B
     pre_act = torch.zeros((), dtype=dtype, device=dev)

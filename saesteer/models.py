@@ -223,23 +223,14 @@ def _boot_hf(name_or_path: str, revision: str | None, device: str, dtype, spec: 
             warnings.filterwarnings("ignore", category=FutureWarning)
             return TransformerBridge.boot_transformers(name_or_path, **kwargs)
     except OSError as exc:  # HF's "couldn't connect" / "not a valid model identifier" / offline cache misses
-        offline = _hub_offline()
-        hint = (" HF_HUB_OFFLINE is set and the model is not in the local HF cache;" if offline else "")
+        from saes.hf_offline import hf_offline
+
+        hint = (" offline mode is on (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE) and the model is not in the local HF "
+                "cache;" if hf_offline("huggingface_hub") else "")
         raise OSError(
             f"could not load model {spec!r} through TransformerLens/HuggingFace:{hint} {exc}. Use 'toy' for the "
             "built-in model, a local checkpoint directory, or a hub name reachable from this machine."
         ) from exc
-
-
-def _hub_offline() -> bool:
-    try:
-        import huggingface_hub.constants as hc
-
-        if getattr(hc, "HF_HUB_OFFLINE", False):
-            return True
-    except ImportError:  # pragma: no cover - a dependency of transformers
-        pass
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -240,3 +240,32 @@ def test_cli_resume_without_sae_flags_does_not_read_the_source_again(tmp_path: P
     shutil.move(str(src), tmp_path / "moved")
     assert main([*cmd, "--total-tokens", "768"]) == 0
     assert read_provenance(tmp_path / "run" / "saes" / f"topk_k{K}_f{F}")["tokens_trained"] == 768
+
+
+def test_cli_reads_the_source_once_per_run(tmp_path: Path, monkeypatch) -> None:
+    """The hook point's default, the SAE flags' default and the run's start all take the one
+    source read (before: three reads of the same SAE for a fresh run, one for each)."""
+    import saes.formats
+
+    from helpers.fake_cache import make_fake_cache
+    from saesteer.cli import main
+
+    reads: list[str] = []
+    real = saes.formats.resolve_sae
+
+    def counting(spec, **kw):
+        reads.append(str(spec))
+        return real(spec, **kw)
+
+    monkeypatch.setattr(saes.formats, "resolve_sae", counting)
+    cache = make_fake_cache(tmp_path / "cache", shard_rows=[1024, 1024], d_in=D).path
+    src = sae_lens_topk_folder(tmp_path / "sl")
+    cmd = ["train", "--cache", str(cache), "--out", str(tmp_path / "run"), "--init-from", str(src), "--batch-size",
+           "256", "--holdout-tokens", "256", "--no-progress", "--num-threads", "1"]
+    assert main([*cmd, "--total-tokens", "512"]) == 0  # no --hook, no SAE flags: both default to the source's
+    assert reads == [str(src)]
+    rec = read_provenance(tmp_path / "run" / "saes" / f"topk_k{K}_f{F}")["init_from"]
+    assert rec["weights_sha256"] == weights_sha256(load_source(str(src)).sae)  # the one read started the run
+    reads.clear()
+    assert main([*cmd, "--total-tokens", "768"]) == 0  # a resume reads it for the hook point only
+    assert reads == [str(src)]

@@ -53,6 +53,23 @@ def test_jumprelu_trains_from_the_cli_with_its_settings(cache: Path, tmp_path: P
     assert code == 2 and "saes.0.options.pre_act_loss_coefficient" in capsys.readouterr().err
 
 
+def test_a_jumprelu_run_resumes_with_another_k_which_it_ignores(cache: Path, tmp_path: Path) -> None:
+    """--k means nothing to JumpReLU: its run records none (config.json, metrics.json) and a resume
+    given another --k continues instead of being refused as a changed setting, also from a
+    checkpoint written when JumpReLU specs still recorded k=32 (and empty Matryoshka widths)."""
+    out = tmp_path / "run"
+    assert _train(cache, out, "--architecture", "jumprelu") == 0  # FLAGS give --k 4
+    recorded = json.loads((out / "config.json").read_text())["saes"][0]
+    assert recorded["name"] == "jumprelu_f64" and "k" not in recorded
+    for state_file in (out / "checkpoints").glob("step_*/state.json"):  # as the previous version wrote them
+        state = json.loads(state_file.read_text())
+        state["config"]["saes"][0].update(k=32, matryoshka_widths=[])
+        state_file.write_text(json.dumps(state))
+    assert _train(cache, out, "--architecture", "jumprelu", "--k", "16", "--total-tokens", "2560") == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["tokens_trained"] == 2560 and "k" not in metrics["config"]["saes"][0]
+
+
 @pytest.mark.parametrize("extra,flag", [
     (["--jumprelu-bandwidth", "-0.5"], "--jumprelu-bandwidth"),
     (["--jumprelu-bandwidth", "0"], "--jumprelu-bandwidth"),

@@ -196,6 +196,72 @@ def test_a_field_newer_than_the_checkpoint_counts_as_its_default() -> None:
     assert any(d.startswith("saes.1.") for d in config_differences(saved, two))
 
 
+def test_an_architecture_without_k_neither_records_nor_compares_k() -> None:
+    """JumpReLU has no k: its spec keeps none (whatever was given), its record names none, and a
+    checkpoint saved when JumpReLU specs still recorded the default k=32 (or a TopK spec the empty
+    Matryoshka widths) resumes; a k change of an SAE that has k is still refused."""
+    spec = SAESpec("jumprelu", d_sae=64, k=8)
+    assert spec.k is None and spec.name == "jumprelu_f64"
+    run = RunConfig(saes=[spec, SAESpec("topk", d_sae=64)])
+    recorded = run.to_dict()["saes"]
+    assert "k" not in recorded[0] and "matryoshka_widths" not in recorded[0] and "matryoshka_widths" not in recorded[1]
+    assert recorded[1]["k"] == 32
+    old = run.to_dict()
+    old["saes"][0].update(k=32, matryoshka_widths=[])  # as this version's predecessors wrote it
+    old["saes"][1]["matryoshka_widths"] = []
+    assert config_differences(old, run.to_dict()) == []
+    assert config_differences(old, RunConfig(saes=[SAESpec("jumprelu", d_sae=64, k=4), SAESpec("topk", d_sae=64)]).to_dict()) == []
+    assert RunConfig.from_dict(old).saes[0].k is None
+    changed_k = RunConfig(saes=[spec, SAESpec("topk", d_sae=64, k=16, name="topk_k32_f64")]).to_dict()
+    assert config_differences(old, changed_k) == ["saes.1.k: checkpoint 32, now 16"]
+
+
+def test_the_threshold_lr_is_compared_only_for_a_run_with_learned_thresholds() -> None:
+    """train.jumprelu_threshold_lr steps only the parameters an SAE class declares
+    (`own_lr_parameters`): a TopK run resumes with another value, a run with a JumpReLU does not."""
+    def run(archs, lr):
+        return RunConfig(saes=[SAESpec(a, d_sae=64) for a in archs], train=TrainConfig(jumprelu_threshold_lr=lr)).to_dict()
+
+    assert config_differences(run(["topk", "batchtopk"], 0.01), run(["topk", "batchtopk"], 0.05)) == []
+    assert config_differences(run(["topk", "jumprelu"], 0.01), run(["topk", "jumprelu"], 0.05)) == [
+        "train.jumprelu_threshold_lr: checkpoint 0.01, now 0.05"]
+
+
+def test_parameters_with_their_own_step_size_are_the_ones_the_sae_class_declares() -> None:
+    """The optimiser's threshold group is what the class declares (`own_lr_parameters`), not an
+    attribute named `threshold`: a threshold-like parameter of another name gets the threshold LR
+    when declared; a name that is not a parameter is refused naming it."""
+    from torch import nn
+
+    from saes.jumprelu import JumpReLUSAE
+    from training.trainer import param_groups
+
+    class CutoffSAE(JumpReLUSAE):  # JumpReLU's thresholds under another name
+        architecture = "test_cutoff"
+        own_lr_parameters = ("cutoff",)
+
+        def _make_threshold(self, initial_F: torch.Tensor) -> None:
+            self.cutoff = nn.Parameter(initial_F.fill_(self.cfg.jumprelu_init_threshold))
+
+    cfg = RunConfig(train=TrainConfig(jumprelu_threshold_lr=0.03))
+    sae = CutoffSAE(CutoffSAE.config_class(d_in=8, d_sae=16))
+    groups = param_groups(sae, 1e-4, cfg)
+    assert [g["lr"] for g in groups] == [1e-4, 0.03]
+    assert groups[1]["params"] == [sae.cutoff] and not any(p is sae.cutoff for p in groups[0]["params"])
+    assert len(groups[0]["params"]) == len(list(sae.parameters())) - 1
+    jump = create_sae("jumprelu", 8, 16)  # JumpReLU as before: the same groups, in the same order
+    groups = param_groups(jump, 1e-4, cfg)
+    assert groups[1]["params"] == [jump.threshold] and groups[0]["params"] == [p for n, p in jump.named_parameters()
+                                                                                if n != "threshold"]
+    assert len(param_groups(create_sae("topk", 8, 16, k=2), 1e-4, cfg)) == 1
+
+    class Misnamed(CutoffSAE):
+        own_lr_parameters = ("threshold",)
+
+    with pytest.raises(TypeError, match="Misnamed.own_lr_parameters names threshold"):
+        param_groups(Misnamed(Misnamed.config_class(d_in=8, d_sae=16)), 1e-4, cfg)
+
+
 def test_restore_refuses_a_checkpoint_of_another_target_width_by_its_saved_d_out() -> None:
     """The saved run config's d_out decides, not the tensors' shapes: an SAE's checkpoint (no
     target) has the shapes of a transcoder whose target is as wide as its input, and loaded

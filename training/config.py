@@ -31,8 +31,10 @@ from typing import Any, Literal
 from saes.validators import finite_number, require, whole_number
 
 
-# SAESpec fields that go to the SAE's config where its architecture's config has them
+# SAESpec fields that go to the SAE's config where its architecture's config has them; an
+# architecture without one (JumpReLU has no k, TopK no widths) neither records nor compares it
 ARCHITECTURE_FIELDS = ("k", "matryoshka_widths")
+DEFAULT_K = 32  # SAESpec.k of an architecture that takes k, when none is given
 # the other fields of an architecture's config go through SAESpec.options (e.g. JumpReLU's l0_coefficient)
 
 # Fields that may differ between a checkpoint's config and the resuming config.
@@ -59,7 +61,11 @@ class SAESpec:
                           "matryoshka_batchtopk, jumprelu; alias: matryoshka)"},
     )
     d_sae: int = field(default=4096, metadata={"help": "number of latents"})
-    k: int = field(default=32, metadata={"help": "active latents per token (BatchTopK: on average over the batch)"})
+    k: int | None = field(
+        default=None,
+        metadata={"help": f"active latents per token (BatchTopK: on average over the batch); none: {DEFAULT_K} for an "
+                          f"architecture that takes k; an architecture without k (JumpReLU) has none, whatever is given"},
+    )
     matryoshka_widths: list[int] = field(
         default_factory=list,
         metadata={"help": "Matryoshka only: cumulative prefix widths ending at d_sae (empty: ~4x steps)"},
@@ -83,10 +89,14 @@ class SAESpec:
     def __post_init__(self) -> None:
         self.architecture = trainable_architecture(self.architecture)
         whole_number("SAESpec", "d_sae", self.d_sae)
-        whole_number("SAESpec", "k", self.k)
         takes_k = "k" in architecture_fields(self.architecture)
-        require(not takes_k or self.k <= self.d_sae,
-                f"SAESpec.k ({self.k}) must not exceed d_sae ({self.d_sae}); lower k or widen the SAE")
+        if takes_k:
+            self.k = DEFAULT_K if self.k is None else self.k
+            whole_number("SAESpec", "k", self.k)
+            require(self.k <= self.d_sae, f"SAESpec.k ({self.k}) must not exceed d_sae ({self.d_sae}); lower k or "
+                                          f"widen the SAE")
+        else:  # meaningless for it (a run saved before this recorded the default, 32): not kept, not compared
+            self.k = None
         self.matryoshka_widths = [int(w) for w in self.matryoshka_widths]
         if self.matryoshka_widths and "matryoshka_widths" not in architecture_fields(self.architecture):
             from saes.registry import trainable_architectures
@@ -108,6 +118,9 @@ class SAESpec:
             f"SAESpec.name {self.name!r} must use only letters, digits, '.', '_' and '-' (it names a folder)",
         )
 
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as a config records it: without the `ARCHITECTURE_FIELDS` its architecture lacks."""
+        return spec_record(dataclasses.asdict(self))
 
     def sae_config_fields(self) -> dict[str, Any]:
         """The spec's values of the config fields its architecture takes (`ARCHITECTURE_FIELDS`)."""
@@ -127,6 +140,16 @@ def trainable_architecture(name: str) -> str:
            f"SAESpec.architecture must be one of {', '.join(choices)}{f' (aliases: {aliases})' if aliases else ''}; "
            f"got {name!r}")
     return canonical_name(name)
+
+
+def spec_record(spec: dict[str, Any]) -> dict[str, Any]:
+    """A recorded SAESpec without the `ARCHITECTURE_FIELDS` its architecture does not take, e.g. the
+    k=32 that JumpReLU specs recorded before they had none (an unknown architecture: as it is)."""
+    try:
+        taken = architecture_fields(spec["architecture"])
+    except (KeyError, TypeError, ValueError):
+        return spec
+    return {key: value for key, value in spec.items() if key not in ARCHITECTURE_FIELDS or key in taken}
 
 
 def option_fields(architecture: str) -> set[str]:
@@ -441,7 +464,7 @@ class RunConfig:
         require(not dupes, f"RunConfig.saes has duplicate names {dupes}; set SAESpec.name to tell them apart")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "saes": [spec.to_dict() for spec in self.saes]}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
@@ -504,12 +527,15 @@ def config_differences(
     """'field: checkpoint X, now Y' for every differing field not in `allowed` (dotted paths).
 
     A field the checkpoint's section lacks (added in a later version, e.g. train.init_from) counts
-    as its default: a run saved before it existed ran with the behaviour the default keeps."""
-    a, b = _flatten(saved), _flatten(current)
+    as its default: a run saved before it existed ran with the behaviour the default keeps. An SAE
+    field its architecture does not take (a JumpReLU's k) is no difference (`spec_record`), nor is
+    the learning rate of own-step-size parameters in a run whose SAEs have none (`_unused_fields`)."""
+    a, b = _flatten(_spec_records(saved)), _flatten(_spec_records(current))
     defaults = _flatten(RunConfig().to_dict())
+    unused = _unused_fields(saved, current)
     diffs = []
     for key in sorted(set(a) | set(b)):
-        if _resumable(key, allowed):
+        if _resumable(key, allowed) or key in unused:
             continue
         va, vb = a.get(key, "<absent>"), b.get(key, "<absent>")
         if va == "<absent>" and _added_later(key, a, defaults) and vb == defaults[_first_item(key)]:
@@ -517,6 +543,28 @@ def config_differences(
         if va != vb:
             diffs.append(f"{key}: checkpoint {va!r}, now {vb!r}")
     return diffs
+
+
+def _unused_fields(*configs: dict[str, Any]) -> set[str]:
+    """Run-wide fields that no SAE of these configs uses: train.jumprelu_threshold_lr without an SAE
+    whose class declares `own_lr_parameters` (a TopK run's; an unknown architecture counts as using it)."""
+    from saes.registry import sae_class
+
+    for config in configs:
+        for spec in config.get("saes") or []:
+            try:
+                if sae_class(spec["architecture"]).own_lr_parameters:
+                    return set()
+            except (KeyError, TypeError, ValueError):
+                return set()
+    return {"train.jumprelu_threshold_lr"}
+
+
+def _spec_records(config: dict[str, Any]) -> dict[str, Any]:
+    saes = config.get("saes")
+    if not isinstance(saes, list):
+        return config
+    return {**config, "saes": [spec_record(s) if isinstance(s, dict) else s for s in saes]}
 
 
 def _first_item(key: str) -> str:

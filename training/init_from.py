@@ -56,6 +56,33 @@ def load_source(spec: str) -> Any:
     return resolve_sae(spec, device="cpu", dtype=torch.float32)
 
 
+class InitSource:
+    """The source SAE of `spec` (a `TrainConfig.init_from`), read at most once: the CLI asks it for
+    the hook point and the SAE flags' defaults before the run, the run's start for its weights
+    (`training.resume.start_run`, which then `release`s it: the run does not keep a copy). A read
+    that failed fails the same way when asked again, without reading again."""
+
+    def __init__(self, spec: str) -> None:
+        self.spec = spec
+        self._loaded: Any = None
+        self._error: BaseException | None = None
+
+    def load(self) -> Any:
+        """The `LoadedSAE` (read on the first call)."""
+        if self._loaded is None and self._error is None:
+            try:
+                self._loaded = load_source(self.spec)
+            except Exception as e:  # kept to raise again: asking twice never reads twice
+                self._error = e
+        if self._error is not None:
+            raise self._error
+        return self._loaded
+
+    def release(self) -> None:
+        """Let the loaded SAE go (a later `load` reads it again)."""
+        self._loaded = None
+
+
 def weights_sha256(sae: Any) -> str:
     """SHA-256 over the SAE's parameters and buffers as loaded (name, dtype, shape, bytes)."""
     h = hashlib.sha256()

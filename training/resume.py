@@ -44,9 +44,11 @@ class RunStart(NamedTuple):
 
 
 def start_run(config: RunConfig, data: Iterable[Any], out: Path, coll: Collectives, prov: dict[str, Any],
-              resume: str) -> RunStart:
+              resume: str, init_source: Any = None) -> RunStart:
     """The trainer and the batches of a run in `out`, resumed or fresh as `resume` says
-    ("auto", "never": refuse a folder with checkpoints, "require": refuse one without)."""
+    ("auto", "never": refuse a folder with checkpoints, "require": refuse one without).
+    `init_source`: a `training.init_from.InitSource` of `train.init_from` that the caller has
+    already read (None: a fresh fine-tuning run reads it here; a resume never does)."""
     found = checkpoint_to_resume(config, out, coll, resume)
     batches = iter(data)
     holdout_BD, _, holdout_targets = draw_holdout(batches, config.train.holdout_tokens, coll)
@@ -60,12 +62,17 @@ def start_run(config: RunConfig, data: Iterable[Any], out: Path, coll: Collectiv
     else:
         seed_everything(config.train.seed)
         if config.train.init_from:  # fine-tuning: the source's weights instead of a fresh initialisation
-            from training.init_from import initialize_from_source, load_source
+            from training.init_from import InitSource, initialize_from_source
 
-            trainer.init_from = initialize_from_source(trainer, load_source(config.train.init_from), prov,
-                                                       holdout_BD=holdout_BD)
+            source = init_source if init_source is not None else InitSource(config.train.init_from)
+            if source.spec != config.train.init_from:
+                raise ValueError(f"start_run: init_source reads {source.spec!r}, the config's train.init_from is "
+                                 f"{config.train.init_from!r}; pass the InitSource of train.init_from (or none)")
+            trainer.init_from = initialize_from_source(trainer, source.load(), prov, holdout_BD=holdout_BD)
         else:
             trainer.initialize(holdout_BD, holdout_targets)
+    if init_source is not None:  # the weights are in the trainer (or the checkpoint's): no copy kept for the run
+        init_source.release()
     if coll.is_writer:
         truncate_history(out, trainer.step)
         atomic_write_json(out / CONFIG_FILE, config.to_dict())

@@ -44,6 +44,7 @@ def train(
     resume: Literal["auto", "never", "require"] = "auto",
     collectives: Collectives | None = None,
     on_step: Callable[[Trainer], None] | None = None,
+    init_source: Any = None,
 ) -> TrainResult:
     """Train every SAE of `config` on the batches of `data`, checkpointing into `out_dir`.
 
@@ -60,6 +61,8 @@ def train(
         refuses an out_dir with checkpoints; "require" refuses one without.
     collectives: data-parallel communication (default: single process).
     on_step: called with the trainer after every step (progress hooks, tests).
+    init_source: the `training.init_from.InitSource` of `config.train.init_from` when the caller
+        has read the source already (the CLI does, for its defaults); None: read where needed.
     """
     t_start = time.perf_counter()
     coll = collectives or Collectives()
@@ -74,7 +77,8 @@ def train(
         if coll.is_writer:
             clean_temporaries(out / CHECKPOINT_DIR)
             _clean_sae_leftovers(out / SAE_DIR)
-        return _train_locked(config, data, out, coll, dict(provenance or {}), model_eval, resume, on_step, t_start)
+        return _train_locked(config, data, out, coll, dict(provenance or {}), model_eval, resume, on_step, t_start,
+                             init_source)
 
 
 def _clean_sae_leftovers(sae_root: Path) -> None:
@@ -94,9 +98,10 @@ def _lock_out_dir(out: Path) -> FileLock:
 def _train_locked(
     config: RunConfig, data: Iterable[Any], out: Path, coll: Collectives, prov: dict[str, Any],
     model_eval: ModelEval | None, resume: str, on_step: Callable[[Trainer], None] | None, t_start: float,
+    init_source: Any = None,
 ) -> TrainResult:
     """The run inside the locked folder: start or resume, the loop, the last checkpoint, the end."""
-    start = start_run(config, data, out, coll, prov, resume)
+    start = start_run(config, data, out, coll, prov, resume, init_source)
     trainer = start.trainer
     logger = open_run_logger(config, out, prov, trainer.tokens, enabled=coll.is_writer)
     if start.resumed_from is not None:

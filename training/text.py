@@ -213,7 +213,9 @@ class DocumentSource:
         except (FileNotFoundError, ValueError) as e:
             raise ValueError(f"could not open dataset {cfg.dataset!r} (split {cfg.split!r}): {e}") from e
         except ConnectionError as e:
-            if data.is_local or not _hub_offline():
+            from saes.hf_offline import hf_offline
+
+            if data.is_local or not hf_offline("datasets"):
                 raise
             raise ValueError(_offline_hub_dataset_hint(cfg.dataset, e)) from None
 
@@ -258,13 +260,6 @@ class DocumentSource:
         ds = ds.select_columns([col])
         for batch in ds.iter(batch_size=chunk_docs):
             yield [t if isinstance(t, str) else "" for t in batch[col]]
-
-
-def _hub_offline() -> bool:
-    import datasets
-
-    return bool(getattr(datasets.config, "HF_HUB_OFFLINE", False)) or os.environ.get(
-        "HF_DATASETS_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
 def _offline_hub_dataset_hint(name: str, error: Exception) -> str:

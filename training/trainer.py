@@ -7,8 +7,9 @@ Shape key: B batch rows, D d_in, F d_sae, N active entries.
     result = train(cfg, CacheReader(cache_dir, batch_size=cfg.train.batch_size), "runs/l2")
 
 This module is the `Trainer` (SAEs, optimisers, counters, position; its checkpoint payload) and
-each SAE's `Member` state with its optimiser (Adam, fused where it works; JumpReLU's thresholds
-in a param group of their own, at TrainConfig.jumprelu_threshold_lr). One optimiser update of one
+each SAE's `Member` state with its optimiser (Adam, fused where it works; the parameters an SAE
+class declares in `own_lr_parameters`, JumpReLU's thresholds, in a param group of their own, at
+TrainConfig.jumprelu_threshold_lr). One optimiser update of one
 SAE is `training.update.train_step`; the run around the trainer (`train()`: resume, logging,
 checkpoints, the end) is `training.run`. Every operation that crosses processes in data-parallel
 training is a call on `Collectives` (see training/collectives.py).
@@ -105,16 +106,24 @@ def make_optimizer(params: list[torch.nn.Parameter] | list[dict[str, Any]], lr: 
 
 
 def param_groups(sae: SAE, lr: float, cfg: RunConfig) -> list[dict[str, Any]]:
-    """The SAE's optimiser param groups: every weight at the SAE's LR, and a learned threshold
-    (JumpReLU's, a parameter) in a group of its own at TrainConfig.jumprelu_threshold_lr. The
-    thresholds must travel from where they start to where the sparsity penalty wants them, a
-    distance of the pre-activations' scale, while Adam moves a parameter by about its LR per step:
-    at a small SAE LR they would not get there within a short run (benchmarks/RESULTS.md)."""
-    threshold = getattr(sae, "threshold", None)
-    if not isinstance(threshold, torch.nn.Parameter):
+    """The SAE's optimiser param groups: every weight at the SAE's LR, and the parameters its class
+    declares in `own_lr_parameters` (learned thresholds: JumpReLU's) in a group of their own at
+    TrainConfig.jumprelu_threshold_lr. The thresholds must travel from where they start to where
+    the sparsity penalty wants them, a distance of the pre-activations' scale, while Adam moves a
+    parameter by about its LR per step: at a small SAE LR they would not get there within a short
+    run (benchmarks/RESULTS.md)."""
+    names = type(sae).own_lr_parameters
+    if not names:
         return [{"params": list(sae.parameters()), "lr": lr}]
-    weights = [p for p in sae.parameters() if p is not threshold]
-    return [{"params": weights, "lr": lr}, {"params": [threshold], "lr": cfg.train.jumprelu_threshold_lr}]
+    named = dict(sae.named_parameters())
+    missing = [n for n in names if n not in named]
+    if missing:
+        raise TypeError(f"{type(sae).__name__}.own_lr_parameters names {', '.join(missing)}, which "
+                        f"{'is not a parameter' if len(missing) == 1 else 'are not parameters'} of it; its parameters: "
+                        f"{', '.join(named)}")
+    own = [named[n] for n in names]
+    weights = [p for p in sae.parameters() if not any(p is q for q in own)]
+    return [{"params": weights, "lr": lr}, {"params": own, "lr": cfg.train.jumprelu_threshold_lr}]
 
 
 def build_member(spec: SAESpec, index: int, d_in: int, cfg: RunConfig, device: torch.device, metadata: dict[str, Any],

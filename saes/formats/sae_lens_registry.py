@@ -97,10 +97,13 @@ def load(
     try:
         sl = SaeLensSAE.from_pretrained(release, sae_id, device="cpu")
     except (OSError, EntryNotFoundError) as e:  # LocalEntryNotFoundError, OfflineModeIsEnabled, HTTP errors
-        offline = constants.HF_HUB_OFFLINE
+        from saes.hf_offline import hf_offline
+
+        why = (" and offline mode is on (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)" if hf_offline()
+               else " and the hub was not reached")
         raise SAEFormatError(
             f"{spec}: could not read {repo_id}/{folder} ({type(e).__name__}); it is not in the HF cache at "
-            f"{constants.HF_HUB_CACHE}{' and HF_HUB_OFFLINE is set' if offline else ' and the hub was not reached'}. "
+            f"{constants.HF_HUB_CACHE}{why}. "
             f"Download it once where the hub is reachable (python -c \"from sae_lens import SAE; "
             f"SAE.from_pretrained('{release}', '{sae_id}')\") or point HF_HUB_CACHE at a cache that holds it"
         ) from None

@@ -128,13 +128,13 @@ def _sae_specs(args, file_specs: list) -> list:
         return [SAESpec(**s) if isinstance(s, dict) else s for s in file_specs] or [SAESpec()]
     archs = _split_list(args.architecture, str, "--architecture") if args.architecture else ["topk"]
     widths = _split_list(args.d_sae, int, "--d-sae") if args.d_sae else [4096]
-    ks = _split_list(args.k, int, "--k") if args.k else [32]
+    ks = _split_list(args.k, int, "--k") if args.k else [None]  # none: SAESpec's default (DEFAULT_K)
     mw = _split_list(args.matryoshka_widths, int, "--matryoshka-widths") if args.matryoshka_widths else []
     specs = []
     for arch in archs:
         taken = architecture_fields(trainable_architecture(arch))
         for d_sae in widths:
-            for k in ks if "k" in taken else ks[:1]:  # an architecture without k (jumprelu): one SAE per width
+            for k in ks if "k" in taken else [None]:  # an architecture without k (jumprelu): one SAE per width
                 levels = mw if "matryoshka_widths" in taken else []
                 specs.append(SAESpec(arch, d_sae=d_sae, k=k, matryoshka_widths=levels, lr=args.sae_lr,
                                      skip=bool(args.skip)))
@@ -146,7 +146,8 @@ def _sae_specs(args, file_specs: list) -> list:
 
 
 def build_configs(args):
-    """(RunConfig, DataConfig, TextConfig) from defaults, the config file and the flags."""
+    """(RunConfig, DataConfig, TextConfig, out, InitSource | None) from defaults, the config file and
+    the flags; the InitSource reads --init-from's SAE at most once for all of the command."""
     from saesteer.commands._train_options import apply_options, option_values
     from saesteer.configargs import dataclass_from_args, load_config_file
     from training.config import (
@@ -183,11 +184,16 @@ def build_configs(args):
     )
     data = dataclass_from_args(DataConfig, args, file_values=section("data"))
     out = args.out or file_values.get("out")
-    if run.train.init_from and data.hook is None:
-        data = _hook_of_source(run.train.init_from, data)
-    if run.train.init_from and all(getattr(args, f) is None for f in _SHAPE_FLAGS) and not file_values.get("saes"):
+    source = None
+    if run.train.init_from:
+        from training.init_from import InitSource
+
+        source = InitSource(run.train.init_from)
+    if source is not None and data.hook is None:
+        data = _hook_of_source(source, data)
+    if source is not None and all(getattr(args, f) is None for f in _SHAPE_FLAGS) and not file_values.get("saes"):
         # the source's shape; --sae-name / --sae-lr still apply to it
-        run.saes = _fine_tuning_run_saes(out, run.train.init_from) or _source_as_it_is(run.train.init_from, data)
+        run.saes = _fine_tuning_run_saes(out, source.spec) or _source_as_it_is(source, data)
         for spec in run.saes:
             spec.name = args.sae_name or spec.name
             spec.lr = args.sae_lr if args.sae_lr is not None else spec.lr
@@ -195,19 +201,17 @@ def build_configs(args):
     if data.target_hook is None and any(spec.skip for spec in run.saes):
         raise ValueError("--skip makes skip transcoders: give --target-hook too (the hook point they predict)")
     text = dataclass_from_args(TextConfig, args, file_values=section("text"))
-    return run, data, text, out
+    return run, data, text, out, source
 
 
-def _hook_of_source(init_from: str, data):
+def _hook_of_source(source, data):
     """--hook's default with --init-from: the hook point the source SAE records (its cfg.json, sparsify's
     hookpoint, dictionary_learning's submodule). Without it a cache of several hooks was refused naming
     no flag, and training without a cache took the middle layer."""
     import dataclasses
 
-    from training.init_from import load_source
-
     try:
-        hook = (load_source(init_from).sae.cfg.metadata or {}).get("hook_name")
+        hook = (source.load().sae.cfg.metadata or {}).get("hook_name")
     except (OSError, ValueError):  # reported where the source is loaded (a resume does not need it)
         return data
     if data.cache:  # a cache without that hook: the mismatch is refused later, naming --init-from-allow-mismatch
@@ -221,15 +225,15 @@ def _hook_of_source(init_from: str, data):
     return dataclasses.replace(data, hook=hook) if hook else data
 
 
-def _source_as_it_is(init_from: str, data) -> list:
+def _source_as_it_is(source, data) -> list:
     """The SAE flags' default with --init-from: one SAE, the source's architecture, d_sae, k, widths, skip."""
-    from training.init_from import load_source, mode_mismatch, spec_from_source
+    from training.init_from import mode_mismatch, spec_from_source
 
-    source = load_source(init_from)
-    mismatch = mode_mismatch(source, data.target_hook, data.hook)  # before --skip's check: the source set it
+    loaded = source.load()
+    mismatch = mode_mismatch(loaded, data.target_hook, data.hook)  # before --skip's check: the source set it
     if mismatch:
         raise ValueError(mismatch)
-    return [spec_from_source(source)]
+    return [spec_from_source(loaded)]
 
 
 def _fine_tuning_run_saes(out: str | None, init_from: str) -> list | None:
@@ -254,7 +258,7 @@ def run(args) -> int:
     import json
 
     try:
-        run_cfg, data_cfg, text_cfg, out = build_configs(args)
+        run_cfg, data_cfg, text_cfg, out, init_source = build_configs(args)
     except (ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -276,13 +280,13 @@ def run(args) -> int:
             return 2
         run_cfg.train.device = setup.device
     try:
-        return _run_training(args, run_cfg, data_cfg, text_cfg, out, setup)
+        return _run_training(args, run_cfg, data_cfg, text_cfg, out, setup, init_source)
     finally:
         if setup is not None:
             shutdown()
 
 
-def _run_training(args, run_cfg, data_cfg, text_cfg, out, setup) -> int:
+def _run_training(args, run_cfg, data_cfg, text_cfg, out, setup, init_source) -> int:
     from saesteer.commands._train_data import prepare_data
 
     coll = setup.collectives if setup is not None else None
@@ -297,7 +301,7 @@ def _run_training(args, run_cfg, data_cfg, text_cfg, out, setup) -> int:
 
     try:
         result = train(run_cfg, source, out, model_eval=model_eval, provenance=provenance, resume=args.resume,
-                       collectives=coll)
+                       collectives=coll, init_source=init_source)
     except (FileExistsError, FileNotFoundError) as e:  # ConfigMismatchError, CheckpointError: the CLI's boundary
         print(f"error: {e}", file=sys.stderr)
         return 2
