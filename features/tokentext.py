@@ -310,8 +310,12 @@ def align_pieces(text: str, strings: Sequence[str]) -> list[str]:
     return pieces_from_offsets(text, starts)
 
 
-def visible(piece: str) -> str:
-    """A piece as the CLI and the web pages show it: line breaks and tabs drawn (↵ ⇥), the rest as is."""
+def visible(piece: str, following: str = "") -> str:
+    """A piece as the CLI and the web pages show it: line breaks and tabs drawn (↵ ⇥), the rest as is.
+    `following` is the next piece: a CRLF cut between two tokens ("\r", "\n") is one line break, drawn
+    once (by the "\n"), not two (which would read as a blank line that the text does not have)."""
+    if piece.endswith("\r") and following.startswith("\n"):
+        piece = piece[:-1]
     return piece.replace("\r\n", "\u21b5").replace("\n", "\u21b5").replace("\r", "\u21b5").replace("\t", "\u21e5")
 
 
