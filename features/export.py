@@ -75,7 +75,8 @@ def _example_html(e: Example, scale: float) -> str:
         alpha = 0.0 if scale <= 0 else max(0.0, min(1.0, act / scale))
         cls = "tok centre" if i == e.centre else "tok"
         style = f' style="background:rgba(255,140,0,{alpha:.3f})"' if alpha > 0 else ""
-        spans.append(f'<span class="{cls}"{style} title="{esc(f"{act:.4g}")}">{esc(visible(tok, toks[i + 1] if i + 1 < len(toks) else ''))}</span>')
+        shown = visible(tok, toks[i + 1] if i + 1 < len(toks) else "")
+        spans.append(f'<span class="{cls}"{style} title="{esc(f"{act:.4g}")}">{esc(shown)}</span>')
     info = f"act {e.activation:.4g}" + (f", quantile {e.quantile:.2f}" if e.quantile is not None else "")
     return f'<div class="ex" title="{esc(info)}">{"".join(spans)}</div>'
 

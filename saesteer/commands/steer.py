@@ -85,7 +85,8 @@ def _lines(path: str) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise CLIError(f"file not found: {p}")
-    return [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    # one prompt per non-blank line, as written: a code line's indentation is part of its tokens
+    return [line.rstrip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _run(args, model=None) -> int:
