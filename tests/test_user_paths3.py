@@ -230,6 +230,9 @@ def test_a_preset_from_a_judged_sweep_applies_through_the_api_and_is_refused_on_
                  "--strengths", "0,2,4", "--out", tmp_path / "sweeps", "--no-progress").ok()
     card = tmp_path / "sweeps" / f"sweep_sae_{latent}.json"
     assert [p["strength"] for p in json.loads(card.read_text())["points"]] == [0, 2, 4]
+    other = _latents(db, "n_fires > 0")[1]
+    r = saesteer("preset", "save", "wrong", "--store", db, "-l", f"{other}:add=2x", "--scorecard", card)
+    assert r.rc == 2 and f"a sweep of latent {latent}" in r.err and f"edits latent(s) {other}" in r.err  # was saved
     saesteer("preset", "save", "parens", "--store", db, "-l", f"{latent}:add=2x@generated", "--scorecard", card).ok()
     saesteer("preset", "export", "parens", "--store", db, "--out", tmp_path / "parens.json").ok()
     record = json.loads((tmp_path / "parens.json").read_text())
@@ -253,6 +256,11 @@ def test_a_preset_from_a_judged_sweep_applies_through_the_api_and_is_refused_on_
     r = saesteer("preset", "import", tmp_path / "parens.json", "--store", g / "g.db")
     ours = record["sae_fingerprint"][:12]
     assert r.rc == 2 and ours in r.err and "weights hash" in r.err
+    # a steer-eval scorecard records the SAE it measured: not kept with a preset of another SAE
+    (tmp_path / "eval.json").write_text(json.dumps({"format": "saesteer-steer-eval/1",
+                                                    "provenance": {"sae_fingerprint": record["sae_fingerprint"]}}))
+    r = saesteer("preset", "save", "p", "--store", g / "g.db", "-l", "1:add=1", "--scorecard", tmp_path / "eval.json")
+    assert r.rc == 2 and ours in r.err and "give this SAE's scorecard" in r.err
     from fastapi.testclient import TestClient
 
     from helpers.web_app import record_server
