@@ -181,6 +181,27 @@ def test_api_n_seeds_stream_stop_and_logprobs_on_a_bpe_chat_model(user, api):
     assert len(lp) == 3 and all(t.logprob == max(a.logprob for a in t.top_logprobs) for t in lp)  # greedy: the top one
 
 
+def test_chat_logprobs_bytes_are_each_tokens_own_bytes(user, api):
+    """A byte-level token holding part of a character decodes alone to U+FFFD; its `bytes` were
+    those of U+FFFD ([239, 191, 189]), so a client joining them (what the field is for) got garbage.
+    logit_bias makes the reply three such tokens (bytes 0xE6, 0xA5, 0xC3: byte-level BPE writes
+    them as the Latin-1 characters of the same code)."""
+    from transformers import AutoTokenizer
+
+    client, _ = api
+    tok = AutoTokenizer.from_pretrained(str(user / "qwen2-chat"))
+    ids = tok.convert_tokens_to_ids(["\u00e6", "\u00a5", "\u00c3"])
+    r = client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "caf\u00e9 \u65e5\u672c"}],
+                                       max_tokens=3, temperature=0, logprobs=True, top_logprobs=2,
+                                       logit_bias={str(i): 100 for i in ids}).choices[0]
+    chosen = _ext(r)["token_ids"]
+    assert set(chosen) <= set(ids) and len(chosen) == 3
+    assert [t.bytes for t in r.logprobs.content] == [[ord(tok.convert_ids_to_tokens(i))] for i in chosen]
+    assert all(t.token == "\ufffd" for t in r.logprobs.content)
+    others = [e for t in r.logprobs.content for e in t.top_logprobs]
+    assert all(e.bytes == list(e.token.encode()) for e in others if e.token != "\ufffd")
+
+
 # ---------------------------------------------------------------------------------------------
 # 'x' strengths: the errors say what the user at this face can give
 
