@@ -280,6 +280,6 @@ def trigger_threshold(e: FeatureEdit, sae: SAE, provider: TypicalMax | None, sae
 def _no_typical_max(edit: str, latent: int, sae_name: str, multiple: float | None, what: str) -> str:
     """A typical-max provider (a feature store) was given but knows nothing of `latent`: say why, and
     what to give instead, in words every face can show (no Python argument, no flag)."""
-    return (f"{edit}: the feature store of SAE {sae_name!r} has no typical max activation for latent {latent} "
-            f"(it never fired on the tokens the store was built from), so '{multiple:g}x' cannot be resolved; "
-            f"give a raw {what} (without 'x') or choose a latent that fires")
+    return (f"{edit}: no typical max activation is known for latent {latent} of SAE {sae_name!r} (a feature "
+            f"store has none for a latent that never fired on the tokens it was built from), so '{multiple:g}x' "
+            f"cannot be resolved; give a raw {what} (without 'x') or choose a latent that fires")
