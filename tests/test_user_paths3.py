@@ -171,11 +171,12 @@ def test_api_n_seeds_stream_stop_and_logprobs_on_a_bpe_chat_model(user, api):
             parts[c.index] += c.delta.content or ""
     assert parts == {c.index: c.message.content for c in both.choices}
     full = both.choices[0].message.content
+    # a stop string from the middle of the text: the text ends just before its first occurrence
     cut = next((full[:i] for i in range(1, len(full)) if full[i - 1] != full[i] and full[i:i + 2].strip()), None)
-    if cut is not None:  # a stop string from the middle of the text: the text ends just before it
-        stop = full[len(cut):len(cut) + 2]
-        r = client.chat.completions.create(n=1, seed=5, stop=[stop], **kw).choices[0]
-        assert r.finish_reason == "stop" and r.message.content == full[:full.index(stop)]
+    assert cut is not None, f"no stop string to take from {full!r}"
+    stop = full[len(cut):len(cut) + 2]
+    r = client.chat.completions.create(n=1, seed=5, stop=[stop], **kw).choices[0]
+    assert r.finish_reason == "stop" and r.message.content == full[:full.index(stop)]
     lp = client.chat.completions.create(model="chat", messages=msgs, max_tokens=3, temperature=0, logprobs=True,
                                         top_logprobs=3).choices[0].logprobs.content
     assert len(lp) == 3 and all(t.logprob == max(a.logprob for a in t.top_logprobs) for t in lp)  # greedy: the top one
