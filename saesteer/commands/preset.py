@@ -137,11 +137,13 @@ def _check_scorecard(card, args, store) -> None:
     from steering.spec import parse_edit
 
     if not isinstance(card, dict):
-        raise CLIError(f"--scorecard {args.scorecard}: expected a JSON object (from `saesteer sweep` or `steer-eval --json`)")
+        raise CLIError(f"--scorecard {args.scorecard}: expected a JSON object (from `saesteer sweep` or "
+                       f"`steer-eval --json`)")
     fingerprint = (card.get("provenance") or {}).get("sae_fingerprint")
     if fingerprint and store.sae_fingerprint and fingerprint != store.sae_fingerprint:
         raise CLIError(f"--scorecard {args.scorecard} was measured on the SAE with weights hash {fingerprint[:12]}, but "
-                       f"{args.store} describes the SAE with hash {store.sae_fingerprint[:12]}; give this SAE's scorecard")
+                       f"{args.store} describes the SAE with hash {store.sae_fingerprint[:12]}; "
+                       f"give this SAE's scorecard")
     edited = {parse_edit(t).latent for t in args.latent}
     swept = card.get("latent")
     if isinstance(swept, int) and not isinstance(swept, bool) and swept not in edited:
