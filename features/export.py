@@ -70,11 +70,13 @@ def _page(title: str, body: str, plotly_src: str | None) -> str:
 
 def _example_html(e: Example, scale: float) -> str:
     spans = []
-    for i, (tok, act) in enumerate(zip(e.tokens or [str(t) for t in e.token_ids], e.acts)):
+    toks = e.tokens or [str(t) for t in e.token_ids]
+    for i, (tok, act) in enumerate(zip(toks, e.acts)):
         alpha = 0.0 if scale <= 0 else max(0.0, min(1.0, act / scale))
         cls = "tok centre" if i == e.centre else "tok"
         style = f' style="background:rgba(255,140,0,{alpha:.3f})"' if alpha > 0 else ""
-        spans.append(f'<span class="{cls}"{style} title="{esc(f"{act:.4g}")}">{esc(visible(tok))}</span>')
+        shown = visible(tok, toks[i + 1] if i + 1 < len(toks) else "")
+        spans.append(f'<span class="{cls}"{style} title="{esc(f"{act:.4g}")}">{esc(shown)}</span>')
     info = f"act {e.activation:.4g}" + (f", quantile {e.quantile:.2f}" if e.quantile is not None else "")
     return f'<div class="ex" title="{esc(info)}">{"".join(spans)}</div>'
 

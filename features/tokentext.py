@@ -30,7 +30,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-__all__ = ["TokenText", "token_text", "token_texts", "pieces_by_prefix", "align_pieces", "mark_pieces", "visible"]
+__all__ = ["TokenText", "token_text", "token_texts", "token_bytes", "pieces_by_prefix", "align_pieces", "mark_pieces",
+           "visible"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,20 @@ def token_text(tokenizer, ids: Sequence[int]) -> TokenText:
     """The text of `ids` (exactly `tokenizer.decode`) and each token's piece of it."""
     ids = [int(i) for i in ids]
     return _with_text(tokenizer, ids, decode_all(tokenizer, [ids])[0])
+
+
+def token_bytes(tokenizer, token_id: int) -> bytes:
+    """The UTF-8 bytes one token contributes to a text: for a byte-level BPE or byte-fallback token
+    that holds part of a character, those bytes themselves (decoding it alone gives U+FFFD, whose
+    bytes say nothing); otherwise the token decoded on its own."""
+    table = _table(tokenizer)
+    if table is not None and 0 <= token_id < len(table.entries):
+        entry = table.entries[token_id]
+        if table.kind == "bytes":
+            return entry
+        if table.kind == "spm" and isinstance(entry, int):
+            return bytes([entry])
+    return tokenizer.decode([token_id], skip_special_tokens=False).encode("utf-8")
 
 
 def token_texts(tokenizer, windows: Sequence[Sequence[int]]) -> list[TokenText]:
@@ -310,8 +325,12 @@ def align_pieces(text: str, strings: Sequence[str]) -> list[str]:
     return pieces_from_offsets(text, starts)
 
 
-def visible(piece: str) -> str:
-    """A piece as the CLI and the web pages show it: line breaks and tabs drawn (↵ ⇥), the rest as is."""
+def visible(piece: str, following: str = "") -> str:
+    """A piece as the CLI and the web pages show it: line breaks and tabs drawn (↵ ⇥), the rest as is.
+    `following` is the next piece: a CRLF cut between two tokens ("\r", "\n") is one line break, drawn
+    once (by the "\n"), not two (which would read as a blank line that the text does not have)."""
+    if piece.endswith("\r") and following.startswith("\n"):
+        piece = piece[:-1]
     return piece.replace("\r\n", "\u21b5").replace("\n", "\u21b5").replace("\r", "\u21b5").replace("\t", "\u21e5")
 
 

@@ -13,6 +13,11 @@ to rendering messages[:i] (the template's preamble goes with message 0), and the
 to the message holding its first character. A template that does not render earlier messages as
 a prefix of later ones gives no per-token roles (`roles is None`, `why_no_roles` says why); then
 role:/turn: positions are refused and everything else works.
+
+A template that writes a system turn of its own before the first message when the messages have
+none (Qwen2's "You are a helpful assistant.", Llama 3.1's date header) gives that turn's tokens role
+"system" and turn -1: it is what the model reads as its system prompt, not part of the first user
+message (role:user would otherwise steer it too, and role:system be refused as absent).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any
 from steering.spec import SteeringError
 
 REPLY_ROLE = "assistant"
+_SENTINEL = "SAESTEER-SYSTEM-SENTINEL-7f3a"  # content of a probe system message (never in real text)
 
 
 @dataclass
@@ -81,12 +87,40 @@ def render_chat(tokenizer: Any, messages: Sequence[Mapping[str, Any]], *, chat_t
         why = "this tokenizer does not report character offsets (a 'fast' tokenizer does)"
     roles = turns = None
     if why is None:
+        injected = _injected_system_turn(render, msgs)
         roles, turns = [], []
         for start, _ in offsets:
+            if start < injected:
+                turns.append(-1)
+                roles.append("system")
+                continue
             turn = next((i for i, e in enumerate(ends) if start < e), len(msgs))
             turns.append(turn)
             roles.append(str(msgs[turn]["role"]) if turn < len(msgs) else REPLY_ROLE)
     return ChatPrompt(text, list(ids), roles, turns, len(msgs), why)
+
+
+def _injected_system_turn(render, msgs: list[dict]) -> int:
+    """Characters of a system turn the template writes before message 0 by itself (0 if none).
+
+    Message 0's own block is what the template writes for it in second place (rendering [m0, m0]);
+    what rendering [m0] writes before that block is a preamble. It is a system turn when it has the
+    shape of one: the text a system message renders to, around some content."""
+    if msgs[0].get("role") == "system":
+        return 0
+    try:
+        one = render(msgs[:1], False)
+        two = render([msgs[0], msgs[0]], False)
+        probe = render([{"role": "system", "content": _SENTINEL}], False)
+    except SteeringError:  # e.g. a template that insists on alternating roles
+        return 0
+    block = two[len(one):] if two.startswith(one) else ""
+    if not block or len(block) >= len(one) or not one.endswith(block) or probe.count(_SENTINEL) != 1:
+        return 0
+    preamble = one[: len(one) - len(block)]
+    head, tail = probe.split(_SENTINEL)
+    fits = preamble.startswith(head) and preamble.endswith(tail) and len(preamble) >= len(head) + len(tail)
+    return len(preamble) if fits else 0
 
 
 def _tokenize(tokenizer: Any, text: str) -> dict:

@@ -161,7 +161,8 @@ class Preset:
         if tmax is None:
             raise SteeringError(
                 f"preset {self.name!r}: {text!r} uses an 'x' strength but the preset records no typical max "
-                f"activation for feature {latent}; save it again from a store with statistics"
+                f"activation for feature {latent} (its store had none: the latent never fired on the store's tokens, or "
+                f"the store has no statistics); use a raw value (without 'x'), or save it from a store where it fires"
             )
         return tmax
 

@@ -235,6 +235,8 @@ def _resolve_feature_edit(model: Model, sae_map: Mapping[str, SAE], e: FeatureEd
     seen[key] = e.describe()
     provider = typical_max_for(typical_max, name)
     tmax = lookup_typical_max(provider, e.latent)
+    if tmax is None and provider is not None and e.unit == "max_act" and e.op in ("add", "clamp"):
+        raise SteeringError(_no_typical_max(e.describe(), e.latent, name, e.value, "value"))
     value = raw_value(e, tmax, limits, name)
     trigger = None if e.when is None else (e.when.latent, trigger_threshold(e, sae, provider, name))
     return ResolvedEdit(e, name, hook, e.latent, e.op, value, e.positions, tmax, trigger, reads)
@@ -265,9 +267,19 @@ def trigger_threshold(e: FeatureEdit, sae: SAE, provider: TypicalMax | None, sae
     if t.unit == "raw":
         return t.above
     tmax = lookup_typical_max(provider, t.latent)
+    if tmax is None and provider is not None:
+        raise SteeringError(_no_typical_max(e.describe(), t.latent, sae_name, t.above, "threshold"))
     if tmax is None:
         raise SteeringError(
             f"{e.describe()}: trigger feature {t.latent} has no known typical max activation, so "
             f"'{t.above:g}x' cannot be resolved; pass typical_max= or give a raw threshold"
         )
     return t.above * tmax
+
+
+def _no_typical_max(edit: str, latent: int, sae_name: str, multiple: float | None, what: str) -> str:
+    """A typical-max provider (a feature store) was given but knows nothing of `latent`: say why, and
+    what to give instead, in words every face can show (no Python argument, no flag)."""
+    return (f"{edit}: no typical max activation is known for latent {latent} of SAE {sae_name!r} (a feature "
+            f"store has none for a latent that never fired on the tokens it was built from), so '{multiple:g}x' "
+            f"cannot be resolved; give a raw {what} (without 'x') or choose a latent that fires")

@@ -59,6 +59,7 @@ class Assembler:
         self.prompt_tokens = sum(len(r.prompt_ids) for i, r in enumerate(prep.rows) if i % prep.n == 0)
         self.error: str | None = None
         self._token_text: dict[int, str] = {}
+        self._token_raw: dict[int, list[int]] = {}
 
     # -- events ---------------------------------------------------------------------------------
     def add(self, ev) -> dict[str, Any] | None:
@@ -95,11 +96,20 @@ class Assembler:
             s = self._token_text[t] = self.tok.decode([t], skip_special_tokens=False)
         return s
 
+    def _token_bytes(self, t: int) -> list[int]:
+        """The token's own UTF-8 bytes (OpenAI's `bytes`: part of a character for a byte-level token,
+        so that a client joining them gets the text; its string alone is U+FFFD)."""
+        b = self._token_raw.get(t)
+        if b is None:
+            from features.tokentext import token_bytes
+
+            b = self._token_raw[t] = list(token_bytes(self.tok, t))
+        return b
+
     def _logprobs(self, tokens: list[int], lps: list[float], tops: list[list[tuple[int, float]]], offset: int = 0):
         if self.prep.kind == "chat":
             def entry(t, lp):
-                s = self._token_str(t)
-                return {"token": s, "logprob": lp, "bytes": list(s.encode("utf-8"))}
+                return {"token": self._token_str(t), "logprob": lp, "bytes": self._token_bytes(t)}
 
             return {"content": [dict(entry(t, lp), top_logprobs=[entry(a, b) for a, b in top])
                                 for t, lp, top in zip(tokens, lps, tops)], "refusal": None}

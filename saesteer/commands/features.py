@@ -215,7 +215,7 @@ def _example_text(e):
         if underline and tok:
             style = (style + " bold underline").strip()
             underline = False
-        t.append(visible(tok), style=style)
+        t.append(visible(tok, toks[i + 1] if i + 1 < len(toks) else ""), style=style)
     return t
 
 

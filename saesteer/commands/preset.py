@@ -119,6 +119,8 @@ def _save(args, store, link) -> None:
     from steering.presets import make_preset
 
     scorecard = _read_json(args.scorecard, "--scorecard ") if args.scorecard else None
+    if scorecard is not None:
+        _check_scorecard(scorecard, args, store)
     sae = store.meta.get("sae") or {}
     preset = make_preset(args.name, args.latent, d_sae=store.d_sae, hook_name=sae.get("hook_name"),
                          fingerprint=store.sae_fingerprint, model_identity=store.recorded_model(),
@@ -126,6 +128,27 @@ def _save(args, store, link) -> None:
                          description=args.description, scorecard=scorecard)
     link.save_preset(preset, overwrite=args.overwrite)
     print(f"saved {preset.describe()} in {args.store}")
+
+
+def _check_scorecard(card, args, store) -> None:
+    """A scorecard is the preset's evidence: refuse one measured on another SAE (steer-eval records its
+    hash) or, for a sweep (it records its latent), on a latent the preset does not edit."""
+    from saesteer.commands._steering import CLIError
+    from steering.spec import parse_edit
+
+    if not isinstance(card, dict):
+        raise CLIError(f"--scorecard {args.scorecard}: expected a JSON object (from `saesteer sweep` or "
+                       f"`steer-eval --json`)")
+    fingerprint = (card.get("provenance") or {}).get("sae_fingerprint")
+    if fingerprint and store.sae_fingerprint and fingerprint != store.sae_fingerprint:
+        raise CLIError(f"--scorecard {args.scorecard} was measured on the SAE with weights hash {fingerprint[:12]}, but "
+                       f"{args.store} describes the SAE with hash {store.sae_fingerprint[:12]}; "
+                       f"give this SAE's scorecard")
+    edited = {parse_edit(t).latent for t in args.latent}
+    swept = card.get("latent")
+    if isinstance(swept, int) and not isinstance(swept, bool) and swept not in edited:
+        raise CLIError(f"--scorecard {args.scorecard} is a sweep of latent {swept}, but the preset edits latent(s) "
+                       f"{', '.join(map(str, sorted(edited)))}; give the sweep of a latent it edits")
 
 
 def _list(args, link) -> None:

@@ -85,7 +85,8 @@ def _lines(path: str) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise CLIError(f"file not found: {p}")
-    return [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    # one prompt per non-blank line, as written: a code line's indentation is part of its tokens
+    return [line.rstrip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _run(args, model=None) -> int:
@@ -150,6 +151,14 @@ def _check_flags(args, edits: list, prompts: list, *, finding: bool) -> None:
         raise CLIError("--search looks labels up in a feature store; give --store FILE")
     if args.candidates < 1:
         raise CLIError(f"--candidates must be positive, got {args.candidates}")
+    if args.store is None:
+        for e in edits:  # 'x' strengths are multiples of typical maxima, which only a store knows
+            x_value = getattr(e, "unit", None) == "max_act" and e.op in ("add", "clamp")
+            x_trigger = getattr(e, "when", None) is not None and e.when.unit == "max_act"
+            if x_value or x_trigger:
+                raise CLIError(f"--latent {e.describe()}: 'x' strengths are multiples of the latent's typical max "
+                               f"activation, which the SAE's feature store holds; give --store FILE, or raw values "
+                               f"(without 'x')")
 
 
 def _print_comparison(args, cmp, gen_cfg, found) -> None:

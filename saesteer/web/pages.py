@@ -57,9 +57,10 @@ def _pct(x) -> str:
     return f"{p:.2f}%" if p < 10 else f"{p:.1f}%"
 
 
-def _tokshow(piece: str) -> str:
-    """A token's piece as shown: line breaks and tabs drawn (features.tokentext.visible), the rest as is."""
-    return visible(piece)
+def _tokshow(piece: str, following: str | None = "") -> str:
+    """A token's piece as shown: line breaks and tabs drawn (features.tokentext.visible), the rest as is;
+    `following`: the next piece (`loop.nextitem`), so a CRLF cut in two is drawn as one line break."""
+    return visible(piece, following or "")
 
 
 def make_templates() -> jinja2.Environment:
