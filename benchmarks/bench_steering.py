@@ -384,6 +384,8 @@ def hook_time(args) -> str:
         return wrapper
 
     model, hook, cases = matrix_cases(args, timed=timed)
+    if args.only:
+        cases = {k: f for k, f in cases.items() if k == "unsteered" or any(w in k for w in args.only.split(","))}
     hook_call = steering_session._HookFn.__call__
     observe = steering_positions.SequenceTracker.observe
     steering_session._HookFn.__call__ = timed(hook_call)
@@ -891,6 +893,7 @@ def main(argv=None) -> int:
     ht.add_argument("--rounds", type=int, default=3)
     ht.add_argument("--threads", type=int, default=1)
     ht.add_argument("--flush-denormal", action="store_true")
+    ht.add_argument("--only", default="", help="comma-separated parts of row names to run (default: every row)")
     ht.add_argument("--write", action="store_true")
     t = sub.add_parser("toy")
     t.add_argument("--sae", default=None, help="SAE folder (default: build the auto-interp benchmark's toy SAE in --work)")
