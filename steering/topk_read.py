@@ -21,6 +21,7 @@ SAE's encode); tests compare the two exactly.
 from __future__ import annotations
 
 import weakref
+from array import array
 
 import torch
 from torch import Tensor
@@ -181,6 +182,7 @@ class TopKReader:
         self.min_bound_macs = min_bound_macs
         self.count_latents = count_latents  # a count costs two passes over F per latent; the top k one per row
         self.W_DM = self.W_DF[:, ids_M].contiguous()
+        self.first_id = int(ids_M[0]) if self.M else 0
         self.err_per_norm = self.cands.err_per_norm
         c = self.cands
         self.b_fold_hi_M = (c.b_fold_F[ids_M].double() + c.err_const).to(self.W_DF.dtype)  # + the tolerance's constant
@@ -325,7 +327,7 @@ class TopKReader:
         u_ND = x_ND - self.b_dec_D if self.b_dec_D is not None else x_ND
         pre_NF = torch.mm(u_ND, self.W_DF, out=self._buffer(u_ND)).add_(self.b_F)  # the SAE's own expression
         if self.M <= self.count_latents and not self.cands.young:
-            settled, a_NM = self._count_select(pre_NF, pre_NF.index_select(1, self.ids_M))
+            settled, a_NM = self._count_select(pre_NF)
             if settled:
                 return a_NM
         elif need_NM is not None and not self.cands.young:
@@ -337,32 +339,36 @@ class TopKReader:
             self.cands.learn(idx_NK, self.k)
         return (vals_NK.relu_()[:, :, None] * (idx_NK[:, :, None] == self.ids_M)).sum(1)
 
-    def _count_select(self, pre_NF: Tensor, pre_NM: Tensor) -> tuple[bool, Tensor | None]:
+    def _count_select(self, pre_NF: Tensor) -> tuple[bool, Tensor | None]:
         """(settled, activations [N, M] or None when all are 0) of the M latents by a count: latent
         m is selected iff fewer than k pre-activations exceed its own; not settled when a tie
         straddles the k-th place (more than k at least as large, itself included) or a NaN makes
         the counts NaN. A generation step's few rows finish in Python: each tensor op costs
         several microseconds in a forward pass, whatever its size."""
-        above_NM, net_NM = _above_and_net(pre_NF, pre_NM)
-        N, M, X, k = pre_NM.shape[0], pre_NM.shape[1], pre_NF.shape[1], self.k
+        N, M, X, k = pre_NF.shape[0], self.M, pre_NF.shape[1], self.k
         if N * M > self.python_pairs:
+            pre_NM = pre_NF.index_select(1, self.ids_M)
+            above_NM, net_NM = _above_and_net(pre_NF, pre_NM)
             at_least_NM = (X - above_NM).add_(net_NM)
             selected_NM = above_NM < k
             if not bool((selected_NM | (above_NM >= k)).logical_and_(~selected_NM | (at_least_NM <= k)).all()):
                 return False, None
             return True, pre_NM.relu_().mul_(selected_NM)
+        # a view of one column is read here and not kept (pre_NF is a reused buffer)
+        pre_NM = pre_NF.narrow(1, self.first_id, 1) if M == 1 else pre_NF.index_select(1, self.ids_M)
+        above_NM, net_NM = _above_and_net(pre_NF, pre_NM)
         out: list[float] = []
-        for row in torch.cat([above_NM, net_NM, pre_NM], 1).tolist():
-            for m in range(M):
-                above, v = row[m], row[2 * M + m]
-                if above >= k:
-                    out.append(0.0)
-                elif above < k and X - above + row[M + m] <= k:  # selected, no tie across the k-th place
-                    out.append(v if v > 0 else 0.0)
-                else:  # a straddling tie, or NaN counts: the SAE's own top k decides
-                    return False, None
+        for above, net, v in zip(above_NM.flatten().tolist(), net_NM.flatten().tolist(), pre_NM.flatten().tolist()):
+            if above >= k:
+                out.append(0.0)
+            elif above < k and X - above + net <= k:  # selected, no tie across the k-th place
+                out.append(v if v > 0 else 0.0)
+            else:  # a straddling tie, or NaN counts: the SAE's own top k decides
+                return False, None
         if not any(out):
             return True, None
+        if pre_NF.dtype == torch.float32 and pre_NF.device.type == "cpu":  # (torch.tensor of a list costs more)
+            return True, torch.frombuffer(array("f", out), dtype=torch.float32).view(N, M)
         return True, torch.tensor(out, dtype=pre_NF.dtype, device=pre_NF.device).view(N, M)
 
     def _count_pairs(self, pre_NF: Tensor, need_NM: Tensor) -> Tensor | None:
