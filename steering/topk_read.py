@@ -185,7 +185,9 @@ class TopKReader:
         self.first_id = int(ids_M[0]) if self.M else 0
         self.err_per_norm = self.cands.err_per_norm
         c = self.cands
-        self.b_fold_hi_M = (c.b_fold_F[ids_M].double() + c.err_const).to(self.W_DF.dtype)  # + the tolerance's constant
+        # q_c > q_m + 2 tol proves P_c > P_m (each q within tol of its P): the M latents' biases carry
+        # + 2 err_const, and 2 err_per_norm ||x|| is added per row
+        self.b_fold_hi_M = (c.b_fold_F[ids_M].double() + 2.0 * c.err_const).to(self.W_DF.dtype)
         self._bound_of: Tensor | None = None  # the candidate columns _W_DP was built from
         self._W_DP = self._b_P = self.W_DM
         self._diff_of: Tensor | None = None  # the candidate columns _diff was built from
@@ -199,12 +201,17 @@ class TopKReader:
         # adaptive bound: in a forward pass the bound costs about a third of the full path (its
         # product is an eighth, its fixed op costs are alike), so it pays while it settles more
         # than about a third of its tries
-        self.bound_rate = 1.0  # share of recent tries the bound settled (exponential average)
+        self.bound_rate = 1.0  # share of rows the bound settled in recent tries (exponential average)
         self.rate_weight = 0.125  # weight of the latest try: about the last 8 count
         self.min_bound_rate = 0.35
         self.retry_every = 8
         self._since_try = 0
         self.bound_skips = 0  # calls that skipped the bound (tests, tuning)
+        # calls of at least recheck_min_rows rows whose bound leaves at most 1 / recheck_share of
+        # them open check those over all latents first (their product costs a fraction of the batch's)
+        self.recheck_min_rows = 16
+        self.recheck_hits = 0  # rows the check over all latents proved off (tests)
+        self.recheck_share = 4
         self.python_pairs = 64  # (row, latent) pairs a count finishes in Python (a generation step's)
 
     @property
@@ -227,17 +234,43 @@ class TopKReader:
         the full path's count found none selected)."""
         N = x_ND.shape[0]
         if self.bound_pays(N) and self._bound_worth_trying():
-            off = self.all_off(x_ND, need_NM)
-            self.bound_rate += (float(off) - self.bound_rate) * self.rate_weight
-            if off:
-                self.bound_hits += N
+            rows = self.open_rows(x_ND, need_NM)
+            self.bound_rate += ((N - len(rows)) / N - self.bound_rate) * self.rate_weight
+            self.bound_hits += N - len(rows)
+            if not rows:
                 return None
+            if N >= self.recheck_min_rows and len(rows) * self.recheck_share <= N:
+                rows = self._open_over_all_latents(x_ND, need_NM, rows)
+                if not rows:
+                    return None
         return self._full(x_ND, need_NM)
 
+    def _open_over_all_latents(self, x_ND: Tensor, need_NM: Tensor | None, rows: list[int]) -> list[int]:
+        """Of the rows the candidate bound left open, those that a bound over all F latents leaves
+        open too: the product of those rows alone (the batched engine's big batches leave a row
+        or two open; their product is a fraction of the batch's), compared as the candidate bound
+        does (q = x @ W + b_fold within tol(x) of the SAE's own, so q_j > q_m + 2 tol proves
+        P_j > P_m). Values are never taken from it: a latent it cannot prove off sends the call
+        to the full path, whose product is the SAE's own over the rows given."""
+        c, k = self.cands, self.k
+        idx_R = torch.tensor(rows, dtype=torch.int64, device=x_ND.device)
+        x_RD = x_ND.index_select(0, idx_R)
+        q_RF = torch.addmm(c.b_fold_F, x_RD, self.W_DF)
+        tol_R1 = torch.linalg.vector_norm(x_RD, dim=-1, keepdim=True).mul_(2.0 * c.err_per_norm).add_(2.0 * c.err_const)
+        hi_RM = q_RF.index_select(1, self.ids_M).add_(tol_R1)
+        off_RM = _count_above(q_RF, hi_RM) >= k  # NaN counts compare False: open
+        if need_NM is not None:
+            off_RM |= ~need_NM.index_select(0, idx_R)
+        still = [r for r, off in zip(rows, off_RM.all(1).tolist()) if not off]
+        self.bound_hits += len(rows) - len(still)
+        self.recheck_hits += len(rows) - len(still)
+        return still
+
     def _bound_worth_trying(self) -> bool:
-        """Whether to try the bound on this call: when it settled at least `min_bound_rate` of its
-        recent tries (a busy latent leaves rows open most steps, and a failed bound is paid on top
-        of the full path), else once every `retry_every` calls, to notice when it pays again."""
+        """Whether to try the bound on this call: when it settled at least `min_bound_rate` of the
+        rows of its recent tries (a busy latent leaves rows open most steps, and a bound that
+        settles few rows is paid on top of the full path), else once every `retry_every` calls,
+        to notice when it pays again."""
         if self.bound_rate >= self.min_bound_rate:
             return True
         self._since_try += 1
@@ -248,29 +281,34 @@ class TopKReader:
         return False
 
     def all_off(self, x_ND: Tensor, need_NM: Tensor | None = None) -> bool:
-        """Whether the candidate bound proves every needed latent of every row off: at least k
-        candidates above the latent's pre-activation plus the tolerance."""
+        """Whether the candidate bound proves every needed latent of every row off."""
+        return not self.open_rows(x_ND, need_NM)
+
+    def open_rows(self, x_ND: Tensor, need_NM: Tensor | None = None) -> list[int]:
+        """Rows the candidate bound leaves open (in order): a needed latent of theirs is not
+        proven off, i.e. fewer than k candidates are above its pre-activation plus the tolerance."""
         if x_ND.shape[0] == 0:
-            return True
+            return []
         if self.M == 1 and need_NM is None:
-            return self._one_latent_off(x_ND)
+            return self._one_latent_open(x_ND)
         W_DP, b_P = self._bound_weights()
-        M = self.M
+        M, k = self.M, self.k
         pre_NP = torch.addmm(b_P, x_ND, W_DP)  # the M latents' columns carry + err_const
-        hi_NM = torch.add(pre_NP[:, :M], torch.linalg.vector_norm(x_ND, dim=-1, keepdim=True), alpha=self.err_per_norm)
+        hi_NM = torch.add(pre_NP[:, :M], torch.linalg.vector_norm(x_ND, dim=-1, keepdim=True), alpha=2.0 * self.err_per_norm)
         if need_NM is not None and M > self.count_latents:  # the batched engine: each row needs a few of many
             rows_P, cols_P = self._pairs(need_NM)
             if rows_P.numel() == 0:
-                return True
+                return []
             above_P = _count_above(pre_NP[:, M:].index_select(0, rows_P), hi_NM[rows_P, cols_P].unsqueeze(1))
-            return bool(above_P.min() >= self.k)
-        above_NM = _count_above(pre_NP[:, M:], hi_NM)
-        if need_NM is None:
-            return bool(above_NM.min() >= self.k)
-        return not bool(((above_NM >= self.k) | ~need_NM).logical_not_().any())
+            # NaN counts compare False: such rows stay open
+            return list(dict.fromkeys(r for r, a in zip(rows_P.tolist(), above_P.flatten().tolist()) if not a >= k))
+        off_NM = _count_above(pre_NP[:, M:], hi_NM) >= k
+        if need_NM is not None:
+            off_NM |= ~need_NM
+        return [r for r, off in enumerate(off_NM.all(1).tolist()) if not off]
 
-    def _one_latent_off(self, x_ND: Tensor) -> bool:
-        """`all_off` for one latent m (steer's usual read), in one product: the differences
+    def _one_latent_open(self, x_ND: Tensor) -> list[int]:
+        """`open_rows` for one latent m (steer's usual read), in one product: the differences
         d_c = pre_c - pre_m of the candidates, from x @ (W_c - W_m) + (b_fold_c - b_fold_m).
         Each of d_c, pre_c and pre_m is within its tolerance tol(x) = e ||x|| + c (`fold_b_dec`)
         of the exact value (and the SAE's own pre_c, pre_m of theirs), so d_c > the sum of the
@@ -281,7 +319,8 @@ class TopKReader:
         norm = float(torch.linalg.vector_norm(x_ND)) * (1.0 + (x_ND.numel() + 2) * eps)
         margin = (e * norm + c) * (1.0 + 4.0 * eps)  # rounding of this sum and of its cast to x's dtype
         d_NC = torch.addmm(b_C, x_ND, W_DC)
-        return int((d_NC > margin).sum(1).min()) >= self.k
+        k = self.k
+        return [r for r, above in enumerate((d_NC > margin).sum(1).tolist()) if above < k]
 
     def _diff_weights(self) -> tuple[Tensor, Tensor, float, float]:
         """(W_c - W_m, b_fold_c - b_fold_m, e, c) over the candidates for the one latent m, with
