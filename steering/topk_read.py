@@ -129,13 +129,13 @@ class TopKCandidates:
         self.b_C = self.b_F[C].contiguous()
 
 
-def _signs(values_NX: Tensor, bounds_NM: Tensor) -> Tensor:
+def _signs(values_NX: Tensor, bounds_NM: Tensor, out: Tensor | None = None) -> Tensor:
     """[N, X] (one bound per row, the usual case) or [N, M, X]: the sign (-1, 0, 1, as floats) of
     each value minus each of its row's bounds. Exact: a difference of two floats is 0 only when
     they are equal, and its sign is theirs (NaN where one is NaN). Float arithmetic, since a
     comparison into bools costs several times as much on CPU."""
     if bounds_NM.shape[1] == 1:
-        return torch.sub(values_NX, bounds_NM).sign_()
+        return torch.sub(values_NX, bounds_NM, out=out).sign_()
     return torch.sub(values_NX.unsqueeze(1), bounds_NM.unsqueeze(2)).sign_()
 
 
@@ -146,10 +146,11 @@ def _count_above(values_NX: Tensor, bounds_NM: Tensor) -> Tensor:
     return s.relu_().sum(-1, keepdim=s.dim() == 2)
 
 
-def _above_and_net(values_NX: Tensor, bounds_NM: Tensor) -> tuple[Tensor, Tensor]:
+def _above_and_net(values_NX: Tensor, bounds_NM: Tensor, out: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """([N, M], [N, M]) floats: how many of each row's X values are above each of its bounds, and
-    that less how many are below, from one pass of signs (so at least = X - above + net)."""
-    s = _signs(values_NX, bounds_NM)
+    that less how many are below, from one pass of signs (so at least = X - above + net; `out`:
+    where the signs go, [N, X], for one bound per row)."""
+    s = _signs(values_NX, bounds_NM, out)
     keep = s.dim() == 2  # one bound per row: [N, X] -> [N, 1]
     net = s.sum(-1, keepdim=keep)  # above - below
     return s.relu_().sum(-1, keepdim=keep), net
@@ -192,16 +193,17 @@ class TopKReader:
         self._W_DP = self._b_P = self.W_DM
         self._diff_of: Tensor | None = None  # the candidate columns _diff was built from
         self._diff: tuple = ()
-        self._buffers: dict[int, Tensor] = {}
+        self._buffers: dict[tuple[int, str], Tensor] = {}
         self.keep_rows = 256  # reuse outputs of calls of at most this many rows (generation steps)
         self._pairs_of: tuple | None = None  # (mask, its key, its pairs, one pair per row): see _pairs
         self.full_rows = 0  # rows encoded in full (tests, tuning)
         self.counted_pairs = 0  # needed pairs the full path decided by a count (tests)
         self.bound_hits = 0  # rows the candidate bound alone proved off
         # adaptive bound: in a forward pass the bound costs about a third of the full path (its
-        # product is an eighth, its fixed op costs are alike), so it pays while it settles more
-        # than about a third of its tries
-        self.bound_rate = 1.0  # share of rows the bound settled in recent tries (exponential average)
+        # product is an eighth, its fixed op costs are alike), so it pays while it saves more
+        # than about a third of a full path per try (0.35 measured best of 0.2 / 0.35 / 0.5 /
+        # always / never on the steering matrix's TopK rows: `bench_steering.py hook-time`)
+        self.bound_rate = 1.0  # what recent tries of the bound saved, as a share of a full path (exponential average)
         self.rate_weight = 0.125  # weight of the latest try: about the last 8 count
         self.min_bound_rate = 0.35
         self.retry_every = 8
@@ -235,11 +237,14 @@ class TopKReader:
         N = x_ND.shape[0]
         if self.bound_pays(N) and self._bound_worth_trying():
             rows = self.open_rows(x_ND, need_NM)
-            self.bound_rate += ((N - len(rows)) / N - self.bound_rate) * self.rate_weight
             self.bound_hits += N - len(rows)
+            recheck = N >= self.recheck_min_rows and len(rows) * self.recheck_share <= N
+            # what the try saved: the full path of the call, else (big batches) the recheck's share of it
+            settled = 1.0 if not rows else (N - len(rows)) / N if recheck else 0.0
+            self.bound_rate += (settled - self.bound_rate) * self.rate_weight
             if not rows:
                 return None
-            if N >= self.recheck_min_rows and len(rows) * self.recheck_share <= N:
+            if recheck:
                 rows = self._open_over_all_latents(x_ND, need_NM, rows)
                 if not rows:
                     return None
@@ -267,10 +272,11 @@ class TopKReader:
         return still
 
     def _bound_worth_trying(self) -> bool:
-        """Whether to try the bound on this call: when it settled at least `min_bound_rate` of the
-        rows of its recent tries (a busy latent leaves rows open most steps, and a bound that
-        settles few rows is paid on top of the full path), else once every `retry_every` calls,
-        to notice when it pays again."""
+        """Whether to try the bound on this call: when its recent tries saved at least
+        `min_bound_rate` of a full path on average (a call it settles saves all of it; a big batch
+        it leaves a few rows of open, the recheck's share; a busy latent leaves rows open most
+        steps, and a failed try is paid on top of the full path), else once every `retry_every`
+        calls, to notice when it pays again."""
         if self.bound_rate >= self.min_bound_rate:
             return True
         self._since_try += 1
@@ -394,8 +400,12 @@ class TopKReader:
                 return False, None
             return True, pre_NM.relu_().mul_(selected_NM)
         # a view of one column is read here and not kept (pre_NF is a reused buffer)
-        pre_NM = pre_NF.narrow(1, self.first_id, 1) if M == 1 else pre_NF.index_select(1, self.ids_M)
-        above_NM, net_NM = _above_and_net(pre_NF, pre_NM)
+        if M == 1:
+            pre_NM = pre_NF.narrow(1, self.first_id, 1)
+            above_NM, net_NM = _above_and_net(pre_NF, pre_NM, self._buffer(pre_NF, "signs"))
+        else:
+            pre_NM = pre_NF.index_select(1, self.ids_M)
+            above_NM, net_NM = _above_and_net(pre_NF, pre_NM)
         out: list[float] = []
         for above, net, v in zip(above_NM.flatten().tolist(), net_NM.flatten().tolist(), pre_NM.flatten().tolist()):
             if above >= k:
@@ -445,17 +455,18 @@ class TopKReader:
             self._pairs_of = (need_NM, key, (rows_P, cols_P), one_per_row)
         return self._pairs_of[2]
 
-    def _buffer(self, u_ND: Tensor) -> Tensor:
+    def _buffer(self, u_ND: Tensor, use: str = "pre") -> Tensor:
         """A reused [N, F] output for calls of at most `keep_rows` rows (generation steps: a fresh
-        one of this size costs page faults every step; a big one is not worth keeping)."""
+        one of this size costs page faults every step; a big one is not worth keeping); one per
+        use ("pre": the pre-activations, "signs": the count's signs)."""
         N = u_ND.shape[0]
-        buf = self._buffers.get(N)
+        buf = self._buffers.get((N, use))
         if buf is None or buf.dtype != u_ND.dtype:
             buf = u_ND.new_empty(N, self.F)
             if N <= self.keep_rows:
-                if len(self._buffers) >= 4:  # prefills of other lengths: keep a few sizes
+                if len(self._buffers) >= 8:  # prefills of other lengths: keep a few sizes
                     self._buffers.clear()
-                self._buffers[N] = buf
+                self._buffers[(N, use)] = buf
         return buf
 
     def reference(self, x_ND: Tensor, need_NM: Tensor | None = None) -> Tensor:
