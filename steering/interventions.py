@@ -18,8 +18,8 @@ latent has) adds exact zeros, so x' is bit-identical to x.
 Current activations, exactly as the SAE's own encoder would give them:
 - threshold encoders (JumpReLU, and the inference form of BatchTopK / Matryoshka): a latent's
   activation depends on its own pre-activation only, so only the M encoder columns are computed:
-  pre = (x - b_dec) @ W_enc[:, ids] + b_enc[ids]; a = pre where pre > max(threshold, 0); a
-  pre-activation within float rounding of its threshold is decided by the SAE's own expression
+  pre = x @ W_enc[:, ids] + (b_enc - b_dec @ W_enc)[ids]; a = pre where pre > max(threshold, 0);
+  a pre-activation within float rounding of its threshold is decided by the SAE's own expression
   over the row alone.
 - ReLU ("standard"): the same with a threshold of 0.
 - TopK: `sae.encode(x)[:, ids]` bit for bit: a bound from a learned candidate set usually proves

@@ -8,14 +8,23 @@ a row's k largest pre-activations depends on all F of them; a generation step ne
 few rows, and most of the time the latent is off. The bound path computes, in one product, the
 M latents and a learned candidate set C of frequently selected latents (`TopKCandidates`): the
 k-th largest candidate is a lower bound on the k-th largest of all, so "k candidates exceed its
-pre-activation by more than `tol`" proves the latent off without the other F - C columns, where
-`tol` (per row) bounds the float rounding of both this product and the SAE's own. When that
-settles every row, the read is exactly zero (`read` returns None: callers skip work); otherwise
-the full path runs the SAE's own expression over all rows given, and its top k decides, or,
-for a few latents or a few needed (row, latent) pairs, a count of the pre-activations above each
-one (a latent is selected iff fewer than k exceed it; a tie at the k-th place goes back to the
-top k), so values and ties are the SAE's own. `TopKReader.reference` is the eager reference (the
-SAE's encode); tests compare the two exactly.
+pre-activation by more than twice `tol`" proves the latent off without the other F - C columns,
+where `tol` (per row) bounds the distance of each computed pre-activation from the SAE's own
+(one latent, steer's usual read: one product of the candidates' differences from it, with the
+three tolerances summed). When that settles every row, the read is exactly zero (`read` returns
+None: callers skip work). In big batches (the batched engine) the few rows it leaves open are
+checked the same way over all F latents, in a product of those rows alone, which proves most of
+them off too. Otherwise the full path runs the SAE's own expression over all rows given, and its
+top k decides, or, for a few latents or a few needed (row, latent) pairs, a count of the
+pre-activations above each one (a latent is selected iff fewer than k exceed it; a tie at the
+k-th place goes back to the top k), so values and ties are the SAE's own. A bound that has
+saved little in its recent tries (a busy latent fires on some row at most steps) is skipped and
+retried now and then. `TopKReader.reference` is the eager reference (the SAE's encode); tests
+compare the two exactly.
+
+Cost model (toy model, one generation step): each tensor op costs several microseconds inside a
+forward pass whatever its size, and comparisons into bools several times more than float
+arithmetic, so counts use signs of differences and a step's few rows finish in Python.
 """
 
 from __future__ import annotations
