@@ -12,9 +12,7 @@ pre-activation by more than twice `tol`" proves the latent off without the other
 where `tol` (per row) bounds the distance of each computed pre-activation from the SAE's own
 (one latent, steer's usual read: one product of the candidates' differences from it, with the
 three tolerances summed). When that settles every row, the read is exactly zero (`read` returns
-None: callers skip work). In big batches (the batched engine) the few rows it leaves open are
-checked the same way over all F latents, in a product of those rows alone, which proves most of
-them off too. Otherwise the full path runs the SAE's own expression over all rows given, and its
+None: callers skip work). Otherwise the full path runs the SAE's own expression over all rows given, and its
 top k decides, or, for a few latents or a few needed (row, latent) pairs, a count of the
 pre-activations above each one (a latent is selected iff fewer than k exceed it; a tie at the
 k-th place goes back to the top k), so values and ties are the SAE's own. A bound that has
@@ -214,17 +212,12 @@ class TopKReader:
         # product is an eighth, its fixed op costs are alike), so it pays while it saves more
         # than about a third of a full path per try (0.35 measured best of 0.2 / 0.35 / 0.5 /
         # always / never on the steering matrix's TopK rows: `bench_steering.py hook-time`)
-        self.bound_rate = 1.0  # what recent tries of the bound saved, as a share of a full path (exponential average)
+        self.bound_rate = 1.0  # share of recent tries that settled the call (exponential average)
         self.rate_weight = 0.125  # weight of the latest try: about the last 8 count
         self.min_bound_rate = 0.35
         self.retry_every = 8
         self._since_try = 0
         self.bound_skips = 0  # calls that skipped the bound (tests, tuning)
-        # calls of at least recheck_min_rows rows whose bound leaves at most 1 / recheck_share of
-        # them open check those over all latents first (their product costs a fraction of the batch's)
-        self.recheck_min_rows = 16
-        self.recheck_hits = 0  # rows the check over all latents proved off (tests)
-        self.recheck_share = 4
         self.python_pairs = 64  # (row, latent) pairs a count finishes in Python (a generation step's)
 
     @property
@@ -249,45 +242,16 @@ class TopKReader:
         if self.bound_pays(N) and self._bound_worth_trying():
             rows = self.open_rows(x_ND, need_NM)
             self.bound_hits += N - len(rows)
-            recheck = N >= self.recheck_min_rows and len(rows) * self.recheck_share <= N
-            # what the try saved: the full path of the call, else (big batches) the recheck's share of it
-            settled = 1.0 if not rows else (N - len(rows)) / N if recheck else 0.0
-            self.bound_rate += (settled - self.bound_rate) * self.rate_weight
+            # a try saves the full path only when it settles every row
+            self.bound_rate += (float(not rows) - self.bound_rate) * self.rate_weight
             if not rows:
                 return None
-            if recheck:
-                rows = self._open_over_all_latents(x_ND, need_NM, rows)
-                if not rows:
-                    return None
         return self._full(x_ND, need_NM)
 
-    def _open_over_all_latents(self, x_ND: Tensor, need_NM: Tensor | None, rows: list[int]) -> list[int]:
-        """Of the rows the candidate bound left open, those that a bound over all F latents leaves
-        open too: the product of those rows alone (the batched engine's big batches leave a row
-        or two open; their product is a fraction of the batch's), compared as the candidate bound
-        does (q = x @ W + b_fold within tol(x) of the SAE's own, so q_j > q_m + 2 tol proves
-        P_j > P_m). Values are never taken from it: a latent it cannot prove off sends the call
-        to the full path, whose product is the SAE's own over the rows given."""
-        c, k = self.cands, self.k
-        idx_R = torch.tensor(rows, dtype=torch.int64, device=x_ND.device)
-        x_RD = x_ND.index_select(0, idx_R)
-        q_RF = torch.addmm(c.b_fold_F, x_RD, self.W_DF)
-        tol_R1 = torch.linalg.vector_norm(x_RD, dim=-1, keepdim=True).mul_(2.0 * c.err_per_norm).add_(2.0 * c.err_const)
-        hi_RM = q_RF.index_select(1, self.ids_M).add_(tol_R1)
-        off_RM = _count_above(q_RF, hi_RM) >= k  # NaN counts compare False: open
-        if need_NM is not None:
-            off_RM |= ~need_NM.index_select(0, idx_R)
-        still = [r for r, off in zip(rows, off_RM.all(1).tolist()) if not off]
-        self.bound_hits += len(rows) - len(still)
-        self.recheck_hits += len(rows) - len(still)
-        return still
-
     def _bound_worth_trying(self) -> bool:
-        """Whether to try the bound on this call: when its recent tries saved at least
-        `min_bound_rate` of a full path on average (a call it settles saves all of it; a big batch
-        it leaves a few rows of open, the recheck's share; a busy latent leaves rows open most
-        steps, and a failed try is paid on top of the full path), else once every `retry_every`
-        calls, to notice when it pays again."""
+        """Whether to try the bound on this call: when it settled at least `min_bound_rate` of its
+        recent tries (a busy latent leaves a row open at most steps, and a failed try is paid on
+        top of the full path), else once every `retry_every` calls, to notice when it pays again."""
         if self.bound_rate >= self.min_bound_rate:
             return True
         self._since_try += 1

@@ -175,25 +175,6 @@ def test_the_full_path_counting_the_needed_pairs_equals_the_reference_there(tie)
     assert int((sae.encode(x[100:])[:, ids] != 0).sum()) > 0
 
 
-def test_big_batches_recheck_the_rows_the_bound_leaves_open_over_all_latents():
-    """The batched engine's shape (32 rows, one latent each): the few rows the candidate bound
-    leaves open are checked over all latents (their own product) before the batch's full path;
-    calls it settles return zeros, the others the full path's values. Rows 0..7 need the
-    near-tied latents 40..47, so the check's tolerance matters (without it: wrong zeros)."""
-    sae = topk_sae("group")
-    x = inputs(32 * 100, seed=9)
-    ids = torch.tensor(list(range(40, 48)) + list(range(60, 84)))
-    reader = TopKReader(sae, ids, n_candidates=128)
-    reader.cands.learn_rows = 64
-    need = torch.eye(32, dtype=torch.bool)  # row b needs latent b
-    with torch.no_grad():
-        reader(x[:64])
-        for lo in range(64, x.shape[0], 32):
-            got, want = reader(x[lo : lo + 32], need), reader.reference(x[lo : lo + 32])
-            assert torch.equal(got[need], want[need]), lo
-    assert reader.recheck_hits > 0 and reader.full_rows > 64
-
-
 def test_candidates_are_shared_per_sae_and_stop_learning_when_mature():
     sae = topk_sae("pair")
     c = TopKCandidates.of(sae)
