@@ -241,10 +241,10 @@ class TopKReader:
         N = x_ND.shape[0]
         if self.bound_pays(N) and self._bound_worth_trying():
             rows = self.open_rows(x_ND, need_NM)
-            self.bound_hits += N - len(rows)
             # a try saves the full path only when it settles every row
             self.bound_rate += (float(not rows) - self.bound_rate) * self.rate_weight
             if not rows:
+                self.bound_hits += N
                 return None
         return self._full(x_ND, need_NM)
 
