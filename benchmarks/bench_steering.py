@@ -2,6 +2,7 @@
 
     python benchmarks/bench_steering.py speed [--model toy] [--rounds 7] [--write]
     python benchmarks/bench_steering.py matrix [--rounds 5] [--flush-denormal] [--write]
+    python benchmarks/bench_steering.py hook-time [--rounds 3] [--write]
     python benchmarks/bench_steering.py toy --sae DIR [--store FILE] [--write]
     python benchmarks/bench_steering.py toy --work DIR --hook HOOK [--sae-arch A --sae-widths W,...] [--write]
     python benchmarks/bench_steering.py latents --sae DIR [--store FILE]
@@ -28,6 +29,10 @@ clamping a latent that never fires to 0. A TopK "floor" row times a hook that co
 full pre-activations at every step and nothing else: whether a firing TopK latent is among its
 row's k largest depends on all d_sae of them, so an exact read pays at least this on every step
 where a row's latent fires.
+
+hook-time: the matrix's runs with the steering hook's CPU time per call (thread CPU time around
+`steering.session._HookFn.__call__`, medians): steadier than whole-generate ratios, which move by
+a few percent between runs with the text and the machine's load.
 
 topk-read: what the TopK exact read costs, per call of one generation step's rows (8): the bound
 path (`TopKReader.read`: candidate bound, then the full encode when it leaves a row open) against
@@ -274,7 +279,9 @@ def speed(args) -> str:
 
 
 # ------------------------------------------------------------------------------------ matrix
-def matrix(args) -> str:
+def matrix_cases(args, timed=None):
+    """(model, hook, cases) of the matrix: name -> a function that runs one generate and returns
+    its process CPU time. `timed(fn)` (hook-time) wraps the floor row's hook so its calls are timed."""
     from steering import steer
 
     torch.set_num_threads(args.threads)
@@ -317,10 +324,15 @@ def matrix(args) -> str:
                 x_ND = x.reshape(-1, x.shape[-1])
                 (x_ND - sae.b_dec) @ sae.W_enc + sae.b_enc  # the SAE's own pre-activations, nothing else
 
-            def floor(fn=encoder_product):
+            def floor(fn=timed(encoder_product) if timed else encoder_product):
                 with model.hooks(fwd_hooks=[(hook, fn)]):
                     return gen()
             cases[f"{label}: floor: the SAE's full encoder product alone at every step (same text)"] = floor
+    return model, hook, cases
+
+
+def matrix(args) -> str:
+    model, hook, cases = matrix_cases(args)
     for f in cases.values():
         f()
     cpu: dict[str, list[float]] = {k: [] for k in cases}
@@ -352,6 +364,80 @@ def matrix(args) -> str:
         lines.append(f"| {k} | {t:.3f} | {base / t:.3f}x | {per_round:.3f}x |")
     worst = min((base / statistics.median(v), k) for k, v in cpu.items() if k != "unsteered")
     lines += ["", f"Slowest: {worst[1]} at {worst[0]:.3f}x.", ""]
+    return "\n".join(lines)
+
+
+def hook_time(args) -> str:
+    """See the module docstring (hook-time)."""
+    from steering import session as steering_session
+    from steering import positions as steering_positions
+
+    calls: list[int] = []  # thread CPU ns of each hook call of the current case
+    observes: list[int] = []
+
+    def timed(fn, into=calls):
+        def wrapper(*a, **kw):
+            t0 = time.thread_time_ns()
+            out = fn(*a, **kw)
+            into.append(time.thread_time_ns() - t0)
+            return out
+        return wrapper
+
+    model, hook, cases = matrix_cases(args, timed=timed)
+    if args.only:
+        cases = {k: f for k, f in cases.items() if k == "unsteered" or any(w in k for w in args.only.split(","))}
+    hook_call = steering_session._HookFn.__call__
+    observe = steering_positions.SequenceTracker.observe
+    steering_session._HookFn.__call__ = timed(hook_call)
+    steering_positions.SequenceTracker.observe = timed(observe, observes)
+    per_call: dict[str, list[float]] = {k: [] for k in cases}
+    per_gen: dict[str, list[float]] = {k: [] for k in cases}
+    per_obs: dict[str, list[float]] = {k: [] for k in cases}
+    cpu: dict[str, list[float]] = {k: [] for k in cases}
+    load_before = load_average()
+    try:
+        for f in cases.values():
+            f()
+        for _ in range(args.rounds):
+            for k, f in cases.items():
+                calls.clear()
+                observes.clear()
+                cpu[k].append(f())
+                if calls:
+                    per_call[k].append(statistics.median(calls) / 1e3)
+                    per_gen[k].append(sum(calls) / 1e6)
+                if observes:
+                    per_obs[k].append(statistics.median(observes) / 1e3)
+    finally:
+        steering_session._HookFn.__call__ = hook_call
+        steering_positions.SequenceTracker.observe = observe
+    load_after = load_average()
+    base = statistics.median(cpu["unsteered"])
+
+    def med(v: list[float], fmt: str) -> str:
+        return format(statistics.median(v), fmt) if v else "-"
+
+    lines = [
+        "### Steering hook: CPU time per call",
+        "",
+        f"{time.strftime('%Y-%m-%d')}; {os.cpu_count()} CPU cores, torch {torch.__version__}, {args.threads} thread(s); "
+        f"load average before/after {load_before} / {load_after}. The matrix's runs (toy model, batch {args.batch}, "
+        f"{args.new_tokens} new tokens, KV cache, at {hook}); per call = median thread CPU time of one call of the "
+        f"steering hook (`steering.session._HookFn.__call__`; the floor row: its own hook) over every call of a "
+        f"generate (the prompt's forward and {args.new_tokens - 1} decode steps), median over {args.rounds} rounds; "
+        f"per generate = all calls of one generate; tracker = the block pre-hook's `SequenceTracker.observe` per call. "
+        f"Ratio as in the matrix, from the same rounds (noisier than the per-call time). "
+        f"`python benchmarks/bench_steering.py hook-time --rounds {args.rounds}`",
+        "",
+        "| run | hook us per call | hook ms per generate | tracker us per call | ratio (median CPU) |",
+        "|---|---|---|---|---|",
+    ]
+    for k in cases:
+        if k == "unsteered":
+            continue
+        lines.append(f"| {k} | {med(per_call[k], '.0f')} | {med(per_gen[k], '.2f')} | {med(per_obs[k], '.1f')} | "
+                     f"{base / statistics.median(cpu[k]):.3f}x |")
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -801,6 +887,14 @@ def main(argv=None) -> int:
     mx.add_argument("--flush-denormal", action="store_true",
                     help="flush denormal floats to zero (their slow arithmetic depends on the text generated)")
     mx.add_argument("--write", action="store_true")
+    ht = sub.add_parser("hook-time", help="CPU time per call of the steering hook for every matrix row")
+    ht.add_argument("--batch", type=int, default=8)
+    ht.add_argument("--new-tokens", type=int, default=64)
+    ht.add_argument("--rounds", type=int, default=3)
+    ht.add_argument("--threads", type=int, default=1)
+    ht.add_argument("--flush-denormal", action="store_true")
+    ht.add_argument("--only", default="", help="comma-separated parts of row names to run (default: every row)")
+    ht.add_argument("--write", action="store_true")
     t = sub.add_parser("toy")
     t.add_argument("--sae", default=None, help="SAE folder (default: build the auto-interp benchmark's toy SAE in --work)")
     t.add_argument("--store", default=None, help="its feature store (typical max activations, concept matches)")
@@ -860,7 +954,7 @@ def main(argv=None) -> int:
     if args.what == "topk-read":
         print(topk_read(args))
         return 0
-    text = {"speed": speed, "matrix": matrix, "toy": toy}[args.what](args)
+    text = {"speed": speed, "matrix": matrix, "hook-time": hook_time, "toy": toy}[args.what](args)
     print(text)
     if args.write:
         write_subsection(text)

@@ -18,8 +18,8 @@ latent has) adds exact zeros, so x' is bit-identical to x.
 Current activations, exactly as the SAE's own encoder would give them:
 - threshold encoders (JumpReLU, and the inference form of BatchTopK / Matryoshka): a latent's
   activation depends on its own pre-activation only, so only the M encoder columns are computed:
-  pre = (x - b_dec) @ W_enc[:, ids] + b_enc[ids]; a = pre where pre > max(threshold, 0); a
-  pre-activation within float rounding of its threshold is decided by the SAE's own expression
+  pre = x @ W_enc[:, ids] + (b_enc - b_dec @ W_enc)[ids]; a = pre where pre > max(threshold, 0);
+  a pre-activation within float rounding of its threshold is decided by the SAE's own expression
   over the row alone.
 - ReLU ("standard"): the same with a threshold of 0.
 - TopK: `sae.encode(x)[:, ids]` bit for bit: a bound from a learned candidate set usually proves
@@ -33,13 +33,14 @@ tests compare the fast path against it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from saes.base import SAE
-from steering.topk_read import TopKReader
+from steering.topk_read import TopKReader, fold_b_dec
 
 def op_coefficients(op: str, value: float) -> tuple[float, float]:
     """(c1, c0) of one op: the latent changes by delta = a * c1 + c0."""
@@ -57,18 +58,22 @@ def op_coefficients(op: str, value: float) -> tuple[float, float]:
 class LatentReader:
     """Exact current activations [N, M] of latents `ids_M` of one SAE (see the module docstring).
 
-    Threshold and ReLU encoders compute the M pre-activations alone; a product over M columns may
-    round differently from the SAE's product over all F, so a pre-activation within the rounding
-    bound of its threshold is decided by the SAE's own expression over the whole row (rare: such
-    rows only). Which latents fire is then exactly what the SAE's encode says, and does not
-    depend on which other latents are read alongside (the batched engine reads a different set
-    for each batch). Snapshot of the SAE's weights at construction (detached)."""
+    Threshold and ReLU encoders compute the M pre-activations alone, from x itself with b_dec
+    folded into the bias (`fold_b_dec`: within a tolerance tol(x) of the SAE's own computed
+    pre-activations). A pre-activation within tol of its threshold is decided by the SAE's own
+    expression over the whole row (rare: such rows only). Which latents fire is then exactly what
+    the SAE's encode says (values equal it up to rounding), and does not depend on which other
+    latents are read alongside (the batched engine reads a different set for each batch). The
+    test costs two reductions per call: the smallest |pre - threshold| of the call against the
+    tolerance of its largest norm (the Frobenius norm of all its rows); only when that fails are
+    rows tested one by one. Snapshot of the SAE's weights at construction (detached)."""
 
     def __init__(self, sae: SAE, ids_M: Tensor) -> None:
         self.sae = sae
         self.kind = sae.encoding_rule  # "threshold", "relu", "topk" or "generic" (its own encode_sparse)
         self.dtype = sae.W_enc.dtype
         self.ids_M = ids_M
+        self.M = int(ids_M.numel())
         self.near_rows = 0  # rows decided by the SAE's own expression (threshold/ReLU; tests)
         with torch.no_grad():
             self.b_dec_D = sae.b_dec.detach() if sae.cfg.apply_b_dec_to_input else None
@@ -77,18 +82,17 @@ class LatentReader:
                 self.W_enc_DF = sae.W_enc.detach()
                 self.b_enc_F = sae.b_enc.detach()
                 self.W_enc_DM = self.W_enc_DF[:, ids_M].contiguous()
-                self.b_enc_M = self.b_enc_F[ids_M].contiguous()
+                self.b_fold_M, self.err_per_norm, self.err_const = fold_b_dec(
+                    self.W_enc_DM, self.b_enc_F[ids_M], self.b_dec_D)
                 if self.kind == "threshold":
                     self.fire_above_M = sae.threshold.detach()[ids_M].clamp_min(0).contiguous()
                 else:
-                    self.fire_above_M = torch.zeros_like(self.b_enc_M)
-                # |computed - exact| <= (D + 2) eps ||u|| ||w|| + 2 eps |b| for each pre-activation; two
-                # computations of one value differ by at most twice that
-                eps = torch.finfo(self.dtype).eps
-                D = self.W_enc_DM.shape[0]
-                self.err_per_norm = 2.0 * (D + 2) * eps * float(self.W_enc_DM.norm(dim=0).max()) if ids_M.numel() else 0.0
-                self.err_bias = 4.0 * eps * float(self.b_enc_M.abs().max()) if ids_M.numel() else 0.0
-                self.zero = self.b_enc_M.new_zeros(())
+                    self.fire_above_M = torch.zeros(self.M, dtype=self.dtype, device=ids_M.device)
+                # one threshold for all M (ReLU, or a single latent): a scalar op decides
+                same = self.M > 0 and bool((self.fire_above_M == self.fire_above_M[0]).all())
+                self.fire_above = float(self.fire_above_M[0]) if same else None
+                self.zero = self.fire_above_M.new_zeros(())
+                self.eps = torch.finfo(self.dtype).eps
 
     def __call__(self, x_ND: Tensor, need_NM: Tensor | None = None) -> Tensor:
         """`need_NM` (optional, bool): the (row, latent) pairs the caller will use; the others may
@@ -100,24 +104,40 @@ class LatentReader:
     def read(self, x_ND: Tensor, need_NM: Tensor | None = None) -> Tensor | None:
         """As calling the reader, or None when every needed activation is exactly 0 (TopK's bound
         proves that often; callers skip work on it)."""
-        if x_ND.dtype != self.dtype:
+        if x_ND.dtype is not self.dtype:
             x_ND = x_ND.to(self.dtype)
         if self.topk is not None:
             return self.topk.read(x_ND, need_NM)
         if self.kind in ("threshold", "relu"):
-            sae_in = x_ND - self.b_dec_D if self.b_dec_D is not None else x_ND
-            pre_NM = torch.addmm(self.b_enc_M, sae_in, self.W_enc_DM)
-            # near: |pre - threshold| within the rounding bound err_per_norm * ||u|| + err_bias
-            slack_NM = torch.sub(torch.sub(pre_NM, self.fire_above_M).abs_(), sae_in.norm(dim=-1, keepdim=True),
-                                 alpha=self.err_per_norm)
-            if bool((slack_NM <= self.err_bias).any()):  # too close to call: the SAE's own expression decides, one row at a time
-                near_N = (slack_NM <= self.err_bias).any(1)
-                for r in near_N.nonzero().flatten().tolist():
-                    own_1F = sae_in[r : r + 1] @ self.W_enc_DF + self.b_enc_F
-                    pre_NM[r] = own_1F[0].index_select(0, self.ids_M)
-                    self.near_rows += 1
-            return torch.where(pre_NM > self.fire_above_M, pre_NM, self.zero)
+            return self._read_threshold(x_ND)
         return latents_from_sparse(self.sae.encode_sparse(x_ND), self.ids_M)
+
+    def _read_threshold(self, x_ND: Tensor) -> Tensor:
+        pre_NM = torch.addmm(self.b_fold_M, x_ND, self.W_enc_DM)
+        if pre_NM.numel() == 0:
+            return pre_NM
+        t = self.fire_above
+        d_NM = pre_NM if t == 0.0 else torch.sub(pre_NM, self.fire_above_M)
+        # |d| is rounded once (relative eps / 2), the norm's sum of n squares by at most (n + 2) eps
+        eps = self.eps
+        closest = float(torch.linalg.vector_norm(d_NM, ord=-math.inf)) * (1.0 - eps)
+        norm = float(torch.linalg.vector_norm(x_ND)) * (1.0 + (x_ND.numel() + 2) * eps)
+        if closest <= self.err_per_norm * norm + self.err_const:
+            self._decide_near_rows(x_ND, pre_NM, d_NM)
+        if t is not None:
+            return torch.threshold(pre_NM, t, 0.0)  # pre where pre > t, else 0
+        return torch.where(pre_NM > self.fire_above_M, pre_NM, self.zero)
+
+    def _decide_near_rows(self, x_ND: Tensor, pre_NM: Tensor, d_NM: Tensor) -> None:
+        """Rows with a pre-activation within its own tolerance of the threshold: the SAE's own
+        expression over the row decides (written into pre_NM)."""
+        tol_N1 = torch.linalg.vector_norm(x_ND, dim=-1, keepdim=True, dtype=torch.float64) * self.err_per_norm
+        near_N = (d_NM.double().abs() * (1.0 - torch.finfo(self.dtype).eps) <= tol_N1 + self.err_const).any(1)
+        sae_in = x_ND - self.b_dec_D if self.b_dec_D is not None else x_ND
+        for r in near_N.nonzero().flatten().tolist():
+            own_1F = sae_in[r : r + 1] @ self.W_enc_DF + self.b_enc_F
+            pre_NM[r] = own_1F[0].index_select(0, self.ids_M)
+            self.near_rows += 1
 
 
 class LatentEditor:
@@ -174,6 +194,13 @@ class LatentEditor:
                 self.trig_col_M = cols.clamp_min(0)
                 self.trig_thr_M = torch.tensor(trig_thr, dtype=dt, device=dev)
                 self.trig_on_M = cols >= 0  # edits without a trigger always apply
+                # per-call shortcuts: edit m's trigger is read column m; every edit has a trigger
+                self.trig_in_place = trig_col == list(range(M)) and len(read) == M
+                self.all_triggered = all(c >= 0 for c in trig_col)
+            # scale / ablate only (c0 = 0), unconditional: x + a @ (c1 * W_dec), one product
+            self.c1_W_MD = self.c1_M[:, None] * self.W_dec_MD if (
+                self.c0_zero and self.read_all_edited and not self.conditional) else None
+        self.M = M
         self._const_cache: dict[tuple[torch.dtype, torch.device], Tensor] = {}
 
     @property
@@ -185,23 +212,23 @@ class LatentEditor:
         None when every coefficient is exactly 0 (nothing changes)."""
         assert self.reader is not None
         a_NR = self.reader.read(x_ND)
-        M = self.ids_M.numel()
+        M = self.M
         if a_NR is None:  # every read activation is 0: c0 + 0 * c1 is c0 exactly
             if not self.conditional:
                 return None if self.c0_zero else self.c0_M.expand(x_ND.shape[0], M)
             a_NR = x_ND.new_zeros(x_ND.shape[0], self.read_ids_R.numel(), dtype=self.dtype)
+        if self.conditional:
+            fires_NM = (a_NR if self.trig_in_place else a_NR.index_select(1, self.trig_col_M)) > self.trig_thr_M
+            on_NM = fires_NM if self.all_triggered else fires_NM | ~self.trig_on_M
         if self.read_all_edited:
             coef_NM = torch.addcmul(self.c0_M, a_NR if a_NR.shape[1] == M else a_NR[:, :M], self.c1_M)
         elif not self.edited_read_pos:  # adds only (conditional): the change does not depend on their activations
-            coef_NM = self.c0_M.expand(x_ND.shape[0], M)
+            return on_NM * self.c0_M
         else:
             a_NM = a_NR.new_zeros(x_ND.shape[0], M)  # c1 is 0 where an edited latent is not read
             a_NM[:, self.edited_read_pos] = a_NR[:, : len(self.edited_read_pos)]
             coef_NM = torch.addcmul(self.c0_M, a_NM, self.c1_M)
-        if self.conditional:
-            fires_NM = a_NR.index_select(1, self.trig_col_M) > self.trig_thr_M
-            coef_NM = coef_NM * (fires_NM | ~self.trig_on_M)
-        return coef_NM
+        return coef_NM * on_NM if self.conditional else coef_NM
 
     def fired(self, x_ND: Tensor) -> Tensor:
         """[N, M] bool: where each edit applies (its trigger fires, or it has none)."""
@@ -236,10 +263,14 @@ class LatentEditor:
         """x + delta: a new tensor, or x_ND itself when nothing changes (do not write into it)."""
         if self.const_D is not None:
             return x_ND + self.constant(x_ND.dtype, x_ND.device)
+        if self.c1_W_MD is not None and x_ND.dtype is self.dtype:
+            assert self.reader is not None
+            a_NM = self.reader.read(x_ND)
+            return x_ND if a_NM is None else torch.addmm(x_ND, a_NM, self.c1_W_MD)
         coef_NM = self.coefficients_or_none(x_ND)
         if coef_NM is None:
             return x_ND
-        if x_ND.dtype == self.dtype:
+        if x_ND.dtype is self.dtype:
             return torch.addmm(x_ND, coef_NM, self.W_dec_MD)
         return x_ND + (coef_NM @ self.W_dec_MD).to(x_ND.dtype)
 

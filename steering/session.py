@@ -79,6 +79,7 @@ class _HookFn:
         self.contribs = contribs
         self.d_in = contribs[0].editor.d_out  # the width written here
         self.calls = 0
+        self.single = contribs[0] if len(contribs) == 1 and contribs[0].reads is None else None
 
     def __repr__(self) -> str:
         return f"steering<{self.hook_name}: {', '.join(c.label for c in self.contribs)}>"
@@ -86,17 +87,24 @@ class _HookFn:
     def __call__(self, x: Tensor, hook: Any = None) -> Tensor | None:
         self.calls += 1
         shape = x.shape
-        if x.ndim < 3:
+        if len(shape) == 3:
+            B, S, D = shape
+        elif len(shape) < 3:
             raise SteeringError(f"hook {self.hook_name} gave an activation of shape {tuple(shape)}; expected [batch, pos, ...]")
-        B, S = shape[0], shape[1]
-        D = math.prod(shape[2:])
+        else:
+            B, S, D = shape[0], shape[1], math.prod(shape[2:])
         if D != self.d_in:
             raise SteeringError(
                 f"hook {self.hook_name} carries width {D} but the edit there expects {self.d_in}; "
                 f"the SAE was trained on a different hook point or model"
             )
-        x_ND = x.reshape(B * S, D)
+        x_ND = x.view(B * S, D) if x.is_contiguous() else x.reshape(B * S, D)
         tracker = self.tracker
+        if self.single is not None:  # one edit group, read here (the usual case): no loop
+            sel = FULL if tracker is None else tracker.select(self.single.positions)
+            if sel is FULL:
+                out_ND = self.single.editor.apply(x_ND)
+                return None if out_ND is x_ND else out_ND.view(shape)
         out_ND: Tensor | None = None
         for c in self.contribs:
             sel = FULL if tracker is None else tracker.select(c.positions)

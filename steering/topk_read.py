@@ -8,19 +8,27 @@ a row's k largest pre-activations depends on all F of them; a generation step ne
 few rows, and most of the time the latent is off. The bound path computes, in one product, the
 M latents and a learned candidate set C of frequently selected latents (`TopKCandidates`): the
 k-th largest candidate is a lower bound on the k-th largest of all, so "k candidates exceed its
-pre-activation by more than `tol`" proves the latent off without the other F - C columns, where
-`tol` (per row) bounds the float rounding of both this product and the SAE's own. When that
-settles every row, the read is exactly zero (`read` returns None: callers skip work); otherwise
-the full path runs the SAE's own expression over all rows given, and its top k decides, or,
-for a few latents or a few needed (row, latent) pairs, a count of the pre-activations above each
-one (a latent is selected iff fewer than k exceed it; a tie at the k-th place goes back to the
-top k), so values and ties are the SAE's own. `TopKReader.reference` is the eager reference (the
-SAE's encode); tests compare the two exactly.
+pre-activation by more than twice `tol`" proves the latent off without the other F - C columns,
+where `tol` (per row) bounds the distance of each computed pre-activation from the SAE's own
+(one latent, steer's usual read: one product of the candidates' differences from it, with the
+three tolerances summed). When that settles every row, the read is exactly zero (`read` returns
+None: callers skip work). Otherwise the full path runs the SAE's own expression over all rows given, and its
+top k decides, or, for a few latents or a few needed (row, latent) pairs, a count of the
+pre-activations above each one (a latent is selected iff fewer than k exceed it; a tie at the
+k-th place goes back to the top k), so values and ties are the SAE's own. A bound that has
+saved little in its recent tries (a busy latent fires on some row at most steps) is skipped and
+retried now and then. `TopKReader.reference` is the eager reference (the SAE's encode); tests
+compare the two exactly.
+
+Cost model (toy model, one generation step): each tensor op costs several microseconds inside a
+forward pass whatever its size, and comparisons into bools several times more than float
+arithmetic, so counts use signs of differences and a step's few rows finish in Python.
 """
 
 from __future__ import annotations
 
 import weakref
+from array import array
 
 import torch
 from torch import Tensor
@@ -37,6 +45,25 @@ def weights_version(sae: SAE) -> tuple:
     """Which encoder weights an SAE holds now (storage and in-place version counters): cached
     bounds are rebuilt when they change, since stale ones could prove a firing latent off."""
     return tuple((t.data_ptr(), t._version) for t in (sae.W_enc, sae.b_enc, sae.b_dec))
+
+
+def fold_b_dec(W_DX: Tensor, b_X: Tensor, b_dec_D: Tensor | None) -> tuple[Tensor, float, float]:
+    """(b_fold_X, err_per_norm, err_const) for reading x itself: pre = x @ W + b_fold with
+    b_fold = b - b_dec @ W is within `tol(x) = err_per_norm * ||x|| + err_const` of the SAE's own
+    computed pre-activations (x - b_dec) @ W + b, for every column of W_DX (rounding of both
+    computations, of the folded bias and of a sum pre + tol in the caller's dtype)."""
+    W, b = W_DX.double(), b_X.double()
+    b_dec = b_dec_D.double() if b_dec_D is not None else W.new_zeros(W_DX.shape[0])
+    b_fold_X = (b - b_dec @ W).to(W_DX.dtype)
+    eps = torch.finfo(W_DX.dtype).eps
+    w_max = float(W.norm(dim=0).max()) if W.shape[1] else 0.0
+    D = W_DX.shape[0]
+    err_per_norm = 2.0 * (D + 4) * eps * w_max
+    # a bias is one more term of each product's sum, so it carries the sum's error bound too
+    big_b = (float(b_fold_X.abs().max()) + float(b.abs().max())) if W.shape[1] else 0.0
+    err_const = (err_per_norm * float(b_dec.norm()) + 2.0 * (D + 4) * eps * big_b + torch.finfo(W_DX.dtype).tiny)
+    err_const += 4.0 * eps * (big_b + err_const)  # the sum pre + tol rounds too
+    return b_fold_X, err_per_norm, err_const
 
 
 class TopKCandidates:
@@ -68,21 +95,7 @@ class TopKCandidates:
         self._fold_b_dec()
 
     def _fold_b_dec(self) -> None:
-        """Bounds read x itself: pre = x @ W + (b - b_dec @ W), within `tol(x) = err_per_norm *
-        ||x|| + err_const` of the SAE's own computed pre-activations (rounding of both
-        computations, of the folded bias and of the bound's own sums)."""
-        W, b = self.W_DF.double(), self.b_F.double()
-        b_dec = self.b_dec_D.double() if self.b_dec_D is not None else W.new_zeros(self.W_DF.shape[0])
-        self.b_fold_F = (b - b_dec @ W).to(self.W_DF.dtype)
-        eps = torch.finfo(self.W_DF.dtype).eps
-        w_max = float(W.norm(dim=0).max())
-        D = self.W_DF.shape[0]
-        self.err_per_norm = 2.0 * (D + 4) * eps * w_max
-        # a bias is one more term of each product's sum, so it carries the sum's error bound too
-        big_b = float(self.b_fold_F.abs().max()) + float(b.abs().max())
-        self.err_const = (self.err_per_norm * float(b_dec.norm()) + 2.0 * (D + 4) * eps * big_b
-                          + torch.finfo(self.W_DF.dtype).tiny)
-        self.err_const += 4.0 * eps * (big_b + self.err_const)  # the sum below rounds too
+        self.b_fold_F, self.err_per_norm, self.err_const = fold_b_dec(self.W_DF, self.b_F, self.b_dec_D)
 
     @classmethod
     def of(cls, sae: SAE, n_candidates: int | None = None) -> "TopKCandidates":
@@ -123,12 +136,33 @@ class TopKCandidates:
         self.b_C = self.b_F[C].contiguous()
 
 
-def _count(compare, values_NX: Tensor, bounds_NM: Tensor) -> Tensor:
-    """[N, M]: how many of each row's X values pass `compare` against each of its M bounds
-    (one latent, the usual case, without the [N, M, X] broadcast)."""
+def _signs(values_NX: Tensor, bounds_NM: Tensor, out: Tensor | None = None) -> Tensor:
+    """[N, X] (one bound per row, the usual case) or [N, M, X]: the sign (-1, 0, 1, as floats) of
+    each value minus each of its row's bounds. Exact: a difference of two floats is 0 only when
+    they are equal, and its sign is theirs (NaN where one is NaN). Float arithmetic, since a
+    comparison into bools costs several times as much on CPU."""
     if bounds_NM.shape[1] == 1:
-        return compare(values_NX, bounds_NM).sum(1, keepdim=True)
-    return compare(values_NX.unsqueeze(1), bounds_NM.unsqueeze(2)).sum(-1)
+        return torch.sub(values_NX, bounds_NM, out=out).sign_()
+    return torch.sub(values_NX.unsqueeze(1), bounds_NM.unsqueeze(2)).sign_()
+
+
+def _count_above(values_NX: Tensor, bounds_NM: Tensor) -> Tensor:
+    """[N, M]: how many of each row's X values exceed each of its M bounds (a NaN is never
+    above). The bounds' counts are over the candidates, a few hundred values a row: two ops (a
+    comparison into bools, a sum) cost less there than the signs' four."""
+    if bounds_NM.shape[1] == 1:
+        return (values_NX > bounds_NM).sum(1, keepdim=True)
+    return (values_NX.unsqueeze(1) > bounds_NM.unsqueeze(2)).sum(-1)
+
+
+def _above_and_net(values_NX: Tensor, bounds_NM: Tensor, out: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """([N, M], [N, M]) floats: how many of each row's X values are above each of its bounds, and
+    that less how many are below, from one pass of signs (so at least = X - above + net; `out`:
+    where the signs go, [N, X], for one bound per row)."""
+    s = _signs(values_NX, bounds_NM, out)
+    keep = s.dim() == 2  # one bound per row: [N, X] -> [N, 1]
+    net = s.sum(-1, keepdim=keep)  # above - below
+    return s.relu_().sum(-1, keepdim=keep), net
 
 
 class TopKReader:
@@ -158,17 +192,33 @@ class TopKReader:
         self.min_bound_macs = min_bound_macs
         self.count_latents = count_latents  # a count costs two passes over F per latent; the top k one per row
         self.W_DM = self.W_DF[:, ids_M].contiguous()
+        self.first_id = int(ids_M[0]) if self.M else 0
         self.err_per_norm = self.cands.err_per_norm
         c = self.cands
-        self.b_fold_hi_M = (c.b_fold_F[ids_M].double() + c.err_const).to(self.W_DF.dtype)  # + the tolerance's constant
+        # q_c > q_m + 2 tol proves P_c > P_m (each q within tol of its P): the M latents' biases carry
+        # + 2 err_const, and 2 err_per_norm ||x|| is added per row
+        self.b_fold_hi_M = (c.b_fold_F[ids_M].double() + 2.0 * c.err_const).to(self.W_DF.dtype)
         self._bound_of: Tensor | None = None  # the candidate columns _W_DP was built from
         self._W_DP = self._b_P = self.W_DM
-        self._buffers: dict[int, Tensor] = {}
+        self._diff_of: Tensor | None = None  # the candidate columns _diff was built from
+        self._diff: tuple = ()
+        self._buffers: dict[tuple[int, str], Tensor] = {}
         self.keep_rows = 256  # reuse outputs of calls of at most this many rows (generation steps)
         self._pairs_of: tuple | None = None  # (mask, its key, its pairs, one pair per row): see _pairs
         self.full_rows = 0  # rows encoded in full (tests, tuning)
         self.counted_pairs = 0  # needed pairs the full path decided by a count (tests)
         self.bound_hits = 0  # rows the candidate bound alone proved off
+        # adaptive bound: in a forward pass the bound costs about a third of the full path (its
+        # product is an eighth, its fixed op costs are alike), so it pays while it saves more
+        # than about a third of a full path per try (0.35 measured best of 0.2 / 0.35 / 0.5 /
+        # always / never on the steering matrix's TopK rows: `bench_steering.py hook-time`)
+        self.bound_rate = 1.0  # share of recent tries that settled the call (exponential average)
+        self.rate_weight = 0.125  # weight of the latest try: about the last 8 count
+        self.min_bound_rate = 0.35
+        self.retry_every = 8
+        self._since_try = 0
+        self.bound_skips = 0  # calls that skipped the bound (tests, tuning)
+        self.python_pairs = 64  # (row, latent) pairs a count finishes in Python (a generation step's)
 
     @property
     def W_DC(self) -> Tensor | None:
@@ -186,30 +236,91 @@ class TopKReader:
         return x_ND.new_zeros(x_ND.shape[0], self.M) if a_NM is None else a_NM
 
     def read(self, x_ND: Tensor, need_NM: Tensor | None = None) -> Tensor | None:
-        """As calling the reader, or None when the bound proves every needed latent off."""
+        """As calling the reader, or None when every needed latent is off (the bound proved it, or
+        the full path's count found none selected)."""
         N = x_ND.shape[0]
-        if self.bound_pays(N) and self.all_off(x_ND, need_NM):
-            self.bound_hits += N
-            return None
-        return self.full(x_ND, need_NM)
+        if self.bound_pays(N) and self._bound_worth_trying():
+            rows = self.open_rows(x_ND, need_NM)
+            # a try saves the full path only when it settles every row
+            self.bound_rate += (float(not rows) - self.bound_rate) * self.rate_weight
+            if not rows:
+                self.bound_hits += N
+                return None
+        return self._full(x_ND, need_NM)
+
+    def _bound_worth_trying(self) -> bool:
+        """Whether to try the bound on this call: when it settled at least `min_bound_rate` of its
+        recent tries (a busy latent leaves a row open at most steps, and a failed try is paid on
+        top of the full path), else once every `retry_every` calls, to notice when it pays again."""
+        if self.bound_rate >= self.min_bound_rate:
+            return True
+        self._since_try += 1
+        if self._since_try >= self.retry_every:
+            self._since_try = 0
+            return True
+        self.bound_skips += 1
+        return False
 
     def all_off(self, x_ND: Tensor, need_NM: Tensor | None = None) -> bool:
-        """Whether the candidate bound proves every needed latent of every row off: at least k
-        candidates above the latent's pre-activation plus the tolerance."""
+        """Whether the candidate bound proves every needed latent of every row off."""
+        return not self.open_rows(x_ND, need_NM)
+
+    def open_rows(self, x_ND: Tensor, need_NM: Tensor | None = None) -> list[int]:
+        """Rows the candidate bound leaves open (in order): a needed latent of theirs is not
+        proven off, i.e. fewer than k candidates are above its pre-activation plus the tolerance."""
+        if x_ND.shape[0] == 0:
+            return []
+        if self.M == 1 and need_NM is None:
+            return self._one_latent_open(x_ND)
         W_DP, b_P = self._bound_weights()
-        M = self.M
+        M, k = self.M, self.k
         pre_NP = torch.addmm(b_P, x_ND, W_DP)  # the M latents' columns carry + err_const
-        hi_NM = torch.add(pre_NP[:, :M], torch.linalg.vector_norm(x_ND, dim=-1, keepdim=True), alpha=self.err_per_norm)
+        hi_NM = torch.add(pre_NP[:, :M], torch.linalg.vector_norm(x_ND, dim=-1, keepdim=True), alpha=2.0 * self.err_per_norm)
         if need_NM is not None and M > self.count_latents:  # the batched engine: each row needs a few of many
             rows_P, cols_P = self._pairs(need_NM)
             if rows_P.numel() == 0:
-                return True
-            above_P = (pre_NP[:, M:].index_select(0, rows_P) > hi_NM[rows_P, cols_P].unsqueeze(1)).sum(1)
-            return int(above_P.min()) >= self.k
-        above_NM = _count(torch.gt, pre_NP[:, M:], hi_NM)
-        if need_NM is None:
-            return int(above_NM.min()) >= self.k
-        return not bool(((above_NM < self.k) & need_NM).any())
+                return []
+            above_P = _count_above(pre_NP[:, M:].index_select(0, rows_P), hi_NM[rows_P, cols_P].unsqueeze(1))
+            if int(above_P.min()) >= k:  # the usual case, without the lists below
+                return []
+            return list(dict.fromkeys(r for r, a in zip(rows_P.tolist(), above_P.flatten().tolist()) if a < k))
+        off_NM = _count_above(pre_NP[:, M:], hi_NM) >= k
+        if need_NM is not None:
+            off_NM |= ~need_NM
+        return [r for r, off in enumerate(off_NM.all(1).tolist()) if not off]
+
+    def _one_latent_open(self, x_ND: Tensor) -> list[int]:
+        """`open_rows` for one latent m (steer's usual read), in one product: the differences
+        d_c = pre_c - pre_m of the candidates, from x @ (W_c - W_m) + (b_fold_c - b_fold_m).
+        Each of d_c, pre_c and pre_m is within its tolerance tol(x) = e ||x|| + c (`fold_b_dec`)
+        of the exact value (and the SAE's own pre_c, pre_m of theirs), so d_c > the sum of the
+        three proves the SAE's pre_c > pre_m; k such candidates prove m off. ||x|| is the norm
+        of all rows (at least each row's), its float sum inflated by (n + 2) eps."""
+        W_DC, b_C, e, c = self._diff_weights()
+        eps = torch.finfo(x_ND.dtype).eps
+        norm = float(torch.linalg.vector_norm(x_ND)) * (1.0 + (x_ND.numel() + 2) * eps)
+        margin = (e * norm + c) * (1.0 + 4.0 * eps)  # rounding of this sum and of its cast to x's dtype
+        d_NC = torch.addmm(b_C, x_ND, W_DC)
+        above_N = (d_NC > margin).sum(1)
+        if int(above_N.min()) >= self.k:  # the usual case, without the list below
+            return []
+        return [r for r, above in enumerate(above_N.tolist()) if above < self.k]
+
+    def _diff_weights(self) -> tuple[Tensor, Tensor, float, float]:
+        """(W_c - W_m, b_fold_c - b_fold_m, e, c) over the candidates for the one latent m, with
+        e ||x|| + c the sum of the three tolerances (rebuilt when the candidate set changes)."""
+        cands = self.cands
+        if self._diff_of is not cands.W_DC:
+            assert cands.W_DC is not None and cands.C is not None
+            # q_j = x @ W_j + b_fold_j (b_fold as stored) is within the candidates' tolerance of
+            # the SAE's own pre_j; d computes q_c - q_m within fold_b_dec's tolerance for these
+            # weights (whose factor 2 also covers rounding W_c - W_m to the weights' dtype)
+            W_dC = (cands.W_DC.double() - self.W_DM.double()).to(self.W_DF.dtype)
+            b_fold_F = cands.b_fold_F.double()
+            b_dC, e_d, c_d = fold_b_dec(W_dC, b_fold_F[cands.C] - b_fold_F[self.ids_M], None)
+            self._diff = (W_dC, b_dC, e_d + 2.0 * cands.err_per_norm, c_d + 2.0 * cands.err_const)
+            self._diff_of = cands.W_DC
+        return self._diff
 
     def _bound_weights(self) -> tuple[Tensor, Tensor]:
         """Encoder columns and (folded) biases of the M latents followed by the candidates
@@ -223,22 +334,25 @@ class TopKReader:
         return self._W_DP, self._b_P
 
     def full(self, x_ND: Tensor, need_NM: Tensor | None = None) -> Tensor:
+        """As `_full`, always a tensor."""
+        a_NM = self._full(x_ND, need_NM)
+        return x_ND.new_zeros(x_ND.shape[0], self.M) if a_NM is None else a_NM
+
+    def _full(self, x_ND: Tensor, need_NM: Tensor | None = None) -> Tensor | None:
         """The SAE's own encode of every row (its expression, its top k), latents `ids` read out.
         Once the candidate set is mature and few latents are read, a count decides instead of
         the top k: latent m is selected iff fewer than k pre-activations exceed its own, unless a
         tie straddles the k-th place (then the SAE's own top k decides). With more latents but a
         `need_NM` of few pairs (the batched engine: a latent or two per row), the count runs for
-        the needed (row, latent) pairs alone (the others come back 0)."""
+        the needed (row, latent) pairs alone (the others come back 0). None when every
+        activation read is 0 (the count found none selected)."""
         self.full_rows += x_ND.shape[0]
         u_ND = x_ND - self.b_dec_D if self.b_dec_D is not None else x_ND
         pre_NF = torch.mm(u_ND, self.W_DF, out=self._buffer(u_ND)).add_(self.b_F)  # the SAE's own expression
         if self.M <= self.count_latents and not self.cands.young:
-            pre_NM = pre_NF.index_select(1, self.ids_M)
-            above_NM = _count(torch.gt, pre_NF, pre_NM)
-            at_least_NM = _count(torch.ge, pre_NF, pre_NM)  # itself included
-            selected_NM = above_NM < self.k
-            if not bool((selected_NM & (at_least_NM > self.k)).any()):
-                return pre_NM.relu_().mul_(selected_NM)
+            settled, a_NM = self._count_select(pre_NF)
+            if settled:
+                return a_NM
         elif need_NM is not None and not self.cands.young:
             a_NM = self._count_pairs(pre_NF, need_NM)
             if a_NM is not None:
@@ -247,6 +361,42 @@ class TopKReader:
         if self.cands.young:
             self.cands.learn(idx_NK, self.k)
         return (vals_NK.relu_()[:, :, None] * (idx_NK[:, :, None] == self.ids_M)).sum(1)
+
+    def _count_select(self, pre_NF: Tensor) -> tuple[bool, Tensor | None]:
+        """(settled, activations [N, M] or None when all are 0) of the M latents by a count: latent
+        m is selected iff fewer than k pre-activations exceed its own; not settled when a tie
+        straddles the k-th place (more than k at least as large, itself included) or a NaN makes
+        the counts NaN. A generation step's few rows finish in Python: each tensor op costs
+        several microseconds in a forward pass, whatever its size."""
+        N, M, X, k = pre_NF.shape[0], self.M, pre_NF.shape[1], self.k
+        if N * M > self.python_pairs:
+            pre_NM = pre_NF.index_select(1, self.ids_M)
+            above_NM, net_NM = _above_and_net(pre_NF, pre_NM)
+            at_least_NM = (X - above_NM).add_(net_NM)
+            selected_NM = above_NM < k
+            if not bool((selected_NM | (above_NM >= k)).logical_and_(~selected_NM | (at_least_NM <= k)).all()):
+                return False, None
+            return True, pre_NM.relu_().mul_(selected_NM)
+        # a view of one column is read here and not kept (pre_NF is a reused buffer)
+        if M == 1:
+            pre_NM = pre_NF.narrow(1, self.first_id, 1)
+            above_NM, net_NM = _above_and_net(pre_NF, pre_NM, self._buffer(pre_NF, "signs"))
+        else:
+            pre_NM = pre_NF.index_select(1, self.ids_M)
+            above_NM, net_NM = _above_and_net(pre_NF, pre_NM)
+        out: list[float] = []
+        for above, net, v in zip(above_NM.flatten().tolist(), net_NM.flatten().tolist(), pre_NM.flatten().tolist()):
+            if above >= k:
+                out.append(0.0)
+            elif above < k and X - above + net <= k:  # selected, no tie across the k-th place
+                out.append(v if v > 0 else 0.0)
+            else:  # a straddling tie, or NaN counts: the SAE's own top k decides
+                return False, None
+        if not any(out):
+            return True, None
+        if pre_NF.dtype == torch.float32 and pre_NF.device.type == "cpu":  # (torch.tensor of a list costs more)
+            return True, torch.frombuffer(array("f", out), dtype=torch.float32).view(N, M)
+        return True, torch.tensor(out, dtype=pre_NF.dtype, device=pre_NF.device).view(N, M)
 
     def _count_pairs(self, pre_NF: Tensor, need_NM: Tensor) -> Tensor | None:
         """[N, M] activations of the needed pairs by a count over their rows (0 elsewhere), or
@@ -263,10 +413,12 @@ class TopKReader:
             return None
         pre_PF = pre_NF if self._pairs_of[3] else pre_NF.index_select(0, rows_P)  # type: ignore[index]
         v_P1 = pre_NF[rows_P, self.ids_M[cols_P]].unsqueeze(1)
-        above_P = (pre_PF > v_P1).sum(1)
+        above_P1, net_P1 = _above_and_net(pre_PF, v_P1)
+        above_P = above_P1.squeeze(1)
+        at_least_P = (pre_PF.shape[1] - above_P).add_(net_P1.squeeze(1))  # counts the latent itself
         selected_P = above_P < self.k
-        if bool((selected_P & ((pre_PF >= v_P1).sum(1) > self.k)).any()):  # >= counts the latent itself
-            return None
+        if not bool((selected_P | (above_P >= self.k)).logical_and_(~selected_P | (at_least_P <= self.k)).all()):
+            return None  # a tie straddles a needed latent's k-th place (or a NaN)
         out_NM[rows_P, cols_P] = v_P1.squeeze(1).relu_().mul_(selected_P)
         self.counted_pairs += P
         return out_NM
@@ -281,17 +433,18 @@ class TopKReader:
             self._pairs_of = (need_NM, key, (rows_P, cols_P), one_per_row)
         return self._pairs_of[2]
 
-    def _buffer(self, u_ND: Tensor) -> Tensor:
+    def _buffer(self, u_ND: Tensor, use: str = "pre") -> Tensor:
         """A reused [N, F] output for calls of at most `keep_rows` rows (generation steps: a fresh
-        one of this size costs page faults every step; a big one is not worth keeping)."""
+        one of this size costs page faults every step; a big one is not worth keeping); one per
+        use ("pre": the pre-activations, "signs": the count's signs)."""
         N = u_ND.shape[0]
-        buf = self._buffers.get(N)
+        buf = self._buffers.get((N, use))
         if buf is None or buf.dtype != u_ND.dtype:
             buf = u_ND.new_empty(N, self.F)
             if N <= self.keep_rows:
-                if len(self._buffers) >= 4:  # prefills of other lengths: keep a few sizes
+                if len(self._buffers) >= 8:  # prefills of other lengths: keep a few sizes
                     self._buffers.clear()
-                self._buffers[N] = buf
+                self._buffers[(N, use)] = buf
         return buf
 
     def reference(self, x_ND: Tensor, need_NM: Tensor | None = None) -> Tensor:

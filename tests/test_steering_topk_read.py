@@ -72,6 +72,58 @@ def test_every_path_of_the_topk_read_equals_the_reference(tie, n_read):
     assert int((sae.encode(x)[:, ids] != 0).sum()) > 0  # the latents do fire
 
 
+@pytest.mark.parametrize("tie", ["pair", "group"])
+def test_the_one_latent_bound_equals_the_reference_next_to_near_tied_latents(tie):
+    """One latent read (steer's usual edit): the bound compares the candidates' differences from
+    it, with the sum of three tolerances; each of the near-tied latents 40..47 (and two others)
+    read alone, so candidates sit within rounding of the latent read. A bound without its
+    tolerance (d_c > 0) gives wrong zeros here."""
+    sae = topk_sae(tie, seed=4)
+    x = inputs(1200, seed=6)
+    hits = 0
+    with torch.no_grad():
+        for latent in [*range(40, 48), 60, 100]:
+            reader = TopKReader(sae, torch.tensor([latent]), n_candidates=128)
+            reader.cands.learn_rows = 120
+            reader(x[:120])
+            reader.min_bound_rate = -1.0  # try the bound on every call
+            for lo in range(120, 1200, 8):
+                got = reader(x[lo : lo + 8])
+                assert torch.equal(got, reader.reference(x[lo : lo + 8])), (latent, lo)
+            hits += reader.bound_hits
+    assert hits > 0
+
+
+def test_a_bound_that_rarely_settles_is_skipped_and_tried_again():
+    """A busy latent: the bound fails on most calls, so the reader skips it (full path alone) and
+    retries it once every `retry_every` calls; once the latent goes quiet the retries settle and
+    the bound is used again. Every call equals the reference."""
+    sae = topk_sae("pair")
+    x = inputs(3000, seed=7)
+    with torch.no_grad():
+        acts = sae.encode(x)
+        busy = int((acts != 0).sum(0).argmax())
+        fires = acts[:, busy] != 0
+    busy_rows, quiet_rows = x[fires], x[~fires]
+    reader = TopKReader(sae, torch.tensor([busy]), n_candidates=128)
+    reader.cands.learn_rows = 120
+
+    def check(rows):
+        got = reader(rows)
+        assert torch.equal(got, reader.reference(rows))
+
+    with torch.no_grad():
+        check(x[:120])
+        for lo in range(0, 8 * 30, 8):  # every call has a firing row: the bound cannot settle any
+            check(busy_rows[lo : lo + 8])
+        assert reader.bound_rate < reader.min_bound_rate and reader.bound_skips > 0
+        skips, hits = reader.bound_skips, reader.bound_hits
+        for lo in range(0, 8 * 60, 8):  # quiet rows: the retries settle, and the bound is back
+            check(quiet_rows[lo : lo + 8])
+        assert reader.bound_hits > hits and reader.bound_rate >= reader.min_bound_rate
+        assert reader.bound_skips < skips + 60
+
+
 @pytest.mark.parametrize("n_read", [2, 6])
 def test_a_read_of_the_needed_pairs_only_equals_the_reference_there(n_read):
     """Rows that need some of the latents only (the batched engine: each row its own edits); with
