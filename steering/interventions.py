@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from saes.base import SAE
-from steering.topk_read import TopKReader, fold_b_dec
+from steering.topk_read import TopKReader, fold_b_dec, norm_dtype
 
 def op_coefficients(op: str, value: float) -> tuple[float, float]:
     """(c1, c0) of one op: the latent changes by delta = a * c1 + c0."""
@@ -66,7 +66,7 @@ class LatentReader:
     latents are read alongside (the batched engine reads a different set for each batch). The
     test costs two reductions per call: the smallest |pre - threshold| of the call against the
     tolerance of its largest norm (the Frobenius norm of all its rows); only when that fails are
-    rows tested one by one. Snapshot of the SAE's weights at construction (detached)."""
+    rows tested one by one. Built for the SAE's weights at construction (some detached views, some copies): build a new one after changing them in place."""
 
     def __init__(self, sae: SAE, ids_M: Tensor) -> None:
         self.sae = sae
@@ -121,11 +121,11 @@ class LatentReader:
         # |d| is rounded once (relative eps / 2), the norm's sum of n squares by at most (n + 2) eps
         eps = self.eps
         closest = float(torch.linalg.vector_norm(d_NM, ord=-math.inf)) * (1.0 - eps)
-        norm = float(torch.linalg.vector_norm(x_ND)) * (1.0 + (x_ND.numel() + 2) * eps)
-        if closest <= self.err_per_norm * norm + self.err_const:
+        norm = float(torch.linalg.vector_norm(x_ND, dtype=norm_dtype(x_ND))) * (1.0 + (x_ND.numel() + 2) * eps)
+        if not closest > self.err_per_norm * norm + self.err_const:  # a NaN row makes `closest` NaN: check rows one by one
             self._decide_near_rows(x_ND, pre_NM, d_NM)
-        if t is not None:
-            return torch.threshold(pre_NM, t, 0.0)  # pre where pre > t, else 0
+        if t is not None and self.kind == "relu":
+            return torch.threshold(pre_NM, t, 0.0)  # pre where pre > t, else 0 (NaN stays NaN, as in ReLU)
         return torch.where(pre_NM > self.fire_above_M, pre_NM, self.zero)
 
     def _decide_near_rows(self, x_ND: Tensor, pre_NM: Tensor, d_NM: Tensor) -> None:
@@ -145,7 +145,7 @@ class LatentEditor:
 
     `triggers` (optional, one per edited latent): None, or (trigger latent, raw threshold): the
     edit of that latent applies only on rows where the trigger's current activation is above the
-    threshold. Snapshot of the SAE's weights at construction (detached); device/dtype are the SAE's.
+    threshold. Built for the SAE's weights at construction (some detached views, some copies): build a new one after changing them in place; device/dtype are the SAE's.
     """
 
     def __init__(self, sae: SAE, ids: Sequence[int], c1: Sequence[float], c0: Sequence[float],

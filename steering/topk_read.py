@@ -136,6 +136,11 @@ class TopKCandidates:
         self.b_C = self.b_F[C].contiguous()
 
 
+def norm_dtype(x: Tensor) -> torch.dtype:
+    """A dtype for norms of x that does not overflow where x's own would (float16 tops out at 65504)."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
 def _signs(values_NX: Tensor, bounds_NM: Tensor, out: Tensor | None = None) -> Tensor:
     """[N, X] (one bound per row, the usual case) or [N, M, X]: the sign (-1, 0, 1, as floats) of
     each value minus each of its row's bounds. Exact: a difference of two floats is 0 only when
@@ -161,8 +166,10 @@ def _above_and_net(values_NX: Tensor, bounds_NM: Tensor, out: Tensor | None = No
     where the signs go, [N, X], for one bound per row)."""
     s = _signs(values_NX, bounds_NM, out)
     keep = s.dim() == 2  # one bound per row: [N, X] -> [N, 1]
-    net = s.sum(-1, keepdim=keep)  # above - below
-    return s.relu_().sum(-1, keepdim=keep), net
+    # counts summed in a float that holds them exactly (bf16 spaces integers 16 apart near 4096)
+    exact = torch.float32 if values_NX.shape[-1] <= 2**24 else torch.float64
+    net = s.sum(-1, keepdim=keep, dtype=exact)  # above - below
+    return s.relu_().sum(-1, keepdim=keep, dtype=exact), net
 
 
 class TopKReader:
@@ -173,7 +180,7 @@ class TopKReader:
     teaches the set); after that, the bound path when it pays (`bound_pays`: at most `bound_rows`
     rows, a candidate set at most half the latents, and a full product of at least
     `min_bound_macs` multiply-adds, below which the bound's extra operations cost more than they
-    save), else the full path. Snapshot of the SAE's weights at construction (detached). Not
+    save), else the full path. Built for the SAE's weights at construction (some detached views, some copies): build a new one after changing them in place. Not
     thread-safe (counters, a reused buffer)."""
 
     def __init__(self, sae: SAE, ids_M: Tensor, *, n_candidates: int | None = None, bound_rows: int = 4096,
@@ -298,7 +305,7 @@ class TopKReader:
         of all rows (at least each row's), its float sum inflated by (n + 2) eps."""
         W_DC, b_C, e, c = self._diff_weights()
         eps = torch.finfo(x_ND.dtype).eps
-        norm = float(torch.linalg.vector_norm(x_ND)) * (1.0 + (x_ND.numel() + 2) * eps)
+        norm = float(torch.linalg.vector_norm(x_ND, dtype=norm_dtype(x_ND))) * (1.0 + (x_ND.numel() + 2) * eps)
         margin = (e * norm + c) * (1.0 + 4.0 * eps)  # rounding of this sum and of its cast to x's dtype
         d_NC = torch.addmm(b_C, x_ND, W_DC)
         above_N = (d_NC > margin).sum(1)

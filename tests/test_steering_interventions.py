@@ -154,3 +154,27 @@ def test_an_added_latent_is_not_read_and_mixed_edits_still_equal_the_reference(a
     off = reference_edit(sae, x, [(9, "add", 1.5), (other, "scale", 2.0)])
     torch.testing.assert_close(mixed.apply(x), torch.where(fires.unsqueeze(1), on, off), rtol=1e-5, atol=1e-5)
     assert bool((dense[:, busy] != 0).any()) and bool((dense[:, other] != 0).any())
+
+
+@pytest.mark.parametrize("arch", ["jumprelu", "standard"])
+def test_a_nan_row_does_not_switch_off_the_near_threshold_check_of_the_other_rows(arch):
+    """Padding or a broken input can hand the hook a NaN row: the other rows' ties at the
+    threshold must still be decided as the SAE decides them, and the NaN row read as the SAE
+    reads it (ReLU: NaN; a threshold: off)."""
+    sae, x = make(arch, d_in=32, d_sae=96), inputs(40, d=32)
+    with torch.no_grad():
+        pre = sae.pre_activations(x)
+        for f in range(12):
+            if hasattr(sae, "threshold"):
+                sae.threshold[f] = pre[f, f]
+            else:
+                sae.b_enc[f] -= pre[f, f]
+    ids = list(range(12))
+    alone = torch.cat([sae.encode(x[r : r + 1]) for r in range(x.shape[0])])[:, ids]
+    x_nan = torch.cat([x, torch.full((1, 32), float("nan"))])
+    got = current_activations(sae, x_nan, ids)
+    assert torch.equal(got[:40] != 0, alone != 0)
+    own = sae.encode(x_nan[40:])[0, ids]
+    assert torch.equal(got[40].isnan(), own.isnan()) and torch.equal(got[40].nan_to_num(7.0), own.nan_to_num(7.0))
+    one = current_activations(sae, x_nan[40:], [5])  # one latent: one threshold for all, a scalar op decides
+    assert torch.equal(one.isnan(), own[5:6].isnan().unsqueeze(0)) and torch.equal(one.nan_to_num(7.0), own[5:6].nan_to_num(7.0).unsqueeze(0))

@@ -443,3 +443,26 @@ def test_the_kept_pairs_of_a_need_mask_follow_it_when_it_changes_in_place():
             assert torch.equal(got[other], reader.reference(x[100:104])[other])
             other.copy_(need.new_zeros(4, 5)); other[0, 0] = True
         assert bool(fires.any()) and reader.counted_pairs > 1
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_tie_at_the_kth_place_is_the_sae_s_own_in_low_precision(dtype):
+    """Counts of a few thousand are not exact in bf16/fp16 (bf16 spaces integers 16 apart near
+    4096): two latents tied at the k-th place must still go back to the SAE's own top k, not be
+    read as both selected."""
+    k = 32
+    F_ = next(F for F in range(4000, 20000, 7)  # a width whose low-precision count would hide the tie
+              if F - (k - 1) + torch.tensor(float((k - 1) - (F - k - 1))).to(dtype).item() <= k)
+    sae = saes.create_sae("topk", 2, F_, k=k, dtype=dtype)
+    with torch.no_grad():
+        sae.W_enc.zero_()
+        sae.b_dec.zero_()
+        sae.b_enc.fill_(-1.0)
+        sae.b_enc[100 : 100 + k - 1] = 10.0
+        sae.b_enc[40] = sae.b_enc[41] = 5.0  # 31 clear winners, then a tie for the last place
+        x = torch.randn(12, 2, generator=torch.Generator().manual_seed(0)).to(dtype)
+        for latent in (40, 41):
+            reader = TopKReader(sae, torch.tensor([latent]), n_candidates=256)
+            reader.cands.learn_rows = 8
+            reader(x[:8])  # teaches the candidate set
+            assert torch.equal(reader(x[8:]), reader.reference(x[8:])), latent
