@@ -223,6 +223,48 @@ def test_correlated_features_are_the_pearson_correlation_of_activations(dense):
     assert checked > len(batch["features"])  # most latents have correlated ones
 
 
+def test_sampled_correlations_equal_the_eager_reference(tmp_path, monkeypatch):
+    """Where the store's statistics are sampled: latents firing more often than n_quantile (each
+    keeps a uniform sample of its events, scaled by n_fires / sampled), more latents active per token
+    (k=6) than coact_kmax=3 keeps, and latents in several blocks (the block size made small). The
+    correlations the build writes equal `activation_correlations_dense`, which sums the same sampled
+    events one by one in an [F, F] table."""
+    import torch
+
+    import features.analysis
+    import features.build
+    from features import FeatureStore, build_feature_store
+    from features.analysis import activation_correlations_dense
+    from helpers.feature_fixtures import WordTokenizer, make_sae, random_source, small_config
+
+    seen = {}
+    real = features.build.activation_correlations
+
+    def spy(*args):
+        seen["args"], seen["got"] = args, real(*args)
+        return seen["got"]
+
+    monkeypatch.setattr(features.build, "activation_correlations", spy)
+    Q, kmax, n = 4, 3, 5
+    monkeypatch.setattr(features.analysis, "_BLOCK_ELEMS", 16 * Q * kmax * 5)  # blocks of 5 latents
+    src = random_source(seed=5, n_contexts=16, context_length=8, d_in=8)
+    sae = make_sae("topk", d_in=8, d_sae=23, seed=5, k=6)
+    build_feature_store(tmp_path / "s.db", sae, src, small_config(n_quantile=Q, coact_kmax=kmax, n_neighbours=n),
+                        tokenizer=WordTokenizer(), progress=False)
+    sample, val_FQK, self_FQ, *_ = seen["args"]
+    assert bool((sample.n_fires_F > 2 * Q).any())  # sampled, not exact
+    assert bool((sample.lat_FQK[sample.n_sample_F > 0][:, 0] >= 0).all())  # every kmax slot taken (k > kmax)
+    got, want = seen["got"], activation_correlations_dense(*seen["args"])
+    assert torch.equal(got.ids_Fn, want.ids_Fn)
+    assert torch.allclose(got.pearson_Fn, want.pearson_Fn, atol=1e-6)
+    assert torch.allclose(got.cossim_Fn, want.cossim_Fn, atol=1e-6)
+    assert int((got.ids_Fn >= 0).sum()) > 2 * sae.cfg.d_sae  # most latents have correlated ones
+    with FeatureStore.open(tmp_path / "s.db") as st:  # and the store holds what was computed
+        for f in (0, 7, 22):
+            row = st.feature(f).correlated
+            assert [c.latent for c in row] == [g for g in got.ids_Fn[f].tolist() if g >= 0]
+
+
 def test_activation_bins_are_intervals_and_the_share_of_tokens_in_them(dense):
     """An example's bin fields mean what SAEDashboard's quantile groups mean ("INTERVAL lo - hi,
     CONTAINS x%"): bin_min / bin_max bound the activation interval the example's token lies in, and
