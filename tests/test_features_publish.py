@@ -161,8 +161,6 @@ def _dense_correlations(acts_RF, n):
     """SAEDashboard's definition, from every token's activations [R, F]: per latent, the n others with
     the largest Pearson correlation (descending; here only positive ones), and the cosine similarity
     of the same two activation vectors."""
-    import torch
-
     a = acts_RF.double()
     c = a - a.mean(0)
     pearson = (c.T @ c) / (c.norm(dim=0)[:, None] * c.norm(dim=0)[None, :]).clamp(min=1e-300)
@@ -277,7 +275,8 @@ def test_activation_bins_are_intervals_and_the_share_of_tokens_in_them(dense):
     rows = [(f["feature_index"], a["bin_min"], a["bin_max"], a["bin_contains"], a["values"][a["qualifying_token_index"]])
             for f in batch["features"] for a in f["activations"]]
     rows += [(int(a["index"]), a["binMin"], a["binMax"], a["binContains"], a["values"][a["qualifyingTokenIndex"]])
-             for a in np_acts if a["binMin"] is not None]
+             for a in np_acts]
+    assert len(rows) == 2 * sum(len(f["activations"]) for f in batch["features"])  # both exports: every example
     for f, lo, hi, contains, value in rows:
         if lo == -1:  # SAEDashboard's top group
             assert contains == -1 and hi == pytest.approx(float(acts[:, f].max()))
@@ -287,7 +286,39 @@ def test_activation_bins_are_intervals_and_the_share_of_tokens_in_them(dense):
         assert contains == pytest.approx(share, abs=1e-9), f
         seen += 1
     assert seen > len(batch["features"])
-    assert all(a["binMin"] is None and a["binContains"] is None for a in np_acts if a["binMax"] is None)
+
+
+def test_both_exports_write_the_same_bins_and_no_bin_is_not_the_top_group(store, tmp_path):
+    """One rule for both exports: a top example is SAEDashboard's top group (-1, max, -1) in the
+    Neuronpedia rows too (they once had nulls there while SAEDashboard had -1, max, -1, which
+    Neuronpedia's converter copies), and a quantile example of a latent without a histogram has no
+    bin (null), not the top group's marker (it was labelled a top example)."""
+    import sqlite3
+
+    from features import FeatureStore
+
+    _, st = store
+    bare = tmp_path / "bare.db"
+    shutil.copy(st.path, bare)
+    with FeatureStore.open(bare) as ro:
+        latent = next(f for f in range(ro.d_sae) if ro.feature(f).quantile_examples)
+    with sqlite3.connect(bare) as db:
+        db.execute("DELETE FROM histograms WHERE latent = ?", (latent,))
+    with FeatureStore.open(bare) as ro:
+        batch = json.loads(export_saedashboard(ro, tmp_path / "d.json", model_id="m", source_set="s").read_text())
+        root = export_neuronpedia(ro, tmp_path / "np", NeuronpediaInfo(model_id="m", source_set="s"))
+        rec = ro.feature(latent)
+    np_bins = {}
+    for a in (r for f in (root / "activations").glob("*.gz") for r in _rows(f)):
+        np_bins.setdefault(int(a["index"]), []).append((a["binMin"], a["binMax"], a["binContains"]))
+    for f in batch["features"]:
+        dash = [(a["bin_min"], a["bin_max"], a["bin_contains"]) for a in f["activations"]]
+        assert sorted(dash, key=repr) == sorted(np_bins.get(f["feature_index"], []), key=repr), f["feature_index"]
+    dash = [(a["bin_min"], a["bin_max"], a["bin_contains"])
+            for f in batch["features"] if f["feature_index"] == latent for a in f["activations"]]
+    top = (-1.0, pytest.approx(rec.stats.max_act), -1.0)
+    assert dash.count(top) == len([e for e in rec.top_examples if max(e.acts) > 0])
+    assert dash.count((None, None, None)) == len([e for e in rec.quantile_examples if max(e.acts) > 0]) > 0
 
 
 def test_a_store_built_before_correlations_exports_them_empty(store, tmp_path):
