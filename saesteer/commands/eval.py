@@ -170,8 +170,8 @@ def _all_hooks(saes: dict, targets: dict) -> list[str]:
 def _text_record(text, from_cache: bool = False) -> dict:
     """How the held-out text was read and packed (eval.json's data / each SAE's `text`); `contexts_from`
     "cache": the contexts are the last ones stored in --cache (`text` is the cache's training text)."""
-    return {"contexts_from": "cache" if from_cache else "dataset", "dataset": text.dataset, "dataset_config": text.dataset_config, "split": text.split,
-            "text_column": text.text_column, "txt_documents": text.txt_documents,
+    return {"contexts_from": "cache" if from_cache else "dataset", "dataset": text.dataset,
+            "dataset_config": text.dataset_config, "split": text.split, "text_column": text.text_column, "txt_documents": text.txt_documents,
             "context_length": text.context_length, "bos_policy": text.bos_policy, "separator": text.separator}
 
 
