@@ -184,6 +184,12 @@ def architecture_fields(architecture: str) -> set[str]:
     return config_fields(architecture) & set(ARCHITECTURE_FIELDS)
 
 
+def takes_k(architecture: str) -> bool:
+    """Whether an architecture (or alias) takes SAESpec.k: code that builds specs for several
+    architectures passes k only to those (SAESpec refuses a k JumpReLU would ignore)."""
+    return "k" in architecture_fields(trainable_architecture(architecture))
+
+
 @dataclass
 class OptimConfig:
     """Adam, the learning-rate schedule and gradient clipping (shared by every SAE of the run)."""
