@@ -51,7 +51,7 @@ def worker(args) -> int:
     import torch
 
     from training import collectives as coll_mod
-    from training.config import CheckpointConfig, EvalConfig, LogConfig, RunConfig, SAESpec, TrainConfig
+    from training.config import CheckpointConfig, EvalConfig, LogConfig, RunConfig, SAESpec, TrainConfig, takes_k
     from training.distributed import init_from_env, shutdown
     from training.synthetic import SyntheticActivations
     from training.run import train
@@ -86,7 +86,7 @@ def worker(args) -> int:
             yield parts[i % DISTINCT]
 
     cfg = RunConfig(
-        saes=[SAESpec(args.arch, d_sae=D_SAE, k=K)],
+        saes=[SAESpec(args.arch, d_sae=D_SAE, k=K if takes_k(args.arch) else None)],
         train=TrainConfig(total_tokens=args.steps * BATCH, batch_size=BATCH, holdout_tokens=BATCH,
                           step_method="fast", num_threads=args.threads, dead_tokens=10 * BATCH),
         checkpoint=CheckpointConfig(every_tokens=0), eval=EvalConfig(every_tokens=0, ce_contexts=0),

@@ -449,12 +449,12 @@ def child_train_tokens(params: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from training import train
-    from training.config import CheckpointConfig, EvalConfig, LogConfig, RunConfig, SAESpec, TrainConfig
+    from training.config import CheckpointConfig, EvalConfig, LogConfig, RunConfig, SAESpec, TrainConfig, takes_k
     from training.reader import CacheReader
 
     torch.set_num_threads(1)
     cfg = RunConfig(
-        saes=[SAESpec(params["arch"], d_sae=params["d_sae"], k=32)],
+        saes=[SAESpec(params["arch"], d_sae=params["d_sae"], k=32 if takes_k(params["arch"]) else None)],
         train=TrainConfig(total_tokens=params["tokens"], batch_size=4096, holdout_tokens=16384, dead_tokens=1_000_000,
                           num_threads=1),
         checkpoint=CheckpointConfig(every_tokens=params["every"], keep_last=2),
@@ -476,13 +476,13 @@ def child_train_width(params: dict[str, Any]) -> dict[str, Any]:
 
     from saes import save_sae
     from training.checkpoint import write_checkpoint
-    from training.config import RunConfig, SAESpec, TrainConfig
+    from training.config import RunConfig, SAESpec, TrainConfig, takes_k
     from training.synthetic import SyntheticActivations
     from training.trainer import Trainer
 
     torch.set_num_threads(1)
     d_in, F = params["d_in"], params["d_sae"]
-    cfg = RunConfig(saes=[SAESpec(params["arch"], d_sae=F, k=32)],
+    cfg = RunConfig(saes=[SAESpec(params["arch"], d_sae=F, k=32 if takes_k(params["arch"]) else None)],
                     train=TrainConfig(total_tokens=10**9, batch_size=4096, dead_tokens=10**9, num_threads=1))
     src = SyntheticActivations(d_in, 4096, n_features=4 * d_in, active=16, seed=0)
     tr = Trainer(cfg, d_in)

@@ -644,8 +644,9 @@ def build_toy_sae(work: Path, hook: str, *, tokens: int = 200_000, d_sae: int = 
                         "--max-tokens", str(tokens), "--out", str(cache), "--exclude-tokens", "special", "--no-progress"],
                        check=True)
     from training import SAESpec
+    from training.config import takes_k
 
-    spec = SAESpec(arch, d_sae=d_sae, k=k, matryoshka_widths=list(widths or []))
+    spec = SAESpec(arch, d_sae=d_sae, k=k if takes_k(arch) else None, matryoshka_widths=list(widths or []))
     default = spec.architecture == "topk" and init_scale is None and train_tokens == 2_000_000
     if not default:  # every non-default choice in the folder name, so two builds never share one
         spec.name += (("_w" + "-".join(map(str, widths))) if widths else "") + (

@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from evals.synthetic import RECIPES, SyntheticWorld, batches, evaluate, evaluate_ours, scaled, train_ours  # noqa: E402
 from saes.config import default_matryoshka_widths  # noqa: E402
-from training.config import SAESpec  # noqa: E402
+from training.config import SAESpec, takes_k  # noqa: E402
 
 ARCHS = ("topk", "batchtopk", "matryoshka_batchtopk", "jumprelu")
 
@@ -55,7 +55,7 @@ def widths_for(d_sae: int, levels: list[int] | None) -> list[int]:
 
 def run_ours(world: SyntheticWorld, arch: str, samples: int, args: argparse.Namespace) -> tuple[dict[str, float], Any]:
     r = world.recipe
-    spec = SAESpec(arch, d_sae=r.d_sae, k=r.k,
+    spec = SAESpec(arch, d_sae=r.d_sae, k=r.k if takes_k(arch) else None,
                    matryoshka_widths=widths_for(r.d_sae, args.widths) if arch == "matryoshka_batchtopk" else [],
                    options=json.loads(args.ours_jumprelu) if arch == "jumprelu" else {})
     with tempfile.TemporaryDirectory() as out:

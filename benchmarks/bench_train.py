@@ -132,11 +132,11 @@ def widths_for(d_sae: int) -> list[int]:
 
 
 def run_ours(arch, cache, *, d_sae, k, batch, tokens, holdout, method, lr, dead_tokens, threads, out, ce=None):
-    from training.config import CheckpointConfig, EvalConfig, LogConfig, OptimConfig, RunConfig, SAESpec, TrainConfig
+    from training.config import CheckpointConfig, EvalConfig, LogConfig, OptimConfig, RunConfig, SAESpec, TrainConfig, takes_k
     from training.reader import CacheReader
     from training.run import train
 
-    spec = SAESpec(arch, d_sae=d_sae, k=k, matryoshka_widths=widths_for(d_sae) if arch == "matryoshka_batchtopk" else [])
+    spec = SAESpec(arch, d_sae=d_sae, k=k if takes_k(arch) else None, matryoshka_widths=widths_for(d_sae) if arch == "matryoshka_batchtopk" else [])
     cfg = RunConfig(
         saes=[spec],
         train=TrainConfig(total_tokens=tokens, batch_size=batch, holdout_tokens=holdout, step_method=method,

@@ -118,7 +118,7 @@ def cache_tokens(work: Path, layers: list[int], train_tokens: int, eval_tokens: 
 
 def train_one(spec: ToySAE, cache_train: Path, work: Path, log=print) -> dict:
     """Train `spec` (or reuse it); returns its bench.json record."""
-    from training.config import CheckpointConfig, EvalConfig, LogConfig, OptimConfig, RunConfig, SAESpec, TrainConfig
+    from training.config import CheckpointConfig, EvalConfig, LogConfig, OptimConfig, RunConfig, SAESpec, TrainConfig, takes_k
     from training.reader import CacheReader
     from training.run import train
 
@@ -127,7 +127,7 @@ def train_one(spec: ToySAE, cache_train: Path, work: Path, log=print) -> dict:
     if record_path.exists():
         return json.loads(record_path.read_text())
     cfg = RunConfig(
-        saes=[SAESpec(spec.arch, d_sae=spec.d_sae, k=spec.k, matryoshka_widths=list(spec.widths), lr=spec.lr, name="sae",
+        saes=[SAESpec(spec.arch, d_sae=spec.d_sae, k=spec.k if takes_k(spec.arch) else None, matryoshka_widths=list(spec.widths), lr=spec.lr, name="sae",
                       options={} if spec.l0_coefficient is None else {"l0_coefficient": spec.l0_coefficient})],
         train=TrainConfig(total_tokens=spec.tokens, batch_size=4096, dead_tokens=1_000_000),
         optim=OptimConfig(),

@@ -37,6 +37,9 @@ class EvalConfig:
     probing_dataset: str | None = field(default=None, metadata={"help": "labelled text (.jsonl/.json/.parquet with "
                                                                         "text and label columns) for sparse probing; "
                                                                         "texts are mean-pooled"})
+    probing_text_column: str = field(default="text", metadata={"help": "column of --probing-dataset holding the "
+                                                                       "text (not --text-column: that is the "
+                                                                       "held-out text's)"})
     probing_label_column: str = field(default="label", metadata={"help": "column of --probing-dataset holding the "
                                                                          "label"})
     probing_ks: list[int] = field(default_factory=lambda: [1, 2, 5, 10],

@@ -60,7 +60,7 @@ def read_labelled_texts(path: str | Path, text_column: str = "text", label_colum
     missing = [c for c in (text_column, label_column) if c not in rows[0]]
     if missing:
         raise ValueError(f"{p}: rows have no column {', '.join(map(repr, missing))} (they have: "
-                         f"{', '.join(map(repr, rows[0]))}); name them with --probing-label-column / --text-column")
+                         f"{', '.join(map(repr, rows[0]))}); name them with --probing-text-column / --probing-label-column")
     return [(str(r[text_column]), str(r[label_column])) for r in rows if r.get(text_column) is not None]
 
 

@@ -81,6 +81,29 @@ def _jaccard(c: Tensor, n_sample: Tensor, n_f: Tensor, n_g: Tensor) -> Tensor:
     return est / (n_f + n_g - est).clamp(min=1e-12)
 
 
+def _block_pairs(lat_BM: Tensor, f0: int, F: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The distinct pairs (f0 + r, g) of a block of latents' samples `lat_BM` (row r: latent f0 + r;
+    -1 padding and f itself left out), sorted by (r, g): (r_P, g_P, the kept slots [B, M], each kept
+    slot's pair, each pair's number of slots). Keys r * F + g are computed in lat_BM's dtype."""
+    row_BM = torch.arange(lat_BM.shape[0], dtype=lat_BM.dtype).unsqueeze(1).expand_as(lat_BM)
+    ok = (lat_BM >= 0) & (lat_BM != row_BM + f0)
+    keys, inv, count = torch.unique(row_BM[ok] * F + lat_BM[ok], return_inverse=True, return_counts=True)
+    return (keys // F).long(), (keys % F).long(), ok, inv, count
+
+
+def _top_n_per_row(r_P: Tensor, score_P: Tensor, n: int, rows: int) -> tuple[Tensor, Tensor]:
+    """Of pairs sorted by (row, g) with scores in [-1, 1], the n of each row with the largest
+    positive score, ties to the lower g: (their indices into the pairs, their ranks in the row). One
+    stable sort of 4r - (score + 1): each row keeps to its own interval (4r - 2, 4r]."""
+    order = torch.sort(r_P.double() * 4 - (score_P.double() + 1), stable=True).indices
+    r = r_P[order]
+    first = torch.zeros(rows + 1, dtype=torch.int64)
+    torch.cumsum(torch.bincount(r, minlength=rows), 0, out=first[1:])
+    rank = torch.arange(r.numel()) - first[r]
+    top = (rank < n) & (score_P[order] > 0)
+    return order[top], rank[top]
+
+
 def coact_neighbours(sample: CoactSample, n: int) -> Neighbours:
     """For every latent, the n latents with the largest estimated Jaccard index of co-firing.
 
@@ -100,25 +123,14 @@ def coact_neighbours(sample: CoactSample, n: int) -> Neighbours:
     b = max(1, min(_BLOCK_ELEMS // 8 // max(QK, 1), (2**31 - 1) // max(F, 1)))  # block keys fit in int32 (faster sorts)
     for f0 in range(0, F, b):
         f1 = min(F, f0 + b)
-        g_BM = sample.lat_FQK[f0:f1].reshape(f1 - f0, -1).to(torch.int32)
-        row_BM = torch.arange(f1 - f0, dtype=torch.int32).unsqueeze(1).expand_as(g_BM)  # rows of the block
-        ok = (g_BM >= 0) & (g_BM != row_BM + f0)
-        keys, c = torch.unique(row_BM[ok] * F + g_BM[ok], return_counts=True)  # sorted by (f, g)
-        if keys.numel() == 0:
+        r_P, g_P, _, _, c = _block_pairs(sample.lat_FQK[f0:f1].reshape(f1 - f0, -1).to(torch.int32), f0, F)
+        if r_P.numel() == 0:
             continue
-        r_P, g_P = (keys // F).long(), (keys % F).long()
         f_P = r_P + f0
         jac = _jaccard(c.float(), sample.n_sample_F[f_P], nf[f_P], nf[g_P])
-        # within each f: descending Jaccard, then ascending g. One stable sort of 2r - jac (exact in
-        # float64: jac is a float32 in (0, 1], so each row keeps to its own interval [2r - 1, 2r))
-        order = torch.sort(r_P.double() * 2 - jac.double(), stable=True).indices
-        r_P, g_P, c, jac = r_P[order], g_P[order], c[order], jac[order]
-        first = torch.zeros(f1 - f0 + 1, dtype=torch.int64)
-        torch.cumsum(torch.bincount(r_P, minlength=f1 - f0), 0, out=first[1:])
-        rank = torch.arange(r_P.numel()) - first[r_P]
-        top = (rank < n) & (jac > 0)
-        r_P, g_P, c, jac, rank = r_P[top], g_P[top], c[top], jac[top], rank[top]
-        ids[r_P + f0, rank], sc[r_P + f0, rank], cnt[r_P + f0, rank] = g_P, jac, c.long()
+        sel, rank = _top_n_per_row(r_P, jac, n, f1 - f0)
+        f_P = f_P[sel]
+        ids[f_P, rank], sc[f_P, rank], cnt[f_P, rank] = g_P[sel], jac[sel], c[sel].long()
     return Neighbours(ids, sc, cnt)
 
 
@@ -182,29 +194,53 @@ def activation_correlations(sample: CoactSample, val_FQK: Tensor, self_FQ: Tenso
     b = max(1, min(_BLOCK_ELEMS // 16 // max(QK, 1), (2**62) // max(F, 1)))
     for f0 in range(0, F, b):
         f1 = min(F, f0 + b)
-        g_BM = sample.lat_FQK[f0:f1].reshape(f1 - f0, -1).long()
-        xy_BM = (self_FQ[f0:f1, :, None].double() * val_FQK[f0:f1].double()).reshape(f1 - f0, -1)
-        row_BM = torch.arange(f1 - f0).unsqueeze(1).expand_as(g_BM)
-        ok = (g_BM >= 0) & (g_BM != row_BM + f0)
-        keys, inv = torch.unique(row_BM[ok] * F + g_BM[ok], return_inverse=True)  # sorted by (f, g)
-        if keys.numel() == 0:
+        r_P, g_P, ok, inv, _ = _block_pairs(sample.lat_FQK[f0:f1].reshape(f1 - f0, -1).long(), f0, F)
+        if r_P.numel() == 0:
             continue
-        sxy = torch.zeros(keys.numel(), dtype=torch.float64).index_add_(0, inv, xy_BM[ok])
-        r_P, g_P = keys // F, keys % F
+        xy_BM = (self_FQ[f0:f1, :, None].double() * val_FQK[f0:f1].double()).reshape(f1 - f0, -1)
         f_P = r_P + f0
-        sxy = sxy * scale_F[f_P]
-        den = (var[f_P] * var[g_P]).sqrt()
-        p = torch.where(den > 0, (N * sxy - S[f_P] * S[g_P]) / den.clamp(min=1e-300), 0.0).clamp(-1, 1)
-        c = (sxy / (SS[f_P] * SS[g_P]).sqrt().clamp(min=1e-300)).clamp(-1, 1)
-        # within each f: descending correlation, then ascending g (stable; rows keep to (4r - 2, 4r])
-        order = torch.sort(r_P.double() * 4 - (p + 1), stable=True).indices
-        r_P, g_P, p, c = r_P[order], g_P[order], p[order], c[order]
-        first = torch.zeros(f1 - f0 + 1, dtype=torch.int64)
-        torch.cumsum(torch.bincount(r_P, minlength=f1 - f0), 0, out=first[1:])
-        rank = torch.arange(r_P.numel()) - first[r_P]
-        top = (rank < n) & (p > 0)
-        r_P, g_P, p, c, rank = r_P[top], g_P[top], p[top], c[top], rank[top]
-        ids[r_P + f0, rank], pear[r_P + f0, rank], cos[r_P + f0, rank] = g_P, p.float(), c.float()
+        sxy = torch.zeros(r_P.numel(), dtype=torch.float64).index_add_(0, inv, xy_BM[ok]) * scale_F[f_P]
+        p, c = _pearson_cossim(sxy, S[f_P], S[g_P], SS[f_P], SS[g_P], var[f_P], var[g_P], N)
+        sel, rank = _top_n_per_row(r_P, p, n, f1 - f0)
+        f_P = f_P[sel]
+        ids[f_P, rank], pear[f_P, rank], cos[f_P, rank] = g_P[sel], p[sel].float(), c[sel].float()
+    return Correlations(ids, pear, cos)
+
+
+def _pearson_cossim(sxy, s_f, s_g, ss_f, ss_g, var_f, var_g, N: float) -> tuple[Tensor, Tensor]:
+    """Pearson correlation and cosine similarity of two activation vectors over N tokens from their
+    sums s, sums of squares ss, N^2 times their variances var, and their cross sum sxy (float64)."""
+    den = (var_f * var_g).sqrt()
+    p = torch.where(den > 0, (N * sxy - s_f * s_g) / den.clamp(min=1e-300), 0.0).clamp(-1, 1)
+    c = (sxy / (ss_f * ss_g).sqrt().clamp(min=1e-300)).clamp(-1, 1)
+    return p, c
+
+
+def activation_correlations_dense(sample: CoactSample, val_FQK: Tensor, self_FQ: Tensor, sum_F: Tensor,
+                                  sumsq_F: Tensor, n_rows: int, n: int) -> Correlations:
+    """The eager reference of `activation_correlations`: the same estimate, an [F, F] cross-sum table
+    filled event by event from each latent's sample, every pair seen scored, ranked per latent in
+    Python (tests only: O(F^2) memory)."""
+    F = sample.n_fires_F.numel()
+    N = float(n_rows)
+    S, SS = sum_F.double(), sumsq_F.double()
+    var = (N * SS - S * S).clamp(min=0)
+    cross = torch.zeros(F, F, dtype=torch.float64)
+    seen = torch.zeros(F, F, dtype=torch.bool)
+    for f in range(F):
+        for q in range(int(sample.n_sample_F[f])):
+            for g, v in zip(sample.lat_FQK[f, q].tolist(), val_FQK[f, q].tolist()):
+                if g >= 0 and g != f:
+                    cross[f, g] += float(self_FQ[f, q]) * v
+                    seen[f, g] = True
+        cross[f] *= float(sample.n_fires_F[f]) / max(int(sample.n_sample_F[f]), 1)
+    p, c = _pearson_cossim(cross, S[:, None], S[None, :], SS[:, None], SS[None, :], var[:, None], var[None, :], N)
+    ids = torch.full((F, n), -1, dtype=torch.int64)
+    pear, cos = torch.zeros(F, n), torch.zeros(F, n)
+    for f in range(F):
+        ranked = sorted((g for g in range(F) if seen[f, g] and p[f, g] > 0), key=lambda g: (-float(p[f, g]), g))[:n]
+        for j, g in enumerate(ranked):
+            ids[f, j], pear[f, j], cos[f, j] = g, float(p[f, g]), float(c[f, g])
     return Correlations(ids, pear, cos)
 
 

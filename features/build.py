@@ -328,8 +328,10 @@ def _write(store: FeatureStore, sae, source, cfg: BuildConfig, res: PassResult, 
     store.set_meta(
         n_rows=res.n_rows,
         logit_method=logits.method if logits is not None else None,
+        # "correlations": table `correlations` holds each latent's Pearson correlations, their cross sums
+        # estimated from the same sampled events as the co-activation neighbours
         coact={"method": "sample", "events_per_latent": cfg.n_quantile, "latents_per_event": cfg.coact_kmax,
-               "correlations": "pearson"},  # the store has table `correlations` (its Pearson cross sums: the sample)
+               "correlations": "pearson"},
         summary=summary,
     )
     done = store.written_blocks()

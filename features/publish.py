@@ -152,15 +152,19 @@ def _hist(rec) -> tuple[list[float], list[float]]:
     return counts, [round((i + 0.5) * w, 6) for i in range(len(counts))]
 
 
-def _activation_bin(rec, activation: float) -> tuple[float, float, float] | None:
-    """The histogram bin holding `activation`, as SAEDashboard's quantile groups describe theirs
-    ("INTERVAL lo - hi, CONTAINS x%"): (bin_min, bin_max, the fraction of all tokens whose activation
-    lies in [bin_min, bin_max)); None without a histogram."""
+def _example_bin(rec, e) -> tuple[float | None, float | None, float | None]:
+    """(bin_min, bin_max, bin_contains) of an example, as SAEDashboard's groups of examples describe
+    theirs (and Neuronpedia's converter copies): a top example is in its top group (-1, the latent's
+    max activation, -1); a quantile example in the histogram interval its activation lies in
+    ("INTERVAL lo - hi, CONTAINS x%": bin_contains the fraction of all tokens in [lo, hi)); without a
+    histogram (None, None, None): no bin, never the top group's marker."""
+    if e.kind == "top":
+        return -1.0, _finite(rec.stats.max_act), -1.0
     counts, w = rec.histogram.counts, rec.histogram.bin_width
     total = sum(counts)
     if not counts or not w or w <= 0 or total <= 0:
-        return None
-    i = min(max(int(activation // w), 0), len(counts) - 1)
+        return None, None, None
+    i = min(max(int(_finite(e.activation) // w), 0), len(counts) - 1)
     return i * w, (i + 1) * w, _finite(rec.stats.freq) * counts[i] / total
 
 
@@ -255,14 +259,13 @@ def _activation_rows(ex: _NeuronpediaExport, rec) -> list[dict]:
         if not vals or max(vals) <= 0:
             continue
         top = max(range(len(vals)), key=lambda k: vals[k])
-        b = _activation_bin(rec, _finite(e.activation)) if e.kind == "quantile" else None
+        bin_min, bin_max, contains = _example_bin(rec, e)
         rows.append({
             "id": _uid(ex.fp, "act", e.id), "modelId": info.model_id, "layer": ex.source_id, "index": str(rec.latent),
             "creatorId": info.creator_id, "dataSource": info.dataset, "dataIndex": str(e.seq_index),
             "tokens": list(e.tokens), "maxValue": vals[top], "minValue": min(vals), "values": vals,
             "maxValueTokenIndex": top, "dfaValues": [], "dfaMaxValue": None, "dfaTargetIndex": None,
-            "binContains": b[2] if b else None, "binMin": b[0] if b else None,
-            "binMax": b[1] if b else None, "qualifyingTokenIndex": int(e.centre),
+            "binContains": contains, "binMin": bin_min, "binMax": bin_max, "qualifyingTokenIndex": int(e.centre),
             "lossValues": [], "createdAt": ex.now,
         })
     return rows
@@ -433,9 +436,7 @@ def export_saedashboard(store: Any, path: str | os.PathLike, *, model_id: str, s
             vals = [_finite(a) for a in e.acts]
             if not vals or max(vals) <= 0:
                 continue
-            # SAEDashboard's groups: top activations (-1, the max, -1), else the interval the example is in
-            b = _activation_bin(rec, _finite(e.activation)) if e.kind == "quantile" else None
-            bin_min, bin_max, contains = b if b else (-1.0, _finite(rec.stats.max_act), -1.0)
+            bin_min, bin_max, contains = _example_bin(rec, e)
             acts.append({"bin_min": bin_min, "bin_max": bin_max, "bin_contains": contains, "tokens": list(e.tokens),
                          "values": vals, "qualifying_token_index": int(e.centre)})
         feats.append({

@@ -64,7 +64,8 @@ FIELDS: dict[str, dict[str, str]] = {
                           "logits_hist_data_bar_heights": LF, "logits_hist_data_bar_values": LF,
                           "n_prompts_total": I, "n_tokens_in_prompt": I, "dataset": S, "decoder_weights_dist": LF,
                           "activations": "list[object]", "vector": LF},
-    "dashboard_activation": {"bin_min": F, "bin_max": F, "bin_contains": F, "tokens": LS, "values": LF,
+    # bins null: a quantile example of a latent without a histogram (no bin; -1 marks the top group)
+    "dashboard_activation": {"bin_min": F + OPT, "bin_max": F + OPT, "bin_contains": F + OPT, "tokens": LS, "values": LF,
                              "qualifying_token_index": I},
 }
 

@@ -67,6 +67,37 @@ def test_eval_of_a_trained_sae_equals_what_train_reported(trained: Path, tmp_pat
             assert isinstance(got[key], float)
 
 
+def test_only_saes_whose_training_read_the_cache_for_ce_are_evaluated_on_the_caches_contexts(trained: Path, tmp_path,
+                                                                                             capsys) -> None:
+    """An SAE trained on the cache with no held-out split (--eval-split nosuch: its CE contexts came
+    from the cache's last shards) and one whose training measured CE on the toy validation split,
+    evaluated together with --cache: each is evaluated on the contexts its own training used (both
+    CE figures equal training's), and each SAE's record says where its contexts came from. (Eval once
+    fed every SAE the cache's contexts as soon as one SAE's training had used them.)"""
+    run = tmp_path / "run_nosplit"
+    assert main(["train", "--cache", str(trained / "cache"), "--out", str(run), "--architecture", "topk",
+                 "--d-sae", "128", "--k", "8", "--total-tokens", "2048", "--batch-size", "256", "--holdout-tokens", "512",
+                 "--eval-split", "nosuch", "--eval-ce-contexts", "4", "--eval-ce-batch-size", "2", "--progress", "false",
+                 "--num-threads", "1", "--sae-name", "sae"]) == 0
+    assert json.loads((run / "saes/sae/saesteer.json").read_text())["data"]["ce_eval_data"]["trained_on"] is True
+    out = tmp_path / "ev"
+    capsys.readouterr()
+    assert main(["eval", "--sae", f"c={run / 'saes/sae'}", "--sae", f"t={trained / 'run/saes/topk_k8_f128'}",
+                 "--cache", str(trained / "cache"), "--ce-contexts", "4", "--ce-batch-size", "2", "--absorption", "false",
+                 "--probing", "false", "--quiet", "--out", str(out)]) == 0, capsys.readouterr().err
+    doc = json.loads((out / "eval.json").read_text())
+    for ours, metrics in (("c", run / "metrics.json"), ("t", trained / "run/metrics.json")):
+        want = json.loads(metrics.read_text())["saes"]
+        want = want["sae" if ours == "c" else "topk_k8_f128"]
+        got = doc["saes"][ours]["metrics"]
+        for key in ("ce_loss_clean", "ce_loss_spliced", "ce_loss_recovered", "kl_div"):
+            assert got[key] == pytest.approx(want[key], rel=1e-9, abs=1e-12), (ours, key)
+    c, t = doc["saes"]["c"]["text"], doc["saes"]["t"]["text"]
+    assert (c["contexts_from"], c["split"]) == ("cache", "train") and c["overlap"][0]["checked"] is False
+    assert (t["contexts_from"], t["split"]) == ("dataset", "validation") and t["overlap"][0]["checked"] is True
+    assert [x["saes"] for x in doc["data"]["texts"]] == [["c"], ["t"]]
+
+
 # --------------------------------------------------------------------------------- SAELens's run_evals
 class _TokenStore:
     """What run_evals reads of an ActivationsStore: fixed token batches."""

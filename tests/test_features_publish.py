@@ -161,8 +161,6 @@ def _dense_correlations(acts_RF, n):
     """SAEDashboard's definition, from every token's activations [R, F]: per latent, the n others with
     the largest Pearson correlation (descending; here only positive ones), and the cosine similarity
     of the same two activation vectors."""
-    import torch
-
     a = acts_RF.double()
     c = a - a.mean(0)
     pearson = (c.T @ c) / (c.norm(dim=0)[:, None] * c.norm(dim=0)[None, :]).clamp(min=1e-300)
@@ -223,6 +221,48 @@ def test_correlated_features_are_the_pearson_correlation_of_activations(dense):
     assert checked > len(batch["features"])  # most latents have correlated ones
 
 
+def test_sampled_correlations_equal_the_eager_reference(tmp_path, monkeypatch):
+    """Where the store's statistics are sampled: latents firing more often than n_quantile (each
+    keeps a uniform sample of its events, scaled by n_fires / sampled), more latents active per token
+    (k=6) than coact_kmax=3 keeps, and latents in several blocks (the block size made small). The
+    correlations the build writes equal `activation_correlations_dense`, which sums the same sampled
+    events one by one in an [F, F] table."""
+    import torch
+
+    import features.analysis
+    import features.build
+    from features import FeatureStore, build_feature_store
+    from features.analysis import activation_correlations_dense
+    from helpers.feature_fixtures import WordTokenizer, make_sae, random_source, small_config
+
+    seen = {}
+    real = features.build.activation_correlations
+
+    def spy(*args):
+        seen["args"], seen["got"] = args, real(*args)
+        return seen["got"]
+
+    monkeypatch.setattr(features.build, "activation_correlations", spy)
+    Q, kmax, n = 4, 3, 5
+    monkeypatch.setattr(features.analysis, "_BLOCK_ELEMS", 16 * Q * kmax * 5)  # blocks of 5 latents
+    src = random_source(seed=5, n_contexts=16, context_length=8, d_in=8)
+    sae = make_sae("topk", d_in=8, d_sae=23, seed=5, k=6)
+    build_feature_store(tmp_path / "s.db", sae, src, small_config(n_quantile=Q, coact_kmax=kmax, n_neighbours=n),
+                        tokenizer=WordTokenizer(), progress=False)
+    sample, val_FQK, self_FQ, *_ = seen["args"]
+    assert bool((sample.n_fires_F > 2 * Q).any())  # sampled, not exact
+    assert bool((sample.lat_FQK[sample.n_sample_F > 0][:, 0] >= 0).all())  # every kmax slot taken (k > kmax)
+    got, want = seen["got"], activation_correlations_dense(*seen["args"])
+    assert torch.equal(got.ids_Fn, want.ids_Fn)
+    assert torch.allclose(got.pearson_Fn, want.pearson_Fn, atol=1e-6)
+    assert torch.allclose(got.cossim_Fn, want.cossim_Fn, atol=1e-6)
+    assert int((got.ids_Fn >= 0).sum()) > 2 * sae.cfg.d_sae  # most latents have correlated ones
+    with FeatureStore.open(tmp_path / "s.db") as st:  # and the store holds what was computed
+        for f in (0, 7, 22):
+            row = st.feature(f).correlated
+            assert [c.latent for c in row] == [g for g in got.ids_Fn[f].tolist() if g >= 0]
+
+
 def test_activation_bins_are_intervals_and_the_share_of_tokens_in_them(dense):
     """An example's bin fields mean what SAEDashboard's quantile groups mean ("INTERVAL lo - hi,
     CONTAINS x%"): bin_min / bin_max bound the activation interval the example's token lies in, and
@@ -235,7 +275,8 @@ def test_activation_bins_are_intervals_and_the_share_of_tokens_in_them(dense):
     rows = [(f["feature_index"], a["bin_min"], a["bin_max"], a["bin_contains"], a["values"][a["qualifying_token_index"]])
             for f in batch["features"] for a in f["activations"]]
     rows += [(int(a["index"]), a["binMin"], a["binMax"], a["binContains"], a["values"][a["qualifyingTokenIndex"]])
-             for a in np_acts if a["binMin"] is not None]
+             for a in np_acts]
+    assert len(rows) == 2 * sum(len(f["activations"]) for f in batch["features"])  # both exports: every example
     for f, lo, hi, contains, value in rows:
         if lo == -1:  # SAEDashboard's top group
             assert contains == -1 and hi == pytest.approx(float(acts[:, f].max()))
@@ -245,7 +286,39 @@ def test_activation_bins_are_intervals_and_the_share_of_tokens_in_them(dense):
         assert contains == pytest.approx(share, abs=1e-9), f
         seen += 1
     assert seen > len(batch["features"])
-    assert all(a["binMin"] is None and a["binContains"] is None for a in np_acts if a["binMax"] is None)
+
+
+def test_both_exports_write_the_same_bins_and_no_bin_is_not_the_top_group(store, tmp_path):
+    """One rule for both exports: a top example is SAEDashboard's top group (-1, max, -1) in the
+    Neuronpedia rows too (they once had nulls there while SAEDashboard had -1, max, -1, which
+    Neuronpedia's converter copies), and a quantile example of a latent without a histogram has no
+    bin (null), not the top group's marker (it was labelled a top example)."""
+    import sqlite3
+
+    from features import FeatureStore
+
+    _, st = store
+    bare = tmp_path / "bare.db"
+    shutil.copy(st.path, bare)
+    with FeatureStore.open(bare) as ro:
+        latent = next(f for f in range(ro.d_sae) if ro.feature(f).quantile_examples)
+    with sqlite3.connect(bare) as db:
+        db.execute("DELETE FROM histograms WHERE latent = ?", (latent,))
+    with FeatureStore.open(bare) as ro:
+        batch = json.loads(export_saedashboard(ro, tmp_path / "d.json", model_id="m", source_set="s").read_text())
+        root = export_neuronpedia(ro, tmp_path / "np", NeuronpediaInfo(model_id="m", source_set="s"))
+        rec = ro.feature(latent)
+    np_bins = {}
+    for a in (r for f in (root / "activations").glob("*.gz") for r in _rows(f)):
+        np_bins.setdefault(int(a["index"]), []).append((a["binMin"], a["binMax"], a["binContains"]))
+    for f in batch["features"]:
+        dash = [(a["bin_min"], a["bin_max"], a["bin_contains"]) for a in f["activations"]]
+        assert sorted(dash, key=repr) == sorted(np_bins.get(f["feature_index"], []), key=repr), f["feature_index"]
+    dash = [(a["bin_min"], a["bin_max"], a["bin_contains"])
+            for f in batch["features"] if f["feature_index"] == latent for a in f["activations"]]
+    top = (-1.0, pytest.approx(rec.stats.max_act), -1.0)
+    assert dash.count(top) == len([e for e in rec.top_examples if max(e.acts) > 0])
+    assert dash.count((None, None, None)) == len([e for e in rec.quantile_examples if max(e.acts) > 0]) > 0
 
 
 def test_a_store_built_before_correlations_exports_them_empty(store, tmp_path):

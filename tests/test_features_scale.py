@@ -42,7 +42,13 @@ def rows_agree(fast, ref, f: int) -> None:
 
 
 @pytest.mark.parametrize("F, Q, K, n, hot, seed", [(60, 6, 5, 4, None, 0), (80, 8, 6, 10, 12, 1), (40, 3, 4, 50, 8, 2)])
-def test_sparse_coactivation_neighbours_equal_the_dense_reference(F, Q, K, n, hot, seed):
+@pytest.mark.parametrize("block", [None, 7])
+def test_sparse_coactivation_neighbours_equal_the_dense_reference(F, Q, K, n, hot, seed, block, monkeypatch):
+    """`block`: latents per block made small, so that rows of several blocks are checked."""
+    import features.analysis
+
+    if block:
+        monkeypatch.setattr(features.analysis, "_BLOCK_ELEMS", 8 * Q * K * block)
     sample = random_sample(F, Q, K, seed, hot)
     fast, ref = coact_neighbours(sample, n), coact_neighbours_dense(sample, n)
     assert fast.ids_Fn.shape == ref.ids_Fn.shape == (F, n)

@@ -73,7 +73,7 @@ def test_the_class_describes_itself_through_the_base_contract(registered):
 def test_a_new_architecture_trains_saves_loads_and_steers(registered, tmp_path):
     torch.manual_seed(0)
     d_in = 16
-    cfg = RunConfig(saes=[SAESpec("test_shifted_relu", d_sae=32, k=1)],
+    cfg = RunConfig(saes=[SAESpec("test_shifted_relu", d_sae=32)],  # it has no k
                     train=TrainConfig(batch_size=64, step_method="auto"))
     tr = Trainer(cfg, d_in)
     assert tr.step_method == "autograd"  # no hand-written step for its training rule

@@ -29,7 +29,7 @@ pytest.importorskip("scipy")
 
 from evals.synthetic import RECIPES, SyntheticWorld, evaluate_ours, train_ours  # noqa: E402
 from saes.threads import torch_threads  # noqa: E402
-from training.config import SAESpec  # noqa: E402
+from training.config import SAESpec, takes_k  # noqa: E402
 
 SAMPLES, BATCH = 200_000, 256
 FLOORS = {  # F1 measured at training seeds 0-4 (2026-12-06), min ~0.05 above the floor
@@ -46,7 +46,7 @@ def test_our_saes_recover_ground_truth_features_above_the_floor(tmp_path: Path) 
     # one thread: two on a busy 2-core machine spin-wait for each other (measured: 7x the CPU time)
     with torch_threads(1):
         world = SyntheticWorld(recipe, eval_rows=16_384)
-        specs = [SAESpec(arch, d_sae=recipe.d_sae, k=recipe.k) for arch in FLOORS]
+        specs = [SAESpec(arch, d_sae=recipe.d_sae, k=recipe.k if takes_k(arch) else None) for arch in FLOORS]
         result = train_ours(world, specs, SAMPLES, tmp_path / "run", batch_size=BATCH, seed=0)
         scores = {s.architecture: evaluate_ours(result.saes[s.name], world) for s in specs}
     report = {arch: {k: round(v, 3) for k, v in s.items()} for arch, s in scores.items()}

@@ -157,6 +157,22 @@ def test_a_source_that_does_not_fit_the_run_is_refused_naming_both_sides(tmp_pat
         assert read_provenance(res.sae_dirs["topk_k4_f64"])["init_from"]["hook_name"] == src_hook(case)
 
 
+def test_an_init_source_for_a_run_without_init_from_or_of_another_source_is_refused(tmp_path: Path) -> None:
+    """`train(..., init_source=...)` with a config that has no train.init_from trained from scratch
+    without a word (the source was read and dropped); a source other than train.init_from is refused
+    too, before any work."""
+    from training.init_from import InitSource
+
+    src = sae_lens_topk_folder(tmp_path / "sl")
+    with pytest.raises(ValueError, match=r"init_source reads .* train.init_from is None; set train.init_from"):
+        train(run_config(None), data(), tmp_path / "run", init_source=InitSource(str(src)))
+    other = sae_lens_topk_folder(tmp_path / "other", seed=4)
+    with pytest.raises(ValueError, match=r"init_source reads .*other.* train.init_from is .*sl"):
+        train(run_config(str(src)), data(), tmp_path / "run2", init_source=InitSource(str(other)))
+    for run in ("run", "run2"):  # nothing written but the lock
+        assert [p.name for p in (tmp_path / run).iterdir()] in ([], ["train.lock"])
+
+
 def src_hook(case: str) -> str:
     return "blocks.3.hook_resid_post" if case == "hook" else HOOK
 

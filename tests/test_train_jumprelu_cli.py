@@ -65,9 +65,24 @@ def test_a_jumprelu_run_resumes_with_another_k_which_it_ignores(cache: Path, tmp
         state = json.loads(state_file.read_text())
         state["config"]["saes"][0].update(k=32, matryoshka_widths=[])
         state_file.write_text(json.dumps(state))
+    config = json.loads((out / "config.json").read_text())
+    config["saes"][0].update(k=32, matryoshka_widths=[])
+    (out / "config.json").write_text(json.dumps(config))
     assert _train(cache, out, "--architecture", "jumprelu", "--k", "16", "--total-tokens", "2560") == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["tokens_trained"] == 2560 and "k" not in metrics["config"]["saes"][0]
+
+
+def test_a_config_file_giving_jumprelu_a_k_is_refused(tmp_path: Path, capsys) -> None:
+    """A config file's JumpReLU spec with a k is refused in one line naming the spec and the field
+    (the k was dropped without a word); --k on the command line (FLAGS) applies to the architectures
+    that take it and is accepted, as above."""
+    cfg = tmp_path / "run.json"
+    cfg.write_text(json.dumps({"saes": [{"architecture": "jumprelu", "d_sae": 64, "k": 16}]}))
+    assert main(["train", "--config", str(cfg), "--cache", str(tmp_path / "nocache"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"saes[0] of {cfg}: SAESpec.k is 16 but architecture 'jumprelu' has no k" in err
+    assert "Traceback" not in err and not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("extra,flag", [

@@ -197,10 +197,16 @@ def test_a_field_newer_than_the_checkpoint_counts_as_its_default() -> None:
 
 
 def test_an_architecture_without_k_neither_records_nor_compares_k() -> None:
-    """JumpReLU has no k: its spec keeps none (whatever was given), its record names none, and a
-    checkpoint saved when JumpReLU specs still recorded the default k=32 (or a TopK spec the empty
-    Matryoshka widths) resumes; a k change of an SAE that has k is still refused."""
-    spec = SAESpec("jumprelu", d_sae=64, k=8)
+    """JumpReLU has no k: a spec that gives one is refused naming SAESpec.k (a config file's k was
+    dropped without a word), its record names none, and a checkpoint or config.json saved when
+    JumpReLU specs still recorded the default k=32 (or a TopK spec the empty Matryoshka widths) still
+    reads and resumes; a k change of an SAE that has k is still refused."""
+    from saes.validators import ConfigError
+
+    with pytest.raises(ConfigError, match=r"SAESpec.k is 8 but architecture 'jumprelu' has no k") as refused:
+        SAESpec("jumprelu", d_sae=64, k=8)
+    assert refused.value.field == "k"
+    spec = SAESpec("jumprelu", d_sae=64)
     assert spec.k is None and spec.name == "jumprelu_f64"
     run = RunConfig(saes=[spec, SAESpec("topk", d_sae=64)])
     recorded = run.to_dict()["saes"]
@@ -210,7 +216,7 @@ def test_an_architecture_without_k_neither_records_nor_compares_k() -> None:
     old["saes"][0].update(k=32, matryoshka_widths=[])  # as this version's predecessors wrote it
     old["saes"][1]["matryoshka_widths"] = []
     assert config_differences(old, run.to_dict()) == []
-    assert config_differences(old, RunConfig(saes=[SAESpec("jumprelu", d_sae=64, k=4), SAESpec("topk", d_sae=64)]).to_dict()) == []
+    assert config_differences(old, RunConfig(saes=[SAESpec("jumprelu", d_sae=64), SAESpec("topk", d_sae=64)]).to_dict()) == []
     assert RunConfig.from_dict(old).saes[0].k is None
     changed_k = RunConfig(saes=[spec, SAESpec("topk", d_sae=64, k=16, name="topk_k32_f64")]).to_dict()
     assert config_differences(old, changed_k) == ["saes.1.k: checkpoint 32, now 16"]

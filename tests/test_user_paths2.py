@@ -122,9 +122,12 @@ def test_eval_reads_each_sae_s_text_as_that_sae_was_trained(llama_hub, real_corp
     BOS prepended). `eval --sae a --sae b --sae a2` (a2: a's folder again) reads each SAE's recorded CE
     text with that SAE's column and packing, so each one's CE figures are its training's; the text of
     a and a2 is read once. (Eval once read every SAE's text as the first SAE's training read it, and
-    packed it with the defaults when their packing differed.)"""
+    packed it with the defaults when their packing differed.) The probing set (its text in 'text') is
+    read once, the same for every SAE (it was read per text, in each training's column: 'content'
+    failed, and a and b were probed on differently cut texts)."""
     import datasets
 
+    import evals.run
     import training.heldout
 
     work = llama_hub
@@ -139,13 +142,20 @@ def test_eval_reads_each_sae_s_text_as_that_sae_was_trained(llama_hub, real_corp
     saesteer("train", *common, "--dataset", tmp_path / "ds_b", "--text-column", "body", "--context-length", 24,
              "--bos-policy", "prepend", "--out", tmp_path / "run_b", "--sae-name", "sae").ok()
 
-    reads = []
+    probe_file = tmp_path / "probe.jsonl"
+    probe_file.write_text("".join(json.dumps({"text": d, "label": "ab"[i % 2]}) + "\n"
+                                  for i, d in enumerate(real_corpus.test_docs[:12])))
+    reads, probed = [], []
     real = training.heldout.heldout_contexts
     monkeypatch.setattr(training.heldout, "heldout_contexts",
                         lambda train, text, *a, **k: reads.append(text) or real(train, text, *a, **k))
+    real_probing = evals.run.text_probing_data
+    monkeypatch.setattr(evals.run, "text_probing_data",
+                        lambda model, hooks, toks, *a: probed.append(toks) or real_probing(model, hooks, toks, *a))
     saesteer("eval", "--sae", f"a={tmp_path / 'run_a/saes/sae'}", "--sae", f"b={tmp_path / 'run_b/saes/sae'}",
              "--sae", f"a2={tmp_path / 'run_a/saes/sae'}", "--contexts", 4, "--ce-contexts", 4, "--absorption", "false",
-             "--probing", "false", "--quiet", "--out", tmp_path / "eval").ok()
+             "--probing-dataset", probe_file, "--probing-min-positives", 4, "--probing-ks", 1, "--quiet",
+             "--out", tmp_path / "eval").ok()
     doc = json.loads((tmp_path / "eval/eval.json").read_text())
     for name, run in (("a", "run_a"), ("b", "run_b"), ("a2", "run_a")):
         trained = json.loads((tmp_path / run / "metrics.json").read_text())["saes"]["sae"]
@@ -161,6 +171,61 @@ def test_eval_reads_each_sae_s_text_as_that_sae_was_trained(llama_hub, real_corp
     assert [t["saes"] for t in doc["data"]["texts"]] == [["a", "a2"], ["b"]]
     assert sorted((t.dataset, t.text_column) for t in reads) == sorted([(str(tmp_path / "ds_b"), "body"),
                                                                         (str(work / "ds"), "content")])
+    assert len(probed) == 1 and max(len(t) for t in probed[0]) == 24  # the shortest context any SAE is fed
+    probing = {n: doc["saes"][n]["probing"] for n in ("a", "b", "a2")}
+    assert probing["a"]["tasks"] == 2 and probing["a"]["model_accuracy"] == probing["b"]["model_accuracy"]
+
+
+def _cached_hub_dataset(cache_dir, repo_id: str, configs: dict) -> None:
+    """A hub dataset with several configurations as `datasets` leaves it in its cache once loaded
+    (HF_DATASETS_CACHE/<org>___<name>/<config>/0.0.0/<hash>/<name>-<split>.arrow + dataset_info.json),
+    which it reads offline: `configs` = {config: {split: [text]}}, the text in 'content'."""
+    import datasets
+    from datasets.arrow_writer import ArrowWriter
+
+    name = repo_id.split("/")[-1]
+    features = datasets.Features({"content": datasets.Value("string")})
+    for config, splits in configs.items():
+        folder = cache_dir / repo_id.replace("/", "___") / config / "0.0.0" / ("0" * 16)
+        folder.mkdir(parents=True)
+        infos = datasets.SplitDict(dataset_name=name)
+        for split, docs in splits.items():
+            with ArrowWriter(features=features, path=str(folder / f"{name}-{split}.arrow")) as w:
+                for doc in docs:
+                    w.write({"content": doc})
+                n, size = w.finalize()
+            infos.add(datasets.SplitInfo(name=split, num_examples=n, num_bytes=size, dataset_name=name))
+        datasets.DatasetInfo(features=features, config_name=config, dataset_name=name, builder_name=name,
+                             splits=infos).write_to_directory(str(folder))
+
+
+def test_eval_reads_the_dataset_configuration_training_read(llama_hub, real_corpus, tmp_path, monkeypatch):
+    """A hub dataset with two configurations ('en', 'fr': different documents), trained on with
+    --dataset-config fr: `eval` with only --sae reads the recorded CE text in that configuration (its
+    CE figures are training's) and records it. (Eval once dropped the configuration: `datasets`
+    refused to pick one of the two, and eval.json recorded dataset_config null.)"""
+    import datasets.config
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets")
+    docs = list(real_corpus.train_docs) + list(real_corpus.validation_docs) + list(real_corpus.test_docs)
+    half = len(docs) // 2
+    _cached_hub_dataset(tmp_path / "datasets", "researcher/multi", {
+        "en": {"train": docs[:half], "validation": docs[half:half + 40]},
+        "fr": {"train": docs[half:], "validation": docs[:40]}})
+    saesteer("train", "--model", "researcher/tiny-llama", "--dataset", "researcher/multi", "--dataset-config", "fr",
+             "--text-column", "content", "--hook", "blocks.1.hook_resid_post", "--context-length", 32,
+             "--out", tmp_path / "run", "--architecture", "topk", "--d-sae", 64, "--k", 4, "--total-tokens", 1024,
+             "--batch-size", 256, "--holdout-tokens", 256, "--eval-ce-contexts", 4, "--eval-every-tokens", 0,
+             "--checkpoint-every-tokens", 0, "--no-progress", "--sae-name", "sae").ok()
+    saesteer("eval", "--sae", tmp_path / "run/saes/sae", "--contexts", 4, "--ce-contexts", 4, "--absorption", "false",
+             "--probing", "false", "--quiet", "--out", tmp_path / "eval").ok()
+    doc = json.loads((tmp_path / "eval/eval.json").read_text())
+    assert (doc["data"]["dataset"], doc["data"]["dataset_config"], doc["data"]["split"]) == \
+           ("researcher/multi", "fr", "validation")
+    trained = json.loads((tmp_path / "run/metrics.json").read_text())["saes"]["sae"]
+    evaluated = doc["saes"]["sae"]["metrics"]
+    assert evaluated["ce_loss_clean"] == pytest.approx(trained["ce_loss_clean"], rel=1e-6)
+    assert evaluated["ce_loss_recovered"] == pytest.approx(trained["ce_loss_recovered"], rel=1e-6)
 
 
 def test_init_from_a_sparsify_sae_trains_on_the_hook_it_records(user, real_models, tmp_path):

@@ -64,7 +64,7 @@ class SAESpec:
     k: int | None = field(
         default=None,
         metadata={"help": f"active latents per token (BatchTopK: on average over the batch); none: {DEFAULT_K} for an "
-                          f"architecture that takes k; an architecture without k (JumpReLU) has none, whatever is given"},
+                          f"architecture that takes k; an architecture without k (JumpReLU) refuses one"},
     )
     matryoshka_widths: list[int] = field(
         default_factory=list,
@@ -95,8 +95,9 @@ class SAESpec:
             whole_number("SAESpec", "k", self.k)
             require(self.k <= self.d_sae, f"SAESpec.k ({self.k}) must not exceed d_sae ({self.d_sae}); lower k or "
                                           f"widen the SAE")
-        else:  # meaningless for it (a run saved before this recorded the default, 32): not kept, not compared
-            self.k = None
+        else:  # meaningless for it: refused when given (a record saved with the old default 32: `spec_record`)
+            require(self.k is None, f"SAESpec.k is {self.k} but architecture {self.architecture!r} has no k (it "
+                                    f"sets its own sparsity); drop k from this SAE's spec", field="k")
         self.matryoshka_widths = [int(w) for w in self.matryoshka_widths]
         if self.matryoshka_widths and "matryoshka_widths" not in architecture_fields(self.architecture):
             from saes.registry import trainable_architectures
@@ -181,6 +182,12 @@ def architecture_fields(architecture: str) -> set[str]:
     from saes.registry import config_fields
 
     return config_fields(architecture) & set(ARCHITECTURE_FIELDS)
+
+
+def takes_k(architecture: str) -> bool:
+    """Whether an architecture (or alias) takes SAESpec.k: code that builds specs for several
+    architectures passes k only to those (SAESpec refuses a k JumpReLU would ignore)."""
+    return "k" in architecture_fields(trainable_architecture(architecture))
 
 
 @dataclass
@@ -468,7 +475,8 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
-        """Build from a (possibly partial) nested dict; unknown keys are an error naming them."""
+        """Build from a (possibly partial) nested dict, e.g. a run's recorded config.json; unknown keys
+        are an error naming them."""
         if not isinstance(d, dict):
             raise ValueError(f"a run config must be a mapping; got {type(d).__name__}")
         sections = {"train": TrainConfig, "optim": OptimConfig, "checkpoint": CheckpointConfig, "eval": EvalConfig, "log": LogConfig}
@@ -482,7 +490,9 @@ class RunConfig:
         if "saes" in d:
             if not isinstance(d["saes"], list):
                 raise ValueError("config 'saes' must be a list of SAE specs")
-            kw["saes"] = [_from_mapping(SAESpec, s, f"saes[{i}]") for i, s in enumerate(d["saes"])]
+            # a record: a field its architecture does not take (a JumpReLU's k=32 of older runs) is dropped
+            kw["saes"] = [_from_mapping(SAESpec, spec_record(s) if isinstance(s, dict) else s, f"saes[{i}]")
+                          for i, s in enumerate(d["saes"])]
         return cls(**kw)
 
 

@@ -48,7 +48,11 @@ def start_run(config: RunConfig, data: Iterable[Any], out: Path, coll: Collectiv
     """The trainer and the batches of a run in `out`, resumed or fresh as `resume` says
     ("auto", "never": refuse a folder with checkpoints, "require": refuse one without).
     `init_source`: a `training.init_from.InitSource` of `train.init_from` that the caller has
-    already read (None: a fresh fine-tuning run reads it here; a resume never does)."""
+    already read (None: a fresh fine-tuning run reads it here; a resume never does); one given for
+    a config without train.init_from, or of another source, is refused before any work."""
+    if init_source is not None and init_source.spec != config.train.init_from:
+        raise ValueError(f"start_run: init_source reads {init_source.spec!r}, the config's train.init_from is "
+                         f"{config.train.init_from!r}; set train.init_from to it, or pass no init_source")
     found = checkpoint_to_resume(config, out, coll, resume)
     batches = iter(data)
     holdout_BD, _, holdout_targets = draw_holdout(batches, config.train.holdout_tokens, coll)
@@ -65,9 +69,6 @@ def start_run(config: RunConfig, data: Iterable[Any], out: Path, coll: Collectiv
             from training.init_from import InitSource, initialize_from_source
 
             source = init_source if init_source is not None else InitSource(config.train.init_from)
-            if source.spec != config.train.init_from:
-                raise ValueError(f"start_run: init_source reads {source.spec!r}, the config's train.init_from is "
-                                 f"{config.train.init_from!r}; pass the InitSource of train.init_from (or none)")
             trainer.init_from = initialize_from_source(trainer, source.load(), prov, holdout_BD=holdout_BD)
         else:
             trainer.initialize(holdout_BD, holdout_targets)

@@ -9,6 +9,7 @@ from typing import Any
 
 from features.records import SNIPPET_CLOSE, SNIPPET_OPEN, ConceptMatch, FeatureFilter, FeatureSummary, SearchHit
 from features.store.base import StoreBase
+from features.store.schema import latest_label_sql
 
 _SORTS = {
     "latent": ("f.latent", False),
@@ -21,7 +22,7 @@ _SORTS = {
     "label": ("label", False),  # through temp.current_label (see _refresh_current)
     "recommended_strength": ("f.recommended_strength", True),
 }
-_CUR_LABEL = "(SELECT l.label FROM labels l WHERE l.latent = f.latent ORDER BY l.id DESC LIMIT 1)"
+_CUR_LABEL = latest_label_sql("f.latent")
 _NOT_NULL = ("f.latent", "f.freq", "f.n_fires", "f.max_act")  # sort columns declared NOT NULL
 _NULLABLE = ("f.mean_act", "f.typical_max_act", "f.level", "f.recommended_strength")
 

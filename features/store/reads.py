@@ -24,7 +24,7 @@ from features.records import (
     TokenEffect,
 )
 from features.store.base import StoreBase
-from features.store.schema import EXAMPLE_SELECT, FEATURE_COLUMNS
+from features.store.schema import EXAMPLE_SELECT, FEATURE_COLUMNS, latest_label_sql
 from features.tokentext import align_pieces, pieces_from_offsets
 
 
@@ -54,16 +54,14 @@ class StoreReads(StoreBase):
                 "SELECT kind, token_id, value FROM logit_effects WHERE latent = ? ORDER BY kind, rank", (i,)
             ).fetchall()
             nb = c.execute(
-                "SELECT n.kind, n.other_latent, n.score, n.count, "
-                f"(SELECT l.label FROM labels l WHERE l.latent = n.other_latent ORDER BY l.id DESC LIMIT 1) "
-                f"FROM neighbours n WHERE n.latent = ? ORDER BY n.kind, n.rank", (i,),
+                f"SELECT n.kind, n.other_latent, n.score, n.count, {latest_label_sql('n.other_latent')} "
+                "FROM neighbours n WHERE n.latent = ? ORDER BY n.kind, n.rank", (i,),
             ).fetchall()
             children = c.execute(
                 "SELECT latent, parent_coact, parent_cos, parent_method FROM features WHERE parent_latent = ? ORDER BY latent", (i,)
             ).fetchall()
             corr = c.execute(
-                "SELECT k.other_latent, k.pearson, k.cossim, "
-                "(SELECT l.label FROM labels l WHERE l.latent = k.other_latent ORDER BY l.id DESC LIMIT 1) "
+                f"SELECT k.other_latent, k.pearson, k.cossim, {latest_label_sql('k.other_latent')} "
                 "FROM correlations k WHERE k.latent = ? ORDER BY k.rank", (i,),
             ).fetchall() if self._has_table(c, "correlations") else []  # stores built before it have none
             label = current_label(c, i)

@@ -190,6 +190,12 @@ EXAMPLE_SELECT = "id, latent, kind, rank, activation, quantile, seq_index, posit
 EXAMPLE_COLUMNS = ExampleRow._fields
 
 
+def latest_label_sql(latent_column: str) -> str:
+    """SQL for the latest label of the latent in `latent_column` (a feature's, a neighbour's, a
+    correlated latent's): labels are only added, the highest id is the current one."""
+    return f"(SELECT l.label FROM labels l WHERE l.latent = {latent_column} ORDER BY l.id DESC LIMIT 1)"
+
+
 def connect(path: Path, readonly: bool) -> sqlite3.Connection:
     if readonly:
         conn = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None, check_same_thread=False)

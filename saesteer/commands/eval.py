@@ -18,16 +18,17 @@ Gemma Scope, OpenAI) on held-out text, side by side:
   model        CE loss with the SAE spliced in, zero-ablated and clean, CE loss recovered, KL
   absorption   SAEBench-style first-letter feature absorption (single-token words of the vocabulary)
   probing      SAEBench-style sparse probing: toy-world concepts on the toy model, or labelled text
-               (--probing-dataset FILE.jsonl with text and label columns)
+               (--probing-dataset FILE.jsonl with text and label columns); one set for every SAE
 
 The held-out text is --dataset's --split (default: validation); without --dataset, the text each SAE's
 training evaluated on (saesteer.json), else --split of its training data (the toy corpus only for the
 toy model). Text an SAE was trained on is refused (--allow-eval-overlap true evaluates on it anyway).
-Each SAE's text is read and packed as that SAE was trained (its text column; its cache's context length,
-BOS policy and separator, else cfg.json's context_size and prepend_bos) unless --text-column /
---context-length / --bos-policy / --separator say; each distinct text is read once.
+Each SAE's text is read and packed as that SAE was trained (its dataset configuration and text column;
+its cache's context length, BOS policy and separator, else cfg.json's context_size and prepend_bos)
+unless --dataset-config / --text-column / --context-length / --bos-policy / --separator say; each
+distinct text is read once.
 With --cache, the activation metrics of an SAE trained by `saesteer train` on that cache use the rows
-its training held out (the same figures `train` reported), and the CE contexts are the ones training used.
+its training held out (the same figures `train` reported), and the CE contexts are the ones its training used.
 
 examples:
   saesteer eval --sae runs/toy/saes/topk_k32_f4096 --model toy --out evals/toy
@@ -102,25 +103,30 @@ def _run(args) -> int:
     tokenizer = model.tokenizer
 
     rows, rows_source, keep_ids, data_info = {}, {}, None, {}
-    ce_from_cache, cache_text = False, None
+    ce_from_cache, cache_text = set(), None
     if args.cache:
         rows, rows_source, keep_ids, text, ce_from_cache, data_info, cache_text = _cache_rows(args, cfg, loaded, model,
                                                                                               text, say)
-    # each SAE's text read and packed as its training read it; each distinct text is read once
-    groups = _group_by_text(_texts_as_trained(args, text, loaded, ident, cache_text, say))
+    # each SAE's text read and packed as its training read it; each distinct text is read once (SAEs whose
+    # training took its CE contexts from --cache read those contexts, a group of their own)
+    groups = _group_by_text(_texts_as_trained(args, text, loaded, ident, cache_text, say), ce_from_cache)
     bos = getattr(tokenizer, "bos_token_id", None)
     excluded = (int(bos),) if cfg.exclude_bos and bos is not None else ()
+    # one probing set for every SAE: read once, cut to the shortest context any SAE is fed
+    probing = _probing_inputs(cfg, model, spec, _all_hooks(loaded, targets), text,
+                              min(t.context_length for t, _, _ in groups), excluded, say) if cfg.probing else None
     results, texts = {}, []
-    for sae_text, names in groups:
+    for sae_text, names, from_cache in groups:
         group = {n: loaded[n] for n in names}
         if len(groups) > 1:
-            say(f"SAEs {', '.join(names)}: {_describe_text(sae_text)}")
+            say(f"SAEs {', '.join(names)}: " + ("contexts of the cache (as their training read them)" if from_cache
+                                                else _describe_text(sae_text)))
         trained_on = _training_texts(group) or ([cache_text] if cache_text else [])
-        tokens, overlap = _contexts(sae_text, tokenizer, max(cfg.contexts, cfg.ce_contexts),
-                                    args.cache if ce_from_cache else None, trained_on, cfg.allow_eval_overlap, say)
-        got, record = _evaluate_group(args, cfg, model, spec, group, targets, tokens, sae_text, excluded, keep_ids,
-                                      rows, rows_source, data_info, say)
-        record["overlap"] = overlap
+        tokens, overlap = _contexts(sae_text, tokenizer, max(cfg.contexts, cfg.ce_contexts), cfg.ce_contexts,
+                                    args.cache if from_cache else None, trained_on, cfg.allow_eval_overlap, say)
+        got, record = _evaluate_group(cfg, model, group, targets, tokens, excluded, keep_ids, rows, rows_source,
+                                      data_info, probing, say)
+        record = {**_text_record(cache_text[0] if from_cache else sae_text, from_cache), **record, "overlap": overlap}
         for name in names:
             got[name]["text"] = record
         results.update(got)
@@ -135,14 +141,14 @@ def _run(args) -> int:
     return 0
 
 
-def _evaluate_group(args, cfg, model, spec, group: dict, targets: dict, tokens, text, excluded, keep_ids, rows,
-                    rows_source, data_info, say):
-    """(results, the record of the text) of SAEs that read the same text: their hooks' activations
-    collected once over `tokens`, then each SAE evaluated (evals.run.evaluate_saes)."""
+def _evaluate_group(cfg, model, group: dict, targets: dict, tokens, excluded, keep_ids, rows, rows_source, data_info,
+                    probing, say):
+    """(results, what was read) of SAEs that read the same text: their hooks' activations collected
+    once over `tokens`, then each SAE evaluated (evals.run.evaluate_saes)."""
     from evals.activations import collect
     from evals.run import EvalInputs, evaluate_saes
 
-    hooks = sorted({x.sae.cfg.metadata["hook_name"] for x in group.values()} | {targets[n] for n in group if n in targets})
+    hooks = _all_hooks(group, targets)
     say(f"collecting activations at {', '.join(hooks)} over {min(cfg.contexts, len(tokens))} held-out contexts")
     heldout = collect(model, hooks, tokens[: cfg.contexts], excluded, cfg.model_batch_size)
     target_rows = data_info.get("target_rows")
@@ -150,16 +156,22 @@ def _evaluate_group(args, cfg, model, spec, group: dict, targets: dict, tokens, 
                         tokenizer=model.tokenizer, rows={n: r for n, r in rows.items() if n in group},
                         rows_source=rows_source,
                         target_rows={n: r for n, r in target_rows.items() if n in group} if target_rows else None,
-                        probing=_probing_inputs(args, cfg, model, spec, heldout, hooks, text, say) if cfg.probing else None)
-    record = {**_text_record(text), "contexts": int(heldout.tokens.shape[0]), "tokens": int(heldout.row_context.numel()),
+                        probing=probing)
+    record = {"contexts": int(heldout.tokens.shape[0]), "tokens": int(heldout.row_context.numel()),
               "ce_contexts": int(len(inputs.ce_tokens))}
     return evaluate_saes(group, inputs, cfg, say), record
 
 
-def _text_record(text) -> dict:
-    """How the held-out text was read and packed (eval.json's data / each SAE's `text`)."""
-    return {"dataset": text.dataset, "dataset_config": text.dataset_config, "split": text.split,
-            "text_column": text.text_column, "txt_documents": text.txt_documents,
+def _all_hooks(saes: dict, targets: dict) -> list[str]:
+    """The hooks the SAEs read, and the target hooks of the transcoders among them."""
+    return sorted({x.sae.cfg.metadata["hook_name"] for x in saes.values()} | {targets[n] for n in saes if n in targets})
+
+
+def _text_record(text, from_cache: bool = False) -> dict:
+    """How the held-out text was read and packed (eval.json's data / each SAE's `text`); `contexts_from`
+    "cache": the contexts are the last ones stored in --cache (`text` is the cache's training text)."""
+    return {"contexts_from": "cache" if from_cache else "dataset", "dataset": text.dataset,
+            "dataset_config": text.dataset_config, "split": text.split, "text_column": text.text_column, "txt_documents": text.txt_documents,
             "context_length": text.context_length, "bos_policy": text.bos_policy, "separator": text.separator}
 
 
@@ -168,12 +180,13 @@ def _describe_text(text) -> str:
             f"contexts, BOS {text.bos_policy}, separator {text.separator}")
 
 
-def _group_by_text(texts: dict) -> list[tuple]:
-    """[(text, [SAE names])]: the SAEs that read the same text, in the order first given."""
+def _group_by_text(texts: dict, from_cache: set) -> list[tuple]:
+    """[(text, [SAE names], from the cache)]: the SAEs that read the same text, in the order first
+    given; SAEs whose training took its CE contexts from the cache (`from_cache`) read those, apart."""
     groups: dict[str, tuple] = {}
     for name, text in texts.items():
-        key = repr(sorted(dataclasses.asdict(text).items()))
-        groups.setdefault(key, (text, []))[1].append(name)
+        key = repr((sorted(dataclasses.asdict(text).items()), name in from_cache))
+        groups.setdefault(key, (text, [], name in from_cache))[1].append(name)
     return list(groups.values())
 
 
@@ -305,19 +318,23 @@ def _recorded_text(text, loaded: dict, ident, say, required: bool = True):
                      f"toy model)")
 
 
-READING_FLAGS = {"text_column": "--text-column", "txt_documents": "--txt-documents"}
+READING_FLAGS = {"dataset_config": "--dataset-config", "text_column": "--text-column",
+                 "txt_documents": "--txt-documents"}
 
 
 def _read_as_trained(args, text, item, trained_on: list, say):
-    """`text` read as the SAE `item`'s training read it (its text column, .txt reading) when it is
-    that SAE's training data (`trained_on`) or the CE text its training read, for each of those not
-    given as a flag: a dataset whose text is in 'content' was trained on with --text-column content,
-    and eval without it failed on the very text training recorded."""
+    """`text` read as the SAE `item`'s training read it (its dataset configuration, text column, .txt
+    reading) when it is that SAE's training data (`trained_on`) or the CE text its training read, for
+    each of those not given as a flag: a dataset whose text is in 'content' was trained on with
+    --text-column content, and eval without it failed on the very text training recorded. The
+    configuration (a hub dataset's subset) only when `text` is the training dataset itself: another
+    dataset has configurations of its own."""
     ce_set = (((item.provenance or {}).get("data") or {}).get("ce_eval_data") or {}).get("dataset")
     for train_text, _ in trained_on:
         if text.dataset not in (train_text.dataset, ce_set):
             continue
-        changes = {k: getattr(train_text, k) for k in READING_FLAGS
+        keys = [k for k in READING_FLAGS if k != "dataset_config" or text.dataset == train_text.dataset]
+        changes = {k: getattr(train_text, k) for k in keys
                    if not hasattr(args, k) and getattr(train_text, k) != getattr(text, k)}
         if changes:
             say("held-out text read as the SAE's training read it: "
@@ -373,14 +390,20 @@ def _training_texts(loaded: dict) -> list:
     return out
 
 
-def _contexts(text, tokenizer, n: int, cache: str | None, trained_on: list, allow_overlap: bool, say):
+def _contexts(text, tokenizer, n: int, n_ce: int, cache: str | None, trained_on: list, allow_overlap: bool, say):
     """(held-out contexts [n, L], overlap reports) of `text`, refused when it is all training text
-    of an SAE (training.heldout.heldout_contexts) unless `allow_overlap`."""
+    of an SAE (training.heldout.heldout_contexts) unless `allow_overlap`; or, from `cache`, its last
+    n contexts with the last `n_ce` first (the CE contexts are the first n_ce: training's last n_ce)."""
+    import torch
+
     from training.heldout import heldout_contexts
     from training.sources import contexts_from_cache, contexts_from_text
 
     if cache is not None:  # training took its CE contexts from the cache (no held-out split)
-        return contexts_from_cache(cache, n), [{"checked": False, "note": "CE contexts from the cache, as training"}]
+        tokens = contexts_from_cache(cache, n)
+        cut = len(tokens) - min(n_ce, len(tokens))
+        return (torch.cat([tokens[cut:], tokens[:cut]]),
+                [{"checked": False, "note": "CE contexts from the cache, as training"}])
     if not trained_on:
         return contexts_from_text(text, tokenizer, n), [{"checked": False, "note": "the SAEs record no training text"}]
     tokens, reports = None, []
@@ -426,7 +449,7 @@ def _cache_rows(args, cfg, loaded: dict, model, text, say):
     if not given:
         text = eval_text_config(train_text, eval_dataset, ce.get("split") or args.split or "validation")
     rows, source, target_rows = {}, {}, {}
-    ce_from_cache = False
+    ce_from_cache = set()  # the SAEs whose training took its CE contexts from this cache
     for name, item in loaded.items():
         target = item.sae.cfg.metadata.get("hook_name_out") if item.sae.is_transcoder else None
         prov = item.provenance or {}
@@ -440,7 +463,8 @@ def _cache_rows(args, cfg, loaded: dict, model, text, say):
             if target:
                 target_rows[name] = cache_holdout(cache, hook, n, seed, buffer_rows, target_hook=target)
             source[name] = f"the {n:,} rows its training held out of {cache} (seed {seed}, reader buffer {buffer_rows:,})"
-            ce_from_cache = ce_from_cache or (not given and _ce_trained_on_cache(data))
+            if not given and _ce_trained_on_cache(data):
+                ce_from_cache.add(name)
         else:
             n = cfg.contexts * int(man.settings["context_length"])
             rows[name] = cache_holdout(cache, hook, n, cfg.seed, 1 << 20)
@@ -459,14 +483,20 @@ def _ce_trained_on_cache(data: dict) -> bool:
     return bool((data.get("ce_eval_data") or {}).get("trained_on")) or str(data.get("ce_eval_contexts", "")).startswith("cache")
 
 
-def _probing_inputs(args, cfg, model, spec: str, heldout, hooks, text, say):
+def _probing_inputs(cfg, model, spec: str, hooks, text, max_len: int, excluded, say):
+    """The sparse-probing set, the same for every SAE: --probing-dataset's texts (column
+    --probing-text-column), each cut to `max_len` tokens (the shortest context any SAE is fed), or on
+    the toy model the toy corpus's validation split packed in `max_len`-token contexts with its
+    toy-world concepts as labels; the model's activations at `hooks` read once."""
     import torch
 
+    from evals.activations import collect
     from evals.probing import balanced_tasks, read_labelled_texts
     from evals.run import ProbingInputs, text_probing_data, token_labels, token_probing_data
+    from training.sources import contexts_from_text
 
     if cfg.probing_dataset:
-        pairs = read_labelled_texts(cfg.probing_dataset, text.text_column, cfg.probing_label_column)
+        pairs = read_labelled_texts(cfg.probing_dataset, cfg.probing_text_column, cfg.probing_label_column)
         pairs = _subsample_per_label(pairs, 2 * cfg.probing_max_per_class, cfg.seed)
         labels = sorted({lab for _, lab in pairs})
         masks = {lab: torch.tensor([p == lab for _, p in pairs]) for lab in labels}
@@ -474,12 +504,16 @@ def _probing_inputs(args, cfg, model, spec: str, heldout, hooks, text, say):
                                min_positives=cfg.probing_min_positives, seed=cfg.seed)
         tok = model.tokenizer
         bos = getattr(tok, "bos_token_id", None)
-        toks = [_encode(tok, t, bos, text.context_length) for t, _ in pairs]
-        say(f"sparse probing: {len(pairs)} labelled texts, {len(tasks)} tasks")
-        return ProbingInputs(text_probing_data(model, hooks, toks, heldout.excluded_ids), tasks, str(cfg.probing_dataset))
+        toks = [_encode(tok, t, bos, max_len) for t, _ in pairs]
+        say(f"sparse probing: {len(pairs)} labelled texts (up to {max_len} tokens each), {len(tasks)} tasks")
+        return ProbingInputs(text_probing_data(model, hooks, toks, excluded), tasks, str(cfg.probing_dataset))
     if spec == "toy" or spec.startswith("toy:"):
         import toyworld
 
+        toy = dataclasses.replace(text, dataset="toy", dataset_config=None, split="validation", text_column="text",
+                                  context_length=max_len)
+        heldout = collect(model, hooks, contexts_from_text(toy, model.tokenizer, cfg.contexts), excluded,
+                          cfg.model_batch_size)
         names = list(toyworld.CONCEPTS)
         masks = token_labels(heldout, toyworld.concept_masks(heldout.tokens, names))
         tasks = balanced_tasks(masks, max_per_class=cfg.probing_max_per_class, min_positives=cfg.probing_min_positives,

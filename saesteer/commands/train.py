@@ -125,7 +125,13 @@ def _sae_specs(args, file_specs: list) -> list:
     from training.config import SAESpec, architecture_fields, trainable_architecture
 
     if all(getattr(args, f) is None for f in _SAE_FLAGS):
-        return [SAESpec(**s) if isinstance(s, dict) else s for s in file_specs] or [SAESpec()]
+        specs = []
+        for i, s in enumerate(file_specs):
+            try:
+                specs.append(SAESpec(**s) if isinstance(s, dict) else s)
+            except (TypeError, ValueError) as e:  # e.g. a k given to an architecture without one
+                raise ValueError(f"saes[{i}] of {args.config}: {e}") from None
+        return specs or [SAESpec()]
     archs = _split_list(args.architecture, str, "--architecture") if args.architecture else ["topk"]
     widths = _split_list(args.d_sae, int, "--d-sae") if args.d_sae else [4096]
     ks = _split_list(args.k, int, "--k") if args.k else [None]  # none: SAESpec's default (DEFAULT_K)
