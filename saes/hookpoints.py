@@ -88,6 +88,22 @@ def check_hook(model: Any, name: str, who: str | None = None, *, per_token: bool
                            f"{describe_hooks(named)}{more}")
 
 
+def check_editable_hook(model: Any, name: str, who: str | None = None) -> str:
+    """`check_hook`, and refuse a hook whose edit would not be what its name says: on a
+    TransformerBridge `blocks.L.hook_resid_mid` is an alias of the MLP norm's input (`ln2.hook_in`),
+    so a changed value reaches the MLP but not the residual stream that goes on to the next block.
+    Reading it (cache, train, features) is right; steering or splicing there is refused."""
+    check_hook(model, name, who)
+    canonical = getattr(model.hook_dict[name], "name", name) or name
+    if name.endswith("hook_resid_mid") and canonical != name and canonical.endswith(".hook_in"):
+        where = f"{who}: " if who else ""
+        raise UnknownHookError(
+            f"{where}on this model {name} is the input of one module ({canonical}): an edit there would reach "
+            f"that module but not the residual stream after it, so it is not an edit of {name}. Steer or "
+            f"splice with an SAE of a hook that is the residual stream here (hook_resid_pre, hook_resid_post)")
+    return name
+
+
 def check_hooks(model: Any, names: str | Sequence[str], who: str | None = None, *,
                 per_token: bool = False) -> list[str]:
     """`check_hook` for each name (one name may be given as a string); returns them as a list."""
