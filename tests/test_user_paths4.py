@@ -1,0 +1,191 @@
+"""A fourth user's paths on tiny real checkpoints (GPT-2 and Llama with byte-level BPE, code and
+prose with accents and CJK), driven through the CLI as the docs say. Checks what only these paths show:
+
+- logit-effect tokens that hold part of a character (byte-level BPE) are shown as their bytes, one
+  distinct entry each, not as several identical U+FFFD; the judge prompt still leaves them out;
+- a sweep judged by an OpenAI-protocol server records the SAE's hash, so `preset save --scorecard`
+  refuses the sweep of another SAE (it could only check the latent);
+- `blocks.L.hook_resid_mid` on a TransformerBridge is the MLP norm's input (`ln2.hook_in`): reading it
+  is right, but an edit there never reached the residual stream, so steering and CE splicing there
+  were silently another intervention; now refused (train skips its CE evaluation with a note);
+- other hook points (attention `hook_z` with heads flattened, `mlp.hook_post`) cache, train, build a
+  store and steer on Llama with grouped-query attention.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+
+import pytest
+
+from helpers.real_cli import saesteer
+
+pytestmark = [pytest.mark.usefixtures("one_thread")]
+
+HOOKS = ("blocks.1.hook_resid_post", "blocks.1.hook_resid_mid")
+TRAIN = ("--architecture", "topk", "--d-sae", 64, "--k", 4, "--total-tokens", 2048, "--batch-size", 256,
+         "--holdout-tokens", 256, "--eval-every-tokens", 0, "--checkpoint-every-tokens", 0, "--no-progress")
+
+
+@pytest.fixture(scope="module")
+def gpt2(real_models, real_corpus, tmp_path_factory):
+    """A GPT-2 cache of two hooks; SAEs 'a' and 'b' (another seed) at resid_post, their stores."""
+    work = tmp_path_factory.mktemp("user4")
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in {"WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "COLUMNS": "200"}.items():
+            mp.setenv(k, v)
+        saesteer("cache", "--model", real_models.path("gpt2"), "--dataset", real_corpus.jsonl_dir, "--context-length", 32,
+                 "--max-tokens", 2048, "--hooks", ",".join(HOOKS), "--out", work / "cache", "--no-progress").ok()
+        for name, seed in (("a", 0), ("b", 1)):
+            saesteer("train", "--cache", work / "cache", "--hook", HOOKS[0], "--out", work / f"run_{name}", *TRAIN,
+                     "--seed", seed, "--model-eval", "false", "--sae-name", name).ok()
+            saesteer("features", "build", "--sae", work / f"run_{name}/saes/{name}", "--cache", work / "cache",
+                     "--out", work / f"{name}.db", "--no-progress").ok()
+        yield work
+
+
+# ---------------------------------------------------------------------------------------------
+# logit effects: part of a character
+
+
+def _byte_tokens(tokenizer) -> list[int]:
+    """Token ids whose own bytes are not whole UTF-8 characters (decoded alone: U+FFFD)."""
+    from features.tokentext import token_bytes
+
+    out = []
+    for i in range(len(tokenizer)):
+        try:
+            token_bytes(tokenizer, i).decode("utf-8")
+        except UnicodeDecodeError:
+            out.append(i)
+    return out
+
+
+def test_logit_tokens_that_are_part_of_a_character_read_as_their_own_bytes(gpt2, real_models):
+    """Every such token was stored as "\\ufffd": a latent's promoted list read '�' '�' '�' (and the web
+    page and `features show` alike), telling nothing and not even which tokens they were."""
+    from transformers import AutoTokenizer
+
+    from autointerp.featurestore import FeatureStoreLabels
+    from autointerp.offline import readable_token
+    from features.store import FeatureStore
+    from features.tokentext import token_bytes
+
+    tok = AutoTokenizer.from_pretrained(str(real_models.path("gpt2")))
+    partial = _byte_tokens(tok)
+    assert len(partial) > 50  # the byte alphabet's high bytes and merges of them
+    store = FeatureStore.open(gpt2 / "a.db")
+    shown = [store.token_str(i) for i in partial]
+    assert not any("\ufffd" in s for s in shown)
+    assert len(set(shown)) == len(shown)  # one distinct entry per token
+    for i, s in zip(partial, shown):  # the bytes, as Python escapes them
+        assert s == token_bytes(tok, i).decode("utf-8", errors="backslashreplace")
+        assert not readable_token(s)  # still left out of the judge's lists (prompt unchanged)
+    whole = [i for i in range(len(tok)) if i not in set(partial)][:300]
+    assert [store.token_str(i) for i in whole] == [tok.decode([i]) for i in whole]  # the rest as before
+    # `features show` of a latent with such a token among its top logit effects, and its judge evidence
+    with sqlite3.connect(gpt2 / "a.db") as c:
+        rows = c.execute("SELECT latent, token_id FROM logit_effects WHERE rank < 8 AND token_id IN (%s) ORDER BY latent"
+                         % ",".join(map(str, partial))).fetchall()
+    assert rows, "no latent promotes or suppresses part of a character among its top 8"
+    latent, tid = rows[0]
+    out = saesteer("features", "show", gpt2 / "a.db", latent).ok().out
+    assert repr(store.token_str(tid)) in re.sub(r"\s*\n", " ", out) and "\ufffd" not in out.split("decoder")[0]
+    store.close()
+    with FeatureStore.open(gpt2 / "a.db", readonly=False) as writable:  # the explain prompt's logit lists
+        ev = FeatureStoreLabels(writable)._evidence(writable.feature(latent))
+    assert ev.promoted and all(readable_token(t) for t, _ in ev.promoted + ev.suppressed)
+
+
+# ---------------------------------------------------------------------------------------------
+# a judged sweep records its SAE
+
+
+def test_a_sweep_records_the_sae_hash_and_a_preset_of_another_sae_refuses_it(gpt2, tmp_path):
+    """The sweep JSON named only the latent: a sweep of SAE 'a' was kept as the scorecard of a preset
+    of SAE 'b' (same latent id, another SAE). The judge sees the model's real text."""
+    from helpers.judge_server import JudgeServer
+
+    seen: list[str] = []
+
+    def judge(body):  # AxBench-style 0-2 rating: "concept present" when the fragment has a parenthesis
+        frag = body["messages"][1]["content"].split("<<<FRAGMENT\n", 1)[1]
+        seen.append(frag)
+        return json.dumps({"rating": 2 if "(" in frag else 1, "reason": "-"})
+
+    with sqlite3.connect(gpt2 / "a.db") as c:
+        latent = c.execute("SELECT latent FROM features ORDER BY n_fires DESC LIMIT 1").fetchone()[0]
+    with JudgeServer(judge) as srv:
+        saesteer("sweep", "--sae", gpt2 / "run_a/saes/a", "--store", gpt2 / "a.db", "--latent", latent,
+                 "--concept", "parentheses", "--judge-backend", "openai", "--judge-model", "judge",
+                 "--judge-base-url", srv.url, "--judge-api-key", "k", "--prompt", "def caf\u00e9(x):",
+                 "--max-new-tokens", 6, "--strengths", "0,2", "--out", tmp_path, "--no-progress").ok()
+    card, = tmp_path.glob(f"sweep_*_{latent}.json")
+    record = json.loads(card.read_text())
+    texts = [t for p in record["points"] for t in p["examples"]]
+    assert texts and all(any(t in f for f in seen) for t in texts)  # the judge saw the generated text itself
+    store_a = sqlite3.connect(gpt2 / "a.db")
+    fp_a = store_a.execute("SELECT value FROM meta WHERE key = 'sae_fingerprint'").fetchone()[0]
+    store_a.close()
+    assert record["provenance"]["sae_fingerprint"] == json.loads(fp_a) if fp_a.startswith('"') else fp_a
+    assert record["provenance"]["hook"] == HOOKS[0]
+    r = saesteer("preset", "save", "p", "--store", gpt2 / "b.db", "-l", f"{latent}:add=2x", "--scorecard", card)
+    assert r.rc == 2 and record["provenance"]["sae_fingerprint"][:12] in r.err and "give this SAE's scorecard" in r.err
+    saesteer("preset", "save", "p", "--store", gpt2 / "a.db", "-l", f"{latent}:add=2x", "--scorecard", card).ok()
+
+
+# ---------------------------------------------------------------------------------------------
+# hook_resid_mid on a TransformerBridge
+
+
+def test_resid_mid_on_a_bridge_is_read_but_edits_there_are_refused(gpt2, real_models, tmp_path):
+    """An edit at blocks.1.hook_resid_mid (alias of ln2.hook_in) changed the MLP's input only: the
+    residual after it kept the old value, so `steer` and the CE splice ran another intervention."""
+    from saesteer.models import load_model
+
+    model = load_model(str(real_models.path("gpt2")), device="cpu")
+    toks = model.to_tokens("def run(x):\n    return x")
+    names = ("blocks.1.hook_resid_mid", "blocks.1.hook_mlp_out", "blocks.1.hook_resid_post")
+    with model.hooks(fwd_hooks=[(names[0], lambda x, hook: x + 5.0)]):
+        _, cache = model.run_with_cache(toks, names_filter=lambda n: n in names)
+    # what the refusal is about: resid_post is not the edited resid_mid + mlp_out on this model
+    assert (cache[names[2]] - cache[names[0]] - cache[names[1]]).abs().max() > 1.0
+    r = saesteer("train", "--cache", gpt2 / "cache", "--hook", HOOKS[1], "--out", tmp_path / "run", *TRAIN,
+                 "--sae-name", "mid")
+    assert r.rc == 0, r.text  # trains; the CE evaluation (a splice there) is left out with a note
+    assert "no CE evaluation" in r.out and "ln2.hook_in" in r.out
+    r = saesteer("steer", "--sae", tmp_path / "run/saes/mid", "-l", "3:add=4", "--prompt", "def run(x):",
+                 "--max-new-tokens", 3)
+    assert r.rc != 0 and "blocks.1.hook_resid_mid" in r.err and "hook_resid_post" in r.err
+    assert "Traceback" not in r.err
+
+
+# ---------------------------------------------------------------------------------------------
+# attention and MLP hook points on Llama (GQA)
+
+
+@pytest.mark.slow
+def test_hook_z_and_mlp_post_on_llama_cache_train_build_and_steer(real_models, real_corpus, tmp_path):
+    """hook_z (4 heads of 16, flattened) and mlp.hook_post (d_mlp 128) end to end; steering a hook_z
+    latent changes only what comes after layer 1's attention."""
+    path = real_models.path("llama")
+    hooks = "blocks.1.attn.hook_z,blocks.1.mlp.hook_post"
+    saesteer("cache", "--model", path, "--dataset", real_corpus.jsonl_dir, "--context-length", 32, "--max-tokens", 2048,
+             "--hooks", hooks, "--out", tmp_path / "cache", "--no-progress").ok()
+    for hook, name in zip(hooks.split(","), ("z", "post")):
+        saesteer("train", "--cache", tmp_path / "cache", "--hook", hook, "--out", tmp_path / f"run_{name}", *TRAIN,
+                 "--sae-name", name).ok()
+        cfg = json.loads((tmp_path / f"run_{name}/saes/{name}/cfg.json").read_text())
+        assert cfg["d_in"] == 64 if name == "z" else cfg["d_in"] == 128
+    assert json.loads((tmp_path / "run_z/saes/z/cfg.json").read_text())["reshape_activations"] == "hook_z"
+    saesteer("features", "build", "--sae", tmp_path / "run_z/saes/z", "--cache", tmp_path / "cache",
+             "--out", tmp_path / "z.db", "--no-progress").ok()
+    r = saesteer("steer", "--sae", tmp_path / "run_z/saes/z", "--store", tmp_path / "z.db", "-l", "0:clamp=3000", "--max-multiple", 100000,
+                 "--prompt", "def run(x):", "--max-new-tokens", 4, "--json").ok()
+    res = json.loads(r.out)["results"][0]
+    assert res["steered"] != res["unsteered"]
+    r = saesteer("cache", "--model", path, "--dataset", real_corpus.jsonl_dir, "--hooks", "model.layers.1.mlp",
+                 "--out", tmp_path / "bad", "--no-progress")
+    assert r.rc != 0 and "blocks.{0..1}.hook_mlp_out" in r.err and "Traceback" not in r.err
