@@ -63,12 +63,14 @@ def describe_hooks(names: Iterable[str]) -> str:
 
 
 def check_hook(model: Any, name: str, who: str | None = None, *, per_token: bool = False) -> str:
-    """`name` if the model has that hook point, else an `UnknownHookError` saying so (prefixed
-    with `who`, the thing that asked for it) with close matches and the valid names.
+    """`name` if the model has that hook point (an opt-in one, such as `hook_mlp_in`, is switched on),
+    else an `UnknownHookError` saying so (prefixed with `who`, the thing that asked for it) with close
+    matches and the valid names.
     `per_token`: also refuse hooks with one value per pair of positions (attention patterns)."""
     known = hook_names(model)
     valid = per_token_hooks(model) if per_token else known
     if name in valid:
+        _switch_on(model, name)
         return name
     where = f"{who}: " if who else ""
     if name in known:
@@ -102,6 +104,27 @@ def check_editable_hook(model: Any, name: str, who: str | None = None) -> str:
             f"that module but not the residual stream after it, so it is not an edit of {name}. Steer or "
             f"splice with an SAE of a hook that is the residual stream here (hook_resid_pre, hook_resid_post)")
     return name
+
+
+# TransformerLens's opt-in hook points: (name suffix, the cfg flag that must be on for a hook to be added)
+_OPT_IN = ((("attn.hook_result",), "use_attn_result"), (("hook_q_input", "hook_k_input", "hook_v_input"),
+           "use_split_qkv_input"), (("mlp_in",), "use_hook_mlp_in"), (("attn_in",), "use_attn_in"))
+
+
+def _switch_on(model: Any, name: str) -> None:
+    """Turn on the flag an opt-in hook point needs (`model.set_use_attn_result(True)`, ...): they are
+    listed among the model's hook points, and a user asking for one means it (without it TransformerLens
+    refuses the hook with advice to call a Python method)."""
+    cfg = getattr(model, "cfg", None)
+    for suffixes, flag in _OPT_IN:
+        setter = getattr(model, f"set_{flag}", None)
+        if name.endswith(suffixes) and cfg is not None and getattr(cfg, flag, True) is False and setter is not None:
+            try:
+                setter(True)
+            except ValueError:  # use_attn_in and use_split_qkv_input exclude each other
+                raise UnknownHookError(f"{name} needs TransformerLens's {flag}, which cannot be on together with "
+                                       f"the hook points already in use on this model (hook_attn_in and "
+                                       f"hook_q/k/v_input exclude each other); use them in separate runs") from None
 
 
 def check_hooks(model: Any, names: str | Sequence[str], who: str | None = None, *,

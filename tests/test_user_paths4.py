@@ -189,3 +189,19 @@ def test_hook_z_and_mlp_post_on_llama_cache_train_build_and_steer(real_models, r
     r = saesteer("cache", "--model", path, "--dataset", real_corpus.jsonl_dir, "--hooks", "model.layers.1.mlp",
                  "--out", tmp_path / "bad", "--no-progress")
     assert r.rc != 0 and "blocks.{0..1}.hook_mlp_out" in r.err and "Traceback" not in r.err
+
+
+def test_opt_in_hook_points_that_the_model_lists_can_be_cached(real_models, real_corpus, tmp_path):
+    """hook_mlp_in, attn.hook_result, hook_q_input are among the hook points the error lists, but
+    `cache --hooks blocks.1.hook_mlp_in` failed with TransformerLens's "Call set_use_hook_mlp_in(True)
+    first", which no CLI user can do; two that TransformerLens cannot switch on together are refused."""
+    path = real_models.path("llama")
+    hooks = ("blocks.1.hook_mlp_in", "blocks.1.attn.hook_result", "blocks.1.hook_q_input")
+    saesteer("cache", "--model", path, "--dataset", real_corpus.jsonl_dir, "--context-length", 32, "--max-tokens", 512,
+             "--hooks", ",".join(hooks), "--out", tmp_path / "cache", "--no-progress").ok()
+    manifest = json.loads((tmp_path / "cache/manifest.json").read_text())
+    assert manifest["d_in"] == dict(zip(hooks, (64, 4 * 64, 4 * 64)))  # heads flattened: 4 heads x d_model
+    r = saesteer("cache", "--model", path, "--dataset", real_corpus.jsonl_dir, "--context-length", 32,
+                 "--max-tokens", 512, "--hooks", "blocks.1.hook_q_input,blocks.1.hook_attn_in",
+                 "--out", tmp_path / "both", "--no-progress")
+    assert r.rc != 0 and "exclude each other" in r.err and "set_use" not in r.err and "Traceback" not in r.err
