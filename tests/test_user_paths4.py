@@ -302,3 +302,46 @@ def test_wandb_offline_run_holds_the_metrics_a_user_looks_for_and_resume_goes_on
                        stdin=subprocess.DEVNULL, timeout=300)
     assert p.returncode == 2 and "wandb login" in p.stderr and "WANDB_MODE=offline" in p.stderr, p.stderr
     assert "bug" not in p.stderr and "Traceback" not in p.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# a transcoder on a real model
+
+
+@pytest.mark.slow
+def test_a_transcoder_on_llama_trains_builds_and_edits_only_its_target(real_models, real_corpus, tmp_path):
+    """ln2.hook_normalized -> hook_mlp_out (with a skip term) through the CLI; a clamp of one of its
+    latents moves hook_mlp_out by exactly (5 - a) x W_dec[latent] and nothing before it."""
+    import torch
+
+    from saes import load_sae
+    from saesteer.models import load_model
+    from steering import current_activations, steer
+
+    path = real_models.path("llama")
+    h_in, h_out = "blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_out"
+    saesteer("cache", "--model", path, "--dataset", real_corpus.jsonl_dir, "--context-length", 32, "--max-tokens", 2048,
+             "--hooks", f"{h_in},{h_out}", "--out", tmp_path / "cache", "--no-progress").ok()
+    r = saesteer("train", "--cache", tmp_path / "cache", "--hook", h_in, "--target-hook", h_out, "--skip",
+                 "--out", tmp_path / "run", *TRAIN, "--sae-name", "tc").ok()
+    assert "CE rec" in r.out
+    sae_dir = tmp_path / "run/saes/tc"
+    assert json.loads((sae_dir / "cfg.json").read_text())["metadata"]["hook_name_out"] == h_out
+    saesteer("features", "build", "--sae", sae_dir, "--cache", tmp_path / "cache", "--out", tmp_path / "tc.db",
+             "--no-progress").ok()
+    r = saesteer("eval", "--sae", sae_dir, "--contexts", 16, "--ce-contexts", 8, "--absorption", "false").ok()
+    assert f"{h_in} -> {h_out}" in r.out
+    model, sae = load_model(str(path), device="cpu"), load_sae(sae_dir)
+    toks = model.to_tokens(["def run(x):\n    return 'caf\u00e9 \u65e5\u672c'"])
+    names = ("blocks.1.hook_resid_pre", "blocks.1.hook_attn_out", "blocks.1.hook_resid_mid", h_in, h_out)
+    with torch.no_grad():
+        clean_logits, clean = model.run_with_cache(toks, names_filter=lambda n: n in names)
+        latent = int(sae.encode(clean[h_in].reshape(-1, sae.d_in)).gt(0).sum(0).argmax())
+        a = current_activations(sae, clean[h_in], [latent])[..., 0]
+        with steer(model, sae, [f"{latent}:clamp=5"]):
+            logits, steered = model.run_with_cache(toks, names_filter=lambda n: n in names)
+    torch.testing.assert_close(steered[h_out], clean[h_out] + (5.0 - a)[..., None] * sae.W_dec[latent].detach(),
+                               rtol=1e-5, atol=1e-6)
+    for n in names[:-1]:
+        assert torch.equal(steered[n], clean[n]), n
+    assert not torch.equal(logits, clean_logits)
