@@ -345,3 +345,56 @@ def test_a_transcoder_on_llama_trains_builds_and_edits_only_its_target(real_mode
     for n in names[:-1]:
         assert torch.equal(steered[n], clean[n]), n
     assert not torch.equal(logits, clean_logits)
+
+
+# ---------------------------------------------------------------------------------------------
+# an SAE of SAELens's pretrained registry, from a local HF cache
+
+
+@pytest.fixture
+def registry_cache(real_models, tmp_path, monkeypatch):
+    """An offline HF cache holding the tiny GPT-2 as `gpt2`, the tiny NeoX as
+    `EleutherAI/pythia-70m-deduped`, and a SAELens SAE (written by sae_lens) where the registry's
+    release `gpt2-small-res-jb` keeps blocks.1.hook_resid_pre (its cfg.json names 'gpt2-small')."""
+    import torch
+    from huggingface_hub import constants
+    from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
+
+    from helpers.foreign_saes import write_hf_snapshot
+
+    hub = tmp_path / "hub"
+    for repo, family in (("gpt2", "gpt2"), ("EleutherAI/pythia-70m-deduped", "neox")):
+        files = real_models.path(family)
+        write_hf_snapshot(hub, repo, {p.name: p for p in files.iterdir() if p.suffix in (".json", ".safetensors")})
+    sl = StandardSAE(StandardSAEConfig(d_in=64, d_sae=128))
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in sl.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    sl.cfg.metadata.hook_name = "blocks.1.hook_resid_pre"
+    sl.cfg.metadata.model_name = "gpt2-small"
+    sl.save_model(tmp_path / "made")
+    write_hf_snapshot(hub, "jbloom/GPT2-Small-SAEs-Reformatted", {
+        f"blocks.1.hook_resid_pre/{f}": tmp_path / "made" / f for f in ("cfg.json", "sae_weights.safetensors")})
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+    return hub
+
+
+def test_a_registry_sae_steers_its_model_and_is_refused_on_another(registry_cache):
+    """`--sae sae_lens:gpt2-small-res-jb/...` with --model EleutherAI/pythia-70m-deduped steered the
+    NeoX model (same width, same hook name): the SAE's files name 'gpt2-small', never compared."""
+    sae = "sae_lens:gpt2-small-res-jb/blocks.1.hook_resid_pre"
+    r = saesteer("steer", "--sae", sae, "-l", "3:add=4", "--prompt", "def run(x):", "--max-new-tokens", 3)
+    assert r.rc != 0 and "'gpt2-small'" in r.err and "--model gpt2" in r.err  # the HF name to pass
+    r = saesteer("steer", "--sae", sae, "--model", "gpt2", "-l", "3:clamp=400", "--prompt", "def caf\u00e9(x):",
+                 "--max-new-tokens", 4, "--do-sample", "false", "--json").ok()
+    res = json.loads(r.out)["results"][0]
+    assert res["steered"] != res["unsteered"]
+    r = saesteer("steer", "--sae", sae, "--model", "EleutherAI/pythia-70m-deduped", "-l", "3:add=4",
+                 "--prompt", "def run(x):", "--max-new-tokens", 3)
+    assert r.rc != 0 and "'gpt2-small'" in r.err and "EleutherAI/pythia-70m-deduped" in r.err
+    assert "--allow-model-mismatch" in r.err and "Traceback" not in r.err
+    saesteer("steer", "--sae", sae, "--model", "EleutherAI/pythia-70m-deduped", "--allow-model-mismatch",
+             "-l", "3:add=4", "--prompt", "def run(x):", "--max-new-tokens", 3).ok()
