@@ -398,3 +398,37 @@ def test_a_registry_sae_steers_its_model_and_is_refused_on_another(registry_cach
     assert "--allow-model-mismatch" in r.err and "Traceback" not in r.err
     saesteer("steer", "--sae", sae, "--model", "EleutherAI/pythia-70m-deduped", "--allow-model-mismatch",
              "-l", "3:add=4", "--prompt", "def run(x):", "--max-new-tokens", 3).ok()
+
+
+def test_steer_eval_with_an_openai_protocol_judge_writes_a_scorecard_of_this_sae(gpt2, tmp_path):
+    """steer-eval on the GPT-2 store: the judge (a loopback server speaking OpenAI's protocol) rates the
+    real generated text; the scorecard records this SAE's hash and `--save-preset` keeps it."""
+    from helpers.judge_server import JudgeServer
+
+    seen: list[str] = []
+
+    def judge(body):
+        text = body["messages"][-1]["content"]
+        seen.append(text)
+        return json.dumps({"rating": 2 if "(" in text.split("<<<FRAGMENT", 1)[-1] else 1, "reason": "-"})
+
+    (tmp_path / "pos.txt").write_text("def f(x):\n    return g(x)\nprint(len(a))\n", encoding="utf-8")
+    (tmp_path / "neg.txt").write_text("The caf\u00e9 is open.\nA quiet \u65e5\u672c garden.\n", encoding="utf-8")
+    with sqlite3.connect(gpt2 / "a.db") as c:
+        latent = c.execute("SELECT latent FROM features ORDER BY n_fires DESC LIMIT 1").fetchone()[0]
+    with JudgeServer(judge) as srv:
+        saesteer("steer-eval", "--sae", gpt2 / "run_a/saes/a", "--store", gpt2 / "a.db", "--concept", "parentheses",
+                 "--positive", tmp_path / "pos.txt", "--negative", tmp_path / "neg.txt", "--cue", "Use parentheses.",
+                 "--latent", latent, "--prompt", "def run(x):", "--samples", 2, "--max-new-tokens", 4,
+                 "--sae-strengths", "1,4", "--vector-strengths", "1,4", "--judge-backend", "openai",
+                 "--judge-model", "judge", "--judge-base-url", srv.url, "--judge-api-key", "k",
+                 "--out", tmp_path / "card.json", "--save-preset", "parens").ok()
+    card = json.loads((tmp_path / "card.json").read_text())
+    with sqlite3.connect(gpt2 / "a.db") as c:
+        fp = c.execute("SELECT value FROM meta WHERE key = 'sae_fingerprint'").fetchone()[0]
+    assert card["provenance"]["sae_fingerprint"] in fp
+    assert seen and any("def run(x):" in s for s in seen)
+    examples = [e for m in card["methods"] for e in m["examples"]]
+    assert examples and all(any(e in s for s in seen) for e in examples)  # the judge rated the text itself
+    out = saesteer("preset", "list", "--store", gpt2 / "a.db").ok().out
+    assert "parens" in out
