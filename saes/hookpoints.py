@@ -62,6 +62,13 @@ def describe_hooks(names: Iterable[str]) -> str:
     return ", ".join(out)
 
 
+# HF module names people type instead of hook points (Llama/Qwen/Mistral, GPT-2, GPT-NeoX, OPT)
+_HF_MODULE = re.compile(r"^(model\.layers|transformer\.h|gpt_neox\.layers|model\.decoder\.layers)\.(\d+)"
+                        r"(\.(mlp|self_attn|attn|attention))?$")
+_HF_PART_HOOK = {"mlp": "hook_mlp_out", "self_attn": "hook_attn_out", "attn": "hook_attn_out",
+                 "attention": "hook_attn_out"}
+
+
 def check_hook(model: Any, name: str, who: str | None = None, *, per_token: bool = False) -> str:
     """`name` if the model has that hook point (an opt-in one, such as `hook_mlp_in`, is switched on),
     else an `UnknownHookError` saying so (prefixed with `who`, the thing that asked for it) with close
@@ -78,6 +85,13 @@ def check_hook(model: Any, name: str, who: str | None = None, *, per_token: bool
                                f"positions); use a per-token hook instead")
     close = difflib.get_close_matches(name, valid, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
+    hf = _HF_MODULE.match(name)
+    if hf:  # an HF module name: its output is a TransformerLens hook point
+        block, part = hf.group(2), hf.group(4)
+        hook = f"blocks.{block}." + _HF_PART_HOOK.get(part or "", "hook_resid_post")
+        if hook in valid:
+            hint = (f" Hook points are named as TransformerLens names them: the output of the HF module {name} "
+                    f"is {hook}.")
     # TransformerBridge adds an input and an output hook to every submodule (attn.q.hook_in, ...):
     # named by count, so that the hook points people use stay readable
     wrappers = [n for n in valid if n.endswith((".hook_in", ".hook_out"))]

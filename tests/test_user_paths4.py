@@ -205,6 +205,10 @@ def test_opt_in_hook_points_that_the_model_lists_can_be_cached(real_models, real
                  "--max-tokens", 512, "--hooks", "blocks.1.hook_q_input,blocks.1.hook_attn_in",
                  "--out", tmp_path / "both", "--no-progress")
     assert r.rc != 0 and "exclude each other" in r.err and "set_use" not in r.err and "Traceback" not in r.err
+    # an HF module name: the hook point that is its output, then the valid names
+    r = saesteer("cache", "--model", path, "--dataset", real_corpus.jsonl_dir, "--hooks", "model.layers.1.mlp",
+                 "--out", tmp_path / "bad", "--no-progress")
+    assert r.rc != 0 and "model.layers.1.mlp is blocks.1.hook_mlp_out" in r.err and "blocks.{0..1}.hook_resid_post" in r.err
 
 
 # ---------------------------------------------------------------------------------------------
