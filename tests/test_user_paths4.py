@@ -8,8 +8,17 @@ prose with accents and CJK), driven through the CLI as the docs say. Checks what
 - `blocks.L.hook_resid_mid` on a TransformerBridge is the MLP norm's input (`ln2.hook_in`): reading it
   is right, but an edit there never reached the residual stream, so steering and CE splicing there
   were silently another intervention; now refused (train skips its CE evaluation with a note);
-- other hook points (attention `hook_z` with heads flattened, `mlp.hook_post`) cache, train, build a
-  store and steer on Llama with grouped-query attention.
+- TransformerLens's opt-in hook points (`hook_mlp_in`, `attn.hook_result`, `hook_q_input`) are listed as
+  valid and now cache (they failed with "Call set_use_hook_mlp_in(True) first"); an HF module name
+  (`model.layers.1.mlp`) is answered with the hook point that is its output;
+- wandb offline: the end-of-run evaluation (CE loss recovered, KL) reaches wandb, a resumed run goes on
+  at the trainer's step in the same run, and a user who is not logged in gets one clear line;
+- an SAE of SAELens's registry (`sae_lens:gpt2-small-res-jb/...`, files in a local HF cache) steers the
+  model its files name (`gpt2`) and is refused on another hub model, naming both;
+- steer-eval judged over the OpenAI protocol writes a scorecard of this SAE and keeps it with a preset;
+- other hook points (attention `hook_z` with heads flattened, `mlp.hook_post`) and a transcoder
+  (ln2.hook_normalized -> hook_mlp_out, edits at the target only) on Llama with grouped-query
+  attention (slow).
 """
 
 from __future__ import annotations
