@@ -47,7 +47,7 @@ from features.source import ActivationSource
 from features.store import FeatureStore, StoreError, StoreMismatchError
 from features.store.rows import (CorrelationRow, ExampleRow, FeatureRow, HistogramRow, LogitRow, NeighbourRow,
                                  SearchTextRow)
-from features.tokentext import token_texts
+from features.tokentext import token_label, token_texts
 from saes.fileio import FileLock, atomic_path
 from saes.formats.base import sae_of
 
@@ -119,8 +119,10 @@ def load_state(path: Path, acc: FeatureAccumulator, identity: dict) -> tuple[str
 
 
 def token_strings(tokenizer) -> list[str]:
-    """Display string of every token id (each decoded alone, special tokens kept)."""
-    return [t.text for t in token_texts(tokenizer, [[i] for i in range(len(tokenizer))])]
+    """Display string of every token id (each decoded alone, special tokens kept; part of a character
+    as its escaped bytes: `token_label`)."""
+    texts = token_texts(tokenizer, [[i] for i in range(len(tokenizer))])
+    return [token_label(tokenizer, i, t.text) for i, t in enumerate(texts)]
 
 
 def check_compatible(sae, source: ActivationSource) -> None:

@@ -30,7 +30,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-__all__ = ["TokenText", "token_text", "token_texts", "token_bytes", "pieces_by_prefix", "align_pieces", "mark_pieces",
+__all__ = ["TokenText", "token_text", "token_texts", "token_bytes", "token_label", "pieces_by_prefix", "align_pieces", "mark_pieces",
            "visible"]
 
 
@@ -86,6 +86,22 @@ def token_bytes(tokenizer, token_id: int) -> bytes:
         if table.kind == "spm" and isinstance(entry, int):
             return bytes([entry])
     return tokenizer.decode([token_id], skip_special_tokens=False).encode("utf-8")
+
+
+def token_label(tokenizer, token_id: int, text: str | None = None) -> str:
+    """One token shown on its own (the logit-effect lists): its decoded `text`, except that a token
+    holding part of a character (decoded alone: U+FFFD, the same for all of them) shows its bytes,
+    escaped as Python writes them (b"\\xe6\\x97" -> "\\xe6\\x97"), so that each reads as itself."""
+    if text is None:
+        text = tokenizer.decode([int(token_id)], skip_special_tokens=False)
+    if "\ufffd" not in text:
+        return text
+    own = token_bytes(tokenizer, int(token_id))
+    try:
+        own.decode("utf-8")
+        return text  # the token is U+FFFD itself (or no table knows its bytes)
+    except UnicodeDecodeError:
+        return own.decode("utf-8", errors="backslashreplace")
 
 
 def token_texts(tokenizer, windows: Sequence[Sequence[int]]) -> list[TokenText]:

@@ -62,13 +62,22 @@ def describe_hooks(names: Iterable[str]) -> str:
     return ", ".join(out)
 
 
+# HF module names people type instead of hook points (Llama/Qwen/Mistral, GPT-2, GPT-NeoX, OPT)
+_HF_MODULE = re.compile(r"^(model\.layers|transformer\.h|gpt_neox\.layers|model\.decoder\.layers)\.(\d+)"
+                        r"(\.(mlp|self_attn|attn|attention))?$")
+_HF_PART_HOOK = {"mlp": "hook_mlp_out", "self_attn": "hook_attn_out", "attn": "hook_attn_out",
+                 "attention": "hook_attn_out"}
+
+
 def check_hook(model: Any, name: str, who: str | None = None, *, per_token: bool = False) -> str:
-    """`name` if the model has that hook point, else an `UnknownHookError` saying so (prefixed
-    with `who`, the thing that asked for it) with close matches and the valid names.
+    """`name` if the model has that hook point (an opt-in one, such as `hook_mlp_in`, is switched on),
+    else an `UnknownHookError` saying so (prefixed with `who`, the thing that asked for it) with close
+    matches and the valid names.
     `per_token`: also refuse hooks with one value per pair of positions (attention patterns)."""
     known = hook_names(model)
     valid = per_token_hooks(model) if per_token else known
     if name in valid:
+        _switch_on(model, name)
         return name
     where = f"{who}: " if who else ""
     if name in known:
@@ -76,6 +85,13 @@ def check_hook(model: Any, name: str, who: str | None = None, *, per_token: bool
                                f"positions); use a per-token hook instead")
     close = difflib.get_close_matches(name, valid, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
+    hf = _HF_MODULE.match(name)
+    if hf:  # an HF module name: its output is a TransformerLens hook point
+        block, part = hf.group(2), hf.group(4)
+        hook = f"blocks.{block}." + _HF_PART_HOOK.get(part or "", "hook_resid_post")
+        if hook in valid:
+            hint = (f" Hook points are named as TransformerLens names them: the output of the HF module {name} "
+                    f"is {hook}.")
     # TransformerBridge adds an input and an output hook to every submodule (attn.q.hook_in, ...):
     # named by count, so that the hook points people use stay readable
     wrappers = [n for n in valid if n.endswith((".hook_in", ".hook_out"))]
@@ -86,6 +102,43 @@ def check_hook(model: Any, name: str, who: str | None = None, *, per_token: bool
         more = f" (and {len(wrappers)} input/output hooks of its modules, such as {example})"
     raise UnknownHookError(f"{where}unknown hook point {name!r}.{hint} Valid hook points for this model: "
                            f"{describe_hooks(named)}{more}")
+
+
+def check_editable_hook(model: Any, name: str, who: str | None = None) -> str:
+    """`check_hook`, and refuse a hook whose edit would not be what its name says: on a
+    TransformerBridge `blocks.L.hook_resid_mid` is an alias of the MLP norm's input (`ln2.hook_in`),
+    so a changed value reaches the MLP but not the residual stream that goes on to the next block.
+    Reading it (cache, train, features) is right; steering or splicing there is refused."""
+    check_hook(model, name, who)
+    canonical = getattr(model.hook_dict[name], "name", name) or name
+    if name.endswith("hook_resid_mid") and canonical != name and canonical.endswith(".hook_in"):
+        where = f"{who}: " if who else ""
+        raise UnknownHookError(
+            f"{where}on this model {name} is the input of one module ({canonical}): an edit there would reach "
+            f"that module but not the residual stream after it, so it is not an edit of {name}. Steer or "
+            f"splice with an SAE of a hook that is the residual stream here (hook_resid_pre, hook_resid_post)")
+    return name
+
+
+# TransformerLens's opt-in hook points: (name suffix, the cfg flag that must be on for a hook to be added)
+_OPT_IN = ((("attn.hook_result",), "use_attn_result"), (("hook_q_input", "hook_k_input", "hook_v_input"),
+           "use_split_qkv_input"), (("mlp_in",), "use_hook_mlp_in"), (("attn_in",), "use_attn_in"))
+
+
+def _switch_on(model: Any, name: str) -> None:
+    """Turn on the flag an opt-in hook point needs (`model.set_use_attn_result(True)`, ...): they are
+    listed among the model's hook points, and a user asking for one means it (without it TransformerLens
+    refuses the hook with advice to call a Python method)."""
+    cfg = getattr(model, "cfg", None)
+    for suffixes, flag in _OPT_IN:
+        setter = getattr(model, f"set_{flag}", None)
+        if name.endswith(suffixes) and cfg is not None and getattr(cfg, flag, True) is False and setter is not None:
+            try:
+                setter(True)
+            except ValueError:  # use_attn_in and use_split_qkv_input exclude each other
+                raise UnknownHookError(f"{name} needs TransformerLens's {flag}, which cannot be on together with "
+                                       f"the hook points already in use on this model (hook_attn_in and "
+                                       f"hook_q/k/v_input exclude each other); use them in separate runs") from None
 
 
 def check_hooks(model: Any, names: str | Sequence[str], who: str | None = None, *,

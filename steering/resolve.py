@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from saes.base import SAE
-from saes.hookpoints import check_hook
+from saes.hookpoints import check_editable_hook
 from saes.identity import check_sae_model
 from steering.inputs import Model, SAEs, TypicalMaxArg, named_saes, sae_mapping
 from steering.presets import Preset
@@ -170,7 +170,7 @@ def resolve_edits(
 def _resolve_vector_edit(model: Model, e: VectorEdit, limits: SteerLimits) -> ResolvedEdit:
     """A steering vector: its hook exists, its entries are finite and as many as the hook's width,
     its strength is within the limit."""
-    check_hook(model, e.hook_name, e.describe())
+    check_editable_hook(model, e.hook_name, e.describe())
     if not torch.isfinite(e.vector).all():
         raise SteeringError(f"vector {e.label!r} has non-finite entries")
     width = expected_width(model, e.hook_name)
@@ -214,7 +214,7 @@ def _resolve_feature_edit(model: Model, sae_map: Mapping[str, SAE], e: FeatureEd
             f"{e.describe()}: feature {e.latent} is out of range for SAE {name!r}; valid ids are 0..{sae.d_sae - 1}"
         )
     hook = sae_hook_name(sae, name)
-    check_hook(model, hook, f"SAE {name!r}")
+    check_editable_hook(model, hook, f"SAE {name!r}")
     width = expected_width(model, hook)
     if width is not None and width != sae.d_in:
         raise SteeringError(

@@ -338,12 +338,15 @@ def write_sweep_html(result: SweepResult, path: str | os.PathLike) -> Path:
     return path
 
 
-def write_sweep_json(result: SweepResult, path: str | os.PathLike) -> Path:
+def write_sweep_json(result: SweepResult, path: str | os.PathLike, provenance: dict | None = None) -> Path:
+    """The sweep as JSON; `provenance` (the model, the SAE's `sae_fingerprint`, the hook) lets a preset
+    that keeps it as its scorecard check that it measured the same SAE."""
     from saes.fileio import atomic_write_bytes
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, (result.to_json() + "\n").encode())
+    record = result.to_dict() | ({"provenance": provenance} if provenance is not None else {})
+    atomic_write_bytes(path, (json.dumps(record, indent=2, allow_nan=False, default=_nan_free) + "\n").encode())
     return path
 
 

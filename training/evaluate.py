@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from saes import SAE
-from saes.hookpoints import check_hook, model_device
+from saes.hookpoints import check_editable_hook, model_device
 
 
 class _Accum:
@@ -196,7 +196,7 @@ def splice_metrics(
 
     `model` is a TransformerLens HookedTransformer (or anything with `hook_dict`, `hooks()` and
     `__call__(tokens) -> logits`). An unknown hook name is an error."""
-    check_hook(model, hook_name)
+    check_editable_hook(model, hook_name, "CE/KL splicing")
     if input_hook is not None:
         from saes.hookpoints import check_transcoder_hooks
 

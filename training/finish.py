@@ -37,6 +37,7 @@ class TrainResult:
     resumed_from: Path | None = None
     stopped_early: str | None = None
     saes: dict[str, SAE] = field(default_factory=dict)  # the saved (folded) SAEs
+    final_record: dict[str, Any] = field(default_factory=dict)  # the history's last ("final") eval record
 
 
 def finish_run(trainer: Trainer, out: Path, holdout_BD: Tensor, model_eval: ModelEval | None, prov: dict[str, Any],
@@ -56,13 +57,14 @@ def finish_run(trainer: Trainer, out: Path, holdout_BD: Tensor, model_eval: Mode
         provenance = _sae_provenance(trainer, m, prov, metrics, commit)
         sae_dirs[m.name] = save_sae(sae, out / SAE_DIR / m.name, provenance=provenance)
     doc = _metrics_doc(trainer, holdout_BD, prov, per_sae, stopped_early, wall, commit)
+    final = {**eval_record(trainer, {n: scalars(v) for n, v in per_sae.items()}), "final": True}
     if writer:
         write_metrics(out, doc)
         history = [r for r in read_history(out) if not r.get("final")]
-        history.append({**eval_record(trainer, {n: scalars(v) for n, v in per_sae.items()}), "final": True})
+        history.append(final)
         write_history(out, history)
         write_curves_html(out, history, [m.name for m in trainer.members])
-    return TrainResult(out, sae_dirs, doc, trainer.tokens, trainer.step, None, stopped_early, saes)
+    return TrainResult(out, sae_dirs, doc, trainer.tokens, trainer.step, None, stopped_early, saes, final)
 
 
 def final_metrics(trainer: Trainer, m: Member, sae: SAE, holdout_BD: Tensor,

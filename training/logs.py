@@ -107,7 +107,21 @@ class RunLogger:
         if self._wandb is not None:
             flat = {k: v for k, v in rec.items() if isinstance(v, (int, float)) and k != "step"}
             prefix = "" if rec.get("kind") == "train" else f"{rec.get('kind')}/"
-            self._wandb.log({("tokens" if k == "tokens" else prefix + k): v for k, v in flat.items()})
+            # the trainer's step as wandb's step: a resumed run (same run id) goes on from where the
+            # checkpoint was, also offline, where wandb cannot ask the server and would start again at 0
+            self._wandb.log({("tokens" if k == "tokens" else prefix + k): v for k, v in flat.items()},
+                            step=int(rec["step"]) if "step" in rec else None)
+
+    def final(self, rec: dict[str, Any]) -> None:
+        """The end-of-run evaluation (an "eval" record: held-out EV, MSE, L0, dead, CE loss recovered,
+        KL) to wandb, as a last point of the eval curves and in the run's summary (the history file
+        gets it from `finish_run`)."""
+        if self._wandb is not None:
+            flat = {k: v for k, v in rec.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                    and k not in ("step", "final")}
+            values = {("tokens" if k == "tokens" else f"eval/{k}"): v for k, v in flat.items()}
+            self._wandb.log(values, step=int(rec["step"]))
+            self.summary(values)
 
     def message(self, text: str) -> None:
         if not self.enabled:
@@ -148,20 +162,28 @@ class RunLogger:
 
 
 def _start_wandb(out_dir: Path, *, project: str, entity: str | None, name: str | None, config: dict[str, Any]):
+    from saes.errors import SaesteerError
+
     try:
         import wandb
     except ImportError:
-        raise RuntimeError("wandb logging was asked for (--wandb) but wandb is not installed: pip install wandb") from None
+        raise SaesteerError("wandb logging was asked for (LogConfig.wandb) but wandb is not installed: "
+                            "pip install wandb") from None
     id_file = out_dir / "wandb_run_id.txt"
     run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(6)
     if not id_file.is_file():
         from saes.fileio import atomic_write_bytes
 
         atomic_write_bytes(id_file, (run_id + "\n").encode())
-    run = wandb.init(
-        project=project, entity=entity, name=name or out_dir.name, id=run_id, resume="allow",
-        dir=str(out_dir), config=config,
-    )
+    try:
+        run = wandb.init(
+            project=project, entity=entity, name=name or out_dir.name, id=run_id, resume="allow",
+            dir=str(out_dir), config=config,
+        )
+    except wandb.errors.Error as e:  # not logged in, a wrong key or entity, no connection
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise SaesteerError(f"wandb could not start a run ({first}); log in with `wandb login`, or set "
+                            f"WANDB_MODE=offline to log on disk and `wandb sync` later, or set LogConfig.wandb to false") from None
     run.define_metric("tokens")
     run.define_metric("*", step_metric="tokens")
     return run

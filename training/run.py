@@ -111,10 +111,12 @@ def _train_locked(
         stopped_early = _loop(trainer, start.batches, start.holdout_BD, logger, checkpointer, model_eval, on_step,
                               start.holdout_targets)
         checkpointer.save_final(trainer)
+        logger.flush()  # finish_run reads and rewrites the history file
+        result = finish_run(trainer, out, start.holdout_BD, model_eval, prov, stopped_early,
+                            time.perf_counter() - t_start, start.holdout_targets)
+        logger.final(result.final_record)
     finally:
         logger.close()
-    result = finish_run(trainer, out, start.holdout_BD, model_eval, prov, stopped_early, time.perf_counter() - t_start,
-                        start.holdout_targets)
     result.resumed_from = start.resumed_from
     return result
 

@@ -138,16 +138,57 @@ def load_model(args, loaded: dict[str, LoadedSAE], store: Any = None, cache: str
             for ident, other in known:
                 check_same_model(ident, given, recorded_in=other, given_as=given_as, override=OVERRIDE_FLAG,
                                  fix="give SAEs (and a store) of one model")
+            for name, item in loaded.items():
+                if identity_of_sae(item) is None:
+                    _check_named_model(name, dirs[name], item.sae, given, given_as)
     except (ValueError, OSError) as e:  # ModelIdentityError is a ValueError and says it all
         raise CLIError(str(e) if isinstance(e, ModelIdentityError) else f"cannot load model: {e}") from None
     return model
+
+
+def _hub_name(name: str) -> str | None:
+    """The HF hub name of a model name in TransformerLens's terms (SAELens's cfg.json `model_name`:
+    'gpt2-small' -> 'gpt2', 'pythia-70m-deduped' -> 'EleutherAI/pythia-70m-deduped'); None when
+    TransformerLens does not know it."""
+    try:
+        from transformer_lens.loading_from_pretrained import get_official_model_name
+
+        return get_official_model_name(name)
+    except Exception:  # ValueError for an unknown name; any failure: no mapping
+        return None
+
+
+def _same_model_name(a: str, b: str) -> bool:
+    """Whether two model names (TransformerLens aliases or hub names) name one model: compared by
+    official hub name, then without the organisation ('openai-community/gpt2' is 'gpt2')."""
+    a, b = _hub_name(a) or a, _hub_name(b) or b
+    return a.lower() == b.lower() or a.rsplit("/", 1)[-1].lower() == b.rsplit("/", 1)[-1].lower()
+
+
+def _check_named_model(name: str, spec: Any, sae: Any, given: Any, given_as: str) -> None:
+    """An SAE from another library records no model identity, but its files name the model in that
+    library's terms (SAELens's `model_name`, e.g. a registry release's 'gpt2-small'): refuse a hub
+    model of another name, naming both and the override (a local directory cannot be compared)."""
+    from saesteer.models import OVERRIDE_FLAG
+
+    named = (sae.cfg.metadata or {}).get("model_name")
+    if not named or getattr(given, "source", None) != "hub" or _same_model_name(str(named), given.name):
+        return
+    hub = _hub_name(str(named))
+    raise CLIError(f"SAE {name!r} ({spec}) was made for the model {named!r}"
+                   + (f" (HF: {hub})" if hub not in (None, named) else "")
+                   + f", not {given.name} ({given_as}); pass --model with its model, or {OVERRIDE_FLAG} "
+                   f"to use this one anyway")
 
 
 def _refuse_unrecorded(where: str, loaded: dict[str, LoadedSAE]) -> None:
     """No model recorded anywhere: say to pass --model, quoting the model an SAE's own files name
     (another library's cfg.json model_name, in that library's terms: a hint, never loaded unasked)."""
     named = sorted({str(n) for item in loaded.values() if (n := (item.sae.cfg.metadata or {}).get("model_name"))})
-    hint = f"; its files name {' / '.join(map(repr, named))} (pass that as --model if it is the HF hub name)" if named else ""
+    hub = [h for n in named if (h := _hub_name(n)) and h != n]
+    hint = (f"; its files name {' / '.join(map(repr, named))} (" + (f"TransformerLens's name for the HF model "
+            f"{' / '.join(hub)}: --model {hub[0]}" if hub else "pass that as --model if it is the HF hub name") + ")"
+            if named else "")
     raise CLIError(f"{where} does not record which model it was made with: pass --model ('toy', an HF hub name, "
                    f"or a local model directory){hint}")
 

@@ -67,7 +67,7 @@ def _from_cache(run_cfg, data_cfg, rank: int, world: int, allow_model_mismatch: 
     model = None
     if data_cfg.model_eval and rank == 0:
         model = _eval_model(data_cfg.model, man, data_cfg.cache, allow_model_mismatch)
-    if model is None:
+    if model is None or not _can_splice(model, reader.target_hook or reader.hook):
         return reader, None, prov
     return reader, _cache_model_eval(run_cfg, data_cfg, reader, model, prov, allow_model_mismatch), prov
 
@@ -132,7 +132,7 @@ def _from_model(run_cfg, data_cfg, text_cfg):
             # how the text was read and packed (a cache's manifest holds these): eval reads it again so
             "text": {k: getattr(text_cfg, k) for k in TEXT_READING}}
     model_eval = None
-    if data_cfg.model_eval and run_cfg.eval.ce_contexts > 0:
+    if data_cfg.model_eval and run_cfg.eval.ce_contexts > 0 and _can_splice(model, target or hook):
         held = _heldout(text_cfg, data_cfg, model.tokenizer, run_cfg.eval.ce_contexts, None)
         if held is None:
             print("note: no CE evaluation: give held-out text with --eval-dataset PATH or --eval-split NAME")
@@ -143,6 +143,19 @@ def _from_model(run_cfg, data_cfg, text_cfg):
                           else ModelEval(model, target, held.tokens_NL, keep, input_hook=hook))
             prov["ce_eval_data"] = held.provenance()
     return source, model_eval, prov
+
+
+def _can_splice(model, hook: str) -> bool:
+    """Whether the CE evaluation can replace `hook`'s activation on this model; a note when not (the
+    SAE still trains: reading the hook is right)."""
+    from saes.hookpoints import UnknownHookError, check_editable_hook
+
+    try:
+        check_editable_hook(model, hook, "CE evaluation")
+    except UnknownHookError as e:
+        print(f"note: no CE evaluation: {e}")
+        return False
+    return True
 
 
 def reader_dtype(device: str) -> dict:

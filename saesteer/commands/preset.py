@@ -131,7 +131,7 @@ def _save(args, store, link) -> None:
 
 
 def _check_scorecard(card, args, store) -> None:
-    """A scorecard is the preset's evidence: refuse one measured on another SAE (steer-eval records its
+    """A scorecard is the preset's evidence: refuse one measured on another SAE (steer-eval and sweep record its
     hash) or, for a sweep (it records its latent), on a latent the preset does not edit."""
     from saesteer.commands._steering import CLIError
     from steering.spec import parse_edit

@@ -124,12 +124,23 @@ def _run(args, model=None) -> int:
         if sweep_cfg.unit == "max_act":
             _check_typical(args, sae, typical)
         unsteered: dict = {}  # the same prompts and settings for every latent: the unsteered text is made once
+        provenance = _provenance(model, sae)
         for latent in args.latent:
-            _sweep_feature(args, latent, model, sae, name, prompts, scorer, sweep_cfg,
-                           gen_config=gen_cfg, typical_max=typical, limits=limits, link=link, unsteered=unsteered)
+            _sweep_feature(args, latent, model, sae, name, prompts, scorer, sweep_cfg, gen_config=gen_cfg,
+                           typical_max=typical, limits=limits, link=link, unsteered=unsteered, provenance=provenance)
     finally:
         _close(store, judge)
     return 0
+
+
+def _provenance(model, sae) -> dict:
+    """What each sweep JSON records of what it measured (as steer-eval's scorecard does), so that
+    `preset save --scorecard` can refuse the sweep of another SAE."""
+    from saes.fingerprint import sae_fingerprint
+    from saesteer.models import model_identity
+
+    return {"model": model_identity(model).to_json(), "sae_fingerprint": sae_fingerprint(sae),
+            "hook": (sae.cfg.metadata or {}).get("hook_name")}
 
 
 def _prepare(args):
@@ -181,7 +192,7 @@ def _check_typical(args, sae, typical) -> None:
 
 
 def _sweep_feature(args, latent, model, sae, name, prompts, scorer, sweep_cfg, *, gen_config, typical_max,
-                   limits, link, unsteered: dict) -> None:
+                   limits, link, unsteered: dict, provenance: dict) -> None:
     """Sweep one feature, write its HTML and JSON, print the result (and with --save-strength store it)."""
     from pathlib import Path
 
@@ -196,7 +207,7 @@ def _sweep_feature(args, latent, model, sae, name, prompts, scorer, sweep_cfg, *
     if stats is not None:
         _check_judgements(f"feature {latent}", stats.calls - before[0], stats.failed - before[1])
     html = write_sweep_html(res, out / f"sweep_{name}_{latent}.html")
-    js = write_sweep_json(res, out / f"sweep_{name}_{latent}.json")
+    js = write_sweep_json(res, out / f"sweep_{name}_{latent}.json", provenance)
     _print_result(res, html, js)
     if args.save_strength:
         store_recommendation(link.record_strength, res)
