@@ -86,6 +86,7 @@ def _say(args):
 def _run(args) -> int:
     import torch
 
+    from evals.absorption import FirstLetterWords
     from evals.activations import check_widths
     from evals.config import EvalConfig
     from saesteer.configargs import dataclass_from_args
@@ -115,6 +116,8 @@ def _run(args) -> int:
     # one probing set for every SAE: read once, cut to the shortest context any SAE is fed
     probing = _probing_inputs(cfg, model, spec, _all_hooks(loaded, targets), text,
                               min(t.context_length for t, _, _ in groups), excluded, say) if cfg.probing else None
+    # the first-letter words and the model's activations on them: read once per hook for every group
+    words = FirstLetterWords(model, tokenizer, cfg.absorption_prefix) if cfg.absorption else None
     results, texts = {}, []
     for sae_text, names, from_cache in groups:
         group = {n: loaded[n] for n in names}
@@ -124,8 +127,8 @@ def _run(args) -> int:
         trained_on = _training_texts(group) or ([cache_text] if cache_text else [])
         tokens, overlap = _contexts(sae_text, tokenizer, max(cfg.contexts, cfg.ce_contexts), cfg.ce_contexts,
                                     args.cache if from_cache else None, trained_on, cfg.allow_eval_overlap, say)
-        got, record = _evaluate_group(cfg, model, group, targets, tokens, excluded, keep_ids, rows, rows_source,
-                                      data_info, probing, say)
+        got, record = _evaluate_group(cfg, model, group, targets, tokens, from_cache, excluded, keep_ids, rows,
+                                      rows_source, data_info, probing, words, say)
         record = {**_text_record(cache_text[0] if from_cache else sae_text, from_cache), **record, "overlap": overlap}
         for name in names:
             got[name]["text"] = record
@@ -141,22 +144,28 @@ def _run(args) -> int:
     return 0
 
 
-def _evaluate_group(cfg, model, group: dict, targets: dict, tokens, excluded, keep_ids, rows, rows_source, data_info,
-                    probing, say):
+def _evaluate_group(cfg, model, group: dict, targets: dict, tokens, from_cache: bool, excluded, keep_ids, rows,
+                    rows_source, data_info, probing, words, say):
     """(results, what was read) of SAEs that read the same text: their hooks' activations collected
-    once over `tokens`, then each SAE evaluated (evals.run.evaluate_saes)."""
-    from evals.activations import collect
+    once over `tokens`, then each SAE evaluated (evals.run.evaluate_saes). SAEs whose contexts come
+    from the cache (`from_cache`) have the cache's held-out rows: the model runs over their contexts
+    for CE only."""
+    from evals.activations import collect, positions
     from evals.run import EvalInputs, evaluate_saes
 
-    hooks = _all_hooks(group, targets)
-    say(f"collecting activations at {', '.join(hooks)} over {min(cfg.contexts, len(tokens))} held-out contexts")
-    heldout = collect(model, hooks, tokens[: cfg.contexts], excluded, cfg.model_batch_size)
+    if from_cache:
+        assert all(n in rows for n in group), "SAEs reading the cache's contexts are the ones with its held-out rows"
+        heldout = positions(tokens[: cfg.contexts], excluded)
+    else:
+        hooks = _all_hooks(group, targets)
+        say(f"collecting activations at {', '.join(hooks)} over {min(cfg.contexts, len(tokens))} held-out contexts")
+        heldout = collect(model, hooks, tokens[: cfg.contexts], excluded, cfg.model_batch_size)
     target_rows = data_info.get("target_rows")
     inputs = EvalInputs(model, heldout, tokens[: cfg.ce_contexts], keep_ids if keep_ids is not None else excluded,
                         tokenizer=model.tokenizer, rows={n: r for n, r in rows.items() if n in group},
                         rows_source=rows_source,
                         target_rows={n: r for n, r in target_rows.items() if n in group} if target_rows else None,
-                        probing=probing)
+                        probing=probing, absorption_words=words)
     record = {"contexts": int(heldout.tokens.shape[0]), "tokens": int(heldout.row_context.numel()),
               "ce_contexts": int(len(inputs.ce_tokens))}
     return evaluate_saes(group, inputs, cfg, say), record
