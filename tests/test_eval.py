@@ -107,10 +107,11 @@ def test_only_saes_whose_training_read_the_cache_for_ce_are_evaluated_on_the_cac
 
 def test_eval_runs_the_model_only_where_its_activations_are_used(trained: Path, nosplit, toy_model, tmp_path,
                                                                  monkeypatch, capsys) -> None:
-    """Two groups at one hook (the cache's contexts for `c`, the validation text for `t`): the model's
-    activations are collected over `t`'s contexts only (`c`'s activation metrics read the cache's
-    held-out rows, and probing reads a set of its own), and absorption's word activations are read once
-    for the hook, not once per group. `c`'s record still counts its contexts' kept positions."""
+    """Two groups at one hook (the cache's contexts for `c`, the validation text for `t`), both with the
+    cache's held-out rows: the model's activations are not collected over either group's contexts (the
+    activation metrics read the rows, CE runs the model itself, probing reads a set of its own; each
+    group once collected them for nothing), and absorption's word activations are read once for the
+    hook, not once per group. The records still count each group's contexts and kept positions."""
     import evals.absorption
     import evals.activations
 
@@ -133,7 +134,7 @@ def test_eval_runs_the_model_only_where_its_activations_are_used(trained: Path, 
                  "--cache", str(trained / "cache"), "--contexts", "6", "--ce-contexts", "2", "--ce-batch-size", "2",
                  "--probing", "false", "--quiet", "--out", str(out)]) == 0, capsys.readouterr().err
     doc = json.loads((out / "eval.json").read_text())
-    assert len(collected) == 1 and collected[0][0] == 6  # t's held-out contexts; never c's
+    assert collected == []
     assert word_reads == [HOOK]
     for name in ("c", "t"):
         assert doc["saes"][name]["absorption"]["letters"] > 0
@@ -146,6 +147,8 @@ def test_eval_runs_the_model_only_where_its_activations_are_used(trained: Path, 
     c = doc["saes"]["c"]["text"]
     assert (c["contexts_from"], c["contexts"], c["tokens"], c["ce_contexts"]) == ("cache", 6, int(kept.row_context.numel()), 2)
     assert kept.row_context.numel() < tokens.numel()  # BOS left out
+    t = doc["saes"]["t"]["text"]
+    assert (t["contexts_from"], t["contexts"], t["ce_contexts"]) == ("dataset", 6, 2) and 0 < t["tokens"] < 6 * t["context_length"]
 
 
 # --------------------------------------------------------------------------------- SAELens's run_evals

@@ -127,8 +127,8 @@ def _run(args) -> int:
         trained_on = _training_texts(group) or ([cache_text] if cache_text else [])
         tokens, overlap = _contexts(sae_text, tokenizer, max(cfg.contexts, cfg.ce_contexts), cfg.ce_contexts,
                                     args.cache if from_cache else None, trained_on, cfg.allow_eval_overlap, say)
-        got, record = _evaluate_group(cfg, model, group, targets, tokens, from_cache, excluded, keep_ids, rows,
-                                      rows_source, data_info, probing, words, say)
+        got, record = _evaluate_group(cfg, model, group, targets, tokens, excluded, keep_ids, rows, rows_source,
+                                      data_info, probing, words, say)
         record = {**_text_record(cache_text[0] if from_cache else sae_text, from_cache), **record, "overlap": overlap}
         for name in names:
             got[name]["text"] = record
@@ -144,22 +144,20 @@ def _run(args) -> int:
     return 0
 
 
-def _evaluate_group(cfg, model, group: dict, targets: dict, tokens, from_cache: bool, excluded, keep_ids, rows,
-                    rows_source, data_info, probing, words, say):
-    """(results, what was read) of SAEs that read the same text: their hooks' activations collected
-    once over `tokens`, then each SAE evaluated (evals.run.evaluate_saes). SAEs whose contexts come
-    from the cache (`from_cache`) have the cache's held-out rows: the model runs over their contexts
-    for CE only."""
+def _evaluate_group(cfg, model, group: dict, targets: dict, tokens, excluded, keep_ids, rows, rows_source, data_info,
+                    probing, words, say):
+    """(results, what was read) of SAEs that read the same text: the activations at the hooks of
+    those without activation `rows` (from --cache) collected once over `tokens`, then each SAE
+    evaluated (evals.run.evaluate_saes). SAEs with rows read the model over `tokens` for CE only."""
     from evals.activations import collect, positions
     from evals.run import EvalInputs, evaluate_saes
 
-    if from_cache:
-        assert all(n in rows for n in group), "SAEs reading the cache's contexts are the ones with its held-out rows"
-        heldout = positions(tokens[: cfg.contexts], excluded)
-    else:
-        hooks = _all_hooks(group, targets)
+    hooks = _all_hooks({n: x for n, x in group.items() if n not in rows}, targets)
+    if hooks:
         say(f"collecting activations at {', '.join(hooks)} over {min(cfg.contexts, len(tokens))} held-out contexts")
         heldout = collect(model, hooks, tokens[: cfg.contexts], excluded, cfg.model_batch_size)
+    else:  # every SAE reads its rows: only the positions, for the record
+        heldout = positions(tokens[: cfg.contexts], excluded)
     target_rows = data_info.get("target_rows")
     inputs = EvalInputs(model, heldout, tokens[: cfg.ce_contexts], keep_ids if keep_ids is not None else excluded,
                         tokenizer=model.tokenizer, rows={n: r for n, r in rows.items() if n in group},
