@@ -167,7 +167,7 @@ def write_synthetic_cache(path: Path, rows: int, d_in: int, *, L: int = 128, sha
     import torch
 
     from training.writer import ShardBuffer, ShardWriter
-    from training.manifest import MANIFEST_NAME, PROGRESS_NAME, Manifest, read_progress, shard_file_name, write_manifest
+    from training.manifest import PROGRESS_NAME, Manifest, read_progress, shard_file_name, write_manifest
 
     path.mkdir(parents=True, exist_ok=True)
     C = shard_contexts or default_shard_contexts(d_in, L)
@@ -278,7 +278,7 @@ def cmd_cache(args) -> tuple[str, dict]:
         rows_out.append(row)
         print(json.dumps(row), flush=True)
     lines = [
-        f"### Activation cache: write and read against size",
+        "### Activation cache: write and read against size",
         "",
         header(f"cache --sizes {args.sizes} --d-in {d_in}"),
         f"Synthetic fp16 activations, d_in {d_in}, contexts of {L}, default shard size ({C} contexts = "

@@ -76,6 +76,31 @@ def word_activations(model, hook: str, tokenizer, token_ids: list[int], prefix: 
     return torch.cat(parts)
 
 
+class FirstLetterWords:
+    """The first-letter task's words (`vocabulary_words`) and the model's activations on them at each
+    hook, each computed once on first use and shared by every SAE that reads that hook (every SAE of a
+    `saesteer eval` report, whatever text it was evaluated on)."""
+
+    def __init__(self, model, tokenizer, prefix: str = "") -> None:
+        self.model, self.tokenizer, self.prefix = model, tokenizer, prefix
+        self._words: list[tuple[int, str]] | None = None
+        self._acts: dict[str, Tensor] = {}
+
+    @property
+    def words(self) -> list[tuple[int, str]]:
+        if self._words is None:
+            self._words = vocabulary_words(self.tokenizer)
+        return self._words
+
+    def activations(self, hook: str, say=lambda _: None) -> Tensor:
+        """[W, D] the model's activations at `hook` on each word (`word_activations`)."""
+        if hook not in self._acts:
+            say(f"first-letter task: {len(self.words)} single-token words at {hook}")
+            self._acts[hook] = word_activations(self.model, hook, self.tokenizer, [t for t, _ in self.words],
+                                                self.prefix)
+        return self._acts[hook]
+
+
 def _split(n: int, seed: int) -> tuple[Tensor, Tensor]:
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_train = int(round(0.8 * n))

@@ -58,9 +58,18 @@ def collect(model, hooks: Sequence[str], tokens_NL: Tensor, excluded_ids: Iterab
         keep = ~torch.isin(chunk, excl) if excl.numel() else torch.ones_like(chunk, dtype=torch.bool)
         for h in hooks:
             parts[h].append(got[h].detach().to("cpu", torch.float32)[keep])
+    kept = positions(tokens_NL, excluded_ids)
+    return kept._replace(acts={h: torch.cat(parts[h]) for h in hooks})
+
+
+def positions(tokens_NL: Tensor, excluded_ids: Iterable[int] = ()) -> HeldOutActivations:
+    """The positions `collect` keeps of `tokens_NL`, without running the model (`acts` empty): for
+    SAEs whose activation rows come from elsewhere (a cache's held-out rows)."""
+    excl = torch.tensor(sorted(set(int(i) for i in excluded_ids)), dtype=torch.long)
+    tokens_NL = tokens_NL.long()
     keep_NL = ~torch.isin(tokens_NL, excl) if excl.numel() else torch.ones_like(tokens_NL, dtype=torch.bool)
     ctx, pos = keep_NL.nonzero(as_tuple=True)
-    return HeldOutActivations(tokens_NL, {h: torch.cat(parts[h]) for h in hooks}, ctx, pos, tuple(int(i) for i in excl.tolist()))
+    return HeldOutActivations(tokens_NL, {}, ctx, pos, tuple(int(i) for i in excl.tolist()))
 
 
 def cache_holdout(cache: str | Path, hook: str, rows: int, seed: int, buffer_rows: int,

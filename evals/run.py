@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping, NamedTuple
 import torch
 from torch import Tensor
 
+from evals.absorption import FirstLetterWords, first_letter_absorption
 from evals.config import EvalConfig
 from evals.activations import HeldOutActivations
 from evals.probing import ProbingData, Task, sparse_probing
@@ -40,6 +41,7 @@ class EvalInputs(NamedTuple):
     target_rows: Mapping[str, Tensor] | None = None  # transcoder name -> its target rows, paired with `rows`
     rows_source: Mapping[str, str] | None = None  # SAE name -> where its rows came from
     probing: ProbingInputs | None = None
+    absorption_words: FirstLetterWords | None = None  # shared by several calls (None: this call reads its own)
 
 
 def _describe(loaded) -> dict[str, Any]:
@@ -57,10 +59,12 @@ def _describe(loaded) -> dict[str, Any]:
 def evaluate_saes(saes: Mapping[str, Any], inputs: EvalInputs, cfg: EvalConfig,
                   say: Callable[[str], None] = lambda _: None) -> dict[str, dict[str, Any]]:
     """{name: {description..., "metrics": {...}, "absorption": {...}, "probing": {...}}}."""
-    from evals.absorption import first_letter_absorption, vocabulary_words, word_activations
-
-    words: list[tuple[int, str]] | None = None
-    word_acts: dict[str, Tensor] = {}
+    words = inputs.absorption_words
+    if words is None and cfg.absorption and inputs.tokenizer is not None:
+        words = FirstLetterWords(inputs.model, inputs.tokenizer, cfg.absorption_prefix)
+    if words is not None and (words.model is not inputs.model or words.prefix != cfg.absorption_prefix):
+        raise ValueError(f"the shared absorption words were read on another model or with the prefix {words.prefix!r}, "
+                         f"not absorption_prefix {cfg.absorption_prefix!r}: build them with this model and config")
     out: dict[str, dict[str, Any]] = {}
     for name, loaded in saes.items():
         sae = loaded.sae
@@ -80,15 +84,9 @@ def evaluate_saes(saes: Mapping[str, Any], inputs: EvalInputs, cfg: EvalConfig,
             metrics.update(model_metrics(inputs.model, sae, hook, inputs.ce_tokens, inputs.keep_ids, cfg.ce_batch_size))
         entry: dict[str, Any] = {**_describe(loaded), "metrics": metrics,
                                  "rows_source": (inputs.rows_source or {}).get(name, "held-out text")}
-        if cfg.absorption and inputs.tokenizer is not None:
-            if words is None:
-                words = vocabulary_words(inputs.tokenizer)
-            if hook not in word_acts:
-                say(f"first-letter task: {len(words)} single-token words at {hook}")
-                word_acts[hook] = word_activations(inputs.model, hook, inputs.tokenizer, [t for t, _ in words],
-                                                   cfg.absorption_prefix)
+        if cfg.absorption and words is not None:
             entry["absorption"] = first_letter_absorption(
-                sae, word_acts[hook], [w for _, w in words], max_k=cfg.absorption_max_k,
+                sae, words.activations(hook, say), [w for _, w in words.words], max_k=cfg.absorption_max_k,
                 f1_jump=cfg.absorption_f1_jump, min_words=cfg.absorption_min_words, seed=cfg.seed)
         if cfg.probing and inputs.probing is not None and hook in inputs.probing.data:
             say(f"{name}: sparse probing on {len(inputs.probing.tasks)} tasks ({inputs.probing.source})")

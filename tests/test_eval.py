@@ -67,19 +67,26 @@ def test_eval_of_a_trained_sae_equals_what_train_reported(trained: Path, tmp_pat
             assert isinstance(got[key], float)
 
 
-def test_only_saes_whose_training_read_the_cache_for_ce_are_evaluated_on_the_caches_contexts(trained: Path, tmp_path,
-                                                                                             capsys) -> None:
-    """An SAE trained on the cache with no held-out split (--eval-split nosuch: its CE contexts came
-    from the cache's last shards) and one whose training measured CE on the toy validation split,
-    evaluated together with --cache: each is evaluated on the contexts its own training used (both
-    CE figures equal training's), and each SAE's record says where its contexts came from. (Eval once
-    fed every SAE the cache's contexts as soon as one SAE's training had used them.)"""
-    run = tmp_path / "run_nosplit"
+@pytest.fixture(scope="module")
+def nosplit(trained: Path, tmp_path_factory) -> Path:
+    """A run on `trained`'s cache with no held-out split (--eval-split nosuch: its CE contexts came
+    from the cache's last shards)."""
+    run = tmp_path_factory.mktemp("nosplit") / "run"
     assert main(["train", "--cache", str(trained / "cache"), "--out", str(run), "--architecture", "topk",
                  "--d-sae", "128", "--k", "8", "--total-tokens", "2048", "--batch-size", "256", "--holdout-tokens", "512",
                  "--eval-split", "nosuch", "--eval-ce-contexts", "4", "--eval-ce-batch-size", "2", "--progress", "false",
                  "--num-threads", "1", "--sae-name", "sae"]) == 0
     assert json.loads((run / "saes/sae/saesteer.json").read_text())["data"]["ce_eval_data"]["trained_on"] is True
+    return run
+
+
+def test_only_saes_whose_training_read_the_cache_for_ce_are_evaluated_on_the_caches_contexts(trained: Path, nosplit,
+                                                                                             tmp_path, capsys) -> None:
+    """An SAE trained on the cache with no held-out split and one whose training measured CE on the
+    toy validation split, evaluated together with --cache: each is evaluated on the contexts its own
+    training used (both CE figures equal training's), and each SAE's record says where its contexts
+    came from. (Eval once fed every SAE the cache's contexts as soon as one SAE's training had used them.)"""
+    run = nosplit
     out = tmp_path / "ev"
     capsys.readouterr()
     assert main(["eval", "--sae", f"c={run / 'saes/sae'}", "--sae", f"t={trained / 'run/saes/topk_k8_f128'}",
@@ -96,6 +103,52 @@ def test_only_saes_whose_training_read_the_cache_for_ce_are_evaluated_on_the_cac
     assert (c["contexts_from"], c["split"]) == ("cache", "train") and c["overlap"][0]["checked"] is False
     assert (t["contexts_from"], t["split"]) == ("dataset", "validation") and t["overlap"][0]["checked"] is True
     assert [x["saes"] for x in doc["data"]["texts"]] == [["c"], ["t"]]
+
+
+def test_eval_runs_the_model_only_where_its_activations_are_used(trained: Path, nosplit, toy_model, tmp_path,
+                                                                 monkeypatch, capsys) -> None:
+    """Two groups at one hook (the cache's contexts for `c`, the validation text for `t`), both with the
+    cache's held-out rows: the model's activations are not collected over either group's contexts (the
+    activation metrics read the rows, CE runs the model itself, probing reads a set of its own; each
+    group once collected them for nothing), and absorption's word activations are read once for the
+    hook, not once per group. The records still count each group's contexts and kept positions."""
+    import evals.absorption
+    import evals.activations
+
+    collected, word_reads = [], []
+    real_collect, real_words = evals.activations.collect, evals.absorption.word_activations
+
+    def counting_collect(model, hooks, tokens, *a, **k):
+        collected.append(tuple(tokens.shape))
+        return real_collect(model, hooks, tokens, *a, **k)
+
+    def counting_words(model, hook, *a, **k):
+        word_reads.append(hook)
+        return real_words(model, hook, *a, **k)
+
+    monkeypatch.setattr(evals.activations, "collect", counting_collect)
+    monkeypatch.setattr(evals.absorption, "word_activations", counting_words)
+    out = tmp_path / "ev"
+    capsys.readouterr()
+    assert main(["eval", "--sae", f"c={nosplit / 'saes/sae'}", "--sae", f"t={trained / 'run/saes/topk_k8_f128'}",
+                 "--cache", str(trained / "cache"), "--contexts", "6", "--ce-contexts", "2", "--ce-batch-size", "2",
+                 "--probing", "false", "--quiet", "--out", str(out)]) == 0, capsys.readouterr().err
+    doc = json.loads((out / "eval.json").read_text())
+    assert collected == []
+    assert word_reads == [HOOK]
+    for name in ("c", "t"):
+        assert doc["saes"][name]["absorption"]["letters"] > 0
+    # c's record counts the positions of its contexts (training's last CE contexts first) as a collection would
+    from training.sources import contexts_from_cache
+
+    tokens = contexts_from_cache(trained / "cache", 6)
+    tokens = torch.cat([tokens[-2:], tokens[:-2]])
+    kept = real_collect(toy_model, [HOOK], tokens, doc["data"]["excluded_token_ids"])
+    c = doc["saes"]["c"]["text"]
+    assert (c["contexts_from"], c["contexts"], c["tokens"], c["ce_contexts"]) == ("cache", 6, int(kept.row_context.numel()), 2)
+    assert kept.row_context.numel() < tokens.numel()  # BOS left out
+    t = doc["saes"]["t"]["text"]
+    assert (t["contexts_from"], t["contexts"], t["ce_contexts"]) == ("dataset", 6, 2) and 0 < t["tokens"] < 6 * t["context_length"]
 
 
 # --------------------------------------------------------------------------------- SAELens's run_evals

@@ -131,3 +131,19 @@ def test_sparse_latent_table_equals_the_dense_computation() -> None:
     assert ranking(table, pos, neg)[:5].tolist() == torch.argsort(-diff.double(), stable=True)[:5].tolist()
     rows = latent_table(sae, x)  # one item per row
     torch.testing.assert_close(columns(rows, list(range(32)), torch.arange(50)), dense_RF)
+
+
+def test_shared_absorption_words_of_another_prefix_or_model_are_refused() -> None:
+    """Word activations shared across evaluate_saes calls must be those the config asks for."""
+    from evals.absorption import FirstLetterWords
+    from evals.config import EvalConfig
+    from evals.run import EvalInputs, evaluate_saes
+
+    model = object()
+    inputs = EvalInputs(model, None, None, (), absorption_words=FirstLetterWords(model, None, prefix="The word"))
+    with pytest.raises(ValueError, match="absorption_prefix"):
+        evaluate_saes({}, inputs, EvalConfig(absorption_prefix=""))
+    inputs = inputs._replace(absorption_words=FirstLetterWords(object(), None, prefix=""))
+    with pytest.raises(ValueError, match="another model"):
+        evaluate_saes({}, inputs, EvalConfig(absorption_prefix=""))
+    assert evaluate_saes({}, inputs._replace(model=inputs.absorption_words.model), EvalConfig(absorption_prefix="")) == {}

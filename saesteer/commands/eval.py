@@ -86,6 +86,7 @@ def _say(args):
 def _run(args) -> int:
     import torch
 
+    from evals.absorption import FirstLetterWords
     from evals.activations import check_widths
     from evals.config import EvalConfig
     from saesteer.configargs import dataclass_from_args
@@ -115,6 +116,8 @@ def _run(args) -> int:
     # one probing set for every SAE: read once, cut to the shortest context any SAE is fed
     probing = _probing_inputs(cfg, model, spec, _all_hooks(loaded, targets), text,
                               min(t.context_length for t, _, _ in groups), excluded, say) if cfg.probing else None
+    # the first-letter words and the model's activations on them: read once per hook for every group
+    words = FirstLetterWords(model, tokenizer, cfg.absorption_prefix) if cfg.absorption else None
     results, texts = {}, []
     for sae_text, names, from_cache in groups:
         group = {n: loaded[n] for n in names}
@@ -125,7 +128,7 @@ def _run(args) -> int:
         tokens, overlap = _contexts(sae_text, tokenizer, max(cfg.contexts, cfg.ce_contexts), cfg.ce_contexts,
                                     args.cache if from_cache else None, trained_on, cfg.allow_eval_overlap, say)
         got, record = _evaluate_group(cfg, model, group, targets, tokens, excluded, keep_ids, rows, rows_source,
-                                      data_info, probing, say)
+                                      data_info, probing, words, say)
         record = {**_text_record(cache_text[0] if from_cache else sae_text, from_cache), **record, "overlap": overlap}
         for name in names:
             got[name]["text"] = record
@@ -142,21 +145,25 @@ def _run(args) -> int:
 
 
 def _evaluate_group(cfg, model, group: dict, targets: dict, tokens, excluded, keep_ids, rows, rows_source, data_info,
-                    probing, say):
-    """(results, what was read) of SAEs that read the same text: their hooks' activations collected
-    once over `tokens`, then each SAE evaluated (evals.run.evaluate_saes)."""
-    from evals.activations import collect
+                    probing, words, say):
+    """(results, what was read) of SAEs that read the same text: the activations at the hooks of
+    those without activation `rows` (from --cache) collected once over `tokens`, then each SAE
+    evaluated (evals.run.evaluate_saes). SAEs with rows read the model over `tokens` for CE only."""
+    from evals.activations import collect, positions
     from evals.run import EvalInputs, evaluate_saes
 
-    hooks = _all_hooks(group, targets)
-    say(f"collecting activations at {', '.join(hooks)} over {min(cfg.contexts, len(tokens))} held-out contexts")
-    heldout = collect(model, hooks, tokens[: cfg.contexts], excluded, cfg.model_batch_size)
+    hooks = _all_hooks({n: x for n, x in group.items() if n not in rows}, targets)
+    if hooks:
+        say(f"collecting activations at {', '.join(hooks)} over {min(cfg.contexts, len(tokens))} held-out contexts")
+        heldout = collect(model, hooks, tokens[: cfg.contexts], excluded, cfg.model_batch_size)
+    else:  # every SAE reads its rows: only the positions, for the record
+        heldout = positions(tokens[: cfg.contexts], excluded)
     target_rows = data_info.get("target_rows")
     inputs = EvalInputs(model, heldout, tokens[: cfg.ce_contexts], keep_ids if keep_ids is not None else excluded,
                         tokenizer=model.tokenizer, rows={n: r for n, r in rows.items() if n in group},
                         rows_source=rows_source,
                         target_rows={n: r for n, r in target_rows.items() if n in group} if target_rows else None,
-                        probing=probing)
+                        probing=probing, absorption_words=words)
     record = {"contexts": int(heldout.tokens.shape[0]), "tokens": int(heldout.row_context.numel()),
               "ce_contexts": int(len(inputs.ce_tokens))}
     return evaluate_saes(group, inputs, cfg, say), record
