@@ -401,3 +401,10 @@ _edit = st.fixed_dictionaries({"latent": st.integers(-2, 60), "op": st.sampled_f
 def test_random_bodies_never_500(c, body, endpoint):
     r = c.post(f"/api/stores/tiny/{endpoint}", json=body)
     assert r.status_code < 500, (endpoint, body, r.text[:300])
+
+
+@pytest.mark.parametrize("q", ["\u00b9", "#\u00b2", "\u0663"])
+def test_a_search_for_a_digit_int_refuses_is_a_page_not_a_500(c, q):
+    """str.isdigit accepts superscripts and other scripts' digits; int() does not take them all."""
+    r = c.get("/s/tiny/search", params={"q": q}, headers={"accept": "text/html"})
+    assert r.status_code == 200, r.text[:300]

@@ -63,7 +63,7 @@ def test_split_host():
     assert _split_host("LocalHost") == ("localhost", None)
     assert _split_host("[::1]:80") == ("[::1]", 80)
     assert _split_host("example.com.:8000") == ("example.com", 8000)
-    for bad in ("", "a b", "host:port", "host:80:90", "[::1", "user@host", "a/b", "h:123456"):
+    for bad in ("", "a b", "host:port", "host:80:90", "[::1", "user@host", "a/b", "h:123456", "h:\u00b9", "h:\u0663"):
         assert _split_host(bad) is None, bad
 
 

@@ -20,6 +20,7 @@ from pydantic import Field
 
 from features.tokentext import visible
 from saesteer.web import api
+from saesteer.web.security import ascii_digits
 from saesteer.web.schemas import Example
 from saesteer.web.sources import FeatureQuery, StoreEntry
 
@@ -145,7 +146,7 @@ async def search(
     api.check_text("q", q, limits.max_query_chars)
     page = entry.catalog.search(q, offset, min(20, limits.max_page_size)) if q else None
     exact = None
-    if q.lstrip("#").isdigit():  # "#123" or "123": offer that feature directly
+    if ascii_digits(q.lstrip("#")):  # "#123" or "123": offer that feature directly
         i = int(q.lstrip("#"))
         if i < entry.info.d_sae:
             exact = i

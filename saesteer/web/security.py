@@ -77,6 +77,11 @@ def token_cookie_name(port: int | None) -> str:
     return f"saesteer_token_{port}" if port else "saesteer_token"
 
 
+def ascii_digits(s: str) -> bool:
+    """Whether s is a non-empty run of 0-9 (str.isdigit also accepts '¹' and other digits int() refuses)."""
+    return s.isascii() and s.isdigit()
+
+
 def _split_host(value: str) -> tuple[str, int | None] | None:
     """'name:port' / '[v6]:port' / 'name' -> (lower-case name, port or None); None if malformed."""
     v = value.strip().lower()
@@ -101,7 +106,7 @@ def _split_host(value: str) -> tuple[str, int | None] | None:
         return None
     if port_s is None:
         return name, None
-    if not port_s.isdigit() or len(port_s) > 5:
+    if not ascii_digits(port_s) or len(port_s) > 5:
         return None
     return name, int(port_s)
 
@@ -234,7 +239,7 @@ class SecurityMiddleware:
                 return 415, "send the request body as JSON with 'Content-Type: application/json'"
         clen = headers.get("content-length")
         if clen is not None:
-            if not clen.isdigit():
+            if not ascii_digits(clen):
                 return 400, "malformed Content-Length"
             if int(clen) > self.max_body_bytes:
                 return 413, f"request body too large (limit {self.max_body_bytes} bytes)"
