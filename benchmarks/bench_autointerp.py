@@ -23,7 +23,6 @@ whose occurrences in the cache carry the concept at least half of the time.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -124,8 +123,6 @@ def bench_throughput(latents: int, concurrencies: list[int], latency: float, rep
 
 def build_toy_store(work: Path, *, tokens: int, d_sae: int, k: int, train_tokens: int) -> Path:
     """cache -> SAE -> feature store for the toy world, each step skipped when already done."""
-    import torch
-
     work.mkdir(parents=True, exist_ok=True)
     cache = work / "cache"
     if not (cache / "manifest.json").exists() or "complete" not in (cache / "manifest.json").read_text():

@@ -50,7 +50,6 @@ def worker(args) -> int:
     sys.path.insert(0, str(ROOT))
     import torch
 
-    from training import collectives as coll_mod
     from training.config import CheckpointConfig, EvalConfig, LogConfig, RunConfig, SAESpec, TrainConfig, takes_k
     from training.distributed import init_from_env, shutdown
     from training.synthetic import SyntheticActivations
