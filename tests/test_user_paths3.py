@@ -155,6 +155,55 @@ def test_llama31_style_template_default_system_header_is_role_system(real_models
     assert -1 not in given.turns and given.roles[0] == "system"  # a system message given: it is message 0
 
 
+# DeepSeek-R1/V3: the system prompt is plain text after BOS, with no markup of its own
+DEEPSEEK_TEMPLATE = (
+    "{% set ns = namespace(sp='') %}{% for m in messages %}{% if m['role'] == 'system' %}"
+    "{% set ns.sp = ns.sp + m['content'] %}{% endif %}{% endfor %}{{ bos_token }}{{ ns.sp }}"
+    "{% for m in messages %}{% if m['role'] == 'user' %}{{ '<|User|>' + m['content'] }}"
+    "{% elif m['role'] == 'assistant' %}{{ '<|Assistant|>' + m['content'] + '<|end|>' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|Assistant|>' }}{% endif %}")
+# Mistral-Small-3: a default system prompt, and user/assistant alternation enforced after it
+MISTRAL_SMALL3_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}{%- set sm = messages[0]['content'] %}{%- set lm = messages[1:] %}"
+    "{%- else %}{%- set sm = 'You are Mistral.' %}{%- set lm = messages %}{%- endif %}"
+    "{{- bos_token }}{{- '[SYSTEM_PROMPT]' + sm + '[/SYSTEM_PROMPT]' }}{%- for m in lm %}"
+    "{%- if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}{{- raise_exception('roles must alternate') }}{%- endif %}"
+    "{%- if m['role'] == 'user' %}{{- '[INST]' + m['content'] + '[/INST]' }}{%- else %}{{- m['content'] + eos_token }}"
+    "{%- endif %}{%- endfor %}")
+
+
+def _role_spans(tok, chat) -> list[tuple[str, int, str]]:
+    """(role, turn, text) for each run of tokens with the same role and turn."""
+    offsets = tok(chat.text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    spans: list[list] = []
+    for (s, e), role, turn in zip(offsets, chat.roles, chat.turns):
+        if not spans or spans[-1][:2] != [role, turn]:
+            spans.append([role, turn, ""])
+        spans[-1][2] += chat.text[s:e]
+    return [tuple(x) for x in spans]
+
+
+def test_a_bare_bos_is_no_system_turn_and_alternating_templates_find_their_default_system(real_models):
+    """DeepSeek-R1/V3 writes BOS and then the system prompt as plain text: with no system message the
+    BOS alone had the shape of a system turn (the probe's head), so role:system was accepted and steered
+    the BOS. Mistral-Small-3 writes a default system prompt but refuses [m0, m0] (alternation), so the
+    default system prompt fell back to being part of the user's turn."""
+    from transformers import AutoTokenizer
+
+    from steering.chat import render_chat
+
+    tok = AutoTokenizer.from_pretrained(str(real_models.path("llama")))
+    bos, user = tok.bos_token, [{"role": "user", "content": "hi"}]
+    deepseek = render_chat(tok, user, chat_template=DEEPSEEK_TEMPLATE)
+    assert _role_spans(tok, deepseek) == [("user", 0, f"{bos}<|User|>hi"), ("assistant", 1, "<|Assistant|>")]
+    mistral = render_chat(tok, user, chat_template=MISTRAL_SMALL3_TEMPLATE, add_generation_prompt=False)
+    assert _role_spans(tok, mistral) == [("system", -1, f"{bos}[SYSTEM_PROMPT]You are Mistral.[/SYSTEM_PROMPT]"),
+                                         ("user", 0, "[INST]hi[/INST]")]
+    given = render_chat(tok, [{"role": "system", "content": "be brief"}] + user,
+                        chat_template=MISTRAL_SMALL3_TEMPLATE, add_generation_prompt=False)
+    assert [s[:2] for s in _role_spans(tok, given)] == [("system", 0), ("user", 1)]
+
+
 def test_api_n_seeds_stream_stop_and_logprobs_on_a_bpe_chat_model(user, api):
     client, _ = api
     msgs = [{"role": "system", "content": "You write Python."}, {"role": "user", "content": "class A:\n    def"}]
