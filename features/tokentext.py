@@ -327,11 +327,14 @@ def align_pieces(text: str, strings: Sequence[str]) -> list[str]:
 
 def visible(piece: str, following: str = "") -> str:
     """A piece as the CLI and the web pages show it: line breaks and tabs drawn (↵ ⇥), the rest as is.
-    `following` is the next piece: a CRLF cut between two tokens ("\r", "\n") is one line break, drawn
-    once (by the "\n"), not two (which would read as a blank line that the text does not have)."""
-    if piece.endswith("\r") and following.startswith("\n"):
+    `following` is the next piece: the "\r" of a CRLF cut between two tokens ("\r", "\n") is drawn
+    as ␍ and the "\n" as ↵, so the pair reads as one line break, not two (a blank line the text does
+    not have), and neither token is drawn empty (a latent may peak on either)."""
+    cr = piece.endswith("\r") and following.startswith("\n")
+    if cr:
         piece = piece[:-1]
-    return piece.replace("\r\n", "\u21b5").replace("\n", "\u21b5").replace("\r", "\u21b5").replace("\t", "\u21e5")
+    shown = piece.replace("\r\n", "\u21b5").replace("\n", "\u21b5").replace("\r", "\u21b5").replace("\t", "\u21e5")
+    return shown + "\u240d" if cr else shown
 
 
 def mark_pieces(pieces: Sequence[str], marked: Iterable[int], open_mark: str, close_mark: str) -> str:

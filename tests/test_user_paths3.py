@@ -365,7 +365,7 @@ def test_a_crlf_cut_between_two_tokens_is_one_line_break_everywhere(user):
     Windows file looked followed by a blank line (CLI, web pages, HTML export)."""
     from features.tokentext import visible
 
-    assert visible("\r", "\n") == "" and visible(":\r", "\n    ") == ":" and visible("\r") == "\u21b5"
+    assert visible("\r", "\n") == "\u240d" and visible(":\r", "\n    ") == ":\u240d" and visible("\r") == "\u21b5"
     assert visible("x\r\n") == "x\u21b5" and visible("\n") == "\u21b5"
     db = user / "chat.db"
     latent = _crlf_latent(db)
@@ -386,6 +386,32 @@ def test_a_crlf_cut_between_two_tokens_is_one_line_break_everywhere(user):
     exported = exported.split("Random non-activating")[0]  # those come from code.txt too (blank lines)
     examples = [re.sub(r"<[^>]+>", "", div.split("</div>")[0]) for div in exported.split('<div class="ex"')[1:]]
     assert any("\u21b5" in ex for ex in examples) and not any("\u21b5\u21b5" in ex for ex in examples)
+
+
+def test_a_latent_peaking_on_the_cr_of_a_crlf_is_drawn_on_a_visible_token():
+    """The "\\r" of a CRLF cut in two was drawn empty (the "\\n" drew the break), so a latent peaking on
+    the "\\r" showed an empty span (CLI, HTML export, web), and the demo's [[ ]] moved onto the "\\n"."""
+    from features.export import _example_html
+    from features.records import Example
+    from saesteer.commands.features import _example_text
+    from saesteer.demo.showcase import _marked
+    from saesteer.web.pages import make_templates
+
+    e = Example(id=1, latent=3, kind="top", rank=0, activation=5.0, quantile=None, seq_index=0, position=1, centre=1,
+                token_ids=[1, 2, 3, 4], tokens=["x:", "\r", "\n", "    y"], acts=[0.0, 5.0, 0.0, 0.0],
+                text="x:\r\n    y")
+    cli = _example_text(e)
+    assert [cli.plain[s.start:s.end] for s in cli.spans] == ["\u240d"] and cli.plain == "x:\u240d\u21b5    y"
+    assert re.search(r'<span class="tok centre"[^>]*>\u240d</span>', _example_html(e, 5.0))
+    assert _marked(e) == "x:[[\u240d]]\u21b5    y"
+    web = make_templates().from_string("{% import '_macros.html' as M %}{{ M.tokens(ex) }}")
+    html = web.render(ex={"tokens": e.tokens, "acts": e.acts, "shade": [0, 4, 0, 0], "centre": 1})
+    assert re.search(r'<span class="tok s4 centre"[^>]*>\u240d</span>', html)
+    # a window cut between the two: its last piece "\\r" draws the break (the "\\n" is not shown)
+    cut = Example(id=2, latent=3, kind="top", rank=0, activation=5.0, quantile=None, seq_index=0, position=9,
+                  centre=9, token_ids=list(range(11)), tokens=["a"] * 9 + ["\r", "\n"], acts=[0.0] * 9 + [5.0, 0.0],
+                  text="a" * 9 + "\r\n")
+    assert _marked(cut, after=0) == "... " + "a" * 8 + "[[\u21b5]] ..."
 
 
 def test_web_pages_escape_the_files_markup_and_the_playground_generates_through_v1(user):
