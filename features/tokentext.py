@@ -77,15 +77,25 @@ def token_text(tokenizer, ids: Sequence[int]) -> TokenText:
 def token_bytes(tokenizer, token_id: int) -> bytes:
     """The UTF-8 bytes one token contributes to a text: for a byte-level BPE or byte-fallback token
     that holds part of a character, those bytes themselves (decoding it alone gives U+FFFD, whose
-    bytes say nothing); otherwise the token decoded on its own."""
+    bytes say nothing); for a SentencePiece token its text with "▁" as a space (decoding it alone
+    strips a word's leading space: "▁a" gives "a"); otherwise the token decoded on its own."""
     table = _table(tokenizer)
     if table is not None and 0 <= token_id < len(table.entries):
         entry = table.entries[token_id]
         if table.kind == "bytes":
             return entry
-        if table.kind == "spm" and isinstance(entry, int):
-            return bytes([entry])
+        if table.kind == "spm":
+            return bytes([entry]) if isinstance(entry, int) else entry.encode("utf-8")
     return tokenizer.decode([token_id], skip_special_tokens=False).encode("utf-8")
+
+
+def token_string(tokenizer, token_id: int) -> str:
+    """The token's own text (what `token_bytes` says, so the two agree); for part of a character,
+    how the tokenizer decodes it alone (U+FFFD)."""
+    try:
+        return token_bytes(tokenizer, token_id).decode("utf-8")
+    except UnicodeDecodeError:
+        return tokenizer.decode([token_id], skip_special_tokens=False)
 
 
 def token_texts(tokenizer, windows: Sequence[Sequence[int]]) -> list[TokenText]:

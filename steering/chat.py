@@ -38,7 +38,8 @@ class ChatPrompt:
     token_ids: list[int]
     roles: list[str] | None  # per token (None: the template does not allow telling)
     # per token: message index; len(messages) for the generation prompt; -1 for a system turn the
-    # template writes by itself before message 0 (its default system prompt; role 'system')
+    # template writes by itself before message 0 (its default system prompt; role 'system'; no turn:I
+    # position reaches it, as turn:-1 means the last message)
     turns: list[int] | None
     n_messages: int
     why_no_roles: str | None = None
