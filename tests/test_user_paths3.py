@@ -430,7 +430,8 @@ def test_web_pages_escape_the_files_markup_and_the_playground_generates_through_
     fire = web.get("/s/chat/fire", params={"text": "<script>\r\n\tx = 1\r\n</script>"}).text
     tokens = fire.split('class="toks firetoks">', 1)[1].split("</p>", 1)[0]
     drawn = "".join(re.findall(r'<span class="tok s\d+[^"]*"[^>]*>([^<]*)</span>', tokens))
-    assert drawn == "&lt;script&gt;\u21b5\u21e5x = 1\u21b5&lt;/script&gt;" and "<script>\r" not in fire
+    # Qwen2's BPE cuts each "\\r\\n" in two here: "\\r" drawn ␍, "\\n" ↵ (one line break, no token empty)
+    assert drawn == "&lt;script&gt;\u240d\u21b5\u21e5x = 1\u240d\u21b5&lt;/script&gt;" and "<script>\r" not in fire
     # what steer.js posts: two completions with the same seed, one with edits (no positions; ablate's value null)
     live = _latents(db, "n_fires > 0")
     body = {"model": "chat", "prompt": "def run(x):\r\n    if x:\r\n", "max_tokens": 6, "temperature": 0.7, "seed": 3}
