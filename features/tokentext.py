@@ -77,14 +77,15 @@ def token_text(tokenizer, ids: Sequence[int]) -> TokenText:
 def token_bytes(tokenizer, token_id: int) -> bytes:
     """The UTF-8 bytes one token contributes to a text: for a byte-level BPE or byte-fallback token
     that holds part of a character, those bytes themselves (decoding it alone gives U+FFFD, whose
-    bytes say nothing); otherwise the token decoded on its own."""
+    bytes say nothing); for a SentencePiece token its text with "▁" as a space (decoding it alone
+    strips a word's leading space: "▁a" gives "a"); otherwise the token decoded on its own."""
     table = _table(tokenizer)
     if table is not None and 0 <= token_id < len(table.entries):
         entry = table.entries[token_id]
         if table.kind == "bytes":
             return entry
-        if table.kind == "spm" and isinstance(entry, int):
-            return bytes([entry])
+        if table.kind == "spm":
+            return bytes([entry]) if isinstance(entry, int) else entry.encode("utf-8")
     return tokenizer.decode([token_id], skip_special_tokens=False).encode("utf-8")
 
 
@@ -102,6 +103,15 @@ def token_label(tokenizer, token_id: int, text: str | None = None) -> str:
         return text  # the token is U+FFFD itself (or no table knows its bytes)
     except UnicodeDecodeError:
         return own.decode("utf-8", errors="backslashreplace")
+
+
+def token_string(tokenizer, token_id: int) -> str:
+    """The token's own text (what `token_bytes` says, so the two agree); for part of a character,
+    how the tokenizer decodes it alone (U+FFFD)."""
+    try:
+        return token_bytes(tokenizer, token_id).decode("utf-8")
+    except UnicodeDecodeError:
+        return tokenizer.decode([token_id], skip_special_tokens=False)
 
 
 def token_texts(tokenizer, windows: Sequence[Sequence[int]]) -> list[TokenText]:
@@ -343,11 +353,14 @@ def align_pieces(text: str, strings: Sequence[str]) -> list[str]:
 
 def visible(piece: str, following: str = "") -> str:
     """A piece as the CLI and the web pages show it: line breaks and tabs drawn (↵ ⇥), the rest as is.
-    `following` is the next piece: a CRLF cut between two tokens ("\r", "\n") is one line break, drawn
-    once (by the "\n"), not two (which would read as a blank line that the text does not have)."""
-    if piece.endswith("\r") and following.startswith("\n"):
+    `following` is the next piece: the "\r" of a CRLF cut between two tokens ("\r", "\n") is drawn
+    as ␍ and the "\n" as ↵, so the pair reads as one line break, not two (a blank line the text does
+    not have), and neither token is drawn empty (a latent may peak on either)."""
+    cr = piece.endswith("\r") and following.startswith("\n")
+    if cr:
         piece = piece[:-1]
-    return piece.replace("\r\n", "\u21b5").replace("\n", "\u21b5").replace("\r", "\u21b5").replace("\t", "\u21e5")
+    shown = piece.replace("\r\n", "\u21b5").replace("\n", "\u21b5").replace("\r", "\u21b5").replace("\t", "\u21e5")
+    return shown + "\u240d" if cr else shown
 
 
 def mark_pieces(pieces: Sequence[str], marked: Iterable[int], open_mark: str, close_mark: str) -> str:

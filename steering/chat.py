@@ -37,7 +37,10 @@ class ChatPrompt:
     text: str
     token_ids: list[int]
     roles: list[str] | None  # per token (None: the template does not allow telling)
-    turns: list[int] | None  # per token: message index; len(messages) for the generation prompt
+    # per token: message index; len(messages) for the generation prompt; -1 for a system turn the
+    # template writes by itself before message 0 (its default system prompt; role 'system'; no turn:I
+    # position reaches it, as turn:-1 means the last message)
+    turns: list[int] | None
     n_messages: int
     why_no_roles: str | None = None
 
@@ -103,23 +106,30 @@ def render_chat(tokenizer: Any, messages: Sequence[Mapping[str, Any]], *, chat_t
 def _injected_system_turn(render, msgs: list[dict]) -> int:
     """Characters of a system turn the template writes before message 0 by itself (0 if none).
 
-    Message 0's own block is what the template writes for it in second place (rendering [m0, m0]);
-    what rendering [m0] writes before that block is a preamble. It is a system turn when it has the
-    shape of one: the text a system message renders to, around some content."""
+    Message 0's own block is what the template writes for it after a probe system message (rendering
+    [probe, m0] minus the probe's rendering; [m0, m0] would break templates that insist on alternating
+    roles); what rendering [m0] writes before that block is a preamble. It is a system turn when it has
+    the shape of one (the text a system message renders to, around some content) and holds something
+    of its own beyond the probe's head: a bare BOS before a plain-text system prompt (DeepSeek-R1/V3)
+    is no system turn."""
     if msgs[0].get("role") == "system":
         return 0
+    probe_msg = {"role": "system", "content": _SENTINEL}
     try:
         one = render(msgs[:1], False)
-        two = render([msgs[0], msgs[0]], False)
-        probe = render([{"role": "system", "content": _SENTINEL}], False)
-    except SteeringError:  # e.g. a template that insists on alternating roles
+        probe = render([probe_msg], False)
+        both = render([probe_msg, msgs[0]], False)
+    except SteeringError:  # e.g. a template that refuses the system role
         return 0
-    block = two[len(one):] if two.startswith(one) else ""
-    if not block or len(block) >= len(one) or not one.endswith(block) or probe.count(_SENTINEL) != 1:
+    if probe.count(_SENTINEL) != 1 or not both.startswith(probe):
+        return 0
+    block = both[len(probe):]
+    if not block or not one.endswith(block):
         return 0
     preamble = one[: len(one) - len(block)]
     head, tail = probe.split(_SENTINEL)
-    fits = preamble.startswith(head) and preamble.endswith(tail) and len(preamble) >= len(head) + len(tail)
+    fits = (preamble.startswith(head) and preamble.endswith(tail) and len(preamble) >= len(head) + len(tail)
+            and len(preamble) > len(head))
     return len(preamble) if fits else 0
 
 

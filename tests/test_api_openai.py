@@ -422,3 +422,27 @@ def test_concurrent_requests_with_different_edits_share_batches(client, server):
         t.join()
     assert together == alone
     assert engine.max_rows_seen > 1  # they did share forward passes
+
+
+def test_logprob_token_and_bytes_of_a_sentencepiece_word_keep_its_space():
+    """Llama-2/Mistral tokenizers strip a text's first space when decoding, so a token decoded alone
+    lost its word space: `bytes` of "▁of" were b"of" and `token` "of" (joined, the words ran together),
+    and completions' text_offset drifted by one per word."""
+    from types import SimpleNamespace
+
+    from helpers.text_tokenizers import sentencepiece_bpe
+
+    from saesteer.api.responses import Assembler
+
+    tok = sentencepiece_bpe()
+    text = "The localization of a boundary 你好"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    lps = [-1.0] * len(ids)
+    tops = [[(i, -1.0)] for i in ids]
+    chat = Assembler(SimpleNamespace(kind="chat", rows=[], n=1), tok)._logprobs(ids, lps, tops)["content"]
+    assert bytes(b for e in chat for b in e["bytes"]).decode("utf-8") == " " + text
+    assert [e["token"] for e in chat[:3]] == [" The", " localization", " of"]
+    assert all(e["token"].encode("utf-8") == bytes(e["bytes"]) for e in chat if e["token"] != "\ufffd")
+    plain = Assembler(SimpleNamespace(kind="completion", rows=[], n=1, logprobs=1), tok)._logprobs(ids, lps, tops)
+    assert plain["tokens"][:3] == [" The", " localization", " of"]
+    assert plain["text_offset"][:4] == [0, 4, 17, 20]

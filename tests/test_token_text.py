@@ -13,8 +13,8 @@ from html.parser import HTMLParser
 import pytest
 import torch
 
-from features.tokentext import (_table, align_pieces, mark_pieces, pieces_by_prefix, token_text, token_texts,
-                                visible)
+from features.tokentext import (_table, align_pieces, mark_pieces, pieces_by_prefix, token_bytes, token_string,
+                                token_text, token_texts, visible)
 from helpers.text_tokenizers import CJK, CORPUS, PROSE, PYTHON_SOURCE, byte_level_bpe, sentencepiece_bpe
 
 
@@ -80,6 +80,20 @@ def test_sentencepiece_spaces_and_byte_fallback():
     assert tt.text == text == _decode(tok, ids)  # the decoder strips the text's leading "▁"
     assert tt.pieces[:5] == ["The", " localization", " of", " a", " boundary"]
     assert tt.pieces[-6:] == ["", "", "你", "", "", "好"]  # each character on the byte token completing it
+
+
+def test_sentencepiece_token_bytes_keep_the_words_space():
+    """Each token's own bytes (the API's logprob `bytes`) and string (`token`): a Llama-2 style
+    tokenizer's decoder strips the leading space of a text, so decoding "▁of" alone gave "of" and the
+    joined bytes lost every word space; byte-fallback tokens are their one byte."""
+    tok = sentencepiece_bpe()
+    text = "The localization of a boundary 你好"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert b"".join(token_bytes(tok, i) for i in ids).decode("utf-8") == " " + text  # "▁The" has its space too
+    strings = [token_string(tok, i) for i in ids]
+    assert strings[:3] == [" The", " localization", " of"]
+    assert all(s.encode("utf-8") == token_bytes(tok, i) for s, i in zip(strings, ids) if s != "\ufffd")
+    assert [token_bytes(tok, i) for i in ids][-6:] == [bytes([b]) for b in "你好".encode("utf-8")]
 
 
 def test_cjk_characters_split_over_byte_tokens_are_never_mojibake():

@@ -91,9 +91,12 @@ class Assembler:
 
     # -- tokens -----------------------------------------------------------------------------------
     def _token_str(self, t: int) -> str:
+        """The token's own text, the same as its `bytes` (a SentencePiece word keeps its leading space)."""
         s = self._token_text.get(t)
         if s is None:
-            s = self._token_text[t] = self.tok.decode([t], skip_special_tokens=False)
+            from features.tokentext import token_string
+
+            s = self._token_text[t] = token_string(self.tok, t)
         return s
 
     def _token_bytes(self, t: int) -> list[int]:

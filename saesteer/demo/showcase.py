@@ -57,7 +57,7 @@ def _marked(example, before: int = 8, after: int = 3) -> str:
     toks = list(example.tokens) if any(example.tokens) else [f" <{t}>" for t in example.token_ids]
     c = example.centre
     lo, hi = max(0, c - before), min(len(toks), c + after + 1)
-    shown = [visible(t, n) for t, n in zip(toks[lo:hi], toks[lo + 1:hi + 1] + [""])]  # n: the next piece
+    shown = [visible(t, n) for t, n in zip(toks[lo:hi], toks[lo + 1:hi] + [""])]  # n: the next piece shown
     text = mark_pieces(shown, [c - lo], "[[", "]]").strip()
     return ("... " if lo > 0 else "") + text + (" ..." if hi < len(toks) else "")
 
