@@ -423,7 +423,7 @@ class TopKReader:
         rows' pre-activations, folded (`fold_b_dec`: each within tol = e ||x|| + c of the SAE's
         own over the row alone). Latent m is selected iff fewer than k pre-activations exceed its
         own: k of them above it by more than 2 tol prove it off; at most k - 1 others within
-        2 tol below it or higher, and its own further than tol from 0, prove it on with that
+        2 tol below it or higher, and its own further than 2 tol from 0, prove it on with that
         value (within rounding of the SAE's). Any other row (a pre-activation within 2 tol of
         the latent's around the k-th place, or of 0; a NaN) is encoded alone by the SAE itself.
         None when every activation read is 0."""
