@@ -190,7 +190,9 @@ class TopKReader:
     teaches the set); after that, the bound path when it pays (`bound_pays`: at most `bound_rows`
     rows, a candidate set at most half the latents, and a full product of at least
     `min_bound_macs` multiply-adds, below which the bound's extra operations cost more than they
-    save), else the full path. Built for the SAE's weights at construction (some detached views, some copies): build a new one after changing them in place. Not
+    save), else the full path. With a need mask the full path is the rows-alone read
+    (`_read_rows_alone`) of every row that needs a latent, and after the bound, of the rows it
+    left open (its folded top k teaches a young set). Built for the SAE's weights at construction (some detached views, some copies): build a new one after changing them in place. Not
     thread-safe (counters, a reused buffer)."""
 
     def __init__(self, sae: SAE, ids_M: Tensor, *, n_candidates: int | None = None, bound_rows: int = 4096,
@@ -230,7 +232,7 @@ class TopKReader:
         # product is an eighth, its fixed op costs are alike), so it pays while it saves more
         # than about a third of a full path per try (0.35 measured best of 0.2 / 0.35 / 0.5 /
         # always / never on the steering matrix's TopK rows: `bench_steering.py hook-time`)
-        self.bound_rate = 1.0  # share of recent tries that settled the call (exponential average)
+        self.bound_rate = 1.0  # share of recent tries that settled the call (with a need mask: of the rows; exponential average)
         self.rate_weight = 0.125  # weight of the latest try: about the last 8 count
         self.min_bound_rate = 0.35
         self.retry_every = 8
