@@ -22,9 +22,11 @@ Current activations, exactly as the SAE's own encoder would give them:
   a pre-activation within float rounding of its threshold is decided by the SAE's own expression
   over the row alone.
 - ReLU ("standard"): the same with a threshold of 0.
-- TopK: `sae.encode(x)[:, ids]` bit for bit: a bound from a learned candidate set usually proves
-  the M latents off without the full encode; otherwise the SAE's own expression and selection over
-  the rows (`steering.topk_read`).
+- TopK: a bound from a learned candidate set usually proves the M latents off without the full
+  encode; otherwise, without a need mask, `sae.encode(x)[:, ids]` bit for bit (the SAE's own
+  expression and selection over the rows); with one (the batched engine), each row as if alone,
+  as for threshold encoders: on/off exactly as `sae.encode` of the row alone, values within
+  rounding of it (`steering.topk_read`).
 - any other SAE: its own `encode_sparse`, then the M latents are read out of the sparse rows.
 
 `reference_edit` is the eager reference (full encode, dense edit, decode both, add the difference);
@@ -96,8 +98,8 @@ class LatentReader:
 
     def __call__(self, x_ND: Tensor, need_NM: Tensor | None = None) -> Tensor:
         """`need_NM` (optional, bool): the (row, latent) pairs the caller will use; the others may
-        come back as 0 whatever their activation (TopK skips the full encode of rows that need
-        none of their undecided latents)."""
+        come back as 0 whatever their activation (TopK then computes only the rows its bound
+        leaves open, each read as if alone)."""
         a_NM = self.read(x_ND, need_NM)
         return x_ND.new_zeros(x_ND.shape[0], self.ids_M.numel(), dtype=self.dtype) if a_NM is None else a_NM
 

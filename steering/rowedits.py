@@ -11,7 +11,8 @@ row, and the change of every activation row is one matrix product
     coef_NU = (a_NU * c1 + c0) * applies_NU * trigger_NU,     delta_ND = coef_NU @ W_dec[U]
 
 with a_NU the latents' current activations (`LatentReader`, exact for every architecture, read
-only when some row needs them), `applies` whether each row's edit covers the token (its
+only when some row needs them, each row as if alone: which latents fire does not depend on the
+other rows of the batch), `applies` whether each row's edit covers the token (its
 positions), and `trigger` whether its condition holds there (or 1 without one).
 
 Positions are compiled per row against the row's prompt (`RowLayout`: length, and for chat

@@ -3,22 +3,32 @@
 Shape key: N rows (token positions), D d_in, F d_sae, M latents read, C candidate latents,
 P = M + C, K = k.
 
-What is read: `sae.encode(x)[:, ids]`, bit for bit, for the rows given. Whether latent m is among
-a row's k largest pre-activations depends on all F of them; a generation step needs it for a
-few rows, and most of the time the latent is off. The bound path computes, in one product, the
-M latents and a learned candidate set C of frequently selected latents (`TopKCandidates`): the
-k-th largest candidate is a lower bound on the k-th largest of all, so "k candidates exceed its
-pre-activation by more than twice `tol`" proves the latent off without the other F - C columns,
-where `tol` (per row) bounds the distance of each computed pre-activation from the SAE's own
-(one latent, steer's usual read: one product of the candidates' differences from it, with the
-three tolerances summed). When that settles every row, the read is exactly zero (`read` returns
-None: callers skip work). Otherwise the full path runs the SAE's own expression over all rows given, and its
-top k decides, or, for a few latents or a few needed (row, latent) pairs, a count of the
-pre-activations above each one (a latent is selected iff fewer than k exceed it; a tie at the
-k-th place goes back to the top k), so values and ties are the SAE's own. A bound that has
-saved little in its recent tries (a busy latent fires on some row at most steps) is skipped and
-retried now and then. `TopKReader.reference` is the eager reference (the SAE's encode); tests
-compare the two exactly.
+What is read, two contracts:
+- without a need mask (`steer`'s hook): `sae.encode(x)[:, ids]`, bit for bit, for the rows given.
+- with one (`need_NM`, the batched engine: each row needs the few latents its own edits use):
+  each row as if it were alone, so a client's result does not depend on who shares its batch.
+  Which needed latents are active is exactly what `sae.encode(x[r : r + 1])` says, and their
+  values are within float rounding of it (the others come back 0).
+
+Whether latent m is among a row's k largest pre-activations depends on all F of them; a
+generation step needs it for a few rows, and most of the time the latent is off. The bound path
+computes, in one product, the M latents and a learned candidate set C of frequently selected
+latents (`TopKCandidates`): the k-th largest candidate is a lower bound on the k-th largest of
+all, so "k candidates exceed its pre-activation by more than twice `tol`" proves the latent off
+without the other F - C columns, where `tol` (per row) bounds the distance of each computed
+pre-activation from the SAE's own over any batch holding the row (one latent, steer's usual
+read: one product of the candidates' differences from it, with the three tolerances summed).
+When that settles every row, the read is exactly zero (`read` returns None: callers skip work).
+
+Otherwise, without a need mask, the full path runs the SAE's own expression over all rows given,
+and its top k decides, or, for a few latents, a count of the pre-activations above each one (a
+latent is selected iff fewer than k exceed it; a tie at the k-th place goes back to the top k),
+so values and ties are the SAE's own. With a need mask, only the rows the bound left open are
+computed, in one product (`_read_rows_alone`): the same count with margins of 2 tol decides
+each needed latent, and a row with a pre-activation within 2 tol of the latent's around the
+k-th place (or the latent's within 2 tol of 0) is encoded alone by the SAE itself. A bound that
+has saved little in its recent tries (a busy latent fires on some row at most steps) is skipped
+and retried now and then. `TopKReader.reference` is the eager reference of either contract.
 
 Cost model (toy model, one generation step): each tensor op costs several microseconds inside a
 forward pass whatever its size, and comparisons into bools several times more than float
@@ -173,14 +183,16 @@ def _above_and_net(values_NX: Tensor, bounds_NM: Tensor, out: Tensor | None = No
 
 
 class TopKReader:
-    """Exact activations [N, M] of latents `ids_M` of a TopK SAE: `sae.encode(x)[:, ids]`,
-    bit for bit (see the module docstring).
+    """Exact activations [N, M] of latents `ids_M` of a TopK SAE: `sae.encode(x)[:, ids]` bit
+    for bit, or with a need mask each row's as if alone (see the module docstring).
 
     Paths, chosen per call: while the shared candidate set is young, the full path (its top k
     teaches the set); after that, the bound path when it pays (`bound_pays`: at most `bound_rows`
     rows, a candidate set at most half the latents, and a full product of at least
     `min_bound_macs` multiply-adds, below which the bound's extra operations cost more than they
-    save), else the full path. Built for the SAE's weights at construction (some detached views, some copies): build a new one after changing them in place. Not
+    save), else the full path. With a need mask the full path is the rows-alone read
+    (`_read_rows_alone`) of every row that needs a latent, and after the bound, of the rows it
+    left open (its folded top k teaches a young set). Built for the SAE's weights at construction (some detached views, some copies): build a new one after changing them in place. Not
     thread-safe (counters, a reused buffer)."""
 
     def __init__(self, sae: SAE, ids_M: Tensor, *, n_candidates: int | None = None, bound_rows: int = 4096,
@@ -213,13 +225,14 @@ class TopKReader:
         self.keep_rows = 256  # reuse outputs of calls of at most this many rows (generation steps)
         self._pairs_of: tuple | None = None  # (mask, its key, its pairs, one pair per row): see _pairs
         self.full_rows = 0  # rows encoded in full (tests, tuning)
-        self.counted_pairs = 0  # needed pairs the full path decided by a count (tests)
+        self.counted_pairs = 0  # needed pairs read by rows alone (tests)
+        self.alone_rows = 0  # rows whose near tie the SAE's own encode of the row alone decided (tests)
         self.bound_hits = 0  # rows the candidate bound alone proved off
         # adaptive bound: in a forward pass the bound costs about a third of the full path (its
         # product is an eighth, its fixed op costs are alike), so it pays while it saves more
         # than about a third of a full path per try (0.35 measured best of 0.2 / 0.35 / 0.5 /
         # always / never on the steering matrix's TopK rows: `bench_steering.py hook-time`)
-        self.bound_rate = 1.0  # share of recent tries that settled the call (exponential average)
+        self.bound_rate = 1.0  # share of recent tries that settled the call (with a need mask: of the rows; exponential average)
         self.rate_weight = 0.125  # weight of the latest try: about the last 8 count
         self.min_bound_rate = 0.35
         self.retry_every = 8
@@ -238,22 +251,29 @@ class TopKReader:
 
     def __call__(self, x_ND: Tensor, need_NM: Tensor | None = None) -> Tensor:
         """`need_NM` (optional, bool): the (row, latent) pairs the caller will use; the others may
-        come back as 0 whatever their activation."""
+        come back as 0 whatever their activation, and each row is read as if alone (the module
+        docstring's second contract)."""
         a_NM = self.read(x_ND, need_NM)
         return x_ND.new_zeros(x_ND.shape[0], self.M) if a_NM is None else a_NM
 
     def read(self, x_ND: Tensor, need_NM: Tensor | None = None) -> Tensor | None:
         """As calling the reader, or None when every needed latent is off (the bound proved it, or
-        the full path's count found none selected)."""
+        the full path's count found none selected). With `need_NM` the read is by rows alone
+        (`_read_rows_alone`), else `sae.encode(x)[:, ids]` bit for bit."""
         N = x_ND.shape[0]
+        rows: list[int] | None = None
         if self.bound_pays(N) and self._bound_worth_trying():
             rows = self.open_rows(x_ND, need_NM)
-            # a try saves the full path only when it settles every row
-            self.bound_rate += (float(not rows) - self.bound_rate) * self.rate_weight
+            if need_NM is None:  # a try saves the full path only when it settles every row
+                self.bound_rate += (float(not rows) - self.bound_rate) * self.rate_weight
+            else:  # rows alone: the product shrinks with every row it settles
+                self.bound_rate += ((N - len(rows)) / N - self.bound_rate) * self.rate_weight
             if not rows:
                 self.bound_hits += N
                 return None
-        return self._full(x_ND, need_NM)
+        if need_NM is not None:
+            return self._read_rows_alone(x_ND, need_NM, rows)
+        return self._full(x_ND)
 
     def _bound_worth_trying(self) -> bool:
         """Whether to try the bound on this call: when it settled at least `min_bound_rate` of its
@@ -340,18 +360,16 @@ class TopKReader:
             self._bound_of = W_DC
         return self._W_DP, self._b_P
 
-    def full(self, x_ND: Tensor, need_NM: Tensor | None = None) -> Tensor:
+    def full(self, x_ND: Tensor) -> Tensor:
         """As `_full`, always a tensor."""
-        a_NM = self._full(x_ND, need_NM)
+        a_NM = self._full(x_ND)
         return x_ND.new_zeros(x_ND.shape[0], self.M) if a_NM is None else a_NM
 
-    def _full(self, x_ND: Tensor, need_NM: Tensor | None = None) -> Tensor | None:
+    def _full(self, x_ND: Tensor) -> Tensor | None:
         """The SAE's own encode of every row (its expression, its top k), latents `ids` read out.
         Once the candidate set is mature and few latents are read, a count decides instead of
         the top k: latent m is selected iff fewer than k pre-activations exceed its own, unless a
-        tie straddles the k-th place (then the SAE's own top k decides). With more latents but a
-        `need_NM` of few pairs (the batched engine: a latent or two per row), the count runs for
-        the needed (row, latent) pairs alone (the others come back 0). None when every
+        tie straddles the k-th place (then the SAE's own top k decides). None when every
         activation read is 0 (the count found none selected)."""
         self.full_rows += x_ND.shape[0]
         u_ND = x_ND - self.b_dec_D if self.b_dec_D is not None else x_ND
@@ -359,10 +377,6 @@ class TopKReader:
         if self.M <= self.count_latents and not self.cands.young:
             settled, a_NM = self._count_select(pre_NF)
             if settled:
-                return a_NM
-        elif need_NM is not None and not self.cands.young:
-            a_NM = self._count_pairs(pre_NF, need_NM)
-            if a_NM is not None:
                 return a_NM
         vals_NK, idx_NK = pre_NF.topk(self.k, dim=-1, sorted=False)  # the SAE's own selection
         if self.cands.young:
@@ -405,30 +419,50 @@ class TopKReader:
             return True, torch.frombuffer(array("f", out), dtype=torch.float32).view(N, M)
         return True, torch.tensor(out, dtype=pre_NF.dtype, device=pre_NF.device).view(N, M)
 
-    def _count_pairs(self, pre_NF: Tensor, need_NM: Tensor) -> Tensor | None:
-        """[N, M] activations of the needed pairs by a count over their rows (0 elsewhere), or
-        None when the count does not pay (more than `count_latents` pairs per row on average: a
-        count costs two passes over F per pair, the top k one per row) or a tie straddles a
-        needed latent's k-th place (the SAE's own top k decides those)."""
-        N = pre_NF.shape[0]
-        rows_P, cols_P = self._pairs(need_NM)
-        P = rows_P.numel()
-        out_NM = pre_NF.new_zeros(N, self.M)
-        if P == 0:
-            return out_NM
-        if P > self.count_latents * N:
+    def _read_rows_alone(self, x_ND: Tensor, need_NM: Tensor, rows: list[int] | None) -> Tensor | None:
+        """[N, M] activations of the needed pairs (0 elsewhere) of `rows` (None: every row that
+        needs one; the others were proven off), each row read as if alone: one product of those
+        rows' pre-activations, folded (`fold_b_dec`: each within tol = e ||x|| + c of the SAE's
+        own over the row alone). Latent m is selected iff fewer than k pre-activations exceed its
+        own: k of them above it by more than 2 tol prove it off; at most k - 1 others within
+        2 tol below it or higher, and its own further than 2 tol from 0, prove it on with that
+        value (within rounding of the SAE's). Any other row (a pre-activation within 2 tol of
+        the latent's around the k-th place, or of 0; a NaN) is encoded alone by the SAE itself.
+        None when every activation read is 0."""
+        N = x_ND.shape[0]
+        idx_R = need_NM.any(1).nonzero().flatten() if rows is None else \
+            torch.tensor(rows, dtype=torch.int64, device=x_ND.device)
+        out_NM = x_ND.new_zeros(N, self.M)
+        R = idx_R.numel()
+        if R == 0:
             return None
-        pre_PF = pre_NF if self._pairs_of[3] else pre_NF.index_select(0, rows_P)  # type: ignore[index]
-        v_P1 = pre_NF[rows_P, self.ids_M[cols_P]].unsqueeze(1)
-        above_P1, net_P1 = _above_and_net(pre_PF, v_P1)
-        above_P = above_P1.squeeze(1)
-        at_least_P = (pre_PF.shape[1] - above_P).add_(net_P1.squeeze(1))  # counts the latent itself
-        selected_P = above_P < self.k
-        if not bool((selected_P | (above_P >= self.k)).logical_and_(~selected_P | (at_least_P <= self.k)).all()):
-            return None  # a tie straddles a needed latent's k-th place (or a NaN)
-        out_NM[rows_P, cols_P] = v_P1.squeeze(1).relu_().mul_(selected_P)
-        self.counted_pairs += P
-        return out_NM
+        x_RD = x_ND if R == N else x_ND.index_select(0, idx_R)
+        r_P, c_P = (need_NM if R == N else need_NM.index_select(0, idx_R)).nonzero().unbind(1)
+        c = self.cands
+        pre_RF = torch.addmm(c.b_fold_F, x_RD, self.W_DF, out=self._buffer(x_RD, "rows"))
+        self.full_rows += R
+        if c.young:  # the folded top k teaches the candidate set (a poor lesson costs speed only)
+            c.learn(pre_RF.topk(self.k, dim=-1, sorted=False).indices, self.k)
+        # 2 tol per row, with the rounding of the sums below and of the cast to x's dtype
+        eps = torch.finfo(x_ND.dtype).eps
+        norm_R = torch.linalg.vector_norm(x_RD, dim=-1, dtype=torch.float64)
+        tol2_R = ((2.0 * self.err_per_norm) * norm_R + 2.0 * c.err_const).mul_(1.0 + 4.0 * eps).to(x_ND.dtype)
+        one_per_row = r_P.numel() == R and (R == 1 or bool((r_P[1:] > r_P[:-1]).all()))
+        pre_PF = pre_RF if one_per_row else pre_RF.index_select(0, r_P)
+        v_P1 = pre_PF.gather(1, self.ids_M[c_P].unsqueeze(1))
+        tol2_P1 = tol2_R[r_P].unsqueeze(1)
+        above_P = (pre_PF > v_P1 + tol2_P1).sum(1)  # above it in the SAE's own expression too
+        maybe_P = (pre_PF >= v_P1 - tol2_P1).sum(1)  # perhaps at least as large, itself included
+        v_P = v_P1.squeeze(1)
+        on_P = (maybe_P <= self.k) & (v_P > tol2_P1.squeeze(1))
+        decided_P = (above_P >= self.k) | on_P | ((maybe_P <= self.k) & (v_P < -tol2_P1.squeeze(1)))
+        out_NM[idx_R[r_P], c_P] = v_P * on_P
+        self.counted_pairs += r_P.numel()
+        if not bool(decided_P.all()):
+            for r in idx_R[r_P[~decided_P]].unique().tolist():  # the SAE's own encode of the row alone
+                self.alone_rows += 1
+                out_NM[r] = self.sae.encode(x_ND[r : r + 1])[0].index_select(0, self.ids_M) * need_NM[r]
+        return out_NM if bool(out_NM.any()) else None
 
     def _pairs(self, need_NM: Tensor) -> tuple[Tensor, Tensor]:
         """(rows, latent columns) of the needed pairs, row-major; kept for a mask seen last
@@ -455,5 +489,9 @@ class TopKReader:
         return buf
 
     def reference(self, x_ND: Tensor, need_NM: Tensor | None = None) -> Tensor:
-        """The eager reference: the SAE's own encode, latents `ids` read out."""
-        return self.sae.encode(x_ND).index_select(1, self.ids_M)
+        """The eager reference: the SAE's own encode, latents `ids` read out; with `need_NM`,
+        of every row alone (the contract of a read with it: on/off equal, values within rounding)."""
+        if need_NM is None:
+            return self.sae.encode(x_ND).index_select(1, self.ids_M)
+        alone = [self.sae.encode(x_ND[r : r + 1]) for r in range(x_ND.shape[0])]
+        return torch.cat(alone).index_select(1, self.ids_M) if alone else x_ND.new_zeros(0, self.M)

@@ -1,0 +1,87 @@
+"""Steered / unsteered throughput of the batched engine alone (no server), in process CPU time.
+
+    python benchmarks/bench_engine.py [--rows 32] [--tokens 6000] [--rounds 5]
+
+What `bench_api.py` measures at N clients, without HTTP, the event loop or the other processes:
+`--rows` rows decode together, each asking for 64 tokens (BOS prompt, temperature 1, a seed per
+row); a finished row is replaced at once by a new one (continuous batching, as back-to-back
+clients). Steered: row i clamps latent (37 i mod d_sae) to 8 at all positions (bench_api's edit);
+unsteered: no steering. Toy model, a random SAE (`--arch`) of the toy SAE's shape at
+blocks.2.hook_resid_post. Each round runs unsteered then steered (--tokens completion tokens
+each) and prints tokens per process CPU second and their ratio; the median ratio comes last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+HOOK = "blocks.2.hook_resid_post"
+
+
+def throughput(model, sae, *, steered: bool, rows: int, tokens: int) -> float:
+    """Completion tokens per process CPU second with `rows` rows kept in the batch."""
+    from steering.engine import BatchEngine, Row
+    from steering.rowedits import RowEdit, RowSteering
+    from steering.sampling import SamplingParams
+
+    engine = BatchEngine(model, {"s": sae}, max_rows=rows)
+    made = 0
+
+    def row(i: int) -> Row:
+        nonlocal made
+        made += 1
+        edits = RowSteering([RowEdit("s", (37 * i) % sae.d_sae, "clamp", 8.0, "all")]) if steered else None
+        return Row([model.tokenizer.bos_token_id], SamplingParams(max_new_tokens=64, temperature=1.0, seed=made),
+                   edits, tag=i)
+
+    engine.add([row(i) for i in range(rows)])
+    got = 0
+    c0 = time.process_time()
+    while got < tokens:
+        for ev in engine.step():
+            got += ev.token is not None
+            if ev.finish_reason:
+                engine.add([row(ev.tag)])
+    return got / (time.process_time() - c0)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=32)
+    ap.add_argument("--tokens", type=int, default=6000, help="completion tokens per cell")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--arch", default="topk", choices=["topk", "batchtopk", "jumprelu", "standard"])
+    ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from bench_steering import load_model, random_sae
+
+    torch.set_num_threads(args.threads)
+    model = load_model("toy")
+    sae = random_sae(args.arch, model.cfg.d_model, HOOK, seed=1)
+    with torch.no_grad():
+        for steered in (True, False):  # warm-up (and the TopK candidate set learns)
+            throughput(model, sae, steered=steered, rows=args.rows, tokens=2000)
+        ratios = []
+        for _ in range(args.rounds):
+            u = throughput(model, sae, steered=False, rows=args.rows, tokens=args.tokens)
+            s = throughput(model, sae, steered=True, rows=args.rows, tokens=args.tokens)
+            ratios.append(s / u)
+            print(f"unsteered {u:,.0f} tok/CPU-s, steered {s:,.0f} tok/CPU-s, ratio {s / u:.3f}", flush=True)
+    print(f"{args.rows} rows, {args.arch}: steered / unsteered median {statistics.median(ratios):.3f} "
+          f"(range {min(ratios):.3f}-{max(ratios):.3f}, {args.rounds} rounds)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
