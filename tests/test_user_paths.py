@@ -13,7 +13,7 @@ import sqlite3
 import numpy as np
 import pytest
 
-from helpers.real_cli import saesteer
+from helpers.real_cli import cache_train_store, saesteer
 
 REPO = "researcher/tiny-qwen2"
 COMMIT = "d" * 40
@@ -54,14 +54,7 @@ def user(real_models, tmp_path_factory):
             mp.setenv(k, v)
         mp.setattr(constants, "HF_HUB_OFFLINE", True)
         mp.setattr(constants, "HF_HUB_CACHE", str(work / "hub"))
-        saesteer("cache", "--model", REPO, "--dataset", text, "--context-length", 32, "--bos-policy", "none",
-                 "--out", work / "cache", "--no-progress").ok()
-        saesteer("train", "--cache", work / "cache", "--out", work / "run", "--architecture", "topk", "--d-sae", 128,
-                 "--k", 4, "--total-tokens", 4096, "--batch-size", 256, "--holdout-tokens", 512,
-                 "--eval-every-tokens", 0, "--checkpoint-every-tokens", 0, "--model-eval", "false",
-                 "--no-progress", "--sae-name", "sae").ok()
-        saesteer("features", "build", "--sae", work / "run/saes/sae", "--cache", work / "cache",
-                 "--out", work / "f.db", "--no-progress").ok()
+        cache_train_store(REPO, text, work, "f.db")
         yield work, mp
 
 

@@ -21,7 +21,7 @@ import sqlite3
 
 import pytest
 
-from helpers.real_cli import saesteer
+from helpers.real_cli import cache_train_store, saesteer
 
 openai = pytest.importorskip("openai")
 
@@ -59,14 +59,7 @@ def user(real_models, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         for k, v in {"WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "COLUMNS": "200"}.items():
             mp.setenv(k, v)
-        saesteer("cache", "--model", model, "--dataset", text, "--context-length", 32, "--bos-policy", "none",
-                 "--hooks", HOOK, "--out", work / "cache", "--no-progress").ok()
-        saesteer("train", "--cache", work / "cache", "--out", work / "run", "--architecture", "topk", "--d-sae", 128,
-                 "--k", 4, "--total-tokens", 4096, "--batch-size", 256, "--holdout-tokens", 512,
-                 "--eval-every-tokens", 0, "--checkpoint-every-tokens", 0, "--model-eval", "false",
-                 "--no-progress", "--sae-name", "sae").ok()
-        saesteer("features", "build", "--sae", work / "run/saes/sae", "--cache", work / "cache",
-                 "--out", work / "chat.db", "--no-progress").ok()
+        cache_train_store(model, text, work, "chat.db", "--hooks", HOOK)
         yield work
 
 

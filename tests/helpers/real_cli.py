@@ -75,3 +75,17 @@ def captured_serve(monkeypatch, *argv):
         return r, None
     (app, kw), = calls
     return r, TestClient(app, base_url=f"http://{kw['host']}:{kw['port']}")
+
+
+def cache_train_store(model, text, work, store_name: str, *cache_flags) -> None:
+    """The chain most user-path tests start from, with the CLI: a cache of `text` (32-token
+    contexts, no BOS) at `work/cache`, a small TopK SAE named `sae` at `work/run/saes/sae`, and its
+    feature store at `work/store_name`."""
+    saesteer("cache", "--model", model, "--dataset", text, "--context-length", 32, "--bos-policy", "none",
+             *cache_flags, "--out", work / "cache", "--no-progress").ok()
+    saesteer("train", "--cache", work / "cache", "--out", work / "run", "--architecture", "topk", "--d-sae", 128,
+             "--k", 4, "--total-tokens", 4096, "--batch-size", 256, "--holdout-tokens", 512,
+             "--eval-every-tokens", 0, "--checkpoint-every-tokens", 0, "--model-eval", "false",
+             "--no-progress", "--sae-name", "sae").ok()
+    saesteer("features", "build", "--sae", work / "run/saes/sae", "--cache", work / "cache",
+             "--out", work / store_name, "--no-progress").ok()
