@@ -80,6 +80,17 @@ def nosplit(trained: Path, tmp_path_factory) -> Path:
     return run
 
 
+def _eval_cache_and_dataset_saes(trained: Path, nosplit: Path, tmp_path: Path, capsys, *flags: str) -> dict:
+    """`eval` of `nosplit`'s SAE as c (CE contexts from the cache) and `trained`'s as t (CE on the
+    validation split), with --cache; returns eval.json."""
+    out = tmp_path / "ev"
+    capsys.readouterr()
+    assert main(["eval", "--sae", f"c={nosplit / 'saes/sae'}", "--sae", f"t={trained / 'run/saes/topk_k8_f128'}",
+                 "--cache", str(trained / "cache"), "--ce-batch-size", "2", "--probing", "false", "--quiet",
+                 "--out", str(out), *flags]) == 0, capsys.readouterr().err
+    return json.loads((out / "eval.json").read_text())
+
+
 def test_only_saes_whose_training_read_the_cache_for_ce_are_evaluated_on_the_caches_contexts(trained: Path, nosplit,
                                                                                              tmp_path, capsys) -> None:
     """An SAE trained on the cache with no held-out split and one whose training measured CE on the
@@ -87,12 +98,7 @@ def test_only_saes_whose_training_read_the_cache_for_ce_are_evaluated_on_the_cac
     training used (both CE figures equal training's), and each SAE's record says where its contexts
     came from. (Eval once fed every SAE the cache's contexts as soon as one SAE's training had used them.)"""
     run = nosplit
-    out = tmp_path / "ev"
-    capsys.readouterr()
-    assert main(["eval", "--sae", f"c={run / 'saes/sae'}", "--sae", f"t={trained / 'run/saes/topk_k8_f128'}",
-                 "--cache", str(trained / "cache"), "--ce-contexts", "4", "--ce-batch-size", "2", "--absorption", "false",
-                 "--probing", "false", "--quiet", "--out", str(out)]) == 0, capsys.readouterr().err
-    doc = json.loads((out / "eval.json").read_text())
+    doc = _eval_cache_and_dataset_saes(trained, nosplit, tmp_path, capsys, "--ce-contexts", "4", "--absorption", "false")
     for ours, metrics in (("c", run / "metrics.json"), ("t", trained / "run/metrics.json")):
         want = json.loads(metrics.read_text())["saes"]
         want = want["sae" if ours == "c" else "topk_k8_f128"]
@@ -128,12 +134,7 @@ def test_eval_runs_the_model_only_where_its_activations_are_used(trained: Path, 
 
     monkeypatch.setattr(evals.activations, "collect", counting_collect)
     monkeypatch.setattr(evals.absorption, "word_activations", counting_words)
-    out = tmp_path / "ev"
-    capsys.readouterr()
-    assert main(["eval", "--sae", f"c={nosplit / 'saes/sae'}", "--sae", f"t={trained / 'run/saes/topk_k8_f128'}",
-                 "--cache", str(trained / "cache"), "--contexts", "6", "--ce-contexts", "2", "--ce-batch-size", "2",
-                 "--probing", "false", "--quiet", "--out", str(out)]) == 0, capsys.readouterr().err
-    doc = json.loads((out / "eval.json").read_text())
+    doc = _eval_cache_and_dataset_saes(trained, nosplit, tmp_path, capsys, "--contexts", "6", "--ce-contexts", "2")
     assert collected == []
     assert word_reads == [HOOK]
     for name in ("c", "t"):
