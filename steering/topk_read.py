@@ -223,7 +223,7 @@ class TopKReader:
         self._diff: tuple = ()
         self._buffers: dict[tuple[int, str], Tensor] = {}
         self.keep_rows = 256  # reuse outputs of calls of at most this many rows (generation steps)
-        self._pairs_of: tuple | None = None  # (mask, its key, its pairs, one pair per row): see _pairs
+        self._pairs_of: tuple | None = None  # (mask, its key, its pairs, how many rows need a latent): see _pairs
         self.full_rows = 0  # rows encoded in full (tests, tuning)
         self.counted_pairs = 0  # needed pairs read by rows alone (tests)
         self.alone_rows = 0  # rows whose near tie the SAE's own encode of the row alone decided (tests)
@@ -266,8 +266,10 @@ class TopKReader:
             rows = self.open_rows(x_ND, need_NM)
             if need_NM is None:  # a try saves the full path only when it settles every row
                 self.bound_rate += (float(not rows) - self.bound_rate) * self.rate_weight
-            else:  # rows alone: the product shrinks with every row it settles
-                self.bound_rate += ((N - len(rows)) / N - self.bound_rate) * self.rate_weight
+            else:  # rows alone: the product shrinks with every row it settles (of the rows that need a latent)
+                needing = self._rows_needing(need_NM)
+                settled = (needing - len(rows)) / needing if needing else 1.0
+                self.bound_rate += (settled - self.bound_rate) * self.rate_weight
             if not rows:
                 self.bound_hits += N
                 return None
@@ -302,7 +304,8 @@ class TopKReader:
         W_DP, b_P = self._bound_weights()
         M, k = self.M, self.k
         pre_NP = torch.addmm(b_P, x_ND, W_DP)  # the M latents' columns carry + err_const
-        hi_NM = torch.add(pre_NP[:, :M], torch.linalg.vector_norm(x_ND, dim=-1, keepdim=True), alpha=2.0 * self.err_per_norm)
+        norm_N1 = torch.linalg.vector_norm(x_ND, dim=-1, keepdim=True, dtype=norm_dtype(x_ND))  # bf16 could round it below ||x||
+        hi_NM = torch.add(pre_NP[:, :M], norm_N1.to(x_ND.dtype), alpha=2.0 * self.err_per_norm)
         if need_NM is not None and M > self.count_latents:  # the batched engine: each row needs a few of many
             rows_P, cols_P = self._pairs(need_NM)
             if rows_P.numel() == 0:
@@ -447,7 +450,7 @@ class TopKReader:
         eps = torch.finfo(x_ND.dtype).eps
         norm_R = torch.linalg.vector_norm(x_RD, dim=-1, dtype=torch.float64)
         tol2_R = ((2.0 * self.err_per_norm) * norm_R + 2.0 * c.err_const).mul_(1.0 + 4.0 * eps).to(x_ND.dtype)
-        one_per_row = r_P.numel() == R and (R == 1 or bool((r_P[1:] > r_P[:-1]).all()))
+        one_per_row = r_P.numel() == R  # pairs are row-major and every row in idx_R has one: rows 0..R-1 in order
         pre_PF = pre_RF if one_per_row else pre_RF.index_select(0, r_P)
         v_P1 = pre_PF.gather(1, self.ids_M[c_P].unsqueeze(1))
         tol2_P1 = tol2_R[r_P].unsqueeze(1)
@@ -470,9 +473,13 @@ class TopKReader:
         key = (need_NM.data_ptr(), need_NM.shape, need_NM._version)
         if self._pairs_of is None or self._pairs_of[0] is not need_NM or self._pairs_of[1] != key:
             rows_P, cols_P = need_NM.nonzero().unbind(1)
-            one_per_row = rows_P.numel() == need_NM.shape[0] and bool((need_NM.sum(1) == 1).all())
-            self._pairs_of = (need_NM, key, (rows_P, cols_P), one_per_row)
+            self._pairs_of = (need_NM, key, (rows_P, cols_P), int(rows_P.unique_consecutive().numel()))
         return self._pairs_of[2]
+
+    def _rows_needing(self, need_NM: Tensor) -> int:
+        """How many rows need at least one latent (kept with the mask's pairs)."""
+        self._pairs(need_NM)
+        return self._pairs_of[3]  # type: ignore[index]
 
     def _buffer(self, u_ND: Tensor, use: str = "pre") -> Tensor:
         """A reused [N, F] output for calls of at most `keep_rows` rows (generation steps: a fresh
