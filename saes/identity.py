@@ -157,6 +157,33 @@ def _same_hash(a: str, b: str) -> bool:
     return n >= _SHORT_HASH and a[:n] == b[:n]
 
 
+# organisations the HF hub moved its legacy un-namespaced models under ("gpt2" is now
+# "openai-community/gpt2"): only these make "X" and "ORG/X" one model; any other "ORG/gpt2" is a fine-tune
+CANONICAL_ORGS = frozenset({"openai-community", "google-bert", "google-t5", "FacebookAI", "distilbert"})
+
+
+def official_model_name(name: str) -> str | None:
+    """TransformerLens's official (hub) name for a model name or alias ('gpt2-small' -> 'gpt2',
+    'pythia-70m-deduped' -> 'EleutherAI/pythia-70m-deduped'); None when it does not know the name."""
+    try:
+        from transformer_lens.loading_from_pretrained import get_official_model_name
+
+        return get_official_model_name(name)
+    except Exception:  # ValueError for an unknown name, a local path; any failure: no mapping
+        return None
+
+
+def same_model_name(a: str, b: str) -> bool:
+    """Whether two model names (TransformerLens aliases or hub names) name one model: equal official
+    names, or a legacy name and its moved copy under one of `CANONICAL_ORGS`."""
+    a, b = (official_model_name(a) or a).lower(), (official_model_name(b) or b).lower()
+    if a == b:
+        return True
+    bare, full = (a, b) if "/" not in a else (b, a)
+    org, _, rest = full.partition("/")
+    return "/" not in bare and rest == bare and org in {o.lower() for o in CANONICAL_ORGS}
+
+
 def same_model(a: ModelIdentity, b: ModelIdentity) -> bool:
     """Whether two identities name the same weights, as far as their records tell.
 

@@ -251,3 +251,17 @@ def test_steering_page_prefills_the_toy_prompt_only_for_the_toy_model():
     entry = StoreEntry("toy", cat, ModelEngine(toy, ws.sae, cat, limits), ModelQueue("toy", limits.max_pending))
     app = create_app([entry], config=ServeConfig(port=8000), limits=limits)
     assert _prefill(client(app).get("/s/toy/steer").text) == TOY_EXAMPLE_PROMPT == "the sailor"
+
+
+def test_model_names_are_one_model_by_official_name_or_the_hubs_moved_canonical_copy():
+    """A SAELens cfg's 'gpt2-small' is the hub's 'gpt2', and 'openai-community/gpt2' is where the hub
+    moved it; any other organisation's 'gpt2' is a fine-tune, another model (it was taken as gpt2
+    when the organisation was simply dropped)."""
+    from saes.identity import same_model_name
+
+    assert same_model_name("gpt2-small", "gpt2")
+    assert same_model_name("gpt2", "openai-community/gpt2") and same_model_name("openai-community/gpt2", "gpt2-small")
+    assert same_model_name("pythia-70m-deduped", "EleutherAI/pythia-70m-deduped")
+    assert not same_model_name("someorg/gpt2", "gpt2-small")
+    assert not same_model_name("someorg/gpt2", "openai-community/gpt2")
+    assert not same_model_name("gpt2-small", "EleutherAI/pythia-70m-deduped")

@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from saes.errors import SaesteerError
+from saes.identity import same_model_name
 
 ALLOW_FLAG = "--init-from-allow-mismatch"
 
@@ -141,18 +142,6 @@ def _recorded(loaded: Any, key: str) -> Any:
     return (loaded.sae.cfg.metadata or {}).get(key) or (loaded.provenance or {}).get(key)
 
 
-def _model_name(name: str | None) -> str | None:
-    """TransformerLens's official name for a model alias (gpt2-small -> gpt2), else the name."""
-    if not name:
-        return None
-    try:
-        from transformer_lens.loading_from_pretrained import get_official_model_name
-
-        return get_official_model_name(name)
-    except Exception:  # a local path or an unknown name: compare as given
-        return name
-
-
 def check_source(loaded: Any, specs: list[Any], d_in: int, prov: dict[str, Any], allow_mismatch: bool,
                  d_out: int | None = None) -> None:
     """Refuse a source that does not fit the run, naming both sides and the fix. `d_out`: a
@@ -205,7 +194,7 @@ def check_source(loaded: Any, specs: list[Any], d_in: int, prov: dict[str, Any],
         raise InitFromError(f"train.init_from: {e}", field="train.init_from") from None
     if src_ident is None or run_ident is None:  # another library's SAE names its model in its own terms
         src_name, run_name = _recorded(loaded, "model_name") or _recorded(loaded, "model"), prov.get("model_name") or prov.get("model")
-        if src_name and run_name and _model_name(src_name) != _model_name(run_name):
+        if src_name and run_name and not same_model_name(src_name, run_name):
             raise InitFromError(f"train.init_from: {where} records model {src_name!r}, this run's activations come from "
                                 f"{run_name!r}; fine-tune it on activations of {src_name!r}, or pass {ALLOW_FLAG} true",
                                 field="train.init_from")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from saes.errors import SaesteerError
+from saes.identity import official_model_name, same_model_name
 
 if TYPE_CHECKING:  # importing saes.formats loads torch: not at CLI start-up
     from saes.formats import LoadedSAE
@@ -146,25 +147,6 @@ def load_model(args, loaded: dict[str, LoadedSAE], store: Any = None, cache: str
     return model
 
 
-def _hub_name(name: str) -> str | None:
-    """The HF hub name of a model name in TransformerLens's terms (SAELens's cfg.json `model_name`:
-    'gpt2-small' -> 'gpt2', 'pythia-70m-deduped' -> 'EleutherAI/pythia-70m-deduped'); None when
-    TransformerLens does not know it."""
-    try:
-        from transformer_lens.loading_from_pretrained import get_official_model_name
-
-        return get_official_model_name(name)
-    except Exception:  # ValueError for an unknown name; any failure: no mapping
-        return None
-
-
-def _same_model_name(a: str, b: str) -> bool:
-    """Whether two model names (TransformerLens aliases or hub names) name one model: compared by
-    official hub name, then without the organisation ('openai-community/gpt2' is 'gpt2')."""
-    a, b = _hub_name(a) or a, _hub_name(b) or b
-    return a.lower() == b.lower() or a.rsplit("/", 1)[-1].lower() == b.rsplit("/", 1)[-1].lower()
-
-
 def _check_named_model(name: str, spec: Any, sae: Any, given: Any, given_as: str) -> None:
     """An SAE from another library records no model identity, but its files name the model in that
     library's terms (SAELens's `model_name`, e.g. a registry release's 'gpt2-small'): refuse a hub
@@ -172,9 +154,9 @@ def _check_named_model(name: str, spec: Any, sae: Any, given: Any, given_as: str
     from saesteer.models import OVERRIDE_FLAG
 
     named = (sae.cfg.metadata or {}).get("model_name")
-    if not named or getattr(given, "source", None) != "hub" or _same_model_name(str(named), given.name):
+    if not named or getattr(given, "source", None) != "hub" or same_model_name(str(named), given.name):
         return
-    hub = _hub_name(str(named))
+    hub = official_model_name(str(named))
     raise CLIError(f"SAE {name!r} ({spec}) was made for the model {named!r}"
                    + (f" (HF: {hub})" if hub not in (None, named) else "")
                    + f", not {given.name} ({given_as}); pass --model with its model, or {OVERRIDE_FLAG} "
@@ -185,7 +167,7 @@ def _refuse_unrecorded(where: str, loaded: dict[str, LoadedSAE]) -> None:
     """No model recorded anywhere: say to pass --model, quoting the model an SAE's own files name
     (another library's cfg.json model_name, in that library's terms: a hint, never loaded unasked)."""
     named = sorted({str(n) for item in loaded.values() if (n := (item.sae.cfg.metadata or {}).get("model_name"))})
-    hub = [h for n in named if (h := _hub_name(n)) and h != n]
+    hub = [h for n in named if (h := official_model_name(n)) and h != n]
     hint = (f"; its files name {' / '.join(map(repr, named))} (" + (f"TransformerLens's name for the HF model "
             f"{' / '.join(hub)}: --model {hub[0]}" if hub else "pass that as --model if it is the HF hub name") + ")"
             if named else "")
