@@ -33,6 +33,8 @@ __all__ = ["OFFLINE_MODEL", "OFFLINE_PROMPT_VERSION", "OfflineExplanation", "exp
 
 OFFLINE_MODEL = "offline/token-stats"
 OFFLINE_PROMPT_VERSION = "offline-v1"
+
+
 def readable_token(t: str) -> bool:
     """A token that reads as text on its own: not part of a character cut in two (one byte of a CJK
     letter or an emoji), which tells a judge or a label nothing. Such a token decodes alone to U+FFFD

@@ -90,7 +90,8 @@ def test_logit_tokens_that_are_part_of_a_character_read_as_their_own_bytes(gpt2,
     shown = [store.token_str(i) for i in partial]
     assert len(set(shown)) == len(shown)  # one distinct entry per token
     for i, s in zip(partial, shown):  # the bytes, as Python escapes them, after U+FFFD
-        assert "\ufffd\\x" in s and s.replace("\ufffd", "") == token_bytes(tok, i).decode("utf-8", errors="backslashreplace")
+        assert "\ufffd\\x" in s
+        assert s.replace("\ufffd", "") == token_bytes(tok, i).decode("utf-8", errors="backslashreplace")
         assert not readable_token(s)  # still left out of the judge's lists (prompt unchanged)
     whole = [i for i in range(len(tok)) if i not in set(partial)][:300]
     assert [store.token_str(i) for i in whole] == [tok.decode([i]) for i in whole]  # the rest as before

@@ -1,7 +1,7 @@
 """Shared pieces of `saesteer steer`, `sweep` and `steer-eval` (not a command: the name starts with _).
 
-Loading (model, SAEs, feature store), reading prompts and what a measurement records of them; the toy-world offline scorer is
-`saesteer.toyscore`.
+Loading (model, SAEs, feature store), reading prompts, and what a measurement records of them
+(`measurement_provenance`); the toy-world offline scorer is `saesteer.toyscore`.
 """
 
 from __future__ import annotations
