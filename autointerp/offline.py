@@ -33,14 +33,15 @@ __all__ = ["OFFLINE_MODEL", "OFFLINE_PROMPT_VERSION", "OfflineExplanation", "exp
 
 OFFLINE_MODEL = "offline/token-stats"
 OFFLINE_PROMPT_VERSION = "offline-v1"
-_ESCAPED_BYTE = re.compile(r"\\x[89a-f][0-9a-f]")  # a byte of a multi-byte character, as token_label writes it
 
 
 def readable_token(t: str) -> bool:
-    """A token that reads as text on its own: byte-level BPE's pieces of a multi-byte character (one
-    byte of a CJK letter or an emoji) decode alone to U+FFFD, or are stored as their escaped bytes
-    ("\\xe6", `features.tokentext.token_label`); either tells a judge or a label nothing."""
-    return "\ufffd" not in t and not _ESCAPED_BYTE.search(t)
+    """A token that reads as text on its own: not part of a character cut in two (one byte of a CJK
+    letter or an emoji), which tells a judge or a label nothing. Such a token decodes alone to U+FFFD
+    and is shown as U+FFFD and its escaped bytes (`features.tokentext.label_of_bytes`); a piece of a
+    window cut inside a character ends in U+FFFD. Text that only spells an escape ("\\x9f" in code)
+    reads as itself."""
+    return "\ufffd" not in t
 
 
 def norm_token(t: str) -> str:

@@ -47,7 +47,7 @@ from features.source import ActivationSource
 from features.store import FeatureStore, StoreError, StoreMismatchError
 from features.store.rows import (CorrelationRow, ExampleRow, FeatureRow, HistogramRow, LogitRow, NeighbourRow,
                                  SearchTextRow)
-from features.tokentext import token_label, token_texts
+from features.tokentext import token_labels, token_texts
 from saes.fileio import FileLock, atomic_path
 from saes.formats.base import sae_of
 
@@ -116,13 +116,6 @@ def load_state(path: Path, acc: FeatureAccumulator, identity: dict) -> tuple[str
     except (OSError, ValueError, RuntimeError):  # unreadable / foreign file: start the pass over
         return None
     return meta["phase"], int(meta["next_context"])
-
-
-def token_strings(tokenizer) -> list[str]:
-    """Display string of every token id (each decoded alone, special tokens kept; part of a character
-    as its escaped bytes: `token_label`)."""
-    texts = token_texts(tokenizer, [[i] for i in range(len(tokenizer))])
-    return [token_label(tokenizer, i, t.text) for i, t in enumerate(texts)]
 
 
 def check_compatible(sae, source: ActivationSource) -> None:
@@ -324,7 +317,7 @@ def _write(store: FeatureStore, sae, source, cfg: BuildConfig, res: PassResult, 
                                  min_sample=min(cfg.flag_min_fires, cfg.n_quantile) or 1, freq_F=res.freq_F,
                                  min_lift=cfg.parent_min_lift)
     if tokenizer is not None and not store.vocab():
-        store.write_vocab(token_strings(tokenizer))
+        store.write_vocab(token_labels(tokenizer))
     summary = {name: int(res.flags_F4[:, j].sum()) for j, name in enumerate(FLAG_NAMES)}
     summary["alive"] = F - summary["dead"]
     store.set_meta(

@@ -17,6 +17,12 @@ The pieces partition the text, for every kind of tokenizer:
     to the token that completes it; the tokens before it have an empty piece. A window that starts
     or ends inside a character reads as the tokenizer decodes it (U+FFFD for the cut bytes).
 
+A token shown on its own (the store's vocabulary, so the logit-effect lists of the CLI and the web
+app; the API's logprob `token`) is `token_label(tokenizer, id)`: the text it adds to a text, as
+`token_bytes` has it (SentencePiece's "▁the" is " the", as GPT-2's "Ġthe" is), and part of a
+character as U+FFFD followed by its bytes escaped ("\ufffd\\xe6\\x97", never mistaken for code that
+spells "\\xe6": `label_of_bytes`).
+
 How: a per-tokenizer table of the bytes (or word) each token contributes gives the pieces in one
 pass; they are used only when they join to exactly `tokenizer.decode(ids)`. Otherwise (another
 decoder, clean-up rules, a slow tokenizer) the pieces come from decoding every prefix of the window
@@ -27,11 +33,12 @@ from __future__ import annotations
 
 import codecs
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-__all__ = ["TokenText", "token_text", "token_texts", "token_bytes", "token_label", "pieces_by_prefix", "align_pieces", "mark_pieces",
-           "visible"]
+__all__ = ["TokenText", "token_text", "token_texts", "token_bytes", "token_label", "token_labels", "label_of_bytes",
+           "PART_OF_A_CHARACTER", "pieces_by_prefix", "align_pieces", "mark_pieces", "visible"]
 
 
 @dataclass(frozen=True)
@@ -74,11 +81,12 @@ def token_text(tokenizer, ids: Sequence[int]) -> TokenText:
     return _with_text(tokenizer, ids, decode_all(tokenizer, [ids])[0])
 
 
-def token_bytes(tokenizer, token_id: int) -> bytes:
+def token_bytes(tokenizer, token_id: int, decoded: str | None = None) -> bytes:
     """The UTF-8 bytes one token contributes to a text: for a byte-level BPE or byte-fallback token
     that holds part of a character, those bytes themselves (decoding it alone gives U+FFFD, whose
     bytes say nothing); for a SentencePiece token its text with "▁" as a space (decoding it alone
-    strips a word's leading space: "▁a" gives "a"); otherwise the token decoded on its own."""
+    strips a word's leading space: "▁a" gives "a"); otherwise the token decoded on its own (or
+    `decoded`, that decoding when the caller has it)."""
     table = _table(tokenizer)
     if table is not None and 0 <= token_id < len(table.entries):
         entry = table.entries[token_id]
@@ -86,32 +94,41 @@ def token_bytes(tokenizer, token_id: int) -> bytes:
             return entry
         if table.kind == "spm":
             return bytes([entry]) if isinstance(entry, int) else entry.encode("utf-8")
-    return tokenizer.decode([token_id], skip_special_tokens=False).encode("utf-8")
+    if decoded is None:
+        decoded = tokenizer.decode([token_id], skip_special_tokens=False)
+    return decoded.encode("utf-8")
 
 
-def token_label(tokenizer, token_id: int, text: str | None = None) -> str:
-    """One token shown on its own (the logit-effect lists): its decoded `text`, except that a token
-    holding part of a character (decoded alone: U+FFFD, the same for all of them) shows its bytes,
-    escaped as Python writes them (b"\\xe6\\x97" -> "\\xe6\\x97"), so that each reads as itself."""
-    if text is None:
-        text = tokenizer.decode([int(token_id)], skip_special_tokens=False)
-    if "\ufffd" not in text:
-        return text
-    own = token_bytes(tokenizer, int(token_id))
-    try:
-        own.decode("utf-8")
-        return text  # the token is U+FFFD itself (or no table knows its bytes)
-    except UnicodeDecodeError:
-        return own.decode("utf-8", errors="backslashreplace")
+PART_OF_A_CHARACTER = "\ufffd"  # starts the escaped bytes of a token's part of a character (`label_of_bytes`)
+_CUT = re.compile("[\udc80-\udcff]+")  # bytes that are no UTF-8, as the "surrogateescape" decoding holds them
 
 
-def token_string(tokenizer, token_id: int) -> str:
-    """The token's own text (what `token_bytes` says, so the two agree); for part of a character,
-    how the tokenizer decodes it alone (U+FFFD)."""
-    try:
-        return token_bytes(tokenizer, token_id).decode("utf-8")
-    except UnicodeDecodeError:
-        return tokenizer.decode([token_id], skip_special_tokens=False)
+def label_of_bytes(raw: bytes) -> str:
+    """How a token with these bytes is shown on its own: their text, where a run of bytes that is only
+    part of a character (not valid UTF-8) is written as U+FFFD followed by the bytes as Python escapes
+    them (b" \\xe6\\x97" is shown as a space, U+FFFD and the 8 characters \\xe6\\x97). The U+FFFD makes the
+    mark unambiguous: text that merely spells an escape (the code "\\x9f") has none, and a label with
+    a U+FFFD never reads as text (`autointerp.offline.readable_token`)."""
+    text = raw.decode("utf-8", errors="surrogateescape")
+    return _CUT.sub(lambda m: PART_OF_A_CHARACTER + "".join(f"\\x{ord(c) - 0xDC00:02x}" for c in m.group()), text)
+
+
+def token_label(tokenizer, token_id: int) -> str:
+    """One token shown on its own, the same everywhere (the store's vocabulary, so the logit-effect
+    lists of `features show` and the web app; the API's logprob `token`): the text it adds to a text
+    (`token_bytes`: a SentencePiece "▁the" is " the", a byte-fallback <0x0A> is "\\n"), part of a
+    character marked and escaped (`label_of_bytes`)."""
+    return label_of_bytes(token_bytes(tokenizer, int(token_id)))
+
+
+def token_labels(tokenizer, ids: Iterable[int] | None = None) -> list[str]:
+    """`token_label` of each of `ids` (default: the whole vocabulary), with one batched decode where
+    the tokenizer's table does not know the tokens' bytes."""
+    ids = [int(i) for i in (range(len(tokenizer)) if ids is None else ids)]
+    table = _table(tokenizer)
+    knows_bytes = table is not None and table.kind in ("bytes", "spm")
+    decoded = [None] * len(ids) if knows_bytes else decode_all(tokenizer, [[i] for i in ids])
+    return [label_of_bytes(token_bytes(tokenizer, i, d)) for i, d in zip(ids, decoded)]
 
 
 def token_texts(tokenizer, windows: Sequence[Sequence[int]]) -> list[TokenText]:

@@ -339,8 +339,8 @@ def write_sweep_html(result: SweepResult, path: str | os.PathLike) -> Path:
 
 
 def write_sweep_json(result: SweepResult, path: str | os.PathLike, provenance: dict | None = None) -> Path:
-    """The sweep as JSON; `provenance` (the model, the SAE's `sae_fingerprint`, the hook) lets a preset
-    that keeps it as its scorecard check that it measured the same SAE."""
+    """The sweep as JSON; `provenance` (`saesteer sweep`'s: the model, the SAE's `sae_fingerprint`, the
+    hook, the store) lets a preset that keeps it as its scorecard check that it measured the same SAE."""
     from saes.fileio import atomic_write_bytes
 
     path = Path(path)

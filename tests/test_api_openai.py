@@ -442,7 +442,45 @@ def test_logprob_token_and_bytes_of_a_sentencepiece_word_keep_its_space():
     chat = Assembler(SimpleNamespace(kind="chat", rows=[], n=1), tok)._logprobs(ids, lps, tops)["content"]
     assert bytes(b for e in chat for b in e["bytes"]).decode("utf-8") == " " + text
     assert [e["token"] for e in chat[:3]] == [" The", " localization", " of"]
-    assert all(e["token"].encode("utf-8") == bytes(e["bytes"]) for e in chat if e["token"] != "\ufffd")
+    assert all(e["token"].encode("utf-8") == bytes(e["bytes"]) for e in chat if "\ufffd" not in e["token"])
     plain = Assembler(SimpleNamespace(kind="completion", rows=[], n=1, logprobs=1), tok)._logprobs(ids, lps, tops)
     assert plain["tokens"][:3] == [" The", " localization", " of"]
     assert plain["text_offset"][:4] == [0, 4, 17, 20]
+
+
+def test_logprob_tokens_of_part_of_a_character_are_marked_and_looked_up_once(monkeypatch):
+    """The byte tokens of 你好 (SentencePiece byte fallback): each `token` is shown as everywhere else
+    (U+FFFD and its escaped bytes, `features.tokentext.token_label`), their `bytes` join to the text,
+    completions' text_offset counts a character at the token that completes it (the offsets index the
+    text; summed over the tokens' strings they ran past its end), and each token's bytes are looked up
+    once (they were looked up twice: once for `token`, once for `bytes`)."""
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from helpers.text_tokenizers import sentencepiece_bpe
+
+    import features.tokentext as tokentext
+    from saesteer.api.responses import Assembler
+
+    tok = sentencepiece_bpe()
+    text = " a boundary 你好"
+    ids = tok(text.strip(), add_special_tokens=False)["input_ids"]
+    calls: Counter = Counter()
+    real = tokentext.token_bytes
+
+    def counted(tokenizer, token_id, decoded=None):
+        calls[token_id] += 1
+        return real(tokenizer, token_id, decoded)
+
+    monkeypatch.setattr(tokentext, "token_bytes", counted)
+    chat = Assembler(SimpleNamespace(kind="chat", rows=[], n=1), tok)._logprobs(ids, [-1.0] * len(ids),
+                                                                             [[(i, -1.0)] for i in ids])["content"]
+    assert set(calls.values()) == {1} and set(calls) == set(ids)
+    assert [e["token"] for e in chat[-6:]] == ["\ufffd" + f"\\x{b:02x}" for b in "你好".encode("utf-8")]
+    assert bytes(b for e in chat for b in e["bytes"]).decode("utf-8") == text
+    plain = Assembler(SimpleNamespace(kind="completion", rows=[], n=1, logprobs=1), tok)._logprobs(
+        ids, [-1.0] * len(ids), [[(i, -1.0)] for i in ids])
+    n = len(text)
+    assert plain["text_offset"][-6:] == [n - 2] * 3 + [n - 1] * 3
+    starts = plain["text_offset"] + [n]
+    assert "".join(text[a:b] for a, b in zip(starts, starts[1:])) == text

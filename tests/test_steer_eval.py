@@ -75,6 +75,16 @@ def test_steer_eval_cli_writes_a_scorecard_and_saves_the_pick_as_a_preset(tmp_pa
         preset = StoreLink(store).preset("eval-pick")
     assert preset.scorecard["picks"]["SAE feature"]["latent"] == pick["latent"]
     assert preset.edits[0].startswith(f"{pick['latent']}:add=")
+    # a sweep of the same SAE records what it measured with the same record (one builder, the same keys)
+    from saesteer.commands import sweep
+
+    argv = ["sweep", "--sae", str(sae_dir), "--store", str(ws.path), "--latent", str(pick["latent"]), "--topic", "ocean",
+            "--strengths", "0,3", "--unit", "raw", "--samples", "1", "--max-new-tokens", "3", "--perplexity", "false",
+            "--out", str(tmp_path)]
+    assert sweep._run(build_parser().parse_args(argv), model=ws.model) == 0
+    (swept,) = tmp_path.glob(f"sweep_*_{pick['latent']}.json")
+    assert json.loads(swept.read_text())["provenance"] == card["provenance"]
+    assert card["provenance"]["store"] == str(ws.path.resolve()) and card["provenance"]["model"]["id"]
 
 
 @pytest.mark.parametrize("argv, fragment", [

@@ -13,8 +13,8 @@ from html.parser import HTMLParser
 import pytest
 import torch
 
-from features.tokentext import (_table, align_pieces, mark_pieces, pieces_by_prefix, token_bytes, token_string,
-                                token_text, token_texts, visible)
+from features.tokentext import (_table, align_pieces, label_of_bytes, mark_pieces, pieces_by_prefix, token_bytes,
+                                token_label, token_labels, token_text, token_texts, visible)
 from helpers.text_tokenizers import CJK, CORPUS, PROSE, PYTHON_SOURCE, byte_level_bpe, sentencepiece_bpe
 
 
@@ -83,17 +83,96 @@ def test_sentencepiece_spaces_and_byte_fallback():
 
 
 def test_sentencepiece_token_bytes_keep_the_words_space():
-    """Each token's own bytes (the API's logprob `bytes`) and string (`token`): a Llama-2 style
+    """Each token's own bytes (the API's logprob `bytes`) and label (`token`): a Llama-2 style
     tokenizer's decoder strips the leading space of a text, so decoding "▁of" alone gave "of" and the
     joined bytes lost every word space; byte-fallback tokens are their one byte."""
     tok = sentencepiece_bpe()
     text = "The localization of a boundary 你好"
     ids = tok(text, add_special_tokens=False)["input_ids"]
     assert b"".join(token_bytes(tok, i) for i in ids).decode("utf-8") == " " + text  # "▁The" has its space too
-    strings = [token_string(tok, i) for i in ids]
-    assert strings[:3] == [" The", " localization", " of"]
-    assert all(s.encode("utf-8") == token_bytes(tok, i) for s, i in zip(strings, ids) if s != "\ufffd")
+    labels = [token_label(tok, i) for i in ids]
+    assert labels[:3] == [" The", " localization", " of"]
+    assert all(s.encode("utf-8") == token_bytes(tok, i) for s, i in zip(labels, ids) if "\ufffd" not in s)
     assert [token_bytes(tok, i) for i in ids][-6:] == [bytes([b]) for b in "你好".encode("utf-8")]
+    assert labels[-6:] == ["\ufffd" + f"\\x{b:02x}" for b in "你好".encode("utf-8")]
+
+
+def test_a_sentencepiece_token_is_shown_one_way_in_the_store_the_cli_and_the_api(tmp_path, capsys):
+    """`token_label` (the store's vocabulary: logit effects in `features show` and the web app) showed a
+    SentencePiece token as the tokenizer decodes it alone ("▁the" -> "the", the word's space stripped),
+    `token_string` (the API's logprob `token`) as its bytes (" the"), and part of a character as its
+    escaped bytes in the one and as U+FFFD in the other. One rule now: the token's own text, as a
+    byte-level BPE's "Ġthe" is " the"; part of a character as U+FFFD and its escaped bytes."""
+    from types import SimpleNamespace
+
+    import saes
+    from features import BuildConfig, FeatureStore, TensorSource, build_feature_store
+    from saesteer.api.responses import Assembler
+    from saesteer.cli import main
+
+    tok = sentencepiece_bpe()
+    pieces = tok.convert_ids_to_tokens(list(range(len(tok))))
+    the, newline, cut = pieces.index("\u2581the"), pieces.index("<0x0A>"), pieces.index("<0xE4>")
+    assert tok.decode([the]) == "the"  # decoded alone the word loses its space (the decoder's Strip)
+    want = {the: " the", newline: "\n", cut: "\ufffd\\xe4", pieces.index("<s>"): "<s>"}
+    ids = tok("\n".join(CORPUS), add_special_tokens=False)["input_ids"]
+    L = 16
+    ctx_CL = torch.tensor(ids[: len(ids) // L * L]).reshape(-1, L)
+    g = torch.Generator().manual_seed(0)
+    sae = saes.create_sae("topk", 8, 12, k=2, generator=g, metadata={"hook_name": "blocks.0.hook_resid_post"})
+    W_U = torch.randn(8, len(tok), generator=g) * 0.1  # an unembedding under which latent 0 promotes `want` most
+    for n, i in enumerate(want):
+        W_U[:, i] = (10 - n) * sae.W_dec[0].detach()
+    model = SimpleNamespace(W_U=W_U, cfg=SimpleNamespace(normalization_type=None))
+    path = tmp_path / "sp.db"
+    build_feature_store(path, sae, TensorSource(torch.randn(ctx_CL.numel(), 8, generator=g), ctx_CL, name="sp"),
+                        BuildConfig(top_k=2, n_quantile=2, n_negative=2, negative_pool=16, checkpoint_rows=0),
+                        model=model, tokenizer=tok, progress=False)
+    with FeatureStore.open(path) as store:
+        vocab = store.vocab()
+    assert {i: vocab[i] for i in want} == want
+    assert vocab == token_labels(tok) == [token_label(tok, i) for i in range(len(tok))]
+    chat = Assembler(SimpleNamespace(kind="chat", rows=[], n=1), tok)._logprobs(list(range(len(tok))), [0.0] * len(tok),
+                                                                             [[]] * len(tok))["content"]
+    assert [e["token"] for e in chat] == vocab
+    plain = Assembler(SimpleNamespace(kind="completion", rows=[], n=1, logprobs=1), tok)._logprobs(list(want), [0.0] * 4,
+                                                                                               [[(the, 0.0)]] * 4)
+    assert plain["tokens"] == list(want.values()) and plain["top_logprobs"][0] == {" the": 0.0}
+    # `features show` lists latent 0's logit effects with these labels (repr: spaces and line breaks visible)
+    assert main(["features", "show", str(path), "0"]) == 0
+    out = re.sub(r"\s+", " ", capsys.readouterr().out)  # however the table wraps
+    listed = " ".join(f"{label!r} {10 - n:+.3g}" for n, label in enumerate(want.values()))
+    assert f"promotes {listed}" in out, out
+
+
+def test_code_that_spells_a_byte_escape_reads_as_itself_and_part_of_a_character_is_marked():
+    """Part of a character was shown as its bare escapes ("\\x9f") and `readable_token` looked for such
+    escapes in any text, so code that spells one (b"\\x9f" in a Python file) was taken for part of a
+    character: left out of a judge's logit lists and labels, and shown the same as the byte 0x9f.
+    Now the mark is U+FFFD, which that code does not have."""
+    from types import SimpleNamespace
+
+    from autointerp.featurestore import FeatureStoreLabels
+    from autointerp.offline import readable_token
+    from features.records import LogitEffects, TokenEffect
+
+    code = 'MAGIC = b"\\x9f\\x9f"  # the header bytes\n'
+    tok = sentencepiece_bpe(extra=(code,) * 20)  # no pre-tokenizer split at punctuation: one token spells the bytes
+    ids = tok(code, add_special_tokens=False)["input_ids"]
+    assert _decode(tok, ids) == code
+    spelled = [i for i in ids if b"\\x9f" in token_bytes(tok, i)]  # tokens of the code's escape text
+    byte = tok.convert_tokens_to_ids("<0x9F>")  # the byte 0x9f itself
+    assert spelled and all("\\x9f" in token_label(tok, i) and readable_token(token_label(tok, i)) for i in spelled)
+    assert token_label(tok, byte) == "\ufffd\\x9f" and not readable_token(token_label(tok, byte))
+    assert label_of_bytes(b"\\x9f") == "\\x9f" != label_of_bytes(b"\x9f")
+    assert label_of_bytes(b"ok \xe6\x97") == "ok \ufffd\\xe6\\x97" and label_of_bytes("日".encode()) == "日"
+    assert all(readable_token(p) for p in token_text(tok, ids).pieces)
+    # a judge's logit lists keep the code's token and leave out the byte
+    effects = [TokenEffect(i, token_label(tok, i), 1.0) for i in (*spelled, byte)]
+    store = SimpleNamespace(path="unused.db", promoted_tokens=lambda latents, top: {})
+    rec = SimpleNamespace(latent=0, logits=LogitEffects(effects, []), decoder_neighbours=[], coact_neighbours=[])
+    evidence = FeatureStoreLabels(store)._evidence(rec)
+    assert [t for t, _ in evidence.promoted] == [token_label(tok, i) for i in spelled]
 
 
 def test_cjk_characters_split_over_byte_tokens_are_never_mojibake():

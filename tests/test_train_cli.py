@@ -70,6 +70,13 @@ def test_config_file_and_flags(tmp_path: Path, capsys) -> None:
     # SAE flags replace the file's list with every combination
     assert main(["train", "--config", str(cfg), "--print-config", "--k", "8,16", "--architecture", "topk,batchtopk"]) == 0
     assert len(json.loads(capsys.readouterr().out)["saes"]) == 4
+    # k and levels go to the architectures that take them (`takes_k`, `takes_levels`; an alias as its architecture)
+    assert main(["train", "--config", str(cfg), "--print-config", "--k", "8,16", "--architecture", "jumprelu,matryoshka",
+                 "--d-sae", "64", "--matryoshka-widths", "16,64"]) == 0
+    specs = json.loads(capsys.readouterr().out)["saes"]
+    assert [s["name"] for s in specs] == ["jumprelu_f64", "matryoshka_batchtopk_k8_f64", "matryoshka_batchtopk_k16_f64"]
+    assert "matryoshka_widths" not in specs[0]
+    assert specs[1]["matryoshka_widths"] == specs[2]["matryoshka_widths"] == [16, 64]
     cfg.write_text(json.dumps({"trian": {}}))
     assert main(["train", "--config", str(cfg), "--print-config"]) == 2
     assert "unknown section" in capsys.readouterr().err

@@ -289,3 +289,35 @@ def test_restore_refuses_a_checkpoint_of_another_target_width_by_its_saved_d_out
         assert e.value.field == "target_hook"
     state, tensors = payload(16)
     assert Trainer(cfg, 16, d_out=16).restore(state, tensors) == {"kind": "replay", "batches": 0}
+
+
+def test_wandb_gets_the_same_numbers_of_a_record_through_record_and_final(tmp_path) -> None:
+    """`RunLogger.record` and `.final` flattened records for wandb each their own way: `record` sent a
+    bool (the final record's "final": true, a metric's flag) as a metric, `final` left bools out.
+    One flattening (`wandb_point`): numbers only, bools never, the step as wandb's step."""
+    from training.logs import RunLogger
+
+    class FakeRun:
+        def __init__(self) -> None:
+            self.logged: list[tuple[dict, int | None]] = []
+            self.summary: dict = {}
+
+        def log(self, values, step=None):
+            self.logged.append((values, step))
+
+    logger = RunLogger(tmp_path, total_tokens=100, start_tokens=0, progress=False)
+    logger._wandb = run = FakeRun()
+    final = {"kind": "eval", "step": 7, "tokens": 70, "final": True, "a/fvu": 0.25, "a/l0": 3, "a/saturated": False,
+             "a/note": "text"}
+    logger.record(final)
+    logger.final(final)
+    logger.record({"kind": "train", "step": 8, "tokens": 80, "a/loss": 1.5, "a/flag": True})
+    logger.record({"kind": "skip", "step": 9, "tokens": 90, "sae": "a", "loss": float("inf")})
+    want = {"tokens": 70, "eval/a/fvu": 0.25, "eval/a/l0": 3}
+    assert run.logged[0] == run.logged[1] == (want, 7)
+    assert run.summary == want
+    assert run.logged[2] == ({"tokens": 80, "a/loss": 1.5}, 8)
+    assert run.logged[3] == ({"tokens": 90, "skip/loss": float("inf")}, 9)
+    logger._wandb = None  # nothing to finish: the fake run is not wandb's
+    logger.close()
+    assert (tmp_path / "history.jsonl").read_text().count("\n") == 3  # the history file gets every record

@@ -240,9 +240,11 @@ def test_chat_logprobs_bytes_are_each_tokens_own_bytes(user, api):
     chosen = _ext(r)["token_ids"]
     assert set(chosen) <= set(ids) and len(chosen) == 3
     assert [t.bytes for t in r.logprobs.content] == [[ord(tok.convert_ids_to_tokens(i))] for i in chosen]
-    assert all(t.token == "\ufffd" for t in r.logprobs.content)
+    # `token` as everywhere (features.tokentext.token_label): U+FFFD and the byte escaped, e.g. "\ufffd\\xe6"
+    assert [t.token for t in r.logprobs.content] == ["\ufffd" + "".join(f"\\x{b:02x}" for b in t.bytes)
+                                                     for t in r.logprobs.content]
     others = [e for t in r.logprobs.content for e in t.top_logprobs]
-    assert all(e.bytes == list(e.token.encode()) for e in others if e.token != "\ufffd")
+    assert all(e.bytes == list(e.token.encode()) for e in others if "\ufffd" not in e.token)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -74,7 +74,8 @@ def _byte_tokens(tokenizer) -> list[int]:
 
 def test_logit_tokens_that_are_part_of_a_character_read_as_their_own_bytes(gpt2, real_models):
     """Every such token was stored as "\\ufffd": a latent's promoted list read '�' '�' '�' (and the web
-    page and `features show` alike), telling nothing and not even which tokens they were."""
+    page and `features show` alike), telling nothing and not even which tokens they were. Now U+FFFD
+    and the bytes escaped (the U+FFFD marks them: code that spells an escape has none)."""
     from transformers import AutoTokenizer
 
     from autointerp.featurestore import FeatureStoreLabels
@@ -87,10 +88,10 @@ def test_logit_tokens_that_are_part_of_a_character_read_as_their_own_bytes(gpt2,
     assert len(partial) > 50  # the byte alphabet's high bytes and merges of them
     store = FeatureStore.open(gpt2 / "a.db")
     shown = [store.token_str(i) for i in partial]
-    assert not any("\ufffd" in s for s in shown)
     assert len(set(shown)) == len(shown)  # one distinct entry per token
-    for i, s in zip(partial, shown):  # the bytes, as Python escapes them
-        assert s == token_bytes(tok, i).decode("utf-8", errors="backslashreplace")
+    for i, s in zip(partial, shown):  # the bytes, as Python escapes them, after U+FFFD
+        assert "\ufffd\\x" in s
+        assert s.replace("\ufffd", "") == token_bytes(tok, i).decode("utf-8", errors="backslashreplace")
         assert not readable_token(s)  # still left out of the judge's lists (prompt unchanged)
     whole = [i for i in range(len(tok)) if i not in set(partial)][:300]
     assert [store.token_str(i) for i in whole] == [tok.decode([i]) for i in whole]  # the rest as before
@@ -101,7 +102,9 @@ def test_logit_tokens_that_are_part_of_a_character_read_as_their_own_bytes(gpt2,
     assert rows, "no latent promotes or suppresses part of a character among its top 8"
     latent, tid = rows[0]
     out = saesteer("features", "show", gpt2 / "a.db", latent).ok().out
-    assert repr(store.token_str(tid)) in re.sub(r"\s*\n", " ", out) and "\ufffd" not in out.split("decoder")[0]
+    shown_logits = out.split("decoder")[0]
+    assert repr(store.token_str(tid)) in re.sub(r"\s*\n", " ", out)
+    assert shown_logits.count("\ufffd") == shown_logits.count("\ufffd\\\\x")  # never a bare U+FFFD
     store.close()
     with FeatureStore.open(gpt2 / "a.db", readonly=False) as writable:  # the explain prompt's logit lists
         ev = FeatureStoreLabels(writable)._evidence(writable.feature(latent))

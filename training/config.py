@@ -89,8 +89,8 @@ class SAESpec:
     def __post_init__(self) -> None:
         self.architecture = trainable_architecture(self.architecture)
         whole_number("SAESpec", "d_sae", self.d_sae)
-        takes_k = "k" in architecture_fields(self.architecture)
-        if takes_k:
+        has_k = takes_k(self.architecture)
+        if has_k:
             self.k = DEFAULT_K if self.k is None else self.k
             whole_number("SAESpec", "k", self.k)
             require(self.k <= self.d_sae, f"SAESpec.k ({self.k}) must not exceed d_sae ({self.d_sae}); lower k or "
@@ -99,10 +99,10 @@ class SAESpec:
             require(self.k is None, f"SAESpec.k is {self.k} but architecture {self.architecture!r} has no k (it "
                                     f"sets its own sparsity); drop k from this SAE's spec", field="k")
         self.matryoshka_widths = [int(w) for w in self.matryoshka_widths]
-        if self.matryoshka_widths and "matryoshka_widths" not in architecture_fields(self.architecture):
+        if self.matryoshka_widths and not takes_levels(self.architecture):
             from saes.registry import trainable_architectures
 
-            with_levels = [a for a in trainable_architectures() if "matryoshka_widths" in architecture_fields(a)]
+            with_levels = [a for a in trainable_architectures() if takes_levels(a)]
             raise ValueError(
                 f"SAESpec.matryoshka_widths is set but architecture {self.architecture!r} has no levels; "
                 f"use architecture={' or '.join(with_levels)} or drop the widths"
@@ -112,7 +112,7 @@ class SAESpec:
         self.options = dict(self.options or {})
         check_options(self.architecture, self.options, self.d_sae)
         if not self.name:
-            base = f"{self.architecture}_k{self.k}_f{self.d_sae}" if takes_k else f"{self.architecture}_f{self.d_sae}"
+            base = f"{self.architecture}_k{self.k}_f{self.d_sae}" if has_k else f"{self.architecture}_f{self.d_sae}"
             self.name = base + ("_skip" if self.skip else "")
         require(
             all(c.isalnum() or c in "._-" for c in self.name) and not self.name.startswith("."),
@@ -174,7 +174,7 @@ def check_options(architecture: str, options: dict[str, Any], d_sae: int) -> Non
         from saes.registry import sae_class
 
         cls = sae_class(architecture).config_class
-        cls(d_in=1, d_sae=d_sae, **options, **({"k": 1} if "k" in architecture_fields(architecture) else {}))
+        cls(d_in=1, d_sae=d_sae, **options, **({"k": 1} if takes_k(architecture) else {}))
 
 
 def architecture_fields(architecture: str) -> set[str]:
@@ -185,9 +185,14 @@ def architecture_fields(architecture: str) -> set[str]:
 
 
 def takes_k(architecture: str) -> bool:
-    """Whether an architecture (or alias) takes SAESpec.k: code that builds specs for several
+    """Whether a trainable architecture (or alias) takes SAESpec.k: code that builds specs for several
     architectures passes k only to those (SAESpec refuses a k JumpReLU would ignore)."""
     return "k" in architecture_fields(trainable_architecture(architecture))
+
+
+def takes_levels(architecture: str) -> bool:
+    """Whether a trainable architecture (or alias) takes SAESpec.matryoshka_widths (Matryoshka levels)."""
+    return "matryoshka_widths" in architecture_fields(trainable_architecture(architecture))
 
 
 @dataclass

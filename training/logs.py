@@ -105,21 +105,16 @@ class RunLogger:
         assert self._file is not None
         self._file.write(json.dumps(rec) + "\n")
         if self._wandb is not None:
-            flat = {k: v for k, v in rec.items() if isinstance(v, (int, float)) and k != "step"}
-            prefix = "" if rec.get("kind") == "train" else f"{rec.get('kind')}/"
             # the trainer's step as wandb's step: a resumed run (same run id) goes on from where the
             # checkpoint was, also offline, where wandb cannot ask the server and would start again at 0
-            self._wandb.log({("tokens" if k == "tokens" else prefix + k): v for k, v in flat.items()},
-                            step=int(rec["step"]) if "step" in rec else None)
+            self._wandb.log(wandb_point(rec), step=int(rec["step"]) if "step" in rec else None)
 
     def final(self, rec: dict[str, Any]) -> None:
         """The end-of-run evaluation (an "eval" record: held-out EV, MSE, L0, dead, CE loss recovered,
         KL) to wandb, as a last point of the eval curves and in the run's summary (the history file
         gets it from `finish_run`)."""
         if self._wandb is not None:
-            flat = {k: v for k, v in rec.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-                    and k not in ("step", "final")}
-            values = {("tokens" if k == "tokens" else f"eval/{k}"): v for k, v in flat.items()}
+            values = wandb_point(rec)
             self._wandb.log(values, step=int(rec["step"]))
             self.summary(values)
 
@@ -159,6 +154,14 @@ class RunLogger:
         if self._wandb is not None:
             self._wandb.finish()
             self._wandb = None
+
+
+def wandb_point(rec: dict[str, Any]) -> dict[str, Any]:
+    """What wandb gets of a history record: its numbers (`scalars`: a flag such as "final" is no
+    metric) except the step (wandb's own step), under "<kind>/" for all but train records, with
+    `tokens` (the x axis) as it is."""
+    prefix = "" if rec.get("kind") == "train" else f"{rec.get('kind')}/"
+    return {("tokens" if k == "tokens" else prefix + k): v for k, v in scalars(rec).items() if k != "step"}
 
 
 def _start_wandb(out_dir: Path, *, project: str, entity: str | None, name: str | None, config: dict[str, Any]):

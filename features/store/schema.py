@@ -15,7 +15,7 @@ Schema (version 2; `schema_version` holds it, `meta` the build's identity):
              activation REAL, quantile REAL, seq_index, position, centre,
              token_ids BLOB, acts BLOB, text TEXT,   -- blobs: little-endian int32 / float32, one per token
              token_offsets BLOB)  -- int32 per token: where its piece starts in `text` (see features.tokentext)
-    vocab(token_id INTEGER PRIMARY KEY, text TEXT)  -- every token decoded on its own (logit effects)
+    vocab(token_id INTEGER PRIMARY KEY, text TEXT)  -- every token shown on its own (`token_label`; logit effects)
     logit_effects(latent, kind ('promoted'|'suppressed'), rank, token_id, value)
     neighbours(latent, kind ('decoder'|'coact'), rank, other_latent, score, count)
     correlations(latent, rank, other_latent, pearson, cossim)   -- Pearson / cosine of activations over all

@@ -58,8 +58,7 @@ class Assembler:
         self.choices = [_Choice(i) for i in range(len(prep.rows))]
         self.prompt_tokens = sum(len(r.prompt_ids) for i, r in enumerate(prep.rows) if i % prep.n == 0)
         self.error: str | None = None
-        self._token_text: dict[int, str] = {}
-        self._token_raw: dict[int, list[int]] = {}
+        self._tokens: dict[int, tuple[str, bytes]] = {}  # token id -> (label, bytes), looked up once
 
     # -- events ---------------------------------------------------------------------------------
     def add(self, ev) -> dict[str, Any] | None:
@@ -90,40 +89,39 @@ class Assembler:
         return self._chunk(c, ev.text, lp, ev.finish_reason is not None)
 
     # -- tokens -----------------------------------------------------------------------------------
-    def _token_str(self, t: int) -> str:
-        """The token's own text, the same as its `bytes` (a SentencePiece word keeps its leading space)."""
-        s = self._token_text.get(t)
-        if s is None:
-            from features.tokentext import token_string
+    def _token(self, t: int) -> tuple[str, bytes]:
+        """The token's `token` and its own UTF-8 `bytes` (OpenAI's: part of a character for a byte-level
+        token, so that a client joining them gets the text), from one look-up of its bytes; `token` is
+        how a token is shown everywhere (`features.tokentext.label_of_bytes`: a SentencePiece word keeps
+        its leading space, part of a character is U+FFFD and its escaped bytes)."""
+        got = self._tokens.get(t)
+        if got is None:
+            from features.tokentext import label_of_bytes, token_bytes
 
-            s = self._token_text[t] = token_string(self.tok, t)
-        return s
-
-    def _token_bytes(self, t: int) -> list[int]:
-        """The token's own UTF-8 bytes (OpenAI's `bytes`: part of a character for a byte-level token,
-        so that a client joining them gets the text; its string alone is U+FFFD)."""
-        b = self._token_raw.get(t)
-        if b is None:
-            from features.tokentext import token_bytes
-
-            b = self._token_raw[t] = list(token_bytes(self.tok, t))
-        return b
+            raw = token_bytes(self.tok, t)
+            got = self._tokens[t] = (label_of_bytes(raw), raw)
+        return got
 
     def _logprobs(self, tokens: list[int], lps: list[float], tops: list[list[tuple[int, float]]], offset: int = 0):
         if self.prep.kind == "chat":
             def entry(t, lp):
-                return {"token": self._token_str(t), "logprob": lp, "bytes": self._token_bytes(t)}
+                label, raw = self._token(t)
+                return {"token": label, "logprob": lp, "bytes": list(raw)}
 
             return {"content": [dict(entry(t, lp), top_logprobs=[entry(a, b) for a, b in top])
                                 for t, lp, top in zip(tokens, lps, tops)], "refusal": None}
-        strs = [self._token_str(t) for t in tokens]
+        import codecs
+
+        # text_offset: where each token's text starts; a character split over tokens is the text of
+        # the token that completes it (as `features.tokentext` gives pieces), so the offsets index the text
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
         offsets, pos = [], offset
-        for s in strs:
+        for t in tokens:
             offsets.append(pos)
-            pos += len(s)
+            pos += len(decoder.decode(self._token(t)[1]))
         want_top = bool(self.prep.logprobs)
-        return {"tokens": strs, "token_logprobs": lps,
-                "top_logprobs": [{self._token_str(a): b for a, b in top} for top in tops] if want_top else None,
+        return {"tokens": [self._token(t)[0] for t in tokens], "token_logprobs": lps,
+                "top_logprobs": [{self._token(a)[0]: b for a, b in top} for top in tops] if want_top else None,
                 "text_offset": offsets}
 
     # -- bodies -----------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
-"""Shared pieces of `saesteer steer` and `saesteer sweep` (not a command: the name starts with _).
+"""Shared pieces of `saesteer steer`, `sweep` and `steer-eval` (not a command: the name starts with _).
 
-Loading (model, SAEs, feature store) and reading prompts; the toy-world offline scorer is
-`saesteer.toyscore`.
+Loading (model, SAEs, feature store), reading prompts, and what a measurement records of them
+(`measurement_provenance`); the toy-world offline scorer is `saesteer.toyscore`.
 """
 
 from __future__ import annotations
@@ -204,6 +204,18 @@ def open_store(path: str | None, saes: dict[str, Any], writable: bool = False):
             store.close()
             raise CLIError(f"the store {p} was not built for this SAE: {e}") from None
     return store, StoreLink(store)
+
+
+def measurement_provenance(model: Any, sae: Any, store: str | None) -> dict[str, Any]:
+    """What a steering measurement (a `sweep` JSON, a `steer-eval` scorecard) records of what it
+    measured: the model's identity, the SAE's weights hash (`preset save --scorecard` refuses the
+    scorecard of another SAE), the hook it steers and the --store (absolute path; None without)."""
+    from saes.fingerprint import sae_fingerprint
+    from saesteer.models import model_identity
+    from steering.resolve import sae_hook_name
+
+    return {"model": model_identity(model).to_json(), "sae_fingerprint": sae_fingerprint(sae),
+            "hook": sae_hook_name(sae), "store": str(Path(store).resolve()) if store else None}
 
 
 def typical_max_provider(link: Any, saes: dict[str, Any]):

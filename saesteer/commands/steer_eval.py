@@ -196,15 +196,11 @@ def _compare(args, cfg, gen_cfg, model, name, sae, scorer, link, *, prompts, pos
 
 def _scorecard_record(card, args, model, sae) -> dict:
     """The scorecard as JSON, with the CLI's settings and where the model, SAE and store came from."""
-    from pathlib import Path
-
-    from saes.fingerprint import sae_fingerprint
-    from saesteer.models import model_identity
+    from saesteer.commands._steering import measurement_provenance
 
     record = card.to_json()
     record["settings"].update({"topic": args.topic, "concept": args.concept, "samples": args.samples})
-    record["provenance"] = {"model": model_identity(model).to_json(), "sae_fingerprint": sae_fingerprint(sae),
-                            "hook": card.settings["hook"], "store": str(Path(args.store).resolve()) if args.store else None}
+    record["provenance"] = measurement_provenance(model, sae, args.store)
     return record
 
 

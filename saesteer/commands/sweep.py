@@ -108,7 +108,8 @@ def _scorer(args, store_path):
 
 
 def _run(args, model=None) -> int:
-    from saesteer.commands._steering import hook_of, load_model, load_saes, open_store, typical_max_provider
+    from saesteer.commands._steering import (hook_of, load_model, load_saes, measurement_provenance, open_store,
+                                             typical_max_provider)
     from saes.hookpoints import model_device
 
     sweep_cfg, gen_cfg, limits, prompts, scorer, judge = _prepare(args)
@@ -124,23 +125,13 @@ def _run(args, model=None) -> int:
         if sweep_cfg.unit == "max_act":
             _check_typical(args, sae, typical)
         unsteered: dict = {}  # the same prompts and settings for every latent: the unsteered text is made once
-        provenance = _provenance(model, sae)
+        provenance = measurement_provenance(model, sae, args.store)
         for latent in args.latent:
             _sweep_feature(args, latent, model, sae, name, prompts, scorer, sweep_cfg, gen_config=gen_cfg,
                            typical_max=typical, limits=limits, link=link, unsteered=unsteered, provenance=provenance)
     finally:
         _close(store, judge)
     return 0
-
-
-def _provenance(model, sae) -> dict:
-    """What each sweep JSON records of what it measured (as steer-eval's scorecard does), so that
-    `preset save --scorecard` can refuse the sweep of another SAE."""
-    from saes.fingerprint import sae_fingerprint
-    from saesteer.models import model_identity
-
-    return {"model": model_identity(model).to_json(), "sae_fingerprint": sae_fingerprint(sae),
-            "hook": (sae.cfg.metadata or {}).get("hook_name")}
 
 
 def _prepare(args):

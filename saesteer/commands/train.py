@@ -122,7 +122,7 @@ def _split_list(text: str, conv, flag: str):
 
 
 def _sae_specs(args, file_specs: list) -> list:
-    from training.config import SAESpec, architecture_fields, trainable_architecture
+    from training.config import SAESpec, takes_k, takes_levels
 
     if all(getattr(args, f) is None for f in _SAE_FLAGS):
         specs = []
@@ -138,10 +138,9 @@ def _sae_specs(args, file_specs: list) -> list:
     mw = _split_list(args.matryoshka_widths, int, "--matryoshka-widths") if args.matryoshka_widths else []
     specs = []
     for arch in archs:
-        taken = architecture_fields(trainable_architecture(arch))
+        levels = mw if takes_levels(arch) else []
         for d_sae in widths:
-            for k in ks if "k" in taken else [None]:  # an architecture without k (jumprelu): one SAE per width
-                levels = mw if "matryoshka_widths" in taken else []
+            for k in ks if takes_k(arch) else [None]:  # an architecture without k (jumprelu): one SAE per width
                 specs.append(SAESpec(arch, d_sae=d_sae, k=k, matryoshka_widths=levels, lr=args.sae_lr,
                                      skip=bool(args.skip)))
     if args.sae_name:

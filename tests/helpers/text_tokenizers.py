@@ -71,7 +71,7 @@ def byte_level_bpe(vocab_size: int = 420):
 
 
 @lru_cache(maxsize=None)
-def _sp_object(vocab_size: int):
+def _sp_object(vocab_size: int, extra: tuple[str, ...]):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
@@ -81,16 +81,16 @@ def _sp_object(vocab_size: int):
     specials = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
     # no CJK in its training text: those characters are spelled with <0xNN> byte tokens
-    tok.train_from_iterator([PYTHON_SOURCE] * 3 + PROSE * 3, trainer=trainer)
+    tok.train_from_iterator([PYTHON_SOURCE] * 3 + PROSE * 3 + list(extra), trainer=trainer)
     return tok.to_str()
 
 
-def sentencepiece_bpe(vocab_size: int = 600):
+def sentencepiece_bpe(vocab_size: int = 600, extra: tuple[str, ...] = ()):
     """A Llama-2 style tokenizer: BPE over "▁"-marked words, <0xNN> byte fallback, a decoder that
-    turns "▁" into spaces and strips the text's first space."""
+    turns "▁" into spaces and strips the text's first space (trained on the code and prose, and `extra`)."""
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(_sp_object(vocab_size)),
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(_sp_object(vocab_size, tuple(extra))),
                                    bos_token="<s>", eos_token="</s>", unk_token="<unk>",
                                    clean_up_tokenization_spaces=False)
