@@ -78,28 +78,32 @@ def whole_characters(tokens: Sequence[str]) -> tuple[list[str], set[int]]:
     """The window's pieces without the bytes of a character the window's first or last token cuts,
     and the positions left with nothing to show.
 
-    A store window is a slice of token ids; under byte-level BPE a CJK character or an emoji can
-    be two or more byte tokens, so a window may start or end inside one, and its decoded text
-    (`features.tokentext`) shows U+FFFD for the cut bytes. The rest of the character is not in the
-    store, so it is dropped rather than completed: a third of a character tells a judge nothing.
-    Only the edges are touched (U+FFFD there cannot be told from a cut character, and means nothing
-    either way); a position whose piece was only cut bytes is returned, so its mark is dropped too
-    (as a mark on a token cropped away is)."""
+    A store window is a slice of token ids; under byte-level BPE (or SentencePiece's byte fallback)
+    a CJK character or an emoji can be two or more byte tokens, so a window may start or end inside
+    one, and its decoded text (`features.tokentext`) shows U+FFFD for the cut bytes (byte fallback:
+    for every byte of the run they are in). The rest of the character is not in the store, so it is
+    dropped rather than completed: a third of a character tells a judge nothing. Only the edges are
+    touched (a U+FFFD there cannot be told from a cut character, and means nothing either way); a
+    position whose piece was only cut bytes is returned, so its mark is dropped too (as a mark on a
+    token cropped away is)."""
     pieces = list(tokens)
     gone: set[int] = set()
-    for i, p in enumerate(pieces):  # the first token(s) may be a character's last bytes: one U+FFFD each
+    for i, p in enumerate(pieces):  # the first token(s) may be a character's last bytes
         if not p.startswith(REPLACEMENT):
             break
         pieces[i] = p.lstrip(REPLACEMENT)
         if pieces[i]:
             break
         gone.add(i)
-    end = len(pieces)
-    while end and not pieces[end - 1]:  # the last token(s) may be a character's first bytes: ...
+    end, cut = len(pieces), False  # the last token(s) may be a character's first bytes (byte-level
+    while end and (not pieces[end - 1] or pieces[end - 1].endswith(REPLACEMENT)):  # BPE: U+FFFD on the first)
+        if pieces[end - 1]:
+            pieces[end - 1], cut = pieces[end - 1].rstrip(REPLACEMENT), True
+            if pieces[end - 1]:
+                break
         end -= 1
-    if end and pieces[end - 1].endswith(REPLACEMENT):  # ... one U+FFFD on the token where they began
-        pieces[end - 1] = pieces[end - 1].rstrip(REPLACEMENT)
-        gone.update(range(end if pieces[end - 1] else end - 1, len(pieces)))
+    if cut:
+        gone.update(i for i in range(end, len(pieces)) if not pieces[i])
     return pieces, gone
 
 

@@ -27,6 +27,14 @@ def byte_bpe():
     return build_family_tokenizer("gpt2", english, vocab_size=300)
 
 
+@pytest.fixture(scope="module")
+def byte_fallback():
+    """A Llama-2 style SentencePiece BPE with <0xNN> byte fallback (no CJK in its training text)."""
+    from helpers.text_tokenizers import sentencepiece_bpe
+
+    return sentencepiece_bpe()
+
+
 def _windows(tok):
     """(token bytes, pieces as the feature store keeps them) for every window of 2..10 tokens."""
     from features.tokentext import token_bytes, token_texts
@@ -43,19 +51,32 @@ def _shown(raw: bytes) -> str:
     return raw.decode("utf-8", errors="ignore").replace("\t", "\u21e5").strip()
 
 
+def _prompts_of(pieces):
+    ex = Example(pieces, [1.0] * len(pieces))
+    return [m[1]["content"] for m in (build_explain_messages([ex], 0.3), build_detection_messages("x", [ex]),
+                                      build_fuzz_messages("x", [FuzzItem(ex, (0,), True)]))]
+
+
 def test_windows_cut_inside_a_character_show_its_whole_characters_only(byte_bpe):
     windows = _windows(byte_bpe)
     cut = [tt for _, tt in windows if "\ufffd" in tt.text]
     assert len(cut) > len(windows) // 3  # what the store keeps for such windows: U+FFFD at an edge
     for chunks, tt in windows:
-        expected = _shown(b"".join(chunks))
-        assert render_tokens(tt.pieces) == expected, (tt.text, tt.pieces)
-        ex = Example(tt.pieces, [1.0] * len(tt.pieces))
-        for msgs in (build_explain_messages([ex], 0.3), build_detection_messages("x", [ex]),
-                     build_fuzz_messages("x", [FuzzItem(ex, (0,), True)])):
-            assert "\ufffd" not in msgs[1]["content"]
+        assert render_tokens(tt.pieces) == _shown(b"".join(chunks)), (tt.text, tt.pieces)
+        assert not any("\ufffd" in p for p in _prompts_of(tt.pieces))
     assert any(_shown(b"".join(c)).startswith("\u8a9e") for c, _ in windows)  # a character after a cut one is kept
     assert any(_shown(b"".join(c)).endswith("\U0001f642") for c, _ in windows)
+
+
+def test_byte_fallback_windows_show_no_cut_character_either(byte_fallback):
+    """SentencePiece's byte fallback decodes an invalid run of byte tokens as one U+FFFD per byte,
+    whole characters of the run included: all of them go, and what is shown is the text's."""
+    windows = _windows(byte_fallback)
+    assert sum("\ufffd" in tt.text for _, tt in windows) > len(windows) // 3
+    for _, tt in windows:
+        shown = render_tokens(tt.pieces)
+        assert "\ufffd" not in shown and shown.replace("\u21e5", "\t") in TEXT, (tt.text, shown)
+        assert not any("\ufffd" in p for p in _prompts_of(tt.pieces))
 
 
 def test_marks_on_cut_bytes_go_with_them_and_marks_on_a_whole_character_stay(byte_bpe):
