@@ -25,6 +25,7 @@ code needs to know about it is asked of the class, never decided by its name or 
 | which hand-written fast step applies ("topk", "batch_topk", "jumprelu") | `training_rule` | "generic" (autograd only) |
 | state updated after each optimiser step (BatchTopK thresholds) | `update_inference_form_` | nothing |
 | parameters the optimiser steps at a step size of their own (learned thresholds) | `own_lr_parameters` | () |
+| run-wide training settings its training reads, of those only some architectures read | `train_settings` | AuxK's |
 | SAELens cfg.json: architecture saved, its fields, training details | `saelens_architecture`, `saelens_fields`, `training_details` | own name, {}, {} |
 | SAELens cfg.json back into config fields | `config_fields_from_saelens` | {} |
 | tensors beyond the four parameters (JumpReLU's `threshold`) | buffers, `load_saelens_tensors_` | none |
@@ -73,6 +74,8 @@ TrainingRule = Literal["topk", "batch_topk", "jumprelu", "generic"]
 # members whose redefinition changes what `encoding_rule` / `training_rule` describe
 _ENCODING_MEMBERS = ("select", "pre_activations", "encode_with_pre")
 _TRAINING_MEMBERS = _ENCODING_MEMBERS + ("training_select", "level_reconstructions", "auxiliary_loss", "sparsity_penalty")
+# members that read the settings of `train_settings` (aux_coef / k_aux, threshold_lr)
+_SETTINGS_MEMBERS = ("auxiliary_loss", "update_inference_form_")
 
 
 class Encoding(NamedTuple):
@@ -110,6 +113,11 @@ class SAE(nn.Module):
     # names of parameters the trainer steps at their own learning rate (TrainConfig.jumprelu_threshold_lr),
     # not the weights': learned thresholds, which must travel a pre-activation-sized distance (JumpReLU's)
     own_lr_parameters: ClassVar[tuple[str, ...]] = ()
+    # which of the TrainConfig fields that only some architectures read (training/config.py
+    # ARCHITECTURE_SETTINGS) this one's training reads: a resume compares only those. Here AuxK's
+    # (the default `auxiliary_loss`); jumprelu_threshold_lr goes with `own_lr_parameters`. None:
+    # not known (a subclass that redefines a member they feed without saying), every one is compared
+    train_settings: ClassVar[frozenset[str] | None] = frozenset({"aux_coef", "k_aux"})
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -121,6 +129,8 @@ class SAE(nn.Module):
                 cls.saelens_architecture = ""
         if any(m in own for m in _TRAINING_MEMBERS) and "training_rule" not in own:
             cls.training_rule = "generic"
+        if any(m in own for m in _SETTINGS_MEMBERS) and "train_settings" not in own:
+            cls.train_settings = None
 
     @classmethod
     def saved_architecture(cls) -> str:

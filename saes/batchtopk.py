@@ -32,6 +32,7 @@ class BatchTopKSAE(ThresholdSAE):
     cfg: BatchTopKConfig
     trainable = True
     training_rule = "batch_topk"
+    train_settings = frozenset({"aux_coef", "k_aux", "threshold_lr"})  # AuxK; thresholds stepped at threshold_lr
 
     def training_select(self, pre_BF: Tensor, group: BatchGroup | None = None) -> SparseActs:
         """The training-time selection: top k*B entries of the whole batch (of the global batch

@@ -103,6 +103,7 @@ class JumpReLUSAE(ThresholdSAE):
     trainable = True
     training_rule = "jumprelu"
     own_lr_parameters = ("threshold",)  # stepped at TrainConfig.jumprelu_threshold_lr (see the module docstring)
+    train_settings = frozenset()  # no AuxK (aux_coef, k_aux); its thresholds are not stepped at threshold_lr
 
     def _make_threshold(self, initial_F: Tensor) -> None:
         self.threshold = nn.Parameter(initial_F.fill_(self.cfg.jumprelu_init_threshold))

@@ -70,13 +70,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     from saesteer.boundary import report, warnings_as_notes
+    from saesteer.librarybars import library_bars
 
     debug = args.debug or os.environ.get("SAESTEER_DEBUG", "") not in ("", "0")
+    # --no-progress (train: also the old `--progress false`) quiets the libraries' bars too
+    quiet = getattr(args, "no_progress", False) or getattr(args, "progress", None) is False
     try:
-        if debug:
-            return int(args._run(args) or 0)
-        with warnings_as_notes():
-            return int(args._run(args) or 0)
+        with library_bars(enabled=not quiet):
+            if debug:
+                return int(args._run(args) or 0)
+            with warnings_as_notes():
+                return int(args._run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -47,6 +47,13 @@ Errors print as `error: ...` in one or two lines that name the file or the flag 
 what to do (`saesteer/boundary.py`); the exit status is 2 for bad input (a corrupt or mismatched
 file, a bad value), 1 when the system refuses (disk full, permission denied) or for a bug, 130 on
 Ctrl-C. `saesteer --debug ...` (or `SAESTEER_DEBUG=1`) shows Python's traceback instead.
+
+`--no-progress` (every command with long work) quiets the progress bars of the libraries the
+command calls as well as ours: transformers' (loading a checkpoint), the hub's downloads and
+datasets' (reading or mapping a dataset); a Python session that calls `saesteer.cli.main` has its
+libraries' settings back when the command returns (`saesteer/librarybars.py`). An environment
+variable that forces a library's bars (`HF_HUB_DISABLE_PROGRESS_BARS`,
+`HF_DATASETS_DISABLE_PROGRESS_BARS`) still wins.
 """
 
 

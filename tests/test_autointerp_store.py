@@ -159,6 +159,29 @@ def test_budget_exit_and_resume(store_path, capsys):
     assert all(f.label is not None for f in labels_of(store_path).values())
 
 
+def test_labels_of_an_older_prompt_version_are_kept_and_relabelled_only_on_request(store_path, monkeypatch):
+    """After a prompt change (a new PROMPT_VERSION), labels the older prompts made stay, say so in
+    their provenance, and are not relabelled by a re-run; --overwrite relabels them with the new
+    prompts, whose requests are new cache keys (no answer to an old prompt is reused)."""
+    from autointerp import interp, prompts
+
+    old = "explain-v3/detect-v2/fuzz-v2"
+    with JudgeServer(fake_llm_answer) as srv:
+        monkeypatch.setattr(interp, "PROMPT_VERSION", old)  # the previous prompts: without the signs sentence
+        for name in ("_EXPLAIN_SYSTEM", "_DETECT_SYSTEM", "_FUZZ_SYSTEM"):
+            monkeypatch.setattr(prompts, name, getattr(prompts, name).replace(" " + prompts.DATA_SIGNS, ""))
+        assert cli(*llm_args(srv, store_path)) == 0
+        monkeypatch.undo()
+        first = len(srv.records)
+        assert {f.label.provenance.prompt_version for f in labels_of(store_path).values()} == {old}
+        assert cli(*llm_args(srv, store_path)) == 0
+        assert len(srv.records) == first  # kept: nothing asked
+        assert cli(*llm_args(srv, store_path, "--overwrite", "true")) == 0
+        old_keys = {r.key for r in srv.records[:first]}
+        assert len(srv.records) == 2 * first and not old_keys & {r.key for r in srv.records[first:]}
+    assert {f.label.provenance.prompt_version for f in labels_of(store_path).values()} == {PROMPT_VERSION}
+
+
 def test_lost_score_rows_are_repaired_without_asking_again(store_path, monkeypatch):
     from features import FeatureStore
 

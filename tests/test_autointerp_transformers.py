@@ -35,9 +35,24 @@ def tiny():
     return model, tok
 
 
+def forced_to(model, tok, token: str):
+    """A copy of the tiny model that predicts `token` at every position, whatever the prompt."""
+    import torch
+
+    forced = type(model)(model.config).eval()
+    forced.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        forced.transformer.ln_f.weight.zero_()
+        forced.transformer.ln_f.bias.copy_(forced.transformer.wte.weight[tok.convert_tokens_to_ids(token)] * 50)
+    return forced
+
+
 def test_garbage_answers_fail_cleanly_and_nothing_is_stored(tiny):
     model, tok = tiny
-    judge = Judge(TransformersBackend(model, tok, name="tiny-random"), max_reasks=1, max_tokens=12)
+    # garbage by construction ("ocean ocean ..."), not by chance: a random model's greedy answer
+    # depends on the prompt's wording and may be the one valid token
+    garbage = forced_to(model, tok, "ocean")
+    judge = Judge(TransformersBackend(garbage, tok, name="tiny-garbage"), max_reasks=1, max_tokens=12)
     store = MemoryLabelStore(make_latents(2, n_top=4, n_quantile=4, n_random=4, length=12))
     report = label_latents(store, judge, LabelConfig(n_explain_top=2, n_explain_quantile=2, n_detect=2, n_fuzz=2),
                            progress=False)
@@ -49,14 +64,8 @@ def test_garbage_answers_fail_cleanly_and_nothing_is_stored(tiny):
 
 
 def test_valid_local_answer_goes_through(tiny):
-    import torch
-
     model, tok = tiny
-    forced = type(model)(model.config).eval()
-    forced.load_state_dict(model.state_dict())
-    with torch.no_grad():  # every position now predicts the ANSWER token
-        forced.transformer.ln_f.weight.zero_()
-        forced.transformer.ln_f.bias.copy_(forced.transformer.wte.weight[tok.convert_tokens_to_ids(ANSWER)] * 50)
+    forced = forced_to(model, tok, ANSWER)
     judge = Judge(TransformersBackend(forced, tok, name="tiny-forced"))
     done = judge.complete_sync([{"role": "user", "content": "label the ocean"}], LABEL_SCHEMA, validate=parse_label,
                                max_tokens=1)

@@ -1,10 +1,13 @@
 """One progress flag: every command with long work takes `--no-progress`, and none shows another
-spelling (`sweep` had none, `train` had `--progress BOOL`)."""
+spelling (`sweep` had none, `train` had `--progress BOOL`); it quiets the bars of the libraries the
+command calls too (transformers loading a sharded checkpoint, datasets reading a dataset)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+
+import pytest
 
 from saesteer import docs
 from saesteer.cli import build_parser, main
@@ -32,3 +35,89 @@ def test_train_no_progress_reaches_the_config(tmp_path, capsys) -> None:
     assert log_config()["progress"] is True
     assert log_config("--no-progress")["progress"] is False
     assert log_config("--progress", "false")["progress"] is False  # the old spelling still works, unlisted
+
+
+# -- the libraries' own bars ------------------------------------------------------------------------
+
+BAR_WORDS = ("Loading weights", "Generating validation split", "it/s]", "examples/s]")
+
+
+@pytest.fixture(scope="module")
+def sharded(real_models, tmp_path_factory):
+    """The tiny real GPT-2 saved in 100 KB shards (transformers draws a bar while it loads them) and
+    a small JSON-lines dataset (datasets draws one while it reads it, when not streaming)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = real_models.path("gpt2")
+    work = tmp_path_factory.mktemp("bars")
+    AutoModelForCausalLM.from_pretrained(src).save_pretrained(work / "gpt2-sharded", max_shard_size="100KB")
+    AutoTokenizer.from_pretrained(src).save_pretrained(work / "gpt2-sharded")
+    assert len(list((work / "gpt2-sharded").glob("model-*-of-*.safetensors"))) > 1
+    (work / "data").mkdir()
+    docs = [{"text": f"Document {i}: the quick brown fox jumps over the lazy dog {i} times.\n\tdef f(): return {i}"}
+            for i in range(40)]
+    (work / "data" / "validation.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    return work
+
+
+def _cache_argv(work, out, *extra):
+    return ["cache", "--model", str(work / "gpt2-sharded"), "--dataset", str(work / "data"), "--split", "validation",
+            "--streaming", "false", "--context-length", "16", "--max-tokens", "400", "--out", str(out), *extra]
+
+
+def _switches():
+    import datasets.utils
+    import huggingface_hub.utils
+    import transformers.utils.logging
+
+    return (transformers.utils.logging.is_progress_bar_enabled(), not huggingface_hub.utils.are_progress_bars_disabled(),
+            not datasets.utils.are_progress_bars_disabled())
+
+
+def test_no_progress_quiets_the_libraries_bars_too_and_puts_their_settings_back(sharded, tmp_path):
+    from helpers.real_cli import saesteer
+
+    before = _switches()
+    assert before == (True, True, True)
+    shown = saesteer(*_cache_argv(sharded, tmp_path / "shown")).ok()
+    assert all(w in shown.err for w in BAR_WORDS), shown.err[-2000:]  # transformers' and datasets' bars
+    quiet = saesteer(*_cache_argv(sharded, tmp_path / "quiet", "--no-progress")).ok()
+    assert not any(w in quiet.err for w in BAR_WORDS) and "%|" not in quiet.err, quiet.err[-2000:]
+    assert _switches() == before  # a Python session keeps its bars
+
+
+def test_library_bars_restores_each_switch_as_it_was():
+    import datasets.utils
+    import huggingface_hub.utils
+    import transformers.utils.logging as tl
+
+    from saesteer.librarybars import library_bars
+
+    try:
+        tl.disable_progress_bar()  # a user who turned transformers' (and so the hub's) bars off
+        datasets.utils.enable_progress_bars()
+        with library_bars(enabled=False):
+            assert _switches() == (False, False, False)
+        assert _switches() == (False, False, True)
+        with library_bars(enabled=True):
+            assert _switches() == (False, False, True)
+    finally:
+        tl.enable_progress_bar()
+        datasets.utils.enable_progress_bars()
+        huggingface_hub.utils.enable_progress_bars()
+
+
+def test_no_progress_quiets_transformers_imported_by_the_command(sharded, tmp_path):
+    """A fresh `saesteer` process (transformers not imported before the command runs) with stderr
+    a pipe: nothing but our own lines."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), HF_HUB_OFFLINE="1",
+               HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "saesteer", *_cache_argv(sharded, tmp_path / "quiet", "--no-progress")],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not any(w in r.stderr for w in BAR_WORDS) and "%|" not in r.stderr, r.stderr[-2000:]

@@ -110,6 +110,49 @@ def test_changed_config_is_refused_naming_fields(uninterrupted: Path, tmp_path: 
     assert "total_tokens" not in msg
 
 
+def _one_architecture_run(architecture: str, total_batches: int, **train_fields) -> RunConfig:
+    from training.config import CheckpointConfig, EvalConfig, LogConfig, SAESpec, TrainConfig
+
+    widths = {"matryoshka_widths": [16, 64]} if architecture == "matryoshka_batchtopk" else {}
+    spec = SAESpec(architecture, d_sae=64, **({"k": 4} if architecture != "jumprelu" else {}), **widths)
+    base = {"total_tokens": total_batches * train_child.BATCH, "batch_size": train_child.BATCH, "dead_tokens": 1024,
+            "holdout_tokens": 512, "num_threads": 1, "jumprelu_threshold_lr": 0.02}
+    return RunConfig(saes=[spec], train=TrainConfig(**{**base, **train_fields}),
+                     checkpoint=CheckpointConfig(every_tokens=4 * train_child.BATCH, keep_last=1),
+                     eval=EvalConfig(every_tokens=0), log=LogConfig(log_every=100, progress=False))
+
+
+@pytest.mark.parametrize("architecture, unused, used", [
+    ("jumprelu", {"aux_coef": 0.5, "k_aux": 7, "threshold_lr": 0.9}, {"jumprelu_threshold_lr": 0.05}),
+    ("matryoshka_batchtopk", {"jumprelu_threshold_lr": 0.05}, {"threshold_lr": 0.9, "k_aux": 7}),
+    ("topk", {"threshold_lr": 0.9, "jumprelu_threshold_lr": 0.05}, {"aux_coef": 0.5}),
+])
+def test_resume_compares_the_run_wide_settings_its_saes_read(architecture, unused, used, tmp_path: Path) -> None:
+    """A setting no SAE of the run reads (a JumpReLU run's AuxK and BatchTopK threshold settings, a
+    TopK run's threshold_lr) may differ on resume, and truly changes nothing (bit-identical
+    weights); one its SAEs read is refused, naming it."""
+    import shutil
+
+    from training.run import train
+    from training.trainer import ConfigMismatchError
+
+    first = tmp_path / "first"
+    train(_one_architecture_run(architecture, 8), train_child.source(), first)
+    runs = {}
+    for name, fields in (("same", {}), ("unused", unused)):
+        shutil.copytree(first, tmp_path / name)
+        result = train(_one_architecture_run(architecture, 12, **fields), train_child.source(), tmp_path / name)
+        assert result.resumed_from is not None and result.steps == 12
+        runs[name] = load_file(next((tmp_path / name / "saes").glob("*/sae_weights.safetensors")))
+    assert runs["same"].keys() == runs["unused"].keys()
+    assert all(torch.equal(runs["same"][k], runs["unused"][k]) for k in runs["same"])
+    shutil.copytree(first, tmp_path / "used")
+    with pytest.raises(ConfigMismatchError) as e:
+        train(_one_architecture_run(architecture, 12, **used), train_child.source(), tmp_path / "used")
+    assert sorted(line[4:].split(":")[0] for line in str(e.value).splitlines() if line.startswith("  - ")) == \
+        sorted(f"train.{f}" for f in used)
+
+
 def test_whitelisted_change_extends_the_run(uninterrupted: Path, tmp_path: Path) -> None:
     import shutil
 

@@ -3,6 +3,7 @@ decoder-gradient projection, config comparison, checkpoint files, initialisation
 
 from __future__ import annotations
 
+import json
 import random
 import re
 
@@ -231,6 +232,44 @@ def test_the_threshold_lr_is_compared_only_for_a_run_with_learned_thresholds() -
     assert config_differences(run(["topk", "batchtopk"], 0.01), run(["topk", "batchtopk"], 0.05)) == []
     assert config_differences(run(["topk", "jumprelu"], 0.01), run(["topk", "jumprelu"], 0.05)) == [
         "train.jumprelu_threshold_lr: checkpoint 0.01, now 0.05"]
+
+
+def test_run_wide_settings_are_compared_for_the_sae_classes_that_read_them(monkeypatch) -> None:
+    """Each class says which of ARCHITECTURE_SETTINGS its training reads (`train_settings`); a run
+    compares the union over its SAEs. A subclass that redefines what reads them (here: AuxK brought
+    back into a JumpReLU) without saying counts as reading all of them, as does an unknown
+    architecture."""
+    import saes.registry
+    from saes.base import SAE
+    from saes.jumprelu import JumpReLUSAE
+
+    changed = {"aux_coef": 0.5, "k_aux": 7, "threshold_lr": 0.9, "jumprelu_threshold_lr": 0.05}
+
+    def diffs(archs):
+        def run(**train):
+            return RunConfig(saes=[SAESpec(a, d_sae=64) for a in archs], train=TrainConfig(**train)).to_dict()
+        return sorted(d.split(":")[0] for d in config_differences(run(), run(**changed)))
+
+    assert diffs(["jumprelu"]) == ["train.jumprelu_threshold_lr"]
+    assert diffs(["topk"]) == ["train.aux_coef", "train.k_aux"]
+    assert diffs(["matryoshka_batchtopk"]) == diffs(["batchtopk"]) == ["train.aux_coef", "train.k_aux", "train.threshold_lr"]
+    assert diffs(["topk", "jumprelu"]) == ["train.aux_coef", "train.jumprelu_threshold_lr", "train.k_aux"]
+
+    class AuxJumpSAE(JumpReLUSAE):
+        architecture = "test_aux_jump"
+
+        def auxiliary_loss(self, pre_BF, residual_BD, dead_mask_F, k_aux, method="embedding_bag"):
+            return SAE.auxiliary_loss(self, pre_BF, residual_BD, dead_mask_F, k_aux, method)
+
+    assert AuxJumpSAE.train_settings is None and JumpReLUSAE.train_settings == frozenset()
+    monkeypatch.setitem(saes.registry.ARCHITECTURES, "test_aux_jump", AuxJumpSAE)
+    saved = RunConfig(saes=[SAESpec("jumprelu", d_sae=64)]).to_dict()
+    saved["saes"][0]["architecture"] = "test_aux_jump"
+    now = json.loads(json.dumps(saved))
+    now["train"].update(changed)
+    assert len(config_differences(saved, now)) == 4
+    saved["saes"][0]["architecture"] = now["saes"][0]["architecture"] = "not_registered"
+    assert len(config_differences(saved, now)) == 4
 
 
 def test_parameters_with_their_own_step_size_are_the_ones_the_sae_class_declares() -> None:

@@ -37,6 +37,10 @@ ARCHITECTURE_FIELDS = ("k", "matryoshka_widths")
 DEFAULT_K = 32  # SAESpec.k of an architecture that takes k, when none is given
 # the other fields of an architecture's config go through SAESpec.options (e.g. JumpReLU's l0_coefficient)
 
+# TrainConfig fields that only some architectures read (each class says which: `SAE.train_settings`,
+# and `own_lr_parameters` for jumprelu_threshold_lr); a resume compares those its run's SAEs read
+ARCHITECTURE_SETTINGS = ("aux_coef", "k_aux", "threshold_lr", "jumprelu_threshold_lr")
+
 # Fields that may differ between a checkpoint's config and the resuming config.
 RESUMABLE_FIELDS = (
     "train.total_tokens",  # extend or shorten the run (the LR schedule is re-planned over the new total)
@@ -544,7 +548,7 @@ def config_differences(
     A field the checkpoint's section lacks (added in a later version, e.g. train.init_from) counts
     as its default: a run saved before it existed ran with the behaviour the default keeps. An SAE
     field its architecture does not take (a JumpReLU's k) is no difference (`spec_record`), nor is
-    the learning rate of own-step-size parameters in a run whose SAEs have none (`_unused_fields`)."""
+    a run-wide setting no SAE of the run reads (`_unused_fields`: a TopK run's threshold_lr)."""
     a, b = _flatten(_spec_records(saved)), _flatten(_spec_records(current))
     defaults = _flatten(RunConfig().to_dict())
     unused = _unused_fields(saved, current)
@@ -561,18 +565,23 @@ def config_differences(
 
 
 def _unused_fields(*configs: dict[str, Any]) -> set[str]:
-    """Run-wide fields that no SAE of these configs uses: train.jumprelu_threshold_lr without an SAE
-    whose class declares `own_lr_parameters` (a TopK run's; an unknown architecture counts as using it)."""
+    """The `ARCHITECTURE_SETTINGS` (as train.<name>) that no SAE of these configs reads: those its
+    class's `train_settings` leaves out, and jumprelu_threshold_lr without `own_lr_parameters` (a
+    Matryoshka run's k_aux is compared, a JumpReLU run's is not). An unknown architecture, or a class
+    whose settings are not known, reads them all."""
     from saes.registry import sae_class
 
+    read: set[str] = set()
     for config in configs:
         for spec in config.get("saes") or []:
             try:
-                if sae_class(spec["architecture"]).own_lr_parameters:
-                    return set()
+                cls = sae_class(spec["architecture"])
             except (KeyError, TypeError, ValueError):
                 return set()
-    return {"train.jumprelu_threshold_lr"}
+            if cls.train_settings is None:
+                return set()
+            read |= cls.train_settings | ({"jumprelu_threshold_lr"} if cls.own_lr_parameters else set())
+    return {f"train.{name}" for name in ARCHITECTURE_SETTINGS if name not in read}
 
 
 def _spec_records(config: dict[str, Any]) -> dict[str, Any]:

@@ -284,8 +284,11 @@ def run(args) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         run_cfg.train.device = setup.device
+    from saesteer.librarybars import library_bars
+
     try:
-        return _run_training(args, run_cfg, data_cfg, text_cfg, out, setup, init_source)
+        with library_bars(enabled=run_cfg.log.progress):  # a config file's log.progress = false as --no-progress
+            return _run_training(args, run_cfg, data_cfg, text_cfg, out, setup, init_source)
     finally:
         if setup is not None:
             shutdown()
