@@ -58,7 +58,10 @@ def _describe(loaded) -> dict[str, Any]:
 
 def evaluate_saes(saes: Mapping[str, Any], inputs: EvalInputs, cfg: EvalConfig,
                   say: Callable[[str], None] = lambda _: None) -> dict[str, dict[str, Any]]:
-    """{name: {description..., "metrics": {...}, "absorption": {...}, "probing": {...}}}."""
+    """{name: {description..., "metrics": {...}, "absorption": {...}, "probing": {...}}}; `ce_skipped`:
+    why CE loss recovered and KL were left out (`training.evaluate.splice_problem`)."""
+    from training.evaluate import splice_problem
+
     words = inputs.absorption_words
     if words is None and cfg.absorption and inputs.tokenizer is not None:
         words = FirstLetterWords(inputs.model, inputs.tokenizer, cfg.absorption_prefix)
@@ -79,11 +82,17 @@ def evaluate_saes(saes: Mapping[str, Any], inputs: EvalInputs, cfg: EvalConfig,
             say(f"{name}: transcoder {hook} -> {target}")
         say(f"{name}: activation metrics on {x.shape[0]:,} held-out tokens at {hook}")
         metrics = activation_metrics(sae, x, cfg.dense_threshold, y)
+        ce_skipped = None
         if inputs.ce_tokens is not None and len(inputs.ce_tokens) and cfg.ce_contexts > 0:
-            say(f"{name}: CE loss recovered and KL over {len(inputs.ce_tokens)} contexts")
-            metrics.update(model_metrics(inputs.model, sae, hook, inputs.ce_tokens, inputs.keep_ids, cfg.ce_batch_size))
+            # the rule `saesteer train` follows: no splice where an edit is not what the hook's name says
+            ce_skipped = splice_problem(inputs.model, transcoder_target(sae) if sae.is_transcoder else hook)
+            if ce_skipped is None:
+                say(f"{name}: CE loss recovered and KL over {len(inputs.ce_tokens)} contexts")
+                metrics.update(model_metrics(inputs.model, sae, hook, inputs.ce_tokens, inputs.keep_ids,
+                                             cfg.ce_batch_size))
         entry: dict[str, Any] = {**_describe(loaded), "metrics": metrics,
-                                 "rows_source": (inputs.rows_source or {}).get(name, "held-out text")}
+                                 "rows_source": (inputs.rows_source or {}).get(name, "held-out text"),
+                                 **({"ce_skipped": ce_skipped} if ce_skipped else {})}
         if cfg.absorption and words is not None:
             entry["absorption"] = first_letter_absorption(
                 sae, words.activations(hook, say), [w for _, w in words.words], max_k=cfg.absorption_max_k,

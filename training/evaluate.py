@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from saes import SAE
-from saes.hookpoints import check_editable_hook, model_device
+from saes.hookpoints import NotEditableHookError, check_editable_hook, model_device, opt_in_hooks
 
 
 class _Accum:
@@ -179,6 +179,18 @@ def _next_token_ce_kl(logits_NSV: Tensor, tokens_NS: Tensor, ref_logp_NSV: Tenso
     return ce, kl
 
 
+def splice_problem(model: Any, hook_name: str) -> str | None:
+    """Why the CE/KL splice cannot replace `hook_name` on `model`, or None when it can: on a
+    TransformerBridge `blocks.L.hook_resid_mid` is one module's input, so a splice there is another
+    intervention (`check_editable_hook`). `saesteer train` and `saesteer eval` then leave the splice
+    metrics out with this as their note; the SAE is still read and scored at that hook."""
+    try:
+        check_editable_hook(model, hook_name, "CE evaluation")
+    except NotEditableHookError as e:
+        return str(e)
+    return None
+
+
 @torch.no_grad()
 def splice_metrics(
     model: Any,
@@ -207,8 +219,10 @@ def splice_metrics(
         raise ValueError(f"tokens must be [contexts, seq >= 2]; got shape {tuple(tokens_NS.shape)}")
     device = model_device(model)
     sums = torch.zeros(5, dtype=torch.float64)  # ce clean, spliced, zero, kl, positions
-    for chunk in tokens_NS.split(batch_size):
-        sums += _splice_chunk_sums(model, reconstruct, hook_name, input_hook, chunk.to(device), keep)
+    # an opt-in hook point on for the clean pass too: all three passes take the same forward path
+    with opt_in_hooks(model, [hook_name] + ([input_hook] if input_hook is not None else []), "CE/KL splicing"):
+        for chunk in tokens_NS.split(batch_size):
+            sums += _splice_chunk_sums(model, reconstruct, hook_name, input_hook, chunk.to(device), keep)
     n = float(sums[4])
     clean_ce, spliced_ce, zero_ce, kl = (float(v) / n for v in sums[:4])  # per predicted position
     denom = zero_ce - clean_ce

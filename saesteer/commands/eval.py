@@ -570,6 +570,8 @@ def _print_table(results: dict) -> None:
         probe = f"{_fmt(list(pr.values())[0], '.3f')}@{list(pr)[0]}" if pr else "-"
         print(f"{name:<{width}} " + " ".join(f"{_fmt(m.get(k), f):>9}" for _, k, f in cols)
               + f" {_fmt(ab, '.3f'):>8} {probe:>14}")
+        if r.get("ce_skipped"):
+            print(f"{'':<{width}}   note: no CE loss recovered or KL: {r['ce_skipped']}")
         if r.get("hook_name_out"):
             print(f"{'':<{width}}   transcoder {r['hook_name']} -> {r['hook_name_out']}"
                   f"{' (skip)' if r.get('skip_connection') else ''}: EV/MSE/cos of the target; CE rec and KL "
