@@ -56,6 +56,12 @@ def _describe(loaded) -> dict[str, Any]:
             "source": (loaded.provenance or {}).get("source")}
 
 
+# absorption compares the decoder rows with a probe direction in the space of the activations the
+# latents read: a transcoder's decoder writes its target hook, another space
+TRANSCODER_ABSORPTION = ("not defined for a transcoder: absorption compares the decoder rows with a probe direction "
+                         "of the activations its latents read, and a transcoder's decoder writes its target hook")
+
+
 def evaluate_saes(saes: Mapping[str, Any], inputs: EvalInputs, cfg: EvalConfig,
                   say: Callable[[str], None] = lambda _: None) -> dict[str, dict[str, Any]]:
     """{name: {description..., "metrics": {...}, "absorption": {...}, "probing": {...}}}; `ce_skipped`:
@@ -93,10 +99,13 @@ def evaluate_saes(saes: Mapping[str, Any], inputs: EvalInputs, cfg: EvalConfig,
         entry: dict[str, Any] = {**_describe(loaded), "metrics": metrics,
                                  "rows_source": (inputs.rows_source or {}).get(name, "held-out text"),
                                  **({"ce_skipped": ce_skipped} if ce_skipped else {})}
-        if cfg.absorption and words is not None:
+        if cfg.absorption and words is not None and sae.is_transcoder:
+            entry["absorption"] = {"skipped": TRANSCODER_ABSORPTION}
+        elif cfg.absorption and words is not None:
             entry["absorption"] = first_letter_absorption(
                 sae, words.activations(hook, say), [w for _, w in words.words], max_k=cfg.absorption_max_k,
                 f1_jump=cfg.absorption_f1_jump, min_words=cfg.absorption_min_words, seed=cfg.seed)
+        # probed at `hook`, where the latents are computed from (a transcoder's input, not its target)
         if cfg.probing and inputs.probing is not None and hook in inputs.probing.data:
             say(f"{name}: sparse probing on {len(inputs.probing.tasks)} tasks ({inputs.probing.source})")
             entry["probing"] = {"source": inputs.probing.source,

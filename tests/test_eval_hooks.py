@@ -52,3 +52,102 @@ def test_eval_at_a_bridge_resid_mid_alias_leaves_out_the_splice_metrics_as_train
     for key in ("explained_variance", "mse", "l0"):
         assert mid["metrics"][key] == pytest.approx(trained[key], rel=1e-9)
     assert "ce_loss_recovered" not in trained
+
+
+# --------------------------------------------------------------------------------- the toy model
+H_IN, H_OUT, H_RES = "blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_out", "blocks.2.hook_resid_post"
+TOY_TRAIN = ("--d-sae", 64, "--k", 4, "--total-tokens", 2048, "--batch-size", 256, "--holdout-tokens", 512,
+             "--eval-ce-contexts", 2, "--eval-ce-batch-size", 2, "--no-progress", "--num-threads", 1)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """A toy cache of three hooks; an SAE 'sae' at H_RES and a transcoder 'tc' (H_IN -> H_OUT) trained on it."""
+    d = tmp_path_factory.mktemp("evaltoy")
+    saesteer("cache", "--model", "toy", "--dataset", "toy", "--max-tokens", 6144, "--shard-contexts", 8,
+             "--hooks", f"{H_IN},{H_OUT},{H_RES}", "--out", d / "cache", "--no-progress").ok()
+    saesteer("train", "--cache", d / "cache", "--out", d / "run", "--hook", H_RES, "--architecture", "topk",
+             "--sae-name", "sae", *TOY_TRAIN).ok()
+    saesteer("train", "--cache", d / "cache", "--out", d / "tcrun", "--hook", H_IN, "--target-hook", H_OUT,
+             "--architecture", "topk", "--sae-name", "tc", *TOY_TRAIN).ok()
+    return d
+
+
+def _eval_toy(toy, out, *flags):
+    saesteer("eval", "--sae", f"sae={toy / 'run/saes/sae'}", "--sae", f"tc={toy / 'tcrun/saes/tc'}", "--model", "toy",
+             "--contexts", 8, "--ce-contexts", 2, "--ce-batch-size", 2, "--quiet", "--out", out, *flags).ok()
+    return json.loads((out / "eval.json").read_text())
+
+
+def test_the_toy_probing_set_is_not_collected_again_over_a_groups_contexts(toy, tmp_path, monkeypatch):
+    """On the toy model without --cache the probing set (the toy validation split, packed as the SAEs
+    read it) is the group's held-out text: the model ran over the same contexts at the same hooks
+    twice. Now once, and eval.json is the same as with every collection run on its own."""
+    import evals.activations
+    import training.runner
+
+    forwards = []
+    real_run = training.runner.ActivationRunner._run_tl
+
+    def counting_run(self, tokens):
+        forwards.append(tuple(tokens.shape))
+        return real_run(self, tokens)
+
+    monkeypatch.setattr(training.runner.ActivationRunner, "_run_tl", counting_run)
+    doc = _eval_toy(toy, tmp_path / "once", "--absorption", "false")
+    held_out = [s for s in forwards if s == (8, 128)]  # 8 held-out contexts of 128 tokens, one batch
+    assert len(held_out) == 1, forwards
+    assert doc["saes"]["sae"]["probing"]["tasks"] > 0 and doc["saes"]["tc"]["probing"]["tasks"] > 0
+
+    class EachOnItsOwn(evals.activations.Collector):  # every call runs the model, as before
+        def __call__(self, hooks, tokens, excluded=()):
+            return evals.activations.collect(self.model, hooks, tokens, excluded, self.batch_size)
+
+    monkeypatch.setattr(evals.activations, "Collector", EachOnItsOwn)
+    forwards.clear()
+    assert _eval_toy(toy, tmp_path / "twice", "--absorption", "false") == doc
+    assert len([s for s in forwards if s == (8, 128)]) == 2
+
+
+def test_a_transcoders_latents_are_probed_at_its_input_hook(toy, tmp_path, monkeypatch):
+    """The probing set was read at the transcoders' target hooks too (never used: the model run to
+    the target's layer and its activations kept for nothing). Now at the hooks the latents are
+    computed from only; the transcoder's figures are sparse probing of its latents on its input hook's
+    activations (the target's would give others). Absorption, which compares decoder rows with a
+    probe direction of the input's space, is left out for the transcoder with the reason."""
+    import evals.run
+    from evals.activations import collect
+    from evals.probing import sparse_probing
+    from saes.formats import resolve_sae
+    from saesteer.models import load_model
+
+    asked = []
+    real = evals.run.token_probing_data
+
+    def spy(heldout, hooks):
+        asked.append(list(hooks))
+        return real(heldout, hooks)
+
+    monkeypatch.setattr(evals.run, "token_probing_data", spy)
+    doc = _eval_toy(toy, tmp_path / "ev", "--absorption-min-words", 1)
+    assert asked == [sorted([H_IN, H_RES])]
+    tc = doc["saes"]["tc"]
+    assert tc["hook_name"] == H_IN and tc["hook_name_out"] == H_OUT
+    assert "not defined for a transcoder" in tc["absorption"]["skipped"]
+    assert doc["saes"]["sae"]["absorption"]["letters"] > 0
+    # the figures, recomputed on the input hook's activations of the same probing set
+    from evals.probing import balanced_tasks
+    from evals.run import token_labels
+    from training.sources import contexts_from_text
+    from training.text import TextConfig
+    import toyworld
+
+    model = load_model("toy", device="cpu")
+    sae = resolve_sae(str(toy / "tcrun/saes/tc")).sae
+    tokens = contexts_from_text(TextConfig(dataset="toy", split="validation", context_length=128), model.tokenizer, 8)
+    held = collect(model, [H_IN, H_OUT], tokens, (model.tokenizer.bos_token_id,))
+    tasks = balanced_tasks(token_labels(held, toyworld.concept_masks(held.tokens, list(toyworld.CONCEPTS))),
+                           max_per_class=400, min_positives=20, seed=0)
+    for hook, same in ((H_IN, True), (H_OUT, False)):
+        got = sparse_probing(sae, real(held, [hook])[hook], tasks, [1, 2, 5, 10])
+        assert (got["sae_accuracy"] == tc["probing"]["sae_accuracy"]) is same, hook
