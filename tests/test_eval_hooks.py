@@ -151,3 +151,16 @@ def test_a_transcoders_latents_are_probed_at_its_input_hook(toy, tmp_path, monke
     for hook, same in ((H_IN, True), (H_OUT, False)):
         got = sparse_probing(sae, real(held, [hook])[hook], tasks, [1, 2, 5, 10])
         assert (got["sae_accuracy"] == tc["probing"]["sae_accuracy"]) is same, hook
+
+
+def test_saes_reading_the_caches_contexts_are_one_group_whatever_their_text_records():
+    """The contexts of SAEs whose training took its CE contexts from --cache come from the cache, not
+    from their text record: two such SAEs whose records differ (here the packing) were two groups, each
+    reading the cache's contexts again. SAEs reading held-out text still group by that text."""
+    from saesteer.commands.eval import _group_by_text
+    from training.text import TextConfig
+
+    a, b = TextConfig(dataset="toy", context_length=64), TextConfig(dataset="toy", context_length=128)
+    groups = _group_by_text({"c1": a, "c2": b, "t1": a, "t2": b, "t3": a}, {"c1", "c2"})
+    assert [(names, from_cache) for _, names, from_cache in groups] == [(["c1", "c2"], True), (["t1", "t3"], False),
+                                                                        (["t2"], False)]

@@ -205,10 +205,11 @@ def _describe_text(text) -> str:
 
 def _group_by_text(texts: dict, from_cache: set) -> list[tuple]:
     """[(text, [SAE names], from the cache)]: the SAEs that read the same text, in the order first
-    given; SAEs whose training took its CE contexts from the cache (`from_cache`) read those, apart."""
+    given; SAEs whose training took its CE contexts from the cache (`from_cache`) read those, one
+    group whatever their text records (the cache's contexts do not depend on it)."""
     groups: dict[str, tuple] = {}
     for name, text in texts.items():
-        key = repr((sorted(dataclasses.asdict(text).items()), name in from_cache))
+        key = "the cache" if name in from_cache else repr(sorted(dataclasses.asdict(text).items()))
         groups.setdefault(key, (text, [], name in from_cache))[1].append(name)
     return list(groups.values())
 
