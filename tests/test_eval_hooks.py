@@ -164,3 +164,38 @@ def test_saes_reading_the_caches_contexts_are_one_group_whatever_their_text_reco
     groups = _group_by_text({"c1": a, "c2": b, "t1": a, "t2": b, "t3": a}, {"c1", "c2"})
     assert [(names, from_cache) for _, names, from_cache in groups] == [(["c1", "c2"], True), (["t1", "t3"], False),
                                                                         (["t2"], False)]
+
+
+def test_the_ce_evaluation_of_several_saes_runs_the_clean_pass_once(monkeypatch):
+    """Each SAE's CE loss recovered ran its own clean pass (and its own zero-ablated pass) over the
+    same contexts: 3 forward passes per SAE and batch. Now one clean pass per batch, one zero-ablated
+    pass per replaced hook, one spliced pass per SAE, and the figures equal one call per SAE exactly."""
+    import torch
+
+    from saesteer.models import load_model
+    from training.evaluate import Splice, splice_metrics, splice_metrics_many
+
+    model = load_model("toy", device="cpu")
+    tokens = torch.randint(3, model.cfg.d_vocab, (4, 16), generator=torch.Generator().manual_seed(0))
+    bos = model.tokenizer.bos_token_id
+    tokens[:, 0] = bos
+    g = torch.Generator().manual_seed(1)
+    W_mlp = torch.randn(model.cfg.d_model, model.cfg.d_model, generator=g) * 0.1
+    splices = [Splice(lambda x: x * 0.9, H_RES), Splice(lambda x: x + 0.05, H_RES),
+               Splice(lambda x: x @ W_mlp, H_OUT, H_IN)]  # a transcoder: reads H_IN, replaces H_OUT
+    calls = []
+    real_forward = type(model).forward
+
+    def counting_forward(self, *a, **k):
+        calls.append(tuple(a[0].shape))
+        return real_forward(self, *a, **k)
+
+    monkeypatch.setattr(type(model), "forward", counting_forward)
+    many = splice_metrics_many(model, splices, tokens, keep_token_ids=(bos,), batch_size=2)
+    assert calls.count((2, 16)) == 2 * (1 + 3 + 2)  # 2 batches x (clean + 3 spliced + 2 zero-ablated hooks)
+    calls.clear()
+    one_by_one = [splice_metrics(model, s.reconstruct, s.hook_name, tokens, keep_token_ids=(bos,), batch_size=2,
+                                 input_hook=s.input_hook) for s in splices]
+    assert calls.count((2, 16)) == 2 * 3 * 3
+    assert many == one_by_one
+    assert many[0].ce_loss_spliced != many[1].ce_loss_spliced and many[0].ce_loss_zero == many[1].ce_loss_zero
