@@ -174,7 +174,10 @@ class OptInSwitch:
             if flag is None:
                 continue
             where = f"{who}: " if who else ""
-            pinned = _PINNED.get(self.model)
+            try:
+                pinned = _PINNED.get(self.model)
+            except TypeError:  # not weakly referable, so never pinned
+                pinned = None
             if pinned is not None:
                 raise UnknownHookError(
                     f"{where}{name} needs TransformerLens's {flag}, which is off on the model {pinned} shares: a "
@@ -238,7 +241,10 @@ def pin_opt_in_hooks(model: Any, needs: Mapping[str, Iterable[str]], pinned_by: 
                         f"hook_q/k/v_input exclude each other); serve them from separate servers") from None
                 raise
             on[flag] = who
-    _PINNED[model] = pinned_by
+    try:
+        _PINNED[model] = pinned_by
+    except TypeError:  # not weakly referable: a stand-in without TransformerLens's setters, nothing to switch
+        pass
     return list(on)
 
 
