@@ -116,10 +116,14 @@ def test_a_transcoders_latents_are_probed_at_its_input_hook(toy, tmp_path, monke
     activations (the target's would give others). Absorption, which compares decoder rows with a
     probe direction of the input's space, is left out for the transcoder with the reason."""
     import evals.run
+    import toyworld
     from evals.activations import collect
-    from evals.probing import sparse_probing
+    from evals.probing import balanced_tasks, sparse_probing
+    from evals.run import token_labels
     from saes.formats import resolve_sae
     from saesteer.models import load_model
+    from training.sources import contexts_from_text
+    from training.text import TextConfig
 
     asked = []
     real = evals.run.token_probing_data
@@ -136,12 +140,6 @@ def test_a_transcoders_latents_are_probed_at_its_input_hook(toy, tmp_path, monke
     assert "not defined for a transcoder" in tc["absorption"]["skipped"]
     assert doc["saes"]["sae"]["absorption"]["letters"] > 0
     # the figures, recomputed on the input hook's activations of the same probing set
-    from evals.probing import balanced_tasks
-    from evals.run import token_labels
-    from training.sources import contexts_from_text
-    from training.text import TextConfig
-    import toyworld
-
     model = load_model("toy", device="cpu")
     sae = resolve_sae(str(toy / "tcrun/saes/tc")).sae
     tokens = contexts_from_text(TextConfig(dataset="toy", split="validation", context_length=128), model.tokenizer, 8)
