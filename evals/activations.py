@@ -62,6 +62,27 @@ def collect(model, hooks: Sequence[str], tokens_NL: Tensor, excluded_ids: Iterab
     return kept._replace(acts={h: torch.cat(parts[h]) for h in hooks})
 
 
+class Collector:
+    """`collect` that runs the model once per contexts: a call for contexts already collected (equal
+    tokens, the same excluded ids) at hooks among those collected then is answered from that
+    collection, without a forward pass (the values are the same: the same contexts, batches and
+    forward). `saesteer eval`'s toy-world probing set is often the held-out text of a group of SAEs."""
+
+    def __init__(self, model, batch_size: int = 16) -> None:
+        self.model, self.batch_size = model, batch_size
+        self.done: list[HeldOutActivations] = []
+
+    def __call__(self, hooks: Sequence[str], tokens_NL: Tensor, excluded_ids: Iterable[int] = ()) -> HeldOutActivations:
+        excl = tuple(sorted(set(int(i) for i in excluded_ids)))
+        for got in self.done:
+            if (got.excluded_ids == excl and set(hooks) <= set(got.acts) and got.tokens.shape == tokens_NL.shape
+                    and torch.equal(got.tokens, tokens_NL.long())):
+                return got._replace(acts={h: got.acts[h] for h in hooks})
+        got = collect(self.model, hooks, tokens_NL, excl, self.batch_size)
+        self.done.append(got)
+        return got
+
+
 def positions(tokens_NL: Tensor, excluded_ids: Iterable[int] = ()) -> HeldOutActivations:
     """The positions `collect` keeps of `tokens_NL`, without running the model (`acts` empty): for
     SAEs whose activation rows come from elsewhere (a cache's held-out rows)."""

@@ -3,7 +3,7 @@
 The training metrics come from `training.evaluate` (the same functions `saesteer train` reports
 with, so the figures of an SAE trained here equal the ones its training printed):
     explained_variance, mse, l0, eval_dead_fraction, dense_fraction, eval_rows, levels (Matryoshka)
-    ce_loss_clean / spliced / zero, ce_loss_recovered, kl_div        (`splice_metrics`)
+    ce_loss_clean / spliced / zero, ce_loss_recovered, kl_div        (`splice_metrics_many`)
 and this module adds, defined as SAELens's `run_evals` defines them:
     cossim                        mean over rows of cos(x, x_hat)
     l2_ratio                      mean over rows of ||x_hat|| / ||x|| (||x|| < 1e-4 counts as 1): shrinkage
@@ -82,10 +82,16 @@ def model_metrics(model: Any, sae: SAE, hook: str, tokens_NL: Tensor, keep_token
                   batch_size: int) -> dict[str, float]:
     """CE loss recovered and KL with the SAE spliced in at `hook` (`training.evaluate.splice_metrics`);
     a transcoder reading `hook` replaces its target hook (`metadata.hook_name_out`) instead."""
-    from training.evaluate import splice_metrics
+    return model_metrics_many(model, {"sae": (sae, hook)}, tokens_NL, keep_token_ids, batch_size)["sae"]
 
-    if sae.is_transcoder:
-        return splice_metrics(model, reconstructor(sae), transcoder_target(sae), tokens_NL,
-                              keep_token_ids=keep_token_ids, batch_size=batch_size, input_hook=hook).to_dict()
-    return splice_metrics(model, reconstructor(sae), hook, tokens_NL, keep_token_ids=keep_token_ids,
-                          batch_size=batch_size).to_dict()
+
+def model_metrics_many(model: Any, saes: dict[str, tuple[SAE, str]], tokens_NL: Tensor, keep_token_ids: tuple[int, ...],
+                       batch_size: int) -> dict[str, dict[str, float]]:
+    """`model_metrics` of several SAEs (name -> (SAE, the hook it reads)) over the same contexts
+    (`training.evaluate.splice_metrics_many`: the clean pass of a batch run once for all of them)."""
+    from training.evaluate import Splice, splice_metrics_many
+
+    splices = [Splice(reconstructor(sae), transcoder_target(sae), hook) if sae.is_transcoder
+               else Splice(reconstructor(sae), hook) for sae, hook in saes.values()]
+    got = splice_metrics_many(model, splices, tokens_NL, keep_token_ids=keep_token_ids, batch_size=batch_size)
+    return {name: m.to_dict() for name, m in zip(saes, got)}

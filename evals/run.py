@@ -19,7 +19,7 @@ from evals.absorption import FirstLetterWords, first_letter_absorption
 from evals.config import EvalConfig
 from evals.activations import HeldOutActivations
 from evals.probing import ProbingData, Task, sparse_probing
-from evals.reconstruction import activation_metrics, model_metrics
+from evals.reconstruction import activation_metrics, model_metrics_many
 from saes.hookpoints import transcoder_target
 
 
@@ -56,19 +56,28 @@ def _describe(loaded) -> dict[str, Any]:
             "source": (loaded.provenance or {}).get("source")}
 
 
+# absorption compares the decoder rows with a probe direction in the space of the activations the
+# latents read: a transcoder's decoder writes its target hook, another space
+TRANSCODER_ABSORPTION = ("not defined for a transcoder: absorption compares the decoder rows with a probe direction "
+                         "of the activations its latents read, and a transcoder's decoder writes its target hook")
+
+
 def evaluate_saes(saes: Mapping[str, Any], inputs: EvalInputs, cfg: EvalConfig,
                   say: Callable[[str], None] = lambda _: None) -> dict[str, dict[str, Any]]:
-    """{name: {description..., "metrics": {...}, "absorption": {...}, "probing": {...}}}."""
+    """{name: {description..., "metrics": {...}, "absorption": {...}, "probing": {...}}}; `ce_skipped`:
+    why CE loss recovered and KL were left out (`training.evaluate.splice_problem`)."""
     words = inputs.absorption_words
     if words is None and cfg.absorption and inputs.tokenizer is not None:
         words = FirstLetterWords(inputs.model, inputs.tokenizer, cfg.absorption_prefix)
     if words is not None and (words.model is not inputs.model or words.prefix != cfg.absorption_prefix):
         raise ValueError(f"the shared absorption words were read on another model or with the prefix {words.prefix!r}, "
                          f"not absorption_prefix {cfg.absorption_prefix!r}: build them with this model and config")
+    for loaded in saes.values():
+        loaded.sae.eval()
+    spliced, ce_skipped = _model_metrics(saes, inputs, cfg, say)
     out: dict[str, dict[str, Any]] = {}
     for name, loaded in saes.items():
         sae = loaded.sae
-        sae.eval()
         hook = sae.cfg.metadata["hook_name"]
         rows = inputs.rows.get(name) if inputs.rows else None
         x = rows if rows is not None else inputs.heldout.acts[hook]
@@ -78,22 +87,45 @@ def evaluate_saes(saes: Mapping[str, Any], inputs: EvalInputs, cfg: EvalConfig,
             y = inputs.target_rows[name] if rows is not None and inputs.target_rows else inputs.heldout.acts[target]
             say(f"{name}: transcoder {hook} -> {target}")
         say(f"{name}: activation metrics on {x.shape[0]:,} held-out tokens at {hook}")
-        metrics = activation_metrics(sae, x, cfg.dense_threshold, y)
-        if inputs.ce_tokens is not None and len(inputs.ce_tokens) and cfg.ce_contexts > 0:
-            say(f"{name}: CE loss recovered and KL over {len(inputs.ce_tokens)} contexts")
-            metrics.update(model_metrics(inputs.model, sae, hook, inputs.ce_tokens, inputs.keep_ids, cfg.ce_batch_size))
+        metrics = {**activation_metrics(sae, x, cfg.dense_threshold, y), **spliced.get(name, {})}
         entry: dict[str, Any] = {**_describe(loaded), "metrics": metrics,
-                                 "rows_source": (inputs.rows_source or {}).get(name, "held-out text")}
-        if cfg.absorption and words is not None:
+                                 "rows_source": (inputs.rows_source or {}).get(name, "held-out text"),
+                                 **({"ce_skipped": ce_skipped[name]} if name in ce_skipped else {})}
+        if cfg.absorption and words is not None and sae.is_transcoder:
+            entry["absorption"] = {"skipped": TRANSCODER_ABSORPTION}
+        elif cfg.absorption and words is not None:
             entry["absorption"] = first_letter_absorption(
                 sae, words.activations(hook, say), [w for _, w in words.words], max_k=cfg.absorption_max_k,
                 f1_jump=cfg.absorption_f1_jump, min_words=cfg.absorption_min_words, seed=cfg.seed)
+        # probed at `hook`, where the latents are computed from (a transcoder's input, not its target)
         if cfg.probing and inputs.probing is not None and hook in inputs.probing.data:
             say(f"{name}: sparse probing on {len(inputs.probing.tasks)} tasks ({inputs.probing.source})")
             entry["probing"] = {"source": inputs.probing.source,
                                 **sparse_probing(sae, inputs.probing.data[hook], inputs.probing.tasks, cfg.probing_ks)}
         out[name] = entry
     return out
+
+
+def _model_metrics(saes: Mapping[str, Any], inputs: EvalInputs, cfg: EvalConfig,
+                   say: Callable[[str], None]) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    """({name: CE loss recovered and KL}, {name: why they were left out}): every SAE spliced in over
+    the CE contexts, the clean pass of each batch run once for all (`model_metrics_many`); none where a
+    splice is not an edit of the hook its name says (`saesteer train`'s rule, `splice_problem`)."""
+    from training.evaluate import splice_problem
+
+    if inputs.ce_tokens is None or not len(inputs.ce_tokens) or cfg.ce_contexts <= 0:
+        return {}, {}
+    skipped = {}
+    for name, loaded in saes.items():
+        sae = loaded.sae
+        problem = splice_problem(inputs.model, transcoder_target(sae) if sae.is_transcoder else sae.cfg.metadata["hook_name"])
+        if problem is not None:
+            skipped[name] = problem
+    spliced = {name: (x.sae, x.sae.cfg.metadata["hook_name"]) for name, x in saes.items() if name not in skipped}
+    if not spliced:
+        return {}, skipped
+    say(f"{', '.join(spliced)}: CE loss recovered and KL over {len(inputs.ce_tokens)} contexts")
+    return model_metrics_many(inputs.model, spliced, inputs.ce_tokens, inputs.keep_ids, cfg.ce_batch_size), skipped
 
 
 def token_probing_data(heldout: HeldOutActivations, hooks: list[str]) -> dict[str, ProbingData]:

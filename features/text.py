@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from features.tokentext import token_text
-from saes.hookpoints import check_hook
+from saes.hookpoints import check_hook, opt_in_hooks
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def hook_activations(model, hook_name: str, tokens_BS: torch.Tensor) -> torch.Te
         got["x"] = act.detach()
         raise _StopForward
 
-    with model.hooks(fwd_hooks=[(hook_name, grab)]):
+    with opt_in_hooks(model, hook_name), model.hooks(fwd_hooks=[(hook_name, grab)]):
         try:
             model(tokens_BS)
         except _StopForward:

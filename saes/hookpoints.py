@@ -7,6 +7,8 @@ that lists close matches and the model's hook points.
 
     check_hook(model, "blocks.1.hook_resid_post", who="SAE 'l1'")
     check_hooks(model, hooks, per_token=True)     # the activation cache: one vector per token
+    with opt_in_hooks(model, hooks): ...          # opt-in hook points (hook_mlp_in, ...) on for the block
+    pin_opt_in_hooks(model, {"store 'a'": hooks}) # a server: on for good, and no request switches one
     transcoder_target(sae)                        # the hook a transcoder predicts (check_transcoder_hooks: the pair)
     model_device(model), model_dtype(model)       # where its weights live
 """
@@ -15,7 +17,9 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Any, Iterable, Sequence
+import weakref
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -70,14 +74,14 @@ _HF_PART_HOOK = {"mlp": "hook_mlp_out", "self_attn": "hook_attn_out", "attn": "h
 
 
 def check_hook(model: Any, name: str, who: str | None = None, *, per_token: bool = False) -> str:
-    """`name` if the model has that hook point (an opt-in one, such as `hook_mlp_in`, is switched on),
-    else an `UnknownHookError` saying so (prefixed with `who`, the thing that asked for it) with close
-    matches and the valid names.
+    """`name` if the model has that hook point, else an `UnknownHookError` saying so (prefixed with
+    `who`, the thing that asked for it) with close matches and the valid names. Changes nothing: an
+    opt-in hook point (`hook_mlp_in`, ...) is valid, and whoever runs the model there switches it on
+    for that run (`opt_in_hooks`).
     `per_token`: also refuse hooks with one value per pair of positions (attention patterns)."""
     known = hook_names(model)
     valid = per_token_hooks(model) if per_token else known
     if name in valid:
-        _switch_on(model, name)
         return name
     where = f"{who}: " if who else ""
     if name in known:
@@ -104,6 +108,10 @@ def check_hook(model: Any, name: str, who: str | None = None, *, per_token: bool
                            f"{describe_hooks(named)}{more}")
 
 
+class NotEditableHookError(UnknownHookError):
+    """A hook point that can be read but not edited as its name says (`check_editable_hook`)."""
+
+
 def check_editable_hook(model: Any, name: str, who: str | None = None) -> str:
     """`check_hook`, and refuse a hook whose edit would not be what its name says: on a
     TransformerBridge `blocks.L.hook_resid_mid` is an alias of the MLP norm's input (`ln2.hook_in`),
@@ -113,32 +121,131 @@ def check_editable_hook(model: Any, name: str, who: str | None = None) -> str:
     canonical = getattr(model.hook_dict[name], "name", name) or name
     if name.endswith("hook_resid_mid") and canonical != name and canonical.endswith(".hook_in"):
         where = f"{who}: " if who else ""
-        raise UnknownHookError(
+        raise NotEditableHookError(
             f"{where}on this model {name} is the input of one module ({canonical}): an edit there would reach "
             f"that module but not the residual stream after it, so it is not an edit of {name}. Steer or "
             f"splice with an SAE of a hook that is the residual stream here (hook_resid_pre, hook_resid_post)")
     return name
 
 
-# TransformerLens's opt-in hook points: (name suffix, the cfg flag that must be on for a hook to be added)
+# TransformerLens's opt-in hook points: (name suffixes, the cfg flag that must be on for them to fire)
 _OPT_IN = ((("attn.hook_result",), "use_attn_result"), (("hook_q_input", "hook_k_input", "hook_v_input"),
            "use_split_qkv_input"), (("mlp_in",), "use_hook_mlp_in"), (("attn_in",), "use_attn_in"))
 
 
-def _switch_on(model: Any, name: str) -> None:
-    """Turn on the flag an opt-in hook point needs (`model.set_use_attn_result(True)`, ...): they are
-    listed among the model's hook points, and a user asking for one means it (without it TransformerLens
-    refuses the hook with advice to call a Python method)."""
+class OptInConflictError(UnknownHookError):
+    """An opt-in hook point whose flag cannot be on together with one already on (TransformerLens:
+    `use_attn_in` and `use_split_qkv_input` exclude each other)."""
+
+
+# models a server shares between requests (pin_opt_in_hooks): model -> who pinned it
+_PINNED: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
+
+
+def opt_in_flag(model: Any, name: str) -> str | None:
+    """The cfg flag (`use_attn_in`, ...) that is off on `model` and must be on for the opt-in hook
+    point `name` to fire; None when `name` fires as the model stands."""
     cfg = getattr(model, "cfg", None)
     for suffixes, flag in _OPT_IN:
-        setter = getattr(model, f"set_{flag}", None)
-        if name.endswith(suffixes) and cfg is not None and getattr(cfg, flag, True) is False and setter is not None:
+        if name.endswith(suffixes) and cfg is not None and getattr(cfg, flag, True) is False:
+            return flag
+    return None
+
+
+class OptInSwitch:
+    """TransformerLens's opt-in hook points switched on for one piece of work and off again after.
+
+    They are listed among the model's hook points, but fire only once a cfg flag is on
+    (`model.set_use_attn_in(True)`, ...), and a flag on changes the model for everyone using it
+    (another forward path: slower, other float rounding; `use_attn_in` and `use_split_qkv_input`
+    exclude each other). So a flag is switched on only for the work that reads or edits the hook
+    (`need`), and exactly the flags this object switched on are switched off again (`restore`).
+    A model pinned by a server (`pin_opt_in_hooks`) is never switched: a hook needing a flag that is
+    off there is refused."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.switched: list[str] = []  # the flags this object turned on, in order
+
+    def need(self, names: str | Iterable[str], who: str | None = None) -> None:
+        """Switch on the flags the hook points `names` need (an `UnknownHookError` when one cannot be)."""
+        for name in [names] if isinstance(names, str) else names:
+            flag = opt_in_flag(self.model, name)
+            if flag is None:
+                continue
+            where = f"{who}: " if who else ""
             try:
-                setter(True)
-            except ValueError:  # use_attn_in and use_split_qkv_input exclude each other
-                raise UnknownHookError(f"{name} needs TransformerLens's {flag}, which cannot be on together with "
-                                       f"the hook points already in use on this model (hook_attn_in and "
-                                       f"hook_q/k/v_input exclude each other); use them in separate runs") from None
+                pinned = _PINNED.get(self.model)
+            except TypeError:  # not weakly referable, so never pinned
+                pinned = None
+            if pinned is not None:
+                raise UnknownHookError(
+                    f"{where}{name} needs TransformerLens's {flag}, which is off on the model {pinned} shares: a "
+                    f"server switches opt-in hook points on only at start, for the SAEs it serves, so that one "
+                    f"request cannot change the model for the others; serve a store whose SAE reads {name}")
+            self._switch_on(flag, name, where)
+            self.switched.append(flag)
+
+    def restore(self) -> None:
+        """Switch off the flags `need` switched on (last first)."""
+        while self.switched:
+            getattr(self.model, f"set_{self.switched.pop()}")(False)
+
+    def _switch_on(self, flag: str, name: str, where: str) -> None:
+        setter = getattr(self.model, f"set_{flag}", None)
+        if setter is None:
+            raise UnknownHookError(f"{where}{name} needs TransformerLens's {flag}, which this model cannot switch on")
+        try:
+            setter(True)
+        except ValueError:  # TransformerBridge: use_attn_in and use_split_qkv_input exclude each other
+            raise OptInConflictError(f"{where}{name} needs TransformerLens's {flag}, which cannot be on together with "
+                                     f"the hook points already in use on this model (hook_attn_in and "
+                                     f"hook_q/k/v_input exclude each other); use them in separate runs") from None
+        except (AssertionError, NotImplementedError) as e:  # e.g. hook_attn_in with grouped-query attention
+            raise UnknownHookError(f"{where}{name} needs TransformerLens's {flag}, which this model cannot switch on "
+                                   f"({e})") from None
+
+
+@contextmanager
+def opt_in_hooks(model: Any, names: str | Iterable[str], who: str | None = None) -> Iterator[None]:
+    """Within the block, the opt-in hook points among `names` fire (`OptInSwitch`); the flags it
+    switched on are off again after."""
+    switch = OptInSwitch(model)
+    try:
+        switch.need(names, who)
+        yield
+    finally:
+        switch.restore()
+
+
+def pin_opt_in_hooks(model: Any, needs: Mapping[str, Iterable[str]], pinned_by: str = "this server") -> list[str]:
+    """A server's start: switch on for good the flags that the hook points of what it serves need
+    (`needs`: who -> hook names, e.g. "store 'a'" -> its SAE's hooks), then pin `model`, so that no
+    request switches another one on later (`OptInSwitch` refuses). Two needs that cannot be on
+    together are refused here, naming both. Returns the flags switched on."""
+    on: dict[str, str] = {}  # flag -> who needed it
+    switch = OptInSwitch(model)
+    for who, names in needs.items():
+        for name in names:
+            flag = opt_in_flag(model, name)
+            if flag is None:
+                continue
+            try:
+                switch.need(name, who)
+            except UnknownHookError as e:
+                switch.restore()
+                if isinstance(e, OptInConflictError) and on:
+                    raise OptInConflictError(
+                        f"{who}: {name} needs TransformerLens's {flag}, which cannot be on together with the opt-in "
+                        f"hook points of {', '.join(sorted(set(on.values())))} on the same model (hook_attn_in and "
+                        f"hook_q/k/v_input exclude each other); serve them from separate servers") from None
+                raise
+            on[flag] = who
+    try:
+        _PINNED[model] = pinned_by
+    except TypeError:  # not weakly referable: a stand-in without TransformerLens's setters, nothing to switch
+        pass
+    return list(on)
 
 
 def check_hooks(model: Any, names: str | Sequence[str], who: str | None = None, *,
@@ -200,7 +307,8 @@ def check_transcoder_hooks(model: Any, hook_in: str, hook_out: str, who: str | N
         return record
 
     tokens = torch.zeros(1, 2, dtype=torch.long, device=model_device(model))
-    model.run_with_hooks(tokens, fwd_hooks=[(hook_in, recorder(hook_in)), (hook_out, recorder(hook_out))])
+    with opt_in_hooks(model, [hook_in, hook_out], who):
+        model.run_with_hooks(tokens, fwd_hooks=[(hook_in, recorder(hook_in)), (hook_out, recorder(hook_out))])
     order = [name for name, _ in fired]
     widths = dict(fired)
     if hook_in not in widths or hook_out not in widths:

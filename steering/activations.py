@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from saes.hookpoints import check_hook
+from saes.hookpoints import check_hook, opt_in_hooks
 from steering.spec import SteeringError
 
 if TYPE_CHECKING:
@@ -52,9 +52,10 @@ def iter_hook_activations(
         kw = {} if prepend_bos is None else {"prepend_bos": prepend_bos}
         tokens_BS = model.to_tokens(chunk, padding_side="left", **kw)
         stop = layer + 1 if layer is not None and layer + 1 < n_layers else None
-        _, cache = model.run_with_cache(
-            tokens_BS, names_filter=lambda n: n == hook_name, stop_at_layer=stop, padding_side="left", **kw
-        )
+        with opt_in_hooks(model, hook_name, "activation collection"):
+            _, cache = model.run_with_cache(
+                tokens_BS, names_filter=lambda n: n == hook_name, stop_at_layer=stop, padding_side="left", **kw
+            )
         acts = cache[hook_name]
         acts_BSD = acts.reshape(acts.shape[0], acts.shape[1], -1)
         keep_BS = real_token_mask(model, tokens_BS, prepend_bos).to(acts_BSD.device)

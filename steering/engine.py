@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from saes.hookpoints import OptInSwitch
 from steering.rowedits import BatchEditor, RowLayout, RowSteering, check_positions, editors_for
 from steering.runner import make_runner
 from steering.sampling import Choice, RowRandom, SamplingParams, choose
@@ -108,6 +109,7 @@ class BatchEngine:
         self._handles: dict[str, Any] = {}  # hook point -> torch hook handle (while busy)
         self._active: dict[str, list[BatchEditor]] = {}  # editors of the forward pass running now
         self._captures: dict[str, InputCapture] = {}  # transcoders' inputs in the forward pass running now
+        self._opt_in = OptInSwitch(model)  # opt-in hook points switched on while busy (a server's: on from its start)
         self.steps = 0
         self.max_rows_seen = 0  # the largest batch decoded so far (tests, status)
 
@@ -354,6 +356,7 @@ class BatchEngine:
             by_hook.setdefault(writes, []).append(ed)
         reads = {ed.reads_hook for ed in editors.values() if ed.reads_hook is not None}
         with self.lock:
+            self._opt_in.need(sorted(set(by_hook) | reads), "steering")
             for h in set(by_hook) | reads:
                 if h not in self._handles:
                     self._handles[h] = self.model.hook_dict[h].register_forward_hook(
@@ -377,6 +380,7 @@ class BatchEngine:
             for handle in self._handles.values():
                 handle.remove()
             self._handles = {}
+            self._opt_in.restore()
 
 
 def _apply_editors(editors: list[BatchEditor], x: Tensor, captures: Mapping[str, InputCapture] | None = None) -> Tensor:

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from saes.hookpoints import model_device
+from saes.hookpoints import model_device, opt_in_hooks
 from steering.config import GenerationConfig
 from steering.generation import Generation, generate
 from steering.inputs import Model, SAEs, TypicalMaxArg, sae_mapping
@@ -265,7 +265,8 @@ def steer(
             handles.append(
                 model.blocks[block_idx].register_forward_pre_hook(_pre_hook(tracker, block_idx), with_kwargs=True)
             )
-        with model.hooks(fwd_hooks=plan.fwd_hooks):
+        # opt-in hook points (hook_mlp_in, ...) are on for the block only: the model is as it was after
+        with opt_in_hooks(model, [h for h, _ in plan.fwd_hooks], "steering"), model.hooks(fwd_hooks=plan.fwd_hooks):
             yield session
     finally:
         session.active = False

@@ -29,14 +29,14 @@ target (the MLP ablated), so ce_loss_recovered is measured against the MLP-ablat
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from saes import SAE
-from saes.hookpoints import check_editable_hook, model_device
+from saes.hookpoints import NotEditableHookError, check_editable_hook, model_device, opt_in_flag, opt_in_hooks
 
 
 class _Accum:
@@ -179,6 +179,28 @@ def _next_token_ce_kl(logits_NSV: Tensor, tokens_NS: Tensor, ref_logp_NSV: Tenso
     return ce, kl
 
 
+def splice_problem(model: Any, hook_name: str) -> str | None:
+    """Why the CE/KL splice cannot replace `hook_name` on `model`, or None when it can: on a
+    TransformerBridge `blocks.L.hook_resid_mid` is one module's input, so a splice there is another
+    intervention (`check_editable_hook`). `saesteer train` and `saesteer eval` then leave the splice
+    metrics out with this as their note; the SAE is still read and scored at that hook."""
+    try:
+        check_editable_hook(model, hook_name, "CE evaluation")
+    except NotEditableHookError as e:
+        return str(e)
+    return None
+
+
+class Splice(NamedTuple):
+    """One SAE spliced into the model: `reconstruct(activation)` replaces `hook_name`'s output
+    (`input_hook`: a transcoder's; `reconstruct` then reads that hook's activation of the same
+    forward pass, and its answer replaces `hook_name`'s)."""
+
+    reconstruct: Callable[[Tensor], Tensor]
+    hook_name: str
+    input_hook: str | None = None
+
+
 @torch.no_grad()
 def splice_metrics(
     model: Any,
@@ -196,19 +218,46 @@ def splice_metrics(
 
     `model` is a TransformerLens HookedTransformer (or anything with `hook_dict`, `hooks()` and
     `__call__(tokens) -> logits`). An unknown hook name is an error."""
-    check_editable_hook(model, hook_name, "CE/KL splicing")
-    if input_hook is not None:
-        from saes.hookpoints import check_transcoder_hooks
+    return splice_metrics_many(model, [Splice(reconstruct, hook_name, input_hook)], tokens_NS,
+                               keep_token_ids=keep_token_ids, batch_size=batch_size)[0]
 
-        check_transcoder_hooks(model, input_hook, hook_name)
+
+@torch.no_grad()
+def splice_metrics_many(model: Any, splices: Sequence[Splice], tokens_NS: Tensor, *, keep_token_ids: Iterable[int] = (),
+                        batch_size: int = 16) -> list[SpliceMetrics]:
+    """`splice_metrics` of several SAEs over the same contexts, each chunk's clean pass run once and
+    its zero-ablated pass once per replaced hook: the figures of one call per SAE (the same forward
+    passes, each run once). Splices whose hooks need other TransformerLens opt-in flags run their
+    passes apart, each with its own flags on (`opt_in_hooks`), as a call of their own would."""
+    for s in splices:
+        check_editable_hook(model, s.hook_name, "CE/KL splicing")
+        if s.input_hook is not None:
+            from saes.hookpoints import check_transcoder_hooks
+
+            check_transcoder_hooks(model, s.input_hook, s.hook_name)
     keep = torch.tensor(sorted(set(int(t) for t in keep_token_ids)), dtype=torch.long)
     tokens_NS = tokens_NS.long()
     if tokens_NS.ndim != 2 or tokens_NS.shape[1] < 2:
         raise ValueError(f"tokens must be [contexts, seq >= 2]; got shape {tuple(tokens_NS.shape)}")
     device = model_device(model)
-    sums = torch.zeros(5, dtype=torch.float64)  # ce clean, spliced, zero, kl, positions
-    for chunk in tokens_NS.split(batch_size):
-        sums += _splice_chunk_sums(model, reconstruct, hook_name, input_hook, chunk.to(device), keep)
+    sums = [torch.zeros(5, dtype=torch.float64) for _ in splices]  # ce clean, spliced, zero, kl, positions
+    by_flags: dict[frozenset, list[int]] = {}
+    for i, s in enumerate(splices):
+        by_flags.setdefault(frozenset(opt_in_flag(model, h) for h in _hooks_of(s)) - {None}, []).append(i)
+    for idx in by_flags.values():
+        # an opt-in hook point on for the clean pass too: all passes take the same forward path
+        with opt_in_hooks(model, [h for i in idx for h in _hooks_of(splices[i])], "CE/KL splicing"):
+            for chunk in tokens_NS.split(batch_size):
+                for i, got in zip(idx, _splice_chunk_sums(model, [splices[i] for i in idx], chunk.to(device), keep)):
+                    sums[i] += got
+    return [_splice_result(s) for s in sums]
+
+
+def _hooks_of(s: Splice) -> list[str]:
+    return [s.hook_name] + ([s.input_hook] if s.input_hook is not None else [])
+
+
+def _splice_result(sums: Tensor) -> SpliceMetrics:
     n = float(sums[4])
     clean_ce, spliced_ce, zero_ce, kl = (float(v) / n for v in sums[:4])  # per predicted position
     denom = zero_ce - clean_ce
@@ -216,16 +265,16 @@ def splice_metrics(
     return SpliceMetrics(clean_ce, spliced_ce, zero_ce, recovered, kl)
 
 
-def _splice_chunk_sums(model: Any, reconstruct: Callable[[Tensor], Tensor], hook_name: str, input_hook: str | None,
-                       toks: Tensor, keep: Tensor) -> Tensor:
-    """One chunk's summed CE (clean, spliced, zero-ablated), summed KL and predicted positions."""
+def _splice_chunk_sums(model: Any, splices: Sequence[Splice], toks: Tensor, keep: Tensor) -> list[Tensor]:
+    """One chunk's summed CE (clean, spliced, zero-ablated), summed KL and predicted positions, per
+    splice: the clean pass once, the zero-ablated pass once per hook."""
     keep_NS = torch.isin(toks, keep.to(toks.device)) if keep.numel() else torch.zeros_like(toks, dtype=torch.bool)
     captured: dict[str, Tensor] = {}
 
     def capture(act: Tensor, hook: Any = None) -> None:
         captured["input"] = act
 
-    def replace_with(fn: Callable[[Tensor], Tensor], from_input: bool = False):
+    def replace_with(fn: Callable[[Tensor], Tensor], hook_name: str, from_input: bool = False):
         def hook(act: Tensor, hook: Any = None) -> Tensor:
             new = fn(captured.pop("input") if from_input else act)
             if new.shape != act.shape:
@@ -239,17 +288,24 @@ def _splice_chunk_sums(model: Any, reconstruct: Callable[[Tensor], Tensor], hook
     ref_logp = F.log_softmax(clean[:, :-1].float(), dim=-1)
     ce_clean, _ = _next_token_ce_kl(clean, toks, None)
     del clean
-    splice = [(hook_name, replace_with(reconstruct, input_hook is not None))]
-    with model.hooks(fwd_hooks=([(input_hook, capture)] if input_hook is not None else []) + splice):
-        spliced = model(toks)
-    ce_spliced, kl = _next_token_ce_kl(spliced, toks, ref_logp)
-    del spliced
-    with model.hooks(fwd_hooks=[(hook_name, replace_with(torch.zeros_like))]):
-        zero = model(toks)
-    ce_zero, _ = _next_token_ce_kl(zero, toks, None)
-    assert kl is not None
-    return torch.stack([ce_clean.double().cpu(), ce_spliced.double().cpu(), ce_zero.double().cpu(),
-                        kl.double().cpu(), torch.tensor(float(toks.shape[0] * (toks.shape[1] - 1)), dtype=torch.float64)])
+    zero_ce: dict[str, Tensor] = {}  # replaced hook -> CE with it zero-ablated
+    out = []
+    for s in splices:
+        splice = [(s.hook_name, replace_with(s.reconstruct, s.hook_name, s.input_hook is not None))]
+        with model.hooks(fwd_hooks=([(s.input_hook, capture)] if s.input_hook is not None else []) + splice):
+            spliced = model(toks)
+        ce_spliced, kl = _next_token_ce_kl(spliced, toks, ref_logp)
+        del spliced
+        if s.hook_name not in zero_ce:
+            with model.hooks(fwd_hooks=[(s.hook_name, replace_with(torch.zeros_like, s.hook_name))]):
+                zero = model(toks)
+            zero_ce[s.hook_name], _ = _next_token_ce_kl(zero, toks, None)
+            del zero
+        assert kl is not None
+        out.append(torch.stack([ce_clean.double().cpu(), ce_spliced.double().cpu(), zero_ce[s.hook_name].double().cpu(),
+                                kl.double().cpu(), torch.tensor(float(toks.shape[0] * (toks.shape[1] - 1)),
+                                                                dtype=torch.float64)]))
+    return out
 
 
 @dataclass

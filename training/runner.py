@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 
 from saes.errors import SaesteerError
-from saes.hookpoints import UnknownHookError, check_hooks, model_device
+from saes.hookpoints import UnknownHookError, check_hooks, model_device, opt_in_hooks
 from saes.validators import one_of, require
 from training.cache_config import FORWARD_NAMES
 from training.fast_forward import FastForward, NotSupported
@@ -221,7 +221,9 @@ class ActivationRunner:
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.inference_mode(), self.model.hooks(fwd_hooks=[(h, grabber(h)) for h in self.hooks]):
+            # an opt-in hook point (hook_mlp_in, ...) is switched on for this forward pass only
+            with torch.inference_mode(), opt_in_hooks(self.model, self.hooks), \
+                    self.model.hooks(fwd_hooks=[(h, grabber(h)) for h in self.hooks]):
                 try:
                     self.model(tokens_BL.to(self.device), return_type=None, stop_at_layer=self.stop_at_layer)
                 except _StopForward:

@@ -148,12 +148,11 @@ def _from_model(run_cfg, data_cfg, text_cfg):
 def _can_splice(model, hook: str) -> bool:
     """Whether the CE evaluation can replace `hook`'s activation on this model; a note when not (the
     SAE still trains: reading the hook is right)."""
-    from saes.hookpoints import UnknownHookError, check_editable_hook
+    from training.evaluate import splice_problem
 
-    try:
-        check_editable_hook(model, hook, "CE evaluation")
-    except UnknownHookError as e:
-        print(f"note: no CE evaluation: {e}")
+    problem = splice_problem(model, hook)
+    if problem is not None:
+        print(f"note: no CE evaluation: {problem}")
         return False
     return True
 

@@ -87,7 +87,7 @@ def _run(args) -> int:
     import torch
 
     from evals.absorption import FirstLetterWords
-    from evals.activations import check_widths
+    from evals.activations import Collector, check_widths
     from evals.config import EvalConfig
     from saesteer.configargs import dataclass_from_args
     from training.text import TextConfig
@@ -113,13 +113,13 @@ def _run(args) -> int:
     groups = _group_by_text(_texts_as_trained(args, text, loaded, ident, cache_text, say), ce_from_cache)
     bos = getattr(tokenizer, "bos_token_id", None)
     excluded = (int(bos),) if cfg.exclude_bos and bos is not None else ()
-    # one probing set for every SAE: read once, cut to the shortest context any SAE is fed
-    probing = _probing_inputs(cfg, model, spec, _all_hooks(loaded, targets), text,
-                              min(t.context_length for t, _, _ in groups), excluded, say) if cfg.probing else None
+    # the model's activations over held-out contexts: collected once per contexts for every use
+    collected = Collector(model, cfg.model_batch_size)
+    probing = None
     # the first-letter words and the model's activations on them: read once per hook for every group
     words = FirstLetterWords(model, tokenizer, cfg.absorption_prefix) if cfg.absorption else None
     results, texts = {}, []
-    for sae_text, names, from_cache in groups:
+    for i, (sae_text, names, from_cache) in enumerate(groups):
         group = {n: loaded[n] for n in names}
         if len(groups) > 1:
             say(f"SAEs {', '.join(names)}: " + ("contexts of the cache (as their training read them)" if from_cache
@@ -127,7 +127,13 @@ def _run(args) -> int:
         trained_on = _training_texts(group) or ([cache_text] if cache_text else [])
         tokens, overlap = _contexts(sae_text, tokenizer, max(cfg.contexts, cfg.ce_contexts), cfg.ce_contexts,
                                     args.cache if from_cache else None, trained_on, cfg.allow_eval_overlap, say)
-        got, record = _evaluate_group(cfg, model, group, targets, tokens, excluded, keep_ids, rows, rows_source,
+        heldout = _group_activations(cfg, group, targets, tokens, excluded, rows, collected, say)
+        if cfg.probing and i == 0:
+            # one probing set for every SAE, cut to the shortest context any SAE is fed; read after the
+            # first group's activations, which it often is (the toy validation text): then no forward pass
+            probing = _probing_inputs(cfg, model, spec, _latent_hooks(loaded), text,
+                                      min(t.context_length for t, _, _ in groups), excluded, collected, say)
+        got, record = _evaluate_group(cfg, model, group, tokens, heldout, excluded, keep_ids, rows, rows_source,
                                       data_info, probing, words, say)
         record = {**_text_record(cache_text[0] if from_cache else sae_text, from_cache), **record, "overlap": overlap}
         for name in names:
@@ -144,20 +150,25 @@ def _run(args) -> int:
     return 0
 
 
-def _evaluate_group(cfg, model, group: dict, targets: dict, tokens, excluded, keep_ids, rows, rows_source, data_info,
-                    probing, words, say):
-    """(results, what was read) of SAEs that read the same text: the activations at the hooks of
-    those without activation `rows` (from --cache) collected once over `tokens`, then each SAE
-    evaluated (evals.run.evaluate_saes). SAEs with rows read the model over `tokens` for CE only."""
-    from evals.activations import collect, positions
-    from evals.run import EvalInputs, evaluate_saes
+def _group_activations(cfg, group: dict, targets: dict, tokens, excluded, rows, collected, say):
+    """The held-out activations of SAEs that read the same text: at the hooks of those without
+    activation `rows` (from --cache), collected once over `tokens` (`collected`: an `evals.activations.
+    Collector`); SAEs with rows read the model over `tokens` for CE only (then only the positions)."""
+    from evals.activations import positions
 
     hooks = _all_hooks({n: x for n, x in group.items() if n not in rows}, targets)
-    if hooks:
-        say(f"collecting activations at {', '.join(hooks)} over {min(cfg.contexts, len(tokens))} held-out contexts")
-        heldout = collect(model, hooks, tokens[: cfg.contexts], excluded, cfg.model_batch_size)
-    else:  # every SAE reads its rows: only the positions, for the record
-        heldout = positions(tokens[: cfg.contexts], excluded)
+    if not hooks:  # every SAE reads its rows: only the positions, for the record
+        return positions(tokens[: cfg.contexts], excluded)
+    say(f"collecting activations at {', '.join(hooks)} over {min(cfg.contexts, len(tokens))} held-out contexts")
+    return collected(hooks, tokens[: cfg.contexts], excluded)
+
+
+def _evaluate_group(cfg, model, group: dict, tokens, heldout, excluded, keep_ids, rows, rows_source, data_info, probing,
+                    words, say):
+    """(results, what was read) of SAEs that read the same text (`tokens`, their activations
+    `heldout`): each SAE evaluated (evals.run.evaluate_saes)."""
+    from evals.run import EvalInputs, evaluate_saes
+
     target_rows = data_info.get("target_rows")
     inputs = EvalInputs(model, heldout, tokens[: cfg.ce_contexts], keep_ids if keep_ids is not None else excluded,
                         tokenizer=model.tokenizer, rows={n: r for n, r in rows.items() if n in group},
@@ -167,6 +178,11 @@ def _evaluate_group(cfg, model, group: dict, targets: dict, tokens, excluded, ke
     record = {"contexts": int(heldout.tokens.shape[0]), "tokens": int(heldout.row_context.numel()),
               "ce_contexts": int(len(inputs.ce_tokens))}
     return evaluate_saes(group, inputs, cfg, say), record
+
+
+def _latent_hooks(saes: dict) -> list[str]:
+    """The hooks the SAEs' latents are computed from (a transcoder's input hook, not its target)."""
+    return sorted({x.sae.cfg.metadata["hook_name"] for x in saes.values()})
 
 
 def _all_hooks(saes: dict, targets: dict) -> list[str]:
@@ -189,10 +205,11 @@ def _describe_text(text) -> str:
 
 def _group_by_text(texts: dict, from_cache: set) -> list[tuple]:
     """[(text, [SAE names], from the cache)]: the SAEs that read the same text, in the order first
-    given; SAEs whose training took its CE contexts from the cache (`from_cache`) read those, apart."""
+    given; SAEs whose training took its CE contexts from the cache (`from_cache`) read those, one
+    group whatever their text records (the cache's contexts do not depend on it)."""
     groups: dict[str, tuple] = {}
     for name, text in texts.items():
-        key = repr((sorted(dataclasses.asdict(text).items()), name in from_cache))
+        key = "the cache" if name in from_cache else repr(sorted(dataclasses.asdict(text).items()))
         groups.setdefault(key, (text, [], name in from_cache))[1].append(name)
     return list(groups.values())
 
@@ -490,14 +507,14 @@ def _ce_trained_on_cache(data: dict) -> bool:
     return bool((data.get("ce_eval_data") or {}).get("trained_on")) or str(data.get("ce_eval_contexts", "")).startswith("cache")
 
 
-def _probing_inputs(cfg, model, spec: str, hooks, text, max_len: int, excluded, say):
+def _probing_inputs(cfg, model, spec: str, hooks, text, max_len: int, excluded, collected, say):
     """The sparse-probing set, the same for every SAE: --probing-dataset's texts (column
     --probing-text-column), each cut to `max_len` tokens (the shortest context any SAE is fed), or on
     the toy model the toy corpus's validation split packed in `max_len`-token contexts with its
-    toy-world concepts as labels; the model's activations at `hooks` read once."""
+    toy-world concepts as labels; the model's activations at `hooks` (where the SAEs' latents are
+    computed from) read once (`collected`: contexts already collected are not run again)."""
     import torch
 
-    from evals.activations import collect
     from evals.probing import balanced_tasks, read_labelled_texts
     from evals.run import ProbingInputs, text_probing_data, token_labels, token_probing_data
     from training.sources import contexts_from_text
@@ -519,8 +536,7 @@ def _probing_inputs(cfg, model, spec: str, hooks, text, max_len: int, excluded, 
 
         toy = dataclasses.replace(text, dataset="toy", dataset_config=None, split="validation", text_column="text",
                                   context_length=max_len)
-        heldout = collect(model, hooks, contexts_from_text(toy, model.tokenizer, cfg.contexts), excluded,
-                          cfg.model_batch_size)
+        heldout = collected(hooks, contexts_from_text(toy, model.tokenizer, cfg.contexts), excluded)
         names = list(toyworld.CONCEPTS)
         masks = token_labels(heldout, toyworld.concept_masks(heldout.tokens, names))
         tasks = balanced_tasks(masks, max_per_class=cfg.probing_max_per_class, min_positives=cfg.probing_min_positives,
@@ -570,6 +586,8 @@ def _print_table(results: dict) -> None:
         probe = f"{_fmt(list(pr.values())[0], '.3f')}@{list(pr)[0]}" if pr else "-"
         print(f"{name:<{width}} " + " ".join(f"{_fmt(m.get(k), f):>9}" for _, k, f in cols)
               + f" {_fmt(ab, '.3f'):>8} {probe:>14}")
+        if r.get("ce_skipped"):
+            print(f"{'':<{width}}   note: no CE loss recovered or KL: {r['ce_skipped']}")
         if r.get("hook_name_out"):
             print(f"{'':<{width}}   transcoder {r['hook_name']} -> {r['hook_name_out']}"
                   f"{' (skip)' if r.get('skip_connection') else ''}: EV/MSE/cos of the target; CE rec and KL "

@@ -60,6 +60,26 @@ class WebState:
                 self.queues.append(s.queue)
 
 
+def pin_served_hooks(stores: Sequence[StoreEntry]) -> None:
+    """Switch on, once at start, the TransformerLens opt-in hook points (hook_mlp_in, ...) that the
+    served SAEs read or write, and pin each model: requests share one model, so none may switch a
+    flag (another forward path, other rounding, hook points that exclude each other) for the others
+    (`saes.hookpoints.pin_opt_in_hooks`; two stores needing flags that exclude each other are refused)."""
+    from saes.hookpoints import pin_opt_in_hooks, transcoder_target
+    from steering.resolve import sae_hook_name
+
+    by_model: dict[int, tuple[object, dict[str, list[str]]]] = {}
+    for s in stores:
+        model, sae = getattr(s.engine, "model", None), getattr(s.engine, "sae", None)
+        if model is None or sae is None:
+            continue
+        hooks = [sae_hook_name(sae, s.id)] + ([transcoder_target(sae, f"transcoder of store {s.id!r}")]
+                                              if sae.is_transcoder else [])
+        by_model.setdefault(id(model), (model, {}))[1][f"store {s.id!r}"] = hooks
+    for model, needs in by_model.values():
+        pin_opt_in_hooks(model, needs)
+
+
 def allowed_host_names(config: ServeConfig) -> set[str]:
     """Host names the Host header may carry: loopback names, the bound address, --allowed-host
     names, and for a wildcard bind (0.0.0.0, ::) this machine's own names."""
@@ -105,6 +125,7 @@ def create_app(
     if token is not None and len(token) < 16:
         raise ValueError("the access token must be at least 16 characters; leave it unset to get a random one")
     state = WebState(stores, config, limits, token)
+    pin_served_hooks(stores)
     openai_service = None
     if any(s.engine is not None for s in stores):
         from saesteer.api.service import ApiService
