@@ -152,16 +152,22 @@ def test_a_csv_export_is_cached_document_for_document(real_models, real_corpus, 
     assert [t for ctx in contexts for t in ctx] == stream[:32 * len(contexts)]
 
 
-@pytest.mark.parametrize("kind", ["ids", "messages"])
+@pytest.mark.parametrize("kind", ["ids", "messages", "one number"])
 def test_a_column_that_is_not_text_is_refused(real_models, tmp_path, kind):
     """--text-column naming a column of numbers, or a chat dataset's list of messages: every document
-    was read as "" and the cache finished with 0 tokens (rc 0). Now: refused, naming the column, what
-    it holds and the flag."""
+    was read as "" and the cache finished with 0 tokens (rc 0); one number among text documents was
+    an empty document without a word. Now: refused, naming the document, the column, what it holds
+    and the flag."""
     import datasets
 
+    bad = 0
     if kind == "ids":
         path, column = tmp_path / "d.jsonl", "n"
         path.write_text("".join(json.dumps({"text": f"doc {i}", "n": i}) + "\n" for i in range(20)))
+    elif kind == "one number":
+        path, column, bad = tmp_path / "d.jsonl", "text", 300
+        path.write_text("".join(json.dumps({"text": f"doc {i} of a few words"}) + "\n" for i in range(bad))
+                        + json.dumps({"text": 2024}) + "\n")
     else:
         path, column = tmp_path / "chat.parquet", "messages"
         rows = [[{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": "answer"}] for i in range(20)]
@@ -170,8 +176,20 @@ def test_a_column_that_is_not_text_is_refused(real_models, tmp_path, kind):
                  "--context-length", 32, "--max-tokens", 512, "--hooks", HOOK, "--out", tmp_path / "cache",
                  "--no-progress")
     assert r.rc == 2, f"rc {r.rc}: {r.text[-1500:]}"
-    assert f"column {column!r}" in r.err and ("int values" if kind == "ids" else "list values") in r.err
+    assert f"document {bad} of dataset {str(path)!r}: column {column!r} is {'list' if kind == 'messages' else 'int'}, " \
+           "not text" in r.err
     assert "--text-column" in r.err and flags_named(r.err) <= known_flags("cache")
+    _no_traceback(r)
+
+
+def test_a_cut_off_jsonl_file_is_refused_naming_it(real_models, tmp_path):
+    """A JSONL file whose last line was cut (an interrupted download): pyarrow's parse error, raised
+    when the streamed file is first read, reached the user without the file's name."""
+    path = tmp_path / "notes.jsonl"
+    path.write_text(json.dumps({"text": "a whole line"}) + '\n{"text": "a line cut sho')
+    r = saesteer("cache", "--model", real_models.path("gpt2"), "--dataset", path, "--context-length", 32,
+                 "--max-tokens", 512, "--hooks", HOOK, "--out", tmp_path / "cache", "--no-progress")
+    assert r.rc == 2 and f"could not read dataset {str(path)!r} (split 'train')" in r.err, r.err
     _no_traceback(r)
 
 

@@ -229,6 +229,8 @@ class DocumentSource:
             first = next(iter(self._ds))
         except StopIteration:
             return []
+        except ValueError as e:  # a streamed file is parsed only now (pyarrow's ArrowInvalid)
+            raise self._read_error(e, 0) from e
         return list(first.keys())
 
     def _check_column(self) -> None:
@@ -259,9 +261,21 @@ class DocumentSource:
             return
         if start_doc:
             ds = ds.skip(start_doc)
-        ds = ds.select_columns([col])
-        for i, batch in enumerate(ds.iter(batch_size=chunk_docs)):
-            yield self._texts(batch[col], start_doc + i * chunk_docs)
+        batches = iter(ds.select_columns([col]).iter(batch_size=chunk_docs))
+        first = start_doc
+        while True:
+            try:  # a streamed file is parsed only now: say which dataset a parse error is in
+                batch = next(batches)
+            except StopIteration:
+                return
+            except ValueError as e:  # pyarrow's ArrowInvalid: "JSON parse error: ... in row 1"
+                raise self._read_error(e, first) from e
+            yield self._texts(batch[col], first)
+            first += len(batch[col])
+
+    def _read_error(self, error: Exception, first_doc: int) -> ValueError:
+        where = f" after document {first_doc}" if first_doc else ""
+        return ValueError(f"could not read dataset {self.cfg.dataset!r} (split {self.cfg.split!r}){where}: {error}")
 
     def _texts(self, values: list, first_doc: int) -> list[str]:
         """One chunk's documents: a missing value (null) is an empty document; a value that is not
@@ -271,9 +285,9 @@ class DocumentSource:
                 shown = repr(v)
                 shown = shown if len(shown) <= 60 else shown[:57] + "..."
                 raise ValueError(
-                    f"column {self.cfg.text_column!r} of dataset {self.cfg.dataset!r} holds {type(v).__name__} "
-                    f"values, not text (document {first_doc + j}: {shown}); pass --text-column with the column "
-                    f"that holds the documents' text")
+                    f"document {first_doc + j} of dataset {self.cfg.dataset!r}: column {self.cfg.text_column!r} is "
+                    f"{type(v).__name__}, not text ({shown}); pass --text-column with the column that holds the "
+                    f"documents' text (or fix that document)")
         return ["" if v is None else v for v in values]
 
 
