@@ -4,15 +4,17 @@
   through cache -> train -> features build -> steer from another working directory; another local
   GPT-2 of the same shape, and the same directory re-saved with other weights, are refused naming both;
 - text as users keep it: a CSV export (quoted multi-line code with CRLF, empty cells, "NA", accents,
-  CJK, Cyrillic, Arabic, one very long document) and a column that is not text (ids, a chat's list
-  of messages), which was cached as nothing at all;
+  CJK, Cyrillic, Arabic, one very long document; .csv was refused), a column that is not text (ids,
+  a chat's list of messages: cached as nothing at all, rc 0), and a JSONL file with a cut-off last
+  line (the parse error did not name the file);
 - architectures beyond the four of tests/helpers/real_models.py: Gemma-2 (logit soft-capping,
   sliding-window attention, grouped-query attention) cached, trained and served through `saesteer
   api` (its log-probs over the openai client are the HF model's own, prompts longer than the window
   included); Phi (parallel attention and MLP), OLMo-2 (norms after the sublayers), Gemma-3, Qwen3 and
   StableLM under --slow;
 - an SAE trained by the installed SAELens's own runner on the user's local model, then used by
-  `features build`, `eval` and `steer`;
+  `features build`, `eval` and `steer` (without a store, steer's refusal now names the local model
+  directory the folder records as the --model to give);
 - the openai client on a Qwen2 chat model: a prompt longer than the model's context is refused with
   its real length (the completions prompt was cut to the context first, so the error gave the wrong
   length and advised 'ask for at most 0 tokens'); a stop string across a token boundary cuts the
@@ -54,6 +56,11 @@ def _no_traceback(r) -> None:
 
 def test_a_relative_model_directory_is_recorded_absolutely_and_a_same_shape_model_is_refused(
         real_models, real_corpus, tmp_path, monkeypatch):
+    """`--model ./my-gpt2`: the cache, the SAE and the store record the directory's absolute path and
+    weights hash, so `steer` run from another folder re-loads it; a GPT-2 of the same config in
+    another directory is refused naming both paths, and so is the directory re-saved with other
+    weights (both hashes named). A guard: this path works."""
+    from features import FeatureStore
     from helpers.real_models import save_real_model
     from saesteer.models import local_weights_sha256
 
@@ -71,8 +78,6 @@ def test_a_relative_model_directory_is_recorded_absolutely_and_a_same_shape_mode
     want = {"source": "local", "path": str(proj / "my-gpt2"), "weights_sha256": local_weights_sha256(proj / "my-gpt2")}
     cache_ident = json.loads((proj / "cache/manifest.json").read_text())["model_identity"]
     sae_ident = json.loads((proj / "run/saes/sae/saesteer.json").read_text())["model_identity"]
-    from features import FeatureStore
-
     store = FeatureStore.open(proj / "f.db", readonly=True)
     try:
         store_ident = store.recorded_model().to_json()
@@ -112,8 +117,10 @@ def _user_documents(real_corpus) -> list:
         "def f(x):\r\n\t\"\"\"Say \"hi\", then\r\n\r\n    return.\"\"\"\r\n\treturn x, 'a,b'\r\n",  # CRLF, quotes, commas
         None,  # an empty cell
         "NA",  # text that pandas would read as a missing value
-        "Gr\u00fc\u00dfe aus M\u00fcnchen \u2014 \u00bd \u20ac. \u6771\u4eac\u306e\u5929\u6c17\u306f\u6674\u308c\u3067\u3059\u3002"
-        " \u041f\u0440\u0438\u0432\u0435\u0442, \u043c\u0438\u0440! \u0645\u0631\u062d\u0628\u0627 \u0628\u0627\u0644\u0639\u0627\u0644\u0645",
+        "Gr\u00fc\u00dfe aus M\u00fcnchen \u2014 \u00bd \u20ac. "  # German, Japanese, Russian, Arabic
+        "\u6771\u4eac\u306e\u5929\u6c17\u306f\u6674\u308c\u3067\u3059\u3002 "
+        "\u041f\u0440\u0438\u0432\u0435\u0442, \u043c\u0438\u0440! "
+        "\u0645\u0631\u062d\u0628\u0627 \u0628\u0627\u0644\u0639\u0627\u0644\u0645",
         "",
         " ".join(real_corpus.train_docs[:6]),  # one very long document (tens of thousands of characters)
         *real_corpus.train_docs[6:12],
