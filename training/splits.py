@@ -13,7 +13,7 @@ A local `--dataset` is one of:
     the .arrow files are data: the JSON files beside them describe the copy and were once read as
     documents.
 
-Every split holds the data files of one kind (.json/.jsonl, .parquet or .txt), sorted by path.
+Every split holds the data files of one kind (.json/.jsonl, .parquet, .csv or .txt), sorted by path.
 `datasets` is imported lazily (it is slow to import).
 """
 
@@ -27,7 +27,8 @@ from pathlib import Path
 __all__ = ["DATA_FILE_BUILDERS", "DATA_SUFFIXES", "looks_local", "parse_mapping", "mapping_spec", "local_splits", "describe_splits"]
 
 # a data file's suffix -> the HF datasets builder that reads it (.arrow: the files of a save_to_disk folder)
-DATA_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text", ".arrow": "arrow"}
+DATA_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text",
+                      ".arrow": "arrow"}
 DATA_SUFFIXES = tuple(DATA_FILE_BUILDERS)
 _SPLIT_NAME = re.compile(r"\w+(\.\w+)*")  # HF's rule for split names
 

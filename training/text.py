@@ -4,7 +4,7 @@ what the manifest records about them. Tokenizing and packing them into contexts 
 
 Sources (`TextConfig.dataset`), read at split `TextConfig.split`:
   * "toy": the toy world's corpus files (jsonl with a "text" field; splits train, validation);
-  * local data: a .json / .jsonl / .parquet / .txt file (the split "train"), a folder whose files
+  * local data: a .json / .jsonl / .parquet / .csv / .txt file (the split "train"), a folder whose files
     or sub-folders are named by split (train.jsonl, validation.jsonl, test/...; no split names:
     all of it is "train"), or a mapping "train=PATH,validation=PATH" (see `training.splits`,
     which follows HF `datasets`' rules); one file kind per split;
@@ -39,7 +39,7 @@ class TextConfig:
 
     dataset: str = field(
         default="toy",
-        metadata={"help": "'toy' (the toy-world corpus), a local .json/.jsonl/.parquet/.txt file or "
+        metadata={"help": "'toy' (the toy-world corpus), a local .json/.jsonl/.parquet/.csv/.txt file or "
                           "folder of them (split by file name, as HF datasets does), a folder written by "
                           "save_to_disk, a mapping train=PATH,validation=PATH, or a HuggingFace hub dataset name (streamed)"},
     )
@@ -198,6 +198,8 @@ class DocumentSource:
             if data.is_local:
                 # json: parse 1 MB at a time (default 10 MB) so the first documents come quickly
                 extra = {"chunksize": 1 << 20} if data.builder == "json" else {}
+                if data.builder == "csv":  # text such as "NA" or "null" stays text; an empty cell is ""
+                    extra = {"keep_default_na": False}
                 if data.builder == "text":
                     extra = {"sample_by": TXT_SAMPLE_BY[cfg.txt_documents]}
                 return datasets.load_dataset(
@@ -227,6 +229,8 @@ class DocumentSource:
             first = next(iter(self._ds))
         except StopIteration:
             return []
+        except ValueError as e:  # a streamed file is parsed only now (pyarrow's ArrowInvalid)
+            raise self._read_error(e, 0) from e
         return list(first.keys())
 
     def _check_column(self) -> None:
@@ -253,13 +257,38 @@ class DocumentSource:
         if n is not None:  # random access
             sub = ds.select_columns([col])
             for i in range(start_doc, n, chunk_docs):
-                yield [t if isinstance(t, str) else "" for t in sub[i:i + chunk_docs][col]]
+                yield self._texts(sub[i:i + chunk_docs][col], i)
             return
         if start_doc:
             ds = ds.skip(start_doc)
-        ds = ds.select_columns([col])
-        for batch in ds.iter(batch_size=chunk_docs):
-            yield [t if isinstance(t, str) else "" for t in batch[col]]
+        batches = iter(ds.select_columns([col]).iter(batch_size=chunk_docs))
+        first = start_doc
+        while True:
+            try:  # a streamed file is parsed only now: say which dataset a parse error is in
+                batch = next(batches)
+            except StopIteration:
+                return
+            except ValueError as e:  # pyarrow's ArrowInvalid: "JSON parse error: ... in row 1"
+                raise self._read_error(e, first) from e
+            yield self._texts(batch[col], first)
+            first += len(batch[col])
+
+    def _read_error(self, error: Exception, first_doc: int) -> ValueError:
+        where = f" after document {first_doc}" if first_doc else ""
+        return ValueError(f"could not read dataset {self.cfg.dataset!r} (split {self.cfg.split!r}){where}: {error}")
+
+    def _texts(self, values: list, first_doc: int) -> list[str]:
+        """One chunk's documents: a missing value (null) is an empty document; a value that is not
+        text (numbers, a chat's list of messages) is refused, as it would be cached as nothing."""
+        for j, v in enumerate(values):
+            if v is not None and not isinstance(v, str):
+                shown = repr(v)
+                shown = shown if len(shown) <= 60 else shown[:57] + "..."
+                raise ValueError(
+                    f"document {first_doc + j} of dataset {self.cfg.dataset!r}: column {self.cfg.text_column!r} is "
+                    f"{type(v).__name__}, not text ({shown}); pass --text-column with the column that holds the "
+                    f"documents' text (or fix that document)")
+        return ["" if v is None else v for v in values]
 
 
 def _offline_hub_dataset_hint(name: str, error: Exception) -> str:

@@ -177,13 +177,14 @@ def _rows(prompts, layouts, served: ServedModel, req, c: dict, steering, logprob
         max_tokens = c["max_tokens"]
         if max_tokens is None:  # chat without a limit: as much as the server and the context allow
             max_tokens = min(c["limit"], room) if room is not None else c["limit"]
+        if room is not None and room < 1:  # no max_tokens fits: the prompt is at fault
+            raise ApiError(400, f"the prompt is {len(ids)} tokens, which leaves no room in the model's context "
+                                f"of {n_ctx} tokens; shorten it to at most {n_ctx - 1} tokens",
+                           "messages" if chat else "prompt", "context_length_exceeded")
         if room is not None and len(ids) + max_tokens > n_ctx:
             raise ApiError(400, f"the prompt is {len(ids)} tokens and max_tokens is {max_tokens}, more than the "
                                 f"model's context of {n_ctx} tokens; shorten the prompt or ask for at most "
-                                f"{max(room, 0)} tokens", "max_tokens", "context_length_exceeded")
-        if max_tokens < 1:
-            raise ApiError(400, f"the prompt ({len(ids)} tokens) fills the model's context of {n_ctx} tokens",
-                           "messages" if chat else "prompt", "context_length_exceeded")
+                                f"{room} tokens", "max_tokens", "context_length_exceeded")
         for i in range(c["n"]):
             try:
                 params = SamplingParams(
@@ -232,7 +233,8 @@ def prepare_completion(req: CompletionRequest, served: ServedModel, limits) -> P
         for t in texts:
             if len(t) > limits.max_text_chars:
                 raise ApiError(400, f"prompt: at most {limits.max_text_chars} characters (got {len(t)})", "prompt")
-        id_lists = [served.model.to_tokens(t)[0].tolist() for t in texts]
+        # never truncated: an overlong prompt is refused below with its real length
+        id_lists = [served.model.to_tokens(t, truncate=False)[0].tolist() for t in texts]
     else:
         for ids in id_lists:
             if not ids or any(not 0 <= i < vocab for i in ids):

@@ -168,9 +168,14 @@ def _refuse_unrecorded(where: str, loaded: dict[str, LoadedSAE]) -> None:
     (another library's cfg.json model_name, in that library's terms: a hint, never loaded unasked)."""
     named = sorted({str(n) for item in loaded.values() if (n := (item.sae.cfg.metadata or {}).get("model_name"))})
     hub = [h for n in named if (h := official_model_name(n)) and h != n]
-    hint = (f"; its files name {' / '.join(map(repr, named))} (" + (f"TransformerLens's name for the HF model "
-            f"{' / '.join(hub)}: --model {hub[0]}" if hub else "pass that as --model if it is the HF hub name") + ")"
-            if named else "")
+    local = [n for n in named if Path(n).expanduser().is_dir()]  # e.g. SAELens trained on a local checkpoint
+    if hub:
+        how = f"TransformerLens's name for the HF model {' / '.join(hub)}: --model {hub[0]}"
+    elif local:
+        how = f"a local model directory: --model {local[0]} if it is the one"
+    else:
+        how = "pass that as --model if it is the HF hub name"
+    hint = f"; its files name {' / '.join(map(repr, named))} ({how})" if named else ""
     raise CLIError(f"{where} does not record which model it was made with: pass --model ('toy', an HF hub name, "
                    f"or a local model directory){hint}")
 

@@ -66,7 +66,7 @@ def add_arguments(parser) -> None:
     add_dataclass_arguments(parser, EvalConfig, title="evaluation")
     text = add_dataclass_arguments(parser, TextConfig, title="held-out text", skip=("split", "dataset"))
     text.add_argument("--dataset", default=argparse.SUPPRESS, metavar="STR",
-                      help="held-out text: 'toy', a local .json/.jsonl/.parquet/.txt file or folder, a "
+                      help="held-out text: 'toy', a local .json/.jsonl/.parquet/.csv/.txt file or folder, a "
                            "save_to_disk folder, a mapping train=PATH,validation=PATH, or a HuggingFace hub dataset name (default: the text the "
                            "SAEs' training evaluated on, else their training data; toy for the toy model)")
 
