@@ -150,3 +150,31 @@ def test_sae_lens_loading_the_model_as_cfg_json_says_gets_our_logits(chain):
         unprocessed = twin(**no_processing).run_with_saes(toks, saes=[sl])
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     assert (unprocessed.log_softmax(-1) - want.log_softmax(-1)).abs().max() > 1e-3  # the other weights: other outputs
+
+
+def test_which_hooks_each_processing_flag_changes_is_measured_on_gpt2(real_models):
+    """`saes.processing.FLAG_CHANGES` (which flags of a SAELens SAE's model_from_pretrained_kwargs
+    matter at its hook) against the activations of a GPT-2 HookedTransformer loaded with that one
+    flag: every hook point, opt-in ones included, changes exactly under the flags the table names."""
+    from helpers.real_models import hooked_sae_transformer
+    from saes.identity import PROCESSING
+    from saes.processing import flags_changing
+
+    path = real_models.path("gpt2")
+
+    def activations(**flags):
+        model = hooked_sae_transformer(path, **flags)
+        model.set_use_attn_result(True)
+        model.set_use_hook_mlp_in(True)
+        model.set_use_split_qkv_input(True)
+        toks = model.to_tokens(["def f(x):\n    return x + 1", "The caf\u00e9 is open."])
+        with torch.no_grad():
+            return model.run_with_cache(toks)[1]
+
+    raw = activations()
+    assert {"blocks.1.attn.hook_result", "blocks.1.hook_mlp_in", "blocks.1.hook_q_input", "blocks.1.mlp.hook_in",
+            "unembed.hook_out"} <= set(raw.keys())
+    for flag in PROCESSING:
+        got = activations(**{flag: True})
+        changed = {h for h in raw.keys() if not torch.allclose(raw[h], got[h], atol=1e-4, rtol=1e-4)}
+        assert changed == {h for h in raw.keys() if flag in flags_changing(h)}, flag
