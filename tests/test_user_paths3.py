@@ -165,6 +165,20 @@ MISTRAL_SMALL3_TEMPLATE = (
     "{%- endif %}{%- endfor %}")
 
 
+# Llama-2-chat: the system message inside the first [INST], between <<SYS>> markers
+LLAMA2_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
+    "{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}"
+    "{% set system_message = false %}{% endif %}{% for message in loop_messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if loop.index0 == 0 and system_message != false %}"
+    "{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
+    "{% else %}{% set content = message['content'] %}{% endif %}{% if message['role'] == 'user' %}"
+    "{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}{% elif message['role'] == 'assistant' %}"
+    "{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}")
+
+
 def _role_spans(tok, chat) -> list[tuple[str, int, str]]:
     """(role, turn, text) for each run of tokens with the same role and turn."""
     offsets = tok(chat.text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
@@ -239,6 +253,10 @@ def test_gemma3_folds_the_system_message_into_the_first_user_turn_and_role_syste
     lost = render_chat(tok, msgs, chat_template=upper)
     assert "BE BRIEF." in lost.text and lost.roles is None
     assert "message 0 ('system') somewhere other than its own turn" in lost.why_no_roles
+    # Llama 2 folds it into the first [INST] the same way
+    llama2 = render_chat(tok, msgs, chat_template=LLAMA2_TEMPLATE)
+    assert [s for s in _role_spans(tok, llama2) if s[0] == "system"] == [("system", 0, "Be brief.")]
+    assert "<<SYS>>" in llama2.text and "Be brief." not in "".join(s[2] for s in _role_spans(tok, llama2) if s[0] == "user")
     # Gemma 2 has no system role at all: refused with the template's own words
     with pytest.raises(SteeringError, match="cannot render these messages: System role not supported"):
         render_chat(tok, msgs, chat_template=GEMMA2_CHAT_TEMPLATE)
