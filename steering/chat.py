@@ -127,7 +127,8 @@ def _moved_contents(render, msgs: list[dict], ends: list[int], text: str,
         content = m.get("content")
         if not isinstance(content, str) or not content.strip():
             continue
-        own = text[ends[i - 1] if i else 0: ends[i]]
+        start = ends[i - 1] if i else 0
+        own = text[start:ends[i]]
         try:
             probed = render([*msgs[:i], {**m, "content": _SENTINEL}, *msgs[i + 1:]], gen)
         except SteeringError:
@@ -137,7 +138,7 @@ def _moved_contents(render, msgs: list[dict], ends: list[int], text: str,
             before, after = probed.split(_SENTINEL)
             if text.startswith(before) and text.endswith(after) and len(text) >= len(before) + len(after):
                 where = (len(before), len(text) - len(after))
-        if where is not None and not (ends[i - 1] if i else 0) <= where[0] < ends[i]:
+        if where is not None and not start <= where[0] < ends[i]:
             moved.append((*where, i))
         elif where is None and content.strip() not in own:
             return [], (f"the chat template writes message {i} ({m.get('role')!r}) somewhere other than its own "

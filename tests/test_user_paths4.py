@@ -444,9 +444,15 @@ def test_a_registry_sae_trained_on_a_processed_model_gets_one_or_is_refused(regi
     assert "center_writing_weights=True" in r.err and "raw weights" in r.err and sae in r.err
     assert {"--process-weights", "--allow-model-mismatch"} <= flags_named(r.err)
     assert flags_named(r.err) <= known_flags("features", "build") | known_flags("cache")
+    # fine-tuning it (train --init-from) on the raw cache: refused the same way
+    tune = ("--init-from", sae, "--total-tokens", 256, "--batch-size", 128, "--holdout-tokens", 128, "--eval-every-tokens",
+            0, "--checkpoint-every-tokens", 0, "--model-eval", "false", "--no-progress", "--sae-name", "ft")
+    r = saesteer("train", "--cache", tmp_path / "raw", *tune, "--out", tmp_path / "ft-raw")
+    assert r.rc != 0 and "center_writing_weights=True" in r.err and "--init-from-allow-mismatch" in r.err, r.err
     saesteer(*cache, "--process-weights", "--out", tmp_path / "processed").ok()
     saesteer("features", "build", "--sae", sae, "--cache", tmp_path / "processed", "--out", tmp_path / "p.db",
              "--no-progress").ok()
+    saesteer("train", "--cache", tmp_path / "processed", *tune, "--out", tmp_path / "ft").ok()
 
 
 def test_steer_eval_with_an_openai_protocol_judge_writes_a_scorecard_of_this_sae(gpt2, tmp_path):

@@ -6,7 +6,9 @@ Packing. Each non-empty document becomes an *item* of tokens: `[BOS]` first when
 where EOS is the BOS token (GPT-2's `<|endoftext|>` is both) under "doc": the next document's BOS
 already separates, so one token stands between documents, as in SAELens's packing (see
 `eos_is_next_bos`). Items are concatenated into one stream, cut into contexts of `context_length` tokens:
-  * "prepend": every context is `[BOS]` + the next `context_length - 1` stream tokens;
+  * "prepend": every context is `[BOS]` + the next `context_length - 1` stream tokens (one
+    separator between documents inside a context; a context that starts just after a document
+    begins `[BOS] [EOS]`, two `<|endoftext|>` with GPT-2, where SAELens writes one);
   * "doc":     contexts are plain slices of the stream (BOS marks document starts inside it);
   * "none":    contexts are plain slices, no BOS anywhere.
 The tail of the stream shorter than one context is dropped.
