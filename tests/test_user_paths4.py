@@ -436,7 +436,7 @@ def test_a_registry_sae_trained_on_a_processed_model_gets_one_or_is_refused(regi
     check_sae_model(load_model("gpt2", device="cpu", process_weights=True), loaded["sae"])
     # a cache of raw gpt2 is refused for it; one made with --process-weights is its input
     cache = ("cache", "--model", "gpt2", "--dataset", real_corpus.jsonl_dir, "--context-length", 32, "--max-tokens",
-             512, "--hooks", "blocks.1.hook_resid_pre", "--no-progress")
+             512, "--hooks", "blocks.0.hook_resid_pre,blocks.1.hook_resid_pre", "--no-progress")
     saesteer(*cache, "--out", tmp_path / "raw").ok()
     r = saesteer("features", "build", "--sae", sae, "--cache", tmp_path / "raw", "--out", tmp_path / "raw.db",
                  "--no-progress")
@@ -444,8 +444,22 @@ def test_a_registry_sae_trained_on_a_processed_model_gets_one_or_is_refused(regi
     assert "center_writing_weights=True" in r.err and "raw weights" in r.err and sae in r.err
     assert {"--process-weights", "--allow-model-mismatch"} <= flags_named(r.err)
     assert flags_named(r.err) <= known_flags("features", "build") | known_flags("cache")
-    # fine-tuning it (train --init-from) on the raw cache: refused the same way
-    tune = ("--init-from", sae, "--total-tokens", 256, "--batch-size", 128, "--holdout-tokens", 128, "--eval-every-tokens",
+    # fine-tuning one (train --init-from; a JumpReLU SAE of the release, trainable here) on the raw
+    # cache: refused the same way
+    import torch
+    from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUSAEConfig
+
+    from helpers.foreign_saes import write_hf_snapshot
+
+    jr = JumpReLUSAE(JumpReLUSAEConfig(d_in=64, d_sae=128))
+    with torch.no_grad():
+        for p in jr.parameters():
+            p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(6)).abs() * 0.2)
+    jr.cfg.metadata.hook_name, jr.cfg.metadata.model_name = "blocks.0.hook_resid_pre", "gpt2-small"
+    jr.save_model(tmp_path / "jr")
+    write_hf_snapshot(registry_cache, "jbloom/GPT2-Small-SAEs-Reformatted", {
+        f"blocks.0.hook_resid_pre/{f}": tmp_path / "jr" / f for f in ("cfg.json", "sae_weights.safetensors")})
+    tune = ("--init-from", "sae_lens:gpt2-small-res-jb/blocks.0.hook_resid_pre", "--total-tokens", 256, "--batch-size", 128, "--holdout-tokens", 128, "--eval-every-tokens",
             0, "--checkpoint-every-tokens", 0, "--model-eval", "false", "--no-progress", "--sae-name", "ft")
     r = saesteer("train", "--cache", tmp_path / "raw", *tune, "--out", tmp_path / "ft-raw")
     assert r.rc != 0 and "center_writing_weights=True" in r.err and "--init-from-allow-mismatch" in r.err, r.err
