@@ -68,14 +68,16 @@ def _metadata(loaded: Any) -> Mapping[str, Any]:
 
 
 def _needed(loaded: Any) -> tuple[str, dict[str, bool]] | None:
-    """(hook, {flag: value the SAE needs}) over the flags that matter at its hook; None when
-    nothing is recorded or nothing matters there."""
+    """(its hook(s), {flag: value the SAE needs}) over the flags that matter at its hook (and a
+    transcoder's target hook); None when nothing is recorded or nothing matters there."""
     kwargs = recorded_kwargs(loaded)
-    hook = _metadata(loaded).get("hook_name")
-    if kwargs is None or not hook:
+    md = _metadata(loaded)
+    hooks = [str(h) for h in (md.get("hook_name"), md.get("hook_name_out")) if h]  # a transcoder's target too
+    if kwargs is None or not hooks:
         return None
-    needed = {flag: bool(kwargs.get(flag, False)) for flag in sorted(flags_changing(str(hook)))}
-    return (str(hook), needed) if needed else None
+    flags = set().union(*(flags_changing(h) for h in hooks))
+    needed = {flag: bool(kwargs.get(flag, False)) for flag in sorted(flags)}
+    return (" -> ".join(hooks), needed) if needed else None
 
 
 def processing_wanted(loaded: Any) -> bool | None:

@@ -178,3 +178,37 @@ def test_which_hooks_each_processing_flag_changes_is_measured_on_gpt2(real_model
         got = activations(**{flag: True})
         changed = {h for h in raw.keys() if not torch.allclose(raw[h], got[h], atol=1e-4, rtol=1e-4)}
         assert changed == {h for h in raw.keys() if flag in flags_changing(h)}, flag
+
+
+def test_what_a_saelens_sae_asks_of_the_model_follows_its_hooks():
+    """model_from_pretrained_kwargs are from_pretrained_no_processing's (flags default to False) and
+    only the flags that change the SAE's hook(s) count: raw, processed, either, or neither (refused)."""
+    import saes
+    from saes.formats.base import LoadedSAE
+    from saes.processing import check_processing, processing_wanted
+
+    def loaded(hook, kwargs, out=None):
+        md = {"hook_name": hook, "model_from_pretrained_kwargs": kwargs, **({"hook_name_out": out} if out else {})}
+        sae = saes.create_sae("topk", 8, 16, k=2, generator=torch.Generator().manual_seed(0), metadata=md)
+        return LoadedSAE(sae, {}, "sae_lens:r/x", "sae_lens_registry")
+
+    raw, pro = ModelIdentity("hub", "gpt2"), ModelIdentity("hub", "gpt2", weights="processed")
+    kw = dict(sae_name="x", model_as="the model given", override="--allow-model-mismatch", fix=lambda w: f"use {w}")
+    res_jb = loaded("blocks.8.hook_resid_pre", {"center_writing_weights": True})
+    assert processing_wanted(res_jb) is True
+    check_processing(res_jb, pro, **kw)
+    with pytest.raises(ModelMismatchError, match=r"center_writing_weights=True .* raw weights .*Use True, or pass --allow"):
+        check_processing(res_jb, raw, **kw)
+    assert processing_wanted(loaded("blocks.8.ln2.hook_normalized", {"center_writing_weights": True})) is None
+    assert processing_wanted(loaded("blocks.8.hook_resid_pre", {})) is None  # nothing recorded: not checked
+    # a transcoder: fold_ln False at its input, and (by default) no centring at its target
+    tc = loaded("blocks.8.mlp.hook_in", {"fold_ln": False}, out="blocks.8.hook_mlp_out")
+    assert processing_wanted(tc) is False
+    with pytest.raises(ModelMismatchError, match="hook_mlp_out"):
+        check_processing(tc, pro, **kw)
+    # centred writing weights without folded value biases at hook_result: neither load gives it
+    result = loaded("blocks.8.attn.hook_result", {"center_writing_weights": True})
+    assert processing_wanted(result) is None
+    for model in (raw, pro):
+        with pytest.raises(ModelMismatchError, match="neither gives those activations"):
+            check_processing(result, model, **kw)
