@@ -134,8 +134,10 @@ def check_compatible(sae, source: ActivationSource) -> None:
 
 def check_models(sae, source: ActivationSource, model=None, allow_mismatch: bool = False):
     """The model the store belongs to (the cache's recorded model, else the SAE's), after refusing
-    (ModelMismatchError) an SAE or a model recorded for another model than the cache's."""
+    (ModelMismatchError) an SAE or a model recorded for another model than the cache's, or a cache
+    whose model's weight processing is not what the SAE's SAELens kwargs ask for (`saes.processing`)."""
     from saes.identity import check_same_model, identity_of_model, recorded_model_of
+    from saes.processing import check_processing
 
     cache_model = getattr(source, "recorded_model", None)
     cache_model = cache_model() if callable(cache_model) else None
@@ -147,6 +149,10 @@ def check_models(sae, source: ActivationSource, model=None, allow_mismatch: bool
         check_same_model(cache_model or sae_model, identity_of_model(model),
                          recorded_in=where if cache_model is not None else "the SAE", given_as="the model given",
                          override="allow_model_mismatch=True", fix="pass the model the cache was made with")
+        check_processing(sae, cache_model, sae_name="sae", model_as=f"the model of {where}",
+                         override="allow_model_mismatch=True",
+                         fix=lambda wanted: f"use a cache of the model loaded with process_weights={wanted} "
+                                           "(saesteer.models.load_model)")
     return cache_model or sae_model
 
 

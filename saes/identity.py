@@ -295,9 +295,15 @@ def recorded_model_of(sae: Any) -> ModelIdentity | None:
 def check_sae_model(model: Any, sae: Any, *, sae_name: str = "sae", allow_mismatch: bool = False) -> None:
     """Python-API check for code that pairs a model with an SAE: refuse (ModelMismatchError) an
     SAE recorded for another model when both sides carry an identity (`sae`: a `LoadedSAE`
-    carries its record; a bare SAE has none)."""
+    carries its record; a bare SAE has none), or a model loaded with other weight processing than
+    the SAE's SAELens `model_from_pretrained_kwargs` ask for (`saes.processing`)."""
     if allow_mismatch:
         return
     check_same_model(recorded_model_of(sae), identity_of_model(model), recorded_in=f"SAE {sae_name!r}",
                      given_as="the model given", override="allow_model_mismatch=True",
                      fix="load the model it records (saesteer.models.load_model)")
+    from saes.processing import check_processing  # it imports this module
+
+    check_processing(sae, identity_of_model(model), sae_name=sae_name, model_as="the model given",
+                     override="allow_model_mismatch=True",
+                     fix=lambda wanted: f"load the model with saesteer.models.load_model(..., process_weights={wanted})")

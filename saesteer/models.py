@@ -350,14 +350,16 @@ def load_recorded_model(
     device: str | None = None,
     dtype=None,
     allow_mismatch: bool = False,
+    process_weights: bool | None = None,
 ):
     """The model a command runs on: `spec` (--model) when given, refused (ModelMismatchError) if it
     is not the `recorded` model unless `allow_mismatch`; else the recorded model itself, re-loaded
     from its record (hub name at its commit, the absolute directory checked against its hash, or
     the toy model when the record says toy). Raises ModelIdentityError when there is no model to
     load (nothing recorded, or a record that cannot be re-loaded), saying to pass --model. The
-    weights are processed when the record says so (`ModelIdentity.weights`)."""
-    process = recorded is not None and recorded.processed
+    weights are processed when the record says so (`ModelIdentity.weights`), else when
+    `process_weights` does (e.g. what a SAELens registry SAE asks for, `saes.processing`)."""
+    process = recorded.processed if recorded is not None else bool(process_weights)
     if spec:
         model = load_model(spec, device=device, dtype=dtype, process_weights=process)
         if not allow_mismatch:

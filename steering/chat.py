@@ -18,6 +18,11 @@ A template that writes a system turn of its own before the first message when th
 none (Qwen2's "You are a helpful assistant.", Llama 3.1's date header) gives that turn's tokens role
 "system" and turn -1: it is what the model reads as its system prompt, not part of the first user
 message (role:user would otherwise steer it too, and role:system be refused as absent).
+
+A template that writes a message inside a later message's turn (Gemma 3 and Llama 2 fold the system
+message into the first user turn: "<start_of_turn>user\nSYSTEM\n\nUSER") gives that text its own
+message's role and turn (role:system steers the system text, role:user does not); the markup around
+it stays the turn's. Where such text cannot be located, the prompt has no roles (`why_no_roles`).
 """
 
 from __future__ import annotations
@@ -88,6 +93,9 @@ def render_chat(tokenizer: Any, messages: Sequence[Mapping[str, Any]], *, chat_t
     offsets = enc.get("offset_mapping")
     if why is None and offsets is None:
         why = "this tokenizer does not report character offsets (a 'fast' tokenizer does)"
+    moved: list[tuple[int, int, int]] = []
+    if why is None:
+        moved, why = _moved_contents(render, msgs, ends, text, add_generation_prompt)
     roles = turns = None
     if why is None:
         injected = _injected_system_turn(render, msgs)
@@ -97,10 +105,45 @@ def render_chat(tokenizer: Any, messages: Sequence[Mapping[str, Any]], *, chat_t
                 turns.append(-1)
                 roles.append("system")
                 continue
-            turn = next((i for i, e in enumerate(ends) if start < e), len(msgs))
+            turn = next((i for a, b, i in moved if a <= start < b), None)
+            if turn is None:
+                turn = next((i for i, e in enumerate(ends) if start < e), len(msgs))
             turns.append(turn)
             roles.append(str(msgs[turn]["role"]) if turn < len(msgs) else REPLY_ROLE)
     return ChatPrompt(text, list(ids), roles, turns, len(msgs), why)
+
+
+def _moved_contents(render, msgs: list[dict], ends: list[int], text: str,
+                    gen: bool) -> tuple[list[tuple[int, int, int]], str | None]:
+    """Messages whose text the template writes inside a later message's turn: [(start, end, i)] in
+    `text`, or why they cannot be located.
+
+    Gemma 3 and Llama 2 write the system message as a prefix of the first user turn: rendering
+    [system] alone writes nothing of it, so by prefixes its text would be the user's. A message's text
+    is found by rendering all messages with its content replaced by a probe: the text around the probe
+    is what surrounds the real content (checked against the real rendering)."""
+    moved = []
+    for i, m in enumerate(msgs):
+        content = m.get("content")
+        if not isinstance(content, str) or not content.strip():
+            continue
+        start = ends[i - 1] if i else 0
+        own = text[start:ends[i]]
+        try:
+            probed = render([*msgs[:i], {**m, "content": _SENTINEL}, *msgs[i + 1:]], gen)
+        except SteeringError:
+            probed = ""
+        where = None
+        if probed.count(_SENTINEL) == 1:
+            before, after = probed.split(_SENTINEL)
+            if text.startswith(before) and text.endswith(after) and len(text) >= len(before) + len(after):
+                where = (len(before), len(text) - len(after))
+        if where is not None and not start <= where[0] < ends[i]:
+            moved.append((*where, i))
+        elif where is None and content.strip() not in own:
+            return [], (f"the chat template writes message {i} ({m.get('role')!r}) somewhere other than its own "
+                        "turn, and where cannot be found")
+    return moved, None
 
 
 def _injected_system_turn(render, msgs: list[dict]) -> int:

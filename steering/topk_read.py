@@ -44,6 +44,7 @@ import torch
 from torch import Tensor
 
 from saes.base import SAE
+from saes.precision import matmul_eps
 
 
 def b_dec_of(sae: SAE) -> Tensor | None:
@@ -61,11 +62,13 @@ def fold_b_dec(W_DX: Tensor, b_X: Tensor, b_dec_D: Tensor | None) -> tuple[Tenso
     """(b_fold_X, err_per_norm, err_const) for reading x itself: pre = x @ W + b_fold with
     b_fold = b - b_dec @ W is within `tol(x) = err_per_norm * ||x|| + err_const` of the SAE's own
     computed pre-activations (x - b_dec) @ W + b, for every column of W_DX (rounding of both
-    computations, of the folded bias and of a sum pre + tol in the caller's dtype)."""
+    computations, of the folded bias and of a sum pre + tol in the caller's dtype). The products'
+    rounding is the one torch's settings give now (`saes.precision`: TF32 on a GPU makes a float32
+    product as coarse as a float16 one)."""
     W, b = W_DX.double(), b_X.double()
     b_dec = b_dec_D.double() if b_dec_D is not None else W.new_zeros(W_DX.shape[0])
     b_fold_X = (b - b_dec @ W).to(W_DX.dtype)
-    eps = torch.finfo(W_DX.dtype).eps
+    eps = matmul_eps(W_DX.dtype, W_DX.device)
     w_max = float(W.norm(dim=0).max()) if W.shape[1] else 0.0
     D = W_DX.shape[0]
     err_per_norm = 2.0 * (D + 4) * eps * w_max

@@ -466,3 +466,26 @@ def test_the_check_sees_an_error_hidden_behind_a_huge_bos_activation(monkeypatch
     monkeypatch.setattr(runner, "fast", lambda tokens: {hook: wrong})
     with pytest.warns(RuntimeWarning, match="worst token"):
         assert runner.forward_used(L) == "transformer_lens"
+
+
+def test_the_check_allows_the_rounding_of_tf32_products_when_they_may_round_so():
+    """On a GPU with TF32 allowed, TransformerLens's float32 forward and the fast one each round their
+    products' inputs to 10 bits: activations differ by about 1e-3, and the float32 tolerance (1e-4)
+    sent every such cache to the slower forward. The tolerance is now the one of the rounding in force
+    (float16's under TF32; faked on the CPU with set_float32_matmul_precision('high'))."""
+    from training.runner import FAST_CHECK_TOLERANCE, ActivationRunner
+
+    model = build()
+    hook = "blocks.1.hook_resid_post"
+    runner = ActivationRunner(model, [hook])
+    ref = runner._run_tl(runner._probe(8))
+    off = {hook: ref[hook] * (1 + 3e-3)}  # as far apart as TF32 products leave two forwards
+    assert FAST_CHECK_TOLERANCE[torch.float32] < 3e-3 < FAST_CHECK_TOLERANCE[torch.float16]
+    assert "differs" in runner._difference(off, ref)
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        assert runner._difference(off, ref) is None
+        assert "differs" in runner._difference({hook: ref[hook] * 1.03}, ref)  # still a check
+    finally:
+        torch.set_float32_matmul_precision(before)

@@ -51,6 +51,52 @@ def test_doc_policy_marks_document_starts_and_none_has_no_bos():
     assert BOS_ID not in flat and flat.count(EOS_ID) >= 2
 
 
+def test_gpt2_documents_are_separated_by_one_endoftext_as_in_saelens(real_corpus):
+    """GPT-2's <|endoftext|> is both BOS and EOS: under bos_policy "doc" with separator "eos" every
+    document was `[BOS] doc [EOS]`, two <|endoftext|> between documents. Now one, as SAELens packs
+    GPT-2 text (its begin-sequence token = separator = BOS, written once); the other policies already
+    had one. A cache records the rule (resuming one packed the old way is refused)."""
+    import torch
+    from sae_lens.tokenization_and_batching import concat_and_batch_sequences
+
+    from helpers.real_models import build_family_tokenizer
+    from training.manifest import setting_differences
+    from training.text import TextPointer
+
+    tok = build_family_tokenizer("gpt2", real_corpus.train_docs)
+    eot = tok.convert_tokens_to_ids("<|endoftext|>")
+    assert tok.bos_token_id == tok.eos_token_id == eot
+    docs = ["def f(x):\n    return x", "", "The sea is wide.", "caf\u00e9 \u65e5\u672c", "import os"] * 3
+    ids = [tok(d, add_special_tokens=False)["input_ids"] for d in docs]
+    tokenize = make_tokenize(tok)
+
+    def packed(policy, sep, start=TextPointer(0, 0), chunk=4):
+        cfg = TextConfig(dataset="x", context_length=8, bos_policy=policy, separator=sep)
+        chunks = (docs[i:i + chunk] for i in range(start.doc, len(docs), chunk))
+        return ContextPacker(chunks, tokenize, cfg, special_tokens(tok), start)
+
+    for policy in ("prepend", "doc", "none"):
+        ctx = packed(policy, "eos").take(1000)[0]
+        stream = (ctx[:, 1:] if policy == "prepend" else ctx).reshape(-1).tolist()
+        runs = "".join("E" if t == eot else "." for t in stream).split(".")
+        assert max(len(r) for r in runs) == 1, policy  # never two <|endoftext|> in a row
+        assert stream.count(eot) >= len([i for i in ids if i]) - 2, policy  # one per document boundary
+    # "doc": the same contexts as SAELens's packing of the same documents
+    ours = packed("doc", "eos").take(1000)[0]
+    theirs = list(concat_and_batch_sequences(iter(torch.tensor(i, dtype=torch.long) for i in ids if i), 8,
+                                             begin_batch_token_id=None, begin_sequence_token_id=eot,
+                                             sequence_separator_token_id=eot))
+    assert ours.tolist() == torch.stack(theirs).tolist()
+    # restarting at a pointer continues exactly
+    head, ptr = packed("doc", "eos").take(3)
+    assert np.array_equal(np.concatenate([head, packed("doc", "eos", ptr, chunk=1).take(1000)[0]]), ours)
+    # a cache made before (no record: EOS written after every document) is not resumed with one separator
+    old = {"bos_policy": "doc", "separator": "eos"}
+    assert setting_differences(old, {**old, "eos_is_next_bos": True}) == [
+        "eos_is_next_bos: cache has False, this run asks for True"]
+    assert setting_differences(old, {**old, "eos_is_next_bos": False}) == []
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     policy=st.sampled_from(["prepend", "doc", "none"]),

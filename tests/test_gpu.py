@@ -251,3 +251,30 @@ def test_stored_fp16_rows_become_the_same_fp32_rows_on_the_device(device):
     got = tr.prepare(rows)
     assert got.device.type == device.type and got.dtype == torch.float32
     assert torch.equal(got.cpu(), rows.float() * 1.5)
+
+
+def test_the_topk_read_under_tf32_equals_its_reference_on_the_device(device):
+    """With TF32 products allowed (as many users run float32 on a GPU), the exact TopK read's bound
+    uses TF32's rounding (saes.precision) and still equals the SAE's own encode: bit for bit
+    without a need mask, each row's own on/off with one."""
+    from steering.topk_read import TopKReader
+
+    s = sizes(device)
+    sae = make_sae("topk", s.d_in, s.d_sae, s.k, device)
+    x = batch(512, s.d_in, device, seed=4)
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        with torch.no_grad():
+            fires = (sae.encode(x) != 0).sum(0)
+            ids = torch.cat([fires.topk(3).indices, fires.argmin().view(1)])
+            reader = TopKReader(sae, ids, n_candidates=s.d_sae // 8)
+            reader.cands.learn_rows = 128
+            for lo in range(0, 512, 8):
+                assert torch.equal(reader(x[lo:lo + 8]), sae.encode(x[lo:lo + 8])[:, ids]), lo
+            need = torch.rand(64, ids.numel(), generator=torch.Generator().manual_seed(2)).to(device) < 0.5
+            got, want = reader(x[:64], need), reader.reference(x[:64], need)
+            assert torch.equal(got[need] != 0, want[need] != 0)
+            torch.testing.assert_close(got[need], want[need], rtol=1e-2, atol=1e-2)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before

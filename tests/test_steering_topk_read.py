@@ -506,3 +506,96 @@ def test_a_tie_at_the_kth_place_is_the_sae_s_own_in_low_precision(dtype):
             reader.cands.learn_rows = 8
             reader(x[:8])  # teaches the candidate set
             assert torch.equal(reader(x[8:]), reader.reference(x[8:])), latent
+
+
+# ---------------------------------------------------------------------------------------------
+# the products' rounding in force (saes.precision): TF32 on a GPU
+
+
+@pytest.fixture
+def float32_matmul_precision():
+    """Set torch's float32 matmul precision in a test (the legacy API only: mixing it with the
+    new per-backend one makes torch refuse to read the global setting), restored after."""
+    before = torch.get_float32_matmul_precision()
+    yield torch.set_float32_matmul_precision
+    torch.set_float32_matmul_precision(before)
+
+
+def tf32(t: torch.Tensor) -> torch.Tensor:
+    """float32 values rounded to TF32's 10-bit mantissa (to nearest, ties to even), as a GPU's
+    tensor cores round the inputs of a float32 product under TF32."""
+    i = t.contiguous().view(torch.int32)
+    i = (i + 0x0FFF + ((i >> 13) & 1)) & ~0x1FFF
+    return i.view(torch.float32)
+
+
+def test_the_bound_covers_an_sae_whose_products_round_to_tf32(float32_matmul_precision):
+    """With TF32 allowed (torch.backends.cuda.matmul.allow_tf32 / set_float32_matmul_precision('high')),
+    the SAE's own float32 pre-activations on a GPU are products of TF32-rounded inputs: thousands of
+    float32 ulps from ours. The tolerance was float32's, so the bound could prove a firing latent
+    off; it is now the rounding in force (faked here on the CPU: 'high' applies to oneDNN too)."""
+    from saes.precision import matmul_eps, matmul_rounding
+    from steering.topk_read import fold_b_dec
+
+    g = torch.Generator().manual_seed(0)
+    D, F, N = 256, 64, 50
+    # inputs whose TF32 rounding errors all have one sign (the worst case a bound must cover): every
+    # entry's mantissa just under half a TF32 step above 1, signs making each product positive
+    m = 1 + 2.0**-11 - 2.0**-20
+    sign_D = torch.randint(0, 2, (D,), generator=g) * 2.0 - 1
+    x = sign_D * m * 2.0 ** torch.randint(-1, 2, (N, D), generator=g)
+    W = sign_D[:, None] * m * 2.0 ** torch.randint(-6, -3, (D, F), generator=g)
+    b = torch.randn(F, generator=g) * 0.1
+    assert torch.equal(tf32(x).abs(), x.abs() / m)  # TF32 rounds each one down to its power of two
+    # the SAE's own pre-activations under TF32: rounded inputs, (nearly) exact sums
+    own = tf32(x).double() @ tf32(W).double() + b.double()
+
+    def worst_excess(fold) -> float:
+        b_fold, e, c = fold
+        ours = (x @ W + b_fold).double()
+        tol = e * x.double().norm(dim=1, keepdim=True) + c
+        return float(((ours - own).abs() - tol).max())
+
+    assert matmul_rounding(torch.float32, "cpu") == torch.float32
+    assert worst_excess(fold_b_dec(W, b, None)) > 0  # float32's tolerance does not cover TF32 products
+    float32_matmul_precision("high")
+    assert matmul_rounding(torch.float32, "cpu") == torch.float16 and matmul_eps(torch.float32, "cuda") == 2.0**-10
+    assert matmul_rounding(torch.bfloat16, "cuda") == torch.bfloat16  # other dtypes are their own
+    assert worst_excess(fold_b_dec(W, b, None)) <= 0
+    float32_matmul_precision("medium")
+    assert matmul_rounding(torch.float32, "cuda") == torch.bfloat16
+
+
+def test_tf32_settings_are_read_through_either_api():
+    """CUDA's allow_tf32 and the per-backend fp32_precision (torch >= 2.9) are read too; once both
+    APIs were used torch refuses to read the global setting, and the backend's own one says (in a
+    child process: that state would outlive the test)."""
+    import subprocess
+    import sys
+
+    code = ("import torch\nfrom saes.precision import matmul_rounding as r\n"
+            "torch.backends.cuda.matmul.allow_tf32 = True\nprint(r(torch.float32, 'cuda'))\n"
+            "torch.backends.cuda.matmul.allow_tf32 = False\nprint(r(torch.float32, 'cuda'))\n"
+            "if hasattr(torch.backends.cuda.matmul, 'fp32_precision'):\n"
+            "    torch.backends.cuda.matmul.fp32_precision = 'tf32'\n"
+            "print(r(torch.float32, 'cuda'), r(torch.float32, 'cpu'))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["torch.float16", "torch.float32", "torch.float16", "torch.float32"]
+
+
+def test_the_topk_read_equals_its_reference_when_products_may_round_to_tf32(float32_matmul_precision):
+    """The bound's tolerance grows with the rounding in force and every path still equals the
+    reference (the exact read is only as fast as the rounding allows, never wrong)."""
+    sae = topk_sae("group")
+    x = inputs(300)
+    ids = torch.tensor([40, 44, 100])
+    as_float32 = TopKReader(sae, ids).err_per_norm
+    float32_matmul_precision("high")
+    reader = TopKReader(sae, ids, n_candidates=128)
+    reader.cands.learn_rows = 60
+    assert reader.err_per_norm == pytest.approx(2**13 * as_float32)  # TF32's eps 2^-10, float32's 2^-23
+    with torch.no_grad():
+        for lo in range(0, 300, 6):
+            assert torch.equal(reader(x[lo:lo + 6]), reader.reference(x[lo:lo + 6]))
+        need = torch.rand(40, 3, generator=torch.Generator().manual_seed(1)) < 0.5
+        assert_rows_alone(reader(x[:40], need), sae, x[:40], ids, need)

@@ -165,6 +165,20 @@ MISTRAL_SMALL3_TEMPLATE = (
     "{%- endif %}{%- endfor %}")
 
 
+# Llama-2-chat: the system message inside the first [INST], between <<SYS>> markers
+LLAMA2_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
+    "{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}"
+    "{% set system_message = false %}{% endif %}{% for message in loop_messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if loop.index0 == 0 and system_message != false %}"
+    "{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
+    "{% else %}{% set content = message['content'] %}{% endif %}{% if message['role'] == 'user' %}"
+    "{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}{% elif message['role'] == 'assistant' %}"
+    "{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}")
+
+
 def _role_spans(tok, chat) -> list[tuple[str, int, str]]:
     """(role, turn, text) for each run of tokens with the same role and turn."""
     offsets = tok(chat.text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
@@ -195,6 +209,59 @@ def test_a_bare_bos_is_no_system_turn_and_alternating_templates_find_their_defau
     given = render_chat(tok, [{"role": "system", "content": "be brief"}] + user,
                         chat_template=MISTRAL_SMALL3_TEMPLATE, add_generation_prompt=False)
     assert [s[:2] for s in _role_spans(tok, given)] == [("system", 0), ("user", 1)]
+
+
+def test_gemma3_folds_the_system_message_into_the_first_user_turn_and_role_system_still_finds_it(real_corpus):
+    """Gemma 3's template writes the system message at the head of the first user turn
+    ("<start_of_turn>user\nSYSTEM\n\nUSER"): by prefixes, rendering [system] alone writes only BOS, so
+    the system text was labelled "user" (role:system steered the BOS alone, role:user the system
+    text too). Gemma 2 refuses a system message: a clear error."""
+    from helpers.real_models import GEMMA2_CHAT_TEMPLATE, build_family_tokenizer
+    from steering.chat import render_chat
+    from steering.rowedits import RowLayout, compile_positions
+    from steering.spec import SteeringError
+
+    tok = build_family_tokenizer("gemma", real_corpus.train_docs)
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is the sea?"},
+            {"role": "assistant", "content": "Water."}, {"role": "user", "content": "and?"}]
+    chat = render_chat(tok, msgs)
+    assert chat.token_ids == tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)["input_ids"]
+    assert _role_spans(tok, chat) == [
+        ("system", 0, "<bos>"), ("user", 1, "<start_of_turn>user\n"), ("system", 0, "Be brief."),
+        ("user", 1, "\n\nWhat is the sea?<end_of_turn>\n"), ("assistant", 2, "<start_of_turn>model\nWater.<end_of_turn>\n"),
+        ("user", 3, "<start_of_turn>user\nand?<end_of_turn>\n"), ("assistant", 4, "<start_of_turn>model\n")]
+    layout = RowLayout(len(chat.token_ids), chat.roles, chat.turns, chat.n_messages, chat.why_no_roles)
+    ids = chat.token_ids
+
+    def text_at(positions):
+        return tok.decode([i for i, on in zip(ids, compile_positions(positions, layout).prompt) if on])
+
+    assert text_at("role:system") == "<bos>Be brief." and text_at("turn:0") == "<bos>Be brief."
+    assert "brief" not in text_at("role:user") and "What is the sea?" in text_at("role:user")
+    # no system message: no system turn at all (Gemma 3 writes no default one)
+    bare = render_chat(tok, msgs[1:])
+    assert "system" not in bare.roles and bare.roles[0] == "user"
+    # a template that changes the system text on its way into the user turn: it cannot be located, so
+    # the prompt has no roles (role positions refused, saying why) rather than wrong ones
+    upper = GEMMA2_CHAT_TEMPLATE.replace(
+        "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% endif %}{% for message in messages %}",
+        "{{ bos_token }}{% set ns = namespace(sp='') %}{% if messages[0]['role'] == 'system' %}"
+        "{% set ns.sp = messages[0]['content'] | upper + '\n\n' %}{% set messages = messages[1:] %}{% endif %}"
+        "{% for message in messages %}{% if loop.first %}{{ ns.sp }}{% endif %}")
+    assert upper != GEMMA2_CHAT_TEMPLATE
+    lost = render_chat(tok, msgs, chat_template=upper)
+    assert "BE BRIEF." in lost.text and lost.roles is None
+    assert "message 0 ('system') somewhere other than its own turn" in lost.why_no_roles
+    # Llama 2 folds it into the first [INST] the same way
+    llama2 = render_chat(tok, msgs, chat_template=LLAMA2_TEMPLATE)
+    assert [s for s in _role_spans(tok, llama2) if s[0] == "system"] == [("system", 0, "Be brief.")]
+    assert "<<SYS>>" in llama2.text and "Be brief." not in "".join(s[2] for s in _role_spans(tok, llama2) if s[0] == "user")
+    # Gemma 2 has no system role at all: refused with the template's own words
+    with pytest.raises(SteeringError, match="cannot render these messages: System role not supported"):
+        render_chat(tok, msgs, chat_template=GEMMA2_CHAT_TEMPLATE)
+    gemma2 = render_chat(tok, msgs[1:], chat_template=GEMMA2_CHAT_TEMPLATE)
+    assert [s[:2] for s in _role_spans(tok, gemma2)] == [("user", 0), ("assistant", 1), ("user", 2), ("assistant", 3)]
 
 
 def test_api_n_seeds_stream_stop_and_logprobs_on_a_bpe_chat_model(user, api):

@@ -416,6 +416,62 @@ def test_a_registry_sae_steers_its_model_and_is_refused_on_another(registry_cach
              "-l", "3:add=4", "--prompt", "def run(x):", "--max-new-tokens", 3).ok()
 
 
+def test_a_registry_sae_trained_on_a_processed_model_gets_one_or_is_refused(registry_cache, real_corpus, tmp_path):
+    """The registry's gpt2-small-res-jb says model_from_pretrained_kwargs {center_writing_weights: true}:
+    it reads the residual stream of a model with centred writing weights. steer loaded gpt2 raw and a
+    cache made from raw gpt2 fed it there: other activations at every position, without a word. Now
+    steer (and every command that loads the model for it) loads the model processed, and a record
+    that says raw (a cache) is refused naming both sides and the flags."""
+    from types import SimpleNamespace
+
+    from helpers.real_cli import flags_named, known_flags
+    from saes.formats import resolve_sae
+    from saes.identity import ModelMismatchError, check_sae_model
+    from saesteer.commands._steering import load_model as load_checked_model
+    from saesteer.models import load_model, model_identity
+
+    sae = "sae_lens:gpt2-small-res-jb/blocks.1.hook_resid_pre"
+    loaded = {"sae": resolve_sae(sae)}
+    args = SimpleNamespace(sae=[sae], model="gpt2", device="cpu", allow_model_mismatch=False)
+    assert model_identity(load_checked_model(args, loaded)).processed  # was raw
+    with pytest.raises(ModelMismatchError, match=r"center_writing_weights=True .*raw weights.*process_weights=True"):
+        check_sae_model(load_model("gpt2", device="cpu"), loaded["sae"])
+    check_sae_model(load_model("gpt2", device="cpu", process_weights=True), loaded["sae"])
+    # a cache of raw gpt2 is refused for it; one made with --process-weights is its input
+    cache = ("cache", "--model", "gpt2", "--dataset", real_corpus.jsonl_dir, "--context-length", 32, "--max-tokens",
+             512, "--hooks", "blocks.0.hook_resid_pre,blocks.1.hook_resid_pre", "--no-progress")
+    saesteer(*cache, "--out", tmp_path / "raw").ok()
+    r = saesteer("features", "build", "--sae", sae, "--cache", tmp_path / "raw", "--out", tmp_path / "raw.db",
+                 "--no-progress")
+    assert r.rc != 0 and "Traceback" not in r.err, r.err
+    assert "center_writing_weights=True" in r.err and "raw weights" in r.err and sae in r.err
+    assert {"--process-weights", "--allow-model-mismatch"} <= flags_named(r.err)
+    assert flags_named(r.err) <= known_flags("features", "build") | known_flags("cache")
+    # fine-tuning one (train --init-from; a JumpReLU SAE of the release, trainable here) on the raw
+    # cache: refused the same way
+    import torch
+    from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUSAEConfig
+
+    from helpers.foreign_saes import write_hf_snapshot
+
+    jr = JumpReLUSAE(JumpReLUSAEConfig(d_in=64, d_sae=128))
+    with torch.no_grad():
+        for p in jr.parameters():
+            p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(6)).abs() * 0.2)
+    jr.cfg.metadata.hook_name, jr.cfg.metadata.model_name = "blocks.0.hook_resid_pre", "gpt2-small"
+    jr.save_model(tmp_path / "jr")
+    write_hf_snapshot(registry_cache, "jbloom/GPT2-Small-SAEs-Reformatted", {
+        f"blocks.0.hook_resid_pre/{f}": tmp_path / "jr" / f for f in ("cfg.json", "sae_weights.safetensors")})
+    tune = ("--init-from", "sae_lens:gpt2-small-res-jb/blocks.0.hook_resid_pre", "--total-tokens", 256, "--batch-size", 128, "--holdout-tokens", 128, "--eval-every-tokens",
+            0, "--checkpoint-every-tokens", 0, "--model-eval", "false", "--no-progress", "--sae-name", "ft")
+    r = saesteer("train", "--cache", tmp_path / "raw", *tune, "--out", tmp_path / "ft-raw")
+    assert r.rc != 0 and "center_writing_weights=True" in r.err and "--init-from-allow-mismatch" in r.err, r.err
+    saesteer(*cache, "--process-weights", "--out", tmp_path / "processed").ok()
+    saesteer("features", "build", "--sae", sae, "--cache", tmp_path / "processed", "--out", tmp_path / "p.db",
+             "--no-progress").ok()
+    saesteer("train", "--cache", tmp_path / "processed", *tune, "--out", tmp_path / "ft").ok()
+
+
 def test_steer_eval_with_an_openai_protocol_judge_writes_a_scorecard_of_this_sae(gpt2, tmp_path):
     """steer-eval on the GPT-2 store: the judge (a loopback server speaking OpenAI's protocol) rates the
     real generated text; the scorecard records this SAE's hash and `--save-preset` keeps it."""

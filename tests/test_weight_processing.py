@@ -150,3 +150,65 @@ def test_sae_lens_loading_the_model_as_cfg_json_says_gets_our_logits(chain):
         unprocessed = twin(**no_processing).run_with_saes(toks, saes=[sl])
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     assert (unprocessed.log_softmax(-1) - want.log_softmax(-1)).abs().max() > 1e-3  # the other weights: other outputs
+
+
+def test_which_hooks_each_processing_flag_changes_is_measured_on_gpt2(real_models):
+    """`saes.processing.FLAG_CHANGES` (which flags of a SAELens SAE's model_from_pretrained_kwargs
+    matter at its hook) against the activations of a GPT-2 HookedTransformer loaded with that one
+    flag: every hook point, opt-in ones included, changes exactly under the flags the table names."""
+    from helpers.real_models import hooked_sae_transformer
+    from saes.identity import PROCESSING
+    from saes.processing import flags_changing
+
+    path = real_models.path("gpt2")
+
+    def activations(**flags):
+        model = hooked_sae_transformer(path, **flags)
+        model.set_use_attn_result(True)
+        model.set_use_hook_mlp_in(True)
+        model.set_use_split_qkv_input(True)
+        toks = model.to_tokens(["def f(x):\n    return x + 1", "The caf\u00e9 is open."])
+        with torch.no_grad():
+            return model.run_with_cache(toks)[1]
+
+    raw = activations()
+    assert {"blocks.1.attn.hook_result", "blocks.1.hook_mlp_in", "blocks.1.hook_q_input", "blocks.1.mlp.hook_in",
+            "unembed.hook_out"} <= set(raw.keys())
+    for flag in PROCESSING:
+        got = activations(**{flag: True})
+        changed = {h for h in raw.keys() if not torch.allclose(raw[h], got[h], atol=1e-4, rtol=1e-4)}
+        assert changed == {h for h in raw.keys() if flag in flags_changing(h)}, flag
+
+
+def test_what_a_saelens_sae_asks_of_the_model_follows_its_hooks():
+    """model_from_pretrained_kwargs are from_pretrained_no_processing's (flags default to False) and
+    only the flags that change the SAE's hook(s) count: raw, processed, either, or neither (refused)."""
+    import saes
+    from saes.formats.base import LoadedSAE
+    from saes.processing import check_processing, processing_wanted
+
+    def loaded(hook, kwargs, out=None):
+        md = {"hook_name": hook, "model_from_pretrained_kwargs": kwargs, **({"hook_name_out": out} if out else {})}
+        sae = saes.create_sae("topk", 8, 16, k=2, generator=torch.Generator().manual_seed(0), metadata=md)
+        return LoadedSAE(sae, {}, "sae_lens:r/x", "sae_lens_registry")
+
+    raw, pro = ModelIdentity("hub", "gpt2"), ModelIdentity("hub", "gpt2", weights="processed")
+    kw = dict(sae_name="x", model_as="the model given", override="--allow-model-mismatch", fix=lambda w: f"use {w}")
+    res_jb = loaded("blocks.8.hook_resid_pre", {"center_writing_weights": True})
+    assert processing_wanted(res_jb) is True
+    check_processing(res_jb, pro, **kw)
+    with pytest.raises(ModelMismatchError, match=r"center_writing_weights=True .* raw weights .*Use True, or pass --allow"):
+        check_processing(res_jb, raw, **kw)
+    assert processing_wanted(loaded("blocks.8.ln2.hook_normalized", {"center_writing_weights": True})) is None
+    assert processing_wanted(loaded("blocks.8.hook_resid_pre", {})) is None  # nothing recorded: not checked
+    # a transcoder: fold_ln False at its input, and (by default) no centring at its target
+    tc = loaded("blocks.8.mlp.hook_in", {"fold_ln": False}, out="blocks.8.hook_mlp_out")
+    assert processing_wanted(tc) is False
+    with pytest.raises(ModelMismatchError, match="hook_mlp_out"):
+        check_processing(tc, pro, **kw)
+    # centred writing weights without folded value biases at hook_result: neither load gives it
+    result = loaded("blocks.8.attn.hook_result", {"center_writing_weights": True})
+    assert processing_wanted(result) is None
+    for model in (raw, pro):
+        with pytest.raises(ModelMismatchError, match="neither gives those activations"):
+            check_processing(result, model, **kw)

@@ -33,7 +33,8 @@ class CacheConfig:
     )
     exclude_tokens: ExcludeTokens = field(
         default="bos",
-        metadata={"help": "positions not cached: none, bos (BOS tokens), or special (every special token)"},
+        metadata={"help": "positions not cached: none, bos (BOS tokens: with GPT-2, whose BOS is its EOS, "
+                                  "the document separators too), or special (every special token)"},
     )
     forward: Literal["auto", "transformer_lens", "fast"] = field(
         default="auto",

@@ -17,7 +17,9 @@ Manifest fields (format_version 1):
   model_identity {id, source, name, revision, path, weights_sha256, d_model, n_layers, d_vocab}
     (not a setting; absent in caches from older versions),
   hooks [names], d_in {hook: int}, dtype "fp16"|"bf16"|"fp32",
-  context_length, bos_policy, separator, exclude_tokens, excluded_token_ids [ints],
+  context_length, bos_policy, separator, eos_is_next_bos (bool: no EOS after a document, as
+  the next one's BOS is the same token; training.packing; false when absent, as in older caches),
+  exclude_tokens, excluded_token_ids [ints],
   tokenizer {name, vocab_size, bos_id, eos_id, pad_id, sha256},
   dataset {name, config, split (the split read), text_column, files?: [[path below the data folder, bytes]]},
   dataset_files? [absolute paths of the local files read] (provenance, not compared on resume),
@@ -47,9 +49,11 @@ LOCK_NAME = ".lock"
 # Fields that define a cache; resuming with any of them different is refused.
 SETTING_FIELDS = (
     "format", "format_version", "model", "hooks", "d_in", "dtype", "context_length", "bos_policy",
-    "separator", "exclude_tokens", "excluded_token_ids", "tokenizer", "dataset", "max_tokens",
+    "separator", "eos_is_next_bos", "exclude_tokens", "excluded_token_ids", "tokenizer", "dataset", "max_tokens",
     "shard_contexts",
 )
+# settings added after format_version 1 was out, with the value that caches made before them had
+SETTING_DEFAULTS = {"eos_is_next_bos": False}
 
 
 class CacheMismatchError(SaesteerError, ValueError):
@@ -145,7 +149,7 @@ class Manifest:
         }
 
     def to_json(self) -> dict[str, Any]:
-        d = {k: self.settings[k] for k in SETTING_FIELDS}
+        d = {k: _setting(self.settings, k) for k in SETTING_FIELDS}
         if self.forward is not None:
             d["forward"] = self.forward
         if self.model_identity is not None:
@@ -166,14 +170,14 @@ class Manifest:
                 f"{where}: format_version {d.get('format_version')} is not supported by this "
                 f"saesteer (it reads version {FORMAT_VERSION}); rebuild the cache or upgrade saesteer"
             )
-        missing = [k for k in SETTING_FIELDS if k not in d]
+        missing = [k for k in SETTING_FIELDS if k not in d and k not in SETTING_DEFAULTS]
         if missing:
             raise CacheFormatError(f"{where}: missing field(s) {', '.join(missing)}")
         shards = [ShardInfo.from_json(s) for s in d.get("shards", [])]
         for i, s in enumerate(shards):
             if s.index != i or s.file != shard_file_name(i):
                 raise CacheFormatError(f"{where}: shard list out of order at entry {i} ({s.file})")
-        settings = {k: d[k] for k in SETTING_FIELDS}
+        settings = {k: _setting(d, k) for k in SETTING_FIELDS}
         ds = settings.get("dataset")
         if isinstance(ds, dict) and _txt_files_without_reading(ds):
             # caches made before `txt_documents` existed read .txt files one line per document
@@ -277,10 +281,14 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: d}
 
 
+def _setting(settings: dict[str, Any], name: str) -> Any:
+    return settings[name] if name in settings else SETTING_DEFAULTS.get(name)
+
+
 def setting_differences(existing: dict[str, Any], requested: dict[str, Any]) -> list[str]:
     """Human-readable differences between two settings dicts, one per differing field."""
-    a = _flatten({k: existing.get(k) for k in SETTING_FIELDS})
-    b = _flatten({k: requested.get(k) for k in SETTING_FIELDS})
+    a = _flatten({k: _setting(existing, k) for k in SETTING_FIELDS})
+    b = _flatten({k: _setting(requested, k) for k in SETTING_FIELDS})
     diffs = []
     for k in sorted(set(a) | set(b), key=lambda k: (SETTING_FIELDS.index(k.split(".")[0]) if k.split(".")[0] in SETTING_FIELDS else 99, k)):
         va, vb = a.get(k, "<absent>"), b.get(k, "<absent>")

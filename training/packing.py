@@ -2,9 +2,13 @@
 explicit BOS policy; the tokenizer facts a cache records.
 
 Packing. Each non-empty document becomes an *item* of tokens: `[BOS]` first when
-`bos_policy="doc"`, then the document's tokens, then `[EOS]` when `separator="eos"`. Items are
-concatenated into one stream, cut into contexts of `context_length` tokens:
-  * "prepend": every context is `[BOS]` + the next `context_length - 1` stream tokens;
+`bos_policy="doc"`, then the document's tokens, then `[EOS]` when `separator="eos"` -- except
+where EOS is the BOS token (GPT-2's `<|endoftext|>` is both) under "doc": the next document's BOS
+already separates, so one token stands between documents, as in SAELens's packing (see
+`eos_is_next_bos`). Items are concatenated into one stream, cut into contexts of `context_length` tokens:
+  * "prepend": every context is `[BOS]` + the next `context_length - 1` stream tokens (one
+    separator between documents inside a context; a context that starts just after a document
+    begins `[BOS] [EOS]`, two `<|endoftext|>` with GPT-2, where SAELens writes one);
   * "doc":     contexts are plain slices of the stream (BOS marks document starts inside it);
   * "none":    contexts are plain slices, no BOS anywhere.
 The tail of the stream shorter than one context is dropped.
@@ -113,6 +117,22 @@ def make_tokenize(tokenizer) -> Callable[[list[str]], list[list[int]]]:
 # Packing
 
 
+def eos_is_next_bos(cfg: TextConfig, specials: SpecialTokens) -> bool:
+    """True when the EOS separator is left out because the next document's BOS is the same token
+    (`bos_policy="doc"`, `separator="eos"`, BOS == EOS): `[BOS] doc [EOS]` items would put two
+    `<|endoftext|>` between every two GPT-2 documents. A cache records it (a setting, so a cache
+    packed with two separators is not resumed with one)."""
+    return (cfg.bos_policy == "doc" and cfg.separator == "eos" and specials.bos is not None
+            and specials.bos == specials.eos)
+
+
+def _item_extra(cfg: TextConfig, specials: SpecialTokens) -> tuple[int, int]:
+    """(tokens before, tokens after) each document's own in its item."""
+    pre = int(cfg.bos_policy == "doc")
+    post = int(cfg.separator == "eos" and not eos_is_next_bos(cfg, specials))
+    return pre, post
+
+
 class ContextPacker:
     """Cut the document stream into contexts, starting at a `TextPointer`.
 
@@ -141,6 +161,7 @@ class ContextPacker:
             raise ValueError("separator 'eos' needs an EOS token, but the tokenizer has none; use --separator none")
         self._bos = specials.bos
         self._eos = specials.eos
+        self._pre, self._post = _item_extra(cfg, specials)
         self.K = cfg.context_length - 1 if cfg.bos_policy == "prepend" else cfg.context_length
         self._next_doc = start.doc
         self._skip = start.offset
@@ -182,8 +203,7 @@ class ContextPacker:
         offset in the item; the first `skip` tokens of document d0's item dropped."""
         lens = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
         flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lens.sum()))
-        pre = int(self.cfg.bos_policy == "doc")
-        post = int(self.cfg.separator == "eos")
+        pre, post = self._pre, self._post
         nonempty = lens > 0  # empty documents contribute nothing (not even BOS/EOS)
         item_len = np.where(nonempty, lens + pre + post, 0)
         item_start = np.cumsum(item_len) - item_len
@@ -237,7 +257,7 @@ def estimate_stream_tokens(cfg: TextConfig, tokenizer, source: DocumentSource, t
     if not texts:
         return 0
     ids = make_tokenize(tokenizer)(texts)
-    extra = (cfg.bos_policy == "doc") + (cfg.separator == "eos")
+    extra = sum(_item_extra(cfg, special_tokens(tokenizer)))
     sample_tokens = sum(len(x) + extra for x in ids if x)
     if len(texts) < sample_docs:
         return sample_tokens  # we saw everything

@@ -22,7 +22,7 @@ from training.cache_config import CacheConfig, ExcludeTokens
 from training.manifest import FORMAT_NAME, FORMAT_VERSION, CacheMismatchError, Manifest, setting_differences
 from training.runner import ActivationRunner
 from training.shards import DTYPES
-from training.packing import special_tokens, tokenizer_fingerprint
+from training.packing import eos_is_next_bos, special_tokens, tokenizer_fingerprint
 from training.text import DocumentSource, TextConfig, dataset_spec
 
 DEFAULT_SHARD_BYTES = 128 << 20
@@ -90,6 +90,7 @@ def cache_settings(
         "context_length": text.context_length,
         "bos_policy": text.bos_policy,
         "separator": text.separator,
+        "eos_is_next_bos": eos_is_next_bos(text, special_tokens(tokenizer)),
         "exclude_tokens": cfg.exclude_tokens,
         "excluded_token_ids": excl,
         "tokenizer": tokenizer_fingerprint(tokenizer),

@@ -70,7 +70,8 @@ class TextConfig:
                           "(contexts are plain slices); none: no BOS"},
     )
     separator: Literal["eos", "none"] = field(
-        default="eos", metadata={"help": "token appended after each document: eos, or none"}
+        default="eos", metadata={"help": "token appended after each document: eos, or none (with bos-policy doc "
+                                         "and a BOS that is the EOS, as GPT-2's: the next BOS alone separates)"}
     )
 
     def __post_init__(self) -> None:

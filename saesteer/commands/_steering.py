@@ -110,10 +110,12 @@ def require_hook(name: str, spec: Any, sae: Any) -> None:
 def load_model(args, loaded: dict[str, LoadedSAE], store: Any = None, cache: str | None = None,
                sae_specs: dict[str, Any] | None = None):
     """The model to run: --model, checked against the model every SAE (`load_saes`'s LoadedSAEs)
-    and the store's (or activation cache's) record, or else the recorded model itself. Refusals name
-    both models and --allow-model-mismatch. Every SAE must know its hook point first (its files, or
+    and the store's (or activation cache's) record, or else the recorded model itself; loaded with
+    TransformerLens's weight processing when SAELens SAEs ask for it and no record says otherwise
+    (`saes.processing`). Refusals name both models and --allow-model-mismatch. Every SAE must know its hook point first (its files, or
     --hook). `sae_specs`: name -> what each SAE was given as, for messages (default: parsed from args.sae)."""
     from saes.identity import ModelIdentityError, check_same_model, identity_of_sae
+    from saes.processing import check_processing, processing_wanted
     from saesteer.models import OVERRIDE_FLAG, load_recorded_model, model_identity, pick_record
 
     dirs = parse_sae_args(args.sae) if sae_specs is None else sae_specs
@@ -131,8 +133,12 @@ def load_model(args, loaded: dict[str, LoadedSAE], store: Any = None, cache: str
         _refuse_unrecorded(where, loaded)
     known = [(ident, w) for ident, w in records if ident is not None and w != where]
     allow = args.allow_model_mismatch
+    # SAEs of SAELens's registry that read a processed model (model_from_pretrained_kwargs): the
+    # model is loaded so, unless a record says otherwise (then refused below)
+    wanted = {w for item in loaded.values() if (w := processing_wanted(item)) is not None}
     try:
-        model = load_recorded_model(first, args.model, recorded_in=where, device=args.device, allow_mismatch=allow)
+        model = load_recorded_model(first, args.model, recorded_in=where, device=args.device, allow_mismatch=allow,
+                                    process_weights=wanted == {True})
         if not allow:
             given = model_identity(model)
             given_as = f"--model {args.model}" if args.model else f"the model {where} records"
@@ -142,6 +148,10 @@ def load_model(args, loaded: dict[str, LoadedSAE], store: Any = None, cache: str
             for name, item in loaded.items():
                 if identity_of_sae(item) is None:
                     _check_named_model(name, dirs[name], item.sae, given, given_as)
+                check_processing(item, given, sae_name=name, model_as=given_as, override=OVERRIDE_FLAG,
+                                 fix=lambda w: "give SAEs, a store and a cache made with the model loaded one way "
+                                               f"(a cache made {'with' if w else 'without'} `saesteer cache "
+                                               "--process-weights` records it)")
     except (ValueError, OSError) as e:  # ModelIdentityError is a ValueError and says it all
         raise CLIError(str(e) if isinstance(e, ModelIdentityError) else f"cannot load model: {e}") from None
     return model

@@ -139,6 +139,10 @@ def run(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+def _cache_processing_fix(wanted: bool) -> str:
+    return f"make the cache {'with' if wanted else 'without'} `saesteer cache --process-weights`"
+
+
 def _build(args) -> int:
     import torch
     from rich.text import Text
@@ -147,6 +151,7 @@ def _build(args) -> int:
     from features import CacheSource, build_feature_store
     from features.config import BuildConfig
     from saes.identity import ModelIdentityError, ModelMismatchError, check_same_model, identity_of_sae
+    from saes.processing import check_processing
     from saesteer.configargs import dataclass_from_args
     from saesteer.models import OVERRIDE_FLAG, load_recorded_model, model_id, pick_record
     from saesteer.terminal import plain
@@ -164,6 +169,8 @@ def _build(args) -> int:
     if not args.allow_model_mismatch:
         check_same_model(cache_model, sae_model, recorded_in=where, given_as=f"the SAE {args.sae}'s model",
                          override=OVERRIDE_FLAG, fix="use the cache the SAE was trained on")
+        check_processing(loaded, cache_model, sae_name=str(args.sae), model_as=f"the model of {where}",
+                         override=OVERRIDE_FLAG, fix=_cache_processing_fix)
     recorded, where = pick_record([(cache_model, where), (sae_model, f"the SAE {args.sae}")])
     model = None
     spec = args.model

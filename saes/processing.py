@@ -1,0 +1,123 @@
+"""Whether an SAE from SAELens reads a model loaded with TransformerLens's weight processing.
+
+    wants = processing_wanted(loaded_sae)     # True: processed, False: raw, None: either
+    check_processing(loaded_sae, identity_of_model(model), sae_name="sae", model_as="the model given",
+                     override="allow_model_mismatch=True", fix="load it with process_weights=True")
+
+SAELens records how the model must be loaded for an SAE in `model_from_pretrained_kwargs` (the
+registry's `config_overrides` or the SAE's cfg.json metadata): keyword arguments for
+`HookedTransformer.from_pretrained_no_processing`, whose flags default to False. The registry's
+`gpt2-small-res-jb` says `center_writing_weights: true`: it was trained on a residual stream with
+centred writing weights, and a model loaded with raw weights gives it other activations at every
+position. saesteer loads a model either raw or with all of `saes.identity.PROCESSING`
+(`--process-weights`); which flags matter depends on the hook (`FLAG_CHANGES`), so an SAE's
+kwargs ask for "raw", "processed", either, or something neither gives (then refused).
+
+An SAE whose files record no kwargs is not checked: nothing says how its model was loaded.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Mapping
+
+from saes.identity import PROCESSING, ModelIdentity, ModelMismatchError
+
+__all__ = ["FLAG_CHANGES", "flags_changing", "recorded_kwargs", "processing_wanted", "check_processing"]
+
+# The hook points (TransformerLens names) whose values each flag changes, as measured on a GPT-2
+# HookedTransformer loaded with that one flag (tests/test_weight_processing.py measures it again):
+# fold_ln leaves hook_normalized (taken before the norm's weights) but changes what reads the norm's
+# output; centring writing weights changes everything written to or read from the residual stream
+# before a norm; folding value biases moves b_V out of the values into b_O.
+FLAG_CHANGES: dict[str, re.Pattern] = {
+    "fold_ln": re.compile(r"(^|\.)(mlp|attn|unembed)\.hook_in$"),
+    "center_writing_weights": re.compile(
+        r"(^hook_embed$|^hook_pos_embed$|\.hook_resid_(pre|mid|post)$|\.hook_(attn|mlp)_(in|out)$"
+        r"|\.hook_[qkv]_input$|\.attn\.hook_result$)"),
+    "center_unembed": re.compile(r"^unembed\.hook_out$"),
+    "fold_value_biases": re.compile(r"\.attn\.hook_(v|z|result)$"),
+}
+# hook points no flag changes (the others, unknown here, count as changed by every flag but center_unembed)
+_UNCHANGED = re.compile(r"(\.hook_scale$|\.hook_normalized$|\.attn\.hook_(q|k|rot_q|rot_k|attn_scores|pattern)$"
+                        r"|\.mlp\.hook_(pre|post|pre_linear)$|^hook_tokens$)")
+
+
+def flags_changing(hook_name: str) -> set[str]:
+    """The processing flags that change the activations at `hook_name`."""
+    hit = {flag for flag, pattern in FLAG_CHANGES.items() if pattern.search(hook_name)}
+    if hit or _UNCHANGED.search(hook_name):
+        return hit
+    return set(PROCESSING) - {"center_unembed"}
+
+
+def recorded_kwargs(loaded: Any) -> dict[str, Any] | None:
+    """SAELens's `model_from_pretrained_kwargs` recorded for a loaded SAE (its provenance: the
+    registry's overrides; else its cfg.json metadata), or None."""
+    prov = getattr(loaded, "provenance", None) or {}
+    kwargs = prov.get("model_from_pretrained_kwargs")
+    if kwargs is None:
+        kwargs = _metadata(loaded).get("model_from_pretrained_kwargs")
+    return dict(kwargs) if isinstance(kwargs, Mapping) and kwargs else None
+
+
+def _metadata(loaded: Any) -> Mapping[str, Any]:
+    """cfg.metadata of an SAE given bare or as a LoadedSAE."""
+    sae = getattr(loaded, "sae", loaded)
+    return getattr(getattr(sae, "cfg", None), "metadata", None) or {}
+
+
+def _needed(loaded: Any) -> tuple[str, dict[str, bool]] | None:
+    """(its hook(s), {flag: value the SAE needs}) over the flags that matter at its hook (and a
+    transcoder's target hook); None when nothing is recorded or nothing matters there."""
+    kwargs = recorded_kwargs(loaded)
+    md = _metadata(loaded)
+    hooks = [str(h) for h in (md.get("hook_name"), md.get("hook_name_out")) if h]  # a transcoder's target too
+    if kwargs is None or not hooks:
+        return None
+    flags = set().union(*(flags_changing(h) for h in hooks))
+    needed = {flag: bool(kwargs.get(flag, False)) for flag in sorted(flags)}
+    return (" -> ".join(hooks), needed) if needed else None
+
+
+def processing_wanted(loaded: Any) -> bool | None:
+    """True when the SAE reads a model loaded with saesteer's processing (`--process-weights`), False
+    when raw, None when either gives its activations (or nothing is recorded), and also None when
+    neither does (`check_processing` refuses that)."""
+    got = _needed(loaded)
+    if got is None:
+        return None
+    values = set(got[1].values())
+    return values.pop() if len(values) == 1 else None
+
+
+def _describe(needed: Mapping[str, bool]) -> str:
+    return ", ".join(f"{flag}={value}" for flag, value in needed.items())
+
+
+def check_processing(loaded: Any, model: ModelIdentity | None, *, sae_name: str, model_as: str, override: str,
+                     fix: Callable[[bool], str]) -> None:
+    """Refuse (ModelMismatchError) a model whose weight processing gives the SAE other activations
+    at its hook than the ones its SAELens `model_from_pretrained_kwargs` say it was trained on,
+    naming both sides, `fix(wanted)` (how to get a model processed (True) or raw (False) where the
+    caller is) and `override`. Nothing recorded on either side passes."""
+    got = _needed(loaded)
+    if got is None or model is None:
+        return
+    hook, needed = got
+    spec = getattr(loaded, "spec", None)
+    who = f"SAE {sae_name!r}" + (f" ({spec})" if spec and spec != sae_name else "")
+    asks = (f"{who} was trained on {hook} of a model loaded with {_describe(needed)} (SAELens's "
+            f"model_from_pretrained_kwargs)")
+    if len(set(needed.values())) > 1:
+        raise ModelMismatchError(
+            f"{asks}; saesteer loads a model either raw or with all of {', '.join(PROCESSING)} "
+            f"(--process-weights), and neither gives those activations. Pass {override} to use it anyway")
+    wanted = next(iter(needed.values()))
+    if model.processed == wanted:
+        return
+    have = ("with TransformerLens's weight processing (--process-weights: " + ", ".join(PROCESSING) + ")"
+            if model.processed else "with its raw weights (no --process-weights)")
+    how = fix(wanted)
+    raise ModelMismatchError(f"{asks}, but {model_as} was loaded {have}; the activations there differ. "
+                             f"{how[:1].upper()}{how[1:]}, or pass {override} to use it anyway")
