@@ -136,7 +136,8 @@ def test_a_sentencepiece_token_is_shown_one_way_in_the_store_the_cli_and_the_api
                                                                              [[]] * len(tok))["content"]
     assert [e["token"] for e in chat] == vocab
     plain = Assembler(SimpleNamespace(kind="completion", rows=[], n=1, logprobs=1), tok)._logprobs(list(want), [0.0] * 4,
-                                                                                               [[(the, 0.0)]] * 4)
+                                                                                               [[(the, 0.0)]] * 4,
+                                                                                               [0, 4, 5, 5])
     assert plain["tokens"] == list(want.values()) and plain["top_logprobs"][0] == {" the": 0.0}
     # `features show` lists latent 0's logit effects with these labels (repr: spaces and line breaks visible)
     assert main(["features", "show", str(path), "0"]) == 0
