@@ -99,6 +99,19 @@ def token_bytes(tokenizer, token_id: int, decoded: str | None = None) -> bytes:
     return decoded.encode("utf-8")
 
 
+# The version of the rule `token_label` follows, recorded in a store's meta as "vocab_labels". 1 (no
+# key): part of a character as its bare escaped bytes, a SentencePiece word without its space.
+LABEL_RULE = 2
+_OLD_ESCAPES = re.compile(r"(?:\\x[89a-f][0-9a-f])+")  # rule 1's part of a character: escaped bytes >= 0x80
+
+
+def label_from_rule_1(label: str) -> str:
+    """A label a store wrote by rule 1, read where no tokenizer can recompute it: runs of escaped bytes
+    0x80-0xff get the U+FFFD mark (so they never read as text; text that only spells such an escape
+    is marked too: the safe side). A SentencePiece word's lost space cannot be told from the label."""
+    return _OLD_ESCAPES.sub(lambda m: PART_OF_A_CHARACTER + m.group(), label)
+
+
 PART_OF_A_CHARACTER = "\ufffd"  # starts the escaped bytes of a token's part of a character (`label_of_bytes`)
 _CUT = re.compile("[\udc80-\udcff]+")  # bytes that are no UTF-8, as the "surrogateescape" decoding holds them
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, TypeVar
@@ -18,6 +19,7 @@ from features.store.errors import (
     StoreMismatchError,
     StoreReadOnlyError,
 )
+from features.tokentext import LABEL_RULE, label_from_rule_1
 from features.store.schema import ADDED_TABLES, FEATURE_COLUMNS, RENAMED_COLUMNS, SCHEMA, SCHEMA_VERSION, connect
 
 _Store = TypeVar("_Store", bound="StoreBase")
@@ -257,15 +259,26 @@ class StoreBase:
 
     # -- vocabulary ----------------------------------------------------------------------------
     def vocab(self) -> list[str]:
-        """Display string of every token id (empty when the build had no tokenizer)."""
+        """Display string of every token id (`features.tokentext.token_label`; empty when the build had
+        no tokenizer). Labels of an older rule (meta "vocab_labels") come converted, with a warning."""
         if self._vocab is None:
             with self._lock:
                 rows = self._conn.execute("SELECT token_id, text FROM vocab ORDER BY token_id").fetchall()
             out = [""] * (rows[-1][0] + 1 if rows else 0)
             for i, t in rows:
                 out[i] = t
+            if out and self.meta.get("vocab_labels") != LABEL_RULE:
+                out = [label_from_rule_1(t) for t in out]
+                warnings.warn(f"{self.path}: its token labels follow an older rule (parts of characters "
+                              f"are shown marked, SentencePiece words may lack their leading space); re-run "
+                              f"the `saesteer features build` command that made it, with its model, to "
+                              f"rewrite them", stacklevel=2)
             self._vocab = out
         return self._vocab
+
+    def has_vocab(self) -> bool:
+        with self._lock:
+            return self._conn.execute("SELECT 1 FROM vocab LIMIT 1").fetchone() is not None
 
     def token_str(self, token_id: int) -> str:
         v = self.vocab()
