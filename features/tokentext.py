@@ -86,7 +86,8 @@ def token_bytes(tokenizer, token_id: int, decoded: str | None = None) -> bytes:
     that holds part of a character, those bytes themselves (decoding it alone gives U+FFFD, whose
     bytes say nothing); for a SentencePiece token its text with "▁" as a space (decoding it alone
     strips a word's leading space: "▁a" gives "a"); otherwise the token decoded on its own (or
-    `decoded`, that decoding when the caller has it)."""
+    `decoded`, that decoding when the caller has it): for a word-level tokenizer the bare word, as
+    the space between words is the decoder's, not the token's."""
     table = _table(tokenizer)
     if table is not None and 0 <= token_id < len(table.entries):
         entry = table.entries[token_id]
@@ -128,9 +129,9 @@ def label_of_bytes(raw: bytes) -> str:
 
 def token_label(tokenizer, token_id: int) -> str:
     """One token shown on its own, the same everywhere (the store's vocabulary, so the logit-effect
-    lists of `features show` and the web app; the API's logprob `token`): the text it adds to a text
-    (`token_bytes`: a SentencePiece "▁the" is " the", a byte-fallback <0x0A> is "\\n"), part of a
-    character marked and escaped (`label_of_bytes`)."""
+    lists of `features show` and the web app; the API's logprob `token`): its own text (`token_bytes`:
+    a SentencePiece "▁the" is " the" as GPT-2's "Ġthe" is, a byte-fallback <0x0A> is "\\n", a
+    word-level token the bare word), part of a character marked and escaped (`label_of_bytes`)."""
     return label_of_bytes(token_bytes(tokenizer, int(token_id)))
 
 

@@ -553,6 +553,7 @@ def test_text_offsets_of_sentencepiece_start_at_the_texts_first_word_and_count_i
 def test_text_offsets_of_word_level_tokens_count_the_joining_space():
     """The toy tokenizer's decoder puts a space between words; a token's bytes are the bare word
     (offsets were [0, 6, 13] for " sailor sailors diver"); a line break is a word of its own."""
+    from features.tokentext import token_labels
     from toyworld.tokenizer import load_tokenizer
 
     tok = load_tokenizer()
@@ -560,6 +561,8 @@ def test_text_offsets_of_word_level_tokens_count_the_joining_space():
     new = tok("sailor sailors diver", add_special_tokens=False)["input_ids"]
     text, offsets = _check_offsets(tok, prompt, new)
     assert text == " sailor sailors diver" and offsets == [0, 7, 15]
+    # the label (the store's, the logprob `token`) stays the bare word, as docs/features.md says
+    assert token_labels(tok, new) == ["sailor", "sailors", "diver"]
 
 
 def test_a_special_token_generated_mid_text_has_an_empty_span():
