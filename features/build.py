@@ -84,8 +84,7 @@ def refresh_vocab(store, tokenizer) -> bool:
         return False
     if store.has_vocab() and store.meta.get("vocab_labels") == LABEL_RULE:
         return False
-    store.write_vocab(token_labels(tokenizer))
-    store.set_meta(vocab_labels=LABEL_RULE)
+    store.write_vocab(token_labels(tokenizer), LABEL_RULE)
     return True
 
 
