@@ -188,7 +188,8 @@ class BatchEngine:
             for l in self.pending + self.running:
                 if l.cancelled and l.done is None:
                     l.done = "cancelled"
-                    events.append(RowEvent(l.row.tag, l.row.group, finish_reason="cancelled", detail=self._final_detail(l),
+                    events.append(RowEvent(l.row.tag, l.row.group, finish_reason="cancelled",
+                                           detail=self._final_detail(l),
                                            offsets=l.text.offsets(final=True) if l.row.offsets else None))
             self.pending = [l for l in self.pending if l.done is None]
 

@@ -180,8 +180,7 @@ def test_a_sentencepiece_token_is_shown_one_way_in_the_store_the_cli_and_the_api
     byte-level BPE's "Ġthe" is " the"; part of a character as U+FFFD and its escaped bytes."""
     from types import SimpleNamespace
 
-    import saes
-    from features import BuildConfig, FeatureStore, TensorSource, build_feature_store
+    from features import FeatureStore
     from saesteer.api.responses import Assembler
     from saesteer.cli import main
 
