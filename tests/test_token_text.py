@@ -147,6 +147,7 @@ def test_a_store_of_the_older_label_rule_is_read_safely_and_relabelled_by_the_bu
     from autointerp.offline import readable_token
     from features import FeatureStore
     from features.tokentext import LABEL_RULE
+    from saes.errors import SaesteerWarning
 
     tok = sentencepiece_bpe()
     path = tmp_path / "sp.db"
@@ -159,7 +160,7 @@ def test_a_store_of_the_older_label_rule_is_read_safely_and_relabelled_by_the_bu
         conn.executemany("UPDATE vocab SET text = ? WHERE token_id = ?",
                          [(_rule_1_label(tok, i), i) for i in range(len(tok))])
     the, cut = list(_sp_want(tok))[:2][0], tok.convert_tokens_to_ids("<0xE4>")
-    with pytest.warns(UserWarning, match="older rule.*saesteer features build"):
+    with pytest.warns(SaesteerWarning, match="older rule.*saesteer features build"):
         with FeatureStore.open(path) as st:
             assert st.token_str(cut) == "\ufffd\\xe4" and not readable_token(st.token_str(cut))
             assert st.token_str(the) == "the"  # (the lost space cannot be told from the label)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, TypeVar
@@ -20,6 +19,7 @@ from features.store.errors import (
     StoreReadOnlyError,
 )
 from features.tokentext import LABEL_RULE, label_from_rule_1
+from saes.errors import note
 from features.store.schema import ADDED_TABLES, FEATURE_COLUMNS, RENAMED_COLUMNS, SCHEMA, SCHEMA_VERSION, connect
 
 _Store = TypeVar("_Store", bound="StoreBase")
@@ -269,10 +269,9 @@ class StoreBase:
                 out[i] = t
             if out and self.meta.get("vocab_labels") != LABEL_RULE:
                 out = [label_from_rule_1(t) for t in out]
-                warnings.warn(f"{self.path}: its token labels follow an older rule (parts of characters "
-                              f"are shown marked, SentencePiece words may lack their leading space); re-run "
-                              f"the `saesteer features build` command that made it, with its model, to "
-                              f"rewrite them", stacklevel=2)
+                note(f"{self.path}: its token labels follow an older rule (parts of characters are "
+                     f"shown marked, SentencePiece words may lack their leading space); re-run the "
+                     f"`saesteer features build` command that made it, with its model, to rewrite them")
             self._vocab = out
         return self._vocab
 
