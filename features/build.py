@@ -68,10 +68,24 @@ class BuildResult:
     already_complete: bool
     state_bytes: int
     summary: dict[str, int]
+    relabelled: bool = False  # an already complete store's token labels were rewritten (an older rule's)
 
     @property
     def tokens_per_s(self) -> float:
         return self.pass_rows / self.pass_seconds if self.pass_seconds > 0 else float("nan")
+
+
+def refresh_vocab(store, tokenizer) -> bool:
+    """Write the store's vocabulary (`token_labels`) when it has none or one of an older label rule
+    (meta "vocab_labels"), and a tokenizer is at hand. Returns whether it wrote it."""
+    from features.tokentext import LABEL_RULE
+
+    if tokenizer is None:
+        return False
+    if store.has_vocab() and store.meta.get("vocab_labels") == LABEL_RULE:
+        return False
+    store.write_vocab(token_labels(tokenizer), LABEL_RULE)
+    return True
 
 
 def state_path(path: Path) -> Path:
@@ -230,10 +244,11 @@ def _open_and_run(path, sae, source, cfg, identity, meta, model, tokenizer, over
             )
         if store.complete:
             summary = store.meta.get("summary", {})
+            relabelled = refresh_vocab(store, tokenizer)
             store.close()
             state_path(path).unlink(missing_ok=True)  # left over if killed right after completing
             return BuildResult(path, F, int(store.meta.get("n_rows", 0)), 0.0, 0, time.perf_counter() - t_start,
-                               False, True, 0, summary)
+                               False, True, 0, summary, relabelled)
         resumed = True
     else:
         store = FeatureStore.create(path, meta)
@@ -322,8 +337,7 @@ def _write(store: FeatureStore, sae, source, cfg: BuildConfig, res: PassResult, 
         links = matryoshka_links(widths, W_dec, sample, cfg.parent_min_coact, cfg.parent_min_cos,
                                  min_sample=min(cfg.flag_min_fires, cfg.n_quantile) or 1, freq_F=res.freq_F,
                                  min_lift=cfg.parent_min_lift)
-    if tokenizer is not None and not store.vocab():
-        store.write_vocab(token_labels(tokenizer))
+    refresh_vocab(store, tokenizer)
     summary = {name: int(res.flags_F4[:, j].sum()) for j, name in enumerate(FLAG_NAMES)}
     summary["alive"] = F - summary["dead"]
     store.set_meta(

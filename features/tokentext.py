@@ -86,7 +86,8 @@ def token_bytes(tokenizer, token_id: int, decoded: str | None = None) -> bytes:
     that holds part of a character, those bytes themselves (decoding it alone gives U+FFFD, whose
     bytes say nothing); for a SentencePiece token its text with "▁" as a space (decoding it alone
     strips a word's leading space: "▁a" gives "a"); otherwise the token decoded on its own (or
-    `decoded`, that decoding when the caller has it)."""
+    `decoded`, that decoding when the caller has it): for a word-level tokenizer the bare word, as
+    the space between words is the decoder's, not the token's."""
     table = _table(tokenizer)
     if table is not None and 0 <= token_id < len(table.entries):
         entry = table.entries[token_id]
@@ -97,6 +98,19 @@ def token_bytes(tokenizer, token_id: int, decoded: str | None = None) -> bytes:
     if decoded is None:
         decoded = tokenizer.decode([token_id], skip_special_tokens=False)
     return decoded.encode("utf-8")
+
+
+# The version of the rule `token_label` follows, recorded in a store's meta as "vocab_labels". 1 (no
+# key): part of a character as its bare escaped bytes, a SentencePiece word without its space.
+LABEL_RULE = 2
+_OLD_ESCAPES = re.compile(r"(?:\\x[89a-f][0-9a-f])+")  # rule 1's part of a character: escaped bytes >= 0x80
+
+
+def label_from_rule_1(label: str) -> str:
+    """A label a store wrote by rule 1, read where no tokenizer can recompute it: runs of escaped bytes
+    0x80-0xff get the U+FFFD mark (so they never read as text; text that only spells such an escape
+    is marked too: the safe side). A SentencePiece word's lost space cannot be told from the label."""
+    return _OLD_ESCAPES.sub(lambda m: PART_OF_A_CHARACTER + m.group(), label)
 
 
 PART_OF_A_CHARACTER = "\ufffd"  # starts the escaped bytes of a token's part of a character (`label_of_bytes`)
@@ -115,9 +129,9 @@ def label_of_bytes(raw: bytes) -> str:
 
 def token_label(tokenizer, token_id: int) -> str:
     """One token shown on its own, the same everywhere (the store's vocabulary, so the logit-effect
-    lists of `features show` and the web app; the API's logprob `token`): the text it adds to a text
-    (`token_bytes`: a SentencePiece "▁the" is " the", a byte-fallback <0x0A> is "\\n"), part of a
-    character marked and escaped (`label_of_bytes`)."""
+    lists of `features show` and the web app; the API's logprob `token`): its own text (`token_bytes`:
+    a SentencePiece "▁the" is " the" as GPT-2's "Ġthe" is, a byte-fallback <0x0A> is "\\n", a
+    word-level token the bare word), part of a character marked and escaped (`label_of_bytes`)."""
     return label_of_bytes(token_bytes(tokenizer, int(token_id)))
 
 

@@ -56,6 +56,7 @@ class Row:
     stream: bool = False  # produce text pieces every step (else the text comes at the end)
     tag: Any = None  # the caller's handle for this row, returned in every event
     group: Any = None  # the caller's handle for a set of rows (e.g. one request), for `cancel`
+    offsets: bool = False  # report where each token's text starts (RowEvent.offsets; completions' logprobs)
 
 
 @dataclass
@@ -68,6 +69,9 @@ class RowEvent:
     top: list[tuple[int, float]] | None = None
     finish_reason: str | None = None  # None: more to come; stop | length | cancelled | error
     detail: dict[str, Any] | None = None  # on the last event: seed, tokens, fired edits, stop reason
+    # rows with `offsets`: the offsets in the text of the tokens whose start became certain with this
+    # event, in token order (steering.textstream.TextAssembler.offsets; all of them by the last event)
+    offsets: list[int] | None = None
 
 
 @dataclass
@@ -134,7 +138,8 @@ class BatchEngine:
                 if unknown:
                     raise SteeringError(f"unknown SAE {sorted(unknown)[0]!r}; known: {', '.join(self.saes)}")
                 check_positions(r.steering, layout)
-            live = _Live(r, RowRandom(r.params.seed), TextAssembler(self.tokenizer, r.params.stop, context_ids=ids),
+            live = _Live(r, RowRandom(r.params.seed), TextAssembler(self.tokenizer, r.params.stop, context_ids=ids,
+                                                                      offsets=r.offsets),
                          layout)
             live.detail["seed"] = live.stream.seed
             lives.append(live)
@@ -185,7 +190,9 @@ class BatchEngine:
             for l in self.pending + self.running:
                 if l.cancelled and l.done is None:
                     l.done = "cancelled"
-                    events.append(RowEvent(l.row.tag, l.row.group, finish_reason="cancelled", detail=self._final_detail(l)))
+                    events.append(RowEvent(l.row.tag, l.row.group, finish_reason="cancelled",
+                                           detail=self._final_detail(l),
+                                           offsets=l.text.offsets(final=True) if l.row.offsets else None))
             self.pending = [l for l in self.pending if l.done is None]
 
     def _admit(self, events: list[RowEvent]) -> None:
@@ -306,7 +313,8 @@ class BatchEngine:
         if len(l.generated) >= p.max_new_tokens or (self.n_ctx is not None and total >= self.n_ctx):
             self._finish(l, "length", events, token=c, piece=piece)
             return
-        events.append(RowEvent(l.row.tag, l.row.group, piece, c.token, c.logprob, c.top))
+        events.append(RowEvent(l.row.tag, l.row.group, piece, c.token, c.logprob, c.top,
+                               offsets=l.text.offsets() if l.row.offsets else None))
 
     def _finish(self, l: _Live, reason: str, events: list[RowEvent], token: Choice | None = None, piece: str = "") -> None:
         if l.done is not None:
@@ -315,7 +323,8 @@ class BatchEngine:
         rest = "" if reason == "stop" and l.text.stopped else l.text.finish()
         tok = token.token if token is not None else None
         events.append(RowEvent(l.row.tag, l.row.group, piece + rest, tok, token.logprob if token else None,
-                               token.top if token else None, reason, self._final_detail(l)))
+                               token.top if token else None, reason, self._final_detail(l),
+                               l.text.offsets(final=True) if l.row.offsets else None))
 
     def _final_detail(self, l: _Live) -> dict[str, Any]:
         d = dict(l.detail)

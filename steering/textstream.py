@@ -3,6 +3,7 @@
     text = TextAssembler(tokenizer, stop=["\\n\\n"], context_ids=prompt_ids)
     piece, stopped = text.push(token_id)     # the text that is now certain, and whether a stop string ended it
     rest = text.finish()                      # at the end: what was held back
+    text.offsets(final=True)                  # with offsets=True: where each token's text starts
 
 The whole text is always the tokenizer's decoding of all tokens so far, read on from the prompt's
 last tokens (`context_ids`): decode(context + new) less decode(context), as
@@ -15,14 +16,39 @@ cannot change: trailing whitespace and an incomplete character (U+FFFD at the en
 so is an ending that could be the start of a stop string. Whatever a caller does with the pieces,
 their concatenation is the final text, streamed or not. A stop string ends the text before it
 (the stop string itself is not returned).
+
+Token offsets (offsets=True; completions' logprob `text_offset`): token i starts where the text
+decoded before it (context + ids[:i]) stops agreeing with the final text (the common prefix of the
+two, never before the previous token's start). So a token's span text[offset_i:offset_(i+1)] is the
+text it adds where it is whole, a special token that decoding drops has an empty span, and a
+token that only starts or continues a character (a byte token) starts where that character
+starts: the character belongs to the span of the token that completes it. An offset is certain
+only once the emitted text disagrees with the earlier decoding or covers all of it; `offsets()`
+returns those that have become certain, in token order (all of them with final=True).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
 _INCOMPLETE = "\ufffd"
+
+
+def common_prefix_len(a: str, b: str) -> int:
+    """How many leading characters `a` and `b` share (string slices compare in C: log n of them)."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def text_context(tokenizer: Any, prompt_ids: Sequence[int]) -> list[int]:
@@ -41,7 +67,7 @@ class TextAssembler:
     CONTEXT_TOKENS = 4
 
     def __init__(self, tokenizer: Any, stop: Sequence[str] = (), skip_special_tokens: bool = True,
-                 context_ids: Sequence[int] = ()) -> None:
+                 context_ids: Sequence[int] = (), offsets: bool = False) -> None:
         self.tokenizer = tokenizer
         self.skip_special_tokens = skip_special_tokens
         self.context = text_context(tokenizer, context_ids)[-self.CONTEXT_TOKENS:]
@@ -50,6 +76,10 @@ class TextAssembler:
         self.ids: list[int] = []
         self.emitted = ""  # the concatenation of every piece returned so far
         self.stopped = False
+        self.track_offsets = offsets
+        self._full = ""  # the latest decoding of all tokens (tracked offsets read each token's start from it)
+        self._before: deque[str] = deque()  # tokens whose offset is not certain yet: the text decoded before each
+        self._last_offset = 0
 
     def _decode_ids(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens,
@@ -68,9 +98,11 @@ class TextAssembler:
         if self.stopped:
             return "", True
         self.ids.append(int(token_id))
-        if not emit and not self.stop:
+        if self.track_offsets:
+            self._before.append(self._full)
+        if not emit and not self.stop and not self.track_offsets:
             return "", False
-        full = self._decode()
+        full = self._full = self._decode()
         if self.stop:
             hit = self._find_stop(full)
             if hit is not None:
@@ -83,6 +115,21 @@ class TextAssembler:
         if self.stopped:
             return ""
         return self._advance(self._decode())
+
+    def offsets(self, final: bool = False) -> list[int]:
+        """The offsets in the text of the tokens whose offset became certain since the last call, in
+        token order; final=True: the text is final (finished, stopped or abandoned), all of them."""
+        out: list[int] = []
+        final = final or self.stopped
+        while self._before:
+            before = self._before[0]
+            n = common_prefix_len(before, self.emitted)
+            if not final and n == len(self.emitted) and n < len(before):
+                break  # the text may yet agree with more of it
+            self._last_offset = max(self._last_offset, n)
+            out.append(self._last_offset)
+            self._before.popleft()
+        return out
 
     @property
     def text(self) -> str:

@@ -424,47 +424,197 @@ def test_concurrent_requests_with_different_edits_share_batches(client, server):
     assert engine.max_rows_seen > 1  # they did share forward passes
 
 
-def test_logprob_token_and_bytes_of_a_sentencepiece_word_keep_its_space():
-    """Llama-2/Mistral tokenizers strip a text's first space when decoding, so a token decoded alone
-    lost its word space: `bytes` of "▁of" were b"of" and `token` "of" (joined, the words ran together),
-    and completions' text_offset drifted by one per word."""
-    from types import SimpleNamespace
+def _scripted(tok, prompt_ids: list[int], new_ids: list[int], *, stream: bool, kind: str = "completion",
+              stop: tuple[str, ...] = ()) -> tuple[dict, list[dict]]:
+    """The API's answer (body, stream chunks) when the model generates exactly `new_ids`: the real
+    engine, text assembly and response assembly on a tiny model with this tokenizer, only the sampler
+    replaced by the script. End-of-text is not a stop token (ignore_eos)."""
+    import warnings
+    from unittest import mock
 
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from saesteer.api.prepare import Prepared
+    from saesteer.api.responses import Assembler
+    from steering.engine import BatchEngine, Row
+    from steering.sampling import Choice, SamplingParams
+
+    script = iter(new_ids)
+
+    def choose(logits_BV, params, streams, counts_BV=None):
+        return [Choice((t := next(script)), -0.5, [(t, -0.5)]) for _ in params]
+
+    # the model is built without the tokenizer (TransformerLens takes only some tokenizers; the
+    # engine reads model.tokenizer)
+    cfg = HookedTransformerConfig(d_model=16, n_layers=1, n_ctx=len(prompt_ids) + len(new_ids) + 1, n_heads=2,
+                                  d_head=8, d_vocab=len(tok), act_fn="gelu_new", device="cpu")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="HookedTransformer is deprecated")
+        model = HookedTransformer(cfg).eval()
+    model.tokenizer = tok
+    params = SamplingParams(max_new_tokens=len(new_ids), temperature=0, logprobs=1, stop=stop)
+    row = Row(prompt_ids, params, stream=stream, tag=0, offsets=kind == "completion")
+    out = Assembler(Prepared(kind, "m", [row], 1, stream, False, 1), tok)
+    engine = BatchEngine(model)
+    engine.add([row])
+    chunks = []
+    with mock.patch("steering.engine.choose", choose):
+        while engine.busy:
+            for ev in engine.step():
+                chunk = out.add(ev)
+                if chunk is not None:
+                    chunks.append(chunk)
+    assert out.error is None
+    return out.body(), chunks
+
+
+def _offset_reference(tok, prompt_ids: list[int], new_ids: list[int], text: str) -> list[int]:
+    """Token i starts where the decoding of the prompt and ids[:i] (`continuation_text`, which the
+    engine's text is) stops agreeing with the text (never before token i-1)."""
+    out, at = [], 0
+    for i in range(len(new_ids)):
+        before = continuation_text(tok, prompt_ids, new_ids[:i], stop_at_eos=False)
+        n = next((k for k, (a, b) in enumerate(zip(before, text)) if a != b), min(len(before), len(text)))
+        at = max(at, n)
+        out.append(at)
+    return out
+
+
+def _check_offsets(tok, prompt_ids, new_ids, stop=()) -> tuple[str, list[int]]:
+    """Streamed and whole completions agree on text, tokens and text_offset, and the offsets are the
+    reference's over the returned text. Returns (text, offsets)."""
+    body, _ = _scripted(tok, prompt_ids, new_ids, stream=False, stop=stop)
+    _, chunks = _scripted(tok, prompt_ids, new_ids, stream=True, stop=stop)
+    choice = body["choices"][0]
+    text, lp = choice["text"], choice["logprobs"]
+    assert "".join(c["choices"][0]["text"] for c in chunks) == text
+    streamed = [c["choices"][0]["logprobs"] for c in chunks if c["choices"][0]["logprobs"]]
+    assert [t for s in streamed for t in s["tokens"]] == lp["tokens"]
+    assert [o for s in streamed for o in s["text_offset"]] == lp["text_offset"]
+    n = len(choice["steering"]["token_ids"])
+    assert len(lp["text_offset"]) == n
+    assert lp["text_offset"] == _offset_reference(tok, prompt_ids, new_ids[:n], text)
+    return text, lp["text_offset"]
+
+
+def _spans(text: str, offsets: list[int]) -> list[str]:
+    ends = offsets[1:] + [len(text)]
+    return [text[a:b] for a, b in zip(offsets, ends)]
+
+
+@pytest.mark.parametrize("stop", [(), ("\n\nX",), ("\n\nthe",)])
+def test_text_offsets_of_byte_level_bpe_index_the_returned_text(stop):
+    """GPT-2 style tokens with CJK and an emoji (characters split over tokens) and a blank line (held
+    back by the stream: whitespace, and the start of a stop string). text_offset was the tokens'
+    own bytes summed up (the stream's: the emitted text's length, so that held-back tokens shared
+    one offset); now each token starts where its text starts in the returned text."""
+    from features.tokentext import token_bytes
+    from helpers.text_tokenizers import byte_level_bpe
+
+    tok = byte_level_bpe()
+    prompt = tok("the sea", add_special_tokens=False)["input_ids"]
+    new = tok(" sat 你好 🐳 done\n\nthe mat", add_special_tokens=False)["input_ids"]
+    text, offsets = _check_offsets(tok, prompt, new, stop)
+    assert text == (" sat 你好 🐳 done" if stop == ("\n\nthe",) else " sat 你好 🐳 done\n\nthe mat")
+    ends = offsets[1:] + [len(text)]
+    whole = 0
+    for t, start, end in zip(new, offsets, ends):
+        try:
+            own = token_bytes(tok, t).decode("utf-8")
+        except UnicodeDecodeError:  # part of a character: the character is in the span of the token completing it
+            continue
+        if end < len(text) or not stop:  # (a stop string cuts the last ones short)
+            assert text[start:end] == own, (t, own)
+            whole += 1
+    assert 0 < whole < len(new) - 3  # whole tokens checked; some tokens are parts of characters
+
+
+def test_text_offsets_of_sentencepiece_start_at_the_texts_first_word_and_count_its_byte_tokens():
+    """Llama-2 style: after an empty prompt (BOS only) the text starts with the first word, not its
+    space (the first offsets were one past each word: [0, 4, ...] for "The cat"); byte-fallback tokens
+    of a CJK character start where it starts; an invalid byte run is one U+FFFD per byte, as the text
+    writes it (Python's decoder writes one per run: the offsets ran short of the text)."""
     from helpers.text_tokenizers import sentencepiece_bpe
 
-    from saesteer.api.responses import Assembler
+    tok = sentencepiece_bpe()
+    byte = {b: tok.convert_tokens_to_ids(f"<0x{b:02X}>") for b in (0xE4, 0xBD)}
+    words = tok("The localization of a boundary 你好", add_special_tokens=False)["input_ids"]
+    of, a = tok(" of a", add_special_tokens=False)["input_ids"]
+    # "你" cut short (not a character; after a word: a byte run decodes as a whole)
+    new = words + [of, byte[0xE4], byte[0xBD], a]
+    text, offsets = _check_offsets(tok, [tok.bos_token_id], new)
+    assert text == "The localization of a boundary 你好 of\ufffd\ufffd a"
+    spans = _spans(text, offsets)
+    assert spans[:3] == ["The", " localization", " of"]
+    assert spans[len(words):] == [" of", "\ufffd", "\ufffd", " a"]
+    assert spans[len(words) - 6:len(words)] == ["", "", "你", "", "", "好"]
+
+
+def test_text_offsets_of_word_level_tokens_count_the_joining_space():
+    """The toy tokenizer's decoder puts a space between words; a token's bytes are the bare word
+    (offsets were [0, 6, 13] for " sailor sailors diver"); a line break is a word of its own."""
+    from features.tokentext import token_labels
+    from toyworld.tokenizer import load_tokenizer
+
+    tok = load_tokenizer()
+    prompt = tok("the", add_special_tokens=False)["input_ids"]
+    new = tok("sailor sailors diver", add_special_tokens=False)["input_ids"]
+    text, offsets = _check_offsets(tok, prompt, new)
+    assert text == " sailor sailors diver" and offsets == [0, 7, 15]
+    # the label (the store's, the logprob `token`) stays the bare word, as docs/features.md says
+    assert token_labels(tok, new) == ["sailor", "sailors", "diver"]
+
+
+def test_a_special_token_generated_mid_text_has_an_empty_span():
+    """With ignore_eos an end-of-text token can come mid-text: the text leaves it out (skip special
+    tokens) and so does its offset (it was counted: later offsets ran past the text's end)."""
+    from helpers.text_tokenizers import byte_level_bpe
+
+    tok = byte_level_bpe()
+    prompt = tok("the sea", add_special_tokens=False)["input_ids"]
+    first, second = (tok(s, add_special_tokens=False)["input_ids"] for s in (" sat down", " and done"))
+    new = first + [tok.eos_token_id] + second
+    text, offsets = _check_offsets(tok, prompt, new)
+    assert text == " sat down and done"
+    k = len(first)
+    assert offsets[k] == offsets[k + 1] == len(" sat down") and offsets[-1] < len(text)
+
+
+def test_logprob_token_and_bytes_of_a_sentencepiece_word_keep_its_space():
+    """A SentencePiece word's `token` and `bytes` are its text with its leading space (" The"), as a
+    byte-level BPE token's are; they were the word decoded alone ("The", the space lost)."""
+    from helpers.text_tokenizers import sentencepiece_bpe
 
     tok = sentencepiece_bpe()
     text = "The localization of a boundary 你好"
+    prompt = tok("the sea", add_special_tokens=False)["input_ids"]
     ids = tok(text, add_special_tokens=False)["input_ids"]
-    lps = [-1.0] * len(ids)
-    tops = [[(i, -1.0)] for i in ids]
-    chat = Assembler(SimpleNamespace(kind="chat", rows=[], n=1), tok)._logprobs(ids, lps, tops)["content"]
-    assert bytes(b for e in chat for b in e["bytes"]).decode("utf-8") == " " + text
+    body, _ = _scripted(tok, prompt, ids, stream=False, kind="chat")
+    choice = body["choices"][0]
+    chat = choice["logprobs"]["content"]
+    assert choice["message"]["content"] == " " + text
+    assert bytes(b for e in chat for b in e["bytes"]).decode("utf-8") == choice["message"]["content"]
     assert [e["token"] for e in chat[:3]] == [" The", " localization", " of"]
     assert all(e["token"].encode("utf-8") == bytes(e["bytes"]) for e in chat if "\ufffd" not in e["token"])
-    plain = Assembler(SimpleNamespace(kind="completion", rows=[], n=1, logprobs=1), tok)._logprobs(ids, lps, tops)
-    assert plain["tokens"][:3] == [" The", " localization", " of"]
-    assert plain["text_offset"][:4] == [0, 4, 17, 20]
+    plain = _scripted(tok, prompt, ids, stream=False)[0]["choices"][0]
+    assert plain["logprobs"]["tokens"][:3] == [" The", " localization", " of"]
+    assert plain["logprobs"]["text_offset"][:4] == [0, 4, 17, 20] and plain["text"].startswith(" The localization of")
 
 
 def test_logprob_tokens_of_part_of_a_character_are_marked_and_looked_up_once(monkeypatch):
     """The byte tokens of 你好 (SentencePiece byte fallback): each `token` is shown as everywhere else
-    (U+FFFD and its escaped bytes, `features.tokentext.token_label`), their `bytes` join to the text,
-    completions' text_offset counts a character at the token that completes it (the offsets index the
-    text; summed over the tokens' strings they ran past its end), and each token's bytes are looked up
-    once (they were looked up twice: once for `token`, once for `bytes`)."""
+    (U+FFFD and its escaped bytes, `features.tokentext.token_label`), their `bytes` join to the
+    returned text, and each token's bytes are looked up once (they were looked up twice: once for
+    `token`, once for `bytes`)."""
     from collections import Counter
-    from types import SimpleNamespace
 
     from helpers.text_tokenizers import sentencepiece_bpe
 
     import features.tokentext as tokentext
-    from saesteer.api.responses import Assembler
 
     tok = sentencepiece_bpe()
-    text = " a boundary 你好"
-    ids = tok(text.strip(), add_special_tokens=False)["input_ids"]
+    prompt = tok("the sea", add_special_tokens=False)["input_ids"]
+    ids = tok("a boundary 你好", add_special_tokens=False)["input_ids"]
     calls: Counter = Counter()
     real = tokentext.token_bytes
 
@@ -473,14 +623,25 @@ def test_logprob_tokens_of_part_of_a_character_are_marked_and_looked_up_once(mon
         return real(tokenizer, token_id, decoded)
 
     monkeypatch.setattr(tokentext, "token_bytes", counted)
-    chat = Assembler(SimpleNamespace(kind="chat", rows=[], n=1), tok)._logprobs(ids, [-1.0] * len(ids),
-                                                                             [[(i, -1.0)] for i in ids])["content"]
+    choice = _scripted(tok, prompt, ids, stream=False, kind="chat")[0]["choices"][0]
+    chat = choice["logprobs"]["content"]
     assert set(calls.values()) == {1} and set(calls) == set(ids)
     assert [e["token"] for e in chat[-6:]] == ["\ufffd" + f"\\x{b:02x}" for b in "你好".encode("utf-8")]
-    assert bytes(b for e in chat for b in e["bytes"]).decode("utf-8") == text
-    plain = Assembler(SimpleNamespace(kind="completion", rows=[], n=1, logprobs=1), tok)._logprobs(
-        ids, [-1.0] * len(ids), [[(i, -1.0)] for i in ids])
-    n = len(text)
-    assert plain["text_offset"][-6:] == [n - 2] * 3 + [n - 1] * 3
-    starts = plain["text_offset"] + [n]
-    assert "".join(text[a:b] for a, b in zip(starts, starts[1:])) == text
+    text = choice["message"]["content"]
+    assert bytes(b for e in chat for b in e["bytes"]).decode("utf-8") == text == " a boundary 你好"
+
+
+def test_streamed_completion_offsets_over_http_equal_the_whole_ones(client):
+    """Through the server (the rows of a completion with logprobs track offsets): a stop string
+    holds text back; the stream sends each token's logprobs once its offset is certain."""
+    kw = dict(model="chat", prompt="the sea", max_tokens=12, temperature=0, logprobs=1, extra_body={"ignore_eos": True})
+    free = client.completions.create(**kw).choices[0].text
+    stop = free.split()[3]
+    r = client.completions.create(stop=[stop], **kw).choices[0]
+    chunks = list(client.completions.create(stop=[stop], stream=True, **kw))
+    got = [c.choices[0].logprobs for c in chunks if c.choices[0].logprobs is not None]
+    assert "".join(c.choices[0].text for c in chunks) == r.text == free[: free.index(stop)]
+    assert [o for lp in got for o in lp.text_offset] == r.logprobs.text_offset
+    assert [t for lp in got for t in lp.tokens] == r.logprobs.tokens
+    spans = _spans(r.text, r.logprobs.text_offset)
+    assert spans[:3] == [" " + t for t in r.logprobs.tokens[:3]]  # a word and the space joining it on

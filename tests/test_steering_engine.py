@@ -328,3 +328,32 @@ def test_streamed_text_reads_on_from_the_prompt_as_continuation_text_does(name):
         assert text == continuation_text(tok, prompt, ids[k:]), (k, text)
         spaced += text[:1].isspace()
     assert spaced  # some cuts fall between words: the text starts with the space or line break
+
+
+def test_token_offsets_come_when_the_text_settles_them():
+    """A token's offset (completions' text_offset) is certain once the emitted text disagrees with the
+    decoding before it or covers it: held-back line breaks (whitespace, the start of a stop string)
+    get theirs with the text after them, each its own (they shared the emitted length: 4, 4, 4). A
+    row abandoned early (cancelled) gets the rest against the text it emitted."""
+    from helpers.text_tokenizers import byte_level_bpe
+    from steering.textstream import TextAssembler
+
+    tok = byte_level_bpe()
+    ids = tok(" sat\n\nthe mat", add_special_tokens=False)["input_ids"]
+    a = TextAssembler(tok, stop=["\n\nX"], offsets=True)
+    certain = []
+    for i in ids:
+        a.push(i)
+        certain.append(a.offsets())
+    starts = [o for got in certain for o in got] + a.offsets(final=True)
+    assert len(starts) == len(ids) and a.text == " sat\n\nthe mat"
+    assert [a.text[x:y] for x, y in zip(starts, starts[1:] + [len(a.text)])] == [tok.decode([i]) for i in ids]
+    newlines = [k for k, i in enumerate(ids) if tok.decode([i]) == "\n"]
+    assert len(newlines) == 2 and certain[newlines[1]] == []  # held back until "the" settles both
+    a = TextAssembler(tok, stop=["\n\nX"], offsets=True)
+    early = []
+    for i in ids[: newlines[1] + 1]:
+        a.push(i)
+        early += a.offsets()
+    assert a.text == " sat" and early == starts[: newlines[1]]
+    assert a.offsets(final=True) == [4]  # the second line break: the end of the text it never reached

@@ -97,24 +97,22 @@ def test_sentencepiece_token_bytes_keep_the_words_space():
     assert labels[-6:] == ["\ufffd" + f"\\x{b:02x}" for b in "你好".encode("utf-8")]
 
 
-def test_a_sentencepiece_token_is_shown_one_way_in_the_store_the_cli_and_the_api(tmp_path, capsys):
-    """`token_label` (the store's vocabulary: logit effects in `features show` and the web app) showed a
-    SentencePiece token as the tokenizer decodes it alone ("▁the" -> "the", the word's space stripped),
-    `token_string` (the API's logprob `token`) as its bytes (" the"), and part of a character as its
-    escaped bytes in the one and as U+FFFD in the other. One rule now: the token's own text, as a
-    byte-level BPE's "Ġthe" is " the"; part of a character as U+FFFD and its escaped bytes."""
+def _sp_want(tok) -> dict[int, str]:
+    """Tokens whose labels the SentencePiece store's latent 0 promotes most, with those labels."""
+    pieces = tok.convert_ids_to_tokens(list(range(len(tok))))
+    the, newline, cut = pieces.index("\u2581the"), pieces.index("<0x0A>"), pieces.index("<0xE4>")
+    return {the: " the", newline: "\n", cut: "\ufffd\\xe4", pieces.index("<s>"): "<s>"}
+
+
+def _build_sp_store(path, tok):
+    """A small store over SentencePiece contexts (random SAE; the same each call), its latent 0
+    promoting `_sp_want`'s tokens."""
     from types import SimpleNamespace
 
     import saes
-    from features import BuildConfig, FeatureStore, TensorSource, build_feature_store
-    from saesteer.api.responses import Assembler
-    from saesteer.cli import main
+    from features import BuildConfig, TensorSource, build_feature_store
 
-    tok = sentencepiece_bpe()
-    pieces = tok.convert_ids_to_tokens(list(range(len(tok))))
-    the, newline, cut = pieces.index("\u2581the"), pieces.index("<0x0A>"), pieces.index("<0xE4>")
-    assert tok.decode([the]) == "the"  # decoded alone the word loses its space (the decoder's Strip)
-    want = {the: " the", newline: "\n", cut: "\ufffd\\xe4", pieces.index("<s>"): "<s>"}
+    want = _sp_want(tok)
     ids = tok("\n".join(CORPUS), add_special_tokens=False)["input_ids"]
     L = 16
     ctx_CL = torch.tensor(ids[: len(ids) // L * L]).reshape(-1, L)
@@ -124,10 +122,75 @@ def test_a_sentencepiece_token_is_shown_one_way_in_the_store_the_cli_and_the_api
     for n, i in enumerate(want):
         W_U[:, i] = (10 - n) * sae.W_dec[0].detach()
     model = SimpleNamespace(W_U=W_U, cfg=SimpleNamespace(normalization_type=None))
+    return build_feature_store(path, sae, TensorSource(torch.randn(ctx_CL.numel(), 8, generator=g), ctx_CL, name="sp"),
+                               BuildConfig(top_k=2, n_quantile=2, n_negative=2, negative_pool=16, checkpoint_rows=0),
+                               model=model, tokenizer=tok, progress=False)
+
+
+def _rule_1_label(tok, i: int) -> str:
+    """How stores labelled a token before LABEL_RULE 2: decoded alone, part of a character as its
+    bytes with the invalid ones escaped."""
+    text = tok.decode([i], skip_special_tokens=False)
+    if "\ufffd" not in text:
+        return text
+    try:
+        return token_bytes(tok, i).decode("utf-8")
+    except UnicodeDecodeError:
+        return token_bytes(tok, i).decode("utf-8", errors="backslashreplace")
+
+
+def test_a_store_of_the_older_label_rule_is_read_safely_and_relabelled_by_the_build(tmp_path, recwarn):
+    """Stores kept labels of the older rule with no version: a SentencePiece word without its space
+    ("the"), part of a character as bare escapes ("\\xe4") that the judge took for text. Read without
+    a tokenizer, they come marked, with a warning; the build (its run on a complete store too)
+    rewrites them and records the rule (meta "vocab_labels")."""
+    from autointerp.offline import readable_token
+    from features import FeatureStore
+    from features.tokentext import LABEL_RULE
+    from saes.errors import SaesteerWarning
+
+    tok = sentencepiece_bpe()
     path = tmp_path / "sp.db"
-    build_feature_store(path, sae, TensorSource(torch.randn(ctx_CL.numel(), 8, generator=g), ctx_CL, name="sp"),
-                        BuildConfig(top_k=2, n_quantile=2, n_negative=2, negative_pool=16, checkpoint_rows=0),
-                        model=model, tokenizer=tok, progress=False)
+    _build_sp_store(path, tok)
+    with FeatureStore.open(path) as st:
+        assert st.meta["vocab_labels"] == LABEL_RULE and st.vocab() == token_labels(tok)
+    assert not [w for w in recwarn if "older rule" in str(w.message)]
+    with sqlite3.connect(path) as conn:  # as written before the rule was recorded
+        conn.execute("DELETE FROM meta WHERE key = 'vocab_labels'")
+        conn.executemany("UPDATE vocab SET text = ? WHERE token_id = ?",
+                         [(_rule_1_label(tok, i), i) for i in range(len(tok))])
+    the, cut = list(_sp_want(tok))[:2][0], tok.convert_tokens_to_ids("<0xE4>")
+    with pytest.warns(SaesteerWarning, match="older rule.*saesteer features build"):
+        with FeatureStore.open(path) as st:
+            assert st.token_str(cut) == "\ufffd\\xe4" and not readable_token(st.token_str(cut))
+            assert st.token_str(the) == "the"  # (the lost space cannot be told from the label)
+            promoted = [e.token for e in st.feature(0).logits.promoted]
+    assert "\ufffd\\xe4" in promoted
+    assert _build_sp_store(path, tok).relabelled
+    with FeatureStore.open(path) as st:
+        assert st.meta["vocab_labels"] == LABEL_RULE and st.vocab() == token_labels(tok)
+        assert st.token_str(the) == " the"
+    assert not _build_sp_store(path, tok).relabelled  # once
+
+
+def test_a_sentencepiece_token_is_shown_one_way_in_the_store_the_cli_and_the_api(tmp_path, capsys):
+    """`token_label` (the store's vocabulary: logit effects in `features show` and the web app) showed a
+    SentencePiece token as the tokenizer decodes it alone ("▁the" -> "the", the word's space stripped),
+    `token_string` (the API's logprob `token`) as its bytes (" the"), and part of a character as its
+    escaped bytes in the one and as U+FFFD in the other. One rule now: the token's own text, as a
+    byte-level BPE's "Ġthe" is " the"; part of a character as U+FFFD and its escaped bytes."""
+    from types import SimpleNamespace
+
+    from features import FeatureStore
+    from saesteer.api.responses import Assembler
+    from saesteer.cli import main
+
+    tok = sentencepiece_bpe()
+    want = _sp_want(tok)
+    the = next(iter(want))
+    assert tok.decode([the]) == "the"  # decoded alone the word loses its space (the decoder's Strip)
+    path = tmp_path / "sp.db"
+    _build_sp_store(path, tok)
     with FeatureStore.open(path) as store:
         vocab = store.vocab()
     assert {i: vocab[i] for i in want} == want
@@ -136,7 +199,8 @@ def test_a_sentencepiece_token_is_shown_one_way_in_the_store_the_cli_and_the_api
                                                                              [[]] * len(tok))["content"]
     assert [e["token"] for e in chat] == vocab
     plain = Assembler(SimpleNamespace(kind="completion", rows=[], n=1, logprobs=1), tok)._logprobs(list(want), [0.0] * 4,
-                                                                                               [[(the, 0.0)]] * 4)
+                                                                                               [[(the, 0.0)]] * 4,
+                                                                                               [0, 4, 5, 5])
     assert plain["tokens"] == list(want.values()) and plain["top_logprobs"][0] == {" the": 0.0}
     # `features show` lists latent 0's logit effects with these labels (repr: spaces and line breaks visible)
     assert main(["features", "show", str(path), "0"]) == 0

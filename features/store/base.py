@@ -18,6 +18,8 @@ from features.store.errors import (
     StoreMismatchError,
     StoreReadOnlyError,
 )
+from features.tokentext import LABEL_RULE, label_from_rule_1
+from saes.errors import note
 from features.store.schema import ADDED_TABLES, FEATURE_COLUMNS, RENAMED_COLUMNS, SCHEMA, SCHEMA_VERSION, connect
 
 _Store = TypeVar("_Store", bound="StoreBase")
@@ -257,15 +259,25 @@ class StoreBase:
 
     # -- vocabulary ----------------------------------------------------------------------------
     def vocab(self) -> list[str]:
-        """Display string of every token id (empty when the build had no tokenizer)."""
+        """Display string of every token id (`features.tokentext.token_label`; empty when the build had
+        no tokenizer). Labels of an older rule (meta "vocab_labels") come converted, with a warning."""
         if self._vocab is None:
             with self._lock:
                 rows = self._conn.execute("SELECT token_id, text FROM vocab ORDER BY token_id").fetchall()
             out = [""] * (rows[-1][0] + 1 if rows else 0)
             for i, t in rows:
                 out[i] = t
+            if out and self.meta.get("vocab_labels") != LABEL_RULE:
+                out = [label_from_rule_1(t) for t in out]
+                note(f"{self.path}: its token labels follow an older rule (parts of characters are "
+                     f"shown marked, SentencePiece words may lack their leading space); re-run the "
+                     f"`saesteer features build` command that made it, with its model, to rewrite them")
             self._vocab = out
         return self._vocab
+
+    def has_vocab(self) -> bool:
+        with self._lock:
+            return self._conn.execute("SELECT 1 FROM vocab LIMIT 1").fetchone() is not None
 
     def token_str(self, token_id: int) -> str:
         v = self.vocab()

@@ -31,10 +31,13 @@ class StoreBuildWrites(StoreBase):
         with self._lock:
             return {r[0] for r in self._conn.execute("SELECT block FROM build_progress")}
 
-    def write_vocab(self, strings: list[str]) -> None:
+    def write_vocab(self, strings: list[str], label_rule: int) -> None:
+        """The vocabulary's labels and the rule they follow (meta "vocab_labels"), in one transaction."""
         with self.transaction() as c:
             c.execute("DELETE FROM vocab")
             c.executemany("INSERT INTO vocab(token_id, text) VALUES (?, ?)", list(enumerate(strings)))
+            c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('vocab_labels', ?)", (json.dumps(label_rule),))
+        self.refresh()
         self._vocab = None
 
     def write_feature_block(self, block: int, first_latent: int, end_latent: int, features: list[FeatureRow],

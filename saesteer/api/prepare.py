@@ -202,7 +202,7 @@ def _rows(prompts, layouts, served: ServedModel, req, c: dict, steering, logprob
                 )
             except SteeringError as e:
                 raise ApiError(400, str(e)) from None
-            rows.append(Row(ids, params, steering, layout, stream=stream))
+            rows.append(Row(ids, params, steering, layout, stream=stream, offsets=logprobs is not None and not chat))
     return rows
 
 

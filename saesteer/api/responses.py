@@ -8,7 +8,13 @@ end-of-text token, a stop string, or a stop trigger naming the latent). The resp
 
 Log-probabilities: completions use the legacy shape (tokens, token_logprobs, top_logprobs,
 text_offset); chat uses `logprobs.content` entries (token, logprob, bytes, top_logprobs). A
-token ending the choice at end-of-text is not part of the text and not listed.
+token ending the choice at end-of-text is not part of the text and not listed. A completion's
+`text_offset` is where each token's text starts in the returned text, as the engine decoded it
+(`steering.textstream`: the common prefix of the text and the decoding before the token; a
+character split over tokens belongs to the token that completes it, the earlier ones start where it
+starts; a special token that the text leaves out has an empty span). A stream sends a token's
+logprobs once its offset is certain, with the chunk whose text settles it (a token whose text is
+held back, such as a line break that may start a stop string, comes in a later chunk).
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ class _Choice:
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     tops: list[list[tuple[int, float]]] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)  # completions: text_offset of the tokens certain so far
+    sent: int = 0  # streamed completions: tokens whose logprobs were sent
     finish_reason: str | None = None
     detail: dict[str, Any] | None = None
     started: bool = False  # chat streams: the role chunk was sent
@@ -74,6 +82,8 @@ class Assembler:
             c.tokens.append(ev.token)
             c.logprobs.append(ev.logprob)
             c.tops.append(ev.top or [])
+        if ev.offsets:
+            c.offsets.extend(ev.offsets)
         if ev.text:
             c.text.append(ev.text)
         if ev.finish_reason is not None:
@@ -82,8 +92,12 @@ class Assembler:
         if not self.prep.stream:
             return None
         lp = None
-        if counted and ev.logprob is not None:
-            lp = self._logprobs([ev.token], [ev.logprob], [ev.top or []], offset=len("".join(c.text)) - len(ev.text))
+        if self.prep.kind == "chat":
+            if counted and ev.logprob is not None:
+                lp = self._logprobs([ev.token], [ev.logprob], [ev.top or []])
+        elif self.prep.logprobs is not None and len(c.offsets) > c.sent:  # tokens whose offsets are now certain
+            k, c.sent = c.sent, len(c.offsets)
+            lp = self._logprobs(c.tokens[k:c.sent], c.logprobs[k:c.sent], c.tops[k:c.sent], c.offsets[k:c.sent])
         if not ev.text and lp is None and ev.finish_reason is None:
             return None
         return self._chunk(c, ev.text, lp, ev.finish_reason is not None)
@@ -102,7 +116,8 @@ class Assembler:
             got = self._tokens[t] = (label_of_bytes(raw), raw)
         return got
 
-    def _logprobs(self, tokens: list[int], lps: list[float], tops: list[list[tuple[int, float]]], offset: int = 0):
+    def _logprobs(self, tokens: list[int], lps: list[float], tops: list[list[tuple[int, float]]],
+                  offsets: list[int] | None = None):
         if self.prep.kind == "chat":
             def entry(t, lp):
                 label, raw = self._token(t)
@@ -110,15 +125,9 @@ class Assembler:
 
             return {"content": [dict(entry(t, lp), top_logprobs=[entry(a, b) for a, b in top])
                                 for t, lp, top in zip(tokens, lps, tops)], "refusal": None}
-        import codecs
-
-        # text_offset: where each token's text starts; a character split over tokens is the text of
-        # the token that completes it (as `features.tokentext` gives pieces), so the offsets index the text
-        decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        offsets, pos = [], offset
-        for t in tokens:
-            offsets.append(pos)
-            pos += len(decoder.decode(self._token(t)[1]))
+        if offsets is None or len(offsets) != len(tokens):  # the engine tracks them for completions' logprobs
+            raise RuntimeError(f"{len(tokens)} logprob tokens but {0 if offsets is None else len(offsets)} text "
+                               "offsets from the engine (the row was not marked Row.offsets)")
         want_top = bool(self.prep.logprobs)
         return {"tokens": [self._token(t)[0] for t in tokens], "token_logprobs": lps,
                 "top_logprobs": [{self._token(a)[0]: b for a, b in top} for top in tops] if want_top else None,
@@ -179,7 +188,7 @@ class Assembler:
             text = (c.detail or {}).get("text", "".join(c.text))
             if self.prep.kind == "completion" and self.prep.echo_texts:
                 text = self.prep.echo_texts[c.index // self.prep.n] + text
-            lp = self._logprobs(c.tokens, c.logprobs, c.tops) if self.prep.logprobs is not None else None
+            lp = self._logprobs(c.tokens, c.logprobs, c.tops, c.offsets) if self.prep.logprobs is not None else None
             if self.prep.kind == "chat":
                 choice = {"index": c.index, "message": {"role": "assistant", "content": text, "refusal": None},
                           "logprobs": lp, "finish_reason": c.finish_reason}

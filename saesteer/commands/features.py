@@ -189,7 +189,8 @@ def _build(args) -> int:
     res = build_feature_store(args.out, loaded, source, cfg, model=model, overwrite=args.overwrite,
                               progress=not args.no_progress, allow_model_mismatch=args.allow_model_mismatch)
     if res.already_complete:
-        con.print(plain(f"{args.out} is already complete (same SAE, cache and settings); nothing to do"))
+        done = ("its token labels rewritten by the current rule" if res.relabelled else "nothing to do")
+        con.print(plain(f"{args.out} is already complete (same SAE, cache and settings); {done}"))
         return 0
     rate = f", pass {res.tokens_per_s:,.0f} tokens/s" if res.pass_rows else ""
     con.print(plain(f"done in {res.total_seconds:.1f} s{rate}{' (resumed)' if res.resumed else ''}; "

@@ -8,6 +8,8 @@ text they are trained on: Python source, English prose and CJK.
 
 from __future__ import annotations
 
+import json
+import re
 from functools import lru_cache
 
 PYTHON_SOURCE = '''\
@@ -70,6 +72,9 @@ def byte_level_bpe(vocab_size: int = 420):
                                    clean_up_tokenization_spaces=False)
 
 
+_BYTE_TOKEN = re.compile(r"<0x[0-9A-F]{2}>")
+
+
 @lru_cache(maxsize=None)
 def _sp_object(vocab_size: int, extra: tuple[str, ...]):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -82,7 +87,11 @@ def _sp_object(vocab_size: int, extra: tuple[str, ...]):
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
     # no CJK in its training text: those characters are spelled with <0xNN> byte tokens
     tok.train_from_iterator([PYTHON_SOURCE] * 3 + PROSE * 3 + list(extra), trainer=trainer)
-    return tok.to_str()
+    # the trainer puts the byte tokens first in the vocabulary, as Llama-2 has them, but as special
+    # added tokens, which Llama-2's are not: decode(..., skip_special_tokens=True) would drop them
+    spec = json.loads(tok.to_str())
+    spec["added_tokens"] = [t for t in spec["added_tokens"] if not _BYTE_TOKEN.fullmatch(t["content"])]
+    return json.dumps(spec)
 
 
 def sentencepiece_bpe(vocab_size: int = 600, extra: tuple[str, ...] = ()):
