@@ -1,14 +1,16 @@
 """Steered / unsteered throughput of the batched engine alone (no server), in process CPU time.
 
-    python benchmarks/bench_engine.py [--rows 32] [--tokens 6000] [--rounds 5]
+    python benchmarks/bench_engine.py [--rows 32] [--tokens 6000] [--rounds 5] [--arch topk] [--sae-dtype float32]
 
 What `bench_api.py` measures at N clients, without HTTP, the event loop or the other processes:
 `--rows` rows decode together, each asking for 64 tokens (BOS prompt, temperature 1, a seed per
 row); a finished row is replaced at once by a new one (continuous batching, as back-to-back
 clients). Steered: row i clamps latent (37 i mod d_sae) to 8 at all positions (bench_api's edit);
 unsteered: no steering. Toy model, a random SAE (`--arch`) of the toy SAE's shape at
-blocks.2.hook_resid_post. Each round runs unsteered then steered (--tokens completion tokens
-each) and prints tokens per process CPU second and their ratio; the median ratio comes last.
+blocks.2.hook_resid_post, in --sae-dtype (the model stays float32; the SAE reads its input in its
+own dtype). Each round runs both (--tokens completion tokens each; unsteered first in even rounds,
+steered first in odd ones, so neither always runs on a warmer or cooler machine) and prints
+tokens per process CPU second and their ratio; the medians over rounds come last.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tokens", type=int, default=6000, help="completion tokens per cell")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--arch", default="topk", choices=["topk", "batchtopk", "jumprelu", "standard"])
+    ap.add_argument("--sae-dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     args = ap.parse_args(argv)
 
@@ -68,18 +71,25 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     model = load_model("toy")
-    sae = random_sae(args.arch, model.cfg.d_model, HOOK, seed=1)
+    sae = random_sae(args.arch, model.cfg.d_model, HOOK, seed=1).to(getattr(torch, args.sae_dtype))
     with torch.no_grad():
         for steered in (True, False):  # warm-up (and the TopK candidate set learns)
             throughput(model, sae, steered=steered, rows=args.rows, tokens=2000)
-        ratios = []
-        for _ in range(args.rounds):
-            u = throughput(model, sae, steered=False, rows=args.rows, tokens=args.tokens)
-            s = throughput(model, sae, steered=True, rows=args.rows, tokens=args.tokens)
+        ratios, unsteered, steered = [], [], []
+        for rnd in range(args.rounds):
+            got = {}
+            for st in ((False, True) if rnd % 2 == 0 else (True, False)):  # alternate the order: no bias
+                got[st] = throughput(model, sae, steered=st, rows=args.rows, tokens=args.tokens)
+            u, s = got[False], got[True]
+            unsteered.append(u)
+            steered.append(s)
             ratios.append(s / u)
-            print(f"unsteered {u:,.0f} tok/CPU-s, steered {s:,.0f} tok/CPU-s, ratio {s / u:.3f}", flush=True)
-    print(f"{args.rows} rows, {args.arch}: steered / unsteered median {statistics.median(ratios):.3f} "
-          f"(range {min(ratios):.3f}-{max(ratios):.3f}, {args.rounds} rounds)")
+            first = "unsteered" if rnd % 2 == 0 else "steered"
+            print(f"round {rnd} ({first} first): unsteered {u:,.0f} tok/CPU-s, steered {s:,.0f} tok/CPU-s, "
+                  f"ratio {s / u:.3f}", flush=True)
+    print(f"{args.rows} rows, {args.arch} ({args.sae_dtype}): unsteered median {statistics.median(unsteered):,.0f} "
+          f"tok/CPU-s, steered median {statistics.median(steered):,.0f} tok/CPU-s; steered / unsteered median "
+          f"{statistics.median(ratios):.3f} (range {min(ratios):.3f}-{max(ratios):.3f}, {args.rounds} rounds)")
     return 0
 
 
