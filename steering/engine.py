@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from steering.latentcolumns import LatentColumns
 from steering.rowedits import BatchEditor, RowLayout, RowSteering, check_positions, editors_for
 from steering.runner import make_runner
 from steering.sampling import Choice, RowRandom, SamplingParams, choose
@@ -104,6 +105,7 @@ class BatchEngine:
         self.running: list[_Live] = []
         self.cache: Any = None
         self._decode_editors: dict[str, BatchEditor] | None = None
+        self.columns: dict[str, LatentColumns] = {}  # per SAE: latents read and edited, kept between batches
         self._cancel_lock = threading.Lock()
         self._handles: dict[str, Any] = {}  # hook point -> torch hook handle (while busy)
         self._active: dict[str, list[BatchEditor]] = {}  # editors of the forward pass running now
@@ -216,7 +218,9 @@ class BatchEngine:
             tokens[b, S - P:] = torch.tensor(list(ids), dtype=torch.long)
             mask[b, S - P:] = 1
             index[b, S - P:] = torch.arange(P)
-        editors = editors_for(self.saes, [l.row.steering for l in take], [l.layout for l in take])
+        # the running rows' latents keep their columns (the decode batch that follows reads them)
+        editors = editors_for(self.saes, [l.row.steering for l in take], [l.layout for l in take], self.columns,
+                              drop_unused=False)
         for ed in editors.values():
             ed.prefill(index)
         with self._hooked(editors):
@@ -238,7 +242,8 @@ class BatchEngine:
         if not rows:
             return
         if self._decode_editors is None:
-            self._decode_editors = editors_for(self.saes, [l.row.steering for l in rows], [l.layout for l in rows])
+            self._decode_editors = editors_for(self.saes, [l.row.steering for l in rows], [l.layout for l in rows],
+                                               self.columns)
         editors = self._decode_editors
         index = [len(l.row.prompt_ids) + l.fed for l in rows]
         for ed in editors.values():

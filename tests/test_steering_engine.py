@@ -96,6 +96,47 @@ def test_sampled_rows_do_not_depend_on_their_batch():
     assert len({tuple(e.detail["token_ids"]) for e in together.values()}) == len(params)
 
 
+def test_rows_joining_and_leaving_reuse_the_readers_and_do_not_depend_on_their_batch():
+    """Rows join and leave a running TopK batch at different steps (sampled, each its own edits):
+    each row's tokens equal the row run alone, and a join whose latents already have columns
+    builds no reader (the engine keeps each SAE's columns between batches); a row with a new
+    latent builds one, and weights changed in place build a fresh one."""
+    model = tiny_model()
+    sae = random_sae(model, "topk", hook=HOOK, d_sae=128, k=8, seed=1)
+    pre = sae.encode(model.run_with_cache(model.to_tokens(PROMPTS[2]), names_filter=HOOK)[1][HOOK])[0]
+    a, b = (int(f) for f in (pre > 0).sum(0).topk(2).indices)  # latents that fire: the clamps change something
+    latent_of = [a, b, a, b, a, b]
+
+    def rows(latents, n_tokens=(9, 4, 7, 3, 8, 5)):
+        return [Row(model.to_tokens(PROMPTS[i % len(PROMPTS)])[0].tolist(),
+                    SamplingParams(max_new_tokens=n, temperature=1.0, seed=10 + i),
+                    row_steering(model, sae, [f"{f}:clamp={4 + i}"]), tag=i)
+                for i, (f, n) in enumerate(zip(latents, n_tokens))]
+
+    with torch_threads(1):
+        engine = BatchEngine(model, {"s": sae})
+        got = run(engine, rows(latent_of), stagger=2)  # rows leave (3, 4, 5 tokens) while others join
+        cols = engine.columns["s"]
+        assert engine.steps > 10 and cols.latents == [a, b]
+        assert cols.builds == 2 and cols.reader_builds == 2  # latent a, then b: one build each
+        run(engine, rows([b, a, b, a, b, a]), stagger=1)  # a new batch of the same latents: nothing rebuilt
+        assert cols.builds == 2 and cols.reader_builds == 2
+        alone = {}
+        for r in rows(latent_of):
+            alone.update(run(BatchEngine(model, {"s": sae}), [r]))
+        for i in range(len(latent_of)):
+            assert got[i].detail["token_ids"] == alone[i].detail["token_ids"], i
+        new = int((pre > 0).sum(0).topk(3).indices[2])
+        run(engine, rows([a, new]), stagger=1)
+        assert cols.builds == 3 and cols.latents == [a, b, new]
+        with torch.no_grad():
+            sae.W_enc[:, a] *= 2.0  # in place: the reader's copies are stale
+        run(engine, rows([a]))
+        assert cols.builds == 4 and cols.reader_builds == 4
+        assert torch.equal(cols.reader.topk.W_DM[:, 0], sae.W_enc[:, a])
+    assert len({tuple(e.detail["token_ids"]) for e in got.values()}) == len(latent_of)
+
+
 def test_stops_end_of_text_stop_strings_and_length():
     model = tiny_model()
     tok = model.tokenizer
@@ -328,3 +369,21 @@ def test_streamed_text_reads_on_from_the_prompt_as_continuation_text_does(name):
         assert text == continuation_text(tok, prompt, ids[k:]), (k, text)
         spaced += text[:1].isspace()
     assert spaced  # some cuts fall between words: the text starts with the space or line break
+
+
+def test_latent_columns_keep_their_place_and_drop_unused_ones_only_when_they_outnumber_the_used():
+    from steering.latentcolumns import LatentColumns
+
+    model = tiny_model()
+    sae = random_sae(model, "topk", hook=HOOK, d_sae=128, seed=1)
+    cols = LatentColumns(sae, spare=1)
+    cols.cover([5, 9, 7])
+    assert cols.latents == [5, 9, 7] and cols.builds == 1
+    assert torch.equal(cols.W_dec_UD, sae.W_dec[[5, 9, 7]]) and torch.equal(cols.reader.ids_M, cols.ids_U)
+    cols.cover([7, 5])  # a row left: its column stays (it may come back)
+    cols.cover([3], drop_unused=False)  # joining rows only: the running rows' columns stay
+    assert cols.latents == [5, 9, 7, 3] and cols.builds == 2 and cols.col[3] == 3
+    cols.cover([9, 3])  # two unused, 2 used + 1 spare: kept
+    assert cols.builds == 2
+    cols.cover([3])  # three unused: dropped, the used keep their order
+    assert cols.latents == [3] and cols.col == {3: 0} and cols.builds == 3
