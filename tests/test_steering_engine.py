@@ -137,6 +137,33 @@ def test_rows_joining_and_leaving_reuse_the_readers_and_do_not_depend_on_their_b
     assert len({tuple(e.detail["token_ids"]) for e in got.values()}) == len(latent_of)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_low_precision_topk_sae_in_the_engine_reads_without_encoding_every_row_alone(dtype):
+    """A bf16 / fp16 TopK SAE (a float32 model): rows in one batch equal each row alone, and the
+    read decides most rows itself (before, every row that needed a latent was encoded alone)."""
+    model = tiny_model()
+    sae = random_sae(model, "topk", hook=HOOK, d_sae=512, k=8, seed=1).to(dtype)
+    pre = sae.encode(model.run_with_cache(model.to_tokens(PROMPTS[2]), names_filter=HOOK)[1][HOOK].to(dtype))[0]
+    fire = [int(f) for f in (pre > 0).sum(0).topk(4).indices]
+
+    def rows():
+        return [Row(model.to_tokens(p)[0].tolist(), SamplingParams(max_new_tokens=12, temperature=1.0, seed=i),
+                    row_steering(model, sae, [f"{fire[i % 4]}:clamp={3 + i}", f"{(37 * i) % 512}:scale=0.5"]), tag=i)
+                for i, p in enumerate(PROMPTS)]
+
+    with torch_threads(1):
+        engine = BatchEngine(model, {"s": sae})
+        together = run(engine, rows(), stagger=1)
+        alone = {}
+        for r in rows():
+            alone.update(run(BatchEngine(model, {"s": sae}), [r]))
+    for i in range(len(PROMPTS)):
+        assert together[i].detail["token_ids"] == alone[i].detail["token_ids"], i
+    reader = engine.columns["s"].reader.topk
+    assert reader.relative is not None and reader.counted_pairs > 0
+    assert reader.alone_rows < reader.full_rows / 2
+
+
 def test_stops_end_of_text_stop_strings_and_length():
     model = tiny_model()
     tok = model.tokenizer
