@@ -169,7 +169,9 @@ class BatchEditor:
     the engine calls `prefill(index_BS)` (token index of each column, -1 for padding) or
     `decode(index_B)`; the hook calls `editor(x_ND)`; afterwards `fired` lists (row, edit,
     token index) where a conditional edit applied and `stop_rows` the rows whose stop trigger
-    fired on this step's token (with the trigger).
+    fired on this step's token (with the trigger). When rows leave or join, `rows_of` and
+    `joined` give the editor of the new batch from the tables' rows (no rebuild) while the SAE's
+    columns are unchanged.
     """
 
     def __init__(self, sae: SAE, sae_name: str, rows: Sequence[RowSteering | None], layouts: Sequence[RowLayout],
@@ -188,16 +190,14 @@ class BatchEditor:
         self.layouts = list(layouts)
         self.dtype = dt
         self.device = dev
-        self._compile(rows, columns.col, dt, dev)
-        self.reads = bool(self._edited_c1) or self.conditional or self.watches_stops
+        self.columns_build = columns.builds  # the column set these tables are for
         self.W_dec_UD = columns.W_dec_UD
-        self.reader = columns.reader if self.reads and self.U else None
+        self._compile(rows, columns.col, dt, dev)
         self._compile_decode_coverage(dev)
+        self._flags()
         self._mode: str | None = None
         self._applies: Tensor | None = None
         self._index: Any = None
-        self.fired: list[tuple[int, int, int]] = []  # (row, edit index, token index)
-        self.stop_rows: dict[int, StopTrigger] = {}
 
     def _compile(self, rows: Sequence[RowSteering | None], col: dict[int, int], dt, dev) -> None:
         """The [B, U] tables (c1, c0, trigger column and threshold, has a trigger, stop threshold,
@@ -207,6 +207,8 @@ class BatchEditor:
         self.edit_at: dict[tuple[int, int], int] = {}  # (b, u) -> index of the row's edit
         self.rules: dict[tuple[int, int], CompiledPositions] = {}
         self.stop_of: dict[tuple[int, int], StopTrigger] = {}
+        self.coef_at: dict[tuple[int, int], tuple[float, float]] = {}  # (b, u) -> (c1, c0)
+        self.trig_at: dict[tuple[int, int], None] = {}  # (b, u) of conditional edits
         edit_b, edit_u, c1, c0 = [], [], [], []
         trig_b, trig_u, trig_col, trig_thr = [], [], [], []
         need: dict[tuple[int, int], None] = {}  # the (row, latent) activations some computation uses: TopK reads only those
@@ -223,11 +225,13 @@ class BatchEditor:
                 self.edit_at[(b, u)] = j
                 self.rules[(b, u)] = compile_positions(e.positions, self.layouts[b], e.label or f"feature {e.latent}")
                 a1, a0 = op_coefficients(e.op, e.value)
+                self.coef_at[(b, u)] = (a1, a0)
                 edit_b.append(b), edit_u.append(u), c1.append(a1), c0.append(a0)
                 if a1 != 0:
                     need[(b, u)] = None
                 if e.trigger is not None:
                     t = col[e.trigger[0]]
+                    self.trig_at[(b, u)] = None
                     trig_b.append(b), trig_u.append(u), trig_col.append(t), trig_thr.append(e.trigger[1])
                     need[(b, t)] = None
             for s in r.stops:
@@ -248,33 +252,80 @@ class BatchEditor:
             return t.view(self.B, U).to(dev)
 
         edits, trigs = at(edit_b, edit_u), at(trig_b, trig_u)
-        self._edited_c1 = any(v != 0 for v in c1)
         self.c1_BU, self.c0_BU = table(edits, c1, 0.0, dt), table(edits, c0, 0.0, dt)
-        self.c0_zero = not any(v != 0 for v in c0)
         self.trig_col_BU = table(trigs, trig_col, 0, torch.int64)
         self.trig_thr_BU = table(trigs, trig_thr, 0.0, dt)
         self.has_trig_BU = table(trigs, [True] * len(trig_b), False, torch.bool)
-        self.conditional = bool(trig_b)
         self.stop_thr_BU = table(at(*zip(*stop_thr)) if stop_thr else trigs[:0], list(stop_thr.values()), float("inf"), dt)
-        self.watches_stops = bool(stop_thr)
         self.need_BU = table(at(*zip(*need)) if need else trigs[:0], [True] * len(need), False, torch.bool)
 
     def _compile_decode_coverage(self, dev) -> None:
-        """Decode-time coverage: every-generated rules are fixed, offset sets are looked up per step."""
-        every_b, every_u = [], []
-        self.offset_rules = []
-        for (b, u), rule in self.rules.items():
-            if rule.every_generated:
-                every_b.append(b), every_u.append(u)
-            elif rule.generated:
-                self.offset_rules.append((b, u, rule))
+        """Decode-time coverage: every-generated rules are fixed (this table), offset sets are looked
+        up per step (`offset_rules`, see `_flags`)."""
+        every_b = [b for (b, _), rule in self.rules.items() if rule.every_generated]
+        every_u = [u for (_, u), rule in self.rules.items() if rule.every_generated]
         every = torch.zeros(self.B, self.U, dtype=torch.bool)
         if every_b:
             every[every_b, every_u] = True
         self.every_generated_BU = every.to(dev)
+
+    def _flags(self) -> None:
+        """What the hook may skip, from the entries (no tensor read)."""
+        self.conditional = bool(self.trig_at)
+        self.watches_stops = bool(self.stop_of)
+        self.c0_zero = all(c0 == 0 for _, c0 in self.coef_at.values())
+        self.reads = any(c1 != 0 for c1, _ in self.coef_at.values()) or self.conditional or self.watches_stops
+        self.reader = self.columns.reader if self.reads and self.U else None
+        self.offset_rules = [(b, u, r) for (b, u), r in self.rules.items() if not r.every_generated and r.generated]
         # every edit covers every generated token (the common case): decode steps skip the mask (a
         # pair without an edit has c1 = c0 = 0, so no change there either)
-        self.decode_covers_all = len(every_b) == len(self.rules) and not self.offset_rules
+        self.decode_covers_all = all(r.every_generated for r in self.rules.values())
+        self.fired: list[tuple[int, int, int]] = []  # (row, edit index, token index), after a forward
+        self.stop_rows: dict[int, StopTrigger] = {}
+
+    # -- rows leaving and joining: the tables' rows, no rebuild ----------------------------------
+    _TABLES = ("c1_BU", "c0_BU", "trig_col_BU", "trig_thr_BU", "has_trig_BU", "stop_thr_BU", "need_BU",
+               "every_generated_BU")
+    _ENTRIES = ("edit_at", "rules", "stop_of", "coef_at", "trig_at")
+
+    @property
+    def current(self) -> bool:
+        """Whether the SAE's columns are still those the tables were built for."""
+        return self.columns_build == self.columns.builds
+
+    def rows_of(self, keep: Sequence[int]) -> BatchEditor | None:
+        """This editor for rows `keep` of its batch only, in that order (None: the columns changed
+        since it was built, so it cannot be reused)."""
+        if not self.current:
+            return None
+        new = {b: i for i, b in enumerate(keep)}
+        idx = torch.tensor(list(keep), dtype=torch.int64, device=self.device)
+        return self._derived([self.layouts[b] for b in keep], {t: getattr(self, t).index_select(0, idx) for t in self._TABLES},
+                             {e: {(new[b], u): v for (b, u), v in getattr(self, e).items() if b in new} for e in self._ENTRIES})
+
+    def joined(self, other: BatchEditor) -> BatchEditor | None:
+        """This editor's rows then `other`'s (same SAE; None unless both are for its current columns)."""
+        if other.columns is not self.columns or not (self.current and other.current):
+            return None
+        return self._derived(self.layouts + other.layouts,
+                             {t: torch.cat([getattr(self, t), getattr(other, t)]) for t in self._TABLES},
+                             {e: {**getattr(self, e), **{(b + self.B, u): v for (b, u), v in getattr(other, e).items()}}
+                              for e in self._ENTRIES})
+
+    def _derived(self, layouts: list[RowLayout], tables: dict[str, Tensor], entries: dict[str, dict]) -> BatchEditor:
+        ed = object.__new__(BatchEditor)
+        ed.__dict__.update({k: v for k, v in self.__dict__.items()})
+        ed.__dict__.update(tables)
+        ed.__dict__.update(entries)
+        ed.B, ed.layouts = len(layouts), layouts
+        ed._mode, ed._applies, ed._index = None, None, None
+        ed._flags()
+        return ed
+
+    @property
+    def edits_anything(self) -> bool:
+        """Whether some row edits or watches a latent here."""
+        return bool(self.edit_at or self.stop_of)
 
     @property
     def active(self) -> bool:

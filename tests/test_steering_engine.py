@@ -119,6 +119,7 @@ def test_rows_joining_and_leaving_reuse_the_readers_and_do_not_depend_on_their_b
         cols = engine.columns["s"]
         assert engine.steps > 10 and cols.latents == [a, b]
         assert cols.builds == 2 and cols.reader_builds == 2  # latent a, then b: one build each
+        assert engine.editor_reuses >= 8 and engine.editor_builds <= 3  # joins and leaves reuse the tables
         run(engine, rows([b, a, b, a, b, a]), stagger=1)  # a new batch of the same latents: nothing rebuilt
         assert cols.builds == 2 and cols.reader_builds == 2
         alone = {}
@@ -135,6 +136,64 @@ def test_rows_joining_and_leaving_reuse_the_readers_and_do_not_depend_on_their_b
         assert cols.builds == 4 and cols.reader_builds == 4
         assert torch.equal(cols.reader.topk.W_DM[:, 0], sae.W_enc[:, a])
     assert len({tuple(e.detail["token_ids"]) for e in got.values()}) == len(latent_of)
+
+
+def test_the_decode_editors_of_rows_leaving_and_joining_equal_rebuilt_ones():
+    """When rows leave or join, the decode editors come from the old ones' table rows (no
+    rebuild): at every step they equal editors built afresh for the running rows (tables, entries,
+    flags), with two SAEs, unsteered rows, conditional edits, stops and offset positions, and a
+    new latent (a rebuild) on the way."""
+    import copy
+
+    from steering.rowedits import BatchEditor, editors_for
+
+    model = tiny_model()
+    saes_ = {"s": random_sae(model, "topk", hook=HOOK, d_sae=128, k=8, seed=1),
+             "j": random_sae(model, "jumprelu", hook=HOOK, d_sae=64, seed=2)}
+    specs = [("s", ["5:clamp=4", "7:add=2@generated"], [(9, 50.0)]), (None, [], []), ("j", ["3:scale=2@prompt"], []),
+             ("s", ["5:add=1@2,3,9"], []), ("j", ["8:clamp=1"], [(3, 90.0)]), ("s", ["11:ablate"], []),
+             ("s", ["7:add=3"], [])]
+    lengths = [9, 3, 6, 4, 8, 2, 5]
+
+    def steering(name, edits, stops):
+        if name is None:
+            return None
+        rs = row_steering(model, saes_[name], edits, stops)
+        return RowSteering([RowEdit(name, e.latent, e.op, e.value, e.positions, e.trigger, e.label) for e in rs.edits],
+                           [type(t)(name, t.latent, t.above, t.label) for t in rs.stops])
+
+    rows = [Row(model.to_tokens(PROMPTS[i % 5])[0].tolist(), SamplingParams(max_new_tokens=n, temperature=1.0, seed=i),
+                steering(*spec), tag=i) for i, (spec, n) in enumerate(zip(specs, lengths))]
+    rows[1].steering = RowSteering([RowEdit("s", 7, "add", 1.0, "all", (5, 0.0), "if 5")])  # conditional
+    tables, checked = BatchEditor._TABLES, 0
+    with torch_threads(1):
+        engine = BatchEngine(model, saes_)
+        for r in rows:
+            engine.add([r])
+            for _ in range(2):
+                engine.step()
+                if engine._decode_editors is None or not engine.running:
+                    continue
+                fresh_columns = {n: copy.copy(c) for n, c in engine.columns.items()}
+                for c in fresh_columns.values():
+                    c.spare = 10**9  # the same columns: nothing dropped or added
+                want = editors_for(saes_, [l.row.steering for l in engine.running], [l.layout for l in engine.running],
+                                   fresh_columns)
+                got = engine._decode_editors
+                assert set(got) == set(want), engine.steps
+                for name, ed in got.items():
+                    w = want[name]
+                    assert ed.B == w.B == len(engine.running)
+                    for t in tables:
+                        assert torch.equal(getattr(ed, t), getattr(w, t)), (engine.steps, name, t)
+                    for e in BatchEditor._ENTRIES:
+                        assert getattr(ed, e) == getattr(w, e), (engine.steps, name, e)
+                    assert [ed.conditional, ed.watches_stops, ed.c0_zero, ed.reads, ed.decode_covers_all,
+                            ed.offset_rules] == [w.conditional, w.watches_stops, w.c0_zero, w.reads,
+                                                 w.decode_covers_all, w.offset_rules]
+                    checked += 1
+        run(engine, [])
+    assert checked > 10 and engine.editor_reuses > 8 and engine.editor_builds < engine.editor_reuses
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
