@@ -127,6 +127,11 @@ def test_rows_joining_and_leaving_reuse_the_readers_and_do_not_depend_on_their_b
             alone.update(run(BatchEngine(model, {"s": sae}), [r]))
         for i in range(len(latent_of)):
             assert got[i].detail["token_ids"] == alone[i].detail["token_ids"], i
+        busy = BatchEngine(model, {"s": sae})  # always busy, every row a new latent: unused columns are still dropped
+        for i in range(40):
+            busy.add([Row([1], SamplingParams(max_new_tokens=3, temperature=0), row_steering(model, sae, [f"{i}:add=1"]))])
+            busy.step()
+        assert busy.editor_reuses > 30 and busy.columns["s"].U <= 2 * 3 + busy.columns["s"].spare
         new = int((pre > 0).sum(0).topk(3).indices[2])
         run(engine, rows([a, new]), stagger=1)
         assert cols.builds == 3 and cols.latents == [a, b, new]
