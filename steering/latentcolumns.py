@@ -1,14 +1,16 @@
 """The latents of one SAE that the batched engine reads and edits, kept as columns between batches.
 
-Rows join and leave the engine's batch about every other step at 32 clients, and each time the
-per-row edit tables are rebuilt (`steering.rowedits.BatchEditor`). What they read and write
-with is kept here instead: the SAE's `LatentReader` over a set of latents (for a TopK SAE its
-gathered weights, reused buffers and adaptive bound state; the candidate set is the SAE's own,
-`TopKCandidates.of`) and those latents' decoder rows. A latent keeps its column while rows use
-it; a new latent is appended (one rebuild); columns no row uses stay (a row needing none of
+Rows join and leave the engine's batch about every other step at 32 clients. The per-row edit
+tables follow them row by row (`steering.rowedits.BatchEditor.rows_of` / `joined`); what they
+read and write with is kept here: the SAE's `LatentReader` over a set of latents (for a TopK SAE
+its gathered weights, reused buffers and adaptive bound state; the candidate set is the SAE's
+own, `TopKCandidates.of`) and those latents' decoder rows. A latent keeps its column while rows
+use it; a new latent is appended (one rebuild); columns no row uses stay (a row needing none of
 them reads nothing there) until they outnumber the used ones, then they are dropped (one
-rebuild). A change of the SAE's weights, in place or replaced, rebuilds everything, since the
-reader and the decoder rows hold copies. `builds` counts the rebuilds (tests, tuning).
+rebuild) when the decode batch's tables are next built afresh, which a new latent forces, so
+the columns stay bounded. A change of the SAE's weights, in place or replaced, rebuilds
+everything, since the reader and the decoder rows hold copies. `builds` counts the rebuilds
+(tests, tuning).
 """
 
 from __future__ import annotations
