@@ -145,7 +145,7 @@ def check_positions(steering: RowSteering, layout: RowLayout) -> None:
         compile_positions(e.positions, layout, e.label or f"feature {e.latent}")
 
 
-def used_latents(rows: Sequence[RowSteering | None], sae_name: str) -> dict[int, None]:
+def _used_latents(rows: Sequence[RowSteering | None], sae_name: str) -> dict[int, None]:
     """Every latent the rows edit, test (trigger) or watch (stop) at this SAE, in first-use order."""
     used: dict[int, None] = {}
     for r in rows:
@@ -183,7 +183,7 @@ class BatchEditor:
         dev, dt = sae.W_dec.device, sae.W_dec.dtype
         # the columns (latents, their reader and decoder rows) outlive this batch when the engine keeps them
         columns = columns if columns is not None else LatentColumns(sae)
-        columns.cover(used_latents(rows, sae_name), drop_unused)
+        columns.cover(_used_latents(rows, sae_name), drop_unused)
         self.columns = columns
         self.U = columns.U
         self.ids_U = columns.ids_U
