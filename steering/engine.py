@@ -361,7 +361,8 @@ class BatchEngine:
         self.editor_reuses += 1
         return out
 
-    def _joined_editors(self, prefill: Mapping[str, BatchEditor], take: Sequence[_Live]) -> dict[str, BatchEditor] | None:
+    def _joined_editors(self, prefill: Mapping[str, BatchEditor],
+                        take: Sequence[_Live]) -> dict[str, BatchEditor] | None:
         """The decode editors for the running rows then `take` (whose prefill editors are `prefill`),
         or None (rebuild them at the next decode): an SAE only one side uses gets blank rows on
         the other."""

@@ -211,7 +211,7 @@ class BatchEditor:
         self.trig_at: dict[tuple[int, int], None] = {}  # (b, u) of conditional edits
         edit_b, edit_u, c1, c0 = [], [], [], []
         trig_b, trig_u, trig_col, trig_thr = [], [], [], []
-        need: dict[tuple[int, int], None] = {}  # the (row, latent) activations some computation uses: TopK reads only those
+        need: dict[tuple[int, int], None] = {}  # (row, latent) activations some computation uses: TopK reads only those
         stop_thr: dict[tuple[int, int], float] = {}
         for b, r in enumerate(rows):
             if r is None:
@@ -256,7 +256,8 @@ class BatchEditor:
         self.trig_col_BU = table(trigs, trig_col, 0, torch.int64)
         self.trig_thr_BU = table(trigs, trig_thr, 0.0, dt)
         self.has_trig_BU = table(trigs, [True] * len(trig_b), False, torch.bool)
-        self.stop_thr_BU = table(at(*zip(*stop_thr)) if stop_thr else trigs[:0], list(stop_thr.values()), float("inf"), dt)
+        stops = at(*zip(*stop_thr)) if stop_thr else trigs[:0]
+        self.stop_thr_BU = table(stops, list(stop_thr.values()), float("inf"), dt)
         self.need_BU = table(at(*zip(*need)) if need else trigs[:0], [True] * len(need), False, torch.bool)
 
     def _compile_decode_coverage(self, dev) -> None:
@@ -300,8 +301,9 @@ class BatchEditor:
             return None
         new = {b: i for i, b in enumerate(keep)}
         idx = torch.tensor(list(keep), dtype=torch.int64, device=self.device)
-        return self._derived([self.layouts[b] for b in keep], {t: getattr(self, t).index_select(0, idx) for t in self._TABLES},
-                             {e: {(new[b], u): v for (b, u), v in getattr(self, e).items() if b in new} for e in self._ENTRIES})
+        tables = {t: getattr(self, t).index_select(0, idx) for t in self._TABLES}
+        entries = {e: {(new[b], u): v for (b, u), v in getattr(self, e).items() if b in new} for e in self._ENTRIES}
+        return self._derived([self.layouts[b] for b in keep], tables, entries)
 
     def joined(self, other: BatchEditor) -> BatchEditor | None:
         """This editor's rows then `other`'s (same SAE; None unless both are for its current columns)."""

@@ -132,6 +132,7 @@ def test_rows_joining_and_leaving_reuse_the_readers_and_do_not_depend_on_their_b
             busy.add([Row([1], SamplingParams(max_new_tokens=3, temperature=0), row_steering(model, sae, [f"{i}:add=1"]))])
             busy.step()
         assert busy.editor_reuses > 30 and busy.columns["s"].U <= 2 * 3 + busy.columns["s"].spare
+        run(busy, [])  # drained: its hooks leave the (shared) model
         new = int((pre > 0).sum(0).topk(3).indices[2])
         run(engine, rows([a, new]), stagger=1)
         assert cols.builds == 3 and cols.latents == [a, b, new]
