@@ -12,8 +12,9 @@ server batches rows with different per-row edits. Unsteered: no steering field.
 
 Per cell: completion tokens per wall second, per second of the server process's CPU time (its
 own work, /proc/PID/stat, less sensitive to other load), and the median / 90th percentile time to
-first token. Cells run interleaved, steered and unsteered back to back at each client count;
-ratios are within one run (with --rounds R: every cell R times, medians of the rounds' own ratios). --write replaces this script's subsection of "## Steering" in
+first token. Cells run interleaved, steered and unsteered back to back at each client count
+(unsteered first in even rounds, steered first in odd ones, so neither always runs on a warmer
+or cooler machine); ratios are within one run (with --rounds R: every cell R times, medians of the rounds' own ratios). --write replaces this script's subsection of "## Steering" in
 benchmarks/RESULTS.md.
 """
 
@@ -161,7 +162,7 @@ def run(args) -> str:
         asyncio.run(cell(base, 2, argparse.Namespace(**{**vars(args), "seconds": 3}), True, d_sae, proc.pid))  # warm-up
         for rnd in range(args.rounds):
             for n in args.clients:
-                for steered in (False, True):
+                for steered in ((False, True) if rnd % 2 == 0 else (True, False)):  # alternate the order: no bias
                     r = asyncio.run(cell(base, n, args, steered, d_sae, proc.pid))
                     r["round"] = rnd
                     print(json.dumps(r), file=sys.stderr, flush=True)

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from saes.hookpoints import OptInSwitch
+from steering.latentcolumns import LatentColumns
 from steering.rowedits import BatchEditor, RowLayout, RowSteering, check_positions, editors_for
 from steering.runner import make_runner
 from steering.sampling import Choice, RowRandom, SamplingParams, choose
@@ -109,12 +110,15 @@ class BatchEngine:
         self.running: list[_Live] = []
         self.cache: Any = None
         self._decode_editors: dict[str, BatchEditor] | None = None
+        self.columns: dict[str, LatentColumns] = {}  # per SAE: latents read and edited, kept between batches
         self._cancel_lock = threading.Lock()
         self._handles: dict[str, Any] = {}  # hook point -> torch hook handle (while busy)
         self._active: dict[str, list[BatchEditor]] = {}  # editors of the forward pass running now
         self._captures: dict[str, InputCapture] = {}  # transcoders' inputs in the forward pass running now
         self._opt_in = OptInSwitch(model)  # opt-in hook points switched on while busy (a server's: on from its start)
         self.steps = 0
+        self.editor_builds = 0  # decode editors built for the whole batch (tests, tuning)
+        self.editor_reuses = 0  # ... and derived from the previous ones when rows left or joined
         self.max_rows_seen = 0  # the largest batch decoded so far (tests, status)
 
     # -- requests --------------------------------------------------------------------------
@@ -225,7 +229,9 @@ class BatchEngine:
             tokens[b, S - P:] = torch.tensor(list(ids), dtype=torch.long)
             mask[b, S - P:] = 1
             index[b, S - P:] = torch.arange(P)
-        editors = editors_for(self.saes, [l.row.steering for l in take], [l.layout for l in take])
+        # the running rows' latents keep their columns (the decode batch that follows reads them)
+        editors = editors_for(self.saes, [l.row.steering for l in take], [l.layout for l in take], self.columns,
+                              drop_unused=False)
         for ed in editors.values():
             ed.prefill(index)
         with self._hooked(editors):
@@ -233,10 +239,11 @@ class BatchEngine:
         self._collect(editors, take, events, decode=False)
         if self.cache is None or not self.running:
             self.cache = cache
+            self._decode_editors = None
         else:
             self.cache = self.runner.merge(self.cache, cache)
+            self._decode_editors = self._joined_editors(editors, take)
         self.running.extend(take)
-        self._decode_editors = None
         self._take_tokens(take, logits, events)
 
     def _decode(self, events: list[RowEvent]) -> None:
@@ -247,7 +254,9 @@ class BatchEngine:
         if not rows:
             return
         if self._decode_editors is None:
-            self._decode_editors = editors_for(self.saes, [l.row.steering for l in rows], [l.layout for l in rows])
+            self._decode_editors = editors_for(self.saes, [l.row.steering for l in rows], [l.layout for l in rows],
+                                               self.columns)
+            self.editor_builds += 1
         editors = self._decode_editors
         index = [len(l.row.prompt_ids) + l.fed for l in rows]
         for ed in editors.values():
@@ -342,10 +351,52 @@ class BatchEngine:
         keep = [b for b, l in enumerate(self.running) if l.done is None]
         if not keep:
             self.running, self.cache = [], None
+            self._decode_editors = None
         else:
             self.cache = self.runner.select(self.cache, torch.tensor(keep, device=self.runner.device))
             self.running = [self.running[b] for b in keep]
-        self._decode_editors = None
+            self._decode_editors = self._kept_editors(keep)
+
+    # -- the decode batch's editors when rows leave or join: their tables' rows, no rebuild --------------
+    def _kept_editors(self, keep: list[int]) -> dict[str, BatchEditor] | None:
+        """The decode editors for the running rows `keep` (None: rebuild them at the next decode)."""
+        if self._decode_editors is None:
+            return None
+        out = {}
+        for name, ed in self._decode_editors.items():
+            kept = ed.rows_of(keep)
+            if kept is None:
+                return None
+            if kept.edits_anything:  # an SAE no running row uses any more drops out
+                out[name] = kept
+        self.editor_reuses += 1
+        return out
+
+    def _joined_editors(self, prefill: Mapping[str, BatchEditor],
+                        take: Sequence[_Live]) -> dict[str, BatchEditor] | None:
+        """The decode editors for the running rows then `take` (whose prefill editors are `prefill`),
+        or None (rebuild them at the next decode): an SAE only one side uses gets blank rows on
+        the other."""
+        if self._decode_editors is None:
+            return None
+        out = {}
+        for name in set(self._decode_editors) | set(prefill):
+            old = self._decode_editors.get(name) or self._blank_editor(name, self.running)
+            new = prefill.get(name) or self._blank_editor(name, take)
+            both = old.joined(new)
+            if both is None:
+                return None
+            out[name] = both
+        self.editor_reuses += 1
+        return out
+
+    def _blank_editor(self, name: str, rows: Sequence[_Live]) -> BatchEditor:
+        """An editor of SAE `name` for rows that edit nothing there (its current columns)."""
+        columns = self.columns.get(name)
+        if columns is None:
+            columns = self.columns[name] = LatentColumns(self.saes[name])
+        return BatchEditor(self.saes[name], name, [None] * len(rows), [l.layout for l in rows], columns,
+                           drop_unused=False)
 
     @contextlib.contextmanager
     def _hooked(self, editors: Mapping[str, BatchEditor]):

@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from steering.interventions import LatentReader, op_coefficients
+from steering.interventions import op_coefficients
+from steering.latentcolumns import LatentColumns
 from steering.resolve import sae_hook_name
 from steering.spec import SteeringError, chat_position
 
@@ -144,32 +145,21 @@ def check_positions(steering: RowSteering, layout: RowLayout) -> None:
         compile_positions(e.positions, layout, e.label or f"feature {e.latent}")
 
 
-def _latent_columns(rows: Sequence[RowSteering | None], sae_name: str):
-    """(latents U in first-use order, latent -> its column, edit entries (b, u, edit index, edit),
-    stop entries (b, u, stop)) of the rows' edits, trigger latents and stops at this SAE."""
-    U: list[int] = []
-    col: dict[int, int] = {}
-
-    def col_of(f: int) -> int:
-        if f not in col:
-            col[f] = len(U)
-            U.append(f)
-        return col[f]
-
-    entries = []  # (b, u, RowEdit index, edit)
-    stops = []
-    for b, r in enumerate(rows):
+def _used_latents(rows: Sequence[RowSteering | None], sae_name: str) -> dict[int, None]:
+    """Every latent the rows edit, test (trigger) or watch (stop) at this SAE, in first-use order."""
+    used: dict[int, None] = {}
+    for r in rows:
         if r is None:
             continue
-        for j, e in enumerate(r.edits):
+        for e in r.edits:
             if e.sae == sae_name:
-                entries.append((b, col_of(e.latent), j, e))
+                used[e.latent] = None
                 if e.trigger is not None:
-                    col_of(e.trigger[0])
+                    used[e.trigger[0]] = None
         for s in r.stops:
             if s.sae == sae_name:
-                stops.append((b, col_of(s.latent), s))
-    return U, col, entries, stops
+                used[s.latent] = None
+    return used
 
 
 class BatchEditor:
@@ -179,93 +169,165 @@ class BatchEditor:
     the engine calls `prefill(index_BS)` (token index of each column, -1 for padding) or
     `decode(index_B)`; the hook calls `editor(x_ND)`; afterwards `fired` lists (row, edit,
     token index) where a conditional edit applied and `stop_rows` the rows whose stop trigger
-    fired on this step's token (with the trigger).
+    fired on this step's token (with the trigger). When rows leave or join, `rows_of` and
+    `joined` give the editor of the new batch from the tables' rows (no rebuild) while the SAE's
+    columns are unchanged.
     """
 
-    def __init__(self, sae: SAE, sae_name: str, rows: Sequence[RowSteering | None], layouts: Sequence[RowLayout]) -> None:
+    def __init__(self, sae: SAE, sae_name: str, rows: Sequence[RowSteering | None], layouts: Sequence[RowLayout],
+                 columns: LatentColumns | None = None, drop_unused: bool = True) -> None:
         self.sae_name = sae_name
         # a transcoder reads its latents at its input hook and writes at its target (the engine captures the input)
         self.reads_hook: str | None = sae_hook_name(sae, sae_name) if sae.is_transcoder else None
         self.B = len(rows)
         dev, dt = sae.W_dec.device, sae.W_dec.dtype
-        U, col, entries, stops = _latent_columns(rows, sae_name)
-        self.U = len(U)
-        self.ids_U = torch.tensor(U, dtype=torch.int64, device=dev)
+        # the columns (latents, their reader and decoder rows) outlive this batch when the engine keeps them
+        columns = columns if columns is not None else LatentColumns(sae)
+        columns.cover(_used_latents(rows, sae_name), drop_unused)
+        self.columns = columns
+        self.U = columns.U
+        self.ids_U = columns.ids_U
         self.layouts = list(layouts)
-        c1, c0, trig_col, trig_thr, has_trig = self._compile_edits(entries, col, dt)
-        stop_thr = self._compile_stops(stops, dt)
-        need = c1 != 0  # the (row, latent) activations some computation uses: TopK reads only those exactly
-        for (b, u), j in self.edit_at.items():
-            e = rows[b].edits[j]  # type: ignore[union-attr]
-            if e.trigger is not None:
-                need[b, col[e.trigger[0]]] = True
-        for b, u, _ in stops:
-            need[b, u] = True
-        self.need_BU = need.to(dev)
-        self.c1_BU, self.c0_BU = c1.to(dev), c0.to(dev)
-        self.has_trig_BU = has_trig.to(dev)
-        self.conditional = bool(has_trig.any())
-        self.trig_col_BU, self.trig_thr_BU = trig_col.to(dev), trig_thr.to(dev)
-        self.stop_thr_BU = stop_thr.to(dev)
-        self.watches_stops = bool(stops)
-        self.reads = bool((c1 != 0).any()) or self.conditional or self.watches_stops
-        self.c0_zero = not bool((c0 != 0).any())
-        self.W_dec_UD = sae.W_dec.detach()[self.ids_U].contiguous() if self.U else None
-        self.reader = LatentReader(sae, self.ids_U) if self.reads and self.U else None
-        self._compile_decode_coverage(dev)
         self.dtype = dt
         self.device = dev
+        self.columns_build = columns.builds  # the column set these tables are for
+        self.W_dec_UD = columns.W_dec_UD
+        self._compile(rows, columns.col, dt, dev)
+        self._compile_decode_coverage(dev)
+        self._flags()
         self._mode: str | None = None
         self._applies: Tensor | None = None
         self._index: Any = None
-        self.fired: list[tuple[int, int, int]] = []  # (row, edit index, token index)
-        self.stop_rows: dict[int, StopTrigger] = {}
 
-    def _compile_edits(self, entries, col: dict[int, int], dt) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """[B, U] tables of the edits (c1, c0, trigger column, trigger threshold, has a trigger);
-        fills `edit_at` and `rules` (each edit's positions compiled against its row's layout)."""
-        # filled as Python lists, one tensor each at the end (the engine builds these whenever rows join or leave)
-        n = self.B * self.U
-        c1, c0, trig_col, trig_thr, has_trig = [0.0] * n, [0.0] * n, [0] * n, [0.0] * n, [False] * n
+    def _compile(self, rows: Sequence[RowSteering | None], col: dict[int, int], dt, dev) -> None:
+        """The [B, U] tables (c1, c0, trigger column and threshold, has a trigger, stop threshold,
+        need), written at the few (row, column) pairs the rows use (the engine rebuilds them
+        whenever rows join or leave: a table is one scatter, not B * U Python values); fills
+        `edit_at`, `rules` (each edit's positions compiled against its row's layout) and `stop_of`."""
         self.edit_at: dict[tuple[int, int], int] = {}  # (b, u) -> index of the row's edit
         self.rules: dict[tuple[int, int], CompiledPositions] = {}
-        for b, u, j, e in entries:
-            if (b, u) in self.edit_at:
-                raise SteeringError(f"{e.label or e.latent}: feature {e.latent} is edited twice in one request")
-            i = b * self.U + u
-            c1[i], c0[i] = op_coefficients(e.op, e.value)
-            self.edit_at[(b, u)] = j
-            self.rules[(b, u)] = compile_positions(e.positions, self.layouts[b], e.label or f"feature {e.latent}")
-            if e.trigger is not None:
-                trig_col[i], trig_thr[i], has_trig[i] = col[e.trigger[0]], e.trigger[1], True
-
-        def table(values: list, dtype) -> Tensor:
-            return torch.tensor(values, dtype=dtype).reshape(self.B, self.U)
-
-        return (table(c1, dt), table(c0, dt), table(trig_col, torch.int64), table(trig_thr, dt),
-                table(has_trig, torch.bool))
-
-    def _compile_stops(self, stops, dt) -> Tensor:
-        """[B, U] stop thresholds (inf where none; the lowest where a latent has several); fills `stop_of`."""
-        stop_thr = torch.full((self.B, self.U), float("inf"), dtype=dt)
         self.stop_of: dict[tuple[int, int], StopTrigger] = {}
-        for b, u, s in stops:
-            stop_thr[b, u] = min(float(stop_thr[b, u]), s.above)
-            self.stop_of[(b, u)] = s
-        return stop_thr
+        self.coef_at: dict[tuple[int, int], tuple[float, float]] = {}  # (b, u) -> (c1, c0)
+        self.trig_at: dict[tuple[int, int], None] = {}  # (b, u) of conditional edits
+        edit_b, edit_u, c1, c0 = [], [], [], []
+        trig_b, trig_u, trig_col, trig_thr = [], [], [], []
+        need: dict[tuple[int, int], None] = {}  # (row, latent) activations some computation uses: TopK reads only those
+        stop_thr: dict[tuple[int, int], float] = {}
+        for b, r in enumerate(rows):
+            if r is None:
+                continue
+            for j, e in enumerate(r.edits):
+                if e.sae != self.sae_name:
+                    continue
+                u = col[e.latent]
+                if (b, u) in self.edit_at:
+                    raise SteeringError(f"{e.label or e.latent}: feature {e.latent} is edited twice in one request")
+                self.edit_at[(b, u)] = j
+                self.rules[(b, u)] = compile_positions(e.positions, self.layouts[b], e.label or f"feature {e.latent}")
+                a1, a0 = op_coefficients(e.op, e.value)
+                self.coef_at[(b, u)] = (a1, a0)
+                edit_b.append(b), edit_u.append(u), c1.append(a1), c0.append(a0)
+                if a1 != 0:
+                    need[(b, u)] = None
+                if e.trigger is not None:
+                    t = col[e.trigger[0]]
+                    self.trig_at[(b, u)] = None
+                    trig_b.append(b), trig_u.append(u), trig_col.append(t), trig_thr.append(e.trigger[1])
+                    need[(b, t)] = None
+            for s in r.stops:
+                if s.sae == self.sae_name:
+                    u = col[s.latent]
+                    stop_thr[(b, u)] = min(stop_thr.get((b, u), float("inf")), s.above)  # the lowest of several
+                    self.stop_of[(b, u)] = s
+                    need[(b, u)] = None
+        U = self.U
+
+        def at(b: list[int], u: list[int]) -> Tensor:  # flat positions in a [B, U] table
+            return torch.tensor([i * U + j for i, j in zip(b, u)], dtype=torch.int64)
+
+        def table(flat: Tensor, values: list, fill, dtype) -> Tensor:
+            t = torch.full((self.B * U,), fill, dtype=dtype)
+            if flat.numel():
+                t[flat] = torch.tensor(values, dtype=dtype)
+            return t.view(self.B, U).to(dev)
+
+        edits, trigs = at(edit_b, edit_u), at(trig_b, trig_u)
+        self.c1_BU, self.c0_BU = table(edits, c1, 0.0, dt), table(edits, c0, 0.0, dt)
+        self.trig_col_BU = table(trigs, trig_col, 0, torch.int64)
+        self.trig_thr_BU = table(trigs, trig_thr, 0.0, dt)
+        self.has_trig_BU = table(trigs, [True] * len(trig_b), False, torch.bool)
+        stops = at(*zip(*stop_thr)) if stop_thr else trigs[:0]
+        self.stop_thr_BU = table(stops, list(stop_thr.values()), float("inf"), dt)
+        self.need_BU = table(at(*zip(*need)) if need else trigs[:0], [True] * len(need), False, torch.bool)
 
     def _compile_decode_coverage(self, dev) -> None:
-        """Decode-time coverage: every-generated rules are fixed, offset sets are looked up per step."""
-        every = [False] * (self.B * self.U)
-        self.offset_rules = []
-        for (b, u), rule in self.rules.items():
-            if rule.every_generated:
-                every[b * self.U + u] = True
-            elif rule.generated:
-                self.offset_rules.append((b, u, rule))
-        self.every_generated_BU = torch.tensor(every, dtype=torch.bool).reshape(self.B, self.U).to(dev)
-        # every edit covers every generated token (the common case): decode steps skip the mask
-        self.decode_covers_all = all(every) and not self.offset_rules
+        """Decode-time coverage: every-generated rules are fixed (this table), offset sets are looked
+        up per step (`offset_rules`, see `_flags`)."""
+        every_b = [b for (b, _), rule in self.rules.items() if rule.every_generated]
+        every_u = [u for (_, u), rule in self.rules.items() if rule.every_generated]
+        every = torch.zeros(self.B, self.U, dtype=torch.bool)
+        if every_b:
+            every[every_b, every_u] = True
+        self.every_generated_BU = every.to(dev)
+
+    def _flags(self) -> None:
+        """What the hook may skip, from the entries (no tensor read)."""
+        self.conditional = bool(self.trig_at)
+        self.watches_stops = bool(self.stop_of)
+        self.c0_zero = all(c0 == 0 for _, c0 in self.coef_at.values())
+        self.reads = any(c1 != 0 for c1, _ in self.coef_at.values()) or self.conditional or self.watches_stops
+        self.reader = self.columns.reader if self.reads and self.U else None
+        self.offset_rules = [(b, u, r) for (b, u), r in self.rules.items() if not r.every_generated and r.generated]
+        # every edit covers every generated token (the common case): decode steps skip the mask (a
+        # pair without an edit has c1 = c0 = 0, so no change there either)
+        self.decode_covers_all = all(r.every_generated for r in self.rules.values())
+        self.fired: list[tuple[int, int, int]] = []  # (row, edit index, token index), after a forward
+        self.stop_rows: dict[int, StopTrigger] = {}
+
+    # -- rows leaving and joining: the tables' rows, no rebuild ----------------------------------
+    _TABLES = ("c1_BU", "c0_BU", "trig_col_BU", "trig_thr_BU", "has_trig_BU", "stop_thr_BU", "need_BU",
+               "every_generated_BU")
+    _ENTRIES = ("edit_at", "rules", "stop_of", "coef_at", "trig_at")
+
+    @property
+    def current(self) -> bool:
+        """Whether the SAE's columns are still those the tables were built for."""
+        return self.columns_build == self.columns.builds
+
+    def rows_of(self, keep: Sequence[int]) -> BatchEditor | None:
+        """This editor for rows `keep` of its batch only, in that order (None: the columns changed
+        since it was built, so it cannot be reused)."""
+        if not self.current:
+            return None
+        new = {b: i for i, b in enumerate(keep)}
+        idx = torch.tensor(list(keep), dtype=torch.int64, device=self.device)
+        tables = {t: getattr(self, t).index_select(0, idx) for t in self._TABLES}
+        entries = {e: {(new[b], u): v for (b, u), v in getattr(self, e).items() if b in new} for e in self._ENTRIES}
+        return self._derived([self.layouts[b] for b in keep], tables, entries)
+
+    def joined(self, other: BatchEditor) -> BatchEditor | None:
+        """This editor's rows then `other`'s (same SAE; None unless both are for its current columns)."""
+        if other.columns is not self.columns or not (self.current and other.current):
+            return None
+        return self._derived(self.layouts + other.layouts,
+                             {t: torch.cat([getattr(self, t), getattr(other, t)]) for t in self._TABLES},
+                             {e: {**getattr(self, e), **{(b + self.B, u): v for (b, u), v in getattr(other, e).items()}}
+                              for e in self._ENTRIES})
+
+    def _derived(self, layouts: list[RowLayout], tables: dict[str, Tensor], entries: dict[str, dict]) -> BatchEditor:
+        ed = object.__new__(BatchEditor)
+        ed.__dict__.update({k: v for k, v in self.__dict__.items()})
+        ed.__dict__.update(tables)
+        ed.__dict__.update(entries)
+        ed.B, ed.layouts = len(layouts), layouts
+        ed._mode, ed._applies, ed._index = None, None, None
+        ed._flags()
+        return ed
+
+    @property
+    def edits_anything(self) -> bool:
+        """Whether some row edits or watches a latent here."""
+        return bool(self.edit_at or self.stop_of)
 
     @property
     def active(self) -> bool:
@@ -351,8 +413,11 @@ class BatchEditor:
             self.fired.append((b, j, index))
 
 
-def editors_for(saes: Mapping[str, Any], rows: Sequence[RowSteering | None], layouts: Sequence[RowLayout]) -> dict[str, BatchEditor]:
-    """One `BatchEditor` per SAE that some row uses."""
+def editors_for(saes: Mapping[str, Any], rows: Sequence[RowSteering | None], layouts: Sequence[RowLayout],
+                columns: dict[str, LatentColumns] | None = None, drop_unused: bool = True) -> dict[str, BatchEditor]:
+    """One `BatchEditor` per SAE that some row uses. `columns` (the engine's, kept between
+    batches): each SAE's `LatentColumns`, added here when missing (None: fresh ones);
+    `drop_unused`: see `LatentColumns.cover`."""
     names = set()
     for r in rows:
         if r is not None:
@@ -361,7 +426,12 @@ def editors_for(saes: Mapping[str, Any], rows: Sequence[RowSteering | None], lay
     for name in sorted(names):
         if name not in saes:
             raise SteeringError(f"unknown SAE {name!r}; known: {', '.join(saes)}")
-        ed = BatchEditor(saes[name], name, rows, layouts)
+        cols = None
+        if columns is not None:
+            cols = columns.get(name)
+            if cols is None or cols.sae is not saes[name]:
+                cols = columns[name] = LatentColumns(saes[name])
+        ed = BatchEditor(saes[name], name, rows, layouts, cols, drop_unused)
         if ed.active:
             out[name] = ed
     return out

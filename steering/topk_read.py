@@ -30,6 +30,13 @@ k-th place (or the latent's within 2 tol of 0) is encoded alone by the SAE itsel
 has saved little in its recent tries (a busy latent fires on some row at most steps) is skipped
 and retried now and then. `TopKReader.reference` is the eager reference of either contract.
 
+bf16 / fp16: a tolerance of the worst-case form (D + 4) eps ||x|| ||w|| exceeds every
+pre-activation in these dtypes, so nothing would settle and every needed row would be encoded
+alone. Where the dtype's products round once from float32 (`steering.lowprecision`: CPU always,
+CUDA with reduced-precision reductions off) the bound and the count compute the SAE's own
+expression, (x - b_dec) @ W + b, and compare against thresholds relative to each value instead
+(`RelativeTolerance`); elsewhere the worst case stays (exact, slow).
+
 Cost model (toy model, one generation step): each tensor op costs several microseconds inside a
 forward pass whatever its size, and comparisons into bools several times more than float
 arithmetic, so counts use signs of differences and a step's few rows finish in Python.
@@ -45,6 +52,7 @@ from torch import Tensor
 
 from saes.base import SAE
 from saes.precision import matmul_eps
+from steering.lowprecision import RelativeTolerance, rounds_once_in_float32
 
 
 def b_dec_of(sae: SAE) -> Tensor | None:
@@ -216,6 +224,10 @@ class TopKReader:
         self.W_DM = self.W_DF[:, ids_M].contiguous()
         self.first_id = int(ids_M[0]) if self.M else 0
         self.err_per_norm = self.cands.err_per_norm
+        # bf16 / fp16 whose products round once from float32: tolerances relative to each value
+        # (the worst-case bound above would exceed every pre-activation: nothing would settle)
+        self.relative = RelativeTolerance(self.W_DF, self.b_F) \
+            if rounds_once_in_float32(self.W_DF.dtype, self.W_DF.device) else None
         c = self.cands
         # q_c > q_m + 2 tol proves P_c > P_m (each q within tol of its P): the M latents' biases carry
         # + 2 err_const, and 2 err_per_norm ||x|| is added per row
@@ -302,21 +314,31 @@ class TopKReader:
         proven off, i.e. fewer than k candidates are above its pre-activation plus the tolerance."""
         if x_ND.shape[0] == 0:
             return []
-        if self.M == 1 and need_NM is None:
+        rel = self.relative
+        if self.M == 1 and need_NM is None and rel is None:
             return self._one_latent_open(x_ND)
         W_DP, b_P = self._bound_weights()
         M, k = self.M, self.k
-        pre_NP = torch.addmm(b_P, x_ND, W_DP)  # the M latents' columns carry + err_const
-        norm_N1 = torch.linalg.vector_norm(x_ND, dim=-1, keepdim=True, dtype=norm_dtype(x_ND))  # bf16 could round it below ||x||
-        hi_NM = torch.add(pre_NP[:, :M], norm_N1.to(x_ND.dtype), alpha=2.0 * self.err_per_norm)
+        if rel is not None:  # bf16 / fp16: the SAE's own expression, thresholds relative to each value
+            v_ND = self._sae_input(x_ND)
+            pre_NP = torch.addmm(b_P, v_ND, W_DP)
+            c_N1 = rel.row_const(v_ND)
+        else:
+            pre_NP = torch.addmm(b_P, x_ND, W_DP)  # the M latents' columns carry + err_const
+            norm_N1 = torch.linalg.vector_norm(x_ND, dim=-1, keepdim=True, dtype=norm_dtype(x_ND))
         if need_NM is not None and M > self.count_latents:  # the batched engine: each row needs a few of many
             rows_P, cols_P = self._pairs(need_NM)
             if rows_P.numel() == 0:
                 return []
-            above_P = _count_above(pre_NP[:, M:].index_select(0, rows_P), hi_NM[rows_P, cols_P].unsqueeze(1))
+            pre_P1 = pre_NP[rows_P, cols_P].unsqueeze(1)
+            hi_P1 = rel.above(pre_P1, c_N1[rows_P]) if rel is not None else \
+                torch.add(pre_P1, norm_N1[rows_P].to(x_ND.dtype), alpha=2.0 * self.err_per_norm)
+            above_P = _count_above(pre_NP[:, M:].index_select(0, rows_P), hi_P1)
             if int(above_P.min()) >= k:  # the usual case, without the lists below
                 return []
             return list(dict.fromkeys(r for r, a in zip(rows_P.tolist(), above_P.flatten().tolist()) if a < k))
+        hi_NM = rel.above(pre_NP[:, :M], c_N1) if rel is not None else \
+            torch.add(pre_NP[:, :M], norm_N1.to(x_ND.dtype), alpha=2.0 * self.err_per_norm)
         off_NM = _count_above(pre_NP[:, M:], hi_NM) >= k
         if need_NM is not None:
             off_NM |= ~need_NM
@@ -355,6 +377,10 @@ class TopKReader:
             self._diff_of = cands.W_DC
         return self._diff
 
+    def _sae_input(self, x_ND: Tensor) -> Tensor:
+        """The SAE's own input to its product, x less b_dec (bit for bit: an elementwise op)."""
+        return x_ND - self.b_dec_D if self.b_dec_D is not None else x_ND
+
     def _bound_weights(self) -> tuple[Tensor, Tensor]:
         """Encoder columns and (folded) biases of the M latents followed by the candidates
         (rebuilt when the candidate set changes)."""
@@ -362,7 +388,10 @@ class TopKReader:
         if self._bound_of is not W_DC:
             assert W_DC is not None
             self._W_DP = torch.cat([self.W_DM, W_DC], 1)
-            self._b_P = torch.cat([self.b_fold_hi_M, self.cands.b_fold_F[self.cands.C]])
+            if self.relative is not None:  # the SAE's own biases (its input less b_dec is multiplied)
+                self._b_P = torch.cat([self.b_F[self.ids_M], self.cands.b_F[self.cands.C]])
+            else:
+                self._b_P = torch.cat([self.b_fold_hi_M, self.cands.b_fold_F[self.cands.C]])
             self._bound_of = W_DC
         return self._W_DP, self._b_P
 
@@ -444,24 +473,34 @@ class TopKReader:
             return None
         x_RD = x_ND if R == N else x_ND.index_select(0, idx_R)
         r_P, c_P = (need_NM if R == N else need_NM.index_select(0, idx_R)).nonzero().unbind(1)
-        c = self.cands
-        pre_RF = torch.addmm(c.b_fold_F, x_RD, self.W_DF, out=self._buffer(x_RD, "rows"))
+        c, rel = self.cands, self.relative
+        if rel is not None:  # bf16 / fp16: the SAE's own expression (see steering.lowprecision)
+            v_RD = self._sae_input(x_RD)
+            pre_RF = torch.addmm(self.b_F, v_RD, self.W_DF, out=self._buffer(x_RD, "rows"))
+        else:
+            pre_RF = torch.addmm(c.b_fold_F, x_RD, self.W_DF, out=self._buffer(x_RD, "rows"))
         self.full_rows += R
         if c.young:  # the folded top k teaches the candidate set (a poor lesson costs speed only)
             c.learn(pre_RF.topk(self.k, dim=-1, sorted=False).indices, self.k)
-        # 2 tol per row, with the rounding of the sums below and of the cast to x's dtype
-        eps = torch.finfo(x_ND.dtype).eps
-        norm_R = torch.linalg.vector_norm(x_RD, dim=-1, dtype=torch.float64)
-        tol2_R = ((2.0 * self.err_per_norm) * norm_R + 2.0 * c.err_const).mul_(1.0 + 4.0 * eps).to(x_ND.dtype)
         one_per_row = r_P.numel() == R  # pairs are row-major and every row in idx_R has one: rows 0..R-1 in order
         pre_PF = pre_RF if one_per_row else pre_RF.index_select(0, r_P)
         v_P1 = pre_PF.gather(1, self.ids_M[c_P].unsqueeze(1))
-        tol2_P1 = tol2_R[r_P].unsqueeze(1)
-        above_P = (pre_PF > v_P1 + tol2_P1).sum(1)  # above it in the SAE's own expression too
-        maybe_P = (pre_PF >= v_P1 - tol2_P1).sum(1)  # perhaps at least as large, itself included
+        if rel is not None:
+            c_P1 = rel.row_const(v_RD)[r_P]
+            hi_P1, lo_P1 = rel.above(v_P1, c_P1), rel.maybe(v_P1, c_P1)
+            pos_P, neg_P = rel.positive(v_P1, c_P1).squeeze(1), rel.negative(v_P1, c_P1).squeeze(1)
+        else:  # 2 tol per row, with the rounding of the sums below and of the cast to x's dtype
+            eps = torch.finfo(x_ND.dtype).eps
+            norm_R = torch.linalg.vector_norm(x_RD, dim=-1, dtype=torch.float64)
+            tol2_R = ((2.0 * self.err_per_norm) * norm_R + 2.0 * c.err_const).mul_(1.0 + 4.0 * eps).to(x_ND.dtype)
+            tol2_P1 = tol2_R[r_P].unsqueeze(1)
+            hi_P1, lo_P1 = v_P1 + tol2_P1, v_P1 - tol2_P1
+            pos_P, neg_P = (v_P1 > tol2_P1).squeeze(1), (v_P1 < -tol2_P1).squeeze(1)
+        above_P = (pre_PF > hi_P1).sum(1)  # above it in the SAE's own expression too
+        maybe_P = (pre_PF >= lo_P1).sum(1)  # perhaps at least as large, itself included
         v_P = v_P1.squeeze(1)
-        on_P = (maybe_P <= self.k) & (v_P > tol2_P1.squeeze(1))
-        decided_P = (above_P >= self.k) | on_P | ((maybe_P <= self.k) & (v_P < -tol2_P1.squeeze(1)))
+        on_P = (maybe_P <= self.k) & pos_P
+        decided_P = (above_P >= self.k) | on_P | ((maybe_P <= self.k) & neg_P)
         out_NM[idx_R[r_P], c_P] = v_P * on_P
         self.counted_pairs += r_P.numel()
         if not bool(decided_P.all()):

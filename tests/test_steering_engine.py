@@ -96,6 +96,139 @@ def test_sampled_rows_do_not_depend_on_their_batch():
     assert len({tuple(e.detail["token_ids"]) for e in together.values()}) == len(params)
 
 
+def test_rows_joining_and_leaving_reuse_the_readers_and_do_not_depend_on_their_batch():
+    """Rows join and leave a running TopK batch at different steps (sampled, each its own edits):
+    each row's tokens equal the row run alone, and a join whose latents already have columns
+    builds no reader (the engine keeps each SAE's columns between batches); a row with a new
+    latent builds one, and weights changed in place build a fresh one."""
+    model = tiny_model()
+    sae = random_sae(model, "topk", hook=HOOK, d_sae=128, k=8, seed=1)
+    pre = sae.encode(model.run_with_cache(model.to_tokens(PROMPTS[2]), names_filter=HOOK)[1][HOOK])[0]
+    a, b = (int(f) for f in (pre > 0).sum(0).topk(2).indices)  # latents that fire: the clamps change something
+    latent_of = [a, b, a, b, a, b]
+
+    def rows(latents, n_tokens=(9, 4, 7, 3, 8, 5)):
+        return [Row(model.to_tokens(PROMPTS[i % len(PROMPTS)])[0].tolist(),
+                    SamplingParams(max_new_tokens=n, temperature=1.0, seed=10 + i),
+                    row_steering(model, sae, [f"{f}:clamp={4 + i}"]), tag=i)
+                for i, (f, n) in enumerate(zip(latents, n_tokens))]
+
+    with torch_threads(1):
+        engine = BatchEngine(model, {"s": sae})
+        got = run(engine, rows(latent_of), stagger=2)  # rows leave (3, 4, 5 tokens) while others join
+        cols = engine.columns["s"]
+        assert engine.steps > 10 and cols.latents == [a, b]
+        assert cols.builds == 2 and cols.reader_builds == 2  # latent a, then b: one build each
+        assert engine.editor_reuses >= 8 and engine.editor_builds <= 3  # joins and leaves reuse the tables
+        run(engine, rows([b, a, b, a, b, a]), stagger=1)  # a new batch of the same latents: nothing rebuilt
+        assert cols.builds == 2 and cols.reader_builds == 2
+        alone = {}
+        for r in rows(latent_of):
+            alone.update(run(BatchEngine(model, {"s": sae}), [r]))
+        for i in range(len(latent_of)):
+            assert got[i].detail["token_ids"] == alone[i].detail["token_ids"], i
+        busy = BatchEngine(model, {"s": sae})  # always busy, every row a new latent: unused columns are still dropped
+        for i in range(40):
+            busy.add([Row([1], SamplingParams(max_new_tokens=3, temperature=0), row_steering(model, sae, [f"{i}:add=1"]))])
+            busy.step()
+        assert busy.editor_reuses > 30 and busy.columns["s"].U <= 2 * 3 + busy.columns["s"].spare
+        run(busy, [])  # drained: its hooks leave the (shared) model
+        new = int((pre > 0).sum(0).topk(3).indices[2])
+        run(engine, rows([a, new]), stagger=1)
+        assert cols.builds == 3 and cols.latents == [a, b, new]
+        with torch.no_grad():
+            sae.W_enc[:, a] *= 2.0  # in place: the reader's copies are stale
+        run(engine, rows([a]))
+        assert cols.builds == 4 and cols.reader_builds == 4
+        assert torch.equal(cols.reader.topk.W_DM[:, 0], sae.W_enc[:, a])
+    assert len({tuple(e.detail["token_ids"]) for e in got.values()}) == len(latent_of)
+
+
+def test_the_decode_editors_of_rows_leaving_and_joining_equal_rebuilt_ones():
+    """When rows leave or join, the decode editors come from the old ones' table rows (no
+    rebuild): at every step they equal editors built afresh for the running rows (tables, entries,
+    flags), with two SAEs, unsteered rows, conditional edits, stops and offset positions, and a
+    new latent (a rebuild) on the way."""
+    import copy
+
+    from steering.rowedits import BatchEditor, editors_for
+
+    model = tiny_model()
+    saes_ = {"s": random_sae(model, "topk", hook=HOOK, d_sae=128, k=8, seed=1),
+             "j": random_sae(model, "jumprelu", hook=HOOK, d_sae=64, seed=2)}
+    specs = [("s", ["5:clamp=4", "7:add=2@generated"], [(9, 50.0)]), (None, [], []), ("j", ["3:scale=2@prompt"], []),
+             ("s", ["5:add=1@2,3,9"], []), ("j", ["8:clamp=1"], [(3, 90.0)]), ("s", ["11:ablate"], []),
+             ("s", ["7:add=3"], [])]
+    lengths = [9, 3, 6, 4, 8, 2, 5]
+
+    def steering(name, edits, stops):
+        if name is None:
+            return None
+        rs = row_steering(model, saes_[name], edits, stops)
+        return RowSteering([RowEdit(name, e.latent, e.op, e.value, e.positions, e.trigger, e.label) for e in rs.edits],
+                           [type(t)(name, t.latent, t.above, t.label) for t in rs.stops])
+
+    rows = [Row(model.to_tokens(PROMPTS[i % 5])[0].tolist(), SamplingParams(max_new_tokens=n, temperature=1.0, seed=i),
+                steering(*spec), tag=i) for i, (spec, n) in enumerate(zip(specs, lengths))]
+    rows[1].steering = RowSteering([RowEdit("s", 7, "add", 1.0, "all", (5, 0.0), "if 5")])  # conditional
+    tables, checked = BatchEditor._TABLES, 0
+    with torch_threads(1):
+        engine = BatchEngine(model, saes_)
+        for r in rows:
+            engine.add([r])
+            for _ in range(2):
+                engine.step()
+                if engine._decode_editors is None or not engine.running:
+                    continue
+                fresh_columns = {n: copy.copy(c) for n, c in engine.columns.items()}
+                for c in fresh_columns.values():
+                    c.spare = 10**9  # the same columns: nothing dropped or added
+                want = editors_for(saes_, [l.row.steering for l in engine.running], [l.layout for l in engine.running],
+                                   fresh_columns)
+                got = engine._decode_editors
+                assert set(got) == set(want), engine.steps
+                for name, ed in got.items():
+                    w = want[name]
+                    assert ed.B == w.B == len(engine.running)
+                    for t in tables:
+                        assert torch.equal(getattr(ed, t), getattr(w, t)), (engine.steps, name, t)
+                    for e in BatchEditor._ENTRIES:
+                        assert getattr(ed, e) == getattr(w, e), (engine.steps, name, e)
+                    assert [ed.conditional, ed.watches_stops, ed.c0_zero, ed.reads, ed.decode_covers_all,
+                            ed.offset_rules] == [w.conditional, w.watches_stops, w.c0_zero, w.reads,
+                                                 w.decode_covers_all, w.offset_rules]
+                    checked += 1
+        run(engine, [])
+    assert checked > 10 and engine.editor_reuses > 8 and engine.editor_builds < engine.editor_reuses
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_low_precision_topk_sae_in_the_engine_reads_without_encoding_every_row_alone(dtype):
+    """A bf16 / fp16 TopK SAE (a float32 model): rows in one batch equal each row alone, and the
+    read decides most rows itself (before, every row that needed a latent was encoded alone)."""
+    model = tiny_model()
+    sae = random_sae(model, "topk", hook=HOOK, d_sae=512, k=8, seed=1).to(dtype)
+    pre = sae.encode(model.run_with_cache(model.to_tokens(PROMPTS[2]), names_filter=HOOK)[1][HOOK].to(dtype))[0]
+    fire = [int(f) for f in (pre > 0).sum(0).topk(4).indices]
+
+    def rows():
+        return [Row(model.to_tokens(p)[0].tolist(), SamplingParams(max_new_tokens=12, temperature=1.0, seed=i),
+                    row_steering(model, sae, [f"{fire[i % 4]}:clamp={3 + i}", f"{(37 * i) % 512}:scale=0.5"]), tag=i)
+                for i, p in enumerate(PROMPTS)]
+
+    with torch_threads(1):
+        engine = BatchEngine(model, {"s": sae})
+        together = run(engine, rows(), stagger=1)
+        alone = {}
+        for r in rows():
+            alone.update(run(BatchEngine(model, {"s": sae}), [r]))
+    for i in range(len(PROMPTS)):
+        assert together[i].detail["token_ids"] == alone[i].detail["token_ids"], i
+    reader = engine.columns["s"].reader.topk
+    assert reader.relative is not None and reader.counted_pairs > 0
+    assert reader.alone_rows < reader.full_rows / 2
+
+
 def test_stops_end_of_text_stop_strings_and_length():
     model = tiny_model()
     tok = model.tokenizer
@@ -357,3 +490,21 @@ def test_token_offsets_come_when_the_text_settles_them():
         early += a.offsets()
     assert a.text == " sat" and early == starts[: newlines[1]]
     assert a.offsets(final=True) == [4]  # the second line break: the end of the text it never reached
+
+
+def test_latent_columns_keep_their_place_and_drop_unused_ones_only_when_they_outnumber_the_used():
+    from steering.latentcolumns import LatentColumns
+
+    model = tiny_model()
+    sae = random_sae(model, "topk", hook=HOOK, d_sae=128, seed=1)
+    cols = LatentColumns(sae, spare=1)
+    cols.cover([5, 9, 7])
+    assert cols.latents == [5, 9, 7] and cols.builds == 1
+    assert torch.equal(cols.W_dec_UD, sae.W_dec[[5, 9, 7]]) and torch.equal(cols.reader.ids_M, cols.ids_U)
+    cols.cover([7, 5])  # a row left: its column stays (it may come back)
+    cols.cover([3], drop_unused=False)  # joining rows only: the running rows' columns stay
+    assert cols.latents == [5, 9, 7, 3] and cols.builds == 2 and cols.col[3] == 3
+    cols.cover([9, 3])  # two unused, 2 used + 1 spare: kept
+    assert cols.builds == 2
+    cols.cover([3])  # three unused: dropped, the used keep their order
+    assert cols.latents == [3] and cols.col == {3: 0} and cols.builds == 3

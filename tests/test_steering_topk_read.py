@@ -599,3 +599,64 @@ def test_the_topk_read_equals_its_reference_when_products_may_round_to_tf32(floa
             assert torch.equal(reader(x[lo:lo + 6]), reader.reference(x[lo:lo + 6]))
         need = torch.rand(40, 3, generator=torch.Generator().manual_seed(1)) < 0.5
         assert_rows_alone(reader(x[:40], need), sae, x[:40], ids, need)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_low_precision_read_by_rows_alone_settles_most_pairs_itself_and_equals_the_reference(dtype):
+    """bf16 / fp16 (the batched engine's read, a need mask): the bound and the count decide most
+    needed pairs themselves, with thresholds relative to each value (`steering.lowprecision`),
+    and on/off equal `TopKReader.reference` (each row's own encode) exactly, values within the
+    dtype's rounding. Latents 40..47 tie (exactly, in this dtype) at the k-th place on about half
+    the rows: those rows go to the SAE's own encode. Before, the worst-case tolerance of a bf16
+    product exceeded every pre-activation, so every row that needed a latent went there."""
+    sae = topk_sae("group", d_in=32, d_sae=512, k=8, seed=4).to(dtype)
+    x = inputs(1200, d=32, seed=8).to(dtype)
+    ids = torch.tensor([*range(40, 48), 3, 100, 300, 511])
+    reader = TopKReader(sae, ids, n_candidates=128)
+    assert reader.relative is not None
+    reader.cands.learn_rows = 100
+    g = torch.Generator().manual_seed(3)
+    eps = torch.finfo(dtype).eps
+    with torch.no_grad():
+        reader(x[:100], torch.ones(100, ids.numel(), dtype=torch.bool))
+        reader.full_rows = reader.alone_rows = 0
+        for lo in range(100, 1196, 8):
+            if lo % 16:  # one pair per row (a clamp per client)
+                need = torch.nn.functional.one_hot(torch.randint(0, ids.numel(), (8,), generator=g), ids.numel()).bool()
+            else:
+                need = torch.rand(8, ids.numel(), generator=g) < 0.3
+            got, want = reader(x[lo : lo + 8], need), reader.reference(x[lo : lo + 8], need)
+            assert torch.equal(got[need] != 0, want[need] != 0), lo
+            torch.testing.assert_close(got[need].float(), want[need].float(), rtol=4 * eps, atol=1e-3, msg=str(lo))
+            assert not bool(got[~need].any())
+    calls = (1196 - 100) // 8
+    assert reader.bound_hits > 0 and reader.full_rows < 4 * calls  # the bound settles most rows of most calls
+    assert 0 < reader.alone_rows < reader.full_rows / 2  # the count decides most open rows, ties go alone
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_low_precision_tolerance_covers_the_sae_s_own_rounding_and_no_more_than_needed(dtype):
+    """`RelativeTolerance`: the SAE's own pre-activations (x - b_dec) @ W + b in the dtype, and ours
+    by another accumulation (here the exactly rounded product, then + b), differ by at most
+    a |q| + c_r; they do differ (by an ulp where the float32 sums straddle a rounding), so a
+    tolerance without the relative term fails; and c_r is far below the values' spread."""
+    from steering.lowprecision import RelativeTolerance
+
+    g = torch.Generator().manual_seed(0)
+    D, F_ = 256, 4096
+    W = (torch.randn(D, F_, generator=g) / D**0.5).to(dtype)
+    b_dec = (torch.randn(D, generator=g) * 0.1).to(dtype)
+    x = (torch.randn(64, D, generator=g) * 2).to(dtype)
+    v = x - b_dec
+    for scale in (0.3, 0.01):  # c_r carries the bias's rounding: with a small bias the relative term must do the work
+        b = (torch.randn(F_, generator=g) * scale).to(dtype)
+        own = v @ W + b  # the SAE's expression
+        ours = (v.double() @ W.double()).to(dtype) + b
+        tol = RelativeTolerance(W, b)
+        c = tol.row_const(v)
+        gap = (own.double() - ours.double()).abs()
+        assert bool((gap <= tol.a * ours.double().abs() + c).all()), scale
+        assert float(c.max()) < 0.02 * float(own.double().std())
+        hi, lo = tol.above(ours, c), tol.maybe(ours, c)
+        assert bool((hi > own).all() and (lo < own).all())  # each threshold on its side of the SAE's own value
+    assert bool((gap > c).any())  # the relative term is needed
