@@ -24,7 +24,7 @@ from .judge import Completion, Judge
 from .offline import (OFFLINE_MODEL, OFFLINE_PROMPT_VERSION, explain_offline, label_tokens, predict_detection,
                       predict_fuzz)
 from .prompts import (LABEL_SCHEMA, PROMPT_VERSION, FuzzItem, build_detection_messages, build_explain_messages,
-                      build_fuzz_messages, parse_binary_answers, parse_label)
+                      build_fuzz_messages, parse_binary_answers, parse_label, shown_pieces)
 
 __all__ = [
     "Usage",
@@ -179,17 +179,21 @@ def detection_items(split: ExampleSplit, latent: int, seed: int) -> list[tuple[E
 
 def fuzz_items(split: ExampleSplit, latent: int, seed: int, mark_threshold: float) -> list[FuzzItem]:
     """Half the examples keep their true marks, the other half get as many random non-activating
-    positions marked (examples too small for a wrong marking keep true marks)."""
+    positions marked (examples too small for a wrong marking keep true marks). Marks go only where
+    a prompt shows them (`prompts.shown_pieces`: not on the bytes of a character cut at the window's
+    edge, not on a blank piece): a wrong marking shown without marks would be judged 0 and counted
+    right for nothing; an example whose true marks all fall there is left out."""
     rng = latent_rng(seed, latent, "fuzzing")
     exs = list(split.fuzz)
     rng.shuffle(exs)
     out = []
     n_wrong = len(exs) // 2
     for i, ex in enumerate(exs):
-        true_pos = active_positions(ex, mark_threshold)
+        shown, gone = shown_pieces(ex.tokens)  # marks only where the judge can see them
+        true_pos = [j for j in active_positions(ex, mark_threshold) if j not in gone]
         if not true_pos:
             continue
-        others = [j for j, a in enumerate(ex.acts) if a <= 0 and ex.tokens[j].strip()]
+        others = [j for j, a in enumerate(ex.acts) if a <= 0 and j not in gone and shown[j].strip()]
         if i < n_wrong and len(others) >= len(true_pos):
             out.append(FuzzItem(ex, tuple(sorted(rng.sample(others, len(true_pos)))), False))
         else:
