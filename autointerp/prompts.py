@@ -32,6 +32,8 @@ from .schema import InvalidAnswer, check_schema
 
 __all__ = [
     "PROMPT_VERSION",
+    "DETECT_PROMPT_VERSION",
+    "FUZZ_PROMPT_VERSION",
     "MARK_OPEN",
     "MARK_CLOSE",
     "DATA_SIGNS",
@@ -55,7 +57,8 @@ __all__ = [
 # v2: token pieces joined as decoded (features.tokentext); v3: the explain prompt shows the logit effects;
 # v4 (explain) / v3 (detect, fuzz): tabs shown as ⇥ (were spaces) and the signs explained (`DATA_SIGNS`),
 # characters cut by the window's edges no longer shown as U+FFFD (`whole_characters`)
-PROMPT_VERSION = "explain-v4/detect-v3/fuzz-v3"
+DETECT_PROMPT_VERSION, FUZZ_PROMPT_VERSION = "detect-v3", "fuzz-v3"  # each score records its own (`Score`)
+PROMPT_VERSION = f"explain-v4/{DETECT_PROMPT_VERSION}/{FUZZ_PROMPT_VERSION}"
 MARK_OPEN, MARK_CLOSE = "<<", ">>"
 MAX_LABEL_CHARS = 80
 LINE_BREAK_SIGN, TAB_SIGN = "\u23ce", "\u21e5"  # ⏎ ⇥ (the CLI and the web app draw tabs as ⇥ too)

@@ -198,7 +198,7 @@ def _fixture_examples() -> list[Example]:
 
 def _prompt_texts() -> dict[str, object]:
     """version constant -> the prompts it versions, built from fixed examples."""
-    from autointerp import contrastive, output_score, prompts, simulation
+    from autointerp import contrastive, intruder, output_score, prompts, simulation
 
     exs = _fixture_examples()
     scoring = [build_detection_messages("sea", exs), build_fuzz_messages("sea", [FuzzItem(e, (1,), True) for e in exs])]
@@ -208,6 +208,7 @@ def _prompt_texts() -> dict[str, object]:
                                                  *scoring],
         simulation.SIMULATION_PROMPT_VERSION: simulation.build_simulation_messages("sea", exs),
         output_score.OUTPUT_PROMPT_VERSION: output_score.build_output_messages("sea", "a\tsea", "a\nland"),
+        intruder.INTRUDER_PROMPT_VERSION: intruder.build_intruder_messages("sea", exs),
     }
 
 
@@ -222,6 +223,7 @@ KNOWN_PROMPTS = {
     "24590ff19953855e9517da0f5bad7afec06985b2fd0f600f71dab19fd20c07fd": "contrastive-v2/detect-v3/fuzz-v3",
     "21d987b40e57b5ddf35d5041499ea8e17a9213464eda069ec8812ae274e609cb": "simulate-v2",
     "09e8e2d6f77a8ec8c5ce97eb33a5f2097cadc8d7a815e88add8e78d1c225c664": "output-v2",
+    "068212842d98e5cd07cc56bf9a390b4528a9317354789a878ecec01f2bf40a77": "intruder-v2",
 }
 
 
