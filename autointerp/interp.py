@@ -23,8 +23,9 @@ from .examples import Example, ExampleSplit, active_positions, latent_rng
 from .judge import Completion, Judge
 from .offline import (OFFLINE_MODEL, OFFLINE_PROMPT_VERSION, explain_offline, label_tokens, predict_detection,
                       predict_fuzz)
-from .prompts import (DETECT_PROMPT_VERSION, FUZZ_PROMPT_VERSION, LABEL_SCHEMA, PROMPT_VERSION, FuzzItem, build_detection_messages, build_explain_messages,
-                      build_fuzz_messages, parse_binary_answers, parse_label, shown_pieces)
+from .prompts import (DETECT_PROMPT_VERSION, FUZZ_PROMPT_VERSION, LABEL_SCHEMA, PROMPT_VERSION, FuzzItem,
+                      build_detection_messages, build_explain_messages, build_fuzz_messages, parse_binary_answers,
+                      parse_label, shown_pieces)
 
 __all__ = [
     "Usage",

@@ -96,9 +96,9 @@ def whole_characters(tokens: Sequence[str]) -> tuple[list[str], set[int]]:
     empty pieces, so a crop that drops that token ends on empty pieces (and one that starts after the
     character's first token begins with them). Empty pieces at either edge are gone too.
 
-    A gone position's mark is dropped (as a mark on a token cropped away is), and so is the mark of
-    a position whose piece, less its cut bytes, is only whitespace (a space and U+FFFD): the space stays in
-    the text, but a mark around it would show the judge nothing."""
+    A gone position's mark is dropped (as a mark on a token cropped away is); so is a position whose
+    piece, less its cut bytes, is only whitespace (a space and U+FFFD): the space stays in the text,
+    but a mark around it would show the judge nothing."""
     pieces = list(tokens)
     gone: set[int] = set()
     edges = (range(len(pieces)), str.lstrip, str.startswith), (range(len(pieces) - 1, -1, -1), str.rstrip, str.endswith)
