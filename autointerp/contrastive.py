@@ -19,7 +19,7 @@ from .examples import Example, ExampleSplit, active_positions
 from .interp import LABEL_MAX_TOKENS, Explanation, Usage
 from .judge import Judge
 from .offline import norm_token
-from .prompts import DATA_SIGNS, LABEL_SCHEMA, logits_section, parse_label, render_tokens
+from .prompts import DATA_SIGNS, LABEL_SCHEMA, logits_section, marked_lines, parse_label, render_tokens
 
 __all__ = ["CONTRASTIVE_PROMPT_VERSION", "ContrastiveExplainer", "near_misses", "build_contrastive_messages"]
 
@@ -63,8 +63,7 @@ def near_misses(split: ExampleSplit, mark_threshold: float, n_negatives: int) ->
 
 def build_contrastive_messages(examples: Sequence[Example], negatives: Sequence[Example], mark_threshold: float,
                                promoted: Sequence[str] = ()) -> list[dict[str, str]]:
-    pos = [f"Example {i}: {render_tokens(ex.tokens, active_positions(ex, mark_threshold))}"
-           for i, ex in enumerate(examples, start=1)]
+    pos = [f"Example {i}: {line}" for i, line in enumerate(marked_lines(examples, mark_threshold), start=1)]
     neg = [f"Near miss {i}: {render_tokens(ex.tokens)}" for i, ex in enumerate(negatives, start=1)]
     user = (
         "<examples>\n" + "\n".join(pos) + "\n</examples>\n\n"

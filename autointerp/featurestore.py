@@ -178,7 +178,8 @@ class FeatureStoreLabels:
     def _score_input(method: str, s: dict[str, Any]):
         from features import ScoreInput
 
-        keys = ("n_pos", "n_neg", "true_pos", "true_neg", "metric")
+        # prompt_version: absent from the scores of older stores
+        keys = ("n_pos", "n_neg", "true_pos", "true_neg", "metric", "prompt_version")
         return ScoreInput(method, float(score_value(s)), int(s["n_pos"]) + int(s["n_neg"]), {k: s[k] for k in keys if k in s})
 
     def write_result(self, r: LabelResult) -> None:

@@ -23,8 +23,9 @@ from .examples import Example, ExampleSplit, active_positions, latent_rng
 from .judge import Completion, Judge
 from .offline import (OFFLINE_MODEL, OFFLINE_PROMPT_VERSION, explain_offline, label_tokens, predict_detection,
                       predict_fuzz)
-from .prompts import (LABEL_SCHEMA, PROMPT_VERSION, FuzzItem, build_detection_messages, build_explain_messages,
-                      build_fuzz_messages, parse_binary_answers, parse_label)
+from .prompts import (DETECT_PROMPT_VERSION, FUZZ_PROMPT_VERSION, LABEL_SCHEMA, PROMPT_VERSION, FuzzItem,
+                      build_detection_messages, build_explain_messages, build_fuzz_messages, parse_binary_answers,
+                      parse_label, shown_pieces)
 
 __all__ = [
     "Usage",
@@ -96,6 +97,7 @@ class Score:
     usage: Usage = field(default_factory=Usage)
     metric: str = "balanced_accuracy"  # what `value` is (simulation: "pearson", intruder: "accuracy", ...)
     measured: float | None = None  # the score when it is not a balanced accuracy
+    prompt_version: str | None = None  # the judge prompt that produced it (None: no judge, e.g. offline)
 
     @property
     def value(self) -> float | None:
@@ -109,7 +111,8 @@ class Score:
         return d
 
 
-def balanced_accuracy(name: str, truth: Sequence[bool], pred: Sequence[bool], usage: Usage | None = None) -> Score:
+def balanced_accuracy(name: str, truth: Sequence[bool], pred: Sequence[bool], usage: Usage | None = None,
+                      prompt_version: str | None = None) -> Score:
     assert len(truth) == len(pred), "one prediction per item"
     n_pos = sum(1 for t in truth if t)
     n_neg = len(truth) - n_pos
@@ -118,7 +121,7 @@ def balanced_accuracy(name: str, truth: Sequence[bool], pred: Sequence[bool], us
     ba = None
     if n_pos and n_neg:
         ba = round(0.5 * (tp / n_pos + tn / n_neg), 6)
-    return Score(name, ba, n_pos, n_neg, tp, tn, usage or Usage())
+    return Score(name, ba, n_pos, n_neg, tp, tn, usage or Usage(), prompt_version=prompt_version)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -179,17 +182,21 @@ def detection_items(split: ExampleSplit, latent: int, seed: int) -> list[tuple[E
 
 def fuzz_items(split: ExampleSplit, latent: int, seed: int, mark_threshold: float) -> list[FuzzItem]:
     """Half the examples keep their true marks, the other half get as many random non-activating
-    positions marked (examples too small for a wrong marking keep true marks)."""
+    positions marked (examples too small for a wrong marking keep true marks). Marks go only where
+    a prompt shows them (`prompts.shown_pieces`: not on the bytes of a character cut at the window's
+    edge, not on a blank piece): a wrong marking shown without marks would be judged 0 and counted
+    right for nothing; an example whose true marks all fall there is left out."""
     rng = latent_rng(seed, latent, "fuzzing")
     exs = list(split.fuzz)
     rng.shuffle(exs)
     out = []
     n_wrong = len(exs) // 2
     for i, ex in enumerate(exs):
-        true_pos = active_positions(ex, mark_threshold)
+        shown, gone = shown_pieces(ex.tokens)  # marks only where the judge can see them
+        true_pos = [j for j in active_positions(ex, mark_threshold) if j not in gone]
         if not true_pos:
             continue
-        others = [j for j, a in enumerate(ex.acts) if a <= 0 and ex.tokens[j].strip()]
+        others = [j for j, a in enumerate(ex.acts) if a <= 0 and j not in gone and shown[j].strip()]
         if i < n_wrong and len(others) >= len(true_pos):
             out.append(FuzzItem(ex, tuple(sorted(rng.sample(others, len(true_pos)))), False))
         else:
@@ -255,7 +262,7 @@ class DetectionScorer:
             return balanced_accuracy(self.name, truth, pred)
         pred, usage = await _judged_answers(
             self.judge, [(build_detection_messages(label, [e for e, _ in b]), len(b)) for b in _batches(items, self.batch_size)])
-        return balanced_accuracy(self.name, truth, pred, usage)
+        return balanced_accuracy(self.name, truth, pred, usage, DETECT_PROMPT_VERSION)
 
 
 class FuzzingScorer:
@@ -281,7 +288,7 @@ class FuzzingScorer:
             return balanced_accuracy(self.name, truth, pred)
         pred, usage = await _judged_answers(
             self.judge, [(build_fuzz_messages(label, b), len(b)) for b in _batches(items, self.batch_size)])
-        return balanced_accuracy(self.name, truth, pred, usage)
+        return balanced_accuracy(self.name, truth, pred, usage, FUZZ_PROMPT_VERSION)
 
 
 def answers_max_tokens(n: int) -> int:

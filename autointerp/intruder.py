@@ -20,7 +20,11 @@ from .offline import label_tokens, norm_token
 from .prompts import DATA_SIGNS, escape_data, render_tokens
 from .schema import check_schema
 
-__all__ = ["IntruderScorer", "intruder_rounds", "build_intruder_messages", "parse_intruder"]
+__all__ = ["INTRUDER_PROMPT_VERSION", "IntruderScorer", "intruder_rounds", "build_intruder_messages", "parse_intruder"]
+
+# recorded in each intruder score (`Score.prompt_version`); v2: tabs shown as ⇥ and the signs explained
+# (prompts.DATA_SIGNS), no cut characters (v1, unversioned then: neither)
+INTRUDER_PROMPT_VERSION = "intruder-v2"
 
 _SYSTEM = """\
 You are testing a proposed label for a latent feature of a neural network.
@@ -105,4 +109,5 @@ class IntruderScorer:
                 guesses.append(c.value)
         right = sum(1 for (g, k), guess in zip(rounds, guesses) if guess == k)
         acc = round(right / len(rounds), 6) if rounds else None
-        return Score(self.name, None, len(rounds), 0, right, 0, usage, metric="accuracy", measured=acc)
+        return Score(self.name, None, len(rounds), 0, right, 0, usage, metric="accuracy", measured=acc,
+                     prompt_version=None if self.judge is None else INTRUDER_PROMPT_VERSION)

@@ -32,12 +32,17 @@ from .schema import InvalidAnswer, check_schema
 
 __all__ = [
     "PROMPT_VERSION",
+    "DETECT_PROMPT_VERSION",
+    "FUZZ_PROMPT_VERSION",
     "MARK_OPEN",
     "MARK_CLOSE",
     "DATA_SIGNS",
     "escape_data",
     "whole_characters",
+    "shown_pieces",
+    "markable_positions",
     "render_tokens",
+    "marked_lines",
     "build_explain_messages",
     "logits_section",
     "build_detection_messages",
@@ -52,7 +57,8 @@ __all__ = [
 # v2: token pieces joined as decoded (features.tokentext); v3: the explain prompt shows the logit effects;
 # v4 (explain) / v3 (detect, fuzz): tabs shown as ⇥ (were spaces) and the signs explained (`DATA_SIGNS`),
 # characters cut by the window's edges no longer shown as U+FFFD (`whole_characters`)
-PROMPT_VERSION = "explain-v4/detect-v3/fuzz-v3"
+DETECT_PROMPT_VERSION, FUZZ_PROMPT_VERSION = "detect-v3", "fuzz-v3"  # each score records its own (`Score`)
+PROMPT_VERSION = f"explain-v4/{DETECT_PROMPT_VERSION}/{FUZZ_PROMPT_VERSION}"
 MARK_OPEN, MARK_CLOSE = "<<", ">>"
 MAX_LABEL_CHARS = 80
 LINE_BREAK_SIGN, TAB_SIGN = "\u23ce", "\u21e5"  # ⏎ ⇥ (the CLI and the web app draw tabs as ⇥ too)
@@ -83,28 +89,53 @@ def whole_characters(tokens: Sequence[str]) -> tuple[list[str], set[int]]:
     one, and its decoded text (`features.tokentext`) shows U+FFFD for the cut bytes (byte fallback:
     for every byte of the run they are in). The rest of the character is not in the store, so it is
     dropped rather than completed: a third of a character tells a judge nothing. Only the edges are
-    touched (a U+FFFD there cannot be told from a cut character, and means nothing either way); a
-    position whose piece was only cut bytes is returned, so its mark is dropped too (as a mark on a
-    token cropped away is)."""
+    touched (a U+FFFD there cannot be told from a cut character, and means nothing either way).
+
+    A cropped window (`examples.crop_example`) can cut a character without any U+FFFD: its pieces
+    come from the whole window, where a character's bytes before the token that completes it have
+    empty pieces, so a crop that drops that token ends on empty pieces (and one that starts after the
+    character's first token begins with them). Empty pieces at either edge are gone too.
+
+    A gone position's mark is dropped (as a mark on a token cropped away is); so is a position whose
+    piece, less its cut bytes, is only whitespace (a space and U+FFFD): the space stays in the text,
+    but a mark around it would show the judge nothing."""
     pieces = list(tokens)
     gone: set[int] = set()
-    for i, p in enumerate(pieces):  # the first token(s) may be a character's last bytes
-        if not p.startswith(REPLACEMENT):
-            break
-        pieces[i] = p.lstrip(REPLACEMENT)
-        if pieces[i]:
-            break
-        gone.add(i)
-    end, cut = len(pieces), False  # the last token(s) may be a character's first bytes (byte-level
-    while end and (not pieces[end - 1] or pieces[end - 1].endswith(REPLACEMENT)):  # BPE: U+FFFD on the first)
-        if pieces[end - 1]:
-            pieces[end - 1], cut = pieces[end - 1].rstrip(REPLACEMENT), True
-            if pieces[end - 1]:
+    edges = (range(len(pieces)), str.lstrip, str.startswith), (range(len(pieces) - 1, -1, -1), str.rstrip, str.endswith)
+    for order, strip, at_edge in edges:
+        for i in order:  # first: a character's last bytes; last (byte-level BPE: U+FFFD on the first): its first bytes
+            if i in gone:  # the whole window is cut bytes: both passes meet
                 break
-        end -= 1
-    if cut:
-        gone.update(i for i in range(end, len(pieces)) if not pieces[i])
+            p = pieces[i]
+            if p and not at_edge(p, REPLACEMENT):  # the window's own text
+                break
+            pieces[i] = rest = strip(p, REPLACEMENT)
+            if rest and not rest.isspace():  # a whole character after the cut bytes: kept, with its mark
+                break
+            gone.add(i)
+            if rest:  # a space after the cut bytes: the window's own, and so is all beyond it
+                break
     return pieces, gone
+
+
+def shown_pieces(tokens: Sequence[str]) -> tuple[list[str], set[int]]:
+    """The pieces as the judge reads them (`whole_characters`, escaped) and the positions whose mark
+    cannot be shown: those `whole_characters` drops, and an empty piece (part of a character, or a
+    lone carriage return once escaped) whose mark would move on (`mark_pieces`) to a dropped position
+    or past the end, where it would show as a mark around nothing. The one place that decides which
+    positions a prompt can mark: `render_tokens` and the marks fuzzing draws."""
+    pieces, gone = whole_characters(tokens)
+    shown = [escape_data(t) for t in pieces]
+    for i in range(len(shown) - 1, -1, -1):
+        if not shown[i] and (i + 1 == len(shown) or i + 1 in gone):
+            gone.add(i)
+    return shown, gone
+
+
+def markable_positions(tokens: Sequence[str], positions: Sequence[int]) -> list[int]:
+    """The `positions` whose marks a prompt shows (see `shown_pieces`)."""
+    gone = shown_pieces(tokens)[1]
+    return [i for i in positions if i not in gone]
 
 
 def render_tokens(tokens: Sequence[str], marked: Sequence[int] = ()) -> str:
@@ -112,12 +143,12 @@ def render_tokens(tokens: Sequence[str], marked: Sequence[int] = ()) -> str:
 
     `tokens` are the window's pieces (`features.tokentext`): they carry their own spaces, so the
     line is the window's text exactly (less the bytes of characters cut at its edges:
-    `whole_characters`), escaped. Adjacent marked tokens keep separate marks."""
+    `whole_characters`), escaped. Adjacent marked tokens keep separate marks; a mark on a position
+    with nothing to show is dropped (`shown_pieces`)."""
     from features.tokentext import mark_pieces  # here: importing `features` loads torch, autointerp does not
 
-    pieces, gone = whole_characters(tokens)
-    return mark_pieces([escape_data(t) for t in pieces], [i for i in marked if i not in gone], MARK_OPEN,
-                       MARK_CLOSE).strip()
+    shown, gone = shown_pieces(tokens)
+    return mark_pieces(shown, [i for i in marked if i not in gone], MARK_OPEN, MARK_CLOSE).strip()
 
 
 # --------------------------------------------------------------------------------------------
@@ -154,12 +185,23 @@ def logits_section(promoted: Sequence[str], n: int = 15) -> str:
     return ("<logits>\n" + ", ".join(toks) + "\n</logits>\n\n") if toks else ""
 
 
+def marked_lines(examples: Sequence[Example], mark_threshold: float) -> list[str]:
+    """Each example rendered with its activating tokens marked; an example whose every mark is on a
+    position with nothing to show (`shown_pieces`: cut bytes at the window's edge) is left out, as
+    it would read as one where the feature is silent."""
+    lines = []
+    for ex in examples:
+        active = active_positions(ex, mark_threshold)
+        marks = markable_positions(ex.tokens, active)
+        if active and not marks:
+            continue
+        lines.append(render_tokens(ex.tokens, marks))
+    return lines
+
+
 def build_explain_messages(examples: Sequence[Example], mark_threshold: float,
                            promoted: Sequence[str] = ()) -> list[dict[str, str]]:
-    lines = [
-        f"Example {i}: {render_tokens(ex.tokens, active_positions(ex, mark_threshold))}"
-        for i, ex in enumerate(examples, start=1)
-    ]
+    lines = [f"Example {i}: {line}" for i, line in enumerate(marked_lines(examples, mark_threshold), start=1)]
     user = (
         "<examples>\n" + "\n".join(lines) + "\n</examples>\n\n" + logits_section(promoted) +
         'What do the marked tokens have in common? Reply with only {"label": "<short label>"}.'

@@ -180,4 +180,5 @@ class SimulationScorer:
         hit_on = sum(1 for a, p in zip(true, pred) if a > 0 and p > 0)
         hit_off = sum(1 for a, p in zip(true, pred) if a <= 0 and p <= 0)
         corr = round(pearson(pred, true), 6) if items else None
-        return Score(self.name, None, n_on, len(true) - n_on, hit_on, hit_off, usage, metric="pearson", measured=corr)
+        return Score(self.name, None, n_on, len(true) - n_on, hit_on, hit_off, usage, metric="pearson", measured=corr,
+                     prompt_version=None if self.judge is None else SIMULATION_PROMPT_VERSION)

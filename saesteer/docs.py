@@ -52,8 +52,8 @@ Ctrl-C. `saesteer --debug ...` (or `SAESTEER_DEBUG=1`) shows Python's traceback 
 command calls as well as ours: transformers' (loading a checkpoint), the hub's downloads and
 datasets' (reading or mapping a dataset); a Python session that calls `saesteer.cli.main` has its
 libraries' settings back when the command returns (`saesteer/librarybars.py`). An environment
-variable that forces a library's bars (`HF_HUB_DISABLE_PROGRESS_BARS`,
-`HF_DATASETS_DISABLE_PROGRESS_BARS`) still wins.
+variable that forces bars on keeps them on: `HF_HUB_DISABLE_PROGRESS_BARS=0` those of the hub and
+transformers, `HF_DATASETS_DISABLE_PROGRESS_BARS=0` datasets'.
 """
 
 

@@ -11,14 +11,20 @@ keeps the bars it had.
 
 Each library has a switch of its own. transformers reads the hub's when it is imported, so one not
 imported yet needs nothing but the hub's (and gets its own setting back, as the hub's was, if the
-command imported it); datasets' own switch is read only from the environment at import, so
-datasets is imported here (only when quiet was asked for) to turn it off. An environment variable
-that forces a library's bars on or off (HF_HUB_DISABLE_PROGRESS_BARS, HF_DATASETS_DISABLE_PROGRESS_BARS)
-wins, as the libraries document.
+command imported it). datasets' own switch starts from the environment when it is imported, and
+importing it costs a second or more (pyarrow, pandas), which a command that reads no dataset must
+not pay: one already imported is switched at once, one not imported yet is switched by an import
+hook the moment the command imports it (and set back to on, as a fresh import has it).
+
+An environment variable that forces a library's bars on (HF_HUB_DISABLE_PROGRESS_BARS=0 for the hub
+and transformers, HF_DATASETS_DISABLE_PROGRESS_BARS=0 for datasets) keeps them on; one that forces
+them off keeps them off.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.abc
 import importlib.util
 import sys
 import warnings
@@ -27,10 +33,12 @@ from typing import Callable, Iterator, NamedTuple
 
 __all__ = ["library_bars"]
 
+DATASETS_BARS = "datasets.utils.tqdm"  # the module that holds datasets' switch
+
 
 class _Switch(NamedTuple):
-    is_on: Callable[[], bool]
-    turn: Callable[[bool], None]
+    is_on: Callable[[], object]  # a value `turn` takes back
+    turn: Callable[[object], None]
 
 
 @contextmanager
@@ -40,45 +48,74 @@ def library_bars(enabled: bool) -> Iterator[None]:
         yield
         return
     # transformers first: setting its switch sets the hub's too, so the hub's is put back after it
-    switches = [s for s in (_transformers(), _hub(), _datasets()) if s is not None]
+    switches = [s for s in (*_hub_and_transformers(), _datasets()) if s is not None]
     was_on = [s.is_on() for s in switches]  # all read before any is turned
+    hook = None if DATASETS_BARS in sys.modules or not _installed("datasets") else _QuietOnImport(DATASETS_BARS)
     with warnings.catch_warnings():  # "cannot disable: an environment variable has priority": it does
         warnings.simplefilter("ignore")
         for s in switches:
             s.turn(False)
+    if hook is not None:
+        sys.meta_path.insert(0, hook)
     try:
         yield
     finally:
+        if hook is not None:
+            sys.meta_path.remove(hook)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for s, on in zip(switches, was_on):
                 s.turn(on)
+            if hook is not None and hook.quieted is not None:
+                hook.quieted.enable_progress_bars()  # as the import would have left it
 
 
 def _installed(name: str) -> bool:
     return name in sys.modules or importlib.util.find_spec(name) is not None
 
 
-def _hub() -> _Switch | None:
+def _hub_and_transformers() -> tuple[_Switch | None, _Switch | None]:
+    """transformers' switch and the hub's; neither when the hub is not installed or its environment
+    variable forces bars on (transformers' own switch ignores it once imported; the variable wins)."""
     if not _installed("huggingface_hub"):
-        return None
-    from huggingface_hub import utils
+        return None, None
+    from huggingface_hub import constants, utils
 
-    return _library_switch(utils)
+    if constants.HF_HUB_DISABLE_PROGRESS_BARS is False:
+        return None, None
+    return _transformers(utils), _hub(utils)
 
 
-def _transformers() -> _Switch | None:
+def _hub(utils) -> _Switch:
+    """The hub's switch, its per-group settings (`progress_bar_states`) included: enabling or
+    disabling all bars clears them, so they are saved and put back as they were."""
+    hub_tqdm = importlib.import_module("huggingface_hub.utils.tqdm")  # the module (utils.tqdm is its class)
+    states = getattr(hub_tqdm, "progress_bar_states", None)  # older hubs: one global switch
+
+    def is_on():
+        return dict(states) if states is not None else not utils.are_progress_bars_disabled()
+
+    def turn(state) -> None:
+        if state is False:
+            utils.disable_progress_bars()
+        elif isinstance(state, dict):
+            states.clear()
+            states.update(state)
+        else:
+            utils.enable_progress_bars()
+
+    return _Switch(is_on, turn)
+
+
+def _transformers(hub_utils) -> _Switch:
     """Its own switch once imported; before, the hub's stands for it (its import copies it), so a
     command that imports it gets it off, and it is set back to what the import would have given."""
-    if not _installed("huggingface_hub"):
-        return None
-    from huggingface_hub.utils import are_progress_bars_disabled
 
     def is_on() -> bool:
         logging = sys.modules.get("transformers.utils.logging")
-        return logging.is_progress_bar_enabled() if logging is not None else not are_progress_bars_disabled()
+        return logging.is_progress_bar_enabled() if logging is not None else not hub_utils.are_progress_bars_disabled()
 
-    def turn(on: bool) -> None:
+    def turn(on) -> None:
         logging = sys.modules.get("transformers.utils.logging")
         if logging is not None:
             logging.enable_progress_bar() if on else logging.disable_progress_bar()
@@ -87,15 +124,47 @@ def _transformers() -> _Switch | None:
 
 
 def _datasets() -> _Switch | None:
-    if not _installed("datasets"):
+    """datasets' switch when it is imported already (see `_QuietOnImport` for when it is not)."""
+    module = sys.modules.get(DATASETS_BARS)
+    if module is None:
         return None
-    from datasets import utils
-
-    return _library_switch(utils)
-
-
-def _library_switch(module) -> _Switch:
-    """The switch of a library whose `utils` has are_progress_bars_disabled / enable_progress_bars /
-    disable_progress_bars (the hub's, datasets')."""
     return _Switch(lambda: not module.are_progress_bars_disabled(),
                    lambda on: module.enable_progress_bars() if on else module.disable_progress_bars())
+
+
+class _QuietOnImport(importlib.abc.MetaPathFinder):
+    """Turns a library's bars off (`disable_progress_bars()` of module `name`) as soon as that module
+    is imported; `quieted` is the module then. Finds nothing itself: the other finders find it, and
+    its loader runs the switch after running the module."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.quieted = None
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != self.name:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                spec.loader = _ThenQuiet(spec.loader, self)
+                return spec
+        return None
+
+
+class _ThenQuiet(importlib.abc.Loader):
+    def __init__(self, loader, hook: _QuietOnImport) -> None:
+        self.loader = loader
+        self.hook = hook
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        self.loader.exec_module(module)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module.disable_progress_bars()
+        self.hook.quieted = module

@@ -133,6 +133,10 @@ def test_judge_simulation_through_the_loopback_server(tmp_path):
         bad = asyncio.run(scorer.score(0, TRIGGERS[1], {}, sp))
         sent = [r.messages for r in srv.records]
     assert good.value > 0.7 and bad.value == 0.0 and good.usage.requests == 2
+    from autointerp.simulation import SIMULATION_PROMPT_VERSION
+
+    assert good.to_json()["prompt_version"] == SIMULATION_PROMPT_VERSION  # which prompt made the score
+    assert asyncio.run(SimulationScorer(None).score(0, TRIGGERS[0], {}, sp)).prompt_version is None  # none made it
     user = sent[0][1]["content"]
     assert "<label>" in user and "[0]" in user and "simulating" in sent[0][0]["content"]
 
@@ -163,7 +167,11 @@ def test_intruder_offline_and_by_judge():
 
     with JudgeServer(fake_llm_answer) as srv:
         judge = Judge(OpenAIBackend("fake-judge", base_url=srv.url, timeout_s=10), cache=None)
-        assert asyncio.run(IntruderScorer(judge).score(0, TRIGGERS[0], {}, sp)).value == 1.0
+        judged = asyncio.run(IntruderScorer(judge).score(0, TRIGGERS[0], {}, sp))
+    from autointerp.intruder import INTRUDER_PROMPT_VERSION
+
+    assert judged.value == 1.0 and judged.to_json()["prompt_version"] == INTRUDER_PROMPT_VERSION == "intruder-v2"
+    assert asyncio.run(IntruderScorer(None).score(0, TRIGGERS[0], {}, sp)).prompt_version is None
 
 
 def test_offline_embedder_and_embedding_score():

@@ -102,6 +102,69 @@ def test_a_real_replacement_character_inside_the_window_stays():
     assert render_tokens(["\ufffd", "\ufffdx", "\ufffd", ""], marked=[1]) == "<<x>>"
 
 
+def test_a_cropped_window_that_ends_inside_a_character_shows_no_empty_mark(byte_bpe):
+    """Store windows are one token longer than `max_example_tokens`: the crop drops the token that
+    completes a character, and the window ends on its first bytes, empty pieces with no U+FFFD."""
+    from autointerp.examples import crop_example
+    from features.tokentext import token_bytes, token_text
+
+    ids = byte_bpe.encode(TEXT, add_special_tokens=False)
+    e = [token_bytes(byte_bpe, i) for i in ids].index(b"\xf0")  # the emoji's first byte
+    pieces = token_text(byte_bpe, ids[e - 2:e + 4]).pieces  # " text", " ", then the emoji's four byte tokens
+    ex = crop_example(Example(pieces, [5.0, 0, 1.0, 1.0, 1.0, 1.0]), len(pieces) - 1)
+    assert ex.tokens[2:] == ("", "", "") and "\ufffd" not in "".join(ex.tokens)
+    for marked in ([2], [3], [4], [2, 3, 4]):
+        assert render_tokens(ex.tokens, marked) == "text"
+    assert render_tokens(ex.tokens, [0, 4]) == "<<text>>"
+    lead = Example(("", "", "\U0001f642", " and"), (1.0, 1.0, 0, 0))  # a crop that starts after its first byte
+    assert render_tokens(lead.tokens, [0]) == "\U0001f642 and"
+    on_cut = Example(ex.tokens, (0, 0, 1.0, 1.0, 1.0))  # active only where nothing is left to show
+    assert build_explain_messages([on_cut, lead, Example(("sea",), (1.0,))], 0.3)[1]["content"].count("Example ") == 1
+    from autointerp.contrastive import build_contrastive_messages
+
+    assert build_contrastive_messages([on_cut, Example(("sea",), (1.0,))], [], 0.3)[1]["content"].count("Example ") == 1
+
+
+def test_a_mark_never_lands_on_a_lone_space():
+    assert render_tokens(["a", " b", " \ufffd", ""], marked=[2]) == "a b"
+    assert render_tokens(["\ufffd ", "a", " b"], marked=[0]) == "a b"
+    assert render_tokens(["a", " b", " \ufffd", ""], marked=[1, 2]) == "a <<b>>"
+
+
+def test_fuzzing_marks_only_what_the_judge_sees():
+    """A wrong marking drawn on cut bytes rendered with no mark at all (judged 0: right for free);
+    a true marking on cut bytes only rendered bare too. Every item's marks are all shown."""
+    import random
+
+    from autointerp.examples import ExampleSplit
+    from autointerp.interp import fuzz_items
+    from autointerp.prompts import MARK_CLOSE, MARK_OPEN, shown_pieces
+
+    rng = random.Random(0)
+    words = [" the", " sea", " and", " crab", "s", ",", " swim"]
+    exs = []
+    for _ in range(40):
+        head = rng.choice([[], ["\ufffd"], ["\ufffd", "\ufffd"], ["\ufffd "], ["", ""]])
+        tail = rng.choice([[], ["\ufffd", ""], [" \ufffd"], ["", "", ""], ["\ufffd", "", ""]])
+        toks = head + [rng.choice(words) for _ in range(rng.randint(1, 4))] + tail
+        acts = [rng.choice([0.0, 0.0, 2.0]) for _ in toks]
+        acts[0] = acts[-1] = 3.0  # the strongest on the cut bytes
+        exs.append(Example(tuple(toks), tuple(acts)))
+    only_cut = Example(("\ufffd", " sea", " \ufffd", ""), (2.0, 0.0, 2.0, 2.0))  # true marks all on cut bytes
+    split = ExampleSplit((), (), (), tuple(exs) + (only_cut,))
+    n_wrong = 0
+    for latent in range(20):
+        items = fuzz_items(split, latent, seed=0, mark_threshold=0.3)
+        assert only_cut not in [it.example for it in items]
+        for it in items:
+            line = render_tokens(it.example.tokens, it.marked)
+            assert line.count(MARK_OPEN) == line.count(MARK_CLOSE) == len(it.marked) > 0, (it, line)
+            assert "<<>>" not in line and "<< >>" not in line
+            assert not set(it.marked) & shown_pieces(it.example.tokens)[1]
+            n_wrong += not it.correct
+    assert n_wrong > 50
+
+
 def test_tabs_stay_visible_and_every_prompt_says_what_the_signs_mean():
     from autointerp.contrastive import build_contrastive_messages
     from autointerp.intruder import build_intruder_messages
@@ -135,7 +198,7 @@ def _fixture_examples() -> list[Example]:
 
 def _prompt_texts() -> dict[str, object]:
     """version constant -> the prompts it versions, built from fixed examples."""
-    from autointerp import contrastive, output_score, prompts, simulation
+    from autointerp import contrastive, intruder, output_score, prompts, simulation
 
     exs = _fixture_examples()
     scoring = [build_detection_messages("sea", exs), build_fuzz_messages("sea", [FuzzItem(e, (1,), True) for e in exs])]
@@ -145,6 +208,7 @@ def _prompt_texts() -> dict[str, object]:
                                                  *scoring],
         simulation.SIMULATION_PROMPT_VERSION: simulation.build_simulation_messages("sea", exs),
         output_score.OUTPUT_PROMPT_VERSION: output_score.build_output_messages("sea", "a\tsea", "a\nland"),
+        intruder.INTRUDER_PROMPT_VERSION: intruder.build_intruder_messages("sea", exs),
     }
 
 
@@ -159,6 +223,7 @@ KNOWN_PROMPTS = {
     "24590ff19953855e9517da0f5bad7afec06985b2fd0f600f71dab19fd20c07fd": "contrastive-v2/detect-v3/fuzz-v3",
     "21d987b40e57b5ddf35d5041499ea8e17a9213464eda069ec8812ae274e609cb": "simulate-v2",
     "09e8e2d6f77a8ec8c5ce97eb33a5f2097cadc8d7a815e88add8e78d1c225c664": "output-v2",
+    "068212842d98e5cd07cc56bf9a390b4528a9317354789a878ecec01f2bf40a77": "intruder-v2",
 }
 
 

@@ -126,6 +126,11 @@ def test_llm_judge_with_faults_and_injection(store_path, built_store, tmp_path):
     assert f.label.provenance.judge_kind == "openai" and f.label.provenance.judge_model == "fake-judge"
     assert f.label.provenance.extra["autointerp"]["prompt_version"] == PROMPT_VERSION
     assert {s.method: s.value for s in f.scores} == {"detection": 1.0, "fuzzing": 1.0}
+    # each score says which prompt produced it, in its row and in the label's provenance
+    assert {s.method: s.details["prompt_version"] for s in f.scores} == {"detection": "detect-v3", "fuzzing": "fuzz-v3"}
+    assert {m: s["prompt_version"] for m, s in f.label.provenance.extra["autointerp"]["scores"].items()} == {
+        "detection": "detect-v3", "fuzzing": "fuzz-v3"}
+    assert PROMPT_VERSION.endswith("/detect-v3/fuzz-v3")
     # the planted text was in the examples the judge saw
     seen = [e for e in f.top_examples + f.quantile_examples if e.id in f.label.provenance.examples_used]
     assert any("ignore" in [t.strip() for t in e.tokens] for e in seen)

@@ -121,3 +121,74 @@ def test_no_progress_quiets_transformers_imported_by_the_command(sharded, tmp_pa
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert not any(w in r.stderr for w in BAR_WORDS) and "%|" not in r.stderr, r.stderr[-2000:]
+
+
+# -- what quieting costs and keeps ----------------------------------------------------------------
+
+def _python(code: str, **env_extra) -> str:
+    """Run `code` in a fresh interpreter (nothing imported yet) with this tree first on the path."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), HF_HUB_OFFLINE="1",
+               HF_DATASETS_OFFLINE="1", **env_extra)
+    for name in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
+        if name not in env_extra:
+            env.pop(name, None)
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout.strip().splitlines()[-1]
+
+
+def test_no_progress_does_not_import_datasets_for_a_command_that_reads_none(tmp_path):
+    """Importing datasets (pyarrow, pandas) costs a second or more: only a command that reads a
+    dataset may pay it."""
+    code = f"""
+import sys
+from saesteer.cli import main
+main(["features", "export", {str(tmp_path / "nothing")!r}, {str(tmp_path / "out")!r}, "--no-progress"])
+print(sorted(m for m in ("datasets", "pyarrow", "pandas") if m in sys.modules))
+"""
+    assert _python(code) == "[]"
+
+
+def test_datasets_imported_inside_the_command_is_quiet_and_set_back_after():
+    code = """
+from saesteer.librarybars import library_bars
+with library_bars(enabled=False):
+    import datasets
+    inside = datasets.utils.are_progress_bars_disabled()
+print(inside, datasets.utils.are_progress_bars_disabled())
+"""
+    assert _python(code) == "True False"
+    assert _python(code, HF_DATASETS_DISABLE_PROGRESS_BARS="0") == "False False"  # the environment forces them on
+    assert _python(code, HF_DATASETS_DISABLE_PROGRESS_BARS="1") == "True True"
+
+
+def test_the_hubs_per_group_settings_are_kept():
+    import huggingface_hub.utils as hub
+
+    from saesteer.librarybars import library_bars
+
+    try:
+        hub.disable_progress_bars("peft.foo")
+        with library_bars(enabled=False):
+            assert hub.are_progress_bars_disabled() and hub.are_progress_bars_disabled("peft.bar")
+        assert hub.are_progress_bars_disabled("peft.foo") and not hub.are_progress_bars_disabled("peft.bar")
+        assert not hub.are_progress_bars_disabled()
+    finally:
+        hub.enable_progress_bars()
+
+
+def test_the_hubs_environment_variable_forcing_bars_on_wins_over_no_progress():
+    code = """
+import transformers.utils.logging as tl
+from saesteer.librarybars import library_bars
+with library_bars(enabled=False):
+    inside = tl.is_progress_bar_enabled()
+print(inside, tl.is_progress_bar_enabled())
+"""
+    assert _python(code, HF_HUB_DISABLE_PROGRESS_BARS="0") == "True True"
+    assert _python(code) == "False True"
