@@ -63,23 +63,31 @@ def collect(model, hooks: Sequence[str], tokens_NL: Tensor, excluded_ids: Iterab
 
 
 class Collector:
-    """`collect` that runs the model once per contexts: a call for contexts already collected (equal
-    tokens, the same excluded ids) at hooks among those collected then is answered from that
-    collection, without a forward pass (the values are the same: the same contexts, batches and
-    forward). `saesteer eval`'s toy-world probing set is often the held-out text of a group of SAEs."""
+    """`collect` that runs the model once per contexts: a call for the contexts of the latest
+    collection (equal tokens, the same excluded ids) at hooks among those collected then, with the
+    same TransformerLens opt-in flags on, is answered from it without a forward pass (the values are
+    the same: the same contexts, batches and forward path; another opt-in flag on changes the last
+    float bits). `saesteer eval`'s toy-world probing set is often the held-out text of the group of
+    SAEs it reads right after. Only the latest collection is kept: each group's activations are freed
+    once the next group's are read."""
 
     def __init__(self, model, batch_size: int = 16) -> None:
         self.model, self.batch_size = model, batch_size
-        self.done: list[HeldOutActivations] = []
+        self.latest: tuple[frozenset[str], HeldOutActivations] | None = None  # (opt-in flags on, collection)
 
     def __call__(self, hooks: Sequence[str], tokens_NL: Tensor, excluded_ids: Iterable[int] = ()) -> HeldOutActivations:
+        from saes.hookpoints import opt_in_flags_during
+
         excl = tuple(sorted(set(int(i) for i in excluded_ids)))
-        for got in self.done:
-            if (got.excluded_ids == excl and set(hooks) <= set(got.acts) and got.tokens.shape == tokens_NL.shape
-                    and torch.equal(got.tokens, tokens_NL.long())):
+        flags = opt_in_flags_during(self.model, hooks)
+        if self.latest is not None:
+            got_flags, got = self.latest
+            if (got_flags == flags and got.excluded_ids == excl and set(hooks) <= set(got.acts)
+                    and got.tokens.shape == tokens_NL.shape and torch.equal(got.tokens, tokens_NL.long())):
                 return got._replace(acts={h: got.acts[h] for h in hooks})
+        self.latest = None  # the one before is freed before this one is read
         got = collect(self.model, hooks, tokens_NL, excl, self.batch_size)
-        self.done.append(got)
+        self.latest = (flags, got)
         return got
 
 

@@ -8,7 +8,8 @@ that lists close matches and the model's hook points.
     check_hook(model, "blocks.1.hook_resid_post", who="SAE 'l1'")
     check_hooks(model, hooks, per_token=True)     # the activation cache: one vector per token
     with opt_in_hooks(model, hooks): ...          # opt-in hook points (hook_mlp_in, ...) on for the block
-    pin_opt_in_hooks(model, {"store 'a'": hooks}) # a server: on for good, and no request switches one
+    pin = pin_opt_in_hooks(model, {"store 'a'": hooks})  # a server: on while it serves, no request switches one
+    pin.release()                                 # ... when it stops
     transcoder_target(sae)                        # the hook a transcoder predicts (check_transcoder_hooks: the pair)
     model_device(model), model_dtype(model)       # where its weights live
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import difflib
 import re
-import weakref
+import threading
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -138,18 +139,42 @@ class OptInConflictError(UnknownHookError):
     `use_attn_in` and `use_split_qkv_input` exclude each other)."""
 
 
-# models a server shares between requests (pin_opt_in_hooks): model -> who pinned it
-_PINNED: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
+# Who holds each opt-in flag (`OptInSwitch`): (id(model), flag) -> number of open holders. An entry
+# exists from the holder that switched the flag on until the last holder is done, which switches it
+# off; a flag that was on before its first holder has none and is never switched off here. Holders
+# keep their model alive, so its id stays its own while an entry names it.
+_HOLDERS: dict[tuple[int, str], int] = {}
+# models a server shares between requests (`OptInPin`): id(model) -> who pinned it, one per open pin
+_PINNED: dict[int, list[str]] = {}
+# servers' engines and Python sessions switch from several threads; reentrant, as an app's
+# finalizer (a `release`) may run from the garbage collector inside a switch
+_LOCK = threading.RLock()
+
+
+def _flag_of(model: Any, name: str) -> str | None:
+    """The cfg flag that must be on for the opt-in hook point `name` to fire (on now or not); None
+    for a hook point that fires whatever the flags (or a model without them)."""
+    cfg = getattr(model, "cfg", None)
+    for suffixes, flag in _OPT_IN:
+        if name.endswith(suffixes) and isinstance(getattr(cfg, flag, None), bool):
+            return flag
+    return None
 
 
 def opt_in_flag(model: Any, name: str) -> str | None:
     """The cfg flag (`use_attn_in`, ...) that is off on `model` and must be on for the opt-in hook
     point `name` to fire; None when `name` fires as the model stands."""
+    flag = _flag_of(model, name)
+    return flag if flag is not None and getattr(model.cfg, flag) is False else None
+
+
+def opt_in_flags_during(model: Any, names: Iterable[str]) -> frozenset[str]:
+    """The opt-in flags on while work at the hook points `names` runs (`opt_in_hooks`): those on now
+    and those the names need. Values read at one hook can differ in the last float bits with other
+    flags on (another forward path), so whoever reuses a reading compares these."""
     cfg = getattr(model, "cfg", None)
-    for suffixes, flag in _OPT_IN:
-        if name.endswith(suffixes) and cfg is not None and getattr(cfg, flag, True) is False:
-            return flag
-    return None
+    on = {flag for _, flag in _OPT_IN if getattr(cfg, flag, None) is True}
+    return frozenset(on | {f for f in (_flag_of(model, n) for n in names) if f is not None})
 
 
 class OptInSwitch:
@@ -158,38 +183,52 @@ class OptInSwitch:
     They are listed among the model's hook points, but fire only once a cfg flag is on
     (`model.set_use_attn_in(True)`, ...), and a flag on changes the model for everyone using it
     (another forward path: slower, other float rounding; `use_attn_in` and `use_split_qkv_input`
-    exclude each other). So a flag is switched on only for the work that reads or edits the hook
-    (`need`), and exactly the flags this object switched on are switched off again (`restore`).
-    A model pinned by a server (`pin_opt_in_hooks`) is never switched: a hook needing a flag that is
-    off there is refused."""
+    exclude each other). So a flag is on only while some work that reads or edits its hook points
+    holds it (`need`): each piece of work is one holder, counted per model and flag across threads,
+    and the last holder's `restore` switches it off (a flag on before its first holder stays on).
+    A model pinned by a server (`OptInPin`) gets no flag switched on: a hook needing one that is off
+    there is refused."""
 
     def __init__(self, model: Any) -> None:
         self.model = model
-        self.switched: list[str] = []  # the flags this object turned on, in order
+        self.held: list[str] = []  # the flags this object holds, in order
 
     def need(self, names: str | Iterable[str], who: str | None = None) -> None:
-        """Switch on the flags the hook points `names` need (an `UnknownHookError` when one cannot be)."""
+        """Hold the flags the hook points `names` need, switching on those off (an `UnknownHookError`
+        when one cannot be). A flag this object holds already is held once."""
         for name in [names] if isinstance(names, str) else names:
-            flag = opt_in_flag(self.model, name)
-            if flag is None:
+            flag = _flag_of(self.model, name)
+            if flag is None or flag in self.held:
                 continue
             where = f"{who}: " if who else ""
-            try:
-                pinned = _PINNED.get(self.model)
-            except TypeError:  # not weakly referable, so never pinned
-                pinned = None
-            if pinned is not None:
-                raise UnknownHookError(
-                    f"{where}{name} needs TransformerLens's {flag}, which is off on the model {pinned} shares: a "
-                    f"server switches opt-in hook points on only at start, for the SAEs it serves, so that one "
-                    f"request cannot change the model for the others; serve a store whose SAE reads {name}")
-            self._switch_on(flag, name, where)
-            self.switched.append(flag)
+            key = (id(self.model), flag)
+            with _LOCK:
+                if key in _HOLDERS:
+                    _HOLDERS[key] += 1
+                elif getattr(self.model.cfg, flag):
+                    continue  # on before any holder: left as it was found
+                else:
+                    pinned = _PINNED.get(id(self.model))
+                    if pinned:
+                        raise UnknownHookError(
+                            f"{where}{name} needs TransformerLens's {flag}, which is off on the model {pinned[-1]} "
+                            f"shares: a server switches opt-in hook points on only at start, for the SAEs it serves, "
+                            f"so that one request cannot change the model for the others; serve a store whose SAE "
+                            f"reads {name}")
+                    self._switch_on(flag, name, where)
+                    _HOLDERS[key] = 1
+            self.held.append(flag)
 
     def restore(self) -> None:
-        """Switch off the flags `need` switched on (last first)."""
-        while self.switched:
-            getattr(self.model, f"set_{self.switched.pop()}")(False)
+        """Let go of the flags `need` held (last first); a flag whose last holder this was goes off."""
+        with _LOCK:
+            while self.held:
+                flag = self.held.pop()
+                key = (id(self.model), flag)
+                _HOLDERS[key] -= 1
+                if _HOLDERS[key] == 0:
+                    del _HOLDERS[key]
+                    getattr(self.model, f"set_{flag}")(False)
 
     def _switch_on(self, flag: str, name: str, where: str) -> None:
         setter = getattr(self.model, f"set_{flag}", None)
@@ -208,8 +247,8 @@ class OptInSwitch:
 
 @contextmanager
 def opt_in_hooks(model: Any, names: str | Iterable[str], who: str | None = None) -> Iterator[None]:
-    """Within the block, the opt-in hook points among `names` fire (`OptInSwitch`); the flags it
-    switched on are off again after."""
+    """Within the block, the opt-in hook points among `names` fire (`OptInSwitch`); a flag it
+    switched on is off again after, once no other open work holds it."""
     switch = OptInSwitch(model)
     try:
         switch.need(names, who)
@@ -218,34 +257,67 @@ def opt_in_hooks(model: Any, names: str | Iterable[str], who: str | None = None)
         switch.restore()
 
 
-def pin_opt_in_hooks(model: Any, needs: Mapping[str, Iterable[str]], pinned_by: str = "this server") -> list[str]:
-    """A server's start: switch on for good the flags that the hook points of what it serves need
-    (`needs`: who -> hook names, e.g. "store 'a'" -> its SAE's hooks), then pin `model`, so that no
-    request switches another one on later (`OptInSwitch` refuses). Two needs that cannot be on
-    together are refused here, naming both. Returns the flags switched on."""
-    on: dict[str, str] = {}  # flag -> who needed it
-    switch = OptInSwitch(model)
-    for who, names in needs.items():
-        for name in names:
-            flag = opt_in_flag(model, name)
-            if flag is None:
-                continue
-            try:
-                switch.need(name, who)
-            except UnknownHookError as e:
-                switch.restore()
-                if isinstance(e, OptInConflictError) and on:
-                    raise OptInConflictError(
-                        f"{who}: {name} needs TransformerLens's {flag}, which cannot be on together with the opt-in "
-                        f"hook points of {', '.join(sorted(set(on.values())))} on the same model (hook_attn_in and "
-                        f"hook_q/k/v_input exclude each other); serve them from separate servers") from None
-                raise
-            on[flag] = who
-    try:
-        _PINNED[model] = pinned_by
-    except TypeError:  # not weakly referable: a stand-in without TransformerLens's setters, nothing to switch
-        pass
-    return list(on)
+class OptInPin:
+    """A server's hold on a model it shares between requests: while held, the flags that the hook
+    points of what it serves need (`needs`: who -> hook names, e.g. "store 'a'" -> its SAE's hooks)
+    are on, and the model is pinned, so that no request switches another one on (`OptInSwitch`
+    refuses). Two needs that cannot be on together are refused at `hold`, naming both. `release`
+    lets go (the flags it switched on go off, once no other work holds them); both may be called again."""
+
+    def __init__(self, model: Any, needs: Mapping[str, Iterable[str]], pinned_by: str = "this server") -> None:
+        self.model, self.pinned_by = model, pinned_by
+        self.needs = {who: list(names) for who, names in needs.items()}
+        self._switch: OptInSwitch | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._switch is not None
+
+    def hold(self) -> list[str]:
+        """Switch on what the needs need and pin the model (nothing when held already); the flags held."""
+        if self._switch is not None:
+            return list(self._switch.held)
+        on: dict[str, str] = {}  # flag -> who needed it
+        switch = OptInSwitch(self.model)
+        for who, names in self.needs.items():
+            for name in names:
+                flag = _flag_of(self.model, name)
+                try:
+                    switch.need(name, who)
+                except UnknownHookError as e:
+                    switch.restore()
+                    if isinstance(e, OptInConflictError) and on:
+                        raise OptInConflictError(
+                            f"{who}: {name} needs TransformerLens's {flag}, which cannot be on together with the "
+                            f"opt-in hook points of {', '.join(sorted(set(on.values())))} on the same model "
+                            f"(hook_attn_in and hook_q/k/v_input exclude each other); serve them from separate "
+                            f"servers") from None
+                    raise
+                if flag is not None:
+                    on.setdefault(flag, who)
+        with _LOCK:
+            _PINNED.setdefault(id(self.model), []).append(self.pinned_by)
+        self._switch = switch
+        return list(switch.held)
+
+    def release(self) -> None:
+        """Unpin the model and let go of the flags `hold` held (nothing when not held)."""
+        switch, self._switch = self._switch, None
+        if switch is None:
+            return
+        with _LOCK:
+            pins = _PINNED[id(self.model)]
+            pins.remove(self.pinned_by)
+            if not pins:
+                del _PINNED[id(self.model)]
+        switch.restore()
+
+
+def pin_opt_in_hooks(model: Any, needs: Mapping[str, Iterable[str]], pinned_by: str = "this server") -> OptInPin:
+    """A server's start: an `OptInPin` of `model` for `needs`, held (release it when the server stops)."""
+    pin = OptInPin(model, needs, pinned_by)
+    pin.hold()
+    return pin
 
 
 def check_hooks(model: Any, names: str | Sequence[str], who: str | None = None, *,

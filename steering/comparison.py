@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from saes.hookpoints import opt_in_hooks
 from steering.config import GenerationConfig
 from steering.generation import generate, with_sae_bos
 from steering.inputs import Model, SAEs, TypicalMaxArg
@@ -44,11 +45,15 @@ def compare(
 ) -> Comparison:
     """Generate with and without `edits` (same config and seed) for a side-by-side view. Prompts get
     the BOS the SAEs were trained with unless `config.prepend_bos` says otherwise. `overrides`
-    replace fields of `config` (e.g. max_new_tokens=10)."""
+    replace fields of `config` (e.g. max_new_tokens=10). The unsteered pass runs with the opt-in hook
+    points the edits use switched on as the steered one does (the same forward path: an edit that
+    changes nothing gives exactly the unsteered text)."""
     config = with_sae_bos(dataclasses.replace(config or GenerationConfig(), **overrides), saes)
     with steer(model, saes, edits, typical_max=typical_max, limits=limits,
                allow_model_mismatch=allow_model_mismatch) as s:
         steered = s.generate(prompts, config)
         described = s.describe()
-    base = generate(model, prompts, config)
+        hooks = [h for h, _ in s.plan.fwd_hooks]
+    with opt_in_hooks(model, hooks, "comparison"):
+        base = generate(model, prompts, config)
     return Comparison(base.prompts, steered.texts, base.texts, described)

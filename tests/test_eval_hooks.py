@@ -197,3 +197,58 @@ def test_the_ce_evaluation_of_several_saes_runs_the_clean_pass_once(monkeypatch)
     assert calls.count((2, 16)) == 2 * 3 * 3
     assert many == one_by_one
     assert many[0].ce_loss_spliced != many[1].ce_loss_spliced and many[0].ce_loss_zero == many[1].ce_loss_zero
+
+
+# ------------------------------------------------------------------------ the activations collector
+@pytest.fixture(scope="module")
+def gpt2(real_models):
+    from saesteer.models import load_model
+
+    return load_model(str(real_models.path("gpt2")), device="cpu")
+
+
+def _contexts(seed: int):
+    import torch
+
+    return torch.randint(3, 200, (2, 8), generator=torch.Generator().manual_seed(seed))
+
+
+def test_the_collector_frees_a_groups_activations_once_the_next_groups_are_read(gpt2, monkeypatch):
+    """It kept every group's activations for the whole eval; now only the latest collection, which the
+    probing set read right after the first group can reuse."""
+    import weakref
+
+    import training.runner
+    from evals.activations import Collector
+
+    forwards = []
+    real_run = training.runner.ActivationRunner._run_tl
+    monkeypatch.setattr(training.runner.ActivationRunner, "_run_tl",
+                        lambda self, tokens: forwards.append(tokens.shape) or real_run(self, tokens))
+    collected = Collector(gpt2)
+    hooks = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+    first = collected(hooks, _contexts(0))
+    again = collected(hooks[1:], _contexts(0))  # the same contexts: answered from the collection
+    assert len(forwards) == 1 and again.acts[hooks[1]] is first.acts[hooks[1]]
+    gone = [weakref.ref(a) for a in first.acts.values()]
+    del first, again
+    collected(hooks, _contexts(1))  # the next group
+    assert len(forwards) == 2
+    assert all(r() is None for r in gone)
+
+
+def test_the_collector_reuses_a_collection_only_with_the_same_opt_in_flags_on(gpt2):
+    """A collection at hook_resid_post and attn.hook_result ran with use_attn_result on (another forward
+    path); a later call at hook_resid_post alone was answered from it, with values that differ in the
+    last float bits from a collection there. Now it reads the model again."""
+    import torch
+
+    from evals.activations import Collector, collect
+
+    hook, opt_in = "blocks.1.hook_resid_post", "blocks.0.attn.hook_result"
+    collected = Collector(gpt2)
+    with_flag = collected([hook, opt_in], _contexts(0))
+    alone = collected([hook], _contexts(0))
+    assert alone.acts[hook] is not with_flag.acts[hook]
+    assert torch.equal(alone.acts[hook], collect(gpt2, [hook], _contexts(0)).acts[hook])
+    assert not torch.equal(alone.acts[hook], with_flag.acts[hook])  # the flag changes the values here

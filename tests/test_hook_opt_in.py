@@ -7,7 +7,12 @@ changed the shared model for every later request and then failed a request at `h
 works alone; a Python session that steered once at `hook_attn_in` could never read `hook_q_input`.
 Now a check changes nothing, work that runs the model there switches the flag on for itself and off
 after (`steer` for its block), and a server switches on at start what its SAEs need and pins the model
-(two stores whose hooks exclude each other are refused at start, naming both)."""
+(two stores whose hooks exclude each other are refused at start, naming both).
+
+Each piece of work holding a flag is counted (per model and flag): the flag goes off when the last
+holder is done, never while other open work needs it, and never when it was on before the first holder.
+A server's pin lasts as long as the app serves (released at shutdown, when `create_app` fails after
+pinning, and when an app that never served is dropped)."""
 
 from __future__ import annotations
 
@@ -128,12 +133,12 @@ def test_a_server_switches_on_what_its_saes_need_at_start_and_no_request_changes
         first = _complete(c, "resid")
         _complete(c, "attnin")
         assert _complete(c, "resid") == first
-    assert flags(model)["use_attn_in"]
-    # the model is pinned: nothing switches another flag on it, a clear refusal instead
-    with pytest.raises(UnknownHookError, match="serve a store whose SAE reads blocks.0.hook_mlp_in"):
-        with opt_in_hooks(model, "blocks.0.hook_mlp_in"):
-            pass
-    assert not flags(model)["use_hook_mlp_in"]
+        assert flags(model)["use_attn_in"]
+        # the model is pinned: nothing switches another flag on it, a clear refusal instead
+        with pytest.raises(UnknownHookError, match="serve a store whose SAE reads blocks.0.hook_mlp_in"):
+            with opt_in_hooks(model, "blocks.0.hook_mlp_in"):
+                pass
+        assert not flags(model)["use_hook_mlp_in"]
 
 
 def test_stores_whose_hooks_exclude_each_other_are_refused_at_start(real_models):
@@ -179,3 +184,148 @@ def test_the_batched_engine_switches_on_while_busy_and_gives_it_back_when_idle(g
         busy_flags.append(flags(gpt2)["use_attn_in"])
     assert got == want
     assert busy_flags[0] and not flags(gpt2)["use_attn_in"]
+
+
+def _engine_row(model, sae, edits, prompt: str, max_new_tokens: int):
+    """The batched engine over `sae` and one greedy row steered by `edits`."""
+    from steering.engine import BatchEngine, Row
+    from steering.resolve import resolve_edits
+    from steering.rowedits import RowEdit, RowSteering
+    from steering.sampling import SamplingParams
+
+    rs = resolve_edits(model, {"s": sae}, edits, chat_positions=True)
+    steering = RowSteering([RowEdit("s", r.latent, r.op, r.value, r.positions, r.trigger, r.describe()) for r in rs], [])
+    engine = BatchEngine(model, {"s": sae})
+    engine.add([Row(model.to_tokens(prompt)[0].tolist(), SamplingParams(max_new_tokens=max_new_tokens, temperature=0),
+                    steering)])
+    return engine
+
+
+def test_a_flag_stays_on_while_other_open_work_holds_it():
+    """The engine (busy with a row steered at hook_mlp_in) switched use_hook_mlp_in on; a steer() block at
+    the same hook found it on and recorded nothing; the engine ran to idle inside the block and switched it
+    off: the block's hooks stopped firing and s.generate gave the unsteered tokens."""
+    from helpers.steering_fixtures import tiny_model
+    from steering import GenerationConfig, generate, steer
+
+    model = tiny_model()
+    sae = random_sae(model, "topk", hook="blocks.0.hook_mlp_in", d_sae=32, k=4)
+    edits, cfg, prompt = ["1:add=50", "2:add=50"], GenerationConfig(max_new_tokens=6, do_sample=False), ["the sea and the ship"]
+    plain = generate(model, prompt, cfg).new_tokens[0].tolist()
+    with steer(model, sae, edits) as s:
+        want = s.generate(prompt, cfg).new_tokens[0].tolist()
+    assert want != plain  # the edits change the tokens
+    engine = _engine_row(model, sae, edits, "a tree", 5)
+    engine.step()
+    assert flags(model)["use_hook_mlp_in"]  # the busy engine holds it
+    with steer(model, sae, edits) as s:
+        while engine.busy:
+            engine.step()
+        assert flags(model)["use_hook_mlp_in"]  # the engine is done, the block still holds it
+        assert s.generate(prompt, cfg).new_tokens[0].tolist() == want
+    assert not any(flags(model).values())  # the last holder switched it off
+
+
+def test_scopes_that_end_out_of_order_leave_a_flag_on_until_the_last_one_ends(gpt2):
+    from saes.hookpoints import OptInSwitch
+
+    first, second = OptInSwitch(gpt2), OptInSwitch(gpt2)
+    first.need("blocks.0.hook_attn_in")
+    second.need(["blocks.1.hook_attn_in", "blocks.0.hook_attn_in"])  # one flag, held once
+    first.restore()
+    assert flags(gpt2)["use_attn_in"]
+    second.restore()
+    assert not any(flags(gpt2).values())
+
+
+def test_a_flag_on_before_the_first_holder_is_never_switched_off(gpt2):
+    gpt2.set_use_attn_result(True)  # the user's own
+    try:
+        with opt_in_hooks(gpt2, "blocks.0.attn.hook_result"):
+            with opt_in_hooks(gpt2, ["blocks.1.attn.hook_result", "blocks.0.hook_mlp_in"]):
+                assert flags(gpt2)["use_hook_mlp_in"]
+        assert flags(gpt2) == {**dict.fromkeys(FLAGS, False), "use_attn_result": True}
+    finally:
+        gpt2.set_use_attn_result(False)
+
+
+def _steer_at_mlp_in(model) -> str:
+    """A Python session steering `model` at hook_mlp_in (refused while a server pins the model)."""
+    from steering import GenerationConfig, steer
+
+    with steer(model, _sae_at(model, "blocks.0.hook_mlp_in"), ["1:add=5"]) as s:
+        assert flags(model)["use_hook_mlp_in"]
+        return s.generate(["def f(x):"], GenerationConfig(max_new_tokens=3, do_sample=False)).texts[0]
+
+
+def test_a_servers_pin_ends_when_the_app_stops(real_models):
+    """The pin was process-wide and never removed: once an app had served, steer() on its model at
+    hook_mlp_in was refused ('off on the model this server shares') for the rest of the process, and
+    its flags stayed on. Now the app gives its models back at shutdown."""
+    from helpers.web_app import client
+    from saesteer.models import load_model
+
+    model = load_model(str(real_models.path("gpt2")), device="cpu")
+    app = _app(model, {"attnin": _sae_at(model, "blocks.0.hook_attn_in")})
+    with client(app) as c:
+        _complete(c, "attnin")
+        assert flags(model)["use_attn_in"]
+        with pytest.raises(UnknownHookError, match="off on the model this server shares"):
+            _steer_at_mlp_in(model)
+    assert not any(flags(model).values())
+    assert _steer_at_mlp_in(model)
+    assert not any(flags(model).values())
+
+
+def test_a_servers_pin_ends_when_create_app_fails_after_pinning_or_an_app_is_dropped(real_models, monkeypatch):
+    import gc
+
+    import saesteer.web.app as web_app
+    from saesteer.models import load_model
+
+    model = load_model(str(real_models.path("gpt2")), device="cpu")
+    sae = _sae_at(model, "blocks.0.hook_attn_in")
+
+    def broken(app, pages):
+        raise RuntimeError("routes failed")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(web_app, "_add_routes", broken)
+        with pytest.raises(RuntimeError, match="routes failed"):
+            _app(model, {"attnin": sae})
+    assert not any(flags(model).values())
+    assert _steer_at_mlp_in(model)
+
+    app = _app(model, {"attnin": sae})  # never served
+    assert flags(model)["use_attn_in"]
+    del app
+    gc.collect()
+    assert not any(flags(model).values())
+    assert _steer_at_mlp_in(model)
+
+
+def test_compare_runs_the_unsteered_pass_on_the_steered_passs_forward_path(gpt2, monkeypatch):
+    """compare() generated the unsteered text after the steer() block, with use_attn_in off again:
+    another forward path, so at hook_attn_in an edit that changes nothing gave logits ~1e-6 apart from
+    the unsteered ones. Now the unsteered pass has the same flags on: exactly the same logits."""
+    import torch
+
+    import steering.comparison as comparison
+    from steering import steer
+
+    sae = _sae_at(gpt2, "blocks.0.hook_attn_in")
+    tokens = gpt2.to_tokens(["def f(x): return x + 1"])
+    with steer(gpt2, sae, ["1:add=0"]):  # an edit that changes nothing
+        steered_logits = gpt2(tokens)
+    unsteered_logits = []
+    real_generate = comparison.generate
+
+    def generate(model, *args, **kwargs):  # the unsteered pass (steered generation is the session's)
+        unsteered_logits.append(model(tokens))
+        return real_generate(model, *args, **kwargs)
+
+    monkeypatch.setattr(comparison, "generate", generate)
+    cmp = comparison.compare(gpt2, sae, ["1:add=0"], ["def f(x):", "x = 1"], max_new_tokens=5, do_sample=False)
+    assert len(unsteered_logits) == 1 and torch.equal(unsteered_logits[0], steered_logits)
+    assert cmp.steered == cmp.unsteered
+    assert not any(flags(gpt2).values())

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
@@ -60,24 +61,45 @@ class WebState:
                 self.queues.append(s.queue)
 
 
-def pin_served_hooks(stores: Sequence[StoreEntry]) -> None:
-    """Switch on, once at start, the TransformerLens opt-in hook points (hook_mlp_in, ...) that the
-    served SAEs read or write, and pin each model: requests share one model, so none may switch a
-    flag (another forward path, other rounding, hook points that exclude each other) for the others
-    (`saes.hookpoints.pin_opt_in_hooks`; two stores needing flags that exclude each other are refused)."""
-    from saes.hookpoints import pin_opt_in_hooks, transcoder_target
-    from steering.resolve import sae_hook_name
+class ServedHooks:
+    """The TransformerLens opt-in hook points (hook_mlp_in, ...) that the served SAEs read or write,
+    switched on for as long as the app serves, each model pinned meanwhile: requests share one model,
+    so none may switch a flag (another forward path, other rounding, hook points that exclude each
+    other) for the others (`saes.hookpoints.OptInPin`; two stores needing flags that exclude each other
+    are refused). `hold` at start, `release` at shutdown: the models are then as they were."""
 
-    by_model: dict[int, tuple[object, dict[str, list[str]]]] = {}
-    for s in stores:
-        model, sae = getattr(s.engine, "model", None), getattr(s.engine, "sae", None)
-        if model is None or sae is None:
-            continue
-        hooks = [sae_hook_name(sae, s.id)] + ([transcoder_target(sae, f"transcoder of store {s.id!r}")]
-                                              if sae.is_transcoder else [])
-        by_model.setdefault(id(model), (model, {}))[1][f"store {s.id!r}"] = hooks
-    for model, needs in by_model.values():
-        pin_opt_in_hooks(model, needs)
+    def __init__(self, stores: Sequence[StoreEntry]) -> None:
+        from saes.hookpoints import OptInPin, transcoder_target
+        from steering.resolve import sae_hook_name
+
+        by_model: dict[int, tuple[object, dict[str, list[str]]]] = {}
+        for s in stores:
+            model, sae = getattr(s.engine, "model", None), getattr(s.engine, "sae", None)
+            if model is None or sae is None:
+                continue
+            hooks = [sae_hook_name(sae, s.id)] + ([transcoder_target(sae, f"transcoder of store {s.id!r}")]
+                                                  if sae.is_transcoder else [])
+            by_model.setdefault(id(model), (model, {}))[1][f"store {s.id!r}"] = hooks
+        self.pins = [OptInPin(model, needs) for model, needs in by_model.values()]
+
+    def hold(self) -> None:
+        try:
+            for pin in self.pins:
+                pin.hold()
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        for pin in reversed(self.pins):
+            pin.release()
+
+
+def pin_served_hooks(stores: Sequence[StoreEntry]) -> ServedHooks:
+    """`ServedHooks` of `stores`, held (release them when the app stops)."""
+    served = ServedHooks(stores)
+    served.hold()
+    return served
 
 
 def allowed_host_names(config: ServeConfig) -> set[str]:
@@ -125,7 +147,22 @@ def create_app(
     if token is not None and len(token) < 16:
         raise ValueError("the access token must be at least 16 characters; leave it unset to get a random one")
     state = WebState(stores, config, limits, token)
-    pin_served_hooks(stores)
+    # on from here, so that stores whose hook points exclude each other are refused before serving
+    served = pin_served_hooks(stores)
+    try:
+        app = _build_app(state, served, extra_hosts, pages, batch)
+    except BaseException:
+        served.release()
+        raise
+    # an app dropped without ever being served gives its models back too
+    weakref.finalize(app, served.release)
+    return app
+
+
+def _build_app(state: WebState, served: ServedHooks, extra_hosts: Iterable[str], pages: bool,
+               batch: "BatchConfig | None") -> FastAPI:
+    """`create_app`'s app once the stores' hook points are held (`served`)."""
+    stores = list(state.stores.values())
     openai_service = None
     if any(s.engine is not None for s in stores):
         from saesteer.api.service import ApiService
@@ -133,7 +170,7 @@ def create_app(
         openai_service = ApiService(stores, batch)
 
     app = _App(
-        lifespan=_lifespan(state, openai_service),
+        lifespan=_lifespan(state, openai_service, served),
         title="saesteer",
         version=saesteer.__version__,
         description="Browse SAE features and steer generation by feature id. All list endpoints are paginated "
@@ -144,10 +181,10 @@ def create_app(
     app.state.web = state
     app.state.openai = openai_service
     app.state.guard = dict(
-        allowed_hosts=allowed_host_names(config) | {h.lower() for h in extra_hosts},
-        port=config.port or None,
-        token=token,
-        max_body_bytes=limits.max_body_bytes,
+        allowed_hosts=allowed_host_names(state.config) | {h.lower() for h in extra_hosts},
+        port=state.config.port or None,
+        token=state.token,
+        max_body_bytes=state.limits.max_body_bytes,
     )
 
     _add_routes(app, pages)
@@ -155,21 +192,25 @@ def create_app(
     return app
 
 
-def _lifespan(state: WebState, openai_service):
+def _lifespan(state: WebState, openai_service, served: ServedHooks):
     """Start the OpenAI-compatible service's worker with the app; on shutdown close it and the
-    steering queues."""
+    steering queues, then give the models' opt-in hook points back."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        if openai_service is not None:
-            openai_service.start()
+        served.hold()
         try:
+            if openai_service is not None:
+                openai_service.start()
             yield
         finally:
-            if openai_service is not None:
-                openai_service.close()
-            for q in state.queues:
-                q.close()
+            try:
+                if openai_service is not None:
+                    openai_service.close()
+                for q in state.queues:
+                    q.close()
+            finally:
+                served.release()
 
     return lifespan
 
