@@ -102,7 +102,7 @@ class TextAssembler:
         self.track_offsets = offsets
         self._cut = self._cut_at(0, "")
         self._decoded = 0  # how many tokens the latest decoding (`_full`) covered
-        self._full = ""  # the latest decoding of all tokens (tracked offsets read each token's start from it)
+        self._full = ""  # the text of the first `_decoded` tokens (tracked offsets read each token's start from it)
         self._before: deque[str] = deque()  # tokens whose offset is not certain yet: the text decoded before each
         self._last_offset = 0
 
