@@ -5,8 +5,9 @@
     rest = text.finish()                      # at the end: what was held back
     text.offsets(final=True)                  # with offsets=True: where each token's text starts
 
-The whole text is always the tokenizer's decoding of all tokens so far, read on from the prompt's
-last tokens (`context_ids`): decode(context + new) less decode(context), as
+The whole text is the tokenizer's decoding of all tokens so far (but see invalid byte runs below),
+read on from the prompt's last tokens (`context_ids`; up to four, the most whose text has no U+FFFD,
+so that none starts inside a character): decode(context + new) less decode(context), as
 `steering.generation.continuation_text` cuts a continuation, so the text brings the space or line
 break before its first word and prompt + text is the decoding of both (after a special token, such
 as a chat template's assistant marker, the text starts afresh) (multi-token characters and
@@ -25,12 +26,25 @@ token that only starts or continues a character (a byte token) starts where that
 starts: the character belongs to the span of the token that completes it. An offset is certain
 only once the emitted text disagrees with the earlier decoding or covers all of it; `offsets()`
 returns those that have become certain, in token order (all of them with final=True).
+
+Emitted text is never rewritten. A byte-fallback decoder (Llama-2's SentencePiece <0xNN> tokens in
+HF's fast tokenizers) decodes a run of byte tokens that is not valid UTF-8 as one U+FFFD per byte
+of the WHOLE run, characters already emitted from it included: 你好 then an incomplete <0xE4><0xBD>
+decodes as eight U+FFFD, and stays so whatever follows. So where the decoding no longer starts with
+the emitted text, the text is decoded on from a cut at the boundary before the token that did it:
+the text up to there as it was decoded, then the tokens after it as the tokenizer decodes them on
+their own ("你好" + "\ufffd\ufffd the sea", one U+FFFD per byte of the run after the cut); that
+is the text from then on. Where decoding never rewrites emitted text, the text is the decoding of
+all the tokens (byte-level BPE replaces invalid bytes with U+FFFD without touching the characters
+around them). Rows pushed without decoding (emit=False) whose text has a U+FFFD are decoded token
+by token at the end, so that the text is the same streamed or not.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 _INCOMPLETE = "\ufffd"
@@ -61,6 +75,16 @@ def text_context(tokenizer: Any, prompt_ids: Sequence[int]) -> list[int]:
     return ids[cut:]
 
 
+@dataclass(frozen=True)
+class _Cut:
+    """A token boundary the text is decoded on from: the text of the tokens before it is fixed."""
+
+    tokens: int  # how many generated tokens lie before it
+    text: str  # their text (a start of it may be emitted, the rest held back)
+    context: list[int]  # the tokens before it that decoding reads on from (how the next word joins on)
+    context_text: str
+
+
 class TextAssembler:
     # a few prompt tokens decide how the first new token joins on (a space, no space); the whole
     # prompt would cost a decode of it per generated token
@@ -70,14 +94,15 @@ class TextAssembler:
                  context_ids: Sequence[int] = (), offsets: bool = False) -> None:
         self.tokenizer = tokenizer
         self.skip_special_tokens = skip_special_tokens
-        self.context = text_context(tokenizer, context_ids)[-self.CONTEXT_TOKENS:]
-        self._context_text = self._decode_ids(self.context) if self.context else ""
+        self._prompt_context = text_context(tokenizer, context_ids)[-self.CONTEXT_TOKENS:]
         self.stop = tuple(s for s in stop if s)
         self.ids: list[int] = []
         self.emitted = ""  # the concatenation of every piece returned so far
         self.stopped = False
         self.track_offsets = offsets
-        self._full = ""  # the latest decoding of all tokens (tracked offsets read each token's start from it)
+        self._cut = self._cut_at(0, "")
+        self._decoded = 0  # how many tokens the latest decoding (`_full`) covered
+        self._full = ""  # the text of the first `_decoded` tokens (tracked offsets read each token's start from it)
         self._before: deque[str] = deque()  # tokens whose offset is not certain yet: the text decoded before each
         self._last_offset = 0
 
@@ -85,12 +110,42 @@ class TextAssembler:
         return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens,
                                      clean_up_tokenization_spaces=False)  # as continuation_text decodes
 
-    def _decode(self) -> str:
-        if self.context:
-            both = self._decode_ids(self.context + self.ids)
-            if both.startswith(self._context_text):
-                return both[len(self._context_text):]
-        return self._decode_ids(self.ids)
+    def _cut_at(self, tokens: int, text: str) -> _Cut:
+        """A cut after `tokens` generated tokens whose text is `text`. It reads on from the
+        longest run of the last few tokens whose text has no U+FFFD: a run that starts inside a
+        character (byte tokens) would garble the bytes that follow it."""
+        ids = (self._prompt_context + self.ids[:tokens])[-self.CONTEXT_TOKENS:]
+        for k in range(len(ids), 0, -1):
+            context_text = self._decode_ids(ids[-k:])
+            if _INCOMPLETE not in context_text:
+                return _Cut(tokens, text, ids[-k:], context_text)
+        return _Cut(tokens, text, [], "")
+
+    def _decode(self, n: int | None = None) -> str:
+        """The text of the first n tokens (all of them by default): the text up to the cut, then
+        the tokens after it decoded on from its context."""
+        cut = self._cut
+        new = self.ids[cut.tokens : len(self.ids) if n is None else n]
+        if cut.context:
+            both = self._decode_ids(cut.context + new)
+            if both.startswith(cut.context_text):
+                return cut.text + both[len(cut.context_text) :]
+        return cut.text + self._decode_ids(new)
+
+    def _settled(self, n: int | None = None) -> str:
+        """The text of the first n tokens (all by default). Where their decoding no longer starts
+        with the emitted text (a byte-fallback decoder rewrote a run of byte tokens), the text is
+        decoded on from a new cut at the latest decoded boundary: its decoding starts with the
+        emitted text, and the characters of the run before it were whole there (the run turned
+        invalid with the first token after them)."""
+        n = len(self.ids) if n is None else n
+        full = self._decode(n)
+        if not full.startswith(self.emitted):
+            self._cut = self._cut_at(self._decoded, self._full)
+            full = self._decode(n)
+        self._decoded = n
+        self._full = full
+        return full
 
     def push(self, token_id: int, *, emit: bool = True) -> tuple[str, bool]:
         """Add a token; returns (new certain text, whether a stop string was reached). With
@@ -102,7 +157,7 @@ class TextAssembler:
             self._before.append(self._full)
         if not emit and not self.stop and not self.track_offsets:
             return "", False
-        full = self._full = self._decode()
+        full = self._settled()
         if self.stop:
             hit = self._find_stop(full)
             if hit is not None:
@@ -114,7 +169,15 @@ class TextAssembler:
         """The rest of the text (held-back whitespace, an incomplete character) at the end."""
         if self.stopped:
             return ""
-        return self._advance(self._decode())
+        start = len(self.emitted)
+        if self._decoded < len(self.ids) and _INCOMPLETE in self._decode():
+            # pushed without decoding, and an invalid byte run may have rewritten emitted text had it
+            # streamed: the text is decoded token by token, as streaming would have
+            for n in range(self._decoded + 1, len(self.ids)):
+                full = self._settled(n)
+                self._advance(full[: self._safe_end(full)])
+        self._advance(self._settled())
+        return self.emitted[start:]
 
     def offsets(self, final: bool = False) -> list[int]:
         """The offsets in the text of the tokens whose offset became certain since the last call, in
@@ -156,7 +219,7 @@ class TextAssembler:
         return end
 
     def _advance(self, target: str) -> str:
-        """The part of `target` not yet emitted (nothing if decoding rewrote emitted text)."""
+        """The part of `target` (a start of the latest decoding) not yet emitted."""
         if len(target) <= len(self.emitted) or not target.startswith(self.emitted):
             return ""
         piece = target[len(self.emitted) :]
