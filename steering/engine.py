@@ -380,7 +380,7 @@ class BatchEngine:
         if self._decode_editors is None:
             return None
         out = {}
-        for name in set(self._decode_editors) | set(prefill):
+        for name in sorted(set(self._decode_editors) | set(prefill)):  # the order editors_for adds deltas in
             old = self._decode_editors.get(name) or self._blank_editor(name, self.running)
             new = prefill.get(name) or self._blank_editor(name, take)
             both = old.joined(new)

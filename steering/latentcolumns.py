@@ -56,6 +56,10 @@ class LatentColumns:
     def U(self) -> int:
         return len(self.latents)
 
+    def weights_current(self) -> bool:
+        """Whether the SAE's weights are those the columns were copied from."""
+        return params_version(self.sae) == self._version
+
     def cover(self, latents: Iterable[int], drop_unused: bool = True) -> None:
         """Give every latent of `latents` a column; columns of latents already there keep their
         place. `drop_unused`: `latents` are all that rows use now (a decode batch), so unused

@@ -36,7 +36,8 @@ def rounds_once_in_float32(dtype: torch.dtype, device: torch.device) -> bool:
     """Whether a matrix product of `dtype` tensors on `device` accumulates in float32 and rounds to
     `dtype` once (the premise of `RelativeTolerance`). CPU: yes (torch's and oneDNN's kernels for
     bf16 / fp16); CUDA: only while cuBLAS may not reduce in reduced precision
-    (torch.backends.cuda.matmul.allow_bf16/fp16_reduced_precision_reduction, on by default);
+    (torch.backends.cuda.matmul.allow_bf16/fp16_reduced_precision_reduction, on by default; fp16 also
+    not while allow_fp16_accumulation sums in fp16);
     anything else: not assumed."""
     if dtype not in LOW_PRECISION:
         return False
@@ -45,7 +46,7 @@ def rounds_once_in_float32(dtype: torch.dtype, device: torch.device) -> bool:
     if device.type == "cuda":
         m = torch.backends.cuda.matmul
         reduced = (m.allow_bf16_reduced_precision_reduction if dtype == torch.bfloat16
-                   else m.allow_fp16_reduced_precision_reduction)
+                   else m.allow_fp16_reduced_precision_reduction or getattr(m, "allow_fp16_accumulation", False))
         return not reduced
     return False
 

@@ -280,7 +280,7 @@ class BatchEditor:
         self.offset_rules = [(b, u, r) for (b, u), r in self.rules.items() if not r.every_generated and r.generated]
         # every edit covers every generated token (the common case): decode steps skip the mask (a
         # pair without an edit has c1 = c0 = 0, so no change there either)
-        self.decode_covers_all = all(r.every_generated for r in self.rules.values())
+        self.decode_covers_all = bool(self.rules) and all(r.every_generated for r in self.rules.values())
         self.fired: list[tuple[int, int, int]] = []  # (row, edit index, token index), after a forward
         self.stop_rows: dict[int, StopTrigger] = {}
 
@@ -291,8 +291,9 @@ class BatchEditor:
 
     @property
     def current(self) -> bool:
-        """Whether the SAE's columns are still those the tables were built for."""
-        return self.columns_build == self.columns.builds
+        """Whether the SAE's columns are still those the tables were built for, and its weights
+        unchanged since (an in-place change must rebuild the reader's and decoder's copies)."""
+        return self.columns_build == self.columns.builds and self.columns.weights_current()
 
     def rows_of(self, keep: Sequence[int]) -> BatchEditor | None:
         """This editor for rows `keep` of its batch only, in that order (None: the columns changed

@@ -186,7 +186,7 @@ def test_the_decode_editors_of_rows_leaving_and_joining_equal_rebuilt_ones():
                 want = editors_for(saes_, [l.row.steering for l in engine.running], [l.layout for l in engine.running],
                                    fresh_columns)
                 got = engine._decode_editors
-                assert set(got) == set(want), engine.steps
+                assert list(got) == list(want), engine.steps  # same SAEs, in the order their deltas are added
                 for name, ed in got.items():
                     w = want[name]
                     assert ed.B == w.B == len(engine.running)
@@ -508,3 +508,44 @@ def test_latent_columns_keep_their_place_and_drop_unused_ones_only_when_they_out
     assert cols.builds == 2
     cols.cover([3])  # three unused: dropped, the used keep their order
     assert cols.latents == [3] and cols.col == {3: 0} and cols.builds == 3
+
+
+def test_rows_leaving_after_an_in_place_weight_change_rebuild_the_columns():
+    """Rows only leaving reuse the editors, but not over weights changed in place since they were
+    copied: the reader's gathered encoder columns and the decoder rows follow the new weights."""
+    model = tiny_model()
+    sae = random_sae(model, "topk", hook=HOOK, d_sae=128, k=8, seed=1)
+    engine = BatchEngine(model, {"s": sae})
+    engine.add([Row(model.to_tokens(PROMPTS[i])[0].tolist(), SamplingParams(max_new_tokens=n, temperature=0),
+                    row_steering(model, sae, ["5:clamp=4"]), tag=i) for i, n in enumerate((4, 8, 8))])
+    engine.step()
+    assert len(engine.running) == 3
+    with torch.no_grad():
+        sae.W_enc.mul_(-1.0)
+        sae.W_dec.mul_(3.0)
+    while len(engine.running) == 3:  # until the first row leaves: its editors are derived, not built
+        engine.step()
+    engine.step()
+    editor = engine._decode_editors["s"]
+    u = editor.columns.col[5]
+    assert torch.equal(editor.W_dec_UD[u], sae.W_dec[5])
+    assert torch.equal(editor.reader.topk.W_DM[:, u], sae.W_enc[:, 5])
+
+
+def test_low_precision_reads_are_not_trusted_while_cublas_may_sum_fp16_in_fp16():
+    """fp16 products on CUDA summed in fp16 (allow_fp16_accumulation) break the premise of the
+    relative tolerance: the reader must not assume a float32 sum there."""
+    from steering.lowprecision import rounds_once_in_float32
+
+    m = torch.backends.cuda.matmul
+    if not hasattr(m, "allow_fp16_accumulation"):
+        pytest.skip("this torch has no allow_fp16_accumulation")
+    before = (m.allow_fp16_reduced_precision_reduction, m.allow_fp16_accumulation)
+    try:
+        m.allow_fp16_reduced_precision_reduction = False
+        m.allow_fp16_accumulation = False
+        assert rounds_once_in_float32(torch.float16, torch.device("cuda"))
+        m.allow_fp16_accumulation = True
+        assert not rounds_once_in_float32(torch.float16, torch.device("cuda"))
+    finally:
+        m.allow_fp16_reduced_precision_reduction, m.allow_fp16_accumulation = before

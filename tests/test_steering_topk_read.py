@@ -648,15 +648,21 @@ def test_the_low_precision_tolerance_covers_the_sae_s_own_rounding_and_no_more_t
     b_dec = (torch.randn(D, generator=g) * 0.1).to(dtype)
     x = (torch.randn(64, D, generator=g) * 2).to(dtype)
     v = x - b_dec
+    cols = torch.randperm(F_, generator=g)[:1000]
     for scale in (0.3, 0.01):  # c_r carries the bias's rounding: with a small bias the relative term must do the work
         b = (torch.randn(F_, generator=g) * scale).to(dtype)
         own = v @ W + b  # the SAE's expression
-        ours = (v.double() @ W.double()).to(dtype) + b
         tol = RelativeTolerance(W, b)
         c = tol.row_const(v)
-        gap = (own.double() - ours.double()).abs()
-        assert bool((gap <= tol.a * ours.double().abs() + c).all()), scale
+        # ours: the exactly rounded product then + b, and the reader's own kind of product (a fused
+        # addmm over a few rows and a subset of columns: another blocking of the float32 sums)
+        exact = (v.double() @ W.double()).to(dtype) + b
+        fused = torch.cat([torch.addmm(b[cols], v[i : i + 3], W[:, cols]) for i in range(0, v.shape[0], 3)])
+        for ours, want, c_rows in ((exact, own, c), (fused, own[:, cols], c)):
+            gap = (want.double() - ours.double()).abs()
+            assert bool((gap <= tol.a * ours.double().abs() + c_rows).all()), scale
+            hi, lo = tol.above(ours, c_rows), tol.maybe(ours, c_rows)
+            assert bool((hi > want).all() and (lo < want).all())  # each threshold on its side of the SAE's own value
         assert float(c.max()) < 0.02 * float(own.double().std())
-        hi, lo = tol.above(ours, c), tol.maybe(ours, c)
-        assert bool((hi > own).all() and (lo < own).all())  # each threshold on its side of the SAE's own value
+        gap = (own.double() - exact.double()).abs()
     assert bool((gap > c).any())  # the relative term is needed
