@@ -530,6 +530,8 @@ def test_rows_leaving_after_an_in_place_weight_change_rebuild_the_columns():
     u = editor.columns.col[5]
     assert torch.equal(editor.W_dec_UD[u], sae.W_dec[5])
     assert torch.equal(editor.reader.topk.W_DM[:, u], sae.W_enc[:, 5])
+    run(engine, [])  # drained: its hooks leave the (shared) model
+    assert not engine.busy
 
 
 def test_low_precision_reads_are_not_trusted_while_cublas_may_sum_fp16_in_fp16():
