@@ -599,3 +599,21 @@ def test_the_topk_read_equals_its_reference_when_products_may_round_to_tf32(floa
             assert torch.equal(reader(x[lo:lo + 6]), reader.reference(x[lo:lo + 6]))
         need = torch.rand(40, 3, generator=torch.Generator().manual_seed(1)) < 0.5
         assert_rows_alone(reader(x[:40], need), sae, x[:40], ids, need)
+
+
+def test_a_shared_candidate_set_is_rebuilt_when_the_products_rounding_changes(float32_matmul_precision):
+    """Readers built without n_candidates share one candidate set per SAE (`TopKCandidates.of`):
+    one built under float32 products must not lend its float32 tolerance to a reader built after
+    a coarser precision was allowed ('medium': bfloat16 products on the CPU too)."""
+    from saes.precision import matmul_rounding
+
+    sae = topk_sae("group")
+    before = TopKReader(sae, torch.tensor([40]))
+    assert before.cands.rounding == torch.float32
+    float32_matmul_precision("medium")
+    assert matmul_rounding(torch.float32, "cpu") == torch.bfloat16
+    after = TopKReader(sae, torch.tensor([40]))
+    assert after.cands is not before.cands
+    assert after.err_per_norm > 1000 * before.err_per_norm  # bfloat16's eps 2^-7, float32's 2^-23
+    float32_matmul_precision("highest")
+    assert TopKReader(sae, torch.tensor([40])).err_per_norm == before.err_per_norm
