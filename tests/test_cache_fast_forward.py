@@ -468,13 +468,17 @@ def test_the_check_sees_an_error_hidden_behind_a_huge_bos_activation(monkeypatch
         assert runner.forward_used(L) == "transformer_lens"
 
 
-def test_the_check_allows_the_rounding_of_tf32_products_when_they_may_round_so():
+def test_the_check_allows_the_rounding_of_tf32_products_when_they_may_round_so(monkeypatch):
     """On a GPU with TF32 allowed, TransformerLens's float32 forward and the fast one each round their
     products' inputs to 10 bits: activations differ by about 1e-3, and the float32 tolerance (1e-4)
     sent every such cache to the slower forward. The tolerance is now the one of the rounding in force
-    (float16's under TF32; faked on the CPU with set_float32_matmul_precision('high'))."""
+    (float16's under TF32; faked on the CPU, which has no TF32, by giving the check CUDA's rounding
+    under set_float32_matmul_precision('high'))."""
+    import training.runner
+    from saes.precision import matmul_rounding
     from training.runner import FAST_CHECK_TOLERANCE, ActivationRunner
 
+    monkeypatch.setattr(training.runner, "matmul_rounding", lambda dtype, device: matmul_rounding(dtype, "cuda"))
     model = build()
     hook = "blocks.1.hook_resid_post"
     runner = ActivationRunner(model, [hook])

@@ -533,7 +533,8 @@ def test_the_bound_covers_an_sae_whose_products_round_to_tf32(float32_matmul_pre
     """With TF32 allowed (torch.backends.cuda.matmul.allow_tf32 / set_float32_matmul_precision('high')),
     the SAE's own float32 pre-activations on a GPU are products of TF32-rounded inputs: thousands of
     float32 ulps from ours. The tolerance was float32's, so the bound could prove a firing latent
-    off; it is now the rounding in force (faked here on the CPU: 'high' applies to oneDNN too)."""
+    off; it is now the rounding in force on CUDA (the CPU has no TF32: these CPU tensors are given
+    CUDA's rounding)."""
     from saes.precision import matmul_eps, matmul_rounding
     from steering.topk_read import fold_b_dec
 
@@ -556,14 +557,12 @@ def test_the_bound_covers_an_sae_whose_products_round_to_tf32(float32_matmul_pre
         tol = e * x.double().norm(dim=1, keepdim=True) + c
         return float(((ours - own).abs() - tol).max())
 
-    assert matmul_rounding(torch.float32, "cpu") == torch.float32
-    assert worst_excess(fold_b_dec(W, b, None)) > 0  # float32's tolerance does not cover TF32 products
+    assert matmul_rounding(torch.float32, "cuda") == torch.float32
+    assert worst_excess(fold_b_dec(W, b, None, matmul_rounding(torch.float32, "cuda"))) > 0  # float32's does not cover TF32
     float32_matmul_precision("high")
-    assert matmul_rounding(torch.float32, "cpu") == torch.float16 and matmul_eps(torch.float32, "cuda") == 2.0**-10
+    assert matmul_rounding(torch.float32, "cuda") == torch.float16 and matmul_eps(torch.float32, "cuda") == 2.0**-10
     assert matmul_rounding(torch.bfloat16, "cuda") == torch.bfloat16  # other dtypes are their own
-    assert worst_excess(fold_b_dec(W, b, None)) <= 0
-    float32_matmul_precision("medium")
-    assert matmul_rounding(torch.float32, "cuda") == torch.bfloat16
+    assert worst_excess(fold_b_dec(W, b, None, matmul_rounding(torch.float32, "cuda"))) <= 0
 
 
 def test_tf32_settings_are_read_through_either_api():
@@ -583,9 +582,14 @@ def test_tf32_settings_are_read_through_either_api():
     assert out == ["torch.float16", "torch.float32", "torch.float16", "torch.float32"]
 
 
-def test_the_topk_read_equals_its_reference_when_products_may_round_to_tf32(float32_matmul_precision):
+def test_the_topk_read_equals_its_reference_when_products_may_round_to_tf32(float32_matmul_precision, monkeypatch):
     """The bound's tolerance grows with the rounding in force and every path still equals the
-    reference (the exact read is only as fast as the rounding allows, never wrong)."""
+    reference (the exact read is only as fast as the rounding allows, never wrong). The CPU has
+    no TF32: the reader is given the rounding CUDA's settings give."""
+    import steering.topk_read
+    from saes.precision import matmul_rounding
+
+    monkeypatch.setattr(steering.topk_read, "matmul_rounding", lambda dtype, device: matmul_rounding(dtype, "cuda"))
     sae = topk_sae("group")
     x = inputs(300)
     ids = torch.tensor([40, 44, 100])
@@ -617,3 +621,26 @@ def test_a_shared_candidate_set_is_rebuilt_when_the_products_rounding_changes(fl
     assert after.err_per_norm > 1000 * before.err_per_norm  # bfloat16's eps 2^-7, float32's 2^-23
     float32_matmul_precision("highest")
     assert TopKReader(sae, torch.tensor([40])).err_per_norm == before.err_per_norm
+
+
+def test_each_device_s_rounding_follows_the_settings_that_change_its_products():
+    """The CPU (oneDNN) never uses TF32: "high" and CUDA's allow_tf32 leave its float32 products
+    float32, while "medium" / mkldnn's fp32_precision "bf16" round them to bfloat16. On CUDA,
+    torch >= 2.9 says what "medium" does (TF32) in cuda.matmul.fp32_precision. (In a child
+    process: mixing the two precision APIs outlives a test.)"""
+    import subprocess
+    import sys
+
+    code = ("import torch\nfrom saes.precision import matmul_rounding as r\n"
+            "def both(): print(r(torch.float32, 'cpu'), r(torch.float32, 'cuda'))\n"
+            "both()\n"
+            "torch.backends.cuda.matmul.allow_tf32 = True\nboth()\n"
+            "torch.set_float32_matmul_precision('high')\nboth()\n"
+            "torch.set_float32_matmul_precision('medium')\nboth()\n"
+            "torch.set_float32_matmul_precision('highest')\nboth()\n"
+            "torch.backends.mkldnn.matmul.fp32_precision = 'bf16'\nboth()\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    rows = [tuple(out[i:i + 2]) for i in range(0, len(out), 2)]
+    f32, f16, bf16 = "torch.float32", "torch.float16", "torch.bfloat16"
+    medium_on_cuda = f16 if hasattr(torch.backends.cuda.matmul, "fp32_precision") else bf16
+    assert rows == [(f32, f32), (f32, f16), (f32, f16), (bf16, medium_on_cuda), (f32, f32), (bf16, f32)]
