@@ -597,7 +597,9 @@ def test_the_topk_read_equals_its_reference_when_products_may_round_to_tf32(floa
     float32_matmul_precision("high")
     reader = TopKReader(sae, ids, n_candidates=128)
     reader.cands.learn_rows = 60
-    assert reader.err_per_norm == pytest.approx(2**13 * as_float32)  # TF32's eps 2^-10, float32's 2^-23
+    D = sae.W_enc.shape[0]  # TF32 inputs (eps 2^-10), float32 sums (2^-23)
+    assert reader.err_per_norm == pytest.approx(as_float32 * (2.0**-9 + 2.0**-20 + (D + 4) * 2.0**-23 * (1 + 2.0**-10) ** 2)
+                                                / ((D + 4) * 2.0**-23))
     with torch.no_grad():
         for lo in range(0, 300, 6):
             assert torch.equal(reader(x[lo:lo + 6]), reader.reference(x[lo:lo + 6]))
@@ -644,3 +646,50 @@ def test_each_device_s_rounding_follows_the_settings_that_change_its_products():
     f32, f16, bf16 = "torch.float32", "torch.float16", "torch.bfloat16"
     medium_on_cuda = f16 if hasattr(torch.backends.cuda.matmul, "fp32_precision") else bf16
     assert rows == [(f32, f32), (f32, f16), (f32, f16), (bf16, medium_on_cuda), (f32, f32), (bf16, f32)]
+
+
+def mantissa_rounded(t: torch.Tensor, bits: int, truncate: bool) -> torch.Tensor:
+    """float32 values with a `bits`-bit mantissa (TF32: 10, bfloat16: 7), rounded to nearest (ties
+    to even) or truncated, as hardware may round a float32 product's inputs."""
+    drop = 23 - bits
+    i = t.contiguous().view(torch.int32)
+    if not truncate:
+        i = i + ((1 << (drop - 1)) - 1) + ((i >> drop) & 1)
+    return (i & ~((1 << drop) - 1)).view(torch.float32)
+
+
+@pytest.mark.parametrize("rounding,bits", [(torch.float16, 10), (torch.bfloat16, 7)])
+def test_the_bound_for_coarse_inputs_covers_emulated_products_without_the_length_factor(rounding, bits):
+    """Under TF32 (or bf16-internal float32) only a product's inputs round coarsely; its sums stay
+    float32. The tolerance charges the inputs' rounding once per norm (Cauchy-Schwarz), not once
+    per term of the sum: far tighter than 2 (D + 4) eps_in w_max, and it still covers products of
+    inputs rounded to `bits` mantissa bits either way (to nearest or truncated), worst case: every
+    rounding error of one sign, on our side and the SAE's."""
+    from steering.topk_read import fold_b_dec
+
+    g = torch.Generator().manual_seed(0)
+    D, F, N = 768, 64, 40
+    sign_D = torch.randint(0, 2, (D,), generator=g) * 2.0 - 1
+    W = sign_D[:, None] * (1 + 2.0**-bits - 2.0**-22) * 2.0 ** torch.randint(-6, -3, (D, F), generator=g)
+    b = torch.randn(F, generator=g) * 0.1
+    b_dec = torch.randn(D, generator=g) * 0.01
+    b_fold, e, c = fold_b_dec(W, b, b_dec, rounding)
+    eps_in = 2.0**-bits
+    w_max = float(W.double().norm(dim=0).max())
+    assert e < 2.0 * (D + 4) * eps_in * w_max / 100  # the old tolerance, two orders looser at D=768
+    worst = 0.0
+    # mantissas just under half a step (nearest rounds down) or a whole step (truncation loses most)
+    for m in (1 + 2.0**-(bits + 1) - 2.0**-20, 1 + 2.0**-bits - 2.0**-22):
+        x = sign_D * m * 2.0 ** torch.randint(-1, 2, (N, D), generator=g)
+        tol = e * x.double().norm(dim=1, keepdim=True) + c
+        ours = [(x @ W + b_fold).double()] + [
+            (mantissa_rounded(x, bits, t) @ mantissa_rounded(W, bits, t) + b_fold).double() for t in (False, True)]
+        xc = x - b_dec  # the SAE's own input
+        own = [mantissa_rounded(xc, bits, t).double() @ mantissa_rounded(W, bits, t).double() + b.double()
+               for t in (False, True)]
+        for o in ours:
+            for s_ in own:
+                ratio = float(((o - s_).abs() / tol).max())
+                assert ratio <= 1.0
+                worst = max(worst, ratio)
+    assert worst > 0.2  # the inputs do stress the bound: it is not loose by orders of magnitude
