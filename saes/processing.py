@@ -19,7 +19,8 @@ An SAE whose files record no kwargs is not checked: nothing says how its model w
 skips it for RMSNorm models (Llama, Gemma, Qwen, Mistral), post-norm and shortformer models, where
 it changes no activation. SAELens's trainer records `center_writing_weights: False` for every SAE it
 trains, so the flag counts only where the model's config (`model_cfg`) says it has an effect; where
-the config is unknown (a cache records only the model's name) a refusal never rests on it alone.
+the config is unknown (a cache records only the model's name) a refusal never rests on its False
+alone (an SAE asking for True was trained where centring happens, and is still checked).
 """
 
 from __future__ import annotations
@@ -132,12 +133,14 @@ def check_processing(loaded: Any, model: ModelIdentity | None, *, sae_name: str,
     at its hook than the ones its SAELens `model_from_pretrained_kwargs` say it was trained on,
     naming both sides, `fix(wanted)` (how to get a model processed (True) or raw (False) where the
     caller is) and `override`. Nothing recorded on either side passes. `model_cfg`: the model's
-    config, where known (`centres_writing_weights`); unknown, center_writing_weights alone never refuses."""
+    config, where known (`centres_writing_weights`); unknown, center_writing_weights=False alone never refuses."""
     got = _needed(loaded, model_cfg)
     if got is None or model is None:
         return
     hook, needed = got
-    if centres_writing_weights(model_cfg) is None:  # its effect unknown: the other flags decide
+    if centres_writing_weights(model_cfg) is None and not needed.get(_CENTRED, True):
+        # the model unknown: False (what SAELens's trainer writes for every SAE) may be moot there, so
+        # the other flags decide; True is only ever asked for where it centres (GPT-2's res-jb)
         needed = {flag: value for flag, value in needed.items() if flag != _CENTRED}
         if not needed:
             return

@@ -222,7 +222,7 @@ def test_what_a_saelens_sae_asks_of_the_model_follows_its_hooks():
 def test_centring_writing_weights_counts_only_where_transformerlens_does_it():
     """TransformerLens centres writing weights only before a LayerNorm: an RMSNorm (Llama, Gemma),
     post-norm or shortformer model keeps them, so SAELens's trainer's center_writing_weights=False
-    says nothing there; a model whose config is unknown is not refused on that flag alone."""
+    says nothing there; a model whose config is unknown is not refused on its False alone."""
     import saes
     from saes.formats.base import LoadedSAE
     from saes.processing import centres_writing_weights, check_processing, flags_changing
@@ -245,7 +245,11 @@ def test_centring_writing_weights_counts_only_where_transformerlens_does_it():
     kw = dict(sae_name="x", model_as="the model given", override="--allow-model-mismatch", fix=lambda w: f"use {w}")
     pro = ModelIdentity("local", "m", weights="processed")
     check_processing(trained, pro, model_cfg=cfg(normalization_type="RMS"), **kw)
-    check_processing(trained, pro, **kw)  # unknown config
+    check_processing(trained, pro, **kw)  # unknown config: False may be moot there
+    asks_centring = LoadedSAE(saes.create_sae("topk", 8, 16, k=2, metadata={**md, "model_from_pretrained_kwargs": {
+        "center_writing_weights": True}}), {}, "sae_lens:r/y", "sae_lens_registry")
+    with pytest.raises(ModelMismatchError, match="center_writing_weights=True"):  # True: asked where it centres
+        check_processing(asks_centring, ModelIdentity("local", "m"), **kw)
     with pytest.raises(ModelMismatchError, match="center_writing_weights=False"):
         check_processing(trained, pro, model_cfg=gpt2, **kw)
 
