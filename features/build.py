@@ -164,7 +164,7 @@ def check_models(sae, source: ActivationSource, model=None, allow_mismatch: bool
                          recorded_in=where if cache_model is not None else "the SAE", given_as="the model given",
                          override="allow_model_mismatch=True", fix="pass the model the cache was made with")
         check_processing(sae, cache_model, sae_name="sae", model_as=f"the model of {where}",
-                         override="allow_model_mismatch=True",
+                         override="allow_model_mismatch=True", model_cfg=getattr(model, "cfg", None),
                          fix=lambda wanted: f"use a cache of the model loaded with process_weights={wanted} "
                                            "(saesteer.models.load_model)")
     return cache_model or sae_model

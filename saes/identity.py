@@ -305,5 +305,5 @@ def check_sae_model(model: Any, sae: Any, *, sae_name: str = "sae", allow_mismat
     from saes.processing import check_processing  # it imports this module
 
     check_processing(sae, identity_of_model(model), sae_name=sae_name, model_as="the model given",
-                     override="allow_model_mismatch=True",
+                     override="allow_model_mismatch=True", model_cfg=getattr(model, "cfg", None),
                      fix=lambda wanted: f"load the model with saesteer.models.load_model(..., process_weights={wanted})")

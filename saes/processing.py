@@ -14,6 +14,13 @@ position. saesteer loads a model either raw or with all of `saes.identity.PROCES
 kwargs ask for "raw", "processed", either, or something neither gives (then refused).
 
 An SAE whose files record no kwargs is not checked: nothing says how its model was loaded.
+
+`center_writing_weights` centres only what feeds a LayerNorm that subtracts the mean: TransformerLens
+skips it for RMSNorm models (Llama, Gemma, Qwen, Mistral), post-norm and shortformer models, where
+it changes no activation. SAELens's trainer records `center_writing_weights: False` for every SAE it
+trains, so the flag counts only where the model's config (`model_cfg`) says it has an effect; where
+the config is unknown (a cache records only the model's name) a refusal never rests on its False
+alone (an SAE asking for True was trained where centring happens, and is still checked).
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ from typing import Any, Callable, Mapping
 
 from saes.identity import PROCESSING, ModelIdentity, ModelMismatchError
 
-__all__ = ["FLAG_CHANGES", "flags_changing", "recorded_kwargs", "processing_wanted", "check_processing"]
+__all__ = ["FLAG_CHANGES", "flags_changing", "centres_writing_weights", "recorded_kwargs", "processing_wanted",
+           "check_processing"]
 
 # The hook points (TransformerLens names) whose values each flag changes, as measured on a GPT-2
 # HookedTransformer loaded with that one flag (tests/test_weight_processing.py measures it again):
@@ -43,12 +51,34 @@ _UNCHANGED = re.compile(r"(\.hook_scale$|\.hook_normalized$|\.attn\.hook_(q|k|ro
                         r"|\.mlp\.hook_(pre|post|pre_linear)$|^hook_tokens$)")
 
 
-def flags_changing(hook_name: str) -> set[str]:
-    """The processing flags that change the activations at `hook_name`."""
+_CENTRED = "center_writing_weights"
+
+
+def centres_writing_weights(model_cfg: Any) -> bool | None:
+    """Whether TransformerLens's center_writing_weights changes a model with this config (a
+    HookedTransformerConfig or TransformerBridge config): only LayerNorm (LN/LNPre) models without
+    a final RMSNorm, and neither post-norm nor shortformer (weight_processing.py's
+    process_weights, HookedTransformer.from_pretrained). None when `model_cfg` is None or says
+    nothing of its normalization."""
+    norm = getattr(model_cfg, "normalization_type", None)
+    if model_cfg is None or norm is None:
+        return None
+    from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
+
+    return (norm in ("LN", "LNPre") and not getattr(model_cfg, "final_rms", False)
+            and getattr(model_cfg, "positional_embedding_type", None) != "shortformer"
+            and getattr(model_cfg, "original_architecture", None) not in POST_NORM_ARCHITECTURES)
+
+
+def flags_changing(hook_name: str, model_cfg: Any = None) -> set[str]:
+    """The processing flags that change the activations at `hook_name` (of a model with config
+    `model_cfg`: without it, center_writing_weights counts as changing what it changes on GPT-2)."""
     hit = {flag for flag, pattern in FLAG_CHANGES.items() if pattern.search(hook_name)}
-    if hit or _UNCHANGED.search(hook_name):
-        return hit
-    return set(PROCESSING) - {"center_unembed"}
+    if not hit and not _UNCHANGED.search(hook_name):
+        hit = set(PROCESSING) - {"center_unembed"}
+    if centres_writing_weights(model_cfg) is False:
+        hit.discard(_CENTRED)
+    return hit
 
 
 def recorded_kwargs(loaded: Any) -> dict[str, Any] | None:
@@ -67,24 +97,26 @@ def _metadata(loaded: Any) -> Mapping[str, Any]:
     return getattr(getattr(sae, "cfg", None), "metadata", None) or {}
 
 
-def _needed(loaded: Any) -> tuple[str, dict[str, bool]] | None:
+def _needed(loaded: Any, model_cfg: Any = None) -> tuple[str, dict[str, bool]] | None:
     """(its hook(s), {flag: value the SAE needs}) over the flags that matter at its hook (and a
-    transcoder's target hook); None when nothing is recorded or nothing matters there."""
+    transcoder's target hook) of a model with config `model_cfg`; None when nothing is recorded or
+    nothing matters there."""
     kwargs = recorded_kwargs(loaded)
     md = _metadata(loaded)
     hooks = [str(h) for h in (md.get("hook_name"), md.get("hook_name_out")) if h]  # a transcoder's target too
     if kwargs is None or not hooks:
         return None
-    flags = set().union(*(flags_changing(h) for h in hooks))
+    flags = set().union(*(flags_changing(h, model_cfg) for h in hooks))
     needed = {flag: bool(kwargs.get(flag, False)) for flag in sorted(flags)}
     return (" -> ".join(hooks), needed) if needed else None
 
 
-def processing_wanted(loaded: Any) -> bool | None:
+def processing_wanted(loaded: Any, model_cfg: Any = None) -> bool | None:
     """True when the SAE reads a model loaded with saesteer's processing (`--process-weights`), False
     when raw, None when either gives its activations (or nothing is recorded), and also None when
-    neither does (`check_processing` refuses that)."""
-    got = _needed(loaded)
+    neither does (`check_processing` refuses that). A preference for loading: without `model_cfg`
+    center_writing_weights counts as it does on GPT-2 (on other models it changes nothing there)."""
+    got = _needed(loaded, model_cfg)
     if got is None:
         return None
     values = set(got[1].values())
@@ -96,15 +128,22 @@ def _describe(needed: Mapping[str, bool]) -> str:
 
 
 def check_processing(loaded: Any, model: ModelIdentity | None, *, sae_name: str, model_as: str, override: str,
-                     fix: Callable[[bool], str]) -> None:
+                     fix: Callable[[bool], str], model_cfg: Any = None) -> None:
     """Refuse (ModelMismatchError) a model whose weight processing gives the SAE other activations
     at its hook than the ones its SAELens `model_from_pretrained_kwargs` say it was trained on,
     naming both sides, `fix(wanted)` (how to get a model processed (True) or raw (False) where the
-    caller is) and `override`. Nothing recorded on either side passes."""
-    got = _needed(loaded)
+    caller is) and `override`. Nothing recorded on either side passes. `model_cfg`: the model's
+    config, where known (`centres_writing_weights`); unknown, center_writing_weights=False alone never refuses."""
+    got = _needed(loaded, model_cfg)
     if got is None or model is None:
         return
     hook, needed = got
+    if centres_writing_weights(model_cfg) is None and not needed.get(_CENTRED, True):
+        # the model unknown: False (what SAELens's trainer writes for every SAE) may be moot there, so
+        # the other flags decide; True is only ever asked for where it centres (GPT-2's res-jb)
+        needed = {flag: value for flag, value in needed.items() if flag != _CENTRED}
+        if not needed:
+            return
     spec = getattr(loaded, "spec", None)
     who = f"SAE {sae_name!r}" + (f" ({spec})" if spec and spec != sae_name else "")
     asks = (f"{who} was trained on {hook} of a model loaded with {_describe(needed)} (SAELens's "

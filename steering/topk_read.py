@@ -51,7 +51,7 @@ import torch
 from torch import Tensor
 
 from saes.base import SAE
-from saes.precision import matmul_eps
+from saes.precision import matmul_rounding
 from steering.lowprecision import RelativeTolerance, rounds_once_in_float32
 
 
@@ -66,24 +66,32 @@ def weights_version(sae: SAE) -> tuple:
     return tuple((t.data_ptr(), t._version) for t in (sae.W_enc, sae.b_enc, sae.b_dec))
 
 
-def fold_b_dec(W_DX: Tensor, b_X: Tensor, b_dec_D: Tensor | None) -> tuple[Tensor, float, float]:
+def fold_b_dec(W_DX: Tensor, b_X: Tensor, b_dec_D: Tensor | None,
+               rounding: torch.dtype | None = None) -> tuple[Tensor, float, float]:
     """(b_fold_X, err_per_norm, err_const) for reading x itself: pre = x @ W + b_fold with
     b_fold = b - b_dec @ W is within `tol(x) = err_per_norm * ||x|| + err_const` of the SAE's own
     computed pre-activations (x - b_dec) @ W + b, for every column of W_DX (rounding of both
     computations, of the folded bias and of a sum pre + tol in the caller's dtype). The products'
-    rounding is the one torch's settings give now (`saes.precision`: TF32 on a GPU makes a float32
-    product as coarse as a float16 one)."""
+    rounding (`rounding`) is by default the one torch's settings give now (`saes.precision`: TF32
+    on a GPU rounds a float32 product's inputs to float16's mantissa, its sums stay float32)."""
     W, b = W_DX.double(), b_X.double()
     b_dec = b_dec_D.double() if b_dec_D is not None else W.new_zeros(W_DX.shape[0])
     b_fold_X = (b - b_dec @ W).to(W_DX.dtype)
-    eps = matmul_eps(W_DX.dtype, W_DX.device)
-    w_max = float(W.norm(dim=0).max()) if W.shape[1] else 0.0
+    rounding = rounding or matmul_rounding(W_DX.dtype, W_DX.device)
+    # products of inputs rounded coarser than their dtype (TF32, bf16-internal float32) still sum in
+    # the dtype: each input is off by at most eps_in relative (to nearest or truncated), so a product
+    # is off by (2 eps_in + eps_in^2) |x_i W_i|, in all at most that times ||x|| ||W_col|| (Cauchy-
+    # Schwarz), without the D factor of the sums' own rounding
+    acc = float(torch.finfo(W_DX.dtype).eps)
+    eps_in = float(torch.finfo(rounding).eps) if rounding != W_DX.dtype else 0.0
     D = W_DX.shape[0]
-    err_per_norm = 2.0 * (D + 4) * eps * w_max
+    rel = (2.0 + eps_in) * eps_in + (D + 4) * acc * (1.0 + eps_in) ** 2
+    w_max = float(W.norm(dim=0).max()) if W.shape[1] else 0.0
+    err_per_norm = 2.0 * rel * w_max  # ours and the SAE's own computation
     # a bias is one more term of each product's sum, so it carries the sum's error bound too
     big_b = (float(b_fold_X.abs().max()) + float(b.abs().max())) if W.shape[1] else 0.0
-    err_const = (err_per_norm * float(b_dec.norm()) + 2.0 * (D + 4) * eps * big_b + torch.finfo(W_DX.dtype).tiny)
-    err_const += 4.0 * eps * (big_b + err_const)  # the sum pre + tol rounds too
+    err_const = err_per_norm * float(b_dec.norm()) + 2.0 * rel * big_b + torch.finfo(W_DX.dtype).tiny
+    err_const += 4.0 * acc * (big_b + err_const)  # the sum pre + tol rounds too (in the dtype)
     return b_fold_X, err_per_norm, err_const
 
 
@@ -116,7 +124,11 @@ class TopKCandidates:
         self._fold_b_dec()
 
     def _fold_b_dec(self) -> None:
-        self.b_fold_F, self.err_per_norm, self.err_const = fold_b_dec(self.W_DF, self.b_F, self.b_dec_D)
+        # the products' rounding its tolerances were built for: a set built before TF32 (or bf16)
+        # was allowed must not serve readers after, whose products are coarser
+        self.rounding = matmul_rounding(self.W_DF.dtype, self.W_DF.device)
+        self.b_fold_F, self.err_per_norm, self.err_const = fold_b_dec(self.W_DF, self.b_F, self.b_dec_D,
+                                                                       self.rounding)
 
     @classmethod
     def of(cls, sae: SAE, n_candidates: int | None = None) -> "TopKCandidates":
@@ -126,7 +138,8 @@ class TopKCandidates:
         want = n_candidates or max(8 * k, 256, sae.d_sae // 8)
         version = weights_version(sae)
         c = cls._by_sae.get(sae)
-        if c is None or c.n_candidates != min(sae.d_sae, want) or c.weights_of != version:
+        if (c is None or c.n_candidates != min(sae.d_sae, want) or c.weights_of != version
+                or c.rounding != matmul_rounding(sae.W_enc.dtype, sae.W_enc.device)):
             c = cls(sae.W_enc.detach(), sae.b_enc.detach(), want, b_dec_D=b_dec_of(sae))
             c.weights_of = version
             cls._by_sae[sae] = c

@@ -468,13 +468,17 @@ def test_the_check_sees_an_error_hidden_behind_a_huge_bos_activation(monkeypatch
         assert runner.forward_used(L) == "transformer_lens"
 
 
-def test_the_check_allows_the_rounding_of_tf32_products_when_they_may_round_so():
+def test_the_check_allows_the_rounding_of_tf32_products_when_they_may_round_so(monkeypatch):
     """On a GPU with TF32 allowed, TransformerLens's float32 forward and the fast one each round their
     products' inputs to 10 bits: activations differ by about 1e-3, and the float32 tolerance (1e-4)
     sent every such cache to the slower forward. The tolerance is now the one of the rounding in force
-    (float16's under TF32; faked on the CPU with set_float32_matmul_precision('high'))."""
+    (float16's under TF32; faked on the CPU, which has no TF32, by giving the check CUDA's rounding
+    under set_float32_matmul_precision('high'))."""
+    import training.runner
+    from saes.precision import matmul_rounding
     from training.runner import FAST_CHECK_TOLERANCE, ActivationRunner
 
+    monkeypatch.setattr(training.runner, "matmul_rounding", lambda dtype, device: matmul_rounding(dtype, "cuda"))
     model = build()
     hook = "blocks.1.hook_resid_post"
     runner = ActivationRunner(model, [hook])
@@ -489,3 +493,44 @@ def test_the_check_allows_the_rounding_of_tf32_products_when_they_may_round_so()
         assert "differs" in runner._difference({hook: ref[hook] * 1.03}, ref)  # still a check
     finally:
         torch.set_float32_matmul_precision(before)
+
+
+def test_a_cache_packed_before_the_one_separator_rule_resumes_as_it_was_packed(tmp_path, monkeypatch):
+    """Caches made with bos_policy "doc" and separator "eos" by a tokenizer whose BOS is its EOS
+    (GPT-2, Pythia, OPT) before `eos_is_next_bos` existed wrote an EOS after every document and
+    record no rule. No flag chooses the rule, so a resume takes it from the manifest (absent: the
+    old one) and the finished cache is the one an uninterrupted old build gives, byte for byte."""
+    import training.packing as packing
+    import training.plan as plan
+    from training.cache import build_cache
+    from training.manifest import read_manifest
+    from training.text import TextConfig
+
+    model, _, cfg = _small_build(tmp_path, n_docs=30, seed=5, contexts=12)
+    model.tokenizer.bos_token = model.tokenizer.eos_token  # BOS is EOS, as GPT-2's <|endoftext|>
+    text = TextConfig(dataset=str(tmp_path / "corpus"), context_length=16, bos_policy="doc", separator="eos")
+    assert packing.eos_is_next_bos(text, packing.special_tokens(model.tokenizer))
+
+    def as_before(out):  # what the old code wrote: an EOS after every document, no record
+        man_path = tmp_path / out / "manifest.json"
+        man = json.loads(man_path.read_text())
+        del man["eos_is_next_bos"]
+        man_path.write_text(json.dumps(man))
+
+    for module in (packing, plan):
+        monkeypatch.setattr(module, "eos_is_next_bos", lambda cfg, specials: False)  # the old rule
+    build_cache(model, text, cfg("whole", "transformer_lens"), progress=False, log=None)
+    as_before("whole")
+    restore = _interrupt_after(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(model, text, cfg("old", "transformer_lens"), progress=False, log=None)
+    restore()
+    as_before("old")
+    monkeypatch.undo()  # the rule now: one <|endoftext|> between documents
+    build_cache(model, text, cfg("old", "transformer_lens"), progress=False, log=None)
+    assert read_manifest(tmp_path / "old").complete
+    assert read_manifest(tmp_path / "old").settings["eos_is_next_bos"] is False
+    for f in sorted(p.name for p in (tmp_path / "whole").iterdir() if p.name != "manifest.json"):
+        assert (tmp_path / "whole" / f).read_bytes() == (tmp_path / "old" / f).read_bytes(), f
+    new = build_cache(model, text, cfg("new", "transformer_lens"), progress=False, log=None)
+    assert new.manifest.settings["eos_is_next_bos"] is True  # a new cache packs by the rule

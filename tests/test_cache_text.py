@@ -55,7 +55,8 @@ def test_gpt2_documents_are_separated_by_one_endoftext_as_in_saelens(real_corpus
     """GPT-2's <|endoftext|> is both BOS and EOS: under bos_policy "doc" with separator "eos" every
     document was `[BOS] doc [EOS]`, two <|endoftext|> between documents. Now one, as SAELens packs
     GPT-2 text (its begin-sequence token = separator = BOS, written once); the other policies already
-    had one. A cache records the rule (resuming one packed the old way is refused)."""
+    had one. A cache records the rule (resuming a cache made before it continues the old way:
+    tests/test_cache_fast_forward.py)."""
     import torch
     from sae_lens.tokenization_and_batching import concat_and_batch_sequences
 
@@ -90,7 +91,8 @@ def test_gpt2_documents_are_separated_by_one_endoftext_as_in_saelens(real_corpus
     # restarting at a pointer continues exactly
     head, ptr = packed("doc", "eos").take(3)
     assert np.array_equal(np.concatenate([head, packed("doc", "eos", ptr, chunk=1).take(1000)[0]]), ours)
-    # a cache made before (no record: EOS written after every document) is not resumed with one separator
+    # a cache made before (no record: EOS written after every document) differs from this rule's
+    # settings (a resume takes the recorded rule first: training.plan.refuse_mismatch)
     old = {"bos_policy": "doc", "separator": "eos"}
     assert setting_differences(old, {**old, "eos_is_next_bos": True}) == [
         "eos_is_next_bos: cache has False, this run asks for True"]

@@ -533,7 +533,8 @@ def test_the_bound_covers_an_sae_whose_products_round_to_tf32(float32_matmul_pre
     """With TF32 allowed (torch.backends.cuda.matmul.allow_tf32 / set_float32_matmul_precision('high')),
     the SAE's own float32 pre-activations on a GPU are products of TF32-rounded inputs: thousands of
     float32 ulps from ours. The tolerance was float32's, so the bound could prove a firing latent
-    off; it is now the rounding in force (faked here on the CPU: 'high' applies to oneDNN too)."""
+    off; it is now the rounding in force on CUDA (the CPU has no TF32: these CPU tensors are given
+    CUDA's rounding)."""
     from saes.precision import matmul_eps, matmul_rounding
     from steering.topk_read import fold_b_dec
 
@@ -556,14 +557,12 @@ def test_the_bound_covers_an_sae_whose_products_round_to_tf32(float32_matmul_pre
         tol = e * x.double().norm(dim=1, keepdim=True) + c
         return float(((ours - own).abs() - tol).max())
 
-    assert matmul_rounding(torch.float32, "cpu") == torch.float32
-    assert worst_excess(fold_b_dec(W, b, None)) > 0  # float32's tolerance does not cover TF32 products
+    assert matmul_rounding(torch.float32, "cuda") == torch.float32
+    assert worst_excess(fold_b_dec(W, b, None, matmul_rounding(torch.float32, "cuda"))) > 0  # float32's does not cover TF32
     float32_matmul_precision("high")
-    assert matmul_rounding(torch.float32, "cpu") == torch.float16 and matmul_eps(torch.float32, "cuda") == 2.0**-10
+    assert matmul_rounding(torch.float32, "cuda") == torch.float16 and matmul_eps(torch.float32, "cuda") == 2.0**-10
     assert matmul_rounding(torch.bfloat16, "cuda") == torch.bfloat16  # other dtypes are their own
-    assert worst_excess(fold_b_dec(W, b, None)) <= 0
-    float32_matmul_precision("medium")
-    assert matmul_rounding(torch.float32, "cuda") == torch.bfloat16
+    assert worst_excess(fold_b_dec(W, b, None, matmul_rounding(torch.float32, "cuda"))) <= 0
 
 
 def test_tf32_settings_are_read_through_either_api():
@@ -583,9 +582,14 @@ def test_tf32_settings_are_read_through_either_api():
     assert out == ["torch.float16", "torch.float32", "torch.float16", "torch.float32"]
 
 
-def test_the_topk_read_equals_its_reference_when_products_may_round_to_tf32(float32_matmul_precision):
+def test_the_topk_read_equals_its_reference_when_products_may_round_to_tf32(float32_matmul_precision, monkeypatch):
     """The bound's tolerance grows with the rounding in force and every path still equals the
-    reference (the exact read is only as fast as the rounding allows, never wrong)."""
+    reference (the exact read is only as fast as the rounding allows, never wrong). The CPU has
+    no TF32: the reader is given the rounding CUDA's settings give."""
+    import steering.topk_read
+    from saes.precision import matmul_rounding
+
+    monkeypatch.setattr(steering.topk_read, "matmul_rounding", lambda dtype, device: matmul_rounding(dtype, "cuda"))
     sae = topk_sae("group")
     x = inputs(300)
     ids = torch.tensor([40, 44, 100])
@@ -593,7 +597,9 @@ def test_the_topk_read_equals_its_reference_when_products_may_round_to_tf32(floa
     float32_matmul_precision("high")
     reader = TopKReader(sae, ids, n_candidates=128)
     reader.cands.learn_rows = 60
-    assert reader.err_per_norm == pytest.approx(2**13 * as_float32)  # TF32's eps 2^-10, float32's 2^-23
+    D = sae.W_enc.shape[0]  # TF32 inputs (eps 2^-10), float32 sums (2^-23)
+    assert reader.err_per_norm == pytest.approx(as_float32 * (2.0**-9 + 2.0**-20 + (D + 4) * 2.0**-23 * (1 + 2.0**-10) ** 2)
+                                                / ((D + 4) * 2.0**-23))
     with torch.no_grad():
         for lo in range(0, 300, 6):
             assert torch.equal(reader(x[lo:lo + 6]), reader.reference(x[lo:lo + 6]))
@@ -666,3 +672,91 @@ def test_the_low_precision_tolerance_covers_the_sae_s_own_rounding_and_no_more_t
         assert float(c.max()) < 0.02 * float(own.double().std())
         gap = (own.double() - exact.double()).abs()
     assert bool((gap > c).any())  # the relative term is needed
+
+
+def test_a_shared_candidate_set_is_rebuilt_when_the_products_rounding_changes(float32_matmul_precision):
+    """Readers built without n_candidates share one candidate set per SAE (`TopKCandidates.of`):
+    one built under float32 products must not lend its float32 tolerance to a reader built after
+    a coarser precision was allowed ('medium': bfloat16 products on the CPU too)."""
+    from saes.precision import matmul_rounding
+
+    sae = topk_sae("group")
+    before = TopKReader(sae, torch.tensor([40]))
+    assert before.cands.rounding == torch.float32
+    float32_matmul_precision("medium")
+    assert matmul_rounding(torch.float32, "cpu") == torch.bfloat16
+    after = TopKReader(sae, torch.tensor([40]))
+    assert after.cands is not before.cands
+    assert after.err_per_norm > 1000 * before.err_per_norm  # bfloat16's eps 2^-7, float32's 2^-23
+    float32_matmul_precision("highest")
+    assert TopKReader(sae, torch.tensor([40])).err_per_norm == before.err_per_norm
+
+
+def test_each_device_s_rounding_follows_the_settings_that_change_its_products():
+    """The CPU (oneDNN) never uses TF32: "high" and CUDA's allow_tf32 leave its float32 products
+    float32, while "medium" / mkldnn's fp32_precision "bf16" round them to bfloat16. On CUDA,
+    torch >= 2.9 says what "medium" does (TF32) in cuda.matmul.fp32_precision. (In a child
+    process: mixing the two precision APIs outlives a test.)"""
+    import subprocess
+    import sys
+
+    code = ("import torch\nfrom saes.precision import matmul_rounding as r\n"
+            "def both(): print(r(torch.float32, 'cpu'), r(torch.float32, 'cuda'))\n"
+            "both()\n"
+            "torch.backends.cuda.matmul.allow_tf32 = True\nboth()\n"
+            "torch.set_float32_matmul_precision('high')\nboth()\n"
+            "torch.set_float32_matmul_precision('medium')\nboth()\n"
+            "torch.set_float32_matmul_precision('highest')\nboth()\n"
+            "torch.backends.mkldnn.matmul.fp32_precision = 'bf16'\nboth()\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    rows = [tuple(out[i:i + 2]) for i in range(0, len(out), 2)]
+    f32, f16, bf16 = "torch.float32", "torch.float16", "torch.bfloat16"
+    medium_on_cuda = f16 if hasattr(torch.backends.cuda.matmul, "fp32_precision") else bf16
+    assert rows == [(f32, f32), (f32, f16), (f32, f16), (bf16, medium_on_cuda), (f32, f32), (bf16, f32)]
+
+
+def mantissa_rounded(t: torch.Tensor, bits: int, truncate: bool) -> torch.Tensor:
+    """float32 values with a `bits`-bit mantissa (TF32: 10, bfloat16: 7), rounded to nearest (ties
+    to even) or truncated, as hardware may round a float32 product's inputs."""
+    drop = 23 - bits
+    i = t.contiguous().view(torch.int32)
+    if not truncate:
+        i = i + ((1 << (drop - 1)) - 1) + ((i >> drop) & 1)
+    return (i & ~((1 << drop) - 1)).view(torch.float32)
+
+
+@pytest.mark.parametrize("rounding,bits", [(torch.float16, 10), (torch.bfloat16, 7)])
+def test_the_bound_for_coarse_inputs_covers_emulated_products_without_the_length_factor(rounding, bits):
+    """Under TF32 (or bf16-internal float32) only a product's inputs round coarsely; its sums stay
+    float32. The tolerance charges the inputs' rounding once per norm (Cauchy-Schwarz), not once
+    per term of the sum: far tighter than 2 (D + 4) eps_in w_max, and it still covers products of
+    inputs rounded to `bits` mantissa bits either way (to nearest or truncated), worst case: every
+    rounding error of one sign, on our side and the SAE's."""
+    from steering.topk_read import fold_b_dec
+
+    g = torch.Generator().manual_seed(0)
+    D, F, N = 768, 64, 40
+    sign_D = torch.randint(0, 2, (D,), generator=g) * 2.0 - 1
+    W = sign_D[:, None] * (1 + 2.0**-bits - 2.0**-22) * 2.0 ** torch.randint(-6, -3, (D, F), generator=g)
+    b = torch.randn(F, generator=g) * 0.1
+    b_dec = torch.randn(D, generator=g) * 0.01
+    b_fold, e, c = fold_b_dec(W, b, b_dec, rounding)
+    eps_in = 2.0**-bits
+    w_max = float(W.double().norm(dim=0).max())
+    assert e < 2.0 * (D + 4) * eps_in * w_max / 100  # the old tolerance, two orders looser at D=768
+    worst = 0.0
+    # mantissas just under half a step (nearest rounds down) or a whole step (truncation loses most)
+    for m in (1 + 2.0**-(bits + 1) - 2.0**-20, 1 + 2.0**-bits - 2.0**-22):
+        x = sign_D * m * 2.0 ** torch.randint(-1, 2, (N, D), generator=g)
+        tol = e * x.double().norm(dim=1, keepdim=True) + c
+        ours = [(x @ W + b_fold).double()] + [
+            (mantissa_rounded(x, bits, t) @ mantissa_rounded(W, bits, t) + b_fold).double() for t in (False, True)]
+        xc = x - b_dec  # the SAE's own input
+        own = [mantissa_rounded(xc, bits, t).double() @ mantissa_rounded(W, bits, t).double() + b.double()
+               for t in (False, True)]
+        for o in ours:
+            for s_ in own:
+                ratio = float(((o - s_).abs() / tol).max())
+                assert ratio <= 1.0
+                worst = max(worst, ratio)
+    assert worst > 0.2  # the inputs do stress the bound: it is not loose by orders of magnitude

@@ -192,8 +192,13 @@ def test_what_a_saelens_sae_asks_of_the_model_follows_its_hooks():
         sae = saes.create_sae("topk", 8, 16, k=2, generator=torch.Generator().manual_seed(0), metadata=md)
         return LoadedSAE(sae, {}, "sae_lens:r/x", "sae_lens_registry")
 
+    from transformer_lens import HookedTransformerConfig
+
+    gpt2_cfg = HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=8, d_head=4, d_vocab=16, act_fn="gelu",
+                                       normalization_type="LN", original_architecture="GPT2LMHeadModel")
     raw, pro = ModelIdentity("hub", "gpt2"), ModelIdentity("hub", "gpt2", weights="processed")
-    kw = dict(sae_name="x", model_as="the model given", override="--allow-model-mismatch", fix=lambda w: f"use {w}")
+    kw = dict(sae_name="x", model_as="the model given", override="--allow-model-mismatch", fix=lambda w: f"use {w}",
+              model_cfg=gpt2_cfg)
     res_jb = loaded("blocks.8.hook_resid_pre", {"center_writing_weights": True})
     assert processing_wanted(res_jb) is True
     check_processing(res_jb, pro, **kw)
@@ -212,3 +217,66 @@ def test_what_a_saelens_sae_asks_of_the_model_follows_its_hooks():
     for model in (raw, pro):
         with pytest.raises(ModelMismatchError, match="neither gives those activations"):
             check_processing(result, model, **kw)
+
+
+def test_centring_writing_weights_counts_only_where_transformerlens_does_it():
+    """TransformerLens centres writing weights only before a LayerNorm: an RMSNorm (Llama, Gemma),
+    post-norm or shortformer model keeps them, so SAELens's trainer's center_writing_weights=False
+    says nothing there; a model whose config is unknown is not refused on its False alone."""
+    import saes
+    from saes.formats.base import LoadedSAE
+    from saes.processing import centres_writing_weights, check_processing, flags_changing
+    from transformer_lens import HookedTransformerConfig
+
+    def cfg(**kw):
+        return HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=8, d_head=4, d_vocab=16, act_fn="gelu", **kw)
+
+    gpt2 = cfg(normalization_type="LN", original_architecture="GPT2LMHeadModel")
+    assert centres_writing_weights(gpt2) is True
+    for other in (cfg(normalization_type="RMS", original_architecture="LlamaForCausalLM"),
+                  cfg(normalization_type="LN", positional_embedding_type="shortformer"),
+                  cfg(normalization_type="LN", original_architecture="Olmo2ForCausalLM")):
+        assert centres_writing_weights(other) is False
+        assert flags_changing("blocks.0.hook_resid_post", other) == set()
+    assert centres_writing_weights(None) is None
+    md = {"hook_name": "blocks.0.hook_resid_post", "model_from_pretrained_kwargs": {"center_writing_weights": False}}
+    sae = saes.create_sae("topk", 8, 16, k=2, generator=torch.Generator().manual_seed(0), metadata=md)
+    trained = LoadedSAE(sae, {}, "sae_lens:r/x", "sae_lens_registry")
+    kw = dict(sae_name="x", model_as="the model given", override="--allow-model-mismatch", fix=lambda w: f"use {w}")
+    pro = ModelIdentity("local", "m", weights="processed")
+    check_processing(trained, pro, model_cfg=cfg(normalization_type="RMS"), **kw)
+    check_processing(trained, pro, **kw)  # unknown config: False may be moot there
+    asks_centring = LoadedSAE(saes.create_sae("topk", 8, 16, k=2, metadata={**md, "model_from_pretrained_kwargs": {
+        "center_writing_weights": True}}), {}, "sae_lens:r/y", "sae_lens_registry")
+    with pytest.raises(ModelMismatchError, match="center_writing_weights=True"):  # True: asked where it centres
+        check_processing(asks_centring, ModelIdentity("local", "m"), **kw)
+    with pytest.raises(ModelMismatchError, match="center_writing_weights=False"):
+        check_processing(trained, pro, model_cfg=gpt2, **kw)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_a_saelens_trained_sae_on_a_processed_model_is_refused_only_where_activations_differ(real_models, family):
+    """SAELens's trainer records center_writing_weights=False: on a processed Llama-like model the
+    residual stream is the raw model's (RMSNorm: nothing centred) and the SAE is accepted; on
+    GPT-2 it differs and the SAE is refused."""
+    import saes
+    from saes.formats.base import LoadedSAE
+    from saes.identity import check_sae_model
+
+    path = str(real_models.path(family))
+    raw, pro = load_model(path, device="cpu"), load_model(path, device="cpu", process_weights=True)
+    hook = "blocks.1.hook_resid_post"
+    toks = raw.to_tokens(["The caf\u00e9 is open.", "def f(x):\n    return x + 1"])
+    with torch.no_grad():
+        a = raw.run_with_cache(toks, names_filter=[hook])[1][hook]
+        b = pro.run_with_cache(toks, names_filter=[hook])[1][hook]
+    same = torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+    assert same == (family == "llama")
+    md = {"hook_name": hook, "model_from_pretrained_kwargs": {"center_writing_weights": False}}
+    sae = saes.create_sae("topk", a.shape[-1], 16, k=2, generator=torch.Generator().manual_seed(0), metadata=md)
+    trained = LoadedSAE(sae, {}, "sae_lens:r/x", "sae_lens_registry")
+    if same:
+        check_sae_model(pro, trained)
+    else:
+        with pytest.raises(ModelMismatchError, match="center_writing_weights=False"):
+            check_sae_model(pro, trained)

@@ -281,7 +281,7 @@ def _open_prefetcher(plan: CachePlan, text: TextConfig, cfg: CacheConfig, tokeni
     start = TextPointer(*done[-1].text_end) if done else TextPointer(0, 0)
     ctx = sum(s.contexts for s in done)
     target = None if cfg.max_tokens is None else cfg.max_tokens // text.context_length
-    packer = open_packer(text, tokenizer, start, plan.source)
+    packer = open_packer(text, tokenizer, start, plan.source, eos_next_bos=plan.settings.get("eos_is_next_bos"))
     return Prefetcher(packer, int(plan.settings["shard_contexts"]), ctx, target, threaded=threaded)
 
 

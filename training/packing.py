@@ -126,10 +126,12 @@ def eos_is_next_bos(cfg: TextConfig, specials: SpecialTokens) -> bool:
             and specials.bos == specials.eos)
 
 
-def _item_extra(cfg: TextConfig, specials: SpecialTokens) -> tuple[int, int]:
-    """(tokens before, tokens after) each document's own in its item."""
+def _item_extra(cfg: TextConfig, specials: SpecialTokens, next_bos: bool | None = None) -> tuple[int, int]:
+    """(tokens before, tokens after) each document's own in its item. `next_bos`: whether the EOS
+    is left out (default: `eos_is_next_bos`; a resumed cache: what it records)."""
     pre = int(cfg.bos_policy == "doc")
-    post = int(cfg.separator == "eos" and not eos_is_next_bos(cfg, specials))
+    next_bos = eos_is_next_bos(cfg, specials) if next_bos is None else next_bos
+    post = int(cfg.separator == "eos" and not next_bos)
     return pre, post
 
 
@@ -148,6 +150,7 @@ class ContextPacker:
         cfg: TextConfig,
         specials: SpecialTokens,
         start: TextPointer = START,
+        eos_next_bos: bool | None = None,
     ):
         self.cfg = cfg
         self._chunks = chunks
@@ -161,7 +164,7 @@ class ContextPacker:
             raise ValueError("separator 'eos' needs an EOS token, but the tokenizer has none; use --separator none")
         self._bos = specials.bos
         self._eos = specials.eos
-        self._pre, self._post = _item_extra(cfg, specials)
+        self._pre, self._post = _item_extra(cfg, specials, eos_next_bos)
         self.K = cfg.context_length - 1 if cfg.bos_policy == "prepend" else cfg.context_length
         self._next_doc = start.doc
         self._skip = start.offset
@@ -241,12 +244,14 @@ class ContextPacker:
 
 
 def open_packer(
-    cfg: TextConfig, tokenizer, start: TextPointer = START, source: DocumentSource | None = None
+    cfg: TextConfig, tokenizer, start: TextPointer = START, source: DocumentSource | None = None,
+    eos_next_bos: bool | None = None,
 ) -> ContextPacker:
-    """A `ContextPacker` over `cfg`'s documents, from `start`."""
+    """A `ContextPacker` over `cfg`'s documents, from `start` (`eos_next_bos`: a resumed cache's
+    recorded `eos_is_next_bos`; default: the rule's)."""
     source = source or DocumentSource(cfg)
     return ContextPacker(
-        source.chunks(start.doc), make_tokenize(tokenizer), cfg, special_tokens(tokenizer), start
+        source.chunks(start.doc), make_tokenize(tokenizer), cfg, special_tokens(tokenizer), start, eos_next_bos
     )
 
 

@@ -19,7 +19,7 @@ import torch
 from saes.identity import identity_of_model
 from saes.validators import require
 from training.cache_config import CacheConfig, ExcludeTokens
-from training.manifest import FORMAT_NAME, FORMAT_VERSION, CacheMismatchError, Manifest, setting_differences
+from training.manifest import FORMAT_NAME, FORMAT_VERSION, SETTING_DEFAULTS, CacheMismatchError, Manifest, setting_differences
 from training.runner import ActivationRunner
 from training.shards import DTYPES
 from training.packing import eos_is_next_bos, special_tokens, tokenizer_fingerprint
@@ -135,7 +135,12 @@ def excluded_ids(tokenizer, mode: ExcludeTokens) -> list[int]:
 
 
 def refuse_mismatch(out: Path, existing: Manifest, settings: dict[str, Any]) -> None:
-    """Refuse to resume (or estimate against) a cache made with other settings, naming each."""
+    """Refuse to resume (or estimate against) a cache made with other settings, naming each.
+    The packing rule the cache was made with (`eos_is_next_bos`, absent in caches made before it:
+    an EOS after every document) is first taken into `settings`: no flag chooses it, and a resume
+    continues exactly as the cache was packed (the packer is opened with `settings`' value)."""
+    if "eos_is_next_bos" in settings:
+        settings["eos_is_next_bos"] = bool(existing.settings.get("eos_is_next_bos", SETTING_DEFAULTS["eos_is_next_bos"]))
     diffs = setting_differences(existing.settings, settings)
     if diffs:
         raise CacheMismatchError(

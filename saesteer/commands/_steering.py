@@ -149,6 +149,7 @@ def load_model(args, loaded: dict[str, LoadedSAE], store: Any = None, cache: str
                 if identity_of_sae(item) is None:
                     _check_named_model(name, dirs[name], item.sae, given, given_as)
                 check_processing(item, given, sae_name=name, model_as=given_as, override=OVERRIDE_FLAG,
+                                 model_cfg=getattr(model, "cfg", None),
                                  fix=lambda w: "give SAEs, a store and a cache made with the model loaded one way "
                                                f"(a cache made {'with' if w else 'without'} `saesteer cache "
                                                "--process-weights` records it)")
