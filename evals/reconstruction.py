@@ -20,7 +20,7 @@ Shape key: B rows, D d_in, F d_sae, O d_out.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -63,21 +63,6 @@ def activation_metrics(sae: SAE, x_RD: Tensor, dense_threshold: float, targets_R
     return out
 
 
-def reconstructor(sae: SAE) -> Callable[[Tensor], Tensor]:
-    """What replaces a hook's output when the SAE is spliced in: the SAE's reconstruction, for
-    hooks whose per-token vector has trailing dimensions (attn.hook_z [.., heads, d_head]) too."""
-    from training.evaluate import sae_reconstructor
-
-    inner = sae_reconstructor(sae)
-
-    def reconstruct(act: Tensor) -> Tensor:
-        if sae.is_transcoder or act.shape[-1] == sae.d_in or act.ndim < 4:
-            return inner(act)
-        return inner(act.flatten(-2)).reshape(act.shape)
-
-    return reconstruct
-
-
 def model_metrics(model: Any, sae: SAE, hook: str, tokens_NL: Tensor, keep_token_ids: tuple[int, ...],
                   batch_size: int) -> dict[str, float]:
     """CE loss recovered and KL with the SAE spliced in at `hook` (`training.evaluate.splice_metrics`);
@@ -89,9 +74,10 @@ def model_metrics_many(model: Any, saes: dict[str, tuple[SAE, str]], tokens_NL: 
                        batch_size: int) -> dict[str, dict[str, float]]:
     """`model_metrics` of several SAEs (name -> (SAE, the hook it reads)) over the same contexts
     (`training.evaluate.splice_metrics_many`: the clean pass of a batch run once for all of them)."""
-    from training.evaluate import Splice, splice_metrics_many
+    from training.evaluate import Splice, sae_reconstructor, splice_metrics_many
 
-    splices = [Splice(reconstructor(sae), transcoder_target(sae), hook) if sae.is_transcoder
-               else Splice(reconstructor(sae), hook) for sae, hook in saes.values()]
+    # sae_reconstructor reads a head hook's [.., heads, d_head] flattened, as the SAE was trained
+    splices = [Splice(sae_reconstructor(sae), transcoder_target(sae), hook) if sae.is_transcoder
+               else Splice(sae_reconstructor(sae), hook) for sae, hook in saes.values()]
     got = splice_metrics_many(model, splices, tokens_NL, keep_token_ids=keep_token_ids, batch_size=batch_size)
     return {name: m.to_dict() for name, m in zip(saes, got)}

@@ -111,6 +111,34 @@ def test_train_resume_save_and_splice(model, cache, tmp_path):
             assert torch.equal(a[key], b[key]), (name, key)
 
 
+def test_the_end_of_run_ce_evaluation_runs_the_clean_pass_once(model, cache, tmp_path, monkeypatch):
+    """The final CE loss recovered of each SAE ran its own clean and zero-ablated passes (3 forward
+    passes per SAE and batch). Now one clean pass and one zero-ablated pass for the run's SAEs, one
+    spliced pass per SAE, and each figure equals `splice_metrics` of that saved SAE alone."""
+    from training.evaluate import sae_reconstructor
+
+    calls = []
+    real_forward = type(model).forward
+
+    def counting_forward(self, *a, **k):
+        calls.append(tuple(a[0].shape))
+        return real_forward(self, *a, **k)
+
+    monkeypatch.setattr(type(model), "forward", counting_forward)
+    cfg = run_config(every=0)
+    cfg.train.total_tokens = 4 * B
+    ev = model_eval(model, cache)
+    got = train(cfg, reader(cache), tmp_path / "ce", model_eval=ev)
+    n_saes = len(cfg.saes)
+    assert calls.count((4, 16)) == 1 + n_saes + 1, calls  # ce_contexts=4 in one batch: clean + spliced x3 + zero
+    monkeypatch.setattr(type(model), "forward", real_forward)
+    for name, sae in got.saes.items():
+        alone = splice_metrics(model, sae_reconstructor(sae), H_OUT, ev.tokens[:4], batch_size=4, input_hook=H_IN)
+        m = got.metrics["saes"][name]
+        assert (m["ce_loss_clean"], m["ce_loss_spliced"], m["ce_loss_zero"], m["ce_loss_recovered"], m["kl_div"]) == (
+            alone.ce_loss_clean, alone.ce_loss_spliced, alone.ce_loss_zero, alone.ce_loss_recovered, alone.kl_div)
+
+
 def test_resume_without_the_target_is_refused(model, cache, tmp_path):
     """The saved reader position names the target hook: a reader of the input hook alone is another stream."""
     def stop_at(trainer):

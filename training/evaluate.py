@@ -322,8 +322,10 @@ class ModelEval:
     keep_token_ids: tuple[int, ...] = ()
     input_hook: str | None = None  # transcoders: the hook they read (hook_name: the target they replace)
 
-    def run(self, reconstruct: Callable[[Tensor], Tensor], eval_cfg: Any) -> SpliceMetrics:
-        """`splice_metrics` on the first `EvalConfig.ce_contexts` contexts (all when 0)."""
+    def run(self, reconstructs: Sequence[Callable[[Tensor], Tensor]], eval_cfg: Any) -> list[SpliceMetrics]:
+        """`splice_metrics_many` of every reconstruction (one per SAE of the run: the clean and
+        zero-ablated passes run once for all of them) on the first `EvalConfig.ce_contexts`
+        contexts (all when 0)."""
         toks = self.tokens[: eval_cfg.ce_contexts] if eval_cfg.ce_contexts else self.tokens
-        return splice_metrics(self.model, reconstruct, self.hook_name, toks, keep_token_ids=self.keep_token_ids,
-                              batch_size=eval_cfg.ce_batch_size, input_hook=self.input_hook)
+        return splice_metrics_many(self.model, [Splice(r, self.hook_name, self.input_hook) for r in reconstructs], toks,
+                                   keep_token_ids=self.keep_token_ids, batch_size=eval_cfg.ce_batch_size)

@@ -49,10 +49,13 @@ def finish_run(trainer: Trainer, out: Path, holdout_BD: Tensor, model_eval: Mode
     saes: dict[str, SAE] = {}
     per_sae: dict[str, dict[str, Any]] = {}
     for m in trainer.members:
-        sae = saes[m.name] = trainer.folded_sae(m)
-        if not writer:  # data parallel: rank 0 evaluates and writes; the others return the weights
+        saes[m.name] = trainer.folded_sae(m)
+    spliced = _final_splice_metrics(trainer, saes, model_eval) if writer else None
+    for i, m in enumerate(trainer.members):
+        if spliced is None:  # data parallel: rank 0 evaluates and writes; the others return the weights
             continue
-        metrics = final_metrics(trainer, m, sae, holdout_BD, model_eval, holdout_targets)
+        sae = saes[m.name]
+        metrics = {**final_metrics(trainer, m, sae, holdout_BD, holdout_targets), **spliced[i]}
         per_sae[m.name] = {**_sae_summary(trainer, m, sae), **metrics}
         provenance = _sae_provenance(trainer, m, prov, metrics, commit)
         sae_dirs[m.name] = save_sae(sae, out / SAE_DIR / m.name, provenance=provenance)
@@ -68,16 +71,23 @@ def finish_run(trainer: Trainer, out: Path, holdout_BD: Tensor, model_eval: Mode
 
 
 def final_metrics(trainer: Trainer, m: Member, sae: SAE, holdout_BD: Tensor,
-                  model_eval: ModelEval | None, holdout_targets: Tensor | None = None) -> dict[str, Any]:
-    """The saved (folded) SAE on the held-out rows (a transcoder: against their targets), its dead
-    fraction, and spliced into the model."""
-    cfg = trainer.config
-    metrics = evaluate_activations(sae, holdout_BD, dense_threshold=cfg.eval.dense_threshold, targets=holdout_targets)
+                  holdout_targets: Tensor | None = None) -> dict[str, Any]:
+    """The saved (folded) SAE on the held-out rows (a transcoder: against their targets) and its
+    dead fraction."""
+    metrics = evaluate_activations(sae, holdout_BD, dense_threshold=trainer.config.eval.dense_threshold,
+                                   targets=holdout_targets)
     metrics["dead_fraction"] = trainer.dead_fraction(m)
     metrics["dead_window_tokens"] = trainer.dead_window
-    if model_eval is not None and cfg.eval.ce_contexts > 0:
-        metrics.update(model_eval.run(sae_reconstructor(sae), cfg.eval).to_dict())
     return metrics
+
+
+def _final_splice_metrics(trainer: Trainer, saes: dict[str, SAE], model_eval: ModelEval | None) -> list[dict[str, Any]]:
+    """Every saved (folded) SAE spliced into the model, in `trainer.members` order (the clean pass
+    run once for all of them); empty dicts without a model or with `EvalConfig.ce_contexts` 0."""
+    if model_eval is None or trainer.config.eval.ce_contexts <= 0:
+        return [{} for _ in trainer.members]
+    got = model_eval.run([sae_reconstructor(saes[m.name]) for m in trainer.members], trainer.config.eval)
+    return [g.to_dict() for g in got]
 
 
 def _sae_summary(trainer: Trainer, m: Member, sae: SAE) -> dict[str, Any]:

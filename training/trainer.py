@@ -281,13 +281,15 @@ class Trainer:
     def evaluate(self, holdout_BD: Tensor, model_eval: Any = None,
                  holdout_targets: Tensor | None = None) -> dict[str, dict[str, Any]]:
         out = {}
-        for m in self.members:
+        spliced = (model_eval.run([sae_reconstructor(m.sae, self.scale, self.output_scale) for m in self.members],
+                                  self.config.eval) if model_eval is not None else None)
+        for i, m in enumerate(self.members):
             r = evaluate_activations(m.sae, holdout_BD, scale=self.scale, dense_threshold=self.config.eval.dense_threshold,
                                      targets=holdout_targets, target_scale=self.output_scale)
             r["dead_fraction"] = self.dead_fraction(m)
             r["dead_window_tokens"] = self.dead_window
-            if model_eval is not None:
-                r.update(model_eval.run(sae_reconstructor(m.sae, self.scale, self.output_scale), self.config.eval).to_dict())
+            if spliced is not None:
+                r.update(spliced[i].to_dict())
             out[m.name] = r
         return out
 
