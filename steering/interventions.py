@@ -134,7 +134,7 @@ class LatentReader:
         """Rows with a pre-activation within its own tolerance of the threshold: the SAE's own
         expression over the row decides (written into pre_NM)."""
         tol_N1 = torch.linalg.vector_norm(x_ND, dim=-1, keepdim=True, dtype=torch.float64) * self.err_per_norm
-        near_N = (d_NM.double().abs() * (1.0 - torch.finfo(self.dtype).eps) <= tol_N1 + self.err_const).any(1)
+        near_N = (d_NM.double().abs() * (1.0 - self.eps) <= tol_N1 + self.err_const).any(1)
         sae_in = x_ND - self.b_dec_D if self.b_dec_D is not None else x_ND
         for r in near_N.nonzero().flatten().tolist():
             own_1F = sae_in[r : r + 1] @ self.W_enc_DF + self.b_enc_F

@@ -317,9 +317,7 @@ class BatchEditor:
 
     def _derived(self, layouts: list[RowLayout], tables: dict[str, Tensor], entries: dict[str, dict]) -> BatchEditor:
         ed = object.__new__(BatchEditor)
-        ed.__dict__.update({k: v for k, v in self.__dict__.items()})
-        ed.__dict__.update(tables)
-        ed.__dict__.update(entries)
+        ed.__dict__.update(self.__dict__, **tables, **entries)
         ed.B, ed.layouts = len(layouts), layouts
         ed._mode, ed._applies, ed._index = None, None, None
         ed._flags()

@@ -420,7 +420,7 @@ class TopKReader:
         tie straddles the k-th place (then the SAE's own top k decides). None when every
         activation read is 0 (the count found none selected)."""
         self.full_rows += x_ND.shape[0]
-        u_ND = x_ND - self.b_dec_D if self.b_dec_D is not None else x_ND
+        u_ND = self._sae_input(x_ND)
         pre_NF = torch.mm(u_ND, self.W_DF, out=self._buffer(u_ND)).add_(self.b_F)  # the SAE's own expression
         if self.M <= self.count_latents and not self.cands.young:
             settled, a_NM = self._count_select(pre_NF)
