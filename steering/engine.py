@@ -416,8 +416,9 @@ class BatchEngine:
             by_hook.setdefault(writes, []).append(ed)
         reads = {ed.reads_hook for ed in editors.values() if ed.reads_hook is not None}
         with self.lock:
-            self._opt_in.need(sorted(set(by_hook) | reads), "steering")
-            for h in set(by_hook) | reads:
+            hooks = sorted(set(by_hook) | reads)
+            self._opt_in.need(hooks, "steering")
+            for h in hooks:
                 if h not in self._handles:
                     self._handles[h] = self.model.hook_dict[h].register_forward_hook(
                         lambda module, inputs, output, h=h: self._on_hook(h, output))

@@ -25,7 +25,7 @@ the prompt; role:/turn: need a chat prompt (see `steering.chat`). The semantics 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -242,8 +242,8 @@ class BatchEditor:
                     need[(b, u)] = None
         U = self.U
 
-        def at(b: list[int], u: list[int]) -> Tensor:  # flat positions in a [B, U] table
-            return torch.tensor([i * U + j for i, j in zip(b, u)], dtype=torch.int64)
+        def at(pairs: Iterable[tuple[int, int]]) -> Tensor:  # flat positions of (b, u) pairs in a [B, U] table
+            return torch.tensor([b * U + u for b, u in pairs], dtype=torch.int64)
 
         def table(flat: Tensor, values: list, fill, dtype) -> Tensor:
             t = torch.full((self.B * U,), fill, dtype=dtype)
@@ -251,14 +251,13 @@ class BatchEditor:
                 t[flat] = torch.tensor(values, dtype=dtype)
             return t.view(self.B, U).to(dev)
 
-        edits, trigs = at(edit_b, edit_u), at(trig_b, trig_u)
+        edits, trigs = at(zip(edit_b, edit_u)), at(zip(trig_b, trig_u))
         self.c1_BU, self.c0_BU = table(edits, c1, 0.0, dt), table(edits, c0, 0.0, dt)
         self.trig_col_BU = table(trigs, trig_col, 0, torch.int64)
         self.trig_thr_BU = table(trigs, trig_thr, 0.0, dt)
         self.has_trig_BU = table(trigs, [True] * len(trig_b), False, torch.bool)
-        stops = at(*zip(*stop_thr)) if stop_thr else trigs[:0]
-        self.stop_thr_BU = table(stops, list(stop_thr.values()), float("inf"), dt)
-        self.need_BU = table(at(*zip(*need)) if need else trigs[:0], [True] * len(need), False, torch.bool)
+        self.stop_thr_BU = table(at(stop_thr), list(stop_thr.values()), float("inf"), dt)
+        self.need_BU = table(at(need), [True] * len(need), False, torch.bool)
 
     def _compile_decode_coverage(self, dev) -> None:
         """Decode-time coverage: every-generated rules are fixed (this table), offset sets are looked
