@@ -68,7 +68,8 @@ class LatentReader:
     latents are read alongside (the batched engine reads a different set for each batch). The
     test costs two reductions per call: the smallest |pre - threshold| of the call against the
     tolerance of its largest norm (the Frobenius norm of all its rows); only when that fails are
-    rows tested one by one. Built for the SAE's weights at construction (some detached views, some copies): build a new one after changing them in place."""
+    rows tested one by one. Built for the SAE's weights at construction (some detached views,
+    some copies): build a new one after changing them in place."""
 
     def __init__(self, sae: SAE, ids_M: Tensor) -> None:
         self.sae = sae
@@ -147,7 +148,8 @@ class LatentEditor:
 
     `triggers` (optional, one per edited latent): None, or (trigger latent, raw threshold): the
     edit of that latent applies only on rows where the trigger's current activation is above the
-    threshold. Built for the SAE's weights at construction (some detached views, some copies): build a new one after changing them in place; device/dtype are the SAE's.
+    threshold. Built for the SAE's weights at construction (some detached views, some copies):
+    build a new one after changing them in place; device/dtype are the SAE's.
     """
 
     def __init__(self, sae: SAE, ids: Sequence[int], c1: Sequence[float], c0: Sequence[float],

@@ -216,7 +216,8 @@ class TopKReader:
     `min_bound_macs` multiply-adds, below which the bound's extra operations cost more than they
     save), else the full path. With a need mask the full path is the rows-alone read
     (`_read_rows_alone`) of every row that needs a latent, and after the bound, of the rows it
-    left open (its folded top k teaches a young set). Built for the SAE's weights at construction (some detached views, some copies): build a new one after changing them in place. Not
+    left open (its folded top k teaches a young set). Built for the SAE's weights at construction
+    (some detached views, some copies): build a new one after changing them in place. Not
     thread-safe (counters, a reused buffer)."""
 
     def __init__(self, sae: SAE, ids_M: Tensor, *, n_candidates: int | None = None, bound_rows: int = 4096,
