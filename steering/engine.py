@@ -34,7 +34,7 @@ from torch import Tensor
 
 from saes.hookpoints import OptInSwitch
 from steering.latentcolumns import LatentColumns
-from steering.rowedits import BatchEditor, RowLayout, RowSteering, check_positions, editors_for
+from steering.rowedits import BatchEditor, RowLayout, RowSteering, check_positions, editors_for, kept_columns
 from steering.runner import make_runner
 from steering.sampling import Choice, RowRandom, SamplingParams, choose
 from steering.spec import SteeringError
@@ -392,11 +392,8 @@ class BatchEngine:
 
     def _blank_editor(self, name: str, rows: Sequence[_Live]) -> BatchEditor:
         """An editor of SAE `name` for rows that edit nothing there (its current columns)."""
-        columns = self.columns.get(name)
-        if columns is None:
-            columns = self.columns[name] = LatentColumns(self.saes[name])
-        return BatchEditor(self.saes[name], name, [None] * len(rows), [l.layout for l in rows], columns,
-                           drop_unused=False)
+        return BatchEditor(self.saes[name], name, [None] * len(rows), [l.layout for l in rows],
+                           kept_columns(self.columns, name, self.saes[name]), drop_unused=False)
 
     @contextlib.contextmanager
     def _hooked(self, editors: Mapping[str, BatchEditor]):

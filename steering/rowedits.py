@@ -424,12 +424,17 @@ def editors_for(saes: Mapping[str, Any], rows: Sequence[RowSteering | None], lay
     for name in sorted(names):
         if name not in saes:
             raise SteeringError(f"unknown SAE {name!r}; known: {', '.join(saes)}")
-        cols = None
-        if columns is not None:
-            cols = columns.get(name)
-            if cols is None or cols.sae is not saes[name]:
-                cols = columns[name] = LatentColumns(saes[name])
+        cols = kept_columns(columns, name, saes[name]) if columns is not None else None
         ed = BatchEditor(saes[name], name, rows, layouts, cols, drop_unused)
         if ed.active:
             out[name] = ed
     return out
+
+
+def kept_columns(columns: dict[str, LatentColumns], name: str, sae: SAE) -> LatentColumns:
+    """SAE `name`'s columns in `columns` (the engine's, kept between batches), new ones when
+    missing or made for another SAE object under that name."""
+    cols = columns.get(name)
+    if cols is None or cols.sae is not sae:
+        cols = columns[name] = LatentColumns(sae)
+    return cols
