@@ -269,10 +269,6 @@ class TopKReader:
         self.bound_skips = 0  # calls that skipped the bound (tests, tuning)
         self.python_pairs = 64  # (row, latent) pairs a count finishes in Python (a generation step's)
 
-    @property
-    def W_DC(self) -> Tensor | None:
-        return self.cands.W_DC
-
     def bound_pays(self, n_rows: int) -> bool:
         c = self.cands
         return (not c.young and n_rows <= self.bound_rows and 2 * c.n_candidates <= self.F
