@@ -262,11 +262,11 @@ class BatchEditor:
     def _compile_decode_coverage(self, dev) -> None:
         """Decode-time coverage: every-generated rules are fixed (this table), offset sets are looked
         up per step (`offset_rules`, see `_flags`)."""
-        every_b = [b for (b, _), rule in self.rules.items() if rule.every_generated]
-        every_u = [u for (_, u), rule in self.rules.items() if rule.every_generated]
+        pairs = [bu for bu, rule in self.rules.items() if rule.every_generated]
         every = torch.zeros(self.B, self.U, dtype=torch.bool)
-        if every_b:
-            every[every_b, every_u] = True
+        if pairs:
+            every_b, every_u = zip(*pairs)
+            every[list(every_b), list(every_u)] = True
         self.every_generated_BU = every.to(dev)
 
     def _flags(self) -> None:
