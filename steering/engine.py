@@ -34,7 +34,7 @@ from torch import Tensor
 
 from saes.hookpoints import OptInSwitch
 from steering.latentcolumns import LatentColumns
-from steering.rowedits import BatchEditor, RowLayout, RowSteering, check_positions, editors_for
+from steering.rowedits import BatchEditor, RowLayout, RowSteering, check_positions, editors_for, kept_columns
 from steering.runner import make_runner
 from steering.sampling import Choice, RowRandom, SamplingParams, choose
 from steering.spec import SteeringError
@@ -392,11 +392,8 @@ class BatchEngine:
 
     def _blank_editor(self, name: str, rows: Sequence[_Live]) -> BatchEditor:
         """An editor of SAE `name` for rows that edit nothing there (its current columns)."""
-        columns = self.columns.get(name)
-        if columns is None:
-            columns = self.columns[name] = LatentColumns(self.saes[name])
-        return BatchEditor(self.saes[name], name, [None] * len(rows), [l.layout for l in rows], columns,
-                           drop_unused=False)
+        return BatchEditor(self.saes[name], name, [None] * len(rows), [l.layout for l in rows],
+                           kept_columns(self.columns, name, self.saes[name]), drop_unused=False)
 
     @contextlib.contextmanager
     def _hooked(self, editors: Mapping[str, BatchEditor]):
@@ -416,8 +413,9 @@ class BatchEngine:
             by_hook.setdefault(writes, []).append(ed)
         reads = {ed.reads_hook for ed in editors.values() if ed.reads_hook is not None}
         with self.lock:
-            self._opt_in.need(sorted(set(by_hook) | reads), "steering")
-            for h in set(by_hook) | reads:
+            hooks = sorted(set(by_hook) | reads)
+            self._opt_in.need(hooks, "steering")
+            for h in hooks:
                 if h not in self._handles:
                     self._handles[h] = self.model.hook_dict[h].register_forward_hook(
                         lambda module, inputs, output, h=h: self._on_hook(h, output))

@@ -68,7 +68,8 @@ class LatentReader:
     latents are read alongside (the batched engine reads a different set for each batch). The
     test costs two reductions per call: the smallest |pre - threshold| of the call against the
     tolerance of its largest norm (the Frobenius norm of all its rows); only when that fails are
-    rows tested one by one. Built for the SAE's weights at construction (some detached views, some copies): build a new one after changing them in place."""
+    rows tested one by one. Built for the SAE's weights at construction (some detached views,
+    some copies): build a new one after changing them in place."""
 
     def __init__(self, sae: SAE, ids_M: Tensor) -> None:
         self.sae = sae
@@ -134,7 +135,7 @@ class LatentReader:
         """Rows with a pre-activation within its own tolerance of the threshold: the SAE's own
         expression over the row decides (written into pre_NM)."""
         tol_N1 = torch.linalg.vector_norm(x_ND, dim=-1, keepdim=True, dtype=torch.float64) * self.err_per_norm
-        near_N = (d_NM.double().abs() * (1.0 - torch.finfo(self.dtype).eps) <= tol_N1 + self.err_const).any(1)
+        near_N = (d_NM.double().abs() * (1.0 - self.eps) <= tol_N1 + self.err_const).any(1)
         sae_in = x_ND - self.b_dec_D if self.b_dec_D is not None else x_ND
         for r in near_N.nonzero().flatten().tolist():
             own_1F = sae_in[r : r + 1] @ self.W_enc_DF + self.b_enc_F
@@ -147,7 +148,8 @@ class LatentEditor:
 
     `triggers` (optional, one per edited latent): None, or (trigger latent, raw threshold): the
     edit of that latent applies only on rows where the trigger's current activation is above the
-    threshold. Built for the SAE's weights at construction (some detached views, some copies): build a new one after changing them in place; device/dtype are the SAE's.
+    threshold. Built for the SAE's weights at construction (some detached views, some copies):
+    build a new one after changing them in place; device/dtype are the SAE's.
     """
 
     def __init__(self, sae: SAE, ids: Sequence[int], c1: Sequence[float], c0: Sequence[float],

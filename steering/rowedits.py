@@ -25,7 +25,7 @@ the prompt; role:/turn: need a chat prompt (see `steering.chat`). The semantics 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -242,8 +242,8 @@ class BatchEditor:
                     need[(b, u)] = None
         U = self.U
 
-        def at(b: list[int], u: list[int]) -> Tensor:  # flat positions in a [B, U] table
-            return torch.tensor([i * U + j for i, j in zip(b, u)], dtype=torch.int64)
+        def at(pairs: Iterable[tuple[int, int]]) -> Tensor:  # flat positions of (b, u) pairs in a [B, U] table
+            return torch.tensor([b * U + u for b, u in pairs], dtype=torch.int64)
 
         def table(flat: Tensor, values: list, fill, dtype) -> Tensor:
             t = torch.full((self.B * U,), fill, dtype=dtype)
@@ -251,23 +251,22 @@ class BatchEditor:
                 t[flat] = torch.tensor(values, dtype=dtype)
             return t.view(self.B, U).to(dev)
 
-        edits, trigs = at(edit_b, edit_u), at(trig_b, trig_u)
+        edits, trigs = at(zip(edit_b, edit_u)), at(zip(trig_b, trig_u))
         self.c1_BU, self.c0_BU = table(edits, c1, 0.0, dt), table(edits, c0, 0.0, dt)
         self.trig_col_BU = table(trigs, trig_col, 0, torch.int64)
         self.trig_thr_BU = table(trigs, trig_thr, 0.0, dt)
         self.has_trig_BU = table(trigs, [True] * len(trig_b), False, torch.bool)
-        stops = at(*zip(*stop_thr)) if stop_thr else trigs[:0]
-        self.stop_thr_BU = table(stops, list(stop_thr.values()), float("inf"), dt)
-        self.need_BU = table(at(*zip(*need)) if need else trigs[:0], [True] * len(need), False, torch.bool)
+        self.stop_thr_BU = table(at(stop_thr), list(stop_thr.values()), float("inf"), dt)
+        self.need_BU = table(at(need), [True] * len(need), False, torch.bool)
 
     def _compile_decode_coverage(self, dev) -> None:
         """Decode-time coverage: every-generated rules are fixed (this table), offset sets are looked
         up per step (`offset_rules`, see `_flags`)."""
-        every_b = [b for (b, _), rule in self.rules.items() if rule.every_generated]
-        every_u = [u for (_, u), rule in self.rules.items() if rule.every_generated]
+        pairs = [bu for bu, rule in self.rules.items() if rule.every_generated]
         every = torch.zeros(self.B, self.U, dtype=torch.bool)
-        if every_b:
-            every[every_b, every_u] = True
+        if pairs:
+            every_b, every_u = zip(*pairs)
+            every[list(every_b), list(every_u)] = True
         self.every_generated_BU = every.to(dev)
 
     def _flags(self) -> None:
@@ -317,9 +316,7 @@ class BatchEditor:
 
     def _derived(self, layouts: list[RowLayout], tables: dict[str, Tensor], entries: dict[str, dict]) -> BatchEditor:
         ed = object.__new__(BatchEditor)
-        ed.__dict__.update({k: v for k, v in self.__dict__.items()})
-        ed.__dict__.update(tables)
-        ed.__dict__.update(entries)
+        ed.__dict__.update(self.__dict__, **tables, **entries)
         ed.B, ed.layouts = len(layouts), layouts
         ed._mode, ed._applies, ed._index = None, None, None
         ed._flags()
@@ -427,12 +424,17 @@ def editors_for(saes: Mapping[str, Any], rows: Sequence[RowSteering | None], lay
     for name in sorted(names):
         if name not in saes:
             raise SteeringError(f"unknown SAE {name!r}; known: {', '.join(saes)}")
-        cols = None
-        if columns is not None:
-            cols = columns.get(name)
-            if cols is None or cols.sae is not saes[name]:
-                cols = columns[name] = LatentColumns(saes[name])
+        cols = kept_columns(columns, name, saes[name]) if columns is not None else None
         ed = BatchEditor(saes[name], name, rows, layouts, cols, drop_unused)
         if ed.active:
             out[name] = ed
     return out
+
+
+def kept_columns(columns: dict[str, LatentColumns], name: str, sae: SAE) -> LatentColumns:
+    """SAE `name`'s columns in `columns` (the engine's, kept between batches), new ones when
+    missing or made for another SAE object under that name."""
+    cols = columns.get(name)
+    if cols is None or cols.sae is not sae:
+        cols = columns[name] = LatentColumns(sae)
+    return cols

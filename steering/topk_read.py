@@ -216,7 +216,8 @@ class TopKReader:
     `min_bound_macs` multiply-adds, below which the bound's extra operations cost more than they
     save), else the full path. With a need mask the full path is the rows-alone read
     (`_read_rows_alone`) of every row that needs a latent, and after the bound, of the rows it
-    left open (its folded top k teaches a young set). Built for the SAE's weights at construction (some detached views, some copies): build a new one after changing them in place. Not
+    left open (its folded top k teaches a young set). Built for the SAE's weights at construction
+    (some detached views, some copies): build a new one after changing them in place. Not
     thread-safe (counters, a reused buffer)."""
 
     def __init__(self, sae: SAE, ids_M: Tensor, *, n_candidates: int | None = None, bound_rows: int = 4096,
@@ -267,10 +268,6 @@ class TopKReader:
         self._since_try = 0
         self.bound_skips = 0  # calls that skipped the bound (tests, tuning)
         self.python_pairs = 64  # (row, latent) pairs a count finishes in Python (a generation step's)
-
-    @property
-    def W_DC(self) -> Tensor | None:
-        return self.cands.W_DC
 
     def bound_pays(self, n_rows: int) -> bool:
         c = self.cands
@@ -420,7 +417,7 @@ class TopKReader:
         tie straddles the k-th place (then the SAE's own top k decides). None when every
         activation read is 0 (the count found none selected)."""
         self.full_rows += x_ND.shape[0]
-        u_ND = x_ND - self.b_dec_D if self.b_dec_D is not None else x_ND
+        u_ND = self._sae_input(x_ND)
         pre_NF = torch.mm(u_ND, self.W_DF, out=self._buffer(u_ND)).add_(self.b_F)  # the SAE's own expression
         if self.M <= self.count_latents and not self.cands.young:
             settled, a_NM = self._count_select(pre_NF)
