@@ -40,7 +40,6 @@ __all__ = [
     "escape_data",
     "whole_characters",
     "shown_pieces",
-    "markable_positions",
     "render_tokens",
     "marked_lines",
     "build_explain_messages",
@@ -132,12 +131,6 @@ def shown_pieces(tokens: Sequence[str]) -> tuple[list[str], set[int]]:
     return shown, gone
 
 
-def markable_positions(tokens: Sequence[str], positions: Sequence[int]) -> list[int]:
-    """The `positions` whose marks a prompt shows (see `shown_pieces`)."""
-    gone = shown_pieces(tokens)[1]
-    return [i for i in positions if i not in gone]
-
-
 def render_tokens(tokens: Sequence[str], marked: Sequence[int] = ()) -> str:
     """One line of escaped text with the tokens at `marked` positions wrapped in << >>.
 
@@ -145,10 +138,15 @@ def render_tokens(tokens: Sequence[str], marked: Sequence[int] = ()) -> str:
     line is the window's text exactly (less the bytes of characters cut at its edges:
     `whole_characters`), escaped. Adjacent marked tokens keep separate marks; a mark on a position
     with nothing to show is dropped (`shown_pieces`)."""
+    shown, gone = shown_pieces(tokens)
+    return _marked_line(shown, [i for i in marked if i not in gone])
+
+
+def _marked_line(shown: Sequence[str], marked: Sequence[int]) -> str:
+    """`shown_pieces`' pieces joined, `marked` (positions it keeps) wrapped in << >>."""
     from features.tokentext import mark_pieces  # here: importing `features` loads torch, autointerp does not
 
-    shown, gone = shown_pieces(tokens)
-    return mark_pieces(shown, [i for i in marked if i not in gone], MARK_OPEN, MARK_CLOSE).strip()
+    return mark_pieces(shown, marked, MARK_OPEN, MARK_CLOSE).strip()
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,11 +189,12 @@ def marked_lines(examples: Sequence[Example], mark_threshold: float) -> list[str
     it would read as one where the feature is silent."""
     lines = []
     for ex in examples:
+        shown, gone = shown_pieces(ex.tokens)
         active = active_positions(ex, mark_threshold)
-        marks = markable_positions(ex.tokens, active)
+        marks = [i for i in active if i not in gone]
         if active and not marks:
             continue
-        lines.append(render_tokens(ex.tokens, marks))
+        lines.append(_marked_line(shown, marks))
     return lines
 
 

@@ -47,7 +47,7 @@ from features.source import ActivationSource
 from features.store import FeatureStore, StoreError, StoreMismatchError
 from features.store.rows import (CorrelationRow, ExampleRow, FeatureRow, HistogramRow, LogitRow, NeighbourRow,
                                  SearchTextRow)
-from features.tokentext import token_labels, token_texts
+from features.tokentext import LABEL_RULE, token_labels, token_texts
 from saes.fileio import FileLock, atomic_path
 from saes.formats.base import sae_of
 
@@ -78,8 +78,6 @@ class BuildResult:
 def refresh_vocab(store, tokenizer) -> bool:
     """Write the store's vocabulary (`token_labels`) when it has none or one of an older label rule
     (meta "vocab_labels"), and a tokenizer is at hand. Returns whether it wrote it."""
-    from features.tokentext import LABEL_RULE
-
     if tokenizer is None:
         return False
     if store.has_vocab() and store.meta.get("vocab_labels") == LABEL_RULE:

@@ -38,7 +38,8 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 __all__ = ["TokenText", "token_text", "token_texts", "token_bytes", "token_label", "token_labels", "label_of_bytes",
-           "PART_OF_A_CHARACTER", "pieces_by_prefix", "align_pieces", "mark_pieces", "visible"]
+           "PART_OF_A_CHARACTER", "LABEL_RULE", "label_from_rule_1",
+           "pieces_by_prefix", "align_pieces", "mark_pieces", "visible"]
 
 
 @dataclass(frozen=True)
@@ -100,19 +101,6 @@ def token_bytes(tokenizer, token_id: int, decoded: str | None = None) -> bytes:
     return decoded.encode("utf-8")
 
 
-# The version of the rule `token_label` follows, recorded in a store's meta as "vocab_labels". 1 (no
-# key): part of a character as its bare escaped bytes, a SentencePiece word without its space.
-LABEL_RULE = 2
-_OLD_ESCAPES = re.compile(r"(?:\\x[89a-f][0-9a-f])+")  # rule 1's part of a character: escaped bytes >= 0x80
-
-
-def label_from_rule_1(label: str) -> str:
-    """A label a store wrote by rule 1, read where no tokenizer can recompute it: runs of escaped bytes
-    0x80-0xff get the U+FFFD mark (so they never read as text; text that only spells such an escape
-    is marked too: the safe side). A SentencePiece word's lost space cannot be told from the label."""
-    return _OLD_ESCAPES.sub(lambda m: PART_OF_A_CHARACTER + m.group(), label)
-
-
 PART_OF_A_CHARACTER = "\ufffd"  # starts the escaped bytes of a token's part of a character (`label_of_bytes`)
 _CUT = re.compile("[\udc80-\udcff]+")  # bytes that are no UTF-8, as the "surrogateescape" decoding holds them
 
@@ -143,6 +131,19 @@ def token_labels(tokenizer, ids: Iterable[int] | None = None) -> list[str]:
     knows_bytes = table is not None and table.kind in ("bytes", "spm")
     decoded = [None] * len(ids) if knows_bytes else decode_all(tokenizer, [[i] for i in ids])
     return [label_of_bytes(token_bytes(tokenizer, i, d)) for i, d in zip(ids, decoded)]
+
+
+# The version of the rule `token_label` follows, recorded in a store's meta as "vocab_labels". 1 (no
+# key): part of a character as its bare escaped bytes, a SentencePiece word without its space.
+LABEL_RULE = 2
+_OLD_ESCAPES = re.compile(r"(?:\\x[89a-f][0-9a-f])+")  # rule 1's part of a character: escaped bytes >= 0x80
+
+
+def label_from_rule_1(label: str) -> str:
+    """A label a store wrote by rule 1, read where no tokenizer can recompute it: runs of escaped bytes
+    0x80-0xff get the U+FFFD mark (so they never read as text; text that only spells such an escape
+    is marked too: the safe side). A SentencePiece word's lost space cannot be told from the label."""
+    return _OLD_ESCAPES.sub(lambda m: PART_OF_A_CHARACTER + m.group(), label)
 
 
 def token_texts(tokenizer, windows: Sequence[Sequence[int]]) -> list[TokenText]:

@@ -170,13 +170,15 @@ class TextAssembler:
         if self.stopped:
             return ""
         start = len(self.emitted)
-        if self._decoded < len(self.ids) and _INCOMPLETE in self._decode():
-            # pushed without decoding, and an invalid byte run may have rewritten emitted text had it
-            # streamed: the text is decoded token by token, as streaming would have
-            for n in range(self._decoded + 1, len(self.ids)):
-                full = self._settled(n)
-                self._advance(full[: self._safe_end(full)])
-        self._advance(self._settled())
+        if self._decoded < len(self.ids):  # pushed without decoding (else `_full` is the whole text already)
+            if _INCOMPLETE in self._decode():
+                # an invalid byte run may have rewritten emitted text had it streamed: the text is
+                # decoded token by token, as streaming would have
+                for n in range(self._decoded + 1, len(self.ids)):
+                    full = self._settled(n)
+                    self._advance(full[: self._safe_end(full)])
+            self._settled()
+        self._advance(self._full)
         return self.emitted[start:]
 
     def offsets(self, final: bool = False) -> list[int]:

@@ -18,9 +18,9 @@ from features.store.errors import (
     StoreMismatchError,
     StoreReadOnlyError,
 )
+from features.store.schema import ADDED_TABLES, FEATURE_COLUMNS, RENAMED_COLUMNS, SCHEMA, SCHEMA_VERSION, connect
 from features.tokentext import LABEL_RULE, label_from_rule_1
 from saes.errors import note
-from features.store.schema import ADDED_TABLES, FEATURE_COLUMNS, RENAMED_COLUMNS, SCHEMA, SCHEMA_VERSION, connect
 
 _Store = TypeVar("_Store", bound="StoreBase")
 
