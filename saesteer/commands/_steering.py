@@ -178,9 +178,13 @@ def _refuse_unrecorded(where: str, loaded: dict[str, LoadedSAE]) -> None:
     """No model recorded anywhere: say to pass --model, quoting the model an SAE's own files name
     (another library's cfg.json model_name, in that library's terms: a hint, never loaded unasked)."""
     named = sorted({str(n) for item in loaded.values() if (n := (item.sae.cfg.metadata or {}).get("model_name"))})
+    from toyworld.model import MODEL_NAME as TOY_MODEL
+
     hub = [h for n in named if (h := official_model_name(n)) and h != n]
     local = [n for n in named if Path(n).expanduser().is_dir()]  # e.g. SAELens trained on a local checkpoint
-    if hub:
+    if TOY_MODEL in named:  # the shipped toy model's own name: no hub has it
+        how = "the shipped toy model: --model toy"
+    elif hub:
         how = f"TransformerLens's name for the HF model {' / '.join(hub)}: --model {hub[0]}"
     elif local:
         how = f"a local model directory: --model {local[0]} if it is the one"
