@@ -269,14 +269,10 @@ class OptInPin:
         self.needs = {who: list(names) for who, names in needs.items()}
         self._switch: OptInSwitch | None = None
 
-    @property
-    def held(self) -> bool:
-        return self._switch is not None
-
-    def hold(self) -> list[str]:
-        """Switch on what the needs need and pin the model (nothing when held already); the flags held."""
+    def hold(self) -> None:
+        """Switch on what the needs need and pin the model (nothing when held already)."""
         if self._switch is not None:
-            return list(self._switch.held)
+            return
         on: dict[str, str] = {}  # flag -> who needed it
         switch = OptInSwitch(self.model)
         for who, names in self.needs.items():
@@ -298,7 +294,6 @@ class OptInPin:
         with _LOCK:
             _PINNED.setdefault(id(self.model), []).append(self.pinned_by)
         self._switch = switch
-        return list(switch.held)
 
     def release(self) -> None:
         """Unpin the model and let go of the flags `hold` held (nothing when not held)."""
