@@ -112,8 +112,9 @@ def load_model(args, loaded: dict[str, LoadedSAE], store: Any = None, cache: str
     """The model to run: --model, checked against the model every SAE (`load_saes`'s LoadedSAEs)
     and the store's (or activation cache's) record, or else the recorded model itself; loaded with
     TransformerLens's weight processing when SAELens SAEs ask for it and no record says otherwise
-    (`saes.processing`). Refusals name both models and --allow-model-mismatch. Every SAE must know its hook point first (its files, or
-    --hook). `sae_specs`: name -> what each SAE was given as, for messages (default: parsed from args.sae)."""
+    (`saes.processing`). Refusals name both models and --allow-model-mismatch. Every SAE must know
+    its hook point first (its files, or --hook). `sae_specs`: name -> what each SAE was given as, for
+    messages (default: parsed from args.sae)."""
     from saes.identity import ModelIdentityError, check_same_model, identity_of_sae
     from saes.processing import check_processing, processing_wanted
     from saesteer.models import OVERRIDE_FLAG, load_recorded_model, model_identity, pick_record
