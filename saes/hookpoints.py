@@ -8,7 +8,7 @@ that lists close matches and the model's hook points.
     check_hook(model, "blocks.1.hook_resid_post", who="SAE 'l1'")
     check_hooks(model, hooks, per_token=True)     # the activation cache: one vector per token
     with opt_in_hooks(model, hooks): ...          # opt-in hook points (hook_mlp_in, ...) on for the block
-    pin = pin_opt_in_hooks(model, {"store 'a'": hooks})  # a server: on while it serves, no request switches one
+    pin = OptInPin(model, {"store 'a'": hooks}); pin.hold()  # a server: on while it serves, no request switches one
     pin.release()                                 # ... when it stops
     transcoder_target(sae)                        # the hook a transcoder predicts (check_transcoder_hooks: the pair)
     model_device(model), model_dtype(model)       # where its weights live
@@ -269,14 +269,10 @@ class OptInPin:
         self.needs = {who: list(names) for who, names in needs.items()}
         self._switch: OptInSwitch | None = None
 
-    @property
-    def held(self) -> bool:
-        return self._switch is not None
-
-    def hold(self) -> list[str]:
-        """Switch on what the needs need and pin the model (nothing when held already); the flags held."""
+    def hold(self) -> None:
+        """Switch on what the needs need and pin the model (nothing when held already)."""
         if self._switch is not None:
-            return list(self._switch.held)
+            return
         on: dict[str, str] = {}  # flag -> who needed it
         switch = OptInSwitch(self.model)
         for who, names in self.needs.items():
@@ -298,7 +294,6 @@ class OptInPin:
         with _LOCK:
             _PINNED.setdefault(id(self.model), []).append(self.pinned_by)
         self._switch = switch
-        return list(switch.held)
 
     def release(self) -> None:
         """Unpin the model and let go of the flags `hold` held (nothing when not held)."""
@@ -311,13 +306,6 @@ class OptInPin:
             if not pins:
                 del _PINNED[id(self.model)]
         switch.restore()
-
-
-def pin_opt_in_hooks(model: Any, needs: Mapping[str, Iterable[str]], pinned_by: str = "this server") -> OptInPin:
-    """A server's start: an `OptInPin` of `model` for `needs`, held (release it when the server stops)."""
-    pin = OptInPin(model, needs, pinned_by)
-    pin.hold()
-    return pin
 
 
 def check_hooks(model: Any, names: str | Sequence[str], who: str | None = None, *,

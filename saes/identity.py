@@ -12,7 +12,7 @@ loaded model's identity (hashing its files), attaches it to the model (`attach_i
 resolves a recorded identity back into a model (`ModelIdentity.load_spec`).
 
 It lives in `saes` because every domain package may import `saes` and none may import the face;
-it imports nothing but the standard library.
+it imports nothing but the standard library at import (`official_model_name` asks TransformerLens when called).
 
 Sources: 'toy' (the toy-world model; its weights file's SHA-256), 'hub' (an HF hub name at a
 commit), 'local' (an HF checkpoint directory: absolute path + SHA-256 of its weight files),

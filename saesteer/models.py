@@ -227,8 +227,10 @@ def _boot_hf(name_or_path: str, revision: str | None, device: str, dtype, spec: 
 
         hint = (" offline mode is on (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE) and the model is not in the local HF "
                 "cache;" if hf_offline("huggingface_hub") else "")
+        # the library's first line only: its message goes on for lines of advice (the CLI prints one line)
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
         raise OSError(
-            f"could not load model {spec!r} through TransformerLens/HuggingFace:{hint} {exc}. Use 'toy' for the "
+            f"could not load model {spec!r} through TransformerLens/HuggingFace:{hint} {why}. Use 'toy' for the "
             "built-in model, a local checkpoint directory, or a hub name reachable from this machine."
         ) from exc
 

@@ -311,3 +311,17 @@ def test_an_sae_without_hook_point_asks_for_hook_in_every_command(tmp_path, caps
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert "does not record its hook point; pass --hook" in err and "metadata" not in err and "hook_name" not in err, err
+
+
+def test_an_unrecorded_sae_naming_the_toy_model_is_told_to_pass_model_toy(tmp_path) -> None:
+    """An SAE whose files name the toy model ('toyworld-tiny', which no hub has) and record no model:
+    the refusal says --model toy, not to pass its name as a hub name."""
+    from types import SimpleNamespace
+
+    from saesteer.commands._steering import CLIError, _refuse_unrecorded
+
+    item = SimpleNamespace(sae=SimpleNamespace(cfg=SimpleNamespace(metadata={"model_name": "toyworld-tiny"})))
+    with pytest.raises(CLIError) as err:
+        _refuse_unrecorded("SAE 'sae'", {"sae": item})
+    msg = str(err.value)
+    assert "'toyworld-tiny'" in msg and "--model toy" in msg and "if it is the HF hub name" not in msg

@@ -95,6 +95,23 @@ def test_hub_name_offline_gives_a_clear_error(monkeypatch):
         load_model("saesteer-test/definitely-not-cached", device="cpu")
 
 
+def test_a_hub_load_failure_is_one_line(monkeypatch):
+    """HF's offline miss goes on for lines ("Check your internet connection or see ..."): the error
+    the CLI prints keeps its first line, and says once what to do."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    def boot(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files.\n"
+                      "Check your internet connection or see how to run the library in offline mode.")
+
+    monkeypatch.setattr(TransformerBridge, "boot_transformers", boot)
+    with pytest.raises(OSError) as err:
+        models._boot_hf("saesteer-test/not-here", None, "cpu", None, "saesteer-test/not-here")
+    msg = str(err.value)
+    assert len(msg.splitlines()) == 1 and "couldn't connect" in msg and "Check your internet" not in msg
+    assert ".." not in msg and "Use 'toy'" in msg
+
+
 def test_resolve_spec_errors(tmp_path):
     assert resolve_spec("toy").source == "toy"
     assert resolve_spec("gpt2").source == "hub"

@@ -112,8 +112,9 @@ def load_model(args, loaded: dict[str, LoadedSAE], store: Any = None, cache: str
     """The model to run: --model, checked against the model every SAE (`load_saes`'s LoadedSAEs)
     and the store's (or activation cache's) record, or else the recorded model itself; loaded with
     TransformerLens's weight processing when SAELens SAEs ask for it and no record says otherwise
-    (`saes.processing`). Refusals name both models and --allow-model-mismatch. Every SAE must know its hook point first (its files, or
-    --hook). `sae_specs`: name -> what each SAE was given as, for messages (default: parsed from args.sae)."""
+    (`saes.processing`). Refusals name both models and --allow-model-mismatch. Every SAE must know
+    its hook point first (its files, or --hook). `sae_specs`: name -> what each SAE was given as, for
+    messages (default: parsed from args.sae)."""
     from saes.identity import ModelIdentityError, check_same_model, identity_of_sae
     from saes.processing import check_processing, processing_wanted
     from saesteer.models import OVERRIDE_FLAG, load_recorded_model, model_identity, pick_record
@@ -178,9 +179,13 @@ def _refuse_unrecorded(where: str, loaded: dict[str, LoadedSAE]) -> None:
     """No model recorded anywhere: say to pass --model, quoting the model an SAE's own files name
     (another library's cfg.json model_name, in that library's terms: a hint, never loaded unasked)."""
     named = sorted({str(n) for item in loaded.values() if (n := (item.sae.cfg.metadata or {}).get("model_name"))})
+    from toyworld.model import MODEL_NAME as TOY_MODEL
+
     hub = [h for n in named if (h := official_model_name(n)) and h != n]
     local = [n for n in named if Path(n).expanduser().is_dir()]  # e.g. SAELens trained on a local checkpoint
-    if hub:
+    if TOY_MODEL in named:  # the shipped toy model's own name: no hub has it
+        how = "the shipped toy model: --model toy"
+    elif hub:
         how = f"TransformerLens's name for the HF model {' / '.join(hub)}: --model {hub[0]}"
     elif local:
         how = f"a local model directory: --model {local[0]} if it is the one"
