@@ -9,6 +9,7 @@ import json
 import pytest
 
 from helpers.real_cli import saesteer
+from helpers.forwards import count_forwards
 
 pytestmark = [pytest.mark.usefixtures("one_thread")]
 
@@ -181,14 +182,7 @@ def test_the_ce_evaluation_of_several_saes_runs_the_clean_pass_once(monkeypatch)
     W_mlp = torch.randn(model.cfg.d_model, model.cfg.d_model, generator=g) * 0.1
     splices = [Splice(lambda x: x * 0.9, H_RES), Splice(lambda x: x + 0.05, H_RES),
                Splice(lambda x: x @ W_mlp, H_OUT, H_IN)]  # a transcoder: reads H_IN, replaces H_OUT
-    calls = []
-    real_forward = type(model).forward
-
-    def counting_forward(self, *a, **k):
-        calls.append(tuple(a[0].shape))
-        return real_forward(self, *a, **k)
-
-    monkeypatch.setattr(type(model), "forward", counting_forward)
+    calls = count_forwards(monkeypatch, model)
     many = splice_metrics_many(model, splices, tokens, keep_token_ids=(bos,), batch_size=2)
     assert calls.count((2, 16)) == 2 * (1 + 3 + 2)  # 2 batches x (clean + 3 spliced + 2 zero-ablated hooks)
     calls.clear()

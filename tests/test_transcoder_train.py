@@ -19,6 +19,7 @@ from training.config import CheckpointConfig, EvalConfig, LogConfig, OptimConfig
 from training.evaluate import ModelEval, splice_metrics
 from training.reader import CacheReader
 from training.text import TextConfig
+from helpers.forwards import count_forwards
 
 pytestmark = [pytest.mark.usefixtures("one_thread")]
 
@@ -117,21 +118,13 @@ def test_the_end_of_run_ce_evaluation_runs_the_clean_pass_once(model, cache, tmp
     spliced pass per SAE, and each figure equals `splice_metrics` of that saved SAE alone."""
     from training.evaluate import sae_reconstructor
 
-    calls = []
-    real_forward = type(model).forward
-
-    def counting_forward(self, *a, **k):
-        calls.append(tuple(a[0].shape))
-        return real_forward(self, *a, **k)
-
-    monkeypatch.setattr(type(model), "forward", counting_forward)
+    calls = count_forwards(monkeypatch, model)
     cfg = run_config(every=0)
     cfg.train.total_tokens = 4 * B
     ev = model_eval(model, cache)
     got = train(cfg, reader(cache), tmp_path / "ce", model_eval=ev)
     n_saes = len(cfg.saes)
     assert calls.count((4, 16)) == 1 + n_saes + 1, calls  # ce_contexts=4 in one batch: clean + spliced x3 + zero
-    monkeypatch.setattr(type(model), "forward", real_forward)
     for name, sae in got.saes.items():
         alone = splice_metrics(model, sae_reconstructor(sae), H_OUT, ev.tokens[:4], batch_size=4, input_hook=H_IN)
         m = got.metrics["saes"][name]
