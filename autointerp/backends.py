@@ -67,7 +67,7 @@ class OpenAIBackend:
         self.model = model
         self.base_url, self._query = _split_base_url(base_url or os.environ.get("OPENAI_BASE_URL") or None)
         self._azure_deployment = self.base_url is not None and "/openai/deployments/" in urlsplit(self.base_url).path
-        if self._azure_deployment and not any(k == "api-version" for k in self._query):
+        if self._azure_deployment and "api-version" not in self._query:
             version = os.environ.get("OPENAI_API_VERSION")
             if not version:
                 raise ValueError(
@@ -102,9 +102,10 @@ class OpenAIBackend:
             if self._azure_deployment:  # Azure's key header (api-key) and api-version query
                 from openai import AsyncAzureOpenAI
 
-                query = {k: v for k, v in self._query.items() if k != "api-version"} or None
-                c = AsyncAzureOpenAI(base_url=self.base_url, api_key=self._api_key, api_version=self._query["api-version"],
-                                     default_query=query, timeout=self.timeout_s, max_retries=0)
+                query = dict(self._query)
+                version = query.pop("api-version")
+                c = AsyncAzureOpenAI(base_url=self.base_url, api_key=self._api_key, api_version=version,
+                                     default_query=query or None, timeout=self.timeout_s, max_retries=0)
             else:
                 c = AsyncOpenAI(base_url=self.base_url, api_key=self._api_key, timeout=self.timeout_s, max_retries=0,
                                 default_query=self._query or None)
