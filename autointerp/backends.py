@@ -8,10 +8,13 @@ the constructors, never at import time of this module.
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import os
+import re
 import threading
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from .wire import ChatRequest, ChatResponse, PermanentError, TransientError, parse_retry_after
 
@@ -33,7 +36,14 @@ class OpenAIBackend:
 
     `timeout_s` is the deadline of one attempt as a whole (connect, send, wait, read the answer):
     httpx's timeouts are per read, so a server sending a byte now and then would hold a request
-    forever under them alone."""
+    forever under them alone.
+
+    Reasoning models (OpenAI o-series, gpt-5) reject `max_tokens` and any temperature but their
+    default with a 400 naming the parameter: the backend then switches to `max_completion_tokens`
+    / leaves the temperature out, says so once (a note), and resends; later requests go out that
+    way from the start. A query in `base_url` (`?api-version=...`) is sent with every request; an
+    Azure OpenAI deployment URL (`.../openai/deployments/NAME?api-version=...`) gets Azure's
+    `api-key` header. `reasoning_effort` is sent as is (OpenAI, Ollama and vLLM read it)."""
 
     kind = "openai"
 
@@ -46,6 +56,7 @@ class OpenAIBackend:
         timeout_s: float = 60.0,
         max_tokens_param: str = "max_tokens",
         extra_body: dict[str, Any] | None = None,
+        reasoning_effort: str | None = None,
     ) -> None:
         import openai  # noqa: F401  (fail early with a clear error if missing)
 
@@ -54,7 +65,15 @@ class OpenAIBackend:
         if max_tokens_param not in ("max_tokens", "max_completion_tokens"):
             raise ValueError("max_tokens_param must be 'max_tokens' or 'max_completion_tokens'")
         self.model = model
-        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+        self.base_url, self._query = _split_base_url(base_url or os.environ.get("OPENAI_BASE_URL") or None)
+        self._azure_deployment = self.base_url is not None and "/openai/deployments/" in urlsplit(self.base_url).path
+        if self._azure_deployment and "api-version" not in self._query:
+            version = os.environ.get("OPENAI_API_VERSION")
+            if not version:
+                raise ValueError(
+                    "an Azure OpenAI deployment URL needs an API version: end the base URL with ?api-version=2024-10-21 "
+                    "(or set OPENAI_API_VERSION), or use the v1 endpoint https://RESOURCE.openai.azure.com/openai/v1")
+            self._query["api-version"] = version
         key = api_key or os.environ.get("OPENAI_API_KEY")
         if not key:
             if self.base_url is None:
@@ -65,7 +84,10 @@ class OpenAIBackend:
         self._api_key = key
         self.timeout_s = float(timeout_s)
         self.max_tokens_param = max_tokens_param
+        self.send_temperature = True  # False once the model refused any but its default temperature
         self.extra_body = dict(extra_body or {})
+        if reasoning_effort:
+            self.extra_body["reasoning_effort"] = reasoning_effort
         self._clients: dict[int, Any] = {}  # one AsyncOpenAI per event loop (httpx pools are loop-bound)
 
     def cache_extra(self) -> dict[str, Any]:
@@ -77,23 +99,66 @@ class OpenAIBackend:
         loop = asyncio.get_running_loop()
         c = self._clients.get(id(loop))
         if c is None or getattr(c, "_saesteer_loop", None) is not loop:
-            c = AsyncOpenAI(base_url=self.base_url, api_key=self._api_key, timeout=self.timeout_s, max_retries=0)
+            if self._azure_deployment:  # Azure's key header (api-key) and api-version query
+                from openai import AsyncAzureOpenAI
+
+                query = dict(self._query)
+                version = query.pop("api-version")
+                c = AsyncAzureOpenAI(base_url=self.base_url, api_key=self._api_key, api_version=version,
+                                     default_query=query or None, timeout=self.timeout_s, max_retries=0)
+            else:
+                c = AsyncOpenAI(base_url=self.base_url, api_key=self._api_key, timeout=self.timeout_s, max_retries=0,
+                                default_query=self._query or None)
             c._saesteer_loop = loop
             self._clients = {id(loop): c}  # drop clients of finished loops
         return c
 
-    async def chat(self, request: ChatRequest) -> ChatResponse:
-        import openai
-
+    def _body(self, request: ChatRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.model,
             "messages": [dict(m) for m in request.messages],
-            "temperature": request.temperature,
             self.max_tokens_param: request.max_tokens,
         }
+        if self.send_temperature:
+            body["temperature"] = request.temperature
         if request.response_format:
             body["response_format"] = {"type": request.response_format}
         body.update(self.extra_body)
+        return body
+
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        for resend in range(3):  # a refusal of the length parameter and one of the temperature are met, once each
+            try:
+                return await self._chat_once(request)
+            except _Unsupported as e:
+                if resend == 2 or not self._adapt(e):
+                    raise PermanentError(e.reason, status=400) from None
+        raise AssertionError("unreachable")
+
+    def _adapt(self, e: "_Unsupported") -> bool:
+        """Send what a reasoning model accepts, once it has refused a parameter; False if nothing is
+        left to change. The refused request's own body decides: concurrent requests refused for the
+        same parameter are resent in the form the first refusal switched to, without a second note."""
+        from saes.errors import note
+
+        if e.param not in e.sent:
+            return False
+        if e.param == "max_tokens":
+            if self.max_tokens_param == "max_tokens":
+                self.max_tokens_param = "max_completion_tokens"
+                note(f"judge model {self.model} does not take max_tokens; sending max_completion_tokens instead "
+                     "(--judge-max-tokens-param max_completion_tokens says so from the start)")
+            return True
+        if self.send_temperature:
+            self.send_temperature = False
+            note(f"judge model {self.model} takes only its default temperature; sending none (its answers are "
+                 "sampled, so a re-run may label differently)")
+        return True
+
+    async def _chat_once(self, request: ChatRequest) -> ChatResponse:
+        import openai
+
+        body = self._body(request)
         try:
             # The client's raw `post` (its documented way to reach any endpoint): same base URL,
             # auth, timeout and error classes as `chat.completions.create`, minus the typed request
@@ -109,6 +174,10 @@ class OpenAIBackend:
         except openai.APIStatusError as e:
             status = e.status_code
             msg = _error_message(e)
+            if status == 400 and (param := _unsupported_param(e)):
+                raise _Unsupported(param, f"HTTP 400: {msg}", body) from None
+            if status == 404:
+                msg += self._not_found_hint(e)
             if _is_retryable(status):
                 raise TransientError(
                     f"HTTP {status}: {msg}", status=status, retry_after=parse_retry_after(e.response.headers)
@@ -117,8 +186,20 @@ class OpenAIBackend:
         try:
             data = json.loads(text)
         except (json.JSONDecodeError, TypeError) as e:
+            if isinstance(text, str) and _looks_like_html(text):
+                raise PermanentError(
+                    f"the server answered with an HTML page ({_html_title(text)}), not a chat completion: is "
+                    f"{self.base_url} the API's base URL (OpenAI-compatible servers serve it under /v1)?") from None
             raise TransientError(f"unreadable response body ({type(e).__name__})") from None
         return _to_response(data)
+
+    def _not_found_hint(self, e) -> str:
+        """Where a 404 most likely comes from: a base URL without the API's /v1."""
+        path = urlsplit(self.base_url or "").path.rstrip("/")
+        if self.base_url is None or self._azure_deployment or re.search(r"/v\d+(beta\d*)?$", path):
+            return ""
+        return (f" (no chat completions under {self.base_url}: OpenAI-compatible servers serve them under /v1, "
+                f"e.g. {self.base_url.rstrip('/')}/v1 for Ollama, vLLM, llama.cpp, LM Studio)")
 
     async def aclose(self) -> None:
         for c in list(self._clients.values()):
@@ -127,22 +208,98 @@ class OpenAIBackend:
         self._clients = {}
 
 
+class _Unsupported(Exception):
+    """A 400 refusing one request parameter (`param`) that the backend can change."""
+
+    def __init__(self, param: str, reason: str, sent: dict[str, Any]) -> None:
+        super().__init__(reason)
+        self.param = param
+        self.reason = reason
+        self.sent = sent  # the body that was refused
+
+
+def _split_base_url(url: str | None) -> tuple[str | None, dict[str, str]]:
+    """(base URL without its query, the query): the client would glue the path after the query."""
+    if url is None:
+        return None, {}
+    parts = urlsplit(url)
+    if parts.path.rstrip("/").endswith("/chat/completions"):
+        raise ValueError(f"the judge's base URL {url} ends in /chat/completions: give the API's base URL without it "
+                         "(e.g. http://localhost:8000/v1)")
+    return urlunsplit(parts._replace(query="", fragment="")), dict(parse_qsl(parts.query))
+
+
+def _unsupported_param(e) -> str | None:
+    """'max_tokens' or 'temperature' when a 400 says the model does not take it (OpenAI's words:
+    "Unsupported parameter: 'max_tokens' is not supported with this model. Use
+    'max_completion_tokens' instead." / "Unsupported value: 'temperature' does not support 0 with
+    this model. Only the default (1) value is supported."), else None."""
+    body = getattr(e, "body", None)
+    err = body.get("error", body) if isinstance(body, dict) else None
+    err = err if isinstance(err, dict) else {}
+    param = err.get("param")
+    message = str(err.get("message") or getattr(e, "message", "") or "")
+    for name in ("max_tokens", "temperature"):
+        named = param == name or f"'{name}'" in message
+        if named and (err.get("code") in ("unsupported_parameter", "unsupported_value")
+                      or message.lower().startswith("unsupported")):
+            return name
+    return None
+
+
 def _error_message(e) -> str:
     body = getattr(e, "body", None)
     if isinstance(body, dict):
         err = body.get("error", body)
         if isinstance(err, dict) and err.get("message"):
             return str(err["message"])[:300]
+        if isinstance(err, str) and err:
+            return err[:300]
+    if isinstance(body, str) and _looks_like_html(body):
+        return f"an HTML page ({_html_title(body)}), likely from a proxy in front of the server"
     return str(getattr(e, "message", e))[:300]
+
+
+def _looks_like_html(text: str) -> bool:
+    head = text.lstrip()[:200].lower()
+    return head.startswith("<!doctype html") or head.startswith("<html") or "<head" in head or "<body" in head
+
+
+def _html_title(text: str) -> str:
+    m = re.search(r"<title[^>]*>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
+    title = " ".join(html.unescape(m.group(1)).split())[:120] if m else ""
+    return f"title {title!r}" if title else "no title"
+
+
+def _body_error(err: Any) -> Exception:
+    """The failure that an error object inside a 200 body stands for (OpenRouter reports errors met
+    while generating this way, with `code` the HTTP status it would have had)."""
+    if isinstance(err, dict):
+        msg = str(err.get("message") or err)[:300]
+        code = err.get("code")
+    else:
+        msg, code = str(err)[:300], None
+    try:
+        status = int(code)
+    except (TypeError, ValueError):
+        status = None
+    reason = f"the server answered 200 with an error: {msg}" + (f" (code {status})" if status else "")
+    if status is not None and 400 <= status < 500 and not _is_retryable(status):
+        return PermanentError(reason, status=status)
+    return TransientError(reason, status=status)
 
 
 def _to_response(data: Any) -> ChatResponse:
     """A ChatResponse from a chat-completion JSON body, tolerating what lenient servers omit."""
     choices = data.get("choices") if isinstance(data, dict) else None
+    if isinstance(data, dict) and data.get("error") and not choices:
+        raise _body_error(data["error"])
     if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
-        # a 200 whose body is not a chat completion (a proxy's error page, an {"error": ...} body)
-        raise TransientError("response had no choices (not a chat completion)")
+        # a 200 whose body is not a chat completion (a proxy's page, an empty list of choices)
+        raise TransientError(f"response had no choices (not a chat completion): {json.dumps(data)[:200]}")
     ch = choices[0]
+    if ch.get("error"):  # OpenRouter: an error met mid-generation, finish_reason "error"
+        raise _body_error(ch["error"])
     msg = ch.get("message") if isinstance(ch.get("message"), dict) else {}
     text = msg.get("content")
     if isinstance(text, list):  # content parts
@@ -156,11 +313,15 @@ def _to_response(data: Any) -> ChatResponse:
         except (TypeError, ValueError):
             return 0
 
+    details = usage.get("completion_tokens_details")
+    reasoning = msg.get("reasoning_content") or msg.get("reasoning")  # vLLM, llama.cpp, LM Studio / Ollama, OpenRouter
     return ChatResponse(
         text if isinstance(text, str) else None,
         _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens")),
         refusal if isinstance(refusal, str) and refusal else None,
         ch.get("finish_reason"),
+        reasoning_tokens=_int(details.get("reasoning_tokens")) if isinstance(details, dict) else 0,
+        reasoned=bool(reasoning),
     )
 
 

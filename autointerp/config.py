@@ -55,7 +55,16 @@ class JudgeConfig:
         default="text", metadata={"help": "json_object asks the server for JSON mode (OpenAI, vLLM, Ollama support it)"}
     )
     max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = field(
-        default="max_tokens", metadata={"help": "name of the output-length parameter (newer OpenAI models want max_completion_tokens)"}
+        default="max_tokens", metadata={"help": "name of the output-length parameter (reasoning models want "
+                                                "max_completion_tokens; it is switched to on their refusal, with a note)"}
+    )
+    reasoning_tokens: int = field(
+        default=0, metadata={"help": "output tokens added to every request's limit for a reasoning model's thinking (it "
+                                     "counts as output; without room the answer is cut off), e.g. 2000"}
+    )
+    reasoning_effort: str | None = field(
+        default=None, metadata={"help": "sent as reasoning_effort (OpenAI reasoning models: minimal, low, medium, high; "
+                                        "servers that pass it on read the same); lower effort, fewer reasoning tokens"}
     )
     price_input: float | None = field(default=None, metadata={"help": "USD per million input tokens (default: built-in table, else unknown)"})
     price_output: float | None = field(default=None, metadata={"help": "USD per million output tokens"})
@@ -75,6 +84,10 @@ class JudgeConfig:
         _check(self.backoff_base_s >= 0 and self.backoff_max_s >= 0 and self.max_retry_after_s >= 0,
                "JudgeConfig backoff_base_s, backoff_max_s and max_retry_after_s must be >= 0")
         _check(0.0 <= self.temperature <= 2.0, "JudgeConfig.temperature must be in [0, 2]")
+        _check(isinstance(self.reasoning_tokens, int) and self.reasoning_tokens >= 0,
+               "JudgeConfig.reasoning_tokens must be an integer >= 0")
+        if self.reasoning_effort is not None and not self.reasoning_effort.strip():
+            self.reasoning_effort = None
         for name in ("price_input", "price_output"):
             v = getattr(self, name)
             _check(v is None or v >= 0, f"JudgeConfig.{name} must be >= 0 (USD per million tokens)")
@@ -208,6 +221,7 @@ def make_judge(cfg: JudgeConfig, *, cache_path: Path | None, budget=None, env: M
             api_key=cfg.api_key or env.get(ENV_API_KEY) or None,
             timeout_s=cfg.timeout_s,
             max_tokens_param=cfg.max_tokens_param,
+            reasoning_effort=cfg.reasoning_effort,
         )
     else:
         backend = TransformersBackend.from_pretrained(model, device=cfg.device)
@@ -224,4 +238,5 @@ def make_judge(cfg: JudgeConfig, *, cache_path: Path | None, budget=None, env: M
         temperature=cfg.temperature,
         response_format=cfg.response_format,
         sleep=sleep,
+        reasoning_tokens=cfg.reasoning_tokens,
     )

@@ -27,7 +27,12 @@ unreadable bodies) and `PermanentError` for the rest (other 4xx). The `Judge` ad
 and per call: the answer is parsed as JSON (bare or ```json fenced), checked against `schema`
 and then by `validate`; when that fails, or the model refuses, the judge re-asks (the bad answer
 and the reason are appended to the conversation) at most `max_reasks` times, then raises
-`AnswerInvalid`. An invalid answer is never returned.
+`AnswerInvalid`. An invalid answer is never returned. The answer is what follows a reasoning
+model's thinking (`<think>...</think>` in the content; reasoning sent in its own field is never
+read). Two endings are not re-asked, since asking again would end the same way: a reply cut off
+at the output-token limit before any answer (a reasoning model that spent it thinking: the error
+says how to give it room, `reasoning_tokens` are added to every request's limit) and a reply
+withheld by the server's content filter.
 
 The backends' own retry machinery is switched off (openai `max_retries=0`): retries here are
 counted, jittered and share the Retry-After pause.
@@ -44,7 +49,7 @@ from typing import Any, Awaitable, Callable, Sequence
 from .accounting import BudgetExceeded, Ledger, Prices, Reservation, prompt_token_bound
 from .cache import CachedResponse, ResponseCache, request_key
 from .schema import InvalidAnswer, check_schema, parse_json_answer
-from .wire import Backend, ChatRequest, ChatResponse, PermanentError, TransientError
+from .wire import Backend, ChatRequest, ChatResponse, PermanentError, TransientError, split_thinking
 
 __all__ = [
     "JudgeError",
@@ -170,9 +175,12 @@ class Judge:
         response_format: str | None = None,
         seed: int | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
+        reasoning_tokens: int = 0,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
+        if reasoning_tokens < 0:
+            raise ValueError("reasoning_tokens must be >= 0")
         if max_reasks < 0:
             raise ValueError("max_reasks must be >= 0")
         if response_format not in (None, "text", "json_object"):
@@ -186,6 +194,7 @@ class Judge:
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.response_format = None if response_format == "text" else response_format
+        self.reasoning_tokens = reasoning_tokens  # added to every request's max_tokens: room to think
         self._rng = random.Random(seed)
         self._sleep = sleep or asyncio.sleep
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -262,7 +271,7 @@ class Judge:
         return ChatRequest(
             messages=tuple({"role": m["role"], "content": m["content"]} for m in messages),
             temperature=self.temperature if temperature is None else temperature,
-            max_tokens=self.max_tokens if max_tokens is None else max_tokens,
+            max_tokens=(self.max_tokens if max_tokens is None else max_tokens) + self.reasoning_tokens,
             response_format=self.response_format,
         )
 
@@ -352,11 +361,17 @@ class Judge:
         want_json = schema is not None or validate is not None
         last_reason = ""
         for ask in range(self.max_reasks + 1):
-            resp = await self._send(self.request_for(conv, max_tokens, temperature), tally)
+            request = self.request_for(conv, max_tokens, temperature)
+            resp = await self._send(request, tally)
+            text, cut_thinking = split_thinking(resp.text)
+            if resp.finish_reason == "content_filter":
+                raise AnswerInvalid("the server's content filter withheld the judge's answer (finish_reason "
+                                    "content_filter); asking again would be filtered the same way")
+            if resp.finish_reason == "length" and not resp.refusal and (cut_thinking or not text.strip()):
+                raise AnswerInvalid(_no_room_to_answer(request, resp, cut_thinking))
             try:
                 if resp.refusal:
                     raise InvalidAnswer(f"you refused ({resp.refusal.strip()[:200]})")
-                text = resp.text or ""
                 if want_json:
                     value = parse_json_answer(text)
                     if schema is not None:
@@ -372,7 +387,7 @@ class Judge:
                 if resp.finish_reason == "length":
                     reason += " (the answer was cut off at the token limit; be brief)"
                 last_reason = reason
-                conv.append({"role": "assistant", "content": (resp.text or "")[:2000]})
+                conv.append({"role": "assistant", "content": text[:2000]})  # not its thinking
                 conv.append({"role": "user", "content": _REASK.format(reason=reason)})
                 continue
             return Completion(
@@ -423,3 +438,13 @@ def _no_running_loop(name: str) -> None:
     except RuntimeError:
         return
     raise RuntimeError(f"Judge.{name} was called inside a running event loop; `await judge.complete(...)` there instead")
+
+
+def _no_room_to_answer(request: ChatRequest, resp: ChatResponse, cut_thinking: bool) -> str:
+    """Why a reply that hit the output-token limit before answering failed, and what to set."""
+    thought = cut_thinking or resp.reasoned or resp.reasoning_tokens > 0
+    spent = f" ({resp.reasoning_tokens:,} reasoning tokens)" if resp.reasoning_tokens else ""
+    return (f"truncated judge output: the output-token limit ({request.max_tokens:,}) ran out "
+            f"{'while the model was still thinking' if thought else 'before any answer'}{spent}; a reasoning model "
+            "thinks within that limit: give it room with JudgeConfig.reasoning_tokens (--judge-reasoning-tokens, "
+            "e.g. 2000) or lower JudgeConfig.reasoning_effort (--judge-reasoning-effort, e.g. low)")

@@ -5,6 +5,7 @@ not). `autointerp.judge.Judge` adds retries, the cache, accounting and re-asks o
 from __future__ import annotations
 
 import email.utils
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -38,6 +39,28 @@ class ChatResponse:
     completion_tokens: int = 0
     refusal: str | None = None
     finish_reason: str | None = None
+    reasoning_tokens: int = 0  # of completion_tokens, spent thinking (when the server says)
+    reasoned: bool = False  # the server sent reasoning beside the answer (reasoning_content / reasoning)
+
+
+_THINK_OPEN = re.compile(r"<(think|thinking)>", re.IGNORECASE)
+_THINK_CLOSE = re.compile(r"</(think|thinking)>", re.IGNORECASE)
+
+
+def split_thinking(text: str | None) -> tuple[str, bool]:
+    """(the answer, whether a thinking block was cut off) of a reply whose content may hold the
+    model's reasoning (DeepSeek-R1, Qwen3, QwQ served without a reasoning parser):
+    `<think>...</think>answer`, or `...</think>answer` when the chat template opened the block
+    itself. A block that never closes is all thinking: the answer is empty, and it was cut off."""
+    if not text:
+        return "", False
+    closes = list(_THINK_CLOSE.finditer(text))
+    if closes:
+        return text[closes[-1].end():].strip(), False
+    opened = _THINK_OPEN.match(text.lstrip())
+    if opened:
+        return "", True
+    return text, False
 
 
 class TransientError(Exception):

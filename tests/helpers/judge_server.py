@@ -26,6 +26,10 @@ Fault choice is a pure function of (seed, request body, how many times that body
 runs are reproducible whatever order concurrent requests arrive in, and a retried request can
 succeed. `script(index, body) -> fault | None` overrides the plan for scripted tests.
 
+Protocol shapes: `reply(exchange) -> (status, headers, body bytes) | None` answers a request
+the way a given real server would (an Exchange has the request's path with its query, headers and
+JSON body); None lets the fake LLM answer as usual. Every request's Exchange is in `exchanges`.
+
 Usage counts: by default ~4 characters per token; `tokens_per_char=1.0` makes a server that counts
 one token per character (prompt: every message's content; completion: the answer), the kind that
 overruns a budget reserved at chars / 3.5. Each `Record` has the `arrived` and `answered`
@@ -80,6 +84,13 @@ class FaultPlan:
 
 
 @dataclass
+class Exchange:
+    path: str  # with the query string
+    headers: dict[str, str]  # lower-case names
+    body: Any  # the parsed JSON body (None if it was not JSON)
+
+
+@dataclass
 class Record:
     index: int
     key: str
@@ -113,8 +124,11 @@ class JudgeServer:
         hold_after: int | None = None,
         trickle_interval_s: float = 0.5,
         tokens_per_char: float | None = None,
+        reply: Callable[[Exchange], tuple[int, dict[str, str], bytes] | None] | None = None,
     ) -> None:
         self.responder = responder
+        self.reply = reply
+        self.exchanges: list[Exchange] = []
         self.faults = faults or FaultPlan()
         self.script = script
         self.latency_s = latency_s
@@ -234,6 +248,8 @@ class _Handler(BaseHTTPRequestHandler):
         srv = self.server_owner
         n = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(n)
+        if self._reply(srv, raw):
+            return
         if not self.path.rstrip("/").endswith("/chat/completions"):
             self._send_json(404, {"error": {"message": f"no route {self.path}"}})
             return
@@ -251,6 +267,27 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             with srv._lock:
                 srv.inflight -= 1
+
+    def _reply(self, srv: JudgeServer, raw: bytes) -> bool:
+        """Answer with the scripted protocol shape, if `reply` has one for this request."""
+        try:
+            body = json.loads(raw)
+        except json.JSONDecodeError:
+            body = None
+        ex = Exchange(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+        with srv._lock:
+            srv.exchanges.append(ex)
+        out = srv.reply(ex) if srv.reply is not None else None
+        if out is None:
+            return False
+        status, headers, data = out
+        self.send_response(status)
+        for k, v in {"Content-Type": "application/json", **headers, "Content-Length": str(len(data))}.items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+        self.wfile.flush()
+        return True
 
     def _answer(self, srv: JudgeServer, rec: Record, body: dict) -> None:
         if srv.hold_after is not None and srv.n_completed() >= srv.hold_after:

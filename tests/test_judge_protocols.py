@@ -1,0 +1,354 @@
+"""The judge against the response shapes real OpenAI-protocol servers send in 2026, the way users
+configure it (`make_judge(JudgeConfig(...))`, `saesteer label --judge-...`).
+
+What these paths show:
+- reasoning models (OpenAI o-series, gpt-5): the 400s refusing `max_tokens` and a non-default
+  `temperature` (OpenAI's exact bodies) are met by one switch each, with a note, remembered for
+  later requests; a reply that spent its output-token limit thinking (`content: ""`,
+  `finish_reason: "length"`, `reasoning_tokens` in the usage; Ollama's `reasoning` field) fails at
+  once with one line naming `--judge-reasoning-tokens` / `--judge-reasoning-effort`, which work;
+- local reasoning models (DeepSeek-R1, Qwen3 on Ollama / vLLM / llama.cpp / LM Studio): the answer
+  after `<think>...</think>` (or after a lone `</think>`) is read, never a draft inside the
+  thinking; a think block cut off at the limit is a "truncated judge output" error, not a label;
+  reasoning in its own field (`reasoning_content`, `reasoning`) is never read;
+- bodies that are not a usable answer: `finish_reason: "content_filter"` (not re-asked), a 200
+  carrying an `error` object (OpenRouter; its `code` decides retry or not), an `error` inside the
+  choice, empty `choices`, `content: null`;
+- what sits in front of the server: a reverse proxy's HTML 502 (retried, reported by its title),
+  an HTML page with 200 (a web UI at the base URL: not retried, says so), Ollama's base URL
+  without `/v1` (its plain-text 404: the error suggests the URL with /v1), a base URL ending in
+  /chat/completions (refused up front), Azure OpenAI deployment URLs with `?api-version=`
+  (sent with every request, with Azure's `api-key` header);
+- answers in ```json fences or followed by prose are read.
+One loopback server (tests/helpers/judge_server.py) serves the whole module; each test scripts its
+replies through the server's `reply` hook.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+
+from autointerp.config import JudgeConfig, make_judge
+from autointerp.judge import AnswerInvalid, RequestFailed
+from helpers.judge_server import JudgeServer, fake_llm_answer
+from helpers.real_cli import flags_named, known_flags, saesteer
+from saes.errors import SaesteerWarning
+
+LABEL = {"type": "object", "required": ["label"], "properties": {"label": {"type": "string"}}}
+ASK = [{"role": "system", "content": "Label the latent."}, {"role": "user", "content": "<examples>sea</examples>"}]
+
+# OpenAI's 400 bodies for a reasoning model (o1, o3, gpt-5...), as its API sends them
+MAX_TOKENS_400 = {"error": {"message": "Unsupported parameter: 'max_tokens' is not supported with this model. Use "
+                                       "'max_completion_tokens' instead.", "type": "invalid_request_error",
+                            "param": "max_tokens", "code": "unsupported_parameter"}}
+TEMPERATURE_400 = {"error": {"message": "Unsupported value: 'temperature' does not support 0 with this model. Only the "
+                                        "default (1) value is supported.", "type": "invalid_request_error",
+                             "param": "temperature", "code": "unsupported_value"}}
+NGINX_502 = (b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1>"
+             b"</center>\r\n<hr><center>nginx/1.27.4</center>\r\n</body>\r\n</html>\r\n")
+
+
+@pytest.fixture(scope="module")
+def server():
+    with JudgeServer(fake_llm_answer) as srv:
+        yield srv
+
+
+@pytest.fixture
+def srv(server):
+    server.reply = None
+    server.exchanges.clear()
+    yield server
+    server.reply = None
+
+
+def js(obj) -> bytes:
+    return json.dumps(obj).encode()
+
+
+def completion(content, *, finish="stop", message_extra=None, usage_extra=None, model="m") -> bytes:
+    """A chat completion as OpenAI-protocol servers send it."""
+    message = {"role": "assistant", "content": content, **(message_extra or {})}
+    usage = {"prompt_tokens": 20, "completion_tokens": 10, "total_tokens": 30, **(usage_extra or {})}
+    return js({"id": "chatcmpl-1", "object": "chat.completion", "created": 1767225600, "model": model,
+               "choices": [{"index": 0, "message": message, "finish_reason": finish}], "usage": usage})
+
+
+def ok(content, **kw):
+    return 200, {}, completion(content, **kw)
+
+
+def judge(srv, *, base_url=None, **cfg):
+    kw = dict(model="judge-model", base_url=base_url or srv.url, api_key="k", max_retries=2, backoff_base_s=0.001,
+              backoff_max_s=0.002, max_retry_after_s=0.002, use_cache=False, timeout_s=10.0)
+    kw.update(cfg)
+    return make_judge(JudgeConfig(**kw), cache_path=None)
+
+
+def ask(srv, **cfg):
+    return judge(srv, **cfg).complete_sync(ASK, schema=LABEL)
+
+
+def chats(srv):
+    return [e for e in srv.exchanges if e.path.split("?")[0].endswith("/chat/completions")]
+
+
+# ---------------------------------------------------------------------------------------------
+# reasoning models behind OpenAI's API
+
+
+def openai_reasoning_model(answer):
+    """o-series / gpt-5: refuse max_tokens and any temperature but 1, as OpenAI does."""
+
+    def reply(ex):
+        if "max_tokens" in ex.body:
+            return 400, {}, js(MAX_TOKENS_400)
+        if ex.body.get("temperature", 1) != 1:
+            return 400, {}, js(TEMPERATURE_400)
+        return ok(answer(ex.body), usage_extra={"completion_tokens_details": {"reasoning_tokens": 64}})
+
+    return reply
+
+
+def test_a_reasoning_model_refusing_max_tokens_and_temperature_answers_after_one_switch_each(srv):
+    srv.reply = openai_reasoning_model(lambda body: '{"label": "sea words"}')
+    j = judge(srv, model="o4-mini-protocols")
+    with pytest.warns(SaesteerWarning) as notes:
+        first = j.complete_sync(ASK, schema=LABEL)
+    assert first.value == {"label": "sea words"}
+    said = " | ".join(str(w.message) for w in notes)
+    assert "max_completion_tokens" in said and "default temperature" in said
+    assert len(chats(srv)) == 3  # refused twice, once per parameter, then answered
+    srv.exchanges.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SaesteerWarning)  # no second note
+        second = j.complete_sync([ASK[0], {"role": "user", "content": "<examples>ship</examples>"}], schema=LABEL)
+    assert second.value == {"label": "sea words"}
+    (sent,) = chats(srv)  # later requests go out in the accepted form from the start
+    assert sent.body["max_completion_tokens"] == 256 and "max_tokens" not in sent.body and "temperature" not in sent.body
+
+
+def test_saesteer_label_with_a_gpt5_style_judge_labels_and_says_what_it_switched(srv, tmp_path):
+    from helpers.label_store import build_trigger_store
+
+    path, triggers = build_trigger_store(tmp_path / "toy.db", n_latents=2)
+    # its content also opens with thinking that holds a draft answer, as a reasoning model's may
+    srv.reply = openai_reasoning_model(lambda body: '<think>Draft: {"label": "x", "answers": [1]}</think>'
+                                                    + fake_llm_answer(body))
+    r = saesteer("label", "--store", path, "--judge-model", "gpt-5-mini-protocols", "--judge-base-url", srv.url,
+                 "--judge-api-key", "k", "--scorers", "detection", "--embed-backend", "none", "--no-progress").ok()
+    assert "note: judge model gpt-5-mini-protocols does not take max_tokens" in r.err
+    assert flags_named(r.err) <= known_flags("label")
+    from features import FeatureStore
+
+    with FeatureStore.open(path) as st:
+        assert [st.feature(i).label.text for i in range(2)] == [triggers[0], triggers[1]]
+
+
+def test_a_reply_that_spent_its_limit_thinking_fails_at_once_and_the_named_settings_fix_it(srv):
+    # gpt-5 at a small max_completion_tokens: HTTP 200, content "", every token spent reasoning
+    def reply(ex):
+        limit = ex.body.get("max_completion_tokens") or ex.body["max_tokens"]
+        if limit < 1000 and ex.body.get("reasoning_effort") != "low":
+            return ok("", finish="length", usage_extra={"completion_tokens": limit,
+                                                        "completion_tokens_details": {"reasoning_tokens": limit}})
+        return ok('{"label": "tides"}')
+
+    srv.reply = reply
+    with pytest.raises(AnswerInvalid) as e:
+        ask(srv, max_tokens_param="max_completion_tokens")
+    msg = e.value.reason
+    assert "truncated judge output" in msg and "(256)" in msg and "256 reasoning tokens" in msg
+    assert {"--judge-reasoning-tokens", "--judge-reasoning-effort"} <= flags_named(msg) <= known_flags("label")
+    assert len(chats(srv)) == 1  # not re-asked: the same limit would end the same way
+    srv.exchanges.clear()
+    assert ask(srv, max_tokens_param="max_completion_tokens", reasoning_tokens=2000).value == {"label": "tides"}
+    assert chats(srv)[0].body["max_completion_tokens"] == 2256
+    assert ask(srv, reasoning_effort="low").value == {"label": "tides"}
+    assert chats(srv)[-1].body["reasoning_effort"] == "low"
+
+
+def test_ollama_reasoning_field_with_an_empty_answer_at_the_limit_is_a_truncation_error(srv):
+    # Ollama's /v1 for a thinking model (gemma4, kimi): content "", all text in `reasoning`
+    srv.reply = lambda ex: ok("", finish="length", message_extra={"reasoning": 'The label is {"label": "x"} maybe'})
+    with pytest.raises(AnswerInvalid, match="truncated judge output.*still thinking"):
+        ask(srv)
+    assert len(chats(srv)) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# local reasoning models: thinking in the content, or beside it
+
+
+@pytest.mark.parametrize("content", [
+    '<think>\nThe marks are on sea. A first guess: {"label": "water"}. No, narrower.\n</think>\n\n{"label": "sea"}',
+    # DeepSeek-R1's chat template opens <think> itself: the content starts inside the block
+    'Okay, the marks are on sea. {"label": "water"} is too wide.\n</think>\n\n{"label": "sea"}',
+    '<think>{"label": "water"}</think>```json\n{"label": "sea"}\n```',
+])
+def test_the_answer_after_the_thinking_is_read_not_a_draft_inside_it(srv, content):
+    srv.reply = lambda ex: ok(content)
+    done = ask(srv)
+    assert done.value == {"label": "sea"} and done.reasks == 0 and "<think>" not in done.text
+
+
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])  # vLLM / llama.cpp / LM Studio; Ollama
+def test_reasoning_in_its_own_field_is_never_read_as_the_answer(srv, field):
+    srv.reply = lambda ex: ok('{"label": "sea"}', message_extra={field: 'I could say {"label": "water"}.'})
+    assert ask(srv).value == {"label": "sea"}
+
+
+def test_a_think_block_cut_off_at_the_limit_is_truncated_output_never_a_label(srv):
+    srv.reply = lambda ex: ok('<think>\nThe examples show ships. Draft: {"label": "boats"}. But the marks', finish="length")
+    with pytest.raises(AnswerInvalid, match="truncated judge output.*still thinking"):
+        ask(srv)
+    assert len(chats(srv)) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# bodies that hold no usable answer
+
+
+def test_a_content_filtered_reply_fails_clearly_without_asking_again(srv):
+    # Azure OpenAI when its output filter trips: content null, finish_reason content_filter
+    srv.reply = lambda ex: ok(None, finish="content_filter")
+    with pytest.raises(AnswerInvalid, match="content filter"):
+        ask(srv)
+    assert len(chats(srv)) == 1
+
+
+def test_an_error_object_in_a_200_body_is_retried_or_not_by_its_code_and_its_message_shown(srv):
+    # OpenRouter: once the model started, errors come with HTTP 200 and {"error": {"code", "message"}}
+    seen = []
+
+    def reply(ex):
+        seen.append(ex)
+        if len(seen) == 1:
+            return 200, {}, js({"error": {"code": 502, "message": "Provider returned error", "metadata": {}}})
+        return ok('{"label": "sea"}')
+
+    srv.reply = reply
+    assert ask(srv).value == {"label": "sea"} and len(seen) == 2
+    srv.exchanges.clear()
+    srv.reply = lambda ex: (200, {}, js({"error": {"code": 402, "message": "Insufficient credits. Add more using "
+                                                                          "https://openrouter.ai/settings/credits"}}))
+    with pytest.raises(RequestFailed, match="Insufficient credits.*code 402"):
+        ask(srv)
+    assert len(chats(srv)) == 1  # a 4xx code is not retried
+
+
+def test_an_error_inside_the_choice_is_reported_with_its_message(srv):
+    srv.reply = lambda ex: (200, {}, js({"id": "gen-1", "object": "chat.completion", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": ""}, "finish_reason": "error",
+         "error": {"code": 502, "message": "upstream model crashed"}}]}))
+    with pytest.raises(RequestFailed, match="upstream model crashed"):
+        ask(srv, max_retries=1)
+    assert len(chats(srv)) == 2  # a 5xx code is retried
+
+
+def test_empty_choices_are_retried_and_reported_with_the_body(srv):
+    srv.reply = lambda ex: (200, {}, js({"id": "x", "object": "chat.completion", "choices": [],
+                                         "prompt_filter_results": []}))
+    with pytest.raises(RequestFailed, match=r"no choices.*prompt_filter_results"):
+        ask(srv, max_retries=1)
+    assert len(chats(srv)) == 2
+
+
+def test_null_content_is_asked_again_and_the_second_answer_used(srv):
+    seen = []
+
+    def reply(ex):
+        seen.append(ex)
+        return ok(None) if len(seen) == 1 else ok('{"label": "sea"}')
+
+    srv.reply = reply
+    done = ask(srv)
+    assert done.value == {"label": "sea"} and done.reasks == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# what sits in front of the server, and where its API lives
+
+
+def test_a_proxys_html_502_is_retried_and_reported_by_its_title(srv):
+    srv.reply = lambda ex: (502, {"Content-Type": "text/html"}, NGINX_502)
+    with pytest.raises(RequestFailed) as e:
+        ask(srv, max_retries=1)
+    assert "HTTP 502" in e.value.reason and "'502 Bad Gateway'" in e.value.reason and "<html" not in e.value.reason
+    assert len(chats(srv)) == 2
+
+
+def test_an_html_page_with_200_is_not_retried_and_points_at_the_base_url(srv):
+    page = b"<!doctype html><html><head><title>Open WebUI</title></head><body></body></html>"
+    srv.reply = lambda ex: (200, {"Content-Type": "text/html"}, page)
+    with pytest.raises(RequestFailed, match=r"HTML page \(title 'Open WebUI'\).*/v1"):
+        ask(srv)
+    assert len(chats(srv)) == 1
+
+
+def test_ollamas_base_url_without_v1_gets_the_url_to_use(srv):
+    root = srv.url[: -len("/v1")]
+
+    def reply(ex):  # Ollama answers unknown routes with Gin's plain-text 404
+        if not ex.path.startswith("/v1/"):
+            return 404, {"Content-Type": "text/plain"}, b"404 page not found"
+        return ok('{"label": "sea"}')
+
+    srv.reply = reply
+    with pytest.raises(RequestFailed) as e:
+        ask(srv, base_url=root)
+    assert "HTTP 404" in e.value.reason and f"{root}/v1 for Ollama" in e.value.reason
+    assert len(chats(srv)) == 1
+    assert ask(srv, base_url=f"{root}/v1").value == {"label": "sea"}
+    with pytest.raises(ValueError, match="without it"):
+        judge(srv, base_url=f"{root}/v1/chat/completions")
+
+
+def test_a_model_not_found_404_under_v1_gets_no_url_advice(srv):
+    srv.reply = lambda ex: (404, {}, js({"error": {"message": 'model "qwen3:8b" not found, try pulling it first',
+                                                   "type": "api_error", "param": None, "code": None}}))
+    with pytest.raises(RequestFailed) as e:
+        ask(srv)
+    assert "try pulling it first" in e.value.reason and "/v1 for Ollama" not in e.value.reason
+
+
+def test_an_azure_deployment_url_sends_its_api_version_and_key_header(srv, monkeypatch):
+    root = srv.url[: -len("/v1")]
+
+    def reply(ex):  # Azure OpenAI: key in api-key, version in the query, the deployment in the path
+        if ex.path != "/openai/deployments/judge-4o/chat/completions?api-version=2024-10-21":
+            return 404, {}, js({"error": {"code": "404", "message": "Resource not found"}})
+        if ex.headers.get("api-key") != "k":
+            return 401, {}, js({"error": {"code": "401", "message": "Access denied due to invalid subscription key."}})
+        return ok('{"label": "sea"}')
+
+    srv.reply = reply
+    done = ask(srv, base_url=f"{root}/openai/deployments/judge-4o?api-version=2024-10-21")
+    assert done.value == {"label": "sea"}
+    monkeypatch.delenv("OPENAI_API_VERSION", raising=False)
+    with pytest.raises(ValueError, match=r"api-version"):
+        judge(srv, base_url=f"{root}/openai/deployments/judge-4o")
+
+
+def test_a_query_in_any_base_url_goes_with_every_request(srv):
+    srv.reply = lambda ex: ok('{"label": "sea"}') if ex.path == "/v1/chat/completions?tenant=t1" else (404, {}, b"{}")
+    assert ask(srv, base_url=f"{srv.url}?tenant=t1").value == {"label": "sea"}
+
+
+# ---------------------------------------------------------------------------------------------
+# answers wrapped the way chat models like to
+
+
+@pytest.mark.parametrize("content", [
+    '```json\n{"label": "sea"}\n```',
+    '```json\n{"label": "sea"}\n```\nThis label fits because every marked token is about the sea.',
+    '{"label": "sea"}\n\nI chose this because the marks fall on {sea words}.',
+    'Here is the label:\n```\n{"label": "sea"}\n```',
+])
+def test_fenced_answers_and_trailing_prose_are_read(srv, content):
+    srv.reply = lambda ex: ok(content)
+    done = ask(srv)
+    assert done.value == {"label": "sea"} and done.reasks == 0
