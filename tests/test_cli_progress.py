@@ -192,3 +192,39 @@ print(inside, tl.is_progress_bar_enabled())
 """
     assert _python(code, HF_HUB_DISABLE_PROGRESS_BARS="0") == "True True"
     assert _python(code) == "False True"
+
+
+def test_nested_blocks_keep_the_bars_off_until_the_outermost_ends():
+    """`saesteer train` quiets the bars again inside the CLI's block: the libraries it imports in the
+    inner block stay quiet in the outer one, and get their settings back only at its end."""
+    code = """
+from saesteer.librarybars import library_bars
+with library_bars(enabled=False):
+    with library_bars(enabled=False):
+        import datasets
+        import transformers.utils.logging as tl
+        inner = (datasets.utils.are_progress_bars_disabled(), tl.is_progress_bar_enabled())
+    outer = (datasets.utils.are_progress_bars_disabled(), tl.is_progress_bar_enabled())
+print(inner, outer, (datasets.utils.are_progress_bars_disabled(), tl.is_progress_bar_enabled()))
+"""
+    assert _python(code) == "(True, False) (True, False) (False, True)"
+
+
+def test_nested_blocks_put_back_what_each_found():
+    import datasets.utils
+    import huggingface_hub.utils
+    import transformers.utils.logging as tl
+
+    from saesteer.librarybars import library_bars
+
+    try:
+        with library_bars(enabled=False):
+            tl.enable_progress_bar()  # turned on inside the outer block: the inner one puts that back
+            with library_bars(enabled=False):
+                assert _switches() == (False, False, False)
+            assert _switches()[0] is True and _switches()[2] is False
+        assert _switches() == (True, True, True)
+    finally:
+        tl.enable_progress_bar()
+        datasets.utils.enable_progress_bars()
+        huggingface_hub.utils.enable_progress_bars()
