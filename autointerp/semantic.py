@@ -49,17 +49,21 @@ def _current_labels(store: Any) -> dict[int, tuple[int, str]]:
     return out
 
 
-def embed_labels(store: Any, embedder: Embedder, *, batch: int = 256) -> int:
+def embed_labels(store: Any, embedder: Embedder, *, batch: int = 256, progress: bool = False) -> int:
     """Embed the current label of every latent whose stored vector (for this embedder) is missing
-    or belongs to an older label; returns how many were embedded."""
+    or belongs to an older label; returns how many were embedded. `progress`: a bar (stderr)."""
+    from tqdm.auto import tqdm
+
     labels = _current_labels(store)
     ids, lids, _ = store.label_embeddings(embedder.name)
     have = dict(zip(ids, lids))
     todo = sorted(i for i, (lid, _) in labels.items() if have.get(i) != lid)
-    for k in range(0, len(todo), batch):
-        chunk = todo[k:k + batch]
-        vecs = embedder.embed([labels[i][1] for i in chunk])
-        store.write_label_embeddings(embedder.name, [(i, labels[i][0], v) for i, v in zip(chunk, vecs)])
+    with tqdm(total=len(todo), desc="embedding labels", unit="label", disable=not progress) as bar:
+        for k in range(0, len(todo), batch):
+            chunk = todo[k:k + batch]
+            vecs = embedder.embed([labels[i][1] for i in chunk])
+            store.write_label_embeddings(embedder.name, [(i, labels[i][0], v) for i, v in zip(chunk, vecs)])
+            bar.update(len(chunk))
     return len(todo)
 
 

@@ -44,20 +44,25 @@ def check_widths(model, sae_hooks: dict[str, tuple[str, int]]) -> None:
 
 @torch.no_grad()
 def collect(model, hooks: Sequence[str], tokens_NL: Tensor, excluded_ids: Iterable[int] = (),
-            batch_size: int = 16) -> HeldOutActivations:
+            batch_size: int = 16, progress: bool = False) -> HeldOutActivations:
     """Run `model` over `tokens_NL` (TransformerLens's forward, so values equal SAELens's) and keep
-    every hook's activation at positions whose token is not in `excluded_ids`."""
+    every hook's activation at positions whose token is not in `excluded_ids`. `progress`: a bar
+    (stderr) over the contexts."""
+    from tqdm.auto import tqdm
+
     from training.runner import ActivationRunner
 
     runner = ActivationRunner(model, list(hooks), forward="transformer_lens")
     excl = torch.tensor(sorted(set(int(i) for i in excluded_ids)), dtype=torch.long)
     tokens_NL = tokens_NL.long()
     parts: dict[str, list[Tensor]] = {h: [] for h in hooks}
-    for chunk in tokens_NL.split(batch_size):
-        got = runner.run(chunk)
-        keep = ~torch.isin(chunk, excl) if excl.numel() else torch.ones_like(chunk, dtype=torch.bool)
-        for h in hooks:
-            parts[h].append(got[h].detach().to("cpu", torch.float32)[keep])
+    with tqdm(total=len(tokens_NL), desc="held-out activations", unit="context", disable=not progress) as bar:
+        for chunk in tokens_NL.split(batch_size):
+            got = runner.run(chunk)
+            keep = ~torch.isin(chunk, excl) if excl.numel() else torch.ones_like(chunk, dtype=torch.bool)
+            for h in hooks:
+                parts[h].append(got[h].detach().to("cpu", torch.float32)[keep])
+            bar.update(len(chunk))
     kept = positions(tokens_NL, excluded_ids)
     return kept._replace(acts={h: torch.cat(parts[h]) for h in hooks})
 
@@ -71,8 +76,8 @@ class Collector:
     SAEs it reads right after. Only the latest collection is kept: each group's activations are freed
     once the next group's are read."""
 
-    def __init__(self, model, batch_size: int = 16) -> None:
-        self.model, self.batch_size = model, batch_size
+    def __init__(self, model, batch_size: int = 16, progress: bool = False) -> None:
+        self.model, self.batch_size, self.progress = model, batch_size, progress
         self.latest: tuple[frozenset[str], HeldOutActivations] | None = None  # (opt-in flags on, collection)
 
     def __call__(self, hooks: Sequence[str], tokens_NL: Tensor, excluded_ids: Iterable[int] = ()) -> HeldOutActivations:
@@ -86,7 +91,7 @@ class Collector:
                     and got.tokens.shape == tokens_NL.shape and torch.equal(got.tokens, tokens_NL.long())):
                 return got._replace(acts={h: got.acts[h] for h in hooks})
         self.latest = None  # the one before is freed before this one is read
-        got = collect(self.model, hooks, tokens_NL, excl, self.batch_size)
+        got = collect(self.model, hooks, tokens_NL, excl, self.batch_size, self.progress)
         self.latest = (flags, got)
         return got
 

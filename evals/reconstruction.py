@@ -63,21 +63,17 @@ def activation_metrics(sae: SAE, x_RD: Tensor, dense_threshold: float, targets_R
     return out
 
 
-def model_metrics(model: Any, sae: SAE, hook: str, tokens_NL: Tensor, keep_token_ids: tuple[int, ...],
-                  batch_size: int) -> dict[str, float]:
-    """CE loss recovered and KL with the SAE spliced in at `hook` (`training.evaluate.splice_metrics`);
-    a transcoder reading `hook` replaces its target hook (`metadata.hook_name_out`) instead."""
-    return model_metrics_many(model, {"sae": (sae, hook)}, tokens_NL, keep_token_ids, batch_size)["sae"]
-
-
 def model_metrics_many(model: Any, saes: dict[str, tuple[SAE, str]], tokens_NL: Tensor, keep_token_ids: tuple[int, ...],
-                       batch_size: int) -> dict[str, dict[str, float]]:
-    """`model_metrics` of several SAEs (name -> (SAE, the hook it reads)) over the same contexts
-    (`training.evaluate.splice_metrics_many`: the clean pass of a batch run once for all of them)."""
+                       batch_size: int, progress: bool = False) -> dict[str, dict[str, float]]:
+    """CE loss recovered and KL of each SAE (name -> (SAE, the hook it reads)) spliced in at its hook
+    over the same contexts (`training.evaluate.splice_metrics_many`: the clean pass of a batch run
+    once for all of them); a transcoder replaces its target hook (`metadata.hook_name_out`) instead.
+    `progress`: a bar (stderr) over the contexts."""
     from training.evaluate import Splice, sae_reconstructor, splice_metrics_many
 
     # sae_reconstructor reads a head hook's [.., heads, d_head] flattened, as the SAE was trained
     splices = [Splice(sae_reconstructor(sae), transcoder_target(sae), hook) if sae.is_transcoder
                else Splice(sae_reconstructor(sae), hook) for sae, hook in saes.values()]
-    got = splice_metrics_many(model, splices, tokens_NL, keep_token_ids=keep_token_ids, batch_size=batch_size)
+    got = splice_metrics_many(model, splices, tokens_NL, keep_token_ids=keep_token_ids, batch_size=batch_size,
+                              progress=progress)
     return {name: m.to_dict() for name, m in zip(saes, got)}

@@ -63,9 +63,10 @@ TRANSCODER_ABSORPTION = ("not defined for a transcoder: absorption compares the 
 
 
 def evaluate_saes(saes: Mapping[str, Any], inputs: EvalInputs, cfg: EvalConfig,
-                  say: Callable[[str], None] = lambda _: None) -> dict[str, dict[str, Any]]:
+                  say: Callable[[str], None] = lambda _: None, progress: bool = False) -> dict[str, dict[str, Any]]:
     """{name: {description..., "metrics": {...}, "absorption": {...}, "probing": {...}}}; `ce_skipped`:
-    why CE loss recovered and KL were left out (`training.evaluate.splice_problem`)."""
+    why CE loss recovered and KL were left out (`training.evaluate.splice_problem`). `say` is told
+    each step; `progress` draws a bar (stderr) over the CE contexts."""
     words = inputs.absorption_words
     if words is None and cfg.absorption and inputs.tokenizer is not None:
         words = FirstLetterWords(inputs.model, inputs.tokenizer, cfg.absorption_prefix)
@@ -74,7 +75,7 @@ def evaluate_saes(saes: Mapping[str, Any], inputs: EvalInputs, cfg: EvalConfig,
                          f"not absorption_prefix {cfg.absorption_prefix!r}: build them with this model and config")
     for loaded in saes.values():
         loaded.sae.eval()
-    spliced, ce_skipped = _model_metrics(saes, inputs, cfg, say)
+    spliced, ce_skipped = _model_metrics(saes, inputs, cfg, say, progress)
     out: dict[str, dict[str, Any]] = {}
     for name, loaded in saes.items():
         sae = loaded.sae
@@ -107,7 +108,8 @@ def evaluate_saes(saes: Mapping[str, Any], inputs: EvalInputs, cfg: EvalConfig,
 
 
 def _model_metrics(saes: Mapping[str, Any], inputs: EvalInputs, cfg: EvalConfig,
-                   say: Callable[[str], None]) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+                   say: Callable[[str], None], progress: bool = False
+                   ) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
     """({name: CE loss recovered and KL}, {name: why they were left out}): every SAE spliced in over
     the CE contexts, the clean pass of each batch run once for all (`model_metrics_many`); none where a
     splice is not an edit of the hook its name says (`saesteer train`'s rule, `splice_problem`)."""
@@ -125,7 +127,8 @@ def _model_metrics(saes: Mapping[str, Any], inputs: EvalInputs, cfg: EvalConfig,
     if not spliced:
         return {}, skipped
     say(f"{', '.join(spliced)}: CE loss recovered and KL over {len(inputs.ce_tokens)} contexts")
-    return model_metrics_many(inputs.model, spliced, inputs.ce_tokens, inputs.keep_ids, cfg.ce_batch_size), skipped
+    return (model_metrics_many(inputs.model, spliced, inputs.ce_tokens, inputs.keep_ids, cfg.ce_batch_size, progress),
+            skipped)
 
 
 def token_probing_data(heldout: HeldOutActivations, hooks: list[str]) -> dict[str, ProbingData]:

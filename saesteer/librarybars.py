@@ -19,6 +19,10 @@ hook the moment the command imports it (and set back to on, as a fresh import ha
 An environment variable that forces a library's bars on (HF_HUB_DISABLE_PROGRESS_BARS=0 for the hub
 and transformers, HF_DATASETS_DISABLE_PROGRESS_BARS=0 for datasets) keeps them on; one that forces
 them off keeps them off.
+
+Blocks nest (`saesteer train` quiets them again inside the CLI's block, for a config file's
+log.progress = false): each puts back the settings it found, and only the outermost one installs
+the import hook, so a library imported inside an inner block stays quiet until the outer one ends.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from typing import Callable, Iterator, NamedTuple
 __all__ = ["library_bars"]
 
 DATASETS_BARS = "datasets.utils.tqdm"  # the module that holds datasets' switch
+_import_hook: _QuietOnImport | None = None  # the outermost block's, while one is open
 
 
 class _Switch(NamedTuple):
@@ -50,7 +55,12 @@ def library_bars(enabled: bool) -> Iterator[None]:
     # transformers first: setting its switch sets the hub's too, so the hub's is put back after it
     switches = [s for s in (*_hub_and_transformers(), _datasets()) if s is not None]
     was_on = [s.is_on() for s in switches]  # all read before any is turned
-    hook = None if DATASETS_BARS in sys.modules or not _installed("datasets") else _QuietOnImport(DATASETS_BARS)
+    global _import_hook
+    # one hook at a time: a second would find the module through the first (and it through the
+    # second, without end), and an inner block's exit would turn the bars on inside the outer one
+    hook = None
+    if _import_hook is None and DATASETS_BARS not in sys.modules and _installed("datasets"):
+        hook = _import_hook = _QuietOnImport(DATASETS_BARS)
     with warnings.catch_warnings():  # "cannot disable: an environment variable has priority": it does
         warnings.simplefilter("ignore")
         for s in switches:
@@ -62,6 +72,7 @@ def library_bars(enabled: bool) -> Iterator[None]:
     finally:
         if hook is not None:
             sys.meta_path.remove(hook)
+            _import_hook = None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for s, on in zip(switches, was_on):

@@ -41,19 +41,27 @@ def compare(
     typical_max: TypicalMaxArg = None,
     limits: SteerLimits | None = None,
     allow_model_mismatch: bool = False,
+    progress: bool = False,
     **overrides: Any,
 ) -> Comparison:
     """Generate with and without `edits` (same config and seed) for a side-by-side view. Prompts get
     the BOS the SAEs were trained with unless `config.prepend_bos` says otherwise. `overrides`
     replace fields of `config` (e.g. max_new_tokens=10). The unsteered pass runs with the opt-in hook
     points the edits use switched on as the steered one does (the same forward path: an edit that
-    changes nothing gives exactly the unsteered text)."""
+    changes nothing gives exactly the unsteered text). `progress`: a bar (stderr) over the two
+    generation passes, each one batch of every prompt."""
+    from tqdm.auto import tqdm
+
     config = with_sae_bos(dataclasses.replace(config or GenerationConfig(), **overrides), saes)
-    with steer(model, saes, edits, typical_max=typical_max, limits=limits,
-               allow_model_mismatch=allow_model_mismatch) as s:
-        steered = s.generate(prompts, config)
-        described = s.describe()
-        hooks = [h for h, _ in s.plan.fwd_hooks]
-    with opt_in_hooks(model, hooks, "comparison"):
-        base = generate(model, prompts, config)
+    with tqdm(total=2, desc="generating steered", unit="pass", disable=not progress) as bar:
+        with steer(model, saes, edits, typical_max=typical_max, limits=limits,
+                   allow_model_mismatch=allow_model_mismatch) as s:
+            steered = s.generate(prompts, config)
+            described = s.describe()
+            hooks = [h for h, _ in s.plan.fwd_hooks]
+        bar.update()
+        bar.set_description("generating unsteered")
+        with opt_in_hooks(model, hooks, "comparison"):
+            base = generate(model, prompts, config)
+        bar.update()
     return Comparison(base.prompts, steered.texts, base.texts, described)

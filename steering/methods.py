@@ -119,6 +119,7 @@ class _Comparison:
     typical_max: Callable[[int], float | None] | None
     with_perplexity: bool
     allow_model_mismatch: bool
+    bars: bool = False  # a progress bar (stderr) over each dev sweep's strengths
     rows: list[MethodResult] = field(default_factory=list)
     generations: dict[str, Any] = field(default_factory=dict)
 
@@ -151,7 +152,7 @@ class _Comparison:
         """The dev-seed sweep over `strengths`, and the rule's pick from it: (points, strength, margin)."""
         pts = sweep_edits(self.model, sae, make_edits, list(strengths), self.prompts, self.scorer,
                           gen_config=self.dev_cfg, typical_max=typical_max, with_perplexity=False,
-                          allow_model_mismatch=self.allow_model_mismatch)
+                          allow_model_mismatch=self.allow_model_mismatch, progress=self.bars)
         s, m = _pick(pts, self.cfg.rule, self.cfg.target_concept, self.cfg.min_fluency)
         return pts, s, m
 
@@ -279,11 +280,13 @@ def compare_methods(
     with_perplexity: bool = True,
     allow_model_mismatch: bool = False,
     progress: Callable[[str], None] | None = None,
+    bars: bool = False,
 ) -> Scorecard:
     """See the module docstring; `config` says how methods pick and are tested (strengths, targets,
     seeds; `CompareConfig()` by default). `latents` skips the contrast search; `positive`/`negative`
     are needed for the contrast search and for difference of means (without them that method is
-    left out); `cue` enables prompting. `test_prompts` (default `prompts`) are scored on the test seed."""
+    left out); `cue` enables prompting. `test_prompts` (default `prompts`) are scored on the test seed.
+    `progress` is told each step as it starts; `bars` draws a bar (stderr) over each dev sweep."""
     from steering.baselines import prompting_baseline
     from steering.resolve import check_models, sae_hook_name
 
@@ -293,7 +296,7 @@ def compare_methods(
     cfg = config or CompareConfig()
     base_cfg = gen_config or GenerationConfig(max_new_tokens=32, do_sample=True, stop_at_eos=False)
     run = _Comparison(model, sae, scorer, cfg, prompts, list(test_prompts or prompts), base_cfg, typical_max,
-                      with_perplexity, allow_model_mismatch)
+                      with_perplexity, allow_model_mismatch, bars)
     say = progress or (lambda msg: None)
     hook = sae_hook_name(sae)
     picks: dict[str, MethodPick] = {}

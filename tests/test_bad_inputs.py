@@ -313,7 +313,7 @@ CASES: list[Case] = [
          ["--reader-buffer-rows", "cannot resume"]),
     Case("train-resume-with-another-k",
          lambda w: ["train", "--cache", str(w.fake_cache("a")), "--out", str(w.trained_run()), *TRAIN_FLAGS, "--k", "8"],
-         ["saes.0.k", "checkpoint"]),
+         ["--k (SAE 0): checkpoint", "cannot resume"]),
     Case("train-non-finite-held-out-rows",
          lambda w: ["train", "--cache", str(w.fake_cache("nan", nan=True)), "--out", str(w.path("t-nan")), *TRAIN_FLAGS],
          lambda w: ["NaN", str(w.fake_cache("nan", nan=True))]),

@@ -12,7 +12,10 @@ import pytest
 from saesteer import docs
 from saesteer.cli import build_parser, main
 
-LONG_WORK = {("cache",), ("demo",), ("features", "build"), ("features", "export"), ("label",), ("sweep",), ("train",)}
+# commands whose work grows with their input: generation over prompts, forward passes over contexts, judge
+# calls; the others (preset, info, features list / show, ...) read or write a few records
+LONG_WORK = {("cache",), ("demo",), ("eval",), ("features", "build"), ("features", "embed"), ("features", "export"),
+             ("label",), ("output-score",), ("steer",), ("steer-eval",), ("sweep",), ("train",)}
 
 
 def test_every_command_with_long_work_takes_no_progress_and_nothing_else() -> None:
@@ -35,6 +38,92 @@ def test_train_no_progress_reaches_the_config(tmp_path, capsys) -> None:
     assert log_config()["progress"] is True
     assert log_config("--no-progress")["progress"] is False
     assert log_config("--progress", "false")["progress"] is False  # the old spelling still works, unlisted
+
+
+# -- our bars in the commands that generate or evaluate -------------------------------------------
+
+def _bars_with_and_without(run, argv, bars):
+    """stderr of `run(argv)` and of `run(argv + --no-progress)`: the first shows every bar named in
+    `bars` (tqdm's "NAME: 100%|"), the second none and no bar at all."""
+    shown, quiet = run(list(argv)), run([*argv, "--no-progress"])
+    for name in bars:
+        assert f"{name}: 100%|" in shown, shown[-2000:]
+    assert "%|" not in quiet and not any(f"{name}: " in quiet for name in bars), quiet[-2000:]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The tiny test model with its feature store and SAE folder (helpers.web_store)."""
+    import saes
+    from helpers.steering_fixtures import torch_threads
+    from helpers.web_store import build_web_store
+
+    with torch_threads(1):
+        ws = build_web_store(tmp_path_factory.mktemp("tiny"), name="bars")
+        saes.save_sae(ws.sae, ws.path.parent / "sae")
+        yield ws
+
+
+def test_steer_shows_a_bar_over_its_generation_passes_unless_no_progress(tiny, capsys):
+    from saesteer.commands import steer
+
+    def run(argv):
+        assert steer._run(build_parser().parse_args(argv), model=tiny.model) == 0
+        return capsys.readouterr().err
+
+    argv = ["steer", "--sae", str(tiny.path.parent / "sae"), "-l", "3:clamp=9", "-p", "the sea", "-p", "",
+            "--max-new-tokens", "3", "--json"]
+    _bars_with_and_without(run, argv, ["generating unsteered"])
+
+
+def test_steer_eval_shows_a_bar_over_each_sweep_unless_no_progress(tiny, tmp_path, capsys):
+    from saesteer.commands import steer_eval
+
+    def run(argv):
+        assert steer_eval._run(build_parser().parse_args(argv), model=tiny.model) == 0
+        err = capsys.readouterr().err
+        assert "[steer-eval] difference of means" in err  # its step lines stay: they are not bars
+        return err
+
+    pos, neg = tmp_path / "pos.txt", tmp_path / "neg.txt"
+    pos.write_text("the sea and the ship\nthe whale at the shore\n")
+    neg.write_text("the tree in the forest\nbread and soup\n")
+    argv = ["steer-eval", "--sae", str(tiny.path.parent / "sae"), "--store", str(tiny.path), "--topic", "ocean",
+            "--positive", str(pos), "--negative", str(neg), "--samples", "1", "--do-sample", "false",
+            "--max-new-tokens", "3", "--sae-strengths", "1,3", "--vector-strengths", "1,2", "--candidates", "1",
+            "--json"]
+    _bars_with_and_without(run, argv, ["sweep"])
+
+
+def test_features_embed_shows_a_bar_over_the_labels_unless_no_progress(tiny, tmp_path, capsys):
+    import shutil
+
+    copies = iter(range(2))
+
+    def run(argv):
+        store = tmp_path / f"copy{next(copies)}.db"  # a fresh copy each time: a second run has nothing new to embed
+        shutil.copy(tiny.path, store)
+        assert main([argv[0], argv[1], str(store), *argv[2:]]) == 0
+        got = capsys.readouterr()
+        assert f"{len(tiny.labels)} new (offline/hash-256)" in got.out
+        return got.err
+
+    _bars_with_and_without(run, ["features", "embed", "--embed-backend", "offline"], ["embedding labels"])
+
+
+def test_eval_shows_bars_over_its_contexts_unless_no_progress(tmp_path, capsys):
+    import saes
+
+    sae = saes.create_sae("topk", 128, 64, k=4, metadata={"hook_name": "blocks.2.hook_resid_post"})
+    saes.save_sae(sae, tmp_path / "sae")
+
+    def run(argv):
+        assert main(argv) == 0
+        return capsys.readouterr().err
+
+    argv = ["eval", "--sae", str(tmp_path / "sae"), "--model", "toy", "--contexts", "6", "--ce-contexts", "4",
+            "--model-batch-size", "2", "--ce-batch-size", "2", "--absorption", "false", "--probing", "false"]
+    _bars_with_and_without(run, argv, ["held-out activations", "CE/KL spliced"])
 
 
 # -- the libraries' own bars ------------------------------------------------------------------------
@@ -192,3 +281,39 @@ print(inside, tl.is_progress_bar_enabled())
 """
     assert _python(code, HF_HUB_DISABLE_PROGRESS_BARS="0") == "True True"
     assert _python(code) == "False True"
+
+
+def test_nested_blocks_keep_the_bars_off_until_the_outermost_ends():
+    """`saesteer train` quiets the bars again inside the CLI's block: the libraries it imports in the
+    inner block stay quiet in the outer one, and get their settings back only at its end."""
+    code = """
+from saesteer.librarybars import library_bars
+with library_bars(enabled=False):
+    with library_bars(enabled=False):
+        import datasets
+        import transformers.utils.logging as tl
+        inner = (datasets.utils.are_progress_bars_disabled(), tl.is_progress_bar_enabled())
+    outer = (datasets.utils.are_progress_bars_disabled(), tl.is_progress_bar_enabled())
+print(inner, outer, (datasets.utils.are_progress_bars_disabled(), tl.is_progress_bar_enabled()))
+"""
+    assert _python(code) == "(True, False) (True, False) (False, True)"
+
+
+def test_nested_blocks_put_back_what_each_found():
+    import datasets.utils
+    import huggingface_hub.utils
+    import transformers.utils.logging as tl
+
+    from saesteer.librarybars import library_bars
+
+    try:
+        with library_bars(enabled=False):
+            tl.enable_progress_bar()  # turned on inside the outer block: the inner one puts that back
+            with library_bars(enabled=False):
+                assert _switches() == (False, False, False)
+            assert _switches()[0] is True and _switches()[2] is False
+        assert _switches() == (True, True, True)
+    finally:
+        tl.enable_progress_bar()
+        datasets.utils.enable_progress_bars()
+        huggingface_hub.utils.enable_progress_bars()

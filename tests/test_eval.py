@@ -204,7 +204,7 @@ def test_eval_agrees_with_sae_lens_run_evals(sae_lens_trained: Path, toy_model) 
     from sae_lens.training.activation_scaler import ActivationScaler
 
     from evals.activations import collect
-    from evals.reconstruction import activation_metrics, model_metrics
+    from evals.reconstruction import activation_metrics, model_metrics_many
     from saes.formats import resolve_sae
     from training.sources import contexts_from_text
     from training.text import TextConfig
@@ -237,7 +237,7 @@ def test_eval_agrees_with_sae_lens_run_evals(sae_lens_trained: Path, toy_model) 
     # CE and KL with every position spliced (SAELens: exclude_special_tokens=False; ours: keep no token)
     theirs_ce, _ = run_evals(sl, store, toy_model, ActivationScaler(), SLEvalConfig(**everything),
                              exclude_special_tokens=False)
-    ce = model_metrics(toy_model, ours, HOOK, tokens, keep_token_ids=(), batch_size=len(tokens))
+    ce = model_metrics_many(toy_model, {"sae": (ours, HOOK)}, tokens, keep_token_ids=(), batch_size=len(tokens))["sae"]
     perf = theirs_ce["model_performance_preservation"]
     for key, want in (("ce_loss_clean", perf["ce_loss_without_sae"]), ("ce_loss_spliced", perf["ce_loss_with_sae"]),
                       ("ce_loss_zero", perf["ce_loss_with_ablation"]), ("ce_loss_recovered", perf["ce_loss_score"])):

@@ -50,9 +50,27 @@ def test_train_cli_outputs_and_resume(cache: Path, tmp_path: Path, capsys) -> No
     assert main(["train", "--cache", str(cache), "--out", str(out), *FLAGS]) == 0
     again = json.loads((out / "metrics.json").read_text())
     assert again["saes"]["topk_k4_f64"]["explained_variance"] == metrics["saes"]["topk_k4_f64"]["explained_variance"]
-    # a changed setting is refused with the field named
-    code = main(["train", "--cache", str(cache), "--out", str(out), *FLAGS, "--aux-coef", "0.5"])
-    assert code == 2 and "train.aux_coef" in capsys.readouterr().err
+    # a changed setting is refused naming the flag that changed it (the domain error names the field)
+    code = main(["train", "--cache", str(cache), "--out", str(out), *FLAGS, "--aux-coef", "0.5", "--k-aux", "3",
+                 "--k", "8"])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot resume" in err, err
+    for said in ("--aux-coef: checkpoint 0.03125, now 0.5", "--k-aux: checkpoint None, now 3",
+                 "--k (SAE 0): checkpoint 4, now 8", "--sae-name (SAE 1): checkpoint 'matryoshka_batchtopk_k4_f64'"):
+        assert said in err, err
+    assert "train.aux_coef" not in err and "saes.0.k" not in err and "Traceback" not in err
+
+
+def test_resume_refusal_paths_without_a_flag_stay_fields() -> None:
+    from saesteer.cli import build_parser
+    from saesteer.commands.train import config_paths_as_flags
+
+    train = next(a for a in build_parser()._actions if hasattr(a, "choices") and a.choices)._name_parser_map["train"]
+    said = config_paths_as_flags("  - train.no_such_field: checkpoint 1, now 2\n  - checkpoint.every_tokens: x\n"
+                                 "  - saes.len: checkpoint 2, now 1\n  - eval.every_tokens /runs/train.k_aux", train)
+    assert said == ("  - train.no_such_field: checkpoint 1, now 2\n  - --checkpoint-every-tokens: x\n"
+                    "  - the number of SAEs (--architecture, --d-sae, --k): checkpoint 2, now 1\n"
+                    "  - --eval-every-tokens /runs/train.k_aux")
 
 
 def test_config_file_and_flags(tmp_path: Path, capsys) -> None:

@@ -48,9 +48,10 @@ def test_jumprelu_trains_from_the_cli_with_its_settings(cache: Path, tmp_path: P
     assert sae.architecture == "jumprelu" and float(sae.threshold.detach().min()) >= 0
     assert isinstance(metrics["saes"]["jumprelu_f64"]["explained_variance"], float)
     assert metrics["saes"]["jumprelu_f64"]["k"] is None and metrics["saes"]["topk_k4_f64"]["k"] == 4  # no k reported
-    # a changed setting is refused on resume, naming the field
+    # a changed setting is refused on resume, naming its flag
     code = _train(cache, out, *settings[:-2], "--pre-act-loss-coefficient", "0")
-    assert code == 2 and "saes.0.options.pre_act_loss_coefficient" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 2 and "--pre-act-loss-coefficient (SAE 0): checkpoint 0.001, now 0.0" in err, err
 
 
 def test_a_jumprelu_run_resumes_with_another_k_which_it_ignores(cache: Path, tmp_path: Path) -> None:

@@ -224,11 +224,12 @@ def splice_metrics(
 
 @torch.no_grad()
 def splice_metrics_many(model: Any, splices: Sequence[Splice], tokens_NS: Tensor, *, keep_token_ids: Iterable[int] = (),
-                        batch_size: int = 16) -> list[SpliceMetrics]:
+                        batch_size: int = 16, progress: bool = False) -> list[SpliceMetrics]:
     """`splice_metrics` of several SAEs over the same contexts, each chunk's clean pass run once and
     its zero-ablated pass once per replaced hook: the figures of one call per SAE (the same forward
     passes, each run once). Splices whose hooks need other TransformerLens opt-in flags run their
-    passes apart, each with its own flags on (`opt_in_hooks`), as a call of their own would."""
+    passes apart, each with its own flags on (`opt_in_hooks`), as a call of their own would.
+    `progress`: a bar (stderr) over the contexts."""
     for s in splices:
         check_editable_hook(model, s.hook_name, "CE/KL splicing")
         if s.input_hook is not None:
@@ -244,12 +245,16 @@ def splice_metrics_many(model: Any, splices: Sequence[Splice], tokens_NS: Tensor
     by_flags: dict[frozenset, list[int]] = {}
     for i, s in enumerate(splices):
         by_flags.setdefault(frozenset(opt_in_flag(model, h) for h in _hooks_of(s)) - {None}, []).append(i)
-    for idx in by_flags.values():
-        # an opt-in hook point on for the clean pass too: all passes take the same forward path
-        with opt_in_hooks(model, [h for i in idx for h in _hooks_of(splices[i])], "CE/KL splicing"):
-            for chunk in tokens_NS.split(batch_size):
-                for i, got in zip(idx, _splice_chunk_sums(model, [splices[i] for i in idx], chunk.to(device), keep)):
-                    sums[i] += got
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(by_flags) * len(tokens_NS), desc="CE/KL spliced", unit="context", disable=not progress) as bar:
+        for idx in by_flags.values():
+            # an opt-in hook point on for the clean pass too: all passes take the same forward path
+            with opt_in_hooks(model, [h for i in idx for h in _hooks_of(splices[i])], "CE/KL splicing"):
+                for chunk in tokens_NS.split(batch_size):
+                    for i, got in zip(idx, _splice_chunk_sums(model, [splices[i] for i in idx], chunk.to(device), keep)):
+                        sums[i] += got
+                    bar.update(len(chunk))
     return [_splice_result(s) for s in sums]
 
 

@@ -62,7 +62,8 @@ def add_arguments(parser) -> None:
                    help="activation cache an SAE was trained on: its held-out rows give the activation metrics")
     g.add_argument("--split", default=None, help="split of --dataset holding the held-out text (default: "
                                                   "validation; a local file, or data with one split: that split)")
-    g.add_argument("--quiet", action="store_true", help="no progress lines")
+    g.add_argument("--quiet", action="store_true", help="no progress lines (what each step does)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars (over the held-out and CE contexts)")
     add_dataclass_arguments(parser, EvalConfig, title="evaluation")
     text = add_dataclass_arguments(parser, TextConfig, title="held-out text", skip=("split", "dataset"))
     text.add_argument("--dataset", default=argparse.SUPPRESS, metavar="STR",
@@ -114,7 +115,7 @@ def _run(args) -> int:
     bos = getattr(tokenizer, "bos_token_id", None)
     excluded = (int(bos),) if cfg.exclude_bos and bos is not None else ()
     # the model's activations over held-out contexts: collected once per contexts for every use
-    collected = Collector(model, cfg.model_batch_size)
+    collected = Collector(model, cfg.model_batch_size, progress=not args.no_progress)
     probing = None
     # the first-letter words and the model's activations on them: read once per hook for every group
     words = FirstLetterWords(model, tokenizer, cfg.absorption_prefix) if cfg.absorption else None
@@ -134,7 +135,7 @@ def _run(args) -> int:
             probing = _probing_inputs(cfg, model, spec, _latent_hooks(loaded), text,
                                       min(t.context_length for t, _, _ in groups), excluded, collected, say)
         got, record = _evaluate_group(cfg, model, group, tokens, heldout, excluded, keep_ids, rows, rows_source,
-                                      data_info, probing, words, say)
+                                      data_info, probing, words, say, not args.no_progress)
         record = {**_text_record(cache_text[0] if from_cache else sae_text, from_cache), **record, "overlap": overlap}
         for name in names:
             got[name]["text"] = record
@@ -164,7 +165,7 @@ def _group_activations(cfg, group: dict, targets: dict, tokens, excluded, rows, 
 
 
 def _evaluate_group(cfg, model, group: dict, tokens, heldout, excluded, keep_ids, rows, rows_source, data_info, probing,
-                    words, say):
+                    words, say, progress: bool = False):
     """(results, what was read) of SAEs that read the same text (`tokens`, their activations
     `heldout`): each SAE evaluated (evals.run.evaluate_saes)."""
     from evals.run import EvalInputs, evaluate_saes
@@ -177,7 +178,7 @@ def _evaluate_group(cfg, model, group: dict, tokens, heldout, excluded, keep_ids
                         probing=probing, absorption_words=words)
     record = {"contexts": int(heldout.tokens.shape[0]), "tokens": int(heldout.row_context.numel()),
               "ce_contexts": int(len(inputs.ce_tokens))}
-    return evaluate_saes(group, inputs, cfg, say), record
+    return evaluate_saes(group, inputs, cfg, say, progress), record
 
 
 def _latent_hooks(saes: dict) -> list[str]:

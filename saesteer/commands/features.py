@@ -114,6 +114,7 @@ def _add_embed(sub) -> None:
 
     em = sub.add_parser("embed", help="embed the current labels (search by meaning, map by labels)")
     em.add_argument("store", help="feature store file (written)")
+    em.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_dataclass_arguments(em, EmbedConfig, prefix="embed_", title="label embeddings")
 
 
@@ -370,6 +371,6 @@ def _embed(args) -> int:
     if embedder is None:
         raise ValueError("--embed-backend none embeds nothing; choose auto, openai, sentence-transformers or offline")
     with FeatureStore.open(args.store, readonly=False) as store:
-        n = embed_labels(store, embedder)
+        n = embed_labels(store, embedder, progress=not args.no_progress)
     print(f"label embeddings: {n} new ({embedder.name}) in {args.store}")
     return 0

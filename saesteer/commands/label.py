@@ -137,7 +137,7 @@ def _label(args, store, judge, label_cfg, embed_cfg):
     if embedder is not None:
         from autointerp.semantic import embed_labels
 
-        n = embed_labels(store.store, embedder)
+        n = embed_labels(store.store, embedder, progress=not args.no_progress)
         print(f"label embeddings: {n} new ({embedder.name})")
     return report
 

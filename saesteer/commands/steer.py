@@ -62,6 +62,7 @@ def add_arguments(parser) -> None:
                         "strength wins when it has one; without typical maxima: multiples of the feature's mean "
                         "activation on the POSITIVE prompts)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (over the two generation passes)")
     add_dataclass_arguments(parser, GenerationConfig, title="generation")
     add_dataclass_arguments(parser, SteerLimits, title="limits")
 
@@ -129,7 +130,7 @@ def _run(args, model=None) -> int:
 
         cmp = compare(model, saes if len(saes) > 1 else next(iter(saes.values())), edits, prompts, gen_cfg,
                       typical_max=typical_max_provider(link, saes), limits=limits,
-                      allow_model_mismatch=args.allow_model_mismatch)
+                      allow_model_mismatch=args.allow_model_mismatch, progress=not args.no_progress)
     finally:
         if store is not None:
             store.close()

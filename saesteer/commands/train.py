@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 NAME = "train"
@@ -31,7 +32,7 @@ writes everything. See docs/training.md, "Distributed training".
 
 Resuming: run the same command again with the same --out. It continues from the newest
 checkpoint (also after kill -9; on CPU the result is bit-identical to an uninterrupted run with
-the same --num-threads). A resume whose settings differ is refused, naming each field; these
+the same --num-threads). A resume whose settings differ is refused, naming each flag; these
 may change: --total-tokens (extends or shortens the run; the LR decay is re-planned),
 --max-nonfinite, --num-threads, --device, checkpoint, eval and logging options.
 --resume never refuses an --out that holds checkpoints; --resume require insists on one.
@@ -285,13 +286,48 @@ def run(args) -> int:
             return 2
         run_cfg.train.device = setup.device
     from saesteer.librarybars import library_bars
+    from training.trainer import ConfigMismatchError
 
     try:
         with library_bars(enabled=run_cfg.log.progress):  # a config file's log.progress = false as --no-progress
             return _run_training(args, run_cfg, data_cfg, text_cfg, out, setup, init_source)
+    except ConfigMismatchError as e:  # a resume refused: said with the flags (the CLI's boundary prints it)
+        e.message = config_paths_as_flags(e.message, getattr(args, "_parser", None))
+        e.args = (e.message,)
+        raise
     finally:
         if setup is not None:
             shutdown()
+
+
+# RunConfig's sections as the prefix of their flags' dests (`checkpoint.every_tokens` is --checkpoint-every-tokens)
+_SECTION_PREFIX = {"train": "", "optim": "", "log": "", "checkpoint": "checkpoint_", "eval": "eval_"}
+# an SAESpec field as the dest of the flag that sets it (`options.<name>`: an architecture's own setting)
+_SPEC_DEST = {"architecture": "architecture", "d_sae": "d_sae", "k": "k", "matryoshka_widths": "matryoshka_widths",
+              "skip": "skip", "lr": "sae_lr", "name": "sae_name"}
+_CONFIG_PATH = re.compile(
+    r"(?<![\w./-])(?:(?P<section>train|optim|log|checkpoint|eval)\.(?P<field>[a-z]\w*)"
+    r"|saes\.(?P<index>\d+)\.(?:options\.)?(?P<spec_field>[a-z]\w*)|saes\.len)(?![\w/-])")
+
+
+def config_paths_as_flags(message: str, parser) -> str:
+    """A domain refusal's RunConfig paths (`train.k_aux`, `saes.0.k`, as the resume check names them)
+    said as this command's flags (`--k-aux`, `--k (SAE 0)`); a path without a flag stays as it is."""
+    if parser is None:
+        return message
+    flags = {a.dest: max(a.option_strings, key=len) for a in parser._actions
+             if a.option_strings and a.help != argparse.SUPPRESS}
+
+    def said(m) -> str:
+        if m.group("section"):
+            return flags.get(_SECTION_PREFIX[m.group("section")] + m.group("field"), m.group(0))
+        if m.group("index") is None:  # saes.len
+            return "the number of SAEs (--architecture, --d-sae, --k)"
+        field = m.group("spec_field")
+        flag = flags.get(_SPEC_DEST.get(field, field))
+        return f"{flag} (SAE {m.group('index')})" if flag else m.group(0)
+
+    return _CONFIG_PATH.sub(said, message)
 
 
 def _run_training(args, run_cfg, data_cfg, text_cfg, out, setup, init_source) -> int:
