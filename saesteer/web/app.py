@@ -194,12 +194,15 @@ def _build_app(state: WebState, served: ServedHooks, extra_hosts: Iterable[str],
 
 def _lifespan(state: WebState, openai_service, served: ServedHooks):
     """Start the OpenAI-compatible service's worker with the app; on shutdown close it and the
-    steering queues, then give the models' opt-in hook points back."""
+    steering queues, then give the models' opt-in hook points back. Each serve opens them again,
+    so one app can be served twice (two uvicorn runs, two TestClient blocks)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         served.hold()
         try:
+            for q in state.queues:
+                q.open()
             if openai_service is not None:
                 openai_service.start()
             yield
@@ -242,7 +245,11 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
         headers = getattr(exc, "headers", None)
-        return error_response(request, exc.status_code, str(exc.detail), headers=headers)
+        message = str(exc.detail)
+        if exc.status_code == 404 and request.url.path.startswith("/v1/") and message == "Not Found":
+            message = (f"this server has no {request.url.path}; it serves /v1/models, /v1/completions and "
+                       f"/v1/chat/completions")
+        return error_response(request, exc.status_code, message, headers=headers)
 
     @app.exception_handler(QueueFull)
     async def _busy(request: Request, exc: QueueFull):
@@ -273,7 +280,9 @@ def error_response(request: Request, status: int, message: str, headers=None) ->
         from saesteer.web.pages import render_error
 
         return render_error(request, status, message, headers=headers)
-    return JSONResponse({"detail": message}, status_code=status, headers=headers)
+    from saesteer.web.security import error_json
+
+    return JSONResponse(error_json(request.url.path, status, message), status_code=status, headers=headers)
 
 
 def static_dir() -> Path:
