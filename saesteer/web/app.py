@@ -245,10 +245,17 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
         headers = getattr(exc, "headers", None)
-        message = str(exc.detail)
-        if exc.status_code == 404 and request.url.path.startswith("/v1/") and message == "Not Found":
-            message = (f"this server has no {request.url.path}; it serves /v1/models, /v1/completions and "
-                       f"/v1/chat/completions")
+        message, path = str(exc.detail), request.url.path
+        if exc.status_code == 404 and message == "Not Found":
+            if path.startswith("/v1/"):  # e.g. /v1/embeddings, /v1/responses: say what there is
+                message = f"this server has no {path}; it serves {OPENAI_ENDPOINTS}"
+            elif path.split("/")[1:2] in (["chat"], ["completions"], ["models"], ["embeddings"], ["responses"]):
+                # an OpenAI client whose base_url lacks /v1: answer in its shape, saying so
+                host = request.headers.get("host", "HOST:PORT")
+                return JSONResponse({"error": {"message": f"the OpenAI-compatible API is under /v1: set the "
+                                               f"client's base_url to http://{host}/v1 (this server serves "
+                                               f"{OPENAI_ENDPOINTS})", "type": "not_found_error",
+                                               "param": None, "code": None}}, status_code=404, headers=headers)
         return error_response(request, exc.status_code, message, headers=headers)
 
     @app.exception_handler(QueueFull)
@@ -259,6 +266,9 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def _crash(request: Request, exc: Exception):
         log.exception("internal error on %s %s", request.method, request.url.path)
         return error_response(request, 500, "internal error; the server log has the details")
+
+
+OPENAI_ENDPOINTS = "/v1/models, /v1/completions and /v1/chat/completions"
 
 
 def describe_validation_error(exc: RequestValidationError) -> str:
