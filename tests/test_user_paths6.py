@@ -205,6 +205,10 @@ def test_refusals_before_the_api_speak_openais_error_shape(server, client):
     with pytest.raises(openai.NotFoundError) as e:
         client.responses.create(model="chat", input="def")
     assert "no /v1/responses" in e.value.body["message"]
+    # curl -d '{...}' without -H 'Content-Type: application/json' sends a form's type
+    r = httpx.post(f"{srv.url}/v1/chat/completions", content=json.dumps({"model": "chat", "messages": MSGS}),
+                   headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 415 and "Content-Type: application/json" in r.json()["error"]["message"]
     no_v1 = openai.OpenAI(base_url=srv.url, api_key="loopback", max_retries=0)
     with pytest.raises(openai.NotFoundError) as e:
         no_v1.chat.completions.create(model="chat", messages=MSGS, max_tokens=1)
@@ -265,7 +269,7 @@ def test_a_plain_sse_reader_sees_json_events_and_a_final_done(server, client):
     events = raw.split("\n\n")[:-1]
     assert all(e.startswith("data: ") and "\n" not in e for e in events)
     chunks = [json.loads(e[len("data: "):]) for e in events[:-1]]
-    assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"} and len({c["id"] for c in chunks}) == 1
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 12
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks[:-1])

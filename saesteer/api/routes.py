@@ -3,7 +3,8 @@
 Errors use OpenAI's shape (`{"error": {"message", "type", "param", "code"}}`) so clients show
 the message: 400 for a request this server cannot do (the message says why and how to fix it),
 404 for an unknown model, 503 with Retry-After when too many requests are in (the `openai`
-client retries those by itself), 500 when generation fails.
+client retries those by itself), 500 when generation fails. A client that goes away (a closed
+stream, or a non-streamed request it stopped waiting for) has its generation cancelled.
 """
 
 from __future__ import annotations

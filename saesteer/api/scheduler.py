@@ -79,6 +79,8 @@ class Scheduler:
     def start(self) -> "Scheduler":
         """Start the worker thread; after `close`, open again with a fresh one (an app served a second
         time: each server's startup starts it, its shutdown closes it)."""
+        if self._closed and self._thread.is_alive():
+            self._thread.join()  # closed while a long step ran: it ends after that step
         with self._cond:
             if self._thread.is_alive():
                 return self
