@@ -229,6 +229,17 @@ def test_fields_that_change_the_meaning_are_refused_by_name(client, field, value
     assert field.split("_")[0] in e.value.body["message"]
 
 
+@pytest.mark.parametrize("message, says", [
+    ({"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/a.png"}}]},
+     "only text content parts are supported (got 'image_url')"),
+    ({"role": "tool", "content": "42", "tool_call_id": "call_1"}, "needs tool calling"),
+])
+def test_messages_this_server_cannot_read_are_refused_in_one_line(client, message, says):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="chat", messages=[MSGS[1], message], max_tokens=2)
+    assert says in e.value.body["message"] and ";" not in e.value.body["message"]
+
+
 def test_informational_fields_and_models_by_id_and_raw_responses(client):
     raw = client.chat.completions.with_raw_response.create(
         model="chat", messages=MSGS, max_tokens=4, seed=3, stop=["\n\n", "#"], user="u-1", metadata={"run": "a"},
