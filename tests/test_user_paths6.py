@@ -266,6 +266,20 @@ def test_logit_bias_and_penalties_change_the_tokens(client):
     assert len(set(ids)) > len(set(greedy))
 
 
+def test_chat_logprobs_have_openais_shape_over_a_byte_level_tokenizer(client):
+    """logprobs=True, top_logprobs=3, greedy: one entry per generated token, the chosen one the most
+    likely, three alternatives each, and the tokens' bytes make up the reply's text."""
+    r = client.chat.completions.create(model="chat", messages=MSGS, max_tokens=8, temperature=0, logprobs=True,
+                                       top_logprobs=3, extra_body={"ignore_eos": True})
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens == 8
+    for entry in content:
+        assert len(entry.top_logprobs) == 3 and entry.top_logprobs[0].token == entry.token
+        assert entry.top_logprobs[0].logprob == pytest.approx(entry.logprob, abs=1e-5) and entry.logprob <= 0
+        assert [t.logprob for t in entry.top_logprobs] == sorted((t.logprob for t in entry.top_logprobs), reverse=True)
+    assert bytes(b for e in content for b in e.bytes).decode("utf-8", "replace") == r.choices[0].message.content
+
+
 # -- reading streams --------------------------------------------------------------------------------
 
 
