@@ -8,7 +8,8 @@ What only these paths show:
 - one app served twice (two TestClient lifespans, as a notebook or a test suite restarts a server):
   the second serve answered every generation with 503 'the server is shutting down' and every web
   model job with an error, because shutdown closed the API's scheduler and the model queue for good;
-  a request still waiting when the server stops now ends with an error instead of hanging;
+  a request still waiting when the server stops now ends with an error instead of hanging, and a web
+  model job cancelled at shutdown gives its place in the queue back;
 - a client that gives up on a non-streamed request (its timeout, Ctrl-C) left its generation running
   to the end (the openai client then retries, so one slow request became three); it is now cancelled;
 - `max_completion_tokens` (what newer clients send instead of `max_tokens`): its refusals named
@@ -144,6 +145,37 @@ def test_a_request_waiting_when_the_server_stops_ends_with_an_error(ws):
 
     first, second, again = asyncio.run(scenario())
     assert first == ["error"] and second == ["error"] and again == ["length"]
+
+
+def test_a_web_model_job_waiting_when_the_server_stops_leaves_the_reopened_queue_empty():
+    """`ModelQueue.close` cancels the jobs that had not started; their places are given back, so the
+    queue a second serve opens starts empty (they stayed counted: each stop made it smaller for good)."""
+    from saesteer.web.jobs import ModelQueue
+
+    q = ModelQueue("m", max_pending=2)
+    started, release = threading.Event(), threading.Event()
+
+    def running():
+        started.set()
+        release.wait(10)
+
+    async def scenario():
+        first = asyncio.ensure_future(q.run(running))
+        assert await asyncio.to_thread(started.wait, 10)
+        second = asyncio.ensure_future(q.run(lambda: None))
+        await asyncio.sleep(0.05)
+        assert q.pending == 2
+        q.close()
+        release.set()
+        await first
+        with pytest.raises(asyncio.CancelledError):
+            await second
+        q.open()
+        assert await q.run(lambda: 7) == 7
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert q.pending == 0
+    q.close()
 
 
 # -- clients that go away -------------------------------------------------------------------------

@@ -251,11 +251,12 @@ def _add_error_handlers(app: FastAPI) -> None:
                 message = f"this server has no {path}; it serves {OPENAI_ENDPOINTS}"
             elif path.split("/")[1:2] in (["chat"], ["completions"], ["models"], ["embeddings"], ["responses"]):
                 # an OpenAI client whose base_url lacks /v1: answer in its shape, saying so
+                from saesteer.web.security import openai_error_json
+
                 host = request.headers.get("host", "HOST:PORT")
-                return JSONResponse({"error": {"message": f"the OpenAI-compatible API is under /v1: set the "
-                                               f"client's base_url to http://{host}/v1 (this server serves "
-                                               f"{OPENAI_ENDPOINTS})", "type": "not_found_error",
-                                               "param": None, "code": None}}, status_code=404, headers=headers)
+                return JSONResponse(openai_error_json(404, f"the OpenAI-compatible API is under /v1: set the client's "
+                                                           f"base_url to http://{host}/v1 (this server serves "
+                                                           f"{OPENAI_ENDPOINTS})"), status_code=404, headers=headers)
         return error_response(request, exc.status_code, message, headers=headers)
 
     @app.exception_handler(QueueFull)

@@ -58,6 +58,7 @@ class ModelQueue:
             with self._count_lock:
                 self._pending -= 1
             raise
+        fut.add_done_callback(self._forget_if_cancelled)
         # The job keeps its place (and runs) even if the client goes away: jobs are bounded.
         return await asyncio.shield(asyncio.wrap_future(fut))
 
@@ -69,6 +70,12 @@ class ModelQueue:
             with self._count_lock:
                 self._pending -= 1
                 self.completed += 1
+
+    def _forget_if_cancelled(self, fut) -> None:
+        """A job `close` cancelled before it ran leaves the count (else a re-opened queue starts fuller)."""
+        if fut.cancelled():
+            with self._count_lock:
+                self._pending -= 1
 
     def open(self) -> None:
         """Take jobs again after `close` (an app served a second time opens its queues at startup)."""

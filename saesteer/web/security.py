@@ -359,12 +359,14 @@ def openai_error_type(status: int) -> str:
     return _OPENAI_ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
 
 
-def error_json(path: str, status: int, message: str, *, param: str | None = None, code: str | None = None) -> dict:
-    """An error's JSON body: OpenAI's shape under /v1 (its clients read `error.message`, `.code`),
-    `{"detail": message}` elsewhere."""
-    if path.startswith(OPENAI_PREFIX):
-        return {"error": {"message": message, "type": openai_error_type(status), "param": param, "code": code}}
-    return {"detail": message}
+def openai_error_json(status: int, message: str, *, param: str | None = None, code: str | None = None) -> dict:
+    """OpenAI's error body (its clients read `error.message`, `.code`)."""
+    return {"error": {"message": message, "type": openai_error_type(status), "param": param, "code": code}}
+
+
+def error_json(path: str, status: int, message: str) -> dict:
+    """An error's JSON body: OpenAI's shape under /v1, `{"detail": message}` elsewhere."""
+    return openai_error_json(status, message) if path.startswith(OPENAI_PREFIX) else {"detail": message}
 
 
 async def _deny(scope, send, status: int, message: str) -> None:
