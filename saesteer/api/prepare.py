@@ -133,9 +133,15 @@ def _common(req, served: ServedModel, limits, default_max: int | None, n_prompts
     if n * n_prompts > limits.max_choices:
         raise ApiError(400, f"n: at most {limits.max_choices} generations per request (prompts x n; got "
                             f"{n * n_prompts})", "n")
-    max_tokens = getattr(req, "max_completion_tokens", None) or req.max_tokens or default_max
+    # newer clients send max_completion_tokens (chat), older ones max_tokens; errors name the one sent
+    both = (getattr(req, "max_completion_tokens", None), req.max_tokens)
+    if None not in both and both[0] != both[1]:
+        raise ApiError(400, f"max_completion_tokens ({both[0]}) and max_tokens ({both[1]}) disagree; send one of them "
+                            f"(max_tokens is the older name)", "max_completion_tokens")
+    field_name = "max_completion_tokens" if getattr(req, "max_completion_tokens", None) is not None else "max_tokens"
+    max_tokens = getattr(req, field_name) or default_max
     if max_tokens is not None and max_tokens > limits.max_new_tokens:
-        raise ApiError(400, f"max_tokens: at most {limits.max_new_tokens} on this server (got {max_tokens})", "max_tokens")
+        raise ApiError(400, f"{field_name}: at most {limits.max_new_tokens} on this server (got {max_tokens})", field_name)
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     bias = []
     vocab = int(getattr(served.model.cfg, "d_vocab", 0) or 0)
@@ -149,7 +155,7 @@ def _common(req, served: ServedModel, limits, default_max: int | None, n_prompts
         bias.append((tok, float(v)))
     if len(bias) > 300:
         raise ApiError(400, "logit_bias: at most 300 tokens", "logit_bias")
-    return dict(n=n, max_tokens=max_tokens, stop=tuple(stop), bias=tuple(bias))
+    return dict(n=n, max_tokens=max_tokens, max_tokens_field=field_name, stop=tuple(stop), bias=tuple(bias))
 
 
 def _eos_ids(tokenizer, chat: bool) -> tuple[int, ...]:
@@ -182,9 +188,9 @@ def _rows(prompts, layouts, served: ServedModel, req, c: dict, steering, logprob
                                 f"of {n_ctx} tokens; shorten it to at most {n_ctx - 1} tokens",
                            "messages" if chat else "prompt", "context_length_exceeded")
         if room is not None and len(ids) + max_tokens > n_ctx:
-            raise ApiError(400, f"the prompt is {len(ids)} tokens and max_tokens is {max_tokens}, more than the "
+            raise ApiError(400, f"the prompt is {len(ids)} tokens and {c['max_tokens_field']} is {max_tokens}, more than the "
                                 f"model's context of {n_ctx} tokens; shorten the prompt or ask for at most "
-                                f"{room} tokens", "max_tokens", "context_length_exceeded")
+                                f"{room} tokens", c["max_tokens_field"], "context_length_exceeded")
         for i in range(c["n"]):
             try:
                 params = SamplingParams(

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
 from saesteer.web.config import HARD_LIMITS
 
@@ -119,6 +119,23 @@ class Message(BaseModel):
 
     role: Literal["system", "developer", "user", "assistant"]
     content: Optional[Union[str, list[TextPart]]] = None
+
+    @field_validator("role", mode="before")
+    @classmethod
+    def _no_tool_results(cls, v):
+        if v in ("tool", "function"):
+            raise ValueError(f"a {v!r} message (a tool's result) needs tool calling, which this server does not do")
+        return v
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_parts_only(cls, v):
+        if isinstance(v, list):
+            for part in v:
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                if kind != "text":
+                    raise ValueError(f"only text content parts are supported (got {kind!r})")
+        return v
 
     def text(self) -> str:
         if self.content is None:

@@ -3,7 +3,8 @@
 Errors use OpenAI's shape (`{"error": {"message", "type", "param", "code"}}`) so clients show
 the message: 400 for a request this server cannot do (the message says why and how to fix it),
 404 for an unknown model, 503 with Retry-After when too many requests are in (the `openai`
-client retries those by itself), 500 when generation fails.
+client retries those by itself), 500 when generation fails. A client that goes away (a closed
+stream, or a non-streamed request it stopped waiting for) has its generation cancelled.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import asyncio
 import logging
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
@@ -20,6 +21,7 @@ from saesteer.api.prepare import ApiError, prepare_chat, prepare_completion
 from saesteer.api.protocol import ChatRequest, CompletionRequest
 from saesteer.api.responses import SSE_DONE, Assembler, error_body, sse
 from saesteer.api.scheduler import QueueFull
+from saesteer.web.security import openai_error_type
 
 __all__ = ["router", "RETRY_AFTER_S"]
 
@@ -29,8 +31,7 @@ RETRY_AFTER_S = 1
 
 
 def _error(status: int, message: str, *, param: str | None = None, code: str | None = None, headers=None) -> JSONResponse:
-    kind = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
-            503: "server_busy", 500: "server_error"}.get(status, "invalid_request_error")
+    kind = "invalid_request_error" if status == 404 else openai_error_type(status)  # an unknown model: the request's fault
     return JSONResponse(error_body(message, type_=kind, param=param, code=code), status_code=status, headers=headers)
 
 
@@ -123,15 +124,33 @@ async def _generate(request: Request, cls, prepare):
     if prep.stream:
         return StreamingResponse(_stream(served.scheduler, job, out), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    # a client that goes away (its timeout, Ctrl-C) stops its generation: nobody would read it
+    collect = asyncio.ensure_future(_collect(job, out))
+    gone = asyncio.ensure_future(_client_gone(request))
     try:
-        async for ev in job:
-            out.add(ev)
-    except asyncio.CancelledError:  # the client went away
-        served.scheduler.cancel(job)
-        raise
+        await asyncio.wait({collect, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not collect.done():
+            collect.cancel()
+            served.scheduler.cancel(job)
+    if not collect.done() or collect.cancelled():
+        return Response(status_code=499)  # nobody reads it: the client closed the connection
+    collect.result()
     if out.error is not None:
         return _error(500, out.error)
     return JSONResponse(out.body())
+
+
+async def _collect(job, out: Assembler) -> None:
+    async for ev in job:
+        out.add(ev)
+
+
+async def _client_gone(request: Request) -> None:
+    """Returns once the client has closed the connection (the body has been read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _stream(scheduler, job, out: Assembler):

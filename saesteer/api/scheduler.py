@@ -77,11 +77,24 @@ class Scheduler:
 
     # -- client side (event loop thread) ------------------------------------------------------
     def start(self) -> "Scheduler":
-        """Start the worker thread (once; `submit` starts it too if the app's startup did not run)."""
+        """Start the worker thread; after `close`, open again with a fresh one (an app served a second
+        time: each server's startup starts it, its shutdown closes it)."""
+        if self._closed and self._thread.is_alive():
+            self._thread.join()  # closed while a long step ran: it ends after that step
+        with self._cond:
+            if self._thread.is_alive():
+                return self
+            self._closed = False
+            self._thread = threading.Thread(target=self._run, name=f"api-{self.name}", daemon=True)
+            self._thread.start()
+        return self
+
+    def _start_once(self) -> None:
+        """`submit`'s start for an app whose startup did not run; never re-opens a closed scheduler."""
         with self._cond:
             if not self._thread.is_alive() and not self._closed:
+                self._thread = threading.Thread(target=self._run, name=f"api-{self.name}", daemon=True)
                 self._thread.start()
-        return self
 
     @property
     def in_flight(self) -> int:
@@ -90,7 +103,7 @@ class Scheduler:
     def submit(self, rows: Sequence[Row], loop: asyncio.AbstractEventLoop, *, deliver_tokens: bool) -> Job:
         """Queue a request's rows; raises QueueFull when `max_queued` requests are already in."""
         job = Job(len(rows), loop, deliver_tokens)
-        self.start()
+        self._start_once()
         with self._cond:
             if self._closed:
                 raise QueueFull("the server is shutting down")
@@ -114,11 +127,16 @@ class Scheduler:
         self.engine.cancel(job)
 
     def close(self) -> None:
+        """Stop the worker thread; requests still in (running or waiting) end with an error."""
         with self._cond:
             self._closed = True
             self._cond.notify()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
+        with self._cond:  # requests the worker never took (none when it was not running)
+            waiting, self._inbox = self._inbox, []
+        self._deliver([RowEvent(r.tag, job, finish_reason="error", detail={"error": "the server is shutting down"})
+                       for job, rows in waiting for r in rows])
 
     # -- worker thread ---------------------------------------------------------------------
     def _run(self) -> None:

@@ -194,12 +194,15 @@ def _build_app(state: WebState, served: ServedHooks, extra_hosts: Iterable[str],
 
 def _lifespan(state: WebState, openai_service, served: ServedHooks):
     """Start the OpenAI-compatible service's worker with the app; on shutdown close it and the
-    steering queues, then give the models' opt-in hook points back."""
+    steering queues, then give the models' opt-in hook points back. Each serve opens them again,
+    so one app can be served twice (two uvicorn runs, two TestClient blocks)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         served.hold()
         try:
+            for q in state.queues:
+                q.open()
             if openai_service is not None:
                 openai_service.start()
             yield
@@ -242,7 +245,19 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
         headers = getattr(exc, "headers", None)
-        return error_response(request, exc.status_code, str(exc.detail), headers=headers)
+        message, path = str(exc.detail), request.url.path
+        if exc.status_code == 404 and message == "Not Found":
+            if path.startswith("/v1/"):  # e.g. /v1/embeddings, /v1/responses: say what there is
+                message = f"this server has no {path}; it serves {OPENAI_ENDPOINTS}"
+            elif path.split("/")[1:2] in (["chat"], ["completions"], ["models"], ["embeddings"], ["responses"]):
+                # an OpenAI client whose base_url lacks /v1: answer in its shape, saying so
+                from saesteer.web.security import openai_error_json
+
+                host = request.headers.get("host", "HOST:PORT")
+                return JSONResponse(openai_error_json(404, f"the OpenAI-compatible API is under /v1: set the client's "
+                                                           f"base_url to http://{host}/v1 (this server serves "
+                                                           f"{OPENAI_ENDPOINTS})"), status_code=404, headers=headers)
+        return error_response(request, exc.status_code, message, headers=headers)
 
     @app.exception_handler(QueueFull)
     async def _busy(request: Request, exc: QueueFull):
@@ -252,6 +267,9 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def _crash(request: Request, exc: Exception):
         log.exception("internal error on %s %s", request.method, request.url.path)
         return error_response(request, 500, "internal error; the server log has the details")
+
+
+OPENAI_ENDPOINTS = "/v1/models, /v1/completions and /v1/chat/completions"
 
 
 def describe_validation_error(exc: RequestValidationError) -> str:
@@ -273,7 +291,9 @@ def error_response(request: Request, status: int, message: str, headers=None) ->
         from saesteer.web.pages import render_error
 
         return render_error(request, status, message, headers=headers)
-    return JSONResponse({"detail": message}, status_code=status, headers=headers)
+    from saesteer.web.security import error_json
+
+    return JSONResponse(error_json(request.url.path, status, message), status_code=status, headers=headers)
 
 
 def static_dir() -> Path:

@@ -32,11 +32,15 @@ class ModelQueue:
             raise ValueError(f"ModelQueue.max_pending must be >= 1, got {max_pending}")
         self.name = name
         self.max_pending = int(max_pending)
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
+        self._executor = self._new_executor()
+        self._closed = False
         self._count_lock = threading.Lock()
         self._pending = 0  # queued or running
         self.completed = 0
         self.lock = threading.RLock()  # held while a job runs the model (shared with the API's batcher)
+
+    def _new_executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{self.name}")
 
     @property
     def pending(self) -> int:
@@ -54,6 +58,7 @@ class ModelQueue:
             with self._count_lock:
                 self._pending -= 1
             raise
+        fut.add_done_callback(self._forget_if_cancelled)
         # The job keeps its place (and runs) even if the client goes away: jobs are bounded.
         return await asyncio.shield(asyncio.wrap_future(fut))
 
@@ -66,5 +71,20 @@ class ModelQueue:
                 self._pending -= 1
                 self.completed += 1
 
+    def _forget_if_cancelled(self, fut) -> None:
+        """A job `close` cancelled before it ran leaves the count (else a re-opened queue starts fuller)."""
+        if fut.cancelled():
+            with self._count_lock:
+                self._pending -= 1
+
+    def open(self) -> None:
+        """Take jobs again after `close` (an app served a second time opens its queues at startup)."""
+        with self._count_lock:
+            if self._closed:
+                self._executor = self._new_executor()
+                self._closed = False
+
     def close(self) -> None:
+        with self._count_lock:
+            self._closed = True
         self._executor.shutdown(wait=False, cancel_futures=True)

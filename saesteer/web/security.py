@@ -349,6 +349,26 @@ def _guarded_send(send, is_api: bool, set_cookie: bytes | None):
 _OWN_HEADER_NAMES = frozenset(k for k, _ in _SECURITY_HEADERS)
 
 
+OPENAI_PREFIX = "/v1/"
+_OPENAI_ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+                       413: "invalid_request_error", 503: "server_busy", 500: "server_error"}
+
+
+def openai_error_type(status: int) -> str:
+    """OpenAI's error `type` for an HTTP status."""
+    return _OPENAI_ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+
+
+def openai_error_json(status: int, message: str, *, param: str | None = None, code: str | None = None) -> dict:
+    """OpenAI's error body (its clients read `error.message`, `.code`)."""
+    return {"error": {"message": message, "type": openai_error_type(status), "param": param, "code": code}}
+
+
+def error_json(path: str, status: int, message: str) -> dict:
+    """An error's JSON body: OpenAI's shape under /v1, `{"detail": message}` elsewhere."""
+    return openai_error_json(status, message) if path.startswith(OPENAI_PREFIX) else {"detail": message}
+
+
 async def _deny(scope, send, status: int, message: str) -> None:
     """A short refusal: JSON for the API (and non-HTML clients), a tiny HTML page otherwise."""
     path = scope.get("path", "")
@@ -357,7 +377,7 @@ async def _deny(scope, send, status: int, message: str) -> None:
         if k.lower() == b"accept":
             accept = v.decode("latin-1")
     if path.startswith(API_PREFIXES) or "text/html" not in accept:
-        body = json.dumps({"detail": message}).encode()
+        body = json.dumps(error_json(path, status, message)).encode()
         ctype = b"application/json"
     else:
         import html

@@ -1,0 +1,362 @@
+"""A sixth round of user paths: the OpenAI-compatible API driven the way API clients drive it today.
+
+One server per module, over a tiny model whose tokenizer is a real byte-level BPE of the Qwen2
+family (its split pattern, its special tokens, Qwen2-Instruct's chat template; trained here by
+helpers.real_models.build_family_tokenizer), so streamed text is cut where a real tokenizer cuts it.
+What only these paths show:
+
+- one app served twice (two TestClient lifespans, as a notebook or a test suite restarts a server):
+  the second serve answered every generation with 503 'the server is shutting down' and every web
+  model job with an error, because shutdown closed the API's scheduler and the model queue for good;
+  a request still waiting when the server stops now ends with an error instead of hanging, and a web
+  model job cancelled at shutdown gives its place in the queue back;
+- a client that gives up on a non-streamed request (its timeout, Ctrl-C) left its generation running
+  to the end (the openai client then retries, so one slow request became three); it is now cancelled;
+- `max_completion_tokens` (what newer clients send instead of `max_tokens`): its refusals named
+  `max_tokens`, a field the client never sent, and a request carrying both with different values
+  was served with one of them silently; now refused naming both;
+- refusals from the security layer (body over the bound: 413) and unknown /v1 paths (the client's
+  `embeddings`, `responses`) came as `{"detail": ...}` or a bare 'Not Found', so the openai client
+  showed no message (`e.body["message"]`); now OpenAI's error shape, saying what the server serves;
+  a client whose base_url lacks /v1 is told so;
+- what works and stays working: a plain httpx SSE reader sees `data: {json}` events and a final
+  `data: [DONE]`, AsyncOpenAI with concurrent streams (usage chunk last, each stream the text of the
+  same request unstreamed), `with_raw_response`, `/v1/models/{id}`, `logit_bias` and the penalties
+  applied (not ignored), fields that would change the meaning (`tools`, `response_format`,
+  `reasoning_effort`, ...) refused by name, and a stream the client closes is cancelled while the
+  server goes on serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import httpx
+import pytest
+import torch
+
+openai = pytest.importorskip("openai")
+
+from helpers.web_app import ServerThread, free_port, make_entry  # noqa: E402
+
+MAX_NEW = 48
+MSGS = [{"role": "system", "content": "You write Python."}, {"role": "user", "content": "def parse(self, args):"}]
+QWEN2_TEMPLATE = (  # Qwen2-Instruct's (tools left out)
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    from helpers.real_models import build_family_tokenizer, corpus_documents
+    from helpers.web_store import build_web_store
+
+    tok = build_family_tokenizer("qwen2", corpus_documents(), vocab_size=512)
+    tok.chat_template = QWEN2_TEMPLATE
+    return build_web_store(tmp_path_factory.mktemp("user6"), tokenizer=tok, name="chat", n_layers=2)
+
+
+def _app(ws, **kw):
+    from saesteer.web import Limits, ServeConfig, create_app
+
+    port = kw.pop("port", None) or free_port()
+    limits = Limits(max_new_tokens=MAX_NEW)
+    return create_app([make_entry(ws, "chat", limits=limits)], config=ServeConfig(port=port), limits=limits, **kw), port
+
+
+@pytest.fixture(scope="module")
+def server(ws):
+    app, port = _app(ws)
+    srv = ServerThread(app, port).start()
+    yield srv, app
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=f"{server[0].url}/v1", api_key="loopback", max_retries=0, timeout=60)
+
+
+def _wait(cond, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+# -- serving one app twice ----------------------------------------------------------------------
+
+
+def test_one_app_serves_twice(ws):
+    """Two lifespans of one app: generation (/v1) and a web model job (/api fire) work in both."""
+    from helpers.web_app import client as test_client
+
+    app, port = _app(ws)
+    body = {"model": "chat", "messages": MSGS, "max_tokens": 3, "seed": 1}
+    for _ in range(2):
+        with test_client(app, base_url=f"http://127.0.0.1:{port}") as c:
+            r = c.post("/v1/chat/completions", json=body)
+            assert r.status_code == 200, r.text
+            assert r.json()["usage"]["completion_tokens"] >= 1
+            fire = c.post("/api/stores/chat/fire", json={"text": "def parse(self):"})
+            assert fire.status_code == 200, fire.text
+
+
+def test_a_request_waiting_when_the_server_stops_ends_with_an_error(ws):
+    """The scheduler closes while a request waits behind a running one: it ends with an error event
+    (before, it stayed in the inbox and its reader waited for ever); the scheduler then opens again."""
+    from saesteer.api.scheduler import Scheduler
+    from steering.engine import BatchEngine, Row
+    from steering.sampling import SamplingParams
+
+    lock = threading.RLock()
+    sched = Scheduler(BatchEngine(ws.model, {"chat": ws.sae}, lock=lock), name="chat")
+    ids = ws.model.to_tokens("def parse")[0].tolist()
+
+    def row(n):
+        return Row(ids, SamplingParams(max_new_tokens=n, seed=0))
+
+    async def events(job):
+        return [ev.finish_reason async for ev in job]
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        sched.start()
+        with lock:  # hold the model: the first request is in a step, the second waits in the inbox
+            first = sched.submit([row(MAX_NEW)], loop, deliver_tokens=False)
+            assert await asyncio.to_thread(_wait, lambda: not sched._inbox)
+            second = sched.submit([row(2)], loop, deliver_tokens=False)
+            closing = asyncio.ensure_future(asyncio.to_thread(sched.close))
+            await asyncio.sleep(0.2)
+        await closing
+        ends = list(await asyncio.wait_for(asyncio.gather(events(first), events(second)), 10))
+        sched.start()  # served again
+        ends.append(await asyncio.wait_for(events(sched.submit([row(2)], loop, deliver_tokens=False)), 30))
+        sched.close()
+        return ends
+
+    first, second, again = asyncio.run(scenario())
+    assert first == ["error"] and second == ["error"] and again == ["length"]
+
+
+def test_a_web_model_job_waiting_when_the_server_stops_leaves_the_reopened_queue_empty():
+    """`ModelQueue.close` cancels the jobs that had not started; their places are given back, so the
+    queue a second serve opens starts empty (they stayed counted: each stop made it smaller for good)."""
+    from saesteer.web.jobs import ModelQueue
+
+    q = ModelQueue("m", max_pending=2)
+    started, release = threading.Event(), threading.Event()
+
+    def running():
+        started.set()
+        release.wait(10)
+
+    async def scenario():
+        first = asyncio.ensure_future(q.run(running))
+        assert await asyncio.to_thread(started.wait, 10)
+        second = asyncio.ensure_future(q.run(lambda: None))
+        await asyncio.sleep(0.05)
+        assert q.pending == 2
+        q.close()
+        release.set()
+        await first
+        with pytest.raises(asyncio.CancelledError):
+            await second
+        q.open()
+        assert await q.run(lambda: 7) == 7
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert q.pending == 0
+    q.close()
+
+
+# -- clients that go away -------------------------------------------------------------------------
+
+
+def test_a_non_streamed_request_whose_client_left_is_cancelled(server, client):
+    srv, app = server
+    sched = app.state.openai.schedulers[0]
+    model_lock = app.state.web.queues[0].lock  # generation waits for it at every forward pass
+    before = sched.cancelled
+    body = {"model": "chat", "prompt": "def parse", "max_tokens": MAX_NEW, "ignore_eos": True}
+    with model_lock:  # hold the model: the request cannot finish before its client times out
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(f"{srv.url}/v1/completions", json=body, timeout=1.0)
+        assert _wait(lambda: sched.cancelled == before + 1, 10), "the generation went on for nobody"
+    assert _wait(lambda: sched.in_flight == 0 and not sched.engine.busy)
+    assert client.completions.create(model="chat", prompt="def", max_tokens=2).usage.completion_tokens >= 1
+
+
+def test_a_stream_the_client_closes_is_cancelled_and_the_server_goes_on(server, client):
+    _, app = server
+    sched = app.state.openai.schedulers[0]
+    model_lock = app.state.web.queues[0].lock
+    before = sched.cancelled
+    stream = client.chat.completions.create(model="chat", messages=MSGS, max_tokens=16, stream=True,
+                                            extra_body={"ignore_eos": True})
+    next(iter(stream))
+    with model_lock:  # pause generation, then go away mid-stream
+        stream.close()
+        assert _wait(lambda: sched.cancelled == before + 1, 10)
+    assert _wait(lambda: sched.in_flight == 0 and not sched.engine.busy)
+    r = client.chat.completions.create(model="chat", messages=MSGS, max_tokens=3, extra_body={"ignore_eos": True})
+    assert r.usage.completion_tokens == 3
+
+
+# -- what clients send ------------------------------------------------------------------------------
+
+
+def test_max_completion_tokens_is_honoured_and_named_in_its_refusals(client):
+    kw = dict(model="chat", messages=MSGS, extra_body={"ignore_eos": True})
+    assert client.chat.completions.create(max_completion_tokens=5, **kw).usage.completion_tokens == 5
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(max_completion_tokens=MAX_NEW + 1, **kw)
+    assert e.value.body["param"] == "max_completion_tokens" and f"at most {MAX_NEW}" in e.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(max_completion_tokens=5, max_tokens=6, **kw)
+    assert "max_completion_tokens (5) and max_tokens (6)" in e.value.body["message"]
+    assert client.chat.completions.create(max_completion_tokens=4, max_tokens=4, **kw).usage.completion_tokens == 4
+
+
+def test_refusals_before_the_api_speak_openais_error_shape(server, client):
+    srv, _ = server
+    with pytest.raises(openai.APIStatusError) as e:  # over --max-body-bytes (64 KiB by default)
+        client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "x" * 70_000}], max_tokens=1)
+    assert e.value.status_code == 413 and "request body too large" in e.value.body["message"]
+    with pytest.raises(openai.NotFoundError) as e:
+        client.embeddings.create(model="chat", input="def")
+    assert "no /v1/embeddings" in e.value.body["message"] and "/v1/chat/completions" in e.value.body["message"]
+    with pytest.raises(openai.NotFoundError) as e:
+        client.responses.create(model="chat", input="def")
+    assert "no /v1/responses" in e.value.body["message"]
+    # curl -d '{...}' without -H 'Content-Type: application/json' sends a form's type
+    r = httpx.post(f"{srv.url}/v1/chat/completions", content=json.dumps({"model": "chat", "messages": MSGS}),
+                   headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 415 and "Content-Type: application/json" in r.json()["error"]["message"]
+    no_v1 = openai.OpenAI(base_url=srv.url, api_key="loopback", max_retries=0)
+    with pytest.raises(openai.NotFoundError) as e:
+        no_v1.chat.completions.create(model="chat", messages=MSGS, max_tokens=1)
+    assert f"base_url to http://127.0.0.1:{srv.port}/v1" in e.value.body["message"]
+
+
+@pytest.mark.parametrize("field, value", [
+    ("tools", [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]),
+    ("response_format", {"type": "json_object"}),
+    ("tool_choice", "required"),
+    ("reasoning_effort", "low"),
+    ("modalities", ["text", "audio"]),
+    ("prediction", {"type": "content", "content": "def parse"}),
+])
+def test_fields_that_change_the_meaning_are_refused_by_name(client, field, value):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="chat", messages=MSGS, max_tokens=2, **{field: value})
+    assert field.split("_")[0] in e.value.body["message"]
+
+
+@pytest.mark.parametrize("message, says", [
+    ({"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/a.png"}}]},
+     "only text content parts are supported (got 'image_url')"),
+    ({"role": "tool", "content": "42", "tool_call_id": "call_1"}, "needs tool calling"),
+])
+def test_messages_this_server_cannot_read_are_refused_in_one_line(client, message, says):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="chat", messages=[MSGS[1], message], max_tokens=2)
+    assert says in e.value.body["message"] and ";" not in e.value.body["message"]
+
+
+def test_informational_fields_and_models_by_id_and_raw_responses(client):
+    raw = client.chat.completions.with_raw_response.create(
+        model="chat", messages=MSGS, max_tokens=4, seed=3, stop=["\n\n", "#"], user="u-1", metadata={"run": "a"},
+        temperature=0.7, top_p=0.9)
+    assert raw.status_code == 200 and raw.headers["content-type"].startswith("application/json")
+    r = raw.parse()
+    assert r.object == "chat.completion" and r.choices[0].model_extra["steering"]["seed"] == 3
+    assert "#" not in r.choices[0].message.content
+    model = client.models.retrieve("chat")
+    assert model.id == "chat" and model.model_extra["saesteer"]["chat_template"] is True
+
+
+def test_logit_bias_and_penalties_change_the_tokens(client):
+    """Supported, so applied (greedy, so nothing but them changes the tokens): +100 on one token
+    makes every token that one; penalties stop the greedy reply repeating itself."""
+    kw = dict(model="chat", messages=MSGS, max_tokens=12, temperature=0, extra_body={"ignore_eos": True})
+    greedy = client.chat.completions.create(**kw).choices[0].model_extra["steering"]["token_ids"]
+    assert len(set(greedy)) < len(greedy)  # the tiny model repeats itself
+    target = next(t for t in range(5, 500) if t not in greedy)
+    forced = client.chat.completions.create(logit_bias={str(target): 100}, **kw)
+    assert forced.choices[0].model_extra["steering"]["token_ids"] == [target] * 12
+    penalised = client.chat.completions.create(presence_penalty=2.0, frequency_penalty=2.0, **kw)
+    ids = penalised.choices[0].model_extra["steering"]["token_ids"]
+    assert len(set(ids)) > len(set(greedy))
+
+
+def test_chat_logprobs_have_openais_shape_over_a_byte_level_tokenizer(client):
+    """logprobs=True, top_logprobs=3, greedy: one entry per generated token, the chosen one the most
+    likely, three alternatives each, and the tokens' bytes make up the reply's text."""
+    r = client.chat.completions.create(model="chat", messages=MSGS, max_tokens=8, temperature=0, logprobs=True,
+                                       top_logprobs=3, extra_body={"ignore_eos": True})
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens == 8
+    for entry in content:
+        assert len(entry.top_logprobs) == 3 and entry.top_logprobs[0].token == entry.token
+        assert entry.top_logprobs[0].logprob == pytest.approx(entry.logprob, abs=1e-5) and entry.logprob <= 0
+        assert [t.logprob for t in entry.top_logprobs] == sorted((t.logprob for t in entry.top_logprobs), reverse=True)
+    assert bytes(b for e in content for b in e.bytes).decode("utf-8", "replace") == r.choices[0].message.content
+
+
+# -- reading streams --------------------------------------------------------------------------------
+
+
+def test_a_plain_sse_reader_sees_json_events_and_a_final_done(server, client):
+    srv, _ = server
+    body = {"model": "chat", "messages": MSGS, "max_tokens": 12, "seed": 7, "stream": True,
+            "stream_options": {"include_usage": True}, "ignore_eos": True}
+    with httpx.stream("POST", f"{srv.url}/v1/chat/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        raw = r.read().decode("utf-8")
+    assert raw.endswith("data: [DONE]\n\n")
+    events = raw.split("\n\n")[:-1]
+    assert all(e.startswith("data: ") and "\n" not in e for e in events)
+    chunks = [json.loads(e[len("data: "):]) for e in events[:-1]]
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"} and len({c["id"] for c in chunks}) == 1
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 12
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks[:-1])
+    whole = client.chat.completions.create(model="chat", messages=MSGS, max_tokens=12, seed=7,
+                                           extra_body={"ignore_eos": True})
+    assert text == whole.choices[0].message.content
+
+
+def test_async_client_with_concurrent_streams(server, client):
+    """Four AsyncOpenAI streams at once (n=2 on one): each stream's text is that of the same request
+    unstreamed, and the usage chunk comes last."""
+    srv, _ = server
+
+    async def stream(ac, seed, n):
+        texts, usage = ["" for _ in range(n)], []
+        s = await ac.chat.completions.create(model="chat", messages=MSGS, max_tokens=10, seed=seed, n=n, stream=True,
+                                             stream_options={"include_usage": True})
+        async for ch in s:
+            for c in ch.choices:
+                texts[c.index] += c.delta.content or ""
+            usage.append(ch.usage)
+        return texts, usage
+
+    async def run():
+        async with openai.AsyncOpenAI(base_url=f"{srv.url}/v1", api_key="loopback", max_retries=0, timeout=60) as ac:
+            return await asyncio.gather(*(stream(ac, seed, 2 if seed == 3 else 1) for seed in (1, 2, 3, 4)))
+
+    results = asyncio.run(run())
+    for seed, (texts, usage) in zip((1, 2, 3, 4), results):
+        whole = client.chat.completions.create(model="chat", messages=MSGS, max_tokens=10, seed=seed,
+                                               n=2 if seed == 3 else 1)
+        assert texts == [c.message.content for c in whole.choices]
+        assert all(u is None for u in usage[:-1]) and usage[-1] == whole.usage
