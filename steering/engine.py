@@ -34,6 +34,7 @@ from torch import Tensor
 
 from saes.hookpoints import OptInSwitch
 from steering.latentcolumns import LatentColumns
+from steering.lowprecision import sae_precision
 from steering.rowedits import BatchEditor, RowLayout, RowSteering, check_positions, editors_for, kept_columns
 from steering.runner import make_runner
 from steering.sampling import Choice, RowRandom, SamplingParams, choose
@@ -427,7 +428,8 @@ class BatchEngine:
 
     def _on_hook(self, hook_name: str, x: Tensor):
         eds = self._active.get(hook_name)
-        out = None if not eds else _apply_editors(eds, x, self._captures)
+        with sae_precision(x):
+            out = None if not eds else _apply_editors(eds, x, self._captures)
         capture = self._captures.get(hook_name)
         if capture is not None:  # a transcoder's input, as the rest of the model sees it
             capture(x if out is None else out)
