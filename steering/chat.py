@@ -27,6 +27,7 @@ it stays the turn's. Where such text cannot be located, the prompt has no roles 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -120,30 +121,85 @@ def _moved_contents(render, msgs: list[dict], ends: list[int], text: str,
 
     Gemma 3 and Llama 2 write the system message as a prefix of the first user turn: rendering
     [system] alone writes nothing of it, so by prefixes its text would be the user's. A message's text
-    is found by rendering all messages with its content replaced by a probe: the text around the probe
-    is what surrounds the real content (checked against the real rendering)."""
+    is found by rendering the messages with its content replaced by a probe: the text around the probe
+    is what surrounds the real content (checked against the real rendering). All messages are probed
+    in one rendering (`_content_spans`); where that cannot be read, one rendering per message."""
+    probed = [i for i, m in enumerate(msgs) if isinstance(m.get("content"), str) and m["content"].strip()]
+    spans = _content_spans(render, msgs, probed, text, gen)
+    if spans is None:
+        spans = {i: _content_span_alone(render, msgs, i, text, gen) for i in probed}
     moved = []
-    for i, m in enumerate(msgs):
-        content = m.get("content")
-        if not isinstance(content, str) or not content.strip():
-            continue
+    for i in probed:
+        m, where = msgs[i], spans[i]
         start = ends[i - 1] if i else 0
-        own = text[start:ends[i]]
-        try:
-            probed = render([*msgs[:i], {**m, "content": _SENTINEL}, *msgs[i + 1:]], gen)
-        except SteeringError:
-            probed = ""
-        where = None
-        if probed.count(_SENTINEL) == 1:
-            before, after = probed.split(_SENTINEL)
-            if text.startswith(before) and text.endswith(after) and len(text) >= len(before) + len(after):
-                where = (len(before), len(text) - len(after))
         if where is not None and not start <= where[0] < ends[i]:
             moved.append((*where, i))
-        elif where is None and content.strip() not in own:
+        elif where is None and m["content"].strip() not in text[start:ends[i]]:
             return [], (f"the chat template writes message {i} ({m.get('role')!r}) somewhere other than its own "
                         "turn, and where cannot be found")
     return moved, None
+
+
+def _probe(i: int) -> str:
+    return f"{_SENTINEL}:{i}:"  # ":" ends the number: no probe is a prefix of another
+
+
+def _content_spans(render, msgs: list[dict], probed: list[int], text: str,
+                   gen: bool) -> dict[int, tuple[int, int] | None] | None:
+    """Where each probed message's content lies in `text` ({i: (start, end)}, None for a content
+    the template does not write exactly once), from one rendering with every probed content
+    replaced by its own probe: the text between the probes is the template's own, so walking the
+    real text along it gives each content's span (where the walk is not forced, the content as
+    given or trimmed, followed by the template's text after it, or that text's only occurrence).
+    None when the real text does not follow the probed one (a template that rewrites content or
+    refuses the probes): the caller then probes one message at a time."""
+    if not probed:
+        return {}
+    try:
+        rendered = render([{**m, "content": _probe(i)} if i in probed else m for i, m in enumerate(msgs)], gen)
+    except SteeringError:
+        return None
+    parts = re.split(f"{re.escape(_SENTINEL)}:(\\d+):", rendered)
+    texts, order = parts[0::2], [int(i) for i in parts[1::2]]  # text, probe, text, ..., text
+    found: dict[int, list[tuple[int, int]]] = {i: [] for i in probed}
+    pos = 0
+    for j, i in enumerate(order):
+        if i not in found or not text.startswith(texts[j], pos):
+            return None
+        pos += len(texts[j])
+        after = texts[j + 1]
+        if j + 1 == len(order):  # the last content: up to the template's closing text
+            end = len(text) - len(after)
+            if end < pos or not text.endswith(after):
+                return None
+        else:
+            content = msgs[i]["content"]
+            end = next((pos + len(c) for c in (content, content.strip())
+                        if text.startswith(c, pos) and text.startswith(after, pos + len(c))), None)
+            if end is None and after and text.count(after, pos) == 1:
+                end = text.index(after, pos)
+            if end is None:
+                return None
+        found[i].append((pos, end))
+        pos = end
+    if not text.startswith(texts[-1], pos) or pos + len(texts[-1]) != len(text):
+        return None
+    return {i: spans[0] if len(spans) == 1 else None for i, spans in found.items()}
+
+
+def _content_span_alone(render, msgs: list[dict], i: int, text: str, gen: bool) -> tuple[int, int] | None:
+    """Where message i's content lies in `text`, from a rendering with only its content probed
+    (None when the template does not write the probe once or the rest does not match)."""
+    try:
+        probed = render([*msgs[:i], {**msgs[i], "content": _SENTINEL}, *msgs[i + 1:]], gen)
+    except SteeringError:
+        return None
+    if probed.count(_SENTINEL) != 1:
+        return None
+    before, after = probed.split(_SENTINEL)
+    if text.startswith(before) and text.endswith(after) and len(text) >= len(before) + len(after):
+        return len(before), len(text) - len(after)
+    return None
 
 
 def _injected_system_turn(render, msgs: list[dict]) -> int:

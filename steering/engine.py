@@ -34,6 +34,7 @@ from torch import Tensor
 
 from saes.hookpoints import OptInSwitch
 from steering.latentcolumns import LatentColumns
+from steering.lowprecision import sae_precision
 from steering.rowedits import BatchEditor, RowLayout, RowSteering, check_positions, editors_for, kept_columns
 from steering.runner import make_runner
 from steering.sampling import Choice, RowRandom, SamplingParams, choose
@@ -353,18 +354,22 @@ class BatchEngine:
             self.running, self.cache = [], None
             self._decode_editors = None
         else:
-            self.cache = self.runner.select(self.cache, torch.tensor(keep, device=self.runner.device))
+            # one index for the cache and every SAE's tables: each tensor made from a list is a copy
+            # from the host on a GPU (`.to` below is a no-op on the same device)
+            keep_B = torch.tensor(keep, dtype=torch.int64, device=self.runner.device)
+            self.cache = self.runner.select(self.cache, keep_B)
             self.running = [self.running[b] for b in keep]
-            self._decode_editors = self._kept_editors(keep)
+            self._decode_editors = self._kept_editors(keep, keep_B)
 
     # -- the decode batch's editors when rows leave or join: their tables' rows, no rebuild --------------
-    def _kept_editors(self, keep: list[int]) -> dict[str, BatchEditor] | None:
-        """The decode editors for the running rows `keep` (None: rebuild them at the next decode)."""
+    def _kept_editors(self, keep: list[int], keep_B: Tensor) -> dict[str, BatchEditor] | None:
+        """The decode editors for the running rows `keep` (`keep_B`: the same as a tensor; None:
+        rebuild them at the next decode)."""
         if self._decode_editors is None:
             return None
         out = {}
         for name, ed in self._decode_editors.items():
-            kept = ed.rows_of(keep)
+            kept = ed.rows_of(keep, keep_B.to(ed.device))
             if kept is None:
                 return None
             if kept.edits_anything:  # an SAE no running row uses any more drops out
@@ -427,7 +432,8 @@ class BatchEngine:
 
     def _on_hook(self, hook_name: str, x: Tensor):
         eds = self._active.get(hook_name)
-        out = None if not eds else _apply_editors(eds, x, self._captures)
+        with sae_precision(x):
+            out = None if not eds else _apply_editors(eds, x, self._captures)
         capture = self._captures.get(hook_name)
         if capture is not None:  # a transcoder's input, as the rest of the model sees it
             capture(x if out is None else out)

@@ -24,6 +24,7 @@ from torch import Tensor
 from steering.config import GenerationConfig
 from steering.inputs import Model, SAEs, sae_mapping
 from steering.spec import Positions, SteeringError, SteeringWarning
+from steering.textstream import TextAssembler
 
 
 class PositionedEdit(Protocol):
@@ -183,14 +184,18 @@ def generate(
 
 def continuation_text(tokenizer: Any, prompt_ids: Sequence[int], new_ids: Sequence[int],
                       stop_at_eos: bool = True) -> str:
-    """What the new tokens add to the prompt's text: decode(prompt + new) less decode(prompt), so
-    that the two texts joined are exactly the tokenizer's decoding of all the tokens. The spaces,
-    line breaks and indentation the new tokens carry are kept ("def main(" + ")" reads
-    "def main()"); where the tokenizer puts a space between words (SentencePiece's "▁", a word-level
-    tokenizer) it is the continuation's first character. Special tokens (BOS, padding) are left
-    out, and the text stops at the first end-of-text token when `stop_at_eos`. The prompt counts
-    from after its last control token (`steering.textstream.text_context`): a reply after a chat
-    template's "<|assistant|>" brings no space.
+    """What the new tokens add to the prompt's text, by the rule the batched engine's and the API's
+    text follows (`steering.textstream.TextAssembler`, one rule for both): decode(prompt + new)
+    less decode(prompt), so that the two texts joined are the tokenizer's decoding of all the
+    tokens. The spaces, line breaks and indentation the new tokens carry are kept ("def main(" +
+    ")" reads "def main()"); where the tokenizer puts a space between words (SentencePiece's "▁",
+    a word-level tokenizer) it is the continuation's first character. Special tokens (BOS,
+    padding) are left out, and the text stops at the first end-of-text token when `stop_at_eos`.
+    The prompt counts from after its last control token (`steering.textstream.text_context`): a
+    reply after a chat template's "<|assistant|>" brings no space. One exception, as streamed
+    text: where a byte-fallback decoder (Llama-2's <0xNN> tokens) would rewrite characters
+    already produced as U+FFFD after an invalid byte run, they are kept, and the tokens from the
+    run on are decoded on their own (see `steering.textstream`).
 
     (`features.tokentext` gives each token's piece of a window the same way; steering does not
     import `features`, and needs only this one cut.)"""
@@ -200,16 +205,10 @@ def continuation_text(tokenizer: Any, prompt_ids: Sequence[int], new_ids: Sequen
         new = new[: new.index(eos)]
     if not new:
         return ""
-    from steering.textstream import text_context
-
-    prompt = text_context(tokenizer, prompt_ids)  # after a chat turn's marker the text starts afresh
-    head, whole = tokenizer.batch_decode([prompt, prompt + new], skip_special_tokens=True,
-                                         clean_up_tokenization_spaces=False)
-    if whole.startswith(head):
-        return whole[len(head):]
-    # a decoder that rewrites text across the boundary (not seen with byte-level BPE, SentencePiece
-    # or word-level tokenizers): the new tokens decoded on their own
-    return tokenizer.decode(new, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    text = TextAssembler(tokenizer, context_ids=prompt_ids)
+    for token in new:
+        text.push(token, emit=False)  # nobody streams: decoded once at the end (token by token after a bad byte run)
+    return text.finish()
 
 
 def sae_prepend_bos(saes: SAEs) -> bool | None:

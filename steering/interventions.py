@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from saes.base import SAE
+from steering.lowprecision import sae_precision
 from steering.topk_read import TopKReader, fold_b_dec, norm_dtype
 
 def op_coefficients(op: str, value: float) -> tuple[float, float]:
@@ -294,7 +295,8 @@ def latents_from_sparse(acts, ids_M: Tensor) -> Tensor:
 def current_activations(sae: SAE, x: Tensor, ids: Sequence[int]) -> Tensor:
     """Activations [..., M] of latents `ids` for inputs `x` [..., D] (the steering hook's own path)."""
     ids_M = torch.tensor(list(ids), dtype=torch.int64, device=sae.W_enc.device)
-    return LatentReader(sae, ids_M)(x.reshape(-1, sae.d_in)).reshape(*x.shape[:-1], len(ids))
+    with sae_precision(x):
+        return LatentReader(sae, ids_M)(x.reshape(-1, sae.d_in)).reshape(*x.shape[:-1], len(ids))
 
 
 def reference_edit(sae: SAE, x: Tensor, ops: Sequence[tuple[int, str, float]]) -> Tensor:

@@ -26,10 +26,23 @@ row whose c_r is beyond a 32nd of it, proves nothing: such rows go to the SAE's 
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def sae_precision(x: Tensor) -> contextlib.AbstractContextManager:
+    """Where a steering hook computes its edit: autocast off on x's device, so the reads and the
+    delta run in the SAE's own dtype (the exact reads' tolerances are for that dtype's products,
+    and the eager reference is the SAE's own encode at it). Under the caller's autocast its
+    products would round to the autocast dtype instead, and torch.cat of fp16 tensors fails
+    under CPU autocast. A no-op context when autocast is off (the usual case)."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.autocast(x.device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def rounds_once_in_float32(dtype: torch.dtype, device: torch.device) -> bool:

@@ -211,7 +211,7 @@ def _resolve_feature_edit(model: Model, sae_map: Mapping[str, SAE], e: FeatureEd
     sae = sae_map[name]
     if not 0 <= e.latent < sae.d_sae:
         raise SteeringError(
-            f"{e.describe()}: feature {e.latent} is out of range for SAE {name!r}; valid ids are 0..{sae.d_sae - 1}"
+            f"{e.describe()}: latent {e.latent} is out of range for SAE {name!r}; valid ids are 0..{sae.d_sae - 1}"
         )
     hook = sae_hook_name(sae, name)
     check_editable_hook(model, hook, f"SAE {name!r}")
@@ -262,7 +262,7 @@ def trigger_threshold(e: FeatureEdit, sae: SAE, provider: TypicalMax | None, sae
     assert t is not None
     if not 0 <= t.latent < sae.d_sae:
         raise SteeringError(
-            f"{e.describe()}: trigger feature {t.latent} is out of range for SAE {sae_name!r}; valid ids are 0..{sae.d_sae - 1}"
+            f"{e.describe()}: trigger latent {t.latent} is out of range for SAE {sae_name!r}; valid ids are 0..{sae.d_sae - 1}"
         )
     if t.unit == "raw":
         return t.above
@@ -271,7 +271,7 @@ def trigger_threshold(e: FeatureEdit, sae: SAE, provider: TypicalMax | None, sae
         raise SteeringError(_no_typical_max(e.describe(), t.latent, sae_name, t.above, "threshold"))
     if tmax is None:
         raise SteeringError(
-            f"{e.describe()}: trigger feature {t.latent} has no known typical max activation, so "
+            f"{e.describe()}: trigger latent {t.latent} has no known typical max activation, so "
             f"'{t.above:g}x' cannot be resolved; pass typical_max= or give a raw threshold"
         )
     return t.above * tmax

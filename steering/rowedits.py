@@ -294,13 +294,15 @@ class BatchEditor:
         unchanged since (an in-place change must rebuild the reader's and decoder's copies)."""
         return self.columns_build == self.columns.builds and self.columns.weights_current()
 
-    def rows_of(self, keep: Sequence[int]) -> BatchEditor | None:
+    def rows_of(self, keep: Sequence[int], keep_B: Tensor | None = None) -> BatchEditor | None:
         """This editor for rows `keep` of its batch only, in that order (None: the columns changed
-        since it was built, so it cannot be reused)."""
+        since it was built, so it cannot be reused). `keep_B`: `keep` as an int64 tensor already on
+        the editor's device (the engine makes one per batch change for all its SAEs: on a GPU each
+        tensor made from a list is a copy from the host)."""
         if not self.current:
             return None
         new = {b: i for i, b in enumerate(keep)}
-        idx = torch.tensor(list(keep), dtype=torch.int64, device=self.device)
+        idx = keep_B if keep_B is not None else torch.tensor(list(keep), dtype=torch.int64, device=self.device)
         tables = {t: getattr(self, t).index_select(0, idx) for t in self._TABLES}
         entries = {e: {(new[b], u): v for (b, u), v in getattr(self, e).items() if b in new} for e in self._ENTRIES}
         return self._derived([self.layouts[b] for b in keep], tables, entries)

@@ -32,6 +32,7 @@ from steering.config import GenerationConfig
 from steering.generation import Generation, generate
 from steering.inputs import Model, SAEs, TypicalMaxArg, sae_mapping
 from steering.interventions import LatentEditor, op_coefficients
+from steering.lowprecision import sae_precision
 from steering.positions import FULL, SequenceTracker, block_call_info
 from steering.presets import Preset
 from steering.resolve import ResolvedEdit, check_models, resolve_edits, tracked_block
@@ -85,6 +86,10 @@ class _HookFn:
         return f"steering<{self.hook_name}: {', '.join(c.label for c in self.contribs)}>"
 
     def __call__(self, x: Tensor, hook: Any = None) -> Tensor | None:
+        with sae_precision(x):
+            return self._edit(x)
+
+    def _edit(self, x: Tensor) -> Tensor | None:
         self.calls += 1
         shape = x.shape
         if len(shape) == 3:

@@ -202,6 +202,51 @@ def test_the_decode_editors_of_rows_leaving_and_joining_equal_rebuilt_ones():
     assert checked > 10 and engine.editor_reuses > 8 and engine.editor_builds < engine.editor_reuses
 
 
+def test_rows_leaving_make_one_index_tensor_for_the_cache_and_every_sae(monkeypatch):
+    """When rows leave a running batch, the kept rows' index is made once (a copy from the host on
+    a GPU) and serves the KV cache and every SAE's tables; before, each SAE made its own."""
+    import steering.engine as engine_mod
+
+    model = tiny_model()
+    saes_ = {"s": random_sae(model, "topk", hook=HOOK, d_sae=128, k=8, seed=1),
+             "j": random_sae(model, "jumprelu", hook=HOOK, d_sae=64, seed=2)}
+
+    def steering(name, edit):
+        rs = row_steering(model, saes_[name], [edit])
+        return RowSteering([RowEdit(name, e.latent, e.op, e.value, e.positions, e.trigger, e.label) for e in rs.edits])
+
+    rows = [Row(model.to_tokens(PROMPTS[i])[0].tolist(), greedy(n), steering(name, edit), tag=i)
+            for i, (name, edit, n) in enumerate([("s", "5:clamp=4", 3), ("j", "3:scale=2", 5), ("s", "7:add=2", 7),
+                                                 ("j", "8:clamp=1", 9), ("s", "9:ablate", 11)])]
+    made, inside = [], []  # tensors made from lists while rows are dropped
+    tensor, drop = torch.tensor, engine_mod.BatchEngine._drop_finished
+
+    def counted_tensor(*a, **kw):
+        if inside:
+            made.append(a)
+        return tensor(*a, **kw)
+
+    def counted_drop(self):
+        saes_before = len(self._decode_editors or {})
+        inside.append(True)
+        made.clear()
+        try:
+            drop(self)
+        finally:
+            inside.clear()
+        if self.running and made:  # rows left, some stay: (rows kept, SAEs whose tables were cut, indices made)
+            changes.append((len(self.running), saes_before, len(made)))
+
+    changes: list[tuple[int, int, int]] = []
+    monkeypatch.setattr(torch, "tensor", counted_tensor)
+    monkeypatch.setattr(engine_mod.BatchEngine, "_drop_finished", counted_drop)
+    with torch_threads(1):
+        engine = BatchEngine(model, saes_)
+        got = run(engine, rows)
+    assert changes == [(4, 2, 1), (3, 2, 1), (2, 2, 1), (1, 2, 1)]  # two SAEs' tables cut, one index made
+    assert engine.editor_reuses >= 3 and {ev.tag for ev in got.values()} == set(range(5))
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_a_low_precision_topk_sae_in_the_engine_reads_without_encoding_every_row_alone(dtype):
     """A bf16 / fp16 TopK SAE (a float32 model): rows in one batch equal each row alone, and the

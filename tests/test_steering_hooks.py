@@ -182,8 +182,10 @@ def test_typical_max_units(model, tokens):
 @pytest.mark.parametrize(
     "edits, saes_kw, fragment",
     [
-        (["128:clamp=1"], {}, r"out of range.*0\.\.127"),
-        (["-1:clamp=1"], {}, r"out of range.*0\.\.127"),
+        (["128:clamp=1"], {}, r"latent 128 is out of range.*0\.\.127"),
+        (["-1:clamp=1"], {}, r"latent -1 is out of range.*0\.\.127"),
+        (["3:clamp=1?200>0.5"], {}, r"trigger latent 200 is out of range.*0\.\.127"),
+        (["3:clamp=1?5>2x"], {}, "trigger latent 5 has no known typical max"),
         (["zz/3:clamp=1"], {}, "unknown SAE 'zz'"),
         (["3:clamp=1e9"], {}, "max_abs_value"),
         (["3:clamp=2x"], {}, "typical max"),

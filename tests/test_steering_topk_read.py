@@ -508,6 +508,65 @@ def test_a_tie_at_the_kth_place_is_the_sae_s_own_in_low_precision(dtype):
             assert torch.equal(reader(x[8:]), reader.reference(x[8:])), latent
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_a_topk_sae_steers_inside_bf16_autocast_with_its_own_reads(monkeypatch, dtype):
+    """A TopK SAE (fp16, bf16, float32) steering a float32 model run under `torch.autocast("cpu",
+    bf16)`, through `steer` and through the batched engine: every read equals the SAE's own encode
+    at its dtype with autocast off (bit for bit without a need mask, rows alone with one), on both
+    the bound and the full path, and the edited activation keeps the model's dtype. Before, the
+    bound's torch.cat of fp16 tensors failed under CPU autocast ("Unexpected floating
+    ScalarType"), and a float32 SAE's edit came back in bf16 (its product autocast)."""
+    from steering import GenerationConfig, steer
+    from steering.engine import BatchEngine, Row
+    from steering.rowedits import RowEdit, RowSteering
+    from steering.sampling import SamplingParams
+    from steering.session import resolve_edits
+
+    model = tiny_model()
+    sae = random_sae(model, "topk", hook=HOOK, d_sae=512, k=8, seed=1).to(dtype)
+    TopKCandidates.of(sae).learn_rows = 16  # mature after the first prefill: later reads try the bound
+    reads: list = []
+    read = TopKReader.read
+
+    def recorded_read(self, x_ND, need_NM=None):
+        out = read(self, x_ND, need_NM)
+        reads.append((self, x_ND.clone(), None if need_NM is None else need_NM.clone(), out))
+        return out
+
+    monkeypatch.setattr(TopKReader, "read", recorded_read)
+    seen: list = []
+    _record_edits(monkeypatch, seen)
+    edits = ["5:clamp=3", "7:scale=2", "9:ablate@generated"]
+    greedy = GenerationConfig(max_new_tokens=5, do_sample=False, stop_at_eos=False)
+    with torch_threads(1), torch.autocast("cpu", dtype=torch.bfloat16):
+        with steer(model, sae, edits) as s:
+            s.generate(PROMPTS, greedy)
+        engine = BatchEngine(model, {"s": sae})
+        steering = RowSteering([RowEdit("s", r.latent, r.op, r.value, r.positions, r.trigger)
+                                for r in resolve_edits(model, {"s": sae}, edits)])
+        engine.add([Row(model.to_tokens(p)[0].tolist(), SamplingParams(max_new_tokens=5, temperature=0), steering, tag=i)
+                    for i, p in enumerate(PROMPTS)])
+        while engine.busy:  # drained: no hooks stay on the shared model
+            engine.step()
+    # the edited activations stay the model's float32 (an edit's product under autocast came back bf16)
+    assert seen and all(a.dtype == torch.float32 for a in seen)
+    assert any(need is None for _, _, need, _ in reads) and any(need is not None for _, _, need, _ in reads)
+    with torch.no_grad():
+        for reader, x, need, got in reads:
+            assert x.dtype == dtype
+            got = torch.zeros(x.shape[0], reader.M, dtype=dtype) if got is None else got
+            assert got.dtype == dtype
+            if need is None:
+                assert torch.equal(got, sae.encode(x)[:, reader.ids_M])
+            else:
+                want = torch.cat([sae.encode(x[r : r + 1]) for r in range(x.shape[0])])[:, reader.ids_M]
+                assert torch.equal(got[need] != 0, want[need] != 0)
+                eps = torch.finfo(dtype).eps
+                torch.testing.assert_close(got[need].float(), want[need].float(), rtol=4 * eps, atol=1e-3)
+    readers = {id(r): r for r, _, _, _ in reads}.values()
+    assert sum(r.bound_hits for r in readers) > 0 and sum(r.full_rows for r in readers) > 0
+
+
 # ---------------------------------------------------------------------------------------------
 # the products' rounding in force (saes.precision): TF32 on a GPU
 

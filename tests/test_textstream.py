@@ -91,6 +91,31 @@ def test_byte_fallback_invalid_run_neither_rewrites_nor_stops_the_text(sp, case)
     assert [spans[k] for k in words] == [sp.convert_ids_to_tokens(ids[k]).replace("\u2581", " ") for k in words]
 
 
+@pytest.mark.parametrize("case", ["bad run then words", "bad run at the end", "line break then a bad byte", "valid run"])
+def test_the_eager_continuation_keeps_text_an_invalid_byte_run_would_rewrite(sp, case):
+    """`continuation_text` (the eager `steer` / `generate` path) follows the streamed text's rule:
+    HF's decoding of the whole row turns 你好 into U+FFFD once an invalid byte run follows; the
+    continuation keeps 你好 and equals what the engine / API stream (streamed or not)."""
+    from steering.generation import continuation_text
+
+    byte, head, tail = sp_ids(sp)
+    new, want = {
+        "bad run then words": (head + [byte[0xE4], byte[0xBD]] + tail, "你好" + FFFD * 2 + " the sea is deep"),
+        "bad run at the end": (head + [byte[0xE4], byte[0xBD]], "你好" + FFFD * 2),
+        "line break then a bad byte": (head + [sp.convert_tokens_to_ids("<0x0A>"), byte[0xE4]] + tail,
+                                       "你好\n" + FFFD + " the sea is deep"),
+        "valid run": (head + [byte[0xE4], byte[0xBD], byte[0xA0]] + tail, "你好你 the sea is deep"),
+    }[case]
+    prompt = [sp.bos_token_id, *sp("the ship", add_special_tokens=False)["input_ids"]]
+    got = continuation_text(sp, prompt, new + [sp.eos_token_id] + tail)  # cut at EOS
+    assert got == " " + want == assemble(sp, new, context_ids=prompt)[2] == unstreamed(sp, new, context_ids=prompt)
+    whole = sp.decode(prompt + new, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    if case == "valid run":  # nothing rewritten: the decoding of all the tokens, as before
+        assert whole == "the ship" + got
+    else:
+        assert "你好" not in whole  # what HF's decoding of the whole row gave, and the eager text was
+
+
 def test_held_back_line_break_survives_the_rewrite(sp):
     """你好 + line break (<0x0A>, held back as trailing whitespace) + <0xE4>: HF rewrites the whole run;
     the text keeps the line break it had not emitted yet."""

@@ -1,0 +1,121 @@
+"""steering.chat: which message each token of a chat prompt is in, with a bounded number of
+renderings of the template per request (the probes of all messages in one rendering)."""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers.real_models import GEMMA3_CHAT_TEMPLATE, build_family_tokenizer
+from test_user_paths3 import DEEPSEEK_TEMPLATE, LLAMA2_TEMPLATE, MISTRAL_SMALL3_TEMPLATE, QWEN2_TEMPLATE
+
+TEXTS = ["the sea is deep and the ship sails on. What is the sea? Be brief, and answer in one line.\n" * 20]
+
+S, U, A = "system", "user", "assistant"
+MIXES = [  # (role, content) messages: system or not, multi-turn, contents the templates trim
+    [(U, "hi")],
+    [(S, "Be brief."), (U, "What is the sea?")],
+    [(U, "What is the sea?"), (A, "Water."), (U, "and?")],
+    [(S, "Be brief."), (U, "What is the sea?"), (A, "Water, deep."), (U, "and the ship?"), (A, "It sails.")],
+    [(S, "  Be brief.\n"), (U, " What is the sea? "), (A, "Water.\n\n"), (U, "the sea")],  # trims, repeats
+    [(S, "the sea"), (U, "the sea"), (A, "the sea"), (U, "the sea")],  # the same text in every turn
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizers():
+    return {"qwen2": build_family_tokenizer("qwen2", TEXTS, vocab_size=300),
+            "gemma": build_family_tokenizer("gemma", TEXTS, vocab_size=300)}
+
+
+def _messages(mix):
+    return [{"role": r, "content": c} for r, c in mix]
+
+
+class _CountingTokenizer:
+    """The tokenizer, counting its renderings of the chat template."""
+
+    def __init__(self, tok):
+        self.tok, self.renders = tok, 0
+
+    def apply_chat_template(self, *a, **kw):
+        self.renders += 1
+        return self.tok.apply_chat_template(*a, **kw)
+
+    def __call__(self, *a, **kw):
+        return self.tok(*a, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.tok, name)
+
+
+def test_a_chat_request_renders_the_template_a_bounded_number_of_times_beyond_its_prefixes(tokenizers):
+    """Qwen2's template: the prompt, one prefix per message (the turns' ends), one probed rendering
+    of all messages, and the three of the default system turn check when there is no system
+    message. Before, every message was probed in a rendering of its own."""
+    from steering.chat import render_chat
+
+    for n_turns in (1, 2, 4, 8):
+        msgs = _messages([(U if t % 2 == 0 else A, f"turn {t} of the sea") for t in range(n_turns)])
+        for system in (False, True):
+            given = _messages([(S, "Be brief.")]) + msgs if system else msgs
+            tok = _CountingTokenizer(tokenizers["qwen2"])
+            chat = render_chat(tok, given, chat_template=QWEN2_TEMPLATE)
+            assert chat.roles is not None and chat.roles[0] == S
+            assert tok.renders == 1 + len(given) + 1 + (0 if system else 3), (n_turns, system)
+
+
+TEMPLATES = {"qwen2": ("qwen2", QWEN2_TEMPLATE), "gemma3": ("gemma", GEMMA3_CHAT_TEMPLATE),
+             "llama2": ("gemma", LLAMA2_TEMPLATE), "deepseek": ("qwen2", DEEPSEEK_TEMPLATE),
+             "mistral": ("qwen2", MISTRAL_SMALL3_TEMPLATE)}
+
+
+@pytest.mark.parametrize("name", list(TEMPLATES))
+def test_one_probed_rendering_gives_the_roles_of_one_rendering_per_message(tokenizers, name, monkeypatch):
+    """Roles and turns from the one probed rendering equal those of probing each message in its own
+    rendering (the way before), on system / user / assistant mixes, multi-turn, contents the
+    template trims, and a text repeated in every turn; and the one rendering settled each of them."""
+    import steering.chat as chat_mod
+
+    family, template = TEMPLATES[name]
+    tok = tokenizers[family]
+    content_spans = chat_mod._content_spans
+    settled: list = []
+
+    def recorded(*a, **kw):
+        spans = content_spans(*a, **kw)
+        settled.append(spans is not None)
+        return spans
+
+    checked = 0
+    for mix in MIXES:
+        msgs = _messages(mix)
+        if name in ("gemma3", "llama2", "mistral") and any(r == A for r, _ in mix[:1]):
+            continue
+        try:
+            tok.apply_chat_template(msgs, chat_template=template, tokenize=False)
+        except Exception:  # the template refuses this mix (roles must alternate, no system role)
+            continue
+        with monkeypatch.context() as m:
+            m.setattr(chat_mod, "_content_spans", recorded)
+            got = chat_mod.render_chat(tok, msgs, chat_template=template)
+        with monkeypatch.context() as m:
+            m.setattr(chat_mod, "_content_spans", lambda *a, **kw: None)  # one rendering per message
+            want = chat_mod.render_chat(tok, msgs, chat_template=template)
+        assert (got.roles, got.turns, got.why_no_roles) == (want.roles, want.turns, want.why_no_roles), mix
+        assert got.token_ids == want.token_ids and got.roles is not None
+        checked += 1
+    assert checked >= 3 and settled and all(settled)
+
+
+def test_a_folded_system_message_is_found_by_the_one_probed_rendering(tokenizers):
+    """Gemma 3 writes the system message inside the first user turn: its tokens keep role system
+    (the text the one probed rendering locates), the user's text stays the user's."""
+    from steering.chat import render_chat
+
+    tok = tokenizers["gemma"]
+    msgs = _messages([(S, "  Be brief. "), (U, "What is the sea?"), (A, "Water."), (U, "and?")])
+    chat = render_chat(tok, msgs, chat_template=GEMMA3_CHAT_TEMPLATE)
+    offsets = tok(chat.text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    system = "".join(chat.text[s:e] for (s, e), r in zip(offsets, chat.roles) if r == S)
+    user = "".join(chat.text[s:e] for (s, e), r in zip(offsets, chat.roles) if r == U)
+    assert system == "<bos>  Be brief. " and "What is the sea?" in user and "brief" not in user
