@@ -20,6 +20,7 @@ used through the CLI on tiny real checkpoints (tests/helpers/real_models.py):
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from pathlib import Path
@@ -46,19 +47,25 @@ def _no_traceback(r) -> None:
     assert [line for line in r.text.splitlines() if line.startswith("Traceback")] == [], r.text[-2000:]
 
 
+@functools.lru_cache(maxsize=4)
+def _hf_model(model_dir: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(model_dir).eval(), AutoTokenizer.from_pretrained(model_dir)
+
+
 def _hf_module_output(model_dir: Path, module_path: str, text: str) -> torch.Tensor:
     """What the HF module at `module_path` outputs on `text` ([tokens, d]), by a forward hook on the
     HF model itself (as sparsify and dictionary_learning read it), with the tokenizer's defaults."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    hf = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    ids = AutoTokenizer.from_pretrained(model_dir)(text, return_tensors="pt").input_ids
+    hf, tok = _hf_model(model_dir)
     got = {}
-    module = hf.base_model.get_submodule(module_path)
-    handle = module.register_forward_hook(lambda m, i, o: got.setdefault("x", o[0] if isinstance(o, tuple) else o))
-    with torch.no_grad():
-        hf(ids)
-    handle.remove()
+    handle = hf.base_model.get_submodule(module_path).register_forward_hook(
+        lambda m, i, o: got.setdefault("x", o[0] if isinstance(o, tuple) else o))
+    try:
+        with torch.no_grad():
+            hf(tok(text, return_tensors="pt").input_ids)
+    finally:
+        handle.remove()
     return got["x"].reshape(-1, got["x"].shape[-1])
 
 
@@ -137,3 +144,186 @@ def test_a_saelens_training_checkpoint_reads_activations_at_the_scale_it_was_tra
     torch.testing.assert_close(max_act, ref_acts.max(0).values.clamp_min(0), rtol=1e-4, atol=1e-4)
     assert loaded.provenance["source"]["activation_scaling_factor_folded"] == pytest.approx(factor)
     assert "activation_scaler.json" in loaded.provenance["source"]["files"]
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. dictionary_learning: trainSAE's final dictionaries and its midway checkpoints, on a real model
+
+DL_CLASSES = {"BatchTopKTrainer": "BatchTopKSAE", "MatryoshkaBatchTopKTrainer": "MatryoshkaBatchTopKSAE",
+              "JumpReluTrainer": "JumpReluAutoEncoder"}
+
+
+def _module_rows(model_dir: Path, module_path: str, docs: list[str], n_tokens: int) -> torch.Tensor:
+    """[n_tokens, d] outputs of one HF module over `docs` (what dictionary_learning's buffer reads)."""
+    rows, total = [], 0
+    for doc in docs:
+        x = _hf_module_output(model_dir, module_path, doc[:400])
+        rows.append(x)
+        total += len(x)
+        if total >= n_tokens:
+            break
+    return torch.cat(rows)[:n_tokens]
+
+
+@pytest.fixture(scope="module")
+def dl_run(real_models, real_corpus, tmp_path_factory):
+    """dictionary_learning's trainSAE (normalize_activations=True, a checkpoint at step 10) of a
+    BatchTopK, a Matryoshka BatchTopK and a JumpReLU dictionary on the GPT-NeoX checkpoint's
+    `gpt_neox.layers[1]` output, named as its demo names them (resid_post_layer_1)."""
+    pytest.importorskip("dictionary_learning")
+    from dictionary_learning.trainers.batch_top_k import BatchTopKTrainer
+    from dictionary_learning.trainers.jumprelu import JumpReluTrainer
+    from dictionary_learning.trainers.matryoshka_batch_top_k import MatryoshkaBatchTopKTrainer
+    from dictionary_learning.training import trainSAE
+
+    model = real_models.path("neox")
+    acts = _module_rows(model, "layers.1", real_corpus.train_docs, 2048)
+    common = dict(steps=20, activation_dim=acts.shape[1], dict_size=128, layer=1, lm_name=str(model), device="cpu",
+                  submodule_name="resid_post_layer_1", warmup_steps=2)
+    configs = [dict(trainer=BatchTopKTrainer, k=4, threshold_start_step=5, **common),
+               dict(trainer=MatryoshkaBatchTopKTrainer, k=4, group_fractions=[0.25, 0.75], threshold_start_step=5,
+                    **common),
+               dict(trainer=JumpReluTrainer, sparsity_warmup_steps=2, **common)]
+    out = tmp_path_factory.mktemp("dl-run")
+    torch.manual_seed(0)
+    batches = (acts[torch.randint(len(acts), (256,))] for _ in range(130))  # 100 for the norm factor, 20 to train
+    trainSAE(batches, configs, steps=20, save_dir=str(out), save_steps=[10], normalize_activations=True, device="cpu")
+    return model, out
+
+
+def _dl_reference(weights: Path, trainer_cfg: dict):
+    """The library's own dictionary from one state dict file, as `load_dictionary` builds it."""
+    from dictionary_learning.dictionary import JumpReluAutoEncoder
+    from dictionary_learning.trainers.batch_top_k import BatchTopKSAE
+    from dictionary_learning.trainers.matryoshka_batch_top_k import MatryoshkaBatchTopKSAE
+
+    cls = {"BatchTopKSAE": BatchTopKSAE, "MatryoshkaBatchTopKSAE": MatryoshkaBatchTopKSAE,
+           "JumpReluAutoEncoder": JumpReluAutoEncoder}[trainer_cfg["dict_class"]]
+    if cls is JumpReluAutoEncoder:
+        return cls.from_pretrained(str(weights), device="cpu")
+    return cls.from_pretrained(str(weights), k=trainer_cfg["k"], device="cpu")
+
+
+@pytest.mark.parametrize("index", range(3))
+def test_dictionary_learning_checkpoints_load_with_their_trainers_config_and_equal_the_library(dl_run, index, tmp_path):
+    """A checkpoint file was refused as 'not an OpenAI sparse_autoencoder state dict'; it now loads
+    with the config one folder up and encodes and decodes as the library does on the same rows
+    (the rows the activations were trained at, the checkpoint's biases already in model units)."""
+    from saes.formats import resolve_sae
+
+    model, out = dl_run
+    trainer = out / f"trainer_{index}"
+    trainer_cfg = json.loads((trainer / "config.json").read_text())["trainer"]
+    assert trainer_cfg["dict_class"] == DL_CLASSES[trainer_cfg["trainer_class"]]
+    ckpt = trainer / "checkpoints" / "ae_10.pt"
+    x = _hf_module_output(model, "layers.1", "def tokenize(text):\n    return text.split()")
+    for weights, step in ((ckpt, 10), (trainer / "ae.pt", None)):
+        loaded = resolve_sae(weights)
+        theirs = _dl_reference(weights, trainer_cfg)
+        with torch.no_grad():
+            f = theirs.encode(x)
+            torch.testing.assert_close(loaded.sae.encode(x), f, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(loaded.sae.decode(loaded.sae.encode(x)), theirs.decode(f), rtol=1e-4, atol=1e-5)
+        assert loaded.sae.cfg.metadata["hook_name"] == HOOK and loaded.provenance["source"].get("checkpoint_step") == step
+        assert loaded.provenance["model"] == str(model)
+    assert (theirs.encode(x) > 0).any()  # not a dictionary that says nothing
+    assert "checkpoints/ae_10.pt" in resolve_sae(ckpt).provenance["source"]["files"]
+
+    # the CLI: the checkpoints folder names its files; the checkpoint steers the model its trainer names
+    r = saesteer("steer", "--sae", trainer / "checkpoints", "--latent", "0:add=1", "--prompt", "x", "--max-new-tokens", 1)
+    assert r.rc == 2 and "ae_10.pt" in r.err and "checkpoints" in r.err, r.text
+    _no_traceback(r)
+    r = saesteer("steer", "--sae", ckpt, "--latent", "0:add=1", "--prompt", "def f(", "--max-new-tokens", 2, "--json")
+    assert r.rc == 0, r.text
+    assert json.loads(r.out)["results"][0]["prompt"] == "def f("
+
+
+def test_a_dictionary_learning_checkpoint_for_another_model_is_refused_naming_both(dl_run, real_models):
+    model, out = dl_run
+    other = real_models.path("gpt2")
+    r = saesteer("steer", "--sae", out / "trainer_0/checkpoints/ae_10.pt", "--model", other, "--latent", "0:add=1",
+                 "--prompt", "x", "--max-new-tokens", 1)
+    assert r.rc != 0 and str(model) in r.err and str(other) in r.err and "--allow-model-mismatch" in r.err, r.text
+    _no_traceback(r)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. sparsify: a run folder of several hookpoints on a GPT-NeoX checkpoint
+
+
+@pytest.fixture(scope="module")
+def sparsify_run(real_models, tmp_path_factory):
+    """Two hookpoints saved by `SparseCoder.save_to_disk` under one run folder with the run's
+    config.json (as sparsify's trainer lays them out; the model named by its local directory)."""
+    sparsify = pytest.importorskip("sparsify")
+    model = real_models.path("neox")
+    run = tmp_path_factory.mktemp("sparsify") / "run"
+    torch.manual_seed(0)
+    coders = {}
+    for hookpoint in ("layers.0", "layers.1"):
+        coder = sparsify.SparseCoder(64, sparsify.SparseCoderConfig(num_latents=128, k=4, multi_topk=True))
+        with torch.no_grad():
+            for p in coder.parameters():
+                p.add_(torch.randn_like(p) * 0.2)
+        coder.save_to_disk(run / hookpoint)
+        coders[hookpoint] = coder
+    (run / "config.json").write_text(json.dumps({"model": str(model), "hookpoints": list(coders), "k": 4}))
+    return model, run, coders
+
+
+def _hf_rows_of_cache(model_dir: Path, cache: Path, module_path: str) -> torch.Tensor:
+    """The HF module's outputs at every row a cache holds: the HF model run on each cached context."""
+    from training.manifest import read_manifest
+    from training.shards import load_tensors
+
+    hf, _ = _hf_model(model_dir)
+    module = hf.base_model.get_submodule(module_path)
+    rows = []
+    for shard in read_manifest(cache).shards:
+        t = load_tensors(cache / shard.file)
+        got = {}
+        handle = module.register_forward_hook(lambda m, i, o: got.setdefault("x", o[0] if isinstance(o, tuple) else o))
+        try:
+            with torch.no_grad():
+                hf(t["context_tokens"].long())
+        finally:
+            handle.remove()
+        rows.append(got["x"][t["seq_index"].long(), t["positions"].long()])
+    return torch.cat(rows)
+
+
+def test_a_sparsify_hookpoint_reads_the_residual_output_of_its_block(sparsify_run, real_corpus, tmp_path):
+    """`features build` on `layers.1` stores sparsify's own top-k encoding of what the HF module
+    `gpt_neox.layers[1]` outputs (taken with a forward hook on the HF model, not from our cache);
+    `layers.0` would not match it."""
+    model, run, coders = sparsify_run
+    docs = [d[:200] for d in real_corpus.validation_docs[:6]]
+    data = tmp_path / "docs.jsonl"
+    data.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    saesteer("cache", "--model", model, "--dataset", data, "--context-length", 128, "--bos-policy", "none",
+             "--hooks", HOOK, "--out", tmp_path / "cache", "--no-progress").ok()
+    saesteer("features", "build", "--sae", run / "layers.1", "--cache", tmp_path / "cache", "--out", tmp_path / "f.db",
+             "--no-progress").ok()
+    n_fires, max_act = _store_stats(tmp_path / "f.db")
+    hf_rows = _hf_rows_of_cache(model, tmp_path / "cache", "layers.1").half().float()  # the cache keeps float16
+    for hookpoint, should_match in (("layers.1", True), ("layers.0", False)):
+        with torch.no_grad():
+            enc = coders[hookpoint].encode(hf_rows)
+        dense = torch.zeros(len(hf_rows), 128).scatter_(-1, enc.top_indices, enc.top_acts.clamp_min(0))
+        same = n_fires == (dense > 0).sum(0).tolist() and torch.allclose(max_act, dense.max(0).values, rtol=1e-3, atol=1e-3)
+        assert same == should_match, hookpoint
+
+
+def test_a_sparsify_run_folder_and_another_model_are_refused_naming_both_sides(sparsify_run, real_models):
+    model, run, _ = sparsify_run
+    r = saesteer("steer", "--sae", run, "--latent", "0:add=1", "--prompt", "x", "--max-new-tokens", 1)
+    assert r.rc == 2 and "layers.0" in r.err and "layers.1" in r.err, r.text
+    other = real_models.path("llama")
+    r = saesteer("steer", "--sae", run / "layers.1", "--model", other, "--latent", "0:add=1", "--prompt", "x",
+                 "--max-new-tokens", 1)
+    assert r.rc != 0 and str(model) in r.err and str(other) in r.err and "--allow-model-mismatch" in r.err, r.text
+    r = saesteer("steer", "--sae", run / "layers.1", "--hook", "blocks.0.hook_resid_post", "--latent", "0:add=1",
+                 "--prompt", "x", "--max-new-tokens", 1)
+    assert r.rc == 2 and "blocks.1.hook_resid_post" in r.err and "blocks.0.hook_resid_post" in r.err, r.text
+    for res in (r,):
+        _no_traceback(res)

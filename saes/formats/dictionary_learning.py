@@ -3,7 +3,9 @@
 As dictionary_learning writes them (`dictionary_learning/training.py`, `trainSAE`): `config.json`
 is `{"trainer": trainer.config, "buffer": buffer.config}` (trainer: `dict_class`, `activation_dim`,
 `dict_size`, `k`, `layer`, `lm_name`, `submodule_name`, ...); `ae.pt` is
-`torch.save({k: v.cpu() for k, v in ae.state_dict().items()})`. It is read with
+`torch.save({k: v.cpu() for k, v in ae.state_dict().items()})`. With `save_steps`, trainSAE also
+writes `checkpoints/ae_STEP.pt` (the same state dict midway; biases in the model's units, as the
+final one), whose config.json is one folder up. A state dict is read with
 `torch.load(weights_only=True)` and only as a plain {name: tensor} dict (`base.read_plain_state_dict`).
 
 The classes, as `dictionary_learning.utils.load_dictionary` loads them:
@@ -44,6 +46,8 @@ from saes.io import SAEFormatError, sae_from_sae_lens_dict
 FORMAT = "dictionary_learning"
 WEIGHTS = "ae.pt"
 CONFIG = "config.json"
+CHECKPOINTS = "checkpoints"
+_CHECKPOINT = re.compile(r"^ae_(\d+)\.pt$")  # trainSAE(save_steps=...): TRAINER/checkpoints/ae_STEP.pt
 SUPPORTED = ("AutoEncoder", "AutoEncoderTopK", "BatchTopKSAE", "MatryoshkaBatchTopKSAE", "JumpReluAutoEncoder")
 _SUBMODULE_HOOKS = [  # dictionary_learning's demo names: "<site>_layer_<n>"
     (re.compile(r"^resid_post_layer_(\d+)$"), "blocks.{}.hook_resid_post"),
@@ -54,6 +58,19 @@ _SUBMODULE_HOOKS = [  # dictionary_learning's demo names: "<site>_layer_<n>"
 
 def is_folder(path: Path) -> bool:
     return path.is_dir() and (path / WEIGHTS).is_file()
+
+
+def is_weights_file(path: Path) -> bool:
+    """`ae.pt`, or a checkpoint `checkpoints/ae_STEP.pt` trainSAE wrote midway."""
+    return path.name == WEIGHTS or (path.parent.name == CHECKPOINTS and bool(_CHECKPOINT.match(path.name)))
+
+
+def checkpoint_files(folder: Path) -> list[str]:
+    """The trainSAE checkpoints in a `checkpoints` folder, by step (to name them when it is passed)."""
+    if folder.name != CHECKPOINTS or not folder.is_dir():
+        return []
+    found = [p.name for p in folder.iterdir() if _CHECKPOINT.match(p.name)]
+    return sorted(found, key=lambda n: int(_CHECKPOINT.match(n).group(1)))
 
 
 def _infer_class(state: dict[str, torch.Tensor], source: str) -> str:
@@ -152,7 +169,9 @@ def load(
     device: torch.device | str | None = None, dtype: torch.dtype | None = None,
 ) -> LoadedSAE:
     path = path.resolve()
-    folder, weights_path = (path.parent, path) if path.is_file() else (path, path / WEIGHTS)
+    weights_path = path if path.is_file() else path / WEIGHTS
+    checkpoint = _CHECKPOINT.match(weights_path.name) if weights_path.parent.name == CHECKPOINTS else None
+    folder = weights_path.parent.parent if checkpoint else weights_path.parent  # where config.json is
     source = f"{weights_path} (dictionary_learning)"
     config: dict[str, Any] = {}
     if (folder / CONFIG).is_file():
@@ -182,8 +201,11 @@ def load(
         sae.cfg.metadata["context_size"] = int(buffer["ctx_len"])
     prov: dict[str, Any] = {"source": {
         "format": FORMAT, "path": str(weights_path), "dict_class": dict_class, "decoder_norm_folded": folded,
-        "files": files_record(folder, [weights_path.name, CONFIG]), "trainer": trainer, "buffer": buffer,
+        "files": files_record(folder, [str(weights_path.relative_to(folder)), CONFIG]), "trainer": trainer,
+        "buffer": buffer,
     }}
+    if checkpoint:
+        prov["source"]["checkpoint_step"] = int(checkpoint.group(1))
     submodule = trainer.get("submodule_name")
     derived = _hook_from_submodule(submodule)
     record_model_and_hook(sae, prov, source=source, hook=hook, model=model, recorded_hook=derived,
