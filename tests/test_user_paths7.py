@@ -327,3 +327,48 @@ def test_a_sparsify_run_folder_and_another_model_are_refused_naming_both_sides(s
     assert r.rc == 2 and "blocks.1.hook_resid_post" in r.err and "blocks.0.hook_resid_post" in r.err, r.text
     for res in (r,):
         _no_traceback(res)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. BOS: an SAE trained on what the HF tokenizer makes of text gets the same start of text here
+
+
+def _table_latents(text: str) -> list[tuple[str, set[int]]]:
+    """(token, latents) per row of `features top-on-text`'s table."""
+    rows = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.split("│")]
+        if len(cells) == 5 and cells[1].isdigit():
+            rows.append((cells[2], {int(part.split(" (")[0]) for part in cells[3].split(", ") if part}))
+    return rows
+
+
+def test_a_gpt2_sparsify_sae_reads_text_without_the_bos_transformerlens_would_prepend(real_models, tmp_path):
+    """GPT-2's HF tokenizer adds no BOS (sparsify and dictionary_learning train on its output), while
+    TransformerLens prepends one to GPT-2 text by default: `top-on-text` fed the SAE a BOS it never
+    saw, and every position's activations differed from sparsify's. The SAE now records the HF
+    tokenizer's rule (prepend_bos false for GPT-2 and GPT-NeoX, true for Llama), and each position's
+    latents are sparsify's own on the HF module output."""
+    sparsify = pytest.importorskip("sparsify")
+    from saes.formats.base import hf_tokenizer_adds_bos
+
+    model = real_models.path("gpt2")
+    assert (hf_tokenizer_adds_bos(str(model)), hf_tokenizer_adds_bos(str(real_models.path("llama")))) == (False, True)
+    torch.manual_seed(1)
+    coder = sparsify.SparseCoder(64, sparsify.SparseCoderConfig(num_latents=128, k=4))
+    with torch.no_grad():
+        coder.encoder.weight.mul_(20)
+    coder.save_to_disk(tmp_path / "run" / "h.1")
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"model": str(model)}))
+    text = "def main(argv):\n    return 0"
+    r = saesteer("features", "top-on-text", "--sae", tmp_path / "run" / "h.1", "--top", 4, text).ok()
+    with torch.no_grad():
+        enc = coder.encode(_hf_module_output(model, "h.1", text))
+    want = [set(i.tolist()) for i in enc.top_indices]
+    rows = _table_latents(r.out)
+    assert len(rows) == len(want) and "endoftext" not in rows[0][0], r.out
+    assert [latents for _, latents in rows] == want
+    # what the old default fed it: a BOS first, and then other latents than sparsify's at later positions
+    old = _table_latents(saesteer("features", "top-on-text", "--sae", tmp_path / "run" / "h.1", "--top", 4,
+                                  "--prepend-bos", "true", text).ok().out)
+    assert "endoftext" in old[0][0] and [latents for _, latents in old[1:]] != want

@@ -38,6 +38,7 @@ from saes.formats.base import (
     files_record,
     hf_model_identity,
     read_plain_state_dict,
+    record_hf_tokenizer_bos,
     record_model_and_hook,
     require_tensors,
 )
@@ -211,4 +212,5 @@ def load(
     record_model_and_hook(sae, prov, source=source, hook=hook, model=model, recorded_hook=derived,
                           recorded_model=trainer.get("lm_name"), recorded_identity=hf_model_identity(trainer.get("lm_name")),
                           hook_basis=f"dictionary_learning submodule {submodule!r}" if derived else None)
+    record_hf_tokenizer_bos(sae, prov, sae.cfg.metadata.get("model_name"))
     return LoadedSAE(sae, prov, str(weights_path if path.is_file() else folder), FORMAT)
