@@ -10,7 +10,11 @@ used through the CLI on tiny real checkpoints (tests/helpers/real_models.py):
 - dictionary_learning: the mid-training checkpoints `trainSAE(save_steps=...)` writes
   (`trainer_N/checkpoints/ae_STEP.pt`, the config one folder up) were taken for OpenAI state dicts
   and refused; they now load with their trainer's config.json (class, k, threshold, lm_name and
-  submodule) and equal the library's own `encode`/`decode` of the same state dict;
+  submodule) and equal the library's own `encode`/`decode` of the same state dict; a submodule named
+  by its HF module path maps to its hook by the side the buffer read (`io`), and a transcoder
+  (`io: "in_and_out"`) is refused instead of being read as an SAE;
+- BOS: sparsify and dictionary_learning SAEs on GPT-2 were fed a BOS (TransformerLens's default)
+  that the HF tokenizer they trained on never adds; they now follow the tokenizer;
 - sparsify: a run folder of several hookpoints written by `SparseCoder.save_to_disk` with the
   run's config.json, on a GPT-NeoX checkpoint: `layers.1` reads the residual output of block 1
   (the store's statistics are sparsify's own encoder on the HF module's output, taken with a
@@ -372,3 +376,81 @@ def test_a_gpt2_sparsify_sae_reads_text_without_the_bos_transformerlens_would_pr
     old = _table_latents(saesteer("features", "top-on-text", "--sae", tmp_path / "run" / "h.1", "--top", 4,
                                   "--prepend-bos", "true", text).ok().out)
     assert "endoftext" in old[0][0] and [latents for _, latents in old[1:]] != want
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. dictionary_learning: the submodule by its HF module path, and which side of it the buffer read
+
+
+class _Buffer:
+    """Batches of activations with the `config` dictionary_learning's ActivationBuffer has (trainSAE
+    writes it into config.json's "buffer"); `io` says which side of the submodule it read."""
+
+    def __init__(self, rows: torch.Tensor, io: str) -> None:
+        self.rows, self.io, self.left = rows, io, 30
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        if self.left == 0:
+            raise StopIteration
+        self.left -= 1
+        return self.rows[torch.randint(len(self.rows), (128,))]
+
+    @property
+    def config(self) -> dict:
+        return {"d_submodule": self.rows.shape[1], "io": self.io, "n_ctxs": 8, "ctx_len": 64,
+                "refresh_batch_size": 8, "out_batch_size": 128, "device": "cpu"}
+
+
+def _hf_layer_input(model_dir: Path, layer: int, text: str) -> torch.Tensor:
+    hf, tok = _hf_model(model_dir)
+    got = {}
+
+    def keep(module, args, kwargs) -> None:
+        got["x"] = args[0] if args else kwargs["hidden_states"]
+
+    handle = hf.gpt_neox.layers[layer].register_forward_pre_hook(keep, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            hf(tok(text, return_tensors="pt").input_ids)
+    finally:
+        handle.remove()
+    return got["x"][0]
+
+
+def test_dictionary_learning_submodule_paths_map_by_the_side_the_buffer_read(real_models, real_corpus, tmp_path):
+    """submodule_name `gpt_neox.layers.1` (the module users pass to the buffer) read with io='in' is
+    block 1's residual input, `blocks.1.hook_resid_pre` (it needed --hook before); `top-on-text`
+    then gives the library's latents on the HF layer's input at every position. io='in_and_out' is a
+    transcoder (it predicts the module's output from its input): it loaded as an SAE of one hook
+    point (the `--hook` given, or the site a demo name says) - silently wrong - and is now refused
+    naming the field."""
+    pytest.importorskip("dictionary_learning")
+    from dictionary_learning.trainers.top_k import TopKTrainer
+    from dictionary_learning.training import trainSAE
+    from dictionary_learning.utils import load_dictionary
+
+    model = real_models.path("neox")
+    docs = [d[:400] for d in real_corpus.train_docs[:12]]
+    rows = torch.cat([_hf_layer_input(model, 1, d) for d in docs])
+    for io in ("in", "in_and_out"):
+        torch.manual_seed(0)
+        trainSAE(_Buffer(rows, io), [dict(trainer=TopKTrainer, steps=30, activation_dim=64, dict_size=128, k=4,
+                                          layer=1, lm_name=str(model), submodule_name="gpt_neox.layers.1",
+                                          warmup_steps=2, threshold_start_step=5, device="cpu")],
+                 steps=30, save_dir=str(tmp_path / io), device="cpu")
+    r = saesteer("steer", "--sae", tmp_path / "in_and_out/trainer_0", "--latent", "0:add=1", "--prompt", "x",
+                 "--max-new-tokens", 1)
+    assert r.rc == 2 and "io='in_and_out'" in r.err and "transcoder" in r.err, r.text
+    _no_traceback(r)
+
+    text = "class Point:\n    x = 1"
+    out = saesteer("features", "top-on-text", "--sae", tmp_path / "in/trainer_0", "--top", 4, text).ok().out
+    assert "blocks.1.hook_resid_pre" in out, out
+    theirs, _ = load_dictionary(str(tmp_path / "in/trainer_0"), "cpu")
+    with torch.no_grad():
+        f = theirs.encode(_hf_layer_input(model, 1, text))
+    want = [set(torch.nonzero(row > 0).flatten().tolist()) for row in f]
+    assert any(want) and [latents for _, latents in _table_latents(out)] == want
