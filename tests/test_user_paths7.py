@@ -113,6 +113,42 @@ def _saelens_run_with_checkpoint(model_dir, docs, out: Path) -> Path:
     return ckpt
 
 
+@pytest.mark.parametrize("arch", ["topk", "jumprelu", "standard"])
+def test_a_saelens_checkpoint_folder_as_its_trainer_saves_it_folds_the_scaling_factor(arch, tmp_path):
+    """What `SAETrainer.save_checkpoint` writes (the training SAE's `save_model` and the
+    `ActivationScaler`'s json), built with SAELens's own classes: our SAE on raw activations is
+    SAELens's on the scaled ones, reconstructions back in raw units."""
+    pytest.importorskip("sae_lens")
+    import sae_lens
+    from sae_lens import SAE
+    from sae_lens.training.activation_scaler import ActivationScaler
+
+    from saes.formats import resolve_sae
+
+    cls, cfg_cls = {"topk": (sae_lens.TopKTrainingSAE, sae_lens.TopKTrainingSAEConfig),
+                    "jumprelu": (sae_lens.JumpReLUTrainingSAE, sae_lens.JumpReLUTrainingSAEConfig),
+                    "standard": (sae_lens.StandardTrainingSAE, sae_lens.StandardTrainingSAEConfig)}[arch]
+    torch.manual_seed(0)
+    sl = cls(cfg_cls(d_in=16, d_sae=32, normalize_activations="expected_average_only_in",
+                     **({"k": 4} if arch == "topk" else {})))
+    with torch.no_grad():
+        for name, p in sl.named_parameters():
+            p.add_(torch.randn_like(p) * (0.3 if name != "threshold" else 0.0))
+    folder = tmp_path / "ckpt"
+    sl.save_model(str(folder))
+    factor = 0.125
+    ActivationScaler(scaling_factor=factor).save(str(folder / "activation_scaler.json"))
+    x = torch.randn(32, 16) * 8
+    ref = SAE.load_from_disk(str(folder))
+    with torch.no_grad():
+        ref_acts = ref.encode(x * factor)
+        ref_recon = ref.decode(ref_acts) / factor
+        ours = resolve_sae(folder).sae
+        torch.testing.assert_close(ours(x).recon, ref_recon, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(ours.encode(x) > 0, ref_acts > 0)
+
+
+@pytest.mark.slow
 def test_a_saelens_training_checkpoint_reads_activations_at_the_scale_it_was_trained_on(real_models, real_corpus, tmp_path):
     """The checkpoint's SAE saw every activation times `scaling_factor`; SAELens's own SAE on the
     scaled rows is the reference for what `features build` stores (firing counts and maxima in
