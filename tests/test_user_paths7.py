@@ -1,7 +1,7 @@
 """A seventh round of user paths: SAEs made by other libraries as their own code saves them today,
 used through the CLI on tiny real checkpoints (tests/helpers/real_models.py):
 
-- SAELens: a training checkpoint of an SAE trained with `normalize_activations=
+- SAELens (its runner itself under -m slow): a training checkpoint of an SAE trained with `normalize_activations=
   "expected_average_only_in"` (what SAELens's runner writes every `n_checkpoints`): its scaling
   factor is in `activation_scaler.json`, not yet folded into the weights (SAELens folds it only
   when training ends). It was read as the identity - a silent wrong result: every reconstruction
