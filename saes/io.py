@@ -51,8 +51,10 @@ WEIGHTS_FILENAME = "sae_weights.safetensors"
 PROVENANCE_FILENAME = "saesteer.json"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
-# normalize_activations values that are the identity at inference (SAELens folds the factor in)
+# normalize_activations values that are the identity at inference (SAELens folds the factor in;
+# a training checkpoint keeps it beside the weights, and `read_sae_folder` folds it the same way)
 _IDENTITY_NORMS = ("none", "expected_average_only_in")
+SCALER_FILENAME = "activation_scaler.json"  # SAELens training checkpoints: {"scaling_factor": s, ...}
 _DERIVED_METADATA = ("sae_lens_version", "sae_lens_training_version", "training_architecture", "training_architecture_details")
 _TMP_MARK = ".tmp-"  # a new folder is built as `.<name>.tmp-XXXX` beside its final name
 RESHAPES = ("none", "hook_z")  # SAELens's reshape_activations values
@@ -235,7 +237,45 @@ def read_sae_folder(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
             f"re-download or re-save the SAE", file=weights_path
         ) from None
     check_finite(weights, str(weights_path))
+    factor = checkpoint_scaling_factor(folder, cfg)
+    if factor is not None:
+        cfg, weights = fold_scaling_factor(cfg, weights, factor)
     return cfg, weights, provenance
+
+
+def checkpoint_scaling_factor(folder: Path, cfg: dict[str, Any]) -> float | None:
+    """The activation scaling factor a SAELens training checkpoint has not folded in yet.
+
+    SAELens trains `normalize_activations="expected_average_only_in"` SAEs on inputs multiplied by
+    `scaling_factor` and folds the factor into the weights only when training ends; a checkpoint
+    saved before that keeps it in `activation_scaler.json`. Read as the identity, such an SAE sees
+    inputs at the wrong scale (its top-k and thresholds pick other latents): a silent wrong result."""
+    path = folder / SCALER_FILENAME
+    if cfg.get("normalize_activations") != "expected_average_only_in" or not path.is_file():
+        return None
+    try:
+        record = read_json(path, "SAELens activation scaler")
+    except ValueError as e:
+        raise SAEFormatError(str(e), file=path) from None
+    factor = record.get("scaling_factor") if isinstance(record, dict) else None
+    if factor is None:
+        return None
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor < float("inf"):
+        raise SAEFormatError(f"{path}: scaling_factor must be a positive number, got {factor!r}; the SAE needs it "
+                             f"(cfg.json normalize_activations=expected_average_only_in)", file=path)
+    return float(factor)
+
+
+def fold_scaling_factor(cfg: dict[str, Any], weights: dict[str, torch.Tensor],
+                        factor: float) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(cfg, weights) that read raw activations as the SAE read them multiplied by `factor`: what
+    SAELens's `fold_activation_norm_scaling_factor` does at the end of training (W_enc * s,
+    W_dec / s, b_dec / s; then normalize_activations is "none")."""
+    weights = dict(weights)
+    weights["W_enc"] = weights["W_enc"] * factor
+    weights["W_dec"] = weights["W_dec"] / factor
+    weights["b_dec"] = weights["b_dec"] / factor
+    return {**cfg, "normalize_activations": "none"}, weights
 
 
 def _architecture(cfg: dict[str, Any]) -> str:

@@ -4,6 +4,7 @@
     loaded = resolve_sae("sae_lens:gpt2-small-res-jb/blocks.8.hook_resid_pre")   # SAELens registry (HF cache)
     loaded = resolve_sae("checkpoints/run/layers.6", model="EleutherAI/pythia-70m")  # sparsify hookpoint
     loaded = resolve_sae("dl/trainer_0")                                      # dictionary_learning ae.pt + config.json
+    loaded = resolve_sae("dl/trainer_0/checkpoints/ae_500.pt")                # ... a checkpoint trainSAE wrote midway
     loaded = resolve_sae("gs/params.npz", model="gemma-2-2b", hook="blocks.20.hook_resid_post")  # Gemma Scope
     loaded = resolve_sae("oa/6.pt", model="gpt2", hook="blocks.6.mlp.hook_post")  # OpenAI Autoencoder state dict
     loaded.sae, loaded.provenance, loaded.spec
@@ -30,7 +31,8 @@ FORMATS = {
     sae_lens_folder.FORMAT: "folder with cfg.json + sae_weights.safetensors (saesteer, SAELens)",
     sae_lens_registry.FORMAT: "sae_lens:RELEASE/SAE_ID (SAELens's pretrained registry, through the HF cache)",
     sparsify.FORMAT: "sparsify hookpoint folder with cfg.json + sae.safetensors",
-    dictionary_learning.FORMAT: "dictionary_learning folder with ae.pt (+ config.json), or the ae.pt file",
+    dictionary_learning.FORMAT: "dictionary_learning folder with ae.pt (+ config.json), the ae.pt file, or a "
+                                "checkpoints/ae_STEP.pt file",
     gemma_scope.FORMAT: "Gemma Scope params.npz (or its folder)",
     openai_sae.FORMAT: "OpenAI sparse_autoencoder Autoencoder state dict (a .pt file, read weights-only)",
 }
@@ -47,7 +49,7 @@ def detect_format(spec: str | os.PathLike) -> str:
     if path.is_file():
         if path.suffix == ".npz":
             return gemma_scope.FORMAT
-        if path.name == dictionary_learning.WEIGHTS:
+        if dictionary_learning.is_weights_file(path):
             return dictionary_learning.FORMAT
         if path.suffix.lower() in PICKLE_SUFFIXES:  # read weights-only; the reader refuses what is not its format
             return openai_sae.FORMAT
@@ -65,6 +67,11 @@ def detect_format(spec: str | os.PathLike) -> str:
         raise SAEFormatError(f"{path} is a sparsify run with one SAE per hookpoint; pass one of its folders, e.g. "
                              f"{path / hookpoints[0]} (hookpoints: {', '.join(hookpoints[:8])}"
                              f"{', ...' if len(hookpoints) > 8 else ''})")
+    steps = dictionary_learning.checkpoint_files(path)
+    if steps:
+        raise SAEFormatError(f"{path} holds dictionary_learning checkpoints; pass one of them, e.g. {path / steps[-1]} "
+                             f"(or {path.parent} for the final SAE; checkpoints: {', '.join(steps[:8])}"
+                             f"{', ...' if len(steps) > 8 else ''})")
     trainers = sorted(p.name for p in path.iterdir() if dictionary_learning.is_folder(p))
     if trainers:
         raise SAEFormatError(f"{path} holds several dictionary_learning SAEs; pass one of {', '.join(trainers[:8])}")

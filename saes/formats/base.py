@@ -9,6 +9,7 @@
 - `read_plain_state_dict`: a torch pickle through `torch.load(weights_only=True)` only, and only
   if it holds a plain {name: tensor} state dict (`read_weights_only_pickle`: the load alone).
 - `hf_model_identity`: the model identity of an HF model name a file records.
+- `record_hf_tokenizer_bos`: whether text starts with BOS for an SAE trained on HF tokenizer output.
 - `read_safetensors`, `require_tensors`: small checked readers.
 
 Only JSON, safetensors, numpy .npz (allow_pickle=False) and weights-only torch pickles of plain
@@ -186,3 +187,32 @@ def hf_model_identity(name: Any) -> ModelIdentity | None:
     if os.path.isabs(name):
         return ModelIdentity("local", Path(name).name or name, path=name)
     return ModelIdentity("hub", name) if _HF_REPO.match(name) else None
+
+
+def hf_tokenizer_adds_bos(model_name: str | None) -> bool | None:
+    """Whether the HF tokenizer of `model_name` (a local checkpoint directory, or a hub model in the
+    HF cache) starts a text with BOS by default; None when it is not at hand (nothing is downloaded)."""
+    if not model_name or model_name == "toy":
+        return None
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(model_name, local_files_only=True)
+        ids = tok("a").input_ids
+    except Exception:  # noqa: BLE001 - any tokenizer that cannot be read here: left to the model's default
+        return None
+    return tok.bos_token_id is not None and bool(ids) and ids[0] == tok.bos_token_id
+
+
+def record_hf_tokenizer_bos(sae: SAE, provenance: dict[str, Any], model_name: str | None) -> None:
+    """`metadata.prepend_bos` of an SAE trained on what the HF tokenizer makes of text by default
+    (dictionary_learning's buffer, sparsify's chunks), which every stage follows (`saes.bos`).
+
+    TransformerLens's default may differ: GPT-2's tokenizer adds no BOS, TransformerLens prepends
+    one, and an SAE fed a BOS it never saw gets other activations at every position. Left unset
+    (the model's default) when the tokenizer is not at hand; the provenance says which."""
+    adds = hf_tokenizer_adds_bos(model_name)
+    provenance["source"]["prepend_bos"] = ("as the HF tokenizer of the model adds it" if adds is not None else
+                                           "unknown (the model's tokenizer was not at hand): the model's default")
+    if adds is not None:
+        sae.cfg.metadata["prepend_bos"] = adds

@@ -3,7 +3,9 @@
 As dictionary_learning writes them (`dictionary_learning/training.py`, `trainSAE`): `config.json`
 is `{"trainer": trainer.config, "buffer": buffer.config}` (trainer: `dict_class`, `activation_dim`,
 `dict_size`, `k`, `layer`, `lm_name`, `submodule_name`, ...); `ae.pt` is
-`torch.save({k: v.cpu() for k, v in ae.state_dict().items()})`. It is read with
+`torch.save({k: v.cpu() for k, v in ae.state_dict().items()})`. With `save_steps`, trainSAE also
+writes `checkpoints/ae_STEP.pt` (the same state dict midway; biases in the model's units, as the
+final one), whose config.json is one folder up. A state dict is read with
 `torch.load(weights_only=True)` and only as a plain {name: tensor} dict (`base.read_plain_state_dict`).
 
 The classes, as `dictionary_learning.utils.load_dictionary` loads them:
@@ -36,15 +38,20 @@ from saes.formats.base import (
     files_record,
     hf_model_identity,
     read_plain_state_dict,
+    record_hf_tokenizer_bos,
     record_model_and_hook,
     require_tensors,
+    tl_hook_for_module,
 )
 from saes.io import SAEFormatError, sae_from_sae_lens_dict
 
 FORMAT = "dictionary_learning"
 WEIGHTS = "ae.pt"
 CONFIG = "config.json"
+CHECKPOINTS = "checkpoints"
+_CHECKPOINT = re.compile(r"^ae_(\d+)\.pt$")  # trainSAE(save_steps=...): TRAINER/checkpoints/ae_STEP.pt
 SUPPORTED = ("AutoEncoder", "AutoEncoderTopK", "BatchTopKSAE", "MatryoshkaBatchTopKSAE", "JumpReluAutoEncoder")
+_LAYER_INPUT = re.compile(r"^(?:.+\.)?(?:layers|h|blocks|layer)\.(\d+)$")  # a decoder layer's HF path
 _SUBMODULE_HOOKS = [  # dictionary_learning's demo names: "<site>_layer_<n>"
     (re.compile(r"^resid_post_layer_(\d+)$"), "blocks.{}.hook_resid_post"),
     (re.compile(r"^mlp_out_layer_(\d+)$"), "blocks.{}.hook_mlp_out"),
@@ -54,6 +61,19 @@ _SUBMODULE_HOOKS = [  # dictionary_learning's demo names: "<site>_layer_<n>"
 
 def is_folder(path: Path) -> bool:
     return path.is_dir() and (path / WEIGHTS).is_file()
+
+
+def is_weights_file(path: Path) -> bool:
+    """`ae.pt`, or a checkpoint `checkpoints/ae_STEP.pt` trainSAE wrote midway."""
+    return path.name == WEIGHTS or (path.parent.name == CHECKPOINTS and bool(_CHECKPOINT.match(path.name)))
+
+
+def checkpoint_files(folder: Path) -> list[str]:
+    """The trainSAE checkpoints in a `checkpoints` folder, by step (to name them when it is passed)."""
+    if folder.name != CHECKPOINTS or not folder.is_dir():
+        return []
+    found = [p.name for p in folder.iterdir() if _CHECKPOINT.match(p.name)]
+    return sorted(found, key=lambda n: int(_CHECKPOINT.match(n).group(1)))
 
 
 def _infer_class(state: dict[str, torch.Tensor], source: str) -> str:
@@ -139,12 +159,19 @@ def _convert(dict_class: str, state: dict[str, torch.Tensor], trainer: dict[str,
     raise SAEFormatError(f"{source}: dict_class {dict_class!r} is not supported (saesteer reads {', '.join(SUPPORTED)})")
 
 
-def _hook_from_submodule(name: Any) -> str | None:
-    for pattern, template in _SUBMODULE_HOOKS:
-        m = pattern.match(str(name or ""))
-        if m:
-            return template.format(*m.groups())
-    return None
+def _hook_from_submodule(name: Any, io: Any) -> str | None:
+    """The hook point of what the buffer read: the demo's site names (`resid_post_layer_N`) or an HF
+    module path (`gpt_neox.layers.N`, `model.layers.N.mlp`) of a module's output (`io: "out"`, the
+    default), or the input of a decoder layer (`io: "in"`: the residual stream before block N)."""
+    name = str(name or "")
+    if io in (None, "out"):
+        for pattern, template in _SUBMODULE_HOOKS:
+            m = pattern.match(name)
+            if m:
+                return template.format(*m.groups())
+        return tl_hook_for_module(name)
+    m = _LAYER_INPUT.match(name) if io == "in" else None
+    return f"blocks.{m.group(1)}.hook_resid_pre" if m else None
 
 
 def load(
@@ -152,7 +179,9 @@ def load(
     device: torch.device | str | None = None, dtype: torch.dtype | None = None,
 ) -> LoadedSAE:
     path = path.resolve()
-    folder, weights_path = (path.parent, path) if path.is_file() else (path, path / WEIGHTS)
+    weights_path = path if path.is_file() else path / WEIGHTS
+    checkpoint = _CHECKPOINT.match(weights_path.name) if weights_path.parent.name == CHECKPOINTS else None
+    folder = weights_path.parent.parent if checkpoint else weights_path.parent  # where config.json is
     source = f"{weights_path} (dictionary_learning)"
     config: dict[str, Any] = {}
     if (folder / CONFIG).is_file():
@@ -161,6 +190,11 @@ def load(
             raise SAEFormatError(f"{source}: {CONFIG} must hold a JSON object")
         config = loaded
     trainer = config.get("trainer") if isinstance(config.get("trainer"), dict) else {}
+    buffer = config.get("buffer") if isinstance(config.get("buffer"), dict) else {}
+    if buffer.get("io") == "in_and_out":
+        raise SAEFormatError(f"{source}: {CONFIG}'s buffer has io='in_and_out': a transcoder trained to predict "
+                             f"{trainer.get('submodule_name')!r}'s output from its input, not an SAE of one hook point; "
+                             f"saesteer does not read dictionary_learning transcoders")
     state = read_plain_state_dict(weights_path, source)
     dict_class = trainer.get("dict_class") or _infer_class(state, source)
     sl_cfg, sd = _convert(str(dict_class), state, trainer, source)
@@ -177,16 +211,20 @@ def load(
         if not torch.allclose(norms_F, torch.ones_like(norms_F)):
             sae.fold_decoder_norm_()
             folded = True
-    buffer = config.get("buffer") if isinstance(config.get("buffer"), dict) else {}
     if buffer.get("ctx_len"):
         sae.cfg.metadata["context_size"] = int(buffer["ctx_len"])
     prov: dict[str, Any] = {"source": {
         "format": FORMAT, "path": str(weights_path), "dict_class": dict_class, "decoder_norm_folded": folded,
-        "files": files_record(folder, [weights_path.name, CONFIG]), "trainer": trainer, "buffer": buffer,
+        "files": files_record(folder, [str(weights_path.relative_to(folder)), CONFIG]), "trainer": trainer,
+        "buffer": buffer,
     }}
+    if checkpoint:
+        prov["source"]["checkpoint_step"] = int(checkpoint.group(1))
     submodule = trainer.get("submodule_name")
-    derived = _hook_from_submodule(submodule)
+    derived = _hook_from_submodule(submodule, buffer.get("io"))
     record_model_and_hook(sae, prov, source=source, hook=hook, model=model, recorded_hook=derived,
                           recorded_model=trainer.get("lm_name"), recorded_identity=hf_model_identity(trainer.get("lm_name")),
-                          hook_basis=f"dictionary_learning submodule {submodule!r}" if derived else None)
+                          hook_basis=(f"dictionary_learning submodule {submodule!r}, io={buffer.get('io', 'out')!r}"
+                                      if derived else None))
+    record_hf_tokenizer_bos(sae, prov, sae.cfg.metadata.get("model_name"))
     return LoadedSAE(sae, prov, str(weights_path if path.is_file() else folder), FORMAT)

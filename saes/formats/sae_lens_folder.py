@@ -1,7 +1,9 @@
 """SAELens folders (`cfg.json` + `sae_weights.safetensors`), ours included (`saes.io`).
 
 SAELens records the model and hook point in `cfg.json` (`metadata.model_name`, `hook_name`);
-folders we trained add `saesteer.json`, whose provenance is kept as it is.
+folders we trained add `saesteer.json`, whose provenance is kept as it is. A SAELens training
+checkpoint's activation scaling factor (`activation_scaler.json`) is folded into the weights as
+SAELens folds it when training ends (`saes.io.checkpoint_scaling_factor`); the provenance says so.
 """
 
 from __future__ import annotations
@@ -12,7 +14,16 @@ from typing import Any
 import torch
 
 from saes.formats.base import LoadedSAE, files_record, record_model_and_hook
-from saes.io import CFG_FILENAME, WEIGHTS_FILENAME, SAEFormatError, read_sae_folder, sae_from_sae_lens_dict
+from saes.fileio import read_json
+from saes.io import (
+    CFG_FILENAME,
+    SCALER_FILENAME,
+    WEIGHTS_FILENAME,
+    SAEFormatError,
+    checkpoint_scaling_factor,
+    read_sae_folder,
+    sae_from_sae_lens_dict,
+)
 
 FORMAT = "sae_lens"
 
@@ -38,7 +49,10 @@ def load(
             raise SAEFormatError(f"{path} was trained on {recorded}, not {hook}; drop --hook or pick the right SAE")
     else:
         prov = {"source": {"format": FORMAT, "path": str(path),
-                           "files": files_record(path, [CFG_FILENAME, WEIGHTS_FILENAME])}}
+                           "files": files_record(path, [CFG_FILENAME, WEIGHTS_FILENAME, SCALER_FILENAME])}}
+        factor = checkpoint_scaling_factor(path, read_json(path / CFG_FILENAME, "SAE config"))
+        if factor is not None:
+            prov["source"]["activation_scaling_factor_folded"] = factor
         record_model_and_hook(sae, prov, source=str(path), hook=hook, model=model,
                               recorded_hook=md.get("hook_name"), recorded_model=md.get("model_name"))
     return LoadedSAE(sae, prov, str(path), FORMAT)

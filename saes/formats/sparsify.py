@@ -32,6 +32,7 @@ from saes.formats.base import (
     files_record,
     hf_model_identity,
     read_safetensors,
+    record_hf_tokenizer_bos,
     record_model_and_hook,
     require_tensors,
     tl_hook_for_module,
@@ -115,6 +116,7 @@ def load(
     record_model_and_hook(sae, prov, source=source, hook=hook, model=model, recorded_hook=derived,
                           recorded_model=run_model, recorded_identity=hf_model_identity(run_model),
                           hook_basis=f"sparsify hookpoint {hookpoint!r}" if derived else None)
+    record_hf_tokenizer_bos(sae, prov, sae.cfg.metadata.get("model_name"))
     if not derived:
         prov["source"]["note"] = f"hookpoint {hookpoint!r} has no exact TransformerLens counterpart; hook from --hook"
     return LoadedSAE(sae, prov, str(folder), FORMAT)
