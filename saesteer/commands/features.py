@@ -170,7 +170,7 @@ def _build(args) -> int:
         check_same_model(cache_model, sae_model, recorded_in=where, given_as=f"the SAE {args.sae}'s model",
                          override=OVERRIDE_FLAG, fix="use the cache the SAE was trained on")
         check_processing(loaded, cache_model, sae_name=str(args.sae), model_as=f"the model of {where}",
-                         override=OVERRIDE_FLAG, fix=_cache_processing_fix)
+                         override=OVERRIDE_FLAG, fix=_cache_processing_fix, model_cfg=source.model_config())
     recorded, where = pick_record([(cache_model, where), (sae_model, f"the SAE {args.sae}")])
     model = None
     spec = args.model
