@@ -17,6 +17,7 @@ This module loads no model: the caller (the CLI) turns the recorded identity int
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -62,8 +63,16 @@ def upgrade_store(path: str | Path, tokenizer_for: Callable[[Any], Any] | None =
         try:
             tokenizer = tokenizer_for(recorded) if tokenizer_for is not None else None
         except (OSError, ValueError) as e:  # not loadable here (offline, moved, another hash): say why
-            return result(VOCAB_NO_TOKENIZER, recorded, str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+            return result(VOCAB_NO_TOKENIZER, recorded, _why(e))
         if tokenizer is None:
             return result(VOCAB_NO_TOKENIZER, recorded, "no tokenizer given")
         refresh_vocab(store, tokenizer)
         return result(VOCAB_RELABELLED, recorded)
+
+
+def _why(error: Exception) -> str:
+    """The first line of a loader's error up to its advice ("; pass --model ...", "... or pass
+    --allow-model-mismatch"): that advice names its own command's flags, not upgrade's."""
+    lines = str(error).strip().splitlines()
+    first = lines[0] if lines else type(error).__name__
+    return re.split(r"[;,.]? (?:or )?(?:[Pp]ass|[Ll]eave out) --", first)[0].rstrip(" ;,.")

@@ -88,3 +88,19 @@ def test_upgrade_says_how_to_relabel_a_store_that_records_no_model(sp_model, tmp
     assert "older rule" in r.err and "records no model" in r.err, r.err
     assert "saesteer features build" in r.err and "--model" in r.err and "Traceback" not in r.err
     assert _labels(path) == before
+
+
+def test_upgrade_says_why_when_the_recorded_model_cannot_be_loaded(sp_model, tmp_path):
+    """A store whose model directory is gone: the labels stay, and the note says why and names only
+    flags of the command it tells the user to run."""
+    from helpers.real_cli import flags_named, known_flags
+    from saes.identity import ModelIdentity
+
+    directory, tok = sp_model
+    gone = ModelIdentity("local", "gone", path=str(tmp_path / "gone"), weights_sha256="0" * 64).to_json()
+    path = _old_store(tmp_path / "old.db", tok, gone)
+    before = _labels(path)
+    r = saesteer("features", "upgrade", path).ok()
+    assert "no longer exists" in r.err and str(tmp_path / "gone") in r.err, r.err
+    assert flags_named(r.err) and flags_named(r.err) <= known_flags("features", "build"), r.err
+    assert _labels(path) == before
