@@ -153,6 +153,8 @@ def check_models(sae, source: ActivationSource, model=None, allow_mismatch: bool
 
     cache_model = getattr(source, "recorded_model", None)
     cache_model = cache_model() if callable(cache_model) else None
+    cache_config = getattr(source, "model_config", None)  # what the cache records of its model's config
+    model_cfg = getattr(model, "cfg", None) or (cache_config() if callable(cache_config) else None)
     sae_model = recorded_model_of(sae)
     if not allow_mismatch:
         where = f"the activation cache {getattr(source, 'path', '')}".rstrip()
@@ -162,7 +164,7 @@ def check_models(sae, source: ActivationSource, model=None, allow_mismatch: bool
                          recorded_in=where if cache_model is not None else "the SAE", given_as="the model given",
                          override="allow_model_mismatch=True", fix="pass the model the cache was made with")
         check_processing(sae, cache_model, sae_name="sae", model_as=f"the model of {where}",
-                         override="allow_model_mismatch=True", model_cfg=getattr(model, "cfg", None),
+                         override="allow_model_mismatch=True", model_cfg=model_cfg,
                          fix=lambda wanted: f"use a cache of the model loaded with process_weights={wanted} "
                                            "(saesteer.models.load_model)")
     return cache_model or sae_model

@@ -168,6 +168,11 @@ class CacheSource:
         """The model the cache was made with (`saes.identity.ModelIdentity`), or None if unknown."""
         return self.manifest.recorded_model()
 
+    def model_config(self):
+        """The config fields of the cache's model that the weight-processing check reads
+        (`saes.processing.config_of_record`), or None (a cache from an older version)."""
+        return self.manifest.model_config()
+
     # -- reading -------------------------------------------------------------------------------
     @staticmethod
     def _read(fh, entry, first: int = 0, count: int | None = None) -> Tensor:

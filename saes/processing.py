@@ -18,9 +18,16 @@ An SAE whose files record no kwargs is not checked: nothing says how its model w
 `center_writing_weights` centres only what feeds a LayerNorm that subtracts the mean: TransformerLens
 skips it for RMSNorm models (Llama, Gemma, Qwen, Mistral), post-norm and shortformer models, where
 it changes no activation. SAELens's trainer records `center_writing_weights: False` for every SAE it
-trains, so the flag counts only where the model's config (`model_cfg`) says it has an effect; where
-the config is unknown (a cache records only the model's name) a refusal never rests on its False
-alone (an SAE asking for True was trained where centring happens, and is still checked).
+trains, so the flag counts only where the model's config (`model_cfg`) says it has an effect. The
+same holds for every flag TransformerLens's `from_pretrained` leaves out for a model (`skipped_flags`:
+fold_ln on post-norm and shortformer models, center_unembed with a logit softcap): it is applied
+neither to the SAE's model nor to ours, whatever the kwargs say.
+
+Without the model (`features build`, `train --init-from`), a cache's manifest records what these
+rules read (`model_processing`: `processing_record`), and `config_of_record` gives it back as the
+`model_cfg`. Where the config is unknown (a cache from before that record) a refusal never rests on
+center_writing_weights=False alone (an SAE asking for True was trained where centring happens, and
+is still checked), and the other flags count as they do on GPT-2.
 """
 
 from __future__ import annotations
@@ -30,8 +37,8 @@ from typing import Any, Callable, Mapping
 
 from saes.identity import PROCESSING, ModelIdentity, ModelMismatchError
 
-__all__ = ["FLAG_CHANGES", "flags_changing", "centres_writing_weights", "recorded_kwargs", "processing_wanted",
-           "check_processing"]
+__all__ = ["FLAG_CHANGES", "flags_changing", "centres_writing_weights", "skipped_flags", "transformerlens_processing",
+           "processing_record", "config_of_record", "recorded_kwargs", "processing_wanted", "check_processing"]
 
 # The hook points (TransformerLens names) whose values each flag changes, as measured on a GPT-2
 # HookedTransformer loaded with that one flag (tests/test_weight_processing.py measures it again):
@@ -54,6 +61,11 @@ _UNCHANGED = re.compile(r"(\.hook_scale$|\.hook_normalized$|\.attn\.hook_(q|k|ro
 _CENTRED = "center_writing_weights"
 
 
+def _architecture(model_cfg: Any) -> str | None:
+    """The HF architecture class a config names (HookedTransformer: original_architecture; Bridge: architecture)."""
+    return getattr(model_cfg, "original_architecture", None) or getattr(model_cfg, "architecture", None)
+
+
 def centres_writing_weights(model_cfg: Any) -> bool | None:
     """Whether TransformerLens's center_writing_weights changes a model with this config (a
     HookedTransformerConfig or TransformerBridge config): only LayerNorm (LN/LNPre) models without
@@ -67,18 +79,90 @@ def centres_writing_weights(model_cfg: Any) -> bool | None:
 
     return (norm in ("LN", "LNPre") and not getattr(model_cfg, "final_rms", False)
             and getattr(model_cfg, "positional_embedding_type", None) != "shortformer"
-            and getattr(model_cfg, "original_architecture", None) not in POST_NORM_ARCHITECTURES)
+            and _architecture(model_cfg) not in POST_NORM_ARCHITECTURES)
+
+
+def skipped_flags(model_cfg: Any) -> set[str] | None:
+    """The flags of `PROCESSING` that TransformerLens's `HookedTransformer.from_pretrained` does not
+    apply to a model with this config, or that change nothing there: fold_ln on post-norm and
+    shortformer models and on norms it cannot fold; center_writing_weights where it centres nothing
+    (`centres_writing_weights`); center_unembed on shortformer models and under a logit softcap.
+    None when `model_cfg` is None or says nothing of its normalization."""
+    if model_cfg is None or getattr(model_cfg, "normalization_type", None) is None:
+        return None
+    from transformer_lens.utilities import softcap_enabled
+    from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
+
+    shortformer = getattr(model_cfg, "positional_embedding_type", None) == "shortformer"
+    skipped = set()
+    if (shortformer or _architecture(model_cfg) in POST_NORM_ARCHITECTURES
+            or model_cfg.normalization_type not in ("LN", "LNPre", "RMS", "RMSPre")):
+        skipped.add("fold_ln")
+    if not centres_writing_weights(model_cfg):
+        skipped.add(_CENTRED)
+    if shortformer or softcap_enabled(getattr(model_cfg, "output_logits_soft_cap", None)):
+        skipped.add("center_unembed")
+    return skipped
+
+
+def transformerlens_processing(model_cfg: Any) -> dict[str, bool]:
+    """The flags `PROCESSING` comes to on a model with this config, as TransformerLens's
+    `from_pretrained` applies them (`skipped_flags` off): what `saesteer.models` passes when it
+    processes a model's weights."""
+    skipped = skipped_flags(model_cfg) or set()
+    return {flag: value and flag not in skipped for flag, value in PROCESSING.items()}
+
+
+# the config fields `skipped_flags` reads: what a cache records of its model (`processing_record`)
+RECORDED_CONFIG = ("normalization_type", "final_rms", "positional_embedding_type", "original_architecture",
+                   "output_logits_soft_cap")
+APPLIED_ATTR = "_saesteer_processing_applied"  # set on a model by saesteer.models.load_model
+
+
+def processing_record(model: Any) -> dict[str, Any] | None:
+    """What a cache's manifest records of its model's weight processing (`model_processing`):
+    {"config": the RECORDED_CONFIG fields of its config, "applied": {flag: bool}: what its loader
+    applied (`APPLIED_ATTR`); for a model saesteer did not load, `transformerlens_processing` where
+    its identity says processed, nothing where raw}. None for a model whose config names no norm.
+    (Folding turns a config's LN into LNPre, RMS into RMSPre: the rules read them alike.)"""
+    from saes.identity import identity_of_model
+
+    cfg = getattr(model, "cfg", None)
+    if cfg is None or getattr(cfg, "normalization_type", None) is None:
+        return None
+    applied = getattr(model, APPLIED_ATTR, None)
+    if applied is None:
+        ident = identity_of_model(model)
+        processed = ident is not None and ident.processed
+        applied = {flag: processed and on for flag, on in transformerlens_processing(cfg).items()}
+    config = {name: _plain(getattr(cfg, name, None)) for name in RECORDED_CONFIG}
+    config["original_architecture"] = _architecture(cfg)
+    return {"config": config,
+            "applied": {flag: bool(applied.get(flag, False)) for flag in PROCESSING}}
+
+
+def _plain(value: Any) -> Any:
+    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
+
+
+def config_of_record(record: Mapping[str, Any] | None) -> Any:
+    """The model config a `processing_record` holds, as an object `skipped_flags` / `flags_changing`
+    read (None when there is no record: the config is unknown)."""
+    from types import SimpleNamespace
+
+    config = (record or {}).get("config") if isinstance(record, Mapping) else None
+    if not isinstance(config, Mapping) or config.get("normalization_type") is None:
+        return None
+    return SimpleNamespace(**{name: config.get(name) for name in RECORDED_CONFIG})
 
 
 def flags_changing(hook_name: str, model_cfg: Any = None) -> set[str]:
     """The processing flags that change the activations at `hook_name` (of a model with config
-    `model_cfg`: without it, center_writing_weights counts as changing what it changes on GPT-2)."""
+    `model_cfg`: without it, every flag counts as changing what it changes on GPT-2)."""
     hit = {flag for flag, pattern in FLAG_CHANGES.items() if pattern.search(hook_name)}
     if not hit and not _UNCHANGED.search(hook_name):
         hit = set(PROCESSING) - {"center_unembed"}
-    if centres_writing_weights(model_cfg) is False:
-        hit.discard(_CENTRED)
-    return hit
+    return hit - (skipped_flags(model_cfg) or set())
 
 
 def recorded_kwargs(loaded: Any) -> dict[str, Any] | None:
@@ -133,7 +217,8 @@ def check_processing(loaded: Any, model: ModelIdentity | None, *, sae_name: str,
     at its hook than the ones its SAELens `model_from_pretrained_kwargs` say it was trained on,
     naming both sides, `fix(wanted)` (how to get a model processed (True) or raw (False) where the
     caller is) and `override`. Nothing recorded on either side passes. `model_cfg`: the model's
-    config, where known (`centres_writing_weights`); unknown, center_writing_weights=False alone never refuses."""
+    config where known (a loaded model's cfg, or `config_of_record` of a cache's `model_processing`):
+    flags `skipped_flags` names do not count; unknown, center_writing_weights=False alone never refuses."""
     got = _needed(loaded, model_cfg)
     if got is None or model is None:
         return

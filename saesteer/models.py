@@ -31,9 +31,11 @@ activations. SAELens users who load `HookedSAETransformer.from_pretrained(name)`
 TransformerLens's default weight processing (`saes.identity.PROCESSING`: fold_ln,
 center_writing_weights, center_unembed, fold_value_biases), which centres the residual stream and
 moves value biases out of hook_z: an SAE trained on raw activations reads other inputs there.
-`load_model(spec, process_weights=True)` applies that same processing (HookedTransformer:
-`load_and_process_state_dict(state_dict(), **PROCESSING)`; TransformerBridge: `enable_compatibility_mode(**PROCESSING)`), so
-SAEs match SAELens users who load models that way. The identity records it (`weights`, id suffix
+`load_model(spec, process_weights=True)` applies that same processing, less what `from_pretrained`
+leaves out for the model (fold_ln on post-norm models such as OLMo-2: `saes.processing.skipped_flags`)
+(HookedTransformer: `load_and_process_state_dict(state_dict(), **flags)`; TransformerBridge:
+`enable_compatibility_mode(**flags)`), so SAEs match SAELens users who load models that way; the
+flags applied are recorded on the model and in a cache's manifest (`model_processing`). The identity records it (`weights`, id suffix
 '+processed'); `load_recorded_model` re-applies what a cache / SAE / store records, and a model
 loaded the other way is refused. Each SAE's cfg.json says how to load the model
 (`metadata.model_from_pretrained_kwargs`, for `HookedSAETransformer.from_pretrained_no_processing`).
@@ -61,7 +63,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from saes.identity import (
-    PROCESSING,
     ModelIdentity,
     ModelIdentityError,
     attach_identity,
@@ -194,19 +195,31 @@ def hub_commit(name: str, revision: str | None) -> str | None:
 
 
 def _process_weights(model, spec: str) -> None:
-    """TransformerLens's default load-time weight processing, in place (saes.identity.PROCESSING)."""
+    """TransformerLens's default load-time weight processing, in place: `saes.identity.PROCESSING`
+    less what `HookedTransformer.from_pretrained` leaves out for this model (`saes.processing.
+    transformerlens_processing`: e.g. fold_ln on a post-norm model, whose norms sit after the
+    sublayers, where folding would change its outputs), and less what the Bridge's adapter cannot do.
+    Records the flags applied on the model (`saes.processing.APPLIED_ATTR`)."""
     import warnings
 
+    from saes.processing import APPLIED_ATTR, transformerlens_processing
+
+    flags = transformerlens_processing(model.cfg)
+    adapter = getattr(model, "adapter", None)
+    for flag, supported in (("fold_ln", "supports_fold_ln"), ("center_writing_weights", "supports_center_writing_weights")):
+        if adapter is not None and not getattr(adapter, supported, True):
+            flags[flag] = False
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning)  # TL's notes about what it folds
         if hasattr(model, "load_and_process_state_dict"):  # HookedTransformer (process_weights_ takes no fold_value_biases)
-            model.load_and_process_state_dict(model.state_dict(), **PROCESSING)
-            return
-        try:
-            model.enable_compatibility_mode(disable_warnings=True, **PROCESSING)
-        except RuntimeError as e:  # an architecture whose processed weights TransformerLens does not trust
-            raise ValueError(f"model {spec!r}: TransformerLens cannot process its weights ({e}); load it without "
-                             f"--process-weights") from None
+            model.load_and_process_state_dict(model.state_dict(), **flags)
+        else:
+            try:
+                model.enable_compatibility_mode(disable_warnings=True, **flags)
+            except RuntimeError as e:  # an architecture whose processed weights TransformerLens does not trust
+                raise ValueError(f"model {spec!r}: TransformerLens cannot process its weights ({e}); load it without "
+                                 f"--process-weights") from None
+    setattr(model, APPLIED_ATTR, flags)
 
 
 def _boot_hf(name_or_path: str, revision: str | None, device: str, dtype, spec: str):

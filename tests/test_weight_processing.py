@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from saes.identity import ModelIdentity, ModelMismatchError, check_same_model, identity_of_sae, same_model
+from saes.identity import PROCESSING, ModelIdentity, ModelMismatchError, check_same_model, identity_of_sae, same_model
 from saesteer.cli import main
 from saesteer.models import load_model, load_recorded_model, model_identity
 
@@ -280,3 +280,149 @@ def test_a_saelens_trained_sae_on_a_processed_model_is_refused_only_where_activa
     else:
         with pytest.raises(ModelMismatchError, match="center_writing_weights=False"):
             check_sae_model(pro, trained)
+
+
+# ---------------------------------------------------------------------------------------------
+# the cache records its model's config: features build and train --init-from check as with the model
+
+
+def _saelens_folder(folder: Path, model_dir: Path, hook: str, kwargs: dict) -> Path:
+    """A SAELens TopK SAE folder (cfg.json + weights) trained, its metadata says, on `hook` of the
+    local model at `model_dir` loaded with `kwargs` (model_from_pretrained_kwargs)."""
+    from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
+
+    sae = TopKSAE(TopKSAEConfig(d_in=64, d_sae=128, k=4))
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(3)) * 0.2)
+    sae.cfg.metadata.hook_name, sae.cfg.metadata.model_name = hook, str(model_dir)
+    sae.cfg.metadata.model_from_pretrained_kwargs = kwargs
+    sae.save_model(folder)
+    return folder
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_features_build_and_init_from_read_the_caches_model_config(real_models, real_corpus, family, tmp_path):
+    """Without the model, the check used to fall back to its unknown-config rule: an SAE SAELens
+    trained on raw GPT-2 (center_writing_weights=False) passed over a --process-weights cache (whose
+    residual stream is centred: other activations at every position), and an SAE asking for centring
+    on a Llama-like model (RMSNorm: centring changes nothing) was refused over a raw cache. The
+    manifest's `model_processing` now gives both commands the model's config; a cache without it (an
+    older saesteer) keeps the unknown-config rule."""
+    from helpers.real_cli import saesteer
+    from training.manifest import MANIFEST_NAME, read_manifest
+
+    model_dir = real_models.path(family)
+    hook = "blocks.1.hook_resid_post"
+    gpt2 = family == "gpt2"
+    cache = tmp_path / "cache"
+    saesteer("cache", "--model", model_dir, "--dataset", real_corpus.jsonl_dir, "--split", "validation",
+             "--context-length", 32, "--max-tokens", 512, "--hooks", hook, "--out", cache, "--no-progress",
+             *(["--process-weights"] if gpt2 else [])).ok()
+    record = read_manifest(cache).model_processing
+    norm = "LN" if gpt2 else "RMS"
+    assert record["config"]["normalization_type"] == norm
+    assert record["applied"] == ({"fold_ln": True, "center_writing_weights": True, "center_unembed": True,
+                                  "fold_value_biases": True} if gpt2 else dict.fromkeys(record["applied"], False))
+    sae = _saelens_folder(tmp_path / "sl", model_dir, hook, {"center_writing_weights": not gpt2})
+    build = ("features", "build", "--sae", sae, "--cache", cache, "--model", "none", "--no-progress")
+    tune = ("train", "--cache", cache, "--init-from", sae, "--total-tokens", 128, "--batch-size", 64,
+            "--holdout-tokens", 64, "--eval-every-tokens", 0, "--checkpoint-every-tokens", 0, "--model-eval", "false",
+            "--no-progress", "--sae-name", "ft")
+    r_build = saesteer(*build, "--out", tmp_path / "f.db")
+    r_tune = saesteer(*tune, "--out", tmp_path / "ft")
+    if gpt2:
+        for r, override in ((r_build, "--allow-model-mismatch"), (r_tune, "--init-from-allow-mismatch")):
+            assert r.rc != 0 and "Traceback" not in r.err, r.err
+            assert "center_writing_weights=False" in r.err and "--process-weights" in r.err and override in r.err, r.err
+    else:
+        r_build.ok()
+        r_tune.ok()
+    # an older cache (no model_processing): the unknown-config rule, which lets False pass and refuses True
+    man = json.loads((cache / MANIFEST_NAME).read_text())
+    del man["model_processing"]
+    (cache / MANIFEST_NAME).write_text(json.dumps(man))
+    assert read_manifest(cache).model_config() is None
+    r = saesteer(*build, "--out", tmp_path / "old.db")
+    if gpt2:
+        r.ok()
+    else:
+        assert r.rc != 0 and "center_writing_weights=True" in r.err, r.err
+
+
+# ---------------------------------------------------------------------------------------------
+# a post-norm model: its norms are never folded, as TransformerLens's from_pretrained leaves them
+
+
+def _olmo3_checkpoint(directory: Path, tok) -> Path:
+    """A tiny OLMo-3 checkpoint (RMSNorm after each sublayer; TransformerLens's HookedTransformer
+    converts it from a local directory, as it does not OLMo-2) with norm gains far from 1, so that
+    folding them would show."""
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.Olmo3Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, max_position_embeddings=128, initializer_range=0.15,
+                                   bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                   pad_token_id=tok.pad_token_id)
+    hf = transformers.Olmo3ForCausalLM(cfg)
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "norm" in name:
+                p.copy_(1 + 0.5 * torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))))
+    hf.save_pretrained(directory, safe_serialization=True)
+    tok.save_pretrained(directory)
+    return directory
+
+
+def _hooked_transformer(path: Path, **flags):
+    """TransformerLens's HookedTransformer of a local checkpoint, built by `from_pretrained`'s own
+    steps (it takes only official names): its config (asked to fold_ln, which it declines for a
+    post-norm architecture), its weight conversion, then load_and_process_state_dict(**flags)."""
+    from transformer_lens import HookedTransformer
+    from transformer_lens import loading_from_pretrained as loading
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cfg = loading.get_pretrained_model_config(str(path), fold_ln=flags.get("fold_ln", False), device="cpu")
+        state = loading.get_pretrained_state_dict(str(path), cfg, AutoModelForCausalLM.from_pretrained(path))
+        model = HookedTransformer(cfg, AutoTokenizer.from_pretrained(path), move_to_device=False)
+        model.load_and_process_state_dict(state, **{**dict.fromkeys(PROCESSING, False), **flags})
+    return model.eval()
+
+
+def test_a_post_norm_model_is_processed_as_transformerlens_does_and_keeps_hf_logits(real_corpus, tmp_path):
+    """fold_ln assumes a norm's gain sits on a sublayer's input; OLMo-2/3 normalize the sublayer's
+    output, and `from_pretrained` leaves fold_ln (and centring) out for them. Our processing of a
+    HookedTransformer called load_and_process_state_dict with all four flags, folding those gains
+    into the wrong matrices: other logits. Now both our loaders (HookedTransformer and the Bridge)
+    give TransformerLens's from_pretrained result and HF's predictions, and record fold_ln as not
+    applied (the cache manifest's `model_processing`)."""
+    from helpers.real_models import build_family_tokenizer
+    from saes.processing import processing_record, skipped_flags
+    from saesteer.models import _process_weights
+    from transformers import AutoModelForCausalLM
+
+    path = _olmo3_checkpoint(tmp_path / "olmo3", build_family_tokenizer("llama", real_corpus.train_docs[:20]))
+    hf = AutoModelForCausalLM.from_pretrained(path).eval()
+    toks = torch.tensor([hf.config.bos_token_id, 40, 41, 300, 301, 7, 99, 512, 13, 8]).unsqueeze(0)
+    with torch.no_grad():
+        want = hf(toks).logits.log_softmax(-1)  # center_unembed moves each position's logits by a constant
+        reference = _hooked_transformer(path, fold_ln=False, center_writing_weights=False, center_unembed=True,
+                                        fold_value_biases=True)  # what from_pretrained applies to OLMo-3
+        torch.testing.assert_close(reference(toks).log_softmax(-1), want, atol=1e-4, rtol=0)
+        assert skipped_flags(reference.cfg) == {"fold_ln", "center_writing_weights"}
+
+        ours = _hooked_transformer(path)
+        _process_weights(ours, str(path))
+        torch.testing.assert_close(ours(toks).log_softmax(-1), want, atol=1e-4, rtol=0)
+        torch.testing.assert_close(ours.W_U, reference.W_U, atol=1e-5, rtol=0)  # centred as TransformerLens centres
+        applied = {"fold_ln": False, "center_writing_weights": False, "center_unembed": True, "fold_value_biases": True}
+        assert processing_record(ours)["applied"] == applied != PROCESSING
+
+        bridge = load_model(str(path), device="cpu", process_weights=True)
+        torch.testing.assert_close(bridge(toks).log_softmax(-1), want, atol=1e-4, rtol=0)
+        rec = processing_record(bridge)
+        assert rec["applied"] == applied
+        assert rec["config"]["original_architecture"] == "Olmo3ForCausalLM" and rec["config"]["normalization_type"] == "RMS"

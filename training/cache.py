@@ -48,7 +48,7 @@ from training.manifest import (
     shard_file_name,
     write_manifest,
 )
-from training.plan import CachePlan, identity_record, plan_cache, refuse_mismatch
+from training.plan import CachePlan, identity_record, plan_cache, processing_record, refuse_mismatch
 from training.runner import ActivationRunner
 from training.shards import DTYPES
 from training.packing import ContextPacker, open_packer
@@ -119,7 +119,8 @@ def _build_cache(model, text: TextConfig, cfg: CacheConfig, *, tokenizer, model_
         finally:
             shards_in.close()
         manifest = Manifest(plan.settings, complete=True, shards=read_progress(out), forward=forward,
-                            model_identity=identity_record(model), dataset_files=plan.dataset_files)
+                            model_identity=identity_record(model),
+                            model_processing=processing_record(model), dataset_files=plan.dataset_files)
         write_manifest(out, manifest)
         (out / PROGRESS_NAME).unlink(missing_ok=True)
         (out / LOCK_NAME).unlink(missing_ok=True)
@@ -153,7 +154,8 @@ def _start_or_resume(plan: CachePlan, model, cfg: CacheConfig, L: int, out: Path
     if not (out / MANIFEST_NAME).is_file():
         forward = plan.runner.forward_used(L)
         write_manifest(out, Manifest(plan.settings, complete=False, shards=[], forward=forward,
-                                     model_identity=identity_record(model), dataset_files=plan.dataset_files))
+                                     model_identity=identity_record(model), model_processing=processing_record(model),
+                                     dataset_files=plan.dataset_files))
         return forward
     previous = read_manifest(out)
     refuse_mismatch(out, previous, plan.settings)

@@ -16,6 +16,11 @@ Manifest fields (format_version 1):
   model {id, revision, fingerprint, n_ctx, d_model},
   model_identity {id, source, name, revision, path, weights_sha256, d_model, n_layers, d_vocab}
     (not a setting; absent in caches from older versions),
+  model_processing {config {normalization_type, final_rms, positional_embedding_type,
+    original_architecture, output_logits_soft_cap}, applied {fold_ln, center_writing_weights,
+    center_unembed, fold_value_biases: bool}} (not a setting; `saes.processing.processing_record`:
+    what the weight-processing check needs without the model; absent in caches from older
+    versions, whose model config counts as unknown there),
   hooks [names], d_in {hook: int}, dtype "fp16"|"bf16"|"fp32",
   context_length, bos_policy, separator, eos_is_next_bos (bool: no EOS after a document, as
   the next one's BOS is the same token; training.packing; false when absent, as in older caches),
@@ -111,6 +116,9 @@ class Manifest:
     # who the model is (`saes.identity.ModelIdentity.to_json()`): informational, not a setting
     # (settings.model.id already pins the weights); None in caches from older versions
     model_identity: dict[str, Any] | None = None
+    # the model's config fields and the weight processing applied (`saes.processing.processing_record`):
+    # informational, not a setting; None in caches from older versions (the config is then unknown)
+    model_processing: dict[str, Any] | None = None
     # the absolute paths of the local data files read (provenance; `dataset.files` is what must match)
     dataset_files: list[str] | None = None
 
@@ -154,6 +162,8 @@ class Manifest:
             d["forward"] = self.forward
         if self.model_identity is not None:
             d["model_identity"] = self.model_identity
+        if self.model_processing is not None:
+            d["model_processing"] = self.model_processing
         if self.dataset_files is not None:
             d["dataset_files"] = list(self.dataset_files)
         d["complete"] = self.complete
@@ -184,10 +194,12 @@ class Manifest:
             settings["dataset"] = {**ds, "txt_documents": "line"}
         fwd = d.get("forward")
         ident = d.get("model_identity")
+        processing = d.get("model_processing")
         files = d.get("dataset_files")
         return cls(settings, bool(d.get("complete")), shards,
                    forward=fwd if isinstance(fwd, str) else None,
                    model_identity=ident if isinstance(ident, dict) else None,
+                   model_processing=processing if isinstance(processing, dict) else None,
                    dataset_files=[str(f) for f in files] if isinstance(files, list) else None)
 
     def recorded_model(self):
@@ -199,6 +211,13 @@ class Manifest:
             return ModelIdentity.from_json(self.model_identity)
         m = self.settings.get("model") or {}
         return ModelIdentity.from_id(m.get("id"), m.get("revision"))
+
+    def model_config(self):
+        """The config fields of the cache's model that `saes.processing`'s checks read, or None (a
+        cache from an older version: the config is unknown there)."""
+        from saes.processing import config_of_record
+
+        return config_of_record(self.model_processing)
 
 
 def _txt_files_without_reading(dataset: dict[str, Any]) -> bool:

@@ -255,14 +255,16 @@ def open_packer(
     )
 
 
-def estimate_stream_tokens(cfg: TextConfig, tokenizer, source: DocumentSource, texts: list[str], sample_docs: int = 512) -> int | None:
+def estimate_stream_tokens(cfg: TextConfig, tokenizer, source: DocumentSource, texts: list[str], sample_docs: int = 512,
+                           eos_next_bos: bool | None = None) -> int | None:
     """Rough number of stream tokens in the whole dataset from `texts`, its first documents (from
-    `sample_documents(source, sample_docs)`). None when it cannot be guessed (e.g. a streamed hub
-    dataset). Scales by the document count (non-streaming) or by file bytes (local files)."""
+    `sample_documents(source, sample_docs)`), packed as the build packs them (`eos_next_bos`: as
+    `open_packer`'s). None when it cannot be guessed (e.g. a streamed hub dataset). Scales by the
+    document count (non-streaming) or by file bytes (local files)."""
     if not texts:
         return 0
     ids = make_tokenize(tokenizer)(texts)
-    extra = sum(_item_extra(cfg, special_tokens(tokenizer)))
+    extra = sum(_item_extra(cfg, special_tokens(tokenizer), eos_next_bos))
     sample_tokens = sum(len(x) + extra for x in ids if x)
     if len(texts) < sample_docs:
         return sample_tokens  # we saw everything

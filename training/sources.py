@@ -29,7 +29,8 @@ def cache_provenance(manifest: Manifest, cache_dir: str | Path, hook: str) -> di
     ident = manifest.recorded_model()
     return {
         "model": (s.get("model") or {}).get("id"), "model_revision": (s.get("model") or {}).get("revision"),
-        "model_identity": manifest.model_identity, "model_name": ident.saelens_model_name if ident else None,
+        "model_identity": manifest.model_identity, "model_processing": manifest.model_processing,
+        "model_name": ident.saelens_model_name if ident else None,
         "hook_name": hook, "dataset": ds.get("name"), "dataset_split": ds.get("split"),
         "dataset_files": manifest.dataset_files,
         "context_size": s.get("context_length"), "prepend_bos": s.get("bos_policy") == "prepend",

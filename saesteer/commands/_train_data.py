@@ -123,7 +123,10 @@ def _from_model(run_cfg, data_cfg, text_cfg):
     source = _Replayable(lambda: model_batches(model, text_cfg, hook, t.batch_size, seed=t.seed, target_hook=target))
     ident = model_identity(model)
     data = resolve_data(text_cfg)  # the split's files (and a clear error for a split the data lacks)
+    from saes.processing import processing_record
+
     prov = {"model": ident.id, "model_revision": ident.revision, "model_identity": ident.to_json(),
+            "model_processing": processing_record(model),
             "model_name": ident.saelens_model_name,
             "hook_name": hook, **({"hook_name_out": target} if target else {}),
             "dataset": text_cfg.dataset, "dataset_split": data.split,

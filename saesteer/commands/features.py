@@ -37,7 +37,8 @@ def add_arguments(parser) -> None:
     _add_map(sub)
     _add_embed(sub)
     add_export(sub)
-    up = sub.add_parser("upgrade", help="bring a store written by an older saesteer to this version's schema, in place")
+    up = sub.add_parser("upgrade", help="bring a store written by an older saesteer to this version, in place: its "
+                        "schema, and token labels of an older rule rewritten with the recorded model's tokenizer")
     up.add_argument("store", help="feature store file (written)")
 
 
@@ -171,7 +172,7 @@ def _build(args) -> int:
         check_same_model(cache_model, sae_model, recorded_in=where, given_as=f"the SAE {args.sae}'s model",
                          override=OVERRIDE_FLAG, fix="use the cache the SAE was trained on")
         check_processing(loaded, cache_model, sae_name=str(args.sae), model_as=f"the model of {where}",
-                         override=OVERRIDE_FLAG, fix=_cache_processing_fix)
+                         override=OVERRIDE_FLAG, fix=_cache_processing_fix, model_cfg=source.model_config())
     recorded, where = pick_record([(cache_model, where), (sae_model, f"the SAE {args.sae}")])
     model = None
     spec = args.model
@@ -333,11 +334,24 @@ def _search(args) -> int:
 
 
 def _upgrade(args) -> int:
-    """Opening a store for writing upgrades its schema (`features.store.base`); say what it is now."""
-    from features import FeatureStore
+    """Upgrade the store in place (`features.upgrade`): its schema, and its token labels where an older
+    rule wrote them, with the tokenizer of the model it records; say what it is now."""
+    from features import upgrade as up
+    from saesteer.models import load_recorded_model
 
-    with FeatureStore.open(args.store, readonly=False) as store:
-        print(f"{store.path}: feature-store schema version {store.meta['schema_version']}")
+    def tokenizer_for(recorded):
+        return load_recorded_model(recorded, None, recorded_in=f"the store {args.store}", device="cpu").tokenizer
+
+    res = up.upgrade_store(args.store, tokenizer_for=tokenizer_for)
+    print(f"{res.path}: feature-store schema version {res.schema_version}")
+    if res.vocab == up.VOCAB_RELABELLED:
+        print(f"token labels rewritten by the current rule with the tokenizer of {res.model.describe()}")
+    elif res.vocab in (up.VOCAB_NO_MODEL, up.VOCAB_NO_TOKENIZER):
+        why = (f"the model it records ({res.model.describe()}) could not be loaded: {res.why}" if res.model is not None
+               else "it records no model to take a tokenizer from")
+        print(f"note: its token labels follow an older rule (SentencePiece words lack their leading space) and {why}; "
+              f"to rewrite them, re-run the `saesteer features build` command that made it with --model MODEL "
+              f"(its model)", file=sys.stderr)
     return 0
 
 
