@@ -179,6 +179,29 @@ def test_ollama_reasoning_field_with_an_empty_answer_at_the_limit_is_a_truncatio
     assert len(chats(srv)) == 1
 
 
+def test_saesteer_label_can_turn_an_ollama_models_thinking_off_with_reasoning_effort_none(srv, tmp_path):
+    # Ollama's /v1 for a thinking model (gemma4): content "" and the text in `reasoning`, unless the
+    # request says reasoning_effort "none" (thinking off; `think: false` is not read on /v1)
+    from helpers.label_store import build_trigger_store
+
+    path, triggers = build_trigger_store(tmp_path / "toy.db", n_latents=1)
+
+    def reply(ex):
+        if ex.body.get("reasoning_effort") == "none":
+            return ok(fake_llm_answer(ex.body))
+        return ok("", message_extra={"reasoning": "The marked tokens are all one word, so the label is that word."})
+
+    srv.reply = reply
+    saesteer("label", "--store", path, "--judge-model", "gemma4:26b", "--judge-base-url", srv.url,
+             "--judge-reasoning-effort", "none", "--scorers", "detection", "--embed-backend", "none",
+             "--no-progress").ok()
+    assert {e.body.get("reasoning_effort") for e in chats(srv)} == {"none"}
+    from features import FeatureStore
+
+    with FeatureStore.open(path) as st:
+        assert st.feature(0).label.text == triggers[0]
+
+
 # ---------------------------------------------------------------------------------------------
 # local reasoning models: thinking in the content, or beside it
 
