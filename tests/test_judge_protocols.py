@@ -202,6 +202,16 @@ def test_saesteer_label_can_turn_an_ollama_models_thinking_off_with_reasoning_ef
         assert st.feature(0).label.text == triggers[0]
 
 
+def test_replies_holding_only_reasoning_fail_naming_the_setting_that_turns_thinking_off(srv):
+    # the same Ollama shape with finish_reason "stop": re-asked (a later reply may answer), then one line
+    srv.reply = lambda ex: ok("", message_extra={"reasoning": 'The label is {"label": "sea"}.'})
+    with pytest.raises(AnswerInvalid) as e:
+        ask(srv)
+    assert "only reasoning" in e.value.reason and "--judge-reasoning-effort none" in e.value.reason
+    assert flags_named(e.value.reason) <= known_flags("label")
+    assert len(chats(srv)) == 3  # 1 + max_reasks: never read from the reasoning field
+
+
 # ---------------------------------------------------------------------------------------------
 # local reasoning models: thinking in the content, or beside it
 
