@@ -27,6 +27,7 @@ replies through the server's `reply` hook.
 from __future__ import annotations
 
 import json
+import threading
 import warnings
 
 import pytest
@@ -129,6 +130,32 @@ def test_a_reasoning_model_refusing_max_tokens_and_temperature_answers_after_one
     assert second.value == {"label": "sea words"}
     (sent,) = chats(srv)  # later requests go out in the accepted form from the start
     assert sent.body["max_completion_tokens"] == 256 and "max_tokens" not in sent.body and "temperature" not in sent.body
+
+
+def test_concurrent_refusals_are_each_resent_and_said_once(srv):
+    # every request of a batch goes out before the first refusal comes back: each is refused for
+    # max_tokens (and most for temperature) while another already switched; all must still answer
+    from autointerp.judge import JudgeCall
+
+    n = 4
+    arrived = threading.Barrier(n, timeout=10)
+    refuse = openai_reasoning_model(lambda body: '{"label": "sea words"}')
+
+    def reply(ex):
+        if "max_tokens" in ex.body:
+            arrived.wait()  # all n in flight at once
+        return refuse(ex)
+
+    srv.reply = reply
+    j = judge(srv, model="o3-concurrent", concurrency=n)
+    calls = [JudgeCall([ASK[0], {"role": "user", "content": f"<examples>sea {i}</examples>"}], LABEL) for i in range(n)]
+    with pytest.warns(SaesteerWarning) as notes:
+        done = j.complete_many_sync(calls)
+    assert [getattr(d, "value", d) for d in done] == [{"label": "sea words"}] * n
+    said = [str(w.message) for w in notes]
+    assert sum("does not take max_tokens" in m for m in said) == 1
+    assert sum("default temperature" in m for m in said) == 1
+    assert len(chats(srv)) <= 3 * n
 
 
 def test_saesteer_label_with_a_gpt5_style_judge_labels_and_says_what_it_switched(srv, tmp_path):
