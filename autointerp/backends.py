@@ -248,15 +248,20 @@ def _unsupported_param(e) -> str | None:
 
 
 def _error_message(e) -> str:
+    """The server's own words in an error reply. The openai client hands over the body's `error`
+    (a dict, or a string), or the body's text when it is not JSON, as `e.body`."""
     body = getattr(e, "body", None)
     if isinstance(body, dict):
         err = body.get("error", body)
-        if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])[:300]
-        if isinstance(err, str) and err:
-            return err[:300]
-    if isinstance(body, str) and _looks_like_html(body):
-        return f"an HTML page ({_html_title(body)}), likely from a proxy in front of the server"
+        err = err if isinstance(err, (dict, str)) else body
+        if isinstance(err, dict):  # OpenAI's {"message": ...}; FastAPI's {"detail": ...} (vLLM, SGLang off-route)
+            body = next((v for k in ("message", "detail") if isinstance(v := err.get(k), str) and v), None)
+        else:
+            body = err
+    if isinstance(body, str) and body.strip():
+        if _looks_like_html(body):
+            return f"an HTML page ({_html_title(body)}), likely from a proxy in front of the server"
+        return " ".join(body.split())[:300]
     return str(getattr(e, "message", e))[:300]
 
 

@@ -367,6 +367,19 @@ def test_ollamas_base_url_without_v1_gets_the_url_to_use(srv):
         judge(srv, base_url=f"{root}/v1/chat/completions")
 
 
+@pytest.mark.parametrize("status, headers, body, said", [
+    (404, {"Content-Type": "text/plain"}, b"404 page not found", "404 page not found"),  # Gin (Ollama)
+    (404, {}, b'{"detail": "Not Found"}', "Not Found"),  # FastAPI (vLLM, SGLang) off its routes
+    (401, {}, b'{"error": "Invalid API key"}', "Invalid API key"),  # an error given as a string
+])
+def test_error_bodies_that_are_not_openai_shaped_are_shown(srv, status, headers, body, said):
+    # the openai client hands over the body's `error` (or the body's text) as e.body, not the body
+    srv.reply = lambda ex: (status, headers, body)
+    with pytest.raises(RequestFailed) as e:
+        ask(srv, base_url=srv.url[: -len("/v1")] if status == 404 else None)
+    assert f"HTTP {status}: {said}" in e.value.reason
+
+
 def test_a_model_not_found_404_under_v1_gets_no_url_advice(srv):
     srv.reply = lambda ex: (404, {}, js({"error": {"message": 'model "qwen3:8b" not found, try pulling it first',
                                                    "type": "api_error", "param": None, "code": None}}))
