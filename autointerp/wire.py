@@ -63,6 +63,14 @@ def split_thinking(text: str | None) -> tuple[str, bool]:
     return text, False
 
 
+RETRYABLE_STATUS = frozenset({408, 429})  # plus every 5xx
+
+
+def is_retryable(status: int) -> bool:
+    """Whether an HTTP status is worth retrying (a rate limit, a timeout, a server error)."""
+    return status in RETRYABLE_STATUS or status >= 500
+
+
 class TransientError(Exception):
     """Worth retrying: rate limit, server error, reset, timeout, unreadable response."""
 
