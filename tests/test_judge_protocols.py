@@ -9,7 +9,8 @@ What these paths show:
   once with one line naming `--judge-reasoning-tokens` / `--judge-reasoning-effort`, which work;
 - local reasoning models (DeepSeek-R1, Qwen3 on Ollama / vLLM / llama.cpp / LM Studio): the answer
   after `<think>...</think>` (or after a lone `</think>`) is read, never a draft inside the
-  thinking; a think block cut off at the limit is a "truncated judge output" error, not a label;
+  thinking, and gpt-oss's raw Harmony channels give their `final` channel, never the analysis; a
+  think block cut off at the limit is a "truncated judge output" error, not a label;
   reasoning in its own field (`reasoning_content`, `reasoning`) is never read;
 - bodies that are not a usable answer: `finish_reason: "content_filter"` (not re-asked), a 200
   carrying an `error` object (OpenRouter; its `code` decides retry or not), an `error` inside the
@@ -253,6 +254,19 @@ def test_the_answer_after_the_thinking_is_read_not_a_draft_inside_it(srv, conten
     srv.reply = lambda ex: ok(content)
     done = ask(srv)
     assert done.value == {"label": "sea"} and done.reasks == 0 and "<think>" not in done.text
+
+
+def test_gpt_oss_harmony_channels_in_the_content_give_the_final_channel_never_the_analysis(srv):
+    # gpt-oss behind a server that does not parse its channels (mlx_lm.server, some llama.cpp
+    # builds): the raw Harmony markup arrives in `content`
+    srv.reply = lambda ex: ok('<|channel|>analysis<|message|>Marks on sea. Draft: {"label": "water"}; narrower.<|end|>'
+                              '<|start|>assistant<|channel|>final<|message|>{"label": "sea"}<|return|>')
+    done = ask(srv)
+    assert done.value == {"label": "sea"} and done.reasks == 0
+    srv.reply = lambda ex: ok('<|channel|>analysis<|message|>Ships. Draft: {"label": "boats"}. But the marks',
+                              finish="length")
+    with pytest.raises(AnswerInvalid, match="truncated judge output.*still thinking"):
+        ask(srv)
 
 
 @pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])  # vLLM / llama.cpp / LM Studio; Ollama
