@@ -39,9 +39,9 @@ def parse_base_url(url: str | None, env: Mapping[str, str] | None = None) -> Bas
 
 
 def not_found_hint(base: BaseURL) -> str:
-    """Where a 404 most likely comes from: a base URL without the API's /v1 ("" if it has a
-    version segment, is Azure's or OpenAI's default)."""
-    if base.url is None or base.azure_deployment or re.search(r"/v\d+(beta\d*)?$", urlsplit(base.url).path.rstrip("/")):
+    """Where a 404 most likely comes from: a base URL without the API's /v1 ("" if its path has a
+    version segment anywhere, as Gemini's .../v1beta/openai does, or it is Azure's or OpenAI's default)."""
+    if base.url is None or base.azure_deployment or re.search(r"/v\d+(beta\d*)?(/|$)", urlsplit(base.url).path):
         return ""
     return (f" (no chat completions under {base.url}: OpenAI-compatible servers serve them under /v1, "
             f"e.g. {base.url.rstrip('/')}/v1 for Ollama, vLLM, llama.cpp, LM Studio)")
