@@ -36,6 +36,8 @@ def error_message(e) -> str:
     """The server's own words in an error reply. The openai client hands over the body's `error`
     (a dict, or a string), or the body's text when it is not JSON, as `e.body`."""
     body = getattr(e, "body", None)
+    if isinstance(body, list) and body and isinstance(body[0], dict):  # Google's [{"error": {...}}]
+        body = body[0]
     if isinstance(body, dict):
         err = body.get("error", body)
         err = err if isinstance(err, (dict, str)) else body

@@ -403,13 +403,14 @@ def test_a_model_not_found_404_under_v1_gets_no_url_advice(srv):
 
 
 def test_a_404_under_a_versioned_path_that_ends_elsewhere_gets_no_url_advice(srv):
-    # Gemini's OpenAI-compatible endpoint is .../v1beta/openai: its version is not the last segment
+    # Gemini's OpenAI-compatible endpoint is .../v1beta/openai: its version is not the last segment,
+    # and Google's errors may come wrapped in a list
     root = srv.url[: -len("/v1")]
     srv.reply = lambda ex: (404, {}, js([{"error": {"code": 404, "status": "NOT_FOUND", "message":
                                                     "models/gemini-9 is not found for API version v1beta"}}]))
     with pytest.raises(RequestFailed) as e:
         ask(srv, base_url=f"{root}/v1beta/openai")
-    assert "HTTP 404" in e.value.reason and "/v1 for Ollama" not in e.value.reason
+    assert "HTTP 404: models/gemini-9 is not found" in e.value.reason and "/v1 for Ollama" not in e.value.reason
 
 
 def test_an_azure_deployment_url_sends_its_api_version_and_key_header(srv, monkeypatch):
