@@ -8,23 +8,17 @@ the constructors, never at import time of this module.
 from __future__ import annotations
 
 import asyncio
-import html
 import json
 import os
-import re
 import threading
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
-from .wire import ChatRequest, ChatResponse, PermanentError, TransientError, parse_retry_after
+from .base_url import not_found_hint, parse_base_url
+from .openai_replies import chat_response, error_message, html_title, looks_like_html, unsupported_param
+from .wire import (RETRYABLE_STATUS, ChatRequest, ChatResponse, PermanentError, TransientError, is_retryable,
+                   parse_retry_after)
 
 __all__ = ["OpenAIBackend", "TransformersBackend", "RETRYABLE_STATUS"]
-
-RETRYABLE_STATUS = frozenset({408, 429})  # plus every 5xx
-
-
-def _is_retryable(status: int) -> bool:
-    return status in RETRYABLE_STATUS or status >= 500
 
 
 class OpenAIBackend:
@@ -65,15 +59,8 @@ class OpenAIBackend:
         if max_tokens_param not in ("max_tokens", "max_completion_tokens"):
             raise ValueError("max_tokens_param must be 'max_tokens' or 'max_completion_tokens'")
         self.model = model
-        self.base_url, self._query = _split_base_url(base_url or os.environ.get("OPENAI_BASE_URL") or None)
-        self._azure_deployment = self.base_url is not None and "/openai/deployments/" in urlsplit(self.base_url).path
-        if self._azure_deployment and "api-version" not in self._query:
-            version = os.environ.get("OPENAI_API_VERSION")
-            if not version:
-                raise ValueError(
-                    "an Azure OpenAI deployment URL needs an API version: end the base URL with ?api-version=2024-10-21 "
-                    "(or set OPENAI_API_VERSION), or use the v1 endpoint https://RESOURCE.openai.azure.com/openai/v1")
-            self._query["api-version"] = version
+        self._base = parse_base_url(base_url or os.environ.get("OPENAI_BASE_URL") or None)
+        self.base_url = self._base.url
         key = api_key or os.environ.get("OPENAI_API_KEY")
         if not key:
             if self.base_url is None:
@@ -99,16 +86,16 @@ class OpenAIBackend:
         loop = asyncio.get_running_loop()
         c = self._clients.get(id(loop))
         if c is None or getattr(c, "_saesteer_loop", None) is not loop:
-            if self._azure_deployment:  # Azure's key header (api-key) and api-version query
+            if self._base.azure_deployment:  # Azure's key header (api-key) and api-version query
                 from openai import AsyncAzureOpenAI
 
-                query = dict(self._query)
+                query = dict(self._base.query)
                 version = query.pop("api-version")
                 c = AsyncAzureOpenAI(base_url=self.base_url, api_key=self._api_key, api_version=version,
                                      default_query=query or None, timeout=self.timeout_s, max_retries=0)
             else:
                 c = AsyncOpenAI(base_url=self.base_url, api_key=self._api_key, timeout=self.timeout_s, max_retries=0,
-                                default_query=self._query or None)
+                                default_query=self._base.query or None)
             c._saesteer_loop = loop
             self._clients = {id(loop): c}  # drop clients of finished loops
         return c
@@ -173,12 +160,12 @@ class OpenAIBackend:
             raise TransientError(f"connection error ({type(cause).__name__}: {cause})") from None
         except openai.APIStatusError as e:
             status = e.status_code
-            msg = _error_message(e)
-            if status == 400 and (param := _unsupported_param(e)):
+            msg = error_message(e)
+            if status == 400 and (param := unsupported_param(e)):
                 raise _Unsupported(param, f"HTTP 400: {msg}", body) from None
             if status == 404:
-                msg += self._not_found_hint(e)
-            if _is_retryable(status):
+                msg += not_found_hint(self._base)
+            if is_retryable(status):
                 raise TransientError(
                     f"HTTP {status}: {msg}", status=status, retry_after=parse_retry_after(e.response.headers)
                 ) from None
@@ -186,20 +173,12 @@ class OpenAIBackend:
         try:
             data = json.loads(text)
         except (json.JSONDecodeError, TypeError) as e:
-            if isinstance(text, str) and _looks_like_html(text):
+            if isinstance(text, str) and looks_like_html(text):
                 raise PermanentError(
-                    f"the server answered with an HTML page ({_html_title(text)}), not a chat completion: is "
+                    f"the server answered with an HTML page ({html_title(text)}), not a chat completion: is "
                     f"{self.base_url} the API's base URL (OpenAI-compatible servers serve it under /v1)?") from None
             raise TransientError(f"unreadable response body ({type(e).__name__})") from None
-        return _to_response(data)
-
-    def _not_found_hint(self, e) -> str:
-        """Where a 404 most likely comes from: a base URL without the API's /v1."""
-        path = urlsplit(self.base_url or "").path.rstrip("/")
-        if self.base_url is None or self._azure_deployment or re.search(r"/v\d+(beta\d*)?$", path):
-            return ""
-        return (f" (no chat completions under {self.base_url}: OpenAI-compatible servers serve them under /v1, "
-                f"e.g. {self.base_url.rstrip('/')}/v1 for Ollama, vLLM, llama.cpp, LM Studio)")
+        return chat_response(data)
 
     async def aclose(self) -> None:
         for c in list(self._clients.values()):
@@ -216,113 +195,6 @@ class _Unsupported(Exception):
         self.param = param
         self.reason = reason
         self.sent = sent  # the body that was refused
-
-
-def _split_base_url(url: str | None) -> tuple[str | None, dict[str, str]]:
-    """(base URL without its query, the query): the client would glue the path after the query."""
-    if url is None:
-        return None, {}
-    parts = urlsplit(url)
-    if parts.path.rstrip("/").endswith("/chat/completions"):
-        raise ValueError(f"the judge's base URL {url} ends in /chat/completions: give the API's base URL without it "
-                         "(e.g. http://localhost:8000/v1)")
-    return urlunsplit(parts._replace(query="", fragment="")), dict(parse_qsl(parts.query))
-
-
-def _unsupported_param(e) -> str | None:
-    """'max_tokens' or 'temperature' when a 400 says the model does not take it (OpenAI's words:
-    "Unsupported parameter: 'max_tokens' is not supported with this model. Use
-    'max_completion_tokens' instead." / "Unsupported value: 'temperature' does not support 0 with
-    this model. Only the default (1) value is supported."), else None."""
-    body = getattr(e, "body", None)
-    err = body.get("error", body) if isinstance(body, dict) else None
-    err = err if isinstance(err, dict) else {}
-    param = err.get("param")
-    message = str(err.get("message") or getattr(e, "message", "") or "")
-    for name in ("max_tokens", "temperature"):
-        named = param == name or f"'{name}'" in message
-        if named and (err.get("code") in ("unsupported_parameter", "unsupported_value")
-                      or message.lower().startswith("unsupported")):
-            return name
-    return None
-
-
-def _error_message(e) -> str:
-    body = getattr(e, "body", None)
-    if isinstance(body, dict):
-        err = body.get("error", body)
-        if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])[:300]
-        if isinstance(err, str) and err:
-            return err[:300]
-    if isinstance(body, str) and _looks_like_html(body):
-        return f"an HTML page ({_html_title(body)}), likely from a proxy in front of the server"
-    return str(getattr(e, "message", e))[:300]
-
-
-def _looks_like_html(text: str) -> bool:
-    head = text.lstrip()[:200].lower()
-    return head.startswith("<!doctype html") or head.startswith("<html") or "<head" in head or "<body" in head
-
-
-def _html_title(text: str) -> str:
-    m = re.search(r"<title[^>]*>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
-    title = " ".join(html.unescape(m.group(1)).split())[:120] if m else ""
-    return f"title {title!r}" if title else "no title"
-
-
-def _body_error(err: Any) -> Exception:
-    """The failure that an error object inside a 200 body stands for (OpenRouter reports errors met
-    while generating this way, with `code` the HTTP status it would have had)."""
-    if isinstance(err, dict):
-        msg = str(err.get("message") or err)[:300]
-        code = err.get("code")
-    else:
-        msg, code = str(err)[:300], None
-    try:
-        status = int(code)
-    except (TypeError, ValueError):
-        status = None
-    reason = f"the server answered 200 with an error: {msg}" + (f" (code {status})" if status else "")
-    if status is not None and 400 <= status < 500 and not _is_retryable(status):
-        return PermanentError(reason, status=status)
-    return TransientError(reason, status=status)
-
-
-def _to_response(data: Any) -> ChatResponse:
-    """A ChatResponse from a chat-completion JSON body, tolerating what lenient servers omit."""
-    choices = data.get("choices") if isinstance(data, dict) else None
-    if isinstance(data, dict) and data.get("error") and not choices:
-        raise _body_error(data["error"])
-    if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
-        # a 200 whose body is not a chat completion (a proxy's page, an empty list of choices)
-        raise TransientError(f"response had no choices (not a chat completion): {json.dumps(data)[:200]}")
-    ch = choices[0]
-    if ch.get("error"):  # OpenRouter: an error met mid-generation, finish_reason "error"
-        raise _body_error(ch["error"])
-    msg = ch.get("message") if isinstance(ch.get("message"), dict) else {}
-    text = msg.get("content")
-    if isinstance(text, list):  # content parts
-        text = "".join(p.get("text", "") for p in text if isinstance(p, dict))
-    refusal = msg.get("refusal")
-    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
-
-    def _int(x: Any) -> int:
-        try:
-            return max(0, int(x or 0))
-        except (TypeError, ValueError):
-            return 0
-
-    details = usage.get("completion_tokens_details")
-    reasoning = msg.get("reasoning_content") or msg.get("reasoning")  # vLLM, llama.cpp, LM Studio / Ollama, OpenRouter
-    return ChatResponse(
-        text if isinstance(text, str) else None,
-        _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens")),
-        refusal if isinstance(refusal, str) and refusal else None,
-        ch.get("finish_reason"),
-        reasoning_tokens=_int(details.get("reasoning_tokens")) if isinstance(details, dict) else 0,
-        reasoned=bool(reasoning),
-    )
 
 
 class TransformersBackend:

@@ -62,9 +62,12 @@ class JudgeConfig:
         default=0, metadata={"help": "output tokens added to every request's limit for a reasoning model's thinking (it "
                                      "counts as output; without room the answer is cut off), e.g. 2000"}
     )
-    reasoning_effort: str | None = field(
-        default=None, metadata={"help": "sent as reasoning_effort (OpenAI reasoning models: minimal, low, medium, high; "
-                                        "servers that pass it on read the same); lower effort, fewer reasoning tokens"}
+    # a plain str, "" for unset: `none` is a value servers take (thinking off), which the CLI would
+    # read as unset for an optional field
+    reasoning_effort: str = field(
+        default="", metadata={"help": "sent as reasoning_effort, e.g. none, minimal, low, medium, high (OpenAI reasoning "
+                                      "models; Ollama and vLLM read it too, none turns thinking off on Ollama); lower "
+                                      "effort, fewer reasoning tokens; empty: not sent"}
     )
     price_input: float | None = field(default=None, metadata={"help": "USD per million input tokens (default: built-in table, else unknown)"})
     price_output: float | None = field(default=None, metadata={"help": "USD per million output tokens"})
@@ -86,8 +89,7 @@ class JudgeConfig:
         _check(0.0 <= self.temperature <= 2.0, "JudgeConfig.temperature must be in [0, 2]")
         _check(isinstance(self.reasoning_tokens, int) and self.reasoning_tokens >= 0,
                "JudgeConfig.reasoning_tokens must be an integer >= 0")
-        if self.reasoning_effort is not None and not self.reasoning_effort.strip():
-            self.reasoning_effort = None
+        self.reasoning_effort = (self.reasoning_effort or "").strip()  # None (older configs, Python callers): unset
         for name in ("price_input", "price_output"):
             v = getattr(self, name)
             _check(v is None or v >= 0, f"JudgeConfig.{name} must be >= 0 (USD per million tokens)")
@@ -221,7 +223,7 @@ def make_judge(cfg: JudgeConfig, *, cache_path: Path | None, budget=None, env: M
             api_key=cfg.api_key or env.get(ENV_API_KEY) or None,
             timeout_s=cfg.timeout_s,
             max_tokens_param=cfg.max_tokens_param,
-            reasoning_effort=cfg.reasoning_effort,
+            reasoning_effort=cfg.reasoning_effort or None,
         )
     else:
         backend = TransformersBackend.from_pretrained(model, device=cfg.device)

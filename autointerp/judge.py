@@ -29,7 +29,8 @@ and then by `validate`; when that fails, or the model refuses, the judge re-asks
 and the reason are appended to the conversation) at most `max_reasks` times, then raises
 `AnswerInvalid`. An invalid answer is never returned. The answer is what follows a reasoning
 model's thinking (`<think>...</think>` in the content; reasoning sent in its own field is never
-read). Two endings are not re-asked, since asking again would end the same way: a reply cut off
+read: replies holding only that are re-asked, and the final error says how to turn thinking
+off). Two endings are not re-asked, since asking again would end the same way: a reply cut off
 at the output-token limit before any answer (a reasoning model that spent it thinking: the error
 says how to give it room, `reasoning_tokens` are added to every request's limit) and a reply
 withheld by the server's content filter.
@@ -360,6 +361,7 @@ class Judge:
         tally = _Tally()
         want_json = schema is not None or validate is not None
         last_reason = ""
+        only_reasoning = False  # the last reply held reasoning and no answer
         for ask in range(self.max_reasks + 1):
             request = self.request_for(conv, max_tokens, temperature)
             resp = await self._send(request, tally)
@@ -387,6 +389,7 @@ class Judge:
                 if resp.finish_reason == "length":
                     reason += " (the answer was cut off at the token limit; be brief)"
                 last_reason = reason
+                only_reasoning = resp.reasoned and not text.strip()
                 conv.append({"role": "assistant", "content": text[:2000]})  # not its thinking
                 conv.append({"role": "user", "content": _REASK.format(reason=reason)})
                 continue
@@ -395,7 +398,8 @@ class Judge:
                 prompt_tokens=tally.prompt_tokens, completion_tokens=tally.completion_tokens,
                 cost_usd=tally.cost, requests=tally.requests, cached=tally.cached, reasks=ask,
             )
-        raise AnswerInvalid(f"no valid answer after {self.max_reasks + 1} asks; last problem: {last_reason}")
+        raise AnswerInvalid(f"no valid answer after {self.max_reasks + 1} asks; last problem: {last_reason}"
+                            + (_ONLY_REASONING if only_reasoning else ""))
 
     async def complete_many(self, calls: Sequence[JudgeCall]) -> list[Completion | JudgeError | BudgetExceeded]:
         """Run many calls concurrently (bounded by `concurrency`); each slot of the result is a
@@ -438,6 +442,12 @@ def _no_running_loop(name: str) -> None:
     except RuntimeError:
         return
     raise RuntimeError(f"Judge.{name} was called inside a running event loop; `await judge.complete(...)` there instead")
+
+
+# Ollama's /v1 serves some thinking models (gemma4) this way whatever the limit: all text in
+# `reasoning`, none in `content`, unless thinking is turned off
+_ONLY_REASONING = (" (the model wrote only reasoning, in its own field, and no answer: turn its thinking off with "
+                   "JudgeConfig.reasoning_effort none, --judge-reasoning-effort none, which Ollama reads)")
 
 
 def _no_room_to_answer(request: ChatRequest, resp: ChatResponse, cut_thinking: bool) -> str:

@@ -45,15 +45,24 @@ class ChatResponse:
 
 _THINK_OPEN = re.compile(r"<(think|thinking)>", re.IGNORECASE)
 _THINK_CLOSE = re.compile(r"</(think|thinking)>", re.IGNORECASE)
+# gpt-oss's Harmony markup: <|channel|>analysis<|message|>...<|end|><|start|>assistant<|channel|>final<|message|>...
+_HARMONY_FINAL = re.compile(r"<\|channel\|>\s*final\s*(?:<\|constrain\|>\S*?)?<\|message\|>")
+_HARMONY_END = re.compile(r"(?:<\|(?:return|end|call)\|>\s*)+$")
 
 
 def split_thinking(text: str | None) -> tuple[str, bool]:
     """(the answer, whether a thinking block was cut off) of a reply whose content may hold the
     model's reasoning (DeepSeek-R1, Qwen3, QwQ served without a reasoning parser):
     `<think>...</think>answer`, or `...</think>answer` when the chat template opened the block
-    itself. A block that never closes is all thinking: the answer is empty, and it was cut off."""
+    itself; gpt-oss's raw Harmony channels, whose answer is the `final` channel. A block that
+    never closes (Harmony: no final channel) is all thinking: the answer is empty, and it was cut off."""
     if not text:
         return "", False
+    finals = list(_HARMONY_FINAL.finditer(text))
+    if finals:
+        return _HARMONY_END.sub("", text[finals[-1].end():]).strip(), False
+    if text.lstrip().startswith(("<|channel|>", "<|start|>")):
+        return "", True
     closes = list(_THINK_CLOSE.finditer(text))
     if closes:
         return text[closes[-1].end():].strip(), False
@@ -61,6 +70,14 @@ def split_thinking(text: str | None) -> tuple[str, bool]:
     if opened:
         return "", True
     return text, False
+
+
+RETRYABLE_STATUS = frozenset({408, 429})  # plus every 5xx
+
+
+def is_retryable(status: int) -> bool:
+    """Whether an HTTP status is worth retrying (a rate limit, a timeout, a server error)."""
+    return status in RETRYABLE_STATUS or status >= 500
 
 
 class TransientError(Exception):

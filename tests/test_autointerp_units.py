@@ -256,7 +256,7 @@ def test_configs_validate_and_resolve():
 
 
 def test_lenient_chat_completion_parsing():
-    from autointerp.backends import _to_response
+    from autointerp.openai_replies import chat_response as _to_response
     from autointerp.wire import TransientError
 
     r = _to_response({"choices": [{"message": {"content": [{"type": "text", "text": "{\"label\": "},

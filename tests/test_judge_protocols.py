@@ -9,7 +9,8 @@ What these paths show:
   once with one line naming `--judge-reasoning-tokens` / `--judge-reasoning-effort`, which work;
 - local reasoning models (DeepSeek-R1, Qwen3 on Ollama / vLLM / llama.cpp / LM Studio): the answer
   after `<think>...</think>` (or after a lone `</think>`) is read, never a draft inside the
-  thinking; a think block cut off at the limit is a "truncated judge output" error, not a label;
+  thinking, and gpt-oss's raw Harmony channels give their `final` channel, never the analysis; a
+  think block cut off at the limit is a "truncated judge output" error, not a label;
   reasoning in its own field (`reasoning_content`, `reasoning`) is never read;
 - bodies that are not a usable answer: `finish_reason: "content_filter"` (not re-asked), a 200
   carrying an `error` object (OpenRouter; its `code` decides retry or not), an `error` inside the
@@ -27,6 +28,7 @@ replies through the server's `reply` hook.
 from __future__ import annotations
 
 import json
+import threading
 import warnings
 
 import pytest
@@ -131,6 +133,32 @@ def test_a_reasoning_model_refusing_max_tokens_and_temperature_answers_after_one
     assert sent.body["max_completion_tokens"] == 256 and "max_tokens" not in sent.body and "temperature" not in sent.body
 
 
+def test_concurrent_refusals_are_each_resent_and_said_once(srv):
+    # every request of a batch goes out before the first refusal comes back: each is refused for
+    # max_tokens (and most for temperature) while another already switched; all must still answer
+    from autointerp.judge import JudgeCall
+
+    n = 4
+    arrived = threading.Barrier(n, timeout=10)
+    refuse = openai_reasoning_model(lambda body: '{"label": "sea words"}')
+
+    def reply(ex):
+        if "max_tokens" in ex.body:
+            arrived.wait()  # all n in flight at once
+        return refuse(ex)
+
+    srv.reply = reply
+    j = judge(srv, model="o3-concurrent", concurrency=n)
+    calls = [JudgeCall([ASK[0], {"role": "user", "content": f"<examples>sea {i}</examples>"}], LABEL) for i in range(n)]
+    with pytest.warns(SaesteerWarning) as notes:
+        done = j.complete_many_sync(calls)
+    assert [getattr(d, "value", d) for d in done] == [{"label": "sea words"}] * n
+    said = [str(w.message) for w in notes]
+    assert sum("does not take max_tokens" in m for m in said) == 1
+    assert sum("default temperature" in m for m in said) == 1
+    assert len(chats(srv)) <= 3 * n
+
+
 def test_saesteer_label_with_a_gpt5_style_judge_labels_and_says_what_it_switched(srv, tmp_path):
     from helpers.label_store import build_trigger_store
 
@@ -179,6 +207,39 @@ def test_ollama_reasoning_field_with_an_empty_answer_at_the_limit_is_a_truncatio
     assert len(chats(srv)) == 1
 
 
+def test_saesteer_label_can_turn_an_ollama_models_thinking_off_with_reasoning_effort_none(srv, tmp_path):
+    # Ollama's /v1 for a thinking model (gemma4): content "" and the text in `reasoning`, unless the
+    # request says reasoning_effort "none" (thinking off; `think: false` is not read on /v1)
+    from helpers.label_store import build_trigger_store
+
+    path, triggers = build_trigger_store(tmp_path / "toy.db", n_latents=1)
+
+    def reply(ex):
+        if ex.body.get("reasoning_effort") == "none":
+            return ok(fake_llm_answer(ex.body))
+        return ok("", message_extra={"reasoning": "The marked tokens are all one word, so the label is that word."})
+
+    srv.reply = reply
+    saesteer("label", "--store", path, "--judge-model", "gemma4:26b", "--judge-base-url", srv.url,
+             "--judge-reasoning-effort", "none", "--scorers", "detection", "--embed-backend", "none",
+             "--no-progress").ok()
+    assert {e.body.get("reasoning_effort") for e in chats(srv)} == {"none"}
+    from features import FeatureStore
+
+    with FeatureStore.open(path) as st:
+        assert st.feature(0).label.text == triggers[0]
+
+
+def test_replies_holding_only_reasoning_fail_naming_the_setting_that_turns_thinking_off(srv):
+    # the same Ollama shape with finish_reason "stop": re-asked (a later reply may answer), then one line
+    srv.reply = lambda ex: ok("", message_extra={"reasoning": 'The label is {"label": "sea"}.'})
+    with pytest.raises(AnswerInvalid) as e:
+        ask(srv)
+    assert "only reasoning" in e.value.reason and "--judge-reasoning-effort none" in e.value.reason
+    assert flags_named(e.value.reason) <= known_flags("label")
+    assert len(chats(srv)) == 3  # 1 + max_reasks: never read from the reasoning field
+
+
 # ---------------------------------------------------------------------------------------------
 # local reasoning models: thinking in the content, or beside it
 
@@ -193,6 +254,19 @@ def test_the_answer_after_the_thinking_is_read_not_a_draft_inside_it(srv, conten
     srv.reply = lambda ex: ok(content)
     done = ask(srv)
     assert done.value == {"label": "sea"} and done.reasks == 0 and "<think>" not in done.text
+
+
+def test_gpt_oss_harmony_channels_in_the_content_give_the_final_channel_never_the_analysis(srv):
+    # gpt-oss behind a server that does not parse its channels (mlx_lm.server, some llama.cpp
+    # builds): the raw Harmony markup arrives in `content`
+    srv.reply = lambda ex: ok('<|channel|>analysis<|message|>Marks on sea. Draft: {"label": "water"}; narrower.<|end|>'
+                              '<|start|>assistant<|channel|>final<|message|>{"label": "sea"}<|return|>')
+    done = ask(srv)
+    assert done.value == {"label": "sea"} and done.reasks == 0
+    srv.reply = lambda ex: ok('<|channel|>analysis<|message|>Ships. Draft: {"label": "boats"}. But the marks',
+                              finish="length")
+    with pytest.raises(AnswerInvalid, match="truncated judge output.*still thinking"):
+        ask(srv)
 
 
 @pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])  # vLLM / llama.cpp / LM Studio; Ollama
@@ -307,12 +381,36 @@ def test_ollamas_base_url_without_v1_gets_the_url_to_use(srv):
         judge(srv, base_url=f"{root}/v1/chat/completions")
 
 
+@pytest.mark.parametrize("status, headers, body, said", [
+    (404, {"Content-Type": "text/plain"}, b"404 page not found", "404 page not found"),  # Gin (Ollama)
+    (404, {}, b'{"detail": "Not Found"}', "Not Found"),  # FastAPI (vLLM, SGLang) off its routes
+    (401, {}, b'{"error": "Invalid API key"}', "Invalid API key"),  # an error given as a string
+])
+def test_error_bodies_that_are_not_openai_shaped_are_shown(srv, status, headers, body, said):
+    # the openai client hands over the body's `error` (or the body's text) as e.body, not the body
+    srv.reply = lambda ex: (status, headers, body)
+    with pytest.raises(RequestFailed) as e:
+        ask(srv, base_url=srv.url[: -len("/v1")] if status == 404 else None)
+    assert f"HTTP {status}: {said}" in e.value.reason
+
+
 def test_a_model_not_found_404_under_v1_gets_no_url_advice(srv):
     srv.reply = lambda ex: (404, {}, js({"error": {"message": 'model "qwen3:8b" not found, try pulling it first',
                                                    "type": "api_error", "param": None, "code": None}}))
     with pytest.raises(RequestFailed) as e:
         ask(srv)
     assert "try pulling it first" in e.value.reason and "/v1 for Ollama" not in e.value.reason
+
+
+def test_a_404_under_a_versioned_path_that_ends_elsewhere_gets_no_url_advice(srv):
+    # Gemini's OpenAI-compatible endpoint is .../v1beta/openai: its version is not the last segment,
+    # and Google's errors may come wrapped in a list
+    root = srv.url[: -len("/v1")]
+    srv.reply = lambda ex: (404, {}, js([{"error": {"code": 404, "status": "NOT_FOUND", "message":
+                                                    "models/gemini-9 is not found for API version v1beta"}}]))
+    with pytest.raises(RequestFailed) as e:
+        ask(srv, base_url=f"{root}/v1beta/openai")
+    assert "HTTP 404: models/gemini-9 is not found" in e.value.reason and "/v1 for Ollama" not in e.value.reason
 
 
 def test_an_azure_deployment_url_sends_its_api_version_and_key_header(srv, monkeypatch):

@@ -1,0 +1,117 @@
+"""What an OpenAI-protocol server's reply means: a chat completion read leniently into a
+`ChatResponse`, an error object inside a 200 (OpenRouter), the server's own words in an error
+reply, a 400 refusing one request parameter (reasoning models), an HTML page where JSON was due."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from typing import Any
+
+from .wire import ChatResponse, PermanentError, TransientError, is_retryable
+
+__all__ = ["chat_response", "error_message", "html_title", "looks_like_html", "unsupported_param"]
+
+
+def unsupported_param(e) -> str | None:
+    """'max_tokens' or 'temperature' when a 400 says the model does not take it (OpenAI's words:
+    "Unsupported parameter: 'max_tokens' is not supported with this model. Use
+    'max_completion_tokens' instead." / "Unsupported value: 'temperature' does not support 0 with
+    this model. Only the default (1) value is supported."), else None."""
+    body = getattr(e, "body", None)
+    err = body.get("error", body) if isinstance(body, dict) else None
+    err = err if isinstance(err, dict) else {}
+    param = err.get("param")
+    message = str(err.get("message") or getattr(e, "message", "") or "")
+    for name in ("max_tokens", "temperature"):
+        named = param == name or f"'{name}'" in message
+        if named and (err.get("code") in ("unsupported_parameter", "unsupported_value")
+                      or message.lower().startswith("unsupported")):
+            return name
+    return None
+
+
+def error_message(e) -> str:
+    """The server's own words in an error reply. The openai client hands over the body's `error`
+    (a dict, or a string), or the body's text when it is not JSON, as `e.body`."""
+    body = getattr(e, "body", None)
+    if isinstance(body, list) and body and isinstance(body[0], dict):  # Google's [{"error": {...}}]
+        body = body[0]
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        err = err if isinstance(err, (dict, str)) else body
+        if isinstance(err, dict):  # OpenAI's {"message": ...}; FastAPI's {"detail": ...} (vLLM, SGLang off-route)
+            body = next((v for k in ("message", "detail") if isinstance(v := err.get(k), str) and v), None)
+        else:
+            body = err
+    if isinstance(body, str) and body.strip():
+        if looks_like_html(body):
+            return f"an HTML page ({html_title(body)}), likely from a proxy in front of the server"
+        return " ".join(body.split())[:300]
+    return str(getattr(e, "message", e))[:300]
+
+
+def looks_like_html(text: str) -> bool:
+    head = text.lstrip()[:200].lower()
+    return head.startswith("<!doctype html") or head.startswith("<html") or "<head" in head or "<body" in head
+
+
+def html_title(text: str) -> str:
+    m = re.search(r"<title[^>]*>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
+    title = " ".join(html.unescape(m.group(1)).split())[:120] if m else ""
+    return f"title {title!r}" if title else "no title"
+
+
+def _body_error(err: Any) -> Exception:
+    """The failure that an error object inside a 200 body stands for (OpenRouter reports errors met
+    while generating this way, with `code` the HTTP status it would have had)."""
+    if isinstance(err, dict):
+        msg = str(err.get("message") or err)[:300]
+        code = err.get("code")
+    else:
+        msg, code = str(err)[:300], None
+    try:
+        status = int(code)
+    except (TypeError, ValueError):
+        status = None
+    reason = f"the server answered 200 with an error: {msg}" + (f" (code {status})" if status else "")
+    if status is not None and 400 <= status < 500 and not is_retryable(status):
+        return PermanentError(reason, status=status)
+    return TransientError(reason, status=status)
+
+
+def chat_response(data: Any) -> ChatResponse:
+    """A ChatResponse from a chat-completion JSON body, tolerating what lenient servers omit."""
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if isinstance(data, dict) and data.get("error") and not choices:
+        raise _body_error(data["error"])
+    if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
+        # a 200 whose body is not a chat completion (a proxy's page, an empty list of choices)
+        raise TransientError(f"response had no choices (not a chat completion): {json.dumps(data)[:200]}")
+    ch = choices[0]
+    if ch.get("error"):  # OpenRouter: an error met mid-generation, finish_reason "error"
+        raise _body_error(ch["error"])
+    msg = ch.get("message") if isinstance(ch.get("message"), dict) else {}
+    text = msg.get("content")
+    if isinstance(text, list):  # content parts
+        text = "".join(p.get("text", "") for p in text if isinstance(p, dict))
+    refusal = msg.get("refusal")
+    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+
+    def _int(x: Any) -> int:
+        try:
+            return max(0, int(x or 0))
+        except (TypeError, ValueError):
+            return 0
+
+    details = usage.get("completion_tokens_details")
+    reasoning = msg.get("reasoning_content") or msg.get("reasoning")  # vLLM, llama.cpp, LM Studio / Ollama, OpenRouter
+    return ChatResponse(
+        text if isinstance(text, str) else None,
+        _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens")),
+        refusal if isinstance(refusal, str) and refusal else None,
+        ch.get("finish_reason"),
+        reasoning_tokens=_int(details.get("reasoning_tokens")) if isinstance(details, dict) else 0,
+        reasoned=bool(reasoning),
+    )
