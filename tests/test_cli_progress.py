@@ -122,8 +122,9 @@ def test_eval_shows_bars_over_its_contexts_unless_no_progress(tmp_path, capsys):
         return capsys.readouterr().err
 
     argv = ["eval", "--sae", str(tmp_path / "sae"), "--model", "toy", "--contexts", "6", "--ce-contexts", "4",
-            "--model-batch-size", "2", "--ce-batch-size", "2", "--absorption", "false", "--probing", "false"]
-    _bars_with_and_without(run, argv, ["held-out activations", "CE/KL spliced"])
+            "--model-batch-size", "2", "--ce-batch-size", "2", "--absorption-max-k", "1", "--probing-ks", "1"]
+    _bars_with_and_without(run, argv, ["held-out activations", "CE/KL spliced", "first-letter words", "absorption",
+                                       "sparse probing"])
 
 
 # -- the libraries' own bars ------------------------------------------------------------------------
