@@ -76,6 +76,24 @@ def test_steer_shows_a_bar_over_its_generation_passes_unless_no_progress(tiny, c
     _bars_with_and_without(run, argv, ["generating unsteered"])
 
 
+def test_steer_contrast_shows_a_bar_over_its_prompts_unless_no_progress(tiny, tmp_path, capsys):
+    import json
+
+    from saesteer.commands import steer
+
+    def run(argv):
+        assert steer._run(build_parser().parse_args(argv), model=tiny.model) == 0
+        got = capsys.readouterr()
+        assert len(json.loads(got.out)) == 2  # stdout stays the JSON: the bar is on stderr
+        return got.err
+
+    pos, neg = tmp_path / "pos.txt", tmp_path / "neg.txt"
+    pos.write_text("the sea and the ship\nthe whale at the shore\nwaves\n")
+    neg.write_text("the tree in the forest\nbread and soup\n")
+    argv = ["steer", "--sae", str(tiny.path.parent / "sae"), "--contrast", str(pos), str(neg), "--top", "2", "--json"]
+    _bars_with_and_without(run, argv, ["contrast activations"])
+
+
 def test_steer_eval_shows_a_bar_over_each_sweep_unless_no_progress(tiny, tmp_path, capsys):
     from saesteer.commands import steer_eval
 
