@@ -336,3 +336,31 @@ def test_nested_blocks_put_back_what_each_found():
         tl.enable_progress_bar()
         datasets.utils.enable_progress_bars()
         huggingface_hub.utils.enable_progress_bars()
+
+
+def test_a_block_that_fails_to_turn_a_switch_leaves_nothing_behind():
+    """A switch that fails part way (here the hub's) is an error of that block only: every switch
+    is put back, and the next block still quiets datasets on import (its import hook is free)."""
+    code = """
+import sys
+import huggingface_hub.utils as hub
+from saesteer import librarybars
+from saesteer.librarybars import library_bars
+
+real = hub.disable_progress_bars
+def broken():
+    raise RuntimeError("switch broke")
+hub.disable_progress_bars = broken
+try:
+    with library_bars(enabled=False):
+        pass
+except RuntimeError:
+    pass
+hub.disable_progress_bars = real
+left = (librarybars._import_hook, [f for f in sys.meta_path if type(f).__name__ == "_QuietOnImport"])
+with library_bars(enabled=False):
+    import datasets
+    inside = datasets.utils.are_progress_bars_disabled()
+print(left, inside, hub.are_progress_bars_disabled())
+"""
+    assert _python(code) == "(None, []) True False"
