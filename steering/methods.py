@@ -165,16 +165,16 @@ def _check_compare_args(prompts: Sequence[str], latents, has_sets: bool) -> None
 
 
 def _candidate_features(model: Model, sae: SAE, latents: Sequence[int] | None, positive, negative, *,
-                        has_sets: bool, n_candidates: int, typical_max, allow_model_mismatch: bool
-                        ) -> tuple[list[int], dict[int, float]]:
+                        has_sets: bool, n_candidates: int, typical_max, allow_model_mismatch: bool,
+                        bars: bool = False) -> tuple[list[int], dict[int, float]]:
     """The candidate latents (given, or the top ones by contrast) and, where needed to scale
-    strengths, each one's mean activation on the positive prompts."""
+    strengths, each one's mean activation on the positive prompts. `bars`: the contrast's bar."""
     from steering.search import contrast_features
 
     mean_pos: dict[int, float] = {}
     if latents is None:
         ranked = contrast_features(model, sae, positive, negative, top=max(1, n_candidates),
-                                   allow_model_mismatch=allow_model_mismatch)
+                                   allow_model_mismatch=allow_model_mismatch, progress=bars)
         cands = [c.latent for c in ranked]
         mean_pos = {c.latent: max(float(c.mean_positive or 0.0), 1e-3) for c in ranked}
         return cands, mean_pos
@@ -286,7 +286,8 @@ def compare_methods(
     seeds; `CompareConfig()` by default). `latents` skips the contrast search; `positive`/`negative`
     are needed for the contrast search and for difference of means (without them that method is
     left out); `cue` enables prompting. `test_prompts` (default `prompts`) are scored on the test seed.
-    `progress` is told each step as it starts; `bars` draws a bar (stderr) over each dev sweep."""
+    `progress` is told each step as it starts; `bars` draws bars (stderr) over the contrast search's
+    prompts and each dev sweep."""
     from steering.baselines import prompting_baseline
     from steering.resolve import check_models, sae_hook_name
 
@@ -305,7 +306,7 @@ def compare_methods(
     run.test("unsteered", None, None)
     cands, mean_pos = _candidate_features(model, sae, latents, positive, negative, has_sets=has_sets,
                                           n_candidates=cfg.candidates, typical_max=typical_max,
-                                          allow_model_mismatch=allow_model_mismatch)
+                                          allow_model_mismatch=allow_model_mismatch, bars=bars)
     picks["SAE feature"] = _run_sae_feature(run, cands, mean_pos, say)
     if has_sets:
         picks["diff-of-means"] = _run_diff_of_means(run, hook, positive, negative, say)

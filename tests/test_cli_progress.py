@@ -110,7 +110,7 @@ def test_steer_eval_shows_a_bar_over_each_sweep_unless_no_progress(tiny, tmp_pat
             "--positive", str(pos), "--negative", str(neg), "--samples", "1", "--do-sample", "false",
             "--max-new-tokens", "3", "--sae-strengths", "1,3", "--vector-strengths", "1,2", "--candidates", "1",
             "--json"]
-    _bars_with_and_without(run, argv, ["sweep"])
+    _bars_with_and_without(run, argv, ["contrast activations", "sweep"])
 
 
 def test_features_embed_shows_a_bar_over_the_labels_unless_no_progress(tiny, tmp_path, capsys):

@@ -56,7 +56,8 @@ def add_arguments(parser) -> None:
     o.add_argument("--out", default=None, metavar="FILE", help="write the scorecard (JSON) here")
     o.add_argument("--save-preset", default=None, metavar="NAME", help="save the SAE pick as a preset in --store")
     o.add_argument("--json", action="store_true", help="print the scorecard as JSON instead of a table")
-    o.add_argument("--no-progress", action="store_true", help="no progress bars (over each sweep's strengths)")
+    o.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (over the contrast search's prompts and each sweep's strengths)")
     add_dataclass_arguments(parser, CompareConfig, title="methods")
     add_dataclass_arguments(parser, GenerationConfig, title="generation")
     add_dataclass_arguments(parser, JudgeConfig, prefix="judge_", title="judge (with --concept)")
