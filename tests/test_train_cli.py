@@ -64,12 +64,11 @@ def test_train_cli_outputs_and_resume(cache: Path, tmp_path: Path, capsys) -> No
 
 
 def test_resume_refusal_paths_without_a_flag_stay_fields() -> None:
-    from saesteer.cli import build_parser
     from saesteer.commands.train import config_paths_as_flags
 
-    train = next(a for a in build_parser()._actions if hasattr(a, "choices") and a.choices)._name_parser_map["train"]
     said = config_paths_as_flags("  - train.no_such_field: checkpoint 1, now 2\n  - checkpoint.every_tokens: x\n"
-                                 "  - saes.len: checkpoint 2, now 1\n  - eval.every_tokens /runs/train.k_aux", train)
+                                 "  - saes.len: checkpoint 2, now 1\n  - eval.every_tokens /runs/train.k_aux",
+                                 _train_parser())
     assert said == ("  - train.no_such_field: checkpoint 1, now 2\n  - --checkpoint-every-tokens: x\n"
                     "  - the number of SAEs (--architecture, --d-sae, --k): checkpoint 2, now 1\n"
                     "  - --eval-every-tokens /runs/train.k_aux")
@@ -78,7 +77,7 @@ def test_resume_refusal_paths_without_a_flag_stay_fields() -> None:
 def _train_parser():
     from saesteer.cli import build_parser
 
-    return next(a for a in build_parser()._actions if hasattr(a, "choices") and a.choices)._name_parser_map["train"]
+    return build_parser().parse_args(["train"])._parser  # the sub-command's parser, as the CLI's boundary gets it
 
 
 def test_resume_refusal_never_names_a_flag_of_another_field() -> None:
