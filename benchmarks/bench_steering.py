@@ -541,7 +541,7 @@ def toy(args) -> str:
                                  sae_strengths=args.strengths if link else [4 * s for s in args.strengths],
                                  vector_strengths=args.vec_strengths, target_concept=0.5, min_fluency=0.8,
                                  rule=args.rule, dev_seed=args.dev_seed, test_seed=args.test_seed),
-            progress=lambda msg, t=topic: print(f"  {t}: {msg}", file=sys.stderr, flush=True))
+            say=lambda msg, t=topic: print(f"  {t}: {msg}", file=sys.stderr, flush=True))
         pick = card.picks["SAE feature"]
         result = {"topic": topic, "latent": pick.latent, "pool": pool,
                   "f1_feature": by_f1[0].latent if by_f1 else None, "f1": by_f1[0].f1 if by_f1 else None}

@@ -61,8 +61,11 @@ def vocabulary_words(tokenizer, min_chars: int = 2) -> list[tuple[int, str]]:
 
 
 def word_activations(model, hook: str, tokenizer, token_ids: list[int], prefix: str = "",
-                     batch_size: int = 64) -> Tensor:
-    """[W, D] activations at each word's position in BOS + prefix + word."""
+                     batch_size: int = 64, progress: bool = False) -> Tensor:
+    """[W, D] activations at each word's position in BOS + prefix + word. `progress`: a bar (stderr)
+    over the words (a large vocabulary's are tens of thousands of forward rows)."""
+    from tqdm.auto import tqdm
+
     from training.runner import ActivationRunner
 
     head: list[int] = []
@@ -72,17 +75,22 @@ def word_activations(model, hook: str, tokenizer, token_ids: list[int], prefix: 
         head += list(tokenizer.encode(prefix, add_special_tokens=False))
     inputs = torch.tensor([head + [t] for t in token_ids], dtype=torch.long)
     runner = ActivationRunner(model, [hook], forward="transformer_lens")
-    parts = [runner.run(chunk)[hook][:, -1].to("cpu", torch.float32) for chunk in inputs.split(batch_size)]
+    parts = []
+    with tqdm(total=len(inputs), desc="first-letter words", unit="word", disable=not progress) as bar:
+        for chunk in inputs.split(batch_size):
+            parts.append(runner.run(chunk)[hook][:, -1].to("cpu", torch.float32))
+            bar.update(len(chunk))
     return torch.cat(parts)
 
 
 class FirstLetterWords:
     """The first-letter task's words (`vocabulary_words`) and the model's activations on them at each
     hook, each computed once on first use and shared by every SAE that reads that hook (every SAE of a
-    `saesteer eval` report, whatever text it was evaluated on)."""
+    `saesteer eval` report, whatever text it was evaluated on). `progress`: a bar (stderr) over the
+    words of each hook's forward pass."""
 
-    def __init__(self, model, tokenizer, prefix: str = "") -> None:
-        self.model, self.tokenizer, self.prefix = model, tokenizer, prefix
+    def __init__(self, model, tokenizer, prefix: str = "", progress: bool = False) -> None:
+        self.model, self.tokenizer, self.prefix, self.progress = model, tokenizer, prefix, progress
         self._words: list[tuple[int, str]] | None = None
         self._acts: dict[str, Tensor] = {}
 
@@ -97,7 +105,7 @@ class FirstLetterWords:
         if hook not in self._acts:
             say(f"first-letter task: {len(self.words)} single-token words at {hook}")
             self._acts[hook] = word_activations(self.model, hook, self.tokenizer, [t for t, _ in self.words],
-                                                self.prefix)
+                                                self.prefix, progress=self.progress)
         return self._acts[hook]
 
 
@@ -151,20 +159,24 @@ def _word_absorption(acts_F: Tensor, cos_F: Tensor, probe_proj: float, main: lis
 
 @torch.no_grad()
 def first_letter_absorption(sae: SAE, acts_WD: Tensor, words: list[str], *, max_k: int = 10,
-                            f1_jump: float = 0.03, min_words: int = 4, seed: int = 0) -> dict[str, Any]:
-    """Absorption figures of `sae` from word activations `acts_WD` (see the module docstring)."""
+                            f1_jump: float = 0.03, min_words: int = 4, seed: int = 0,
+                            progress: bool = False) -> dict[str, Any]:
+    """Absorption figures of `sae` from word activations `acts_WD` (see the module docstring).
+    `progress`: a bar (stderr) over the letters (each fits up to max_k + 1 probes)."""
     with one_thread():  # many small problems
-        return _absorption(sae, acts_WD, words, max_k, f1_jump, min_words, seed)
+        return _absorption(sae, acts_WD, words, max_k, f1_jump, min_words, seed, progress)
 
 
 def _absorption(sae: SAE, acts_WD: Tensor, words: list[str], max_k: int, f1_jump: float, min_words: int,
-                seed: int) -> dict[str, Any]:
+                seed: int, progress: bool = False) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
     letters_W = [w[0].lower() for w in words]
     train, test = _split(len(words), seed)
     table = latent_table(sae, acts_WD)
     dec_FD = sae.W_dec.detach().float().cpu()
     per_letter: dict[str, dict[str, Any]] = {}
-    for letter in sorted(set(letters_W)):
+    for letter in tqdm(sorted(set(letters_W)), desc="absorption", unit="letter", disable=not progress):
         y = torch.tensor([lw == letter for lw in letters_W])
         if int(y[train].sum()) < min_words or int(y[test].sum()) < 1 or int((~y[train]).sum()) < 1:
             continue

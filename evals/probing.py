@@ -92,18 +92,23 @@ def _halves(items: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @torch.no_grad()
-def sparse_probing(sae: SAE, data: ProbingData, tasks: Sequence[Task], ks: Sequence[int]) -> dict[str, Any]:
-    """Test accuracy of k-latent probes for every task and k, and of the model-activation probe."""
+def sparse_probing(sae: SAE, data: ProbingData, tasks: Sequence[Task], ks: Sequence[int],
+                   progress: bool = False) -> dict[str, Any]:
+    """Test accuracy of k-latent probes for every task and k, and of the model-activation probe.
+    `progress`: a bar (stderr) over the tasks."""
     with one_thread():  # many small problems
-        return _sparse_probing(sae, data, tasks, ks)
+        return _sparse_probing(sae, data, tasks, ks, progress)
 
 
-def _sparse_probing(sae: SAE, data: ProbingData, tasks: Sequence[Task], ks: Sequence[int]) -> dict[str, Any]:
+def _sparse_probing(sae: SAE, data: ProbingData, tasks: Sequence[Task], ks: Sequence[int],
+                    progress: bool = False) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
     model_ID = _pool(data.x_RD, data.item_R, data.n_items)
     table = latent_table(sae, data.x_RD, data.item_R, data.n_items)
     ks = [k for k in ks if k <= sae.d_sae]
     per_task: dict[str, dict[str, Any]] = {}
-    for task in tasks:
+    for task in tqdm(tasks, desc="sparse probing", unit="task", disable=not progress):
         (pos_tr, pos_te), (neg_tr, neg_te) = _halves(task.pos_items), _halves(task.neg_items)
         if not len(pos_te) or not len(neg_te):
             continue

@@ -66,10 +66,11 @@ def evaluate_saes(saes: Mapping[str, Any], inputs: EvalInputs, cfg: EvalConfig,
                   say: Callable[[str], None] = lambda _: None, progress: bool = False) -> dict[str, dict[str, Any]]:
     """{name: {description..., "metrics": {...}, "absorption": {...}, "probing": {...}}}; `ce_skipped`:
     why CE loss recovered and KL were left out (`training.evaluate.splice_problem`). `say` is told
-    each step; `progress` draws a bar (stderr) over the CE contexts."""
+    each step; `progress` draws bars (stderr) over the CE contexts, the absorption letters and the
+    probing tasks (the words' forward pass: `FirstLetterWords`'s own `progress`)."""
     words = inputs.absorption_words
     if words is None and cfg.absorption and inputs.tokenizer is not None:
-        words = FirstLetterWords(inputs.model, inputs.tokenizer, cfg.absorption_prefix)
+        words = FirstLetterWords(inputs.model, inputs.tokenizer, cfg.absorption_prefix, progress)
     if words is not None and (words.model is not inputs.model or words.prefix != cfg.absorption_prefix):
         raise ValueError(f"the shared absorption words were read on another model or with the prefix {words.prefix!r}, "
                          f"not absorption_prefix {cfg.absorption_prefix!r}: build them with this model and config")
@@ -97,12 +98,13 @@ def evaluate_saes(saes: Mapping[str, Any], inputs: EvalInputs, cfg: EvalConfig,
         elif cfg.absorption and words is not None:
             entry["absorption"] = first_letter_absorption(
                 sae, words.activations(hook, say), [w for _, w in words.words], max_k=cfg.absorption_max_k,
-                f1_jump=cfg.absorption_f1_jump, min_words=cfg.absorption_min_words, seed=cfg.seed)
+                f1_jump=cfg.absorption_f1_jump, min_words=cfg.absorption_min_words, seed=cfg.seed, progress=progress)
         # probed at `hook`, where the latents are computed from (a transcoder's input, not its target)
         if cfg.probing and inputs.probing is not None and hook in inputs.probing.data:
             say(f"{name}: sparse probing on {len(inputs.probing.tasks)} tasks ({inputs.probing.source})")
             entry["probing"] = {"source": inputs.probing.source,
-                                **sparse_probing(sae, inputs.probing.data[hook], inputs.probing.tasks, cfg.probing_ks)}
+                                **sparse_probing(sae, inputs.probing.data[hook], inputs.probing.tasks, cfg.probing_ks,
+                                                 progress)}
         out[name] = entry
     return out
 

@@ -127,7 +127,7 @@ def add_dataclass_arguments(
             help_text = f"{help_text} (default: {shown})" if help_text else f"(default: {shown})"
         else:
             help_text = f"{help_text} (required)"
-        group.add_argument(
+        action = group.add_argument(
             _flag(prefix, f.name),
             dest=_dest(prefix, f.name),
             type=_parser_for(tp),
@@ -135,7 +135,16 @@ def add_dataclass_arguments(
             metavar=_type_name(tp).upper() if typing.get_origin(tp) is not typing.Literal else _type_name(tp),
             help=help_text,
         )
+        action.config_field = (cls, f.name)  # what it sets: a domain error naming the field can name the flag
     return group
+
+
+def flag_of_field(parser: argparse.ArgumentParser, cls: type, name: str) -> str | None:
+    """The flag `add_dataclass_arguments` made for field `name` of `cls` in `parser` (None: it has none)."""
+    for a in parser._actions:
+        if getattr(a, "config_field", None) == (cls, name) and a.help != argparse.SUPPRESS:
+            return a.option_strings[0]
+    return None
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

@@ -23,6 +23,7 @@ them off keeps them off.
 Blocks nest (`saesteer train` quiets them again inside the CLI's block, for a config file's
 log.progress = false): each puts back the settings it found, and only the outermost one installs
 the import hook, so a library imported inside an inner block stays quiet until the outer one ends.
+The switches are the process's: enter blocks from one thread (the CLI's), as the commands do.
 """
 
 from __future__ import annotations
@@ -60,18 +61,20 @@ def library_bars(enabled: bool) -> Iterator[None]:
     # second, without end), and an inner block's exit would turn the bars on inside the outer one
     hook = None
     if _import_hook is None and DATASETS_BARS not in sys.modules and _installed("datasets"):
-        hook = _import_hook = _QuietOnImport(DATASETS_BARS)
-    with warnings.catch_warnings():  # "cannot disable: an environment variable has priority": it does
-        warnings.simplefilter("ignore")
-        for s in switches:
-            s.turn(False)
-    if hook is not None:
-        sys.meta_path.insert(0, hook)
-    try:
+        hook = _QuietOnImport(DATASETS_BARS)
+    try:  # from the first switch turned: a failure part way still puts everything back
+        with warnings.catch_warnings():  # "cannot disable: an environment variable has priority": it does
+            warnings.simplefilter("ignore")
+            for s in switches:
+                s.turn(False)
+        if hook is not None:
+            sys.meta_path.insert(0, hook)
+            _import_hook = hook
         yield
     finally:
-        if hook is not None:
+        if hook is not None and hook in sys.meta_path:
             sys.meta_path.remove(hook)
+        if hook is not None and _import_hook is hook:
             _import_hook = None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -8,7 +8,7 @@ difference-of-means baseline (mean activation per prompt set).
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -89,10 +89,12 @@ def mean_hook_activation(
 
 @torch.no_grad()
 def mean_latent_activation(
-    model: Model, sae: SAE, prompts: Sequence[str], *, batch_size: int = 16, prepend_bos: bool | None = None
+    model: Model, sae: SAE, prompts: Sequence[str], *, batch_size: int = 16, prepend_bos: bool | None = None,
+    bar: Any = None,
 ) -> tuple[Tensor, Tensor, int]:
     """Mean activation [F] and firing rate [F] of every latent over the real tokens of `prompts`
-    (with the BOS the SAE was trained with unless `prepend_bos` says otherwise)."""
+    (with the BOS the SAE was trained with unless `prepend_bos` says otherwise). `bar`: a progress
+    bar (tqdm) moved on by each batch's prompts, for a caller whose bar spans several calls."""
     from steering.generation import sae_prepend_bos
     from steering.resolve import sae_hook_name
 
@@ -102,11 +104,14 @@ def mean_latent_activation(
     total = torch.zeros(sae.d_sae, dtype=torch.float64, device=sae.device)
     fires = torch.zeros(sae.d_sae, dtype=torch.float64, device=sae.device)
     n = 0
-    for acts_ND in iter_hook_activations(model, hook, prompts, batch_size=batch_size, prepend_bos=prepend_bos):
+    batches = iter_hook_activations(model, hook, prompts, batch_size=batch_size, prepend_bos=prepend_bos)
+    for acts_ND, start in zip(batches, range(0, len(prompts), batch_size)):  # batches first: it checks `prompts`
         sparse = sae.encode_sparse(acts_ND.to(sae.device))
         total.index_add_(0, sparse.indices_N, sparse.values_N.double())
         fires.index_add_(0, sparse.indices_N, (sparse.values_N != 0).double())
         n += acts_ND.shape[0]
+        if bar is not None:
+            bar.update(min(batch_size, len(prompts) - start))
     if n == 0:
         raise SteeringError("the prompts hold no real tokens to average over")
     return (total / n).float(), (fires / n).float(), n

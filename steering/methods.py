@@ -119,7 +119,7 @@ class _Comparison:
     typical_max: Callable[[int], float | None] | None
     with_perplexity: bool
     allow_model_mismatch: bool
-    bars: bool = False  # a progress bar (stderr) over each dev sweep's strengths
+    progress: bool = False  # a progress bar (stderr) over each dev sweep's strengths
     rows: list[MethodResult] = field(default_factory=list)
     generations: dict[str, Any] = field(default_factory=dict)
 
@@ -152,7 +152,7 @@ class _Comparison:
         """The dev-seed sweep over `strengths`, and the rule's pick from it: (points, strength, margin)."""
         pts = sweep_edits(self.model, sae, make_edits, list(strengths), self.prompts, self.scorer,
                           gen_config=self.dev_cfg, typical_max=typical_max, with_perplexity=False,
-                          allow_model_mismatch=self.allow_model_mismatch, progress=self.bars)
+                          allow_model_mismatch=self.allow_model_mismatch, progress=self.progress)
         s, m = _pick(pts, self.cfg.rule, self.cfg.target_concept, self.cfg.min_fluency)
         return pts, s, m
 
@@ -165,16 +165,16 @@ def _check_compare_args(prompts: Sequence[str], latents, has_sets: bool) -> None
 
 
 def _candidate_features(model: Model, sae: SAE, latents: Sequence[int] | None, positive, negative, *,
-                        has_sets: bool, n_candidates: int, typical_max, allow_model_mismatch: bool
-                        ) -> tuple[list[int], dict[int, float]]:
+                        has_sets: bool, n_candidates: int, typical_max, allow_model_mismatch: bool,
+                        progress: bool = False) -> tuple[list[int], dict[int, float]]:
     """The candidate latents (given, or the top ones by contrast) and, where needed to scale
-    strengths, each one's mean activation on the positive prompts."""
+    strengths, each one's mean activation on the positive prompts. `progress`: the contrast's bar."""
     from steering.search import contrast_features
 
     mean_pos: dict[int, float] = {}
     if latents is None:
         ranked = contrast_features(model, sae, positive, negative, top=max(1, n_candidates),
-                                   allow_model_mismatch=allow_model_mismatch)
+                                   allow_model_mismatch=allow_model_mismatch, progress=progress)
         cands = [c.latent for c in ranked]
         mean_pos = {c.latent: max(float(c.mean_positive or 0.0), 1e-3) for c in ranked}
         return cands, mean_pos
@@ -279,14 +279,15 @@ def compare_methods(
     typical_max: Callable[[int], float | None] | None = None,
     with_perplexity: bool = True,
     allow_model_mismatch: bool = False,
-    progress: Callable[[str], None] | None = None,
-    bars: bool = False,
+    say: Callable[[str], None] | None = None,
+    progress: bool = False,
 ) -> Scorecard:
     """See the module docstring; `config` says how methods pick and are tested (strengths, targets,
     seeds; `CompareConfig()` by default). `latents` skips the contrast search; `positive`/`negative`
     are needed for the contrast search and for difference of means (without them that method is
     left out); `cue` enables prompting. `test_prompts` (default `prompts`) are scored on the test seed.
-    `progress` is told each step as it starts; `bars` draws a bar (stderr) over each dev sweep."""
+    `say` is told each step as it starts; `progress` draws bars (stderr) over the contrast search's
+    prompts and each dev sweep (the names `evals.run.evaluate_saes` uses)."""
     from steering.baselines import prompting_baseline
     from steering.resolve import check_models, sae_hook_name
 
@@ -296,8 +297,8 @@ def compare_methods(
     cfg = config or CompareConfig()
     base_cfg = gen_config or GenerationConfig(max_new_tokens=32, do_sample=True, stop_at_eos=False)
     run = _Comparison(model, sae, scorer, cfg, prompts, list(test_prompts or prompts), base_cfg, typical_max,
-                      with_perplexity, allow_model_mismatch, bars)
-    say = progress or (lambda msg: None)
+                      with_perplexity, allow_model_mismatch, progress)
+    say = say or (lambda msg: None)
     hook = sae_hook_name(sae)
     picks: dict[str, MethodPick] = {}
 
@@ -305,7 +306,7 @@ def compare_methods(
     run.test("unsteered", None, None)
     cands, mean_pos = _candidate_features(model, sae, latents, positive, negative, has_sets=has_sets,
                                           n_candidates=cfg.candidates, typical_max=typical_max,
-                                          allow_model_mismatch=allow_model_mismatch)
+                                          allow_model_mismatch=allow_model_mismatch, progress=progress)
     picks["SAE feature"] = _run_sae_feature(run, cands, mean_pos, say)
     if has_sets:
         picks["diff-of-means"] = _run_diff_of_means(run, hook, positive, negative, say)

@@ -43,12 +43,13 @@ def contrast_features(
     min_rate: float = 0.0,
     labels: Callable[[int], str | None] | None = None,
     allow_model_mismatch: bool = False,
+    progress: bool = False,
 ) -> list[FeatureCandidate]:
     """Latents ranked by mean activation on `positive` minus mean on `negative` prompts.
 
     `min_rate` drops latents that fire on fewer than that fraction of positive tokens. `sae`: an
     SAE or a `saes.formats.LoadedSAE`; one recorded for another model is refused (see
-    `steering.steer`) unless `allow_model_mismatch`."""
+    `steering.steer`) unless `allow_model_mismatch`. `progress`: a bar (stderr) over both prompt sets."""
     from saes.formats.base import sae_of
     from saes.identity import check_sae_model
 
@@ -56,8 +57,12 @@ def contrast_features(
     sae = sae_of(sae)
     if top < 1:
         raise SteeringError(f"top must be positive, got {top}")
-    mean_p, rate_p, _ = mean_latent_activation(model, sae, positive, batch_size=batch_size)
-    mean_n, rate_n, _ = mean_latent_activation(model, sae, negative, batch_size=batch_size)
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(positive) + len(negative), desc="contrast activations", unit="prompt",
+              disable=not progress) as bar:
+        mean_p, rate_p, _ = mean_latent_activation(model, sae, positive, batch_size=batch_size, bar=bar)
+        mean_n, rate_n, _ = mean_latent_activation(model, sae, negative, batch_size=batch_size, bar=bar)
     diff = mean_p - mean_n
     if min_rate > 0:
         diff = diff.masked_fill(rate_p < min_rate, float("-inf"))

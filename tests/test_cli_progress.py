@@ -76,6 +76,24 @@ def test_steer_shows_a_bar_over_its_generation_passes_unless_no_progress(tiny, c
     _bars_with_and_without(run, argv, ["generating unsteered"])
 
 
+def test_steer_contrast_shows_a_bar_over_its_prompts_unless_no_progress(tiny, tmp_path, capsys):
+    import json
+
+    from saesteer.commands import steer
+
+    def run(argv):
+        assert steer._run(build_parser().parse_args(argv), model=tiny.model) == 0
+        got = capsys.readouterr()
+        assert len(json.loads(got.out)) == 2  # stdout stays the JSON: the bar is on stderr
+        return got.err
+
+    pos, neg = tmp_path / "pos.txt", tmp_path / "neg.txt"
+    pos.write_text("the sea and the ship\nthe whale at the shore\nwaves\n")
+    neg.write_text("the tree in the forest\nbread and soup\n")
+    argv = ["steer", "--sae", str(tiny.path.parent / "sae"), "--contrast", str(pos), str(neg), "--top", "2", "--json"]
+    _bars_with_and_without(run, argv, ["contrast activations"])
+
+
 def test_steer_eval_shows_a_bar_over_each_sweep_unless_no_progress(tiny, tmp_path, capsys):
     from saesteer.commands import steer_eval
 
@@ -92,7 +110,7 @@ def test_steer_eval_shows_a_bar_over_each_sweep_unless_no_progress(tiny, tmp_pat
             "--positive", str(pos), "--negative", str(neg), "--samples", "1", "--do-sample", "false",
             "--max-new-tokens", "3", "--sae-strengths", "1,3", "--vector-strengths", "1,2", "--candidates", "1",
             "--json"]
-    _bars_with_and_without(run, argv, ["sweep"])
+    _bars_with_and_without(run, argv, ["contrast activations", "sweep"])
 
 
 def test_features_embed_shows_a_bar_over_the_labels_unless_no_progress(tiny, tmp_path, capsys):
@@ -122,8 +140,9 @@ def test_eval_shows_bars_over_its_contexts_unless_no_progress(tmp_path, capsys):
         return capsys.readouterr().err
 
     argv = ["eval", "--sae", str(tmp_path / "sae"), "--model", "toy", "--contexts", "6", "--ce-contexts", "4",
-            "--model-batch-size", "2", "--ce-batch-size", "2", "--absorption", "false", "--probing", "false"]
-    _bars_with_and_without(run, argv, ["held-out activations", "CE/KL spliced"])
+            "--model-batch-size", "2", "--ce-batch-size", "2", "--absorption-max-k", "1", "--probing-ks", "1"]
+    _bars_with_and_without(run, argv, ["held-out activations", "CE/KL spliced", "first-letter words", "absorption",
+                                       "sparse probing"])
 
 
 # -- the libraries' own bars ------------------------------------------------------------------------
@@ -317,3 +336,31 @@ def test_nested_blocks_put_back_what_each_found():
         tl.enable_progress_bar()
         datasets.utils.enable_progress_bars()
         huggingface_hub.utils.enable_progress_bars()
+
+
+def test_a_block_that_fails_to_turn_a_switch_leaves_nothing_behind():
+    """A switch that fails part way (here the hub's) is an error of that block only: every switch
+    is put back, and the next block still quiets datasets on import (its import hook is free)."""
+    code = """
+import sys
+import huggingface_hub.utils as hub
+from saesteer import librarybars
+from saesteer.librarybars import library_bars
+
+real = hub.disable_progress_bars
+def broken():
+    raise RuntimeError("switch broke")
+hub.disable_progress_bars = broken
+try:
+    with library_bars(enabled=False):
+        pass
+except RuntimeError:
+    pass
+hub.disable_progress_bars = real
+left = (librarybars._import_hook, [f for f in sys.meta_path if type(f).__name__ == "_QuietOnImport"])
+with library_bars(enabled=False):
+    import datasets
+    inside = datasets.utils.are_progress_bars_disabled()
+print(left, inside, hub.are_progress_bars_disabled())
+"""
+    assert _python(code) == "(None, []) True False"

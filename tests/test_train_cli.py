@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import json
 from pathlib import Path
 
@@ -62,15 +64,53 @@ def test_train_cli_outputs_and_resume(cache: Path, tmp_path: Path, capsys) -> No
 
 
 def test_resume_refusal_paths_without_a_flag_stay_fields() -> None:
-    from saesteer.cli import build_parser
     from saesteer.commands.train import config_paths_as_flags
 
-    train = next(a for a in build_parser()._actions if hasattr(a, "choices") and a.choices)._name_parser_map["train"]
     said = config_paths_as_flags("  - train.no_such_field: checkpoint 1, now 2\n  - checkpoint.every_tokens: x\n"
-                                 "  - saes.len: checkpoint 2, now 1\n  - eval.every_tokens /runs/train.k_aux", train)
+                                 "  - saes.len: checkpoint 2, now 1\n  - eval.every_tokens /runs/train.k_aux",
+                                 _train_parser())
     assert said == ("  - train.no_such_field: checkpoint 1, now 2\n  - --checkpoint-every-tokens: x\n"
                     "  - the number of SAEs (--architecture, --d-sae, --k): checkpoint 2, now 1\n"
                     "  - --eval-every-tokens /runs/train.k_aux")
+
+
+def _train_parser():
+    from saesteer.cli import build_parser
+
+    return build_parser().parse_args(["train"])._parser  # the sub-command's parser, as the CLI's boundary gets it
+
+
+def test_resume_refusal_never_names_a_flag_of_another_field() -> None:
+    """A path whose field has no flag of its own stays a path, even where another section's flag
+    has the same name (--seed is train.seed's, --device train.device's)."""
+    from saesteer.commands.train import config_paths_as_flags
+
+    said = config_paths_as_flags("saes.0.seed: a; log.device: b; optim.seed: c; saes.0.options.k_aux: d; "
+                                 "saes.1.options.l0_coefficient: e; config.json", _train_parser())
+    assert said == ("saes.0.seed: a; log.device: b; optim.seed: c; saes.0.options.k_aux: d; "
+                    "--l0-coefficient (SAE 1): e; config.json")
+
+
+def test_every_run_config_field_with_a_flag_is_said_as_that_flag() -> None:
+    """Each section field and architecture setting of RunConfig is said as a flag of train's --help
+    (log.progress: set by --no-progress and never refused, it stays a path)."""
+    import dataclasses
+
+    from saesteer.commands._train_options import option_configs, shared_sae_fields
+    from saesteer.commands.train import config_paths_as_flags
+    from training.config import RunConfig, SAESpec
+
+    parser = _train_parser()
+    shown = {s for a in parser._actions if a.help != argparse.SUPPRESS for s in a.option_strings}
+    paths = [f"{f.name}.{g.name}" for f in dataclasses.fields(RunConfig) if f.name != "saes"
+             for g in dataclasses.fields(f.default_factory())]
+    paths += [f"saes.0.{g.name}" for g in dataclasses.fields(SAESpec) if g.name != "options"]
+    paths += [f"saes.0.options.{g.name}" for cls, _ in option_configs() for g in dataclasses.fields(cls)
+              if g.name not in shared_sae_fields()]
+    said = {p: config_paths_as_flags(p, parser) for p in paths}
+    assert {p for p, s in said.items() if s == p} == {"log.progress"}, said
+    assert all(s.split(" (SAE 0)")[0] in shown for p, s in said.items() if s != p), said
+    assert said["checkpoint.every_tokens"] == "--checkpoint-every-tokens" and said["saes.0.lr"] == "--sae-lr (SAE 0)"
 
 
 def test_config_file_and_flags(tmp_path: Path, capsys) -> None:

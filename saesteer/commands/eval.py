@@ -63,7 +63,9 @@ def add_arguments(parser) -> None:
     g.add_argument("--split", default=None, help="split of --dataset holding the held-out text (default: "
                                                   "validation; a local file, or data with one split: that split)")
     g.add_argument("--quiet", action="store_true", help="no progress lines (what each step does)")
-    g.add_argument("--no-progress", action="store_true", help="no progress bars (over the held-out and CE contexts)")
+    g.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (over the held-out and CE contexts, the absorption words and letters, "
+                        "the probing tasks)")
     add_dataclass_arguments(parser, EvalConfig, title="evaluation")
     text = add_dataclass_arguments(parser, TextConfig, title="held-out text", skip=("split", "dataset"))
     text.add_argument("--dataset", default=argparse.SUPPRESS, metavar="STR",
@@ -118,7 +120,7 @@ def _run(args) -> int:
     collected = Collector(model, cfg.model_batch_size, progress=not args.no_progress)
     probing = None
     # the first-letter words and the model's activations on them: read once per hook for every group
-    words = FirstLetterWords(model, tokenizer, cfg.absorption_prefix) if cfg.absorption else None
+    words = FirstLetterWords(model, tokenizer, cfg.absorption_prefix, not args.no_progress) if cfg.absorption else None
     results, texts = {}, []
     for i, (sae_text, names, from_cache) in enumerate(groups):
         group = {n: loaded[n] for n in names}

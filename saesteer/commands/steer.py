@@ -62,7 +62,8 @@ def add_arguments(parser) -> None:
                         "strength wins when it has one; without typical maxima: multiples of the feature's mean "
                         "activation on the POSITIVE prompts)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (over the two generation passes)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (over the two generation passes, --contrast's prompts)")
     add_dataclass_arguments(parser, GenerationConfig, title="generation")
     add_dataclass_arguments(parser, SteerLimits, title="limits")
 
@@ -122,7 +123,8 @@ def _run(args, model=None) -> int:
             edits += _found_edits(found, link, args)
         elif args.contrast is not None:
             found = _print_contrast(model, saes, _lines(args.contrast[0]), _lines(args.contrast[1]), args.top, args.json,
-                                    link, args.allow_model_mismatch, rows_only=args.generate)
+                                    link, args.allow_model_mismatch, rows_only=args.generate,
+                                    progress=not args.no_progress)
             if not args.generate:
                 return found
             edits += _found_edits(found, link, args)
@@ -294,7 +296,7 @@ def _candidates_table(rows: list[dict], title: str) -> None:
 
 
 def _print_contrast(model, saes, positive, negative, top: int, as_json: bool, link, allow_model_mismatch: bool = False,
-                    rows_only: bool = False):
+                    rows_only: bool = False, progress: bool = False):
     import json
 
     from saesteer.commands._steering import CLIError
@@ -306,7 +308,7 @@ def _print_contrast(model, saes, positive, negative, top: int, as_json: bool, li
         raise CLIError("--contrast needs non-empty POSITIVE and NEGATIVE prompt files")
     labels = (lambda f: None) if link is None else (lambda f: link.store.labels([f]).get(f))
     found = contrast_features(model, next(iter(saes.values())), positive, negative, top=top, labels=labels,
-                              allow_model_mismatch=allow_model_mismatch)
+                              allow_model_mismatch=allow_model_mismatch, progress=progress)
     rows = [dict(c.__dict__) for c in found]
     if rows_only:
         return rows

@@ -56,7 +56,8 @@ def add_arguments(parser) -> None:
     o.add_argument("--out", default=None, metavar="FILE", help="write the scorecard (JSON) here")
     o.add_argument("--save-preset", default=None, metavar="NAME", help="save the SAE pick as a preset in --store")
     o.add_argument("--json", action="store_true", help="print the scorecard as JSON instead of a table")
-    o.add_argument("--no-progress", action="store_true", help="no progress bars (over each sweep's strengths)")
+    o.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (over the contrast search's prompts and each sweep's strengths)")
     add_dataclass_arguments(parser, CompareConfig, title="methods")
     add_dataclass_arguments(parser, GenerationConfig, title="generation")
     add_dataclass_arguments(parser, JudgeConfig, prefix="judge_", title="judge (with --concept)")
@@ -191,8 +192,8 @@ def _compare(args, cfg, gen_cfg, model, name, sae, scorer, link, *, prompts, pos
     return compare_methods(
         model, sae, scorer, prompts=prompts, config=cfg, positive=positive, negative=negative, cue=cue,
         latents=args.latent or None, gen_config=gen_cfg, typical_max=typical_max_provider(link, {name: sae}),
-        allow_model_mismatch=args.allow_model_mismatch, bars=not args.no_progress,
-        progress=lambda msg: print(f"[steer-eval] {msg}", file=sys.stderr, flush=True))
+        allow_model_mismatch=args.allow_model_mismatch, progress=not args.no_progress,
+        say=lambda msg: print(f"[steer-eval] {msg}", file=sys.stderr, flush=True))
 
 
 def _scorecard_record(card, args, model, sae) -> dict:
