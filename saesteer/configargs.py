@@ -124,7 +124,8 @@ def add_dataclass_arguments(
         help_text = f.metadata.get("help", "")
         if default is not dataclasses.MISSING:
             shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
-            help_text = f"{help_text} (default: {shown})" if help_text else f"(default: {shown})"
+            if shown != "":  # an empty default says nothing; the help says what empty means
+                help_text = f"{help_text} (default: {shown})" if help_text else f"(default: {shown})"
         else:
             help_text = f"{help_text} (required)"
         action = group.add_argument(

@@ -32,6 +32,12 @@ def test_cli_reference_covers_every_command_and_option() -> None:
     assert "\x1b[" not in text, "no terminal colours in the reference"
 
 
+def test_no_option_shows_an_empty_default() -> None:
+    """'(default: )' says nothing: an empty default is left out (the help says what empty means)."""
+    text = docs.render_cli_markdown()
+    assert "(default: )" not in text.replace("\n", " ")
+
+
 def test_check_mode_reports_a_stale_file(tmp_path) -> None:
     out = tmp_path / "cli.md"
     out.write_text("old\n")
