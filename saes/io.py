@@ -270,11 +270,15 @@ def fold_scaling_factor(cfg: dict[str, Any], weights: dict[str, torch.Tensor],
                         factor: float) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(cfg, weights) that read raw activations as the SAE read them multiplied by `factor`: what
     SAELens's `fold_activation_norm_scaling_factor` does at the end of training (W_enc * s,
-    W_dec / s, b_dec / s; then normalize_activations is "none")."""
+    W_dec / s, b_dec / s; then normalize_activations is "none"). Pre-activations are unchanged, so
+    b_enc and a JumpReLU threshold stay; a BatchTopK `topk_threshold` compared with pre * ||W_dec
+    row|| (`rescale_acts_by_decoder_norm`) is divided by s, as SAELens's BatchTopK does."""
     weights = dict(weights)
     weights["W_enc"] = weights["W_enc"] * factor
     weights["W_dec"] = weights["W_dec"] / factor
     weights["b_dec"] = weights["b_dec"] / factor
+    if "topk_threshold" in weights and cfg.get("rescale_acts_by_decoder_norm"):
+        weights["topk_threshold"] = weights["topk_threshold"] / factor
     return {**cfg, "normalize_activations": "none"}, weights
 
 

@@ -148,6 +148,42 @@ def test_a_saelens_checkpoint_folder_as_its_trainer_saves_it_folds_the_scaling_f
         torch.testing.assert_close(ours.encode(x) > 0, ref_acts > 0)
 
 
+@pytest.mark.parametrize("rescale", [False, True])
+def test_a_saelens_batchtopk_checkpoint_folds_the_scaling_factor_into_its_threshold_as_saelens_does(rescale, tmp_path):
+    """A BatchTopK checkpoint with `rescale_acts_by_decoder_norm` compares its `topk_threshold` with
+    pre-activations times the decoder norms, which the fold divides by the factor: SAELens divides the
+    threshold too (`BatchTopKTrainingSAE.fold_activation_norm_scaling_factor`). Our SAE equals the
+    inference SAE SAELens saves after folding."""
+    pytest.importorskip("sae_lens")
+    import sae_lens
+    from sae_lens import SAE
+    from sae_lens.training.activation_scaler import ActivationScaler
+
+    from saes.formats import resolve_sae
+
+    torch.manual_seed(0)
+    sl = sae_lens.BatchTopKTrainingSAE(sae_lens.BatchTopKTrainingSAEConfig(
+        d_in=16, d_sae=32, k=4, normalize_activations="expected_average_only_in", rescale_acts_by_decoder_norm=rescale))
+    with torch.no_grad():
+        for p in sl.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+        sl.topk_threshold.fill_(0.8)  # a trained threshold (the running estimate starts at 0)
+    sl.save_model(str(tmp_path / "ckpt"))
+    factor = 0.125
+    ActivationScaler(scaling_factor=factor).save(str(tmp_path / "ckpt" / "activation_scaler.json"))
+    with torch.no_grad():
+        sl.fold_activation_norm_scaling_factor(factor)  # what SAELens does when training ends
+    sl.save_inference_model(str(tmp_path / "final"))
+    ref = SAE.load_from_disk(str(tmp_path / "final"))
+    x = torch.randn(64, 16) * 8
+    with torch.no_grad():
+        ref_acts = ref.encode(x)
+        ours = resolve_sae(tmp_path / "ckpt").sae
+        assert 0 < int((ref_acts > 0).sum()) < ref_acts.numel()  # the threshold picks some latents, not all
+        torch.testing.assert_close(ours.encode(x) > 0, ref_acts > 0)
+        torch.testing.assert_close(ours(x).recon, ref.decode(ref_acts), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.slow
 def test_a_saelens_training_checkpoint_reads_activations_at_the_scale_it_was_trained_on(real_models, real_corpus, tmp_path):
     """The checkpoint's SAE saw every activation times `scaling_factor`; SAELens's own SAE on the
