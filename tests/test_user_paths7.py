@@ -184,6 +184,42 @@ def test_a_saelens_batchtopk_checkpoint_folds_the_scaling_factor_into_its_thresh
         torch.testing.assert_close(ours(x).recon, ref.decode(ref_acts), rtol=1e-4, atol=1e-4)
 
 
+def test_a_saelens_whitened_training_checkpoint_is_refused_saying_how_to_fold_it(tmp_path):
+    """A checkpoint of an SAE trained with `covariance_whitening` keeps its whitening beside the
+    weights (`activation_scaler.json` + `activation_whitening.safetensors`); it is refused as a
+    training checkpoint, and the SAELens recipe the message gives yields a folder we load."""
+    pytest.importorskip("sae_lens")
+    import sae_lens
+    from sae_lens import SAE
+    from sae_lens.training.activation_scaler import ActivationScaler, ActivationWhitening
+
+    from saes.formats import resolve_sae
+    from saes.io import SAEFormatError
+
+    torch.manual_seed(0)
+    sl = sae_lens.StandardTrainingSAE(sae_lens.StandardTrainingSAEConfig(
+        d_in=8, d_sae=16, normalize_activations="covariance_whitening"))
+    ckpt = tmp_path / "ckpt"
+    sl.save_model(str(ckpt))
+    matrix = torch.eye(8, dtype=torch.float64) * 2 + torch.randn(8, 8, dtype=torch.float64) * 0.1
+    ActivationScaler(whitening=ActivationWhitening(mean=torch.randn(8, dtype=torch.float64), matrix=matrix,
+                                                   inverse_matrix=torch.linalg.inv(matrix))).save(
+        str(ckpt / "activation_scaler.json"))
+    with pytest.raises(SAEFormatError, match="training checkpoint") as e:
+        resolve_sae(ckpt)
+    assert "fold_activation_whitening" in str(e.value) and "final SAE" in str(e.value)
+
+    sae = SAE.load_from_disk(str(ckpt))  # the recipe of the message
+    s = ActivationScaler()
+    s.load(ckpt / "activation_scaler.json")
+    sae.fold_activation_whitening(s.whitening.mean, s.whitening.matrix, s.whitening.inverse_matrix)
+    sae.save_model(str(tmp_path / "out"))
+    x = torch.randn(4, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(resolve_sae(tmp_path / "out").sae(x).recon, sae.decode(sae.encode(x)),
+                                   rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.slow
 def test_a_saelens_training_checkpoint_reads_activations_at_the_scale_it_was_trained_on(real_models, real_corpus, tmp_path):
     """The checkpoint's SAE saw every activation times `scaling_factor`; SAELens's own SAE on the
