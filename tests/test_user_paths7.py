@@ -445,6 +445,32 @@ def test_a_sparsify_run_folder_and_another_model_are_refused_naming_both_sides(s
 # 4. BOS: an SAE trained on what the HF tokenizer makes of text gets the same start of text here
 
 
+def test_a_dictionary_learning_sae_whose_tokenizer_is_not_at_hand_says_its_bos_is_unknown(real_models, tmp_path):
+    """The BOS rule comes from the model's HF tokenizer; for a hub model not in the HF cache (nothing
+    is downloaded) it is unknown, and the model's default may be wrong (GPT-2 under TransformerLens):
+    the load says so instead of leaving it to the provenance alone. A tokenizer at hand: no note."""
+    from helpers import foreign_saes as fs
+
+    from saes.errors import SaesteerWarning
+    from saes.formats import resolve_sae
+
+    state = fs.random_dictionary_learning("AutoEncoderTopK", 8, 16)
+    uncached = fs.write_dictionary_learning(tmp_path / "hub", "AutoEncoderTopK", state, lm_name="no-org/uncached-model")
+    with pytest.warns(SaesteerWarning, match="uncached-model's HF tokenizer is not on this machine"):
+        loaded = resolve_sae(uncached)
+    assert "prepend_bos" not in loaded.sae.cfg.metadata
+    assert loaded.provenance["source"]["prepend_bos"].startswith("unknown")
+
+    local = fs.write_dictionary_learning(tmp_path / "local", "AutoEncoderTopK", state,
+                                         lm_name=str(real_models.path("gpt2")))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*HF tokenizer", category=SaesteerWarning)
+        loaded = resolve_sae(local)
+    assert loaded.sae.cfg.metadata["prepend_bos"] is False  # GPT-2's tokenizer adds no BOS
+
+
 def _table_latents(text: str) -> list[tuple[str, set[int]]]:
     """(token, latents) per row of `features top-on-text`'s table."""
     rows = []

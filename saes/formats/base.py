@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 import torch
 
 from saes.base import SAE
+from saes.errors import note
 from saes.fileio import sha256_file
 from saes.identity import ModelIdentity
 from saes.io import SAEFormatError
@@ -210,9 +211,16 @@ def record_hf_tokenizer_bos(sae: SAE, provenance: dict[str, Any], model_name: st
 
     TransformerLens's default may differ: GPT-2's tokenizer adds no BOS, TransformerLens prepends
     one, and an SAE fed a BOS it never saw gets other activations at every position. Left unset
-    (the model's default) when the tokenizer is not at hand; the provenance says which."""
+    (the model's default) when the tokenizer is not at hand, with a note: that default may be the
+    wrong one (GPT-2 from the hub, not yet cached); the provenance says which."""
     adds = hf_tokenizer_adds_bos(model_name)
     provenance["source"]["prepend_bos"] = ("as the HF tokenizer of the model adds it" if adds is not None else
                                            "unknown (the model's tokenizer was not at hand): the model's default")
     if adds is not None:
         sae.cfg.metadata["prepend_bos"] = adds
+    elif model_name and model_name != "toy":
+        note(f"{provenance['source'].get('path', 'this SAE')}: {model_name}'s HF tokenizer is not on this machine "
+             f"(nothing is downloaded), so whether this SAE's training text started with BOS is unknown; text gets "
+             f"the model's default BOS, which TransformerLens may add where the tokenizer does not (GPT-2). Load the "
+             f"tokenizer once with network (AutoTokenizer.from_pretrained({model_name!r})), or choose BOS explicitly",
+             stacklevel=3)
