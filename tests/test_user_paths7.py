@@ -471,6 +471,20 @@ def test_a_dictionary_learning_sae_whose_tokenizer_is_not_at_hand_says_its_bos_i
     assert loaded.sae.cfg.metadata["prepend_bos"] is False  # GPT-2's tokenizer adds no BOS
 
 
+def test_a_sparsify_transcoder_is_refused_saying_why_and_what_to_do(tmp_path):
+    """sparsify's `transcode: true` predicts a module's output from its input: refused, naming the
+    hookpoint and the layout saesteer reads transcoders in."""
+    from helpers import foreign_saes as fs
+
+    state, cfg = fs.random_sparsify(8, 16, k=4)
+    fs.write_sparsify(tmp_path / "layers.1.mlp", state, {**cfg, "transcode": True})
+    r = saesteer("steer", "--sae", tmp_path / "layers.1.mlp", "--latent", "0:add=1", "--prompt", "x",
+                 "--max-new-tokens", 1)
+    assert r.rc == 2 and "'layers.1.mlp''s output from its input" in r.err, r.text
+    assert "SAELens transcoder folders" in r.err and "save its weights in that layout" in r.err, r.err
+    _no_traceback(r)
+
+
 def _table_latents(text: str) -> list[tuple[str, set[int]]]:
     """(token, latents) per row of `features top-on-text`'s table."""
     rows = []
@@ -578,6 +592,7 @@ def test_dictionary_learning_submodule_paths_map_by_the_side_the_buffer_read(rea
     r = saesteer("steer", "--sae", tmp_path / "in_and_out/trainer_0", "--latent", "0:add=1", "--prompt", "x",
                  "--max-new-tokens", 1)
     assert r.rc == 2 and "io='in_and_out'" in r.err and "transcoder" in r.err, r.text
+    assert "save its weights in that layout" in r.err, r.err  # what to do, not only why
     _no_traceback(r)
 
     text = "class Point:\n    x = 1"

@@ -190,6 +190,12 @@ def hf_model_identity(name: Any) -> ModelIdentity | None:
     return ModelIdentity("hub", name) if _HF_REPO.match(name) else None
 
 
+# what to do with another library's transcoder (sparsify `transcode`, dictionary_learning io="in_and_out")
+TRANSCODER_HINT = ("saesteer reads transcoders only as SAELens transcoder folders (docs/formats.md, SAE folder: "
+                   "cfg.json with d_out and metadata.hook_name_out): save its weights in that layout, or pass an SAE "
+                   "of one hook point")
+
+
 def hf_tokenizer_adds_bos(model_name: str | None) -> bool | None:
     """Whether the HF tokenizer of `model_name` (a local checkpoint directory, or a hub model in the
     HF cache) starts a text with BOS by default; None when it is not at hand (nothing is downloaded)."""

@@ -34,6 +34,7 @@ import torch
 
 from saes.fileio import read_json
 from saes.formats.base import (
+    TRANSCODER_HINT,
     LoadedSAE,
     files_record,
     hf_model_identity,
@@ -194,7 +195,7 @@ def load(
     if buffer.get("io") == "in_and_out":
         raise SAEFormatError(f"{source}: {CONFIG}'s buffer has io='in_and_out': a transcoder trained to predict "
                              f"{trainer.get('submodule_name')!r}'s output from its input, not an SAE of one hook point; "
-                             f"saesteer does not read dictionary_learning transcoders")
+                             f"{TRANSCODER_HINT}")
     state = read_plain_state_dict(weights_path, source)
     dict_class = trainer.get("dict_class") or _infer_class(state, source)
     sl_cfg, sd = _convert(str(dict_class), state, trainer, source)
