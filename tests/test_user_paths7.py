@@ -568,6 +568,17 @@ def _hf_layer_input(model_dir: Path, layer: int, text: str) -> torch.Tensor:
     return got["x"][0]
 
 
+def test_a_module_input_maps_to_a_hook_only_for_a_decoder_layer():
+    """io='in': a decoder layer's input is the residual stream before it, in every HF naming we map;
+    an MLP's (or attention's) input is a normalized stream with no mapped hook point: --hook then."""
+    from saes.formats.base import tl_hook_for_module_input
+
+    for path, block in [("gpt_neox.layers.2", 2), ("transformer.h.0", 0), ("model.layers.11", 11), ("layers.3", 3)]:
+        assert tl_hook_for_module_input(path) == f"blocks.{block}.hook_resid_pre"
+    for path in ("model.layers.3.mlp", "transformer.h.1.attn", "model.embed_tokens", "resid_post_layer_3"):
+        assert tl_hook_for_module_input(path) is None
+
+
 def test_dictionary_learning_submodule_paths_map_by_the_side_the_buffer_read(real_models, real_corpus, tmp_path):
     """submodule_name `gpt_neox.layers.1` (the module users pass to the buffer) read with io='in' is
     block 1's residual input, `blocks.1.hook_resid_pre` (it needed --hook before); `top-on-text`

@@ -5,7 +5,8 @@
 - `record_model_and_hook`: where a format records the model and hook point, that record is used
   (a different `--hook` is refused, naming both); where it does not, the user's values are used;
   both sides are kept in the provenance.
-- `tl_hook_for_module`: TransformerLens hook name of an HF module path (sparsify's hookpoints).
+- `tl_hook_for_module`, `tl_hook_for_module_input`: TransformerLens hook name of what an HF module
+  outputs (sparsify's hookpoints) or of a decoder layer's input (dictionary_learning io="in").
 - `read_plain_state_dict`: a torch pickle through `torch.load(weights_only=True)` only, and only
   if it holds a plain {name: tensor} state dict (`read_weights_only_pickle`: the load alone).
 - `hf_model_identity`: the model identity of an HF model name a file records.
@@ -121,6 +122,7 @@ _MODULE_HOOKS = [
     (re.compile(rf"^(?:.+\.)?{_LAYER}\.mlp$"), "blocks.{}.hook_mlp_out"),
     (re.compile(r"^(?:.+\.)?(?:embed_tokens|wte|embed_in)$"), "hook_embed"),
 ]
+_LAYER_INPUT = re.compile(rf"^(?:.+\.)?{_LAYER}$")
 
 
 def tl_hook_for_module(module_path: str) -> str | None:
@@ -132,6 +134,14 @@ def tl_hook_for_module(module_path: str) -> str | None:
         if m:
             return template.format(*m.groups())
     return None
+
+
+def tl_hook_for_module_input(module_path: str) -> str | None:
+    """TransformerLens hook point that reads what an HF decoder layer takes in: 'layers.3' ->
+    'blocks.3.hook_resid_pre' (the residual stream before block 3); None for any other module
+    (an MLP's input is a normalized stream, not a hook point we map)."""
+    m = _LAYER_INPUT.match(module_path)
+    return f"blocks.{m.group(1)}.hook_resid_pre" if m else None
 
 
 def record_model_and_hook(

@@ -43,6 +43,7 @@ from saes.formats.base import (
     record_model_and_hook,
     require_tensors,
     tl_hook_for_module,
+    tl_hook_for_module_input,
 )
 from saes.io import SAEFormatError, sae_from_sae_lens_dict
 
@@ -52,7 +53,6 @@ CONFIG = "config.json"
 CHECKPOINTS = "checkpoints"
 _CHECKPOINT = re.compile(r"^ae_(\d+)\.pt$")  # trainSAE(save_steps=...): TRAINER/checkpoints/ae_STEP.pt
 SUPPORTED = ("AutoEncoder", "AutoEncoderTopK", "BatchTopKSAE", "MatryoshkaBatchTopKSAE", "JumpReluAutoEncoder")
-_LAYER_INPUT = re.compile(r"^(?:.+\.)?(?:layers|h|blocks|layer)\.(\d+)$")  # a decoder layer's HF path
 _SUBMODULE_HOOKS = [  # dictionary_learning's demo names: "<site>_layer_<n>"
     (re.compile(r"^resid_post_layer_(\d+)$"), "blocks.{}.hook_resid_post"),
     (re.compile(r"^mlp_out_layer_(\d+)$"), "blocks.{}.hook_mlp_out"),
@@ -171,8 +171,7 @@ def _hook_from_submodule(name: Any, io: Any) -> str | None:
             if m:
                 return template.format(*m.groups())
         return tl_hook_for_module(name)
-    m = _LAYER_INPUT.match(name) if io == "in" else None
-    return f"blocks.{m.group(1)}.hook_resid_pre" if m else None
+    return tl_hook_for_module_input(name) if io == "in" else None
 
 
 def load(
