@@ -430,15 +430,16 @@ def test_a_sparsify_run_folder_and_another_model_are_refused_naming_both_sides(s
     model, run, _ = sparsify_run
     r = saesteer("steer", "--sae", run, "--latent", "0:add=1", "--prompt", "x", "--max-new-tokens", 1)
     assert r.rc == 2 and "layers.0" in r.err and "layers.1" in r.err, r.text
+    _no_traceback(r)
     other = real_models.path("llama")
     r = saesteer("steer", "--sae", run / "layers.1", "--model", other, "--latent", "0:add=1", "--prompt", "x",
                  "--max-new-tokens", 1)
     assert r.rc != 0 and str(model) in r.err and str(other) in r.err and "--allow-model-mismatch" in r.err, r.text
+    _no_traceback(r)
     r = saesteer("steer", "--sae", run / "layers.1", "--hook", "blocks.0.hook_resid_post", "--latent", "0:add=1",
                  "--prompt", "x", "--max-new-tokens", 1)
     assert r.rc == 2 and "blocks.1.hook_resid_post" in r.err and "blocks.0.hook_resid_post" in r.err, r.text
-    for res in (r,):
-        _no_traceback(res)
+    _no_traceback(r)
 
 
 # ---------------------------------------------------------------------------------------------
