@@ -251,7 +251,16 @@ def checkpoint_scaling_factor(folder: Path, cfg: dict[str, Any]) -> float | None
     saved before that keeps it in `activation_scaler.json`. Read as the identity, such an SAE sees
     inputs at the wrong scale (its top-k and thresholds pick other latents): a silent wrong result."""
     path = folder / SCALER_FILENAME
-    if cfg.get("normalize_activations") != "expected_average_only_in" or not path.is_file():
+    norm = cfg.get("normalize_activations")
+    if norm == "covariance_whitening" and path.is_file():
+        raise SAEFormatError(
+            f"{folder} is a SAELens training checkpoint of an SAE trained on whitened activations (cfg.json "
+            f"normalize_activations=covariance_whitening), which SAELens folds into the weights only when training "
+            f"ends; saesteer does not fold whitening. Pass the final SAE SAELens saves, or fold it with SAELens: "
+            f"sae = SAE.load_from_disk(CKPT); s = ActivationScaler(); s.load(CKPT/'{SCALER_FILENAME}'); "
+            f"sae.fold_activation_whitening(s.whitening.mean, s.whitening.matrix, s.whitening.inverse_matrix); "
+            f"sae.save_model(OUT)", file=path)
+    if norm != "expected_average_only_in" or not path.is_file():
         return None
     try:
         record = read_json(path, "SAELens activation scaler")
@@ -270,11 +279,15 @@ def fold_scaling_factor(cfg: dict[str, Any], weights: dict[str, torch.Tensor],
                         factor: float) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(cfg, weights) that read raw activations as the SAE read them multiplied by `factor`: what
     SAELens's `fold_activation_norm_scaling_factor` does at the end of training (W_enc * s,
-    W_dec / s, b_dec / s; then normalize_activations is "none")."""
+    W_dec / s, b_dec / s; then normalize_activations is "none"). Pre-activations are unchanged, so
+    b_enc and a JumpReLU threshold stay; a BatchTopK `topk_threshold` compared with pre * ||W_dec
+    row|| (`rescale_acts_by_decoder_norm`) is divided by s, as SAELens's BatchTopK does."""
     weights = dict(weights)
     weights["W_enc"] = weights["W_enc"] * factor
     weights["W_dec"] = weights["W_dec"] / factor
     weights["b_dec"] = weights["b_dec"] / factor
+    if "topk_threshold" in weights and cfg.get("rescale_acts_by_decoder_norm"):
+        weights["topk_threshold"] = weights["topk_threshold"] / factor
     return {**cfg, "normalize_activations": "none"}, weights
 
 

@@ -148,6 +148,78 @@ def test_a_saelens_checkpoint_folder_as_its_trainer_saves_it_folds_the_scaling_f
         torch.testing.assert_close(ours.encode(x) > 0, ref_acts > 0)
 
 
+@pytest.mark.parametrize("rescale", [False, True])
+def test_a_saelens_batchtopk_checkpoint_folds_the_scaling_factor_into_its_threshold_as_saelens_does(rescale, tmp_path):
+    """A BatchTopK checkpoint with `rescale_acts_by_decoder_norm` compares its `topk_threshold` with
+    pre-activations times the decoder norms, which the fold divides by the factor: SAELens divides the
+    threshold too (`BatchTopKTrainingSAE.fold_activation_norm_scaling_factor`). Our SAE equals the
+    inference SAE SAELens saves after folding."""
+    pytest.importorskip("sae_lens")
+    import sae_lens
+    from sae_lens import SAE
+    from sae_lens.training.activation_scaler import ActivationScaler
+
+    from saes.formats import resolve_sae
+
+    torch.manual_seed(0)
+    sl = sae_lens.BatchTopKTrainingSAE(sae_lens.BatchTopKTrainingSAEConfig(
+        d_in=16, d_sae=32, k=4, normalize_activations="expected_average_only_in", rescale_acts_by_decoder_norm=rescale))
+    with torch.no_grad():
+        for p in sl.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+        sl.topk_threshold.fill_(0.8)  # a trained threshold (the running estimate starts at 0)
+    sl.save_model(str(tmp_path / "ckpt"))
+    factor = 0.125
+    ActivationScaler(scaling_factor=factor).save(str(tmp_path / "ckpt" / "activation_scaler.json"))
+    with torch.no_grad():
+        sl.fold_activation_norm_scaling_factor(factor)  # what SAELens does when training ends
+    sl.save_inference_model(str(tmp_path / "final"))
+    ref = SAE.load_from_disk(str(tmp_path / "final"))
+    x = torch.randn(64, 16) * 8
+    with torch.no_grad():
+        ref_acts = ref.encode(x)
+        ours = resolve_sae(tmp_path / "ckpt").sae
+        assert 0 < int((ref_acts > 0).sum()) < ref_acts.numel()  # the threshold picks some latents, not all
+        torch.testing.assert_close(ours.encode(x) > 0, ref_acts > 0)
+        torch.testing.assert_close(ours(x).recon, ref.decode(ref_acts), rtol=1e-4, atol=1e-4)
+
+
+def test_a_saelens_whitened_training_checkpoint_is_refused_saying_how_to_fold_it(tmp_path):
+    """A checkpoint of an SAE trained with `covariance_whitening` keeps its whitening beside the
+    weights (`activation_scaler.json` + `activation_whitening.safetensors`); it is refused as a
+    training checkpoint, and the SAELens recipe the message gives yields a folder we load."""
+    pytest.importorskip("sae_lens")
+    import sae_lens
+    from sae_lens import SAE
+    from sae_lens.training.activation_scaler import ActivationScaler, ActivationWhitening
+
+    from saes.formats import resolve_sae
+    from saes.io import SAEFormatError
+
+    torch.manual_seed(0)
+    sl = sae_lens.StandardTrainingSAE(sae_lens.StandardTrainingSAEConfig(
+        d_in=8, d_sae=16, normalize_activations="covariance_whitening"))
+    ckpt = tmp_path / "ckpt"
+    sl.save_model(str(ckpt))
+    matrix = torch.eye(8, dtype=torch.float64) * 2 + torch.randn(8, 8, dtype=torch.float64) * 0.1
+    ActivationScaler(whitening=ActivationWhitening(mean=torch.randn(8, dtype=torch.float64), matrix=matrix,
+                                                   inverse_matrix=torch.linalg.inv(matrix))).save(
+        str(ckpt / "activation_scaler.json"))
+    with pytest.raises(SAEFormatError, match="training checkpoint") as e:
+        resolve_sae(ckpt)
+    assert "fold_activation_whitening" in str(e.value) and "final SAE" in str(e.value)
+
+    sae = SAE.load_from_disk(str(ckpt))  # the recipe of the message
+    s = ActivationScaler()
+    s.load(ckpt / "activation_scaler.json")
+    sae.fold_activation_whitening(s.whitening.mean, s.whitening.matrix, s.whitening.inverse_matrix)
+    sae.save_model(str(tmp_path / "out"))
+    x = torch.randn(4, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(resolve_sae(tmp_path / "out").sae(x).recon, sae.decode(sae.encode(x)),
+                                   rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.slow
 def test_a_saelens_training_checkpoint_reads_activations_at_the_scale_it_was_trained_on(real_models, real_corpus, tmp_path):
     """The checkpoint's SAE saw every activation times `scaling_factor`; SAELens's own SAE on the
@@ -358,19 +430,60 @@ def test_a_sparsify_run_folder_and_another_model_are_refused_naming_both_sides(s
     model, run, _ = sparsify_run
     r = saesteer("steer", "--sae", run, "--latent", "0:add=1", "--prompt", "x", "--max-new-tokens", 1)
     assert r.rc == 2 and "layers.0" in r.err and "layers.1" in r.err, r.text
+    _no_traceback(r)
     other = real_models.path("llama")
     r = saesteer("steer", "--sae", run / "layers.1", "--model", other, "--latent", "0:add=1", "--prompt", "x",
                  "--max-new-tokens", 1)
     assert r.rc != 0 and str(model) in r.err and str(other) in r.err and "--allow-model-mismatch" in r.err, r.text
+    _no_traceback(r)
     r = saesteer("steer", "--sae", run / "layers.1", "--hook", "blocks.0.hook_resid_post", "--latent", "0:add=1",
                  "--prompt", "x", "--max-new-tokens", 1)
     assert r.rc == 2 and "blocks.1.hook_resid_post" in r.err and "blocks.0.hook_resid_post" in r.err, r.text
-    for res in (r,):
-        _no_traceback(res)
+    _no_traceback(r)
 
 
 # ---------------------------------------------------------------------------------------------
 # 4. BOS: an SAE trained on what the HF tokenizer makes of text gets the same start of text here
+
+
+def test_a_dictionary_learning_sae_whose_tokenizer_is_not_at_hand_says_its_bos_is_unknown(real_models, tmp_path):
+    """The BOS rule comes from the model's HF tokenizer; for a hub model not in the HF cache (nothing
+    is downloaded) it is unknown, and the model's default may be wrong (GPT-2 under TransformerLens):
+    the load says so instead of leaving it to the provenance alone. A tokenizer at hand: no note."""
+    from helpers import foreign_saes as fs
+
+    from saes.errors import SaesteerWarning
+    from saes.formats import resolve_sae
+
+    state = fs.random_dictionary_learning("AutoEncoderTopK", 8, 16)
+    uncached = fs.write_dictionary_learning(tmp_path / "hub", "AutoEncoderTopK", state, lm_name="no-org/uncached-model")
+    with pytest.warns(SaesteerWarning, match="uncached-model's HF tokenizer is not on this machine"):
+        loaded = resolve_sae(uncached)
+    assert "prepend_bos" not in loaded.sae.cfg.metadata
+    assert loaded.provenance["source"]["prepend_bos"].startswith("unknown")
+
+    local = fs.write_dictionary_learning(tmp_path / "local", "AutoEncoderTopK", state,
+                                         lm_name=str(real_models.path("gpt2")))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*HF tokenizer", category=SaesteerWarning)
+        loaded = resolve_sae(local)
+    assert loaded.sae.cfg.metadata["prepend_bos"] is False  # GPT-2's tokenizer adds no BOS
+
+
+def test_a_sparsify_transcoder_is_refused_saying_why_and_what_to_do(tmp_path):
+    """sparsify's `transcode: true` predicts a module's output from its input: refused, naming the
+    hookpoint and the layout saesteer reads transcoders in."""
+    from helpers import foreign_saes as fs
+
+    state, cfg = fs.random_sparsify(8, 16, k=4)
+    fs.write_sparsify(tmp_path / "layers.1.mlp", state, {**cfg, "transcode": True})
+    r = saesteer("steer", "--sae", tmp_path / "layers.1.mlp", "--latent", "0:add=1", "--prompt", "x",
+                 "--max-new-tokens", 1)
+    assert r.rc == 2 and "'layers.1.mlp''s output from its input" in r.err, r.text
+    assert "SAELens transcoder folders" in r.err and "save its weights in that layout" in r.err, r.err
+    _no_traceback(r)
 
 
 def _table_latents(text: str) -> list[tuple[str, set[int]]]:
@@ -456,6 +569,17 @@ def _hf_layer_input(model_dir: Path, layer: int, text: str) -> torch.Tensor:
     return got["x"][0]
 
 
+def test_a_module_input_maps_to_a_hook_only_for_a_decoder_layer():
+    """io='in': a decoder layer's input is the residual stream before it, in every HF naming we map;
+    an MLP's (or attention's) input is a normalized stream with no mapped hook point: --hook then."""
+    from saes.formats.base import tl_hook_for_module_input
+
+    for path, block in [("gpt_neox.layers.2", 2), ("transformer.h.0", 0), ("model.layers.11", 11), ("layers.3", 3)]:
+        assert tl_hook_for_module_input(path) == f"blocks.{block}.hook_resid_pre"
+    for path in ("model.layers.3.mlp", "transformer.h.1.attn", "model.embed_tokens", "resid_post_layer_3"):
+        assert tl_hook_for_module_input(path) is None
+
+
 def test_dictionary_learning_submodule_paths_map_by_the_side_the_buffer_read(real_models, real_corpus, tmp_path):
     """submodule_name `gpt_neox.layers.1` (the module users pass to the buffer) read with io='in' is
     block 1's residual input, `blocks.1.hook_resid_pre` (it needed --hook before); `top-on-text`
@@ -480,6 +604,7 @@ def test_dictionary_learning_submodule_paths_map_by_the_side_the_buffer_read(rea
     r = saesteer("steer", "--sae", tmp_path / "in_and_out/trainer_0", "--latent", "0:add=1", "--prompt", "x",
                  "--max-new-tokens", 1)
     assert r.rc == 2 and "io='in_and_out'" in r.err and "transcoder" in r.err, r.text
+    assert "save its weights in that layout" in r.err, r.err  # what to do, not only why
     _no_traceback(r)
 
     text = "class Point:\n    x = 1"

@@ -5,7 +5,8 @@
 - `record_model_and_hook`: where a format records the model and hook point, that record is used
   (a different `--hook` is refused, naming both); where it does not, the user's values are used;
   both sides are kept in the provenance.
-- `tl_hook_for_module`: TransformerLens hook name of an HF module path (sparsify's hookpoints).
+- `tl_hook_for_module`, `tl_hook_for_module_input`: TransformerLens hook name of what an HF module
+  outputs (sparsify's hookpoints) or of a decoder layer's input (dictionary_learning io="in").
 - `read_plain_state_dict`: a torch pickle through `torch.load(weights_only=True)` only, and only
   if it holds a plain {name: tensor} state dict (`read_weights_only_pickle`: the load alone).
 - `hf_model_identity`: the model identity of an HF model name a file records.
@@ -28,6 +29,7 @@ from typing import Any, NamedTuple
 import torch
 
 from saes.base import SAE
+from saes.errors import note
 from saes.fileio import sha256_file
 from saes.identity import ModelIdentity
 from saes.io import SAEFormatError
@@ -120,6 +122,7 @@ _MODULE_HOOKS = [
     (re.compile(rf"^(?:.+\.)?{_LAYER}\.mlp$"), "blocks.{}.hook_mlp_out"),
     (re.compile(r"^(?:.+\.)?(?:embed_tokens|wte|embed_in)$"), "hook_embed"),
 ]
+_LAYER_INPUT = re.compile(rf"^(?:.+\.)?{_LAYER}$")
 
 
 def tl_hook_for_module(module_path: str) -> str | None:
@@ -131,6 +134,14 @@ def tl_hook_for_module(module_path: str) -> str | None:
         if m:
             return template.format(*m.groups())
     return None
+
+
+def tl_hook_for_module_input(module_path: str) -> str | None:
+    """TransformerLens hook point that reads what an HF decoder layer takes in: 'layers.3' ->
+    'blocks.3.hook_resid_pre' (the residual stream before block 3); None for any other module
+    (an MLP's input is a normalized stream, not a hook point we map)."""
+    m = _LAYER_INPUT.match(module_path)
+    return f"blocks.{m.group(1)}.hook_resid_pre" if m else None
 
 
 def record_model_and_hook(
@@ -189,6 +200,12 @@ def hf_model_identity(name: Any) -> ModelIdentity | None:
     return ModelIdentity("hub", name) if _HF_REPO.match(name) else None
 
 
+# what to do with another library's transcoder (sparsify `transcode`, dictionary_learning io="in_and_out")
+TRANSCODER_HINT = ("saesteer reads transcoders only as SAELens transcoder folders (docs/formats.md, SAE folder: "
+                   "cfg.json with d_out and metadata.hook_name_out): save its weights in that layout, or pass an SAE "
+                   "of one hook point")
+
+
 def hf_tokenizer_adds_bos(model_name: str | None) -> bool | None:
     """Whether the HF tokenizer of `model_name` (a local checkpoint directory, or a hub model in the
     HF cache) starts a text with BOS by default; None when it is not at hand (nothing is downloaded)."""
@@ -210,9 +227,16 @@ def record_hf_tokenizer_bos(sae: SAE, provenance: dict[str, Any], model_name: st
 
     TransformerLens's default may differ: GPT-2's tokenizer adds no BOS, TransformerLens prepends
     one, and an SAE fed a BOS it never saw gets other activations at every position. Left unset
-    (the model's default) when the tokenizer is not at hand; the provenance says which."""
+    (the model's default) when the tokenizer is not at hand, with a note: that default may be the
+    wrong one (GPT-2 from the hub, not yet cached); the provenance says which."""
     adds = hf_tokenizer_adds_bos(model_name)
     provenance["source"]["prepend_bos"] = ("as the HF tokenizer of the model adds it" if adds is not None else
                                            "unknown (the model's tokenizer was not at hand): the model's default")
     if adds is not None:
         sae.cfg.metadata["prepend_bos"] = adds
+    elif model_name and model_name != "toy":
+        note(f"{provenance['source'].get('path', 'this SAE')}: {model_name}'s HF tokenizer is not on this machine "
+             f"(nothing is downloaded), so whether this SAE's training text started with BOS is unknown; text gets "
+             f"the model's default BOS, which TransformerLens may add where the tokenizer does not (GPT-2). Load the "
+             f"tokenizer once with network (AutoTokenizer.from_pretrained({model_name!r})), or choose BOS explicitly",
+             stacklevel=3)

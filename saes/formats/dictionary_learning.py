@@ -34,6 +34,7 @@ import torch
 
 from saes.fileio import read_json
 from saes.formats.base import (
+    TRANSCODER_HINT,
     LoadedSAE,
     files_record,
     hf_model_identity,
@@ -42,6 +43,7 @@ from saes.formats.base import (
     record_model_and_hook,
     require_tensors,
     tl_hook_for_module,
+    tl_hook_for_module_input,
 )
 from saes.io import SAEFormatError, sae_from_sae_lens_dict
 
@@ -51,7 +53,6 @@ CONFIG = "config.json"
 CHECKPOINTS = "checkpoints"
 _CHECKPOINT = re.compile(r"^ae_(\d+)\.pt$")  # trainSAE(save_steps=...): TRAINER/checkpoints/ae_STEP.pt
 SUPPORTED = ("AutoEncoder", "AutoEncoderTopK", "BatchTopKSAE", "MatryoshkaBatchTopKSAE", "JumpReluAutoEncoder")
-_LAYER_INPUT = re.compile(r"^(?:.+\.)?(?:layers|h|blocks|layer)\.(\d+)$")  # a decoder layer's HF path
 _SUBMODULE_HOOKS = [  # dictionary_learning's demo names: "<site>_layer_<n>"
     (re.compile(r"^resid_post_layer_(\d+)$"), "blocks.{}.hook_resid_post"),
     (re.compile(r"^mlp_out_layer_(\d+)$"), "blocks.{}.hook_mlp_out"),
@@ -170,8 +171,7 @@ def _hook_from_submodule(name: Any, io: Any) -> str | None:
             if m:
                 return template.format(*m.groups())
         return tl_hook_for_module(name)
-    m = _LAYER_INPUT.match(name) if io == "in" else None
-    return f"blocks.{m.group(1)}.hook_resid_pre" if m else None
+    return tl_hook_for_module_input(name) if io == "in" else None
 
 
 def load(
@@ -194,7 +194,7 @@ def load(
     if buffer.get("io") == "in_and_out":
         raise SAEFormatError(f"{source}: {CONFIG}'s buffer has io='in_and_out': a transcoder trained to predict "
                              f"{trainer.get('submodule_name')!r}'s output from its input, not an SAE of one hook point; "
-                             f"saesteer does not read dictionary_learning transcoders")
+                             f"{TRANSCODER_HINT}")
     state = read_plain_state_dict(weights_path, source)
     dict_class = trainer.get("dict_class") or _infer_class(state, source)
     sl_cfg, sd = _convert(str(dict_class), state, trainer, source)

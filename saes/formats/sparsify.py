@@ -28,6 +28,7 @@ import torch
 
 from saes.fileio import read_json
 from saes.formats.base import (
+    TRANSCODER_HINT,
     LoadedSAE,
     files_record,
     hf_model_identity,
@@ -81,8 +82,9 @@ def load(
         raise SAEFormatError(f"{source}: activation {activation!r} is not supported (only 'topk'); saesteer has no "
                              f"group-max SAE")
     if cfg.get("transcode"):
-        raise SAEFormatError(f"{source}: a transcoder (transcode: true) predicts another module's output; it is not "
-                             f"an SAE saesteer can splice into one hook point")
+        raise SAEFormatError(f"{source}: a transcoder (transcode: true) predicts hookpoint "
+                             f"{_hookpoint_and_run(folder)[0]!r}'s output from its input, not an SAE of one hook "
+                             f"point; {TRANSCODER_HINT}")
     weights = read_safetensors(folder / WEIGHTS, source)
     if cfg.get("skip_connection") or "W_skip" in weights:
         raise SAEFormatError(f"{source}: skip connections (W_skip) are not supported")
