@@ -247,6 +247,28 @@ def test_refusals_before_the_api_speak_openais_error_shape(server, client):
     assert f"base_url to http://127.0.0.1:{srv.port}/v1" in e.value.body["message"]
 
 
+def test_v1_errors_carry_openais_types_and_codes(ws, server):
+    """OpenAI answers every refusal with type 'invalid_request_error' (a wrong key: code
+    'invalid_api_key') and its own failures with 'server_error'; a client switching on `type` or
+    `code` met 'not_found_error', 'authentication_error' (other vendors' names) from this server."""
+    from saesteer.web import Limits, ServeConfig, create_app
+    from helpers.web_app import client as test_client
+
+    srv, _ = server
+    for path, body in (("/v1/embeddings", {}), ("/v1/chat/completions", {"model": "nope", "messages": MSGS}),
+                       ("/v1", {})):
+        err = httpx.post(f"{srv.url}{path}", json=body).json()["error"]
+        assert err["type"] == "invalid_request_error", (path, err)
+    limits = Limits(max_new_tokens=MAX_NEW)
+    port = free_port()
+    app = create_app([make_entry(ws, "chat", limits=limits)], config=ServeConfig(port=port, require_token=True),
+                     limits=limits, token="t0k3n-" + "x" * 40)
+    with test_client(app, base_url=f"http://127.0.0.1:{port}") as c:
+        r = c.post("/v1/chat/completions", json={"model": "chat", "messages": MSGS})
+    assert r.status_code == 401
+    assert r.json()["error"]["type"] == "invalid_request_error" and r.json()["error"]["code"] == "invalid_api_key"
+
+
 @pytest.mark.parametrize("field, value", [
     ("tools", [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]),
     ("response_format", {"type": "json_object"}),
