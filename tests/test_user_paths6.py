@@ -382,3 +382,21 @@ def test_async_client_with_concurrent_streams(server, client):
                                                n=2 if seed == 3 else 1)
         assert texts == [c.message.content for c in whole.choices]
         assert all(u is None for u in usage[:-1]) and usage[-1] == whole.usage
+
+
+def test_a_streamed_chat_opens_with_a_role_only_chunk_per_choice(client):
+    """OpenAI's first chunk of each choice carries the role and empty content, before any text;
+    clients that build the message from it saw the role only together with the first text (and
+    never, when no text came)."""
+    chunks = list(client.chat.completions.create(model="chat", messages=MSGS, max_tokens=3, n=2, seed=3, stream=True))
+    firsts = {}
+    for ch in chunks:
+        for choice in ch.choices:
+            firsts.setdefault(choice.index, choice)
+    assert sorted(firsts) == [0, 1]
+    for choice in firsts.values():
+        assert choice.delta.role == "assistant" and choice.delta.content == "" and choice.finish_reason is None
+    roles = [choice.delta.role for ch in chunks for choice in ch.choices if choice.delta.role is not None]
+    assert len(roles) == 2, "the role is said once per choice"
+    text = "".join(choice.delta.content or "" for ch in chunks for choice in ch.choices if choice.index == 0)
+    assert text == client.chat.completions.create(model="chat", messages=MSGS, max_tokens=3, n=2, seed=3).choices[0].message.content
