@@ -400,3 +400,17 @@ def test_a_streamed_chat_opens_with_a_role_only_chunk_per_choice(client):
     assert len(roles) == 2, "the role is said once per choice"
     text = "".join(choice.delta.content or "" for ch in chunks for choice in ch.choices if choice.index == 0)
     assert text == client.chat.completions.create(model="chat", messages=MSGS, max_tokens=3, n=2, seed=3).choices[0].message.content
+
+
+def test_top_p_zero_is_greedy(client):
+    """OpenAI accepts `top_p=0` (clients send it to mean 'no sampling'); a nucleus of no mass keeps
+    only the most likely token, so it is greedy whatever the temperature or seed (it was refused)."""
+    greedy = client.completions.create(model="chat", prompt="def parse", max_tokens=8, temperature=0,
+                                    extra_body={"ignore_eos": True})
+    for seed in (1, 2):
+        r = client.completions.create(model="chat", prompt="def parse", max_tokens=8, temperature=1.5, top_p=0,
+                                      seed=seed, extra_body={"ignore_eos": True})
+        assert r.choices[0].text == greedy.choices[0].text
+    sampled = {client.completions.create(model="chat", prompt="def parse", max_tokens=8, temperature=1.5, seed=s,
+                                         extra_body={"ignore_eos": True}).choices[0].text for s in (1, 2)}
+    assert sampled != {greedy.choices[0].text}, "the temperature alone would not make these equal"

@@ -79,7 +79,7 @@ class _Common(_In):
     model: str = Field(min_length=1, max_length=200)
     max_tokens: Optional[StrictInt] = Field(None, ge=1, le=int(HARD_LIMITS["max_new_tokens"]))
     temperature: Optional[float] = Field(None, ge=0.0, le=2.0, allow_inf_nan=False)
-    top_p: Optional[float] = Field(None, gt=0.0, le=1.0, allow_inf_nan=False)
+    top_p: Optional[float] = Field(None, ge=0.0, le=1.0, allow_inf_nan=False, description="0: greedy")
     top_k: Optional[StrictInt] = Field(None, ge=1, le=100000, description="extension: sample among the k most likely")
     n: Optional[StrictInt] = Field(None, ge=1, le=MAX_N)
     stream: Optional[StrictBool] = None
