@@ -269,6 +269,15 @@ def test_v1_errors_carry_openais_types_and_codes(ws, server):
     assert r.json()["error"]["type"] == "invalid_request_error" and r.json()["error"]["code"] == "invalid_api_key"
 
 
+def test_a_content_part_type_is_echoed_cut_short(client):
+    """The refusal names the part's type; a client's long (or multi-line) `type` is cut, not echoed whole."""
+    part = {"type": "image_url\n" + "x" * 5000, "image_url": {"url": "data:,"}}
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="chat", messages=[{"role": "user", "content": [part]}], max_tokens=1)
+    message = e.value.body["message"]
+    assert "only text content parts" in message and "image_url" in message and len(message) < 300
+
+
 @pytest.mark.parametrize("field, value", [
     ("tools", [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]),
     ("response_format", {"type": "json_object"}),

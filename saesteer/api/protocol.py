@@ -133,8 +133,8 @@ class Message(BaseModel):
         if isinstance(v, list):
             for part in v:
                 kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                if kind != "text":
-                    raise ValueError(f"only text content parts are supported (got {kind!r})")
+                if kind != "text":  # the name is the client's: cut, the refusal stays one line
+                    raise ValueError(f"only text content parts are supported (got {str(kind)[:40]!r})")
         return v
 
     def text(self) -> str:
