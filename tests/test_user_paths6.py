@@ -135,7 +135,7 @@ def test_a_request_waiting_when_the_server_stops_ends_with_an_error(ws):
             assert await asyncio.to_thread(_wait, lambda: not sched._inbox)
             second = sched.submit([row(2)], loop, deliver_tokens=False)
             closing = asyncio.ensure_future(asyncio.to_thread(sched.close))
-            await asyncio.sleep(0.2)
+            assert await asyncio.to_thread(_wait, lambda: sched._closed)  # a fixed sleep: flaky on a busy machine
         await closing
         ends = list(await asyncio.wait_for(asyncio.gather(events(first), events(second)), 10))
         sched.start()  # served again
@@ -163,7 +163,10 @@ def test_a_web_model_job_waiting_when_the_server_stops_leaves_the_reopened_queue
         first = asyncio.ensure_future(q.run(running))
         assert await asyncio.to_thread(started.wait, 10)
         second = asyncio.ensure_future(q.run(lambda: None))
-        await asyncio.sleep(0.05)
+        for _ in range(100):  # a few turns of the loop: the task counts itself in
+            if q.pending == 2:
+                break
+            await asyncio.sleep(0.01)
         assert q.pending == 2
         q.close()
         release.set()
