@@ -147,6 +147,38 @@ def test_a_request_waiting_when_the_server_stops_ends_with_an_error(ws):
     assert first == ["error"] and second == ["error"] and again == ["length"]
 
 
+@pytest.mark.parametrize("moment", ["before the engine has its rows", "during their prefill"])
+def test_a_job_cancelled_while_the_worker_takes_it_in_is_cancelled(ws, moment):
+    """A client that goes away just after the worker took its job out of the inbox, or while its
+    rows are in their prefill: `cancel` found them neither waiting nor running, and they ran to the
+    end for nobody (outside the bound on requests in the server). The scheduler now cancels such a
+    job again after each step until its rows have ended."""
+    from saesteer.api.scheduler import Scheduler
+    from steering.engine import BatchEngine, Row
+    from steering.sampling import SamplingParams
+
+    engine = BatchEngine(ws.model, {"chat": ws.sae})
+    sched = Scheduler(engine, name="chat")
+    add, prefill, added = engine.add, engine.runner.prefill, []  # the client leaves at that moment (on this thread)
+    if moment == "before the engine has its rows":
+        engine.add = lambda rows: (sched.cancel(rows[0].group), add(rows))
+    else:
+        engine.add = lambda rows: (added.append(rows[0].group), add(rows))
+        engine.runner.prefill = lambda *a: (sched.cancel(added[0]), prefill(*a))[1]
+    ids = ws.model.to_tokens("def parse")[0].tolist()
+
+    async def scenario():
+        sched.start()
+        job = sched.submit([Row(ids, SamplingParams(max_new_tokens=MAX_NEW, seed=0))], asyncio.get_running_loop(),
+                           deliver_tokens=False)
+        return [ev.finish_reason async for ev in job]
+
+    try:
+        assert asyncio.run(asyncio.wait_for(scenario(), 60)) == ["cancelled"]
+    finally:
+        sched.close()
+
+
 def test_a_web_model_job_waiting_when_the_server_stops_leaves_the_reopened_queue_empty():
     """`ModelQueue.close` cancels the jobs that had not started; their places are given back, so the
     queue a second serve opens starts empty (they stayed counted: each stop made it smaller for good)."""
