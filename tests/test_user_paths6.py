@@ -135,7 +135,7 @@ def test_a_request_waiting_when_the_server_stops_ends_with_an_error(ws):
             assert await asyncio.to_thread(_wait, lambda: not sched._inbox)
             second = sched.submit([row(2)], loop, deliver_tokens=False)
             closing = asyncio.ensure_future(asyncio.to_thread(sched.close))
-            await asyncio.sleep(0.2)
+            assert await asyncio.to_thread(_wait, lambda: sched._closed)  # a fixed sleep: flaky on a busy machine
         await closing
         ends = list(await asyncio.wait_for(asyncio.gather(events(first), events(second)), 10))
         sched.start()  # served again
@@ -145,6 +145,38 @@ def test_a_request_waiting_when_the_server_stops_ends_with_an_error(ws):
 
     first, second, again = asyncio.run(scenario())
     assert first == ["error"] and second == ["error"] and again == ["length"]
+
+
+@pytest.mark.parametrize("moment", ["before the engine has its rows", "during their prefill"])
+def test_a_job_cancelled_while_the_worker_takes_it_in_is_cancelled(ws, moment):
+    """A client that goes away just after the worker took its job out of the inbox, or while its
+    rows are in their prefill: `cancel` found them neither waiting nor running, and they ran to the
+    end for nobody (outside the bound on requests in the server). The scheduler now cancels such a
+    job again after each step until its rows have ended."""
+    from saesteer.api.scheduler import Scheduler
+    from steering.engine import BatchEngine, Row
+    from steering.sampling import SamplingParams
+
+    engine = BatchEngine(ws.model, {"chat": ws.sae})
+    sched = Scheduler(engine, name="chat")
+    add, prefill, added = engine.add, engine.runner.prefill, []  # the client leaves at that moment (on this thread)
+    if moment == "before the engine has its rows":
+        engine.add = lambda rows: (sched.cancel(rows[0].group), add(rows))
+    else:
+        engine.add = lambda rows: (added.append(rows[0].group), add(rows))
+        engine.runner.prefill = lambda *a: (sched.cancel(added[0]), prefill(*a))[1]
+    ids = ws.model.to_tokens("def parse")[0].tolist()
+
+    async def scenario():
+        sched.start()
+        job = sched.submit([Row(ids, SamplingParams(max_new_tokens=MAX_NEW, seed=0))], asyncio.get_running_loop(),
+                           deliver_tokens=False)
+        return [ev.finish_reason async for ev in job]
+
+    try:
+        assert asyncio.run(asyncio.wait_for(scenario(), 60)) == ["cancelled"]
+    finally:
+        sched.close()
 
 
 def test_a_web_model_job_waiting_when_the_server_stops_leaves_the_reopened_queue_empty():
@@ -163,7 +195,10 @@ def test_a_web_model_job_waiting_when_the_server_stops_leaves_the_reopened_queue
         first = asyncio.ensure_future(q.run(running))
         assert await asyncio.to_thread(started.wait, 10)
         second = asyncio.ensure_future(q.run(lambda: None))
-        await asyncio.sleep(0.05)
+        for _ in range(100):  # a few turns of the loop: the task counts itself in
+            if q.pending == 2:
+                break
+            await asyncio.sleep(0.01)
         assert q.pending == 2
         q.close()
         release.set()
@@ -245,6 +280,37 @@ def test_refusals_before_the_api_speak_openais_error_shape(server, client):
     with pytest.raises(openai.NotFoundError) as e:
         no_v1.chat.completions.create(model="chat", messages=MSGS, max_tokens=1)
     assert f"base_url to http://127.0.0.1:{srv.port}/v1" in e.value.body["message"]
+
+
+def test_v1_errors_carry_openais_types_and_codes(ws, server):
+    """OpenAI answers every refusal with type 'invalid_request_error' (a wrong key: code
+    'invalid_api_key') and its own failures with 'server_error'; a client switching on `type` or
+    `code` met 'not_found_error', 'authentication_error' (other vendors' names) from this server."""
+    from saesteer.web import Limits, ServeConfig, create_app
+    from helpers.web_app import client as test_client
+
+    srv, _ = server
+    for path, body in (("/v1/embeddings", {}), ("/v1/chat/completions", {"model": "nope", "messages": MSGS}),
+                       ("/v1", {})):
+        err = httpx.post(f"{srv.url}{path}", json=body).json()["error"]
+        assert err["type"] == "invalid_request_error", (path, err)
+    limits = Limits(max_new_tokens=MAX_NEW)
+    port = free_port()
+    app = create_app([make_entry(ws, "chat", limits=limits)], config=ServeConfig(port=port, require_token=True),
+                     limits=limits, token="t0k3n-" + "x" * 40)
+    with test_client(app, base_url=f"http://127.0.0.1:{port}") as c:
+        r = c.post("/v1/chat/completions", json={"model": "chat", "messages": MSGS})
+    assert r.status_code == 401
+    assert r.json()["error"]["type"] == "invalid_request_error" and r.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_a_content_part_type_is_echoed_cut_short(client):
+    """The refusal names the part's type; a client's long (or multi-line) `type` is cut, not echoed whole."""
+    part = {"type": "image_url\n" + "x" * 5000, "image_url": {"url": "data:,"}}
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="chat", messages=[{"role": "user", "content": [part]}], max_tokens=1)
+    message = e.value.body["message"]
+    assert "only text content parts" in message and "image_url" in message and len(message) < 300
 
 
 @pytest.mark.parametrize("field, value", [
@@ -360,3 +426,35 @@ def test_async_client_with_concurrent_streams(server, client):
                                                n=2 if seed == 3 else 1)
         assert texts == [c.message.content for c in whole.choices]
         assert all(u is None for u in usage[:-1]) and usage[-1] == whole.usage
+
+
+def test_a_streamed_chat_opens_with_a_role_only_chunk_per_choice(client):
+    """OpenAI's first chunk of each choice carries the role and empty content, before any text;
+    clients that build the message from it saw the role only together with the first text (and
+    never, when no text came)."""
+    chunks = list(client.chat.completions.create(model="chat", messages=MSGS, max_tokens=3, n=2, seed=3, stream=True))
+    firsts = {}
+    for ch in chunks:
+        for choice in ch.choices:
+            firsts.setdefault(choice.index, choice)
+    assert sorted(firsts) == [0, 1]
+    for choice in firsts.values():
+        assert choice.delta.role == "assistant" and choice.delta.content == "" and choice.finish_reason is None
+    roles = [choice.delta.role for ch in chunks for choice in ch.choices if choice.delta.role is not None]
+    assert len(roles) == 2, "the role is said once per choice"
+    text = "".join(choice.delta.content or "" for ch in chunks for choice in ch.choices if choice.index == 0)
+    assert text == client.chat.completions.create(model="chat", messages=MSGS, max_tokens=3, n=2, seed=3).choices[0].message.content
+
+
+def test_top_p_zero_is_greedy(client):
+    """OpenAI accepts `top_p=0` (clients send it to mean 'no sampling'); a nucleus of no mass keeps
+    only the most likely token, so it is greedy whatever the temperature or seed (it was refused)."""
+    greedy = client.completions.create(model="chat", prompt="def parse", max_tokens=8, temperature=0,
+                                    extra_body={"ignore_eos": True})
+    for seed in (1, 2):
+        r = client.completions.create(model="chat", prompt="def parse", max_tokens=8, temperature=1.5, top_p=0,
+                                      seed=seed, extra_body={"ignore_eos": True})
+        assert r.choices[0].text == greedy.choices[0].text
+    sampled = {client.completions.create(model="chat", prompt="def parse", max_tokens=8, temperature=1.5, seed=s,
+                                         extra_body={"ignore_eos": True}).choices[0].text for s in (1, 2)}
+    assert sampled != {greedy.choices[0].text}, "the temperature alone would not make these equal"

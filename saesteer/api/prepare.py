@@ -170,6 +170,14 @@ def _eos_ids(tokenizer, chat: bool) -> tuple[int, ...]:
     return tuple(sorted(ids))
 
 
+def _temperature(req) -> float:
+    """The sampling temperature; `top_p=0` (accepted by OpenAI) is greedy: a nucleus of no mass
+    keeps only the most likely token, which is what temperature 0 picks."""
+    if req.top_p == 0:
+        return 0.0
+    return 1.0 if req.temperature is None else float(req.temperature)
+
+
 def _rows(prompts, layouts, served: ServedModel, req, c: dict, steering, logprobs, stream: bool, chat: bool) -> list:
     from steering.engine import Row
     from steering.sampling import SamplingParams
@@ -195,8 +203,8 @@ def _rows(prompts, layouts, served: ServedModel, req, c: dict, steering, logprob
             try:
                 params = SamplingParams(
                     max_new_tokens=int(max_tokens),
-                    temperature=1.0 if req.temperature is None else float(req.temperature),
-                    top_p=1.0 if req.top_p is None else float(req.top_p),
+                    temperature=_temperature(req),
+                    top_p=1.0 if req.top_p in (None, 0) else float(req.top_p),
                     top_k=req.top_k,
                     seed=None if req.seed is None else (req.seed + i) % (2**63),
                     frequency_penalty=float(req.frequency_penalty or 0.0),

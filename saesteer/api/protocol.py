@@ -79,7 +79,7 @@ class _Common(_In):
     model: str = Field(min_length=1, max_length=200)
     max_tokens: Optional[StrictInt] = Field(None, ge=1, le=int(HARD_LIMITS["max_new_tokens"]))
     temperature: Optional[float] = Field(None, ge=0.0, le=2.0, allow_inf_nan=False)
-    top_p: Optional[float] = Field(None, gt=0.0, le=1.0, allow_inf_nan=False)
+    top_p: Optional[float] = Field(None, ge=0.0, le=1.0, allow_inf_nan=False, description="0: greedy")
     top_k: Optional[StrictInt] = Field(None, ge=1, le=100000, description="extension: sample among the k most likely")
     n: Optional[StrictInt] = Field(None, ge=1, le=MAX_N)
     stream: Optional[StrictBool] = None
@@ -133,8 +133,8 @@ class Message(BaseModel):
         if isinstance(v, list):
             for part in v:
                 kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                if kind != "text":
-                    raise ValueError(f"only text content parts are supported (got {kind!r})")
+                if kind != "text":  # the name is the client's: cut, the refusal stays one line
+                    raise ValueError(f"only text content parts are supported (got {str(kind)[:40]!r})")
         return v
 
     def text(self) -> str:

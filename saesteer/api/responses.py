@@ -160,8 +160,17 @@ class Assembler:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.prep.model_id, "choices": [choice]}
 
     def first_chunks(self) -> list[dict[str, Any]]:
-        """Chunks sent before any token: the echoed prompt (completions with echo)."""
+        """Chunks sent before any token: the echoed prompt (completions with echo); for chat, as
+        OpenAI does, one chunk per choice saying the role with empty content (clients that build
+        the message from the first delta's role see it even when no text comes)."""
         out = []
+        if self.prep.kind == "chat":
+            for c in self.choices:
+                c.started = True
+                out.append({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                            "model": self.prep.model_id,
+                            "choices": [{"index": c.index, "delta": {"role": "assistant", "content": ""},
+                                         "logprobs": None, "finish_reason": None}]})
         if self.prep.kind == "completion" and self.prep.echo_texts:
             for c in self.choices:
                 text = self.prep.echo_texts[c.index // self.prep.n]

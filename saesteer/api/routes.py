@@ -21,7 +21,7 @@ from saesteer.api.prepare import ApiError, prepare_chat, prepare_completion
 from saesteer.api.protocol import ChatRequest, CompletionRequest
 from saesteer.api.responses import SSE_DONE, Assembler, error_body, sse
 from saesteer.api.scheduler import QueueFull
-from saesteer.web.security import openai_error_type
+from saesteer.web.security import openai_error_json
 
 __all__ = ["router", "RETRY_AFTER_S"]
 
@@ -31,8 +31,7 @@ RETRY_AFTER_S = 1
 
 
 def _error(status: int, message: str, *, param: str | None = None, code: str | None = None, headers=None) -> JSONResponse:
-    kind = "invalid_request_error" if status == 404 else openai_error_type(status)  # an unknown model: the request's fault
-    return JSONResponse(error_body(message, type_=kind, param=param, code=code), status_code=status, headers=headers)
+    return JSONResponse(openai_error_json(status, message, param=param, code=code), status_code=status, headers=headers)
 
 
 def _service(request: Request):

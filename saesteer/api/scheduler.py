@@ -70,6 +70,7 @@ class Scheduler:
         self._cond = threading.Condition()
         self._inbox: list[tuple[Job, list[Row]]] = []
         self._jobs: set[Job] = set()
+        self._cancelling: set[Job] = set()  # cancelled, rows maybe still in the engine: cancelled again after each step
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=f"api-{name}", daemon=True)
         self.completed = 0
@@ -85,6 +86,7 @@ class Scheduler:
             if self._thread.is_alive():
                 return self
             self._closed = False
+            self._cancelling = set()
             self._thread = threading.Thread(target=self._run, name=f"api-{self.name}", daemon=True)
             self._thread.start()
         return self
@@ -122,7 +124,10 @@ class Scheduler:
         with self._cond:
             if job in self._jobs:
                 self.cancelled += 1
+            waiting = len(self._inbox)
             self._inbox = [(j, rs) for j, rs in self._inbox if j is not job]
+            if len(self._inbox) == waiting:  # taken in by the worker already: its rows are, or will be, in the engine
+                self._cancelling.add(job)
             self._jobs.discard(job)
         self.engine.cancel(job)
 
@@ -162,7 +167,19 @@ class Scheduler:
                 log.exception("generation step failed on %s", self.name)
                 events = self.engine.fail_all(f"generation failed: {type(e).__name__}: {e}")
             self._deliver([ev for ev in events if ev.finish_reason is not None or ev.group.deliver_tokens])
+            if self._cancelling:
+                self._cancel_again()
         self._deliver(self.engine.fail_all("the server is shutting down"))
+
+    def _cancel_again(self) -> None:
+        """`engine.cancel` finds only rows it holds as waiting or running: it misses rows the worker
+        took from the inbox but had not added yet, and rows in their prefill. Cancelling again after
+        each step, until the job's last row has ended, catches them at the next step."""
+        with self._cond:
+            jobs = [j for j in self._cancelling if j.unfinished > 0]
+            self._cancelling = set(jobs)
+        for job in jobs:
+            self.engine.cancel(job)
 
     def _deliver(self, events: list[RowEvent]) -> None:
         """Hand a step's events to their jobs: one wake-up of each event loop per step, not per token."""

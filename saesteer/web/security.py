@@ -350,23 +350,24 @@ _OWN_HEADER_NAMES = frozenset(k for k, _ in _SECURITY_HEADERS)
 
 
 OPENAI_PREFIX = "/v1/"
-_OPENAI_ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
-                       413: "invalid_request_error", 503: "server_busy", 500: "server_error"}
-
-
 def openai_error_type(status: int) -> str:
-    """OpenAI's error `type` for an HTTP status."""
-    return _OPENAI_ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    """OpenAI's error `type` for an HTTP status: its API answers every refusal (400, 401, 404, 413,
+    ...) with `invalid_request_error` and its own failures (500, 503) with `server_error`."""
+    return "server_error" if status >= 500 else "invalid_request_error"
 
 
 def openai_error_json(status: int, message: str, *, param: str | None = None, code: str | None = None) -> dict:
-    """OpenAI's error body (its clients read `error.message`, `.code`)."""
+    """OpenAI's error body (its clients read `error.message`, `.code`); a 401 has OpenAI's code for
+    a missing or wrong key, which some clients test."""
+    if code is None and status == 401:
+        code = "invalid_api_key"
     return {"error": {"message": message, "type": openai_error_type(status), "param": param, "code": code}}
 
 
 def error_json(path: str, status: int, message: str) -> dict:
     """An error's JSON body: OpenAI's shape under /v1, `{"detail": message}` elsewhere."""
-    return openai_error_json(status, message) if path.startswith(OPENAI_PREFIX) else {"detail": message}
+    is_openai = path.startswith(OPENAI_PREFIX) or path == OPENAI_PREFIX.rstrip("/")
+    return openai_error_json(status, message) if is_openai else {"detail": message}
 
 
 async def _deny(scope, send, status: int, message: str) -> None:
