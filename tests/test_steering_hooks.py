@@ -188,7 +188,7 @@ def test_typical_max_units(model, tokens):
         (["3:clamp=1?5>2x"], {}, "trigger latent 5 has no known typical max"),
         (["zz/3:clamp=1"], {}, "unknown SAE 'zz'"),
         (["3:clamp=1e9"], {}, "max_abs_value"),
-        (["3:clamp=2x"], {}, "typical max"),
+        (["3:clamp=2x"], {}, "latent 3 of SAE 'sae' has no known typical max"),
         (["3:clamp=1", "3:add=1"], {}, "edited twice"),
         ([], {}, "no edits"),
         (["3:clamp=1"], {"hook": "blocks.9.hook_resid_post"}, "unknown hook point 'blocks.9.hook_resid_post'"),
