@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from helpers.real_models import GEMMA3_CHAT_TEMPLATE, build_family_tokenizer
-from test_user_paths3 import DEEPSEEK_TEMPLATE, LLAMA2_TEMPLATE, MISTRAL_SMALL3_TEMPLATE, QWEN2_TEMPLATE
+from helpers.chat_templates import DEEPSEEK_TEMPLATE, LLAMA2_TEMPLATE, MISTRAL_SMALL3_TEMPLATE, QWEN2_TEMPLATE
 
 TEXTS = ["the sea is deep and the ship sails on. What is the sea? Be brief, and answer in one line.\n" * 20]
 
