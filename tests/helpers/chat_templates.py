@@ -38,3 +38,10 @@ LLAMA2_TEMPLATE = (
     "{% else %}{% set content = message['content'] %}{% endif %}{% if message['role'] == 'user' %}"
     "{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}{% elif message['role'] == 'assistant' %}"
     "{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}")
+
+
+# DeepSeek-R1: as DEEPSEEK_TEMPLATE, but an assistant message's reasoning (up to </think>) is left out
+DEEPSEEK_R1_TEMPLATE = DEEPSEEK_TEMPLATE.replace(
+    "{% elif m['role'] == 'assistant' %}{{ '<|Assistant|>' + m['content'] + '<|end|>' }}",
+    "{% elif m['role'] == 'assistant' %}{% set c = m['content'] %}{% if '</think>' in c %}"
+    "{% set c = c.split('</think>')[-1] %}{% endif %}{{ '<|Assistant|>' + c + '<|end|>' }}")
