@@ -288,7 +288,7 @@ class BatchEngine:
                         continue
                     stopped.add(b)
                     l = rows[b]
-                    l.detail["stopped_by"] = (f"{trig.label or f'feature {trig.latent}'} fired on generated token "
+                    l.detail["stopped_by"] = (f"{trig.label or f'latent {trig.latent}'} fired on generated token "
                                               f"{l.fed - 1}")
                     self._finish(l, "stop", events)
         return stopped

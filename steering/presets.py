@@ -161,7 +161,7 @@ class Preset:
         if tmax is None:
             raise SteeringError(
                 f"preset {self.name!r}: {text!r} uses an 'x' strength but the preset records no typical max "
-                f"activation for feature {latent} (its store had none: the latent never fired on the store's tokens, or "
+                f"activation for latent {latent} (its store had none: the latent never fired on the store's tokens, or "
                 f"the store has no statistics); use a raw value (without 'x'), or save it from a store where it fires"
             )
         return tmax
@@ -248,11 +248,11 @@ def _preset_edits(edits: Sequence[FeatureEdit | str], stops: Sequence[Trigger | 
     triggers = [Trigger.parse(t) if isinstance(t, str) else t for t in stops]
     for e in parsed:
         if not isinstance(e, FeatureEdit):
-            raise SteeringError(f"a preset holds SAE feature edits only, got {e!r}")
+            raise SteeringError(f"a preset holds SAE latent edits only, got {e!r}")
     for f, what in [(e.latent, e.describe()) for e in parsed] + [(e.when.latent, e.describe()) for e in parsed if e.when] \
             + [(t.latent, f"stop {t.describe()}") for t in triggers]:
         if not 0 <= f < n:
-            raise SteeringError(f"{what}: feature {f} is out of range (0..{n - 1})")
+            raise SteeringError(f"{what}: latent {f} is out of range (0..{n - 1})")
     return parsed, triggers
 
 

@@ -142,7 +142,7 @@ def check_positions(steering: RowSteering, layout: RowLayout) -> None:
     """Compile every edit's positions against this row's prompt (SteeringError if one does not fit),
     without building anything: what a request is checked with before it joins a batch."""
     for e in steering.edits:
-        compile_positions(e.positions, layout, e.label or f"feature {e.latent}")
+        compile_positions(e.positions, layout, e.label or f"latent {e.latent}")
 
 
 def _used_latents(rows: Sequence[RowSteering | None], sae_name: str) -> dict[int, None]:
@@ -221,9 +221,9 @@ class BatchEditor:
                     continue
                 u = col[e.latent]
                 if (b, u) in self.edit_at:
-                    raise SteeringError(f"{e.label or e.latent}: feature {e.latent} is edited twice in one request")
+                    raise SteeringError(f"{e.label or e.latent}: latent {e.latent} is edited twice in one request")
                 self.edit_at[(b, u)] = j
-                self.rules[(b, u)] = compile_positions(e.positions, self.layouts[b], e.label or f"feature {e.latent}")
+                self.rules[(b, u)] = compile_positions(e.positions, self.layouts[b], e.label or f"latent {e.latent}")
                 a1, a0 = op_coefficients(e.op, e.value)
                 self.coef_at[(b, u)] = (a1, a0)
                 edit_b.append(b), edit_u.append(u), c1.append(a1), c0.append(a0)

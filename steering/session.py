@@ -14,6 +14,11 @@ the same forward pass, and add (edited - original latent) x decoder row to its t
 Everything is checked before a hook is attached (`steering.resolve`); hooks are added with TransformerLens's `model.hooks(...)` plus a
 forward pre-hook per block involved (to read the KV-cache length and attention mask), and all of
 them are removed when the block exits, whichever way it exits.
+
+A forward run with autograd on (a plain `model(tokens)` outside `torch.no_grad()`) gets the same
+values; the edit is computed outside autograd (no graph through the SAE: a TopK SAE's reads
+could not be recorded, and the graph would only cost memory), and the gradient passes the hook
+as if the edit were a constant added to the activation.
 """
 
 from __future__ import annotations
@@ -71,6 +76,19 @@ class _Contribution:
     reads: InputCapture | None = None  # a transcoder's input hook: latents are read there, not at this hook
 
 
+class _GradientToInput(torch.autograd.Function):
+    """The hook's output `out` as is, with the gradient passed to its input `x` unchanged (the edit,
+    computed outside autograd, counts as a constant added to the activation)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, out: Tensor) -> Tensor:
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return grad, None
+
+
 class _HookFn:
     """The forward hook at one hook point: applies its contributions at their positions."""
 
@@ -86,8 +104,12 @@ class _HookFn:
         return f"steering<{self.hook_name}: {', '.join(c.label for c in self.contribs)}>"
 
     def __call__(self, x: Tensor, hook: Any = None) -> Tensor | None:
-        with sae_precision(x):
-            return self._edit(x)
+        x_in = x.detach()
+        with sae_precision(x), torch.no_grad():
+            out = self._edit(x_in)
+        if out is None or not x.requires_grad:
+            return out
+        return _GradientToInput.apply(x, out)
 
     def _edit(self, x: Tensor) -> Tensor | None:
         self.calls += 1

@@ -3,7 +3,7 @@
 An edit names a latent of an SAE (`FeatureEdit`) or a raw direction at a hook (`VectorEdit`),
 an operation, a strength and the token positions it applies to:
 
-- add:    add `value` to the latent, i.e. add `value * W_dec[feature]` to the activation
+- add:    add `value` to the latent, i.e. add `value * W_dec[latent]` to the activation
 - clamp:  set the latent's activation to `value`
 - scale:  multiply the latent's activation by `value`
 - ablate: set the latent's activation to 0
@@ -11,7 +11,7 @@ an operation, a strength and the token positions it applies to:
 Latent edits keep the SAE's reconstruction error: x' = x + (edited - acts) @ W_dec, so only the
 chosen latents change and an edit that changes nothing leaves x bit-identical.
 
-Strength units: `unit="raw"` (activation units) or `unit="max_act"` (multiples of the feature's
+Strength units: `unit="raw"` (activation units) or `unit="max_act"` (multiples of the latent's
 typical maximum activation, e.g. `123:clamp=2x`), resolved through a typical-max provider.
 
 Positions (per row of a batch; left padding is accounted for, pad tokens are never edited):
@@ -27,7 +27,7 @@ Positions (per row of a batch; left padding is accounted for, pad tokens are nev
 - "turn:I" (chat prompts only): the tokens of message I (0 = the first; -1 = the last message of
   the prompt).
 
-Conditional edits: `when=Trigger(feature, above)` applies the edit only at positions (among its
+Conditional edits: `when=Trigger(latent, above)` applies the edit only at positions (among its
 own) where the trigger latent's current activation (read before any edit at that hook) is
 above `above` (raw units, or multiples of its typical max with unit="max_act"). The trigger
 latent belongs to the same SAE as the edited one.
@@ -56,7 +56,7 @@ Unit = Literal["raw", "max_act"]
 Positions = Union[str, tuple[int, ...]]  # a name of POSITION_NAMES, "role:NAME", "turn:I", or token indices
 CHAT_POSITION_KINDS: tuple[str, ...] = ("role", "turn")
 
-# A typical-max provider: feature id -> typical max activation (float), as a mapping or callable;
+# A typical-max provider: latent -> typical max activation (float), as a mapping or callable;
 # or, with several SAEs, a mapping from SAE name to one of those.
 TypicalMax = Union[Mapping[int, float], Callable[[int], "float | None"]]
 
@@ -192,7 +192,7 @@ class FeatureEdit:
         if self.when is not None and not isinstance(self.when, Trigger):
             raise SteeringError(f"when must be a Trigger (or text like '77>1.5'), got {self.when!r}")
         if isinstance(self.latent, bool) or not isinstance(self.latent, int):
-            raise SteeringError(f"feature must be an integer latent id, got {self.latent!r}")
+            raise SteeringError(f"latent must be an integer (an SAE latent index), got {self.latent!r}")
         if self.op not in OPS:
             raise SteeringError(f"unknown op {self.op!r}; choose one of {', '.join(OPS)}")
         if self.unit not in UNITS:
@@ -207,7 +207,7 @@ class FeatureEdit:
             if isinstance(self.value, bool) or not isinstance(self.value, (int, float)):
                 raise SteeringError(f"value must be a number, got {self.value!r}")
             object.__setattr__(self, "value", float(self.value))
-            _check_finite(f"the {self.op} value of feature {self.latent}", self.value)
+            _check_finite(f"the {self.op} value of latent {self.latent}", self.value)
         if self.unit == "max_act" and self.op in ("scale", "ablate"):
             raise SteeringError(f"{self.op} does not take a max-activation unit ('x'); scale takes a plain factor")
         object.__setattr__(self, "positions", normalize_positions(self.positions))
@@ -307,7 +307,7 @@ class SteerLimits:
     )
     max_multiple: float = field(
         default=100.0,
-        metadata={"help": "largest |value| as a multiple of the feature's typical max activation (when known)"},
+        metadata={"help": "largest |value| as a multiple of the latent's typical max activation (when known)"},
     )
     max_abs_scale: float = field(default=100.0, metadata={"help": "largest |scale| factor"})
     max_vector_norm_multiple: float = field(
@@ -322,7 +322,7 @@ class SteerLimits:
 
 
 def lookup_typical_max(provider: TypicalMax | None, latent: int) -> float | None:
-    """Typical max activation of `feature` from a mapping or callable (None if unknown)."""
+    """Typical max activation of `latent` from a mapping or callable (None if unknown)."""
     if provider is None:
         return None
     if callable(provider) and not isinstance(provider, Mapping):
@@ -337,7 +337,7 @@ def lookup_typical_max(provider: TypicalMax | None, latent: int) -> float | None
 
 def raw_value(edit: FeatureEdit, typical_max: float | None, limits: SteerLimits, sae_name: str) -> float:
     """The edit's value in raw activation units, checked against `limits`."""
-    where = f"feature {edit.latent} of SAE {sae_name!r}"
+    where = f"latent {edit.latent} of SAE {sae_name!r}"
     if edit.op == "ablate":
         return 0.0
     assert edit.value is not None
@@ -346,7 +346,7 @@ def raw_value(edit: FeatureEdit, typical_max: float | None, limits: SteerLimits,
         if typical_max is None:
             raise SteeringError(
                 f"{edit.describe()}: {where} has no known typical max activation, so '{edit.value:g}x' cannot be "
-                f"resolved; pass typical_max= (a dict or callable feature -> max activation, e.g. from the "
+                f"resolved; pass typical_max= (a dict or callable latent -> max activation, e.g. from the "
                 f"feature store) or give a raw value"
             )
         if abs(value) > limits.max_multiple:

@@ -90,7 +90,7 @@ class StoreLink:
             tmax = self.typical_max(latent)
             if tmax is None:
                 raise SteeringError(
-                    f"feature {latent}: the store has no typical max activation, so a raw strength cannot be stored "
+                    f"latent {latent}: the store has no typical max activation, so a raw strength cannot be stored "
                     f"as a multiple of it; sweep with unit=max_act after building the store's statistics"
                 )
             multiple = float(strength) / tmax

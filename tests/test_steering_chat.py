@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from helpers.chat_templates import (DEEPSEEK_R1_TEMPLATE, DEEPSEEK_TEMPLATE, LLAMA2_TEMPLATE, MISTRAL_SMALL3_TEMPLATE,
+                                   QWEN2_TEMPLATE)
 from helpers.real_models import GEMMA3_CHAT_TEMPLATE, build_family_tokenizer
-from test_user_paths3 import DEEPSEEK_TEMPLATE, LLAMA2_TEMPLATE, MISTRAL_SMALL3_TEMPLATE, QWEN2_TEMPLATE
+from steering.chat import _SENTINEL
 
 TEXTS = ["the sea is deep and the ship sails on. What is the sea? Be brief, and answer in one line.\n" * 20]
 
@@ -119,3 +121,50 @@ def test_a_folded_system_message_is_found_by_the_one_probed_rendering(tokenizers
     system = "".join(chat.text[s:e] for (s, e), r in zip(offsets, chat.roles) if r == S)
     user = "".join(chat.text[s:e] for (s, e), r in zip(offsets, chat.roles) if r == U)
     assert system == "<bos>  Be brief. " and "What is the sea?" in user and "brief" not in user
+
+
+ESCAPING = QWEN2_TEMPLATE.replace("message['content']", "(message['content'] | e)")
+REWRITING = {  # templates that write a content other than as given, and the path that settles them
+    "r1 drops the reasoning": (DEEPSEEK_R1_TEMPLATE, [(U, "What is the sea?"), (A, "<think>salt</think>Water."), (U, "and?")],
+                               "one rendering"),
+    "r1, the answer holds the template's next text": (
+        DEEPSEEK_R1_TEMPLATE, [(U, "What is the sea?"), (A, "<think>salt</think>Water.<|end|><|User|>"), (U, "and?")],
+        "per message"),
+    "html escaped": (ESCAPING, [(S, "a <b> & c"), (U, "x < y?")], "one rendering"),
+    # the text after the system content (up to the user's) recurs after the assistant's: not sure which
+    "html escaped, the text after it twice": (ESCAPING, [(S, "a <b> & c"), (U, "x < y?"), (A, "yes & no"), (U, "ok")],
+                                              "per message"),
+    "lower cased (the probes too)": (QWEN2_TEMPLATE.replace("message['content']", "(message['content'] | lower)"),
+                                     [(S, "be brief"), (U, "what is the sea?"), (A, "water"), (U, "and?")], "per message"),
+    "a content that reads as a probe": (QWEN2_TEMPLATE, [(S, "be brief"), (U, f"{_SENTINEL}:0:"), (A, "water")],
+                                        "one rendering"),
+}
+
+
+@pytest.mark.parametrize("case", list(REWRITING))
+def test_a_template_that_rewrites_contents_gets_the_roles_of_one_rendering_per_message(tokenizers, case, monkeypatch):
+    """Where the template transforms a content (DeepSeek-R1 drops the reasoning, an escape), the
+    one probed rendering still places it, or, where it cannot be placed for sure (the rewritten
+    content holds the template's own next text; the probes themselves rewritten), gives way to one
+    rendering per message: the roles are those of one rendering per message either way."""
+    import steering.chat as chat_mod
+
+    template, mix, path = REWRITING[case]
+    tok = tokenizers["qwen2"]
+    msgs = _messages(mix)
+    content_spans = chat_mod._content_spans
+    settled: list = []
+
+    def recorded(*a, **kw):
+        spans = content_spans(*a, **kw)
+        settled.append(spans is not None)
+        return spans
+
+    with monkeypatch.context() as m:
+        m.setattr(chat_mod, "_content_spans", recorded)
+        got = chat_mod.render_chat(tok, msgs, chat_template=template)
+    with monkeypatch.context() as m:
+        m.setattr(chat_mod, "_content_spans", lambda *a, **kw: None)
+        want = chat_mod.render_chat(tok, msgs, chat_template=template)
+    assert got.roles is not None and (got.roles, got.turns) == (want.roles, want.turns)
+    assert settled == [path == "one rendering"]

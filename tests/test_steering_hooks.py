@@ -188,7 +188,7 @@ def test_typical_max_units(model, tokens):
         (["3:clamp=1?5>2x"], {}, "trigger latent 5 has no known typical max"),
         (["zz/3:clamp=1"], {}, "unknown SAE 'zz'"),
         (["3:clamp=1e9"], {}, "max_abs_value"),
-        (["3:clamp=2x"], {}, "typical max"),
+        (["3:clamp=2x"], {}, "latent 3 of SAE 'sae' has no known typical max"),
         (["3:clamp=1", "3:add=1"], {}, "edited twice"),
         ([], {}, "no edits"),
         (["3:clamp=1"], {"hook": "blocks.9.hook_resid_post"}, "unknown hook point 'blocks.9.hook_resid_post'"),
@@ -276,4 +276,27 @@ def test_positions_need_a_block_hook(model):
     with pytest.raises(SteeringError, match="positions='all'"):
         with steer(model, None, [VectorEdit("hook_embed", torch.zeros(64), positions="generated")]):
             pass
+    assert_clean(model)
+
+
+@pytest.mark.parametrize("arch", ["jumprelu", "topk", "standard"])
+@pytest.mark.filterwarnings("error")
+def test_a_forward_with_autograd_on_steers_as_one_without(model, tokens, arch):
+    """A plain `model(tokens)` (autograd on) under `steer` gives the logits of the same forward
+    under no_grad, builds no graph through the SAE, and passes the gradient to the layers before
+    the hook. Before, a TopK SAE's read failed ("mm(): functions with out=... arguments don't
+    support automatic differentiation") and a JumpReLU SAE's warned on every forward ("Converting a
+    tensor with requires_grad=True to a scalar")."""
+    sae = random_sae(model, arch, **({"k": 8} if arch == "topk" else {}))
+    edits = ["5:clamp=3", "7:scale=2", "9:add=1@last"]
+    with steer(model, sae, edits):
+        want = logits(model, tokens)
+        got = model(tokens, padding_side="left")
+    assert got.requires_grad and torch.equal(got.detach(), want)
+    model.zero_grad(set_to_none=True)
+    sae.zero_grad(set_to_none=True)
+    got[:, -1].logsumexp(-1).sum().backward()
+    assert model.blocks[0].attn.W_Q.grad is not None and model.blocks[0].attn.W_Q.grad.abs().sum() > 0
+    assert all(p.grad is None for p in sae.parameters())  # no graph through the SAE
+    model.zero_grad(set_to_none=True)
     assert_clean(model)

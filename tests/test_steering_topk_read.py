@@ -819,3 +819,57 @@ def test_the_bound_for_coarse_inputs_covers_emulated_products_without_the_length
                 assert ratio <= 1.0
                 worst = max(worst, ratio)
     assert worst > 0.2  # the inputs do stress the bound: it is not loose by orders of magnitude
+
+
+@pytest.mark.parametrize("arch", ["topk", "jumprelu"])
+def test_a_float32_sae_s_edit_under_bf16_autocast_is_its_float32_edit(monkeypatch, arch):
+    """Under `torch.autocast("cpu", bf16)` (a float32 model and SAE) every steering edit, of `steer`'s
+    hook, of the engine's and `current_activations`, is bit for bit the edit computed with autocast
+    off for the same activation: the products are not rounded to bf16 and handed back as float32."""
+    import steering.engine as engine_mod
+    import steering.session as session_mod
+    from steering import GenerationConfig, current_activations, steer
+    from steering.engine import BatchEngine, Row
+    from steering.rowedits import RowEdit, RowSteering
+    from steering.sampling import SamplingParams
+    from steering.session import resolve_edits
+
+    model = tiny_model()
+    sae = random_sae(model, arch, hook=HOOK, d_sae=256, **({"k": 8} if arch == "topk" else {}))
+    edits = ["5:clamp=3", "7:scale=2", "9:add=1"]  # unconditional: an edit computed twice is the same edit
+    pairs: list = []  # (under autocast, autocast off) for the same activation
+    hook_call, apply_editors = session_mod._HookFn.__call__, engine_mod._apply_editors
+
+    def twice_hook(self, x, hook=None):
+        out = hook_call(self, x, hook)
+        with torch.autocast("cpu", enabled=False):
+            pairs.append((x if out is None else out, hook_call(self, x, hook)))
+        return out
+
+    def twice_apply(editors, x, *rest):
+        out = apply_editors(editors, x, *rest)
+        with torch.autocast("cpu", enabled=False):
+            pairs.append((out, apply_editors(editors, x, *rest)))
+        return out
+
+    monkeypatch.setattr(session_mod._HookFn, "__call__", twice_hook)
+    monkeypatch.setattr(engine_mod, "_apply_editors", twice_apply)
+    x = torch.randn(3, 5, model.cfg.d_model, generator=torch.Generator().manual_seed(0)) * 4
+    ids = [5, 7, 9, 11]
+    with torch_threads(1), torch.autocast("cpu", dtype=torch.bfloat16):
+        with steer(model, sae, edits) as s:
+            s.generate(PROMPTS, GenerationConfig(max_new_tokens=3, do_sample=False, stop_at_eos=False))
+        engine = BatchEngine(model, {"s": sae})
+        steering = RowSteering([RowEdit("s", r.latent, r.op, r.value, r.positions, r.trigger)
+                                for r in resolve_edits(model, {"s": sae}, edits)])
+        engine.add([Row(model.to_tokens(p)[0].tolist(), SamplingParams(max_new_tokens=3, temperature=0), steering, tag=i)
+                    for i, p in enumerate(PROMPTS)])
+        while engine.busy:
+            engine.step()
+        acts = current_activations(sae, x, ids)
+    with torch.no_grad():
+        want = current_activations(sae, x, ids)
+    assert acts.dtype == torch.float32 and torch.equal(acts, want)
+    assert len(pairs) > 4
+    for got, ref in pairs:
+        assert got.dtype == ref.dtype == torch.float32 and torch.equal(got, ref)

@@ -21,6 +21,7 @@ import sqlite3
 
 import pytest
 
+from helpers.chat_templates import DEEPSEEK_TEMPLATE, LLAMA2_TEMPLATE, MISTRAL_SMALL3_TEMPLATE, QWEN2_TEMPLATE
 from helpers.real_cli import cache_train_store, saesteer
 
 openai = pytest.importorskip("openai")
@@ -28,13 +29,6 @@ openai = pytest.importorskip("openai")
 pytestmark = [pytest.mark.usefixtures("one_thread")]
 
 HOOK = "blocks.1.hook_resid_post"
-# Qwen2-Instruct's template (tools left out): a default system turn when the messages have none
-QWEN2_TEMPLATE = (
-    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
-    "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
 DOCS = {
     "page.txt": ("<script>alert('x')</script>\r\n<div class=\"a\">caf\u00e9 &amp; \u65e5\u672c</div>\r\n"
                  "def run(x):\r\n    if x:\r\n\treturn '</textarea><img src=x onerror=alert(1)>'\r\n") * 30,
@@ -146,37 +140,6 @@ def test_llama31_style_template_default_system_header_is_role_system(real_models
     given = render_chat(tok, [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
                         chat_template=tmpl)
     assert -1 not in given.turns and given.roles[0] == "system"  # a system message given: it is message 0
-
-
-# DeepSeek-R1/V3: the system prompt is plain text after BOS, with no markup of its own
-DEEPSEEK_TEMPLATE = (
-    "{% set ns = namespace(sp='') %}{% for m in messages %}{% if m['role'] == 'system' %}"
-    "{% set ns.sp = ns.sp + m['content'] %}{% endif %}{% endfor %}{{ bos_token }}{{ ns.sp }}"
-    "{% for m in messages %}{% if m['role'] == 'user' %}{{ '<|User|>' + m['content'] }}"
-    "{% elif m['role'] == 'assistant' %}{{ '<|Assistant|>' + m['content'] + '<|end|>' }}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|Assistant|>' }}{% endif %}")
-# Mistral-Small-3: a default system prompt, and user/assistant alternation enforced after it
-MISTRAL_SMALL3_TEMPLATE = (
-    "{%- if messages[0]['role'] == 'system' %}{%- set sm = messages[0]['content'] %}{%- set lm = messages[1:] %}"
-    "{%- else %}{%- set sm = 'You are Mistral.' %}{%- set lm = messages %}{%- endif %}"
-    "{{- bos_token }}{{- '[SYSTEM_PROMPT]' + sm + '[/SYSTEM_PROMPT]' }}{%- for m in lm %}"
-    "{%- if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}{{- raise_exception('roles must alternate') }}{%- endif %}"
-    "{%- if m['role'] == 'user' %}{{- '[INST]' + m['content'] + '[/INST]' }}{%- else %}{{- m['content'] + eos_token }}"
-    "{%- endif %}{%- endfor %}")
-
-
-# Llama-2-chat: the system message inside the first [INST], between <<SYS>> markers
-LLAMA2_TEMPLATE = (
-    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
-    "{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}"
-    "{% set system_message = false %}{% endif %}{% for message in loop_messages %}"
-    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
-    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
-    "{% if loop.index0 == 0 and system_message != false %}"
-    "{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
-    "{% else %}{% set content = message['content'] %}{% endif %}{% if message['role'] == 'user' %}"
-    "{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}{% elif message['role'] == 'assistant' %}"
-    "{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}")
 
 
 def _role_spans(tok, chat) -> list[tuple[str, int, str]]:

@@ -1,0 +1,47 @@
+"""Chat templates of model families, as their tokenizers ship them (trimmed to what the tests
+use), for rendering chat prompts with a locally built tokenizer. Gemma's live in
+`helpers.real_models`, beside the tokenizers they are built into."""
+
+# Qwen2-Instruct's template (tools left out): a default system turn when the messages have none
+QWEN2_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+# DeepSeek-R1/V3: the system prompt is plain text after BOS, with no markup of its own
+DEEPSEEK_TEMPLATE = (
+    "{% set ns = namespace(sp='') %}{% for m in messages %}{% if m['role'] == 'system' %}"
+    "{% set ns.sp = ns.sp + m['content'] %}{% endif %}{% endfor %}{{ bos_token }}{{ ns.sp }}"
+    "{% for m in messages %}{% if m['role'] == 'user' %}{{ '<|User|>' + m['content'] }}"
+    "{% elif m['role'] == 'assistant' %}{{ '<|Assistant|>' + m['content'] + '<|end|>' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|Assistant|>' }}{% endif %}")
+# Mistral-Small-3: a default system prompt, and user/assistant alternation enforced after it
+MISTRAL_SMALL3_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}{%- set sm = messages[0]['content'] %}{%- set lm = messages[1:] %}"
+    "{%- else %}{%- set sm = 'You are Mistral.' %}{%- set lm = messages %}{%- endif %}"
+    "{{- bos_token }}{{- '[SYSTEM_PROMPT]' + sm + '[/SYSTEM_PROMPT]' }}{%- for m in lm %}"
+    "{%- if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}{{- raise_exception('roles must alternate') }}{%- endif %}"
+    "{%- if m['role'] == 'user' %}{{- '[INST]' + m['content'] + '[/INST]' }}{%- else %}{{- m['content'] + eos_token }}"
+    "{%- endif %}{%- endfor %}")
+
+# Llama-2-chat: the system message inside the first [INST], between <<SYS>> markers
+LLAMA2_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
+    "{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}"
+    "{% set system_message = false %}{% endif %}{% for message in loop_messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if loop.index0 == 0 and system_message != false %}"
+    "{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
+    "{% else %}{% set content = message['content'] %}{% endif %}{% if message['role'] == 'user' %}"
+    "{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}{% elif message['role'] == 'assistant' %}"
+    "{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}")
+
+
+# DeepSeek-R1: as DEEPSEEK_TEMPLATE, but an assistant message's reasoning (up to </think>) is left out
+DEEPSEEK_R1_TEMPLATE = DEEPSEEK_TEMPLATE.replace(
+    "{% elif m['role'] == 'assistant' %}{{ '<|Assistant|>' + m['content'] + '<|end|>' }}",
+    "{% elif m['role'] == 'assistant' %}{% set c = m['content'] %}{% if '</think>' in c %}"
+    "{% set c = c.split('</think>')[-1] %}{% endif %}{{ '<|Assistant|>' + c + '<|end|>' }}")
