@@ -181,7 +181,7 @@ def _candidate_features(model: Model, sae: SAE, latents: Sequence[int] | None, p
     cands = [int(f) for f in dict.fromkeys(latents)]
     for f in cands:
         if not 0 <= f < sae.d_sae:
-            raise SteeringError(f"feature {f} is out of range for this SAE (0..{sae.d_sae - 1})")
+            raise SteeringError(f"latent {f} is out of range for this SAE (0..{sae.d_sae - 1})")
     if has_sets and (typical_max is None or any(not typical_max(f) for f in cands)):
         from steering.activations import mean_latent_activation
 
@@ -198,7 +198,7 @@ def _strength_unit(f: int, typical_max, mean_pos: dict[int, float]) -> tuple[str
         return "max_act", 1.0
     if f in mean_pos:
         return "raw", mean_pos[f]
-    raise SteeringError(f"feature {f} has no known typical max activation (pass a feature store), so its "
+    raise SteeringError(f"latent {f} has no known typical max activation (pass a feature store), so its "
                         f"strengths cannot be scaled; or give positive/negative prompts")
 
 
@@ -212,7 +212,7 @@ def _best_sae_feature(run: _Comparison, cands: list[int], mean_pos: dict[int, fl
         def make(s, f=f, unit=unit, scale=scale):
             return [FeatureEdit(f, op, s * scale, unit=unit, positions=positions)] if s else None
 
-        say(f"SAE feature {f}: sweeping {len(sae_strengths)} strengths on the dev seed")
+        say(f"SAE latent {f}: sweeping {len(sae_strengths)} strengths on the dev seed")
         pts, s, m = run.sweep(run.sae, make, sae_strengths, typical_max=run.typical_max)
         if best is None or m > (best.margin if best.margin is not None else -math.inf):
             best = MethodPick("SAE feature", s * scale, f, unit, m, pts, cands)
@@ -227,7 +227,7 @@ def _run_sae_feature(run: _Comparison, cands: list[int], mean_pos: dict[int, flo
     def sae_edit(s):
         return [FeatureEdit(best.latent, run.cfg.op, s, unit=best.unit, positions=run.cfg.positions)] if s else None  # type: ignore[arg-type]
 
-    say(f"SAE feature {best.latent} at {best.strength:g} ({best.unit}): test seed")
+    say(f"SAE latent {best.latent} at {best.strength:g} ({best.unit}): test seed")
     run.test("SAE feature", sae_edit, best.strength)
     return best
 

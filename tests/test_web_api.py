@@ -351,6 +351,11 @@ def test_bad_reads_are_4xx_with_message(c, url, status):
     _detail(r)
 
 
+def test_a_latent_not_in_the_store_is_named_a_latent(c):
+    r = c.get("/api/stores/tiny/features/48")
+    assert r.status_code == 404 and "latent 48 is not in store" in _detail(r) and "0..47" in _detail(r)
+
+
 def test_wrong_method_is_405(c):
     assert c.get("/api/stores/tiny/steer").status_code == 405
     assert c.delete("/api/stores/tiny/features/1").status_code == 405

@@ -145,7 +145,7 @@ def test_fire_page_without_model(c):
     "url,status,words",
     [
         ("/s/nope", 404, "no store"),
-        ("/s/tiny/f/48", 404, "0..47"),
+        ("/s/tiny/f/48", 404, "latent 48 is not in store"),
         ("/s/tiny/f/-3", 422, "latent"),
         ("/s/tiny/f/x", 422, "latent"),
         ("/s/tiny?limit=5000", 422, "limit"),

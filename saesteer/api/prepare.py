@@ -90,12 +90,12 @@ def resolve_steering(spec: SteeringIn | None, served: ServedModel, limits) -> tu
         triggers = (preset.stop_triggers() if preset is not None else []) + [_trigger(t) for t in spec.stop_when]
         for t in triggers:
             if not 0 <= t.latent < served.sae.d_sae:
-                raise SteeringError(f"stop_when: feature {t.latent} is out of range (0..{served.sae.d_sae - 1})")
+                raise SteeringError(f"stop_when: latent {t.latent} is out of range (0..{served.sae.d_sae - 1})")
             above = t.above
             if t.unit == "max_act":
                 tmax = lookup_typical_max(served.typical_max, t.latent)
                 if tmax is None:
-                    raise SteeringError(f"stop_when {t.describe()}: feature {t.latent} has no typical max activation "
+                    raise SteeringError(f"stop_when {t.describe()}: latent {t.latent} has no typical max activation "
                                         f"in the store; give a raw threshold")
                 above *= tmax
             stops.append(StopTrigger(served.id, t.latent, above, t.describe()))

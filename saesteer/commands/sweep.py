@@ -196,17 +196,17 @@ def _sweep_feature(args, latent, model, sae, name, prompts, scorer, sweep_cfg, *
                 sae_name=name, limits=limits, progress=not args.no_progress,
                 allow_model_mismatch=args.allow_model_mismatch, unsteered_memo=unsteered)
     if stats is not None:
-        _check_judgements(f"feature {latent}", stats.calls - before[0], stats.failed - before[1])
+        _check_judgements(f"latent {latent}", stats.calls - before[0], stats.failed - before[1])
     html = write_sweep_html(res, out / f"sweep_{name}_{latent}.html")
     js = write_sweep_json(res, out / f"sweep_{name}_{latent}.json", provenance)
     _print_result(res, html, js)
     if args.save_strength:
         store_recommendation(link.record_strength, res)
         if res.recommended is None:
-            print(f"feature {latent}: {res.verdict}; stored 'no strength' in {args.store} "
+            print(f"latent {latent}: {res.verdict}; stored 'no strength' in {args.store} "
                   "(an earlier recommendation of this feature is cleared)")
         else:
-            print(f"feature {latent}: stored recommended strength {res.recommended:g} ({res.unit}) in {args.store}")
+            print(f"latent {latent}: stored recommended strength {res.recommended:g} ({res.unit}) in {args.store}")
 
 
 def _check_judgements(what: str, calls: int, failed: int) -> None:

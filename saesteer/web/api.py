@@ -193,7 +193,7 @@ async def list_features(entry: StoreEntry = Depends(get_store), q: FeatureQuery 
 async def feature(latent: Latent, entry: StoreEntry = Depends(get_store)) -> FeatureDetail:
     detail = entry.catalog.feature(latent)
     if detail is None:
-        raise HTTPException(404, f"feature {latent} is not in store {entry.id!r} (it has {entry.info.d_sae} features: 0..{entry.info.d_sae - 1})")
+        raise HTTPException(404, f"latent {latent} is not in store {entry.id!r} (it has {entry.info.d_sae} latents: 0..{entry.info.d_sae - 1})")
     return detail
 
 

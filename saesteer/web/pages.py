@@ -157,7 +157,7 @@ async def search(
 async def feature_page(request: Request, latent: api.Latent, entry: StoreEntry = Depends(api.get_store)) -> Response:
     detail = entry.catalog.feature(latent)
     if detail is None:
-        raise HTTPException(404, f"feature {latent} is not in store {entry.id!r} (its features are 0..{entry.info.d_sae - 1})")
+        raise HTTPException(404, f"latent {latent} is not in store {entry.id!r} (its latents are 0..{entry.info.d_sae - 1})")
     hist = None
     if detail.histogram is not None and detail.histogram.counts:
         hist = {"edges": detail.histogram.edges, "counts": detail.histogram.counts, "log": detail.histogram.log_scale}
