@@ -48,6 +48,7 @@ from features.store import FeatureStore, StoreError, StoreMismatchError
 from features.store.rows import (CorrelationRow, ExampleRow, FeatureRow, HistogramRow, LogitRow, NeighbourRow,
                                  SearchTextRow)
 from features.tokentext import LABEL_RULE, token_labels, token_texts
+from saes.bos import recorded_prepend_bos
 from saes.fileio import FileLock, atomic_path
 from saes.formats.base import sae_of
 
@@ -142,6 +143,22 @@ def check_compatible(sae, source: ActivationSource) -> None:
             f"the SAE was trained on hook {hook!r} but the cache source reads {source.hook_name!r}; "
             f"pick that hook from the cache (hook={hook!r})"
         )
+    check_bos(sae, source)
+
+
+def check_bos(sae, source: ActivationSource) -> None:
+    """Refuse a cache whose contexts start with BOS when the SAE was trained without one, or the
+    other way round: the model's activations differ at every position, not only at the first."""
+    wants = recorded_prepend_bos([sae])
+    policy = getattr(source, "bos_policy", None)  # only caches record how their contexts were packed
+    if wants is None or policy is None or wants == (policy == "prepend"):
+        return
+    fits = "'prepend'" if wants else "'none' or 'doc'"
+    raise ValueError(
+        f"the SAE records prepend_bos={wants} (cfg.json metadata) but the cache {getattr(source, 'path', '')} was "
+        f"built with bos_policy {policy!r}, so its contexts {'do not start' if wants else 'start'} with BOS; "
+        f"build a cache with bos_policy {fits} for this SAE"
+    )
 
 
 def check_models(sae, source: ActivationSource, model=None, allow_mismatch: bool = False):

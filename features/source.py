@@ -151,6 +151,7 @@ class CacheSource:
         self.n_contexts = self.manifest.total_contexts
         self.context_length = self.manifest.context_length
         self.bos_id = (s.get("tokenizer") or {}).get("bos_id")
+        self.bos_policy = s.get("bos_policy")  # prepend / doc / none (training.text.TextConfig)
         self._row_base = np.concatenate([[0], np.cumsum([sh.rows for sh in self.shards])]).astype(np.int64)
         self.fingerprint = self.cache.fingerprint
         self.description = {

@@ -426,6 +426,23 @@ def test_a_sparsify_hookpoint_reads_the_residual_output_of_its_block(sparsify_ru
         assert same == should_match, hookpoint
 
 
+def test_a_cache_whose_contexts_start_with_bos_is_refused_for_an_sae_trained_without(sparsify_run, real_corpus,
+                                                                                      tmp_path):
+    """NeoX's tokenizer adds no BOS, so the sparsify SAE records prepend_bos=false; a cache built
+    with the default bos-policy (prepend) holds other activations at every position: `features
+    build` refuses it naming both sides (it silently built a store from them before)."""
+    model, run, _ = sparsify_run
+    data = tmp_path / "docs.jsonl"
+    data.write_text("".join(json.dumps({"text": d[:200]}) + "\n" for d in real_corpus.validation_docs[:2]))
+    saesteer("cache", "--model", model, "--dataset", data, "--context-length", 64, "--hooks", HOOK,
+             "--out", tmp_path / "cache", "--no-progress").ok()
+    r = saesteer("features", "build", "--sae", run / "layers.1", "--cache", tmp_path / "cache",
+                 "--out", tmp_path / "f.db", "--no-progress")
+    assert r.rc != 0 and "prepend_bos=False" in r.err and "bos_policy 'prepend'" in r.err, r.text
+    assert "'none' or 'doc'" in r.err and not (tmp_path / "f.db").exists(), r.text
+    _no_traceback(r)
+
+
 def test_a_sparsify_run_folder_and_another_model_are_refused_naming_both_sides(sparsify_run, real_models):
     model, run, _ = sparsify_run
     r = saesteer("steer", "--sae", run, "--latent", "0:add=1", "--prompt", "x", "--max-new-tokens", 1)
