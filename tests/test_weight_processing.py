@@ -354,44 +354,6 @@ def test_features_build_and_init_from_read_the_caches_model_config(real_models, 
 # a post-norm model: its norms are never folded, as TransformerLens's from_pretrained leaves them
 
 
-def _olmo3_checkpoint(directory: Path, tok) -> Path:
-    """A tiny OLMo-3 checkpoint (RMSNorm after each sublayer; TransformerLens's HookedTransformer
-    converts it from a local directory, as it does not OLMo-2) with norm gains far from 1, so that
-    folding them would show."""
-    import transformers
-
-    torch.manual_seed(0)
-    cfg = transformers.Olmo3Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                   num_attention_heads=4, max_position_embeddings=128, initializer_range=0.15,
-                                   bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                                   pad_token_id=tok.pad_token_id)
-    hf = transformers.Olmo3ForCausalLM(cfg)
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            if "norm" in name:
-                p.copy_(1 + 0.5 * torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))))
-    hf.save_pretrained(directory, safe_serialization=True)
-    tok.save_pretrained(directory)
-    return directory
-
-
-def _hooked_transformer(path: Path, **flags):
-    """TransformerLens's HookedTransformer of a local checkpoint, built by `from_pretrained`'s own
-    steps (it takes only official names): its config (asked to fold_ln, which it declines for a
-    post-norm architecture), its weight conversion, then load_and_process_state_dict(**flags)."""
-    from transformer_lens import HookedTransformer
-    from transformer_lens import loading_from_pretrained as loading
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cfg = loading.get_pretrained_model_config(str(path), fold_ln=flags.get("fold_ln", False), device="cpu")
-        state = loading.get_pretrained_state_dict(str(path), cfg, AutoModelForCausalLM.from_pretrained(path))
-        model = HookedTransformer(cfg, AutoTokenizer.from_pretrained(path), move_to_device=False)
-        model.load_and_process_state_dict(state, **{**dict.fromkeys(PROCESSING, False), **flags})
-    return model.eval()
-
-
 def test_a_post_norm_model_is_processed_as_transformerlens_does_and_keeps_hf_logits(real_corpus, tmp_path):
     """fold_ln assumes a norm's gain sits on a sublayer's input; OLMo-2/3 normalize the sublayer's
     output, and `from_pretrained` leaves fold_ln (and centring) out for them. Our processing of a
@@ -399,22 +361,23 @@ def test_a_post_norm_model_is_processed_as_transformerlens_does_and_keeps_hf_log
     into the wrong matrices: other logits. Now both our loaders (HookedTransformer and the Bridge)
     give TransformerLens's from_pretrained result and HF's predictions, and record fold_ln as not
     applied (the cache manifest's `model_processing`)."""
-    from helpers.real_models import build_family_tokenizer
+    from helpers.real_models import build_family_tokenizer, hooked_sae_transformer, olmo3_checkpoint
     from saes.processing import processing_record, skipped_flags
     from saesteer.models import _process_weights
     from transformers import AutoModelForCausalLM
 
-    path = _olmo3_checkpoint(tmp_path / "olmo3", build_family_tokenizer("llama", real_corpus.train_docs[:20]))
+    path = olmo3_checkpoint(tmp_path / "olmo3", build_family_tokenizer("llama", real_corpus.train_docs[:20]))
     hf = AutoModelForCausalLM.from_pretrained(path).eval()
     toks = torch.tensor([hf.config.bos_token_id, 40, 41, 300, 301, 7, 99, 512, 13, 8]).unsqueeze(0)
     with torch.no_grad():
         want = hf(toks).logits.log_softmax(-1)  # center_unembed moves each position's logits by a constant
-        reference = _hooked_transformer(path, fold_ln=False, center_writing_weights=False, center_unembed=True,
-                                        fold_value_biases=True)  # what from_pretrained applies to OLMo-3
+        # from_pretrained's defaults, which it applies to OLMo-3 less fold_ln and centring (the test
+        # helper SAELens-side tests load models with follows that rule: it folded these norms before)
+        reference = hooked_sae_transformer(path, **PROCESSING)
         torch.testing.assert_close(reference(toks).log_softmax(-1), want, atol=1e-4, rtol=0)
         assert skipped_flags(reference.cfg) == {"fold_ln", "center_writing_weights"}
 
-        ours = _hooked_transformer(path)
+        ours = hooked_sae_transformer(path)
         _process_weights(ours, str(path))
         torch.testing.assert_close(ours(toks).log_softmax(-1), want, atol=1e-4, rtol=0)
         torch.testing.assert_close(ours.W_U, reference.W_U, atol=1e-5, rtol=0)  # centred as TransformerLens centres
