@@ -222,6 +222,19 @@ def _process_weights(model, spec: str) -> None:
     setattr(model, APPLIED_ATTR, flags)
 
 
+def process_loaded_weights(model) -> None:
+    """Apply `load_model(..., process_weights=True)`'s processing to a model `load_model` loaded raw,
+    in place, and record it in its identity: for a caller that needs the model's config to decide
+    (an SAE's `model_from_pretrained_kwargs` counted by `saes.processing.processing_wanted`)."""
+    from dataclasses import replace
+
+    ident = model_identity(model)
+    if ident.processed:
+        return
+    _process_weights(model, model_info(model).spec)
+    attach_identity(model, replace(ident, weights="processed"))
+
+
 def _boot_hf(name_or_path: str, revision: str | None, device: str, dtype, spec: str):
     import warnings
 
@@ -365,16 +378,15 @@ def load_recorded_model(
     device: str | None = None,
     dtype=None,
     allow_mismatch: bool = False,
-    process_weights: bool | None = None,
 ):
     """The model a command runs on: `spec` (--model) when given, refused (ModelMismatchError) if it
     is not the `recorded` model unless `allow_mismatch`; else the recorded model itself, re-loaded
     from its record (hub name at its commit, the absolute directory checked against its hash, or
     the toy model when the record says toy). Raises ModelIdentityError when there is no model to
     load (nothing recorded, or a record that cannot be re-loaded), saying to pass --model. The
-    weights are processed when the record says so (`ModelIdentity.weights`), else when
-    `process_weights` does (e.g. what a SAELens registry SAE asks for, `saes.processing`)."""
-    process = recorded.processed if recorded is not None else bool(process_weights)
+    weights are processed when the record says so (`ModelIdentity.weights`), else raw (a caller
+    that learns from the model's config that it wants them processed: `process_loaded_weights`)."""
+    process = recorded is not None and recorded.processed
     if spec:
         model = load_model(spec, device=device, dtype=dtype, process_weights=process)
         if not allow_mismatch:

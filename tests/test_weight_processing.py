@@ -389,3 +389,27 @@ def test_a_post_norm_model_is_processed_as_transformerlens_does_and_keeps_hf_log
         rec = processing_record(bridge)
         assert rec["applied"] == applied
         assert rec["config"]["original_architecture"] == "Olmo3ForCausalLM" and rec["config"]["normalization_type"] == "RMS"
+
+
+def test_steering_loads_the_model_an_saelens_transcoder_asks_for_by_the_models_config(real_models):
+    """A SAELens transcoder on a Llama-like model reads mlp.hook_in with folded norms
+    (fold_ln=True) and writes hook_mlp_out with center_writing_weights=False, which changes nothing
+    there on an RMSNorm model. `steer` & co. decided how to load the model without its config (as on
+    GPT-2: the two flags disagree, so 'either' and raw) and then refused their own model with the
+    config; now they decide as check_processing does, and load it processed."""
+    import argparse
+
+    import saes
+    from saes.formats.base import LoadedSAE
+    from saes.processing import APPLIED_ATTR
+    from saesteer.commands._steering import load_model as steering_load_model
+
+    path = str(real_models.path("llama"))
+    md = {"hook_name": "blocks.1.mlp.hook_in", "hook_name_out": "blocks.1.hook_mlp_out",
+          "model_from_pretrained_kwargs": {"fold_ln": True, "center_writing_weights": False}}
+    sae = saes.create_sae("topk", 64, 16, k=2, generator=torch.Generator().manual_seed(0), metadata=md)
+    loaded = {"tc": LoadedSAE(sae, {}, "sae_lens:r/tc", "sae_lens_registry")}
+    args = argparse.Namespace(model=path, allow_model_mismatch=False, device="cpu", sae=["tc=sae_lens:r/tc"], store=None)
+    model = steering_load_model(args, loaded, sae_specs={"tc": "sae_lens:r/tc"})
+    assert model_identity(model).processed
+    assert getattr(model, APPLIED_ATTR)["fold_ln"] is True
