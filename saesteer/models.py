@@ -393,6 +393,17 @@ def load_recorded_model(
             check_same_model(recorded, model_identity(model), recorded_in=recorded_in, given_as=f"--model {spec}",
                              override=OVERRIDE_FLAG, fix="leave out --model to use the recorded one")
         return model
+    target = _recorded_spec(recorded, recorded_in)
+    model = load_model(target, device=device, dtype=dtype, process_weights=process)
+    if not allow_mismatch:  # the directory may hold other files now
+        check_same_model(recorded, model_identity(model), recorded_in=recorded_in, given_as=f"the model at {target}",
+                         override=OVERRIDE_FLAG, fix="pass --model with the model it was made with")
+    return model
+
+
+def _recorded_spec(recorded: ModelIdentity | None, recorded_in: str) -> str:
+    """The `load_model` spec that loads the recorded model again; ModelIdentityError (saying to pass
+    --model) when there is none or its directory is gone."""
     if recorded is None:
         raise ModelIdentityError(f"{recorded_in} does not record which model it was made with; pass --model "
                                  f"('toy', an HF hub name, or a local model directory)")
@@ -405,11 +416,33 @@ def load_recorded_model(
     if recorded.source in ("local", "toy") and recorded.path and not Path(recorded.path).is_dir():
         raise ModelIdentityError(f"{recorded_in} was made with model {recorded.describe()}, but {recorded.path} no "
                                  f"longer exists (moved or deleted?); pass --model DIR where the model is now")
-    model = load_model(target, device=device, dtype=dtype, process_weights=process)
-    if not allow_mismatch:  # the directory may hold other files now
-        check_same_model(recorded, model_identity(model), recorded_in=recorded_in, given_as=f"the model at {target}",
-                         override=OVERRIDE_FLAG, fix="pass --model with the model it was made with")
-    return model
+    return target
+
+
+def load_recorded_tokenizer(recorded: ModelIdentity | None, *, recorded_in: str):
+    """The tokenizer `load_recorded_model(recorded, None, ...).tokenizer` would give, without loading
+    the weights: the toy tokenizer, or HF's AutoTokenizer (from the directory, or the hub at the
+    recorded commit; HF_HUB_OFFLINE is honoured) set up as TransformerBridge sets up its own. The
+    identity is checked as load_recorded_model checks it: a toy or local directory by the SHA-256
+    of its weight files (refused if they changed), a hub model by its recorded commit."""
+    target = _recorded_spec(recorded, recorded_in)
+    info = resolve_spec(target)
+    if info.source == "toy":
+        import toyworld
+        from toyworld.tokenizer import load_tokenizer
+
+        digest, tokenizer = toyworld.weights_sha256(info.path), load_tokenizer(info.path)
+    else:
+        from transformer_lens.model_bridge.sources.transformers import setup_tokenizer
+        from transformers import AutoTokenizer
+
+        digest = local_weights_sha256(info.path) if info.source == "local" else None
+        source = info.path if info.source == "local" else info.name
+        tokenizer = setup_tokenizer(AutoTokenizer.from_pretrained(source, revision=info.revision))
+    found = ModelIdentity(info.source, info.name, info.revision, info.path, digest, weights=recorded.weights)
+    check_same_model(recorded, found, recorded_in=recorded_in, given_as=f"the model at {target}",
+                     override=OVERRIDE_FLAG, fix="pass --model with the model it was made with")
+    return tokenizer
 
 
 def check_hook_names(model, names) -> None:

@@ -337,10 +337,10 @@ def _upgrade(args) -> int:
     """Upgrade the store in place (`features.upgrade`): its schema, and its token labels where an older
     rule wrote them, with the tokenizer of the model it records; say what it is now."""
     from features import upgrade as up
-    from saesteer.models import load_recorded_model
+    from saesteer.models import load_recorded_tokenizer
 
     def tokenizer_for(recorded):
-        return load_recorded_model(recorded, None, recorded_in=f"the store {args.store}", device="cpu").tokenizer
+        return load_recorded_tokenizer(recorded, recorded_in=f"the store {args.store}")
 
     res = up.upgrade_store(args.store, tokenizer_for=tokenizer_for)
     print(f"{res.path}: feature-store schema version {res.schema_version}")
