@@ -198,17 +198,13 @@ def _process_weights(model, spec: str) -> None:
     """TransformerLens's default load-time weight processing, in place: `saes.identity.PROCESSING`
     less what `HookedTransformer.from_pretrained` leaves out for this model (`saes.processing.
     transformerlens_processing`: e.g. fold_ln on a post-norm model, whose norms sit after the
-    sublayers, where folding would change its outputs), and less what the Bridge's adapter cannot do.
-    Records the flags applied on the model (`saes.processing.APPLIED_ATTR`)."""
+    sublayers, where folding would change its outputs); the Bridge's adapter then leaves out what
+    it cannot do. Records the flags applied on the model (`saes.processing.APPLIED_ATTR`)."""
     import warnings
 
     from saes.processing import APPLIED_ATTR, transformerlens_processing
 
     flags = transformerlens_processing(model.cfg)
-    adapter = getattr(model, "adapter", None)
-    for flag, supported in (("fold_ln", "supports_fold_ln"), ("center_writing_weights", "supports_center_writing_weights")):
-        if adapter is not None and not getattr(adapter, supported, True):
-            flags[flag] = False
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning)  # TL's notes about what it folds
         if hasattr(model, "load_and_process_state_dict"):  # HookedTransformer (process_weights_ takes no fold_value_biases)
@@ -219,7 +215,20 @@ def _process_weights(model, spec: str) -> None:
             except RuntimeError as e:  # an architecture whose processed weights TransformerLens does not trust
                 raise ValueError(f"model {spec!r}: TransformerLens cannot process its weights ({e}); load it without "
                                  f"--process-weights") from None
-    setattr(model, APPLIED_ATTR, flags)
+    adapter = getattr(model, "adapter", None)
+    setattr(model, APPLIED_ATTR, {flag: on and (adapter is None or _adapter_applies(adapter, flag))
+                                  for flag, on in flags.items()})
+
+
+def _adapter_applies(adapter, flag: str) -> bool:
+    """Whether TransformerBridge's `adapter` applies `flag` when asked: ProcessWeights skips the
+    flags it declares unsupported, but Phi-3's adapter, which declares fold_ln so, folds its joint
+    projections itself when fold_ln is asked for (preprocess_weights reads `_fold_ln_requested`):
+    the flag must still be passed, and counts as applied."""
+    if getattr(adapter, f"supports_{flag}", True):
+        return True
+    code = getattr(type(adapter).preprocess_weights, "__code__", None)
+    return flag == "fold_ln" and code is not None and "_fold_ln_requested" in code.co_consts + code.co_names
 
 
 def process_loaded_weights(model) -> None:

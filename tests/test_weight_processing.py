@@ -413,3 +413,39 @@ def test_steering_loads_the_model_an_saelens_transcoder_asks_for_by_the_models_c
     model = steering_load_model(args, loaded, sae_specs={"tc": "sae_lens:r/tc"})
     assert model_identity(model).processed
     assert getattr(model, APPLIED_ATTR)["fold_ln"] is True
+
+
+def _tiny_bridge_checkpoint(directory: Path, config_class, **fields) -> Path:
+    """A random one-layer checkpoint of `config_class` with norm gains far from 1 (folding shows)."""
+    import transformers
+    from helpers.tiny_hf import build_bpe_tokenizer
+
+    tok = build_bpe_tokenizer()
+    torch.manual_seed(0)
+    cfg = config_class(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                       max_position_embeddings=64, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                       pad_token_id=tok.eos_token_id, **fields)
+    hf = transformers.AutoModelForCausalLM.from_config(cfg)
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "norm" in name and p.ndim == 1 and name.endswith("weight"):
+                p.copy_(1 + 0.5 * torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))))
+    hf.save_pretrained(directory, safe_serialization=True)
+    tok.save_pretrained(directory)
+    return directory
+
+
+def test_phi3s_norms_are_folded_as_transformerlens_folds_them(tmp_path):
+    """Phi-3's Bridge adapter declares fold_ln unsupported by ProcessWeights and folds its joint
+    projections itself when asked (preprocess_weights). Our processing turned fold_ln off for every
+    such adapter, so Phi-3 was never folded; now TransformerLens gets from_pretrained's flags, and
+    the record says what was applied."""
+    import transformers
+    from saes.processing import processing_record
+
+    model = load_model(str(_tiny_bridge_checkpoint(tmp_path / "phi3", transformers.Phi3Config, intermediate_size=64,
+                                                   num_key_value_heads=2)), device="cpu", process_weights=True)
+    gain = model.state_dict()["blocks.0.ln1.weight"]
+    torch.testing.assert_close(gain, torch.ones_like(gain))  # folded into the QKV projection
+    assert processing_record(model)["applied"]["fold_ln"] is True
+
