@@ -449,3 +449,34 @@ def test_phi3s_norms_are_folded_as_transformerlens_folds_them(tmp_path):
     torch.testing.assert_close(gain, torch.ones_like(gain))  # folded into the QKV projection
     assert processing_record(model)["applied"]["fold_ln"] is True
 
+
+def test_a_flag_the_bridge_adapter_could_not_apply_is_refused_where_the_sae_needs_it(tmp_path):
+    """TransformerBridge's adapter for a post-LN OPT (do_layer_norm_before False, as OPT-350m)
+    cannot fold its norms: saesteer's processed model keeps them and records fold_ln as not applied,
+    where the SAE says it read a model with folded norms. The check compared only raw-vs-processed
+    and passed it. Now the flags applied count (the model's, or a cache's `model_processing`), and
+    only at hooks where that flag matters."""
+    import saes
+    import transformers
+    from saes.formats.base import LoadedSAE
+    from saes.identity import check_sae_model
+    from saes.processing import applied_of_record, check_processing, processing_record
+
+    path = _tiny_bridge_checkpoint(tmp_path / "opt", transformers.OPTConfig, ffn_dim=64, word_embed_proj_dim=32,
+                                   do_layer_norm_before=False)
+    model = load_model(str(path), device="cpu", process_weights=True)
+    record = processing_record(model)
+    assert record["applied"]["fold_ln"] is False and record["applied"]["center_unembed"] is True
+
+    def trained_on(hook):
+        md = {"hook_name": hook, "model_from_pretrained_kwargs": dict(PROCESSING)}
+        sae = saes.create_sae("topk", 32, 16, k=2, generator=torch.Generator().manual_seed(0), metadata=md)
+        return LoadedSAE(sae, {}, "sae_lens:r/x", "sae_lens_registry")
+
+    with pytest.raises(ModelMismatchError, match=r"fold_ln=False there .*adapter"):
+        check_sae_model(model, trained_on("blocks.0.mlp.hook_in"))
+    kw = dict(sae_name="x", model_as="the cache's model", override="--allow-model-mismatch", fix=lambda w: f"use {w}",
+              model_cfg=model.cfg, applied=applied_of_record(record))
+    with pytest.raises(ModelMismatchError, match="fold_ln=False there"):  # from a cache's record alone
+        check_processing(trained_on("blocks.0.mlp.hook_in"), model_identity(model), **kw)
+    check_processing(trained_on("blocks.0.attn.hook_z"), model_identity(model), **kw)  # fold_ln changes nothing there

@@ -116,7 +116,7 @@ def load_model(args, loaded: dict[str, LoadedSAE], store: Any = None, cache: str
     its hook point first (its files, or --hook). `sae_specs`: name -> what each SAE was given as, for
     messages (default: parsed from args.sae)."""
     from saes.identity import ModelIdentityError, check_same_model, identity_of_sae
-    from saes.processing import check_processing, processing_wanted
+    from saes.processing import APPLIED_ATTR, check_processing, processing_wanted
     from saesteer.models import OVERRIDE_FLAG, load_recorded_model, model_identity, pick_record, process_loaded_weights
 
     dirs = parse_sae_args(args.sae) if sae_specs is None else sae_specs
@@ -153,7 +153,7 @@ def load_model(args, loaded: dict[str, LoadedSAE], store: Any = None, cache: str
                 if identity_of_sae(item) is None:
                     _check_named_model(name, dirs[name], item.sae, given, given_as)
                 check_processing(item, given, sae_name=name, model_as=given_as, override=OVERRIDE_FLAG,
-                                 model_cfg=getattr(model, "cfg", None),
+                                 model_cfg=getattr(model, "cfg", None), applied=getattr(model, APPLIED_ATTR, None),
                                  fix=lambda w: "give SAEs, a store and a cache made with the model loaded one way "
                                                f"(a cache made {'with' if w else 'without'} `saesteer cache "
                                                "--process-weights` records it)")
