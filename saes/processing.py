@@ -198,8 +198,9 @@ def _needed(loaded: Any, model_cfg: Any = None) -> tuple[str, dict[str, bool]] |
 def processing_wanted(loaded: Any, model_cfg: Any = None) -> bool | None:
     """True when the SAE reads a model loaded with saesteer's processing (`--process-weights`), False
     when raw, None when either gives its activations (or nothing is recorded), and also None when
-    neither does (`check_processing` refuses that). A preference for loading: without `model_cfg`
-    center_writing_weights counts as it does on GPT-2 (on other models it changes nothing there)."""
+    neither does (`check_processing` refuses that). A preference for loading, counted as
+    `check_processing` counts it: pass the model's config (`model_cfg`), without which every flag
+    counts as it does on GPT-2 (`skipped_flags`)."""
     got = _needed(loaded, model_cfg)
     if got is None:
         return None
