@@ -166,7 +166,7 @@ def check_models(sae, source: ActivationSource, model=None, allow_mismatch: bool
     (ModelMismatchError) an SAE or a model recorded for another model than the cache's, or a cache
     whose model's weight processing is not what the SAE's SAELens kwargs ask for (`saes.processing`)."""
     from saes.identity import check_same_model, identity_of_model, recorded_model_of
-    from saes.processing import check_processing
+    from saes.processing import applied_of_record, check_processing
 
     cache_model = getattr(source, "recorded_model", None)
     cache_model = cache_model() if callable(cache_model) else None
@@ -182,6 +182,7 @@ def check_models(sae, source: ActivationSource, model=None, allow_mismatch: bool
                          override="allow_model_mismatch=True", fix="pass the model the cache was made with")
         check_processing(sae, cache_model, sae_name="sae", model_as=f"the model of {where}",
                          override="allow_model_mismatch=True", model_cfg=model_cfg,
+                         applied=applied_of_record(getattr(getattr(source, "manifest", None), "model_processing", None)),
                          fix=lambda wanted: f"use a cache of the model loaded with process_weights={wanted} "
                                            "(saesteer.models.load_model)")
     return cache_model or sae_model

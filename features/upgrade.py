@@ -1,6 +1,6 @@
 """Bring a feature store written by an older saesteer to this version, in place (`saesteer features upgrade`).
 
-    result = upgrade_store("old.db", tokenizer_for=lambda identity: load_it(identity).tokenizer)
+    result = upgrade_store("old.db", tokenizer_for=lambda identity: load_recorded_tokenizer(identity, recorded_in="..."))
     result.schema_version, result.vocab      # e.g. 3, "relabelled"
 
 Two things can be old:

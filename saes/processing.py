@@ -38,7 +38,7 @@ from typing import Any, Callable, Mapping
 from saes.identity import PROCESSING, ModelIdentity, ModelMismatchError
 
 __all__ = ["FLAG_CHANGES", "flags_changing", "centres_writing_weights", "skipped_flags", "transformerlens_processing",
-           "processing_record", "config_of_record", "recorded_kwargs", "processing_wanted", "check_processing"]
+           "processing_record", "config_of_record", "applied_of_record", "recorded_kwargs", "processing_wanted", "check_processing"]
 
 # The hook points (TransformerLens names) whose values each flag changes, as measured on a GPT-2
 # HookedTransformer loaded with that one flag (tests/test_weight_processing.py measures it again):
@@ -198,8 +198,9 @@ def _needed(loaded: Any, model_cfg: Any = None) -> tuple[str, dict[str, bool]] |
 def processing_wanted(loaded: Any, model_cfg: Any = None) -> bool | None:
     """True when the SAE reads a model loaded with saesteer's processing (`--process-weights`), False
     when raw, None when either gives its activations (or nothing is recorded), and also None when
-    neither does (`check_processing` refuses that). A preference for loading: without `model_cfg`
-    center_writing_weights counts as it does on GPT-2 (on other models it changes nothing there)."""
+    neither does (`check_processing` refuses that). A preference for loading, counted as
+    `check_processing` counts it: pass the model's config (`model_cfg`), without which every flag
+    counts as it does on GPT-2 (`skipped_flags`)."""
     got = _needed(loaded, model_cfg)
     if got is None:
         return None
@@ -211,14 +212,24 @@ def _describe(needed: Mapping[str, bool]) -> str:
     return ", ".join(f"{flag}={value}" for flag, value in needed.items())
 
 
+def applied_of_record(record: Mapping[str, Any] | None) -> dict[str, bool] | None:
+    """The flags a `processing_record` says its model's loader applied (None when there is no record)."""
+    applied = (record or {}).get("applied") if isinstance(record, Mapping) else None
+    return {flag: bool(applied.get(flag, False)) for flag in PROCESSING} if isinstance(applied, Mapping) else None
+
+
 def check_processing(loaded: Any, model: ModelIdentity | None, *, sae_name: str, model_as: str, override: str,
-                     fix: Callable[[bool], str], model_cfg: Any = None) -> None:
+                     fix: Callable[[bool], str], model_cfg: Any = None,
+                     applied: Mapping[str, bool] | None = None) -> None:
     """Refuse (ModelMismatchError) a model whose weight processing gives the SAE other activations
     at its hook than the ones its SAELens `model_from_pretrained_kwargs` say it was trained on,
     naming both sides, `fix(wanted)` (how to get a model processed (True) or raw (False) where the
     caller is) and `override`. Nothing recorded on either side passes. `model_cfg`: the model's
     config where known (a loaded model's cfg, or `config_of_record` of a cache's `model_processing`):
-    flags `skipped_flags` names do not count; unknown, center_writing_weights=False alone never refuses."""
+    flags `skipped_flags` names do not count; unknown, center_writing_weights=False alone never refuses.
+    `applied`: the flags the model's loader applied, where known (`APPLIED_ATTR` on a loaded model,
+    `applied_of_record` of a cache's record): a processed model whose TransformerBridge adapter
+    could not apply a flag the SAE needs (e.g. fold_ln on OPT or Phi-3) is refused too."""
     got = _needed(loaded, model_cfg)
     if got is None or model is None:
         return
@@ -239,6 +250,12 @@ def check_processing(loaded: Any, model: ModelIdentity | None, *, sae_name: str,
             f"(--process-weights), and neither gives those activations. Pass {override} to use it anyway")
     wanted = next(iter(needed.values()))
     if model.processed == wanted:
+        have = {flag: bool(applied.get(flag, False)) for flag in needed} if applied is not None else needed
+        if have != needed:
+            raise ModelMismatchError(
+                f"{asks}, but {model_as} was loaded with {_describe(have)} there (its TransformerBridge "
+                f"adapter does not apply the rest, as HookedTransformer does); the activations differ. Pass "
+                f"{override} to use it anyway")
         return
     have = ("with TransformerLens's weight processing (--process-weights: " + ", ".join(PROCESSING) + ")"
             if model.processed else "with its raw weights (no --process-weights)")

@@ -198,17 +198,13 @@ def _process_weights(model, spec: str) -> None:
     """TransformerLens's default load-time weight processing, in place: `saes.identity.PROCESSING`
     less what `HookedTransformer.from_pretrained` leaves out for this model (`saes.processing.
     transformerlens_processing`: e.g. fold_ln on a post-norm model, whose norms sit after the
-    sublayers, where folding would change its outputs), and less what the Bridge's adapter cannot do.
-    Records the flags applied on the model (`saes.processing.APPLIED_ATTR`)."""
+    sublayers, where folding would change its outputs); the Bridge's adapter then leaves out what
+    it cannot do. Records the flags applied on the model (`saes.processing.APPLIED_ATTR`)."""
     import warnings
 
     from saes.processing import APPLIED_ATTR, transformerlens_processing
 
     flags = transformerlens_processing(model.cfg)
-    adapter = getattr(model, "adapter", None)
-    for flag, supported in (("fold_ln", "supports_fold_ln"), ("center_writing_weights", "supports_center_writing_weights")):
-        if adapter is not None and not getattr(adapter, supported, True):
-            flags[flag] = False
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning)  # TL's notes about what it folds
         if hasattr(model, "load_and_process_state_dict"):  # HookedTransformer (process_weights_ takes no fold_value_biases)
@@ -219,7 +215,33 @@ def _process_weights(model, spec: str) -> None:
             except RuntimeError as e:  # an architecture whose processed weights TransformerLens does not trust
                 raise ValueError(f"model {spec!r}: TransformerLens cannot process its weights ({e}); load it without "
                                  f"--process-weights") from None
-    setattr(model, APPLIED_ATTR, flags)
+    adapter = getattr(model, "adapter", None)
+    setattr(model, APPLIED_ATTR, {flag: on and (adapter is None or _adapter_applies(adapter, flag))
+                                  for flag, on in flags.items()})
+
+
+def _adapter_applies(adapter, flag: str) -> bool:
+    """Whether TransformerBridge's `adapter` applies `flag` when asked: ProcessWeights skips the
+    flags it declares unsupported, but Phi-3's adapter, which declares fold_ln so, folds its joint
+    projections itself when fold_ln is asked for (preprocess_weights reads `_fold_ln_requested`):
+    the flag must still be passed, and counts as applied."""
+    if getattr(adapter, f"supports_{flag}", True):
+        return True
+    code = getattr(type(adapter).preprocess_weights, "__code__", None)
+    return flag == "fold_ln" and code is not None and "_fold_ln_requested" in code.co_consts + code.co_names
+
+
+def process_loaded_weights(model) -> None:
+    """Apply `load_model(..., process_weights=True)`'s processing to a model `load_model` loaded raw,
+    in place, and record it in its identity: for a caller that needs the model's config to decide
+    (an SAE's `model_from_pretrained_kwargs` counted by `saes.processing.processing_wanted`)."""
+    from dataclasses import replace
+
+    ident = model_identity(model)
+    if ident.processed:
+        return
+    _process_weights(model, model_info(model).spec)
+    attach_identity(model, replace(ident, weights="processed"))
 
 
 def _boot_hf(name_or_path: str, revision: str | None, device: str, dtype, spec: str):
@@ -365,22 +387,32 @@ def load_recorded_model(
     device: str | None = None,
     dtype=None,
     allow_mismatch: bool = False,
-    process_weights: bool | None = None,
 ):
     """The model a command runs on: `spec` (--model) when given, refused (ModelMismatchError) if it
     is not the `recorded` model unless `allow_mismatch`; else the recorded model itself, re-loaded
     from its record (hub name at its commit, the absolute directory checked against its hash, or
     the toy model when the record says toy). Raises ModelIdentityError when there is no model to
     load (nothing recorded, or a record that cannot be re-loaded), saying to pass --model. The
-    weights are processed when the record says so (`ModelIdentity.weights`), else when
-    `process_weights` does (e.g. what a SAELens registry SAE asks for, `saes.processing`)."""
-    process = recorded.processed if recorded is not None else bool(process_weights)
+    weights are processed when the record says so (`ModelIdentity.weights`), else raw (a caller
+    that learns from the model's config that it wants them processed: `process_loaded_weights`)."""
+    process = recorded is not None and recorded.processed
     if spec:
         model = load_model(spec, device=device, dtype=dtype, process_weights=process)
         if not allow_mismatch:
             check_same_model(recorded, model_identity(model), recorded_in=recorded_in, given_as=f"--model {spec}",
                              override=OVERRIDE_FLAG, fix="leave out --model to use the recorded one")
         return model
+    target = _recorded_spec(recorded, recorded_in)
+    model = load_model(target, device=device, dtype=dtype, process_weights=process)
+    if not allow_mismatch:  # the directory may hold other files now
+        check_same_model(recorded, model_identity(model), recorded_in=recorded_in, given_as=f"the model at {target}",
+                         override=OVERRIDE_FLAG, fix="pass --model with the model it was made with")
+    return model
+
+
+def _recorded_spec(recorded: ModelIdentity | None, recorded_in: str) -> str:
+    """The `load_model` spec that loads the recorded model again; ModelIdentityError (saying to pass
+    --model) when there is none or its directory is gone."""
     if recorded is None:
         raise ModelIdentityError(f"{recorded_in} does not record which model it was made with; pass --model "
                                  f"('toy', an HF hub name, or a local model directory)")
@@ -393,11 +425,33 @@ def load_recorded_model(
     if recorded.source in ("local", "toy") and recorded.path and not Path(recorded.path).is_dir():
         raise ModelIdentityError(f"{recorded_in} was made with model {recorded.describe()}, but {recorded.path} no "
                                  f"longer exists (moved or deleted?); pass --model DIR where the model is now")
-    model = load_model(target, device=device, dtype=dtype, process_weights=process)
-    if not allow_mismatch:  # the directory may hold other files now
-        check_same_model(recorded, model_identity(model), recorded_in=recorded_in, given_as=f"the model at {target}",
-                         override=OVERRIDE_FLAG, fix="pass --model with the model it was made with")
-    return model
+    return target
+
+
+def load_recorded_tokenizer(recorded: ModelIdentity | None, *, recorded_in: str):
+    """The tokenizer `load_recorded_model(recorded, None, ...).tokenizer` would give, without loading
+    the weights: the toy tokenizer, or HF's AutoTokenizer (from the directory, or the hub at the
+    recorded commit; HF_HUB_OFFLINE is honoured) set up as TransformerBridge sets up its own. The
+    identity is checked as load_recorded_model checks it: a toy or local directory by the SHA-256
+    of its weight files (refused if they changed), a hub model by its recorded commit."""
+    target = _recorded_spec(recorded, recorded_in)
+    info = resolve_spec(target)
+    if info.source == "toy":
+        import toyworld
+        from toyworld.tokenizer import load_tokenizer
+
+        digest, tokenizer = toyworld.weights_sha256(info.path), load_tokenizer(info.path)
+    else:
+        from transformer_lens.model_bridge.sources.transformers import setup_tokenizer
+        from transformers import AutoTokenizer
+
+        digest = local_weights_sha256(info.path) if info.source == "local" else None
+        source = info.path if info.source == "local" else info.name
+        tokenizer = setup_tokenizer(AutoTokenizer.from_pretrained(source, revision=info.revision))
+    found = ModelIdentity(info.source, info.name, info.revision, info.path, digest, weights=recorded.weights)
+    check_same_model(recorded, found, recorded_in=recorded_in, given_as=f"the model at {target}",
+                     override=OVERRIDE_FLAG, fix="pass --model with the model it was made with")
+    return tokenizer
 
 
 def check_hook_names(model, names) -> None:

@@ -17,6 +17,15 @@ HOOK = "blocks.0.hook_resid_post"
 
 
 @pytest.fixture(scope="module")
+def bos_is_eos_model(tmp_path_factory):
+    """A random one-layer GPT-2 whose byte-level BPE tokenizer's BOS is its EOS (`<|endoftext|>`):
+    what the packing rule turns on, and nothing here needs trained weights."""
+    from helpers.tiny_hf import save_tiny_gpt2
+
+    return save_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2"), n_layer=1)
+
+
+@pytest.fixture(scope="module")
 def short_documents(tmp_path_factory):
     """400 short documents (all read by the estimate's sample: its figures are exact, not scaled),
     so that one token per document is a visible share of the stream."""
@@ -41,14 +50,14 @@ def _old_cache(new_cache, out):
     return out
 
 
-def test_the_doc_eos_estimate_is_what_the_build_writes_new_and_resumed(real_models, short_documents, tmp_path):
+def test_the_doc_eos_estimate_is_what_the_build_writes_new_and_resumed(bos_is_eos_model, short_documents, tmp_path):
     from saesteer.models import load_model
     from training.cache import build_cache
     from training.cache_config import CacheConfig
     from training.estimate import estimate_cache
     from training.text import TextConfig
 
-    model = load_model(str(real_models.path("gpt2")), device="cpu")
+    model = load_model(str(bos_is_eos_model), device="cpu")
     assert model.tokenizer.bos_token_id == model.tokenizer.eos_token_id
     text = TextConfig(dataset=str(short_documents), split="train", context_length=32, bos_policy="doc", separator="eos")
 

@@ -58,13 +58,20 @@ def _labels(path) -> tuple[list[str], object]:
     return [t for (t,) in rows], None if rule is None else json.loads(rule[0])
 
 
-def test_upgrade_relabels_an_older_vocabulary_with_the_recorded_models_tokenizer(sp_model, tmp_path):
+def test_upgrade_relabels_an_older_vocabulary_with_the_recorded_models_tokenizer(sp_model, tmp_path, monkeypatch):
+    """... with the tokenizer alone: the model's weights are not loaded (a 7B model on CPU for a
+    table of labels)."""
     from features.tokentext import LABEL_RULE, token_labels
     from saesteer.models import load_model, model_identity
 
     directory, tok = sp_model
     ident = model_identity(load_model(str(directory), device="cpu")).to_json()
     path = _old_store(tmp_path / "old.db", tok, ident)
+
+    def no_model(*a, **kw):
+        raise AssertionError("features upgrade loaded the model's weights")
+
+    monkeypatch.setattr("saesteer.models.load_model", no_model)
     the = tok.convert_tokens_to_ids("\u2581the")
     before, rule = _labels(path)
     assert before[the] == "the" and rule is None
@@ -103,4 +110,35 @@ def test_upgrade_says_why_when_the_recorded_model_cannot_be_loaded(sp_model, tmp
     r = saesteer("features", "upgrade", path).ok()
     assert "no longer exists" in r.err and str(tmp_path / "gone") in r.err, r.err
     assert flags_named(r.err) and flags_named(r.err) <= known_flags("features", "build"), r.err
+    assert _labels(path) == before
+
+
+def test_the_recorded_tokenizer_is_the_loaded_models_and_its_identity_is_checked(sp_model, tmp_path):
+    """`load_recorded_tokenizer` gives the labels `load_recorded_model(...).tokenizer` gives (toy and
+    a local SentencePiece Llama), and refuses a directory whose weights are no longer the recorded
+    ones, as loading the model does: upgrade then leaves the labels and says why."""
+    import shutil
+
+    import transformers
+    from features.tokentext import token_labels
+    from saes.identity import ModelMismatchError
+    from saesteer.models import load_model, load_recorded_tokenizer, model_identity
+
+    directory, tok = sp_model
+    for spec in ("toy", str(directory)):
+        model = load_model(spec, device="cpu")
+        got = load_recorded_tokenizer(model_identity(model), recorded_in="the store")
+        assert len(got) == len(model.tokenizer) and token_labels(got) == token_labels(model.tokenizer)
+
+    moved = shutil.copytree(directory, tmp_path / "sp-copy")
+    ident = model_identity(load_model(str(moved), device="cpu"))
+    path = _old_store(tmp_path / "old.db", tok, ident.to_json())
+    before = _labels(path)
+    torch.manual_seed(1)  # other weights in the same directory
+    transformers.LlamaForCausalLM(transformers.AutoConfig.from_pretrained(moved)).save_pretrained(
+        moved, safe_serialization=True)
+    with pytest.raises(ModelMismatchError, match="sha256"):
+        load_recorded_tokenizer(ident, recorded_in="the store")
+    r = saesteer("features", "upgrade", path).ok()
+    assert "could not be loaded" in r.err and "Traceback" not in r.err, r.err
     assert _labels(path) == before

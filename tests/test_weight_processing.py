@@ -354,44 +354,6 @@ def test_features_build_and_init_from_read_the_caches_model_config(real_models, 
 # a post-norm model: its norms are never folded, as TransformerLens's from_pretrained leaves them
 
 
-def _olmo3_checkpoint(directory: Path, tok) -> Path:
-    """A tiny OLMo-3 checkpoint (RMSNorm after each sublayer; TransformerLens's HookedTransformer
-    converts it from a local directory, as it does not OLMo-2) with norm gains far from 1, so that
-    folding them would show."""
-    import transformers
-
-    torch.manual_seed(0)
-    cfg = transformers.Olmo3Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                   num_attention_heads=4, max_position_embeddings=128, initializer_range=0.15,
-                                   bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                                   pad_token_id=tok.pad_token_id)
-    hf = transformers.Olmo3ForCausalLM(cfg)
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            if "norm" in name:
-                p.copy_(1 + 0.5 * torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))))
-    hf.save_pretrained(directory, safe_serialization=True)
-    tok.save_pretrained(directory)
-    return directory
-
-
-def _hooked_transformer(path: Path, **flags):
-    """TransformerLens's HookedTransformer of a local checkpoint, built by `from_pretrained`'s own
-    steps (it takes only official names): its config (asked to fold_ln, which it declines for a
-    post-norm architecture), its weight conversion, then load_and_process_state_dict(**flags)."""
-    from transformer_lens import HookedTransformer
-    from transformer_lens import loading_from_pretrained as loading
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cfg = loading.get_pretrained_model_config(str(path), fold_ln=flags.get("fold_ln", False), device="cpu")
-        state = loading.get_pretrained_state_dict(str(path), cfg, AutoModelForCausalLM.from_pretrained(path))
-        model = HookedTransformer(cfg, AutoTokenizer.from_pretrained(path), move_to_device=False)
-        model.load_and_process_state_dict(state, **{**dict.fromkeys(PROCESSING, False), **flags})
-    return model.eval()
-
-
 def test_a_post_norm_model_is_processed_as_transformerlens_does_and_keeps_hf_logits(real_corpus, tmp_path):
     """fold_ln assumes a norm's gain sits on a sublayer's input; OLMo-2/3 normalize the sublayer's
     output, and `from_pretrained` leaves fold_ln (and centring) out for them. Our processing of a
@@ -399,22 +361,23 @@ def test_a_post_norm_model_is_processed_as_transformerlens_does_and_keeps_hf_log
     into the wrong matrices: other logits. Now both our loaders (HookedTransformer and the Bridge)
     give TransformerLens's from_pretrained result and HF's predictions, and record fold_ln as not
     applied (the cache manifest's `model_processing`)."""
-    from helpers.real_models import build_family_tokenizer
+    from helpers.real_models import build_family_tokenizer, hooked_sae_transformer, olmo3_checkpoint
     from saes.processing import processing_record, skipped_flags
     from saesteer.models import _process_weights
     from transformers import AutoModelForCausalLM
 
-    path = _olmo3_checkpoint(tmp_path / "olmo3", build_family_tokenizer("llama", real_corpus.train_docs[:20]))
+    path = olmo3_checkpoint(tmp_path / "olmo3", build_family_tokenizer("llama", real_corpus.train_docs[:20]))
     hf = AutoModelForCausalLM.from_pretrained(path).eval()
     toks = torch.tensor([hf.config.bos_token_id, 40, 41, 300, 301, 7, 99, 512, 13, 8]).unsqueeze(0)
     with torch.no_grad():
         want = hf(toks).logits.log_softmax(-1)  # center_unembed moves each position's logits by a constant
-        reference = _hooked_transformer(path, fold_ln=False, center_writing_weights=False, center_unembed=True,
-                                        fold_value_biases=True)  # what from_pretrained applies to OLMo-3
+        # from_pretrained's defaults, which it applies to OLMo-3 less fold_ln and centring (the test
+        # helper SAELens-side tests load models with follows that rule: it folded these norms before)
+        reference = hooked_sae_transformer(path, **PROCESSING)
         torch.testing.assert_close(reference(toks).log_softmax(-1), want, atol=1e-4, rtol=0)
         assert skipped_flags(reference.cfg) == {"fold_ln", "center_writing_weights"}
 
-        ours = _hooked_transformer(path)
+        ours = hooked_sae_transformer(path)
         _process_weights(ours, str(path))
         torch.testing.assert_close(ours(toks).log_softmax(-1), want, atol=1e-4, rtol=0)
         torch.testing.assert_close(ours.W_U, reference.W_U, atol=1e-5, rtol=0)  # centred as TransformerLens centres
@@ -426,3 +389,94 @@ def test_a_post_norm_model_is_processed_as_transformerlens_does_and_keeps_hf_log
         rec = processing_record(bridge)
         assert rec["applied"] == applied
         assert rec["config"]["original_architecture"] == "Olmo3ForCausalLM" and rec["config"]["normalization_type"] == "RMS"
+
+
+def test_steering_loads_the_model_an_saelens_transcoder_asks_for_by_the_models_config(real_models):
+    """A SAELens transcoder on a Llama-like model reads mlp.hook_in with folded norms
+    (fold_ln=True) and writes hook_mlp_out with center_writing_weights=False, which changes nothing
+    there on an RMSNorm model. `steer` & co. decided how to load the model without its config (as on
+    GPT-2: the two flags disagree, so 'either' and raw) and then refused their own model with the
+    config; now they decide as check_processing does, and load it processed."""
+    import argparse
+
+    import saes
+    from saes.formats.base import LoadedSAE
+    from saes.processing import APPLIED_ATTR
+    from saesteer.commands._steering import load_model as steering_load_model
+
+    path = str(real_models.path("llama"))
+    md = {"hook_name": "blocks.1.mlp.hook_in", "hook_name_out": "blocks.1.hook_mlp_out",
+          "model_from_pretrained_kwargs": {"fold_ln": True, "center_writing_weights": False}}
+    sae = saes.create_sae("topk", 64, 16, k=2, generator=torch.Generator().manual_seed(0), metadata=md)
+    loaded = {"tc": LoadedSAE(sae, {}, "sae_lens:r/tc", "sae_lens_registry")}
+    args = argparse.Namespace(model=path, allow_model_mismatch=False, device="cpu", sae=["tc=sae_lens:r/tc"], store=None)
+    model = steering_load_model(args, loaded, sae_specs={"tc": "sae_lens:r/tc"})
+    assert model_identity(model).processed
+    assert getattr(model, APPLIED_ATTR)["fold_ln"] is True
+
+
+def _tiny_bridge_checkpoint(directory: Path, config_class, **fields) -> Path:
+    """A random one-layer checkpoint of `config_class` with norm gains far from 1 (folding shows)."""
+    import transformers
+    from helpers.tiny_hf import build_bpe_tokenizer
+
+    tok = build_bpe_tokenizer()
+    torch.manual_seed(0)
+    cfg = config_class(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                       max_position_embeddings=64, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                       pad_token_id=tok.eos_token_id, **fields)
+    hf = transformers.AutoModelForCausalLM.from_config(cfg)
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "norm" in name and p.ndim == 1 and name.endswith("weight"):
+                p.copy_(1 + 0.5 * torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))))
+    hf.save_pretrained(directory, safe_serialization=True)
+    tok.save_pretrained(directory)
+    return directory
+
+
+def test_phi3s_norms_are_folded_as_transformerlens_folds_them(tmp_path):
+    """Phi-3's Bridge adapter declares fold_ln unsupported by ProcessWeights and folds its joint
+    projections itself when asked (preprocess_weights). Our processing turned fold_ln off for every
+    such adapter, so Phi-3 was never folded; now TransformerLens gets from_pretrained's flags, and
+    the record says what was applied."""
+    import transformers
+    from saes.processing import processing_record
+
+    model = load_model(str(_tiny_bridge_checkpoint(tmp_path / "phi3", transformers.Phi3Config, intermediate_size=64,
+                                                   num_key_value_heads=2)), device="cpu", process_weights=True)
+    gain = model.state_dict()["blocks.0.ln1.weight"]
+    torch.testing.assert_close(gain, torch.ones_like(gain))  # folded into the QKV projection
+    assert processing_record(model)["applied"]["fold_ln"] is True
+
+
+def test_a_flag_the_bridge_adapter_could_not_apply_is_refused_where_the_sae_needs_it(tmp_path):
+    """TransformerBridge's adapter for a post-LN OPT (do_layer_norm_before False, as OPT-350m)
+    cannot fold its norms: saesteer's processed model keeps them and records fold_ln as not applied,
+    where the SAE says it read a model with folded norms. The check compared only raw-vs-processed
+    and passed it. Now the flags applied count (the model's, or a cache's `model_processing`), and
+    only at hooks where that flag matters."""
+    import saes
+    import transformers
+    from saes.formats.base import LoadedSAE
+    from saes.identity import check_sae_model
+    from saes.processing import applied_of_record, check_processing, processing_record
+
+    path = _tiny_bridge_checkpoint(tmp_path / "opt", transformers.OPTConfig, ffn_dim=64, word_embed_proj_dim=32,
+                                   do_layer_norm_before=False)
+    model = load_model(str(path), device="cpu", process_weights=True)
+    record = processing_record(model)
+    assert record["applied"]["fold_ln"] is False and record["applied"]["center_unembed"] is True
+
+    def trained_on(hook):
+        md = {"hook_name": hook, "model_from_pretrained_kwargs": dict(PROCESSING)}
+        sae = saes.create_sae("topk", 32, 16, k=2, generator=torch.Generator().manual_seed(0), metadata=md)
+        return LoadedSAE(sae, {}, "sae_lens:r/x", "sae_lens_registry")
+
+    with pytest.raises(ModelMismatchError, match=r"fold_ln=False there .*adapter"):
+        check_sae_model(model, trained_on("blocks.0.mlp.hook_in"))
+    kw = dict(sae_name="x", model_as="the cache's model", override="--allow-model-mismatch", fix=lambda w: f"use {w}",
+              model_cfg=model.cfg, applied=applied_of_record(record))
+    with pytest.raises(ModelMismatchError, match="fold_ln=False there"):  # from a cache's record alone
+        check_processing(trained_on("blocks.0.mlp.hook_in"), model_identity(model), **kw)
+    check_processing(trained_on("blocks.0.attn.hook_z"), model_identity(model), **kw)  # fold_ln changes nothing there

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from saes.fileio import TMP_SUFFIX
+from saes.processing import processing_record
 from training.cache_config import CacheConfig
 from training.estimate import CacheEstimate, estimate_plan, fmt_secs
 from training.manifest import (
@@ -48,7 +49,7 @@ from training.manifest import (
     shard_file_name,
     write_manifest,
 )
-from training.plan import CachePlan, identity_record, plan_cache, processing_record, refuse_mismatch
+from training.plan import CachePlan, identity_record, plan_cache, refuse_mismatch
 from training.runner import ActivationRunner
 from training.shards import DTYPES
 from training.packing import ContextPacker, open_packer

@@ -147,7 +147,7 @@ def check_source(loaded: Any, specs: list[Any], d_in: int, prov: dict[str, Any],
     """Refuse a source that does not fit the run, naming both sides and the fix. `d_out`: a
     transcoder run's target width (None: the run trains SAEs)."""
     from saes.identity import ModelIdentity, ModelMismatchError, check_same_model, identity_of_sae
-    from saes.processing import check_processing, config_of_record
+    from saes.processing import applied_of_record, check_processing, config_of_record
 
     sae, where = loaded.sae, f"the --init-from SAE {loaded.spec}"
     _require_trainable(sae, loaded.spec)
@@ -194,7 +194,8 @@ def check_source(loaded: Any, specs: list[Any], d_in: int, prov: dict[str, Any],
         check_processing(loaded, run_ident, sae_name=loaded.spec, model_as="this run's model", override=f"{ALLOW_FLAG} true",
                          fix=lambda wanted: f"fine-tune it on a cache made {'with' if wanted else 'without'} `saesteer "
                                             "cache --process-weights`",
-                         model_cfg=config_of_record(prov.get("model_processing")))
+                         model_cfg=config_of_record(prov.get("model_processing")),
+                         applied=applied_of_record(prov.get("model_processing")))
     except ModelMismatchError as e:
         raise InitFromError(f"train.init_from: {e}", field="train.init_from") from None
     if src_ident is None or run_ident is None:  # another library's SAE names its model in its own terms

@@ -45,13 +45,6 @@ def identity_record(model) -> dict[str, Any] | None:
     return None if ident is None else ident.to_json()
 
 
-def processing_record(model) -> dict[str, Any] | None:
-    """The model's config fields and weight processing, as the manifest's `model_processing`."""
-    from saes.processing import processing_record as record
-
-    return record(model)
-
-
 def plan_cache(model, text: TextConfig, cfg: CacheConfig, tokenizer, model_id, model_revision) -> CachePlan:
     """Check everything a build needs (hooks, context length, tokens, dataset and text column) and
     fix its settings; runs one tiny forward pass (the hooks' widths) and nothing else."""

@@ -116,8 +116,8 @@ def load_model(args, loaded: dict[str, LoadedSAE], store: Any = None, cache: str
     its hook point first (its files, or --hook). `sae_specs`: name -> what each SAE was given as, for
     messages (default: parsed from args.sae)."""
     from saes.identity import ModelIdentityError, check_same_model, identity_of_sae
-    from saes.processing import check_processing, processing_wanted
-    from saesteer.models import OVERRIDE_FLAG, load_recorded_model, model_identity, pick_record
+    from saes.processing import APPLIED_ATTR, check_processing, processing_wanted
+    from saesteer.models import OVERRIDE_FLAG, load_recorded_model, model_identity, pick_record, process_loaded_weights
 
     dirs = parse_sae_args(args.sae) if sae_specs is None else sae_specs
     for name, item in loaded.items():
@@ -134,12 +134,15 @@ def load_model(args, loaded: dict[str, LoadedSAE], store: Any = None, cache: str
         _refuse_unrecorded(where, loaded)
     known = [(ident, w) for ident, w in records if ident is not None and w != where]
     allow = args.allow_model_mismatch
-    # SAEs of SAELens's registry that read a processed model (model_from_pretrained_kwargs): the
-    # model is loaded so, unless a record says otherwise (then refused below)
-    wanted = {w for item in loaded.values() if (w := processing_wanted(item)) is not None}
     try:
-        model = load_recorded_model(first, args.model, recorded_in=where, device=args.device, allow_mismatch=allow,
-                                    process_weights=wanted == {True})
+        model = load_recorded_model(first, args.model, recorded_in=where, device=args.device, allow_mismatch=allow)
+        if first is None:
+            # SAEs of SAELens's registry that read a processed model (model_from_pretrained_kwargs),
+            # counted as check_processing counts them, by the model's config: processed so, unless a
+            # record says otherwise (then refused below)
+            wanted = {w for item in loaded.values() if (w := processing_wanted(item, model.cfg)) is not None}
+            if wanted == {True}:
+                process_loaded_weights(model)
         if not allow:
             given = model_identity(model)
             given_as = f"--model {args.model}" if args.model else f"the model {where} records"
@@ -150,7 +153,7 @@ def load_model(args, loaded: dict[str, LoadedSAE], store: Any = None, cache: str
                 if identity_of_sae(item) is None:
                     _check_named_model(name, dirs[name], item.sae, given, given_as)
                 check_processing(item, given, sae_name=name, model_as=given_as, override=OVERRIDE_FLAG,
-                                 model_cfg=getattr(model, "cfg", None),
+                                 model_cfg=getattr(model, "cfg", None), applied=getattr(model, APPLIED_ATTR, None),
                                  fix=lambda w: "give SAEs, a store and a cache made with the model loaded one way "
                                                f"(a cache made {'with' if w else 'without'} `saesteer cache "
                                                "--process-weights` records it)")

@@ -153,7 +153,7 @@ def _build(args) -> int:
     from features import CacheSource, build_feature_store
     from features.config import BuildConfig
     from saes.identity import ModelIdentityError, ModelMismatchError, check_same_model, identity_of_sae
-    from saes.processing import check_processing
+    from saes.processing import applied_of_record, check_processing
     from saesteer.configargs import dataclass_from_args
     from saesteer.models import OVERRIDE_FLAG, load_recorded_model, model_id, pick_record
     from saesteer.terminal import plain
@@ -172,7 +172,8 @@ def _build(args) -> int:
         check_same_model(cache_model, sae_model, recorded_in=where, given_as=f"the SAE {args.sae}'s model",
                          override=OVERRIDE_FLAG, fix="use the cache the SAE was trained on")
         check_processing(loaded, cache_model, sae_name=str(args.sae), model_as=f"the model of {where}",
-                         override=OVERRIDE_FLAG, fix=_cache_processing_fix, model_cfg=source.model_config())
+                         override=OVERRIDE_FLAG, fix=_cache_processing_fix, model_cfg=source.model_config(),
+                         applied=applied_of_record(source.manifest.model_processing))
     recorded, where = pick_record([(cache_model, where), (sae_model, f"the SAE {args.sae}")])
     model = None
     spec = args.model
@@ -337,10 +338,10 @@ def _upgrade(args) -> int:
     """Upgrade the store in place (`features.upgrade`): its schema, and its token labels where an older
     rule wrote them, with the tokenizer of the model it records; say what it is now."""
     from features import upgrade as up
-    from saesteer.models import load_recorded_model
+    from saesteer.models import load_recorded_tokenizer
 
     def tokenizer_for(recorded):
-        return load_recorded_model(recorded, None, recorded_in=f"the store {args.store}", device="cpu").tokenizer
+        return load_recorded_tokenizer(recorded, recorded_in=f"the store {args.store}")
 
     res = up.upgrade_store(args.store, tokenizer_for=tokenizer_for)
     print(f"{res.path}: feature-store schema version {res.schema_version}")

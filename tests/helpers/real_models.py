@@ -311,7 +311,9 @@ def hooked_sae_transformer(path, *, fold_ln: bool = False, center_writing_weight
                            center_unembed: bool = False, fold_value_biases: bool = False):
     """SAELens's HookedSAETransformer with the weights of the local checkpoint at `path`, processed
     as asked (HookedTransformer.from_pretrained accepts only official hub names, so this does its
-    steps: TransformerLens's config and weight conversion, then `load_and_process_state_dict`).
+    steps: TransformerLens's config and weight conversion, then `load_and_process_state_dict`), less
+    the flags `from_pretrained` itself leaves out for the model (`saes.processing.skipped_flags`:
+    e.g. fold_ln on a post-norm OLMo-2/3, which load_and_process_state_dict alone would fold).
     The defaults load the raw weights (`from_pretrained_no_processing`)."""
     import warnings
 
@@ -319,13 +321,39 @@ def hooked_sae_transformer(path, *, fold_ln: bool = False, center_writing_weight
     from transformer_lens import loading_from_pretrained as loading
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from saes.processing import skipped_flags
+
     path = str(path)
+    asked = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights, center_unembed=center_unembed,
+                 fold_value_biases=fold_value_biases)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         hf = AutoModelForCausalLM.from_pretrained(path)
         cfg = loading.get_pretrained_model_config(path, fold_ln=fold_ln, device="cpu")
+        skipped = skipped_flags(cfg) or set()
         state = loading.get_pretrained_state_dict(path, cfg, hf)
         model = HookedSAETransformer(cfg, AutoTokenizer.from_pretrained(path), move_to_device=False)
-        model.load_and_process_state_dict(state, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
-                                          center_unembed=center_unembed, fold_value_biases=fold_value_biases)
+        model.load_and_process_state_dict(state, **{flag: on and flag not in skipped for flag, on in asked.items()})
     return model.eval()
+
+
+def olmo3_checkpoint(directory, tok) -> Path:
+    """A tiny OLMo-3 checkpoint (RMSNorm after each sublayer; TransformerLens's HookedTransformer
+    converts it from a local directory, as it does not OLMo-2) with norm gains far from 1, so that
+    folding them would show."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.Olmo3Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, max_position_embeddings=128, initializer_range=0.15,
+                                   bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                   pad_token_id=tok.pad_token_id)
+    hf = transformers.Olmo3ForCausalLM(cfg)
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "norm" in name:
+                p.copy_(1 + 0.5 * torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))))
+    hf.save_pretrained(directory, safe_serialization=True)
+    tok.save_pretrained(directory)
+    return Path(directory)
