@@ -166,12 +166,14 @@ def check_models(sae, source: ActivationSource, model=None, allow_mismatch: bool
     (ModelMismatchError) an SAE or a model recorded for another model than the cache's, or a cache
     whose model's weight processing is not what the SAE's SAELens kwargs ask for (`saes.processing`)."""
     from saes.identity import check_same_model, identity_of_model, recorded_model_of
-    from saes.processing import applied_of_record, check_processing
+    from saes.processing import check_processing
 
-    cache_model = getattr(source, "recorded_model", None)
-    cache_model = cache_model() if callable(cache_model) else None
-    cache_config = getattr(source, "model_config", None)  # what the cache records of its model's config
-    model_cfg = getattr(model, "cfg", None) or (cache_config() if callable(cache_config) else None)
+    def recorded(name: str):  # what the source records of its model, where it records anything (a cache)
+        method = getattr(source, name, None)
+        return method() if callable(method) else None
+
+    cache_model = recorded("recorded_model")
+    model_cfg = getattr(model, "cfg", None) or recorded("model_config")
     sae_model = recorded_model_of(sae)
     if not allow_mismatch:
         where = f"the activation cache {getattr(source, 'path', '')}".rstrip()
@@ -182,7 +184,7 @@ def check_models(sae, source: ActivationSource, model=None, allow_mismatch: bool
                          override="allow_model_mismatch=True", fix="pass the model the cache was made with")
         check_processing(sae, cache_model, sae_name="sae", model_as=f"the model of {where}",
                          override="allow_model_mismatch=True", model_cfg=model_cfg,
-                         applied=applied_of_record(getattr(getattr(source, "manifest", None), "model_processing", None)),
+                         applied=recorded("processing_applied"),
                          fix=lambda wanted: f"use a cache of the model loaded with process_weights={wanted} "
                                            "(saesteer.models.load_model)")
     return cache_model or sae_model

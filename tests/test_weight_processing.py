@@ -480,3 +480,15 @@ def test_a_flag_the_bridge_adapter_could_not_apply_is_refused_where_the_sae_need
     with pytest.raises(ModelMismatchError, match="fold_ln=False there"):  # from a cache's record alone
         check_processing(trained_on("blocks.0.mlp.hook_in"), model_identity(model), **kw)
     check_processing(trained_on("blocks.0.attn.hook_z"), model_identity(model), **kw)  # fold_ln changes nothing there
+
+    # `features build` reads the record through the cache source (CacheSource.processing_applied)
+    from types import SimpleNamespace
+
+    from features.build import check_models
+    from saes.processing import config_of_record
+
+    cache = SimpleNamespace(path="cache", recorded_model=lambda: model_identity(model),
+                            model_config=lambda: config_of_record(record), processing_applied=lambda: applied_of_record(record))
+    with pytest.raises(ModelMismatchError, match="fold_ln=False there"):
+        check_models(trained_on("blocks.0.mlp.hook_in"), cache)
+    check_models(trained_on("blocks.0.attn.hook_z"), cache)

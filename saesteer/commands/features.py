@@ -153,7 +153,7 @@ def _build(args) -> int:
     from features import CacheSource, build_feature_store
     from features.config import BuildConfig
     from saes.identity import ModelIdentityError, ModelMismatchError, check_same_model, identity_of_sae
-    from saes.processing import applied_of_record, check_processing
+    from saes.processing import check_processing
     from saesteer.configargs import dataclass_from_args
     from saesteer.models import OVERRIDE_FLAG, load_recorded_model, model_id, pick_record
     from saesteer.terminal import plain
@@ -173,7 +173,7 @@ def _build(args) -> int:
                          override=OVERRIDE_FLAG, fix="use the cache the SAE was trained on")
         check_processing(loaded, cache_model, sae_name=str(args.sae), model_as=f"the model of {where}",
                          override=OVERRIDE_FLAG, fix=_cache_processing_fix, model_cfg=source.model_config(),
-                         applied=applied_of_record(source.manifest.model_processing))
+                         applied=source.processing_applied())
     recorded, where = pick_record([(cache_model, where), (sae_model, f"the SAE {args.sae}")])
     model = None
     spec = args.model
