@@ -146,9 +146,10 @@ def check_compatible(sae, source: ActivationSource) -> None:
     check_bos(sae, source)
 
 
-def check_bos(sae, source: ActivationSource) -> None:
+def check_bos(sae, source: ActivationSource, *, policy_as: str = "bos_policy") -> None:
     """Refuse a cache whose contexts start with BOS when the SAE was trained without one, or the
-    other way round: the model's activations differ at every position, not only at the first."""
+    other way round: the model's activations differ at every position, not only at the first.
+    `policy_as`: how the caller sets a cache's BOS policy (the CLI: its flag)."""
     wants = recorded_prepend_bos([sae])
     policy = getattr(source, "bos_policy", None)  # only caches record how their contexts were packed
     if wants is None or policy is None or wants == (policy == "prepend"):
@@ -157,7 +158,7 @@ def check_bos(sae, source: ActivationSource) -> None:
     raise ValueError(
         f"the SAE records prepend_bos={wants} (cfg.json metadata) but the cache {getattr(source, 'path', '')} was "
         f"built with bos_policy {policy!r}, so its contexts {'do not start' if wants else 'start'} with BOS; "
-        f"build a cache with bos_policy {fits} for this SAE"
+        f"build a cache with {policy_as} {fits} for this SAE"
     )
 
 

@@ -427,7 +427,7 @@ def test_a_cache_whose_contexts_start_with_bos_is_refused_for_an_sae_trained_wit
     r = saesteer("features", "build", "--sae", run / "layers.1", "--cache", tmp_path / "cache",
                  "--out", tmp_path / "f.db", "--no-progress")
     assert r.rc != 0 and "prepend_bos=False" in r.err and "bos_policy 'prepend'" in r.err, r.text
-    assert "'none' or 'doc'" in r.err and not (tmp_path / "f.db").exists(), r.text
+    assert "--bos-policy` 'none' or 'doc'" in r.err and not (tmp_path / "f.db").exists(), r.text
     r.no_traceback()
 
 

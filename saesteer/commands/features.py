@@ -151,6 +151,7 @@ def _build(args) -> int:
 
     from saes.formats import resolve_sae
     from features import CacheSource, build_feature_store
+    from features.build import check_bos
     from features.config import BuildConfig
     from saes.identity import ModelIdentityError, ModelMismatchError, check_same_model, identity_of_sae
     from saes.processing import check_processing
@@ -166,6 +167,7 @@ def _build(args) -> int:
     sae.eval()
     hook = args.hook or (sae.cfg.metadata or {}).get("hook_name")
     source = CacheSource(args.cache, hook=hook, verify=not args.no_verify)
+    check_bos(sae, source, policy_as="`saesteer cache --bos-policy`")  # before loading the model, naming the flag
     cache_model, sae_model = source.recorded_model(), identity_of_sae(loaded)
     where = f"the cache {args.cache}"
     if not args.allow_model_mismatch:
