@@ -346,6 +346,12 @@ def test_features_build_and_init_from_read_the_caches_model_config(real_models, 
     r = saesteer(*build, "--out", tmp_path / "old.db")
     if gpt2:
         r.ok()
+        # with the model loaded, its config counts again: refused, naming the CLI's flags (it named
+        # the library's allow_model_mismatch=True and process_weights)
+        r = saesteer(*build[:-3], "--no-progress", "--out", tmp_path / "old2.db")
+        assert r.rc != 0 and "center_writing_weights=False" in r.err and "Traceback" not in r.err, r.err
+        assert "--allow-model-mismatch" in r.err and "--process-weights" in r.err, r.err
+        assert "allow_model_mismatch=True" not in r.err and "process_weights=" not in r.err, r.err
     else:
         assert r.rc != 0 and "center_writing_weights=True" in r.err, r.err
 

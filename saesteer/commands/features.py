@@ -192,7 +192,8 @@ def _build(args) -> int:
         f"{args.out}: {sae.architecture} d_sae={sae.d_sae} over {source.n_rows:,} tokens of {args.cache} "
         f"({source.hook_name}); model: {model_id(model) if model is not None else 'none (no logit effects)'}")))
     res = build_feature_store(args.out, loaded, source, cfg, model=model, overwrite=args.overwrite,
-                              progress=not args.no_progress, allow_model_mismatch=args.allow_model_mismatch)
+                              progress=not args.no_progress, allow_model_mismatch=args.allow_model_mismatch,
+                              mismatch_override=OVERRIDE_FLAG, processing_fix=_cache_processing_fix)
     if res.already_complete:
         done = ("its token labels rewritten by the current rule" if res.relabelled else "nothing to do")
         con.print(plain(f"{args.out} is already complete (same SAE, cache and settings); {done}"))
