@@ -167,7 +167,6 @@ def _build(args) -> int:
     sae.eval()
     hook = args.hook or (sae.cfg.metadata or {}).get("hook_name")
     source = CacheSource(args.cache, hook=hook, verify=not args.no_verify)
-    check_bos(sae, source, policy_as="`saesteer cache --bos-policy`")  # before loading the model, naming the flag
     cache_model, sae_model = source.recorded_model(), identity_of_sae(loaded)
     where = f"the cache {args.cache}"
     if not args.allow_model_mismatch:
@@ -176,6 +175,7 @@ def _build(args) -> int:
         check_processing(loaded, cache_model, sae_name=str(args.sae), model_as=f"the model of {where}",
                          override=OVERRIDE_FLAG, fix=_cache_processing_fix, model_cfg=source.model_config(),
                          applied=source.processing_applied())
+    check_bos(sae, source, policy_as="`saesteer cache --bos-policy`")  # before loading the model, naming the flag
     recorded, where = pick_record([(cache_model, where), (sae_model, f"the SAE {args.sae}")])
     model = None
     spec = args.model
