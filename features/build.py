@@ -146,9 +146,10 @@ def check_compatible(sae, source: ActivationSource) -> None:
     check_bos(sae, source)
 
 
-def check_bos(sae, source: ActivationSource) -> None:
+def check_bos(sae, source: ActivationSource, *, policy_as: str = "bos_policy") -> None:
     """Refuse a cache whose contexts start with BOS when the SAE was trained without one, or the
-    other way round: the model's activations differ at every position, not only at the first."""
+    other way round: the model's activations differ at every position, not only at the first.
+    `policy_as`: how the caller sets a cache's BOS policy (the CLI: its flag)."""
     wants = recorded_prepend_bos([sae])
     policy = getattr(source, "bos_policy", None)  # only caches record how their contexts were packed
     if wants is None or policy is None or wants == (policy == "prepend"):
@@ -157,34 +158,42 @@ def check_bos(sae, source: ActivationSource) -> None:
     raise ValueError(
         f"the SAE records prepend_bos={wants} (cfg.json metadata) but the cache {getattr(source, 'path', '')} was "
         f"built with bos_policy {policy!r}, so its contexts {'do not start' if wants else 'start'} with BOS; "
-        f"build a cache with bos_policy {fits} for this SAE"
+        f"build a cache with {policy_as} {fits} for this SAE"
     )
 
 
-def check_models(sae, source: ActivationSource, model=None, allow_mismatch: bool = False):
+def _library_processing_fix(wanted: bool) -> str:
+    return f"use a cache of the model loaded with process_weights={wanted} (saesteer.models.load_model)"
+
+
+def check_models(sae, source: ActivationSource, model=None, allow_mismatch: bool = False, *,
+                 override: str = "allow_model_mismatch=True",
+                 processing_fix: Callable[[bool], str] = _library_processing_fix):
     """The model the store belongs to (the cache's recorded model, else the SAE's), after refusing
     (ModelMismatchError) an SAE or a model recorded for another model than the cache's, or a cache
-    whose model's weight processing is not what the SAE's SAELens kwargs ask for (`saes.processing`)."""
+    whose model's weight processing is not what the SAE's SAELens kwargs ask for (`saes.processing`).
+    `override`, `processing_fix(wanted)`: how the caller allows a mismatch and gets a cache processed
+    (wanted=True) or raw, for the refusals (the CLI: its flags)."""
     from saes.identity import check_same_model, identity_of_model, recorded_model_of
-    from saes.processing import applied_of_record, check_processing
+    from saes.processing import check_processing
 
-    cache_model = getattr(source, "recorded_model", None)
-    cache_model = cache_model() if callable(cache_model) else None
-    cache_config = getattr(source, "model_config", None)  # what the cache records of its model's config
-    model_cfg = getattr(model, "cfg", None) or (cache_config() if callable(cache_config) else None)
+    def recorded(name: str):  # what the source records of its model, where it records anything (a cache)
+        method = getattr(source, name, None)
+        return method() if callable(method) else None
+
+    cache_model = recorded("recorded_model")
+    model_cfg = getattr(model, "cfg", None) or recorded("model_config")
     sae_model = recorded_model_of(sae)
     if not allow_mismatch:
         where = f"the activation cache {getattr(source, 'path', '')}".rstrip()
         check_same_model(cache_model, sae_model, recorded_in=where, given_as="the SAE's model (its saesteer.json)",
-                         override="allow_model_mismatch=True", fix="use the cache the SAE was trained on")
+                         override=override, fix="use the cache the SAE was trained on")
         check_same_model(cache_model or sae_model, identity_of_model(model),
                          recorded_in=where if cache_model is not None else "the SAE", given_as="the model given",
-                         override="allow_model_mismatch=True", fix="pass the model the cache was made with")
+                         override=override, fix="pass the model the cache was made with")
         check_processing(sae, cache_model, sae_name="sae", model_as=f"the model of {where}",
-                         override="allow_model_mismatch=True", model_cfg=model_cfg,
-                         applied=applied_of_record(getattr(getattr(source, "manifest", None), "model_processing", None)),
-                         fix=lambda wanted: f"use a cache of the model loaded with process_weights={wanted} "
-                                           "(saesteer.models.load_model)")
+                         override=override, model_cfg=model_cfg, applied=recorded("processing_applied"),
+                         fix=processing_fix)
     return cache_model or sae_model
 
 
@@ -201,6 +210,8 @@ def build_feature_store(
     progress: bool = True,
     on_event: EventHook | None = None,
     allow_model_mismatch: bool = False,
+    mismatch_override: str = "allow_model_mismatch=True",
+    processing_fix: Callable[[bool], str] = _library_processing_fix,
 ) -> BuildResult:
     """Build (or resume, or finish) the feature store at `path` for `sae` over `source`.
 
@@ -211,6 +222,8 @@ def build_feature_store(
     sae_path: the SAE's folder, recorded (absolute) so that tools can load the SAE from the store.
     on_event(name, info): called after each 'batch', 'checkpoint', 'pass_done' and 'block'.
     allow_model_mismatch: accept an SAE or model recorded for another model than the cache's.
+    mismatch_override, processing_fix: what the refusals say to allow a mismatch and to get a cache
+    of the model processed as the SAE wants (`check_models`; the CLI names its flags).
     The store records the model the activations came from (meta `model_identity`)."""
     t_start = time.perf_counter()
     cfg = cfg or BuildConfig()
@@ -219,7 +232,8 @@ def build_feature_store(
     if sae_path is None and loaded is not sae:
         sae_path = loaded.spec
     check_compatible(sae, source)
-    recorded = check_models(loaded, source, model, allow_model_mismatch)
+    recorded = check_models(loaded, source, model, allow_model_mismatch, override=mismatch_override,
+                            processing_fix=processing_fix)
     if tokenizer is None and model is not None:
         tokenizer = getattr(model, "tokenizer", None)
     event = on_event or (lambda name, info: None)

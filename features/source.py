@@ -174,6 +174,11 @@ class CacheSource:
         (`saes.processing.config_of_record`), or None (a cache from an older version)."""
         return self.manifest.model_config()
 
+    def processing_applied(self):
+        """The weight-processing flags the cache's model was loaded with ({flag: bool}), or None (a
+        cache from an older version)."""
+        return self.manifest.processing_applied()
+
     # -- reading -------------------------------------------------------------------------------
     @staticmethod
     def _read(fh, entry, first: int = 0, count: int | None = None) -> Tensor:

@@ -319,23 +319,26 @@ def _hash_parameters(model) -> str:
     return h.hexdigest()
 
 
-def _identity(model, info: ModelInfo, weights: str = "raw") -> ModelIdentity:
-    """toy: SHA-256 of its model.safetensors; local directory: SHA-256 of its weight files; hub: the
-    commit HF resolved (no weight hashing); a model not loaded by `load_model`: SHA-256 of its
-    parameters and buffers."""
+def _weights_digest(info: ModelInfo, model=None) -> str | None:
+    """toy: SHA-256 of its model.safetensors; local directory: SHA-256 of its weight files; hub: None
+    (the commit HF resolved stands for the weights); a model not loaded by `load_model`: SHA-256 of
+    its parameters and buffers."""
     if info.source == "toy":
         import toyworld
 
-        digest = toyworld.weights_sha256(info.path)
-    elif info.source == "local":
-        digest = local_weights_sha256(info.path)
-    elif info.source == "object":
-        digest = _hash_parameters(model)
-    else:
-        digest = None
+        return toyworld.weights_sha256(info.path)
+    if info.source == "local":
+        return local_weights_sha256(info.path)
+    if info.source == "object":
+        return _hash_parameters(model)
+    return None
+
+
+def _identity(model, info: ModelInfo, weights: str = "raw") -> ModelIdentity:
+    """Who `model`, loaded from `info`, is (its weights digest: `_weights_digest`)."""
     cfg = model.cfg
-    return ModelIdentity(info.source, info.name, info.revision, info.path, digest, int(cfg.d_model),
-                         int(cfg.n_layers), int(cfg.d_vocab), weights=weights)
+    return ModelIdentity(info.source, info.name, info.revision, info.path, _weights_digest(info, model),
+                         int(cfg.d_model), int(cfg.n_layers), int(cfg.d_vocab), weights=weights)
 
 
 def model_identity(model) -> ModelIdentity:
@@ -437,18 +440,17 @@ def load_recorded_tokenizer(recorded: ModelIdentity | None, *, recorded_in: str)
     target = _recorded_spec(recorded, recorded_in)
     info = resolve_spec(target)
     if info.source == "toy":
-        import toyworld
         from toyworld.tokenizer import load_tokenizer
 
-        digest, tokenizer = toyworld.weights_sha256(info.path), load_tokenizer(info.path)
+        tokenizer = load_tokenizer(info.path)
     else:
         from transformer_lens.model_bridge.sources.transformers import setup_tokenizer
         from transformers import AutoTokenizer
 
-        digest = local_weights_sha256(info.path) if info.source == "local" else None
         source = info.path if info.source == "local" else info.name
         tokenizer = setup_tokenizer(AutoTokenizer.from_pretrained(source, revision=info.revision))
-    found = ModelIdentity(info.source, info.name, info.revision, info.path, digest, weights=recorded.weights)
+    found = ModelIdentity(info.source, info.name, info.revision, info.path, _weights_digest(info),
+                          weights=recorded.weights)
     check_same_model(recorded, found, recorded_in=recorded_in, given_as=f"the model at {target}",
                      override=OVERRIDE_FLAG, fix="pass --model with the model it was made with")
     return tokenizer

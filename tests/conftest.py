@@ -40,6 +40,17 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
+def offline_env():
+    """`helpers.real_cli.OFFLINE_ENV` set for a whole module: `pytest.mark.usefixtures("offline_env")`."""
+    from helpers.real_cli import OFFLINE_ENV
+
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in OFFLINE_ENV.items():
+            mp.setenv(k, v)
+        yield
+
+
+@pytest.fixture(scope="module")
 def tiny_model():
     """The tiny TransformerLens model of `helpers.tiny_model` (d_model 32, 2 layers, context 32), one per module."""
     from helpers.tiny_model import make_model, make_tokenizer

@@ -38,18 +38,6 @@ pytestmark = [pytest.mark.usefixtures("one_thread", "offline_env")]
 HOOK = "blocks.1.hook_resid_post"
 
 
-@pytest.fixture(scope="module")
-def offline_env():
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in {"WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "COLUMNS": "200"}.items():
-            mp.setenv(k, v)
-        yield
-
-
-def _no_traceback(r) -> None:
-    assert [line for line in r.text.splitlines() if line.startswith("Traceback")] == [], r.text[-2000:]
-
-
 # ---------------------------------------------------------------------------------------------
 # 1. a local directory by a relative path; another model of the same architecture
 
@@ -98,7 +86,7 @@ def test_a_relative_model_directory_is_recorded_absolutely_and_a_same_shape_mode
         r = saesteer(*argv)
         assert r.rc == 2 and str(proj / "my-gpt2") in r.err and str(proj / "other-gpt2") in r.err, r.err
         assert flags_named(r.err) <= known_flags(*argv[:2] if argv[0] == "features" else argv[:1])
-        _no_traceback(r)
+        r.no_traceback()
     # the directory re-saved with other weights (a fine-tune written over it): both hashes named
     shutil.rmtree(proj / "my-gpt2")
     shutil.copytree(proj / "other-gpt2", proj / "my-gpt2")
@@ -186,7 +174,7 @@ def test_a_column_that_is_not_text_is_refused(real_models, tmp_path, kind):
     assert f"document {bad} of dataset {str(path)!r}: column {column!r} is {'list' if kind == 'messages' else 'int'}, " \
            "not text" in r.err
     assert "--text-column" in r.err and flags_named(r.err) <= known_flags("cache")
-    _no_traceback(r)
+    r.no_traceback()
 
 
 def test_a_cut_off_jsonl_file_is_refused_naming_it(real_models, tmp_path):
@@ -197,7 +185,7 @@ def test_a_cut_off_jsonl_file_is_refused_naming_it(real_models, tmp_path):
     r = saesteer("cache", "--model", real_models.path("gpt2"), "--dataset", path, "--context-length", 32,
                  "--max-tokens", 512, "--hooks", HOOK, "--out", tmp_path / "cache", "--no-progress")
     assert r.rc == 2 and f"could not read dataset {str(path)!r} (split 'train')" in r.err, r.err
-    _no_traceback(r)
+    r.no_traceback()
 
 
 # ---------------------------------------------------------------------------------------------

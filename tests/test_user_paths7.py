@@ -39,18 +39,6 @@ pytestmark = [pytest.mark.usefixtures("one_thread", "offline_env")]
 HOOK = "blocks.1.hook_resid_post"
 
 
-@pytest.fixture(scope="module")
-def offline_env():
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in {"WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "COLUMNS": "200"}.items():
-            mp.setenv(k, v)
-        yield
-
-
-def _no_traceback(r) -> None:
-    assert [line for line in r.text.splitlines() if line.startswith("Traceback")] == [], r.text[-2000:]
-
-
 @functools.lru_cache(maxsize=4)
 def _hf_model(model_dir: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -344,7 +332,7 @@ def test_dictionary_learning_checkpoints_load_with_their_trainers_config_and_equ
     # the CLI: the checkpoints folder names its files; the checkpoint steers the model its trainer names
     r = saesteer("steer", "--sae", trainer / "checkpoints", "--latent", "0:add=1", "--prompt", "x", "--max-new-tokens", 1)
     assert r.rc == 2 and "ae_10.pt" in r.err and "checkpoints" in r.err, r.text
-    _no_traceback(r)
+    r.no_traceback()
     r = saesteer("steer", "--sae", ckpt, "--latent", "0:add=1", "--prompt", "def f(", "--max-new-tokens", 2, "--json")
     assert r.rc == 0, r.text
     assert json.loads(r.out)["results"][0]["prompt"] == "def f("
@@ -356,7 +344,7 @@ def test_a_dictionary_learning_checkpoint_for_another_model_is_refused_naming_bo
     r = saesteer("steer", "--sae", out / "trainer_0/checkpoints/ae_10.pt", "--model", other, "--latent", "0:add=1",
                  "--prompt", "x", "--max-new-tokens", 1)
     assert r.rc != 0 and str(model) in r.err and str(other) in r.err and "--allow-model-mismatch" in r.err, r.text
-    _no_traceback(r)
+    r.no_traceback()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -439,24 +427,24 @@ def test_a_cache_whose_contexts_start_with_bos_is_refused_for_an_sae_trained_wit
     r = saesteer("features", "build", "--sae", run / "layers.1", "--cache", tmp_path / "cache",
                  "--out", tmp_path / "f.db", "--no-progress")
     assert r.rc != 0 and "prepend_bos=False" in r.err and "bos_policy 'prepend'" in r.err, r.text
-    assert "'none' or 'doc'" in r.err and not (tmp_path / "f.db").exists(), r.text
-    _no_traceback(r)
+    assert "--bos-policy` 'none' or 'doc'" in r.err and not (tmp_path / "f.db").exists(), r.text
+    r.no_traceback()
 
 
 def test_a_sparsify_run_folder_and_another_model_are_refused_naming_both_sides(sparsify_run, real_models):
     model, run, _ = sparsify_run
     r = saesteer("steer", "--sae", run, "--latent", "0:add=1", "--prompt", "x", "--max-new-tokens", 1)
     assert r.rc == 2 and "layers.0" in r.err and "layers.1" in r.err, r.text
-    _no_traceback(r)
+    r.no_traceback()
     other = real_models.path("llama")
     r = saesteer("steer", "--sae", run / "layers.1", "--model", other, "--latent", "0:add=1", "--prompt", "x",
                  "--max-new-tokens", 1)
     assert r.rc != 0 and str(model) in r.err and str(other) in r.err and "--allow-model-mismatch" in r.err, r.text
-    _no_traceback(r)
+    r.no_traceback()
     r = saesteer("steer", "--sae", run / "layers.1", "--hook", "blocks.0.hook_resid_post", "--latent", "0:add=1",
                  "--prompt", "x", "--max-new-tokens", 1)
     assert r.rc == 2 and "blocks.1.hook_resid_post" in r.err and "blocks.0.hook_resid_post" in r.err, r.text
-    _no_traceback(r)
+    r.no_traceback()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -500,7 +488,7 @@ def test_a_sparsify_transcoder_is_refused_saying_why_and_what_to_do(tmp_path):
                  "--max-new-tokens", 1)
     assert r.rc == 2 and "'layers.1.mlp''s output from its input" in r.err, r.text
     assert "SAELens transcoder folders" in r.err and "save its weights in that layout" in r.err, r.err
-    _no_traceback(r)
+    r.no_traceback()
 
 
 def _table_latents(text: str) -> list[tuple[str, set[int]]]:
@@ -622,7 +610,7 @@ def test_dictionary_learning_submodule_paths_map_by_the_side_the_buffer_read(rea
                  "--max-new-tokens", 1)
     assert r.rc == 2 and "io='in_and_out'" in r.err and "transcoder" in r.err, r.text
     assert "save its weights in that layout" in r.err, r.err  # what to do, not only why
-    _no_traceback(r)
+    r.no_traceback()
 
     text = "class Point:\n    x = 1"
     out = saesteer("features", "top-on-text", "--sae", tmp_path / "in/trainer_0", "--top", 4, text).ok().out

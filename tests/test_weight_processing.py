@@ -346,6 +346,12 @@ def test_features_build_and_init_from_read_the_caches_model_config(real_models, 
     r = saesteer(*build, "--out", tmp_path / "old.db")
     if gpt2:
         r.ok()
+        # with the model loaded, its config counts again: refused, naming the CLI's flags (it named
+        # the library's allow_model_mismatch=True and process_weights)
+        r = saesteer(*build[:-3], "--no-progress", "--out", tmp_path / "old2.db")
+        assert r.rc != 0 and "center_writing_weights=False" in r.err and "Traceback" not in r.err, r.err
+        assert "--allow-model-mismatch" in r.err and "--process-weights" in r.err, r.err
+        assert "allow_model_mismatch=True" not in r.err and "process_weights=" not in r.err, r.err
     else:
         assert r.rc != 0 and "center_writing_weights=True" in r.err, r.err
 
@@ -480,3 +486,15 @@ def test_a_flag_the_bridge_adapter_could_not_apply_is_refused_where_the_sae_need
     with pytest.raises(ModelMismatchError, match="fold_ln=False there"):  # from a cache's record alone
         check_processing(trained_on("blocks.0.mlp.hook_in"), model_identity(model), **kw)
     check_processing(trained_on("blocks.0.attn.hook_z"), model_identity(model), **kw)  # fold_ln changes nothing there
+
+    # `features build` reads the record through the cache source (CacheSource.processing_applied)
+    from types import SimpleNamespace
+
+    from features.build import check_models
+    from saes.processing import config_of_record
+
+    cache = SimpleNamespace(path="cache", recorded_model=lambda: model_identity(model),
+                            model_config=lambda: config_of_record(record), processing_applied=lambda: applied_of_record(record))
+    with pytest.raises(ModelMismatchError, match="fold_ln=False there"):
+        check_models(trained_on("blocks.0.mlp.hook_in"), cache)
+    check_models(trained_on("blocks.0.attn.hook_z"), cache)

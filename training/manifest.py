@@ -219,6 +219,13 @@ class Manifest:
 
         return config_of_record(self.model_processing)
 
+    def processing_applied(self) -> dict[str, bool] | None:
+        """The weight-processing flags the cache's model loader applied ({flag: bool}), or None (a
+        cache from an older version)."""
+        from saes.processing import applied_of_record
+
+        return applied_of_record(self.model_processing)
+
 
 def _txt_files_without_reading(dataset: dict[str, Any]) -> bool:
     files = dataset.get("files")

@@ -151,9 +151,10 @@ def _build(args) -> int:
 
     from saes.formats import resolve_sae
     from features import CacheSource, build_feature_store
+    from features.build import check_bos
     from features.config import BuildConfig
     from saes.identity import ModelIdentityError, ModelMismatchError, check_same_model, identity_of_sae
-    from saes.processing import applied_of_record, check_processing
+    from saes.processing import check_processing
     from saesteer.configargs import dataclass_from_args
     from saesteer.models import OVERRIDE_FLAG, load_recorded_model, model_id, pick_record
     from saesteer.terminal import plain
@@ -173,7 +174,8 @@ def _build(args) -> int:
                          override=OVERRIDE_FLAG, fix="use the cache the SAE was trained on")
         check_processing(loaded, cache_model, sae_name=str(args.sae), model_as=f"the model of {where}",
                          override=OVERRIDE_FLAG, fix=_cache_processing_fix, model_cfg=source.model_config(),
-                         applied=applied_of_record(source.manifest.model_processing))
+                         applied=source.processing_applied())
+    check_bos(sae, source, policy_as="`saesteer cache --bos-policy`")  # before loading the model, naming the flag
     recorded, where = pick_record([(cache_model, where), (sae_model, f"the SAE {args.sae}")])
     model = None
     spec = args.model
@@ -190,7 +192,8 @@ def _build(args) -> int:
         f"{args.out}: {sae.architecture} d_sae={sae.d_sae} over {source.n_rows:,} tokens of {args.cache} "
         f"({source.hook_name}); model: {model_id(model) if model is not None else 'none (no logit effects)'}")))
     res = build_feature_store(args.out, loaded, source, cfg, model=model, overwrite=args.overwrite,
-                              progress=not args.no_progress, allow_model_mismatch=args.allow_model_mismatch)
+                              progress=not args.no_progress, allow_model_mismatch=args.allow_model_mismatch,
+                              mismatch_override=OVERRIDE_FLAG, processing_fix=_cache_processing_fix)
     if res.already_complete:
         done = ("its token labels rewritten by the current rule" if res.relabelled else "nothing to do")
         con.print(plain(f"{args.out} is already complete (same SAE, cache and settings); {done}"))

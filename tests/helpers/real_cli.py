@@ -32,6 +32,16 @@ class CliResult:
         assert self.rc == 0, f"saesteer {' '.join(self.argv)} -> {self.rc}\n{self.text[-3000:]}"
         return self
 
+    def no_traceback(self) -> "CliResult":
+        """A refusal is a message, not a traceback (those are for --debug)."""
+        assert [line for line in self.text.splitlines() if line.startswith("Traceback")] == [], self.text[-2000:]
+        return self
+
+
+# what a user-path module runs its commands under (the `offline_env` fixture of conftest.py):
+# nothing from the hub or wandb's servers, and rich tables wide enough to read whole
+OFFLINE_ENV = {"WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "COLUMNS": "200"}
+
 
 def saesteer(*argv) -> CliResult:
     from saesteer.cli import main
