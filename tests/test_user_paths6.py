@@ -151,8 +151,8 @@ def test_a_request_waiting_when_the_server_stops_ends_with_an_error(ws):
 def test_a_job_cancelled_while_the_worker_takes_it_in_is_cancelled(ws, moment):
     """A client that goes away just after the worker took its job out of the inbox, or while its
     rows are in their prefill: `cancel` found them neither waiting nor running, and they ran to the
-    end for nobody (outside the bound on requests in the server). The scheduler now cancels such a
-    job again after each step until its rows have ended."""
+    end for nobody (outside the bound on requests in the server). The engine's `cancel` now sees rows
+    in their prefill, and the scheduler cancels a job again once the rows it took in are added."""
     from saesteer.api.scheduler import Scheduler
     from steering.engine import BatchEngine, Row
     from steering.sampling import SamplingParams
