@@ -36,20 +36,14 @@ import time
 
 import httpx
 import pytest
-import torch
 
 openai = pytest.importorskip("openai")
 
+from helpers.chat_templates import QWEN2_TEMPLATE  # noqa: E402
 from helpers.web_app import ServerThread, free_port, make_entry  # noqa: E402
 
 MAX_NEW = 48
 MSGS = [{"role": "system", "content": "You write Python."}, {"role": "user", "content": "def parse(self, args):"}]
-QWEN2_TEMPLATE = (  # Qwen2-Instruct's (tools left out)
-    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
-    "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
 
 
 @pytest.fixture(scope="module")
