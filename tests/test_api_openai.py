@@ -341,9 +341,10 @@ def test_bad_requests_get_a_400_that_says_why(client):
         (dict(prompt="the", max_tokens=2, n=9), "at most 8 generations"),
         (dict(prompt="the", max_tokens=2, suffix="x"), "suffix"),
         (dict(prompt=[99999], max_tokens=2), "vocabulary"),
+        (dict(prompt="the", max_tokens=2, stop_when=["4>1"]), 'stop_when: goes inside the steering field'),
     ]
     for body, msg in cases:
-        extra = {k: body.pop(k) for k in list(body) if k in ("frobnicate", "steering")}
+        extra = {k: body.pop(k) for k in list(body) if k in ("frobnicate", "steering", "stop_when")}
         with pytest.raises(openai.BadRequestError, match=msg):
             client.completions.create(model="chat", extra_body=extra, **body)
     with pytest.raises(openai.BadRequestError, match="tools"):
