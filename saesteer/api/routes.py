@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from saesteer.api.prepare import ApiError, prepare_chat, prepare_completion
 from saesteer.api.protocol import ChatRequest, CompletionRequest, SteeringIn
-from saesteer.api.responses import SSE_DONE, Assembler, error_body, sse
+from saesteer.api.responses import SSE_DONE, Assembler, sse
 from saesteer.api.scheduler import QueueFull
 from saesteer.web.security import openai_error_json
 
@@ -162,7 +162,7 @@ async def _stream(scheduler, job, out: Assembler):
         async for ev in job:
             chunk = out.add(ev)
             if out.error is not None:
-                yield sse(error_body(out.error, type_="server_error"))
+                yield sse(openai_error_json(500, out.error))  # the stream has said 200 already: the error in its body
                 break
             if chunk is not None:
                 yield sse(chunk)
