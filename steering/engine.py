@@ -437,8 +437,10 @@ class BatchEngine:
 
     def _on_hook(self, hook_name: str, x: Tensor):
         eds = self._active.get(hook_name)
-        with sae_precision(x):
-            out = None if not eds else _apply_editors(eds, x, self._captures)
+        out = None
+        if eds:
+            with sae_precision(x):
+                out = _apply_editors(eds, x, self._captures)
         capture = self._captures.get(hook_name)
         if capture is not None:  # a transcoder's input, as the rest of the model sees it
             capture(x if out is None else out)
