@@ -77,20 +77,7 @@ def render_chat(tokenizer: Any, messages: Sequence[Mapping[str, Any]], *, chat_t
 
     text = render(msgs, add_generation_prompt)
     enc = _tokenize(tokenizer, text)
-    ids = enc["input_ids"]
-    # character spans: message i = [ends[i-1], ends[i]); the generation prompt after ends[-1]
-    ends: list[int] = []
-    why = None
-    prev = ""
-    for i in range(len(msgs)):
-        cur = render(msgs[: i + 1], False)
-        if not cur.startswith(prev):
-            why = f"the chat template renders message {i} by rewriting the text before it"
-            break
-        ends.append(len(cur))
-        prev = cur
-    if why is None and not text.startswith(prev):
-        why = "the chat template's generation prompt rewrites the text before it"
+    ends, why = _prefix_ends(render, msgs, text)
     offsets = enc.get("offset_mapping")
     if why is None and offsets is None:
         why = "this tokenizer does not report character offsets (a 'fast' tokenizer does)"
@@ -99,19 +86,43 @@ def render_chat(tokenizer: Any, messages: Sequence[Mapping[str, Any]], *, chat_t
         moved, why = _moved_contents(render, msgs, ends, text, add_generation_prompt)
     roles = turns = None
     if why is None:
-        injected = _injected_system_turn(render, msgs)
-        roles, turns = [], []
-        for start, _ in offsets:
-            if start < injected:
-                turns.append(-1)
-                roles.append("system")
-                continue
-            turn = next((i for a, b, i in moved if a <= start < b), None)
-            if turn is None:
-                turn = next((i for i, e in enumerate(ends) if start < e), len(msgs))
-            turns.append(turn)
-            roles.append(str(msgs[turn]["role"]) if turn < len(msgs) else REPLY_ROLE)
-    return ChatPrompt(text, list(ids), roles, turns, len(msgs), why)
+        turns = _token_turns(offsets, ends, moved, _injected_system_turn(render, msgs), len(msgs))
+        roles = ["system" if t == -1 else str(msgs[t]["role"]) if t < len(msgs) else REPLY_ROLE for t in turns]
+    return ChatPrompt(text, list(enc["input_ids"]), roles, turns, len(msgs), why)
+
+
+def _prefix_ends(render, msgs: list[dict], text: str) -> tuple[list[int], str | None]:
+    """Where each message's turn ends in `text` (message i = [ends[i-1], ends[i]); the generation
+    prompt after ends[-1]), from the renderings of the growing prefixes; or why the template's
+    text cannot be cut that way."""
+    ends: list[int] = []
+    prev = ""
+    for i in range(len(msgs)):
+        cur = render(msgs[: i + 1], False)
+        if not cur.startswith(prev):
+            return ends, f"the chat template renders message {i} by rewriting the text before it"
+        ends.append(len(cur))
+        prev = cur
+    if not text.startswith(prev):
+        return ends, "the chat template's generation prompt rewrites the text before it"
+    return ends, None
+
+
+def _token_turns(offsets, ends: list[int], moved: list[tuple[int, int, int]], injected: int,
+                 n_msgs: int) -> list[int]:
+    """Each token's turn by where it starts: -1 in a system turn the template wrote by itself (before
+    `injected`), a message's index inside a content written in another turn (`moved`) or inside
+    its own turn, `n_msgs` in the generation prompt."""
+    turns = []
+    for start, _ in offsets:
+        if start < injected:
+            turns.append(-1)
+            continue
+        turn = next((i for a, b, i in moved if a <= start < b), None)
+        if turn is None:
+            turn = next((i for i, e in enumerate(ends) if start < e), n_msgs)
+        turns.append(turn)
+    return turns
 
 
 def _moved_contents(render, msgs: list[dict], ends: list[int], text: str,

@@ -108,6 +108,7 @@ class BatchEngine:
         self.max_prefill_tokens = max_prefill_tokens
         self.lock = lock if lock is not None else contextlib.nullcontext()
         self.pending: list[_Live] = []
+        self.admitting: list[_Live] = []  # rows in their prefill: out of pending, not yet running
         self.running: list[_Live] = []
         self.cache: Any = None
         self._decode_editors: dict[str, BatchEditor] | None = None
@@ -151,9 +152,10 @@ class BatchEngine:
         self.pending.extend(lives)
 
     def cancel(self, group: Any) -> None:
-        """End the rows of `group` at the next step (finish_reason 'cancelled')."""
+        """End the rows of `group` at the next step (finish_reason 'cancelled'); rows in their prefill
+        (another thread may call this during a step) end at the step after it."""
         with self._cancel_lock:
-            for live in self.pending + self.running:
+            for live in self.pending + self.admitting + self.running:
                 if live.row.group is group:
                     live.cancelled = True
 
@@ -183,8 +185,8 @@ class BatchEngine:
     def fail_all(self, message: str) -> list[RowEvent]:
         """End every row with finish_reason 'error' (after an exception in a step)."""
         events = [RowEvent(l.row.tag, l.row.group, finish_reason="error", detail={"error": message})
-                  for l in self.pending + self.running]
-        self.pending, self.running, self.cache, self._decode_editors = [], [], None, None
+                  for l in self.pending + self.admitting + self.running]
+        self.pending, self.admitting, self.running, self.cache, self._decode_editors = [], [], [], None, None
         self._active = {}
         self._release_hooks()
         return events
@@ -218,7 +220,8 @@ class BatchEngine:
             return
         if self.running and not self.runner.can_merge(self.cache):
             return  # this cache layout cannot take more rows: wait for the batch to drain
-        self.pending = self.pending[len(take):]
+        with self._cancel_lock:  # `cancel` sees each row in one of pending, admitting, running
+            self.pending, self.admitting = self.pending[len(take):], take
         S = max(len(l.row.prompt_ids) for l in take)
         dev = self.runner.device
         tokens = torch.zeros(len(take), S, dtype=torch.long)
@@ -244,7 +247,9 @@ class BatchEngine:
         else:
             self.cache = self.runner.merge(self.cache, cache)
             self._decode_editors = self._joined_editors(editors, take)
-        self.running.extend(take)
+        with self._cancel_lock:
+            self.running.extend(take)
+            self.admitting = []
         self._take_tokens(take, logits, events)
 
     def _decode(self, events: list[RowEvent]) -> None:
@@ -432,8 +437,10 @@ class BatchEngine:
 
     def _on_hook(self, hook_name: str, x: Tensor):
         eds = self._active.get(hook_name)
-        with sae_precision(x):
-            out = None if not eds else _apply_editors(eds, x, self._captures)
+        out = None
+        if eds:
+            with sae_precision(x):
+                out = _apply_editors(eds, x, self._captures)
         capture = self._captures.get(hook_name)
         if capture is not None:  # a transcoder's input, as the rest of the model sees it
             capture(x if out is None else out)

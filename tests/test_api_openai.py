@@ -341,9 +341,10 @@ def test_bad_requests_get_a_400_that_says_why(client):
         (dict(prompt="the", max_tokens=2, n=9), "at most 8 generations"),
         (dict(prompt="the", max_tokens=2, suffix="x"), "suffix"),
         (dict(prompt=[99999], max_tokens=2), "vocabulary"),
+        (dict(prompt="the", max_tokens=2, stop_when=["4>1"]), 'stop_when: goes inside the steering field'),
     ]
     for body, msg in cases:
-        extra = {k: body.pop(k) for k in list(body) if k in ("frobnicate", "steering")}
+        extra = {k: body.pop(k) for k in list(body) if k in ("frobnicate", "steering", "stop_when")}
         with pytest.raises(openai.BadRequestError, match=msg):
             client.completions.create(model="chat", extra_body=extra, **body)
     with pytest.raises(openai.BadRequestError, match="tools"):
@@ -645,3 +646,15 @@ def test_streamed_completion_offsets_over_http_equal_the_whole_ones(client):
     assert [t for lp in got for t in lp.tokens] == r.logprobs.tokens
     spans = _spans(r.text, r.logprobs.text_offset)
     assert spans[:3] == [" " + t for t in r.logprobs.tokens[:3]]  # a word and the space joining it on
+
+
+def test_a_generation_that_fails_mid_stream_ends_the_stream_with_an_openai_error(client, server, monkeypatch):
+    """The stream has answered 200 already: the failure comes as one last event in OpenAI's error
+    shape (type server_error), which the openai client raises with the message."""
+    _, app = server
+    engine = app.state.openai.schedulers[0].engine
+    monkeypatch.setattr(engine, "_decode", lambda events: (_ for _ in ()).throw(RuntimeError("boom")))
+    stream = client.completions.create(model="chat", prompt="the", max_tokens=4, stream=True)
+    with pytest.raises(openai.APIError, match="generation failed: RuntimeError: boom") as e:
+        list(stream)
+    assert e.value.body["type"] == "server_error"

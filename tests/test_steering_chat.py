@@ -66,6 +66,27 @@ def test_a_chat_request_renders_the_template_a_bounded_number_of_times_beyond_it
             assert tok.renders == 1 + len(given) + 1 + (0 if system else 3), (n_turns, system)
 
 
+def _rendered_both_ways(monkeypatch, tok, msgs, template):
+    """`render_chat` as it is (recording, per call of `_content_spans`, whether the one probed
+    rendering settled the spans) and with one rendering per message forced: (got, want, settled)."""
+    import steering.chat as chat_mod
+
+    content_spans, settled = chat_mod._content_spans, []
+
+    def recorded(*a, **kw):
+        spans = content_spans(*a, **kw)
+        settled.append(spans is not None)
+        return spans
+
+    with monkeypatch.context() as m:
+        m.setattr(chat_mod, "_content_spans", recorded)
+        got = chat_mod.render_chat(tok, msgs, chat_template=template)
+    with monkeypatch.context() as m:
+        m.setattr(chat_mod, "_content_spans", lambda *a, **kw: None)  # no spans: one rendering per message
+        want = chat_mod.render_chat(tok, msgs, chat_template=template)
+    return got, want, settled
+
+
 TEMPLATES = {"qwen2": ("qwen2", QWEN2_TEMPLATE), "gemma3": ("gemma", GEMMA3_CHAT_TEMPLATE),
              "llama2": ("gemma", LLAMA2_TEMPLATE), "deepseek": ("qwen2", DEEPSEEK_TEMPLATE),
              "mistral": ("qwen2", MISTRAL_SMALL3_TEMPLATE)}
@@ -76,18 +97,9 @@ def test_one_probed_rendering_gives_the_roles_of_one_rendering_per_message(token
     """Roles and turns from the one probed rendering equal those of probing each message in its own
     rendering (the way before), on system / user / assistant mixes, multi-turn, contents the
     template trims, and a text repeated in every turn; and the one rendering settled each of them."""
-    import steering.chat as chat_mod
-
     family, template = TEMPLATES[name]
     tok = tokenizers[family]
-    content_spans = chat_mod._content_spans
     settled: list = []
-
-    def recorded(*a, **kw):
-        spans = content_spans(*a, **kw)
-        settled.append(spans is not None)
-        return spans
-
     checked = 0
     for mix in MIXES:
         msgs = _messages(mix)
@@ -97,12 +109,8 @@ def test_one_probed_rendering_gives_the_roles_of_one_rendering_per_message(token
             tok.apply_chat_template(msgs, chat_template=template, tokenize=False)
         except Exception:  # the template refuses this mix (roles must alternate, no system role)
             continue
-        with monkeypatch.context() as m:
-            m.setattr(chat_mod, "_content_spans", recorded)
-            got = chat_mod.render_chat(tok, msgs, chat_template=template)
-        with monkeypatch.context() as m:
-            m.setattr(chat_mod, "_content_spans", lambda *a, **kw: None)  # one rendering per message
-            want = chat_mod.render_chat(tok, msgs, chat_template=template)
+        got, want, one_rendering = _rendered_both_ways(monkeypatch, tok, msgs, template)
+        settled += one_rendering
         assert (got.roles, got.turns, got.why_no_roles) == (want.roles, want.turns, want.why_no_roles), mix
         assert got.token_ids == want.token_ids and got.roles is not None
         checked += 1
@@ -147,24 +155,7 @@ def test_a_template_that_rewrites_contents_gets_the_roles_of_one_rendering_per_m
     one probed rendering still places it, or, where it cannot be placed for sure (the rewritten
     content holds the template's own next text; the probes themselves rewritten), gives way to one
     rendering per message: the roles are those of one rendering per message either way."""
-    import steering.chat as chat_mod
-
     template, mix, path = REWRITING[case]
-    tok = tokenizers["qwen2"]
-    msgs = _messages(mix)
-    content_spans = chat_mod._content_spans
-    settled: list = []
-
-    def recorded(*a, **kw):
-        spans = content_spans(*a, **kw)
-        settled.append(spans is not None)
-        return spans
-
-    with monkeypatch.context() as m:
-        m.setattr(chat_mod, "_content_spans", recorded)
-        got = chat_mod.render_chat(tok, msgs, chat_template=template)
-    with monkeypatch.context() as m:
-        m.setattr(chat_mod, "_content_spans", lambda *a, **kw: None)
-        want = chat_mod.render_chat(tok, msgs, chat_template=template)
+    got, want, settled = _rendered_both_ways(monkeypatch, tokenizers["qwen2"], _messages(mix), template)
     assert got.roles is not None and (got.roles, got.turns) == (want.roles, want.turns)
     assert settled == [path == "one rendering"]

@@ -319,6 +319,19 @@ def test_context_limit_and_cancel():
     assert len(out[1].detail["token_ids"]) == 5 and not eng.busy
 
 
+def test_cancel_during_prefill_ends_the_rows_at_the_next_step():
+    """`cancel` from another thread while rows are in their prefill (out of the waiting list, not yet
+    running) used to find nothing: the rows ran to max_new_tokens for nobody."""
+    model = tiny_model()
+    eng = BatchEngine(model)
+    prefill = eng.runner.prefill
+    eng.runner.prefill = lambda *a: (eng.cancel("g"), prefill(*a))[1]  # the client leaves mid-prefill
+    with torch_threads(1):
+        eng.add([Row(model.to_tokens("the sea")[0].tolist(), greedy(40), group="g", tag=0)])
+        out = run(eng, [])
+    assert out[0].finish_reason == "cancelled" and len(out[0].detail["token_ids"]) <= 2 and not eng.busy  # the prefill step's own tokens
+
+
 def test_bridge_model_batches_and_joins(tmp_path):
     from helpers.tiny_hf import save_tiny_gpt2
     from saesteer.models import load_model

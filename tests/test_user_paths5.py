@@ -31,6 +31,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers.chat_templates import QWEN2_TEMPLATE
 from helpers.real_cli import cache_train_store, flags_named, known_flags, saesteer
 
 pytestmark = [pytest.mark.usefixtures("one_thread", "offline_env")]
@@ -420,13 +421,6 @@ def test_an_sae_trained_by_saelens_builds_a_store_of_its_own_encodings_and_steer
 
 # ---------------------------------------------------------------------------------------------
 # 5. the openai client on a Qwen2 chat model: prompts longer than the context, stops across tokens
-
-QWEN2_TEMPLATE = (  # Qwen2-Instruct's (tools left out)
-    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
-    "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
 
 
 @pytest.fixture(scope="module")

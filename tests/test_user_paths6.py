@@ -36,20 +36,14 @@ import time
 
 import httpx
 import pytest
-import torch
 
 openai = pytest.importorskip("openai")
 
+from helpers.chat_templates import QWEN2_TEMPLATE  # noqa: E402
 from helpers.web_app import ServerThread, free_port, make_entry  # noqa: E402
 
 MAX_NEW = 48
 MSGS = [{"role": "system", "content": "You write Python."}, {"role": "user", "content": "def parse(self, args):"}]
-QWEN2_TEMPLATE = (  # Qwen2-Instruct's (tools left out)
-    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
-    "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
 
 
 @pytest.fixture(scope="module")
@@ -151,8 +145,8 @@ def test_a_request_waiting_when_the_server_stops_ends_with_an_error(ws):
 def test_a_job_cancelled_while_the_worker_takes_it_in_is_cancelled(ws, moment):
     """A client that goes away just after the worker took its job out of the inbox, or while its
     rows are in their prefill: `cancel` found them neither waiting nor running, and they ran to the
-    end for nobody (outside the bound on requests in the server). The scheduler now cancels such a
-    job again after each step until its rows have ended."""
+    end for nobody (outside the bound on requests in the server). The engine's `cancel` now sees rows
+    in their prefill, and the scheduler cancels a job again once the rows it took in are added."""
     from saesteer.api.scheduler import Scheduler
     from steering.engine import BatchEngine, Row
     from steering.sampling import SamplingParams

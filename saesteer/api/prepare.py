@@ -134,12 +134,12 @@ def _common(req, served: ServedModel, limits, default_max: int | None, n_prompts
         raise ApiError(400, f"n: at most {limits.max_choices} generations per request (prompts x n; got "
                             f"{n * n_prompts})", "n")
     # newer clients send max_completion_tokens (chat), older ones max_tokens; errors name the one sent
-    both = (getattr(req, "max_completion_tokens", None), req.max_tokens)
-    if None not in both and both[0] != both[1]:
-        raise ApiError(400, f"max_completion_tokens ({both[0]}) and max_tokens ({both[1]}) disagree; send one of them "
-                            f"(max_tokens is the older name)", "max_completion_tokens")
-    field_name = "max_completion_tokens" if getattr(req, "max_completion_tokens", None) is not None else "max_tokens"
-    max_tokens = getattr(req, field_name) or default_max
+    newer = getattr(req, "max_completion_tokens", None)  # chat requests only
+    if newer is not None and req.max_tokens is not None and newer != req.max_tokens:
+        raise ApiError(400, f"max_completion_tokens ({newer}) and max_tokens ({req.max_tokens}) disagree; send one "
+                            f"of them (max_tokens is the older name)", "max_completion_tokens")
+    field_name = "max_completion_tokens" if newer is not None else "max_tokens"
+    max_tokens = (newer if newer is not None else req.max_tokens) or default_max
     if max_tokens is not None and max_tokens > limits.max_new_tokens:
         raise ApiError(400, f"{field_name}: at most {limits.max_new_tokens} on this server (got {max_tokens})", field_name)
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])

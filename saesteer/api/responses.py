@@ -27,18 +27,13 @@ from typing import Any
 
 from saesteer.api.prepare import Prepared
 
-__all__ = ["Assembler", "sse", "SSE_DONE", "error_body"]
+__all__ = ["Assembler", "sse", "SSE_DONE"]
 
 SSE_DONE = b"data: [DONE]\n\n"
 
 
 def sse(obj: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":"), allow_nan=False).encode() + b"\n\n"
-
-
-def error_body(message: str, *, type_: str = "invalid_request_error", param: str | None = None,
-               code: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
 @dataclass

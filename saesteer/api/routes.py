@@ -18,8 +18,8 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from saesteer.api.prepare import ApiError, prepare_chat, prepare_completion
-from saesteer.api.protocol import ChatRequest, CompletionRequest
-from saesteer.api.responses import SSE_DONE, Assembler, error_body, sse
+from saesteer.api.protocol import ChatRequest, CompletionRequest, SteeringIn
+from saesteer.api.responses import SSE_DONE, Assembler, sse
 from saesteer.api.scheduler import QueueFull
 from saesteer.web.security import openai_error_json
 
@@ -60,7 +60,9 @@ def _validation_message(exc: ValidationError) -> tuple[str, str | None]:
         loc = ".".join(str(x) for x in err.get("loc", ()))
         param = param or (str(err["loc"][0]) if err.get("loc") else None)
         msg = err.get("msg", "invalid")
-        if err.get("type") == "extra_forbidden":
+        if err.get("type") == "extra_forbidden" and len(err["loc"]) == 1 and err["loc"][0] in SteeringIn.model_fields:
+            msg = f'goes inside the steering field: {{"steering": {{"{err["loc"][0]}": ...}}}}'  # a likely slip
+        elif err.get("type") == "extra_forbidden":
             msg = "not supported by this server (or misspelt)"
         parts.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(parts) or "invalid request", param
@@ -160,7 +162,7 @@ async def _stream(scheduler, job, out: Assembler):
         async for ev in job:
             chunk = out.add(ev)
             if out.error is not None:
-                yield sse(error_body(out.error, type_="server_error"))
+                yield sse(openai_error_json(500, out.error))  # the stream has said 200 already: the error in its body
                 break
             if chunk is not None:
                 yield sse(chunk)

@@ -48,6 +48,7 @@ class Job:
         self.unfinished = n_rows  # rows not finished, as the worker thread has delivered them
         self.submitted = time.monotonic()
         self.first_token_at: float | None = None
+        self.cancelled = False  # set by Scheduler.cancel (under its lock)
 
     def __aiter__(self):
         return self._events()
@@ -70,7 +71,6 @@ class Scheduler:
         self._cond = threading.Condition()
         self._inbox: list[tuple[Job, list[Row]]] = []
         self._jobs: set[Job] = set()
-        self._cancelling: set[Job] = set()  # cancelled, rows maybe still in the engine: cancelled again after each step
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=f"api-{name}", daemon=True)
         self.completed = 0
@@ -86,7 +86,6 @@ class Scheduler:
             if self._thread.is_alive():
                 return self
             self._closed = False
-            self._cancelling = set()
             self._thread = threading.Thread(target=self._run, name=f"api-{self.name}", daemon=True)
             self._thread.start()
         return self
@@ -124,12 +123,10 @@ class Scheduler:
         with self._cond:
             if job in self._jobs:
                 self.cancelled += 1
-            waiting = len(self._inbox)
+            job.cancelled = True
             self._inbox = [(j, rs) for j, rs in self._inbox if j is not job]
-            if len(self._inbox) == waiting:  # taken in by the worker already: its rows are, or will be, in the engine
-                self._cancelling.add(job)
             self._jobs.discard(job)
-        self.engine.cancel(job)
+        self.engine.cancel(job)  # rows the worker took in but had not added yet: see `_take_in`
 
     def close(self) -> None:
         """Stop the worker thread; requests still in (running or waiting) end with an error."""
@@ -152,13 +149,7 @@ class Scheduler:
                 if self._closed:
                     break
                 inbox, self._inbox = self._inbox, []
-            refused = []
-            for job, rows in inbox:
-                try:
-                    self.engine.add(rows)
-                except (SteeringError, ValueError) as e:  # checked before submit; a late refusal ends the job
-                    refused += [RowEvent(r.tag, job, finish_reason="error", detail={"error": str(e)}) for r in rows]
-            self._deliver(refused)
+            self._take_in(inbox)
             if not self.engine.busy:
                 continue
             try:
@@ -167,19 +158,22 @@ class Scheduler:
                 log.exception("generation step failed on %s", self.name)
                 events = self.engine.fail_all(f"generation failed: {type(e).__name__}: {e}")
             self._deliver([ev for ev in events if ev.finish_reason is not None or ev.group.deliver_tokens])
-            if self._cancelling:
-                self._cancel_again()
         self._deliver(self.engine.fail_all("the server is shutting down"))
 
-    def _cancel_again(self) -> None:
-        """`engine.cancel` finds only rows it holds as waiting or running: it misses rows the worker
-        took from the inbox but had not added yet, and rows in their prefill. Cancelling again after
-        each step, until the job's last row has ended, catches them at the next step."""
-        with self._cond:
-            jobs = [j for j in self._cancelling if j.unfinished > 0]
-            self._cancelling = set(jobs)
-        for job in jobs:
-            self.engine.cancel(job)
+    def _take_in(self, inbox: list[tuple[Job, list[Row]]]) -> None:
+        """Add the jobs taken from the inbox to the engine. A job cancelled after it left the inbox and
+        before its rows were added was missed by `engine.cancel`: cancel it again once they are in."""
+        refused = []
+        for job, rows in inbox:
+            try:
+                self.engine.add(rows)
+            except (SteeringError, ValueError) as e:  # checked before submit; a late refusal ends the job
+                refused += [RowEvent(r.tag, job, finish_reason="error", detail={"error": str(e)}) for r in rows]
+                continue
+            with self._cond:
+                if job.cancelled:
+                    self.engine.cancel(job)
+        self._deliver(refused)
 
     def _deliver(self, events: list[RowEvent]) -> None:
         """Hand a step's events to their jobs: one wake-up of each event loop per step, not per token."""

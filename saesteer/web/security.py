@@ -350,6 +350,8 @@ _OWN_HEADER_NAMES = frozenset(k for k, _ in _SECURITY_HEADERS)
 
 
 OPENAI_PREFIX = "/v1/"
+
+
 def openai_error_type(status: int) -> str:
     """OpenAI's error `type` for an HTTP status: its API answers every refusal (400, 401, 404, 413,
     ...) with `invalid_request_error` and its own failures (500, 503) with `server_error`."""
