@@ -127,7 +127,7 @@ class Labeller:
         c = self.cfg
         provenance: dict[str, Any] = {
             "judge": {"source": self.source, "model": self.model,
-                      "temperature": self.judge.temperature if self.judge else None},
+                      "temperature": self.judge.temperature_sent if self.judge else None},
             "prompt_version": self.explainer.prompt_version,
             "examples": {
                 "explain": [e.ref for e in split.explain],

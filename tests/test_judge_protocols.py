@@ -182,6 +182,8 @@ def test_saesteer_label_with_a_gpt5_style_judge_labels_and_says_what_it_switched
 
     with FeatureStore.open(path) as st:
         assert [st.feature(i).label.text for i in range(2)] == [triggers[0], triggers[1]]
+        # sampled at the model's default, not the configured 0.0: the provenance says none was sent
+        assert [st.feature(i).label.provenance.params["temperature"] for i in range(2)] == [None, None]
 
 
 def test_a_reply_that_spent_its_limit_thinking_fails_at_once_and_the_named_settings_fix_it(srv):
