@@ -138,7 +138,7 @@ class OpenAIBackend:
             return True
         if self.send_temperature:
             self.send_temperature = False
-            note(f"judge model {self.model} takes only its default temperature; sending none (its answers are "
+            note(f"judge model {self.model} takes only its default temperature; sending no temperature (its answers are "
                  "sampled, so a re-run may label differently)")
         return True
 
