@@ -138,8 +138,8 @@ class OpenAIBackend:
             return True
         if self.send_temperature:
             self.send_temperature = False
-            note(f"judge model {self.model} takes only its default temperature; sending none (its answers are "
-                 "sampled, so a re-run may label differently)")
+            note(f"judge model {self.model} takes only its default temperature; sending no temperature (its "
+                 "answers are sampled, so a re-run may label differently)")
         return True
 
     async def _chat_once(self, request: ChatRequest) -> ChatResponse:

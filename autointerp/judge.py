@@ -216,6 +216,12 @@ class Judge:
     def kind(self) -> str:
         return self.backend.kind
 
+    @property
+    def temperature_sent(self) -> float | None:
+        """The temperature the server is asked for; None once the model refused any but its default
+        (a reasoning model: its answers are then sampled, whatever `temperature` says)."""
+        return self.temperature if getattr(self.backend, "send_temperature", True) else None
+
     def describe(self) -> str:
         return f"{self.kind}:{self.model}"
 

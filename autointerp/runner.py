@@ -127,7 +127,7 @@ class Labeller:
         c = self.cfg
         provenance: dict[str, Any] = {
             "judge": {"source": self.source, "model": self.model,
-                      "temperature": self.judge.temperature if self.judge else None},
+                      "temperature": self.judge.temperature_sent if self.judge else None},
             "prompt_version": self.explainer.prompt_version,
             "examples": {
                 "explain": [e.ref for e in split.explain],
@@ -413,6 +413,7 @@ def estimate_run(store: LabelStore, judge: Judge | None, cfg: LabelConfig, *, sa
                 calls += 1
                 pt += estimate_message_tokens(m)
                 ct += min(answers_max_tokens(len(truth)), 6 + 2 * len(truth))
+    ct += (calls - cached) * judge.reasoning_tokens  # room given to think: a reasoning model may spend all of it
     scale = len(todo) / max(1, len(picked))
     calls, cached, pt, ct = (int(round(x * scale)) for x in (calls, cached, pt, ct))
     cost = judge.ledger.prices.cost(pt, ct)

@@ -10,13 +10,16 @@ import warnings
 import pytest
 
 from saes.errors import SaesteerError, SaesteerWarning, note
-from saesteer.boundary import flag_for, message_for, warnings_as_notes
+from saesteer.boundary import _option_actions, flag_for, message_for, warnings_as_notes
 
 
 def parser() -> argparse.ArgumentParser:
+    from saesteer.configargs import add_dataclass_arguments
+    from training.config import CheckpointConfig
+
     p = argparse.ArgumentParser(prog="saesteer steer")
     p.add_argument("--freq-penalty", dest="freq_penalty")
-    p.add_argument("--checkpoint-keep-last", dest="checkpoint_keep_last")
+    add_dataclass_arguments(p, CheckpointConfig, prefix="checkpoint_")
     return p
 
 
@@ -31,6 +34,20 @@ def test_a_config_field_is_named_as_its_flag():
     assert text == "--freq-penalty: must be finite"
     text, _ = message_for(SaesteerError("temperature must be positive", field="temperature"), p)
     assert text == "temperature must be positive"  # no such flag here: the field stays
+
+
+@pytest.mark.parametrize("command, field, other_flag", [
+    ("eval", "k", "--absorption-max-k"), ("features", "k", "--top-k"), ("steer", "k", "--top-k"),
+    ("train", "steps", "--l0-warm-up-steps"),
+])
+def test_a_flag_of_another_setting_that_ends_with_the_field_is_never_named(command, field, other_flag):
+    # an SAE file's bad `k` in `saesteer eval` was said as `--absorption-max-k`
+    from saesteer.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    assert other_flag in {s for a in _option_actions(sub) for s in a.option_strings} and flag_for(sub, field) is None
+    text, _ = message_for(SaesteerError(f"{field} must be a positive integer, got 0", field=field), sub)
+    assert text == f"{field} must be a positive integer, got 0"
 
 
 def test_file_and_hint_are_part_of_the_message():

@@ -94,6 +94,14 @@ def ask(srv, **cfg):
     return judge(srv, **cfg).complete_sync(ASK, schema=LABEL)
 
 
+def answered_at_once(srv, content):
+    """The judge's reading of a reply holding `content`, checked to be the label "sea" with no re-ask."""
+    srv.reply = lambda ex: ok(content)
+    done = ask(srv)
+    assert done.value == {"label": "sea"} and done.reasks == 0
+    return done
+
+
 def chats(srv):
     return [e for e in srv.exchanges if e.path.split("?")[0].endswith("/chat/completions")]
 
@@ -174,6 +182,8 @@ def test_saesteer_label_with_a_gpt5_style_judge_labels_and_says_what_it_switched
 
     with FeatureStore.open(path) as st:
         assert [st.feature(i).label.text for i in range(2)] == [triggers[0], triggers[1]]
+        # sampled at the model's default, not the configured 0.0: the provenance says none was sent
+        assert [st.feature(i).label.provenance.params["temperature"] for i in range(2)] == [None, None]
 
 
 def test_a_reply_that_spent_its_limit_thinking_fails_at_once_and_the_named_settings_fix_it(srv):
@@ -251,18 +261,14 @@ def test_replies_holding_only_reasoning_fail_naming_the_setting_that_turns_think
     '<think>{"label": "water"}</think>```json\n{"label": "sea"}\n```',
 ])
 def test_the_answer_after_the_thinking_is_read_not_a_draft_inside_it(srv, content):
-    srv.reply = lambda ex: ok(content)
-    done = ask(srv)
-    assert done.value == {"label": "sea"} and done.reasks == 0 and "<think>" not in done.text
+    assert "<think>" not in answered_at_once(srv, content).text
 
 
 def test_gpt_oss_harmony_channels_in_the_content_give_the_final_channel_never_the_analysis(srv):
     # gpt-oss behind a server that does not parse its channels (mlx_lm.server, some llama.cpp
     # builds): the raw Harmony markup arrives in `content`
-    srv.reply = lambda ex: ok('<|channel|>analysis<|message|>Marks on sea. Draft: {"label": "water"}; narrower.<|end|>'
-                              '<|start|>assistant<|channel|>final<|message|>{"label": "sea"}<|return|>')
-    done = ask(srv)
-    assert done.value == {"label": "sea"} and done.reasks == 0
+    answered_at_once(srv, '<|channel|>analysis<|message|>Marks on sea. Draft: {"label": "water"}; narrower.<|end|>'
+                          '<|start|>assistant<|channel|>final<|message|>{"label": "sea"}<|return|>')
     srv.reply = lambda ex: ok('<|channel|>analysis<|message|>Ships. Draft: {"label": "boats"}. But the marks',
                               finish="length")
     with pytest.raises(AnswerInvalid, match="truncated judge output.*still thinking"):
@@ -447,6 +453,4 @@ def test_a_query_in_any_base_url_goes_with_every_request(srv):
     'Here is the label:\n```\n{"label": "sea"}\n```',
 ])
 def test_fenced_answers_and_trailing_prose_are_read(srv, content):
-    srv.reply = lambda ex: ok(content)
-    done = ask(srv)
-    assert done.value == {"label": "sea"} and done.reasks == 0
+    answered_at_once(srv, content)
