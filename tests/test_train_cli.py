@@ -64,7 +64,7 @@ def test_train_cli_outputs_and_resume(cache: Path, tmp_path: Path, capsys) -> No
 
 
 def test_resume_refusal_paths_without_a_flag_stay_fields() -> None:
-    from saesteer.commands.train import config_paths_as_flags
+    from saesteer.commands._config_paths import config_paths_as_flags
 
     said = config_paths_as_flags("  - train.no_such_field: checkpoint 1, now 2\n  - checkpoint.every_tokens: x\n"
                                  "  - saes.len: checkpoint 2, now 1\n  - eval.every_tokens /runs/train.k_aux",
@@ -83,7 +83,7 @@ def _train_parser():
 def test_resume_refusal_never_names_a_flag_of_another_field() -> None:
     """A path whose field has no flag of its own stays a path, even where another section's flag
     has the same name (--seed is train.seed's, --device train.device's)."""
-    from saesteer.commands.train import config_paths_as_flags
+    from saesteer.commands._config_paths import config_paths_as_flags
 
     said = config_paths_as_flags("saes.0.seed: a; log.device: b; optim.seed: c; saes.0.options.k_aux: d; "
                                  "saes.1.options.l0_coefficient: e; config.json", _train_parser())
@@ -97,7 +97,7 @@ def test_every_run_config_field_with_a_flag_is_said_as_that_flag() -> None:
     import dataclasses
 
     from saesteer.commands._train_options import option_configs, shared_sae_fields
-    from saesteer.commands.train import config_paths_as_flags
+    from saesteer.commands._config_paths import config_paths_as_flags
     from training.config import RunConfig, SAESpec
 
     parser = _train_parser()
