@@ -13,7 +13,7 @@ import sqlite3
 import numpy as np
 import pytest
 
-from helpers.real_cli import cache_train_store, saesteer
+from helpers.real_cli import OFFLINE_ENV, cache_train_store, saesteer
 
 REPO = "researcher/tiny-qwen2"
 COMMIT = "d" * 40
@@ -50,7 +50,7 @@ def user(real_models, tmp_path_factory):
     for name, doc in DOCS.items():
         (text / name).write_bytes(doc.encode("utf-8"))
     with pytest.MonkeyPatch.context() as mp, torch_threads(1):
-        for k, v in {"WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "COLUMNS": "200"}.items():
+        for k, v in OFFLINE_ENV.items():
             mp.setenv(k, v)
         mp.setattr(constants, "HF_HUB_OFFLINE", True)
         mp.setattr(constants, "HF_HUB_CACHE", str(work / "hub"))

@@ -22,7 +22,7 @@ import sqlite3
 import pytest
 
 from helpers.chat_templates import DEEPSEEK_TEMPLATE, LLAMA2_TEMPLATE, MISTRAL_SMALL3_TEMPLATE, QWEN2_TEMPLATE
-from helpers.real_cli import cache_train_store, saesteer
+from helpers.real_cli import OFFLINE_ENV, cache_train_store, saesteer
 
 openai = pytest.importorskip("openai")
 
@@ -51,7 +51,7 @@ def user(real_models, tmp_path_factory):
     for name, doc in DOCS.items():
         (text / name).write_bytes(doc.encode("utf-8"))
     with pytest.MonkeyPatch.context() as mp:
-        for k, v in {"WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "COLUMNS": "200"}.items():
+        for k, v in OFFLINE_ENV.items():
             mp.setenv(k, v)
         cache_train_store(model, text, work, "chat.db", "--hooks", HOOK)
         yield work
