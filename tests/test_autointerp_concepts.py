@@ -12,7 +12,7 @@ import pytest
 
 from autointerp.concept import Lexicon, explain_concept, load_lexicon
 from autointerp.config import LabelConfig
-from autointerp.contrastive import ContrastiveExplainer, build_contrastive_messages, near_misses
+from autointerp.contrastive import build_contrastive_messages, near_misses
 from autointerp.embedding_score import EmbeddingScorer, auroc
 from autointerp.embeddings import OfflineEmbedder
 from autointerp.intruder import IntruderScorer, intruder_rounds

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 
 from autointerp import prompts
 from autointerp.accounting import Budget, Ledger, Prices

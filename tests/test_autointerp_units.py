@@ -3,7 +3,6 @@ offline explainer, budget parsing, retry delays, cache."""
 
 from __future__ import annotations
 
-import json
 import random
 
 import pytest
@@ -11,7 +10,7 @@ import pytest
 from autointerp.accounting import Budget, BudgetExceeded, Ledger, Prices
 from autointerp.cache import CachedResponse, ResponseCache, request_key
 from autointerp.config import JudgeConfig, LabelConfig, parse_latents, resolve_backend
-from autointerp.examples import Example, LatentExamples, active_positions, crop_example, split_examples
+from autointerp.examples import Example, active_positions, crop_example, split_examples
 from autointerp.judge import RetryPolicy
 from autointerp.wire import parse_retry_after
 from autointerp.offline import explain_offline, label_tokens, predict_detection

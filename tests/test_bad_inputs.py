@@ -70,8 +70,6 @@ class World:
 
             if not nan:
                 return make_fake_cache(self.path(name), shard_rows=[512, 512, 1024], d_in=d_in, seed=seed).path
-            import torch
-
             from training.manifest import Manifest, read_manifest, write_manifest
             from training.shards import load_tensors, write_safetensors_atomic
 

@@ -204,8 +204,6 @@ def test_non_streaming_matches_streaming(tmp_path, monkeypatch):
     tb, pb = b.take(17)
     assert np.array_equal(ta, tb) and pa == pb
     # random-access restart
-    from training.text import DocumentSource
-
     c = open_packer(TextConfig(dataset=str(tmp_path / "c"), context_length=8, streaming=False), TOK, start=pa)
     d = open_packer(TextConfig(dataset=str(tmp_path / "c"), context_length=8, streaming=True), TOK, start=pa)
     assert np.array_equal(c.take(50)[0], d.take(50)[0])

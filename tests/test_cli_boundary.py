@@ -9,7 +9,7 @@ import warnings
 
 import pytest
 
-from saes.errors import SaesteerError, SaesteerWarning, note
+from saes.errors import SaesteerError, note
 from saesteer.boundary import _option_actions, flag_for, message_for, warnings_as_notes
 
 

@@ -199,8 +199,6 @@ def test_random_mixes_of_characters_stray_bytes_and_words(name, request):
     order and inside the text, and where decoding all the tokens gives no U+FFFD the text is it."""
     import random
 
-    from steering.textstream import TextAssembler
-
     tok = request.getfixturevalue(name)
 
     def enc(text):
