@@ -72,7 +72,7 @@ class Scheduler:
         self._inbox: list[tuple[Job, list[Row]]] = []
         self._jobs: set[Job] = set()
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name=f"api-{name}", daemon=True)
+        self._thread = threading.Thread(target=self._run)  # never started: `_spawn` makes the worker
         self.completed = 0
         self.cancelled = 0
 
@@ -86,16 +86,19 @@ class Scheduler:
             if self._thread.is_alive():
                 return self
             self._closed = False
-            self._thread = threading.Thread(target=self._run, name=f"api-{self.name}", daemon=True)
-            self._thread.start()
+            self._spawn()
         return self
 
     def _start_once(self) -> None:
         """`submit`'s start for an app whose startup did not run; never re-opens a closed scheduler."""
         with self._cond:
             if not self._thread.is_alive() and not self._closed:
-                self._thread = threading.Thread(target=self._run, name=f"api-{self.name}", daemon=True)
-                self._thread.start()
+                self._spawn()
+
+    def _spawn(self) -> None:
+        """A fresh worker thread, started (a thread runs once; under `_cond`)."""
+        self._thread = threading.Thread(target=self._run, name=f"api-{self.name}", daemon=True)
+        self._thread.start()
 
     @property
     def in_flight(self) -> int:

@@ -31,7 +31,8 @@ import saesteer
 from saesteer.web.assets import STATIC_DIR, StaticAssets
 from saesteer.web.config import Limits, ServeConfig, is_loopback
 from saesteer.web.jobs import ModelQueue, QueueFull
-from saesteer.web.security import SecurityMiddleware, new_token
+from saesteer.web.security import (API_PREFIXES, OPENAI_PREFIX, SecurityMiddleware, error_json, new_token,
+                                   openai_error_json)
 from saesteer.web.sources import StoreEntry
 
 if TYPE_CHECKING:
@@ -247,12 +248,10 @@ def _add_error_handlers(app: FastAPI) -> None:
         headers = getattr(exc, "headers", None)
         message, path = str(exc.detail), request.url.path
         if exc.status_code == 404 and message == "Not Found":
-            if path.startswith("/v1/"):  # e.g. /v1/embeddings, /v1/responses: say what there is
+            if path.startswith(OPENAI_PREFIX):  # e.g. /v1/embeddings, /v1/responses: say what there is
                 message = f"this server has no {path}; it serves {OPENAI_ENDPOINTS}"
             elif path.split("/")[1:2] in (["chat"], ["completions"], ["models"], ["embeddings"], ["responses"]):
                 # an OpenAI client whose base_url lacks /v1: answer in its shape, saying so
-                from saesteer.web.security import openai_error_json
-
                 host = request.headers.get("host", "HOST:PORT")
                 return JSONResponse(openai_error_json(404, f"the OpenAI-compatible API is under /v1: set the client's "
                                                            f"base_url to http://{host}/v1 (this server serves "
@@ -281,8 +280,6 @@ def describe_validation_error(exc: RequestValidationError) -> str:
 
 
 def wants_html(request: Request) -> bool:
-    from saesteer.web.security import API_PREFIXES
-
     return not request.url.path.startswith(API_PREFIXES) and "text/html" in request.headers.get("accept", "")
 
 
@@ -291,8 +288,6 @@ def error_response(request: Request, status: int, message: str, headers=None) ->
         from saesteer.web.pages import render_error
 
         return render_error(request, status, message, headers=headers)
-    from saesteer.web.security import error_json
-
     return JSONResponse(error_json(request.url.path, status, message), status_code=status, headers=headers)
 
 
