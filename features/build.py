@@ -48,7 +48,7 @@ from features.store import FeatureStore, StoreError, StoreMismatchError
 from features.store.rows import (CorrelationRow, ExampleRow, FeatureRow, HistogramRow, LogitRow, NeighbourRow,
                                  SearchTextRow)
 from features.tokentext import LABEL_RULE, token_labels, token_texts
-from saes.bos import recorded_prepend_bos
+from saes.bos import check_cache_bos
 from saes.fileio import FileLock, atomic_path
 from saes.formats.base import sae_of
 
@@ -147,19 +147,9 @@ def check_compatible(sae, source: ActivationSource) -> None:
 
 
 def check_bos(sae, source: ActivationSource, *, policy_as: str = "bos_policy") -> None:
-    """Refuse a cache whose contexts start with BOS when the SAE was trained without one, or the
-    other way round: the model's activations differ at every position, not only at the first.
-    `policy_as`: how the caller sets a cache's BOS policy (the CLI: its flag)."""
-    wants = recorded_prepend_bos([sae])
-    policy = getattr(source, "bos_policy", None)  # only caches record how their contexts were packed
-    if wants is None or policy is None or wants == (policy == "prepend"):
-        return
-    fits = "'prepend'" if wants else "'none' or 'doc'"
-    raise ValueError(
-        f"the SAE records prepend_bos={wants} (cfg.json metadata) but the cache {getattr(source, 'path', '')} was "
-        f"built with bos_policy {policy!r}, so its contexts {'do not start' if wants else 'start'} with BOS; "
-        f"build a cache with {policy_as} {fits} for this SAE"
-    )
+    """Refuse a cache packed with another BOS than the SAE was trained with (`saes.bos.check_cache_bos`);
+    only caches record how their contexts were packed."""
+    check_cache_bos([sae], getattr(source, "bos_policy", None), getattr(source, "path", ""), policy_as=policy_as)
 
 
 def _library_processing_fix(wanted: bool) -> str:

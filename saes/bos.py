@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-__all__ = ["recorded_prepend_bos", "prepend_bos_for"]
+__all__ = ["recorded_prepend_bos", "prepend_bos_for", "check_cache_bos"]
 
 
 def recorded_prepend_bos(saes: Iterable[Any]) -> bool | None:
@@ -35,3 +35,20 @@ def prepend_bos_for(model: Any, saes: Iterable[Any], override: bool | None = Non
     if recorded is not None:
         return recorded
     return bool(getattr(getattr(model, "cfg", None), "default_prepend_bos", True))
+
+
+def check_cache_bos(saes: Iterable[Any], bos_policy: str | None, cache: Any = "", *,
+                    policy_as: str = "bos_policy") -> None:
+    """Refuse (ValueError) a cache whose contexts start with BOS (`bos_policy` "prepend") for SAEs
+    recorded as trained without one, or the other way round: the model's activations differ at every
+    position, not only at the first. Nothing known on either side: nothing to refuse.
+    `policy_as`: how the caller sets a cache's BOS policy (the CLI: its flag)."""
+    wants = recorded_prepend_bos(saes)
+    if wants is None or bos_policy is None or wants == (bos_policy == "prepend"):
+        return
+    fits = "'prepend'" if wants else "'none' or 'doc'"
+    raise ValueError(
+        f"the SAE records prepend_bos={wants} (cfg.json metadata) but the cache {cache} was "
+        f"built with bos_policy {bos_policy!r}, so its contexts {'do not start' if wants else 'start'} with BOS; "
+        f"build a cache with {policy_as} {fits} for this SAE"
+    )

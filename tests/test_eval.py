@@ -427,3 +427,25 @@ def test_an_sae_of_another_library_without_a_model_record_quotes_the_model_its_f
     err = capsys.readouterr().err
     assert "does not record which model" in err and "'toyworld-tiny'" in err and "--model" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) <= 2
+
+
+def test_a_cache_packed_with_another_bos_than_the_sae_was_trained_with_is_refused(trained, tmp_path, capsys) -> None:
+    """--cache rows of contexts that start with BOS hold other activations at every position than an
+    SAE trained without one reads: refused naming both sides and the flag, as `features build` does
+    (the one rule: saes.bos.check_cache_bos), before any work (no eval.json)."""
+    import shutil
+
+    sae = tmp_path / "nobos"
+    shutil.copytree(trained / "run" / "saes" / "topk_k8_f128", sae)
+    cfg = json.loads((sae / "cfg.json").read_text())
+    assert cfg["metadata"]["prepend_bos"] is True  # the toy cache prepends BOS
+    cfg["metadata"]["prepend_bos"] = False
+    (sae / "cfg.json").write_text(json.dumps(cfg))
+    out = tmp_path / "ev"
+    capsys.readouterr()
+    assert main(["eval", "--sae", str(sae), "--cache", str(trained / "cache"), "--contexts", "4", "--ce-contexts", "2",
+                 "--absorption", "false", "--probing", "false", "--quiet", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "prepend_bos=False" in err and "bos_policy 'prepend'" in err, err
+    assert "`saesteer cache --bos-policy` 'none' or 'doc'" in err and "Traceback" not in err, err
+    assert not (out / "eval.json").exists()
