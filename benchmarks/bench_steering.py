@@ -28,7 +28,9 @@ an edit such as scale 1 would not do: edits that change nothing are skipped, not
 clamping a latent that never fires to 0. A TopK "floor" row times a hook that computes the SAE's
 full pre-activations at every step and nothing else: whether a firing TopK latent is among its
 row's k largest depends on all d_sae of them, so an exact read pays at least this on every step
-where a row's latent fires.
+where a row's latent fires. A second floor row times the same product from a bf16 copy of W_enc:
+what a read certifying membership from low-precision pre-activations (with error bounds) would pay
+at least (slow where the CPU lacks bf16 instructions: oneDNN emulates them there).
 
 hook-time: the matrix's runs with the steering hook's CPU time per call (thread CPU time around
 `steering.session._HookFn.__call__`, medians): steadier than whole-generate ratios, which move by
@@ -38,7 +40,9 @@ topk-read: what the TopK exact read costs, per call of one generation step's row
 path (`TopKReader.read`: candidate bound, then the full encode when it leaves a row open) against
 the full path alone (`TopKReader.full`: the SAE's own expression and selection), process CPU time on the toy model's own activations of its greedy text and,
 for comparison, on random rows at wider shapes; and how many rows a steered generation sent to the
-full path (`TopKReader.full_rows`) with the busiest latent read at every token.
+full path (`TopKReader.full_rows`) with the busiest latent read at every token; and how often a
+membership test certified from a bf16 copy of the encoder (error bounds instead of the exact product)
+would leave a row undecided (`bf16_certified_decisions`).
 
 toy: steering each toy-world topic (setting): find the topic's feature by contrast (topic
 documents vs other documents), pick the strength on development seeds (weakest strength that
@@ -328,6 +332,19 @@ def matrix_cases(args, timed=None):
                 with model.hooks(fwd_hooks=[(hook, fn)]):
                     return gen()
             cases[f"{label}: floor: the SAE's full encoder product alone at every step (same text)"] = floor
+            # what a certified read from a bf16 copy of W_enc (deciding top-k membership from low-precision
+            # pre-activations with error bounds) must at least do: its product alone, on the layout oneDNN
+            # runs fastest at 8 rows ([d_sae, d_in], read transposed); no bound, count or exact value
+            W_bf16_FD = sae.W_enc.detach().t().contiguous().bfloat16()
+
+            def bf16_product(x, hook, sae=sae, W_FD=W_bf16_FD):
+                x_ND = x.reshape(-1, x.shape[-1])
+                (x_ND - sae.b_dec).bfloat16() @ W_FD.t()
+
+            def bf16_floor(fn=timed(bf16_product) if timed else bf16_product):
+                with model.hooks(fwd_hooks=[(hook, fn)]):
+                    return gen()
+            cases[f"{label}: floor: a bf16 copy's full encoder product alone at every step (same text)"] = bf16_floor
     return model, hook, cases
 
 
@@ -770,6 +787,40 @@ def write_subsection(text: str, results: Path = RESULTS) -> None:
     atomic_write_bytes(results, out.encode())
 
 
+def bf16_certified_decisions(sae, X_BTD, m: int) -> tuple:
+    """(selected [B, T], undecided [B, T]) of latent m of a float32 TopK SAE, the second for a test
+    that decides membership from a bf16 copy of the encoder (the product oneDNN would run) with
+    error bounds instead of the SAE's own float32 pre-activations P, given the SAE's own P_m:
+    m is off when k others are surely above P_m, on when at most k - 1 others may be at or above it.
+    The bound on |P_j - (bf16 product_j + b_j)| (u = x - b_dec, ub / wb rounded to bf16, D = d_in):
+    ||ub - u|| ||wb_j|| + ||u|| ||wb_j - w_j|| (rounding the inputs; Cauchy-Schwarz), plus
+    gamma_D ||ub|| ||wb_j|| (float32 sums of exact bf16 products, gamma_D = D eps32 / (1 - D eps32)),
+    plus 2^-8 / (1 - 2^-8) |out_j| (the bf16 output), plus gamma_D ||u|| ||w_j|| + 2 eps32 max(|P|, |b|)
+    (the SAE's own float32 product and bias add); maxima over j. Asserts the test never contradicts P."""
+    W, b = sae.W_enc.detach(), sae.b_enc.detach().double()
+    U = (X_BTD - sae.b_dec.detach()).reshape(-1, W.shape[0])
+    P = U @ W + sae.b_enc.detach()  # the SAE's own expression
+    k, D = int(sae.cfg.k), W.shape[0]
+    Ub, Wb = U.bfloat16(), W.bfloat16()
+    out = (Ub @ Wb).double()
+    eps32 = 2.0 ** -24
+    gamma = D * eps32 / (1 - D * eps32)
+    w, wb = float(W.norm(dim=0).max()), float(Wb.double().norm(dim=0).max())
+    dw = float((Wb.double() - W.double()).norm(dim=0).max())
+    u = U.double().norm(dim=1, keepdim=True)
+    du = (Ub.double() - U.double()).norm(dim=1, keepdim=True)
+    ub = Ub.double().norm(dim=1, keepdim=True)
+    c = du * wb + u * dw + gamma * ub * wb + gamma * u * w + 2 * eps32 * (P.abs().amax(1, keepdim=True).double() + b.abs().max())
+    err = c + 2.0 ** -8 / (1 - 2.0 ** -8) * out.abs()
+    q, p_m = out + b, P[:, m : m + 1].double()
+    off = ((q - err) > p_m).sum(1) >= k
+    on = ((q + err) >= p_m).sum(1) <= k  # m itself included
+    selected = (P > p_m).sum(1) < k
+    assert not bool((on & ~selected).any() or (off & selected).any()), "the bound contradicts the SAE's own values"
+    B, T = X_BTD.shape[:2]
+    return selected.view(B, T), (~(on | off)).view(B, T)
+
+
 def topk_read(args) -> str:
     """See the module docstring (topk-read)."""
     from saes import create_sae
@@ -854,6 +905,8 @@ def topk_read(args) -> str:
         TopKReader.__init__ = init
     full = sum(x.full_rows for x in readers)
     total = full + sum(x.bound_hits for x in readers)
+    with torch.no_grad():
+        on_BT, undecided_BT = bf16_certified_decisions(sae, X, busy)
     return "\n".join([
         "### TopK exact read: bound path vs full path", "",
         f"{time.strftime('%Y-%m-%d')}; {os.cpu_count()} CPU cores, torch {torch.__version__}, {args.threads} "
@@ -862,6 +915,11 @@ def topk_read(args) -> str:
         f"--reps {args.reps}`", "", *rows, "",
         f"A steered generation (toy model, batch 8, 64 new tokens) reading the busiest latent {busy} at every "
         f"token: {full} of {total} rows went to the full path.", "",
+        f"A membership test certified from a bf16 copy of W_enc (`bf16_certified_decisions`) on the same "
+        f"text: latent {busy} is selected in {on_BT.float().mean():.1%} of rows and in at least one row of "
+        f"{on_BT.any(0).float().mean():.1%} of steps; the test leaves {undecided_BT.float().mean():.1%} of rows "
+        f"undecided, which would send {undecided_BT.any(0).float().mean():.1%} of steps to the exact fp32 product "
+        f"on top of the bf16 one.", "",
         f"The batched engine's shape (32 rows, 32 latents, each row needing its own, toy model activations): "
         f"the bound counting the needed pairs only {pairs_us:.0f} us per call, counting every (row, latent) pair "
         f"{every_us:.0f} us.",
