@@ -32,8 +32,9 @@ model's thinking (`<think>...</think>` in the content; reasoning sent in its own
 read: replies holding only that are re-asked, and the final error says how to turn thinking
 off). Two endings are not re-asked, since asking again would end the same way: a reply cut off
 at the output-token limit before any answer (a reasoning model that spent it thinking: the error
-says how to give it room, `reasoning_tokens` are added to every request's limit) and a reply
-withheld by the server's content filter.
+says how to give it room, `reasoning_tokens` are added to every request's limit; a cut-off reply
+with no closing `</think>` counts as such, since a chat template that opens the block itself
+leaves no opening tag in the reply) and a reply withheld by the server's content filter.
 
 The backends' own retry machinery is switched off (openai `max_retries=0`): retries here are
 counted, jittered and share the Retry-After pause.
@@ -371,12 +372,15 @@ class Judge:
         for ask in range(self.max_reasks + 1):
             request = self.request_for(conv, max_tokens, temperature)
             resp = await self._send(request, tally)
-            text, cut_thinking = split_thinking(resp.text)
+            text, thinking = split_thinking(resp.text)
             if resp.finish_reason == "content_filter":
                 raise AnswerInvalid("the server's content filter withheld the judge's answer (finish_reason "
                                     "content_filter); asking again would be filtered the same way")
-            if resp.finish_reason == "length" and not resp.refusal and (cut_thinking or not text.strip()):
-                raise AnswerInvalid(_no_room_to_answer(request, resp, cut_thinking))
+            # cut off before a thinking block closed, or with no closing tag at all: a chat template
+            # that opens the block itself (Qwen3, DeepSeek-R1) leaves no <think> in the reply, so
+            # untagged text cut off may be a draft inside the thinking, never an answer
+            if resp.finish_reason == "length" and not resp.refusal and (thinking != "closed" or not text.strip()):
+                raise AnswerInvalid(_no_room_to_answer(request, resp, thinking, text))
             try:
                 if resp.refusal:
                     raise InvalidAnswer(f"you refused ({resp.refusal.strip()[:200]})")
@@ -456,11 +460,17 @@ _ONLY_REASONING = (" (the model wrote only reasoning, in its own field, and no a
                    "JudgeConfig.reasoning_effort none, --judge-reasoning-effort none, which Ollama reads)")
 
 
-def _no_room_to_answer(request: ChatRequest, resp: ChatResponse, cut_thinking: bool) -> str:
+def _no_room_to_answer(request: ChatRequest, resp: ChatResponse, thinking: str, text: str) -> str:
     """Why a reply that hit the output-token limit before answering failed, and what to set."""
-    thought = cut_thinking or resp.reasoned or resp.reasoning_tokens > 0
+    if thinking == "cut" or resp.reasoned or resp.reasoning_tokens > 0:
+        when = "while the model was still thinking"
+    elif text.strip():
+        when = ("before the reply ended, with no </think> in it (it may be thinking that the chat template opened, "
+                "as Qwen3's and DeepSeek-R1's do, so it is not read as an answer)")
+    else:
+        when = "before any answer"
     spent = f" ({resp.reasoning_tokens:,} reasoning tokens)" if resp.reasoning_tokens else ""
-    return (f"truncated judge output: the output-token limit ({request.max_tokens:,}) ran out "
-            f"{'while the model was still thinking' if thought else 'before any answer'}{spent}; a reasoning model "
-            "thinks within that limit: give it room with JudgeConfig.reasoning_tokens (--judge-reasoning-tokens, "
-            "e.g. 2000) or lower JudgeConfig.reasoning_effort (--judge-reasoning-effort, e.g. low)")
+    return (f"truncated judge output: the output-token limit ({request.max_tokens:,}) ran out {when}{spent}; a "
+            "reasoning model thinks within that limit: give it room with JudgeConfig.reasoning_tokens "
+            "(--judge-reasoning-tokens, e.g. 2000) or lower JudgeConfig.reasoning_effort (--judge-reasoning-effort, "
+            "e.g. low)")

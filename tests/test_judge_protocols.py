@@ -10,7 +10,8 @@ What these paths show:
 - local reasoning models (DeepSeek-R1, Qwen3 on Ollama / vLLM / llama.cpp / LM Studio): the answer
   after `<think>...</think>` (or after a lone `</think>`) is read, never a draft inside the
   thinking, and gpt-oss's raw Harmony channels give their `final` channel, never the analysis; a
-  think block cut off at the limit is a "truncated judge output" error, not a label;
+  think block cut off at the limit is a "truncated judge output" error, not a label, and so is a
+  reply cut off with no closing tag (the template opened the block: no tag in the reply);
   reasoning in its own field (`reasoning_content`, `reasoning`) is never read;
 - bodies that are not a usable answer: `finish_reason: "content_filter"` (not re-asked), a 200
   carrying an `error` object (OpenRouter; its `code` decides retry or not), an `error` inside the
@@ -286,6 +287,19 @@ def test_a_think_block_cut_off_at_the_limit_is_truncated_output_never_a_label(sr
     with pytest.raises(AnswerInvalid, match="truncated judge output.*still thinking"):
         ask(srv)
     assert len(chats(srv)) == 1
+
+
+def test_a_reply_cut_off_inside_thinking_the_template_opened_is_truncated_output_never_a_label(srv):
+    # Qwen3 / DeepSeek-R1 templates end the prompt with "<think>\n": the reply has no opening tag,
+    # and cut off at the limit it has no closing one either; the draft inside is not the label
+    srv.reply = lambda ex: ok('Okay, the examples show ships. Draft: {"label": "boats"}. But the marks', finish="length")
+    with pytest.raises(AnswerInvalid, match="truncated judge output.*no </think>.*--judge-reasoning-tokens"):
+        ask(srv)
+    assert len(chats(srv)) == 1
+    # the same reply finished with its closing tag gives the answer after it, even at the limit
+    srv.exchanges.clear()
+    srv.reply = lambda ex: ok('Okay, ships. Draft: {"label": "boats"}.\n</think>\n\n{"label": "sea"}', finish="length")
+    assert ask(srv).value == {"label": "sea"}
 
 
 # ---------------------------------------------------------------------------------------------
