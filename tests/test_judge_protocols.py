@@ -241,6 +241,29 @@ def test_saesteer_label_can_turn_an_ollama_models_thinking_off_with_reasoning_ef
         assert st.feature(0).label.text == triggers[0]
 
 
+def test_judge_reasoning_effort_takes_only_the_values_servers_accept(srv, tmp_path):
+    from typing import get_args
+
+    from autointerp.config import REASONING_EFFORTS
+    from openai.types.shared.reasoning_effort import ReasoningEffort
+
+    # the installed openai package's list (its Literal, inside Optional)
+    assert set(REASONING_EFFORTS) == {v for a in get_args(ReasoningEffort) for v in get_args(a)}
+    from helpers.label_store import build_trigger_store
+
+    path, _ = build_trigger_store(tmp_path / "toy.db", n_latents=1)
+    flags = ("label", "--store", path, "--judge-model", "gpt-5-mini", "--judge-base-url", srv.url, "--scorers",
+             "detection", "--embed-backend", "none", "--no-progress")
+    bad = saesteer(*flags, "--judge-reasoning-effort", "hihg")
+    assert bad.rc == 2 and len(bad.err.strip().splitlines()) == 1, bad.err
+    assert "--judge-reasoning-effort" in bad.err and "'hihg'" in bad.err
+    assert "none, minimal, low, medium, high, xhigh, max" in bad.err
+    assert not chats(srv)  # refused before anything was sent
+    srv.reply = lambda ex: ok(fake_llm_answer(ex.body))
+    saesteer(*flags, "--judge-reasoning-effort", "Low").ok()
+    assert {e.body.get("reasoning_effort") for e in chats(srv)} == {"low"}
+
+
 def test_replies_holding_only_reasoning_fail_naming_the_setting_that_turns_thinking_off(srv):
     # the same Ollama shape with finish_reason "stop": re-asked (a later reply may answer), then one line
     srv.reply = lambda ex: ok("", message_extra={"reasoning": 'The label is {"label": "sea"}.'})
