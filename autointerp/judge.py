@@ -223,6 +223,16 @@ class Judge:
         (a reasoning model: its answers are then sampled, whatever `temperature` says)."""
         return self.temperature if getattr(self.backend, "send_temperature", True) else None
 
+    def settings_sent(self) -> dict[str, Any]:
+        """What requests ask the server for now, after any switch a refusal caused (a reasoning
+        model: max_completion_tokens, no temperature): the label provenance's judge settings.
+        `reasoning_tokens` is the room added to every request's output limit."""
+        extra = getattr(self.backend, "extra_body", None) or {}
+        return {"temperature": self.temperature_sent,
+                "max_tokens_param": getattr(self.backend, "max_tokens_param", None),
+                "reasoning_effort": extra.get("reasoning_effort"),
+                "reasoning_tokens": self.reasoning_tokens}
+
     def describe(self) -> str:
         return f"{self.kind}:{self.model}"
 

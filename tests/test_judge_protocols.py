@@ -176,15 +176,22 @@ def test_saesteer_label_with_a_gpt5_style_judge_labels_and_says_what_it_switched
     srv.reply = openai_reasoning_model(lambda body: '<think>Draft: {"label": "x", "answers": [1]}</think>'
                                                     + fake_llm_answer(body))
     r = saesteer("label", "--store", path, "--judge-model", "gpt-5-mini-protocols", "--judge-base-url", srv.url,
-                 "--judge-api-key", "k", "--scorers", "detection", "--embed-backend", "none", "--no-progress").ok()
+                 "--judge-api-key", "k", "--judge-reasoning-effort", "low", "--judge-reasoning-tokens", "500",
+                 "--scorers", "detection", "--embed-backend", "none", "--no-progress").ok()
     assert "note: judge model gpt-5-mini-protocols does not take max_tokens" in r.err
     assert flags_named(r.err) <= known_flags("label")
     from features import FeatureStore
 
     with FeatureStore.open(path) as st:
         assert [st.feature(i).label.text for i in range(2)] == [triggers[0], triggers[1]]
-        # sampled at the model's default, not the configured 0.0: the provenance says none was sent
-        assert [st.feature(i).label.provenance.params["temperature"] for i in range(2)] == [None, None]
+        # what was sent after the switches: no temperature (sampled at the model's default, not the
+        # configured 0.0), max_completion_tokens, and the reasoning settings
+        sent = {"temperature": None, "max_tokens_param": "max_completion_tokens", "reasoning_effort": "low",
+                "reasoning_tokens": 500}
+        for i in range(2):
+            prov = st.feature(i).label.provenance
+            assert {k: prov.params.get(k) for k in sent} == sent
+            assert {k: prov.extra["autointerp"]["judge"].get(k) for k in sent} == sent
 
 
 def test_a_reply_that_spent_its_limit_thinking_fails_at_once_and_the_named_settings_fix_it(srv):
@@ -262,6 +269,10 @@ def test_judge_reasoning_effort_takes_only_the_values_servers_accept(srv, tmp_pa
     srv.reply = lambda ex: ok(fake_llm_answer(ex.body))
     saesteer(*flags, "--judge-reasoning-effort", "Low").ok()
     assert {e.body.get("reasoning_effort") for e in chats(srv)} == {"low"}
+    # a local transformers judge sends no reasoning_effort: refused before its model is loaded
+    local = saesteer(*flags[:3], "--judge-backend", "transformers", "--judge-model", tmp_path / "no-model-here",
+                     "--judge-reasoning-effort", "low")
+    assert local.rc == 2 and "transformers judge takes none" in local.err, local.err
 
 
 def test_replies_holding_only_reasoning_fail_naming_the_setting_that_turns_thinking_off(srv):
