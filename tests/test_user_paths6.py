@@ -214,12 +214,12 @@ def test_a_non_streamed_request_whose_client_left_is_cancelled(server, client):
     srv, app = server
     sched = app.state.openai.schedulers[0]
     model_lock = app.state.web.queues[0].lock  # generation waits for it at every forward pass
-    before = sched.cancelled
+    before = sched.cancelled_count
     body = {"model": "chat", "prompt": "def parse", "max_tokens": MAX_NEW, "ignore_eos": True}
     with model_lock:  # hold the model: the request cannot finish before its client times out
         with pytest.raises(httpx.TimeoutException):
             httpx.post(f"{srv.url}/v1/completions", json=body, timeout=1.0)
-        assert _wait(lambda: sched.cancelled == before + 1, 10), "the generation went on for nobody"
+        assert _wait(lambda: sched.cancelled_count == before + 1, 10), "the generation went on for nobody"
     assert _wait(lambda: sched.in_flight == 0 and not sched.engine.busy)
     assert client.completions.create(model="chat", prompt="def", max_tokens=2).usage.completion_tokens >= 1
 
@@ -228,13 +228,13 @@ def test_a_stream_the_client_closes_is_cancelled_and_the_server_goes_on(server, 
     _, app = server
     sched = app.state.openai.schedulers[0]
     model_lock = app.state.web.queues[0].lock
-    before = sched.cancelled
+    before = sched.cancelled_count
     stream = client.chat.completions.create(model="chat", messages=MSGS, max_tokens=16, stream=True,
                                             extra_body={"ignore_eos": True})
     next(iter(stream))
     with model_lock:  # pause generation, then go away mid-stream
         stream.close()
-        assert _wait(lambda: sched.cancelled == before + 1, 10)
+        assert _wait(lambda: sched.cancelled_count == before + 1, 10)
     assert _wait(lambda: sched.in_flight == 0 and not sched.engine.busy)
     r = client.chat.completions.create(model="chat", messages=MSGS, max_tokens=3, extra_body={"ignore_eos": True})
     assert r.usage.completion_tokens == 3

@@ -74,7 +74,7 @@ class Scheduler:
         self._closed = False
         self._thread = threading.Thread(target=self._run)  # never started: `_spawn` makes the worker
         self.completed = 0
-        self.cancelled = 0
+        self.cancelled_count = 0  # requests cancelled while in (a Job says `cancelled` of itself)
 
     # -- client side (event loop thread) ------------------------------------------------------
     def start(self) -> "Scheduler":
@@ -125,7 +125,7 @@ class Scheduler:
         """Stop generating for `job` (its rows end 'cancelled'; nobody reads them any more)."""
         with self._cond:
             if job in self._jobs:
-                self.cancelled += 1
+                self.cancelled_count += 1
             job.cancelled = True
             self._inbox = [(j, rs) for j, rs in self._inbox if j is not job]
             self._jobs.discard(job)
