@@ -141,6 +141,52 @@ def test_a_request_waiting_when_the_server_stops_ends_with_an_error(ws):
     assert first == ["error"] and second == ["error"] and again == ["length"]
 
 
+def test_a_restart_while_the_closed_worker_is_still_in_a_step_fails_clearly_instead_of_hanging(ws):
+    """Closed while a step runs (here: the model held), then started again: `start` waited for that
+    step without bound, so a server restarted under a held model hung at startup. It now waits
+    `join_timeout_s`, then says why it cannot start; once the step ends, it starts."""
+    from saesteer.api.scheduler import Scheduler
+    from steering.engine import BatchEngine, Row
+    from steering.sampling import SamplingParams
+
+    lock = threading.RLock()
+    sched = Scheduler(BatchEngine(ws.model, {"chat": ws.sae}, lock=lock), name="chat")
+    sched.join_timeout_s = 0.05  # close and the restart give up at once: the step waits for the lock
+    ids = ws.model.to_tokens("def parse")[0].tolist()
+    tried: list = []
+
+    def restart():
+        try:
+            sched.start()
+            tried.append("started")
+        except RuntimeError as e:
+            tried.append(str(e))
+
+    async def submit():
+        sched.submit([Row(ids, SamplingParams(max_new_tokens=2, seed=0))], asyncio.get_running_loop(),
+                     deliver_tokens=False)
+
+    sched.start()
+    lock.acquire()
+    try:
+        asyncio.run(submit())
+        assert _wait(lambda: not sched._inbox)  # the worker took the job in: it waits for the model
+        sched.close()
+        t = threading.Thread(target=restart, daemon=True)
+        t.start()
+        t.join(30)
+        hung = t.is_alive()
+    finally:
+        lock.release()
+    t.join(30)
+    assert not hung, "start() waited for the closed worker's step without bound"
+    assert "cannot start the API's scheduler for 'chat' again" in tried[0] and "generation step" in tried[0]
+    assert _wait(lambda: not sched._thread.is_alive())  # the step ended: the worker left
+    sched.start()
+    assert sched._thread.is_alive()
+    sched.close()
+
+
 @pytest.mark.parametrize("moment", ["before the engine has its rows", "during their prefill"])
 def test_a_job_cancelled_while_the_worker_takes_it_in_is_cancelled(ws, moment):
     """A client that goes away just after the worker took its job out of the inbox, or while its

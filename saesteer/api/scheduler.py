@@ -62,6 +62,8 @@ class Job:
 
 
 class Scheduler:
+    join_timeout_s = 10.0  # how long `close` and a restart wait for a generation step in progress to end
+
     def __init__(self, engine: BatchEngine, *, max_queued: int = 64, name: str = "model") -> None:
         if max_queued < 1:
             raise ValueError(f"max_queued must be >= 1, got {max_queued}")
@@ -81,7 +83,12 @@ class Scheduler:
         """Start the worker thread; after `close`, open again with a fresh one (an app served a second
         time: each server's startup starts it, its shutdown closes it)."""
         if self._closed and self._thread.is_alive():
-            self._thread.join()  # closed while a long step ran: it ends after that step
+            self._thread.join(timeout=self.join_timeout_s)  # closed while a long step ran: it ends after that step
+            if self._thread.is_alive():
+                raise RuntimeError(
+                    f"cannot start the API's scheduler for {self.name!r} again: its worker, closed "
+                    f"{self.join_timeout_s:g} s or more ago, is still in a generation step (a long prefill, or the "
+                    "model held by another job); start it again once that step has ended")
         with self._cond:
             if self._thread.is_alive():
                 return self
@@ -137,7 +144,7 @@ class Scheduler:
             self._closed = True
             self._cond.notify()
         if self._thread.is_alive():
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=self.join_timeout_s)
         with self._cond:  # requests the worker never took (none when it was not running)
             waiting, self._inbox = self._inbox, []
         self._deliver([RowEvent(r.tag, job, finish_reason="error", detail={"error": "the server is shutting down"})
