@@ -11,7 +11,8 @@ What only these paths show:
   a request still waiting when the server stops now ends with an error instead of hanging, and a web
   model job cancelled at shutdown gives its place in the queue back;
 - a client that gives up on a non-streamed request (its timeout, Ctrl-C) left its generation running
-  to the end (the openai client then retries, so one slow request became three); it is now cancelled;
+  to the end (the openai client then retries, so one slow request became three); it is now cancelled,
+  by one task watching the connection beside the handler (which reads the events itself);
 - `max_completion_tokens` (what newer clients send instead of `max_tokens`): its refusals named
   `max_tokens`, a field the client never sent, and a request carrying both with different values
   was served with one of them silently; now refused naming both;
@@ -268,6 +269,32 @@ def test_a_non_streamed_request_whose_client_left_is_cancelled(server, client):
         assert _wait(lambda: sched.cancelled_count == before + 1, 10), "the generation went on for nobody"
     assert _wait(lambda: sched.in_flight == 0 and not sched.engine.busy)
     assert client.completions.create(model="chat", prompt="def", max_tokens=2).usage.completion_tokens >= 1
+
+
+def test_a_non_streamed_request_runs_one_task_beside_its_handler(server):
+    """The handler reads the events itself; one task watches for the client going away (there were
+    two: one collecting, one watching)."""
+    import saesteer.api.routes as routes
+
+    srv, app = server
+    sched = app.state.openai.schedulers[0]
+    model_lock = app.state.web.queues[0].lock
+    body = {"model": "chat", "prompt": "def parse", "max_tokens": 4, "ignore_eos": True}
+    done = []
+
+    async def tasks_of_routes():
+        return sorted(t.get_coro().__qualname__ for t in asyncio.all_tasks()
+                      if getattr(getattr(t.get_coro(), "cr_code", None), "co_filename", None) == routes.__file__)
+
+    with model_lock:  # hold the model: the request stays in while its tasks are counted
+        t = threading.Thread(target=lambda: done.append(httpx.post(f"{srv.url}/v1/completions", json=body, timeout=60)))
+        t.start()
+        assert _wait(lambda: sched.in_flight == 1)
+        job = next(iter(sched._jobs))
+        ours = asyncio.run_coroutine_threadsafe(tasks_of_routes(), job.loop).result(10)
+    t.join(60)
+    assert ours == ["_client_gone"]
+    assert done[0].status_code == 200 and done[0].json()["usage"]["completion_tokens"] == 4
 
 
 def test_a_stream_the_client_closes_is_cancelled_and_the_server_goes_on(server, client):

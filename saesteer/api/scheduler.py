@@ -43,7 +43,7 @@ class Job:
         self.n_rows = n_rows
         self.loop = loop
         self.deliver_tokens = deliver_tokens  # every token's event (streaming, logprobs), else only the last
-        self.queue: asyncio.Queue[RowEvent] = asyncio.Queue()
+        self.queue: asyncio.Queue[RowEvent | None] = asyncio.Queue()  # None: `stop_reading`
         self.open_rows = n_rows  # rows not finished, as the reader has seen them
         self.unfinished = n_rows  # rows not finished, as the worker thread has delivered them
         self.submitted = time.monotonic()
@@ -53,9 +53,15 @@ class Job:
     def __aiter__(self):
         return self._events()
 
+    def stop_reading(self) -> None:
+        """End the iteration over the events at once (its client went away); on the loop's thread."""
+        self.queue.put_nowait(None)
+
     async def _events(self):
         while self.open_rows > 0:
             ev = await self.queue.get()
+            if ev is None:
+                return
             if ev.finish_reason is not None:
                 self.open_rows -= 1
             yield ev
