@@ -20,6 +20,10 @@ What only these paths show:
   `embeddings`, `responses`) came as `{"detail": ...}` or a bare 'Not Found', so the openai client
   showed no message (`e.body["message"]`); now OpenAI's error shape, saying what the server serves;
   a client whose base_url lacks /v1 is told so;
+- an assistant prefill (a last message from the assistant with vLLM's `continue_final_message`, as
+  the openai client sends it in `extra_body`) was refused as an unknown field; it is now continued
+  from the prompt transformers renders with the message left open, streamed or not, `role:assistant`
+  edits covering the prefill and the reply, and refused (OpenAI's error shape) where it cannot apply;
 - what works and stays working: a plain httpx SSE reader sees `data: {json}` events and a final
   `data: [DONE]`, AsyncOpenAI with concurrent streams (usage chunk last, each stream the text of the
   same request unstreamed), `with_raw_response`, `/v1/models/{id}`, `logit_bias` and the penalties
@@ -525,3 +529,77 @@ def test_top_p_zero_is_greedy(client):
     sampled = {client.completions.create(model="chat", prompt="def parse", max_tokens=8, temperature=1.5, seed=s,
                                          extra_body={"ignore_eos": True}).choices[0].text for s in (1, 2)}
     assert sampled != {greedy.choices[0].text}, "the temperature alone would not make these equal"
+
+
+# -- assistant prefill (vLLM's continue_final_message) ------------------------------------------------
+
+PREFILL = MSGS + [{"role": "assistant", "content": "Voilà:\n    return"}]  # the toy model reads 64 tokens
+CONTINUE = {"continue_final_message": True, "add_generation_prompt": False}  # as vLLM's clients send it
+
+
+def _open_prompt(ws, messages=PREFILL) -> list[int]:
+    """The prompt transformers renders for continuing the last message (what vLLM serves)."""
+    return ws.model.tokenizer.apply_chat_template(messages, continue_final_message=True, add_generation_prompt=False,
+                                                  tokenize=True)["input_ids"]
+
+
+def test_a_prefilled_assistant_message_is_continued_streamed_and_not(ws, client):
+    """The last message, the assistant's, is left open (no <|im_end|>, no new assistant turn) and the
+    reply continues it: the same tokens as the completions endpoint reading the prompt transformers
+    renders with continue_final_message; the reply holds only the continuation."""
+    ids = _open_prompt(ws)
+    tok = ws.model.tokenizer
+    assert tok.decode(ids).endswith("Voilà:\n    return") and tok.convert_ids_to_tokens(ids).count("<|im_start|>") == 3
+    kw = dict(model="chat", messages=PREFILL, max_tokens=8, temperature=0)
+    r = client.chat.completions.create(**kw, extra_body={**CONTINUE, "ignore_eos": True})
+    plain = client.completions.create(model="chat", prompt=ids, max_tokens=8, temperature=0,
+                                      extra_body={"ignore_eos": True})
+    got = r.choices[0].model_extra["steering"]["token_ids"]
+    assert r.usage.prompt_tokens == len(ids) and got == plain.choices[0].model_extra["steering"]["token_ids"]
+    assert r.choices[0].message.content == plain.choices[0].text
+    # a new turn (the default) reads another prompt
+    new_turn = client.chat.completions.create(**dict(kw, max_tokens=1), extra_body={"ignore_eos": True})
+    assert new_turn.usage.prompt_tokens > len(ids)
+    stream = client.chat.completions.create(**kw, stream=True, extra_body={**CONTINUE, "ignore_eos": True})
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == r.choices[0].message.content
+    # continue_final_message alone implies no generation prompt
+    alone = client.chat.completions.create(**kw, extra_body={"continue_final_message": True, "ignore_eos": True})
+    assert alone.choices[0].message.content == r.choices[0].message.content
+    # add_generation_prompt false alone: the chat as it is, closed, as transformers renders it
+    closed = tok.apply_chat_template(MSGS, add_generation_prompt=False, tokenize=True)["input_ids"]
+    r = client.chat.completions.create(model="chat", messages=MSGS, max_tokens=2,
+                                       extra_body={"add_generation_prompt": False})
+    assert r.usage.prompt_tokens == len(closed)
+
+
+def test_edits_on_role_assistant_cover_the_prefilled_part_and_the_reply(ws, client):
+    ids = _open_prompt(ws)
+    names = ws.model.tokenizer.convert_ids_to_tokens(ids)
+    start = len(names) - names[::-1].index("<|im_start|>") - 1  # the assistant's turn: its markup and the prefill
+    n = 8
+    edit = {"latent": 3, "op": "add", "value": 25.0}
+    kw = dict(max_tokens=n, temperature=0)
+
+    def chat(positions):
+        r = client.chat.completions.create(model="chat", messages=PREFILL, **kw, extra_body={
+            **CONTINUE, "ignore_eos": True, "steering": {"edits": [dict(edit, positions=positions)]}})
+        return r.choices[0].model_extra["steering"]["token_ids"]
+
+    by_index = client.completions.create(model="chat", prompt=ids, **kw, extra_body={
+        "ignore_eos": True, "steering": {"edits": [dict(edit, positions=list(range(start, len(ids) + n)))]}})
+    by_role = chat("role:assistant")
+    assert by_role == by_index.choices[0].model_extra["steering"]["token_ids"]
+    assert by_role != chat("generated")  # the prefilled part is steered too
+    assert chat("turn:-1") == chat(list(range(start, len(ids))))  # the last message: the prefill, not the reply
+
+
+@pytest.mark.parametrize("messages, extra, says", [
+    (MSGS, CONTINUE, "must be the assistant's"),
+    (PREFILL, {"continue_final_message": True, "add_generation_prompt": True}, "Cannot set both"),
+])
+def test_continue_final_message_is_refused_where_it_cannot_apply_in_openais_error_shape(client, messages, extra, says):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="chat", messages=messages, max_tokens=2, extra_body=extra)
+    err = e.value.body
+    assert e.value.status_code == 400 and says in err["message"]
+    assert err["type"] == "invalid_request_error" and err["param"] == "continue_final_message"
