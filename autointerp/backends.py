@@ -16,7 +16,7 @@ from typing import Any
 from .base_url import not_found_hint, parse_base_url
 from .openai_replies import chat_response, error_message, html_title, looks_like_html, unsupported_param
 from .wire import (RETRYABLE_STATUS, ChatRequest, ChatResponse, PermanentError, TransientError, is_retryable,
-                   parse_retry_after)
+                   opens_thinking, parse_retry_after)
 
 __all__ = ["OpenAIBackend", "TransformersBackend", "RETRYABLE_STATUS"]
 
@@ -262,7 +262,8 @@ class TransformersBackend:
         text = self._tok.decode(new, skip_special_tokens=True)
         n_new = int(new.shape[0])
         finish = "length" if n_new >= int(request.max_tokens) else "stop"
-        return ChatResponse(text, int(input_ids.shape[1]), n_new, None, finish)
+        opened = opens_thinking(self._tok.decode(input_ids[0, -8:], skip_special_tokens=False))
+        return ChatResponse(text, int(input_ids.shape[1]), n_new, None, finish, template_thinking=opened)
 
     def _check_context(self, n_prompt: int, n_answer: int) -> None:
         """A prompt (plus the answer's room) longer than the positions the model was trained on is

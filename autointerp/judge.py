@@ -32,9 +32,11 @@ model's thinking (`<think>...</think>` in the content; reasoning sent in its own
 read: replies holding only that are re-asked, and the final error says how to turn thinking
 off). Two endings are not re-asked, since asking again would end the same way: a reply cut off
 at the output-token limit before any answer (a reasoning model that spent it thinking: the error
-says how to give it room, `reasoning_tokens` are added to every request's limit; a cut-off reply
-with no closing `</think>` counts as such, since a chat template that opens the block itself
-leaves no opening tag in the reply) and a reply withheld by the server's content filter.
+says how to give it room, `reasoning_tokens` are added to every request's limit; a chat template
+that opens the block itself (DeepSeek-R1, QwQ) leaves no opening tag in the reply, so a server's
+cut-off reply with no closing `</think>` counts as such unless it is a bare JSON answer, and a
+local judge's reply after such a template is all thinking until `</think>`) and a reply withheld
+by the server's content filter.
 
 The backends' own retry machinery is switched off (openai `max_retries=0`): retries here are
 counted, jittered and share the Retry-After pause.
@@ -383,13 +385,12 @@ class Judge:
             request = self.request_for(conv, max_tokens, temperature)
             resp = await self._send(request, tally)
             text, thinking = split_thinking(resp.text)
+            if thinking == "none" and resp.template_thinking:  # opened by the template, never closed: all thinking
+                text, thinking = "", "cut"
             if resp.finish_reason == "content_filter":
                 raise AnswerInvalid("the server's content filter withheld the judge's answer (finish_reason "
                                     "content_filter); asking again would be filtered the same way")
-            # cut off before a thinking block closed, or with no closing tag at all: a chat template
-            # that opens the block itself (Qwen3, DeepSeek-R1) leaves no <think> in the reply, so
-            # untagged text cut off may be a draft inside the thinking, never an answer
-            if resp.finish_reason == "length" and not resp.refusal and (thinking != "closed" or not text.strip()):
+            if resp.finish_reason == "length" and not resp.refusal and _cut_before_answering(resp, text, thinking):
                 raise AnswerInvalid(_no_room_to_answer(request, resp, thinking, text))
             try:
                 if resp.refusal:
@@ -468,6 +469,21 @@ def _no_running_loop(name: str) -> None:
 # `reasoning`, none in `content`, unless thinking is turned off
 _ONLY_REASONING = (" (the model wrote only reasoning, in its own field, and no answer: turn its thinking off with "
                    "JudgeConfig.reasoning_effort none, --judge-reasoning-effort none, which Ollama reads)")
+
+
+def _cut_before_answering(resp: ChatResponse, text: str, thinking: str) -> bool:
+    """Whether a reply cut off at the output-token limit holds no answer: its thinking was cut, it is
+    empty, or it is untagged text from a server whose chat template is not known: a template that
+    opens the thinking block itself (DeepSeek-R1, QwQ) leaves no <think> in the reply, so such text
+    may be a draft inside the thinking; only a whole bare (or fenced) JSON answer is read then."""
+    if thinking == "cut" or not text.strip():
+        return True
+    if thinking == "none" and resp.template_thinking is None:
+        try:
+            parse_json_answer(text, amid_prose=False)
+        except InvalidAnswer:
+            return True
+    return False
 
 
 def _no_room_to_answer(request: ChatRequest, resp: ChatResponse, thinking: str, text: str) -> str:

@@ -41,6 +41,9 @@ class ChatResponse:
     finish_reason: str | None = None
     reasoning_tokens: int = 0  # of completion_tokens, spent thinking (when the server says)
     reasoned: bool = False  # the server sent reasoning beside the answer (reasoning_content / reasoning)
+    # the chat template opened a thinking block at the end of the prompt, so the reply starts inside
+    # it (DeepSeek-R1's, QwQ's "<think>\n"); None: unknown (a server's template is not seen)
+    template_thinking: bool | None = None
 
 
 _THINK_OPEN = re.compile(r"<(think|thinking)>", re.IGNORECASE)
@@ -71,6 +74,14 @@ def split_thinking(text: str | None) -> tuple[str, str]:
     if _THINK_OPEN.match(text.lstrip()):
         return "", "cut"
     return text, "none"
+
+
+_OPEN_AT_END = re.compile(r"<(think|thinking)>\s*$", re.IGNORECASE)
+
+
+def opens_thinking(prompt: str) -> bool:
+    """Whether a rendered chat prompt ends by opening a thinking block (the reply starts inside it)."""
+    return bool(_OPEN_AT_END.search(prompt))
 
 
 RETRYABLE_STATUS = frozenset({408, 429})  # plus every 5xx

@@ -334,6 +334,9 @@ def test_a_reply_cut_off_inside_thinking_the_template_opened_is_truncated_output
     srv.exchanges.clear()
     srv.reply = lambda ex: ok('Okay, ships. Draft: {"label": "boats"}.\n</think>\n\n{"label": "sea"}', finish="length")
     assert ask(srv).value == {"label": "sea"}
+    # and a model that does not think, answering in exactly its limit: a bare answer is read
+    srv.reply = lambda ex: ok('{"label": "sea"}', finish="length")
+    assert ask(srv).value == {"label": "sea"}
 
 
 # ---------------------------------------------------------------------------------------------
