@@ -385,12 +385,11 @@ class Judge:
             request = self.request_for(conv, max_tokens, temperature)
             resp = await self._send(request, tally)
             text, thinking = split_thinking(resp.text)
-            if thinking == "none" and resp.template_thinking:  # opened by the template, never closed: all thinking
-                text, thinking = "", "cut"
             if resp.finish_reason == "content_filter":
                 raise AnswerInvalid("the server's content filter withheld the judge's answer (finish_reason "
                                     "content_filter); asking again would be filtered the same way")
-            if resp.finish_reason == "length" and not resp.refusal and _cut_before_answering(resp, text, thinking):
+            if (resp.finish_reason == "length" and not resp.refusal
+                    and _cut_before_answering(text, thinking, getattr(self.backend, "sees_template", False))):
                 raise AnswerInvalid(_no_room_to_answer(request, resp, thinking, text))
             try:
                 if resp.refusal:
@@ -471,14 +470,14 @@ _ONLY_REASONING = (" (the model wrote only reasoning, in its own field, and no a
                    "JudgeConfig.reasoning_effort none, --judge-reasoning-effort none, which Ollama reads)")
 
 
-def _cut_before_answering(resp: ChatResponse, text: str, thinking: str) -> bool:
+def _cut_before_answering(text: str, thinking: str, sees_template: bool) -> bool:
     """Whether a reply cut off at the output-token limit holds no answer: its thinking was cut, it is
-    empty, or it is untagged text from a server whose chat template is not known: a template that
+    empty, or it is untagged text from a server, whose chat template is not seen: a template that
     opens the thinking block itself (DeepSeek-R1, QwQ) leaves no <think> in the reply, so such text
     may be a draft inside the thinking; only a whole bare (or fenced) JSON answer is read then."""
     if thinking == "cut" or not text.strip():
         return True
-    if thinking == "none" and resp.template_thinking is None:
+    if thinking == "none" and not sees_template:
         try:
             parse_json_answer(text, amid_prose=False)
         except InvalidAnswer:

@@ -41,9 +41,6 @@ class ChatResponse:
     finish_reason: str | None = None
     reasoning_tokens: int = 0  # of completion_tokens, spent thinking (when the server says)
     reasoned: bool = False  # the server sent reasoning beside the answer (reasoning_content / reasoning)
-    # the chat template opened a thinking block at the end of the prompt, so the reply starts inside
-    # it (DeepSeek-R1's, QwQ's "<think>\n"); None: unknown (a server's template is not seen)
-    template_thinking: bool | None = None
 
 
 _THINK_OPEN = re.compile(r"<(think|thinking)>", re.IGNORECASE)
@@ -76,12 +73,14 @@ def split_thinking(text: str | None) -> tuple[str, str]:
     return text, "none"
 
 
-_OPEN_AT_END = re.compile(r"<(think|thinking)>\s*$", re.IGNORECASE)
+_OPEN_AT_END = re.compile(r"<(?:think|thinking)>\s*$", re.IGNORECASE)
 
 
-def opens_thinking(prompt: str) -> bool:
-    """Whether a rendered chat prompt ends by opening a thinking block (the reply starts inside it)."""
-    return bool(_OPEN_AT_END.search(prompt))
+def thinking_opened(prompt: str) -> str:
+    """The thinking tag a rendered chat prompt ends by opening (DeepSeek-R1's, QwQ's "<think>\n": the
+    reply starts inside the block), or ""."""
+    m = _OPEN_AT_END.search(prompt)
+    return m.group(0) if m else ""
 
 
 RETRYABLE_STATUS = frozenset({408, 429})  # plus every 5xx
@@ -114,6 +113,9 @@ class PermanentError(Exception):
 class Backend(Protocol):
     kind: str  # "openai", "transformers", ...
     model: str
+    # True: the backend renders the chat template itself, and a thinking block the template opened
+    # starts its replies (the tag put back); else (a server) untagged text may be such thinking
+    sees_template: bool
 
     async def chat(self, request: ChatRequest) -> ChatResponse: ...
 

@@ -82,14 +82,20 @@ def test_valid_local_answer_goes_through(tiny):
             [{"role": "user", "content": "again"}], LABEL_SCHEMA, max_tokens=2)
 
 
-def test_a_reply_inside_thinking_the_template_opened_is_never_the_answer():
+def test_a_reply_inside_thinking_the_template_opened_is_never_the_answer(tmp_path):
     """DeepSeek-R1's and QwQ's templates end the prompt with "<think>": the reply starts inside the
     block, with no opening tag. A reply with no closing tag is all thinking, however valid it reads
-    (here the bare answer itself): cut off at the limit it is truncated output, not a label."""
+    (here the bare answer itself): cut off at the limit it is truncated output, not a label, and so
+    it stays when read back from the response cache."""
+    from autointerp.cache import ResponseCache
+
     model, tok = _tiny_model(TEMPLATE.replace("assistant : {% endif %}", "assistant : <think> {% endif %}"))
-    judge = Judge(TransformersBackend(forced_to(model, tok, ANSWER), tok, name="tiny-thinking"), max_reasks=0)
-    with pytest.raises(AnswerInvalid, match="truncated judge output.*still thinking"):
-        judge.complete_sync([{"role": "user", "content": "label the ocean"}], LABEL_SCHEMA, max_tokens=1)
+    backend = TransformersBackend(forced_to(model, tok, ANSWER), tok, name="tiny-thinking")
+    for run in range(2):
+        judge = Judge(backend, max_reasks=0, cache=ResponseCache(tmp_path / "cache.sqlite"))
+        with pytest.raises(AnswerInvalid, match="truncated judge output.*still thinking"):
+            judge.complete_sync([{"role": "user", "content": "label the ocean"}], LABEL_SCHEMA, max_tokens=1)
+        assert judge.ledger.totals.cached_calls == run  # the second run read the reply from the cache
 
 
 def test_needs_a_chat_template(tiny):
