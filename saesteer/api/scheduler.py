@@ -92,8 +92,8 @@ class Scheduler:
             self._thread.join(timeout=self.join_timeout_s)  # closed while a long step ran: it ends after that step
             if self._thread.is_alive():
                 raise RuntimeError(
-                    f"cannot start the API's scheduler for {self.name!r} again: its worker, closed "
-                    f"{self.join_timeout_s:g} s or more ago, is still in a generation step (a long prefill, or the "
+                    f"cannot start the API's scheduler for {self.name!r} again: its worker, closed in the middle of "
+                    f"a generation step, is still in it after {self.join_timeout_s:g} s more (a long prefill, or the "
                     "model held by another job); start it again once that step has ended")
         with self._cond:
             if self._thread.is_alive():
