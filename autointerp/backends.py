@@ -16,7 +16,7 @@ from typing import Any
 from .base_url import not_found_hint, parse_base_url
 from .openai_replies import chat_response, error_message, html_title, looks_like_html, unsupported_param
 from .wire import (RETRYABLE_STATUS, ChatRequest, ChatResponse, PermanentError, TransientError, is_retryable,
-                   parse_retry_after)
+                   parse_retry_after, thinking_opened)
 
 __all__ = ["OpenAIBackend", "TransformersBackend", "RETRYABLE_STATUS"]
 
@@ -40,6 +40,7 @@ class OpenAIBackend:
     `api-key` header. `reasoning_effort` is sent as is (OpenAI, Ollama and vLLM read it)."""
 
     kind = "openai"
+    sees_template = False
 
     def __init__(
         self,
@@ -205,6 +206,7 @@ class TransformersBackend:
     at a time. Token counts are exact; the cost is 0 unless a price is configured."""
 
     kind = "transformers"
+    sees_template = True
 
     def __init__(self, model: Any, tokenizer: Any, *, name: str | None = None) -> None:
         if getattr(tokenizer, "chat_template", None) in (None, ""):
@@ -262,6 +264,8 @@ class TransformersBackend:
         text = self._tok.decode(new, skip_special_tokens=True)
         n_new = int(new.shape[0])
         finish = "length" if n_new >= int(request.max_tokens) else "stop"
+        # a template that opens the thinking block leaves the reply inside it: its tag goes back in front
+        text = thinking_opened(self._tok.decode(input_ids[0, -8:], skip_special_tokens=False)) + text
         return ChatResponse(text, int(input_ids.shape[1]), n_new, None, finish)
 
     def _check_context(self, n_prompt: int, n_answer: int) -> None:

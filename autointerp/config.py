@@ -11,9 +11,12 @@ if TYPE_CHECKING:
     from .judge import Judge
 
 __all__ = ["JudgeConfig", "LabelConfig", "parse_latents", "resolve_backend", "make_judge",
-           "ENV_MODEL", "ENV_BASE_URL", "ENV_API_KEY"]
+           "ENV_MODEL", "ENV_BASE_URL", "ENV_API_KEY", "REASONING_EFFORTS"]
 
 SCORERS = ("detection", "fuzzing", "simulation", "intruder", "embedding")
+# what servers take as reasoning_effort: the openai package's `ReasoningEffort` (openai 3.52:
+# types/shared/reasoning_effort.py); "none" is also Ollama's and vLLM's "thinking off"
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 ENV_MODEL = "SAESTEER_JUDGE_MODEL"
 ENV_BASE_URL = "OPENAI_BASE_URL"
 ENV_API_KEY = "OPENAI_API_KEY"
@@ -65,7 +68,7 @@ class JudgeConfig:
     # a plain str, "" for unset: `none` is a value servers take (thinking off), which the CLI would
     # read as unset for an optional field
     reasoning_effort: str = field(
-        default="", metadata={"help": "sent as reasoning_effort, e.g. none, minimal, low, medium, high (OpenAI reasoning "
+        default="", metadata={"help": f"sent as reasoning_effort: {', '.join(REASONING_EFFORTS)} (OpenAI reasoning "
                                       "models; Ollama and vLLM read it too, none turns thinking off on Ollama); lower "
                                       "effort, fewer reasoning tokens; empty: not sent"}
     )
@@ -89,7 +92,10 @@ class JudgeConfig:
         _check(0.0 <= self.temperature <= 2.0, "JudgeConfig.temperature must be in [0, 2]")
         _check(isinstance(self.reasoning_tokens, int) and self.reasoning_tokens >= 0,
                "JudgeConfig.reasoning_tokens must be an integer >= 0")
-        self.reasoning_effort = (self.reasoning_effort or "").strip()  # None (older configs, Python callers): unset
+        self.reasoning_effort = (self.reasoning_effort or "").strip().lower()  # None (older configs, Python callers): unset
+        _check(self.reasoning_effort in ("", *REASONING_EFFORTS),
+               f"JudgeConfig.reasoning_effort (--judge-reasoning-effort) must be one of {', '.join(REASONING_EFFORTS)} "
+               f"(or empty: not sent), got {self.reasoning_effort!r}")
         for name in ("price_input", "price_output"):
             v = getattr(self, name)
             _check(v is None or v >= 0, f"JudgeConfig.{name} must be >= 0 (USD per million tokens)")
@@ -226,6 +232,8 @@ def make_judge(cfg: JudgeConfig, *, cache_path: Path | None, budget=None, env: M
             reasoning_effort=cfg.reasoning_effort or None,
         )
     else:
+        _check(not cfg.reasoning_effort, "JudgeConfig.reasoning_effort (--judge-reasoning-effort) is sent to an "
+               "OpenAI-compatible server; a transformers judge takes none: leave it empty")
         backend = TransformersBackend.from_pretrained(model, device=cfg.device)
     prices = Prices.for_model(backend.model, cfg.price_input, cfg.price_output, local=backend_name == "transformers")
     path = cfg.cache_path or cache_path

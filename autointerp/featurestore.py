@@ -197,7 +197,8 @@ class FeatureStoreLabels:
             judge_kind=JUDGE_KIND[r.source],
             prompt_version=r.prompt_version,
             examples_used=used,
-            params={"temperature": pv.get("judge", {}).get("temperature"), **pv.get("settings", {})},
+            params={**{k: v for k, v in pv.get("judge", {}).items() if k not in ("source", "model")},
+                    **pv.get("settings", {})},
             created_at=r.created,
             extra={"autointerp": {k: v for k, v in pv.items() if k != "settings"}},
         )

@@ -32,8 +32,11 @@ model's thinking (`<think>...</think>` in the content; reasoning sent in its own
 read: replies holding only that are re-asked, and the final error says how to turn thinking
 off). Two endings are not re-asked, since asking again would end the same way: a reply cut off
 at the output-token limit before any answer (a reasoning model that spent it thinking: the error
-says how to give it room, `reasoning_tokens` are added to every request's limit) and a reply
-withheld by the server's content filter.
+says how to give it room, `reasoning_tokens` are added to every request's limit; a chat template
+that opens the block itself (DeepSeek-R1, QwQ) leaves no opening tag in the reply, so a server's
+cut-off reply with no closing `</think>` counts as such unless it is a bare JSON answer, and a
+local judge's reply after such a template is all thinking until `</think>`) and a reply withheld
+by the server's content filter.
 
 The backends' own retry machinery is switched off (openai `max_retries=0`): retries here are
 counted, jittered and share the Retry-After pause.
@@ -222,6 +225,16 @@ class Judge:
         (a reasoning model: its answers are then sampled, whatever `temperature` says)."""
         return self.temperature if getattr(self.backend, "send_temperature", True) else None
 
+    def settings_sent(self) -> dict[str, Any]:
+        """What requests ask the server for now, after any switch a refusal caused (a reasoning
+        model: max_completion_tokens, no temperature): the label provenance's judge settings.
+        `reasoning_tokens` is the room added to every request's output limit."""
+        extra = getattr(self.backend, "extra_body", None) or {}
+        return {"temperature": self.temperature_sent,
+                "max_tokens_param": getattr(self.backend, "max_tokens_param", None),
+                "reasoning_effort": extra.get("reasoning_effort"),
+                "reasoning_tokens": self.reasoning_tokens}
+
     def describe(self) -> str:
         return f"{self.kind}:{self.model}"
 
@@ -371,12 +384,13 @@ class Judge:
         for ask in range(self.max_reasks + 1):
             request = self.request_for(conv, max_tokens, temperature)
             resp = await self._send(request, tally)
-            text, cut_thinking = split_thinking(resp.text)
+            text, thinking = split_thinking(resp.text)
             if resp.finish_reason == "content_filter":
                 raise AnswerInvalid("the server's content filter withheld the judge's answer (finish_reason "
                                     "content_filter); asking again would be filtered the same way")
-            if resp.finish_reason == "length" and not resp.refusal and (cut_thinking or not text.strip()):
-                raise AnswerInvalid(_no_room_to_answer(request, resp, cut_thinking))
+            if (resp.finish_reason == "length" and not resp.refusal
+                    and _cut_before_answering(text, thinking, getattr(self.backend, "sees_template", False))):
+                raise AnswerInvalid(_no_room_to_answer(request, resp, thinking, text))
             try:
                 if resp.refusal:
                     raise InvalidAnswer(f"you refused ({resp.refusal.strip()[:200]})")
@@ -456,11 +470,32 @@ _ONLY_REASONING = (" (the model wrote only reasoning, in its own field, and no a
                    "JudgeConfig.reasoning_effort none, --judge-reasoning-effort none, which Ollama reads)")
 
 
-def _no_room_to_answer(request: ChatRequest, resp: ChatResponse, cut_thinking: bool) -> str:
+def _cut_before_answering(text: str, thinking: str, sees_template: bool) -> bool:
+    """Whether a reply cut off at the output-token limit holds no answer: its thinking was cut, it is
+    empty, or it is untagged text from a server, whose chat template is not seen: a template that
+    opens the thinking block itself (DeepSeek-R1, QwQ) leaves no <think> in the reply, so such text
+    may be a draft inside the thinking; only a whole bare (or fenced) JSON answer is read then."""
+    if thinking == "cut" or not text.strip():
+        return True
+    if thinking == "none" and not sees_template:
+        try:
+            parse_json_answer(text, amid_prose=False)
+        except InvalidAnswer:
+            return True
+    return False
+
+
+def _no_room_to_answer(request: ChatRequest, resp: ChatResponse, thinking: str, text: str) -> str:
     """Why a reply that hit the output-token limit before answering failed, and what to set."""
-    thought = cut_thinking or resp.reasoned or resp.reasoning_tokens > 0
+    if thinking == "cut" or resp.reasoned or resp.reasoning_tokens > 0:
+        when = "while the model was still thinking"
+    elif text.strip():
+        when = ("before the reply ended, with no </think> in it (it may be thinking that the chat template opened, "
+                "as Qwen3's and DeepSeek-R1's do, so it is not read as an answer)")
+    else:
+        when = "before any answer"
     spent = f" ({resp.reasoning_tokens:,} reasoning tokens)" if resp.reasoning_tokens else ""
-    return (f"truncated judge output: the output-token limit ({request.max_tokens:,}) ran out "
-            f"{'while the model was still thinking' if thought else 'before any answer'}{spent}; a reasoning model "
-            "thinks within that limit: give it room with JudgeConfig.reasoning_tokens (--judge-reasoning-tokens, "
-            "e.g. 2000) or lower JudgeConfig.reasoning_effort (--judge-reasoning-effort, e.g. low)")
+    return (f"truncated judge output: the output-token limit ({request.max_tokens:,}) ran out {when}{spent}; a "
+            "reasoning model thinks within that limit: give it room with JudgeConfig.reasoning_tokens "
+            "(--judge-reasoning-tokens, e.g. 2000) or lower JudgeConfig.reasoning_effort (--judge-reasoning-effort, "
+            "e.g. low)")

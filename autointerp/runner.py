@@ -127,7 +127,7 @@ class Labeller:
         c = self.cfg
         provenance: dict[str, Any] = {
             "judge": {"source": self.source, "model": self.model,
-                      "temperature": self.judge.temperature_sent if self.judge else None},
+                      **(self.judge.settings_sent() if self.judge else {"temperature": None})},
             "prompt_version": self.explainer.prompt_version,
             "examples": {
                 "explain": [e.ref for e in split.explain],

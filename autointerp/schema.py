@@ -45,8 +45,8 @@ class InvalidAnswer(ValueError):
 _FENCE_RE = re.compile(r"^```[ \t]*([A-Za-z0-9_-]*)[ \t]*\r?\n(.*?)\r?\n?```$", re.DOTALL)
 
 
-def parse_json_answer(text: str | None) -> Any:
-    """The JSON value in a judge's answer (bare, ```-fenced, or one object amid prose)."""
+def parse_json_answer(text: str | None, *, amid_prose: bool = True) -> Any:
+    """The JSON value in a judge's answer (bare, ```-fenced, or, with `amid_prose`, one object amid prose)."""
     if text is None or not text.strip():
         raise InvalidAnswer("the answer was empty; reply with the JSON object only")
     s = text.strip()
@@ -59,7 +59,8 @@ def parse_json_answer(text: str | None) -> Any:
     try:
         return json.loads(s)
     except json.JSONDecodeError:
-        pass
+        if not amid_prose:
+            raise InvalidAnswer("the answer was not valid JSON; reply with the JSON object only, no prose") from None
     # One JSON object surrounded by prose ("Sure! {...}"): accept only if exactly one object parses.
     decoder = json.JSONDecoder()
     found: list[Any] = []

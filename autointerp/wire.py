@@ -50,26 +50,37 @@ _HARMONY_FINAL = re.compile(r"<\|channel\|>\s*final\s*(?:<\|constrain\|>\S*?)?<\
 _HARMONY_END = re.compile(r"(?:<\|(?:return|end|call)\|>\s*)+$")
 
 
-def split_thinking(text: str | None) -> tuple[str, bool]:
-    """(the answer, whether a thinking block was cut off) of a reply whose content may hold the
-    model's reasoning (DeepSeek-R1, Qwen3, QwQ served without a reasoning parser):
-    `<think>...</think>answer`, or `...</think>answer` when the chat template opened the block
-    itself; gpt-oss's raw Harmony channels, whose answer is the `final` channel. A block that
-    never closes (Harmony: no final channel) is all thinking: the answer is empty, and it was cut off."""
+def split_thinking(text: str | None) -> tuple[str, str]:
+    """(the answer, how the reply's thinking ended) of a reply whose content may hold the model's
+    reasoning (DeepSeek-R1, Qwen3, QwQ served without a reasoning parser): `<think>...</think>answer`,
+    or `...</think>answer` when the chat template opened the block itself; gpt-oss's raw Harmony
+    channels, whose answer is the `final` channel. The second value is "closed" (the answer follows
+    a finished thinking block), "cut" (a block that never closes, Harmony without a final channel:
+    all thinking, the answer is empty) or "none" (no thinking markup: the text as it is, which may
+    still be thinking when the template opened the block and the reply was cut off before closing it)."""
     if not text:
-        return "", False
+        return "", "none"
     finals = list(_HARMONY_FINAL.finditer(text))
     if finals:
-        return _HARMONY_END.sub("", text[finals[-1].end():]).strip(), False
+        return _HARMONY_END.sub("", text[finals[-1].end():]).strip(), "closed"
     if text.lstrip().startswith(("<|channel|>", "<|start|>")):
-        return "", True
+        return "", "cut"
     closes = list(_THINK_CLOSE.finditer(text))
     if closes:
-        return text[closes[-1].end():].strip(), False
-    opened = _THINK_OPEN.match(text.lstrip())
-    if opened:
-        return "", True
-    return text, False
+        return text[closes[-1].end():].strip(), "closed"
+    if _THINK_OPEN.match(text.lstrip()):
+        return "", "cut"
+    return text, "none"
+
+
+_OPEN_AT_END = re.compile(r"<(?:think|thinking)>\s*$", re.IGNORECASE)
+
+
+def thinking_opened(prompt: str) -> str:
+    """The thinking tag a rendered chat prompt ends by opening (DeepSeek-R1's, QwQ's "<think>\n": the
+    reply starts inside the block), or ""."""
+    m = _OPEN_AT_END.search(prompt)
+    return m.group(0) if m else ""
 
 
 RETRYABLE_STATUS = frozenset({408, 429})  # plus every 5xx
@@ -102,6 +113,9 @@ class PermanentError(Exception):
 class Backend(Protocol):
     kind: str  # "openai", "transformers", ...
     model: str
+    # True: the backend renders the chat template itself, and a thinking block the template opened
+    # starts its replies (the tag put back); else (a server) untagged text may be such thinking
+    sees_template: bool
 
     async def chat(self, request: ChatRequest) -> ChatResponse: ...
 

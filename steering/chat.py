@@ -62,12 +62,20 @@ def _template_of(tokenizer: Any, chat_template: str | None) -> str:
 
 
 def render_chat(tokenizer: Any, messages: Sequence[Mapping[str, Any]], *, chat_template: str | None = None,
-                add_generation_prompt: bool = True) -> ChatPrompt:
-    """Render `messages` (dicts with 'role' and 'content') for generating the next assistant turn."""
+                add_generation_prompt: bool = True, continue_final_message: bool = False) -> ChatPrompt:
+    """Render `messages` (dicts with 'role' and 'content') for generating the next assistant turn.
+
+    With `continue_final_message` (and no generation prompt) the last message is left open for the
+    model to continue (a prefill): the text ends where its content ends, as transformers'
+    `apply_chat_template(..., continue_final_message=True)` renders it (what vLLM serves), and its
+    tokens keep that message's role and turn."""
     tmpl = _template_of(tokenizer, chat_template)
     msgs = [dict(m) for m in messages]
     if not msgs:
         raise SteeringError("messages is empty; give at least one message")
+    if continue_final_message and add_generation_prompt:
+        raise SteeringError("continue_final_message continues the last message, add_generation_prompt starts a new "
+                            "turn: set one of them")
 
     def render(ms: list[dict], gen: bool) -> str:
         try:
@@ -75,20 +83,37 @@ def render_chat(tokenizer: Any, messages: Sequence[Mapping[str, Any]], *, chat_t
         except Exception as e:  # jinja errors: the template refuses these messages (e.g. roles out of order)
             raise SteeringError(f"the chat template cannot render these messages: {e}") from None
 
-    text = render(msgs, add_generation_prompt)
+    full = render(msgs, add_generation_prompt)  # roles and turns are read from the whole rendering
+    text, why_open = full, None
+    if continue_final_message:
+        text = _render_open(tokenizer, tmpl, msgs)
+        if not full.startswith(text):
+            why_open = "the chat template writes the last message otherwise when it is left open"
     enc = _tokenize(tokenizer, text)
-    ends, why = _prefix_ends(render, msgs, text)
+    ends, why = _prefix_ends(render, msgs, full)
+    why = why or why_open
     offsets = enc.get("offset_mapping")
     if why is None and offsets is None:
         why = "this tokenizer does not report character offsets (a 'fast' tokenizer does)"
     moved: list[tuple[int, int, int]] = []
     if why is None:
-        moved, why = _moved_contents(render, msgs, ends, text, add_generation_prompt)
+        moved, why = _moved_contents(render, msgs, ends, full, add_generation_prompt)
     roles = turns = None
     if why is None:
         turns = _token_turns(offsets, ends, moved, _injected_system_turn(render, msgs), len(msgs))
         roles = ["system" if t == -1 else str(msgs[t]["role"]) if t < len(msgs) else REPLY_ROLE for t in turns]
     return ChatPrompt(text, list(enc["input_ids"]), roles, turns, len(msgs), why)
+
+
+def _render_open(tokenizer: Any, tmpl: str, msgs: list[dict]) -> str:
+    """The chat rendered with its last message left open (transformers cuts the rendering where the
+    message's content ends)."""
+    try:
+        return tokenizer.apply_chat_template(msgs, chat_template=tmpl, tokenize=False, add_generation_prompt=False,
+                                             continue_final_message=True)
+    except Exception as e:  # e.g. a template that rewrites the last message's content
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SteeringError(f"the chat template cannot leave the last message open to continue it: {first[:300]}") from None
 
 
 def _prefix_ends(render, msgs: list[dict], text: str) -> tuple[list[int], str | None]:

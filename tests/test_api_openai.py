@@ -392,7 +392,7 @@ def test_full_queue_answers_503_with_retry_after_and_a_closed_stream_is_cancelle
             deadline = time.monotonic() + 30
             while (sched.in_flight or sched.engine.busy) and time.monotonic() < deadline:
                 time.sleep(0.02)
-            assert sched.cancelled == 1 and sched.in_flight == 0 and not sched.engine.busy
+            assert sched.cancelled_count == 1 and sched.in_flight == 0 and not sched.engine.busy
             assert h.post("/v1/completions", json=dict(body, max_tokens=2)).status_code == 200
     finally:
         srv.stop()

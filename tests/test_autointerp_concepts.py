@@ -308,6 +308,35 @@ def test_score_outputs_writes_output_scores_and_search_ranks_with_them(tmp_path)
     assert hits[0].rank_score - hits[1].rank_score == pytest.approx(OUTPUT_WEIGHT * 0.7)
 
 
+def test_output_scores_by_a_judge_record_the_settings_sent(tmp_path):
+    """The score's provenance says how the judge was asked: temperature, the length parameter's
+    name, reasoning_effort and the room given to think."""
+    import shutil
+    import sqlite3
+
+    from autointerp.backends import OpenAIBackend
+    from autointerp.judge import Judge
+    from features import FeatureStore
+    from helpers.web_app import shared_store
+    from saesteer.outputscore import OutputScoreConfig, score_outputs
+
+    ws = shared_store()
+    path = tmp_path / "s.db"
+    shutil.copy(ws.path, path)
+    latent = sorted(ws.labels)[0]
+    with JudgeServer(lambda body: json.dumps({"more": "a"})) as srv:
+        judge = Judge(OpenAIBackend("fake-judge", base_url=srv.url, timeout_s=10, reasoning_effort="low"),
+                      reasoning_tokens=64)
+        with FeatureStore.open(path, readonly=False) as st:
+            score_outputs(ws.model, ws.sae, st, [latent], OutputScoreConfig(samples=2, new_tokens=4), judge=judge)
+            score, = [x for x in st.feature(latent).scores if x.method == "output"]
+        assert {e.body["reasoning_effort"] for e in srv.exchanges} == {"low"}
+    with sqlite3.connect(path) as db:
+        params = json.loads(db.execute("SELECT params FROM label_provenance WHERE id=?", (score.provenance_id,)).fetchone()[0])
+    assert {k: params.get(k) for k in ("temperature", "max_tokens_param", "reasoning_effort", "reasoning_tokens")} == {
+        "temperature": 0.0, "max_tokens_param": "max_tokens", "reasoning_effort": "low", "reasoning_tokens": 64}
+
+
 def test_output_score_command_checks_its_arguments(tmp_path, capsys):
     from saesteer.cli import main
 

@@ -15,19 +15,26 @@ from helpers.label_data import make_latents
 ANSWER = '{"label": "ocean"}'  # one token of the tiny vocabulary
 
 
+TEMPLATE = ("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% endfor %}"
+            "{% if add_generation_prompt %}assistant : {% endif %}")
+
+
 @pytest.fixture(scope="module")
 def tiny():
+    return _tiny_model(TEMPLATE)
+
+
+def _tiny_model(template: str):
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
     words = ["<pad>", "<eos>", "<unk>", ANSWER, "system", "user", "assistant", ":", "{", "}", '"label"', "ocean",
-             "the", "Example", "<<", ">>"]
+             "the", "Example", "<<", ">>", "<think>", "</think>"]
     tk = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
-    tok.chat_template = ("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% endfor %}"
-                         "{% if add_generation_prompt %}assistant : {% endif %}")
+    tok.chat_template = template
     torch.manual_seed(0)
     cfg = GPT2Config(vocab_size=len(words), n_positions=4096, n_embd=16, n_layer=1, n_head=2,
                      bos_token_id=1, eos_token_id=1, pad_token_id=0)
@@ -73,6 +80,22 @@ def test_valid_local_answer_goes_through(tiny):
     with pytest.raises(AnswerInvalid):  # two tokens: the answer twice, not valid JSON
         Judge(TransformersBackend(forced, tok), max_reasks=0).complete_sync(
             [{"role": "user", "content": "again"}], LABEL_SCHEMA, max_tokens=2)
+
+
+def test_a_reply_inside_thinking_the_template_opened_is_never_the_answer(tmp_path):
+    """DeepSeek-R1's and QwQ's templates end the prompt with "<think>": the reply starts inside the
+    block, with no opening tag. A reply with no closing tag is all thinking, however valid it reads
+    (here the bare answer itself): cut off at the limit it is truncated output, not a label, and so
+    it stays when read back from the response cache."""
+    from autointerp.cache import ResponseCache
+
+    model, tok = _tiny_model(TEMPLATE.replace("assistant : {% endif %}", "assistant : <think> {% endif %}"))
+    backend = TransformersBackend(forced_to(model, tok, ANSWER), tok, name="tiny-thinking")
+    for run in range(2):
+        judge = Judge(backend, max_reasks=0, cache=ResponseCache(tmp_path / "cache.sqlite"))
+        with pytest.raises(AnswerInvalid, match="truncated judge output.*still thinking"):
+            judge.complete_sync([{"role": "user", "content": "label the ocean"}], LABEL_SCHEMA, max_tokens=1)
+        assert judge.ledger.totals.cached_calls == run  # the second run read the reply from the cache
 
 
 def test_needs_a_chat_template(tiny):

@@ -10,7 +10,8 @@ What these paths show:
 - local reasoning models (DeepSeek-R1, Qwen3 on Ollama / vLLM / llama.cpp / LM Studio): the answer
   after `<think>...</think>` (or after a lone `</think>`) is read, never a draft inside the
   thinking, and gpt-oss's raw Harmony channels give their `final` channel, never the analysis; a
-  think block cut off at the limit is a "truncated judge output" error, not a label;
+  think block cut off at the limit is a "truncated judge output" error, not a label, and so is a
+  reply cut off with no closing tag (the template opened the block: no tag in the reply);
   reasoning in its own field (`reasoning_content`, `reasoning`) is never read;
 - bodies that are not a usable answer: `finish_reason: "content_filter"` (not re-asked), a 200
   carrying an `error` object (OpenRouter; its `code` decides retry or not), an `error` inside the
@@ -175,15 +176,22 @@ def test_saesteer_label_with_a_gpt5_style_judge_labels_and_says_what_it_switched
     srv.reply = openai_reasoning_model(lambda body: '<think>Draft: {"label": "x", "answers": [1]}</think>'
                                                     + fake_llm_answer(body))
     r = saesteer("label", "--store", path, "--judge-model", "gpt-5-mini-protocols", "--judge-base-url", srv.url,
-                 "--judge-api-key", "k", "--scorers", "detection", "--embed-backend", "none", "--no-progress").ok()
+                 "--judge-api-key", "k", "--judge-reasoning-effort", "low", "--judge-reasoning-tokens", "500",
+                 "--scorers", "detection", "--embed-backend", "none", "--no-progress").ok()
     assert "note: judge model gpt-5-mini-protocols does not take max_tokens" in r.err
     assert flags_named(r.err) <= known_flags("label")
     from features import FeatureStore
 
     with FeatureStore.open(path) as st:
         assert [st.feature(i).label.text for i in range(2)] == [triggers[0], triggers[1]]
-        # sampled at the model's default, not the configured 0.0: the provenance says none was sent
-        assert [st.feature(i).label.provenance.params["temperature"] for i in range(2)] == [None, None]
+        # what was sent after the switches: no temperature (sampled at the model's default, not the
+        # configured 0.0), max_completion_tokens, and the reasoning settings
+        sent = {"temperature": None, "max_tokens_param": "max_completion_tokens", "reasoning_effort": "low",
+                "reasoning_tokens": 500}
+        for i in range(2):
+            prov = st.feature(i).label.provenance
+            assert {k: prov.params.get(k) for k in sent} == sent
+            assert {k: prov.extra["autointerp"]["judge"].get(k) for k in sent} == sent
 
 
 def test_a_reply_that_spent_its_limit_thinking_fails_at_once_and_the_named_settings_fix_it(srv):
@@ -240,6 +248,33 @@ def test_saesteer_label_can_turn_an_ollama_models_thinking_off_with_reasoning_ef
         assert st.feature(0).label.text == triggers[0]
 
 
+def test_judge_reasoning_effort_takes_only_the_values_servers_accept(srv, tmp_path):
+    from typing import get_args
+
+    from autointerp.config import REASONING_EFFORTS
+    from openai.types.shared.reasoning_effort import ReasoningEffort
+
+    # the installed openai package's list (its Literal, inside Optional)
+    assert set(REASONING_EFFORTS) == {v for a in get_args(ReasoningEffort) for v in get_args(a)}
+    from helpers.label_store import build_trigger_store
+
+    path, _ = build_trigger_store(tmp_path / "toy.db", n_latents=1)
+    flags = ("label", "--store", path, "--judge-model", "gpt-5-mini", "--judge-base-url", srv.url, "--scorers",
+             "detection", "--embed-backend", "none", "--no-progress")
+    bad = saesteer(*flags, "--judge-reasoning-effort", "hihg")
+    assert bad.rc == 2 and len(bad.err.strip().splitlines()) == 1, bad.err
+    assert "--judge-reasoning-effort" in bad.err and "'hihg'" in bad.err
+    assert "none, minimal, low, medium, high, xhigh, max" in bad.err
+    assert not chats(srv)  # refused before anything was sent
+    srv.reply = lambda ex: ok(fake_llm_answer(ex.body))
+    saesteer(*flags, "--judge-reasoning-effort", "Low").ok()
+    assert {e.body.get("reasoning_effort") for e in chats(srv)} == {"low"}
+    # a local transformers judge sends no reasoning_effort: refused before its model is loaded
+    local = saesteer(*flags[:3], "--judge-backend", "transformers", "--judge-model", tmp_path / "no-model-here",
+                     "--judge-reasoning-effort", "low")
+    assert local.rc == 2 and "transformers judge takes none" in local.err, local.err
+
+
 def test_replies_holding_only_reasoning_fail_naming_the_setting_that_turns_thinking_off(srv):
     # the same Ollama shape with finish_reason "stop": re-asked (a later reply may answer), then one line
     srv.reply = lambda ex: ok("", message_extra={"reasoning": 'The label is {"label": "sea"}.'})
@@ -286,6 +321,22 @@ def test_a_think_block_cut_off_at_the_limit_is_truncated_output_never_a_label(sr
     with pytest.raises(AnswerInvalid, match="truncated judge output.*still thinking"):
         ask(srv)
     assert len(chats(srv)) == 1
+
+
+def test_a_reply_cut_off_inside_thinking_the_template_opened_is_truncated_output_never_a_label(srv):
+    # Qwen3 / DeepSeek-R1 templates end the prompt with "<think>\n": the reply has no opening tag,
+    # and cut off at the limit it has no closing one either; the draft inside is not the label
+    srv.reply = lambda ex: ok('Okay, the examples show ships. Draft: {"label": "boats"}. But the marks', finish="length")
+    with pytest.raises(AnswerInvalid, match="truncated judge output.*no </think>.*--judge-reasoning-tokens"):
+        ask(srv)
+    assert len(chats(srv)) == 1
+    # the same reply finished with its closing tag gives the answer after it, even at the limit
+    srv.exchanges.clear()
+    srv.reply = lambda ex: ok('Okay, ships. Draft: {"label": "boats"}.\n</think>\n\n{"label": "sea"}', finish="length")
+    assert ask(srv).value == {"label": "sea"}
+    # and a model that does not think, answering in exactly its limit: a bare answer is read
+    srv.reply = lambda ex: ok('{"label": "sea"}', finish="length")
+    assert ask(srv).value == {"label": "sea"}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -159,3 +159,28 @@ def test_a_template_that_rewrites_contents_gets_the_roles_of_one_rendering_per_m
     got, want, settled = _rendered_both_ways(monkeypatch, tokenizers["qwen2"], _messages(mix), template)
     assert got.roles is not None and (got.roles, got.turns) == (want.roles, want.turns)
     assert settled == [path == "one rendering"]
+
+
+@pytest.mark.parametrize("name", list(TEMPLATES))
+def test_a_last_message_left_open_keeps_its_role_and_the_tokens_transformers_renders(tokenizers, name):
+    """continue_final_message (an assistant prefill): the prompt is transformers' own rendering with
+    the last message left open; its tokens keep the roles and turns of the closed chat's tokens, and
+    the prefill's are the assistant's, last turn (Gemma 3 and Llama 2 fold the system message into
+    the first user turn: it stays the system's)."""
+    from steering.chat import render_chat
+
+    family, template = TEMPLATES[name]
+    tok = tokenizers[family]
+    msgs = _messages([(S, "Be brief."), (U, "What is the sea?"), (A, "Water, déjà")])
+    open_ = render_chat(tok, msgs, chat_template=template, add_generation_prompt=False, continue_final_message=True)
+    closed = render_chat(tok, msgs, chat_template=template, add_generation_prompt=False)
+    want = tok.apply_chat_template(msgs, chat_template=template, add_generation_prompt=False,
+                                   continue_final_message=True, tokenize=False)
+    assert open_.text == want and open_.token_ids == tok(want, add_special_tokens=False)["input_ids"]
+    assert closed.text.startswith(open_.text) and len(closed.token_ids) > len(open_.token_ids)
+    assert open_.roles is not None and open_.turns[-1] == 2 and open_.roles[-1] == A
+    k = len(open_.token_ids) - 2  # the closing markup may merge with the text's last token: compare before it
+    assert open_.roles[:k] == closed.roles[:k] and open_.turns[:k] == closed.turns[:k]
+    assert S in open_.roles
+    with pytest.raises(Exception, match="set one of them"):
+        render_chat(tok, msgs, chat_template=template, continue_final_message=True)

@@ -11,7 +11,8 @@ What only these paths show:
   a request still waiting when the server stops now ends with an error instead of hanging, and a web
   model job cancelled at shutdown gives its place in the queue back;
 - a client that gives up on a non-streamed request (its timeout, Ctrl-C) left its generation running
-  to the end (the openai client then retries, so one slow request became three); it is now cancelled;
+  to the end (the openai client then retries, so one slow request became three); it is now cancelled,
+  by one task watching the connection beside the handler (which reads the events itself);
 - `max_completion_tokens` (what newer clients send instead of `max_tokens`): its refusals named
   `max_tokens`, a field the client never sent, and a request carrying both with different values
   was served with one of them silently; now refused naming both;
@@ -19,6 +20,10 @@ What only these paths show:
   `embeddings`, `responses`) came as `{"detail": ...}` or a bare 'Not Found', so the openai client
   showed no message (`e.body["message"]`); now OpenAI's error shape, saying what the server serves;
   a client whose base_url lacks /v1 is told so;
+- an assistant prefill (a last message from the assistant with vLLM's `continue_final_message`, as
+  the openai client sends it in `extra_body`) was refused as an unknown field; it is now continued
+  from the prompt transformers renders with the message left open, streamed or not, `role:assistant`
+  edits covering the prefill and the reply, and refused (OpenAI's error shape) where it cannot apply;
 - what works and stays working: a plain httpx SSE reader sees `data: {json}` events and a final
   `data: [DONE]`, AsyncOpenAI with concurrent streams (usage chunk last, each stream the text of the
   same request unstreamed), `with_raw_response`, `/v1/models/{id}`, `logit_bias` and the penalties
@@ -141,6 +146,52 @@ def test_a_request_waiting_when_the_server_stops_ends_with_an_error(ws):
     assert first == ["error"] and second == ["error"] and again == ["length"]
 
 
+def test_a_restart_while_the_closed_worker_is_still_in_a_step_fails_clearly_instead_of_hanging(ws):
+    """Closed while a step runs (here: the model held), then started again: `start` waited for that
+    step without bound, so a server restarted under a held model hung at startup. It now waits
+    `join_timeout_s`, then says why it cannot start; once the step ends, it starts."""
+    from saesteer.api.scheduler import Scheduler
+    from steering.engine import BatchEngine, Row
+    from steering.sampling import SamplingParams
+
+    lock = threading.RLock()
+    sched = Scheduler(BatchEngine(ws.model, {"chat": ws.sae}, lock=lock), name="chat")
+    sched.join_timeout_s = 0.05  # close and the restart give up at once: the step waits for the lock
+    ids = ws.model.to_tokens("def parse")[0].tolist()
+    tried: list = []
+
+    def restart():
+        try:
+            sched.start()
+            tried.append("started")
+        except RuntimeError as e:
+            tried.append(str(e))
+
+    async def submit():
+        sched.submit([Row(ids, SamplingParams(max_new_tokens=2, seed=0))], asyncio.get_running_loop(),
+                     deliver_tokens=False)
+
+    sched.start()
+    lock.acquire()
+    try:
+        asyncio.run(submit())
+        assert _wait(lambda: not sched._inbox)  # the worker took the job in: it waits for the model
+        sched.close()
+        t = threading.Thread(target=restart, daemon=True)
+        t.start()
+        t.join(30)
+        hung = t.is_alive()
+    finally:
+        lock.release()
+    t.join(30)
+    assert not hung, "start() waited for the closed worker's step without bound"
+    assert "cannot start the API's scheduler for 'chat' again" in tried[0] and "generation step" in tried[0]
+    assert _wait(lambda: not sched._thread.is_alive())  # the step ended: the worker left
+    sched.start()
+    assert sched._thread.is_alive()
+    sched.close()
+
+
 @pytest.mark.parametrize("moment", ["before the engine has its rows", "during their prefill"])
 def test_a_job_cancelled_while_the_worker_takes_it_in_is_cancelled(ws, moment):
     """A client that goes away just after the worker took its job out of the inbox, or while its
@@ -214,27 +265,53 @@ def test_a_non_streamed_request_whose_client_left_is_cancelled(server, client):
     srv, app = server
     sched = app.state.openai.schedulers[0]
     model_lock = app.state.web.queues[0].lock  # generation waits for it at every forward pass
-    before = sched.cancelled
+    before = sched.cancelled_count
     body = {"model": "chat", "prompt": "def parse", "max_tokens": MAX_NEW, "ignore_eos": True}
     with model_lock:  # hold the model: the request cannot finish before its client times out
         with pytest.raises(httpx.TimeoutException):
             httpx.post(f"{srv.url}/v1/completions", json=body, timeout=1.0)
-        assert _wait(lambda: sched.cancelled == before + 1, 10), "the generation went on for nobody"
+        assert _wait(lambda: sched.cancelled_count == before + 1, 10), "the generation went on for nobody"
     assert _wait(lambda: sched.in_flight == 0 and not sched.engine.busy)
     assert client.completions.create(model="chat", prompt="def", max_tokens=2).usage.completion_tokens >= 1
+
+
+def test_a_non_streamed_request_runs_one_task_beside_its_handler(server):
+    """The handler reads the events itself; one task watches for the client going away (there were
+    two: one collecting, one watching)."""
+    import saesteer.api.routes as routes
+
+    srv, app = server
+    sched = app.state.openai.schedulers[0]
+    model_lock = app.state.web.queues[0].lock
+    body = {"model": "chat", "prompt": "def parse", "max_tokens": 4, "ignore_eos": True}
+    done = []
+
+    async def tasks_of_routes():
+        return sorted(t.get_coro().__qualname__ for t in asyncio.all_tasks()
+                      if getattr(getattr(t.get_coro(), "cr_code", None), "co_filename", None) == routes.__file__)
+
+    with model_lock:  # hold the model: the request stays in while its tasks are counted
+        t = threading.Thread(target=lambda: done.append(httpx.post(f"{srv.url}/v1/completions", json=body, timeout=60)))
+        t.start()
+        assert _wait(lambda: sched.in_flight == 1)
+        job = next(iter(sched._jobs))
+        ours = asyncio.run_coroutine_threadsafe(tasks_of_routes(), job.loop).result(10)
+    t.join(60)
+    assert ours == ["_client_gone"]
+    assert done[0].status_code == 200 and done[0].json()["usage"]["completion_tokens"] == 4
 
 
 def test_a_stream_the_client_closes_is_cancelled_and_the_server_goes_on(server, client):
     _, app = server
     sched = app.state.openai.schedulers[0]
     model_lock = app.state.web.queues[0].lock
-    before = sched.cancelled
+    before = sched.cancelled_count
     stream = client.chat.completions.create(model="chat", messages=MSGS, max_tokens=16, stream=True,
                                             extra_body={"ignore_eos": True})
     next(iter(stream))
     with model_lock:  # pause generation, then go away mid-stream
         stream.close()
-        assert _wait(lambda: sched.cancelled == before + 1, 10)
+        assert _wait(lambda: sched.cancelled_count == before + 1, 10)
     assert _wait(lambda: sched.in_flight == 0 and not sched.engine.busy)
     r = client.chat.completions.create(model="chat", messages=MSGS, max_tokens=3, extra_body={"ignore_eos": True})
     assert r.usage.completion_tokens == 3
@@ -452,3 +529,77 @@ def test_top_p_zero_is_greedy(client):
     sampled = {client.completions.create(model="chat", prompt="def parse", max_tokens=8, temperature=1.5, seed=s,
                                          extra_body={"ignore_eos": True}).choices[0].text for s in (1, 2)}
     assert sampled != {greedy.choices[0].text}, "the temperature alone would not make these equal"
+
+
+# -- assistant prefill (vLLM's continue_final_message) ------------------------------------------------
+
+PREFILL = MSGS + [{"role": "assistant", "content": "Voilà:\n    return"}]  # the toy model reads 64 tokens
+CONTINUE = {"continue_final_message": True, "add_generation_prompt": False}  # as vLLM's clients send it
+
+
+def _open_prompt(ws, messages=PREFILL) -> list[int]:
+    """The prompt transformers renders for continuing the last message (what vLLM serves)."""
+    return ws.model.tokenizer.apply_chat_template(messages, continue_final_message=True, add_generation_prompt=False,
+                                                  tokenize=True)["input_ids"]
+
+
+def test_a_prefilled_assistant_message_is_continued_streamed_and_not(ws, client):
+    """The last message, the assistant's, is left open (no <|im_end|>, no new assistant turn) and the
+    reply continues it: the same tokens as the completions endpoint reading the prompt transformers
+    renders with continue_final_message; the reply holds only the continuation."""
+    ids = _open_prompt(ws)
+    tok = ws.model.tokenizer
+    assert tok.decode(ids).endswith("Voilà:\n    return") and tok.convert_ids_to_tokens(ids).count("<|im_start|>") == 3
+    kw = dict(model="chat", messages=PREFILL, max_tokens=8, temperature=0)
+    r = client.chat.completions.create(**kw, extra_body={**CONTINUE, "ignore_eos": True})
+    plain = client.completions.create(model="chat", prompt=ids, max_tokens=8, temperature=0,
+                                      extra_body={"ignore_eos": True})
+    got = r.choices[0].model_extra["steering"]["token_ids"]
+    assert r.usage.prompt_tokens == len(ids) and got == plain.choices[0].model_extra["steering"]["token_ids"]
+    assert r.choices[0].message.content == plain.choices[0].text
+    # a new turn (the default) reads another prompt
+    new_turn = client.chat.completions.create(**dict(kw, max_tokens=1), extra_body={"ignore_eos": True})
+    assert new_turn.usage.prompt_tokens > len(ids)
+    stream = client.chat.completions.create(**kw, stream=True, extra_body={**CONTINUE, "ignore_eos": True})
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == r.choices[0].message.content
+    # continue_final_message alone implies no generation prompt
+    alone = client.chat.completions.create(**kw, extra_body={"continue_final_message": True, "ignore_eos": True})
+    assert alone.choices[0].message.content == r.choices[0].message.content
+    # add_generation_prompt false alone: the chat as it is, closed, as transformers renders it
+    closed = tok.apply_chat_template(MSGS, add_generation_prompt=False, tokenize=True)["input_ids"]
+    r = client.chat.completions.create(model="chat", messages=MSGS, max_tokens=2,
+                                       extra_body={"add_generation_prompt": False})
+    assert r.usage.prompt_tokens == len(closed)
+
+
+def test_edits_on_role_assistant_cover_the_prefilled_part_and_the_reply(ws, client):
+    ids = _open_prompt(ws)
+    names = ws.model.tokenizer.convert_ids_to_tokens(ids)
+    start = len(names) - names[::-1].index("<|im_start|>") - 1  # the assistant's turn: its markup and the prefill
+    n = 8
+    edit = {"latent": 3, "op": "add", "value": 25.0}
+    kw = dict(max_tokens=n, temperature=0)
+
+    def chat(positions):
+        r = client.chat.completions.create(model="chat", messages=PREFILL, **kw, extra_body={
+            **CONTINUE, "ignore_eos": True, "steering": {"edits": [dict(edit, positions=positions)]}})
+        return r.choices[0].model_extra["steering"]["token_ids"]
+
+    by_index = client.completions.create(model="chat", prompt=ids, **kw, extra_body={
+        "ignore_eos": True, "steering": {"edits": [dict(edit, positions=list(range(start, len(ids) + n)))]}})
+    by_role = chat("role:assistant")
+    assert by_role == by_index.choices[0].model_extra["steering"]["token_ids"]
+    assert by_role != chat("generated")  # the prefilled part is steered too
+    assert chat("turn:-1") == chat(list(range(start, len(ids))))  # the last message: the prefill, not the reply
+
+
+@pytest.mark.parametrize("messages, extra, says", [
+    (MSGS, CONTINUE, "must be the assistant's"),
+    (PREFILL, {"continue_final_message": True, "add_generation_prompt": True}, "Cannot set both"),
+])
+def test_continue_final_message_is_refused_where_it_cannot_apply_in_openais_error_shape(client, messages, extra, says):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="chat", messages=messages, max_tokens=2, extra_body=extra)
+    err = e.value.body
+    assert e.value.status_code == 400 and says in err["message"]
+    assert err["type"] == "invalid_request_error" and err["param"] == "continue_final_message"

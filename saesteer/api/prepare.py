@@ -282,8 +282,16 @@ def prepare_chat(req: ChatRequest, served: ServedModel, limits) -> Prepared:
     if chars > limits.max_text_chars:
         raise ApiError(400, f"messages: at most {limits.max_text_chars} characters in all (got {chars})", "messages")
     msgs = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
+    cont = bool(req.continue_final_message)
+    if cont and req.add_generation_prompt:  # vLLM's refusal, in its words
+        raise ApiError(400, "Cannot set both `continue_final_message` and `add_generation_prompt` to True.",
+                       "continue_final_message")
+    if cont and msgs[-1]["role"] != "assistant":
+        raise ApiError(400, f"continue_final_message continues the last message, which must be the assistant's (a "
+                            f"prefill); the last message here is from {msgs[-1]['role']!r}", "continue_final_message")
     try:
-        chat = render_chat(served.model.tokenizer, msgs)
+        chat = render_chat(served.model.tokenizer, msgs, continue_final_message=cont,
+                           add_generation_prompt=not cont and req.add_generation_prompt is not False)
     except SteeringError as e:
         raise ApiError(400, str(e), "messages") from None
     c = _common(req, served, limits, None, 1)

@@ -15,8 +15,9 @@ them unchanged); steering rides along as one extra field, `steering` (the client
 `"feature"` is accepted as an alias of `"latent"` (the key's name before it was renamed), so
 older requests keep working; the schema shows only `latent`.
 
-Two more extensions, as other servers have them: `top_k`, and `ignore_eos` (keep generating
-past end-of-text: fixed-length outputs for benchmarks). Fields OpenAI defines that this server
+More extensions, as other servers have them: `top_k`, `ignore_eos` (keep generating past
+end-of-text: fixed-length outputs for benchmarks), and vLLM's `continue_final_message` with
+`add_generation_prompt` (chat: continue the last, assistant, message: a prefill). Fields OpenAI defines that this server
 does not implement are refused by name (never silently ignored), except purely informational
 ones (`user`, `metadata`, `store`, `service_tier`, ...). Hard ceilings are in the field
 constraints; the server's configured `Limits` are checked in `saesteer.api.prepare`.
@@ -156,3 +157,9 @@ class ChatRequest(_Common):
     parallel_tool_calls: Optional[bool] = None
     functions: Optional[list[Any]] = None
     function_call: Optional[Any] = None
+    # vLLM's names: continue the last message, the assistant's, instead of starting a new turn (a prefill)
+    continue_final_message: Optional[StrictBool] = Field(
+        None, description="extension (vLLM): the last message, the assistant's, is left open and the reply continues "
+                          "it (a prefill); no generation prompt is added")
+    add_generation_prompt: Optional[StrictBool] = Field(
+        None, description="extension (vLLM): false renders the chat without the opening of the assistant's turn")

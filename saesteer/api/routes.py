@@ -125,27 +125,22 @@ async def _generate(request: Request, cls, prepare):
     if prep.stream:
         return StreamingResponse(_stream(served.scheduler, job, out), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    # a client that goes away (its timeout, Ctrl-C) stops its generation: nobody would read it
-    collect = asyncio.ensure_future(_collect(job, out))
+    # a client that goes away (its timeout, Ctrl-C) stops its generation: nobody would read it. One
+    # task beside this one waits for that and ends the reading; the events are read here.
     gone = asyncio.ensure_future(_client_gone(request))
+    gone.add_done_callback(lambda _: job.stop_reading())  # also once cancelled below: nobody reads by then
     try:
-        await asyncio.wait({collect, gone}, return_when=asyncio.FIRST_COMPLETED)
+        async for ev in job:
+            out.add(ev)
     finally:
         gone.cancel()
-        if not collect.done():
-            collect.cancel()
+        if job.open_rows:  # the client went away (or the server is stopping): stop generating for it
             served.scheduler.cancel(job)
-    if not collect.done() or collect.cancelled():
+    if job.open_rows:
         return Response(status_code=499)  # nobody reads it: the client closed the connection
-    collect.result()
     if out.error is not None:
         return _error(500, out.error)
     return JSONResponse(out.body())
-
-
-async def _collect(job, out: Assembler) -> None:
-    async for ev in job:
-        out.add(ev)
 
 
 async def _client_gone(request: Request) -> None:

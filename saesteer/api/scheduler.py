@@ -43,7 +43,7 @@ class Job:
         self.n_rows = n_rows
         self.loop = loop
         self.deliver_tokens = deliver_tokens  # every token's event (streaming, logprobs), else only the last
-        self.queue: asyncio.Queue[RowEvent] = asyncio.Queue()
+        self.queue: asyncio.Queue[RowEvent | None] = asyncio.Queue()  # None: `stop_reading`
         self.open_rows = n_rows  # rows not finished, as the reader has seen them
         self.unfinished = n_rows  # rows not finished, as the worker thread has delivered them
         self.submitted = time.monotonic()
@@ -53,15 +53,23 @@ class Job:
     def __aiter__(self):
         return self._events()
 
+    def stop_reading(self) -> None:
+        """End the iteration over the events at once (its client went away); on the loop's thread."""
+        self.queue.put_nowait(None)
+
     async def _events(self):
         while self.open_rows > 0:
             ev = await self.queue.get()
+            if ev is None:
+                return
             if ev.finish_reason is not None:
                 self.open_rows -= 1
             yield ev
 
 
 class Scheduler:
+    join_timeout_s = 10.0  # how long `close` and a restart wait for a generation step in progress to end
+
     def __init__(self, engine: BatchEngine, *, max_queued: int = 64, name: str = "model") -> None:
         if max_queued < 1:
             raise ValueError(f"max_queued must be >= 1, got {max_queued}")
@@ -74,14 +82,19 @@ class Scheduler:
         self._closed = False
         self._thread = threading.Thread(target=self._run)  # never started: `_spawn` makes the worker
         self.completed = 0
-        self.cancelled = 0
+        self.cancelled_count = 0  # requests cancelled while in (a Job says `cancelled` of itself)
 
     # -- client side (event loop thread) ------------------------------------------------------
     def start(self) -> "Scheduler":
         """Start the worker thread; after `close`, open again with a fresh one (an app served a second
         time: each server's startup starts it, its shutdown closes it)."""
         if self._closed and self._thread.is_alive():
-            self._thread.join()  # closed while a long step ran: it ends after that step
+            self._thread.join(timeout=self.join_timeout_s)  # closed while a long step ran: it ends after that step
+            if self._thread.is_alive():
+                raise RuntimeError(
+                    f"cannot start the API's scheduler for {self.name!r} again: its worker, closed in the middle of "
+                    f"a generation step, is still in it after {self.join_timeout_s:g} s more (a long prefill, or the "
+                    "model held by another job); start it again once that step has ended")
         with self._cond:
             if self._thread.is_alive():
                 return self
@@ -125,7 +138,7 @@ class Scheduler:
         """Stop generating for `job` (its rows end 'cancelled'; nobody reads them any more)."""
         with self._cond:
             if job in self._jobs:
-                self.cancelled += 1
+                self.cancelled_count += 1
             job.cancelled = True
             self._inbox = [(j, rs) for j, rs in self._inbox if j is not job]
             self._jobs.discard(job)
@@ -137,7 +150,7 @@ class Scheduler:
             self._closed = True
             self._cond.notify()
         if self._thread.is_alive():
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=self.join_timeout_s)
         with self._cond:  # requests the worker never took (none when it was not running)
             waiting, self._inbox = self._inbox, []
         self._deliver([RowEvent(r.tag, job, finish_reason="error", detail={"error": "the server is shutting down"})
