@@ -28,6 +28,7 @@ code needs to know about it is asked of the class, never decided by its name or 
 | run-wide training settings its training reads, of those only some architectures read | `train_settings` | AuxK's |
 | SAELens cfg.json: architecture saved, its fields, training details | `saelens_architecture`, `saelens_fields`, `training_details` | own name, {}, {} |
 | SAELens cfg.json back into config fields | `config_fields_from_saelens` | {} |
+| SAELens tensors in this class's form, before they are read (Gated's b_gate, b_mag, r_mag) | `saelens_inference_weights` | as given |
 | tensors beyond the four parameters (JumpReLU's `threshold`) | buffers, `load_saelens_tensors_` | none |
 | SAELens's `rescale_acts_by_decoder_norm` folded into the weights | `fold_selection_decoder_norm_` | `fold_decoder_norm_` |
 
@@ -320,6 +321,12 @@ class SAE(nn.Module):
         """Config fields of this architecture from a SAELens cfg.json (`details`: its
         training_architecture_details); errors are ValueErrors naming the missing field."""
         return {}
+
+    @classmethod
+    def saelens_inference_weights(cls, weights: dict[str, Tensor], source: str) -> dict[str, Tensor]:
+        """SAELens's tensors of this architecture as this class holds them (W_enc, b_enc, W_dec, b_dec
+        and its own), before shapes are checked; errors are ValueErrors naming the tensor. As given here."""
+        return weights
 
     def load_saelens_tensors_(self, weights: dict[str, Tensor], source: str) -> None:
         """Copy the tensors beyond W_enc, b_enc, W_dec, b_dec from SAELens weights (none here)."""

@@ -356,6 +356,10 @@ def sae_from_sae_lens_dict(
     except (TypeError, ValueError) as e:
         raise SAEFormatError(f"{source}: invalid config: {e}") from None
 
+    try:
+        weights = cls.saelens_inference_weights(weights, source)
+    except ValueError as e:
+        raise SAEFormatError(f"{source}: {e}") from None
     expected = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_out), "b_dec": (d_out,)}
     if transcoder and skip:
         expected["W_skip"] = (d_out, d_in)

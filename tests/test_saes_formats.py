@@ -318,11 +318,12 @@ def hub_cache(tmp_path: Path, monkeypatch) -> Path:
 def _sae_lens_folder(path: Path, arch: str = "standard", hook: str = "blocks.0.hook_resid_pre", d_in: int = D) -> Path:
     from sae_lens.saes.gated_sae import GatedSAE, GatedSAEConfig
     from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUSAEConfig
+    from sae_lens.saes.abstopk_sae import AbsTopKSAE, AbsTopKSAEConfig
     from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
 
     cls, cfg_cls = {"standard": (StandardSAE, StandardSAEConfig), "jumprelu": (JumpReLUSAE, JumpReLUSAEConfig),
-                    "gated": (GatedSAE, GatedSAEConfig)}[arch]
-    sl = cls(cfg_cls(d_in=d_in, d_sae=F))
+                    "gated": (GatedSAE, GatedSAEConfig), "abstopk": (AbsTopKSAE, AbsTopKSAEConfig)}[arch]
+    sl = cls(cfg_cls(d_in=d_in, d_sae=F, **({"k": 4} if arch == "abstopk" else {})))
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():
         for p in sl.parameters():
@@ -371,7 +372,7 @@ def test_registry_errors_name_the_cache_and_the_fix(tmp_path: Path, hub_cache: P
         resolve_sae("sae_lens:gpt2-small-res-jb")
 
 
-def test_registry_repo_form_and_unsupported_architectures(tmp_path: Path, hub_cache: Path) -> None:
+def test_registry_repo_form_and_a_gated_sae(tmp_path: Path, hub_cache: Path) -> None:
     folder = _sae_lens_folder(tmp_path / "made", arch="jumprelu", hook="blocks.1.hook_resid_post")
     fs.write_hf_snapshot(hub_cache, "someone/toy-saes", {"l1/cfg.json": folder / "cfg.json",
                                                           "l1/sae_weights.safetensors": folder / "sae_weights.safetensors"})
@@ -380,8 +381,18 @@ def test_registry_repo_form_and_unsupported_architectures(tmp_path: Path, hub_ca
     gated = _sae_lens_folder(tmp_path / "gated", arch="gated")
     fs.write_hf_snapshot(hub_cache, "someone/gated", {"g/cfg.json": gated / "cfg.json",
                                                        "g/sae_weights.safetensors": gated / "sae_weights.safetensors"})
-    with pytest.raises(SAEFormatError, match="unknown SAE architecture 'gated'.*loaded by sae_lens as GatedSAE"):
-        resolve_sae("sae_lens:someone/gated/g")
+    from sae_lens import SAE as SaeLensSAE
+
+    loaded = resolve_sae("sae_lens:someone/gated/g")  # a gated SAE: its threshold form (saes/gated.py)
+    sl = SaeLensSAE.load_from_disk(str(gated))
+    assert loaded.sae.architecture == "gated" and loaded.provenance["source"]["sae_lens_class"] == "GatedSAE"
+    with torch.no_grad():
+        assert_same(loaded, sl.encode(X), sl.decode(sl.encode(X)))
+    other = _sae_lens_folder(tmp_path / "abstopk", arch="abstopk")
+    fs.write_hf_snapshot(hub_cache, "someone/abstopk", {"a/cfg.json": other / "cfg.json",
+                                                         "a/sae_weights.safetensors": other / "sae_weights.safetensors"})
+    with pytest.raises(SAEFormatError, match="unknown SAE architecture 'abstopk'.*loaded by sae_lens as AbsTopKSAE"):
+        resolve_sae("sae_lens:someone/abstopk/a")
 
 
 # --------------------------------------------------------------------- OpenAI sparse_autoencoder
