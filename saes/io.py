@@ -35,7 +35,7 @@ import importlib.metadata
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from safetensors import SafetensorError
@@ -196,8 +196,24 @@ def _refuse_pickles(folder: Path, missing: str) -> None:
         )
 
 
+class SAEFolder(NamedTuple):
+    """What an SAE folder holds, read once: the config and weights (a SAELens training checkpoint's
+    scaling factor folded in), our provenance (None for SAELens's folders), and that factor (None if none)."""
+
+    cfg: dict[str, Any]
+    weights: dict[str, torch.Tensor]
+    provenance: dict[str, Any] | None
+    scaling_factor: float | None
+
+
 def read_sae_folder(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any] | None]:
     """Read (cfg, weights, provenance) from an SAE folder with clear errors."""
+    cfg, weights, provenance, _ = read_sae_folder_files(path)
+    return cfg, weights, provenance
+
+
+def read_sae_folder_files(path: str | os.PathLike) -> SAEFolder:
+    """`read_sae_folder`, and the scaling factor it folded in (each file is read once)."""
     folder = Path(path)
     if folder.is_file():
         if folder.suffix.lower() in PICKLE_SUFFIXES:
@@ -240,7 +256,7 @@ def read_sae_folder(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
     factor = checkpoint_scaling_factor(folder, cfg)
     if factor is not None:
         cfg, weights = fold_scaling_factor(cfg, weights, factor)
-    return cfg, weights, provenance
+    return SAEFolder(cfg, weights, provenance, factor)
 
 
 def checkpoint_scaling_factor(folder: Path, cfg: dict[str, Any]) -> float | None:

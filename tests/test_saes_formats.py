@@ -476,3 +476,52 @@ def test_detection_and_refusals(tmp_path: Path) -> None:
         resolve_sae(tmp_path / "only_pickles")
     with pytest.raises(FileNotFoundError, match="SAE not found"):
         resolve_sae(tmp_path / "nowhere")
+
+
+def test_a_saelens_folder_s_files_are_read_once(tmp_path: Path, monkeypatch) -> None:
+    """cfg.json and activation_scaler.json were each read twice per load (once more for the provenance)."""
+    pytest.importorskip("sae_lens")
+    import sae_lens
+    from sae_lens.training.activation_scaler import ActivationScaler
+
+    sl = sae_lens.TopKTrainingSAE(sae_lens.TopKTrainingSAEConfig(d_in=D, d_sae=F, k=4,
+                                                                 normalize_activations="expected_average_only_in"))
+    sl.save_model(str(tmp_path / "ckpt"))
+    ActivationScaler(scaling_factor=0.5).save(str(tmp_path / "ckpt" / "activation_scaler.json"))
+    reads: list[str] = []
+    read_text = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **kw: reads.append(self.name) or read_text(self, *a, **kw))
+    loaded = resolve_sae(tmp_path / "ckpt")
+    assert loaded.provenance["source"]["activation_scaling_factor_folded"] == 0.5
+    assert sorted(reads) == ["activation_scaler.json", "cfg.json"]
+
+
+def test_the_hf_tokenizer_is_asked_once_per_source_for_the_bos_rule(tmp_path: Path, monkeypatch) -> None:
+    """Each sparsify / dictionary_learning SAE loaded the model's HF tokenizer again for its BOS rule;
+    now once per tokenizer source (a local directory as it is, or the HF cache) in a process."""
+    import transformers
+
+    loads: list[str] = []
+
+    class Tok:
+        bos_token_id = 7
+
+        def __call__(self, text):
+            return type("Enc", (), {"input_ids": [7, 1]})()
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained",
+                        lambda name, **kw: loads.append(name) or Tok())
+    model = tmp_path / "model"
+    model.mkdir()
+    state, cfg = fs.random_sparsify(D, F, k=4)
+    run = tmp_path / "run"
+    for hookpoint in ("layers.0", "layers.1"):
+        fs.write_sparsify(run / hookpoint, state, cfg, run_config={"model": str(model)})
+    sae_a, sae_b = (resolve_sae(run / h).sae for h in ("layers.0", "layers.1"))
+    assert sae_a.cfg.metadata["prepend_bos"] is True and sae_b.cfg.metadata["prepend_bos"] is True
+    assert loads == [str(model)]
+    import os
+
+    os.utime(model, ns=(0, 0))  # the directory changed (e.g. a tokenizer saved into it): asked again
+    resolve_sae(run / "layers.0")
+    assert loads == [str(model)] * 2

@@ -19,6 +19,7 @@ state dicts are read; nothing in a file can run code here.
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import re
@@ -208,9 +209,27 @@ TRANSCODER_HINT = ("saesteer reads transcoders only as SAELens transcoder folder
 
 def hf_tokenizer_adds_bos(model_name: str | None) -> bool | None:
     """Whether the HF tokenizer of `model_name` (a local checkpoint directory, or a hub model in the
-    HF cache) starts a text with BOS by default; None when it is not at hand (nothing is downloaded)."""
+    HF cache) starts a text with BOS by default; None when it is not at hand (nothing is downloaded).
+    Asked once per tokenizer source in a process (loading a tokenizer takes a while, and a run folder
+    holds one SAE per hookpoint): the source is the directory as it is now, or the HF cache in use."""
     if not model_name or model_name == "toy":
         return None
+    return _tokenizer_adds_bos(model_name, _tokenizer_source(model_name))
+
+
+def _tokenizer_source(model_name: str) -> tuple[Any, ...]:
+    """What `AutoTokenizer.from_pretrained(model_name, local_files_only=True)` reads: a local directory
+    (its modification time: files replaced in it change it), else the HF cache directory."""
+    path = Path(model_name).expanduser()
+    if path.is_dir():
+        return ("dir", str(path.resolve()), path.stat().st_mtime_ns)
+    from huggingface_hub import constants
+
+    return ("hub", constants.HF_HUB_CACHE)
+
+
+@functools.lru_cache(maxsize=64)
+def _tokenizer_adds_bos(model_name: str, source: tuple[Any, ...]) -> bool | None:
     try:
         from transformers import AutoTokenizer
 

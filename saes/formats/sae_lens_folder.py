@@ -14,14 +14,12 @@ from typing import Any
 import torch
 
 from saes.formats.base import LoadedSAE, files_record, record_model_and_hook
-from saes.fileio import read_json
 from saes.io import (
     CFG_FILENAME,
     SCALER_FILENAME,
     WEIGHTS_FILENAME,
     SAEFormatError,
-    checkpoint_scaling_factor,
-    read_sae_folder,
+    read_sae_folder_files,
     sae_from_sae_lens_dict,
 )
 
@@ -37,7 +35,7 @@ def load(
     device: torch.device | str | None = None, dtype: torch.dtype | None = None,
 ) -> LoadedSAE:
     path = path.resolve()
-    cfg, weights, provenance = read_sae_folder(path)
+    cfg, weights, provenance, factor = read_sae_folder_files(path)
     sae = sae_from_sae_lens_dict(cfg, weights, device=device, dtype=dtype, source=str(path))
     md = sae.cfg.metadata
     if provenance is not None:  # ours: saesteer.json says it all
@@ -50,7 +48,6 @@ def load(
     else:
         prov = {"source": {"format": FORMAT, "path": str(path),
                            "files": files_record(path, [CFG_FILENAME, WEIGHTS_FILENAME, SCALER_FILENAME])}}
-        factor = checkpoint_scaling_factor(path, read_json(path / CFG_FILENAME, "SAE config"))
         if factor is not None:
             prov["source"]["activation_scaling_factor_folded"] = factor
         record_model_and_hook(sae, prov, source=str(path), hook=hook, model=model,
