@@ -375,6 +375,23 @@ class SAE(nn.Module):
             self.W_skip.mul_(scale / target_scale)
 
     @torch.no_grad()
+    def fold_input_whitening_(self, mean_D: Tensor, matrix_DD: Tensor, inverse_DD: Tensor) -> None:
+        """Fold an affine whitening into the weights: trained on z = (x - mean) @ M, reconstructions
+        mapped back as z_hat @ M^-1 + mean (SAELens's `covariance_whitening`), the SAE afterwards reads
+        raw x with the same pre-activations (thresholds stay). SAELens's `fold_activation_whitening`
+        arithmetic, in the statistics' precision: W_enc <- M W_enc, b_enc -= mean W_enc (only without
+        b_dec centring, which the new b_dec does), W_dec <- W_dec M^-1, b_dec <- b_dec M^-1 + mean."""
+        if self.is_transcoder:
+            raise ValueError("a transcoder's whitening is not folded (its target's is not known)")
+        dtype = torch.promote_types(self.dtype, matrix_DD.dtype)
+        mean_D, M_DD, Minv_DD = (t.to(self.device, dtype) for t in (mean_D, matrix_DD, inverse_DD))
+        self.W_enc.copy_(M_DD @ self.W_enc.to(dtype))
+        if not self.cfg.apply_b_dec_to_input:
+            self.b_enc.sub_(mean_D @ self.W_enc.to(dtype))
+        self.W_dec.copy_(self.W_dec.to(dtype) @ Minv_DD)
+        self.b_dec.copy_(self.b_dec.to(dtype) @ Minv_DD + mean_D)
+
+    @torch.no_grad()
     def fit_initial_thresholds_(self, sample_BD: Tensor) -> None:
         """A fresh training run's hook, before the encoder's initial scale is fitted: set starting
         values that depend on the (scaled) held-out rows. Nothing here (JumpReLU sets thresholds)."""
