@@ -75,14 +75,65 @@ def test_sparsify_library_writes_what_we_load_and_reads_what_we_write(tmp_path: 
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"activation": "groupmax"}, "groupmax"), ({"transcode": True}, "transcoder"),
-    ({"skip_connection": True}, "skip connection"), ({"num_latents": F * 2}, "do not belong together"),
+    ({"activation": "groupmax"}, "groupmax"), ({"skip_connection": True}, "skip connections .* of an SAE"),
+    ({"num_latents": F * 2}, "do not belong together"),
 ])
 def test_sparsify_features_we_cannot_represent_are_refused(tmp_path: Path, change, message) -> None:
     state, cfg = fs.random_sparsify(D, F, k=4)
     fs.write_sparsify(tmp_path / "layers.1", state, {**cfg, **change})
     with pytest.raises(SAEFormatError, match=message):
         resolve_sae(tmp_path / "layers.1")
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_a_sparsify_transcoder_predicts_as_sparsify_from_the_layer_s_input(tmp_path: Path, skip) -> None:
+    """`transcode: true` at a decoder layer: its input (resid_pre) predicts its output (resid_post);
+    no b_dec centring, and with a skip connection x @ W_skip.T added (our skip transcoder)."""
+    state, cfg = fs.random_sparsify(D, F, k=5, transcode=True, skip=skip)
+    folder = fs.write_sparsify(tmp_path / "run" / "layers.2", state, cfg, run_config={"model": "org/m"})
+    loaded = resolve_sae(folder)
+    sae = loaded.sae
+    assert sae.is_transcoder and sae.architecture == "topk" and (sae.W_skip is not None) == skip
+    assert not sae.cfg.apply_b_dec_to_input and sae.d_out == D
+    md = sae.cfg.metadata
+    assert (md["hook_name"], md["hook_name_out"]) == ("blocks.2.hook_resid_pre", "blocks.2.hook_resid_post")
+    acts_ref, out_ref = fs.sparsify_reference(state, cfg, X)
+    with torch.no_grad():
+        torch.testing.assert_close(sae.encode(X), acts_ref, **TOL)
+        torch.testing.assert_close(sae(X).recon, out_ref, **TOL)
+    with pytest.raises(SAEFormatError, match="records hook point blocks.2.hook_resid_pre"):
+        resolve_sae(folder, hook="blocks.2.hook_resid_post")
+
+
+def test_a_sparsify_library_transcoder_loads_with_its_own_forward(tmp_path: Path) -> None:
+    sparsify = pytest.importorskip("sparsify")
+    torch.manual_seed(0)
+    coder = sparsify.SparseCoder(D, sparsify.SparseCoderConfig(num_latents=F, k=6, transcode=True,
+                                                               skip_connection=True))
+    with torch.no_grad():
+        for p in coder.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    coder.save_to_disk(tmp_path / "lib" / "layers.1")
+    sae = resolve_sae(tmp_path / "lib" / "layers.1").sae
+    with torch.no_grad():
+        out = coder(X)
+        dense = torch.zeros(len(X), F).scatter_(-1, out.latent_indices, out.latent_acts)
+        torch.testing.assert_close(sae.encode(X), dense, **TOL)
+        torch.testing.assert_close(sae(X).recon, out.sae_out, **TOL)
+
+
+def test_a_sparsify_mlp_transcoder_takes_its_input_hook_from_the_user(tmp_path: Path) -> None:
+    """An MLP's input (its LayerNorm's output) has no exact TransformerLens hook point: --hook names it;
+    a hookpoint whose output has none either is refused."""
+    state, cfg = fs.random_sparsify(D, F, k=4, transcode=True)
+    folder = fs.write_sparsify(tmp_path / "layers.1.mlp", state, cfg)
+    with pytest.raises(SAEFormatError, match=r"'layers.1.mlp''s output \(blocks.1.hook_mlp_out\).*pass --hook"):
+        resolve_sae(folder)
+    md = resolve_sae(folder, hook="blocks.1.mlp.hook_in").sae.cfg.metadata
+    assert (md["hook_name"], md["hook_name_out"]) == ("blocks.1.mlp.hook_in", "blocks.1.hook_mlp_out")
+    fs.write_sparsify(tmp_path / "layers.1.self_attn.o_proj", state, cfg)
+    with pytest.raises(SAEFormatError, match="no exact TransformerLens hook point .*SAELens transcoder folders"):
+        resolve_sae(tmp_path / "layers.1.self_attn.o_proj", hook="blocks.1.hook_z")
 
 
 def test_sparsify_missing_tensor_and_hook_rules(tmp_path: Path) -> None:
@@ -114,9 +165,11 @@ def test_hf_module_paths_map_to_hook_points(module, hook) -> None:
 
 
 # ---------------------------------------------------------------------------- dictionary_learning
-DL_CLASSES = ["AutoEncoder", "AutoEncoderTopK", "BatchTopKSAE", "MatryoshkaBatchTopKSAE", "JumpReluAutoEncoder"]
+DL_CLASSES = ["AutoEncoder", "AutoEncoderTopK", "BatchTopKSAE", "MatryoshkaBatchTopKSAE", "JumpReluAutoEncoder",
+              "GatedAutoEncoder"]
 OUR_ARCH = {"AutoEncoder": "standard", "AutoEncoderTopK": "topk", "BatchTopKSAE": "batchtopk",
-            "MatryoshkaBatchTopKSAE": "matryoshka_batchtopk", "JumpReluAutoEncoder": "jumprelu"}
+            "MatryoshkaBatchTopKSAE": "matryoshka_batchtopk", "JumpReluAutoEncoder": "jumprelu",
+            "GatedAutoEncoder": "gated"}
 
 
 @pytest.mark.parametrize("dict_class", DL_CLASSES)
@@ -137,10 +190,11 @@ def test_dictionary_learning_files_encode_and_decode_as_the_library(tmp_path: Pa
 
 @pytest.fixture(scope="module")
 def dl_trained(tmp_path_factory) -> Path:
-    """Six dictionaries trained for a few steps by dictionary_learning's own trainSAE."""
+    """Seven dictionaries trained for a few steps by dictionary_learning's own trainSAE."""
     pytest.importorskip("dictionary_learning")
     from dictionary_learning.dictionary import AutoEncoder
     from dictionary_learning.trainers.batch_top_k import BatchTopKTrainer
+    from dictionary_learning.trainers.gdm import GatedSAETrainer
     from dictionary_learning.trainers.jumprelu import JumpReluTrainer
     from dictionary_learning.trainers.matryoshka_batch_top_k import MatryoshkaBatchTopKTrainer
     from dictionary_learning.trainers.standard import StandardTrainer, StandardTrainerAprilUpdate
@@ -158,13 +212,14 @@ def dl_trained(tmp_path_factory) -> Path:
         dict(trainer=BatchTopKTrainer, k=4, threshold_start_step=5, **common),
         dict(trainer=MatryoshkaBatchTopKTrainer, k=4, group_fractions=[0.25, 0.75], threshold_start_step=5, **common),
         dict(trainer=JumpReluTrainer, sparsity_warmup_steps=2, **common),
+        dict(trainer=GatedSAETrainer, sparsity_warmup_steps=2, lr=1e-2, **common),
     ]
     data = (torch.randn(128, D) for _ in range(100))
     trainSAE(data, configs, steps=30, save_dir=str(out), device="cpu")
     return out
 
 
-@pytest.mark.parametrize("index", range(6))
+@pytest.mark.parametrize("index", range(7))
 def test_dictionary_learning_library_trains_what_we_load(dl_trained: Path, index: int) -> None:
     from dictionary_learning.utils import load_dictionary
 
@@ -240,9 +295,9 @@ def test_dictionary_learning_bad_inputs_are_clear(tmp_path: Path) -> None:
         resolve_sae(tmp_path / "c")
     fs.write_dictionary_learning(tmp_path / "d", "AutoEncoderTopK", state)
     cfg = json.loads((tmp_path / "d" / "config.json").read_text())
-    cfg["trainer"]["dict_class"] = "GatedAutoEncoder"
+    cfg["trainer"]["dict_class"] = "AutoEncoderNew"
     (tmp_path / "d" / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(SAEFormatError, match="GatedAutoEncoder' is not supported"):
+    with pytest.raises(SAEFormatError, match="AutoEncoderNew' is not supported"):
         resolve_sae(tmp_path / "d")
     # without config.json, an unambiguous state dict still loads; then the model and hook come from the user
     jr = fs.random_dictionary_learning("JumpReluAutoEncoder", D, F)

@@ -473,17 +473,18 @@ def test_a_dictionary_learning_sae_whose_tokenizer_is_not_at_hand_says_its_bos_i
     assert loaded.sae.cfg.metadata["prepend_bos"] is False  # GPT-2's tokenizer adds no BOS
 
 
-def test_a_sparsify_transcoder_is_refused_saying_why_and_what_to_do(tmp_path):
-    """sparsify's `transcode: true` predicts a module's output from its input: refused, naming the
-    hookpoint and the layout saesteer reads transcoders in."""
+def test_a_sparsify_mlp_transcoder_without_its_input_hook_is_refused_saying_what_to_do(tmp_path):
+    """sparsify's `transcode: true` predicts a module's output from its input (tests/test_user_paths9.py
+    loads one of a decoder layer); an MLP's input has no exact hook point to derive: refused, naming the
+    hookpoint, the target and the flag."""
     from helpers import foreign_saes as fs
 
-    state, cfg = fs.random_sparsify(8, 16, k=4)
-    fs.write_sparsify(tmp_path / "layers.1.mlp", state, {**cfg, "transcode": True})
+    state, cfg = fs.random_sparsify(8, 16, k=4, transcode=True)
+    fs.write_sparsify(tmp_path / "layers.1.mlp", state, cfg)
     r = saesteer("steer", "--sae", tmp_path / "layers.1.mlp", "--latent", "0:add=1", "--prompt", "x",
                  "--max-new-tokens", 1)
-    assert r.rc == 2 and "'layers.1.mlp''s output from its input" in r.err, r.text
-    assert "SAELens transcoder folders" in r.err and "save its weights in that layout" in r.err, r.err
+    assert r.rc == 2 and "'layers.1.mlp''s output (blocks.1.hook_mlp_out) from its input" in r.err, r.text
+    assert "pass --hook" in r.err, r.err
     r.no_traceback()
 
 

@@ -8,6 +8,12 @@ checkpoints (tests/helpers/real_models.py), as their own code saves them:
   rows (firing counts and maxima), `steer` edits its latents by the store's typical maxima (add and
   clamp, the latter reading the latent per token through the threshold path), and `train --init-from`
   refuses it naming the architectures that train.
+- sparsify transcoders (`transcode: true`, with or without a skip connection W_skip) were refused;
+  they are our TopK (skip) transcoders. One of GPT-NeoX's decoder layer `layers.1`, saved by
+  `SparseCoder.save_to_disk`, reads blocks.1.hook_resid_pre and predicts blocks.1.hook_resid_post:
+  `features build` on a paired cache stores sparsify's own encoding of what the HF layer takes in
+  (a forward hook on the HF model, not our cache; reading its output instead would not match), and
+  `steer` edits its latents.
 """
 
 from __future__ import annotations
@@ -91,3 +97,70 @@ def test_a_saelens_gated_sae_builds_its_store_steers_and_is_refused_for_training
     r = saesteer("train", "--cache", tmp_path / "cache", "--init-from", sae, "--total-tokens", 512,
                  "--out", tmp_path / "ft", "--no-progress").no_traceback()
     assert r.rc != 0 and "is a gated SAE" in r.err and "topk" in r.err and "jumprelu" in r.err
+
+
+# ---------------------------------------------------------------------------------------------
+# sparsify transcoders
+
+
+def _hf_layer_inputs_of_cache(model_dir: Path, cache: Path, module_path: str) -> torch.Tensor:
+    """What the HF module takes in (its first positional input, as sparsify's trainer hook reads it) at
+    every row a cache holds: the HF model run on each cached context."""
+    from transformers import AutoModelForCausalLM
+
+    from training.manifest import read_manifest
+    from training.shards import load_tensors
+
+    hf = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    module = hf.base_model.get_submodule(module_path)
+    rows = []
+    for shard in read_manifest(cache).shards:
+        t = load_tensors(cache / shard.file)
+        got = {}
+        handle = module.register_forward_hook(lambda m, i, o: got.setdefault("x", i[0]))
+        try:
+            with torch.no_grad():
+                hf(t["context_tokens"].long())
+        finally:
+            handle.remove()
+        rows.append(got["x"][t["seq_index"].long(), t["positions"].long()])
+    return torch.cat(rows)
+
+
+def test_a_sparsify_transcoder_reads_its_layer_s_input_and_steers_its_output(real_models, real_corpus, tmp_path):
+    """A sparsify transcoder (`transcode: true`, skip connection) of GPT-NeoX's `layers.1`, saved by
+    `SparseCoder.save_to_disk`, was refused; it is now our skip transcoder from blocks.1.hook_resid_pre
+    to blocks.1.hook_resid_post: `features build` stores sparsify's own encoding of what the HF decoder
+    layer takes in (a forward hook on the HF model), and `steer` edits its latents."""
+    sparsify = pytest.importorskip("sparsify")
+    model = real_models.path("neox")
+    run = tmp_path / "run"
+    torch.manual_seed(0)
+    coder = sparsify.SparseCoder(64, sparsify.SparseCoderConfig(num_latents=128, k=4, transcode=True,
+                                                                skip_connection=True))
+    with torch.no_grad():
+        for p in coder.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    coder.save_to_disk(run / "layers.1")
+    (run / "config.json").write_text(json.dumps({"model": str(model), "hookpoints": ["layers.1"]}))
+
+    docs = [d[:200] for d in real_corpus.validation_docs[:6]]
+    data = tmp_path / "docs.jsonl"
+    data.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    saesteer("cache", "--model", model, "--dataset", data, "--context-length", 128, "--bos-policy", "none",
+             "--hooks", "blocks.1.hook_resid_pre,blocks.1.hook_resid_post", "--out", tmp_path / "cache",
+             "--no-progress").ok()
+    saesteer("features", "build", "--sae", run / "layers.1", "--cache", tmp_path / "cache", "--out",
+             tmp_path / "f.db", "--no-progress").ok()
+    rows = _hf_layer_inputs_of_cache(model, tmp_path / "cache", "layers.1").half().float()  # the cache: float16
+    with torch.no_grad():
+        enc = coder.encode(rows)
+    dense = torch.zeros(len(rows), 128).scatter_(-1, enc.top_indices, enc.top_acts.clamp_min(0))
+    n_fires, max_act = _store_stats(tmp_path / "f.db")
+    assert n_fires.tolist() == (dense > 0).sum(0).tolist()
+    torch.testing.assert_close(max_act, dense.max(0).values, rtol=1e-3, atol=1e-3)
+
+    live = int(n_fires.argmax())
+    r = saesteer("steer", "--sae", run / "layers.1", "--store", tmp_path / "f.db", "--latent", f"{live}:add=2x",
+                 "--prompt", "def parse(text):", "--max-new-tokens", 3, "--do-sample", "false", "--json").ok()
+    assert json.loads(r.out)["results"][0]["prompt"] == "def parse(text):"
