@@ -25,6 +25,10 @@ false`, `metadata.hook_name_out` (the target hook, which SAELens's HookedSAETran
 at) and `W_skip [d_out, d_in]` among the weights. SAELens has no TopK transcoder: a TopK one is
 saved as "topk_transcoder", which we load and SAELens refuses as an unknown architecture.
 
+SAELens training checkpoints: a scaling factor (`activation_scaler.json`) or a whitening
+(`activation_whitening.safetensors`, `saes/whitening.py`) not yet folded in is folded as SAELens
+folds it when training ends (`read_sae_folder_files`, `sae_from_folder`).
+
 Only JSON and safetensors are ever read. A pickled checkpoint is refused with instructions;
 `cfg.json` is checked field by field and NaN weights are refused (`saes.checks`).
 """
