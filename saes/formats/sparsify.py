@@ -146,10 +146,10 @@ def load(
                                         if k in run_cfg},
     }}
     run_model = run_cfg.get("model") if isinstance(run_cfg.get("model"), str) else None
-    side = "input of " if transcoder else ""
+    basis = f"{'the input of ' if transcoder else ''}sparsify hookpoint {hookpoint!r}"
     record_model_and_hook(sae, prov, source=source, hook=hook, model=model, recorded_hook=derived,
                           recorded_model=run_model, recorded_identity=hf_model_identity(run_model),
-                          hook_basis=f"sparsify hookpoint {side}{hookpoint!r}" if derived else None)
+                          hook_basis=basis if derived else None)
     if target is not None:
         sae.cfg.metadata["hook_name_out"] = target
     record_hf_tokenizer_bos(sae, prov, sae.cfg.metadata.get("model_name"))
