@@ -201,7 +201,8 @@ def hf_model_identity(name: Any) -> ModelIdentity | None:
     return ModelIdentity("hub", name) if _HF_REPO.match(name) else None
 
 
-# what to do with a transcoder a reader cannot place (dictionary_learning io="in_and_out", a sparsify module without a hook)
+# what to do with a transcoder a reader cannot place (dictionary_learning io="in_and_out", a sparsify
+# module whose output has no hook point)
 TRANSCODER_HINT = ("saesteer reads other transcoders as SAELens transcoder folders (docs/formats.md, SAE folder: "
                    "cfg.json with d_out and metadata.hook_name_out): save its weights in that layout, or pass an SAE "
                    "of one hook point")

@@ -167,8 +167,9 @@ def _convert(dict_class: str, state: dict[str, torch.Tensor], trainer: dict[str,
         require_tensors(state, names, source, dict_class)
         F_, D_ = state["encoder.weight"].shape
         cfg = {"architecture": "gated", "d_in": D_, "d_sae": F_, "apply_b_dec_to_input": True}
-        return cfg, {"W_enc": state["encoder.weight"].T, "W_dec": state["decoder.weight"].T, "b_dec": state["decoder_bias"],
-                     "b_gate": state["gate_bias"], "b_mag": state["mag_bias"], "r_mag": state["r_mag"]}
+        return cfg, {"W_enc": state["encoder.weight"].T, "W_dec": state["decoder.weight"].T,
+                     "b_dec": state["decoder_bias"], "b_gate": state["gate_bias"], "b_mag": state["mag_bias"],
+                     "r_mag": state["r_mag"]}
     raise SAEFormatError(f"{source}: dict_class {dict_class!r} is not supported (saesteer reads {', '.join(SUPPORTED)})")
 
 
