@@ -93,6 +93,10 @@ def test_a_saelens_gated_sae_builds_its_store_steers_and_is_refused_for_training
         r = saesteer("steer", "--sae", sae, "--store", tmp_path / "f.db", "--latent", edit, "--prompt",
                      "def parse(text):\n    return", "--max-new-tokens", 4, "--do-sample", "false", "--json").ok()
         assert json.loads(r.out)["results"][0]["prompt"] == "def parse(text):\n    return"
+    r = saesteer("steer", "--sae", sae, "--store", tmp_path / "f.db", "--latent", f"{live}:add=50x", "--prompt",
+                 "def parse(text):\n    return", "--max-new-tokens", 4, "--do-sample", "false", "--json").ok()
+    (result,) = json.loads(r.out)["results"]
+    assert result["steered"] != result["unsteered"]  # the edit reaches the model
 
     r = saesteer("train", "--cache", tmp_path / "cache", "--init-from", sae, "--total-tokens", 512,
                  "--out", tmp_path / "ft", "--no-progress").no_traceback()
