@@ -2,7 +2,7 @@
 
 Architectures: TopK, BatchTopK, Matryoshka BatchTopK, JumpReLU (learned per-latent thresholds)
 (trainable); ThresholdSAE (the threshold encoder: JumpReLU's and BatchTopK / Matryoshka's
-inference form) and standard ReLU (for loading).
+inference form), standard ReLU and Gated (for loading; `saes/gated.py`).
 What an architecture is, and how to add one: `saes/base.py` and docs/architecture.md.
 Folders are SAELens-compatible (`cfg.json` + `sae_weights.safetensors`).
 
@@ -22,11 +22,13 @@ from saes.lazy import lazy_exports
 _EXPORTS = {
     "SAE": "base", "Encoding": "base", "SAEOutput": "base",
     "BatchTopKSAE": "batchtopk", "batch_topk_select": "batchtopk",
-    "BatchTopKConfig": "config", "JumpReLUConfig": "config", "MatryoshkaConfig": "config", "ReLUConfig": "config",
+    "BatchTopKConfig": "config", "GatedConfig": "config", "JumpReLUConfig": "config", "MatryoshkaConfig": "config",
+    "ReLUConfig": "config",
     "SAEConfig": "config", "TopKConfig": "config",
     "SaesteerError": "errors",
     "SAEFormatError": "io", "load_sae": "io", "read_provenance": "io", "save_sae": "io",
     "auxk_loss": "losses", "explained_variance": "losses", "fvu": "losses", "mse_loss": "losses",
+    "GatedSAE": "gated",
     "MatryoshkaSAE": "matryoshka",
     "LossOutput": "objective", "training_loss": "objective",
     "ARCHITECTURES": "registry", "create_sae": "registry", "register": "registry", "sae_class": "registry",

@@ -28,6 +28,7 @@ code needs to know about it is asked of the class, never decided by its name or 
 | run-wide training settings its training reads, of those only some architectures read | `train_settings` | AuxK's |
 | SAELens cfg.json: architecture saved, its fields, training details | `saelens_architecture`, `saelens_fields`, `training_details` | own name, {}, {} |
 | SAELens cfg.json back into config fields | `config_fields_from_saelens` | {} |
+| SAELens tensors in this class's form, before they are read (Gated's b_gate, b_mag, r_mag) | `saelens_inference_weights` | as given |
 | tensors beyond the four parameters (JumpReLU's `threshold`) | buffers, `load_saelens_tensors_` | none |
 | SAELens's `rescale_acts_by_decoder_norm` folded into the weights | `fold_selection_decoder_norm_` | `fold_decoder_norm_` |
 
@@ -321,6 +322,12 @@ class SAE(nn.Module):
         training_architecture_details); errors are ValueErrors naming the missing field."""
         return {}
 
+    @classmethod
+    def saelens_inference_weights(cls, weights: dict[str, Tensor], source: str) -> dict[str, Tensor]:
+        """SAELens's tensors of this architecture as this class holds them (W_enc, b_enc, W_dec, b_dec
+        and its own), before shapes are checked; errors are ValueErrors naming the tensor. As given here."""
+        return weights
+
     def load_saelens_tensors_(self, weights: dict[str, Tensor], source: str) -> None:
         """Copy the tensors beyond W_enc, b_enc, W_dec, b_dec from SAELens weights (none here)."""
 
@@ -366,6 +373,23 @@ class SAE(nn.Module):
         self.b_dec.div_(target_scale)
         if self.W_skip is not None:
             self.W_skip.mul_(scale / target_scale)
+
+    @torch.no_grad()
+    def fold_input_whitening_(self, mean_D: Tensor, matrix_DD: Tensor, inverse_DD: Tensor) -> None:
+        """Fold an affine whitening into the weights: trained on z = (x - mean) @ M, reconstructions
+        mapped back as z_hat @ M^-1 + mean (SAELens's `covariance_whitening`), the SAE afterwards reads
+        raw x with the same pre-activations (thresholds stay). SAELens's `fold_activation_whitening`
+        arithmetic, in the statistics' precision: W_enc <- M W_enc, b_enc -= mean W_enc (only without
+        b_dec centring, which the new b_dec does), W_dec <- W_dec M^-1, b_dec <- b_dec M^-1 + mean."""
+        if self.is_transcoder:
+            raise ValueError("a transcoder's whitening is not folded (its target's is not known)")
+        dtype = torch.promote_types(self.dtype, matrix_DD.dtype)
+        mean_D, M_DD, Minv_DD = (t.to(self.device, dtype) for t in (mean_D, matrix_DD, inverse_DD))
+        self.W_enc.copy_(M_DD @ self.W_enc.to(dtype))
+        if not self.cfg.apply_b_dec_to_input:
+            self.b_enc.sub_(mean_D @ self.W_enc.to(dtype))
+        self.W_dec.copy_(self.W_dec.to(dtype) @ Minv_DD)
+        self.b_dec.copy_(self.b_dec.to(dtype) @ Minv_DD + mean_D)
 
     @torch.no_grad()
     def fit_initial_thresholds_(self, sample_BD: Tensor) -> None:

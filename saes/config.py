@@ -58,6 +58,12 @@ class ReLUConfig(SAEConfig):
     """Standard ReLU SAE (L1-trained). Supported for loading pretrained SAEs."""
 
 
+@dataclass
+class GatedConfig(SAEConfig):
+    """Gated SAE (Rajamanoharan et al. 2024; SAELens's "gated"), loaded in its threshold form
+    (`saes/gated.py`). Supported for loading pretrained SAEs; not trained here."""
+
+
 SPARSITY_LOSS_MODES = ("step", "tanh")
 
 

@@ -25,6 +25,10 @@ false`, `metadata.hook_name_out` (the target hook, which SAELens's HookedSAETran
 at) and `W_skip [d_out, d_in]` among the weights. SAELens has no TopK transcoder: a TopK one is
 saved as "topk_transcoder", which we load and SAELens refuses as an unknown architecture.
 
+SAELens training checkpoints: a scaling factor (`activation_scaler.json`) or a whitening
+(`activation_whitening.safetensors`, `saes/whitening.py`) not yet folded in is folded as SAELens
+folds it when training ends (`read_sae_folder_files`, `sae_from_folder`).
+
 Only JSON and safetensors are ever read. A pickled checkpoint is refused with instructions;
 `cfg.json` is checked field by field and NaN weights are refused (`saes.checks`).
 """
@@ -35,7 +39,7 @@ import importlib.metadata
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from safetensors import SafetensorError
@@ -45,6 +49,7 @@ from saes.base import SAE
 from saes.checks import CHECKSUMS_KEY, SAEFormatError, check_finite, check_sae_config, file_checksums, verify_checksums
 from saes.fileio import atomic_write_bytes, atomic_write_json, fsync_dir, make_temp_dir, read_json
 from saes.registry import ARCHITECTURES, sae_class
+from saes.whitening import SCALER_FILENAME, Whitening, checkpoint_whitening, read_scaler
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
@@ -54,7 +59,6 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 # normalize_activations values that are the identity at inference (SAELens folds the factor in;
 # a training checkpoint keeps it beside the weights, and `read_sae_folder` folds it the same way)
 _IDENTITY_NORMS = ("none", "expected_average_only_in")
-SCALER_FILENAME = "activation_scaler.json"  # SAELens training checkpoints: {"scaling_factor": s, ...}
 _DERIVED_METADATA = ("sae_lens_version", "sae_lens_training_version", "training_architecture", "training_architecture_details")
 _TMP_MARK = ".tmp-"  # a new folder is built as `.<name>.tmp-XXXX` beside its final name
 RESHAPES = ("none", "hook_z")  # SAELens's reshape_activations values
@@ -196,8 +200,38 @@ def _refuse_pickles(folder: Path, missing: str) -> None:
         )
 
 
+class SAEFolder(NamedTuple):
+    """What an SAE folder holds, read once: the config and weights (a SAELens training checkpoint's
+    scaling factor folded in), our provenance (None for SAELens's folders), and that factor (None if none)."""
+
+    cfg: dict[str, Any]
+    weights: dict[str, torch.Tensor]
+    provenance: dict[str, Any] | None
+    scaling_factor: float | None
+    whitening: Whitening | None  # a whitened SAELens checkpoint's statistics, folded by `sae_from_folder`
+
+
 def read_sae_folder(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any] | None]:
-    """Read (cfg, weights, provenance) from an SAE folder with clear errors."""
+    """Read (cfg, weights, provenance) from an SAE folder with clear errors. A whitened SAELens
+    checkpoint is refused here (its whitening is folded into the SAE, not the tensors: `load_sae`)."""
+    files = read_sae_folder_files(path)
+    if files.whitening is not None:
+        raise SAEFormatError(f"{path}: a SAELens checkpoint trained on whitened activations; load it with "
+                             f"saes.load_sae (which folds the whitening), not as raw tensors")
+    return files.cfg, files.weights, files.provenance
+
+
+def sae_from_folder(files: SAEFolder, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+                    source: str = "SAE") -> SAE:
+    """The SAE an SAE folder's files describe, a whitened checkpoint's whitening folded in."""
+    sae = sae_from_sae_lens_dict(files.cfg, files.weights, device=device, dtype=dtype, source=source)
+    if files.whitening is not None:
+        sae.fold_input_whitening_(*files.whitening)
+    return sae
+
+
+def read_sae_folder_files(path: str | os.PathLike) -> SAEFolder:
+    """`read_sae_folder`, and the scaling factor it folded in (each file is read once)."""
     folder = Path(path)
     if folder.is_file():
         if folder.suffix.lower() in PICKLE_SUFFIXES:
@@ -237,39 +271,35 @@ def read_sae_folder(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
             f"re-download or re-save the SAE", file=weights_path
         ) from None
     check_finite(weights, str(weights_path))
-    factor = checkpoint_scaling_factor(folder, cfg)
+    scaler = read_scaler(folder)
+    factor = checkpoint_scaling_factor(folder, cfg, scaler)
     if factor is not None:
         cfg, weights = fold_scaling_factor(cfg, weights, factor)
-    return cfg, weights, provenance
+    whitening = checkpoint_whitening(folder, cfg, scaler)
+    if whitening is not None:
+        if split_transcoder_architecture(str(cfg.get("architecture") or ""))[1]:
+            raise SAEFormatError(f"{folder}: a transcoder trained on whitened activations is not read (its target's "
+                                 f"whitening is not in the checkpoint); pass the final transcoder SAELens saves",
+                                 file=folder / SCALER_FILENAME)
+        cfg = {**cfg, "normalize_activations": "none"}  # folded by sae_from_folder
+    return SAEFolder(cfg, weights, provenance, factor, whitening)
 
 
-def checkpoint_scaling_factor(folder: Path, cfg: dict[str, Any]) -> float | None:
-    """The activation scaling factor a SAELens training checkpoint has not folded in yet.
+def checkpoint_scaling_factor(folder: Path, cfg: dict[str, Any], scaler: Any) -> float | None:
+    """The activation scaling factor a SAELens training checkpoint has not folded in yet
+    (`scaler`: its parsed activation_scaler.json, None without one).
 
     SAELens trains `normalize_activations="expected_average_only_in"` SAEs on inputs multiplied by
     `scaling_factor` and folds the factor into the weights only when training ends; a checkpoint
     saved before that keeps it in `activation_scaler.json`. Read as the identity, such an SAE sees
     inputs at the wrong scale (its top-k and thresholds pick other latents): a silent wrong result."""
-    path = folder / SCALER_FILENAME
-    norm = cfg.get("normalize_activations")
-    if norm == "covariance_whitening" and path.is_file():
-        raise SAEFormatError(
-            f"{folder} is a SAELens training checkpoint of an SAE trained on whitened activations (cfg.json "
-            f"normalize_activations=covariance_whitening), which SAELens folds into the weights only when training "
-            f"ends; saesteer does not fold whitening. Pass the final SAE SAELens saves, or fold it with SAELens: "
-            f"sae = SAE.load_from_disk(CKPT); s = ActivationScaler(); s.load(CKPT/'{SCALER_FILENAME}'); "
-            f"sae.fold_activation_whitening(s.whitening.mean, s.whitening.matrix, s.whitening.inverse_matrix); "
-            f"sae.save_model(OUT)", file=path)
-    if norm != "expected_average_only_in" or not path.is_file():
+    if cfg.get("normalize_activations") != "expected_average_only_in" or scaler is None:
         return None
-    try:
-        record = read_json(path, "SAELens activation scaler")
-    except ValueError as e:
-        raise SAEFormatError(str(e), file=path) from None
-    factor = record.get("scaling_factor") if isinstance(record, dict) else None
+    factor = scaler.get("scaling_factor") if isinstance(scaler, dict) else None
     if factor is None:
         return None
     if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor < float("inf"):
+        path = folder / SCALER_FILENAME
         raise SAEFormatError(f"{path}: scaling_factor must be a positive number, got {factor!r}; the SAE needs it "
                              f"(cfg.json normalize_activations=expected_average_only_in)", file=path)
     return float(factor)
@@ -356,6 +386,10 @@ def sae_from_sae_lens_dict(
     except (TypeError, ValueError) as e:
         raise SAEFormatError(f"{source}: invalid config: {e}") from None
 
+    try:
+        weights = cls.saelens_inference_weights(weights, source)
+    except ValueError as e:
+        raise SAEFormatError(f"{source}: {e}") from None
     expected = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_out), "b_dec": (d_out,)}
     if transcoder and skip:
         expected["W_skip"] = (d_out, d_in)
@@ -393,8 +427,7 @@ def load_sae(
 ) -> SAE:
     """Load an SAE folder written by saesteer or SAELens (the SAE alone: its provenance is
     `read_provenance(path)`; `saes.formats.resolve_sae(path)` returns both, side by side)."""
-    cfg, weights, _ = read_sae_folder(path)
-    return sae_from_sae_lens_dict(cfg, weights, device=device, dtype=dtype, source=str(path))
+    return sae_from_folder(read_sae_folder_files(path), device=device, dtype=dtype, source=str(path))
 
 
 def _without_checksums(record: dict[str, Any] | None) -> dict[str, Any]:

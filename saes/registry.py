@@ -8,6 +8,7 @@ import dataclasses
 
 from saes.base import SAE
 from saes.batchtopk import BatchTopKSAE
+from saes.gated import GatedSAE
 from saes.matryoshka import MatryoshkaSAE
 from saes.relu import ReLUSAE
 from saes.jumprelu import JumpReLUSAE
@@ -31,7 +32,7 @@ def register(cls: type[SAE]) -> type[SAE]:
     return cls
 
 
-for _cls in (TopKSAE, BatchTopKSAE, MatryoshkaSAE, JumpReLUSAE, ReLUSAE):
+for _cls in (TopKSAE, BatchTopKSAE, MatryoshkaSAE, JumpReLUSAE, ReLUSAE, GatedSAE):
     register(_cls)
 
 

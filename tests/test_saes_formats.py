@@ -75,14 +75,65 @@ def test_sparsify_library_writes_what_we_load_and_reads_what_we_write(tmp_path: 
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"activation": "groupmax"}, "groupmax"), ({"transcode": True}, "transcoder"),
-    ({"skip_connection": True}, "skip connection"), ({"num_latents": F * 2}, "do not belong together"),
+    ({"activation": "groupmax"}, "groupmax"), ({"skip_connection": True}, "skip connections .* of an SAE"),
+    ({"num_latents": F * 2}, "do not belong together"),
 ])
 def test_sparsify_features_we_cannot_represent_are_refused(tmp_path: Path, change, message) -> None:
     state, cfg = fs.random_sparsify(D, F, k=4)
     fs.write_sparsify(tmp_path / "layers.1", state, {**cfg, **change})
     with pytest.raises(SAEFormatError, match=message):
         resolve_sae(tmp_path / "layers.1")
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_a_sparsify_transcoder_predicts_as_sparsify_from_the_layer_s_input(tmp_path: Path, skip) -> None:
+    """`transcode: true` at a decoder layer: its input (resid_pre) predicts its output (resid_post);
+    no b_dec centring, and with a skip connection x @ W_skip.T added (our skip transcoder)."""
+    state, cfg = fs.random_sparsify(D, F, k=5, transcode=True, skip=skip)
+    folder = fs.write_sparsify(tmp_path / "run" / "layers.2", state, cfg, run_config={"model": "org/m"})
+    loaded = resolve_sae(folder)
+    sae = loaded.sae
+    assert sae.is_transcoder and sae.architecture == "topk" and (sae.W_skip is not None) == skip
+    assert not sae.cfg.apply_b_dec_to_input and sae.d_out == D
+    md = sae.cfg.metadata
+    assert (md["hook_name"], md["hook_name_out"]) == ("blocks.2.hook_resid_pre", "blocks.2.hook_resid_post")
+    acts_ref, out_ref = fs.sparsify_reference(state, cfg, X)
+    with torch.no_grad():
+        torch.testing.assert_close(sae.encode(X), acts_ref, **TOL)
+        torch.testing.assert_close(sae(X).recon, out_ref, **TOL)
+    with pytest.raises(SAEFormatError, match="records hook point blocks.2.hook_resid_pre"):
+        resolve_sae(folder, hook="blocks.2.hook_resid_post")
+
+
+def test_a_sparsify_library_transcoder_loads_with_its_own_forward(tmp_path: Path) -> None:
+    sparsify = pytest.importorskip("sparsify")
+    torch.manual_seed(0)
+    coder = sparsify.SparseCoder(D, sparsify.SparseCoderConfig(num_latents=F, k=6, transcode=True,
+                                                               skip_connection=True))
+    with torch.no_grad():
+        for p in coder.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    coder.save_to_disk(tmp_path / "lib" / "layers.1")
+    sae = resolve_sae(tmp_path / "lib" / "layers.1").sae
+    with torch.no_grad():
+        out = coder(X)
+        dense = torch.zeros(len(X), F).scatter_(-1, out.latent_indices, out.latent_acts)
+        torch.testing.assert_close(sae.encode(X), dense, **TOL)
+        torch.testing.assert_close(sae(X).recon, out.sae_out, **TOL)
+
+
+def test_a_sparsify_mlp_transcoder_takes_its_input_hook_from_the_user(tmp_path: Path) -> None:
+    """An MLP's input (its LayerNorm's output) has no exact TransformerLens hook point: --hook names it;
+    a hookpoint whose output has none either is refused."""
+    state, cfg = fs.random_sparsify(D, F, k=4, transcode=True)
+    folder = fs.write_sparsify(tmp_path / "layers.1.mlp", state, cfg)
+    with pytest.raises(SAEFormatError, match=r"'layers.1.mlp''s output \(blocks.1.hook_mlp_out\).*pass --hook"):
+        resolve_sae(folder)
+    md = resolve_sae(folder, hook="blocks.1.mlp.hook_in").sae.cfg.metadata
+    assert (md["hook_name"], md["hook_name_out"]) == ("blocks.1.mlp.hook_in", "blocks.1.hook_mlp_out")
+    fs.write_sparsify(tmp_path / "layers.1.self_attn.o_proj", state, cfg)
+    with pytest.raises(SAEFormatError, match="no exact TransformerLens hook point .*SAELens transcoder folders"):
+        resolve_sae(tmp_path / "layers.1.self_attn.o_proj", hook="blocks.1.hook_z")
 
 
 def test_sparsify_missing_tensor_and_hook_rules(tmp_path: Path) -> None:
@@ -114,9 +165,11 @@ def test_hf_module_paths_map_to_hook_points(module, hook) -> None:
 
 
 # ---------------------------------------------------------------------------- dictionary_learning
-DL_CLASSES = ["AutoEncoder", "AutoEncoderTopK", "BatchTopKSAE", "MatryoshkaBatchTopKSAE", "JumpReluAutoEncoder"]
+DL_CLASSES = ["AutoEncoder", "AutoEncoderTopK", "BatchTopKSAE", "MatryoshkaBatchTopKSAE", "JumpReluAutoEncoder",
+              "GatedAutoEncoder"]
 OUR_ARCH = {"AutoEncoder": "standard", "AutoEncoderTopK": "topk", "BatchTopKSAE": "batchtopk",
-            "MatryoshkaBatchTopKSAE": "matryoshka_batchtopk", "JumpReluAutoEncoder": "jumprelu"}
+            "MatryoshkaBatchTopKSAE": "matryoshka_batchtopk", "JumpReluAutoEncoder": "jumprelu",
+            "GatedAutoEncoder": "gated"}
 
 
 @pytest.mark.parametrize("dict_class", DL_CLASSES)
@@ -137,10 +190,11 @@ def test_dictionary_learning_files_encode_and_decode_as_the_library(tmp_path: Pa
 
 @pytest.fixture(scope="module")
 def dl_trained(tmp_path_factory) -> Path:
-    """Six dictionaries trained for a few steps by dictionary_learning's own trainSAE."""
+    """Seven dictionaries trained for a few steps by dictionary_learning's own trainSAE."""
     pytest.importorskip("dictionary_learning")
     from dictionary_learning.dictionary import AutoEncoder
     from dictionary_learning.trainers.batch_top_k import BatchTopKTrainer
+    from dictionary_learning.trainers.gdm import GatedSAETrainer
     from dictionary_learning.trainers.jumprelu import JumpReluTrainer
     from dictionary_learning.trainers.matryoshka_batch_top_k import MatryoshkaBatchTopKTrainer
     from dictionary_learning.trainers.standard import StandardTrainer, StandardTrainerAprilUpdate
@@ -158,13 +212,14 @@ def dl_trained(tmp_path_factory) -> Path:
         dict(trainer=BatchTopKTrainer, k=4, threshold_start_step=5, **common),
         dict(trainer=MatryoshkaBatchTopKTrainer, k=4, group_fractions=[0.25, 0.75], threshold_start_step=5, **common),
         dict(trainer=JumpReluTrainer, sparsity_warmup_steps=2, **common),
+        dict(trainer=GatedSAETrainer, sparsity_warmup_steps=2, lr=1e-2, **common),
     ]
     data = (torch.randn(128, D) for _ in range(100))
     trainSAE(data, configs, steps=30, save_dir=str(out), device="cpu")
     return out
 
 
-@pytest.mark.parametrize("index", range(6))
+@pytest.mark.parametrize("index", range(7))
 def test_dictionary_learning_library_trains_what_we_load(dl_trained: Path, index: int) -> None:
     from dictionary_learning.utils import load_dictionary
 
@@ -240,9 +295,9 @@ def test_dictionary_learning_bad_inputs_are_clear(tmp_path: Path) -> None:
         resolve_sae(tmp_path / "c")
     fs.write_dictionary_learning(tmp_path / "d", "AutoEncoderTopK", state)
     cfg = json.loads((tmp_path / "d" / "config.json").read_text())
-    cfg["trainer"]["dict_class"] = "GatedAutoEncoder"
+    cfg["trainer"]["dict_class"] = "AutoEncoderNew"
     (tmp_path / "d" / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(SAEFormatError, match="GatedAutoEncoder' is not supported"):
+    with pytest.raises(SAEFormatError, match="AutoEncoderNew' is not supported"):
         resolve_sae(tmp_path / "d")
     # without config.json, an unambiguous state dict still loads; then the model and hook come from the user
     jr = fs.random_dictionary_learning("JumpReluAutoEncoder", D, F)
@@ -318,11 +373,12 @@ def hub_cache(tmp_path: Path, monkeypatch) -> Path:
 def _sae_lens_folder(path: Path, arch: str = "standard", hook: str = "blocks.0.hook_resid_pre", d_in: int = D) -> Path:
     from sae_lens.saes.gated_sae import GatedSAE, GatedSAEConfig
     from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUSAEConfig
+    from sae_lens.saes.abstopk_sae import AbsTopKSAE, AbsTopKSAEConfig
     from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
 
     cls, cfg_cls = {"standard": (StandardSAE, StandardSAEConfig), "jumprelu": (JumpReLUSAE, JumpReLUSAEConfig),
-                    "gated": (GatedSAE, GatedSAEConfig)}[arch]
-    sl = cls(cfg_cls(d_in=d_in, d_sae=F))
+                    "gated": (GatedSAE, GatedSAEConfig), "abstopk": (AbsTopKSAE, AbsTopKSAEConfig)}[arch]
+    sl = cls(cfg_cls(d_in=d_in, d_sae=F, **({"k": 4} if arch == "abstopk" else {})))
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():
         for p in sl.parameters():
@@ -371,7 +427,7 @@ def test_registry_errors_name_the_cache_and_the_fix(tmp_path: Path, hub_cache: P
         resolve_sae("sae_lens:gpt2-small-res-jb")
 
 
-def test_registry_repo_form_and_unsupported_architectures(tmp_path: Path, hub_cache: Path) -> None:
+def test_registry_repo_form_and_a_gated_sae(tmp_path: Path, hub_cache: Path) -> None:
     folder = _sae_lens_folder(tmp_path / "made", arch="jumprelu", hook="blocks.1.hook_resid_post")
     fs.write_hf_snapshot(hub_cache, "someone/toy-saes", {"l1/cfg.json": folder / "cfg.json",
                                                           "l1/sae_weights.safetensors": folder / "sae_weights.safetensors"})
@@ -380,8 +436,18 @@ def test_registry_repo_form_and_unsupported_architectures(tmp_path: Path, hub_ca
     gated = _sae_lens_folder(tmp_path / "gated", arch="gated")
     fs.write_hf_snapshot(hub_cache, "someone/gated", {"g/cfg.json": gated / "cfg.json",
                                                        "g/sae_weights.safetensors": gated / "sae_weights.safetensors"})
-    with pytest.raises(SAEFormatError, match="unknown SAE architecture 'gated'.*loaded by sae_lens as GatedSAE"):
-        resolve_sae("sae_lens:someone/gated/g")
+    from sae_lens import SAE as SaeLensSAE
+
+    loaded = resolve_sae("sae_lens:someone/gated/g")  # a gated SAE: its threshold form (saes/gated.py)
+    sl = SaeLensSAE.load_from_disk(str(gated))
+    assert loaded.sae.architecture == "gated" and loaded.provenance["source"]["sae_lens_class"] == "GatedSAE"
+    with torch.no_grad():
+        assert_same(loaded, sl.encode(X), sl.decode(sl.encode(X)))
+    other = _sae_lens_folder(tmp_path / "abstopk", arch="abstopk")
+    fs.write_hf_snapshot(hub_cache, "someone/abstopk", {"a/cfg.json": other / "cfg.json",
+                                                         "a/sae_weights.safetensors": other / "sae_weights.safetensors"})
+    with pytest.raises(SAEFormatError, match="unknown SAE architecture 'abstopk'.*loaded by sae_lens as AbsTopKSAE"):
+        resolve_sae("sae_lens:someone/abstopk/a")
 
 
 # --------------------------------------------------------------------- OpenAI sparse_autoencoder
@@ -465,3 +531,52 @@ def test_detection_and_refusals(tmp_path: Path) -> None:
         resolve_sae(tmp_path / "only_pickles")
     with pytest.raises(FileNotFoundError, match="SAE not found"):
         resolve_sae(tmp_path / "nowhere")
+
+
+def test_a_saelens_folder_s_files_are_read_once(tmp_path: Path, monkeypatch) -> None:
+    """cfg.json and activation_scaler.json were each read twice per load (once more for the provenance)."""
+    pytest.importorskip("sae_lens")
+    import sae_lens
+    from sae_lens.training.activation_scaler import ActivationScaler
+
+    sl = sae_lens.TopKTrainingSAE(sae_lens.TopKTrainingSAEConfig(d_in=D, d_sae=F, k=4,
+                                                                 normalize_activations="expected_average_only_in"))
+    sl.save_model(str(tmp_path / "ckpt"))
+    ActivationScaler(scaling_factor=0.5).save(str(tmp_path / "ckpt" / "activation_scaler.json"))
+    reads: list[str] = []
+    read_text = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **kw: reads.append(self.name) or read_text(self, *a, **kw))
+    loaded = resolve_sae(tmp_path / "ckpt")
+    assert loaded.provenance["source"]["activation_scaling_factor_folded"] == 0.5
+    assert sorted(reads) == ["activation_scaler.json", "cfg.json"]
+
+
+def test_the_hf_tokenizer_is_asked_once_per_source_for_the_bos_rule(tmp_path: Path, monkeypatch) -> None:
+    """Each sparsify / dictionary_learning SAE loaded the model's HF tokenizer again for its BOS rule;
+    now once per tokenizer source (a local directory as it is, or the HF cache) in a process."""
+    import transformers
+
+    loads: list[str] = []
+
+    class Tok:
+        bos_token_id = 7
+
+        def __call__(self, text):
+            return type("Enc", (), {"input_ids": [7, 1]})()
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained",
+                        lambda name, **kw: loads.append(name) or Tok())
+    model = tmp_path / "model"
+    model.mkdir()
+    state, cfg = fs.random_sparsify(D, F, k=4)
+    run = tmp_path / "run"
+    for hookpoint in ("layers.0", "layers.1"):
+        fs.write_sparsify(run / hookpoint, state, cfg, run_config={"model": str(model)})
+    sae_a, sae_b = (resolve_sae(run / h).sae for h in ("layers.0", "layers.1"))
+    assert sae_a.cfg.metadata["prepend_bos"] is True and sae_b.cfg.metadata["prepend_bos"] is True
+    assert loads == [str(model)]
+    import os
+
+    os.utime(model, ns=(0, 0))  # the directory changed (e.g. a tokenizer saved into it): asked again
+    resolve_sae(run / "layers.0")
+    assert loads == [str(model)] * 2

@@ -172,17 +172,16 @@ def test_a_saelens_batchtopk_checkpoint_folds_the_scaling_factor_into_its_thresh
         torch.testing.assert_close(ours(x).recon, ref.decode(ref_acts), rtol=1e-4, atol=1e-4)
 
 
-def test_a_saelens_whitened_training_checkpoint_is_refused_saying_how_to_fold_it(tmp_path):
+def test_a_saelens_whitened_training_checkpoint_is_folded_as_saelens_folds_it(tmp_path):
     """A checkpoint of an SAE trained with `covariance_whitening` keeps its whitening beside the
-    weights (`activation_scaler.json` + `activation_whitening.safetensors`); it is refused as a
-    training checkpoint, and the SAELens recipe the message gives yields a folder we load."""
+    weights (`activation_scaler.json` + `activation_whitening.safetensors`); it was refused, and is
+    now folded in (tests/test_saes_whitening.py): it equals what SAELens's own fold gives."""
     pytest.importorskip("sae_lens")
     import sae_lens
     from sae_lens import SAE
     from sae_lens.training.activation_scaler import ActivationScaler, ActivationWhitening
 
     from saes.formats import resolve_sae
-    from saes.io import SAEFormatError
 
     torch.manual_seed(0)
     sl = sae_lens.StandardTrainingSAE(sae_lens.StandardTrainingSAEConfig(
@@ -193,19 +192,16 @@ def test_a_saelens_whitened_training_checkpoint_is_refused_saying_how_to_fold_it
     ActivationScaler(whitening=ActivationWhitening(mean=torch.randn(8, dtype=torch.float64), matrix=matrix,
                                                    inverse_matrix=torch.linalg.inv(matrix))).save(
         str(ckpt / "activation_scaler.json"))
-    with pytest.raises(SAEFormatError, match="training checkpoint") as e:
-        resolve_sae(ckpt)
-    assert "fold_activation_whitening" in str(e.value) and "final SAE" in str(e.value)
+    loaded = resolve_sae(ckpt)
+    assert loaded.provenance["source"]["activation_whitening_folded"]
 
-    sae = SAE.load_from_disk(str(ckpt))  # the recipe of the message
+    sae = SAE.load_from_disk(str(ckpt))  # SAELens's own fold
     s = ActivationScaler()
     s.load(ckpt / "activation_scaler.json")
     sae.fold_activation_whitening(s.whitening.mean, s.whitening.matrix, s.whitening.inverse_matrix)
-    sae.save_model(str(tmp_path / "out"))
     x = torch.randn(4, 8)
     with torch.no_grad():
-        torch.testing.assert_close(resolve_sae(tmp_path / "out").sae(x).recon, sae.decode(sae.encode(x)),
-                                   rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(loaded.sae(x).recon, sae.decode(sae.encode(x)), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.slow
@@ -477,17 +473,18 @@ def test_a_dictionary_learning_sae_whose_tokenizer_is_not_at_hand_says_its_bos_i
     assert loaded.sae.cfg.metadata["prepend_bos"] is False  # GPT-2's tokenizer adds no BOS
 
 
-def test_a_sparsify_transcoder_is_refused_saying_why_and_what_to_do(tmp_path):
-    """sparsify's `transcode: true` predicts a module's output from its input: refused, naming the
-    hookpoint and the layout saesteer reads transcoders in."""
+def test_a_sparsify_mlp_transcoder_without_its_input_hook_is_refused_saying_what_to_do(tmp_path):
+    """sparsify's `transcode: true` predicts a module's output from its input (tests/test_user_paths9.py
+    loads one of a decoder layer); an MLP's input has no exact hook point to derive: refused, naming the
+    hookpoint, the target and the flag."""
     from helpers import foreign_saes as fs
 
-    state, cfg = fs.random_sparsify(8, 16, k=4)
-    fs.write_sparsify(tmp_path / "layers.1.mlp", state, {**cfg, "transcode": True})
+    state, cfg = fs.random_sparsify(8, 16, k=4, transcode=True)
+    fs.write_sparsify(tmp_path / "layers.1.mlp", state, cfg)
     r = saesteer("steer", "--sae", tmp_path / "layers.1.mlp", "--latent", "0:add=1", "--prompt", "x",
                  "--max-new-tokens", 1)
-    assert r.rc == 2 and "'layers.1.mlp''s output from its input" in r.err, r.text
-    assert "SAELens transcoder folders" in r.err and "save its weights in that layout" in r.err, r.err
+    assert r.rc == 2 and "'layers.1.mlp''s output (blocks.1.hook_mlp_out) from its input" in r.err, r.text
+    assert "pass --hook" in r.err, r.err
     r.no_traceback()
 
 

@@ -19,6 +19,7 @@ state dicts are read; nothing in a file can run code here.
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import re
@@ -200,17 +201,36 @@ def hf_model_identity(name: Any) -> ModelIdentity | None:
     return ModelIdentity("hub", name) if _HF_REPO.match(name) else None
 
 
-# what to do with another library's transcoder (sparsify `transcode`, dictionary_learning io="in_and_out")
-TRANSCODER_HINT = ("saesteer reads transcoders only as SAELens transcoder folders (docs/formats.md, SAE folder: "
+# what to do with a transcoder a reader cannot place (dictionary_learning io="in_and_out", a sparsify
+# module whose output has no hook point)
+TRANSCODER_HINT = ("saesteer reads other transcoders as SAELens transcoder folders (docs/formats.md, SAE folder: "
                    "cfg.json with d_out and metadata.hook_name_out): save its weights in that layout, or pass an SAE "
                    "of one hook point")
 
 
 def hf_tokenizer_adds_bos(model_name: str | None) -> bool | None:
     """Whether the HF tokenizer of `model_name` (a local checkpoint directory, or a hub model in the
-    HF cache) starts a text with BOS by default; None when it is not at hand (nothing is downloaded)."""
+    HF cache) starts a text with BOS by default; None when it is not at hand (nothing is downloaded).
+    Asked once per tokenizer source in a process (loading a tokenizer takes a while, and a run folder
+    holds one SAE per hookpoint): the source is the directory as it is now, or the HF cache in use."""
     if not model_name or model_name == "toy":
         return None
+    return _tokenizer_adds_bos(model_name, _tokenizer_source(model_name))
+
+
+def _tokenizer_source(model_name: str) -> tuple[Any, ...]:
+    """What `AutoTokenizer.from_pretrained(model_name, local_files_only=True)` reads: a local directory
+    (its modification time: files replaced in it change it), else the HF cache directory."""
+    path = Path(model_name).expanduser()
+    if path.is_dir():
+        return ("dir", str(path.resolve()), path.stat().st_mtime_ns)
+    from huggingface_hub import constants
+
+    return ("hub", constants.HF_HUB_CACHE)
+
+
+@functools.lru_cache(maxsize=64)
+def _tokenizer_adds_bos(model_name: str, source: tuple[Any, ...]) -> bool | None:
     try:
         from transformers import AutoTokenizer
 

@@ -21,7 +21,11 @@ The classes, as `dictionary_learning.utils.load_dictionary` loads them:
   [F, D]`, `b_dec`, `k`, `threshold`, `group_sizes` -> our Matryoshka with cumulative widths.
 - `JumpReluAutoEncoder` (dictionary.py): relu(pre * (pre > threshold)), pre = x @ W_enc + b_enc
   (no b_dec subtraction: `apply_b_dec_to_input = False`).
-`GatedAutoEncoder` and `AutoEncoderNew` have no counterpart here and are refused.
+- `GatedAutoEncoder` (dictionary.py): x_enc = encoder(x - decoder_bias), on where x_enc + gate_bias
+  > 0, value relu(exp(r_mag) x_enc + mag_bias); decoder(f) + decoder_bias -> SAELens's gated
+  tensors, our `saes.gated.GatedSAE` (values equal up to rounding: exp(r_mag) multiplies the
+  encoder's columns there, x_enc here).
+`AutoEncoderNew` has no counterpart here and is refused.
 """
 
 from __future__ import annotations
@@ -52,7 +56,8 @@ WEIGHTS = "ae.pt"
 CONFIG = "config.json"
 CHECKPOINTS = "checkpoints"
 _CHECKPOINT = re.compile(r"^ae_(\d+)\.pt$")  # trainSAE(save_steps=...): TRAINER/checkpoints/ae_STEP.pt
-SUPPORTED = ("AutoEncoder", "AutoEncoderTopK", "BatchTopKSAE", "MatryoshkaBatchTopKSAE", "JumpReluAutoEncoder")
+SUPPORTED = ("AutoEncoder", "AutoEncoderTopK", "BatchTopKSAE", "MatryoshkaBatchTopKSAE", "JumpReluAutoEncoder",
+             "GatedAutoEncoder")
 _SUBMODULE_HOOKS = [  # dictionary_learning's demo names: "<site>_layer_<n>"
     (re.compile(r"^resid_post_layer_(\d+)$"), "blocks.{}.hook_resid_post"),
     (re.compile(r"^mlp_out_layer_(\d+)$"), "blocks.{}.hook_mlp_out"),
@@ -157,6 +162,14 @@ def _convert(dict_class: str, state: dict[str, torch.Tensor], trainer: dict[str,
         D_, F_ = state["W_enc"].shape
         cfg = {"architecture": "jumprelu", "d_in": D_, "d_sae": F_, "apply_b_dec_to_input": False}
         return cfg, {n: state[n] for n in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")}
+    if dict_class == "GatedAutoEncoder":
+        names = ["encoder.weight", "decoder.weight", "decoder_bias", "gate_bias", "mag_bias", "r_mag"]
+        require_tensors(state, names, source, dict_class)
+        F_, D_ = state["encoder.weight"].shape
+        cfg = {"architecture": "gated", "d_in": D_, "d_sae": F_, "apply_b_dec_to_input": True}
+        return cfg, {"W_enc": state["encoder.weight"].T, "W_dec": state["decoder.weight"].T,
+                     "b_dec": state["decoder_bias"], "b_gate": state["gate_bias"], "b_mag": state["mag_bias"],
+                     "r_mag": state["r_mag"]}
     raise SAEFormatError(f"{source}: dict_class {dict_class!r} is not supported (saesteer reads {', '.join(SUPPORTED)})")
 
 

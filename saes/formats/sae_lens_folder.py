@@ -2,8 +2,9 @@
 
 SAELens records the model and hook point in `cfg.json` (`metadata.model_name`, `hook_name`);
 folders we trained add `saesteer.json`, whose provenance is kept as it is. A SAELens training
-checkpoint's activation scaling factor (`activation_scaler.json`) is folded into the weights as
-SAELens folds it when training ends (`saes.io.checkpoint_scaling_factor`); the provenance says so.
+checkpoint's activation scaling factor (`activation_scaler.json`) or whitening (beside it,
+`activation_whitening.safetensors`) is folded into the weights as SAELens folds it when training
+ends (`saes.io.checkpoint_scaling_factor`, `saes.whitening`); the provenance says so.
 """
 
 from __future__ import annotations
@@ -14,16 +15,15 @@ from typing import Any
 import torch
 
 from saes.formats.base import LoadedSAE, files_record, record_model_and_hook
-from saes.fileio import read_json
 from saes.io import (
     CFG_FILENAME,
     SCALER_FILENAME,
     WEIGHTS_FILENAME,
     SAEFormatError,
-    checkpoint_scaling_factor,
-    read_sae_folder,
-    sae_from_sae_lens_dict,
+    read_sae_folder_files,
+    sae_from_folder,
 )
+from saes.whitening import WHITENING_FILENAME
 
 FORMAT = "sae_lens"
 
@@ -37,8 +37,9 @@ def load(
     device: torch.device | str | None = None, dtype: torch.dtype | None = None,
 ) -> LoadedSAE:
     path = path.resolve()
-    cfg, weights, provenance = read_sae_folder(path)
-    sae = sae_from_sae_lens_dict(cfg, weights, device=device, dtype=dtype, source=str(path))
+    files = read_sae_folder_files(path)
+    provenance = files.provenance
+    sae = sae_from_folder(files, device=device, dtype=dtype, source=str(path))
     md = sae.cfg.metadata
     if provenance is not None:  # ours: saesteer.json says it all
         prov: dict[str, Any] = dict(provenance)
@@ -49,10 +50,12 @@ def load(
             raise SAEFormatError(f"{path} was trained on {recorded}, not {hook}; drop --hook or pick the right SAE")
     else:
         prov = {"source": {"format": FORMAT, "path": str(path),
-                           "files": files_record(path, [CFG_FILENAME, WEIGHTS_FILENAME, SCALER_FILENAME])}}
-        factor = checkpoint_scaling_factor(path, read_json(path / CFG_FILENAME, "SAE config"))
-        if factor is not None:
-            prov["source"]["activation_scaling_factor_folded"] = factor
+                           "files": files_record(path, [CFG_FILENAME, WEIGHTS_FILENAME, SCALER_FILENAME,
+                                                        WHITENING_FILENAME])}}
+        if files.scaling_factor is not None:
+            prov["source"]["activation_scaling_factor_folded"] = files.scaling_factor
+        if files.whitening is not None:
+            prov["source"]["activation_whitening_folded"] = True
         record_model_and_hook(sae, prov, source=str(path), hook=hook, model=model,
                               recorded_hook=md.get("hook_name"), recorded_model=md.get("model_name"))
     return LoadedSAE(sae, prov, str(path), FORMAT)

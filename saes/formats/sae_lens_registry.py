@@ -111,7 +111,7 @@ def load(
         raise SAEFormatError(f"{spec}: sae_lens could not load it: {str(e).strip().splitlines()[0]}") from None
     try:
         sae = from_sae_lens(sl, dtype=dtype, source=spec)
-    except ValueError as e:  # an architecture our classes do not have (gated, temporal, ...)
+    except ValueError as e:  # an architecture our classes do not have (abstopk, temporal, ...)
         raise SAEFormatError(f"{str(e)} (loaded by sae_lens as {type(sl).__name__})") from None
     if device is not None:
         sae = sae.to(device)

@@ -14,9 +14,16 @@ encoder.bias), per token; decoding: sum of the chosen rows of W_dec scaled by th
 plus b_dec. That is our TopK SAE with W_enc = encoder.weight.T (the relu before or after the
 top-k selects the same non-zero values).
 
-Not representable, so refused: `activation: "groupmax"`, transcoders (`transcode`), skip
-connections. The hookpoint is an HF module path ("layers.3"); its TransformerLens hook is
-derived where exact (`base.tl_hook_for_module`), else the user gives `--hook`.
+Transcoders (`transcode: true`, sparsify/trainer.py: the hookpoint module's input predicts its
+output) are our TopK transcoders: `SparseCoder.encode` does not subtract b_dec for them, so
+apply_b_dec_to_input is false, d_out = d_in, and with `skip_connection` the forward adds
+x @ W_skip.T (`W_skip [D, D]`) - our skip transcoder's term. The target hook is the module's
+output's hook; the input hook is derived for a decoder layer ("layers.N": blocks.N.hook_resid_pre),
+else the user gives `--hook` (an MLP's input is its LayerNorm's output, weight and bias applied).
+
+Not representable, so refused: `activation: "groupmax"`, skip connections of SAEs (not
+transcoders), signed top-k. The hookpoint is an HF module path ("layers.3"); its TransformerLens
+hook is derived where exact (`base.tl_hook_for_module`), else the user gives `--hook`.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from saes.formats.base import (
     record_model_and_hook,
     require_tensors,
     tl_hook_for_module,
+    tl_hook_for_module_input,
 )
 from saes.io import SAEFormatError, sae_from_sae_lens_dict
 
@@ -66,6 +74,16 @@ def _hookpoint_and_run(folder: Path) -> tuple[str, Path]:
     return folder.name, folder.parent
 
 
+def _transcoder_target(hookpoint: str, source: str) -> str:
+    """The hook point a sparsify transcoder at `hookpoint` predicts: what the module outputs."""
+    target = tl_hook_for_module(hookpoint)
+    if target is None:
+        raise SAEFormatError(f"{source}: a transcoder (transcode: true) predicts hookpoint {hookpoint!r}'s output, "
+                             f"which has no exact TransformerLens hook point (known: a decoder layer 'layers.N' -> "
+                             f"blocks.N.hook_resid_post, 'layers.N.mlp' -> blocks.N.hook_mlp_out); {TRANSCODER_HINT}")
+    return target
+
+
 def load(
     path: Path, *, hook: str | None = None, model: str | None = None,
     device: torch.device | str | None = None, dtype: torch.dtype | None = None,
@@ -81,16 +99,16 @@ def load(
     if activation != "topk":
         raise SAEFormatError(f"{source}: activation {activation!r} is not supported (only 'topk'); saesteer has no "
                              f"group-max SAE")
-    if cfg.get("transcode"):
-        raise SAEFormatError(f"{source}: a transcoder (transcode: true) predicts hookpoint "
-                             f"{_hookpoint_and_run(folder)[0]!r}'s output from its input, not an SAE of one hook "
-                             f"point; {TRANSCODER_HINT}")
+    transcoder = bool(cfg.get("transcode"))
+    hookpoint, run_dir = _hookpoint_and_run(folder)
     weights = read_safetensors(folder / WEIGHTS, source)
-    if cfg.get("skip_connection") or "W_skip" in weights:
-        raise SAEFormatError(f"{source}: skip connections (W_skip) are not supported")
+    skip = bool(cfg.get("skip_connection")) or "W_skip" in weights
+    if skip and not transcoder:  # an SAE whose output adds W_skip x: our SAEs have no skip term
+        raise SAEFormatError(f"{source}: skip connections (W_skip) of an SAE (not a transcoder) are not supported")
     if cfg.get("signed"):
         raise SAEFormatError(f"{source}: signed top-k (signed: true) is not supported")
-    require_tensors(weights, ["encoder.weight", "encoder.bias", "W_dec", "b_dec"], source, "sparsify SAE")
+    require_tensors(weights, ["encoder.weight", "encoder.bias", "W_dec", "b_dec"] + (["W_skip"] if skip else []),
+                    source, "sparsify transcoder" if transcoder else "sparsify SAE")
     enc_FD = weights["encoder.weight"]
     if enc_FD.ndim != 2 or tuple(enc_FD.shape) != (d_sae, d_in):
         raise SAEFormatError(f"{source}: encoder.weight has shape {tuple(enc_FD.shape)} but {CFG} (d_in={d_in}, "
@@ -101,24 +119,41 @@ def load(
     }
     state = {"W_enc": enc_FD.T.contiguous(), "b_enc": weights["encoder.bias"], "W_dec": weights["W_dec"],
              "b_dec": weights["b_dec"]}
+    target = None
+    if transcoder:  # SparseCoder.encode skips the b_dec centring; forward adds x @ W_skip.T
+        target = _transcoder_target(hookpoint, source)
+        sl_cfg.update(architecture="topk_skip_transcoder" if skip else "topk_transcoder", d_out=d_in,
+                      apply_b_dec_to_input=False)
+        if skip:
+            state["W_skip"] = weights["W_skip"]
     sae = sae_from_sae_lens_dict(sl_cfg, state, device=device, dtype=dtype, source=source)
 
-    hookpoint, run_dir = _hookpoint_and_run(folder)
     run_cfg: dict[str, Any] = {}
     if (run_dir / RUN_CONFIG).is_file():
         loaded = read_json(run_dir / RUN_CONFIG, "sparsify run config")
         run_cfg = loaded if isinstance(loaded, dict) else {}
-    derived = tl_hook_for_module(hookpoint)
+    # a transcoder reads the module's input, an SAE its output (sparsify/trainer.py's forward hook)
+    derived = tl_hook_for_module_input(hookpoint) if transcoder else tl_hook_for_module(hookpoint)
+    if transcoder and not derived and not hook:
+        raise SAEFormatError(
+            f"{source}: a transcoder (transcode: true) predicts hookpoint {hookpoint!r}'s output ({target}) from its "
+            f"input, which has no exact TransformerLens hook point here (an MLP's input is its LayerNorm's output "
+            f"with weight and bias applied, which ln2.hook_normalized is not on a model with raw weights); pass "
+            f"--hook naming the hook point that carries exactly that input")
     prov: dict[str, Any] = {"source": {
         "format": FORMAT, "path": str(folder), "hookpoint": hookpoint, "files": files_record(folder, [CFG, WEIGHTS]),
         "sparsify_config": cfg, "run": {k: run_cfg.get(k) for k in ("model", "dataset", "ctx_len", "hookpoints")
                                         if k in run_cfg},
     }}
     run_model = run_cfg.get("model") if isinstance(run_cfg.get("model"), str) else None
+    basis = f"{'the input of ' if transcoder else ''}sparsify hookpoint {hookpoint!r}"
     record_model_and_hook(sae, prov, source=source, hook=hook, model=model, recorded_hook=derived,
                           recorded_model=run_model, recorded_identity=hf_model_identity(run_model),
-                          hook_basis=f"sparsify hookpoint {hookpoint!r}" if derived else None)
+                          hook_basis=basis if derived else None)
+    if target is not None:
+        sae.cfg.metadata["hook_name_out"] = target
     record_hf_tokenizer_bos(sae, prov, sae.cfg.metadata.get("model_name"))
     if not derived:
-        prov["source"]["note"] = f"hookpoint {hookpoint!r} has no exact TransformerLens counterpart; hook from --hook"
+        prov["source"]["note"] = (f"hookpoint {hookpoint!r} has no exact TransformerLens counterpart for the "
+                                  f"{'input' if transcoder else 'output'} read; hook from --hook")
     return LoadedSAE(sae, prov, str(folder), FORMAT)

@@ -25,7 +25,9 @@ SPARSIFY_CONFIG_DEFAULTS = {  # sparsify/config.py, SparseCoderConfig field orde
 }
 
 
-def random_sparsify(d_in: int, d_sae: int, k: int, seed: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def random_sparsify(d_in: int, d_sae: int, k: int, seed: int = 0, transcode: bool = False,
+                    skip: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A SparseCoder's tensors and config; `transcode` / `skip`: a transcoder (with W_skip [D, D])."""
     g = torch.Generator().manual_seed(seed)
     state = {
         "encoder.weight": torch.randn(d_sae, d_in, generator=g) * 0.4,
@@ -33,7 +35,10 @@ def random_sparsify(d_in: int, d_sae: int, k: int, seed: int = 0) -> tuple[dict[
         "W_dec": torch.randn(d_sae, d_in, generator=g) * 0.3,
         "b_dec": torch.randn(d_in, generator=g) * 0.2,
     }
-    return state, {**SPARSIFY_CONFIG_DEFAULTS, "num_latents": d_sae, "k": k}
+    if skip:
+        state["W_skip"] = torch.randn(d_in, d_in, generator=g) * 0.2
+    return state, {**SPARSIFY_CONFIG_DEFAULTS, "num_latents": d_sae, "k": k, "transcode": transcode,
+                   "skip_connection": skip}
 
 
 def write_sparsify(folder: Path, state: dict[str, torch.Tensor], cfg: dict[str, Any],
@@ -54,12 +59,15 @@ def write_sparsify(folder: Path, state: dict[str, torch.Tensor], cfg: dict[str, 
 
 
 def sparsify_reference(state: dict[str, torch.Tensor], cfg: dict[str, Any], x_BD: torch.Tensor):
-    """Dense activations and reconstruction as sparsify computes them: SparseCoder.encode
-    (x - b_dec, then fused_encoder: relu(F.linear) and top-k) and SparseCoder.decode
-    (utils.eager_decode: embedding_bag of W_dec rows, + b_dec)."""
-    pre = F.relu(F.linear(x_BD - state["b_dec"], state["encoder.weight"], state["encoder.bias"]))
+    """Dense activations and output as sparsify computes them: SparseCoder.encode (x - b_dec, not
+    for a transcoder, then fused_encoder: relu(F.linear) and top-k), SparseCoder.decode
+    (utils.eager_decode: embedding_bag of W_dec rows, + b_dec) and forward's `+ x @ W_skip.mT`."""
+    x_in = x_BD if cfg.get("transcode") else x_BD - state["b_dec"]
+    pre = F.relu(F.linear(x_in, state["encoder.weight"], state["encoder.bias"]))
     vals, idx = pre.topk(cfg["k"], dim=-1, sorted=False)
     recon = F.embedding_bag(idx, state["W_dec"], per_sample_weights=vals, mode="sum") + state["b_dec"]
+    if "W_skip" in state:
+        recon = recon + x_BD @ state["W_skip"].mT
     return torch.zeros_like(pre).scatter_(-1, idx, vals), recon
 
 
@@ -69,7 +77,7 @@ def _trainer_config(dict_class: str, d_in: int, d_sae: int, **extra) -> dict[str
     (trainers/top_k.py TopKTrainer.config, trainers/standard.py StandardTrainer.config, ...)."""
     trainer_class = {"AutoEncoder": "StandardTrainer", "AutoEncoderTopK": "TopKTrainer",
                      "BatchTopKSAE": "BatchTopKTrainer", "MatryoshkaBatchTopKSAE": "MatryoshkaBatchTopKTrainer",
-                     "JumpReluAutoEncoder": "JumpReluTrainer"}[dict_class]
+                     "JumpReluAutoEncoder": "JumpReluTrainer", "GatedAutoEncoder": "GatedSAETrainer"}[dict_class]
     return {"trainer_class": trainer_class, "dict_class": dict_class, "activation_dim": d_in, "dict_size": d_sae,
             "lr": 1e-3, "steps": 100, "seed": 0, "device": "cpu", "layer": 1, "lm_name": "org/model",
             "wandb_name": trainer_class, "submodule_name": "resid_post_layer_1", **extra}
@@ -96,6 +104,9 @@ def random_dictionary_learning(dict_class: str, d_in: int, d_sae: int, k: int = 
     if dict_class == "JumpReluAutoEncoder":
         return {"W_enc": r(d_in, d_sae), "b_enc": r(d_sae, s=0.1), "W_dec": r(d_sae, d_in), "b_dec": r(d_in, s=0.2),
                 "threshold": torch.rand(d_sae, generator=g) * 0.3}
+    if dict_class == "GatedAutoEncoder":  # decoder_bias, encoder (Linear, no bias), r_mag, gate_bias, mag_bias, decoder
+        return {"decoder_bias": r(d_in, s=0.2), "encoder.weight": r(d_sae, d_in), "r_mag": r(d_sae),
+                "gate_bias": r(d_sae), "mag_bias": r(d_sae), "decoder.weight": r(d_in, d_sae)}
     raise ValueError(dict_class)
 
 
@@ -152,6 +163,10 @@ def dictionary_learning_reference(dict_class: str, state: dict[str, torch.Tensor
         pre = x_BD @ s["W_enc"] + s["b_enc"]
         f = F.relu(pre * (pre > s["threshold"]))
         return f, f @ s["W_dec"] + s["b_dec"]
+    if dict_class == "GatedAutoEncoder":  # GatedAutoEncoder.encode / decode (from_pretrained changes nothing)
+        x_enc = F.linear(x_BD - s["decoder_bias"], s["encoder.weight"])
+        f = (x_enc + s["gate_bias"] > 0) * F.relu(s["r_mag"].exp() * x_enc + s["mag_bias"])
+        return f, F.linear(f, s["decoder.weight"]) + s["decoder_bias"]
     raise ValueError(dict_class)
 
 
