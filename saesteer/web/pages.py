@@ -5,6 +5,11 @@ store are escaped wherever they appear. Charts get their data as JSON in a singl
 attribute (`|tojson` escapes <, >, & and ' there) and only ever numbers: plotly interprets some
 HTML-like markup inside strings, so no data-derived string is handed to it. Scripts are static
 files (the CSP forbids inline ones).
+
+Escaped is not yet readable: a bidi override in a label or a snippet reorders the rest of its line
+(Trojan Source), and control and zero-width characters show as nothing. So every `{{ }}` string is
+drawn first (`_drawn_output`, features.tokentext.readable: ⟨RLO⟩, ␛) - except the values of form
+fields, written `{{ text|field }}`, which must hand the user's text back as it was typed.
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ from typing import Annotated, Optional
 from urllib.parse import urlencode
 
 import jinja2
+from markupsafe import Markup
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import Field
 
-from features.tokentext import visible
+from features.tokentext import readable, visible
 from saesteer.web import api
 from saesteer.web.security import ascii_digits
 from saesteer.web.schemas import Example
@@ -64,8 +70,21 @@ def _tokshow(piece: str, following: str | None = "") -> str:
     return visible(piece, following or "")
 
 
+class _FieldValue(str):
+    """A form field's value (`|field`): written as typed, control characters and all (still escaped)."""
+
+
+def _drawn_output(value):
+    """What every `{{ }}` writes: a string with its control, bidi and invisible characters drawn;
+    form field values and the templates' own markup (a macro's output, drawn inside) as they are."""
+    if isinstance(value, str) and not isinstance(value, (Markup, _FieldValue)):
+        return readable(value)
+    return value
+
+
 def make_templates() -> jinja2.Environment:
     env = jinja2.Environment(
+        finalize=_drawn_output,
         loader=jinja2.FileSystemLoader(str(_TEMPLATE_DIR)),
         autoescape=True,  # every template, whatever its extension
         undefined=jinja2.StrictUndefined,
@@ -75,6 +94,7 @@ def make_templates() -> jinja2.Environment:
     env.filters["num"] = _num
     env.filters["pct"] = _pct
     env.filters["tokshow"] = _tokshow
+    env.filters["field"] = _FieldValue
     return env
 
 
