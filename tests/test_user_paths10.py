@@ -13,8 +13,9 @@ tokens, HTML/JS and Markdown/JSON-breaking text. Then every place that shows it:
   token views (`visible`) and running text (`readable`: saesteer.terminal.plain, and
   saesteer.boundary.print_error for every command's `error:` line);
 - the web pages: escaped already, but a U+202E in an example or a label reordered the rest of its
-  line (Trojan Source) and ESC, NUL or zero-width characters showed as nothing; every `{{ }}` string
-  is drawn now, except form fields, which give the user's own text back as typed;
+  line (Trojan Source: in Chromium, the fire page's tokens after it ran right to left) and ESC, NUL
+  or zero-width characters showed as nothing; every `{{ }}` string is drawn now, except form
+  fields, which give the user's own text back as typed;
 - `features export --format neuronpedia` refused its own files ("Unterminated string") when the
   text held a NEL (U+0085) or a U+2028, both common in scraped text: its JSON Lines were read back
   with str.splitlines, which ends lines there. Rows now escape them, and are read at "\\n" only;
@@ -35,6 +36,7 @@ from pathlib import Path
 import pytest
 
 from helpers.real_cli import cache_train_store, captured_serve, saesteer
+from test_web_browser import PHONE, browser  # noqa: F401 (the headless Chromium fixture)
 
 pytestmark = [pytest.mark.usefixtures("one_thread", "offline_env")]
 
@@ -177,6 +179,37 @@ def test_web_pages_draw_bidi_controls_and_escape_sequences_and_keep_form_fields_
     field = re.search(r'<textarea id="fire-text"[^>]*>(.*?)</textarea>', page, re.S).group(1)
     assert field == typed.replace('"', "&#34;").replace("<", "&lt;").replace(">", "&gt;")
     assert _raw(page.replace(field, "")) == []
+
+
+@pytest.mark.browser
+def test_in_chromium_a_bidi_override_reorders_no_token_and_a_long_token_stays_in_the_page(hostile, browser):
+    """The fire page at phone width, in Chromium: the words after a U+202E run left to right, line
+    by line (the raw override drew them right to left: every span after it in the paragraph), and
+    an 80-character word (wider than the phone) wraps inside the page instead of widening it."""
+    from urllib.parse import urlencode
+
+    from helpers.web_app import ServerThread
+
+    with pytest.MonkeyPatch.context() as mp:
+        r, web = captured_serve(mp, "--store", hostile)
+    srv = ServerThread(web.app, web.base_url.port).start()
+    ctx = browser.new_context(viewport=PHONE)
+    try:
+        page = ctx.new_page()
+        words = ["three", "four", "five", "six"]
+        text = "one two \u202e" + " ".join(words) + " and " + "A" * 80
+        page.goto(f"{srv.url}/s/store/fire?{urlencode({'text': text})}")
+        spans = page.eval_on_selector_all(".firetoks .tok", "els => els.map(e => {const b = e.getBoundingClientRect(); "
+                                                            "return [e.textContent, Math.round(b.top), b.left];})")
+        assert spans, page.content()[-2000:]  # e.g. an error page
+        first = next(i for i, (t, _, _) in enumerate(spans) if "\u202e" in t or "RLO" in t) + 1
+        last = next(i for i, (t, _, _) in enumerate(spans) if "A" in t)
+        after = [(top, left, t) for t, top, left in spans[first:last] if t.strip()]
+        assert len(after) >= len(words) and after == sorted(after), after  # (line, x): reading order
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    finally:
+        ctx.close()
+        srv.stop()
 
 
 def test_search_finds_the_same_latents_for_nfc_and_nfd_queries_and_draws_control_queries(hostile):
