@@ -81,8 +81,8 @@ def hostile(real_models, tmp_path_factory) -> Path:
     return work / "store.db"
 
 
-def _latents_whose_examples_hold(db: Path, chars: str, kind: str = "%") -> dict[str, int]:
-    """For each character of `chars`, a latent with an example (of `kind`) whose text holds it."""
+def _latents_whose_examples_hold(db: Path, chars, kind: str = "%") -> dict[str, int]:
+    """For each character (or string) of `chars`, a latent with an example (of `kind`) whose text holds it."""
     with sqlite3.connect(db) as con:
         rows = con.execute("SELECT latent, text FROM examples WHERE kind LIKE ? ORDER BY latent", (kind,)).fetchall()
     found = {}
