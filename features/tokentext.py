@@ -40,7 +40,7 @@ from typing import Any, Iterable, Sequence
 
 __all__ = ["TokenText", "token_text", "token_texts", "token_bytes", "token_label", "token_labels", "label_of_bytes",
            "PART_OF_A_CHARACTER", "LABEL_RULE", "label_from_rule_1",
-           "pieces_by_prefix", "align_pieces", "mark_pieces", "visible", "draw_controls", "readable"]
+           "pieces_by_prefix", "align_pieces", "mark_pieces", "visible", "draw_controls", "readable", "CONTROL_NAMES"]
 
 
 @dataclass(frozen=True)
@@ -391,7 +391,7 @@ def align_pieces(text: str, strings: Sequence[str]) -> list[str]:
 # line/paragraph separators) are invisible, so a token made of one would show as nothing. A lone
 # surrogate (only from a JSON "\ud800") cannot even be written to UTF-8.
 _DRAWN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
-_MARK_NAMES = {
+CONTROL_NAMES = {
     0x00AD: "SHY", 0x061C: "ALM", 0x180E: "MVS", 0x200B: "ZWSP", 0x200C: "ZWNJ", 0x200D: "ZWJ", 0x200E: "LRM",
     0x200F: "RLM", 0x2028: "LSEP", 0x2029: "PSEP", 0x202A: "LRE", 0x202B: "RLE", 0x202C: "PDF", 0x202D: "LRO",
     0x202E: "RLO", 0x2060: "WJ", 0x2066: "LRI", 0x2067: "RLI", 0x2068: "FSI", 0x2069: "PDI", 0xFEFF: "BOM",
@@ -407,7 +407,7 @@ def _drawn(ch: str) -> str:
     if code == 0x7F:
         return "\u2421"
     if unicodedata.category(ch) in _DRAWN_CATEGORIES:
-        return "\u27e8" + _MARK_NAMES.get(code, f"U+{code:04X}") + "\u27e9"
+        return "\u27e8" + CONTROL_NAMES.get(code, f"U+{code:04X}") + "\u27e9"
     return ch
 
 

@@ -182,12 +182,14 @@ def test_web_pages_draw_bidi_controls_and_escape_sequences_and_keep_form_fields_
 
 
 @pytest.mark.browser
-def test_in_chromium_a_bidi_override_reorders_no_token_and_a_long_token_stays_in_the_page(hostile, browser):
+def test_in_chromium_a_bidi_override_reorders_no_token_a_long_token_stays_in_the_page_and_steer_js_draws(hostile, browser):
     """The fire page at phone width, in Chromium: the words after a U+202E run left to right, line
     by line (the raw override drew them right to left: every span after it in the paragraph), and
-    an 80-character word (wider than the phone) wraps inside the page instead of widening it."""
+    an 80-character word (wider than the phone) wraps inside the page instead of widening it. The
+    steering playground writes its prompt and continuations itself: drawn by the same rule."""
     from urllib.parse import urlencode
 
+    from features.tokentext import readable
     from helpers.web_app import ServerThread
 
     with pytest.MonkeyPatch.context() as mp:
@@ -207,6 +209,17 @@ def test_in_chromium_a_bidi_override_reorders_no_token_and_a_long_token_stays_in
         after = [(top, left, t) for t, top, left in spans[first:last] if t.strip()]
         assert len(after) >= len(words) and after == sorted(after), after  # (line, x): reading order
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        # the playground writes the prompt and both continuations itself (steer.js): drawn as the server draws
+        page.goto(f"{srv.url}/s/store/steer?latent=2")
+        page.locator("#edits .fstrength").fill("1")
+        prompt = "a\u202eb \U0001F468\u200d\U0001F469 \u200d\x1b[2J\x85\u2066\x07"
+        page.locator("#prompt").fill(prompt)
+        page.locator("#max-new").fill("6")
+        page.locator("#generate").click()
+        page.wait_for_selector("#compare:not([hidden])")
+        assert page.locator("#out-prompt-a").text_content() == readable(prompt)
+        for out in ("#out-default", "#out-steered"):
+            assert _raw(page.locator(out).text_content()) == [], out
     finally:
         ctx.close()
         srv.stop()

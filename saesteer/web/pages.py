@@ -9,7 +9,8 @@ files (the CSP forbids inline ones).
 Escaped is not yet readable: a bidi override in a label or a snippet reorders the rest of its line
 (Trojan Source), and control and zero-width characters show as nothing. So every `{{ }}` string is
 drawn first (`_drawn_output`, features.tokentext.readable: ⟨RLO⟩, ␛) - except the values of form
-fields, written `{{ text|field }}`, which must hand the user's text back as it was typed.
+fields, written `{{ text|field }}`, which must hand the user's text back as it was typed. The
+playground's generated text, which steer.js writes, is drawn there by the same rule.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import Field
 
-from features.tokentext import readable, visible
+from features.tokentext import CONTROL_NAMES, readable, visible
 from saesteer.web import api
 from saesteer.web.security import ascii_digits
 from saesteer.web.schemas import Example
@@ -246,4 +247,5 @@ async def steer_page(
     picks = [{"latent": i, "label": known[i].label if i in known else None,
               "strength": known[i].recommended_strength if i in known else None} for i in chosen]
     prefill = getattr(entry.engine, "example_prompt", "")  # the toy prompt only for the toy model
-    return render(request, "steer.html", store=entry, picks=picks, prefill=prefill, nav="steer")
+    return render(request, "steer.html", store=entry, picks=picks, prefill=prefill, nav="steer",
+                  control_names=CONTROL_NAMES)  # steer.js draws the model's text by the same rule
