@@ -20,9 +20,9 @@ from typing import Annotated, Optional
 from urllib.parse import urlencode
 
 import jinja2
-from markupsafe import Markup
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from markupsafe import Markup
 from pydantic import Field
 
 from features.tokentext import CONTROL_NAMES, readable, visible
@@ -132,7 +132,7 @@ def render_error(request: Request, status: int, message: str, headers=None) -> H
     except Exception:  # never let the error page itself fail
         import html
 
-        return HTMLResponse(f"<!doctype html><title>error {status}</title><p>{html.escape(message)}</p>", status_code=status, headers=headers)
+        return HTMLResponse(f"<!doctype html><title>error {status}</title><p>{html.escape(readable(message))}</p>", status_code=status, headers=headers)
 
 
 # -- pages -----------------------------------------------------------------------------------
