@@ -4,9 +4,9 @@ charts (activation histogram, logit effects) and examples highlighted token by t
     export_html(store, "out/dash")          # out/dash/index.html, out/dash/f/00042.html, out/dash/plotly.min.js
 
 Opens offline: plotly.js (from the installed plotly package) is written once beside the pages.
-All text from the store (labels, explanations, tokens, example text) is untrusted: it is
-HTML-escaped, and data handed to plotly is JSON with <, > and & escaped, so nothing from the
-store can open a tag or leave a <script>.
+All text from the store (labels, explanations, tokens, example text) is untrusted: its control
+and bidi characters are drawn (features.tokentext), it is HTML-escaped, and data handed to plotly
+is JSON with <, > and & escaped, so nothing from the store can open a tag or leave a <script>.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Iterable
 
 from features.records import Example, FeatureRecord, without_start_bos
 from features.store import FeatureStore
-from features.tokentext import visible
+from features.tokentext import readable, visible
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:1.5rem;color:#222;max-width:1200px}
@@ -44,8 +44,9 @@ document.querySelectorAll('tbody tr').forEach(function(r){r.style.display=r.text
 
 
 def esc(text) -> str:
-    """HTML-escape any value (None -> empty)."""
-    return html.escape("" if text is None else str(text), quote=True)
+    """Any value as page text (None -> empty): its control, bidi and invisible characters drawn
+    (features.tokentext.readable: a U+202E in a label would reorder the rest of its line), HTML-escaped."""
+    return html.escape(readable("" if text is None else str(text)), quote=True)
 
 
 def script_json(obj) -> str:

@@ -127,10 +127,18 @@ def _finite(x: Any, default: float = 0.0) -> float:
     return v if math.isfinite(v) else default
 
 
+# What json.dumps(ensure_ascii=False) writes as it is but line readers other than a split at "\n"
+# take for a line end (Python's str.splitlines, JavaScript before ES2019): NEL, U+2028, U+2029,
+# all three common in scraped web text. Escaped, a row is one line for every reader.
+_LINE_ENDS_ESCAPED = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
 def _write_jsonl(path: Path, rows: Iterable[dict], gz: bool) -> None:
-    """Atomically: a temporary file in the same directory, fsynced, renamed."""
+    """One JSON object a line (no character in it that any reader takes for a line end), written
+    atomically: a temporary file in the same directory, fsynced, renamed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in rows).encode("utf-8")
+    data = "".join(json.dumps(r, ensure_ascii=False, allow_nan=False).translate(_LINE_ENDS_ESCAPED) + "\n"
+                   for r in rows).encode("utf-8")
     if gz:
         data = gzip.compress(data, compresslevel=5, mtime=0)
     atomic_write_bytes(path, data)
@@ -138,7 +146,7 @@ def _write_jsonl(path: Path, rows: Iterable[dict], gz: bool) -> None:
 
 def _read_jsonl(path: Path) -> Iterator[dict]:
     raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    for line in raw.decode("utf-8").splitlines():
+    for line in raw.decode("utf-8").split("\n"):  # JSON Lines' only line end (not str.splitlines's NEL, U+2028)
         if line.strip():
             yield json.loads(line)
 

@@ -34,12 +34,13 @@ from __future__ import annotations
 import codecs
 import json
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 __all__ = ["TokenText", "token_text", "token_texts", "token_bytes", "token_label", "token_labels", "label_of_bytes",
            "PART_OF_A_CHARACTER", "LABEL_RULE", "label_from_rule_1",
-           "pieces_by_prefix", "align_pieces", "mark_pieces", "visible"]
+           "pieces_by_prefix", "align_pieces", "mark_pieces", "visible", "draw_controls", "readable", "CONTROL_NAMES"]
 
 
 @dataclass(frozen=True)
@@ -383,8 +384,65 @@ def align_pieces(text: str, strings: Sequence[str]) -> list[str]:
     return pieces_from_offsets(text, starts)
 
 
+# Characters that are drawn, never written, wherever dataset or model text is shown: the C0/C1
+# controls and DEL move a terminal's cursor, clear or retitle it and open links (ESC[2J, ESC]0;..BEL,
+# ESC]8;;url), bidi overrides, embeddings, isolates and marks reorder the text after them (Trojan
+# Source: U+202E), and the other format characters (zero-width space and joiners, BOM, soft hyphen,
+# line/paragraph separators) are invisible, so a token made of one would show as nothing. A lone
+# surrogate (only from a JSON "\ud800") cannot even be written to UTF-8.
+_DRAWN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+CONTROL_NAMES = {
+    0x00AD: "SHY", 0x061C: "ALM", 0x180E: "MVS", 0x200B: "ZWSP", 0x200C: "ZWNJ", 0x200D: "ZWJ", 0x200E: "LRM",
+    0x200F: "RLM", 0x2028: "LSEP", 0x2029: "PSEP", 0x202A: "LRE", 0x202B: "RLE", 0x202C: "PDF", 0x202D: "LRO",
+    0x202E: "RLO", 0x2060: "WJ", 0x2066: "LRI", 0x2067: "RLI", 0x2068: "FSI", 0x2069: "PDI", 0xFEFF: "BOM",
+}
+
+
+def _drawn(ch: str) -> str:
+    """One character as drawn: C0 controls and DEL by their Control Pictures (ESC is ␛, NUL ␀), the
+    rest of the drawn characters as their abbreviation or code point in ⟨⟩ (⟨RLO⟩, ⟨ZWJ⟩, ⟨U+009B⟩)."""
+    code = ord(ch)
+    if code < 0x20:
+        return chr(0x2400 + code)
+    if code == 0x7F:
+        return "\u2421"
+    if unicodedata.category(ch) in _DRAWN_CATEGORIES:
+        return "\u27e8" + CONTROL_NAMES.get(code, f"U+{code:04X}") + "\u27e9"
+    return ch
+
+
+def draw_controls(text: str) -> str:
+    """`text` with every control, bidi and invisible format character drawn as a visible mark
+    (`_drawn`): the one rule for showing dataset or model text in a terminal or a page (the stored
+    text stays as it was). Token views use it as it is (`visible`); running text, `readable`."""
+    if text.isprintable():  # the common case: nothing to draw (isprintable is False for any of them)
+        return text
+    return "".join(map(_drawn, text))
+
+
+_JOINERS = "\u200c\u200d"  # ZWNJ, ZWJ
+
+
+def _joining(text: str, i: int) -> bool:
+    """Whether the joiner at `i` sits between two visible characters (an emoji sequence, Arabic or
+    Indic script), where it does its work; alone, at an edge or beside a space it shows nothing."""
+    return 0 < i < len(text) - 1 and all(c.isprintable() and not c.isspace() for c in (text[i - 1], text[i + 1]))
+
+
+def readable(text: str) -> str:
+    """Running text (a label, a snippet, generated text, a message) as a terminal or a page shows it:
+    `draw_controls`, keeping line breaks (a CRLF as one), tabs, and the joiners that join two
+    visible characters (they reorder and control nothing, and emoji and many scripts need them)."""
+    text = text.replace("\r\n", "\n")
+    if text.isprintable():
+        return text
+    return "".join(ch if ch in "\n\t" or (ch in _JOINERS and _joining(text, i)) else _drawn(ch)
+                   for i, ch in enumerate(text))
+
+
 def visible(piece: str, following: str = "") -> str:
-    """A piece as the CLI and the web pages show it: line breaks and tabs drawn (↵ ⇥), the rest as is.
+    """A piece as the CLI and the web pages show it: line breaks and tabs drawn (↵ ⇥), and every other
+    control, bidi or invisible character as a mark (`draw_controls`: ␛, ⟨RLO⟩, ⟨ZWJ⟩), the rest as is.
     `following` is the next piece: the "\r" of a CRLF cut between two tokens ("\r", "\n") is drawn
     as ␍ and the "\n" as ↵, so the pair reads as one line break, not two (a blank line the text does
     not have), and neither token is drawn empty (a latent may peak on either)."""
@@ -392,6 +450,7 @@ def visible(piece: str, following: str = "") -> str:
     if cr:
         piece = piece[:-1]
     shown = piece.replace("\r\n", "\u21b5").replace("\n", "\u21b5").replace("\r", "\u21b5").replace("\t", "\u21e5")
+    shown = draw_controls(shown)
     return shown + "\u240d" if cr else shown
 
 

@@ -15,6 +15,8 @@
 
 `saesteer --debug ...` (or SAESTEER_DEBUG=1) skips all this and shows Python's traceback.
 Warnings print as `warning: ...` (and `SaesteerWarning`s as `note: ...`), without source lines.
+Both print their message's control and bidi characters drawn (`features.tokentext.readable`):
+a message may quote a dataset's or a model's text.
 """
 
 from __future__ import annotations
@@ -137,13 +139,23 @@ def _os_message(e: OSError) -> str:
 def report(e: BaseException, parser: argparse.ArgumentParser | None = None) -> int:
     """Print `e` as `error: ...` (one or two lines) and return the exit status."""
     text, status = message_for(e, parser)
-    print(f"error: {text}", file=sys.stderr)
+    print_error(text)
     return status
 
 
+def print_error(message) -> None:
+    """`error: MESSAGE` on stderr, its control and bidi characters drawn: the one way a command says
+    it failed (a message may quote a dataset's column names, a model's text or a judge's reply)."""
+    from features.tokentext import readable
+
+    print(f"error: {readable(str(message))}", file=sys.stderr)
+
+
 def _show(message, category, filename, lineno, file=None, line=None) -> None:
+    from features.tokentext import readable
+
     kind = "note" if issubclass(category, SaesteerWarning) else "warning"
-    print(f"{kind}: {message}", file=file or sys.stderr)
+    print(f"{kind}: {readable(str(message))}", file=file or sys.stderr)
 
 
 @contextlib.contextmanager

@@ -9,6 +9,11 @@ else a user or a dataset wrote therefore reach rich only as `Text` objects, whic
     con.rule(plain(f"feature {i}: {label}"))
 
 Only our own constant strings are written as markup.
+
+Nor does a terminal get the text's control characters: rich passes ESC on (ESC[2J clears the
+screen, ESC]0;...BEL retitles the window, ESC]8;;URL makes a link) and a bidi override reorders the
+rest of the line, so `plain` draws them (features.tokentext.readable: ␛[2J, ⟨RLO⟩), as the error
+boundary does for messages printed without rich.
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ from typing import Any
 
 from rich.text import Text
 
+from features.tokentext import readable
+
 __all__ = ["plain"]
 
 
 def plain(value: Any, style: str = "") -> Text:
-    """`value` as text rich prints exactly as it is (no markup, no emoji codes)."""
-    return Text("" if value is None else str(value), style=style)
+    """`value` as text rich prints as it is (no markup, no emoji codes), its control characters drawn."""
+    return Text(readable("" if value is None else str(value)), style=style)

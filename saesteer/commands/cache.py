@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+from saesteer.boundary import print_error
 
 NAME = "cache"
 ORDER = 20
@@ -94,13 +94,13 @@ def run(args) -> int:
     try:
         text = dataclass_from_args(TextConfig, args, file_values=text_vals)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e)
         return 2
     existing = _existing_cache(args.out or extra.get("out"))
     try:
         model, model_spec = _model(args, extra, text, existing)
     except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e)
         return 2
     ident, revision = model_id(model), model_info(model).revision
     hooks = args.hooks or extra.get("hooks") or f"blocks.{model.cfg.n_layers // 2}.hook_resid_post"
@@ -127,7 +127,7 @@ def _verify(args) -> int:
     try:
         report = verify_cache(args.verify, progress=not args.no_progress)
     except CacheFormatError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e)
         return 2
     for p in report.problems:
         print(f"BAD  {p}")
@@ -179,5 +179,5 @@ def _error(e: Exception, args) -> int:
     from saesteer.boundary import message_for
 
     text = message_for(e, getattr(args, "_parser", None))[0] if isinstance(e, SaesteerError) else str(e)
-    print(f"error: {text}", file=sys.stderr)
+    print_error(text)
     return 2

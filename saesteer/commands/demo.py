@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from saesteer.boundary import print_error
+
 NAME = "demo"
 ORDER = 10
 HELP = "the toy world end to end: cache, train a Matryoshka SAE, feature store, labels, steering, web app"
@@ -59,7 +61,7 @@ def run(args) -> int:
         cfg = dataclass_from_args(DemoConfig, args)
         judge_cfg = dataclass_from_args(JudgeConfig, args, prefix="judge_")
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e)
         return 2
     from saesteer.web.config import is_loopback
 
@@ -70,7 +72,7 @@ def run(args) -> int:
     try:
         result = run_demo(cfg, judge_cfg=judge_cfg, fresh=args.fresh, progress=not args.no_progress)
     except DemoError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e)
         return 2
     print_summary(result)
     if args.no_serve:

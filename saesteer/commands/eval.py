@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import sys
 
+from saesteer.boundary import print_error
+
 NAME = "eval"
 ORDER = 35
 HELP = "evaluate any SAE(s) on held-out text: EV, MSE, L0, dead/dense, CE/KL spliced, shrinkage, absorption, probing"
@@ -78,7 +80,7 @@ def run(args) -> int:
     try:
         return _run(args)
     except (ValueError, FileNotFoundError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e)
         return 2
 
 

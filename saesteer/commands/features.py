@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from saesteer.boundary import print_error
+
 NAME = "features"
 ORDER = 40
 HELP = "build and browse the feature store (stats, examples, neighbours, search, HTML dashboards)"
@@ -136,7 +138,7 @@ def run(args) -> int:
     try:
         return cmd(args)
     except (StoreError, FileNotFoundError, FileExistsError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e)
         return 2
 
 
@@ -316,6 +318,7 @@ def _search(args) -> int:
     from rich.text import Text
 
     from features import FeatureStore
+    from features.tokentext import readable
     from saesteer.terminal import plain
 
     with FeatureStore.open(args.store) as store:
@@ -330,7 +333,7 @@ def _search(args) -> int:
     for h in hits:
         snippet = Text()
         for text, matched in h.parts:
-            snippet.append(text.replace("\n", " "), style="bold" if matched else "")
+            snippet.append(readable(text.replace("\r\n", " ").replace("\n", " ")), style="bold" if matched else "")
         snippet.truncate(120)
         tab.add_row(str(h.latent), f"{h.score:.2f}", plain(h.label), _fmt(h.freq), snippet)
     con.print(tab)

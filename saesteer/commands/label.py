@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from saesteer.boundary import print_error
+
 NAME = "label"
 ORDER = 40
 HELP = "label and score latents of a feature store (OpenAI-compatible judge, local model, or offline)"
@@ -64,7 +66,7 @@ def run(args) -> int:
         label_cfg, judge_cfg, embed_cfg = _configs(args, file_values)
         budget = label_cfg.budget_value()
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e)
         return 2
 
     store_path = Path(args.store)
@@ -78,7 +80,7 @@ def run(args) -> int:
         judge = make_judge(judge_cfg, cache_path=store_path.with_name(store_path.name + ".judge-cache.sqlite"),
                            budget=budget)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e)
         return 2
     if judge is None and budget is not None:
         print("note: the offline labeller costs nothing; --budget is ignored", file=sys.stderr)
@@ -90,7 +92,7 @@ def run(args) -> int:
                 return 0
             report = _label(args, store, judge, label_cfg, embed_cfg)
         except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
+            print_error(e)
             return 2
 
     _print_report(report, store, budget, label_cfg)
@@ -143,10 +145,13 @@ def _label(args, store, judge, label_cfg, embed_cfg):
 
 
 def _print_report(report, store, budget, label_cfg) -> None:
-    """The run's summary, the first failures, and why it stopped early if it did."""
+    """The run's summary, the first failures, and why it stopped early if it did (a reason may quote
+    the judge's reply: printed with its control characters drawn)."""
+    from features.tokentext import readable
+
     print(report.summary())
     for f in report.failed[:20]:
-        print(f"  latent {f.latent} failed at {f.stage}: {f.reason}")
+        print(f"  latent {f.latent} failed at {f.stage}: {readable(f.reason)}")
     if len(report.failed) > 20:
         print(f"  ... and {len(report.failed) - 20} more (see {store.failures_file})")
     if report.stopped == "budget":
@@ -154,7 +159,7 @@ def _print_report(report, store, budget, label_cfg) -> None:
               "unwritten. Re-run with a larger --budget to continue: answers already paid for are cached.")
     if report.stopped == "failures":
         print(f"stopped: {label_cfg.max_consecutive_failures} latents failed in a row; the judge looks unreachable "
-              f"or misconfigured (last reason: {report.failed[-1].reason}). Fix it and re-run to continue.")
+              f"or misconfigured (last reason: {readable(report.failed[-1].reason)}). Fix it and re-run to continue.")
 
 
 def _write_json(path, obj) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from saesteer.boundary import print_error
+
 NAME = "output-score"
 ORDER = 45
 HELP = "output scores: steer with each labelled latent and score whether text moves toward its label"
@@ -50,7 +52,7 @@ def run(args) -> int:
         judge_cfg = dataclass_from_args(JudgeConfig, args, prefix="judge_")
         wanted = parse_latents(args.latents, "--latents") if args.latents else None
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e)
         return 2
     store_path = Path(args.store)
     try:
@@ -70,7 +72,7 @@ def run(args) -> int:
                 return 2
             res = score_outputs(model, sae, store, ids, cfg, judge=judge, progress=not args.no_progress)
     except (StoreError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e)
         return 2
     vals = [r.value for r in res.values() if r.value is not None]
     mean = sum(vals) / len(vals) if vals else float("nan")

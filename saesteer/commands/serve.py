@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from saesteer.boundary import print_error
+
 NAME = "serve"
 ORDER = 60
 HELP = "browse feature stores and steer generation in a web browser"
@@ -79,7 +81,7 @@ def run_server(args, *, pages: bool) -> int:
         app = _build_app(entries, sock, config=config, limits=limits, pages=pages, batch=batch)
         url = _announce(entries, app, sock, config, pages=pages)
     except _Refused as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e)
         return 2
     ready = f"saesteer serving on {url}" if pages else f"saesteer API serving on {url.split('?')[0]}v1"
     # printed once uvicorn accepts connections: a client may connect as soon as it reads the line

@@ -281,7 +281,6 @@ def _print_search(link, query: str, top: int, as_json: bool, rows_only: bool = F
 def _candidates_table(rows: list[dict], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
-    from rich.text import Text
 
     from saesteer.terminal import plain
 
@@ -290,7 +289,7 @@ def _candidates_table(rows: list[dict], title: str) -> None:
     for col in cols:
         table.add_column(col.replace("_", " "))
     for r in rows:
-        table.add_row(*[Text("" if r.get(c) is None else (f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c])))
+        table.add_row(*[plain("" if r.get(c) is None else (f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c])))
                         for c in cols])
     Console().print(table)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from saesteer.boundary import print_error
+
 NAME = "train"
 ORDER = 30
 HELP = "train TopK / BatchTopK / Matryoshka / JumpReLU SAEs on an activation cache (resumable, evaluated)"
@@ -265,7 +267,7 @@ def run(args) -> int:
     try:
         run_cfg, data_cfg, text_cfg, out, init_source = build_configs(args)
     except (ValueError, TypeError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e)
         return 2
     if args.print_config:
         print(json.dumps({"out": out, "data": dataclasses.asdict(data_cfg), "text": dataclasses.asdict(text_cfg),
@@ -281,7 +283,7 @@ def run(args) -> int:
         try:
             setup = init_from_env(run_cfg.train.device, run_cfg.train.num_threads)
         except (ValueError, RuntimeError) as e:
-            print(f"error: {e}", file=sys.stderr)
+            print_error(e)
             return 2
         run_cfg.train.device = setup.device
     from saesteer.librarybars import library_bars
@@ -308,7 +310,7 @@ def _run_training(args, run_cfg, data_cfg, text_cfg, out, setup, init_source) ->
     try:
         source, model_eval, provenance = prepare_data(run_cfg, data_cfg, text_cfg, coll, args.allow_model_mismatch)
     except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e)
         return 2
 
     from training.run import train
@@ -318,7 +320,7 @@ def _run_training(args, run_cfg, data_cfg, text_cfg, out, setup, init_source) ->
         result = train(run_cfg, source, out, model_eval=model_eval, provenance=provenance, resume=args.resume,
                        collectives=coll, init_source=init_source)
     except (FileExistsError, FileNotFoundError) as e:  # ConfigMismatchError, CheckpointError: the CLI's boundary
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e)
         return 2
     except NonFiniteError as e:
         print(f"stopped: {e}", file=sys.stderr)

@@ -5,6 +5,12 @@ store are escaped wherever they appear. Charts get their data as JSON in a singl
 attribute (`|tojson` escapes <, >, & and ' there) and only ever numbers: plotly interprets some
 HTML-like markup inside strings, so no data-derived string is handed to it. Scripts are static
 files (the CSP forbids inline ones).
+
+Escaped is not yet readable: a bidi override in a label or a snippet reorders the rest of its line
+(Trojan Source), and control and zero-width characters show as nothing. So every `{{ }}` string is
+drawn first (`_drawn_output`, features.tokentext.readable: ⟨RLO⟩, ␛) - except the values of form
+fields, written `{{ text|field }}`, which must hand the user's text back as it was typed. The
+playground's generated text, which steer.js writes, is drawn there by the same rule.
 """
 
 from __future__ import annotations
@@ -16,9 +22,10 @@ from urllib.parse import urlencode
 import jinja2
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from markupsafe import Markup
 from pydantic import Field
 
-from features.tokentext import visible
+from features.tokentext import CONTROL_NAMES, readable, visible
 from saesteer.web import api
 from saesteer.web.security import ascii_digits
 from saesteer.web.schemas import Example
@@ -64,8 +71,21 @@ def _tokshow(piece: str, following: str | None = "") -> str:
     return visible(piece, following or "")
 
 
+class _FieldValue(str):
+    """A form field's value (`|field`): written as typed, control characters and all (still escaped)."""
+
+
+def _drawn_output(value):
+    """What every `{{ }}` writes: a string with its control, bidi and invisible characters drawn;
+    form field values and the templates' own markup (a macro's output, drawn inside) as they are."""
+    if isinstance(value, str) and not isinstance(value, (Markup, _FieldValue)):
+        return readable(value)
+    return value
+
+
 def make_templates() -> jinja2.Environment:
     env = jinja2.Environment(
+        finalize=_drawn_output,
         loader=jinja2.FileSystemLoader(str(_TEMPLATE_DIR)),
         autoescape=True,  # every template, whatever its extension
         undefined=jinja2.StrictUndefined,
@@ -75,6 +95,7 @@ def make_templates() -> jinja2.Environment:
     env.filters["num"] = _num
     env.filters["pct"] = _pct
     env.filters["tokshow"] = _tokshow
+    env.filters["field"] = _FieldValue
     return env
 
 
@@ -111,7 +132,7 @@ def render_error(request: Request, status: int, message: str, headers=None) -> H
     except Exception:  # never let the error page itself fail
         import html
 
-        return HTMLResponse(f"<!doctype html><title>error {status}</title><p>{html.escape(message)}</p>", status_code=status, headers=headers)
+        return HTMLResponse(f"<!doctype html><title>error {status}</title><p>{html.escape(readable(message))}</p>", status_code=status, headers=headers)
 
 
 # -- pages -----------------------------------------------------------------------------------
@@ -226,4 +247,5 @@ async def steer_page(
     picks = [{"latent": i, "label": known[i].label if i in known else None,
               "strength": known[i].recommended_strength if i in known else None} for i in chosen]
     prefill = getattr(entry.engine, "example_prompt", "")  # the toy prompt only for the toy model
-    return render(request, "steer.html", store=entry, picks=picks, prefill=prefill, nav="steer")
+    return render(request, "steer.html", store=entry, picks=picks, prefill=prefill, nav="steer",
+                  control_names=CONTROL_NAMES)  # steer.js draws the model's text by the same rule

@@ -1,7 +1,8 @@
 // Steering playground: edit rows, generate default vs steered, and a strength sweep.
 // Generation goes through the OpenAI-compatible API (/v1/completions with the "steering" field),
 // the same API other programs use; the store id is the model id there.
-// Every string from the server or the user is written with textContent, never as HTML.
+// Every string from the server or the user is written with textContent, never as HTML, and model
+// text and labels drawn first (`drawn`: control, bidi and invisible characters as marks).
 "use strict";
 (function () {
   const form = document.getElementById("steer-form");
@@ -15,6 +16,25 @@
   const list = document.getElementById("edits");
   const statusEl = document.getElementById("status");
   const api = "/api/stores/" + encodeURIComponent(sid);
+
+  // features.tokentext.readable, as the server draws every other page's text: C0 controls and DEL by
+  // their Control Pictures, the other control, bidi and invisible characters as ⟨RLO⟩ or ⟨U+009B⟩
+  // (the names from the server), line breaks, tabs and joiners between two visible characters
+  // kept. A U+202E in a continuation would reorder the rest of it.
+  const controlNames = JSON.parse(form.dataset.controlNames || "{}");
+  const DRAWN = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Cs}]/gu;
+  const shows = (c) => c !== undefined && !/[\s\p{C}\p{Z}]/u.test(c);
+  function drawn(text) {
+    const s = String(text).replace(/\r\n/g, "\n");
+    return s.replace(DRAWN, (ch, i) => {
+      const code = ch.codePointAt(0);
+      if (ch === "\n" || ch === "\t") return ch;
+      if ((ch === "\u200c" || ch === "\u200d") && shows(Array.from(s.slice(0, i)).pop()) && shows(Array.from(s.slice(i + 1))[0])) return ch;
+      if (code < 0x20) return String.fromCodePoint(0x2400 + code);
+      if (code === 0x7f) return "\u2421";
+      return "\u27e8" + (controlNames[code] || "U+" + code.toString(16).toUpperCase().padStart(4, "0")) + "\u27e9";
+    });
+  }
 
   function el(tag, props, children) {
     const e = document.createElement(tag);
@@ -46,8 +66,8 @@
     try {
       const r = await fetch(api + "/features/" + idx, { headers: { Accept: "application/json" }, credentials: "same-origin" });
       const text = r.ok ? ((await r.json()).summary.label || "unlabelled") : "unknown feature";
-      labelCache.set(idx, text);
-      target.textContent = text;
+      labelCache.set(idx, drawn(text));
+      target.textContent = drawn(text);
     } catch (e) { target.textContent = ""; }
   }
 
@@ -57,7 +77,7 @@
     const featInput = el("input", { type: "number", min: "0", max: String(dSae - 1), step: "1", "aria-label": "feature index", class: "fidx" });
     if (latent !== null && latent !== undefined && latent !== "") featInput.value = String(latent);
     const flabel = el("span", { class: "flabel" });
-    if (label) { flabel.textContent = label; labelCache.set(Number(latent), label); }
+    if (label) { flabel.textContent = drawn(label); labelCache.set(Number(latent), drawn(label)); }
     else if (featInput.value !== "") lookupLabel(Number(featInput.value), flabel);
     let timer = null;
     featInput.addEventListener("input", () => {
@@ -181,10 +201,10 @@
       // a continuation carries its own leading space or line break: prompt + continuation as written
       const res = { prompt: gen.prompt, default: base.choices[0].text, steered: steered.choices[0].text,
                     edits: steered.steering ? steered.steering.edits : [] };
-      document.getElementById("out-prompt-a").textContent = res.prompt;
-      document.getElementById("out-prompt-b").textContent = res.prompt;
-      document.getElementById("out-default").textContent = res.default;
-      document.getElementById("out-steered").textContent = res.steered;
+      document.getElementById("out-prompt-a").textContent = drawn(res.prompt);
+      document.getElementById("out-prompt-b").textContent = drawn(res.prompt);
+      document.getElementById("out-default").textContent = drawn(res.default);
+      document.getElementById("out-steered").textContent = drawn(res.steered);
       document.getElementById("out-edits").textContent = describe(res.edits);
       document.getElementById("compare").hidden = false;
       setStatus(statusEl, "done in " + ((performance.now() - t0) / 1000).toFixed(1) + " s", "");
@@ -227,7 +247,7 @@
           el("td", { class: "num", text: fmt(p.concept, 2) }),
           el("td", { class: "num", text: fmt(p.fluency, 2) }),
           el("td", { class: "num opt", text: fmt(p.perplexity, 1) }),
-          el("td", { text: p.text }),
+          el("td", { text: drawn(p.text) }),
         ]);
         if (res.recommended !== null && p.value === res.recommended) tr.className = "best";
         rows.appendChild(tr);
