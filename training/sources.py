@@ -34,6 +34,7 @@ def cache_provenance(manifest: Manifest, cache_dir: str | Path, hook: str) -> di
         "hook_name": hook, "dataset": ds.get("name"), "dataset_split": ds.get("split"),
         "dataset_files": manifest.dataset_files,
         "context_size": s.get("context_length"), "prepend_bos": s.get("bos_policy") == "prepend",
+        "bos_policy": s.get("bos_policy"),  # exactly ("doc" is not "none"): what --init-from of this SAE checks
         "exclude_tokens": s.get("exclude_tokens"), "cache": str(Path(cache_dir).resolve()),
         "cache_rows": manifest.total_rows,
     }

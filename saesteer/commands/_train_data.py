@@ -132,6 +132,7 @@ def _from_model(run_cfg, data_cfg, text_cfg):
             "dataset": text_cfg.dataset, "dataset_split": data.split,
             "dataset_files": [str(p) for p in data.files] or None,
             "context_size": text_cfg.context_length, "prepend_bos": text_cfg.bos_policy == "prepend",
+            "bos_policy": text_cfg.bos_policy,
             # how the text was read and packed (a cache's manifest holds these): eval reads it again so
             "text": {k: getattr(text_cfg, k) for k in TEXT_READING}}
     model_eval = None
