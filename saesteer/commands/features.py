@@ -347,8 +347,14 @@ def _upgrade(args) -> int:
         return load_recorded_tokenizer(recorded, recorded_in=f"the store {args.store}")
 
     res = up.upgrade_store(args.store, tokenizer_for=tokenizer_for)
-    print(f"{res.path}: feature-store schema version {res.schema_version}")
-    if res.vocab == up.VOCAB_RELABELLED:
+    upgraded = res.schema_from is not None and res.schema_from != res.schema_version
+    print(f"{res.path}: feature-store schema version {res.schema_version}"
+          + (f" (upgraded from version {res.schema_from})" if upgraded else " (already current)"))
+    if res.vocab == up.VOCAB_CURRENT:
+        print("token labels: already of the current rule; left as they are")
+    elif res.vocab == up.VOCAB_NONE:
+        print("token labels: none (the store was built without a tokenizer); nothing to relabel")
+    elif res.vocab == up.VOCAB_RELABELLED:
         print(f"token labels rewritten by the current rule with the tokenizer of {res.model.describe()}")
     elif res.vocab in (up.VOCAB_NO_MODEL, up.VOCAB_NO_TOKENIZER):
         why = (f"the model it records ({res.model.describe()}) could not be loaded: {res.why}" if res.model is not None
