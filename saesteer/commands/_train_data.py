@@ -89,7 +89,7 @@ def _cache_model_eval(run_cfg, data_cfg, reader, model, prov: dict, allow_model_
     if held is None:
         print(f"note: CE evaluation on contexts of the cache's last shard (trained-on text): {why}; "
               f"{NO_HELDOUT_FIX}")
-        tokens = contexts_from_cache(data_cfg.cache, n)
+        tokens = contexts_from_cache(data_cfg.cache, n, man)
         prov["ce_eval_data"] = {"cache": str(data_cfg.cache), "contexts": int(tokens.shape[0]), "trained_on": True}
     else:
         tokens, prov["ce_eval_data"] = held.tokens_NL, held.provenance()
