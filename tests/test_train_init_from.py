@@ -345,3 +345,19 @@ def test_cli_fine_tuning_a_run_of_ours_checks_its_exact_bos_policy(tmp_path: Pat
     assert main(cmd) == 0
     out = capsys.readouterr().out
     assert "records prepend_bos=False only" in out and "bos_policy 'none'" in out, out
+
+
+def test_cli_without_a_cache_refuses_text_packed_with_another_bos(tmp_path: Path, capsys) -> None:
+    """Without a cache the run packs the text itself (--bos-policy): a source trained with BOS on
+    text packed without one is refused the same way, naming the run's text and its flag."""
+    from saesteer.cli import main
+
+    hook = "blocks.1.hook_resid_post"
+    src = sae_lens_topk_folder(tmp_path / "sl", d_in=128, hook=hook, prepend_bos=True)  # the toy model's width
+    cmd = ["train", "--model", "toy", "--dataset", "toy", "--out", str(tmp_path / "run"), "--init-from", str(src),
+           "--model-eval", "false", *CLI_FLAGS]
+    capsys.readouterr()
+    assert main([*cmd, "--bos-policy", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "records prepend_bos=True" in err and "this run's text (toy) was built with --bos-policy 'none'" in err, err
+    assert "pack the text with --bos-policy 'prepend'" in err and "--init-from-allow-mismatch true" in err, err
