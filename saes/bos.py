@@ -52,7 +52,8 @@ def trained_bos_policy(loaded: Any) -> str | None:
 
 def check_cache_bos(saes: Iterable[Any], bos_policy: str | None, cache: Any = "", *,
                     policy_as: str = "bos_policy", trained_policy: str | None = None, sae_as: str = "the SAE",
-                    data_as: str | None = None, fix_as: str = "build a cache with", override: str | None = None) -> None:
+                    data_as: str | None = None, fix_as: str = "build a cache with",
+                    override: str | None = None) -> None:
     """Refuse (ValueError) a cache whose contexts start with BOS (`bos_policy` "prepend") for SAEs
     recorded as trained without one, or the other way round: the model's activations differ at every
     position, not only at the first. Nothing known on either side: nothing to refuse.

@@ -220,7 +220,8 @@ def _check_bos(loaded: Any, prov: dict[str, Any], where: str, log) -> None:
         return
     exact = trained_bos_policy(loaded)
     if prov.get("cache"):
-        data_as, policy_as, fix_as = f"this run's cache {prov['cache']}", "`saesteer cache --bos-policy`", "build a cache with"
+        data_as, policy_as, fix_as = (f"this run's cache {prov['cache']}", "`saesteer cache --bos-policy`",
+                                      "build a cache with")
     else:
         data_as, policy_as, fix_as = f"this run's text ({prov.get('dataset')})", "--bos-policy", "pack the text with"
     try:

@@ -422,7 +422,8 @@ def _trained_texts(loaded: dict, manifests: dict) -> dict:
     read once per SAE (a cache's manifest once per command: `manifests`)."""
     from training.sources import training_text_of
 
-    return {name: training_text_of((item.provenance or {}).get("data") or {}, manifests) for name, item in loaded.items()}
+    return {name: training_text_of((item.provenance or {}).get("data") or {}, manifests)
+            for name, item in loaded.items()}
 
 
 def _training_texts(names, trained: dict) -> list:

@@ -98,7 +98,8 @@ def main() -> int:
 
         saes.io.atomic_write_json = die
 
-    train(run_config(args.total_batches), source(), out, on_step=None if args.hang_at is None else hang_at(out, args.hang_at))
+    on_step = None if args.hang_at is None else hang_at(out, args.hang_at)
+    train(run_config(args.total_batches), source(), out, on_step=on_step)
     return 0
 
 
