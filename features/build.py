@@ -25,6 +25,7 @@ and one state file, and the block rows at the end are what phase 3 writes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -131,7 +132,7 @@ def load_state(path: Path, acc: FeatureAccumulator, identity: dict) -> tuple[str
     return meta["phase"], int(meta["next_context"])
 
 
-def check_compatible(sae, source: ActivationSource) -> None:
+def check_compatible(sae, source: ActivationSource, *, bos_policy_as: str = "bos_policy") -> None:
     if sae.cfg.d_in != source.d_in:
         raise ValueError(
             f"the SAE reads d_in={sae.cfg.d_in} but the cache's activations ({source.hook_name}) have width {source.d_in}; "
@@ -143,7 +144,7 @@ def check_compatible(sae, source: ActivationSource) -> None:
             f"the SAE was trained on hook {hook!r} but the cache source reads {source.hook_name!r}; "
             f"pick that hook from the cache (hook={hook!r})"
         )
-    check_bos(sae, source)
+    check_bos(sae, source, policy_as=bos_policy_as)
 
 
 def check_bos(sae, source: ActivationSource, *, policy_as: str = "bos_policy") -> None:
@@ -158,33 +159,87 @@ def _library_processing_fix(wanted: bool) -> str:
 
 def check_models(sae, source: ActivationSource, model=None, allow_mismatch: bool = False, *,
                  override: str = "allow_model_mismatch=True",
-                 processing_fix: Callable[[bool], str] = _library_processing_fix):
+                 processing_fix: Callable[[bool], str] = _library_processing_fix, sae_name: str | None = None):
     """The model the store belongs to (the cache's recorded model, else the SAE's), after refusing
     (ModelMismatchError) an SAE or a model recorded for another model than the cache's, or a cache
     whose model's weight processing is not what the SAE's SAELens kwargs ask for (`saes.processing`).
     `override`, `processing_fix(wanted)`: how the caller allows a mismatch and gets a cache processed
-    (wanted=True) or raw, for the refusals (the CLI: its flags)."""
+    (wanted=True) or raw, for the refusals (the CLI: its flags); `sae_name`: the SAE as the caller
+    names it (the CLI: its --sae)."""
     from saes.identity import check_same_model, identity_of_model, recorded_model_of
-    from saes.processing import check_processing
 
-    def recorded(name: str):  # what the source records of its model, where it records anything (a cache)
-        method = getattr(source, name, None)
-        return method() if callable(method) else None
-
-    cache_model = recorded("recorded_model")
-    model_cfg = getattr(model, "cfg", None) or recorded("model_config")
+    cache_model = _recorded(source, "recorded_model")
     sae_model = recorded_model_of(sae)
     if not allow_mismatch:
-        where = f"the activation cache {getattr(source, 'path', '')}".rstrip()
-        check_same_model(cache_model, sae_model, recorded_in=where, given_as="the SAE's model (its saesteer.json)",
+        where = _where(source)
+        check_same_model(cache_model, sae_model, recorded_in=where,
+                         given_as=f"the SAE {sae_name}'s model" if sae_name else "the SAE's model (its saesteer.json)",
                          override=override, fix="use the cache the SAE was trained on")
         check_same_model(cache_model or sae_model, identity_of_model(model),
                          recorded_in=where if cache_model is not None else "the SAE", given_as="the model given",
                          override=override, fix="pass the model the cache was made with")
-        check_processing(sae, cache_model, sae_name="sae", model_as=f"the model of {where}",
-                         override=override, model_cfg=model_cfg, applied=recorded("processing_applied"),
-                         fix=processing_fix)
+        _check_processing(sae, source, model, override, processing_fix, sae_name)
     return cache_model or sae_model
+
+
+def _recorded(source: ActivationSource, name: str):
+    """What the source records of its model, where it records anything (a cache)."""
+    method = getattr(source, name, None)
+    return method() if callable(method) else None
+
+
+def _where(source: ActivationSource) -> str:
+    return f"the activation cache {getattr(source, 'path', '')}".rstrip()
+
+
+def _check_processing(sae, source: ActivationSource, model, override: str, processing_fix: Callable[[bool], str],
+                      sae_name: str | None) -> None:
+    """The model's weight processing against the SAE's (`saes.processing.check_processing`), by the
+    loaded model's config where given, else the one the cache records."""
+    from saes.processing import check_processing
+
+    check_processing(sae, _recorded(source, "recorded_model"), sae_name=sae_name or "sae",
+                     model_as=f"the model of {_where(source)}", override=override,
+                     model_cfg=getattr(model, "cfg", None) or _recorded(source, "model_config"),
+                     applied=_recorded(source, "processing_applied"), fix=processing_fix)
+
+
+@dataclass(frozen=True)
+class CheckedInputs:
+    """An SAE (or `LoadedSAE`), an activation source and a model (or None) that `check_inputs` found
+    to fit each other. `build_feature_store(..., checked=)` does not check these again: the CLI
+    checks them before it loads the model (a refusal costs no model load). `recorded`: the model
+    the store belongs to."""
+
+    sae: object
+    source: ActivationSource
+    model: object
+    recorded: object
+    by_model_config: bool  # the weight processing was checked by a model config (the model's, or the cache's record)
+    sae_name: str | None = None
+
+    def covers(self, sae, source: ActivationSource, model) -> bool:
+        return self.sae is sae and self.source is source and (model is None or self.model is model)
+
+    def with_model(self, model) -> "CheckedInputs":
+        """These inputs with `model`, which the caller checked against `recorded` itself (the CLI's
+        `load_recorded_model` does, with its own flags); only where no model config was known yet does
+        the build check the weight processing again, by the model's."""
+        return dataclasses.replace(self, model=model)
+
+
+def check_inputs(sae, source: ActivationSource, model=None, allow_model_mismatch: bool = False, *,
+                 override: str = "allow_model_mismatch=True",
+                 processing_fix: Callable[[bool], str] = _library_processing_fix, sae_name: str | None = None,
+                 bos_policy_as: str = "bos_policy") -> CheckedInputs:
+    """Every check of an SAE against an activation source (and the model, if given) that a build
+    makes: the width, hook point and BOS (`check_compatible`), the models and their weight
+    processing (`check_models`). `bos_policy_as`: how the caller sets a cache's BOS policy."""
+    recorded = check_models(sae, source, model, allow_model_mismatch, override=override,
+                            processing_fix=processing_fix, sae_name=sae_name)
+    check_compatible(sae_of(sae), source, bos_policy_as=bos_policy_as)
+    by_config = getattr(model, "cfg", None) is not None or _recorded(source, "model_config") is not None
+    return CheckedInputs(sae, source, model, recorded, by_config, sae_name)
 
 
 def build_feature_store(
@@ -202,6 +257,7 @@ def build_feature_store(
     allow_model_mismatch: bool = False,
     mismatch_override: str = "allow_model_mismatch=True",
     processing_fix: Callable[[bool], str] = _library_processing_fix,
+    checked: CheckedInputs | None = None,
 ) -> BuildResult:
     """Build (or resume, or finish) the feature store at `path` for `sae` over `source`.
 
@@ -214,6 +270,7 @@ def build_feature_store(
     allow_model_mismatch: accept an SAE or model recorded for another model than the cache's.
     mismatch_override, processing_fix: what the refusals say to allow a mismatch and to get a cache
     of the model processed as the SAE wants (`check_models`; the CLI names its flags).
+    checked: what `check_inputs` returned for these same objects (they are not checked again).
     The store records the model the activations came from (meta `model_identity`)."""
     t_start = time.perf_counter()
     cfg = cfg or BuildConfig()
@@ -221,9 +278,14 @@ def build_feature_store(
     loaded, sae = sae, sae_of(sae)
     if sae_path is None and loaded is not sae:
         sae_path = loaded.spec
-    check_compatible(sae, source)
-    recorded = check_models(loaded, source, model, allow_model_mismatch, override=mismatch_override,
-                            processing_fix=processing_fix)
+    if checked is None or not checked.covers(loaded, source, model):
+        checked = check_inputs(loaded, source, model, allow_model_mismatch, override=mismatch_override,
+                               processing_fix=processing_fix)
+    elif checked.model is not None and not checked.by_model_config and not allow_model_mismatch:
+        # checked before the model was loaded, and the cache records no model config (an older
+        # saesteer): the loaded model's config tells what the unknown-config rule could not
+        _check_processing(loaded, source, model, mismatch_override, processing_fix, checked.sae_name)
+    recorded = checked.recorded
     if tokenizer is None and model is not None:
         tokenizer = getattr(model, "tokenizer", None)
     event = on_event or (lambda name, info: None)

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-__all__ = ["recorded_prepend_bos", "prepend_bos_for", "check_cache_bos"]
+__all__ = ["recorded_prepend_bos", "trained_bos_policy", "prepend_bos_for", "check_cache_bos"]
+
+BOS_POLICIES = ("prepend", "doc", "none")  # training.text.TextConfig.bos_policy
 
 
 def recorded_prepend_bos(saes: Iterable[Any]) -> bool | None:
@@ -37,18 +39,44 @@ def prepend_bos_for(model: Any, saes: Iterable[Any], override: bool | None = Non
     return bool(getattr(getattr(model, "cfg", None), "default_prepend_bos", True))
 
 
+def trained_bos_policy(loaded: Any) -> str | None:
+    """The BOS policy of the contexts an SAE trained here was trained on (its saesteer.json: the
+    cache's `data.bos_policy`, or `data.text.bos_policy` for a run without a cache); None where the
+    provenance `loaded` carries (a `LoadedSAE`, or the dict) records none: another library's SAE, or
+    one trained here before the policy was recorded (its cfg.json's prepend_bos reads "doc" as "none")."""
+    prov = loaded if isinstance(loaded, dict) else getattr(loaded, "provenance", None)
+    data = (prov or {}).get("data") or {}
+    policy = data.get("bos_policy") or (data.get("text") or {}).get("bos_policy")
+    return policy if policy in BOS_POLICIES else None
+
+
 def check_cache_bos(saes: Iterable[Any], bos_policy: str | None, cache: Any = "", *,
-                    policy_as: str = "bos_policy") -> None:
+                    policy_as: str = "bos_policy", trained_policy: str | None = None, sae_as: str = "the SAE",
+                    data_as: str | None = None, fix_as: str = "build a cache with",
+                    override: str | None = None) -> None:
     """Refuse (ValueError) a cache whose contexts start with BOS (`bos_policy` "prepend") for SAEs
     recorded as trained without one, or the other way round: the model's activations differ at every
     position, not only at the first. Nothing known on either side: nothing to refuse.
-    `policy_as`: how the caller sets a cache's BOS policy (the CLI: its flag)."""
+    `policy_as`: how the caller sets a cache's BOS policy (the CLI: its flag). `trained_policy`: the
+    policy the SAE's training recorded (`trained_bos_policy`), where the caller wants it matched
+    exactly ("doc" is not "none"). `sae_as`, `data_as` (default "the cache CACHE"): the two sides as
+    the caller names them; `fix_as`: how the fix starts ("build a cache with" POLICY_AS POLICY);
+    `override`: how the caller accepts a mismatch, if it can."""
+    data_as = data_as or f"the cache {cache}"
+    anyway = f", or pass {override} to use it anyway" if override else ""
+    if trained_policy is not None and bos_policy is not None:
+        if trained_policy != bos_policy:
+            raise ValueError(
+                f"{sae_as} was trained on contexts packed with bos_policy {trained_policy!r} (its saesteer.json) but "
+                f"{data_as} was built with bos_policy {bos_policy!r}; {fix_as} {policy_as} "
+                f"{trained_policy!r} for this SAE{anyway}")
+        return
     wants = recorded_prepend_bos(saes)
     if wants is None or bos_policy is None or wants == (bos_policy == "prepend"):
         return
     fits = "'prepend'" if wants else "'none' or 'doc'"
     raise ValueError(
-        f"the SAE records prepend_bos={wants} (cfg.json metadata) but the cache {cache} was "
+        f"{sae_as} records prepend_bos={wants} (cfg.json metadata) but {data_as} was "
         f"built with bos_policy {bos_policy!r}, so its contexts {'do not start' if wants else 'start'} with BOS; "
-        f"build a cache with {policy_as} {fits} for this SAE"
+        f"{fix_as} {policy_as} {fits} for this SAE{anyway}"
     )

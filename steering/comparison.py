@@ -48,20 +48,38 @@ def compare(
     the BOS the SAEs were trained with unless `config.prepend_bos` says otherwise. `overrides`
     replace fields of `config` (e.g. max_new_tokens=10). The unsteered pass runs with the opt-in hook
     points the edits use switched on as the steered one does (the same forward path: an edit that
-    changes nothing gives exactly the unsteered text). `progress`: a bar (stderr) over the two
-    generation passes, each one batch of every prompt."""
+    changes nothing gives exactly the unsteered text). `progress`: a bar (stderr) over the tokens
+    the two generation passes make (each forward pass of a batch: one new token of every prompt)."""
     from tqdm.auto import tqdm
 
     config = with_sae_bos(dataclasses.replace(config or GenerationConfig(), **overrides), saes)
-    with tqdm(total=2, desc="generating steered", unit="pass", disable=not progress) as bar:
+    n_prompts = 1 if isinstance(prompts, str) else len(prompts)
+    per_pass = config.max_new_tokens * n_prompts
+    with tqdm(total=2 * per_pass, desc="generating steered", unit="tok", disable=not progress) as bar:
         with steer(model, saes, edits, typical_max=typical_max, limits=limits,
                    allow_model_mismatch=allow_model_mismatch) as s:
-            steered = s.generate(prompts, config)
-            described = s.describe()
             hooks = [h for h, _ in s.plan.fwd_hooks]
-        bar.update()
+            with _ticks(model, hooks, bar, n_prompts, until=per_pass):
+                steered = s.generate(prompts, config)
+            described = s.describe()
+        bar.update(per_pass - bar.n)  # generation that stopped early (every prompt at its EOS) makes fewer
         bar.set_description("generating unsteered")
-        with opt_in_hooks(model, hooks, "comparison"):
+        with opt_in_hooks(model, hooks, "comparison"), _ticks(model, hooks, bar, n_prompts, until=2 * per_pass):
             base = generate(model, prompts, config)
-        bar.update()
+        bar.update(2 * per_pass - bar.n)
     return Comparison(base.prompts, steered.texts, base.texts, described)
+
+
+def _ticks(model: Model, hooks: list[str], bar: Any, n_prompts: int, until: int):
+    """Advance `bar` by one token of every prompt at each forward pass of generation, up to `until`
+    (read at the first hook point the edits use, which each forward pass runs once); nothing
+    without a hook point or with the bar off."""
+    import contextlib
+
+    if not hooks or bar.disable:
+        return contextlib.nullcontext()
+
+    def tick(act, hook):  # reads nothing, changes nothing
+        bar.update(min(n_prompts, until - bar.n))
+
+    return model.hooks(fwd_hooks=[(hooks[0], tick)])

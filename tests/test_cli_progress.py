@@ -64,16 +64,34 @@ def tiny(tmp_path_factory):
         yield ws
 
 
-def test_steer_shows_a_bar_over_its_generation_passes_unless_no_progress(tiny, capsys):
+def test_steer_shows_a_bar_over_the_tokens_it_generates_unless_no_progress(tiny, capsys, monkeypatch):
+    """The bar counts the tokens both passes generate (2 prompts x 3 new tokens, steered and
+    unsteered: 12), each as its forward pass makes it (before: 2 steps, one per pass)."""
+    from tqdm.auto import tqdm
+
     from saesteer.commands import steer
+
+    seen: list[int] = []
+    real_update = tqdm.update
+
+    def update(bar, n=1):
+        if n and getattr(bar, "desc", "").startswith("generating"):  # a disabled bar has no desc
+            seen.append(bar.n + n)
+        return real_update(bar, n)
+
+    monkeypatch.setattr(tqdm, "update", update)
 
     def run(argv):
         assert steer._run(build_parser().parse_args(argv), model=tiny.model) == 0
         return capsys.readouterr().err
 
     argv = ["steer", "--sae", str(tiny.path.parent / "sae"), "-l", "3:clamp=9", "-p", "the sea", "-p", "",
-            "--max-new-tokens", "3", "--json"]
+            "--max-new-tokens", "3", "--do-sample", "false", "--stop-at-eos", "false", "--json"]
     _bars_with_and_without(run, argv, ["generating unsteered"])
+    seen.clear()
+    err = run(argv)
+    assert "generating unsteered: 100%|" in err and "12/12" in err, err[-2000:]
+    assert seen == [2, 4, 6, 8, 10, 12], seen  # one step per forward pass: a token of each of the 2 prompts
 
 
 def test_steer_contrast_shows_a_bar_over_its_prompts_unless_no_progress(tiny, tmp_path, capsys):

@@ -386,6 +386,7 @@ def test_eval_packs_text_as_the_sae_cfg_records_unless_a_flag_says_otherwise():
     from types import SimpleNamespace
 
     from saesteer.commands.eval import _packed_as_trained
+    from training.sources import training_text_of
     from training.text import TextConfig
 
     def sae(**meta):
@@ -393,16 +394,16 @@ def test_eval_packs_text_as_the_sae_cfg_records_unless_a_flag_says_otherwise():
 
     said = []
     text = TextConfig(dataset="toy")  # the flag defaults: 128 tokens, BOS prepended
-    got = _packed_as_trained(argparse.Namespace(), text, sae(context_size=32, prepend_bos=False), said.append)
+    got = _packed_as_trained(argparse.Namespace(), text, sae(context_size=32, prepend_bos=False), said.append, None)
     assert (got.context_length, got.bos_policy) == (32, "none")
     assert "--context-length 32" in said[-1] and "--bos-policy none" in said[-1]
     given = argparse.Namespace(context_length=128)
-    got = _packed_as_trained(given, text, sae(context_size=32, prepend_bos=False), said.append)
+    got = _packed_as_trained(given, text, sae(context_size=32, prepend_bos=False), said.append, None)
     assert (got.context_length, got.bos_policy) == (128, "none")
     # a cache recorded by our training but since moved away: cfg.json's packing, not the defaults
     moved = sae(context_size=32, prepend_bos=False)
     moved.provenance = {"data": {"cache": "/nonexistent/cache", "dataset": "toy"}}
-    got = _packed_as_trained(argparse.Namespace(), text, moved, said.append)
+    got = _packed_as_trained(argparse.Namespace(), text, moved, said.append, training_text_of(moved.provenance["data"]))
     assert (got.context_length, got.bos_policy) == (32, "none")
 
 
@@ -449,3 +450,29 @@ def test_a_cache_packed_with_another_bos_than_the_sae_was_trained_with_is_refuse
     assert "prepend_bos=False" in err and "bos_policy 'prepend'" in err, err
     assert "`saesteer cache --bos-policy` 'none' or 'doc'" in err and "Traceback" not in err, err
     assert not (out / "eval.json").exists()
+
+
+def test_eval_with_cache_reads_its_manifest_once(trained, tmp_path, monkeypatch, capsys) -> None:
+    """The model's record, the held-out rows and the SAE's training text all come from --cache's
+    manifest, read once (it was read five times: the model, the rows, and the training text three
+    times). The shard reader opening the cache reads its own, as any reader does."""
+    import training.manifest
+    import training.sources
+
+    cache = (trained / "cache").resolve()
+    reads: list[str] = []
+
+    def counting(real):
+        def read(path, *a, **kw):
+            if Path(path).resolve() == cache:
+                reads.append(str(path))
+            return real(path, *a, **kw)
+        return read
+
+    monkeypatch.setattr(training.manifest, "read_manifest", counting(training.manifest.read_manifest))
+    monkeypatch.setattr(training.sources, "read_manifest", counting(training.sources.read_manifest))
+    capsys.readouterr()
+    assert main(["eval", "--sae", str(trained / "run" / "saes" / "topk_k8_f128"), "--cache", str(trained / "cache"),
+                 "--contexts", "4", "--ce-contexts", "2", "--ce-batch-size", "2", "--absorption", "false",
+                 "--probing", "false", "--quiet", "--out", str(tmp_path / "ev")]) == 0, capsys.readouterr().err
+    assert len(reads) == 1, reads

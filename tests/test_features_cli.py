@@ -95,3 +95,35 @@ def test_top_on_text_feeds_the_bos_the_sae_was_trained_with(toy, capsys, tmp_pat
         assert "'<bos>'" not in first_token(*sae_flag, "--no-bos")
     assert main(["features", "top-on-text", "a whale", "--model", "toy", *sae_flag, "--no-bos", "--prepend-bos", "true"]) == 2
     assert "--no-bos and --prepend-bos true contradict" in capsys.readouterr().err
+
+
+def test_build_checks_the_sae_against_the_cache_once_and_the_library_alone_still_checks(toy, tmp_path, monkeypatch,
+                                                                                       capsys):
+    """`features build` checks BOS and the model's weight processing before it loads the model; the
+    library build it then calls does not check them again (each ran twice). Called alone, the
+    library still checks them."""
+    import collections
+
+    import features.build
+    import saes.processing
+    from features import CacheSource, build_feature_store
+    from saes.formats import resolve_sae
+
+    calls: collections.Counter = collections.Counter()
+
+    def counted(name, real):
+        def check(*a, **kw):
+            calls[name] += 1
+            return real(*a, **kw)
+        return check
+
+    monkeypatch.setattr(features.build, "check_cache_bos", counted("bos", features.build.check_cache_bos))
+    monkeypatch.setattr(saes.processing, "check_processing", counted("processing", saes.processing.check_processing))
+    d = toy
+    assert main(["features", "build", "--sae", str(d / "sae"), "--cache", str(d / "cache"), "--out",
+                 str(tmp_path / "f.db"), "--no-progress", "--top-k", "3", "--n-quantile", "4"]) == 0, capsys.readouterr().err
+    assert calls == {"bos": 1, "processing": 1}, calls
+    calls.clear()
+    build_feature_store(tmp_path / "g.db", resolve_sae(str(d / "sae"), device="cpu"), CacheSource(d / "cache", hook=HOOK),
+                        progress=False)
+    assert calls == {"bos": 1, "processing": 1}, calls

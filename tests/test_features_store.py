@@ -379,14 +379,17 @@ def _version_1_store(built, path):
     assert not any(c == "latent" or c.endswith("_latent") for cs in cols.values() for c in cs)
 
 
-def test_a_version_1_store_is_refused_read_only_naming_the_upgrade_and_upgraded_when_opened_for_writing(built, tmp_path):
+def test_a_version_1_store_is_refused_read_only_naming_the_upgrade_and_upgraded_when_opened_for_writing(built, tmp_path,
+                                                                                                      capsys):
     from saesteer.cli import main
 
     old = tmp_path / "old.db"
     _version_1_store(built, old)
     with pytest.raises(StoreError, match=f"saesteer features upgrade {old}"):
         FeatureStore.open(old)
+    capsys.readouterr()
     assert main(["features", "upgrade", str(old)]) == 0
+    assert f"{old}: feature-store schema version 2 (upgraded from version 1)" in capsys.readouterr().out
     assert _columns(old) == _columns(built[0])  # every column as a store made now has it
     with FeatureStore.open(old) as up, FeatureStore.open(built[0]) as new:
         assert up.meta["schema_version"] == 2 and up.integrity_check() == "ok"

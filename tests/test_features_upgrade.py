@@ -80,8 +80,21 @@ def test_upgrade_relabels_an_older_vocabulary_with_the_recorded_models_tokenizer
     after, rule = _labels(path)
     assert rule == LABEL_RULE and after[the] == " the"
     assert after == token_labels(tok)
-    r = saesteer("features", "upgrade", path).ok()  # once: nothing more to do
+    r = saesteer("features", "upgrade", path).ok()  # once: nothing more to do, and it says so
     assert "rewritten" not in r.out + r.err
+    assert r.out.splitlines() == [f"{path}: feature-store schema version 2 (already current)",
+                                  "token labels: already of the current rule; left as they are"], r.out
+
+
+def test_upgrade_of_a_store_without_token_labels_says_there_are_none(sp_model, tmp_path):
+    """A store built without a tokenizer has no token labels: upgrade says so (before: only the
+    schema version, nothing about labels)."""
+    directory, tok = sp_model
+    path = _old_store(tmp_path / "old.db", tok, None)
+    with sqlite3.connect(path) as conn:
+        conn.execute("DELETE FROM vocab")
+    r = saesteer("features", "upgrade", path).ok()
+    assert "token labels: none (the store was built without a tokenizer); nothing to relabel" in r.out, r.out
 
 
 def test_upgrade_says_how_to_relabel_a_store_that_records_no_model(sp_model, tmp_path):

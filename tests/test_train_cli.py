@@ -178,3 +178,19 @@ def test_token_counts_say_what_they_count(cache: Path, tmp_path: Path, capsys) -
     assert "note: 4,096 training tokens (+512 held out) asked for, the cache holds 4,096 rows: " \
            "the reader makes 1.1 passes over it" in out
     assert "trained 4,096 training tokens in 16 steps (+512 held out for evaluation)" in out
+
+
+def test_a_single_file_dataset_says_in_one_short_note_why_there_is_no_ce_evaluation(tmp_path: Path, capsys) -> None:
+    """A single .jsonl file is the split 'train', so there is no held-out split for the CE
+    evaluation: one note says so and how to give one (before: two notes, one quoting the whole
+    --split advice for the training split)."""
+    data = tmp_path / "notes.jsonl"
+    docs = ["Le café où j'ai lu « Les Misérables » ferme à midi.", "def area(r):\n    return 3.14159 * r ** 2\n",
+            "東京の天気は晴れ。the cat sat on the mat and the dog ran home."]
+    data.write_text("".join(json.dumps({"text": d * 8}) + "\n" for d in docs * 20), encoding="utf-8")
+    assert main(["train", "--model", "toy", "--dataset", str(data), "--out", str(tmp_path / "run"), "--total-tokens", "512",
+                 "--batch-size", "128", "--holdout-tokens", "128", "--d-sae", "64", "--k", "4", "--no-progress",
+                 "--num-threads", "1"]) == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+    assert notes == [f"note: no CE evaluation: dataset {str(data)!r} has no split 'validation' (a single file is the "
+                     f"split 'train'); give held-out text with --eval-dataset PATH or --eval-split NAME"], notes

@@ -26,7 +26,8 @@ D, F, K, B = 16, 64, 4, 256
 HOOK = "blocks.0.hook_resid_post"
 
 
-def sae_lens_topk_folder(path: Path, d_in: int = D, hook: str = HOOK, model_name: str | None = None, seed: int = 3) -> Path:
+def sae_lens_topk_folder(path: Path, d_in: int = D, hook: str = HOOK, model_name: str | None = None, seed: int = 3,
+                         prepend_bos: bool | None = None) -> Path:
     """A TopK SAE made and saved by SAELens itself (unit decoder rows, as SAELens saves them)."""
     from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
 
@@ -41,6 +42,8 @@ def sae_lens_topk_folder(path: Path, d_in: int = D, hook: str = HOOK, model_name
     sl.cfg.metadata.hook_name = hook
     if model_name:
         sl.cfg.metadata.model_name = model_name
+    if prepend_bos is not None:
+        sl.cfg.metadata.prepend_bos = prepend_bos
     sl.save_model(path)
     return path
 
@@ -285,3 +288,76 @@ def test_cli_reads_the_source_once_per_run(tmp_path: Path, monkeypatch) -> None:
     reads.clear()
     assert main([*cmd, "--total-tokens", "768"]) == 0  # a resume reads it for the hook point only
     assert reads == [str(src)]
+
+
+CLI_FLAGS = ["--total-tokens", "512", "--batch-size", "256", "--holdout-tokens", "256", "--no-progress", "--num-threads", "1"]
+
+
+def test_cli_refuses_a_source_trained_with_another_bos_than_the_cache(tmp_path: Path, capsys) -> None:
+    """A SAELens SAE trained on contexts that start with BOS (cfg.json prepend_bos) fine-tuned on a
+    cache packed without one: every position's activation differs, so the run is refused naming
+    both sides, the fix and the override, before any step (before: it trained on silently)."""
+    from helpers.fake_cache import make_fake_cache
+
+    from saesteer.cli import main
+
+    cache = make_fake_cache(tmp_path / "cache", shard_rows=[1024, 1024], d_in=D, bos_policy="none").path
+    src = sae_lens_topk_folder(tmp_path / "sl", prepend_bos=True)
+    cmd = ["train", "--cache", str(cache), "--out", str(tmp_path / "run"), "--init-from", str(src), *CLI_FLAGS]
+    capsys.readouterr()
+    assert main(cmd) == 2
+    err = capsys.readouterr().err
+    assert f"the --init-from SAE {src.resolve()} records prepend_bos=True" in err, err
+    assert f"this run's cache {cache.resolve()} was built with --bos-policy 'none'" in err, err  # the CLI's flag
+    assert "`saesteer cache --bos-policy` 'prepend'" in err and "--init-from-allow-mismatch true" in err, err
+    assert "Traceback" not in err and len([line for line in err.splitlines() if line.startswith("error:")]) == 1
+    assert not (tmp_path / "run" / "saes").exists() and not list((tmp_path / "run").glob("checkpoints/step_*"))
+    assert main([*cmd, "--init-from-allow-mismatch", "true"]) == 0  # the override trains it anyway
+
+
+def test_cli_fine_tuning_a_run_of_ours_checks_its_exact_bos_policy(tmp_path: Path, capsys) -> None:
+    """A run of ours records its cache's bos_policy; fine-tuning it on a cache packed otherwise is
+    refused even where cfg.json's prepend_bos cannot tell ('doc' and 'none' are both False). A run
+    from before that was recorded is checked by prepend_bos, and a note says what could not be."""
+    import json
+
+    from helpers.fake_cache import make_fake_cache
+
+    from saesteer.cli import main
+
+    doc = make_fake_cache(tmp_path / "doc", shard_rows=[1024, 1024], d_in=D, bos_policy="doc").path
+    none = make_fake_cache(tmp_path / "none", shard_rows=[1024, 1024], d_in=D, bos_policy="none", seed=1).path
+    assert main(["train", "--cache", str(doc), "--out", str(tmp_path / "first"), "--architecture", "topk", "--d-sae",
+                 str(F), "--k", str(K), "--sae-name", "sae", *CLI_FLAGS]) == 0
+    src = tmp_path / "first" / "saes" / "sae"
+    assert read_provenance(src)["data"]["bos_policy"] == "doc"
+    cmd = ["train", "--cache", str(none), "--out", str(tmp_path / "second"), "--init-from", str(src), *CLI_FLAGS]
+    capsys.readouterr()
+    assert main(cmd) == 2
+    err = capsys.readouterr().err
+    assert "was trained on contexts packed with --bos-policy 'doc' (its saesteer.json)" in err, err
+    assert "was built with --bos-policy 'none'" in err and "`saesteer cache --bos-policy` 'doc'" in err, err
+    assert "--init-from-allow-mismatch true" in err and "Traceback" not in err
+
+    prov = json.loads((src / "saesteer.json").read_text())
+    del prov["data"]["bos_policy"]  # as a run from before this version wrote it
+    (src / "saesteer.json").write_text(json.dumps(prov))
+    assert main(cmd) == 0
+    out = capsys.readouterr().out
+    assert "records prepend_bos=False only" in out and "bos_policy 'none'" in out, out
+
+
+def test_cli_without_a_cache_refuses_text_packed_with_another_bos(tmp_path: Path, capsys) -> None:
+    """Without a cache the run packs the text itself (--bos-policy): a source trained with BOS on
+    text packed without one is refused the same way, naming the run's text and its flag."""
+    from saesteer.cli import main
+
+    hook = "blocks.1.hook_resid_post"
+    src = sae_lens_topk_folder(tmp_path / "sl", d_in=128, hook=hook, prepend_bos=True)  # the toy model's width
+    cmd = ["train", "--model", "toy", "--dataset", "toy", "--out", str(tmp_path / "run"), "--init-from", str(src),
+           "--model-eval", "false", *CLI_FLAGS]
+    capsys.readouterr()
+    assert main([*cmd, "--bos-policy", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "records prepend_bos=True" in err and "this run's text (toy) was built with --bos-policy 'none'" in err, err
+    assert "pack the text with --bos-policy 'prepend'" in err and "--init-from-allow-mismatch true" in err, err

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from helpers.real_cli import saesteer
+from helpers.real_cli import OFFLINE_ENV, saesteer
 
 pytestmark = [pytest.mark.usefixtures("one_thread")]
 
@@ -25,7 +25,7 @@ def user(real_models, real_corpus, tmp_path_factory):
     datasets.DatasetDict({name: datasets.Dataset.from_dict({"content": list(docs), "n": list(range(len(docs)))})
                           for name, docs in splits.items()}).save_to_disk(str(work / "dsdict"))
     with pytest.MonkeyPatch.context() as mp:
-        for k, v in {"WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}.items():
+        for k, v in OFFLINE_ENV.items():
             mp.setenv(k, v)
         saesteer("cache", "--model", real_models.path("gpt2"), "--dataset", work / "dsdict", "--split", "validation",
                  "--text-column", "content", "--context-length", 32, "--max-tokens", 6000,
@@ -86,7 +86,7 @@ def llama_hub(real_models, real_corpus, tmp_path_factory):
                        ("test", real_corpus.test_docs)):
         datasets.Dataset.from_dict({"content": list(docs)}).to_parquet(str(work / "ds/data" / f"{name}-00000-of-00001.parquet"))
     with pytest.MonkeyPatch.context() as mp:
-        for k, v in {"WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}.items():
+        for k, v in OFFLINE_ENV.items():
             mp.setenv(k, v)
         mp.setattr(constants, "HF_HUB_OFFLINE", True)
         mp.setattr(constants, "HF_HUB_CACHE", str(work / "hub"))
@@ -235,9 +235,10 @@ def test_init_from_a_sparsify_sae_trains_on_the_hook_it_records(user, real_model
 
     work, _ = user
     model = real_models.path("gpt2")
+    # sparsify trains on the HF tokenizer's output, which for GPT-2 starts with no BOS: so does the cache
     saesteer("cache", "--model", model, "--dataset", work / "dsdict", "--split", "test", "--text-column", "content",
              "--context-length", 32, "--max-tokens", 2048, "--hooks", "blocks.0.hook_resid_post,blocks.1.hook_resid_post",
-             "--out", tmp_path / "cache", "--no-progress").ok()
+             "--bos-policy", "none", "--out", tmp_path / "cache", "--no-progress").ok()
     state, cfg = random_sparsify(64, 64, 4)
     sae = write_sparsify(tmp_path / "sparsify/layers.1", state, cfg, run_config={"model": str(model)})
     saesteer("train", "--cache", tmp_path / "cache", "--init-from", sae, "--total-tokens", 512, "--batch-size", 128,

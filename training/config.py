@@ -292,8 +292,8 @@ class TrainConfig:
     )
     init_from_allow_mismatch: bool = field(
         default=False,
-        metadata={"help": "with init_from: accept a source SAE recorded for another hook point (input or target) or "
-                          "model (d_in and d_out must still match)"},
+        metadata={"help": "with init_from: accept a source SAE recorded for another hook point (input or target), "
+                          "model or BOS policy (d_in and d_out must still match)"},
     )
     threshold_lr: float = field(
         default=0.05, metadata={"help": "BatchTopK/Matryoshka: step size of the per-latent inference thresholds"}

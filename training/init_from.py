@@ -9,9 +9,12 @@ Before any weight is copied:
   Matryoshka widths may change: they are training choices);
 - a transcoder source needs a transcoder run and the other way round (`--target-hook`), with the
   target's width d_out and the skip connection (`--skip`) the run's;
-- its recorded hook point(s) and model must be the run's (both sides named;
-  `TrainConfig.init_from_allow_mismatch` / `--init-from-allow-mismatch` accepts another
-  model or hook, e.g. to transfer an SAE; the widths must still match).
+- its recorded hook point(s) and model must be the run's, and so must the BOS its training
+  contexts started with (both sides named; `TrainConfig.init_from_allow_mismatch` /
+  `--init-from-allow-mismatch` accepts another model, hook or BOS, e.g. to transfer an SAE; the
+  widths must still match). The BOS: an SAE trained here records its data's `bos_policy`, compared
+  exactly ("doc" is not "none"); another library's SAE (and one trained here before that was
+  recorded, said in a note) records cfg.json's `prepend_bos` only (`saes.bos.check_cache_bos`).
 
 The run continues in the source's own activation space for what it reconstructs: the output
 scale is 1 / the mean norm of the source's decoder rows (an SAE trained here folded its scale into
@@ -143,7 +146,7 @@ def _recorded(loaded: Any, key: str) -> Any:
 
 
 def check_source(loaded: Any, specs: list[Any], d_in: int, prov: dict[str, Any], allow_mismatch: bool,
-                 d_out: int | None = None) -> None:
+                 d_out: int | None = None, log=print) -> None:
     """Refuse a source that does not fit the run, naming both sides and the fix. `d_out`: a
     transcoder run's target width (None: the run trains SAEs)."""
     from saes.identity import ModelIdentity, ModelMismatchError, check_same_model, identity_of_sae
@@ -204,6 +207,33 @@ def check_source(loaded: Any, specs: list[Any], d_in: int, prov: dict[str, Any],
             raise InitFromError(f"train.init_from: {where} records model {src_name!r}, this run's activations come from "
                                 f"{run_name!r}; fine-tune it on activations of {src_name!r}, or pass {ALLOW_FLAG} true",
                                 field="train.init_from")
+    _check_bos(loaded, prov, where, log)
+
+
+def _check_bos(loaded: Any, prov: dict[str, Any], where: str, log) -> None:
+    """Refuse a source trained on contexts that started otherwise with BOS than the run's data (the
+    provenance's `bos_policy`: the cache's, or the text's without one)."""
+    from saes.bos import check_cache_bos, recorded_prepend_bos, trained_bos_policy
+
+    policy = prov.get("bos_policy")
+    if policy is None:
+        return
+    exact = trained_bos_policy(loaded)
+    if prov.get("cache"):
+        data_as, policy_as, fix_as = (f"this run's cache {prov['cache']}", "`saesteer cache --bos-policy`",
+                                      "build a cache with")
+    else:
+        data_as, policy_as, fix_as = f"this run's text ({prov.get('dataset')})", "--bos-policy", "pack the text with"
+    try:
+        check_cache_bos([loaded.sae], policy, trained_policy=exact, sae_as=where, data_as=data_as, policy_as=policy_as,
+                        fix_as=fix_as, override=f"{ALLOW_FLAG} true")
+    except ValueError as e:
+        raise InitFromError(f"train.init_from: {e}", field="train.init_from") from None
+    older = exact is None and (loaded.provenance or {}).get("tool") == "saesteer"
+    if older and recorded_prepend_bos([loaded.sae]) is False and policy != "prepend":
+        log(f"note: {where} records prepend_bos=False only (trained before saesteer recorded its data's bos_policy), "
+            f"which fits this run's bos_policy {policy!r}; whether its contexts had BOS at document starts ('doc') "
+            f"or none ('none') is not recorded")
 
 
 def _hook_note(prov: dict[str, Any]) -> str:
@@ -235,7 +265,7 @@ def initialize_from_source(trainer: Any, loaded: Any, prov: dict[str, Any], log=
     held-out input rows, which set a transcoder's input scale (see the module docstring)."""
     cfg = trainer.config.train
     check_source(loaded, [m.spec for m in trainer.members], trainer.d_in, prov, cfg.init_from_allow_mismatch,
-                 d_out=trainer.d_out)
+                 d_out=trainer.d_out, log=log)
     src = loaded.sae
     norms_F = src.W_dec.norm(dim=1)
     mean_norm = float(norms_F.mean())

@@ -34,6 +34,7 @@ def cache_provenance(manifest: Manifest, cache_dir: str | Path, hook: str) -> di
         "hook_name": hook, "dataset": ds.get("name"), "dataset_split": ds.get("split"),
         "dataset_files": manifest.dataset_files,
         "context_size": s.get("context_length"), "prepend_bos": s.get("bos_policy") == "prepend",
+        "bos_policy": s.get("bos_policy"),  # exactly ("doc" is not "none"): what --init-from of this SAE checks
         "exclude_tokens": s.get("exclude_tokens"), "cache": str(Path(cache_dir).resolve()),
         "cache_rows": manifest.total_rows,
     }
@@ -60,17 +61,21 @@ def text_config_from_manifest(manifest: Manifest) -> Any:
                       txt_documents=ds.get("txt_documents") or "file")
 
 
-def training_text_of(data: dict[str, Any]) -> tuple[Any, int | None] | None:
+def training_text_of(data: dict[str, Any], manifests: dict[Path, Manifest] | None = None
+                     ) -> tuple[Any, int | None] | None:
     """(the training text as a `TextConfig`, documents read or None for all) of an SAE from the
     `data` provenance training recorded (`cache_provenance`, or the dataset it read without a
-    cache); None when it records no dataset. What `saesteer eval` checks its held-out text against."""
+    cache); None when it records no dataset. What `saesteer eval` checks its held-out text against.
+    `manifests`: caches' manifests already read, by resolved path (a cache's is added once read)."""
     from training.splits import local_splits, looks_local, mapping_spec
     from training.text import TextConfig
 
     cache = data.get("cache")
     if cache and (Path(cache) / "manifest.json").is_file():
+        known = manifests if manifests is not None else {}
+        key = Path(cache).resolve()
         try:
-            man = read_manifest(cache)
+            man = known[key] if key in known else known.setdefault(key, read_manifest(cache))
         except ValueError:
             man = None
         if man is not None:
@@ -106,10 +111,11 @@ def contexts_from_text(text_cfg: Any, tokenizer: Any, n: int) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(toks)).long()
 
 
-def contexts_from_cache(cache_dir: str | Path, n: int) -> torch.Tensor:
+def contexts_from_cache(cache_dir: str | Path, n: int, manifest: Manifest | None = None) -> torch.Tensor:
     """Up to `n` model inputs [n, L] stored in the cache's last shards (trained-on text: a fallback);
-    each shard read is checked first (`training.shardset`)."""
-    cache = ShardSet(cache_dir, read_manifest(cache_dir).hooks[0])  # any hook: only the model inputs are read
+    each shard read is checked first (`training.shardset`). `manifest`: the cache's, if read already."""
+    hook = (manifest or read_manifest(cache_dir)).hooks[0]  # any hook: only the model inputs are read
+    cache = ShardSet(cache_dir, hook)
     parts, have = [], 0
     for i in reversed(range(len(cache.shards))):
         t = cache.read(i, ["context_tokens"])["context_tokens"]

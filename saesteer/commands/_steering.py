@@ -108,13 +108,14 @@ def require_hook(name: str, spec: Any, sae: Any) -> None:
 
 
 def load_model(args, loaded: dict[str, LoadedSAE], store: Any = None, cache: str | None = None,
-               sae_specs: dict[str, Any] | None = None):
+               sae_specs: dict[str, Any] | None = None, cache_manifest: Any = None):
     """The model to run: --model, checked against the model every SAE (`load_saes`'s LoadedSAEs)
     and the store's (or activation cache's) record, or else the recorded model itself; loaded with
     TransformerLens's weight processing when SAELens SAEs ask for it and no record says otherwise
     (`saes.processing`). Refusals name both models and --allow-model-mismatch. Every SAE must know
     its hook point first (its files, or --hook). `sae_specs`: name -> what each SAE was given as, for
-    messages (default: parsed from args.sae)."""
+    messages (default: parsed from args.sae). `cache_manifest`: the cache's manifest where the caller
+    has read it already (else read here)."""
     from saes.identity import ModelIdentityError, check_same_model, identity_of_sae
     from saes.processing import APPLIED_ATTR, check_processing, processing_wanted
     from saesteer.models import OVERRIDE_FLAG, load_recorded_model, model_identity, pick_record, process_loaded_weights
@@ -128,7 +129,8 @@ def load_model(args, loaded: dict[str, LoadedSAE], store: Any = None, cache: str
     if cache is not None:  # e.g. an SAE from another library, whose files name no model we can load
         from training.manifest import read_manifest
 
-        records.append((read_manifest(cache).recorded_model(), f"the cache {cache}"))
+        man = cache_manifest if cache_manifest is not None else read_manifest(cache)
+        records.append((man.recorded_model(), f"the cache {cache}"))
     first, where = pick_record(records)
     if first is None and not args.model:
         _refuse_unrecorded(where, loaded)

@@ -85,11 +85,11 @@ def _cache_model_eval(run_cfg, data_cfg, reader, model, prov: dict, allow_model_
         ident = model_identity(model)
         prov.update(model_identity=ident.to_json(), model_name=ident.saelens_model_name)
     n = run_cfg.eval.ce_contexts
-    held = _heldout(text_config_from_manifest(man), data_cfg, model.tokenizer, n, text_documents_read(man))
+    held, why = _heldout(text_config_from_manifest(man), data_cfg, model.tokenizer, n, text_documents_read(man))
     if held is None:
-        print("note: CE evaluation uses contexts from the cache's last shard, which is trained-on text; give "
-              "held-out text with --eval-dataset PATH or --eval-split NAME")
-        tokens = contexts_from_cache(data_cfg.cache, n)
+        print(f"note: CE evaluation on contexts of the cache's last shard (trained-on text): {why}; "
+              f"{NO_HELDOUT_FIX}")
+        tokens = contexts_from_cache(data_cfg.cache, n, man)
         prov["ce_eval_data"] = {"cache": str(data_cfg.cache), "contexts": int(tokens.shape[0]), "trained_on": True}
     else:
         tokens, prov["ce_eval_data"] = held.tokens_NL, held.provenance()
@@ -132,13 +132,14 @@ def _from_model(run_cfg, data_cfg, text_cfg):
             "dataset": text_cfg.dataset, "dataset_split": data.split,
             "dataset_files": [str(p) for p in data.files] or None,
             "context_size": text_cfg.context_length, "prepend_bos": text_cfg.bos_policy == "prepend",
+            "bos_policy": text_cfg.bos_policy,
             # how the text was read and packed (a cache's manifest holds these): eval reads it again so
             "text": {k: getattr(text_cfg, k) for k in TEXT_READING}}
     model_eval = None
     if data_cfg.model_eval and run_cfg.eval.ce_contexts > 0 and _can_splice(model, target or hook):
-        held = _heldout(text_cfg, data_cfg, model.tokenizer, run_cfg.eval.ce_contexts, None)
+        held, why = _heldout(text_cfg, data_cfg, model.tokenizer, run_cfg.eval.ce_contexts, None)
         if held is None:
-            print("note: no CE evaluation: give held-out text with --eval-dataset PATH or --eval-split NAME")
+            print(f"note: no CE evaluation: {why}; {NO_HELDOUT_FIX}")
         else:
             bos = model.tokenizer.bos_token_id
             keep = (bos,) if bos is not None else ()
@@ -166,10 +167,14 @@ def reader_dtype(device: str) -> dict:
     return {"dtype": None} if str(device).startswith("cuda") else {}
 
 
+NO_HELDOUT_FIX = "give held-out text with --eval-dataset PATH or --eval-split NAME"
+
+
 def _heldout(train_text, data_cfg, tokenizer, n: int, train_docs: int | None):
-    """The CE evaluation's held-out contexts (training.heldout), with notes on what was read; None
-    (with a note) when the training data has no split --eval-split. An --eval-dataset that cannot
-    be read, or eval text that is all training text, is an error (ValueError)."""
+    """(the CE evaluation's held-out contexts (training.heldout), None) with notes on what was read;
+    (None, why) when the training data has no split --eval-split (e.g. a single file: the split
+    'train'), for the caller's one note. An --eval-dataset that cannot be read, or eval text that is
+    all training text, is an error (ValueError)."""
     from training.heldout import eval_text_config, heldout_contexts
 
     try:
@@ -181,15 +186,14 @@ def _heldout(train_text, data_cfg, tokenizer, n: int, train_docs: int | None):
 
         if data_cfg.eval_dataset or isinstance(e, EvalOverlapError):
             raise ValueError(f"CE evaluation: {e}") from None
-        print(f"note: split {data_cfg.eval_split!r} of the training data is unavailable for the CE evaluation ({e})")
-        return None
+        return None, str(e).split(";")[0]  # what is missing, without the advice for --split
     where = ", ".join(Path(f).name for f in held.files[:3]) + (" ..." if len(held.files) > 3 else "")
     print(f"CE evaluation on {held.tokens_NL.shape[0]} contexts of {eval_text.dataset!r} split {eval_text.split!r}"
           + (f" ({where})" if where else "") + f"; {held.overlap.describe()}")
     if held.overlap.in_training:
         print(f"note: {held.overlap.in_training} of the {held.overlap.eval_documents} eval documents are also "
               f"training documents (recorded in metrics.json and saesteer.json as ce_eval_data.overlap)")
-    return held
+    return held, None
 
 
 class _Replayable:

@@ -89,6 +89,8 @@ def _say(args):
 
 
 def _run(args) -> int:
+    from pathlib import Path
+
     import torch
 
     from evals.absorption import FirstLetterWords
@@ -102,7 +104,9 @@ def _run(args) -> int:
     text = dataclass_from_args(TextConfig, args, split=args.split or _default_split(getattr(args, "dataset", None)))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     loaded = _load_saes(args, device)
-    model, spec, ident = _load_model(args, loaded, device, say)
+    cache_man = _cache_manifest(args)  # --cache's manifest: read once for every use below
+    manifests = {Path(args.cache).resolve(): cache_man} if args.cache else {}  # the caches' manifests read
+    model, spec, ident = _load_model(args, loaded, device, say, cache_man)
     sae_hooks = {n: (x.sae.cfg.metadata["hook_name"], x.sae.d_in) for n, x in loaded.items()}
     check_widths(model, sae_hooks)  # before any real work: a width that does not fit the hook is refused
     targets = _transcoder_targets(model, loaded)
@@ -112,10 +116,11 @@ def _run(args) -> int:
     ce_from_cache, cache_text = set(), None
     if args.cache:
         rows, rows_source, keep_ids, text, ce_from_cache, data_info, cache_text = _cache_rows(args, cfg, loaded, model,
-                                                                                              text, say)
+                                                                                              text, say, cache_man)
+    trained = _trained_texts(loaded, manifests)
     # each SAE's text read and packed as its training read it; each distinct text is read once (SAEs whose
     # training took its CE contexts from --cache read those contexts, a group of their own)
-    groups = _group_by_text(_texts_as_trained(args, text, loaded, ident, cache_text, say), ce_from_cache)
+    groups = _group_by_text(_texts_as_trained(args, text, loaded, ident, cache_text, say, trained), ce_from_cache)
     bos = getattr(tokenizer, "bos_token_id", None)
     excluded = (int(bos),) if cfg.exclude_bos and bos is not None else ()
     # the model's activations over held-out contexts: collected once per contexts for every use
@@ -129,9 +134,10 @@ def _run(args) -> int:
         if len(groups) > 1:
             say(f"SAEs {', '.join(names)}: " + ("contexts of the cache (as their training read them)" if from_cache
                                                 else _describe_text(sae_text)))
-        trained_on = _training_texts(group) or ([cache_text] if cache_text else [])
+        trained_on = _training_texts(names, trained) or ([cache_text] if cache_text else [])
         tokens, overlap = _contexts(sae_text, tokenizer, max(cfg.contexts, cfg.ce_contexts), cfg.ce_contexts,
-                                    args.cache if from_cache else None, trained_on, cfg.allow_eval_overlap, say)
+                                    args.cache if from_cache else None, trained_on, cfg.allow_eval_overlap, say,
+                                    cache_man)
         heldout = _group_activations(cfg, group, targets, tokens, excluded, rows, collected, say)
         if cfg.probing and i == 0:
             # one probing set for every SAE, cut to the shortest context any SAE is fed; read after the
@@ -219,11 +225,12 @@ def _group_by_text(texts: dict, from_cache: set) -> list[tuple]:
     return list(groups.values())
 
 
-def _texts_as_trained(args, text, loaded: dict, ident, cache_text, say) -> dict:
+def _texts_as_trained(args, text, loaded: dict, ident, cache_text, say, trained: dict) -> dict:
     """{SAE name: the held-out text it is evaluated on}: `text` (the flags' or --cache's), else
     (no --dataset, no --cache) the text its own training evaluated on or read; read (text column,
     .txt reading) and packed (context length, BOS, separator) as that SAE was trained, each setting
-    given as a flag winning. An SAE that records no text reads the first recorded one."""
+    given as a flag winning. An SAE that records no text reads the first recorded one. `trained`:
+    `_trained_texts`."""
     out: dict = {}
     pick_recorded = not args.cache and "dataset" not in vars(args)  # never the toy corpus for another model
     fallback = None
@@ -233,14 +240,14 @@ def _texts_as_trained(args, text, loaded: dict, ident, cache_text, say) -> dict:
             own = _recorded_text(text, {name: item}, ident, say, required=False)
             if own is None:
                 continue  # records nothing: decided below
-        trained_on = _training_texts({name: item}) or ([cache_text] if cache_text else [])
+        trained_on = _training_texts([name], trained) or ([cache_text] if cache_text else [])
         own = _read_as_trained(args, own, item, trained_on, say)
         fallback = fallback or own
-        out[name] = _packed_as_trained(args, own, item, say)
+        out[name] = _packed_as_trained(args, own, item, say, trained[name])
     for name, item in loaded.items():
         if name not in out:
             base = fallback if fallback is not None else _recorded_text(text, {}, ident, say)
-            out[name] = _packed_as_trained(args, base, item, say)
+            out[name] = _packed_as_trained(args, base, item, say, trained[name])
     return {n: out[n] for n in loaded}
 
 
@@ -277,7 +284,14 @@ def _load_saes(args, device) -> dict:
     return loaded
 
 
-def _load_model(args, loaded, device, say):
+def _cache_manifest(args):
+    """--cache's manifest (None without --cache), read once for the command."""
+    from training.manifest import read_manifest
+
+    return read_manifest(args.cache) if args.cache else None
+
+
+def _load_model(args, loaded, device, say, cache_man):
     """(the model, its spec for probing, its identity): --model checked against the SAEs' recorded
     model, or that model (saes.identity)."""
     from saes.identity import identity_of_model
@@ -287,7 +301,7 @@ def _load_model(args, loaded, device, say):
     say(f"loading model {args.model or '(the one the SAEs' + (' or the cache' if args.cache else '') + ' record)'}")
     args.device = device
     try:
-        model = load_checked_model(args, loaded, cache=args.cache)
+        model = load_checked_model(args, loaded, cache=args.cache, cache_manifest=cache_man)
     except CLIError as e:
         raise ValueError(str(e)) from None
     ident = identity_of_model(model)
@@ -376,22 +390,20 @@ def _read_as_trained(args, text, item, trained_on: list, say):
 PACKING_FLAGS = {"context_length": "--context-length", "bos_policy": "--bos-policy", "separator": "--separator"}
 
 
-def _packed_as_trained(args, text, item, say):
+def _packed_as_trained(args, text, item, say, got):
     """`text` packed as the SAE `item` was trained (context length, BOS policy, separator), for each
     of those not given as a flag: from the training text it records (its cache's manifest), else from
     cfg.json (`context_size`, `prepend_bos`). An SAE fed longer contexts or another BOS than it was
-    trained on reads other activations, so the flag defaults would silently measure something else."""
+    trained on reads other activations, so the flag defaults would silently measure something else.
+    `got`: its training text (`_trained_texts`)."""
     from pathlib import Path
-
-    from training.sources import training_text_of
 
     data = (item.provenance or {}).get("data") or {}
     meta = item.sae.cfg.metadata or {}
     wanted: dict = {}
     # packing is recorded in the cache's manifest (while it is there) or, without a cache, in data.text
     recorded = data.get("text") or (data.get("cache") and (Path(data["cache"]) / "manifest.json").is_file())
-    got = training_text_of(data) if recorded else None
-    if got is not None:
+    if recorded and got is not None:
         wanted = {k: getattr(got[0], k) for k in PACKING_FLAGS}
     else:
         if meta.get("context_size"):
@@ -407,19 +419,27 @@ def _packed_as_trained(args, text, item, say):
     return dataclasses.replace(text, **changes)
 
 
-def _training_texts(loaded: dict) -> list:
-    """The distinct training texts the SAEs record, as (TextConfig, documents read or None)."""
+def _trained_texts(loaded: dict, manifests: dict) -> dict:
+    """{SAE name: the training text it records, as (TextConfig, documents read or None), or None}:
+    read once per SAE (a cache's manifest once per command: `manifests`)."""
     from training.sources import training_text_of
 
+    return {name: training_text_of((item.provenance or {}).get("data") or {}, manifests)
+            for name, item in loaded.items()}
+
+
+def _training_texts(names, trained: dict) -> list:
+    """The distinct training texts the SAEs `names` record (`_trained_texts`)."""
     out = []
-    for item in loaded.values():
-        got = training_text_of((item.provenance or {}).get("data") or {})
+    for name in names:
+        got = trained[name]
         if got is not None and all((got[0].dataset, got[0].split) != (t.dataset, t.split) for t, _ in out):
             out.append(got)
     return out
 
 
-def _contexts(text, tokenizer, n: int, n_ce: int, cache: str | None, trained_on: list, allow_overlap: bool, say):
+def _contexts(text, tokenizer, n: int, n_ce: int, cache: str | None, trained_on: list, allow_overlap: bool, say,
+              cache_man=None):
     """(held-out contexts [n, L], overlap reports) of `text`, refused when it is all training text
     of an SAE (training.heldout.heldout_contexts) unless `allow_overlap`; or, from `cache`, its last
     n contexts with the last `n_ce` first (the CE contexts are the first n_ce: training's last n_ce)."""
@@ -429,7 +449,7 @@ def _contexts(text, tokenizer, n: int, n_ce: int, cache: str | None, trained_on:
     from training.sources import contexts_from_cache, contexts_from_text
 
     if cache is not None:  # training took its CE contexts from the cache (no held-out split)
-        tokens = contexts_from_cache(cache, n)
+        tokens = contexts_from_cache(cache, n, cache_man)
         cut = len(tokens) - min(n_ce, len(tokens))
         return (torch.cat([tokens[cut:], tokens[:cut]]),
                 [{"checked": False, "note": "CE contexts from the cache, as training"}])
@@ -449,7 +469,7 @@ def _contexts(text, tokenizer, n: int, n_ce: int, cache: str | None, trained_on:
     return tokens, reports
 
 
-def _cache_rows(args, cfg, loaded: dict, model, text, say):
+def _cache_rows(args, cfg, loaded: dict, model, text, say, cache_man):
     """Activation rows per SAE from --cache: the rows an SAE's training held out when it was trained
     on this cache (recorded in its saesteer.json), else the start of the cache's seeded stream. The
     cache must be of the model (--allow-model-mismatch overrides). The CE text: --dataset when given
@@ -461,11 +481,10 @@ def _cache_rows(args, cfg, loaded: dict, model, text, say):
     from saes.identity import check_same_model, identity_of_model
     from saesteer.models import OVERRIDE_FLAG
     from training.heldout import eval_text_config
-    from training.manifest import read_manifest
     from training.sources import text_config_from_manifest, text_documents_read
 
     cache = Path(args.cache).resolve()
-    man = read_manifest(cache)
+    man = cache_man
     if not args.allow_model_mismatch:
         check_same_model(man.recorded_model(), identity_of_model(model), recorded_in=f"the cache {args.cache}",
                          given_as="the model evaluated", override=OVERRIDE_FLAG,

@@ -153,10 +153,9 @@ def _build(args) -> int:
 
     from saes.formats import resolve_sae
     from features import CacheSource, build_feature_store
-    from features.build import check_bos
+    from features.build import check_inputs
     from features.config import BuildConfig
-    from saes.identity import ModelIdentityError, ModelMismatchError, check_same_model, identity_of_sae
-    from saes.processing import check_processing
+    from saes.identity import ModelIdentityError, ModelMismatchError, identity_of_sae
     from saesteer.configargs import dataclass_from_args
     from saesteer.models import OVERRIDE_FLAG, load_recorded_model, model_id, pick_record
     from saesteer.terminal import plain
@@ -169,20 +168,16 @@ def _build(args) -> int:
     sae.eval()
     hook = args.hook or (sae.cfg.metadata or {}).get("hook_name")
     source = CacheSource(args.cache, hook=hook, verify=not args.no_verify)
-    cache_model, sae_model = source.recorded_model(), identity_of_sae(loaded)
-    where = f"the cache {args.cache}"
-    if not args.allow_model_mismatch:
-        check_same_model(cache_model, sae_model, recorded_in=where, given_as=f"the SAE {args.sae}'s model",
-                         override=OVERRIDE_FLAG, fix="use the cache the SAE was trained on")
-        check_processing(loaded, cache_model, sae_name=str(args.sae), model_as=f"the model of {where}",
-                         override=OVERRIDE_FLAG, fix=_cache_processing_fix, model_cfg=source.model_config(),
-                         applied=source.processing_applied())
-    check_bos(sae, source, policy_as="`saesteer cache --bos-policy`")  # before loading the model, naming the flag
-    recorded, where = pick_record([(cache_model, where), (sae_model, f"the SAE {args.sae}")])
+    # every SAE-vs-cache check, once, before loading the model (build_feature_store is told they were made)
+    checked = check_inputs(loaded, source, allow_model_mismatch=args.allow_model_mismatch, override=OVERRIDE_FLAG,
+                           processing_fix=_cache_processing_fix, sae_name=str(args.sae),
+                           bos_policy_as="`saesteer cache --bos-policy`")
+    recorded, where = pick_record([(source.recorded_model(), f"the cache {args.cache}"),
+                                   (identity_of_sae(loaded), f"the SAE {args.sae}")])
     model = None
     spec = args.model
     if spec is None or spec.lower() != "none":
-        try:
+        try:  # checked against the record here (with --model's wording): the build does not check it again
             model = load_recorded_model(recorded, spec, recorded_in=where, device=device,
                                         allow_mismatch=args.allow_model_mismatch)
         except ModelMismatchError:
@@ -195,7 +190,8 @@ def _build(args) -> int:
         f"({source.hook_name}); model: {model_id(model) if model is not None else 'none (no logit effects)'}")))
     res = build_feature_store(args.out, loaded, source, cfg, model=model, overwrite=args.overwrite,
                               progress=not args.no_progress, allow_model_mismatch=args.allow_model_mismatch,
-                              mismatch_override=OVERRIDE_FLAG, processing_fix=_cache_processing_fix)
+                              mismatch_override=OVERRIDE_FLAG, processing_fix=_cache_processing_fix,
+                              checked=checked.with_model(model))
     if res.already_complete:
         done = ("its token labels rewritten by the current rule" if res.relabelled else "nothing to do")
         con.print(plain(f"{args.out} is already complete (same SAE, cache and settings); {done}"))
@@ -350,8 +346,14 @@ def _upgrade(args) -> int:
         return load_recorded_tokenizer(recorded, recorded_in=f"the store {args.store}")
 
     res = up.upgrade_store(args.store, tokenizer_for=tokenizer_for)
-    print(f"{res.path}: feature-store schema version {res.schema_version}")
-    if res.vocab == up.VOCAB_RELABELLED:
+    upgraded = res.schema_from is not None and res.schema_from != res.schema_version
+    print(f"{res.path}: feature-store schema version {res.schema_version}"
+          + (f" (upgraded from version {res.schema_from})" if upgraded else " (already current)"))
+    if res.vocab == up.VOCAB_CURRENT:
+        print("token labels: already of the current rule; left as they are")
+    elif res.vocab == up.VOCAB_NONE:
+        print("token labels: none (the store was built without a tokenizer); nothing to relabel")
+    elif res.vocab == up.VOCAB_RELABELLED:
         print(f"token labels rewritten by the current rule with the tokenizer of {res.model.describe()}")
     elif res.vocab in (up.VOCAB_NO_MODEL, up.VOCAB_NO_TOKENIZER):
         why = (f"the model it records ({res.model.describe()}) could not be loaded: {res.why}" if res.model is not None

@@ -63,7 +63,7 @@ def add_arguments(parser) -> None:
                         "activation on the POSITIVE prompts)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--no-progress", action="store_true",
-                        help="no progress bars (over the two generation passes, --contrast's prompts)")
+                        help="no progress bars (over the tokens generated, --contrast's prompts)")
     add_dataclass_arguments(parser, GenerationConfig, title="generation")
     add_dataclass_arguments(parser, SteerLimits, title="limits")
 

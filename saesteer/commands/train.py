@@ -40,8 +40,10 @@ may change: --total-tokens (extends or shortens the run; the LR decay is re-plan
 
 Fine-tuning: --init-from SAE (a folder trained here, a SAELens folder or sae_lens:RELEASE/ID, a
 sparsify / dictionary_learning / Gemma Scope SAE) starts from its weights; without --architecture,
---d-sae, --k the SAE is the source's, and without --hook its hook point is the one the source records. A source for another d_in, hook point or model is
-refused (--init-from-allow-mismatch true: another hook point or model); the saved SAEs record it.
+--d-sae, --k the SAE is the source's, and without --hook its hook point is the one the source
+records. A source for another d_in, hook point, model or BOS (its contexts started with BOS and the
+cache's do not, or the other way round) is refused (--init-from-allow-mismatch true: another hook
+point, model or BOS); the saved SAEs record it.
 
 A config file (--config, JSON or TOML) can hold any option, in sections:
   {"data": {"cache": "caches/toy"}, "train": {"total_tokens": 20000000},

@@ -8,7 +8,8 @@ i % context_length, so (seq_index, position) identifies a row.
     cache = make_fake_cache(tmp_path / "c", shard_rows=[5, 3, 7], d_in=4)
     cache.acts  # [15, 4] float32, storage order
 
-`widths` gives some hooks another width than d_in (a transcoder's pair: input and target hook).
+`widths` gives some hooks another width than d_in (a transcoder's pair: input and target hook);
+`bos_policy` is what the manifest records (the rows are random either way).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def make_fake_cache(
     context_length: int = 4,
     seed: int = 0,
     widths: dict[str, int] | None = None,
+    bos_policy: str = "none",
 ) -> FakeCache:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -67,7 +69,7 @@ def make_fake_cache(
         "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
         "model": {"id": "fake", "revision": None, "fingerprint": "0", "n_ctx": context_length, "d_model": d_in},
         "hooks": list(hooks), "d_in": width, "dtype": dtype,
-        "context_length": context_length, "bos_policy": "none", "separator": "none", "exclude_tokens": "none",
+        "context_length": context_length, "bos_policy": bos_policy, "separator": "none", "exclude_tokens": "none",
         "excluded_token_ids": [], "tokenizer": {"name": "fake", "sha256": "0"}, "dataset": {"name": "fake"},
         "max_tokens": None, "shard_contexts": 1,
     }

@@ -1,6 +1,7 @@
 """A tiny training run in its own process, for the kill -9 / resume tests.
 
     python tests/helpers/train_child.py OUT_DIR [--hang-at STEP] [--total-batches N] [--die-in-final-save]
+    python tests/helpers/train_child.py cli STEP train --out OUT_DIR ...   # `saesteer train ...`, hanging at STEP
 
 With --hang-at, the run writes OUT_DIR/hanging (holding the step) after that step and sleeps,
 so the parent can SIGKILL it at a known point. With --die-in-final-save, the process kills itself
@@ -45,7 +46,36 @@ def source() -> SyntheticActivations:
     return SyntheticActivations(D_IN, BATCH, seed=3, n_features=96, active=4)
 
 
+def hang_at(out: Path, step: int):
+    """An on_step that writes OUT_DIR/hanging (holding the step) after `step` and sleeps."""
+
+    def on_step(trainer) -> None:
+        if trainer.step == step:
+            (out / "hanging").write_text(str(trainer.step))
+            time.sleep(600)
+
+    return on_step
+
+
+def main_cli(step: int, argv: list[str]) -> int:
+    """The `saesteer` command `argv` as a user runs it, its training hanging after `step` (the
+    checkpoints written by then are on disk) for the parent to SIGKILL."""
+    import training.run
+
+    from saesteer.cli import main as saesteer
+
+    real = training.run.train  # the command imports it when it runs
+
+    def hanging(*a, **kw):
+        return real(*a, on_step=hang_at(Path(argv[argv.index("--out") + 1]), step), **kw)
+
+    training.run.train = hanging
+    return saesteer(argv)
+
+
 def main() -> int:
+    if sys.argv[1] == "cli":
+        return main_cli(int(sys.argv[2]), sys.argv[3:])
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
     ap.add_argument("--hang-at", type=int, default=None)
@@ -68,11 +98,7 @@ def main() -> int:
 
         saes.io.atomic_write_json = die
 
-    def on_step(trainer) -> None:
-        if args.hang_at is not None and trainer.step == args.hang_at:
-            (out / "hanging").write_text(str(trainer.step))
-            time.sleep(600)
-
+    on_step = None if args.hang_at is None else hang_at(out, args.hang_at)
     train(run_config(args.total_batches), source(), out, on_step=on_step)
     return 0
 
