@@ -34,7 +34,8 @@ off). Two endings are not re-asked, since asking again would end the same way: a
 at the output-token limit before any answer (a reasoning model that spent it thinking: the error
 says how to give it room, `reasoning_tokens` are added to every request's limit; a chat template
 that opens the block itself (DeepSeek-R1, QwQ) leaves no opening tag in the reply, so a server's
-cut-off reply with no closing `</think>` counts as such unless it is a bare JSON answer, and a
+cut-off reply to a JSON ask with no closing `</think>` counts as such unless it opens with its
+JSON answer (a note after the answer may be what was cut; thinking never opens with one), and a
 local judge's reply after such a template is all thinking until `</think>`) and a reply withheld
 by the server's content filter.
 
@@ -52,7 +53,7 @@ from typing import Any, Awaitable, Callable, Sequence
 
 from .accounting import BudgetExceeded, Ledger, Prices, Reservation, prompt_token_bound
 from .cache import CachedResponse, ResponseCache, request_key
-from .schema import InvalidAnswer, check_schema, parse_json_answer
+from .schema import InvalidAnswer, check_schema, opens_with_json_answer, parse_json_answer
 from .wire import Backend, ChatRequest, ChatResponse, PermanentError, TransientError, split_thinking
 
 __all__ = [
@@ -389,7 +390,7 @@ class Judge:
                 raise AnswerInvalid("the server's content filter withheld the judge's answer (finish_reason "
                                     "content_filter); asking again would be filtered the same way")
             if (resp.finish_reason == "length" and not resp.refusal
-                    and _cut_before_answering(text, thinking, getattr(self.backend, "sees_template", False))):
+                    and _cut_before_answering(text, thinking, getattr(self.backend, "sees_template", False), want_json)):
                 raise AnswerInvalid(_no_room_to_answer(request, resp, thinking, text))
             try:
                 if resp.refusal:
@@ -470,18 +471,17 @@ _ONLY_REASONING = (" (the model wrote only reasoning, in its own field, and no a
                    "JudgeConfig.reasoning_effort none, --judge-reasoning-effort none, which Ollama reads)")
 
 
-def _cut_before_answering(text: str, thinking: str, sees_template: bool) -> bool:
+def _cut_before_answering(text: str, thinking: str, sees_template: bool, want_json: bool) -> bool:
     """Whether a reply cut off at the output-token limit holds no answer: its thinking was cut, it is
     empty, or it is untagged text from a server, whose chat template is not seen: a template that
     opens the thinking block itself (DeepSeek-R1, QwQ) leaves no <think> in the reply, so such text
-    may be a draft inside the thinking; only a whole bare (or fenced) JSON answer is read then."""
+    may be a draft inside the thinking. A JSON answer is read then only where the reply opens with
+    it (thinking never does; a note after the answer may be what the limit cut); a plain-text ask
+    cannot tell, and takes the text as before."""
     if thinking == "cut" or not text.strip():
         return True
-    if thinking == "none" and not sees_template:
-        try:
-            parse_json_answer(text, amid_prose=False)
-        except InvalidAnswer:
-            return True
+    if thinking == "none" and not sees_template and want_json:
+        return not opens_with_json_answer(text)
     return False
 
 

@@ -339,6 +339,35 @@ def test_a_reply_cut_off_inside_thinking_the_template_opened_is_truncated_output
     assert ask(srv).value == {"label": "sea"}
 
 
+@pytest.mark.parametrize("content", [
+    '{"label": "sea"}\n\nThe examples all show waves, tides and the',  # a note after the answer, cut
+    '```json\n{"label": "sea"}\n```\n\nI chose this label because the',  # fenced, then a note, cut
+    '```json\n{"label": "sea"}\n``',  # the closing fence cut
+    ' \n{"label": "sea"}\n',
+])
+def test_a_complete_answer_that_opens_a_reply_cut_off_after_it_is_read(srv, content):
+    # a model that does not think (gpt-4o-mini, Llama 3 on Ollama) writes the JSON and goes on
+    # explaining until the limit: the answer is whole, and thinking never opens with the answer
+    srv.reply = lambda ex: ok(content, finish="length")
+    done = ask(srv)
+    assert done.value == {"label": "sea"} and done.reasks == 0
+
+
+def test_thinking_that_opens_with_a_list_is_no_answer_opening_the_reply(srv):
+    # a JSON number opens "1. ..." too: only an object or array counts as an answer opening a reply
+    srv.reply = lambda ex: ok('1. The examples show ships. Draft: {"label": "boats"}. 2. But the', finish="length")
+    with pytest.raises(AnswerInvalid, match="truncated judge output.*no </think>"):
+        ask(srv)
+
+
+def test_a_plain_text_ask_cut_off_at_the_limit_gives_the_text(srv):
+    # no JSON asked for (Judge.complete without schema or validate): a reply cut off at the limit is
+    # still the text, as before; only a JSON ask can tell an answer from thinking by its form
+    srv.reply = lambda ex: ok("The sea: waves, tides, salt water and the", finish="length")
+    done = judge(srv).complete_sync(ASK)
+    assert done.value == "The sea: waves, tides, salt water and the" and done.reasks == 0
+
+
 # ---------------------------------------------------------------------------------------------
 # bodies that hold no usable answer
 
