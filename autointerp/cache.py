@@ -5,7 +5,9 @@ model and the full request (messages, temperature, max_tokens, response format..
 a prompt is a new key. Every response the server completed is stored, the moment it arrives and
 in its own transaction, so after a crash (even SIGKILL) only requests still in flight are sent
 again. Invalid answers are cached too: re-asking is a new request (the conversation grows), so
-re-running reproduces the same path through the cache without paying again.
+re-running reproduces the same path through the cache without paying again. Each entry also keeps
+the settings its request went with beyond the key (a reasoning model's switch to
+max_completion_tokens and no temperature), so a re-run's provenance says how its answers were asked.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ class CachedResponse:
     finish_reason: str | None
     prompt_tokens: int
     completion_tokens: int
+    # the settings the request went with beyond its key (`Judge.settings_for`: a reasoning model's
+    # switches); None in an entry stored before they were recorded
+    sent: dict[str, Any] | None = None
 
 
 _SCHEMA = """
@@ -47,7 +52,8 @@ CREATE TABLE IF NOT EXISTS responses (
     finish_reason TEXT,
     prompt_tokens INTEGER NOT NULL,
     completion_tokens INTEGER NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    sent TEXT
 );
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 """
@@ -69,6 +75,9 @@ class ResponseCache:
                 # NORMAL in WAL mode: a committed answer survives a killed process (not power loss)
                 self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            if "sent" not in {r[1] for r in self._db.execute("PRAGMA table_info(responses)")}:
+                with self._db:  # a cache written before the settings sent were recorded
+                    self._db.execute("ALTER TABLE responses ADD COLUMN sent TEXT")
             row = self._db.execute("SELECT v FROM meta WHERE k='format'").fetchone()
             if row is None:
                 with self._db:
@@ -86,14 +95,14 @@ class ResponseCache:
     def get(self, key: str) -> CachedResponse | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT text, refusal, finish_reason, prompt_tokens, completion_tokens FROM responses WHERE key=?",
+                "SELECT text, refusal, finish_reason, prompt_tokens, completion_tokens, sent FROM responses WHERE key=?",
                 (key,),
             ).fetchone()
             if row is None:
                 self.misses += 1
                 return None
             self.hits += 1
-            return CachedResponse(*row)
+            return CachedResponse(*row[:5], json.loads(row[5]) if row[5] else None)
 
     def contains(self, key: str) -> bool:
         with self._lock:
@@ -102,9 +111,10 @@ class ResponseCache:
     def put(self, key: str, model: str, resp: CachedResponse) -> None:
         with self._lock, self._db:
             self._db.execute(
-                "INSERT OR REPLACE INTO responses VALUES (?,?,?,?,?,?,?,?)",
-                (key, model, resp.text, resp.refusal, resp.finish_reason,
-                 int(resp.prompt_tokens), int(resp.completion_tokens), time.time()),
+                "INSERT OR REPLACE INTO responses (key, model, text, refusal, finish_reason, prompt_tokens, "
+                "completion_tokens, created, sent) VALUES (?,?,?,?,?,?,?,?,?)",
+                (key, model, resp.text, resp.refusal, resp.finish_reason, int(resp.prompt_tokens),
+                 int(resp.completion_tokens), time.time(), None if resp.sent is None else json.dumps(resp.sent)),
             )
 
     def __len__(self) -> int:

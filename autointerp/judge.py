@@ -48,7 +48,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Awaitable, Callable, Sequence
 
 from .accounting import BudgetExceeded, Ledger, Prices, Reservation, prompt_token_bound
@@ -132,6 +132,7 @@ class Completion:
     requests: int = 0  # HTTP requests sent, retries included
     cached: int = 0  # responses taken from the cache
     reasks: int = 0
+    sent: dict[str, Any] | None = None  # the settings the answer's request went with (None: a cache entry older than that)
 
 
 @dataclass(frozen=True)
@@ -228,10 +229,16 @@ class Judge:
 
     def settings_sent(self) -> dict[str, Any]:
         """What requests ask the server for now, after any switch a refusal caused (a reasoning
-        model: max_completion_tokens, no temperature): the label provenance's judge settings.
-        `reasoning_tokens` is the room added to every request's output limit."""
+        model: max_completion_tokens, no temperature); a provenance's judge settings where its
+        answers do not say (`Completion.sent`: a cache entry older than that)."""
+        return self.settings_for(self.request_for([]))
+
+    def settings_for(self, request: ChatRequest) -> dict[str, Any]:
+        """The settings `request` is sent with now: its temperature (None once the model refused
+        any but its default), the output-limit parameter, reasoning_effort, and `reasoning_tokens`,
+        the room added to its output limit."""
         extra = getattr(self.backend, "extra_body", None) or {}
-        return {"temperature": self.temperature_sent,
+        return {"temperature": request.temperature if getattr(self.backend, "send_temperature", True) else None,
                 "max_tokens_param": getattr(self.backend, "max_tokens_param", None),
                 "reasoning_effort": extra.get("reasoning_effort"),
                 "reasoning_tokens": self.reasoning_tokens}
@@ -311,7 +318,7 @@ class Judge:
             if hit is not None:
                 tally.cached += 1
                 self.ledger.count(cached=1)
-                return ChatResponse(hit.text, 0, 0, hit.refusal, hit.finish_reason)
+                return ChatResponse(hit.text, 0, 0, hit.refusal, hit.finish_reason, sent=hit.sent)
         reservation = await self._reserve(request)
         try:
             retry = 0
@@ -328,6 +335,7 @@ class Judge:
                         raise RequestFailed(f"request rejected: {e.reason}") from None
                     else:
                         err = None
+                        resp = replace(resp, sent=self.settings_for(request))  # after the switches it met
                 if err is None:
                     break
                 if retry >= self.retry.max_retries:
@@ -354,7 +362,8 @@ class Judge:
             self.cache.put(
                 key,
                 self.model,
-                CachedResponse(resp.text, resp.refusal, resp.finish_reason, resp.prompt_tokens, resp.completion_tokens),
+                CachedResponse(resp.text, resp.refusal, resp.finish_reason, resp.prompt_tokens, resp.completion_tokens,
+                               resp.sent),
             )
         return resp
 
@@ -417,7 +426,7 @@ class Judge:
             return Completion(
                 text=text, value=value, model=self.model,
                 prompt_tokens=tally.prompt_tokens, completion_tokens=tally.completion_tokens,
-                cost_usd=tally.cost, requests=tally.requests, cached=tally.cached, reasks=ask,
+                cost_usd=tally.cost, requests=tally.requests, cached=tally.cached, reasks=ask, sent=resp.sent,
             )
         raise AnswerInvalid(f"no valid answer after {self.max_reasks + 1} asks; last problem: {last_reason}"
                             + (_ONLY_REASONING if only_reasoning else ""))

@@ -534,3 +534,25 @@ def test_a_query_in_any_base_url_goes_with_every_request(srv):
 ])
 def test_fenced_answers_and_trailing_prose_are_read(srv, content):
     answered_at_once(srv, content)
+
+
+def test_labels_relabelled_from_the_response_cache_record_the_settings_their_replies_were_asked_with(srv, tmp_path):
+    # a second run answered from the cache sends nothing, so it never meets the refusals that switched
+    # the first run's requests: the provenance is the settings of the requests the replies came from
+    from helpers.label_store import build_trigger_store
+
+    path, triggers = build_trigger_store(tmp_path / "toy.db", n_latents=2)
+    srv.reply = openai_reasoning_model(lambda body: fake_llm_answer(body))
+    flags = ("label", "--store", path, "--judge-model", "gpt-5-mini-cached", "--judge-base-url", srv.url,
+             "--judge-api-key", "k", "--scorers", "detection", "--embed-backend", "none", "--no-progress")
+    saesteer(*flags).ok()
+    sent = len(chats(srv))
+    saesteer(*flags, "--overwrite", "true").ok()
+    assert len(chats(srv)) == sent  # every reply from the cache
+    from features import FeatureStore
+
+    with FeatureStore.open(path) as st:
+        assert [st.feature(i).label.text for i in range(2)] == [triggers[0], triggers[1]]
+        for i in range(2):
+            params = st.feature(i).label.provenance.params
+            assert (params["temperature"], params["max_tokens_param"]) == (None, "max_completion_tokens"), params
