@@ -40,7 +40,7 @@ class CachedResponse:
     completion_tokens: int
     # the settings the request went with beyond its key (`Judge.settings_for`: a reasoning model's
     # switches); None in an entry stored before they were recorded
-    sent: dict[str, Any] | None = None
+    settings_sent: dict[str, Any] | None = None
 
 
 _SCHEMA = """
@@ -53,7 +53,7 @@ CREATE TABLE IF NOT EXISTS responses (
     prompt_tokens INTEGER NOT NULL,
     completion_tokens INTEGER NOT NULL,
     created REAL NOT NULL,
-    sent TEXT
+    settings_sent TEXT
 );
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 """
@@ -75,9 +75,9 @@ class ResponseCache:
                 # NORMAL in WAL mode: a committed answer survives a killed process (not power loss)
                 self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
-            if "sent" not in {r[1] for r in self._db.execute("PRAGMA table_info(responses)")}:
+            if "settings_sent" not in {r[1] for r in self._db.execute("PRAGMA table_info(responses)")}:
                 with self._db:  # a cache written before the settings sent were recorded
-                    self._db.execute("ALTER TABLE responses ADD COLUMN sent TEXT")
+                    self._db.execute("ALTER TABLE responses ADD COLUMN settings_sent TEXT")
             row = self._db.execute("SELECT v FROM meta WHERE k='format'").fetchone()
             if row is None:
                 with self._db:
@@ -95,7 +95,8 @@ class ResponseCache:
     def get(self, key: str) -> CachedResponse | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT text, refusal, finish_reason, prompt_tokens, completion_tokens, sent FROM responses WHERE key=?",
+                "SELECT text, refusal, finish_reason, prompt_tokens, completion_tokens, settings_sent "
+                "FROM responses WHERE key=?",
                 (key,),
             ).fetchone()
             if row is None:
@@ -112,9 +113,10 @@ class ResponseCache:
         with self._lock, self._db:
             self._db.execute(
                 "INSERT OR REPLACE INTO responses (key, model, text, refusal, finish_reason, prompt_tokens, "
-                "completion_tokens, created, sent) VALUES (?,?,?,?,?,?,?,?,?)",
+                "completion_tokens, created, settings_sent) VALUES (?,?,?,?,?,?,?,?,?)",
                 (key, model, resp.text, resp.refusal, resp.finish_reason, int(resp.prompt_tokens),
-                 int(resp.completion_tokens), time.time(), None if resp.sent is None else json.dumps(resp.sent)),
+                 int(resp.completion_tokens), time.time(),
+                 None if resp.settings_sent is None else json.dumps(resp.settings_sent)),
             )
 
     def __len__(self) -> int:

@@ -132,7 +132,8 @@ class Completion:
     requests: int = 0  # HTTP requests sent, retries included
     cached: int = 0  # responses taken from the cache
     reasks: int = 0
-    sent: dict[str, Any] | None = None  # the settings the answer's request went with (None: a cache entry older than that)
+    # the settings the answer's request went with (`Judge.settings_for`; None: a cache entry older than that)
+    settings_sent: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -230,7 +231,7 @@ class Judge:
     def settings_sent(self) -> dict[str, Any]:
         """What requests ask the server for now, after any switch a refusal caused (a reasoning
         model: max_completion_tokens, no temperature); a provenance's judge settings where its
-        answers do not say (`Completion.sent`: a cache entry older than that)."""
+        answers do not say (`Completion.settings_sent`: a cache entry older than that)."""
         return self.settings_for(self.request_for([]))
 
     def settings_for(self, request: ChatRequest) -> dict[str, Any]:
@@ -318,7 +319,7 @@ class Judge:
             if hit is not None:
                 tally.cached += 1
                 self.ledger.count(cached=1)
-                return ChatResponse(hit.text, 0, 0, hit.refusal, hit.finish_reason, sent=hit.sent)
+                return ChatResponse(hit.text, 0, 0, hit.refusal, hit.finish_reason, settings_sent=hit.settings_sent)
         reservation = await self._reserve(request)
         try:
             retry = 0
@@ -335,7 +336,7 @@ class Judge:
                         raise RequestFailed(f"request rejected: {e.reason}") from None
                     else:
                         err = None
-                        resp = replace(resp, sent=self.settings_for(request))  # after the switches it met
+                        resp = replace(resp, settings_sent=self.settings_for(request))  # after the switches it met
                 if err is None:
                     break
                 if retry >= self.retry.max_retries:
@@ -363,7 +364,7 @@ class Judge:
                 key,
                 self.model,
                 CachedResponse(resp.text, resp.refusal, resp.finish_reason, resp.prompt_tokens, resp.completion_tokens,
-                               resp.sent),
+                               resp.settings_sent),
             )
         return resp
 
@@ -399,7 +400,8 @@ class Judge:
                 raise AnswerInvalid("the server's content filter withheld the judge's answer (finish_reason "
                                     "content_filter); asking again would be filtered the same way")
             if (resp.finish_reason == "length" and not resp.refusal
-                    and _cut_before_answering(text, thinking, getattr(self.backend, "sees_template", False), want_json)):
+                    and _cut_before_answering(text, thinking, getattr(self.backend, "sees_template", False),
+                                              want_json)):
                 raise AnswerInvalid(_no_room_to_answer(request, resp, thinking, text))
             try:
                 if resp.refusal:
@@ -426,7 +428,8 @@ class Judge:
             return Completion(
                 text=text, value=value, model=self.model,
                 prompt_tokens=tally.prompt_tokens, completion_tokens=tally.completion_tokens,
-                cost_usd=tally.cost, requests=tally.requests, cached=tally.cached, reasks=ask, sent=resp.sent,
+                cost_usd=tally.cost, requests=tally.requests, cached=tally.cached, reasks=ask,
+                settings_sent=resp.settings_sent,
             )
         raise AnswerInvalid(f"no valid answer after {self.max_reasks + 1} asks; last problem: {last_reason}"
                             + (_ONLY_REASONING if only_reasoning else ""))

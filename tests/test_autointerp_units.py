@@ -256,7 +256,7 @@ def test_response_cache_keeps_the_settings_sent_and_opens_a_cache_from_before_th
             "reasoning_tokens": 500}
     c.put("new", "m", CachedResponse('{"label": "é"}', None, "stop", 10, 3, sent))
     c.close()
-    assert ResponseCache(path).get("new").sent == sent
+    assert ResponseCache(path).get("new").settings_sent == sent
 
 
 def test_configs_validate_and_resolve():
