@@ -212,5 +212,8 @@ def test_a_prefill_in_templates_that_trim_or_rewrite_the_assistant_message(token
         assert {got.roles[i] for i in last} == {A} and last[-1] == len(got.token_ids) - 1
     if template is not LLAMA3_TEMPLATE:
         finished = _messages([(U, "What is the sea?"), (A, "<think>\nok</think>\n\nThe sea")])
-        with pytest.raises(SteeringError, match="cannot leave the last message open"):
+        with pytest.raises(SteeringError, match="cannot leave the last message open") as refused:
             render_chat(tok, finished, chat_template=template, add_generation_prompt=False, continue_final_message=True)
+        said = str(refused.value)  # transformers' reason in one sentence (not the rendered chat), and the way out
+        assert "does not appear in the chat" in said and "Please verify" not in said and "Final message" not in said
+        assert "prefill the text after" in said
