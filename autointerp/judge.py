@@ -34,8 +34,9 @@ off). Two endings are not re-asked, since asking again would end the same way: a
 at the output-token limit before any answer (a reasoning model that spent it thinking: the error
 says how to give it room, `reasoning_tokens` are added to every request's limit; a chat template
 that opens the block itself (DeepSeek-R1, QwQ) leaves no opening tag in the reply, so a server's
-cut-off reply to a JSON ask with no closing `</think>` counts as such unless it opens with its
-JSON answer (a note after the answer may be what was cut; thinking never opens with one), and a
+cut-off reply to a JSON ask with no closing `</think>` and no reasoning sent apart counts as such
+unless it opens with its JSON answer (a note after the answer may be what was cut; thinking never
+opens with one), and a
 local judge's reply after such a template is all thinking until `</think>`) and a reply withheld
 by the server's content filter.
 
@@ -400,8 +401,8 @@ class Judge:
                 raise AnswerInvalid("the server's content filter withheld the judge's answer (finish_reason "
                                     "content_filter); asking again would be filtered the same way")
             if (resp.finish_reason == "length" and not resp.refusal
-                    and _cut_before_answering(text, thinking, getattr(self.backend, "sees_template", False),
-                                              want_json)):
+                    and _cut_before_answering(resp, text, thinking, want_json=want_json,
+                                              sees_template=getattr(self.backend, "sees_template", False))):
                 raise AnswerInvalid(_no_room_to_answer(request, resp, thinking, text))
             try:
                 if resp.refusal:
@@ -483,18 +484,20 @@ _ONLY_REASONING = (" (the model wrote only reasoning, in its own field, and no a
                    "JudgeConfig.reasoning_effort none, --judge-reasoning-effort none, which Ollama reads)")
 
 
-def _cut_before_answering(text: str, thinking: str, sees_template: bool, want_json: bool) -> bool:
+def _cut_before_answering(resp: ChatResponse, text: str, thinking: str, *, want_json: bool,
+                          sees_template: bool) -> bool:
     """Whether a reply cut off at the output-token limit holds no answer: its thinking was cut, it is
     empty, or it is untagged text from a server, whose chat template is not seen: a template that
     opens the thinking block itself (DeepSeek-R1, QwQ) leaves no <think> in the reply, so such text
     may be a draft inside the thinking. A JSON answer is read then only where the reply opens with
     it (thinking never does; a note after the answer may be what the limit cut); a plain-text ask
-    cannot tell, and takes the text as before."""
+    cannot tell, and takes the text as before. A server that sent the reasoning apart (its own
+    field, counted reasoning tokens) left only the answer in the content."""
     if thinking == "cut" or not text.strip():
         return True
-    if thinking == "none" and not sees_template and want_json:
-        return not opens_with_json_answer(text)
-    return False
+    maybe_thinking = (thinking == "none" and not sees_template and not resp.reasoned
+                      and not resp.reasoning_tokens)
+    return maybe_thinking and want_json and not opens_with_json_answer(text)
 
 
 def _no_room_to_answer(request: ChatRequest, resp: ChatResponse, thinking: str, text: str) -> str:

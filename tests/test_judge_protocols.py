@@ -353,6 +353,18 @@ def test_a_complete_answer_that_opens_a_reply_cut_off_after_it_is_read(srv, cont
     assert done.value == {"label": "sea"} and done.reasks == 0
 
 
+@pytest.mark.parametrize("apart", [
+    {"message_extra": {"reasoning_content": "The marks are on sea words."}},  # vLLM's reasoning parser
+    {"usage_extra": {"completion_tokens_details": {"reasoning_tokens": 90}}},  # o-series, gpt-5
+])
+def test_a_cut_off_answer_from_a_server_that_sends_the_reasoning_apart_is_read(srv, apart):
+    # the server kept the thinking out of the content (its own field, counted reasoning tokens): the
+    # content is the answer, prose around the JSON included, even when cut off after it
+    srv.reply = lambda ex: ok('Here is the label: {"label": "sea"}. The examples all show', finish="length", **apart)
+    done = ask(srv)
+    assert done.value == {"label": "sea"} and done.reasks == 0
+
+
 def test_thinking_that_opens_with_a_list_is_no_answer_opening_the_reply(srv):
     # a JSON number opens "1. ..." too: only an object or array counts as an answer opening a reply
     srv.reply = lambda ex: ok('1. The examples show ships. Draft: {"label": "boats"}. 2. But the', finish="length")
