@@ -52,9 +52,11 @@ CREATE TABLE IF NOT EXISTS responses (
     finish_reason TEXT,
     prompt_tokens INTEGER NOT NULL,
     completion_tokens INTEGER NOT NULL,
-    created REAL NOT NULL,
-    settings_sent TEXT
+    created REAL NOT NULL
 );
+-- beside `responses`, not a column of it: a cache from before has none, and an older saesteer still
+-- writes `responses` rows as it did
+CREATE TABLE IF NOT EXISTS settings_sent (key TEXT PRIMARY KEY, settings TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 """
 _FORMAT = "saesteer-judge-cache-1"
@@ -75,9 +77,6 @@ class ResponseCache:
                 # NORMAL in WAL mode: a committed answer survives a killed process (not power loss)
                 self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
-            if "settings_sent" not in {r[1] for r in self._db.execute("PRAGMA table_info(responses)")}:
-                with self._db:  # a cache written before the settings sent were recorded
-                    self._db.execute("ALTER TABLE responses ADD COLUMN settings_sent TEXT")
             row = self._db.execute("SELECT v FROM meta WHERE k='format'").fetchone()
             if row is None:
                 with self._db:
@@ -95,8 +94,8 @@ class ResponseCache:
     def get(self, key: str) -> CachedResponse | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT text, refusal, finish_reason, prompt_tokens, completion_tokens, settings_sent "
-                "FROM responses WHERE key=?",
+                "SELECT text, refusal, finish_reason, prompt_tokens, completion_tokens, s.settings "
+                "FROM responses LEFT JOIN settings_sent AS s USING (key) WHERE key=?",
                 (key,),
             ).fetchone()
             if row is None:
@@ -112,12 +111,13 @@ class ResponseCache:
     def put(self, key: str, model: str, resp: CachedResponse) -> None:
         with self._lock, self._db:
             self._db.execute(
-                "INSERT OR REPLACE INTO responses (key, model, text, refusal, finish_reason, prompt_tokens, "
-                "completion_tokens, created, settings_sent) VALUES (?,?,?,?,?,?,?,?,?)",
-                (key, model, resp.text, resp.refusal, resp.finish_reason, int(resp.prompt_tokens),
-                 int(resp.completion_tokens), time.time(),
-                 None if resp.settings_sent is None else json.dumps(resp.settings_sent)),
+                "INSERT OR REPLACE INTO responses VALUES (?,?,?,?,?,?,?,?)",
+                (key, model, resp.text, resp.refusal, resp.finish_reason,
+                 int(resp.prompt_tokens), int(resp.completion_tokens), time.time()),
             )
+            self._db.execute("DELETE FROM settings_sent WHERE key=?", (key,))
+            if resp.settings_sent is not None:
+                self._db.execute("INSERT INTO settings_sent VALUES (?,?)", (key, json.dumps(resp.settings_sent)))
 
     def __len__(self) -> int:
         with self._lock:

@@ -257,6 +257,10 @@ def test_response_cache_keeps_the_settings_sent_and_opens_a_cache_from_before_th
     c.put("new", "m", CachedResponse('{"label": "é"}', None, "stop", 10, 3, sent))
     c.close()
     assert ResponseCache(path).get("new").settings_sent == sent
+    # an older saesteer on the same cache still writes its rows as it did (eight values)
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT OR REPLACE INTO responses VALUES ('older', 'm', '{}', NULL, 'stop', 1, 1, 0)")
+    assert ResponseCache(path).get("older").settings_sent is None
 
 
 def test_configs_validate_and_resolve():
