@@ -36,9 +36,8 @@ says how to give it room, `reasoning_tokens` are added to every request's limit;
 that opens the block itself (DeepSeek-R1, QwQ) leaves no opening tag in the reply, so a server's
 cut-off reply to a JSON ask with no closing `</think>` and no reasoning sent apart counts as such
 unless it opens with its JSON answer (a note after the answer may be what was cut; thinking never
-opens with one), and a
-local judge's reply after such a template is all thinking until `</think>`) and a reply withheld
-by the server's content filter.
+opens with one), and a local judge's reply after such a template is all thinking until
+`</think>`) and a reply withheld by the server's content filter.
 
 The backends' own retry machinery is switched off (openai `max_retries=0`): retries here are
 counted, jittered and share the Retry-After pause.
