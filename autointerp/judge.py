@@ -222,12 +222,6 @@ class Judge:
     def kind(self) -> str:
         return self.backend.kind
 
-    @property
-    def temperature_sent(self) -> float | None:
-        """The temperature the server is asked for; None once the model refused any but its default
-        (a reasoning model: its answers are then sampled, whatever `temperature` says)."""
-        return self.temperature if getattr(self.backend, "send_temperature", True) else None
-
     def settings_sent(self) -> dict[str, Any]:
         """What requests ask the server for now, after any switch a refusal caused (a reasoning
         model: max_completion_tokens, no temperature); a provenance's judge settings where its
