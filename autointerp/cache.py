@@ -5,7 +5,9 @@ model and the full request (messages, temperature, max_tokens, response format..
 a prompt is a new key. Every response the server completed is stored, the moment it arrives and
 in its own transaction, so after a crash (even SIGKILL) only requests still in flight are sent
 again. Invalid answers are cached too: re-asking is a new request (the conversation grows), so
-re-running reproduces the same path through the cache without paying again.
+re-running reproduces the same path through the cache without paying again. Each entry also keeps
+the settings its request went with beyond the key (a reasoning model's switch to
+max_completion_tokens and no temperature), so a re-run's provenance says how its answers were asked.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ class CachedResponse:
     finish_reason: str | None
     prompt_tokens: int
     completion_tokens: int
+    # the settings the request went with beyond its key (`Judge.settings_for`: a reasoning model's
+    # switches); None in an entry stored before they were recorded
+    settings_sent: dict[str, Any] | None = None
 
 
 _SCHEMA = """
@@ -49,6 +54,9 @@ CREATE TABLE IF NOT EXISTS responses (
     completion_tokens INTEGER NOT NULL,
     created REAL NOT NULL
 );
+-- beside `responses`, not a column of it: a cache from before has none, and an older saesteer still
+-- writes `responses` rows as it did
+CREATE TABLE IF NOT EXISTS settings_sent (key TEXT PRIMARY KEY, settings TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 """
 _FORMAT = "saesteer-judge-cache-1"
@@ -86,14 +94,15 @@ class ResponseCache:
     def get(self, key: str) -> CachedResponse | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT text, refusal, finish_reason, prompt_tokens, completion_tokens FROM responses WHERE key=?",
+                "SELECT text, refusal, finish_reason, prompt_tokens, completion_tokens, s.settings "
+                "FROM responses LEFT JOIN settings_sent AS s USING (key) WHERE key=?",
                 (key,),
             ).fetchone()
             if row is None:
                 self.misses += 1
                 return None
             self.hits += 1
-            return CachedResponse(*row)
+            return CachedResponse(*row[:5], json.loads(row[5]) if row[5] else None)
 
     def contains(self, key: str) -> bool:
         with self._lock:
@@ -106,6 +115,9 @@ class ResponseCache:
                 (key, model, resp.text, resp.refusal, resp.finish_reason,
                  int(resp.prompt_tokens), int(resp.completion_tokens), time.time()),
             )
+            self._db.execute("DELETE FROM settings_sent WHERE key=?", (key,))
+            if resp.settings_sent is not None:
+                self._db.execute("INSERT INTO settings_sent VALUES (?,?)", (key, json.dumps(resp.settings_sent)))
 
     def __len__(self) -> int:
         with self._lock:

@@ -53,8 +53,11 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float | None = 0.0
+    # the judge settings of the first answer added that says (`Completion.settings_sent`): the provenance's
+    settings_sent: dict[str, Any] | None = None
 
     def add(self, c: Completion) -> None:
+        self.settings_sent = self.settings_sent or c.settings_sent
         self.requests += c.requests
         self.cached += c.cached
         self.reasks += c.reasks
@@ -63,6 +66,7 @@ class Usage:
         self.cost_usd = None if (self.cost_usd is None or c.cost_usd is None) else self.cost_usd + c.cost_usd
 
     def merge(self, other: "Usage") -> None:
+        self.settings_sent = self.settings_sent or other.settings_sent
         self.requests += other.requests
         self.cached += other.cached
         self.reasks += other.reasks
@@ -72,6 +76,7 @@ class Usage:
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
+        del d["settings_sent"]  # not a cost: the provenance's judge settings
         if d["cost_usd"] is not None:
             d["cost_usd"] = round(d["cost_usd"], 8)
         return d

@@ -34,9 +34,10 @@ off). Two endings are not re-asked, since asking again would end the same way: a
 at the output-token limit before any answer (a reasoning model that spent it thinking: the error
 says how to give it room, `reasoning_tokens` are added to every request's limit; a chat template
 that opens the block itself (DeepSeek-R1, QwQ) leaves no opening tag in the reply, so a server's
-cut-off reply with no closing `</think>` counts as such unless it is a bare JSON answer, and a
-local judge's reply after such a template is all thinking until `</think>`) and a reply withheld
-by the server's content filter.
+cut-off reply to a JSON ask with no closing `</think>` and no reasoning sent apart counts as such
+unless it opens with its JSON answer (a note after the answer may be what was cut; thinking never
+opens with one), and a local judge's reply after such a template is all thinking until
+`</think>`) and a reply withheld by the server's content filter.
 
 The backends' own retry machinery is switched off (openai `max_retries=0`): retries here are
 counted, jittered and share the Retry-After pause.
@@ -47,12 +48,12 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Awaitable, Callable, Sequence
 
 from .accounting import BudgetExceeded, Ledger, Prices, Reservation, prompt_token_bound
 from .cache import CachedResponse, ResponseCache, request_key
-from .schema import InvalidAnswer, check_schema, parse_json_answer
+from .schema import InvalidAnswer, check_schema, opens_with_json_answer, parse_json_answer
 from .wire import Backend, ChatRequest, ChatResponse, PermanentError, TransientError, split_thinking
 
 __all__ = [
@@ -131,6 +132,8 @@ class Completion:
     requests: int = 0  # HTTP requests sent, retries included
     cached: int = 0  # responses taken from the cache
     reasks: int = 0
+    # the settings the answer's request went with (`Judge.settings_for`; None: a cache entry older than that)
+    settings_sent: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -219,18 +222,18 @@ class Judge:
     def kind(self) -> str:
         return self.backend.kind
 
-    @property
-    def temperature_sent(self) -> float | None:
-        """The temperature the server is asked for; None once the model refused any but its default
-        (a reasoning model: its answers are then sampled, whatever `temperature` says)."""
-        return self.temperature if getattr(self.backend, "send_temperature", True) else None
-
     def settings_sent(self) -> dict[str, Any]:
         """What requests ask the server for now, after any switch a refusal caused (a reasoning
-        model: max_completion_tokens, no temperature): the label provenance's judge settings.
-        `reasoning_tokens` is the room added to every request's output limit."""
+        model: max_completion_tokens, no temperature); a provenance's judge settings where its
+        answers do not say (`Completion.settings_sent`: a cache entry older than that)."""
+        return self.settings_for(self.request_for([]))
+
+    def settings_for(self, request: ChatRequest) -> dict[str, Any]:
+        """The settings `request` is sent with now: its temperature (None once the model refused
+        any but its default), the output-limit parameter, reasoning_effort, and `reasoning_tokens`,
+        the room added to its output limit."""
         extra = getattr(self.backend, "extra_body", None) or {}
-        return {"temperature": self.temperature_sent,
+        return {"temperature": request.temperature if getattr(self.backend, "send_temperature", True) else None,
                 "max_tokens_param": getattr(self.backend, "max_tokens_param", None),
                 "reasoning_effort": extra.get("reasoning_effort"),
                 "reasoning_tokens": self.reasoning_tokens}
@@ -310,7 +313,7 @@ class Judge:
             if hit is not None:
                 tally.cached += 1
                 self.ledger.count(cached=1)
-                return ChatResponse(hit.text, 0, 0, hit.refusal, hit.finish_reason)
+                return ChatResponse(hit.text, 0, 0, hit.refusal, hit.finish_reason, settings_sent=hit.settings_sent)
         reservation = await self._reserve(request)
         try:
             retry = 0
@@ -327,6 +330,7 @@ class Judge:
                         raise RequestFailed(f"request rejected: {e.reason}") from None
                     else:
                         err = None
+                        resp = replace(resp, settings_sent=self.settings_for(request))  # after the switches it met
                 if err is None:
                     break
                 if retry >= self.retry.max_retries:
@@ -353,7 +357,8 @@ class Judge:
             self.cache.put(
                 key,
                 self.model,
-                CachedResponse(resp.text, resp.refusal, resp.finish_reason, resp.prompt_tokens, resp.completion_tokens),
+                CachedResponse(resp.text, resp.refusal, resp.finish_reason, resp.prompt_tokens, resp.completion_tokens,
+                               resp.settings_sent),
             )
         return resp
 
@@ -389,7 +394,8 @@ class Judge:
                 raise AnswerInvalid("the server's content filter withheld the judge's answer (finish_reason "
                                     "content_filter); asking again would be filtered the same way")
             if (resp.finish_reason == "length" and not resp.refusal
-                    and _cut_before_answering(text, thinking, getattr(self.backend, "sees_template", False))):
+                    and _cut_before_answering(resp, text, thinking, want_json=want_json,
+                                              sees_template=getattr(self.backend, "sees_template", False))):
                 raise AnswerInvalid(_no_room_to_answer(request, resp, thinking, text))
             try:
                 if resp.refusal:
@@ -417,6 +423,7 @@ class Judge:
                 text=text, value=value, model=self.model,
                 prompt_tokens=tally.prompt_tokens, completion_tokens=tally.completion_tokens,
                 cost_usd=tally.cost, requests=tally.requests, cached=tally.cached, reasks=ask,
+                settings_sent=resp.settings_sent,
             )
         raise AnswerInvalid(f"no valid answer after {self.max_reasks + 1} asks; last problem: {last_reason}"
                             + (_ONLY_REASONING if only_reasoning else ""))
@@ -470,19 +477,20 @@ _ONLY_REASONING = (" (the model wrote only reasoning, in its own field, and no a
                    "JudgeConfig.reasoning_effort none, --judge-reasoning-effort none, which Ollama reads)")
 
 
-def _cut_before_answering(text: str, thinking: str, sees_template: bool) -> bool:
+def _cut_before_answering(resp: ChatResponse, text: str, thinking: str, *, want_json: bool,
+                          sees_template: bool) -> bool:
     """Whether a reply cut off at the output-token limit holds no answer: its thinking was cut, it is
     empty, or it is untagged text from a server, whose chat template is not seen: a template that
     opens the thinking block itself (DeepSeek-R1, QwQ) leaves no <think> in the reply, so such text
-    may be a draft inside the thinking; only a whole bare (or fenced) JSON answer is read then."""
+    may be a draft inside the thinking. A JSON answer is read then only where the reply opens with
+    it (thinking never does; a note after the answer may be what the limit cut); a plain-text ask
+    cannot tell, and takes the text as before. A server that sent the reasoning apart (its own
+    field, counted reasoning tokens) left only the answer in the content."""
     if thinking == "cut" or not text.strip():
         return True
-    if thinking == "none" and not sees_template:
-        try:
-            parse_json_answer(text, amid_prose=False)
-        except InvalidAnswer:
-            return True
-    return False
+    maybe_thinking = (thinking == "none" and not sees_template and not resp.reasoned
+                      and not resp.reasoning_tokens)
+    return maybe_thinking and want_json and not opens_with_json_answer(text)
 
 
 def _no_room_to_answer(request: ChatRequest, resp: ChatResponse, thinking: str, text: str) -> str:

@@ -127,7 +127,9 @@ class Labeller:
         c = self.cfg
         provenance: dict[str, Any] = {
             "judge": {"source": self.source, "model": self.model,
-                      **(self.judge.settings_sent() if self.judge else {"temperature": None})},
+                      # the settings the label's answer was asked with (a cached one: its first run's)
+                      **((expl.usage.settings_sent or self.judge.settings_sent()) if self.judge
+                         else {"temperature": None})},
             "prompt_version": self.explainer.prompt_version,
             "examples": {
                 "explain": [e.ref for e in split.explain],

@@ -20,7 +20,7 @@ import json
 import re
 from typing import Any
 
-__all__ = ["InvalidAnswer", "parse_json_answer", "check_schema", "SUPPORTED_KEYWORDS"]
+__all__ = ["InvalidAnswer", "parse_json_answer", "opens_with_json_answer", "check_schema", "SUPPORTED_KEYWORDS"]
 
 SUPPORTED_KEYWORDS = frozenset(
     {
@@ -43,6 +43,8 @@ class InvalidAnswer(ValueError):
 
 
 _FENCE_RE = re.compile(r"^```[ \t]*([A-Za-z0-9_-]*)[ \t]*\r?\n(.*?)\r?\n?```$", re.DOTALL)
+_FENCE_OPEN_RE = re.compile(r"^```[ \t]*([A-Za-z0-9_-]*)[ \t]*\r?\n")
+_JSON_FENCES = ("", "json", "jsonc", "json5")  # a ```-fence's language that holds JSON
 
 
 def parse_json_answer(text: str | None, *, amid_prose: bool = True) -> Any:
@@ -53,7 +55,7 @@ def parse_json_answer(text: str | None, *, amid_prose: bool = True) -> Any:
     m = _FENCE_RE.match(s)
     if m:
         lang = m.group(1).lower()
-        if lang not in ("", "json", "jsonc", "json5"):
+        if lang not in _JSON_FENCES:
             raise InvalidAnswer(f"the answer was a ```{lang} code block; reply with JSON only")
         s = m.group(2).strip()
     try:
@@ -78,6 +80,30 @@ def parse_json_answer(text: str | None, *, amid_prose: bool = True) -> Any:
     if len(found) > 1:
         raise InvalidAnswer("the answer held more than one JSON object; reply with exactly one")
     raise InvalidAnswer("the answer was not valid JSON; reply with the JSON object only, no prose")
+
+
+def opens_with_json_answer(text: str) -> bool:
+    """Whether `text` is a bare or fenced JSON answer, or begins with a whole JSON object or array
+    (bare or after a ```json fence's first line) that the rest goes on after: a note after the
+    answer, or a closing fence, cut off at the output-token limit."""
+    try:
+        parse_json_answer(text, amid_prose=False)
+        return True
+    except InvalidAnswer:
+        pass
+    s = text.lstrip()
+    m = _FENCE_OPEN_RE.match(s)
+    if m:
+        if m.group(1).lower() not in _JSON_FENCES:
+            return False
+        s = s[m.end():].lstrip()
+    if not s.startswith(("{", "[")):  # a bare number would read "1. First, ..." as an answer
+        return False
+    try:
+        json.JSONDecoder().raw_decode(s)
+    except json.JSONDecodeError:
+        return False
+    return True
 
 
 _TYPES: dict[str, tuple[type, ...]] = {

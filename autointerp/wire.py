@@ -41,6 +41,7 @@ class ChatResponse:
     finish_reason: str | None = None
     reasoning_tokens: int = 0  # of completion_tokens, spent thinking (when the server says)
     reasoned: bool = False  # the server sent reasoning beside the answer (reasoning_content / reasoning)
+    settings_sent: dict[str, Any] | None = None  # what the request went with (`Judge.settings_for`; None: unknown)
 
 
 _THINK_OPEN = re.compile(r"<(think|thinking)>", re.IGNORECASE)

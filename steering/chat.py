@@ -112,8 +112,12 @@ def _render_open(tokenizer: Any, tmpl: str, msgs: list[dict]) -> str:
         return tokenizer.apply_chat_template(msgs, chat_template=tmpl, tokenize=False, add_generation_prompt=False,
                                              continue_final_message=True)
     except Exception as e:  # e.g. a template that rewrites the last message's content
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SteeringError(f"the chat template cannot leave the last message open to continue it: {first[:300]}") from None
+        reason = str(e).strip() or type(e).__name__
+        first = re.split(r"(?<=[.!?])\s", reason, maxsplit=1)[0]  # transformers' first sentence, not the whole chat
+        raise SteeringError(f"the chat template cannot leave the last message open to continue it: {first[:300]} "
+                            "(a template that rewrites the assistant's message, as Qwen3's and DeepSeek-R1's drop a "
+                            "finished <think>...</think> block, cannot continue it as given: prefill the text after "
+                            "such a block only)") from None
 
 
 def _prefix_ends(render, msgs: list[dict], text: str) -> tuple[list[int], str | None]:

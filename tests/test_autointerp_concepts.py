@@ -337,6 +337,38 @@ def test_output_scores_by_a_judge_record_the_settings_sent(tmp_path):
         "temperature": 0.0, "max_tokens_param": "max_tokens", "reasoning_effort": "low", "reasoning_tokens": 64}
 
 
+def test_output_scores_read_from_the_response_cache_record_the_settings_their_answers_were_asked_with(tmp_path):
+    """A re-run answered from the cache sends nothing: the score's provenance says how the cached
+    answers were asked (here max_completion_tokens), not how this run's judge would ask."""
+    import shutil
+    import sqlite3
+
+    from autointerp.backends import OpenAIBackend
+    from autointerp.cache import ResponseCache
+    from autointerp.judge import Judge
+    from features import FeatureStore
+    from helpers.web_app import shared_store
+    from saesteer.outputscore import OutputScoreConfig, score_outputs
+
+    ws = shared_store()
+    path = tmp_path / "s.db"
+    shutil.copy(ws.path, path)
+    latent = sorted(ws.labels)[0]
+    cfg = OutputScoreConfig(samples=2, new_tokens=4)
+    with JudgeServer(lambda body: json.dumps({"more": "a"})) as srv:
+        for param in ("max_completion_tokens", "max_tokens"):
+            backend = OpenAIBackend("fake-judge", base_url=srv.url, timeout_s=10, max_tokens_param=param)
+            judge = Judge(backend, cache=ResponseCache(tmp_path / "cache.sqlite"))
+            with FeatureStore.open(path, readonly=False) as st:
+                score_outputs(ws.model, ws.sae, st, [latent], cfg, judge=judge)
+                score = max((x for x in st.feature(latent).scores if x.method == "output"),
+                            key=lambda x: x.provenance_id)  # this run's
+        assert {("max_completion_tokens" in e.body) for e in srv.exchanges} == {True}  # the second run sent none
+    with sqlite3.connect(path) as db:
+        params = json.loads(db.execute("SELECT params FROM label_provenance WHERE id=?", (score.provenance_id,)).fetchone()[0])
+    assert params["max_tokens_param"] == "max_completion_tokens"
+
+
 def test_output_score_command_checks_its_arguments(tmp_path, capsys):
     from saesteer.cli import main
 

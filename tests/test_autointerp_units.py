@@ -237,6 +237,32 @@ def test_response_cache_roundtrip(tmp_path):
         ResponseCache(tmp_path / "junk.sqlite")
 
 
+def test_response_cache_keeps_the_settings_sent_and_opens_a_cache_from_before_them(tmp_path):
+    import sqlite3
+
+    # a cache written before the settings sent were recorded: its entries read back with none
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript("CREATE TABLE responses (key TEXT PRIMARY KEY, model TEXT NOT NULL, text TEXT, refusal TEXT, "
+                     "finish_reason TEXT, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, "
+                     "created REAL NOT NULL); CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);"
+                     "INSERT INTO meta VALUES ('format', 'saesteer-judge-cache-1');"
+                     "INSERT INTO responses VALUES ('old', 'm', '{\"label\": \"x\"}', NULL, 'stop', 10, 3, 0);")
+    db.commit()
+    db.close()
+    c = ResponseCache(path)
+    assert c.get("old") == CachedResponse('{"label": "x"}', None, "stop", 10, 3, None)
+    sent = {"temperature": None, "max_tokens_param": "max_completion_tokens", "reasoning_effort": "low",
+            "reasoning_tokens": 500}
+    c.put("new", "m", CachedResponse('{"label": "é"}', None, "stop", 10, 3, sent))
+    c.close()
+    assert ResponseCache(path).get("new").settings_sent == sent
+    # an older saesteer on the same cache still writes its rows as it did (eight values)
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT OR REPLACE INTO responses VALUES ('older', 'm', '{}', NULL, 'stop', 1, 1, 0)")
+    assert ResponseCache(path).get("older").settings_sent is None
+
+
 def test_configs_validate_and_resolve():
     assert parse_latents("0-3,7, 9") == [0, 1, 2, 3, 7, 9]
     with pytest.raises(ValueError, match="latents"):

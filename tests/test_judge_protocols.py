@@ -339,6 +339,47 @@ def test_a_reply_cut_off_inside_thinking_the_template_opened_is_truncated_output
     assert ask(srv).value == {"label": "sea"}
 
 
+@pytest.mark.parametrize("content", [
+    '{"label": "sea"}\n\nThe examples all show waves, tides and the',  # a note after the answer, cut
+    '```json\n{"label": "sea"}\n```\n\nI chose this label because the',  # fenced, then a note, cut
+    '```json\n{"label": "sea"}\n``',  # the closing fence cut
+    ' \n{"label": "sea"}\n',
+])
+def test_a_complete_answer_that_opens_a_reply_cut_off_after_it_is_read(srv, content):
+    # a model that does not think (gpt-4o-mini, Llama 3 on Ollama) writes the JSON and goes on
+    # explaining until the limit: the answer is whole, and thinking never opens with the answer
+    srv.reply = lambda ex: ok(content, finish="length")
+    done = ask(srv)
+    assert done.value == {"label": "sea"} and done.reasks == 0
+
+
+@pytest.mark.parametrize("apart", [
+    {"message_extra": {"reasoning_content": "The marks are on sea words."}},  # vLLM's reasoning parser
+    {"usage_extra": {"completion_tokens_details": {"reasoning_tokens": 90}}},  # o-series, gpt-5
+])
+def test_a_cut_off_answer_from_a_server_that_sends_the_reasoning_apart_is_read(srv, apart):
+    # the server kept the thinking out of the content (its own field, counted reasoning tokens): the
+    # content is the answer, prose around the JSON included, even when cut off after it
+    srv.reply = lambda ex: ok('Here is the label: {"label": "sea"}. The examples all show', finish="length", **apart)
+    done = ask(srv)
+    assert done.value == {"label": "sea"} and done.reasks == 0
+
+
+def test_thinking_that_opens_with_a_list_is_no_answer_opening_the_reply(srv):
+    # a JSON number opens "1. ..." too: only an object or array counts as an answer opening a reply
+    srv.reply = lambda ex: ok('1. The examples show ships. Draft: {"label": "boats"}. 2. But the', finish="length")
+    with pytest.raises(AnswerInvalid, match="truncated judge output.*no </think>"):
+        ask(srv)
+
+
+def test_a_plain_text_ask_cut_off_at_the_limit_gives_the_text(srv):
+    # no JSON asked for (Judge.complete without schema or validate): a reply cut off at the limit is
+    # still the text, as before; only a JSON ask can tell an answer from thinking by its form
+    srv.reply = lambda ex: ok("The sea: waves, tides, salt water and the", finish="length")
+    done = judge(srv).complete_sync(ASK)
+    assert done.value == "The sea: waves, tides, salt water and the" and done.reasks == 0
+
+
 # ---------------------------------------------------------------------------------------------
 # bodies that hold no usable answer
 
@@ -505,3 +546,25 @@ def test_a_query_in_any_base_url_goes_with_every_request(srv):
 ])
 def test_fenced_answers_and_trailing_prose_are_read(srv, content):
     answered_at_once(srv, content)
+
+
+def test_labels_relabelled_from_the_response_cache_record_the_settings_their_replies_were_asked_with(srv, tmp_path):
+    # a second run answered from the cache sends nothing, so it never meets the refusals that switched
+    # the first run's requests: the provenance is the settings of the requests the replies came from
+    from helpers.label_store import build_trigger_store
+
+    path, triggers = build_trigger_store(tmp_path / "toy.db", n_latents=2)
+    srv.reply = openai_reasoning_model(lambda body: fake_llm_answer(body))
+    flags = ("label", "--store", path, "--judge-model", "gpt-5-mini-cached", "--judge-base-url", srv.url,
+             "--judge-api-key", "k", "--scorers", "detection", "--embed-backend", "none", "--no-progress")
+    saesteer(*flags).ok()
+    sent = len(chats(srv))
+    saesteer(*flags, "--overwrite", "true").ok()
+    assert len(chats(srv)) == sent  # every reply from the cache
+    from features import FeatureStore
+
+    with FeatureStore.open(path) as st:
+        assert [st.feature(i).label.text for i in range(2)] == [triggers[0], triggers[1]]
+        for i in range(2):
+            params = st.feature(i).label.provenance.params
+            assert (params["temperature"], params["max_tokens_param"]) == (None, "max_completion_tokens"), params

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from helpers.chat_templates import (DEEPSEEK_R1_TEMPLATE, DEEPSEEK_TEMPLATE, LLAMA2_TEMPLATE, MISTRAL_SMALL3_TEMPLATE,
-                                   QWEN2_TEMPLATE)
+from helpers.chat_templates import (DEEPSEEK_R1_TEMPLATE, DEEPSEEK_TEMPLATE, LLAMA2_TEMPLATE, LLAMA3_TEMPLATE,
+                                   MISTRAL_SMALL3_TEMPLATE, QWEN2_TEMPLATE, QWEN3_TEMPLATE)
 from helpers.real_models import GEMMA3_CHAT_TEMPLATE, build_family_tokenizer
 from steering.chat import _SENTINEL
+from steering.spec import SteeringError
 
 TEXTS = ["the sea is deep and the ship sails on. What is the sea? Be brief, and answer in one line.\n" * 20]
 
@@ -184,3 +185,35 @@ def test_a_last_message_left_open_keeps_its_role_and_the_tokens_transformers_ren
     assert S in open_.roles
     with pytest.raises(Exception, match="set one of them"):
         render_chat(tok, msgs, chat_template=template, continue_final_message=True)
+
+
+@pytest.mark.parametrize("family, template", [("gemma", LLAMA3_TEMPLATE), ("qwen2", QWEN3_TEMPLATE),
+                                              ("qwen2", DEEPSEEK_R1_TEMPLATE)], ids=["llama3", "qwen3", "r1"])
+@pytest.mark.parametrize("prefill", ["The sea is ", "<think>\nLet me see, déjà"])
+def test_a_prefill_in_templates_that_trim_or_rewrite_the_assistant_message(tokenizers, family, template, prefill):
+    """Llama 3 trims the open message (transformers then cuts the text before the trimmed space),
+    Qwen3 writes a think block before it, DeepSeek-R1 drops finished thinking: the prompt is still
+    transformers' rendering and the prefill's tokens the last message's; a finished think block in
+    the prefill, which Qwen3 and R1 do not write as given, is refused (as transformers refuses it)."""
+    from steering.chat import render_chat
+
+    tok = tokenizers[family]  # one with a BOS for Llama 3's template
+    for history in ([], [(A, "<think>\nhm</think>\n\nWater."), (U, "and the ship?")]):
+        msgs = _messages([(S, "Be brief."), (U, "What is the sea?"), *history, (A, prefill)])
+        got = render_chat(tok, msgs, chat_template=template, add_generation_prompt=False, continue_final_message=True)
+        want = tok.apply_chat_template(msgs, chat_template=template, add_generation_prompt=False,
+                                       continue_final_message=True, tokenize=False)
+        assert got.text == want and got.text.rstrip().endswith(prefill.strip())
+        if got.roles is None:  # Qwen3 rewrites an earlier assistant turn once a user message follows it
+            assert template is QWEN3_TEMPLATE and history and "rewriting" in got.why_no_roles
+            continue
+        last = [i for i, t in enumerate(got.turns) if t == len(msgs) - 1]
+        assert prefill.strip() in tok.decode([got.token_ids[i] for i in last])
+        assert {got.roles[i] for i in last} == {A} and last[-1] == len(got.token_ids) - 1
+    if template is not LLAMA3_TEMPLATE:
+        finished = _messages([(U, "What is the sea?"), (A, "<think>\nok</think>\n\nThe sea")])
+        with pytest.raises(SteeringError, match="cannot leave the last message open") as refused:
+            render_chat(tok, finished, chat_template=template, add_generation_prompt=False, continue_final_message=True)
+        said = str(refused.value)  # transformers' reason in one sentence (not the rendered chat), and the way out
+        assert "does not appear in the chat" in said and "Please verify" not in said and "Final message" not in said
+        assert "prefill the text after" in said

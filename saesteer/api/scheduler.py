@@ -93,8 +93,9 @@ class Scheduler:
             if self._thread.is_alive():
                 raise RuntimeError(
                     f"cannot start the API's scheduler for {self.name!r} again: its worker, closed in the middle of "
-                    f"a generation step, is still in it after {self.join_timeout_s:g} s more (a long prefill, or the "
-                    "model held by another job); start it again once that step has ended")
+                    f"a generation step, was still in that step after {self.join_timeout_s:g} s more of waiting (a "
+                    "long prefill, or the model's lock held by other work on it, such as the web app's steering); "
+                    "start it again once that step has ended")
         with self._cond:
             if self._thread.is_alive():
                 return self
