@@ -5,7 +5,7 @@ feature store keeps its result for every example, and the judge prompts, the CLI
 show those pieces (joined with nothing in between: the pieces carry their own spaces).
 
     tt = token_text(tokenizer, [464, 1110, 3797])   # a GPT-2 window
-    tt.text     # 'The quick brown', exactly tokenizer.decode(ids) (special tokens kept, no clean-up)
+    tt.text     # 'The quick brown', tokenizer.decode(ids) (special tokens kept, no clean-up; but see below)
     tt.pieces   # ['The', ' quick', ' brown'], one per token; "".join(tt.pieces) == tt.text
 
 The pieces partition the text, for every kind of tokenizer:
@@ -15,7 +15,12 @@ The pieces partition the text, for every kind of tokenizer:
   * word-level (the toy tokenizer): every token after the first carries the space before it;
   * a character whose bytes are split over several tokens (CJK, emoji under byte-level BPE) belongs
     to the token that completes it; the tokens before it have an empty piece. A window that starts
-    or ends inside a character reads as the tokenizer decodes it (U+FFFD for the cut bytes).
+    or ends inside a character has U+FFFD for the cut bytes, and its other characters as they are.
+    Byte-level BPE decoders do exactly that. SentencePiece's byte fallback decoder does not: a run of
+    byte tokens that is not valid UTF-8 as a whole becomes one U+FFFD per byte, so a window cut
+    inside the first character of a CJK sentence or an emoji run (all <0xNN> tokens) would lose the
+    whole run; there the text is the decoder's with that run read as the bytes it is (the only
+    difference from `tokenizer.decode(ids)`).
 
 A token shown on its own (the store's vocabulary, so the logit-effect lists of the CLI and the web
 app; the API's logprob `token`) is `token_label(tokenizer, id)`: the text it adds to a text, as
@@ -158,7 +163,7 @@ def _with_text(tokenizer, ids: list[int], text: str) -> TokenText:
     pieces = table.pieces(ids, text) if table is not None else None
     if pieces is None:
         pieces = pieces_by_prefix(tokenizer, ids, text)
-    return TokenText(text, _offsets_of(pieces))
+    return TokenText("".join(pieces), _offsets_of(pieces))
 
 
 def pieces_by_prefix(tokenizer, ids: Sequence[int], text: str | None = None) -> list[str]:
@@ -214,6 +219,9 @@ class _Table:
         self.strip_first_space = strip_first_space
 
     def pieces(self, ids: list[int], text: str) -> list[str] | None:
+        """Each token's piece, joining to `text` (the tokenizer's decoding of `ids`), or None when the
+        table does not describe that decoding; "spm": with a cut byte run read as its bytes (see
+        the module docstring), so joining to `text` but there."""
         n = len(self.entries)
         if any(not 0 <= i < n for i in ids):
             return None
@@ -224,21 +232,37 @@ class _Table:
             except UnicodeDecodeError:
                 pieces = _split_characters(chunks)
         elif self.kind == "spm":
-            pieces = _spm_pieces([self.entries[i] for i in ids])
+            entries = [self.entries[i] for i in ids]
+            strip = self._stripped(_spm_pieces(entries), text)  # the table describes the decoder
+            if strip is None:
+                return None
+            pieces = _spm_pieces(entries, as_decoder=False)
+            return _without_first_space(pieces) if strip else pieces
         else:
             pieces = []
             for k, i in enumerate(ids):
                 word, continues = self.entries[i]
                 pieces.append(word if continues or k == 0 else " " + word)
+        strip = self._stripped(pieces, text)
+        if strip is None:
+            return None
+        return _without_first_space(pieces) if strip else pieces
+
+    def _stripped(self, pieces: list[str], text: str) -> bool | None:
+        """False: `pieces` join to `text`; True: they do less the first space, which the decoder
+        strips; None: neither."""
         joined = "".join(pieces)
         if joined == text:
-            return pieces
+            return False
         if self.strip_first_space and joined[:1] == " " and joined[1:] == text:
-            for k, p in enumerate(pieces):  # the decoder dropped the text's first space: take it from its piece
-                if p:
-                    pieces[k] = p[1:]
-                    return pieces
+            return True
         return None
+
+
+def _without_first_space(pieces: list[str]) -> list[str]:
+    """The pieces less the text's first character (a space), taken from the piece that has it."""
+    k = next(k for k, p in enumerate(pieces) if p)
+    return pieces[:k] + [pieces[k][1:]] + pieces[k + 1:]
 
 
 def _split_characters(chunks: list[bytes]) -> list[str]:
@@ -260,17 +284,25 @@ def _split_characters(chunks: list[bytes]) -> list[str]:
     return pieces
 
 
-def _spm_pieces(entries: list[str | int]) -> list[str]:
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _spm_pieces(entries: list[str | int], as_decoder: bool = True) -> list[str]:
+    """Pieces of SentencePiece tokens (text, or one byte of a byte token). A run of byte tokens that
+    is no valid UTF-8 is one U+FFFD per byte `as_decoder` (what HF's ByteFallback decoder makes of
+    it), else its characters with U+FFFD only for the cut bytes."""
     pieces: list[str] = []
     run: list[int] = []
 
     def flush() -> None:
         if not run:
             return
-        raw = bytes(run)
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError:
+        if as_decoder and not _is_utf8(bytes(run)):
             pieces.extend("\ufffd" for _ in run)
         else:
             pieces.extend(_split_characters([bytes([b]) for b in run]))
