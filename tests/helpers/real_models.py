@@ -181,11 +181,11 @@ def build_family_tokenizer(family: str, texts, vocab_size: int = 1024):
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    if family == "mistral":  # SentencePiece style; the characters outside the 160 most frequent are bytes
+    if family == "mistral":  # SentencePiece style; characters outside the 110 most frequent are bytes
         from helpers.chat_templates import MISTRAL_INSTRUCT_TEMPLATE
         from helpers.text_tokenizers import sentencepiece_bpe
 
-        return sentencepiece_bpe(vocab_size, tuple(texts), add_bos=True, max_alphabet=160,
+        return sentencepiece_bpe(vocab_size, tuple(texts), add_bos=True, max_alphabet=110,
                                  chat_template=MISTRAL_INSTRUCT_TEMPLATE, model_max_length=CONTEXT)
     spec = FAMILY_TOKENS[family]
     tok = Tokenizer(models.BPE())
@@ -282,12 +282,13 @@ def _train_briefly(model, tok, texts, steps: int, seed: int, batch: int = 8, len
     return losses
 
 
-def save_real_model(directory, family: str, corpus: Corpus, train_steps: int = 200, seed: int = 0) -> Path:
+def save_real_model(directory, family: str, corpus: Corpus, train_steps: int = 200, seed: int = 0,
+                    vocab_size: int = 1024) -> Path:
     """config.json + model.safetensors + tokenizer files of a tiny `family` checkpoint in `directory`."""
     import torch
 
     directory = Path(directory)
-    tok = build_family_tokenizer(family, corpus.train_docs)
+    tok = build_family_tokenizer(family, corpus.train_docs, vocab_size)
     torch.manual_seed(seed)
     model = _causal_lm_class(family)(_config(family, tok))
     if train_steps:

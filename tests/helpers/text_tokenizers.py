@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from functools import lru_cache
 
 PYTHON_SOURCE = '''\
@@ -85,12 +86,19 @@ def _sp_object(vocab_size: int, extra: tuple[str, ...], add_bos: bool = False, m
     tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
                                      decoders.Strip(" ", 1, 0)])
     specials = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    texts = [PYTHON_SOURCE] * 3 + PROSE * 3 + list(extra)
     # max_alphabet: only the most frequent characters get a token of their own (SentencePiece's
-    # character_coverage), the rare ones (CJK, emoji) are spelled with <0xNN> byte tokens
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
-                                  **({} if max_alphabet is None else {"limit_alphabet": max_alphabet}))
+    # character_coverage), the rare ones (CJK, emoji) are spelled with <0xNN> byte tokens, and so are
+    # line breaks and tabs, as in Llama-2's and Mistral's vocabularies (<0x0A>, <0x09>). Chosen here,
+    # ties by code point (the trainer's limit_alphabet breaks ties in hash order: not reproducible)
+    alphabet = {}
+    if max_alphabet is not None:
+        counts = Counter(ch for t in texts for ch in t.replace(" ", "\u2581") if ch not in "\n\r\t")
+        chars = sorted(counts, key=lambda ch: (-counts[ch], ch))[:max_alphabet]
+        alphabet = dict(initial_alphabet=chars, limit_alphabet=len(chars))
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False, **alphabet)
     # no CJK in the default training text: those characters are spelled with <0xNN> byte tokens
-    tok.train_from_iterator([PYTHON_SOURCE] * 3 + PROSE * 3 + list(extra), trainer=trainer)
+    tok.train_from_iterator(texts, trainer=trainer)
     if add_bos:  # Llama-2 / Mistral: the tokenizer itself prepends <s> (add_bos_token true)
         tok.post_processor = processors.TemplateProcessing(
             single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))])
