@@ -36,11 +36,13 @@ decoder, clean-up rules, a slow tokenizer) the pieces come from decoding every p
 
 from __future__ import annotations
 
-import codecs
 import json
 import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
+
+from saes.bytefallback import byte_fallback, split_characters
+from saes.bytefallback import pieces as spm_pieces
 
 __all__ = ["TokenText", "token_text", "token_texts", "token_bytes", "token_label", "token_labels", "label_of_bytes",
            "PART_OF_A_CHARACTER", "LABEL_RULE", "label_from_rule_1",
@@ -230,13 +232,13 @@ class _Table:
             try:
                 pieces = [c.decode("utf-8") for c in chunks]
             except UnicodeDecodeError:
-                pieces = _split_characters(chunks)
+                pieces = split_characters(chunks)
         elif self.kind == "spm":
             entries = [self.entries[i] for i in ids]
-            strip = self._stripped(_spm_pieces(entries), text)  # the table describes the decoder
+            strip = self._stripped(spm_pieces(entries), text)  # the table describes the decoder
             if strip is None:
                 return None
-            pieces = _spm_pieces(entries, as_decoder=False)
+            pieces = spm_pieces(entries, as_decoder=False)
             return _without_first_space(pieces) if strip else pieces
         else:
             pieces = []
@@ -263,59 +265,6 @@ def _without_first_space(pieces: list[str]) -> list[str]:
     """The pieces less the text's first character (a space), taken from the piece that has it."""
     k = next(k for k, p in enumerate(pieces) if p)
     return pieces[:k] + [pieces[k][1:]] + pieces[k + 1:]
-
-
-def _split_characters(chunks: list[bytes]) -> list[str]:
-    """Decode the joined bytes, giving each character to the chunk that completes it; bytes cut
-    off by the end of the window (one U+FFFD) go to the chunk where they began."""
-    dec = codecs.getincrementaldecoder("utf-8")("replace")
-    pieces: list[str] = []
-    pending_from = None
-    for k, c in enumerate(chunks):
-        pieces.append(dec.decode(c))
-        buf = dec.getstate()[0]
-        if not buf:
-            pending_from = None
-        elif len(buf) <= len(c):  # a new unfinished character began in this chunk (else one goes on)
-            pending_from = k
-    tail = dec.decode(b"", final=True)
-    if tail and pieces:
-        pieces[len(pieces) - 1 if pending_from is None else pending_from] += tail
-    return pieces
-
-
-def _is_utf8(raw: bytes) -> bool:
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
-def _spm_pieces(entries: list[str | int], as_decoder: bool = True) -> list[str]:
-    """Pieces of SentencePiece tokens (text, or one byte of a byte token). A run of byte tokens that
-    is no valid UTF-8 is one U+FFFD per byte `as_decoder` (what HF's ByteFallback decoder makes of
-    it), else its characters with U+FFFD only for the cut bytes."""
-    pieces: list[str] = []
-    run: list[int] = []
-
-    def flush() -> None:
-        if not run:
-            return
-        if as_decoder and not _is_utf8(bytes(run)):
-            pieces.extend("\ufffd" for _ in run)
-        else:
-            pieces.extend(_split_characters([bytes([b]) for b in run]))
-        run.clear()
-
-    for e in entries:
-        if isinstance(e, int):
-            run.append(e)
-        else:
-            flush()
-            pieces.append(e)
-    flush()
-    return pieces
 
 
 _NO_TABLE = object()
@@ -359,16 +308,9 @@ def _build_table(tokenizer) -> _Table | None:
         alphabet = _gpt2_byte_alphabet()
         return _Table("bytes", [s.encode("utf-8") if i in added or any(c not in alphabet for c in s)
                                 else bytes(alphabet[c] for c in s) for i, s in enumerate(strings)])
-    spm = [{"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "}, {"type": "ByteFallback"},
-           {"type": "Fuse"}]
-    if parts[:3] == spm and parts[3:] in ([], [{"type": "Strip", "content": " ", "start": 1, "stop": 0}]):
-        entries: list[str | int] = []
-        for i, s in enumerate(strings):
-            if len(s) == 6 and s.startswith("<0x") and s.endswith(">") and all(c in "0123456789ABCDEFabcdef" for c in s[3:5]):
-                entries.append(int(s[3:5], 16))
-            else:
-                entries.append(s if i in added else s.replace("\u2581", " "))
-        return _Table("spm", entries, strip_first_space=bool(parts[3:]))
+    fallback = byte_fallback(tokenizer)
+    if fallback is not None:
+        return _Table("spm", list(fallback.entries), strip_first_space=fallback.strip_first_space)
     if kind is None or (kind == "WordPiece" and not spec.get("cleanup")):
         prefix = spec.get("prefix") if kind == "WordPiece" else None
         return _Table("words", [(s[len(prefix):], True) if prefix and s.startswith(prefix) else (s, False)
