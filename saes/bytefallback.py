@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -28,6 +29,7 @@ __all__ = ["ByteFallback", "byte_fallback", "pieces", "split_characters"]
 _DECODER = [{"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "}, {"type": "ByteFallback"},
             {"type": "Fuse"}]
 _STRIP = [{"type": "Strip", "content": " ", "start": 1, "stop": 0}]
+_BYTE_TOKEN = re.compile("<0x[0-9A-Fa-f]{2}>")
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,7 @@ def _build(tokenizer: Any) -> ByteFallback | None:
     added = {int(i) for i in getattr(tokenizer, "added_tokens_decoder", {}) or {}}
     entries: list[str | int] = []
     for i, s in enumerate(strings):
-        if len(s) == 6 and s.startswith("<0x") and s.endswith(">") and all(c in "0123456789ABCDEFabcdef" for c in s[3:5]):
+        if _BYTE_TOKEN.fullmatch(s):
             entries.append(int(s[3:5], 16))
         else:
             entries.append(s if i in added else s.replace("\u2581", " "))
