@@ -41,8 +41,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from saes.bytefallback import byte_fallback, split_characters
-from saes.bytefallback import pieces as spm_pieces
+from saes.bytefallback import ByteFallback, byte_fallback, split_characters
 
 __all__ = ["TokenText", "token_text", "token_texts", "token_bytes", "token_label", "token_labels", "label_of_bytes",
            "PART_OF_A_CHARACTER", "LABEL_RULE", "label_from_rule_1",
@@ -211,14 +210,14 @@ class _Table:
     "bytes" (byte-level BPE): the token's bytes; the window's bytes are decoded as a whole
         (invalid or cut-off sequences become U+FFFD, as the tokenizer's decoder does);
     "spm" (SentencePiece with "▁" and <0xNN> byte fallback): the token's text, or one byte; a run
-        of byte tokens is one UTF-8 sequence, or one U+FFFD per byte when it is not valid;
+        of byte tokens is read as UTF-8 reads it (`saes.bytefallback`);
     "words" (word level): the token, after a space unless it is the first or a continuation.
     """
 
-    def __init__(self, kind: str, entries: list[Any], strip_first_space: bool = False):
+    def __init__(self, kind: str, entries: list[Any], fallback: ByteFallback | None = None):
         self.kind = kind
         self.entries = entries  # bytes ("bytes"), str or int byte ("spm"), (word, continues) ("words")
-        self.strip_first_space = strip_first_space
+        self.fallback = fallback  # "spm": its reading (`saes.bytefallback`)
 
     def pieces(self, ids: list[int], text: str) -> list[str] | None:
         """Each token's piece, joining to `text` (the tokenizer's decoding of `ids`), or None when the
@@ -234,37 +233,13 @@ class _Table:
             except UnicodeDecodeError:
                 pieces = split_characters(chunks)
         elif self.kind == "spm":
-            entries = [self.entries[i] for i in ids]
-            strip = self._stripped(spm_pieces(entries), text)  # the table describes the decoder
-            if strip is None:
-                return None
-            pieces = spm_pieces(entries, as_decoder=False)
-            return _without_first_space(pieces) if strip else pieces
+            return self.fallback.pieces_of(ids, text)
         else:
             pieces = []
             for k, i in enumerate(ids):
                 word, continues = self.entries[i]
                 pieces.append(word if continues or k == 0 else " " + word)
-        strip = self._stripped(pieces, text)
-        if strip is None:
-            return None
-        return _without_first_space(pieces) if strip else pieces
-
-    def _stripped(self, pieces: list[str], text: str) -> bool | None:
-        """False: `pieces` join to `text`; True: they do less the first space, which the decoder
-        strips; None: neither."""
-        joined = "".join(pieces)
-        if joined == text:
-            return False
-        if self.strip_first_space and joined[:1] == " " and joined[1:] == text:
-            return True
-        return None
-
-
-def _without_first_space(pieces: list[str]) -> list[str]:
-    """The pieces less the text's first character (a space), taken from the piece that has it."""
-    k = next(k for k, p in enumerate(pieces) if p)
-    return pieces[:k] + [pieces[k][1:]] + pieces[k + 1:]
+        return pieces if "".join(pieces) == text else None
 
 
 _NO_TABLE = object()
@@ -310,7 +285,7 @@ def _build_table(tokenizer) -> _Table | None:
                                 else bytes(alphabet[c] for c in s) for i, s in enumerate(strings)])
     fallback = byte_fallback(tokenizer)
     if fallback is not None:
-        return _Table("spm", list(fallback.entries), strip_first_space=fallback.strip_first_space)
+        return _Table("spm", list(fallback.entries), fallback)
     if kind is None or (kind == "WordPiece" and not spec.get("cleanup")):
         prefix = spec.get("prefix") if kind == "WordPiece" else None
         return _Table("words", [(s[len(prefix):], True) if prefix and s.startswith(prefix) else (s, False)

@@ -47,12 +47,21 @@ class ByteFallback:
                                        clean_up_tokenization_spaces=False)
         if "\ufffd" not in decoded:
             return decoded
+        found = self.pieces_of(ids, decoded, skip_special_tokens)
+        return decoded if found is None else "".join(found)  # None: not what this reading says the decoder does
+
+    def pieces_of(self, ids: Sequence[int], decoded: str, skip_special_tokens: bool = False) -> list[str] | None:
+        """Each token's piece of the text (`text`), given the tokenizer's decoding of `ids`; None when
+        this reading, with byte runs decoded as the decoder does, does not give that decoding."""
         entries = self.entries_of(ids, skip_special_tokens)
         strip = None if entries is None else self.stripped("".join(pieces(entries)), decoded)
         if strip is None:
-            return decoded  # not what this reading says the decoder does
-        text = "".join(pieces(entries, as_decoder=False))
-        return text[1:] if strip else text
+            return None
+        out = pieces(entries, as_decoder=False)
+        if strip:  # the decoder dropped the text's first space: take it from its piece
+            k = next(k for k, piece in enumerate(out) if piece)
+            out[k] = out[k][1:]
+        return out
 
     def entries_of(self, ids: Sequence[int], skip_special_tokens: bool = False) -> list | None:
         n = len(self.entries)
