@@ -85,8 +85,7 @@ def whole_characters(tokens: Sequence[str]) -> tuple[list[str], set[int]]:
 
     A store window is a slice of token ids; under byte-level BPE (or SentencePiece's byte fallback)
     a CJK character or an emoji can be two or more byte tokens, so a window may start or end inside
-    one, and its decoded text (`features.tokentext`) shows U+FFFD for the cut bytes (byte fallback:
-    for every byte of the run they are in). The rest of the character is not in the store, so it is
+    one, and its decoded text (`features.tokentext`) shows U+FFFD for the cut bytes. The rest of the character is not in the store, so it is
     dropped rather than completed: a third of a character tells a judge nothing. Only the edges are
     touched (a U+FFFD there cannot be told from a cut character, and means nothing either way).
 

@@ -66,7 +66,7 @@ class Example:
     tokens: list[str]  # each token's piece of `text`: "".join(tokens) == text (features.tokentext);
     #                    empty strings when the store was built without a tokenizer
     acts: list[float]  # the latent's activation at every token of the window
-    text: str | None  # the window as the tokenizer decodes it (None without a tokenizer)
+    text: str | None  # the window as the tokenizer decodes it, a cut byte run but its cut bytes (features.tokentext)
 
 
 def without_start_bos(ex: Example, bos_id: int | None) -> Example:

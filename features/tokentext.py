@@ -5,7 +5,7 @@ feature store keeps its result for every example, and the judge prompts, the CLI
 show those pieces (joined with nothing in between: the pieces carry their own spaces).
 
     tt = token_text(tokenizer, [464, 1110, 3797])   # a GPT-2 window
-    tt.text     # 'The quick brown', exactly tokenizer.decode(ids) (special tokens kept, no clean-up)
+    tt.text     # 'The quick brown', tokenizer.decode(ids) (special tokens kept, no clean-up; but see below)
     tt.pieces   # ['The', ' quick', ' brown'], one per token; "".join(tt.pieces) == tt.text
 
 The pieces partition the text, for every kind of tokenizer:
@@ -15,7 +15,12 @@ The pieces partition the text, for every kind of tokenizer:
   * word-level (the toy tokenizer): every token after the first carries the space before it;
   * a character whose bytes are split over several tokens (CJK, emoji under byte-level BPE) belongs
     to the token that completes it; the tokens before it have an empty piece. A window that starts
-    or ends inside a character reads as the tokenizer decodes it (U+FFFD for the cut bytes).
+    or ends inside a character has U+FFFD for the cut bytes, and its other characters as they are.
+    Byte-level BPE decoders do exactly that. SentencePiece's byte fallback decoder does not: a run of
+    byte tokens that is not valid UTF-8 as a whole becomes one U+FFFD per byte, so a window cut
+    inside the first character of a CJK sentence or an emoji run (all <0xNN> tokens) would lose the
+    whole run; there the text is the decoder's with that run read as the bytes it is (the only
+    difference from `tokenizer.decode(ids)`).
 
 A token shown on its own (the store's vocabulary, so the logit-effect lists of the CLI and the web
 app; the API's logprob `token`) is `token_label(tokenizer, id)`: the text it adds to a text, as
@@ -31,12 +36,13 @@ decoder, clean-up rules, a slow tokenizer) the pieces come from decoding every p
 
 from __future__ import annotations
 
-import codecs
 import json
 import re
 import unicodedata
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
+
+from saes.bytefallback import ByteFallback, byte_fallback, split_characters
 
 __all__ = ["TokenText", "token_text", "token_texts", "token_bytes", "token_label", "token_labels", "label_of_bytes",
            "PART_OF_A_CHARACTER", "LABEL_RULE", "label_from_rule_1",
@@ -159,7 +165,7 @@ def _with_text(tokenizer, ids: list[int], text: str) -> TokenText:
     pieces = table.pieces(ids, text) if table is not None else None
     if pieces is None:
         pieces = pieces_by_prefix(tokenizer, ids, text)
-    return TokenText(text, _offsets_of(pieces))
+    return TokenText("".join(pieces), _offsets_of(pieces))
 
 
 def pieces_by_prefix(tokenizer, ids: Sequence[int], text: str | None = None) -> list[str]:
@@ -205,16 +211,19 @@ class _Table:
     "bytes" (byte-level BPE): the token's bytes; the window's bytes are decoded as a whole
         (invalid or cut-off sequences become U+FFFD, as the tokenizer's decoder does);
     "spm" (SentencePiece with "▁" and <0xNN> byte fallback): the token's text, or one byte; a run
-        of byte tokens is one UTF-8 sequence, or one U+FFFD per byte when it is not valid;
+        of byte tokens is read as UTF-8 reads it (`saes.bytefallback`);
     "words" (word level): the token, after a space unless it is the first or a continuation.
     """
 
-    def __init__(self, kind: str, entries: list[Any], strip_first_space: bool = False):
+    def __init__(self, kind: str, entries: list[Any], fallback: ByteFallback | None = None):
         self.kind = kind
         self.entries = entries  # bytes ("bytes"), str or int byte ("spm"), (word, continues) ("words")
-        self.strip_first_space = strip_first_space
+        self.fallback = fallback  # "spm": its reading (`saes.bytefallback`)
 
     def pieces(self, ids: list[int], text: str) -> list[str] | None:
+        """Each token's piece, joining to `text` (the tokenizer's decoding of `ids`), or None when the
+        table does not describe that decoding; "spm": with a cut byte run read as its bytes (see
+        the module docstring), so joining to `text` but there."""
         n = len(self.entries)
         if any(not 0 <= i < n for i in ids):
             return None
@@ -223,68 +232,15 @@ class _Table:
             try:
                 pieces = [c.decode("utf-8") for c in chunks]
             except UnicodeDecodeError:
-                pieces = _split_characters(chunks)
+                pieces = split_characters(chunks)
         elif self.kind == "spm":
-            pieces = _spm_pieces([self.entries[i] for i in ids])
+            return self.fallback.pieces_of(ids, text)
         else:
             pieces = []
             for k, i in enumerate(ids):
                 word, continues = self.entries[i]
                 pieces.append(word if continues or k == 0 else " " + word)
-        joined = "".join(pieces)
-        if joined == text:
-            return pieces
-        if self.strip_first_space and joined[:1] == " " and joined[1:] == text:
-            for k, p in enumerate(pieces):  # the decoder dropped the text's first space: take it from its piece
-                if p:
-                    pieces[k] = p[1:]
-                    return pieces
-        return None
-
-
-def _split_characters(chunks: list[bytes]) -> list[str]:
-    """Decode the joined bytes, giving each character to the chunk that completes it; bytes cut
-    off by the end of the window (one U+FFFD) go to the chunk where they began."""
-    dec = codecs.getincrementaldecoder("utf-8")("replace")
-    pieces: list[str] = []
-    pending_from = None
-    for k, c in enumerate(chunks):
-        pieces.append(dec.decode(c))
-        buf = dec.getstate()[0]
-        if not buf:
-            pending_from = None
-        elif len(buf) <= len(c):  # a new unfinished character began in this chunk (else one goes on)
-            pending_from = k
-    tail = dec.decode(b"", final=True)
-    if tail and pieces:
-        pieces[len(pieces) - 1 if pending_from is None else pending_from] += tail
-    return pieces
-
-
-def _spm_pieces(entries: list[str | int]) -> list[str]:
-    pieces: list[str] = []
-    run: list[int] = []
-
-    def flush() -> None:
-        if not run:
-            return
-        raw = bytes(run)
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError:
-            pieces.extend("\ufffd" for _ in run)
-        else:
-            pieces.extend(_split_characters([bytes([b]) for b in run]))
-        run.clear()
-
-    for e in entries:
-        if isinstance(e, int):
-            run.append(e)
-        else:
-            flush()
-            pieces.append(e)
-    flush()
-    return pieces
+        return pieces if "".join(pieces) == text else None
 
 
 _NO_TABLE = object()
@@ -328,16 +284,9 @@ def _build_table(tokenizer) -> _Table | None:
         alphabet = _gpt2_byte_alphabet()
         return _Table("bytes", [s.encode("utf-8") if i in added or any(c not in alphabet for c in s)
                                 else bytes(alphabet[c] for c in s) for i, s in enumerate(strings)])
-    spm = [{"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "}, {"type": "ByteFallback"},
-           {"type": "Fuse"}]
-    if parts[:3] == spm and parts[3:] in ([], [{"type": "Strip", "content": " ", "start": 1, "stop": 0}]):
-        entries: list[str | int] = []
-        for i, s in enumerate(strings):
-            if len(s) == 6 and s.startswith("<0x") and s.endswith(">") and all(c in "0123456789ABCDEFabcdef" for c in s[3:5]):
-                entries.append(int(s[3:5], 16))
-            else:
-                entries.append(s if i in added else s.replace("\u2581", " "))
-        return _Table("spm", entries, strip_first_space=bool(parts[3:]))
+    fallback = byte_fallback(tokenizer)
+    if fallback is not None:
+        return _Table("spm", list(fallback.entries), fallback)
     if kind is None or (kind == "WordPiece" and not spec.get("cleanup")):
         prefix = spec.get("prefix") if kind == "WordPiece" else None
         return _Table("words", [(s[len(prefix):], True) if prefix and s.startswith(prefix) else (s, False)

@@ -10,7 +10,10 @@ The template decides everything about the text (markup, BOS); the text is tokeni
 rendered one prefix at a time: message i spans the characters that rendering messages[:i+1] adds
 to rendering messages[:i] (the template's preamble goes with message 0), and the generation prompt
 (e.g. "<|assistant|>") belongs to the reply: role "assistant", turn len(messages). A token belongs
-to the message holding its first character. A template that does not render earlier messages as
+to the message holding its first character that is not whitespace (its first character when it is
+all whitespace): a word's token carries the space before it (SentencePiece's "▁Be", byte-level
+BPE's " Be"), and where the template writes that space ("[INST] " + the system message) the word
+is still the message's. A template that does not render earlier messages as
 a prefix of later ones gives no per-token roles (`roles is None`, `why_no_roles` says why); then
 role:/turn: positions are refused and everything else works.
 
@@ -100,7 +103,8 @@ def render_chat(tokenizer: Any, messages: Sequence[Mapping[str, Any]], *, chat_t
         moved, why = _moved_contents(render, msgs, ends, full, add_generation_prompt)
     roles = turns = None
     if why is None:
-        turns = _token_turns(offsets, ends, moved, _injected_system_turn(render, msgs), len(msgs))
+        starts = [_first_visible(text, a, b) for a, b in offsets]
+        turns = _token_turns(starts, ends, moved, _injected_system_turn(render, msgs), len(msgs))
         roles = ["system" if t == -1 else str(msgs[t]["role"]) if t < len(msgs) else REPLY_ROLE for t in turns]
     return ChatPrompt(text, list(enc["input_ids"]), roles, turns, len(msgs), why)
 
@@ -137,13 +141,21 @@ def _prefix_ends(render, msgs: list[dict], text: str) -> tuple[list[int], str | 
     return ends, None
 
 
-def _token_turns(offsets, ends: list[int], moved: list[tuple[int, int, int]], injected: int,
+def _first_visible(text: str, start: int, end: int) -> int:
+    """Where a token's span text[start:end] has its first character that is not whitespace (`start`
+    when it is all whitespace)."""
+    span = text[start:end]
+    core = span.lstrip()
+    return start + len(span) - len(core) if core else start
+
+
+def _token_turns(starts: list[int], ends: list[int], moved: list[tuple[int, int, int]], injected: int,
                  n_msgs: int) -> list[int]:
-    """Each token's turn by where it starts: -1 in a system turn the template wrote by itself (before
-    `injected`), a message's index inside a content written in another turn (`moved`) or inside
-    its own turn, `n_msgs` in the generation prompt."""
+    """Each token's turn by where it starts (`starts`: its first visible character): -1 in a system
+    turn the template wrote by itself (before `injected`), a message's index inside a content
+    written in another turn (`moved`) or inside its own turn, `n_msgs` in the generation prompt."""
     turns = []
-    for start, _ in offsets:
+    for start in starts:
         if start < injected:
             turns.append(-1)
             continue

@@ -27,10 +27,16 @@ starts: the character belongs to the span of the token that completes it. An off
 only once the emitted text disagrees with the earlier decoding or covers all of it; `offsets()`
 returns those that have become certain, in token order (all of them with final=True).
 
-Emitted text is never rewritten. A byte-fallback decoder (Llama-2's SentencePiece <0xNN> tokens in
-HF's fast tokenizers) decodes a run of byte tokens that is not valid UTF-8 as one U+FFFD per byte
-of the WHOLE run, characters already emitted from it included: 你好 then an incomplete <0xE4><0xBD>
-decodes as eight U+FFFD, and stays so whatever follows. So where the decoding no longer starts with
+Byte runs. A byte-fallback decoder (Llama-2's and Mistral's SentencePiece <0xNN> tokens in HF's
+fast tokenizers) decodes a run of byte tokens that is not valid UTF-8 as one U+FFFD per byte of the
+WHOLE run: one stray byte in a sampled reply would lose the run's characters, its line breaks and
+tabs (<0x0A>, <0x09>) included. For the SentencePiece decoders `saes.bytefallback` reads, a run
+is decoded as its bytes instead (U+FFFD for the stray bytes only), so the text is the tokens'
+characters, streamed or not.
+
+Emitted text is never rewritten. With another decoder that rewrites a run (a decoding of all the
+tokens that turns characters already emitted into U+FFFD: 你好 then an incomplete <0xE4><0xBD> as
+eight U+FFFD), where the decoding no longer starts with
 the emitted text, the text is decoded on from a cut at the boundary before the token that did it:
 the text up to there as it was decoded, then the tokens after it as the tokenizer decodes them on
 their own ("你好" + "\ufffd\ufffd the sea", one U+FFFD per byte of the run after the cut); that
@@ -46,6 +52,8 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from saes.bytefallback import byte_fallback
 
 _INCOMPLETE = "\ufffd"
 
@@ -93,6 +101,7 @@ class TextAssembler:
     def __init__(self, tokenizer: Any, stop: Sequence[str] = (), skip_special_tokens: bool = True,
                  context_ids: Sequence[int] = (), offsets: bool = False) -> None:
         self.tokenizer = tokenizer
+        self._byte_fallback = byte_fallback(tokenizer)
         self.skip_special_tokens = skip_special_tokens
         self._prompt_context = text_context(tokenizer, context_ids)[-self.CONTEXT_TOKENS:]
         self.stop = tuple(s for s in stop if s)
@@ -107,8 +116,11 @@ class TextAssembler:
         self._last_offset = 0
 
     def _decode_ids(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens,
+        text = self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens,
                                      clean_up_tokenization_spaces=False)  # as continuation_text decodes
+        if _INCOMPLETE in text and self._byte_fallback is not None:  # keep a byte run's whole characters
+            text = self._byte_fallback.text(self.tokenizer, ids, self.skip_special_tokens, text)
+        return text
 
     def _cut_at(self, tokens: int, text: str) -> _Cut:
         """A cut after `tokens` generated tokens whose text is `text`. It reads on from the

@@ -1,4 +1,4 @@
-"""Tiny checkpoints of real architectures (GPT-2, GPT-NeoX, Llama with GQA, Qwen2) and a corpus of
+"""Tiny checkpoints of real architectures (GPT-2, GPT-NeoX, Llama with GQA, Qwen2, Mistral) and a corpus of
 real text, built locally and seeded, as a user's own model and data would be:
 
     from helpers.real_models import write_corpus, save_real_model
@@ -10,7 +10,9 @@ The corpus is Python source (stdlib modules, read from this interpreter's own li
 table with accented, Greek and CJK letters), plus a tab-separated table and a minified-JSON line
 (tabs and very long lines), split by document into train, validation and test. Each model gets a
 byte-level BPE tokenizer trained on the train split in the style of its family (special tokens,
-BOS, pre-tokenizer) and some language-model training on it (60 steps by default: a few seconds),
+BOS, pre-tokenizer) - but Mistral, whose tokenizer is SentencePiece-style as Mistral-7B's and
+Llama-2's are ("▁" for spaces, <0xNN> byte fallback for rare characters, <s> added by the
+tokenizer, the [INST] chat template: `helpers.text_tokenizers.sentencepiece_bpe`) - and some language-model training on it (60 steps by default: a few seconds),
 so that its features are not pure noise. Nothing is downloaded.
 """
 
@@ -21,7 +23,7 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
-ARCHITECTURES = ("gpt2", "neox", "llama", "qwen2")
+ARCHITECTURES = ("gpt2", "neox", "llama", "qwen2", "mistral")
 
 # stdlib modules present in every CPython 3.9+ (read in this order; one document per module)
 CODE_MODULES = (
@@ -179,6 +181,12 @@ def build_family_tokenizer(family: str, texts, vocab_size: int = 1024):
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
+    if family == "mistral":  # SentencePiece style; characters outside the 110 most frequent are bytes
+        from helpers.chat_templates import MISTRAL_INSTRUCT_TEMPLATE
+        from helpers.text_tokenizers import sentencepiece_bpe
+
+        return sentencepiece_bpe(vocab_size, tuple(texts), add_bos=True, max_alphabet=110,
+                                 chat_template=MISTRAL_INSTRUCT_TEMPLATE, model_max_length=CONTEXT)
     spec = FAMILY_TOKENS[family]
     tok = Tokenizer(models.BPE())
     if family in ("llama", "qwen2"):
@@ -213,6 +221,7 @@ def build_family_tokenizer(family: str, texts, vocab_size: int = 1024):
 
 CONTEXT = 128  # max positions of every model
 D_MODEL = 64
+SLIDING_WINDOW = 64  # Mistral's attention window
 
 
 def _config(family: str, tok):
@@ -235,6 +244,10 @@ def _config(family: str, tok):
         return transformers.Qwen2Config(hidden_size=D_MODEL, intermediate_size=2 * D_MODEL, num_hidden_layers=2,
                                         num_attention_heads=4, num_key_value_heads=2,
                                         max_position_embeddings=CONTEXT, tie_word_embeddings=True, **common)
+    if family == "mistral":  # grouped-query attention and a sliding window shorter than the context
+        return transformers.MistralConfig(hidden_size=D_MODEL, intermediate_size=2 * D_MODEL, num_hidden_layers=2,
+                                          num_attention_heads=4, num_key_value_heads=2, sliding_window=SLIDING_WINDOW,
+                                          max_position_embeddings=CONTEXT, tie_word_embeddings=False, **common)
     raise ValueError(f"unknown family {family!r}; one of {ARCHITECTURES}")
 
 
@@ -242,7 +255,8 @@ def _causal_lm_class(family: str):
     import transformers
 
     return {"gpt2": transformers.GPT2LMHeadModel, "neox": transformers.GPTNeoXForCausalLM,
-            "llama": transformers.LlamaForCausalLM, "qwen2": transformers.Qwen2ForCausalLM}[family]
+            "llama": transformers.LlamaForCausalLM, "qwen2": transformers.Qwen2ForCausalLM,
+            "mistral": transformers.MistralForCausalLM}[family]
 
 
 def _train_briefly(model, tok, texts, steps: int, seed: int, batch: int = 8, length: int = 64) -> list[float]:
@@ -268,12 +282,13 @@ def _train_briefly(model, tok, texts, steps: int, seed: int, batch: int = 8, len
     return losses
 
 
-def save_real_model(directory, family: str, corpus: Corpus, train_steps: int = 200, seed: int = 0) -> Path:
+def save_real_model(directory, family: str, corpus: Corpus, train_steps: int = 200, seed: int = 0,
+                    vocab_size: int = 1024) -> Path:
     """config.json + model.safetensors + tokenizer files of a tiny `family` checkpoint in `directory`."""
     import torch
 
     directory = Path(directory)
-    tok = build_family_tokenizer(family, corpus.train_docs)
+    tok = build_family_tokenizer(family, corpus.train_docs, vocab_size)
     torch.manual_seed(seed)
     model = _causal_lm_class(family)(_config(family, tok))
     if train_steps:
@@ -282,13 +297,28 @@ def save_real_model(directory, family: str, corpus: Corpus, train_steps: int = 2
         (directory / "train_losses.json").write_text(json.dumps(losses))
     model.save_pretrained(directory, safe_serialization=True)
     tok.save_pretrained(directory)
+    if family == "mistral":
+        _as_mistral_ships_it(directory)
     return directory
+
+
+def _as_mistral_ships_it(directory: Path) -> None:
+    """tokenizer_config.json in the shape of Mistral-7B-Instruct's on the hub: LlamaTokenizer,
+    add_bos_token true, and the chat template inline (transformers 5 writes it to chat_template.jinja)."""
+    path = directory / "tokenizer_config.json"
+    cfg = json.loads(path.read_text())
+    template = directory / "chat_template.jinja"
+    cfg.update(tokenizer_class="LlamaTokenizer", add_bos_token=True, add_eos_token=False, legacy=False,
+               chat_template=template.read_text())
+    template.unlink()
+    path.write_text(json.dumps(cfg, indent=2))
 
 
 # directory names: TransformerLens's HookedTransformer loader picks the architecture from the
 # *name* when it contains "llama" (and then fails on a local directory), so the Llama checkpoint
 # lives in "gqa-model"; saesteer itself does not care about names.
-DIR_NAMES = {"gpt2": "gpt2-model", "neox": "neox-model", "llama": "gqa-model", "qwen2": "qwen2-model"}
+DIR_NAMES = {"gpt2": "gpt2-model", "neox": "neox-model", "llama": "gqa-model", "qwen2": "qwen2-model",
+             "mistral": "mistral-model"}
 
 
 class RealModels:

@@ -3,6 +3,7 @@ text they are trained on: Python source, English prose and CJK.
 
     bpe = byte_level_bpe()          # GPT-2 style: byte-level BPE, spaces inside tokens ("Ġthe")
     sp = sentencepiece_bpe()        # Llama-2 style: "▁" for spaces, <0xNN> byte fallback, leading space stripped
+    sp = sentencepiece_bpe(1024, extra=docs, add_bos=True, max_alphabet=120)   # as Mistral-7B's: adds <s> itself
     toy = toyworld.tokenizer.load_tokenizer()   # word level (not here: it ships with toyworld)
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from functools import lru_cache
 
 PYTHON_SOURCE = '''\
@@ -76,17 +78,30 @@ _BYTE_TOKEN = re.compile(r"<0x[0-9A-F]{2}>")
 
 
 @lru_cache(maxsize=None)
-def _sp_object(vocab_size: int, extra: tuple[str, ...]):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def _sp_object(vocab_size: int, extra: tuple[str, ...], add_bos: bool = False, max_alphabet: int | None = None):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
     tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
                                      decoders.Strip(" ", 1, 0)])
     specials = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
-    # no CJK in its training text: those characters are spelled with <0xNN> byte tokens
-    tok.train_from_iterator([PYTHON_SOURCE] * 3 + PROSE * 3 + list(extra), trainer=trainer)
+    texts = [PYTHON_SOURCE] * 3 + PROSE * 3 + list(extra)
+    # max_alphabet: only the most frequent characters get a token of their own (SentencePiece's
+    # character_coverage), the rare ones (CJK, emoji) are spelled with <0xNN> byte tokens, and so are
+    # line breaks and tabs, as in Llama-2's and Mistral's vocabularies (<0x0A>, <0x09>). Chosen here,
+    # ties by code point (the trainer's limit_alphabet breaks ties in hash order: not reproducible)
+    alphabet = {}
+    if max_alphabet is not None:
+        counts = Counter(ch for t in texts for ch in t.replace(" ", "\u2581") if ch not in "\n\r\t")
+        chars = sorted(counts, key=lambda ch: (-counts[ch], ch))[:max_alphabet]
+        alphabet = dict(initial_alphabet=chars, limit_alphabet=len(chars))
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False, **alphabet)
+    # no CJK in the default training text: those characters are spelled with <0xNN> byte tokens
+    tok.train_from_iterator(texts, trainer=trainer)
+    if add_bos:  # Llama-2 / Mistral: the tokenizer itself prepends <s> (add_bos_token true)
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))])
     # the trainer puts the byte tokens first in the vocabulary, as Llama-2 has them, but as special
     # added tokens, which Llama-2's are not: decode(..., skip_special_tokens=True) would drop them
     spec = json.loads(tok.to_str())
@@ -94,12 +109,16 @@ def _sp_object(vocab_size: int, extra: tuple[str, ...]):
     return json.dumps(spec)
 
 
-def sentencepiece_bpe(vocab_size: int = 600, extra: tuple[str, ...] = ()):
+def sentencepiece_bpe(vocab_size: int = 600, extra: tuple[str, ...] = (), *, add_bos: bool = False,
+                      max_alphabet: int | None = None, **kwargs):
     """A Llama-2 style tokenizer: BPE over "▁"-marked words, <0xNN> byte fallback, a decoder that
-    turns "▁" into spaces and strips the text's first space (trained on the code and prose, and `extra`)."""
+    turns "▁" into spaces and strips the text's first space (trained on the code and prose, and `extra`).
+    `add_bos`: its post-processor prepends <s> (Llama-2's and Mistral's add_bos_token); `max_alphabet`:
+    the number of characters with a token of their own; `kwargs` go to PreTrainedTokenizerFast
+    (e.g. chat_template, model_max_length)."""
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(_sp_object(vocab_size, tuple(extra))),
-                                   bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                   clean_up_tokenization_spaces=False)
+    spec = _sp_object(vocab_size, tuple(extra), add_bos, max_alphabet)
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(spec), bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>", clean_up_tokenization_spaces=False, **kwargs)
