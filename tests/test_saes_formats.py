@@ -568,6 +568,7 @@ def test_the_hf_tokenizer_is_asked_once_per_source_for_the_bos_rule(tmp_path: Pa
                         lambda name, **kw: loads.append(name) or Tok())
     model = tmp_path / "model"
     model.mkdir()
+    (model / "tokenizer_config.json").write_text("{}")
     state, cfg = fs.random_sparsify(D, F, k=4)
     run = tmp_path / "run"
     for hookpoint in ("layers.0", "layers.1"):
@@ -575,8 +576,51 @@ def test_the_hf_tokenizer_is_asked_once_per_source_for_the_bos_rule(tmp_path: Pa
     sae_a, sae_b = (resolve_sae(run / h).sae for h in ("layers.0", "layers.1"))
     assert sae_a.cfg.metadata["prepend_bos"] is True and sae_b.cfg.metadata["prepend_bos"] is True
     assert loads == [str(model)]
-    import os
-
-    os.utime(model, ns=(0, 0))  # the directory changed (e.g. a tokenizer saved into it): asked again
+    (model / "tokenizer_config.json").write_text('{"add_bos_token": false}')  # a file changed: asked again
     resolve_sae(run / "layers.0")
     assert loads == [str(model)] * 2
+
+
+@pytest.fixture(scope="module")
+def bos_and_plain_tokenizers():
+    """A Llama-3-style tokenizer (starts text with BOS) and a GPT-2-style one (does not), trained on code and prose."""
+    from helpers.real_models import build_family_tokenizer, corpus_documents
+
+    texts = corpus_documents()[:40]
+    return build_family_tokenizer("llama", texts, 320), build_family_tokenizer("gpt2", texts, 320)
+
+
+def test_the_bos_rule_follows_a_tokenizer_saved_again_in_place(tmp_path: Path, bos_and_plain_tokenizers) -> None:
+    """`save_pretrained` into the model's folder rewrites its files in place: the folder's own mtime stays,
+    and the rule asked once per source must be asked again (it kept the old tokenizer's answer)."""
+    with_bos, plain = bos_and_plain_tokenizers
+    model = tmp_path / "model"
+    with_bos.save_pretrained(model)
+    state, cfg = fs.random_sparsify(D, F, k=4)
+    folder = fs.write_sparsify(tmp_path / "run" / "layers.0", state, cfg, run_config={"model": str(model)})
+    assert resolve_sae(folder).sae.cfg.metadata["prepend_bos"] is True
+    mtime = model.stat().st_mtime_ns
+    plain.save_pretrained(model)
+    assert model.stat().st_mtime_ns == mtime  # nothing about the folder itself says it changed
+    assert resolve_sae(folder).sae.cfg.metadata["prepend_bos"] is False
+
+
+def test_the_bos_rule_follows_a_tokenizer_that_reaches_the_hf_cache(tmp_path: Path, hub_cache: Path,
+                                                                   bos_and_plain_tokenizers) -> None:
+    """A hub model's tokenizer not yet in the HF cache gives no rule; once it is there (downloaded by
+    another step of the same process), the rule is the tokenizer's (the miss was kept)."""
+    from saes.errors import SaesteerWarning
+
+    with_bos, _ = bos_and_plain_tokenizers
+    state, cfg = fs.random_sparsify(D, F, k=4)
+    folder = fs.write_sparsify(tmp_path / "run" / "layers.0", state, cfg, run_config={"model": "org/bos-model"})
+    with pytest.warns(SaesteerWarning, match="HF tokenizer is not on this machine"):
+        assert "prepend_bos" not in resolve_sae(folder).sae.cfg.metadata
+    import transformers
+
+    saved = tmp_path / "tok"
+    with_bos.save_pretrained(saved)  # a hub repo's tokenizer files beside its config (AutoTokenizer reads both)
+    transformers.LlamaConfig(hidden_size=8, intermediate_size=8, num_hidden_layers=1, num_attention_heads=1,
+                             vocab_size=len(with_bos)).save_pretrained(saved)
+    fs.write_hf_snapshot(hub_cache, "org/bos-model", {p.name: p for p in saved.iterdir()})
+    assert resolve_sae(folder).sae.cfg.metadata["prepend_bos"] is True

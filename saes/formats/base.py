@@ -212,21 +212,43 @@ def hf_tokenizer_adds_bos(model_name: str | None) -> bool | None:
     """Whether the HF tokenizer of `model_name` (a local checkpoint directory, or a hub model in the
     HF cache) starts a text with BOS by default; None when it is not at hand (nothing is downloaded).
     Asked once per tokenizer source in a process (loading a tokenizer takes a while, and a run folder
-    holds one SAE per hookpoint): the source is the directory as it is now, or the HF cache in use."""
+    holds one SAE per hookpoint): the source is the folder's files as they are now (`_tokenizer_source`)."""
     if not model_name or model_name == "toy":
         return None
     return _tokenizer_adds_bos(model_name, _tokenizer_source(model_name))
 
 
 def _tokenizer_source(model_name: str) -> tuple[Any, ...]:
-    """What `AutoTokenizer.from_pretrained(model_name, local_files_only=True)` reads: a local directory
-    (its modification time: files replaced in it change it), else the HF cache directory."""
+    """What `AutoTokenizer.from_pretrained(model_name, local_files_only=True)` reads, stamped: the local
+    directory, else the HF cache's snapshot of the repo's main revision (None before it is cached), with
+    each file's name, size, mtime and inode. A folder's own mtime is not enough: `save_pretrained` rewrites
+    files in place, which leaves it as it was. (A rewrite of the same size within one filesystem timestamp
+    tick is not seen.)"""
     path = Path(model_name).expanduser()
     if path.is_dir():
-        return ("dir", str(path.resolve()), path.stat().st_mtime_ns)
+        return ("dir", str(path.resolve()), _files_stamp(path))
     from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
 
-    return ("hub", constants.HF_HUB_CACHE)
+    repo = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=model_name, repo_type="model")
+    try:
+        snapshot = repo / "snapshots" / (repo / "refs" / "main").read_text().strip()
+    except (OSError, ValueError):
+        return ("hub", str(repo), None)
+    return ("hub", str(snapshot), _files_stamp(snapshot) if snapshot.is_dir() else None)
+
+
+def _files_stamp(folder: Path) -> tuple[tuple[str, int, int, int], ...]:
+    """(name, size, mtime_ns, inode) of each file in `folder`, links followed (the HF cache's to blobs)."""
+    stamp = []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        try:
+            st = entry.stat()
+        except OSError:  # a dangling link
+            continue
+        if entry.is_file():
+            stamp.append((entry.name, st.st_size, st.st_mtime_ns, st.st_ino))
+    return tuple(stamp)
 
 
 @functools.lru_cache(maxsize=64)
