@@ -367,31 +367,12 @@ def sparsify_run(real_models, tmp_path_factory):
     return model, run, coders
 
 
-def _hf_rows_of_cache(model_dir: Path, cache: Path, module_path: str) -> torch.Tensor:
-    """The HF module's outputs at every row a cache holds: the HF model run on each cached context."""
-    from training.manifest import read_manifest
-    from training.shards import load_tensors
-
-    hf, _ = _hf_model(model_dir)
-    module = hf.base_model.get_submodule(module_path)
-    rows = []
-    for shard in read_manifest(cache).shards:
-        t = load_tensors(cache / shard.file)
-        got = {}
-        handle = module.register_forward_hook(lambda m, i, o: got.setdefault("x", o[0] if isinstance(o, tuple) else o))
-        try:
-            with torch.no_grad():
-                hf(t["context_tokens"].long())
-        finally:
-            handle.remove()
-        rows.append(got["x"][t["seq_index"].long(), t["positions"].long()])
-    return torch.cat(rows)
-
-
 def test_a_sparsify_hookpoint_reads_the_residual_output_of_its_block(sparsify_run, real_corpus, tmp_path):
     """`features build` on `layers.1` stores sparsify's own top-k encoding of what the HF module
     `gpt_neox.layers[1]` outputs (taken with a forward hook on the HF model, not from our cache);
     `layers.0` would not match it."""
+    from helpers import foreign_saes as fs
+
     model, run, coders = sparsify_run
     docs = [d[:200] for d in real_corpus.validation_docs[:6]]
     data = tmp_path / "docs.jsonl"
@@ -401,7 +382,7 @@ def test_a_sparsify_hookpoint_reads_the_residual_output_of_its_block(sparsify_ru
     saesteer("features", "build", "--sae", run / "layers.1", "--cache", tmp_path / "cache", "--out", tmp_path / "f.db",
              "--no-progress").ok()
     n_fires, max_act = _store_stats(tmp_path / "f.db")
-    hf_rows = _hf_rows_of_cache(model, tmp_path / "cache", "layers.1").half().float()  # the cache keeps float16
+    hf_rows = fs.hf_module_rows_of_cache(model, tmp_path / "cache", "layers.1").half().float()  # the cache: float16
     for hookpoint, should_match in (("layers.1", True), ("layers.0", False)):
         with torch.no_grad():
             enc = coders[hookpoint].encode(hf_rows)

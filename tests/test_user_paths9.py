@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import foreign_saes as fs
 from helpers.real_cli import saesteer
 
 pytestmark = [pytest.mark.usefixtures("one_thread", "offline_env")]
@@ -107,30 +108,6 @@ def test_a_saelens_gated_sae_builds_its_store_steers_and_is_refused_for_training
 # sparsify transcoders
 
 
-def _hf_layer_inputs_of_cache(model_dir: Path, cache: Path, module_path: str) -> torch.Tensor:
-    """What the HF module takes in (its first positional input, as sparsify's trainer hook reads it) at
-    every row a cache holds: the HF model run on each cached context."""
-    from transformers import AutoModelForCausalLM
-
-    from training.manifest import read_manifest
-    from training.shards import load_tensors
-
-    hf = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    module = hf.base_model.get_submodule(module_path)
-    rows = []
-    for shard in read_manifest(cache).shards:
-        t = load_tensors(cache / shard.file)
-        got = {}
-        handle = module.register_forward_hook(lambda m, i, o: got.setdefault("x", i[0]))
-        try:
-            with torch.no_grad():
-                hf(t["context_tokens"].long())
-        finally:
-            handle.remove()
-        rows.append(got["x"][t["seq_index"].long(), t["positions"].long()])
-    return torch.cat(rows)
-
-
 def test_a_sparsify_transcoder_reads_its_layer_s_input_and_steers_its_output(real_models, real_corpus, tmp_path):
     """A sparsify transcoder (`transcode: true`, skip connection) of GPT-NeoX's `layers.1`, saved by
     `SparseCoder.save_to_disk`, was refused; it is now our skip transcoder from blocks.1.hook_resid_pre
@@ -156,7 +133,7 @@ def test_a_sparsify_transcoder_reads_its_layer_s_input_and_steers_its_output(rea
              "--no-progress").ok()
     saesteer("features", "build", "--sae", run / "layers.1", "--cache", tmp_path / "cache", "--out",
              tmp_path / "f.db", "--no-progress").ok()
-    rows = _hf_layer_inputs_of_cache(model, tmp_path / "cache", "layers.1").half().float()  # the cache: float16
+    rows = fs.hf_module_rows_of_cache(model, tmp_path / "cache", "layers.1", side="input").half().float()  # cache: fp16
     with torch.no_grad():
         enc = coder.encode(rows)
     dense = torch.zeros(len(rows), 128).scatter_(-1, enc.top_indices, enc.top_acts.clamp_min(0))
