@@ -450,6 +450,24 @@ def test_registry_repo_form_and_a_gated_sae(tmp_path: Path, hub_cache: Path) -> 
         resolve_sae("sae_lens:someone/abstopk/a")
 
 
+def test_a_gated_release_of_the_saelens_registry_loads_through_its_converter(tmp_path: Path, hub_cache: Path) -> None:
+    """SAELens's gated releases (SAEBench's `..._gated_...`, canrager/lm_sae) are dictionary_learning
+    GatedAutoEncoders that SAELens's `dictionary_learning_1` converter reads into its GatedSAE: in the
+    HF cache as that repo holds them, they load and compute what dictionary_learning computes."""
+    pytest.importorskip("sae_lens")
+    state = fs.random_dictionary_learning("GatedAutoEncoder", D, F)
+    made = fs.write_dictionary_learning(tmp_path / "dl", "GatedAutoEncoder", state, layer=3,
+                                        lm_name="EleutherAI/pythia-70m-deduped")
+    cfg = json.loads((made / "config.json").read_text())
+    (made / "config.json").write_text(json.dumps({**cfg, "buffer": {"ctx_len": 128}}))  # the release's run config
+    folder = "pythia70m_sweep_gated_ctx128_0730/resid_post_layer_3/trainer_0"
+    fs.write_hf_snapshot(hub_cache, "canrager/lm_sae", {f"{folder}/{n}": made / n for n in ("config.json", "ae.pt")})
+    loaded = resolve_sae("sae_lens:sae_bench_pythia70m_sweep_gated_ctx128_0730/blocks.3.hook_resid_post__trainer_0")
+    assert loaded.sae.architecture == "gated" and loaded.provenance["source"]["sae_lens_class"] == "GatedSAE"
+    assert loaded.sae.cfg.metadata["hook_name"] == "blocks.3.hook_resid_post"
+    assert_same(loaded, *fs.dictionary_learning_reference("GatedAutoEncoder", state, X))
+
+
 # --------------------------------------------------------------------- OpenAI sparse_autoencoder
 @pytest.mark.parametrize("activation", ["ReLU", None])
 def test_openai_autoencoder_encodes_and_decodes_as_its_source(tmp_path: Path, activation) -> None:
