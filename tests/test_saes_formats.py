@@ -122,15 +122,19 @@ def test_a_sparsify_library_transcoder_loads_with_its_own_forward(tmp_path: Path
         torch.testing.assert_close(sae(X).recon, out.sae_out, **TOL)
 
 
-def test_a_sparsify_mlp_transcoder_takes_its_input_hook_from_the_user(tmp_path: Path) -> None:
-    """An MLP's input (its LayerNorm's output) has no exact TransformerLens hook point: --hook names it;
-    a hookpoint whose output has none either is refused."""
+def test_a_sparsify_mlp_transcoder_reads_the_bridge_s_mlp_input_hook(tmp_path: Path) -> None:
+    """An MLP's input (its norm's output, weight applied) is TransformerBridge's `blocks.N.mlp.hook_in`
+    (tests/test_user_paths9.py checks it against the HF module's input); a module whose input has no
+    derived hook needs --hook, one whose output has none is refused."""
     state, cfg = fs.random_sparsify(D, F, k=4, transcode=True)
     folder = fs.write_sparsify(tmp_path / "layers.1.mlp", state, cfg)
-    with pytest.raises(SAEFormatError, match=r"'layers.1.mlp''s output \(blocks.1.hook_mlp_out\).*pass --hook"):
-        resolve_sae(folder)
-    md = resolve_sae(folder, hook="blocks.1.mlp.hook_in").sae.cfg.metadata
+    md = resolve_sae(folder).sae.cfg.metadata
     assert (md["hook_name"], md["hook_name_out"]) == ("blocks.1.mlp.hook_in", "blocks.1.hook_mlp_out")
+    with pytest.raises(SAEFormatError, match="records hook point blocks.1.mlp.hook_in"):
+        resolve_sae(folder, hook="blocks.1.ln2.hook_normalized")  # the norm's output before its weight
+    fs.write_sparsify(tmp_path / "embed_tokens", state, cfg)
+    with pytest.raises(SAEFormatError, match=r"'embed_tokens''s output \(hook_embed\).*pass --hook"):
+        resolve_sae(tmp_path / "embed_tokens")
     fs.write_sparsify(tmp_path / "layers.1.self_attn.o_proj", state, cfg)
     with pytest.raises(SAEFormatError, match="no exact TransformerLens hook point .*SAELens transcoder folders"):
         resolve_sae(tmp_path / "layers.1.self_attn.o_proj", hook="blocks.1.hook_z")

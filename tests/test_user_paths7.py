@@ -454,18 +454,18 @@ def test_a_dictionary_learning_sae_whose_tokenizer_is_not_at_hand_says_its_bos_i
     assert loaded.sae.cfg.metadata["prepend_bos"] is False  # GPT-2's tokenizer adds no BOS
 
 
-def test_a_sparsify_mlp_transcoder_without_its_input_hook_is_refused_saying_what_to_do(tmp_path):
+def test_a_sparsify_mlp_transcoder_given_the_norm_s_hook_is_refused_saying_what_it_reads(tmp_path):
     """sparsify's `transcode: true` predicts a module's output from its input (tests/test_user_paths9.py
-    loads one of a decoder layer); an MLP's input has no exact hook point to derive: refused, naming the
-    hookpoint, the target and the flag."""
+    loads one of a decoder layer and one of an MLP); an MLP's input is derived (blocks.N.mlp.hook_in), and
+    the LayerNorm hook a TransformerLens user would reach for (before the norm's weight) is refused, naming both."""
     from helpers import foreign_saes as fs
 
     state, cfg = fs.random_sparsify(8, 16, k=4, transcode=True)
     fs.write_sparsify(tmp_path / "layers.1.mlp", state, cfg)
-    r = saesteer("steer", "--sae", tmp_path / "layers.1.mlp", "--latent", "0:add=1", "--prompt", "x",
-                 "--max-new-tokens", 1)
-    assert r.rc == 2 and "'layers.1.mlp''s output (blocks.1.hook_mlp_out) from its input" in r.err, r.text
-    assert "pass --hook" in r.err, r.err
+    r = saesteer("steer", "--sae", tmp_path / "layers.1.mlp", "--hook", "blocks.1.ln2.hook_normalized", "--latent",
+                 "0:add=1", "--prompt", "x", "--max-new-tokens", 1)
+    assert r.rc == 2 and "records hook point blocks.1.mlp.hook_in" in r.err, r.text
+    assert "blocks.1.ln2.hook_normalized" in r.err, r.err
     r.no_traceback()
 
 
@@ -552,14 +552,15 @@ def _hf_layer_input(model_dir: Path, layer: int, text: str) -> torch.Tensor:
     return got["x"][0]
 
 
-def test_a_module_input_maps_to_a_hook_only_for_a_decoder_layer():
-    """io='in': a decoder layer's input is the residual stream before it, in every HF naming we map;
-    an MLP's (or attention's) input is a normalized stream with no mapped hook point: --hook then."""
+def test_a_module_input_maps_to_a_hook_only_for_a_decoder_layer_or_its_mlp():
+    """io='in': a decoder layer's input is the residual stream before it, in every HF naming we map; an
+    MLP's is TransformerBridge's hook of the HF module's input; attention's has no mapped hook point."""
     from saes.formats.base import tl_hook_for_module_input
 
     for path, block in [("gpt_neox.layers.2", 2), ("transformer.h.0", 0), ("model.layers.11", 11), ("layers.3", 3)]:
         assert tl_hook_for_module_input(path) == f"blocks.{block}.hook_resid_pre"
-    for path in ("model.layers.3.mlp", "transformer.h.1.attn", "model.embed_tokens", "resid_post_layer_3"):
+    assert tl_hook_for_module_input("model.layers.3.mlp") == "blocks.3.mlp.hook_in"
+    for path in ("transformer.h.1.attn", "model.embed_tokens", "resid_post_layer_3"):
         assert tl_hook_for_module_input(path) is None
 
 

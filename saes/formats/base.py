@@ -6,7 +6,8 @@
   (a different `--hook` is refused, naming both); where it does not, the user's values are used;
   both sides are kept in the provenance.
 - `tl_hook_for_module`, `tl_hook_for_module_input`: TransformerLens hook name of what an HF module
-  outputs (sparsify's hookpoints) or of a decoder layer's input (dictionary_learning io="in").
+  outputs (sparsify's hookpoints) or of a decoder layer's or MLP's input (dictionary_learning io="in",
+  sparsify transcoders).
 - `read_plain_state_dict`: a torch pickle through `torch.load(weights_only=True)` only, and only
   if it holds a plain {name: tensor} state dict (`read_weights_only_pickle`: the load alone).
 - `hf_model_identity`: the model identity of an HF model name a file records.
@@ -123,7 +124,12 @@ _MODULE_HOOKS = [
     (re.compile(rf"^(?:.+\.)?{_LAYER}\.mlp$"), "blocks.{}.hook_mlp_out"),
     (re.compile(r"^(?:.+\.)?(?:embed_tokens|wte|embed_in)$"), "hook_embed"),
 ]
-_LAYER_INPUT = re.compile(rf"^(?:.+\.)?{_LAYER}$")
+_MODULE_INPUT_HOOKS = [
+    (re.compile(rf"^(?:.+\.)?{_LAYER}$"), "blocks.{}.hook_resid_pre"),  # a decoder layer's input
+    # the MLP's input (its norm's output, weight applied): the hook TransformerBridge, which loads every HF
+    # checkpoint here (saesteer/models.py), puts on the HF module's input; HookedTransformer has none
+    (re.compile(rf"^(?:.+\.)?{_LAYER}\.mlp$"), "blocks.{}.mlp.hook_in"),
+]
 
 
 def tl_hook_for_module(module_path: str) -> str | None:
@@ -138,11 +144,14 @@ def tl_hook_for_module(module_path: str) -> str | None:
 
 
 def tl_hook_for_module_input(module_path: str) -> str | None:
-    """TransformerLens hook point that reads what an HF decoder layer takes in: 'layers.3' ->
-    'blocks.3.hook_resid_pre' (the residual stream before block 3); None for any other module
-    (an MLP's input is a normalized stream, not a hook point we map)."""
-    m = _LAYER_INPUT.match(module_path)
-    return f"blocks.{m.group(1)}.hook_resid_pre" if m else None
+    """TransformerLens hook point that reads what an HF module takes in: 'layers.3' ->
+    'blocks.3.hook_resid_pre' (the residual stream before block 3), 'layers.3.mlp' ->
+    'blocks.3.mlp.hook_in' (a TransformerBridge hook); None for any other module."""
+    for pattern, template in _MODULE_INPUT_HOOKS:
+        m = pattern.match(module_path)
+        if m:
+            return template.format(*m.groups())
+    return None
 
 
 def record_model_and_hook(
