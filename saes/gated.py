@@ -15,7 +15,9 @@ SAELens computes it, so the values are SAELens's bit for bit), b_enc = b_mag and
 latent fires where mag > max(t, 0), as JumpReLU's do, and everything that reads threshold encoders
 (steering's per-latent reads included) applies unchanged. Only a gate pre-activation within float
 rounding of 0 can be decided the other way than SAELens's `gate > 0` decides it (t is computed in
-float64 from the file's tensors).
+float64 from the file's tensors); the latent then reads about t where SAELens reads 0, or the reverse.
+Measured in float32 on random weights (d_in 768, d_sae 8192, 12% of thresholds negative, 4096 rows):
+4 of 33.5M entries, each with |gate| < 4e-6; every other entry equal bit for bit.
 
 Saved in that form, as SAELens's "jumprelu" with `metadata.training_architecture: "gated"`
 (SAELens loads it as its JumpReLU SAE, with our outputs; we load it back as this class). Not
@@ -24,7 +26,6 @@ trainable here: the trainer trains TopK, BatchTopK, Matryoshka and JumpReLU SAEs
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from saes.config import GatedConfig
@@ -40,11 +41,12 @@ class GatedSAE(ThresholdSAE):
 
     @classmethod
     def saelens_inference_weights(cls, weights: dict[str, Tensor], source: str) -> dict[str, Tensor]:
-        if not any(name in weights for name in GATED_TENSORS):
+        if "threshold" in weights and not any(name in weights for name in GATED_TENSORS):
             return weights  # already the threshold form (a folder we saved)
         missing = [n for n in ("W_enc", *GATED_TENSORS) if n not in weights]
         if missing:
-            raise ValueError(f"a gated SAE needs W_enc, b_gate, b_mag and r_mag; missing {', '.join(missing)}")
+            raise ValueError(f"a gated SAE needs W_enc, b_gate, b_mag and r_mag (or, as saesteer saves it, b_enc "
+                             f"and threshold); missing {', '.join(missing)}")
         W_DF, b_gate_F, b_mag_F, r_mag_F = (weights[n] for n in ("W_enc", *GATED_TENSORS))
         d_sae = W_DF.shape[-1]
         for name, t in zip(GATED_TENSORS, (b_gate_F, b_mag_F, r_mag_F)):
@@ -55,9 +57,3 @@ class GatedSAE(ThresholdSAE):
         out = {n: t for n, t in weights.items() if n not in GATED_TENSORS}
         out.update(W_enc=W_DF * scale_F, b_enc=b_mag_F, threshold=threshold_F.to(b_mag_F.dtype))
         return out
-
-    @torch.no_grad()
-    def load_saelens_tensors_(self, weights: dict[str, Tensor], source: str) -> None:
-        if "threshold" not in weights:
-            raise ValueError("a gated SAE in threshold form needs a threshold tensor in its weights")
-        super().load_saelens_tensors_(weights, source)

@@ -49,7 +49,8 @@ from saes.base import SAE
 from saes.checks import CHECKSUMS_KEY, SAEFormatError, check_finite, check_sae_config, file_checksums, verify_checksums
 from saes.fileio import atomic_write_bytes, atomic_write_json, fsync_dir, make_temp_dir, read_json
 from saes.registry import ARCHITECTURES, sae_class
-from saes.whitening import SCALER_FILENAME, Whitening, checkpoint_whitening, read_scaler
+from saes.whitening import (SCALER_FILENAME, WHITENED, WHITENING_FILENAME, Whitening, checkpoint_whitening,
+                             read_scaler)
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
@@ -202,7 +203,8 @@ def _refuse_pickles(folder: Path, missing: str) -> None:
 
 class SAEFolder(NamedTuple):
     """What an SAE folder holds, read once: the config and weights (a SAELens training checkpoint's
-    scaling factor folded in), our provenance (None for SAELens's folders), and that factor (None if none)."""
+    scaling factor folded in), our provenance (None for SAELens's folders), that factor and a whitened
+    checkpoint's whitening (each None if none)."""
 
     cfg: dict[str, Any]
     weights: dict[str, torch.Tensor]
@@ -231,7 +233,8 @@ def sae_from_folder(files: SAEFolder, device: torch.device | str | None = None, 
 
 
 def read_sae_folder_files(path: str | os.PathLike) -> SAEFolder:
-    """`read_sae_folder`, and the scaling factor it folded in (each file is read once)."""
+    """An SAE folder's files, each read once: what `read_sae_folder` returns, the scaling factor folded
+    in, and a whitened checkpoint's whitening (not refused here: `sae_from_folder` folds it)."""
     folder = Path(path)
     if folder.is_file():
         if folder.suffix.lower() in PICKLE_SUFFIXES:
@@ -349,6 +352,10 @@ def sae_from_sae_lens_dict(
     except ValueError as e:  # unknown architecture: the message lists the known ones
         raise SAEFormatError(f"{source}: {e}", file=source) from None
     norm = cfg.get("normalize_activations", "none")
+    if norm == WHITENED:  # a training checkpoint's whitening is folded (and this set to none) before here
+        raise SAEFormatError(
+            f"{source}: an SAE trained on whitened activations ({norm}), without its whitening; pass the SAELens "
+            f"checkpoint folder with its {SCALER_FILENAME} and {WHITENING_FILENAME}, or the final SAE SAELens saves")
     if norm not in _IDENTITY_NORMS:
         raise SAEFormatError(
             f"{source}: normalize_activations={norm!r} is not supported (supported: {', '.join(_IDENTITY_NORMS)})"

@@ -122,15 +122,19 @@ def test_a_sparsify_library_transcoder_loads_with_its_own_forward(tmp_path: Path
         torch.testing.assert_close(sae(X).recon, out.sae_out, **TOL)
 
 
-def test_a_sparsify_mlp_transcoder_takes_its_input_hook_from_the_user(tmp_path: Path) -> None:
-    """An MLP's input (its LayerNorm's output) has no exact TransformerLens hook point: --hook names it;
-    a hookpoint whose output has none either is refused."""
+def test_a_sparsify_mlp_transcoder_reads_the_bridge_s_mlp_input_hook(tmp_path: Path) -> None:
+    """An MLP's input (its norm's output, weight applied) is TransformerBridge's `blocks.N.mlp.hook_in`
+    (tests/test_user_paths9.py checks it against the HF module's input); a module whose input has no
+    derived hook needs --hook, one whose output has none is refused."""
     state, cfg = fs.random_sparsify(D, F, k=4, transcode=True)
     folder = fs.write_sparsify(tmp_path / "layers.1.mlp", state, cfg)
-    with pytest.raises(SAEFormatError, match=r"'layers.1.mlp''s output \(blocks.1.hook_mlp_out\).*pass --hook"):
-        resolve_sae(folder)
-    md = resolve_sae(folder, hook="blocks.1.mlp.hook_in").sae.cfg.metadata
+    md = resolve_sae(folder).sae.cfg.metadata
     assert (md["hook_name"], md["hook_name_out"]) == ("blocks.1.mlp.hook_in", "blocks.1.hook_mlp_out")
+    with pytest.raises(SAEFormatError, match="records hook point blocks.1.mlp.hook_in"):
+        resolve_sae(folder, hook="blocks.1.ln2.hook_normalized")  # the norm's output before its weight
+    fs.write_sparsify(tmp_path / "embed_tokens", state, cfg)
+    with pytest.raises(SAEFormatError, match=r"'embed_tokens''s output \(hook_embed\).*pass --hook"):
+        resolve_sae(tmp_path / "embed_tokens")
     fs.write_sparsify(tmp_path / "layers.1.self_attn.o_proj", state, cfg)
     with pytest.raises(SAEFormatError, match="no exact TransformerLens hook point .*SAELens transcoder folders"):
         resolve_sae(tmp_path / "layers.1.self_attn.o_proj", hook="blocks.1.hook_z")
@@ -450,6 +454,24 @@ def test_registry_repo_form_and_a_gated_sae(tmp_path: Path, hub_cache: Path) -> 
         resolve_sae("sae_lens:someone/abstopk/a")
 
 
+def test_a_gated_release_of_the_saelens_registry_loads_through_its_converter(tmp_path: Path, hub_cache: Path) -> None:
+    """SAELens's gated releases (SAEBench's `..._gated_...`, canrager/lm_sae) are dictionary_learning
+    GatedAutoEncoders that SAELens's `dictionary_learning_1` converter reads into its GatedSAE: in the
+    HF cache as that repo holds them, they load and compute what dictionary_learning computes."""
+    pytest.importorskip("sae_lens")
+    state = fs.random_dictionary_learning("GatedAutoEncoder", D, F)
+    made = fs.write_dictionary_learning(tmp_path / "dl", "GatedAutoEncoder", state, layer=3,
+                                        lm_name="EleutherAI/pythia-70m-deduped")
+    cfg = json.loads((made / "config.json").read_text())
+    (made / "config.json").write_text(json.dumps({**cfg, "buffer": {"ctx_len": 128}}))  # the release's run config
+    folder = "pythia70m_sweep_gated_ctx128_0730/resid_post_layer_3/trainer_0"
+    fs.write_hf_snapshot(hub_cache, "canrager/lm_sae", {f"{folder}/{n}": made / n for n in ("config.json", "ae.pt")})
+    loaded = resolve_sae("sae_lens:sae_bench_pythia70m_sweep_gated_ctx128_0730/blocks.3.hook_resid_post__trainer_0")
+    assert loaded.sae.architecture == "gated" and loaded.provenance["source"]["sae_lens_class"] == "GatedSAE"
+    assert loaded.sae.cfg.metadata["hook_name"] == "blocks.3.hook_resid_post"
+    assert_same(loaded, *fs.dictionary_learning_reference("GatedAutoEncoder", state, X))
+
+
 # --------------------------------------------------------------------- OpenAI sparse_autoencoder
 @pytest.mark.parametrize("activation", ["ReLU", None])
 def test_openai_autoencoder_encodes_and_decodes_as_its_source(tmp_path: Path, activation) -> None:
@@ -568,6 +590,7 @@ def test_the_hf_tokenizer_is_asked_once_per_source_for_the_bos_rule(tmp_path: Pa
                         lambda name, **kw: loads.append(name) or Tok())
     model = tmp_path / "model"
     model.mkdir()
+    (model / "tokenizer_config.json").write_text("{}")
     state, cfg = fs.random_sparsify(D, F, k=4)
     run = tmp_path / "run"
     for hookpoint in ("layers.0", "layers.1"):
@@ -575,8 +598,51 @@ def test_the_hf_tokenizer_is_asked_once_per_source_for_the_bos_rule(tmp_path: Pa
     sae_a, sae_b = (resolve_sae(run / h).sae for h in ("layers.0", "layers.1"))
     assert sae_a.cfg.metadata["prepend_bos"] is True and sae_b.cfg.metadata["prepend_bos"] is True
     assert loads == [str(model)]
-    import os
-
-    os.utime(model, ns=(0, 0))  # the directory changed (e.g. a tokenizer saved into it): asked again
+    (model / "tokenizer_config.json").write_text('{"add_bos_token": false}')  # a file changed: asked again
     resolve_sae(run / "layers.0")
     assert loads == [str(model)] * 2
+
+
+@pytest.fixture(scope="module")
+def bos_and_plain_tokenizers():
+    """A Llama-3-style tokenizer (starts text with BOS) and a GPT-2-style one (does not), trained on code and prose."""
+    from helpers.real_models import build_family_tokenizer, corpus_documents
+
+    texts = corpus_documents()[:40]
+    return build_family_tokenizer("llama", texts, 320), build_family_tokenizer("gpt2", texts, 320)
+
+
+def test_the_bos_rule_follows_a_tokenizer_saved_again_in_place(tmp_path: Path, bos_and_plain_tokenizers) -> None:
+    """`save_pretrained` into the model's folder rewrites its files in place: the folder's own mtime stays,
+    and the rule asked once per source must be asked again (it kept the old tokenizer's answer)."""
+    with_bos, plain = bos_and_plain_tokenizers
+    model = tmp_path / "model"
+    with_bos.save_pretrained(model)
+    state, cfg = fs.random_sparsify(D, F, k=4)
+    folder = fs.write_sparsify(tmp_path / "run" / "layers.0", state, cfg, run_config={"model": str(model)})
+    assert resolve_sae(folder).sae.cfg.metadata["prepend_bos"] is True
+    mtime = model.stat().st_mtime_ns
+    plain.save_pretrained(model)
+    assert model.stat().st_mtime_ns == mtime  # nothing about the folder itself says it changed
+    assert resolve_sae(folder).sae.cfg.metadata["prepend_bos"] is False
+
+
+def test_the_bos_rule_follows_a_tokenizer_that_reaches_the_hf_cache(tmp_path: Path, hub_cache: Path,
+                                                                   bos_and_plain_tokenizers) -> None:
+    """A hub model's tokenizer not yet in the HF cache gives no rule; once it is there (downloaded by
+    another step of the same process), the rule is the tokenizer's (the miss was kept)."""
+    from saes.errors import SaesteerWarning
+
+    with_bos, _ = bos_and_plain_tokenizers
+    state, cfg = fs.random_sparsify(D, F, k=4)
+    folder = fs.write_sparsify(tmp_path / "run" / "layers.0", state, cfg, run_config={"model": "org/bos-model"})
+    with pytest.warns(SaesteerWarning, match="HF tokenizer is not on this machine"):
+        assert "prepend_bos" not in resolve_sae(folder).sae.cfg.metadata
+    import transformers
+
+    saved = tmp_path / "tok"
+    with_bos.save_pretrained(saved)  # a hub repo's tokenizer files beside its config (AutoTokenizer reads both)
+    transformers.LlamaConfig(hidden_size=8, intermediate_size=8, num_hidden_layers=1, num_attention_heads=1,
+                             vocab_size=len(with_bos)).save_pretrained(saved)
+    fs.write_hf_snapshot(hub_cache, "org/bos-model", {p.name: p for p in saved.iterdir()})
+    assert resolve_sae(folder).sae.cfg.metadata["prepend_bos"] is True

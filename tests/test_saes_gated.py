@@ -124,7 +124,12 @@ def test_a_gated_folder_missing_a_gated_tensor_is_refused_naming_it(tmp_path: Pa
     weights = load_file(tmp_path / "g" / "sae_weights.safetensors")
     del weights["r_mag"]
     save_file(weights, tmp_path / "g" / "sae_weights.safetensors")
-    with pytest.raises(SAEFormatError, match="gated SAE needs W_enc, b_gate, b_mag and r_mag; missing r_mag"):
+    with pytest.raises(SAEFormatError, match=r"gated SAE needs W_enc, b_gate, b_mag and r_mag \(.*\); missing r_mag"):
+        resolve_sae(tmp_path / "g")
+    for name in ("b_gate", "b_mag"):  # none of them: named too (not "weights lack b_enc", a tensor gated SAEs lack)
+        del weights[name]
+    save_file(weights, tmp_path / "g" / "sae_weights.safetensors")
+    with pytest.raises(SAEFormatError, match="missing b_gate, b_mag, r_mag"):
         resolve_sae(tmp_path / "g")
 
 
@@ -145,3 +150,38 @@ def test_steering_reads_a_gated_sae_s_latents_as_saelens_encodes_them(tmp_path: 
         got = reader(x)
     assert torch.equal(got[clear] > 0, ref[clear] > 0) and (ref > 0).any()
     torch.testing.assert_close(got[clear], ref[clear], rtol=1e-5, atol=1e-5)
+
+
+def test_at_a_real_width_only_gates_within_rounding_of_zero_differ_and_negative_thresholds_pass_nothing(tmp_path):
+    """d_in 768 (GPT-2's): the gate opens before the magnitude is positive for some latents (t < 0), so
+    entries with t < mag < 0 pass the threshold and must still read 0 (relu); SAELens's JumpReLU on our
+    save equals us bit for bit; where we differ from SAELens's gated, its gate is within float32 rounding
+    of 0 (the figure in saes/gated.py: 4 of 33.5M entries at d_sae 8192, 4096 rows)."""
+    from sae_lens import SAE
+    from sae_lens.saes.gated_sae import GatedSAE, GatedSAEConfig
+
+    d_in, d_sae = 768, 2048
+    g = torch.Generator().manual_seed(0)
+    sl = GatedSAE(GatedSAEConfig(d_in=d_in, d_sae=d_sae))
+    with torch.no_grad():
+        sl.W_enc.copy_(torch.randn(d_in, d_sae, generator=g) / d_in**0.5)
+        sl.W_dec.copy_(torch.randn(d_sae, d_in, generator=g) / d_in**0.5)
+        sl.b_dec.copy_(torch.randn(d_in, generator=g) * 0.5)
+        sl.r_mag.copy_(torch.randn(d_sae, generator=g))
+        sl.b_gate.copy_(torch.randn(d_sae, generator=g) * 0.5 - 1.0)
+        sl.b_mag.copy_(torch.randn(d_sae, generator=g) * 0.5)
+    sl.save_model(str(tmp_path / "g"))
+    ours = resolve_sae(tmp_path / "g").sae
+    x = torch.randn(1024, d_in, generator=g) * 3
+    with torch.no_grad():
+        ref, got = sl.encode(x), ours.encode(x)
+        mag = (x - sl.b_dec) @ (sl.W_enc * sl.r_mag.exp()) + sl.b_mag
+        below_zero = (mag > ours.threshold) & (mag < 0)
+        assert int(below_zero.sum()) > 1000 and not got[below_zero].any() and not ref[below_zero].any()
+        differ = got != ref
+        both = (got > 0) & (ref > 0)
+        assert torch.equal(got[both], ref[both])
+        assert (gate_margin(sl, x)[differ] < 1e-5).all()
+        save_sae(ours, tmp_path / "ours")
+        theirs = SAE.load_from_disk(str(tmp_path / "ours"))
+        assert type(theirs).__name__ == "JumpReLUSAE" and torch.equal(theirs.encode(x), got)

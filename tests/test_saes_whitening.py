@@ -107,3 +107,14 @@ def test_what_a_whitened_checkpoint_cannot_be_read_without_is_refused(tmp_path):
     (tmp_path / "ckpt" / "activation_whitening.safetensors").unlink()
     with pytest.raises(SAEFormatError, match="activation_whitening.safetensors .* is missing"):
         resolve_sae(tmp_path / "ckpt")
+
+
+def test_a_whitened_sae_without_its_scaler_is_refused_saying_what_to_pass(tmp_path):
+    """cfg.json says covariance_whitening but activation_scaler.json is not beside it (copied without it,
+    or an SAE object): the whitening cannot be folded; the message names the files and the final SAE."""
+    sl = _training_sae("standard")
+    _checkpoint(sl, tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "activation_scaler.json").unlink()
+    with pytest.raises(SAEFormatError, match="trained on whitened activations .*activation_scaler.json and "
+                                             "activation_whitening.safetensors.*final SAE SAELens saves"):
+        resolve_sae(tmp_path / "ckpt")

@@ -367,31 +367,12 @@ def sparsify_run(real_models, tmp_path_factory):
     return model, run, coders
 
 
-def _hf_rows_of_cache(model_dir: Path, cache: Path, module_path: str) -> torch.Tensor:
-    """The HF module's outputs at every row a cache holds: the HF model run on each cached context."""
-    from training.manifest import read_manifest
-    from training.shards import load_tensors
-
-    hf, _ = _hf_model(model_dir)
-    module = hf.base_model.get_submodule(module_path)
-    rows = []
-    for shard in read_manifest(cache).shards:
-        t = load_tensors(cache / shard.file)
-        got = {}
-        handle = module.register_forward_hook(lambda m, i, o: got.setdefault("x", o[0] if isinstance(o, tuple) else o))
-        try:
-            with torch.no_grad():
-                hf(t["context_tokens"].long())
-        finally:
-            handle.remove()
-        rows.append(got["x"][t["seq_index"].long(), t["positions"].long()])
-    return torch.cat(rows)
-
-
 def test_a_sparsify_hookpoint_reads_the_residual_output_of_its_block(sparsify_run, real_corpus, tmp_path):
     """`features build` on `layers.1` stores sparsify's own top-k encoding of what the HF module
     `gpt_neox.layers[1]` outputs (taken with a forward hook on the HF model, not from our cache);
     `layers.0` would not match it."""
+    from helpers import foreign_saes as fs
+
     model, run, coders = sparsify_run
     docs = [d[:200] for d in real_corpus.validation_docs[:6]]
     data = tmp_path / "docs.jsonl"
@@ -401,7 +382,7 @@ def test_a_sparsify_hookpoint_reads_the_residual_output_of_its_block(sparsify_ru
     saesteer("features", "build", "--sae", run / "layers.1", "--cache", tmp_path / "cache", "--out", tmp_path / "f.db",
              "--no-progress").ok()
     n_fires, max_act = _store_stats(tmp_path / "f.db")
-    hf_rows = _hf_rows_of_cache(model, tmp_path / "cache", "layers.1").half().float()  # the cache keeps float16
+    hf_rows = fs.hf_module_rows_of_cache(model, tmp_path / "cache", "layers.1").half().float()  # the cache: float16
     for hookpoint, should_match in (("layers.1", True), ("layers.0", False)):
         with torch.no_grad():
             enc = coders[hookpoint].encode(hf_rows)
@@ -473,18 +454,18 @@ def test_a_dictionary_learning_sae_whose_tokenizer_is_not_at_hand_says_its_bos_i
     assert loaded.sae.cfg.metadata["prepend_bos"] is False  # GPT-2's tokenizer adds no BOS
 
 
-def test_a_sparsify_mlp_transcoder_without_its_input_hook_is_refused_saying_what_to_do(tmp_path):
+def test_a_sparsify_mlp_transcoder_given_the_norm_s_hook_is_refused_saying_what_it_reads(tmp_path):
     """sparsify's `transcode: true` predicts a module's output from its input (tests/test_user_paths9.py
-    loads one of a decoder layer); an MLP's input has no exact hook point to derive: refused, naming the
-    hookpoint, the target and the flag."""
+    loads one of a decoder layer and one of an MLP); an MLP's input is derived (blocks.N.mlp.hook_in), and
+    the LayerNorm hook a TransformerLens user would reach for (before the norm's weight) is refused, naming both."""
     from helpers import foreign_saes as fs
 
     state, cfg = fs.random_sparsify(8, 16, k=4, transcode=True)
     fs.write_sparsify(tmp_path / "layers.1.mlp", state, cfg)
-    r = saesteer("steer", "--sae", tmp_path / "layers.1.mlp", "--latent", "0:add=1", "--prompt", "x",
-                 "--max-new-tokens", 1)
-    assert r.rc == 2 and "'layers.1.mlp''s output (blocks.1.hook_mlp_out) from its input" in r.err, r.text
-    assert "pass --hook" in r.err, r.err
+    r = saesteer("steer", "--sae", tmp_path / "layers.1.mlp", "--hook", "blocks.1.ln2.hook_normalized", "--latent",
+                 "0:add=1", "--prompt", "x", "--max-new-tokens", 1)
+    assert r.rc == 2 and "records hook point blocks.1.mlp.hook_in" in r.err, r.text
+    assert "blocks.1.ln2.hook_normalized" in r.err, r.err
     r.no_traceback()
 
 
@@ -571,14 +552,15 @@ def _hf_layer_input(model_dir: Path, layer: int, text: str) -> torch.Tensor:
     return got["x"][0]
 
 
-def test_a_module_input_maps_to_a_hook_only_for_a_decoder_layer():
-    """io='in': a decoder layer's input is the residual stream before it, in every HF naming we map;
-    an MLP's (or attention's) input is a normalized stream with no mapped hook point: --hook then."""
+def test_a_module_input_maps_to_a_hook_only_for_a_decoder_layer_or_its_mlp():
+    """io='in': a decoder layer's input is the residual stream before it, in every HF naming we map; an
+    MLP's is TransformerBridge's hook of the HF module's input; attention's has no mapped hook point."""
     from saes.formats.base import tl_hook_for_module_input
 
     for path, block in [("gpt_neox.layers.2", 2), ("transformer.h.0", 0), ("model.layers.11", 11), ("layers.3", 3)]:
         assert tl_hook_for_module_input(path) == f"blocks.{block}.hook_resid_pre"
-    for path in ("model.layers.3.mlp", "transformer.h.1.attn", "model.embed_tokens", "resid_post_layer_3"):
+    assert tl_hook_for_module_input("model.layers.3.mlp") == "blocks.3.mlp.hook_in"
+    for path in ("transformer.h.1.attn", "model.embed_tokens", "resid_post_layer_3"):
         assert tl_hook_for_module_input(path) is None
 
 

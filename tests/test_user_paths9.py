@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import foreign_saes as fs
 from helpers.real_cli import saesteer
 
 pytestmark = [pytest.mark.usefixtures("one_thread", "offline_env")]
@@ -107,35 +108,18 @@ def test_a_saelens_gated_sae_builds_its_store_steers_and_is_refused_for_training
 # sparsify transcoders
 
 
-def _hf_layer_inputs_of_cache(model_dir: Path, cache: Path, module_path: str) -> torch.Tensor:
-    """What the HF module takes in (its first positional input, as sparsify's trainer hook reads it) at
-    every row a cache holds: the HF model run on each cached context."""
-    from transformers import AutoModelForCausalLM
-
-    from training.manifest import read_manifest
-    from training.shards import load_tensors
-
-    hf = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    module = hf.base_model.get_submodule(module_path)
-    rows = []
-    for shard in read_manifest(cache).shards:
-        t = load_tensors(cache / shard.file)
-        got = {}
-        handle = module.register_forward_hook(lambda m, i, o: got.setdefault("x", i[0]))
-        try:
-            with torch.no_grad():
-                hf(t["context_tokens"].long())
-        finally:
-            handle.remove()
-        rows.append(got["x"][t["seq_index"].long(), t["positions"].long()])
-    return torch.cat(rows)
-
-
-def test_a_sparsify_transcoder_reads_its_layer_s_input_and_steers_its_output(real_models, real_corpus, tmp_path):
-    """A sparsify transcoder (`transcode: true`, skip connection) of GPT-NeoX's `layers.1`, saved by
-    `SparseCoder.save_to_disk`, was refused; it is now our skip transcoder from blocks.1.hook_resid_pre
-    to blocks.1.hook_resid_post: `features build` stores sparsify's own encoding of what the HF decoder
-    layer takes in (a forward hook on the HF model), and `steer` edits its latents."""
+@pytest.mark.parametrize("hookpoint, hooks", [
+    ("layers.1", "blocks.1.hook_resid_pre,blocks.1.hook_resid_post"),
+    ("layers.1.mlp", "blocks.1.mlp.hook_in,blocks.1.hook_mlp_out"),
+])
+def test_a_sparsify_transcoder_reads_its_module_s_input_and_steers_its_output(real_models, real_corpus, tmp_path,
+                                                                              hookpoint, hooks):
+    """A sparsify transcoder (`transcode: true`, skip connection) of GPT-NeoX's `layers.1` or its MLP (the
+    form sparsify's published transcoders take), saved by `SparseCoder.save_to_disk`, was refused; it is
+    now our skip transcoder from the module's input hook to its output hook (blocks.1.hook_resid_pre ->
+    hook_resid_post; blocks.1.mlp.hook_in, the TransformerBridge's hook of the HF MLP's input, ->
+    hook_mlp_out), no --hook needed: `features build` stores sparsify's own encoding of what the HF
+    module takes in (a forward hook on the HF model), and `steer` edits its latents."""
     sparsify = pytest.importorskip("sparsify")
     model = real_models.path("neox")
     run = tmp_path / "run"
@@ -145,18 +129,17 @@ def test_a_sparsify_transcoder_reads_its_layer_s_input_and_steers_its_output(rea
     with torch.no_grad():
         for p in coder.parameters():
             p.add_(torch.randn_like(p) * 0.2)
-    coder.save_to_disk(run / "layers.1")
-    (run / "config.json").write_text(json.dumps({"model": str(model), "hookpoints": ["layers.1"]}))
+    coder.save_to_disk(run / hookpoint)
+    (run / "config.json").write_text(json.dumps({"model": str(model), "hookpoints": [hookpoint]}))
 
     docs = [d[:200] for d in real_corpus.validation_docs[:6]]
     data = tmp_path / "docs.jsonl"
     data.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
     saesteer("cache", "--model", model, "--dataset", data, "--context-length", 128, "--bos-policy", "none",
-             "--hooks", "blocks.1.hook_resid_pre,blocks.1.hook_resid_post", "--out", tmp_path / "cache",
-             "--no-progress").ok()
-    saesteer("features", "build", "--sae", run / "layers.1", "--cache", tmp_path / "cache", "--out",
+             "--hooks", hooks, "--out", tmp_path / "cache", "--no-progress").ok()
+    saesteer("features", "build", "--sae", run / hookpoint, "--cache", tmp_path / "cache", "--out",
              tmp_path / "f.db", "--no-progress").ok()
-    rows = _hf_layer_inputs_of_cache(model, tmp_path / "cache", "layers.1").half().float()  # the cache: float16
+    rows = fs.hf_module_rows_of_cache(model, tmp_path / "cache", hookpoint, side="input").half().float()  # cache: fp16
     with torch.no_grad():
         enc = coder.encode(rows)
     dense = torch.zeros(len(rows), 128).scatter_(-1, enc.top_indices, enc.top_acts.clamp_min(0))
@@ -165,6 +148,6 @@ def test_a_sparsify_transcoder_reads_its_layer_s_input_and_steers_its_output(rea
     torch.testing.assert_close(max_act, dense.max(0).values, rtol=1e-3, atol=1e-3)
 
     live = int(n_fires.argmax())
-    r = saesteer("steer", "--sae", run / "layers.1", "--store", tmp_path / "f.db", "--latent", f"{live}:add=2x",
+    r = saesteer("steer", "--sae", run / hookpoint, "--store", tmp_path / "f.db", "--latent", f"{live}:add=2x",
                  "--prompt", "def parse(text):", "--max-new-tokens", 3, "--do-sample", "false", "--json").ok()
     assert json.loads(r.out)["results"][0]["prompt"] == "def parse(text):"

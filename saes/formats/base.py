@@ -6,7 +6,8 @@
   (a different `--hook` is refused, naming both); where it does not, the user's values are used;
   both sides are kept in the provenance.
 - `tl_hook_for_module`, `tl_hook_for_module_input`: TransformerLens hook name of what an HF module
-  outputs (sparsify's hookpoints) or of a decoder layer's input (dictionary_learning io="in").
+  outputs (sparsify's hookpoints) or of a decoder layer's or MLP's input (dictionary_learning io="in",
+  sparsify transcoders).
 - `read_plain_state_dict`: a torch pickle through `torch.load(weights_only=True)` only, and only
   if it holds a plain {name: tensor} state dict (`read_weights_only_pickle`: the load alone).
 - `hf_model_identity`: the model identity of an HF model name a file records.
@@ -123,7 +124,12 @@ _MODULE_HOOKS = [
     (re.compile(rf"^(?:.+\.)?{_LAYER}\.mlp$"), "blocks.{}.hook_mlp_out"),
     (re.compile(r"^(?:.+\.)?(?:embed_tokens|wte|embed_in)$"), "hook_embed"),
 ]
-_LAYER_INPUT = re.compile(rf"^(?:.+\.)?{_LAYER}$")
+_MODULE_INPUT_HOOKS = [
+    (re.compile(rf"^(?:.+\.)?{_LAYER}$"), "blocks.{}.hook_resid_pre"),  # a decoder layer's input
+    # the MLP's input (its norm's output, weight applied): the hook TransformerBridge, which loads every HF
+    # checkpoint here (saesteer/models.py), puts on the HF module's input; HookedTransformer has none
+    (re.compile(rf"^(?:.+\.)?{_LAYER}\.mlp$"), "blocks.{}.mlp.hook_in"),
+]
 
 
 def tl_hook_for_module(module_path: str) -> str | None:
@@ -138,11 +144,14 @@ def tl_hook_for_module(module_path: str) -> str | None:
 
 
 def tl_hook_for_module_input(module_path: str) -> str | None:
-    """TransformerLens hook point that reads what an HF decoder layer takes in: 'layers.3' ->
-    'blocks.3.hook_resid_pre' (the residual stream before block 3); None for any other module
-    (an MLP's input is a normalized stream, not a hook point we map)."""
-    m = _LAYER_INPUT.match(module_path)
-    return f"blocks.{m.group(1)}.hook_resid_pre" if m else None
+    """TransformerLens hook point that reads what an HF module takes in: 'layers.3' ->
+    'blocks.3.hook_resid_pre' (the residual stream before block 3), 'layers.3.mlp' ->
+    'blocks.3.mlp.hook_in' (a TransformerBridge hook); None for any other module."""
+    for pattern, template in _MODULE_INPUT_HOOKS:
+        m = pattern.match(module_path)
+        if m:
+            return template.format(*m.groups())
+    return None
 
 
 def record_model_and_hook(
@@ -212,21 +221,43 @@ def hf_tokenizer_adds_bos(model_name: str | None) -> bool | None:
     """Whether the HF tokenizer of `model_name` (a local checkpoint directory, or a hub model in the
     HF cache) starts a text with BOS by default; None when it is not at hand (nothing is downloaded).
     Asked once per tokenizer source in a process (loading a tokenizer takes a while, and a run folder
-    holds one SAE per hookpoint): the source is the directory as it is now, or the HF cache in use."""
+    holds one SAE per hookpoint): the source is the folder's files as they are now (`_tokenizer_source`)."""
     if not model_name or model_name == "toy":
         return None
     return _tokenizer_adds_bos(model_name, _tokenizer_source(model_name))
 
 
 def _tokenizer_source(model_name: str) -> tuple[Any, ...]:
-    """What `AutoTokenizer.from_pretrained(model_name, local_files_only=True)` reads: a local directory
-    (its modification time: files replaced in it change it), else the HF cache directory."""
+    """What `AutoTokenizer.from_pretrained(model_name, local_files_only=True)` reads, stamped: the local
+    directory, else the HF cache's snapshot of the repo's main revision (None before it is cached), with
+    each file's name, size, mtime and inode. A folder's own mtime is not enough: `save_pretrained` rewrites
+    files in place, which leaves it as it was. (A rewrite of the same size within one filesystem timestamp
+    tick is not seen.)"""
     path = Path(model_name).expanduser()
     if path.is_dir():
-        return ("dir", str(path.resolve()), path.stat().st_mtime_ns)
+        return ("dir", str(path.resolve()), _files_stamp(path))
     from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
 
-    return ("hub", constants.HF_HUB_CACHE)
+    repo = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=model_name, repo_type="model")
+    try:
+        snapshot = repo / "snapshots" / (repo / "refs" / "main").read_text().strip()
+    except (OSError, ValueError):
+        return ("hub", str(repo), None)
+    return ("hub", str(snapshot), _files_stamp(snapshot) if snapshot.is_dir() else None)
+
+
+def _files_stamp(folder: Path) -> tuple[tuple[str, int, int, int], ...]:
+    """(name, size, mtime_ns, inode) of each file in `folder`, links followed (the HF cache's to blobs)."""
+    stamp = []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        try:
+            st = entry.stat()
+        except OSError:  # a dangling link
+            continue
+        if entry.is_file():
+            stamp.append((entry.name, st.st_size, st.st_mtime_ns, st.st_ino))
+    return tuple(stamp)
 
 
 @functools.lru_cache(maxsize=64)

@@ -18,8 +18,10 @@ Transcoders (`transcode: true`, sparsify/trainer.py: the hookpoint module's inpu
 output) are our TopK transcoders: `SparseCoder.encode` does not subtract b_dec for them, so
 apply_b_dec_to_input is false, d_out = d_in, and with `skip_connection` the forward adds
 x @ W_skip.T (`W_skip [D, D]`) - our skip transcoder's term. The target hook is the module's
-output's hook; the input hook is derived for a decoder layer ("layers.N": blocks.N.hook_resid_pre),
-else the user gives `--hook` (an MLP's input is its LayerNorm's output, weight and bias applied).
+output's hook; the input hook is derived for a decoder layer ("layers.N": blocks.N.hook_resid_pre)
+and an MLP ("layers.N.mlp": blocks.N.mlp.hook_in, TransformerBridge's hook of the HF module's
+input: its norm's output, weight applied, which no HookedTransformer hook carries), else the user
+gives `--hook`.
 
 Not representable, so refused: `activation: "groupmax"`, skip connections of SAEs (not
 transcoders), signed top-k. The hookpoint is an HF module path ("layers.3"); its TransformerLens
@@ -137,9 +139,9 @@ def load(
     if transcoder and not derived and not hook:
         raise SAEFormatError(
             f"{source}: a transcoder (transcode: true) predicts hookpoint {hookpoint!r}'s output ({target}) from its "
-            f"input, which has no exact TransformerLens hook point here (an MLP's input is its LayerNorm's output "
-            f"with weight and bias applied, which ln2.hook_normalized is not on a model with raw weights); pass "
-            f"--hook naming the hook point that carries exactly that input")
+            f"input, which has no hook point saesteer derives (it does for 'layers.N' -> blocks.N.hook_resid_pre and "
+            f"'layers.N.mlp' -> blocks.N.mlp.hook_in); pass --hook naming the hook point that carries exactly "
+            f"that input")
     prov: dict[str, Any] = {"source": {
         "format": FORMAT, "path": str(folder), "hookpoint": hookpoint, "files": files_record(folder, [CFG, WEIGHTS]),
         "sparsify_config": cfg, "run": {k: run_cfg.get(k) for k in ("model", "dataset", "ctx_len", "hookpoints")

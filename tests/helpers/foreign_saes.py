@@ -273,3 +273,33 @@ def write_hf_snapshot(cache_dir: Path, repo_id: str, files: dict[str, Path], rev
             target.unlink()
         os.symlink(os.path.relpath(blob, target.parent), target)
     return snap
+
+
+def hf_module_rows_of_cache(model_dir: Path, cache: Path, module_path: str, side: str = "output") -> torch.Tensor:
+    """What the HF module at `module_path` outputs (`side="output"`, as sparsify's and dictionary_learning's
+    forward hooks read an SAE's hookpoint) or takes in (`"input"`: its first positional argument, as a
+    sparsify transcoder reads it) at every row a cache holds: the HF model run on each cached context."""
+    from transformers import AutoModelForCausalLM
+
+    from training.manifest import read_manifest
+    from training.shards import load_tensors
+
+    hf = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    module = hf.base_model.get_submodule(module_path)
+    rows = []
+    for shard in read_manifest(cache).shards:
+        t = load_tensors(cache / shard.file)
+        got = {}
+
+        def keep(m, args, out):
+            x = args[0] if side == "input" else out
+            got.setdefault("x", x[0] if isinstance(x, tuple) else x)
+
+        handle = module.register_forward_hook(keep)
+        try:
+            with torch.no_grad():
+                hf(t["context_tokens"].long())
+        finally:
+            handle.remove()
+        rows.append(got["x"][t["seq_index"].long(), t["positions"].long()])
+    return torch.cat(rows)
