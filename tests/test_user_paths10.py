@@ -64,8 +64,12 @@ RAW = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u00ad\u061c\u200b-\u200f\u2028-\u
 
 
 def _raw(text: str) -> list[str]:
-    """The characters of RAW in `text`, but the joiners between two visible characters (emoji)."""
-    text = re.sub(r"(?<=[^\s\x00-\x1f\x7f-\x9f])[\u200c\u200d](?=[^\s\x00-\x1f\x7f-\x9f])", "", text)
+    """The characters of RAW in `text`, but those running text keeps (`readable`): the joiners and the
+    soft hyphen between two visible characters, and the bidi marks where the text holds Arabic or
+    Hebrew (judged on the whole output here; the rule itself, per string, in the tests below)."""
+    text = re.sub(r"(?<=[^\s\x00-\x1f\x7f-\x9f])[\u00ad\u200c\u200d](?=[^\s\x00-\x1f\x7f-\x9f])", "", text)
+    if re.search("[\u05d0-\u05ea\u0620-\u064a]", text):
+        text = re.sub("[\u200e\u200f\u061c]", "", text)
     return sorted({f"U+{ord(c):04X}" for c in RAW.findall(text)})
 
 
@@ -110,6 +114,41 @@ def test_the_rule_draws_controls_bidi_and_invisible_characters_and_nothing_else(
     assert readable("x\r\n\ty\u202e\U0001F468\u200d\U0001F469") == "x\n\ty\u27e8RLO\u27e9\U0001F468\u200d\U0001F469"
     assert readable("context: \u200d, a\u200c") == "context: \u27e8ZWJ\u27e9, a\u27e8ZWNJ\u27e9"  # joining nothing
     assert readable("lone \ud800") == "lone \u27e8U+D800\u27e9"  # printable, and writable as UTF-8
+
+
+# what running text of real scripts holds and must show as written (`readable`), each with what
+# `readable` makes of it; token views (`visible`) draw all of these characters
+WRITTEN = {
+    "Persian ZWNJ": ("\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645", None),
+    "Hebrew with RLM": ("\u200f\u05e9\u05dc\u05d5\u05dd (2021)\u200f, \u05e2\u05de\u05d5\u05d3 3", None),
+    "Arabic with ALM and LRM": ("\u0627\u0644\u0633\u0639\u0631 \u061c-5\u200e USD", None),
+    "Devanagari ZWJ": ("\u0915\u094d\u200d\u0937", None),
+    "German soft hyphens": ("Donau\u00addampf\u00adschiff", None),
+    "French NBSPs": ("Prix\u00a0: 10\u202f\u20ac \u00ab\u00a0oui\u00a0\u00bb", None),
+    "flags and keycaps": ("\U0001F1EB\U0001F1F7 #\ufe0f\u20e3 \U0001F3F3\ufe0f\u200d\U0001F308", None),
+    "England's flag (tags)": ("\U0001F3F4\U000E0067\U000E0062\U000E0065\U000E006E\U000E0067\U000E007F go", None),
+    "combining marks": ("cafe\u0301 Z\u0351\u0307a\u0315", None),
+    # the same characters where they hide or mislead: drawn
+    "RLM in LTR text (swaps its numbers)": ("year 1990 \u200f, 2020", "year 1990 \u27e8RLM\u27e9, 2020"),
+    "lone soft hyphen": ("a \u00ad b", "a \u27e8SHY\u27e9 b"),
+    "tags hiding ASCII": ("ok\U000E0069\U000E0067", "ok\u27e8U+E0069\u27e9\u27e8U+E0067\u27e9"),
+    "RLO in Hebrew": ("\u05e9\u202e\u05dc", "\u05e9\u27e8RLO\u27e9\u05dc"),
+}
+
+
+@pytest.mark.parametrize("name", list(WRITTEN))
+def test_running_text_shows_real_scripts_as_written_and_draws_what_hides(name):
+    """Persian, Hebrew and Arabic text with the ZWNJ and bidi marks its writers put there, Indic
+    conjuncts, soft hyphens, NBSPs, emoji flags and keycaps: `readable` (labels, snippets, generated
+    text, the CLI's messages) shows them as written. Drawn, an RLM's LTR name split the Hebrew around
+    it and reordered its words, and "Donau⟨SHY⟩dampf⟨SHY⟩schiff" was no longer a word. Where the same
+    characters can only hide or mislead (an RLM in English swaps the numbers after it, invisibly)
+    they are still drawn, and token views draw them all (a token of one would show nothing)."""
+    from features.tokentext import readable, visible
+
+    text, want = WRITTEN[name]
+    assert readable(text) == (text if want is None else want)
+    assert _raw(visible(text)) == []
 
 
 def test_features_show_draws_the_escape_sequences_and_bidi_controls_of_its_examples(hostile):
@@ -223,6 +262,40 @@ def test_in_chromium_a_bidi_override_reorders_no_token_a_long_token_stays_in_the
     finally:
         ctx.close()
         srv.stop()
+
+
+def _readable_corpus() -> list[str]:
+    """Strings to draw: the hostile document and its lines, the real-script texts, and every control,
+    format and separator character of Python's Unicode database alone, between letters, between
+    spaces, in Hebrew and after a flag's black flag."""
+    chars = [chr(c) for c in range(0x110000) if unicodedata.category(chr(c)) in ("Cc", "Cf", "Zl", "Zp", "Zs")]
+    corpus = [HOSTILE_DOC, *HOSTILE_DOC.splitlines(), *(t for t, _ in WRITTEN.values()), "lone \ud800 x\udfff"]
+    for c in chars:
+        corpus += [c, f"a{c}b", f" {c} ", f"\u05d0{c}1", f"\U0001F3F4\U000E0067{c}\U000E007F", f"x\r{c}\r\n"]
+    return corpus
+
+
+@pytest.mark.browser
+def test_the_playgrounds_readable_js_draws_every_string_as_readable_does(browser):
+    """readable.js (what steer.js draws the model's text with) and features.tokentext.readable (every
+    other page's text, the CLI) on the same strings, with the rule the steer page hands the script:
+    the same result for every one."""
+    from features.tokentext import readable
+    from saesteer.web.assets import STATIC_DIR
+    from saesteer.web.pages import READABLE_RULE
+
+    corpus = _readable_corpus()
+    page = browser.new_page()
+    try:
+        page.add_script_tag(content=(STATIC_DIR / "readable.js").read_text(encoding="utf-8"))
+        drawn = json.loads(page.evaluate(
+            "([rule, corpus]) => { const readable = window.saesteerReadable(JSON.parse(rule));"
+            " return JSON.stringify(JSON.parse(corpus).map(readable)); }",
+            [json.dumps(READABLE_RULE), json.dumps(corpus)]))
+    finally:
+        page.close()
+    differ = [(t[:60], js[:60], readable(t)[:60]) for t, js in zip(corpus, drawn) if js != readable(t)]
+    assert len(drawn) == len(corpus) and not differ, differ[:5]
 
 
 def test_search_finds_the_same_latents_for_nfc_and_nfd_queries_and_draws_control_queries(hostile):
