@@ -32,6 +32,7 @@ import re
 import sqlite3
 import unicodedata
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -349,6 +350,26 @@ def test_the_judge_prompt_of_the_store_carries_no_control_or_bidi_character(host
     for line in lines:
         assert _raw(line.replace("\u200d", "")) == [], line
         assert line.count(MARK_OPEN) == line.count(MARK_CLOSE) <= 1, line
+
+
+def test_the_judge_prompt_shows_a_lone_carriage_return_as_a_line_break(hostile):
+    """"CR alone\\rover written line": the judge read "aloneover" (the CR was dropped, two words made
+    one) where the CLI and the pages show a line break. It reads "alone⏎over" now; a CRLF, whole or
+    cut between two tokens, is still one ⏎, in the explain prompt and the simulation prompt alike."""
+    from autointerp.prompts import LINE_BREAK_SIGN, render_tokens
+    from autointerp.simulation import _numbered
+    from features import FeatureStore
+
+    with sqlite3.connect(hostile) as con:
+        latent = con.execute("SELECT latent FROM examples WHERE text LIKE ? LIMIT 1", ("%alone\rover%",)).fetchone()[0]
+    with FeatureStore.open(hostile) as store:
+        rec = store.feature(latent)
+    lines = [render_tokens(e.tokens) for e in rec.top_examples + rec.quantile_examples if "alone\rover" in "".join(e.tokens)]
+    assert lines and all(f"alone{LINE_BREAK_SIGN}over" in line and "aloneover" not in line for line in lines), lines
+    assert render_tokens(["a", "\r", "\n", "b"], marked=[1]) == f"a<<{LINE_BREAK_SIGN}>>b"  # the mark moves to the LF
+    assert render_tokens(["a\r\nb", "\rc"]) == f"a{LINE_BREAK_SIGN}b{LINE_BREAK_SIGN}c"
+    cut = SimpleNamespace(tokens=["a", "\r", "\n", "b\rc"])  # _numbered reads an example's tokens
+    assert _numbered(cut) == f"a[0][1]{LINE_BREAK_SIGN}[2]b{LINE_BREAK_SIGN}c[3]"
 
 
 def test_a_lone_surrogate_in_a_json_dataset_is_refused_naming_the_file(real_models, tmp_path):
