@@ -372,6 +372,30 @@ def test_the_judge_prompt_shows_a_lone_carriage_return_as_a_line_break(hostile):
     assert _numbered(cut) == f"a[0][1]{LINE_BREAK_SIGN}[2]b{LINE_BREAK_SIGN}c[3]"
 
 
+def test_neuronpedias_importer_reads_a_label_that_spells_a_nul_escape(hostile, tmp_path):
+    """Neuronpedia's importer (apps/webapp/lib/db/import.ts) replaces every `\\u0000` of a file's text
+    with a space before parsing it. A label quoting code's "\\u0000" was written `\\\\u0000`, which that
+    left as `\\ `: the batch no longer parsed. Here the export is read as that importer reads it:
+    every row parses, the label's text intact, a real NUL a space."""
+    import shutil
+
+    from features import FeatureStore
+    from features.records import LabelProvenance
+
+    db = tmp_path / "store.db"
+    shutil.copy(hostile, db)
+    label = 'escapes in JSON strings: "\\u0000", "\\\\u0000", NUL\x00 and "\\n"'
+    with sqlite3.connect(db) as con:
+        latent = con.execute("SELECT latent FROM labels ORDER BY latent LIMIT 1").fetchone()[0]
+    with FeatureStore.open(db, readonly=False) as store:
+        store.write_label(latent, label, provenance=LabelProvenance("a reviewer", "human", "none"))
+    saesteer("features", "export", db, tmp_path / "np", "--format", "neuronpedia", "--latents", latent).ok()
+    text = gzip.decompress(next((tmp_path / "np").rglob("explanations/*.jsonl.gz")).read_bytes()).decode("utf-8")
+    as_imported = [json.loads(line) for line in text.replace("\\u0000", " ").strip().split("\n")]
+    assert [r["description"] for r in as_imported] == [label.replace("\x00", " ")]
+    assert [json.loads(line)["description"] for line in text.strip().split("\n")] == [label]
+
+
 def test_a_lone_surrogate_in_a_json_dataset_is_refused_naming_the_file(real_models, tmp_path):
     data = tmp_path / "broken.jsonl"
     data.write_text('{"text": "lone \\ud800 surrogate"}\n' * 4, encoding="utf-8")
