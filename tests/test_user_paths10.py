@@ -336,6 +336,26 @@ def test_neuronpedia_export_of_text_with_nel_and_line_separators_passes_its_chec
         assert _raw(html) == [] and "<img src=x" not in html, page.name
 
 
+def test_the_html_exports_logit_chart_draws_tokens_as_the_web_apps_logit_lists(hostile):
+    """A latent promoting "\\n", a tab and a lone ZWJ: the web app's feature page lists them as ↵, ⇥
+    and ⟨ZWJ⟩ (token views); the HTML export's chart labelled the first two "\\n (198)" and "\\t (197)",
+    blank labels: its tokens were drawn by the running-text rule, meant for labels."""
+    import dataclasses
+
+    from features import FeatureStore
+    from features.export import feature_page
+    from features.records import LogitEffects, TokenEffect
+    from features.tokentext import visible
+
+    effects = [TokenEffect(198, "\n", 2.0), TokenEffect(197, "\t", 1.5), TokenEffect(5, "\u200d", 1.0)]
+    with FeatureStore.open(hostile) as store:
+        rec = dataclasses.replace(store.feature(0), logits=LogitEffects(promoted=effects, suppressed=[]))
+        page = feature_page(store, rec)
+    data = json.loads(re.search(r"<script>var D=(.*?);if\(window\.Plotly\)", page, re.S).group(1))
+    assert data["logits"]["y"] == [f"{visible(t.token)} ({t.token_id})" for t in effects][::-1]
+    assert data["logits"]["y"][-1] == "\u21b5 (198)"
+
+
 def test_the_judge_prompt_of_the_store_carries_no_control_or_bidi_character(hostile):
     """What the judge reads of every example (autointerp.prompts.render_tokens): no control, bidi or
     invisible character but the ZWJ inside emoji, and no << >> but the marks'."""
