@@ -19,6 +19,13 @@ tokens, HTML/JS and Markdown/JSON-breaking text. Then every place that shows it:
 - `features export --format neuronpedia` refused its own files ("Unterminated string") when the
   text held a NEL (U+0085) or a U+2028, both common in scraped text: its JSON Lines were read back
   with str.splitlines, which ends lines there. Rows now escape them, and are read at "\\n" only;
+- a review of that change: real scripts read as written in running text (the bidi marks of Arabic,
+  Hebrew and Persian text, whose drawn LTR names reordered the words around them; soft hyphens
+  inside words; a region flag's tags), drawn where they would only hide or mislead; steer.js's copy
+  of the rule (readable.js) checked against the Python one in Chromium; the judge read a lone CR as
+  nothing ("aloneover"); Neuronpedia's importer, which replaces every `\\u0000` of a file before
+  parsing it, broke on a label that spells that escape; the HTML export's logit chart labelled a
+  "\\n" token as a blank;
 - what held, kept so: the judge's prompt carries no control or bidi character (only ZWJ, inside
   emoji), HTML/JS in the text stays inert in pages and the HTML export, NFC and NFD queries find the
   same latents, and a lone surrogate in a JSON dataset is refused at read, naming the file.
@@ -274,6 +281,18 @@ def _readable_corpus() -> list[str]:
     for c in chars:
         corpus += [c, f"a{c}b", f" {c} ", f"\u05d0{c}1", f"\U0001F3F4\U000E0067{c}\U000E007F", f"x\r{c}\r\n"]
     return corpus
+
+
+def test_text_drawn_twice_reads_as_drawn_once():
+    """Some text is drawn twice: a token view (`tokshow`) and a label in the steer page's data-label
+    are drawn again by the pages' `finalize`, and readable.js draws that label once more. A second
+    drawing changes nothing (no "⟨⟨RLO⟩⟩", no mark kept once and drawn the next time)."""
+    from features.tokentext import readable, visible
+
+    for text in _readable_corpus():
+        once = readable(text)
+        assert readable(once) == once, (text, once)
+        assert readable(visible(text)) == visible(text), text
 
 
 @pytest.mark.browser
