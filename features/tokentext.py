@@ -436,7 +436,8 @@ def draw_controls(text: str) -> str:
 _KEPT_BETWEEN_VISIBLE = "\u00ad\u200c\u200d"  # soft hyphen, ZWNJ, ZWJ: inside a word or an emoji sequence
 _BIDI_MARKS = "\u200e\u200f\u061c"  # LRM, RLM, ALM
 # The Unicode blocks of the right-to-left scripts (Hebrew, Arabic, Syriac, Thaana, N'Ko, ...: those
-# whose characters default to bidi class R or AL), as inclusive code point ranges. Also steer.js's.
+# whose characters default to bidi class R or AL), as inclusive code point ranges; readable.js gets
+# them from the steer page (saesteer.web.pages.READABLE_RULE).
 RTL_BLOCKS = ((0x0590, 0x08FF), (0xFB1D, 0xFDFF), (0xFE70, 0xFEFF), (0x10800, 0x10FFF), (0x1E800, 0x1EFFF))
 _KEPT_AS_SPACE = {**_SPACES_AS_SPACE, ord("\n"): " ", ord("\t"): " "}
 _EMOJI_TAGS = re.compile("(?<=\U0001F3F4)[\U000E0020-\U000E007E]+\U000E007F")  # 🏴 + tags: a region's flag
