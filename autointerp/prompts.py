@@ -66,14 +66,14 @@ REPLACEMENT = "\ufffd"  # what a decoder makes of the bytes of a character cut b
 # said by every system message that shows dataset text, after the rule that it is data
 DATA_SIGNS = f"In the data, {LINE_BREAK_SIGN} stands for a line break and {TAB_SIGN} for a tab."
 
-_ESCAPES = str.maketrans({"<": "\u2039", ">": "\u203a", "\n": LINE_BREAK_SIGN, "\r": "", "\t": TAB_SIGN,
+_ESCAPES = str.maketrans({"<": "\u2039", ">": "\u203a", "\n": LINE_BREAK_SIGN, "\r": LINE_BREAK_SIGN, "\t": TAB_SIGN,
                           "\u2028": LINE_BREAK_SIGN, "\u2029": LINE_BREAK_SIGN})
 
 
 def escape_data(text: str) -> str:
     """Make dataset (or judge-written) text inert inside a prompt: no fence or mark characters,
     no line breaks, no control or invisible format characters (e.g. bidi overrides)."""
-    t = text.translate(_ESCAPES)
+    t = text.replace("\r\n", "\n").translate(_ESCAPES)  # a CRLF is one line break, a lone CR one too
     if t.isascii():
         return t if t.isprintable() else "".join(ch for ch in t if ch.isprintable())
     return "".join(ch for ch in t if ch == "\u200d" or unicodedata.category(ch) not in ("Cc", "Cf"))
@@ -96,7 +96,10 @@ def whole_characters(tokens: Sequence[str]) -> tuple[list[str], set[int]]:
 
     A gone position's mark is dropped (as a mark on a token cropped away is); so is a position whose
     piece, less its cut bytes, is only whitespace (a space and U+FFFD): the space stays in the text,
-    but a mark around it would show the judge nothing."""
+    but a mark around it would show the judge nothing.
+
+    A CRLF cut between two tokens ("\r", "\n") is one line break: the CR is dropped from its piece
+    (else `escape_data` would show the lone CR and the LF as two)."""
     pieces = list(tokens)
     gone: set[int] = set()
     edges = (range(len(pieces)), str.lstrip, str.startswith), (range(len(pieces) - 1, -1, -1), str.rstrip, str.endswith)
@@ -113,6 +116,9 @@ def whole_characters(tokens: Sequence[str]) -> tuple[list[str], set[int]]:
             gone.add(i)
             if rest:  # a space after the cut bytes: the window's own, and so is all beyond it
                 break
+    for i in range(len(pieces) - 1):
+        if pieces[i].endswith("\r") and pieces[i + 1].startswith("\n"):
+            pieces[i] = pieces[i][:-1]
     return pieces, gone
 
 

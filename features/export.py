@@ -152,7 +152,8 @@ def _charts_html(rec: FeatureRecord) -> list[str]:
         data["hist"] = {"x": [(i + 0.5) * w for i in range(len(rec.histogram.counts))], "y": rec.histogram.counts, "w": w}
         charts.append('<div id="hist" class="chart"></div>')
     if rec.logits is not None and (rec.logits.promoted or rec.logits.suppressed):
-        toks = [esc(t.token) for t in rec.logits.suppressed][::-1] + [esc(t.token) for t in rec.logits.promoted][::-1]
+        # each token drawn as the web app's logit lists draw it (a "\n" token as ↵, not a blank label)
+        toks = [esc(visible(t.token)) for t in rec.logits.suppressed][::-1] + [esc(visible(t.token)) for t in rec.logits.promoted][::-1]
         vals = [t.value for t in rec.logits.suppressed][::-1] + [t.value for t in rec.logits.promoted][::-1]
         # unique category labels (plotly merges equal ones): suffix the token id invisibly
         ids = [t.token_id for t in rec.logits.suppressed][::-1] + [t.token_id for t in rec.logits.promoted][::-1]

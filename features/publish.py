@@ -131,14 +131,28 @@ def _finite(x: Any, default: float = 0.0) -> float:
 # take for a line end (Python's str.splitlines, JavaScript before ES2019): NEL, U+2028, U+2029,
 # all three common in scraped web text. Escaped, a row is one line for every reader.
 _LINE_ENDS_ESCAPED = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+# Neuronpedia's importer (apps/webapp/lib/db/import.ts, importJsonlString) replaces every `\u0000`
+# of a file's text with a space before parsing it (Postgres's jsonb takes no NUL). A NUL, written
+# `\u0000`, becomes a space as meant; but text that spells the escape (a label quoting code's
+# "\u0000") is written `\\u0000`, and the replacement leaves `\ `: invalid JSON, the batch refused.
+# Such a backslash is written `\u005c` instead, which no replacement touches. The pattern walks the
+# escapes in order (`\\.`), so a backslash is never paired with the one before it.
+_SPELLED_NUL = re.compile(r"(?P<backslash>\\\\)(?=u0000)|\\.")
+
+
+def _json_line(row: dict) -> str:
+    """One row as JSON text, as every JSON Lines reader and Neuronpedia's importer read it back."""
+    text = json.dumps(row, ensure_ascii=False, allow_nan=False).translate(_LINE_ENDS_ESCAPED)
+    if "u0000" not in text:
+        return text
+    return _SPELLED_NUL.sub(lambda m: "\\u005c" if m.group("backslash") else m.group(), text)
 
 
 def _write_jsonl(path: Path, rows: Iterable[dict], gz: bool) -> None:
     """One JSON object a line (no character in it that any reader takes for a line end), written
     atomically: a temporary file in the same directory, fsynced, renamed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = "".join(json.dumps(r, ensure_ascii=False, allow_nan=False).translate(_LINE_ENDS_ESCAPED) + "\n"
-                   for r in rows).encode("utf-8")
+    data = "".join(_json_line(r) + "\n" for r in rows).encode("utf-8")
     if gz:
         data = gzip.compress(data, compresslevel=5, mtime=0)
     atomic_write_bytes(path, data)

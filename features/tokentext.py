@@ -46,7 +46,7 @@ from saes.bytefallback import ByteFallback, byte_fallback, split_characters
 
 __all__ = ["TokenText", "token_text", "token_texts", "token_bytes", "token_label", "token_labels", "label_of_bytes",
            "PART_OF_A_CHARACTER", "LABEL_RULE", "label_from_rule_1",
-           "pieces_by_prefix", "align_pieces", "mark_pieces", "visible", "draw_controls", "readable", "CONTROL_NAMES"]
+           "pieces_by_prefix", "align_pieces", "mark_pieces", "visible", "draw_controls", "readable", "CONTROL_NAMES", "RTL_BLOCKS"]
 
 
 @dataclass(frozen=True)
@@ -360,33 +360,75 @@ def _drawn(ch: str) -> str:
     return ch
 
 
+# The spaces other than " " (Unicode's Zs: NBSP, narrow NBSP, em space, ...), which str.isprintable
+# counts as unprintable but nothing draws: as " ", for the cheap test of a text with nothing to draw.
+_SPACES_AS_SPACE = str.maketrans(dict.fromkeys("\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007"
+                                               "\u2008\u2009\u200a\u202f\u205f\u3000", " "))
+
+
+def _nothing_to_draw(text: str, table: dict = _SPACES_AS_SPACE) -> bool:
+    """Whether `text` holds no character to draw: isprintable is False for all of them (and for the
+    spaces of `table`, which are not drawn; a French text's NBSPs need not take the slow path)."""
+    return text.isprintable() or text.translate(table).isprintable()
+
+
 def draw_controls(text: str) -> str:
     """`text` with every control, bidi and invisible format character drawn as a visible mark
     (`_drawn`): the one rule for showing dataset or model text in a terminal or a page (the stored
     text stays as it was). Token views use it as it is (`visible`); running text, `readable`."""
-    if text.isprintable():  # the common case: nothing to draw (isprintable is False for any of them)
+    if _nothing_to_draw(text):  # the common case
         return text
     return "".join(map(_drawn, text))
 
 
-_JOINERS = "\u200c\u200d"  # ZWNJ, ZWJ
+# Kept in running text, but drawn where they could hide or mislead (see `readable`):
+_KEPT_BETWEEN_VISIBLE = "\u00ad\u200c\u200d"  # soft hyphen, ZWNJ, ZWJ: inside a word or an emoji sequence
+_BIDI_MARKS = "\u200e\u200f\u061c"  # LRM, RLM, ALM
+# The Unicode blocks of the right-to-left scripts (Hebrew, Arabic, Syriac, Thaana, N'Ko, ...: those
+# whose characters default to bidi class R or AL), as inclusive code point ranges; readable.js gets
+# them from the steer page (saesteer.web.pages.READABLE_RULE).
+RTL_BLOCKS = ((0x0590, 0x08FF), (0xFB1D, 0xFDFF), (0xFE70, 0xFEFF), (0x10800, 0x10FFF), (0x1E800, 0x1EFFF))
+_KEPT_AS_SPACE = {**_SPACES_AS_SPACE, ord("\n"): " ", ord("\t"): " "}
+_EMOJI_TAGS = re.compile("(?<=\U0001F3F4)[\U000E0020-\U000E007E]+\U000E007F")  # 🏴 + tags: a region's flag
+
+
+def _shows(ch: str) -> bool:
+    """Whether a character is visible on its own (not a control, format character, separator or space)."""
+    return ch.isprintable() and not ch.isspace()
 
 
 def _joining(text: str, i: int) -> bool:
-    """Whether the joiner at `i` sits between two visible characters (an emoji sequence, Arabic or
-    Indic script), where it does its work; alone, at an edge or beside a space it shows nothing."""
-    return 0 < i < len(text) - 1 and all(c.isprintable() and not c.isspace() for c in (text[i - 1], text[i + 1]))
+    """Whether the character at `i` sits between two visible characters (a word, an emoji sequence),
+    where a joiner or a soft hyphen does its work; alone, at an edge or beside a space it shows nothing."""
+    return 0 < i < len(text) - 1 and _shows(text[i - 1]) and _shows(text[i + 1])
+
+
+def _right_to_left(text: str) -> bool:
+    """Whether `text` holds a letter of a right-to-left script (`RTL_BLOCKS`)."""
+    return any(unicodedata.category(ch)[0] == "L" and any(a <= ord(ch) <= b for a, b in RTL_BLOCKS) for ch in text)
 
 
 def readable(text: str) -> str:
     """Running text (a label, a snippet, generated text, a message) as a terminal or a page shows it:
-    `draw_controls`, keeping line breaks (a CRLF as one), tabs, and the joiners that join two
-    visible characters (they reorder and control nothing, and emoji and many scripts need them)."""
+    `draw_controls`, but keeping what written text needs and cannot misuse: line breaks (a CRLF as
+    one) and tabs; a joiner (ZWJ, ZWNJ) or soft hyphen between two visible characters (emoji, Persian,
+    Indic scripts, hyphenation points); the bidi marks LRM, RLM and ALM in text that holds a
+    right-to-left letter, where the writer placed them (drawn, their LTR names would split and
+    reorder the Arabic or Hebrew around them; in other text they could only reorder its digits and
+    punctuation, invisibly); and the tag characters of a region's flag emoji (🏴 + tags)."""
     text = text.replace("\r\n", "\n")
-    if text.isprintable():
+    if _nothing_to_draw(text, _KEPT_AS_SPACE):  # the common case
         return text
-    return "".join(ch if ch in "\n\t" or (ch in _JOINERS and _joining(text, i)) else _drawn(ch)
-                   for i, ch in enumerate(text))
+    flags = {i for m in _EMOJI_TAGS.finditer(text) for i in range(*m.span())}
+    marks = any(ch in _BIDI_MARKS for ch in text) and _right_to_left(text)
+
+    def shown(i: int, ch: str) -> str:
+        if (ch in "\n\t" or i in flags or (marks and ch in _BIDI_MARKS)
+                or (ch in _KEPT_BETWEEN_VISIBLE and _joining(text, i))):
+            return ch
+        return _drawn(ch)
+
+    return "".join(shown(i, ch) for i, ch in enumerate(text))
 
 
 def visible(piece: str, following: str = "") -> str:

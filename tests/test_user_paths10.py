@@ -19,6 +19,13 @@ tokens, HTML/JS and Markdown/JSON-breaking text. Then every place that shows it:
 - `features export --format neuronpedia` refused its own files ("Unterminated string") when the
   text held a NEL (U+0085) or a U+2028, both common in scraped text: its JSON Lines were read back
   with str.splitlines, which ends lines there. Rows now escape them, and are read at "\\n" only;
+- a review of that change: real scripts read as written in running text (the bidi marks of Arabic,
+  Hebrew and Persian text, whose drawn LTR names reordered the words around them; soft hyphens
+  inside words; a region flag's tags), drawn where they would only hide or mislead; steer.js's copy
+  of the rule (readable.js) checked against the Python one in Chromium; the judge read a lone CR as
+  nothing ("aloneover"); Neuronpedia's importer, which replaces every `\\u0000` of a file before
+  parsing it, broke on a label that spells that escape; the HTML export's logit chart labelled a
+  "\\n" token as a blank;
 - what held, kept so: the judge's prompt carries no control or bidi character (only ZWJ, inside
   emoji), HTML/JS in the text stays inert in pages and the HTML export, NFC and NFD queries find the
   same latents, and a lone surrogate in a JSON dataset is refused at read, naming the file.
@@ -32,6 +39,7 @@ import re
 import sqlite3
 import unicodedata
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -64,8 +72,12 @@ RAW = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u00ad\u061c\u200b-\u200f\u2028-\u
 
 
 def _raw(text: str) -> list[str]:
-    """The characters of RAW in `text`, but the joiners between two visible characters (emoji)."""
-    text = re.sub(r"(?<=[^\s\x00-\x1f\x7f-\x9f])[\u200c\u200d](?=[^\s\x00-\x1f\x7f-\x9f])", "", text)
+    """The characters of RAW in `text`, but those running text keeps (`readable`): the joiners and the
+    soft hyphen between two visible characters, and the bidi marks where the text holds Arabic or
+    Hebrew (judged on the whole output here; the rule itself, per string, in the tests below)."""
+    text = re.sub(r"(?<=[^\s\x00-\x1f\x7f-\x9f])[\u00ad\u200c\u200d](?=[^\s\x00-\x1f\x7f-\x9f])", "", text)
+    if re.search("[\u05d0-\u05ea\u0620-\u064a]", text):
+        text = re.sub("[\u200e\u200f\u061c]", "", text)
     return sorted({f"U+{ord(c):04X}" for c in RAW.findall(text)})
 
 
@@ -110,6 +122,41 @@ def test_the_rule_draws_controls_bidi_and_invisible_characters_and_nothing_else(
     assert readable("x\r\n\ty\u202e\U0001F468\u200d\U0001F469") == "x\n\ty\u27e8RLO\u27e9\U0001F468\u200d\U0001F469"
     assert readable("context: \u200d, a\u200c") == "context: \u27e8ZWJ\u27e9, a\u27e8ZWNJ\u27e9"  # joining nothing
     assert readable("lone \ud800") == "lone \u27e8U+D800\u27e9"  # printable, and writable as UTF-8
+
+
+# what running text of real scripts holds and must show as written (`readable`), each with what
+# `readable` makes of it; token views (`visible`) draw all of these characters
+WRITTEN = {
+    "Persian ZWNJ": ("\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645", None),
+    "Hebrew with RLM": ("\u200f\u05e9\u05dc\u05d5\u05dd (2021)\u200f, \u05e2\u05de\u05d5\u05d3 3", None),
+    "Arabic with ALM and LRM": ("\u0627\u0644\u0633\u0639\u0631 \u061c-5\u200e USD", None),
+    "Devanagari ZWJ": ("\u0915\u094d\u200d\u0937", None),
+    "German soft hyphens": ("Donau\u00addampf\u00adschiff", None),
+    "French NBSPs": ("Prix\u00a0: 10\u202f\u20ac \u00ab\u00a0oui\u00a0\u00bb", None),
+    "flags and keycaps": ("\U0001F1EB\U0001F1F7 #\ufe0f\u20e3 \U0001F3F3\ufe0f\u200d\U0001F308", None),
+    "England's flag (tags)": ("\U0001F3F4\U000E0067\U000E0062\U000E0065\U000E006E\U000E0067\U000E007F go", None),
+    "combining marks": ("cafe\u0301 Z\u0351\u0307a\u0315", None),
+    # the same characters where they hide or mislead: drawn
+    "RLM in LTR text (swaps its numbers)": ("year 1990 \u200f, 2020", "year 1990 \u27e8RLM\u27e9, 2020"),
+    "lone soft hyphen": ("a \u00ad b", "a \u27e8SHY\u27e9 b"),
+    "tags hiding ASCII": ("ok\U000E0069\U000E0067", "ok\u27e8U+E0069\u27e9\u27e8U+E0067\u27e9"),
+    "RLO in Hebrew": ("\u05e9\u202e\u05dc", "\u05e9\u27e8RLO\u27e9\u05dc"),
+}
+
+
+@pytest.mark.parametrize("name", list(WRITTEN))
+def test_running_text_shows_real_scripts_as_written_and_draws_what_hides(name):
+    """Persian, Hebrew and Arabic text with the ZWNJ and bidi marks its writers put there, Indic
+    conjuncts, soft hyphens, NBSPs, emoji flags and keycaps: `readable` (labels, snippets, generated
+    text, the CLI's messages) shows them as written. Drawn, an RLM's LTR name split the Hebrew around
+    it and reordered its words, and "Donau⟨SHY⟩dampf⟨SHY⟩schiff" was no longer a word. Where the same
+    characters can only hide or mislead (an RLM in English swaps the numbers after it, invisibly)
+    they are still drawn, and token views draw them all (a token of one would show nothing)."""
+    from features.tokentext import readable, visible
+
+    text, want = WRITTEN[name]
+    assert readable(text) == (text if want is None else want)
+    assert _raw(visible(text)) == []
 
 
 def test_features_show_draws_the_escape_sequences_and_bidi_controls_of_its_examples(hostile):
@@ -225,6 +272,52 @@ def test_in_chromium_a_bidi_override_reorders_no_token_a_long_token_stays_in_the
         srv.stop()
 
 
+def _readable_corpus() -> list[str]:
+    """Strings to draw: the hostile document and its lines, the real-script texts, and every control,
+    format and separator character of Python's Unicode database alone, between letters, between
+    spaces, in Hebrew and after a flag's black flag."""
+    chars = [chr(c) for c in range(0x110000) if unicodedata.category(chr(c)) in ("Cc", "Cf", "Zl", "Zp", "Zs")]
+    corpus = [HOSTILE_DOC, *HOSTILE_DOC.splitlines(), *(t for t, _ in WRITTEN.values()), "lone \ud800 x\udfff"]
+    for c in chars:
+        corpus += [c, f"a{c}b", f" {c} ", f"\u05d0{c}1", f"\U0001F3F4\U000E0067{c}\U000E007F", f"x\r{c}\r\n"]
+    return corpus
+
+
+def test_text_drawn_twice_reads_as_drawn_once():
+    """Some text is drawn twice: a token view (`tokshow`) and a label in the steer page's data-label
+    are drawn again by the pages' `finalize`, and readable.js draws that label once more. A second
+    drawing changes nothing (no "⟨⟨RLO⟩⟩", no mark kept once and drawn the next time)."""
+    from features.tokentext import readable, visible
+
+    for text in _readable_corpus():
+        once = readable(text)
+        assert readable(once) == once, (text, once)
+        assert readable(visible(text)) == visible(text), text
+
+
+@pytest.mark.browser
+def test_the_playgrounds_readable_js_draws_every_string_as_readable_does(browser):
+    """readable.js (what steer.js draws the model's text with) and features.tokentext.readable (every
+    other page's text, the CLI) on the same strings, with the rule the steer page hands the script:
+    the same result for every one."""
+    from features.tokentext import readable
+    from saesteer.web.assets import STATIC_DIR
+    from saesteer.web.pages import READABLE_RULE
+
+    corpus = _readable_corpus()
+    page = browser.new_page()
+    try:
+        page.add_script_tag(content=(STATIC_DIR / "readable.js").read_text(encoding="utf-8"))
+        drawn = json.loads(page.evaluate(
+            "([rule, corpus]) => { const readable = window.saesteerReadable(JSON.parse(rule));"
+            " return JSON.stringify(JSON.parse(corpus).map(readable)); }",
+            [json.dumps(READABLE_RULE), json.dumps(corpus)]))
+    finally:
+        page.close()
+    differ = [(t[:60], js[:60], readable(t)[:60]) for t, js in zip(corpus, drawn) if js != readable(t)]
+    assert len(drawn) == len(corpus) and not differ, differ[:5]
+
+
 def test_search_finds_the_same_latents_for_nfc_and_nfd_queries_and_draws_control_queries(hostile):
     """"café" typed precomposed or decomposed finds the same latents (page and API); a query of
     control characters is echoed drawn, kept raw in the search box."""
@@ -262,6 +355,26 @@ def test_neuronpedia_export_of_text_with_nel_and_line_separators_passes_its_chec
         assert _raw(html) == [] and "<img src=x" not in html, page.name
 
 
+def test_the_html_exports_logit_chart_draws_tokens_as_the_web_apps_logit_lists(hostile):
+    """A latent promoting "\\n", a tab and a lone ZWJ: the web app's feature page lists them as ↵, ⇥
+    and ⟨ZWJ⟩ (token views); the HTML export's chart labelled the first two "\\n (198)" and "\\t (197)",
+    blank labels: its tokens were drawn by the running-text rule, meant for labels."""
+    import dataclasses
+
+    from features import FeatureStore
+    from features.export import feature_page
+    from features.records import LogitEffects, TokenEffect
+    from features.tokentext import visible
+
+    effects = [TokenEffect(198, "\n", 2.0), TokenEffect(197, "\t", 1.5), TokenEffect(5, "\u200d", 1.0)]
+    with FeatureStore.open(hostile) as store:
+        rec = dataclasses.replace(store.feature(0), logits=LogitEffects(promoted=effects, suppressed=[]))
+        page = feature_page(store, rec)
+    data = json.loads(re.search(r"<script>var D=(.*?);if\(window\.Plotly\)", page, re.S).group(1))
+    assert data["logits"]["y"] == [f"{visible(t.token)} ({t.token_id})" for t in effects][::-1]
+    assert data["logits"]["y"][-1] == "\u21b5 (198)"
+
+
 def test_the_judge_prompt_of_the_store_carries_no_control_or_bidi_character(hostile):
     """What the judge reads of every example (autointerp.prompts.render_tokens): no control, bidi or
     invisible character but the ZWJ inside emoji, and no << >> but the marks'."""
@@ -276,6 +389,50 @@ def test_the_judge_prompt_of_the_store_carries_no_control_or_bidi_character(host
     for line in lines:
         assert _raw(line.replace("\u200d", "")) == [], line
         assert line.count(MARK_OPEN) == line.count(MARK_CLOSE) <= 1, line
+
+
+def test_the_judge_prompt_shows_a_lone_carriage_return_as_a_line_break(hostile):
+    """"CR alone\\rover written line": the judge read "aloneover" (the CR was dropped, two words made
+    one) where the CLI and the pages show a line break. It reads "alone⏎over" now; a CRLF, whole or
+    cut between two tokens, is still one ⏎, in the explain prompt and the simulation prompt alike."""
+    from autointerp.prompts import LINE_BREAK_SIGN, render_tokens
+    from autointerp.simulation import _numbered
+    from features import FeatureStore
+
+    with sqlite3.connect(hostile) as con:
+        latent = con.execute("SELECT latent FROM examples WHERE text LIKE ? LIMIT 1", ("%alone\rover%",)).fetchone()[0]
+    with FeatureStore.open(hostile) as store:
+        rec = store.feature(latent)
+    lines = [render_tokens(e.tokens) for e in rec.top_examples + rec.quantile_examples if "alone\rover" in "".join(e.tokens)]
+    assert lines and all(f"alone{LINE_BREAK_SIGN}over" in line and "aloneover" not in line for line in lines), lines
+    assert render_tokens(["a", "\r", "\n", "b"], marked=[1]) == f"a<<{LINE_BREAK_SIGN}>>b"  # the mark moves to the LF
+    assert render_tokens(["a\r\nb", "\rc"]) == f"a{LINE_BREAK_SIGN}b{LINE_BREAK_SIGN}c"
+    cut = SimpleNamespace(tokens=["a", "\r", "\n", "b\rc"])  # _numbered reads an example's tokens
+    assert _numbered(cut) == f"a[0][1]{LINE_BREAK_SIGN}[2]b{LINE_BREAK_SIGN}c[3]"
+
+
+def test_neuronpedias_importer_reads_a_label_that_spells_a_nul_escape(hostile, tmp_path):
+    """Neuronpedia's importer (apps/webapp/lib/db/import.ts) replaces every `\\u0000` of a file's text
+    with a space before parsing it. A label quoting code's "\\u0000" was written `\\\\u0000`, which that
+    left as `\\ `: the batch no longer parsed. Here the export is read as that importer reads it:
+    every row parses, the label's text intact, a real NUL a space."""
+    import shutil
+
+    from features import FeatureStore
+    from features.records import LabelProvenance
+
+    db = tmp_path / "store.db"
+    shutil.copy(hostile, db)
+    label = 'escapes in JSON strings: "\\u0000", "\\\\u0000", NUL\x00 and "\\n"'
+    with sqlite3.connect(db) as con:
+        latent = con.execute("SELECT latent FROM labels ORDER BY latent LIMIT 1").fetchone()[0]
+    with FeatureStore.open(db, readonly=False) as store:
+        store.write_label(latent, label, provenance=LabelProvenance("a reviewer", "human", "none"))
+    saesteer("features", "export", db, tmp_path / "np", "--format", "neuronpedia", "--latents", latent).ok()
+    text = gzip.decompress(next((tmp_path / "np").rglob("explanations/*.jsonl.gz")).read_bytes()).decode("utf-8")
+    as_imported = [json.loads(line) for line in text.replace("\\u0000", " ").strip().split("\n")]
+    assert [r["description"] for r in as_imported] == [label.replace("\x00", " ")]
+    assert [json.loads(line)["description"] for line in text.strip().split("\n")] == [label]
 
 
 def test_a_lone_surrogate_in_a_json_dataset_is_refused_naming_the_file(real_models, tmp_path):

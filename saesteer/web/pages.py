@@ -10,7 +10,7 @@ Escaped is not yet readable: a bidi override in a label or a snippet reorders th
 (Trojan Source), and control and zero-width characters show as nothing. So every `{{ }}` string is
 drawn first (`_drawn_output`, features.tokentext.readable: ⟨RLO⟩, ␛) - except the values of form
 fields, written `{{ text|field }}`, which must hand the user's text back as it was typed. The
-playground's generated text, which steer.js writes, is drawn there by the same rule.
+playground's generated text, which steer.js writes, is drawn there by the same rule (readable.js).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from markupsafe import Markup
 from pydantic import Field
 
-from features.tokentext import CONTROL_NAMES, readable, visible
+from features.tokentext import CONTROL_NAMES, RTL_BLOCKS, readable, visible
 from saesteer.web import api
 from saesteer.web.security import ascii_digits
 from saesteer.web.schemas import Example
@@ -71,6 +71,11 @@ def _tokshow(piece: str, following: str | None = "") -> str:
     return visible(piece, following or "")
 
 
+# What readable.js needs to draw the playground's text as `readable` does (the names of the drawn
+# characters, the right-to-left blocks), handed to it by the steer page.
+READABLE_RULE = {"names": CONTROL_NAMES, "rtl_blocks": RTL_BLOCKS}
+
+
 class _FieldValue(str):
     """A form field's value (`|field`): written as typed, control characters and all (still escaped)."""
 
@@ -78,9 +83,9 @@ class _FieldValue(str):
 def _drawn_output(value):
     """What every `{{ }}` writes: a string with its control, bidi and invisible characters drawn;
     form field values and the templates' own markup (a macro's output, drawn inside) as they are."""
-    if isinstance(value, str) and not isinstance(value, (Markup, _FieldValue)):
-        return readable(value)
-    return value
+    if not isinstance(value, str) or value.isprintable() or isinstance(value, (Markup, _FieldValue)):
+        return value  # most strings have nothing to draw: isprintable is the cheap test
+    return readable(value)
 
 
 def make_templates() -> jinja2.Environment:
@@ -248,4 +253,4 @@ async def steer_page(
               "strength": known[i].recommended_strength if i in known else None} for i in chosen]
     prefill = getattr(entry.engine, "example_prompt", "")  # the toy prompt only for the toy model
     return render(request, "steer.html", store=entry, picks=picks, prefill=prefill, nav="steer",
-                  control_names=CONTROL_NAMES)  # steer.js draws the model's text by the same rule
+                  readable_rule=READABLE_RULE)

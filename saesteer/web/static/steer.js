@@ -2,7 +2,7 @@
 // Generation goes through the OpenAI-compatible API (/v1/completions with the "steering" field),
 // the same API other programs use; the store id is the model id there.
 // Every string from the server or the user is written with textContent, never as HTML, and model
-// text and labels drawn first (`drawn`: control, bidi and invisible characters as marks).
+// text and labels drawn first (`drawn`, readable.js: control, bidi and invisible characters as marks).
 "use strict";
 (function () {
   const form = document.getElementById("steer-form");
@@ -17,24 +17,9 @@
   const statusEl = document.getElementById("status");
   const api = "/api/stores/" + encodeURIComponent(sid);
 
-  // features.tokentext.readable, as the server draws every other page's text: C0 controls and DEL by
-  // their Control Pictures, the other control, bidi and invisible characters as ⟨RLO⟩ or ⟨U+009B⟩
-  // (the names from the server), line breaks, tabs and joiners between two visible characters
-  // kept. A U+202E in a continuation would reorder the rest of it.
-  const controlNames = JSON.parse(form.dataset.controlNames || "{}");
-  const DRAWN = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Cs}]/gu;
-  const shows = (c) => c !== undefined && !/[\s\p{C}\p{Z}]/u.test(c);
-  function drawn(text) {
-    const s = String(text).replace(/\r\n/g, "\n");
-    return s.replace(DRAWN, (ch, i) => {
-      const code = ch.codePointAt(0);
-      if (ch === "\n" || ch === "\t") return ch;
-      if ((ch === "\u200c" || ch === "\u200d") && shows(Array.from(s.slice(0, i)).pop()) && shows(Array.from(s.slice(i + 1))[0])) return ch;
-      if (code < 0x20) return String.fromCodePoint(0x2400 + code);
-      if (code === 0x7f) return "\u2421";
-      return "\u27e8" + (controlNames[code] || "U+" + code.toString(16).toUpperCase().padStart(4, "0")) + "\u27e9";
-    });
-  }
+  // features.tokentext.readable, as the server draws every other page's text (readable.js, with the
+  // server's rule): a U+202E in a continuation would reorder the rest of it.
+  const drawn = window.saesteerReadable(JSON.parse(form.dataset.readableRule));
 
   function el(tag, props, children) {
     const e = document.createElement(tag);
