@@ -2,7 +2,7 @@
 --help and checked by tests/test_docs_cli.py; the notebooks run in tests/test_notebooks.py).
 
 What is checked, without a marker:
-- every `saesteer ...` command line in a fenced block (also `python -m saesteer`, `torchrun ... -m
+- every `saesteer ...` command line in a fenced or indented code block (also `python -m saesteer`, `torchrun ... -m
   saesteer`, `.venv/bin/saesteer`; backslash continuations joined, `# comments` and `...` dropped,
   `VAR=value` lines substituted into `$VAR`; in a block whose commands start with `$ `, only those
   lines, the rest being output) parses with the real argument parser;
@@ -85,6 +85,13 @@ def blocks(path: Path) -> list[Block]:
     while i < len(lines):
         m = re.match(r"^\s*```(\w*)\s*$", lines[i])
         if not m:
+            if lines[i].startswith("    ") and lines[i].strip() and (i == 0 or not lines[i - 1].strip()):
+                j = i  # an indented code block
+                while j < len(lines) and (lines[j].startswith("    ") or not lines[j].strip()):
+                    j += 1
+                found.append(Block(path, i + 1, "indented", [s[4:] for s in lines[i:j]], ""))
+                i = j
+                continue
             i += 1
             continue
         j = i + 1
