@@ -22,7 +22,10 @@ Markers: an HTML comment on the line before a fence (blank lines allowed between
   a temporary folder holding what the README's tour would have written at the paths it names, with
   stand-ins made in a second (a toy-model SAE of the right shape with random weights);
 - `<!-- docs-test: run-after-tour -->`: a python block executed after the README's tour itself ran
-  on the toy world in a temporary folder, budgets shrunk by `TOUR_BUDGETS` (slow).
+  on the toy world in a temporary folder, budgets shrunk by `TOUR_BUDGETS` (slow);
+- `<!-- docs-test: run-on-tiny-gpt2 -->`: a GPT-2 python block executed on the CPU with a tiny local
+  GPT-2 (tests/helpers/tiny_hf.py) and local toy-world text, the hub names, device and sizes swapped
+  by `TINY_GPT2` (slow).
 
 A failure names the doc file and line of the example.
 """
@@ -51,7 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").glob("*.md") if p.name != "cli.md")]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 OURS = ("saes", "training", "features", "autointerp", "steering", "toyworld", "saesteer")
-MARKERS = ("", "synopsis", "sketch", "run", "run-after-tour")
+MARKERS = ("", "synopsis", "sketch", "run", "run-after-tour", "run-on-tiny-gpt2")
 # inline spans of other programs that name their own flags
 OTHER_PROGRAMS = ("torchrun", "python", "bench_", "pip", ".venv/bin/pip", "huggingface-cli", "bash", "make")
 KNOWN_OTHER_FLAGS = {"--train-tags": "python -m toyworld.corpus", "--dry": "benchmarks/gpu_check.sh"}
@@ -60,6 +63,16 @@ TOUR_BUDGETS = [("--max-tokens 2000000", "--max-tokens 60000"), ("--max-tokens 5
                 ("--total-tokens 1000000", "--total-tokens 40000"), ("--total-tokens 400000", "--total-tokens 30000"),
                 ("--total-tokens 200000", "--total-tokens 20000"), ("--latents 0-99", "--latents 0-2"),
                 ("--limit 100", "--limit 20")]
+
+# a GPT-2 example on the CPU: (as written, as run); {model} is the tiny GPT-2's folder
+TINY_GPT2 = [('load_model("gpt2", device="cuda")', 'load_model({model!r}, device="cpu")'),
+             ('"Skylion007/openwebtext"', '"data/train.jsonl"'), ("context_length=128", "context_length=32"),
+             ("max_tokens=100_000_000", "max_tokens=8_000"), ("d_sae=24576, k=64", "d_sae=64, k=4"),
+             ("total_tokens=300_000_000, batch_size=4096", "total_tokens=8_000, batch_size=512"),
+             ('device="cuda", step_method="fast_bf16"', 'device="cpu", step_method="fast"'),
+             ("every_tokens=20_000_000", "every_tokens=4_000"), ("wandb=True", "wandb=False"),
+             ('CacheReader("caches/gpt2-l6", 4096', 'CacheReader("caches/gpt2-l6", 512'),
+             ("model.tokenizer, 64,", "model.tokenizer, 4,")]
 
 
 # ------------------------------------------------------------------------------------------ extraction
@@ -432,6 +445,29 @@ def test_readme_tour_runs_on_the_toy_world(tmp_path: Path, monkeypatch) -> None:
     finally:
         _stop(api)
     assert {r.split(":", 1)[0] for r in ran} >= {"docs/api.md", "docs/features.md"}, ran
+
+
+@pytest.mark.slow
+def test_gpt2_examples_run_on_a_tiny_gpt2(tmp_path: Path, monkeypatch) -> None:
+    import toyworld
+    from helpers.tiny_hf import save_tiny_gpt2
+
+    model = save_tiny_gpt2(tmp_path / "tiny-gpt2", n_layer=8, n_positions=128)  # the examples read blocks.6
+    (tmp_path / "data").mkdir()
+    for name, n, first in [("train.jsonl", 300, 0), ("held-out.jsonl", 40, 10_000)]:
+        docs = (json.dumps({"text": toyworld.generate_document(f"doc-{first + i}").text}) for i in range(n))
+        (tmp_path / "data" / name).write_text("\n".join(docs) + "\n")
+    monkeypatch.chdir(tmp_path)
+    ran = 0
+    for doc in DOCS:
+        for block in (b for b in blocks(doc) if b.marker == "run-on-tiny-gpt2"):
+            code = block.code
+            for written, run in TINY_GPT2:
+                assert written in code, f"{block.where()}: update TINY_GPT2, the example no longer says {written!r}"
+                code = code.replace(written, run.format(model=str(model)))
+            exec(compile(code, block.where(), "exec"), {"__name__": "__docs__"})
+            ran += 1
+    assert ran and (tmp_path / "runs" / "gpt2-l6" / "metrics.json").is_file()
 
 
 # ------------------------------------------------------------------------------------------ figures
