@@ -314,14 +314,21 @@ def _ids(paths):
 # ------------------------------------------------------------------------------------------ fast checks
 @pytest.mark.parametrize("doc", DOCS, ids=_ids(DOCS))
 def test_command_lines_parse(doc: Path) -> None:
-    problems, seen = [], 0
+    problems = []
     for block in blocks(doc):
         for n, text, argv in command_lines(block):
-            seen += 1
             error = option_error(argv) if block.marker == "synopsis" else parse_error(argv)
             if error:
                 problems.append(f"{block.where(n)}: `{text}`\n    {error}")
     assert not problems, "\n".join(problems)
+
+
+def test_the_extractor_finds_the_examples() -> None:
+    """A parser change that found nothing would pass every check above."""
+    tour = _tour_commands()
+    assert len(tour) >= 20 and tour[0][1][:1] == ["cache"], tour
+    found = {(b.marker, b.lang) for d in DOCS for b in blocks(d)}
+    assert {("run", "python"), ("run-after-tour", "python"), ("synopsis", ""), ("", "indented")} <= found, found
 
 
 @pytest.mark.parametrize("doc", DOCS + NOTEBOOKS, ids=_ids(DOCS + NOTEBOOKS))
@@ -424,19 +431,24 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_readme_tour_runs_on_the_toy_world(tmp_path: Path, monkeypatch) -> None:
-    """The README's tour, in order, through `python -m saesteer` (servers: started, then stopped once
-    they serve); then the `run-after-tour` examples, the API ones against `saesteer api` on its store."""
-    from helpers.real_cli import OFFLINE_ENV
+    """The README's tour, in order, through the CLI's `main` in this process (one import of torch and
+    TransformerLens for all); the servers through `python -m saesteer`, started, then stopped once they
+    serve. Then the `run-after-tour` examples, the API ones against `saesteer api` on its store."""
+    from helpers.real_cli import OFFLINE_ENV, saesteer
     from helpers.web_app import free_port
 
     env = {**os.environ, **OFFLINE_ENV, "PYTHONPATH": str(ROOT)}
+    for key, value in OFFLINE_ENV.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
     for where, argv in _tour_commands():
         if argv[0] in ("serve", "api"):
             _stop(_server([*argv, "--port", str(free_port())], tmp_path, env, where))
             continue
-        r = subprocess.run([sys.executable, "-m", "saesteer", *argv], cwd=tmp_path, env=env, capture_output=True, text=True)
-        assert r.returncode == 0, f"{where}: `saesteer {shlex.join(argv)}` failed:\n{(r.stdout + r.stderr)[-3000:]}"
+        r = saesteer(*argv)
+        assert r.rc == 0, f"{where}: `saesteer {shlex.join(argv)}` failed:\n{r.text[-3000:]}"
     port = free_port()
     api = _server(["api", "--store", "stores/toy.db", "--port", str(port)], tmp_path, env, "docs/api.md")
     try:
