@@ -11,7 +11,8 @@ What is checked, without a marker:
   option of some command (other programs' spans and `KNOWN_OTHER_FLAGS` excepted);
 - every row of the README's "What we measured" table names the benchmarks/ script that prints it;
 - every python block compiles; every name it imports from our packages (or reaches through one it
-  imports) exists and is public, and every call of one binds to its signature.
+  imports) exists and is public, every call of one binds to its signature, and no class or config of
+  ours is used without being imported.
 
 Markers: an HTML comment on the line before a fence (blank lines allowed between):
 - `<!-- docs-test: synopsis -->`: command forms with placeholders (`STORE`, `[--opt]`): only the
@@ -304,6 +305,25 @@ def name_problems(block: Block) -> list[str]:
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in OURS:
             problems += [f"{block.where(node.lineno - 1)}: {r}"
                          for a in node.names if isinstance(r := lookup(f"{node.module}.{a.name}"), str)]
+    return problems + _not_imported(block, tree)
+
+
+def _not_imported(block: Block, tree: ast.AST) -> list[str]:
+    """Names of our packages' APIs the code uses but never imports (a copied snippet's NameError)."""
+    bound = {a.asname or a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
+             for a in n.names}
+    bound |= {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)}
+    bound |= {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    bound |= {a.arg for n in ast.walk(tree) if isinstance(n, ast.arguments) for a in n.args}
+    problems = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id not in bound \
+                and node.id[:1].isupper() and not hasattr(__builtins__ if isinstance(__builtins__, dict) else
+                                                           __builtins__, node.id):
+            homes = [pkg for pkg in OURS if not isinstance(lookup(f"{pkg}.{node.id}"), str)]
+            if homes:
+                problems.append(f"{block.where(node.lineno - 1)}: uses {node.id} without importing it "
+                                f"(from {homes[0]} import {node.id})")
     return problems
 
 
