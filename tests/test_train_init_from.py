@@ -363,3 +363,27 @@ def test_cli_without_a_cache_refuses_text_packed_with_another_bos(tmp_path: Path
     err = capsys.readouterr().err
     assert "records prepend_bos=True" in err and "this run's text (toy) was packed with --bos-policy 'none'" in err, err
     assert "pack the text with --bos-policy 'prepend'" in err and "--init-from-allow-mismatch true" in err, err
+
+
+def test_a_run_started_before_the_bos_check_resumes_unrefused(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A fine-tuning run started before `--init-from` checked BOS (a SAELens source with
+    prepend_bos=True on a cache packed without BOS, accepted then), continued now with the same
+    command: the checkpoint holds the weights, so the source is not checked again and the run goes
+    on (its saved SAEs now record the cache's bos_policy)."""
+    import training.init_from
+    from helpers.fake_cache import make_fake_cache
+
+    from saesteer.cli import main
+
+    cache = make_fake_cache(tmp_path / "cache", shard_rows=[1024, 1024], d_in=D, bos_policy="none").path
+    src = sae_lens_topk_folder(tmp_path / "sl", prepend_bos=True)
+    out = tmp_path / "run"
+    cmd = ["train", "--cache", str(cache), "--out", str(out), "--init-from", str(src), "--batch-size", "256",
+           "--holdout-tokens", "256", "--checkpoint-every-tokens", "256", "--no-progress", "--num-threads", "1"]
+    with monkeypatch.context() as m:
+        m.setattr(training.init_from, "_check_bos", lambda *a: None)  # as the version before the check ran
+        assert main([*cmd, "--total-tokens", "512"]) == 0
+    capsys.readouterr()
+    assert main([*cmd, "--total-tokens", "768"]) == 0, capsys.readouterr().err
+    assert "resumed from step_" in capsys.readouterr().out
+    assert read_provenance(out / "saes" / f"topk_k{K}_f{F}")["data"]["bos_policy"] == "none"
