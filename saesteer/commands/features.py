@@ -354,7 +354,7 @@ def _upgrade(args) -> int:
     elif res.vocab == up.VOCAB_NONE:
         print("token labels: none (the store was built without a tokenizer); nothing to relabel")
     elif res.vocab == up.VOCAB_RELABELLED:
-        print(f"token labels rewritten by the current rule with the tokenizer of {res.model.describe()}")
+        print(f"token labels: rewritten by the current rule with the tokenizer of {res.model.describe()}")
     elif res.vocab in (up.VOCAB_NO_MODEL, up.VOCAB_NO_TOKENIZER):
         why = (f"the model it records ({res.model.describe()}) could not be loaded: {res.why}" if res.model is not None
                else "it records no model to take a tokenizer from")
