@@ -27,8 +27,8 @@ def check_compatible(sae, source: ActivationSource, *, bos_policy_as: str = "bos
     loaded, sae = sae, sae_of(sae)
     if sae.cfg.d_in != source.d_in:
         raise ValueError(
-            f"the SAE reads d_in={sae.cfg.d_in} but the cache's activations ({source.hook_name}) have width {source.d_in}; "
-            f"use the cache of the SAE's hook point"
+            f"the SAE reads d_in={sae.cfg.d_in} but the cache's activations ({source.hook_name}) have width "
+            f"{source.d_in}; use the cache of the SAE's hook point"
         )
     hook = (sae.cfg.metadata or {}).get("hook_name")
     if hook and source.hook_name and hook != source.hook_name:

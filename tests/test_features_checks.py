@@ -72,7 +72,8 @@ def recorded_for(loaded, identity):
     """`loaded` with its saesteer.json naming `identity` as its model."""
     from saes.formats import LoadedSAE
 
-    return LoadedSAE(loaded.sae, {**loaded.provenance, "model_identity": identity.to_json()}, loaded.spec, loaded.format)
+    prov = {**loaded.provenance, "model_identity": identity.to_json()}
+    return LoadedSAE(loaded.sae, prov, loaded.spec, loaded.format)
 
 
 def model_named(identity):
