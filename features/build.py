@@ -25,7 +25,6 @@ and one state file, and the block rows at the end are what phase 3 writes.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from safetensors.torch import save_file
 from features.accumulate import FeatureAccumulator
 from features.analysis import (CoactSample, activation_correlations, coact_neighbours, decoder_neighbours,
                                logit_effects, matryoshka_links)
+from features.checks import CheckedInputs, check_inputs, library_processing_fix
 from features.config import BuildConfig
 from features.finalize import FLAG_NAMES, PassResult, finalize
 from features.fingerprint import sae_description, sae_fingerprint
@@ -49,7 +49,6 @@ from features.store import FeatureStore, StoreError, StoreMismatchError
 from features.store.rows import (CorrelationRow, ExampleRow, FeatureRow, HistogramRow, LogitRow, NeighbourRow,
                                  SearchTextRow)
 from features.tokentext import LABEL_RULE, token_labels, token_texts
-from saes.bos import check_cache_bos
 from saes.fileio import FileLock, atomic_path
 from saes.formats.base import sae_of
 
@@ -132,116 +131,6 @@ def load_state(path: Path, acc: FeatureAccumulator, identity: dict) -> tuple[str
     return meta["phase"], int(meta["next_context"])
 
 
-def check_compatible(sae, source: ActivationSource, *, bos_policy_as: str = "bos_policy") -> None:
-    if sae.cfg.d_in != source.d_in:
-        raise ValueError(
-            f"the SAE reads d_in={sae.cfg.d_in} but the cache's activations ({source.hook_name}) have width {source.d_in}; "
-            f"use the cache of the SAE's hook point"
-        )
-    hook = (sae.cfg.metadata or {}).get("hook_name")
-    if hook and source.hook_name and hook != source.hook_name:
-        raise ValueError(
-            f"the SAE was trained on hook {hook!r} but the cache source reads {source.hook_name!r}; "
-            f"pick that hook from the cache (hook={hook!r})"
-        )
-    check_bos(sae, source, policy_as=bos_policy_as)
-
-
-def check_bos(sae, source: ActivationSource, *, policy_as: str = "bos_policy") -> None:
-    """Refuse a cache packed with another BOS than the SAE was trained with (`saes.bos.check_cache_bos`);
-    only caches record how their contexts were packed."""
-    check_cache_bos([sae], getattr(source, "bos_policy", None), getattr(source, "path", ""), policy_as=policy_as)
-
-
-def _library_processing_fix(wanted: bool) -> str:
-    return f"use a cache of the model loaded with process_weights={wanted} (saesteer.models.load_model)"
-
-
-def check_models(sae, source: ActivationSource, model=None, allow_mismatch: bool = False, *,
-                 override: str = "allow_model_mismatch=True",
-                 processing_fix: Callable[[bool], str] = _library_processing_fix, sae_name: str | None = None):
-    """The model the store belongs to (the cache's recorded model, else the SAE's), after refusing
-    (ModelMismatchError) an SAE or a model recorded for another model than the cache's, or a cache
-    whose model's weight processing is not what the SAE's SAELens kwargs ask for (`saes.processing`).
-    `override`, `processing_fix(wanted)`: how the caller allows a mismatch and gets a cache processed
-    (wanted=True) or raw, for the refusals (the CLI: its flags); `sae_name`: the SAE as the caller
-    names it (the CLI: its --sae)."""
-    from saes.identity import check_same_model, identity_of_model, recorded_model_of
-
-    cache_model = _recorded(source, "recorded_model")
-    sae_model = recorded_model_of(sae)
-    if not allow_mismatch:
-        where = _where(source)
-        check_same_model(cache_model, sae_model, recorded_in=where,
-                         given_as=f"the SAE {sae_name}'s model" if sae_name else "the SAE's model (its saesteer.json)",
-                         override=override, fix="use the cache the SAE was trained on")
-        check_same_model(cache_model or sae_model, identity_of_model(model),
-                         recorded_in=where if cache_model is not None else "the SAE", given_as="the model given",
-                         override=override, fix="pass the model the cache was made with")
-        _check_processing(sae, source, model, override, processing_fix, sae_name)
-    return cache_model or sae_model
-
-
-def _recorded(source: ActivationSource, name: str):
-    """What the source records of its model, where it records anything (a cache)."""
-    method = getattr(source, name, None)
-    return method() if callable(method) else None
-
-
-def _where(source: ActivationSource) -> str:
-    return f"the activation cache {getattr(source, 'path', '')}".rstrip()
-
-
-def _check_processing(sae, source: ActivationSource, model, override: str, processing_fix: Callable[[bool], str],
-                      sae_name: str | None) -> None:
-    """The model's weight processing against the SAE's (`saes.processing.check_processing`), by the
-    loaded model's config where given, else the one the cache records."""
-    from saes.processing import check_processing
-
-    check_processing(sae, _recorded(source, "recorded_model"), sae_name=sae_name or "sae",
-                     model_as=f"the model of {_where(source)}", override=override,
-                     model_cfg=getattr(model, "cfg", None) or _recorded(source, "model_config"),
-                     applied=_recorded(source, "processing_applied"), fix=processing_fix)
-
-
-@dataclass(frozen=True)
-class CheckedInputs:
-    """An SAE (or `LoadedSAE`), an activation source and a model (or None) that `check_inputs` found
-    to fit each other. `build_feature_store(..., checked=)` does not check these again: the CLI
-    checks them before it loads the model (a refusal costs no model load). `recorded`: the model
-    the store belongs to."""
-
-    sae: object
-    source: ActivationSource
-    model: object
-    recorded: object
-    by_model_config: bool  # the weight processing was checked by a model config (the model's, or the cache's record)
-    sae_name: str | None = None
-
-    def covers(self, sae, source: ActivationSource, model) -> bool:
-        return self.sae is sae and self.source is source and (model is None or self.model is model)
-
-    def with_model(self, model) -> "CheckedInputs":
-        """These inputs with `model`, which the caller checked against `recorded` itself (the CLI's
-        `load_recorded_model` does, with its own flags); only where no model config was known yet does
-        the build check the weight processing again, by the model's."""
-        return dataclasses.replace(self, model=model)
-
-
-def check_inputs(sae, source: ActivationSource, model=None, allow_model_mismatch: bool = False, *,
-                 override: str = "allow_model_mismatch=True",
-                 processing_fix: Callable[[bool], str] = _library_processing_fix, sae_name: str | None = None,
-                 bos_policy_as: str = "bos_policy") -> CheckedInputs:
-    """Every check of an SAE against an activation source (and the model, if given) that a build
-    makes: the width, hook point and BOS (`check_compatible`), the models and their weight
-    processing (`check_models`). `bos_policy_as`: how the caller sets a cache's BOS policy."""
-    recorded = check_models(sae, source, model, allow_model_mismatch, override=override,
-                            processing_fix=processing_fix, sae_name=sae_name)
-    check_compatible(sae_of(sae), source, bos_policy_as=bos_policy_as)
-    by_config = getattr(model, "cfg", None) is not None or _recorded(source, "model_config") is not None
-    return CheckedInputs(sae, source, model, recorded, by_config, sae_name)
-
-
 def build_feature_store(
     path: str | Path,
     sae,
@@ -256,7 +145,7 @@ def build_feature_store(
     on_event: EventHook | None = None,
     allow_model_mismatch: bool = False,
     mismatch_override: str = "allow_model_mismatch=True",
-    processing_fix: Callable[[bool], str] = _library_processing_fix,
+    processing_fix: Callable[[bool], str] = library_processing_fix,
     checked: CheckedInputs | None = None,
 ) -> BuildResult:
     """Build (or resume, or finish) the feature store at `path` for `sae` over `source`.
@@ -269,8 +158,9 @@ def build_feature_store(
     on_event(name, info): called after each 'batch', 'checkpoint', 'pass_done' and 'block'.
     allow_model_mismatch: accept an SAE or model recorded for another model than the cache's.
     mismatch_override, processing_fix: what the refusals say to allow a mismatch and to get a cache
-    of the model processed as the SAE wants (`check_models`; the CLI names its flags).
-    checked: what `check_inputs` returned for these same objects (they are not checked again).
+    of the model processed as the SAE wants (`features.checks`; the CLI names its flags).
+    checked: what `features.checks.check_inputs` returned for this SAE and source under the same
+    allow_model_mismatch: those checks are not made again, only those of a model they did not see.
     The store records the model the activations came from (meta `model_identity`)."""
     t_start = time.perf_counter()
     cfg = cfg or BuildConfig()
@@ -278,13 +168,11 @@ def build_feature_store(
     loaded, sae = sae, sae_of(sae)
     if sae_path is None and loaded is not sae:
         sae_path = loaded.spec
-    if checked is None or not checked.covers(loaded, source, model):
+    if checked is None or not checked.covers(loaded, source, allow_model_mismatch):
         checked = check_inputs(loaded, source, model, allow_model_mismatch, override=mismatch_override,
                                processing_fix=processing_fix)
-    elif checked.model is not None and not checked.by_model_config and not allow_model_mismatch:
-        # checked before the model was loaded, and the cache records no model config (an older
-        # saesteer): the loaded model's config tells what the unknown-config rule could not
-        _check_processing(loaded, source, model, mismatch_override, processing_fix, checked.sae_name)
+    else:  # checked before the model was loaded (the CLI): the model itself is checked here
+        checked.check_model(model, mismatch_override, processing_fix)
     recorded = checked.recorded
     if tokenizer is None and model is not None:
         tokenizer = getattr(model, "tokenizer", None)

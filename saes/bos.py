@@ -58,25 +58,26 @@ def check_cache_bos(saes: Iterable[Any], bos_policy: str | None, cache: Any = ""
     recorded as trained without one, or the other way round: the model's activations differ at every
     position, not only at the first. Nothing known on either side: nothing to refuse.
     `policy_as`: how the caller sets a cache's BOS policy (the CLI: its flag). `trained_policy`: the
-    policy the SAE's training recorded (`trained_bos_policy`), where the caller wants it matched
-    exactly ("doc" is not "none"). `sae_as`, `data_as` (default "the cache CACHE"): the two sides as
-    the caller names them; `fix_as`: how the fix starts ("build a cache with" POLICY_AS POLICY);
-    `override`: how the caller accepts a mismatch, if it can."""
+    policy the SAE's training recorded (`trained_bos_policy`): where known it is matched exactly
+    ("doc" is not "none"), and cfg.json's prepend_bos must fit too (a hand-edited one can disagree).
+    `sae_as`, `data_as` (default "the cache CACHE"): the two sides as the caller names them;
+    `fix_as`: how the fix starts ("build a cache with" POLICY_AS POLICY); `override`: how the caller
+    accepts a mismatch, if it can. The data's policy is said by `policy_as`, the SAE's as "BOS
+    policy": a bare field name in a CLI error is read as the command's own flag (train's
+    --bos-policy packs its own text, not a cache)."""
     data_as = data_as or f"the cache {cache}"
     anyway = f", or pass {override} to use it anyway" if override else ""
-    if trained_policy is not None and bos_policy is not None:
-        if trained_policy != bos_policy:
-            raise ValueError(
-                f"{sae_as} was trained on contexts packed with bos_policy {trained_policy!r} (its saesteer.json) but "
-                f"{data_as} was built with bos_policy {bos_policy!r}; {fix_as} {policy_as} "
-                f"{trained_policy!r} for this SAE{anyway}")
-        return
+    if trained_policy is not None and bos_policy is not None and trained_policy != bos_policy:
+        raise ValueError(
+            f"{sae_as} was trained on contexts packed with BOS policy {trained_policy!r} (its saesteer.json) "
+            f"but {data_as} was packed with {policy_as} {bos_policy!r}; {fix_as} {policy_as} "
+            f"{trained_policy!r} for this SAE{anyway}")
     wants = recorded_prepend_bos(saes)
     if wants is None or bos_policy is None or wants == (bos_policy == "prepend"):
         return
     fits = "'prepend'" if wants else "'none' or 'doc'"
     raise ValueError(
         f"{sae_as} records prepend_bos={wants} (cfg.json metadata) but {data_as} was "
-        f"built with bos_policy {bos_policy!r}, so its contexts {'do not start' if wants else 'start'} with BOS; "
+        f"packed with {policy_as} {bos_policy!r}, so its contexts {'do not start' if wants else 'start'} with BOS; "
         f"{fix_as} {policy_as} {fits} for this SAE{anyway}"
     )

@@ -15,7 +15,7 @@ from typing import Any
 
 from saes.hookpoints import opt_in_hooks
 from steering.config import GenerationConfig
-from steering.generation import generate, with_sae_bos
+from steering.generation import Generation, generate, with_sae_bos
 from steering.inputs import Model, SAEs, TypicalMaxArg
 from steering.session import steer
 from steering.spec import Edit, SteerLimits
@@ -62,12 +62,23 @@ def compare(
             with _ticks(model, hooks, bar, n_prompts, until=per_pass):
                 steered = s.generate(prompts, config)
             described = s.describe()
-        bar.update(per_pass - bar.n)  # generation that stopped early (every prompt at its EOS) makes fewer
+        _end_pass(bar, steered, 0, per_pass)
         bar.set_description("generating unsteered")
-        with opt_in_hooks(model, hooks, "comparison"), _ticks(model, hooks, bar, n_prompts, until=2 * per_pass):
+        start = bar.n
+        with opt_in_hooks(model, hooks, "comparison"), _ticks(model, hooks, bar, n_prompts, until=start + per_pass):
             base = generate(model, prompts, config)
-        bar.update(2 * per_pass - bar.n)
+        _end_pass(bar, base, start, per_pass)
     return Comparison(base.prompts, steered.texts, base.texts, described)
+
+
+def _end_pass(bar: Any, made: Generation, start: int, per_pass: int) -> None:
+    """Bring `bar` to the end of a pass that began at `start` with the tokens it made (one of every
+    prompt per forward pass). A pass that stopped early (every prompt at its EOS) made fewer than the
+    `per_pass` planned: the total drops by those, so the bar never counts tokens that were not made."""
+    n = int(made.new_tokens.numel())
+    if n < per_pass:
+        bar.total -= per_pass - n
+    bar.update(start + n - bar.n)
 
 
 def _ticks(model: Model, hooks: list[str], bar: Any, n_prompts: int, until: int):

@@ -94,6 +94,27 @@ def test_steer_shows_a_bar_over_the_tokens_it_generates_unless_no_progress(tiny,
     assert seen == [2, 4, 6, 8, 10, 12], seen  # one step per forward pass: a token of each of the 2 prompts
 
 
+def test_steer_bar_counts_only_the_tokens_made_when_generation_stops_early(tiny, capsys, monkeypatch):
+    """The steered pass stops after one token of each prompt (as when every prompt reaches its EOS):
+    the bar's total drops by the 4 tokens not made and ends at 8/8 (before: it counted them, 12/12)."""
+    from saesteer.commands import steer
+
+    real_generate = tiny.model.generate
+    calls = []
+
+    def stops_early(tokens, **kw):  # the first (steered) pass ends after one forward pass
+        calls.append(kw["max_new_tokens"])
+        return real_generate(tokens, **{**kw, "max_new_tokens": 1 if len(calls) == 1 else kw["max_new_tokens"]})
+
+    monkeypatch.setattr(tiny.model, "generate", stops_early)
+    argv = ["steer", "--sae", str(tiny.path.parent / "sae"), "-l", "3:clamp=9", "-p", "the sea", "-p", "",
+            "--max-new-tokens", "3", "--do-sample", "false", "--stop-at-eos", "false", "--json"]
+    assert steer._run(build_parser().parse_args(argv), model=tiny.model) == 0
+    err = capsys.readouterr().err
+    assert calls == [3, 3] and "generating unsteered: 100%|" in err and "8/8" in err, err[-2000:]
+    assert "12/12" not in err, err[-2000:]
+
+
 def test_steer_contrast_shows_a_bar_over_its_prompts_unless_no_progress(tiny, tmp_path, capsys):
     import json
 

@@ -447,8 +447,35 @@ def test_a_cache_packed_with_another_bos_than_the_sae_was_trained_with_is_refuse
     assert main(["eval", "--sae", str(sae), "--cache", str(trained / "cache"), "--contexts", "4", "--ce-contexts", "2",
                  "--absorption", "false", "--probing", "false", "--quiet", "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "prepend_bos=False" in err and "bos_policy 'prepend'" in err, err
+    assert "prepend_bos=False" in err and "was packed with `saesteer cache --bos-policy` 'prepend'" in err, err
     assert "`saesteer cache --bos-policy` 'none' or 'doc'" in err and "Traceback" not in err, err
+    assert not (out / "eval.json").exists()
+
+
+def test_a_cache_packed_with_another_bos_policy_than_our_sae_records_is_refused(trained, tmp_path, capsys) -> None:
+    """An SAE trained here records its data's BOS policy exactly: one trained with BOS at document
+    starts ('doc') on --cache rows packed without any ('none') is refused, naming the SAE, both
+    policies and the flag, though cfg.json's prepend_bos (False) fits both."""
+    import shutil
+
+    sae = tmp_path / "doc"
+    shutil.copytree(trained / "run" / "saes" / "topk_k8_f128", sae)
+    for name, edit in (("cfg.json", lambda d: d["metadata"].update(prepend_bos=False)),
+                       ("saesteer.json", lambda d: d["data"].update(bos_policy="doc", prepend_bos=False))):
+        doc = json.loads((sae / name).read_text())
+        edit(doc)
+        (sae / name).write_text(json.dumps(doc))
+    cache = tmp_path / "nobos"
+    assert main(["cache", "--model", "toy", "--dataset", "toy", "--max-tokens", "1024", "--hooks", HOOK,
+                 "--bos-policy", "none", "--out", str(cache), "--no-progress"]) == 0
+    out = tmp_path / "ev"
+    capsys.readouterr()
+    assert main(["eval", "--sae", f"doc={sae}", "--cache", str(cache), "--contexts", "4", "--ce-contexts", "2",
+                 "--absorption", "false", "--probing", "false", "--quiet", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "SAE doc was trained on contexts packed with BOS policy 'doc' (its saesteer.json)" in err, err
+    assert f"the cache {cache} was packed with `saesteer cache --bos-policy` 'none'" in err, err
+    assert "build a cache with `saesteer cache --bos-policy` 'doc'" in err and "Traceback" not in err, err
     assert not (out / "eval.json").exists()
 
 

@@ -104,7 +104,7 @@ def test_build_checks_the_sae_against_the_cache_once_and_the_library_alone_still
     library still checks them."""
     import collections
 
-    import features.build
+    import features.checks
     import saes.processing
     from features import CacheSource, build_feature_store
     from saes.formats import resolve_sae
@@ -117,7 +117,7 @@ def test_build_checks_the_sae_against_the_cache_once_and_the_library_alone_still
             return real(*a, **kw)
         return check
 
-    monkeypatch.setattr(features.build, "check_cache_bos", counted("bos", features.build.check_cache_bos))
+    monkeypatch.setattr(features.checks, "check_cache_bos", counted("bos", features.checks.check_cache_bos))
     monkeypatch.setattr(saes.processing, "check_processing", counted("processing", saes.processing.check_processing))
     d = toy
     assert main(["features", "build", "--sae", str(d / "sae"), "--cache", str(d / "cache"), "--out",

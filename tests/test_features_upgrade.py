@@ -76,7 +76,8 @@ def test_upgrade_relabels_an_older_vocabulary_with_the_recorded_models_tokenizer
     before, rule = _labels(path)
     assert before[the] == "the" and rule is None
     r = saesteer("features", "upgrade", path).ok()
-    assert "token labels rewritten" in r.out and str(directory) in r.out, r.out
+    assert "token labels: rewritten by the current rule with the tokenizer of" in r.out, r.out
+    assert str(directory) in r.out, r.out
     after, rule = _labels(path)
     assert rule == LABEL_RULE and after[the] == " the"
     assert after == token_labels(tok)

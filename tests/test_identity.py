@@ -215,7 +215,7 @@ def test_steering_and_features_refuse_an_sae_of_another_model():
 def test_build_feature_store_refuses_an_sae_of_another_cache_model():
     from helpers.steering_fixtures import random_sae, tiny_model
 
-    from features.build import check_models
+    from features.checks import check_models
 
     from saes.formats import LoadedSAE
 

@@ -183,8 +183,8 @@ def test_token_counts_say_what_they_count(cache: Path, tmp_path: Path, capsys) -
 def test_a_single_file_dataset_says_in_one_short_note_why_there_is_no_ce_evaluation(tmp_path: Path, capsys) -> None:
     """A single .jsonl file is the split 'train', so there is no held-out split for the CE
     evaluation: one note says so and how to give one (before: two notes, one quoting the whole
-    --split advice for the training split)."""
-    data = tmp_path / "notes.jsonl"
+    --split advice for the training split). The file's whole name, though it holds a ';'."""
+    data = tmp_path / "notes; draft.jsonl"
     docs = ["Le café où j'ai lu « Les Misérables » ferme à midi.", "def area(r):\n    return 3.14159 * r ** 2\n",
             "東京の天気は晴れ。the cat sat on the mat and the dog ran home."]
     data.write_text("".join(json.dumps({"text": d * 8}) + "\n" for d in docs * 20), encoding="utf-8")

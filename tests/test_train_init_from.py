@@ -308,7 +308,8 @@ def test_cli_refuses_a_source_trained_with_another_bos_than_the_cache(tmp_path: 
     assert main(cmd) == 2
     err = capsys.readouterr().err
     assert f"the --init-from SAE {src.resolve()} records prepend_bos=True" in err, err
-    assert f"this run's cache {cache.resolve()} was built with --bos-policy 'none'" in err, err  # the CLI's flag
+    # the cache's policy named by the flag that set it (train's own --bos-policy packs text, not a cache)
+    assert f"this run's cache {cache.resolve()} was packed with `saesteer cache --bos-policy` 'none'" in err, err
     assert "`saesteer cache --bos-policy` 'prepend'" in err and "--init-from-allow-mismatch true" in err, err
     assert "Traceback" not in err and len([line for line in err.splitlines() if line.startswith("error:")]) == 1
     assert not (tmp_path / "run" / "saes").exists() and not list((tmp_path / "run").glob("checkpoints/step_*"))
@@ -335,8 +336,9 @@ def test_cli_fine_tuning_a_run_of_ours_checks_its_exact_bos_policy(tmp_path: Pat
     capsys.readouterr()
     assert main(cmd) == 2
     err = capsys.readouterr().err
-    assert "was trained on contexts packed with --bos-policy 'doc' (its saesteer.json)" in err, err
-    assert "was built with --bos-policy 'none'" in err and "`saesteer cache --bos-policy` 'doc'" in err, err
+    assert "was trained on contexts packed with BOS policy 'doc' (its saesteer.json)" in err, err
+    assert "was packed with `saesteer cache --bos-policy` 'none'" in err, err
+    assert "build a cache with `saesteer cache --bos-policy` 'doc'" in err, err
     assert "--init-from-allow-mismatch true" in err and "Traceback" not in err
 
     prov = json.loads((src / "saesteer.json").read_text())
@@ -359,5 +361,29 @@ def test_cli_without_a_cache_refuses_text_packed_with_another_bos(tmp_path: Path
     capsys.readouterr()
     assert main([*cmd, "--bos-policy", "none"]) == 2
     err = capsys.readouterr().err
-    assert "records prepend_bos=True" in err and "this run's text (toy) was built with --bos-policy 'none'" in err, err
+    assert "records prepend_bos=True" in err and "this run's text (toy) was packed with --bos-policy 'none'" in err, err
     assert "pack the text with --bos-policy 'prepend'" in err and "--init-from-allow-mismatch true" in err, err
+
+
+def test_a_run_started_before_the_bos_check_resumes_unrefused(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A fine-tuning run started before `--init-from` checked BOS (a SAELens source with
+    prepend_bos=True on a cache packed without BOS, accepted then), continued now with the same
+    command: the checkpoint holds the weights, so the source is not checked again and the run goes
+    on (its saved SAEs now record the cache's bos_policy)."""
+    import training.init_from
+    from helpers.fake_cache import make_fake_cache
+
+    from saesteer.cli import main
+
+    cache = make_fake_cache(tmp_path / "cache", shard_rows=[1024, 1024], d_in=D, bos_policy="none").path
+    src = sae_lens_topk_folder(tmp_path / "sl", prepend_bos=True)
+    out = tmp_path / "run"
+    cmd = ["train", "--cache", str(cache), "--out", str(out), "--init-from", str(src), "--batch-size", "256",
+           "--holdout-tokens", "256", "--checkpoint-every-tokens", "256", "--no-progress", "--num-threads", "1"]
+    with monkeypatch.context() as m:
+        m.setattr(training.init_from, "_check_bos", lambda *a: None)  # as the version before the check ran
+        assert main([*cmd, "--total-tokens", "512"]) == 0
+    capsys.readouterr()
+    assert main([*cmd, "--total-tokens", "768"]) == 0, capsys.readouterr().err
+    assert "resumed from step_" in capsys.readouterr().out
+    assert read_provenance(out / "saes" / f"topk_k{K}_f{F}")["data"]["bos_policy"] == "none"

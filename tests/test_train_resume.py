@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -49,22 +48,7 @@ def uninterrupted(tmp_path_factory) -> Path:
 
 def test_sigkill_then_resume_is_bit_identical(uninterrupted: Path, tmp_path: Path) -> None:
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, str(HELPER), str(out), "--hang-at", "14"], env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 240
-        while not (out / "hanging").exists():
-            if proc.poll() is not None:
-                pytest.fail(f"child exited early: {proc.stderr.read().decode()[-3000:]}")
-            assert time.monotonic() < deadline, "child never reached the hang point"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
+    train_child.kill_when_hanging([str(out), "--hang-at", "14"], out, _env())
     assert not (out / "metrics.json").exists()
     ckpts = list_checkpoints(out / "checkpoints")
     assert [p.name for p in ckpts] == ["step_0000000008", "step_0000000012"]  # keep_last=2, every 4 steps

@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from helpers.real_cli import OFFLINE_ENV, saesteer
+from helpers.train_child import kill_when_hanging
 
 pytest.importorskip("sae_lens")
 pytestmark = [pytest.mark.usefixtures("one_thread", "offline_env")]
@@ -67,22 +64,7 @@ def run_until_killed(argv: list[str], out: Path, step: int) -> None:
     """`saesteer ARGV` in its own process, SIGKILLed once its training hangs after `step`."""
     env = dict(os.environ, **OFFLINE_ENV, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     env["PYTHONPATH"] = str(CHILD.parents[2]) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.Popen([sys.executable, str(CHILD), "cli", str(step), *argv], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 240
-        while not (out / "hanging").exists():
-            if proc.poll() is not None:
-                pytest.fail(f"the run exited early: {proc.stderr.read().decode()[-3000:]}")
-            assert time.monotonic() < deadline, "the run never reached the hang point"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
+    kill_when_hanging(["cli", str(step), *argv], out, env)
 
 
 def test_fine_tuning_a_sae_lens_sae_on_my_gpt2_cache_survives_a_kill_and_names_its_source(user, tmp_path):

@@ -403,7 +403,8 @@ def test_a_cache_whose_contexts_start_with_bos_is_refused_for_an_sae_trained_wit
              "--out", tmp_path / "cache", "--no-progress").ok()
     r = saesteer("features", "build", "--sae", run / "layers.1", "--cache", tmp_path / "cache",
                  "--out", tmp_path / "f.db", "--no-progress")
-    assert r.rc != 0 and "prepend_bos=False" in r.err and "bos_policy 'prepend'" in r.err, r.text
+    assert r.rc != 0 and "prepend_bos=False" in r.err, r.text
+    assert "was packed with `saesteer cache --bos-policy` 'prepend'" in r.err, r.text
     assert "--bos-policy` 'none' or 'doc'" in r.err and not (tmp_path / "f.db").exists(), r.text
     r.no_traceback()
 

@@ -490,7 +490,7 @@ def test_a_flag_the_bridge_adapter_could_not_apply_is_refused_where_the_sae_need
     # `features build` reads the record through the cache source (CacheSource.processing_applied)
     from types import SimpleNamespace
 
-    from features.build import check_models
+    from features.checks import check_models
     from saes.processing import config_of_record
 
     cache = SimpleNamespace(path="cache", recorded_model=lambda: model_identity(model),

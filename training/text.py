@@ -113,6 +113,15 @@ def toy_corpus_files(split: str = "train") -> list[Path]:
     return [Path(p) for p in toyworld.corpus_files(split)]
 
 
+class MissingSplitError(ValueError):
+    """A local dataset without the split asked for. `missing` says so without the advice (how to pick
+    another split), for a caller that offers a fix of its own."""
+
+    def __init__(self, missing: str, advice: str) -> None:
+        super().__init__(f"{missing}; {advice}")
+        self.missing = missing
+
+
 @dataclass(frozen=True)
 class ResolvedData:
     """Where documents come from: a `datasets` builder with the local files of one split, or a hub name."""
@@ -136,10 +145,10 @@ def resolve_data(cfg: TextConfig) -> ResolvedData:
         splits = local_splits(cfg.dataset)
         if cfg.split not in splits:
             single = len(splits) == 1 and Path(cfg.dataset).expanduser().is_file()
-            raise ValueError(
+            raise MissingSplitError(
                 f"dataset {cfg.dataset!r} has no split {cfg.split!r}"
-                + (" (a single file is the split 'train')" if single else "")
-                + f"; its splits: {describe_splits(splits)}. Pick one with --split, or name the files of "
+                + (" (a single file is the split 'train')" if single else ""),
+                f"its splits: {describe_splits(splits)}. Pick one with --split, or name the files of "
                 f"each split: --dataset train=PATH,{cfg.split}=PATH"
             )
         files = splits[cfg.split]

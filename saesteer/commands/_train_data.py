@@ -183,10 +183,11 @@ def _heldout(train_text, data_cfg, tokenizer, n: int, train_docs: int | None):
                                 allow_overlap=data_cfg.allow_eval_overlap)
     except (ValueError, OSError) as e:
         from training.heldout import EvalOverlapError
+        from training.text import MissingSplitError
 
         if data_cfg.eval_dataset or isinstance(e, EvalOverlapError):
             raise ValueError(f"CE evaluation: {e}") from None
-        return None, str(e).split(";")[0]  # what is missing, without the advice for --split
+        return None, e.missing if isinstance(e, MissingSplitError) else str(e)  # without the advice for --split
     where = ", ".join(Path(f).name for f in held.files[:3]) + (" ..." if len(held.files) > 3 else "")
     print(f"CE evaluation on {held.tokens_NL.shape[0]} contexts of {eval_text.dataset!r} split {eval_text.split!r}"
           + (f" ({where})" if where else "") + f"; {held.overlap.describe()}")

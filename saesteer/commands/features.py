@@ -153,7 +153,7 @@ def _build(args) -> int:
 
     from saes.formats import resolve_sae
     from features import CacheSource, build_feature_store
-    from features.build import check_inputs
+    from features.checks import check_inputs
     from features.config import BuildConfig
     from saes.identity import ModelIdentityError, ModelMismatchError, identity_of_sae
     from saesteer.configargs import dataclass_from_args
@@ -177,7 +177,7 @@ def _build(args) -> int:
     model = None
     spec = args.model
     if spec is None or spec.lower() != "none":
-        try:  # checked against the record here (with --model's wording): the build does not check it again
+        try:  # checked against the record here, with --model's wording
             model = load_recorded_model(recorded, spec, recorded_in=where, device=device,
                                         allow_mismatch=args.allow_model_mismatch)
         except ModelMismatchError:
@@ -191,7 +191,7 @@ def _build(args) -> int:
     res = build_feature_store(args.out, loaded, source, cfg, model=model, overwrite=args.overwrite,
                               progress=not args.no_progress, allow_model_mismatch=args.allow_model_mismatch,
                               mismatch_override=OVERRIDE_FLAG, processing_fix=_cache_processing_fix,
-                              checked=checked.with_model(model))
+                              checked=checked)
     if res.already_complete:
         done = ("its token labels rewritten by the current rule" if res.relabelled else "nothing to do")
         con.print(plain(f"{args.out} is already complete (same SAE, cache and settings); {done}"))
@@ -354,7 +354,7 @@ def _upgrade(args) -> int:
     elif res.vocab == up.VOCAB_NONE:
         print("token labels: none (the store was built without a tokenizer); nothing to relabel")
     elif res.vocab == up.VOCAB_RELABELLED:
-        print(f"token labels rewritten by the current rule with the tokenizer of {res.model.describe()}")
+        print(f"token labels: rewritten by the current rule with the tokenizer of {res.model.describe()}")
     elif res.vocab in (up.VOCAB_NO_MODEL, up.VOCAB_NO_TOKENIZER):
         why = (f"the model it records ({res.model.describe()}) could not be loaded: {res.why}" if res.model is not None
                else "it records no model to take a tokenizer from")

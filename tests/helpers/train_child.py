@@ -4,7 +4,7 @@
     python tests/helpers/train_child.py cli STEP train --out OUT_DIR ...   # `saesteer train ...`, hanging at STEP
 
 With --hang-at, the run writes OUT_DIR/hanging (holding the step) after that step and sleeps,
-so the parent can SIGKILL it at a known point. With --die-in-final-save, the process kills itself
+so the parent can SIGKILL it at a known point (`kill_when_hanging`). With --die-in-final-save, the process kills itself
 (SIGKILL) while writing the first SAE folder at the end. Threads are fixed to 1 (bit-identical runs).
 """
 
@@ -55,6 +55,32 @@ def hang_at(out: Path, step: int):
             time.sleep(600)
 
     return on_step
+
+
+def kill_when_hanging(args: list[str], out: Path, env: dict[str, str]) -> None:
+    """The parent's side: this script with `args` in its own process, SIGKILLed once it writes
+    OUT/hanging; the test fails if it exits before or never gets there."""
+    import signal
+    import subprocess
+
+    import pytest
+
+    proc = subprocess.Popen([sys.executable, __file__, *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "hanging").exists():
+            if proc.poll() is not None:
+                pytest.fail(f"the run exited early: {proc.stderr.read().decode()[-3000:]}")
+            assert time.monotonic() < deadline, "the run never reached the hang point"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
 
 
 def main_cli(step: int, argv: list[str]) -> int:
