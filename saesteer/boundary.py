@@ -54,13 +54,15 @@ if hasattr(errno, "EDQUOT"):
 def flag_for(parser: argparse.ArgumentParser | None, field: str) -> str | None:
     """The command-line flag that sets config field `field` in `parser`, or None if it has none:
     the flag whose dest is the field, else the single flag `configargs` made for a field of that
-    name (`keep_last` -> `--checkpoint-keep-last`). A flag that merely ends with the name is
+    name (`keep_last` -> `--checkpoint-keep-last`). A field named by its section of the run's
+    config (`train.init_from`) is its last part. A flag that merely ends with the name is
     another setting (`k` is not `--top-k`, `steps` is not `--l0-warm-up-steps`)."""
     if parser is None or not field:
         return None
+    name = field.rsplit(".", 1)[-1]
     actions = _option_actions(parser)
-    exact = [a for a in actions if a.dest == field]
-    made_for = [a for a in actions if getattr(a, "config_field", (None, None))[1] == field]
+    exact = [a for a in actions if a.dest == name]
+    made_for = [a for a in actions if getattr(a, "config_field", (None, None))[1] == name]
     hits = exact or (made_for if len(made_for) == 1 else [])
     if not hits:
         return None

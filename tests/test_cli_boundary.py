@@ -36,6 +36,16 @@ def test_a_config_field_is_named_as_its_flag():
     assert text == "temperature must be positive"  # no such flag here: the field stays
 
 
+def test_a_field_named_with_its_section_of_the_run_config_is_named_as_its_flag():
+    # every `train --init-from` refusal began "error: train.init_from: ..."
+    from saesteer.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["train"]
+    assert flag_for(sub, "train.init_from") == "--init-from"
+    text, _ = message_for(SaesteerError("train.init_from: no SAE at runs/x", field="train.init_from"), sub)
+    assert text == "--init-from: no SAE at runs/x"
+
+
 @pytest.mark.parametrize("command, field, other_flag", [
     ("eval", "k", "--absorption-max-k"), ("features", "k", "--top-k"), ("steer", "k", "--top-k"),
     ("train", "steps", "--l0-warm-up-steps"),
