@@ -375,3 +375,73 @@ def test_the_feature_page_shows_characters_not_byte_tokens(chain, monkeypatch):
     assert page.status_code == 200
     assert "&lt;0x" not in page.text and "<0x" not in page.text and "\u2581" not in page.text
     assert re.search(r"[\u3040-\u9fff]", page.text) and not re.search("\ufffd{4,}", page.text)
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. a chat prompt rendered to text: one BOS
+
+
+def _rendered_chat(tok) -> tuple[list[dict], str, list[int]]:
+    msgs = [{"role": "user", "content": "机器学习"}]
+    text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    ids = tok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"]
+    assert text.startswith("<s>[INST]") and ids.count(tok.bos_token_id) == 1
+    return msgs, text, list(ids)
+
+
+def test_a_chat_template_rendered_to_text_is_read_with_one_bos(chain, api):
+    """A completions prompt that is the chat template rendered to text ("<s>[INST] ...") is read as
+    the chat endpoint reads the messages: the same tokens, one `<s>` (to_tokens added a second, as
+    HF's tokenizer(text) and vLLM do), so the same reply and the same log-probabilities."""
+    tok = chain.tok
+    msgs, text, ids = _rendered_chat(tok)
+    kw = dict(model="f", max_tokens=4, temperature=0.0, seed=0)
+    comp = api.completions.create(prompt=text, logprobs=5, **kw)
+    chat = api.chat.completions.create(messages=msgs, logprobs=True, top_logprobs=5, **kw)
+    assert comp.usage.prompt_tokens == chat.usage.prompt_tokens == len(ids)
+    assert comp.choices[0].model_extra["steering"]["token_ids"] == chat.choices[0].model_extra["steering"]["token_ids"]
+    first_comp = sorted((k, round(v, 4)) for k, v in comp.choices[0].logprobs.top_logprobs[0].items())
+    first_chat = sorted((t.token, round(t.logprob, 4)) for t in chat.choices[0].logprobs.content[0].top_logprobs)
+    assert first_comp == first_chat
+    plain = api.completions.create(prompt="机器学习", **kw)  # text without BOS: the model's one BOS is prepended
+    assert plain.usage.prompt_tokens == len(tok("机器学习")["input_ids"])
+
+
+def test_features_on_a_rendered_chat_text_see_one_bos(chain):
+    """`features top-on-text` on a chat prompt rendered to text: the model reads the tokens the
+    chat template gives, one `<s>` at position 0 (a second was prepended: every latent's activation
+    at every position was another text's)."""
+    _, text, ids = _rendered_chat(chain.tok)
+    out = saesteer("features", "top-on-text", chain.store, text, "--top", 1).ok().out
+    rows = re.findall(r"^\W*?(\d+) \W (\S+)", out, re.M)  # the table's position and token columns
+    assert [int(p) for p, _ in rows] == list(range(len(ids)))
+    assert [t for _, t in rows].count("'<s>'") == 1 and rows[0][1] == "'<s>'"
+
+
+def test_generation_and_activations_of_a_batch_with_one_rendered_chat_prompt(chain):
+    """A batch of prompts where one is a chat template rendered to text and one plain text: each row
+    is its prompt's tokens with one `<s>` (the rendered one as the template tokenizes it, the plain
+    one with the BOS prepended), left-padded; the activations are those of the real tokens only;
+    a reply's fluency is scored after the prompt tokens it was generated after."""
+    from saesteer.models import load_model
+    from steering.activations import iter_hook_activations
+    from steering.fluency import fluency_of_generation, fluency_of_texts
+    from steering.generation import Generation, generate
+
+    tok = chain.tok
+    _, text, ids = _rendered_chat(tok)
+    model = load_model(str(chain.model), device="cpu")
+    plain = tok("机器")["input_ids"]
+    res = generate(model, [text, "机器"], max_new_tokens=2, seed=0, prepend_bos=True)
+    rows = res.tokens[:, : res.prompt_len].tolist()
+    assert rows[0] == ids and rows[1][-len(plain):] == plain
+    assert rows[1][: -len(plain)] == [model.tokenizer.pad_token_id] * (len(ids) - len(plain))
+    acts, = iter_hook_activations(model, HOOK, [text, "机器"], prepend_bos=True)
+    assert acts.shape[0] == len(ids) - 1 + len(plain) - 1  # every token but each row's BOS and the pads
+
+    reply = res.texts[0]  # scored after the template's tokens, as `generate` read them
+    tail = model.to_tokens(reply, prepend_bos=False)[0].tolist()
+    seen = Generation([text], [reply], torch.tensor([ids + tail]), len(ids))
+    scored, = fluency_of_generation(model, seen)
+    rescored, = fluency_of_texts(model, [text], [reply])
+    assert (rescored.n_tokens, round(rescored.nll_sum, 4)) == (scored.n_tokens, round(scored.nll_sum, 4))

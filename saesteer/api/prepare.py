@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from saes.bos import prompt_tokens
 from saesteer.api.protocol import ChatRequest, CompletionRequest, EditIn, SteeringIn, TriggerIn
 from saesteer.api.service import OVERRIDE_HINT, ServedModel
 
@@ -248,7 +249,7 @@ def prepare_completion(req: CompletionRequest, served: ServedModel, limits) -> P
             if len(t) > limits.max_text_chars:
                 raise ApiError(400, f"prompt: at most {limits.max_text_chars} characters (got {len(t)})", "prompt")
         # never truncated: an overlong prompt is refused below with its real length
-        id_lists = [served.model.to_tokens(t, truncate=False)[0].tolist() for t in texts]
+        id_lists = [prompt_tokens(served.model, t, truncate=False)[0].tolist() for t in texts]
     else:
         for ids in id_lists:
             if not ids or any(not 0 <= i < vocab for i in ids):
