@@ -3,7 +3,8 @@ style tokenizer ("▁" for spaces, <0xNN> tokens for the bytes of characters out
 and for line breaks and tabs), with every whole character kept.
 
     bf = byte_fallback(tokenizer)          # None unless its decoder is SentencePiece's byte fallback
-    bf.text(ids)                           # the decoding, a cut byte run read as its bytes
+    bf.text(tokenizer, ids)                # the decoding, a cut byte run read as its bytes
+    text_of(tokenizer, ids)                # the same for any tokenizer (its own decoding where it is not one)
 
 HF's decoder (Replace "▁", ByteFallback, Fuse, Strip) turns a run of byte tokens that is not valid
 UTF-8 as a whole into one U+FFFD per byte: a run cut at its start (a window of a text) or with one
@@ -24,7 +25,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-__all__ = ["ByteFallback", "byte_fallback", "pieces", "split_characters"]
+__all__ = ["ByteFallback", "byte_fallback", "text_of", "pieces", "split_characters"]
 
 _DECODER = [{"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "}, {"type": "ByteFallback"},
             {"type": "Fuse"}]
@@ -90,6 +91,15 @@ def byte_fallback(tokenizer: Any) -> ByteFallback | None:
     if hasattr(tokenizer, "__dict__"):
         tokenizer.__dict__["_saesteer_byte_fallback"] = found or False
     return found
+
+
+def text_of(tokenizer: Any, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+    """`tokenizer.decode(ids)` with no clean-up of spaces, but a byte run that is not valid UTF-8
+    read as UTF-8 reads it where the decoder is SentencePiece's byte fallback (`ByteFallback.text`)."""
+    ids = [int(i) for i in ids]
+    text = tokenizer.decode(ids, skip_special_tokens=skip_special_tokens, clean_up_tokenization_spaces=False)
+    found = byte_fallback(tokenizer) if "\ufffd" in text else None
+    return text if found is None else found.text(tokenizer, ids, skip_special_tokens, text)
 
 
 def _build(tokenizer: Any) -> ByteFallback | None:

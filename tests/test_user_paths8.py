@@ -445,3 +445,17 @@ def test_generation_and_activations_of_a_batch_with_one_rendered_chat_prompt(cha
     scored, = fluency_of_generation(model, seen)
     rescored, = fluency_of_texts(model, [text], [reply])
     assert (rescored.n_tokens, round(rescored.nll_sum, 4)) == (scored.n_tokens, round(scored.nll_sum, 4))
+
+
+def test_an_echoed_prompt_of_token_ids_keeps_the_characters_of_a_cut_byte_run(chain, api):
+    """A completions prompt given as token ids that starts inside a byte-spelled character (a store
+    window's ids) is echoed as UTF-8 reads its bytes, as the reply and the store read them: one
+    U+FFFD per cut byte, then the whole characters of the run ("机" here), not U+FFFD for every byte."""
+    tok = chain.tok
+    ids = tok("机机 and", add_special_tokens=False)["input_ids"]
+    run = [i for i in ids if _is_byte_token(tok.convert_ids_to_tokens(i))]
+    assert len(run) == 6  # 机 twice, three bytes each
+    cut = [tok.bos_token_id] + ids[ids.index(run[1]):]
+    r = api.completions.create(model="f", prompt=cut, echo=True, max_tokens=1, temperature=0.0)
+    assert r.choices[0].text.startswith("<s>" + _token_bytes(tok, cut[1:]).decode("utf-8", "replace"))
+    assert r.choices[0].text.startswith("<s>\ufffd\ufffd机 and")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from saes.bos import prompt_tokens
+from saes.bytefallback import text_of
 from saesteer.api.protocol import ChatRequest, CompletionRequest, EditIn, SteeringIn, TriggerIn
 from saesteer.api.service import OVERRIDE_HINT, ServedModel
 
@@ -265,7 +266,7 @@ def prepare_completion(req: CompletionRequest, served: ServedModel, limits) -> P
     rows = _rows(id_lists, layouts, served, req, c, steering, req.logprobs, bool(req.stream), chat=False)
     echo = []
     if req.echo:
-        echo = list(texts) if texts is not None else [tok.decode(ids) for ids in id_lists]
+        echo = list(texts) if texts is not None else [text_of(tok, ids) for ids in id_lists]  # as replies read
     return Prepared("completion", served.id, rows, c["n"], bool(req.stream),
                     bool(req.stream_options and req.stream_options.include_usage), req.logprobs, echo, summary)
 
