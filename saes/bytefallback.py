@@ -118,7 +118,10 @@ def _build(tokenizer: Any) -> ByteFallback | None:
             entries.append(int(s[3:5], 16))
         else:
             entries.append(s if i in added else s.replace("\u2581", " "))
-    special = frozenset(int(i) for i in getattr(tokenizer, "all_special_ids", None) or ())
+    # what skip_special_tokens leaves out: every added token marked special, not only the named ones
+    # (Mistral-v0.3's [INST] and [/INST] are in no all_special_ids)
+    special = frozenset({int(i) for i, t in (getattr(tokenizer, "added_tokens_decoder", {}) or {}).items()
+                         if getattr(t, "special", False)} | set(getattr(tokenizer, "all_special_ids", None) or ()))
     return ByteFallback(tuple(entries), bool(parts[3:]), special)
 
 

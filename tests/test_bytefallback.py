@@ -119,3 +119,26 @@ def test_overlong_surrogate_and_cut_runs_read_as_python_reads_them(sp, raw):
     the, sea = (sp(w, add_special_tokens=False)["input_ids"] for w in (" the", " sea"))
     assert byte_fallback(sp).text(sp, the + byte + sea) == ("" if byte_fallback(sp).strip_first_space else " ") + \
         "the" + raw.decode("utf-8", "replace") + " sea"
+
+
+def test_a_special_added_token_outside_the_named_ones_is_skipped_as_hf_skips_it():
+    """Mistral-v0.3's control tokens ([INST], [/INST]) are added tokens marked special but in no
+    `all_special_ids`: skip_special_tokens leaves them out, and so does the reading, which kept
+    them and, no longer HF's decoding, fell back to it (你 after a cut run lost to U+FFFD)."""
+    from tokenizers import AddedToken
+
+    from helpers.text_tokenizers import sentencepiece_bpe
+    from saes.bytefallback import text_of
+    from steering.textstream import TextAssembler
+
+    tok = sentencepiece_bpe()
+    tok.add_tokens([AddedToken("[INST]", special=True, normalized=False)])
+    inst = tok.convert_tokens_to_ids("[INST]")
+    assert inst not in tok.all_special_ids
+    ids = [inst] + [tok.convert_tokens_to_ids(f"<0x{b:02X}>") for b in b"\xbd\xa0\xe4\xbd\xa0"] + \
+        tok(" the", add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids, skip_special_tokens=True) == FFFD * 5 + " the"
+    assert text_of(tok, ids, skip_special_tokens=True) == FFFD * 2 + "你 the"
+    assert text_of(tok, ids) == "[INST]" + FFFD * 2 + "你 the"
+    stream = TextAssembler(tok)
+    assert "".join(stream.push(i)[0] for i in ids) + stream.finish() == FFFD * 2 + "你 the"
