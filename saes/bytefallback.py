@@ -55,11 +55,12 @@ class ByteFallback:
         """Each token's piece of the text (`text`), given the tokenizer's decoding of `ids`; None when
         this reading, with byte runs decoded as the decoder does, does not give that decoding."""
         entries = self.entries_of(ids, skip_special_tokens)
-        strip = None if entries is None else self.stripped("".join(pieces(entries)), decoded)
-        if strip is None:
+        if entries is None or self.stripped("".join(pieces(entries)), decoded) is None:
             return None
         out = pieces(entries, as_decoder=False)
-        if strip:  # the decoder dropped the text's first space: take it from its piece
+        # the decoder drops the text's first space: take it from its piece (a <0x20> at the head of a
+        # bad byte run too, which the decoder had made a U+FFFD)
+        if self.strip_first_space and "".join(out)[:1] == " ":
             k = next(k for k, piece in enumerate(out) if piece)
             out[k] = out[k][1:]
         return out
