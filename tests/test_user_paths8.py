@@ -41,10 +41,13 @@ What only this path shows:
 Seen and left: the first token of every document carries the tokenizer's dummy-prefix "▁", so a
 window's text shows "</s> first line" where the file has "first line" (what `tokenizer.decode`
 gives, and the token the model read; the cache does not record where documents start under the
-default BOS policy, so it cannot be told from a real space after `<s>`). A completions prompt that
-is a chat template rendered to text ("<s>[INST] ...") gets a second `<s>` (`to_tokens` adds one,
-as the tokenizer and vLLM do; llama.cpp warns): four call sites in three packages tokenize prompt
-text (api/prepare, steering/generation, steering/activations, features/text), for one shared rule.
+default BOS policy, so it cannot be told from a real space after `<s>`).
+
+Review (rvsp): a prompt that is a chat template rendered to text ("<s>[INST] ...") got a second
+`<s>` (`to_tokens` adds one, as the tokenizer and vLLM do; llama.cpp warns) in /v1/completions,
+`steer`, fluency, `features top-on-text` and activations over prompt sets; one rule now
+(`saes.bos.prompt_tokens`: text that starts with the BOS written out gets none prepended). An
+echoed prompt of token ids lost a cut byte run's characters (HF's decode; now `saes.bytefallback.text_of`).
 """
 
 from __future__ import annotations
