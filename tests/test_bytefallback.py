@@ -37,14 +37,10 @@ def sp(request):
 
 
 def _python_text(tok, ids, strips: bool) -> str:
-    """The tokens' bytes ("▁" a space, <0xNN> its byte, a special token its text) as Python decodes them."""
-    raw = b""
-    for t in tok.convert_ids_to_tokens(list(ids)):
-        if len(t) == 6 and t.startswith("<0x") and t.endswith(">"):
-            raw += bytes([int(t[3:5], 16)])
-        else:
-            raw += (t if t in tok.all_special_tokens else t.replace("\u2581", " ")).encode()
-    text = raw.decode("utf-8", "replace")
+    """The tokens' bytes as Python decodes them, less the first space where the decoder strips it."""
+    from helpers.text_tokenizers import sentencepiece_bytes
+
+    text = sentencepiece_bytes(tok, ids).decode("utf-8", "replace")
     return text.removeprefix(" ") if strips else text
 
 

@@ -62,6 +62,7 @@ import pytest
 import torch
 
 from helpers.judge_server import JudgeServer, fake_llm_answer
+from helpers.text_tokenizers import sentencepiece_bytes
 from helpers.real_cli import saesteer
 
 pytestmark = [pytest.mark.usefixtures("one_thread", "offline_env")]
@@ -246,11 +247,6 @@ def api(chain):
         srv.stop()
 
 
-def _token_bytes(tok, ids) -> bytes:
-    return b"".join(bytes([int(t[3:5], 16)]) if _is_byte_token(t) else t.replace("\u2581", " ").encode()
-                    for t in tok.convert_ids_to_tokens(list(ids)))
-
-
 @pytest.mark.parametrize("prompt", ["日本語の", "机器", "emoji 🙂 and"])
 def test_a_streamed_reply_is_the_whole_reply_and_no_character_is_lost(chain, api, prompt):
     """The model reproduces its Japanese, Chinese and emoji text, each character one token or several
@@ -268,7 +264,7 @@ def test_a_streamed_reply_is_the_whole_reply_and_no_character_is_lost(chain, api
         ids = [i for i in whole.choices[0].model_extra["steering"]["token_ids"] if i != tok.eos_token_id]
         text = whole.choices[0].text
         assert streamed == text
-        assert text == _token_bytes(tok, ids).decode("utf-8", errors="replace"), tok.convert_ids_to_tokens(ids)
+        assert text == sentencepiece_bytes(tok, ids).decode("utf-8", errors="replace"), tok.convert_ids_to_tokens(ids)
         assert whole.usage.prompt_tokens == len(tok(prompt)["input_ids"])  # <s> once
         seen["multibyte"] |= any(len(ch.encode()) > 1 and ch != "\ufffd" for ch in text)
         seen["stray"] |= "\ufffd" in text
@@ -460,5 +456,5 @@ def test_an_echoed_prompt_of_token_ids_keeps_the_characters_of_a_cut_byte_run(ch
     assert len(run) == 6  # 机 twice, three bytes each
     cut = [tok.bos_token_id] + ids[ids.index(run[1]):]
     r = api.completions.create(model="f", prompt=cut, echo=True, max_tokens=1, temperature=0.0)
-    assert r.choices[0].text.startswith("<s>" + _token_bytes(tok, cut[1:]).decode("utf-8", "replace"))
+    assert r.choices[0].text.startswith("<s>" + sentencepiece_bytes(tok, cut[1:]).decode("utf-8", "replace"))
     assert r.choices[0].text.startswith("<s>\ufffd\ufffd机 and")
