@@ -10,9 +10,9 @@ default (TransformerLens's `cfg.default_prepend_bos`). Text fed without the BOS 
 with gives other activations at every position, so the record wins over the model's default.
 
 A prompt text that already starts with the BOS token written out (a chat template rendered to
-text: "<s>[INST] ...") gets no second one (`prompt_tokens`): the model would otherwise read two,
-as no chat prompt or training context has them (HF's tokenizer, vLLM and TransformerLens's
-`to_tokens` all add one more; llama.cpp warns).
+text: "<s>[INST] ...") gets no second one (`prompt_tokens`): two BOS are in no chat prompt and no
+cached context, so every activation after them would be off. HF's tokenizer(text), vLLM and
+TransformerLens's `to_tokens` add the second; llama.cpp warns about it.
 
 It lives in `saes` because `features` and `steering` both need it and neither may import the other.
 """
