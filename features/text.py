@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from features.tokentext import token_text
+from saes.bos import prompt_tokens
 from saes.hookpoints import check_hook, opt_in_hooks
 
 
@@ -78,7 +79,7 @@ def text_tokens(model, text: str, prepend_bos: bool) -> torch.Tensor:
     """`text`'s tokens [1, S], tokenized once and never cut: a text longer than the model's context
     (`cfg.n_ctx`) is refused naming both lengths (TransformerLens's `to_tokens` would cut it to the
     context without a word, and the latents of its tail would silently be missing)."""
-    tokens_BS = model.to_tokens(text, prepend_bos=prepend_bos, truncate=False)
+    tokens_BS = prompt_tokens(model, text, prepend_bos, truncate=False)  # one BOS (saes.bos)
     n, n_ctx = int(tokens_BS.shape[1]), getattr(model.cfg, "n_ctx", None)
     if n_ctx is not None and n > n_ctx:
         raise ValueError(f"the text is {n} tokens long, more than the model's context of {n_ctx} tokens; shorten it "

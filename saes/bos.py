@@ -9,14 +9,20 @@ for an SAE (steering, sweeps, `features top-on-text`, the web app).
 default (TransformerLens's `cfg.default_prepend_bos`). Text fed without the BOS the SAE was trained
 with gives other activations at every position, so the record wins over the model's default.
 
+A prompt text that already starts with the BOS token written out (a chat template rendered to
+text: "<s>[INST] ...") gets no second one (`prompt_tokens`): two BOS are in no chat prompt and no
+cached context, so every activation after them would be off. HF's tokenizer(text), vLLM and
+TransformerLens's `to_tokens` add the second; llama.cpp warns about it.
+
 It lives in `saes` because `features` and `steering` both need it and neither may import the other.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
-__all__ = ["recorded_prepend_bos", "trained_bos_policy", "prepend_bos_for", "check_cache_bos"]
+__all__ = ["recorded_prepend_bos", "trained_bos_policy", "prepend_bos_for", "check_cache_bos", "starts_with_bos",
+           "prompt_tokens"]
 
 BOS_POLICIES = ("prepend", "doc", "none")  # training.text.TextConfig.bos_policy
 
@@ -81,3 +87,40 @@ def check_cache_bos(saes: Iterable[Any], bos_policy: str | None, cache: Any = ""
         f"packed with {policy_as} {bos_policy!r}, so its contexts {'do not start' if wants else 'start'} with BOS; "
         f"{fix_as} {policy_as} {fits} for this SAE{anyway}"
     )
+
+
+def starts_with_bos(tokenizer: Any, text: str) -> bool:
+    """Whether `text` starts with the tokenizer's BOS token written out ("<s>[INST] ..."), as the
+    tokenizer reads it: that one token."""
+    bos = getattr(tokenizer, "bos_token", None)
+    if not bos or not isinstance(text, str) or not text.startswith(bos):
+        return False
+    return tokenizer(bos, add_special_tokens=False)["input_ids"] == [tokenizer.bos_token_id]
+
+
+def prompt_tokens(model: Any, texts: str | Sequence[str], prepend_bos: bool | None = None, *,
+                  padding_side: str | None = None, truncate: bool = True) -> Any:
+    """`model.to_tokens(texts, prepend_bos, ...)` [B, S], but a text that already starts with the
+    BOS token written out (`starts_with_bos`) gets none prepended: it is read as written, one BOS.
+    Every row starts with BOS where `prepend_bos` (None: the model's default) says so. Rows are
+    padded on `padding_side` (None: the tokenizer's) as `to_tokens` pads them."""
+    import torch
+
+    batch = [texts] if isinstance(texts, str) else list(texts)
+    wanted = bool(getattr(model.cfg, "default_prepend_bos", True)) if prepend_bos is None else bool(prepend_bos)
+    written = [wanted and starts_with_bos(model.tokenizer, t) for t in batch]
+    kw: dict[str, Any] = {"truncate": truncate}
+    if padding_side is not None:
+        kw["padding_side"] = padding_side
+    if not any(written):
+        return model.to_tokens(texts, **kw, **({} if prepend_bos is None else {"prepend_bos": prepend_bos}))
+    if all(written):
+        return model.to_tokens(texts, prepend_bos=False, **kw)
+    rows = [model.to_tokens(t, prepend_bos=not w, **kw)[0] for t, w in zip(batch, written)]
+    width = max(len(r) for r in rows)
+    tok = model.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    left = (padding_side or getattr(tok, "padding_side", "right")) == "left"
+    padded = [torch.cat([r.new_full((width - len(r),), pad), r] if left else [r, r.new_full((width - len(r),), pad)])
+              for r in rows]
+    return torch.stack(padded)

@@ -3,7 +3,8 @@ style tokenizer ("▁" for spaces, <0xNN> tokens for the bytes of characters out
 and for line breaks and tabs), with every whole character kept.
 
     bf = byte_fallback(tokenizer)          # None unless its decoder is SentencePiece's byte fallback
-    bf.text(ids)                           # the decoding, a cut byte run read as its bytes
+    bf.text(tokenizer, ids)                # the decoding, a cut byte run read as its bytes
+    text_of(tokenizer, ids)                # the same for any tokenizer (its own decoding where it is not one)
 
 HF's decoder (Replace "▁", ByteFallback, Fuse, Strip) turns a run of byte tokens that is not valid
 UTF-8 as a whole into one U+FFFD per byte: a run cut at its start (a window of a text) or with one
@@ -24,7 +25,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-__all__ = ["ByteFallback", "byte_fallback", "pieces", "split_characters"]
+__all__ = ["ByteFallback", "byte_fallback", "text_of", "pieces", "split_characters"]
 
 _DECODER = [{"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "}, {"type": "ByteFallback"},
             {"type": "Fuse"}]
@@ -54,11 +55,12 @@ class ByteFallback:
         """Each token's piece of the text (`text`), given the tokenizer's decoding of `ids`; None when
         this reading, with byte runs decoded as the decoder does, does not give that decoding."""
         entries = self.entries_of(ids, skip_special_tokens)
-        strip = None if entries is None else self.stripped("".join(pieces(entries)), decoded)
-        if strip is None:
+        if entries is None or self.stripped("".join(pieces(entries)), decoded) is None:
             return None
         out = pieces(entries, as_decoder=False)
-        if strip:  # the decoder dropped the text's first space: take it from its piece
+        # the decoder drops the text's first space: take it from its piece (a <0x20> at the head of a
+        # bad byte run too, which the decoder had made a U+FFFD)
+        if self.strip_first_space and "".join(out)[:1] == " ":
             k = next(k for k, piece in enumerate(out) if piece)
             out[k] = out[k][1:]
         return out
@@ -92,6 +94,15 @@ def byte_fallback(tokenizer: Any) -> ByteFallback | None:
     return found
 
 
+def text_of(tokenizer: Any, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+    """`tokenizer.decode(ids)` with no clean-up of spaces, but a byte run that is not valid UTF-8
+    read as UTF-8 reads it where the decoder is SentencePiece's byte fallback (`ByteFallback.text`)."""
+    ids = [int(i) for i in ids]
+    text = tokenizer.decode(ids, skip_special_tokens=skip_special_tokens, clean_up_tokenization_spaces=False)
+    found = byte_fallback(tokenizer) if "\ufffd" in text else None
+    return text if found is None else found.text(tokenizer, ids, skip_special_tokens, text)
+
+
 def _build(tokenizer: Any) -> ByteFallback | None:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None or backend.decoder is None:
@@ -108,7 +119,10 @@ def _build(tokenizer: Any) -> ByteFallback | None:
             entries.append(int(s[3:5], 16))
         else:
             entries.append(s if i in added else s.replace("\u2581", " "))
-    special = frozenset(int(i) for i in getattr(tokenizer, "all_special_ids", None) or ())
+    # what skip_special_tokens leaves out: every added token marked special, not only the named ones
+    # (Mistral-v0.3's [INST] and [/INST] are in no all_special_ids)
+    special = frozenset({int(i) for i, t in (getattr(tokenizer, "added_tokens_decoder", {}) or {}).items()
+                         if getattr(t, "special", False)} | set(getattr(tokenizer, "all_special_ids", None) or ()))
     return ByteFallback(tuple(entries), bool(parts[3:]), special)
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from saes.bos import prompt_tokens
 from saes.hookpoints import check_hook, opt_in_hooks
 from steering.spec import SteeringError
 
@@ -50,7 +51,7 @@ def iter_hook_activations(
     for i in range(0, len(prompts), batch_size):
         chunk = list(prompts[i : i + batch_size])
         kw = {} if prepend_bos is None else {"prepend_bos": prepend_bos}
-        tokens_BS = model.to_tokens(chunk, padding_side="left", **kw)
+        tokens_BS = prompt_tokens(model, chunk, prepend_bos, padding_side="left")  # one BOS (saes.bos)
         stop = layer + 1 if layer is not None and layer + 1 < n_layers else None
         with opt_in_hooks(model, hook_name, "activation collection"):
             _, cache = model.run_with_cache(

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from saes.bos import prompt_tokens
 from steering.spec import SteeringError
 
 if TYPE_CHECKING:
@@ -182,7 +183,7 @@ def fluency_of_texts(model: Model, prompts: Sequence[str], texts: Sequence[str])
         if not text.strip():
             out.append(_combine(text, None, None, 0.0, 0))
             continue
-        head = model.to_tokens(prompt) if prompt else model.to_tokens("")
+        head = prompt_tokens(model, prompt) if prompt else model.to_tokens("")  # one BOS (saes.bos)
         if not prompt and head.shape[1] == 0:
             raise SteeringError("the model adds no BOS token and the prompt is empty: nothing to condition on")
         tail = model.to_tokens(text, prepend_bos=False)

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from saes.bos import prompt_tokens
 from steering.config import GenerationConfig
 from steering.inputs import Model, SAEs, sae_mapping
 from steering.spec import Positions, SteeringError, SteeringWarning
@@ -81,8 +82,7 @@ def _tokenize(model: Model, prompts: list[str], prepend_bos: bool | None) -> Ten
     real length by the caller, not silently cut to the context)."""
     if getattr(model, "tokenizer", None) is None:
         raise SteeringError("the model has no tokenizer; pass a model loaded with one (saesteer.models.load_model)")
-    kw = {} if prepend_bos is None else {"prepend_bos": prepend_bos}
-    return model.to_tokens(prompts, padding_side="left", truncate=False, **kw)
+    return prompt_tokens(model, prompts, prepend_bos, padding_side="left", truncate=False)  # one BOS (saes.bos)
 
 
 def prompt_lengths(model: Model, prompts: list[str], prepend_bos: bool | None) -> list[int]:

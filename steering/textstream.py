@@ -53,7 +53,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from saes.bytefallback import byte_fallback
+from saes.bytefallback import text_of
 
 _INCOMPLETE = "\ufffd"
 
@@ -101,7 +101,6 @@ class TextAssembler:
     def __init__(self, tokenizer: Any, stop: Sequence[str] = (), skip_special_tokens: bool = True,
                  context_ids: Sequence[int] = (), offsets: bool = False) -> None:
         self.tokenizer = tokenizer
-        self._byte_fallback = byte_fallback(tokenizer)
         self.skip_special_tokens = skip_special_tokens
         self._prompt_context = text_context(tokenizer, context_ids)[-self.CONTEXT_TOKENS:]
         self.stop = tuple(s for s in stop if s)
@@ -116,11 +115,7 @@ class TextAssembler:
         self._last_offset = 0
 
     def _decode_ids(self, ids: list[int]) -> str:
-        text = self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens,
-                                     clean_up_tokenization_spaces=False)  # as continuation_text decodes
-        if _INCOMPLETE in text and self._byte_fallback is not None:  # keep a byte run's whole characters
-            text = self._byte_fallback.text(self.tokenizer, ids, self.skip_special_tokens, text)
-        return text
+        return text_of(self.tokenizer, ids, self.skip_special_tokens)  # a byte run's whole characters kept
 
     def _cut_at(self, tokens: int, text: str) -> _Cut:
         """A cut after `tokens` generated tokens whose text is `text`. It reads on from the

@@ -213,3 +213,20 @@ def test_generated_texts_join_their_prompts_as_the_tokenizer_decodes_them(model)
         want = tok.decode(gen.tokens[b].tolist(), skip_special_tokens=True, clean_up_tokenization_spaces=False)
         assert full == want
     assert gen.texts[0].startswith(" ") and not gen.texts[1].startswith(" ")  # words are space-separated
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_a_prompt_that_writes_its_bos_gets_no_second_one(model, padding_side):
+    """HookedTransformer over a word-level tokenizer that adds BOS itself: a prompt starting with the
+    BOS token's text is tokenized as written, the others get theirs, and a mixed batch is padded as
+    `to_tokens` pads (saes.bos.prompt_tokens). (The Mistral user path: a Bridge, the [INST] template.)"""
+    from saes.bos import prompt_tokens
+
+    bos, pad = model.tokenizer.bos_token, model.tokenizer.pad_token_id
+    plain = model.to_tokens(PROMPTS[0], prepend_bos=True)[0].tolist()
+    assert prompt_tokens(model, bos + PROMPTS[0])[0].tolist() == plain
+    assert model.to_tokens(bos + PROMPTS[0])[0].tolist() == plain[:1] + plain  # what it did
+    rows = prompt_tokens(model, [bos + PROMPTS[0], PROMPTS[1], PROMPTS[0]], padding_side=padding_side)
+    want = model.to_tokens([PROMPTS[0], PROMPTS[1], PROMPTS[0]], padding_side=padding_side)
+    assert rows.tolist() == want.tolist() and pad is not None
+    assert prompt_tokens(model, bos + PROMPTS[0], prepend_bos=False)[0].tolist() == plain  # as written

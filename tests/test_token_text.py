@@ -48,9 +48,9 @@ def _spm_text(tok, ids) -> str:
     """A SentencePiece window's text from its tokens' bytes ("▁" a space, <0xNN> one byte), less the
     first space as the decoder strips it: the decoding, but for a byte run the window cuts, which
     keeps its whole characters (the decoder makes every byte of the run a U+FFFD)."""
-    raw = b"".join(bytes([int(t[3:5], 16)]) if re.fullmatch(r"<0x[0-9A-F]{2}>", t) else t.replace("\u2581", " ").encode()
-                   for t in tok.convert_ids_to_tokens(list(ids)))
-    text = raw.decode("utf-8", errors="replace")
+    from helpers.text_tokenizers import sentencepiece_bytes
+
+    text = sentencepiece_bytes(tok, ids).decode("utf-8", errors="replace")
     assert "\ufffd" in _decode(tok, ids) or text.removeprefix(" ") == _decode(tok, ids)
     return text.removeprefix(" ")
 

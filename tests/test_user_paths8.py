@@ -41,10 +41,13 @@ What only this path shows:
 Seen and left: the first token of every document carries the tokenizer's dummy-prefix "▁", so a
 window's text shows "</s> first line" where the file has "first line" (what `tokenizer.decode`
 gives, and the token the model read; the cache does not record where documents start under the
-default BOS policy, so it cannot be told from a real space after `<s>`). A completions prompt that
-is a chat template rendered to text ("<s>[INST] ...") gets a second `<s>` (`to_tokens` adds one,
-as the tokenizer and vLLM do; llama.cpp warns): four call sites in three packages tokenize prompt
-text (api/prepare, steering/generation, steering/activations, features/text), for one shared rule.
+default BOS policy, so it cannot be told from a real space after `<s>`).
+
+Review (rvsp): a prompt that is a chat template rendered to text ("<s>[INST] ...") got a second
+`<s>` (`to_tokens` adds one, as the tokenizer and vLLM do; llama.cpp warns) in /v1/completions,
+`steer`, fluency, `features top-on-text` and activations over prompt sets; one rule now
+(`saes.bos.prompt_tokens`: text that starts with the BOS written out gets none prepended). An
+echoed prompt of token ids lost a cut byte run's characters (HF's decode; now `saes.bytefallback.text_of`).
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ import pytest
 import torch
 
 from helpers.judge_server import JudgeServer, fake_llm_answer
+from helpers.text_tokenizers import sentencepiece_bytes
 from helpers.real_cli import saesteer
 
 pytestmark = [pytest.mark.usefixtures("one_thread", "offline_env")]
@@ -243,11 +247,6 @@ def api(chain):
         srv.stop()
 
 
-def _token_bytes(tok, ids) -> bytes:
-    return b"".join(bytes([int(t[3:5], 16)]) if _is_byte_token(t) else t.replace("\u2581", " ").encode()
-                    for t in tok.convert_ids_to_tokens(list(ids)))
-
-
 @pytest.mark.parametrize("prompt", ["日本語の", "机器", "emoji 🙂 and"])
 def test_a_streamed_reply_is_the_whole_reply_and_no_character_is_lost(chain, api, prompt):
     """The model reproduces its Japanese, Chinese and emoji text, each character one token or several
@@ -265,7 +264,7 @@ def test_a_streamed_reply_is_the_whole_reply_and_no_character_is_lost(chain, api
         ids = [i for i in whole.choices[0].model_extra["steering"]["token_ids"] if i != tok.eos_token_id]
         text = whole.choices[0].text
         assert streamed == text
-        assert text == _token_bytes(tok, ids).decode("utf-8", errors="replace"), tok.convert_ids_to_tokens(ids)
+        assert text == sentencepiece_bytes(tok, ids).decode("utf-8", errors="replace"), tok.convert_ids_to_tokens(ids)
         assert whole.usage.prompt_tokens == len(tok(prompt)["input_ids"])  # <s> once
         seen["multibyte"] |= any(len(ch.encode()) > 1 and ch != "\ufffd" for ch in text)
         seen["stray"] |= "\ufffd" in text
@@ -375,3 +374,87 @@ def test_the_feature_page_shows_characters_not_byte_tokens(chain, monkeypatch):
     assert page.status_code == 200
     assert "&lt;0x" not in page.text and "<0x" not in page.text and "\u2581" not in page.text
     assert re.search(r"[\u3040-\u9fff]", page.text) and not re.search("\ufffd{4,}", page.text)
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. a chat prompt rendered to text: one BOS
+
+
+def _rendered_chat(tok) -> tuple[list[dict], str, list[int]]:
+    msgs = [{"role": "user", "content": "机器学习"}]
+    text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    ids = tok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"]
+    assert text.startswith("<s>[INST]") and ids.count(tok.bos_token_id) == 1
+    return msgs, text, list(ids)
+
+
+def test_a_chat_template_rendered_to_text_is_read_with_one_bos(chain, api):
+    """A completions prompt that is the chat template rendered to text ("<s>[INST] ...") is read as
+    the chat endpoint reads the messages: the same tokens, one `<s>` (to_tokens added a second, as
+    HF's tokenizer(text) and vLLM do), so the same reply and the same log-probabilities."""
+    tok = chain.tok
+    msgs, text, ids = _rendered_chat(tok)
+    kw = dict(model="f", max_tokens=4, temperature=0.0, seed=0)
+    comp = api.completions.create(prompt=text, logprobs=5, **kw)
+    chat = api.chat.completions.create(messages=msgs, logprobs=True, top_logprobs=5, **kw)
+    assert comp.usage.prompt_tokens == chat.usage.prompt_tokens == len(ids)
+    assert comp.choices[0].model_extra["steering"]["token_ids"] == chat.choices[0].model_extra["steering"]["token_ids"]
+    first_comp = sorted((k, round(v, 4)) for k, v in comp.choices[0].logprobs.top_logprobs[0].items())
+    first_chat = sorted((t.token, round(t.logprob, 4)) for t in chat.choices[0].logprobs.content[0].top_logprobs)
+    assert first_comp == first_chat
+    plain = api.completions.create(prompt="机器学习", **kw)  # text without BOS: the model's one BOS is prepended
+    assert plain.usage.prompt_tokens == len(tok("机器学习")["input_ids"])
+
+
+def test_features_on_a_rendered_chat_text_see_one_bos(chain):
+    """`features top-on-text` on a chat prompt rendered to text: the model reads the tokens the
+    chat template gives, one `<s>` at position 0 (a second was prepended: every latent's activation
+    at every position was another text's)."""
+    _, text, ids = _rendered_chat(chain.tok)
+    out = saesteer("features", "top-on-text", chain.store, text, "--top", 1).ok().out
+    rows = re.findall(r"^\W*?(\d+) \W (\S+)", out, re.M)  # the table's position and token columns
+    assert [int(p) for p, _ in rows] == list(range(len(ids)))
+    assert [t for _, t in rows].count("'<s>'") == 1 and rows[0][1] == "'<s>'"
+
+
+def test_generation_and_activations_of_a_batch_with_one_rendered_chat_prompt(chain):
+    """A batch of prompts where one is a chat template rendered to text and one plain text: each row
+    is its prompt's tokens with one `<s>` (the rendered one as the template tokenizes it, the plain
+    one with the BOS prepended), left-padded; the activations are those of the real tokens only;
+    a reply's fluency is scored after the prompt tokens it was generated after."""
+    from saesteer.models import load_model
+    from steering.activations import iter_hook_activations
+    from steering.fluency import fluency_of_generation, fluency_of_texts
+    from steering.generation import Generation, generate
+
+    tok = chain.tok
+    _, text, ids = _rendered_chat(tok)
+    model = load_model(str(chain.model), device="cpu")
+    plain = tok("机器")["input_ids"]
+    res = generate(model, [text, "机器"], max_new_tokens=2, seed=0, prepend_bos=True)
+    rows = res.tokens[:, : res.prompt_len].tolist()
+    assert rows[0] == ids and rows[1][-len(plain):] == plain
+    assert rows[1][: -len(plain)] == [model.tokenizer.pad_token_id] * (len(ids) - len(plain))
+    acts, = iter_hook_activations(model, HOOK, [text, "机器"], prepend_bos=True)
+    assert acts.shape[0] == len(ids) - 1 + len(plain) - 1  # every token but each row's BOS and the pads
+
+    reply = res.texts[0]  # scored after the template's tokens, as `generate` read them
+    tail = model.to_tokens(reply, prepend_bos=False)[0].tolist()
+    seen = Generation([text], [reply], torch.tensor([ids + tail]), len(ids))
+    scored, = fluency_of_generation(model, seen)
+    rescored, = fluency_of_texts(model, [text], [reply])
+    assert (rescored.n_tokens, round(rescored.nll_sum, 4)) == (scored.n_tokens, round(scored.nll_sum, 4))
+
+
+def test_an_echoed_prompt_of_token_ids_keeps_the_characters_of_a_cut_byte_run(chain, api):
+    """A completions prompt given as token ids that starts inside a byte-spelled character (a store
+    window's ids) is echoed as UTF-8 reads its bytes, as the reply and the store read them: one
+    U+FFFD per cut byte, then the whole characters of the run ("机" here), not U+FFFD for every byte."""
+    tok = chain.tok
+    ids = tok("机机 and", add_special_tokens=False)["input_ids"]
+    run = [i for i in ids if _is_byte_token(tok.convert_ids_to_tokens(i))]
+    assert len(run) == 6  # 机 twice, three bytes each
+    cut = [tok.bos_token_id] + ids[ids.index(run[1]):]
+    r = api.completions.create(model="f", prompt=cut, echo=True, max_tokens=1, temperature=0.0)
+    assert r.choices[0].text.startswith("<s>" + sentencepiece_bytes(tok, cut[1:]).decode("utf-8", "replace"))
+    assert r.choices[0].text.startswith("<s>\ufffd\ufffd机 and")

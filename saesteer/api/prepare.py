@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from saes.bos import prompt_tokens
+from saes.bytefallback import text_of
 from saesteer.api.protocol import ChatRequest, CompletionRequest, EditIn, SteeringIn, TriggerIn
 from saesteer.api.service import OVERRIDE_HINT, ServedModel
 
@@ -248,7 +250,7 @@ def prepare_completion(req: CompletionRequest, served: ServedModel, limits) -> P
             if len(t) > limits.max_text_chars:
                 raise ApiError(400, f"prompt: at most {limits.max_text_chars} characters (got {len(t)})", "prompt")
         # never truncated: an overlong prompt is refused below with its real length
-        id_lists = [served.model.to_tokens(t, truncate=False)[0].tolist() for t in texts]
+        id_lists = [prompt_tokens(served.model, t, truncate=False)[0].tolist() for t in texts]
     else:
         for ids in id_lists:
             if not ids or any(not 0 <= i < vocab for i in ids):
@@ -264,7 +266,7 @@ def prepare_completion(req: CompletionRequest, served: ServedModel, limits) -> P
     rows = _rows(id_lists, layouts, served, req, c, steering, req.logprobs, bool(req.stream), chat=False)
     echo = []
     if req.echo:
-        echo = list(texts) if texts is not None else [tok.decode(ids) for ids in id_lists]
+        echo = list(texts) if texts is not None else [text_of(tok, ids) for ids in id_lists]  # as replies read
     return Prepared("completion", served.id, rows, c["n"], bool(req.stream),
                     bool(req.stream_options and req.stream_options.include_usage), req.logprobs, echo, summary)
 

@@ -77,6 +77,13 @@ def byte_level_bpe(vocab_size: int = 420):
 _BYTE_TOKEN = re.compile(r"<0x[0-9A-F]{2}>")
 
 
+def sentencepiece_bytes(tok, ids) -> bytes:
+    """The bytes a SentencePiece tokenizer's tokens spell ("▁" a space, <0xNN> its byte, any other
+    token its text), read off the token strings: what `saes.bytefallback` is checked against."""
+    return b"".join(bytes([int(t[3:5], 16)]) if _BYTE_TOKEN.fullmatch(t) else t.replace("\u2581", " ").encode()
+                    for t in tok.convert_ids_to_tokens(list(ids)))
+
+
 @lru_cache(maxsize=None)
 def _sp_object(vocab_size: int, extra: tuple[str, ...], add_bos: bool = False, max_alphabet: int | None = None):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
