@@ -290,7 +290,9 @@ def test_the_web_page_shows_the_delphi_label_as_delphis(toy, tmp_path):
     page = client(app).get("/s/toy/f/11")
     assert page.status_code == 200
     html = page.text
-    assert "Python `def` headers, e.g. &#34;def main():&#34;" in html or "Python `def` headers, e.g. &quot;def main():&quot;" in html
+    import html as html_lib
+
+    assert html_lib.escape(LABELS[11]) in html.replace("&#34;", "&quot;")  # escaped, whole
     assert f"by {EXPLAINER} (delphi)" in html and "delphi_detection" in html
 
 
@@ -311,8 +313,9 @@ def test_refusals_name_both_sides_and_write_nothing(toy, tmp_path, case):
         want = [f"{MODULE}_latent64.txt: latent 64 is not a latent of the SAE", "d_sae=64, latents 0..63"]
     elif case == "two_modules":
         write_delphi_run(run, LABELS)
-        write_delphi_run(run, {1: "a layer-1 label"}, module="layers.1")
-        want = ["2 modules (layers.1, layers.2)", f"hook {HOOK}", "--delphi-module", "'layers.2' reads it"]
+        # layers.20 shares layers.2's prefix: delphi's own load_data (glob f"*{module}*") would mix them in
+        write_delphi_run(run, {1: "a layer-20 label", 3: "another layer-20 label"}, module="layers.20")
+        want = ["2 modules (layers.2, layers.20)", f"hook {HOOK}", "--delphi-module", "'layers.2' reads it"]
     elif case == "not_a_string":
         write_delphi_run(run, LABELS)
         (run / "explanations" / f"{MODULE}_latent7.txt").write_bytes(b'{"explanation": "x"}')
@@ -336,6 +339,10 @@ def test_refusals_name_both_sides_and_write_nothing(toy, tmp_path, case):
     if case == "two_modules":  # picking the module of this SAE imports it
         r = saesteer("label", "--store", db, "--import-delphi", run, "--delphi-module", MODULE).ok()
         assert "imported 3 delphi label(s)" in r.out
+        from features import FeatureStore
+
+        with FeatureStore.open(db) as st:
+            assert st.label(3).text == LABELS[3] and st.label(1).provenance.judge_kind != "delphi"
 
 
 # ---------------------------------------------------------------------------------------------
