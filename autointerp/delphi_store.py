@@ -41,6 +41,7 @@ class DelphiImport:
     pooled: dict[str, dict[str, Any]] = field(default_factory=dict)  # scorer -> delphi's log figures
     skipped_scorers: list[str] = field(default_factory=list)
     explainer_model: str = ""
+    model_note: str | None = None  # the run's model and the store's differ by name, not surely
 
 
 def _store_hook(store: Any) -> str:
@@ -93,6 +94,23 @@ def _pick_module(modules: list[str], wanted: str | None, hook: str, store_path: 
                      f"the one of this store's SAE (hook {hook}) with --delphi-module{hint}")
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def _model_note(run_model: str | None, store: Any) -> str | None:
+    """Refuse a run of another model when both sides name hub ids ("org/name") that differ; say so
+    in a note when only the names' last parts differ (a local path and a hub id may be one model)."""
+    ours = (store.meta.get("model_identity") or {}).get("name") or (store.meta.get("sae") or {}).get("model_name")
+    if not run_model or not ours:
+        return None
+    if _HUB_ID.fullmatch(run_model) and _HUB_ID.fullmatch(ours) and run_model.lower() != ours.lower():
+        raise ValueError(f"the delphi run explained {run_model} (run_config.json), but the SAE of {store.path} is "
+                         f"of {ours}; import the run of this SAE's model")
+    if Path(run_model).name.lower() != Path(ours).name.lower():
+        return f"the delphi run explained {run_model} (run_config.json); the SAE of this store is of {ours}"
+    return None
+
+
 def _check_latents(files: list, d_sae: int, store_path: Any) -> None:
     for f in files:
         if not 0 <= f.latent < d_sae:
@@ -114,7 +132,8 @@ def import_delphi_run(store: Any, run_dir: str | os.PathLike, module: str | None
     _check_latents(mine, store.d_sae, store.path)
     labels = {f.latent: (f, read_explanation(f.path)) for f in mine}
 
-    report = DelphiImport(module, hook, explainer_model=str(config.get("explainer_model") or ""))
+    report = DelphiImport(module, hook, explainer_model=str(config.get("explainer_model") or ""),
+                          model_note=_model_note(config.get("model"), store))
     samples: dict[str, dict[int, tuple[Path, list]]] = {}
     for scorer, files in score_files.items():
         if scorer not in CLASSIFIER_SCORERS:

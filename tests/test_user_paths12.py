@@ -99,7 +99,8 @@ def _samples(latent: int) -> dict[str, list[ClassifierOutput]]:
     return out
 
 
-def write_delphi_run(run: Path, labels: dict[int, str], module: str = MODULE, scores: bool = True) -> Path:
+def write_delphi_run(run: Path, labels: dict[int, str], module: str = MODULE, scores: bool = True,
+                     model: str = "toyworld-tiny") -> Path:
     """A run folder as delphi/__main__.py writes it (0.1.3): run_config.json (RunConfig.save_json,
     line 394), explanations/<latent>.txt = orjson.dumps(explanation) (explainer_postprocess, lines
     176-178), scores/<scorer>/<latent with '/' -> '--'>.txt = orjson.dumps(result.score) (scorer_postprocess,
@@ -107,6 +108,7 @@ def write_delphi_run(run: Path, labels: dict[int, str], module: str = MODULE, sc
     (run / "explanations").mkdir(parents=True, exist_ok=True)
     (run / "run_config.json").write_text(json.dumps({"explainer_model": EXPLAINER, "explainer": "default",
                                                      "explainer_provider": "offline", "hookpoints": [module],
+                                                     "model": model,
                                                      "scorers": ["detection", "fuzz", "simulation"]}, indent=4))
     for i, text in labels.items():
         (run / "explanations" / f"{_latent_name(module, i)}.txt").write_bytes(_orjson_dumps(text))
@@ -211,7 +213,7 @@ def test_import_shows_delphi_labels_and_delphis_own_figures(toy, tmp_path):
     r = saesteer("label", "--store", db, "--import-delphi", run).ok()
     assert f"imported 3 delphi label(s) of module {MODULE} (hook {HOOK})" in r.out and EXPLAINER in r.out
     assert "3 latent(s) had a saesteer label" in r.out  # ours were replaced as current, kept as history
-    assert "not imported: scores/simulation" in r.out
+    assert "not imported: scores/simulation" in r.out and "note:" not in r.out  # the same model
 
     show = saesteer("features", "show", db, "7").ok().out
     assert LABELS[7] in show and f"label by {EXPLAINER} (delphi)" in show
@@ -296,12 +298,20 @@ def test_the_web_page_shows_the_delphi_label_as_delphis(toy, tmp_path):
     assert f"by {EXPLAINER} (delphi)" in html and "delphi_detection" in html
 
 
+def test_a_run_whose_model_may_be_another_is_imported_with_a_note_naming_both(toy, tmp_path):
+    db = _fresh_store(toy, tmp_path)
+    run = write_delphi_run(tmp_path / "run", LABELS, model="/data/checkpoints/pythia-70m")
+    r = saesteer("label", "--store", db, "--import-delphi", run).ok()
+    assert "note: the delphi run explained /data/checkpoints/pythia-70m (run_config.json); the SAE of this " \
+           "store is of toyworld-tiny" in r.out
+
+
 # ---------------------------------------------------------------------------------------------
 # 2. refusals: named, one line, nothing written
 
 
 @pytest.mark.parametrize("case", ["other_layer", "latent_out_of_range", "two_modules", "not_a_string",
-                                  "score_without_prediction", "bad_name"])
+                                  "score_without_prediction", "bad_name", "other_model"])
 def test_refusals_name_both_sides_and_write_nothing(toy, tmp_path, case):
     db = _fresh_store(toy, tmp_path)
     run = tmp_path / "run"
@@ -325,6 +335,12 @@ def test_refusals_name_both_sides_and_write_nothing(toy, tmp_path, case):
         p = run / "scores" / "fuzz" / f"{MODULE}_latent3.txt"
         p.write_bytes(json.dumps([{"activating": True, "probability": None}]).encode())
         want = [f"{MODULE}_latent3.txt: sample 0 lacks prediction", "re-run that scorer or remove the file"]
+    elif case == "other_model":  # the same layer and width, another model
+        write_delphi_run(run, LABELS, model="EleutherAI/pythia-160m")
+        with sqlite3.connect(db) as con:  # the store as it reads for a hub model
+            con.execute("UPDATE meta SET value = json_set(value, '$.name', 'EleutherAI/pythia-70m') "
+                        "WHERE key = 'model_identity'")
+        want = ["the delphi run explained EleutherAI/pythia-160m", "is of EleutherAI/pythia-70m"]
     else:
         write_delphi_run(run, LABELS)
         (run / "explanations" / "notes.txt").write_text("my notes")

@@ -35,6 +35,8 @@ def run_delphi(args, store_path, overwrite: bool) -> int:
 def _print_import(rep, run_dir) -> None:
     print(f"imported {len(rep.written)} delphi label(s) of module {rep.module} (hook {rep.hook}) from {run_dir}, "
           f"explainer {rep.explainer_model or 'unrecorded'}; {len(rep.unchanged)} already imported, unchanged")
+    if rep.model_note:
+        print(f"  note: {rep.model_note}")
     if rep.replaced_ours:
         print(f"  {len(rep.replaced_ours)} latent(s) had a saesteer label: it stays in the store's history, and "
               "`saesteer label` with the same judge makes ours current again")
