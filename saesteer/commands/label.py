@@ -28,6 +28,8 @@ the same judge are skipped (--overwrite true relabels them).
   saesteer label --store toy.db --judge-model gpt-4o-mini --dry-run
   saesteer label --store toy.db --judge-model gpt-4o-mini --budget 2usd
   saesteer label --store toy.db --judge-model qwen2.5 --judge-base-url http://localhost:8000/v1
+  saesteer label --store toy.db --import-delphi results/my_run    # EleutherAI delphi's labels and scores
+  saesteer label --store toy.db --export-delphi results/my_run    # ours as delphi explanation files
 
 Exit status: 0 all done, 3 stopped by the budget, 4 some latents failed (see the list and
 <store>.label-failures.jsonl), 2 bad arguments."""
@@ -45,6 +47,15 @@ def add_arguments(parser) -> None:
                         help="estimate requests, tokens and cost; send nothing, write nothing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--report", default=None, help="also write the run report as JSON to this file")
+    parser.add_argument("--import-delphi", default=None, metavar="RUN",
+                        help="instead of labelling, import an EleutherAI delphi run folder (results/<name>: "
+                             "explanations/, scores/detection|fuzz/, run_config.json) as labels and scores")
+    parser.add_argument("--export-delphi", default=None, metavar="DIR",
+                        help="instead of labelling, write the store's labels as delphi explanation files "
+                             "(DIR/explanations/<module>_latent<i>.txt) for delphi's scorers")
+    parser.add_argument("--delphi-module", default=None, metavar="MODULE",
+                        help="the delphi hookpoint (HF module path, e.g. layers.6) of this store's SAE, when the "
+                             "run holds several or the default name does not fit")
     add_dataclass_arguments(parser, LabelConfig, title="labelling")
     add_dataclass_arguments(parser, JudgeConfig, prefix="judge_", title="judge")
     add_dataclass_arguments(parser, EmbedConfig, prefix="embed_", title="label embeddings (search by meaning, map)")
@@ -73,6 +84,10 @@ def run(args) -> int:
     if not store_path.is_file():
         print(f"error: no feature store at {store_path}; build one with `saesteer features build`", file=sys.stderr)
         return 2
+    if args.import_delphi or args.export_delphi:
+        from saesteer.commands._delphi import run_delphi
+
+        return run_delphi(args, store_path, label_cfg.overwrite)
 
     from autointerp.featurestore import FeatureStoreLabels
 

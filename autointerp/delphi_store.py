@@ -1,0 +1,215 @@
+"""A delphi run's labels and scores into a feature store, and the store's labels out in delphi's layout.
+
+Import (`saesteer label --store S --import-delphi RUN`): every explanation of the run's module that
+reads this store's SAE hook becomes the latent's current label, judge kind "delphi", with the
+explainer model from run_config.json and the files it came from in the provenance; each
+detection/fuzz score file becomes the scores `delphi_<scorer>` (delphi's class-balanced accuracy),
+`delphi_<scorer>_f1` and, with probabilities, `delphi_<scorer>_auc`, computed as delphi's log code
+computes them (autointerp/delphi_io.py). Our own label of a latent stays in the store's history;
+`saesteer label` makes ours current again. Everything is read and checked before anything is written.
+
+Export (`--export-delphi DIR`): the current labels that are not delphi's own, as
+DIR/explanations/<module>_latent<i>.txt, the files delphi's `--explainer none` run reads back
+(delphi/__main__.py, none_postprocessor). Our detection/fuzzing scores are not exported: delphi's
+score files list every sample's prediction, and the store keeps only the counts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .delphi_io import (DelphiFormatError, delphi_metrics, delphi_name, explanation_bytes, pooled_metrics,
+                        read_explanation, read_score_samples, scan_run)
+
+__all__ = ["DelphiImport", "import_delphi_run", "export_delphi_labels", "module_for_hook", "CLASSIFIER_SCORERS"]
+
+CLASSIFIER_SCORERS = ("detection", "fuzz")  # delphi's scorers whose files are ClassifierOutput lists
+RUN_CONFIG_PARAMS = ("explainer_provider", "model", "sparse_model", "explainer")
+
+
+@dataclass
+class DelphiImport:
+    module: str
+    hook: str
+    written: list[int] = field(default_factory=list)
+    unchanged: list[int] = field(default_factory=list)
+    replaced_ours: list[int] = field(default_factory=list)  # latents whose current label was saesteer's
+    pooled: dict[str, dict[str, Any]] = field(default_factory=dict)  # scorer -> delphi's log figures
+    skipped_scorers: list[str] = field(default_factory=list)
+    explainer_model: str = ""
+    model_note: str | None = None  # the run's model and the store's differ by name, not surely
+
+
+def _store_hook(store: Any) -> str:
+    hook = (store.meta.get("sae") or {}).get("hook_name")
+    if not hook:
+        raise ValueError(f"{store.path}: the store does not record its SAE's hook, so a delphi module cannot be "
+                         "checked against it; rebuild the store from an SAE whose metadata names its hook_name")
+    return hook
+
+
+def _reads_hook(module: str, hook: str) -> bool:
+    from saes.formats.base import tl_hook_for_module, tl_hook_for_module_input
+
+    # a transcoder's delphi module is the MLP, read at its input (delphi's `transcode`)
+    return hook in (module, tl_hook_for_module(module), tl_hook_for_module_input(module))
+
+
+def module_for_hook(hook: str) -> str | None:
+    """The HF module path delphi (sparsify hookpoints on `AutoModel`) names for our hook, when it is
+    the usual 'layers.N' / 'layers.N.mlp'; None otherwise (then --delphi-module must say it)."""
+    m = re.fullmatch(r"blocks\.(\d+)\.(hook_resid_post|hook_mlp_out|mlp\.hook_in)", hook)
+    if m is None:
+        return None
+    return f"layers.{m[1]}" if m[2] == "hook_resid_post" else f"layers.{m[1]}.mlp"
+
+
+def _check_module(module: str, hook: str, store_path: Any) -> None:
+    from saes.formats.base import tl_hook_for_module
+
+    if not _reads_hook(module, hook):
+        theirs = tl_hook_for_module(module)
+        raise ValueError(
+            f"delphi module {module!r} reads {theirs or 'no hook saesteer knows'}, but the SAE of {store_path} reads "
+            f"{hook}; import the delphi run of this SAE's hookpoint, or name the module that reads {hook} "
+            "with --delphi-module")
+
+
+def _pick_module(modules: list[str], wanted: str | None, hook: str, store_path: Any) -> str:
+    if wanted is not None:
+        if wanted not in modules:
+            raise ValueError(f"--delphi-module {wanted!r}: the run has explanations of {', '.join(modules)} only")
+        _check_module(wanted, hook, store_path)
+        return wanted
+    if len(modules) == 1:
+        _check_module(modules[0], hook, store_path)
+        return modules[0]
+    fits = [m for m in modules if _reads_hook(m, hook)]
+    hint = f"; {fits[0]!r} reads it" if fits else "; none of them reads it"
+    raise ValueError(f"the delphi run holds explanations of {len(modules)} modules ({', '.join(modules)}); pick "
+                     f"the one of this store's SAE (hook {hook}) with --delphi-module{hint}")
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def _model_note(run_model: str | None, store: Any) -> str | None:
+    """Refuse a run of another model when both sides name hub ids ("org/name") that differ; say so
+    in a note when only the names' last parts differ (a local path and a hub id may be one model)."""
+    ours = (store.meta.get("model_identity") or {}).get("name") or (store.meta.get("sae") or {}).get("model_name")
+    if not run_model or not ours:
+        return None
+    if _HUB_ID.fullmatch(run_model) and _HUB_ID.fullmatch(ours) and run_model.lower() != ours.lower():
+        raise ValueError(f"the delphi run explained {run_model} (run_config.json), but the SAE of {store.path} is "
+                         f"of {ours}; import the run of this SAE's model")
+    if Path(run_model).name.lower() != Path(ours).name.lower():
+        return f"the delphi run explained {run_model} (run_config.json); the SAE of this store is of {ours}"
+    return None
+
+
+def _check_latents(files: list, d_sae: int, store_path: Any) -> None:
+    for f in files:
+        if not 0 <= f.latent < d_sae:
+            raise ValueError(f"{f.path}: latent {f.latent} is not a latent of the SAE of {store_path} "
+                             f"(d_sae={d_sae}, latents 0..{d_sae - 1}); this run is of another SAE")
+
+
+def import_delphi_run(store: Any, run_dir: str | os.PathLike, module: str | None = None) -> DelphiImport:
+    """Read, check, then write a delphi run's labels and scores into `store` (writable FeatureStore)."""
+    from features import LabelProvenance, ScoreInput
+
+    run_dir = Path(run_dir)
+    if not store.complete:
+        raise ValueError(f"{store.path}: the feature store build is not complete; finish it before importing labels")
+    explanations, score_files, config = scan_run(run_dir)
+    hook = _store_hook(store)
+    module = _pick_module(sorted({f.module for f in explanations}), module, hook, store.path)
+    mine = [f for f in explanations if f.module == module]
+    _check_latents(mine, store.d_sae, store.path)
+    labels = {f.latent: (f, read_explanation(f.path)) for f in mine}
+
+    report = DelphiImport(module, hook, explainer_model=str(config.get("explainer_model") or ""),
+                          model_note=_model_note(config.get("model"), store))
+    samples: dict[str, dict[int, tuple[Path, list]]] = {}
+    for scorer, files in score_files.items():
+        if scorer not in CLASSIFIER_SCORERS:
+            report.skipped_scorers.append(scorer)
+            continue
+        files = [f for f in files if f.module == module]
+        _check_latents(files, store.d_sae, store.path)
+        for f in files:
+            if f.latent not in labels:
+                raise DelphiFormatError(f"{f.path}: a score of latent {f.latent} with no explanation file "
+                                        f"({run_dir / 'explanations' / (delphi_name(module, f.latent) + '.txt')}); "
+                                        "delphi scores only explained latents: restore the explanation or remove the score")
+        samples[scorer] = {f.latent: (f.path, read_score_samples(f.path)) for f in files}
+    report.pooled = {s: pooled_metrics([v for _, v in per.values()]) for s, per in samples.items() if per}
+
+    params = {k: config[k] for k in RUN_CONFIG_PARAMS if config.get(k) is not None}
+    for latent, (f, text) in sorted(labels.items()):
+        metrics = {s: delphi_metrics(per[latent][1]) for s, per in samples.items() if latent in per}
+        extra = {"delphi": {"run": str(run_dir.resolve()), "module": module, "explanation_file": str(f.path.resolve()),
+                            "score_files": {s: str(per[latent][0].resolve()) for s, per in samples.items() if latent in per},
+                            "metrics": metrics}}
+        current = store.label(latent)
+        if current is not None and current.text == text and current.provenance is not None \
+                and current.provenance.judge_kind == "delphi" and current.provenance.extra == extra:
+            report.unchanged.append(latent)
+            continue
+        if current is not None and current.provenance is not None and current.provenance.judge_kind != "delphi":
+            report.replaced_ours.append(latent)
+        prov = LabelProvenance(
+            judge_model=report.explainer_model or "unrecorded (the run has no run_config.json)",
+            judge_kind="delphi", prompt_version=f"delphi {config.get('explainer', 'default')} explainer",
+            params=params, extra=extra)
+        label_id = store.write_label(latent, text, provenance=prov)
+        rows = []
+        for s, m in metrics.items():
+            details = {**m, "file": extra["delphi"]["score_files"][s]}
+            rows.append(ScoreInput(f"delphi_{s}", float(m["balanced_accuracy"]), m["total_examples"],
+                                   {**details, "metric": "balanced_accuracy"}))
+            rows.append(ScoreInput(f"delphi_{s}_f1", float(m["f1_score"]), m["total_examples"], {**details, "metric": "f1"}))
+            if m["auc"] is not None:
+                rows.append(ScoreInput(f"delphi_{s}_auc", float(m["auc"]), m["total_examples"], {**details, "metric": "auc"}))
+        if rows:
+            store.write_scores(latent, rows, provenance=prov, label_id=label_id)
+        report.written.append(latent)
+    return report
+
+
+def export_delphi_labels(store: Any, out_dir: str | os.PathLike, module: str | None = None,
+                         overwrite: bool = False) -> tuple[str, list[Path]]:
+    """Write the store's current labels (not those imported from delphi) as delphi explanation
+    files under out_dir/explanations/; returns (module, files written)."""
+    from saes.fileio import atomic_write_bytes
+
+    hook = _store_hook(store)
+    if module is None:
+        module = module_for_hook(hook)
+        if module is None:
+            raise ValueError(f"the SAE of {store.path} reads {hook}, which has no usual delphi module name; "
+                             "give the hookpoint your delphi run uses with --delphi-module")
+    _check_module(module, hook, store.path)
+    rows = store.list_features(sort="latent", filter={"has_label": True}, offset=0, limit=store.d_sae)
+    todo = []
+    for r in rows:
+        lab = store.label(r.latent)
+        if lab is None or (lab.provenance is not None and lab.provenance.judge_kind == "delphi"):
+            continue
+        todo.append((r.latent, explanation_bytes(lab.text)))
+    if not todo:
+        raise ValueError(f"{store.path} holds no saesteer labels to export; label it first (`saesteer label`)")
+    exp_dir = Path(out_dir) / "explanations"
+    paths = [(exp_dir / f"{delphi_name(module, i)}.txt", data) for i, data in todo]
+    clash = [p for p, data in paths if p.is_file() and p.read_bytes() != data]
+    if clash and not overwrite:
+        raise ValueError(f"{len(clash)} explanation file(s) in {exp_dir} hold other labels (e.g. {clash[0].name}); "
+                         "export into another folder, or pass --overwrite true to replace them")
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    for p, data in paths:
+        atomic_write_bytes(p, data)
+    return module, [p for p, _ in paths]

@@ -1,0 +1,50 @@
+"""`saesteer label --import-delphi RUN` / `--export-delphi DIR`: EleutherAI delphi's labels in and ours out
+(the work is in autointerp/delphi_store.py; this prints what it did)."""
+
+from __future__ import annotations
+
+from saesteer.boundary import print_error
+
+
+def run_delphi(args, store_path, overwrite: bool) -> int:
+    from autointerp.delphi_store import export_delphi_labels, import_delphi_run
+    from features import FeatureStore
+
+    if args.import_delphi and args.export_delphi:
+        print_error("--import-delphi and --export-delphi: give one of them per run")
+        return 2
+    with FeatureStore.open(store_path, readonly=False) as store:
+        try:
+            if args.import_delphi:
+                rep = import_delphi_run(store, args.import_delphi, module=args.delphi_module)
+            else:
+                module, files = export_delphi_labels(store, args.export_delphi, module=args.delphi_module,
+                                                     overwrite=overwrite)
+        except (ValueError, OSError) as e:
+            print_error(e)
+            return 2
+    if args.export_delphi:
+        print(f"wrote {len(files)} delphi explanation file(s) of module {module} to {files[0].parent}; delphi scores "
+              "them with `--explainer none` in that run folder (our detection/fuzzing scores are not exported: "
+              "the store keeps their counts, not each sample's prediction)")
+        return 0
+    _print_import(rep, args.import_delphi)
+    return 0
+
+
+def _print_import(rep, run_dir) -> None:
+    print(f"imported {len(rep.written)} delphi label(s) of module {rep.module} (hook {rep.hook}) from {run_dir}, "
+          f"explainer {rep.explainer_model or 'unrecorded'}; {len(rep.unchanged)} already imported, unchanged")
+    if rep.model_note:
+        print(f"  note: {rep.model_note}")
+    if rep.replaced_ours:
+        print(f"  {len(rep.replaced_ours)} latent(s) had a saesteer label: it stays in the store's history, and "
+              "`saesteer label` with the same judge makes ours current again")
+    for scorer, m in rep.pooled.items():
+        auc = "-" if m["auc"] is None else f"{m['auc']:.3f}"
+        print(f"  delphi {scorer}, all latents pooled as delphi's log prints it: class-balanced accuracy "
+              f"{m['balanced_accuracy']:.3f}, F1 {m['f1_score']:.3f}, precision {m['precision']:.3f}, recall "
+              f"{m['recall']:.3f}, AUC {auc}; {m['failed']} unparsed prediction(s) left out")
+    if rep.skipped_scorers:
+        print(f"  not imported: scores/{', scores/'.join(rep.skipped_scorers)} (only detection and fuzz "
+              "score files are read)")
