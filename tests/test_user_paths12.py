@@ -127,7 +127,7 @@ def _samples(latent: int) -> dict[str, list[ClassifierOutput]]:
 
 
 def write_delphi_run(run: Path, labels: dict[int, str], module: str = MODULE, scores: bool = True,
-                     model: str = "toyworld-tiny") -> Path:
+                     model: str = "toyworld-tiny", **config) -> Path:
     """A run folder as delphi/__main__.py writes it (0.1.3): run_config.json (RunConfig.save_json,
     line 394), explanations/<latent>.txt = orjson.dumps(explanation) (explainer_postprocess, lines
     176-178), scores/<scorer>/<latent with '/' -> '--'>.txt = orjson.dumps(result.score) (scorer_postprocess,
@@ -136,7 +136,8 @@ def write_delphi_run(run: Path, labels: dict[int, str], module: str = MODULE, sc
     (run / "run_config.json").write_text(json.dumps({"explainer_model": EXPLAINER, "explainer": "default",
                                                      "explainer_provider": "offline", "hookpoints": [module],
                                                      "model": model,
-                                                     "scorers": ["detection", "fuzz", "simulation"]}, indent=4))
+                                                     "scorers": ["detection", "fuzz", "simulation"], **config},
+                                                    indent=4))
     for i, text in labels.items():
         (run / "explanations" / f"{_latent_name(module, i)}.txt").write_bytes(_orjson_dumps(text))
         if not scores:
@@ -477,3 +478,76 @@ def test_delphi_tests_fail_without_the_wheel_under_ci():
     assert r.returncode == 1, r.stdout
     assert "delphi tests cannot run under SAESTEER_CI=1: delphi's wheel is not at /nonexistent" in r.stdout
     assert "scripts/setup.sh --dev" in r.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. review fixes: delphi's module names of other model families, flags that do nothing here,
+#    the run's settings kept, names from the run's files printed with their controls drawn
+
+
+def _with_hook(db: Path, hook: str) -> Path:
+    """The store as it reads for an SAE on another hook (same width and latents)."""
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE meta SET value = json_set(value, '$.hook_name', ?) WHERE key = 'sae'", (hook,))
+    return db
+
+
+@pytest.mark.parametrize("hook, module, named, want", [
+    # delphi names a layer after the base model's list: GPT-NeoX, GPT-2, or with a wrapper's prefix
+    (HOOK, "gpt_neox.layers.2", False, "imported 3"),
+    (HOOK, "transformer.h.2", False, "imported 3"),
+    # block 3's residual input is block 2's output: delphi's layers.2, not layers.3
+    ("blocks.3.hook_resid_pre", "layers.2", False, "imported 3"),
+    ("blocks.3.hook_resid_pre", "layers.3", False,
+     "error: delphi module 'layers.3' reads blocks.3.hook_resid_post (its output), but the SAE of"),
+    ("blocks.3.hook_resid_pre", "layers.3", True, "note: delphi module 'layers.3' taken as a transcoder"),
+    # a module saesteer has no hook for: refused, unless the user names it
+    ("blocks.2.hook_attn_out", "layers.2.self_attn", False, "name it with --delphi-module layers.2.self_attn"),
+    ("blocks.2.hook_attn_out", "layers.2.self_attn", True, "note: saesteer cannot tell which hook delphi module"),
+])
+def test_delphi_module_names_of_other_models_and_the_layer_input(toy, tmp_path, hook, module, named, want):
+    db = _with_hook(_fresh_store(toy, tmp_path), hook)
+    run = write_delphi_run(tmp_path / "run", LABELS, module=module)
+    r = saesteer("label", "--store", db, "--import-delphi", run, *(["--delphi-module", module] if named else []))
+    assert want in (r.out if r.rc == 0 else r.err), r.text
+    if r.rc != 0:
+        assert r.rc == 2 and len(r.err.strip().splitlines()) == 1 and hook in r.err
+        assert "layers.2 fits it" in r.err or module != "layers.3"
+
+
+def test_export_of_a_resid_pre_store_names_the_previous_layer_and_says_how_gpt2_names_it(toy, tmp_path):
+    db = _with_hook(_fresh_store(toy, tmp_path), "blocks.3.hook_resid_pre")
+    out = saesteer("label", "--store", db, "--export-delphi", tmp_path / "x").ok().out
+    assert "of module layers.2 " in out and "delphi's hookpoint is h.2: export with --delphi-module" in out
+    assert any(p.name.startswith("layers.2_latent") for p in (tmp_path / "x" / "explanations").iterdir())
+
+
+@pytest.mark.parametrize("flags, want", [
+    (["--import-delphi", "RUN", "--dry-run"], "--dry-run: flag(s) of a labelling run"),
+    (["--export-delphi", "RUN", "--report", "r.json"], "--report: flag(s) of a labelling run"),
+    (["--delphi-module", MODULE], "--delphi-module names the module of --import-delphi RUN or --export-delphi DIR"),
+])
+def test_flags_that_would_do_nothing_with_delphi_are_refused(toy, tmp_path, flags, want):
+    db = _fresh_store(toy, tmp_path)
+    run = write_delphi_run(tmp_path / "run", LABELS)
+    before = _label_rows(db)
+    r = saesteer("label", "--store", db, *[str(run) if f == "RUN" else f for f in flags]).no_traceback()
+    assert r.rc == 2 and want in r.err, r.text
+    assert _label_rows(db) == before and not (tmp_path / "r.json").exists()
+
+
+def test_the_runs_settings_are_kept_and_its_names_printed_with_controls_drawn(toy, tmp_path):
+    from features import FeatureStore
+
+    db = _fresh_store(toy, tmp_path)
+    run = write_delphi_run(tmp_path / "run", LABELS, fuzz_type="active", log_probs=True,
+                           constructor_cfg={"non_activating_source": "FAISS", "n_non_activating": 50})
+    cfg = json.loads((run / "run_config.json").read_text())
+    cfg["explainer_model"] = "my-model\x1b[2J\u202eevil"
+    (run / "run_config.json").write_text(json.dumps(cfg))
+    out = saesteer("label", "--store", db, "--import-delphi", run).ok().out
+    assert "\x1b" not in out and "\u202e" not in out and "my-model" in out
+    with FeatureStore.open(db) as st:
+        params = st.label(3).provenance.params
+    assert params["fuzz_type"] == "active" and params["log_probs"] is True
+    assert params["non_activating_source"] == "FAISS"  # harder negatives: docs/autointerp.md
