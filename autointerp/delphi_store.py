@@ -24,11 +24,14 @@ from typing import Any
 
 from .delphi_io import (DelphiFormatError, delphi_metrics, delphi_name, explanation_bytes, pooled_metrics,
                         read_explanation, read_score_samples, scan_run)
+from .delphi_modules import check_module, fitting_modules, module_for_hook
 
-__all__ = ["DelphiImport", "import_delphi_run", "export_delphi_labels", "module_for_hook", "CLASSIFIER_SCORERS"]
+__all__ = ["DelphiImport", "import_delphi_run", "export_delphi_labels", "CLASSIFIER_SCORERS"]
 
 CLASSIFIER_SCORERS = ("detection", "fuzz")  # delphi's scorers whose files are ClassifierOutput lists
-RUN_CONFIG_PARAMS = ("explainer_provider", "model", "sparse_model", "explainer")
+# run_config.json's settings kept with each label: what made it, and what its scores depend on
+# (docs/autointerp.md: fuzz_type and the negatives' source decide whether delphi's figures compare with ours)
+RUN_CONFIG_PARAMS = ("explainer_provider", "model", "sparse_model", "explainer", "fuzz_type", "log_probs")
 
 
 @dataclass
@@ -41,7 +44,7 @@ class DelphiImport:
     pooled: dict[str, dict[str, Any]] = field(default_factory=dict)  # scorer -> delphi's log figures
     skipped_scorers: list[str] = field(default_factory=list)
     explainer_model: str = ""
-    model_note: str | None = None  # the run's model and the store's differ by name, not surely
+    notes: list[str] = field(default_factory=list)  # what could not be checked: the model's name, the module
 
 
 def _store_hook(store: Any) -> str:
@@ -52,43 +55,15 @@ def _store_hook(store: Any) -> str:
     return hook
 
 
-def _reads_hook(module: str, hook: str) -> bool:
-    from saes.formats.base import tl_hook_for_module, tl_hook_for_module_input
-
-    # a transcoder's delphi module is the MLP, read at its input (delphi's `transcode`)
-    return hook in (module, tl_hook_for_module(module), tl_hook_for_module_input(module))
-
-
-def module_for_hook(hook: str) -> str | None:
-    """The HF module path delphi (sparsify hookpoints on `AutoModel`) names for our hook, when it is
-    the usual 'layers.N' / 'layers.N.mlp'; None otherwise (then --delphi-module must say it)."""
-    m = re.fullmatch(r"blocks\.(\d+)\.(hook_resid_post|hook_mlp_out|mlp\.hook_in)", hook)
-    if m is None:
-        return None
-    return f"layers.{m[1]}" if m[2] == "hook_resid_post" else f"layers.{m[1]}.mlp"
-
-
-def _check_module(module: str, hook: str, store_path: Any) -> None:
-    from saes.formats.base import tl_hook_for_module
-
-    if not _reads_hook(module, hook):
-        theirs = tl_hook_for_module(module)
-        raise ValueError(
-            f"delphi module {module!r} reads {theirs or 'no hook saesteer knows'}, but the SAE of {store_path} reads "
-            f"{hook}; import the delphi run of this SAE's hookpoint, or name the module that reads {hook} "
-            "with --delphi-module")
-
-
-def _pick_module(modules: list[str], wanted: str | None, hook: str, store_path: Any) -> str:
+def _pick_module(modules: list[str], wanted: str | None, hook: str, store_path: Any) -> tuple[str, str | None]:
+    """(the run's module of this store's SAE, a note when it could not be checked)."""
     if wanted is not None:
         if wanted not in modules:
             raise ValueError(f"--delphi-module {wanted!r}: the run has explanations of {', '.join(modules)} only")
-        _check_module(wanted, hook, store_path)
-        return wanted
+        return wanted, check_module(wanted, hook, store_path, named=True)
     if len(modules) == 1:
-        _check_module(modules[0], hook, store_path)
-        return modules[0]
-    fits = [m for m in modules if _reads_hook(m, hook)]
+        return modules[0], check_module(modules[0], hook, store_path, named=False)
+    fits = fitting_modules(modules, hook)
     hint = f"; {fits[0]!r} reads it" if fits else "; none of them reads it"
     raise ValueError(f"the delphi run holds explanations of {len(modules)} modules ({', '.join(modules)}); pick "
                      f"the one of this store's SAE (hook {hook}) with --delphi-module{hint}")
@@ -127,13 +102,13 @@ def import_delphi_run(store: Any, run_dir: str | os.PathLike, module: str | None
         raise ValueError(f"{store.path}: the feature store build is not complete; finish it before importing labels")
     explanations, score_files, config = scan_run(run_dir)
     hook = _store_hook(store)
-    module = _pick_module(sorted({f.module for f in explanations}), module, hook, store.path)
+    module, module_note = _pick_module(sorted({f.module for f in explanations}), module, hook, store.path)
     mine = [f for f in explanations if f.module == module]
     _check_latents(mine, store.d_sae, store.path)
     labels = {f.latent: (f, read_explanation(f.path)) for f in mine}
 
-    report = DelphiImport(module, hook, explainer_model=str(config.get("explainer_model") or ""),
-                          model_note=_model_note(config.get("model"), store))
+    notes = [n for n in (_model_note(config.get("model"), store), module_note) if n]
+    report = DelphiImport(module, hook, explainer_model=str(config.get("explainer_model") or ""), notes=notes)
     samples: dict[str, dict[int, tuple[Path, list]]] = {}
     for scorer, files in score_files.items():
         if scorer not in CLASSIFIER_SCORERS:
@@ -150,6 +125,10 @@ def import_delphi_run(store: Any, run_dir: str | os.PathLike, module: str | None
     report.pooled = {s: pooled_metrics([v for _, v in per.values()]) for s, per in samples.items() if per}
 
     params = {k: config[k] for k in RUN_CONFIG_PARAMS if config.get(k) is not None}
+    constructor = config.get("constructor_cfg")
+    negatives = constructor.get("non_activating_source") if isinstance(constructor, dict) else None
+    if negatives is not None:
+        params["non_activating_source"] = negatives
     for latent, (f, text) in sorted(labels.items()):
         metrics = {s: delphi_metrics(per[latent][1]) for s, per in samples.items() if latent in per}
         extra = {"delphi": {"run": str(run_dir.resolve()), "module": module, "explanation_file": str(f.path.resolve()),
@@ -193,7 +172,8 @@ def export_delphi_labels(store: Any, out_dir: str | os.PathLike, module: str | N
         if module is None:
             raise ValueError(f"the SAE of {store.path} reads {hook}, which has no usual delphi module name; "
                              "give the hookpoint your delphi run uses with --delphi-module")
-    _check_module(module, hook, store.path)
+    else:
+        check_module(module, hook, store.path, named=True)
     rows = store.list_features(sort="latent", filter={"has_label": True}, offset=0, limit=store.d_sae)
     todo = []
     for r in rows:

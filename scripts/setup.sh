@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install saesteer into it. Idempotent: a second run only checks.
 #   scripts/setup.sh          runtime dependencies
-#   scripts/setup.sh --dev    plus test tools
+#   scripts/setup.sh --dev    plus test tools, and delphi's wheel for the tests that run its code
 # torch: if the venv has none yet we install $SAESTEER_TORCH (default torch==2.13.0).
 # On a machine with a local CPU wheel that is what pip picks; elsewhere it is the
 # normal PyPI build (CUDA on Linux). Any torch already present is kept as it is.
@@ -11,10 +11,18 @@ PY=${PYTHON:-python3}
 extras=""
 [ "${1:-}" = "--dev" ] && extras="[dev]"
 stamp=".venv/.saesteer-setup${extras:+-dev}"
+delphi_pin="eai-delphi==0.1.3"
+delphi_wheel=".venv/wheels/eai_delphi-0.1.3-py3-none-any.whl"  # where the tests look for it
 
 if [ ! -x .venv/bin/python ]; then
     echo "[setup] creating .venv with $($PY --version)"
     $PY -m venv .venv
+fi
+if [ -n "$extras" ] && [ ! -f "$delphi_wheel" ]; then
+    # EleutherAI delphi's own code, read by tests/test_user_paths12.py (its metrics, its file names).
+    # Only the wheel, never installed: its requirements (vllm, another torch) are not wanted here.
+    echo "[setup] downloading $delphi_pin's wheel into $(dirname "$delphi_wheel")/ (not installed)"
+    .venv/bin/pip download --quiet --no-deps --only-binary=:all: -d "$(dirname "$delphi_wheel")" "$delphi_pin"
 fi
 if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt scripts/constraints.txt ] \
     && [ "$stamp" -nt scripts/interop-libraries.txt ]; then

@@ -17,9 +17,10 @@ saesteer and sends saesteer's back, through the CLI on a store of the toy model:
 - metrics: ours (autointerp/interp.py `balanced_accuracy`) and delphi's agree on the same
   complete predictions, and differ where docs/autointerp.md says they do.
 
-Where the delphi wheel is at hand (DELPHI_WHEEL, default /tmp/dl/eai_delphi-0.1.3-py3-none-any.whl),
-its own result_analysis.py (importable without vllm) and its ClassifierOutput / Latent classes are
-used; otherwise the files are written per its source, cited line by line below.
+delphi's own code comes from its wheel, which `scripts/setup.sh --dev` downloads (not installed) into
+.venv/wheels/ (or $DELPHI_WHEEL): its result_analysis.py (importable without vllm), its ClassifierOutput
+and Latent classes; the run folders are written per its source, cited line by line below, with orjson
+as delphi writes them. Without the wheel those tests skip, except under SAESTEER_CI=1 where they fail.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import json
 import os
 import sqlite3
 import sys
-import types
 import zipfile
 from pathlib import Path
 
@@ -44,7 +44,18 @@ pytestmark = [pytest.mark.usefixtures("one_thread", "offline_env")]
 HOOK = "blocks.2.hook_resid_post"
 MODULE = "layers.2"  # the sparsify hookpoint delphi names for the residual output of block 2
 D_SAE = 64
-WHEEL = Path(os.environ.get("DELPHI_WHEEL", "/tmp/dl/eai_delphi-0.1.3-py3-none-any.whl"))
+
+def _delphi_wheel() -> Path:
+    """delphi's wheel: $DELPHI_WHEEL, else where `scripts/setup.sh --dev` downloads it (.venv/wheels/ of
+    this checkout, or of the venv running the tests)."""
+    if os.environ.get("DELPHI_WHEEL"):
+        return Path(os.environ["DELPHI_WHEEL"])
+    name = "wheels/eai_delphi-0.1.3-py3-none-any.whl"
+    spots = [Path(__file__).parents[1] / ".venv" / name, Path(sys.prefix) / name]
+    return next((p for p in spots if p.is_file()), spots[0])
+
+
+WHEEL = _delphi_wheel()
 EXPLAINER = "hugging-quants/Meta-Llama-3.1-70B-Instruct-AWQ-INT4"  # delphi's RunConfig default explainer_model
 
 LABELS = {  # non-toy text: accents, CJK, code, quotes
@@ -74,8 +85,24 @@ def _latent_name(module: str, latent: int) -> str:
 
 
 def _orjson_dumps(obj) -> bytes:
-    # orjson.dumps as delphi calls it: compact UTF-8 JSON, dataclasses as objects (orjson is not installed here)
-    return json.dumps(obj, default=dataclasses.asdict, ensure_ascii=False, separators=(",", ":")).encode()
+    """orjson.dumps, as delphi writes its files (dataclasses as objects); orjson is a dev requirement
+    (scripts/interop-libraries.txt)."""
+    orjson = _needed("orjson", "scripts/setup.sh --dev installs it (scripts/interop-libraries.txt)")
+    return orjson.dumps(obj)
+
+
+def _needed(module: str, how: str):
+    """Import a module the tests need from the dev setup: skip without it, fail under SAESTEER_CI=1."""
+    try:
+        return __import__(module)
+    except ImportError:
+        _missing(f"{module} is not installed; {how}")
+
+
+def _missing(reason: str):
+    if os.environ.get("SAESTEER_CI") == "1":
+        pytest.fail(f"delphi tests cannot run under SAESTEER_CI=1: {reason}", pytrace=False)
+    pytest.skip(reason)
 
 
 def _samples(latent: int) -> dict[str, list[ClassifierOutput]]:
@@ -100,7 +127,7 @@ def _samples(latent: int) -> dict[str, list[ClassifierOutput]]:
 
 
 def write_delphi_run(run: Path, labels: dict[int, str], module: str = MODULE, scores: bool = True,
-                     model: str = "toyworld-tiny") -> Path:
+                     model: str = "toyworld-tiny", **config) -> Path:
     """A run folder as delphi/__main__.py writes it (0.1.3): run_config.json (RunConfig.save_json,
     line 394), explanations/<latent>.txt = orjson.dumps(explanation) (explainer_postprocess, lines
     176-178), scores/<scorer>/<latent with '/' -> '--'>.txt = orjson.dumps(result.score) (scorer_postprocess,
@@ -109,7 +136,8 @@ def write_delphi_run(run: Path, labels: dict[int, str], module: str = MODULE, sc
     (run / "run_config.json").write_text(json.dumps({"explainer_model": EXPLAINER, "explainer": "default",
                                                      "explainer_provider": "offline", "hookpoints": [module],
                                                      "model": model,
-                                                     "scorers": ["detection", "fuzz", "simulation"]}, indent=4))
+                                                     "scorers": ["detection", "fuzz", "simulation"], **config},
+                                                    indent=4))
     for i, text in labels.items():
         (run / "explanations" / f"{_latent_name(module, i)}.txt").write_bytes(_orjson_dumps(text))
         if not scores:
@@ -130,7 +158,7 @@ def write_delphi_run(run: Path, labels: dict[int, str], module: str = MODULE, sc
 @pytest.fixture(scope="module")
 def delphi_src(tmp_path_factory):
     if not WHEEL.is_file():
-        pytest.skip(f"the delphi wheel is not at {WHEEL} (set DELPHI_WHEEL)")
+        _missing(f"delphi's wheel is not at {WHEEL}; run scripts/setup.sh --dev (or set DELPHI_WHEEL)")
     d = tmp_path_factory.mktemp("delphi_wheel")
     zipfile.ZipFile(WHEEL).extractall(d)
     return d
@@ -138,32 +166,30 @@ def delphi_src(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def result_analysis(delphi_src):
-    """delphi/log/result_analysis.py itself. It imports orjson at the top; where orjson is missing, a
-    stand-in with its loads/dumps/JSONDecodeError (json's) is put in sys.modules for the import."""
-    pytest.importorskip("pandas")
-    pytest.importorskip("sklearn")
-    pytest.importorskip("plotly")
-    added = []
-    try:
-        import orjson  # noqa: F401
-    except ImportError:
-        shim = types.ModuleType("orjson")
-        shim.loads, shim.dumps, shim.JSONDecodeError = json.loads, _orjson_dumps, json.JSONDecodeError
-        sys.modules["orjson"] = shim
-        added.append("orjson")
+    """delphi/log/result_analysis.py itself (it imports orjson, pandas, sklearn and plotly)."""
+    for module in ("orjson", "pandas", "sklearn", "plotly"):
+        _needed(module, "scripts/setup.sh --dev installs it")
     sys.path.insert(0, str(delphi_src))
     try:
         import delphi.log.result_analysis as ra
         yield ra
     finally:
         sys.path.remove(str(delphi_src))
-        for name in [m for m in sys.modules if m == "delphi" or m.startswith("delphi.")] + added:
+        for name in [m for m in sys.modules if m == "delphi" or m.startswith("delphi.")]:
             sys.modules.pop(name, None)
 
 
 def _delphi_class(delphi_src: Path, relpath: str, name: str) -> ast.ClassDef:
     tree = ast.parse((delphi_src / relpath).read_text())
     return next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name)
+
+
+def _delphis_latent_name(delphi_src: Path):
+    """delphi's own Latent.__repr__ (delphi/latents/latents.py), from its source: (module, i) -> file stem."""
+    ns = {"dataclass": dataclasses.dataclass}
+    exec(compile(ast.Module([_delphi_class(delphi_src, "delphi/latents/latents.py", "Latent")], []), "latents.py",
+                 "exec"), ns)
+    return lambda module, i: str(dataclasses.dataclass(ns["Latent"])(module, i))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,12 +401,7 @@ def test_export_is_read_by_delphi_and_round_trips(toy, tmp_path, request):
         ours = {i: st.label(i).text for i in range(D_SAE) if st.label(i) is not None}
     assert ours and f"wrote {len(ours)} delphi explanation file(s) of module {MODULE}" in r.out
 
-    latent_name = _latent_name
-    if WHEEL.is_file():  # delphi's own Latent.__repr__, from its source
-        src = request.getfixturevalue("delphi_src")
-        ns = {"dataclass": dataclasses.dataclass}
-        exec(compile(ast.Module([_delphi_class(src, "delphi/latents/latents.py", "Latent")], []), "latents.py", "exec"), ns)
-        latent_name = lambda module, i: str(dataclasses.dataclass(ns["Latent"])(module, i))  # noqa: E731
+    latent_name = _delphis_latent_name(request.getfixturevalue("delphi_src"))
     for i, text in ours.items():
         # delphi/__main__.py none_postprocessor (lines 200-213): explanations_path / f"{result.record.latent}.txt",
         # read with orjson.loads(f.read()); json.loads reads the same bytes
@@ -442,3 +463,91 @@ def test_our_replica_is_delphis_classifier_output(delphi_src):
     theirs = [(n.target.id, ast.unparse(n.value) if n.value else None) for n in cls.body if isinstance(n, ast.AnnAssign)]
     ours = [(f.name, None if f.default is dataclasses.MISSING else repr(f.default)) for f in dataclasses.fields(ClassifierOutput)]
     assert theirs == ours
+
+
+def test_delphi_tests_fail_without_the_wheel_under_ci():
+    """SAESTEER_CI=1 turns a missing delphi wheel into a failure, so CI cannot silently skip the tests
+    that run delphi's code (without it they skip)."""
+    import subprocess
+
+    root = Path(__file__).parents[1]
+    env = {**os.environ, "DELPHI_WHEEL": "/nonexistent/eai_delphi-0.1.3-py3-none-any.whl", "SAESTEER_CI": "1"}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE",
+                        f"{Path(__file__).relative_to(root)}::test_our_replica_is_delphis_classifier_output"],
+                       cwd=root, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 1, r.stdout
+    assert "delphi tests cannot run under SAESTEER_CI=1: delphi's wheel is not at /nonexistent" in r.stdout
+    assert "scripts/setup.sh --dev" in r.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. review fixes: delphi's module names of other model families, flags that do nothing here,
+#    the run's settings kept, names from the run's files printed with their controls drawn
+
+
+def _with_hook(db: Path, hook: str) -> Path:
+    """The store as it reads for an SAE on another hook (same width and latents)."""
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE meta SET value = json_set(value, '$.hook_name', ?) WHERE key = 'sae'", (hook,))
+    return db
+
+
+@pytest.mark.parametrize("hook, module, named, want", [
+    # delphi names a layer after the base model's list: GPT-NeoX, GPT-2, or with a wrapper's prefix
+    (HOOK, "gpt_neox.layers.2", False, "imported 3"),
+    (HOOK, "transformer.h.2", False, "imported 3"),
+    # block 3's residual input is block 2's output: delphi's layers.2, not layers.3
+    ("blocks.3.hook_resid_pre", "layers.2", False, "imported 3"),
+    ("blocks.3.hook_resid_pre", "layers.3", False,
+     "error: delphi module 'layers.3' reads blocks.3.hook_resid_post (its output), but the SAE of"),
+    ("blocks.3.hook_resid_pre", "layers.3", True, "note: delphi module 'layers.3' taken as a transcoder"),
+    # a module saesteer has no hook for: refused, unless the user names it
+    ("blocks.2.hook_attn_out", "layers.2.self_attn", False, "name it with --delphi-module layers.2.self_attn"),
+    ("blocks.2.hook_attn_out", "layers.2.self_attn", True, "note: saesteer cannot tell which hook delphi module"),
+])
+def test_delphi_module_names_of_other_models_and_the_layer_input(toy, tmp_path, hook, module, named, want):
+    db = _with_hook(_fresh_store(toy, tmp_path), hook)
+    run = write_delphi_run(tmp_path / "run", LABELS, module=module)
+    r = saesteer("label", "--store", db, "--import-delphi", run, *(["--delphi-module", module] if named else []))
+    assert want in (r.out if r.rc == 0 else r.err), r.text
+    if r.rc != 0:
+        assert r.rc == 2 and len(r.err.strip().splitlines()) == 1 and hook in r.err
+        assert "layers.2 fits it" in r.err or module != "layers.3"
+
+
+def test_export_of_a_resid_pre_store_names_the_previous_layer_and_says_how_gpt2_names_it(toy, tmp_path):
+    db = _with_hook(_fresh_store(toy, tmp_path), "blocks.3.hook_resid_pre")
+    out = saesteer("label", "--store", db, "--export-delphi", tmp_path / "x").ok().out
+    assert "of module layers.2 " in out and "delphi's hookpoint is h.2: export with --delphi-module" in out
+    assert any(p.name.startswith("layers.2_latent") for p in (tmp_path / "x" / "explanations").iterdir())
+
+
+@pytest.mark.parametrize("flags, want", [
+    (["--import-delphi", "RUN", "--dry-run"], "--dry-run: flag(s) of a labelling run"),
+    (["--export-delphi", "RUN", "--report", "r.json"], "--report: flag(s) of a labelling run"),
+    (["--delphi-module", MODULE], "--delphi-module names the module of --import-delphi RUN or --export-delphi DIR"),
+])
+def test_flags_that_would_do_nothing_with_delphi_are_refused(toy, tmp_path, flags, want):
+    db = _fresh_store(toy, tmp_path)
+    run = write_delphi_run(tmp_path / "run", LABELS)
+    before = _label_rows(db)
+    r = saesteer("label", "--store", db, *[str(run) if f == "RUN" else f for f in flags]).no_traceback()
+    assert r.rc == 2 and want in r.err, r.text
+    assert _label_rows(db) == before and not (tmp_path / "r.json").exists()
+
+
+def test_the_runs_settings_are_kept_and_its_names_printed_with_controls_drawn(toy, tmp_path):
+    from features import FeatureStore
+
+    db = _fresh_store(toy, tmp_path)
+    run = write_delphi_run(tmp_path / "run", LABELS, fuzz_type="active", log_probs=True,
+                           constructor_cfg={"non_activating_source": "FAISS", "n_non_activating": 50})
+    cfg = json.loads((run / "run_config.json").read_text())
+    cfg["explainer_model"] = "my-model\x1b[2J\u202eevil"
+    (run / "run_config.json").write_text(json.dumps(cfg))
+    out = saesteer("label", "--store", db, "--import-delphi", run).ok().out
+    assert "\x1b" not in out and "\u202e" not in out and "my-model" in out
+    with FeatureStore.open(db) as st:
+        params = st.label(3).provenance.params
+    assert params["fuzz_type"] == "active" and params["log_probs"] is True
+    assert params["non_activating_source"] == "FAISS"  # harder negatives: docs/autointerp.md

@@ -3,7 +3,13 @@
 
 from __future__ import annotations
 
+from features.tokentext import readable
 from saesteer.boundary import print_error
+
+
+def _say(line: str) -> None:
+    """Print a line that holds names from the run's files (run_config.json, file names): controls drawn."""
+    print(readable(line))
 
 
 def run_delphi(args, store_path, overwrite: bool) -> int:
@@ -12,6 +18,15 @@ def run_delphi(args, store_path, overwrite: bool) -> int:
 
     if args.import_delphi and args.export_delphi:
         print_error("--import-delphi and --export-delphi: give one of them per run")
+        return 2
+    if not (args.import_delphi or args.export_delphi):
+        print_error("--delphi-module names the module of --import-delphi RUN or --export-delphi DIR; give one of them")
+        return 2
+    # the labelling run's own flags do nothing here: refuse them rather than leave them unheeded
+    unheeded = [flag for flag, given in (("--dry-run", args.dry_run), ("--report", args.report)) if given]
+    if unheeded:
+        print_error(f"{' and '.join(unheeded)}: flag(s) of a labelling run; --import-delphi and --export-delphi call "
+                    "no judge and write no run report, so leave them out")
         return 2
     with FeatureStore.open(store_path, readonly=False) as store:
         try:
@@ -24,27 +39,30 @@ def run_delphi(args, store_path, overwrite: bool) -> int:
             print_error(e)
             return 2
     if args.export_delphi:
-        print(f"wrote {len(files)} delphi explanation file(s) of module {module} to {files[0].parent}; delphi scores "
-              "them with `--explainer none` in that run folder (our detection/fuzzing scores are not exported: "
-              "the store keeps their counts, not each sample's prediction)")
+        _say(f"wrote {len(files)} delphi explanation file(s) of module {module} to {files[0].parent}; delphi scores "
+             "them with `--explainer none` in that run folder (our detection/fuzzing scores are not exported: "
+             "the store keeps their counts, not each sample's prediction)")
+        if args.delphi_module is None:  # named as Llama, Qwen, GPT-NeoX ... name their layers; GPT-2 calls them h
+            _say(f"  note: {module} is the layer's name in models whose layers are `layers`; for a GPT-2-style model "
+                 f"(layers `h`) delphi's hookpoint is {module.replace('layers.', 'h.', 1)}: export with --delphi-module")
         return 0
     _print_import(rep, args.import_delphi)
     return 0
 
 
 def _print_import(rep, run_dir) -> None:
-    print(f"imported {len(rep.written)} delphi label(s) of module {rep.module} (hook {rep.hook}) from {run_dir}, "
-          f"explainer {rep.explainer_model or 'unrecorded'}; {len(rep.unchanged)} already imported, unchanged")
-    if rep.model_note:
-        print(f"  note: {rep.model_note}")
+    _say(f"imported {len(rep.written)} delphi label(s) of module {rep.module} (hook {rep.hook}) from {run_dir}, "
+         f"explainer {rep.explainer_model or 'unrecorded'}; {len(rep.unchanged)} already imported, unchanged")
+    for note in rep.notes:
+        _say(f"  note: {note}")
     if rep.replaced_ours:
-        print(f"  {len(rep.replaced_ours)} latent(s) had a saesteer label: it stays in the store's history, and "
-              "`saesteer label` with the same judge makes ours current again")
+        _say(f"  {len(rep.replaced_ours)} latent(s) had a saesteer label: it stays in the store's history, and "
+             "`saesteer label` with the same judge makes ours current again")
     for scorer, m in rep.pooled.items():
         auc = "-" if m["auc"] is None else f"{m['auc']:.3f}"
-        print(f"  delphi {scorer}, all latents pooled as delphi's log prints it: class-balanced accuracy "
-              f"{m['balanced_accuracy']:.3f}, F1 {m['f1_score']:.3f}, precision {m['precision']:.3f}, recall "
-              f"{m['recall']:.3f}, AUC {auc}; {m['failed']} unparsed prediction(s) left out")
+        _say(f"  delphi {scorer}, all latents pooled as delphi's log prints it: class-balanced accuracy "
+             f"{m['balanced_accuracy']:.3f}, F1 {m['f1_score']:.3f}, precision {m['precision']:.3f}, recall "
+             f"{m['recall']:.3f}, AUC {auc}; {m['failed']} unparsed prediction(s) left out")
     if rep.skipped_scorers:
-        print(f"  not imported: scores/{', scores/'.join(rep.skipped_scorers)} (only detection and fuzz "
-              "score files are read)")
+        _say(f"  not imported: scores/{', scores/'.join(rep.skipped_scorers)} (only detection and fuzz "
+             "score files are read)")

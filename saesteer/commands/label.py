@@ -54,8 +54,9 @@ def add_arguments(parser) -> None:
                         help="instead of labelling, write the store's labels as delphi explanation files "
                              "(DIR/explanations/<module>_latent<i>.txt) for delphi's scorers")
     parser.add_argument("--delphi-module", default=None, metavar="MODULE",
-                        help="the delphi hookpoint (HF module path, e.g. layers.6) of this store's SAE, when the "
-                             "run holds several or the default name does not fit")
+                        help="the delphi hookpoint (HF module path, e.g. layers.6, h.6) of this store's SAE, when "
+                             "the run holds several or the default name does not fit; a module saesteer has no hook "
+                             "for (layers.6.self_attn) is taken as this SAE's")
     add_dataclass_arguments(parser, LabelConfig, title="labelling")
     add_dataclass_arguments(parser, JudgeConfig, prefix="judge_", title="judge")
     add_dataclass_arguments(parser, EmbedConfig, prefix="embed_", title="label embeddings (search by meaning, map)")
@@ -84,7 +85,7 @@ def run(args) -> int:
     if not store_path.is_file():
         print(f"error: no feature store at {store_path}; build one with `saesteer features build`", file=sys.stderr)
         return 2
-    if args.import_delphi or args.export_delphi:
+    if args.import_delphi or args.export_delphi or args.delphi_module:
         from saesteer.commands._delphi import run_delphi
 
         return run_delphi(args, store_path, label_cfg.overwrite)
