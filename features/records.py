@@ -8,8 +8,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 ExampleKind = Literal["top", "quantile", "negative"]
-JudgeKind = Literal["openai", "local", "offline", "human"]
-JUDGE_KINDS = ("openai", "local", "offline", "human")
+JudgeKind = Literal["openai", "local", "offline", "human", "neuronpedia"]
+# "neuronpedia": imported from Neuronpedia's explanations (`saesteer label --import-neuronpedia`, features/neuronpedia_import.py)
+JUDGE_KINDS = ("openai", "local", "offline", "human", "neuronpedia")
 
 
 def utc_now() -> str:
@@ -129,7 +130,7 @@ class LabelProvenance:
     """Who produced a label or score, how, and from what."""
 
     judge_model: str  # e.g. "gpt-4o-mini", "Qwen/Qwen2.5-7B-Instruct", "offline-heuristic"
-    judge_kind: str  # "openai" (any OpenAI-compatible server), "local", "offline" or "human"
+    judge_kind: str  # "openai" (any OpenAI-compatible server), "local", "offline", "human" or "neuronpedia" (imported)
     prompt_version: str
     examples_used: list[int] = field(default_factory=list)  # examples.id values shown to the judge
     params: dict[str, Any] = field(default_factory=dict)  # temperature, n, endpoint name, ...

@@ -28,6 +28,7 @@ the same judge are skipped (--overwrite true relabels them).
   saesteer label --store toy.db --judge-model gpt-4o-mini --dry-run
   saesteer label --store toy.db --judge-model gpt-4o-mini --budget 2usd
   saesteer label --store toy.db --judge-model qwen2.5 --judge-base-url http://localhost:8000/v1
+  saesteer label --store gpt2-l6.db --import-neuronpedia gpt2-small_6-res-jb.json   # Neuronpedia's explanations
 
 Exit status: 0 all done, 3 stopped by the budget, 4 some latents failed (see the list and
 <store>.label-failures.jsonl), 2 bad arguments."""
@@ -45,6 +46,14 @@ def add_arguments(parser) -> None:
                         help="estimate requests, tokens and cost; send nothing, write nothing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--report", default=None, help="also write the run report as JSON to this file")
+    imp = parser.add_argument_group("import Neuronpedia's explanations (instead of labelling)")
+    imp.add_argument("--import-neuronpedia", default=None, metavar="EXPORT",
+                     help="Neuronpedia explanation export of the store's SAE (the API's JSON array, .jsonl[.gz], or an "
+                          "export folder): its explanations become labels marked 'neuronpedia'; rows of another SAE or "
+                          "out of range are refused")
+    imp.add_argument("--neuronpedia-sae", default=None, metavar="MODEL/SAE",
+                     help="the store's SAE on Neuronpedia (e.g. gpt2-small/6-res-jb) when it is not from SAELens's "
+                          "registry (default: from the registry)")
     add_dataclass_arguments(parser, LabelConfig, title="labelling")
     add_dataclass_arguments(parser, JudgeConfig, prefix="judge_", title="judge")
     add_dataclass_arguments(parser, EmbedConfig, prefix="embed_", title="label embeddings (search by meaning, map)")
@@ -74,6 +83,8 @@ def run(args) -> int:
         print(f"error: no feature store at {store_path}; build one with `saesteer features build`", file=sys.stderr)
         return 2
 
+    if args.import_neuronpedia:
+        return _import_neuronpedia(args, store_path)
     from autointerp.featurestore import FeatureStoreLabels
 
     try:
@@ -105,6 +116,23 @@ def run(args) -> int:
     if report.stopped == "budget":
         return 3
     return 4 if report.failed else 0
+
+
+def _import_neuronpedia(args, store_path) -> int:
+    """--import-neuronpedia: Neuronpedia's explanations into the store (features/neuronpedia_import.py)."""
+    from features import FeatureStore
+    from features.neuronpedia_import import import_neuronpedia_explanations
+
+    try:
+        with FeatureStore.open(store_path, readonly=False) as store:
+            r = import_neuronpedia_explanations(store, args.import_neuronpedia, args.neuronpedia_sae)
+    except (ValueError, OSError) as e:
+        print_error(e)
+        return 2
+    by = ", ".join(f"{m} ({n})" for m, n in sorted(r.explainers.items())) or "none"
+    print(f"imported {r.imported} Neuronpedia explanations of {r.neuronpedia_id} as labels of {len(r.latents)} "
+          f"latents (explainers: {by}); {r.already} imported before, {r.blank} without a description")
+    return 0
 
 
 def _configs(args, file_values: dict):
