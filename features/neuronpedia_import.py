@@ -1,12 +1,13 @@
 """Neuronpedia's explanations of an SAE's latents, imported as labels of its feature store.
 
-    report = import_neuronpedia_explanations(store, "gpt2-small_6-res-jb.json")
-    saesteer label --store gpt2-l6.db --import-neuronpedia gpt2-small_6-res-jb.json
+    report = import_neuronpedia_explanations(store, "v1/gpt2-small/6-res-jb")
+    saesteer label --store gpt2-l6.db --import-neuronpedia v1/gpt2-small/6-res-jb
 
-What is read: Neuronpedia's Explanation rows, as its exports give them: the JSON array of its
-explanation export (`/api/explanation/export?modelId=...&saeId=...`), JSON Lines (`.jsonl`, `.gz`
-too), or a dataset export folder (`explanations/batch-N.jsonl.gz`, the layout `features/publish.py`
-writes for a Neuronpedia upload). A row is `{modelId, layer, index, description,
+What is read: Neuronpedia's Explanation rows, as its exports give them: its dataset exports
+(neuronpedia-datasets, `v1/MODEL/SAE/explanations/batch-N.jsonl.gz`; give the batch file, the SAE's
+folder, or a folder above it), the layout `features/publish.py` writes for a Neuronpedia upload,
+JSON Lines (`.jsonl`), or a JSON array (what the API's `/api/explanation/export` returned before
+Neuronpedia removed it for the datasets). A row is `{modelId, layer, index, description,
 explanationModelName, typeName, id, authorId, ...}`; `layer` is Neuronpedia's SAE id ("6-res-jb").
 
 Every row is checked before anything is written: its `modelId/layer` must be the store's SAE's
@@ -78,17 +79,24 @@ def store_latent(store: Any, text: str | int) -> int:
     return ref.index
 
 
-def _files(path: Path) -> list[Path]:
+def _files(path: Path, np_id: str | None = None) -> list[Path]:
+    """The explanation files at `path`: a file; a folder of them; an SAE's export folder (its
+    `explanations/`); or a folder above it, the model's or the dataset's root (`MODEL/SAE/explanations/`
+    of `np_id` is taken)."""
     if path.is_file():
         return [path]
     if not path.is_dir():
         raise NeuronpediaImportError(f"no Neuronpedia export at {path}")
-    where = path / "explanations" if (path / "explanations").is_dir() else path
+    below = [path / "explanations"]
+    if np_id:
+        below += [path / np_id.split("/", 1)[1] / "explanations", path / np_id / "explanations"]
+    where = next((d for d in below if d.is_dir()), path)
     found = sorted(p for p in where.iterdir() if p.is_file() and p.name.endswith((".json", ".jsonl", ".jsonl.gz",
                                                                                    ".json.gz")))
     if not found:
-        raise NeuronpediaImportError(f"{path} holds no explanation file (.json, .jsonl, .jsonl.gz, or an "
-                                     f"explanations/ folder of them)")
+        raise NeuronpediaImportError(f"{path} holds no explanation file of {np_id or 'an SAE'} (.json, .jsonl, .jsonl.gz, "
+                                     f"or an explanations/ folder of them, as in Neuronpedia's dataset exports "
+                                     f"v1/MODEL/SAE/explanations/)")
     return found
 
 
@@ -104,9 +112,10 @@ def _text(p: Path) -> str:
         raise NeuronpediaImportError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
-def read_explanation_rows(path: str | Path) -> Iterator[tuple[str, dict]]:
-    """(where, row) of every explanation row in a file or export folder; `where` is 'FILE:N'."""
-    for p in _files(Path(path)):
+def read_explanation_rows(path: str | Path, np_id: str | None = None) -> Iterator[tuple[str, dict]]:
+    """(where, row) of every explanation row in a file or export folder (of the SAE `np_id`, in a
+    folder of several); `where` is 'FILE:N'."""
+    for p in _files(Path(path), np_id):
         text = _text(p)
         stripped = text.lstrip()
         if stripped.startswith("["):  # the API's export: one JSON array
@@ -127,6 +136,9 @@ def read_explanation_rows(path: str | Path) -> Iterator[tuple[str, dict]]:
         for where, row in items:
             if not isinstance(row, dict):
                 raise NeuronpediaImportError(f"{where}: an explanation row is a JSON object, got {type(row).__name__}")
+            if "newUrl" in row and "modelId" not in row:  # what the removed /api/explanation/export answers
+                raise NeuronpediaImportError(f"{p} is Neuronpedia's answer that the export endpoint is gone, not an "
+                                             f"export; download the SAE's explanations/ from {row['newUrl']}")
             yield where, row
 
 
@@ -198,7 +210,7 @@ def import_neuronpedia_explanations(store: Any, path: str | Path, neuronpedia_id
         raise NeuronpediaImportError(f"the store's SAE ({spec}) has no Neuronpedia id in SAELens's registry; name it "
                                      f"with --neuronpedia-sae MODEL/SAE (e.g. gpt2-small/6-res-jb) if it is one")
     d_sae = int(store.d_sae)
-    checked = [(where, row, *_checked(where, row, np_id, d_sae)) for where, row in read_explanation_rows(path)]
+    checked = [(where, row, *_checked(where, row, np_id, d_sae)) for where, row in read_explanation_rows(path, np_id)]
     report = ImportReport(np_id)
     seen = _imported(store)
     for where, row, latent, text in checked:

@@ -12,8 +12,9 @@ gpt2-small/1-res-jb in the installed registry). Checks what only these paths sho
   names d_sae;
 - an id the registry does not know is refused naming the closest known ones; the registry SAE's
   model ('gpt2-small') and another --model are refused naming both;
-- `label --import-neuronpedia` reads Neuronpedia's explanation export (the API's JSON array, and
-  the .jsonl.gz dataset layout) into the store's labels marked 'neuronpedia' with the explainer
+- `label --import-neuronpedia` reads Neuronpedia's explanations (its dataset export
+  v1/MODEL/SAE/explanations/*.jsonl.gz, from the model's folder too; a JSON array as its removed
+  export route gave) into the store's labels marked 'neuronpedia' with the explainer
   model, shown by `features show/search` and the web's feature page (with a link to its Neuronpedia
   page), and not exported back as saesteer's own for a Neuronpedia upload; rows of another SAE or out of range refuse the whole
   import naming both sides; a second import writes nothing twice.
@@ -156,13 +157,22 @@ def test_neuronpedia_explanations_become_labels_marked_as_theirs(store, tmp_path
         assert p.extra["url"] == f"{ADDRESS}/5"
         assert s.label(7) is None
 
-    # the dataset export's layout (explanations/batch-N.jsonl.gz), as features/publish.py writes it
-    folder = tmp_path / "exports" / "gpt2-small" / "1-res-jb" / "explanations"
-    folder.mkdir(parents=True)
-    with gzip.open(folder / "batch-0.jsonl.gz", "wt", encoding="utf-8") as f:
-        f.write(json.dumps(_row(9, "closing brackets of Python calls", id="e9")) + "\n")
-    r = saesteer("label", "--store", store, "--import-neuronpedia", folder.parent).ok()
+    # Neuronpedia's dataset export (v1/MODEL/SAE/explanations/batch-N.jsonl.gz, the layout
+    # features/publish.py writes too): the model's folder holds several SAEs, this store's is taken
+    for sae, row in (("1-res-jb", _row(9, "closing brackets of Python calls", id="e9")),
+                     ("2-res-jb", _row(9, "another SAE's latent 9", layer="2-res-jb"))):
+        folder = tmp_path / "v1" / "gpt2-small" / sae / "explanations"
+        folder.mkdir(parents=True)
+        with gzip.open(folder / "batch-0.jsonl.gz", "wt", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+    r = saesteer("label", "--store", store, "--import-neuronpedia", tmp_path / "v1" / "gpt2-small").ok()
     assert "imported 1 " in r.out
+    # what the API's removed export route answers is not taken for an export
+    gone = tmp_path / "export.json"
+    gone.write_text(json.dumps({"newUrl": "https://neuronpedia-datasets.s3.us-east-1.amazonaws.com/index.html?prefix=v1/",
+                                "message": "This endpoint has been removed."}), encoding="utf-8")
+    r = saesteer("label", "--store", store, "--import-neuronpedia", gone).no_traceback()
+    assert r.rc == 2 and "export endpoint is gone" in r.err and "neuronpedia-datasets" in r.err
     assert "closing brackets" in saesteer("features", "show", store, 9).ok().out
 
     # the web's feature page says whose label it is and links its Neuronpedia page

@@ -28,7 +28,7 @@ the same judge are skipped (--overwrite true relabels them).
   saesteer label --store toy.db --judge-model gpt-4o-mini --dry-run
   saesteer label --store toy.db --judge-model gpt-4o-mini --budget 2usd
   saesteer label --store toy.db --judge-model qwen2.5 --judge-base-url http://localhost:8000/v1
-  saesteer label --store gpt2-l6.db --import-neuronpedia gpt2-small_6-res-jb.json   # Neuronpedia's explanations
+  saesteer label --store gpt2-l6.db --import-neuronpedia v1/gpt2-small/6-res-jb   # Neuronpedia's explanations
 
 Exit status: 0 all done, 3 stopped by the budget, 4 some latents failed (see the list and
 <store>.label-failures.jsonl), 2 bad arguments."""
@@ -48,9 +48,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--report", default=None, help="also write the run report as JSON to this file")
     imp = parser.add_argument_group("import Neuronpedia's explanations (instead of labelling)")
     imp.add_argument("--import-neuronpedia", default=None, metavar="EXPORT",
-                     help="Neuronpedia explanation export of the store's SAE (the API's JSON array, .jsonl[.gz], or an "
-                          "export folder): its explanations become labels marked 'neuronpedia'; rows of another SAE or "
-                          "out of range are refused")
+                     help="Neuronpedia's explanations of the store's SAE: its dataset export (v1/MODEL/SAE from "
+                          "neuronpedia-datasets, or a batch .jsonl.gz of it), .jsonl, or a JSON array; they become labels "
+                          "marked 'neuronpedia'; rows of another SAE or out of range are refused")
     imp.add_argument("--neuronpedia-sae", default=None, metavar="MODEL/SAE",
                      help="the store's SAE on Neuronpedia (e.g. gpt2-small/6-res-jb) when it is not from SAELens's "
                           "registry (default: from the registry)")
