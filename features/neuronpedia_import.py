@@ -14,7 +14,8 @@ Every row is checked before anything is written: its `modelId/layer` must be the
 Neuronpedia id (from SAELens's registry, for a store built from a registry SAE or its Neuronpedia
 id; else given), its index a latent of the SAE. A row that fails refuses the import, naming both
 sides. Imported labels carry `judge_kind="neuronpedia"`, the explainer model and the explanation
-type, so `features show/search` and the web tell them from labels made here. A row already
+type, so `features show/search` and the web tell them from labels made here. Several explanations
+of one latent are all kept; the last in the export is its current label. A row already
 imported (same explanation id, or same text without one) is not written twice.
 
 Its own module with one entry point (`import_neuronpedia_explanations`): label imports from other

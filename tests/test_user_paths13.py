@@ -79,7 +79,7 @@ def test_a_neuronpedia_sae_and_latent_steer_as_their_registry_names_do(hub):
     same = _steered("--sae", REGISTRY, "-l", "3:clamp=400")
     assert _steered("--sae", ADDRESS, "-l", f"{ADDRESS}/3:clamp=400") == same
     assert _steered("--sae", NP_SAE, "-l", f"{NP_SAE}/3:clamp=400") == same
-    assert _steered("--sae", f"{ADDRESS}/3", "-l", f"{NP_SAE}/3:clamp=400") == same  # a latent's address as --sae
+    assert _steered("--sae", f"{ADDRESS}/3?embed=true", "-l", f"{NP_SAE}/3:clamp=400") == same  # a latent's address
     assert _steered("--sae", REGISTRY, "-l", f"{NP_SAE}/3:clamp=400") == same  # the registry's name, Neuronpedia's latent
     unsteered = json.loads(saesteer("steer", "--model", "gpt2", "--sae", NP_SAE, "-l", "3:add=0", *GEN).ok().out)
     assert unsteered["results"][0]["steered"] != same
@@ -87,6 +87,11 @@ def test_a_neuronpedia_sae_and_latent_steer_as_their_registry_names_do(hub):
     r = saesteer("steer", "--model", "gpt2", "--sae", f"a={NP_SAE}", "--sae", f"b={REGISTRY}", "-l",
                  f"{ADDRESS}/3:clamp=400", *GEN).ok()
     assert json.loads(r.out)["results"][0]["steered"] == same
+    # an '=' in a path is no NAME=SAE (it was 'bad SAE name in --sae'), as in the address's query above
+    import shutil
+
+    shutil.copytree(hub.parent / "made", hub.parent / "lr=3e-4" / "sae")
+    saesteer("steer", "--model", "gpt2", "--sae", hub.parent / "lr=3e-4" / "sae", "-l", "3:clamp=400", *GEN).ok()
     loaded = resolve_sae(ADDRESS)
     assert loaded.spec == REGISTRY  # canonical: resolves again to the same SAE, what a store records
     src = loaded.provenance["source"]

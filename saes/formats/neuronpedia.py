@@ -49,7 +49,10 @@ class NeuronpediaRef:
 def parse_ref(text: str) -> NeuronpediaRef | None:
     """The Neuronpedia reference `text` spells, or None when it is not in that form (a bare
     'a/b' may still be a local path: callers check the registry with `registry_ref`)."""
-    m = _REF.match(str(text).strip())
+    text = str(text).strip()
+    if "neuronpedia.org/" in text:  # an address copied with its query or fragment (?embed=true, #...)
+        text = text.split("?", 1)[0].split("#", 1)[0]
+    m = _REF.match(text)
     if m is None:
         return None
     return NeuronpediaRef(m["model"], m["sae"], int(m["index"]) if m["index"] else None, bool(m["site"]))

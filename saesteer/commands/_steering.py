@@ -56,6 +56,8 @@ def parse_sae_args(values: list[str]) -> dict[str, Path]:
     out: dict[str, Path] = {}
     for v in values:
         name, sep, path = v.partition("=")
+        if sep and ("/" in name or ":" in name):  # no name: an '=' inside a path or an address's query
+            name, sep, path = "", "", v
         if not sep:
             name, path = ("sae" if len(values) == 1 else Path(v).name), v
         if not name or "/" in name or ":" in name:
