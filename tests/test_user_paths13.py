@@ -71,7 +71,7 @@ def _steered(*argv) -> str:
     return json.loads(r.out)["results"][0]["steered"]
 
 
-def test_a_neuronpedia_sae_and_latent_steer_as_their_registry_names_do(hub):
+def test_a_neuronpedia_sae_and_latent_steer_as_their_registry_names_do(hub, monkeypatch):
     """The address of a latent, its id, and the registry's own names steer alike; the provenance
     keeps the Neuronpedia id. Before, the address was 'SAE not found' and the latent 'cannot parse edit'."""
     from saes.formats import resolve_sae
@@ -92,6 +92,12 @@ def test_a_neuronpedia_sae_and_latent_steer_as_their_registry_names_do(hub):
 
     shutil.copytree(hub.parent / "made", hub.parent / "lr=3e-4" / "sae")
     saesteer("steer", "--model", "gpt2", "--sae", hub.parent / "lr=3e-4" / "sae", "-l", "3:clamp=400", *GEN).ok()
+    # a local folder named like a Neuronpedia id is that folder (its latents are not Neuronpedia's)
+    shutil.copytree(hub.parent / "made", hub.parent / NP_SAE)
+    monkeypatch.chdir(hub.parent)
+    assert resolve_sae(NP_SAE).spec == str(hub.parent / NP_SAE)
+    r = saesteer("steer", "--model", "gpt2", "--sae", NP_SAE, "-l", f"{NP_SAE}/3:clamp=400", *GEN).no_traceback()
+    assert r.rc == 2 and "'sae' is not on Neuronpedia" in r.err
     loaded = resolve_sae(ADDRESS)
     assert loaded.spec == REGISTRY  # canonical: resolves again to the same SAE, what a store records
     src = loaded.provenance["source"]

@@ -18,6 +18,7 @@ import difflib
 import re
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 from saes.io import SAEFormatError
 
@@ -90,13 +91,16 @@ def neuronpedia_id_of(release: str, sae_id: str) -> str | None:
 
 def neuronpedia_id_of_spec(spec: str) -> str | None:
     """The Neuronpedia id of an SAE given as a Neuronpedia reference or `sae_lens:RELEASE/SAE_ID`
-    (None for anything else: a folder, or a registry SAE Neuronpedia does not host)."""
+    (None for anything else: a folder, even one named like an id, or a registry SAE Neuronpedia
+    does not host)."""
     from saes.formats import sae_lens_registry
 
     text = str(spec)
     if text.startswith(sae_lens_registry.PREFIX):
         release, _, sae_id = text[len(sae_lens_registry.PREFIX):].partition("/")
         return neuronpedia_id_of(release, sae_id)
+    if Path(text).expanduser().exists():  # a local folder wins, as in resolve_sae
+        return None
     ref = parse_ref(text)
     return ref.id if ref is not None and ref.id in registry_ids() else None
 
