@@ -211,7 +211,8 @@ def _resolve_feature_edit(model: Model, sae_map: Mapping[str, SAE], e: FeatureEd
     sae = sae_map[name]
     if not 0 <= e.latent < sae.d_sae:
         raise SteeringError(
-            f"{e.describe()}: latent {e.latent} is out of range for SAE {name!r}; valid ids are 0..{sae.d_sae - 1}"
+            f"{e.describe()}: latent {e.latent} is out of range for SAE {name!r} (d_sae {sae.d_sae}); valid ids are "
+            f"0..{sae.d_sae - 1}"
         )
     hook = sae_hook_name(sae, name)
     check_editable_hook(model, hook, f"SAE {name!r}")

@@ -526,6 +526,10 @@ def test_export_of_a_resid_pre_store_names_the_previous_layer_and_says_how_gpt2_
     (["--import-delphi", "RUN", "--dry-run"], "--dry-run: flag(s) of a labelling run"),
     (["--export-delphi", "RUN", "--report", "r.json"], "--report: flag(s) of a labelling run"),
     (["--delphi-module", MODULE], "--delphi-module names the module of --import-delphi RUN or --export-delphi DIR"),
+    # the Neuronpedia import is the same kind of run: one per run, no labelling flags
+    (["--import-delphi", "RUN", "--import-neuronpedia", "RUN"], "--import-delphi and --import-neuronpedia: give one"),
+    (["--import-neuronpedia", "RUN", "--dry-run"], "--dry-run: flag(s) of a labelling run; --import-neuronpedia"),
+    (["--neuronpedia-sae", "gpt2-small/6-res-jb"], "--neuronpedia-sae names the SAE of --import-neuronpedia"),
 ])
 def test_flags_that_would_do_nothing_with_delphi_are_refused(toy, tmp_path, flags, want):
     db = _fresh_store(toy, tmp_path)

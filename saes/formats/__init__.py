@@ -2,6 +2,7 @@
 
     loaded = resolve_sae("runs/x/saes/topk_k32_f4096")                       # saesteer / SAELens folder
     loaded = resolve_sae("sae_lens:gpt2-small-res-jb/blocks.8.hook_resid_pre")   # SAELens registry (HF cache)
+    loaded = resolve_sae("gpt2-small/8-res-jb")        # its Neuronpedia id (or page address), via the registry
     loaded = resolve_sae("checkpoints/run/layers.6", model="EleutherAI/pythia-70m")  # sparsify hookpoint
     loaded = resolve_sae("dl/trainer_0")                                      # dictionary_learning ae.pt + config.json
     loaded = resolve_sae("dl/trainer_0/checkpoints/ae_500.pt")                # ... a checkpoint trainSAE wrote midway
@@ -23,13 +24,15 @@ from pathlib import Path
 
 import torch
 
-from saes.formats import dictionary_learning, gemma_scope, openai_sae, sae_lens_folder, sae_lens_registry, sparsify
+from saes.formats import (dictionary_learning, gemma_scope, neuronpedia, openai_sae, sae_lens_folder, sae_lens_registry,
+                          sparsify)
 from saes.formats.base import LoadedSAE, sae_of, tl_hook_for_module
 from saes.io import PICKLE_SUFFIXES, SAEFormatError
 
 FORMATS = {
     sae_lens_folder.FORMAT: "folder with cfg.json + sae_weights.safetensors (saesteer, SAELens)",
-    sae_lens_registry.FORMAT: "sae_lens:RELEASE/SAE_ID (SAELens's pretrained registry, through the HF cache)",
+    sae_lens_registry.FORMAT: "sae_lens:RELEASE/SAE_ID or a Neuronpedia id/address such as gpt2-small/8-res-jb "
+                              "(SAELens's pretrained registry, through the HF cache)",
     sparsify.FORMAT: "sparsify hookpoint folder with cfg.json + sae.safetensors",
     dictionary_learning.FORMAT: "dictionary_learning folder with ae.pt (+ config.json), the ae.pt file, or a "
                                 "checkpoints/ae_STEP.pt file",
@@ -95,8 +98,10 @@ def resolve_sae(
 ) -> LoadedSAE:
     """Load the SAE `spec` names (see the module docstring); errors are `SAEFormatError` /
     `FileNotFoundError` with one line saying what to fix."""
-    fmt = detect_format(spec)
     text = os.fspath(spec)
+    if not text.startswith(sae_lens_registry.PREFIX) and not Path(text).expanduser().exists():
+        spec = text = neuronpedia.registry_spec(text) or text  # a Neuronpedia id / address
+    fmt = detect_format(spec)
     kw = {"hook": hook, "model": model, "device": device, "dtype": dtype}
     if fmt == sae_lens_registry.FORMAT:
         return sae_lens_registry.load(text[len(sae_lens_registry.PREFIX):], **kw)

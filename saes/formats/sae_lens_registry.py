@@ -121,6 +121,12 @@ def load(
                    "folder": folder, "revision": cached_revision(repo_id), "sae_lens_version": _version(),
                    "sae_lens_class": type(sl).__name__},
     }
+    from saes.formats.neuronpedia import SITE, neuronpedia_id_of
+
+    np_id = neuronpedia_id_of(release, sae_id)
+    if np_id:  # where its latents are browsed (and what `saesteer label --import-neuronpedia` checks rows against)
+        prov["source"]["neuronpedia_id"] = np_id
+        prov["source"]["neuronpedia_url"] = f"{SITE}/{np_id}"
     kwargs = _overrides(release, sae_id).get("model_from_pretrained_kwargs") or md.get("model_from_pretrained_kwargs")
     if kwargs:  # e.g. center_writing_weights: the SAE reads activations of a processed model
         prov["model_from_pretrained_kwargs"] = kwargs

@@ -16,17 +16,8 @@ def run_delphi(args, store_path, overwrite: bool) -> int:
     from autointerp.delphi_store import export_delphi_labels, import_delphi_run
     from features import FeatureStore
 
-    if args.import_delphi and args.export_delphi:
-        print_error("--import-delphi and --export-delphi: give one of them per run")
-        return 2
     if not (args.import_delphi or args.export_delphi):
         print_error("--delphi-module names the module of --import-delphi RUN or --export-delphi DIR; give one of them")
-        return 2
-    # the labelling run's own flags do nothing here: refuse them rather than leave them unheeded
-    unheeded = [flag for flag, given in (("--dry-run", args.dry_run), ("--report", args.report)) if given]
-    if unheeded:
-        print_error(f"{' and '.join(unheeded)}: flag(s) of a labelling run; --import-delphi and --export-delphi call "
-                    "no judge and write no run report, so leave them out")
         return 2
     with FeatureStore.open(store_path, readonly=False) as store:
         try:

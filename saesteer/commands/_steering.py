@@ -40,8 +40,8 @@ def add_common_arguments(parser, *, prompts_help: str) -> None:
     g.add_argument("--device", default=None, help="device for the model and SAEs (default: the model's)")
     g.add_argument("--sae", action="append", default=[], metavar="[NAME=]SAE", required=True,
                    help="SAE: a folder (saesteer, SAELens, sparsify, dictionary_learning, Gemma Scope), an OpenAI .pt file, or "
-                        "sae_lens:RELEASE/SAE_ID (repeat for several; name them NAME=SAE and refer to NAME/FEATURE "
-                        "in edits)")
+                        "sae_lens:RELEASE/SAE_ID, or a Neuronpedia id or address such as gpt2-small/6-res-jb (repeat for "
+                        "several; name them NAME=SAE and refer to NAME/FEATURE in edits)")
     g.add_argument("--hook", default=None, metavar="HOOK",
                    help="hook point of SAEs whose files do not record one (e.g. blocks.2.hook_resid_post; default: "
                         "the hook --store was built at)")
@@ -56,6 +56,8 @@ def parse_sae_args(values: list[str]) -> dict[str, Path]:
     out: dict[str, Path] = {}
     for v in values:
         name, sep, path = v.partition("=")
+        if sep and ("/" in name or ":" in name):  # no name: an '=' inside a path or an address's query
+            name, sep, path = "", "", v
         if not sep:
             name, path = ("sae" if len(values) == 1 else Path(v).name), v
         if not name or "/" in name or ":" in name:
@@ -80,6 +82,30 @@ def load_saes(values: list[str], device: Any = None, hook: str | None = None, mo
         except (FileNotFoundError, ValueError) as e:
             raise CLIError(f"cannot load SAE {name!r} from {path}: {e}") from None
     return loaded
+
+
+def neuronpedia_edits(edits: list[str], sae_values: list[str]) -> list[str]:
+    """Edits whose latent is named by Neuronpedia (`gpt2-small/6-res-jb/17:clamp=4`, or the latent's
+    page address then `:clamp=4`) written as `[NAME/]17:clamp=4`, NAME the --sae whose Neuronpedia id
+    (through SAELens's registry) it is; a latent of no given --sae is refused naming theirs."""
+    from saes.formats.neuronpedia import neuronpedia_id_of_spec, split_latent_head
+
+    out, ids = [], None
+    for text in edits:
+        head = split_latent_head(text)
+        if head is None:
+            out.append(text)
+            continue
+        ref, rest = head
+        if ids is None:
+            ids = {name: neuronpedia_id_of_spec(str(spec)) for name, spec in parse_sae_args(sae_values).items()}
+        names = [name for name, np_id in ids.items() if np_id == ref.id]
+        if not names:
+            given = ", ".join(f"{name!r} is {np_id or 'not on Neuronpedia'}" for name, np_id in ids.items())
+            raise CLIError(f"-l {text}: latent {ref.index} of the Neuronpedia SAE {ref.id!r} is not of a --sae given "
+                           f"({given}); pass --sae {ref.id}")
+        out.append(f"{names[0] + '/' if len(ids) > 1 else ''}{ref.index}{rest}")
+    return out
 
 
 def hook_of(args) -> str | None:

@@ -52,8 +52,8 @@ def _add_build(sub) -> None:
     b = sub.add_parser("build", help="run an SAE over an activation cache and write its feature store",
                        description="Build (or resume, after a crash: re-run the same command) a feature store.")
     b.add_argument("--sae", required=True,
-                   help="SAE: a folder (saesteer, SAELens, sparsify, dictionary_learning, Gemma Scope), an OpenAI .pt file, or "
-                        "sae_lens:RELEASE/SAE_ID")
+                   help="SAE: a folder (saesteer, SAELens, sparsify, dictionary_learning, Gemma Scope), an OpenAI .pt file, "
+                        "sae_lens:RELEASE/SAE_ID, or a Neuronpedia id or address (gpt2-small/6-res-jb)")
     b.add_argument("--cache", required=True, help="activation cache directory (from `saesteer cache`)")
     b.add_argument("--out", required=True, help="store file to write, e.g. stores/toy-topk.db")
     b.add_argument("--hook", default=None, help="hook point to read from the cache (default: the SAE's hook_name)")
@@ -71,7 +71,8 @@ def _add_build(sub) -> None:
 def _add_show(sub) -> None:
     s = sub.add_parser("show", help="everything about one latent")
     s.add_argument("store", help="feature store file")
-    s.add_argument("latent", type=int, help="the latent's index")
+    s.add_argument("latent", help="the latent's index, or a Neuronpedia latent of the store's SAE (gpt2-small/6-res-jb/17, "
+                                  "or its page address)")
     s.add_argument("--examples", type=int, default=5, help="examples shown per kind (default: 5)")
 
 
@@ -240,8 +241,10 @@ def _show(args) -> int:
     from saesteer.terminal import plain
 
     con = _console()
+    from features.neuronpedia_import import store_latent
+
     with FeatureStore.open(args.store) as store:
-        rec = store.feature(args.latent)
+        rec = store.feature(store_latent(store, args.latent))
         st = rec.stats
         title = f"feature {rec.latent}" + (f": {rec.label.text}" if rec.label else "")
         con.rule(plain(title, "bold"))

@@ -30,6 +30,7 @@ the same judge are skipped (--overwrite true relabels them).
   saesteer label --store toy.db --judge-model qwen2.5 --judge-base-url http://localhost:8000/v1
   saesteer label --store toy.db --import-delphi results/my_run    # EleutherAI delphi's labels and scores
   saesteer label --store toy.db --export-delphi results/my_run    # ours as delphi explanation files
+  saesteer label --store gpt2-l6.db --import-neuronpedia v1/gpt2-small/6-res-jb   # Neuronpedia's explanations
 
 Exit status: 0 all done, 3 stopped by the budget, 4 some latents failed (see the list and
 <store>.label-failures.jsonl), 2 bad arguments."""
@@ -47,16 +48,24 @@ def add_arguments(parser) -> None:
                         help="estimate requests, tokens and cost; send nothing, write nothing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--report", default=None, help="also write the run report as JSON to this file")
-    parser.add_argument("--import-delphi", default=None, metavar="RUN",
-                        help="instead of labelling, import an EleutherAI delphi run folder (results/<name>: "
-                             "explanations/, scores/detection|fuzz/, run_config.json) as labels and scores")
-    parser.add_argument("--export-delphi", default=None, metavar="DIR",
-                        help="instead of labelling, write the store's labels as delphi explanation files "
-                             "(DIR/explanations/<module>_latent<i>.txt) for delphi's scorers")
-    parser.add_argument("--delphi-module", default=None, metavar="MODULE",
-                        help="the delphi hookpoint (HF module path, e.g. layers.6, h.6) of this store's SAE, when "
-                             "the run holds several or the default name does not fit; a module saesteer has no hook "
-                             "for (layers.6.self_attn) is taken as this SAE's")
+    imp = parser.add_argument_group("labels made elsewhere (instead of labelling)")
+    imp.add_argument("--import-delphi", default=None, metavar="RUN",
+                     help="import an EleutherAI delphi run folder (results/<name>: "
+                          "explanations/, scores/detection|fuzz/, run_config.json) as labels and scores")
+    imp.add_argument("--export-delphi", default=None, metavar="DIR",
+                     help="write the store's labels as delphi explanation files "
+                          "(DIR/explanations/<module>_latent<i>.txt) for delphi's scorers")
+    imp.add_argument("--delphi-module", default=None, metavar="MODULE",
+                     help="the delphi hookpoint (HF module path, e.g. layers.6, h.6) of this store's SAE, when "
+                          "the run holds several or the default name does not fit; a module saesteer has no hook "
+                          "for (layers.6.self_attn) is taken as this SAE's")
+    imp.add_argument("--import-neuronpedia", default=None, metavar="EXPORT",
+                     help="Neuronpedia's explanations of the store's SAE: its dataset export (v1/MODEL/SAE from "
+                          "neuronpedia-datasets, or a batch .jsonl.gz of it), .jsonl, or a JSON array; they become labels "
+                          "marked 'neuronpedia'; rows of another SAE or out of range are refused")
+    imp.add_argument("--neuronpedia-sae", default=None, metavar="MODEL/SAE",
+                     help="the store's SAE on Neuronpedia (e.g. gpt2-small/6-res-jb) when it is not from SAELens's "
+                          "registry (default: from the registry)")
     add_dataclass_arguments(parser, LabelConfig, title="labelling")
     add_dataclass_arguments(parser, JudgeConfig, prefix="judge_", title="judge")
     add_dataclass_arguments(parser, EmbedConfig, prefix="embed_", title="label embeddings (search by meaning, map)")
@@ -85,11 +94,9 @@ def run(args) -> int:
     if not store_path.is_file():
         print(f"error: no feature store at {store_path}; build one with `saesteer features build`", file=sys.stderr)
         return 2
-    if args.import_delphi or args.export_delphi or args.delphi_module:
-        from saesteer.commands._delphi import run_delphi
-
-        return run_delphi(args, store_path, label_cfg.overwrite)
-
+    elsewhere = _labels_made_elsewhere(args)
+    if elsewhere is not None:
+        return elsewhere(args, store_path, label_cfg.overwrite)
     from autointerp.featurestore import FeatureStoreLabels
 
     try:
@@ -121,6 +128,52 @@ def run(args) -> int:
     if report.stopped == "budget":
         return 3
     return 4 if report.failed else 0
+
+
+def _labels_made_elsewhere(args):
+    """The function doing one of the "labels made elsewhere" runs the flags ask for (None: a labelling
+    run), or one that prints why the flags do not go together."""
+    chosen = [flag for flag, given in (("--import-delphi", args.import_delphi), ("--export-delphi", args.export_delphi),
+                                       ("--import-neuronpedia", args.import_neuronpedia)) if given]
+    if not chosen and not args.delphi_module and not args.neuronpedia_sae:
+        return None
+    refusal = None
+    if len(chosen) > 1:
+        refusal = f"{' and '.join(chosen)}: give one of them per run"
+    elif args.dry_run or args.report:
+        # the labelling run's own flags would do nothing here: refuse them rather than leave them unheeded
+        unheeded = " and ".join(f for f, given in (("--dry-run", args.dry_run), ("--report", args.report)) if given)
+        refusal = (f"{unheeded}: flag(s) of a labelling run; {chosen[0] if chosen else 'an import or export'} calls "
+                   "no judge and writes no run report, so leave them out")
+    elif args.neuronpedia_sae and not args.import_neuronpedia:
+        refusal = "--neuronpedia-sae names the SAE of --import-neuronpedia EXPORT; give that too"
+    if refusal is not None:
+        def refuse(*_) -> int:
+            print_error(refusal)
+            return 2
+        return refuse
+    if args.import_neuronpedia:
+        return lambda a, store_path, _overwrite: _import_neuronpedia(a, store_path)
+    from saesteer.commands._delphi import run_delphi
+
+    return run_delphi
+
+
+def _import_neuronpedia(args, store_path) -> int:
+    """--import-neuronpedia: Neuronpedia's explanations into the store (features/neuronpedia_import.py)."""
+    from features import FeatureStore
+    from features.neuronpedia_import import import_neuronpedia_explanations
+
+    try:
+        with FeatureStore.open(store_path, readonly=False) as store:
+            r = import_neuronpedia_explanations(store, args.import_neuronpedia, args.neuronpedia_sae)
+    except (ValueError, OSError) as e:
+        print_error(e)
+        return 2
+    by = ", ".join(f"{m} ({n})" for m, n in sorted(r.explainers.items())) or "none"
+    print(f"imported {r.imported} Neuronpedia explanations of {r.neuronpedia_id} as labels of {len(r.latents)} "
+          f"latents (explainers: {by}); {r.already} imported before, {r.blank} without a description")
+    return 0
 
 
 def _configs(args, file_values: dict):

@@ -15,6 +15,9 @@ edits, and print them side by side. An edit is LATENT:OP[=VALUE[x]][@POSITIONS][
   123:scale=0.5@prompt halve it on the prompt;   123:ablate@last   zero it on the last prompt token
   res/123:add=4        latent 123 of the SAE named res (--sae res=DIR)
   123:add=4?77>1.5     add 4 only where latent 77 is above 1.5 (a conditional edit)
+  gpt2-small/6-res-jb/123:clamp=8
+                       latent 123 as Neuronpedia names it (its id, or its page address), of the --sae
+                       given as gpt2-small/6-res-jb (or its address, or sae_lens:RELEASE/SAE_ID)
 
 Edits go through the SAE and keep its reconstruction error, so only the chosen latents change.
 Positions: all, prompt, generated, last, or token indices (0 = first token, -1 = last prompt token);
@@ -92,7 +95,8 @@ def _lines(path: str) -> list[str]:
 
 
 def _run(args, model=None) -> int:
-    from saesteer.commands._steering import hook_of, load_model, load_saes, open_store, read_prompts, typical_max_provider
+    from saesteer.commands._steering import (hook_of, load_model, load_saes, neuronpedia_edits, open_store, read_prompts,
+                                             typical_max_provider)
     from saes.hookpoints import model_device
     from saesteer.configargs import dataclass_from_args
     from steering.config import GenerationConfig
@@ -100,7 +104,7 @@ def _run(args, model=None) -> int:
 
     gen_cfg = dataclass_from_args(GenerationConfig, args)
     limits = dataclass_from_args(SteerLimits, args)
-    edits: list = [parse_edit(t, args.positions) for t in args.latent]
+    edits: list = [parse_edit(t, args.positions) for t in neuronpedia_edits(args.latent, args.sae)]
     finding = args.search is not None or args.contrast is not None
     prompts = read_prompts(args)
     _check_flags(args, edits, prompts, finding=finding)

@@ -164,6 +164,7 @@ class LabelInfo(_Out):
     prompt_version: str | None = None
     offline: bool = False
     created: str | None = None
+    source_url: str | None = None  # the label's page where it was imported from (Neuronpedia)
 
 
 class FeatureDetail(_Out):

@@ -1,0 +1,149 @@
+"""Neuronpedia's names for SAEs and latents, resolved through SAELens's registry.
+
+A researcher browsing Neuronpedia copies a latent's page address or its id:
+
+    https://www.neuronpedia.org/gpt2-small/6-res-jb/1234      a latent (model id / SAE id / index)
+    gpt2-small/6-res-jb/1234                                  the same, as an id
+    gpt2-small/6-res-jb  (or its page address)                the SAE
+
+SAELens's `pretrained_saes.yaml` gives each registry SAE its Neuronpedia id (`neuronpedia:` of a
+release's entry, read by `get_pretrained_saes_directory()` into `PretrainedSAELookup.neuronpedia_id`),
+so an id maps to exactly one `sae_lens:RELEASE/SAE_ID`, which `sae_lens_registry` loads. An id the
+registry does not know is refused naming the closest ones it does.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from saes.io import SAEFormatError
+
+SITE = "https://www.neuronpedia.org"
+_PART = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+# the address (also as pathlib leaves it: "https:/www..."), or a bare id; the latent index optional
+_REF = re.compile(rf"^(?P<site>(?:https?:/+)?(?:www\.)?neuronpedia\.org/)?(?P<model>{_PART})/(?P<sae>{_PART})"
+                  rf"(?:/(?P<index>\d+))?/?$")
+# a latent at the head of an edit (`URL:clamp=4`, `gpt2-small/6-res-jb/17:add=2@generated`)
+_LATENT_HEAD = re.compile(rf"^\s*(?P<site>(?:https?:/+)?(?:www\.)?neuronpedia\.org/)?(?P<model>{_PART})/"
+                          rf"(?P<sae>{_PART})/(?P<index>\d+)(?=\s*(?::|@|\?|$))")
+
+
+@dataclass(frozen=True)
+class NeuronpediaRef:
+    model_id: str  # Neuronpedia's model id, e.g. "gpt2-small" (TransformerLens's name)
+    sae_id: str  # Neuronpedia's SAE ("source") id, e.g. "6-res-jb"
+    index: int | None = None  # the latent, when the reference names one
+    address: bool = False  # given as a neuronpedia.org address (then it cannot be anything else)
+
+    @property
+    def id(self) -> str:
+        return f"{self.model_id}/{self.sae_id}"
+
+    def latent_text(self) -> str:
+        return f"{self.id}/{self.index}"
+
+
+def parse_ref(text: str) -> NeuronpediaRef | None:
+    """The Neuronpedia reference `text` spells, or None when it is not in that form (a bare
+    'a/b' may still be a local path: callers check the registry with `registry_ref`)."""
+    text = str(text).strip()
+    if "neuronpedia.org/" in text:  # an address copied with its query or fragment (?embed=true, #...)
+        text = text.split("?", 1)[0].split("#", 1)[0]
+    m = _REF.match(text)
+    if m is None:
+        return None
+    return NeuronpediaRef(m["model"], m["sae"], int(m["index"]) if m["index"] else None, bool(m["site"]))
+
+
+def split_latent_head(text: str) -> tuple[NeuronpediaRef, str] | None:
+    """(the latent, the rest) when an edit's text starts with a Neuronpedia latent
+    (`gpt2-small/6-res-jb/17:clamp=4`, or the latent's address); None otherwise."""
+    m = _LATENT_HEAD.match(text)
+    if m is None:
+        return None
+    return NeuronpediaRef(m["model"], m["sae"], int(m["index"]), bool(m["site"])), text[m.end():]
+
+
+@cache
+def registry_ids() -> dict[str, tuple[str, str]]:
+    """Neuronpedia id -> (release, sae_id), from the installed SAELens's registry."""
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    out: dict[str, tuple[str, str]] = {}
+    for release, lookup in get_pretrained_saes_directory().items():
+        for sae_id, np_id in (lookup.neuronpedia_id or {}).items():
+            if np_id:
+                out.setdefault(str(np_id), (release, sae_id))
+    return out
+
+
+def neuronpedia_id_of(release: str, sae_id: str) -> str | None:
+    """The Neuronpedia id SAELens's registry gives `release`/`sae_id` (None when it gives none)."""
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    lookup = get_pretrained_saes_directory().get(release)
+    return (lookup.neuronpedia_id or {}).get(sae_id) if lookup is not None else None
+
+
+def neuronpedia_id_of_spec(spec: str) -> str | None:
+    """The Neuronpedia id of an SAE given as a Neuronpedia reference or `sae_lens:RELEASE/SAE_ID`
+    (None for anything else: a folder, even one named like an id, or a registry SAE Neuronpedia
+    does not host)."""
+    from saes.formats import sae_lens_registry
+
+    text = str(spec)
+    if text.startswith(sae_lens_registry.PREFIX):
+        release, _, sae_id = text[len(sae_lens_registry.PREFIX):].partition("/")
+        return neuronpedia_id_of(release, sae_id)
+    if Path(text).expanduser().exists():  # a local folder wins, as in resolve_sae
+        return None
+    ref = parse_ref(text)
+    return ref.id if ref is not None and ref.id in registry_ids() else None
+
+
+def closest(np_id: str, n: int = 3) -> list[str]:
+    """The registry's Neuronpedia ids nearest `np_id` (same model first)."""
+    known = registry_ids()
+    model = np_id.split("/")[0]
+    pool = [k for k in known if k.split("/")[0] == model] or list(known)
+    return difflib.get_close_matches(np_id, pool, n=n, cutoff=0.0)
+
+
+def unknown_id_error(np_id: str) -> SAEFormatError:
+    import importlib.metadata
+
+    try:
+        version = importlib.metadata.version("sae-lens")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - sae-lens is a dependency
+        version = "?"
+    near = closest(np_id)
+    return SAEFormatError(f"Neuronpedia SAE {np_id!r} is not in SAELens's registry (sae_lens {version}); closest known: "
+                          f"{', '.join(near)}" + ("" if any(n.split('/')[0] == np_id.split('/')[0] for n in near)
+                                                    else f" (no SAE of model {np_id.split('/')[0]!r} is known)"))
+
+
+def registry_ref(text: str) -> tuple[str, str] | None:
+    """(release, sae_id) of a Neuronpedia reference (an address, or an id the registry knows);
+    None when `text` is no Neuronpedia reference. An address, or an id of a model the registry
+    knows, that names an unknown SAE is refused naming the closest known ids."""
+    ref = parse_ref(text)
+    if ref is None:
+        return None
+    known = registry_ids()
+    if ref.id in known:
+        return known[ref.id]
+    if ref.address or any(k.split("/")[0] == ref.model_id for k in known):
+        raise unknown_id_error(ref.id)
+    return None
+
+
+def registry_spec(text: str) -> str | None:
+    """`sae_lens:RELEASE/SAE_ID` of a Neuronpedia reference (see `registry_ref`), else None."""
+    from saes.formats import sae_lens_registry
+
+    found = registry_ref(text)
+    return None if found is None else f"{sae_lens_registry.PREFIX}{found[0]}/{found[1]}"
