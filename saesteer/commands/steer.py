@@ -92,7 +92,8 @@ def _lines(path: str) -> list[str]:
 
 
 def _run(args, model=None) -> int:
-    from saesteer.commands._steering import hook_of, load_model, load_saes, open_store, read_prompts, typical_max_provider
+    from saesteer.commands._steering import (hook_of, load_model, load_saes, open_store, read_prompts,
+                                             typical_max_provider, with_prompt_bos)
     from saes.hookpoints import model_device
     from saesteer.configargs import dataclass_from_args
     from steering.config import GenerationConfig
@@ -113,6 +114,7 @@ def _run(args, model=None) -> int:
             return _print_search(link, args.search, args.top, args.json)
         if model is None:
             model = load_model(args, loaded, store)
+        gen_cfg = with_prompt_bos(gen_cfg, model, loaded)
         dev = model_device(model)
         saes = {k: v.to(dev) for k, v in saes.items()}
         if args.preset is not None:
