@@ -19,9 +19,10 @@ class ModelEngine:
     Called only from the model's queue thread. `limits` bound what `steering` accepts too."""
 
     def __init__(self, model: Any, sae: Any, catalog: StoreCatalog, limits: Any,
-                 allow_model_mismatch: bool = False) -> None:
+                 allow_model_mismatch: bool = False, loaded: Any = None) -> None:
         self.model = model
         self.sae = sae
+        self.loaded = loaded  # the `LoadedSAE` of `sae` where known: its saesteer.json's BOS policy (saes.bos)
         self.catalog = catalog
         self.limits = limits
         self.allow_model_mismatch = allow_model_mismatch  # the operator accepted an SAE of another model
@@ -43,10 +44,10 @@ class ModelEngine:
                            max_abs_scale=float(self.limits.max_abs_multiple))
 
     def _prepend_bos(self) -> bool:
-        """The BOS the SAE was trained with (its cfg.json), else the model's default."""
+        """The BOS a prompt gets for this SAE (`saes.bos.prepend_bos_for`)."""
         from saes.bos import prepend_bos_for
 
-        return prepend_bos_for(self.model, [self.sae])
+        return prepend_bos_for(self.model, [self.loaded if self.loaded is not None else self.sae])
 
     def _gen_config(self, req):
         from steering import GenerationConfig
@@ -55,6 +56,7 @@ class ModelEngine:
         return GenerationConfig(
             max_new_tokens=req.max_new_tokens, max_new_tokens_cap=int(self.limits.max_new_tokens),
             do_sample=not greedy, temperature=1.0 if greedy else float(req.temperature), seed=int(req.seed),
+            prepend_bos=self._prepend_bos(),
         )
 
     @staticmethod
