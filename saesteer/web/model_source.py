@@ -120,7 +120,8 @@ class ModelEngine:
             raise ValueError(f"a sweep varies an add or clamp edit; got op {e.op!r}")
         typical = self.catalog.typical_max([e.latent])
         cfg = SweepConfig(strengths=list(req.values), op=e.op, unit=e.unit, positions=e.positions, perplexity=True)
-        res = sweep(self.model, self.sae, e.latent, [req.prompt], FiringScorer(self.model, self.sae, e.latent), cfg,
+        scorer = FiringScorer(self.model, self.sae, e.latent, self._prepend_bos())
+        res = sweep(self.model, self.sae, e.latent, [req.prompt], scorer, cfg,
                     gen_config=self._gen_config(req), typical_max=typical, limits=self._steer_limits(),
                     allow_model_mismatch=self.allow_model_mismatch)
         points = [SweepPoint(value=p.strength, concept=finite(p.concept), fluency=finite(p.fluency),
@@ -142,8 +143,9 @@ class FiringScorer:
     fires when the unsteered model reads the continuation, in [0, 1] (fluency: `steering.fluency`,
     measured by the sweep itself)."""
 
-    def __init__(self, model: Any, sae: Any, latent: int) -> None:
+    def __init__(self, model: Any, sae: Any, latent: int, prepend_bos: bool | None = None) -> None:
         self.model, self.sae, self.latent = model, sae, int(latent)
+        self.prepend_bos = prepend_bos  # None: as the SAE's cfg.json records (the engine passes `saes.bos`'s)
 
     def __call__(self, prompts, continuations):
         from steering.activations import mean_latent_activation
@@ -154,6 +156,6 @@ class FiringScorer:
             if not text.strip():
                 out.append(SampleScores(0.0))
                 continue
-            _, rate_F, _ = mean_latent_activation(self.model, self.sae, [text])
+            _, rate_F, _ = mean_latent_activation(self.model, self.sae, [text], prepend_bos=self.prepend_bos)
             out.append(SampleScores(float(rate_F[self.latent])))
         return out
