@@ -350,3 +350,27 @@ def test_steer_feeds_prompts_after_bos_to_an_sae_trained_on_bos_policy_doc(model
                      "--do-sample", "false", "--json")
         assert steer._run(args, model=model) == 0 and seen["prepend_bos"] is wanted, policy
         capsys.readouterr()
+
+
+def test_steer_contrast_reads_a_doc_policy_saes_prompt_sets_after_bos(model, tmp_path, capsys, monkeypatch):
+    """`steer --contrast` ranks a 'doc'-policy SAE's latents on prompts read after BOS, as its
+    generations are (it took the bare SAE's cfg.json: no BOS)."""
+    import steering.search
+    from saesteer.commands import steer
+
+    sae = random_sae(model, "topk")
+    sae.cfg.metadata["prepend_bos"] = False
+    saes.save_sae(sae, tmp_path / "doc", provenance={"tool": "saesteer", "data": {"bos_policy": "doc"}})
+    (tmp_path / "pos.txt").write_text("the sea\nthe whale\n")
+    (tmp_path / "neg.txt").write_text("the owl\nthe tree\n")
+    seen = []
+    real = steering.search.mean_latent_activation
+
+    def spy(*a, prepend_bos=None, **kw):
+        seen.append(prepend_bos)
+        return real(*a, prepend_bos=prepend_bos, **kw)
+
+    monkeypatch.setattr(steering.search, "mean_latent_activation", spy)
+    args = parse("steer", "--sae", str(tmp_path / "doc"), "--contrast", str(tmp_path / "pos.txt"), str(tmp_path / "neg.txt"),
+                 "--json")
+    assert steer._run(args, model=model) == 0 and seen == [True, True]
