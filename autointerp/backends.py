@@ -261,7 +261,11 @@ class TransformersBackend:
                 input_ids=input_ids, attention_mask=None if attn is None else attn.to(device), **gen_kw
             )
         new = out[0, input_ids.shape[1]:]
-        text = self._tok.decode(new, skip_special_tokens=True)
+        # a byte-fallback judge (Mistral, Llama-2) may sample a stray byte in a run of byte tokens: HF's
+        # decode made the whole run U+FFFD; the one decoding keeps the run's characters
+        from saes.bytefallback import text_of
+
+        text = text_of(self._tok, new.tolist(), skip_special_tokens=True)
         n_new = int(new.shape[0])
         finish = "length" if n_new >= int(request.max_tokens) else "stop"
         # a template that opens the thinking block leaves the reply inside it: its tag goes back in front

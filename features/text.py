@@ -122,7 +122,7 @@ def features_on_text(
             check_same_model(store.recorded_model(), identity_of_model(model), recorded_in=f"the feature store {store.path}",
                              given_as="the model given", override="allow_model_mismatch=True",
                              fix="load the model it records (saesteer.models.load_model)")
-    tokens_BS = text_tokens(model, text, prepend_bos_for(model, [sae], prepend_bos))
+    tokens_BS = text_tokens(model, text, prepend_bos_for(model, [loaded], prepend_bos))
     x = hook_activations(model, hook, tokens_BS)[0]  # [S, ...]
     x_SD = x.reshape(x.shape[0], -1)
     acts_SF = sae.encode(x_SD.to(device=sae.device, dtype=sae.dtype)).float().cpu()

@@ -36,13 +36,12 @@ decoder, clean-up rules, a slow tokenizer) the pieces come from decoding every p
 
 from __future__ import annotations
 
-import json
 import re
 import unicodedata
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from saes.bytefallback import ByteFallback, byte_fallback, split_characters
+from saes.bytefallback import ByteFallback, built_once, byte_fallback, decoder_parts, split_characters, vocabulary
 
 __all__ = ["TokenText", "token_text", "token_texts", "token_bytes", "token_label", "token_labels", "label_of_bytes",
            "PART_OF_A_CHARACTER", "LABEL_RULE", "label_from_rule_1",
@@ -243,42 +242,17 @@ class _Table:
         return pieces if "".join(pieces) == text else None
 
 
-_NO_TABLE = object()
-
-
 def _table(tokenizer) -> _Table | None:
     """The tokenizer's contribution table (built once, kept on the tokenizer object), or None when
-    its decoder is of a kind the table cannot describe."""
-    cached = tokenizer.__dict__.get("_saesteer_token_table", None) if hasattr(tokenizer, "__dict__") else None
-    if cached is not None:
-        return None if cached is _NO_TABLE else cached
-    try:
-        table = _build_table(tokenizer)
-    except Exception:  # an unusual tokenizer: the prefix reference handles it
-        table = None
-    if hasattr(tokenizer, "__dict__"):
-        tokenizer.__dict__["_saesteer_token_table"] = _NO_TABLE if table is None else table
-    return table
-
-
-def _decoder_spec(tokenizer) -> dict | None:
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        return None
-    dec = backend.decoder
-    if dec is None:
-        return {"type": None}
-    return json.loads(dec.__getstate__())
+    its decoder is of a kind the table cannot describe (the prefix reference handles it)."""
+    return built_once(tokenizer, "_saesteer_token_table", _build_table)
 
 
 def _build_table(tokenizer) -> _Table | None:
-    spec = _decoder_spec(tokenizer)
-    if spec is None:
+    parts = decoder_parts(tokenizer)
+    if parts is None:
         return None
-    strings = [s or "" for s in tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))]
-    added = {int(i) for i in getattr(tokenizer, "added_tokens_decoder", {}) or {}}
-    kind = spec.get("type")
-    parts = spec.get("decoders", []) if kind == "Sequence" else [spec]
+    strings, added = vocabulary(tokenizer)
     types = [p.get("type") for p in parts]
     if types == ["ByteLevel"]:
         alphabet = _gpt2_byte_alphabet()
@@ -287,8 +261,8 @@ def _build_table(tokenizer) -> _Table | None:
     fallback = byte_fallback(tokenizer)
     if fallback is not None:
         return _Table("spm", list(fallback.entries), fallback)
-    if kind is None or (kind == "WordPiece" and not spec.get("cleanup")):
-        prefix = spec.get("prefix") if kind == "WordPiece" else None
+    if not parts or (types == ["WordPiece"] and not parts[0].get("cleanup")):
+        prefix = parts[0].get("prefix") if parts else None
         return _Table("words", [(s[len(prefix):], True) if prefix and s.startswith(prefix) else (s, False)
                                 for s in strings])
     return None

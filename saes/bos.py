@@ -3,11 +3,15 @@ for an SAE (steering, sweeps, `features top-on-text`, the web app).
 
     bos = prepend_bos_for(model, [sae])            # the SAE's record, else the model's default
     bos = prepend_bos_for(model, [sae], False)     # an explicit choice wins
+    bos = prepend_bos_for(model, [loaded])         # a LoadedSAE: also its saesteer.json's BOS policy
 
 `saesteer cache` prepends BOS to every context by default and records it in cfg.json's metadata
 (`prepend_bos`, SAELens's field), while models such as GPT-NeoX and Qwen2 do not prepend one by
 default (TransformerLens's `cfg.default_prepend_bos`). Text fed without the BOS the SAE was trained
 with gives other activations at every position, so the record wins over the model's default.
+An SAE trained here with BOS policy "doc" (BOS starts every document; contexts are plain slices of
+the stream, so cfg.json says prepend_bos=false) saw every document start after BOS: a prompt, a
+document's start, gets one. Only its saesteer.json says "doc", so pass the `LoadedSAE`.
 
 A prompt text that already starts with the BOS token written out (a chat template rendered to
 text: "<s>[INST] ...") gets no second one (`prompt_tokens`): two BOS are in no chat prompt and no
@@ -28,17 +32,25 @@ BOS_POLICIES = ("prepend", "doc", "none")  # training.text.TextConfig.bos_policy
 
 
 def recorded_prepend_bos(saes: Iterable[Any]) -> bool | None:
-    """The `prepend_bos` the SAEs' cfg.json metadata records; None when none records it or they
-    disagree."""
+    """The `prepend_bos` the SAEs' cfg.json metadata records (each an SAE or a `LoadedSAE`); None
+    when none records it or they disagree."""
     found = {bool(v) for sae in saes
-             if (v := (getattr(getattr(sae, "cfg", None), "metadata", None) or {}).get("prepend_bos")) is not None}
+             if (v := (getattr(getattr(getattr(sae, "sae", sae), "cfg", None), "metadata", None) or {}).get("prepend_bos"))
+             is not None}
     return found.pop() if len(found) == 1 else None
 
 
 def prepend_bos_for(model: Any, saes: Iterable[Any], override: bool | None = None) -> bool:
-    """`override` when given, else what the SAEs record, else the model's default."""
+    """Whether a prompt fed to these SAEs (each an SAE or a `LoadedSAE`) starts with BOS:
+    `override` when given; else True for an SAE trained here on BOS policy "doc" (its saesteer.json,
+    read from a `LoadedSAE`): BOS started every document it saw, and a prompt is a document's start,
+    though its cfg.json records prepend_bos=false (for SAELens: its contexts, plain slices of the
+    stream, do not start with BOS); else what the SAEs' cfg.json records; else the model's default."""
     if override is not None:
         return bool(override)
+    saes = list(saes)
+    if any(trained_bos_policy(sae) == "doc" for sae in saes):
+        return True
     recorded = recorded_prepend_bos(saes)
     if recorded is not None:
         return recorded

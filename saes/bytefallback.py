@@ -25,7 +25,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-__all__ = ["ByteFallback", "byte_fallback", "text_of", "pieces", "split_characters"]
+__all__ = ["ByteFallback", "byte_fallback", "text_of", "pieces", "split_characters", "built_once", "decoder_parts",
+           "vocabulary"]
 
 _DECODER = [{"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "}, {"type": "ByteFallback"},
             {"type": "Fuse"}]
@@ -82,16 +83,43 @@ class ByteFallback:
 def byte_fallback(tokenizer: Any) -> ByteFallback | None:
     """The tokenizer's byte-fallback reading (built once, kept on the tokenizer object), or None when
     its decoder is not SentencePiece's (byte-level BPE, word level, a slow tokenizer)."""
-    cached = tokenizer.__dict__.get("_saesteer_byte_fallback") if hasattr(tokenizer, "__dict__") else None
+    return built_once(tokenizer, "_saesteer_byte_fallback", _build)
+
+
+_NOTHING = object()  # kept on a tokenizer for which a build gave None
+
+
+def built_once(tokenizer: Any, key: str, build: Any) -> Any:
+    """`build(tokenizer)` (None where it raises: an unusual tokenizer gets its own decoding), built
+    once and kept on the tokenizer object under `key` (a tokenizer without a __dict__: built each time)."""
+    cached = tokenizer.__dict__.get(key) if hasattr(tokenizer, "__dict__") else None
     if cached is not None:
-        return cached or None
+        return None if cached is _NOTHING else cached
     try:
-        found = _build(tokenizer)
-    except Exception:  # an unusual tokenizer: its own decoding is used
+        found = build(tokenizer)
+    except Exception:
         found = None
     if hasattr(tokenizer, "__dict__"):
-        tokenizer.__dict__["_saesteer_byte_fallback"] = found or False
+        tokenizer.__dict__[key] = _NOTHING if found is None else found
     return found
+
+
+def decoder_parts(tokenizer: Any) -> list[dict] | None:
+    """The steps of a fast tokenizer's decoder as its JSON spells them (a Sequence's steps, or the
+    one decoder); [] without a decoder; None for a tokenizer with no `backend_tokenizer` (slow)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    if backend.decoder is None:
+        return []
+    spec = json.loads(backend.decoder.__getstate__())
+    return spec.get("decoders", []) if spec.get("type") == "Sequence" else [spec]
+
+
+def vocabulary(tokenizer: Any) -> tuple[list[str], set[int]]:
+    """(every token id's string, "" for none; the ids of added tokens, which decoders leave as written)."""
+    strings = [s or "" for s in tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))]
+    return strings, {int(i) for i in getattr(tokenizer, "added_tokens_decoder", {}) or {}}
 
 
 def text_of(tokenizer: Any, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
@@ -104,15 +132,10 @@ def text_of(tokenizer: Any, ids: Sequence[int], skip_special_tokens: bool = Fals
 
 
 def _build(tokenizer: Any) -> ByteFallback | None:
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None or backend.decoder is None:
+    parts = decoder_parts(tokenizer)
+    if not parts or parts[:3] != _DECODER or parts[3:] not in ([], _STRIP):
         return None
-    spec = json.loads(backend.decoder.__getstate__())
-    parts = spec.get("decoders", []) if spec.get("type") == "Sequence" else [spec]
-    if parts[:3] != _DECODER or parts[3:] not in ([], _STRIP):
-        return None
-    strings = [s or "" for s in tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))]
-    added = {int(i) for i in getattr(tokenizer, "added_tokens_decoder", {}) or {}}
+    strings, added = vocabulary(tokenizer)
     entries: list[str | int] = []
     for i, s in enumerate(strings):
         if _BYTE_TOKEN.fullmatch(s):

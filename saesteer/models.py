@@ -161,6 +161,7 @@ def load_model(spec: str, device: str | None = None, dtype=None, *, process_weig
         # hub name and local directory take the same path; only the string differs
         model = _boot_hf(info.path if info.source == "local" else info.name, info.revision, device, torch_dtype,
                          spec)
+        refuse_unsupported(model, spec)
         info.engine = "TransformerBridge"
     if process_weights:
         _process_weights(model, spec)
@@ -242,6 +243,19 @@ def process_loaded_weights(model) -> None:
         return
     _process_weights(model, model_info(model).spec)
     attach_identity(model, replace(ident, weights="processed"))
+
+
+def refuse_unsupported(model, spec: str) -> None:
+    """Refuse (ValueError) a checkpoint TransformerLens boots but cannot run: a post-LN OPT
+    (do_layer_norm_before=false, as facebook/opt-350m). TransformerLens 3.9's OPT adapter maps its
+    blocks as pre-LN with a final layer norm; on a post-LN OPT its forward fails (no final layer
+    norm to map, or tensors of the wrong rank), so every command would fail later, less clearly."""
+    config = getattr(getattr(model, "original_model", None), "config", None)
+    if getattr(config, "model_type", None) == "opt" and getattr(config, "do_layer_norm_before", True) is False:
+        raise ValueError(
+            f"model {spec!r} is a post-LN OPT (do_layer_norm_before=false, as facebook/opt-350m), which "
+            "TransformerLens's OPT adapter cannot run (it maps OPT as pre-LN, with a final layer norm); use a pre-LN "
+            "OPT (facebook/opt-125m, opt-1.3b or larger)")
 
 
 def _boot_hf(name_or_path: str, revision: str | None, device: str, dtype, spec: str):

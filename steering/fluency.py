@@ -172,25 +172,43 @@ def fluency_of_generation(model: Model, generation: Generation) -> list[FluencyS
     return _from_stats(generation.texts, stats)
 
 
-def fluency_of_texts(model: Model, prompts: Sequence[str], texts: Sequence[str]) -> list[FluencyScore]:
+def fluency_of_texts(model: Model, prompts: Sequence[str], texts: Sequence[str],
+                     reply_ids: Sequence[Sequence[int]] | None = None) -> list[FluencyScore]:
     """Fluency of continuations `texts` of `prompts` (one prompt per text), scored by `model`
-    (the unsteered model); each row is tokenized as prompt tokens followed by the text's. A text
-    is the continuation as `generate` gives it: with its own leading space or line break."""
-    if len(prompts) != len(texts):
-        raise SteeringError(f"{len(prompts)} prompts for {len(texts)} texts; give one prompt per text")
+    (the unsteered model). A text is the continuation as `generate` gives it: with its own leading
+    space or line break. Its tokens are `reply_ids` where given (the ids generated), else those of
+    prompt + text after the prompt's (`reply_tokens`)."""
+    if len(prompts) != len(texts) or (reply_ids is not None and len(reply_ids) != len(texts)):
+        given = "" if reply_ids is None else f" and {len(reply_ids)} reply_ids"
+        raise SteeringError(f"{len(prompts)} prompts for {len(texts)} texts{given}; give one prompt per text")
     out = []
-    for prompt, text in zip(prompts, texts):
+    for k, (prompt, text) in enumerate(zip(prompts, texts)):
         if not text.strip():
             out.append(_combine(text, None, None, 0.0, 0))
             continue
-        head = prompt_tokens(model, prompt) if prompt else model.to_tokens("")  # one BOS (saes.bos)
-        if not prompt and head.shape[1] == 0:
-            raise SteeringError("the model adds no BOS token and the prompt is empty: nothing to condition on")
-        tail = model.to_tokens(text, prepend_bos=False)
-        tokens = torch.cat([head, tail.to(head.device)], dim=1)
-        stats = _token_stats(model, tokens, [int(head.shape[1])])
+        tokens, start = reply_tokens(model, prompt, text, None if reply_ids is None else reply_ids[k])
+        stats = _token_stats(model, tokens, [start])
         out.extend(_from_stats([text], stats))
     return out
+
+
+def reply_tokens(model: Model, prompt: str, text: str, ids: Sequence[int] | None = None) -> tuple[torch.Tensor, int]:
+    """([1, S] tokens, where the reply starts): the prompt's tokens (one BOS: `saes.bos`), then the
+    reply's: `ids` where given, else the tokens of prompt + text after the prompt's. The reply is
+    never tokenized on its own: a SentencePiece tokenizer would start it with its dummy-prefix "▁",
+    a token the model never generated. Where the joined text's tokens merge across the boundary
+    (prompt "a " + reply "b" is "▁a", "▁b"), the reply starts at the first token that differs from
+    the prompt's."""
+    head = prompt_tokens(model, prompt) if prompt else model.to_tokens("")
+    if not prompt and head.shape[1] == 0:
+        raise SteeringError("the model adds no BOS token and the prompt is empty: nothing to condition on")
+    if ids is not None:
+        tail = torch.as_tensor([list(map(int, ids))], dtype=head.dtype, device=head.device)
+        return torch.cat([head, tail], dim=1), int(head.shape[1])
+    whole = prompt_tokens(model, prompt + text)
+    h, w = head[0].tolist(), whole[0].tolist()
+    same = next((i for i, (a, b) in enumerate(zip(h, w)) if a != b), min(len(h), len(w)))
+    return whole, same
 
 
 def pooled_perplexity(scores: Sequence[FluencyScore]) -> float | None:

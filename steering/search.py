@@ -53,7 +53,10 @@ def contrast_features(
     from saes.formats.base import sae_of
     from saes.identity import check_sae_model
 
+    from saes.bos import prepend_bos_for
+
     check_sae_model(model, sae, allow_mismatch=allow_model_mismatch)
+    bos = prepend_bos_for(model, [sae])  # a LoadedSAE of a 'doc'-policy SAE: prompts after BOS (saes.bos)
     sae = sae_of(sae)
     if top < 1:
         raise SteeringError(f"top must be positive, got {top}")
@@ -61,8 +64,8 @@ def contrast_features(
 
     with tqdm(total=len(positive) + len(negative), desc="contrast activations", unit="prompt",
               disable=not progress) as bar:
-        mean_p, rate_p, _ = mean_latent_activation(model, sae, positive, batch_size=batch_size, bar=bar)
-        mean_n, rate_n, _ = mean_latent_activation(model, sae, negative, batch_size=batch_size, bar=bar)
+        mean_p, rate_p, _ = mean_latent_activation(model, sae, positive, batch_size=batch_size, prepend_bos=bos, bar=bar)
+        mean_n, rate_n, _ = mean_latent_activation(model, sae, negative, batch_size=batch_size, prepend_bos=bos, bar=bar)
     diff = mean_p - mean_n
     if min_rate > 0:
         diff = diff.masked_fill(rate_p < min_rate, float("-inf"))

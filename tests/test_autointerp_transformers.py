@@ -121,3 +121,35 @@ def test_a_prompt_longer_than_the_judge_model_reads_is_refused(tiny):
     with pytest.raises(PermanentError, match=r"the prompt is \d+ tokens and the answer may take 8, but the judge "
                                              r"model tiny-32 reads at most 32; use a judge with a longer context"):
         asyncio.run(backend.chat(request))
+
+
+def test_a_byte_fallback_judges_stray_byte_keeps_the_characters_after_it():
+    """A judge with a SentencePiece byte-fallback tokenizer (Mistral-Instruct, Llama-2-chat) that
+    samples a stray byte before a label spelled in byte tokens: HF's decode made every byte of the
+    run U+FFFD, so the label "海洋" was lost; the reply reads as UTF-8 reads its bytes
+    (`saes.bytefallback.text_of`, the one decoding)."""
+    import asyncio
+
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from autointerp.wire import ChatRequest
+    from helpers.text_tokenizers import sentencepiece_bpe
+
+    tok = sentencepiece_bpe(max_alphabet=80, chat_template=TEMPLATE)
+    label = tok("海洋", add_special_tokens=False)["input_ids"]
+    assert all(t.startswith("<0x") for t in tok.convert_ids_to_tokens(label)[1:])  # spelled in bytes
+    label = [i for i in label if tok.convert_ids_to_tokens(i).startswith("<0x")]
+    reply = (tok('{"label": "', add_special_tokens=False)["input_ids"] + [tok.convert_tokens_to_ids("<0xE4>")]
+             + label + tok('"}', add_special_tokens=False)["input_ids"][1:])  # less the dummy-prefix "▁"
+
+    class Replying(GPT2LMHeadModel):  # a judge model that answers `reply` (greedy sampling is not the point)
+        def generate(self, input_ids, **kw):
+            return torch.cat([input_ids, torch.tensor([reply])], dim=1)
+
+    model = Replying(GPT2Config(vocab_size=len(tok), n_positions=4096, n_embd=16, n_layer=1, n_head=2)).eval()
+    hf_reading = tok.decode(reply, skip_special_tokens=True)
+    assert "海洋" not in hf_reading  # HF: the whole run as U+FFFD
+    request = ChatRequest(messages=[{"role": "user", "content": "label the ocean"}], max_tokens=len(reply) + 1)
+    got = asyncio.run(TransformersBackend(model, tok, name="tiny-sp").chat(request))
+    assert got.text.endswith('"\ufffd海洋"}') and got.text.startswith("{") and got.completion_tokens == len(reply)

@@ -1,5 +1,7 @@
 """`saesteer features ...` end to end on the toy model: cache -> build -> show/list/search/export/top-on-text."""
 
+import json
+
 import pytest
 import torch
 
@@ -95,6 +97,29 @@ def test_top_on_text_feeds_the_bos_the_sae_was_trained_with(toy, capsys, tmp_pat
         assert "'<bos>'" not in first_token(*sae_flag, "--no-bos")
     assert main(["features", "top-on-text", "a whale", "--model", "toy", *sae_flag, "--no-bos", "--prepend-bos", "true"]) == 2
     assert "--no-bos and --prepend-bos true contradict" in capsys.readouterr().err
+
+
+def test_a_doc_policy_sae_reads_a_prompt_after_bos(toy, capsys, tmp_path):
+    """An SAE trained here with `--bos-policy doc` saw BOS before every document's start, but its
+    cfg.json records prepend_bos=false (for SAELens: its contexts, plain slices of the stream, do
+    not start with BOS). A prompt is a document's start, so it gets BOS (the policy is read from
+    saesteer.json); `top-on-text` fed it without. An explicit --prepend-bos still wins."""
+    import saes
+
+    sae = saes.create_sae("topk", 128, 64, k=8, generator=torch.Generator().manual_seed(0),
+                          metadata={"hook_name": HOOK, "model_name": "toyworld-tiny", "prepend_bos": False})
+    for policy in ("doc", "none"):  # as `saesteer train` records a cache's policy
+        saes.save_sae(sae, tmp_path / policy, provenance={"tool": "saesteer", "data": {"bos_policy": policy}})
+
+    def first_token(*extra):
+        assert main(["features", "top-on-text", "the sailor sees a whale", "--model", "toy", *extra]) == 0
+        rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip().startswith(("│", "|"))]
+        return next(ln for ln in rows if ln.strip("│| ").startswith("0 "))
+
+    assert "'<bos>'" in first_token("--sae", str(tmp_path / "doc"))
+    assert "'<bos>'" not in first_token("--sae", str(tmp_path / "none"))
+    assert "'<bos>'" not in first_token("--sae", str(tmp_path / "doc"), "--prepend-bos", "false")
+    assert json.loads((tmp_path / "doc" / "cfg.json").read_text())["metadata"]["prepend_bos"] is False
 
 
 def test_build_checks_the_sae_against_the_cache_once_and_the_library_alone_still_checks(toy, tmp_path, monkeypatch,

@@ -265,3 +265,58 @@ def test_model_names_are_one_model_by_official_name_or_the_hubs_moved_canonical_
     assert not same_model_name("someorg/gpt2", "gpt2-small")
     assert not same_model_name("someorg/gpt2", "openai-community/gpt2")
     assert not same_model_name("gpt2-small", "EleutherAI/pythia-70m-deduped")
+
+
+def test_the_web_engine_feeds_a_doc_policy_saes_prompts_after_bos(tmp_path):
+    """`saesteer serve` with an SAE trained with `--bos-policy doc` (cfg.json prepend_bos=false):
+    the firing page and the steered generations read prompts after BOS, as `steer` does; the
+    engine only had the bare SAE, whose cfg.json says no BOS."""
+    import copy
+
+    import saes
+    from helpers.web_app import shared_store
+    from saesteer.web.launch import open_entries
+
+    ws = shared_store()
+    sae = copy.deepcopy(ws.sae)  # the shared store's SAE, recorded as trained without a BOS per context
+    sae.cfg.metadata["prepend_bos"] = False
+    found = {}
+    for policy in ("doc", "none"):
+        saes.save_sae(sae, tmp_path / policy, provenance={"tool": "saesteer", "data": {"bos_policy": policy}})
+        entry, = open_entries([ws.path], model=ws.model, sae_dirs=[tmp_path / policy], allow_model_mismatch=True)
+        req = types.SimpleNamespace(max_new_tokens=2, temperature=0.0, seed=0)
+        found[policy] = (entry.engine._prepend_bos(), entry.engine._gen_config(req).prepend_bos,
+                         entry.engine.fire("the sailor sees a whale", 3))
+    assert found["doc"][:2] == (True, True) and found["none"][:2] == (False, False)
+    doc, none = found["doc"][2], found["none"][2]
+    assert [t.strip() for t in doc.tokens] == [t.strip() for t in none.tokens]  # the text's (BOS is not shown)
+    assert doc.per_token != none.per_token  # read after BOS: other activations
+
+
+def test_the_web_sweeps_scorer_reads_a_doc_policy_saes_continuations_after_bos(tmp_path, monkeypatch):
+    """The sweep page's firing scorer reads each continuation, a text on its own, after BOS for a
+    'doc' SAE, as the firing page reads a text (it took the bare SAE's cfg.json: no BOS)."""
+    import copy
+
+    import saes
+    import steering.activations
+    from helpers.web_app import shared_store
+    from saesteer.web.launch import open_entries
+    from saesteer.web.schemas import Edit, SweepRequest
+
+    ws = shared_store()
+    sae = copy.deepcopy(ws.sae)
+    sae.cfg.metadata["prepend_bos"] = False
+    saes.save_sae(sae, tmp_path / "doc", provenance={"tool": "saesteer", "data": {"bos_policy": "doc"}})
+    entry, = open_entries([ws.path], model=ws.model, sae_dirs=[tmp_path / "doc"], allow_model_mismatch=True)
+    seen = []
+    real = steering.activations.mean_latent_activation
+
+    def spy(*a, prepend_bos=None, **kw):
+        seen.append(prepend_bos)
+        return real(*a, prepend_bos=prepend_bos, **kw)
+
+    monkeypatch.setattr(steering.activations, "mean_latent_activation", spy)
+    entry.engine.sweep(SweepRequest(prompt="the sea", edit=Edit(latent=3, op="add", value=1.0), values=[0.0, 4.0],
+                                    max_new_tokens=3, temperature=0.0, seed=0))
+    assert seen and set(seen) == {True}

@@ -325,3 +325,52 @@ def test_an_unrecorded_sae_naming_the_toy_model_is_told_to_pass_model_toy(tmp_pa
         _refuse_unrecorded("SAE 'sae'", {"sae": item})
     msg = str(err.value)
     assert "'toyworld-tiny'" in msg and "--model toy" in msg and "if it is the HF hub name" not in msg
+
+
+def test_steer_feeds_prompts_after_bos_to_an_sae_trained_on_bos_policy_doc(model, tmp_path, capsys, monkeypatch):
+    """An SAE trained with `--bos-policy doc` (BOS before every document; cfg.json prepend_bos=false,
+    as SAELens reads its contexts) steers generations whose prompts start with BOS: a prompt is a
+    document's start. It was fed without BOS, as a 'none' SAE is."""
+    import steering.comparison
+    from saesteer.commands import steer
+
+    sae = random_sae(model, "topk")
+    sae.cfg.metadata["prepend_bos"] = False
+    seen = {}
+    real = steering.comparison.compare
+
+    def spy(model, saes, edits, prompts, config, **kw):
+        seen["prepend_bos"] = config.prepend_bos
+        return real(model, saes, edits, prompts, config, **kw)
+
+    monkeypatch.setattr(steering.comparison, "compare", spy)
+    for policy, wanted in (("doc", True), ("none", False)):
+        saes.save_sae(sae, tmp_path / policy, provenance={"tool": "saesteer", "data": {"bos_policy": policy}})
+        args = parse("steer", "--sae", str(tmp_path / policy), "-l", "3:add=4", "-p", "the sea", "--max-new-tokens", "2",
+                     "--do-sample", "false", "--json")
+        assert steer._run(args, model=model) == 0 and seen["prepend_bos"] is wanted, policy
+        capsys.readouterr()
+
+
+def test_steer_contrast_reads_a_doc_policy_saes_prompt_sets_after_bos(model, tmp_path, capsys, monkeypatch):
+    """`steer --contrast` ranks a 'doc'-policy SAE's latents on prompts read after BOS, as its
+    generations are (it took the bare SAE's cfg.json: no BOS)."""
+    import steering.search
+    from saesteer.commands import steer
+
+    sae = random_sae(model, "topk")
+    sae.cfg.metadata["prepend_bos"] = False
+    saes.save_sae(sae, tmp_path / "doc", provenance={"tool": "saesteer", "data": {"bos_policy": "doc"}})
+    (tmp_path / "pos.txt").write_text("the sea\nthe whale\n")
+    (tmp_path / "neg.txt").write_text("the owl\nthe tree\n")
+    seen = []
+    real = steering.search.mean_latent_activation
+
+    def spy(*a, prepend_bos=None, **kw):
+        seen.append(prepend_bos)
+        return real(*a, prepend_bos=prepend_bos, **kw)
+
+    monkeypatch.setattr(steering.search, "mean_latent_activation", spy)
+    args = parse("steer", "--sae", str(tmp_path / "doc"), "--contrast", str(tmp_path / "pos.txt"), str(tmp_path / "neg.txt"),
+                 "--json")
+    assert steer._run(args, model=model) == 0 and seen == [True, True]

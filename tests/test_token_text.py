@@ -274,6 +274,36 @@ def test_word_level_pieces_carry_the_space_before_them():
     assert token_text(tok, [tok.bos_token_id] + ids).pieces[:2] == [tok.bos_token, " the"]
 
 
+@pytest.mark.parametrize("decoder", ["wordpiece", "none"])
+def test_word_piece_and_decoderless_tokenizers_take_the_fast_path(decoder):
+    """A BERT-style WordPiece tokenizer ("##" continuations, its decoder without clean-up) and a
+    word-level one with no decoder at all: the contribution table ("words", `saes.bytefallback`'s
+    decoder parts and vocabulary) gives each token's piece, as decoding every prefix does."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from features.tokentext import pieces_by_prefix
+
+    if decoder == "wordpiece":
+        tk = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        trainer = trainers.WordPieceTrainer(vocab_size=200, special_tokens=["[UNK]", "[CLS]"], show_progress=False)
+    else:
+        tk = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+        trainer = trainers.WordLevelTrainer(special_tokens=["[UNK]", "[CLS]"], show_progress=False)
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.train_from_iterator(CORPUS, trainer=trainer)
+    if decoder == "wordpiece":
+        tk.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", bos_token="[CLS]")
+    ids = tok(" ".join(CORPUS)[:300], add_special_tokens=False)["input_ids"]
+    strings = tok.convert_ids_to_tokens(ids)
+    assert decoder == "none" or any(s.startswith("##") for s in strings)  # continuations to join
+    assert _table(tok) is not None and _table(tok).kind == "words"
+    tt = token_text(tok, ids)
+    assert tt.text == _decode(tok, ids) and tt.pieces == pieces_by_prefix(tok, ids)
+    assert _table(tok).pieces(ids, tt.text) == tt.pieces  # the table gave them
+
+
 def test_unknown_decoder_falls_back_to_the_reference():
     from tokenizers import decoders
 

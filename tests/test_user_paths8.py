@@ -438,12 +438,38 @@ def test_generation_and_activations_of_a_batch_with_one_rendered_chat_prompt(cha
     acts, = iter_hook_activations(model, HOOK, [text, "机器"], prepend_bos=True)
     assert acts.shape[0] == len(ids) - 1 + len(plain) - 1  # every token but each row's BOS and the pads
 
-    reply = res.texts[0]  # scored after the template's tokens, as `generate` read them
-    tail = model.to_tokens(reply, prepend_bos=False)[0].tolist()
-    seen = Generation([text], [reply], torch.tensor([ids + tail]), len(ids))
-    scored, = fluency_of_generation(model, seen)
-    rescored, = fluency_of_texts(model, [text], [reply])
+    reply, generated = res.texts[0], res.tokens[0, res.prompt_len:].tolist()  # scored after the template's tokens
+    scored, = fluency_of_generation(model, Generation([text], [reply], res.tokens[:1], res.prompt_len))
+    rescored, = fluency_of_texts(model, [text], [reply], reply_ids=[generated])
     assert (rescored.n_tokens, round(rescored.nll_sum, 4)) == (scored.n_tokens, round(scored.nll_sum, 4))
+
+
+@pytest.mark.parametrize("prompt, reply", [("Le café était", " très chaud ; la crème brûlée."),
+                                           ("def mean(values):", '\n\t"""The average of the values."""'),
+                                           ("机器学习", "很有趣。"), ("", "Über die Brücke")])
+def test_a_reply_text_is_scored_on_the_tokens_it_was_generated_as(chain, prompt, reply):
+    """`fluency_of_texts` scores a reply on the tokens that follow the prompt's in prompt + reply,
+    the tokens a model generating that text made. It tokenized the reply on its own, and a
+    SentencePiece tokenizer starts a text that does not start with a space with its dummy-prefix
+    "▁": the reply's surprise included a token never generated (before a line break, CJK)."""
+    from saesteer.models import load_model
+    from steering.fluency import fluency_of_generation, fluency_of_texts
+    from steering.generation import Generation
+
+    tok = chain.tok
+    model = load_model(str(chain.model), device="cpu")
+    head, whole = tok(prompt)["input_ids"], tok(prompt + reply)["input_ids"]
+    assert whole[: len(head)] == head  # the reply's tokens are those after the prompt's
+    alone = tok(reply, add_special_tokens=False)["input_ids"]
+    if prompt and not reply.startswith(" "):  # alone, a reply gets a dummy-prefix "▁" it never has after a prompt
+        assert alone != whole[len(head):] and tok.convert_ids_to_tokens(alone[0]).startswith("▁")
+    generated = Generation([prompt], [reply], torch.tensor([whole]), len(head))
+    scored, = fluency_of_generation(model, generated)
+    rescored, = fluency_of_texts(model, [prompt], [reply])
+    assert rescored.n_tokens == len(whole) - len(head) == scored.n_tokens
+    assert round(rescored.nll_sum, 4) == round(scored.nll_sum, 4)
+    with_ids, = fluency_of_texts(model, [prompt], [reply], reply_ids=[whole[len(head):]])
+    assert round(with_ids.nll_sum, 4) == round(scored.nll_sum, 4)
 
 
 def test_an_echoed_prompt_of_token_ids_keeps_the_characters_of_a_cut_byte_run(chain, api):

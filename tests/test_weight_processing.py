@@ -456,7 +456,25 @@ def test_phi3s_norms_are_folded_as_transformerlens_folds_them(tmp_path):
     assert processing_record(model)["applied"]["fold_ln"] is True
 
 
-def test_a_flag_the_bridge_adapter_could_not_apply_is_refused_where_the_sae_needs_it(tmp_path):
+def test_a_post_ln_opt_is_refused_at_load_saying_why_and_what_to_use(tmp_path):
+    """TransformerLens 3.9 boots a post-LN OPT (do_layer_norm_before False, as OPT-350m) but its OPT
+    adapter maps the blocks as pre-LN with a final layer norm, and the forward fails ("Original
+    component not set for model.decoder.final_layer_norm"): every command failed later, unclearly.
+    It is refused at load, naming the setting and the pre-LN OPTs to use; a pre-LN OPT loads and
+    matches HF."""
+    import transformers
+
+    post = _tiny_bridge_checkpoint(tmp_path / "post", transformers.OPTConfig, ffn_dim=64, do_layer_norm_before=False)
+    with pytest.raises(ValueError, match=r"post-LN OPT \(do_layer_norm_before=false.*use a pre-LN OPT \(facebook/opt-125m"):
+        load_model(str(post), device="cpu")
+    pre = _tiny_bridge_checkpoint(tmp_path / "pre", transformers.OPTConfig, ffn_dim=64, do_layer_norm_before=True)
+    ids = torch.tensor([[2, 5, 7, 9, 11]])
+    ours = load_model(str(pre), device="cpu")(ids).float().log_softmax(-1)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(str(pre)).eval()(ids).logits.float().log_softmax(-1)
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
+
+
+def test_a_flag_the_bridge_adapter_could_not_apply_is_refused_where_the_sae_needs_it(tmp_path, monkeypatch):
     """TransformerBridge's adapter for a post-LN OPT (do_layer_norm_before False, as OPT-350m)
     cannot fold its norms: saesteer's processed model keeps them and records fold_ln as not applied,
     where the SAE says it read a model with folded norms. The check compared only raw-vs-processed
@@ -470,6 +488,8 @@ def test_a_flag_the_bridge_adapter_could_not_apply_is_refused_where_the_sae_need
 
     path = _tiny_bridge_checkpoint(tmp_path / "opt", transformers.OPTConfig, ffn_dim=64, word_embed_proj_dim=32,
                                    do_layer_norm_before=False)
+    # loading refuses a post-LN OPT (its forward fails); its processing record is what is tested here
+    monkeypatch.setattr("saesteer.models.refuse_unsupported", lambda model, spec: None)
     model = load_model(str(path), device="cpu", process_weights=True)
     record = processing_record(model)
     assert record["applied"]["fold_ln"] is False and record["applied"]["center_unembed"] is True

@@ -96,7 +96,7 @@ def _lines(path: str) -> list[str]:
 
 def _run(args, model=None) -> int:
     from saesteer.commands._steering import (hook_of, load_model, load_saes, neuronpedia_edits, open_store, read_prompts,
-                                             typical_max_provider)
+                                             typical_max_provider, with_prompt_bos)
     from saes.hookpoints import model_device
     from saesteer.configargs import dataclass_from_args
     from steering.config import GenerationConfig
@@ -117,6 +117,7 @@ def _run(args, model=None) -> int:
             return _print_search(link, args.search, args.top, args.json)
         if model is None:
             model = load_model(args, loaded, store)
+        gen_cfg = with_prompt_bos(gen_cfg, model, loaded)
         dev = model_device(model)
         saes = {k: v.to(dev) for k, v in saes.items()}
         if args.preset is not None:
@@ -126,7 +127,8 @@ def _run(args, model=None) -> int:
             found = _print_search(link, args.search, args.top, args.json, rows_only=True)
             edits += _found_edits(found, link, args)
         elif args.contrast is not None:
-            found = _print_contrast(model, saes, _lines(args.contrast[0]), _lines(args.contrast[1]), args.top, args.json,
+            on_device = {k: loaded[k]._replace(sae=v) for k, v in saes.items()}  # with provenance: its BOS policy
+            found = _print_contrast(model, on_device, _lines(args.contrast[0]), _lines(args.contrast[1]), args.top, args.json,
                                     link, args.allow_model_mismatch, rows_only=args.generate,
                                     progress=not args.no_progress)
             if not args.generate:

@@ -105,7 +105,8 @@ def _run(args, model=None) -> int:
     import json
 
     from saes.hookpoints import model_device
-    from saesteer.commands._steering import CLIError, hook_of, load_model, load_saes, open_store, read_prompts
+    from saesteer.commands._steering import (CLIError, hook_of, load_model, load_saes, open_store, read_prompts,
+                                             with_prompt_bos)
     from saesteer.commands.sweep import _check_judgements, _close, _scorer
 
     cfg, gen_cfg = _configs(args)
@@ -122,6 +123,7 @@ def _run(args, model=None) -> int:
     try:
         if model is None:
             model = load_model(args, loaded, store)
+        gen_cfg = with_prompt_bos(gen_cfg, model, loaded)
         sae = sae.to(model_device(model))
         card = _compare(args, cfg, gen_cfg, model, name, sae, scorer, link,
                         prompts=prompts, positive=positive, negative=negative, cue=cue)

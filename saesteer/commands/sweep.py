@@ -109,7 +109,7 @@ def _scorer(args, store_path):
 
 def _run(args, model=None) -> int:
     from saesteer.commands._steering import (hook_of, load_model, load_saes, measurement_provenance, open_store,
-                                             typical_max_provider)
+                                             typical_max_provider, with_prompt_bos)
     from saes.hookpoints import model_device
 
     sweep_cfg, gen_cfg, limits, prompts, scorer, judge = _prepare(args)
@@ -120,6 +120,7 @@ def _run(args, model=None) -> int:
     try:
         if model is None:
             model = load_model(args, loaded, store)
+        gen_cfg = with_prompt_bos(gen_cfg, model, {name: loaded[name]})
         sae = saes[name].to(model_device(model))
         typical = typical_max_provider(link, {name: sae})
         if sweep_cfg.unit == "max_act":

@@ -19,9 +19,10 @@ class ModelEngine:
     Called only from the model's queue thread. `limits` bound what `steering` accepts too."""
 
     def __init__(self, model: Any, sae: Any, catalog: StoreCatalog, limits: Any,
-                 allow_model_mismatch: bool = False) -> None:
+                 allow_model_mismatch: bool = False, loaded: Any = None) -> None:
         self.model = model
         self.sae = sae
+        self.loaded = loaded  # the `LoadedSAE` of `sae` where known: its saesteer.json's BOS policy (saes.bos)
         self.catalog = catalog
         self.limits = limits
         self.allow_model_mismatch = allow_model_mismatch  # the operator accepted an SAE of another model
@@ -43,10 +44,10 @@ class ModelEngine:
                            max_abs_scale=float(self.limits.max_abs_multiple))
 
     def _prepend_bos(self) -> bool:
-        """The BOS the SAE was trained with (its cfg.json), else the model's default."""
+        """The BOS a prompt gets for this SAE (`saes.bos.prepend_bos_for`)."""
         from saes.bos import prepend_bos_for
 
-        return prepend_bos_for(self.model, [self.sae])
+        return prepend_bos_for(self.model, [self.loaded if self.loaded is not None else self.sae])
 
     def _gen_config(self, req):
         from steering import GenerationConfig
@@ -55,6 +56,7 @@ class ModelEngine:
         return GenerationConfig(
             max_new_tokens=req.max_new_tokens, max_new_tokens_cap=int(self.limits.max_new_tokens),
             do_sample=not greedy, temperature=1.0 if greedy else float(req.temperature), seed=int(req.seed),
+            prepend_bos=self._prepend_bos(),
         )
 
     @staticmethod
@@ -118,7 +120,8 @@ class ModelEngine:
             raise ValueError(f"a sweep varies an add or clamp edit; got op {e.op!r}")
         typical = self.catalog.typical_max([e.latent])
         cfg = SweepConfig(strengths=list(req.values), op=e.op, unit=e.unit, positions=e.positions, perplexity=True)
-        res = sweep(self.model, self.sae, e.latent, [req.prompt], FiringScorer(self.model, self.sae, e.latent), cfg,
+        scorer = FiringScorer(self.model, self.sae, e.latent, self._prepend_bos())
+        res = sweep(self.model, self.sae, e.latent, [req.prompt], scorer, cfg,
                     gen_config=self._gen_config(req), typical_max=typical, limits=self._steer_limits(),
                     allow_model_mismatch=self.allow_model_mismatch)
         points = [SweepPoint(value=p.strength, concept=finite(p.concept), fluency=finite(p.fluency),
@@ -140,8 +143,9 @@ class FiringScorer:
     fires when the unsteered model reads the continuation, in [0, 1] (fluency: `steering.fluency`,
     measured by the sweep itself)."""
 
-    def __init__(self, model: Any, sae: Any, latent: int) -> None:
+    def __init__(self, model: Any, sae: Any, latent: int, prepend_bos: bool | None = None) -> None:
         self.model, self.sae, self.latent = model, sae, int(latent)
+        self.prepend_bos = prepend_bos  # None: as the SAE's cfg.json records (the engine passes `saes.bos`'s)
 
     def __call__(self, prompts, continuations):
         from steering.activations import mean_latent_activation
@@ -152,6 +156,6 @@ class FiringScorer:
             if not text.strip():
                 out.append(SampleScores(0.0))
                 continue
-            _, rate_F, _ = mean_latent_activation(self.model, self.sae, [text])
+            _, rate_F, _ = mean_latent_activation(self.model, self.sae, [text], prepend_bos=self.prepend_bos)
             out.append(SampleScores(float(rate_F[self.latent])))
         return out
