@@ -22,7 +22,9 @@ b_enc, b_dec, threshold) inside an HF-cache snapshot of google/gemma-scope-2b-pt
   SAELens's JumpReLUSAE (its converter, its class) on those rows; label (fake judge), steer with
   clamp and add, `saesteer api` with the openai client and `eval` run on it; a copy we save loads in
   SAELens unchanged (prepend_bos kept); an SAE of another width (a 9B-wide one on the 2B-wide model)
-  is refused naming both widths.
+  is refused naming both widths, and through SAELens's registry (`sae_lens:gemma-scope-2b-pt-res-
+  canonical/...`, whose converter sizes it for gemma-2-2b) a file of other shapes is refused naming
+  both shapes (the message was torch's header line, "Error(s) in loading state_dict for JumpReLUSAE:").
 """
 
 from __future__ import annotations
@@ -121,7 +123,9 @@ def test_the_cache_of_the_users_text_is_the_hf_models_hidden_states_with_bos_fir
         assert rel < 2e-3, rel
 
 
-def test_a_params_npz_in_gemma_scopes_layout_is_read_with_its_hook_model_and_registry_ids(gemma, tmp_path):
+def test_a_params_npz_in_gemma_scopes_layout_is_read_with_its_hook_model_and_registry_ids(gemma, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
     from saes.formats import resolve_sae
 
     loaded = resolve_sae(gemma.layer0)
@@ -146,6 +150,13 @@ def test_a_params_npz_in_gemma_scopes_layout_is_read_with_its_hook_model_and_reg
                              random_gemma_scope(96, 32))
     r = saesteer("features", "build", "--sae", wide, "--cache", gemma.cache, "--out", tmp_path / "w.db", "--no-progress")
     assert r.rc == 2 and "96" in r.err and "64" in r.err, r.err
+    # the same file through SAELens's registry: its converter sizes it for gemma-2-2b (d_in 2304); the
+    # refusal names both shapes (it said only "Error(s) in loading state_dict for JumpReLUSAE:")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(gemma.hub))
+    r = saesteer("features", "build", "--sae", "sae_lens:gemma-scope-2b-pt-res-canonical/layer_0/width_16k/canonical",
+                 "--cache", gemma.cache, "--out", tmp_path / "reg.db", "--no-progress")
+    assert r.rc == 2 and "[64" in r.err and "[2304" in r.err, r.err
+    r.no_traceback()
 
 
 def test_an_embedding_sae_is_rescaled_as_sae_lens_reads_it(gemma, monkeypatch):
