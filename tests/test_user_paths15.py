@@ -239,3 +239,27 @@ def test_our_saved_copy_loads_in_sae_lens_unchanged(gemma, tmp_path, monkeypatch
     x = _cache_rows(gemma.cache, HOOK)[3][:256]
     with torch.no_grad():
         torch.testing.assert_close(copy.encode(x), sl.encode(x))
+
+
+def test_the_jumprelu_at_its_edges_is_gemma_scopes_and_sae_lenss(gemma, tmp_path, monkeypatch):
+    """pre exactly at the threshold does not fire (pre > threshold); a negative threshold does not let
+    a negative pre through (relu): ours, SAELens's JumpReLUSAE and the Gemma Scope tutorial agree."""
+    from helpers.foreign_saes import gemma_scope_reference
+
+    from saes.formats import resolve_sae
+
+    p = {k: v.clone() for k, v in gemma.params["l0"].items()}
+    p["W_enc"][:, :8] = 0  # latents 0-7: pre = b_enc for every input
+    p["b_enc"][:4], p["threshold"][:4] = 0.25, 0.25  # exactly at the threshold
+    p["b_enc"][4:8], p["threshold"][4:8] = -0.1, -0.2  # above a negative threshold, below zero
+    snap = write_hf_snapshot(tmp_path / "hub", REPO, {f"{LAYER0}/params.npz": write_gemma_scope(tmp_path / "p.npz", p)})
+    monkeypatch.setattr(gemma, "hub", tmp_path / "hub")
+    monkeypatch.setattr(gemma, "params", {**gemma.params, "l0": p})
+    sl, _ = _sae_lens_gemma_scope(gemma, LAYER0, monkeypatch)
+    ours = resolve_sae(snap / LAYER0 / "params.npz").sae
+    x = _cache_rows(gemma.cache, HOOK)[3][:256]
+    with torch.no_grad():
+        want, _ = gemma_scope_reference(p, x)
+        assert (want[:, :8] == 0).all() and (want[:, 8:] > 0).any()
+        torch.testing.assert_close(sl.encode(x), want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ours.encode(x), want, rtol=1e-5, atol=1e-5)
