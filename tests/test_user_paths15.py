@@ -25,6 +25,9 @@ b_enc, b_dec, threshold) inside an HF-cache snapshot of google/gemma-scope-2b-pt
   is refused naming both widths, and through SAELens's registry (`sae_lens:gemma-scope-2b-pt-res-
   canonical/...`, whose converter sizes it for gemma-2-2b) a file of other shapes is refused naming
   both shapes (the message was torch's header line, "Error(s) in loading state_dict for JumpReLUSAE:").
+- a Gemma Scope transcoder (google/gemma-scope-2b-pt-transcoders: same file names, reads the MLP's
+  normalised input, predicts its output) was read as an SAE at the user's --hook: refused, naming its
+  hooks and its registry id.
 """
 
 from __future__ import annotations
@@ -263,3 +266,16 @@ def test_the_jumprelu_at_its_edges_is_gemma_scopes_and_sae_lenss(gemma, tmp_path
         assert (want[:, :8] == 0).all() and (want[:, 8:] > 0).any()
         torch.testing.assert_close(sl.encode(x), want, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(ours.encode(x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_gemma_scope_transcoder_is_not_read_as_an_sae(gemma, tmp_path):
+    """google/gemma-scope-2b-pt-transcoders holds params.npz of the same names: read as an SAE at the
+    user's --hook it reconstructed the wrong activations; refused, naming its hooks and the registry id."""
+    folder = "layer_0/width_16k/average_l0_76"
+    snap = write_hf_snapshot(tmp_path / "hub", "google/gemma-scope-2b-pt-transcoders",
+                             {f"{folder}/params.npz": write_gemma_scope(tmp_path / "tc.npz", gemma.params["l0"])})
+    r = saesteer("features", "build", "--sae", snap / folder / "params.npz", "--hook", HOOK, "--cache", gemma.cache,
+                 "--out", tmp_path / "tc.db", "--no-progress")
+    assert r.rc == 2 and "transcoder" in r.err and "blocks.0.hook_mlp_out" in r.err, r.err
+    assert f"sae_lens:gemma-scope-2b-pt-transcoders/{folder}" in r.err
+    r.no_traceback()

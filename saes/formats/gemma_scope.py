@@ -91,6 +91,23 @@ def registry_entries(repo_id: str, folder: str) -> list[dict[str, str]]:
     return found
 
 
+def _refuse_transcoder(source: str, repo_id: str, folder: str) -> None:
+    """Gemma Scope's transcoders share the file layout but read the MLP's normalised input and predict
+    its output: read as an SAE on one hook, every reconstruction would be of the wrong activations."""
+    from sae_lens.loading.pretrained_sae_loaders import get_gemma_2_transcoder_config_from_hf
+
+    try:
+        cfg = get_gemma_2_transcoder_config_from_hf(repo_id, folder, device="cpu")
+        hooks = f" (reads {cfg['hook_name']}, predicts {cfg['hook_name_out']})"
+    except (ValueError, KeyError):
+        hooks = ""
+    entries = registry_entries(repo_id, folder)
+    how = (f"--sae sae_lens:{entries[0]['release']}/{entries[0]['sae_id']}" if entries
+           else "--sae sae_lens:RELEASE/SAE_ID of its SAELens registry release")
+    raise SAEFormatError(f"{source}: a Gemma Scope transcoder of {repo_id}{hooks}, not an SAE; load it through "
+                         f"SAELens's registry, which reads it as a transcoder: {how}")
+
+
 def read_npz(path: Path, source: str) -> dict[str, torch.Tensor]:
     import numpy as np
 
@@ -118,6 +135,8 @@ def load(
     if not D_:
         raise SAEFormatError(f"{source}: W_enc must be a matrix [d_in, d_sae], got shape {tuple(arrays['W_enc'].shape)}")
     place = repo_and_folder(npz)
+    if place and "transcoder" in place[0]:
+        _refuse_transcoder(source, *place)
     recorded = sae_lens_config(*place) if place else None
     if recorded and recorded["hook_name"] == "hook_embed":  # trained before the sqrt(d_model) scaling
         arrays["W_enc"] = arrays["W_enc"] / math.sqrt(D_)
