@@ -25,9 +25,11 @@ def sae_description(sae, path: str | None = None) -> dict:
 
 
 def _absolute(path: str | None) -> str | None:
-    """An SAE spec made absolute where it is a path (a registry id such as sae_lens:RELEASE/SAE_ID stays)."""
-    from pathlib import Path
+    """An SAE spec made absolute where it is a path (a registry id such as sae_lens:RELEASE/SAE_ID stays).
+    Symlinks are kept: an HF-cache snapshot's params.npz links to a nameless blob, which no reader
+    recognises and which has lost the repo and folder naming the SAE's hook."""
+    import os
 
     if not path:
         return None
-    return path if str(path).startswith("sae_lens:") else str(Path(path).expanduser().resolve())
+    return path if str(path).startswith("sae_lens:") else os.path.abspath(os.path.expanduser(path))

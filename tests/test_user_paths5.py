@@ -33,6 +33,7 @@ import torch
 
 from helpers.chat_templates import QWEN2_TEMPLATE
 from helpers.real_cli import cache_train_store, flags_named, known_flags, saesteer
+from helpers.real_models import save_arch_model
 
 pytestmark = [pytest.mark.usefixtures("one_thread", "offline_env")]
 
@@ -193,32 +194,6 @@ def test_a_cut_off_jsonl_file_is_refused_naming_it(real_models, tmp_path):
 # 3. other architectures
 
 
-def _arch_model(directory: Path, arch: str, tok) -> Path:
-    """A randomly initialised tiny checkpoint of `arch` (wide enough initial weights that sampled text
-    and log-probs vary), saved with its tokenizer."""
-    import transformers
-
-    common = dict(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                  pad_token_id=tok.pad_token_id, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, max_position_embeddings=128, initializer_range=0.15)
-    gqa = dict(num_key_value_heads=2)
-    configs = {  # (config class, model class, extra settings)
-        "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", dict(gqa, head_dim=16, sliding_window=16,
-                                                              attn_logit_softcapping=50.0, final_logit_softcapping=5.0)),
-        "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", dict(gqa, head_dim=16, sliding_window=16)),
-        "phi": ("PhiConfig", "PhiForCausalLM", dict(partial_rotary_factor=0.5)),
-        "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", {}),
-        "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(gqa, head_dim=16)),
-        "stablelm": ("StableLmConfig", "StableLmForCausalLM", dict(gqa)),
-    }
-    cfg_name, model_name, extra = configs[arch]
-    torch.manual_seed(0)
-    model = getattr(transformers, model_name)(getattr(transformers, cfg_name)(**common, **extra))
-    model.save_pretrained(directory, safe_serialization=True)
-    tok.save_pretrained(directory)
-    return directory
-
-
 @pytest.fixture(scope="module")
 def llama_style_tokenizer(real_corpus):
     from helpers.real_models import build_family_tokenizer
@@ -290,7 +265,7 @@ def _served_logprobs_are_the_hf_models(client, model_dir, tok) -> None:
 
 
 def _arch_chain(arch, real_corpus, tok, work) -> None:
-    model_dir = _arch_model(work / f"{arch}-model", arch, tok)
+    model_dir = save_arch_model(work / f"{arch}-model", arch, tok)
     hooks = [HOOK, "blocks.0.hook_mlp_out"]
     saesteer("cache", "--model", model_dir, "--dataset", real_corpus.jsonl_dir, "--context-length", 48,
              "--max-tokens", 2048, "--hooks", ",".join(hooks), "--out", work / "cache", "--no-progress").ok()

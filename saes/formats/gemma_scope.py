@@ -7,13 +7,23 @@ all-ones `scaling_factor`). The JumpReLU of the Gemma Scope tutorial: pre = x @ 
 b_dec subtraction), acts = relu(pre) * (pre > threshold), recon = acts @ W_dec + b_dec: our
 JumpReLU SAE with `apply_b_dec_to_input = False`.
 
-The file records neither model nor hook point: pass `--model` and `--hook` (or load it through
-SAELens's registry, `sae_lens:gemma-scope-...`, whose config names both). Read with
+The file records neither model nor hook point; its place in Google's repos does
+(`gemma-scope-2b-pt-res/layer_20/...` is `blocks.20.hook_resid_post` of gemma-2-2b). A params.npz
+found in such a repo's folder (a clone, or the HF cache's `models--google--gemma-scope-*/snapshots/REV/`)
+gets its hook and model from SAELens's own Gemma Scope config (`get_gemma_2_config_from_hf`, what
+`sae_lens:gemma-scope-...` reads), so a contradicting `--hook` is refused naming both, and its
+registry release/id and Neuronpedia id are recorded; elsewhere pass `--model` and `--hook`.
+Embedding SAEs (`embedding/width_4k/...`) were trained on Gemma's embeddings before their scaling by
+sqrt(d_model), while `hook_embed` reads them after it (TransformerLens, the HF model): their encoder
+is divided and decoder multiplied by sqrt(d_in), as SAELens's loader does. Read with
 `numpy.load(allow_pickle=False)`: object arrays are refused.
 """
 
 from __future__ import annotations
 
+import math
+import os
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -32,6 +42,72 @@ def is_folder(path: Path) -> bool:
     return path.is_dir() and (path / WEIGHTS).is_file()
 
 
+_HF_CACHE_REPO = re.compile(r"^models--([^/]+?)--(gemma-scope-[^/]+)$")
+
+
+def repo_and_folder(npz: Path) -> tuple[str, str] | None:
+    """(repo_id, folder) of a params.npz inside a Gemma Scope repo's folder: an HF-cache snapshot
+    (`models--google--gemma-scope-2b-pt-res/snapshots/REV/layer_20/...`) or a clone named after
+    the repo (`gemma-scope-2b-pt-res/layer_20/...`); None elsewhere."""
+    parts = npz.parent.parts
+    for i in range(len(parts) - 1, -1, -1):
+        m = _HF_CACHE_REPO.match(parts[i])
+        if m and i + 2 < len(parts) and parts[i + 1] == "snapshots":
+            return f"{m[1]}/{m[2]}", "/".join(parts[i + 3:])
+        if parts[i].startswith("gemma-scope-") and i + 1 < len(parts):
+            return f"google/{parts[i]}", "/".join(parts[i + 1:])
+    return None
+
+
+def sae_lens_config(repo_id: str, folder: str) -> dict[str, Any] | None:
+    """SAELens's config of the Gemma Scope SAE at repo_id/folder (hook_name, model_name, ...), from
+    its own converter's config getter (no download); None where that getter does not know it
+    (Gemma Scope 2, transcoders, a folder of another layout)."""
+    from sae_lens.loading.pretrained_sae_loaders import get_gemma_2_config_from_hf
+
+    if repo_id.split("/")[-1].startswith("gemma-scope-2-") or not folder:
+        return None
+    try:
+        return get_gemma_2_config_from_hf(repo_id, folder, device="cpu")
+    except (ValueError, StopIteration):
+        return None
+
+
+def registry_entries(repo_id: str, folder: str) -> list[dict[str, str]]:
+    """The SAELens registry releases that list repo_id/folder: release, sae_id and, where the
+    registry has it, the Neuronpedia id (e.g. gemma-2-2b/20-gemmascope-res-16k)."""
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    found = []
+    for release, info in get_pretrained_saes_directory().items():
+        if info.repo_id != repo_id:
+            continue
+        for sae_id, path in info.saes_map.items():
+            if path == folder:
+                entry = {"release": release, "sae_id": sae_id}
+                if info.neuronpedia_id.get(sae_id):
+                    entry["neuronpedia"] = info.neuronpedia_id[sae_id]
+                found.append(entry)
+    return found
+
+
+def _refuse_transcoder(source: str, repo_id: str, folder: str) -> None:
+    """Gemma Scope's transcoders share the file layout but read the MLP's normalised input and predict
+    its output: read as an SAE on one hook, every reconstruction would be of the wrong activations."""
+    from sae_lens.loading.pretrained_sae_loaders import get_gemma_2_transcoder_config_from_hf
+
+    try:
+        cfg = get_gemma_2_transcoder_config_from_hf(repo_id, folder, device="cpu")
+        hooks = f" (reads {cfg['hook_name']}, predicts {cfg['hook_name_out']})"
+    except (ValueError, KeyError):
+        hooks = ""
+    entries = registry_entries(repo_id, folder)
+    how = (f"--sae sae_lens:{entries[0]['release']}/{entries[0]['sae_id']}" if entries
+           else "--sae sae_lens:RELEASE/SAE_ID of its SAELens registry release")
+    raise SAEFormatError(f"{source}: a Gemma Scope transcoder of {repo_id}{hooks}, not an SAE; load it through "
+                         f"SAELens's registry, which reads it as a transcoder: {how}")
+
+
 def read_npz(path: Path, source: str) -> dict[str, torch.Tensor]:
     import numpy as np
 
@@ -47,7 +123,7 @@ def load(
     path: Path, *, hook: str | None = None, model: str | None = None,
     device: torch.device | str | None = None, dtype: torch.dtype | None = None,
 ) -> LoadedSAE:
-    path = path.resolve()
+    path = Path(os.path.abspath(path))  # not resolve(): an HF-cache snapshot's symlink names the repo and folder
     npz = path if path.is_file() else path / WEIGHTS
     source = f"{npz} (Gemma Scope)"
     arrays = read_npz(npz, source)
@@ -58,10 +134,29 @@ def load(
     D_, F_ = arrays["W_enc"].shape if arrays["W_enc"].ndim == 2 else (0, 0)
     if not D_:
         raise SAEFormatError(f"{source}: W_enc must be a matrix [d_in, d_sae], got shape {tuple(arrays['W_enc'].shape)}")
+    place = repo_and_folder(npz)
+    if place and "transcoder" in place[0]:
+        _refuse_transcoder(source, *place)
+    recorded = sae_lens_config(*place) if place else None
+    if recorded and recorded["hook_name"] == "hook_embed":  # trained before the sqrt(d_model) scaling
+        arrays["W_enc"] = arrays["W_enc"] / math.sqrt(D_)
+        arrays["W_dec"] = arrays["W_dec"] * math.sqrt(D_)
     cfg: dict[str, Any] = {"architecture": "jumprelu", "d_in": D_, "d_sae": F_, "apply_b_dec_to_input": False,
                            "dtype": str(arrays["W_enc"].dtype).removeprefix("torch."), "metadata": {}}
     sae = sae_from_sae_lens_dict(cfg, {n: arrays[n].contiguous() for n in _NAMES}, device=device, dtype=dtype,
                                  source=source)
     prov: dict[str, Any] = {"source": {"format": FORMAT, "path": str(npz), "files": files_record(npz.parent, [npz.name])}}
-    record_model_and_hook(sae, prov, source=source, hook=hook, model=model, recorded_hook=None, recorded_model=None)
+    if recorded:  # Gemma Scope trained with BOS on every context (SAELens's prepend_bos); steering follows it
+        sae.cfg.metadata["prepend_bos"] = bool(recorded.get("prepend_bos", True))
+        repo_id, folder = place
+        prov["source"].update(repo_id=repo_id, folder=folder, registry=registry_entries(repo_id, folder))
+        neuronpedia = [e["neuronpedia"] for e in prov["source"]["registry"] if "neuronpedia" in e]
+        if neuronpedia:
+            prov["source"]["neuronpedia"] = neuronpedia[0]
+        if recorded["hook_name"] == "hook_embed":
+            prov["source"]["rescaled"] = "W_enc / sqrt(d_in), W_dec * sqrt(d_in) (embedding SAE, as SAELens loads it)"
+    record_model_and_hook(
+        sae, prov, source=source, hook=hook, model=model, recorded_hook=recorded and recorded["hook_name"],
+        recorded_model=recorded and recorded["model_name"],
+        hook_basis=recorded and f"its place in {place[0]}: {place[1]}, by SAELens's Gemma Scope config")
     return LoadedSAE(sae, prov, str(npz), FORMAT)

@@ -67,6 +67,14 @@ def _overrides(release: str, sae_id: str) -> dict[str, Any]:
     return dict(get_config_overrides(release, sae_id) or {}) if release in get_pretrained_saes_directory() else {}
 
 
+def _reason(e: Exception) -> str:
+    """The line of a loading error that says what is wrong: torch's state-dict error starts with a
+    header naming nothing ("Error(s) in loading state_dict for JumpReLUSAE:"); its size-mismatch line
+    names the files' shape and the one the release's config gives."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    return next((line for line in lines if line.startswith("size mismatch")), lines[0] if lines else type(e).__name__)
+
+
 def cached_revision(repo_id: str) -> str | None:
     """The commit the HF cache's `main` ref of `repo_id` points to (what offline loads read)."""
     from huggingface_hub import constants
@@ -108,7 +116,7 @@ def load(
             f"SAE.from_pretrained('{release}', '{sae_id}')\") or point HF_HUB_CACHE at a cache that holds it"
         ) from None
     except (ValueError, RuntimeError, KeyError) as e:  # bad config, weights that do not fit it
-        raise SAEFormatError(f"{spec}: sae_lens could not load it: {str(e).strip().splitlines()[0]}") from None
+        raise SAEFormatError(f"{spec}: sae_lens could not load it: {_reason(e)}") from None
     try:
         sae = from_sae_lens(sl, dtype=dtype, source=spec)
     except ValueError as e:  # an architecture our classes do not have (abstopk, temporal, ...)

@@ -387,3 +387,30 @@ def olmo3_checkpoint(directory, tok) -> Path:
     hf.save_pretrained(directory, safe_serialization=True)
     tok.save_pretrained(directory)
     return Path(directory)
+
+
+def save_arch_model(directory: Path, arch: str, tok) -> Path:
+    """A randomly initialised tiny checkpoint of `arch` (wide enough initial weights that sampled text
+    and log-probs vary), saved with its tokenizer."""
+    import torch
+    import transformers
+
+    common = dict(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                  pad_token_id=tok.pad_token_id, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, max_position_embeddings=128, initializer_range=0.15)
+    gqa = dict(num_key_value_heads=2)
+    configs = {  # (config class, model class, extra settings)
+        "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", dict(gqa, head_dim=16, sliding_window=16,
+                                                              attn_logit_softcapping=50.0, final_logit_softcapping=5.0)),
+        "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", dict(gqa, head_dim=16, sliding_window=16)),
+        "phi": ("PhiConfig", "PhiForCausalLM", dict(partial_rotary_factor=0.5)),
+        "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", {}),
+        "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(gqa, head_dim=16)),
+        "stablelm": ("StableLmConfig", "StableLmForCausalLM", dict(gqa)),
+    }
+    cfg_name, model_name, extra = configs[arch]
+    torch.manual_seed(0)
+    model = getattr(transformers, model_name)(getattr(transformers, cfg_name)(**common, **extra))
+    model.save_pretrained(directory, safe_serialization=True)
+    tok.save_pretrained(directory)
+    return directory
