@@ -154,6 +154,7 @@ def test_neuronpedia_explanations_become_labels_marked_as_theirs(store, tmp_path
     assert "1 without a description" in r.out
     show = saesteer("features", "show", store, 2).ok().out
     assert "caf\u00e9 and na\u00efve" in show and "label by gpt-4o-mini (neuronpedia), prompt oai_token-act-pair" in show
+    assert f"imported from Neuronpedia {NP_SAE}: {ADDRESS}/2" in show
     assert "5" in saesteer("features", "search", store, "CJK").ok().out.split()
     assert saesteer("features", "show", store, f"{ADDRESS}/2").ok().out == show  # the latent as browsed there
     r = saesteer("features", "show", store, "gpt2-small/2-res-jb/2").no_traceback()
@@ -197,8 +198,9 @@ def test_neuronpedia_explanations_become_labels_marked_as_theirs(store, tmp_path
         page = c.get("/s/np/f/5", headers={"accept": "text/html"}).text
         label = c.get("/api/stores/np/features/5").json()["label"]
     assert "\u6570\u636e / data in CJK comments" in page and "by gpt-4o-mini (neuronpedia)" in page
-    assert f'<a href="{ADDRESS}/5" rel="noopener noreferrer">on Neuronpedia</a>' in page
-    assert (label["judge_kind"], label["source_url"]) == ("neuronpedia", f"{ADDRESS}/5")
+    assert f'imported from <a href="{ADDRESS}/5" rel="noopener noreferrer">Neuronpedia {NP_SAE}</a>' in page
+    assert (label["judge_kind"], label["source"], label["source_url"]) == ("neuronpedia", f"Neuronpedia {NP_SAE}",
+                                                                           f"{ADDRESS}/5")
     # exported for a Neuronpedia upload, they are not sent back as saesteer's own explanations
     saesteer("features", "export", store, tmp_path / "out", "--format", "neuronpedia", "--model-id", "gpt2-small",
              "--source-set", "res-jb-again").ok()

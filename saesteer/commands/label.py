@@ -163,6 +163,7 @@ def _import_neuronpedia(args, store_path) -> int:
     """--import-neuronpedia: Neuronpedia's explanations into the store (features/neuronpedia_import.py)."""
     from features import FeatureStore
     from features.neuronpedia_import import import_neuronpedia_explanations
+    from features.tokentext import readable
 
     try:
         with FeatureStore.open(store_path, readonly=False) as store:
@@ -170,9 +171,10 @@ def _import_neuronpedia(args, store_path) -> int:
     except (ValueError, OSError) as e:
         print_error(e)
         return 2
-    by = ", ".join(f"{m} ({n})" for m, n in sorted(r.explainers.items())) or "none"
+    by = ", ".join(f"{readable(m)} ({n})" for m, n in sorted(r.explainers.items())) or "none"  # names from the file
+    ours = f"; {r.replaced_ours} replaced a label made here (kept in its history)" if r.replaced_ours else ""
     print(f"imported {r.imported} Neuronpedia explanations of {r.neuronpedia_id} as labels of {len(r.latents)} "
-          f"latents (explainers: {by}); {r.already} imported before, {r.blank} without a description")
+          f"latents (explainers: {by}); {r.already} imported before, {r.blank} without a description{ours}")
     return 0
 
 
