@@ -226,3 +226,59 @@ def test_rows_of_another_sae_or_out_of_range_refuse_the_import(store, tmp_path, 
     # a store of an SAE not from the registry names the flag; one that contradicts the registry is refused
     r = saesteer("label", "--store", store, "--import-neuronpedia", export, "--neuronpedia-sae", "gpt2-small/2-res-jb")
     assert r.rc == 2 and "'gpt2-small/1-res-jb'" in r.err and "'gpt2-small/2-res-jb'" in r.err
+
+
+def test_a_reimport_makes_neuronpedias_label_current_again_and_exports_leave_it_out(store, tmp_path):
+    """Imported labels follow one rule for every source (features/imported_labels.py, as delphi's):
+    our labeller run afterwards makes ours current, a re-import makes Neuronpedia's current again
+    (it answered 'imported before' and left ours), and `--export-delphi` sends only ours."""
+    from features import FeatureStore
+
+    relabel = ("label", "--store", store, "--no-progress", "--embed-backend", "none", "--overwrite", "true")
+    saesteer(*relabel).ok()  # ours, by the offline labeller
+    with FeatureStore.open(store) as s:
+        ours = {i for i in range(s.d_sae) if s.label(i) is not None}
+    assert len(ours) > 2
+    theirs = sorted(ours)[:2]
+    export = tmp_path / "rows.jsonl"
+    export.write_text("".join(json.dumps(_row(i, f"explanation {i}: if/else branches in C")) + "\n" for i in theirs),
+                      encoding="utf-8")
+    saesteer("label", "--store", store, "--import-neuronpedia", export).ok()
+    saesteer(*relabel).ok()
+    with FeatureStore.open(store) as s:
+        assert s.label(theirs[0]).provenance.judge_kind == "offline"
+    r = saesteer("label", "--store", store, "--import-neuronpedia", export).ok().out
+    assert "imported 2 " in r and "2 replaced a label made here" in r
+    with FeatureStore.open(store) as s:
+        p = s.label(theirs[0])
+        assert (p.text, p.provenance.judge_kind) == (f"explanation {theirs[0]}: if/else branches in C", "neuronpedia")
+    again = saesteer("label", "--store", store, "--import-neuronpedia", export).ok().out
+    assert "imported 0 " in again and "2 imported before" in again
+
+    saesteer("label", "--store", store, "--export-delphi", tmp_path / "run").ok()
+    written = {int(p.stem.rsplit("latent", 1)[1]) for p in (tmp_path / "run" / "explanations").iterdir()}
+    assert written == ours - set(theirs)
+
+
+def test_a_gzip_that_inflates_past_the_bound_is_refused_before_it_is_read_whole(store, tmp_path, monkeypatch):
+    """The bound is on what the file holds once gunzipped (it was on the compressed size)."""
+    from features import FeatureStore
+    from features import neuronpedia_import as npi
+
+    monkeypatch.setattr(npi, "MAX_FILE_BYTES", 64 << 10)
+    bomb = tmp_path / "batch-0.jsonl.gz"
+    with gzip.open(bomb, "wt", encoding="utf-8") as f:  # a few KB on disk, megabytes inflated
+        f.write(json.dumps(_row(3, "padding " * 200_000)) + "\n")
+    assert bomb.stat().st_size < npi.MAX_FILE_BYTES
+    with FeatureStore.open(store, readonly=False) as s, pytest.raises(npi.NeuronpediaImportError, match="gunzipped"):
+        npi.import_neuronpedia_explanations(s, bomb)
+    with FeatureStore.open(store) as s:
+        assert s.label(3) is None
+
+
+def test_names_from_the_export_are_printed_with_controls_drawn(store, tmp_path):
+    export = tmp_path / "rows.jsonl"
+    export.write_text(json.dumps(_row(4, "quotes", explanationModelName="\x1b]0;owned\x07gpt-4o\x1b[2J")) + "\n",
+                      encoding="utf-8")
+    r = saesteer("label", "--store", store, "--import-neuronpedia", export).ok()
+    assert "imported 1 " in r.out and "\x1b" not in r.out and "\x07" not in r.out and "gpt-4o" in r.out
