@@ -125,6 +125,26 @@ def test_neuronpedia_references_that_do_not_fit_are_refused_naming_both(hub):
     assert "'gpt2-small'" in err and "EleutherAI/pythia-70m-deduped" in err and "--allow-model-mismatch" in err
 
 
+def test_an_id_two_registry_entries_give_is_refused_naming_both(hub, monkeypatch):
+    """Were a SAELens release to give another entry the same Neuronpedia id, the id is ambiguous: it
+    was taken as the first release's SAE, silently."""
+    import dataclasses
+
+    from sae_lens.loading import pretrained_saes_directory as psd
+
+    from saes.formats import neuronpedia
+
+    real = psd.get_pretrained_saes_directory()
+    copy = dataclasses.replace(real["gpt2-small-res-jb"], release="gpt2-small-res-jb-mirror")
+    monkeypatch.setattr(psd, "get_pretrained_saes_directory", lambda: {**real, "gpt2-small-res-jb-mirror": copy})
+    neuronpedia.registry_ids.cache_clear()
+    try:
+        r = saesteer("steer", "--model", "gpt2", "--sae", NP_SAE, "-l", "3:add=1", *GEN).no_traceback()
+    finally:
+        neuronpedia.registry_ids.cache_clear()
+    assert r.rc == 2 and REGISTRY in r.err and "sae_lens:gpt2-small-res-jb-mirror/blocks.1.hook_resid_pre" in r.err
+
+
 # ---------------------------------------------------------------------------------------------
 # Neuronpedia's explanations as labels
 
