@@ -302,3 +302,10 @@ def test_names_from_the_export_are_printed_with_controls_drawn(store, tmp_path):
                       encoding="utf-8")
     r = saesteer("label", "--store", store, "--import-neuronpedia", export).ok()
     assert "imported 1 " in r.out and "\x1b" not in r.out and "\x07" not in r.out and "gpt-4o" in r.out
+
+
+def test_a_delphi_flag_with_the_neuronpedia_import_is_refused_not_ignored(tmp_path):
+    db = tmp_path / "any.db"
+    db.write_bytes(b"")  # refused before the store is opened
+    r = saesteer("label", "--store", db, "--import-neuronpedia", tmp_path / "rows.jsonl", "--delphi-module", "h.1")
+    assert r.rc == 2 and "--delphi-module" in r.err and "--import-neuronpedia" in r.err and "Traceback" not in r.err

@@ -147,6 +147,8 @@ def _labels_made_elsewhere(args):
                    "no judge and writes no run report, so leave them out")
     elif args.neuronpedia_sae and not args.import_neuronpedia:
         refusal = "--neuronpedia-sae names the SAE of --import-neuronpedia EXPORT; give that too"
+    elif args.delphi_module and args.import_neuronpedia:
+        refusal = "--delphi-module names the module of a delphi run; --import-neuronpedia reads none, so leave it out"
     if refusal is not None:
         def refuse(*_) -> int:
             print_error(refusal)
