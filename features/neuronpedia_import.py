@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
@@ -131,6 +132,13 @@ def _too_big(p: Path) -> NeuronpediaImportError:
 def _file_rows(p: Path) -> Iterator[tuple[str, Any]]:
     """(where, parsed row) of one file, read as a stream: at most MAX_FILE_BYTES of it, gunzipped
     (a gzip that inflates past that is refused), one row in memory at a time for JSON Lines."""
+    try:
+        yield from _rows_of_stream(p)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:  # a download cut short, or not gzip after all
+        raise NeuronpediaImportError(f"{p}: a damaged gzip file ({e}); download it again") from None
+
+
+def _rows_of_stream(p: Path) -> Iterator[tuple[str, Any]]:
     with _stream(p) as f:
         head = f.read(4096)
         if head.lstrip()[:1] == b"[":  # the API's export: one JSON array

@@ -289,3 +289,13 @@ def test_a_delphi_flag_with_the_neuronpedia_import_is_refused_not_ignored(tmp_pa
     db.write_bytes(b"")  # refused before the store is opened
     r = saesteer("label", "--store", db, "--import-neuronpedia", tmp_path / "rows.jsonl", "--delphi-module", "h.1")
     assert r.rc == 2 and "--delphi-module" in r.err and "--import-neuronpedia" in r.err and "Traceback" not in r.err
+
+
+def test_a_batch_file_cut_short_is_refused_in_one_line(store, tmp_path):
+    """An interrupted download of a batch-N.jsonl.gz: a one-line error (it was a traceback, EOFError)."""
+    rows = "".join(json.dumps(_row(i, f"caf\u00e9 latent {i} \u6570\u636e")) + "\n" for i in range(128))
+    data = gzip.compress(rows.encode("utf-8"))
+    cut = tmp_path / "batch-0.jsonl.gz"
+    cut.write_bytes(data[: len(data) // 2])
+    r = saesteer("label", "--store", store, "--import-neuronpedia", cut).no_traceback()
+    assert r.rc == 2 and "damaged gzip" in r.err and "download it again" in r.err
