@@ -5,10 +5,12 @@ reads this store's SAE hook becomes the latent's current label, judge kind "delp
 explainer model from run_config.json and the files it came from in the provenance; each
 detection/fuzz score file becomes the scores `delphi_<scorer>` (delphi's class-balanced accuracy),
 `delphi_<scorer>_f1` and, with probabilities, `delphi_<scorer>_auc`, computed as delphi's log code
-computes them (autointerp/delphi_io.py). Our own label of a latent stays in the store's history;
-`saesteer label` makes ours current again. Everything is read and checked before anything is written.
+computes them (autointerp/delphi_io.py). Everything is read and checked before anything is written,
+then written as every imported label is (features/imported_labels.py): our own label of a latent
+stays in the store's history (`saesteer label` makes ours current again), and a re-import writes
+only what is not the current label already.
 
-Export (`--export-delphi DIR`): the current labels that are not delphi's own, as
+Export (`--export-delphi DIR`): the current labels made here (not delphi's, nor Neuronpedia's), as
 DIR/explanations/<module>_latent<i>.txt, the files delphi's `--explainer none` run reads back
 (delphi/__main__.py, none_postprocessor). Our detection/fuzzing scores are not exported: delphi's
 score files list every sample's prediction, and the store keeps only the counts.
@@ -16,11 +18,15 @@ score files list every sample's prediction, and the store keeps only the counts.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from features.imported_labels import ImportedLabel, made_here, write_imported_labels
 
 from .delphi_io import (DelphiFormatError, delphi_metrics, delphi_name, explanation_bytes, pooled_metrics,
                         read_explanation, read_score_samples, scan_run)
@@ -95,11 +101,9 @@ def _check_latents(files: list, d_sae: int, store_path: Any) -> None:
 
 def import_delphi_run(store: Any, run_dir: str | os.PathLike, module: str | None = None) -> DelphiImport:
     """Read, check, then write a delphi run's labels and scores into `store` (writable FeatureStore)."""
-    from features import LabelProvenance, ScoreInput
+    from features import LabelProvenance
 
     run_dir = Path(run_dir)
-    if not store.complete:
-        raise ValueError(f"{store.path}: the feature store build is not complete; finish it before importing labels")
     explanations, score_files, config = scan_run(run_dir)
     hook = _store_hook(store)
     module, module_note = _pick_module(sorted({f.module for f in explanations}), module, hook, store.path)
@@ -129,40 +133,48 @@ def import_delphi_run(store: Any, run_dir: str | os.PathLike, module: str | None
     negatives = constructor.get("non_activating_source") if isinstance(constructor, dict) else None
     if negatives is not None:
         params["non_activating_source"] = negatives
+    imported, score_rows = [], {}
     for latent, (f, text) in sorted(labels.items()):
         metrics = {s: delphi_metrics(per[latent][1]) for s, per in samples.items() if latent in per}
         extra = {"delphi": {"run": str(run_dir.resolve()), "module": module, "explanation_file": str(f.path.resolve()),
                             "score_files": {s: str(per[latent][0].resolve()) for s, per in samples.items() if latent in per},
                             "metrics": metrics}}
-        current = store.label(latent)
-        if current is not None and current.text == text and current.provenance is not None \
-                and current.provenance.judge_kind == "delphi" and current.provenance.extra == extra:
-            report.unchanged.append(latent)
-            continue
-        if current is not None and current.provenance is not None and current.provenance.judge_kind != "delphi":
-            report.replaced_ours.append(latent)
         prov = LabelProvenance(
             judge_model=report.explainer_model or "unrecorded (the run has no run_config.json)",
             judge_kind="delphi", prompt_version=f"delphi {config.get('explainer', 'default')} explainer",
             params=params, extra=extra)
-        label_id = store.write_label(latent, text, provenance=prov)
-        rows = []
-        for s, m in metrics.items():
-            details = {**m, "file": extra["delphi"]["score_files"][s]}
-            rows.append(ScoreInput(f"delphi_{s}", float(m["balanced_accuracy"]), m["total_examples"],
-                                   {**details, "metric": "balanced_accuracy"}))
-            rows.append(ScoreInput(f"delphi_{s}_f1", float(m["f1_score"]), m["total_examples"], {**details, "metric": "f1"}))
-            if m["auc"] is not None:
-                rows.append(ScoreInput(f"delphi_{s}_auc", float(m["auc"]), m["total_examples"], {**details, "metric": "auc"}))
-        if rows:
-            store.write_scores(latent, rows, provenance=prov, label_id=label_id)
-        report.written.append(latent)
+        # the same explanation with the same files and figures is the same label on a re-import
+        key = hashlib.sha256(json.dumps([text, extra], sort_keys=True).encode()).hexdigest()
+        imported.append(ImportedLabel(latent, text, prov, key))
+        score_rows[latent] = _score_rows(metrics, extra["delphi"]["score_files"])
+    writes = write_imported_labels(store, imported)
+    report.unchanged = [lab.latent for lab in writes.unchanged]
+    report.replaced_ours = writes.replaced_ours
+    for lab, label_id in writes.written:
+        if score_rows[lab.latent]:
+            store.write_scores(lab.latent, score_rows[lab.latent], provenance=lab.provenance, label_id=label_id)
+        report.written.append(lab.latent)
     return report
+
+
+def _score_rows(metrics: dict[str, dict], files: dict[str, str]) -> list:
+    """The store's score rows of one latent's delphi figures (scorer -> delphi_metrics)."""
+    from features import ScoreInput
+
+    rows = []
+    for s, m in metrics.items():
+        details = {**m, "file": files[s]}
+        rows.append(ScoreInput(f"delphi_{s}", float(m["balanced_accuracy"]), m["total_examples"],
+                               {**details, "metric": "balanced_accuracy"}))
+        rows.append(ScoreInput(f"delphi_{s}_f1", float(m["f1_score"]), m["total_examples"], {**details, "metric": "f1"}))
+        if m["auc"] is not None:
+            rows.append(ScoreInput(f"delphi_{s}_auc", float(m["auc"]), m["total_examples"], {**details, "metric": "auc"}))
+    return rows
 
 
 def export_delphi_labels(store: Any, out_dir: str | os.PathLike, module: str | None = None,
                          overwrite: bool = False) -> tuple[str, list[Path]]:
-    """Write the store's current labels (not those imported from delphi) as delphi explanation
+    """Write the store's current labels made here (none imported) as delphi explanation
     files under out_dir/explanations/; returns (module, files written)."""
     from saes.fileio import atomic_write_bytes
 
@@ -178,7 +190,7 @@ def export_delphi_labels(store: Any, out_dir: str | os.PathLike, module: str | N
     todo = []
     for r in rows:
         lab = store.label(r.latent)
-        if lab is None or (lab.provenance is not None and lab.provenance.judge_kind == "delphi"):
+        if lab is None or not made_here(lab.provenance):  # delphi's own, or Neuronpedia's
             continue
         todo.append((r.latent, explanation_bytes(lab.text)))
     if not todo:

@@ -15,8 +15,11 @@ Neuronpedia id (from SAELens's registry, for a store built from a registry SAE o
 id; else given), its index a latent of the SAE. A row that fails refuses the import, naming both
 sides. Imported labels carry `judge_kind="neuronpedia"`, the explainer model and the explanation
 type, so `features show/search` and the web tell them from labels made here. Several explanations
-of one latent are all kept; the last in the export is its current label. A row already
-imported (same explanation id, or same text without one) is not written twice.
+of one latent are all kept; the last in the export is its current label. The store writes them as
+it writes every imported label (features/imported_labels.py): a row already imported (same
+explanation id, or same text without one) is not written twice, and a re-import makes Neuronpedia's
+label current again where `saesteer label` replaced it. Files are read as streams (gzip told by its
+bytes), at most MAX_FILE_BYTES each once gunzipped.
 
 Its own module with one entry point (`import_neuronpedia_explanations`): label imports from other
 tools (delphi) live beside it.
@@ -26,17 +29,19 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
 
+from features.imported_labels import ImportedLabel, write_imported_labels
 from features.records import LabelProvenance
 
 __all__ = ["NeuronpediaImportError", "ImportReport", "import_neuronpedia_explanations", "store_neuronpedia_id",
-           "read_explanation_rows", "imported_label_url", "store_latent"]
+           "read_explanation_rows", "store_latent"]
 
 JUDGE_KIND = "neuronpedia"
-MAX_FILE_BYTES = 2 << 30  # an export of one SAE is a few hundred MB at most; refuse what is not one
+MAX_FILE_BYTES = 2 << 30  # gunzipped, per file: an export of one SAE is a few hundred MB at most; refuse what is not one
 
 
 class NeuronpediaImportError(ValueError):
@@ -48,6 +53,7 @@ class ImportReport:
     neuronpedia_id: str
     imported: int = 0
     already: int = 0  # rows imported before (or twice in the export)
+    replaced_ours: int = 0  # latents whose current label, made here, an imported one replaced
     blank: int = 0  # rows without a description (Neuronpedia keeps some)
     latents: set[int] = field(default_factory=set)
     explainers: dict[str, int] = field(default_factory=dict)
@@ -101,40 +107,70 @@ def _files(path: Path, np_id: str | None = None) -> list[Path]:
     return found
 
 
-def _text(p: Path) -> str:
-    if p.stat().st_size > MAX_FILE_BYTES:
-        raise NeuronpediaImportError(f"{p} is over {MAX_FILE_BYTES >> 20} MB; not an explanation export of one SAE")
-    raw = p.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
+def _stream(p: Path) -> BinaryIO:
+    """`p`'s bytes, gunzipped when it is gzip (told by its first bytes, not its name)."""
+    f = p.open("rb")
+    if f.read(2) == b"\x1f\x8b":
+        f.seek(0)
+        return gzip.GzipFile(fileobj=f)  # type: ignore[return-value]
+    f.seek(0)
+    return f
+
+
+def _decoded(p: Path, where: str, raw: bytes) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise NeuronpediaImportError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        raise NeuronpediaImportError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def _too_big(p: Path) -> NeuronpediaImportError:
+    return NeuronpediaImportError(f"{p} holds over {MAX_FILE_BYTES >> 20} MB (gunzipped); not an explanation export of "
+                                  f"one SAE")
+
+
+def _file_rows(p: Path) -> Iterator[tuple[str, Any]]:
+    """(where, parsed row) of one file, read as a stream: at most MAX_FILE_BYTES of it, gunzipped
+    (a gzip that inflates past that is refused), one row in memory at a time for JSON Lines."""
+    try:
+        yield from _rows_of_stream(p)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:  # a download cut short, or not gzip after all
+        raise NeuronpediaImportError(f"{p}: a damaged gzip file ({e}); download it again") from None
+
+
+def _rows_of_stream(p: Path) -> Iterator[tuple[str, Any]]:
+    with _stream(p) as f:
+        head = f.read(4096)
+        if head.lstrip()[:1] == b"[":  # the API's export: one JSON array
+            raw = head + f.read(MAX_FILE_BYTES + 1 - len(head))
+            if len(raw) > MAX_FILE_BYTES:
+                raise _too_big(p)
+            try:
+                rows = json.loads(_decoded(p, str(p), raw))
+            except json.JSONDecodeError as e:
+                raise NeuronpediaImportError(f"{p}: not JSON ({e.msg}, line {e.lineno})") from None
+            yield from ((f"{p}:{n + 1}", r) for n, r in enumerate(rows if isinstance(rows, list) else [rows]))
+            return
+        f.seek(0)
+        total = 0
+        for n, line in enumerate(iter(lambda: f.readline(MAX_FILE_BYTES + 1 - total), b""), 1):
+            total += len(line)
+            if total > MAX_FILE_BYTES:
+                raise _too_big(p)
+            text = _decoded(p, f"{p}, line {n}", line)
+            if not text.strip():
+                continue
+            try:
+                yield f"{p}:{n}", json.loads(text)
+            except json.JSONDecodeError as e:
+                raise NeuronpediaImportError(f"{p}, line {n}: not a JSON row ({e.msg})") from None
 
 
 def read_explanation_rows(path: str | Path, np_id: str | None = None) -> Iterator[tuple[str, dict]]:
     """(where, row) of every explanation row in a file or export folder (of the SAE `np_id`, in a
     folder of several); `where` is 'FILE:N'."""
     for p in _files(Path(path), np_id):
-        text = _text(p)
-        stripped = text.lstrip()
-        if stripped.startswith("["):  # the API's export: one JSON array
-            try:
-                rows = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise NeuronpediaImportError(f"{p}: not JSON ({e.msg}, line {e.lineno})") from None
-            items = [(f"{p}:{n + 1}", r) for n, r in enumerate(rows)]
-        else:
-            items = []
-            for n, line in enumerate(text.splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    items.append((f"{p}:{n}", json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise NeuronpediaImportError(f"{p}, line {n}: not a JSON row ({e.msg})") from None
-        for where, row in items:
+        for where, row in _file_rows(p):
             if not isinstance(row, dict):
                 raise NeuronpediaImportError(f"{where}: an explanation row is a JSON object, got {type(row).__name__}")
             if "newUrl" in row and "modelId" not in row:  # what the removed /api/explanation/export answers
@@ -166,15 +202,6 @@ def _checked(where: str, row: dict, np_id: str, d_sae: int) -> tuple[int, str | 
     return index, (text.strip() or None) if text else None
 
 
-def imported_label_url(p: LabelProvenance | None) -> str | None:
-    """The Neuronpedia page of a label imported from there (only a neuronpedia.org address: the
-    store is data, and the web app links it)."""
-    from saes.formats.neuronpedia import SITE
-
-    url = (p.extra or {}).get("url") if p is not None and p.judge_kind == JUDGE_KIND else None
-    return url if isinstance(url, str) and url.startswith(SITE + "/") else None
-
-
 def _provenance(row: dict, np_id: str, source: str) -> LabelProvenance:
     from saes.formats.neuronpedia import SITE
 
@@ -186,14 +213,6 @@ def _provenance(row: dict, np_id: str, source: str) -> LabelProvenance:
                "author_id": row.get("authorId"), "url": f"{SITE}/{np_id}/{int(row['index'])}",
                "file": source},
     )
-
-
-def _imported(store: Any) -> set[tuple[int, str]]:
-    """(latent, explanation id or text) of every Neuronpedia label the store holds, current or not."""
-    with store._read() as c:
-        rows = c.execute("SELECT l.latent, l.label, p.extra FROM labels l JOIN label_provenance p ON "
-                         "p.id = l.provenance_id WHERE p.judge_kind = ?", (JUDGE_KIND,)).fetchall()
-    return {(int(i), json.loads(extra).get("explanation_id") or text) for i, text, extra in rows}
 
 
 def import_neuronpedia_explanations(store: Any, path: str | Path, neuronpedia_id: str | None = None) -> ImportReport:
@@ -211,21 +230,20 @@ def import_neuronpedia_explanations(store: Any, path: str | Path, neuronpedia_id
         raise NeuronpediaImportError(f"the store's SAE ({spec}) has no Neuronpedia id in SAELens's registry; name it "
                                      f"with --neuronpedia-sae MODEL/SAE (e.g. gpt2-small/6-res-jb) if it is one")
     d_sae = int(store.d_sae)
-    checked = [(where, row, *_checked(where, row, np_id, d_sae)) for where, row in read_explanation_rows(path, np_id)]
-    report = ImportReport(np_id)
-    seen = _imported(store)
-    for where, row, latent, text in checked:
+    report, labels = ImportReport(np_id), []
+    for where, row in read_explanation_rows(path, np_id):  # every row checked before anything is written
+        latent, text = _checked(where, row, np_id, d_sae)
         if text is None:
             report.blank += 1
             continue
-        key = (latent, row.get("id") or text)
-        if key in seen:
-            report.already += 1
-            continue
-        seen.add(key)
-        prov = _provenance(row, np_id, where.rsplit(":", 1)[0])
-        store.write_label(latent, text, provenance=prov)
+        key = f"id:{row['id']}" if row.get("id") not in (None, "") else f"text:{text}"
+        labels.append(ImportedLabel(latent, text, _provenance(row, np_id, where.rsplit(":", 1)[0]), key))
+    writes = write_imported_labels(store, labels)
+    report.already = len(writes.unchanged)
+    report.replaced_ours = len(writes.replaced_ours)
+    for lab, _ in writes.written:
         report.imported += 1
-        report.latents.add(latent)
-        report.explainers[prov.judge_model] = report.explainers.get(prov.judge_model, 0) + 1
+        report.latents.add(lab.latent)
+        model = lab.provenance.judge_model
+        report.explainers[model] = report.explainers.get(model, 0) + 1
     return report

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from features.neuronpedia_import import JUDGE_KIND as NEURONPEDIA_KIND
+from features.imported_labels import made_here
 from features.publishfields import PublishError, check_rows
 from saes.fileio import atomic_write_bytes
 
@@ -296,10 +296,10 @@ def _activation_rows(ex: _NeuronpediaExport, rec) -> list[dict]:
 
 def _explanation_rows(ex: _NeuronpediaExport, rec) -> tuple[list[dict], list[dict]]:
     """(the current label's Explanation row, its ExplanationScore rows); both empty without a
-    label or with one imported from Neuronpedia. Records the explainer and score methods met in `ex`."""
+    label or with one imported (from Neuronpedia, delphi). Records the explainer and score methods met in `ex`."""
     lab = rec.label
-    if lab is None or (lab.provenance is not None and lab.provenance.judge_kind == NEURONPEDIA_KIND):
-        return [], []  # a label imported from Neuronpedia is there already, under its own explainer
+    if lab is None or not made_here(lab.provenance):
+        return [], []  # an imported label is not ours to publish as saesteer's (Neuronpedia's is there already)
     info, creator = ex.info, ex.info.creator_id
     p = lab.provenance
     model_name = f"saesteer:{p.judge_model}" if p else "saesteer:unknown"

@@ -332,6 +332,32 @@ def test_a_run_whose_model_may_be_another_is_imported_with_a_note_naming_both(to
            "store is of toyworld-tiny" in r.out
 
 
+def test_delphis_labels_say_where_they_came_from_and_are_not_published_as_ours(toy, tmp_path):
+    """As Neuronpedia's (test_user_paths13): `features show` and the web name the run, and a
+    Neuronpedia upload of the store leaves them out (it sent them as saesteer's own explanations)."""
+    import gzip
+
+    from features import FeatureStore
+    from helpers.web_app import client
+    from saesteer.web import Limits, ServeConfig, StoreEntry, create_app
+    from saesteer.web.store_source import StoreCatalog
+
+    db = _fresh_store(toy, tmp_path)
+    saesteer("label", "--store", db, "--import-delphi", write_delphi_run(tmp_path / "results" / "run9", LABELS)).ok()
+    assert f"imported from delphi run run9, module {MODULE}" in saesteer("features", "show", db, "7").ok().out
+    app = create_app([StoreEntry("toy", StoreCatalog(FeatureStore.open(db), name="toy"))],
+                     config=ServeConfig(port=8000), limits=Limits())
+    with client(app) as c:
+        assert f"imported from delphi run run9, module {MODULE}" in c.get("/s/toy/f/7").text
+
+    saesteer("features", "export", db, tmp_path / "np", "--format", "neuronpedia", "--model-id", "toyworld-tiny",
+             "--source-set", "res-toy").ok()
+    rows = [json.loads(line) for f in (tmp_path / "np").rglob("explanations/*.jsonl.gz")
+            for line in gzip.open(f, "rt", encoding="utf-8")]
+    assert rows and all(r["explanationModelName"].startswith("saesteer:offline") for r in rows)  # ours are sent
+    assert not {int(r["index"]) for r in rows} & set(LABELS)
+
+
 # ---------------------------------------------------------------------------------------------
 # 2. refusals: named, one line, nothing written
 

@@ -41,29 +41,9 @@ GEN = ("--prompt", "def caf\u00e9(x):  # \u6570\u636e", "--max-new-tokens", 4, "
 def hub(real_models, tmp_path, monkeypatch):
     """An offline HF cache: the tiny GPT-2 as `gpt2`, the tiny NeoX as `EleutherAI/pythia-70m-deduped`, and a StandardSAE written by SAELens where the
     registry's release gpt2-small-res-jb keeps blocks.1.hook_resid_pre (d_sae 128)."""
-    import torch
-    from huggingface_hub import constants
-    from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
+    from helpers.foreign_saes import offline_registry_cache
 
-    from helpers.foreign_saes import write_hf_snapshot
-
-    hub = tmp_path / "hub"
-    for repo, family in (("gpt2", "gpt2"), ("EleutherAI/pythia-70m-deduped", "neox")):
-        files = real_models.path(family)
-        write_hf_snapshot(hub, repo, {p.name: p for p in files.iterdir() if p.suffix in (".json", ".safetensors")})
-    sl = StandardSAE(StandardSAEConfig(d_in=64, d_sae=128))
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for p in sl.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    sl.cfg.metadata.hook_name, sl.cfg.metadata.model_name = "blocks.1.hook_resid_pre", "gpt2-small"
-    sl.save_model(tmp_path / "made")
-    write_hf_snapshot(hub, "jbloom/GPT2-Small-SAEs-Reformatted", {
-        f"blocks.1.hook_resid_pre/{f}": tmp_path / "made" / f for f in ("cfg.json", "sae_weights.safetensors")})
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
-    return hub
+    return offline_registry_cache(real_models, tmp_path, monkeypatch)
 
 
 def _steered(*argv) -> str:
@@ -125,6 +105,26 @@ def test_neuronpedia_references_that_do_not_fit_are_refused_naming_both(hub):
     assert "'gpt2-small'" in err and "EleutherAI/pythia-70m-deduped" in err and "--allow-model-mismatch" in err
 
 
+def test_an_id_two_registry_entries_give_is_refused_naming_both(hub, monkeypatch):
+    """Were a SAELens release to give another entry the same Neuronpedia id, the id is ambiguous: it
+    was taken as the first release's SAE, silently."""
+    import dataclasses
+
+    from sae_lens.loading import pretrained_saes_directory as psd
+
+    from saes.formats import neuronpedia
+
+    real = psd.get_pretrained_saes_directory()
+    copy = dataclasses.replace(real["gpt2-small-res-jb"], release="gpt2-small-res-jb-mirror")
+    monkeypatch.setattr(psd, "get_pretrained_saes_directory", lambda: {**real, "gpt2-small-res-jb-mirror": copy})
+    neuronpedia.registry_ids.cache_clear()
+    try:
+        r = saesteer("steer", "--model", "gpt2", "--sae", NP_SAE, "-l", "3:add=1", *GEN).no_traceback()
+    finally:
+        neuronpedia.registry_ids.cache_clear()
+    assert r.rc == 2 and REGISTRY in r.err and "sae_lens:gpt2-small-res-jb-mirror/blocks.1.hook_resid_pre" in r.err
+
+
 # ---------------------------------------------------------------------------------------------
 # Neuronpedia's explanations as labels
 
@@ -154,6 +154,7 @@ def test_neuronpedia_explanations_become_labels_marked_as_theirs(store, tmp_path
     assert "1 without a description" in r.out
     show = saesteer("features", "show", store, 2).ok().out
     assert "caf\u00e9 and na\u00efve" in show and "label by gpt-4o-mini (neuronpedia), prompt oai_token-act-pair" in show
+    assert f"imported from Neuronpedia {NP_SAE}: {ADDRESS}/2" in show
     assert "5" in saesteer("features", "search", store, "CJK").ok().out.split()
     assert saesteer("features", "show", store, f"{ADDRESS}/2").ok().out == show  # the latent as browsed there
     r = saesteer("features", "show", store, "gpt2-small/2-res-jb/2").no_traceback()
@@ -197,8 +198,9 @@ def test_neuronpedia_explanations_become_labels_marked_as_theirs(store, tmp_path
         page = c.get("/s/np/f/5", headers={"accept": "text/html"}).text
         label = c.get("/api/stores/np/features/5").json()["label"]
     assert "\u6570\u636e / data in CJK comments" in page and "by gpt-4o-mini (neuronpedia)" in page
-    assert f'<a href="{ADDRESS}/5" rel="noopener noreferrer">on Neuronpedia</a>' in page
-    assert (label["judge_kind"], label["source_url"]) == ("neuronpedia", f"{ADDRESS}/5")
+    assert f'imported from <a href="{ADDRESS}/5" rel="noopener noreferrer">Neuronpedia {NP_SAE}</a>' in page
+    assert (label["judge_kind"], label["source"], label["source_url"]) == ("neuronpedia", f"Neuronpedia {NP_SAE}",
+                                                                           f"{ADDRESS}/5")
     # exported for a Neuronpedia upload, they are not sent back as saesteer's own explanations
     saesteer("features", "export", store, tmp_path / "out", "--format", "neuronpedia", "--model-id", "gpt2-small",
              "--source-set", "res-jb-again").ok()
@@ -224,3 +226,76 @@ def test_rows_of_another_sae_or_out_of_range_refuse_the_import(store, tmp_path, 
     # a store of an SAE not from the registry names the flag; one that contradicts the registry is refused
     r = saesteer("label", "--store", store, "--import-neuronpedia", export, "--neuronpedia-sae", "gpt2-small/2-res-jb")
     assert r.rc == 2 and "'gpt2-small/1-res-jb'" in r.err and "'gpt2-small/2-res-jb'" in r.err
+
+
+def test_a_reimport_makes_neuronpedias_label_current_again_and_exports_leave_it_out(store, tmp_path):
+    """Imported labels follow one rule for every source (features/imported_labels.py, as delphi's):
+    our labeller run afterwards makes ours current, a re-import makes Neuronpedia's current again
+    (it answered 'imported before' and left ours), and `--export-delphi` sends only ours."""
+    from features import FeatureStore
+
+    relabel = ("label", "--store", store, "--no-progress", "--embed-backend", "none", "--overwrite", "true")
+    saesteer(*relabel).ok()  # ours, by the offline labeller
+    with FeatureStore.open(store) as s:
+        ours = {i for i in range(s.d_sae) if s.label(i) is not None}
+    assert len(ours) > 2
+    theirs = sorted(ours)[:2]
+    export = tmp_path / "rows.jsonl"
+    export.write_text("".join(json.dumps(_row(i, f"explanation {i}: if/else branches in C")) + "\n" for i in theirs),
+                      encoding="utf-8")
+    saesteer("label", "--store", store, "--import-neuronpedia", export).ok()
+    saesteer(*relabel).ok()
+    with FeatureStore.open(store) as s:
+        assert s.label(theirs[0]).provenance.judge_kind == "offline"
+    r = saesteer("label", "--store", store, "--import-neuronpedia", export).ok().out
+    assert "imported 2 " in r and "2 replaced a label made here" in r
+    with FeatureStore.open(store) as s:
+        p = s.label(theirs[0])
+        assert (p.text, p.provenance.judge_kind) == (f"explanation {theirs[0]}: if/else branches in C", "neuronpedia")
+    again = saesteer("label", "--store", store, "--import-neuronpedia", export).ok().out
+    assert "imported 0 " in again and "2 imported before" in again
+
+    saesteer("label", "--store", store, "--export-delphi", tmp_path / "run").ok()
+    written = {int(p.stem.rsplit("latent", 1)[1]) for p in (tmp_path / "run" / "explanations").iterdir()}
+    assert written == ours - set(theirs)
+
+
+def test_a_gzip_that_inflates_past_the_bound_is_refused_before_it_is_read_whole(store, tmp_path, monkeypatch):
+    """The bound is on what the file holds once gunzipped (it was on the compressed size)."""
+    from features import FeatureStore
+    from features import neuronpedia_import as npi
+
+    monkeypatch.setattr(npi, "MAX_FILE_BYTES", 64 << 10)
+    bomb = tmp_path / "batch-0.jsonl.gz"
+    with gzip.open(bomb, "wt", encoding="utf-8") as f:  # a few KB on disk, megabytes inflated
+        f.write(json.dumps(_row(3, "padding " * 200_000)) + "\n")
+    assert bomb.stat().st_size < npi.MAX_FILE_BYTES
+    with FeatureStore.open(store, readonly=False) as s, pytest.raises(npi.NeuronpediaImportError, match="gunzipped"):
+        npi.import_neuronpedia_explanations(s, bomb)
+    with FeatureStore.open(store) as s:
+        assert s.label(3) is None
+
+
+def test_names_from_the_export_are_printed_with_controls_drawn(store, tmp_path):
+    export = tmp_path / "rows.jsonl"
+    export.write_text(json.dumps(_row(4, "quotes", explanationModelName="\x1b]0;owned\x07gpt-4o\x1b[2J")) + "\n",
+                      encoding="utf-8")
+    r = saesteer("label", "--store", store, "--import-neuronpedia", export).ok()
+    assert "imported 1 " in r.out and "\x1b" not in r.out and "\x07" not in r.out and "gpt-4o" in r.out
+
+
+def test_a_delphi_flag_with_the_neuronpedia_import_is_refused_not_ignored(tmp_path):
+    db = tmp_path / "any.db"
+    db.write_bytes(b"")  # refused before the store is opened
+    r = saesteer("label", "--store", db, "--import-neuronpedia", tmp_path / "rows.jsonl", "--delphi-module", "h.1")
+    assert r.rc == 2 and "--delphi-module" in r.err and "--import-neuronpedia" in r.err and "Traceback" not in r.err
+
+
+def test_a_batch_file_cut_short_is_refused_in_one_line(store, tmp_path):
+    """An interrupted download of a batch-N.jsonl.gz: a one-line error (it was a traceback, EOFError)."""
+    rows = "".join(json.dumps(_row(i, f"caf\u00e9 latent {i} \u6570\u636e")) + "\n" for i in range(128))
+    data = gzip.compress(rows.encode("utf-8"))
+    cut = tmp_path / "batch-0.jsonl.gz"
+    cut.write_bytes(data[: len(data) // 2])
+    r = saesteer("label", "--store", store, "--import-neuronpedia", cut).no_traceback()
+    assert r.rc == 2 and "damaged gzip" in r.err and "download it again" in r.err

@@ -372,30 +372,9 @@ def registry_cache(real_models, tmp_path, monkeypatch):
     """An offline HF cache holding the tiny GPT-2 as `gpt2`, the tiny NeoX as
     `EleutherAI/pythia-70m-deduped`, and a SAELens SAE (written by sae_lens) where the registry's
     release `gpt2-small-res-jb` keeps blocks.1.hook_resid_pre (its cfg.json names 'gpt2-small')."""
-    import torch
-    from huggingface_hub import constants
-    from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
+    from helpers.foreign_saes import offline_registry_cache
 
-    from helpers.foreign_saes import write_hf_snapshot
-
-    hub = tmp_path / "hub"
-    for repo, family in (("gpt2", "gpt2"), ("EleutherAI/pythia-70m-deduped", "neox")):
-        files = real_models.path(family)
-        write_hf_snapshot(hub, repo, {p.name: p for p in files.iterdir() if p.suffix in (".json", ".safetensors")})
-    sl = StandardSAE(StandardSAEConfig(d_in=64, d_sae=128))
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for p in sl.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    sl.cfg.metadata.hook_name = "blocks.1.hook_resid_pre"
-    sl.cfg.metadata.model_name = "gpt2-small"
-    sl.save_model(tmp_path / "made")
-    write_hf_snapshot(hub, "jbloom/GPT2-Small-SAEs-Reformatted", {
-        f"blocks.1.hook_resid_pre/{f}": tmp_path / "made" / f for f in ("cfg.json", "sae_weights.safetensors")})
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
-    return hub
+    return offline_registry_cache(real_models, tmp_path, monkeypatch)
 
 
 def test_a_registry_sae_steers_its_model_and_is_refused_on_another(registry_cache):

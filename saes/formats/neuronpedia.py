@@ -69,15 +69,16 @@ def split_latent_head(text: str) -> tuple[NeuronpediaRef, str] | None:
 
 
 @cache
-def registry_ids() -> dict[str, tuple[str, str]]:
-    """Neuronpedia id -> (release, sae_id), from the installed SAELens's registry."""
+def registry_ids() -> dict[str, list[tuple[str, str]]]:
+    """Neuronpedia id -> the (release, sae_id) entries that give it, from the installed SAELens's
+    registry (one each today; two would make the id ambiguous, and `registry_ref` refuses it)."""
     from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
-    out: dict[str, tuple[str, str]] = {}
+    out: dict[str, list[tuple[str, str]]] = {}
     for release, lookup in get_pretrained_saes_directory().items():
         for sae_id, np_id in (lookup.neuronpedia_id or {}).items():
             if np_id:
-                out.setdefault(str(np_id), (release, sae_id))
+                out.setdefault(str(np_id), []).append((release, sae_id))
     return out
 
 
@@ -135,7 +136,13 @@ def registry_ref(text: str) -> tuple[str, str] | None:
         return None
     known = registry_ids()
     if ref.id in known:
-        return known[ref.id]
+        if len(known[ref.id]) > 1:
+            from saes.formats import sae_lens_registry
+
+            named = ", ".join(f"{sae_lens_registry.PREFIX}{r}/{i}" for r, i in known[ref.id])
+            raise SAEFormatError(f"Neuronpedia SAE {ref.id!r} is given by several entries of SAELens's registry "
+                                 f"({named}); pass the one you mean")
+        return known[ref.id][0]
     if ref.address or any(k.split("/")[0] == ref.model_id for k in known):
         raise unknown_id_error(ref.id)
     return None

@@ -237,12 +237,12 @@ def _show(args) -> int:
     from rich.text import Text
 
     from features import FeatureStore
+    from features.imported_labels import label_source
+    from features.neuronpedia_import import store_latent
     from features.records import without_start_bos
     from saesteer.terminal import plain
 
     con = _console()
-    from features.neuronpedia_import import store_latent
-
     with FeatureStore.open(args.store) as store:
         rec = store.feature(store_latent(store, args.latent))
         st = rec.stats
@@ -252,6 +252,10 @@ def _show(args) -> int:
             p = rec.label.provenance
             con.print(plain(f"label by {p.judge_model} ({p.judge_kind}{', offline' if p.offline else ''}), "
                             f"prompt {p.prompt_version}"))
+            source = label_source(p)
+            if source is not None:
+                con.print(plain(f"imported from {source[0]}" + (f": {source[1]}" if source[1] else "")),
+                          soft_wrap=True)  # an address broken over lines cannot be copied
         if rec.scores:
             con.print(plain("scores: " + ", ".join(f"{s.method} {s.value:.3f}" for s in rec.scores)))
         tab = Table(show_header=False, box=None)

@@ -147,6 +147,8 @@ def _labels_made_elsewhere(args):
                    "no judge and writes no run report, so leave them out")
     elif args.neuronpedia_sae and not args.import_neuronpedia:
         refusal = "--neuronpedia-sae names the SAE of --import-neuronpedia EXPORT; give that too"
+    elif args.delphi_module and args.import_neuronpedia:
+        refusal = "--delphi-module names the module of a delphi run; --import-neuronpedia reads none, so leave it out"
     if refusal is not None:
         def refuse(*_) -> int:
             print_error(refusal)
@@ -163,6 +165,7 @@ def _import_neuronpedia(args, store_path) -> int:
     """--import-neuronpedia: Neuronpedia's explanations into the store (features/neuronpedia_import.py)."""
     from features import FeatureStore
     from features.neuronpedia_import import import_neuronpedia_explanations
+    from features.tokentext import readable
 
     try:
         with FeatureStore.open(store_path, readonly=False) as store:
@@ -170,9 +173,10 @@ def _import_neuronpedia(args, store_path) -> int:
     except (ValueError, OSError) as e:
         print_error(e)
         return 2
-    by = ", ".join(f"{m} ({n})" for m, n in sorted(r.explainers.items())) or "none"
+    by = ", ".join(f"{readable(m)} ({n})" for m, n in sorted(r.explainers.items())) or "none"  # names from the file
+    ours = f"; {r.replaced_ours} replaced a label made here (kept in its history)" if r.replaced_ours else ""
     print(f"imported {r.imported} Neuronpedia explanations of {r.neuronpedia_id} as labels of {len(r.latents)} "
-          f"latents (explainers: {by}); {r.already} imported before, {r.blank} without a description")
+          f"latents (explainers: {by}); {r.already} imported before, {r.blank} without a description{ours}")
     return 0
 
 

@@ -164,7 +164,8 @@ class LabelInfo(_Out):
     prompt_version: str | None = None
     offline: bool = False
     created: str | None = None
-    source_url: str | None = None  # the label's page where it was imported from (Neuronpedia)
+    source: str | None = None  # where an imported label came from ("Neuronpedia gpt2-small/6-res-jb", "delphi run x")
+    source_url: str | None = None  # its page there (Neuronpedia's)
 
 
 class FeatureDetail(_Out):

@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from features.neuronpedia_import import imported_label_url
+from features.imported_labels import label_source
 from saesteer.web.schemas import (
     Example,
     FeatureDetail,
@@ -72,11 +72,12 @@ def _label_info(rec) -> LabelInfo | None:
     if rec.label is None:
         return None
     p = rec.label.provenance
+    source, source_url = label_source(p) or (None, None)
     return LabelInfo(
         text=rec.label.text, explanation=rec.label.explanation, created=rec.label.created_at,
         judge_model=p.judge_model if p else None, judge_kind=p.judge_kind if p else None,
         prompt_version=p.prompt_version if p else None, offline=bool(p and p.offline),
-        source_url=imported_label_url(p),
+        source=source, source_url=source_url,
     )
 
 

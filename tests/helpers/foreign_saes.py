@@ -275,6 +275,33 @@ def write_hf_snapshot(cache_dir: Path, repo_id: str, files: dict[str, Path], rev
     return snap
 
 
+def offline_registry_cache(real_models, tmp_path: Path, monkeypatch) -> Path:
+    """An offline HF cache (`tmp_path/hub`, made the hub's cache for the test) holding the tiny GPT-2
+    as `gpt2`, the tiny NeoX as `EleutherAI/pythia-70m-deduped`, and a StandardSAE written by SAELens
+    (also in `tmp_path/made`, d_sae 128) where the registry's release `gpt2-small-res-jb` keeps
+    blocks.1.hook_resid_pre (its cfg.json names 'gpt2-small'; Neuronpedia's gpt2-small/1-res-jb)."""
+    from huggingface_hub import constants
+    from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
+
+    hub = tmp_path / "hub"
+    for repo, family in (("gpt2", "gpt2"), ("EleutherAI/pythia-70m-deduped", "neox")):
+        files = real_models.path(family)
+        write_hf_snapshot(hub, repo, {p.name: p for p in files.iterdir() if p.suffix in (".json", ".safetensors")})
+    sl = StandardSAE(StandardSAEConfig(d_in=64, d_sae=128))
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in sl.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    sl.cfg.metadata.hook_name, sl.cfg.metadata.model_name = "blocks.1.hook_resid_pre", "gpt2-small"
+    sl.save_model(tmp_path / "made")
+    write_hf_snapshot(hub, "jbloom/GPT2-Small-SAEs-Reformatted", {
+        f"blocks.1.hook_resid_pre/{f}": tmp_path / "made" / f for f in ("cfg.json", "sae_weights.safetensors")})
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+    return hub
+
+
 def hf_module_rows_of_cache(model_dir: Path, cache: Path, module_path: str, side: str = "output") -> torch.Tensor:
     """What the HF module at `module_path` outputs (`side="output"`, as sparsify's and dictionary_learning's
     forward hooks read an SAE's hookpoint) or takes in (`"input"`: its first positional argument, as a
