@@ -35,12 +35,13 @@ from torch import Tensor
 from saes.hookpoints import model_device, opt_in_hooks
 from steering.config import GenerationConfig
 from steering.generation import Generation, generate
-from steering.inputs import Model, SAEs, TypicalMaxArg, sae_mapping
+from steering.inputs import Model, SAEs, TypicalMaxArg, converted_saes, sae_mapping
 from steering.interventions import LatentEditor, op_coefficients
 from steering.lowprecision import sae_precision
 from steering.positions import FULL, SequenceTracker, block_call_info
 from steering.presets import Preset
 from steering.resolve import ResolvedEdit, check_models, resolve_edits, tracked_block
+from steering.saelens_splices import HookWatch
 from steering.spec import Edit, FeatureEdit, Positions, SteerLimits, SteeringError, VectorEdit
 from steering.transcoder import InputCapture
 
@@ -271,9 +272,12 @@ def steer(
 ) -> Iterator[SteeringSession]:
     """Hook `edits` into `model` for the duration of the block.
 
-    model: a TransformerLens HookedTransformer or TransformerBridge. saes: an SAE, a dict name -> SAE, a list of SAEs
-    (named "0", "1", ...) or None (vector edits only); an SAE may be given as the `LoadedSAE`
-    `saes.formats.resolve_sae` returns (its recorded model is then checked); each SAE's hook is its
+    model: a TransformerLens HookedTransformer or TransformerBridge (SAELens's HookedSAETransformer /
+    SAETransformerBridge too: at a hook where it has an SAE spliced with use_error_term=True the edit
+    lands on the splice's output, `HOOK.hook_sae_output`, see `steering.saelens_splices`).
+    saes: an SAE, a dict name -> SAE, a list of SAEs (named "0", "1", ...) or None (vector edits only);
+    an SAE may be given as the `LoadedSAE` `saes.formats.resolve_sae` returns (its recorded model is then
+    checked) or as a `sae_lens.SAE` (converted: `saes.interop.from_sae_lens`); each SAE's hook is its
     `cfg.metadata["hook_name"]`. edits: FeatureEdit / VectorEdit objects or edit strings
     ("123:clamp=8", "res/5:add=2x@generated"). typical_max: feature -> typical max activation
     (dict or callable; or a dict SAE name -> such), needed for "x" units. limits: `SteerLimits`.
@@ -282,16 +286,18 @@ def steer(
     """
     if isinstance(edits, (str, FeatureEdit, VectorEdit, Preset)):
         edits = [edits]
+    saes = converted_saes(saes)
     check_models(model, saes, allow_model_mismatch)
     plan = build_plan(model, saes, list(edits), typical_max=typical_max, limits=limits,
                       allow_model_mismatch=allow_model_mismatch)
     session = SteeringSession(model, plan)
     handles = []
     try:
+        watches = {b: HookWatch(model, [h for h, _ in plan.fwd_hooks if tracked_block(model, h) == b])
+                   for b in plan.trackers}
         for block_idx, tracker in plan.trackers.items():
-            handles.append(
-                model.blocks[block_idx].register_forward_pre_hook(_pre_hook(tracker, block_idx), with_kwargs=True)
-            )
+            handles.append(model.blocks[block_idx].register_forward_pre_hook(
+                _pre_hook(tracker, block_idx, watches[block_idx]), with_kwargs=True))
         # opt-in hook points (hook_mlp_in, ...) are on for the block only: the model is as it was after
         with opt_in_hooks(model, [h for h, _ in plan.fwd_hooks], "steering"), model.hooks(fwd_hooks=plan.fwd_hooks):
             yield session
@@ -301,8 +307,9 @@ def steer(
             h.remove()
 
 
-def _pre_hook(tracker: SequenceTracker, layer_idx: int):
+def _pre_hook(tracker: SequenceTracker, layer_idx: int, watch: HookWatch):
     def pre(module: Any, args: tuple, kwargs: dict) -> None:
+        watch.check()
         tracker.observe(*block_call_info(layer_idx, args, kwargs))
 
     return pre

@@ -1,0 +1,153 @@
+"""A fourteenth round of user paths: a researcher in a notebook who already has SAELens (6.x) and
+TransformerLens (3.x) objects in memory and calls saesteer's Python API with them: SAELens's own
+`HookedSAETransformer` and SAEs built with SAELens's classes, compared with SAELens doing the same
+thing its own way.
+
+- `steering.steer(model, sl_sae, ...)` with a `sae_lens.SAE` object (from `SAE.from_pretrained` or
+  trained in SAELens) was refused ("saes must be an SAE ..."): it is converted at the API boundary
+  (`saes.interop.as_sae`), alone, in a dict or a list, and the steered logits equal SAELens's own
+  steering (the SAE spliced with its error term, the latent clamped at `hook_sae_acts_post`);
+- a model with a SAELens SAE already spliced at the hook (`model.add_sae(sae, use_error_term=True)`)
+  was refused as "unknown hook point" naming the hook the user's SAE records: the edit now lands on
+  the splice's output (what flows on), with the same logits as without the splice; spliced without its
+  error term (the model runs on the reconstruction) it is refused in words that say what to do;
+- a splice made inside a `steer` block (`model.run_with_saes(...)`, `add_sae`, `reset_saes`) replaced
+  the hook point steering had hooked, and steering stopped without a word, also for every forward after
+  the splice was gone (a silent wrong result): the next forward now raises, naming the hook.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+pytest.importorskip("sae_lens")
+
+from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUSAEConfig  # noqa: E402
+from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig  # noqa: E402
+from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig  # noqa: E402
+
+from steering import FeatureEdit, SteeringError, steer  # noqa: E402
+
+pytestmark = [pytest.mark.usefixtures("one_thread")]
+
+HOOK = "blocks.0.hook_resid_post"
+D_MODEL, D_SAE = 32, 64
+TEXT = "the whale carries bread to the harbor, and the sailor sees the ship"
+TOL = {"rtol": 1e-4, "atol": 1e-4}
+
+
+@functools.lru_cache(maxsize=1)
+def _tokenizer():
+    from helpers.tiny_model import make_tokenizer
+
+    return make_tokenizer()
+
+
+def hooked_sae_transformer(seed: int = 0):
+    """SAELens's HookedSAETransformer, random, over the tiny word tokenizer (a fresh one: splices mutate it)."""
+    import warnings
+
+    from sae_lens import HookedSAETransformer
+    from transformer_lens import HookedTransformerConfig
+
+    tok = _tokenizer()
+    cfg = HookedTransformerConfig(n_layers=2, d_model=D_MODEL, n_ctx=64, d_head=8, n_heads=4, d_mlp=4 * D_MODEL,
+                                  d_vocab=len(tok), act_fn="gelu_new", normalization_type="LN", device="cpu")
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.manual_seed(seed)
+        return HookedSAETransformer(cfg, tokenizer=tok).eval()
+
+
+def sae_lens_sae(arch: str = "standard", seed: int = 0, hook: str = HOOK):
+    """An SAE made with SAELens's own classes, random weights with working biases and thresholds."""
+    if arch == "standard":
+        sl = StandardSAE(StandardSAEConfig(d_in=D_MODEL, d_sae=D_SAE))
+    elif arch == "topk":
+        sl = TopKSAE(TopKSAEConfig(d_in=D_MODEL, d_sae=D_SAE, k=8))
+    else:
+        sl = JumpReLUSAE(JumpReLUSAEConfig(d_in=D_MODEL, d_sae=D_SAE))
+    sl.cfg.metadata.hook_name = hook
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sl.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.05 if name.startswith("b_") else 0.3))
+        if hasattr(sl, "threshold"):
+            sl.threshold.copy_(torch.rand(D_SAE, generator=g) * 0.2)
+    return sl.eval()
+
+
+def saelens_clamped_logits(model, sl, tokens, latent: int, value: float):
+    """SAELens's own steering, as its tutorials do it: the SAE spliced with its error term, the latent
+    set at `hook_sae_acts_post`."""
+    def clamp(acts, hook):  # noqa: ARG001 - TransformerLens's hook signature
+        acts[..., latent] = value
+        return acts
+
+    model.add_sae(sl, use_error_term=True)
+    try:
+        with torch.no_grad(), model.hooks(fwd_hooks=[(f"{sl.cfg.metadata.hook_name}.hook_sae_acts_post", clamp)]):
+            return model(tokens)
+    finally:
+        model.reset_saes()
+
+
+@pytest.mark.parametrize("arch", ["standard", "topk", "jumprelu"])
+def test_steer_takes_a_sae_lens_sae_and_matches_saelens_own_steering(arch):
+    model, sl = hooked_sae_transformer(), sae_lens_sae(arch)
+    tokens = model.to_tokens(TEXT)
+    latent = 5
+    want = saelens_clamped_logits(model, sl, tokens, latent, 4.0)
+    with torch.no_grad():
+        clean = model(tokens)
+        for given in (sl, {"res": sl}, [sl]):
+            with steer(model, given, [FeatureEdit(latent, "clamp", 4.0, sae=None if not isinstance(given, dict) else "res")]):
+                got = model(tokens)
+            torch.testing.assert_close(got, want, **TOL)
+    assert (want - clean).abs().max() > 1e-2  # the clamp changes the output: the comparison means something
+
+
+def test_steer_on_a_model_with_the_sae_spliced_with_its_error_term():
+    model, sl = hooked_sae_transformer(), sae_lens_sae()
+    tokens = model.to_tokens(TEXT)
+    with torch.no_grad(), steer(model, sl, "7:clamp=3"):
+        want = model(tokens)  # no splice
+    model.add_sae(sl, use_error_term=True)
+    with torch.no_grad():
+        spliced_clean = model(tokens)
+        with steer(model, sl, "7:clamp=3") as s:
+            got = model(tokens)
+            assert [r.hook_name for r in s.edits] == [f"{HOOK}.hook_sae_output"]
+        after = model(tokens)
+    torch.testing.assert_close(got, want, **TOL)
+    torch.testing.assert_close(after, spliced_clean)  # the splice is as the user left it
+    assert (got - spliced_clean).abs().max() > 1e-2
+
+
+def test_steer_on_a_model_running_on_the_reconstruction_is_refused_saying_what_to_do():
+    model, sl = hooked_sae_transformer(), sae_lens_sae()
+    model.add_sae(sl, use_error_term=False)
+    with pytest.raises(SteeringError, match=r"without its error term.*use_error_term=True.*reset_saes"):
+        with steer(model, sl, "7:clamp=3"):
+            pass
+
+
+@pytest.mark.parametrize("splice", ["run_with_saes", "add_sae", "saes"])
+def test_a_splice_made_inside_the_steer_block_is_refused_not_silently_unsteered(splice):
+    model, sl = hooked_sae_transformer(), sae_lens_sae()
+    tokens = model.to_tokens(TEXT)
+    with torch.no_grad(), steer(model, sl, "7:clamp=3"):
+        model(tokens)
+        with pytest.raises(SteeringError, match=rf"steering's hook at {HOOK} is no longer in the model"):
+            if splice == "run_with_saes":  # it splices, runs, and puts a new hook point back
+                model.run_with_saes(tokens, saes=[sl], use_error_term=True)
+                model(tokens)
+            elif splice == "add_sae":
+                model.add_sae(sl, use_error_term=True)
+                model(tokens)
+            else:
+                with model.saes(saes=[sl]):
+                    model(tokens)
