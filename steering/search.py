@@ -52,7 +52,9 @@ def contrast_features(
     `steering.steer`) unless `allow_model_mismatch`. `progress`: a bar (stderr) over both prompt sets."""
     from saes.formats.base import sae_of
     from saes.identity import check_sae_model
+    from saes.interop import as_sae
 
+    sae = as_sae(sae)  # a sae_lens.SAE object: converted to ours
     check_sae_model(model, sae, allow_mismatch=allow_model_mismatch)
     sae = sae_of(sae)
     if top < 1:

@@ -151,3 +151,33 @@ def test_a_splice_made_inside_the_steer_block_is_refused_not_silently_unsteered(
             else:
                 with model.saes(saes=[sl]):
                     model(tokens)
+
+
+def test_feature_store_text_and_contrast_take_a_sae_lens_sae_and_read_saelens_encoding(tmp_path):
+    """build_feature_store, features_on_text and contrast_features with the SAELens object: the store's
+    per-latent maxima and fire counts are SAELens's own `encode` of the same activations."""
+    import sqlite3
+
+    from features import BuildConfig, build_feature_store
+    from features.source import TensorSource
+    from features.text import features_on_text
+    from steering.search import contrast_features
+
+    model, sl = hooked_sae_transformer(), sae_lens_sae("jumprelu")
+    tokens = model.to_tokens([TEXT, "a tree and bread , the sea sees the shore"])
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=[HOOK])
+        acts = cache[HOOK].reshape(-1, D_MODEL)
+        want = sl.encode(acts)
+    build_feature_store(tmp_path / "s.db", sl, TensorSource(acts, tokens, hook_name=HOOK), BuildConfig(),
+                        model=model, progress=False)
+    with sqlite3.connect(tmp_path / "s.db") as con:
+        rows = con.execute("SELECT latent, n_fires, max_act FROM features ORDER BY latent").fetchall()
+    assert [n for _, n, _ in rows] == (want > 0).sum(0).tolist()
+    torch.testing.assert_close(torch.tensor([m for _, _, m in rows]), want.max(0).values.clamp(min=0), **TOL)
+
+    on_text = features_on_text(model, sl, TEXT, top_n=3)
+    torch.testing.assert_close(on_text.acts_SF, want[: tokens.shape[1]][: on_text.acts_SF.shape[0]], **TOL)
+
+    found = contrast_features(model, sl, [TEXT], ["a tree"], top=3)
+    assert len(found) == 3 and all(0 <= c.latent < D_SAE for c in found)
