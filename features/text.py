@@ -110,9 +110,6 @@ def features_on_text(
     from saes.formats.base import sae_of
     from saes.identity import check_sae_model, check_same_model, identity_of_model
 
-    from saes.interop import as_sae
-
-    sae = as_sae(sae)  # a sae_lens.SAE object: converted to ours
     loaded, sae = sae, sae_of(sae)
     hook = hook_name or (sae.cfg.metadata or {}).get("hook_name")
     if not hook:
