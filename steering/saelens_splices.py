@@ -19,53 +19,63 @@ from steering.spec import SteeringError
 _OUTPUT = "hook_sae_output"
 
 
+def _module_path(model: Any, hook: str) -> str:
+    # SAETransformerBridge's hook_dict lists module paths only (blocks.0.hook_out), not the aliases
+    # TransformerLens's names resolve to (blocks.0.hook_resid_post): its own resolver maps them
+    resolve = getattr(model, "_resolve_hook_name", None)
+    return resolve(hook) if callable(resolve) and hook not in model.hook_dict else hook
+
+
 def spliced_sae_at(model: Any, hook: str) -> Any | None:
     """The SAELens wrapper spliced at `hook`, or None (also for models that cannot splice)."""
     if not getattr(model, "_acts_to_saes", None):
         return None
-    resolve = getattr(model, "_resolve_hook_name", None)  # SAETransformerBridge: aliases -> module paths
     try:
-        module = model.get_submodule(resolve(hook) if callable(resolve) else hook)
+        module = model.get_submodule(_module_path(model, hook))
     except (AttributeError, KeyError, ValueError):
         return None
     return module if hasattr(module, _OUTPUT) and hasattr(module, "use_error_term") else None
 
 
 def steered_hook(model: Any, hook: str, who: str) -> str:
-    """Where an edit at `hook` is applied: `hook` itself, or the output of a SAELens SAE spliced there
-    with its error term."""
+    """Where an edit at `hook` is applied: `hook` itself (on SAETransformerBridge the module path it
+    names), or the output of a SAELens SAE spliced there with its error term."""
     wrapper = spliced_sae_at(model, hook)
     if wrapper is None:
-        return hook
+        return _module_path(model, hook)
+    out = f"{_module_path(model, hook)}.{_OUTPUT}"
+    if model.hook_dict.get(out) is not getattr(wrapper, _OUTPUT):  # SAETransformerBridge lists the SAE's own
+        raise SteeringError(
+            f"{who}: the model has a SAELens SAE spliced at {hook}, and {out} on this model is not the hook its "
+            f"output passes, so an edit there would not apply; remove the splice (model.reset_saes()) before "
+            f"steering, or splice on a HookedSAETransformer")
     if not wrapper.use_error_term:
         raise SteeringError(
             f"{who}: the model has a SAELens SAE spliced at {hook} without its error term, so the model runs on that "
             f"SAE's reconstruction and an edit there would read the latents of the reconstruction; splice it with "
             f"use_error_term=True (model.add_sae(sae, use_error_term=True)) or remove it (model.reset_saes())")
-    return f"{hook}.{_OUTPUT}"
+    return out
 
 
 class HookWatch:
-    """The hook points steering hooked, checked before each forward of a block: one replaced since
-    (a SAELens splice added or removed inside the `steer` block) no longer runs steering's hook."""
+    """Steering's hooks in one block, checked after each forward of the block: a hook that did not run
+    means its hook point was replaced or bypassed since it was hooked (a SAELens splice added or removed
+    inside the `steer` block; on SAETransformerBridge a hook point stays out of the forward after
+    `reset_saes`), and the edit would silently not apply. `hook_fns`: objects counting their `calls`."""
 
-    def __init__(self, model: Any, hook_names: list[str]) -> None:
-        self.model = model
-        hook_dict = model.hook_dict
-        points = [(name, getattr(hook_dict[name], "name", None) or name, hook_dict[name]) for name in hook_names]
-        # only points found at their module path (TransformerBridge aliases may have another)
-        self.points = [(name, path, point) for name, path, point in points if self._at(path) is point]
+    def __init__(self, hook_fns: list[Any]) -> None:
+        self.hook_fns = hook_fns
+        self.counts: list[int] = []
 
-    def _at(self, path: str) -> Any:
-        try:
-            return self.model.get_submodule(path)
-        except AttributeError:
-            return None
+    def before(self) -> None:
+        self.counts = [h.calls for h in self.hook_fns]
 
-    def check(self) -> None:
-        for name, path, point in self.points:
-            if self._at(path) is not point:
+    def after(self) -> None:
+        for h, n in zip(self.hook_fns, self.counts):
+            if h.calls == n:
                 raise SteeringError(
-                    f"steering's hook at {name} is no longer in the model: something replaced that hook point inside "
-                    f"the `steer` block (SAELens's add_sae, run_with_saes, saes() and reset_saes do), so the edit "
-                    f"would silently stop; splice SAELens SAEs (with use_error_term=True) before entering `steer`")
+                    f"steering's hook at {h.hook_name} did not run in this forward pass: that hook point was replaced "
+                    f"or taken out of the forward since `steer` hooked it (SAELens's add_sae, run_with_saes, saes() "
+                    f"and reset_saes do; on SAETransformerBridge a hook point stays out of the forward after "
+                    f"reset_saes: boot the model again), so the edit would silently not apply; splice SAELens SAEs "
+                    f"(with use_error_term=True) before entering `steer`")

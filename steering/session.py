@@ -293,11 +293,11 @@ def steer(
     session = SteeringSession(model, plan)
     handles = []
     try:
-        watches = {b: HookWatch(model, [h for h, _ in plan.fwd_hooks if tracked_block(model, h) == b])
-                   for b in plan.trackers}
         for block_idx, tracker in plan.trackers.items():
-            handles.append(model.blocks[block_idx].register_forward_pre_hook(
-                _pre_hook(tracker, block_idx, watches[block_idx]), with_kwargs=True))
+            block = model.blocks[block_idx]
+            watch = HookWatch([f for h, f in plan.hook_fns.items() if h.startswith(f"blocks.{block_idx}.")])
+            handles.append(block.register_forward_pre_hook(_pre_hook(tracker, block_idx, watch), with_kwargs=True))
+            handles.append(block.register_forward_hook(lambda module, args, out, watch=watch: watch.after()))
         # opt-in hook points (hook_mlp_in, ...) are on for the block only: the model is as it was after
         with opt_in_hooks(model, [h for h, _ in plan.fwd_hooks], "steering"), model.hooks(fwd_hooks=plan.fwd_hooks):
             yield session
@@ -309,7 +309,7 @@ def steer(
 
 def _pre_hook(tracker: SequenceTracker, layer_idx: int, watch: HookWatch):
     def pre(module: Any, args: tuple, kwargs: dict) -> None:
-        watch.check()
+        watch.before()
         tracker.observe(*block_call_info(layer_idx, args, kwargs))
 
     return pre

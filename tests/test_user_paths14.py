@@ -141,7 +141,7 @@ def test_a_splice_made_inside_the_steer_block_is_refused_not_silently_unsteered(
     tokens = model.to_tokens(TEXT)
     with torch.no_grad(), steer(model, sl, "7:clamp=3"):
         model(tokens)
-        with pytest.raises(SteeringError, match=rf"steering's hook at {HOOK} is no longer in the model"):
+        with pytest.raises(SteeringError, match=rf"steering's hook at {HOOK} did not run in this forward pass"):
             if splice == "run_with_saes":  # it splices, runs, and puts a new hook point back
                 model.run_with_saes(tokens, saes=[sl], use_error_term=True)
                 model(tokens)
@@ -181,3 +181,71 @@ def test_feature_store_text_and_contrast_take_a_sae_lens_sae_and_read_saelens_en
 
     found = contrast_features(model, sl, [TEXT], ["a tree"], top=3)
     assert len(found) == 3 and all(0 <= c.latent < D_SAE for c in found)
+
+
+# ---------------------------------------------------------------------------------------------
+# SAELens's SAETransformerBridge (TransformerLens 3's bridge, booted with boot_transformers)
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2(tmp_path_factory):
+    from helpers.tiny_hf import save_tiny_gpt2
+
+    return save_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2"))
+
+
+def sae_transformer_bridge(path):
+    import warnings
+
+    from sae_lens import SAETransformerBridge
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return SAETransformerBridge.boot_transformers(str(path), device="cpu")
+
+
+def test_sae_transformer_bridge_steers_at_transformerlens_hook_names_as_saelens_does(tiny_gpt2):
+    """SAETransformerBridge's hook_dict lists module paths only (blocks.0.hook_out), so an SAE recording
+    blocks.0.hook_resid_post (SAELens's registry names) was refused as an unknown hook point; it now
+    steers where SAELens splices it, with SAELens's own steering's logits, spliced or not."""
+    model = sae_transformer_bridge(tiny_gpt2)
+    sl = sae_lens_sae()
+    tokens = model.to_tokens("anna saw two red boats near the reef .")
+
+    def clamp(acts, hook):  # noqa: ARG001
+        acts[..., 5] = 4.0
+        return acts
+
+    with torch.no_grad():
+        clean = model(tokens)
+        with steer(model, sl, "5:clamp=4"):
+            got = model(tokens)
+        model.add_sae(sl, use_error_term=True)
+        with steer(model, sl, "5:clamp=4"):
+            got_spliced = model(tokens)
+        with model.hooks(fwd_hooks=[(model.get_sae_hook_name(sl), clamp)]):  # SAELens's own steering
+            want = model(tokens)
+    torch.testing.assert_close(got, want, **TOL)
+    torch.testing.assert_close(got_spliced, want, **TOL)
+    assert (want - clean).abs().max() > 1e-2
+
+
+def test_sae_transformer_bridge_splice_inside_the_block_is_refused(tiny_gpt2):
+    model = sae_transformer_bridge(tiny_gpt2)
+    sl = sae_lens_sae()
+    tokens = model.to_tokens("anna saw two red boats near the reef .")
+    with torch.no_grad(), steer(model, sl, "5:clamp=4"):
+        with pytest.raises(SteeringError, match="did not run in this forward pass"):
+            model.run_with_saes(tokens, saes=[sl], use_error_term=True)
+
+
+def test_sae_transformer_bridge_after_reset_saes_refuses_instead_of_steering_nothing(tiny_gpt2):
+    """SAETransformerBridge.reset_saes leaves a hook point out of the forward (its hooks, SAELens's own
+    included, never run again): `steer` there changed nothing, without a word; now the forward raises."""
+    model = sae_transformer_bridge(tiny_gpt2)
+    sl = sae_lens_sae()
+    model.add_sae(sl, use_error_term=True)
+    model.reset_saes()
+    with torch.no_grad(), steer(model, sl, "5:clamp=4"):
+        with pytest.raises(SteeringError, match="did not run in this forward pass.*boot the model again"):
+            model(model.to_tokens("anna saw two red boats near the reef ."))
