@@ -249,3 +249,32 @@ def test_sae_transformer_bridge_after_reset_saes_refuses_instead_of_steering_not
     with torch.no_grad(), steer(model, sl, "5:clamp=4"):
         with pytest.raises(SteeringError, match="did not run in this forward pass.*boot the model again"):
             model(model.to_tokens("anna saw two red boats near the reef ."))
+
+
+# ---------------------------------------------------------------------------------------------
+# the model's weight processing against the SAE's recorded model_from_pretrained_kwargs
+
+
+def test_a_notebook_model_processed_otherwise_than_the_sae_records_is_refused_naming_both():
+    """An SAE recording model_from_pretrained_kwargs (center_writing_weights=False: SAELens's trainer
+    writes it) steered a HookedTransformer from `from_pretrained` (processed: centred writing weights,
+    other residual activations) without a word: the check needed saesteer's load_model. The model's
+    own weights now show its processing (LNPre, rows summing to 0)."""
+    sl = sae_lens_sae()
+    sl.cfg.metadata.model_from_pretrained_kwargs = {"center_writing_weights": False}
+    raw = hooked_sae_transformer()
+    with steer(raw, sl, "5:clamp=4"):
+        pass  # raw weights: what the SAE records
+    processed = hooked_sae_transformer()
+    processed.process_weights_(fold_ln=True, center_writing_weights=True, center_unembed=True)
+    with pytest.raises(Exception, match=r"center_writing_weights=False.*from_pretrained_no_processing"):
+        with steer(processed, sl, "5:clamp=4"):
+            pass
+    with steer(processed, sl, "5:clamp=4", allow_model_mismatch=True):
+        pass
+    sl.cfg.metadata.model_from_pretrained_kwargs = {"center_writing_weights": True, "fold_ln": True}
+    with steer(processed, sl, "5:clamp=4"):
+        pass
+    with pytest.raises(Exception, match=r"raw weights.*HookedTransformer.from_pretrained\("):
+        with steer(raw, sl, "5:clamp=4"):
+            pass
