@@ -278,3 +278,26 @@ def test_a_notebook_model_processed_otherwise_than_the_sae_records_is_refused_na
     with pytest.raises(Exception, match=r"raw weights.*HookedTransformer.from_pretrained\("):
         with steer(raw, sl, "5:clamp=4"):
             pass
+
+
+def test_compare_methods_sweep_and_compare_take_a_sae_lens_sae():
+    """compare_methods read `sae.d_sae` of the SAELens object (AttributeError); it, `sweep` and
+    `compare` now take it, with the results of the same SAE converted by hand."""
+    from saes.interop import from_sae_lens
+    from steering import GenerationConfig, SweepConfig, compare, compare_methods
+    from steering.evaluate import OfflineScorer
+    from steering.sweeps import sweep
+
+    model, sl = hooked_sae_transformer(), sae_lens_sae()
+    gen = GenerationConfig(max_new_tokens=4, seed=0)
+    scorer = OfflineScorer(lambda text: text.count("sea") / 4, lambda text: (1, 1))
+    prompts = ["the ship", "a tree"]
+    for sae in (sl, from_sae_lens(sl)):
+        card = compare_methods(model, sae, scorer, prompts=prompts, latents=[5], gen_config=gen, with_perplexity=False,
+                               typical_max=lambda latent: 2.0)
+        points = sweep(model, sae, 5, prompts, scorer, SweepConfig(strengths=[0, 3], op="add", unit="raw",
+                                                                   perplexity=False), gen_config=gen).points
+        texts = compare(model, sae, "5:clamp=30", prompts, gen).steered
+        if sae is sl:
+            want = (card.to_json(), [p.concept for p in points], texts)
+    assert (card.to_json(), [p.concept for p in points], texts) == want
