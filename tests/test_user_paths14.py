@@ -13,7 +13,18 @@ thing its own way.
   error term (the model runs on the reconstruction) it is refused in words that say what to do;
 - a splice made inside a `steer` block (`model.run_with_saes(...)`, `add_sae`, `reset_saes`) replaced
   the hook point steering had hooked, and steering stopped without a word, also for every forward after
-  the splice was gone (a silent wrong result): the next forward now raises, naming the hook.
+  the splice was gone (a silent wrong result): a forward in which a block's steering hook did not run
+  now raises, naming the hook;
+- SAELens's `SAETransformerBridge` (boot_transformers): its hook_dict lists module paths only, so an
+  SAE recording `blocks.0.hook_resid_post` was refused as an unknown hook; it steers there now (SAELens's
+  own resolver), with SAELens's own steering's logits, spliced or not; after its `reset_saes` a hook
+  point never runs again (SAELens's hooks neither), and steering there is refused instead of doing nothing;
+- a HookedTransformer the user loaded (`from_pretrained`: folded norms, centred writing weights) was
+  never checked against the SAE's recorded `model_from_pretrained_kwargs` (only models saesteer's
+  `load_model` loaded were): its weights now show the processing, and a mismatch is refused naming both
+  and the TransformerLens call that loads the right one;
+- `build_feature_store`, `contrast_features`, `compare_methods` and `sweep` take the SAELens object too
+  (the store's fire counts and maxima are SAELens's own `encode`; compare_methods read `sae.d_sae`).
 """
 
 from __future__ import annotations
@@ -125,6 +136,19 @@ def test_steer_on_a_model_with_the_sae_spliced_with_its_error_term():
     torch.testing.assert_close(got, want, **TOL)
     torch.testing.assert_close(after, spliced_clean)  # the splice is as the user left it
     assert (got - spliced_clean).abs().max() > 1e-2
+
+
+def test_a_steering_vector_on_a_model_with_the_sae_spliced_lands_on_what_flows_on():
+    from steering import VectorEdit
+
+    model, sl = hooked_sae_transformer(), sae_lens_sae()
+    tokens = model.to_tokens(TEXT)
+    vector = VectorEdit(HOOK, torch.linspace(-1, 1, D_MODEL), 2.0, positions="prompt")
+    with torch.no_grad(), steer(model, None, vector):
+        want = model(tokens)
+    model.add_sae(sl, use_error_term=True)
+    with torch.no_grad(), steer(model, None, vector):
+        torch.testing.assert_close(model(tokens), want, **TOL)
 
 
 def test_steer_on_a_model_running_on_the_reconstruction_is_refused_saying_what_to_do():
