@@ -276,18 +276,23 @@ def _centred(W: Any) -> bool:
 def processing_seen(model: Any) -> tuple[ModelIdentity, dict[str, bool]] | None:
     """For a HookedTransformer loaded outside saesteer (no identity attached: `from_pretrained`, built
     in a notebook), the weight processing its config and weights show, as (an identity "object",
-    raw or processed; the flags applied): fold_ln turns its norms into LNPre / RMSPre; centring
-    leaves the embedding's and the unembedding's rows summing to 0, which trained or random weights
-    never do. fold_value_biases leaves no mark: it counts as the others. None where neither mark can
-    show (no such weights, or a config where TransformerLens applies neither flag)."""
+    raw or processed; the flags applied): fold_ln turns a HookedTransformer's norms into LNPre /
+    RMSPre; centring leaves the embedding's and the unembedding's rows summing to 0, which trained or
+    random weights never do. fold_value_biases leaves no mark, nor does fold_ln on a TransformerBridge
+    (`enable_compatibility_mode` keeps its config's norm): they count as the others. None where no
+    mark can show (no such weights, or a config where TransformerLens applies neither flag)."""
     cfg = getattr(model, "cfg", None)
     W_E, W_U = getattr(model, "W_E", None), getattr(model, "W_U", None)
     skipped = skipped_flags(cfg)
     if skipped is None or W_E is None or W_U is None or {"fold_ln", _CENTRED} <= skipped:
         return None
-    applied = {"fold_ln": str(cfg.normalization_type).endswith("Pre"), _CENTRED: _centred(W_E),
-               "center_unembed": _centred(W_U)}
+    from transformer_lens.model_bridge import TransformerBridge
+
+    bridge = isinstance(model, TransformerBridge)
+    applied = {_CENTRED: _centred(W_E), "center_unembed": _centred(W_U)}
+    if not bridge:
+        applied["fold_ln"] = str(cfg.normalization_type).endswith("Pre")
     processed = any(on for flag, on in applied.items() if flag not in skipped)
-    applied["fold_value_biases"] = processed
+    applied = {flag: applied.get(flag, processed) for flag in PROCESSING}
     name = str(getattr(cfg, "model_name", None) or "model")
     return ModelIdentity("object", name, weights="processed" if processed else "raw"), applied
