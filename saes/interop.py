@@ -44,6 +44,17 @@ def as_sae(obj: Any) -> Any:
     return from_sae_lens(obj, source=f"sae_lens {type(obj).__name__}") if is_sae_lens_sae(obj) else obj
 
 
+def as_loaded_sae(obj: Any) -> Any:
+    """For APIs that take `saes.formats.LoadedSAE`s: one given as is; an SAE (ours or a `sae_lens.SAE`,
+    converted) beside an empty provenance, its spec saying it came from memory."""
+    from saes.formats.base import LoadedSAE
+
+    if isinstance(obj, LoadedSAE):
+        return obj
+    fmt = "sae_lens" if is_sae_lens_sae(obj) else "object"
+    return LoadedSAE(as_sae(obj), {}, f"in memory ({type(obj).__name__})", fmt)
+
+
 def to_sae_lens(sae: SAE, device: str = "cpu") -> Any:
     """The same SAE as a `sae_lens.SAE` (e.g. for HookedSAETransformer)."""
     from safetensors.torch import save_file

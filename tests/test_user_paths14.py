@@ -345,3 +345,27 @@ def test_a_bridge_in_compatibility_mode_counts_as_processed(tiny_gpt2):
     with pytest.raises(Exception, match=r"fold_ln=False.*from_pretrained_no_processing"):
         with steer(model, sl, "5:clamp=4"):
             pass
+
+
+def test_evaluate_saes_takes_sae_objects_and_agrees_with_saelens_splice():
+    """evaluate_saes took only LoadedSAEs (AttributeError 'sae' on an SAE in memory): a `sae_lens.SAE`
+    (or ours) is taken as it is, and its metrics are SAELens's own: its encode/decode on the held-out
+    rows, and the CE loss of `run_with_saes` (every position spliced: keep_ids=())."""
+    from evals.activations import collect
+    from evals.config import EvalConfig
+    from evals.run import EvalInputs, evaluate_saes
+
+    model, sl = hooked_sae_transformer(), sae_lens_sae("topk")
+    tokens = model.to_tokens(TEXT)
+    held = collect(model, [HOOK], tokens)
+    got = evaluate_saes({"mine": sl}, EvalInputs(model, held, ce_tokens=tokens, keep_ids=()),
+                        EvalConfig(absorption=False, probing=False))["mine"]["metrics"]
+    x = held.acts[HOOK].float()
+    with torch.no_grad():
+        acts = sl.encode(x)
+        want_loss = model.run_with_saes(tokens, saes=[sl], return_type="loss")
+        clean_loss = model(tokens, return_type="loss")
+    assert got["l0"] == pytest.approx(float((acts > 0).sum(-1).float().mean()), rel=1e-5)
+    assert got["mse"] == pytest.approx(float(((sl.decode(acts) - x) ** 2).sum(-1).mean()), rel=1e-4)
+    assert got["ce_loss_spliced"] == pytest.approx(float(want_loss), rel=1e-4)
+    assert got["ce_loss_clean"] == pytest.approx(float(clean_loss), rel=1e-4)
