@@ -12,8 +12,10 @@ the same forward pass, and add (edited - original latent) x decoder row to its t
 (`metadata.hook_name_out`); the input hook's activation itself is left as it is.
 
 Everything is checked before a hook is attached (`steering.resolve`); hooks are added with TransformerLens's `model.hooks(...)` plus a
-forward pre-hook per block involved (to read the KV-cache length and attention mask), and all of
-them are removed when the block exits, whichever way it exits.
+forward pre-hook per block involved (to read the KV-cache length and attention mask) and a forward
+hook after it (each of steering's hooks in the block ran, else a hook point was replaced or bypassed
+since: `steering.saelens_splices.HookWatch` raises), and all of them are removed when the block
+exits, whichever way it exits.
 
 A forward run with autograd on (a plain `model(tokens)` outside `torch.no_grad()`) gets the same
 values; the edit is computed outside autograd (no graph through the SAE: a TopK SAE's reads
