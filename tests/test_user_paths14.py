@@ -369,3 +369,18 @@ def test_evaluate_saes_takes_sae_objects_and_agrees_with_saelens_splice():
     assert got["mse"] == pytest.approx(float(((sl.decode(acts) - x) ** 2).sum(-1).mean()), rel=1e-4)
     assert got["ce_loss_spliced"] == pytest.approx(float(want_loss), rel=1e-4)
     assert got["ce_loss_clean"] == pytest.approx(float(clean_loss), rel=1e-4)
+
+
+def test_a_bf16_model_steered_with_an_fp32_sae_lens_sae_is_as_close_as_the_model_itself():
+    """A bf16 model, the SAE left in fp32 (what `SAE.from_pretrained` gives): the steered logits are as
+    far from the fp32 model's SAELens steering as the bf16 model's own logits are from the fp32 model's."""
+    sl = sae_lens_sae()
+    m32, m16 = hooked_sae_transformer(), hooked_sae_transformer().to(torch.bfloat16)
+    tokens = m32.to_tokens(TEXT)
+    want = saelens_clamped_logits(m32, sl, tokens, 5, 4.0)
+    with torch.no_grad():
+        rounding = (m16(tokens).float() - m32(tokens)).abs().max()
+        with steer(m16, sl, "5:clamp=4"):
+            got = m16(tokens)
+    assert got.dtype == torch.bfloat16 and sl.W_dec.dtype == torch.float32
+    assert (got.float() - want).abs().max() <= 2 * rounding
