@@ -25,6 +25,7 @@ as if the edit were a constant added to the activation.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -36,7 +37,7 @@ from torch import Tensor
 
 from saes.hookpoints import model_device, opt_in_hooks
 from steering.config import GenerationConfig
-from steering.generation import Generation, generate
+from steering.generation import Generation, generate, with_sae_bos
 from steering.inputs import Model, SAEs, TypicalMaxArg, converted_saes, sae_mapping
 from steering.interventions import LatentEditor, op_coefficients
 from steering.lowprecision import sae_precision
@@ -230,9 +231,10 @@ def build_plan(model: Model, saes: SAEs, edits: Sequence[Edit | str | Preset], *
 class SteeringSession:
     """Handle yielded by `steer`: the resolved edits, and generation with exact prompt positions."""
 
-    def __init__(self, model: Model, plan: SteeringPlan) -> None:
+    def __init__(self, model: Model, plan: SteeringPlan, saes: SAEs = None) -> None:
         self.model = model
         self.plan = plan
+        self.saes = saes  # their recorded prepend_bos is the prompts' default, as for `compare` and `sweep`
         self.active = True
 
     @property
@@ -256,10 +258,12 @@ class SteeringSession:
 
     def generate(self, prompts: str | Sequence[str], config: GenerationConfig | None = None,
                  **overrides: Any) -> Generation:
-        """Steered generation (see `steering.generation.generate`)."""
+        """Steered generation (see `steering.generation.generate`); prompts start with BOS as the SAEs'
+        inputs did (their recorded `prepend_bos`, else the model's default) unless the config says."""
         if not self.active:
             raise SteeringError("this steering session has ended; call it inside the `with steer(...)` block")
-        return generate(self.model, prompts, config, session=self, **overrides)
+        config = with_sae_bos(dataclasses.replace(config or GenerationConfig(), **overrides), self.saes)
+        return generate(self.model, prompts, config, session=self)
 
 
 @contextmanager
@@ -292,7 +296,7 @@ def steer(
     check_models(model, saes, allow_model_mismatch)
     plan = build_plan(model, saes, list(edits), typical_max=typical_max, limits=limits,
                       allow_model_mismatch=allow_model_mismatch)
-    session = SteeringSession(model, plan)
+    session = SteeringSession(model, plan, saes)
     handles = []
     try:
         for block_idx, tracker in plan.trackers.items():

@@ -384,3 +384,21 @@ def test_a_bf16_model_steered_with_an_fp32_sae_lens_sae_is_as_close_as_the_model
             got = m16(tokens)
     assert got.dtype == torch.bfloat16 and sl.W_dec.dtype == torch.float32
     assert (got.float() - want).abs().max() <= 2 * rounding
+
+
+def test_session_generate_gives_prompts_the_bos_the_sae_records_on_a_model_without_default_bos():
+    """A model with default_prepend_bos=False (GPT-NeoX, Qwen2 in TransformerLens) and an SAE recording
+    prepend_bos=True (SAELens's from_pretrained SAEs do): `compare` and `sweep` fed the SAE's BOS, but
+    `with steer(...) as s: s.generate(...)` (the README's example) fed none; now all three do."""
+    from steering import GenerationConfig, compare
+
+    model, sl = hooked_sae_transformer(), sae_lens_sae()
+    model.cfg.default_prepend_bos = False
+    sl.cfg.metadata.prepend_bos = True
+    bos = model.tokenizer.bos_token_id
+    gen = GenerationConfig(max_new_tokens=4, seed=0)
+    with steer(model, sl, "5:clamp=30@prompt") as s:
+        got = s.generate(["the ship"], gen)
+        unset = s.generate(["the ship"], gen, prepend_bos=False)  # the caller's choice still wins
+    assert got.tokens[0][0] == bos and unset.tokens[0][0] != bos
+    assert got.texts == compare(model, sl, "5:clamp=30@prompt", ["the ship"], gen).steered
