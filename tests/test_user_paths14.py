@@ -24,7 +24,12 @@ thing its own way.
   `load_model` loaded were): its weights now show the processing, and a mismatch is refused naming both
   and the TransformerLens call that loads the right one;
 - `build_feature_store`, `contrast_features`, `compare_methods` and `sweep` take the SAELens object too
-  (the store's fire counts and maxima are SAELens's own `encode`; compare_methods read `sae.d_sae`).
+  (the store's fire counts and maxima are SAELens's own `encode`; compare_methods read `sae.d_sae`);
+  `evaluate_saes` took only LoadedSAEs: an SAE in memory (ours or SAELens's) now too, with SAELens's
+  encode/decode and `run_with_saes` loss;
+- on a `default_prepend_bos=False` model with an SAE recording `prepend_bos=True`, `compare` and `sweep`
+  fed the SAE its BOS but `with steer(...) as s: s.generate(...)` did not: now it does;
+- a bf16 model with the SAE left in fp32 steers within the model's own rounding of SAELens's steering.
 """
 
 from __future__ import annotations
