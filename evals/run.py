@@ -21,6 +21,7 @@ from evals.activations import HeldOutActivations
 from evals.probing import ProbingData, Task, sparse_probing
 from evals.reconstruction import activation_metrics, model_metrics_many
 from saes.hookpoints import transcoder_target
+from saes.interop import as_loaded_sae
 
 
 class ProbingInputs(NamedTuple):
@@ -67,7 +68,9 @@ def evaluate_saes(saes: Mapping[str, Any], inputs: EvalInputs, cfg: EvalConfig,
     """{name: {description..., "metrics": {...}, "absorption": {...}, "probing": {...}}}; `ce_skipped`:
     why CE loss recovered and KL were left out (`training.evaluate.splice_problem`). `say` is told
     each step; `progress` draws bars (stderr) over the CE contexts, the absorption letters and the
-    probing tasks (the words' forward pass: `FirstLetterWords`'s own `progress`)."""
+    probing tasks (the words' forward pass: `FirstLetterWords`'s own `progress`). `saes`: name ->
+    `saes.formats.LoadedSAE`, or an SAE in memory (ours, or a `sae_lens.SAE` object: converted)."""
+    saes = {name: as_loaded_sae(v) for name, v in saes.items()}
     words = inputs.absorption_words
     if words is None and cfg.absorption and inputs.tokenizer is not None:
         words = FirstLetterWords(inputs.model, inputs.tokenizer, cfg.absorption_prefix, progress)

@@ -51,6 +51,7 @@ from features.store.rows import (CorrelationRow, ExampleRow, FeatureRow, Histogr
 from features.tokentext import LABEL_RULE, token_labels, token_texts
 from saes.fileio import FileLock, atomic_path
 from saes.formats.base import sae_of
+from saes.interop import as_sae
 
 STATE_SUFFIX = ".state.safetensors"
 LOCK_SUFFIX = ".lock"
@@ -151,7 +152,8 @@ def build_feature_store(
     """Build (or resume, or finish) the feature store at `path` for `sae` over `source`.
 
     sae: an SAE, or a `saes.formats.LoadedSAE` (the SAE beside its provenance: the model it
-    records is checked against the cache's and the model's, and recorded in the store).
+    records is checked against the cache's and the model's, and recorded in the store), or a
+    `sae_lens.SAE` object (converted: `saes.interop.as_sae`).
     model: a loaded TransformerLens model, for logit effects (optional).
     tokenizer: for token display strings and example text (optional; else `model.tokenizer`).
     sae_path: the SAE's folder, recorded (absolute) so that tools can load the SAE from the store.
@@ -165,6 +167,7 @@ def build_feature_store(
     t_start = time.perf_counter()
     cfg = cfg or BuildConfig()
     path = Path(path)
+    sae = as_sae(sae)  # a sae_lens.SAE object: converted to ours
     loaded, sae = sae, sae_of(sae)
     if sae_path is None and loaded is not sae:
         sae_path = loaded.spec

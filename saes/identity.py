@@ -302,9 +302,15 @@ def check_sae_model(model: Any, sae: Any, *, sae_name: str = "sae", allow_mismat
     check_same_model(recorded_model_of(sae), identity_of_model(model), recorded_in=f"SAE {sae_name!r}",
                      given_as="the model given", override="allow_model_mismatch=True",
                      fix="load the model it records (saesteer.models.load_model)")
-    from saes.processing import APPLIED_ATTR, check_processing  # it imports this module
+    from saes.processing import APPLIED_ATTR, check_processing, processing_seen  # it imports this module
 
-    check_processing(sae, identity_of_model(model), sae_name=sae_name, model_as="the model given",
+    ident, applied = identity_of_model(model), getattr(model, APPLIED_ATTR, None)
+    fix = lambda wanted: f"load the model with saesteer.models.load_model(..., process_weights={wanted})"  # noqa: E731
+    if ident is None and (seen := processing_seen(model)) is not None:  # a model loaded some other way
+        ident, applied = seen
+        fix = lambda wanted: ("load the model with HookedTransformer." + ("from_pretrained" if wanted else  # noqa: E731
+                              "from_pretrained_no_processing") + f"(...) or saesteer.models.load_model(..., "
+                              f"process_weights={wanted})")
+    check_processing(sae, ident, sae_name=sae_name, model_as="the model given",
                      override="allow_model_mismatch=True", model_cfg=getattr(model, "cfg", None),
-                     applied=getattr(model, APPLIED_ATTR, None),
-                     fix=lambda wanted: f"load the model with saesteer.models.load_model(..., process_weights={wanted})")
+                     applied=applied, fix=fix)

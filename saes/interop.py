@@ -6,6 +6,7 @@ sae_lens is imported inside the functions: importing `saes` stays light and offl
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from typing import Any
 
@@ -28,6 +29,30 @@ def from_sae_lens(sl_sae: Any, dtype: torch.dtype | None = None, source: str = "
     cfg = sl_sae.cfg.to_dict()
     state = {k: v.detach() for k, v in sl_sae.state_dict().items()}
     return sae_from_sae_lens_dict(cfg, state, device=next(iter(state.values())).device, dtype=dtype, source=source)
+
+
+def is_sae_lens_sae(obj: Any) -> bool:
+    """Whether `obj` is a `sae_lens.SAE` (any of its classes, training ones included). Asked without
+    importing sae_lens: an object of its classes exists only once it is imported."""
+    sae_lens = sys.modules.get("sae_lens")
+    return sae_lens is not None and isinstance(obj, sae_lens.SAE)
+
+
+def as_sae(obj: Any) -> Any:
+    """For APIs that take an SAE: a `sae_lens.SAE` converted to ours (`from_sae_lens`: a copy of its
+    weights as they are now), anything else as given (callers check it)."""
+    return from_sae_lens(obj, source=f"sae_lens {type(obj).__name__}") if is_sae_lens_sae(obj) else obj
+
+
+def as_loaded_sae(obj: Any) -> Any:
+    """For APIs that take `saes.formats.LoadedSAE`s: one given as is; an SAE (ours or a `sae_lens.SAE`,
+    converted) beside an empty provenance, its spec saying it came from memory."""
+    from saes.formats.base import LoadedSAE
+
+    if isinstance(obj, LoadedSAE):
+        return obj
+    fmt = "sae_lens" if is_sae_lens_sae(obj) else "object"
+    return LoadedSAE(as_sae(obj), {}, f"in memory ({type(obj).__name__})", fmt)
 
 
 def to_sae_lens(sae: SAE, device: str = "cpu") -> Any:

@@ -37,7 +37,7 @@ from typing import Any, Callable, Mapping
 
 from saes.identity import PROCESSING, ModelIdentity, ModelMismatchError
 
-__all__ = ["FLAG_CHANGES", "flags_changing", "centres_writing_weights", "skipped_flags", "transformerlens_processing",
+__all__ = ["processing_seen", "FLAG_CHANGES", "flags_changing", "centres_writing_weights", "skipped_flags", "transformerlens_processing",
            "processing_record", "config_of_record", "applied_of_record", "recorded_kwargs", "processing_wanted", "check_processing"]
 
 # The hook points (TransformerLens names) whose values each flag changes, as measured on a GPT-2
@@ -262,3 +262,37 @@ def check_processing(loaded: Any, model: ModelIdentity | None, *, sae_name: str,
     how = fix(wanted)
     raise ModelMismatchError(f"{asks}, but {model_as} was loaded {have}; the activations there differ. "
                              f"{how[:1].upper()}{how[1:]}, or pass {override} to use it anyway")
+
+
+def _centred(W: Any) -> bool:
+    """Every row of `W` sums to 0 over its last dimension (up to rounding): what centring leaves."""
+    import torch
+
+    with torch.no_grad():
+        W = W.detach().float()
+        return bool(W.mean(-1).abs().max() <= 1e-5 * W.abs().max().clamp(min=1e-30))
+
+
+def processing_seen(model: Any) -> tuple[ModelIdentity, dict[str, bool]] | None:
+    """For a HookedTransformer loaded outside saesteer (no identity attached: `from_pretrained`, built
+    in a notebook), the weight processing its config and weights show, as (an identity "object",
+    raw or processed; the flags applied): fold_ln turns a HookedTransformer's norms into LNPre /
+    RMSPre; centring leaves the embedding's and the unembedding's rows summing to 0, which trained or
+    random weights never do. fold_value_biases leaves no mark, nor does fold_ln on a TransformerBridge
+    (`enable_compatibility_mode` keeps its config's norm): they count as the others. None where no
+    mark can show (no such weights, or a config where TransformerLens applies neither flag)."""
+    cfg = getattr(model, "cfg", None)
+    W_E, W_U = getattr(model, "W_E", None), getattr(model, "W_U", None)
+    skipped = skipped_flags(cfg)
+    if skipped is None or W_E is None or W_U is None or {"fold_ln", _CENTRED} <= skipped:
+        return None
+    from transformer_lens.model_bridge import TransformerBridge
+
+    bridge = isinstance(model, TransformerBridge)
+    applied = {_CENTRED: _centred(W_E), "center_unembed": _centred(W_U)}
+    if not bridge:
+        applied["fold_ln"] = str(cfg.normalization_type).endswith("Pre")
+    processed = any(on for flag, on in applied.items() if flag not in skipped)
+    applied = {flag: applied.get(flag, processed) for flag in PROCESSING}
+    name = str(getattr(cfg, "model_name", None) or "model")
+    return ModelIdentity("object", name, weights="processed" if processed else "raw"), applied

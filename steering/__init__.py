@@ -9,7 +9,8 @@ Edits keep the SAE's reconstruction error (only the chosen latents change); posi
 prompt, generated, last, token indices) are exact under the KV cache and left padding; hooks are
 removed on every exit path. Modules: spec (edit grammar, limits), config (generation / sweep
 configs), inputs (the argument types: model, SAEs, typical max), resolve (edits checked and
-turned into raw values), session (`steer`: the hooks),
+turned into raw values), session (`steer`: the hooks), saelens_splices (a model with
+SAELens SAEs spliced in),
 interventions (the arithmetic), positions, generation (plain, or inside a session), comparison
 (steered vs unsteered), evaluate (judge + offline scores), fluency (the one fluency measure),
 sweeps (dose-response), search, baselines, methods (SAE steering vs baselines, a scorecard),

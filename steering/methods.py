@@ -288,9 +288,11 @@ def compare_methods(
     left out); `cue` enables prompting. `test_prompts` (default `prompts`) are scored on the test seed.
     `say` is told each step as it starts; `progress` draws bars (stderr) over the contrast search's
     prompts and each dev sweep (the names `evals.run.evaluate_saes` uses)."""
+    from saes.interop import as_sae
     from steering.baselines import prompting_baseline
     from steering.resolve import check_models, sae_hook_name
 
+    sae = as_sae(sae)  # a sae_lens.SAE object: converted to ours
     check_models(model, sae, allow_model_mismatch)
     has_sets = bool(positive) and bool(negative)
     _check_compare_args(prompts, latents, has_sets)

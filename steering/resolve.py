@@ -17,6 +17,7 @@ from saes.hookpoints import check_editable_hook
 from saes.identity import check_sae_model
 from steering.inputs import Model, SAEs, TypicalMaxArg, named_saes, sae_mapping
 from steering.presets import Preset
+from steering.saelens_splices import steered_hook
 from steering.transcoder import transcoder_target_hook
 from steering.spec import (
     Edit, FeatureEdit, Positions, SteerLimits, SteeringError, TypicalMax, VectorEdit, chat_position,
@@ -170,7 +171,8 @@ def resolve_edits(
 def _resolve_vector_edit(model: Model, e: VectorEdit, limits: SteerLimits) -> ResolvedEdit:
     """A steering vector: its hook exists, its entries are finite and as many as the hook's width,
     its strength is within the limit."""
-    check_editable_hook(model, e.hook_name, e.describe())
+    hook = steered_hook(model, e.hook_name, e.describe())
+    check_editable_hook(model, hook, e.describe())
     if not torch.isfinite(e.vector).all():
         raise SteeringError(f"vector {e.label!r} has non-finite entries")
     width = expected_width(model, e.hook_name)
@@ -183,7 +185,7 @@ def _resolve_vector_edit(model: Model, e: VectorEdit, limits: SteerLimits) -> Re
             f"{e.describe()}: strength {e.strength:g} is above the limit of "
             f"{limits.max_vector_norm_multiple:g}; use a smaller one or raise SteerLimits.max_vector_norm_multiple"
         )
-    return ResolvedEdit(e, None, e.hook_name, None, "add", e.strength, e.positions)
+    return ResolvedEdit(e, None, hook, None, "add", e.strength, e.positions)
 
 
 def _sae_name_of(e: FeatureEdit, sae_map: Mapping[str, SAE]) -> str:
@@ -215,8 +217,9 @@ def _resolve_feature_edit(model: Model, sae_map: Mapping[str, SAE], e: FeatureEd
             f"0..{sae.d_sae - 1}"
         )
     hook = sae_hook_name(sae, name)
-    check_editable_hook(model, hook, f"SAE {name!r}")
     width = expected_width(model, hook)
+    hook = steered_hook(model, hook, f"SAE {name!r}")
+    check_editable_hook(model, hook, f"SAE {name!r}")
     if width is not None and width != sae.d_in:
         raise SteeringError(
             f"SAE {name!r} reads d_in={sae.d_in} but {hook} of this model has width {width}; "

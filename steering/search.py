@@ -52,9 +52,11 @@ def contrast_features(
     `steering.steer`) unless `allow_model_mismatch`. `progress`: a bar (stderr) over both prompt sets."""
     from saes.formats.base import sae_of
     from saes.identity import check_sae_model
+    from saes.interop import as_sae
 
     from saes.bos import prepend_bos_for
 
+    sae = as_sae(sae)  # a sae_lens.SAE object: converted to ours
     check_sae_model(model, sae, allow_mismatch=allow_model_mismatch)
     bos = prepend_bos_for(model, [sae])  # a LoadedSAE of a 'doc'-policy SAE: prompts after BOS (saes.bos)
     sae = sae_of(sae)

@@ -12,8 +12,10 @@ the same forward pass, and add (edited - original latent) x decoder row to its t
 (`metadata.hook_name_out`); the input hook's activation itself is left as it is.
 
 Everything is checked before a hook is attached (`steering.resolve`); hooks are added with TransformerLens's `model.hooks(...)` plus a
-forward pre-hook per block involved (to read the KV-cache length and attention mask), and all of
-them are removed when the block exits, whichever way it exits.
+forward pre-hook per block involved (to read the KV-cache length and attention mask) and a forward
+hook after it (each of steering's hooks in the block ran, else a hook point was replaced or bypassed
+since: `steering.saelens_splices.HookWatch` raises), and all of them are removed when the block
+exits, whichever way it exits.
 
 A forward run with autograd on (a plain `model(tokens)` outside `torch.no_grad()`) gets the same
 values; the edit is computed outside autograd (no graph through the SAE: a TopK SAE's reads
@@ -23,6 +25,7 @@ as if the edit were a constant added to the activation.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -34,13 +37,14 @@ from torch import Tensor
 
 from saes.hookpoints import model_device, opt_in_hooks
 from steering.config import GenerationConfig
-from steering.generation import Generation, generate
-from steering.inputs import Model, SAEs, TypicalMaxArg, sae_mapping
+from steering.generation import Generation, generate, with_sae_bos
+from steering.inputs import Model, SAEs, TypicalMaxArg, converted_saes, sae_mapping
 from steering.interventions import LatentEditor, op_coefficients
 from steering.lowprecision import sae_precision
 from steering.positions import FULL, SequenceTracker, block_call_info
 from steering.presets import Preset
 from steering.resolve import ResolvedEdit, check_models, resolve_edits, tracked_block
+from steering.saelens_splices import HookWatch
 from steering.spec import Edit, FeatureEdit, Positions, SteerLimits, SteeringError, VectorEdit
 from steering.transcoder import InputCapture
 
@@ -227,9 +231,10 @@ def build_plan(model: Model, saes: SAEs, edits: Sequence[Edit | str | Preset], *
 class SteeringSession:
     """Handle yielded by `steer`: the resolved edits, and generation with exact prompt positions."""
 
-    def __init__(self, model: Model, plan: SteeringPlan) -> None:
+    def __init__(self, model: Model, plan: SteeringPlan, saes: SAEs = None) -> None:
         self.model = model
         self.plan = plan
+        self.saes = saes  # their recorded prepend_bos is the prompts' default, as for `compare` and `sweep`
         self.active = True
 
     @property
@@ -253,10 +258,12 @@ class SteeringSession:
 
     def generate(self, prompts: str | Sequence[str], config: GenerationConfig | None = None,
                  **overrides: Any) -> Generation:
-        """Steered generation (see `steering.generation.generate`)."""
+        """Steered generation (see `steering.generation.generate`); prompts start with BOS as the SAEs'
+        inputs did (their recorded `prepend_bos`, else the model's default) unless the config says."""
         if not self.active:
             raise SteeringError("this steering session has ended; call it inside the `with steer(...)` block")
-        return generate(self.model, prompts, config, session=self, **overrides)
+        config = with_sae_bos(dataclasses.replace(config or GenerationConfig(), **overrides), self.saes)
+        return generate(self.model, prompts, config, session=self)
 
 
 @contextmanager
@@ -271,9 +278,12 @@ def steer(
 ) -> Iterator[SteeringSession]:
     """Hook `edits` into `model` for the duration of the block.
 
-    model: a TransformerLens HookedTransformer or TransformerBridge. saes: an SAE, a dict name -> SAE, a list of SAEs
-    (named "0", "1", ...) or None (vector edits only); an SAE may be given as the `LoadedSAE`
-    `saes.formats.resolve_sae` returns (its recorded model is then checked); each SAE's hook is its
+    model: a TransformerLens HookedTransformer or TransformerBridge (SAELens's HookedSAETransformer /
+    SAETransformerBridge too: at a hook where it has an SAE spliced with use_error_term=True the edit
+    lands on the splice's output, `HOOK.hook_sae_output`, see `steering.saelens_splices`).
+    saes: an SAE, a dict name -> SAE, a list of SAEs (named "0", "1", ...) or None (vector edits only);
+    an SAE may be given as the `LoadedSAE` `saes.formats.resolve_sae` returns (its recorded model is then
+    checked) or as a `sae_lens.SAE` (converted: `saes.interop.from_sae_lens`); each SAE's hook is its
     `cfg.metadata["hook_name"]`. edits: FeatureEdit / VectorEdit objects or edit strings
     ("123:clamp=8", "res/5:add=2x@generated"). typical_max: feature -> typical max activation
     (dict or callable; or a dict SAE name -> such), needed for "x" units. limits: `SteerLimits`.
@@ -282,16 +292,18 @@ def steer(
     """
     if isinstance(edits, (str, FeatureEdit, VectorEdit, Preset)):
         edits = [edits]
+    saes = converted_saes(saes)
     check_models(model, saes, allow_model_mismatch)
     plan = build_plan(model, saes, list(edits), typical_max=typical_max, limits=limits,
                       allow_model_mismatch=allow_model_mismatch)
-    session = SteeringSession(model, plan)
+    session = SteeringSession(model, plan, saes)
     handles = []
     try:
         for block_idx, tracker in plan.trackers.items():
-            handles.append(
-                model.blocks[block_idx].register_forward_pre_hook(_pre_hook(tracker, block_idx), with_kwargs=True)
-            )
+            block = model.blocks[block_idx]
+            watch = HookWatch([f for h, f in plan.hook_fns.items() if h.startswith(f"blocks.{block_idx}.")])
+            handles.append(block.register_forward_pre_hook(_pre_hook(tracker, block_idx, watch), with_kwargs=True))
+            handles.append(block.register_forward_hook(lambda module, args, out, watch=watch: watch.after()))
         # opt-in hook points (hook_mlp_in, ...) are on for the block only: the model is as it was after
         with opt_in_hooks(model, [h for h, _ in plan.fwd_hooks], "steering"), model.hooks(fwd_hooks=plan.fwd_hooks):
             yield session
@@ -301,8 +313,9 @@ def steer(
             h.remove()
 
 
-def _pre_hook(tracker: SequenceTracker, layer_idx: int):
+def _pre_hook(tracker: SequenceTracker, layer_idx: int, watch: HookWatch):
     def pre(module: Any, args: tuple, kwargs: dict) -> None:
+        watch.before()
         tracker.observe(*block_call_info(layer_idx, args, kwargs))
 
     return pre

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+from saes.interop import as_sae
 from steering.evaluate import MethodResult, Scorer, score_generation
 from steering.config import GenerationConfig, SweepConfig
 from steering.generation import Generation, generate, with_sae_bos
@@ -267,7 +268,7 @@ def sweep(
     from steering.spec import lookup_typical_max
 
     config = config or SweepConfig()
-    saes = {sae_name: sae}
+    saes = {sae_name: as_sae(sae)}  # a sae_lens.SAE object: converted once, not per strength
     check_models(model, saes, allow_model_mismatch)
     # validate every strength before generating anything
     for s in config.strengths:

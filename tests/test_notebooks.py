@@ -88,7 +88,8 @@ def test_steering_recipes_run_top_to_bottom(tmp_path_factory, tmp_path: Path) ->
     overrides = f"WORK = {str(work)!r}\nDEMO = {SMALL!r}\nSAMPLES = 2\nNEW_TOKENS = 12\n"
     nb = run_notebook(NOTEBOOKS / "steering_recipes.ipynb", overrides, tmp_path)
     out = _outputs_text(nb)
-    for text in ("unsteered", "clamp", "@generated", "ablate", "diff-of-means", "prompting", "fluency", "grammatical"):
+    for text in ("unsteered", "clamp", "@generated", "ablate", "diff-of-means", "prompting", "fluency", "grammatical",
+                 "sae_lens: "):
         assert text in out, (text, out[-3000:])
     assert "recommended strength" in out or "no strength works" in out, out[-3000:]  # the sweep's verdict
 
