@@ -50,11 +50,10 @@ def contrast_features(
     `min_rate` drops latents that fire on fewer than that fraction of positive tokens. `sae`: an
     SAE or a `saes.formats.LoadedSAE`; one recorded for another model is refused (see
     `steering.steer`) unless `allow_model_mismatch`. `progress`: a bar (stderr) over both prompt sets."""
+    from saes.bos import prepend_bos_for
     from saes.formats.base import sae_of
     from saes.identity import check_sae_model
     from saes.interop import as_sae
-
-    from saes.bos import prepend_bos_for
 
     sae = as_sae(sae)  # a sae_lens.SAE object: converted to ours
     check_sae_model(model, sae, allow_mismatch=allow_model_mismatch)
