@@ -4,6 +4,8 @@
     python benchmarks/bench_train.py quality    --cache DIR [--tokens N]    # equal tokens, real activations
     python benchmarks/bench_train.py toyworld   --cache DIR [--tokens N]    # our 3 SAEs, EV / CE rec / dead
     python benchmarks/bench_train.py all        --cache DIR
+    python benchmarks/bench_train.py sparsify-speed   [--steps 20] [--threads-list 1,2]  # TopK vs EleutherAI sparsify
+    python benchmarks/bench_train.py sparsify-quality --cache DIR [--tokens N] [--recipes default,auxk,adam]
 
 speed: per architecture, ours and SAELens train on the same cache (fp16 shards on disk, same
 reader, seed, batch size, LR schedule, AuxK coefficient, dead window, activation normalisation),
@@ -20,9 +22,21 @@ evaluated in their saved inference form by the same code on the same held-out ro
 toyworld: `train()` of TopK, BatchTopK and Matryoshka at k=32 in one pass, with CE loss recovered
 and KL from the toy model (the "Training quality on the toy world" table).
 
+sparsify-speed / sparsify-quality: the same for TopK (sparsify trains nothing else) against EleutherAI's
+sparsify (pip eai-sparsify), driven through its own `Trainer(TrainConfig(...)).fit()`. Its trainer reads a
+transformers model's hooked module over a token dataset, so the cache rows ours trains on (the reader's stream
+after the held-out rows, same order and batches) become `activation_table_model`: token id i's output at
+`layers.0` is row i; its DataLoader does not shuffle, so it sees the same batches as ours. Its recipes
+(SPARSIFY_RECIPES): its TrainConfig defaults (schedule-free signum, LR 5e-3/sqrt(d_sae/2^14), no AuxK, no
+input normalisation, b_dec = the first batch's mean), the same with AuxK 1/32, and Adam at our LR. Its trained
+SAE is saved by its trainer and read back by our sparsify loader. The step is timed between forward calls of
+`layers.0` (one per batch: its embedding lookup, hook, step and bookkeeping). sparsify's fused Triton decoder
+needs a GPU; on CPU it uses its `embedding_bag` fallback and its `FusedEncoder` (index_add) backward.
+
 Results go into benchmarks/RESULTS.md under "## SAE training: ours vs SAELens", "## SAE training
 quality at equal tokens: ours vs SAELens" and "## Training quality on the toy world" (each section
-replaced when its command runs; the rest of the file is kept).
+replaced when its command runs; the rest of the file is kept); the sparsify commands write keyed blocks
+under "## SAE training: ours vs EleutherAI sparsify" (one per command, and per --tokens for quality).
 """
 
 from __future__ import annotations
@@ -49,6 +63,7 @@ RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SPEED_HEADING = "## SAE training: ours vs SAELens"
 QUALITY_HEADING = "## SAE training quality at equal tokens: ours vs SAELens"
 TOY_HEADING = "## Training quality on the toy world"
+SPARSIFY_HEADING = "## SAE training: ours vs EleutherAI sparsify"
 ARCHS = ("topk", "batchtopk", "matryoshka_batchtopk")
 HOOK = "blocks.0.hook_resid_post"
 
@@ -195,6 +210,80 @@ def run_sae_lens(arch, cache, *, d_sae, k, batch, tokens, holdout, lr, dead_toke
             "tokens": tokens}
 
 
+# sparsify's own Trainer on the cache's rows. It trains on a transformers model's hooked module output over a
+# token dataset, so the rows become a model: token id i's hidden state at `layers.0` is row i of the stream.
+SPARSIFY_RECIPES = {
+    # name: (optimizer, AuxK alpha, LR from --lr instead of sparsify's width rule)
+    "default": ("signum", 0.0, False),   # TrainConfig defaults: schedule-free signum, auxk_alpha 0
+    "auxk": ("signum", 1 / 32, False),    # + AuxK at our coefficient, dead after --dead-tokens
+    "adam": ("adam", 1 / 32, True),       # Adam at our LR, 1% warm-up (its default: 1000 steps), linear decay to 0
+}
+SPARSIFY_SEQ = 128  # token positions per dataset row; batch = --batch / 128 rows
+
+
+def activation_table_model(rows_ND: torch.Tensor):
+    """A transformers model whose module `layers.0` outputs row i of `rows_ND` for token id i."""
+    from transformers import PretrainedConfig, PreTrainedModel
+
+    class ActivationTable(PreTrainedModel):
+        config_class = PretrainedConfig
+
+        def __init__(self, config, rows):
+            super().__init__(config)
+            self.embed = torch.nn.Embedding.from_pretrained(rows, freeze=True)
+            self.layers = torch.nn.ModuleList([torch.nn.Identity()])
+
+        def forward(self, input_ids, **_):
+            return self.layers[0](self.embed(input_ids))
+
+    return ActivationTable(PretrainedConfig(num_hidden_layers=1), rows_ND)
+
+
+def run_sparsify(cache, *, d_sae, k, batch, tokens, holdout, lr, dead_tokens, threads, out, recipe="default"):
+    """sparsify's `Trainer(TrainConfig(...)).fit()` on the rows our reader gives after the held-out ones, in order."""
+    from datasets import Dataset
+    from sparsify import SparseCoderConfig, Trainer, TrainConfig
+
+    from saes.formats import sparsify as sparsify_format
+    from training.reader import CacheReader
+
+    if batch % SPARSIFY_SEQ:
+        raise SystemExit(f"--batch {batch}: sparsify's batches are whole dataset rows of {SPARSIFY_SEQ} tokens")
+    optimizer, auxk_alpha, our_lr = SPARSIFY_RECIPES[recipe]
+    steps = tokens // batch
+    t0 = time.perf_counter()  # end to end from the cache, as ours (reading the rows included)
+    it = iter(CacheReader(cache, batch, seed=0, epochs=None))
+    for _ in range(holdout // batch):  # held out, as ours (norm estimate) and SAELens (its norm estimate) skip them
+        next(it)
+    rows_ND = torch.cat([next(it).acts for _ in range(steps)])
+    ids = torch.arange(len(rows_ND)).view(-1, SPARSIFY_SEQ)
+    dataset = Dataset.from_dict({"input_ids": ids.numpy()}).with_format("torch")
+    model = activation_table_model(rows_ND)
+    torch.set_num_threads(threads)
+    precision = torch.get_float32_matmul_precision()  # fit() sets "high"; the process is shared with ours
+    cfg = TrainConfig(SparseCoderConfig(num_latents=d_sae, k=k), batch_size=batch // SPARSIFY_SEQ, hookpoints=["layers.0"],
+                      optimizer=optimizer, lr=lr if our_lr else None, lr_warmup_steps=max(1, steps // 100),
+                      auxk_alpha=auxk_alpha, dead_feature_threshold=dead_tokens, log_to_wandb=False,
+                      save_dir=str(out), run_name="run")
+    src = Timed(None)  # its clocks, read once per batch: at each forward of `layers.0`
+
+    def clock(*_):
+        src.times.append(time.perf_counter())
+        src.cpu_times.append(time.process_time())
+
+    model.layers[0].register_forward_pre_hook(clock)
+    try:
+        trainer = Trainer(cfg, dataset, model)
+        trainer.fit()
+    finally:
+        torch.set_float32_matmul_precision(precision)
+    wall = time.perf_counter() - t0
+    since_fired_F = trainer.num_tokens_since_fired["layers.0"]
+    loaded = sparsify_format.load(Path(out) / "run" / "layers.0", hook=HOOK)
+    return {"step_s": src.step_seconds(skip=3), "cpu_step_s": src.step_seconds(3, "cpu"), "wall": wall,
+            "sae": loaded.sae, "tokens": steps * batch, "dead_fraction": float((since_fired_F >= dead_tokens).double().mean())}
+
+
 def _d_in(cache: Path) -> int:
     d_in = json.loads((cache / "manifest.json").read_text())["d_in"]
     return int(next(iter(d_in.values())))
@@ -323,6 +412,112 @@ def cmd_quality(args) -> str:
     return "\n".join(lines)
 
 
+def sparsify_version() -> str:
+    from importlib.metadata import version
+
+    return version("eai-sparsify")
+
+
+def cmd_sparsify_speed(args) -> str:
+    """TopK only (sparsify has no BatchTopK / Matryoshka): ours and sparsify on the same cache, 1 and 2 threads."""
+    cache = synthetic_cache(Path(args.synthetic_cache), args.d_in, rows=max(400_000, args.steps * args.batch * 2))
+    from training.evaluate import evaluate_activations
+
+    hold = holdout_rows(cache, args.batch, args.holdout)
+    load0 = load_average()
+    who_all = list(args.methods) + ["sparsify"]
+    res: dict[tuple[int, str], list] = {(t, w): [] for t in args.thread_counts for w in who_all}
+    for r in range(args.rounds):
+        for t in args.thread_counts:
+            common = dict(d_sae=args.d_sae, k=args.k, batch=args.batch, tokens=args.steps * args.batch, holdout=args.holdout,
+                          lr=args.lr, dead_tokens=args.dead_tokens, threads=t)
+            for who in who_all:
+                with tempfile.TemporaryDirectory() as tmp:
+                    if who == "sparsify":
+                        out = run_sparsify(cache, out=Path(tmp), **common)
+                    else:
+                        out = run_ours("topk", cache, method=who, out=Path(tmp) / "run", **common)
+                    q = evaluate_activations(out["sae"], hold)
+                res[t, who].append({**out, "ev": q["explained_variance"]})
+                print(f"round {r} threads {t} {who:12s}: {args.batch / out['step_s']:9,.0f} tok/s per step, "
+                      f"{args.batch / out['cpu_step_s']:9,.0f} tok per CPU-s, wall {out['wall']:6.1f} s, "
+                      f"EV {q['explained_variance']:.3f}", flush=True)
+    load1 = load_average()
+    ms = ",".join(args.methods)
+    lines = [
+        f"`python benchmarks/bench_train.py sparsify-speed --steps {args.steps} --rounds {args.rounds} --threads-list "
+        f"{','.join(map(str, args.thread_counts))} --holdout {args.holdout} --methods {ms}`; {machine()}; sparsify "
+        f"{sparsify_version()} (no Triton on CPU: its eager `embedding_bag` decoder); load average before/after {load0} / {load1}.",
+        "",
+        f"TopK, d_in {args.d_in} (synthetic sparse-feature activations, the speed table's fp16 cache), d_sae {args.d_sae}, "
+        f"k {args.k}, batch {args.batch}, {args.steps} steps after {args.holdout:,} held-out rows, fp32, the same seeded "
+        f"`CacheReader` feeding both. Ours: `training.train` (LR {args.lr}, its defaults otherwise). sparsify: its own "
+        f"`Trainer(TrainConfig(...)).fit()` on the same rows in the same batches (a model whose `layers.0` outputs "
+        f"them; TrainConfig defaults: schedule-free signum at its width-rule LR, no AuxK; it sets b_dec to the first "
+        f"batch mean, renormalises the decoder and removes its parallel gradient each step). tok/s = batch rows / median time between the loop's batch requests, "
+        f"by elapsed time (wall) and by process CPU time (cpu: all threads; the measure on this shared machine); "
+        f"medians over {args.rounds} rounds, trainers and thread counts interleaved. End-to-end = the whole call "
+        f"(start, training, save; ours also norm estimate, fold and final eval). EV on the {args.holdout:,} held-out "
+        f"rows: a sanity check after {args.steps} steps, not a quality comparison.",
+        "",
+        "| threads | trainer | tok/s wall | tok/s cpu | ours / sparsify (cpu) | end-to-end wall (s) | EV |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for t in args.thread_counts:
+        cpu_sp = statistics.median(args.batch / x["cpu_step_s"] for x in res[t, "sparsify"])
+        for who in who_all:
+            v = res[t, who]
+            cpu = statistics.median(args.batch / x["cpu_step_s"] for x in v)
+            name = f"sparsify {sparsify_version()}" if who == "sparsify" else f"ours `{who}`"
+            ratio = "" if who == "sparsify" else f"**{cpu / cpu_sp:.1f}x**"
+            lines.append(f"| {t} | {name} | {statistics.median(args.batch / x['step_s'] for x in v):,.0f} | {cpu:,.0f} | "
+                         f"{ratio} | {statistics.median(x['wall'] for x in v):.1f} | {statistics.median(x['ev'] for x in v):.3f} |")
+    return "\n".join(lines)
+
+
+def cmd_sparsify_quality(args) -> str:
+    """Equal tokens on the toy world: ours TopK against sparsify's recipes (SPARSIFY_RECIPES)."""
+    from training.evaluate import evaluate_activations
+
+    cache = Path(args.cache)
+    hold = holdout_rows(cache, args.batch, args.holdout)
+    load0 = load_average()
+    common = dict(d_sae=args.toy_d_sae, k=args.k, batch=args.batch, tokens=args.tokens, holdout=args.holdout,
+                  lr=args.lr, dead_tokens=args.dead_tokens, threads=args.threads)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        o = run_ours("topk", cache, method=args.methods[0], out=Path(tmp) / "run", **common)
+    rows.append((f"ours `{args.methods[0]}` (Adam, LR {args.lr:g}, AuxK 1/32)", o, o["metrics"]["dead_fraction"]))
+    for recipe in args.recipes:
+        with tempfile.TemporaryDirectory() as tmp:
+            s = run_sparsify(cache, out=Path(tmp), recipe=recipe, **common)
+        optimizer, alpha, our_lr = SPARSIFY_RECIPES[recipe]
+        lr = f"LR {args.lr:g}" if our_lr else "its width-rule LR"
+        rows.append((f"sparsify `{recipe}` ({optimizer}, {lr}, AuxK {'1/32' if alpha else 'off'})", s, s["dead_fraction"]))
+    lines = [
+        f"`python benchmarks/bench_train.py sparsify-quality --cache {args.cache} --tokens {args.tokens} --toy-d-sae "
+        f"{args.toy_d_sae} --lr {args.lr:g} --dead-tokens {args.dead_tokens} --threads {args.threads} --holdout {args.holdout} "
+        f"--methods {args.methods[0]} --recipes {','.join(args.recipes)}`; {machine()}; sparsify {sparsify_version()}; "
+        f"load average before {load0}.",
+        "",
+        f"Toy world's cached residual stream ({cache.name}; d_in {_d_in(cache)}), TopK d_sae {args.toy_d_sae}, k {args.k}, "
+        f"{args.tokens:,} tokens each, batch {args.batch}, the same reader and seed; the first {args.holdout:,} rows held out "
+        f"(neither trains on them). Both SAEs evaluated in their saved form (sparsify's read back through our sparsify "
+        f"loader) by the same code on those rows: EV, L0, latents that never fire there (eval dead); train dead = no "
+        f"firing in the last {args.dead_tokens:,} training tokens. tok per CPU-s: batch rows / median process CPU time "
+        f"per step at {args.threads} thread(s) (the machine is shared); end-to-end: elapsed.",
+        "",
+        "| trainer | EV | L0 | dead (train window) | dead (held-out) | tok per CPU-s | end-to-end (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r, dead in rows:
+        q = evaluate_activations(r["sae"], hold)
+        print(f"{name}: EV {q['explained_variance']:.4f} L0 {q['l0']:.1f} dead {dead:.2%} / {q['eval_dead_fraction']:.2%}", flush=True)
+        lines.append(f"| {name} | {q['explained_variance']:.4f} | {q['l0']:.1f} | {dead:.2%} | {q['eval_dead_fraction']:.2%} | "
+                     f"{args.batch / r['cpu_step_s']:,.0f} | {r['wall']:.1f} |")
+    return "\n".join(lines)
+
+
 def cmd_toyworld(args) -> str:
     from saesteer.models import load_model, model_id
     from training.config import CheckpointConfig, EvalConfig, LogConfig, OptimConfig, RunConfig, SAESpec, TrainConfig
@@ -392,7 +587,7 @@ def cmd_toyworld(args) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=("speed", "quality", "toyworld", "all"))
+    ap.add_argument("what", choices=("speed", "quality", "toyworld", "sparsify-speed", "sparsify-quality", "all"))
     ap.add_argument("--cache", default="/tmp/trainer/cache_toy_l2", help="toy world activation cache (quality, toyworld)")
     ap.add_argument("--synthetic-cache", default="/tmp/trainer/cache_synth_d512")
     ap.add_argument("--d-in", type=int, default=512)
@@ -415,10 +610,16 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--archs", default=",".join(ARCHS))
     ap.add_argument("--methods", default="fast", help="our step methods to time, comma-separated (e.g. fast,fast_native)")
+    ap.add_argument("--threads-list", default="1,2", help="sparsify-speed: torch thread counts, comma-separated")
+    ap.add_argument("--recipes", default=",".join(SPARSIFY_RECIPES), help="sparsify-quality: sparsify set-ups (see SPARSIFY_RECIPES)")
     ap.add_argument("--no-write", action="store_true", help="print the tables, leave RESULTS.md alone")
     args = ap.parse_args()
     args.archs = [a for a in args.archs.split(",") if a]
     args.methods = [m for m in args.methods.split(",") if m]
+    args.thread_counts = [int(t) for t in args.threads_list.split(",") if t]
+    args.recipes = [r for r in args.recipes.split(",") if r]
+    if unknown := [r for r in args.recipes if r not in SPARSIFY_RECIPES]:
+        ap.error(f"--recipes: unknown {', '.join(unknown)}; known: {', '.join(SPARSIFY_RECIPES)}")
     torch.set_num_threads(args.threads)
     for name, heading, fn in (("speed", SPEED_HEADING, cmd_speed), ("quality", QUALITY_HEADING, cmd_quality),
                               ("toyworld", TOY_HEADING, cmd_toyworld)):
@@ -427,6 +628,15 @@ def main() -> int:
             print(body, flush=True)
             if not args.no_write:
                 replace_section(heading, body)
+    for name, fn in (("sparsify-speed", cmd_sparsify_speed), ("sparsify-quality", cmd_sparsify_quality)):
+        if args.what == name:  # not part of "all": one keyed block each in the sparsify section
+            body = fn(args)
+            print(body, flush=True)
+            if not args.no_write:
+                from results_md import replace_block
+
+                key = name if name == "sparsify-speed" else f"{name}:{args.tokens}"  # one block per token count
+                replace_block(SPARSIFY_HEADING, key, body, RESULTS)
     return 0
 
 
