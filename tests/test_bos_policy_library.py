@@ -1,0 +1,72 @@
+"""A `--bos-policy doc` SAE fed through the Python API as the CLI feeds it: prompts after BOS, whether
+the caller holds the `LoadedSAE` (`resolve_sae`) or the bare SAE (`saes.load_sae`), while cfg.json
+keeps SAELens's meaning (prepend_bos=false: its contexts are plain slices of the stream)."""
+
+import json
+
+import pytest
+import torch
+
+import saes
+import steering
+from helpers.steering_fixtures import random_sae, tiny_model, torch_threads  # noqa: F401
+from saes.formats import resolve_sae
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+@pytest.fixture
+def folders(model, tmp_path):
+    sae = random_sae(model, "topk")
+    sae.cfg.metadata["prepend_bos"] = False
+    for policy in ("doc", "none"):  # as `saesteer train` records a cache's policy
+        saes.save_sae(sae, tmp_path / policy, provenance={"tool": "saesteer", "data": {"bos_policy": policy}})
+    return tmp_path
+
+
+def _first_prompt_token(model, monkeypatch, sae):
+    """The first token of the prompt `steering.compare` generates from (both passes)."""
+    import steering.generation
+
+    seen = []
+    real = steering.generation._tokenize
+
+    def spy(model, prompts, prepend_bos):
+        tokens = real(model, prompts, prepend_bos)
+        seen.append(int(tokens[0, 0]))
+        return tokens
+
+    monkeypatch.setattr(steering.generation, "_tokenize", spy)
+    steering.compare(model, sae, ["3:add=4"], ["the sea"], max_new_tokens=1, do_sample=False)
+    assert len(set(seen)) == 1, seen
+    return seen[0]
+
+
+@pytest.mark.parametrize("load", ["resolve_sae", "load_sae"])
+def test_compare_feeds_a_doc_policy_saes_prompts_after_bos(model, folders, monkeypatch, load):
+    """steering.compare with a 'doc'-policy SAE, loaded either way: the prompt starts with BOS (the
+    API read only cfg.json's prepend_bos=false and fed it none; the CLI gave it one)."""
+    bos = model.tokenizer.bos_token_id
+    read = resolve_sae if load == "resolve_sae" else saes.load_sae
+    assert _first_prompt_token(model, monkeypatch, read(str(folders / "doc"))) == bos
+    assert _first_prompt_token(model, monkeypatch, read(str(folders / "none"))) != bos
+
+
+def test_the_policy_rides_on_the_object_never_into_cfg_json(model, folders, tmp_path):
+    """The policy a loaded SAE carries is not written back: re-saving it leaves cfg.json's
+    prepend_bos false and adds nothing SAELens would read; its latents read a prompt after BOS
+    (mean_latent_activation, as `steer --contrast` and the web app's firing scorer read it)."""
+    from steering.activations import mean_latent_activation
+
+    sae = saes.load_sae(folders / "doc")
+    assert sae.trained_bos_policy == "doc"
+    saes.save_sae(sae, tmp_path / "again")
+    assert json.loads((tmp_path / "again" / "cfg.json").read_text()) == json.loads((folders / "doc" / "cfg.json").read_text())
+    with torch.no_grad():
+        got = mean_latent_activation(model, sae, ["the sea"])[0]
+        after_bos = mean_latent_activation(model, sae, ["the sea"], prepend_bos=True)[0]
+        without = mean_latent_activation(model, sae, ["the sea"], prepend_bos=False)[0]
+    assert torch.equal(got, after_bos) and not torch.equal(got, without)
