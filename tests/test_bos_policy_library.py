@@ -70,3 +70,18 @@ def test_the_policy_rides_on_the_object_never_into_cfg_json(model, folders, tmp_
         after_bos = mean_latent_activation(model, sae, ["the sea"], prepend_bos=True)[0]
         without = mean_latent_activation(model, sae, ["the sea"], prepend_bos=False)[0]
     assert torch.equal(got, after_bos) and not torch.equal(got, without)
+
+
+def test_a_doc_policy_saes_prompt_written_with_its_bos_gets_no_second(model, folders, monkeypatch):
+    """A chat template rendered to text writes BOS itself: a 'doc'-policy SAE's prompt that starts
+    with it is read as written, one BOS (`saes.bos.prompt_tokens`), not BOS BOS."""
+    import steering.generation
+
+    bos = model.tokenizer.bos_token_id
+    seen = []
+    real = steering.generation._tokenize
+    monkeypatch.setattr(steering.generation, "_tokenize",
+                        lambda m, p, b: seen.append(real(m, p, b)[0].tolist()) or real(m, p, b))
+    steering.compare(model, saes.load_sae(folders / "doc"), ["3:add=4"], [model.tokenizer.bos_token + "the sea"],
+                     max_new_tokens=1, do_sample=False)
+    assert seen and all(row[0] == bos and row[1] != bos for row in seen)
