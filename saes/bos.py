@@ -50,12 +50,10 @@ def recorded_bos(saes: Iterable[Any]) -> bool | None:
     """Whether the SAEs' training says a prompt starts with BOS (each an SAE or a `LoadedSAE`): True
     for an SAE trained here on BOS policy "doc" (`trained_bos_policy`): BOS started every document it
     saw, and a prompt is a document's start, though its cfg.json records prepend_bos=false (for
-    SAELens: its contexts, plain slices of the stream, do not start with BOS); else what the SAEs'
-    cfg.json records; None when neither says."""
-    saes = list(saes)
-    if any(trained_bos_policy(sae) == "doc" for sae in saes):
-        return True
-    return recorded_prepend_bos(saes)
+    SAELens: its contexts, plain slices of the stream, do not start with BOS); else what its cfg.json
+    records. None when none says or they disagree (a "doc" SAE beside one recorded without BOS)."""
+    found = {True if trained_bos_policy(sae) == "doc" else recorded_prepend_bos([sae]) for sae in saes} - {None}
+    return found.pop() if len(found) == 1 else None
 
 
 def prepend_bos_for(model: Any, saes: Iterable[Any], override: bool | None = None) -> bool:

@@ -85,3 +85,15 @@ def test_a_doc_policy_saes_prompt_written_with_its_bos_gets_no_second(model, fol
     steering.compare(model, saes.load_sae(folders / "doc"), ["3:add=4"], [model.tokenizer.bos_token + "the sea"],
                      max_new_tokens=1, do_sample=False)
     assert seen and all(row[0] == bos and row[1] != bos for row in seen)
+
+
+def test_a_doc_policy_sae_beside_one_trained_without_bos_is_a_disagreement(model, folders):
+    """Two SAEs that want a prompt fed differently (a 'doc' one after BOS, a 'none' one without) get
+    the model's default, as two SAEs whose cfg.json disagree do; the 'doc' one did not win alone."""
+    from saes.bos import prepend_bos_for
+
+    doc, none = saes.load_sae(folders / "doc"), saes.load_sae(folders / "none")
+    for default in (True, False):
+        stub = type("Model", (), {"cfg": type("Cfg", (), {"default_prepend_bos": default})()})()
+        assert prepend_bos_for(stub, [doc, none]) is default
+        assert prepend_bos_for(stub, [doc, doc]) is True and prepend_bos_for(stub, [none]) is False
