@@ -97,3 +97,30 @@ def test_a_doc_policy_sae_beside_one_trained_without_bos_is_a_disagreement(model
         stub = type("Model", (), {"cfg": type("Cfg", (), {"default_prepend_bos": default})()})()
         assert prepend_bos_for(stub, [doc, none]) is default
         assert prepend_bos_for(stub, [doc, doc]) is True and prepend_bos_for(stub, [none]) is False
+
+
+def test_compare_methods_generates_every_method_with_the_saes_bos(model, folders, monkeypatch):
+    """`steering.methods.compare_methods` (what `steer-eval` runs): the dev sweeps and the test
+    generations of every method read the prompts with one BOS, the SAE's (cfg.json prepend_bos=false
+    here, on a model that prepends one by default). The sweeps took the SAE's, the test generations
+    the model's: a method was picked on one tokenization and scored on another."""
+    import steering.generation
+    from steering import CompareConfig, GenerationConfig
+    from steering.evaluate import SampleScores
+    from steering.methods import compare_methods
+
+    assert model.cfg.default_prepend_bos is True
+    seen = set()
+    real = steering.generation._tokenize
+
+    def spy(model, prompts, prepend_bos):
+        seen.add(int(real(model, prompts, prepend_bos)[0, 0]) == model.tokenizer.bos_token_id)
+        return real(model, prompts, prepend_bos)
+
+    monkeypatch.setattr(steering.generation, "_tokenize", spy)
+    card = compare_methods(model, saes.load_sae(folders / "none"), lambda ps, cs: [SampleScores(0.5) for _ in cs],
+                           prompts=["the sea"], latents=[3], typical_max=lambda latent: 1.0, with_perplexity=False,
+                           config=CompareConfig(candidates=1, sae_strengths=[2.0]),
+                           gen_config=GenerationConfig(max_new_tokens=2, do_sample=False, stop_at_eos=False))
+    assert [r.method for r in card.rows] == ["unsteered", "SAE feature"]
+    assert seen == {False}  # no prompt of any pass started with BOS
