@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -34,7 +34,7 @@ from torch import Tensor
 
 from saes.hookpoints import model_device, opt_in_hooks
 from steering.config import GenerationConfig
-from steering.generation import Generation, generate, sae_prepend_bos
+from steering.generation import Generation, generate
 from steering.inputs import Model, SAEs, TypicalMaxArg, sae_mapping
 from steering.interventions import LatentEditor, op_coefficients
 from steering.lowprecision import sae_precision
@@ -227,10 +227,9 @@ def build_plan(model: Model, saes: SAEs, edits: Sequence[Edit | str | Preset], *
 class SteeringSession:
     """Handle yielded by `steer`: the resolved edits, and generation with exact prompt positions."""
 
-    def __init__(self, model: Model, plan: SteeringPlan, prepend_bos: bool | None = None) -> None:
+    def __init__(self, model: Model, plan: SteeringPlan) -> None:
         self.model = model
         self.plan = plan
-        self.prepend_bos = prepend_bos  # the SAEs' BOS (saes.bos): a config that leaves it to them gets it
         self.active = True
 
     @property
@@ -254,14 +253,13 @@ class SteeringSession:
 
     def generate(self, prompts: str | Sequence[str], config: GenerationConfig | None = None,
                  **overrides: Any) -> Generation:
-        """Steered generation (see `steering.generation.generate`); prompts get the BOS the SAEs were
-        trained with unless the config's `prepend_bos` says otherwise, as `compare` gives them."""
+        """Steered generation (see `steering.generation.generate`). A config's prepend_bos None is the
+        model's default here, as in plain `generate`, so a steered and an unsteered pass with one config
+        read the same tokens; `compare` (or `steering.generation.with_sae_bos(config, saes)`) gives
+        prompts the BOS the SAEs were trained with."""
         if not self.active:
             raise SteeringError("this steering session has ended; call it inside the `with steer(...)` block")
-        config = replace(config or GenerationConfig(), **overrides)
-        if config.prepend_bos is None:
-            config = replace(config, prepend_bos=self.prepend_bos)
-        return generate(self.model, prompts, config, session=self)
+        return generate(self.model, prompts, config, session=self, **overrides)
 
 
 @contextmanager
@@ -290,7 +288,7 @@ def steer(
     check_models(model, saes, allow_model_mismatch)
     plan = build_plan(model, saes, list(edits), typical_max=typical_max, limits=limits,
                       allow_model_mismatch=allow_model_mismatch)
-    session = SteeringSession(model, plan, sae_prepend_bos(saes))
+    session = SteeringSession(model, plan)
     handles = []
     try:
         for block_idx, tracker in plan.trackers.items():

@@ -125,19 +125,3 @@ def test_compare_methods_generates_every_method_with_the_saes_bos(model, folders
     assert [r.method for r in card.rows] == ["unsteered", "SAE feature"]
     assert seen == {False}  # no prompt of any pass started with BOS
 
-
-@pytest.mark.parametrize("policy, starts_with_bos", [("none", False), ("doc", True)])
-def test_a_steering_sessions_generate_gives_prompts_the_saes_bos(model, folders, monkeypatch, policy, starts_with_bos):
-    """`with steer(model, sae, edits) as s: s.generate(prompts)` feeds the prompts as `compare` does,
-    with the SAE's BOS (none for one recorded without, on a model that prepends one by default; one
-    for a 'doc' SAE); an explicit prepend_bos still wins. It took the model's default."""
-    import steering.generation
-
-    seen = []
-    real = steering.generation._tokenize
-    monkeypatch.setattr(steering.generation, "_tokenize",
-                        lambda m, p, b: seen.append(int(real(m, p, b)[0, 0]) == m.tokenizer.bos_token_id) or real(m, p, b))
-    with steering.steer(model, saes.load_sae(folders / policy), ["3:add=4"]) as s:
-        s.generate(["the sea"], max_new_tokens=1, do_sample=False)
-        s.generate(["the sea"], steering.GenerationConfig(max_new_tokens=1, prepend_bos=not starts_with_bos))
-    assert seen[0] is starts_with_bos and seen[-1] is (not starts_with_bos)  # the first pass, the last
