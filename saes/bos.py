@@ -14,7 +14,8 @@ the stream, so cfg.json says prepend_bos=false) saw every document start after B
 document's start, gets one. Only its saesteer.json says "doc": a `LoadedSAE` carries it, and an SAE
 read from a folder (`saes.load_sae`, `resolve_sae`) keeps it as `sae.trained_bos_policy` (never
 written to cfg.json), so a bare SAE from a folder is fed as the CLI feeds it (`recorded_bos`:
-`steering.compare`/`sweep`/`steer` and `mean_latent_activation` read it too). An SAE object built in
+`steering.compare`/`sweep`/`compare_methods`, `mean_latent_activation` and `with_sae_bos` read it
+too; a plain `generate` or a steer() session's takes the model's default unless told). An SAE object built in
 memory (a training run's result before it is saved) carries no policy: its cfg.json record counts.
 The /v1 API does not take this rule: a completions prompt gets the model's own BOS, as vLLM would
 tokenize it, and a chat prompt the BOS its template writes (docs/api.md).
