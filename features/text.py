@@ -102,9 +102,10 @@ def features_on_text(
 ) -> TextActivations:
     """Latents firing on each token of `text`, strongest first (labels from `store` when given;
     the store must have been built from this SAE). `sae`: an SAE or a `saes.formats.LoadedSAE`.
-    The text starts with BOS as the SAE's inputs did (its cfg.json `prepend_bos`, else the model's
-    default) unless `prepend_bos` says otherwise; a text longer than the model's context is refused
-(ValueError, `text_tokens`), never cut. An SAE (loaded beside a record) or store
+    The text starts with BOS as the SAE's inputs did (`saes.bos.prepend_bos_for`: always for a
+    `--bos-policy doc` SAE, else its cfg.json `prepend_bos`, else the model's default) unless
+    `prepend_bos` says otherwise; a text longer than the model's context is refused (ValueError,
+    `text_tokens`), never cut. An SAE (loaded beside a record) or store
     recorded for another model than `model` is refused (saes.identity.ModelMismatchError) unless
     `allow_model_mismatch`."""
     from saes.bos import prepend_bos_for

@@ -3,7 +3,7 @@ for an SAE (steering, sweeps, `features top-on-text`, the web app).
 
     bos = prepend_bos_for(model, [sae])            # the SAE's record, else the model's default
     bos = prepend_bos_for(model, [sae], False)     # an explicit choice wins
-    bos = prepend_bos_for(model, [loaded])         # a LoadedSAE: also its saesteer.json's BOS policy
+    bos = prepend_bos_for(model, [loaded])         # a LoadedSAE: its saesteer.json's BOS policy too
 
 `saesteer cache` prepends BOS to every context by default and records it in cfg.json's metadata
 (`prepend_bos`, SAELens's field), while models such as GPT-NeoX and Qwen2 do not prepend one by
@@ -11,7 +11,14 @@ default (TransformerLens's `cfg.default_prepend_bos`). Text fed without the BOS 
 with gives other activations at every position, so the record wins over the model's default.
 An SAE trained here with BOS policy "doc" (BOS starts every document; contexts are plain slices of
 the stream, so cfg.json says prepend_bos=false) saw every document start after BOS: a prompt, a
-document's start, gets one. Only its saesteer.json says "doc", so pass the `LoadedSAE`.
+document's start, gets one. Only its saesteer.json says "doc": a `LoadedSAE` carries it, and an SAE
+read from a folder (`saes.load_sae`, `resolve_sae`) keeps it as `sae.trained_bos_policy` (never
+written to cfg.json), so a bare SAE from a folder is fed as the CLI feeds it (`recorded_bos`:
+`steering.compare`/`sweep`/`compare_methods`, `mean_latent_activation` and `with_sae_bos` read it
+too; a plain `generate` or a steer() session's takes the model's default unless told). An SAE object built in
+memory (a training run's result before it is saved) carries no policy: its cfg.json record counts.
+The /v1 API does not take this rule: a completions prompt gets the model's own BOS, as vLLM would
+tokenize it, and a chat prompt the BOS its template writes (docs/api.md).
 
 A prompt text that already starts with the BOS token written out (a chat template rendered to
 text: "<s>[INST] ...") gets no second one (`prompt_tokens`): two BOS are in no chat prompt and no
@@ -25,7 +32,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Sequence
 
-__all__ = ["recorded_prepend_bos", "trained_bos_policy", "prepend_bos_for", "check_cache_bos", "starts_with_bos",
+__all__ = ["recorded_prepend_bos", "recorded_bos", "trained_bos_policy", "prepend_bos_for", "check_cache_bos", "starts_with_bos",
            "prompt_tokens"]
 
 BOS_POLICIES = ("prepend", "doc", "none")  # training.text.TextConfig.bos_policy
@@ -40,18 +47,22 @@ def recorded_prepend_bos(saes: Iterable[Any]) -> bool | None:
     return found.pop() if len(found) == 1 else None
 
 
+def recorded_bos(saes: Iterable[Any]) -> bool | None:
+    """Whether the SAEs' training says a prompt starts with BOS (each an SAE or a `LoadedSAE`): True
+    for an SAE trained here on BOS policy "doc" (`trained_bos_policy`): BOS started every document it
+    saw, and a prompt is a document's start, though its cfg.json records prepend_bos=false (for
+    SAELens: its contexts, plain slices of the stream, do not start with BOS); else what its cfg.json
+    records. None when none says or they disagree (a "doc" SAE beside one recorded without BOS)."""
+    found = {True if trained_bos_policy(sae) == "doc" else recorded_prepend_bos([sae]) for sae in saes} - {None}
+    return found.pop() if len(found) == 1 else None
+
+
 def prepend_bos_for(model: Any, saes: Iterable[Any], override: bool | None = None) -> bool:
     """Whether a prompt fed to these SAEs (each an SAE or a `LoadedSAE`) starts with BOS:
-    `override` when given; else True for an SAE trained here on BOS policy "doc" (its saesteer.json,
-    read from a `LoadedSAE`): BOS started every document it saw, and a prompt is a document's start,
-    though its cfg.json records prepend_bos=false (for SAELens: its contexts, plain slices of the
-    stream, do not start with BOS); else what the SAEs' cfg.json records; else the model's default."""
+    `override` when given, else what their training says (`recorded_bos`), else the model's default."""
     if override is not None:
         return bool(override)
-    saes = list(saes)
-    if any(trained_bos_policy(sae) == "doc" for sae in saes):
-        return True
-    recorded = recorded_prepend_bos(saes)
+    recorded = recorded_bos(saes)
     if recorded is not None:
         return recorded
     return bool(getattr(getattr(model, "cfg", None), "default_prepend_bos", True))
@@ -59,12 +70,16 @@ def prepend_bos_for(model: Any, saes: Iterable[Any], override: bool | None = Non
 
 def trained_bos_policy(loaded: Any) -> str | None:
     """The BOS policy of the contexts an SAE trained here was trained on (its saesteer.json: the
-    cache's `data.bos_policy`, or `data.text.bos_policy` for a run without a cache); None where the
-    provenance `loaded` carries (a `LoadedSAE`, or the dict) records none: another library's SAE, or
-    one trained here before the policy was recorded (its cfg.json's prepend_bos reads "doc" as "none")."""
+    cache's `data.bos_policy`, or `data.text.bos_policy` for a run without a cache), read from the
+    provenance `loaded` carries (a `LoadedSAE`, or the dict), else from the SAE itself (an SAE read
+    from a folder keeps it as `trained_bos_policy`); None where neither records one: another
+    library's SAE, or one trained here before the policy was recorded (its cfg.json's prepend_bos
+    reads "doc" as "none")."""
     prov = loaded if isinstance(loaded, dict) else getattr(loaded, "provenance", None)
     data = (prov or {}).get("data") or {}
     policy = data.get("bos_policy") or (data.get("text") or {}).get("bos_policy")
+    if policy is None and not isinstance(loaded, dict):
+        policy = getattr(getattr(loaded, "sae", loaded), "trained_bos_policy", None)
     return policy if policy in BOS_POLICIES else None
 
 

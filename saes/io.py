@@ -225,10 +225,18 @@ def read_sae_folder(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
 
 def sae_from_folder(files: SAEFolder, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
                     source: str = "SAE") -> SAE:
-    """The SAE an SAE folder's files describe, a whitened checkpoint's whitening folded in."""
+    """The SAE an SAE folder's files describe, a whitened checkpoint's whitening folded in. An SAE
+    trained here keeps its training's BOS policy (saesteer.json) as `trained_bos_policy`, on the
+    object only: prompts of a "doc"-policy SAE start with BOS wherever it goes (`saes.bos`), while
+    cfg.json's prepend_bos keeps SAELens's meaning."""
+    from saes.bos import trained_bos_policy
+
     sae = sae_from_sae_lens_dict(files.cfg, files.weights, device=device, dtype=dtype, source=source)
     if files.whitening is not None:
         sae.fold_input_whitening_(*files.whitening)
+    policy = trained_bos_policy(files.provenance or {})
+    if policy is not None:
+        sae.trained_bos_policy = policy
     return sae
 
 

@@ -56,11 +56,13 @@ def score_outputs(model: Any, sae: Any, store: Any, latents: Sequence[int], cfg:
     from autointerp.output_score import OUTPUT_METHOD, OUTPUT_PROMPT_VERSION, output_score_judge, output_score_offline
     from features import LabelProvenance, ScoreInput
     from steering import FeatureEdit, GenerationConfig, StoreLink
-    from steering.generation import generate
+    from steering.generation import generate, with_sae_bos
     from steering.session import steer
 
     link = StoreLink(store)
-    gen = GenerationConfig(max_new_tokens=cfg.new_tokens, seed=cfg.seed, stop_at_eos=False)
+    gen = GenerationConfig(max_new_tokens=cfg.new_tokens, seed=cfg.seed, stop_at_eos=False,
+                           prepend_bos=None if cfg.prompt else True)  # no prompt: BOS is all there is to read
+    gen = with_sae_bos(gen, [sae])  # the steered and the unsteered pass read the same tokens, as the SAE did
     prompts = [cfg.prompt] * cfg.samples
     unsteered = generate(model, prompts, gen).texts
     out: dict[int, Any] = {}

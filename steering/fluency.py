@@ -198,7 +198,8 @@ def reply_tokens(model: Model, prompt: str, text: str, ids: Sequence[int] | None
     never tokenized on its own: a SentencePiece tokenizer would start it with its dummy-prefix "▁",
     a token the model never generated. Where the joined text's tokens merge across the boundary
     (prompt "a " + reply "b" is "▁a", "▁b"), the reply starts at the first token that differs from
-    the prompt's."""
+    the prompt's; on a model that prepends no BOS, where that is the first token (prompt "h" + reply
+    "e sea" is "he", " sea"), from the second: the first token has nothing before it to be scored on."""
     head = prompt_tokens(model, prompt) if prompt else model.to_tokens("")
     if not prompt and head.shape[1] == 0:
         raise SteeringError("the model adds no BOS token and the prompt is empty: nothing to condition on")
@@ -208,7 +209,7 @@ def reply_tokens(model: Model, prompt: str, text: str, ids: Sequence[int] | None
     whole = prompt_tokens(model, prompt + text)
     h, w = head[0].tolist(), whole[0].tolist()
     same = next((i for i, (a, b) in enumerate(zip(h, w)) if a != b), min(len(h), len(w)))
-    return whole, same
+    return whole, max(same, 1)
 
 
 def pooled_perplexity(scores: Sequence[FluencyScore]) -> float | None:

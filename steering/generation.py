@@ -23,7 +23,7 @@ from torch import Tensor
 
 from saes.bos import prompt_tokens
 from steering.config import GenerationConfig
-from steering.inputs import Model, SAEs, sae_mapping
+from steering.inputs import Model, SAEs, named_saes
 from steering.spec import Positions, SteeringError, SteeringWarning
 from steering.textstream import TextAssembler
 
@@ -212,12 +212,12 @@ def continuation_text(tokenizer: Any, prompt_ids: Sequence[int], new_ids: Sequen
 
 
 def sae_prepend_bos(saes: SAEs) -> bool | None:
-    """Whether the SAEs were trained on contexts that start with BOS (`prepend_bos` in their
-    cfg.json metadata, as `saesteer cache` records it); None when none records it or they disagree
-    (the rule: `saes.bos`)."""
-    from saes.bos import recorded_prepend_bos
+    """Whether the SAEs' prompts start with BOS as their training says (`saes.bos.recorded_bos`:
+    always for a "doc"-policy SAE, else `prepend_bos` in their cfg.json metadata, as `saesteer cache`
+    records it); None when none says or they disagree."""
+    from saes.bos import recorded_bos
 
-    return recorded_prepend_bos(sae_mapping(saes).values())
+    return recorded_bos(named_saes(saes).values())  # a LoadedSAE as given: its provenance counts
 
 
 def with_sae_bos(config: GenerationConfig, saes: SAEs) -> GenerationConfig:

@@ -259,7 +259,9 @@ class SteeringSession:
     def generate(self, prompts: str | Sequence[str], config: GenerationConfig | None = None,
                  **overrides: Any) -> Generation:
         """Steered generation (see `steering.generation.generate`); prompts start with BOS as the SAEs'
-        inputs did (their recorded `prepend_bos`, else the model's default) unless the config says."""
+        inputs did (their recorded `prepend_bos`, a 'doc'-policy SAE's BOS, else the model's default)
+        unless the config says. To compare with an unsteered pass, give both the config
+        `steering.generation.with_sae_bos(config, saes)` so they read the same tokens (`compare` does)."""
         if not self.active:
             raise SteeringError("this steering session has ended; call it inside the `with steer(...)` block")
         config = with_sae_bos(dataclasses.replace(config or GenerationConfig(), **overrides), self.saes)

@@ -448,3 +448,37 @@ def test_cut_characters_are_no_words_of_a_label():
     evidence = dataclasses.replace(ctx.evidence, promoted=cut_first)
     e = explain_concept(ctx.explain, ctx.background, evidence)
     assert cut not in e.label and cut not in e.exemplars, e
+
+
+@pytest.mark.parametrize("prompt", ["the ship", ""])
+def test_output_scores_compare_a_steered_and_an_unsteered_pass_over_the_same_tokens(tmp_path, monkeypatch, prompt):
+    """An SAE recorded without BOS: the steered pass (a steering session follows the SAE's record) and
+    the unsteered one read the prompt the same way; with no prompt, BOS is what both read."""
+    import copy
+    import shutil
+
+    import steering.generation as generation
+    import steering.session as session
+    from features import FeatureStore
+    from helpers.web_app import shared_store
+    from saesteer.outputscore import OutputScoreConfig, score_outputs
+
+    ws = shared_store()
+    sae = copy.deepcopy(ws.sae)
+    sae.cfg.metadata["prepend_bos"] = False
+    seen = []
+
+    def recording(real):
+        def generate(model, prompts, config=None, **kw):
+            seen.append(config.prepend_bos)
+            return real(model, prompts, config, **kw)
+        return generate
+
+    monkeypatch.setattr(generation, "generate", recording(generation.generate))
+    monkeypatch.setattr(session, "generate", recording(session.generate))
+    path = tmp_path / "s.db"
+    shutil.copy(ws.path, path)
+    with FeatureStore.open(path, readonly=False) as st:
+        score_outputs(ws.model, sae, st, [sorted(ws.labels)[0]], OutputScoreConfig(samples=2, new_tokens=4, prompt=prompt),
+                      write=False)
+    assert seen == [prompt == ""] * 2

@@ -131,3 +131,28 @@ def test_text_factors_leave_prose_and_code_alone():
     assert repeated_bigram_share("the the the the") == pytest.approx(2 / 3)
     assert repeated_bigram_share("one two") == 0.0  # a single bigram cannot repeat
     assert word_char_share("(______") == 0.0 and word_char_share("   ") == 0.0
+
+
+def test_a_reply_merging_into_the_first_prompt_token_of_a_bosless_model_is_still_scored(tmp_path):
+    """A model that prepends no BOS (GPT-NeoX, Qwen2), byte-level BPE, a prompt whose one token merges
+    with the reply's start ("h" + "e sails..." is "he", " s"...): the reply is scored from the second
+    token on, as `fluency_of_generation` scores those tokens. It scored nothing (a reply of a dozen
+    tokens with n_tokens 0 and no surprise), as the reply's start was the position with no context."""
+    from transformers import AutoTokenizer
+
+    from helpers.text_tokenizers import byte_level_bpe
+    from helpers.tiny_model import make_model
+    from steering.fluency import fluency_of_texts
+    from steering.generation import Generation
+
+    byte_level_bpe().save_pretrained(tmp_path)
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    model = make_model(tok, n_ctx=128)
+    model.cfg.default_prepend_bos = False
+    prompt, reply = "h", "e sails on the sea"
+    head, whole = tok(prompt)["input_ids"], tok(prompt + reply)["input_ids"]
+    assert len(head) == 1 and whole[0] != head[0]  # the merge: the reply starts inside the prompt's token
+    scored, = fluency_of_texts(model, [prompt], [reply])
+    as_generated, = fluency_of_generation(model, Generation([prompt], [reply], torch.tensor([whole]), 1))
+    assert scored.n_tokens == len(whole) - 1 == as_generated.n_tokens
+    assert round(scored.nll_sum, 4) == round(as_generated.nll_sum, 4)
