@@ -27,7 +27,8 @@ b_enc, b_dec, threshold) inside an HF-cache snapshot of google/gemma-scope-2b-pt
   both shapes (the message was torch's header line, "Error(s) in loading state_dict for JumpReLUSAE:").
 - a Gemma Scope transcoder (google/gemma-scope-2b-pt-transcoders: same file names, reads the MLP's
   normalised input, predicts its output) was read as an SAE at the user's --hook: refused, naming its
-  hooks and its registry id.
+  hooks; through SAELens's registry it was read at blocks.N.ln2.hook_normalized, which TransformerLens
+  takes before the RMSNorm's weight (Gemma Scope trained on the MLP's input, after it): refused too.
 """
 
 from __future__ import annotations
@@ -270,12 +271,41 @@ def test_the_jumprelu_at_its_edges_is_gemma_scopes_and_sae_lenss(gemma, tmp_path
 
 def test_a_gemma_scope_transcoder_is_not_read_as_an_sae(gemma, tmp_path):
     """google/gemma-scope-2b-pt-transcoders holds params.npz of the same names: read as an SAE at the
-    user's --hook it reconstructed the wrong activations; refused, naming its hooks and the registry id."""
+    user's --hook it reconstructed the wrong activations; refused, naming its hooks and the hook it reads."""
     folder = "layer_0/width_16k/average_l0_76"
     snap = write_hf_snapshot(tmp_path / "hub", "google/gemma-scope-2b-pt-transcoders",
                              {f"{folder}/params.npz": write_gemma_scope(tmp_path / "tc.npz", gemma.params["l0"])})
     r = saesteer("features", "build", "--sae", snap / folder / "params.npz", "--hook", HOOK, "--cache", gemma.cache,
                  "--out", tmp_path / "tc.db", "--no-progress")
     assert r.rc == 2 and "transcoder" in r.err and "blocks.0.hook_mlp_out" in r.err, r.err
-    assert f"sae_lens:gemma-scope-2b-pt-transcoders/{folder}" in r.err
+    assert "blocks.0.mlp.hook_in" in r.err
     r.no_traceback()
+
+
+def _small_transcoder_config(monkeypatch, d_in: int, d_sae: int) -> None:
+    """SAELens's Gemma Scope transcoder converter sized for the tiny files (it sizes for gemma-2-2b)."""
+    from sae_lens.loading import pretrained_sae_loaders as loaders
+
+    real = loaders.get_gemma_2_transcoder_config_from_hf
+    monkeypatch.setattr(loaders, "get_gemma_2_transcoder_config_from_hf", lambda *a, **kw: {
+        **real(*a, **kw), "d_in": d_in, "d_out": d_in, "d_sae": d_sae})
+
+
+def test_a_gemma_scope_transcoder_is_refused_through_sae_lenss_registry_too(gemma, tmp_path, monkeypatch):
+    """SAELens's converter reads google/gemma-scope-2b-pt-transcoders at blocks.N.ln2.hook_normalized,
+    which TransformerLens (and the Bridge) take before the RMSNorm's weight; Gemma Scope trained them on
+    the MLP's input, after it. Loaded through the registry it read the wrong input silently."""
+    from huggingface_hub import constants
+
+    from saes.formats import resolve_sae
+    from saes.io import SAEFormatError
+
+    folder = "layer_0/width_16k/average_l0_76"
+    write_hf_snapshot(tmp_path / "hub", "google/gemma-scope-2b-pt-transcoders",
+                      {f"{folder}/params.npz": write_gemma_scope(tmp_path / "tc.npz", gemma.params["l0"])})
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    _small_transcoder_config(monkeypatch, 64, 128)
+    with pytest.raises(SAEFormatError) as e:
+        resolve_sae(f"sae_lens:gemma-scope-2b-pt-transcoders/{folder}")
+    assert "blocks.0.ln2.hook_normalized" in str(e.value) and "blocks.0.mlp.hook_in" in str(e.value), e.value
+    assert "weight" in str(e.value)

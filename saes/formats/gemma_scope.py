@@ -91,21 +91,34 @@ def registry_entries(repo_id: str, folder: str) -> list[dict[str, str]]:
     return found
 
 
-def _refuse_transcoder(source: str, repo_id: str, folder: str) -> None:
-    """Gemma Scope's transcoders share the file layout but read the MLP's normalised input and predict
-    its output: read as an SAE on one hook, every reconstruction would be of the wrong activations."""
+def is_gemma_2_transcoder(repo_id: str) -> bool:
+    """A repo of Gemma Scope's (Gemma 2) transcoders, e.g. google/gemma-scope-2b-pt-transcoders."""
+    name = repo_id.split("/")[-1]
+    return name.startswith("gemma-scope-") and not name.startswith("gemma-scope-2-") and "transcoder" in name
+
+
+def refuse_transcoder(source: str, repo_id: str, folder: str) -> None:
+    """Gemma Scope's transcoders share the file layout but read the MLP's input and predict its output:
+    read as an SAE on one hook, every reconstruction would be of the wrong activations. Gemma 2's
+    are not read through SAELens's registry either: they were trained on the MLP's real input, the
+    pre-MLP RMSNorm's output with its weight applied, and SAELens's converter reads
+    `blocks.N.ln2.hook_normalized`, which TransformerLens and TransformerBridge take before that weight."""
     from sae_lens.loading.pretrained_sae_loaders import get_gemma_2_transcoder_config_from_hf
 
+    what = f"{source}: a Gemma Scope transcoder of {repo_id}"
+    if not is_gemma_2_transcoder(repo_id):  # Gemma Scope 2: SAELens's gemma_3 converter, not checked here
+        raise SAEFormatError(f"{what}, not an SAE; load it through SAELens's registry, which reads it as a transcoder")
+    layer = re.search(r"layer_(\d+)", folder)
     try:
         cfg = get_gemma_2_transcoder_config_from_hf(repo_id, folder, device="cpu")
-        hooks = f" (reads {cfg['hook_name']}, predicts {cfg['hook_name_out']})"
+        reads = f"SAELens's converter reads it at {cfg['hook_name']} (predicting {cfg['hook_name_out']}), taken"
     except (ValueError, KeyError):
-        hooks = ""
-    entries = registry_entries(repo_id, folder)
-    how = (f"--sae sae_lens:{entries[0]['release']}/{entries[0]['sae_id']}" if entries
-           else "--sae sae_lens:RELEASE/SAE_ID of its SAELens registry release")
-    raise SAEFormatError(f"{source}: a Gemma Scope transcoder of {repo_id}{hooks}, not an SAE; load it through "
-                         f"SAELens's registry, which reads it as a transcoder: {how}")
+        reads = "SAELens's converter reads it at ln2.hook_normalized, taken"
+    raise SAEFormatError(
+        f"{what}, refused as an SAE and through SAELens's registry alike: it was trained on the MLP's input, the "
+        f"pre-MLP RMSNorm's output with its weight applied, and {reads} before that weight, so every latent would "
+        f"read the wrong input. To use it, save its weights as a SAELens transcoder folder (docs/formats.md, SAE "
+        f"folder) reading blocks.{layer[1] if layer else 'N'}.mlp.hook_in, the MLP's input")
 
 
 def read_npz(path: Path, source: str) -> dict[str, torch.Tensor]:
@@ -136,7 +149,7 @@ def load(
         raise SAEFormatError(f"{source}: W_enc must be a matrix [d_in, d_sae], got shape {tuple(arrays['W_enc'].shape)}")
     place = repo_and_folder(npz)
     if place and "transcoder" in place[0]:
-        _refuse_transcoder(source, *place)
+        refuse_transcoder(source, *place)
     recorded = sae_lens_config(*place) if place else None
     if recorded and recorded["hook_name"] == "hook_embed":  # trained before the sqrt(d_model) scaling
         arrays["W_enc"] = arrays["W_enc"] / math.sqrt(D_)
