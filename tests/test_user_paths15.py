@@ -131,6 +131,7 @@ def test_a_params_npz_in_gemma_scopes_layout_is_read_with_its_hook_model_and_reg
     from huggingface_hub import constants
 
     from saes.formats import resolve_sae
+    from saes.formats.neuronpedia import neuronpedia_id_of_spec
 
     loaded = resolve_sae(gemma.layer0)
     md, src = loaded.sae.cfg.metadata, loaded.provenance["source"]
@@ -139,7 +140,13 @@ def test_a_params_npz_in_gemma_scopes_layout_is_read_with_its_hook_model_and_reg
     assert {"release": "gemma-scope-2b-pt-res-canonical", "sae_id": "layer_0/width_16k/canonical",
             "neuronpedia": "gemma-2-2b/0-gemmascope-res-16k"} in src["registry"]
     assert {"release": "gemma-scope-2b-pt-res", "sae_id": LAYER0} in src["registry"]
-    assert src["neuronpedia"] == "gemma-2-2b/0-gemmascope-res-16k"
+    assert src["neuronpedia_id"] == neuronpedia_id_of_spec(str(gemma.layer0)) == "gemma-2-2b/0-gemmascope-res-16k"
+    assert src["neuronpedia_url"] == "https://www.neuronpedia.org/gemma-2-2b/0-gemmascope-res-16k"
+    # a folder two releases list under two Neuronpedia ids (one SAE): the canonical release's, as Neuronpedia lists it
+    both = write_gemma_scope(tmp_path / "gemma-scope-2b-pt-res" / "layer_5/width_1m/average_l0_114/params.npz",
+                             gemma.params["l0"])
+    assert resolve_sae(both).provenance["source"]["neuronpedia_id"] == "gemma-2-2b/5-gemmascope-res-1m"
+    assert neuronpedia_id_of_spec(str(both.parent)) == "gemma-2-2b/5-gemmascope-res-1m"
     # a clone of the repo (no HF cache) reads the same
     clone = write_gemma_scope(tmp_path / "gemma-scope-2b-pt-res" / "layer_3/width_16k/average_l0_5/params.npz",
                               gemma.params["l0"])
@@ -202,11 +209,19 @@ def test_build_show_label_steer_serve_and_eval_a_gemma_scope_sae(gemma, monkeypa
     with sqlite3.connect(db) as con:
         assert con.execute("SELECT COUNT(*) FROM labels WHERE latent = ?", (latent,)).fetchone()[0] == 1
     prompt = "def parse(self, args=None):"
+    steered = {}
     for edit in (f"{latent}:add=8x", f"{latent}:clamp=4x"):
         r = saesteer("steer", "--sae", gemma.layer0, "--store", db, "--latent", edit, "--prompt", prompt,
                      "--max-new-tokens", 10, "--seed", 0, "--json").ok()
         res = json.loads(r.out)["results"][0]
         assert res["prompt"] == prompt and res["steered"] != res["unsteered"], (edit, res)
+        steered[edit] = res["steered"]
+    # the latent as Neuronpedia names it (its page's id), on the params.npz given by path (it was refused:
+    # "latent ... is not of a --sae given ('sae' is not on Neuronpedia)")
+    r = saesteer("steer", "--sae", gemma.layer0, "--store", db, "--latent",
+                 f"gemma-2-2b/0-gemmascope-res-16k/{latent}:add=8x", "--prompt", prompt, "--max-new-tokens", 10,
+                 "--seed", 0, "--json").ok()
+    assert json.loads(r.out)["results"][0]["steered"] == steered[f"{latent}:add=8x"]
     calls = record_server(monkeypatch)
     saesteer("api", "--store", db, "--port", 0).ok()
     (app, kw), = calls
@@ -225,7 +240,7 @@ def test_build_show_label_steer_serve_and_eval_a_gemma_scope_sae(gemma, monkeypa
                  "--context-length", 48, "--out", work / "eval").ok()
     doc = json.loads((work / "eval" / "eval.json").read_text())
     (name, ev), = doc["saes"].items()
-    assert ev["source"]["neuronpedia"] == "gemma-2-2b/0-gemmascope-res-16k" and ev["hook_name"] == HOOK
+    assert ev["source"]["neuronpedia_id"] == "gemma-2-2b/0-gemmascope-res-16k" and ev["hook_name"] == HOOK
     assert ev["metrics"]["explained_variance"] is not None
 
 

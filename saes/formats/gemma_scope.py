@@ -91,6 +91,22 @@ def registry_entries(repo_id: str, folder: str) -> list[dict[str, str]]:
     return found
 
 
+def neuronpedia_id(entries: list[dict[str, str]]) -> str | None:
+    """The Neuronpedia id of a folder's registry entries; the canonical release's where two name one
+    SAE (gemma-2-2b/5-gemmascope-res-1m beside gemma-2-2b/5-gemmascope-res-1m__l0-114)."""
+    ids = sorted((not e["release"].endswith("-canonical"), e["neuronpedia"]) for e in entries if "neuronpedia" in e)
+    return ids[0][1] if ids else None
+
+
+def neuronpedia_id_of_path(path: Path) -> str | None:
+    """The Neuronpedia id of a Gemma Scope SAE's params.npz (or its folder) by its place in Google's
+    repos (see `repo_and_folder`); None elsewhere, and for a transcoder."""
+    npz = Path(os.path.abspath(path))
+    npz = npz if npz.is_file() else npz / WEIGHTS
+    place = repo_and_folder(npz) if npz.is_file() else None
+    return neuronpedia_id(registry_entries(*place)) if place and sae_lens_config(*place) else None
+
+
 def is_gemma_2_transcoder(repo_id: str) -> bool:
     """A repo of Gemma Scope's (Gemma 2) transcoders, e.g. google/gemma-scope-2b-pt-transcoders."""
     name = repo_id.split("/")[-1]
@@ -158,14 +174,16 @@ def load(
                            "dtype": str(arrays["W_enc"].dtype).removeprefix("torch."), "metadata": {}}
     sae = sae_from_sae_lens_dict(cfg, {n: arrays[n].contiguous() for n in _NAMES}, device=device, dtype=dtype,
                                  source=source)
+    from saes.formats.neuronpedia import SITE
+
     prov: dict[str, Any] = {"source": {"format": FORMAT, "path": str(npz), "files": files_record(npz.parent, [npz.name])}}
     if recorded:  # Gemma Scope trained with BOS on every context (SAELens's prepend_bos); steering follows it
         sae.cfg.metadata["prepend_bos"] = bool(recorded.get("prepend_bos", True))
         repo_id, folder = place
         prov["source"].update(repo_id=repo_id, folder=folder, registry=registry_entries(repo_id, folder))
-        neuronpedia = [e["neuronpedia"] for e in prov["source"]["registry"] if "neuronpedia" in e]
-        if neuronpedia:
-            prov["source"]["neuronpedia"] = neuronpedia[0]
+        np_id = neuronpedia_id(prov["source"]["registry"])
+        if np_id:  # the keys sae_lens_registry records
+            prov["source"].update(neuronpedia_id=np_id, neuronpedia_url=f"{SITE}/{np_id}")
         if recorded["hook_name"] == "hook_embed":
             prov["source"]["rescaled"] = "W_enc / sqrt(d_in), W_dec * sqrt(d_in) (embedding SAE, as SAELens loads it)"
     record_model_and_hook(
