@@ -184,6 +184,27 @@ def test_an_embedding_sae_is_rescaled_as_sae_lens_reads_it(gemma, monkeypatch):
         torch.testing.assert_close(ours.sae.decode(got), sl.decode(want), rtol=1e-4, atol=1e-4)
 
 
+def test_an_embedding_sae_copied_out_of_its_repo_is_refused_at_hook_embed(gemma, tmp_path):
+    """Copied out of Google's layout it cannot be rescaled as SAELens does (by its folder), and read
+    unscaled every latent reads sqrt(d_model) times its training input: it was taken silently."""
+    import shutil
+
+    from saes.formats import resolve_sae
+
+    copy = tmp_path / "my-saes" / "params.npz"
+    copy.parent.mkdir()
+    shutil.copy(gemma.embed, copy)
+    r = saesteer("features", "build", "--sae", copy, "--hook", "hook_embed", "--cache", gemma.cache,
+                 "--out", tmp_path / "e.db", "--no-progress")
+    assert r.rc == 2 and "sqrt(d_model)" in r.err and "embedding/width_4k" in r.err, r.err
+    r.no_traceback()
+    # in its repo's layout (a clone) it is read, rescaled
+    clone = tmp_path / "gemma-scope-2b-pt-res" / EMBED / "params.npz"
+    clone.parent.mkdir(parents=True)
+    shutil.copy(gemma.embed, clone)
+    assert "rescaled" in resolve_sae(clone, hook="hook_embed").provenance["source"]
+
+
 def test_build_show_label_steer_serve_and_eval_a_gemma_scope_sae(gemma, monkeypatch):
     from helpers.judge_server import JudgeServer, fake_llm_answer
     from helpers.web_app import ServerThread, record_server

@@ -15,7 +15,8 @@ gets its hook and model from SAELens's own Gemma Scope config (`get_gemma_2_conf
 registry release/id and Neuronpedia id are recorded; elsewhere pass `--model` and `--hook`.
 Embedding SAEs (`embedding/width_4k/...`) were trained on Gemma's embeddings before their scaling by
 sqrt(d_model), while `hook_embed` reads them after it (TransformerLens, the HF model): their encoder
-is divided and decoder multiplied by sqrt(d_in), as SAELens's loader does. Read with
+is divided and decoder multiplied by sqrt(d_in), as SAELens's loader does. One copied out of Google's layout is
+refused at hook_embed: SAELens rescales by the folder, which is gone. Read with
 `numpy.load(allow_pickle=False)`: object arrays are refused.
 """
 
@@ -167,6 +168,13 @@ def load(
     if place and "transcoder" in place[0]:
         refuse_transcoder(source, *place)
     recorded = sae_lens_config(*place) if place else None
+    if hook == "hook_embed" and not recorded:  # outside Google's layout: unscaled, every latent would read x sqrt(d_in)
+        raise SAEFormatError(
+            f"{source}: a Gemma Scope SAE at hook_embed outside Google's layout. Its embedding SAEs were trained on "
+            f"Gemma's embeddings before their sqrt(d_model) scaling, which hook_embed reads after it; SAELens rescales "
+            f"them by the folder they come from. Keep it in its repo's layout (a clone or the HF cache: "
+            f"gemma-scope-2b-pt-res/embedding/width_4k/average_l0_6/params.npz) or load it as "
+            f"sae_lens:gemma-scope-2b-pt-res/embedding/width_4k/average_l0_6")
     if recorded and recorded["hook_name"] == "hook_embed":  # trained before the sqrt(d_model) scaling
         arrays["W_enc"] = arrays["W_enc"] / math.sqrt(D_)
         arrays["W_dec"] = arrays["W_dec"] * math.sqrt(D_)
