@@ -203,6 +203,10 @@ def test_an_embedding_sae_copied_out_of_its_repo_is_refused_at_hook_embed(gemma,
     clone.parent.mkdir(parents=True)
     shutil.copy(gemma.embed, clone)
     assert "rescaled" in resolve_sae(clone, hook="hook_embed").provenance["source"]
+    # a folder linked to the snapshot's (ln -s .../snapshots/REV/embedding/... ~/embed-sae) is in it
+    link = tmp_path / "embed-sae"
+    link.symlink_to(gemma.embed.parent, target_is_directory=True)
+    assert resolve_sae(link, hook="hook_embed").provenance["source"]["folder"] == EMBED
 
 
 def test_build_show_label_steer_serve_and_eval_a_gemma_scope_sae(gemma, monkeypatch):

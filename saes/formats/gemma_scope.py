@@ -9,7 +9,8 @@ JumpReLU SAE with `apply_b_dec_to_input = False`.
 
 The file records neither model nor hook point; its place in Google's repos does
 (`gemma-scope-2b-pt-res/layer_20/...` is `blocks.20.hook_resid_post` of gemma-2-2b). A params.npz
-found in such a repo's folder (a clone, or the HF cache's `models--google--gemma-scope-*/snapshots/REV/`)
+found in such a repo's folder (a clone, or the HF cache's `models--google--gemma-scope-*/snapshots/REV/`,
+or a folder linked to one)
 gets its hook and model from SAELens's own Gemma Scope config (`get_gemma_2_config_from_hf`, what
 `sae_lens:gemma-scope-...` reads), so a contradicting `--hook` is refused naming both, and its
 registry release/id and Neuronpedia id are recorded; elsewhere pass `--model` and `--hook`.
@@ -60,6 +61,13 @@ def repo_and_folder(npz: Path) -> tuple[str, str] | None:
     return None
 
 
+def place_of(npz: Path) -> tuple[str, str] | None:
+    """`repo_and_folder` of the params.npz as given, else of its folder's real path (a symlink to a
+    snapshot's folder, e.g. ~/sae20 -> .../snapshots/REV/layer_20/width_16k/average_l0_71); the file's
+    own symlink, into `blobs/`, is never followed: the blob has no name."""
+    return repo_and_folder(npz) or repo_and_folder(Path(os.path.realpath(npz.parent)) / npz.name)
+
+
 def sae_lens_config(repo_id: str, folder: str) -> dict[str, Any] | None:
     """SAELens's config of the Gemma Scope SAE at repo_id/folder (hook_name, model_name, ...), from
     its own converter's config getter (no download); None where that getter does not know it
@@ -101,10 +109,10 @@ def neuronpedia_id(entries: list[dict[str, str]]) -> str | None:
 
 def neuronpedia_id_of_path(path: Path) -> str | None:
     """The Neuronpedia id of a Gemma Scope SAE's params.npz (or its folder) by its place in Google's
-    repos (see `repo_and_folder`); None elsewhere, and for a transcoder."""
+    repos (see `place_of`); None elsewhere, and for a transcoder."""
     npz = Path(os.path.abspath(path))
     npz = npz if npz.is_file() else npz / WEIGHTS
-    place = repo_and_folder(npz) if npz.is_file() else None
+    place = place_of(npz) if npz.is_file() else None
     return neuronpedia_id(registry_entries(*place)) if place and sae_lens_config(*place) else None
 
 
@@ -164,7 +172,7 @@ def load(
     D_, F_ = arrays["W_enc"].shape if arrays["W_enc"].ndim == 2 else (0, 0)
     if not D_:
         raise SAEFormatError(f"{source}: W_enc must be a matrix [d_in, d_sae], got shape {tuple(arrays['W_enc'].shape)}")
-    place = repo_and_folder(npz)
+    place = place_of(npz)
     if place and "transcoder" in place[0]:
         refuse_transcoder(source, *place)
     recorded = sae_lens_config(*place) if place else None
