@@ -138,7 +138,7 @@ def test_a_params_npz_in_gemma_scopes_layout_is_read_with_its_hook_model_and_reg
     assert (md["hook_name"], md["model_name"], md["prepend_bos"]) == (HOOK, "gemma-2-2b", True)
     assert src["repo_id"] == REPO and src["folder"] == LAYER0 and loaded.spec == str(gemma.layer0)
     assert {"release": "gemma-scope-2b-pt-res-canonical", "sae_id": "layer_0/width_16k/canonical",
-            "neuronpedia": "gemma-2-2b/0-gemmascope-res-16k"} in src["registry"]
+            "neuronpedia_id": "gemma-2-2b/0-gemmascope-res-16k"} in src["registry"]
     assert {"release": "gemma-scope-2b-pt-res", "sae_id": LAYER0} in src["registry"]
     assert src["neuronpedia_id"] == neuronpedia_id_of_spec(str(gemma.layer0)) == "gemma-2-2b/0-gemmascope-res-16k"
     assert src["neuronpedia_url"] == "https://www.neuronpedia.org/gemma-2-2b/0-gemmascope-res-16k"

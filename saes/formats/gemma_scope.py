@@ -95,7 +95,7 @@ def registry_entries(repo_id: str, folder: str) -> list[dict[str, str]]:
             if path == folder:
                 entry = {"release": release, "sae_id": sae_id}
                 if info.neuronpedia_id.get(sae_id):
-                    entry["neuronpedia"] = info.neuronpedia_id[sae_id]
+                    entry["neuronpedia_id"] = info.neuronpedia_id[sae_id]
                 found.append(entry)
     return found
 
@@ -103,7 +103,8 @@ def registry_entries(repo_id: str, folder: str) -> list[dict[str, str]]:
 def neuronpedia_id(entries: list[dict[str, str]]) -> str | None:
     """The Neuronpedia id of a folder's registry entries; the canonical release's where two name one
     SAE (gemma-2-2b/5-gemmascope-res-1m beside gemma-2-2b/5-gemmascope-res-1m__l0-114)."""
-    ids = sorted((not e["release"].endswith("-canonical"), e["neuronpedia"]) for e in entries if "neuronpedia" in e)
+    ids = sorted((not e["release"].endswith("-canonical"), e["neuronpedia_id"]) for e in entries
+                 if "neuronpedia_id" in e)
     return ids[0][1] if ids else None
 
 
