@@ -9,16 +9,16 @@ JumpReLU SAE with `apply_b_dec_to_input = False`.
 
 The file records neither model nor hook point; its place in Google's repos does
 (`gemma-scope-2b-pt-res/layer_20/...` is `blocks.20.hook_resid_post` of gemma-2-2b). A params.npz
-found in such a repo's folder (a clone, or the HF cache's `models--google--gemma-scope-*/snapshots/REV/`,
-or a folder linked to one)
-gets its hook and model from SAELens's own Gemma Scope config (`get_gemma_2_config_from_hf`, what
-`sae_lens:gemma-scope-...` reads), so a contradicting `--hook` is refused naming both, and its
-registry release/id and Neuronpedia id are recorded; elsewhere pass `--model` and `--hook`.
-Embedding SAEs (`embedding/width_4k/...`) were trained on Gemma's embeddings before their scaling by
-sqrt(d_model), while `hook_embed` reads them after it (TransformerLens, the HF model): their encoder
-is divided and decoder multiplied by sqrt(d_in), as SAELens's loader does. One copied out of Google's layout is
-refused at hook_embed: SAELens rescales by the folder, which is gone. Read with
-`numpy.load(allow_pickle=False)`: object arrays are refused.
+found in such a repo's folder (a clone, the HF cache's `models--google--gemma-scope-*/snapshots/REV/`,
+or a folder linked to one) gets its hook and model from SAELens's own Gemma Scope config
+(`get_gemma_2_config_from_hf`, what `sae_lens:gemma-scope-...` reads), so a contradicting `--hook` is
+refused naming both, and its registry release/id and Neuronpedia id are recorded; elsewhere pass
+`--model` and `--hook`. Embedding SAEs (`embedding/width_4k/...`) were trained on Gemma's embeddings
+before their scaling by sqrt(d_model), while `hook_embed` reads them after it (TransformerLens, the
+HF model): their encoder is divided and decoder multiplied by sqrt(d_in), as SAELens's loader does;
+one copied out of Google's layout is refused at hook_embed (SAELens rescales by the folder, which is
+gone). Transcoders are refused (`refuse_transcoder`). Read with `numpy.load(allow_pickle=False)`:
+object arrays are refused.
 """
 
 from __future__ import annotations
