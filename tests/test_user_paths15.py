@@ -27,7 +27,8 @@ b_enc, b_dec, threshold) inside an HF-cache snapshot of google/gemma-scope-2b-pt
   both shapes (the message was torch's header line, "Error(s) in loading state_dict for JumpReLUSAE:").
 - a Gemma Scope transcoder (google/gemma-scope-2b-pt-transcoders: same file names, reads the MLP's
   normalised input, predicts its output) was read as an SAE at the user's --hook: refused, naming its
-  hooks and its registry id.
+  hooks; through SAELens's registry it was read at blocks.N.ln2.hook_normalized, which TransformerLens
+  takes before the RMSNorm's weight (Gemma Scope trained on the MLP's input, after it): refused too.
 """
 
 from __future__ import annotations
@@ -130,15 +131,22 @@ def test_a_params_npz_in_gemma_scopes_layout_is_read_with_its_hook_model_and_reg
     from huggingface_hub import constants
 
     from saes.formats import resolve_sae
+    from saes.formats.neuronpedia import neuronpedia_id_of_spec
 
     loaded = resolve_sae(gemma.layer0)
     md, src = loaded.sae.cfg.metadata, loaded.provenance["source"]
     assert (md["hook_name"], md["model_name"], md["prepend_bos"]) == (HOOK, "gemma-2-2b", True)
     assert src["repo_id"] == REPO and src["folder"] == LAYER0 and loaded.spec == str(gemma.layer0)
     assert {"release": "gemma-scope-2b-pt-res-canonical", "sae_id": "layer_0/width_16k/canonical",
-            "neuronpedia": "gemma-2-2b/0-gemmascope-res-16k"} in src["registry"]
+            "neuronpedia_id": "gemma-2-2b/0-gemmascope-res-16k"} in src["registry"]
     assert {"release": "gemma-scope-2b-pt-res", "sae_id": LAYER0} in src["registry"]
-    assert src["neuronpedia"] == "gemma-2-2b/0-gemmascope-res-16k"
+    assert src["neuronpedia_id"] == neuronpedia_id_of_spec(str(gemma.layer0)) == "gemma-2-2b/0-gemmascope-res-16k"
+    assert src["neuronpedia_url"] == "https://www.neuronpedia.org/gemma-2-2b/0-gemmascope-res-16k"
+    # a folder two releases list under two Neuronpedia ids (one SAE): the canonical release's, as Neuronpedia lists it
+    both = write_gemma_scope(tmp_path / "gemma-scope-2b-pt-res" / "layer_5/width_1m/average_l0_114/params.npz",
+                             gemma.params["l0"])
+    assert resolve_sae(both).provenance["source"]["neuronpedia_id"] == "gemma-2-2b/5-gemmascope-res-1m"
+    assert neuronpedia_id_of_spec(str(both.parent)) == "gemma-2-2b/5-gemmascope-res-1m"
     # a clone of the repo (no HF cache) reads the same
     clone = write_gemma_scope(tmp_path / "gemma-scope-2b-pt-res" / "layer_3/width_16k/average_l0_5/params.npz",
                               gemma.params["l0"])
@@ -176,6 +184,31 @@ def test_an_embedding_sae_is_rescaled_as_sae_lens_reads_it(gemma, monkeypatch):
         torch.testing.assert_close(ours.sae.decode(got), sl.decode(want), rtol=1e-4, atol=1e-4)
 
 
+def test_an_embedding_sae_copied_out_of_its_repo_is_refused_at_hook_embed(gemma, tmp_path):
+    """Copied out of Google's layout it cannot be rescaled as SAELens does (by its folder), and read
+    unscaled every latent reads sqrt(d_model) times its training input: it was taken silently."""
+    import shutil
+
+    from saes.formats import resolve_sae
+
+    copy = tmp_path / "my-saes" / "params.npz"
+    copy.parent.mkdir()
+    shutil.copy(gemma.embed, copy)
+    r = saesteer("features", "build", "--sae", copy, "--hook", "hook_embed", "--cache", gemma.cache,
+                 "--out", tmp_path / "e.db", "--no-progress")
+    assert r.rc == 2 and "sqrt(d_model)" in r.err and "embedding/width_4k" in r.err, r.err
+    r.no_traceback()
+    # in its repo's layout (a clone) it is read, rescaled
+    clone = tmp_path / "gemma-scope-2b-pt-res" / EMBED / "params.npz"
+    clone.parent.mkdir(parents=True)
+    shutil.copy(gemma.embed, clone)
+    assert "rescaled" in resolve_sae(clone, hook="hook_embed").provenance["source"]
+    # a folder linked to the snapshot's (ln -s .../snapshots/REV/embedding/... ~/embed-sae) is in it
+    link = tmp_path / "embed-sae"
+    link.symlink_to(gemma.embed.parent, target_is_directory=True)
+    assert resolve_sae(link, hook="hook_embed").provenance["source"]["folder"] == EMBED
+
+
 def test_build_show_label_steer_serve_and_eval_a_gemma_scope_sae(gemma, monkeypatch):
     from helpers.judge_server import JudgeServer, fake_llm_answer
     from helpers.web_app import ServerThread, record_server
@@ -201,11 +234,19 @@ def test_build_show_label_steer_serve_and_eval_a_gemma_scope_sae(gemma, monkeypa
     with sqlite3.connect(db) as con:
         assert con.execute("SELECT COUNT(*) FROM labels WHERE latent = ?", (latent,)).fetchone()[0] == 1
     prompt = "def parse(self, args=None):"
+    steered = {}
     for edit in (f"{latent}:add=8x", f"{latent}:clamp=4x"):
         r = saesteer("steer", "--sae", gemma.layer0, "--store", db, "--latent", edit, "--prompt", prompt,
                      "--max-new-tokens", 10, "--seed", 0, "--json").ok()
         res = json.loads(r.out)["results"][0]
         assert res["prompt"] == prompt and res["steered"] != res["unsteered"], (edit, res)
+        steered[edit] = res["steered"]
+    # the latent as Neuronpedia names it (its page's id), on the params.npz given by path (it was refused:
+    # "latent ... is not of a --sae given ('sae' is not on Neuronpedia)")
+    r = saesteer("steer", "--sae", gemma.layer0, "--store", db, "--latent",
+                 f"gemma-2-2b/0-gemmascope-res-16k/{latent}:add=8x", "--prompt", prompt, "--max-new-tokens", 10,
+                 "--seed", 0, "--json").ok()
+    assert json.loads(r.out)["results"][0]["steered"] == steered[f"{latent}:add=8x"]
     calls = record_server(monkeypatch)
     saesteer("api", "--store", db, "--port", 0).ok()
     (app, kw), = calls
@@ -224,7 +265,7 @@ def test_build_show_label_steer_serve_and_eval_a_gemma_scope_sae(gemma, monkeypa
                  "--context-length", 48, "--out", work / "eval").ok()
     doc = json.loads((work / "eval" / "eval.json").read_text())
     (name, ev), = doc["saes"].items()
-    assert ev["source"]["neuronpedia"] == "gemma-2-2b/0-gemmascope-res-16k" and ev["hook_name"] == HOOK
+    assert ev["source"]["neuronpedia_id"] == "gemma-2-2b/0-gemmascope-res-16k" and ev["hook_name"] == HOOK
     assert ev["metrics"]["explained_variance"] is not None
 
 
@@ -270,12 +311,41 @@ def test_the_jumprelu_at_its_edges_is_gemma_scopes_and_sae_lenss(gemma, tmp_path
 
 def test_a_gemma_scope_transcoder_is_not_read_as_an_sae(gemma, tmp_path):
     """google/gemma-scope-2b-pt-transcoders holds params.npz of the same names: read as an SAE at the
-    user's --hook it reconstructed the wrong activations; refused, naming its hooks and the registry id."""
+    user's --hook it reconstructed the wrong activations; refused, naming its hooks and the hook it reads."""
     folder = "layer_0/width_16k/average_l0_76"
     snap = write_hf_snapshot(tmp_path / "hub", "google/gemma-scope-2b-pt-transcoders",
                              {f"{folder}/params.npz": write_gemma_scope(tmp_path / "tc.npz", gemma.params["l0"])})
     r = saesteer("features", "build", "--sae", snap / folder / "params.npz", "--hook", HOOK, "--cache", gemma.cache,
                  "--out", tmp_path / "tc.db", "--no-progress")
     assert r.rc == 2 and "transcoder" in r.err and "blocks.0.hook_mlp_out" in r.err, r.err
-    assert f"sae_lens:gemma-scope-2b-pt-transcoders/{folder}" in r.err
+    assert "blocks.0.mlp.hook_in" in r.err
     r.no_traceback()
+
+
+def _small_transcoder_config(monkeypatch, d_in: int, d_sae: int) -> None:
+    """SAELens's Gemma Scope transcoder converter sized for the tiny files (it sizes for gemma-2-2b)."""
+    from sae_lens.loading import pretrained_sae_loaders as loaders
+
+    real = loaders.get_gemma_2_transcoder_config_from_hf
+    monkeypatch.setattr(loaders, "get_gemma_2_transcoder_config_from_hf", lambda *a, **kw: {
+        **real(*a, **kw), "d_in": d_in, "d_out": d_in, "d_sae": d_sae})
+
+
+def test_a_gemma_scope_transcoder_is_refused_through_sae_lenss_registry_too(gemma, tmp_path, monkeypatch):
+    """SAELens's converter reads google/gemma-scope-2b-pt-transcoders at blocks.N.ln2.hook_normalized,
+    which TransformerLens (and the Bridge) take before the RMSNorm's weight; Gemma Scope trained them on
+    the MLP's input, after it. Loaded through the registry it read the wrong input silently."""
+    from huggingface_hub import constants
+
+    from saes.formats import resolve_sae
+    from saes.io import SAEFormatError
+
+    folder = "layer_0/width_16k/average_l0_76"
+    write_hf_snapshot(tmp_path / "hub", "google/gemma-scope-2b-pt-transcoders",
+                      {f"{folder}/params.npz": write_gemma_scope(tmp_path / "tc.npz", gemma.params["l0"])})
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    _small_transcoder_config(monkeypatch, 64, 128)
+    with pytest.raises(SAEFormatError) as e:
+        resolve_sae(f"sae_lens:gemma-scope-2b-pt-transcoders/{folder}")
+    assert "blocks.0.ln2.hook_normalized" in str(e.value) and "blocks.0.mlp.hook_in" in str(e.value), e.value
+    assert "weight" in str(e.value)

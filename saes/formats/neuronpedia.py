@@ -91,9 +91,9 @@ def neuronpedia_id_of(release: str, sae_id: str) -> str | None:
 
 
 def neuronpedia_id_of_spec(spec: str) -> str | None:
-    """The Neuronpedia id of an SAE given as a Neuronpedia reference or `sae_lens:RELEASE/SAE_ID`
-    (None for anything else: a folder, even one named like an id, or a registry SAE Neuronpedia
-    does not host)."""
+    """The Neuronpedia id of an SAE given as a Neuronpedia reference, `sae_lens:RELEASE/SAE_ID` or a
+    Gemma Scope params.npz in Google's layout (None for anything else: a folder, even one named like
+    an id, or a registry SAE Neuronpedia does not host)."""
     from saes.formats import sae_lens_registry
 
     text = str(spec)
@@ -101,7 +101,9 @@ def neuronpedia_id_of_spec(spec: str) -> str | None:
         release, _, sae_id = text[len(sae_lens_registry.PREFIX):].partition("/")
         return neuronpedia_id_of(release, sae_id)
     if Path(text).expanduser().exists():  # a local folder wins, as in resolve_sae
-        return None
+        from saes.formats import gemma_scope  # a Gemma Scope params.npz: its place in Google's repos names it
+
+        return gemma_scope.neuronpedia_id_of_path(Path(text).expanduser())
     ref = parse_ref(text)
     return ref.id if ref is not None and ref.id in registry_ids() else None
 

@@ -102,6 +102,10 @@ def load(
         repo_id, folder = _repo_and_folder(release, sae_id)
     except ValueError as e:  # an id the release does not have
         raise SAEFormatError(f"{spec}: {str(e).splitlines()[0]}") from None
+    from saes.formats import gemma_scope
+
+    if gemma_scope.is_gemma_2_transcoder(repo_id):  # its converter reads a point before the MLP's input
+        gemma_scope.refuse_transcoder(spec, repo_id, folder)
     try:
         sl = SaeLensSAE.from_pretrained(release, sae_id, device="cpu")
     except (OSError, EntryNotFoundError) as e:  # LocalEntryNotFoundError, OfflineModeIsEnabled, HTTP errors
