@@ -23,7 +23,7 @@ from torch import Tensor
 
 from saes.bos import prompt_tokens
 from steering.config import GenerationConfig
-from steering.inputs import Model, SAEs, sae_mapping
+from steering.inputs import Model, SAEs, named_saes
 from steering.spec import Positions, SteeringError, SteeringWarning
 from steering.textstream import TextAssembler
 
@@ -212,12 +212,15 @@ def continuation_text(tokenizer: Any, prompt_ids: Sequence[int], new_ids: Sequen
 
 
 def sae_prepend_bos(saes: SAEs) -> bool | None:
-    """Whether the SAEs were trained on contexts that start with BOS (`prepend_bos` in their
-    cfg.json metadata, as `saesteer cache` records it); None when none records it or they disagree
-    (the rule: `saes.bos`)."""
-    from saes.bos import recorded_prepend_bos
+    """Whether prompts fed to the SAEs start with BOS, as `saes.bos.prepend_bos_for` decides without
+    a model: True for a `LoadedSAE` trained here on BOS policy "doc" (its saesteer.json), else the
+    `prepend_bos` their cfg.json metadata records; None when none records it or they disagree."""
+    from saes.bos import recorded_prepend_bos, trained_bos_policy
 
-    return recorded_prepend_bos(sae_mapping(saes).values())
+    items = list(named_saes(saes).values())  # LoadedSAEs kept whole: only their saesteer.json says "doc"
+    if any(trained_bos_policy(v) == "doc" for v in items):
+        return True
+    return recorded_prepend_bos(items)
 
 
 def with_sae_bos(config: GenerationConfig, saes: SAEs) -> GenerationConfig:
