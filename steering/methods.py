@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from steering.config import CompareConfig, GenerationConfig
 from steering.evaluate import MethodResult, Scorer, score_generation
-from steering.generation import generate
+from steering.generation import generate, with_sae_bos
 from steering.session import steer
 from steering.spec import FeatureEdit, SteeringError
 from steering.sweeps import SweepPoint, recommend_strength, sweep_edits
@@ -297,7 +297,8 @@ def compare_methods(
     has_sets = bool(positive) and bool(negative)
     _check_compare_args(prompts, latents, has_sets)
     cfg = config or CompareConfig()
-    base_cfg = gen_config or GenerationConfig(max_new_tokens=32, do_sample=True, stop_at_eos=False)
+    # every method's prompts start as the SAE's inputs did (unsteered and baselines too: one prompt set)
+    base_cfg = with_sae_bos(gen_config or GenerationConfig(max_new_tokens=32, do_sample=True, stop_at_eos=False), sae)
     run = _Comparison(model, sae, scorer, cfg, prompts, list(test_prompts or prompts), base_cfg, typical_max,
                       with_perplexity, allow_model_mismatch, progress)
     say = say or (lambda msg: None)
