@@ -1,4 +1,4 @@
-"""What the web pages' drawing of every `{{ }}` string (`finalize`, features.tokentext.readable) costs.
+"""What the web pages' drawing of every `{{ }}` string (`finalize`, features.drawing.readable) costs.
 
     python benchmarks/bench_web_drawing.py [--rounds 15]
 

@@ -5,7 +5,7 @@ charts (activation histogram, logit effects) and examples highlighted token by t
 
 Opens offline: plotly.js (from the installed plotly package) is written once beside the pages.
 All text from the store (labels, explanations, tokens, example text) is untrusted: its control
-and bidi characters are drawn (features.tokentext), it is HTML-escaped, and data handed to plotly
+and bidi characters are drawn (features.drawing), it is HTML-escaped, and data handed to plotly
 is JSON with <, > and & escaped, so nothing from the store can open a tag or leave a <script>.
 """
 
@@ -19,7 +19,8 @@ from typing import Iterable
 
 from features.records import Example, FeatureRecord, without_start_bos
 from features.store import FeatureStore
-from features.tokentext import readable, visible
+from features.drawing import readable
+from features.tokentext import visible
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:1.5rem;color:#222;max-width:1200px}
@@ -45,7 +46,7 @@ document.querySelectorAll('tbody tr').forEach(function(r){r.style.display=r.text
 
 def esc(text) -> str:
     """Any value as page text (None -> empty): its control, bidi and invisible characters drawn
-    (features.tokentext.readable: a U+202E in a label would reorder the rest of its line), HTML-escaped."""
+    (features.drawing.readable: a U+202E in a label would reorder the rest of its line), HTML-escaped."""
     return html.escape(readable("" if text is None else str(text)), quote=True)
 
 

@@ -15,7 +15,7 @@
 
 `saesteer --debug ...` (or SAESTEER_DEBUG=1) skips all this and shows Python's traceback.
 Warnings print as `warning: ...` (and `SaesteerWarning`s as `note: ...`), without source lines.
-Both print their message's control and bidi characters drawn (`features.tokentext.readable`):
+Both print their message's control and bidi characters drawn (`features.drawing.readable`):
 a message may quote a dataset's or a model's text.
 """
 
@@ -148,13 +148,13 @@ def report(e: BaseException, parser: argparse.ArgumentParser | None = None) -> i
 def print_error(message) -> None:
     """`error: MESSAGE` on stderr, its control and bidi characters drawn: the one way a command says
     it failed (a message may quote a dataset's column names, a model's text or a judge's reply)."""
-    from features.tokentext import readable
+    from features.drawing import readable
 
     print(f"error: {readable(str(message))}", file=sys.stderr)
 
 
 def _show(message, category, filename, lineno, file=None, line=None) -> None:
-    from features.tokentext import readable
+    from features.drawing import readable
 
     kind = "note" if issubclass(category, SaesteerWarning) else "warning"
     print(f"{kind}: {readable(str(message))}", file=file or sys.stderr)

@@ -12,7 +12,7 @@ Only our own constant strings are written as markup.
 
 Nor does a terminal get the text's control characters: rich passes ESC on (ESC[2J clears the
 screen, ESC]0;...BEL retitles the window, ESC]8;;URL makes a link) and a bidi override reorders the
-rest of the line, so `plain` draws them (features.tokentext.readable: ␛[2J, ⟨RLO⟩), as the error
+rest of the line, so `plain` draws them (features.drawing.readable: ␛[2J, ⟨RLO⟩), as the error
 boundary does for messages printed without rich.
 """
 
@@ -22,7 +22,7 @@ from typing import Any
 
 from rich.text import Text
 
-from features.tokentext import readable
+from features.drawing import readable
 
 __all__ = ["plain"]
 

@@ -27,8 +27,8 @@ class GenerationConfig:
     stop_at_eos: bool = field(default=True, metadata={"help": "stop a row when it emits the end-of-text token"})
     prepend_bos: bool | None = field(
         default=None,
-        metadata={"help": "prepend BOS to prompts (none: as the SAE was trained: its cfg.json, always for a "
-                          "--bos-policy doc SAE; else the model's default)"})
+        metadata={"help": "prepend BOS to prompts (none: as the SAE was trained: its saesteer.json's BOS policy, "
+                          "always BOS for --bos-policy doc; else its cfg.json; else the model's default)"})
 
     def __post_init__(self) -> None:
         for name in ("max_new_tokens", "max_new_tokens_cap"):

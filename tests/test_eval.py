@@ -405,6 +405,11 @@ def test_eval_packs_text_as_the_sae_cfg_records_unless_a_flag_says_otherwise():
     moved.provenance = {"data": {"cache": "/nonexistent/cache", "dataset": "toy"}}
     got = _packed_as_trained(argparse.Namespace(), text, moved, said.append, training_text_of(moved.provenance["data"]))
     assert (got.context_length, got.bos_policy) == (32, "none")
+    # ... trained on BOS policy "doc" (cfg.json: prepend_bos=false): its saesteer.json's policy, not "none"
+    doc = sae(context_size=32, prepend_bos=False)
+    doc.provenance = {"tool": "saesteer", "data": {"cache": "/nonexistent/cache", "dataset": "toy", "bos_policy": "doc"}}
+    got = _packed_as_trained(argparse.Namespace(), text, doc, said.append, training_text_of(doc.provenance["data"]))
+    assert (got.context_length, got.bos_policy) == (32, "doc") and "--bos-policy doc" in said[-1]
 
 
 def test_an_sae_that_names_no_model_is_evaluated_with_the_caches_model(foreign, trained, tmp_path, capsys,

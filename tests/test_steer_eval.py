@@ -129,3 +129,28 @@ def test_steer_eval_with_a_judge_that_gives_no_usable_rating_writes_nothing(tmp_
     with pytest.raises(CLIError, match="no usable rating.*--judge-model"):
         steer_eval._run(build_parser().parse_args(argv), model=ws.model)
     assert not out.exists()
+
+
+def test_compare_methods_feeds_every_method_the_prompts_the_sae_was_trained_on():
+    """Every method's prompts start with the BOS the SAE records (cfg.json prepend_bos=false here,
+    on a model that prepends BOS by default): the unsteered, diff-of-means and prompting rows got
+    the model's default, the SAE-feature row the SAE's, so the scorecard compared other prompts."""
+    from helpers.steering_fixtures import random_sae
+    from saesteer.models import load_model
+    from saesteer.toyscore import toy_scorer
+    from steering import CompareConfig, GenerationConfig
+    from steering.methods import compare_methods
+
+    model = load_model("toy", device="cpu")
+    assert model.cfg.default_prepend_bos
+    sae = random_sae(model, "topk", hook="blocks.2.hook_resid_post", d_sae=64, seed=0, k=8)
+    sae.cfg.metadata["prepend_bos"] = False
+    card = compare_methods(model, sae, toy_scorer("ocean"), prompts=["the sea"], positive=["the whale"],
+                           negative=["the owl"], cue="Talk about the ocean.", latents=[3],
+                           config=CompareConfig(sae_strengths=[1.0], vector_strengths=[1.0]),
+                           gen_config=GenerationConfig(max_new_tokens=2, do_sample=False, stop_at_eos=False),
+                           with_perplexity=False)
+    bos = model.tokenizer.bos_token_id
+    firsts = {method: int(gen.tokens[0, 0]) for method, gen in card.generations.items()}
+    assert set(firsts) == {"unsteered", "SAE feature", "diff-of-means", "prompting"}
+    assert bos not in firsts.values(), firsts

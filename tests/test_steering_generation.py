@@ -230,3 +230,21 @@ def test_a_prompt_that_writes_its_bos_gets_no_second_one(model, padding_side):
     want = model.to_tokens([PROMPTS[0], PROMPTS[1], PROMPTS[0]], padding_side=padding_side)
     assert rows.tolist() == want.tolist() and pad is not None
     assert prompt_tokens(model, bos + PROMPTS[0], prepend_bos=False)[0].tolist() == plain  # as written
+
+
+def test_a_loaded_doc_policy_sae_gets_its_prompts_after_bos_through_the_python_api(model, tmp_path):
+    """`steer(model, loaded, ...)` with the `LoadedSAE` of an SAE trained on BOS policy
+    "doc" (cfg.json prepend_bos=false) feed prompts after BOS, as `saesteer steer` does
+    (`saes.bos.prepend_bos_for`); they took the unwrapped SAE's cfg.json: no BOS."""
+    import saes
+    from saes.formats import resolve_sae
+
+    sae = random_sae(model, "topk")
+    sae.cfg.metadata["prepend_bos"] = False
+    bos = model.tokenizer.bos_token_id
+    for policy, wanted in (("doc", True), ("none", False)):
+        saes.save_sae(sae, tmp_path / policy, provenance={"tool": "saesteer", "data": {"bos_policy": policy}})
+        loaded = resolve_sae(str(tmp_path / policy))
+        with steer(model, loaded, [FeatureEdit(3, "add", 1.0)]) as s:
+            made = s.generate("the sea", GREEDY)
+        assert (int(made.tokens[0, 0]) == bos) is wanted, policy

@@ -9,7 +9,7 @@ tokens, HTML/JS and Markdown/JSON-breaking text. Then every place that shows it:
   is a CSI) and bidi overrides to the user's terminal as they were (rich passes ESC on: the store's
   ESC[2J cleared the screen), and so did an error quoting a dataset (a CSV's column names, in `cache`'s
   refusal), and the offline labeller's labels, which hold control characters of the tokens they
-  quote. One rule now draws them (features.tokentext.draw_controls: ␛[2J, ⟨RLO⟩, ⟨U+009B⟩), for
+  quote. One rule now draws them (features.drawing.draw_controls: ␛[2J, ⟨RLO⟩, ⟨U+009B⟩), for
   token views (`visible`) and running text (`readable`: saesteer.terminal.plain, and
   saesteer.boundary.print_error for every command's `error:` line);
 - the web pages: escaped already, but a U+202E in an example or a label reordered the rest of its
@@ -111,7 +111,8 @@ def test_the_rule_draws_controls_bidi_and_invisible_characters_and_nothing_else(
     """The one rule, on its own: C0 controls and DEL by their Control Pictures, C1, bidi and format
     characters by name or code point; accents, combining marks, CJK, Arabic, NBSP and emoji stay;
     token views draw line breaks and tabs too, running text keeps them (and the joiners)."""
-    from features.tokentext import readable, visible
+    from features.drawing import readable
+    from features.tokentext import visible
 
     assert visible("a\x1b[2J\x00\x7f") == "a\u241b[2J\u2400\u2421"
     assert visible("\u202eb\u2066c\u2069\u200b\u200d\x9b\ufeff") == \
@@ -152,7 +153,8 @@ def test_running_text_shows_real_scripts_as_written_and_draws_what_hides(name):
     it and reordered its words, and "Donau⟨SHY⟩dampf⟨SHY⟩schiff" was no longer a word. Where the same
     characters can only hide or mislead (an RLM in English swaps the numbers after it, invisibly)
     they are still drawn, and token views draw them all (a token of one would show nothing)."""
-    from features.tokentext import readable, visible
+    from features.drawing import readable
+    from features.tokentext import visible
 
     text, want = WRITTEN[name]
     assert readable(text) == (text if want is None else want)
@@ -236,7 +238,7 @@ def test_in_chromium_a_bidi_override_reorders_no_token_a_long_token_stays_in_the
     steering playground writes its prompt and continuations itself: drawn by the same rule."""
     from urllib.parse import urlencode
 
-    from features.tokentext import readable
+    from features.drawing import readable
     from helpers.web_app import ServerThread
 
     with pytest.MonkeyPatch.context() as mp:
@@ -287,7 +289,8 @@ def test_text_drawn_twice_reads_as_drawn_once():
     """Some text is drawn twice: a token view (`tokshow`) and a label in the steer page's data-label
     are drawn again by the pages' `finalize`, and readable.js draws that label once more. A second
     drawing changes nothing (no "⟨⟨RLO⟩⟩", no mark kept once and drawn the next time)."""
-    from features.tokentext import readable, visible
+    from features.drawing import readable
+    from features.tokentext import visible
 
     for text in _readable_corpus():
         once = readable(text)
@@ -297,10 +300,10 @@ def test_text_drawn_twice_reads_as_drawn_once():
 
 @pytest.mark.browser
 def test_the_playgrounds_readable_js_draws_every_string_as_readable_does(browser):
-    """readable.js (what steer.js draws the model's text with) and features.tokentext.readable (every
+    """readable.js (what steer.js draws the model's text with) and features.drawing.readable (every
     other page's text, the CLI) on the same strings, with the rule the steer page hands the script:
     the same result for every one."""
-    from features.tokentext import readable
+    from features.drawing import readable
     from saesteer.web.assets import STATIC_DIR
     from saesteer.web.pages import READABLE_RULE
 

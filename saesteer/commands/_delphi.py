@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from features.tokentext import readable
+from features.drawing import readable
 from saesteer.boundary import print_error
 
 

@@ -20,8 +20,8 @@ def add_top_on_text(sub) -> None:
     t.add_argument("--device", default=None)
     t.add_argument("--top", type=int, default=5, help="latents shown per token (default: 5)")
     t.add_argument("--prepend-bos", type=_parser_for(bool | None), default=None, metavar="BOOL|NONE",
-                   help="prepend BOS to the text (none: as the SAE was trained: its cfg.json, always for a "
-                        "--bos-policy doc SAE; else the model's default) (default: None)")
+                   help="prepend BOS to the text (none: as the SAE was trained: its saesteer.json's BOS policy, "
+                        "always BOS for --bos-policy doc; else its cfg.json; else the model's default) (default: None)")
     t.add_argument("--no-bos", action="store_true", help="the same as --prepend-bos false")
 
 

@@ -393,10 +393,13 @@ PACKING_FLAGS = {"context_length": "--context-length", "bos_policy": "--bos-poli
 def _packed_as_trained(args, text, item, say, got):
     """`text` packed as the SAE `item` was trained (context length, BOS policy, separator), for each
     of those not given as a flag: from the training text it records (its cache's manifest), else from
-    cfg.json (`context_size`, `prepend_bos`). An SAE fed longer contexts or another BOS than it was
+    cfg.json (`context_size`; the BOS policy its saesteer.json records, else cfg.json's `prepend_bos`:
+    "doc" reads as false there). An SAE fed longer contexts or another BOS than it was
     trained on reads other activations, so the flag defaults would silently measure something else.
     `got`: its training text (`_trained_texts`)."""
     from pathlib import Path
+
+    from saes.bos import trained_bos_policy
 
     data = (item.provenance or {}).get("data") or {}
     meta = item.sae.cfg.metadata or {}
@@ -408,7 +411,9 @@ def _packed_as_trained(args, text, item, say, got):
     else:
         if meta.get("context_size"):
             wanted["context_length"] = int(meta["context_size"])
-        if meta.get("prepend_bos") is not None:
+        if trained_bos_policy(item) is not None:
+            wanted["bos_policy"] = trained_bos_policy(item)
+        elif meta.get("prepend_bos") is not None:
             wanted["bos_policy"] = "prepend" if meta["prepend_bos"] else "none"
     # a flag given on the command line wins; nothing recorded keeps the flag default
     changes = {k: v for k, v in wanted.items() if not hasattr(args, k) and v != getattr(text, k)}

@@ -321,7 +321,7 @@ def _search(args) -> int:
     from rich.text import Text
 
     from features import FeatureStore
-    from features.tokentext import readable
+    from features.drawing import readable
     from saesteer.terminal import plain
 
     with FeatureStore.open(args.store) as store:

@@ -165,7 +165,7 @@ def _import_neuronpedia(args, store_path) -> int:
     """--import-neuronpedia: Neuronpedia's explanations into the store (features/neuronpedia_import.py)."""
     from features import FeatureStore
     from features.neuronpedia_import import import_neuronpedia_explanations
-    from features.tokentext import readable
+    from features.drawing import readable
 
     try:
         with FeatureStore.open(store_path, readonly=False) as store:
@@ -220,7 +220,7 @@ def _label(args, store, judge, label_cfg, embed_cfg):
 def _print_report(report, store, budget, label_cfg) -> None:
     """The run's summary, the first failures, and why it stopped early if it did (a reason may quote
     the judge's reply: printed with its control characters drawn)."""
-    from features.tokentext import readable
+    from features.drawing import readable
 
     print(report.summary())
     for f in report.failed[:20]:

@@ -276,7 +276,7 @@ def run(args) -> int:
                           **run_cfg.to_dict()}, indent=2))
         return 0
     if not out:
-        print("error: --out is required (the folder for checkpoints, SAEs and metrics)", file=sys.stderr)
+        print_error("--out is required (the folder for checkpoints, SAEs and metrics)")
         return 2
     from training.distributed import init_from_env, launched_by_torchrun, shutdown
 

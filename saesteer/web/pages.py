@@ -8,7 +8,7 @@ files (the CSP forbids inline ones).
 
 Escaped is not yet readable: a bidi override in a label or a snippet reorders the rest of its line
 (Trojan Source), and control and zero-width characters show as nothing. So every `{{ }}` string is
-drawn first (`_drawn_output`, features.tokentext.readable: ⟨RLO⟩, ␛) - except the values of form
+drawn first (`_drawn_output`, features.drawing.readable: ⟨RLO⟩, ␛) - except the values of form
 fields, written `{{ text|field }}`, which must hand the user's text back as it was typed. The
 playground's generated text, which steer.js writes, is drawn there by the same rule (readable.js).
 """
@@ -25,7 +25,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from markupsafe import Markup
 from pydantic import Field
 
-from features.tokentext import CONTROL_NAMES, RTL_BLOCKS, readable, visible
+from features.drawing import CONTROL_NAMES, RTL_BLOCKS, readable
+from features.tokentext import visible
 from saesteer.web import api
 from saesteer.web.security import ascii_digits
 from saesteer.web.schemas import Example

@@ -9,11 +9,12 @@ The corpus is Python source (stdlib modules, read from this interpreter's own li
 (the Python reference's topic texts from `pydoc_data`, the Python licence, a Unicode
 table with accented, Greek and CJK letters), plus a tab-separated table and a minified-JSON line
 (tabs and very long lines), split by document into train, validation and test. Each model gets a
-byte-level BPE tokenizer trained on the train split in the style of its family (special tokens,
-BOS, pre-tokenizer) - but Mistral, whose tokenizer is SentencePiece-style as Mistral-7B's and
-Llama-2's are ("▁" for spaces, <0xNN> byte fallback for rare characters, <s> added by the
-tokenizer, the [INST] chat template: `helpers.text_tokenizers.sentencepiece_bpe`) - and some language-model training on it (60 steps by default: a few seconds),
-so that its features are not pure noise. Nothing is downloaded.
+tokenizer trained on the train split in the style of its family (special tokens, BOS,
+pre-tokenizer): byte-level BPE, but for Mistral SentencePiece-style as Mistral-7B's and Llama-2's
+are ("▁" for spaces, <0xNN> byte fallback for rare characters, <s> added by the tokenizer, the
+[INST] chat template: `helpers.text_tokenizers.sentencepiece_bpe`). Each model gets some
+language-model training on it (`train_steps`: a few seconds), so that its features are not pure
+noise. Nothing is downloaded.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-// features.tokentext.readable in the browser, for the text a page's script writes itself (the
+// features.drawing.readable in the browser, for the text a page's script writes itself (the
 // steering playground's prompt, continuations and labels): every `{{ }}` of the server's pages is
 // drawn by the Python function, and tests/test_user_paths10.py checks that the two agree.
 // `rule` comes from the server (pages.READABLE_RULE): the names of the drawn characters and the

@@ -17,7 +17,7 @@
   const statusEl = document.getElementById("status");
   const api = "/api/stores/" + encodeURIComponent(sid);
 
-  // features.tokentext.readable, as the server draws every other page's text (readable.js, with the
+  // features.drawing.readable, as the server draws every other page's text (readable.js, with the
   // server's rule): a U+202E in a continuation would reorder the rest of it.
   const drawn = window.saesteerReadable(JSON.parse(form.dataset.readableRule));
 
