@@ -68,9 +68,19 @@ def store_neuronpedia_id(store: Any) -> str | None:
     return neuronpedia_id_of_spec(spec) if spec else None
 
 
+def _imported_as(store: Any) -> list[str]:
+    """The Neuronpedia ids the store's Neuronpedia labels were imported as (`--neuronpedia-sae`, for
+    an SAE SAELens's registry does not know)."""
+    with store._read() as c:
+        rows = c.execute("SELECT DISTINCT json_extract(extra, '$.neuronpedia_id') FROM label_provenance "
+                         "WHERE judge_kind = ?", (JUDGE_KIND,)).fetchall()
+    return sorted(str(r[0]) for r in rows if r[0])
+
+
 def store_latent(store: Any, text: str | int) -> int:
     """A latent of `store` given as its index or as a Neuronpedia latent (its id or page address),
-    which must be of the store's SAE (refused naming both)."""
+    which must be of the store's SAE (refused naming both): its id in SAELens's registry, else the
+    one its Neuronpedia labels were imported as."""
     from saes.formats.neuronpedia import parse_ref
 
     if isinstance(text, int) or str(text).strip().lstrip("-").isdigit():
@@ -80,9 +90,12 @@ def store_latent(store: Any, text: str | int) -> int:
         raise NeuronpediaImportError(f"{text!r} is not a latent: give its index, or a Neuronpedia latent such as "
                                      f"gpt2-small/6-res-jb/17 (or its page address)")
     np_id = store_neuronpedia_id(store)
-    if ref.id != np_id:
+    ids = [np_id] if np_id else _imported_as(store)
+    if ref.id not in ids:
+        theirs = (" or ".join(map(repr, ids)) + ("" if np_id else " (its Neuronpedia labels' SAE)") if ids
+                  else "not on Neuronpedia (not in SAELens's registry, no Neuronpedia labels imported)")
         raise NeuronpediaImportError(f"{text} is a latent of Neuronpedia SAE {ref.id!r}, but the store's SAE is "
-                                     + (repr(np_id) if np_id else "not on Neuronpedia") + "; give its index")
+                                     f"{theirs}; give its index")
     return ref.index
 
 
