@@ -81,7 +81,7 @@ def run(args) -> int:
     file_values = load_config_file(args.config) if args.config else {}
     unknown = sorted(set(file_values) - {"judge", "label"})
     if unknown:
-        print(f"error: unknown section(s) {unknown} in {args.config}; use 'judge' and 'label'", file=sys.stderr)
+        print_error(f"unknown section(s) {unknown} in {args.config}; use 'judge' and 'label'")
         return 2
     try:
         label_cfg, judge_cfg, embed_cfg = _configs(args, file_values)
@@ -92,7 +92,7 @@ def run(args) -> int:
 
     store_path = Path(args.store)
     if not store_path.is_file():
-        print(f"error: no feature store at {store_path}; build one with `saesteer features build`", file=sys.stderr)
+        print_error(f"no feature store at {store_path}; build one with `saesteer features build`")
         return 2
     elsewhere = _labels_made_elsewhere(args)
     if elsewhere is not None:
