@@ -38,7 +38,7 @@ from features.imported_labels import ImportedLabel, write_imported_labels
 from features.records import LabelProvenance
 
 __all__ = ["NeuronpediaImportError", "ImportReport", "import_neuronpedia_explanations", "store_neuronpedia_id",
-           "read_explanation_rows", "store_latent"]
+           "read_explanation_rows", "file_rows", "store_latent"]
 
 JUDGE_KIND = "neuronpedia"
 MAX_FILE_BYTES = 2 << 30  # gunzipped, per file: an export of one SAE is a few hundred MB at most; refuse what is not one
@@ -142,9 +142,11 @@ def _too_big(p: Path) -> NeuronpediaImportError:
                                   f"one SAE")
 
 
-def _file_rows(p: Path) -> Iterator[tuple[str, Any]]:
-    """(where, parsed row) of one file, read as a stream: at most MAX_FILE_BYTES of it, gunzipped
-    (a gzip that inflates past that is refused), one row in memory at a time for JSON Lines."""
+def file_rows(p: Path) -> Iterator[tuple[str, Any]]:
+    """(where, parsed row) of one file of Neuronpedia's (JSON Lines or a JSON array, gzip told by its
+    bytes), read as a stream: at most MAX_FILE_BYTES of it, gunzipped (a gzip that inflates past that
+    is refused), one row in memory at a time for JSON Lines. `features/publish.py` reads back what it
+    writes with it too."""
     try:
         yield from _rows_of_stream(p)
     except (EOFError, zlib.error, gzip.BadGzipFile) as e:  # a download cut short, or not gzip after all
@@ -183,7 +185,7 @@ def read_explanation_rows(path: str | Path, np_id: str | None = None) -> Iterato
     """(where, row) of every explanation row in a file or export folder (of the SAE `np_id`, in a
     folder of several); `where` is 'FILE:N'."""
     for p in _files(Path(path), np_id):
-        for where, row in _file_rows(p):
+        for where, row in file_rows(p):
             if not isinstance(row, dict):
                 raise NeuronpediaImportError(f"{where}: an explanation row is a JSON object, got {type(row).__name__}")
             if "newUrl" in row and "modelId" not in row:  # what the removed /api/explanation/export answers
