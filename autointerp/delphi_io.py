@@ -143,6 +143,12 @@ def explanation_bytes(label: str) -> bytes:
     return json.dumps(label, ensure_ascii=False).encode("utf-8")
 
 
+def _files(folder: Path) -> list[Path]:
+    """The files of a run's folder, hidden ones left out: a file manager's (.DS_Store) or a sync
+    tool's is no delphi output, and no delphi name starts with a dot. Any other file must be delphi's."""
+    return [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+
+
 def scan_run(run_dir: Path) -> tuple[list[DelphiLatentFile], dict[str, list[DelphiLatentFile]], dict[str, Any]]:
     """(explanation files, scorer -> score files, run_config.json or {}) of a delphi run folder."""
     run_dir = Path(run_dir)
@@ -151,7 +157,7 @@ def scan_run(run_dir: Path) -> tuple[list[DelphiLatentFile], dict[str, list[Delp
         raise DelphiFormatError(
             f"{run_dir}: no explanations/ folder; give delphi's run folder (results/<run name>, the one holding "
             "run_config.json, explanations/ and scores/)")
-    explanations = sorted((parse_delphi_name(p) for p in exp_dir.iterdir() if p.is_file()),
+    explanations = sorted((parse_delphi_name(p) for p in _files(exp_dir)),
                           key=lambda f: (f.module, f.latent))
     if not explanations:
         raise DelphiFormatError(f"{exp_dir}: no explanation files; run delphi's explainer first")
@@ -159,7 +165,7 @@ def scan_run(run_dir: Path) -> tuple[list[DelphiLatentFile], dict[str, list[Delp
     score_dir = run_dir / "scores"
     for d in sorted(score_dir.iterdir()) if score_dir.is_dir() else []:
         if d.is_dir():
-            scores[d.name] = sorted((parse_delphi_name(p, score_file=True) for p in d.iterdir() if p.is_file()),
+            scores[d.name] = sorted((parse_delphi_name(p, score_file=True) for p in _files(d)),
                                     key=lambda f: (f.module, f.latent))
     cfg_path = run_dir / "run_config.json"
     config = _load_json(cfg_path, "delphi writes it with RunConfig.save_json; remove it if it is not delphi's") \

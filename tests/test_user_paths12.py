@@ -358,6 +358,17 @@ def test_delphis_labels_say_where_they_came_from_and_are_not_published_as_ours(t
     assert not {int(r["index"]) for r in rows} & set(LABELS)
 
 
+def test_hidden_files_in_a_run_folder_are_not_read_as_delphi_files(toy, tmp_path):
+    """A run folder copied on a Mac (or synced) holds .DS_Store beside delphi's files: it is no
+    delphi output and is left out (it refused the import as 'not a delphi file name')."""
+    db = _fresh_store(toy, tmp_path)
+    run = write_delphi_run(tmp_path / "run", LABELS)
+    for d in (run / "explanations", run / "scores" / "detection"):
+        (d / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    r = saesteer("label", "--store", db, "--import-delphi", run).ok()
+    assert f"imported {len(LABELS)} delphi label(s)" in r.out
+
+
 # ---------------------------------------------------------------------------------------------
 # 2. refusals: named, one line, nothing written
 
