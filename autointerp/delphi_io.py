@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from saes.fileio import files_in
+
 __all__ = ["DelphiFormatError", "DelphiLatentFile", "delphi_name", "parse_delphi_name", "read_explanation",
            "read_score_samples", "delphi_metrics", "pooled_metrics", "explanation_bytes", "scan_run"]
 
@@ -143,12 +145,6 @@ def explanation_bytes(label: str) -> bytes:
     return json.dumps(label, ensure_ascii=False).encode("utf-8")
 
 
-def _files(folder: Path) -> list[Path]:
-    """The files of a run's folder, hidden ones left out: a file manager's (.DS_Store) or a sync
-    tool's is no delphi output, and no delphi name starts with a dot. Any other file must be delphi's."""
-    return [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
-
-
 def scan_run(run_dir: Path) -> tuple[list[DelphiLatentFile], dict[str, list[DelphiLatentFile]], dict[str, Any]]:
     """(explanation files, scorer -> score files, run_config.json or {}) of a delphi run folder."""
     run_dir = Path(run_dir)
@@ -157,7 +153,7 @@ def scan_run(run_dir: Path) -> tuple[list[DelphiLatentFile], dict[str, list[Delp
         raise DelphiFormatError(
             f"{run_dir}: no explanations/ folder; give delphi's run folder (results/<run name>, the one holding "
             "run_config.json, explanations/ and scores/)")
-    explanations = sorted((parse_delphi_name(p) for p in _files(exp_dir)),
+    explanations = sorted((parse_delphi_name(p) for p in files_in(exp_dir)),
                           key=lambda f: (f.module, f.latent))
     if not explanations:
         raise DelphiFormatError(f"{exp_dir}: no explanation files; run delphi's explainer first")
@@ -165,7 +161,7 @@ def scan_run(run_dir: Path) -> tuple[list[DelphiLatentFile], dict[str, list[Delp
     score_dir = run_dir / "scores"
     for d in sorted(score_dir.iterdir()) if score_dir.is_dir() else []:
         if d.is_dir():
-            scores[d.name] = sorted((parse_delphi_name(p, score_file=True) for p in _files(d)),
+            scores[d.name] = sorted((parse_delphi_name(p, score_file=True) for p in files_in(d)),
                                     key=lambda f: (f.module, f.latent))
     cfg_path = run_dir / "run_config.json"
     config = _load_json(cfg_path, "delphi writes it with RunConfig.save_json; remove it if it is not delphi's") \

@@ -36,6 +36,7 @@ from typing import Any, BinaryIO, Iterator
 
 from features.imported_labels import ImportedLabel, write_imported_labels
 from features.records import LabelProvenance
+from saes.fileio import files_in
 
 __all__ = ["NeuronpediaImportError", "ImportReport", "import_neuronpedia_explanations", "store_neuronpedia_id",
            "read_explanation_rows", "file_rows", "store_latent"]
@@ -111,8 +112,7 @@ def _files(path: Path, np_id: str | None = None) -> list[Path]:
     if np_id:
         below += [path / np_id.split("/", 1)[1] / "explanations", path / np_id / "explanations"]
     where = next((d for d in below if d.is_dir()), path)
-    found = sorted(p for p in where.iterdir() if p.is_file() and p.name.endswith((".json", ".jsonl", ".jsonl.gz",
-                                                                                   ".json.gz")))
+    found = sorted(p for p in files_in(where) if p.name.endswith((".json", ".jsonl", ".jsonl.gz", ".json.gz")))
     if not found:
         raise NeuronpediaImportError(f"{path} holds no explanation file of {np_id or 'an SAE'} (.json, .jsonl, .jsonl.gz, "
                                      f"or an explanations/ folder of them, as in Neuronpedia's dataset exports "
