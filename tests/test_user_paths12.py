@@ -465,6 +465,9 @@ def test_export_is_read_by_delphi_and_round_trips(toy, tmp_path, request):
     # a module that does not read the store's hook is refused
     r = saesteer("label", "--store", db, "--export-delphi", tmp_path / "x", "--delphi-module", "layers.0.mlp")
     assert r.rc == 2 and "'layers.0.mlp' reads blocks.0.hook_mlp_out" in r.err and HOOK in r.err
+    # its advice is the export's: the name to give, not a run to import
+    assert f"name this SAE's hookpoint with --delphi-module (e.g. {MODULE}), or leave it out" in r.err, r.err
+    assert "import" not in r.err
 
 
 # ---------------------------------------------------------------------------------------------
