@@ -570,6 +570,9 @@ def test_export_of_a_resid_pre_store_names_the_previous_layer_and_says_how_gpt2_
     (["--import-delphi", "RUN", "--import-neuronpedia", "RUN"], "--import-delphi and --import-neuronpedia: give one"),
     (["--import-neuronpedia", "RUN", "--dry-run"], "--dry-run: flag(s) of a labelling run; --import-neuronpedia"),
     (["--neuronpedia-sae", "gpt2-small/6-res-jb"], "--neuronpedia-sae names the SAE of --import-neuronpedia"),
+    # a judge's, the labelling settings' and the embeddings' flags too (they were left unheeded)
+    (["--import-neuronpedia", "RUN", "--judge-model", "gpt-4o", "--latents", "0-9", "--embed-model", "m"],
+     "--latents and --judge-model and --embed-model: flag(s) of a labelling run; --import-neuronpedia"),
 ])
 def test_flags_that_would_do_nothing_with_delphi_are_refused(toy, tmp_path, flags, want):
     db = _fresh_store(toy, tmp_path)
