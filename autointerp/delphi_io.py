@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from saes.fileio import files_in
+
 __all__ = ["DelphiFormatError", "DelphiLatentFile", "delphi_name", "parse_delphi_name", "read_explanation",
            "read_score_samples", "delphi_metrics", "pooled_metrics", "explanation_bytes", "scan_run"]
 
@@ -151,7 +153,7 @@ def scan_run(run_dir: Path) -> tuple[list[DelphiLatentFile], dict[str, list[Delp
         raise DelphiFormatError(
             f"{run_dir}: no explanations/ folder; give delphi's run folder (results/<run name>, the one holding "
             "run_config.json, explanations/ and scores/)")
-    explanations = sorted((parse_delphi_name(p) for p in exp_dir.iterdir() if p.is_file()),
+    explanations = sorted((parse_delphi_name(p) for p in files_in(exp_dir)),
                           key=lambda f: (f.module, f.latent))
     if not explanations:
         raise DelphiFormatError(f"{exp_dir}: no explanation files; run delphi's explainer first")
@@ -159,7 +161,7 @@ def scan_run(run_dir: Path) -> tuple[list[DelphiLatentFile], dict[str, list[Delp
     score_dir = run_dir / "scores"
     for d in sorted(score_dir.iterdir()) if score_dir.is_dir() else []:
         if d.is_dir():
-            scores[d.name] = sorted((parse_delphi_name(p, score_file=True) for p in d.iterdir() if p.is_file()),
+            scores[d.name] = sorted((parse_delphi_name(p, score_file=True) for p in files_in(d)),
                                     key=lambda f: (f.module, f.latent))
     cfg_path = run_dir / "run_config.json"
     config = _load_json(cfg_path, "delphi writes it with RunConfig.save_json; remove it if it is not delphi's") \

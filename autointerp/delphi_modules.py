@@ -46,9 +46,10 @@ def fitting_modules(modules: list[str], hook: str) -> list[str]:
     return [m for m in modules if _fit(m, hook) in ("output", "mlp input")]
 
 
-def check_module(module: str, hook: str, store_path: object, named: bool) -> str | None:
+def check_module(module: str, hook: str, store_path: object, named: bool, exporting: bool = False) -> str | None:
     """Refuse a module that reads another hook, naming both; `named`: the user gave it (--delphi-module),
-    which vouches for a module saesteer cannot check. Returns a note when it could not check."""
+    which vouches for a module saesteer cannot check; `exporting`: the refusal's advice is about the
+    export's name (--export-delphi), not the run to import. Returns a note when it could not check."""
     from saes.formats.base import tl_hook_for_module
 
     fit = _fit(module, hook)
@@ -69,8 +70,12 @@ def check_module(module: str, hook: str, store_path: object, named: bool) -> str
     if fit == "unknown":
         raise ValueError(f"delphi module {module!r} reads no hook saesteer knows, and the SAE of {store_path} reads "
                          f"{hook}; if {module!r} is this SAE's hookpoint, name it with --delphi-module {module}")
-    raise ValueError(f"delphi module {module!r} reads {theirs}, but the SAE of {store_path} reads {hook}; import "
-                     f"the delphi run of this SAE's hookpoint")
+    if exporting:
+        usual = module_for_hook(hook)
+        fix = ("name this SAE's hookpoint with --delphi-module" + (f" (e.g. {usual}), or leave it out" if usual else ""))
+    else:
+        fix = "import the delphi run of this SAE's hookpoint"
+    raise ValueError(f"delphi module {module!r} reads {theirs}, but the SAE of {store_path} reads {hook}; {fix}")
 
 
 def module_for_hook(hook: str) -> str | None:

@@ -185,7 +185,7 @@ def export_delphi_labels(store: Any, out_dir: str | os.PathLike, module: str | N
             raise ValueError(f"the SAE of {store.path} reads {hook}, which has no usual delphi module name; "
                              "give the hookpoint your delphi run uses with --delphi-module")
     else:
-        check_module(module, hook, store.path, named=True)
+        check_module(module, hook, store.path, named=True, exporting=True)
     rows = store.list_features(sort="latent", filter={"has_label": True}, offset=0, limit=store.d_sae)
     todo = []
     for r in rows:

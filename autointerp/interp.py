@@ -54,6 +54,7 @@ class Usage:
     completion_tokens: int = 0
     cost_usd: float | None = 0.0
     # the judge settings of the first answer added that says (`Completion.settings_sent`): the provenance's
+    # (`Judge.settings_of`)
     settings_sent: dict[str, Any] | None = None
 
     def add(self, c: Completion) -> None:

@@ -222,11 +222,12 @@ class Judge:
     def kind(self) -> str:
         return self.backend.kind
 
-    def settings_sent(self) -> dict[str, Any]:
-        """What requests ask the server for now, after any switch a refusal caused (a reasoning
-        model: max_completion_tokens, no temperature); a provenance's judge settings where its
-        answers do not say (`Completion.settings_sent`: a cache entry older than that)."""
-        return self.settings_for(self.request_for([]))
+    def settings_of(self, usage: Any) -> dict[str, Any]:
+        """A provenance's judge settings: those its answers were asked with (`Usage.settings_sent`,
+        the first answer's that says), else, for answers from a cache entry older than that record,
+        what requests ask the server for now, after any switch a refusal caused (a reasoning model:
+        max_completion_tokens, no temperature)."""
+        return usage.settings_sent or self.settings_for(self.request_for([]))
 
     def settings_for(self, request: ChatRequest) -> dict[str, Any]:
         """The settings `request` is sent with now: its temperature (None once the model refused

@@ -128,7 +128,7 @@ class Labeller:
         provenance: dict[str, Any] = {
             "judge": {"source": self.source, "model": self.model,
                       # the settings the label's answer was asked with (a cached one: its first run's)
-                      **((expl.usage.settings_sent or self.judge.settings_sent()) if self.judge
+                      **(self.judge.settings_of(expl.usage) if self.judge
                          else {"temperature": None})},
             "prompt_version": self.explainer.prompt_version,
             "examples": {

@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Iterable
 
+from features.imported_labels import label_source
 from features.records import Example, FeatureRecord, without_start_bos
 from features.store import FeatureStore
 from features.drawing import readable
@@ -110,13 +111,25 @@ def _label_html(rec: FeatureRecord) -> list[str]:
         if p is not None:
             off = ' <span class="off">(offline judge)</span>' if p.offline else ""
             parts.append(f'<p class="meta">label by {esc(p.judge_model)} ({esc(p.judge_kind)}){off}, prompt '
-                         f'{esc(p.prompt_version)}, {len(p.examples_used)} examples, {esc(rec.label.created_at)}</p>')
+                         f'{esc(p.prompt_version)}, {len(p.examples_used)} examples, {esc(rec.label.created_at)}'
+                         f'{_source_html(p)}</p>')
     if rec.scores:
         parts.append("<p class=\"meta\">scores: " + ", ".join(
             f"{esc(s.method)} {s.value:.3f}" + (" (offline)" if s.offline else "") for s in rec.scores) + "</p>")
     if st.flags:
         parts.append("<p>" + "".join(f'<span class="flag">{esc(f)}</span>' for f in st.flags) + "</p>")
     return parts
+
+
+def _source_html(p) -> str:
+    """Where an imported label came from, as `features show` and the web page say it (its
+    Neuronpedia page linked); "" for a label made here."""
+    source = label_source(p)
+    if source is None:
+        return ""
+    text, url = source
+    where = f'<a href="{esc(url)}" rel="noopener noreferrer">{esc(text)}</a>' if url else esc(text)
+    return f", imported from {where}"
 
 
 def _stats_html(rec: FeatureRecord) -> list[str]:

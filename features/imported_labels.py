@@ -14,7 +14,7 @@ source first, then hands its labels here, so both follow the same rules:
 
 `made_here` tells labels made here from imported ones: exports (`features export --format
 neuronpedia`, `label --export-delphi`) send only those back out. `label_source` says where an
-imported label came from, for `features show` and the web.
+imported label came from, for `features show`, the web and the HTML export.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from features.records import LabelProvenance
 __all__ = ["IMPORTED_KINDS", "ImportedLabel", "ImportWrites", "write_imported_labels", "made_here", "label_source"]
 
 IMPORTED_KINDS = ("delphi", "neuronpedia")  # judge kinds of labels made elsewhere (features/records.py)
-NEURONPEDIA_SITE = "https://www.neuronpedia.org"  # the only pages the web links for an imported label
 
 
 @dataclass(frozen=True)
@@ -111,13 +110,15 @@ def _write(store: Any, lab: ImportedLabel) -> int:
 
 def label_source(p: LabelProvenance | None) -> tuple[str, str | None] | None:
     """(where an imported label came from, in words; its page, only a neuronpedia.org address, since
-    the store is data and the web links it), or None for a label made here."""
+    the store is data and the web and the HTML export link it), or None for a label made here."""
+    from saes.formats.neuronpedia import SITE
+
     if made_here(p):
         return None
     extra = p.extra or {}
     if p.judge_kind == "neuronpedia":
         url = extra.get("url")
-        url = url if isinstance(url, str) and url.startswith(NEURONPEDIA_SITE + "/") else None
+        url = url if isinstance(url, str) and url.startswith(SITE + "/") else None  # the only pages linked
         return f"Neuronpedia {extra.get('neuronpedia_id') or ''}".rstrip(), url
     run = (extra.get("delphi") or {}) if isinstance(extra.get("delphi"), dict) else {}
     where = f" run {Path(str(run['run'])).name}" if run.get("run") else ""

@@ -36,9 +36,10 @@ from typing import Any, BinaryIO, Iterator
 
 from features.imported_labels import ImportedLabel, write_imported_labels
 from features.records import LabelProvenance
+from saes.fileio import files_in
 
 __all__ = ["NeuronpediaImportError", "ImportReport", "import_neuronpedia_explanations", "store_neuronpedia_id",
-           "read_explanation_rows", "store_latent"]
+           "read_explanation_rows", "file_rows", "store_latent"]
 
 JUDGE_KIND = "neuronpedia"
 MAX_FILE_BYTES = 2 << 30  # gunzipped, per file: an export of one SAE is a few hundred MB at most; refuse what is not one
@@ -68,9 +69,19 @@ def store_neuronpedia_id(store: Any) -> str | None:
     return neuronpedia_id_of_spec(spec) if spec else None
 
 
+def _imported_as(store: Any) -> list[str]:
+    """The Neuronpedia ids the store's Neuronpedia labels were imported as (`--neuronpedia-sae`, for
+    an SAE SAELens's registry does not know)."""
+    with store._read() as c:
+        rows = c.execute("SELECT DISTINCT json_extract(extra, '$.neuronpedia_id') FROM label_provenance "
+                         "WHERE judge_kind = ?", (JUDGE_KIND,)).fetchall()
+    return sorted(str(r[0]) for r in rows if r[0])
+
+
 def store_latent(store: Any, text: str | int) -> int:
     """A latent of `store` given as its index or as a Neuronpedia latent (its id or page address),
-    which must be of the store's SAE (refused naming both)."""
+    which must be of the store's SAE (refused naming both): its id in SAELens's registry, else the
+    one its Neuronpedia labels were imported as."""
     from saes.formats.neuronpedia import parse_ref
 
     if isinstance(text, int) or str(text).strip().lstrip("-").isdigit():
@@ -80,9 +91,12 @@ def store_latent(store: Any, text: str | int) -> int:
         raise NeuronpediaImportError(f"{text!r} is not a latent: give its index, or a Neuronpedia latent such as "
                                      f"gpt2-small/6-res-jb/17 (or its page address)")
     np_id = store_neuronpedia_id(store)
-    if ref.id != np_id:
+    ids = [np_id] if np_id else _imported_as(store)
+    if ref.id not in ids:
+        theirs = (" or ".join(map(repr, ids)) + ("" if np_id else " (its Neuronpedia labels' SAE)") if ids
+                  else "not on Neuronpedia (not in SAELens's registry, no Neuronpedia labels imported)")
         raise NeuronpediaImportError(f"{text} is a latent of Neuronpedia SAE {ref.id!r}, but the store's SAE is "
-                                     + (repr(np_id) if np_id else "not on Neuronpedia") + "; give its index")
+                                     f"{theirs}; give its index")
     return ref.index
 
 
@@ -98,8 +112,7 @@ def _files(path: Path, np_id: str | None = None) -> list[Path]:
     if np_id:
         below += [path / np_id.split("/", 1)[1] / "explanations", path / np_id / "explanations"]
     where = next((d for d in below if d.is_dir()), path)
-    found = sorted(p for p in where.iterdir() if p.is_file() and p.name.endswith((".json", ".jsonl", ".jsonl.gz",
-                                                                                   ".json.gz")))
+    found = sorted(p for p in files_in(where) if p.name.endswith((".json", ".jsonl", ".jsonl.gz", ".json.gz")))
     if not found:
         raise NeuronpediaImportError(f"{path} holds no explanation file of {np_id or 'an SAE'} (.json, .jsonl, .jsonl.gz, "
                                      f"or an explanations/ folder of them, as in Neuronpedia's dataset exports "
@@ -129,9 +142,11 @@ def _too_big(p: Path) -> NeuronpediaImportError:
                                   f"one SAE")
 
 
-def _file_rows(p: Path) -> Iterator[tuple[str, Any]]:
-    """(where, parsed row) of one file, read as a stream: at most MAX_FILE_BYTES of it, gunzipped
-    (a gzip that inflates past that is refused), one row in memory at a time for JSON Lines."""
+def file_rows(p: Path) -> Iterator[tuple[str, Any]]:
+    """(where, parsed row) of one file of Neuronpedia's (JSON Lines or a JSON array, gzip told by its
+    bytes), read as a stream: at most MAX_FILE_BYTES of it, gunzipped (a gzip that inflates past that
+    is refused), one row in memory at a time for JSON Lines. `features/publish.py` reads back what it
+    writes with it too."""
     try:
         yield from _rows_of_stream(p)
     except (EOFError, zlib.error, gzip.BadGzipFile) as e:  # a download cut short, or not gzip after all
@@ -170,7 +185,7 @@ def read_explanation_rows(path: str | Path, np_id: str | None = None) -> Iterato
     """(where, row) of every explanation row in a file or export folder (of the SAE `np_id`, in a
     folder of several); `where` is 'FILE:N'."""
     for p in _files(Path(path), np_id):
-        for where, row in _file_rows(p):
+        for where, row in file_rows(p):
             if not isinstance(row, dict):
                 raise NeuronpediaImportError(f"{where}: an explanation row is a JSON object, got {type(row).__name__}")
             if "newUrl" in row and "modelId" not in row:  # what the removed /api/explanation/export answers

@@ -160,10 +160,11 @@ def _write_jsonl(path: Path, rows: Iterable[dict], gz: bool) -> None:
 
 
 def _read_jsonl(path: Path) -> Iterator[dict]:
-    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    for line in raw.decode("utf-8").split("\n"):  # JSON Lines' only line end (not str.splitlines's NEL, U+2028)
-        if line.strip():
-            yield json.loads(line)
+    """The rows of an exported file, read as the Neuronpedia import reads one (split at "\n" only, JSON
+    Lines' one line end, not str.splitlines's NEL or U+2028)."""
+    from features.neuronpedia_import import file_rows
+
+    return (row for _, row in file_rows(path))
 
 
 def _hist(rec) -> tuple[list[float], list[float]]:

@@ -1,4 +1,4 @@
-"""File plumbing every package shares: atomic writes, durable appends, exclusive locks.
+"""File plumbing every package shares: atomic writes, durable appends, exclusive locks, listing.
 
 Atomic writes: the bytes go to a temporary name in the same directory (`.<name>.XXXX.tmp`), are
 flushed and fsynced, then renamed over the target, then the directory is fsynced. A crash leaves
@@ -32,6 +32,13 @@ from typing import Any, BinaryIO, Callable, Iterator
 
 TMP_SUFFIX = ".tmp"  # every temporary file of an atomic write ends so (leftovers are found by it)
 _UNSUPPORTED = (errno.EINVAL, errno.ENOTSUP, errno.EBADF)  # a file system that cannot fsync a directory
+
+
+def files_in(folder: str | os.PathLike) -> list[Path]:
+    """The plain files of a folder another tool wrote (a delphi run, a Neuronpedia export), hidden
+    ones left out: a copy's .DS_Store or AppleDouble twin (`._batch-0.jsonl.gz`) and a sync tool's
+    files are no tool's output, and no output name starts with a dot."""
+    return [p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith(".")]
 
 
 def fsync_dir(path: str | os.PathLike) -> None:

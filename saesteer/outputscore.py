@@ -91,7 +91,7 @@ def score_outputs(model: Any, sae: Any, store: Any, latents: Sequence[int], cfg:
                 prompt_version=OUTPUT_PROMPT_VERSION,
                 params={"samples": cfg.samples, "new_tokens": cfg.new_tokens, "strength_x_typical_max": strength,
                         "positions": cfg.positions, "prompt": cfg.prompt, "seed": cfg.seed,
-                        **((res.usage.settings_sent or judge.settings_sent()) if judge is not None else {})},
+                        **(judge.settings_of(res.usage) if judge is not None else {})},
                 extra={"output_score": res.details(), "label": lab.text},
             )
             store.write_scores(int(i), [ScoreInput(OUTPUT_METHOD, float(res.value), res.n_pairs, res.details())],

@@ -658,3 +658,33 @@ def test_a_generation_that_fails_mid_stream_ends_the_stream_with_an_openai_error
     with pytest.raises(openai.APIError, match="generation failed: RuntimeError: boom") as e:
         list(stream)
     assert e.value.body["type"] == "server_error"
+
+
+def test_a_text_prompt_gets_the_bos_the_sae_was_trained_with(ws):
+    """The API reads a text prompt as `saesteer steer`, the web playground's sweeps and the feature
+    store read it for this SAE (saes.bos.prepend_bos_for: its cfg.json's prepend_bos over the model's
+    default); it took the model's default, so a model that prepends no BOS (GPT-NeoX, Qwen2 in
+    TransformerLens) was steered on other activations than the SAE's."""
+    import copy
+    from dataclasses import replace
+
+    from features import FeatureStore
+    from saesteer.web import Limits, ServeConfig, StoreEntry, ModelQueue, create_app
+    from saesteer.web.model_source import ModelEngine
+    from saesteer.web.store_source import StoreCatalog
+
+    default = bool(ws.model.cfg.default_prepend_bos)
+    sae = copy.deepcopy(ws.sae)
+    sae.cfg = replace(sae.cfg, metadata={**(sae.cfg.metadata or {}), "prepend_bos": not default})
+    limits, port = Limits(max_new_tokens=8), free_port()
+    entry = StoreEntry("chat", cat := StoreCatalog(FeatureStore.open(ws.path), name="chat"),
+                       ModelEngine(ws.model, sae, cat, limits), ModelQueue("tiny-test-model", limits.max_pending))
+    srv = ServerThread(create_app([entry], config=ServeConfig(port=port), limits=limits), port).start()
+    try:
+        c = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="x", max_retries=0, timeout=120)
+        prompt = "the sea and the ship"
+        r = c.completions.create(model="chat", prompt=prompt, max_tokens=1, temperature=0)
+        assert r.usage.prompt_tokens == ws.model.to_tokens(prompt, prepend_bos=not default).shape[1]
+        assert r.usage.prompt_tokens != ws.model.to_tokens(prompt).shape[1]
+    finally:
+        srv.stop()

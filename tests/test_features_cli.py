@@ -152,3 +152,52 @@ def test_build_checks_the_sae_against_the_cache_once_and_the_library_alone_still
     build_feature_store(tmp_path / "g.db", resolve_sae(str(d / "sae"), device="cpu"), CacheSource(d / "cache", hook=HOOK),
                         progress=False)
     assert calls == {"bos": 1, "processing": 1}, calls
+
+
+def _small_store(tmp_path):
+    """A store of an SAE SAELens's registry does not know, built in a second."""
+    from features import build_feature_store
+    from helpers.feature_fixtures import WordTokenizer, make_sae, random_source, small_config
+
+    store = tmp_path / "s.db"
+    build_feature_store(store, make_sae("topk", d_in=8, d_sae=6, seed=1), random_source(seed=1, n_contexts=8,
+                        context_length=8, vocab=8), small_config(), tokenizer=WordTokenizer([f"w{i}" for i in range(8)]),
+                        progress=False)
+    return store
+
+
+def test_show_takes_the_neuronpedia_address_of_an_sae_its_labels_were_imported_as(tmp_path, capsys):
+    """An SAE SAELens's registry does not know, imported with --neuronpedia-sae: `features show`
+    takes that SAE's Neuronpedia latents (it refused them, saying the SAE is not on Neuronpedia), and
+    still refuses another SAE's, naming both."""
+    store = _small_store(tmp_path)
+    rows = tmp_path / "np.jsonl"
+    rows.write_text(json.dumps({"modelId": "mymodel", "layer": "3-res", "index": 4, "description": "café menus",
+                                "explanationModelName": "gpt-4o", "id": "e4"}) + "\n")
+    assert main(["features", "show", str(store), "mymodel/3-res/4"]) == 2
+    assert "the store's SAE is not on Neuronpedia" in capsys.readouterr().err
+    assert main(["label", "--store", str(store), "--import-neuronpedia", str(rows),
+                 "--neuronpedia-sae", "mymodel/3-res"]) == 0
+    capsys.readouterr()
+    assert main(["features", "show", str(store), "https://www.neuronpedia.org/mymodel/3-res/4"]) == 0
+    assert "feature 4: café menus" in capsys.readouterr().out
+    assert main(["features", "show", str(store), "mymodel/5-res/4"]) == 2
+    err = capsys.readouterr().err
+    assert "'mymodel/5-res'" in err and "'mymodel/3-res' (its Neuronpedia labels' SAE)" in err
+
+
+def test_a_neuronpedia_export_folder_copied_with_appledouble_files_imports(tmp_path, capsys):
+    """A dataset export copied from a Mac to another disk holds `._batch-0.jsonl.gz` beside each
+    batch (AppleDouble metadata, no rows): hidden files are left out (it refused the import as not
+    UTF-8 text)."""
+    import gzip
+
+    store = _small_store(tmp_path)
+    exp = tmp_path / "v1" / "mymodel" / "3-res" / "explanations"
+    exp.mkdir(parents=True)
+    row = {"modelId": "mymodel", "layer": "3-res", "index": 2, "description": "東京 and Paris", "id": "e2"}
+    (exp / "batch-0.jsonl.gz").write_bytes(gzip.compress((json.dumps(row) + "\n").encode()))
+    (exp / "._batch-0.jsonl.gz").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        \xff\xfe")
+    assert main(["label", "--store", str(store), "--import-neuronpedia", str(tmp_path / "v1"),
+                 "--neuronpedia-sae", "mymodel/3-res"]) == 0, capsys.readouterr().err
+    assert "imported 1 Neuronpedia explanations" in capsys.readouterr().out

@@ -79,3 +79,29 @@ def test_a_page_says_what_each_number_is(tmp_path, capsys):
     assert "<th>Pearson</th><th>cosine</th>" in page and f"{rec.correlated[0].pearson:.3f}" in page
     assert main(["features", "show", str(path), str(f)]) == 0
     assert "2.5x typical max" in capsys.readouterr().out
+
+
+def test_an_imported_label_says_where_it_came_from(tmp_path):
+    """As `features show` and the web page do (features.imported_labels.label_source): the exported
+    page of a Neuronpedia label names its source and links its page there, a delphi label names its
+    run; an address off neuronpedia.org is not linked."""
+    src = random_source(seed=5, n_contexts=16, context_length=10, vocab=8)
+    path = tmp_path / "x.db"
+    build_feature_store(path, make_sae("topk", d_in=8, d_sae=6, seed=5), src, small_config(),
+                        tokenizer=WordTokenizer(EVIL_WORDS), progress=False)
+    site = "https://www.neuronpedia.org/gpt2-small/6-res-jb"
+    with FeatureStore.open(path, readonly=False) as st:
+        st.write_label(0, "closing brackets", provenance=LabelProvenance(
+            "gpt-4o-mini", "neuronpedia", "oai_token-act-pair",
+            extra={"neuronpedia_id": "gpt2-small/6-res-jb", "url": f"{site}/0"}))
+        st.write_label(1, "numbers", provenance=LabelProvenance(
+            "claude", "neuronpedia", "np", extra={"neuronpedia_id": "x/y", "url": "https://evil.example/1"}))
+        st.write_label(2, "ships", provenance=LabelProvenance(
+            "llama", "delphi", "delphi default explainer", extra={"delphi": {"run": "/r/run9", "module": "layers.2"}}))
+        st.write_label(3, "ours", provenance=LabelProvenance("gpt-4o-mini", "openai", "v1"))
+        export_html(st, tmp_path / "dash", latents=range(4))
+    page = [(tmp_path / "dash" / "f" / f"{i:05d}.html").read_text() for i in range(4)]
+    assert f'imported from <a href="{site}/0" rel="noopener noreferrer">Neuronpedia gpt2-small/6-res-jb</a>' in page[0]
+    assert "imported from Neuronpedia x/y</p>" in page[1] and "evil.example" not in page[1]
+    assert "imported from delphi run run9, module layers.2</p>" in page[2]
+    assert "imported from" not in page[3]

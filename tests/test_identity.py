@@ -285,7 +285,7 @@ def test_the_web_engine_feeds_a_doc_policy_saes_prompts_after_bos(tmp_path):
         saes.save_sae(sae, tmp_path / policy, provenance={"tool": "saesteer", "data": {"bos_policy": policy}})
         entry, = open_entries([ws.path], model=ws.model, sae_dirs=[tmp_path / policy], allow_model_mismatch=True)
         req = types.SimpleNamespace(max_new_tokens=2, temperature=0.0, seed=0)
-        found[policy] = (entry.engine._prepend_bos(), entry.engine._gen_config(req).prepend_bos,
+        found[policy] = (entry.engine.prepend_bos(), entry.engine._gen_config(req).prepend_bos,
                          entry.engine.fire("the sailor sees a whale", 3))
     assert found["doc"][:2] == (True, True) and found["none"][:2] == (False, False)
     doc, none = found["doc"][2], found["none"][2]

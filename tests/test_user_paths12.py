@@ -358,6 +358,17 @@ def test_delphis_labels_say_where_they_came_from_and_are_not_published_as_ours(t
     assert not {int(r["index"]) for r in rows} & set(LABELS)
 
 
+def test_hidden_files_in_a_run_folder_are_not_read_as_delphi_files(toy, tmp_path):
+    """A run folder copied on a Mac (or synced) holds .DS_Store beside delphi's files: it is no
+    delphi output and is left out (it refused the import as 'not a delphi file name')."""
+    db = _fresh_store(toy, tmp_path)
+    run = write_delphi_run(tmp_path / "run", LABELS)
+    for d in (run / "explanations", run / "scores" / "detection"):
+        (d / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    r = saesteer("label", "--store", db, "--import-delphi", run).ok()
+    assert f"imported {len(LABELS)} delphi label(s)" in r.out
+
+
 # ---------------------------------------------------------------------------------------------
 # 2. refusals: named, one line, nothing written
 
@@ -454,6 +465,9 @@ def test_export_is_read_by_delphi_and_round_trips(toy, tmp_path, request):
     # a module that does not read the store's hook is refused
     r = saesteer("label", "--store", db, "--export-delphi", tmp_path / "x", "--delphi-module", "layers.0.mlp")
     assert r.rc == 2 and "'layers.0.mlp' reads blocks.0.hook_mlp_out" in r.err and HOOK in r.err
+    # its advice is the export's: the name to give, not a run to import
+    assert f"name this SAE's hookpoint with --delphi-module (e.g. {MODULE}), or leave it out" in r.err, r.err
+    assert "import" not in r.err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -556,6 +570,9 @@ def test_export_of_a_resid_pre_store_names_the_previous_layer_and_says_how_gpt2_
     (["--import-delphi", "RUN", "--import-neuronpedia", "RUN"], "--import-delphi and --import-neuronpedia: give one"),
     (["--import-neuronpedia", "RUN", "--dry-run"], "--dry-run: flag(s) of a labelling run; --import-neuronpedia"),
     (["--neuronpedia-sae", "gpt2-small/6-res-jb"], "--neuronpedia-sae names the SAE of --import-neuronpedia"),
+    # a judge's, the labelling settings' and the embeddings' flags too (they were left unheeded)
+    (["--import-neuronpedia", "RUN", "--judge-model", "gpt-4o", "--latents", "0-9", "--embed-model", "m"],
+     "--latents and --judge-model and --embed-model: flag(s) of a labelling run; --import-neuronpedia"),
 ])
 def test_flags_that_would_do_nothing_with_delphi_are_refused(toy, tmp_path, flags, want):
     db = _fresh_store(toy, tmp_path)

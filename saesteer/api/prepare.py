@@ -250,14 +250,14 @@ def prepare_completion(req: CompletionRequest, served: ServedModel, limits) -> P
             if len(t) > limits.max_text_chars:
                 raise ApiError(400, f"prompt: at most {limits.max_text_chars} characters (got {len(t)})", "prompt")
         # never truncated: an overlong prompt is refused below with its real length
-        id_lists = [prompt_tokens(served.model, t, truncate=False)[0].tolist() for t in texts]
+        id_lists = [prompt_tokens(served.model, t, served.prepend_bos, truncate=False)[0].tolist() for t in texts]
     else:
         for ids in id_lists:
             if not ids or any(not 0 <= i < vocab for i in ids):
                 raise ApiError(400, f"prompt: token ids must be in the vocabulary (0..{vocab - 1}) and a prompt must not be empty", "prompt")
     for ids in id_lists:
         if not ids:
-            raise ApiError(400, "prompt: the prompt is empty (this model prepends no BOS token)", "prompt")
+            raise ApiError(400, "prompt: the prompt is empty (no BOS token is prepended for this SAE)", "prompt")
     c = _common(req, served, limits, 16, len(id_lists))
     c["limit"] = limits.max_new_tokens
     steering, summary = resolve_steering(req.steering, served, limits)

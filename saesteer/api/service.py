@@ -30,6 +30,9 @@ class ServedModel:
     hook: str
     allow_model_mismatch: bool
     scheduler: Scheduler
+    # whether a text prompt gets BOS: the SAE's record (saes.bos.prepend_bos_for), as the web pages and
+    # `saesteer steer` read it; None: the model's default
+    prepend_bos: bool | None = None
     created: int = field(default_factory=lambda: int(time.time()))
     _tmax: dict[int, float | None] = field(default_factory=dict)
 
@@ -105,7 +108,7 @@ class ApiService:
                 self.models[e.id] = ServedModel(
                     id=e.id, model=model, sae=sae, store=e.catalog.store, fingerprint=sae_fingerprint(sae),
                     hook=sae_hook_name(sae, e.id), allow_model_mismatch=bool(e.engine.allow_model_mismatch),
-                    scheduler=sched)
+                    scheduler=sched, prepend_bos=e.engine.prepend_bos())
 
     def start(self) -> None:
         for s in self.schedulers:

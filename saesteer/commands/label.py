@@ -81,7 +81,7 @@ def run(args) -> int:
     file_values = load_config_file(args.config) if args.config else {}
     unknown = sorted(set(file_values) - {"judge", "label"})
     if unknown:
-        print(f"error: unknown section(s) {unknown} in {args.config}; use 'judge' and 'label'", file=sys.stderr)
+        print_error(f"unknown section(s) {unknown} in {args.config}; use 'judge' and 'label'")
         return 2
     try:
         label_cfg, judge_cfg, embed_cfg = _configs(args, file_values)
@@ -92,7 +92,7 @@ def run(args) -> int:
 
     store_path = Path(args.store)
     if not store_path.is_file():
-        print(f"error: no feature store at {store_path}; build one with `saesteer features build`", file=sys.stderr)
+        print_error(f"no feature store at {store_path}; build one with `saesteer features build`")
         return 2
     elsewhere = _labels_made_elsewhere(args)
     if elsewhere is not None:
@@ -140,11 +140,11 @@ def _labels_made_elsewhere(args):
     refusal = None
     if len(chosen) > 1:
         refusal = f"{' and '.join(chosen)}: give one of them per run"
-    elif args.dry_run or args.report:
+    elif _labelling_flags(args):
         # the labelling run's own flags would do nothing here: refuse them rather than leave them unheeded
-        unheeded = " and ".join(f for f, given in (("--dry-run", args.dry_run), ("--report", args.report)) if given)
-        refusal = (f"{unheeded}: flag(s) of a labelling run; {chosen[0] if chosen else 'an import or export'} calls "
-                   "no judge and writes no run report, so leave them out")
+        refusal = (f"{' and '.join(_labelling_flags(args))}: flag(s) of a labelling run; "
+                   f"{chosen[0] if chosen else 'an import or export'} calls no judge and writes no run report, so "
+                   "leave them out")
     elif args.neuronpedia_sae and not args.import_neuronpedia:
         refusal = "--neuronpedia-sae names the SAE of --import-neuronpedia EXPORT; give that too"
     elif args.delphi_module and args.import_neuronpedia:
@@ -159,6 +159,22 @@ def _labels_made_elsewhere(args):
     from saesteer.commands._delphi import run_delphi
 
     return run_delphi
+
+
+def _labelling_flags(args) -> list[str]:
+    """The flags given that only a labelling run reads: --dry-run, --report, the judge's, the
+    embeddings' and the labelling settings (--overwrite aside: --export-delphi reads it)."""
+    import dataclasses
+
+    from autointerp.config import JudgeConfig, LabelConfig
+    from autointerp.embeddings import EmbedConfig
+
+    given = vars(args)
+    flags = [f for f, on in (("--dry-run", args.dry_run), ("--report", args.report)) if on]
+    for prefix, cls in (("", LabelConfig), ("judge_", JudgeConfig), ("embed_", EmbedConfig)):
+        flags += ["--" + (prefix + f.name).replace("_", "-") for f in dataclasses.fields(cls)
+                  if prefix + f.name in given and f.name != "overwrite"]
+    return flags
 
 
 def _import_neuronpedia(args, store_path) -> int:

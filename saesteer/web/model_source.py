@@ -43,8 +43,8 @@ class ModelEngine:
         return SteerLimits(max_abs_value=float(self.limits.max_abs_strength), max_multiple=float(self.limits.max_abs_multiple),
                            max_abs_scale=float(self.limits.max_abs_multiple))
 
-    def _prepend_bos(self) -> bool:
-        """The BOS a prompt gets for this SAE (`saes.bos.prepend_bos_for`)."""
+    def prepend_bos(self) -> bool:
+        """The BOS a prompt gets for this SAE (`saes.bos.prepend_bos_for`): the pages' and the API's."""
         from saes.bos import prepend_bos_for
 
         return prepend_bos_for(self.model, [self.loaded if self.loaded is not None else self.sae])
@@ -56,7 +56,7 @@ class ModelEngine:
         return GenerationConfig(
             max_new_tokens=req.max_new_tokens, max_new_tokens_cap=int(self.limits.max_new_tokens),
             do_sample=not greedy, temperature=1.0 if greedy else float(req.temperature), seed=int(req.seed),
-            prepend_bos=self._prepend_bos(),
+            prepend_bos=self.prepend_bos(),
         )
 
     @staticmethod
@@ -85,7 +85,7 @@ class ModelEngine:
 
         from saesteer.web.schemas import FeatureAct, FireResult, FiringFeature
 
-        bos = self._prepend_bos()
+        bos = self.prepend_bos()
         # a text longer than the model's context: features_on_text refuses it (ValueError -> 422)
         res = features_on_text(self.model, self.sae, text, top_n=int(top_k), prepend_bos=bos,
                                allow_model_mismatch=self.allow_model_mismatch)
@@ -120,7 +120,7 @@ class ModelEngine:
             raise ValueError(f"a sweep varies an add or clamp edit; got op {e.op!r}")
         typical = self.catalog.typical_max([e.latent])
         cfg = SweepConfig(strengths=list(req.values), op=e.op, unit=e.unit, positions=e.positions, perplexity=True)
-        scorer = FiringScorer(self.model, self.sae, e.latent, self._prepend_bos())
+        scorer = FiringScorer(self.model, self.sae, e.latent, self.prepend_bos())
         res = sweep(self.model, self.sae, e.latent, [req.prompt], scorer, cfg,
                     gen_config=self._gen_config(req), typical_max=typical, limits=self._steer_limits(),
                     allow_model_mismatch=self.allow_model_mismatch)
