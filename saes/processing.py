@@ -265,12 +265,27 @@ def check_processing(loaded: Any, model: ModelIdentity | None, *, sae_name: str,
 
 
 def _centred(W: Any) -> bool:
-    """Every row of `W` sums to 0 over its last dimension (up to rounding): what centring leaves."""
+    """Every row of `W` sums to 0 over its last dimension, up to the rounding of its dtype: what
+    centring leaves. A row's mean is measured against the spread the mean of its entries has when
+    they are unrelated (its rms / sqrt(width)): rounding to bf16 leaves ~0.002 of that after centring,
+    trained or random rows ~1 (a fixed fraction of the largest entry misread bf16/fp16 models).
+    Read in slices of rows, so a large vocabulary is never copied whole to float32."""
     import torch
 
+    width = W.shape[-1]
+    rows = W.detach().reshape(-1, width)
+    step = max(1, (1 << 22) // width)
     with torch.no_grad():
-        W = W.detach().float()
-        return bool(W.mean(-1).abs().max() <= 1e-5 * W.abs().max().clamp(min=1e-30))
+        for i in range(0, rows.shape[0], step):
+            R = rows[i:i + step].float()
+            spread = R.square().mean(-1).sqrt() / width ** 0.5
+            if bool((R.mean(-1).abs() > _CENTRED_TOLERANCE * spread).any()):
+                return False
+    return True
+
+
+# a centred row's mean, as a fraction of the spread of a mean of unrelated entries (`_centred`)
+_CENTRED_TOLERANCE = 0.05
 
 
 def processing_seen(model: Any) -> tuple[ModelIdentity, dict[str, bool]] | None:
@@ -289,10 +304,11 @@ def processing_seen(model: Any) -> tuple[ModelIdentity, dict[str, bool]] | None:
     from transformer_lens.model_bridge import TransformerBridge
 
     bridge = isinstance(model, TransformerBridge)
-    applied = {_CENTRED: _centred(W_E), "center_unembed": _centred(W_U)}
+    marks = {_CENTRED: lambda: _centred(W_E), "center_unembed": lambda: _centred(W_U)}
     if not bridge:
-        applied["fold_ln"] = str(cfg.normalization_type).endswith("Pre")
-    processed = any(on for flag, on in applied.items() if flag not in skipped)
+        marks["fold_ln"] = lambda: str(cfg.normalization_type).endswith("Pre")
+    applied = {flag: mark() for flag, mark in marks.items() if flag not in skipped}  # a skipped one shows nothing
+    processed = any(applied.values())
     applied = {flag: applied.get(flag, processed) for flag in PROCESSING}
     name = str(getattr(cfg, "model_name", None) or "model")
     return ModelIdentity("object", name, weights="processed" if processed else "raw"), applied

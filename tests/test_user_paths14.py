@@ -309,6 +309,23 @@ def test_a_notebook_model_processed_otherwise_than_the_sae_records_is_refused_na
             pass
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_processed_model_is_seen_processed_not_refused(dtype):
+    """`from_pretrained(..., dtype=torch.bfloat16)`: centred rows rounded to bf16 sum to ~1e-4 of the
+    largest entry, not 1e-5: the model was seen as not centred and an SAE asking for the processed
+    model refused it (naming an adapter that does not exist here). Raw weights in half precision are
+    still told apart."""
+    sl = sae_lens_sae()
+    sl.cfg.metadata.model_from_pretrained_kwargs = {"center_writing_weights": True, "fold_ln": True}
+    processed = hooked_sae_transformer()
+    processed.process_weights_(fold_ln=True, center_writing_weights=True, center_unembed=True)
+    with steer(processed.to(dtype), sl, "5:clamp=4"):
+        pass
+    with pytest.raises(Exception, match=r"raw weights.*HookedTransformer.from_pretrained\("):
+        with steer(hooked_sae_transformer().to(dtype), sl, "5:clamp=4"):
+            pass
+
+
 def test_compare_methods_sweep_and_compare_take_a_sae_lens_sae():
     """compare_methods read `sae.d_sae` of the SAELens object (AttributeError); it, `sweep` and
     `compare` now take it, with the results of the same SAE converted by hand."""
