@@ -252,10 +252,12 @@ def check_processing(loaded: Any, model: ModelIdentity | None, *, sae_name: str,
     if model.processed == wanted:
         have = {flag: bool(applied.get(flag, False)) for flag in needed} if applied is not None else needed
         if have != needed:
-            raise ModelMismatchError(
-                f"{asks}, but {model_as} was loaded with {_describe(have)} there (its TransformerBridge "
-                f"adapter does not apply the rest, as HookedTransformer does); the activations differ. Pass "
-                f"{override} to use it anyway")
+            why = (f"; load it with HookedTransformer.from_pretrained(..., {_describe(needed)}), or pass"
+                   if model.source == "object" else  # a notebook's model: its processing set flag by flag
+                   " (its TransformerBridge adapter does not apply the rest, as HookedTransformer does); the "
+                   "activations differ. Pass")
+            raise ModelMismatchError(f"{asks}, but {model_as} was loaded with {_describe(have)} there{why} "
+                                     f"{override} to use it anyway")
         return
     have = ("with TransformerLens's weight processing (--process-weights: " + ", ".join(PROCESSING) + ")"
             if model.processed else "with its raw weights (no --process-weights)")

@@ -326,6 +326,22 @@ def test_a_half_precision_processed_model_is_seen_processed_not_refused(dtype):
             pass
 
 
+def test_a_notebook_model_processed_flag_by_flag_is_refused_naming_the_flag_to_set():
+    """`from_pretrained(..., center_writing_weights=False)` (folded, not centred) against an SAE asking
+    for centred weights: refused, naming the from_pretrained flag to set; the message spoke of a
+    TransformerBridge adapter, which a HookedTransformer built in a notebook does not have."""
+    sl = sae_lens_sae()
+    sl.cfg.metadata.model_from_pretrained_kwargs = {"center_writing_weights": True, "fold_ln": True}
+    model = hooked_sae_transformer()
+    model.process_weights_(fold_ln=True, center_writing_weights=False, center_unembed=True)
+    with pytest.raises(Exception, match=r"center_writing_weights=False there; load it with "
+                                        r"HookedTransformer.from_pretrained\(\.\.\., center_writing_weights=True\)"
+                                        r", or pass allow_model_mismatch=True") as e:
+        with steer(model, sl, "5:clamp=4"):
+            pass
+    assert "TransformerBridge" not in str(e.value)
+
+
 def test_compare_methods_sweep_and_compare_take_a_sae_lens_sae():
     """compare_methods read `sae.d_sae` of the SAELens object (AttributeError); it, `sweep` and
     `compare` now take it, with the results of the same SAE converted by hand."""
