@@ -61,7 +61,8 @@ class HookWatch:
     """Steering's hooks in one block, checked after each forward of the block: a hook that did not run
     means its hook point was replaced or bypassed since it was hooked (a SAELens splice added or removed
     inside the `steer` block; on SAETransformerBridge a hook point stays out of the forward after
-    `reset_saes`), and the edit would silently not apply. `hook_fns`: objects counting their `calls`."""
+    `reset_saes`), and the edit would silently not apply (or read a transcoder's input of an earlier
+    forward). `hook_fns`: objects counting their `calls` (edits and transcoder input captures)."""
 
     def __init__(self, hook_fns: list[Any]) -> None:
         self.hook_fns = hook_fns

@@ -25,12 +25,14 @@ class InputCapture:
     def __init__(self, hook_name: str) -> None:
         self.hook_name = hook_name
         self.value: Tensor | None = None
+        self.calls = 0  # a hook point replaced since it was hooked leaves this still (`HookWatch`)
 
     def __repr__(self) -> str:
         return f"steering-capture<{self.hook_name}>"
 
     def __call__(self, x: Tensor, hook: Any = None) -> None:
         self.value = x
+        self.calls += 1
 
     def rows(self, B: int, S: int) -> Tensor:
         """The captured activation as [B * S, width] rows, for a forward pass of B x S positions."""

@@ -182,6 +182,26 @@ def test_a_splice_made_inside_the_steer_block_is_refused_not_silently_unsteered(
                     model(tokens)
 
 
+@pytest.mark.parametrize("hook_in, hook_out", [("blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out"),
+                                               ("blocks.0.hook_resid_mid", "blocks.1.hook_resid_post")])
+def test_a_splice_at_a_transcoders_input_inside_the_steer_block_is_refused_not_read_stale(hook_in, hook_out):
+    """A transcoder's edit reads its latents from the input hook's activation kept in this forward pass:
+    a SAELens SAE spliced at that hook inside the `steer` block replaced the hook point, the kept
+    activation stayed the previous forward's (same shape: each generation step), and the edit read the
+    latents of other tokens without a word (the target hook still ran, so nothing was checked)."""
+    import saes
+
+    model = hooked_sae_transformer()
+    tc = saes.create_sae("jumprelu", D_MODEL, D_SAE, generator=torch.Generator().manual_seed(0), d_out=D_MODEL,
+                         apply_b_dec_to_input=False, metadata={"hook_name": hook_in, "hook_name_out": hook_out})
+    first, second = model.to_tokens(["the whale carries bread", "a sailor sees the ship"])
+    with torch.no_grad(), steer(model, tc, "5:clamp=4"):
+        model(first[None])
+        model.add_sae(sae_lens_sae(hook=hook_in), use_error_term=True)
+        with pytest.raises(SteeringError, match=rf"steering's hook at {hook_in} did not run in this forward pass"):
+            model(second[None])
+
+
 def test_feature_store_text_and_contrast_take_a_sae_lens_sae_and_read_saelens_encoding(tmp_path):
     """build_feature_store, features_on_text and contrast_features with the SAELens object: the store's
     per-latent maxima and fire counts are SAELens's own `encode` of the same activations."""
