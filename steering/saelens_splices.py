@@ -78,5 +78,6 @@ class HookWatch:
                     f"steering's hook at {h.hook_name} did not run in this forward pass: that hook point was replaced "
                     f"or taken out of the forward since `steer` hooked it (SAELens's add_sae, run_with_saes, saes() "
                     f"and reset_saes do; on SAETransformerBridge a hook point stays out of the forward after "
-                    f"reset_saes: boot the model again), so the edit would silently not apply; splice SAELens SAEs "
-                    f"(with use_error_term=True) before entering `steer`")
+                    f"reset_saes: boot the model again), or the hook was removed (model.reset_hooks()), so the edit "
+                    f"would silently not apply; splice SAELens SAEs (with use_error_term=True) before entering "
+                    f"`steer`, and reset hooks only after it")

@@ -182,6 +182,17 @@ def test_a_splice_made_inside_the_steer_block_is_refused_not_silently_unsteered(
                     model(tokens)
 
 
+def test_reset_hooks_inside_the_steer_block_is_refused_naming_it():
+    """TransformerLens tutorials call `model.reset_hooks()` before a run: inside a `steer` block it removes
+    steering's hooks; the forward raises (as for a splice) and the message names reset_hooks, not only
+    SAELens's splices, which this user never made."""
+    model = hooked_sae_transformer()
+    with torch.no_grad(), steer(model, sae_lens_sae(), "7:clamp=3"):
+        model.reset_hooks()
+        with pytest.raises(SteeringError, match=r"did not run.*or the hook was removed \(model.reset_hooks\(\)\)"):
+            model(model.to_tokens(TEXT))
+
+
 @pytest.mark.parametrize("hook_in, hook_out", [("blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out"),
                                                ("blocks.0.hook_resid_mid", "blocks.1.hook_resid_post")])
 def test_a_splice_at_a_transcoders_input_inside_the_steer_block_is_refused_not_read_stale(hook_in, hook_out):
