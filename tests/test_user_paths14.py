@@ -399,19 +399,20 @@ def test_compare_methods_sweep_and_compare_take_a_sae_lens_sae():
 def test_a_bridge_in_compatibility_mode_counts_as_processed(tiny_gpt2):
     """TransformerBridge.enable_compatibility_mode folds and centres but keeps its config's norm: an SAE
     asking for a processed model is accepted there (no false refusal over fold_ln, which changes the MLP's
-    input), one asking for raw weights refused; the same bridge booted raw the other way round."""
+    input), one asking for raw weights refused; the same bridge booted raw the other way round. The
+    refusals name the bridge's own call (they named HookedTransformer.from_pretrained, another class)."""
     sl = sae_lens_sae(hook="blocks.0.mlp.hook_in")
     model = sae_transformer_bridge(tiny_gpt2)
     wants_processed = {"center_writing_weights": True, "fold_ln": True}
     sl.cfg.metadata.model_from_pretrained_kwargs = wants_processed
-    with pytest.raises(Exception, match=r"raw weights.*from_pretrained\("):
+    with pytest.raises(Exception, match=r"raw weights.*Call model.enable_compatibility_mode\(\) on the bridge"):
         with steer(model, sl, "5:clamp=4"):
             pass
     model.enable_compatibility_mode(disable_warnings=True)
     with steer(model, sl, "5:clamp=4"):
         pass
     sl.cfg.metadata.model_from_pretrained_kwargs = {"fold_ln": False}
-    with pytest.raises(Exception, match=r"fold_ln=False.*from_pretrained_no_processing"):
+    with pytest.raises(Exception, match=r"fold_ln=False.*Boot the bridge again without enable_compatibility_mode"):
         with steer(model, sl, "5:clamp=4"):
             pass
 
