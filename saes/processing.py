@@ -267,6 +267,23 @@ def check_processing(loaded: Any, model: ModelIdentity | None, *, sae_name: str,
 
 
 def _centred(W: Any) -> bool:
+    """`_rows_centred(W)`, kept on the tensor until it changes: every `steer`, `sweep` strength and
+    `compare_methods` run asks, and reading a large vocabulary's rows takes a noticeable time."""
+    key = (W._version, W.data_ptr(), W.dtype, tuple(W.shape))  # an in-place edit or new data changes it
+    seen = getattr(W, _SEEN_ATTR, None)
+    if seen is None or seen[0] != key:
+        seen = (key, _rows_centred(W))
+        try:
+            setattr(W, _SEEN_ATTR, seen)
+        except (AttributeError, RuntimeError):  # a tensor that takes no attributes: read each time
+            pass
+    return seen[1]
+
+
+_SEEN_ATTR = "_saesteer_rows_centred"
+
+
+def _rows_centred(W: Any) -> bool:
     """Every row of `W` sums to 0 over its last dimension, up to the rounding of its dtype: what
     centring leaves. A row's mean is measured against the spread the mean of its entries has when
     they are unrelated (its rms / sqrt(width)): rounding to bf16 leaves ~0.002 of that after centring,

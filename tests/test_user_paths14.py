@@ -373,6 +373,28 @@ def test_a_notebook_model_processed_flag_by_flag_is_refused_naming_the_flag_to_s
     assert "TransformerBridge" not in str(e.value)
 
 
+def test_a_notebook_models_weights_are_read_once_until_they_change(monkeypatch):
+    """Every `steer` (each sweep strength, each compare_methods run) read the embedding's and the
+    unembedding's rows again (~80 ms a call on GPT-2's, seconds on a 256k vocabulary): read once per
+    tensor, and again after the weights change in place (process_weights_), so the verdict follows them."""
+    import saes.processing as processing
+
+    reads = []
+    monkeypatch.setattr(processing, "_rows_centred", lambda W, read=processing._rows_centred: reads.append(1) or read(W))
+    sl = sae_lens_sae()
+    sl.cfg.metadata.model_from_pretrained_kwargs = {"center_writing_weights": False}
+    model = hooked_sae_transformer()
+    for _ in range(3):
+        with steer(model, sl, "5:clamp=4"):
+            pass
+    assert len(reads) == 2  # W_E and W_U, once
+    with torch.no_grad():
+        model.W_E.sub_(model.W_E.mean(-1, keepdim=True))  # centred in place, as center_writing_weights does
+    with pytest.raises(Exception, match=r"center_writing_weights=False"):
+        with steer(model, sl, "5:clamp=4"):
+            pass
+
+
 def test_compare_methods_sweep_and_compare_take_a_sae_lens_sae():
     """compare_methods read `sae.d_sae` of the SAELens object (AttributeError); it, `sweep` and
     `compare` now take it, with the results of the same SAE converted by hand."""
