@@ -182,6 +182,31 @@ def test_a_splice_made_inside_the_steer_block_is_refused_not_silently_unsteered(
                     model(tokens)
 
 
+def test_a_transcoder_steers_on_a_model_with_sae_lens_saes_spliced_at_its_hooks():
+    """A SAELens SAE spliced (with its error term) at a transcoder's target hook: the target was refused as
+    an "unknown hook point" (the splice puts a wrapper there; only SAE and vector edits were sent to its
+    output). Spliced at its target or its input, the steered logits are those without the splice."""
+    import saes
+
+    hook_in, hook_out = "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out"
+    tc = saes.create_sae("jumprelu", D_MODEL, D_SAE, generator=torch.Generator().manual_seed(0), d_out=D_MODEL,
+                         apply_b_dec_to_input=False, metadata={"hook_name": hook_in, "hook_name_out": hook_out})
+    with torch.no_grad():
+        tc.b_enc.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))  # latents that fire
+    model = hooked_sae_transformer()
+    tokens = model.to_tokens(TEXT)
+    with torch.no_grad():
+        clean = model(tokens)
+        with steer(model, tc, "5:clamp=4"):
+            want = model(tokens)
+    assert (want - clean).abs().max() > 1e-3
+    for where in (hook_out, hook_in):
+        model.add_sae(sae_lens_sae(hook=where), use_error_term=True)
+        with torch.no_grad(), steer(model, tc, "5:clamp=4"):
+            torch.testing.assert_close(model(tokens), want, **TOL)
+        model.reset_saes()
+
+
 def test_reset_hooks_inside_the_steer_block_is_refused_naming_it():
     """TransformerLens tutorials call `model.reset_hooks()` before a run: inside a `steer` block it removes
     steering's hooks; the forward raises (as for a splice) and the message names reset_hooks, not only
