@@ -327,6 +327,7 @@ def _how_to_load(wanted: bool, *, model: Any, own_call: bool) -> str:
         theirs = ("call model.enable_compatibility_mode() on the bridge" if wanted else
                   "boot the bridge again without enable_compatibility_mode()")
     else:
-        theirs = f"load the model with HookedTransformer.{'from_pretrained' if wanted else 'from_pretrained_no_processing'}(...)"
+        call = "from_pretrained" if wanted else "from_pretrained_no_processing"
+        theirs = f"load the model with HookedTransformer.{call}(...)"
     return f"{theirs}, or load it with {ours}"
 

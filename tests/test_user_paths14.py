@@ -405,7 +405,8 @@ def test_a_notebook_models_weights_are_read_once_until_they_change(monkeypatch):
     import saes.processing as processing
 
     reads = []
-    monkeypatch.setattr(processing, "_rows_centred", lambda W, read=processing._rows_centred: reads.append(1) or read(W))
+    read = processing._rows_centred
+    monkeypatch.setattr(processing, "_rows_centred", lambda W: reads.append(1) or read(W))
     sl = sae_lens_sae()
     sl.cfg.metadata.model_from_pretrained_kwargs = {"center_writing_weights": False}
     model = hooked_sae_transformer()
