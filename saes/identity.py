@@ -28,6 +28,7 @@ another model here: the id ends in '+processed'.
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 from dataclasses import asdict, dataclass, fields, replace
@@ -304,13 +305,29 @@ def check_sae_model(model: Any, sae: Any, *, sae_name: str = "sae", allow_mismat
                      fix="load the model it records (saesteer.models.load_model)")
     from saes.processing import APPLIED_ATTR, check_processing, processing_seen  # it imports this module
 
-    ident, applied = identity_of_model(model), getattr(model, APPLIED_ATTR, None)
-    fix = lambda wanted: f"load the model with saesteer.models.load_model(..., process_weights={wanted})"  # noqa: E731
+    ident, applied, seen = identity_of_model(model), getattr(model, APPLIED_ATTR, None), None
     if ident is None and (seen := processing_seen(model)) is not None:  # a model loaded some other way
         ident, applied = seen
-        fix = lambda wanted: ("load the model with HookedTransformer." + ("from_pretrained" if wanted else  # noqa: E731
-                              "from_pretrained_no_processing") + f"(...) or saesteer.models.load_model(..., "
-                              f"process_weights={wanted})")
+    fix = functools.partial(_how_to_load, model=model, own_call=seen is not None)
     check_processing(sae, ident, sae_name=sae_name, model_as="the model given",
                      override="allow_model_mismatch=True", model_cfg=getattr(model, "cfg", None),
                      applied=applied, fix=fix)
+
+
+def _how_to_load(wanted: bool, *, model: Any, own_call: bool) -> str:
+    """How to get a model loaded with (`wanted`) or without TransformerLens's weight processing: with
+    saesteer's loader, and for a model the user loaded themselves (`own_call`) also the TransformerLens
+    call that does it for their model's class."""
+    ours = f"saesteer.models.load_model(..., process_weights={wanted})"
+    if not own_call:
+        return f"load the model with {ours}"
+    from transformer_lens.model_bridge import TransformerBridge
+
+    if isinstance(model, TransformerBridge):
+        theirs = ("call model.enable_compatibility_mode() on the bridge" if wanted else
+                  "boot the bridge again without enable_compatibility_mode()")
+    else:
+        call = "from_pretrained" if wanted else "from_pretrained_no_processing"
+        theirs = f"load the model with HookedTransformer.{call}(...)"
+    return f"{theirs}, or load it with {ours}"
+

@@ -252,10 +252,12 @@ def check_processing(loaded: Any, model: ModelIdentity | None, *, sae_name: str,
     if model.processed == wanted:
         have = {flag: bool(applied.get(flag, False)) for flag in needed} if applied is not None else needed
         if have != needed:
-            raise ModelMismatchError(
-                f"{asks}, but {model_as} was loaded with {_describe(have)} there (its TransformerBridge "
-                f"adapter does not apply the rest, as HookedTransformer does); the activations differ. Pass "
-                f"{override} to use it anyway")
+            why = (f"; load it with HookedTransformer.from_pretrained(..., {_describe(needed)}), or pass"
+                   if model.source == "object" else  # a notebook's model: its processing set flag by flag
+                   " (its TransformerBridge adapter does not apply the rest, as HookedTransformer does); the "
+                   "activations differ. Pass")
+            raise ModelMismatchError(f"{asks}, but {model_as} was loaded with {_describe(have)} there{why} "
+                                     f"{override} to use it anyway")
         return
     have = ("with TransformerLens's weight processing (--process-weights: " + ", ".join(PROCESSING) + ")"
             if model.processed else "with its raw weights (no --process-weights)")
@@ -265,12 +267,44 @@ def check_processing(loaded: Any, model: ModelIdentity | None, *, sae_name: str,
 
 
 def _centred(W: Any) -> bool:
-    """Every row of `W` sums to 0 over its last dimension (up to rounding): what centring leaves."""
+    """`_rows_centred(W)`, kept on the tensor until it changes: every `steer`, `sweep` strength and
+    `compare_methods` run asks, and reading a large vocabulary's rows takes a noticeable time."""
+    key = (W._version, W.data_ptr(), W.dtype, tuple(W.shape))  # an in-place edit or new data changes it
+    seen = getattr(W, _SEEN_ATTR, None)
+    if seen is None or seen[0] != key:
+        seen = (key, _rows_centred(W))
+        try:
+            setattr(W, _SEEN_ATTR, seen)
+        except (AttributeError, RuntimeError):  # a tensor that takes no attributes: read each time
+            pass
+    return seen[1]
+
+
+_SEEN_ATTR = "_saesteer_rows_centred"
+
+
+def _rows_centred(W: Any) -> bool:
+    """Every row of `W` sums to 0 over its last dimension, up to the rounding of its dtype: what
+    centring leaves. A row's mean is measured against the spread the mean of its entries has when
+    they are unrelated (its rms / sqrt(width)): rounding to bf16 leaves ~0.002 of that after centring,
+    trained or random rows ~1 (a fixed fraction of the largest entry misread bf16/fp16 models).
+    Read in slices of rows, so a large vocabulary is never copied whole to float32."""
     import torch
 
+    width = W.shape[-1]
+    rows = W.detach().reshape(-1, width)
+    step = max(1, (1 << 22) // width)
     with torch.no_grad():
-        W = W.detach().float()
-        return bool(W.mean(-1).abs().max() <= 1e-5 * W.abs().max().clamp(min=1e-30))
+        for i in range(0, rows.shape[0], step):
+            R = rows[i:i + step].float()
+            spread = R.square().mean(-1).sqrt() / width ** 0.5
+            if bool((R.mean(-1).abs() > _CENTRED_TOLERANCE * spread).any()):
+                return False
+    return True
+
+
+# a centred row's mean, as a fraction of the spread of a mean of unrelated entries (`_centred`)
+_CENTRED_TOLERANCE = 0.05
 
 
 def processing_seen(model: Any) -> tuple[ModelIdentity, dict[str, bool]] | None:
@@ -289,10 +323,11 @@ def processing_seen(model: Any) -> tuple[ModelIdentity, dict[str, bool]] | None:
     from transformer_lens.model_bridge import TransformerBridge
 
     bridge = isinstance(model, TransformerBridge)
-    applied = {_CENTRED: _centred(W_E), "center_unembed": _centred(W_U)}
+    marks = {_CENTRED: lambda: _centred(W_E), "center_unembed": lambda: _centred(W_U)}
     if not bridge:
-        applied["fold_ln"] = str(cfg.normalization_type).endswith("Pre")
-    processed = any(on for flag, on in applied.items() if flag not in skipped)
+        marks["fold_ln"] = lambda: str(cfg.normalization_type).endswith("Pre")
+    applied = {flag: mark() for flag, mark in marks.items() if flag not in skipped}  # a skipped one shows nothing
+    processed = any(applied.values())
     applied = {flag: applied.get(flag, processed) for flag in PROCESSING}
     name = str(getattr(cfg, "model_name", None) or "model")
     return ModelIdentity("object", name, weights="processed" if processed else "raw"), applied

@@ -61,7 +61,8 @@ class HookWatch:
     """Steering's hooks in one block, checked after each forward of the block: a hook that did not run
     means its hook point was replaced or bypassed since it was hooked (a SAELens splice added or removed
     inside the `steer` block; on SAETransformerBridge a hook point stays out of the forward after
-    `reset_saes`), and the edit would silently not apply. `hook_fns`: objects counting their `calls`."""
+    `reset_saes`), and the edit would silently not apply (or read a transcoder's input of an earlier
+    forward). `hook_fns`: objects counting their `calls` (edits and transcoder input captures)."""
 
     def __init__(self, hook_fns: list[Any]) -> None:
         self.hook_fns = hook_fns
@@ -77,5 +78,6 @@ class HookWatch:
                     f"steering's hook at {h.hook_name} did not run in this forward pass: that hook point was replaced "
                     f"or taken out of the forward since `steer` hooked it (SAELens's add_sae, run_with_saes, saes() "
                     f"and reset_saes do; on SAETransformerBridge a hook point stays out of the forward after "
-                    f"reset_saes: boot the model again), so the edit would silently not apply; splice SAELens SAEs "
-                    f"(with use_error_term=True) before entering `steer`")
+                    f"reset_saes: boot the model again), or the hook was removed (model.reset_hooks()), so the edit "
+                    f"would silently not apply; splice SAELens SAEs (with use_error_term=True) before entering "
+                    f"`steer`, and reset hooks only after it")

@@ -301,10 +301,14 @@ def steer(
     session = SteeringSession(model, plan, saes)
     handles = []
     try:
-        for block_idx, tracker in plan.trackers.items():
+        # a transcoder's input may be read in a block where nothing is edited: watched there too (a
+        # capture that stops firing would hand the edit the input of an earlier forward)
+        watched = set(plan.trackers) | {b for h in plan.captures if (b := tracked_block(model, h)) is not None}
+        for block_idx in sorted(watched):
             block = model.blocks[block_idx]
-            watch = HookWatch([f for h, f in plan.hook_fns.items() if h.startswith(f"blocks.{block_idx}.")])
-            handles.append(block.register_forward_pre_hook(_pre_hook(tracker, block_idx, watch), with_kwargs=True))
+            watch = HookWatch([f for h, f in plan.fwd_hooks if h.startswith(f"blocks.{block_idx}.")])
+            handles.append(block.register_forward_pre_hook(_pre_hook(plan.trackers.get(block_idx), block_idx, watch),
+                                                           with_kwargs=True))
             handles.append(block.register_forward_hook(lambda module, args, out, watch=watch: watch.after()))
         # opt-in hook points (hook_mlp_in, ...) are on for the block only: the model is as it was after
         with opt_in_hooks(model, [h for h, _ in plan.fwd_hooks], "steering"), model.hooks(fwd_hooks=plan.fwd_hooks):
@@ -315,10 +319,11 @@ def steer(
             h.remove()
 
 
-def _pre_hook(tracker: SequenceTracker, layer_idx: int, watch: HookWatch):
+def _pre_hook(tracker: SequenceTracker | None, layer_idx: int, watch: HookWatch):
     def pre(module: Any, args: tuple, kwargs: dict) -> None:
         watch.before()
-        tracker.observe(*block_call_info(layer_idx, args, kwargs))
+        if tracker is not None:
+            tracker.observe(*block_call_info(layer_idx, args, kwargs))
 
     return pre
 

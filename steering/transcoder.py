@@ -15,6 +15,7 @@ from torch import Tensor
 from saes.base import SAE
 from saes.hookpoints import HookPairError, check_transcoder_hooks, transcoder_target
 from steering.inputs import Model
+from steering.saelens_splices import steered_hook
 from steering.spec import SteeringError
 
 
@@ -25,12 +26,14 @@ class InputCapture:
     def __init__(self, hook_name: str) -> None:
         self.hook_name = hook_name
         self.value: Tensor | None = None
+        self.calls = 0  # a hook point replaced since it was hooked leaves this still (`HookWatch`)
 
     def __repr__(self) -> str:
         return f"steering-capture<{self.hook_name}>"
 
     def __call__(self, x: Tensor, hook: Any = None) -> None:
         self.value = x
+        self.calls += 1
 
     def rows(self, B: int, S: int) -> Tensor:
         """The captured activation as [B * S, width] rows, for a forward pass of B x S positions."""
@@ -42,9 +45,10 @@ class InputCapture:
 
 
 def transcoder_target_hook(model: Model, sae: SAE, name: str, input_hook: str) -> str:
-    """The hook a transcoder's edits land on (`saes.hookpoints.transcoder_target`), its pair checked on `model`."""
+    """The hook a transcoder's edits land on (`saes.hookpoints.transcoder_target`; the output of a SAELens
+    SAE spliced there, `steering.saelens_splices.steered_hook`), its pair checked on `model`."""
     try:
-        target = transcoder_target(sae, f"transcoder {name!r}")
+        target = steered_hook(model, transcoder_target(sae, f"transcoder {name!r}"), f"transcoder {name!r}")
         check_transcoder_hooks(model, input_hook, target, f"transcoder {name!r}", d_in=sae.d_in, d_out=sae.d_out)
     except HookPairError as e:
         raise SteeringError(e.message) from None

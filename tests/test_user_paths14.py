@@ -182,6 +182,62 @@ def test_a_splice_made_inside_the_steer_block_is_refused_not_silently_unsteered(
                     model(tokens)
 
 
+def test_a_transcoder_steers_on_a_model_with_sae_lens_saes_spliced_at_its_hooks():
+    """A SAELens SAE spliced (with its error term) at a transcoder's target hook: the target was refused as
+    an "unknown hook point" (the splice puts a wrapper there; only SAE and vector edits were sent to its
+    output). Spliced at its target or its input, the steered logits are those without the splice."""
+    import saes
+
+    hook_in, hook_out = "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out"
+    tc = saes.create_sae("jumprelu", D_MODEL, D_SAE, generator=torch.Generator().manual_seed(0), d_out=D_MODEL,
+                         apply_b_dec_to_input=False, metadata={"hook_name": hook_in, "hook_name_out": hook_out})
+    with torch.no_grad():
+        tc.b_enc.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))  # latents that fire
+    model = hooked_sae_transformer()
+    tokens = model.to_tokens(TEXT)
+    with torch.no_grad():
+        clean = model(tokens)
+        with steer(model, tc, "5:clamp=4"):
+            want = model(tokens)
+    assert (want - clean).abs().max() > 1e-3
+    for where in (hook_out, hook_in):
+        model.add_sae(sae_lens_sae(hook=where), use_error_term=True)
+        with torch.no_grad(), steer(model, tc, "5:clamp=4"):
+            torch.testing.assert_close(model(tokens), want, **TOL)
+        model.reset_saes()
+
+
+def test_reset_hooks_inside_the_steer_block_is_refused_naming_it():
+    """TransformerLens tutorials call `model.reset_hooks()` before a run: inside a `steer` block it removes
+    steering's hooks; the forward raises (as for a splice) and the message names reset_hooks, not only
+    SAELens's splices, which this user never made."""
+    model = hooked_sae_transformer()
+    with torch.no_grad(), steer(model, sae_lens_sae(), "7:clamp=3"):
+        model.reset_hooks()
+        with pytest.raises(SteeringError, match=r"did not run.*or the hook was removed \(model.reset_hooks\(\)\)"):
+            model(model.to_tokens(TEXT))
+
+
+@pytest.mark.parametrize("hook_in, hook_out", [("blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out"),
+                                               ("blocks.0.hook_resid_mid", "blocks.1.hook_resid_post")])
+def test_a_splice_at_a_transcoders_input_inside_the_steer_block_is_refused_not_read_stale(hook_in, hook_out):
+    """A transcoder's edit reads its latents from the input hook's activation kept in this forward pass:
+    a SAELens SAE spliced at that hook inside the `steer` block replaced the hook point, the kept
+    activation stayed the previous forward's (same shape: each generation step), and the edit read the
+    latents of other tokens without a word (the target hook still ran, so nothing was checked)."""
+    import saes
+
+    model = hooked_sae_transformer()
+    tc = saes.create_sae("jumprelu", D_MODEL, D_SAE, generator=torch.Generator().manual_seed(0), d_out=D_MODEL,
+                         apply_b_dec_to_input=False, metadata={"hook_name": hook_in, "hook_name_out": hook_out})
+    first, second = model.to_tokens(["the whale carries bread", "a sailor sees the ship"])
+    with torch.no_grad(), steer(model, tc, "5:clamp=4"):
+        model(first[None])
+        model.add_sae(sae_lens_sae(hook=hook_in), use_error_term=True)
+        with pytest.raises(SteeringError, match=rf"steering's hook at {hook_in} did not run in this forward pass"):
+            model(second[None])
+
+
 def test_feature_store_text_and_contrast_take_a_sae_lens_sae_and_read_saelens_encoding(tmp_path):
     """build_feature_store, features_on_text and contrast_features with the SAELens object: the store's
     per-latent maxima and fire counts are SAELens's own `encode` of the same activations."""
@@ -309,6 +365,62 @@ def test_a_notebook_model_processed_otherwise_than_the_sae_records_is_refused_na
             pass
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_processed_model_is_seen_processed_not_refused(dtype):
+    """`from_pretrained(..., dtype=torch.bfloat16)`: centred rows rounded to bf16 sum to ~1e-4 of the
+    largest entry, not 1e-5: the model was seen as not centred and an SAE asking for the processed
+    model refused it (naming an adapter that does not exist here). Raw weights in half precision are
+    still told apart."""
+    sl = sae_lens_sae()
+    sl.cfg.metadata.model_from_pretrained_kwargs = {"center_writing_weights": True, "fold_ln": True}
+    processed = hooked_sae_transformer()
+    processed.process_weights_(fold_ln=True, center_writing_weights=True, center_unembed=True)
+    with steer(processed.to(dtype), sl, "5:clamp=4"):
+        pass
+    with pytest.raises(Exception, match=r"raw weights.*HookedTransformer.from_pretrained\("):
+        with steer(hooked_sae_transformer().to(dtype), sl, "5:clamp=4"):
+            pass
+
+
+def test_a_notebook_model_processed_flag_by_flag_is_refused_naming_the_flag_to_set():
+    """`from_pretrained(..., center_writing_weights=False)` (folded, not centred) against an SAE asking
+    for centred weights: refused, naming the from_pretrained flag to set; the message spoke of a
+    TransformerBridge adapter, which a HookedTransformer built in a notebook does not have."""
+    sl = sae_lens_sae()
+    sl.cfg.metadata.model_from_pretrained_kwargs = {"center_writing_weights": True, "fold_ln": True}
+    model = hooked_sae_transformer()
+    model.process_weights_(fold_ln=True, center_writing_weights=False, center_unembed=True)
+    with pytest.raises(Exception, match=r"center_writing_weights=False there; load it with "
+                                        r"HookedTransformer.from_pretrained\(\.\.\., center_writing_weights=True\)"
+                                        r", or pass allow_model_mismatch=True") as e:
+        with steer(model, sl, "5:clamp=4"):
+            pass
+    assert "TransformerBridge" not in str(e.value)
+
+
+def test_a_notebook_models_weights_are_read_once_until_they_change(monkeypatch):
+    """Every `steer` (each sweep strength, each compare_methods run) read the embedding's and the
+    unembedding's rows again (~80 ms a call on GPT-2's, seconds on a 256k vocabulary): read once per
+    tensor, and again after the weights change in place (process_weights_), so the verdict follows them."""
+    import saes.processing as processing
+
+    reads = []
+    read = processing._rows_centred
+    monkeypatch.setattr(processing, "_rows_centred", lambda W: reads.append(1) or read(W))
+    sl = sae_lens_sae()
+    sl.cfg.metadata.model_from_pretrained_kwargs = {"center_writing_weights": False}
+    model = hooked_sae_transformer()
+    for _ in range(3):
+        with steer(model, sl, "5:clamp=4"):
+            pass
+    assert len(reads) == 2  # W_E and W_U, once
+    with torch.no_grad():
+        model.W_E.sub_(model.W_E.mean(-1, keepdim=True))  # centred in place, as center_writing_weights does
+    with pytest.raises(Exception, match=r"center_writing_weights=False"):
+        with steer(model, sl, "5:clamp=4"):
+            pass
+
+
 def test_compare_methods_sweep_and_compare_take_a_sae_lens_sae():
     """compare_methods read `sae.d_sae` of the SAELens object (AttributeError); it, `sweep` and
     `compare` now take it, with the results of the same SAE converted by hand."""
@@ -335,19 +447,20 @@ def test_compare_methods_sweep_and_compare_take_a_sae_lens_sae():
 def test_a_bridge_in_compatibility_mode_counts_as_processed(tiny_gpt2):
     """TransformerBridge.enable_compatibility_mode folds and centres but keeps its config's norm: an SAE
     asking for a processed model is accepted there (no false refusal over fold_ln, which changes the MLP's
-    input), one asking for raw weights refused; the same bridge booted raw the other way round."""
+    input), one asking for raw weights refused; the same bridge booted raw the other way round. The
+    refusals name the bridge's own call (they named HookedTransformer.from_pretrained, another class)."""
     sl = sae_lens_sae(hook="blocks.0.mlp.hook_in")
     model = sae_transformer_bridge(tiny_gpt2)
     wants_processed = {"center_writing_weights": True, "fold_ln": True}
     sl.cfg.metadata.model_from_pretrained_kwargs = wants_processed
-    with pytest.raises(Exception, match=r"raw weights.*from_pretrained\("):
+    with pytest.raises(Exception, match=r"raw weights.*Call model.enable_compatibility_mode\(\) on the bridge"):
         with steer(model, sl, "5:clamp=4"):
             pass
     model.enable_compatibility_mode(disable_warnings=True)
     with steer(model, sl, "5:clamp=4"):
         pass
     sl.cfg.metadata.model_from_pretrained_kwargs = {"fold_ln": False}
-    with pytest.raises(Exception, match=r"fold_ln=False.*from_pretrained_no_processing"):
+    with pytest.raises(Exception, match=r"fold_ln=False.*Boot the bridge again without enable_compatibility_mode"):
         with steer(model, sl, "5:clamp=4"):
             pass
 
