@@ -1,5 +1,5 @@
 """Whether text fed to an SAE starts with BOS: one rule for every stage that runs a model on text
-for an SAE (steering, sweeps, `features top-on-text`, the web app).
+for an SAE (steering, sweeps, `features top-on-text`, the web app, /v1 completions).
 
     bos = prepend_bos_for(model, [sae])            # the SAE's record, else the model's default
     bos = prepend_bos_for(model, [sae], False)     # an explicit choice wins
@@ -14,11 +14,12 @@ the stream, so cfg.json says prepend_bos=false) saw every document start after B
 document's start, gets one. Only its saesteer.json says "doc": a `LoadedSAE` carries it, and an SAE
 read from a folder (`saes.load_sae`, `resolve_sae`) keeps it as `sae.trained_bos_policy` (never
 written to cfg.json), so a bare SAE from a folder is fed as the CLI feeds it (`recorded_bos`:
-`steering.compare`/`sweep`/`compare_methods`, `mean_latent_activation` and `with_sae_bos` read it
-too; a plain `generate` or a steer() session's takes the model's default unless told). An SAE object built in
-memory (a training run's result before it is saved) carries no policy: its cfg.json record counts.
-The /v1 API does not take this rule: a completions prompt gets the model's own BOS, as vLLM would
-tokenize it, and a chat prompt the BOS its template writes (docs/api.md).
+`steering.compare`/`sweep`/`compare_methods`, `mean_latent_activation`, a steer() session's
+`generate` and `with_sae_bos` read it too, as the CLI's steer / sweep / steer-eval do; a plain
+`generate` takes the model's default unless told). An SAE object built in memory (a training run's
+result before it is saved) carries no policy: its cfg.json record counts. The /v1 API's completions
+feed a text prompt by this rule too (the web engine's `prepend_bos`); a chat prompt gets the BOS its
+template writes (docs/api.md).
 
 A prompt text that already starts with the BOS token written out (a chat template rendered to
 text: "<s>[INST] ...") gets no second one (`prompt_tokens`): two BOS are in no chat prompt and no

@@ -221,7 +221,10 @@ def sae_prepend_bos(saes: SAEs) -> bool | None:
 
 
 def with_sae_bos(config: GenerationConfig, saes: SAEs) -> GenerationConfig:
-    """`config` with prepend_bos set from the SAEs when the caller left it to the default (None)."""
+    """`config` with prepend_bos set from the SAEs' training (`sae_prepend_bos`) when the caller left
+    it to the default (None; the CLI's --prepend-bos not given); nothing recorded: left None, the
+    model's default. The one step for the CLI's steer / sweep / steer-eval and the library's compare,
+    sweep, compare_methods and a steer() session's generate; give `LoadedSAE`s where you have them."""
     if config.prepend_bos is not None:
         return config
     recorded = sae_prepend_bos(saes)

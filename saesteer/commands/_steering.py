@@ -227,16 +227,6 @@ def _refuse_unrecorded(where: str, loaded: dict[str, LoadedSAE]) -> None:
                    f"or a local model directory){hint}")
 
 
-def with_prompt_bos(gen_cfg: Any, model: Any, loaded: dict[str, LoadedSAE]) -> Any:
-    """`gen_cfg` with prepend_bos as the SAEs want prompts fed (`saes.bos.prepend_bos_for`, which
-    reads the BOS policy in their saesteer.json beside cfg.json), unless --prepend-bos set it."""
-    import dataclasses
-
-    from saes.bos import prepend_bos_for
-
-    return dataclasses.replace(gen_cfg, prepend_bos=prepend_bos_for(model, loaded.values(), gen_cfg.prepend_bos))
-
-
 def read_prompts(args) -> list[str]:
     prompts = list(args.prompt)
     if args.prompts_file:

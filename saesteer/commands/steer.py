@@ -96,10 +96,11 @@ def _lines(path: str) -> list[str]:
 
 def _run(args, model=None) -> int:
     from saesteer.commands._steering import (hook_of, load_model, load_saes, neuronpedia_edits, open_store, read_prompts,
-                                             typical_max_provider, with_prompt_bos)
+                                             typical_max_provider)
     from saes.hookpoints import model_device
     from saesteer.configargs import dataclass_from_args
     from steering.config import GenerationConfig
+    from steering.generation import with_sae_bos
     from steering.spec import SteerLimits, parse_edit
 
     gen_cfg = dataclass_from_args(GenerationConfig, args)
@@ -117,7 +118,7 @@ def _run(args, model=None) -> int:
             return _print_search(link, args.search, args.top, args.json)
         if model is None:
             model = load_model(args, loaded, store)
-        gen_cfg = with_prompt_bos(gen_cfg, model, loaded)
+        gen_cfg = with_sae_bos(gen_cfg, loaded)  # the BOS the SAEs were trained with (saes.bos), unless --prepend-bos
         dev = model_device(model)
         saes = {k: v.to(dev) for k, v in saes.items()}
         if args.preset is not None:

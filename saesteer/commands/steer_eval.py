@@ -105,9 +105,9 @@ def _run(args, model=None) -> int:
     import json
 
     from saes.hookpoints import model_device
-    from saesteer.commands._steering import (CLIError, hook_of, load_model, load_saes, open_store, read_prompts,
-                                             with_prompt_bos)
+    from saesteer.commands._steering import CLIError, hook_of, load_model, load_saes, open_store, read_prompts
     from saesteer.commands.sweep import _check_judgements, _close, _scorer
+    from steering.generation import with_sae_bos
 
     cfg, gen_cfg = _configs(args)
     positive, negative, cue = _concept_sets(args)
@@ -123,7 +123,7 @@ def _run(args, model=None) -> int:
     try:
         if model is None:
             model = load_model(args, loaded, store)
-        gen_cfg = with_prompt_bos(gen_cfg, model, loaded)
+        gen_cfg = with_sae_bos(gen_cfg, loaded)  # the BOS the SAE was trained with (saes.bos), unless --prepend-bos
         sae = sae.to(model_device(model))
         card = _compare(args, cfg, gen_cfg, model, name, sae, scorer, link,
                         prompts=prompts, positive=positive, negative=negative, cue=cue)

@@ -109,8 +109,9 @@ def _scorer(args, store_path):
 
 def _run(args, model=None) -> int:
     from saesteer.commands._steering import (hook_of, load_model, load_saes, measurement_provenance, open_store,
-                                             typical_max_provider, with_prompt_bos)
+                                             typical_max_provider)
     from saes.hookpoints import model_device
+    from steering.generation import with_sae_bos
 
     sweep_cfg, gen_cfg, limits, prompts, scorer, judge = _prepare(args)
     loaded = load_saes(args.sae, hook=hook_of(args), model=args.model)
@@ -120,7 +121,7 @@ def _run(args, model=None) -> int:
     try:
         if model is None:
             model = load_model(args, loaded, store)
-        gen_cfg = with_prompt_bos(gen_cfg, model, {name: loaded[name]})
+        gen_cfg = with_sae_bos(gen_cfg, {name: loaded[name]})  # the SAE's BOS (saes.bos), unless --prepend-bos
         sae = saes[name].to(model_device(model))
         typical = typical_max_provider(link, {name: sae})
         if sweep_cfg.unit == "max_act":
