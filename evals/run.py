@@ -21,6 +21,7 @@ from evals.activations import HeldOutActivations
 from evals.probing import ProbingData, Task, sparse_probing
 from evals.reconstruction import activation_metrics, model_metrics_many
 from saes.hookpoints import transcoder_target
+from saes.identity import check_sae_model
 from saes.interop import as_loaded_sae
 
 
@@ -43,6 +44,9 @@ class EvalInputs(NamedTuple):
     rows_source: Mapping[str, str] | None = None  # SAE name -> where its rows came from
     probing: ProbingInputs | None = None
     absorption_words: FirstLetterWords | None = None  # shared by several calls (None: this call reads its own)
+    # an SAE recorded for another model, or for other weight processing, is refused (saes.identity.check_sae_model)
+    # unless this is True; `saesteer eval` checks when it loads the model, with --allow-model-mismatch
+    allow_model_mismatch: bool = False
 
 
 def _describe(loaded) -> dict[str, Any]:
@@ -71,6 +75,9 @@ def evaluate_saes(saes: Mapping[str, Any], inputs: EvalInputs, cfg: EvalConfig,
     probing tasks (the words' forward pass: `FirstLetterWords`'s own `progress`). `saes`: name ->
     `saes.formats.LoadedSAE`, or an SAE in memory (ours, or a `sae_lens.SAE` object: converted)."""
     saes = {name: as_loaded_sae(v) for name, v in saes.items()}
+    if inputs.model is not None:
+        for name, loaded in saes.items():
+            check_sae_model(inputs.model, loaded, sae_name=name, allow_mismatch=inputs.allow_model_mismatch)
     words = inputs.absorption_words
     if words is None and cfg.absorption and inputs.tokenizer is not None:
         words = FirstLetterWords(inputs.model, inputs.tokenizer, cfg.absorption_prefix, progress)

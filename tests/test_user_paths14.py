@@ -520,3 +520,23 @@ def test_session_generate_gives_prompts_the_bos_the_sae_records_on_a_model_witho
         unset = s.generate(["the ship"], gen, prepend_bos=False)  # the caller's choice still wins
     assert got.tokens[0][0] == bos and unset.tokens[0][0] != bos
     assert got.texts == compare(model, sl, "5:clamp=30@prompt", ["the ship"], gen).steered
+
+
+def test_evaluate_saes_refuses_an_sae_recorded_for_other_weight_processing_than_the_models():
+    """evaluate_saes measured an SAE on a model processed otherwise than the SAE records (its
+    activations are others) without a word, where steer, compare and features_on_text refuse: it now
+    runs the same check, and `allow_model_mismatch` in its inputs overrides it."""
+    from evals.activations import collect
+    from evals.config import EvalConfig
+    from evals.run import EvalInputs, evaluate_saes
+
+    sl = sae_lens_sae()
+    sl.cfg.metadata.model_from_pretrained_kwargs = {"center_writing_weights": False}
+    processed = hooked_sae_transformer()
+    processed.process_weights_(fold_ln=True, center_writing_weights=True, center_unembed=True)
+    tokens = processed.to_tokens(TEXT)
+    inputs = EvalInputs(processed, collect(processed, [HOOK], tokens), ce_tokens=tokens, keep_ids=())
+    cfg = EvalConfig(absorption=False, probing=False)
+    with pytest.raises(Exception, match=r"center_writing_weights=False"):
+        evaluate_saes({"mine": sl}, inputs, cfg)
+    assert "l0" in evaluate_saes({"mine": sl}, inputs._replace(allow_model_mismatch=True), cfg)["mine"]["metrics"]

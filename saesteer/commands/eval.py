@@ -185,7 +185,8 @@ def _evaluate_group(cfg, model, group: dict, tokens, heldout, excluded, keep_ids
                         tokenizer=model.tokenizer, rows={n: r for n, r in rows.items() if n in group},
                         rows_source=rows_source,
                         target_rows={n: r for n, r in target_rows.items() if n in group} if target_rows else None,
-                        probing=probing, absorption_words=words)
+                        probing=probing, absorption_words=words,
+                        allow_model_mismatch=True)  # checked when the model was loaded (_load_model), flag and all
     record = {"contexts": int(heldout.tokens.shape[0]), "tokens": int(heldout.row_context.numel()),
               "ce_contexts": int(len(inputs.ce_tokens))}
     return evaluate_saes(group, inputs, cfg, say, progress), record
