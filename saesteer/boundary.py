@@ -55,11 +55,17 @@ def flag_for(parser: argparse.ArgumentParser | None, field: str) -> str | None:
     """The command-line flag that sets config field `field` in `parser`, or None if it has none:
     the flag whose dest is the field, else the single flag `configargs` made for a field of that
     name (`keep_last` -> `--checkpoint-keep-last`). A field named by its section of the run's
-    config (`train.init_from`) is its last part. A flag that merely ends with the name is
-    another setting (`k` is not `--top-k`, `steps` is not `--l0-warm-up-steps`)."""
+    config (`train.init_from`) is the flag made for that section's field (`_config_paths`), never
+    another section's flag of the same name. A flag that merely ends with the name is another
+    setting (`k` is not `--top-k`, `steps` is not `--l0-warm-up-steps`); a hidden flag is never named."""
     if parser is None or not field:
         return None
-    name = field.rsplit(".", 1)[-1]
+    if "." in field:
+        from saesteer.commands._config_paths import config_paths_as_flags
+
+        said = config_paths_as_flags(field, parser)
+        return None if said == field else said
+    name = field
     actions = _option_actions(parser)
     exact = [a for a in actions if a.dest == name]
     made_for = [a for a in actions if getattr(a, "config_field", (None, None))[1] == name]
@@ -70,13 +76,14 @@ def flag_for(parser: argparse.ArgumentParser | None, field: str) -> str | None:
 
 
 def _option_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
-    """The parser's flags, those of its sub-commands included (argparse keeps them nowhere public)."""
+    """The parser's flags --help shows (a hidden alias, like train's old `--progress false`, is never
+    named), those of its sub-commands included (argparse keeps them nowhere public)."""
     out = []
     for a in parser._actions:
         if isinstance(a, argparse._SubParsersAction):
             for sub in a.choices.values():
                 out.extend(_option_actions(sub))
-        elif a.option_strings:
+        elif a.option_strings and a.help != argparse.SUPPRESS:
             out.append(a)
     return out
 

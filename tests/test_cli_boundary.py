@@ -44,6 +44,12 @@ def test_a_field_named_with_its_section_of_the_run_config_is_named_as_its_flag()
     assert flag_for(sub, "train.init_from") == "--init-from"
     text, _ = message_for(SaesteerError("train.init_from: no SAE at runs/x", field="train.init_from"), sub)
     assert text == "--init-from: no SAE at runs/x"
+    # the flag made for that section's field, and a field two sections share told apart; never a hidden alias
+    # (train's old `--progress false`, kept working for scripts, not shown: --no-progress is the one flag)
+    assert flag_for(sub, "log.progress") is None
+    assert flag_for(sub, "eval.every_tokens") == "--eval-every-tokens"
+    assert flag_for(sub, "checkpoint.every_tokens") == "--checkpoint-every-tokens"
+    assert flag_for(sub, "progress") is None
 
 
 @pytest.mark.parametrize("command, field, other_flag", [

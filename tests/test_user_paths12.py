@@ -570,6 +570,12 @@ def test_export_of_a_resid_pre_store_names_the_previous_layer_and_says_how_gpt2_
     (["--import-delphi", "RUN", "--import-neuronpedia", "RUN"], "--import-delphi and --import-neuronpedia: give one"),
     (["--import-neuronpedia", "RUN", "--dry-run"], "--dry-run: flag(s) of a labelling run; --import-neuronpedia"),
     (["--neuronpedia-sae", "gpt2-small/6-res-jb"], "--neuronpedia-sae names the SAE of --import-neuronpedia"),
+    # a companion flag without its run is the mistake named, whatever else is given; one given to the other
+    # kind of run is said to be read by none (not "give --import-neuronpedia too", then refused as two runs)
+    (["--delphi-module", MODULE, "--dry-run"], "--delphi-module names the module of --import-delphi RUN"),
+    (["--neuronpedia-sae", "gpt2-small/6-res-jb", "--latents", "0-9"], "--neuronpedia-sae names the SAE of"),
+    (["--import-delphi", "RUN", "--neuronpedia-sae", "gpt2-small/6-res-jb"], "--import-delphi reads none, so leave"),
+    (["--export-delphi", "RUN", "--neuronpedia-sae", "gpt2-small/6-res-jb"], "--export-delphi reads none, so leave"),
     # a judge's, the labelling settings' and the embeddings' flags too (they were left unheeded)
     (["--import-neuronpedia", "RUN", "--judge-model", "gpt-4o", "--latents", "0-9", "--embed-model", "m"],
      "--latents and --judge-model and --embed-model: flag(s) of a labelling run; --import-neuronpedia"),

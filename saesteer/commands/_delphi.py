@@ -16,9 +16,6 @@ def run_delphi(args, store_path, overwrite: bool) -> int:
     from autointerp.delphi_store import export_delphi_labels, import_delphi_run
     from features import FeatureStore
 
-    if not (args.import_delphi or args.export_delphi):
-        print_error("--delphi-module names the module of --import-delphi RUN or --export-delphi DIR; give one of them")
-        return 2
     with FeatureStore.open(store_path, readonly=False) as store:
         try:
             if args.import_delphi:

@@ -140,15 +140,18 @@ def _labels_made_elsewhere(args):
     refusal = None
     if len(chosen) > 1:
         refusal = f"{' and '.join(chosen)}: give one of them per run"
-    elif _labelling_flags(args):
-        # the labelling run's own flags would do nothing here: refuse them rather than leave them unheeded
-        refusal = (f"{' and '.join(_labelling_flags(args))}: flag(s) of a labelling run; "
-                   f"{chosen[0] if chosen else 'an import or export'} calls no judge and writes no run report, so "
-                   "leave them out")
+    elif not chosen:  # a companion flag without its run: that is the mistake, whatever else is given
+        refusal = ("--delphi-module names the module of --import-delphi RUN or --export-delphi DIR; give one of them"
+                   if args.delphi_module else
+                   "--neuronpedia-sae names the SAE of --import-neuronpedia EXPORT; give that too")
     elif args.neuronpedia_sae and not args.import_neuronpedia:
-        refusal = "--neuronpedia-sae names the SAE of --import-neuronpedia EXPORT; give that too"
+        refusal = f"--neuronpedia-sae names the SAE of --import-neuronpedia EXPORT; {chosen[0]} reads none, so leave it out"
     elif args.delphi_module and args.import_neuronpedia:
         refusal = "--delphi-module names the module of a delphi run; --import-neuronpedia reads none, so leave it out"
+    elif _labelling_flags(args):
+        # the labelling run's own flags would do nothing here: refuse them rather than leave them unheeded
+        refusal = (f"{' and '.join(_labelling_flags(args))}: flag(s) of a labelling run; {chosen[0]} calls no judge "
+                   "and writes no run report, so leave them out")
     if refusal is not None:
         def refuse(*_) -> int:
             print_error(refusal)
