@@ -36,15 +36,10 @@ def check_compatible(sae, source: ActivationSource, *, bos_policy_as: str = "bos
             f"the SAE was trained on hook {hook!r} but the cache source reads {source.hook_name!r}; "
             f"pick that hook from the cache (hook={hook!r})"
         )
-    check_bos(loaded, source, policy_as=bos_policy_as)
-
-
-def check_bos(sae, source: ActivationSource, *, policy_as: str = "bos_policy") -> None:
-    """Refuse a cache packed with another BOS than the SAE was trained with (`saes.bos.check_cache_bos`):
-    exactly the BOS policy an SAE trained here records (a `LoadedSAE`'s saesteer.json), else by
-    cfg.json's prepend_bos. Only caches record how their contexts were packed."""
-    check_cache_bos([sae_of(sae)], getattr(source, "bos_policy", None), getattr(source, "path", ""),
-                    policy_as=policy_as, trained_policy=trained_bos_policy(sae))
+    # the BOS: exactly the policy an SAE trained here records (a `LoadedSAE`'s saesteer.json), else by
+    # cfg.json's prepend_bos; only caches record how their contexts were packed
+    check_cache_bos([sae], getattr(source, "bos_policy", None), getattr(source, "path", ""),
+                    policy_as=bos_policy_as, trained_policy=trained_bos_policy(loaded))
 
 
 def library_processing_fix(wanted: bool) -> str:

@@ -53,7 +53,7 @@ class NeuronpediaImportError(ValueError):
 class ImportReport:
     neuronpedia_id: str
     imported: int = 0
-    already: int = 0  # rows imported before (or twice in the export)
+    unchanged: int = 0  # rows imported before (or twice in the export)
     replaced_ours: int = 0  # latents whose current label, made here, an imported one replaced
     blank: int = 0  # rows without a description (Neuronpedia keeps some)
     latents: set[int] = field(default_factory=set)
@@ -254,7 +254,7 @@ def import_neuronpedia_explanations(store: Any, path: str | Path, neuronpedia_id
         key = f"id:{row['id']}" if row.get("id") not in (None, "") else f"text:{text}"
         labels.append(ImportedLabel(latent, text, _provenance(row, np_id, where.rsplit(":", 1)[0]), key))
     writes = write_imported_labels(store, labels)
-    report.already = len(writes.unchanged)
+    report.unchanged = len(writes.unchanged)
     report.replaced_ours = len(writes.replaced_ours)
     for lab, _ in writes.written:
         report.imported += 1

@@ -34,10 +34,10 @@ VOCAB_NONE = "none"  # the store has no vocabulary (built without a tokenizer)
 class UpgradeResult:
     path: Path
     schema_version: int
+    schema_from: int  # the schema version before the upgrade (== schema_version: it was current)
     vocab: str  # one of the VOCAB_* values
     model: Any = None  # the recorded `saes.identity.ModelIdentity`, where there is one
     why: str | None = None  # VOCAB_NO_TOKENIZER: why tokenizer_for gave none
-    schema_from: int | None = None  # the schema version before the upgrade (== schema_version: it was current)
 
 
 def upgrade_store(path: str | Path, tokenizer_for: Callable[[Any], Any] | None = None) -> UpgradeResult:
@@ -48,12 +48,11 @@ def upgrade_store(path: str | Path, tokenizer_for: Callable[[Any], Any] | None =
     from features.store import FeatureStore
     from features.tokentext import LABEL_RULE
 
-    before = _schema_version(path)
     with FeatureStore.open(path, readonly=False) as store:  # opening it for writing upgrades the schema
         version = int(store.meta["schema_version"])
 
         def result(vocab: str, model: Any = None, why: str | None = None) -> UpgradeResult:
-            return UpgradeResult(store.path, version, vocab, model, why, before)
+            return UpgradeResult(store.path, version, store.schema_from, vocab, model, why)
 
         if not store.has_vocab():
             return result(VOCAB_NONE)
@@ -70,26 +69,6 @@ def upgrade_store(path: str | Path, tokenizer_for: Callable[[Any], Any] | None =
             return result(VOCAB_NO_TOKENIZER, recorded, "no tokenizer given")
         refresh_vocab(store, tokenizer)
         return result(VOCAB_RELABELLED, recorded)
-
-
-def _schema_version(path: str | Path) -> int | None:
-    """The schema version the store at `path` has now (read-only); None where it cannot be read
-    (`FeatureStore.open` then says why)."""
-    import sqlite3
-
-    from features.store import connect
-
-    if not Path(path).is_file():
-        return None
-    try:
-        conn = connect(Path(path), True)
-        try:
-            row = conn.execute("SELECT version FROM schema_version").fetchone()
-        finally:
-            conn.close()
-    except sqlite3.DatabaseError:
-        return None
-    return int(row[0]) if row else None
 
 
 def _why(error: Exception) -> str:

@@ -49,6 +49,7 @@ class StoreBase:
         self._conn = conn
         self.path = Path(path)
         self.readonly = readonly
+        self.schema_from = SCHEMA_VERSION  # the schema version the file had when opened (1: upgraded by this open)
         self._lock = threading.RLock()
         self._vocab: list[str] | None = None
         self._writes = 0  # commits through this connection (they do not change its PRAGMA data_version)
@@ -104,6 +105,7 @@ class StoreBase:
                 + ("upgrade saesteer" if newer else "rebuild the store with `saesteer features build ... --overwrite`")
             )
         store = cls(conn, path, readonly)
+        store.schema_from = version[0]
         if sae is not None:
             store.check_sae(sae)
         if cache is not None:

@@ -412,8 +412,8 @@ def _packed_as_trained(args, text, item, say, got):
     else:
         if meta.get("context_size"):
             wanted["context_length"] = int(meta["context_size"])
-        if trained_bos_policy(item) is not None:
-            wanted["bos_policy"] = trained_bos_policy(item)
+        if (policy := trained_bos_policy(item)) is not None:
+            wanted["bos_policy"] = policy
         elif meta.get("prepend_bos") is not None:
             wanted["bos_policy"] = "prepend" if meta["prepend_bos"] else "none"
     # a flag given on the command line wins; nothing recorded keeps the flag default

@@ -353,7 +353,7 @@ def _upgrade(args) -> int:
         return load_recorded_tokenizer(recorded, recorded_in=f"the store {args.store}")
 
     res = up.upgrade_store(args.store, tokenizer_for=tokenizer_for)
-    upgraded = res.schema_from is not None and res.schema_from != res.schema_version
+    upgraded = res.schema_from != res.schema_version
     print(f"{res.path}: feature-store schema version {res.schema_version}"
           + (f" (upgraded from version {res.schema_from})" if upgraded else " (already current)"))
     if res.vocab == up.VOCAB_CURRENT:

@@ -195,7 +195,7 @@ def _import_neuronpedia(args, store_path) -> int:
     by = ", ".join(f"{readable(m)} ({n})" for m, n in sorted(r.explainers.items())) or "none"  # names from the file
     ours = f"; {r.replaced_ours} replaced a label made here (kept in its history)" if r.replaced_ours else ""
     print(f"imported {r.imported} Neuronpedia explanations of {r.neuronpedia_id} as labels of {len(r.latents)} "
-          f"latents (explainers: {by}); {r.already} imported before, {r.blank} without a description{ours}")
+          f"latents (explainers: {by}); {r.unchanged} imported before, {r.blank} without a description{ours}")
     return 0
 
 
