@@ -128,8 +128,7 @@ def _run(args, model=None) -> int:
             found = _print_search(link, args.search, args.top, args.json, rows_only=True)
             edits += _found_edits(found, link, args)
         elif args.contrast is not None:
-            on_device = {k: loaded[k]._replace(sae=v) for k, v in saes.items()}  # with provenance: its BOS policy
-            found = _print_contrast(model, on_device, _lines(args.contrast[0]), _lines(args.contrast[1]), args.top, args.json,
+            found = _print_contrast(model, saes, _lines(args.contrast[0]), _lines(args.contrast[1]), args.top, args.json,
                                     link, args.allow_model_mismatch, rows_only=args.generate,
                                     progress=not args.no_progress)
             if not args.generate:

@@ -74,8 +74,7 @@ def open_entries(
             loaded, reason = _load_sae(store, sae_dirs[k] if sae_dirs else None)
             if loaded is not None:
                 _check_model(store, loaded, model, path, allow_model_mismatch)
-                engine = ModelEngine(model, loaded.sae, catalog, limits, allow_model_mismatch=allow_model_mismatch,
-                                     loaded=loaded)
+                engine = ModelEngine(model, loaded.sae, catalog, limits, allow_model_mismatch=allow_model_mismatch)
         entries.append(StoreEntry(sid, catalog, engine, queue if engine is not None else None,
                                   browse_only_reason=None if engine is not None else reason))
     return entries

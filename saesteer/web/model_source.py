@@ -19,10 +19,9 @@ class ModelEngine:
     Called only from the model's queue thread. `limits` bound what `steering` accepts too."""
 
     def __init__(self, model: Any, sae: Any, catalog: StoreCatalog, limits: Any,
-                 allow_model_mismatch: bool = False, loaded: Any = None) -> None:
+                 allow_model_mismatch: bool = False) -> None:
         self.model = model
-        self.sae = sae
-        self.loaded = loaded  # the `LoadedSAE` of `sae` where known: its saesteer.json's BOS policy (saes.bos)
+        self.sae = sae  # read from its folder, it keeps its training's BOS policy (saes.bos)
         self.catalog = catalog
         self.limits = limits
         self.allow_model_mismatch = allow_model_mismatch  # the operator accepted an SAE of another model
@@ -47,7 +46,7 @@ class ModelEngine:
         """The BOS a prompt gets for this SAE (`saes.bos.prepend_bos_for`): the pages' and the API's."""
         from saes.bos import prepend_bos_for
 
-        return prepend_bos_for(self.model, [self.loaded if self.loaded is not None else self.sae])
+        return prepend_bos_for(self.model, [self.sae])
 
     def _gen_config(self, req):
         from steering import GenerationConfig

@@ -51,8 +51,9 @@
     try {
       const r = await fetch(api + "/features/" + idx, { headers: { Accept: "application/json" }, credentials: "same-origin" });
       const text = r.ok ? ((await r.json()).summary.label || "unlabelled") : "unknown feature";
-      labelCache.set(idx, drawn(text));
-      target.textContent = drawn(text);
+      const shown = drawn(text);
+      labelCache.set(idx, shown);
+      target.textContent = shown;
     } catch (e) { target.textContent = ""; }
   }
 
@@ -62,7 +63,7 @@
     const featInput = el("input", { type: "number", min: "0", max: String(dSae - 1), step: "1", "aria-label": "feature index", class: "fidx" });
     if (latent !== null && latent !== undefined && latent !== "") featInput.value = String(latent);
     const flabel = el("span", { class: "flabel" });
-    if (label) { flabel.textContent = drawn(label); labelCache.set(Number(latent), drawn(label)); }
+    if (label) { const shown = drawn(label); flabel.textContent = shown; labelCache.set(Number(latent), shown); }
     else if (featInput.value !== "") lookupLabel(Number(featInput.value), flabel);
     let timer = null;
     featInput.addEventListener("input", () => {
