@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from features.source import ActivationSource
-from saes.bos import check_cache_bos, trained_bos_policy
+from saes.bos import check_cache_bos
 from saes.formats.base import sae_of
 
 _ISSUED = object()  # what marks a CheckedInputs that check_inputs made
@@ -43,8 +43,7 @@ def check_bos(sae, source: ActivationSource, *, policy_as: str = "bos_policy") -
     """Refuse a cache packed with another BOS than the SAE was trained with (`saes.bos.check_cache_bos`):
     exactly the BOS policy an SAE trained here records (a `LoadedSAE`'s saesteer.json), else by
     cfg.json's prepend_bos. Only caches record how their contexts were packed."""
-    check_cache_bos([sae_of(sae)], getattr(source, "bos_policy", None), getattr(source, "path", ""),
-                    policy_as=policy_as, trained_policy=trained_bos_policy(sae))
+    check_cache_bos(sae, getattr(source, "bos_policy", None), getattr(source, "path", ""), policy_as=policy_as)
 
 
 def library_processing_fix(wanted: bool) -> str:
