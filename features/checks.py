@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from features.source import ActivationSource
-from saes.bos import check_cache_bos, trained_bos_policy
+from saes.bos import check_cache_bos
 from saes.formats.base import sae_of
 
 _ISSUED = object()  # what marks a CheckedInputs that check_inputs made
@@ -38,8 +38,7 @@ def check_compatible(sae, source: ActivationSource, *, bos_policy_as: str = "bos
         )
     # the BOS: exactly the policy an SAE trained here records (a `LoadedSAE`'s saesteer.json), else by
     # cfg.json's prepend_bos; only caches record how their contexts were packed
-    check_cache_bos([sae], getattr(source, "bos_policy", None), getattr(source, "path", ""),
-                    policy_as=bos_policy_as, trained_policy=trained_bos_policy(loaded))
+    check_cache_bos(loaded, getattr(source, "bos_policy", None), getattr(source, "path", ""), policy_as=bos_policy_as)
 
 
 def library_processing_fix(wanted: bool) -> str:

@@ -84,16 +84,16 @@ def trained_bos_policy(loaded: Any) -> str | None:
     return policy if policy in BOS_POLICIES else None
 
 
-def check_cache_bos(saes: Iterable[Any], bos_policy: str | None, cache: Any = "", *,
-                    policy_as: str = "bos_policy", trained_policy: str | None = None, sae_as: str = "the SAE",
+def check_cache_bos(sae: Any, bos_policy: str | None, cache: Any = "", *,
+                    policy_as: str = "bos_policy", sae_as: str = "the SAE",
                     data_as: str | None = None, fix_as: str = "build a cache with",
                     override: str | None = None) -> None:
-    """Refuse (ValueError) a cache whose contexts start with BOS (`bos_policy` "prepend") for SAEs
-    recorded as trained without one, or the other way round: the model's activations differ at every
-    position, not only at the first. Nothing known on either side: nothing to refuse.
-    `policy_as`: how the caller sets a cache's BOS policy (the CLI: its flag). `trained_policy`: the
-    policy the SAE's training recorded (`trained_bos_policy`): where known it is matched exactly
-    ("doc" is not "none"), and cfg.json's prepend_bos must fit too (a hand-edited one can disagree).
+    """Refuse (ValueError) a cache whose contexts start with BOS (`bos_policy` "prepend") for an SAE
+    (bare or a `LoadedSAE`) recorded as trained without one, or the other way round: the model's
+    activations differ at every position, not only at the first. Nothing known on either side: nothing
+    to refuse. `policy_as`: how the caller sets a cache's BOS policy (the CLI: its flag). The policy
+    the SAE's training recorded (`trained_bos_policy`) is matched exactly where known ("doc" is not
+    "none"), and cfg.json's prepend_bos must fit too (a hand-edited one can disagree).
     `sae_as`, `data_as` (default "the cache CACHE"): the two sides as the caller names them;
     `fix_as`: how the fix starts ("build a cache with" POLICY_AS POLICY); `override`: how the caller
     accepts a mismatch, if it can. The data's policy is said by `policy_as`, the SAE's as "BOS
@@ -101,12 +101,13 @@ def check_cache_bos(saes: Iterable[Any], bos_policy: str | None, cache: Any = ""
     --bos-policy packs its own text, not a cache)."""
     data_as = data_as or f"the cache {cache}"
     anyway = f", or pass {override} to use it anyway" if override else ""
+    trained_policy = trained_bos_policy(sae)
     if trained_policy is not None and bos_policy is not None and trained_policy != bos_policy:
         raise ValueError(
             f"{sae_as} was trained on contexts packed with BOS policy {trained_policy!r} (its saesteer.json) "
             f"but {data_as} was packed with {policy_as} {bos_policy!r}; {fix_as} {policy_as} "
             f"{trained_policy!r} for this SAE{anyway}")
-    wants = recorded_prepend_bos(saes)
+    wants = recorded_prepend_bos([sae])
     if wants is None or bos_policy is None or wants == (bos_policy == "prepend"):
         return
     fits = "'prepend'" if wants else "'none' or 'doc'"

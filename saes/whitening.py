@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 from torch import Tensor
 
-from saes.checks import SAEFormatError
+from saes.checks import SAEFormatError, check_finite
 from saes.fileio import read_json
 
 SCALER_FILENAME = "activation_scaler.json"  # SAELens's ActivationScaler.save
@@ -66,8 +66,7 @@ def checkpoint_whitening(folder: Path, cfg: dict[str, Any], scaler: Any) -> Whit
         if name not in tensors or tuple(tensors[name].shape) != shape:
             got = tuple(tensors[name].shape) if name in tensors else "missing"
             raise SAEFormatError(f"{path}: {name} must have shape {shape} (d_in={d_in}), got {got}", file=path)
-        if not tensors[name].isfinite().all():
-            raise SAEFormatError(f"{path}: {name} holds NaN or infinite values", file=path)
+    check_finite(tensors, str(path))
     return Whitening(tensors["mean"], tensors["matrix"], tensors["inverse_matrix"])
 
 

@@ -218,18 +218,17 @@ def _check_bos(loaded: Any, prov: dict[str, Any], where: str, log) -> None:
     policy = prov.get("bos_policy")
     if policy is None:
         return
-    exact = trained_bos_policy(loaded)
     if prov.get("cache"):
         data_as, policy_as, fix_as = (f"this run's cache {prov['cache']}", "`saesteer cache --bos-policy`",
                                       "build a cache with")
     else:
         data_as, policy_as, fix_as = f"this run's text ({prov.get('dataset')})", "--bos-policy", "pack the text with"
     try:
-        check_cache_bos([loaded.sae], policy, trained_policy=exact, sae_as=where, data_as=data_as, policy_as=policy_as,
+        check_cache_bos(loaded, policy, sae_as=where, data_as=data_as, policy_as=policy_as,
                         fix_as=fix_as, override=f"{ALLOW_FLAG} true")
     except ValueError as e:
         raise InitFromError(f"train.init_from: {e}", field="train.init_from") from None
-    older = exact is None and (loaded.provenance or {}).get("tool") == "saesteer"
+    older = trained_bos_policy(loaded) is None and (loaded.provenance or {}).get("tool") == "saesteer"
     if older and recorded_prepend_bos([loaded.sae]) is False and policy != "prepend":
         log(f"note: {where} records prepend_bos=False only (trained before saesteer recorded its data's bos_policy), "
             f"which fits this run's bos_policy {policy!r}; whether its contexts had BOS at document starts ('doc') "

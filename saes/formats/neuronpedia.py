@@ -43,9 +43,6 @@ class NeuronpediaRef:
     def id(self) -> str:
         return f"{self.model_id}/{self.sae_id}"
 
-    def latent_text(self) -> str:
-        return f"{self.id}/{self.index}"
-
 
 def parse_ref(text: str) -> NeuronpediaRef | None:
     """The Neuronpedia reference `text` spells, or None when it is not in that form (a bare

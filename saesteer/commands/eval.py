@@ -483,7 +483,7 @@ def _cache_rows(args, cfg, loaded: dict, model, text, say, cache_man):
     from pathlib import Path
 
     from evals.activations import cache_holdout
-    from saes.bos import check_cache_bos, trained_bos_policy
+    from saes.bos import check_cache_bos
     from saes.identity import check_same_model, identity_of_model
     from saesteer.models import OVERRIDE_FLAG
     from training.heldout import eval_text_config
@@ -496,8 +496,8 @@ def _cache_rows(args, cfg, loaded: dict, model, text, say, cache_man):
                          given_as="the model evaluated", override=OVERRIDE_FLAG,
                          fix="pass the cache of the SAEs' model")
     for name, item in loaded.items():  # the cache's contexts must start as each SAE's training contexts did
-        check_cache_bos([item.sae], man.settings.get("bos_policy"), args.cache, trained_policy=trained_bos_policy(item),
-                        policy_as="`saesteer cache --bos-policy`", sae_as=f"SAE {name}")
+        check_cache_bos(item, man.settings.get("bos_policy"), args.cache, policy_as="`saesteer cache --bos-policy`",
+                        sae_as=f"SAE {name}")
     train_text = text_config_from_manifest(man)
     # the CE text the SAEs' training read (ce_eval_data), else --split of the cache's dataset
     ce = next(((x.provenance or {}).get("data", {}).get("ce_eval_data") or {} for x in loaded.values()
