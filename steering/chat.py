@@ -22,6 +22,11 @@ none (Qwen2's "You are a helpful assistant.", Llama 3.1's date header) gives tha
 "system" and turn -1: it is what the model reads as its system prompt, not part of the first user
 message (role:user would otherwise steer it too, and role:system be refused as absent).
 
+Template variables (`template_kwargs`, vLLM's `chat_template_kwargs`: Qwen3's `enable_thinking`)
+and message fields beyond role and content (`name`, `reasoning_content`) reach the template only
+where it reads them: `check_template_kwargs` and `check_message_fields` refuse the others, naming
+what the template reads, so a switch the template never looks at is not taken for one that worked.
+
 A template that writes a message inside a later message's turn (Gemma 3 and Llama 2 fold the system
 message into the first user turn: "<start_of_turn>user\nSYSTEM\n\nUSER") gives that text its own
 message's role and turn (role:system steers the system text, role:user does not); the markup around
@@ -30,6 +35,7 @@ it stays the turn's. Where such text cannot be located, the prompt has no roles 
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -65,8 +71,10 @@ def _template_of(tokenizer: Any, chat_template: str | None) -> str:
 
 
 def render_chat(tokenizer: Any, messages: Sequence[Mapping[str, Any]], *, chat_template: str | None = None,
-                add_generation_prompt: bool = True, continue_final_message: bool = False) -> ChatPrompt:
-    """Render `messages` (dicts with 'role' and 'content') for generating the next assistant turn.
+                add_generation_prompt: bool = True, continue_final_message: bool = False,
+                template_kwargs: Mapping[str, Any] | None = None) -> ChatPrompt:
+    """Render `messages` (dicts with 'role' and 'content') for generating the next assistant turn;
+    `template_kwargs` are variables for the template (checked by `check_template_kwargs`).
 
     With `continue_final_message` (and no generation prompt) the last message is left open for the
     model to continue (a prefill): the text ends where its content ends, as transformers'
@@ -74,6 +82,8 @@ def render_chat(tokenizer: Any, messages: Sequence[Mapping[str, Any]], *, chat_t
     tokens keep that message's role and turn."""
     tmpl = _template_of(tokenizer, chat_template)
     msgs = [dict(m) for m in messages]
+    extra = dict(template_kwargs or {})
+    check_template_kwargs(tokenizer, extra, chat_template=tmpl)
     if not msgs:
         raise SteeringError("messages is empty; give at least one message")
     if continue_final_message and add_generation_prompt:
@@ -82,14 +92,15 @@ def render_chat(tokenizer: Any, messages: Sequence[Mapping[str, Any]], *, chat_t
 
     def render(ms: list[dict], gen: bool) -> str:
         try:
-            return tokenizer.apply_chat_template(ms, chat_template=tmpl, tokenize=False, add_generation_prompt=gen)
+            return tokenizer.apply_chat_template(ms, chat_template=tmpl, tokenize=False, add_generation_prompt=gen,
+                                                 **extra)
         except Exception as e:  # jinja errors: the template refuses these messages (e.g. roles out of order)
             raise SteeringError(f"the chat template cannot render these messages: {e}") from None
 
     full = render(msgs, add_generation_prompt)  # roles and turns are read from the whole rendering
     text, why_open = full, None
     if continue_final_message:
-        text = _render_open(tokenizer, tmpl, msgs)
+        text = _render_open(tokenizer, tmpl, msgs, extra)
         if not full.startswith(text):
             why_open = "the chat template writes the last message otherwise when it is left open"
     enc = _tokenize(tokenizer, text)
@@ -109,12 +120,12 @@ def render_chat(tokenizer: Any, messages: Sequence[Mapping[str, Any]], *, chat_t
     return ChatPrompt(text, list(enc["input_ids"]), roles, turns, len(msgs), why)
 
 
-def _render_open(tokenizer: Any, tmpl: str, msgs: list[dict]) -> str:
+def _render_open(tokenizer: Any, tmpl: str, msgs: list[dict], extra: dict[str, Any]) -> str:
     """The chat rendered with its last message left open (transformers cuts the rendering where the
     message's content ends)."""
     try:
         return tokenizer.apply_chat_template(msgs, chat_template=tmpl, tokenize=False, add_generation_prompt=False,
-                                             continue_final_message=True)
+                                             continue_final_message=True, **extra)
     except Exception as e:  # e.g. a template that rewrites the last message's content
         reason = str(e).strip() or type(e).__name__
         first = re.split(r"(?<=[.!?])\s", reason, maxsplit=1)[0]  # transformers' first sentence, not the whole chat
@@ -122,6 +133,75 @@ def _render_open(tokenizer: Any, tmpl: str, msgs: list[dict]) -> str:
                             "(a template that rewrites the assistant's message, as Qwen3's and DeepSeek-R1's drop a "
                             "finished <think>...</think> block, cannot continue it as given: prefill the text after "
                             "such a block only)") from None
+
+
+# what apply_chat_template sets itself (from the request's own fields) or takes as its own arguments
+_RESERVED_KWARGS = frozenset({
+    "messages", "conversation", "tools", "documents", "add_generation_prompt", "continue_final_message",
+    "chat_template", "tokenize", "padding", "truncation", "max_length", "return_tensors", "return_dict",
+    "return_assistant_tokens_mask", "tokenizer_kwargs", "sanitize_control_tokens", "raise_exception", "strftime_now"})
+
+
+@dataclass(frozen=True)
+class TemplateReads:
+    """What a chat template reads: its free variables (what template kwargs can set) and every
+    attribute or key it looks up (`message.name`, `m['reasoning_content']`, ...)."""
+
+    variables: frozenset[str]
+    fields: frozenset[str]
+
+
+def template_reads(tokenizer: Any, chat_template: str | None = None) -> TemplateReads | None:
+    """What the tokenizer's chat template reads (None when jinja cannot parse it here)."""
+    return _reads_of(_template_of(tokenizer, chat_template))
+
+
+@functools.lru_cache(maxsize=16)  # one parse per template, not per request
+def _reads_of(tmpl: str) -> TemplateReads | None:
+    import jinja2
+    from jinja2 import meta, nodes
+
+    # transformers' {% generation %} tag (assistant masks) only marks text: parsed as plain text here
+    source = re.sub(r"\{%-?\s*(end)?generation\s*-?%\}", "", tmpl)
+    try:
+        ast = jinja2.Environment(extensions=["jinja2.ext.loopcontrols"]).parse(source)
+    except jinja2.TemplateSyntaxError:
+        return None
+    fields = {n.attr for n in ast.find_all(nodes.Getattr)}
+    fields |= {n.arg.value for n in ast.find_all(nodes.Getitem) if isinstance(n.arg, nodes.Const)
+               and isinstance(n.arg.value, str)}
+    return TemplateReads(frozenset(meta.find_undeclared_variables(ast)), frozenset(fields))
+
+
+def check_template_kwargs(tokenizer: Any, kwargs: Mapping[str, Any], *, chat_template: str | None = None) -> None:
+    """Refuse template variables the chat template does not read (they would change nothing) and
+    those the renderer sets itself (messages, add_generation_prompt, special tokens, ...)."""
+    if not kwargs:
+        return
+    specials = set(getattr(tokenizer, "special_tokens_map", {}) or {})
+    reads = template_reads(tokenizer, chat_template)
+    for key in kwargs:
+        if key in _RESERVED_KWARGS or key in specials:
+            raise SteeringError(f"{key!r} is set by the server (from the request's own fields and the tokenizer), "
+                                f"not by template variables; leave it out")
+        if reads is not None and key not in reads.variables:
+            known = sorted(reads.variables - _RESERVED_KWARGS - specials)
+            raise SteeringError(f"this model's chat template does not read {key!r}, so it would change nothing; "
+                                f"the variables it reads: {', '.join(known) if known else 'none'}")
+
+
+def check_message_fields(tokenizer: Any, messages: Sequence[Mapping[str, Any]], fields: Sequence[str], *,
+                         chat_template: str | None = None) -> None:
+    """Refuse a message field (of `fields`) that the chat template does not read: the model would
+    never see it (e.g. `name` on a template that writes only role and content)."""
+    reads = template_reads(tokenizer, chat_template)
+    if reads is None:
+        return
+    for i, m in enumerate(messages):
+        for f in fields:
+            if m.get(f) is not None and f not in reads.fields:
+                raise SteeringError(f"messages[{i}].{f}: this model's chat template does not write a message's "
+                                    f"{f!r}, so the model would not see it; leave it out (or put it in the content)")
 
 
 def _prefix_ends(render, msgs: list[dict], text: str) -> tuple[list[int], str | None]:

@@ -17,7 +17,8 @@ older requests keep working; the schema shows only `latent`.
 
 More extensions, as other servers have them: `top_k`, `ignore_eos` (keep generating past
 end-of-text: fixed-length outputs for benchmarks), and vLLM's `continue_final_message` with
-`add_generation_prompt` (chat: continue the last, assistant, message: a prefill). Fields OpenAI defines that this server
+`add_generation_prompt` (chat: continue the last, assistant, message: a prefill) and
+`chat_template_kwargs` (variables for the chat template, such as Qwen3's `enable_thinking`). Fields OpenAI defines that this server
 does not implement are refused by name (never silently ignored), except purely informational
 ones (`user`, `metadata`, `store`, `service_tier`, ...). Hard ceilings are in the field
 constraints; the server's configured `Limits` are checked in `saesteer.api.prepare`.
@@ -116,10 +117,14 @@ class TextPart(_In):
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # e.g. 'name', 'refusal', 'annotations' on echoed messages
+    model_config = ConfigDict(extra="ignore")  # e.g. 'refusal', 'annotations' on echoed messages
 
     role: Literal["system", "developer", "user", "assistant"]
     content: Optional[Union[str, list[TextPart]]] = None
+    # given to the chat template as message fields, refused where the template does not read them
+    name: Optional[str] = Field(None, max_length=256)
+    reasoning_content: Optional[str] = Field(None, description="an assistant message's reasoning (vLLM's name), for "
+                                                               "templates that write it (Qwen3)")
 
     @field_validator("role", mode="before")
     @classmethod
@@ -163,3 +168,6 @@ class ChatRequest(_Common):
                           "it (a prefill); no generation prompt is added")
     add_generation_prompt: Optional[StrictBool] = Field(
         None, description="extension (vLLM): false renders the chat without the opening of the assistant's turn")
+    chat_template_kwargs: Optional[dict[Annotated[str, Field(max_length=64)], Any]] = Field(
+        None, max_length=16, description="extension (vLLM): variables for the chat template, e.g. "
+                                         "{\"enable_thinking\": false} (Qwen3); refused where the template does not read them")
