@@ -144,11 +144,13 @@ class Message(BaseModel):
         return v
 
     def text(self) -> str:
+        """The content as one string; text parts joined by line breaks, as vLLM joins them (joined
+        with nothing, ["Hello", "world"] would read "Helloworld")."""
         if self.content is None:
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(p.text for p in self.content)
+        return "\n".join(p.text for p in self.content)
 
 
 class ChatRequest(_Common):
