@@ -163,10 +163,18 @@ def _common(req, served: ServedModel, limits, default_max: int | None, n_prompts
     return dict(n=n, max_tokens=max_tokens, max_tokens_field=field_name, stop=tuple(stop), bias=tuple(bias))
 
 
-def _eos_ids(tokenizer, chat: bool) -> tuple[int, ...]:
+def _eos_ids(model, chat: bool) -> tuple[int, ...]:
+    """The tokens that end a reply: the tokenizer's eos, the checkpoint's generation_config.json
+    eos_token_id (an id or a list: Llama-3-Instruct lists <|eot_id|> beside the tokenizer's
+    <|end_of_text|>; transformers' generate and vLLM stop at each), and for chat the end-of-turn
+    markers of common templates."""
+    tokenizer = model.tokenizer
     ids = set()
     if getattr(tokenizer, "eos_token_id", None) is not None:
         ids.add(int(tokenizer.eos_token_id))
+    # a TransformerBridge keeps the HF model, which read generation_config.json
+    listed = getattr(getattr(getattr(model, "original_model", None), "generation_config", None), "eos_token_id", None)
+    ids.update(int(i) for i in ([listed] if isinstance(listed, int) else listed or ()))
     if chat:
         vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
         for t in END_OF_TURN_TOKENS:
@@ -189,7 +197,7 @@ def _rows(prompts, layouts, served: ServedModel, req, c: dict, steering, logprob
     from steering.spec import SteeringError
 
     n_ctx = getattr(served.model.cfg, "n_ctx", None)
-    eos = () if req.ignore_eos else _eos_ids(served.model.tokenizer, chat)
+    eos = () if req.ignore_eos else _eos_ids(served.model, chat)
     rows = []
     for ids, layout in zip(prompts, layouts):
         room = (n_ctx - len(ids)) if n_ctx else None
