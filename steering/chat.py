@@ -13,8 +13,10 @@ to rendering messages[:i] (the template's preamble goes with message 0), and the
 to the message holding its first character that is not whitespace (its first character when it is
 all whitespace): a word's token carries the space before it (SentencePiece's "▁Be", byte-level
 BPE's " Be"), and where the template writes that space ("[INST] " + the system message) the word
-is still the message's. A template that does not render earlier messages as
-a prefix of later ones gives no per-token roles (`roles is None`, `why_no_roles` says why); then
+is still the message's. A message the template writes otherwise once more messages follow (Qwen3
+drops the think block of an assistant turn that a user message follows) ends where its content
+ends in the chat plus the text the template closes it with when it is last. A template whose turns
+cannot be cut either way gives no per-token roles (`roles is None`, `why_no_roles` says why); then
 role:/turn: positions are refused and everything else works.
 
 A template that writes a system turn of its own before the first message when the messages have
@@ -104,7 +106,7 @@ def render_chat(tokenizer: Any, messages: Sequence[Mapping[str, Any]], *, chat_t
         if not full.startswith(text):
             why_open = "the chat template writes the last message otherwise when it is left open"
     enc = _tokenize(tokenizer, text)
-    ends, why = _prefix_ends(render, msgs, full)
+    ends, why = _prefix_ends(render, msgs, full, add_generation_prompt)
     why = why or why_open
     offsets = enc.get("offset_mapping")
     if why is None and offsets is None:
@@ -204,21 +206,60 @@ def check_message_fields(tokenizer: Any, messages: Sequence[Mapping[str, Any]], 
                                     f"{f!r}, so the model would not see it; leave it out (or put it in the content)")
 
 
-def _prefix_ends(render, msgs: list[dict], text: str) -> tuple[list[int], str | None]:
+def _prefix_ends(render, msgs: list[dict], text: str, gen: bool) -> tuple[list[int], str | None]:
     """Where each message's turn ends in `text` (message i = [ends[i-1], ends[i]); the generation
     prompt after ends[-1]), from the renderings of the growing prefixes; or why the template's
-    text cannot be cut that way."""
+    text cannot be cut that way.
+
+    A template may write a message otherwise once more messages follow it (Qwen3 writes the
+    assistant message after the last user message with a think block, and without it when a user
+    message follows): its prefix is then no prefix of `text`, and its turn ends where its content
+    ends in `text` plus the text the template closes it with (`_rewritten_end`)."""
     ends: list[int] = []
-    prev = ""
+    spans: dict[int, tuple[int, int] | None] | None = None  # contents in `text`, located once if needed
     for i in range(len(msgs)):
         cur = render(msgs[: i + 1], False)
-        if not cur.startswith(prev):
-            return ends, f"the chat template renders message {i} by rewriting the text before it"
-        ends.append(len(cur))
-        prev = cur
-    if not text.startswith(prev):
-        return ends, "the chat template's generation prompt rewrites the text before it"
+        if text.startswith(cur) and len(cur) >= (ends[-1] if ends else 0):
+            ends.append(len(cur))
+            continue
+        if i == len(msgs) - 1:  # only the generation prompt follows the last message
+            return ends, "the chat template's generation prompt rewrites the text before it"
+        if spans is None:
+            spans = _content_spans_in(render, msgs, text, gen)
+        end = _rewritten_end(render, msgs, i, text, spans.get(i), ends[-1] if ends else 0)
+        if end is None:
+            return ends, (f"the chat template renders message {i + 1} by rewriting the text before it, and where "
+                          f"message {i}'s turn ends cannot be found")
+        ends.append(end)
     return ends, None
+
+
+def _rewritten_end(render, msgs: list[dict], i: int, text: str, span: tuple[int, int] | None,
+                   start: int) -> int | None:
+    """Where message i's turn ends in `text` when the template writes it otherwise as the last
+    message: where its content (`span` in `text`) ends, plus the text the template writes after
+    that content when the message is last (Qwen3's "<|im_end|>\\n"); None where that text does not
+    follow it or the turn would start after its own content."""
+    if span is None or span[0] < start:
+        return None
+    try:
+        alone = render([*msgs[:i], {**msgs[i], "content": _SENTINEL}], False)
+    except SteeringError:
+        return None
+    if alone.count(_SENTINEL) != 1:
+        return None
+    tail = alone.split(_SENTINEL)[1]
+    return span[1] + len(tail) if text.startswith(tail, span[1]) else None
+
+
+def _content_spans_in(render, msgs: list[dict], text: str, gen: bool) -> dict[int, tuple[int, int] | None]:
+    """Where each message's content lies in `text` ({i: (start, end)}, None where not found): from
+    one probed rendering, else one per message (as `_moved_contents` locates them)."""
+    probed = [i for i, m in enumerate(msgs) if isinstance(m.get("content"), str) and m["content"].strip()]
+    spans = _content_spans(render, msgs, probed, text, gen)
+    if spans is None:
+        spans = {i: _content_span_alone(render, msgs, i, text, gen) for i in probed}
+    return spans
 
 
 def _first_visible(text: str, start: int, end: int) -> int:
@@ -256,12 +297,9 @@ def _moved_contents(render, msgs: list[dict], ends: list[int], text: str,
     is found by rendering the messages with its content replaced by a probe: the text around the probe
     is what surrounds the real content (checked against the real rendering). All messages are probed
     in one rendering (`_content_spans`); where that cannot be read, one rendering per message."""
-    probed = [i for i, m in enumerate(msgs) if isinstance(m.get("content"), str) and m["content"].strip()]
-    spans = _content_spans(render, msgs, probed, text, gen)
-    if spans is None:
-        spans = {i: _content_span_alone(render, msgs, i, text, gen) for i in probed}
+    spans = _content_spans_in(render, msgs, text, gen)
     moved = []
-    for i in probed:
+    for i in spans:
         m, where = msgs[i], spans[i]
         start = ends[i - 1] if i else 0
         if where is not None and not start <= where[0] < ends[i]:

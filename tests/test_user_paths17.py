@@ -17,6 +17,9 @@ generation_config.json lists <|eot_id|> beside the tokenizer's eos. What only th
   past <|eot_id|> to max_tokens: only the tokenizer's eos (<|end_of_text|>) ended it; the
   checkpoint's generation_config.json eos_token_id list now ends every reply, as transformers'
   generate and vLLM end it;
+- role:/turn: positions were refused on every Qwen3 chat with assistant history (the template writes
+  an earlier assistant turn otherwise once a user message follows, so prefixes no longer cut the
+  chat); that turn now ends where its content ends plus the template's closing text;
 - what works and stays working: one BOS where the template writes it and the tokenizer would add
   another; <|eot_id|> ends a chat reply; Qwen3 history with <think> blocks rendered as the template
   renders it (earlier reasoning dropped); `developer` read as `system`; LangChain's and LiteLLM's
@@ -159,8 +162,7 @@ def test_a_name_the_template_does_not_write_is_refused(client):
 
 def test_think_blocks_in_history_are_rendered_as_the_template_does(client, stores):
     """A multi-turn chat whose earlier assistant reply holds a <think> block: Qwen3's template drops
-    that reasoning from history; the server's prompt is transformers' rendering (no steering by
-    role here: the template rewrites earlier turns, see docs/api.md)."""
+    that reasoning from history; the server's prompt is transformers' rendering."""
     tok = stores["qwen3"].model.tokenizer
     msgs = ASK + [{"role": "assistant", "content": "<think>\nune liste\n</think>\n\nreturn args[1:]"},
                   {"role": "user", "content": "Et avec argparse?"}]
@@ -168,6 +170,26 @@ def test_think_blocks_in_history_are_rendered_as_the_template_does(client, store
     assert "une liste" not in text and "return args[1:]" in text
     n, _ = _greedy(client, "qwen3", msgs)
     assert n == len(tok(text, add_special_tokens=False)["input_ids"])
+
+
+def test_role_positions_in_a_qwen3_chat_with_history(client, stores):
+    """Qwen3 writes an earlier assistant turn otherwise once a user message follows (no think block):
+    role:user was refused on every chat with assistant history ('needs per-token roles'); it now
+    steers the user turns, as the same edit at those token indices does."""
+    from steering.chat import render_chat
+
+    tok = stores["qwen3"].model.tokenizer
+    msgs = ASK + [{"role": "assistant", "content": "<think>\nune liste\n</think>\n\nreturn args"},
+                  {"role": "user", "content": "Et argparse?"}]
+    chat = render_chat(tok, msgs)
+    users = [i for i, r in enumerate(chat.roles) if r == "user"]
+    assert tok.decode([chat.token_ids[i] for i in users]).count("<|im_start|>user") == 2
+    latent = 5
+    by_role = _greedy(client, "qwen3", msgs, steering={"edits": [f"{latent}:add=30@role:user"]})
+    by_index = _greedy(client, "qwen3", msgs, steering={"edits": [{"latent": latent, "op": "add", "value": 30,
+                                                                   "positions": users}]})
+    assert by_role == by_index
+    assert by_role != _greedy(client, "qwen3", msgs)  # the edit changes the reply: the comparison means something
 
 
 # -- payload shapes of other clients ---------------------------------------------------------------
