@@ -13,6 +13,8 @@ generation_config.json lists <|eot_id|> beside the tokenizer's eos. What only th
   where it does not;
 - content given as text parts was joined with nothing (["Hello", "world"] read "Helloworld"); the
   parts are now joined by line breaks, as vLLM joins them;
+- an assistant message in the history that called tools (`tool_calls`) was read as one that said
+  nothing; it is refused, as tool messages are;
 - a Llama-3-Instruct prompt sent to /v1/completions (the chat rendered to text by the client) ran
   past <|eot_id|> to max_tokens: only the tokenizer's eos (<|end_of_text|>) ended it; the
   checkpoint's generation_config.json eos_token_id list now ends every reply, as transformers'
@@ -193,6 +195,20 @@ def test_role_positions_in_a_qwen3_chat_with_history(client, stores):
 
 
 # -- payload shapes of other clients ---------------------------------------------------------------
+
+
+def test_tool_calls_in_the_history_are_refused(client):
+    """An assistant message that called a tool (a history from an agent framework) was read as an
+    assistant who said nothing; refused now, naming the message; an empty list stays accepted."""
+    call = {"id": "call_1", "type": "function", "function": {"name": "parse", "arguments": "{}"}}
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="qwen3", max_tokens=2, messages=[
+            *ASK, {"role": "assistant", "content": None, "tool_calls": [call]}, {"role": "user", "content": "Et?"}])
+    param, msg = _refusal(e)
+    assert param == "messages" and msg.startswith("messages.2.tool_calls:") and "tool calling" in msg, msg
+    r = client.chat.completions.create(model="qwen3", max_tokens=2, messages=[
+        *ASK, {"role": "assistant", "content": "ok", "tool_calls": []}, {"role": "user", "content": "Et?"}])
+    assert r.usage.completion_tokens >= 1
 
 
 def test_text_parts_are_joined_by_line_breaks(client):

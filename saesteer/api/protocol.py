@@ -125,6 +125,18 @@ class Message(BaseModel):
     name: Optional[str] = Field(None, max_length=256)
     reasoning_content: Optional[str] = Field(None, description="an assistant message's reasoning (vLLM's name), for "
                                                                "templates that write it (Qwen3)")
+    # an assistant's calls of tools in the history: refused unless empty (dropped, the chat would read
+    # as if the assistant had said nothing)
+    tool_calls: Optional[list[Any]] = None
+    function_call: Optional[Any] = None
+
+    @field_validator("tool_calls", "function_call")
+    @classmethod
+    def _no_tool_calls(cls, v):
+        if v:
+            raise ValueError("an assistant message that calls tools needs tool calling, which this server does not "
+                             "do; leave the tool calls out of the history")
+        return v
 
     @field_validator("role", mode="before")
     @classmethod
