@@ -64,6 +64,12 @@ class ChatPrompt:
 
 def _template_of(tokenizer: Any, chat_template: str | None) -> str:
     tmpl = chat_template or getattr(tokenizer, "chat_template", None)
+    if isinstance(tmpl, Mapping):  # several named templates (Hermes 2 Pro, Command R): chats without tools
+        named = tmpl                # take the default one, as transformers picks it
+        tmpl = named.get("default")
+        if not tmpl:
+            raise SteeringError(f"this model's tokenizer has several chat templates ({', '.join(map(str, named))}) "
+                                f"and none named 'default', the one a chat without tools takes")
     if not tmpl:
         raise SteeringError(
             "this model's tokenizer has no chat template, so it cannot take chat messages; use the completions "

@@ -22,6 +22,8 @@ generation_config.json lists <|eot_id|> beside the tokenizer's eos. What only th
 - role:/turn: positions were refused on every Qwen3 chat with assistant history (the template writes
   an earlier assistant turn otherwise once a user message follows, so prefixes no longer cut the
   chat); that turn now ends where its content ends plus the template's closing text;
+- a tokenizer with several named chat templates (Hermes 2 Pro, Command R: a list in
+  tokenizer_config.json) could not chat at all ('unhashable type'); it takes the default one;
 - what works and stays working: one BOS where the template writes it and the tokenizer would add
   another; <|eot_id|> ends a chat reply; Qwen3 history with <think> blocks rendered as the template
   renders it (earlier reasoning dropped); `developer` read as `system`; LangChain's and LiteLLM's
@@ -38,7 +40,7 @@ import pytest
 
 openai = pytest.importorskip("openai")
 
-from helpers.chat_templates import QWEN3_TEMPLATE  # noqa: E402
+from helpers.chat_templates import QWEN2_TEMPLATE, QWEN3_TEMPLATE  # noqa: E402
 from helpers.web_app import ServerThread, free_port, make_entry  # noqa: E402
 
 pytestmark = [pytest.mark.usefixtures("one_thread")]
@@ -52,7 +54,7 @@ ASK = [{"role": "system", "content": "You write Python."},
 def stores(tmp_path_factory):
     """'qwen3': a HookedTransformer over a Qwen2-family tokenizer with Qwen3's template; 'llama3': a
     Llama-3-Instruct checkpoint (template writes BOS, generation_config lists <|eot_id|>) loaded
-    through saesteer.models.load_model."""
+    through saesteer.models.load_model; 'hermes': the Qwen2-family tokenizer with two named templates."""
     from transformers import AutoTokenizer, GenerationConfig
 
     from helpers.real_models import build_family_tokenizer, corpus_documents, save_real_model, write_corpus
@@ -69,7 +71,16 @@ def stores(tmp_path_factory):
     GenerationConfig(bos_token_id=ltok.bos_token_id,
                      eos_token_id=[ltok.eos_token_id, ltok.convert_tokens_to_ids("<|eot_id|>")]).save_pretrained(path)
     llama3 = build_web_store(work / "llama3", model=load_model(str(path), device="cpu"), name="llama3")
-    return {"qwen3": qwen3, "llama3": llama3}
+    # several named templates in tokenizer_config.json (Hermes 2 Pro, Command R): AutoTokenizer reads a dict
+    tok.save_pretrained(work / "hermes-tok")
+    cfg = json.loads((work / "hermes-tok" / "tokenizer_config.json").read_text())
+    cfg["chat_template"] = [{"name": "default", "template": QWEN2_TEMPLATE},
+                            {"name": "tool_use", "template": QWEN2_TEMPLATE.replace("helpful", "tool-using")}]
+    (work / "hermes-tok" / "tokenizer_config.json").write_text(json.dumps(cfg))
+    (work / "hermes-tok" / "chat_template.jinja").unlink(missing_ok=True)
+    hermes = build_web_store(work / "hermes", tokenizer=AutoTokenizer.from_pretrained(work / "hermes-tok"),
+                             name="hermes", n_layers=2, n_ctx=160)
+    return {"qwen3": qwen3, "llama3": llama3, "hermes": hermes}
 
 
 @pytest.fixture(scope="module")
@@ -192,6 +203,19 @@ def test_role_positions_in_a_qwen3_chat_with_history(client, stores):
                                                                    "positions": users}]})
     assert by_role == by_index
     assert by_role != _greedy(client, "qwen3", msgs)  # the edit changes the reply: the comparison means something
+
+
+def test_a_tokenizer_with_several_named_templates_chats_with_the_default_one(client, stores):
+    """tokenizer_config.json with a list of named templates (Hermes 2 Pro, Command R): the chat
+    endpoint answered 'cannot render these messages: unhashable type' (the templates were passed to
+    transformers as one); a chat without tools now takes the default one, as transformers does."""
+    tok = stores["hermes"].model.tokenizer
+    assert isinstance(tok.chat_template, dict)
+    want = tok.apply_chat_template(ASK[1:], tokenize=False, add_generation_prompt=True)
+    assert "You are a helpful assistant." in want
+    r = client.chat.completions.create(model="hermes", messages=ASK[1:], max_tokens=2,
+                                       extra_body={"steering": {"edits": ["5:add=2@role:system"]}})
+    assert r.usage.prompt_tokens == len(tok(want, add_special_tokens=False)["input_ids"])
 
 
 # -- payload shapes of other clients ---------------------------------------------------------------
