@@ -18,9 +18,9 @@ older requests keep working; the schema shows only `latent`.
 More extensions, as other servers have them: `top_k`, `ignore_eos` (keep generating past
 end-of-text: fixed-length outputs for benchmarks), and vLLM's `continue_final_message` with
 `add_generation_prompt` (chat: continue the last, assistant, message: a prefill) and
-`chat_template_kwargs` (variables for the chat template, such as Qwen3's `enable_thinking`). Fields OpenAI defines that this server
-does not implement are refused by name (never silently ignored), except purely informational
-ones (`user`, `metadata`, `store`, `service_tier`, ...). Hard ceilings are in the field
+`chat_template_kwargs` (variables for the chat template, such as Qwen3's `enable_thinking`).
+Fields OpenAI defines that this server does not implement are refused by name (never silently
+ignored), except purely informational ones (`user`, `metadata`, `store`, `service_tier`, ...). Hard ceilings are in the field
 constraints; the server's configured `Limits` are checked in `saesteer.api.prepare`.
 """
 
