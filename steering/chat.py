@@ -173,11 +173,14 @@ def _reads_of(tmpl: str) -> TemplateReads | None:
     source = re.sub(r"\{%-?\s*(end)?generation\s*-?%\}", "", tmpl)
     try:
         ast = jinja2.Environment(extensions=["jinja2.ext.loopcontrols"]).parse(source)
-    except jinja2.TemplateSyntaxError:
+    except jinja2.TemplateError:  # a template jinja cannot parse here: nothing known about what it reads
         return None
-    fields = {n.attr for n in ast.find_all(nodes.Getattr)}
-    fields |= {n.arg.value for n in ast.find_all(nodes.Getitem) if isinstance(n.arg, nodes.Const)
-               and isinstance(n.arg.value, str)}
+    fields = {n.attr for n in ast.find_all(nodes.Getattr)}  # message.name
+    fields |= {n.arg.value for n in ast.find_all(nodes.Getitem) if isinstance(n.arg, nodes.Const)}  # m['name']
+    fields |= {c.args[0].value for c in ast.find_all(nodes.Call) if isinstance(c.node, nodes.Getattr)  # m.get('name')
+               and c.node.attr == "get" and c.args and isinstance(c.args[0], nodes.Const)}
+    fields |= {c.expr.value for c in ast.find_all(nodes.Compare) if isinstance(c.expr, nodes.Const)  # 'name' in m
+               and any(op.op in ("in", "notin") for op in c.ops)}
     return TemplateReads(frozenset(meta.find_undeclared_variables(ast)), frozenset(fields))
 
 

@@ -154,6 +154,23 @@ def test_qwen3_history_keeps_its_turns(tokenizers):
     assert [chat.roles[chat.turns.index(i)] for i in range(7)] == [S, U, A, U, A, U, A]
 
 
+@pytest.mark.parametrize("reads_name, written", [("{{ m.name }}", "ann"), ("{{ m['name'] }}", "ann"),
+                                                 ("{{ m.get('name', '') }}", "ann"),
+                                                 ("{% if 'name' in m %}someone{% endif %}", "someone")])
+def test_a_message_field_is_refused_unless_the_template_reads_it(tokenizers, reads_name, written):
+    """`name` on a message reaches a template that reads it however it reads it (attribute, key,
+    .get, an `in` test); one that never reads it refuses it, naming the message (Qwen2's template)."""
+    from steering.chat import check_message_fields, render_chat
+
+    tok = tokenizers["qwen2"]
+    tmpl = "{% for m in messages %}" + reads_name + ": {{ m['content'] }}\n{% endfor %}"
+    msgs = [{"role": "user", "content": "What is the sea?", "name": "ann"}]
+    check_message_fields(tok, msgs, ("name",), chat_template=tmpl)
+    assert render_chat(tok, msgs, chat_template=tmpl, add_generation_prompt=False).text.startswith(written + ": ")
+    with pytest.raises(SteeringError, match=r"messages\[0\]\.name: .* does not write a message's 'name'"):
+        check_message_fields(tok, msgs, ("name",), chat_template=QWEN2_TEMPLATE)
+
+
 ESCAPING = QWEN2_TEMPLATE.replace("message['content']", "(message['content'] | e)")
 REWRITING = {  # templates that write a content other than as given, and the path that settles them
     "r1 drops the reasoning": (DEEPSEEK_R1_TEMPLATE, [(U, "What is the sea?"), (A, "<think>salt</think>Water."), (U, "and?")],
