@@ -13,14 +13,21 @@ to rendering messages[:i] (the template's preamble goes with message 0), and the
 to the message holding its first character that is not whitespace (its first character when it is
 all whitespace): a word's token carries the space before it (SentencePiece's "▁Be", byte-level
 BPE's " Be"), and where the template writes that space ("[INST] " + the system message) the word
-is still the message's. A template that does not render earlier messages as
-a prefix of later ones gives no per-token roles (`roles is None`, `why_no_roles` says why); then
+is still the message's. A message the template writes otherwise once more messages follow (Qwen3
+drops the think block of an assistant turn that a user message follows) ends where its content
+ends in the chat plus the text the template closes it with when it is last. A template whose turns
+cannot be cut either way gives no per-token roles (`roles is None`, `why_no_roles` says why); then
 role:/turn: positions are refused and everything else works.
 
 A template that writes a system turn of its own before the first message when the messages have
 none (Qwen2's "You are a helpful assistant.", Llama 3.1's date header) gives that turn's tokens role
 "system" and turn -1: it is what the model reads as its system prompt, not part of the first user
 message (role:user would otherwise steer it too, and role:system be refused as absent).
+
+Template variables (`template_kwargs`, vLLM's `chat_template_kwargs`: Qwen3's `enable_thinking`)
+and message fields beyond role and content (`name`, `reasoning_content`) reach the template only
+where it reads them: `check_template_kwargs` and `check_message_fields` refuse the others, naming
+what the template reads, so a switch the template never looks at is not taken for one that worked.
 
 A template that writes a message inside a later message's turn (Gemma 3 and Llama 2 fold the system
 message into the first user turn: "<start_of_turn>user\nSYSTEM\n\nUSER") gives that text its own
@@ -30,6 +37,7 @@ it stays the turn's. Where such text cannot be located, the prompt has no roles 
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -56,6 +64,12 @@ class ChatPrompt:
 
 def _template_of(tokenizer: Any, chat_template: str | None) -> str:
     tmpl = chat_template or getattr(tokenizer, "chat_template", None)
+    if isinstance(tmpl, Mapping):  # several named templates (Hermes 2 Pro, Command R): chats without tools
+        named = tmpl                # take the default one, as transformers picks it
+        tmpl = named.get("default")
+        if not tmpl:
+            raise SteeringError(f"this model's tokenizer has several chat templates ({', '.join(map(str, named))}) "
+                                f"and none named 'default', the one a chat without tools takes")
     if not tmpl:
         raise SteeringError(
             "this model's tokenizer has no chat template, so it cannot take chat messages; use the completions "
@@ -65,8 +79,10 @@ def _template_of(tokenizer: Any, chat_template: str | None) -> str:
 
 
 def render_chat(tokenizer: Any, messages: Sequence[Mapping[str, Any]], *, chat_template: str | None = None,
-                add_generation_prompt: bool = True, continue_final_message: bool = False) -> ChatPrompt:
-    """Render `messages` (dicts with 'role' and 'content') for generating the next assistant turn.
+                add_generation_prompt: bool = True, continue_final_message: bool = False,
+                template_kwargs: Mapping[str, Any] | None = None) -> ChatPrompt:
+    """Render `messages` (dicts with 'role' and 'content') for generating the next assistant turn;
+    `template_kwargs` are variables for the template (checked by `check_template_kwargs`).
 
     With `continue_final_message` (and no generation prompt) the last message is left open for the
     model to continue (a prefill): the text ends where its content ends, as transformers'
@@ -74,6 +90,8 @@ def render_chat(tokenizer: Any, messages: Sequence[Mapping[str, Any]], *, chat_t
     tokens keep that message's role and turn."""
     tmpl = _template_of(tokenizer, chat_template)
     msgs = [dict(m) for m in messages]
+    extra = dict(template_kwargs or {})
+    check_template_kwargs(tokenizer, extra, chat_template=tmpl)
     if not msgs:
         raise SteeringError("messages is empty; give at least one message")
     if continue_final_message and add_generation_prompt:
@@ -82,18 +100,19 @@ def render_chat(tokenizer: Any, messages: Sequence[Mapping[str, Any]], *, chat_t
 
     def render(ms: list[dict], gen: bool) -> str:
         try:
-            return tokenizer.apply_chat_template(ms, chat_template=tmpl, tokenize=False, add_generation_prompt=gen)
+            return tokenizer.apply_chat_template(ms, chat_template=tmpl, tokenize=False, add_generation_prompt=gen,
+                                                 **extra)
         except Exception as e:  # jinja errors: the template refuses these messages (e.g. roles out of order)
             raise SteeringError(f"the chat template cannot render these messages: {e}") from None
 
     full = render(msgs, add_generation_prompt)  # roles and turns are read from the whole rendering
     text, why_open = full, None
     if continue_final_message:
-        text = _render_open(tokenizer, tmpl, msgs)
+        text = _render_open(tokenizer, tmpl, msgs, extra)
         if not full.startswith(text):
             why_open = "the chat template writes the last message otherwise when it is left open"
     enc = _tokenize(tokenizer, text)
-    ends, why = _prefix_ends(render, msgs, full)
+    ends, why = _prefix_ends(render, msgs, full, add_generation_prompt)
     why = why or why_open
     offsets = enc.get("offset_mapping")
     if why is None and offsets is None:
@@ -109,12 +128,12 @@ def render_chat(tokenizer: Any, messages: Sequence[Mapping[str, Any]], *, chat_t
     return ChatPrompt(text, list(enc["input_ids"]), roles, turns, len(msgs), why)
 
 
-def _render_open(tokenizer: Any, tmpl: str, msgs: list[dict]) -> str:
+def _render_open(tokenizer: Any, tmpl: str, msgs: list[dict], extra: dict[str, Any]) -> str:
     """The chat rendered with its last message left open (transformers cuts the rendering where the
     message's content ends)."""
     try:
         return tokenizer.apply_chat_template(msgs, chat_template=tmpl, tokenize=False, add_generation_prompt=False,
-                                             continue_final_message=True)
+                                             continue_final_message=True, **extra)
     except Exception as e:  # e.g. a template that rewrites the last message's content
         reason = str(e).strip() or type(e).__name__
         first = re.split(r"(?<=[.!?])\s", reason, maxsplit=1)[0]  # transformers' first sentence, not the whole chat
@@ -124,21 +143,132 @@ def _render_open(tokenizer: Any, tmpl: str, msgs: list[dict]) -> str:
                             "such a block only)") from None
 
 
-def _prefix_ends(render, msgs: list[dict], text: str) -> tuple[list[int], str | None]:
+# what apply_chat_template sets itself (from the request's own fields) or takes as its own arguments
+_RESERVED_KWARGS = frozenset({
+    "messages", "conversation", "tools", "documents", "add_generation_prompt", "continue_final_message",
+    "chat_template", "tokenize", "padding", "truncation", "max_length", "return_tensors", "return_dict",
+    "return_assistant_tokens_mask", "tokenizer_kwargs", "sanitize_control_tokens", "raise_exception", "strftime_now"})
+
+
+@dataclass(frozen=True)
+class TemplateReads:
+    """What a chat template reads: its free variables (what template kwargs can set) and every
+    attribute or key it looks up (`message.name`, `m['reasoning_content']`, ...)."""
+
+    variables: frozenset[str]
+    fields: frozenset[str]
+
+
+def template_reads(tokenizer: Any, chat_template: str | None = None) -> TemplateReads | None:
+    """What the tokenizer's chat template reads (None when jinja cannot parse it here)."""
+    return _reads_of(_template_of(tokenizer, chat_template))
+
+
+@functools.lru_cache(maxsize=16)  # one parse per template, not per request
+def _reads_of(tmpl: str) -> TemplateReads | None:
+    import jinja2
+    from jinja2 import meta, nodes
+
+    # transformers' {% generation %} tag (assistant masks) only marks text: parsed as plain text here
+    source = re.sub(r"\{%-?\s*(end)?generation\s*-?%\}", "", tmpl)
+    try:
+        ast = jinja2.Environment(extensions=["jinja2.ext.loopcontrols"]).parse(source)
+    except jinja2.TemplateError:  # a template jinja cannot parse here: nothing known about what it reads
+        return None
+    fields = {n.attr for n in ast.find_all(nodes.Getattr)}  # message.name
+    fields |= {n.arg.value for n in ast.find_all(nodes.Getitem) if isinstance(n.arg, nodes.Const)}  # m['name']
+    fields |= {c.args[0].value for c in ast.find_all(nodes.Call) if isinstance(c.node, nodes.Getattr)  # m.get('name')
+               and c.node.attr == "get" and c.args and isinstance(c.args[0], nodes.Const)}
+    fields |= {c.expr.value for c in ast.find_all(nodes.Compare) if isinstance(c.expr, nodes.Const)  # 'name' in m
+               and any(op.op in ("in", "notin") for op in c.ops)}
+    return TemplateReads(frozenset(meta.find_undeclared_variables(ast)), frozenset(fields))
+
+
+def check_template_kwargs(tokenizer: Any, kwargs: Mapping[str, Any], *, chat_template: str | None = None) -> None:
+    """Refuse template variables the chat template does not read (they would change nothing) and
+    those the renderer sets itself (messages, add_generation_prompt, special tokens, ...)."""
+    if not kwargs:
+        return
+    specials = set(getattr(tokenizer, "special_tokens_map", {}) or {})
+    reads = template_reads(tokenizer, chat_template)
+    for key in kwargs:
+        if key in _RESERVED_KWARGS or key in specials:
+            raise SteeringError(f"{key!r} is set by the server (from the request's own fields and the tokenizer), "
+                                f"not by template variables; leave it out")
+        if reads is not None and key not in reads.variables:
+            known = sorted(reads.variables - _RESERVED_KWARGS - specials)
+            raise SteeringError(f"this model's chat template does not read {key!r}, so it would change nothing; "
+                                f"the variables it reads: {', '.join(known) if known else 'none'}")
+
+
+def check_message_fields(tokenizer: Any, messages: Sequence[Mapping[str, Any]], fields: Sequence[str], *,
+                         chat_template: str | None = None) -> None:
+    """Refuse a message field (of `fields`) that the chat template does not read: the model would
+    never see it (e.g. `name` on a template that writes only role and content)."""
+    reads = template_reads(tokenizer, chat_template)
+    if reads is None:
+        return
+    for i, m in enumerate(messages):
+        for f in fields:
+            if m.get(f) is not None and f not in reads.fields:
+                raise SteeringError(f"messages[{i}].{f}: this model's chat template does not write a message's "
+                                    f"{f!r}, so the model would not see it; leave it out (or put it in the content)")
+
+
+def _prefix_ends(render, msgs: list[dict], text: str, gen: bool) -> tuple[list[int], str | None]:
     """Where each message's turn ends in `text` (message i = [ends[i-1], ends[i]); the generation
     prompt after ends[-1]), from the renderings of the growing prefixes; or why the template's
-    text cannot be cut that way."""
+    text cannot be cut that way.
+
+    A template may write a message otherwise once more messages follow it (Qwen3 writes the
+    assistant message after the last user message with a think block, and without it when a user
+    message follows): its prefix is then no prefix of `text`, and its turn ends where its content
+    ends in `text` plus the text the template closes it with (`_rewritten_end`)."""
     ends: list[int] = []
-    prev = ""
+    spans: dict[int, tuple[int, int] | None] | None = None  # contents in `text`, located once if needed
     for i in range(len(msgs)):
         cur = render(msgs[: i + 1], False)
-        if not cur.startswith(prev):
-            return ends, f"the chat template renders message {i} by rewriting the text before it"
-        ends.append(len(cur))
-        prev = cur
-    if not text.startswith(prev):
-        return ends, "the chat template's generation prompt rewrites the text before it"
+        if text.startswith(cur) and len(cur) >= (ends[-1] if ends else 0):
+            ends.append(len(cur))
+            continue
+        if i == len(msgs) - 1:  # only the generation prompt follows the last message
+            return ends, "the chat template's generation prompt rewrites the text before it"
+        if spans is None:
+            spans = _content_spans_in(render, msgs, text, gen)
+        end = _rewritten_end(render, msgs, i, text, spans.get(i), ends[-1] if ends else 0)
+        if end is None:
+            return ends, (f"the chat template renders message {i + 1} by rewriting the text before it, and where "
+                          f"message {i}'s turn ends cannot be found")
+        ends.append(end)
     return ends, None
+
+
+def _rewritten_end(render, msgs: list[dict], i: int, text: str, span: tuple[int, int] | None,
+                   start: int) -> int | None:
+    """Where message i's turn ends in `text` when the template writes it otherwise as the last
+    message: where its content (`span` in `text`) ends, plus the text the template writes after
+    that content when the message is last (Qwen3's "<|im_end|>\\n"); None where that text does not
+    follow it or the turn would start after its own content."""
+    if span is None or span[0] < start:
+        return None
+    try:
+        alone = render([*msgs[:i], {**msgs[i], "content": _SENTINEL}], False)
+    except SteeringError:
+        return None
+    if alone.count(_SENTINEL) != 1:
+        return None
+    tail = alone.split(_SENTINEL)[1]
+    return span[1] + len(tail) if text.startswith(tail, span[1]) else None
+
+
+def _content_spans_in(render, msgs: list[dict], text: str, gen: bool) -> dict[int, tuple[int, int] | None]:
+    """Where each message's content lies in `text` ({i: (start, end)}, None where not found): from
+    one probed rendering, else one per message (as `_moved_contents` locates them)."""
+    probed = [i for i, m in enumerate(msgs) if isinstance(m.get("content"), str) and m["content"].strip()]
+    spans = _content_spans(render, msgs, probed, text, gen)
+    if spans is None:
+        spans = {i: _content_span_alone(render, msgs, i, text, gen) for i in probed}
+    return spans
 
 
 def _first_visible(text: str, start: int, end: int) -> int:
@@ -176,12 +306,9 @@ def _moved_contents(render, msgs: list[dict], ends: list[int], text: str,
     is found by rendering the messages with its content replaced by a probe: the text around the probe
     is what surrounds the real content (checked against the real rendering). All messages are probed
     in one rendering (`_content_spans`); where that cannot be read, one rendering per message."""
-    probed = [i for i, m in enumerate(msgs) if isinstance(m.get("content"), str) and m["content"].strip()]
-    spans = _content_spans(render, msgs, probed, text, gen)
-    if spans is None:
-        spans = {i: _content_span_alone(render, msgs, i, text, gen) for i in probed}
+    spans = _content_spans_in(render, msgs, text, gen)
     moved = []
-    for i in probed:
+    for i in spans:
         m, where = msgs[i], spans[i]
         start = ends[i - 1] if i else 0
         if where is not None and not start <= where[0] < ends[i]:

@@ -90,7 +90,7 @@ def _rendered_both_ways(monkeypatch, tok, msgs, template):
 
 TEMPLATES = {"qwen2": ("qwen2", QWEN2_TEMPLATE), "gemma3": ("gemma", GEMMA3_CHAT_TEMPLATE),
              "llama2": ("gemma", LLAMA2_TEMPLATE), "deepseek": ("qwen2", DEEPSEEK_TEMPLATE),
-             "mistral": ("qwen2", MISTRAL_SMALL3_TEMPLATE)}
+             "mistral": ("qwen2", MISTRAL_SMALL3_TEMPLATE), "qwen3": ("qwen2", QWEN3_TEMPLATE)}
 
 
 @pytest.mark.parametrize("name", list(TEMPLATES))
@@ -130,6 +130,45 @@ def test_a_folded_system_message_is_found_by_the_one_probed_rendering(tokenizers
     system = "".join(chat.text[s:e] for (s, e), r in zip(offsets, chat.roles) if r == S)
     user = "".join(chat.text[s:e] for (s, e), r in zip(offsets, chat.roles) if r == U)
     assert system == "<bos>  Be brief. " and "What is the sea?" in user and "brief" not in user
+
+
+def test_qwen3_history_keeps_its_turns(tokenizers):
+    """Qwen3 writes the assistant message after the last user message with a think block and drops
+    the block once a user message follows (its prefix is then no prefix of the chat): each message's
+    turn is still its own, from '<|im_start|>' through '<|im_end|>\\n', the history's reasoning left
+    out as the template leaves it out, the thinking switch's empty block in the reply's turn."""
+    from steering.chat import render_chat
+
+    tok = tokenizers["qwen2"]
+    msgs = _messages([(S, "Be brief."), (U, "What is the sea?"), (A, "<think>\nsalt\n</think>\n\nWater."),
+                      (U, "and the ship?"), (A, "It sails."), (U, "ok")])
+    chat = render_chat(tok, msgs, chat_template=QWEN3_TEMPLATE, template_kwargs={"enable_thinking": False})
+    assert chat.text == tok.apply_chat_template(msgs, chat_template=QWEN3_TEMPLATE, tokenize=False,
+                                                add_generation_prompt=True, enable_thinking=False)
+    offsets = tok(chat.text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    turns: dict[int, str] = {}
+    for (a, b), t in zip(offsets, chat.turns):
+        turns[t] = turns.get(t, "") + chat.text[a:b]
+    assert turns == {i: f"<|im_start|>{m['role']}\n{m['content'].split(chr(10))[-1]}<|im_end|>\n"
+                     for i, m in enumerate(msgs)} | {6: "<|im_start|>assistant\n<think>\n\n</think>\n\n"}
+    assert [chat.roles[chat.turns.index(i)] for i in range(7)] == [S, U, A, U, A, U, A]
+
+
+@pytest.mark.parametrize("reads_name, written", [("{{ m.name }}", "ann"), ("{{ m['name'] }}", "ann"),
+                                                 ("{{ m.get('name', '') }}", "ann"),
+                                                 ("{% if 'name' in m %}someone{% endif %}", "someone")])
+def test_a_message_field_is_refused_unless_the_template_reads_it(tokenizers, reads_name, written):
+    """`name` on a message reaches a template that reads it however it reads it (attribute, key,
+    .get, an `in` test); one that never reads it refuses it, naming the message (Qwen2's template)."""
+    from steering.chat import check_message_fields, render_chat
+
+    tok = tokenizers["qwen2"]
+    tmpl = "{% for m in messages %}" + reads_name + ": {{ m['content'] }}\n{% endfor %}"
+    msgs = [{"role": "user", "content": "What is the sea?", "name": "ann"}]
+    check_message_fields(tok, msgs, ("name",), chat_template=tmpl)
+    assert render_chat(tok, msgs, chat_template=tmpl, add_generation_prompt=False).text.startswith(written + ": ")
+    with pytest.raises(SteeringError, match=r"messages\[0\]\.name: .* does not write a message's 'name'"):
+        check_message_fields(tok, msgs, ("name",), chat_template=QWEN2_TEMPLATE)
 
 
 ESCAPING = QWEN2_TEMPLATE.replace("message['content']", "(message['content'] | e)")
@@ -204,9 +243,8 @@ def test_a_prefill_in_templates_that_trim_or_rewrite_the_assistant_message(token
         want = tok.apply_chat_template(msgs, chat_template=template, add_generation_prompt=False,
                                        continue_final_message=True, tokenize=False)
         assert got.text == want and got.text.rstrip().endswith(prefill.strip())
-        if got.roles is None:  # Qwen3 rewrites an earlier assistant turn once a user message follows it
-            assert template is QWEN3_TEMPLATE and history and "rewriting" in got.why_no_roles
-            continue
+        # Qwen3 rewrites an earlier assistant turn once a user message follows it: still roles
+        assert got.roles is not None, got.why_no_roles
         last = [i for i, t in enumerate(got.turns) if t == len(msgs) - 1]
         assert prefill.strip() in tok.decode([got.token_ids[i] for i in last])
         assert {got.roles[i] for i in last} == {A} and last[-1] == len(got.token_ids) - 1

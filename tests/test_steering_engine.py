@@ -392,8 +392,9 @@ def test_chat_prompt_roles_and_turns():
             role = n.strip("<|>")
             assert chat.roles[i] == role, (i, n)
     assert chat.turns[names.index("bread")] == 3 and chat.roles[-1] == "assistant" and chat.turns[-1] == 4
-    # a template that rewrites earlier text when a message is added: no roles, and role positions refused
-    tmpl = "{{ bos_token }}{{ messages | length }} {% for m in messages %}{{ m['content'] }} {% endfor %}"
+    # a template that rewrites earlier text when a message is added, where no message's turn can be
+    # placed (each new message is written first): no roles, and role positions refused
+    tmpl = "{{ bos_token }}{% for m in messages | reverse %}{{ m['content'] }} {% endfor %}"
     plain = render_chat(tok, msgs, chat_template=tmpl)
     assert plain.roles is None and "rewriting" in plain.why_no_roles
     from steering.rowedits import RowLayout, compile_positions

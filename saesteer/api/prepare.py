@@ -20,6 +20,9 @@ from saesteer.api.service import OVERRIDE_HINT, ServedModel
 
 __all__ = ["ApiError", "Prepared", "prepare_completion", "prepare_chat", "END_OF_TURN_TOKENS"]
 
+# message fields beside role and content that go to the chat template (where it reads them)
+MESSAGE_FIELDS = ("name", "reasoning_content")
+
 # end-of-turn markers of common chat templates: a chat reply also ends at these
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "</s>", "<|endoftext|>")
 
@@ -160,10 +163,18 @@ def _common(req, served: ServedModel, limits, default_max: int | None, n_prompts
     return dict(n=n, max_tokens=max_tokens, max_tokens_field=field_name, stop=tuple(stop), bias=tuple(bias))
 
 
-def _eos_ids(tokenizer, chat: bool) -> tuple[int, ...]:
+def _eos_ids(model, chat: bool) -> tuple[int, ...]:
+    """The tokens that end a reply: the tokenizer's eos, the checkpoint's generation_config.json
+    eos_token_id (an id or a list: Llama-3-Instruct lists <|eot_id|> beside the tokenizer's
+    <|end_of_text|>; transformers' generate and vLLM stop at each), and for chat the end-of-turn
+    markers of common templates."""
+    tokenizer = model.tokenizer
     ids = set()
     if getattr(tokenizer, "eos_token_id", None) is not None:
         ids.add(int(tokenizer.eos_token_id))
+    # a TransformerBridge keeps the HF model, which read generation_config.json
+    listed = getattr(getattr(getattr(model, "original_model", None), "generation_config", None), "eos_token_id", None)
+    ids.update(int(i) for i in ([listed] if isinstance(listed, int) else listed or ()))
     if chat:
         vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
         for t in END_OF_TURN_TOKENS:
@@ -186,7 +197,7 @@ def _rows(prompts, layouts, served: ServedModel, req, c: dict, steering, logprob
     from steering.spec import SteeringError
 
     n_ctx = getattr(served.model.cfg, "n_ctx", None)
-    eos = () if req.ignore_eos else _eos_ids(served.model.tokenizer, chat)
+    eos = () if req.ignore_eos else _eos_ids(served.model, chat)
     rows = []
     for ids, layout in zip(prompts, layouts):
         room = (n_ctx - len(ids)) if n_ctx else None
@@ -272,7 +283,7 @@ def prepare_completion(req: CompletionRequest, served: ServedModel, limits) -> P
 
 
 def prepare_chat(req: ChatRequest, served: ServedModel, limits) -> Prepared:
-    from steering.chat import render_chat
+    from steering.chat import check_message_fields, check_template_kwargs, render_chat
     from steering.rowedits import RowLayout
     from steering.spec import SteeringError
 
@@ -283,7 +294,9 @@ def prepare_chat(req: ChatRequest, served: ServedModel, limits) -> Prepared:
     chars = sum(len(m.text()) for m in req.messages)
     if chars > limits.max_text_chars:
         raise ApiError(400, f"messages: at most {limits.max_text_chars} characters in all (got {chars})", "messages")
-    msgs = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
+    # name / reasoning_content go to the template as fields, only where they were given
+    msgs = [{"role": "system" if m.role == "developer" else m.role, "content": m.text(),
+             **{f: getattr(m, f) for f in MESSAGE_FIELDS if getattr(m, f) is not None}} for m in req.messages]
     cont = bool(req.continue_final_message)
     if cont and req.add_generation_prompt:  # vLLM's refusal, in its words
         raise ApiError(400, "Cannot set both `continue_final_message` and `add_generation_prompt` to True.",
@@ -291,8 +304,17 @@ def prepare_chat(req: ChatRequest, served: ServedModel, limits) -> Prepared:
     if cont and msgs[-1]["role"] != "assistant":
         raise ApiError(400, f"continue_final_message continues the last message, which must be the assistant's (a "
                             f"prefill); the last message here is from {msgs[-1]['role']!r}", "continue_final_message")
+    tok = served.model.tokenizer
+    try:  # first: a model without a chat template is refused here, for its messages
+        check_message_fields(tok, msgs, MESSAGE_FIELDS)
+    except SteeringError as e:
+        raise ApiError(400, str(e), "messages") from None
     try:
-        chat = render_chat(served.model.tokenizer, msgs, continue_final_message=cont,
+        check_template_kwargs(tok, req.chat_template_kwargs or {})
+    except SteeringError as e:
+        raise ApiError(400, f"chat_template_kwargs: {e}", "chat_template_kwargs") from None
+    try:
+        chat = render_chat(tok, msgs, continue_final_message=cont, template_kwargs=req.chat_template_kwargs,
                            add_generation_prompt=not cont and req.add_generation_prompt is not False)
     except SteeringError as e:
         raise ApiError(400, str(e), "messages") from None

@@ -17,9 +17,10 @@ older requests keep working; the schema shows only `latent`.
 
 More extensions, as other servers have them: `top_k`, `ignore_eos` (keep generating past
 end-of-text: fixed-length outputs for benchmarks), and vLLM's `continue_final_message` with
-`add_generation_prompt` (chat: continue the last, assistant, message: a prefill). Fields OpenAI defines that this server
-does not implement are refused by name (never silently ignored), except purely informational
-ones (`user`, `metadata`, `store`, `service_tier`, ...). Hard ceilings are in the field
+`add_generation_prompt` (chat: continue the last, assistant, message: a prefill) and
+`chat_template_kwargs` (variables for the chat template, such as Qwen3's `enable_thinking`).
+Fields OpenAI defines that this server does not implement are refused by name (never silently
+ignored), except purely informational ones (`user`, `metadata`, `store`, `service_tier`, ...). Hard ceilings are in the field
 constraints; the server's configured `Limits` are checked in `saesteer.api.prepare`.
 """
 
@@ -116,10 +117,26 @@ class TextPart(_In):
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # e.g. 'name', 'refusal', 'annotations' on echoed messages
+    model_config = ConfigDict(extra="ignore")  # e.g. 'refusal', 'annotations' on echoed messages
 
     role: Literal["system", "developer", "user", "assistant"]
     content: Optional[Union[str, list[TextPart]]] = None
+    # given to the chat template as message fields, refused where the template does not read them
+    name: Optional[str] = Field(None, max_length=256)
+    reasoning_content: Optional[str] = Field(None, description="an assistant message's reasoning (vLLM's name), for "
+                                                               "templates that write it (Qwen3)")
+    # an assistant's calls of tools in the history: refused unless empty (dropped, the chat would read
+    # as if the assistant had said nothing)
+    tool_calls: Optional[list[Any]] = None
+    function_call: Optional[Any] = None
+
+    @field_validator("tool_calls", "function_call")
+    @classmethod
+    def _no_tool_calls(cls, v):
+        if v:
+            raise ValueError("an assistant message that calls tools needs tool calling, which this server does not "
+                             "do; leave the tool calls out of the history")
+        return v
 
     @field_validator("role", mode="before")
     @classmethod
@@ -139,11 +156,13 @@ class Message(BaseModel):
         return v
 
     def text(self) -> str:
+        """The content as one string; text parts joined by line breaks, as vLLM joins them (joined
+        with nothing, ["Hello", "world"] would read "Helloworld")."""
         if self.content is None:
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(p.text for p in self.content)
+        return "\n".join(p.text for p in self.content)
 
 
 class ChatRequest(_Common):
@@ -163,3 +182,7 @@ class ChatRequest(_Common):
                           "it (a prefill); no generation prompt is added")
     add_generation_prompt: Optional[StrictBool] = Field(
         None, description="extension (vLLM): false renders the chat without the opening of the assistant's turn")
+    chat_template_kwargs: Optional[dict[Annotated[str, Field(max_length=64)], Any]] = Field(
+        None, max_length=16, description="extension (vLLM): variables for the chat template, e.g. "
+                                         "{\"enable_thinking\": false} (Qwen3); refused where the template "
+                                         "does not read them")

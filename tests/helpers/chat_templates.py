@@ -54,8 +54,10 @@ LLAMA3_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}")
 
 # Qwen3 (tools left out): an assistant message after the last user message is written with a think
-# block (empty if it has none); earlier ones lose theirs, and a finished block in the content is
-# moved into it (so a prefill holding "</think>" is not written as given)
+# block (its reasoning_content field, else the block in its content, else empty); earlier ones lose
+# theirs, and a finished block in the content is moved into it (so a prefill holding "</think>" is
+# not written as given); chat_template_kwargs {"enable_thinking": false} writes an empty think block
+# after the generation prompt (thinking off)
 QWEN3_TEMPLATE = (
     "{%- if messages[0].role == 'system' %}{{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}"
     "{%- endif %}{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}"
@@ -66,7 +68,9 @@ QWEN3_TEMPLATE = (
     "{%- if (message.role == 'user') or (message.role == 'system' and not loop.first) %}"
     "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}"
     "{%- elif message.role == 'assistant' %}{%- set content = message.content %}{%- set reasoning_content = '' %}"
-    "{%- if '</think>' in message.content %}"
+    "{%- if message.reasoning_content is defined and message.reasoning_content is not none %}"
+    "{%- set reasoning_content = message.reasoning_content %}"
+    "{%- elif '</think>' in message.content %}"
     "{%- set content = message.content.split('</think>')[-1].lstrip('\\n') %}"
     "{%- set reasoning_content = message.content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') %}"
     "{%- endif %}{%- if loop.index0 > ns.last_query_index %}"
@@ -75,7 +79,9 @@ QWEN3_TEMPLATE = (
     " + content.lstrip('\\n') }}"
     "{%- else %}{{- '<|im_start|>' + message.role + '\\n' + content }}{%- endif %}"
     "{%- else %}{{- '<|im_start|>' + message.role + '\\n' + content }}{%- endif %}{{- '<|im_end|>\\n' }}"
-    "{%- endif %}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
+    "{%- endif %}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+    "{%- endif %}")
 
 # Mistral-7B-Instruct-v0.3 (as in its tokenizer_config.json): [INST] turns with no system turn of
 # their own; a system message is written at the head of the *last* user turn

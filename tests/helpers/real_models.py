@@ -115,6 +115,11 @@ FAMILY_TOKENS = {
     # Llama 3: the tokenizer itself prepends <|begin_of_text|> (a post-processor)
     "llama": dict(specials=["<|begin_of_text|>", "<|end_of_text|>"], bos="<|begin_of_text|>",
                   eos="<|end_of_text|>", pad=None, unk=None),
+    # Llama-3-Instruct as first published: the turn markers special, the tokenizer's eos still
+    # <|end_of_text|> (generation_config.json lists <|eot_id|> beside it), the template writes BOS
+    # (helpers.chat_templates.LLAMA3_TEMPLATE) and the tokenizer prepends one too
+    "llama3": dict(specials=["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                             "<|eot_id|>"], bos="<|begin_of_text|>", eos="<|end_of_text|>", pad=None, unk=None),
     # Qwen2: no BOS token at all; chat markers are special tokens
     "qwen2": dict(specials=["<|endoftext|>", "<|im_start|>", "<|im_end|>"], bos=None, eos="<|endoftext|>",
                   pad="<|endoftext|>", unk=None),
@@ -190,8 +195,8 @@ def build_family_tokenizer(family: str, texts, vocab_size: int = 1024):
                                  chat_template=MISTRAL_INSTRUCT_TEMPLATE, model_max_length=CONTEXT)
     spec = FAMILY_TOKENS[family]
     tok = Tokenizer(models.BPE())
-    if family in ("llama", "qwen2"):
-        pattern = _LLAMA3_SPLIT if family == "llama" else _QWEN2_SPLIT
+    if family in ("llama", "llama3", "qwen2"):
+        pattern = _QWEN2_SPLIT if family == "qwen2" else _LLAMA3_SPLIT
         tok.pre_tokenizer = pre_tokenizers.Sequence([
             pre_tokenizers.Split(Regex(pattern), behavior="isolated", invert=False),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
@@ -201,7 +206,7 @@ def build_family_tokenizer(family: str, texts, vocab_size: int = 1024):
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=spec["specials"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(list(texts), trainer=trainer)
-    if family in ("llama", "gemma"):
+    if family in ("llama", "llama3", "gemma"):
         bos = spec["bos"]
         tok.post_processor = processors.TemplateProcessing(
             single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))])
@@ -213,6 +218,10 @@ def build_family_tokenizer(family: str, texts, vocab_size: int = 1024):
         kwargs["additional_special_tokens"] = extra
     if family == "gemma":
         kwargs["chat_template"] = GEMMA3_CHAT_TEMPLATE
+    if family == "llama3":
+        from helpers.chat_templates import LLAMA3_TEMPLATE
+
+        kwargs["chat_template"] = LLAMA3_TEMPLATE
     return PreTrainedTokenizerFast(tokenizer_object=tok, clean_up_tokenization_spaces=False,
                                    model_max_length=CONTEXT, **kwargs)
 
@@ -237,7 +246,7 @@ def _config(family: str, tok):
                                           intermediate_size=4 * D_MODEL, rotary_pct=0.25,
                                           max_position_embeddings=CONTEXT, use_parallel_residual=True,
                                           tie_word_embeddings=False, **common)
-    if family == "llama":  # grouped-query attention: 4 query heads share 2 key/value heads
+    if family in ("llama", "llama3"):  # grouped-query attention: 4 query heads share 2 key/value heads
         return transformers.LlamaConfig(hidden_size=D_MODEL, intermediate_size=2 * D_MODEL, num_hidden_layers=2,
                                         num_attention_heads=4, num_key_value_heads=2,
                                         max_position_embeddings=CONTEXT, tie_word_embeddings=False, **common)
@@ -256,7 +265,7 @@ def _causal_lm_class(family: str):
     import transformers
 
     return {"gpt2": transformers.GPT2LMHeadModel, "neox": transformers.GPTNeoXForCausalLM,
-            "llama": transformers.LlamaForCausalLM, "qwen2": transformers.Qwen2ForCausalLM,
+            "llama": transformers.LlamaForCausalLM, "llama3": transformers.LlamaForCausalLM, "qwen2": transformers.Qwen2ForCausalLM,
             "mistral": transformers.MistralForCausalLM}[family]
 
 
@@ -318,7 +327,8 @@ def _as_mistral_ships_it(directory: Path) -> None:
 # directory names: TransformerLens's HookedTransformer loader picks the architecture from the
 # *name* when it contains "llama" (and then fails on a local directory), so the Llama checkpoint
 # lives in "gqa-model"; saesteer itself does not care about names.
-DIR_NAMES = {"gpt2": "gpt2-model", "neox": "neox-model", "llama": "gqa-model", "qwen2": "qwen2-model",
+DIR_NAMES = {"gpt2": "gpt2-model", "neox": "neox-model", "llama": "gqa-model", "llama3": "gqa-instruct-model",
+             "qwen2": "qwen2-model",
              "mistral": "mistral-model"}
 
 

@@ -7,6 +7,7 @@ script-injection payload (the browser test checks it renders as inert text).
 
     ws = build_web_store(tmp_path)
     ws.path, ws.model, ws.sae, ws.labels   # labels: {latent: text}
+    build_web_store(tmp_path, model=load_model(checkpoint))   # the store over a model of one's own
 
 Takes ~2 s after the ~7 s import of transformer_lens.
 """
@@ -56,6 +57,8 @@ def build_web_store(
     name: str = "tiny",
     tokenizer=None,
     n_layers: int = 1,
+    model=None,
+    n_ctx: int = 64,
 ) -> WebStore:
     import torch
 
@@ -65,8 +68,12 @@ def build_web_store(
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tok = tokenizer if tokenizer is not None else make_tokenizer()
-    model = make_model(tok, n_layers=n_layers, d_model=32, n_ctx=64, n_heads=4, seed=seed, model_name="tiny-test-model")
+    if model is not None:  # e.g. a checkpoint loaded by saesteer.models.load_model (a TransformerBridge)
+        tok = model.tokenizer
+    else:
+        tok = tokenizer if tokenizer is not None else make_tokenizer()
+        model = make_model(tok, n_layers=n_layers, d_model=32, n_ctx=n_ctx, n_heads=4, seed=seed,
+                           model_name="tiny-test-model")
     texts = _corpus(n_contexts, context_length, seed)
     ids = model.to_tokens(texts, prepend_bos=True)[:, :context_length]
     with torch.no_grad():

@@ -1,0 +1,291 @@
+"""A seventeenth round of user paths: `saesteer api` spoken to by the chat clients of today (the real
+`openai` client, and raw httpx for the payloads LangChain's ChatOpenAI and LiteLLM send), over two
+tiny models with real chat templates: a Qwen2-family byte-level BPE with Qwen3's template (thinking
+switch, think blocks, reasoning_content), and a Llama-3-Instruct checkpoint loaded as users load one
+(`saesteer.models.load_model`: a TransformerBridge) whose template writes BOS itself and whose
+generation_config.json lists <|eot_id|> beside the tokenizer's eos. What only these paths show:
+
+- vLLM's `chat_template_kwargs` (`{"enable_thinking": false}`, how clients turn Qwen3's thinking
+  off) was refused as an unknown field; it now reaches the template, and a variable the template does
+  not read (or one the server sets itself) is refused naming what the template reads;
+- a message's `name` and an assistant message's `reasoning_content` were dropped without a word
+  (the model never saw them); they now go to the template where it writes them and are refused
+  where it does not;
+- content given as text parts was joined with nothing (["Hello", "world"] read "Helloworld"); the
+  parts are now joined by line breaks, as vLLM joins them;
+- an assistant message in the history that called tools (`tool_calls`) was read as one that said
+  nothing; it is refused, as tool messages are;
+- a Llama-3-Instruct prompt sent to /v1/completions (the chat rendered to text by the client) ran
+  past <|eot_id|> to max_tokens: only the tokenizer's eos (<|end_of_text|>) ended it; the
+  checkpoint's generation_config.json eos_token_id list now ends every reply, as transformers'
+  generate and vLLM end it;
+- role:/turn: positions were refused on every Qwen3 chat with assistant history (the template writes
+  an earlier assistant turn otherwise once a user message follows, so prefixes no longer cut the
+  chat); that turn now ends where its content ends plus the template's closing text;
+- a tokenizer with several named chat templates (Hermes 2 Pro, Command R: a list in
+  tokenizer_config.json) could not chat at all ('unhashable type'); it takes the default one;
+- what works and stays working: one BOS where the template writes it and the tokenizer would add
+  another; <|eot_id|> ends a chat reply; Qwen3 history with <think> blocks rendered as the template
+  renders it (earlier reasoning dropped); `developer` read as `system`; LangChain's and LiteLLM's
+  streamed bodies (`max_completion_tokens`, `stream_options`, `n`, `user`, `metadata`) honoured;
+  `tools` / `tool_choice` refused in OpenAI's error shape.
+"""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+openai = pytest.importorskip("openai")
+
+from helpers.chat_templates import QWEN2_TEMPLATE, QWEN3_TEMPLATE  # noqa: E402
+from helpers.web_app import ServerThread, free_port, make_entry  # noqa: E402
+
+pytestmark = [pytest.mark.usefixtures("one_thread")]
+
+MAX_NEW = 24
+ASK = [{"role": "system", "content": "You write Python."},
+       {"role": "user", "content": "Écris: def parse(args):"}]
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    """'qwen3': a HookedTransformer over a Qwen2-family tokenizer with Qwen3's template; 'llama3': a
+    Llama-3-Instruct checkpoint (template writes BOS, generation_config lists <|eot_id|>) loaded
+    through saesteer.models.load_model; 'hermes': the Qwen2-family tokenizer with two named templates."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from helpers.real_models import build_family_tokenizer, corpus_documents, save_real_model, write_corpus
+    from helpers.web_store import build_web_store
+    from saesteer.models import load_model
+
+    work = tmp_path_factory.mktemp("user17")
+    tok = build_family_tokenizer("qwen2", corpus_documents(), vocab_size=512)
+    tok.chat_template = QWEN3_TEMPLATE
+    qwen3 = build_web_store(work / "qwen3", tokenizer=tok, name="qwen3", n_layers=2, n_ctx=160)
+    path = save_real_model(work / "gqa-instruct", "llama3", write_corpus(work / "corpus"), train_steps=0,
+                           vocab_size=512)
+    ltok = AutoTokenizer.from_pretrained(path)
+    GenerationConfig(bos_token_id=ltok.bos_token_id,
+                     eos_token_id=[ltok.eos_token_id, ltok.convert_tokens_to_ids("<|eot_id|>")]).save_pretrained(path)
+    llama3 = build_web_store(work / "llama3", model=load_model(str(path), device="cpu"), name="llama3")
+    # several named templates in tokenizer_config.json (Hermes 2 Pro, Command R): AutoTokenizer reads a dict
+    tok.save_pretrained(work / "hermes-tok")
+    cfg = json.loads((work / "hermes-tok" / "tokenizer_config.json").read_text())
+    cfg["chat_template"] = [{"name": "default", "template": QWEN2_TEMPLATE},
+                            {"name": "tool_use", "template": QWEN2_TEMPLATE.replace("helpful", "tool-using")}]
+    (work / "hermes-tok" / "tokenizer_config.json").write_text(json.dumps(cfg))
+    (work / "hermes-tok" / "chat_template.jinja").unlink(missing_ok=True)
+    hermes = build_web_store(work / "hermes", tokenizer=AutoTokenizer.from_pretrained(work / "hermes-tok"),
+                             name="hermes", n_layers=2, n_ctx=160)
+    return {"qwen3": qwen3, "llama3": llama3, "hermes": hermes}
+
+
+@pytest.fixture(scope="module")
+def server(stores):
+    from saesteer.web import Limits, ServeConfig, create_app
+
+    port = free_port()
+    limits = Limits(max_new_tokens=MAX_NEW)
+    app = create_app([make_entry(ws, sid, limits=limits) for sid, ws in stores.items()],
+                     config=ServeConfig(port=port), limits=limits)
+    srv = ServerThread(app, port).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="loopback", max_retries=0, timeout=60)
+
+
+def _greedy(client, model, messages, **extra_body):
+    """(prompt tokens, generated token ids) of a greedy chat reply that ignores end-of-text."""
+    r = client.chat.completions.create(model=model, messages=messages, max_tokens=6, temperature=0,
+                                       extra_body={"ignore_eos": True, **extra_body})
+    return r.usage.prompt_tokens, r.choices[0].model_extra["steering"]["token_ids"]
+
+
+def _refusal(excinfo) -> tuple[str, str]:
+    err = excinfo.value.body
+    return err["param"], err["message"]
+
+
+# -- Qwen3: the thinking switch, think blocks, reasoning_content -----------------------------------
+
+
+def test_enable_thinking_false_reaches_the_template(client, stores):
+    """chat_template_kwargs {"enable_thinking": false} (vLLM's field, sent in extra_body): the prompt
+    is Qwen3's with the empty think block after the assistant's opening, and the reply is the one
+    /v1/completions gives for those tokens."""
+    from steering.chat import render_chat
+
+    tok = stores["qwen3"].model.tokenizer
+    off = render_chat(tok, ASK, template_kwargs={"enable_thinking": False})
+    assert off.text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    n_on = len(render_chat(tok, ASK).token_ids)
+    n_off, ids = _greedy(client, "qwen3", ASK, chat_template_kwargs={"enable_thinking": False})
+    assert (n_off, n_on) == (len(off.token_ids), n_off - len(tok("<think>\n\n</think>\n\n")["input_ids"]))
+    plain = client.completions.create(model="qwen3", prompt=off.token_ids, max_tokens=6, temperature=0,
+                                      extra_body={"ignore_eos": True})
+    assert plain.choices[0].model_extra["steering"]["token_ids"] == ids
+    assert plain.usage.prompt_tokens == n_off
+
+
+def test_template_kwargs_the_template_does_not_read_are_refused(client):
+    """A variable the template never reads would change nothing (Llama 3 has no thinking switch):
+    refused, naming what the template reads; one the server sets itself is refused too."""
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="llama3", messages=ASK, max_tokens=2,
+                                       extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+    param, msg = _refusal(e)
+    assert param == "chat_template_kwargs" and "does not read 'enable_thinking'" in msg, msg
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="qwen3", messages=ASK, max_tokens=2,
+                                       extra_body={"chat_template_kwargs": {"add_generation_prompt": False}})
+    param, msg = _refusal(e)
+    assert param == "chat_template_kwargs" and "set by the server" in msg, msg
+
+
+def test_reasoning_content_of_a_prefill_reaches_the_template(client, stores):
+    """An assistant prefill with vLLM's `reasoning_content` (Qwen3's template writes it inside the
+    think block): the prompt holds it, as transformers renders the same message."""
+    from steering.chat import render_chat
+
+    tok = stores["qwen3"].model.tokenizer
+    msgs = ASK + [{"role": "assistant", "content": "def parse(self, args):",
+                   "reasoning_content": "Une liste; 日本 aussi."}]
+    want = render_chat(tok, msgs, add_generation_prompt=False, continue_final_message=True)
+    assert "日本 aussi.\n</think>\n\ndef parse" in want.text
+    n, _ = _greedy(client, "qwen3", msgs, continue_final_message=True, add_generation_prompt=False)
+    assert n == len(want.token_ids)
+
+
+def test_a_name_the_template_does_not_write_is_refused(client):
+    """`name` on a message (LangChain sends HumanMessage(name=...)): Qwen3's template writes only role
+    and content, so the model would never see it; refused naming the message and the field."""
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="qwen3", max_tokens=2,
+                                       messages=[ASK[0], {**ASK[1], "name": "alice"}])
+    param, msg = _refusal(e)
+    assert param == "messages" and msg.startswith("messages[1].name:"), msg
+
+
+def test_think_blocks_in_history_are_rendered_as_the_template_does(client, stores):
+    """A multi-turn chat whose earlier assistant reply holds a <think> block: Qwen3's template drops
+    that reasoning from history; the server's prompt is transformers' rendering."""
+    tok = stores["qwen3"].model.tokenizer
+    msgs = ASK + [{"role": "assistant", "content": "<think>\nune liste\n</think>\n\nreturn args[1:]"},
+                  {"role": "user", "content": "Et avec argparse?"}]
+    text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    assert "une liste" not in text and "return args[1:]" in text
+    n, _ = _greedy(client, "qwen3", msgs)
+    assert n == len(tok(text, add_special_tokens=False)["input_ids"])
+
+
+def test_role_positions_in_a_qwen3_chat_with_history(client, stores):
+    """Qwen3 writes an earlier assistant turn otherwise once a user message follows (no think block):
+    role:user was refused on every chat with assistant history ('needs per-token roles'); it now
+    steers the user turns, as the same edit at those token indices does."""
+    from steering.chat import render_chat
+
+    tok = stores["qwen3"].model.tokenizer
+    msgs = ASK + [{"role": "assistant", "content": "<think>\nune liste\n</think>\n\nreturn args"},
+                  {"role": "user", "content": "Et argparse?"}]
+    chat = render_chat(tok, msgs)
+    users = [i for i, r in enumerate(chat.roles) if r == "user"]
+    assert tok.decode([chat.token_ids[i] for i in users]).count("<|im_start|>user") == 2
+    latent = 5
+    by_role = _greedy(client, "qwen3", msgs, steering={"edits": [f"{latent}:add=30@role:user"]})
+    by_index = _greedy(client, "qwen3", msgs, steering={"edits": [{"latent": latent, "op": "add", "value": 30,
+                                                                   "positions": users}]})
+    assert by_role == by_index
+    assert by_role != _greedy(client, "qwen3", msgs)  # the edit changes the reply: the comparison means something
+
+
+def test_a_tokenizer_with_several_named_templates_chats_with_the_default_one(client, stores):
+    """tokenizer_config.json with a list of named templates (Hermes 2 Pro, Command R): the chat
+    endpoint answered 'cannot render these messages: unhashable type' (the templates were passed to
+    transformers as one); a chat without tools now takes the default one, as transformers does."""
+    tok = stores["hermes"].model.tokenizer
+    assert isinstance(tok.chat_template, dict)
+    want = tok.apply_chat_template(ASK[1:], tokenize=False, add_generation_prompt=True)
+    assert "You are a helpful assistant." in want
+    r = client.chat.completions.create(model="hermes", messages=ASK[1:], max_tokens=2,
+                                       extra_body={"steering": {"edits": ["5:add=2@role:system"]}})
+    assert r.usage.prompt_tokens == len(tok(want, add_special_tokens=False)["input_ids"])
+
+
+# -- payload shapes of other clients ---------------------------------------------------------------
+
+
+def test_tool_calls_in_the_history_are_refused(client):
+    """An assistant message that called a tool (a history from an agent framework) was read as an
+    assistant who said nothing; refused now, naming the message; an empty list stays accepted."""
+    call = {"id": "call_1", "type": "function", "function": {"name": "parse", "arguments": "{}"}}
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="qwen3", max_tokens=2, messages=[
+            *ASK, {"role": "assistant", "content": None, "tool_calls": [call]}, {"role": "user", "content": "Et?"}])
+    param, msg = _refusal(e)
+    assert param == "messages" and msg.startswith("messages.2.tool_calls:") and "tool calling" in msg, msg
+    r = client.chat.completions.create(model="qwen3", max_tokens=2, messages=[
+        *ASK, {"role": "assistant", "content": "ok", "tool_calls": []}, {"role": "user", "content": "Et?"}])
+    assert r.usage.completion_tokens >= 1
+
+
+def test_text_parts_are_joined_by_line_breaks(client):
+    """Content as a list of text parts (LangChain, LiteLLM): read as the parts joined by line breaks,
+    the prompt vLLM builds from them, not run together."""
+    parts = [{"type": "text", "text": "def parse(self, args):"}, {"type": "text", "text": "    return args"}]
+    as_parts = _greedy(client, "qwen3", [ASK[0], {"role": "user", "content": parts}])
+    assert as_parts == _greedy(client, "qwen3", [ASK[0], {"role": "user", "content": "def parse(self, args):\n"
+                                                                                       "    return args"}])
+
+
+def test_langchain_and_litellm_bodies(server):
+    """The streamed body LangChain's ChatOpenAI sends (max_completion_tokens, stream_options, n,
+    temperature) and LiteLLM's (user, metadata, developer role): honoured; tools refused in
+    OpenAI's error shape."""
+    body = {"model": "qwen3", "stream": True, "stream_options": {"include_usage": True}, "n": 2,
+            "temperature": 0.7, "max_completion_tokens": 5, "user": "u-17", "metadata": {"run": "a"},
+            "messages": [{"role": "developer", "content": ASK[0]["content"]}, ASK[1]], "ignore_eos": True}
+    chunks = []
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                chunks.append(json.loads(line[6:]))
+    assert chunks[-1]["usage"]["completion_tokens"] == 10 and not chunks[-1]["choices"]
+    assert {c["choices"][0]["index"] for c in chunks[:-1]} == {0, 1}
+    system = httpx.post(f"{server.url}/v1/chat/completions", timeout=60,
+                        json={**body, "stream": False, "stream_options": None, "messages": ASK}).json()
+    assert chunks[-1]["usage"]["prompt_tokens"] == system["usage"]["prompt_tokens"]  # developer read as system
+    tools = [{"type": "function", "function": {"name": "parse", "parameters": {"type": "object"}}}]
+    r = httpx.post(f"{server.url}/v1/chat/completions", timeout=60,
+                   json={**body, "stream": False, "tools": tools, "tool_choice": "auto", "parallel_tool_calls": False})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "tools", r.text
+
+
+# -- Llama 3: BOS written by the template, <|eot_id|> ending a turn ---------------------------------
+
+
+def test_llama3_one_bos_and_eot_ends_chat_and_completion(client, stores):
+    """The template writes <|begin_of_text|> and the tokenizer would add another: the chat prompt has
+    one. <|eot_id|> (forced by logit_bias) ends a chat reply, and a /v1/completions reply to the same
+    chat rendered to text: generation_config.json lists it (the tokenizer's eos is <|end_of_text|>)."""
+    tok = stores["llama3"].model.tokenizer
+    eot = tok.convert_tokens_to_ids("<|eot_id|>")
+    assert tok.eos_token == "<|end_of_text|>"
+    text = tok.apply_chat_template(ASK, tokenize=False, add_generation_prompt=True)
+    assert text.startswith("<|begin_of_text|>") and tok(text)["input_ids"][:2] == [tok.bos_token_id] * 2
+    bias = {str(eot): 100}
+    chat = client.chat.completions.create(model="llama3", messages=ASK, max_tokens=8, logit_bias=bias)
+    assert chat.usage.prompt_tokens == len(tok(text, add_special_tokens=False)["input_ids"])
+    plain = client.completions.create(model="llama3", prompt=text, max_tokens=8, logit_bias=bias)
+    for r in (chat, plain):
+        c = r.choices[0]
+        assert (c.finish_reason, c.model_extra["steering"]["stopped_by"], r.usage.completion_tokens) == (
+            "stop", "end-of-text token", 0)
+    assert plain.usage.prompt_tokens == chat.usage.prompt_tokens  # the written BOS is not doubled either
