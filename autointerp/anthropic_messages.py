@@ -91,8 +91,7 @@ class AnthropicBackend:
     def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
                  timeout_s: float = 60.0, reasoning_effort: str | None = None, thinking: str | None = None,
                  thinking_budget: int = 0, env: Mapping[str, str] | None = None) -> None:
-        import anthropic  # noqa: F401  (fail early with a clear error if missing)
-
+        _check_sdk()
         env = os.environ if env is None else env
         if not model:
             raise ValueError("AnthropicBackend: model is empty; give --judge-model (e.g. claude-haiku-4-5)")
@@ -163,6 +162,18 @@ class AnthropicBackend:
             if getattr(c, "_saesteer_loop", None) is asyncio.get_running_loop():
                 await c.close()
         self._clients = {}
+
+
+def _check_sdk() -> None:
+    """Anthropic's SDK is there, in the major version this backend speaks (2.x: API 2026-10-21)."""
+    try:
+        import anthropic
+    except ImportError:
+        raise ValueError("the Anthropic judge needs Anthropic's SDK: pip install 'anthropic>=2,<3'") from None
+    major = str(getattr(anthropic, "__version__", "0")).split(".")[0]
+    if major != "2":
+        raise ValueError(f"the Anthropic judge speaks the anthropic SDK 2.x, this environment has "
+                         f"{anthropic.__version__}: pip install 'anthropic>=2,<3'")
 
 
 def _base_url(url: str | None) -> str | None:

@@ -268,3 +268,16 @@ def test_a_judge_made_directly_on_claude_prices_it_unknown_not_free(claude_env):
 
     judge = Judge(AnthropicBackend(MODEL))
     assert judge.ledger.prices.input_per_mtok is None and judge.ledger.prices.output_per_mtok is None
+
+
+@pytest.mark.parametrize("installed, said", [(None, "needs Anthropic's SDK"), ("1.17.0", "has 1.17.0")])
+def test_a_missing_or_older_sdk_is_said_in_one_line_with_the_install_command(store, claude_env, monkeypatch,
+                                                                               installed, said):
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "anthropic", None if installed is None else
+                        types.SimpleNamespace(__version__=installed))
+    r = label(store).no_traceback()
+    assert r.rc == 2 and said in r.err and "pip install 'anthropic>=2,<3'" in r.err, r.err
+    assert len(r.err.strip().splitlines()) == 1
