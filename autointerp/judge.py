@@ -401,9 +401,10 @@ class Judge:
             request = self.request_for(conv, max_tokens, temperature)
             resp = await self._send(request, tally)
             text, thinking = split_thinking(resp.text)
-            if resp.finish_reason == "content_filter":
-                raise AnswerInvalid("the server's content filter withheld the judge's answer (finish_reason "
-                                    "content_filter); asking again would be filtered the same way")
+            if resp.finish_reason == "content_filter":  # Anthropic's stop_reason refusal reads as this
+                said = f": {resp.refusal.strip()[:200]}" if resp.refusal else ""
+                raise AnswerInvalid(f"the server's content filter withheld the judge's answer (finish_reason "
+                                    f"content_filter{said}); asking again would be filtered the same way")
             if (resp.finish_reason == "length" and not resp.refusal
                     and _cut_before_answering(resp, text, thinking, want_json=want_json,
                                               sees_template=getattr(self.backend, "sees_template", False))):

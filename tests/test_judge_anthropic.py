@@ -281,3 +281,35 @@ def test_a_missing_or_older_sdk_is_said_in_one_line_with_the_install_command(sto
     r = label(store).no_traceback()
     assert r.rc == 2 and said in r.err and "pip install 'anthropic>=2,<3'" in r.err, r.err
     assert len(r.err.strip().splitlines()) == 1
+
+
+def test_a_refusal_stop_is_not_asked_again_and_says_the_servers_words(claude_env):
+    # stop_reason "refusal": Anthropic's classifiers withheld the reply; the same ask would be withheld again
+    from autointerp.config import JudgeConfig, make_judge
+    from autointerp.judge import AnswerInvalid
+
+    def reply(ex):
+        body = {"id": "msg_1", "type": "message", "role": "assistant", "model": MODEL, "content": [],
+                "stop_reason": "refusal", "stop_sequence": None,
+                "stop_details": {"type": "refusal", "category": None, "explanation": "declined by policy"},
+                "usage": {"input_tokens": 40, "output_tokens": 1}}
+        return 200, {}, json.dumps(body).encode()
+
+    with JudgeServer(fake_llm_answer, reply=reply) as srv:
+        judge = make_judge(JudgeConfig(backend="anthropic", model=MODEL, base_url=srv.root, use_cache=False),
+                           cache_path=None)
+        with pytest.raises(AnswerInvalid, match="content filter.*declined by policy"):
+            judge.complete_sync(ASK, schema=LABEL)
+        assert len(messages(srv)) == 1
+
+
+def test_other_thinking_settings_are_never_answered_from_the_cache_of_a_run_without_them(store, claude_env):
+    with JudgeServer(fake_llm_answer, api_key=KEY) as srv:
+        claude_env.setenv("ANTHROPIC_BASE_URL", srv.root)
+        label(store, limit=1).ok()
+        first = len(messages(srv))
+        label(store, "--judge-reasoning-effort", "low", "--overwrite", "true", limit=1).ok()
+        fresh = messages(srv)[first:]
+        assert len(fresh) == first and {ex.body["output_config"]["effort"] for ex in fresh} == {"low"}
+        (lab,) = labels(store).values()
+        assert lab.provenance.params["reasoning_effort"] == "low"
