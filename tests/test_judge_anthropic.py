@@ -313,3 +313,10 @@ def test_other_thinking_settings_are_never_answered_from_the_cache_of_a_run_with
         assert len(fresh) == first and {ex.body["output_config"]["effort"] for ex in fresh} == {"low"}
         (lab,) = labels(store).values()
         assert lab.provenance.params["reasoning_effort"] == "low"
+
+
+def test_a_dollar_budget_for_claude_names_the_price_flags_that_exist(store, claude_env):
+    # Claude's prices are not built in: the refusal must name flags `saesteer label` has
+    r = label(store, "--budget", "2usd", "--dry-run").no_traceback()
+    assert r.rc == 2 and "claude-haiku-4-5" in r.err and len(r.err.strip().splitlines()) == 1, r.err
+    assert {"--judge-price-input", "--judge-price-output"} <= flags_named(r.err) <= known_flags("label")
