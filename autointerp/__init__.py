@@ -16,18 +16,19 @@ fluency ratings):
     results = judge.complete_many_sync([JudgeCall(messages, schema), ...])   # concurrent, bounded
 
 Modules: `judge` (retries, cache, accounting, re-asks), `wire` (a backend's request, response and
-errors), `backends` (OpenAI-compatible HTTP, local transformers), `prompts` (escaped prompts and
-answer parsers), `schema`, `interp` (LLM explainer and detection / fuzzing scorers), `concept`
-(offline concept phrases: the default offline explainer), `offline` (token-list labeller),
-`contrastive` (LLM explainer against near misses), `simulation`, `intruder`, `embedding_score`
-(scorers), `output_score` (does steering move text toward the label?), `embeddings`
-(OpenAI-compatible, sentence-transformers, offline hashing), `semantic` (label vectors in the
-store, search by meaning), `runner`, `store` (the LabelStore interface), `featurestore` (it, over
-`features.FeatureStore`), `cache`, `accounting`, `config`.
+errors), `backends` (OpenAI-compatible HTTP, local transformers), `anthropic_messages` (Claude
+through Anthropic's Messages API), `prompts` (escaped prompts and answer parsers), `schema`,
+`interp` (LLM explainer and detection / fuzzing scorers), `concept` (offline concept phrases: the
+default offline explainer), `offline` (token-list labeller), `contrastive` (LLM explainer against
+near misses), `simulation`, `intruder`, `embedding_score` (scorers), `output_score` (does steering
+move text toward the label?), `embeddings` (OpenAI-compatible, sentence-transformers, offline
+hashing), `semantic` (label vectors in the store, search by meaning), `runner`, `store` (the
+LabelStore interface), `featurestore` (it, over `features.FeatureStore`), `cache`, `accounting`,
+`config`.
 
-Importing this package imports neither `openai`, `torch` nor `features`; they load when used.
-Names are imported lazily, so the CLI reads `autointerp.config` for its flags without loading
-the judge, its backends or asyncio.
+Importing this package imports neither `openai`, `anthropic`, `torch` nor `features`; they load
+when used. Names are imported lazily, so the CLI reads `autointerp.config` for its flags without
+loading the judge, its backends or asyncio.
 """
 
 from __future__ import annotations
@@ -37,8 +38,10 @@ from saes.lazy import lazy_exports
 _LAZY = {
     "AnswerInvalid": "autointerp.judge",
     "Budget": "autointerp.accounting",
+    "AnthropicBackend": "autointerp.anthropic_messages",
     "BudgetExceeded": "autointerp.accounting",
     "Completion": "autointerp.judge",
+    "CredentialsRejected": "autointerp.judge",
     "DryRunEstimate": "autointerp.runner",
     "Example": "autointerp.examples",
     "FeatureStoreLabels": "autointerp.featurestore",

@@ -185,7 +185,8 @@ class Ledger:
         if self.budget is not None and self.budget.unit == "usd" and not self.prices.known:
             raise ValueError(
                 f"budget {self.budget} is in USD but the price of model {self.prices.model!r} is unknown; "
-                "give --price-input and --price-output (USD per million tokens) or a budget in tokens"
+                "give its prices, JudgeConfig.price_input and price_output (--judge-price-input, --judge-price-output: "
+                "USD per million tokens), or a budget in tokens (e.g. 200000tokens)"
             )
 
     @property

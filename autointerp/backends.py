@@ -15,8 +15,8 @@ from typing import Any
 
 from .base_url import not_found_hint, parse_base_url
 from .openai_replies import chat_response, error_message, html_title, looks_like_html, unsupported_param
-from .wire import (RETRYABLE_STATUS, ChatRequest, ChatResponse, PermanentError, TransientError, is_retryable,
-                   parse_retry_after, thinking_opened)
+from .wire import (RETRYABLE_STATUS, ChatRequest, ChatResponse, CredentialsRefused, PermanentError, TransientError,
+                   is_retryable, parse_retry_after, thinking_opened)
 
 __all__ = ["OpenAIBackend", "TransformersBackend", "RETRYABLE_STATUS"]
 
@@ -166,6 +166,9 @@ class OpenAIBackend:
                 raise _Unsupported(param, f"HTTP 400: {msg}", body) from None
             if status == 404:
                 msg += not_found_hint(self._base)
+            if status == 401:  # every request of the run would be refused alike: it stops, saying what to set
+                raise CredentialsRefused(f"HTTP 401: {msg}: set OPENAI_API_KEY to a valid key for "
+                                         f"{self.base_url or 'OpenAI'} (or give --judge-api-key)", status=401) from None
             if is_retryable(status):
                 raise TransientError(
                     f"HTTP {status}: {msg}", status=status, retry_after=parse_retry_after(e.response.headers)

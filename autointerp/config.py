@@ -31,20 +31,23 @@ def _check(cond: bool, msg: str) -> None:
 class JudgeConfig:
     """Judge: which LLM answers, how requests are retried, cached and priced."""
 
-    backend: Literal["auto", "openai", "transformers", "offline"] = field(
+    backend: Literal["auto", "openai", "anthropic", "transformers", "offline"] = field(
         default="auto",
         metadata={"help": "auto: an OpenAI-compatible server when a model is configured (--judge-model or "
-                          f"${ENV_MODEL}), else offline token statistics; transformers: a local HF model "
+                          f"${ENV_MODEL}), else offline token statistics; anthropic: Claude through Anthropic's "
+                          "Messages API (key from $ANTHROPIC_API_KEY); transformers: a local HF model "
                           "directory given as --judge-model"},
     )
     model: str | None = field(
         default=None, metadata={"help": f"judge model name (default ${ENV_MODEL}); for backend transformers, a local model dir"}
     )
     base_url: str | None = field(
-        default=None, metadata={"help": f"OpenAI-compatible server URL, e.g. http://localhost:8000/v1 (default ${ENV_BASE_URL})"}
+        default=None, metadata={"help": f"OpenAI-compatible server URL, e.g. http://localhost:8000/v1 (default ${ENV_BASE_URL}); "
+                                        "for backend anthropic the server's root (default $ANTHROPIC_BASE_URL, else Anthropic's)"}
     )
     api_key: str | None = field(
-        default=None, metadata={"help": f"API key (default ${ENV_API_KEY}; prefer the environment variable)"}
+        default=None, metadata={"help": f"API key (default ${ENV_API_KEY}, $ANTHROPIC_API_KEY for backend anthropic; prefer "
+                                        "the environment variable)"}
     )
     timeout_s: float = field(default=60.0, metadata={"help": "seconds before a request counts as timed out (then retried)"})
     concurrency: int = field(default=8, metadata={"help": "requests in flight at most"})
@@ -69,8 +72,15 @@ class JudgeConfig:
     # read as unset for an optional field
     reasoning_effort: str = field(
         default="", metadata={"help": f"sent as reasoning_effort: {', '.join(REASONING_EFFORTS)} (OpenAI reasoning "
-                                      "models; Ollama and vLLM read it too, none turns thinking off on Ollama); lower "
+                                      "models; Ollama and vLLM read it too, none turns thinking off on Ollama; backend "
+                                      "anthropic: low to max as output_config.effort, none turns thinking off); lower "
                                       "effort, fewer reasoning tokens; empty: not sent"}
+    )
+    thinking: str = field(
+        default="", metadata={"help": "backend anthropic: Claude's thinking: adaptive (the model decides how much; depth "
+                                      "by --judge-reasoning-effort), enabled (a budget of --judge-reasoning-tokens, at "
+                                      "least 1024; Claude 4.6 and earlier), disabled; empty: not sent (the model's "
+                                      "default). Thinking never becomes the label"}
     )
     price_input: float | None = field(default=None, metadata={"help": "USD per million input tokens (default: built-in table, else unknown)"})
     price_output: float | None = field(default=None, metadata={"help": "USD per million output tokens"})
@@ -81,8 +91,8 @@ class JudgeConfig:
     use_cache: bool = field(default=True, metadata={"help": "read and write the response cache"})
 
     def __post_init__(self) -> None:
-        _check(self.backend in ("auto", "openai", "transformers", "offline"),
-               f"JudgeConfig.backend must be auto, openai, transformers or offline, got {self.backend!r}")
+        _check(self.backend in ("auto", "openai", "anthropic", "transformers", "offline"),
+               f"JudgeConfig.backend must be auto, openai, anthropic, transformers or offline, got {self.backend!r}")
         _check(self.timeout_s > 0, "JudgeConfig.timeout_s must be > 0")
         _check(isinstance(self.concurrency, int) and self.concurrency >= 1, "JudgeConfig.concurrency must be an integer >= 1")
         _check(self.max_retries >= 0, "JudgeConfig.max_retries must be >= 0")
@@ -93,6 +103,10 @@ class JudgeConfig:
         _check(isinstance(self.reasoning_tokens, int) and self.reasoning_tokens >= 0,
                "JudgeConfig.reasoning_tokens must be an integer >= 0")
         self.reasoning_effort = (self.reasoning_effort or "").strip().lower()  # None (older configs, Python callers): unset
+        self.thinking = (self.thinking or "").strip().lower()
+        _check(self.thinking in ("", "adaptive", "enabled", "disabled"),
+               f"JudgeConfig.thinking (--judge-thinking) must be adaptive, enabled or disabled (or empty: not sent), "
+               f"got {self.thinking!r}")
         _check(self.reasoning_effort in ("", *REASONING_EFFORTS),
                f"JudgeConfig.reasoning_effort (--judge-reasoning-effort) must be one of {', '.join(REASONING_EFFORTS)} "
                f"(or empty: not sent), got {self.reasoning_effort!r}")
@@ -203,7 +217,7 @@ def resolve_backend(cfg: JudgeConfig, env: Mapping[str, str] | None = None) -> t
     backend = cfg.backend
     if backend == "auto":
         backend = "openai" if model else "offline"
-    if backend in ("openai", "transformers") and not model:
+    if backend in ("openai", "anthropic", "transformers") and not model:
         raise ValueError(f"judge backend {backend} needs a model: give --judge-model or set ${ENV_MODEL}")
     return backend, model
 
@@ -222,6 +236,9 @@ def make_judge(cfg: JudgeConfig, *, cache_path: Path | None, budget=None, env: M
     backend_name, model = resolve_backend(cfg, env)
     if backend_name == "offline":
         return None
+    _check(backend_name == "anthropic" or not cfg.thinking,
+           "JudgeConfig.thinking (--judge-thinking) is sent to Anthropic's Messages API: give --judge-backend anthropic, "
+           "or leave it empty")
     if backend_name == "openai":
         backend = OpenAIBackend(
             model,
@@ -231,9 +248,22 @@ def make_judge(cfg: JudgeConfig, *, cache_path: Path | None, budget=None, env: M
             max_tokens_param=cfg.max_tokens_param,
             reasoning_effort=cfg.reasoning_effort or None,
         )
+    elif backend_name == "anthropic":
+        from .anthropic_messages import AnthropicBackend
+
+        _check(cfg.response_format == "text", "JudgeConfig.response_format json_object (--judge-response-format) is "
+               "OpenAI's JSON mode; Anthropic's Messages API has none: leave it text")
+        _check(cfg.max_tokens_param == "max_tokens", "JudgeConfig.max_tokens_param (--judge-max-tokens-param) names "
+               "OpenAI's output-limit parameter; Anthropic's Messages API takes max_tokens: leave it max_tokens")
+        _check(cfg.temperature == 0.0, "JudgeConfig.temperature (--judge-temperature): Anthropic's Messages API (version "
+               "2026-10-21) takes no temperature on any Claude model; leave it unset (answers are sampled)")
+        backend = AnthropicBackend(
+            model, base_url=cfg.base_url, api_key=cfg.api_key, timeout_s=cfg.timeout_s,
+            reasoning_effort=cfg.reasoning_effort, thinking=cfg.thinking, thinking_budget=cfg.reasoning_tokens, env=env,
+        )
     else:
         _check(not cfg.reasoning_effort, "JudgeConfig.reasoning_effort (--judge-reasoning-effort) is sent to an "
-               "OpenAI-compatible server; a transformers judge takes none: leave it empty")
+               "OpenAI-compatible server or Anthropic's API; a transformers judge takes none: leave it empty")
         backend = TransformersBackend.from_pretrained(model, device=cfg.device)
     prices = Prices.for_model(backend.model, cfg.price_input, cfg.price_output, local=backend_name == "transformers")
     path = cfg.cache_path or cache_path

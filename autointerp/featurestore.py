@@ -35,7 +35,7 @@ from .store import LabelFailure, LabelResult
 __all__ = ["FeatureStoreLabels", "JUDGE_KIND", "failures_path"]
 
 # our source names -> the store's judge kinds
-JUDGE_KIND = {"openai": "openai", "transformers": "local", "offline": "offline"}
+JUDGE_KIND = {"openai": "openai", "anthropic": "anthropic", "transformers": "local", "offline": "offline"}
 _KIND_SOURCE = {v: k for k, v in JUDGE_KIND.items()}
 NEIGHBOURS = 4  # of each kind (decoder, co-firing) whose promoted tokens count as evidence
 MIN_NEIGHBOUR_SIMILARITY = 0.2  # decoder cosine or co-firing Jaccard index below this: not a neighbour

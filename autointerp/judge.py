@@ -54,11 +54,12 @@ from typing import Any, Awaitable, Callable, Sequence
 from .accounting import BudgetExceeded, Ledger, Prices, Reservation, prompt_token_bound
 from .cache import CachedResponse, ResponseCache, request_key
 from .schema import InvalidAnswer, check_schema, opens_with_json_answer, parse_json_answer
-from .wire import Backend, ChatRequest, ChatResponse, PermanentError, TransientError, split_thinking
+from .wire import Backend, ChatRequest, ChatResponse, CredentialsRefused, PermanentError, TransientError, split_thinking
 
 __all__ = [
     "JudgeError",
     "RequestFailed",
+    "CredentialsRejected",
     "AnswerInvalid",
     "BudgetExceeded",
     "InvalidAnswer",
@@ -83,6 +84,10 @@ class JudgeError(RuntimeError):
 
 class RequestFailed(JudgeError):
     """The request failed permanently, or still failed after all retries."""
+
+
+class CredentialsRejected(RequestFailed):
+    """The server refused the credentials: every request of the run would fail the same way."""
 
 
 class AnswerInvalid(JudgeError):
@@ -194,7 +199,7 @@ class Judge:
             raise ValueError("response_format must be None, 'text' or 'json_object'")
         self.backend = backend
         self.cache = cache
-        self.ledger = ledger or Ledger(Prices.for_model(backend.model, local=backend.kind != "openai"))
+        self.ledger = ledger or Ledger(Prices.for_model(backend.model, local=backend.kind == "transformers"))
         self.retry = retry or RetryPolicy()
         self.concurrency = concurrency
         self.max_reasks = max_reasks
@@ -231,13 +236,17 @@ class Judge:
 
     def settings_for(self, request: ChatRequest) -> dict[str, Any]:
         """The settings `request` is sent with now: its temperature (None once the model refused
-        any but its default), the output-limit parameter, reasoning_effort, and `reasoning_tokens`,
-        the room added to its output limit."""
+        any but its default, or the API takes none), the output-limit parameter, reasoning_effort,
+        `reasoning_tokens`, the room added to its output limit, and what the backend adds
+        (`provenance()`: an Anthropic judge's thinking)."""
         extra = getattr(self.backend, "extra_body", None) or {}
-        return {"temperature": request.temperature if getattr(self.backend, "send_temperature", True) else None,
-                "max_tokens_param": getattr(self.backend, "max_tokens_param", None),
-                "reasoning_effort": extra.get("reasoning_effort"),
-                "reasoning_tokens": self.reasoning_tokens}
+        settings = {"temperature": request.temperature if getattr(self.backend, "send_temperature", True) else None,
+                    "max_tokens_param": getattr(self.backend, "max_tokens_param", None),
+                    "reasoning_effort": extra.get("reasoning_effort"),
+                    "reasoning_tokens": self.reasoning_tokens}
+        if hasattr(self.backend, "provenance"):
+            settings.update(self.backend.provenance())
+        return settings
 
     def describe(self) -> str:
         return f"{self.kind}:{self.model}"
@@ -328,7 +337,8 @@ class Judge:
                         err = e
                     except PermanentError as e:
                         self.ledger.count(failed=1)
-                        raise RequestFailed(f"request rejected: {e.reason}") from None
+                        failure = CredentialsRejected if isinstance(e, CredentialsRefused) else RequestFailed
+                        raise failure(f"request rejected: {e.reason}") from None
                     else:
                         err = None
                         resp = replace(resp, settings_sent=self.settings_for(request))  # after the switches it met
@@ -391,9 +401,10 @@ class Judge:
             request = self.request_for(conv, max_tokens, temperature)
             resp = await self._send(request, tally)
             text, thinking = split_thinking(resp.text)
-            if resp.finish_reason == "content_filter":
-                raise AnswerInvalid("the server's content filter withheld the judge's answer (finish_reason "
-                                    "content_filter); asking again would be filtered the same way")
+            if resp.finish_reason == "content_filter":  # Anthropic's stop_reason refusal reads as this
+                said = f": {resp.refusal.strip()[:200]}" if resp.refusal else ""
+                raise AnswerInvalid(f"the server's content filter withheld the judge's answer (finish_reason "
+                                    f"content_filter{said}); asking again would be filtered the same way")
             if (resp.finish_reason == "length" and not resp.refusal
                     and _cut_before_answering(resp, text, thinking, want_json=want_json,
                                               sees_template=getattr(self.backend, "sees_template", False))):

@@ -5,7 +5,9 @@
 Per latent: read its examples, split them (explanation set / held-out scoring sets), ask the
 explainer for a label, run the scorers on it, and write label + scores + provenance in one store
 transaction. A latent whose judge calls fail (a permanent error, retries exhausted, answers still
-invalid after the re-asks) gets a failure record with its stage and reason, and the run goes on.
+invalid after the re-asks) gets a failure record with its stage and reason, and the run goes on;
+a server refusing the credentials stops the run at once (`stopped="credentials"`, `stop_reason`
+says which setting to fix): every other request would be refused the same way.
 
 Resuming: latents that already hold a label from the same (source, judge model) are skipped
 (unless `overwrite`); every answer the judge gave is in the response cache, so re-running a
@@ -36,7 +38,7 @@ from .config import LabelConfig, parse_latents
 from .examples import ExampleSplit, LatentExamples, crop_example, split_examples
 from .interp import (LABEL_MAX_TOKENS, DetectionScorer, FuzzingScorer, LLMExplainer, OfflineExplainer, Score, Usage,
                      answers_max_tokens)
-from .judge import Judge, JudgeError
+from .judge import CredentialsRejected, Judge, JudgeError
 from .store import LabelFailure, LabelResult, LabelStore
 
 __all__ = ["Labeller", "RunReport", "DryRunEstimate", "label_latents", "label_latents_async", "estimate_run",
@@ -97,24 +99,28 @@ class Labeller:
                               n_detect=c.n_detect, n_fuzz=c.n_fuzz, seed=c.seed)
 
     async def label(self, lex: LatentExamples) -> LabelResult:
-        """Label + scores for one latent. Raises _StageError (recorded) or BudgetExceeded."""
+        """Label + scores for one latent. Raises _StageError (recorded), BudgetExceeded or CredentialsRejected."""
         split = self.split(lex)
         if not split.explain:
             raise _StageError("examples", "no activating examples in the store (dead latent?)")
         try:
             expl = await self.explainer.explain(lex.latent, split)
+        except CredentialsRejected:
+            raise
         except JudgeError as e:
             raise _StageError("explain", e.reason) from None
 
         async def run(scorer) -> Score:
             try:
                 return await scorer.score(lex.latent, expl.label, expl.detail, split)
+            except CredentialsRejected:
+                raise
             except JudgeError as e:
                 raise _StageError(scorer.name, e.reason) from None
 
         results = await asyncio.gather(*(run(s) for s in self.scorers), return_exceptions=True)
-        for r in results:  # budget first: an abandoned latent is not a failed one
-            if isinstance(r, BudgetExceeded):
+        for r in results:  # budget and credentials first: an abandoned latent is not a failed one
+            if isinstance(r, (BudgetExceeded, CredentialsRejected)):
                 raise r
         for r in results:
             if isinstance(r, BaseException):
@@ -189,7 +195,10 @@ class RunReport:
     labelled: int = 0
     failed: list[LabelFailure] = field(default_factory=list)
     abandoned: int = 0  # stopped by the budget before finishing
-    stopped: str | None = None  # "budget" (the budget ended the run) or "failures" (too many failures in a row)
+    # "budget" (the budget ended the run), "failures" (too many failures in a row) or "credentials"
+    # (the server refused the key: `stop_reason` says which setting to fix)
+    stopped: str | None = None
+    stop_reason: str | None = None
     usage: dict[str, Any] = field(default_factory=dict)
     elapsed_s: float = 0.0
 
@@ -201,6 +210,8 @@ class RunReport:
             parts.append(f"stopped by the budget with {left} left")
         elif self.stopped == "failures":
             parts.append(f"stopped after too many failures in a row with {left} left")
+        elif self.stopped == "credentials":
+            parts.append(f"stopped: the server refused the credentials, {left} left")
         s = f"{self.judge}: " + ", ".join(parts) + f" in {self.elapsed_s:.1f} s"
         if u:
             s += (f"; requests: {u.get('paid_calls', 0)} paid, {u.get('cached_calls', 0)} cached, "
@@ -277,6 +288,10 @@ class _LabelRun:
             except BudgetExceeded:
                 report.abandoned += 1
                 report.stopped = "budget"
+                self.stop.set()
+                return
+            except CredentialsRejected as e:
+                report.stopped, report.stop_reason = "credentials", e.reason
                 self.stop.set()
                 return
             except _StageError as e:

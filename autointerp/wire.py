@@ -111,8 +111,13 @@ class PermanentError(Exception):
         self.status = status
 
 
+class CredentialsRefused(PermanentError):
+    """The server refused the credentials (HTTP 401): no request of the run can succeed, so the run
+    stops at once; `reason` says which setting to fix."""
+
+
 class Backend(Protocol):
-    kind: str  # "openai", "transformers", ...
+    kind: str  # "openai", "anthropic", "transformers", ...
     model: str
     # True: the backend renders the chat template itself, and a thinking block the template opened
     # starts its replies (the tag put back); else (a server) untagged text may be such thinking

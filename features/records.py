@@ -8,11 +8,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 ExampleKind = Literal["top", "quantile", "negative"]
-JudgeKind = Literal["openai", "local", "offline", "human", "delphi", "neuronpedia"]
+JudgeKind = Literal["openai", "anthropic", "local", "offline", "human", "delphi", "neuronpedia"]
 # imported labels: "delphi" from an EleutherAI delphi run (`saesteer label --import-delphi`,
 # autointerp/delphi_store.py); "neuronpedia" from Neuronpedia's explanations (`saesteer label
 # --import-neuronpedia`, features/neuronpedia_import.py)
-JUDGE_KINDS = ("openai", "local", "offline", "human", "delphi", "neuronpedia")
+JUDGE_KINDS = ("openai", "anthropic", "local", "offline", "human", "delphi", "neuronpedia")
 
 
 def utc_now() -> str:
@@ -132,7 +132,9 @@ class LabelProvenance:
     """Who produced a label or score, how, and from what."""
 
     judge_model: str  # e.g. "gpt-4o-mini", "Qwen/Qwen2.5-7B-Instruct", "offline-heuristic"
-    judge_kind: str  # "openai" (any OpenAI-compatible server), "local", "offline", "human"; imported: "delphi", "neuronpedia"
+    # "openai" (any OpenAI-compatible server), "anthropic" (Anthropic's Messages API), "local", "offline", "human";
+    # imported: "delphi", "neuronpedia"
+    judge_kind: str
     prompt_version: str
     examples_used: list[int] = field(default_factory=list)  # examples.id values shown to the judge
     params: dict[str, Any] = field(default_factory=dict)  # temperature, n, endpoint name, ...

@@ -7,7 +7,8 @@ import json
 import subprocess
 import sys
 
-HEAVY = ("torch", "transformers", "transformer_lens", "sae_lens", "datasets", "fastapi", "openai", "plotly", "wandb")
+HEAVY = ("torch", "transformers", "transformer_lens", "sae_lens", "datasets", "fastapi", "openai", "anthropic", "plotly",
+         "wandb")
 
 PROBE = """
 import contextlib, io, json, sys

@@ -492,6 +492,23 @@ def test_error_bodies_that_are_not_openai_shaped_are_shown(srv, status, headers,
     assert f"HTTP {status}: {said}" in e.value.reason
 
 
+def test_saesteer_label_stops_at_a_refused_key_in_one_line_naming_the_variable(srv, tmp_path):
+    # every latent would meet the same 401: the run stops at its first, not after --max-consecutive-failures
+    from helpers.label_store import build_trigger_store
+
+    path, _ = build_trigger_store(tmp_path / "toy.db", n_latents=4)
+    srv.reply = lambda ex: (401, {}, js({"error": {"message": "Incorrect API key provided: sk-wrong.",
+                                                   "type": "invalid_request_error", "code": "invalid_api_key"}}))
+    r = saesteer("label", "--store", path, "--judge-model", "gpt-4o-mini", "--judge-base-url", srv.url,
+                 "--judge-api-key", "sk-wrong", "--judge-concurrency", 1, "--scorers", "detection",
+                 "--embed-backend", "none", "--no-progress").no_traceback()
+    assert r.rc == 2, r.text
+    (line,) = r.err.strip().splitlines()
+    assert "HTTP 401: Incorrect API key provided" in line and "set OPENAI_API_KEY" in line
+    assert flags_named(line) <= known_flags("label")
+    assert len(chats(srv)) == 1
+
+
 def test_a_model_not_found_404_under_v1_gets_no_url_advice(srv):
     srv.reply = lambda ex: (404, {}, js({"error": {"message": 'model "qwen3:8b" not found, try pulling it first',
                                                    "type": "api_error", "param": None, "code": None}}))

@@ -6,7 +6,7 @@ from saesteer.boundary import print_error
 
 NAME = "label"
 ORDER = 40
-HELP = "label and score latents of a feature store (OpenAI-compatible judge, local model, or offline)"
+HELP = "label and score latents of a feature store (OpenAI-compatible or Anthropic judge, local model, or offline)"
 DESCRIPTION = """\
 Label every latent of a feature store and score each label (detection and fuzzing balanced
 accuracy, simulation correlation; intruder and embedding scores on request); labels, scores and
@@ -17,8 +17,9 @@ store): a concept phrase from the words around the activations, the tokens the l
 and its neighbours' ("sailor / diver context: gulls, shells, nets"), named from --lexicon when
 one is given ("ocean context: ..."; the toy world's dictionary for toy-model stores). For an OpenAI-compatible server give --judge-model (or set
 SAESTEER_JUDGE_MODEL), and --judge-base-url (or OPENAI_BASE_URL) for servers other than OpenAI;
-the key comes from OPENAI_API_KEY. A local transformers model: --judge-backend transformers
---judge-model PATH.
+the key comes from OPENAI_API_KEY. Claude through Anthropic's Messages API: --judge-backend
+anthropic --judge-model claude-haiku-4-5, the key from ANTHROPIC_API_KEY. A local transformers
+model: --judge-backend transformers --judge-model PATH.
 
 Every judge answer is cached beside the store (<store>.judge-cache.sqlite): a re-run or a run
 resumed after a crash pays only for requests that had no answer yet. Latents already labelled by
@@ -28,12 +29,13 @@ the same judge are skipped (--overwrite true relabels them).
   saesteer label --store toy.db --judge-model gpt-4o-mini --dry-run
   saesteer label --store toy.db --judge-model gpt-4o-mini --budget 2usd
   saesteer label --store toy.db --judge-model qwen2.5 --judge-base-url http://localhost:8000/v1
+  saesteer label --store toy.db --judge-backend anthropic --judge-model claude-haiku-4-5 --budget 200000tokens
   saesteer label --store toy.db --import-delphi results/my_run    # EleutherAI delphi's labels and scores
   saesteer label --store toy.db --export-delphi results/my_run    # ours as delphi explanation files
   saesteer label --store gpt2-l6.db --import-neuronpedia v1/gpt2-small/6-res-jb   # Neuronpedia's explanations
 
 Exit status: 0 all done, 3 stopped by the budget, 4 some latents failed (see the list and
-<store>.label-failures.jsonl), 2 bad arguments."""
+<store>.label-failures.jsonl), 2 bad arguments or a key the judge's server refused."""
 
 
 def add_arguments(parser) -> None:
@@ -118,6 +120,9 @@ def run(args) -> int:
             print_error(e)
             return 2
 
+    if report.stopped == "credentials":  # nothing was labelled, every request would be refused alike
+        print_error(report.stop_reason)
+        return 2
     _print_report(report, store, budget, label_cfg)
     if args.report:
         _write_json(args.report, {

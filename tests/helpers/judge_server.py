@@ -1,5 +1,5 @@
-"""A loopback HTTP server speaking OpenAI chat completions, with injected faults, and a fake LLM
-that answers saesteer's auto-interp prompts.
+"""A loopback HTTP server speaking OpenAI chat completions and Anthropic's Messages API, with
+injected faults, and a fake LLM that answers saesteer's auto-interp prompts.
 
     with JudgeServer(fake_llm_answer, faults=FaultPlan({"429": 0.1, "500": 0.1}, seed=1)) as srv:
         backend = OpenAIBackend("fake-judge", base_url=srv.url)    # http://127.0.0.1:PORT/v1
@@ -25,6 +25,17 @@ Faults (name -> what the client sees):
 Fault choice is a pure function of (seed, request body, how many times that body was seen), so
 runs are reproducible whatever order concurrent requests arrive in, and a retried request can
 succeed. `script(index, body) -> fault | None` overrides the plan for scripted tests.
+
+Anthropic's Messages API (`POST {srv.root}/v1/messages`, the route the `anthropic` client calls)
+is served as documented: the key in `x-api-key` (or `Authorization: Bearer`, as anthropic 2.x sends
+it) checked against `api_key` when one is set (else a 401 `authentication_error`), the
+`anthropic-version` header and `max_tokens` required, the system prompt top-level (a `system`
+message is a 400), `temperature` refused (API version 2026-10-21), the answer in a `text` content
+block after a `thinking` block when `thinking_text` is set, `stop_reason`, `usage.input_tokens` /
+`output_tokens`, and errors as `{"type": "error", "error": {"type", "message"}}`. The fake LLM reads
+the request as the chat one it stands for (the system prompt first). Faults there: "429"
+(`rate_limit_error`), "529" (`overloaded_error`), both with retry-after; "500", "400" as above;
+"max_tokens" (the answer cut in half, stop_reason max_tokens); the content faults as for chat.
 
 Protocol shapes: `reply(exchange) -> (status, headers, body bytes) | None` answers a request
 the way a given real server would (an Exchange has the request's path with its query, headers and
@@ -52,6 +63,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
 TRANSIENT_FAULTS = ("429", "500", "503", "reset", "timeout", "bad_body", "trickle")
+MESSAGES_FAULTS = ("529", "max_tokens")  # Anthropic's overloaded_error, a reply cut off at max_tokens
 CONTENT_FAULTS = ("malformed", "fenced", "prose", "refusal", "wrong_length", "bad_schema")
 
 
@@ -68,7 +80,7 @@ class FaultPlan:
         total = sum(self.rates.values())
         if total > 1.0 + 1e-9:
             raise ValueError(f"fault rates sum to {total} > 1")
-        unknown = set(self.rates) - set(TRANSIENT_FAULTS) - set(CONTENT_FAULTS) - {"400"}
+        unknown = set(self.rates) - set(TRANSIENT_FAULTS) - set(CONTENT_FAULTS) - set(MESSAGES_FAULTS) - {"400"}
         if unknown:
             raise ValueError(f"unknown fault(s) {sorted(unknown)}")
 
@@ -100,6 +112,7 @@ class Record:
     messages: list = field(default_factory=list)
     arrived: float = 0.0  # time.monotonic() when the request was read
     answered: float | None = None  # when its response (or error status) was sent
+    usage: dict | None = None  # the usage its 200 reported (Messages route)
 
 
 class _Server(ThreadingHTTPServer):
@@ -125,7 +138,11 @@ class JudgeServer:
         trickle_interval_s: float = 0.5,
         tokens_per_char: float | None = None,
         reply: Callable[[Exchange], tuple[int, dict[str, str], bytes] | None] | None = None,
+        api_key: str | None = None,
+        thinking_text: str | None = None,
     ) -> None:
+        self.api_key = api_key  # the key the Messages route wants (None: any)
+        self.thinking_text = thinking_text  # a thinking block before every Messages answer
         self.responder = responder
         self.reply = reply
         self.exchanges: list[Exchange] = []
@@ -175,8 +192,13 @@ class JudgeServer:
 
     @property
     def url(self) -> str:
+        return self.root + "/v1"
+
+    @property
+    def root(self) -> str:
+        """The server's root: the base URL of the `anthropic` client (which adds /v1/messages)."""
         assert self._httpd is not None, "server not started"
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
 
     # -- bookkeeping --------------------------------------------------------------------------------
     def _register(self, body: dict) -> Record:
@@ -250,6 +272,9 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(n)
         if self._reply(srv, raw):
             return
+        if self.path.split("?")[0].rstrip("/").endswith("/v1/messages"):
+            self._messages(srv, raw)
+            return
         if not self.path.rstrip("/").endswith("/chat/completions"):
             self._send_json(404, {"error": {"message": f"no route {self.path}"}})
             return
@@ -267,6 +292,73 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             with srv._lock:
                 srv.inflight -= 1
+
+    # -- Anthropic's Messages API -------------------------------------------------------------------
+    def _anthropic_error(self, status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> None:
+        self._send_json(status, {"type": "error", "error": {"type": kind, "message": message},
+                                 "request_id": "req_loopback"}, headers)
+
+    def _messages(self, srv: JudgeServer, raw: bytes) -> None:
+        """POST /v1/messages as Anthropic's API answers it (see the module docstring)."""
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        bearer = headers.get("authorization", "")
+        key = headers.get("x-api-key") or (bearer[7:] if bearer.lower().startswith("bearer ") else None)
+        if not key or (srv.api_key is not None and key != srv.api_key):
+            self._anthropic_error(401, "authentication_error", "invalid x-api-key")
+            return
+        if not headers.get("anthropic-version"):
+            self._anthropic_error(400, "invalid_request_error", "anthropic-version: header is required")
+            return
+        try:
+            body = json.loads(raw)
+        except json.JSONDecodeError:
+            self._anthropic_error(400, "invalid_request_error", "request body is not JSON")
+            return
+        refusal = _messages_request_problem(body)
+        if refusal:
+            self._anthropic_error(400, "invalid_request_error", refusal)
+            return
+        # the chat request it stands for: what the fake LLM, the faults and the records read
+        system = body.get("system") or ""
+        if isinstance(system, list):
+            system = "".join(b.get("text", "") for b in system)
+        chat = {"model": body["model"], "messages": [{"role": "system", "content": system}] * bool(system)
+                + [{"role": m["role"], "content": _block_text(m["content"])} for m in body["messages"]]}
+        rec = srv._register(chat)
+        fault = rec.fault
+        if fault in ("429", "529"):
+            rec.status, rec.answered = int(fault), time.monotonic()
+            kind = {"429": "rate_limit_error", "529": "overloaded_error"}[fault]
+            self._anthropic_error(int(fault), kind, "Overloaded" if fault == "529" else "rate limited",
+                                  {"retry-after": str(srv.retry_after_s)})
+            return
+        if fault in ("500", "400"):
+            rec.status = int(fault)
+            self._anthropic_error(int(fault), "api_error" if fault == "500" else "invalid_request_error",
+                                  "injected " + fault)
+            return
+        text = srv.responder(chat)
+        stop = "end_turn"
+        if fault == "max_tokens":
+            text, stop = text[: max(1, len(text) // 2)], "max_tokens"
+        elif fault == "malformed":
+            text = text[: max(1, len(text) // 2)]
+        elif fault == "fenced":
+            text = "```json\n" + text + "\n```"
+        elif fault == "prose":
+            text = "Sure, here is my answer:\n" + text
+        content = [{"type": "text", "text": text, "citations": None}]
+        if srv.thinking_text is not None:
+            content.insert(0, {"type": "thinking", "thinking": srv.thinking_text, "signature": "c2lnbmF0dXJl"})
+        prompt_chars = sum(len(m["content"]) for m in chat["messages"])
+        out_chars = len(text) + len(srv.thinking_text or "")
+        usage = {"input_tokens": prompt_chars // 4 + 1, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
+                 "output_tokens": body["max_tokens"] if stop == "max_tokens" else out_chars // 4 + 1}
+        rec.status, rec.answered, rec.usage = 200, time.monotonic(), usage
+        self._send_json(200, {"id": f"msg_{rec.index:024d}", "type": "message", "role": "assistant",
+                              "model": body["model"], "content": content, "stop_reason": stop, "stop_sequence": None,
+                              "usage": usage})
+        rec.completed = True
 
     def _reply(self, srv: JudgeServer, raw: bytes) -> bool:
         """Answer with the scripted protocol shape, if `reply` has one for this request."""
@@ -378,6 +470,32 @@ class _Handler(BaseHTTPRequestHandler):
             rec.completed = True
         except (BrokenPipeError, ConnectionResetError, OSError):
             self.close_connection = True
+
+
+def _block_text(content: Any) -> str:
+    """A Messages API message's content (a string, or a list of content blocks) as text."""
+    if isinstance(content, str):
+        return content
+    return "".join(b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text")
+
+
+def _messages_request_problem(body: Any) -> str | None:
+    """Why Anthropic's API would refuse this Messages request with a 400 (None: it would take it)."""
+    if not isinstance(body, dict):
+        return "the body must be a JSON object"
+    for name in ("model", "max_tokens", "messages"):
+        if name not in body:
+            return f"{name}: Field required"
+    if "temperature" in body:
+        return "`temperature` is deprecated for this model."
+    roles = [m.get("role") for m in body["messages"]]
+    if "system" in roles:
+        return ('messages: Unexpected role "system". The Messages API accepts a top-level `system` parameter, '
+                "not \"system\" as an input message role.")
+    thinking = body.get("thinking") or {}
+    if thinking.get("type") == "enabled" and not 1024 <= thinking.get("budget_tokens", 0) < body["max_tokens"]:
+        return "thinking.budget_tokens: must be at least 1024 and less than max_tokens"
+    return None
 
 
 def _wrong_length(content: str) -> str:
