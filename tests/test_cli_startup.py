@@ -7,7 +7,9 @@ import json
 import subprocess
 import sys
 
-HEAVY = ("torch", "transformers", "transformer_lens", "sae_lens", "datasets", "fastapi", "openai", "plotly", "wandb")
+# numpy and asyncio too: together they were half of `saesteer --help`'s CPU time (a config module imported them)
+HEAVY = ("torch", "transformers", "transformer_lens", "sae_lens", "datasets", "fastapi", "openai", "plotly", "wandb",
+         "numpy", "asyncio")
 
 PROBE = """
 import contextlib, io, json, sys
