@@ -88,3 +88,28 @@ def test_package_data_globs_match_something() -> None:
             hits = [p for p in glob.glob(str(ROOT / package.replace(".", "/") / pattern), recursive=True)
                     if Path(p).is_file()]
             assert hits, f"package-data {package!r}: {pattern!r} matches no file"
+
+
+def _git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True,
+                          env={"GIT_AUTHOR_NAME": "u", "GIT_AUTHOR_EMAIL": "u@x", "GIT_COMMITTER_NAME": "u",
+                               "GIT_COMMITTER_EMAIL": "u@x", "PATH": "/usr/bin:/bin"}).stdout.strip()
+
+
+def test_git_commit_is_not_the_users_project_commit(tmp_path) -> None:
+    """saesteer pip-installed into `.venv/` inside the user's own repository: the SAE's provenance
+    must not record the user's commit as the code that trained it."""
+    from training.report import git_commit
+
+    project = tmp_path / "project"
+    project.mkdir()
+    _git(project, "init", "-q")
+    (project / "notes.txt").write_text("mine\n")
+    _git(project, "add", "notes.txt")
+    _git(project, "commit", "-qm", "init")
+    installed = project / ".venv" / "lib" / "site-packages" / "training"
+    installed.mkdir(parents=True)
+    (installed / "report.py").write_text("# the installed copy\n")
+    assert git_commit(installed / "report.py") is None
+    assert git_commit(installed) is None
+    assert git_commit(project / "notes.txt") == _git(project, "rev-parse", "HEAD")  # a checkout's own file
