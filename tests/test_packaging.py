@@ -113,3 +113,24 @@ def test_git_commit_is_not_the_users_project_commit(tmp_path) -> None:
     assert git_commit(installed / "report.py") is None
     assert git_commit(installed) is None
     assert git_commit(project / "notes.txt") == _git(project, "rev-parse", "HEAD")  # a checkout's own file
+
+
+def test_an_installed_toy_model_is_not_overwritten(tmp_path, monkeypatch, capsys) -> None:
+    """`python -m toyworld.train` / `toyworld.evaluate --write` (the README's rebuild) in a pip-installed
+    copy: their default folder is the shipped model in site-packages, whose hash the user's stores
+    record. Refused, asking for a folder of their own; in a checkout the default stays."""
+    import toyworld.evaluate
+    import toyworld.model
+    import toyworld.train
+
+    assert not toyworld.model.is_installed_assets(toyworld.model.ASSETS_DIR)  # this checkout rebuilds in place
+    installed = tmp_path / "lib" / "site-packages" / "toyworld" / "assets"
+    installed.mkdir(parents=True)
+    monkeypatch.setattr(toyworld.model, "ASSETS_DIR", installed)
+    for main, argv in ((toyworld.train.main, ["--out", str(installed), "--steps", "1"]),
+                       (toyworld.evaluate.main, ["--model-dir", str(installed), "--write"])):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+        assert "installed saesteer" in capsys.readouterr().err
+    assert list(installed.iterdir()) == []
