@@ -54,7 +54,10 @@ def _build(tmp: Path) -> tuple[Path, Path, list[str]]:
     for rel in tracked:
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / rel, src / rel)
-    _run([sys.executable, "-c", f"from setuptools import build_meta as b; b.build_sdist({str(dist)!r})"], src)
+    # setuptools' deprecations as errors: each one is a date after which the build stops working
+    _run([sys.executable, "-c", "import warnings; from setuptools.warnings import SetuptoolsDeprecationWarning as W; "
+          "warnings.simplefilter('error', W); from setuptools import build_meta as b; "
+          f"b.build_sdist({str(dist)!r})"], src)
     (sdist,) = dist.glob("saesteer-*.tar.gz")
     with tarfile.open(sdist) as tar:
         tar.extractall(tmp / "unpacked", **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
