@@ -46,9 +46,30 @@ def _tracked() -> list[str]:
     return [p for p in out.stdout.decode().split("\0") if p and (ROOT / p).is_file()]
 
 
+def _build_requirements_met() -> None:
+    """The build runs without isolation (no download): pyproject's build requirements must be here."""
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        tomllib = pytest.importorskip("tomli")
+    for spec in tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]:
+        req = Requirement(spec)
+        try:
+            have = importlib.metadata.version(req.name)
+        except importlib.metadata.PackageNotFoundError:
+            pytest.skip(f"building the wheel needs {spec} in this environment")
+        if not req.specifier.contains(have, prereleases=True):
+            pytest.skip(f"building the wheel needs {spec}; this environment has {req.name} {have}")
+
+
 def _build(tmp: Path) -> tuple[Path, Path, list[str]]:
     """sdist from a copy of the tracked files (no stale build/ of the checkout, nothing written
     into it), then the wheel from the unpacked sdist, as pip builds one."""
+    _build_requirements_met()
     tracked = _tracked()
     src, dist = tmp / "src", tmp / "dist"
     for rel in tracked:
