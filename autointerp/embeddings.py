@@ -30,9 +30,10 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol, Sequence
+from typing import TYPE_CHECKING, Literal, Protocol, Sequence
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported where used: the CLI reads EmbedConfig to build --help
+    import numpy as np
 
 __all__ = ["EmbedConfig", "Embedder", "OfflineEmbedder", "SentenceTransformerEmbedder", "OpenAIEmbedder",
            "make_embedder", "packaged_model_dir", "embedder_for_name"]
@@ -47,6 +48,8 @@ class Embedder(Protocol):
 
 
 def _unit(m: np.ndarray) -> np.ndarray:
+    import numpy as np
+
     m = np.asarray(m, dtype=np.float32)
     if m.ndim == 1:
         m = m[None, :]
@@ -95,6 +98,8 @@ class OfflineEmbedder:
         return out
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
+        import numpy as np
+
         m = np.zeros((len(texts), self.dim), dtype=np.float32)
         for r, text in enumerate(texts):
             for feat, w in self._features(text):
@@ -131,6 +136,8 @@ class SentenceTransformerEmbedder:
             else f"st:{path.resolve()}"
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
+        import numpy as np
+
         if not texts:
             return np.zeros((0, 1), dtype=np.float32)
         return _unit(self.model.encode(list(texts), batch_size=64, normalize_embeddings=True, show_progress_bar=False))
@@ -151,6 +158,8 @@ class OpenAIEmbedder:
         self.name = f"openai:{model}"
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
+        import numpy as np
+
         rows: list[list[float]] = []
         for i in range(0, len(texts), self.batch):
             chunk = list(texts[i:i + self.batch])

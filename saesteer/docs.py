@@ -127,11 +127,14 @@ def render_cli_markdown() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m saesteer.docs", description="Write docs/cli.md from every command's --help.")
-    ap.add_argument("--out", default=str(DEFAULT_PATH), help="file to write (default: docs/cli.md of this checkout)")
+    ap.add_argument("--out", help="file to write (default: docs/cli.md of this checkout)")
     ap.add_argument("--check", action="store_true", help="only compare; exit 1 when the file is stale")
     args = ap.parse_args(argv)
+    if args.out is None and not (DEFAULT_PATH.parent.parent / "pyproject.toml").is_file():
+        # pip-installed: the folder above the package is site-packages' parent, not a checkout
+        ap.error(f"no saesteer checkout around {Path(__file__).parent} (an installed copy); pass --out FILE")
     text = render_cli_markdown()
-    out = Path(args.out)
+    out = Path(args.out or DEFAULT_PATH)
     if args.check:
         same = out.is_file() and out.read_text(encoding="utf-8") == text
         print(f"{out}: {'up to date' if same else 'stale; run ' + REGENERATE}")

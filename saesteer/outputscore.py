@@ -13,7 +13,6 @@ together, which only the face loads.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -82,6 +81,8 @@ def score_outputs(model: Any, sae: Any, store: Any, latents: Sequence[int], cfg:
         if judge is None:
             res = output_score_offline(lab.text, detail, unsteered, steered)
         else:
+            import asyncio  # here, not at the top: the CLI reads OutputScoreConfig to build --help
+
             res = asyncio.run(output_score_judge(judge, lab.text, unsteered, steered, latent=int(i), seed=cfg.seed))
         out[int(i)] = res
         if write and res.value is not None:

@@ -7,8 +7,9 @@ import json
 import subprocess
 import sys
 
+# numpy and asyncio too: together they were half of `saesteer --help`'s CPU time (a config module imported them)
 HEAVY = ("torch", "transformers", "transformer_lens", "sae_lens", "datasets", "fastapi", "openai", "anthropic", "plotly",
-         "wandb")
+         "wandb", "numpy", "asyncio")
 
 PROBE = """
 import contextlib, io, json, sys

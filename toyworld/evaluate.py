@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from toyworld.model import ASSETS_DIR, TRAINING_FILE
+from toyworld.model import ASSETS_DIR, TRAINING_FILE, is_installed_assets
 
 EVALUATION_FILE = "evaluation.json"
 
@@ -239,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
                            help=f"{f.metadata['help']} (default: {f.default})")
     args = p.parse_args(argv)
+    if args.write and is_installed_assets(args.model_dir):
+        p.error(f"--write would rewrite the shipped toy model's files in {args.model_dir} (an installed saesteer); "
+                "give --model-dir DIR of your own model")
     cfg = EvalConfig(**{f.name: getattr(args, f.name) for f in fields(EvalConfig)})
     ev = evaluate(cfg)
     show = {k: v for k, v in ev.items() if k not in ("example_samples", "config")}

@@ -22,6 +22,13 @@ CONFIG_FILE = "config.json"
 TRAINING_FILE = "training.json"
 MODEL_NAME = "toyworld-tiny"
 
+
+def is_installed_assets(directory: str | os.PathLike) -> bool:
+    """Whether `directory` is the shipped model's folder of a pip-installed copy (no checkout
+    around it): rewriting it would change the toy model under every store recorded with its hash."""
+    in_checkout = (ASSETS_DIR.parent.parent / "pyproject.toml").is_file()
+    return not in_checkout and Path(directory).resolve() == ASSETS_DIR.resolve()
+
 # HookedTransformerConfig fields the toy model sets; everything else keeps TransformerLens defaults.
 CONFIG_FIELDS = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "n_ctx", "d_vocab", "act_fn",
                  "normalization_type", "positional_embedding_type", "model_name", "seed",

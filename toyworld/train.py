@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from toyworld.model import ASSETS_DIR, TRAINING_FILE
+from toyworld.model import ASSETS_DIR, TRAINING_FILE, is_installed_assets
 
 # Shape key: B batch rows, S sequence positions.
 
@@ -180,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
                        help=f"{f.metadata['help']} (default: {f.default})")
     args = p.parse_args(argv)
+    if is_installed_assets(args.out):
+        p.error(f"--out {args.out} is the shipped toy model of an installed saesteer; pass --out DIR for your own")
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     res = train(cfg)
     print(f"trained {res.steps} steps, {res.tokens:,} tokens in {res.seconds / 60:.1f} min; "

@@ -49,16 +49,22 @@ def dead_figures_note(window_tokens: int | None, heldout_tokens: int | None, pas
 
 
 def git_commit(path: str | Path | None = None) -> str | None:
-    """The commit of the git checkout holding `path` (default: this package), or None."""
-    where = Path(path) if path else Path(__file__).resolve().parent
+    """The commit of the git checkout that tracks `path` (default: this package), or None.
+
+    Tracked, not merely inside: a pip-installed saesteer often lives in a virtualenv inside the
+    user's own repository, whose commit says nothing about the code that ran."""
+    target = Path(path).resolve() if path else Path(__file__).resolve()
+    where = target if target.is_dir() else target.parent
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5, check=False
         )
+        tracked = subprocess.run(["git", "ls-files", "--error-unmatch", "--", str(target)], cwd=where,
+                                 capture_output=True, text=True, timeout=5, check=False).returncode == 0
     except (OSError, subprocess.SubprocessError):
         return None
     commit = out.stdout.strip()
-    if out.returncode != 0 or len(commit) != 40:
+    if out.returncode != 0 or len(commit) != 40 or not tracked:
         return None
     try:
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,

@@ -1,0 +1,136 @@
+"""What `pip install saesteer` gives a user who never sees this repository.
+
+Fast checks of pyproject.toml against the tree (a new static file, template or subpackage cannot be
+left out of the wheel silently) and of what the installed code assumes about where it lives. The
+wheel itself is built and used from outside the repository by tests/test_wheel_install.py (slow).
+"""
+
+from __future__ import annotations
+
+import glob
+import subprocess
+from pathlib import Path
+
+import pytest
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+def _top_packages() -> list[str]:
+    """The top-level packages pyproject's `packages.find.include` selects ("saes*" -> saes)."""
+    include = _pyproject()["tool"]["setuptools"]["packages"]["find"]["include"]
+    return sorted({pattern.split(".")[0].rstrip("*") for pattern in include})
+
+
+def _package_files() -> list[Path]:
+    """Every file of the top-level packages: git's list in a checkout, else the tree (an sdist)
+    without bytecode."""
+    tops = _top_packages()
+    out = subprocess.run(["git", "ls-files", "-z", "--", *tops], cwd=ROOT, capture_output=True, check=False)
+    if out.returncode == 0 and out.stdout:
+        return [ROOT / p for p in out.stdout.decode().split("\0") if p and (ROOT / p).is_file()]
+    return [p for top in tops for p in (ROOT / top).rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"]
+
+
+def _shipped_data(package_data: dict[str, list[str]], package_dir: Path, package: str) -> set[Path]:
+    """What setuptools' build_py ships as data of `package`: its patterns globbed (recursive) from
+    the package's folder, as setuptools does."""
+    return {Path(p) for pattern in package_data.get(package, []) + package_data.get("*", [])
+            for p in glob.glob(str(package_dir / pattern), recursive=True) if Path(p).is_file()}
+
+
+def test_every_top_level_package_is_selected() -> None:
+    """A new top-level package (a folder with __init__.py beside saes/) is in `packages.find.include`."""
+    tops = set(_top_packages())
+    on_disk = {p.parent.name for p in ROOT.glob("*/__init__.py")}
+    assert on_disk - tops == set(), f"add {sorted(on_disk - tops)} to [tool.setuptools.packages.find] include"
+    assert tops - on_disk == set(), f"include names packages that do not exist: {sorted(tops - on_disk)}"
+
+
+def test_package_data_globs_cover_every_runtime_file() -> None:
+    """Every non-Python file under the packages (templates, static JS/CSS, the toy model's assets)
+    matches a [tool.setuptools.package-data] glob, and every Python file sits in a package
+    (`packages.find` skips folders without __init__.py, and their modules with them)."""
+    package_data = _pyproject()["tool"]["setuptools"].get("package-data", {})
+    files = _package_files()
+    assert len(files) > 100, files  # the listing worked
+    missing_data, outside_packages = [], []
+    for f in files:
+        rel = f.relative_to(ROOT)
+        if f.suffix == ".py":
+            if any(not (ROOT.joinpath(*rel.parts[:i]) / "__init__.py").is_file() for i in range(1, len(rel.parts))):
+                outside_packages.append(str(rel))
+            continue
+        # the data of the nearest enclosing package (or of any package above it: setuptools reads both)
+        owners = [".".join(rel.parts[:i]) for i in range(1, len(rel.parts))
+                  if (ROOT.joinpath(*rel.parts[:i]) / "__init__.py").is_file()]
+        if not any(f in _shipped_data(package_data, ROOT / owner.replace(".", "/"), owner) for owner in owners):
+            missing_data.append(str(rel))
+    assert missing_data == [], f"not shipped in the wheel; add a glob to [tool.setuptools.package-data]: {missing_data}"
+    assert outside_packages == [], f"modules in a folder without __init__.py are not shipped: {outside_packages}"
+
+
+def test_package_data_globs_match_something() -> None:
+    """A glob that matches nothing is a typo or a leftover (and hides the file it meant)."""
+    package_data = _pyproject()["tool"]["setuptools"].get("package-data", {})
+    for package, patterns in package_data.items():
+        for pattern in patterns:
+            hits = [p for p in glob.glob(str(ROOT / package.replace(".", "/") / pattern), recursive=True)
+                    if Path(p).is_file()]
+            assert hits, f"package-data {package!r}: {pattern!r} matches no file"
+
+
+def _git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True,
+                          env={"GIT_AUTHOR_NAME": "u", "GIT_AUTHOR_EMAIL": "u@x", "GIT_COMMITTER_NAME": "u",
+                               "GIT_COMMITTER_EMAIL": "u@x", "PATH": "/usr/bin:/bin"}).stdout.strip()
+
+
+def test_git_commit_is_not_the_users_project_commit(tmp_path) -> None:
+    """saesteer pip-installed into `.venv/` inside the user's own repository: the SAE's provenance
+    must not record the user's commit as the code that trained it."""
+    from training.report import git_commit
+
+    project = tmp_path / "project"
+    project.mkdir()
+    _git(project, "init", "-q")
+    (project / "notes.txt").write_text("mine\n")
+    _git(project, "add", "notes.txt")
+    _git(project, "commit", "-qm", "init")
+    installed = project / ".venv" / "lib" / "site-packages" / "training"
+    installed.mkdir(parents=True)
+    (installed / "report.py").write_text("# the installed copy\n")
+    assert git_commit(installed / "report.py") is None
+    assert git_commit(installed) is None
+    assert git_commit(project / "notes.txt") == _git(project, "rev-parse", "HEAD")  # a checkout's own file
+
+
+def test_an_installed_toy_model_is_not_overwritten(tmp_path, monkeypatch, capsys) -> None:
+    """`python -m toyworld.train` / `toyworld.evaluate --write` (the README's rebuild) in a pip-installed
+    copy: their default folder is the shipped model in site-packages, whose hash the user's stores
+    record. Refused, asking for a folder of their own; in a checkout the default stays."""
+    import toyworld.evaluate
+    import toyworld.model
+    import toyworld.train
+
+    assert not toyworld.model.is_installed_assets(toyworld.model.ASSETS_DIR)  # this checkout rebuilds in place
+    installed = tmp_path / "lib" / "site-packages" / "toyworld" / "assets"
+    installed.mkdir(parents=True)
+    monkeypatch.setattr(toyworld.model, "ASSETS_DIR", installed)
+    for main, argv in ((toyworld.train.main, ["--out", str(installed), "--steps", "1"]),
+                       (toyworld.evaluate.main, ["--model-dir", str(installed), "--write"])):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+        assert "installed saesteer" in capsys.readouterr().err
+    assert list(installed.iterdir()) == []
