@@ -8,9 +8,11 @@ generation_config.json lists <|eot_id|> beside the tokenizer's eos. What only th
 - vLLM's `chat_template_kwargs` (`{"enable_thinking": false}`, how clients turn Qwen3's thinking
   off) was refused as an unknown field; it now reaches the template, and a variable the template does
   not read (or one the server sets itself) is refused naming what the template reads;
-- a message's `name` and an assistant message's `reasoning_content` were dropped without a word
-  (the model never saw them); they now go to the template where it writes them and are refused
-  where it does not;
+- a message's `name` and an assistant message's `reasoning_content` (or `reasoning`) were dropped
+  without a word; they now go to the template, which decides whether the model sees them (as
+  vLLM: agent frameworks put `name` on every message, so a template that ignores it is no error);
+- a text part with LiteLLM's `cache_control` (a provider's caching hint) was refused with two
+  pydantic errors; it is read as its text;
 - content given as text parts was joined with nothing (["Hello", "world"] read "Helloworld"); the
   parts are now joined by line breaks, as vLLM joins them;
 - an assistant message in the history that called tools (`tool_calls`) was read as one that said
@@ -149,28 +151,42 @@ def test_template_kwargs_the_template_does_not_read_are_refused(client):
     assert param == "chat_template_kwargs" and "set by the server" in msg, msg
 
 
-def test_reasoning_content_of_a_prefill_reaches_the_template(client, stores):
-    """An assistant prefill with vLLM's `reasoning_content` (Qwen3's template writes it inside the
-    think block): the prompt holds it, as transformers renders the same message."""
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+def test_reasoning_of_a_prefill_reaches_the_template(client, stores, field):
+    """An assistant prefill with vLLM's `reasoning_content`, or `reasoning`, its newer name (Qwen3's
+    template writes it inside the think block): the prompt holds it, as transformers renders the
+    message with `reasoning_content`."""
     from steering.chat import render_chat
 
     tok = stores["qwen3"].model.tokenizer
-    msgs = ASK + [{"role": "assistant", "content": "def parse(self, args):",
-                   "reasoning_content": "Une liste; 日本 aussi."}]
-    want = render_chat(tok, msgs, add_generation_prompt=False, continue_final_message=True)
+    reasoning = "Une liste; 日本 aussi."
+    want = render_chat(tok, ASK + [{"role": "assistant", "content": "def parse(self, args):",
+                                    "reasoning_content": reasoning}],
+                       add_generation_prompt=False, continue_final_message=True)
     assert "日本 aussi.\n</think>\n\ndef parse" in want.text
+    msgs = ASK + [{"role": "assistant", "content": "def parse(self, args):", field: reasoning}]
     n, _ = _greedy(client, "qwen3", msgs, continue_final_message=True, add_generation_prompt=False)
     assert n == len(want.token_ids)
 
 
-def test_a_name_the_template_does_not_write_is_refused(client):
-    """`name` on a message (LangChain sends HumanMessage(name=...)): Qwen3's template writes only role
-    and content, so the model would never see it; refused naming the message and the field."""
-    with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model="qwen3", max_tokens=2,
-                                       messages=[ASK[0], {**ASK[1], "name": "alice"}])
-    param, msg = _refusal(e)
-    assert param == "messages" and msg.startswith("messages[1].name:"), msg
+NAME_TEMPLATE = "{% for m in messages %}{{ m.get('name', m['role']) }}: {{ m['content'] }}\n{% endfor %}"
+
+
+def test_names_and_reasoning_reach_the_template_which_decides(client, stores, monkeypatch):
+    """`name` on every message (AutoGen, LangChain's HumanMessage(name=...)) and `reasoning_content`
+    on a reply in the history, sent to templates that do not write them (Qwen3 and Llama 3 write no
+    name; Llama 3 no reasoning): accepted, the prompt as without them (they were refused, a 400 for
+    every such agent); a template that writes `name` gets it."""
+    named = [{**m, "name": n} for m, n in zip(ASK, ("rules", "alice"))]
+    history = [*named, {"role": "assistant", "content": "return args", "name": "coder",
+                        "reasoning_content": "une liste"}, {"role": "user", "content": "Et?", "name": "alice"}]
+    plain = [{"role": m["role"], "content": m["content"]} for m in history]
+    for model in ("qwen3", "llama3"):
+        assert _greedy(client, model, history) == _greedy(client, model, plain), model
+    tok = stores["qwen3"].model.tokenizer
+    monkeypatch.setattr(tok, "chat_template", NAME_TEMPLATE)
+    n, _ = _greedy(client, "qwen3", named, add_generation_prompt=False)
+    assert n == len(tok("rules: You write Python.\nalice: Écris: def parse(args):\n")["input_ids"])
 
 
 def test_think_blocks_in_history_are_rendered_as_the_template_does(client, stores):
@@ -242,6 +258,19 @@ def test_text_parts_are_joined_by_line_breaks(client):
     as_parts = _greedy(client, "qwen3", [ASK[0], {"role": "user", "content": parts}])
     assert as_parts == _greedy(client, "qwen3", [ASK[0], {"role": "user", "content": "def parse(self, args):\n"
                                                                                        "    return args"}])
+
+
+def test_a_text_part_with_cache_control_is_read_as_its_text(client):
+    """LiteLLM (and Anthropic-style clients) mark text parts with `cache_control`, a provider's
+    prompt-caching hint: read as the text (it was refused with two pydantic errors, one for each
+    form content may take); another unknown key on a part is still refused, in one line."""
+    cached = [{"type": "text", "text": ASK[1]["content"], "cache_control": {"type": "ephemeral"}}]
+    assert _greedy(client, "qwen3", [ASK[0], {"role": "user", "content": cached}]) == _greedy(client, "qwen3", ASK)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="qwen3", max_tokens=2, messages=[
+            {"role": "user", "content": [{"type": "text", "text": "x", "colour": "red"}]}])
+    param, msg = _refusal(e)
+    assert param == "messages" and msg == "messages.0.content: part 0: colour: not supported by this server (or misspelt)", msg
 
 
 def test_langchain_and_litellm_bodies(server):

@@ -20,9 +20,6 @@ from saesteer.api.service import OVERRIDE_HINT, ServedModel
 
 __all__ = ["ApiError", "Prepared", "prepare_completion", "prepare_chat", "END_OF_TURN_TOKENS"]
 
-# message fields beside role and content that go to the chat template (where it reads them)
-MESSAGE_FIELDS = ("name", "reasoning_content")
-
 # end-of-turn markers of common chat templates: a chat reply also ends at these
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "</s>", "<|endoftext|>")
 
@@ -283,7 +280,7 @@ def prepare_completion(req: CompletionRequest, served: ServedModel, limits) -> P
 
 
 def prepare_chat(req: ChatRequest, served: ServedModel, limits) -> Prepared:
-    from steering.chat import check_message_fields, check_template_kwargs, render_chat
+    from steering.chat import check_template_kwargs, render_chat
     from steering.rowedits import RowLayout
     from steering.spec import SteeringError
 
@@ -294,9 +291,8 @@ def prepare_chat(req: ChatRequest, served: ServedModel, limits) -> Prepared:
     chars = sum(len(m.text()) for m in req.messages)
     if chars > limits.max_text_chars:
         raise ApiError(400, f"messages: at most {limits.max_text_chars} characters in all (got {chars})", "messages")
-    # name / reasoning_content go to the template as fields, only where they were given
-    msgs = [{"role": "system" if m.role == "developer" else m.role, "content": m.text(),
-             **{f: getattr(m, f) for f in MESSAGE_FIELDS if getattr(m, f) is not None}} for m in req.messages]
+    msgs = [{"role": "system" if m.role == "developer" else m.role, "content": m.text(), **m.template_fields()}
+            for m in req.messages]
     cont = bool(req.continue_final_message)
     if cont and req.add_generation_prompt:  # vLLM's refusal, in its words
         raise ApiError(400, "Cannot set both `continue_final_message` and `add_generation_prompt` to True.",
@@ -305,10 +301,6 @@ def prepare_chat(req: ChatRequest, served: ServedModel, limits) -> Prepared:
         raise ApiError(400, f"continue_final_message continues the last message, which must be the assistant's (a "
                             f"prefill); the last message here is from {msgs[-1]['role']!r}", "continue_final_message")
     tok = served.model.tokenizer
-    try:  # first: a model without a chat template is refused here, for its messages
-        check_message_fields(tok, msgs, MESSAGE_FIELDS)
-    except SteeringError as e:
-        raise ApiError(400, str(e), "messages") from None
     try:
         check_template_kwargs(tok, req.chat_template_kwargs or {})
     except SteeringError as e:
