@@ -20,7 +20,8 @@ generation_config.json lists <|eot_id|> beside the tokenizer's eos. What only th
 - a Llama-3-Instruct prompt sent to /v1/completions (the chat rendered to text by the client) ran
   past <|eot_id|> to max_tokens: only the tokenizer's eos (<|end_of_text|>) ended it; the
   checkpoint's generation_config.json eos_token_id list now ends every reply, as transformers'
-  generate and vLLM end it;
+  generate and vLLM end it, and so does `saesteer steer` (and the Python API and web playground,
+  which generate the same way), which ran on past <|eot_id|> after the API was fixed;
 - role:/turn: positions were refused on every Qwen3 chat with assistant history (the template writes
   an earlier assistant turn otherwise once a user message follows, so prefixes no longer cut the
   chat); that turn now ends where its content ends plus the template's closing text;
@@ -53,13 +54,23 @@ ASK = [{"role": "system", "content": "You write Python."},
 
 
 @pytest.fixture(scope="module")
-def stores(tmp_path_factory):
-    """'qwen3': a HookedTransformer over a Qwen2-family tokenizer with Qwen3's template; 'llama3': a
-    Llama-3-Instruct checkpoint (template writes BOS, generation_config lists <|eot_id|>) loaded
-    through saesteer.models.load_model; 'hermes': the Qwen2-family tokenizer with two named templates."""
-    from transformers import AutoTokenizer, GenerationConfig
+def llama3_path(tmp_path_factory):
+    """A Llama-3-Instruct checkpoint (template writes BOS, generation_config.json lists <|eot_id|>)."""
+    from helpers.real_models import save_real_model, write_corpus
 
-    from helpers.real_models import build_family_tokenizer, corpus_documents, save_real_model, write_corpus
+    work = tmp_path_factory.mktemp("user17-llama3")
+    return save_real_model(work / "gqa-instruct", "llama3", write_corpus(work / "corpus"), train_steps=0,
+                           vocab_size=512)
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory, llama3_path):
+    """'qwen3': a HookedTransformer over a Qwen2-family tokenizer with Qwen3's template; 'llama3': the
+    Llama-3-Instruct checkpoint loaded through saesteer.models.load_model; 'hermes': the
+    Qwen2-family tokenizer with two named templates."""
+    from transformers import AutoTokenizer
+
+    from helpers.real_models import build_family_tokenizer, corpus_documents
     from helpers.web_store import build_web_store
     from saesteer.models import load_model
 
@@ -67,12 +78,7 @@ def stores(tmp_path_factory):
     tok = build_family_tokenizer("qwen2", corpus_documents(), vocab_size=512)
     tok.chat_template = QWEN3_TEMPLATE
     qwen3 = build_web_store(work / "qwen3", tokenizer=tok, name="qwen3", n_layers=2, n_ctx=160)
-    path = save_real_model(work / "gqa-instruct", "llama3", write_corpus(work / "corpus"), train_steps=0,
-                           vocab_size=512)
-    ltok = AutoTokenizer.from_pretrained(path)
-    GenerationConfig(bos_token_id=ltok.bos_token_id,
-                     eos_token_id=[ltok.eos_token_id, ltok.convert_tokens_to_ids("<|eot_id|>")]).save_pretrained(path)
-    llama3 = build_web_store(work / "llama3", model=load_model(str(path), device="cpu"), name="llama3")
+    llama3 = build_web_store(work / "llama3", model=load_model(str(llama3_path), device="cpu"), name="llama3")
     # several named templates in tokenizer_config.json (Hermes 2 Pro, Command R): AutoTokenizer reads a dict
     tok.save_pretrained(work / "hermes-tok")
     cfg = json.loads((work / "hermes-tok" / "tokenizer_config.json").read_text())
@@ -318,3 +324,40 @@ def test_llama3_one_bos_and_eot_ends_chat_and_completion(client, stores):
         assert (c.finish_reason, c.model_extra["steering"]["stopped_by"], r.usage.completion_tokens) == (
             "stop", "end-of-text token", 0)
     assert plain.usage.prompt_tokens == chat.usage.prompt_tokens  # the written BOS is not doubled either
+
+
+def _eot_sae(model_dir, out):
+    """A StandardSAE written by SAELens for the checkpoint's last block, whose latent 0 writes the
+    unembedding direction of <|eot_id|>: adding it makes <|eot_id|> the most likely next token."""
+    import torch
+    from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    eot = AutoTokenizer.from_pretrained(model_dir).convert_tokens_to_ids("<|eot_id|>")
+    unembed = AutoModelForCausalLM.from_pretrained(model_dir).lm_head.weight[eot].detach()
+    sl = StandardSAE(StandardSAEConfig(d_in=unembed.shape[0], d_sae=16))
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in sl.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        sl.W_dec[0] = unembed / unembed.norm()
+    sl.cfg.metadata.hook_name, sl.cfg.metadata.model_name = "blocks.1.hook_resid_post", str(model_dir)
+    sl.save_model(out)
+    return out
+
+
+def test_steer_ends_a_llama3_text_at_eot(llama3_path, tmp_path):
+    """`saesteer steer` on the Llama-3-Instruct checkpoint, with an edit at the last prompt token that
+    makes the next token <|eot_id|>: the steered text ends there, as transformers' generate (and the
+    API) end it; it ran on past <|eot_id|> (only the tokenizer's <|end_of_text|> stopped it), the
+    rest of the text written after the end of the turn."""
+    pytest.importorskip("sae_lens")
+    from helpers.real_cli import saesteer
+
+    sae = _eot_sae(llama3_path, tmp_path / "sae")
+    r = saesteer("steer", "--model", llama3_path, "--sae", sae, "--latent", "0:add=50@-1", "--prompt", ASK[1]["content"],
+                 "--prompt", "def parse(args):\n    return [a for a in args]", "--max-new-tokens", 8,
+                 "--do-sample", "false", "--json", "--no-progress").ok()
+    results = json.loads(r.out)["results"]
+    assert [x["steered"] for x in results] == ["", ""], results
+    assert all(x["unsteered"] for x in results)  # unsteered, the model writes on

@@ -161,22 +161,15 @@ def _common(req, served: ServedModel, limits, default_max: int | None, n_prompts
 
 
 def _eos_ids(model, chat: bool) -> tuple[int, ...]:
-    """The tokens that end a reply: the tokenizer's eos, the checkpoint's generation_config.json
-    eos_token_id (an id or a list: Llama-3-Instruct lists <|eot_id|> beside the tokenizer's
-    <|end_of_text|>; transformers' generate and vLLM stop at each), and for chat the end-of-turn
-    markers of common templates."""
-    tokenizer = model.tokenizer
-    ids = set()
-    if getattr(tokenizer, "eos_token_id", None) is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    # a TransformerBridge keeps the HF model, which read generation_config.json
-    listed = getattr(getattr(getattr(model, "original_model", None), "generation_config", None), "eos_token_id", None)
-    ids.update(int(i) for i in ([listed] if isinstance(listed, int) else listed or ()))
+    """The tokens that end a reply: the model's stop tokens (`steering.generation.stop_token_ids`:
+    the tokenizer's eos and generation_config.json's eos_token_id, as every generation path stops),
+    and for chat the end-of-turn markers of common templates."""
+    from steering.generation import stop_token_ids
+
+    ids = set(stop_token_ids(model))
     if chat:
-        vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
-        for t in END_OF_TURN_TOKENS:
-            if t in vocab:
-                ids.add(int(vocab[t]))
+        vocab = model.tokenizer.get_vocab() if hasattr(model.tokenizer, "get_vocab") else {}
+        ids.update(int(vocab[t]) for t in END_OF_TURN_TOKENS if t in vocab)
     return tuple(sorted(ids))
 
 
