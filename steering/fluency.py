@@ -40,7 +40,6 @@ from typing import TYPE_CHECKING
 import torch
 
 from saes.bos import prompt_tokens
-from steering.generation import stop_token_ids
 from steering.spec import SteeringError
 
 if TYPE_CHECKING:
@@ -129,10 +128,10 @@ def _combine(text: str, excess: float | None, se: float | None, nll_sum: float, 
 @torch.no_grad()
 def _token_stats(model: Model, tokens_BT: torch.Tensor, starts: Sequence[int]) -> list[tuple[float, float, float, int]]:
     """Per row: (summed nll, summed entropy, summed variance of log-probability, scored tokens) of
-    the tokens from `starts[b]` on, up to and including the first stop token (`stop_token_ids`: where
-    the text ends), under `model` as it is now."""
+    the tokens from `starts[b]` on, up to and including the first end-of-text token, under `model`
+    as it is now."""
     logits_BTV = model(tokens_BT, padding_side="left")
-    stops = torch.tensor(stop_token_ids(model), dtype=tokens_BT.dtype, device=tokens_BT.device)
+    eos = getattr(getattr(model, "tokenizer", None), "eos_token_id", None)
     out = []
     for b, start in enumerate(starts):
         if start >= tokens_BT.shape[1] or start < 1:
@@ -141,8 +140,9 @@ def _token_stats(model: Model, tokens_BT: torch.Tensor, starts: Sequence[int]) -
         logp_TV = torch.log_softmax(logits_BTV[b, start - 1 : -1].float(), dim=-1)
         target_T = tokens_BT[b, start:]
         keep_T = torch.ones_like(target_T, dtype=torch.bool)
-        is_stop = torch.isin(target_T, stops)
-        keep_T &= ~((is_stop.cumsum(0) - is_stop.long()) > 0)  # strictly after the first stop token
+        if eos is not None:
+            is_eos = target_T == eos
+            keep_T &= ~((is_eos.cumsum(0) - is_eos.long()) > 0)  # strictly after the first EOS
         nll_T = -logp_TV.gather(-1, target_T.unsqueeze(-1)).squeeze(-1)
         p_TV = logp_TV.exp()
         ent_T = -(p_TV * logp_TV).sum(-1)

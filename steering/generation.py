@@ -130,7 +130,7 @@ def stop_token_ids(model: Model) -> tuple[int, ...]:
     a list: Llama-3-Instruct lists <|eot_id|> beside the tokenizer's <|end_of_text|>, so its replies
     would otherwise run on past the end of the turn). The tokenizer's comes first: TransformerLens
     pads a finished row with it. One rule for `generate` (`saesteer steer`, sessions, the web
-    playground), the fluency score and the API."""
+    playground) and the API."""
     ids: list[int] = []
     eos = getattr(getattr(model, "tokenizer", None), "eos_token_id", None)
     if eos is not None:
