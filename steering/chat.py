@@ -151,14 +151,10 @@ _RESERVED_KWARGS = frozenset({
     "return_assistant_tokens_mask", "tokenizer_kwargs", "sanitize_control_tokens", "raise_exception", "strftime_now"})
 
 
-def template_variables(tokenizer: Any, chat_template: str | None = None) -> frozenset[str] | None:
-    """The variables the tokenizer's chat template reads (what template kwargs can set), as vLLM
-    finds them: jinja's undeclared names; None when jinja cannot parse the template here."""
-    return _variables_of(_template_of(tokenizer, chat_template))
-
-
 @functools.lru_cache(maxsize=16)  # one parse per template, not per request
 def _variables_of(tmpl: str) -> frozenset[str] | None:
+    """The variables a chat template reads (what template kwargs can set), as vLLM finds them:
+    jinja's undeclared names; None when jinja cannot parse the template here."""
     import jinja2
     from jinja2 import meta
 
@@ -178,7 +174,7 @@ def check_template_kwargs(tokenizer: Any, kwargs: Mapping[str, Any], *, chat_tem
     if not kwargs:
         return
     specials = set(getattr(tokenizer, "special_tokens_map", {}) or {})
-    reads = template_variables(tokenizer, chat_template)
+    reads = _variables_of(_template_of(tokenizer, chat_template))
     for key in kwargs:
         if key in _RESERVED_KWARGS or key in specials:
             raise SteeringError(f"{key!r} is set by the server (from the request's own fields and the tokenizer), "
