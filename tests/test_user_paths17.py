@@ -182,13 +182,18 @@ def test_names_and_reasoning_reach_the_template_which_decides(client, stores, mo
     """`name` on every message (AutoGen, LangChain's HumanMessage(name=...)) and `reasoning_content`
     on a reply in the history, sent to templates that do not write them (Qwen3 and Llama 3 write no
     name; Llama 3 no reasoning): accepted, the prompt as without them (they were refused, a 400 for
-    every such agent); a template that writes `name` gets it."""
+    every such agent); a template that writes `name` gets it. They count in the request's bound on
+    text, as content does."""
     named = [{**m, "name": n} for m, n in zip(ASK, ("rules", "alice"))]
     history = [*named, {"role": "assistant", "content": "return args", "name": "coder",
                         "reasoning_content": "une liste"}, {"role": "user", "content": "Et?", "name": "alice"}]
     plain = [{"role": m["role"], "content": m["content"]} for m in history]
     for model in ("qwen3", "llama3"):
         assert _greedy(client, model, history) == _greedy(client, model, plain), model
+    long = [*ASK, {"role": "assistant", "content": "ok", "reasoning_content": "réflexion " * 200}]
+    with pytest.raises(openai.BadRequestError) as e:  # counted in the request's bound on text, as content is
+        client.chat.completions.create(model="qwen3", max_tokens=2, messages=long)
+    assert "characters in all" in _refusal(e)[1]
     tok = stores["qwen3"].model.tokenizer
     monkeypatch.setattr(tok, "chat_template", NAME_TEMPLATE)
     n, _ = _greedy(client, "qwen3", named, add_generation_prompt=False)

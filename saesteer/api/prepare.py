@@ -281,11 +281,12 @@ def prepare_chat(req: ChatRequest, served: ServedModel, limits) -> Prepared:
         raise ApiError(400, "tools and function calling are not supported by this server", "tools")
     if req.response_format is not None and req.response_format.get("type") not in (None, "text"):
         raise ApiError(400, "response_format other than text is not supported by this server", "response_format")
-    chars = sum(len(m.text()) for m in req.messages)
-    if chars > limits.max_text_chars:
-        raise ApiError(400, f"messages: at most {limits.max_text_chars} characters in all (got {chars})", "messages")
     msgs = [{"role": "system" if m.role == "developer" else m.role, "content": m.text(), **m.template_fields()}
             for m in req.messages]
+    # what the template may write counts: names and reasoning too (the reasoning once, under either name)
+    chars = sum(len(m["content"]) + len(m.get("name", "")) + len(m.get("reasoning", "")) for m in msgs)
+    if chars > limits.max_text_chars:
+        raise ApiError(400, f"messages: at most {limits.max_text_chars} characters in all (got {chars})", "messages")
     cont = bool(req.continue_final_message)
     if cont and req.add_generation_prompt:  # vLLM's refusal, in its words
         raise ApiError(400, "Cannot set both `continue_final_message` and `add_generation_prompt` to True.",
