@@ -25,9 +25,10 @@ none (Qwen2's "You are a helpful assistant.", Llama 3.1's date header) gives tha
 message (role:user would otherwise steer it too, and role:system be refused as absent).
 
 Template variables (`template_kwargs`, vLLM's `chat_template_kwargs`: Qwen3's `enable_thinking`)
-and message fields beyond role and content (`name`, `reasoning_content`) reach the template only
-where it reads them: `check_template_kwargs` and `check_message_fields` refuse the others, naming
-what the template reads, so a switch the template never looks at is not taken for one that worked.
+reach the template only where it reads them: `check_template_kwargs` refuses the others, naming
+those it reads, so a switch the template never looks at is not taken for one that worked. Message
+fields beyond role and content (`name`, `reasoning_content`) go to the template as they are, and
+the template decides whether the model sees them (as with transformers and vLLM).
 
 A template that writes a message inside a later message's turn (Gemma 3 and Llama 2 fold the system
 message into the first user turn: "<start_of_turn>user\nSYSTEM\n\nUSER") gives that text its own
@@ -150,24 +151,12 @@ _RESERVED_KWARGS = frozenset({
     "return_assistant_tokens_mask", "tokenizer_kwargs", "sanitize_control_tokens", "raise_exception", "strftime_now"})
 
 
-@dataclass(frozen=True)
-class TemplateReads:
-    """What a chat template reads: its free variables (what template kwargs can set) and every
-    attribute or key it looks up (`message.name`, `m['reasoning_content']`, ...)."""
-
-    variables: frozenset[str]
-    fields: frozenset[str]
-
-
-def template_reads(tokenizer: Any, chat_template: str | None = None) -> TemplateReads | None:
-    """What the tokenizer's chat template reads (None when jinja cannot parse it here)."""
-    return _reads_of(_template_of(tokenizer, chat_template))
-
-
 @functools.lru_cache(maxsize=16)  # one parse per template, not per request
-def _reads_of(tmpl: str) -> TemplateReads | None:
+def _variables_of(tmpl: str) -> frozenset[str] | None:
+    """The variables a chat template reads (what template kwargs can set), as vLLM finds them:
+    jinja's undeclared names; None when jinja cannot parse the template here."""
     import jinja2
-    from jinja2 import meta, nodes
+    from jinja2 import meta
 
     # transformers' {% generation %} tag (assistant masks) only marks text: parsed as plain text here
     source = re.sub(r"\{%-?\s*(end)?generation\s*-?%\}", "", tmpl)
@@ -175,44 +164,25 @@ def _reads_of(tmpl: str) -> TemplateReads | None:
         ast = jinja2.Environment(extensions=["jinja2.ext.loopcontrols"]).parse(source)
     except jinja2.TemplateError:  # a template jinja cannot parse here: nothing known about what it reads
         return None
-    fields = {n.attr for n in ast.find_all(nodes.Getattr)}  # message.name
-    fields |= {n.arg.value for n in ast.find_all(nodes.Getitem) if isinstance(n.arg, nodes.Const)}  # m['name']
-    fields |= {c.args[0].value for c in ast.find_all(nodes.Call) if isinstance(c.node, nodes.Getattr)  # m.get('name')
-               and c.node.attr == "get" and c.args and isinstance(c.args[0], nodes.Const)}
-    fields |= {c.expr.value for c in ast.find_all(nodes.Compare) if isinstance(c.expr, nodes.Const)  # 'name' in m
-               and any(op.op in ("in", "notin") for op in c.ops)}
-    return TemplateReads(frozenset(meta.find_undeclared_variables(ast)), frozenset(fields))
+    return frozenset(meta.find_undeclared_variables(ast))
 
 
 def check_template_kwargs(tokenizer: Any, kwargs: Mapping[str, Any], *, chat_template: str | None = None) -> None:
-    """Refuse template variables the chat template does not read (they would change nothing) and
-    those the renderer sets itself (messages, add_generation_prompt, special tokens, ...)."""
+    """Refuse template variables the chat template does not read (they would change nothing: vLLM
+    drops them without a word, so a misspelt `enable_thinkng` would leave thinking on) and those
+    the renderer sets itself (messages, add_generation_prompt, special tokens, ...)."""
     if not kwargs:
         return
     specials = set(getattr(tokenizer, "special_tokens_map", {}) or {})
-    reads = template_reads(tokenizer, chat_template)
+    reads = _variables_of(_template_of(tokenizer, chat_template))
     for key in kwargs:
         if key in _RESERVED_KWARGS or key in specials:
             raise SteeringError(f"{key!r} is set by the server (from the request's own fields and the tokenizer), "
                                 f"not by template variables; leave it out")
-        if reads is not None and key not in reads.variables:
-            known = sorted(reads.variables - _RESERVED_KWARGS - specials)
+        if reads is not None and key not in reads:
+            known = sorted(reads - _RESERVED_KWARGS - specials)
             raise SteeringError(f"this model's chat template does not read {key!r}, so it would change nothing; "
                                 f"the variables it reads: {', '.join(known) if known else 'none'}")
-
-
-def check_message_fields(tokenizer: Any, messages: Sequence[Mapping[str, Any]], fields: Sequence[str], *,
-                         chat_template: str | None = None) -> None:
-    """Refuse a message field (of `fields`) that the chat template does not read: the model would
-    never see it (e.g. `name` on a template that writes only role and content)."""
-    reads = template_reads(tokenizer, chat_template)
-    if reads is None:
-        return
-    for i, m in enumerate(messages):
-        for f in fields:
-            if m.get(f) is not None and f not in reads.fields:
-                raise SteeringError(f"messages[{i}].{f}: this model's chat template does not write a message's "
-                                    f"{f!r}, so the model would not see it; leave it out (or put it in the content)")
 
 
 def _prefix_ends(render, msgs: list[dict], text: str, gen: bool) -> tuple[list[int], str | None]:

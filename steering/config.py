@@ -24,7 +24,9 @@ class GenerationConfig:
     freq_penalty: float = field(default=0.0, metadata={"help": "penalty for tokens already in the text"})
     seed: int | None = field(default=0, metadata={"help": "random seed for sampling (none: do not reseed)"})
     use_past_kv_cache: bool = field(default=True, metadata={"help": "reuse keys/values of earlier tokens"})
-    stop_at_eos: bool = field(default=True, metadata={"help": "stop a row when it emits the end-of-text token"})
+    stop_at_eos: bool = field(default=True, metadata={"help": "stop a row when it emits an end-of-text token (the "
+                                                              "tokenizer's eos, or one generation_config.json lists: "
+                                                              "Llama 3's <|eot_id|>)"})
     prepend_bos: bool | None = field(
         default=None,
         metadata={"help": "prepend BOS to prompts (none: as the SAE was trained: its saesteer.json's BOS policy, "

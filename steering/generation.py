@@ -124,6 +124,25 @@ def check_positions_reachable(edits: Sequence[PositionedEdit], lengths: list[int
                 f"they are left unedited"), stacklevel=3)
 
 
+def stop_token_ids(model: Model) -> tuple[int, ...]:
+    """The tokens that end a generated text, as transformers' `generate` and vLLM end it: the
+    tokenizer's eos and every id of the checkpoint's generation_config.json `eos_token_id` (an id or
+    a list: Llama-3-Instruct lists <|eot_id|> beside the tokenizer's <|end_of_text|>, so its replies
+    would otherwise run on past the end of the turn). The tokenizer's comes first: TransformerLens
+    pads a finished row with it. One rule for `generate` (`saesteer steer`, sessions, the web
+    playground) and the API."""
+    ids: list[int] = []
+    eos = getattr(getattr(model, "tokenizer", None), "eos_token_id", None)
+    if eos is not None:
+        ids.append(int(eos))
+    # a TransformerBridge keeps the HF model, which read generation_config.json
+    listed = getattr(getattr(getattr(model, "original_model", None), "generation_config", None), "eos_token_id", None)
+    for i in [listed] if isinstance(listed, int) else listed or ():
+        if int(i) not in ids:
+            ids.append(int(i))
+    return tuple(ids)
+
+
 def generate(
     model: Model,
     prompts: str | Sequence[str],
@@ -164,6 +183,9 @@ def generate(
         return_type="tokens",
         verbose=False,
     )
+    stops = stop_token_ids(model) if config.stop_at_eos else ()
+    if stops:
+        kwargs["eos_token_id"] = list(stops)
     if config.prepend_bos is not None:
         kwargs["prepend_bos"] = config.prepend_bos
     devices = [tokens_BP.device] if tokens_BP.device.type == "cuda" else []
@@ -177,20 +199,20 @@ def generate(
                 out_BT = model.generate(tokens_BP, **kwargs)
         else:
             out_BT = model.generate(tokens_BP, **kwargs)
-    texts = [continuation_text(model.tokenizer, row[:P].tolist(), row[P:].tolist(), config.stop_at_eos)
-             for row in out_BT]
+    texts = [continuation_text(model.tokenizer, row[:P].tolist(), row[P:].tolist(), stops) for row in out_BT]
     return Generation(prompts, texts, out_BT, P)
 
 
 def continuation_text(tokenizer: Any, prompt_ids: Sequence[int], new_ids: Sequence[int],
-                      stop_at_eos: bool = True) -> str:
+                      stop_ids: Sequence[int] | None = None) -> str:
     """What the new tokens add to the prompt's text, by the rule the batched engine's and the API's
     text follows (`steering.textstream.TextAssembler`, one rule for both): decode(prompt + new)
     less decode(prompt), so that the two texts joined are the tokenizer's decoding of all the
     tokens. The spaces, line breaks and indentation the new tokens carry are kept ("def main(" +
     ")" reads "def main()"); where the tokenizer puts a space between words (SentencePiece's "▁",
     a word-level tokenizer) it is the continuation's first character. Special tokens (BOS,
-    padding) are left out, and the text stops at the first end-of-text token when `stop_at_eos`.
+    padding) are left out, and the text stops at the first of `stop_ids` (`stop_token_ids`; None:
+    the tokenizer's eos; empty: nowhere).
     The prompt counts from after its last control token (`steering.textstream.text_context`): a
     reply after a chat template's "<|assistant|>" brings no space. One exception, as streamed
     text: where a byte-fallback decoder (Llama-2's <0xNN> tokens) would rewrite characters
@@ -200,9 +222,11 @@ def continuation_text(tokenizer: Any, prompt_ids: Sequence[int], new_ids: Sequen
     (`features.tokentext` gives each token's piece of a window the same way; steering does not
     import `features`, and needs only this one cut.)"""
     new = [int(i) for i in new_ids]
-    eos = getattr(tokenizer, "eos_token_id", None)
-    if stop_at_eos and eos is not None and eos in new:
-        new = new[: new.index(eos)]
+    if stop_ids is None:
+        eos = getattr(tokenizer, "eos_token_id", None)
+        stop_ids = () if eos is None else (eos,)
+    stops = set(stop_ids)
+    new = next((new[:k] for k, t in enumerate(new) if t in stops), new)
     if not new:
         return ""
     text = TextAssembler(tokenizer, context_ids=prompt_ids)

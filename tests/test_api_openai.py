@@ -474,7 +474,7 @@ def _offset_reference(tok, prompt_ids: list[int], new_ids: list[int], text: str)
     engine's text is) stops agreeing with the text (never before token i-1)."""
     out, at = [], 0
     for i in range(len(new_ids)):
-        before = continuation_text(tok, prompt_ids, new_ids[:i], stop_at_eos=False)
+        before = continuation_text(tok, prompt_ids, new_ids[:i], stop_ids=())
         n = next((k for k, (a, b) in enumerate(zip(before, text)) if a != b), min(len(before), len(text)))
         at = max(at, n)
         out.append(at)

@@ -8,9 +8,11 @@ generation_config.json lists <|eot_id|> beside the tokenizer's eos. What only th
 - vLLM's `chat_template_kwargs` (`{"enable_thinking": false}`, how clients turn Qwen3's thinking
   off) was refused as an unknown field; it now reaches the template, and a variable the template does
   not read (or one the server sets itself) is refused naming what the template reads;
-- a message's `name` and an assistant message's `reasoning_content` were dropped without a word
-  (the model never saw them); they now go to the template where it writes them and are refused
-  where it does not;
+- a message's `name` and an assistant message's `reasoning_content` (or `reasoning`) were dropped
+  without a word; they now go to the template, which decides whether the model sees them (as
+  vLLM: agent frameworks put `name` on every message, so a template that ignores it is no error);
+- a text part with LiteLLM's `cache_control` (a provider's caching hint) was refused with two
+  pydantic errors; it is read as its text;
 - content given as text parts was joined with nothing (["Hello", "world"] read "Helloworld"); the
   parts are now joined by line breaks, as vLLM joins them;
 - an assistant message in the history that called tools (`tool_calls`) was read as one that said
@@ -18,7 +20,8 @@ generation_config.json lists <|eot_id|> beside the tokenizer's eos. What only th
 - a Llama-3-Instruct prompt sent to /v1/completions (the chat rendered to text by the client) ran
   past <|eot_id|> to max_tokens: only the tokenizer's eos (<|end_of_text|>) ended it; the
   checkpoint's generation_config.json eos_token_id list now ends every reply, as transformers'
-  generate and vLLM end it;
+  generate and vLLM end it, and so does `saesteer steer` (and the Python API and web playground,
+  which generate the same way), which ran on past <|eot_id|> after the API was fixed;
 - role:/turn: positions were refused on every Qwen3 chat with assistant history (the template writes
   an earlier assistant turn otherwise once a user message follows, so prefixes no longer cut the
   chat); that turn now ends where its content ends plus the template's closing text;
@@ -51,13 +54,23 @@ ASK = [{"role": "system", "content": "You write Python."},
 
 
 @pytest.fixture(scope="module")
-def stores(tmp_path_factory):
-    """'qwen3': a HookedTransformer over a Qwen2-family tokenizer with Qwen3's template; 'llama3': a
-    Llama-3-Instruct checkpoint (template writes BOS, generation_config lists <|eot_id|>) loaded
-    through saesteer.models.load_model; 'hermes': the Qwen2-family tokenizer with two named templates."""
-    from transformers import AutoTokenizer, GenerationConfig
+def llama3_path(tmp_path_factory):
+    """A Llama-3-Instruct checkpoint (template writes BOS, generation_config.json lists <|eot_id|>)."""
+    from helpers.real_models import save_real_model, write_corpus
 
-    from helpers.real_models import build_family_tokenizer, corpus_documents, save_real_model, write_corpus
+    work = tmp_path_factory.mktemp("user17-llama3")
+    return save_real_model(work / "gqa-instruct", "llama3", write_corpus(work / "corpus"), train_steps=0,
+                           vocab_size=512)
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory, llama3_path):
+    """'qwen3': a HookedTransformer over a Qwen2-family tokenizer with Qwen3's template; 'llama3': the
+    Llama-3-Instruct checkpoint loaded through saesteer.models.load_model; 'hermes': the
+    Qwen2-family tokenizer with two named templates."""
+    from transformers import AutoTokenizer
+
+    from helpers.real_models import build_family_tokenizer, corpus_documents
     from helpers.web_store import build_web_store
     from saesteer.models import load_model
 
@@ -65,12 +78,7 @@ def stores(tmp_path_factory):
     tok = build_family_tokenizer("qwen2", corpus_documents(), vocab_size=512)
     tok.chat_template = QWEN3_TEMPLATE
     qwen3 = build_web_store(work / "qwen3", tokenizer=tok, name="qwen3", n_layers=2, n_ctx=160)
-    path = save_real_model(work / "gqa-instruct", "llama3", write_corpus(work / "corpus"), train_steps=0,
-                           vocab_size=512)
-    ltok = AutoTokenizer.from_pretrained(path)
-    GenerationConfig(bos_token_id=ltok.bos_token_id,
-                     eos_token_id=[ltok.eos_token_id, ltok.convert_tokens_to_ids("<|eot_id|>")]).save_pretrained(path)
-    llama3 = build_web_store(work / "llama3", model=load_model(str(path), device="cpu"), name="llama3")
+    llama3 = build_web_store(work / "llama3", model=load_model(str(llama3_path), device="cpu"), name="llama3")
     # several named templates in tokenizer_config.json (Hermes 2 Pro, Command R): AutoTokenizer reads a dict
     tok.save_pretrained(work / "hermes-tok")
     cfg = json.loads((work / "hermes-tok" / "tokenizer_config.json").read_text())
@@ -149,28 +157,47 @@ def test_template_kwargs_the_template_does_not_read_are_refused(client):
     assert param == "chat_template_kwargs" and "set by the server" in msg, msg
 
 
-def test_reasoning_content_of_a_prefill_reaches_the_template(client, stores):
-    """An assistant prefill with vLLM's `reasoning_content` (Qwen3's template writes it inside the
-    think block): the prompt holds it, as transformers renders the same message."""
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+def test_reasoning_of_a_prefill_reaches_the_template(client, stores, field):
+    """An assistant prefill with vLLM's `reasoning_content`, or `reasoning`, its newer name (Qwen3's
+    template writes it inside the think block): the prompt holds it, as transformers renders the
+    message with `reasoning_content`."""
     from steering.chat import render_chat
 
     tok = stores["qwen3"].model.tokenizer
-    msgs = ASK + [{"role": "assistant", "content": "def parse(self, args):",
-                   "reasoning_content": "Une liste; 日本 aussi."}]
-    want = render_chat(tok, msgs, add_generation_prompt=False, continue_final_message=True)
+    reasoning = "Une liste; 日本 aussi."
+    want = render_chat(tok, ASK + [{"role": "assistant", "content": "def parse(self, args):",
+                                    "reasoning_content": reasoning}],
+                       add_generation_prompt=False, continue_final_message=True)
     assert "日本 aussi.\n</think>\n\ndef parse" in want.text
+    msgs = ASK + [{"role": "assistant", "content": "def parse(self, args):", field: reasoning}]
     n, _ = _greedy(client, "qwen3", msgs, continue_final_message=True, add_generation_prompt=False)
     assert n == len(want.token_ids)
 
 
-def test_a_name_the_template_does_not_write_is_refused(client):
-    """`name` on a message (LangChain sends HumanMessage(name=...)): Qwen3's template writes only role
-    and content, so the model would never see it; refused naming the message and the field."""
-    with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model="qwen3", max_tokens=2,
-                                       messages=[ASK[0], {**ASK[1], "name": "alice"}])
-    param, msg = _refusal(e)
-    assert param == "messages" and msg.startswith("messages[1].name:"), msg
+NAME_TEMPLATE = "{% for m in messages %}{{ m.get('name', m['role']) }}: {{ m['content'] }}\n{% endfor %}"
+
+
+def test_names_and_reasoning_reach_the_template_which_decides(client, stores, monkeypatch):
+    """`name` on every message (AutoGen, LangChain's HumanMessage(name=...)) and `reasoning_content`
+    on a reply in the history, sent to templates that do not write them (Qwen3 and Llama 3 write no
+    name; Llama 3 no reasoning): accepted, the prompt as without them (they were refused, a 400 for
+    every such agent); a template that writes `name` gets it. They count in the request's bound on
+    text, as content does."""
+    named = [{**m, "name": n} for m, n in zip(ASK, ("rules", "alice"))]
+    history = [*named, {"role": "assistant", "content": "return args", "name": "coder",
+                        "reasoning_content": "une liste"}, {"role": "user", "content": "Et?", "name": "alice"}]
+    plain = [{"role": m["role"], "content": m["content"]} for m in history]
+    for model in ("qwen3", "llama3"):
+        assert _greedy(client, model, history) == _greedy(client, model, plain), model
+    long = [*ASK, {"role": "assistant", "content": "ok", "reasoning_content": "réflexion " * 200}]
+    with pytest.raises(openai.BadRequestError) as e:  # counted in the request's bound on text, as content is
+        client.chat.completions.create(model="qwen3", max_tokens=2, messages=long)
+    assert "characters in all" in _refusal(e)[1]
+    tok = stores["qwen3"].model.tokenizer
+    monkeypatch.setattr(tok, "chat_template", NAME_TEMPLATE)
+    n, _ = _greedy(client, "qwen3", named, add_generation_prompt=False)
+    assert n == len(tok("rules: You write Python.\nalice: Écris: def parse(args):\n")["input_ids"])
 
 
 def test_think_blocks_in_history_are_rendered_as_the_template_does(client, stores):
@@ -244,6 +271,19 @@ def test_text_parts_are_joined_by_line_breaks(client):
                                                                                        "    return args"}])
 
 
+def test_a_text_part_with_cache_control_is_read_as_its_text(client):
+    """LiteLLM (and Anthropic-style clients) mark text parts with `cache_control`, a provider's
+    prompt-caching hint: read as the text (it was refused with two pydantic errors, one for each
+    form content may take); another unknown key on a part is still refused, in one line."""
+    cached = [{"type": "text", "text": ASK[1]["content"], "cache_control": {"type": "ephemeral"}}]
+    assert _greedy(client, "qwen3", [ASK[0], {"role": "user", "content": cached}]) == _greedy(client, "qwen3", ASK)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="qwen3", max_tokens=2, messages=[
+            {"role": "user", "content": [{"type": "text", "text": "x", "colour": "red"}]}])
+    param, msg = _refusal(e)
+    assert param == "messages" and msg == "messages.0.content: part 0: colour: not supported by this server (or misspelt)", msg
+
+
 def test_langchain_and_litellm_bodies(server):
     """The streamed body LangChain's ChatOpenAI sends (max_completion_tokens, stream_options, n,
     temperature) and LiteLLM's (user, metadata, developer role): honoured; tools refused in
@@ -289,3 +329,40 @@ def test_llama3_one_bos_and_eot_ends_chat_and_completion(client, stores):
         assert (c.finish_reason, c.model_extra["steering"]["stopped_by"], r.usage.completion_tokens) == (
             "stop", "end-of-text token", 0)
     assert plain.usage.prompt_tokens == chat.usage.prompt_tokens  # the written BOS is not doubled either
+
+
+def _eot_sae(model_dir, out):
+    """A StandardSAE written by SAELens for the checkpoint's last block, whose latent 0 writes the
+    unembedding direction of <|eot_id|>: adding it makes <|eot_id|> the most likely next token."""
+    import torch
+    from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    eot = AutoTokenizer.from_pretrained(model_dir).convert_tokens_to_ids("<|eot_id|>")
+    unembed = AutoModelForCausalLM.from_pretrained(model_dir).lm_head.weight[eot].detach()
+    sl = StandardSAE(StandardSAEConfig(d_in=unembed.shape[0], d_sae=16))
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in sl.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        sl.W_dec[0] = unembed / unembed.norm()
+    sl.cfg.metadata.hook_name, sl.cfg.metadata.model_name = "blocks.1.hook_resid_post", str(model_dir)
+    sl.save_model(out)
+    return out
+
+
+def test_steer_ends_a_llama3_text_at_eot(llama3_path, tmp_path):
+    """`saesteer steer` on the Llama-3-Instruct checkpoint, with an edit at the last prompt token that
+    makes the next token <|eot_id|>: the steered text ends there, as transformers' generate (and the
+    API) end it; it ran on past <|eot_id|> (only the tokenizer's <|end_of_text|> stopped it), the
+    rest of the text written after the end of the turn."""
+    pytest.importorskip("sae_lens")
+    from helpers.real_cli import saesteer
+
+    sae = _eot_sae(llama3_path, tmp_path / "sae")
+    r = saesteer("steer", "--model", llama3_path, "--sae", sae, "--latent", "0:add=50@-1", "--prompt", ASK[1]["content"],
+                 "--prompt", "def parse(args):\n    return [a for a in args]", "--max-new-tokens", 8,
+                 "--do-sample", "false", "--json", "--no-progress").ok()
+    results = json.loads(r.out)["results"]
+    assert [x["steered"] for x in results] == ["", ""], results
+    assert all(x["unsteered"] for x in results)  # unsteered, the model writes on

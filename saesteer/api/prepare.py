@@ -20,9 +20,6 @@ from saesteer.api.service import OVERRIDE_HINT, ServedModel
 
 __all__ = ["ApiError", "Prepared", "prepare_completion", "prepare_chat", "END_OF_TURN_TOKENS"]
 
-# message fields beside role and content that go to the chat template (where it reads them)
-MESSAGE_FIELDS = ("name", "reasoning_content")
-
 # end-of-turn markers of common chat templates: a chat reply also ends at these
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "</s>", "<|endoftext|>")
 
@@ -164,22 +161,15 @@ def _common(req, served: ServedModel, limits, default_max: int | None, n_prompts
 
 
 def _eos_ids(model, chat: bool) -> tuple[int, ...]:
-    """The tokens that end a reply: the tokenizer's eos, the checkpoint's generation_config.json
-    eos_token_id (an id or a list: Llama-3-Instruct lists <|eot_id|> beside the tokenizer's
-    <|end_of_text|>; transformers' generate and vLLM stop at each), and for chat the end-of-turn
-    markers of common templates."""
-    tokenizer = model.tokenizer
-    ids = set()
-    if getattr(tokenizer, "eos_token_id", None) is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    # a TransformerBridge keeps the HF model, which read generation_config.json
-    listed = getattr(getattr(getattr(model, "original_model", None), "generation_config", None), "eos_token_id", None)
-    ids.update(int(i) for i in ([listed] if isinstance(listed, int) else listed or ()))
+    """The tokens that end a reply: the model's stop tokens (`steering.generation.stop_token_ids`:
+    the tokenizer's eos and generation_config.json's eos_token_id, as every generation path stops),
+    and for chat the end-of-turn markers of common templates."""
+    from steering.generation import stop_token_ids
+
+    ids = set(stop_token_ids(model))
     if chat:
-        vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
-        for t in END_OF_TURN_TOKENS:
-            if t in vocab:
-                ids.add(int(vocab[t]))
+        vocab = model.tokenizer.get_vocab() if hasattr(model.tokenizer, "get_vocab") else {}
+        ids.update(int(vocab[t]) for t in END_OF_TURN_TOKENS if t in vocab)
     return tuple(sorted(ids))
 
 
@@ -283,7 +273,7 @@ def prepare_completion(req: CompletionRequest, served: ServedModel, limits) -> P
 
 
 def prepare_chat(req: ChatRequest, served: ServedModel, limits) -> Prepared:
-    from steering.chat import check_message_fields, check_template_kwargs, render_chat
+    from steering.chat import check_template_kwargs, render_chat
     from steering.rowedits import RowLayout
     from steering.spec import SteeringError
 
@@ -291,12 +281,12 @@ def prepare_chat(req: ChatRequest, served: ServedModel, limits) -> Prepared:
         raise ApiError(400, "tools and function calling are not supported by this server", "tools")
     if req.response_format is not None and req.response_format.get("type") not in (None, "text"):
         raise ApiError(400, "response_format other than text is not supported by this server", "response_format")
-    chars = sum(len(m.text()) for m in req.messages)
+    msgs = [{"role": "system" if m.role == "developer" else m.role, "content": m.text(), **m.template_fields()}
+            for m in req.messages]
+    # what the template may write counts: names and reasoning too (the reasoning once, under either name)
+    chars = sum(len(m["content"]) + len(m.get("name", "")) + len(m.get("reasoning", "")) for m in msgs)
     if chars > limits.max_text_chars:
         raise ApiError(400, f"messages: at most {limits.max_text_chars} characters in all (got {chars})", "messages")
-    # name / reasoning_content go to the template as fields, only where they were given
-    msgs = [{"role": "system" if m.role == "developer" else m.role, "content": m.text(),
-             **{f: getattr(m, f) for f in MESSAGE_FIELDS if getattr(m, f) is not None}} for m in req.messages]
     cont = bool(req.continue_final_message)
     if cont and req.add_generation_prompt:  # vLLM's refusal, in its words
         raise ApiError(400, "Cannot set both `continue_final_message` and `add_generation_prompt` to True.",
@@ -305,10 +295,6 @@ def prepare_chat(req: ChatRequest, served: ServedModel, limits) -> Prepared:
         raise ApiError(400, f"continue_final_message continues the last message, which must be the assistant's (a "
                             f"prefill); the last message here is from {msgs[-1]['role']!r}", "continue_final_message")
     tok = served.model.tokenizer
-    try:  # first: a model without a chat template is refused here, for its messages
-        check_message_fields(tok, msgs, MESSAGE_FIELDS)
-    except SteeringError as e:
-        raise ApiError(400, str(e), "messages") from None
     try:
         check_template_kwargs(tok, req.chat_template_kwargs or {})
     except SteeringError as e:

@@ -114,6 +114,8 @@ class CompletionRequest(_Common):
 class TextPart(_In):
     type: Literal["text"]
     text: str
+    # LiteLLM's / Anthropic's prompt-caching hint for the provider: no effect on the text; ignored
+    cache_control: Optional[dict[str, Any]] = None
 
 
 class Message(BaseModel):
@@ -121,10 +123,12 @@ class Message(BaseModel):
 
     role: Literal["system", "developer", "user", "assistant"]
     content: Optional[Union[str, list[TextPart]]] = None
-    # given to the chat template as message fields, refused where the template does not read them
+    # given to the chat template as message fields; the template decides whether the model sees them
+    # (as transformers and vLLM do: agent frameworks put `name` on every message)
     name: Optional[str] = Field(None, max_length=256)
-    reasoning_content: Optional[str] = Field(None, description="an assistant message's reasoning (vLLM's name), for "
-                                                               "templates that write it (Qwen3)")
+    reasoning_content: Optional[str] = Field(None, description="an assistant message's reasoning, for templates "
+                                                               "that write it (Qwen3)")
+    reasoning: Optional[str] = Field(None, description="the same, by its newer name (vLLM, OpenRouter)")
     # an assistant's calls of tools in the history: refused unless empty (dropped, the chat would read
     # as if the assistant had said nothing)
     tool_calls: Optional[list[Any]] = None
@@ -148,12 +152,30 @@ class Message(BaseModel):
     @field_validator("content", mode="before")
     @classmethod
     def _text_parts_only(cls, v):
+        # refused here, in one line: left to the union, a bad part reads as two errors (not a string;
+        # not a list of text parts)
         if isinstance(v, list):
-            for part in v:
+            for i, part in enumerate(v):
                 kind = part.get("type") if isinstance(part, dict) else type(part).__name__
                 if kind != "text":  # the name is the client's: cut, the refusal stays one line
                     raise ValueError(f"only text content parts are supported (got {str(kind)[:40]!r})")
+                if not isinstance(part.get("text"), str):
+                    raise ValueError(f"part {i}: a text part needs its 'text', a string")
+                unknown = sorted(map(str, set(part) - set(TextPart.model_fields)))
+                if unknown:
+                    raise ValueError(f"part {i}: {', '.join(k[:40] for k in unknown[:3])}: not supported by this "
+                                     f"server (or misspelt)")
         return v
+
+    def template_fields(self) -> dict[str, str]:
+        """The fields beyond role and content that go to the chat template, where given: `name`, and
+        the reasoning under both its names (vLLM sets both; Qwen3's template reads
+        `reasoning_content`, newer ones `reasoning`)."""
+        out = {"name": self.name} if self.name is not None else {}
+        reasoning = self.reasoning if self.reasoning is not None else self.reasoning_content
+        if reasoning is not None:
+            out.update(reasoning=reasoning, reasoning_content=reasoning)
+        return out
 
     def text(self) -> str:
         """The content as one string; text parts joined by line breaks, as vLLM joins them (joined

@@ -59,7 +59,7 @@ def _validation_message(exc: ValidationError) -> tuple[str, str | None]:
     for err in exc.errors()[:5]:
         loc = ".".join(str(x) for x in err.get("loc", ()))
         param = param or (str(err["loc"][0]) if err.get("loc") else None)
-        msg = err.get("msg", "invalid")
+        msg = err.get("msg", "invalid").removeprefix("Value error, ")  # pydantic's prefix for our validators' words
         if err.get("type") == "extra_forbidden" and len(err["loc"]) == 1 and err["loc"][0] in SteeringIn.model_fields:
             msg = f'goes inside the steering field: {{"steering": {{"{err["loc"][0]}": ...}}}}'  # a likely slip
         elif err.get("type") == "extra_forbidden":

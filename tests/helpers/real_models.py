@@ -301,6 +301,8 @@ def save_real_model(directory, family: str, corpus: Corpus, train_steps: int = 2
     tok = build_family_tokenizer(family, corpus.train_docs, vocab_size)
     torch.manual_seed(seed)
     model = _causal_lm_class(family)(_config(family, tok))
+    if family == "llama3":  # generation_config.json as Llama-3-Instruct ships it: a reply ends at <|eot_id|> too
+        model.generation_config.eos_token_id = [tok.eos_token_id, tok.convert_tokens_to_ids("<|eot_id|>")]
     if train_steps:
         losses = _train_briefly(model, tok, corpus.train_docs, train_steps, seed)
         (directory).mkdir(parents=True, exist_ok=True)
