@@ -320,3 +320,46 @@ def test_a_dollar_budget_for_claude_names_the_price_flags_that_exist(store, clau
     r = label(store, "--budget", "2usd", "--dry-run").no_traceback()
     assert r.rc == 2 and "claude-haiku-4-5" in r.err and len(r.err.strip().splitlines()) == 1, r.err
     assert {"--judge-price-input", "--judge-price-output"} <= flags_named(r.err) <= known_flags("label")
+
+
+# ---------------------------------------------------------------------------------------------
+# every command that asks a judge: sweep and steer-eval (--concept), output-score, label (above)
+
+
+def _sae(toy_store):
+    return toy_store.parent / "run" / "saes" / "sae"
+
+
+def _message(text):
+    """A Messages API reply whose answer is `text`."""
+    return 200, {}, json.dumps({"id": "msg_1", "type": "message", "role": "assistant", "model": MODEL,
+                                "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
+                                "stop_sequence": None, "usage": {"input_tokens": 50, "output_tokens": 5}}).encode()
+
+
+def _judged(command, toy_store, store, tmp_path):
+    """`saesteer <command>` asking Claude on the toy world's latents, one request at a time."""
+    common = ("--judge-backend", "anthropic", "--judge-model", MODEL, "--judge-concurrency", 1, "--no-progress")
+    if command == "sweep":
+        return saesteer("sweep", "--sae", _sae(toy_store), "--model", "toy", "--latent", 3, "--concept", "the sea",
+                        "--unit", "raw", "--strengths", "0,4", "--prompt", "the sea was", "--samples", 1,
+                        "--max-new-tokens", 4, "--out", tmp_path / "sweep", *common)
+    saesteer("label", "--store", store, "--limit", 1, "--scorers", "detection", "--embed-backend", "none",
+             "--no-progress").ok()  # offline: a label to score against
+    return saesteer("output-score", "--store", store, "--sae", _sae(toy_store), "--samples", 2, "--new-tokens", 4,
+                    *common)
+
+
+@pytest.mark.parametrize("command", ["sweep", "output-score"])
+def test_a_refused_key_stops_every_judging_command_at_its_first_request(toy_store, store, claude_env, tmp_path,
+                                                                         command):
+    claude_env.setenv("ANTHROPIC_API_KEY", "sk-ant-revoked")
+    with JudgeServer(fake_llm_answer, api_key=KEY) as srv:
+        claude_env.setenv("ANTHROPIC_BASE_URL", srv.root)
+        r = _judged(command, toy_store, store, tmp_path).no_traceback()
+        assert r.rc == 2, r.text
+        (line,) = r.err.strip().splitlines()
+        assert line.startswith("error: ") and "401" in line and "ANTHROPIC_API_KEY" in line
+        assert flags_named(line) <= known_flags(command)
+        assert len(messages(srv)) == 1  # nothing more is sent once the key was refused
+
