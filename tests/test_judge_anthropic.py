@@ -363,3 +363,15 @@ def test_a_refused_key_stops_every_judging_command_at_its_first_request(toy_stor
         assert flags_named(line) <= known_flags(command)
         assert len(messages(srv)) == 1  # nothing more is sent once the key was refused
 
+
+def test_output_scores_by_claude_record_an_anthropic_judge(toy_store, store, claude_env, tmp_path):
+    import sqlite3
+
+    with JudgeServer(fake_llm_answer, api_key=KEY, reply=lambda ex: _message('{"more": "b"}')) as srv:
+        claude_env.setenv("ANTHROPIC_BASE_URL", srv.root)
+        _judged("output-score", toy_store, store, tmp_path).ok()
+        assert len(messages(srv)) == 2
+    with sqlite3.connect(store) as db:
+        kinds = db.execute("SELECT p.judge_kind, p.judge_model FROM scores s JOIN label_provenance p "
+                           "ON p.id = s.provenance_id WHERE s.method = 'output'").fetchall()
+    assert kinds == [("anthropic", MODEL)]
