@@ -19,14 +19,13 @@ server $ANTHROPIC_BASE_URL or Anthropic's. `anthropic` is imported in the constr
 
 from __future__ import annotations
 
-import asyncio
 import os
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from .openai_replies import error_message
-from .wire import ChatRequest, ChatResponse, CredentialsRefused, PermanentError, TransientError, is_retryable, \
-    parse_retry_after
+from .sdk_attempt import ClientPerLoop, attempt, status_failure
+from .wire import ChatRequest, ChatResponse
 
 __all__ = ["AnthropicBackend", "EFFORTS", "THINKING", "ENV_API_KEY", "ENV_BASE_URL", "message_response"]
 
@@ -110,7 +109,7 @@ class AnthropicBackend:
         self.timeout_s = float(timeout_s)
         self.body_extra = thinking_settings(reasoning_effort, thinking, thinking_budget)
         self.reasoning_effort = (reasoning_effort or "").strip().lower() or None
-        self._clients: dict[int, Any] = {}  # one AsyncAnthropic per event loop (httpx pools are loop-bound)
+        self._client = ClientPerLoop(self._make_client)
 
     def cache_extra(self) -> dict[str, Any]:
         return {"body_extra": self.body_extra} if self.body_extra else {}
@@ -119,16 +118,10 @@ class AnthropicBackend:
         """What a label's provenance records of this backend's settings beyond the judge's own."""
         return {"reasoning_effort": self.reasoning_effort, "thinking": self.body_extra.get("thinking")}
 
-    def _client(self):
+    def _make_client(self):
         from anthropic import AsyncAnthropic
 
-        loop = asyncio.get_running_loop()
-        c = self._clients.get(id(loop))
-        if c is None or getattr(c, "_saesteer_loop", None) is not loop:
-            c = AsyncAnthropic(base_url=self.base_url, timeout=self.timeout_s, max_retries=0, **self._auth)
-            c._saesteer_loop = loop
-            self._clients = {id(loop): c}  # drop clients of finished loops
-        return c
+        return AsyncAnthropic(base_url=self.base_url, timeout=self.timeout_s, max_retries=0, **self._auth)
 
     def body(self, request: ChatRequest) -> dict[str, Any]:
         """The Messages request: system turns joined into the top-level `system`, the rest as messages."""
@@ -147,21 +140,14 @@ class AnthropicBackend:
         import anthropic
 
         try:
-            msg = await asyncio.wait_for(self._client().messages.create(**self.body(request)), timeout=self.timeout_s)
-        except (anthropic.APITimeoutError, asyncio.TimeoutError):
-            raise TransientError(f"timed out after {self.timeout_s:g} s (no complete answer by then)") from None
-        except anthropic.APIConnectionError as e:
-            cause = e.__cause__ or e
-            raise TransientError(f"connection error ({type(cause).__name__}: {cause})") from None
+            msg = await attempt(self._client.get().messages.create(**self.body(request)), timeout_s=self.timeout_s,
+                                sdk=anthropic)
         except anthropic.APIStatusError as e:
             raise _status_error(e, self.base_url) from None
         return message_response(msg)
 
     async def aclose(self) -> None:
-        for c in list(self._clients.values()):
-            if getattr(c, "_saesteer_loop", None) is asyncio.get_running_loop():
-                await c.close()
-        self._clients = {}
+        await self._client.aclose()
 
 
 def _check_sdk() -> None:
@@ -189,15 +175,11 @@ def _status_error(e, base_url: str | None) -> Exception:
     status = e.status_code
     kind = getattr(e, "type", None)
     said = f"HTTP {status}" + (f" {kind}" if kind else "") + f": {error_message(e)}"
-    if status == 401:
-        where = f" for {base_url}" if base_url else ""
-        return CredentialsRefused(f"the Anthropic API refused the key{where} ({said}): set {ENV_API_KEY} to a valid "
-                                  "key (or give --judge-api-key)", status=status)
     if status == 404 and base_url and urlsplit(base_url).path.rstrip("/").endswith("/v1"):
         said += f" (the client adds /v1/messages to the base URL: give {base_url.rstrip('/')[:-3]} instead)"
-    if is_retryable(status):  # 429 rate_limit_error, 529 overloaded_error, other 5xx
-        return TransientError(said, status=status, retry_after=parse_retry_after(e.response.headers))
-    return PermanentError(said, status=status)
+    # 429 rate_limit_error, 529 overloaded_error and other 5xx are retried; 401 stops the run
+    return status_failure(e, said, credentials=f"set {ENV_API_KEY} to a valid key for {base_url or 'Anthropic'} "
+                                               "(or give --judge-api-key)")
 
 
 def message_response(msg: Any) -> ChatResponse:
