@@ -11,7 +11,9 @@ What differs from the OpenAI protocol, and how the judge meets it:
 - thinking: `thinking` (adaptive, enabled with a token budget, disabled) and `output_config.effort`;
 - usage: `input_tokens` (plus prompt-cache tokens) and `output_tokens` (thinking included);
 - errors: 429 `rate_limit_error` and 529 `overloaded_error` (retried, honouring retry-after), 5xx;
-  401 `authentication_error` stops the run at once (`CredentialsRefused`), other 4xx are permanent.
+  401 `authentication_error` stops the run at once (`CredentialsRefused`), other 4xx are permanent;
+  a 200 that is no message (a proxy's HTML page, an error object) is said as such, never read as an
+  empty answer.
 
 The key is --judge-api-key or $ANTHROPIC_API_KEY ($ANTHROPIC_AUTH_TOKEN: a bearer token), the
 server $ANTHROPIC_BASE_URL or Anthropic's. `anthropic` is imported in the constructor only.
@@ -19,13 +21,14 @@ server $ANTHROPIC_BASE_URL or Anthropic's. `anthropic` is imported in the constr
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
-from .openai_replies import error_message
+from .openai_replies import error_message, html_title, looks_like_html
 from .sdk_attempt import ClientPerLoop, attempt, status_failure
-from .wire import ChatRequest, ChatResponse
+from .wire import ChatRequest, ChatResponse, PermanentError, TransientError
 
 __all__ = ["AnthropicBackend", "EFFORTS", "THINKING", "ENV_API_KEY", "ENV_BASE_URL", "message_response"]
 
@@ -144,6 +147,8 @@ class AnthropicBackend:
                                 sdk=anthropic)
         except anthropic.APIStatusError as e:
             raise _status_error(e, self.base_url) from None
+        if not isinstance(getattr(msg, "content", None), list):  # a page, an error object: no content blocks
+            raise _not_a_message(msg, self.base_url)
         return message_response(msg)
 
     async def aclose(self) -> None:
@@ -180,6 +185,17 @@ def _status_error(e, base_url: str | None) -> Exception:
     # 429 rate_limit_error, 529 overloaded_error and other 5xx are retried; 401 stops the run
     return status_failure(e, said, credentials=f"set {ENV_API_KEY} to a valid key for {base_url or 'Anthropic'} "
                                                "(or give --judge-api-key)")
+
+
+def _not_a_message(reply: Any, base_url: str | None) -> Exception:
+    """The failure for a 200 whose body is no Messages reply: a page (a proxy's, a web server's at a
+    wrong URL; the SDK hands over a body that is not JSON as its text), or JSON of another shape."""
+    if isinstance(reply, str) and looks_like_html(reply):
+        return PermanentError(f"the server answered with an HTML page ({html_title(reply)}), not a Messages reply: is "
+                              f"{base_url or 'the base URL'} the API's root (the client adds /v1/messages)?")
+    if not isinstance(reply, str):  # the SDK's Message made of whatever JSON came (or that JSON itself)
+        reply = json.dumps(reply.model_dump(exclude_none=True) if hasattr(reply, "model_dump") else reply, default=str)
+    return TransientError(f"the reply was not a Messages API message: {' '.join(reply.split())[:200]}")
 
 
 def message_response(msg: Any) -> ChatResponse:

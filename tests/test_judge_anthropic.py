@@ -375,3 +375,24 @@ def test_output_scores_by_claude_record_an_anthropic_judge(toy_store, store, cla
         kinds = db.execute("SELECT p.judge_kind, p.judge_model FROM scores s JOIN label_provenance p "
                            "ON p.id = s.provenance_id WHERE s.method = 'output'").fetchall()
     assert kinds == [("anthropic", MODEL)]
+
+
+@pytest.mark.parametrize("headers, body, said, asked", [
+    # a proxy's login page, or a web server's at a wrong URL: asking again gets the same page
+    ({"Content-Type": "text/html"}, b"<!doctype html><html><head><title>Sign in - Corp proxy</title></head></html>",
+     r"an HTML page \(title 'Sign in - Corp proxy'\), not a Messages reply", 1),
+    # an error object where the message was due: retried as an unreadable reply
+    ({}, json.dumps({"type": "error", "error": {"type": "api_error", "message": "upstream gone"}}).encode(),
+     "not a Messages API message: .*upstream gone", 3),
+])
+def test_a_200_that_is_no_messages_reply_fails_saying_what_came_never_an_empty_answer(claude_env, headers, body,
+                                                                                       said, asked):
+    from autointerp.config import JudgeConfig, make_judge
+    from autointerp.judge import RequestFailed
+
+    with JudgeServer(fake_llm_answer, reply=lambda ex: (200, headers, body)) as srv:
+        judge = make_judge(JudgeConfig(backend="anthropic", model=MODEL, base_url=srv.root, max_retries=2,
+                                       backoff_base_s=0.001, backoff_max_s=0.002, use_cache=False), cache_path=None)
+        with pytest.raises(RequestFailed, match=said):
+            judge.complete_sync(ASK, schema=LABEL)
+        assert len(messages(srv)) == asked
