@@ -81,6 +81,10 @@ class OpenAIBackend:
     def cache_extra(self) -> dict[str, Any]:
         return {"extra_body": self.extra_body} if self.extra_body else {}
 
+    def provenance(self) -> dict[str, Any]:
+        """What a label's provenance records of this backend's settings beyond the judge's own."""
+        return {"reasoning_effort": self.extra_body.get("reasoning_effort")}
+
     def _make_client(self):
         from openai import AsyncAzureOpenAI, AsyncOpenAI
 

@@ -249,12 +249,11 @@ class Judge:
     def settings_for(self, request: ChatRequest) -> dict[str, Any]:
         """The settings `request` is sent with now: its temperature (None once the model refused
         any but its default, or the API takes none), the output-limit parameter, reasoning_effort,
-        `reasoning_tokens`, the room added to its output limit, and what the backend adds
-        (`provenance()`: an Anthropic judge's thinking)."""
-        extra = getattr(self.backend, "extra_body", None) or {}
+        `reasoning_tokens`, the room added to its output limit, and what the backend's `provenance()`
+        adds (the reasoning effort it sends; an Anthropic judge's thinking)."""
         settings = {"temperature": request.temperature if getattr(self.backend, "send_temperature", True) else None,
                     "max_tokens_param": getattr(self.backend, "max_tokens_param", None),
-                    "reasoning_effort": extra.get("reasoning_effort"),
+                    "reasoning_effort": None,
                     "reasoning_tokens": self.reasoning_tokens}
         if hasattr(self.backend, "provenance"):
             settings.update(self.backend.provenance())
