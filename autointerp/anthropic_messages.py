@@ -127,12 +127,15 @@ class AnthropicBackend:
         return AsyncAnthropic(base_url=self.base_url, timeout=self.timeout_s, max_retries=0, **self._auth)
 
     def body(self, request: ChatRequest) -> dict[str, Any]:
-        """The Messages request: system turns joined into the top-level `system`, the rest as messages."""
+        """The Messages request: system turns joined into the top-level `system`, the rest as messages.
+        A blank turn (a re-ask's record of an empty reply) is left out: the API refuses one with a 400
+        ("all messages must have non-empty content"), and joins the turns around it into one."""
         system = "\n\n".join(m["content"] for m in request.messages if m["role"] == "system")
         body: dict[str, Any] = {
             "model": self.model,
             "max_tokens": request.max_tokens,
-            "messages": [{"role": m["role"], "content": m["content"]} for m in request.messages if m["role"] != "system"],
+            "messages": [{"role": m["role"], "content": m["content"]} for m in request.messages
+                         if m["role"] != "system" and m["content"].strip()],
         }
         if system:
             body["system"] = system

@@ -396,3 +396,25 @@ def test_a_200_that_is_no_messages_reply_fails_saying_what_came_never_an_empty_a
         with pytest.raises(RequestFailed, match=said):
             judge.complete_sync(ASK, schema=LABEL)
         assert len(messages(srv)) == asked
+
+
+def test_an_empty_reply_is_asked_again_without_the_blank_turn_anthropic_refuses(claude_env):
+    # a reply of thinking alone: the re-ask must not carry it as an empty assistant message, which
+    # Anthropic's API refuses ("all messages must have non-empty content ...") with a 400
+    from autointerp.config import JudgeConfig, make_judge
+
+    def reply(ex):
+        if len(messages(srv)) > 1:
+            return None  # the fake LLM answers, on the route that checks the request as Anthropic does
+        return 200, {}, json.dumps({"id": "msg_1", "type": "message", "role": "assistant", "model": MODEL,
+                                    "content": [{"type": "thinking", "thinking": "Hmm.", "signature": "c2ln"}],
+                                    "stop_reason": "end_turn", "stop_sequence": None,
+                                    "usage": {"input_tokens": 40, "output_tokens": 9}}).encode()
+
+    with JudgeServer(fake_llm_answer, reply=reply) as srv:
+        judge = make_judge(JudgeConfig(backend="anthropic", model=MODEL, base_url=srv.root, use_cache=False),
+                           cache_path=None)
+        done = judge.complete_sync(ASK, schema=LABEL)
+        assert done.value == {"label": "sea"} and done.reasks == 1
+        reask = messages(srv)[1].body["messages"]
+        assert [m["role"] for m in reask] == ["user", "user"] and "empty" in reask[-1]["content"]
