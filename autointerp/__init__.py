@@ -17,7 +17,8 @@ fluency ratings):
 
 Modules: `judge` (retries, cache, accounting, re-asks), `wire` (a backend's request, response and
 errors), `backends` (OpenAI-compatible HTTP, local transformers), `anthropic_messages` (Claude
-through Anthropic's Messages API), `prompts` (escaped prompts and answer parsers), `schema`,
+through Anthropic's Messages API), `sdk_attempt` (what the two HTTP backends share: a client per
+event loop, one deadline per attempt, an HTTP status as the judge's failure), `prompts` (escaped prompts and answer parsers), `schema`,
 `interp` (LLM explainer and detection / fuzzing scorers), `concept` (offline concept phrases: the
 default offline explainer), `offline` (token-list labeller), `contrastive` (LLM explainer against
 near misses), `simulation`, `intruder`, `embedding_score` (scorers), `output_score` (does steering

@@ -11,7 +11,9 @@ What differs from the OpenAI protocol, and how the judge meets it:
 - thinking: `thinking` (adaptive, enabled with a token budget, disabled) and `output_config.effort`;
 - usage: `input_tokens` (plus prompt-cache tokens) and `output_tokens` (thinking included);
 - errors: 429 `rate_limit_error` and 529 `overloaded_error` (retried, honouring retry-after), 5xx;
-  401 `authentication_error` stops the run at once (`CredentialsRefused`), other 4xx are permanent.
+  401 `authentication_error` stops the run at once (`CredentialsRefused`), other 4xx are permanent;
+  a 200 that is no message (a proxy's HTML page, an error object) is said as such, never read as an
+  empty answer.
 
 The key is --judge-api-key or $ANTHROPIC_API_KEY ($ANTHROPIC_AUTH_TOKEN: a bearer token), the
 server $ANTHROPIC_BASE_URL or Anthropic's. `anthropic` is imported in the constructor only.
@@ -19,14 +21,14 @@ server $ANTHROPIC_BASE_URL or Anthropic's. `anthropic` is imported in the constr
 
 from __future__ import annotations
 
-import asyncio
+import json
 import os
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
-from .openai_replies import error_message
-from .wire import ChatRequest, ChatResponse, CredentialsRefused, PermanentError, TransientError, is_retryable, \
-    parse_retry_after
+from .openai_replies import error_message, html_title, looks_like_html
+from .sdk_attempt import ClientPerLoop, attempt, status_failure
+from .wire import ChatRequest, ChatResponse, PermanentError, TransientError
 
 __all__ = ["AnthropicBackend", "EFFORTS", "THINKING", "ENV_API_KEY", "ENV_BASE_URL", "message_response"]
 
@@ -110,7 +112,7 @@ class AnthropicBackend:
         self.timeout_s = float(timeout_s)
         self.body_extra = thinking_settings(reasoning_effort, thinking, thinking_budget)
         self.reasoning_effort = (reasoning_effort or "").strip().lower() or None
-        self._clients: dict[int, Any] = {}  # one AsyncAnthropic per event loop (httpx pools are loop-bound)
+        self._client = ClientPerLoop(self._make_client)
 
     def cache_extra(self) -> dict[str, Any]:
         return {"body_extra": self.body_extra} if self.body_extra else {}
@@ -119,24 +121,21 @@ class AnthropicBackend:
         """What a label's provenance records of this backend's settings beyond the judge's own."""
         return {"reasoning_effort": self.reasoning_effort, "thinking": self.body_extra.get("thinking")}
 
-    def _client(self):
+    def _make_client(self):
         from anthropic import AsyncAnthropic
 
-        loop = asyncio.get_running_loop()
-        c = self._clients.get(id(loop))
-        if c is None or getattr(c, "_saesteer_loop", None) is not loop:
-            c = AsyncAnthropic(base_url=self.base_url, timeout=self.timeout_s, max_retries=0, **self._auth)
-            c._saesteer_loop = loop
-            self._clients = {id(loop): c}  # drop clients of finished loops
-        return c
+        return AsyncAnthropic(base_url=self.base_url, timeout=self.timeout_s, max_retries=0, **self._auth)
 
     def body(self, request: ChatRequest) -> dict[str, Any]:
-        """The Messages request: system turns joined into the top-level `system`, the rest as messages."""
+        """The Messages request: system turns joined into the top-level `system`, the rest as messages.
+        A blank turn (a re-ask's record of an empty reply) is left out: the API refuses one with a 400
+        ("all messages must have non-empty content"), and joins the turns around it into one."""
         system = "\n\n".join(m["content"] for m in request.messages if m["role"] == "system")
         body: dict[str, Any] = {
             "model": self.model,
             "max_tokens": request.max_tokens,
-            "messages": [{"role": m["role"], "content": m["content"]} for m in request.messages if m["role"] != "system"],
+            "messages": [{"role": m["role"], "content": m["content"]} for m in request.messages
+                         if m["role"] != "system" and m["content"].strip()],
         }
         if system:
             body["system"] = system
@@ -147,21 +146,16 @@ class AnthropicBackend:
         import anthropic
 
         try:
-            msg = await asyncio.wait_for(self._client().messages.create(**self.body(request)), timeout=self.timeout_s)
-        except (anthropic.APITimeoutError, asyncio.TimeoutError):
-            raise TransientError(f"timed out after {self.timeout_s:g} s (no complete answer by then)") from None
-        except anthropic.APIConnectionError as e:
-            cause = e.__cause__ or e
-            raise TransientError(f"connection error ({type(cause).__name__}: {cause})") from None
+            msg = await attempt(self._client.get().messages.create(**self.body(request)), timeout_s=self.timeout_s,
+                                sdk=anthropic)
         except anthropic.APIStatusError as e:
             raise _status_error(e, self.base_url) from None
+        if not isinstance(getattr(msg, "content", None), list):  # a page, an error object: no content blocks
+            raise _not_a_message(msg, self.base_url)
         return message_response(msg)
 
     async def aclose(self) -> None:
-        for c in list(self._clients.values()):
-            if getattr(c, "_saesteer_loop", None) is asyncio.get_running_loop():
-                await c.close()
-        self._clients = {}
+        await self._client.aclose()
 
 
 def _check_sdk() -> None:
@@ -189,15 +183,22 @@ def _status_error(e, base_url: str | None) -> Exception:
     status = e.status_code
     kind = getattr(e, "type", None)
     said = f"HTTP {status}" + (f" {kind}" if kind else "") + f": {error_message(e)}"
-    if status == 401:
-        where = f" for {base_url}" if base_url else ""
-        return CredentialsRefused(f"the Anthropic API refused the key{where} ({said}): set {ENV_API_KEY} to a valid "
-                                  "key (or give --judge-api-key)", status=status)
     if status == 404 and base_url and urlsplit(base_url).path.rstrip("/").endswith("/v1"):
         said += f" (the client adds /v1/messages to the base URL: give {base_url.rstrip('/')[:-3]} instead)"
-    if is_retryable(status):  # 429 rate_limit_error, 529 overloaded_error, other 5xx
-        return TransientError(said, status=status, retry_after=parse_retry_after(e.response.headers))
-    return PermanentError(said, status=status)
+    # 429 rate_limit_error, 529 overloaded_error and other 5xx are retried; 401 stops the run
+    return status_failure(e, said, credentials=f"set {ENV_API_KEY} to a valid key for {base_url or 'Anthropic'} "
+                                               "(or give --judge-api-key)")
+
+
+def _not_a_message(reply: Any, base_url: str | None) -> Exception:
+    """The failure for a 200 whose body is no Messages reply: a page (a proxy's, a web server's at a
+    wrong URL; the SDK hands over a body that is not JSON as its text), or JSON of another shape."""
+    if isinstance(reply, str) and looks_like_html(reply):
+        return PermanentError(f"the server answered with an HTML page ({html_title(reply)}), not a Messages reply: is "
+                              f"{base_url or 'the base URL'} the API's root (the client adds /v1/messages)?")
+    if not isinstance(reply, str):  # the SDK's Message made of whatever JSON came (or that JSON itself)
+        reply = json.dumps(reply.model_dump(exclude_none=True) if hasattr(reply, "model_dump") else reply, default=str)
+    return TransientError(f"the reply was not a Messages API message: {' '.join(reply.split())[:200]}")
 
 
 def message_response(msg: Any) -> ChatResponse:

@@ -15,8 +15,8 @@ from typing import Any
 
 from .base_url import not_found_hint, parse_base_url
 from .openai_replies import chat_response, error_message, html_title, looks_like_html, unsupported_param
-from .wire import (RETRYABLE_STATUS, ChatRequest, ChatResponse, CredentialsRefused, PermanentError, TransientError,
-                   is_retryable, parse_retry_after, thinking_opened)
+from .sdk_attempt import ClientPerLoop, attempt, status_failure
+from .wire import RETRYABLE_STATUS, ChatRequest, ChatResponse, PermanentError, TransientError, thinking_opened
 
 __all__ = ["OpenAIBackend", "TransformersBackend", "RETRYABLE_STATUS"]
 
@@ -76,30 +76,25 @@ class OpenAIBackend:
         self.extra_body = dict(extra_body or {})
         if reasoning_effort:
             self.extra_body["reasoning_effort"] = reasoning_effort
-        self._clients: dict[int, Any] = {}  # one AsyncOpenAI per event loop (httpx pools are loop-bound)
+        self._client = ClientPerLoop(self._make_client)
 
     def cache_extra(self) -> dict[str, Any]:
         return {"extra_body": self.extra_body} if self.extra_body else {}
 
-    def _client(self):
-        from openai import AsyncOpenAI
+    def provenance(self) -> dict[str, Any]:
+        """What a label's provenance records of this backend's settings beyond the judge's own."""
+        return {"reasoning_effort": self.extra_body.get("reasoning_effort")}
 
-        loop = asyncio.get_running_loop()
-        c = self._clients.get(id(loop))
-        if c is None or getattr(c, "_saesteer_loop", None) is not loop:
-            if self._base.azure_deployment:  # Azure's key header (api-key) and api-version query
-                from openai import AsyncAzureOpenAI
+    def _make_client(self):
+        from openai import AsyncAzureOpenAI, AsyncOpenAI
 
-                query = dict(self._base.query)
-                version = query.pop("api-version")
-                c = AsyncAzureOpenAI(base_url=self.base_url, api_key=self._api_key, api_version=version,
-                                     default_query=query or None, timeout=self.timeout_s, max_retries=0)
-            else:
-                c = AsyncOpenAI(base_url=self.base_url, api_key=self._api_key, timeout=self.timeout_s, max_retries=0,
-                                default_query=self._base.query or None)
-            c._saesteer_loop = loop
-            self._clients = {id(loop): c}  # drop clients of finished loops
-        return c
+        if self._base.azure_deployment:  # Azure's key header (api-key) and api-version query
+            query = dict(self._base.query)
+            version = query.pop("api-version")
+            return AsyncAzureOpenAI(base_url=self.base_url, api_key=self._api_key, api_version=version,
+                                    default_query=query or None, timeout=self.timeout_s, max_retries=0)
+        return AsyncOpenAI(base_url=self.base_url, api_key=self._api_key, timeout=self.timeout_s, max_retries=0,
+                           default_query=self._base.query or None)
 
     def _body(self, request: ChatRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -152,13 +147,8 @@ class OpenAIBackend:
             # auth, timeout and error classes as `chat.completions.create`, minus the typed request
             # transform and response model, which cost more CPU per request than everything else
             # here; the JSON is read leniently below instead.
-            text = await asyncio.wait_for(self._client().post("/chat/completions", cast_to=str, body=body),
-                                          timeout=self.timeout_s)
-        except (openai.APITimeoutError, asyncio.TimeoutError):
-            raise TransientError(f"timed out after {self.timeout_s:g} s (no complete answer by then)") from None
-        except openai.APIConnectionError as e:
-            cause = e.__cause__ or e
-            raise TransientError(f"connection error ({type(cause).__name__}: {cause})") from None
+            text = await attempt(self._client.get().post("/chat/completions", cast_to=str, body=body),
+                                 timeout_s=self.timeout_s, sdk=openai)
         except openai.APIStatusError as e:
             status = e.status_code
             msg = error_message(e)
@@ -166,14 +156,8 @@ class OpenAIBackend:
                 raise _Unsupported(param, f"HTTP 400: {msg}", body) from None
             if status == 404:
                 msg += not_found_hint(self._base)
-            if status == 401:  # every request of the run would be refused alike: it stops, saying what to set
-                raise CredentialsRefused(f"HTTP 401: {msg}: set OPENAI_API_KEY to a valid key for "
-                                         f"{self.base_url or 'OpenAI'} (or give --judge-api-key)", status=401) from None
-            if is_retryable(status):
-                raise TransientError(
-                    f"HTTP {status}: {msg}", status=status, retry_after=parse_retry_after(e.response.headers)
-                ) from None
-            raise PermanentError(f"HTTP {status}: {msg}", status=status) from None
+            raise status_failure(e, f"HTTP {status}: {msg}", credentials=f"set OPENAI_API_KEY to a valid key for "
+                                 f"{self.base_url or 'OpenAI'} (or give --judge-api-key)") from None
         try:
             data = json.loads(text)
         except (json.JSONDecodeError, TypeError) as e:
@@ -185,10 +169,7 @@ class OpenAIBackend:
         return chat_response(data)
 
     async def aclose(self) -> None:
-        for c in list(self._clients.values()):
-            if getattr(c, "_saesteer_loop", None) is asyncio.get_running_loop():
-                await c.close()
-        self._clients = {}
+        await self._client.aclose()
 
 
 class _Unsupported(Exception):

@@ -23,6 +23,8 @@ unreadable bodies) and `PermanentError` for the rest (other 4xx). The `Judge` ad
 - the concurrency bound: at most `concurrency` requests in flight (a backoff does not hold a slot);
 - the deadline: the backend gives each attempt `timeout_s` in all, however slowly the server
   sends (a server trickling bytes cannot hold a request longer).
+- a refused key (HTTP 401): `CredentialsRejected`, and no later request of this judge is sent;
+  it is never one call's failure (`complete_many` raises it), so every command stops at it.
 
 and per call: the answer is parsed as JSON (bare or ```json fenced), checked against `schema`
 and then by `validate`; when that fails, or the model refuses, the judge re-asks (the bad answer
@@ -50,6 +52,8 @@ import random
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Awaitable, Callable, Sequence
+
+from saes.errors import SaesteerError
 
 from .accounting import BudgetExceeded, Ledger, Prices, Reservation, prompt_token_bound
 from .cache import CachedResponse, ResponseCache, request_key
@@ -86,8 +90,15 @@ class RequestFailed(JudgeError):
     """The request failed permanently, or still failed after all retries."""
 
 
-class CredentialsRejected(RequestFailed):
-    """The server refused the credentials: every request of the run would fail the same way."""
+class CredentialsRejected(RequestFailed, SaesteerError):
+    """The server refused the credentials (HTTP 401): every request would fail the same way, so this
+    is never one call's failure. The judge sends nothing more once it has met one; whatever uses the
+    judge (a labelling run, a scorer, a sweep) lets it through, and the CLI says it in one line
+    (exit status 2), as any error the user fixes."""
+
+    def __init__(self, reason: str) -> None:
+        RequestFailed.__init__(self, reason)
+        SaesteerError.__init__(self, reason)
 
 
 class AnswerInvalid(JudgeError):
@@ -216,6 +227,7 @@ class Judge:
         self._extra_framing = 0  # prompt tokens the server counted beyond our bound (chat template)
         self._output_excess = 0  # completion tokens beyond max_tokens the server was seen to charge
         self.retry_log: list[tuple[str, float]] = []  # (reason, delay) of every retry, for tests/logs
+        self._refused: str | None = None  # why the server refused the key; then nothing more is sent
 
     # -- identity -------------------------------------------------------------------------------
 
@@ -237,12 +249,11 @@ class Judge:
     def settings_for(self, request: ChatRequest) -> dict[str, Any]:
         """The settings `request` is sent with now: its temperature (None once the model refused
         any but its default, or the API takes none), the output-limit parameter, reasoning_effort,
-        `reasoning_tokens`, the room added to its output limit, and what the backend adds
-        (`provenance()`: an Anthropic judge's thinking)."""
-        extra = getattr(self.backend, "extra_body", None) or {}
+        `reasoning_tokens`, the room added to its output limit, and what the backend's `provenance()`
+        adds (the reasoning effort it sends; an Anthropic judge's thinking)."""
         settings = {"temperature": request.temperature if getattr(self.backend, "send_temperature", True) else None,
                     "max_tokens_param": getattr(self.backend, "max_tokens_param", None),
-                    "reasoning_effort": extra.get("reasoning_effort"),
+                    "reasoning_effort": None,
                     "reasoning_tokens": self.reasoning_tokens}
         if hasattr(self.backend, "provenance"):
             settings.update(self.backend.provenance())
@@ -330,6 +341,8 @@ class Judge:
             while True:
                 async with self._semaphore():
                     await self._wait_out_pause()  # after the slot: queued calls see a pause set meanwhile
+                    if self._refused is not None:  # refused meanwhile: this request would be refused alike
+                        raise CredentialsRejected(self._refused)
                     tally.requests += 1
                     try:
                         resp = await self.backend.chat(request)
@@ -337,8 +350,10 @@ class Judge:
                         err = e
                     except PermanentError as e:
                         self.ledger.count(failed=1)
-                        failure = CredentialsRejected if isinstance(e, CredentialsRefused) else RequestFailed
-                        raise failure(f"request rejected: {e.reason}") from None
+                        if isinstance(e, CredentialsRefused):
+                            self._refused = f"request rejected: {e.reason}"
+                            raise CredentialsRejected(self._refused) from None
+                        raise RequestFailed(f"request rejected: {e.reason}") from None
                     else:
                         err = None
                         resp = replace(resp, settings_sent=self.settings_for(request))  # after the switches it met
@@ -442,7 +457,8 @@ class Judge:
 
     async def complete_many(self, calls: Sequence[JudgeCall]) -> list[Completion | JudgeError | BudgetExceeded]:
         """Run many calls concurrently (bounded by `concurrency`); each slot of the result is a
-        Completion or the exception that call ended with (failures do not stop the others)."""
+        Completion or the exception that call ended with (failures do not stop the others). A key
+        the server refused is no call's failure: it is raised, once every call has ended."""
 
         async def one(c: JudgeCall):
             try:
@@ -451,7 +467,11 @@ class Judge:
             except (JudgeError, BudgetExceeded) as e:
                 return e
 
-        return list(await asyncio.gather(*(one(c) for c in calls)))
+        results = list(await asyncio.gather(*(one(c) for c in calls)))
+        refused = next((r for r in results if isinstance(r, CredentialsRejected)), None)
+        if refused is not None:
+            raise refused
+        return results
 
     def complete_sync(self, messages: Sequence[dict[str, str]], schema: dict[str, Any] | None = None, **kw) -> Completion:
         """`complete` for code without an event loop (not callable from inside one). Each call runs

@@ -6,8 +6,8 @@ Per latent: read its examples, split them (explanation set / held-out scoring se
 explainer for a label, run the scorers on it, and write label + scores + provenance in one store
 transaction. A latent whose judge calls fail (a permanent error, retries exhausted, answers still
 invalid after the re-asks) gets a failure record with its stage and reason, and the run goes on;
-a server refusing the credentials stops the run at once (`stopped="credentials"`, `stop_reason`
-says which setting to fix): every other request would be refused the same way.
+a server refusing the credentials stops the run at once: `CredentialsRejected` is raised once its
+workers have stopped (every other request would be refused the same way).
 
 Resuming: latents that already hold a label from the same (source, judge model) are skipped
 (unless `overwrite`); every answer the judge gave is in the response cache, so re-running a
@@ -195,10 +195,7 @@ class RunReport:
     labelled: int = 0
     failed: list[LabelFailure] = field(default_factory=list)
     abandoned: int = 0  # stopped by the budget before finishing
-    # "budget" (the budget ended the run), "failures" (too many failures in a row) or "credentials"
-    # (the server refused the key: `stop_reason` says which setting to fix)
-    stopped: str | None = None
-    stop_reason: str | None = None
+    stopped: str | None = None  # "budget" (the budget ended the run) or "failures" (too many failures in a row)
     usage: dict[str, Any] = field(default_factory=dict)
     elapsed_s: float = 0.0
 
@@ -210,8 +207,6 @@ class RunReport:
             parts.append(f"stopped by the budget with {left} left")
         elif self.stopped == "failures":
             parts.append(f"stopped after too many failures in a row with {left} left")
-        elif self.stopped == "credentials":
-            parts.append(f"stopped: the server refused the credentials, {left} left")
         s = f"{self.judge}: " + ", ".join(parts) + f" in {self.elapsed_s:.1f} s"
         if u:
             s += (f"; requests: {u.get('paid_calls', 0)} paid, {u.get('cached_calls', 0)} cached, "
@@ -245,7 +240,8 @@ def select_latents(store: LabelStore, cfg: LabelConfig) -> list[int]:
 
 class _LabelRun:
     """One labelling run's shared state: the queue of latents its workers take from, the report
-    they fill in, the progress bar, and the stop signal (budget spent, or too many failures in a row)."""
+    they fill in, the progress bar, and the stop signal (budget spent, too many failures in a row, or a
+    key the server refused)."""
 
     def __init__(self, store: LabelStore, labeller: Labeller, cfg: LabelConfig, report: RunReport,
                  todo: Sequence[int], ledger, bar) -> None:
@@ -258,6 +254,7 @@ class _LabelRun:
         self.bar = bar
         self.internal_errors = 0
         self.streak = 0  # latents failed in a row
+        self.refused: CredentialsRejected | None = None  # the server refused the key: raised once all stopped
 
     def postfix(self) -> None:
         if self.ledger is not None:
@@ -291,7 +288,7 @@ class _LabelRun:
                 self.stop.set()
                 return
             except CredentialsRejected as e:
-                report.stopped, report.stop_reason = "credentials", e.reason
+                self.refused = e
                 self.stop.set()
                 return
             except _StageError as e:
@@ -331,6 +328,8 @@ async def label_latents_async(
         await asyncio.gather(*(run.worker() for _ in range(max(1, min(n_workers, len(todo))))))
     finally:
         bar.close()
+    if run.refused is not None:
+        raise run.refused
     if ledger is not None:
         report.usage = ledger.summary()
     report.elapsed_s = time.perf_counter() - t0

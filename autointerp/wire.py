@@ -127,6 +127,9 @@ class Backend(Protocol):
 
     def cache_extra(self) -> dict[str, Any]: ...  # backend settings that change answers
 
+    # optional: settings a label's provenance records beyond the judge's own (`Judge.settings_for`)
+    # def provenance(self) -> dict[str, Any]: ...
+
     async def aclose(self) -> None: ...
 
 

@@ -53,6 +53,7 @@ def score_outputs(model: Any, sae: Any, store: Any, latents: Sequence[int], cfg:
     """latent -> `autointerp.output_score.OutputScore`, written into `store` (writable) when `write`.
     Unlabelled latents are skipped: there is nothing to score against."""
     from autointerp.output_score import OUTPUT_METHOD, OUTPUT_PROMPT_VERSION, output_score_judge, output_score_offline
+    from autointerp.featurestore import JUDGE_KIND
     from features import LabelProvenance, ScoreInput
     from steering import FeatureEdit, GenerationConfig, StoreLink
     from steering.generation import generate, with_sae_bos
@@ -88,7 +89,7 @@ def score_outputs(model: Any, sae: Any, store: Any, latents: Sequence[int], cfg:
         if write and res.value is not None:
             prov = LabelProvenance(
                 judge_model=judge.model if judge is not None else "offline/label-words",
-                judge_kind=("openai" if judge.kind == "openai" else "local") if judge is not None else "offline",
+                judge_kind=JUDGE_KIND[judge.kind] if judge is not None else "offline",
                 prompt_version=OUTPUT_PROMPT_VERSION,
                 params={"samples": cfg.samples, "new_tokens": cfg.new_tokens, "strength_x_typical_max": strength,
                         "positions": cfg.positions, "prompt": cfg.prompt, "seed": cfg.seed,

@@ -13,7 +13,8 @@ The per-sample aggregate is the harmonic mean of the measured scores (0 when any
 
 The judge is anything with `complete_sync(messages, schema)` / `complete_many_sync(calls)` (the
 auto-interp `autointerp.judge.Judge`), or a plain callable `messages -> answer text` (tests, local
-scripts). Continuations are escaped as data.
+scripts). Continuations are escaped as data. An unusable answer scores 0; an error the user must fix
+(a `SaesteerError`: the judge's server refused the key) is no rating and stops the scoring.
 
 `Scorer`s turn a batch of continuations into `SampleScores` (fluency left None: `score_generation`
 measures it) for sweeps and tables.
@@ -29,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from saes.errors import SaesteerError
 from steering.spec import SteeringError
 
 if TYPE_CHECKING:
@@ -194,6 +196,8 @@ class JudgeScorer:
             for m in message_lists:
                 try:
                     out.append(parse_rating(j.complete_sync(m, RATING_SCHEMA).value))
+                except SaesteerError:  # a refused key: every judgement would fail alike
+                    raise
                 except Exception:  # noqa: BLE001 - a failed judgement scores 0, counted below
                     out.append(None)
         elif callable(j):

@@ -320,3 +320,101 @@ def test_a_dollar_budget_for_claude_names_the_price_flags_that_exist(store, clau
     r = label(store, "--budget", "2usd", "--dry-run").no_traceback()
     assert r.rc == 2 and "claude-haiku-4-5" in r.err and len(r.err.strip().splitlines()) == 1, r.err
     assert {"--judge-price-input", "--judge-price-output"} <= flags_named(r.err) <= known_flags("label")
+
+
+# ---------------------------------------------------------------------------------------------
+# every command that asks a judge: sweep and steer-eval (--concept), output-score, label (above)
+
+
+def _sae(toy_store):
+    return toy_store.parent / "run" / "saes" / "sae"
+
+
+def _message(text):
+    """A Messages API reply whose answer is `text`."""
+    return 200, {}, json.dumps({"id": "msg_1", "type": "message", "role": "assistant", "model": MODEL,
+                                "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
+                                "stop_sequence": None, "usage": {"input_tokens": 50, "output_tokens": 5}}).encode()
+
+
+def _judged(command, toy_store, store, tmp_path):
+    """`saesteer <command>` asking Claude on the toy world's latents, one request at a time."""
+    common = ("--judge-backend", "anthropic", "--judge-model", MODEL, "--judge-concurrency", 1, "--no-progress")
+    if command == "sweep":
+        return saesteer("sweep", "--sae", _sae(toy_store), "--model", "toy", "--latent", 3, "--concept", "the sea",
+                        "--unit", "raw", "--strengths", "0,4", "--prompt", "the sea was", "--samples", 1,
+                        "--max-new-tokens", 4, "--out", tmp_path / "sweep", *common)
+    saesteer("label", "--store", store, "--limit", 1, "--scorers", "detection", "--embed-backend", "none",
+             "--no-progress").ok()  # offline: a label to score against
+    return saesteer("output-score", "--store", store, "--sae", _sae(toy_store), "--samples", 2, "--new-tokens", 4,
+                    *common)
+
+
+@pytest.mark.parametrize("command", ["sweep", "output-score"])
+def test_a_refused_key_stops_every_judging_command_at_its_first_request(toy_store, store, claude_env, tmp_path,
+                                                                         command):
+    claude_env.setenv("ANTHROPIC_API_KEY", "sk-ant-revoked")
+    with JudgeServer(fake_llm_answer, api_key=KEY) as srv:
+        claude_env.setenv("ANTHROPIC_BASE_URL", srv.root)
+        r = _judged(command, toy_store, store, tmp_path).no_traceback()
+        assert r.rc == 2, r.text
+        (line,) = r.err.strip().splitlines()
+        assert line.startswith("error: ") and "401" in line and "ANTHROPIC_API_KEY" in line
+        assert flags_named(line) <= known_flags(command)
+        assert len(messages(srv)) == 1  # nothing more is sent once the key was refused
+
+
+def test_output_scores_by_claude_record_an_anthropic_judge(toy_store, store, claude_env, tmp_path):
+    import sqlite3
+
+    with JudgeServer(fake_llm_answer, api_key=KEY, reply=lambda ex: _message('{"more": "b"}')) as srv:
+        claude_env.setenv("ANTHROPIC_BASE_URL", srv.root)
+        _judged("output-score", toy_store, store, tmp_path).ok()
+        assert len(messages(srv)) == 2
+    with sqlite3.connect(store) as db:
+        kinds = db.execute("SELECT p.judge_kind, p.judge_model FROM scores s JOIN label_provenance p "
+                           "ON p.id = s.provenance_id WHERE s.method = 'output'").fetchall()
+    assert kinds == [("anthropic", MODEL)]
+
+
+@pytest.mark.parametrize("headers, body, said, asked", [
+    # a proxy's login page, or a web server's at a wrong URL: asking again gets the same page
+    ({"Content-Type": "text/html"}, b"<!doctype html><html><head><title>Sign in - Corp proxy</title></head></html>",
+     r"an HTML page \(title 'Sign in - Corp proxy'\), not a Messages reply", 1),
+    # an error object where the message was due: retried as an unreadable reply
+    ({}, json.dumps({"type": "error", "error": {"type": "api_error", "message": "upstream gone"}}).encode(),
+     "not a Messages API message: .*upstream gone", 3),
+])
+def test_a_200_that_is_no_messages_reply_fails_saying_what_came_never_an_empty_answer(claude_env, headers, body,
+                                                                                       said, asked):
+    from autointerp.config import JudgeConfig, make_judge
+    from autointerp.judge import RequestFailed
+
+    with JudgeServer(fake_llm_answer, reply=lambda ex: (200, headers, body)) as srv:
+        judge = make_judge(JudgeConfig(backend="anthropic", model=MODEL, base_url=srv.root, max_retries=2,
+                                       backoff_base_s=0.001, backoff_max_s=0.002, use_cache=False), cache_path=None)
+        with pytest.raises(RequestFailed, match=said):
+            judge.complete_sync(ASK, schema=LABEL)
+        assert len(messages(srv)) == asked
+
+
+def test_an_empty_reply_is_asked_again_without_the_blank_turn_anthropic_refuses(claude_env):
+    # a reply of thinking alone: the re-ask must not carry it as an empty assistant message, which
+    # Anthropic's API refuses ("all messages must have non-empty content ...") with a 400
+    from autointerp.config import JudgeConfig, make_judge
+
+    def reply(ex):
+        if len(messages(srv)) > 1:
+            return None  # the fake LLM answers, on the route that checks the request as Anthropic does
+        return 200, {}, json.dumps({"id": "msg_1", "type": "message", "role": "assistant", "model": MODEL,
+                                    "content": [{"type": "thinking", "thinking": "Hmm.", "signature": "c2ln"}],
+                                    "stop_reason": "end_turn", "stop_sequence": None,
+                                    "usage": {"input_tokens": 40, "output_tokens": 9}}).encode()
+
+    with JudgeServer(fake_llm_answer, reply=reply) as srv:
+        judge = make_judge(JudgeConfig(backend="anthropic", model=MODEL, base_url=srv.root, use_cache=False),
+                           cache_path=None)
+        done = judge.complete_sync(ASK, schema=LABEL)
+        assert done.value == {"label": "sea"} and done.reasks == 1
+        reask = messages(srv)[1].body["messages"]
+        assert [m["role"] for m in reask] == ["user", "user"] and "empty" in reask[-1]["content"]

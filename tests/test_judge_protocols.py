@@ -585,3 +585,21 @@ def test_labels_relabelled_from_the_response_cache_record_the_settings_their_rep
         for i in range(2):
             params = st.feature(i).label.provenance.params
             assert (params["temperature"], params["max_tokens_param"]) == (None, "max_completion_tokens"), params
+
+
+def test_a_refused_key_is_no_rating_for_a_judge_asked_one_call_at_a_time():
+    # steering's JudgeScorer takes any judge with complete_sync; an unusable answer scores 0, a refused key stops
+    from autointerp.judge import CredentialsRejected
+    from steering.evaluate import JudgeScorer
+
+    class OneAtATime:
+        asked = 0
+
+        def complete_sync(self, messages, schema):
+            self.asked += 1
+            raise CredentialsRejected("request rejected: HTTP 401: set OPENAI_API_KEY to a valid key")
+
+    judge = OneAtATime()
+    with pytest.raises(CredentialsRejected, match="OPENAI_API_KEY"):
+        JudgeScorer(judge, "the sea")(["the sea was"], ["calm today"])
+    assert judge.asked == 1

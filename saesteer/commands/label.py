@@ -120,9 +120,6 @@ def run(args) -> int:
             print_error(e)
             return 2
 
-    if report.stopped == "credentials":  # nothing was labelled, every request would be refused alike
-        print_error(report.stop_reason)
-        return 2
     _print_report(report, store, budget, label_cfg)
     if args.report:
         _write_json(args.report, {

@@ -488,6 +488,10 @@ def _messages_request_problem(body: Any) -> str | None:
             return f"{name}: Field required"
     if "temperature" in body:
         return "`temperature` is deprecated for this model."
+    for i, m in enumerate(body["messages"]):
+        final_assistant = i == len(body["messages"]) - 1 and m.get("role") == "assistant"
+        if not _block_text(m.get("content", "")).strip() and not final_assistant:
+            return f"messages.{i}: all messages must have non-empty content except for the optional final assistant message"
     roles = [m.get("role") for m in body["messages"]]
     if "system" in roles:
         return ('messages: Unexpected role "system". The Messages API accepts a top-level `system` parameter, '

@@ -1,0 +1,68 @@
+"""What the judge's HTTP backends share about one attempt through an official SDK (`openai`,
+`anthropic`: the same error classes, by name): one client per event loop, the attempt's deadline
+as a whole, and an HTTP error status as the judge's failure.
+
+- `ClientPerLoop`: httpx pools are bound to the event loop that made them; a client is made per
+  loop, and one of a finished loop is dropped.
+- `attempt`: `timeout_s` is the deadline of the attempt in all (connect, send, wait, read): httpx's
+  timeouts are per read, so a server sending a byte now and then would hold a request forever
+  under them alone. A timeout or a connection error is worth retrying.
+- `status_failure`: 401 refuses the credentials (the run stops), 408, 429 and 5xx are retried
+  (honouring retry-after), other statuses are not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Awaitable, Callable, TypeVar
+
+from .wire import CredentialsRefused, PermanentError, TransientError, is_retryable, parse_retry_after
+
+__all__ = ["ClientPerLoop", "attempt", "status_failure"]
+
+T = TypeVar("T")
+
+
+class ClientPerLoop:
+    """The SDK client of the running event loop, made by `make()` the first time it is wanted there."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make = make
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: Any = None
+
+    def get(self) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            self._loop, self._client = loop, self._make()  # a finished loop's client is dropped
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close the client, if it belongs to the running loop (another loop's cannot be closed here)."""
+        client, loop = self._client, self._loop
+        self._loop = self._client = None
+        if client is not None and loop is asyncio.get_running_loop():
+            await client.close()
+
+
+async def attempt(call: Awaitable[T], *, timeout_s: float, sdk: Any) -> T:
+    """Await one SDK call within `timeout_s` in all; the SDK's timeout and connection errors (and
+    the deadline passing) as `TransientError`."""
+    try:
+        return await asyncio.wait_for(call, timeout=timeout_s)
+    except (sdk.APITimeoutError, asyncio.TimeoutError):
+        raise TransientError(f"timed out after {timeout_s:g} s (no complete answer by then)") from None
+    except sdk.APIConnectionError as e:
+        cause = e.__cause__ or e
+        raise TransientError(f"connection error ({type(cause).__name__}: {cause})") from None
+
+
+def status_failure(e: Any, said: str, *, credentials: str) -> Exception:
+    """The judge's failure for an SDK's `APIStatusError` `e`, described by `said` ("HTTP 429: ...");
+    `credentials` says what to set when the server refused the key."""
+    status = e.status_code
+    if status == 401:  # every request of the run would be refused alike: it stops, saying what to set
+        return CredentialsRefused(f"{said}: {credentials}", status=status)
+    if is_retryable(status):
+        return TransientError(said, status=status, retry_after=parse_retry_after(e.response.headers))
+    return PermanentError(said, status=status)
