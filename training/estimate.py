@@ -23,6 +23,7 @@ import torch
 
 from training.cache_config import CacheConfig
 from training.manifest import MANIFEST_NAME, read_manifest, read_progress
+from training.pretokenized import RowPacker
 from training.plan import CachePlan, bytes_per_row, plan_cache, refuse_mismatch
 from training.shards import DTYPES
 from training.packing import ContextPacker, estimate_stream_tokens, make_tokenize, special_tokens
@@ -165,7 +166,11 @@ def estimate_plan(plan: CachePlan, text: TextConfig, cfg: CacheConfig, tokenizer
     # packed as the build packs: a resumed cache by the rule it records (an older cache: EOS and BOS
     # between documents even where the current rule writes one token), which refuse_mismatch put in plan.settings
     next_bos = plan.settings.get("eos_is_next_bos")
-    packer = ContextPacker(iter([texts]), make_tokenize(tokenizer), text, special_tokens(tokenizer), eos_next_bos=next_bos)
+    if source.pretokenized:
+        packer = RowPacker(iter([texts]), text)
+    else:
+        packer = ContextPacker(iter([texts]), make_tokenize(tokenizer), text, special_tokens(tokenizer),
+                               eos_next_bos=next_bos)
     sample, _ = packer.take(64)
     if len(sample):
         rows_per_context = float((~np.isin(sample, plan.excluded)).sum()) / len(sample)

@@ -9,6 +9,8 @@ Sources (`TextConfig.dataset`), read at split `TextConfig.split`:
     all of it is "train"), or a mapping "train=PATH,validation=PATH" (see `training.splits`,
     which follows HF `datasets`' rules); one file kind per split;
   * anything else: a HuggingFace hub dataset name (streamed).
+A column of token ids instead of text (SAELens's pretokenized datasets) is read row by row as model
+inputs, not tokenized again: see `training.pretokenized`.
 
 A .txt file is one document (`txt_documents="file"`: a folder of source files or essays is read as
 such, newlines and blank lines kept), or one document per line (`"line"`: blank lines skipped), the
@@ -52,7 +54,11 @@ class TextConfig:
                           "splits come from its file names (train.jsonl, validation.jsonl, test/...), or give "
                           "--dataset train=PATH,validation=PATH"},
     )
-    text_column: str = field(default="text", metadata={"help": "column holding the document text"})
+    text_column: str = field(
+        default="text",
+        metadata={"help": "column holding the document text, or a pretokenized dataset's token ids (one context per "
+                          "row, read as stored); without a 'text' column, SAELens's 'tokens' or 'input_ids' is read"},
+    )
     streaming: bool = field(
         default=True,
         metadata={"help": "stream documents instead of building an Arrow copy first "
@@ -244,12 +250,32 @@ class DocumentSource:
         return list(first.keys())
 
     def _check_column(self) -> None:
+        """Fix the column read (`column`) and whether it holds token ids (`pretokenized`): the text
+        column asked for, or, when the default "text" is absent, SAELens's token column."""
+        from training.pretokenized import TOKEN_COLUMNS
+
         cols = self.columns()
-        if cols and self.cfg.text_column not in cols:
-            raise ValueError(
-                f"dataset {self.cfg.dataset!r} has no column {self.cfg.text_column!r}; "
-                f"available columns: {', '.join(cols)}. Pass --text-column with one of them."
-            )
+        self.column, self.pretokenized = self.cfg.text_column, False
+        if not cols:
+            return
+        if self.column not in cols:
+            tokens = [c for c in TOKEN_COLUMNS if c in cols]
+            if self.cfg.text_column != "text" or not tokens:
+                raise ValueError(
+                    f"dataset {self.cfg.dataset!r} has no column {self.cfg.text_column!r}; "
+                    f"available columns: {', '.join(cols)}. Pass --text-column with one of them."
+                )
+            self.column = tokens[0]
+        self.pretokenized = self._holds_token_ids()
+
+    def _holds_token_ids(self) -> bool:
+        from training.pretokenized import is_token_ids
+
+        try:
+            first = next(iter(self._ds.select_columns([self.column])), None)
+        except ValueError as e:  # a streamed file is parsed only now (pyarrow's ArrowInvalid)
+            raise self._read_error(e, 0) from e
+        return first is not None and is_token_ids(first[self.column])
 
     @property
     def num_docs(self) -> int | None:
@@ -259,9 +285,10 @@ class DocumentSource:
         except TypeError:
             return None
 
-    def chunks(self, start_doc: int = 0, chunk_docs: int = 256) -> Iterator[list[str]]:
-        """Lists of document texts, in dataset order, beginning at document index `start_doc`."""
-        col = self.cfg.text_column
+    def chunks(self, start_doc: int = 0, chunk_docs: int = 256) -> Iterator[list]:
+        """Lists of document texts (of token ids when `pretokenized`), in dataset order, beginning at
+        document index `start_doc`."""
+        col = self.column
         ds = self._ds
         n = self.num_docs
         if n is not None:  # random access
@@ -287,9 +314,12 @@ class DocumentSource:
         where = f" after document {first_doc}" if first_doc else ""
         return ValueError(f"could not read dataset {self.cfg.dataset!r} (split {self.cfg.split!r}){where}: {error}")
 
-    def _texts(self, values: list, first_doc: int) -> list[str]:
+    def _texts(self, values: list, first_doc: int) -> list:
         """One chunk's documents: a missing value (null) is an empty document; a value that is not
-        text (numbers, a chat's list of messages) is refused, as it would be cached as nothing."""
+        text (numbers, a chat's list of messages) is refused, as it would be cached as nothing.
+        Pretokenized rows are returned as they are (`training.pretokenized` reads them)."""
+        if self.pretokenized:
+            return list(values)
         for j, v in enumerate(values):
             if v is not None and not isinstance(v, str):
                 shown = repr(v)
