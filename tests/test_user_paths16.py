@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -191,3 +192,36 @@ def test_the_bos_policy_must_be_the_rows(user):
     saesteer("cache", "--model", user.model, "--dataset", user.saved["train"], "--context-length", 16,
              "--max-tokens", 512, "--hooks", HOOK, "--out", work / "c5", "--no-progress").ok()
     assert np.array_equal(cached_tokens(work / "c5"), rows_of(user.saved["train"])[:512 // 16, :16])
+
+
+def test_a_hub_dataset_configuration_is_read_again_once_the_cache_is_gone(user, real_corpus, tmp_path, monkeypatch):
+    """A hub dataset of several configurations, as `datasets` leaves it in its cache (read offline):
+    `cache --dataset wikitext --dataset-config wikitext-2-raw-v1` records the configuration and split
+    it read; `eval` given only the SAE reads that configuration's validation split, also after the
+    cache (often deleted once trained: it is large) is gone. (The SAE recorded the dataset and split
+    but not the configuration, so eval failed: "multiple 'wikitext' configurations in the cache", and
+    a dataset with a default configuration would have been read in that one.)"""
+    import datasets.config
+
+    from helpers.tiny_hf import cached_hub_dataset
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets")
+    docs = list(real_corpus.train_docs) + list(real_corpus.validation_docs)
+    half = len(docs) // 2
+    cached_hub_dataset(tmp_path / "datasets", "wikitext", {
+        "wikitext-2-raw-v1": {"train": docs[:half], "validation": docs[half:half + 20]},
+        "wikitext-103-raw-v1": {"train": docs[half:], "validation": docs[:20]}}, column="text")
+    cache(user.model, "wikitext", tmp_path / "cache", "--dataset-config", "wikitext-2-raw-v1").ok()
+    ds = json.loads((tmp_path / "cache/manifest.json").read_text())["dataset"]
+    assert (ds["name"], ds["config"], ds["split"]) == ("wikitext", "wikitext-2-raw-v1", "train")
+    saesteer("train", "--cache", tmp_path / "cache", "--out", tmp_path / "run", "--architecture", "topk", "--d-sae", 64,
+             "--k", 4, "--total-tokens", 1024, "--batch-size", 256, "--holdout-tokens", 256, "--eval-ce-contexts", 4,
+             "--eval-every-tokens", 0, "--checkpoint-every-tokens", 0, "--no-progress", "--sae-name", "sae").ok()
+    trained = json.loads((tmp_path / "run/metrics.json").read_text())["saes"]["sae"]
+    shutil.rmtree(tmp_path / "cache")
+    saesteer("eval", "--sae", tmp_path / "run/saes/sae", "--contexts", 4, "--ce-contexts", 4, "--absorption", "false",
+             "--probing", "false", "--quiet", "--out", tmp_path / "eval").ok()
+    doc = json.loads((tmp_path / "eval/eval.json").read_text())
+    assert (doc["data"]["dataset"], doc["data"]["dataset_config"], doc["data"]["split"]) == \
+           ("wikitext", "wikitext-2-raw-v1", "validation")
+    assert doc["saes"]["sae"]["metrics"]["ce_loss_clean"] == pytest.approx(trained["ce_loss_clean"], rel=1e-6)
