@@ -194,6 +194,28 @@ def test_the_bos_policy_must_be_the_rows(user):
     assert np.array_equal(cached_tokens(work / "c5"), rows_of(user.saved["train"])[:512 // 16, :16])
 
 
+def test_a_small_cache_of_a_big_dataset_reads_only_its_start(user, real_corpus):
+    """Book-length documents (50 KB each, as pg19 or a folder of code files), a few contexts asked
+    for: the cache reads the start of the file, not hundreds of documents (the estimate sampled 512
+    documents and the build tokenized 256 at a time: here it parsed the whole file, and a line it did
+    not need, malformed, failed the command)."""
+    work = user.work / "big"
+    work.mkdir()
+    text = "\n\n".join(real_corpus.train_docs)
+    books = [text[i * 50_000:(i + 1) * 50_000] for i in range(len(text) // 50_000)]
+    assert len(books) >= 8
+    with open(work / "books.jsonl", "w", encoding="utf-8") as f:
+        for i in range(64):
+            f.write(json.dumps({"text": books[i % len(books)]}) + "\n")
+        f.write('{"text": "a line no parser reads\n')
+        for i in range(8):
+            f.write(json.dumps({"text": books[i]}) + "\n")
+    r = cache(user.model, work / "books.jsonl", work / "cache").ok()
+    manifest = json.loads((work / "cache/manifest.json").read_text())
+    assert manifest["shards"][-1]["text_end"][0] < 16, r.text
+    assert len(cached_tokens(work / "cache")) == 2048 // L
+
+
 def test_a_hub_dataset_configuration_is_read_again_once_the_cache_is_gone(user, real_corpus, tmp_path, monkeypatch):
     """A hub dataset of several configurations, as `datasets` leaves it in its cache (read offline):
     `cache --dataset wikitext --dataset-config wikitext-2-raw-v1` records the configuration and split

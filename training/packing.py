@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from training.text import START, DocumentSource, TextConfig, TextPointer
+from training.text import START, DocumentSample, DocumentSource, TextConfig, TextPointer
 
 if TYPE_CHECKING:
     from training.pretokenized import RowPacker
@@ -264,23 +264,24 @@ def open_packer(
     )
 
 
-def estimate_stream_tokens(cfg: TextConfig, tokenizer, source: DocumentSource, texts: list[str], sample_docs: int = 512,
+def estimate_stream_tokens(cfg: TextConfig, tokenizer, source: DocumentSource, sample: DocumentSample,
                            eos_next_bos: bool | None = None) -> int | None:
-    """Rough number of stream tokens in the whole dataset from `texts`, its first documents (from
-    `sample_documents(source, sample_docs)`), packed as the build packs them (`eos_next_bos`: as
-    `open_packer`'s). None when it cannot be guessed (e.g. a streamed hub dataset). Scales by the
-    document count (non-streaming) or by file bytes (local files)."""
+    """Rough number of stream tokens in the whole dataset from `sample`, its first documents (from
+    `sample_documents`), packed as the build packs them (`eos_next_bos`: as `open_packer`'s). None
+    when it cannot be guessed (e.g. a streamed hub dataset). Scales by the document count
+    (non-streaming) or by file bytes (local files)."""
+    texts = sample.texts
     if not texts:
         return 0
     if source.pretokenized:  # a row is a context: (rows) x (tokens used of each)
-        rows = source.num_docs if len(texts) >= sample_docs else len(texts)
+        rows = len(texts) if sample.complete else source.num_docs
         if rows is None and source.data.is_local and source.data.builder == "parquet":
             rows = _parquet_rows(source.data.files)
         return None if rows is None else rows * cfg.context_length
     ids = make_tokenize(tokenizer)(texts)
     extra = sum(_item_extra(cfg, special_tokens(tokenizer), eos_next_bos))
     sample_tokens = sum(len(x) + extra for x in ids if x)
-    if len(texts) < sample_docs:
+    if sample.complete:
         return sample_tokens  # we saw everything
     if source.num_docs is not None:
         return int(sample_tokens * source.num_docs / max(1, len(texts)))

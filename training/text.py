@@ -30,6 +30,11 @@ from typing import Any, Iterator, Literal, NamedTuple
 
 from training.splits import DATA_FILE_BUILDERS, absolute, describe_splits, local_splits, looks_local
 
+# documents are read this many at a time, and a chunk of them ends past this many characters (or
+# token ids): enough to tokenize efficiently, few enough that a small cache reads little of a big dataset
+READ_DOCS = 16
+CHUNK_CHARS = 1 << 20
+
 BosPolicy = Literal["prepend", "doc", "none"]
 TxtDocuments = Literal["file", "line"]
 TXT_SAMPLE_BY = {"file": "document", "line": "line"}  # our name -> HF datasets' text builder `sample_by`
@@ -271,6 +276,10 @@ class DocumentSource:
     def _holds_token_ids(self) -> bool:
         from training.pretokenized import is_token_ids
 
+        import datasets
+
+        if isinstance((getattr(self._ds, "features", None) or {}).get(self.column), datasets.Value):
+            return False  # a scalar column (text, a number): known without reading a row
         try:
             first = next(iter(self._ds.select_columns([self.column])), None)
         except ValueError as e:  # a streamed file is parsed only now (pyarrow's ArrowInvalid)
@@ -287,18 +296,34 @@ class DocumentSource:
 
     def chunks(self, start_doc: int = 0, chunk_docs: int = 256) -> Iterator[list]:
         """Lists of document texts (of token ids when `pretokenized`), in dataset order, beginning at
-        document index `start_doc`."""
+        document index `start_doc`: `chunk_docs` documents each (a few more or fewer), fewer when
+        they hold more than `CHUNK_CHARS` characters, so that book-length documents are not read and
+        tokenized hundreds at a time when a few contexts are asked for."""
+        pending: list = []
+        size, first = 0, start_doc
+        for values in self._batches(start_doc, min(chunk_docs, READ_DOCS)):
+            pending += self._texts(values, first + len(pending))
+            size += sum(len(v) for v in values if v is not None)
+            if len(pending) >= chunk_docs or size >= CHUNK_CHARS:
+                yield pending
+                first += len(pending)
+                pending, size = [], 0
+        if pending:
+            yield pending
+
+    def _batches(self, start_doc: int, batch_docs: int) -> Iterator[list]:
+        """The column's raw values, `batch_docs` documents at a time, from `start_doc`."""
         col = self.column
         ds = self._ds
         n = self.num_docs
         if n is not None:  # random access
             sub = ds.select_columns([col])
-            for i in range(start_doc, n, chunk_docs):
-                yield self._texts(sub[i:i + chunk_docs][col], i)
+            for i in range(start_doc, n, batch_docs):
+                yield sub[i:i + batch_docs][col]
             return
         if start_doc:
             ds = ds.skip(start_doc)
-        batches = iter(ds.select_columns([col]).iter(batch_size=chunk_docs))
+        batches = iter(ds.select_columns([col]).iter(batch_size=batch_docs))
         first = start_doc
         while True:
             try:  # a streamed file is parsed only now: say which dataset a parse error is in
@@ -307,7 +332,7 @@ class DocumentSource:
                 return
             except ValueError as e:  # pyarrow's ArrowInvalid: "JSON parse error: ... in row 1"
                 raise self._read_error(e, first) from e
-            yield self._texts(batch[col], first)
+            yield batch[col]
             first += len(batch[col])
 
     def _read_error(self, error: Exception, first_doc: int) -> ValueError:
@@ -374,9 +399,15 @@ def _read_txt_files(files):
         yield {"text": text}
 
 
-def sample_documents(source: DocumentSource, n: int = 512) -> list[str]:
-    """The first `n` documents (fewer if the dataset is smaller)."""
-    try:
-        return next(source.chunks(0, chunk_docs=n))
-    except StopIteration:
-        return []
+class DocumentSample(NamedTuple):
+    """The first documents of a dataset, and whether they are all of it."""
+
+    texts: list
+    complete: bool
+
+
+def sample_documents(source: DocumentSource, n: int = 512) -> DocumentSample:
+    """The first `n` documents, or fewer: those in the first `CHUNK_CHARS` characters, or all there are."""
+    texts = next(source.chunks(0, chunk_docs=n), [])
+    # a chunk ends early only at the character bound or at the end of the data
+    return DocumentSample(texts, complete=len(texts) < n and sum(map(len, texts)) < CHUNK_CHARS)
