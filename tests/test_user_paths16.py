@@ -15,6 +15,15 @@
 - The BOS policy asked for must be the rows': rows without a BOS first are refused under the default
   `prepend` (the fix named), read under `none`; rows with one are refused under `none`; a
   --context-length longer than the rows is refused, a shorter one reads each row's start.
+- A hub dataset of several configurations read offline from the `datasets` cache (wikitext's
+  wikitext-2-raw-v1 beside wikitext-103-raw-v1): the SAE trained from the cache recorded the dataset
+  and split but not the configuration, so once the cache was deleted `eval` failed ("multiple
+  'wikitext' configurations in the cache"). It now records how its text was read, as training without
+  a cache does, and eval reads the same configuration's validation split (CE equal to training's).
+- A big dataset and a small cache: the estimate sampled 512 documents and the build tokenized 256 at
+  a time, so a few contexts of book-length documents parsed and tokenized megabytes (a malformed
+  line far past what was needed failed the command). Documents are now read 16 at a time, in chunks
+  that end past 1M characters.
 """
 
 from __future__ import annotations
