@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -90,13 +91,14 @@ def saelens_metadata(cfg: TextConfig, root: Path | None) -> dict[str, Any] | Non
     """The `sae_lens.json` of a pretokenized dataset: in the folder given (or a folder between it and
     the data files), or, for a hub dataset, in its repo as the HF cache holds it. None without one."""
     found = None
-    given = Path(cfg.dataset).expanduser()
     if root is not None:
-        for folder in [root, *root.parents]:
+        given = Path(os.path.abspath(Path(cfg.dataset).expanduser()))
+        # the data files' folder, and those above it up to the folder given (none above a file given)
+        for folder in [root, *(root.parents if given.is_dir() and given in root.parents else ())]:
             if (folder / METADATA_NAME).is_file():
                 found = folder / METADATA_NAME
                 break
-            if folder == given or folder == folder.parent:
+            if folder == given:
                 break
     elif cfg.dataset != "toy":
         try:
