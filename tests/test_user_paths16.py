@@ -130,16 +130,18 @@ def test_a_saelens_pretokenized_folder_is_cached_row_by_row_and_evaluated(user):
 
 def test_hub_parquet_rows_are_read_and_eval_rereads_the_recorded_split(user):
     """The hub's layout (data/train-*.parquet, data/validation-*.parquet, a `tokens` column, no
-    sae_lens.json): cached as rows; `eval` given only the SAE reads split validation of the same
+    sae_lens.json, one in the folder above it): cached as rows; `eval` given only the SAE reads split validation of the same
     folder (as recorded), rows again."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    work = user.work / "hub"
-    (work / "data").mkdir(parents=True)
+    repo, work = user.work / "hub" / "repo", user.work / "hub-out"
+    (repo / "data").mkdir(parents=True)
+    # another dataset's metadata in a folder above the one given is not this dataset's
+    (repo.parent / "sae_lens.json").write_text(json.dumps({"tokenizer_name": "someone/other-tokenizer"}))
     for split, folder in user.saved.items():
-        pq.write_table(pa.table({"tokens": rows_of(folder).tolist()}), work / "data" / f"{split}-00000-of-00001.parquet")
-    cache(user.model, work, work / "cache").ok()
+        pq.write_table(pa.table({"tokens": rows_of(folder).tolist()}), repo / "data" / f"{split}-00000-of-00001.parquet")
+    cache(user.model, repo, work / "cache").ok()
     manifest = json.loads((work / "cache/manifest.json").read_text())
     assert manifest["dataset"]["text_column"] == "tokens" and "sae_lens" not in manifest["dataset"]["pretokenized"]
     assert np.array_equal(cached_tokens(work / "cache"), rows_of(user.saved["train"])[:2048 // L])
@@ -149,7 +151,7 @@ def test_hub_parquet_rows_are_read_and_eval_rereads_the_recorded_split(user):
     saesteer("eval", "--sae", work / "run/saes/sae", "--contexts", 4, "--ce-contexts", 4, "--absorption", "false",
              "--probing", "false", "--quiet", "--out", work / "eval").ok()
     doc = json.loads((work / "eval/eval.json").read_text())
-    assert (doc["data"]["dataset"], doc["data"]["split"], doc["data"]["text_column"]) == (str(work), "validation", "tokens")
+    assert (doc["data"]["dataset"], doc["data"]["split"], doc["data"]["text_column"]) == (str(repo), "validation", "tokens")
 
 
 def test_rows_of_another_tokenizer_are_refused_naming_both(user, real_corpus):
