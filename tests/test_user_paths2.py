@@ -12,6 +12,7 @@ import json
 import pytest
 
 from helpers.real_cli import OFFLINE_ENV, saesteer
+from helpers.tiny_hf import cached_hub_dataset
 
 pytestmark = [pytest.mark.usefixtures("one_thread")]
 
@@ -176,29 +177,6 @@ def test_eval_reads_each_sae_s_text_as_that_sae_was_trained(llama_hub, real_corp
     assert probing["a"]["tasks"] == 2 and probing["a"]["model_accuracy"] == probing["b"]["model_accuracy"]
 
 
-def _cached_hub_dataset(cache_dir, repo_id: str, configs: dict) -> None:
-    """A hub dataset with several configurations as `datasets` leaves it in its cache once loaded
-    (HF_DATASETS_CACHE/<org>___<name>/<config>/0.0.0/<hash>/<name>-<split>.arrow + dataset_info.json),
-    which it reads offline: `configs` = {config: {split: [text]}}, the text in 'content'."""
-    import datasets
-    from datasets.arrow_writer import ArrowWriter
-
-    name = repo_id.split("/")[-1]
-    features = datasets.Features({"content": datasets.Value("string")})
-    for config, splits in configs.items():
-        folder = cache_dir / repo_id.replace("/", "___") / config / "0.0.0" / ("0" * 16)
-        folder.mkdir(parents=True)
-        infos = datasets.SplitDict(dataset_name=name)
-        for split, docs in splits.items():
-            with ArrowWriter(features=features, path=str(folder / f"{name}-{split}.arrow")) as w:
-                for doc in docs:
-                    w.write({"content": doc})
-                n, size = w.finalize()
-            infos.add(datasets.SplitInfo(name=split, num_examples=n, num_bytes=size, dataset_name=name))
-        datasets.DatasetInfo(features=features, config_name=config, dataset_name=name, builder_name=name,
-                             splits=infos).write_to_directory(str(folder))
-
-
 def test_eval_reads_the_dataset_configuration_training_read(llama_hub, real_corpus, tmp_path, monkeypatch):
     """A hub dataset with two configurations ('en', 'fr': different documents), trained on with
     --dataset-config fr: `eval` with only --sae reads the recorded CE text in that configuration (its
@@ -209,7 +187,7 @@ def test_eval_reads_the_dataset_configuration_training_read(llama_hub, real_corp
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets")
     docs = list(real_corpus.train_docs) + list(real_corpus.validation_docs) + list(real_corpus.test_docs)
     half = len(docs) // 2
-    _cached_hub_dataset(tmp_path / "datasets", "researcher/multi", {
+    cached_hub_dataset(tmp_path / "datasets", "researcher/multi", {
         "en": {"train": docs[:half], "validation": docs[half:half + 40]},
         "fr": {"train": docs[half:], "validation": docs[:40]}})
     saesteer("train", "--model", "researcher/tiny-llama", "--dataset", "researcher/multi", "--dataset-config", "fr",

@@ -23,6 +23,7 @@ import torch
 
 from training.cache_config import CacheConfig
 from training.manifest import MANIFEST_NAME, read_manifest, read_progress
+from training.pretokenized import RowPacker
 from training.plan import CachePlan, bytes_per_row, plan_cache, refuse_mismatch
 from training.shards import DTYPES
 from training.packing import ContextPacker, estimate_stream_tokens, make_tokenize, special_tokens
@@ -161,17 +162,21 @@ def estimate_plan(plan: CachePlan, text: TextConfig, cfg: CacheConfig, tokenizer
     # a source of its own: the prefetcher reads plan.source in its thread meanwhile, and two threads
     # iterating one streaming dataset can shift its document boundaries (and so the resume pointers)
     source = DocumentSource(text)
-    texts = sample_documents(source, 512)  # one read serves both estimates
+    docs = sample_documents(source, 512)  # one read serves both estimates
     # packed as the build packs: a resumed cache by the rule it records (an older cache: EOS and BOS
     # between documents even where the current rule writes one token), which refuse_mismatch put in plan.settings
     next_bos = plan.settings.get("eos_is_next_bos")
-    packer = ContextPacker(iter([texts]), make_tokenize(tokenizer), text, special_tokens(tokenizer), eos_next_bos=next_bos)
+    if source.pretokenized:
+        packer = RowPacker(iter([docs.texts]), text)
+    else:
+        packer = ContextPacker(iter([docs.texts]), make_tokenize(tokenizer), text, special_tokens(tokenizer),
+                               eos_next_bos=next_bos)
     sample, _ = packer.take(64)
     if len(sample):
         rows_per_context = float((~np.isin(sample, plan.excluded)).sum()) / len(sample)
     else:
         rows_per_context = float(L)
-    stream = estimate_stream_tokens(text, tokenizer, source, texts, 512, eos_next_bos=next_bos)
+    stream = estimate_stream_tokens(text, tokenizer, source, docs, eos_next_bos=next_bos)
     K = packer.K
     data_contexts = None if stream is None else stream // K
     exact = False

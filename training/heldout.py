@@ -136,8 +136,13 @@ def _first_documents(source: DocumentSource, n: int) -> list[str]:
     return out[:n]
 
 
-def _digest(text: str) -> bytes:
-    return hashlib.blake2b(text.strip().encode("utf-8"), digest_size=16).digest()
+def _digest(doc) -> bytes | None:
+    """A document's fingerprint: its stripped text, or a pretokenized row's ids; None when empty."""
+    if isinstance(doc, str):
+        data = doc.strip().encode("utf-8")
+    else:
+        data = np.asarray(doc, dtype=np.int64).tobytes()
+    return hashlib.blake2b(data, digest_size=16).digest() if data else None
 
 
 def check_overlap(train: TextConfig, eval_files, eval_docs: list[str], train_docs: int | None) -> OverlapReport:
@@ -151,7 +156,8 @@ def check_overlap(train: TextConfig, eval_files, eval_docs: list[str], train_doc
         return OverlapReport(False, note=f"the training data {train.dataset!r} is a hub dataset; its splits are "
                                          "taken as published")
     shared = _shared_files(train_source.data.files, eval_files)
-    wanted = {_digest(d) for d in eval_docs if d.strip()}
+    digests = [h for h in map(_digest, eval_docs) if h is not None]
+    wanted = set(digests)
     found: set[bytes] = set()
     seen = 0
     for chunk in train_source.chunks(0, chunk_docs=1024):
@@ -161,8 +167,8 @@ def check_overlap(train: TextConfig, eval_files, eval_docs: list[str], train_doc
         found.update(h for h in map(_digest, chunk) if h in wanted)
         if len(found) == len(wanted) or (train_docs is not None and seen >= train_docs):
             break
-    in_training = sum(1 for d in eval_docs if d.strip() and _digest(d) in found)
-    return OverlapReport(True, sum(1 for d in eval_docs if d.strip()), in_training, seen, tuple(shared))
+    in_training = sum(1 for h in digests if h in found)
+    return OverlapReport(True, len(digests), in_training, seen, tuple(shared))
 
 
 def _shared_files(train_files, eval_files) -> list[str]:

@@ -27,11 +27,14 @@ import hashlib
 import itertools
 import json
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from training.text import START, DocumentSource, TextConfig, TextPointer
+from training.text import START, DocumentSample, DocumentSource, TextConfig, TextPointer
+
+if TYPE_CHECKING:
+    from training.pretokenized import RowPacker
 
 
 # ----------------------------------------------------------------------------------------------
@@ -246,27 +249,39 @@ class ContextPacker:
 def open_packer(
     cfg: TextConfig, tokenizer, start: TextPointer = START, source: DocumentSource | None = None,
     eos_next_bos: bool | None = None,
-) -> ContextPacker:
+) -> ContextPacker | RowPacker:
     """A `ContextPacker` over `cfg`'s documents, from `start` (`eos_next_bos`: a resumed cache's
-    recorded `eos_is_next_bos`; default: the rule's)."""
+    recorded `eos_is_next_bos`; default: the rule's). A pretokenized dataset's rows are checked
+    against the tokenizer and read as they are (`training.pretokenized`)."""
     source = source or DocumentSource(cfg)
+    if source.pretokenized:
+        from training.pretokenized import RowPacker, checked_rows
+
+        checked_rows(source, tokenizer)
+        return RowPacker(source.chunks(start.doc + (1 if start.offset else 0)), cfg, start)
     return ContextPacker(
         source.chunks(start.doc), make_tokenize(tokenizer), cfg, special_tokens(tokenizer), start, eos_next_bos
     )
 
 
-def estimate_stream_tokens(cfg: TextConfig, tokenizer, source: DocumentSource, texts: list[str], sample_docs: int = 512,
+def estimate_stream_tokens(cfg: TextConfig, tokenizer, source: DocumentSource, sample: DocumentSample,
                            eos_next_bos: bool | None = None) -> int | None:
-    """Rough number of stream tokens in the whole dataset from `texts`, its first documents (from
-    `sample_documents(source, sample_docs)`), packed as the build packs them (`eos_next_bos`: as
-    `open_packer`'s). None when it cannot be guessed (e.g. a streamed hub dataset). Scales by the
-    document count (non-streaming) or by file bytes (local files)."""
+    """Rough number of stream tokens in the whole dataset from `sample`, its first documents (from
+    `sample_documents`), packed as the build packs them (`eos_next_bos`: as `open_packer`'s). None
+    when it cannot be guessed (e.g. a streamed hub dataset). Scales by the document count
+    (non-streaming) or by file bytes (local files)."""
+    texts = sample.texts
     if not texts:
         return 0
+    if source.pretokenized:  # a row is a context: (rows) x (tokens used of each)
+        rows = len(texts) if sample.complete else source.num_docs
+        if rows is None and source.data.is_local and source.data.builder == "parquet":
+            rows = _parquet_rows(source.data.files)
+        return None if rows is None else rows * cfg.context_length
     ids = make_tokenize(tokenizer)(texts)
     extra = sum(_item_extra(cfg, special_tokens(tokenizer), eos_next_bos))
     sample_tokens = sum(len(x) + extra for x in ids if x)
-    if len(texts) < sample_docs:
+    if sample.complete:
         return sample_tokens  # we saw everything
     if source.num_docs is not None:
         return int(sample_tokens * source.num_docs / max(1, len(texts)))
@@ -282,14 +297,19 @@ def estimate_stream_tokens(cfg: TextConfig, tokenizer, source: DocumentSource, t
             sample_bytes = sum(len(t.encode()) for t in texts)
         return int(sample_tokens * total_bytes / max(1, sample_bytes))
     if source.data.is_local and source.data.builder == "parquet":
-        try:
-            import pyarrow.parquet as pq
-
-            rows = sum(pq.ParquetFile(p).metadata.num_rows for p in source.data.files)
-            return int(sample_tokens * rows / max(1, len(texts)))
-        except Exception:
-            return None
+        rows = _parquet_rows(source.data.files)
+        return None if rows is None else int(sample_tokens * rows / max(1, len(texts)))
     return None
+
+
+def _parquet_rows(files) -> int | None:
+    """Rows in parquet files, from their footers (None when one cannot be read)."""
+    try:
+        import pyarrow.parquet as pq
+
+        return sum(pq.ParquetFile(p).metadata.num_rows for p in files)
+    except Exception:
+        return None
 
 
 def contexts_as_text(tokens_NL: Sequence[Sequence[int]], tokenizer) -> list[str]:

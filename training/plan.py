@@ -60,6 +60,11 @@ def plan_cache(model, text: TextConfig, cfg: CacheConfig, tokenizer, model_id, m
     d_in = runner.d_in(text.context_length)
     source = DocumentSource(text)  # checks the dataset and its text column
     spec = dataset_spec(text, source.data)
+    if source.pretokenized:  # token ids: checked against the tokenizer and BOS policy now, and recorded
+        from training.pretokenized import checked_rows
+
+        spec["text_column"] = source.column
+        spec["pretokenized"] = checked_rows(source, tokenizer)
     ident = identity_of_model(model)
     if ident is not None:  # a model loaded by saesteer.models knows who it is
         model_id, model_revision = model_id or ident.id, model_revision or ident.revision

@@ -27,6 +27,7 @@ def cache_provenance(manifest: Manifest, cache_dir: str | Path, hook: str) -> di
     s = manifest.settings
     ds = s.get("dataset") or {}
     ident = manifest.recorded_model()
+    text = text_config_from_manifest(manifest)
     return {
         "model": (s.get("model") or {}).get("id"), "model_revision": (s.get("model") or {}).get("revision"),
         "model_identity": manifest.model_identity, "model_processing": manifest.model_processing,
@@ -37,6 +38,9 @@ def cache_provenance(manifest: Manifest, cache_dir: str | Path, hook: str) -> di
         "bos_policy": s.get("bos_policy"),  # exactly ("doc" is not "none"): what --init-from of this SAE checks
         "exclude_tokens": s.get("exclude_tokens"), "cache": str(Path(cache_dir).resolve()),
         "cache_rows": manifest.total_rows,
+        # how the text was read and packed, as training without a cache records it: what eval reads
+        # again once the cache is gone (a hub dataset's configuration above all)
+        "text": {k: getattr(text, k) for k in TEXT_READING},
     }
 
 

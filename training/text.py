@@ -9,6 +9,8 @@ Sources (`TextConfig.dataset`), read at split `TextConfig.split`:
     all of it is "train"), or a mapping "train=PATH,validation=PATH" (see `training.splits`,
     which follows HF `datasets`' rules); one file kind per split;
   * anything else: a HuggingFace hub dataset name (streamed).
+A column of token ids instead of text (SAELens's pretokenized datasets) is read row by row as model
+inputs, not tokenized again: see `training.pretokenized`.
 
 A .txt file is one document (`txt_documents="file"`: a folder of source files or essays is read as
 such, newlines and blank lines kept), or one document per line (`"line"`: blank lines skipped), the
@@ -27,6 +29,11 @@ from pathlib import Path
 from typing import Any, Iterator, Literal, NamedTuple
 
 from training.splits import DATA_FILE_BUILDERS, absolute, describe_splits, local_splits, looks_local
+
+# documents are read this many at a time, and a chunk of them ends past this many characters (or
+# token ids): enough to tokenize efficiently, few enough that a small cache reads little of a big dataset
+READ_DOCS = 16
+CHUNK_CHARS = 1 << 20
 
 BosPolicy = Literal["prepend", "doc", "none"]
 TxtDocuments = Literal["file", "line"]
@@ -52,7 +59,11 @@ class TextConfig:
                           "splits come from its file names (train.jsonl, validation.jsonl, test/...), or give "
                           "--dataset train=PATH,validation=PATH"},
     )
-    text_column: str = field(default="text", metadata={"help": "column holding the document text"})
+    text_column: str = field(
+        default="text",
+        metadata={"help": "column holding the document text, or a pretokenized dataset's token ids (one context per "
+                          "row, read as stored); without a 'text' column, SAELens's 'tokens' or 'input_ids' is read"},
+    )
     streaming: bool = field(
         default=True,
         metadata={"help": "stream documents instead of building an Arrow copy first "
@@ -244,12 +255,36 @@ class DocumentSource:
         return list(first.keys())
 
     def _check_column(self) -> None:
+        """Fix the column read (`column`) and whether it holds token ids (`pretokenized`): the text
+        column asked for, or, when the default "text" is absent, SAELens's token column."""
+        from training.pretokenized import TOKEN_COLUMNS
+
         cols = self.columns()
-        if cols and self.cfg.text_column not in cols:
-            raise ValueError(
-                f"dataset {self.cfg.dataset!r} has no column {self.cfg.text_column!r}; "
-                f"available columns: {', '.join(cols)}. Pass --text-column with one of them."
-            )
+        self.column, self.pretokenized = self.cfg.text_column, False
+        if not cols:
+            return
+        if self.column not in cols:
+            tokens = [c for c in TOKEN_COLUMNS if c in cols]
+            if self.cfg.text_column != "text" or not tokens:
+                raise ValueError(
+                    f"dataset {self.cfg.dataset!r} has no column {self.cfg.text_column!r}; "
+                    f"available columns: {', '.join(cols)}. Pass --text-column with one of them."
+                )
+            self.column = tokens[0]
+        self.pretokenized = self._holds_token_ids()
+
+    def _holds_token_ids(self) -> bool:
+        from training.pretokenized import is_token_ids
+
+        import datasets
+
+        if isinstance((getattr(self._ds, "features", None) or {}).get(self.column), datasets.Value):
+            return False  # a scalar column (text, a number): known without reading a row
+        try:
+            first = next(iter(self._ds.select_columns([self.column])), None)
+        except ValueError as e:  # a streamed file is parsed only now (pyarrow's ArrowInvalid)
+            raise self._read_error(e, 0) from e
+        return first is not None and is_token_ids(first[self.column])
 
     @property
     def num_docs(self) -> int | None:
@@ -259,19 +294,36 @@ class DocumentSource:
         except TypeError:
             return None
 
-    def chunks(self, start_doc: int = 0, chunk_docs: int = 256) -> Iterator[list[str]]:
-        """Lists of document texts, in dataset order, beginning at document index `start_doc`."""
-        col = self.cfg.text_column
+    def chunks(self, start_doc: int = 0, chunk_docs: int = 256) -> Iterator[list]:
+        """Lists of document texts (of token ids when `pretokenized`), in dataset order, beginning at
+        document index `start_doc`: `chunk_docs` documents each (a few more or fewer), fewer when
+        they hold more than `CHUNK_CHARS` characters, so that book-length documents are not read and
+        tokenized hundreds at a time when a few contexts are asked for."""
+        pending: list = []
+        size, first = 0, start_doc
+        for values in self._batches(start_doc, min(chunk_docs, READ_DOCS)):
+            pending += self._texts(values, first + len(pending))
+            size += sum(len(v) for v in values if v is not None)
+            if len(pending) >= chunk_docs or size >= CHUNK_CHARS:
+                yield pending
+                first += len(pending)
+                pending, size = [], 0
+        if pending:
+            yield pending
+
+    def _batches(self, start_doc: int, batch_docs: int) -> Iterator[list]:
+        """The column's raw values, `batch_docs` documents at a time, from `start_doc`."""
+        col = self.column
         ds = self._ds
         n = self.num_docs
         if n is not None:  # random access
             sub = ds.select_columns([col])
-            for i in range(start_doc, n, chunk_docs):
-                yield self._texts(sub[i:i + chunk_docs][col], i)
+            for i in range(start_doc, n, batch_docs):
+                yield sub[i:i + batch_docs][col]
             return
         if start_doc:
             ds = ds.skip(start_doc)
-        batches = iter(ds.select_columns([col]).iter(batch_size=chunk_docs))
+        batches = iter(ds.select_columns([col]).iter(batch_size=batch_docs))
         first = start_doc
         while True:
             try:  # a streamed file is parsed only now: say which dataset a parse error is in
@@ -280,16 +332,19 @@ class DocumentSource:
                 return
             except ValueError as e:  # pyarrow's ArrowInvalid: "JSON parse error: ... in row 1"
                 raise self._read_error(e, first) from e
-            yield self._texts(batch[col], first)
+            yield batch[col]
             first += len(batch[col])
 
     def _read_error(self, error: Exception, first_doc: int) -> ValueError:
         where = f" after document {first_doc}" if first_doc else ""
         return ValueError(f"could not read dataset {self.cfg.dataset!r} (split {self.cfg.split!r}){where}: {error}")
 
-    def _texts(self, values: list, first_doc: int) -> list[str]:
+    def _texts(self, values: list, first_doc: int) -> list:
         """One chunk's documents: a missing value (null) is an empty document; a value that is not
-        text (numbers, a chat's list of messages) is refused, as it would be cached as nothing."""
+        text (numbers, a chat's list of messages) is refused, as it would be cached as nothing.
+        Pretokenized rows are returned as they are (`training.pretokenized` reads them)."""
+        if self.pretokenized:
+            return list(values)
         for j, v in enumerate(values):
             if v is not None and not isinstance(v, str):
                 shown = repr(v)
@@ -344,9 +399,15 @@ def _read_txt_files(files):
         yield {"text": text}
 
 
-def sample_documents(source: DocumentSource, n: int = 512) -> list[str]:
-    """The first `n` documents (fewer if the dataset is smaller)."""
-    try:
-        return next(source.chunks(0, chunk_docs=n))
-    except StopIteration:
-        return []
+class DocumentSample(NamedTuple):
+    """The first documents of a dataset, and whether they are all of it."""
+
+    texts: list
+    complete: bool
+
+
+def sample_documents(source: DocumentSource, n: int = 512) -> DocumentSample:
+    """The first `n` documents, or fewer: those in the first `CHUNK_CHARS` characters, or all there are."""
+    texts = next(source.chunks(0, chunk_docs=n), [])
+    # a chunk ends early only at the character bound or at the end of the data
+    return DocumentSample(texts, complete=len(texts) < n and sum(map(len, texts)) < CHUNK_CHARS)

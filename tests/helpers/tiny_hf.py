@@ -60,3 +60,26 @@ def hf_logits(directory, input_ids):
     model = GPT2LMHeadModel.from_pretrained(directory, attn_implementation="eager").eval()
     with torch.no_grad():
         return model(input_ids).logits
+
+
+def cached_hub_dataset(cache_dir, repo_id: str, configs: dict, column: str = "content") -> None:
+    """A hub dataset with several configurations as `datasets` leaves it in its cache once loaded
+    (HF_DATASETS_CACHE/<org>___<name>/<config>/0.0.0/<hash>/<name>-<split>.arrow + dataset_info.json),
+    which it reads offline: `configs` = {config: {split: [text]}}, the text in `column`."""
+    import datasets
+    from datasets.arrow_writer import ArrowWriter
+
+    name = repo_id.split("/")[-1]
+    features = datasets.Features({column: datasets.Value("string")})
+    for config, splits in configs.items():
+        folder = Path(cache_dir) / repo_id.replace("/", "___") / config / "0.0.0" / ("0" * 16)
+        folder.mkdir(parents=True)
+        infos = datasets.SplitDict(dataset_name=name)
+        for split, docs in splits.items():
+            with ArrowWriter(features=features, path=str(folder / f"{name}-{split}.arrow")) as w:
+                for doc in docs:
+                    w.write({column: doc})
+                n, size = w.finalize()
+            infos.add(datasets.SplitInfo(name=split, num_examples=n, num_bytes=size, dataset_name=name))
+        datasets.DatasetInfo(features=features, config_name=config, dataset_name=name, builder_name=name,
+                             splits=infos).write_to_directory(str(folder))

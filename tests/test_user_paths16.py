@@ -1,0 +1,260 @@
+"""A sixteenth user path: the training data of an SAE user as they keep it, through the CLI (`cache`,
+`train`, `eval`) on the tiny GPT-2 of tests/helpers/real_models.py (byte-level BPE, BOS = EOS).
+
+- Pretokenized datasets, as SAELens's own `PretokenizeRunner` writes them (a `save_to_disk` folder with
+  an `input_ids` column and `sae_lens.json` naming the tokenizer, context size and BOS / separator
+  settings), and as the hub publishes them (parquet under data/, a `tokens` column, as
+  NeelNanda/pile-small-tokenized-2b; apollo-research/Skylion007-openwebtext-tokenizer-gpt2's is
+  `input_ids`): they were refused ("no column 'text'", or with --text-column input_ids "column
+  'input_ids' is list, not text"). Now each row is one context, cached exactly as stored (no second
+  BOS, nothing re-tokenized), and the manifest records the column, the row width, the SAELens
+  settings and the BOS policy; `eval` re-reads the recorded split of the same rows.
+- Rows made by another tokenizer are refused naming both sides: by `sae_lens.json`'s tokenizer
+  (vocabulary compared), by ids outside the model's vocabulary, and, without metadata, because they
+  do not decode and encode back to themselves under the model's tokenizer.
+- The BOS policy asked for must be the rows': rows without a BOS first are refused under the default
+  `prepend` (the fix named), read under `none`; rows with one are refused under `none`; a
+  --context-length longer than the rows is refused, a shorter one reads each row's start.
+- A hub dataset of several configurations read offline from the `datasets` cache (wikitext's
+  wikitext-2-raw-v1 beside wikitext-103-raw-v1): the SAE trained from the cache recorded the dataset
+  and split but not the configuration, so once the cache was deleted `eval` failed ("multiple
+  'wikitext' configurations in the cache"). It now records how its text was read, as training without
+  a cache does, and eval reads the same configuration's validation split (CE equal to training's).
+- A big dataset and a small cache: the estimate sampled 512 documents and the build tokenized 256 at
+  a time, so a few contexts of book-length documents parsed and tokenized megabytes (a malformed
+  line far past what was needed failed the command). Documents are now read 16 at a time, in chunks
+  that end past 1M characters.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from helpers.real_cli import saesteer
+
+pytestmark = [pytest.mark.usefixtures("one_thread", "offline_env")]
+
+HOOK = "blocks.0.hook_resid_post"
+L = 32  # the rows' width (SAELens's context_size)
+USER_TEXT = [
+    "def parse(self, args=None):\n    \"\"\"Parse the arguments.\"\"\"\n    return self._parse(args or [])\n",
+    "Le caf\u00e9 de la gare ouvre \u00e0 sept heures ; l'\u00e9t\u00e9, on y d\u00e9jeune dehors.",
+    "\u6771\u4eac\u306e\u5929\u6c17\u306f\u6674\u308c\u3067\u3059\u3002 Tokyo is sunny today, said the report.",
+]
+
+
+def pretokenize(tokenizer_dir, docs: list[str], out: Path, **settings) -> Path:
+    """`docs` pretokenized by SAELens's PretokenizeRunner into the `save_to_disk` folder `out`."""
+    from sae_lens.config import PretokenizeRunnerConfig
+    from sae_lens.pretokenize_runner import PretokenizeRunner
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    src = out.with_suffix(".jsonl")
+    src.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
+    cfg = PretokenizeRunnerConfig(tokenizer_name=str(tokenizer_dir), dataset_path="json", data_files=[str(src)],
+                                  split="train", context_size=L, shuffle=False, num_proc=1, save_path=str(out),
+                                  **settings)
+    PretokenizeRunner(cfg).run()
+    return out
+
+
+def rows_of(folder: Path, column: str = "input_ids") -> np.ndarray:
+    import datasets
+
+    return np.asarray(datasets.load_from_disk(str(folder))[column], dtype=np.int64)
+
+
+def cached_tokens(cache: Path) -> np.ndarray:
+    from training.shardset import ShardSet
+
+    shards = ShardSet(cache, HOOK)
+    return np.concatenate([shards.read(i, ["context_tokens"])["context_tokens"].numpy()
+                           for i in range(len(shards.shards))])
+
+
+def cache(model, dataset, out, *flags):
+    return saesteer("cache", "--model", model, "--dataset", dataset, "--context-length", L, "--max-tokens", 2048,
+                    "--hooks", HOOK, "--out", out, "--no-progress", *flags)
+
+
+@pytest.fixture(scope="module")
+def user(real_models, real_corpus, tmp_path_factory):
+    work = tmp_path_factory.mktemp("pretok")
+    model = real_models.path("gpt2")
+    train = USER_TEXT + list(real_corpus.train_docs[:30])
+    validation = list(real_corpus.validation_docs[:12])
+    saved = {split: pretokenize(model, docs, work / f"pretok-{split}")
+             for split, docs in (("train", train), ("validation", validation))}
+    return SimpleNamespace(work=work, model=model, saved=saved, train=train, validation=validation)
+
+
+def test_a_saelens_pretokenized_folder_is_cached_row_by_row_and_evaluated(user):
+    """SAELens's defaults (BOS first in every row, BOS between documents): each cached context is one
+    row, exactly (BOS once, at position 0); the manifest records the column, the width, SAELens's
+    settings and the BOS policy; train and eval on the validation rows run through."""
+    from transformers import AutoTokenizer
+
+    work = user.work
+    bos = AutoTokenizer.from_pretrained(user.model).bos_token_id
+    cache(user.model, user.saved["train"], work / "cache").ok()
+    manifest = json.loads((work / "cache/manifest.json").read_text())
+    assert manifest["bos_policy"] == "prepend"
+    ds = manifest["dataset"]
+    assert ds["text_column"] == "input_ids" and ds["split"] == "train"
+    assert ds["pretokenized"]["column"] == "input_ids" and ds["pretokenized"]["row_tokens"] == L
+    assert ds["pretokenized"]["sae_lens"]["tokenizer_name"] == str(user.model)
+    assert ds["pretokenized"]["sae_lens"]["begin_batch_token"] == "bos"
+    got, rows = cached_tokens(work / "cache"), rows_of(user.saved["train"])
+    assert got.shape == (2048 // L, L) and np.array_equal(got, rows[:len(got)])
+    assert (got[:, 0] == bos).all() and (got[:, 1] != bos).all()  # one BOS, not two
+
+    saesteer("train", "--cache", work / "cache", "--out", work / "run", "--architecture", "topk", "--d-sae", 64,
+             "--k", 4, "--total-tokens", 1024, "--batch-size", 256, "--holdout-tokens", 256, "--eval-ce-contexts", 4,
+             "--eval-every-tokens", 0, "--checkpoint-every-tokens", 0, "--no-progress", "--sae-name", "sae").ok()
+    saesteer("eval", "--sae", work / "run/saes/sae", "--dataset", user.saved["validation"], "--contexts", 4,
+             "--ce-contexts", 4, "--absorption", "false", "--probing", "false", "--quiet", "--out", work / "eval").ok()
+    doc = json.loads((work / "eval/eval.json").read_text())
+    assert doc["data"]["dataset"] == str(user.saved["validation"]) and doc["data"]["split"] == "train"
+    assert doc["saes"]["sae"]["metrics"]["ce_loss_recovered"] > 0
+    # the training rows as eval text: found to be training text (rows compared, not decoded text)
+    r = saesteer("eval", "--sae", work / "run/saes/sae", "--dataset", user.saved["train"], "--contexts", 4,
+                 "--ce-contexts", 4, "--absorption", "false", "--probing", "false", "--quiet")
+    assert r.rc != 0 and "is training text" in r.text, r.text
+
+
+def test_hub_parquet_rows_are_read_and_eval_rereads_the_recorded_split(user):
+    """The hub's layout (data/train-*.parquet, data/validation-*.parquet, a `tokens` column, no
+    sae_lens.json, one in the folder above it): cached as rows; `eval` given only the SAE reads split validation of the same
+    folder (as recorded), rows again."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    repo, work = user.work / "hub" / "repo", user.work / "hub-out"
+    (repo / "data").mkdir(parents=True)
+    # another dataset's metadata in a folder above the one given is not this dataset's
+    (repo.parent / "sae_lens.json").write_text(json.dumps({"tokenizer_name": "someone/other-tokenizer"}))
+    for split, folder in user.saved.items():
+        pq.write_table(pa.table({"tokens": rows_of(folder).tolist()}), repo / "data" / f"{split}-00000-of-00001.parquet")
+    cache(user.model, repo, work / "cache").ok()
+    manifest = json.loads((work / "cache/manifest.json").read_text())
+    assert manifest["dataset"]["text_column"] == "tokens" and "sae_lens" not in manifest["dataset"]["pretokenized"]
+    assert np.array_equal(cached_tokens(work / "cache"), rows_of(user.saved["train"])[:2048 // L])
+    saesteer("train", "--cache", work / "cache", "--out", work / "run", "--architecture", "topk", "--d-sae", 64,
+             "--k", 4, "--total-tokens", 1024, "--batch-size", 256, "--holdout-tokens", 256, "--eval-ce-contexts", 4,
+             "--eval-every-tokens", 0, "--checkpoint-every-tokens", 0, "--no-progress", "--sae-name", "sae").ok()
+    saesteer("eval", "--sae", work / "run/saes/sae", "--contexts", 4, "--ce-contexts", 4, "--absorption", "false",
+             "--probing", "false", "--quiet", "--out", work / "eval").ok()
+    doc = json.loads((work / "eval/eval.json").read_text())
+    assert (doc["data"]["dataset"], doc["data"]["split"], doc["data"]["text_column"]) == (str(repo), "validation", "tokens")
+
+
+def test_rows_of_another_tokenizer_are_refused_naming_both(user, real_corpus):
+    """Rows SAELens made with another tokenizer: refused by sae_lens.json's tokenizer (another
+    vocabulary: both named), without it because they do not read back as the model's tokens, and
+    ids beyond the model's vocabulary as such. Never cached as garbage."""
+    from helpers.real_models import build_family_tokenizer
+
+    work = user.work / "foreign"
+    other = work / "neox-tokenizer"
+    build_family_tokenizer("neox", real_corpus.train_docs).save_pretrained(other)
+    foreign = pretokenize(other, user.train, work / "pretok")
+    r = cache(user.model, foreign, work / "c1").no_traceback()
+    assert r.rc != 0 and f"tokenized with {str(other)!r}" in r.err and str(user.model) in r.err, r.text
+    assert "vocabulary differs" in r.err and not (work / "c1/manifest.json").exists()
+
+    (foreign / "sae_lens.json").unlink()
+    r = cache(user.model, foreign, work / "c2").no_traceback()
+    assert r.rc != 0 and "does not read as text tokenized by the model's tokenizer" in r.err, r.text
+    assert str(user.model) in r.err and "sae_lens.json" in r.err
+
+    bigger = work / "big-tokenizer"
+    build_family_tokenizer("gpt2", real_corpus.train_docs, vocab_size=2048).save_pretrained(bigger)
+    big = pretokenize(bigger, user.train, work / "pretok-big")
+    (big / "sae_lens.json").unlink()
+    r = cache(user.model, big, work / "c3").no_traceback()
+    assert r.rc != 0 and "outside the model's tokenizer" in r.err and "ids 0..1023" in r.err, r.text
+
+
+def test_the_bos_policy_must_be_the_rows(user):
+    """SAELens run with begin_batch_token=None (no BOS first): the default --bos-policy prepend is
+    refused naming the fix (a BOS would have to be added, or the policy recorded falsely), --bos-policy
+    none caches the rows as stored and records it; rows with BOS first are refused under none. A
+    --context-length longer than the rows is refused; a shorter one caches each row's start."""
+    work = user.work / "bos"
+    plain = pretokenize(user.model, user.train, work / "pretok", begin_batch_token=None,
+                        sequence_separator_token="eos")
+    r = cache(user.model, plain, work / "c1").no_traceback()
+    assert r.rc != 0 and "do not all start with BOS" in r.err and "--bos-policy none" in r.err, r.text
+    cache(user.model, plain, work / "c2", "--bos-policy", "none").ok()
+    assert json.loads((work / "c2/manifest.json").read_text())["bos_policy"] == "none"
+    assert np.array_equal(cached_tokens(work / "c2"), rows_of(plain)[:2048 // L])
+
+    r = cache(user.model, user.saved["train"], work / "c3", "--bos-policy", "none").no_traceback()
+    assert r.rc != 0 and "every row starts with BOS" in r.err and "--bos-policy prepend" in r.err, r.text
+    r = saesteer("cache", "--model", user.model, "--dataset", user.saved["train"], "--context-length", 48,
+                 "--max-tokens", 2048, "--hooks", HOOK, "--out", work / "c4", "--no-progress").no_traceback()
+    assert r.rc != 0 and f"contexts of {L} tokens" in r.err and f"--context-length {L}" in r.err, r.text
+    saesteer("cache", "--model", user.model, "--dataset", user.saved["train"], "--context-length", 16,
+             "--max-tokens", 512, "--hooks", HOOK, "--out", work / "c5", "--no-progress").ok()
+    assert np.array_equal(cached_tokens(work / "c5"), rows_of(user.saved["train"])[:512 // 16, :16])
+
+
+def test_a_small_cache_of_a_big_dataset_reads_only_its_start(user, real_corpus):
+    """Book-length documents (50 KB each, as pg19 or a folder of code files), a few contexts asked
+    for: the cache reads the start of the file, not hundreds of documents (the estimate sampled 512
+    documents and the build tokenized 256 at a time: here it parsed the whole file, and a line it did
+    not need, malformed, failed the command)."""
+    work = user.work / "big"
+    work.mkdir()
+    text = "\n\n".join(real_corpus.train_docs)
+    books = [text[i * 50_000:(i + 1) * 50_000] for i in range(len(text) // 50_000)]
+    assert len(books) >= 8
+    with open(work / "books.jsonl", "w", encoding="utf-8") as f:
+        for i in range(64):
+            f.write(json.dumps({"text": books[i % len(books)]}) + "\n")
+        f.write('{"text": "a line no parser reads\n')
+        for i in range(8):
+            f.write(json.dumps({"text": books[i]}) + "\n")
+    r = cache(user.model, work / "books.jsonl", work / "cache").ok()
+    manifest = json.loads((work / "cache/manifest.json").read_text())
+    assert manifest["shards"][-1]["text_end"][0] < 16, r.text
+    assert len(cached_tokens(work / "cache")) == 2048 // L
+
+
+def test_a_hub_dataset_configuration_is_read_again_once_the_cache_is_gone(user, real_corpus, tmp_path, monkeypatch):
+    """A hub dataset of several configurations, as `datasets` leaves it in its cache (read offline):
+    `cache --dataset wikitext --dataset-config wikitext-2-raw-v1` records the configuration and split
+    it read; `eval` given only the SAE reads that configuration's validation split, also after the
+    cache (often deleted once trained: it is large) is gone. (The SAE recorded the dataset and split
+    but not the configuration, so eval failed: "multiple 'wikitext' configurations in the cache", and
+    a dataset with a default configuration would have been read in that one.)"""
+    import datasets.config
+
+    from helpers.tiny_hf import cached_hub_dataset
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets")
+    docs = list(real_corpus.train_docs) + list(real_corpus.validation_docs)
+    half = len(docs) // 2
+    cached_hub_dataset(tmp_path / "datasets", "wikitext", {
+        "wikitext-2-raw-v1": {"train": docs[:half], "validation": docs[half:half + 20]},
+        "wikitext-103-raw-v1": {"train": docs[half:], "validation": docs[:20]}}, column="text")
+    cache(user.model, "wikitext", tmp_path / "cache", "--dataset-config", "wikitext-2-raw-v1").ok()
+    ds = json.loads((tmp_path / "cache/manifest.json").read_text())["dataset"]
+    assert (ds["name"], ds["config"], ds["split"]) == ("wikitext", "wikitext-2-raw-v1", "train")
+    saesteer("train", "--cache", tmp_path / "cache", "--out", tmp_path / "run", "--architecture", "topk", "--d-sae", 64,
+             "--k", 4, "--total-tokens", 1024, "--batch-size", 256, "--holdout-tokens", 256, "--eval-ce-contexts", 4,
+             "--eval-every-tokens", 0, "--checkpoint-every-tokens", 0, "--no-progress", "--sae-name", "sae").ok()
+    trained = json.loads((tmp_path / "run/metrics.json").read_text())["saes"]["sae"]
+    shutil.rmtree(tmp_path / "cache")
+    saesteer("eval", "--sae", tmp_path / "run/saes/sae", "--contexts", 4, "--ce-contexts", 4, "--absorption", "false",
+             "--probing", "false", "--quiet", "--out", tmp_path / "eval").ok()
+    doc = json.loads((tmp_path / "eval/eval.json").read_text())
+    assert (doc["data"]["dataset"], doc["data"]["dataset_config"], doc["data"]["split"]) == \
+           ("wikitext", "wikitext-2-raw-v1", "validation")
+    assert doc["saes"]["sae"]["metrics"]["ce_loss_clean"] == pytest.approx(trained["ce_loss_clean"], rel=1e-6)

@@ -1,0 +1,234 @@
+"""Pretokenized datasets: rows that are already model inputs (a column of token ids, `tokens` or
+`input_ids`), as SAELens's `PretokenizeRunner` writes them (and as hub datasets such as
+apollo-research/Skylion007-openwebtext-tokenizer-gpt2 publish them), read without tokenizing again.
+
+Each row is one context: its first `context_length` tokens (a row shorter than that is skipped, as
+SAELens's packing never writes one). Nothing is added: the rows carry their own BOS and separators,
+so the BOS policy asked for must be the one the rows already follow (`check_token_rows`):
+  * prepend: every row starts with BOS (SAELens's default `begin_batch_token="bos"`);
+  * doc:     BOS inside rows at document starts, rows not all starting with it;
+  * none:    rows that do not all start with BOS.
+The ids must be the model tokenizer's: a `sae_lens.json` beside the data names the tokenizer they
+were made with (compared by vocabulary); without one, the first rows must read back as that
+tokenizer's text (decode, encode again: the same ids), which rows made by another tokenizer do not.
+
+A `TextPointer(doc, 0)` names row `doc` (the next one to read); offsets are always 0.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from training.text import START, TextConfig, TextPointer
+
+TOKEN_COLUMNS = ("tokens", "input_ids")  # the columns SAELens reads as token ids, in its order
+METADATA_NAME = "sae_lens.json"  # what SAELens's PretokenizeRunner writes beside the dataset
+CHECK_ROWS = 32  # rows read to check ids and BOS
+ROUND_TRIP_MIN = 0.97  # share of ids that decode and encode back unchanged (the tokenizer's own rows: ~1.0)
+
+
+def is_token_ids(value: Any) -> bool:
+    """True for one row's token ids (a list / array / tensor of integers)."""
+    if isinstance(value, (str, bytes)) or value is None:
+        return False
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError):
+        return False
+    return arr.ndim == 1 and arr.size > 0 and np.issubdtype(arr.dtype, np.integer)
+
+
+def as_ids(value: Any) -> np.ndarray:
+    return np.asarray(value, dtype=np.int64).reshape(-1)
+
+
+class RowPacker:
+    """The `ContextPacker` of pretokenized rows: `take(n)` returns up to `n` contexts [N, L], each the
+    first L tokens of a row, and the pointer to the row after the last one used."""
+
+    def __init__(self, rows: Iterator[list], cfg: TextConfig, start: TextPointer = START):
+        self.cfg = cfg
+        self.K = cfg.context_length  # stream tokens per context (nothing is prepended)
+        self._rows = rows
+        self._next = start.doc + (1 if start.offset else 0)
+        self._last = TextPointer(self._next, 0)
+        self._pending: list[tuple[int, np.ndarray]] = []
+
+    @property
+    def pointer(self) -> TextPointer:
+        return self._last
+
+    def take(self, n: int) -> tuple[np.ndarray, TextPointer]:
+        L = self.cfg.context_length
+        out: list[np.ndarray] = []
+        while len(out) < n:
+            if not self._pending:
+                chunk = next(self._rows, None)
+                if chunk is None:
+                    break
+                first, self._next = self._next, self._next + len(chunk)
+                self._pending = [(first + j, ids) for j, ids in enumerate(map(as_ids, chunk)) if len(ids) >= L]
+                continue
+            row, ids = self._pending.pop(0)
+            out.append(ids[:L])
+            self._last = TextPointer(row + 1, 0)
+        if not out:
+            return np.empty((0, L), np.int64), self._last
+        return np.ascontiguousarray(np.stack(out)), self._last
+
+
+# ----------------------------------------------------------------------------------------------
+# Checks: the rows are this model's tokens, under the BOS policy asked for
+
+
+def saelens_metadata(cfg: TextConfig, root: Path | None) -> dict[str, Any] | None:
+    """The `sae_lens.json` of a pretokenized dataset: in the folder given (or a folder between it and
+    the data files), or, for a hub dataset, in its repo as the HF cache holds it. None without one."""
+    found = None
+    if root is not None:
+        given = Path(os.path.abspath(Path(cfg.dataset).expanduser()))
+        # the data files' folder, and those above it up to the folder given (none above a file given)
+        for folder in [root, *(root.parents if given.is_dir() and given in root.parents else ())]:
+            if (folder / METADATA_NAME).is_file():
+                found = folder / METADATA_NAME
+                break
+            if folder == given:
+                break
+    elif cfg.dataset != "toy":
+        try:
+            from huggingface_hub import hf_hub_download
+
+            found = Path(hf_hub_download(cfg.dataset, METADATA_NAME, repo_type="dataset"))
+        except Exception:  # not published with one, or not in the cache offline
+            found = None
+    if found is None:
+        return None
+    try:
+        meta = json.loads(found.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{found} is not readable JSON ({e}); fix or remove it") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{found} is not a JSON object; fix or remove it")
+    return {**meta, "path": str(found)}
+
+
+def _tokenizer_name(tokenizer) -> str:
+    return str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
+
+
+def _check_metadata_tokenizer(meta: dict[str, Any], dataset: str, tokenizer) -> None:
+    """Refuse rows whose `sae_lens.json` names a tokenizer of another vocabulary than the model's."""
+    name = meta.get("tokenizer_name")
+    if not isinstance(name, str) or not name:
+        return
+    ours = _tokenizer_name(tokenizer)
+    try:
+        from transformers import AutoTokenizer
+
+        theirs = AutoTokenizer.from_pretrained(name)
+    except Exception as e:  # not loadable here (offline, not in the cache): names must agree then
+        if Path(name).name == Path(ours).name:
+            return
+        raise ValueError(
+            f"dataset {dataset!r} was tokenized with {name!r} ({meta['path']}), which cannot be loaded here to compare "
+            f"with the model's tokenizer {ours!r} ({type(e).__name__}); put it in the HF cache, or, if the ids are "
+            f"this model's, set tokenizer_name in that file to {ours!r}") from None
+    their_vocab, our_vocab = theirs.get_vocab(), tokenizer.get_vocab()
+    if their_vocab != our_vocab:
+        moved = sum(1 for piece, i in their_vocab.items() if our_vocab.get(piece) != i)
+        raise ValueError(
+            f"dataset {dataset!r} was tokenized with {name!r} ({meta['path']}), whose vocabulary differs from the "
+            f"model's tokenizer {ours!r} ({moved} of its {len(their_vocab)} tokens have another id or none there); "
+            f"its ids would be read as other tokens. Use a dataset tokenized for this model, or its text")
+
+
+def round_trip_share(rows: list[np.ndarray], tokenizer) -> float:
+    """Share of the ids that come back when the rows are decoded and encoded again by `tokenizer`."""
+    same = total = 0
+    for ids in rows:
+        back = tokenizer(tokenizer.decode(ids.tolist()), add_special_tokens=False, verbose=False)["input_ids"]
+        match = difflib.SequenceMatcher(a=ids.tolist(), b=list(back), autojunk=False)
+        same += sum(block.size for block in match.get_matching_blocks())
+        total += len(ids)
+    return same / max(1, total)
+
+
+def _bos_problem(rows: list[np.ndarray], policy: str, bos: int | None, tokenizer) -> str | None:
+    """Why rows do not follow `policy` (None when they do)."""
+    starts = [int(r[0]) for r in rows]
+    shown = f"BOS (id {bos}, {tokenizer.convert_ids_to_tokens(bos)!r})" if bos is not None else "BOS"
+    if policy == "prepend":
+        if bos is None:
+            return "--bos-policy prepend needs a BOS token, but the tokenizer has none; pass --bos-policy none"
+        wrong = next((i for i, s in enumerate(starts) if s != bos), None)
+        if wrong is not None:
+            return (f"its rows do not all start with {shown} (row {wrong} starts with id {starts[wrong]}): it was "
+                    f"tokenized without a BOS per context. Pass --bos-policy none (or doc if BOS starts its documents)")
+        return None
+    if bos is not None and all(s == bos for s in starts):
+        return f"every row starts with {shown}, so its contexts begin with BOS: pass --bos-policy prepend"
+    if policy == "doc" and not any((r == bos).any() for r in rows):
+        return f"--bos-policy doc expects {shown} at document starts, and its first rows hold none: pass --bos-policy none"
+    return None
+
+
+def check_token_rows(cfg: TextConfig, rows: list[np.ndarray], tokenizer, meta: dict[str, Any] | None,
+                     column: str) -> dict[str, Any]:
+    """Refuse rows that are not this tokenizer's ids, shorter than a context, or under another BOS
+    policy than `cfg.bos_policy`; returns what the manifest records of them."""
+    from training.packing import special_tokens
+
+    name = cfg.dataset
+    if not rows:
+        raise ValueError(f"dataset {name!r} (split {cfg.split!r}) has no rows in its token column {column!r}")
+    width = max(len(r) for r in rows)
+    if cfg.context_length > width:
+        raise ValueError(f"dataset {name!r} holds contexts of {width} tokens (column {column!r}, pretokenized); "
+                         f"--context-length {cfg.context_length} is longer: pass --context-length {width} (or less)")
+    vocab = len(tokenizer)
+    top = max(int(r.max()) for r in rows)
+    low = min(int(r.min()) for r in rows)
+    if top >= vocab or low < 0:
+        raise ValueError(f"dataset {name!r} holds token id {top if top >= vocab else low} (column {column!r}), outside "
+                         f"the model's tokenizer {_tokenizer_name(tokenizer)!r} (ids 0..{vocab - 1}): it was tokenized "
+                         f"by another tokenizer. Use a dataset tokenized for this model, or its text")
+    if meta is not None:
+        _check_metadata_tokenizer(meta, name, tokenizer)
+    else:
+        share = round_trip_share(rows[:8], tokenizer)
+        if share < ROUND_TRIP_MIN:
+            raise ValueError(
+                f"dataset {name!r} (column {column!r}) does not read as text tokenized by the model's tokenizer "
+                f"{_tokenizer_name(tokenizer)!r}: decoded and encoded again, {share:.0%} of its ids come back (its own "
+                f"rows: ~100%), so it was tokenized by another tokenizer. Use a dataset tokenized for this model; if "
+                f"it is this model's, put a {METADATA_NAME} naming the tokenizer (tokenizer_name) beside the data")
+    problem = _bos_problem(rows, cfg.bos_policy, special_tokens(tokenizer).bos, tokenizer)
+    if problem:
+        raise ValueError(f"dataset {name!r} is pretokenized and --bos-policy {cfg.bos_policy} does not fit it: {problem}")
+    record: dict[str, Any] = {"column": column, "row_tokens": width}
+    if meta is not None:
+        keep = ("tokenizer_name", "context_size", "begin_batch_token", "begin_sequence_token",
+                "sequence_separator_token", "original_dataset", "original_dataset_name", "original_split",
+                "sae_lens_version")
+        record["sae_lens"] = {k: meta.get(k) for k in keep}
+    return record
+
+
+def checked_rows(source, tokenizer) -> dict[str, Any]:
+    """`check_token_rows` on the first rows of a pretokenized `DocumentSource` (once per source);
+    returns what the manifest records of them."""
+    if getattr(source, "token_record", None) is None:
+        rows: list[np.ndarray] = []
+        for chunk in source.chunks(0, chunk_docs=CHECK_ROWS):
+            rows.extend(as_ids(r) for r in chunk)
+            if len(rows) >= CHECK_ROWS:
+                break
+        meta = saelens_metadata(source.cfg, source.data.root if source.data.is_local else None)
+        source.token_record = check_token_rows(source.cfg, rows[:CHECK_ROWS], tokenizer, meta, source.column)
+    return source.token_record
