@@ -7,8 +7,10 @@ gpt2-small/1-res-jb in the installed registry). Checks what only these paths sho
 
 - `--sae` takes a Neuronpedia SAE id or address (a latent's address too), resolved through SAELens's
   registry to the same SAE as `sae_lens:RELEASE/SAE_ID`; the provenance records the Neuronpedia id;
-- `steer -l` takes a Neuronpedia latent (id or address) before `:OP...` and in its trigger, as that latent of the --sae (the --sae itself when none is given); `sweep`, `steer-eval`, `preset save` and the API's edits take one too;
-  it belongs to, and `features show` takes one of the store's SAE; a latent of an SAE not given is refused naming both, one past the SAE's width
+- `steer -l` takes a Neuronpedia latent (id or address) before `:OP...` and in its trigger, as that
+  latent of the --sae it belongs to (that SAE when no --sae is given); so do `sweep`, `steer-eval`,
+  `preset save` (edits, --stop-when) and the API's edits and stop triggers; `features show` takes one of
+  the store's SAE; a latent of an SAE not given is refused naming both, one past the SAE's width
   names d_sae;
 - an id the registry does not know is refused naming the closest known ones; the registry SAE's
   model ('gpt2-small') and another --model are refused naming both;
