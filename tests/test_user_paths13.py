@@ -223,7 +223,7 @@ def test_neuronpedia_explanations_become_labels_marked_as_theirs(store, tmp_path
         with gzip.open(folder / "batch-0.jsonl.gz", "wt", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
     r = saesteer("label", "--store", store, "--import-neuronpedia", tmp_path / "v1" / "gpt2-small").ok()
-    assert "imported 1 " in r.out
+    assert "imported 1 Neuronpedia explanation of gpt2-small/1-res-jb as labels of 1 latent (" in r.out, r.out
     # what the API's removed export route answers is not taken for an export
     gone = tmp_path / "export.json"
     gone.write_text(json.dumps({"newUrl": "https://neuronpedia-datasets.s3.us-east-1.amazonaws.com/index.html?prefix=v1/",
