@@ -39,7 +39,7 @@ from features.records import LabelProvenance
 from saes.fileio import files_in
 
 __all__ = ["NeuronpediaImportError", "ImportReport", "import_neuronpedia_explanations", "store_neuronpedia_id",
-           "read_explanation_rows", "file_rows", "store_latent"]
+           "read_explanation_rows", "file_rows", "store_latent", "store_latents"]
 
 JUDGE_KIND = "neuronpedia"
 MAX_FILE_BYTES = 2 << 30  # gunzipped, per file: an export of one SAE is a few hundred MB at most; refuse what is not one
@@ -82,22 +82,26 @@ def store_latent(store: Any, text: str | int) -> int:
     """A latent of `store` given as its index or as a Neuronpedia latent (its id or page address),
     which must be of the store's SAE (refused naming both): its id in SAELens's registry, else the
     one its Neuronpedia labels were imported as."""
-    from saes.formats.neuronpedia import parse_ref
+    return store_latents(store).latent(text)[1]
 
-    if isinstance(text, int) or str(text).strip().lstrip("-").isdigit():
-        return int(text)
-    ref = parse_ref(str(text))
-    if ref is None or ref.index is None:
-        raise NeuronpediaImportError(f"{text!r} is not a latent: give its index, or a Neuronpedia latent such as "
-                                     f"gpt2-small/6-res-jb/17 (or its page address)")
-    np_id = store_neuronpedia_id(store)
-    ids = [np_id] if np_id else _imported_as(store)
-    if ref.id not in ids:
-        theirs = (" or ".join(map(repr, ids)) + ("" if np_id else " (its Neuronpedia labels' SAE)") if ids
-                  else "not on Neuronpedia (not in SAELens's registry, no Neuronpedia labels imported)")
-        raise NeuronpediaImportError(f"{text} is a latent of Neuronpedia SAE {ref.id!r}, but the store's SAE is "
-                                     f"{theirs}; give its index")
-    return ref.index
+
+def store_latents(store: Any, whose: str = "the store's SAE", fix: str = "give its index") -> Any:
+    """The `saes.formats.neuronpedia.LatentOwners` of a store's SAE: its Neuronpedia id in SAELens's
+    registry, else those its Neuronpedia labels were imported as (`features show`, `preset save`,
+    the API's edits); `whose` and `fix` word a refusal."""
+    from saes.formats.neuronpedia import LatentOwners
+
+    def ids() -> dict[str, str | None]:
+        np_id = store_neuronpedia_id(store)
+        return {"store": np_id} if np_id else {f"store{i}": imported for i, imported in enumerate(_imported_as(store))}
+
+    def sides() -> str:
+        found = list(owners.ids.values())
+        return ("it is " + " or ".join(map(repr, found)) + ("" if store_neuronpedia_id(store) else ", its Neuronpedia labels' SAE")
+                if found else "it is not on Neuronpedia: not in SAELens's registry, and no Neuronpedia labels were imported")
+
+    owners = LatentOwners(ids, whose=whose, fix=fix, sides=sides)
+    return owners
 
 
 def _files(path: Path, np_id: str | None = None) -> list[Path]:

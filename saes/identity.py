@@ -177,6 +177,8 @@ def official_model_name(name: str) -> str | None:
 def same_model_name(a: str, b: str) -> bool:
     """Whether two model names (TransformerLens aliases or hub names) name one model: equal official
     names, or a legacy name and its moved copy under one of `CANONICAL_ORGS`."""
+    if a == b:  # without TransformerLens's name table, whose import takes seconds (train --init-from checks early)
+        return True
     a, b = (official_model_name(a) or a).lower(), (official_model_name(b) or b).lower()
     if a == b:
         return True

@@ -24,9 +24,14 @@ from rich.text import Text
 
 from features.drawing import readable
 
-__all__ = ["plain"]
+__all__ = ["plain", "counted"]
 
 
 def plain(value: Any, style: str = "") -> Text:
     """`value` as text rich prints as it is (no markup, no emoji codes), its control characters drawn."""
     return Text(readable("" if value is None else str(value)), style=style)
+
+
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """'1 latent', '3 latents', '0 latents' (`plural` where adding 's' is wrong)."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"

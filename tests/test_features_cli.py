@@ -175,7 +175,7 @@ def test_show_takes_the_neuronpedia_address_of_an_sae_its_labels_were_imported_a
     rows.write_text(json.dumps({"modelId": "mymodel", "layer": "3-res", "index": 4, "description": "café menus",
                                 "explanationModelName": "gpt-4o", "id": "e4"}) + "\n")
     assert main(["features", "show", str(store), "mymodel/3-res/4"]) == 2
-    assert "the store's SAE is not on Neuronpedia" in capsys.readouterr().err
+    assert "is not of the store's SAE (it is not on Neuronpedia" in capsys.readouterr().err
     assert main(["label", "--store", str(store), "--import-neuronpedia", str(rows),
                  "--neuronpedia-sae", "mymodel/3-res"]) == 0
     capsys.readouterr()
@@ -183,7 +183,7 @@ def test_show_takes_the_neuronpedia_address_of_an_sae_its_labels_were_imported_a
     assert "feature 4: café menus" in capsys.readouterr().out
     assert main(["features", "show", str(store), "mymodel/5-res/4"]) == 2
     err = capsys.readouterr().err
-    assert "'mymodel/5-res'" in err and "'mymodel/3-res' (its Neuronpedia labels' SAE)" in err
+    assert "'mymodel/5-res'" in err and "'mymodel/3-res', its Neuronpedia labels' SAE" in err
 
 
 def test_a_neuronpedia_export_folder_copied_with_appledouble_files_imports(tmp_path, capsys):
@@ -200,4 +200,4 @@ def test_a_neuronpedia_export_folder_copied_with_appledouble_files_imports(tmp_p
     (exp / "._batch-0.jsonl.gz").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        \xff\xfe")
     assert main(["label", "--store", str(store), "--import-neuronpedia", str(tmp_path / "v1"),
                  "--neuronpedia-sae", "mymodel/3-res"]) == 0, capsys.readouterr().err
-    assert "imported 1 Neuronpedia explanations" in capsys.readouterr().out
+    assert "imported 1 Neuronpedia explanation of" in capsys.readouterr().out

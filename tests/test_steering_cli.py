@@ -54,7 +54,7 @@ def test_feature_the_older_name_of_latent_still_works_and_is_hidden_from_help(mo
         assert steer._run(args, model=model) == 0
         runs.append(json.loads(capsys.readouterr().out))
     assert all(r == runs[0] for r in runs) and runs[0]["edits"] == "3:clamp=9"
-    assert parse("sweep", "--sae", str(sae_dir), "-f", "3", "--feature", "4").latent == [3, 4]
+    assert parse("sweep", "--sae", str(sae_dir), "-f", "3", "--feature", "4").latent == ["3", "4"]  # an index or a Neuronpedia latent
     assert parse("features", "export", "s.db", "out", "--features", "0-3").latents == "0-3"
     for cmd in (["steer"], ["sweep"], ["steer-eval"], ["preset", "save"], ["features", "export"]):
         with pytest.raises(SystemExit):

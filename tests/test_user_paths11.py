@@ -101,3 +101,31 @@ def test_my_cache_packed_without_bos_is_refused_for_a_sae_trained_with_it(user, 
     assert r.rc == 2 and "prepend_bos=True" in r.err and "'none'" in r.err, r.text[-2000:]
     assert "`saesteer cache --bos-policy` 'prepend'" in r.err and "--init-from-allow-mismatch true" in r.err
     assert not (tmp_path / "run" / "saes").exists()
+
+
+@pytest.mark.parametrize("case", ["bos", "architecture", "text-bos", "hook"])
+def test_a_source_that_does_not_fit_is_refused_before_the_model_loads(user, real_models, real_corpus, tmp_path,
+                                                                      monkeypatch, case):
+    """The --init-from checks that need no model run before it loads (minutes for a real one): they
+    ran after it, at the run's start."""
+    from saesteer import models
+
+    def loaded(*a, **kw):
+        raise AssertionError("the model was loaded before the --init-from refusal")
+
+    monkeypatch.setattr(models, "load_recorded_model", loaded)
+    monkeypatch.setattr(models, "load_model", loaded)
+    gpt2 = real_models.path("gpt2")
+    work, src = user
+    argv = {"bos": train_args(work, src, tmp_path / "run", cache="cache-nobos"),
+            "architecture": [*train_args(work, src, tmp_path / "run"), "--architecture", "batchtopk", "--d-sae", D_SAE,
+                             "--k", K],
+            "text-bos": ["train", "--model", gpt2, "--dataset", real_corpus.jsonl_dir, "--bos-policy",
+                         "none", "--context-length", 32, "--init-from", src, "--out", tmp_path / "run", "--no-progress"],
+            "hook": ["train", "--model", gpt2, "--dataset", real_corpus.jsonl_dir, "--hook",
+                     "blocks.0.hook_resid_post", "--init-from", src, "--out", tmp_path / "run", "--no-progress"]}[case]
+    r = saesteer(*argv).no_traceback()
+    assert r.rc == 2 and "--init-from" in r.err and "model was loaded" not in r.text, r.text[-2000:]
+    assert {"bos": "prepend_bos=True", "architecture": "--architecture topk", "text-bos": "prepend_bos=True",
+            "hook": HOOK}[case] in r.err
+    assert not (tmp_path / "run" / "saes").exists()

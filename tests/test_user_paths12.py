@@ -237,8 +237,8 @@ def test_import_shows_delphi_labels_and_delphis_own_figures(toy, tmp_path):
     db = _fresh_store(toy, tmp_path)
     run = write_delphi_run(tmp_path / "results" / "run1", LABELS)
     r = saesteer("label", "--store", db, "--import-delphi", run).ok()
-    assert f"imported 3 delphi label(s) of module {MODULE} (hook {HOOK})" in r.out and EXPLAINER in r.out
-    assert "3 latent(s) had a saesteer label" in r.out  # ours were replaced as current, kept as history
+    assert f"imported 3 delphi labels of module {MODULE} (hook {HOOK})" in r.out and EXPLAINER in r.out
+    assert "3 latents had a saesteer label" in r.out  # ours were replaced as current, kept as history
     assert "not imported: scores/simulation" in r.out and "note:" not in r.out  # the same model
 
     show = saesteer("features", "show", db, "7").ok().out
@@ -265,7 +265,7 @@ def test_import_shows_delphi_labels_and_delphis_own_figures(toy, tmp_path):
     # a second import of the same run writes nothing new
     before = _label_rows(db)
     r = saesteer("label", "--store", db, "--import-delphi", run).ok()
-    assert "imported 0 delphi label(s)" in r.out and "3 already imported, unchanged" in r.out
+    assert "imported 0 delphi labels" in r.out and "3 already imported, unchanged" in r.out
     assert _label_rows(db) == before
 
     # full-text search finds delphi's words
@@ -366,7 +366,7 @@ def test_hidden_files_in_a_run_folder_are_not_read_as_delphi_files(toy, tmp_path
     for d in (run / "explanations", run / "scores" / "detection"):
         (d / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
     r = saesteer("label", "--store", db, "--import-delphi", run).ok()
-    assert f"imported {len(LABELS)} delphi label(s)" in r.out
+    assert f"imported {len(LABELS)} delphi labels" in r.out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -417,7 +417,7 @@ def test_refusals_name_both_sides_and_write_nothing(toy, tmp_path, case):
     assert _label_rows(db) == before
     if case == "two_modules":  # picking the module of this SAE imports it
         r = saesteer("label", "--store", db, "--import-delphi", run, "--delphi-module", MODULE).ok()
-        assert "imported 3 delphi label(s)" in r.out
+        assert "imported 3 delphi labels" in r.out
         from features import FeatureStore
 
         with FeatureStore.open(db) as st:
@@ -455,6 +455,20 @@ def test_export_is_read_by_delphi_and_round_trips(toy, tmp_path, request):
         back = {i: st.label(i) for i in ours}
     assert {i: lab.text for i, lab in back.items()} == ours
     assert {lab.provenance.judge_kind for lab in back.values()} == {"delphi"}
+
+    # a latent whose current label is delphi's since (imported from another run) is not exported again:
+    # the file the last export wrote for it goes (delphi would score it as our label); a file no export
+    # wrote stays (delphi's own explanation of a latent)
+    gone = max(ours)
+    write_delphi_run(tmp_path / "results" / "theirs", {gone: "delphi's label of it"}, scores=False)
+    saesteer("label", "--store", db, "--import-delphi", tmp_path / "results" / "theirs").ok()
+    theirs = run / "explanations" / f"{MODULE}_latent{D_SAE + 1}.txt"
+    theirs.write_bytes(b'"delphi\'s own"')
+    r = saesteer("label", "--store", db, "--export-delphi", run).ok()
+    left = {p.name for p in (run / "explanations").iterdir()}
+    assert f"{MODULE}_latent{gone}.txt" not in left and f"{MODULE}_latent{min(ours)}.txt" in left and theirs.name in left
+    assert "removed 1 explanation file an earlier export wrote there" in r.out and f"wrote {len(ours) - 1} " in r.out
+    theirs.unlink()
 
     # a second export into a folder whose files hold other labels is refused, not overwritten
     victim = run / "explanations" / f"{MODULE}_latent{min(ours)}.txt"

@@ -7,8 +7,10 @@ gpt2-small/1-res-jb in the installed registry). Checks what only these paths sho
 
 - `--sae` takes a Neuronpedia SAE id or address (a latent's address too), resolved through SAELens's
   registry to the same SAE as `sae_lens:RELEASE/SAE_ID`; the provenance records the Neuronpedia id;
-- `steer -l` takes a Neuronpedia latent (id or address) before `:OP...`, as that latent of the --sae
-  it belongs to, and `features show` takes one of the store's SAE; a latent of an SAE not given is refused naming both, one past the SAE's width
+- `steer -l` takes a Neuronpedia latent (id or address) before `:OP...` and in its trigger, as that
+  latent of the --sae it belongs to (that SAE when no --sae is given); so do `sweep`, `steer-eval`,
+  `preset save` (edits, --stop-when) and the API's edits and stop triggers; `features show` takes one of
+  the store's SAE; a latent of an SAE not given is refused naming both, one past the SAE's width
   names d_sae;
 - an id the registry does not know is refused naming the closest known ones; the registry SAE's
   model ('gpt2-small') and another --model are refused naming both;
@@ -83,6 +85,49 @@ def test_a_neuronpedia_sae_and_latent_steer_as_their_registry_names_do(hub, monk
     src = loaded.provenance["source"]
     assert (src["neuronpedia_id"], src["neuronpedia_url"]) == (NP_SAE, ADDRESS)
     assert resolve_sae(REGISTRY).provenance["source"]["neuronpedia_id"] == NP_SAE
+
+
+def test_a_neuronpedia_latent_names_its_sae_and_its_triggers_latent(hub):
+    """`steer -l ADDRESS/3:...` needed `--sae` beside it although the address names the SAE; a
+    trigger's latent (`?gpt2-small/1-res-jb/5>...`) was 'cannot parse trigger'."""
+    same = _steered("--sae", REGISTRY, "-l", "3:clamp=400")
+    r = json.loads(saesteer("steer", "--model", "gpt2", "-l", f"{ADDRESS}/3:clamp=400?{NP_SAE}/5>-1e6", *GEN).ok().out)
+    assert r["edits"] == "3:clamp=400?5>-1e+06" and r["results"][0]["steered"] == same
+    never = json.loads(saesteer("steer", "--model", "gpt2", "-l", f"{NP_SAE}/3:clamp=400?{ADDRESS}/5>1e6", *GEN).ok().out)
+    assert never["results"][0]["steered"] == never["results"][0]["unsteered"] != same
+    # the trigger's index is checked against the SAE like any latent
+    r = saesteer("steer", "--model", "gpt2", "-l", f"{NP_SAE}/3:clamp=4?{NP_SAE}/128>1", *GEN).no_traceback()
+    assert r.rc == 2 and "trigger latent 128 is out of range" in r.err
+    # a trigger reads the SAE it edits: another SAE's latent is refused naming both
+    r = saesteer("steer", "--model", "gpt2", "--sae", f"a={NP_SAE}", "--sae", "b=gpt2-small/2-res-jb", "-l",
+                 f"{NP_SAE}/3:clamp=4?gpt2-small/2-res-jb/5>1", *GEN).no_traceback()
+    assert r.rc == 2 and "'gpt2-small/2-res-jb'" in r.err and NP_SAE in r.err and "trigger" in r.err
+    # no --sae: the latents must name one SAE
+    r = saesteer("steer", "--model", "gpt2", "-l", f"{NP_SAE}/3:clamp=4", "-l", "gpt2-small/2-res-jb/3:add=1", *GEN)
+    assert r.rc == 2 and "give --sae" in r.no_traceback().err
+    r = saesteer("steer", "--model", "gpt2", "-l", "3:clamp=4", *GEN).no_traceback()
+    assert r.rc == 2 and "give --sae" in r.err
+    # an address of another SAE than the --sae given is refused naming both
+    r = saesteer("steer", "--model", "gpt2", "--sae", REGISTRY, "-l", "https://www.neuronpedia.org/gpt2-small/2-res-jb/3:add=1",
+                 *GEN).no_traceback()
+    assert r.rc == 2 and "'gpt2-small/2-res-jb'" in r.err and f"'sae' is {NP_SAE}" in r.err
+
+
+def test_sweep_and_steer_eval_take_a_neuronpedia_latent(hub, tmp_path):
+    """`sweep --latent` / `steer-eval --latent` took an index only (argparse: 'invalid int value')."""
+    sweep = ("sweep", "--model", "gpt2", "--topic", "ocean", "--unit", "raw", "--strengths", "0,400", "--samples", 1,
+             "--do-sample", "false", "--max-new-tokens", 4, "--prompt", "def caf\u00e9(x):", "--no-progress")
+    saesteer(*sweep, "--latent", f"{ADDRESS}/3", "--out", tmp_path / "np").ok()
+    saesteer(*sweep, "--sae", REGISTRY, "--latent", "3", "--out", tmp_path / "index").ok()
+    ours, theirs = (json.loads((tmp_path / d / "sweep_sae_3.json").read_text()) for d in ("np", "index"))
+    assert ours["latent"] == theirs["latent"] == 3 and ours["points"] == theirs["points"]
+    r = saesteer(*sweep, "--sae", REGISTRY, "--latent", "gpt2-small/2-res-jb/3", "--out", tmp_path / "x").no_traceback()
+    assert r.rc == 2 and "'gpt2-small/2-res-jb'" in r.err and f"'sae' is {NP_SAE}" in r.err
+    r = saesteer(*sweep, "--sae", f"a={NP_SAE}", "--sae", "b=sae_lens:gpt2-small-res-jb/blocks.2.hook_resid_pre",
+                 "--sae-name", "b", "--latent", f"{NP_SAE}/3", "--out", tmp_path / "x").no_traceback()
+    assert r.rc == 2 and "--sae a" in r.err and "--sae-name b" in r.err
+    r = saesteer("steer-eval", "--sae", REGISTRY, "--latent", "gpt2-small/2-res-jb/3", "--topic", "ocean").no_traceback()
+    assert r.rc == 2 and "'gpt2-small/2-res-jb'" in r.err and f"'sae' is {NP_SAE}" in r.err
 
 
 def test_neuronpedia_references_that_do_not_fit_are_refused_naming_both(hub):
@@ -178,7 +223,7 @@ def test_neuronpedia_explanations_become_labels_marked_as_theirs(store, tmp_path
         with gzip.open(folder / "batch-0.jsonl.gz", "wt", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
     r = saesteer("label", "--store", store, "--import-neuronpedia", tmp_path / "v1" / "gpt2-small").ok()
-    assert "imported 1 " in r.out
+    assert "imported 1 Neuronpedia explanation of gpt2-small/1-res-jb as labels of 1 latent (" in r.out, r.out
     # what the API's removed export route answers is not taken for an export
     gone = tmp_path / "export.json"
     gone.write_text(json.dumps({"newUrl": "https://neuronpedia-datasets.s3.us-east-1.amazonaws.com/index.html?prefix=v1/",
@@ -207,6 +252,49 @@ def test_neuronpedia_explanations_become_labels_marked_as_theirs(store, tmp_path
     rows = [json.loads(line) for f in (tmp_path / "out").rglob("explanations/*.jsonl.gz")
             for line in gzip.open(f, "rt", encoding="utf-8")]
     assert rows == []
+
+
+def test_a_preset_and_the_api_take_neuronpedia_latents(store, tmp_path, monkeypatch):
+    """`preset save -l ADDRESS/3:...` and the API's edits (text and objects, triggers, stop_when) took
+    an index only ('cannot parse edit', a 422 for an object's latent)."""
+    import openai
+
+    from helpers.web_app import ServerThread, record_server
+
+    saesteer("preset", "save", "np", "--store", store, "-l", f"{ADDRESS}/3:clamp=4@generated?{NP_SAE}/5>1.5",
+             "-l", "7:ablate", "--stop-when", f"{ADDRESS}/9>2").ok()
+    preset = json.loads(saesteer("preset", "show", "np", "--store", store).ok().out)
+    assert preset["edits"] == ["3:clamp=4@generated?5>1.5", "7:ablate"] and preset["stops"] == ["9>2"]
+    r = saesteer("preset", "save", "x", "--store", store, "-l", "gpt2-small/2-res-jb/3:add=1").no_traceback()
+    assert r.rc == 2 and "'gpt2-small/2-res-jb'" in r.err and f"'{NP_SAE}'" in r.err
+    r = saesteer("preset", "save", "x", "--store", store, "-l", "3:add=1", "--stop-when", "gpt2-small/2-res-jb/9>2")
+    assert r.rc == 2 and "'gpt2-small/2-res-jb'" in r.no_traceback().err
+
+    calls = record_server(monkeypatch)
+    saesteer("api", "--store", store, "--port", 0).ok()
+    (app, kw), = calls
+    srv = ServerThread(app, kw["port"]).start()
+    try:
+        client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="loopback", max_retries=0, timeout=120)
+        model = client.models.list().data[0].id
+
+        def complete(steering):
+            out = client.completions.create(model=model, prompt="def caf\u00e9(x):", max_tokens=4, temperature=0,
+                                            extra_body={"steering": steering})
+            return out.choices[0].text, (out.model_extra or {})["steering"]
+
+        by_index = complete({"edits": ["3:clamp=400?5>-1e6"], "stop_when": ["9>1e6"]})
+        assert complete({"edits": [f"{ADDRESS}/3:clamp=400?{NP_SAE}/5>-1e6"], "stop_when": [f"{NP_SAE}/9>1e6"]}) == by_index
+        objects = complete({"edits": [{"latent": f"{ADDRESS}/3", "op": "clamp", "value": 400,
+                                       "when": {"latent": f"{NP_SAE}/5", "above": -1e6}}],
+                            "stop_when": [{"latent": f"{ADDRESS}/9", "above": 1e6}]})
+        assert objects[0] == by_index[0] and objects[1]["edits"] == by_index[1]["edits"]
+        assert by_index[0] != complete({"edits": ["3:add=0"]})[0]
+        with pytest.raises(openai.BadRequestError) as e:
+            complete({"edits": ["gpt2-small/2-res-jb/3:clamp=4"]})
+        assert "'gpt2-small/2-res-jb'" in str(e.value) and f"'{NP_SAE}'" in str(e.value)
+    finally:
+        srv.stop()
 
 
 @pytest.mark.parametrize("bad,named", [

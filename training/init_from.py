@@ -145,20 +145,24 @@ def _recorded(loaded: Any, key: str) -> Any:
     return (loaded.sae.cfg.metadata or {}).get(key) or (loaded.provenance or {}).get(key)
 
 
-def check_source(loaded: Any, specs: list[Any], d_in: int, prov: dict[str, Any], allow_mismatch: bool,
-                 d_out: int | None = None, log=print) -> None:
+def check_source(loaded: Any, specs: list[Any], d_in: int | None, prov: dict[str, Any], allow_mismatch: bool,
+                 d_out: int | None = None, log=print, transcoder: bool | None = None) -> None:
     """Refuse a source that does not fit the run, naming both sides and the fix. `d_out`: a
-    transcoder run's target width (None: the run trains SAEs)."""
+    transcoder run's target width (None: the run trains SAEs). Before the model is loaded (the
+    CLI checks then, so that a misfit is refused in seconds, not after minutes of loading) some of
+    the run is not known yet: `d_in` / `d_out` None skip the widths (`transcoder` then says whether
+    the run trains transcoders), and what `prov` lacks (hook, model, BOS policy) is not compared."""
     from saes.identity import ModelIdentity, ModelMismatchError, check_same_model, identity_of_sae
     from saes.processing import applied_of_record, check_processing, config_of_record
 
     sae, where = loaded.sae, f"the --init-from SAE {loaded.spec}"
     _require_trainable(sae, loaded.spec)
-    run_target = (prov.get("hook_name_out") or "the run's target hook") if d_out is not None else None
+    transcoder = d_out is not None if transcoder is None else transcoder
+    run_target = (prov.get("hook_name_out") or "the run's target hook") if transcoder else None
     mismatch = mode_mismatch(loaded, run_target, prov.get("hook_name"))
     if mismatch:
         raise InitFromError(mismatch, field="train.init_from")
-    if sae.d_in != d_in:
+    if d_in is not None and sae.d_in != d_in:
         raise InitFromError(f"train.init_from: {where} reads activations of width d_in={sae.d_in}, this run's data has "
                             f"width {d_in}{_hook_note(prov)}; fine-tune it on activations of its own hook point and model",
                             field="train.init_from")
@@ -174,7 +178,7 @@ def check_source(loaded: Any, specs: list[Any], d_in: int, prov: dict[str, Any],
                 f"train.init_from: {where} is {sae.architecture} with d_sae={sae.d_sae}, but SAE {s.name!r} of the run "
                 f"is {s.architecture} with d_sae={s.d_sae}; pass --architecture {sae.architecture} --d-sae {sae.d_sae} "
                 f"(or leave the SAE flags out: they default to the source's)", field="saes")
-        if d_out is not None and s.skip != (sae.W_skip is not None):
+        if transcoder and s.skip != (sae.W_skip is not None):
             sides = ("is a skip transcoder", "has no skip connection", "pass") if not s.skip else (
                 "has no skip connection", "is a skip transcoder", "drop")
             raise InitFromError(f"train.init_from: {where} {sides[0]}, but SAE {s.name!r} of the run {sides[1]}; "

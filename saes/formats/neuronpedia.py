@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 
+from saes.errors import SaesteerError
 from saes.io import SAEFormatError
 
 SITE = "https://www.neuronpedia.org"
@@ -27,9 +29,12 @@ _PART = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 # the address (also as pathlib leaves it: "https:/www..."), or a bare id; the latent index optional
 _REF = re.compile(rf"^(?P<site>(?:https?:/+)?(?:www\.)?neuronpedia\.org/)?(?P<model>{_PART})/(?P<sae>{_PART})"
                   rf"(?:/(?P<index>\d+))?/?$")
-# a latent at the head of an edit (`URL:clamp=4`, `gpt2-small/6-res-jb/17:add=2@generated`)
+# a latent at the head of an edit (`URL:clamp=4`, `gpt2-small/6-res-jb/17:add=2@generated`) or of a
+# trigger (`gpt2-small/6-res-jb/77>1.5`)
 _LATENT_HEAD = re.compile(rf"^\s*(?P<site>(?:https?:/+)?(?:www\.)?neuronpedia\.org/)?(?P<model>{_PART})/"
-                          rf"(?P<sae>{_PART})/(?P<index>\d+)(?=\s*(?::|@|\?|$))")
+                          rf"(?P<sae>{_PART})/(?P<index>\d+)(?=\s*(?::|@|\?|>|$))")
+# an edit's own SAE name (`res/17:...`), where its head is no Neuronpedia latent
+_NAMED_HEAD = re.compile(r"^\s*(?P<name>[^/:@\s]+)/\d")
 
 
 @dataclass(frozen=True)
@@ -57,8 +62,8 @@ def parse_ref(text: str) -> NeuronpediaRef | None:
 
 
 def split_latent_head(text: str) -> tuple[NeuronpediaRef, str] | None:
-    """(the latent, the rest) when an edit's text starts with a Neuronpedia latent
-    (`gpt2-small/6-res-jb/17:clamp=4`, or the latent's address); None otherwise."""
+    """(the latent, the rest) when an edit's or a trigger's text starts with a Neuronpedia latent
+    (`gpt2-small/6-res-jb/17:clamp=4`, `gpt2-small/6-res-jb/77>1.5`, or the latent's address); None otherwise."""
     m = _LATENT_HEAD.match(text)
     if m is None:
         return None
@@ -153,3 +158,92 @@ def registry_spec(text: str) -> str | None:
 
     found = registry_ref(text)
     return None if found is None else f"{sae_lens_registry.PREFIX}{found[0]}/{found[1]}"
+
+
+class LatentRefError(SaesteerError, ValueError):
+    """A Neuronpedia latent named where its SAE is not the one (or one of those) given."""
+
+
+class LatentOwners:
+    """The one resolver of Neuronpedia latents (`gpt2-small/6-res-jb/17`, or its page address) into
+    the SAEs at hand, wherever a latent is named: a bare latent, an edit (its latent and its
+    trigger's) and a trigger, written back in saesteer's terms (`[NAME/]17`, `NAME` the SAE's key).
+
+    `ids`: the name of each SAE given -> its Neuronpedia id (None: not on Neuronpedia), or a
+    function that gives them (asked only when a Neuronpedia latent appears: it may read SAELens's
+    registry). `named`: write `NAME/` before an edit's latent (several SAEs are given). `whose`,
+    `fix` and `sides` word a refusal for the face that asks ('a --sae given', 'pass --sae {id}')."""
+
+    def __init__(self, ids: Mapping[str, str | None] | Callable[[], Mapping[str, str | None]], *, named: bool = False,
+                 whose: str = "a --sae given", fix: str = "pass --sae {id}",
+                 sides: str | Callable[[], str] | None = None) -> None:
+        self._ids, self.named, self.whose, self.fix, self._sides = ids, named, whose, fix, sides
+
+    @cached_property
+    def ids(self) -> Mapping[str, str | None]:
+        return dict(self._ids() if callable(self._ids) else self._ids)
+
+    def owner(self, ref: NeuronpediaRef, text: str) -> str:
+        """The name of the SAE whose Neuronpedia id `ref` names; refused naming both sides."""
+        names = [name for name, np_id in self.ids.items() if np_id == ref.id]
+        if names:
+            return names[0]
+        sides = (self._sides() if callable(self._sides) else self._sides) or ", ".join(f"{name!r} is {np_id or 'not on Neuronpedia'}" for name, np_id in self.ids.items())
+        raise LatentRefError(f"{text.strip()}: latent {ref.index} of the Neuronpedia SAE {ref.id!r} is not of {self.whose} "
+                             f"({sides}); {self.fix.format(id=ref.id)}")
+
+    def latent(self, text: str | int) -> tuple[str | None, int]:
+        """(the SAE's name, the index) of a latent given as its index (no name) or as a Neuronpedia latent."""
+        if isinstance(text, int) or str(text).strip().lstrip("-").isdigit():
+            return None, int(text)
+        ref = parse_ref(str(text))
+        if ref is None or ref.index is None:
+            raise LatentRefError(f"{text!r} is not a latent: give its index, or a Neuronpedia latent such as "
+                                 f"gpt2-small/6-res-jb/17 (or its page address)")
+        return self.owner(ref, str(text)), ref.index
+
+    def edit(self, text: str) -> str:
+        """An edit's text with its latent and its trigger's in saesteer's terms (the rest as it is);
+        a trigger latent of another SAE than the edited one is refused (a trigger reads the edited SAE)."""
+        name = None
+        head = split_latent_head(text)
+        if head is not None:
+            ref, rest = head
+            name = self.owner(ref, text)
+            text = f"{name + '/' if self.named else ''}{ref.index}{rest}"
+        edit, sep, trigger = text.partition("?")
+        found = split_latent_head(trigger) if sep else None
+        if found is None:
+            return text
+        ref, rest = found
+        trigger_sae = self.owner(ref, f"?{trigger}")
+        if name is None:
+            m = _NAMED_HEAD.match(edit)
+            name = m["name"] if m else (next(iter(self.ids)) if len(self.ids) == 1 else None)
+        if name is not None and name in self.ids and self.ids[name] != self.ids[trigger_sae]:
+            raise LatentRefError(f"{text.strip()}: the trigger latent {ref.index} is of the Neuronpedia SAE {ref.id!r}, the "
+                                 f"edited latent of {self.ids[name] or 'an SAE not on Neuronpedia'} ({name!r}); a trigger "
+                                 f"reads the SAE it edits: give a latent of that SAE")
+        return f"{edit}?{ref.index}{rest}"
+
+    def trigger(self, text: str) -> str:
+        """A trigger's text (`LATENT>THRESHOLD[x]`) with a Neuronpedia latent as its index."""
+        found = split_latent_head(text)
+        if found is None:
+            return text
+        ref, rest = found
+        self.owner(ref, text)
+        return f"{ref.index}{rest}"
+
+
+def sae_of_latents(texts: Sequence[str]) -> str | None:
+    """The address of the one Neuronpedia SAE that every edit or latent in `texts` names (their
+    latents' and triggers'), or None when one names none or they name several: a command given no
+    SAE takes it from there."""
+    ids = set()
+    for text in texts:
+        heads = [split_latent_head(part) for part in str(text).split("?", 1)]
+        if heads[0] is None:
+            return None
+        ids |= {head[0].id for head in heads if head is not None}
+    return f"{SITE}/{ids.pop()}" if len(ids) == 1 else None

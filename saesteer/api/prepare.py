@@ -50,26 +50,37 @@ def _steer_limits(limits):
                        max_abs_scale=float(limits.max_abs_multiple))
 
 
-def _trigger(t: TriggerIn | str):
+def _latent_owners(served: ServedModel):
+    """Neuronpedia's latents of the served SAE, as its indices (`saes.formats.neuronpedia.LatentOwners`)."""
+    from features.neuronpedia_import import store_latents
+
+    return store_latents(served.store, whose=f"the SAE of model {served.id!r}", fix="give a latent of that SAE")
+
+
+def _trigger(t: TriggerIn | str, owners):
     from steering.spec import Trigger
 
-    return Trigger.parse(t) if isinstance(t, str) else Trigger(t.latent, t.above, t.unit)
+    if isinstance(t, str):
+        return Trigger.parse(owners.trigger(t))
+    return Trigger(owners.latent(t.latent)[1], t.above, t.unit)
 
 
-def _edit(e: EditIn | str):
+def _edit(e: EditIn | str, owners):
     from steering.spec import FeatureEdit, parse_edit
 
     if isinstance(e, str):
-        return parse_edit(e)
+        return parse_edit(owners.edit(e))
     positions = tuple(e.positions) if isinstance(e.positions, list) else e.positions
-    return FeatureEdit(e.latent, e.op, None if e.op == "ablate" else e.value, e.unit if e.op in ("add", "clamp") else "raw",
-                       positions, None, _trigger(e.when) if e.when is not None else None)
+    return FeatureEdit(owners.latent(e.latent)[1], e.op, None if e.op == "ablate" else e.value,
+                       e.unit if e.op in ("add", "clamp") else "raw", positions, None,
+                       _trigger(e.when, owners) if e.when is not None else None)
 
 
 def resolve_steering(spec: SteeringIn | None, served: ServedModel, limits) -> tuple[Any, dict[str, Any] | None]:
     """(RowSteering or None, a summary for the response) for a request's `steering` field."""
     if spec is None or (not spec.edits and spec.preset is None and not spec.stop_when):
         return None, None
+    from saes.formats.neuronpedia import LatentRefError
     from saes.identity import ModelIdentityError
     from steering.presets import Preset
     from steering.rowedits import RowEdit, RowSteering, StopTrigger
@@ -79,17 +90,18 @@ def resolve_steering(spec: SteeringIn | None, served: ServedModel, limits) -> tu
     items: list[Any] = []
     preset = None
     stops = []
+    owners = _latent_owners(served)
     try:
         if spec.preset is not None:
             preset = served.preset(spec.preset) if isinstance(spec.preset, str) else Preset.from_json(spec.preset)
             items.append(preset)
-        items += [_edit(e) for e in spec.edits]
+        items += [_edit(e, owners) for e in spec.edits]
         resolved = resolve_edits(
             served.model, {served.id: served.sae}, items, typical_max=served.typical_max, limits=_steer_limits(limits),
             allow_model_mismatch=served.allow_model_mismatch, chat_positions=True,
             fingerprints={served.id: served.fingerprint}, model_override=OVERRIDE_HINT,
         ) if items else []
-        triggers = (preset.stop_triggers() if preset is not None else []) + [_trigger(t) for t in spec.stop_when]
+        triggers = (preset.stop_triggers() if preset is not None else []) + [_trigger(t, owners) for t in spec.stop_when]
         for t in triggers:
             if not 0 <= t.latent < served.sae.d_sae:
                 raise SteeringError(f"stop_when: latent {t.latent} is out of range (0..{served.sae.d_sae - 1})")
@@ -101,7 +113,7 @@ def resolve_steering(spec: SteeringIn | None, served: ServedModel, limits) -> tu
                                         f"in the store; give a raw threshold")
                 above *= tmax
             stops.append(StopTrigger(served.id, t.latent, above, t.describe()))
-    except (SteeringError, ModelIdentityError) as e:  # bad edits; a preset of another SAE or model
+    except (SteeringError, ModelIdentityError, LatentRefError) as e:  # bad edits; a preset of another SAE or model
         raise ApiError(400, str(e), "steering") from None
     if len(resolved) > limits.max_edits:
         raise ApiError(400, f"steering.edits: at most {limits.max_edits} edits per request (got {len(resolved)}, "

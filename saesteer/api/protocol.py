@@ -12,6 +12,10 @@ them unchanged); steering rides along as one extra field, `steering` (the client
       "stop_when": [{"latent": 77, "above": 3.0}, "90>0.5x"]  # end a choice when a latent fires on a generated token
     }
 
+A latent (in an edit, its trigger or a stop trigger, objects or text alike) may also be named as
+Neuronpedia names it, `"gpt2-small/6-res-jb/123"` or its page address, when it is a latent of the
+model's SAE.
+
 `"feature"` is accepted as an alias of `"latent"` (the key's name before it was renamed), so
 older requests keep working; the schema shows only `latent`.
 
@@ -46,16 +50,19 @@ class _In(BaseModel):
 
 # a latent's index; "feature" is its older name, still accepted in requests (hidden from the schema)
 _LATENT = AliasChoices("latent", "feature")
+# or a Neuronpedia latent of the model's SAE (its id or page address)
+Latent = Union[Annotated[int, Field(ge=0, le=2**31 - 1)], Annotated[str, Field(min_length=1, max_length=200)]]
+_LATENT_HELP = "latent index (of the model's SAE), or its Neuronpedia id or address (gpt2-small/6-res-jb/123)"
 
 
 class TriggerIn(_In):
-    latent: int = Field(ge=0, le=2**31 - 1, validation_alias=_LATENT, description="latent index (of the model's SAE)")
+    latent: Latent = Field(validation_alias=_LATENT, description=_LATENT_HELP)
     above: float = Field(allow_inf_nan=False, ge=-1e6, le=1e6, description="threshold on its activation")
     unit: Literal["raw", "max_act"] = Field("raw", description="raw units, or multiples of the latent's typical max")
 
 
 class EditIn(_In):
-    latent: int = Field(ge=0, le=2**31 - 1, validation_alias=_LATENT, description="latent index (of the model's SAE)")
+    latent: Latent = Field(validation_alias=_LATENT, description=_LATENT_HELP)
     op: Literal["add", "clamp", "scale", "ablate"] = "clamp"
     value: Optional[float] = Field(None, allow_inf_nan=False, ge=-1e6, le=1e6,
                                    description="add/clamp: the amount (see unit); scale: the factor; ablate: none")

@@ -38,10 +38,11 @@ def add_common_arguments(parser, *, prompts_help: str) -> None:
     g.add_argument("--allow-model-mismatch", action="store_true",
                    help="steer --model even if the SAEs or the store record another model")
     g.add_argument("--device", default=None, help="device for the model and SAEs (default: the model's)")
-    g.add_argument("--sae", action="append", default=[], metavar="[NAME=]SAE", required=True,
+    g.add_argument("--sae", action="append", default=[], metavar="[NAME=]SAE",
                    help="SAE: a folder (saesteer, SAELens, sparsify, dictionary_learning, Gemma Scope), an OpenAI .pt file, or "
                         "sae_lens:RELEASE/SAE_ID, or a Neuronpedia id or address such as gpt2-small/6-res-jb (repeat for "
-                        "several; name them NAME=SAE and refer to NAME/FEATURE in edits)")
+                        "several; name them NAME=SAE and refer to NAME/FEATURE in edits). Required, unless every latent "
+                        "is named by Neuronpedia (gpt2-small/6-res-jb/17 or its address), all of one SAE: that SAE")
     g.add_argument("--hook", default=None, metavar="HOOK",
                    help="hook point of SAEs whose files do not record one (e.g. blocks.2.hook_resid_post; default: "
                         "the hook --store was built at)")
@@ -84,28 +85,27 @@ def load_saes(values: list[str], device: Any = None, hook: str | None = None, mo
     return loaded
 
 
-def neuronpedia_edits(edits: list[str], sae_values: list[str]) -> list[str]:
-    """Edits whose latent is named by Neuronpedia (`gpt2-small/6-res-jb/17:clamp=4`, or the latent's
-    page address then `:clamp=4`) written as `[NAME/]17:clamp=4`, NAME the --sae whose Neuronpedia id
-    (through SAELens's registry) it is; a latent of no given --sae is refused naming theirs."""
-    from saes.formats.neuronpedia import neuronpedia_id_of_spec, split_latent_head
+def latent_owners(sae_values: list[str]):
+    """Where the Neuronpedia latents of edits go (`saes.formats.neuronpedia.LatentOwners`): the --sae
+    whose Neuronpedia id (through SAELens's registry) each names, read only when one appears."""
+    from saes.formats.neuronpedia import LatentOwners, neuronpedia_id_of_spec
 
-    out, ids = [], None
-    for text in edits:
-        head = split_latent_head(text)
-        if head is None:
-            out.append(text)
-            continue
-        ref, rest = head
-        if ids is None:
-            ids = {name: neuronpedia_id_of_spec(str(spec)) for name, spec in parse_sae_args(sae_values).items()}
-        names = [name for name, np_id in ids.items() if np_id == ref.id]
-        if not names:
-            given = ", ".join(f"{name!r} is {np_id or 'not on Neuronpedia'}" for name, np_id in ids.items())
-            raise CLIError(f"-l {text}: latent {ref.index} of the Neuronpedia SAE {ref.id!r} is not of a --sae given "
-                           f"({given}); pass --sae {ref.id}")
-        out.append(f"{names[0] + '/' if len(ids) > 1 else ''}{ref.index}{rest}")
-    return out
+    specs = parse_sae_args(sae_values)
+    return LatentOwners(lambda: {name: neuronpedia_id_of_spec(str(spec)) for name, spec in specs.items()},
+                        named=len(specs) > 1)
+
+
+def sae_from_latents(args, texts: list[str]) -> None:
+    """No --sae: the Neuronpedia SAE that every latent (or edit) in `texts` names becomes the --sae."""
+    if args.sae:
+        return
+    from saes.formats.neuronpedia import sae_of_latents
+
+    found = sae_of_latents(texts)
+    if found is None:
+        raise CLIError("give --sae (a folder, sae_lens:RELEASE/SAE_ID, or a Neuronpedia id or address); it may be left "
+                       "out only when every latent is named by its Neuronpedia id or address, all of one SAE")
+    args.sae = [found]
 
 
 def hook_of(args) -> str | None:

@@ -6,11 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def prepare_data(run_cfg, data_cfg, text_cfg, coll=None, allow_model_mismatch: bool = False):
+def prepare_data(run_cfg, data_cfg, text_cfg, coll=None, allow_model_mismatch: bool = False, check_init=None):
     """The batch source, the CE evaluation (or None) and the provenance for the SAE folders.
 
     Data parallel (`coll`): this rank's reader (rows r*B/W..(r+1)*B/W of every global batch of
-    --batch-size rows); only rank 0 loads the model for the CE evaluation."""
+    --batch-size rows); only rank 0 loads the model for the CE evaluation. `check_init(prov, d_in,
+    d_out, transcoder)`: called before the model loads (minutes for a real one) with what the data
+    tell of the run by then (the cache's record; for text, its hook and BOS policy), so that an
+    --init-from SAE that does not fit is refused at once."""
     t = run_cfg.train
     rank, world = (coll.rank, coll.world_size) if coll is not None else (0, 1)
     if world > 1 and not data_cfg.cache:
@@ -20,7 +23,10 @@ def prepare_data(run_cfg, data_cfg, text_cfg, coll=None, allow_model_mismatch: b
         raise ValueError(f"--batch-size {t.batch_size} is the global batch and must split evenly over the {world} "
                          f"ranks; use a multiple of {world}")
     if data_cfg.cache:
-        return _from_cache(run_cfg, data_cfg, rank, world, allow_model_mismatch)
+        return _from_cache(run_cfg, data_cfg, rank, world, allow_model_mismatch, check_init)
+    if check_init is not None:  # the width and the model are known once it is loaded: the run checks those
+        check_init({"hook_name": data_cfg.hook, "hook_name_out": data_cfg.target_hook, "dataset": text_cfg.dataset,
+                    "bos_policy": text_cfg.bos_policy}, None, None, data_cfg.target_hook is not None)
     return _from_model(run_cfg, data_cfg, text_cfg)
 
 
@@ -43,7 +49,7 @@ def _cache_reader(data_cfg, t, rank: int, world: int):
                        target_hook=data_cfg.target_hook, **reader_dtype(t.device))
 
 
-def _from_cache(run_cfg, data_cfg, rank: int, world: int, allow_model_mismatch: bool):
+def _from_cache(run_cfg, data_cfg, rank: int, world: int, allow_model_mismatch: bool, check_init=None):
     """Batches from an activation cache; the CE evaluation with the cache's model (rank 0)."""
     from training.sources import cache_provenance
 
@@ -60,6 +66,8 @@ def _from_cache(run_cfg, data_cfg, rank: int, world: int, allow_model_mismatch: 
     prov["reader_buffer_rows"] = data_cfg.reader_buffer_rows  # with train.seed: which rows were held out
     if world > 1:
         prov.update(world_size=world, dp_partition=data_cfg.dp_partition)
+    if check_init is not None:
+        check_init(prov, reader.d_in, reader.d_out, reader.target_hook is not None)
     asked = t.total_tokens + t.holdout_tokens  # the held-out rows come out of the same stream first
     if asked > man.total_rows:
         print(f"note: {t.total_tokens:,} training tokens (+{t.holdout_tokens:,} held out) asked for, the cache "

@@ -187,6 +187,7 @@ def _import_neuronpedia(args, store_path) -> int:
     from features import FeatureStore
     from features.neuronpedia_import import import_neuronpedia_explanations
     from features.drawing import readable
+    from saesteer.terminal import counted
 
     try:
         with FeatureStore.open(store_path, readonly=False) as store:
@@ -196,8 +197,9 @@ def _import_neuronpedia(args, store_path) -> int:
         return 2
     by = ", ".join(f"{readable(m)} ({n})" for m, n in sorted(r.explainers.items())) or "none"  # names from the file
     ours = f"; {r.replaced_ours} replaced a label made here (kept in its history)" if r.replaced_ours else ""
-    print(f"imported {r.imported} Neuronpedia explanations of {r.neuronpedia_id} as labels of {len(r.latents)} "
-          f"latents (explainers: {by}); {r.unchanged} imported before, {r.blank} without a description{ours}")
+    print(f"imported {counted(r.imported, 'Neuronpedia explanation')} of {r.neuronpedia_id} as labels of "
+          f"{counted(len(r.latents), 'latent')} (explainers: {by}); {r.unchanged} imported before, {r.blank} without a "
+          f"description{ours}")
     return 0
 
 

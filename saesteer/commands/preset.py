@@ -36,9 +36,11 @@ def add_arguments(parser) -> None:
     s.add_argument("name", help="preset name: letters, digits, '_', '-', '.'")
     store_arg(s)
     add_latent_argument(s, required=True, metavar="EDIT",
-                        help="LATENT:OP[=VALUE[x]][@POSITIONS][?TRIGGER>THRESHOLD[x]], repeatable (as in `saesteer steer`)")
+                        help="LATENT:OP[=VALUE[x]][@POSITIONS][?TRIGGER>THRESHOLD[x]], repeatable (as in `saesteer steer`; "
+                             "a latent as Neuronpedia names it too, gpt2-small/6-res-jb/17, of the store's SAE)")
     s.add_argument("--stop-when", action="append", default=[], metavar="LATENT>THRESHOLD[x]",
-                   help="end a generation when this latent fires on a generated token (API), repeatable")
+                   help="end a generation when this latent (an index, or as Neuronpedia names it) fires on a generated "
+                        "token (API), repeatable")
     s.add_argument("--description", default="", help="what the preset is for")
     s.add_argument("--scorecard", default=None, metavar="FILE", help="a JSON scorecard to keep with it (steer-eval, sweep)")
     s.add_argument("--overwrite", action="store_true", help="replace a preset of the same name")
@@ -116,8 +118,12 @@ def _run(args) -> int:
 
 def _save(args, store, link) -> None:
     """`preset save`: the --latent edits as a preset, checked against the store's SAE and model."""
+    from features.neuronpedia_import import store_latents
     from steering.presets import make_preset
 
+    owners = store_latents(store)  # Neuronpedia's latents of the store's SAE, as its indices
+    args.latent = [owners.edit(t) for t in args.latent]
+    args.stop_when = [owners.trigger(t) for t in args.stop_when]
     scorecard = _read_json(args.scorecard, "--scorecard ") if args.scorecard else None
     if scorecard is not None:
         _check_scorecard(scorecard, args, store)

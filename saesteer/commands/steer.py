@@ -17,7 +17,8 @@ edits, and print them side by side. An edit is LATENT:OP[=VALUE[x]][@POSITIONS][
   123:add=4?77>1.5     add 4 only where latent 77 is above 1.5 (a conditional edit)
   gpt2-small/6-res-jb/123:clamp=8
                        latent 123 as Neuronpedia names it (its id, or its page address), of the --sae
-                       given as gpt2-small/6-res-jb (or its address, or sae_lens:RELEASE/SAE_ID)
+                       given as gpt2-small/6-res-jb (or its address, or sae_lens:RELEASE/SAE_ID); without
+                       --sae, that SAE. A trigger may name its latent so too (?gpt2-small/6-res-jb/77>1.5)
 
 Edits go through the SAE and keep its reconstruction error, so only the chosen latents change.
 Positions: all, prompt, generated, last, or token indices (0 = first token, -1 = last prompt token);
@@ -95,8 +96,8 @@ def _lines(path: str) -> list[str]:
 
 
 def _run(args, model=None) -> int:
-    from saesteer.commands._steering import (hook_of, load_model, load_saes, neuronpedia_edits, open_store, read_prompts,
-                                             typical_max_provider)
+    from saesteer.commands._steering import (hook_of, latent_owners, load_model, load_saes, open_store, read_prompts,
+                                             sae_from_latents, typical_max_provider)
     from saes.hookpoints import model_device
     from saesteer.configargs import dataclass_from_args
     from steering.config import GenerationConfig
@@ -105,7 +106,9 @@ def _run(args, model=None) -> int:
 
     gen_cfg = dataclass_from_args(GenerationConfig, args)
     limits = dataclass_from_args(SteerLimits, args)
-    edits: list = [parse_edit(t, args.positions) for t in neuronpedia_edits(args.latent, args.sae)]
+    sae_from_latents(args, args.latent)
+    owners = latent_owners(args.sae)
+    edits: list = [parse_edit(owners.edit(t), args.positions) for t in args.latent]
     finding = args.search is not None or args.contrast is not None
     prompts = read_prompts(args)
     _check_flags(args, edits, prompts, finding=finding)

@@ -49,7 +49,9 @@ def add_arguments(parser) -> None:
     c.add_argument("--positive", default=None, metavar="FILE", help="prompts that show the concept, one per line")
     c.add_argument("--negative", default=None, metavar="FILE", help="neutral prompts, one per line")
     c.add_argument("--cue", default=None, help="text written before each prompt for the prompting baseline")
-    add_latent_argument(c, type=int, help="SAE latent(s) to steer with (default: found by contrast), repeatable")
+    add_latent_argument(c, help="SAE latent(s) to steer with (default: found by contrast), repeatable: an index, or as "
+                                "Neuronpedia names it (gpt2-small/6-res-jb/17 or its address: of the --sae, which may "
+                                "then be left out)")
     c.add_argument("--samples", type=int, default=16, help="generations per prompt and seed (default: 16)")
     c.add_argument("--n-docs", type=int, default=48, help="toy world: documents in the positive set (default: 48)")
     o = parser.add_argument_group("output")
@@ -115,6 +117,7 @@ def _run(args, model=None) -> int:
     prompts = [p for p in prompts for _ in range(args.samples)]
     scorer, judge = _scorer(args, args.store)
 
+    _latents(args)
     loaded = load_saes(args.sae, hook=hook_of(args))
     if len(loaded) != 1:
         raise CLIError("steer-eval steers with one SAE; give a single --sae")
@@ -142,6 +145,16 @@ def _run(args, model=None) -> int:
     else:
         _print_table(card, args)
     return 0
+
+
+def _latents(args) -> None:
+    """--latent as indices: a Neuronpedia latent's in the --sae it names (the --sae itself when none is given)."""
+    from saesteer.commands._steering import latent_owners, sae_from_latents
+
+    if args.latent:
+        sae_from_latents(args, args.latent)
+    owners = latent_owners(args.sae)
+    args.latent = [owners.latent(text)[1] for text in args.latent]
 
 
 def _configs(args):

@@ -51,7 +51,9 @@ def add_arguments(parser) -> None:
 
     add_common_arguments(parser, prompts_help="a prompt (repeat for several; default: unconditional, \"\")")
     s = parser.add_argument_group("what to sweep")
-    add_latent_argument(s, required=True, type=int, help="latent to sweep (repeatable); with several SAEs use --sae-name")
+    add_latent_argument(s, required=True, help="latent to sweep: its index, or as Neuronpedia names it (gpt2-small/6-res-jb/17 or "
+                                               "its address: of that --sae, which may then be left out); repeatable; "
+                                               "with several SAEs use --sae-name")
     s.add_argument("--sae-name", default=None, help="which --sae the features belong to (default: the only one)")
     s.add_argument("--samples", type=int, default=8, help="generations per prompt at each strength (default: 8)")
     sc = parser.add_argument_group("scoring")
@@ -114,9 +116,10 @@ def _run(args, model=None) -> int:
     from steering.generation import with_sae_bos
 
     sweep_cfg, gen_cfg, limits, prompts, scorer, judge = _prepare(args)
+    named = _latents(args)
     loaded = load_saes(args.sae, hook=hook_of(args), model=args.model)
     saes = {sae_name: item.sae for sae_name, item in loaded.items()}
-    name = _sae_name(args, saes)
+    name = _sae_name(args, saes, named)
     store, link = open_store(args.store, {name: saes[name]}, writable=args.save_strength)
     try:
         if model is None:
@@ -164,11 +167,28 @@ def _prepare(args):
     return sweep_cfg, gen_cfg, limits, prompts, scorer, judge
 
 
-def _sae_name(args, saes: dict) -> str:
-    """--sae-name, or the only SAE's name."""
+def _latents(args) -> set[str]:
+    """--latent as indices (args.latent), a Neuronpedia latent as its index in the --sae it names (the
+    --sae itself when none is given); returns the names of the SAEs those named (one, and --sae-name's)."""
+    from saesteer.commands._steering import CLIError, latent_owners, sae_from_latents
+
+    sae_from_latents(args, args.latent)
+    owners = latent_owners(args.sae)
+    found = [owners.latent(text) for text in args.latent]
+    args.latent = [index for _, index in found]
+    named = {name for name, _ in found if name is not None}
+    if len(named) > 1 or (args.sae_name and named and args.sae_name not in named):
+        raise CLIError(f"the latents are of --sae {', '.join(sorted(named))}"
+                       + (f", not of --sae-name {args.sae_name}" if args.sae_name else "")
+                       + "; sweep the latents of one SAE at a time")
+    return named
+
+
+def _sae_name(args, saes: dict, named: set[str] = frozenset()) -> str:
+    """--sae-name, else the SAE the Neuronpedia latents name, else the only SAE's name."""
     from saesteer.commands._steering import CLIError
 
-    name = args.sae_name or (next(iter(saes)) if len(saes) == 1 else None)
+    name = args.sae_name or next(iter(named), None) or (next(iter(saes)) if len(saes) == 1 else None)
     if name is None or name not in saes:
         raise CLIError(f"say which SAE the features belong to with --sae-name (one of {', '.join(saes)})")
     return name

@@ -307,10 +307,14 @@ def run(args) -> int:
 
 def _run_training(args, run_cfg, data_cfg, text_cfg, out, setup, init_source) -> int:
     from saesteer.commands._train_data import prepare_data
+    from training.init_from import InitFromError
 
     coll = setup.collectives if setup is not None else None
     try:
-        source, model_eval, provenance = prepare_data(run_cfg, data_cfg, text_cfg, coll, args.allow_model_mismatch)
+        source, model_eval, provenance = prepare_data(run_cfg, data_cfg, text_cfg, coll, args.allow_model_mismatch,
+                                                      _early_init_check(run_cfg, out, init_source))
+    except InitFromError:  # said as the run's own check says it (the CLI's boundary names the flag)
+        raise
     except (ValueError, OSError) as e:
         print_error(e)
         return 2
@@ -330,6 +334,22 @@ def _run_training(args, run_cfg, data_cfg, text_cfg, out, setup, init_source) ->
     if coll is None or coll.is_writer:
         _print_summary(result)
     return 0
+
+
+def _early_init_check(run_cfg, out: str, init_source):
+    """The --init-from checks that need no model (`training.init_from.check_source` on what the data
+    tell before it loads), for `prepare_data`; None without --init-from or when `out` holds this
+    fine-tuning run already (a resume takes its weights from there). The run checks everything
+    again once the model and the data's width are known; its notes are printed then."""
+    if init_source is None or _fine_tuning_run_saes(out, init_source.spec) is not None:
+        return None
+    from training.init_from import check_source
+
+    def check(prov: dict, d_in, d_out, transcoder: bool) -> None:
+        check_source(init_source.load(), run_cfg.saes, d_in, prov, run_cfg.train.init_from_allow_mismatch,
+                     d_out=d_out, log=lambda _note: None, transcoder=transcoder)
+
+    return check
 
 
 def _print_summary(result) -> None:
