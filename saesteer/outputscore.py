@@ -51,8 +51,12 @@ class OutputScoreConfig:
 def score_outputs(model: Any, sae: Any, store: Any, latents: Sequence[int], cfg: OutputScoreConfig, *,
                   judge: Any = None, write: bool = True, progress: bool = False) -> dict[int, Any]:
     """latent -> `autointerp.output_score.OutputScore`, written into `store` (writable) when `write`.
-    Unlabelled latents are skipped: there is nothing to score against."""
-    from autointerp.output_score import OUTPUT_METHOD, OUTPUT_PROMPT_VERSION, output_score_judge, output_score_offline
+    Unlabelled latents are skipped: there is nothing to score against. A latent the judge gives no
+    answer for (`JudgeError`) gets a score with `failed` set and the next is asked, as `label` goes
+    on past a failing latent; a refused key (`CredentialsRejected`) stops the run."""
+    from autointerp.judge import CredentialsRejected, JudgeError
+    from autointerp.output_score import (OUTPUT_METHOD, OUTPUT_PROMPT_VERSION, OutputScore, output_score_judge,
+                                         output_score_offline)
     from autointerp.featurestore import JUDGE_KIND
     from features import LabelProvenance, ScoreInput
     from steering import FeatureEdit, GenerationConfig, StoreLink
@@ -84,7 +88,12 @@ def score_outputs(model: Any, sae: Any, store: Any, latents: Sequence[int], cfg:
         else:
             import asyncio  # here, not at the top: the CLI reads OutputScoreConfig to build --help
 
-            res = asyncio.run(output_score_judge(judge, lab.text, unsteered, steered, latent=int(i), seed=cfg.seed))
+            try:
+                res = asyncio.run(output_score_judge(judge, lab.text, unsteered, steered, latent=int(i), seed=cfg.seed))
+            except CredentialsRejected:
+                raise
+            except JudgeError as e:
+                res = OutputScore(None, 0, 0, 0, failed=e.reason)
         out[int(i)] = res
         if write and res.value is not None:
             prov = LabelProvenance(

@@ -377,6 +377,19 @@ def test_output_scores_by_claude_record_an_anthropic_judge(toy_store, store, cla
     assert kinds == [("anthropic", MODEL)]
 
 
+def test_output_score_goes_on_past_a_latent_whose_answers_stay_invalid_and_lists_it(toy_store, store, claude_env,
+                                                                                      tmp_path):
+    # as `label` does with a failing latent: counted, listed at the end, exit status 4; never "a bug"
+    with JudgeServer(fake_llm_answer, api_key=KEY, reply=lambda ex: _message("It is about the sea.")) as srv:
+        claude_env.setenv("ANTHROPIC_BASE_URL", srv.root)
+        r = _judged("output-score", toy_store, store, tmp_path).no_traceback()
+        assert len(messages(srv)) > 2  # the first asks and their re-asks
+    assert r.rc == 4, r.text
+    (latent,) = labels(store)
+    assert f"latent {latent} failed: " in r.out and f"--latents {latent}" in r.out, r.out
+    assert "output scores of 0 latents" in r.out and "this is a bug" not in r.text
+
+
 @pytest.mark.parametrize("headers, body, said, asked", [
     # a proxy's login page, or a web server's at a wrong URL: asking again gets the same page
     ({"Content-Type": "text/html"}, b"<!doctype html><html><head><title>Sign in - Corp proxy</title></head></html>",
