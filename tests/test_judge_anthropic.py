@@ -189,14 +189,24 @@ def test_the_thinking_and_effort_values_are_the_installed_sdks():
 
 
 def test_an_overloaded_529_is_retried_after_its_retry_after(store, claude_env, tmp_path):
-    with JudgeServer(fake_llm_answer, api_key=KEY, retry_after_s=1,
+    import autointerp.config
+
+    waits = []
+
+    async def recorded_sleep(seconds):  # the judge's waits, recorded instead of slept
+        waits.append(seconds)
+
+    real_make_judge = autointerp.config.make_judge
+    claude_env.setattr(autointerp.config, "make_judge", lambda *a, **kw: real_make_judge(*a, **kw, sleep=recorded_sleep))
+    with JudgeServer(fake_llm_answer, api_key=KEY, retry_after_s=30,
                      script=lambda i, body: "529" if i == 0 else None) as srv:
         claude_env.setenv("ANTHROPIC_BASE_URL", srv.root)
         label(store, "--judge-concurrency", 1, "--judge-backoff-base-s", 0.001, "--judge-backoff-max-s", 0.002,
               "--report", tmp_path / "run.json", limit=1).ok()
         first, second = srv.snapshot()[:2]
         assert first.status == 529 and second.completed and second.messages == first.messages
-        assert second.arrived - first.answered >= 1.0  # the server's retry-after, not the 2 ms backoff
+        # the server's retry-after (30 s, up to 10% jitter added), not the 2 ms backoff
+        assert waits and 30 <= waits[0] <= 33, waits
         assert json.loads((tmp_path / "run.json").read_text())["usage"]["retries"] == 1
         assert len(labels(store)) == 1
 
