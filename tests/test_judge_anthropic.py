@@ -398,6 +398,16 @@ def test_output_score_goes_on_past_a_latent_whose_answers_stay_invalid_and_lists
     (latent,) = labels(store)
     assert f"latent {latent} failed: " in r.out and f"--latents {latent}" in r.out, r.out
     assert "output scores of 0 latents" in r.out and "this is a bug" not in r.text
+    # a judge that fails latent after latent: the run stops, as label's does
+    saesteer("label", "--store", store, "--limit", 2, "--scorers", "detection", "--embed-backend", "none",
+             "--no-progress").ok()  # a second label
+    with JudgeServer(fake_llm_answer, api_key=KEY, reply=lambda ex: _message("It is about the sea.")) as srv:
+        claude_env.setenv("ANTHROPIC_BASE_URL", srv.root)
+        r = saesteer("output-score", "--store", store, "--sae", _sae(toy_store), "--samples", 1, "--new-tokens", 2,
+                     "--judge-backend", "anthropic", "--judge-model", MODEL, "--no-progress",
+                     "--max-consecutive-failures", 1).no_traceback()
+    assert r.rc == 4 and len(labels(store)) == 2, r.text
+    assert r.out.count(" failed: ") == 1 and "stopped: 1 latents failed in a row" in r.out, r.out
 
 
 @pytest.mark.parametrize("headers, body, said, asked", [

@@ -87,7 +87,10 @@ def run(args) -> int:
         print(f"  latent {i} failed: {readable(reason)}")
     if len(failed) > 20:
         print(f"  ... and {len(failed) - 20} more")
-    if failed:
+    if len(res) < len(ids):
+        print(f"stopped: {cfg.max_consecutive_failures} latents failed in a row; the judge looks unreachable or "
+              f"misconfigured (last reason: {readable(list(failed.values())[-1])}). Fix it and re-run.")
+    elif failed:
         again = f" with --latents {','.join(map(str, failed))}" if len(failed) <= 20 else ""
         print(f"{len(failed)} of {len(res)} latents failed; to retry them, run the command again{again}")
     return 4 if failed else 0
