@@ -56,3 +56,17 @@ def test_an_installed_copy_writes_nowhere_without_out(tmp_path, monkeypatch, cap
     assert exc.value.code == 2
     assert "pass --out FILE" in capsys.readouterr().err
     assert not (site.parent / "docs").exists()
+
+
+def test_help_that_points_to_a_doc_says_where_it_is() -> None:
+    """A pip-installed user has no docs/ folder: every --help (and the transcoder refusal) that names
+    docs/<page>.md says it is in saesteer's source repository."""
+    import re
+
+    from saes.formats.base import TRANSCODER_HINT
+
+    text = " ".join((docs.render_cli_markdown() + " " + TRANSCODER_HINT).split())  # help wraps lines anywhere
+    pointers = [m for m in re.finditer(r"docs/[\w-]+\.md", text)]
+    assert len(pointers) >= 3, "the check found no pointer to check"
+    bare = [text[m.start():m.start() + 80] for m in pointers if "in saesteer's source repository" not in text[m.end():m.end() + 60]]
+    assert bare == [], f"say where the page is (\"docs/x.md in saesteer's source repository\"): {bare}"
