@@ -55,6 +55,7 @@ class OutputScore:
     share_unsteered: float | None = None  # offline: mean share of label words
     share_steered: float | None = None
     usage: Usage = field(default_factory=Usage)
+    failed: str | None = None  # why the judge gave no score (answers still invalid after the re-asks, ...)
 
     def details(self) -> dict[str, Any]:
         return {"n_pairs": self.n_pairs, "wins": self.wins, "ties": self.ties,

@@ -26,6 +26,12 @@ text: "<s>[INST] ...") gets no second one (`prompt_tokens`): two BOS are in no c
 cached context, so every activation after them would be off. HF's tokenizer(text), vLLM and
 TransformerLens's `to_tokens` add the second; llama.cpp warns about it.
 
+An empty prompt (`saesteer sweep` without --prompt: unconditional generation) starts from the BOS
+token even where no BOS is prepended (an SAE trained with BOS policy "none", a model that adds none):
+generating from nothing means generating from BOS, as transformers' `generate` does given no input,
+and without it there is no token to start from. A tokenizer without a BOS token cannot: callers
+refuse the empty prompt and ask for one.
+
 It lives in `saes` because `features` and `steering` both need it and neither may import the other.
 """
 
@@ -131,21 +137,25 @@ def prompt_tokens(model: Any, texts: str | Sequence[str], prepend_bos: bool | No
                   padding_side: str | None = None, truncate: bool = True) -> Any:
     """`model.to_tokens(texts, prepend_bos, ...)` [B, S], but a text that already starts with the
     BOS token written out (`starts_with_bos`) gets none prepended: it is read as written, one BOS.
-    Every row starts with BOS where `prepend_bos` (None: the model's default) says so. Rows are
-    padded on `padding_side` (None: the tokenizer's) as `to_tokens` pads them."""
+    Every row starts with BOS where `prepend_bos` (None: the model's default) says so; an empty
+    text starts with it regardless (where the tokenizer has one), since without it there is no token
+    to run or generate from. Rows are padded on `padding_side` (None: the tokenizer's) as
+    `to_tokens` pads them."""
     import torch
 
     batch = [texts] if isinstance(texts, str) else list(texts)
     wanted = bool(getattr(model.cfg, "default_prepend_bos", True)) if prepend_bos is None else bool(prepend_bos)
     written = [wanted and starts_with_bos(model.tokenizer, t) for t in batch]
+    # an empty text without BOS would be no token at all: it starts from the BOS, as unconditional generation does
+    from_bos = [not wanted and t == "" and getattr(model.tokenizer, "bos_token", None) is not None for t in batch]
     kw: dict[str, Any] = {"truncate": truncate}
     if padding_side is not None:
         kw["padding_side"] = padding_side
-    if not any(written):
+    if not any(written) and not any(from_bos):
         return model.to_tokens(texts, **kw, **({} if prepend_bos is None else {"prepend_bos": prepend_bos}))
-    if all(written):
-        return model.to_tokens(texts, prepend_bos=False, **kw)
-    rows = [model.to_tokens(t, prepend_bos=not w, **kw)[0] for t, w in zip(batch, written)]
+    if all(written) or all(from_bos):
+        return model.to_tokens(texts, prepend_bos=all(from_bos), **kw)
+    rows = [model.to_tokens(t, prepend_bos=(wanted and not w) or b, **kw)[0] for t, w, b in zip(batch, written, from_bos)]
     width = max(len(r) for r in rows)
     tok = model.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id

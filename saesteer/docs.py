@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", action="store_true", help="only compare; exit 1 when the file is stale")
     args = ap.parse_args(argv)
     if args.out is None and not (DEFAULT_PATH.parent.parent / "pyproject.toml").is_file():
-        # pip-installed: the folder above the package is site-packages' parent, not a checkout
+        # pip-installed: the folder above the package is site-packages (no pyproject.toml), not a checkout
         ap.error(f"no saesteer checkout around {Path(__file__).parent} (an installed copy); pass --out FILE")
     text = render_cli_markdown()
     out = Path(args.out or DEFAULT_PATH)

@@ -30,8 +30,13 @@ class OutputScoreConfig:
     positions: str = field(default="0,1,2,3,4", metadata={"help": "token positions steered: 'all', or indices (0 = BOS)"})
     prompt: str = field(default="", metadata={"help": "prompt of every sample (default: none, BOS only)"})
     seed: int = field(default=0, metadata={"help": "sampling seed (the same for steered and unsteered)"})
+    max_consecutive_failures: int = field(
+        default=25, metadata={"help": "stop after this many latents in a row failed (a dead or misconfigured judge); 0 = never"}
+    )
 
     def __post_init__(self) -> None:
+        if self.max_consecutive_failures < 0:
+            raise ValueError("OutputScoreConfig.max_consecutive_failures must be >= 0 (0 = never stop)")
         if self.samples < 1:
             raise ValueError("OutputScoreConfig.samples must be >= 1")
         if self.new_tokens < 1:
@@ -51,8 +56,15 @@ class OutputScoreConfig:
 def score_outputs(model: Any, sae: Any, store: Any, latents: Sequence[int], cfg: OutputScoreConfig, *,
                   judge: Any = None, write: bool = True, progress: bool = False) -> dict[int, Any]:
     """latent -> `autointerp.output_score.OutputScore`, written into `store` (writable) when `write`.
-    Unlabelled latents are skipped: there is nothing to score against."""
-    from autointerp.output_score import OUTPUT_METHOD, OUTPUT_PROMPT_VERSION, output_score_judge, output_score_offline
+    Unlabelled latents are skipped: there is nothing to score against. A latent the judge gives no
+    answer for (`JudgeError`) gets a score with `failed` set and the next is asked, as `label` goes
+    on past a failing latent, until `cfg.max_consecutive_failures` failed in a row (the latents after
+    them are left out of the result); a refused key (`CredentialsRejected`) stops the run."""
+    import asyncio  # here, not at the top: the CLI reads OutputScoreConfig to build --help
+
+    from autointerp.judge import CredentialsRejected, JudgeError
+    from autointerp.output_score import (OUTPUT_METHOD, OUTPUT_PROMPT_VERSION, OutputScore, output_score_judge,
+                                         output_score_offline)
     from autointerp.featurestore import JUDGE_KIND
     from features import LabelProvenance, ScoreInput
     from steering import FeatureEdit, GenerationConfig, StoreLink
@@ -66,6 +78,7 @@ def score_outputs(model: Any, sae: Any, store: Any, latents: Sequence[int], cfg:
     prompts = [cfg.prompt] * cfg.samples
     unsteered = generate(model, prompts, gen).texts
     out: dict[int, Any] = {}
+    streak = 0  # latents failed in a row
     from tqdm.auto import tqdm
 
     for i in tqdm(list(latents), desc="output scores", unit="latent", disable=not progress):
@@ -82,10 +95,16 @@ def score_outputs(model: Any, sae: Any, store: Any, latents: Sequence[int], cfg:
         if judge is None:
             res = output_score_offline(lab.text, detail, unsteered, steered)
         else:
-            import asyncio  # here, not at the top: the CLI reads OutputScoreConfig to build --help
-
-            res = asyncio.run(output_score_judge(judge, lab.text, unsteered, steered, latent=int(i), seed=cfg.seed))
+            try:
+                res = asyncio.run(output_score_judge(judge, lab.text, unsteered, steered, latent=int(i), seed=cfg.seed))
+            except CredentialsRejected:
+                raise
+            except JudgeError as e:
+                res = OutputScore(None, 0, 0, 0, failed=e.reason)
         out[int(i)] = res
+        streak = streak + 1 if res.failed else 0
+        if cfg.max_consecutive_failures and streak >= cfg.max_consecutive_failures:
+            break
         if write and res.value is not None:
             prov = LabelProvenance(
                 judge_model=judge.model if judge is not None else "offline/label-words",

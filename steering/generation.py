@@ -158,6 +158,9 @@ def generate(
     prompts = _as_prompts(prompts)
     tokens_BP = _tokenize(model, prompts, config.prepend_bos)
     P = int(tokens_BP.shape[1])
+    if "" in prompts and int(_tokenize(model, [""], config.prepend_bos).shape[1]) == 0:
+        raise SteeringError("an empty prompt leaves the model no token to start from (no BOS is prepended and its "
+                            "tokenizer has no BOS token); give a prompt", field="prompts")
     n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
     if n_ctx is not None and P + config.max_new_tokens > n_ctx:
         longest = "the prompt" if len(prompts) == 1 else "the longest prompt"

@@ -686,5 +686,10 @@ def test_a_text_prompt_gets_the_bos_the_sae_was_trained_with(ws):
         r = c.completions.create(model="chat", prompt=prompt, max_tokens=1, temperature=0)
         assert r.usage.prompt_tokens == ws.model.to_tokens(prompt, prepend_bos=not default).shape[1]
         assert r.usage.prompt_tokens != ws.model.to_tokens(prompt).shape[1]
+        # an empty prompt for this SAE trained without BOS starts from the BOS token, as `saesteer sweep`
+        # without --prompt does (it was refused as empty)
+        assert default, "the tiny model prepends BOS: the SAE here is one trained without"
+        r = c.completions.create(model="chat", prompt="", max_tokens=2, temperature=0)
+        assert r.usage.prompt_tokens == 1 and r.usage.completion_tokens == 2
     finally:
         srv.stop()

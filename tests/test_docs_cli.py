@@ -47,12 +47,27 @@ def test_check_mode_reports_a_stale_file(tmp_path) -> None:
 
 
 def test_an_installed_copy_writes_nowhere_without_out(tmp_path, monkeypatch, capsys) -> None:
-    """pip-installed, the folder above saesteer/ is the venv's lib/pythonX.Y: `python -m saesteer.docs`
-    must not create lib/pythonX.Y/docs/cli.md there but ask for --out."""
+    """pip-installed, the folder above saesteer/ is site-packages: `python -m saesteer.docs` must not
+    create site-packages/docs/cli.md (a stray top-level "docs" in the venv) but ask for --out."""
     site = tmp_path / "lib" / "python3" / "site-packages"
-    monkeypatch.setattr(docs, "DEFAULT_PATH", site.parent / "docs" / "cli.md")
+    site.mkdir(parents=True)
+    monkeypatch.setattr(docs, "DEFAULT_PATH", site / "docs" / "cli.md")
     with pytest.raises(SystemExit) as exc:
         docs.main([])
     assert exc.value.code == 2
     assert "pass --out FILE" in capsys.readouterr().err
-    assert not (site.parent / "docs").exists()
+    assert list(site.iterdir()) == []
+
+
+def test_help_that_points_to_a_doc_says_where_it_is() -> None:
+    """A pip-installed user has no docs/ folder: every --help (and the transcoder refusal) that names
+    docs/<page>.md says it is in saesteer's source repository."""
+    import re
+
+    from saes.formats.base import TRANSCODER_HINT
+
+    text = " ".join((docs.render_cli_markdown() + " " + TRANSCODER_HINT).split())  # help wraps lines anywhere
+    pointers = [m for m in re.finditer(r"docs/[\w-]+\.md", text)]
+    assert len(pointers) >= 3, "the check found no pointer to check"
+    bare = [text[m.start():m.start() + 80] for m in pointers if "in saesteer's source repository" not in text[m.end():m.end() + 60]]
+    assert bare == [], f"say where the page is (\"docs/x.md in saesteer's source repository\"): {bare}"

@@ -189,14 +189,24 @@ def test_the_thinking_and_effort_values_are_the_installed_sdks():
 
 
 def test_an_overloaded_529_is_retried_after_its_retry_after(store, claude_env, tmp_path):
-    with JudgeServer(fake_llm_answer, api_key=KEY, retry_after_s=1,
+    import autointerp.config
+
+    waits = []
+
+    async def recorded_sleep(seconds):  # the judge's waits, recorded instead of slept
+        waits.append(seconds)
+
+    real_make_judge = autointerp.config.make_judge
+    claude_env.setattr(autointerp.config, "make_judge", lambda *a, **kw: real_make_judge(*a, **kw, sleep=recorded_sleep))
+    with JudgeServer(fake_llm_answer, api_key=KEY, retry_after_s=30,
                      script=lambda i, body: "529" if i == 0 else None) as srv:
         claude_env.setenv("ANTHROPIC_BASE_URL", srv.root)
         label(store, "--judge-concurrency", 1, "--judge-backoff-base-s", 0.001, "--judge-backoff-max-s", 0.002,
               "--report", tmp_path / "run.json", limit=1).ok()
         first, second = srv.snapshot()[:2]
         assert first.status == 529 and second.completed and second.messages == first.messages
-        assert second.arrived - first.answered >= 1.0  # the server's retry-after, not the 2 ms backoff
+        # the server's retry-after (30 s, up to 10% jitter added), not the 2 ms backoff
+        assert waits and 30 <= waits[0] <= 33, waits
         assert json.loads((tmp_path / "run.json").read_text())["usage"]["retries"] == 1
         assert len(labels(store)) == 1
 
@@ -375,6 +385,29 @@ def test_output_scores_by_claude_record_an_anthropic_judge(toy_store, store, cla
         kinds = db.execute("SELECT p.judge_kind, p.judge_model FROM scores s JOIN label_provenance p "
                            "ON p.id = s.provenance_id WHERE s.method = 'output'").fetchall()
     assert kinds == [("anthropic", MODEL)]
+
+
+def test_output_score_goes_on_past_a_latent_whose_answers_stay_invalid_and_lists_it(toy_store, store, claude_env,
+                                                                                      tmp_path):
+    # as `label` does with a failing latent: counted, listed at the end, exit status 4; never "a bug"
+    with JudgeServer(fake_llm_answer, api_key=KEY, reply=lambda ex: _message("It is about the sea.")) as srv:
+        claude_env.setenv("ANTHROPIC_BASE_URL", srv.root)
+        r = _judged("output-score", toy_store, store, tmp_path).no_traceback()
+        assert len(messages(srv)) > 2  # the first asks and their re-asks
+    assert r.rc == 4, r.text
+    (latent,) = labels(store)
+    assert f"latent {latent} failed: " in r.out and f"--latents {latent}" in r.out, r.out
+    assert "output scores of 0 latents" in r.out and "this is a bug" not in r.text
+    # a judge that fails latent after latent: the run stops, as label's does
+    saesteer("label", "--store", store, "--limit", 2, "--scorers", "detection", "--embed-backend", "none",
+             "--no-progress").ok()  # a second label
+    with JudgeServer(fake_llm_answer, api_key=KEY, reply=lambda ex: _message("It is about the sea.")) as srv:
+        claude_env.setenv("ANTHROPIC_BASE_URL", srv.root)
+        r = saesteer("output-score", "--store", store, "--sae", _sae(toy_store), "--samples", 1, "--new-tokens", 2,
+                     "--judge-backend", "anthropic", "--judge-model", MODEL, "--no-progress",
+                     "--max-consecutive-failures", 1).no_traceback()
+    assert r.rc == 4 and len(labels(store)) == 2, r.text
+    assert r.out.count(" failed: ") == 1 and "stopped: 1 latents failed in a row" in r.out, r.out
 
 
 @pytest.mark.parametrize("headers, body, said, asked", [

@@ -32,8 +32,8 @@ def _top_packages() -> list[str]:
 
 
 def _package_files() -> list[Path]:
-    """Every file of the top-level packages: git's list in a checkout, else the tree (an sdist)
-    without bytecode."""
+    """Every file of the top-level packages: git's list in a checkout, else the tree without bytecode
+    (a copy without .git, e.g. a source archive; the sdist ships no tests)."""
     tops = _top_packages()
     out = subprocess.run(["git", "ls-files", "-z", "--", *tops], cwd=ROOT, capture_output=True, check=False)
     if out.returncode == 0 and out.stdout:

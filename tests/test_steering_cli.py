@@ -374,3 +374,68 @@ def test_steer_contrast_reads_a_doc_policy_saes_prompt_sets_after_bos(model, tmp
     args = parse("steer", "--sae", str(tmp_path / "doc"), "--contrast", str(tmp_path / "pos.txt"), str(tmp_path / "neg.txt"),
                  "--json")
     assert steer._run(args, model=model) == 0 and seen == [True, True]
+
+
+@pytest.fixture(scope="module")
+def no_bos_sae_dir(model, tmp_path_factory):
+    """An SAE trained with `--bos-policy none`: cfg.json prepend_bos=false, saesteer.json says "none"."""
+    sae = random_sae(model, "topk")
+    sae.cfg.metadata["prepend_bos"] = False
+    path = tmp_path_factory.mktemp("sae") / "no-bos"
+    saes.save_sae(sae, path, provenance={"tool": "saesteer", "data": {"bos_policy": "none"}})
+    return path
+
+
+def test_an_unconditional_sweep_on_a_no_bos_sae_generates_from_the_bos_token(model, no_bos_sae_dir, tmp_path,
+                                                                            monkeypatch):
+    """`saesteer sweep` without --prompt generates from nothing (""); an SAE trained without BOS
+    prepends none, so the prompt was zero tokens and TransformerLens's generate died of an IndexError.
+    Generating from nothing starts from the model's BOS; prompts with text still get none."""
+    pytest.importorskip("toyworld.validate")
+    import steering.generation
+    import steering.sweeps
+    from saesteer.commands import sweep
+
+    starts = []
+    real = steering.generation.generate
+
+    def spy(model, prompts, config=None, **kw):
+        res = real(model, prompts, config, **kw)
+        starts.extend(res.tokens[:, 0].tolist())
+        return res
+
+    monkeypatch.setattr(steering.generation, "generate", spy)
+    monkeypatch.setattr(steering.sweeps, "generate", spy)
+    args = parse("sweep", "--sae", str(no_bos_sae_dir), "--latent", "3", "--topic", "ocean", "--strengths", "0,6",
+                 "--unit", "raw", "--samples", "2", "--max-new-tokens", "4", "--out", str(tmp_path),
+                 "--perplexity", "false")
+    assert sweep._run(args, model=model) == 0
+    data = json.loads((tmp_path / "sweep_sae_3.json").read_text())
+    assert [p["n_samples"] for p in data["points"]] == [2, 2]
+    assert starts and set(starts) == {model.tokenizer.bos_token_id}
+    # a prompt with text is fed as the SAE was trained: no BOS
+    starts.clear()
+    args = parse("sweep", "--sae", str(no_bos_sae_dir), "--latent", "3", "--topic", "ocean", "--strengths", "0,6",
+                 "--unit", "raw", "--samples", "1", "--max-new-tokens", "2", "--out", str(tmp_path), "-p", "the sea",
+                 "--perplexity", "false")
+    assert sweep._run(args, model=model) == 0
+    assert starts and set(starts) == {int(model.to_tokens("the sea", prepend_bos=False)[0, 0])}
+
+
+def test_an_empty_prompt_on_a_model_without_a_bos_token_is_refused_asking_for_a_prompt(no_bos_sae_dir, capsys,
+                                                                                       monkeypatch):
+    """Where the tokenizer has no BOS token (Qwen2's has none; TransformerLens fills in its eos, a model
+    built otherwise may not) an empty prompt has nothing to start from: one line asking for a prompt,
+    not TransformerLens's IndexError."""
+    from helpers.real_models import build_family_tokenizer, corpus_documents
+    from helpers.tiny_model import make_model
+    from saesteer.commands import steer
+
+    bosless = make_model(build_family_tokenizer("qwen2", corpus_documents(), vocab_size=300))
+    bosless.tokenizer.bos_token = None  # undo TransformerLens's fill-in (its eos)
+    monkeypatch.setattr(steer, "_run", lambda a, _run=steer._run: _run(a, model=bosless))
+    assert steer.run(parse("steer", "--sae", str(no_bos_sae_dir), "-l", "3:add=4", "-p", "", "--max-new-tokens", "2",
+                           "--no-progress")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no BOS token" in err and err.endswith("give a prompt") and len(err.splitlines()) == 1, err
+    assert hooks_attached(bosless) == []

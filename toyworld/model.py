@@ -29,6 +29,7 @@ def is_installed_assets(directory: str | os.PathLike) -> bool:
     in_checkout = (ASSETS_DIR.parent.parent / "pyproject.toml").is_file()
     return not in_checkout and Path(directory).resolve() == ASSETS_DIR.resolve()
 
+
 # HookedTransformerConfig fields the toy model sets; everything else keeps TransformerLens defaults.
 CONFIG_FIELDS = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "n_ctx", "d_vocab", "act_fn",
                  "normalization_type", "positional_embedding_type", "model_name", "seed",

@@ -212,9 +212,9 @@ def hf_model_identity(name: Any) -> ModelIdentity | None:
 
 # what to do with a transcoder a reader cannot place (dictionary_learning io="in_and_out", a sparsify
 # module whose output has no hook point)
-TRANSCODER_HINT = ("saesteer reads other transcoders as SAELens transcoder folders (docs/formats.md, SAE folder: "
-                   "cfg.json with d_out and metadata.hook_name_out): save its weights in that layout, or pass an SAE "
-                   "of one hook point")
+TRANSCODER_HINT = ("saesteer reads other transcoders as SAELens transcoder folders (cfg.json with d_out and "
+                   "metadata.hook_name_out; docs/formats.md (\"SAE folder\") in saesteer's source repository): save "
+                   "its weights in that layout, or pass an SAE of one hook point")
 
 
 def hf_tokenizer_adds_bos(model_name: str | None) -> bool | None:

@@ -143,8 +143,9 @@ def refuse_transcoder(source: str, repo_id: str, folder: str) -> None:
     raise SAEFormatError(
         f"{what}, refused as an SAE and through SAELens's registry alike: it was trained on the MLP's input, the "
         f"pre-MLP RMSNorm's output with its weight applied, and {reads} before that weight, so every latent would "
-        f"read the wrong input. To use it, save its weights as a SAELens transcoder folder (docs/formats.md, SAE "
-        f"folder) reading blocks.{layer[1] if layer else 'N'}.mlp.hook_in, the MLP's input")
+        f"read the wrong input. To use it, save its weights as a SAELens transcoder folder (docs/formats.md "
+        f"(\"SAE folder\") in saesteer's source repository) reading blocks.{layer[1] if layer else 'N'}.mlp.hook_in, "
+        f"the MLP's input")
 
 
 def read_npz(path: Path, source: str) -> dict[str, torch.Tensor]:

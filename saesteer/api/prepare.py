@@ -270,7 +270,8 @@ def prepare_completion(req: CompletionRequest, served: ServedModel, limits) -> P
                 raise ApiError(400, f"prompt: token ids must be in the vocabulary (0..{vocab - 1}) and a prompt must not be empty", "prompt")
     for ids in id_lists:
         if not ids:
-            raise ApiError(400, "prompt: the prompt is empty (no BOS token is prepended for this SAE)", "prompt")
+            raise ApiError(400, "prompt: an empty prompt leaves the model no token to start from (its tokenizer has "
+                                "no BOS token); give a prompt", "prompt")
     c = _common(req, served, limits, 16, len(id_lists))
     c["limit"] = limits.max_new_tokens
     steering, summary = resolve_steering(req.steering, served, limits)

@@ -11,7 +11,8 @@ def add_export(sub) -> None:
     e = sub.add_parser("export", help="static HTML dashboards, Neuronpedia's import format, or SAEDashboard JSON",
                        description="html: static dashboards that open offline. neuronpedia: the JSON-lines layout "
                                    "Neuronpedia imports (features, activations, explanations, scores; see "
-                                   "docs/features.md). saedashboard: one SAEDashboard-style batch JSON.")
+                                   "docs/features.md in saesteer's source repository). saedashboard: one "
+                                   "SAEDashboard-style batch JSON.")
     e.add_argument("store", help="feature store file")
     e.add_argument("out", help="output directory (saedashboard: the JSON file)")
     e.add_argument("--format", default="html", choices=["html", "neuronpedia", "saedashboard"],

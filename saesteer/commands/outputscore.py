@@ -16,7 +16,10 @@ method "output" beside the label's input scores; search by meaning ranks with it
 
 examples:
   saesteer output-score --store toy.db --sae runs/toy/saes/matryoshka_batchtopk_k16_f1024 --latents 0-99
-  saesteer output-score --store gpt2.db --sae saes/gpt2-l6 --judge-model gpt-4o-mini --samples 4"""
+  saesteer output-score --store gpt2.db --sae saes/gpt2-l6 --judge-model gpt-4o-mini --samples 4
+
+Exit status: 0 all scored, 4 some latents failed (the judge gave no valid answer; listed at the
+end with the --latents that retries them), 2 bad arguments or a key the judge's server refused."""
 
 
 def add_arguments(parser) -> None:
@@ -74,7 +77,20 @@ def run(args) -> int:
     except (StoreError, FileNotFoundError, ValueError) as e:
         print_error(e)
         return 2
+    from features.drawing import readable
+
     vals = [r.value for r in res.values() if r.value is not None]
-    mean = sum(vals) / len(vals) if vals else float("nan")
-    print(f"output scores of {len(vals)} latents written to {store_path} (mean {mean:.3f}; 0.5 = no move toward the label)")
-    return 0
+    mean = f"mean {sum(vals) / len(vals):.3f}; " if vals else ""
+    print(f"output scores of {len(vals)} latents written to {store_path} ({mean}0.5 = no move toward the label)")
+    failed = {i: r.failed for i, r in res.items() if r.failed}
+    for i, reason in list(failed.items())[:20]:
+        print(f"  latent {i} failed: {readable(reason)}")
+    if len(failed) > 20:
+        print(f"  ... and {len(failed) - 20} more")
+    if len(res) < len(ids):
+        print(f"stopped: {cfg.max_consecutive_failures} latents failed in a row; the judge looks unreachable or "
+              f"misconfigured (last reason: {readable(list(failed.values())[-1])}). Fix it and re-run.")
+    elif failed:
+        again = f" with --latents {','.join(map(str, failed))}" if len(failed) <= 20 else ""
+        print(f"{len(failed)} of {len(res)} latents failed; to retry them, run the command again{again}")
+    return 4 if failed else 0

@@ -29,7 +29,7 @@ Several processes (data parallel, one per GPU or across machines): start it with
   torchrun --nproc-per-node 8 -m saesteer train --cache caches/x --out runs/x --device cuda ...
 --batch-size stays the global batch (split evenly over the ranks); each rank reads its own
 shards (--dp-partition rows: slices of one stream instead); NCCL on GPUs, gloo on CPU; rank 0
-writes everything. See docs/training.md, "Distributed training".
+writes everything. See docs/training.md ("Distributed training") in saesteer's source repository.
 
 Resuming: run the same command again with the same --out. It continues from the newest
 checkpoint (also after kill -9; on CPU the result is bit-identical to an uninterrupted run with
