@@ -310,8 +310,9 @@ def test_logprob_tokens_of_byte_tokens_are_their_bytes(chain, api):
 def test_role_edits_on_a_template_that_folds_the_system_message_into_the_user_turn(chain, api):
     """Mistral-Instruct's template has no system turn: the system message is written at the head of
     the last user turn. role:system steers the system text alone (the reply's first token's
-    probabilities change, otherwise than with role:user); with two user turns the system text moves into the second one, so the
-    prompts are not prefixes of each other and role: positions are refused, saying why."""
+    probabilities change, otherwise than with role:user); with two user turns the system text moves into the second one:
+    the prompts are not prefixes of each other, and the system's tokens are still found there (steering.chat
+    locates a rewritten turn by its content), so role:system steers them and nothing before them."""
     import openai
 
     msgs = [{"role": "system", "content": "Réponds en français."}, {"role": "user", "content": "Le café"}]
@@ -326,10 +327,19 @@ def test_role_edits_on_a_template_that_folds_the_system_message_into_the_user_tu
     on_system, on_user = reply(f"{latent}:add=15x@role:system"), reply(f"{latent}:add=15x@role:user")
     assert len({plain, on_system, on_user}) == 3, (plain, on_system, on_user)
     longer = msgs + [{"role": "assistant", "content": "était très chaud"}, {"role": "user", "content": "机器"}]
-    with pytest.raises(openai.BadRequestError) as e:
-        api.chat.completions.create(model="f", messages=longer, max_tokens=4,
-                                    extra_body={"steering": {"edits": [f"{latent}:add=15x@role:system"]}})
-    assert "role:system" in str(e.value) and "per-token roles" in str(e.value)
+    from steering.chat import render_chat
+
+    chat = render_chat(chain.tok, longer)
+    system_at = [i for i, r in enumerate(chat.roles) if r == "system"]
+    last_user = chat.text.rindex("[INST]")
+    ids = list(chat.token_ids)
+    # the BOS goes with message 0 (the preamble); every other system token is the system text, inside the last turn
+    assert system_at[0] == 0 and system_at[1:] == list(range(system_at[1], system_at[-1] + 1))
+    assert chain.tok.decode([ids[i] for i in system_at[1:]]).strip() == "Réponds en français."
+    assert chat.text.index("Réponds") > last_user
+    kw["messages"] = longer
+    longer_plain, longer_system = reply(), reply(f"{latent}:add=15x@role:system")
+    assert longer_plain != longer_system
 
 
 def test_the_first_word_of_a_folded_system_message_is_the_system_s(chain):
