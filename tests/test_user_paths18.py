@@ -207,13 +207,22 @@ def test_the_cli_steers_with_saes_at_several_hooks_as_hooks_by_hand_do(gpt2):
                  "-l", f"a/{la}:add=100", "-l", f"z/{lz}:scale=20", "-p", prompt, "--max-new-tokens", 8,
                  "--do-sample", "false", "--json", "--no-progress").ok()
     result = json.loads(r.out)["results"][0]
-    hooks = [(RESID[0], _manual_edit(a, la, 0.0, 100.0)), (ATTN_Z, _manual_edit(z, lz, 19.0, 0.0))]
-    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-        for _ in range(8):  # greedy, the edits at every position as "all" says
-            tokens = torch.cat([tokens, model(tokens)[:, -1].argmax(-1, keepdim=True)], dim=1)
-    by_hand = model.tokenizer.decode(tokens[0, -8:])
+    by_hand = _greedy_by_hand(model, tokens, [(RESID[0], _manual_edit(a, la, 0.0, 100.0)),
+                                              (ATTN_Z, _manual_edit(z, lz, 19.0, 0.0))], 8)
     assert result["steered"] == by_hand
     assert result["steered"] != result["unsteered"]
+
+
+def _greedy_ids(model, tokens, hooks, n: int) -> list[int]:
+    """n greedy token ids with TransformerLens hooks doing the edits at every position ("all")."""
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+        for _ in range(n):
+            tokens = torch.cat([tokens, model(tokens)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return tokens[0, -n:].tolist()
+
+
+def _greedy_by_hand(model, tokens, hooks, n: int) -> str:
+    return model.tokenizer.decode(_greedy_ids(model, tokens, hooks, n))
 
 
 def _engine_logits(model, saes: dict, edits: list[tuple[str, int, str, float]], tokens) -> torch.Tensor:
@@ -292,3 +301,43 @@ def test_the_web_app_serves_a_store_per_layer_side_by_side(gpt2, stores, monkeyp
     for sid, m in models.items():
         page = client.get(f"/s/{sid}")
         assert page.status_code == 200 and m["saesteer"]["sae_hook"] in page.text, (sid, page.status_code)
+
+
+def test_one_api_request_steers_with_the_sae_of_each_layer(gpt2, stores, monkeypatch):
+    """`saesteer serve --store l0.db --store l1.db`: a request to one store's model may edit the other
+    store's SAE (`"sae": ID` or "ID/LATENT:..."): the openai client's greedy tokens and their
+    log-probabilities are what hooks doing both edits by hand give. Before, an edit could only name the request's own SAE."""
+    import openai
+
+    r, client = captured_serve(monkeypatch, "--store", stores[RESID[0]], "--store", stores[RESID[1]])
+    assert client is not None, r.text
+    ids = {m["saesteer"]["sae_hook"]: m["id"] for m in client.get("/v1/models").json()["data"]}
+    model = _model(gpt2.model_dir)
+    a, b = _sae(gpt2.saes[RESID[0]]), _sae(gpt2.saes[RESID[1]])
+    prompt = PROMPTS[0]
+    tokens = model.to_tokens(prompt, prepend_bos=True)
+    la, lb = _firing_latent(model, a, RESID[0], tokens), _firing_latent(model, b, RESID[1], tokens)
+    hooks = [(RESID[0], _manual_edit(a, la, 0.0, 20.0)), (RESID[1], _manual_edit(b, lb, -1.0, 5.0))]
+    # the openai client over the app `serve` would serve (its TestClient is the client's httpx transport)
+    api = openai.OpenAI(base_url=f"{client.base_url}/v1", api_key="loopback", max_retries=0, http_client=client)
+
+    def by_hand(hooks, token_ids) -> list[float]:
+        """The log-probabilities of these generated tokens with the hooks doing the edits by hand."""
+        ids = torch.cat([tokens, torch.tensor([token_ids])], dim=1)
+        with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+            logp = model(ids).log_softmax(-1)[0, tokens.shape[1] - 1:-1]
+        return logp.gather(1, torch.tensor(token_ids)[:, None])[:, 0].tolist()
+
+    for edits in ([{"latent": la, "op": "add", "value": 20}, {"latent": lb, "op": "clamp", "value": 5, "sae": ids[RESID[1]]}],
+                  [f"{la}:add=20", f"{ids[RESID[1]]}/{lb}:clamp=5"]):
+        got = api.completions.create(model=ids[RESID[0]], prompt=prompt, max_tokens=6, temperature=0, logprobs=1,
+                                     extra_body={"steering": {"edits": edits}}).choices[0]
+        assert got.model_extra["steering"]["token_ids"] == _greedy_ids(model, tokens, hooks, 6)
+        token_ids = got.model_extra["steering"]["token_ids"]
+        torch.testing.assert_close(got.logprobs.token_logprobs, by_hand(hooks, token_ids), rtol=1e-3, atol=1e-3)
+        first_layer_only = by_hand(hooks[:1], token_ids)
+        assert max(abs(x - y) for x, y in zip(got.logprobs.token_logprobs, first_layer_only)) > 1e-3
+    with pytest.raises(openai.BadRequestError) as err:
+        api.completions.create(model=ids[RESID[0]], prompt=prompt, max_tokens=2,
+                               extra_body={"steering": {"edits": [f"elsewhere/{lb}:scale=2"]}})
+    assert "elsewhere" in str(err.value) and ids[RESID[1]] in str(err.value)
