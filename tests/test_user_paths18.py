@@ -146,9 +146,14 @@ def test_eval_measures_each_sae_at_its_own_hook(gpt2):
     for hook in (RESID[1], ATTN_Z, MLP_OUT):
         assert doc["saes"][hook]["hook_name"] == hook
         assert f"at {hook}" in r.text
-    # spliced at its own hook, each SAE moves the loss by its own amount
+    # spliced at its own hook, one SAE at a time: each moves the loss by its own amount, the same
+    # amount as when it is evaluated alone (not all spliced at once)
     spliced = {h: doc["saes"][h]["metrics"]["ce_loss_spliced"] for h in (RESID[1], ATTN_Z, MLP_OUT)}
     assert len({round(v, 6) for v in spliced.values()}) == 3, spliced
+    saesteer("eval", "--sae", f"{ATTN_Z}={gpt2.saes[ATTN_Z]}", "--cache", gpt2.cache, "--out", gpt2.work / "eval-z",
+             "--ce-contexts", 8, "--absorption", "false", "--probing", "false", "--no-progress").ok()
+    alone = json.loads((gpt2.work / "eval-z" / "eval.json").read_text())["saes"][ATTN_Z]["metrics"]["ce_loss_spliced"]
+    assert alone == pytest.approx(spliced[ATTN_Z], rel=1e-5)
 
 
 # ------------------------------------------------------------------------------ several SAEs at once
