@@ -6,7 +6,8 @@ prose):
 - one `saesteer cache` run stores several hooks (resid_post of every layer, an MLP output and an
   attention hook_z); `train --hook H` trains one SAE per hook from that one cache, and each SAE
   records its own hook: `features build`, `steer` and `eval` with another --hook are refused naming
-  both, `features build` without --hook reads the SAE's own hook's rows (the store's maxima are the
+  both (a store of another layer's SAE too: `steer --sae L1 --store L0.db` said "drop --hook", a
+  flag not given, and now names the store), `features build` without --hook reads the SAE's own hook's rows (the store's maxima are the
   SAE's encode of exactly those rows), and `eval` measures each SAE at its own hook;
 - several SAEs steer at once at different layers (`steer --sae a=... --sae b=... -l a/N -l b/M`, the
   Python API, the batched engine the API server runs): the edits land at their own hooks in the
@@ -110,6 +111,16 @@ def test_an_sae_is_refused_at_another_hook_naming_both(gpt2):
         assert r.rc != 0, argv
         assert RESID[0] in r.text and RESID[1] in r.text, r.text
     assert not (gpt2.work / "wrong.db").exists()
+
+
+def test_a_store_of_another_layer_is_refused_as_the_stores_not_as_a_hook_flag(gpt2, stores):
+    """`steer --sae LAYER1 --store LAYER0.db` (no --hook): refused as the wrong store, naming it. It was
+    refused as "trained on blocks.1..., not blocks.0...; drop --hook", a flag the user never gave (the
+    store's hook stood in for --hook)."""
+    r = saesteer("steer", "--sae", gpt2.saes[RESID[1]], "--store", stores[RESID[0]], "-l", "3:add=2x", "-p", "def f",
+                 "--max-new-tokens", 2).no_traceback()
+    assert r.rc != 0
+    assert "--hook" not in r.text and str(stores[RESID[0]]) in r.text and "not built for this SAE" in r.text, r.text
 
 
 def test_each_store_holds_its_own_hooks_activations(gpt2, stores):
