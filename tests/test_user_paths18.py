@@ -8,7 +8,9 @@ prose):
   records its own hook: `features build`, `steer` and `eval` with another --hook are refused naming
   both (a store of another layer's SAE too: `steer --sae L1 --store L0.db` said "drop --hook", a
   flag not given, and now names the store), `features build` without --hook reads the SAE's own hook's rows (the store's maxima are the
-  SAE's encode of exactly those rows), and `eval` measures each SAE at its own hook;
+  SAE's encode of exactly those rows), and `eval` measures each SAE at its own hook; a hook_z
+  store's logit effects go through the layer's W_O (they read the z-space direction as a residual
+  one: hook_z's width is d_model here, as in GPT-2 small, so nothing refused it);
 - several SAEs steer at once at different layers (`steer --sae a=... --sae b=... -l a/N -l b/M`, the
   Python API, the batched engine the API server runs): the edits land at their own hooks in the
   model's order, so a later SAE reads the residual the earlier edit steered - the logits equal
@@ -147,6 +149,26 @@ def test_each_store_holds_its_own_hooks_activations(gpt2, stores):
             for other in HOOKS:
                 if other != hook:
                     assert not torch.allclose(max_F, maxima(other), rtol=1e-2, atol=1e-2), (hook, other)
+
+
+def test_a_hook_z_stores_logit_effects_go_through_the_layers_w_o(gpt2, stores):
+    """The promoted tokens of a hook_z latent: its decoder direction (heads flattened) through the
+    layer's W_O, then the final norm and W_U. They were its z-space direction read as a residual one
+    (hook_z's width n_heads x d_head is d_model here, as in GPT-2 small): a silent wrong result."""
+    from features.analysis import logit_effects
+
+    model = _model(gpt2.model_dir)
+    z = _sae(gpt2.saes[ATTN_Z])
+    W_O = model.blocks[1].attn.W_O.detach()  # [H, d_head, D]
+    through_W_O = torch.einsum("fhd,hdD->fD", z.W_dec.detach().view(z.cfg.d_sae, *W_O.shape[:2]), W_O)
+    for hook, directions in ((ATTN_Z, through_W_O), (MLP_OUT, _sae(gpt2.saes[MLP_OUT]).W_dec)):
+        with sqlite3.connect(stores[hook]) as db:
+            stored = db.execute("select latent, token_id from logit_effects where kind = 'promoted' and rank = 0 "
+                                "order by latent").fetchall()
+            method = json.loads(dict(db.execute("select key, value from meta"))["logit_method"])
+        want = logit_effects(directions, model, 1).top_ids_Fn[:, 0]
+        assert stored and all(want[f] == t for f, t in stored), hook
+        assert ("W_O of layer 1" in method) == (hook == ATTN_Z)
 
 
 def test_eval_measures_each_sae_at_its_own_hook(gpt2):
