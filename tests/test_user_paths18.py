@@ -6,20 +6,25 @@ prose):
 - one `saesteer cache` run stores several hooks (resid_post of every layer, an MLP output and an
   attention hook_z); `train --hook H` trains one SAE per hook from that one cache, and each SAE
   records its own hook: `features build`, `steer` and `eval` with another --hook are refused naming
-  both (a store of another layer's SAE too: `steer --sae L1 --store L0.db` said "drop --hook", a
-  flag not given, and now names the store), `features build` without --hook reads the SAE's own hook's rows (the store's maxima are the
-  SAE's encode of exactly those rows), and `eval` measures each SAE at its own hook; a hook_z
-  store's logit effects go through the layer's W_O (they read the z-space direction as a residual
-  one: hook_z's width is d_model here, as in GPT-2 small, so nothing refused it);
+  both; `features build` without --hook reads the SAE's own hook's rows (the store's maxima are the
+  SAE's encode of exactly those rows); `eval` splices each SAE at its own hook, one at a time;
+- `steer --sae L1 --store L0.db` (a store of another layer's SAE, no --hook) was refused as "trained
+  on blocks.1..., not blocks.0...; drop --hook", a flag the user never gave: the store's hook now
+  only fills in for SAEs that record none, and the refusal names the store;
+- a hook_z store's logit effects read the z-space decoder rows as residual directions (hook_z's
+  width n_heads x d_head is d_model here, as in GPT-2 small, so nothing refused it): a silent wrong
+  result; they now go through the layer's W_O;
 - several SAEs steer at once at different layers (`steer --sae a=... --sae b=... -l a/N -l b/M`, the
   Python API, the batched engine the API server runs): the edits land at their own hooks in the
   model's order, so a later SAE reads the residual the earlier edit steered - the logits equal
   TransformerLens hooks doing the same edits by hand;
 - two SAEs at one hook: each reads the activation as the model produced it (before any edit at that
   hook) and their changes add up, in `steer` and in the engine alike, whatever the edits' order
-  (docs/api.md and docs/features.md say so);
+  (docs/api.md and docs/training-real-models.md say so);
 - a feature store per layer in the web app: `serve --store l0.db --store l1.db` serves them side by
-  side, each with its own hook in /v1/models and its own latent pages.
+  side, the start page and /v1/models naming each one's hook; one API request to one store's model
+  may now edit the SAE of another store over the same transformer (`"sae": ID` in an edit, or
+  "ID/LATENT:..."), checked with the openai client against hooks by hand (before, one SAE per request).
 """
 
 from __future__ import annotations
