@@ -10,6 +10,7 @@ Everything works in row blocks so that no [F, F] (or [F, V]) matrix is ever buil
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
 import torch
@@ -288,6 +289,31 @@ def final_norm_transform(model) -> tuple[callable, str]:
         return d_bD
 
     return transform, method
+
+
+# hook points of the residual stream's width that are not in it (a direction there is no residual
+# direction): query/key/value per head, MLP neurons (d_mlp may equal d_model)
+_NOT_RESIDUAL = re.compile(r"\.attn\.hook_[qkv]$|\.hook_(pre|post|pre_linear)$")
+_ATTN_Z = re.compile(r"^blocks\.(\d+)\.attn\.hook_z$")
+
+
+def residual_directions(W_dec_FD: Tensor, model, hook_name: str | None) -> tuple[Tensor, str] | None:
+    """Each latent's decoder direction as it reaches the residual stream, with how it was mapped:
+    at `blocks.L.attn.hook_z` (heads flattened) through that layer's W_O, as the attention output
+    does; at a hook of the residual stream (resid, attn_out, mlp_out, ...) as it is; None where the
+    hook is no residual direction (hook_q/k/v, MLP neurons) or the width is not the model's."""
+    d_model = model.W_U.shape[0]
+    z = _ATTN_Z.match(hook_name or "")
+    if z is not None:
+        W_O = model.blocks[int(z.group(1))].attn.W_O.detach().float()  # [H, d_head, D]
+        H, d_head, _ = W_O.shape
+        if W_dec_FD.shape[1] != H * d_head:
+            return None
+        W = torch.einsum("fhd,hdD->fD", W_dec_FD.detach().float().to(W_O.device).view(-1, H, d_head), W_O)
+        return W, f"through W_O of layer {z.group(1)} (a hook_z direction, heads flattened), "
+    if (hook_name and _NOT_RESIDUAL.search(hook_name)) or W_dec_FD.shape[1] != d_model:
+        return None
+    return W_dec_FD, ""
 
 
 def logit_effects(W_dec_FD: Tensor, model, n: int) -> LogitEffects:

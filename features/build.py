@@ -38,7 +38,7 @@ from safetensors.torch import save_file
 
 from features.accumulate import FeatureAccumulator
 from features.analysis import (CoactSample, activation_correlations, coact_neighbours, decoder_neighbours,
-                               logit_effects, matryoshka_links)
+                               logit_effects, matryoshka_links, residual_directions)
 from features.checks import CheckedInputs, check_inputs, library_processing_fix
 from features.config import BuildConfig
 from features.finalize import FLAG_NAMES, PassResult, finalize
@@ -51,6 +51,7 @@ from features.store.rows import (CorrelationRow, ExampleRow, FeatureRow, Histogr
 from features.tokentext import LABEL_RULE, token_labels, token_texts
 from saes.fileio import FileLock, atomic_path
 from saes.formats.base import sae_of
+from saes.hookpoints import transcoder_target
 from saes.interop import as_sae
 
 STATE_SUFFIX = ".state.safetensors"
@@ -303,9 +304,13 @@ def _write(store: FeatureStore, sae, source, cfg: BuildConfig, res: PassResult, 
     corr = activation_correlations(sample, res.coact_val_FQK, res.coact_self_FQ, res.sum_F, res.sumsq_F, res.n_rows,
                                    cfg.n_neighbours)
     logits = None
-    if model is not None:
-        if getattr(model, "W_U", None) is not None and model.W_U.shape[0] == sae.d_out:  # what the decoder writes
-            logits = logit_effects(W_dec, model, cfg.n_logits)
+    if model is not None and getattr(model, "W_U", None) is not None:
+        # what the decoder writes, where it writes it (a transcoder: its target hook)
+        writes = transcoder_target(sae) if sae.is_transcoder else (sae.cfg.metadata or {}).get("hook_name")
+        mapped = residual_directions(W_dec, model, writes)
+        if mapped is not None:
+            logits = logit_effects(mapped[0], model, cfg.n_logits)
+            logits = logits._replace(method=mapped[1] + logits.method)
     widths = sae.levels or []
     links = None
     if len(widths) >= 2:

@@ -286,7 +286,10 @@ def steer(
     saes: an SAE, a dict name -> SAE, a list of SAEs (named "0", "1", ...) or None (vector edits only);
     an SAE may be given as the `LoadedSAE` `saes.formats.resolve_sae` returns (its recorded model is then
     checked) or as a `sae_lens.SAE` (converted: `saes.interop.from_sae_lens`); each SAE's hook is its
-    `cfg.metadata["hook_name"]`. edits: FeatureEdit / VectorEdit objects or edit strings
+    `cfg.metadata["hook_name"]`. Edits at different hooks apply in the model's order (a later SAE reads
+    the activation earlier edits steered); at one hook every SAE reads the activation as the model
+    produced it and their changes add up, whatever the edits' order (as the batched engine does).
+    edits: FeatureEdit / VectorEdit objects or edit strings
     ("123:clamp=8", "res/5:add=2x@generated"). typical_max: feature -> typical max activation
     (dict or callable; or a dict SAE name -> such), needed for "x" units. limits: `SteerLimits`.
     An SAE whose provenance records another model than the one `saesteer.models.load_model`

@@ -72,8 +72,24 @@ def _edit(e: EditIn | str, owners):
         return parse_edit(owners.edit(e))
     positions = tuple(e.positions) if isinstance(e.positions, list) else e.positions
     return FeatureEdit(owners.latent(e.latent)[1], e.op, None if e.op == "ablate" else e.value,
-                       e.unit if e.op in ("add", "clamp") else "raw", positions, None,
+                       e.unit if e.op in ("add", "clamp") else "raw", positions, e.sae,
                        _trigger(e.when, owners) if e.when is not None else None)
+
+
+def _by_served_sae(items: list[Any], served: ServedModel) -> dict[str, list[Any]]:
+    """The edits grouped by the served model whose SAE they name (the request's own first: an edit
+    naming none is of it), refusing a name that is not a store over the same transformer."""
+    from steering.spec import SteeringError, parse_edit
+
+    peers = served.peers or {served.id: served}
+    groups: dict[str, list[Any]] = {served.id: []}
+    for e in items:
+        name = getattr(parse_edit(e) if isinstance(e, str) else e, "sae", None) or served.id
+        if name not in peers:
+            raise SteeringError(f"{e if isinstance(e, str) else e.describe()}: {name!r} is not a model served over the "
+                                f"same transformer as {served.id!r}; name one of {', '.join(peers)}")
+        groups.setdefault(name, []).append(e)
+    return {k: v for k, v in groups.items() if v}
 
 
 def resolve_steering(spec: SteeringIn | None, served: ServedModel, limits) -> tuple[Any, dict[str, Any] | None]:
@@ -84,7 +100,7 @@ def resolve_steering(spec: SteeringIn | None, served: ServedModel, limits) -> tu
     from saes.identity import ModelIdentityError
     from steering.presets import Preset
     from steering.rowedits import RowEdit, RowSteering, StopTrigger
-    from steering.resolve import resolve_edits
+    from steering.resolve import expand_presets, resolve_edits
     from steering.spec import SteeringError, lookup_typical_max
 
     items: list[Any] = []
@@ -94,13 +110,18 @@ def resolve_steering(spec: SteeringIn | None, served: ServedModel, limits) -> tu
     try:
         if spec.preset is not None:
             preset = served.preset(spec.preset) if isinstance(spec.preset, str) else Preset.from_json(spec.preset)
-            items.append(preset)
+            items += expand_presets(served.model, {served.id: served.sae}, [preset],
+                                    allow_model_mismatch=served.allow_model_mismatch,
+                                    fingerprints={served.id: served.fingerprint}, model_override=OVERRIDE_HINT)
         items += [_edit(e, owners) for e in spec.edits]
-        resolved = resolve_edits(
-            served.model, {served.id: served.sae}, items, typical_max=served.typical_max, limits=_steer_limits(limits),
-            allow_model_mismatch=served.allow_model_mismatch, chat_positions=True,
-            fingerprints={served.id: served.fingerprint}, model_override=OVERRIDE_HINT,
-        ) if items else []
+        # an edit naming no SAE is of the request's model; one may name another store over the same transformer
+        resolved = []
+        for sae_id, group in _by_served_sae(items, served).items():
+            peer = served.peers.get(sae_id, served)
+            resolved += resolve_edits(
+                served.model, {peer.id: peer.sae}, group, typical_max=peer.typical_max, limits=_steer_limits(limits),
+                allow_model_mismatch=served.allow_model_mismatch, chat_positions=True,
+                fingerprints={peer.id: peer.fingerprint}, model_override=OVERRIDE_HINT)
         triggers = (preset.stop_triggers() if preset is not None else []) + [_trigger(t, owners) for t in spec.stop_when]
         for t in triggers:
             if not 0 <= t.latent < served.sae.d_sae:
@@ -118,7 +139,7 @@ def resolve_steering(spec: SteeringIn | None, served: ServedModel, limits) -> tu
     if len(resolved) > limits.max_edits:
         raise ApiError(400, f"steering.edits: at most {limits.max_edits} edits per request (got {len(resolved)}, "
                             f"presets included)", "steering")
-    edits = [RowEdit(served.id, r.latent, r.op, r.value, r.positions, r.trigger, r.describe()) for r in resolved]
+    edits = [RowEdit(r.sae_name, r.latent, r.op, r.value, r.positions, r.trigger, r.describe()) for r in resolved]
     summary = {"edits": [r.describe() for r in resolved], "stop_when": [s.label for s in stops]}
     if preset is not None:
         summary["preset"] = preset.name

@@ -69,6 +69,8 @@ class EditIn(_In):
     unit: Literal["raw", "max_act"] = Field("raw", description="raw activation units, or multiples of the typical max")
     positions: Positions = Field("all", description="all | prompt | generated | last | token indices | role:NAME | turn:I")
     when: Optional[TriggerIn] = Field(None, description="apply only where this latent is above its threshold")
+    sae: Optional[str] = Field(None, max_length=64, description="the model id (store) whose SAE the latent is of, "
+                               "when not the request's model: another store over the same transformer")
 
 
 class SteeringIn(_In):

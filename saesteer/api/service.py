@@ -3,7 +3,8 @@
 
 The OpenAI "model" a request names is the store's id (from `/v1/models`): it picks the SAE the
 request's edits refer to, the feature store that resolves "x" strengths (typical max
-activations) and preset names, and the model that generates.
+activations) and preset names, and the model that generates. An edit may name another store over
+the same model (`"sae": ID`, or "ID/LATENT:..." in text): the SAE of each layer steers in one request.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class ServedModel:
     # `saesteer steer` read it; None: the model's default
     prepend_bos: bool | None = None
     created: int = field(default_factory=lambda: int(time.time()))
+    # the served models over the same model object (this one included), by id: an edit may name one
+    peers: dict[str, "ServedModel"] = field(default_factory=dict, repr=False)
     _tmax: dict[int, float | None] = field(default_factory=dict)
 
     def typical_max(self, latent: int) -> float | None:
@@ -109,6 +112,9 @@ class ApiService:
                     id=e.id, model=model, sae=sae, store=e.catalog.store, fingerprint=sae_fingerprint(sae),
                     hook=sae_hook_name(sae, e.id), allow_model_mismatch=bool(e.engine.allow_model_mismatch),
                     scheduler=sched, prepend_bos=e.engine.prepend_bos())
+            peers = {e.id: self.models[e.id] for e in group}
+            for served in peers.values():
+                served.peers = peers
 
     def start(self) -> None:
         for s in self.schedulers:

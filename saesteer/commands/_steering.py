@@ -69,17 +69,22 @@ def parse_sae_args(values: list[str]) -> dict[str, Path]:
     return out
 
 
-def load_saes(values: list[str], device: Any = None, hook: str | None = None, model: str | None = None
-              ) -> dict[str, LoadedSAE]:
+def load_saes(values: list[str], device: Any = None, hook: str | None = None, model: str | None = None,
+              store_hook: str | None = None) -> dict[str, LoadedSAE]:
     """Every --sae through `saes.formats.resolve_sae` (any supported format or registry id): name ->
     `LoadedSAE` (the SAE beside its provenance); --hook and --model fill in what a format does not
-    record, and a contradicting --hook is refused."""
+    record, and a contradicting --hook is refused. `store_hook` (the hook --store was built at) only
+    fills in for an SAE that records none: an SAE of another hook is then the store's SAE check's to
+    refuse, naming the store (not a --hook the user never gave)."""
     from saes.formats import resolve_sae
 
     loaded = {}
     for name, path in parse_sae_args(values).items():
         try:
-            loaded[name] = resolve_sae(path, hook=hook, model=model, device=device)
+            item = resolve_sae(path, hook=hook, model=model, device=device)
+            if hook is None and store_hook and not (item.sae.cfg.metadata or {}).get("hook_name"):
+                item = resolve_sae(path, hook=store_hook, model=model, device=device)
+            loaded[name] = item
         except (FileNotFoundError, ValueError) as e:
             raise CLIError(f"cannot load SAE {name!r} from {path}: {e}") from None
     return loaded
@@ -108,11 +113,12 @@ def sae_from_latents(args, texts: list[str]) -> None:
     args.sae = [found]
 
 
-def hook_of(args) -> str | None:
-    """--hook, else the hook point the --store was built at (a Gemma Scope or OpenAI SAE records none:
-    `features build --hook` gave it, and the store keeps it; the store's SAE check then confirms the pair)."""
+def store_hook(args) -> str | None:
+    """The hook point the --store was built at, for a single --sae given no --hook (a Gemma Scope or
+    OpenAI SAE records none: `features build --hook` gave it, and the store keeps it; the store's SAE
+    check then confirms the pair). `load_saes(..., store_hook=)` takes it."""
     if getattr(args, "hook", None) or not getattr(args, "store", None) or len(args.sae or []) != 1:
-        return getattr(args, "hook", None)
+        return None
     from features import FeatureStore
     from features.store import StoreError
 

@@ -96,8 +96,8 @@ def _lines(path: str) -> list[str]:
 
 
 def _run(args, model=None) -> int:
-    from saesteer.commands._steering import (hook_of, latent_owners, load_model, load_saes, open_store, read_prompts,
-                                             sae_from_latents, typical_max_provider)
+    from saesteer.commands._steering import (latent_owners, load_model, load_saes, open_store, read_prompts,
+                                             sae_from_latents, store_hook, typical_max_provider)
     from saes.hookpoints import model_device
     from saesteer.configargs import dataclass_from_args
     from steering.config import GenerationConfig
@@ -113,7 +113,7 @@ def _run(args, model=None) -> int:
     prompts = read_prompts(args)
     _check_flags(args, edits, prompts, finding=finding)
 
-    loaded = load_saes(args.sae, hook=hook_of(args), model=args.model)
+    loaded = load_saes(args.sae, hook=args.hook, model=args.model, store_hook=store_hook(args))
     saes = {name: item.sae for name, item in loaded.items()}
     store, link = open_store(args.store, saes)
     try:

@@ -107,7 +107,7 @@ def _run(args, model=None) -> int:
     import json
 
     from saes.hookpoints import model_device
-    from saesteer.commands._steering import CLIError, hook_of, load_model, load_saes, open_store, read_prompts
+    from saesteer.commands._steering import CLIError, store_hook, load_model, load_saes, open_store, read_prompts
     from saesteer.commands.sweep import _check_judgements, _close, _scorer
     from steering.generation import with_sae_bos
 
@@ -118,7 +118,7 @@ def _run(args, model=None) -> int:
     scorer, judge = _scorer(args, args.store)
 
     _latents(args)
-    loaded = load_saes(args.sae, hook=hook_of(args))
+    loaded = load_saes(args.sae, hook=args.hook, store_hook=store_hook(args))
     if len(loaded) != 1:
         raise CLIError("steer-eval steers with one SAE; give a single --sae")
     name, sae = next((n, item.sae) for n, item in loaded.items())

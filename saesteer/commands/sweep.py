@@ -110,14 +110,14 @@ def _scorer(args, store_path):
 
 
 def _run(args, model=None) -> int:
-    from saesteer.commands._steering import (hook_of, load_model, load_saes, measurement_provenance, open_store,
+    from saesteer.commands._steering import (store_hook, load_model, load_saes, measurement_provenance, open_store,
                                              typical_max_provider)
     from saes.hookpoints import model_device
     from steering.generation import with_sae_bos
 
     sweep_cfg, gen_cfg, limits, prompts, scorer, judge = _prepare(args)
     named = _latents(args)
-    loaded = load_saes(args.sae, hook=hook_of(args), model=args.model)
+    loaded = load_saes(args.sae, hook=args.hook, model=args.model, store_hook=store_hook(args))
     saes = {sae_name: item.sae for sae_name, item in loaded.items()}
     name = _sae_name(args, saes, named)
     store, link = open_store(args.store, {name: saes[name]}, writable=args.save_strength)
