@@ -97,7 +97,7 @@ def store_latents(store: Any, whose: str = "the store's SAE", fix: str = "give i
 
     def sides() -> str:
         found = list(owners.ids.values())
-        return ("it is " + " or ".join(map(repr, found)) + ("" if store_neuronpedia_id(store) else ", its Neuronpedia labels' SAE")
+        return ("it is " + " or ".join(map(repr, found)) + ("" if "store" in owners.ids else ", its Neuronpedia labels' SAE")
                 if found else "it is not on Neuronpedia: not in SAELens's registry, and no Neuronpedia labels were imported")
 
     owners = LatentOwners(ids, whose=whose, fix=fix, sides=sides)
