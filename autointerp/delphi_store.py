@@ -213,7 +213,7 @@ def export_delphi_labels(store: Any, out_dir: str | os.PathLike, module: str | N
     if clash and not overwrite:
         raise ValueError(f"{len(clash)} explanation file(s) in {exp_dir} hold other labels (e.g. {clash[0].name}); "
                          "export into another folder, or pass --overwrite true to replace them")
-    folder = ExportFolder(out_dir)
+    folder = ExportFolder(out_dir, "delphi")
     exp_dir.mkdir(parents=True, exist_ok=True)
     for p, data in paths:
         atomic_write_bytes(p, data)

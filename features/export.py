@@ -243,7 +243,7 @@ def export_html(
     from saes.export_folder import ExportFolder
 
     out = Path(out_dir)
-    folder = ExportFolder(out)
+    folder = ExportFolder(out, "html")
     (out / "f").mkdir(parents=True, exist_ok=True)
     import plotly
 

@@ -387,7 +387,7 @@ def export_neuronpedia(store: Any, out: str | os.PathLike, info: NeuronpediaInfo
     layer = _layer_of(store, info.layer)
     source_id = f"{layer}-{info.source_set}"
     root = Path(out) / info.model_id / source_id
-    folder = ExportFolder(root)
+    folder = ExportFolder(root, "neuronpedia")
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     fp = store.sae_fingerprint[:16]
     hook = (store.meta.get("sae") or {}).get("hook_name")

@@ -1,11 +1,12 @@
 """The one rule of every export folder (delphi explanations, HTML dashboards, a Neuronpedia source):
-FOLDER/saesteer_export.json records the files an export wrote there (path under FOLDER -> SHA-256),
-and the next export into FOLDER removes those it no longer writes, so a smaller export leaves no
-stale page, batch or label that a browser, an upload or delphi would take for current. A file the
-record does not list (the user's, another tool's) or that changed since it was written (edited,
-or rewritten by another tool) is never removed.
+FOLDER/saesteer_export.json records the files each kind of export wrote there (path under FOLDER
+-> SHA-256), and the next export of that kind into FOLDER removes those it no longer writes, so a
+smaller export leaves no stale page, batch or label that a browser, an upload or delphi would take
+for current. A file the record does not list (the user's, another tool's), one that changed since
+it was written (edited, or rewritten by another tool), or one another kind of export wrote (HTML
+dashboards beside a delphi export) is never removed.
 
-    folder = ExportFolder(out)               # reads the earlier record (refuses a damaged one)
+    folder = ExportFolder(out, "html")       # reads the earlier record (refuses a damaged one)
     path.write_bytes(data); folder.wrote(path, data)
     removed = folder.finish()                # removes the stale files, writes the new record
 """
@@ -25,11 +26,12 @@ RECORD = "saesteer_export.json"
 
 
 class ExportFolder:
-    """The files one export writes into `folder`, and the record the earlier export left there."""
+    """The files one export of `kind` ('html', 'delphi', 'neuronpedia') writes into `folder`, and
+    the record the earlier exports left there."""
 
-    def __init__(self, folder: str | os.PathLike) -> None:
-        self.folder = Path(folder)
-        self.earlier = _read_record(self.folder / RECORD)
+    def __init__(self, folder: str | os.PathLike, kind: str) -> None:
+        self.folder, self.kind = Path(folder), kind
+        self.record = _read_record(self.folder / RECORD)  # kind -> {name: SHA-256}
         self.written: dict[str, str] = {}
 
     def wrote(self, path: str | os.PathLike, data: bytes | None = None) -> None:
@@ -39,17 +41,19 @@ class ExportFolder:
         self.written[name] = hashlib.sha256(data).hexdigest() if data is not None else sha256_file(path)
 
     def finish(self) -> list[Path]:
-        """Remove the files the earlier export wrote that this one did not (unchanged since), then
-        record this export's; returns the files removed."""
+        """Remove the files the earlier export of this kind wrote that this one did not (unchanged
+        since, and no other kind's), then record this export's; returns the files removed."""
+        others = {name for kind, files in self.record.items() if kind != self.kind for name in files}
         removed = []
-        for name, digest in sorted(self.earlier.items()):
+        for name, digest in sorted(self.record.get(self.kind, {}).items()):
             path = self.folder / name
-            if name not in self.written and _inside(name) and path.is_file() and not path.is_symlink() \
-                    and sha256_file(path) == digest:
+            if name in self.written or name in others or not _inside(name):
+                continue
+            if path.is_file() and not path.is_symlink() and sha256_file(path) == digest:
                 path.unlink()
                 removed.append(path)
-        record = json.dumps({"files": self.written}, indent=1, sort_keys=True) + "\n"
-        atomic_write_bytes(self.folder / RECORD, record.encode())
+        self.record[self.kind] = self.written
+        atomic_write_bytes(self.folder / RECORD, (json.dumps(self.record, indent=1, sort_keys=True) + "\n").encode())
         return removed
 
 
@@ -59,15 +63,15 @@ def _inside(name: str) -> bool:
     return not p.is_absolute() and ".." not in p.parts and name not in ("", ".", RECORD)
 
 
-def _read_record(path: Path) -> dict[str, str]:
-    """name -> SHA-256 of the files the last export into a folder wrote ({} without a record)."""
+def _read_record(path: Path) -> dict[str, dict[str, str]]:
+    """kind -> {name: SHA-256} of the files the last export of each kind into a folder wrote ({} without a record)."""
     if not path.is_file():
         return {}
     try:
-        files = json.loads(path.read_text(encoding="utf-8"))["files"]
-        if not isinstance(files, dict):
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(record, dict) or not all(isinstance(files, dict) for files in record.values()):
             raise TypeError
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, TypeError):
         raise ValueError(f"{path} is not the record an export writes; remove it (the next export writes it "
                          "again)") from None
-    return {str(k): str(v) for k, v in files.items()}
+    return {str(kind): {str(k): str(v) for k, v in files.items()} for kind, files in record.items()}
