@@ -12,10 +12,10 @@ only what is not the current label already.
 
 Export (`--export-delphi DIR`): the current labels made here (not delphi's, nor Neuronpedia's), as
 DIR/explanations/<module>_latent<i>.txt, the files delphi's `--explainer none` run reads back
-(delphi/__main__.py, none_postprocessor). DIR/saesteer_export.json records the files an export
-wrote (name -> SHA-256): the next export into DIR removes those it no longer writes (a latent
-unlabelled since, or another module), so delphi never scores a stale label as ours; a file that
-changed since (delphi's own, say) is never removed. Our detection/fuzzing scores are not exported: delphi's
+(delphi/__main__.py, none_postprocessor). DIR follows every export folder's rule
+(`saes.export_folder`): the next export into DIR removes the files this one wrote that it no longer
+writes (a latent unlabelled since, or another module), so delphi never scores a stale label as ours;
+a file that changed since (delphi's own, say) is never removed. Our detection/fuzzing scores are not exported: delphi's
 score files list every sample's prediction, and the store keeps only the counts.
 """
 
@@ -37,7 +37,6 @@ from .delphi_modules import check_module, fitting_modules, module_for_hook
 
 __all__ = ["DelphiImport", "DelphiExport", "import_delphi_run", "export_delphi_labels", "CLASSIFIER_SCORERS"]
 
-EXPORT_RECORD = "saesteer_export.json"  # beside explanations/: what an export wrote there
 CLASSIFIER_SCORERS = ("detection", "fuzz")  # delphi's scorers whose files are ClassifierOutput lists
 # run_config.json's settings kept with each label: what made it, and what its scores depend on
 # (docs/autointerp.md: fuzz_type and the negatives' source decide whether delphi's figures compare with ours)
@@ -188,6 +187,7 @@ def export_delphi_labels(store: Any, out_dir: str | os.PathLike, module: str | N
     """Write the store's current labels made here (none imported) as delphi explanation
     files under out_dir/explanations/, and remove the files an earlier export into out_dir wrote
     that this one does not (unchanged since: see the module docstring)."""
+    from saes.export_folder import ExportFolder
     from saes.fileio import atomic_write_bytes
 
     hook = _store_hook(store)
@@ -213,33 +213,10 @@ def export_delphi_labels(store: Any, out_dir: str | os.PathLike, module: str | N
     if clash and not overwrite:
         raise ValueError(f"{len(clash)} explanation file(s) in {exp_dir} hold other labels (e.g. {clash[0].name}); "
                          "export into another folder, or pass --overwrite true to replace them")
-    record_path = Path(out_dir) / EXPORT_RECORD
-    earlier = _read_export_record(record_path)
+    folder = ExportFolder(out_dir, "delphi")
     exp_dir.mkdir(parents=True, exist_ok=True)
     for p, data in paths:
         atomic_write_bytes(p, data)
-    written = {p.name: hashlib.sha256(data).hexdigest() for p, data in paths}
-    removed = []
-    for name, digest in earlier.items():
-        p = exp_dir / name
-        if name not in written and Path(name).name == name and p.is_file() and _sha256(p) == digest:
-            p.unlink()
-            removed.append(p)
-    atomic_write_bytes(record_path, (json.dumps({"explanations": written}, indent=1, sort_keys=True) + "\n").encode())
+        folder.wrote(p, data)
+    removed = folder.finish()
     return DelphiExport(module, [p for p, _ in paths], removed)
-
-
-def _read_export_record(path: Path) -> dict[str, str]:
-    """name -> SHA-256 of the explanation files the last export into a folder wrote ({} without one)."""
-    if not path.is_file():
-        return {}
-    try:
-        files = json.loads(path.read_text(encoding="utf-8")).get("explanations")
-    except (ValueError, AttributeError):
-        raise ValueError(f"{path} is not the record an export writes; remove it (the next export writes it "
-                         "again)") from None
-    return {str(k): str(v) for k, v in files.items()} if isinstance(files, dict) else {}
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -4,6 +4,8 @@ charts (activation histogram, logit effects) and examples highlighted token by t
     export_html(store, "out/dash")          # out/dash/index.html, out/dash/f/00042.html, out/dash/plotly.min.js
 
 Opens offline: plotly.js (from the installed plotly package) is written once beside the pages.
+An export into a folder an earlier one wrote removes the pages it no longer writes
+(`saes.export_folder`), so the folder never serves a stale latent's page.
 All text from the store (labels, explanations, tokens, example text) is untrusted: its control
 and bidi characters are drawn (features.drawing), it is HTML-escaped, and data handed to plotly
 is JSON with <, > and & escaped, so nothing from the store can open a tag or leave a <script>.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import html
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -216,6 +219,13 @@ def _examples_html(store: FeatureStore, rec: FeatureRecord) -> list[str]:
     return parts
 
 
+@dataclass
+class HtmlExport:
+    index: Path  # the index page
+    pages: int  # latent pages written
+    removed: list[Path]  # pages an earlier export into the folder wrote that this one does not
+
+
 def export_html(
     store: FeatureStore,
     out_dir: str | Path,
@@ -224,12 +234,16 @@ def export_html(
     limit: int | None = None,
     title: str | None = None,
     progress: bool = False,
-) -> Path:
+) -> HtmlExport:
     """Write the dashboards for `latents` (default: every written latent, or the `limit`
-    most frequent) to `out_dir`; returns the index page's path."""
+    most frequent) to `out_dir`, and remove the pages an earlier export there wrote that this one
+    does not (unchanged since)."""
     from tqdm.auto import tqdm
 
+    from saes.export_folder import ExportFolder
+
     out = Path(out_dir)
+    folder = ExportFolder(out, "html")
     (out / "f").mkdir(parents=True, exist_ok=True)
     import plotly
 
@@ -238,6 +252,7 @@ def export_html(
         raise FileNotFoundError(f"plotly.min.js not found in the plotly package ({js}); reinstall plotly")
     if not (out / "plotly.min.js").is_file() or (out / "plotly.min.js").stat().st_size != js.stat().st_size:
         shutil.copyfile(js, out / "plotly.min.js")
+    folder.wrote(out / "plotly.min.js")
     if latents is None:
         summaries = store.list_features(sort="freq" if limit else "latent", limit=limit or store.d_sae)
     else:
@@ -247,7 +262,9 @@ def export_html(
         found = {s.latent: s for s in store.list_features(filter={"latents": ids}, limit=len(ids))}
         summaries = [found[i] for i in ids if i in found]
     for s in tqdm(summaries, desc="exporting", disable=not progress):
-        (out / "f" / f"{s.latent:05d}.html").write_text(feature_page(store, store.feature(s.latent)), encoding="utf-8")
+        page = feature_page(store, store.feature(s.latent)).encode("utf-8")
+        (out / "f" / f"{s.latent:05d}.html").write_bytes(page)
+        folder.wrote(out / "f" / f"{s.latent:05d}.html", page)
     meta = store.meta
     sae = meta.get("sae") or {}
     head = title or f"Features of {sae.get('architecture', 'SAE')} d_sae={store.d_sae} ({sae.get('hook_name') or ''})"
@@ -268,5 +285,7 @@ def export_html(
         '<th data-k="n">typical max</th><th data-k="s">flags</th></tr></thead><tbody>' + "".join(rows) + "</tbody></table>"
     )
     index = out / "index.html"
-    index.write_text(_page(head, body, None), encoding="utf-8")
-    return index
+    page = _page(head, body, None).encode("utf-8")
+    index.write_bytes(page)
+    folder.wrote(index, page)
+    return HtmlExport(index, len(summaries), folder.finish())

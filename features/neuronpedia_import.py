@@ -97,11 +97,22 @@ def store_latents(store: Any, whose: str = "the store's SAE", fix: str = "give i
 
     def sides() -> str:
         found = list(owners.ids.values())
-        return ("it is " + " or ".join(map(repr, found)) + ("" if store_neuronpedia_id(store) else ", its Neuronpedia labels' SAE")
+        return ("it is " + " or ".join(map(repr, found)) + ("" if "store" in owners.ids else ", its Neuronpedia labels' SAE")
                 if found else "it is not on Neuronpedia: not in SAELens's registry, and no Neuronpedia labels were imported")
 
     owners = LatentOwners(ids, whose=whose, fix=fix, sides=sides)
     return owners
+
+
+def _sae_id(text: str) -> str:
+    """The SAE id ('gpt2-small/6-res-jb') of --neuronpedia-sae, given so or as a page address."""
+    from saes.formats.neuronpedia import parse_ref
+
+    ref = parse_ref(text)
+    if ref is None:
+        raise NeuronpediaImportError(f"--neuronpedia-sae {text!r} names no Neuronpedia SAE: give MODEL/SAE, e.g. "
+                                     "gpt2-small/6-res-jb, or its page address")
+    return ref.id
 
 
 def _files(path: Path, np_id: str | None = None) -> list[Path]:
@@ -238,8 +249,10 @@ def import_neuronpedia_explanations(store: Any, path: str | Path, neuronpedia_id
     """Import the explanation rows at `path` as labels of `store` (a writable FeatureStore); see the
     module docstring. `neuronpedia_id` ("gpt2-small/6-res-jb") names the store's SAE on Neuronpedia
     when the store's record cannot (an SAE not from SAELens's registry); one that contradicts the
-    record is refused."""
+    record is refused. It may be given as Neuronpedia's page address (of the SAE, or of one of its latents)."""
     recorded = store_neuronpedia_id(store)
+    if neuronpedia_id:
+        neuronpedia_id = _sae_id(neuronpedia_id)
     if neuronpedia_id and recorded and neuronpedia_id != recorded:
         raise NeuronpediaImportError(f"the store's SAE is Neuronpedia's {recorded!r} (SAELens's registry), not "
                                      f"{neuronpedia_id!r}; drop --neuronpedia-sae or use that SAE's store")

@@ -18,12 +18,13 @@ Explanation, ExplanationScore, Model, Source, SourceSet, SourceRelease):
         explanation_scores/batch-0.jsonl.gz   one row per score of a current label (table
                                          ExplanationScore; Neuronpedia's exporter writes none, its
                                          schema has the table: import it with the rest)
+        saesteer_export.json             the files this export wrote (ours: `saes.export_folder`)
     {out}/config/explanation_score_type.jsonl, explanation_model_type.jsonl   our score methods and explainers
 
 Batches hold `batch_size` latents. Ids are deterministic (store fingerprint + row), so a re-export
-gives the same files. What the store does not have is written empty, as Neuronpedia's own
-defaults (correlated neurons, logit histograms, DFA values). Correlated features are the store's
-`correlations` (Pearson and cosine of activations, see `_correlated_features`).
+gives the same files, and a smaller one removes the batches it no longer writes. What the store
+does not have is written empty, as Neuronpedia's own defaults (correlated neurons, logit
+histograms, DFA values). Correlated features are the store's `correlations` (Pearson and cosine of activations, see `_correlated_features`).
 
 SAEDashboard (github.com/jbloomAus/SAEDashboard) writes one `batch-N.json` per batch of latents:
 `{model_id, layer, sae_set, sae_id_suffix, features: [...]}` with the feature and activation
@@ -50,9 +51,10 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from features.imported_labels import made_here
 from features.publishfields import PublishError, check_rows
+from saes.export_folder import ExportFolder
 from saes.fileio import atomic_write_bytes
 
-__all__ = ["NeuronpediaInfo", "export_neuronpedia", "export_saedashboard", "check_neuronpedia_export",
+__all__ = ["NeuronpediaInfo", "NeuronpediaExport", "export_neuronpedia", "export_saedashboard", "check_neuronpedia_export",
            "check_saedashboard_batch", "check_neuronpedia_id", "neuronpedia_id"]
 
 _TABLE_FILES = {"model": "model.jsonl", "source": "source.jsonl", "sourceset": "sourceset.jsonl",
@@ -149,14 +151,15 @@ def _json_line(row: dict) -> str:
     return _SPELLED_NUL.sub(lambda m: "\\u005c" if m.group("backslash") else m.group(), text)
 
 
-def _write_jsonl(path: Path, rows: Iterable[dict], gz: bool) -> None:
+def _write_jsonl(path: Path, rows: Iterable[dict], gz: bool) -> bytes:
     """One JSON object a line (no character in it that any reader takes for a line end), written
-    atomically: a temporary file in the same directory, fsynced, renamed."""
+    atomically: a temporary file in the same directory, fsynced, renamed; returns the bytes written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     data = "".join(_json_line(r) + "\n" for r in rows).encode("utf-8")
     if gz:
         data = gzip.compress(data, compresslevel=5, mtime=0)
     atomic_write_bytes(path, data)
+    return data
 
 
 def _read_jsonl(path: Path) -> Iterator[dict]:
@@ -211,7 +214,7 @@ def _iter_latents(store: Any, latents: Sequence[int] | None):
 
 
 @dataclass
-class _NeuronpediaExport:
+class _ExportContext:
     """What every exported row shares, and the score methods and explainers met on the way
     (written to `config/` at the end)."""
 
@@ -248,7 +251,7 @@ def _header_rows(store: Any, info: NeuronpediaInfo, layer: int, source_id: str, 
     }
 
 
-def _feature_row(ex: _NeuronpediaExport, rec) -> dict:
+def _feature_row(ex: _ExportContext, rec) -> dict:
     """The latent's row of table Neuron."""
     info = ex.info
     heights, centres = _hist(rec)
@@ -274,7 +277,7 @@ def _feature_row(ex: _NeuronpediaExport, rec) -> dict:
     }
 
 
-def _activation_rows(ex: _NeuronpediaExport, rec) -> list[dict]:
+def _activation_rows(ex: _ExportContext, rec) -> list[dict]:
     """One row of table Activation per stored top / quantile example that fires."""
     info = ex.info
     rows = []
@@ -295,7 +298,7 @@ def _activation_rows(ex: _NeuronpediaExport, rec) -> list[dict]:
     return rows
 
 
-def _explanation_rows(ex: _NeuronpediaExport, rec) -> tuple[list[dict], list[dict]]:
+def _explanation_rows(ex: _ExportContext, rec) -> tuple[list[dict], list[dict]]:
     """(the current label's Explanation row, its ExplanationScore rows); both empty without a
     label or with one imported (from Neuronpedia, delphi). Records the explainer and score methods met in `ex`."""
     lab = rec.label
@@ -328,7 +331,7 @@ def _explanation_rows(ex: _NeuronpediaExport, rec) -> tuple[list[dict], list[dic
     return [explanation], scores
 
 
-def _write_latent_batches(store: Any, ex: _NeuronpediaExport, root: Path, latents: Sequence[int] | None) -> None:
+def _write_latent_batches(store: Any, ex: _ExportContext, folder: ExportFolder, latents: Sequence[int] | None) -> None:
     """The batched tables, `batch_size` latents per file (one file each, even for no latent)."""
     batch: dict[str, list[dict]] = {t: [] for t in _BATCHED}
     n_batch = 0
@@ -337,7 +340,8 @@ def _write_latent_batches(store: Any, ex: _NeuronpediaExport, root: Path, latent
         nonlocal n_batch
         for t in _BATCHED:
             check_rows(t, batch[t])
-            _write_jsonl(root / t / f"batch-{n_batch}.jsonl.gz", batch[t], gz=True)
+            path = folder.folder / t / f"batch-{n_batch}.jsonl.gz"
+            folder.wrote(path, _write_jsonl(path, batch[t], gz=True))
             batch[t] = []
         n_batch += 1
 
@@ -355,7 +359,7 @@ def _write_latent_batches(store: Any, ex: _NeuronpediaExport, root: Path, latent
         flush()
 
 
-def _write_config(cfg: Path, ex: _NeuronpediaExport) -> None:
+def _write_config(cfg: Path, ex: _ExportContext) -> None:
     """config/: the score methods and explainers the exported rows name."""
     info, creator, now = ex.info, ex.info.creator_id, ex.now
     st_rows = [{"name": n, "displayName": f"saesteer {m}", "description": _SCORE_DESCRIPTIONS.get(m, m),
@@ -369,29 +373,37 @@ def _write_config(cfg: Path, ex: _NeuronpediaExport) -> None:
     _write_jsonl(cfg / "explanation_model_type.jsonl", em_rows, gz=False)
 
 
+@dataclass
+class NeuronpediaExport:
+    root: Path  # the source directory, {out}/{model_id}/{layer}-{source_set}
+    removed: list[Path]  # files an earlier export of this source wrote that this one does not (stale batches)
+
+
 def export_neuronpedia(store: Any, out: str | os.PathLike, info: NeuronpediaInfo,
-                       latents: Sequence[int] | None = None) -> Path:
-    """Write the store's live latents (or just `latents`) in Neuronpedia's import format; returns the
-    source directory. See the module docstring for the layout."""
+                       latents: Sequence[int] | None = None) -> NeuronpediaExport:
+    """Write the store's live latents (or just `latents`) in Neuronpedia's import format, and remove
+    the files an earlier export of this source wrote that this one does not (`saes.export_folder`:
+    an upload of the folder would import a stale batch). See the module docstring for the layout."""
     layer = _layer_of(store, info.layer)
     source_id = f"{layer}-{info.source_set}"
     root = Path(out) / info.model_id / source_id
+    folder = ExportFolder(root, "neuronpedia")
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     fp = store.sae_fingerprint[:16]
     hook = (store.meta.get("sae") or {}).get("hook_name")
     for table, row in _header_rows(store, info, layer, source_id, now).items():
         check_rows(table, [row])
-        _write_jsonl(root / _TABLE_FILES[table], [row], gz=False)
+        folder.wrote(root / _TABLE_FILES[table], _write_jsonl(root / _TABLE_FILES[table], [row], gz=False))
 
     # Neuronpedia's umap_x / umap_y: the decoder map's UMAP layout when the store has one, else another
     # decoder layout (e.g. decoder-pca, which sorts first)
     maps = [k for k in store.feature_map_methods() if k.startswith("decoder")]
     layout = "decoder-umap" if "decoder-umap" in maps else next(iter(maps), None)
     xy = {i: (x, y) for i, x, y in store.feature_map(layout)} if layout else {}
-    ex = _NeuronpediaExport(info, source_id, now, fp, hook, xy)
-    _write_latent_batches(store, ex, root, latents)
-    _write_config(Path(out) / "config", ex)
-    return root
+    ex = _ExportContext(info, source_id, now, fp, hook, xy)
+    _write_latent_batches(store, ex, folder, latents)
+    _write_config(Path(out) / "config", ex)  # shared by the sources in `out`, always the same two files
+    return NeuronpediaExport(root, folder.finish())
 
 
 _SCORE_DESCRIPTIONS = {

@@ -18,13 +18,14 @@ boundary does for messages printed without rich.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from rich.text import Text
 
 from features.drawing import readable
 
-__all__ = ["plain", "counted"]
+__all__ = ["plain", "counted", "removed_note"]
 
 
 def plain(value: Any, style: str = "") -> Text:
@@ -35,3 +36,12 @@ def plain(value: Any, style: str = "") -> Text:
 def counted(n: int, noun: str, plural: str | None = None) -> str:
     """'1 latent', '3 latents', '0 latents' (`plural` where adding 's' is wrong)."""
     return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
+def removed_note(removed: list[Any], noun: str) -> str | None:
+    """The line saying what an export removed from its folder: the files an earlier, larger export
+    wrote there that this one does not (`saes.export_folder`); None when it removed none."""
+    if not removed:
+        return None
+    return (f"  removed {counted(len(removed), noun)} an earlier export wrote there for latents not exported now "
+            f"(e.g. {Path(removed[0]).name})")

@@ -342,6 +342,11 @@ def test_bad_requests_get_a_400_that_says_why(client):
         (dict(prompt="the", max_tokens=2, suffix="x"), "suffix"),
         (dict(prompt=[99999], max_tokens=2), "vocabulary"),
         (dict(prompt="the", max_tokens=2, stop_when=["4>1"]), 'stop_when: goes inside the steering field'),
+        # a latent as text (an index, or a Neuronpedia latent): '²' is a digit to str.isdigit, not to int (a 500)
+        (dict(prompt="the", max_tokens=2, steering={"edits": [{"latent": "\u00b2", "op": "add", "value": 1}]}),
+         "'\u00b2' is not a latent"),
+        (dict(prompt="the", max_tokens=2, steering={"stop_when": [{"latent": "4\u00b2", "above": 1}]}), "is not a latent"),
+        (dict(prompt="the", max_tokens=2, steering={"edits": [{"latent": "-1", "op": "add", "value": 1}]}), "out of range"),
     ]
     for body, msg in cases:
         extra = {k: body.pop(k) for k in list(body) if k in ("frobnicate", "steering", "stop_when")}

@@ -201,3 +201,21 @@ def test_a_neuronpedia_export_folder_copied_with_appledouble_files_imports(tmp_p
     assert main(["label", "--store", str(store), "--import-neuronpedia", str(tmp_path / "v1"),
                  "--neuronpedia-sae", "mymodel/3-res"]) == 0, capsys.readouterr().err
     assert "imported 1 Neuronpedia explanation of" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("named", ["https://www.neuronpedia.org/mymodel/3-res", "neuronpedia.org/mymodel/3-res/",
+                                   "https://www.neuronpedia.org/mymodel/3-res/4"])
+def test_neuronpedia_sae_takes_the_saes_page_address_as_the_other_flags_do(tmp_path, capsys, named):
+    """--sae, -l and `features show` take a Neuronpedia address; --neuronpedia-sae took the copied page
+    address as the id itself and refused every row as another SAE's."""
+    store = _small_store(tmp_path)
+    rows = tmp_path / "np.jsonl"
+    rows.write_text(json.dumps({"modelId": "mymodel", "layer": "3-res", "index": 4, "description": "café menus",
+                                "explanationModelName": "gpt-4o", "id": "e4"}) + "\n")
+    assert main(["label", "--store", str(store), "--import-neuronpedia", str(rows), "--neuronpedia-sae", named]) == 0, \
+        capsys.readouterr().err
+    assert "imported 1 Neuronpedia explanation of mymodel/3-res as labels of 1 latent" in capsys.readouterr().out
+    assert main(["features", "show", str(store), "mymodel/3-res/4"]) == 0
+    assert "feature 4: café menus" in capsys.readouterr().out
+    assert main(["label", "--store", str(store), "--import-neuronpedia", str(rows), "--neuronpedia-sae", "mymodel"]) == 2
+    assert "--neuronpedia-sae" in capsys.readouterr().err

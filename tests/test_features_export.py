@@ -26,7 +26,7 @@ def test_export_escapes_untrusted_text_and_works_offline(tmp_path):
         alive = st.list_features(sort="freq", limit=1)[0].latent
         st.write_label(alive, EVIL_LABEL, explanation="<b onmouseover=alert(4)>x</b>",
                        provenance=LabelProvenance("<judge>", "offline", "v<1>"))
-        index = export_html(st, tmp_path / "dash")
+        index = export_html(st, tmp_path / "dash").index
     out = tmp_path / "dash"
     assert (out / "plotly.min.js").stat().st_size > 1_000_000  # shipped once beside the pages
     pages = sorted((out / "f").glob("*.html"))
@@ -105,3 +105,32 @@ def test_an_imported_label_says_where_it_came_from(tmp_path):
     assert "imported from Neuronpedia x/y</p>" in page[1] and "evil.example" not in page[1]
     assert "imported from delphi run run9, module layers.2</p>" in page[2]
     assert "imported from" not in page[3]
+
+
+def test_a_smaller_export_into_the_same_folder_removes_the_pages_it_no_longer_writes(tmp_path, capsys):
+    """An export of latents 0-3 into the folder of an earlier export of all 12 left pages of the
+    other 8 there, linked from nowhere but served as current; the pages an export wrote go
+    (saes.export_folder), a file the user put there or a page edited since stays."""
+    from saesteer.cli import main
+
+    src = random_source(seed=6, n_contexts=16, context_length=10)
+    path = tmp_path / "x.db"
+    build_feature_store(path, make_sae("topk", d_in=8, d_sae=12, seed=6), src, small_config(),
+                        tokenizer=WordTokenizer(), progress=False)
+    out = tmp_path / "dash"
+    assert main(["features", "export", str(path), str(out), "--no-progress"]) == 0
+    assert len(list((out / "f").glob("*.html"))) == 12
+    (out / "notes.md").write_text("my notes on these latents, café ☕\n", encoding="utf-8")
+    (out / "f" / "mine.html").write_text("<p>my own page</p>")
+    edited = out / "f" / "00011.html"
+    edited.write_text(edited.read_text() + "<!-- my note -->")
+    capsys.readouterr()
+    assert main(["features", "export", str(path), str(out), "--latents", "0-3", "--no-progress"]) == 0
+    said = capsys.readouterr().out
+    assert sorted(p.name for p in (out / "f").iterdir()) == ["00000.html", "00001.html", "00002.html", "00003.html",
+                                                            "00011.html", "mine.html"]
+    assert (out / "notes.md").is_file() and (out / "plotly.min.js").is_file() and (out / "index.html").is_file()
+    assert "removed 7 pages an earlier export wrote there for latents not exported now" in said
+    # the same export again removes nothing more
+    assert main(["features", "export", str(path), str(out), "--latents", "0-3", "--no-progress"]) == 0
+    assert "removed" not in capsys.readouterr().out and len(list((out / "f").iterdir())) == 6

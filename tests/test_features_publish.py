@@ -40,7 +40,7 @@ def test_neuronpedia_export_layout_and_rows(store, tmp_path):
     ws, st = store
     out = tmp_path / "exports"
     root = export_neuronpedia(st, out, NeuronpediaInfo(model_id="tiny-test-model", source_set="saesteer-test",
-                                                       batch_size=16))
+                                                       batch_size=16)).root
     assert root == out / "tiny-test-model" / "0-saesteer-test"  # layer 0 from blocks.0.hook_resid_post
     counts = check_neuronpedia_export(root)
     alive = [r.latent for r in st.list_features(sort="latent", filter={"alive_only": True}, limit=st.d_sae)]
@@ -59,14 +59,14 @@ def test_neuronpedia_export_layout_and_rows(store, tmp_path):
     assert all(a["values"][a["maxValueTokenIndex"]] == a["maxValue"] for a in acts)
     # a second export writes the same ids (deterministic)
     again = export_neuronpedia(st, tmp_path / "again", NeuronpediaInfo(model_id="tiny-test-model",
-                                                                       source_set="saesteer-test", batch_size=16))
+                                                                       source_set="saesteer-test", batch_size=16)).root
     assert [r["id"] for r in _rows(again / "activations" / "batch-0.jsonl.gz")] == \
            [r["id"] for r in _rows(root / "activations" / "batch-0.jsonl.gz")]
 
 
 def test_schema_check_refuses_missing_and_mistyped_fields(store, tmp_path):
     _, st = store
-    root = export_neuronpedia(st, tmp_path / "x", NeuronpediaInfo(model_id="m", source_set="s"))
+    root = export_neuronpedia(st, tmp_path / "x", NeuronpediaInfo(model_id="m", source_set="s")).root
     f = root / "explanations" / "batch-0.jsonl.gz"
     rows = _rows(f)
     rows[0]["description"] = 42
@@ -194,7 +194,7 @@ def dense(tmp_path_factory):
     assert int((acts > 0).sum(0).max()) <= cfg.n_quantile  # the exact case
     with FeatureStore.open(tmp / "s.db") as st:
         batch = json.loads(export_saedashboard(st, tmp / "d.json", model_id="m", source_set="s").read_text())
-        root = export_neuronpedia(st, tmp / "np", NeuronpediaInfo(model_id="m", source_set="s"))
+        root = export_neuronpedia(st, tmp / "np", NeuronpediaInfo(model_id="m", source_set="s")).root
     np_feats = {int(r["index"]): r for f in (root / "features").glob("*.gz") for r in _rows(f)}
     np_acts = [r for f in (root / "activations").glob("*.gz") for r in _rows(f)]
     return cfg, acts, batch, np_feats, np_acts
@@ -306,7 +306,7 @@ def test_both_exports_write_the_same_bins_and_no_bin_is_not_the_top_group(store,
         db.execute("DELETE FROM histograms WHERE latent = ?", (latent,))
     with FeatureStore.open(bare) as ro:
         batch = json.loads(export_saedashboard(ro, tmp_path / "d.json", model_id="m", source_set="s").read_text())
-        root = export_neuronpedia(ro, tmp_path / "np", NeuronpediaInfo(model_id="m", source_set="s"))
+        root = export_neuronpedia(ro, tmp_path / "np", NeuronpediaInfo(model_id="m", source_set="s")).root
         rec = ro.feature(latent)
     np_bins = {}
     for a in (r for f in (root / "activations").glob("*.gz") for r in _rows(f)):
@@ -352,7 +352,28 @@ def test_umap_fields_take_the_umap_layout_when_the_store_has_one(store, tmp_path
         pca = {i: (x, y) for i, x, y in rw.feature_map("decoder-pca")}
         rw.write_feature_map("decoder-umap", [(i, -x - 0.5, y + 0.25) for i, (x, y) in pca.items()], {"method": "umap"})
     with FeatureStore.open(st.path) as ro:
-        root = export_neuronpedia(ro, tmp_path / "np", NeuronpediaInfo(model_id="m", source_set="s"))
+        root = export_neuronpedia(ro, tmp_path / "np", NeuronpediaInfo(model_id="m", source_set="s")).root
     feats = [r for f in (root / "features").glob("*.gz") for r in _rows(f)]
     assert feats and all((r["umap_x"], r["umap_y"]) == pytest.approx((-pca[int(r["index"])][0] - 0.5,
                                                                        pca[int(r["index"])][1] + 0.25)) for r in feats)
+
+
+def test_a_smaller_export_of_a_source_removes_the_batches_it_no_longer_writes(store, tmp_path):
+    """An export of 3 latents into the folder of an earlier export of all of them left its
+    batch-1.jsonl.gz, batch-2... there, which an upload of the folder imports as current
+    (check_neuronpedia_export counted them too); the files an export wrote go (saes.export_folder),
+    a file the user put there stays, and so does another source exported into the same folder."""
+    ws, st = store
+    out = tmp_path / "np"
+    alive = [r.latent for r in st.list_features(sort="latent", filter={"alive_only": True}, limit=st.d_sae)]
+    assert len(alive) > 2 * 8
+    other = export_neuronpedia(st, out, NeuronpediaInfo(model_id="m", source_set="other", batch_size=8)).root
+    first = export_neuronpedia(st, out, NeuronpediaInfo(model_id="m", source_set="s", batch_size=8))
+    assert first.removed == [] and len(list((first.root / "features").glob("batch-*"))) == -(-len(alive) // 8)
+    (first.root / "README.md").write_text("uploaded on Monday — notes\n", encoding="utf-8")
+    again = export_neuronpedia(st, out, NeuronpediaInfo(model_id="m", source_set="s", batch_size=8), latents=alive[:3])
+    for table in ("features", "activations", "explanations", "explanation_scores"):
+        assert [p.name for p in (again.root / table).iterdir()] == ["batch-0.jsonl.gz"]
+    assert len(again.removed) == 4 * (-(-len(alive) // 8) - 1)
+    assert (again.root / "README.md").is_file() and check_neuronpedia_export(again.root)["features"] == 3
+    assert check_neuronpedia_export(other)["features"] == len(alive)

@@ -436,7 +436,7 @@ def test_export_is_read_by_delphi_and_round_trips(toy, tmp_path, request):
     r = saesteer("label", "--store", db, "--export-delphi", run).ok()
     with FeatureStore.open(db) as st:
         ours = {i: st.label(i).text for i in range(D_SAE) if st.label(i) is not None}
-    assert ours and f"wrote {len(ours)} delphi explanation file(s) of module {MODULE}" in r.out
+    assert ours and f"wrote {len(ours)} delphi explanation files of module {MODULE}" in r.out
 
     latent_name = _delphis_latent_name(request.getfixturevalue("delphi_src"))
     for i, text in ours.items():

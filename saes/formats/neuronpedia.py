@@ -26,13 +26,16 @@ from saes.io import SAEFormatError
 
 SITE = "https://www.neuronpedia.org"
 _PART = r"[A-Za-z0-9][A-Za-z0-9._-]*"
-# the address (also as pathlib leaves it: "https:/www..."), or a bare id; the latent index optional
-_REF = re.compile(rf"^(?P<site>(?:https?:/+)?(?:www\.)?neuronpedia\.org/)?(?P<model>{_PART})/(?P<sae>{_PART})"
-                  rf"(?:/(?P<index>\d+))?/?$")
+# the site's part of an address (also as pathlib leaves it: "https:/www...")
+_SITE = r"(?:https?:/+)?(?:www\.)?neuronpedia\.org/"
+# the address, or a bare id; the latent index optional
+_REF = re.compile(rf"^(?P<site>{_SITE})?(?P<model>{_PART})/(?P<sae>{_PART})(?:/(?P<index>\d+))?/?$")
 # a latent at the head of an edit (`URL:clamp=4`, `gpt2-small/6-res-jb/17:add=2@generated`) or of a
 # trigger (`gpt2-small/6-res-jb/77>1.5`)
-_LATENT_HEAD = re.compile(rf"^\s*(?P<site>(?:https?:/+)?(?:www\.)?neuronpedia\.org/)?(?P<model>{_PART})/"
-                          rf"(?P<sae>{_PART})/(?P<index>\d+)(?=\s*(?::|@|\?|>|$))")
+_LATENT_HEAD = re.compile(rf"^\s*(?P<site>{_SITE})?(?P<model>{_PART})/(?P<sae>{_PART})/(?P<index>\d+)"
+                          rf"(?=\s*(?::|@|\?|>|$))")
+# a latent's index as text (ASCII digits, as int() reads them)
+_INDEX = re.compile(r"\s*-?[0-9]+\s*")
 # an edit's own SAE name (`res/17:...`), where its head is no Neuronpedia latent
 _NAMED_HEAD = re.compile(r"^\s*(?P<name>[^/:@\s]+)/\d")
 
@@ -194,7 +197,7 @@ class LatentOwners:
 
     def latent(self, text: str | int) -> tuple[str | None, int]:
         """(the SAE's name, the index) of a latent given as its index (no name) or as a Neuronpedia latent."""
-        if isinstance(text, int) or str(text).strip().lstrip("-").isdigit():
+        if isinstance(text, int) or _INDEX.fullmatch(str(text)):  # not str.isdigit: '²' and '--3' are no int
             return None, int(text)
         ref = parse_ref(str(text))
         if ref is None or ref.index is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from features.drawing import readable
 from saesteer.boundary import print_error
-from saesteer.terminal import counted
+from saesteer.terminal import counted, removed_note
 
 
 def _say(line: str) -> None:
@@ -28,12 +28,11 @@ def run_delphi(args, store_path, overwrite: bool) -> int:
             return 2
     if args.export_delphi:
         module = done.module
-        _say(f"wrote {len(done.files)} delphi explanation file(s) of module {module} to {done.files[0].parent}; delphi "
-             "scores them with `--explainer none` in that run folder (our detection/fuzzing scores are not exported: "
+        _say(f"wrote {counted(len(done.files), 'delphi explanation file')} of module {module} to {done.files[0].parent}; "
+             "delphi scores them with `--explainer none` in that run folder (our detection/fuzzing scores are not exported: "
              "the store keeps their counts, not each sample's prediction)")
-        if done.removed:
-            _say(f"  removed {counted(len(done.removed), 'explanation file')} an earlier export wrote there for latents "
-                 f"not exported now (e.g. {done.removed[0].name})")
+        if note := removed_note(done.removed, "explanation file"):
+            _say(note)
         if args.delphi_module is None:  # named as Llama, Qwen, GPT-NeoX ... name their layers; GPT-2 calls them h
             _say(f"  note: {module} is the layer's name in models whose layers are `layers`; for a GPT-2-style model "
                  f"(layers `h`) delphi's hookpoint is {module.replace('layers.', 'h.', 1)}: export with --delphi-module")

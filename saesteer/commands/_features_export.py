@@ -36,12 +36,15 @@ def export(args) -> int:
     from features import FeatureStore
     from autointerp.config import parse_latents
     from features.export import export_html
+    from saesteer.terminal import removed_note
 
     with FeatureStore.open(args.store) as store:
         ids = parse_latents(args.latents, "--latents") if args.latents else None
         if args.format == "html":
-            index = export_html(store, args.out, ids, limit=args.limit, progress=not args.no_progress)
-            print(f"wrote {index} (open it in a browser; works offline)")
+            done = export_html(store, args.out, ids, limit=args.limit, progress=not args.no_progress)
+            print(f"wrote {done.index} (open it in a browser; works offline)")
+            if note := removed_note(done.removed, "page"):
+                print(note)
             return 0
         if ids is None and args.limit is not None:
             ids = [r.latent for r in store.list_features(sort="freq", filter={"alive_only": True}, limit=args.limit)]
@@ -58,10 +61,12 @@ def export(args) -> int:
         if args.format == "neuronpedia":
             from features.publish import check_neuronpedia_export, export_neuronpedia
 
-            root = export_neuronpedia(store, args.out, info, ids)
-            counts = check_neuronpedia_export(root)
-            print(f"wrote {root}: {counts['features']} features, {counts['activations']} activations, "
+            done = export_neuronpedia(store, args.out, info, ids)
+            counts = check_neuronpedia_export(done.root)
+            print(f"wrote {done.root}: {counts['features']} features, {counts['activations']} activations, "
                   f"{counts['explanations']} explanations, {counts['explanation_scores']} scores (checked)")
+            if note := removed_note(done.removed, "file"):
+                print(note)
             return 0
         from features.publish import export_saedashboard
 

@@ -66,8 +66,8 @@ def add_arguments(parser) -> None:
                           "neuronpedia-datasets, or a batch .jsonl.gz of it), .jsonl, or a JSON array; they become labels "
                           "marked 'neuronpedia'; rows of another SAE or out of range are refused")
     imp.add_argument("--neuronpedia-sae", default=None, metavar="MODEL/SAE",
-                     help="the store's SAE on Neuronpedia (e.g. gpt2-small/6-res-jb) when it is not from SAELens's "
-                          "registry (default: from the registry)")
+                     help="the store's SAE on Neuronpedia (e.g. gpt2-small/6-res-jb, or its page address) when it is "
+                          "not from SAELens's registry (default: from the registry)")
     add_dataclass_arguments(parser, LabelConfig, title="labelling")
     add_dataclass_arguments(parser, JudgeConfig, prefix="judge_", title="judge")
     add_dataclass_arguments(parser, EmbedConfig, prefix="embed_", title="label embeddings (search by meaning, map)")
