@@ -121,11 +121,24 @@ def test_a_saelens_pretokenized_folder_is_cached_row_by_row_and_evaluated(user):
              "--ce-contexts", 4, "--absorption", "false", "--probing", "false", "--quiet", "--out", work / "eval").ok()
     doc = json.loads((work / "eval/eval.json").read_text())
     assert doc["data"]["dataset"] == str(user.saved["validation"]) and doc["data"]["split"] == "train"
+    assert doc["data"]["text_column"] == "input_ids"  # the column read, not the flag's default "text"
     assert doc["saes"]["sae"]["metrics"]["ce_loss_recovered"] > 0
     # the training rows as eval text: found to be training text (rows compared, not decoded text)
     r = saesteer("eval", "--sae", work / "run/saes/sae", "--dataset", user.saved["train"], "--contexts", 4,
                  "--ce-contexts", 4, "--absorption", "false", "--probing", "false", "--quiet")
     assert r.rc != 0 and "is training text" in r.text, r.text
+
+
+def test_training_without_a_cache_records_the_column_it_read(user):
+    """`train --model M --dataset <pretokenized folder>` (no cache): the SAE records how its text was
+    read (data.text) with the token column read, not the flag's default "text"."""
+    work = user.work / "live"
+    saesteer("train", "--model", user.model, "--dataset", user.saved["train"], "--context-length", L, "--hook", HOOK,
+             "--out", work / "run", "--architecture", "topk", "--d-sae", 64, "--k", 4, "--total-tokens", 512,
+             "--batch-size", 128, "--holdout-tokens", 128, "--eval-ce-contexts", 0, "--eval-every-tokens", 0,
+             "--checkpoint-every-tokens", 0, "--no-progress", "--sae-name", "sae").ok()
+    data = json.loads((work / "run/saes/sae/saesteer.json").read_text())["data"]
+    assert data["text"]["text_column"] == "input_ids", data["text"]
 
 
 def test_hub_parquet_rows_are_read_and_eval_rereads_the_recorded_split(user):
