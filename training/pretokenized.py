@@ -26,6 +26,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from training.packing import special_tokens, tokenizer_name
 from training.text import START, TextConfig, TextPointer
 
 TOKEN_COLUMNS = ("tokens", "input_ids")  # the columns SAELens reads as token ids, in its order
@@ -57,9 +58,14 @@ class RowPacker:
         self.cfg = cfg
         self.K = cfg.context_length  # stream tokens per context (nothing is prepended)
         self._rows = rows
-        self._next = start.doc + (1 if start.offset else 0)
+        self._next = self.first_row(start)
         self._last = TextPointer(self._next, 0)
         self._pending: list[tuple[int, np.ndarray]] = []
+
+    @staticmethod
+    def first_row(start: TextPointer) -> int:
+        """The row a pointer names (one into a row names the next: rows are never split)."""
+        return start.doc + (1 if start.offset else 0)
 
     @property
     def pointer(self) -> TextPointer:
@@ -119,16 +125,12 @@ def saelens_metadata(cfg: TextConfig, root: Path | None) -> dict[str, Any] | Non
     return {**meta, "path": str(found)}
 
 
-def _tokenizer_name(tokenizer) -> str:
-    return str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
-
-
 def _check_metadata_tokenizer(meta: dict[str, Any], dataset: str, tokenizer) -> None:
     """Refuse rows whose `sae_lens.json` names a tokenizer of another vocabulary than the model's."""
     name = meta.get("tokenizer_name")
     if not isinstance(name, str) or not name:
         return
-    ours = _tokenizer_name(tokenizer)
+    ours = tokenizer_name(tokenizer)
     try:
         from transformers import AutoTokenizer
 
@@ -221,8 +223,6 @@ def check_token_rows(cfg: TextConfig, rows: list[np.ndarray], tokenizer, meta: d
                      column: str) -> dict[str, Any]:
     """Refuse rows that are not this tokenizer's ids, shorter than a context, or under another BOS
     policy than `cfg.bos_policy`; returns what the manifest records of them."""
-    from training.packing import special_tokens
-
     name = cfg.dataset
     if not rows:
         raise ValueError(f"dataset {name!r} (split {cfg.split!r}) has no rows in its token column {column!r}")
@@ -235,7 +235,7 @@ def check_token_rows(cfg: TextConfig, rows: list[np.ndarray], tokenizer, meta: d
     low = min(int(r.min()) for r in rows)
     if top >= vocab or low < 0:
         raise ValueError(f"dataset {name!r} holds token id {top if top >= vocab else low} (column {column!r}), outside "
-                         f"the model's tokenizer {_tokenizer_name(tokenizer)!r} (ids 0..{vocab - 1}): it was tokenized "
+                         f"the model's tokenizer {tokenizer_name(tokenizer)!r} (ids 0..{vocab - 1}): it was tokenized "
                          f"by another tokenizer. Use a dataset tokenized for this model, or its text")
     if meta is not None:
         _check_metadata_tokenizer(meta, name, tokenizer)
@@ -244,7 +244,7 @@ def check_token_rows(cfg: TextConfig, rows: list[np.ndarray], tokenizer, meta: d
         if share < ROUND_TRIP_MIN:
             raise ValueError(
                 f"dataset {name!r} (column {column!r}) does not read as text tokenized by the model's tokenizer "
-                f"{_tokenizer_name(tokenizer)!r}: decoded and encoded again, {share:.0%} of its ids come back (its own "
+                f"{tokenizer_name(tokenizer)!r}: decoded and encoded again, {share:.0%} of its ids come back (its own "
                 f"rows: ~100%), so it was tokenized by another tokenizer. Use a dataset tokenized for this model; if "
                 f"it is this model's, put a {METADATA_NAME} naming the tokenizer (tokenizer_name) beside the data")
     problem = _bos_problem(rows, cfg.bos_policy, special_tokens(tokenizer).bos, tokenizer)
