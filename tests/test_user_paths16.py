@@ -121,11 +121,24 @@ def test_a_saelens_pretokenized_folder_is_cached_row_by_row_and_evaluated(user):
              "--ce-contexts", 4, "--absorption", "false", "--probing", "false", "--quiet", "--out", work / "eval").ok()
     doc = json.loads((work / "eval/eval.json").read_text())
     assert doc["data"]["dataset"] == str(user.saved["validation"]) and doc["data"]["split"] == "train"
+    assert doc["data"]["text_column"] == "input_ids"  # the column read, not the flag's default "text"
     assert doc["saes"]["sae"]["metrics"]["ce_loss_recovered"] > 0
     # the training rows as eval text: found to be training text (rows compared, not decoded text)
     r = saesteer("eval", "--sae", work / "run/saes/sae", "--dataset", user.saved["train"], "--contexts", 4,
                  "--ce-contexts", 4, "--absorption", "false", "--probing", "false", "--quiet")
     assert r.rc != 0 and "is training text" in r.text, r.text
+
+
+def test_training_without_a_cache_records_the_column_it_read(user):
+    """`train --model M --dataset <pretokenized folder>` (no cache): the SAE records how its text was
+    read (data.text) with the token column read, not the flag's default "text"."""
+    work = user.work / "live"
+    saesteer("train", "--model", user.model, "--dataset", user.saved["train"], "--context-length", L, "--hook", HOOK,
+             "--out", work / "run", "--architecture", "topk", "--d-sae", 64, "--k", 4, "--total-tokens", 512,
+             "--batch-size", 128, "--holdout-tokens", 128, "--eval-ce-contexts", 0, "--eval-every-tokens", 0,
+             "--checkpoint-every-tokens", 0, "--no-progress", "--sae-name", "sae").ok()
+    data = json.loads((work / "run/saes/sae/saesteer.json").read_text())["data"]
+    assert data["text"]["text_column"] == "input_ids", data["text"]
 
 
 def test_hub_parquet_rows_are_read_and_eval_rereads_the_recorded_split(user):
@@ -258,3 +271,27 @@ def test_a_hub_dataset_configuration_is_read_again_once_the_cache_is_gone(user, 
     assert (doc["data"]["dataset"], doc["data"]["dataset_config"], doc["data"]["split"]) == \
            ("wikitext", "wikitext-2-raw-v1", "validation")
     assert doc["saes"]["sae"]["metrics"]["ce_loss_clean"] == pytest.approx(trained["ce_loss_clean"], rel=1e-6)
+
+
+def test_a_sentencepiece_models_own_rows_without_metadata_are_read(user, real_models):
+    """Rows SAELens made with a Mistral / Llama-2 style tokenizer (SentencePiece, "▁" for spaces, <0xNN>
+    byte fallback for CJK) and no sae_lens.json, as a hub dataset publishes them: the rows are cut
+    mid-word and mid-character, so decoded and encoded again their edges differ ("▁" gained, a whole
+    run of byte tokens read as U+FFFD when one is cut). They were refused as another tokenizer's
+    (87% of the ids came back); the text between special tokens is now compared, less its cut edges."""
+    from transformers import AutoTokenizer
+
+    from training.pretokenized import ROUND_TRIP_MIN, round_trip_share
+
+    work = user.work / "sentencepiece"
+    model = real_models.path("mistral")
+    rows = pretokenize(model, user.train, work / "pretok")
+    (rows / "sae_lens.json").unlink()
+    cache(model, rows, work / "cache").ok()
+    assert np.array_equal(cached_tokens(work / "cache"), rows_of(rows)[:2048 // L])
+    # any 8 of its rows pass (SAELens shuffles them by default: the first rows may be any), rows that
+    # start mid-word included; another tokenizer's rows (GPT-2's, ids inside the vocabulary) do not
+    tok, own = AutoTokenizer.from_pretrained(model), list(rows_of(rows)[:320])
+    assert min(round_trip_share(own[i:i + 8], tok) for i in range(0, len(own), 8)) >= ROUND_TRIP_MIN
+    gpt2_rows = list(rows_of(pretokenize(user.model, user.train, work / "gpt2-pretok"))[:8])  # ids < 1024 both
+    assert round_trip_share(gpt2_rows, tok) < ROUND_TRIP_MIN

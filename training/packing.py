@@ -55,6 +55,11 @@ def special_tokens(tokenizer) -> SpecialTokens:
     return SpecialTokens(get("bos_token_id"), get("eos_token_id"), get("pad_token_id"), tuple(ids))
 
 
+def tokenizer_name(tokenizer) -> str:
+    """The name or folder a tokenizer was loaded from (its class name when it records none)."""
+    return str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
+
+
 def tokenizer_fingerprint(tokenizer) -> dict[str, Any]:
     """Name, vocabulary size, special token ids and a SHA-256 over the full tokenizer definition
     (fast tokenizers: their JSON; others: the sorted vocabulary)."""
@@ -68,7 +73,7 @@ def tokenizer_fingerprint(tokenizer) -> dict[str, Any]:
     sp = special_tokens(tokenizer)
     h.update(json.dumps(dataclasses.asdict(sp)).encode())
     return {
-        "name": str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__),
+        "name": tokenizer_name(tokenizer),
         "vocab_size": int(len(tokenizer)),
         "bos_id": sp.bos,
         "eos_id": sp.eos,
@@ -258,7 +263,7 @@ def open_packer(
         from training.pretokenized import RowPacker, checked_rows
 
         checked_rows(source, tokenizer)
-        return RowPacker(source.chunks(start.doc + (1 if start.offset else 0)), cfg, start)
+        return RowPacker(source.chunks(RowPacker.first_row(start)), cfg, start)
     return ContextPacker(
         source.chunks(start.doc), make_tokenize(tokenizer), cfg, special_tokens(tokenizer), start, eos_next_bos
     )

@@ -10,7 +10,8 @@ so the BOS policy asked for must be the one the rows already follow (`check_toke
   * none:    rows that do not all start with BOS.
 The ids must be the model tokenizer's: a `sae_lens.json` beside the data names the tokenizer they
 were made with (compared by vocabulary); without one, the first rows must read back as that
-tokenizer's text (decode, encode again: the same ids), which rows made by another tokenizer do not.
+tokenizer's text (decode, encode again: the same ids, edges cut mid-word or mid-character aside:
+`round_trip_share`), which rows made by another tokenizer do not.
 
 A `TextPointer(doc, 0)` names row `doc` (the next one to read); offsets are always 0.
 """
@@ -25,12 +26,13 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from training.packing import special_tokens, tokenizer_name
 from training.text import START, TextConfig, TextPointer
 
 TOKEN_COLUMNS = ("tokens", "input_ids")  # the columns SAELens reads as token ids, in its order
 METADATA_NAME = "sae_lens.json"  # what SAELens's PretokenizeRunner writes beside the dataset
 CHECK_ROWS = 32  # rows read to check ids and BOS
-ROUND_TRIP_MIN = 0.97  # share of ids that decode and encode back unchanged (the tokenizer's own rows: ~1.0)
+ROUND_TRIP_MIN = 0.97  # share of ids that decode and encode back unchanged (own rows: >= 0.99, another's: <= 0.95)
 
 
 def is_token_ids(value: Any) -> bool:
@@ -56,9 +58,14 @@ class RowPacker:
         self.cfg = cfg
         self.K = cfg.context_length  # stream tokens per context (nothing is prepended)
         self._rows = rows
-        self._next = start.doc + (1 if start.offset else 0)
+        self._next = self.first_row(start)
         self._last = TextPointer(self._next, 0)
         self._pending: list[tuple[int, np.ndarray]] = []
+
+    @staticmethod
+    def first_row(start: TextPointer) -> int:
+        """The row a pointer names (one into a row names the next: rows are never split)."""
+        return start.doc + (1 if start.offset else 0)
 
     @property
     def pointer(self) -> TextPointer:
@@ -118,16 +125,12 @@ def saelens_metadata(cfg: TextConfig, root: Path | None) -> dict[str, Any] | Non
     return {**meta, "path": str(found)}
 
 
-def _tokenizer_name(tokenizer) -> str:
-    return str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
-
-
 def _check_metadata_tokenizer(meta: dict[str, Any], dataset: str, tokenizer) -> None:
     """Refuse rows whose `sae_lens.json` names a tokenizer of another vocabulary than the model's."""
     name = meta.get("tokenizer_name")
     if not isinstance(name, str) or not name:
         return
-    ours = _tokenizer_name(tokenizer)
+    ours = tokenizer_name(tokenizer)
     try:
         from transformers import AutoTokenizer
 
@@ -149,14 +152,52 @@ def _check_metadata_tokenizer(meta: dict[str, Any], dataset: str, tokenizer) -> 
 
 
 def round_trip_share(rows: list[np.ndarray], tokenizer) -> float:
-    """Share of the ids that come back when the rows are decoded and encoded again by `tokenizer`."""
+    """Share of the ids that come back when the rows are decoded and encoded again by `tokenizer`,
+    text between special tokens (BOS, separators) at a time. The edges of those texts may be where
+    PretokenizeRunner cut the row: mid-character (byte tokens that decode to U+FFFD; a byte-fallback
+    decoder then replaces the whole run of bytes) and mid-word (a SentencePiece word read from its
+    middle gains a "▁" when encoded again). So the ids that decode to U+FFFD at either end are left
+    out, and the first and last id of what remains are not counted."""
+    special = set(tokenizer.all_special_ids)
     same = total = 0
-    for ids in rows:
-        back = tokenizer(tokenizer.decode(ids.tolist()), add_special_tokens=False, verbose=False)["input_ids"]
-        match = difflib.SequenceMatcher(a=ids.tolist(), b=list(back), autojunk=False)
-        same += sum(block.size for block in match.get_matching_blocks())
-        total += len(ids)
+    for row in rows:
+        for piece in _between(row.tolist(), special):
+            ids = _whole_characters(piece, tokenizer)
+            text = tokenizer.decode(ids, clean_up_tokenization_spaces=False)
+            back = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+            match = difflib.SequenceMatcher(a=ids, b=list(back), autojunk=False)
+            last = len(ids) - 1  # ids 1 .. last-1 are counted
+            same += sum(max(0, min(b.a + b.size, last) - max(b.a, 1)) for b in match.get_matching_blocks())
+            total += max(0, last - 1)
     return same / max(1, total)
+
+
+def _between(ids: list[int], special: set[int]) -> Iterator[list[int]]:
+    """The runs of `ids` between special ids."""
+    run: list[int] = []
+    for i in ids:
+        if i in special:
+            if run:
+                yield run
+            run = []
+        else:
+            run.append(i)
+    if run:
+        yield run
+
+
+def _whole_characters(ids: list[int], tokenizer) -> list[int]:
+    """`ids` less the fewest ids at either end (3 at most: a UTF-8 character has 4 bytes at most)
+    that leave no character cut by the row's edge, i.e. no U+FFFD at either end of its text. Both
+    ends at once: a byte-fallback decoder replaces a whole run of byte tokens when one is cut."""
+    for cut in range(7):
+        for start in range(min(cut, 3) + 1):
+            if cut - start > 3 or cut >= len(ids):
+                continue
+            text = tokenizer.decode(ids[start:len(ids) - (cut - start)], clean_up_tokenization_spaces=False)
+            if not text.startswith("\ufffd") and not text.endswith("\ufffd"):
+                return ids[start:len(ids) - (cut - start)]
+    return ids
 
 
 def _bos_problem(rows: list[np.ndarray], policy: str, bos: int | None, tokenizer) -> str | None:
@@ -182,8 +223,6 @@ def check_token_rows(cfg: TextConfig, rows: list[np.ndarray], tokenizer, meta: d
                      column: str) -> dict[str, Any]:
     """Refuse rows that are not this tokenizer's ids, shorter than a context, or under another BOS
     policy than `cfg.bos_policy`; returns what the manifest records of them."""
-    from training.packing import special_tokens
-
     name = cfg.dataset
     if not rows:
         raise ValueError(f"dataset {name!r} (split {cfg.split!r}) has no rows in its token column {column!r}")
@@ -196,7 +235,7 @@ def check_token_rows(cfg: TextConfig, rows: list[np.ndarray], tokenizer, meta: d
     low = min(int(r.min()) for r in rows)
     if top >= vocab or low < 0:
         raise ValueError(f"dataset {name!r} holds token id {top if top >= vocab else low} (column {column!r}), outside "
-                         f"the model's tokenizer {_tokenizer_name(tokenizer)!r} (ids 0..{vocab - 1}): it was tokenized "
+                         f"the model's tokenizer {tokenizer_name(tokenizer)!r} (ids 0..{vocab - 1}): it was tokenized "
                          f"by another tokenizer. Use a dataset tokenized for this model, or its text")
     if meta is not None:
         _check_metadata_tokenizer(meta, name, tokenizer)
@@ -205,7 +244,7 @@ def check_token_rows(cfg: TextConfig, rows: list[np.ndarray], tokenizer, meta: d
         if share < ROUND_TRIP_MIN:
             raise ValueError(
                 f"dataset {name!r} (column {column!r}) does not read as text tokenized by the model's tokenizer "
-                f"{_tokenizer_name(tokenizer)!r}: decoded and encoded again, {share:.0%} of its ids come back (its own "
+                f"{tokenizer_name(tokenizer)!r}: decoded and encoded again, {share:.0%} of its ids come back (its own "
                 f"rows: ~100%), so it was tokenized by another tokenizer. Use a dataset tokenized for this model; if "
                 f"it is this model's, put a {METADATA_NAME} naming the tokenizer (tokenizer_name) beside the data")
     problem = _bos_problem(rows, cfg.bos_policy, special_tokens(tokenizer).bos, tokenizer)

@@ -23,6 +23,7 @@ dataset, counting empty documents too), token `offset` within that item (see `tr
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -354,6 +355,14 @@ class DocumentSource:
                     f"{type(v).__name__}, not text ({shown}); pass --text-column with the column that holds the "
                     f"documents' text (or fix that document)")
         return ["" if v is None else v for v in values]
+
+
+def text_as_read(cfg: TextConfig) -> TextConfig:
+    """`cfg` naming the column its dataset is read from (`DocumentSource.column`): a pretokenized
+    dataset given the default "text" is read from its token column, and a record of how the text was
+    read must say that one."""
+    column = DocumentSource(cfg).column
+    return cfg if column == cfg.text_column else dataclasses.replace(cfg, text_column=column)
 
 
 def _offline_hub_dataset_hint(name: str, error: Exception) -> str:

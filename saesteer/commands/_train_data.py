@@ -116,8 +116,9 @@ def _from_model(run_cfg, data_cfg, text_cfg):
     from training.evaluate import ModelEval
     from training.live import model_batches
     from training.sources import TEXT_READING
-    from training.text import resolve_data
+    from training.text import resolve_data, text_as_read
 
+    text_cfg = text_as_read(text_cfg)  # recorded as read: the column a pretokenized dataset's ids are in
     t = run_cfg.train
     model = load_model(start_model_spec(data_cfg.model, text_cfg.dataset), device=t.device,  # toy for toy text only
                        process_weights=data_cfg.process_weights)

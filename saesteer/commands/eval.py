@@ -97,7 +97,7 @@ def _run(args) -> int:
     from evals.activations import Collector, check_widths
     from evals.config import EvalConfig
     from saesteer.configargs import dataclass_from_args
-    from training.text import TextConfig
+    from training.text import TextConfig, text_as_read
 
     say = _say(args)
     cfg = dataclass_from_args(EvalConfig, args)
@@ -131,6 +131,8 @@ def _run(args) -> int:
     results, texts = {}, []
     for i, (sae_text, names, from_cache) in enumerate(groups):
         group = {n: loaded[n] for n in names}
+        if not from_cache:  # recorded as read: the column a pretokenized dataset's ids are in
+            sae_text = text_as_read(sae_text)
         if len(groups) > 1:
             say(f"SAEs {', '.join(names)}: " + ("contexts of the cache (as their training read them)" if from_cache
                                                 else _describe_text(sae_text)))
