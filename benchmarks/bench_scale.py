@@ -6,6 +6,7 @@ the feature store, the web app, labelling and training without a cache.
     python benchmarks/bench_scale.py train    [--tokens 1e5,1e6,4e6] [--d-sae 4096,16384,65536,131072]
     python benchmarks/bench_scale.py store    [--latents 8192,32768,131072] [--tokens 65536]
     python benchmarks/bench_scale.py nocache  [--tokens 65536,196608,393216]
+    python benchmarks/bench_scale.py realsae  [--sae-names res-jb-24k,topk-65k] [--real-tokens 400000]
     python benchmarks/bench_scale.py all      (each of the above with its defaults)
 
 Every command prints a markdown table; `--write` puts it in benchmarks/RESULTS.md under "## Scale"
@@ -37,6 +38,9 @@ sorts, a deep page, filters), search, a feature page (API and HTML), and fire-on
 nocache: `training.train` straight from a model (`training.reader.model_batches`, the "no
 cache" path of `saesteer train`) against building a cache and training from it, on a random
 GPT-2-small-width model (d_model 768): tokens/s and peak RSS against tokens.
+
+realsae: a user's real-size SAEs (SAELens-saved, 24,576 and 65,536 latents) on a GPT-2-shaped
+model through the CLI: features build / show, serve's pages, steer (benchmarks/real_sae.py).
 
 The machine is shared: process CPU time is given next to wall time where it matters, and growth
 is read as ratios within one run. Check `uptime` before a heavy run.
@@ -1007,7 +1011,8 @@ def cmd_store(args) -> tuple[str, dict]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=("cache", "reader", "train", "store", "relations", "nocache", "all", "_child"))
+    p.add_argument("command", choices=("cache", "reader", "train", "store", "relations", "nocache", "realsae", "all",
+                                       "_child"))
     p.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
     p.add_argument("--work", default=os.environ.get("SCALE_WORK", str(Path(tempfile.gettempdir()) / "saesteer_scale")),
                    help="scratch directory (everything made there is deleted)")
@@ -1036,6 +1041,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nocache-d-model", type=int, default=768, help="nocache: model width")
     p.add_argument("--nocache-layers", type=int, default=4, help="nocache: model layers (the hook is in the middle)")
     p.add_argument("--dense-max", type=int, default=32768, help="relations: widest SAE the dense reference runs on")
+    # realsae
+    p.add_argument("--sae-names", default="res-jb-24k,topk-65k", help="realsae: which SAEs (real_sae.SAES)")
+    p.add_argument("--real-tokens", type=int, default=400_000, help="realsae: most tokens cached (the corpus has ~205k)")
+    p.add_argument("--real-latent", type=int, default=24000, help="realsae: the latent shown, paged and steered")
+    p.add_argument("--repeats", type=int, default=3, help="realsae: runs of each short command (median)")
     args = p.parse_args(argv)
 
     if args.command == "_child":
@@ -1060,9 +1070,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def cmd_realsae(args) -> tuple[str, dict]:
+    import json as _json
+
+    import real_sae
+
+    work = Path(args.work) / "realsae"
+    figs = real_sae.run(work, args.real_tokens, args.repeats, args.real_latent, parse_sizes(args.sae_names),
+                        args.requests)
+    tokens = _json.loads((work / "cache" / "manifest.json").read_text()).get("n_rows") or sum(
+        s.get("rows", 0) for s in _json.loads((work / "cache" / "manifest.json").read_text()).get("shards", []))
+    cmd = f"python benchmarks/bench_scale.py realsae --sae-names {args.sae_names} --work {args.work}"
+    return "### A real-size SAE through the CLI\n\n" + header("realsae") + "\n" + real_sae.table(figs, cmd, tokens), figs
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], tuple[str, dict]]] = {
     "cache": cmd_cache, "reader": cmd_reader, "train": cmd_train, "store": cmd_store, "relations": cmd_relations,
-    "nocache": cmd_nocache,
+    "nocache": cmd_nocache, "realsae": cmd_realsae,
 }
 CHILDREN: dict[str, Callable[[dict], dict]] = {
     "read_cache": child_read_cache, "train_tokens": child_train_tokens, "train_width": child_train_width,

@@ -363,6 +363,7 @@ class _BatchContext:
         self.rowmap_CL[self.c_B, batch.positions_B] = torch.arange(B)
         self.keys_N = e.f_N * B + e.row_N  # sorted ascending (entries are in (latent, row) order)
         self.v_N = e.v_N
+        self._row_table: tuple[Tensor, Tensor] | None = None  # row_latents', made on first use
 
     def window_rows(self, r_n: Tensor) -> Tensor:
         """Batch rows [n, W] of the window around each row (-1: outside the context or no row)."""
@@ -383,23 +384,33 @@ class _BatchContext:
         return torch.where(hit, self.v_N[idx], out)
 
     def row_latents(self, r_n: Tensor, kmax: int) -> tuple[Tensor, Tensor]:
-        """(the latents active on each row [n, kmax], -1 padded, the kmax strongest if more; their
-        activations there [n, kmax], 0 in padding)."""
-        n = r_n.numel()
-        cnt = self.cnt_B[r_n]
-        width = max(int(cnt.max()) if n else 0, 1)
-        ent = self.rstart_B[r_n][:, None] + torch.arange(width)[None, :]
-        ok = torch.arange(width)[None, :] < cnt[:, None]
-        ent = torch.where(ok, ent, 0)
-        f_nK = torch.where(ok, self.f_csr[ent] if self.f_csr.numel() else ent, -1)
-        v_nK = torch.where(ok, self.v_csr[ent] if self.v_csr.numel() else 0.0, float("-inf"))
-        if width > kmax:
-            top = v_nK.topk(kmax, dim=1).indices
-            f_nK, v_nK = f_nK.gather(1, top), v_nK.gather(1, top)
-        elif width < kmax:
-            f_nK = torch.nn.functional.pad(f_nK, (0, kmax - width), value=-1)
-            v_nK = torch.nn.functional.pad(v_nK, (0, kmax - width), value=float("-inf"))
+        """(the latents active on each row [n, kmax], -1 padded, the kmax strongest if more (equal
+        activations: the lower id); their activations there [n, kmax], 0 in padding).
+
+        Built once per batch as a [B, kmax] table and gathered: memory B*kmax plus the batch's
+        entries, however dense a row is (a [n, densest row] gather was 20+ GB at d_sae 24576
+        when a high-norm token fired thousands of latents)."""
+        if self._row_table is None or self._row_table[0].shape[1] != kmax:
+            self._row_table = self._row_latent_table(kmax)
+        f_BK, v_BK = self._row_table
+        return f_BK.index_select(0, r_n), v_BK.index_select(0, r_n)
+
+    def _row_latent_table(self, kmax: int) -> tuple[Tensor, Tensor]:
+        B, f_N, v_N = self.B, self.f_csr, self.v_csr
+        row_N = torch.repeat_interleave(torch.arange(B), self.cnt_B)  # the CSR entries are row-major
+        # per row: strongest first, equal activations by ascending id (three stable sorts)
+        o = torch.sort(f_N, stable=True).indices
+        o = o.index_select(0, torch.sort(v_N.index_select(0, o), descending=True, stable=True).indices)
+        o = o.index_select(0, torch.sort(row_N.index_select(0, o), stable=True).indices)
+        rank_N = torch.arange(o.numel()) - self.rstart_B.index_select(0, row_N)
+        keep = rank_N < kmax
+        o, r, k = o[keep], row_N[keep], rank_N[keep]
+        f_BK = torch.full((B, kmax), _BIG, dtype=torch.int64)
+        v_BK = torch.zeros(B, kmax, dtype=torch.float32)
+        f_BK[r, k] = f_N.index_select(0, o)
+        v_BK[r, k] = v_N.index_select(0, o)
         # canonical order (ascending ids, padding last), whatever rows were gathered together
-        key, order = torch.where(f_nK >= 0, f_nK, _BIG).sort(dim=1)
-        v_nK = v_nK.gather(1, order)
-        return torch.where(key == _BIG, -1, key), torch.where(key == _BIG, 0.0, v_nK)
+        f_BK, order = f_BK.sort(dim=1)
+        v_BK = v_BK.gather(1, order)
+        pad = f_BK == _BIG
+        return torch.where(pad, -1, f_BK), torch.where(pad, 0.0, v_BK)

@@ -95,10 +95,12 @@ def _sorted_top(acc, f):
 
 
 @pytest.mark.parametrize("arch", ["topk", "jumprelu", "matryoshka_batchtopk"])
-def test_streaming_pass_matches_the_eager_reference(arch):
+@pytest.mark.parametrize("coact_kmax", [8, 2])  # 2: rows with more active latents keep their strongest
+def test_streaming_pass_matches_the_eager_reference(arch, coact_kmax):
     src = random_source(seed=1, n_contexts=20, context_length=12, d_in=8, contexts_per_chunk=7)
     sae = make_sae(arch, d_in=8, d_sae=24, seed=1)
-    cfg = small_config(top_k=3, n_quantile=4, negative_pool=10, window_before=2, window_after=1, hist_bins=8)
+    cfg = small_config(top_k=3, n_quantile=4, negative_pool=10, window_before=2, window_after=1, hist_bins=8,
+                       coact_kmax=coact_kmax)
     acc = run_pass(sae, src, cfg, contexts_per_batch=3)
     ref = reference_pass(sae, src, cfg)
     s = acc.s
@@ -108,6 +110,7 @@ def test_streaming_pass_matches_the_eager_reference(arch):
     assert torch.allclose(s["sum"], ref.sum, rtol=1e-6)
     assert torch.equal(s["max"], ref.max)
     alive = ref.n_fires > 0
+    capped = 0
     assert torch.equal(s["min_pos"][alive], ref.min_pos[alive]) and torch.equal(s["max_pos"], ref.max_pos)
     assert torch.equal(s["hist"], ref.hist) and torch.equal(s["hist_top"], ref.hist_top)
     for f in range(sae.cfg.d_sae):
@@ -124,12 +127,14 @@ def test_streaming_pass_matches_the_eager_reference(arch):
                 row = ref.acts_RF[r]
                 active = row.nonzero(as_tuple=True)[0]
                 if active.numel() > cfg.coact_kmax:  # capped to the strongest
+                    capped += 1
                     active = active[row[active].topk(cfg.coact_kmax).indices]
                 assert lat == sorted(active.tolist())
                 vals = {int(g): float(v) for g, v in zip(s["res_lat"][f, j], s["res_latv"][f, j]) if g >= 0}
                 assert vals == {g: pytest.approx(float(row[g])) for g in lat}  # each one's activation there
     assert [None if int(x) < 0 else int(x) for x in s["neg_row"]] == ref.neg_rows
     assert torch.equal(s["neg_mask"], ref.neg_mask)
+    assert capped or coact_kmax == 8  # the cap was exercised
 
 
 def test_results_do_not_depend_on_the_batch_size():

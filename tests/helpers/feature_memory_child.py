@@ -1,7 +1,9 @@
-"""Child process for the memory test: build stores over synthetic caches of N1, N2, ... contexts,
+"""Child process for the memory tests: build stores over synthetic caches of N1, N2, ... contexts,
 one after the other, printing after each: peak resident memory so far (KiB), pass state bytes, rows.
 
     python feature_memory_child.py DIR N1 N2 ...
+    python feature_memory_child.py dense F      # one pass batch where every row fires all F latents:
+                                                # peak memory before and after it (KiB)
 """
 
 import resource
@@ -9,6 +11,26 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+
+def dense_batch(F: int) -> None:
+    import torch
+
+    from features import BuildConfig, TensorSource
+    from features.accumulate import FeatureAccumulator
+    from helpers.feature_fixtures import identity_sae
+
+    torch.set_num_threads(1)
+    x = torch.rand(256, F) + 0.5  # acts = relu(x): every latent on every row
+    src = TensorSource(x, torch.randint(2, 50, (4, 64)))
+    cfg = BuildConfig(batch_rows=256, checkpoint_rows=0, negative_pool=16, n_negative=4, n_quantile=32, coact_kmax=32)
+    sae = identity_sae(F)
+    acc = FeatureAccumulator(F, cfg, 64)
+    (batch,) = src.batches(0, 4)
+    acts = sae.encode_sparse(batch.acts_BD)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    acc.update(acts, batch)
+    print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)
 
 
 def main() -> None:
@@ -27,4 +49,8 @@ def main() -> None:
         print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, res.state_bytes, res.n_rows, flush=True)
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1] == "dense":
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ (helpers)
+        dense_batch(int(sys.argv[2]))
+    else:
+        main()

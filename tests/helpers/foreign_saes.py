@@ -330,3 +330,49 @@ def hf_module_rows_of_cache(model_dir: Path, cache: Path, module_path: str, side
             handle.remove()
         rows.append(got["x"][t["seq_index"].long(), t["positions"].long()])
     return torch.cat(rows)
+
+
+# ------------------------------------------------------------------------------------ SAELens, real sizes
+def saelens_calibrated(kind: str, acts_ND: torch.Tensor, d_sae: int, *, l0: float = 64.0, k: int = 32,
+                       hook_name: str = "blocks.1.hook_resid_pre", model_name: str = "gpt2", seed: int = 0):
+    """A SAELens SAE object (`kind` "standard": ReLU, as gpt2-small-res-jb's; "topk": as OpenAI's v5
+    TopK SAEs) of real width whose latents fire like a trained SAE's on the activations `acts_ND`:
+    random unit decoder directions, the encoder their transpose, b_dec the mean activation, and each
+    latent's threshold (b_enc) put at the quantile that gives it a power-law firing rate (rates sum
+    to `l0` expected active latents per token; the rarest fire on about one row of `acts_ND`).
+    Save it with SAELens's own `save_model(folder)`."""
+    from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
+    from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
+
+    N, D = acts_ND.shape
+    g = torch.Generator().manual_seed(seed)
+    dirs_FD = torch.randn(d_sae, D, generator=g)
+    dirs_FD /= dirs_FD.norm(dim=1, keepdim=True)
+    b_dec_D = acts_ND.float().mean(0)
+    rate_F = 1.0 / (torch.arange(d_sae, dtype=torch.float64) + 10.0) ** 0.9
+    rate_F = (rate_F * l0 / rate_F.sum()).clamp(max=0.5)[torch.randperm(d_sae, generator=g)]
+    # row index of the (1 - rate) quantile of each latent's projection, among N sample rows
+    above_F = (rate_F * N).round().clamp(min=1, max=N - 1).long()
+    b_enc_F, scale_F = torch.empty(d_sae), torch.empty(d_sae)
+    centred_ND = acts_ND.float() - b_dec_D
+    for f0 in range(0, d_sae, 2048):
+        proj_NB = centred_ND @ dirs_FD[f0:f0 + 2048].T
+        desc_BN = proj_NB.T.sort(dim=1, descending=True).values
+        b_enc_F[f0:f0 + 2048] = -desc_BN.gather(1, above_F[f0:f0 + 2048, None])[:, 0]
+        scale_F[f0:f0 + 2048] = proj_NB.std(0)
+    # pre-activations in units of each latent's spread, so that a TopK's k slots go to latents at
+    # their own tail rather than to the few with the widest projections
+    scale_F = scale_F.clamp(min=1e-6)
+    if kind == "standard":
+        sae = StandardSAE(StandardSAEConfig(d_in=D, d_sae=d_sae))
+    elif kind == "topk":
+        sae = TopKSAE(TopKSAEConfig(d_in=D, d_sae=d_sae, k=k))
+    else:
+        raise ValueError(f"kind {kind!r}: 'standard' or 'topk'")
+    with torch.no_grad():
+        sae.W_dec.copy_(dirs_FD)
+        sae.W_enc.copy_(dirs_FD.T / scale_F)
+        sae.b_enc.copy_(b_enc_F / scale_F)
+        sae.b_dec.copy_(b_dec_D)
+    sae.cfg.metadata.hook_name, sae.cfg.metadata.model_name = hook_name, model_name
+    return sae

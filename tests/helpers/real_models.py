@@ -234,13 +234,19 @@ D_MODEL = 64
 SLIDING_WINDOW = 64  # Mistral's attention window
 
 
-def _config(family: str, tok):
+def _config(family: str, tok, d_model: int = D_MODEL, n_layers: int = 2, model_vocab: int | None = None):
+    """`d_model`, `n_layers` and `model_vocab` (an embedding padded past the tokenizer, as GPT-2's
+    50257 rows or Pythia's are) are for the GPT-2 family: a GPT-2-small-shaped model for the scale
+    benchmarks has d_model 768, 12 heads of 64."""
     import transformers
 
-    common = dict(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+    if family != "gpt2" and (d_model, n_layers, model_vocab) != (D_MODEL, 2, None):
+        raise ValueError("d_model, n_layers and model_vocab are for the gpt2 family only")
+    common = dict(vocab_size=model_vocab or len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                   pad_token_id=tok.pad_token_id)
     if family == "gpt2":
-        return transformers.GPT2Config(n_embd=D_MODEL, n_layer=2, n_head=4, n_positions=CONTEXT, n_ctx=CONTEXT, **common)
+        return transformers.GPT2Config(n_embd=d_model, n_layer=n_layers, n_head=max(4, d_model // 64),
+                                       n_positions=CONTEXT, n_ctx=CONTEXT, **common)
     if family == "neox":
         return transformers.GPTNeoXConfig(hidden_size=D_MODEL, num_hidden_layers=2, num_attention_heads=4,
                                           intermediate_size=4 * D_MODEL, rotary_pct=0.25,
@@ -293,14 +299,15 @@ def _train_briefly(model, tok, texts, steps: int, seed: int, batch: int = 8, len
 
 
 def save_real_model(directory, family: str, corpus: Corpus, train_steps: int = 200, seed: int = 0,
-                    vocab_size: int = 1024) -> Path:
-    """config.json + model.safetensors + tokenizer files of a tiny `family` checkpoint in `directory`."""
+                    vocab_size: int = 1024, **shape) -> Path:
+    """config.json + model.safetensors + tokenizer files of a tiny `family` checkpoint in `directory`
+    (`shape`: d_model, n_layers, model_vocab of `_config`, for a bigger GPT-2)."""
     import torch
 
     directory = Path(directory)
     tok = build_family_tokenizer(family, corpus.train_docs, vocab_size)
     torch.manual_seed(seed)
-    model = _causal_lm_class(family)(_config(family, tok))
+    model = _causal_lm_class(family)(_config(family, tok, **shape))
     if family == "llama3":  # generation_config.json as Llama-3-Instruct ships it: a reply ends at <|eot_id|> too
         model.generation_config.eos_token_id = [tok.eos_token_id, tok.convert_tokens_to_ids("<|eot_id|>")]
     if train_steps:
