@@ -176,6 +176,38 @@ def test_a_hook_z_stores_logit_effects_go_through_the_layers_w_o(gpt2, stores):
         assert ("W_O of layer 1" in method) == (hook == ATTN_Z)
 
 
+def test_a_hook_z_latents_logit_effect_is_what_the_attention_output_writes(gpt2, stores):
+    """Independent of our flatten: SAELens's own hook_z reshape turns a latent's decoder row into a z
+    vector [n_heads, d_head]; written into TransformerLens's hook_z, it moves hook_attn_out by
+    exactly the direction `features build` took (b_O cancels: it is no part of a latent's effect),
+    and the store's top promoted token is that measured direction's through W_U."""
+    from sae_lens import SAE as SAELensSAE
+
+    from features.analysis import logit_effects, residual_directions
+
+    model = _model(gpt2.model_dir)
+    z = SAELensSAE.load_from_disk(str(gpt2.saes[ATTN_Z]), device="cpu")
+    z.turn_on_forward_pass_hook_z_reshaping()
+    d_head = model.cfg.d_head
+    tokens = model.to_tokens(PROMPTS[:1], prepend_bos=True)
+    latents = list(range(0, z.cfg.d_sae, 9))
+    with torch.no_grad():
+        _, base = model.run_with_cache(tokens, names_filter=["blocks.1.hook_attn_out"])
+        written = []
+        for f in latents:
+            z_HE = z.reshape_fn_out(z.W_dec[f], d_head)  # SAELens's reshape back to [n_heads, d_head]
+            with model.hooks(fwd_hooks=[(ATTN_Z, lambda x, hook, v=z_HE: x + v)]):
+                _, cache = model.run_with_cache(tokens, names_filter=["blocks.1.hook_attn_out"])
+            written.append((cache["blocks.1.hook_attn_out"] - base["blocks.1.hook_attn_out"])[0, 0])
+        written_FD = torch.stack(written)
+        mapped, _ = residual_directions(z.W_dec[latents], model, ATTN_Z)
+    torch.testing.assert_close(mapped, written_FD, rtol=1e-4, atol=1e-5)
+    with sqlite3.connect(stores[ATTN_Z]) as db:
+        stored = dict(db.execute("select latent, token_id from logit_effects where kind = 'promoted' and rank = 0"))
+    want = logit_effects(written_FD, model, 1).top_ids_Fn[:, 0].tolist()
+    assert [stored[f] for f in latents] == want
+
+
 def test_eval_measures_each_sae_at_its_own_hook(gpt2):
     out = gpt2.work / "eval"
     r = saesteer("eval", *[f for h in (RESID[1], ATTN_Z, MLP_OUT) for f in ("--sae", f"{h}={gpt2.saes[h]}")],
