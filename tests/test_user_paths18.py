@@ -416,3 +416,60 @@ def test_one_api_request_steers_with_the_sae_of_each_layer(gpt2, stores, monkeyp
         api.completions.create(model=ids[RESID[0]], prompt=prompt, max_tokens=2,
                                extra_body={"steering": {"edits": [f"elsewhere/{lb}:scale=2"]}})
     assert "elsewhere" in str(err.value) and ids[RESID[1]] in str(err.value)
+
+
+def _as_on_neuronpedia(store: Path, np_sae: str, out: Path) -> Path:
+    """A copy of `store` whose labels were imported from Neuronpedia's export of `np_sae` (the store
+    then knows its SAE as that Neuronpedia id)."""
+    src, dst = sqlite3.connect(store), sqlite3.connect(out)
+    with dst:
+        src.backup(dst)
+    src.close(), dst.close()
+    model, layer = np_sae.split("/")
+    export = out.with_suffix(".json")
+    export.write_text(json.dumps([{"id": f"np{layer}", "modelId": model, "layer": layer, "index": "1",
+                                   "description": "caf\u00e9 and na\u00efve", "explanationModelName": "gpt-4o-mini",
+                                   "typeName": "oai_token-act-pair", "authorId": "np"}]))
+    saesteer("label", "--store", out, "--import-neuronpedia", export, "--neuronpedia-sae", np_sae).ok()
+    return out
+
+
+def test_a_neuronpedia_latent_is_read_against_the_sae_its_edit_names(gpt2, stores, monkeypatch, tmp_path):
+    """Served side by side, each store knowing its SAE's Neuronpedia id: a Neuronpedia latent of the
+    other store's SAE steers that SAE; one of the request's SAE given to an edit of the other SAE
+    (`"sae"`, or as its trigger) is refused naming both. Both were read against the request's SAE
+    only: the first refused, the others taken as an index of the other SAE (a silent wrong edit)."""
+    import openai
+
+    l0 = _as_on_neuronpedia(stores[RESID[0]], "gpt2-small/0-res-jb", tmp_path / "l0.db")
+    l1 = _as_on_neuronpedia(stores[RESID[1]], "gpt2-small/1-res-jb", tmp_path / "l1.db")
+    r, client = captured_serve(monkeypatch, "--store", l0, "--store", l1)
+    assert client is not None, r.text
+    ids = {m["saesteer"]["sae_hook"]: m["id"] for m in client.get("/v1/models").json()["data"]}
+    other = ids[RESID[1]]
+    api = openai.OpenAI(base_url=f"{client.base_url}/v1", api_key="loopback", max_retries=0, http_client=client)
+
+    def complete(*edits):
+        out = api.completions.create(model=ids[RESID[0]], prompt=PROMPTS[1], max_tokens=4, temperature=0,
+                                     extra_body={"steering": {"edits": list(edits)}})
+        return out.choices[0].model_extra["steering"]["token_ids"]
+
+    by_index = complete(f"{other}/7:clamp=30?5>-1e6")
+    assert by_index != complete(f"{other}/7:add=0")
+    for same in (f"gpt2-small/1-res-jb/7:clamp=30?gpt2-small/1-res-jb/5>-1e6",
+                 f"https://www.neuronpedia.org/gpt2-small/1-res-jb/7:clamp=30?5>-1e6",
+                 f"{other}/7:clamp=30?gpt2-small/1-res-jb/5>-1e6",
+                 {"latent": "gpt2-small/1-res-jb/7", "op": "clamp", "value": 30, "when": {"latent": 5, "above": -1e6}},
+                 {"latent": "gpt2-small/1-res-jb/7", "op": "clamp", "value": 30, "sae": other,
+                  "when": {"latent": "gpt2-small/1-res-jb/5", "above": -1e6}}):
+        assert complete(same) == by_index, same
+    for wrong in ({"latent": "gpt2-small/0-res-jb/7", "op": "clamp", "value": 30, "sae": other},
+                  {"latent": 7, "op": "clamp", "value": 30, "sae": other,
+                   "when": {"latent": "gpt2-small/0-res-jb/5", "above": -1e6}},
+                  f"{other}/7:clamp=30?gpt2-small/0-res-jb/5>-1e6"):
+        with pytest.raises(openai.BadRequestError) as err:
+            complete(wrong)
+        assert "'gpt2-small/0-res-jb'" in str(err.value) and "'gpt2-small/1-res-jb'" in str(err.value), str(err.value)
+    with pytest.raises(openai.BadRequestError) as err:  # an SAE served by none: the refusal names the served ones
+        complete("gpt2-small/5-res-jb/7:clamp=30")
+    assert all(s in str(err.value) for s in ("'gpt2-small/5-res-jb'", "'gpt2-small/0-res-jb'", other)), str(err.value)
