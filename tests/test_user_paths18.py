@@ -418,13 +418,18 @@ def test_one_api_request_steers_with_the_sae_of_each_layer(gpt2, stores, monkeyp
     assert "elsewhere" in str(err.value) and ids[RESID[1]] in str(err.value)
 
 
-def _as_on_neuronpedia(store: Path, np_sae: str, out: Path) -> Path:
-    """A copy of `store` whose labels were imported from Neuronpedia's export of `np_sae` (the store
-    then knows its SAE as that Neuronpedia id)."""
+def _copy(store: Path, out: Path) -> Path:
     src, dst = sqlite3.connect(store), sqlite3.connect(out)
     with dst:
         src.backup(dst)
     src.close(), dst.close()
+    return out
+
+
+def _as_on_neuronpedia(store: Path, np_sae: str, out: Path) -> Path:
+    """A copy of `store` whose labels were imported from Neuronpedia's export of `np_sae` (the store
+    then knows its SAE as that Neuronpedia id)."""
+    _copy(store, out)
     model, layer = np_sae.split("/")
     export = out.with_suffix(".json")
     export.write_text(json.dumps([{"id": f"np{layer}", "modelId": model, "layer": layer, "index": "1",
@@ -473,3 +478,31 @@ def test_a_neuronpedia_latent_is_read_against_the_sae_its_edit_names(gpt2, store
     with pytest.raises(openai.BadRequestError) as err:  # an SAE served by none: the refusal names the served ones
         complete("gpt2-small/5-res-jb/7:clamp=30")
     assert all(s in str(err.value) for s in ("'gpt2-small/5-res-jb'", "'gpt2-small/0-res-jb'", other)), str(err.value)
+
+
+def test_a_preset_of_the_store_served_beside_is_refused_naming_its_model(gpt2, stores, monkeypatch, tmp_path):
+    """A preset saved in (or made for the SAE of) the other store: refused naming that model, which
+    takes it, with this store's edits as `"sae"` edits. It said only 'no preset named ...' or 'save
+    the preset again for this SAE', though the server holds the SAE it was made for."""
+    import openai
+
+    l0, l1 = _copy(stores[RESID[0]], tmp_path / "l0.db"), _copy(stores[RESID[1]], tmp_path / "l1.db")
+    saesteer("preset", "save", "up", "--store", l1, "-l", "7:clamp=30", "--stop-when", "9>1e6").ok()
+    preset = json.loads(saesteer("preset", "show", "up", "--store", l1).ok().out)
+    r, client = captured_serve(monkeypatch, "--store", l0, "--store", l1)
+    assert client is not None, r.text
+    ids = {m["saesteer"]["sae_hook"]: m["id"] for m in client.get("/v1/models").json()["data"]}
+    api = openai.OpenAI(base_url=f"{client.base_url}/v1", api_key="loopback", max_retries=0, http_client=client)
+
+    def complete(model, steering):
+        out = api.completions.create(model=model, prompt=PROMPTS[1], max_tokens=4, temperature=0,
+                                     extra_body={"steering": steering})
+        return out.choices[0].model_extra["steering"]["token_ids"]
+
+    for given in ("up", preset):
+        with pytest.raises(openai.BadRequestError) as err:
+            complete(ids[RESID[0]], {"preset": given})
+        assert f"belongs to model '{ids[RESID[1]]}'" in str(err.value), str(err.value)
+    both = {"preset": "up", "edits": [{"latent": 3, "op": "add", "value": 20, "sae": ids[RESID[0]]}]}
+    assert complete(ids[RESID[1]], both) == complete(ids[RESID[1]], {"edits": [
+        "7:clamp=30", {"latent": 3, "op": "add", "value": 20, "sae": ids[RESID[0]]}]})

@@ -129,6 +129,33 @@ def _edit(e: EditIn | str, peers: _Peers):
                        _trigger(e.when, owners) if e.when is not None else None)
 
 
+def _preset(spec: str | dict, peers: _Peers):
+    """The request's preset (a name in its store, or a preset object) checked against its SAE. A
+    preset of a store served beside it is refused naming that model: a preset's stop triggers read
+    the request's SAE, so such a request goes to that model (its other edits naming `"sae"`)."""
+    from steering.presets import Preset, PresetMismatchError
+    from steering.resolve import expand_presets
+    from steering.spec import SteeringError
+
+    served = peers.served
+    others = [p for p in peers.by_id.values() if p.id != served.id]
+    hint = (f"; it belongs to model {{id!r}}, served beside it over the same transformer: send the request to model "
+            f"{{id!r}} (edits of {served.id!r}'s SAE then give \"sae\": {served.id!r})")
+    try:
+        preset = served.preset(spec) if isinstance(spec, str) else Preset.from_json(spec)
+    except SteeringError as e:
+        owner = next((p.id for p in others if isinstance(spec, str) and spec in p.preset_names()), None)
+        raise SteeringError(str(e) + (hint.format(id=owner) if owner else "")) from None
+    try:
+        edits = expand_presets(served.model, {served.id: served.sae}, [preset],
+                               allow_model_mismatch=served.allow_model_mismatch,
+                               fingerprints={served.id: served.fingerprint}, model_override=OVERRIDE_HINT)
+    except PresetMismatchError as e:
+        owner = next((p.id for p in others if p.fingerprint == preset.sae_fingerprint), None)
+        raise PresetMismatchError(str(e) + (hint.format(id=owner) if owner else "")) from None
+    return preset, edits
+
+
 def _by_served_sae(items: list[Any], peers: _Peers) -> dict[str, list[Any]]:
     """The edits grouped by the served model whose SAE they name (the request's own first: an edit
     naming none is of it)."""
@@ -144,9 +171,8 @@ def resolve_steering(spec: SteeringIn | None, served: ServedModel, limits) -> tu
         return None, None
     from saes.formats.neuronpedia import LatentRefError
     from saes.identity import ModelIdentityError
-    from steering.presets import Preset
     from steering.rowedits import RowEdit, RowSteering, StopTrigger
-    from steering.resolve import expand_presets, resolve_edits
+    from steering.resolve import resolve_edits
     from steering.spec import SteeringError, lookup_typical_max
 
     items: list[Any] = []
@@ -156,10 +182,7 @@ def resolve_steering(spec: SteeringIn | None, served: ServedModel, limits) -> tu
     owners = peers.owners(served.id)
     try:
         if spec.preset is not None:
-            preset = served.preset(spec.preset) if isinstance(spec.preset, str) else Preset.from_json(spec.preset)
-            items += expand_presets(served.model, {served.id: served.sae}, [preset],
-                                    allow_model_mismatch=served.allow_model_mismatch,
-                                    fingerprints={served.id: served.fingerprint}, model_override=OVERRIDE_HINT)
+            preset, items = _preset(spec.preset, peers)
         items += [_edit(e, peers) for e in spec.edits]
         # an edit naming no SAE is of the request's model; one may name another store over the same transformer
         resolved = []
