@@ -81,10 +81,12 @@ def load_saes(values: list[str], device: Any = None, hook: str | None = None, mo
     loaded = {}
     for name, path in parse_sae_args(values).items():
         try:
-            item = resolve_sae(path, hook=hook, model=model, device=device)
-            if hook is None and store_hook and not (item.sae.cfg.metadata or {}).get("hook_name"):
-                item = resolve_sae(path, hook=store_hook, model=model, device=device)
-            loaded[name] = item
+            try:  # the weights are read once where the store's hook fits (or the SAE records none)
+                loaded[name] = resolve_sae(path, hook=hook or store_hook, model=model, device=device)
+            except ValueError:
+                if hook or not store_hook:
+                    raise
+                loaded[name] = resolve_sae(path, model=model, device=device)  # it records another hook
         except (FileNotFoundError, ValueError) as e:
             raise CLIError(f"cannot load SAE {name!r} from {path}: {e}") from None
     return loaded
