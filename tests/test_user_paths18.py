@@ -221,6 +221,36 @@ def test_a_store_with_several_saes_is_refused_before_the_model_loads(gpt2, store
         assert r.rc == 2 and "a single --sae" in r.err and "saesteer serve" in r.err, r.text
 
 
+def test_a_transcoders_logit_effects_are_of_the_hook_it_writes(gpt2, tmp_path):
+    """A transcoder reading layer 0's residual and predicting layer 1's hook_z writes z-space rows:
+    its logit effects go through layer 1's W_O. One whose files name no target (a transcoder
+    folder without `hook_name_out`) gets none, and its store is built; `features build` ran the
+    whole pass, then failed writing the store ('does not record the hook point it predicts')."""
+    from features.analysis import logit_effects, residual_directions
+
+    saesteer("train", "--cache", gpt2.cache, "--hook", RESID[0], "--target-hook", ATTN_Z, "--d-sae", 64, "--k", 4,
+             "--total-tokens", 1024, "--batch-size", 256, "--holdout-tokens", 512, "--model-eval", "false",
+             "--sae-name", "tc", "--out", tmp_path / "run", "--no-progress").ok()
+    tc = tmp_path / "run" / "saes" / "tc"
+    saesteer("features", "build", "--sae", tc, "--cache", gpt2.cache, "--out", tmp_path / "tc.db", "--no-progress").ok()
+    model = _model(gpt2.model_dir)
+    want = logit_effects(residual_directions(_sae(tc).W_dec, model, ATTN_Z)[0], model, 1).top_ids_Fn[:, 0]
+    with sqlite3.connect(tmp_path / "tc.db") as db:
+        stored = db.execute("select latent, token_id from logit_effects where kind = 'promoted' and rank = 0").fetchall()
+        assert "W_O of layer 1" in json.loads(dict(db.execute("select key, value from meta"))["logit_method"])
+    assert stored and all(want[f] == t for f, t in stored)
+
+    for name in ("cfg.json", "saesteer.json"):  # as a transcoder folder naming no target is
+        doc = json.loads((tc / name).read_text())
+        (doc["metadata"] if name == "cfg.json" else doc).pop("hook_name_out", None)
+        (tc / name).write_text(json.dumps(doc))
+    saesteer("features", "build", "--sae", tc, "--cache", gpt2.cache, "--out", tmp_path / "untargeted.db",
+             "--no-progress").ok()
+    with sqlite3.connect(tmp_path / "untargeted.db") as db:
+        assert json.loads(dict(db.execute("select key, value from meta"))["logit_method"]) is None
+        assert db.execute("select count(*) from logit_effects").fetchone()[0] == 0
+
+
 def test_eval_measures_each_sae_at_its_own_hook(gpt2):
     out = gpt2.work / "eval"
     r = saesteer("eval", *[f for h in (RESID[1], ATTN_Z, MLP_OUT) for f in ("--sae", f"{h}={gpt2.saes[h]}")],
