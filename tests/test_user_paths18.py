@@ -251,6 +251,20 @@ def test_a_transcoders_logit_effects_are_of_the_hook_it_writes(gpt2, tmp_path):
         assert db.execute("select count(*) from logit_effects").fetchone()[0] == 0
 
 
+def test_a_hook_z_store_built_before_w_o_shows_no_logit_effects(stores, tmp_path):
+    """A hook_z store built before its logit effects went through W_O holds wrong tokens: they are
+    no longer shown (features show, the judge's prompts, the web page and exports all read them here)."""
+    from features import FeatureStore
+
+    old = _copy(stores[ATTN_Z], tmp_path / "old.db")
+    with sqlite3.connect(old) as db:
+        method = json.loads(dict(db.execute("select key, value from meta"))["logit_method"])
+        db.execute("update meta set value = ? where key = 'logit_method'", (json.dumps(method.split("), ", 1)[1]),))
+    for path, shown in ((stores[ATTN_Z], True), (old, False), (stores[MLP_OUT], True)):
+        with FeatureStore.open(path) as s:
+            assert (s.feature(3).logits is not None) == shown and bool(s.promoted_tokens([3])) == shown, path
+
+
 def test_eval_measures_each_sae_at_its_own_hook(gpt2):
     out = gpt2.work / "eval"
     r = saesteer("eval", *[f for h in (RESID[1], ATTN_Z, MLP_OUT) for f in ("--sae", f"{h}={gpt2.saes[h]}")],
