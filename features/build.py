@@ -51,7 +51,6 @@ from features.store.rows import (CorrelationRow, ExampleRow, FeatureRow, Histogr
 from features.tokentext import LABEL_RULE, token_labels, token_texts
 from saes.fileio import FileLock, atomic_path
 from saes.formats.base import sae_of
-from saes.hookpoints import transcoder_target
 from saes.interop import as_sae
 
 STATE_SUFFIX = ".state.safetensors"
@@ -305,9 +304,10 @@ def _write(store: FeatureStore, sae, source, cfg: BuildConfig, res: PassResult, 
                                    cfg.n_neighbours)
     logits = None
     if model is not None and getattr(model, "W_U", None) is not None:
-        # what the decoder writes, where it writes it (a transcoder: its target hook)
-        writes = transcoder_target(sae) if sae.is_transcoder else (sae.cfg.metadata or {}).get("hook_name")
-        mapped = residual_directions(W_dec, model, writes)
+        # what the decoder writes, where it writes it (a transcoder: its target hook; none recorded: no effects)
+        md = sae.cfg.metadata or {}
+        writes = md.get("hook_name_out") if sae.is_transcoder else md.get("hook_name")
+        mapped = residual_directions(W_dec, model, writes) if writes or not sae.is_transcoder else None
         if mapped is not None:
             logits = logit_effects(mapped[0], model, cfg.n_logits)
             logits = logits._replace(method=mapped[1] + logits.method)

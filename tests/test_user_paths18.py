@@ -176,6 +176,95 @@ def test_a_hook_z_stores_logit_effects_go_through_the_layers_w_o(gpt2, stores):
         assert ("W_O of layer 1" in method) == (hook == ATTN_Z)
 
 
+def test_a_hook_z_latents_logit_effect_is_what_the_attention_output_writes(gpt2, stores):
+    """Independent of our flatten: SAELens's own hook_z reshape turns a latent's decoder row into a z
+    vector [n_heads, d_head]; written into TransformerLens's hook_z, it moves hook_attn_out by
+    exactly the direction `features build` took (b_O cancels: it is no part of a latent's effect),
+    and the store's top promoted token is that measured direction's through W_U."""
+    from sae_lens import SAE as SAELensSAE
+
+    from features.analysis import logit_effects, residual_directions
+
+    model = _model(gpt2.model_dir)
+    z = SAELensSAE.load_from_disk(str(gpt2.saes[ATTN_Z]), device="cpu")
+    z.turn_on_forward_pass_hook_z_reshaping()
+    d_head = model.cfg.d_head
+    tokens = model.to_tokens(PROMPTS[:1], prepend_bos=True)
+    latents = list(range(0, z.cfg.d_sae, 9))
+    with torch.no_grad():
+        _, base = model.run_with_cache(tokens, names_filter=["blocks.1.hook_attn_out"])
+        written = []
+        for f in latents:
+            z_HE = z.reshape_fn_out(z.W_dec[f], d_head)  # SAELens's reshape back to [n_heads, d_head]
+            with model.hooks(fwd_hooks=[(ATTN_Z, lambda x, hook, v=z_HE: x + v)]):
+                _, cache = model.run_with_cache(tokens, names_filter=["blocks.1.hook_attn_out"])
+            written.append((cache["blocks.1.hook_attn_out"] - base["blocks.1.hook_attn_out"])[0, 0])
+        written_FD = torch.stack(written)
+        mapped, _ = residual_directions(z.W_dec[latents], model, ATTN_Z)
+    torch.testing.assert_close(mapped, written_FD, rtol=1e-4, atol=1e-5)
+    with sqlite3.connect(stores[ATTN_Z]) as db:
+        stored = dict(db.execute("select latent, token_id from logit_effects where kind = 'promoted' and rank = 0"))
+    want = logit_effects(written_FD, model, 1).top_ids_Fn[:, 0].tolist()
+    assert [stored[f] for f in latents] == want
+
+
+def test_a_store_with_several_saes_is_refused_before_the_model_loads(gpt2, stores, monkeypatch):
+    """`steer --sae a=L0 --sae b=L1 --store L0.db`: a store describes one SAE, and with several none
+    was checked: `--search` read the store unchecked, and steering was refused only after the model
+    had loaded ('--store goes with a single --sae'). Now refused first, saying what works instead."""
+    from saesteer.commands import _steering
+
+    monkeypatch.setattr(_steering, "load_model", lambda *a, **kw: pytest.fail("the model loaded before the refusal"))
+    two = ("--sae", f"a={gpt2.saes[RESID[0]]}", "--sae", f"b={gpt2.saes[RESID[1]]}", "--store", stores[RESID[0]])
+    for argv in (("-l", "a/3:add=2x", "-l", "b/5:add=4", "-p", "def f"), ("--search", "caf")):
+        r = saesteer("steer", *two, *argv).no_traceback()
+        assert r.rc == 2 and "a single --sae" in r.err and "saesteer serve" in r.err, r.text
+
+
+def test_a_transcoders_logit_effects_are_of_the_hook_it_writes(gpt2, tmp_path):
+    """A transcoder reading layer 0's residual and predicting layer 1's hook_z writes z-space rows:
+    its logit effects go through layer 1's W_O. One whose files name no target (a transcoder
+    folder without `hook_name_out`) gets none, and its store is built; `features build` ran the
+    whole pass, then failed writing the store ('does not record the hook point it predicts')."""
+    from features.analysis import logit_effects, residual_directions
+
+    saesteer("train", "--cache", gpt2.cache, "--hook", RESID[0], "--target-hook", ATTN_Z, "--d-sae", 64, "--k", 4,
+             "--total-tokens", 1024, "--batch-size", 256, "--holdout-tokens", 512, "--model-eval", "false",
+             "--sae-name", "tc", "--out", tmp_path / "run", "--no-progress").ok()
+    tc = tmp_path / "run" / "saes" / "tc"
+    saesteer("features", "build", "--sae", tc, "--cache", gpt2.cache, "--out", tmp_path / "tc.db", "--no-progress").ok()
+    model = _model(gpt2.model_dir)
+    want = logit_effects(residual_directions(_sae(tc).W_dec, model, ATTN_Z)[0], model, 1).top_ids_Fn[:, 0]
+    with sqlite3.connect(tmp_path / "tc.db") as db:
+        stored = db.execute("select latent, token_id from logit_effects where kind = 'promoted' and rank = 0").fetchall()
+        assert "W_O of layer 1" in json.loads(dict(db.execute("select key, value from meta"))["logit_method"])
+    assert stored and all(want[f] == t for f, t in stored)
+
+    for name in ("cfg.json", "saesteer.json"):  # as a transcoder folder naming no target is
+        doc = json.loads((tc / name).read_text())
+        (doc["metadata"] if name == "cfg.json" else doc).pop("hook_name_out", None)
+        (tc / name).write_text(json.dumps(doc))
+    saesteer("features", "build", "--sae", tc, "--cache", gpt2.cache, "--out", tmp_path / "untargeted.db",
+             "--no-progress").ok()
+    with sqlite3.connect(tmp_path / "untargeted.db") as db:
+        assert json.loads(dict(db.execute("select key, value from meta"))["logit_method"]) is None
+        assert db.execute("select count(*) from logit_effects").fetchone()[0] == 0
+
+
+def test_a_hook_z_store_built_before_w_o_shows_no_logit_effects(stores, tmp_path):
+    """A hook_z store built before its logit effects went through W_O holds wrong tokens: they are
+    no longer shown (features show, the judge's prompts, the web page and exports all read them here)."""
+    from features import FeatureStore
+
+    old = _copy(stores[ATTN_Z], tmp_path / "old.db")
+    with sqlite3.connect(old) as db:
+        method = json.loads(dict(db.execute("select key, value from meta"))["logit_method"])
+        db.execute("update meta set value = ? where key = 'logit_method'", (json.dumps(method.split("), ", 1)[1]),))
+    for path, shown in ((stores[ATTN_Z], True), (old, False), (stores[MLP_OUT], True)):
+        with FeatureStore.open(path) as s:
+            assert (s.feature(3).logits is not None) == shown and bool(s.promoted_tokens([3])) == shown, path
+
+
 def test_eval_measures_each_sae_at_its_own_hook(gpt2):
     out = gpt2.work / "eval"
     r = saesteer("eval", *[f for h in (RESID[1], ATTN_Z, MLP_OUT) for f in ("--sae", f"{h}={gpt2.saes[h]}")],
@@ -384,3 +473,93 @@ def test_one_api_request_steers_with_the_sae_of_each_layer(gpt2, stores, monkeyp
         api.completions.create(model=ids[RESID[0]], prompt=prompt, max_tokens=2,
                                extra_body={"steering": {"edits": [f"elsewhere/{lb}:scale=2"]}})
     assert "elsewhere" in str(err.value) and ids[RESID[1]] in str(err.value)
+
+
+def _copy(store: Path, out: Path) -> Path:
+    src, dst = sqlite3.connect(store), sqlite3.connect(out)
+    with dst:
+        src.backup(dst)
+    src.close(), dst.close()
+    return out
+
+
+def _as_on_neuronpedia(store: Path, np_sae: str, out: Path) -> Path:
+    """A copy of `store` whose labels were imported from Neuronpedia's export of `np_sae` (the store
+    then knows its SAE as that Neuronpedia id)."""
+    _copy(store, out)
+    model, layer = np_sae.split("/")
+    export = out.with_suffix(".json")
+    export.write_text(json.dumps([{"id": f"np{layer}", "modelId": model, "layer": layer, "index": "1",
+                                   "description": "caf\u00e9 and na\u00efve", "explanationModelName": "gpt-4o-mini",
+                                   "typeName": "oai_token-act-pair", "authorId": "np"}]))
+    saesteer("label", "--store", out, "--import-neuronpedia", export, "--neuronpedia-sae", np_sae).ok()
+    return out
+
+
+def test_a_neuronpedia_latent_is_read_against_the_sae_its_edit_names(gpt2, stores, monkeypatch, tmp_path):
+    """Served side by side, each store knowing its SAE's Neuronpedia id: a Neuronpedia latent of the
+    other store's SAE steers that SAE; one of the request's SAE given to an edit of the other SAE
+    (`"sae"`, or as its trigger) is refused naming both. Both were read against the request's SAE
+    only: the first refused, the others taken as an index of the other SAE (a silent wrong edit)."""
+    import openai
+
+    l0 = _as_on_neuronpedia(stores[RESID[0]], "gpt2-small/0-res-jb", tmp_path / "l0.db")
+    l1 = _as_on_neuronpedia(stores[RESID[1]], "gpt2-small/1-res-jb", tmp_path / "l1.db")
+    r, client = captured_serve(monkeypatch, "--store", l0, "--store", l1)
+    assert client is not None, r.text
+    ids = {m["saesteer"]["sae_hook"]: m["id"] for m in client.get("/v1/models").json()["data"]}
+    other = ids[RESID[1]]
+    api = openai.OpenAI(base_url=f"{client.base_url}/v1", api_key="loopback", max_retries=0, http_client=client)
+
+    def complete(*edits):
+        out = api.completions.create(model=ids[RESID[0]], prompt=PROMPTS[1], max_tokens=4, temperature=0,
+                                     extra_body={"steering": {"edits": list(edits)}})
+        return out.choices[0].model_extra["steering"]["token_ids"]
+
+    by_index = complete(f"{other}/7:clamp=30?5>-1e6")
+    assert by_index != complete(f"{other}/7:add=0")
+    for same in (f"gpt2-small/1-res-jb/7:clamp=30?gpt2-small/1-res-jb/5>-1e6",
+                 f"https://www.neuronpedia.org/gpt2-small/1-res-jb/7:clamp=30?5>-1e6",
+                 f"{other}/7:clamp=30?gpt2-small/1-res-jb/5>-1e6",
+                 {"latent": "gpt2-small/1-res-jb/7", "op": "clamp", "value": 30, "when": {"latent": 5, "above": -1e6}},
+                 {"latent": "gpt2-small/1-res-jb/7", "op": "clamp", "value": 30, "sae": other,
+                  "when": {"latent": "gpt2-small/1-res-jb/5", "above": -1e6}}):
+        assert complete(same) == by_index, same
+    for wrong in ({"latent": "gpt2-small/0-res-jb/7", "op": "clamp", "value": 30, "sae": other},
+                  {"latent": 7, "op": "clamp", "value": 30, "sae": other,
+                   "when": {"latent": "gpt2-small/0-res-jb/5", "above": -1e6}},
+                  f"{other}/7:clamp=30?gpt2-small/0-res-jb/5>-1e6"):
+        with pytest.raises(openai.BadRequestError) as err:
+            complete(wrong)
+        assert "'gpt2-small/0-res-jb'" in str(err.value) and "'gpt2-small/1-res-jb'" in str(err.value), str(err.value)
+    with pytest.raises(openai.BadRequestError) as err:  # an SAE served by none: the refusal names the served ones
+        complete("gpt2-small/5-res-jb/7:clamp=30")
+    assert all(s in str(err.value) for s in ("'gpt2-small/5-res-jb'", "'gpt2-small/0-res-jb'", other)), str(err.value)
+
+
+def test_a_preset_of_the_store_served_beside_is_refused_naming_its_model(gpt2, stores, monkeypatch, tmp_path):
+    """A preset saved in (or made for the SAE of) the other store: refused naming that model, which
+    takes it, with this store's edits as `"sae"` edits. It said only 'no preset named ...' or 'save
+    the preset again for this SAE', though the server holds the SAE it was made for."""
+    import openai
+
+    l0, l1 = _copy(stores[RESID[0]], tmp_path / "l0.db"), _copy(stores[RESID[1]], tmp_path / "l1.db")
+    saesteer("preset", "save", "up", "--store", l1, "-l", "7:clamp=30", "--stop-when", "9>1e6").ok()
+    preset = json.loads(saesteer("preset", "show", "up", "--store", l1).ok().out)
+    r, client = captured_serve(monkeypatch, "--store", l0, "--store", l1)
+    assert client is not None, r.text
+    ids = {m["saesteer"]["sae_hook"]: m["id"] for m in client.get("/v1/models").json()["data"]}
+    api = openai.OpenAI(base_url=f"{client.base_url}/v1", api_key="loopback", max_retries=0, http_client=client)
+
+    def complete(model, steering):
+        out = api.completions.create(model=model, prompt=PROMPTS[1], max_tokens=4, temperature=0,
+                                     extra_body={"steering": steering})
+        return out.choices[0].model_extra["steering"]["token_ids"]
+
+    for given in ("up", preset):
+        with pytest.raises(openai.BadRequestError) as err:
+            complete(ids[RESID[0]], {"preset": given})
+        assert f"belongs to model '{ids[RESID[1]]}'" in str(err.value), str(err.value)
+    both = {"preset": "up", "edits": [{"latent": 3, "op": "add", "value": 20, "sae": ids[RESID[0]]}]}
+    assert complete(ids[RESID[1]], both) == complete(ids[RESID[1]], {"edits": [
+        "7:clamp=30", {"latent": 3, "op": "add", "value": 20, "sae": ids[RESID[0]]}]})

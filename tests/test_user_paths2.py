@@ -227,7 +227,7 @@ def test_init_from_a_sparsify_sae_trains_on_the_hook_it_records(user, real_model
     assert r.rc != 0 and "--hook" in r.err and "hook=..." not in r.err
 
 
-def test_a_gemma_scope_sae_steers_at_the_hook_its_store_was_built_at(user, tmp_path):
+def test_a_gemma_scope_sae_steers_at_the_hook_its_store_was_built_at(user, tmp_path, monkeypatch):
     """params.npz records no hook: `features build --hook` gave it and the store keeps it, so steer
     with that --store needs no --hook again (it was refused: 'does not record its hook point')."""
     from helpers.foreign_saes import random_gemma_scope, write_gemma_scope
@@ -236,9 +236,14 @@ def test_a_gemma_scope_sae_steers_at_the_hook_its_store_was_built_at(user, tmp_p
     sae = write_gemma_scope(tmp_path / "gs/params.npz", random_gemma_scope(64, 64))
     saesteer("features", "build", "--sae", sae, "--hook", "blocks.1.hook_resid_post", "--cache", work / "cache",
              "--out", tmp_path / "gs.db", "--no-progress").ok()
+    from saes.formats import gemma_scope
+
+    reads = []
+    monkeypatch.setattr(gemma_scope, "load", lambda *a, _load=gemma_scope.load, **kw: reads.append(a) or _load(*a, **kw))
     r = saesteer("steer", "--sae", sae, "--store", tmp_path / "gs.db", "--latent", "3:add=4", "--prompt", "def f(",
                  "--max-new-tokens", 3, "--do-sample", "false", "--json").ok()
     assert json.loads(r.out)["results"][0]["prompt"] == "def f("
+    assert len(reads) == 1  # the weights read once (they were read again to put the store's hook on them)
     r = saesteer("steer", "--sae", sae, "--store", tmp_path / "gs.db", "--hook", "blocks.0.hook_resid_post",
                  "--latent", "3:add=4", "--prompt", "def f(", "--max-new-tokens", 3)
     assert r.rc != 0 and "not built for this SAE" in r.err

@@ -68,7 +68,7 @@ class StoreReads(StoreBase):
             scores = label_scores(c, i, label.id if label else None)
         examples = [self._example(e) for e in ex]
         logits = None
-        if self.meta.get("logit_method"):
+        if self._has_logit_effects():
             prom = [TokenEffect(t, self.token_str(t), v) for k, t, v in logit_rows if k == "promoted"]
             supp = [TokenEffect(t, self.token_str(t), v) for k, t, v in logit_rows if k == "suppressed"]
             logits = LogitEffects(prom, supp)
@@ -123,11 +123,19 @@ class StoreReads(StoreBase):
             rows = c.execute(q + " ORDER BY kind, rank", args).fetchall()
         return [self._example(e) for e in rows]
 
+    def _has_logit_effects(self) -> bool:
+        """Whether the store holds logit effects to show: not those of a hook_z SAE built before they
+        went through the layer's W_O (its z-space rows read as residual directions: wrong tokens;
+        `features build --overwrite` computes them right)."""
+        method = self.meta.get("logit_method")
+        hook = str((self.meta.get("sae") or {}).get("hook_name") or "")
+        return bool(method) and not (hook.endswith("attn.hook_z") and "W_O" not in method)
+
     def promoted_tokens(self, latents: Iterable[int], top: int = 10) -> dict[int, list[TokenEffect]]:
         """The `top` tokens each given latent promotes most (logit effects), best first; {} when the
         store has no logit effects."""
         latents = [self._check_latent(i) for i in dict.fromkeys(latents)]
-        if not latents or not self.meta.get("logit_method"):
+        if not latents or not self._has_logit_effects():
             return {}
         out: dict[int, list[TokenEffect]] = {i: [] for i in latents}
         with self._read() as c:

@@ -64,6 +64,14 @@ def parse_ref(text: str) -> NeuronpediaRef | None:
     return NeuronpediaRef(m["model"], m["sae"], int(m["index"]) if m["index"] else None, bool(m["site"]))
 
 
+def edit_sae_name(text: str) -> str | None:
+    """The SAE name an edit's text starts with (`res/17:...`), where its head is no Neuronpedia latent."""
+    if split_latent_head(text) is not None:
+        return None
+    m = _NAMED_HEAD.match(text)
+    return m["name"] if m else None
+
+
 def split_latent_head(text: str) -> tuple[NeuronpediaRef, str] | None:
     """(the latent, the rest) when an edit's or a trigger's text starts with a Neuronpedia latent
     (`gpt2-small/6-res-jb/17:clamp=4`, `gpt2-small/6-res-jb/77>1.5`, or the latent's address); None otherwise."""
@@ -221,8 +229,7 @@ class LatentOwners:
         ref, rest = found
         trigger_sae = self.owner(ref, f"?{trigger}")
         if name is None:
-            m = _NAMED_HEAD.match(edit)
-            name = m["name"] if m else (next(iter(self.ids)) if len(self.ids) == 1 else None)
+            name = edit_sae_name(edit) or (next(iter(self.ids)) if len(self.ids) == 1 else None)
         if name is not None and name in self.ids and self.ids[name] != self.ids[trigger_sae]:
             raise LatentRefError(f"{text.strip()}: the trigger latent {ref.index} is of the Neuronpedia SAE {ref.id!r}, the "
                                  f"edited latent of {self.ids[name] or 'an SAE not on Neuronpedia'} ({name!r}); a trigger "

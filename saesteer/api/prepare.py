@@ -50,11 +50,49 @@ def _steer_limits(limits):
                        max_abs_scale=float(limits.max_abs_multiple))
 
 
-def _latent_owners(served: ServedModel):
-    """Neuronpedia's latents of the served SAE, as its indices (`saes.formats.neuronpedia.LatentOwners`)."""
+def _latent_owners(served: ServedModel, others: list[str]):
+    """Neuronpedia's latents of the served SAE, as its indices (`saes.formats.neuronpedia.LatentOwners`);
+    `others`: the ids of the models served beside it (a refusal names them)."""
     from features.neuronpedia_import import store_latents
 
-    return store_latents(served.store, whose=f"the SAE of model {served.id!r}", fix="give a latent of that SAE")
+    beside = f", or name a model served beside it whose SAE that is ({', '.join(others)})" if others else ""
+    return store_latents(served.store, whose=f"the SAE of model {served.id!r}", fix=f"give a latent of that SAE{beside}")
+
+
+class _Peers:
+    """The served models over the request's transformer (the request's own first), each with its
+    Neuronpedia latents: an edit's latents are read against the SAE the edit names."""
+
+    def __init__(self, served: ServedModel) -> None:
+        self.served = served
+        self.by_id = served.peers or {served.id: served}
+        self._owners: dict[str, Any] = {}
+
+    def check(self, name: str | None, what: str) -> str:
+        """The id of the served model `name` (None: the request's), refused when not one of these."""
+        from steering.spec import SteeringError
+
+        if name is None:
+            return self.served.id
+        if name not in self.by_id:
+            raise SteeringError(f"{what}: {name!r} is not a model served over the same transformer as "
+                                f"{self.served.id!r}; name one of {', '.join(self.by_id)}")
+        return name
+
+    def owners(self, sae_id: str):
+        """The Neuronpedia latents of that served model's SAE (read once per request)."""
+        if sae_id not in self._owners:
+            self._owners[sae_id] = _latent_owners(self.by_id[sae_id], [p for p in self.by_id if p != sae_id])
+        return self._owners[sae_id]
+
+    def of_neuronpedia(self, ref) -> str:
+        """The served model whose SAE a Neuronpedia latent (`NeuronpediaRef` or None) names; the
+        request's when none does (its refusal then names it and the others)."""
+        if ref is not None:
+            for sae_id in self.by_id:
+                if ref.id in self.owners(sae_id).ids.values():
+                    return sae_id
+        return self.served.id
 
 
 def _trigger(t: TriggerIn | str, owners):
@@ -65,30 +103,65 @@ def _trigger(t: TriggerIn | str, owners):
     return Trigger(owners.latent(t.latent)[1], t.above, t.unit)
 
 
-def _edit(e: EditIn | str, owners):
+def _edit(e: EditIn | str, peers: _Peers):
+    """An edit of the request in saesteer's terms: its latent (and its trigger's, which reads the
+    same SAE) resolved against the SAE it names (`"sae"`, `ID/...`, or a Neuronpedia latent of a
+    served SAE), so a Neuronpedia latent of one SAE is never read as an index of another."""
+    from saes.formats.neuronpedia import edit_sae_name, parse_ref, split_latent_head
     from steering.spec import FeatureEdit, parse_edit
 
     if isinstance(e, str):
-        return parse_edit(owners.edit(e))
+        head = split_latent_head(e)
+        if head is None:
+            return parse_edit(peers.owners(peers.check(edit_sae_name(e), e)).edit(e))
+        sae_id = peers.of_neuronpedia(head[0])
+        text = peers.owners(sae_id).edit(e)
+        return parse_edit(text if sae_id == peers.served.id else f"{sae_id}/{text}")
+    if e.sae is not None:
+        sae_id = peers.check(e.sae, f"the edit of latent {e.latent!r}")
+    else:
+        sae_id = peers.of_neuronpedia(None if isinstance(e.latent, int) else parse_ref(str(e.latent)))
+    owners = peers.owners(sae_id)
     positions = tuple(e.positions) if isinstance(e.positions, list) else e.positions
     return FeatureEdit(owners.latent(e.latent)[1], e.op, None if e.op == "ablate" else e.value,
-                       e.unit if e.op in ("add", "clamp") else "raw", positions, e.sae,
+                       e.unit if e.op in ("add", "clamp") else "raw", positions,
+                       e.sae or (None if sae_id == peers.served.id else sae_id),
                        _trigger(e.when, owners) if e.when is not None else None)
 
 
-def _by_served_sae(items: list[Any], served: ServedModel) -> dict[str, list[Any]]:
-    """The edits grouped by the served model whose SAE they name (the request's own first: an edit
-    naming none is of it), refusing a name that is not a store over the same transformer."""
-    from steering.spec import SteeringError, parse_edit
+def _preset(spec: str | dict, peers: _Peers):
+    """The request's preset (a name in its store, or a preset object) checked against its SAE. A
+    preset of a store served beside it is refused naming that model: a preset's stop triggers read
+    the request's SAE, so such a request goes to that model (its other edits naming `"sae"`)."""
+    from steering.presets import Preset, PresetMismatchError
+    from steering.resolve import expand_presets
+    from steering.spec import SteeringError
 
-    peers = served.peers or {served.id: served}
-    groups: dict[str, list[Any]] = {served.id: []}
+    served = peers.served
+    others = [p for p in peers.by_id.values() if p.id != served.id]
+    hint = (f"; it belongs to model {{id!r}}, served beside it over the same transformer: send the request to model "
+            f"{{id!r}} (edits of {served.id!r}'s SAE then give \"sae\": {served.id!r})")
+    try:
+        preset = served.preset(spec) if isinstance(spec, str) else Preset.from_json(spec)
+    except SteeringError as e:
+        owner = next((p.id for p in others if isinstance(spec, str) and spec in p.preset_names()), None)
+        raise SteeringError(str(e) + (hint.format(id=owner) if owner else "")) from None
+    try:
+        edits = expand_presets(served.model, {served.id: served.sae}, [preset],
+                               allow_model_mismatch=served.allow_model_mismatch,
+                               fingerprints={served.id: served.fingerprint}, model_override=OVERRIDE_HINT)
+    except PresetMismatchError as e:
+        owner = next((p.id for p in others if p.fingerprint == preset.sae_fingerprint), None)
+        raise PresetMismatchError(str(e) + (hint.format(id=owner) if owner else "")) from None
+    return preset, edits
+
+
+def _by_served_sae(items: list[Any], peers: _Peers) -> dict[str, list[Any]]:
+    """The edits grouped by the served model whose SAE they name (the request's own first: an edit
+    naming none is of it)."""
+    groups: dict[str, list[Any]] = {peers.served.id: []}
     for e in items:
-        name = getattr(parse_edit(e) if isinstance(e, str) else e, "sae", None) or served.id
-        if name not in peers:
-            raise SteeringError(f"{e if isinstance(e, str) else e.describe()}: {name!r} is not a model served over the "
-                                f"same transformer as {served.id!r}; name one of {', '.join(peers)}")
-        groups.setdefault(name, []).append(e)
+        groups.setdefault(peers.check(e.sae, e.describe()), []).append(e)
     return {k: v for k, v in groups.items() if v}
 
 
@@ -98,26 +171,23 @@ def resolve_steering(spec: SteeringIn | None, served: ServedModel, limits) -> tu
         return None, None
     from saes.formats.neuronpedia import LatentRefError
     from saes.identity import ModelIdentityError
-    from steering.presets import Preset
     from steering.rowedits import RowEdit, RowSteering, StopTrigger
-    from steering.resolve import expand_presets, resolve_edits
+    from steering.resolve import resolve_edits
     from steering.spec import SteeringError, lookup_typical_max
 
     items: list[Any] = []
     preset = None
     stops = []
-    owners = _latent_owners(served)
+    peers = _Peers(served)
+    owners = peers.owners(served.id)
     try:
         if spec.preset is not None:
-            preset = served.preset(spec.preset) if isinstance(spec.preset, str) else Preset.from_json(spec.preset)
-            items += expand_presets(served.model, {served.id: served.sae}, [preset],
-                                    allow_model_mismatch=served.allow_model_mismatch,
-                                    fingerprints={served.id: served.fingerprint}, model_override=OVERRIDE_HINT)
-        items += [_edit(e, owners) for e in spec.edits]
+            preset, items = _preset(spec.preset, peers)
+        items += [_edit(e, peers) for e in spec.edits]
         # an edit naming no SAE is of the request's model; one may name another store over the same transformer
         resolved = []
-        for sae_id, group in _by_served_sae(items, served).items():
-            peer = served.peers.get(sae_id, served)
+        for sae_id, group in _by_served_sae(items, peers).items():
+            peer = peers.by_id[sae_id]
             resolved += resolve_edits(
                 served.model, {peer.id: peer.sae}, group, typical_max=peer.typical_max, limits=_steer_limits(limits),
                 allow_model_mismatch=served.allow_model_mismatch, chat_positions=True,

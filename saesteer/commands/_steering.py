@@ -81,10 +81,12 @@ def load_saes(values: list[str], device: Any = None, hook: str | None = None, mo
     loaded = {}
     for name, path in parse_sae_args(values).items():
         try:
-            item = resolve_sae(path, hook=hook, model=model, device=device)
-            if hook is None and store_hook and not (item.sae.cfg.metadata or {}).get("hook_name"):
-                item = resolve_sae(path, hook=store_hook, model=model, device=device)
-            loaded[name] = item
+            try:  # the weights are read once where the store's hook fits (or the SAE records none)
+                loaded[name] = resolve_sae(path, hook=hook or store_hook, model=model, device=device)
+            except ValueError:
+                if hook or not store_hook:
+                    raise
+                loaded[name] = resolve_sae(path, model=model, device=device)  # it records another hook
         except (FileNotFoundError, ValueError) as e:
             raise CLIError(f"cannot load SAE {name!r} from {path}: {e}") from None
     return loaded
@@ -244,7 +246,8 @@ def read_prompts(args) -> list[str]:
 
 
 def open_store(path: str | None, saes: dict[str, Any], writable: bool = False):
-    """(FeatureStore, StoreLink) for --store, checked against the (single) SAE; (None, None) without."""
+    """(FeatureStore, StoreLink) for --store, checked against the single SAE (several are refused);
+    (None, None) without."""
     if path is None:
         return None, None
     p = Path(path)
@@ -254,13 +257,16 @@ def open_store(path: str | None, saes: dict[str, Any], writable: bool = False):
 
     from steering import StoreLink
 
+    if len(saes) != 1:  # its typical maxima, labels and presets are of one SAE
+        raise CLIError(f"--store goes with a single --sae (a store describes one SAE; got {len(saes)}): steer several "
+                       f"SAEs with raw strengths (no 'x') and no --store, or serve a store per SAE (`saesteer serve "
+                       f"--store A.db --store B.db`) and name each edit's SAE")
     store = FeatureStore.open(p, readonly=not writable)
-    if len(saes) == 1:
-        try:
-            store.check_sae(next(iter(saes.values())))
-        except ValueError as e:
-            store.close()
-            raise CLIError(f"the store {p} was not built for this SAE: {e}") from None
+    try:
+        store.check_sae(next(iter(saes.values())))
+    except ValueError as e:
+        store.close()
+        raise CLIError(f"the store {p} was not built for this SAE: {e}") from None
     return store, StoreLink(store)
 
 
@@ -276,13 +282,9 @@ def measurement_provenance(model: Any, sae: Any, store: str | None) -> dict[str,
             "hook": sae_hook_name(sae), "store": str(Path(store).resolve()) if store else None}
 
 
-def typical_max_provider(link: Any, saes: dict[str, Any]):
-    """The typical-max provider for `steer`: the store's, for the single SAE it belongs to."""
-    if link is None:
-        return None
-    if len(saes) == 1:
-        return link.typical_max
-    raise CLIError("--store goes with a single --sae (a store describes one SAE)")
+def typical_max_provider(link: Any):
+    """The typical-max provider for `steer`: the store's (`open_store` checked it is the SAE's)."""
+    return link.typical_max if link is not None else None
 
 
 def print_error(e: BaseException, args: Any = None) -> int:

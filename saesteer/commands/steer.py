@@ -140,7 +140,7 @@ def _run(args, model=None) -> int:
         from steering.comparison import compare
 
         cmp = compare(model, saes if len(saes) > 1 else next(iter(saes.values())), edits, prompts, gen_cfg,
-                      typical_max=typical_max_provider(link, saes), limits=limits,
+                      typical_max=typical_max_provider(link), limits=limits,
                       allow_model_mismatch=args.allow_model_mismatch, progress=not args.no_progress)
     finally:
         if store is not None:

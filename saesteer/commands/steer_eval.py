@@ -206,7 +206,7 @@ def _compare(args, cfg, gen_cfg, model, name, sae, scorer, link, *, prompts, pos
 
     return compare_methods(
         model, sae, scorer, prompts=prompts, config=cfg, positive=positive, negative=negative, cue=cue,
-        latents=args.latent or None, gen_config=gen_cfg, typical_max=typical_max_provider(link, {name: sae}),
+        latents=args.latent or None, gen_config=gen_cfg, typical_max=typical_max_provider(link),
         allow_model_mismatch=args.allow_model_mismatch, progress=not args.no_progress,
         say=lambda msg: print(f"[steer-eval] {msg}", file=sys.stderr, flush=True))
 

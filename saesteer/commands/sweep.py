@@ -126,7 +126,7 @@ def _run(args, model=None) -> int:
             model = load_model(args, loaded, store)
         gen_cfg = with_sae_bos(gen_cfg, {name: loaded[name]})  # the SAE's BOS (saes.bos), unless --prepend-bos
         sae = saes[name].to(model_device(model))
-        typical = typical_max_provider(link, {name: sae})
+        typical = typical_max_provider(link)
         if sweep_cfg.unit == "max_act":
             _check_typical(args, sae, typical)
         unsteered: dict = {}  # the same prompts and settings for every latent: the unsteered text is made once
