@@ -9,6 +9,12 @@
   'input_ids' is list, not text"). Now each row is one context, cached exactly as stored (no second
   BOS, nothing re-tokenized), and the manifest records the column, the row width, the SAELens
   settings and the BOS policy; `eval` re-reads the recorded split of the same rows.
+- What the rows hold between documents: SAELens's separator (default: BOS) and, with a Llama / Mistral
+  tokenizer, each document's own BOS. The manifest recorded the --separator flag (default eos) instead,
+  a --separator given was ignored and recorded, and eval packed text for the SAE with EOS between
+  documents. Now it is read from sae_lens.json (as SAELens's own code puts it there), "rows" when
+  unknown; a --separator that contradicts the rows is refused naming both; eval packs text with the
+  recorded one (a new `bos` separator), and asks for --separator when it is "rows".
 - Rows made by another tokenizer are refused naming both sides: by `sae_lens.json`'s tokenizer
   (vocabulary compared), by ids outside the model's vocabulary, and, without metadata, because they
   do not decode and encode back to themselves under the model's tokenizer.
@@ -376,3 +382,45 @@ def test_rows_without_metadata_record_an_unknown_separator(user, real_models):
     saesteer("eval", "--sae", work / "run/saes/sae", "--dataset", held_out, "--separator", "bos", *flags,
              "--out", work / "eval").ok()
     assert json.loads((work / "eval/eval.json").read_text())["data"]["separator"] == "bos"
+
+
+@pytest.mark.parametrize("family", ["gpt2", "mistral"])
+def test_what_saelens_puts_between_documents_is_read_as_its_code_does(user, real_models, family):
+    """`saelens_between` (what a sae_lens.json's settings leave between two documents of a row) against
+    SAELens's own `concat_and_batch_sequences` on documents tokenized as its PretokenizeRunner does,
+    for each separator and begin-sequence setting; and the separator recorded for them packs the same."""
+    import dataclasses
+
+    from sae_lens.tokenization_and_batching import concat_and_batch_sequences
+    from transformers import AutoTokenizer
+
+    from training.packing import between_documents, special_tokens
+    from training.pretokenized import rows_separator, saelens_between
+    from training.text import TextConfig
+
+    tok = AutoTokenizer.from_pretrained(real_models.path(family))
+    first, second = "Le caf\u00e9 ouvre t\u00f4t.", "def f(x):\n    return x"
+    plain = [tok(d, add_special_tokens=False)["input_ids"] for d in (first, second)]
+    recorded = {}
+    for sep in ("bos", "eos", None):
+        for begin in (None, "bos"):
+            meta = {"sequence_separator_token": sep, "begin_sequence_token": begin, "path": "sae_lens.json"}
+            ids = {None: None, "bos": tok.bos_token_id, "eos": tok.eos_token_id}
+            row = next(concat_and_batch_sequences(
+                (tok.encode(d, return_tensors="pt")[0] for d in (first, second, first)),
+                context_size=sum(map(len, plain)) + 8, sequence_separator_token_id=ids[sep],
+                begin_sequence_token_id=ids[begin])).tolist()
+            end = row.index(plain[0][0]) + len(plain[0])
+            held = row[end:end + next(i for i in range(len(row)) if row[end + i:end + i + len(plain[1])] == plain[1])]
+            assert saelens_between(meta, tok) == held, (family, sep, begin)
+            for policy in ("prepend", "none"):
+                cfg = TextConfig(dataset="x", bos_policy=policy, separator="rows")
+                found = recorded[sep, begin, policy] = rows_separator(cfg, meta, tok)
+                if found != "rows":
+                    assert between_documents(dataclasses.replace(cfg, separator=found), special_tokens(tok)) == held
+    if family == "gpt2":  # <|endoftext|> is BOS and EOS; the tokenizer adds nothing to a document
+        assert recorded["bos", None, "prepend"] == recorded["eos", None, "prepend"] == "eos"
+        assert recorded[None, None, "prepend"] == "none"
+    else:  # each document starts with its own <s>: no separator is added, and one that is is another token
+        assert recorded["bos", None, "prepend"] == recorded[None, None, "prepend"] == "bos"
+        assert recorded["eos", None, "prepend"] == "rows"  # '</s>' '<s>': no separator of ours puts that
