@@ -341,7 +341,8 @@ def test_llama_style_rows_record_the_bos_between_their_documents(user, real_mode
 
     r = cache(model, rows, work / "eos", "--separator", "eos").no_traceback()
     assert r.rc != 0 and "its rows hold '<s>' between documents" in r.err and "puts '</s>' there" in r.err, r.text
-    assert "--separator bos" in r.err and "sae_lens.json" in r.err and not (work / "eos/manifest.json").exists()
+    assert "--separator bos" in r.err and "sae_lens.json" in r.err and "adds '<s>' before" in r.err, r.err
+    assert not (work / "eos/manifest.json").exists()
     r = saesteer("cache", "--model", model, "--dataset", rows, "--bos-policy", "doc", "--separator", "bos",
                  "--out", work / "doc").no_traceback()
     assert r.rc == 2 and "--separator bos" in r.err and "second BOS" in r.err, r.text
@@ -363,6 +364,16 @@ def test_llama_style_rows_record_the_bos_between_their_documents(user, real_mode
         begin_batch_token_id=bos, sequence_separator_token_id=bos)])
     assert (ours[:, 1:] == bos).sum() == len(user.validation) - 1 and not (ours == eos).any()
     assert np.array_equal(ours, theirs)  # here no document starts a row
+
+    # training without a cache records it too (data.text), and refuses a contradicting --separator alike
+    live = ("train", "--model", model, "--dataset", rows, "--context-length", L, "--hook", HOOK, "--architecture",
+            "topk", "--d-sae", 64, "--k", 4, "--total-tokens", 512, "--batch-size", 128, "--holdout-tokens", 128,
+            "--eval-ce-contexts", 0, "--eval-every-tokens", 0, "--checkpoint-every-tokens", 0, "--no-progress",
+            "--sae-name", "sae")
+    r = saesteer(*live, "--out", work / "live-eos", "--separator", "eos").no_traceback()
+    assert r.rc != 0 and "its rows hold '<s>' between documents" in r.err, r.text
+    saesteer(*live, "--out", work / "live").ok()
+    assert json.loads((work / "live/saes/sae/saesteer.json").read_text())["data"]["text"]["separator"] == "bos"
 
 
 def test_rows_without_metadata_record_an_unknown_separator(user, real_models):

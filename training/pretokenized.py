@@ -329,10 +329,13 @@ def rows_separator(cfg: TextConfig, meta: dict[str, Any] | None, tokenizer) -> s
     fix = (f"pass --separator {fits[0]}, or leave it out" if fits else
            f"no --separator with --bos-policy {cfg.bos_policy} puts that there: leave it out (recorded as 'rows')")
     settings = ", ".join(f"{k} {meta.get(k)!r}" for k in ("sequence_separator_token", "begin_sequence_token"))
+    before, after = _added_by_encode(tokenizer) or ([], [])
+    added = " and ".join(f"{_shown(ids, tokenizer)} {where}" for ids, where in ((before, "before"), (after, "after"))
+                         if ids) or "nothing"
     raise ValueError(
         f"dataset {cfg.dataset!r} is pretokenized, and its rows hold {_shown(held, tokenizer)} between documents "
-        f"({meta['path']}: {settings}, each document tokenized as {tokenizer_name(tokenizer)!r} adds special tokens); "
-        f"--separator {cfg.separator} with --bos-policy {cfg.bos_policy} puts {_shown(ours, tokenizer)} there: {fix}")
+        f"({meta['path']}: {settings}; the tokenizer adds {added} to each document); --separator {cfg.separator} "
+        f"with --bos-policy {cfg.bos_policy} puts {_shown(ours, tokenizer)} there: {fix}")
 
 
 def _shown(ids: list[int], tokenizer) -> str:
