@@ -7,8 +7,8 @@ Packing. Each non-empty document becomes an *item* of tokens: `[BOS]` first when
 document's BOS already separates, so one token stands between documents, as in SAELens's packing
 (see `eos_is_next_bos`) -- or `[BOS]` when `separator="bos"` (what SAELens's default separator
 leaves between documents with a tokenizer that starts each with its BOS, as Llama's and Mistral's
-do; not under "doc", where BOS already starts each document). `separator="rows"` (the separator of
-pretokenized rows that record none) packs no text: `training.pretokenized`.
+do; not under "doc", where BOS already starts each document). `separator="rows"` (pretokenized rows'
+own, unknown or none of these: `training.pretokenized`) packs no text.
 Items are concatenated into one stream, cut into contexts of `context_length` tokens:
   * "prepend": every context is `[BOS]` + the next `context_length - 1` stream tokens (one
     separator between documents inside a context; a context that starts just after a document
@@ -186,9 +186,10 @@ class ContextPacker:
             )
         if cfg.separator == "rows":
             raise ValueError(
-                f"--separator rows (as pretokenized rows hold it, and theirs was not recorded: no sae_lens.json) cannot "
-                f"pack the text of {cfg.dataset!r}: pass --separator eos, bos or none, the one those rows held between "
-                f"documents (eos: EOS after each; bos: BOS before each, as SAELens's default with a Llama-style tokenizer)")
+                f"--separator rows (what pretokenized rows held between documents, where no sae_lens.json said it or no "
+                f"other separator puts it) cannot pack the text of {cfg.dataset!r}: pass --separator eos, bos or none, "
+                f"the nearest to what those rows held (eos: EOS after each document; bos: BOS between them, SAELens's "
+                f"default with a Llama-style tokenizer)")
         if cfg.separator in ("eos", "bos") and separator_id(cfg.separator, specials) is None:
             raise ValueError(f"separator {cfg.separator!r} needs a {cfg.separator.upper()} token, but the tokenizer has "
                              f"none; use --separator none")

@@ -38,7 +38,7 @@ CHUNK_CHARS = 1 << 20
 
 BosPolicy = Literal["prepend", "doc", "none"]
 # what stands between documents: EOS, BOS or nothing after each; "rows": as pretokenized rows hold it
-# (unknown: they record no sae_lens.json), which packs no text (`training.packing`)
+# (unknown: no sae_lens.json says, or none of the others puts it), which packs no text (`training.packing`)
 Separator = Literal["eos", "bos", "none", "rows"]
 SEPARATORS = ("eos", "bos", "none", "rows")
 
@@ -46,6 +46,8 @@ SEPARATORS = ("eos", "bos", "none", "rows")
 def separators_for(bos_policy: str) -> tuple[str, ...]:
     """The separators that go with a BOS policy: "bos" not under "doc" (a second BOS per document)."""
     return tuple(s for s in SEPARATORS if not (bos_policy == "doc" and s == "bos"))
+
+
 TxtDocuments = Literal["file", "line"]
 TXT_SAMPLE_BY = {"file": "document", "line": "line"}  # our name -> HF datasets' text builder `sample_by`
 
