@@ -4,4 +4,4 @@ It imports the domain packages (saes, training, features, autointerp, steering, 
 they never import it.
 """
 
-__version__ = "0.1.0"
+from saes.version import __version__  # written there, once (pyproject reads it there too)

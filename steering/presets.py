@@ -23,6 +23,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
+from saes.version import __version__
 from steering.spec import FeatureEdit, SteeringError, Trigger, TypicalMax, lookup_typical_max, parse_edit
 
 if TYPE_CHECKING:
@@ -171,15 +172,6 @@ class Preset:
         return f"preset {self.name}: {'; '.join(self.edits)}{stops}"
 
 
-def _package_version() -> str:
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version("saesteer")
-    except importlib.metadata.PackageNotFoundError:
-        return ""
-
-
 def make_preset(
     name: str,
     edits: Sequence[FeatureEdit | str],
@@ -233,7 +225,7 @@ def make_preset(
         calibration=calibration,
         scorecard=dict(scorecard) if scorecard is not None else None,
         created_at=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
-        saesteer_version=_package_version(),
+        saesteer_version=__version__,
     )
     _check_resolves(preset)
     return preset

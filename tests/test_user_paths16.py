@@ -9,6 +9,12 @@
   'input_ids' is list, not text"). Now each row is one context, cached exactly as stored (no second
   BOS, nothing re-tokenized), and the manifest records the column, the row width, the SAELens
   settings and the BOS policy; `eval` re-reads the recorded split of the same rows.
+- What the rows hold between documents: SAELens's separator (default: BOS) and, with a Llama / Mistral
+  tokenizer, each document's own BOS. The manifest recorded the --separator flag (default eos) instead,
+  a --separator given was ignored and recorded, and eval packed text for the SAE with EOS between
+  documents. Now it is read from sae_lens.json (as SAELens's own code puts it there), "rows" when
+  unknown; a --separator that contradicts the rows is refused naming both; eval packs text with the
+  recorded one (a new `bos` separator), and asks for --separator when it is "rows".
 - Rows made by another tokenizer are refused naming both sides: by `sae_lens.json`'s tokenizer
   (vocabulary compared), by ids outside the model's vocabulary, and, without metadata, because they
   do not decode and encode back to themselves under the model's tokenizer.
@@ -110,6 +116,9 @@ def test_a_saelens_pretokenized_folder_is_cached_row_by_row_and_evaluated(user):
     assert ds["pretokenized"]["column"] == "input_ids" and ds["pretokenized"]["row_tokens"] == L
     assert ds["pretokenized"]["sae_lens"]["tokenizer_name"] == str(user.model)
     assert ds["pretokenized"]["sae_lens"]["begin_batch_token"] == "bos"
+    assert manifest["separator"] == "eos"  # SAELens's "bos" separator: GPT-2's <|endoftext|>, its EOS too
+    r = cache(user.model, user.saved["train"], work / "none", "--separator", "none").no_traceback()  # was recorded
+    assert r.rc != 0 and "hold '<|endoftext|>' between documents" in r.err and "puts nothing there" in r.err, r.text
     got, rows = cached_tokens(work / "cache"), rows_of(user.saved["train"])
     assert got.shape == (2048 // L, L) and np.array_equal(got, rows[:len(got)])
     assert (got[:, 0] == bos).all() and (got[:, 1] != bos).all()  # one BOS, not two
@@ -295,3 +304,134 @@ def test_a_sentencepiece_models_own_rows_without_metadata_are_read(user, real_mo
     assert min(round_trip_share(own[i:i + 8], tok) for i in range(0, len(own), 8)) >= ROUND_TRIP_MIN
     gpt2_rows = list(rows_of(pretokenize(user.model, user.train, work / "gpt2-pretok"))[:8])  # ids < 1024 both
     assert round_trip_share(gpt2_rows, tok) < ROUND_TRIP_MIN
+
+
+def eval_text(work: Path, docs: list[str]) -> Path:
+    """Held-out text as a user keeps it: a jsonl file of documents."""
+    path = work / "held-out.jsonl"
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
+    return path
+
+
+def train_small(cache_dir: Path, out: Path):
+    return saesteer("train", "--cache", cache_dir, "--out", out, "--architecture", "topk", "--d-sae", 64, "--k", 4,
+                    "--total-tokens", 1024, "--batch-size", 256, "--holdout-tokens", 256, "--eval-ce-contexts", 4,
+                    "--eval-every-tokens", 0, "--checkpoint-every-tokens", 0, "--no-progress", "--sae-name", "sae")
+
+
+def test_llama_style_rows_record_the_bos_between_their_documents(user, real_models):
+    """SAELens's defaults with a tokenizer whose BOS is not its EOS and starts every document (Mistral,
+    Llama): the rows hold BOS between documents, no EOS. The manifest recorded the --separator flag's
+    default (eos), a --separator given was ignored and recorded, and `eval` on text then packed with
+    EOS between documents. Now the separator is read from sae_lens.json (bos), one that contradicts the
+    rows is refused naming both, and eval packs text with BOS between documents, as SAELens's own
+    `concat_and_batch_sequences` does."""
+    from sae_lens.tokenization_and_batching import concat_and_batch_sequences
+    from transformers import AutoTokenizer
+
+    from training.packing import open_packer
+    from training.text import TextConfig
+
+    work, model = user.work / "llama-style", real_models.path("mistral")
+    tok = AutoTokenizer.from_pretrained(model)
+    bos, eos = tok.bos_token_id, tok.eos_token_id
+    rows = pretokenize(model, user.train, work / "pretok")
+    held = rows_of(rows)
+    assert bos != eos and (held[:, 1:] == bos).sum() > 10 and not (held == eos).any()  # BOS between, no EOS
+
+    r = cache(model, rows, work / "eos", "--separator", "eos").no_traceback()
+    assert r.rc != 0 and "its rows hold '<s>' between documents" in r.err and "puts '</s>' there" in r.err, r.text
+    assert "--separator bos" in r.err and "sae_lens.json" in r.err and "adds '<s>' before" in r.err, r.err
+    assert not (work / "eos/manifest.json").exists()
+    r = saesteer("cache", "--model", model, "--dataset", rows, "--bos-policy", "doc", "--separator", "bos",
+                 "--out", work / "doc").no_traceback()
+    assert r.rc == 2 and "--separator bos" in r.err and "second BOS" in r.err, r.text
+
+    cache(model, rows, work / "cache").ok()
+    assert json.loads((work / "cache/manifest.json").read_text())["separator"] == "bos"
+    train_small(work / "cache", work / "run").ok()
+    held_out = eval_text(work, user.validation)
+    saesteer("eval", "--sae", work / "run/saes/sae", "--dataset", held_out, "--contexts", 4, "--ce-contexts", 4,
+             "--absorption", "false", "--probing", "false", "--quiet", "--out", work / "eval").ok()
+    data = json.loads((work / "eval/eval.json").read_text())["data"]
+    assert (data["dataset"], data["bos_policy"], data["separator"]) == (str(held_out), "prepend", "bos"), data
+
+    # text packed so is what SAELens makes of it with the same settings: [BOS] + the stream per row, BOS
+    # between documents (where a document starts a row, SAELens writes its BOS once, we twice)
+    ours, _ = open_packer(TextConfig(dataset=str(held_out), context_length=L, separator="bos"), tok).take(10_000)
+    theirs = np.stack([t.numpy() for t in concat_and_batch_sequences(
+        (tok.encode(d, return_tensors="pt")[0] for d in user.validation), context_size=L,
+        begin_batch_token_id=bos, sequence_separator_token_id=bos)])
+    assert (ours[:, 1:] == bos).sum() == len(user.validation) - 1 and not (ours == eos).any()
+    assert np.array_equal(ours, theirs)  # here no document starts a row
+
+    # training without a cache records it too (data.text), and refuses a contradicting --separator alike
+    live = ("train", "--model", model, "--dataset", rows, "--context-length", L, "--hook", HOOK, "--architecture",
+            "topk", "--d-sae", 64, "--k", 4, "--total-tokens", 512, "--batch-size", 128, "--holdout-tokens", 128,
+            "--eval-ce-contexts", 0, "--eval-every-tokens", 0, "--checkpoint-every-tokens", 0, "--no-progress",
+            "--sae-name", "sae")
+    r = saesteer(*live, "--out", work / "live-eos", "--separator", "eos").no_traceback()
+    assert r.rc != 0 and "its rows hold '<s>' between documents" in r.err, r.text
+    saesteer(*live, "--out", work / "live").ok()
+    assert json.loads((work / "live/saes/sae/saesteer.json").read_text())["data"]["text"]["separator"] == "bos"
+
+
+def test_rows_without_metadata_record_an_unknown_separator(user, real_models):
+    """Rows without sae_lens.json (as many hub datasets publish them): what they hold between documents
+    is not known, so the manifest records "rows" (not the flag's default), and text is packed for an SAE
+    trained on them only with a --separator given: eval on text refuses, naming the flag."""
+    work, model = user.work / "no-metadata", real_models.path("mistral")
+    rows = pretokenize(model, user.train, work / "pretok")
+    (rows / "sae_lens.json").unlink()
+    cache(model, rows, work / "cache").ok()
+    assert json.loads((work / "cache/manifest.json").read_text())["separator"] == "rows"
+    train_small(work / "cache", work / "run").ok()
+    held_out = eval_text(work, user.validation)
+    flags = ("--contexts", 4, "--ce-contexts", 4, "--absorption", "false", "--probing", "false", "--quiet")
+    r = saesteer("eval", "--sae", work / "run/saes/sae", "--dataset", held_out, *flags).no_traceback()
+    assert r.rc != 0 and "--separator rows" in r.err and "pass --separator eos, bos or none" in r.err, r.text
+    saesteer("eval", "--sae", work / "run/saes/sae", "--dataset", held_out, "--separator", "bos", *flags,
+             "--out", work / "eval").ok()
+    assert json.loads((work / "eval/eval.json").read_text())["data"]["separator"] == "bos"
+
+
+@pytest.mark.parametrize("family", ["gpt2", "mistral"])
+def test_what_saelens_puts_between_documents_is_read_as_its_code_does(user, real_models, family):
+    """`saelens_between` (what a sae_lens.json's settings leave between two documents of a row) against
+    SAELens's own `concat_and_batch_sequences` on documents tokenized as its PretokenizeRunner does,
+    for each separator and begin-sequence setting; and the separator recorded for them packs the same."""
+    import dataclasses
+
+    from sae_lens.tokenization_and_batching import concat_and_batch_sequences
+    from transformers import AutoTokenizer
+
+    from training.packing import between_documents, special_tokens
+    from training.pretokenized import rows_separator, saelens_between
+    from training.text import TextConfig
+
+    tok = AutoTokenizer.from_pretrained(real_models.path(family))
+    first, second = "Le caf\u00e9 ouvre t\u00f4t.", "def f(x):\n    return x"
+    plain = [tok(d, add_special_tokens=False)["input_ids"] for d in (first, second)]
+    recorded = {}
+    for sep in ("bos", "eos", None):
+        for begin in (None, "bos"):
+            meta = {"sequence_separator_token": sep, "begin_sequence_token": begin, "path": "sae_lens.json"}
+            ids = {None: None, "bos": tok.bos_token_id, "eos": tok.eos_token_id}
+            row = next(concat_and_batch_sequences(
+                (tok.encode(d, return_tensors="pt")[0] for d in (first, second, first)),
+                context_size=sum(map(len, plain)) + 8, sequence_separator_token_id=ids[sep],
+                begin_sequence_token_id=ids[begin])).tolist()
+            end = row.index(plain[0][0]) + len(plain[0])
+            held = row[end:end + next(i for i in range(len(row)) if row[end + i:end + i + len(plain[1])] == plain[1])]
+            assert saelens_between(meta, tok) == held, (family, sep, begin)
+            for policy in ("prepend", "none"):
+                cfg = TextConfig(dataset="x", bos_policy=policy, separator="rows")
+                found = recorded[sep, begin, policy] = rows_separator(cfg, meta, tok)
+                if found != "rows":
+                    assert between_documents(dataclasses.replace(cfg, separator=found), special_tokens(tok)) == held
+    if family == "gpt2":  # <|endoftext|> is BOS and EOS; the tokenizer adds nothing to a document
+        assert recorded["bos", None, "prepend"] == recorded["eos", None, "prepend"] == "eos"
+        assert recorded[None, None, "prepend"] == "none"
+    else:  # each document starts with its own <s>: no separator is added, and one that is is another token
+        assert recorded["bos", None, "prepend"] == recorded[None, None, "prepend"] == "bos"
+        assert recorded["eos", None, "prepend"] == "rows"  # '</s>' '<s>': no separator of ours puts that

@@ -11,7 +11,6 @@ Data parallel: rank 0 evaluates and writes; the other ranks get the weights only
 
 from __future__ import annotations
 
-import importlib.metadata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 from torch import Tensor
 
 from saes import SAE, save_sae
+from saes.version import __version__
 from training.evaluate import ModelEval, evaluate_activations, sae_reconstructor
 from training.logs import eval_record, read_history, scalars, write_history
 from training.report import git_commit, write_curves_html, write_metrics
@@ -105,7 +105,7 @@ def _sae_provenance(trainer: Trainer, m: Member, prov: dict[str, Any], metrics: 
     cfg = trainer.config
     init_from = {"init_from": trainer.init_from} if trainer.init_from is not None else {}
     return {
-        "tool": "saesteer", "saesteer_version": _version(), "git_commit": commit,
+        "tool": "saesteer", "saesteer_version": __version__, "git_commit": commit,
         "model": prov.get("model"), "model_identity": prov.get("model_identity"),
         "hook_name": prov.get("hook_name"), "dataset": prov.get("dataset"),
         **({"hook_name_out": prov["hook_name_out"]} if prov.get("hook_name_out") else {}),
@@ -128,10 +128,3 @@ def _metrics_doc(trainer: Trainer, holdout_BD: Tensor, prov: dict[str, Any], per
         "stopped_early": stopped_early, "git_commit": commit, "data": prov, "config": trainer.config.to_dict(),
         "saes": per_sae,
     }
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("saesteer")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"

@@ -22,7 +22,8 @@ Manifest fields (format_version 1):
     what the weight-processing check needs without the model; absent in caches from older
     versions, whose model config counts as unknown there),
   hooks [names], d_in {hook: int}, dtype "fp16"|"bf16"|"fp32",
-  context_length, bos_policy, separator, eos_is_next_bos (bool: no EOS after a document, as
+  context_length, bos_policy, separator ("eos"|"bos"|"none"; a pretokenized dataset's: what its rows
+  hold between documents, "rows" when unknown: training.pretokenized), eos_is_next_bos (bool: no EOS after a document, as
   the next one's BOS is the same token; training.packing; false when absent, as in older caches),
   exclude_tokens, excluded_token_ids [ints],
   tokenizer {name, vocab_size, bos_id, eos_id, pad_id, sha256},

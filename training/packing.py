@@ -2,10 +2,14 @@
 explicit BOS policy; the tokenizer facts a cache records.
 
 Packing. Each non-empty document becomes an *item* of tokens: `[BOS]` first when
-`bos_policy="doc"`, then the document's tokens, then `[EOS]` when `separator="eos"` -- except
-where EOS is the BOS token (GPT-2's `<|endoftext|>` is both) under "doc": the next document's BOS
-already separates, so one token stands between documents, as in SAELens's packing (see
-`eos_is_next_bos`). Items are concatenated into one stream, cut into contexts of `context_length` tokens:
+`bos_policy="doc"`, then the document's tokens, then the separator: `[EOS]` when `separator="eos"`
+-- except where EOS is the BOS token (GPT-2's `<|endoftext|>` is both) under "doc": the next
+document's BOS already separates, so one token stands between documents, as in SAELens's packing
+(see `eos_is_next_bos`) -- or `[BOS]` when `separator="bos"` (what SAELens's default separator
+leaves between documents with a tokenizer that starts each with its BOS, as Llama's and Mistral's
+do; not under "doc", where BOS already starts each document). `separator="rows"` (pretokenized rows'
+own, unknown or none of these: `training.pretokenized`) packs no text.
+Items are concatenated into one stream, cut into contexts of `context_length` tokens:
   * "prepend": every context is `[BOS]` + the next `context_length - 1` stream tokens (one
     separator between documents inside a context; a context that starts just after a document
     begins `[BOS] [EOS]`, two `<|endoftext|>` with GPT-2, where SAELens writes one);
@@ -139,8 +143,20 @@ def _item_extra(cfg: TextConfig, specials: SpecialTokens, next_bos: bool | None 
     is left out (default: `eos_is_next_bos`; a resumed cache: what it records)."""
     pre = int(cfg.bos_policy == "doc")
     next_bos = eos_is_next_bos(cfg, specials) if next_bos is None else next_bos
-    post = int(cfg.separator == "eos" and not next_bos)
+    post = int(cfg.separator in ("eos", "bos") and not next_bos)
     return pre, post
+
+
+def separator_id(separator: str, specials: SpecialTokens) -> int | None:
+    """The token a separator puts after each document (None: none, or the tokenizer lacks it)."""
+    return {"eos": specials.eos, "bos": specials.bos}.get(separator)
+
+
+def between_documents(cfg: TextConfig, specials: SpecialTokens) -> list[int]:
+    """The ids packing puts between two documents inside a context: the separator after the first,
+    BOS before the next under "doc"."""
+    pre, post = _item_extra(cfg, specials)
+    return [separator_id(cfg.separator, specials)] * post + [specials.bos] * pre
 
 
 class ContextPacker:
@@ -168,10 +184,17 @@ class ContextPacker:
                 f"bos_policy {cfg.bos_policy!r} needs a BOS token, but the tokenizer has none; "
                 "use --bos-policy none"
             )
-        if cfg.separator == "eos" and specials.eos is None:
-            raise ValueError("separator 'eos' needs an EOS token, but the tokenizer has none; use --separator none")
+        if cfg.separator == "rows":
+            raise ValueError(
+                f"--separator rows (what pretokenized rows held between documents, where no sae_lens.json said it or no "
+                f"other separator puts it) cannot pack the text of {cfg.dataset!r}: pass --separator eos, bos or none, "
+                f"the nearest to what those rows held (eos: EOS after each document; bos: BOS between them, SAELens's "
+                f"default with a Llama-style tokenizer)")
+        if cfg.separator in ("eos", "bos") and separator_id(cfg.separator, specials) is None:
+            raise ValueError(f"separator {cfg.separator!r} needs a {cfg.separator.upper()} token, but the tokenizer has "
+                             f"none; use --separator none")
         self._bos = specials.bos
-        self._eos = specials.eos
+        self._sep = separator_id(cfg.separator, specials)
         self._pre, self._post = _item_extra(cfg, specials, eos_next_bos)
         self.K = cfg.context_length - 1 if cfg.bos_policy == "prepend" else cfg.context_length
         self._next_doc = start.doc
@@ -226,7 +249,7 @@ class ContextPacker:
         if pre:
             tok[item_start[nonempty]] = self._bos
         if post:
-            tok[item_start[nonempty] + item_len[nonempty] - 1] = self._eos
+            tok[item_start[nonempty] + item_len[nonempty] - 1] = self._sep
         doc = np.repeat(np.arange(d0, d0 + len(ids), dtype=np.int64), item_len)
         off = np.arange(total, dtype=np.int64) - np.repeat(item_start, item_len)
         if skip and len(ids):

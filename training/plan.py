@@ -9,6 +9,7 @@ Used by the build (`training.cache`) and the dry run (`training.estimate`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -65,6 +66,7 @@ def plan_cache(model, text: TextConfig, cfg: CacheConfig, tokenizer, model_id, m
 
         spec["text_column"] = source.column
         spec["pretokenized"] = checked_rows(source, tokenizer)
+        text = dataclasses.replace(text, separator=spec["pretokenized"]["separator"])  # what the rows hold
     ident = identity_of_model(model)
     if ident is not None:  # a model loaded by saesteer.models knows who it is
         model_id, model_revision = model_id or ident.id, model_revision or ident.revision

@@ -8,6 +8,10 @@ so the BOS policy asked for must be the one the rows already follow (`check_toke
   * prepend: every row starts with BOS (SAELens's default `begin_batch_token="bos"`);
   * doc:     BOS inside rows at document starts, rows not all starting with it;
   * none:    rows that do not all start with BOS.
+and the separator recorded is what the rows hold between documents (`rows_separator`), so that text
+packed later for an SAE trained on them (`saesteer eval`) is packed alike: read from `sae_lens.json`
+(SAELens's `sequence_separator_token` and `begin_sequence_token`, and the special tokens its
+tokenizing adds to each document: Llama's and Mistral's BOS), "rows" when unknown.
 The ids must be the model tokenizer's: a `sae_lens.json` beside the data names the tokenizer they
 were made with (compared by vocabulary); without one, the first rows must read back as that
 tokenizer's text (decode, encode again: the same ids, edges cut mid-word or mid-character aside:
@@ -18,6 +22,7 @@ A `TextPointer(doc, 0)` names row `doc` (the next one to read); offsets are alwa
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import os
@@ -26,8 +31,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from training.packing import special_tokens, tokenizer_name
-from training.text import START, TextConfig, TextPointer
+from training.packing import between_documents, special_tokens, tokenizer_name
+from training.text import START, TextConfig, TextPointer, separators_for
 
 TOKEN_COLUMNS = ("tokens", "input_ids")  # the columns SAELens reads as token ids, in its order
 METADATA_NAME = "sae_lens.json"  # what SAELens's PretokenizeRunner writes beside the dataset
@@ -250,13 +255,91 @@ def check_token_rows(cfg: TextConfig, rows: list[np.ndarray], tokenizer, meta: d
     problem = _bos_problem(rows, cfg.bos_policy, special_tokens(tokenizer).bos, tokenizer)
     if problem:
         raise ValueError(f"dataset {name!r} is pretokenized and --bos-policy {cfg.bos_policy} does not fit it: {problem}")
-    record: dict[str, Any] = {"column": column, "row_tokens": width}
+    record: dict[str, Any] = {"column": column, "row_tokens": width, "separator": rows_separator(cfg, meta, tokenizer)}
     if meta is not None:
         keep = ("tokenizer_name", "context_size", "begin_batch_token", "begin_sequence_token",
                 "sequence_separator_token", "original_dataset", "original_dataset_name", "original_split",
                 "sae_lens_version")
         record["sae_lens"] = {k: meta.get(k) for k in keep}
     return record
+
+
+# ----------------------------------------------------------------------------------------------
+# The separator: what SAELens put between documents, as one of ours
+
+
+def saelens_token(meta: dict[str, Any], key: str, tokenizer) -> int | None:
+    """The id a sae_lens.json token setting names, as SAELens's `get_special_token_from_cfg` reads it."""
+    spec = meta.get(key)
+    if spec is None or (isinstance(spec, int) and not isinstance(spec, bool)):
+        return spec
+    if spec in ("bos", "eos", "sep"):
+        return getattr(tokenizer, f"{spec}_token_id", None)
+    raise ValueError(f"{meta['path']}: {key} {spec!r} is none of SAELens's (a token id, bos, eos, sep or null); fix it")
+
+
+def _added_by_encode(tokenizer) -> tuple[list[int], list[int]] | None:
+    """(ids before, ids after) a text that `tokenizer.encode` adds (Llama's and Mistral's add BOS
+    before), as SAELens's PretokenizeRunner tokenizes each document; None if it changes the text's ids."""
+    probe = "Separator probe, 1 2 3."
+    plain = tokenizer(probe, add_special_tokens=False, verbose=False)["input_ids"]
+    full = tokenizer.encode(probe)
+    for i in range(len(full) - len(plain) + 1):
+        if full[i:i + len(plain)] == plain:
+            return full[:i], full[i + len(plain):]
+    return None
+
+
+def saelens_between(meta: dict[str, Any], tokenizer) -> list[int] | None:
+    """The ids SAELens's `concat_and_batch_sequences` puts between two documents inside a row under
+    the settings of its sae_lens.json `meta` (the ids its tokenizing adds to each document, then
+    `sequence_separator_token` and `begin_sequence_token` before the next unless it starts with
+    them already); None when that is not known (older metadata, chat formatting, a row per document)."""
+    if not {"sequence_separator_token", "begin_sequence_token"} <= set(meta) or meta.get("use_chat_formatting") \
+            or meta.get("disable_concat_sequences"):
+        return None
+    added = _added_by_encode(tokenizer)
+    if added is None:
+        return None
+    before, after = added
+    head = list(before)
+    begin = saelens_token(meta, "begin_sequence_token", tokenizer)
+    if begin is not None and head[:1] != [begin]:
+        head = [begin, *head]
+    sep = saelens_token(meta, "sequence_separator_token", tokenizer)
+    return after + ([sep] if sep is not None and head[:1] != [sep] else []) + head
+
+
+def rows_separator(cfg: TextConfig, meta: dict[str, Any] | None, tokenizer) -> str:
+    """The separator to record for the rows: `cfg.separator` when it puts between documents the ids
+    the rows hold there (under `cfg.bos_policy`); for "rows" (none asked for), the first of ours that
+    does, "rows" when none does or no sae_lens.json says (then `cfg.separator` is the caller's word).
+    A separator that puts other ids there than the rows hold is refused, naming both."""
+    held = None if meta is None else saelens_between(meta, tokenizer)
+    if held is None:
+        return cfg.separator
+    specials = special_tokens(tokenizer)
+    fits = [s for s in separators_for(cfg.bos_policy) if s != "rows"
+            and between_documents(dataclasses.replace(cfg, separator=s), specials) == held]
+    if cfg.separator == "rows":
+        return fits[0] if fits else "rows"
+    if cfg.separator in fits:
+        return cfg.separator
+    ours = between_documents(cfg, specials)
+    fix = (f"pass --separator {fits[0]}, or leave it out" if fits else
+           f"no --separator with --bos-policy {cfg.bos_policy} puts that there: leave it out (recorded as 'rows')")
+    settings = ", ".join(f"{k} {meta.get(k)!r}" for k in ("sequence_separator_token", "begin_sequence_token"))
+    before, after = _added_by_encode(tokenizer) or ([], [])
+    added = " and ".join(f"{_shown(ids, tokenizer)} {where}" for ids, where in ((before, "before"), (after, "after"))
+                         if ids) or "nothing"
+    raise ValueError(
+        f"dataset {cfg.dataset!r} is pretokenized, and its rows hold {_shown(held, tokenizer)} between documents "
+        f"({meta['path']}: {settings}; the tokenizer adds {added} to each document); --separator {cfg.separator} "
+        f"with --bos-policy {cfg.bos_policy} puts {_shown(ours, tokenizer)} there: {fix}")
+
+
+def _shown(ids: list[int], tokenizer) -> str:
+    return " ".join(repr(t) for t in tokenizer.convert_ids_to_tokens(ids)) if ids else "nothing"
 
 
 def checked_rows(source, tokenizer) -> dict[str, Any]:

@@ -37,6 +37,17 @@ READ_DOCS = 16
 CHUNK_CHARS = 1 << 20
 
 BosPolicy = Literal["prepend", "doc", "none"]
+# what stands between documents: EOS, BOS or nothing after each; "rows": as pretokenized rows hold it
+# (unknown: no sae_lens.json says, or none of the others puts it), which packs no text (`training.packing`)
+Separator = Literal["eos", "bos", "none", "rows"]
+SEPARATORS = ("eos", "bos", "none", "rows")
+
+
+def separators_for(bos_policy: str) -> tuple[str, ...]:
+    """The separators that go with a BOS policy: "bos" not under "doc" (a second BOS per document)."""
+    return tuple(s for s in SEPARATORS if not (bos_policy == "doc" and s == "bos"))
+
+
 TxtDocuments = Literal["file", "line"]
 TXT_SAMPLE_BY = {"file": "document", "line": "line"}  # our name -> HF datasets' text builder `sample_by`
 
@@ -81,9 +92,13 @@ class TextConfig:
         metadata={"help": "prepend: BOS starts every context; doc: BOS starts every document "
                           "(contexts are plain slices); none: no BOS"},
     )
-    separator: Literal["eos", "none"] = field(
-        default="eos", metadata={"help": "token appended after each document: eos, or none (with bos-policy doc "
-                                         "and a BOS that is the EOS, as GPT-2's: the next BOS alone separates)"}
+    separator: Separator = field(
+        default="eos",
+        metadata={"help": "token put after each document: eos; bos (BOS between documents: SAELens's default with a "
+                          "tokenizer whose BOS starts each document, as Llama's; not with bos-policy doc); none (with "
+                          "bos-policy doc and a BOS that is the EOS, as GPT-2's: the next BOS alone separates). A "
+                          "pretokenized dataset's rows hold their own: read from its sae_lens.json, else recorded as "
+                          "rows (then text is packed for its SAEs only with --separator given)"},
     )
 
     def __post_init__(self) -> None:
@@ -91,8 +106,11 @@ class TextConfig:
             raise ValueError("TextConfig.dataset is empty: give 'toy', a local file/directory, or a hub name")
         if self.bos_policy not in ("prepend", "doc", "none"):
             raise ValueError(f"TextConfig.bos_policy must be prepend, doc or none; got {self.bos_policy!r}")
-        if self.separator not in ("eos", "none"):
-            raise ValueError(f"TextConfig.separator must be eos or none; got {self.separator!r}")
+        if self.separator not in SEPARATORS:
+            raise ValueError(f"TextConfig.separator must be one of {', '.join(SEPARATORS)}; got {self.separator!r}")
+        if self.separator not in separators_for(self.bos_policy):
+            raise ValueError(f"TextConfig.separator {self.separator}: under bos-policy {self.bos_policy} BOS starts "
+                             f"every document already, and it would put a second BOS before each; use none")
         if self.txt_documents not in TXT_SAMPLE_BY:
             raise ValueError(f"TextConfig.txt_documents must be file or line; got {self.txt_documents!r}")
         if not isinstance(self.context_length, int) or self.context_length < 2:
@@ -357,12 +375,22 @@ class DocumentSource:
         return ["" if v is None else v for v in values]
 
 
-def text_as_read(cfg: TextConfig) -> TextConfig:
-    """`cfg` naming the column its dataset is read from (`DocumentSource.column`): a pretokenized
-    dataset given the default "text" is read from its token column, and a record of how the text was
-    read must say that one."""
-    column = DocumentSource(cfg).column
-    return cfg if column == cfg.text_column else dataclasses.replace(cfg, text_column=column)
+def text_as_read(cfg: TextConfig, tokenizer=None, separator_given: bool = True) -> TextConfig:
+    """`cfg` as its dataset is read, which a record of how the text was read must say: naming the
+    column read (`DocumentSource.column`: a pretokenized dataset given the default "text" is read
+    from its token column), and, for a pretokenized dataset checked against `tokenizer`, the
+    separator its rows hold between documents (`training.pretokenized.rows_separator`: one given
+    that contradicts them is refused). `separator_given` False: `cfg.separator` is the flag's
+    default, which says nothing of the rows."""
+    source = DocumentSource(cfg)
+    read = cfg if source.column == cfg.text_column else dataclasses.replace(cfg, text_column=source.column)
+    if not source.pretokenized or tokenizer is None:
+        return read
+    from training.pretokenized import checked_rows
+
+    if not separator_given:
+        read = dataclasses.replace(read, separator="rows")
+    return dataclasses.replace(read, separator=checked_rows(DocumentSource(read), tokenizer)["separator"])
 
 
 def _offline_hub_dataset_hint(name: str, error: Exception) -> str:

@@ -6,14 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def prepare_data(run_cfg, data_cfg, text_cfg, coll=None, allow_model_mismatch: bool = False, check_init=None):
+def prepare_data(run_cfg, data_cfg, text_cfg, coll=None, allow_model_mismatch: bool = False, check_init=None,
+                 separator_given: bool = True):
     """The batch source, the CE evaluation (or None) and the provenance for the SAE folders.
 
     Data parallel (`coll`): this rank's reader (rows r*B/W..(r+1)*B/W of every global batch of
     --batch-size rows); only rank 0 loads the model for the CE evaluation. `check_init(prov, d_in,
     d_out, transcoder)`: called before the model loads (minutes for a real one) with what the data
     tell of the run by then (the cache's record; for text, its hook and BOS policy), so that an
-    --init-from SAE that does not fit is refused at once."""
+    --init-from SAE that does not fit is refused at once. `separator_given` False: text_cfg's separator
+    is the flag default, and a pretokenized dataset's rows say it (`training.text.text_as_read`)."""
     t = run_cfg.train
     rank, world = (coll.rank, coll.world_size) if coll is not None else (0, 1)
     if world > 1 and not data_cfg.cache:
@@ -27,7 +29,7 @@ def prepare_data(run_cfg, data_cfg, text_cfg, coll=None, allow_model_mismatch: b
     if check_init is not None:  # the width and the model are known once it is loaded: the run checks those
         check_init({"hook_name": data_cfg.hook, "hook_name_out": data_cfg.target_hook, "dataset": text_cfg.dataset,
                     "bos_policy": text_cfg.bos_policy}, None, None, data_cfg.target_hook is not None)
-    return _from_model(run_cfg, data_cfg, text_cfg)
+    return _from_model(run_cfg, data_cfg, text_cfg, separator_given)
 
 
 def _cache_reader(data_cfg, t, rank: int, world: int):
@@ -110,7 +112,7 @@ def _cache_model_eval(run_cfg, data_cfg, reader, model, prov: dict, allow_model_
     return ModelEval(model, reader.hook, tokens, keep)
 
 
-def _from_model(run_cfg, data_cfg, text_cfg):
+def _from_model(run_cfg, data_cfg, text_cfg, separator_given: bool = True):
     """No cache: activations straight from the model (one pass over the text; resume replays it)."""
     from saesteer.models import check_hook_names, load_model, model_identity, start_model_spec
     from training.evaluate import ModelEval
@@ -118,10 +120,12 @@ def _from_model(run_cfg, data_cfg, text_cfg):
     from training.sources import TEXT_READING
     from training.text import resolve_data, text_as_read
 
-    text_cfg = text_as_read(text_cfg)  # recorded as read: the column a pretokenized dataset's ids are in
+    text_cfg = text_as_read(text_cfg)  # the dataset and its column checked before the model loads (minutes)
     t = run_cfg.train
     model = load_model(start_model_spec(data_cfg.model, text_cfg.dataset), device=t.device,  # toy for toy text only
                        process_weights=data_cfg.process_weights)
+    # recorded as read: the column a pretokenized dataset's ids are in, the separator its rows hold
+    text_cfg = text_as_read(text_cfg, model.tokenizer, separator_given)
     hook = data_cfg.hook or f"blocks.{model.cfg.n_layers // 2}.hook_resid_post"
     check_hook_names(model, hook)
     target = data_cfg.target_hook

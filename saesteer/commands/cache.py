@@ -86,7 +86,7 @@ def run(args) -> int:
     from training.writer import CacheDiskFullError
     from training.cache_config import CacheConfig
     from training.manifest import CacheFormatError, CacheMismatchError
-    from training.text import TextConfig
+    from training.text import TextConfig, text_as_read
 
     if args.verify:
         return _verify(args)
@@ -109,6 +109,8 @@ def run(args) -> int:
     out = args.out or extra.get("out") or f"caches/{_slug(model_spec)}/{_slug('+'.join(hooks))}"
     try:
         cfg = dataclass_from_args(CacheConfig, args, file_values=cache_vals, out=out, hooks=hooks)
+        # a pretokenized dataset: the separator its rows hold, unless --separator says (checked against them)
+        text = text_as_read(text, model.tokenizer, separator_given="separator" in vars(args) or "separator" in text_vals)
         if args.dry_run:
             est = estimate_cache(model, text, cfg, model_id=ident, model_revision=revision)
             print(est.describe())

@@ -131,8 +131,9 @@ def _run(args) -> int:
     results, texts = {}, []
     for i, (sae_text, names, from_cache) in enumerate(groups):
         group = {n: loaded[n] for n in names}
-        if not from_cache:  # recorded as read: the column a pretokenized dataset's ids are in
-            sae_text = text_as_read(sae_text)
+        if not from_cache:  # recorded as read: the column a pretokenized dataset's ids are in, its rows' separator
+            given = "separator" in vars(args) or any(_records_packing(loaded[n], trained[n]) for n in names)
+            sae_text = text_as_read(sae_text, tokenizer, separator_given=given)
         if len(groups) > 1:
             say(f"SAEs {', '.join(names)}: " + ("contexts of the cache (as their training read them)" if from_cache
                                                 else _describe_text(sae_text)))
@@ -400,16 +401,11 @@ def _packed_as_trained(args, text, item, say, got):
     "doc" reads as false there). An SAE fed longer contexts or another BOS than it was
     trained on reads other activations, so the flag defaults would silently measure something else.
     `got`: its training text (`_trained_texts`)."""
-    from pathlib import Path
-
     from saes.bos import trained_bos_policy
 
-    data = (item.provenance or {}).get("data") or {}
     meta = item.sae.cfg.metadata or {}
     wanted: dict = {}
-    # packing is recorded in the cache's manifest (while it is there) or, without a cache, in data.text
-    recorded = data.get("text") or (data.get("cache") and (Path(data["cache"]) / "manifest.json").is_file())
-    if recorded and got is not None:
+    if _records_packing(item, got):
         wanted = {k: getattr(got[0], k) for k in PACKING_FLAGS}
     else:
         if meta.get("context_size"):
@@ -425,6 +421,16 @@ def _packed_as_trained(args, text, item, say, got):
     say("contexts packed as the SAE was trained: " + ", ".join(f"{PACKING_FLAGS[k]} {v}" for k, v in changes.items())
         + " (give the flag to choose another)")
     return dataclasses.replace(text, **changes)
+
+
+def _records_packing(item, got) -> bool:
+    """Whether the SAE `item` records how its training text was packed: in its cache's manifest (while
+    it is there) or, trained without a cache, in data.text. `got`: its training text (`_trained_texts`)."""
+    from pathlib import Path
+
+    data = (item.provenance or {}).get("data") or {}
+    recorded = data.get("text") or (data.get("cache") and (Path(data["cache"]) / "manifest.json").is_file())
+    return bool(recorded) and got is not None
 
 
 def _trained_texts(loaded: dict, manifests: dict) -> dict:

@@ -312,7 +312,8 @@ def _run_training(args, run_cfg, data_cfg, text_cfg, out, setup, init_source) ->
     coll = setup.collectives if setup is not None else None
     try:
         source, model_eval, provenance = prepare_data(run_cfg, data_cfg, text_cfg, coll, args.allow_model_mismatch,
-                                                      _early_init_check(run_cfg, out, init_source))
+                                                      _early_init_check(run_cfg, out, init_source),
+                                                      separator_given=_separator_given(args))
     except InitFromError:  # said as the run's own check says it (the CLI's boundary names the flag)
         raise
     except (ValueError, OSError) as e:
@@ -334,6 +335,14 @@ def _run_training(args, run_cfg, data_cfg, text_cfg, out, setup, init_source) ->
     if coll is None or coll.is_writer:
         _print_summary(result)
     return 0
+
+
+def _separator_given(args) -> bool:
+    """Whether --separator (or the config file's text.separator) says the separator: else a pretokenized
+    dataset's rows say it."""
+    from saesteer.configargs import load_config_file
+
+    return "separator" in vars(args) or bool(args.config and "separator" in (load_config_file(args.config).get("text") or {}))
 
 
 def _early_init_check(run_cfg, out: str, init_source):
