@@ -26,6 +26,7 @@ import os
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
+from .config import THINKING
 from .openai_replies import error_message, html_title, looks_like_html
 from .sdk_attempt import ClientPerLoop, attempt, status_failure
 from .wire import ChatRequest, ChatResponse, PermanentError, TransientError
@@ -37,7 +38,6 @@ ENV_AUTH_TOKEN = "ANTHROPIC_AUTH_TOKEN"
 ENV_BASE_URL = "ANTHROPIC_BASE_URL"
 # output_config.effort (anthropic 2.17: types/output_config_param.py); "none" turns thinking off instead
 EFFORTS = ("low", "medium", "high", "xhigh", "max")
-THINKING = ("adaptive", "enabled", "disabled")  # thinking.type (types/thinking_config_*_param.py)
 MIN_THINKING_BUDGET = 1024  # budget_tokens of thinking type enabled: at least this (the API's floor)
 
 # how a Messages reply ended, as the judge reads an OpenAI finish_reason
