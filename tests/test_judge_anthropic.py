@@ -272,6 +272,18 @@ def test_messages_errors_are_retried_or_not_as_openais_are(claude_env, fault, re
             assert len(messages(srv)) == 1
 
 
+def test_an_answer_of_the_wrong_shape_is_asked_again(claude_env):
+    # the loopback's content faults reach the Messages route as they reach the chat one
+    from autointerp.config import JudgeConfig, make_judge
+
+    with JudgeServer(fake_llm_answer, api_key=KEY, script=lambda i, body: "bad_schema" if i == 0 else None) as srv:
+        judge = make_judge(JudgeConfig(backend="anthropic", model=MODEL, base_url=srv.root, use_cache=False),
+                           cache_path=None)
+        done = judge.complete_sync(ASK, schema=LABEL)
+        assert done.value == {"label": "sea"} and done.reasks == 1
+        assert len(messages(srv)) == 2
+
+
 def test_a_judge_made_directly_on_claude_prices_it_unknown_not_free(claude_env):
     # `Judge(backend)` without a ledger: only a local model is free; a USD budget then asks for prices
     from autointerp import AnthropicBackend, Judge
