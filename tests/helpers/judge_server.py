@@ -315,9 +315,9 @@ class _Handler(BaseHTTPRequestHandler):
         except json.JSONDecodeError:
             self._anthropic_error(400, "invalid_request_error", "request body is not JSON")
             return
-        refusal = _messages_request_problem(body)
-        if refusal:
-            self._anthropic_error(400, "invalid_request_error", refusal)
+        problem = _messages_request_problem(body)
+        if problem:
+            self._anthropic_error(400, "invalid_request_error", problem)
             return
         # the chat request it stands for: what the fake LLM, the faults and the records read
         system = body.get("system") or ""
