@@ -99,7 +99,6 @@ class AnthropicBackend:
             raise ValueError("AnthropicBackend: model is empty; give --judge-model (e.g. claude-haiku-4-5)")
         self.model = model
         self.base_url = _base_url(base_url or env.get(ENV_BASE_URL) or None)
-        self._auth: dict[str, str] = {}
         key = api_key or env.get(ENV_API_KEY)
         if key:
             self._auth = {"api_key": key}
