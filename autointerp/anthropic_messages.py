@@ -16,7 +16,8 @@ What differs from the OpenAI protocol, and how the judge meets it:
   empty answer.
 
 The key is --judge-api-key or $ANTHROPIC_API_KEY ($ANTHROPIC_AUTH_TOKEN: a bearer token), the
-server $ANTHROPIC_BASE_URL or Anthropic's. `anthropic` is imported in the constructor only.
+server $ANTHROPIC_BASE_URL or Anthropic's. `anthropic` is imported when a backend is made or used,
+never with this module: a missing or older SDK is said (`_check_sdk`) only to those who ask for Claude.
 """
 
 from __future__ import annotations
