@@ -34,9 +34,11 @@ message is a 400), `temperature` refused (API version 2026-10-21), the answer in
 block after a `thinking` block when `thinking_text` is set, `stop_reason`, `usage.input_tokens` /
 `output_tokens`, and errors as `{"type": "error", "error": {"type", "message"}}`. The fake LLM reads
 the request as the chat one it stands for (the system prompt first). Faults there: "429"
-(`rate_limit_error`), "529" (`overloaded_error`), both with retry-after; "500", "400" as above;
+(`rate_limit_error`), "529" (`overloaded_error`), both with retry-after; "500", "503", "400" as above;
 "max_tokens" (the answer cut in half, stop_reason max_tokens); the content faults as for chat (a
 refusal apart from the content is stop_reason refusal with no content, as Anthropic withholds one).
+The connection's faults (reset, timeout, trickle, bad_body) are served on the chat route only: one
+drawn on the Messages route fails the test when the server stops.
 
 Protocol shapes: `reply(exchange) -> (status, headers, body bytes) | None` answers a request
 the way a given real server would (an Exchange has the request's path with its query, headers and
@@ -163,6 +165,7 @@ class JudgeServer:
         self.max_inflight = 0
         self.records: list[Record] = []
         self._seen: Counter[str] = Counter()
+        self.unserved: list[str] = []  # faults drawn for a route that does not serve them (see __exit__)
         self._lock = threading.Lock()
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -190,6 +193,9 @@ class JudgeServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+        if self.unserved and exc[0] is None:  # a test that believed them injected would prove nothing
+            raise AssertionError(f"faults {sorted(set(self.unserved))} are not served on the Messages route; "
+                                 "those requests were answered as if no fault had been drawn")
 
     @property
     def url(self) -> str:
@@ -333,11 +339,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._anthropic_error(int(fault), kind, "Overloaded" if fault == "529" else "rate limited",
                                   {"retry-after": str(srv.retry_after_s)})
             return
-        if fault in ("500", "400"):
+        if fault in ("500", "503", "400"):
             rec.status = int(fault)
-            self._anthropic_error(int(fault), "api_error" if fault == "500" else "invalid_request_error",
+            self._anthropic_error(int(fault), "invalid_request_error" if fault == "400" else "api_error",
                                   "injected " + fault)
             return
+        if fault in TRANSIENT_FAULTS:  # a connection's faults, served on the chat route only
+            with srv._lock:
+                srv.unserved.append(fault)
         text, refusal = _content_fault(fault, srv.responder(chat), rec.key)
         stop = "end_turn"
         if fault == "max_tokens":
