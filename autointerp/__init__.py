@@ -18,14 +18,14 @@ fluency ratings):
 Modules: `judge` (retries, cache, accounting, re-asks), `wire` (a backend's request, response and
 errors), `backends` (OpenAI-compatible HTTP, local transformers), `anthropic_messages` (Claude
 through Anthropic's Messages API), `sdk_attempt` (what the two HTTP backends share: a client per
-event loop, one deadline per attempt, an HTTP status as the judge's failure), `prompts` (escaped prompts and answer parsers), `schema`,
-`interp` (LLM explainer and detection / fuzzing scorers), `concept` (offline concept phrases: the
-default offline explainer), `offline` (token-list labeller), `contrastive` (LLM explainer against
-near misses), `simulation`, `intruder`, `embedding_score` (scorers), `output_score` (does steering
-move text toward the label?), `embeddings` (OpenAI-compatible, sentence-transformers, offline
-hashing), `semantic` (label vectors in the store, search by meaning), `runner`, `store` (the
-LabelStore interface), `featurestore` (it, over `features.FeatureStore`), `cache`, `accounting`,
-`config`.
+event loop, one deadline per attempt, an HTTP status as the judge's failure), `prompts` (escaped
+prompts and answer parsers), `schema`, `interp` (LLM explainer and detection / fuzzing scorers),
+`concept` (offline concept phrases: the default offline explainer), `offline` (token-list
+labeller), `contrastive` (LLM explainer against near misses), `simulation`, `intruder`,
+`embedding_score` (scorers), `output_score` (does steering move text toward the label?),
+`embeddings` (OpenAI-compatible, sentence-transformers, offline hashing), `semantic` (label vectors
+in the store, search by meaning), `runner`, `store` (the LabelStore interface), `featurestore` (it,
+over `features.FeatureStore`), `cache`, `accounting`, `config`.
 
 Importing this package imports neither `openai`, `anthropic`, `torch` nor `features`; they load
 when used. Names are imported lazily, so the CLI reads `autointerp.config` for its flags without
@@ -38,8 +38,8 @@ from saes.lazy import lazy_exports
 
 _LAZY = {
     "AnswerInvalid": "autointerp.judge",
-    "Budget": "autointerp.accounting",
     "AnthropicBackend": "autointerp.anthropic_messages",
+    "Budget": "autointerp.accounting",
     "BudgetExceeded": "autointerp.accounting",
     "Completion": "autointerp.judge",
     "CredentialsRejected": "autointerp.judge",

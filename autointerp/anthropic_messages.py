@@ -16,7 +16,8 @@ What differs from the OpenAI protocol, and how the judge meets it:
   empty answer.
 
 The key is --judge-api-key or $ANTHROPIC_API_KEY ($ANTHROPIC_AUTH_TOKEN: a bearer token), the
-server $ANTHROPIC_BASE_URL or Anthropic's. `anthropic` is imported in the constructor only.
+server $ANTHROPIC_BASE_URL or Anthropic's. `anthropic` is imported when a backend is made or used,
+never with this module: a missing or older SDK is said (`_check_sdk`) only to those who ask for Claude.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import os
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
+from .config import THINKING
 from .openai_replies import error_message, html_title, looks_like_html
 from .sdk_attempt import ClientPerLoop, attempt, status_failure
 from .wire import ChatRequest, ChatResponse, PermanentError, TransientError
@@ -37,7 +39,6 @@ ENV_AUTH_TOKEN = "ANTHROPIC_AUTH_TOKEN"
 ENV_BASE_URL = "ANTHROPIC_BASE_URL"
 # output_config.effort (anthropic 2.17: types/output_config_param.py); "none" turns thinking off instead
 EFFORTS = ("low", "medium", "high", "xhigh", "max")
-THINKING = ("adaptive", "enabled", "disabled")  # thinking.type (types/thinking_config_*_param.py)
 MIN_THINKING_BUDGET = 1024  # budget_tokens of thinking type enabled: at least this (the API's floor)
 
 # how a Messages reply ended, as the judge reads an OpenAI finish_reason
@@ -99,7 +100,6 @@ class AnthropicBackend:
             raise ValueError("AnthropicBackend: model is empty; give --judge-model (e.g. claude-haiku-4-5)")
         self.model = model
         self.base_url = _base_url(base_url or env.get(ENV_BASE_URL) or None)
-        self._auth: dict[str, str] = {}
         key = api_key or env.get(ENV_API_KEY)
         if key:
             self._auth = {"api_key": key}

@@ -66,7 +66,8 @@ class OpenAIBackend:
         if not key:
             if self.base_url is None:
                 raise ValueError(
-                    "no API key: set OPENAI_API_KEY (or give --base-url for a local server that needs none)"
+                    "no API key: set OPENAI_API_KEY (or give --judge-api-key; --judge-base-url for a local server "
+                    "that needs none)"
                 )
             key = "not-needed"
         self._api_key = key

@@ -11,12 +11,14 @@ if TYPE_CHECKING:
     from .judge import Judge
 
 __all__ = ["JudgeConfig", "LabelConfig", "parse_latents", "resolve_backend", "make_judge",
-           "ENV_MODEL", "ENV_BASE_URL", "ENV_API_KEY", "REASONING_EFFORTS"]
+           "ENV_MODEL", "ENV_BASE_URL", "ENV_API_KEY", "REASONING_EFFORTS", "THINKING"]
 
 SCORERS = ("detection", "fuzzing", "simulation", "intruder", "embedding")
 # what servers take as reasoning_effort: the openai package's `ReasoningEffort` (openai 3.52:
 # types/shared/reasoning_effort.py); "none" is also Ollama's and vLLM's "thinking off"
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+# what Anthropic's API takes as thinking.type (anthropic 2.x: types/thinking_config_*_param.py)
+THINKING = ("adaptive", "enabled", "disabled")
 ENV_MODEL = "SAESTEER_JUDGE_MODEL"
 ENV_BASE_URL = "OPENAI_BASE_URL"
 ENV_API_KEY = "OPENAI_API_KEY"
@@ -104,8 +106,8 @@ class JudgeConfig:
                "JudgeConfig.reasoning_tokens must be an integer >= 0")
         self.reasoning_effort = (self.reasoning_effort or "").strip().lower()  # None (older configs, Python callers): unset
         self.thinking = (self.thinking or "").strip().lower()
-        _check(self.thinking in ("", "adaptive", "enabled", "disabled"),
-               f"JudgeConfig.thinking (--judge-thinking) must be adaptive, enabled or disabled (or empty: not sent), "
+        _check(self.thinking in ("", *THINKING),
+               f"JudgeConfig.thinking (--judge-thinking) must be one of {', '.join(THINKING)} (or empty: not sent), "
                f"got {self.thinking!r}")
         _check(self.reasoning_effort in ("", *REASONING_EFFORTS),
                f"JudgeConfig.reasoning_effort (--judge-reasoning-effort) must be one of {', '.join(REASONING_EFFORTS)} "

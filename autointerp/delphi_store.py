@@ -15,8 +15,9 @@ DIR/explanations/<module>_latent<i>.txt, the files delphi's `--explainer none` r
 (delphi/__main__.py, none_postprocessor). DIR follows every export folder's rule
 (`saes.export_folder`): the next export into DIR removes the files this one wrote that it no longer
 writes (a latent unlabelled since, or another module), so delphi never scores a stale label as ours;
-a file that changed since (delphi's own, say) is never removed. Our detection/fuzzing scores are not exported: delphi's
-score files list every sample's prediction, and the store keeps only the counts.
+a file that changed since (delphi's own, say) is never removed. Our detection/fuzzing scores are
+not exported: delphi's score files list every sample's prediction, and the store keeps only the
+counts.
 """
 
 from __future__ import annotations
@@ -177,7 +178,9 @@ def _score_rows(metrics: dict[str, dict], files: dict[str, str]) -> list:
 
 @dataclass
 class DelphiExport:
-    module: str
+    """What one `export_delphi_labels` did."""
+
+    module: str  # the module path delphi names the hook by (layers.6, ...)
     files: list[Path]  # the explanation files written
     removed: list[Path]  # those an earlier export wrote, for latents (or a module) this one does not export
 

@@ -22,7 +22,7 @@ unreadable bodies) and `PermanentError` for the rest (other 4xx). The `Judge` ad
   that were queued for a slot during the pause wait for it too;
 - the concurrency bound: at most `concurrency` requests in flight (a backoff does not hold a slot);
 - the deadline: the backend gives each attempt `timeout_s` in all, however slowly the server
-  sends (a server trickling bytes cannot hold a request longer).
+  sends (a server trickling bytes cannot hold a request longer);
 - a refused key (HTTP 401): `CredentialsRejected`, and no later request of this judge is sent;
   it is never one call's failure (`complete_many` raises it), so every command stops at it.
 

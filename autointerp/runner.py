@@ -26,7 +26,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Awaitable, Sequence
 
 from .accounting import BudgetExceeded, estimate_message_tokens
 from .concept import ConceptExplainer, Lexicon, load_lexicon
@@ -49,6 +49,16 @@ class _StageError(Exception):
     def __init__(self, stage: str, reason: str) -> None:
         super().__init__(f"{stage}: {reason}")
         self.stage, self.reason = stage, reason
+
+
+async def _stage(stage: str, work: Awaitable[Any]) -> Any:
+    """`work`, its judge's failure recorded as `stage`'s; a refused key is no stage's failure."""
+    try:
+        return await work
+    except CredentialsRejected:
+        raise
+    except JudgeError as e:
+        raise _StageError(stage, e.reason) from None
 
 
 class Labeller:
@@ -103,22 +113,11 @@ class Labeller:
         split = self.split(lex)
         if not split.explain:
             raise _StageError("examples", "no activating examples in the store (dead latent?)")
-        try:
-            expl = await self.explainer.explain(lex.latent, split)
-        except CredentialsRejected:
-            raise
-        except JudgeError as e:
-            raise _StageError("explain", e.reason) from None
-
-        async def run(scorer) -> Score:
-            try:
-                return await scorer.score(lex.latent, expl.label, expl.detail, split)
-            except CredentialsRejected:
-                raise
-            except JudgeError as e:
-                raise _StageError(scorer.name, e.reason) from None
-
-        results = await asyncio.gather(*(run(s) for s in self.scorers), return_exceptions=True)
+        expl = await _stage("explain", self.explainer.explain(lex.latent, split))
+        results = await asyncio.gather(
+            *(_stage(s.name, s.score(lex.latent, expl.label, expl.detail, split)) for s in self.scorers),
+            return_exceptions=True,
+        )
         for r in results:  # budget and credentials first: an abandoned latent is not a failed one
             if isinstance(r, (BudgetExceeded, CredentialsRejected)):
                 raise r

@@ -1,6 +1,7 @@
 """What a judge backend speaks: one chat request, one response, and its two kinds of failure
 (`TransientError`: worth retrying, with the server's Retry-After if it sent one; `PermanentError`:
-not). `autointerp.judge.Judge` adds retries, the cache, accounting and re-asks on top."""
+not, and of those `CredentialsRefused`: no request can succeed). `autointerp.judge.Judge` adds
+retries, the cache, accounting and re-asks on top."""
 
 from __future__ import annotations
 

@@ -254,7 +254,8 @@ def test_judge_thinking_is_refused_for_an_openai_judge(store, claude_env):
 # errors, classified as the OpenAI backend's are
 
 
-@pytest.mark.parametrize("fault, retried", [("429", True), ("529", True), ("500", True), ("400", False)])
+@pytest.mark.parametrize("fault, retried", [("429", True), ("529", True), ("500", True), ("503", True),
+                                            ("400", False)])
 def test_messages_errors_are_retried_or_not_as_openais_are(claude_env, fault, retried):
     from autointerp.config import JudgeConfig, make_judge
     from autointerp.judge import RequestFailed
@@ -270,6 +271,29 @@ def test_messages_errors_are_retried_or_not_as_openais_are(claude_env, fault, re
             with pytest.raises(RequestFailed, match="HTTP 400 invalid_request_error"):
                 judge.complete_sync(ASK, schema=LABEL)
             assert len(messages(srv)) == 1
+
+
+def test_a_connection_fault_the_loopback_cannot_serve_on_messages_fails_the_test_using_it(claude_env):
+    # never a fault plan that injected nothing while its test passed
+    from autointerp.config import JudgeConfig, make_judge
+
+    with pytest.raises(AssertionError, match=r"\['reset'\] are not served on the Messages route"):
+        with JudgeServer(fake_llm_answer, api_key=KEY, script=lambda i, body: "reset" if i == 0 else None) as srv:
+            judge = make_judge(JudgeConfig(backend="anthropic", model=MODEL, base_url=srv.root, use_cache=False),
+                               cache_path=None)
+            judge.complete_sync(ASK, schema=LABEL)
+
+
+def test_an_answer_of_the_wrong_shape_is_asked_again(claude_env):
+    # the loopback's content faults reach the Messages route as they reach the chat one
+    from autointerp.config import JudgeConfig, make_judge
+
+    with JudgeServer(fake_llm_answer, api_key=KEY, script=lambda i, body: "bad_schema" if i == 0 else None) as srv:
+        judge = make_judge(JudgeConfig(backend="anthropic", model=MODEL, base_url=srv.root, use_cache=False),
+                           cache_path=None)
+        done = judge.complete_sync(ASK, schema=LABEL)
+        assert done.value == {"label": "sea"} and done.reasks == 1
+        assert len(messages(srv)) == 2
 
 
 def test_a_judge_made_directly_on_claude_prices_it_unknown_not_free(claude_env):

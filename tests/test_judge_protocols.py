@@ -603,3 +603,14 @@ def test_a_refused_key_is_no_rating_for_a_judge_asked_one_call_at_a_time():
     with pytest.raises(CredentialsRejected, match="OPENAI_API_KEY"):
         JudgeScorer(judge, "the sea")(["the sea was"], ["calm today"])
     assert judge.asked == 1
+
+
+def test_no_openai_key_is_said_naming_flags_the_command_has(tmp_path, monkeypatch):
+    from helpers.label_store import build_trigger_store
+
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    path, _ = build_trigger_store(tmp_path / "toy.db", n_latents=2)
+    r = saesteer("label", "--store", path, "--judge-model", "gpt-4o-mini", "--no-progress").no_traceback()
+    assert r.rc == 2 and "set OPENAI_API_KEY" in r.err, r.text
+    assert {"--judge-api-key", "--judge-base-url"} <= flags_named(r.err) <= known_flags("label")

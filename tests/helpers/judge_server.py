@@ -34,8 +34,11 @@ message is a 400), `temperature` refused (API version 2026-10-21), the answer in
 block after a `thinking` block when `thinking_text` is set, `stop_reason`, `usage.input_tokens` /
 `output_tokens`, and errors as `{"type": "error", "error": {"type", "message"}}`. The fake LLM reads
 the request as the chat one it stands for (the system prompt first). Faults there: "429"
-(`rate_limit_error`), "529" (`overloaded_error`), both with retry-after; "500", "400" as above;
-"max_tokens" (the answer cut in half, stop_reason max_tokens); the content faults as for chat.
+(`rate_limit_error`), "529" (`overloaded_error`), both with retry-after; "500", "503", "400" as above;
+"max_tokens" (the answer cut in half, stop_reason max_tokens); the content faults as for chat (a
+refusal apart from the content is stop_reason refusal with no content, as Anthropic withholds one).
+The connection's faults (reset, timeout, trickle, bad_body) are served on the chat route only: one
+drawn on the Messages route fails the test when the server stops.
 
 Protocol shapes: `reply(exchange) -> (status, headers, body bytes) | None` answers a request
 the way a given real server would (an Exchange has the request's path with its query, headers and
@@ -162,6 +165,7 @@ class JudgeServer:
         self.max_inflight = 0
         self.records: list[Record] = []
         self._seen: Counter[str] = Counter()
+        self.unserved: list[str] = []  # faults drawn for a route that does not serve them (see __exit__)
         self._lock = threading.Lock()
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -189,6 +193,9 @@ class JudgeServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+        if self.unserved and exc[0] is None:  # a test that believed them injected would prove nothing
+            raise AssertionError(f"faults {sorted(set(self.unserved))} are not served on the Messages route; "
+                                 "those requests were answered as if no fault had been drawn")
 
     @property
     def url(self) -> str:
@@ -314,9 +321,9 @@ class _Handler(BaseHTTPRequestHandler):
         except json.JSONDecodeError:
             self._anthropic_error(400, "invalid_request_error", "request body is not JSON")
             return
-        refusal = _messages_request_problem(body)
-        if refusal:
-            self._anthropic_error(400, "invalid_request_error", refusal)
+        problem = _messages_request_problem(body)
+        if problem:
+            self._anthropic_error(400, "invalid_request_error", problem)
             return
         # the chat request it stands for: what the fake LLM, the faults and the records read
         system = body.get("system") or ""
@@ -332,23 +339,22 @@ class _Handler(BaseHTTPRequestHandler):
             self._anthropic_error(int(fault), kind, "Overloaded" if fault == "529" else "rate limited",
                                   {"retry-after": str(srv.retry_after_s)})
             return
-        if fault in ("500", "400"):
+        if fault in ("500", "503", "400"):
             rec.status = int(fault)
-            self._anthropic_error(int(fault), "api_error" if fault == "500" else "invalid_request_error",
+            self._anthropic_error(int(fault), "invalid_request_error" if fault == "400" else "api_error",
                                   "injected " + fault)
             return
-        text = srv.responder(chat)
+        if fault in TRANSIENT_FAULTS:  # a connection's faults, served on the chat route only
+            with srv._lock:
+                srv.unserved.append(fault)
+        text, refusal = _content_fault(fault, srv.responder(chat), rec.key)
         stop = "end_turn"
         if fault == "max_tokens":
             text, stop = text[: max(1, len(text) // 2)], "max_tokens"
-        elif fault == "malformed":
-            text = text[: max(1, len(text) // 2)]
-        elif fault == "fenced":
-            text = "```json\n" + text + "\n```"
-        elif fault == "prose":
-            text = "Sure, here is my answer:\n" + text
         content = [{"type": "text", "text": text, "citations": None}]
-        if srv.thinking_text is not None:
+        if refusal is not None:  # the classifiers withheld the reply: no content, stop_reason refusal
+            text, stop, content = "", "refusal", []
+        elif srv.thinking_text is not None:
             content.insert(0, {"type": "thinking", "thinking": srv.thinking_text, "signature": "c2lnbmF0dXJl"})
         prompt_chars = sum(len(m["content"]) for m in chat["messages"])
         out_chars = len(text) + len(srv.thinking_text or "")
@@ -425,23 +431,7 @@ class _Handler(BaseHTTPRequestHandler):
                 rec.status = 200
                 self._send_json(200, None, raw=b'{"id": "chatcmpl-x", "object": "chat.completion", "choices": [{"ind')
                 return
-            content: str | None = srv.responder(body)
-            refusal = None
-            if fault == "malformed":
-                content = content[: max(1, len(content) // 2)]
-            elif fault == "fenced":
-                content = "```json\n" + content + "\n```"
-            elif fault == "prose":
-                content = "Sure, here is my answer:\n" + content
-            elif fault == "refusal":
-                if int(rec.key[:8], 16) % 2 == 0:  # by content, not arrival order: reproducible
-                    content, refusal = None, "I'm sorry, I can't help with that."
-                else:
-                    content = "I'm sorry, but I can't help with that request."
-            elif fault == "wrong_length":
-                content = _wrong_length(content)
-            elif fault == "bad_schema":
-                content = json.dumps({"result": content})
+            content, refusal = _content_fault(fault, srv.responder(body), rec.key)
             prompt_chars = sum(len(str(m.get("content") or "")) for m in body.get("messages", []))
             answer_chars = len(content or refusal or "")
             if srv.tokens_per_char is not None:
@@ -500,6 +490,27 @@ def _messages_request_problem(body: Any) -> str | None:
     if thinking.get("type") == "enabled" and not 1024 <= thinking.get("budget_tokens", 0) < body["max_tokens"]:
         return "thinking.budget_tokens: must be at least 1024 and less than max_tokens"
     return None
+
+
+def _content_fault(fault: str | None, content: str, key: str) -> tuple[str | None, str | None]:
+    """The fake LLM's answer `content` as a content fault makes it: (content, refusal), where a refusal
+    comes apart from the content (OpenAI's `refusal` field) for half the requests, chosen by the
+    request's `key` (its content, not arrival order: reproducible), and as refusing words for the rest."""
+    if fault == "malformed":
+        return content[: max(1, len(content) // 2)], None
+    if fault == "fenced":
+        return "```json\n" + content + "\n```", None
+    if fault == "prose":
+        return "Sure, here is my answer:\n" + content, None
+    if fault == "refusal":
+        if int(key[:8], 16) % 2 == 0:
+            return None, "I'm sorry, I can't help with that."
+        return "I'm sorry, but I can't help with that request.", None
+    if fault == "wrong_length":
+        return _wrong_length(content), None
+    if fault == "bad_schema":
+        return json.dumps({"result": content}), None
+    return content, None
 
 
 def _wrong_length(content: str) -> str:
