@@ -431,7 +431,7 @@ def test_output_score_goes_on_past_a_latent_whose_answers_stay_invalid_and_lists
                      "--judge-backend", "anthropic", "--judge-model", MODEL, "--no-progress",
                      "--max-consecutive-failures", 1).no_traceback()
     assert r.rc == 4 and len(labels(store)) == 2, r.text
-    assert r.out.count(" failed: ") == 1 and "stopped: 1 latents failed in a row" in r.out, r.out
+    assert r.out.count(" failed: ") == 1 and "stopped: 1 latent failed in a row" in r.out, r.out
 
 
 @pytest.mark.parametrize("headers, body, said, asked", [

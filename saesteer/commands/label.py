@@ -244,6 +244,7 @@ def _print_report(report, store, budget, label_cfg) -> None:
     """The run's summary, the first failures, and why it stopped early if it did (a reason may quote
     the judge's reply: printed with its control characters drawn)."""
     from features.drawing import readable
+    from saesteer.terminal import counted
 
     print(report.summary())
     for f in report.failed[:20]:
@@ -254,7 +255,7 @@ def _print_report(report, store, budget, label_cfg) -> None:
         print(f"stopped: the budget ({budget}) was reached; {report.abandoned} latent(s) in progress were left "
               "unwritten. Re-run with a larger --budget to continue: answers already paid for are cached.")
     if report.stopped == "failures":
-        print(f"stopped: {label_cfg.max_consecutive_failures} latents failed in a row; the judge looks unreachable "
+        print(f"stopped: {counted(label_cfg.max_consecutive_failures, 'latent')} failed in a row; the judge looks unreachable "
               f"or misconfigured (last reason: {readable(report.failed[-1].reason)}). Fix it and re-run to continue.")
 
 

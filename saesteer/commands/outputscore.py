@@ -78,17 +78,18 @@ def run(args) -> int:
         print_error(e)
         return 2
     from features.drawing import readable
+    from saesteer.terminal import counted
 
     vals = [r.value for r in res.values() if r.value is not None]
     mean = f"mean {sum(vals) / len(vals):.3f}; " if vals else ""
-    print(f"output scores of {len(vals)} latents written to {store_path} ({mean}0.5 = no move toward the label)")
+    print(f"output scores of {counted(len(vals), 'latent')} written to {store_path} ({mean}0.5 = no move toward the label)")
     failed = {i: r.failed for i, r in res.items() if r.failed}
     for i, reason in list(failed.items())[:20]:
         print(f"  latent {i} failed: {readable(reason)}")
     if len(failed) > 20:
         print(f"  ... and {len(failed) - 20} more")
     if len(res) < len(ids):
-        print(f"stopped: {cfg.max_consecutive_failures} latents failed in a row; the judge looks unreachable or "
+        print(f"stopped: {counted(cfg.max_consecutive_failures, 'latent')} failed in a row; the judge looks unreachable or "
               f"misconfigured (last reason: {readable(list(failed.values())[-1])}). Fix it and re-run.")
     elif failed:
         again = f" with --latents {','.join(map(str, failed))}" if len(failed) <= 20 else ""
