@@ -53,10 +53,11 @@ def _steer_limits(limits):
 def _latent_owners(served: ServedModel, others: list[str]):
     """Neuronpedia's latents of the served SAE, as its indices (`saes.formats.neuronpedia.LatentOwners`);
     `others`: the ids of the models served beside it (a refusal names them)."""
-    from features.neuronpedia_import import store_latents
+    from features.neuronpedia_import import store_latent_owners
 
     beside = f", or name a model served beside it whose SAE that is ({', '.join(others)})" if others else ""
-    return store_latents(served.store, whose=f"the SAE of model {served.id!r}", fix=f"give a latent of that SAE{beside}")
+    return store_latent_owners(served.store, whose=f"the SAE of model {served.id!r}",
+                               fix=f"give a latent of that SAE{beside}")
 
 
 class _Peers:
