@@ -50,19 +50,10 @@ def _steer_limits(limits):
                        max_abs_scale=float(limits.max_abs_multiple))
 
 
-def _latent_owners(served: ServedModel, others: list[str]):
-    """Neuronpedia's latents of the served SAE, as its indices (`saes.formats.neuronpedia.LatentOwners`);
-    `others`: the ids of the models served beside it (a refusal names them)."""
-    from features.neuronpedia_import import store_latent_owners
-
-    beside = f", or name a model served beside it whose SAE that is ({', '.join(others)})" if others else ""
-    return store_latent_owners(served.store, whose=f"the SAE of model {served.id!r}",
-                               fix=f"give a latent of that SAE{beside}")
-
-
 class _Peers:
     """The served models over the request's transformer (the request's own first), each with its
-    Neuronpedia latents: an edit's latents are read against the SAE the edit names."""
+    Neuronpedia latents: an edit's latents are read against the SAE the edit names, and the edits of
+    each SAE resolve against it and its store."""
 
     def __init__(self, served: ServedModel) -> None:
         self.served = served
@@ -81,9 +72,16 @@ class _Peers:
         return name
 
     def owners(self, sae_id: str):
-        """The Neuronpedia latents of that served model's SAE (read once per request)."""
+        """The Neuronpedia latents of that served model's SAE, as its indices
+        (`saes.formats.neuronpedia.LatentOwners`, read once per request); a refusal names the models
+        served beside it."""
+        from features.neuronpedia_import import store_latent_owners
+
         if sae_id not in self._owners:
-            self._owners[sae_id] = _latent_owners(self.by_id[sae_id], [p for p in self.by_id if p != sae_id])
+            others = [p for p in self.by_id if p != sae_id]
+            beside = f", or name a model served beside it whose SAE that is ({', '.join(others)})" if others else ""
+            self._owners[sae_id] = store_latent_owners(self.by_id[sae_id].store, whose=f"the SAE of model {sae_id!r}",
+                                                       fix=f"give a latent of that SAE{beside}")
         return self._owners[sae_id]
 
     def of_neuronpedia(self, ref) -> str:
@@ -94,6 +92,14 @@ class _Peers:
                 if ref.id in self.owners(sae_id).ids.values():
                     return sae_id
         return self.served.id
+
+    def group(self, edits: list[Any]) -> dict[str, list[Any]]:
+        """The edits by the served model whose SAE they name (the request's own first: an edit naming
+        none is of it); each group resolves against its own SAE and store."""
+        groups: dict[str, list[Any]] = {self.served.id: []}
+        for e in edits:
+            groups.setdefault(self.check(e.sae, e.describe()), []).append(e)
+        return {k: v for k, v in groups.items() if v}
 
 
 def _trigger(t: TriggerIn | str, owners):
@@ -157,15 +163,6 @@ def _preset(spec: str | dict, peers: _Peers):
     return preset, edits
 
 
-def _by_served_sae(items: list[Any], peers: _Peers) -> dict[str, list[Any]]:
-    """The edits grouped by the served model whose SAE they name (the request's own first: an edit
-    naming none is of it)."""
-    groups: dict[str, list[Any]] = {peers.served.id: []}
-    for e in items:
-        groups.setdefault(peers.check(e.sae, e.describe()), []).append(e)
-    return {k: v for k, v in groups.items() if v}
-
-
 def resolve_steering(spec: SteeringIn | None, served: ServedModel, limits) -> tuple[Any, dict[str, Any] | None]:
     """(RowSteering or None, a summary for the response) for a request's `steering` field."""
     if spec is None or (not spec.edits and spec.preset is None and not spec.stop_when):
@@ -187,7 +184,7 @@ def resolve_steering(spec: SteeringIn | None, served: ServedModel, limits) -> tu
         items += [_edit(e, peers) for e in spec.edits]
         # an edit naming no SAE is of the request's model; one may name another store over the same transformer
         resolved = []
-        for sae_id, group in _by_served_sae(items, peers).items():
+        for sae_id, group in peers.group(items).items():
             peer = peers.by_id[sae_id]
             resolved += resolve_edits(
                 served.model, {peer.id: peer.sae}, group, typical_max=peer.typical_max, limits=_steer_limits(limits),
