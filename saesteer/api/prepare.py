@@ -146,20 +146,24 @@ def _preset(spec: str | dict, peers: _Peers):
 
     served = peers.served
     others = [p for p in peers.by_id.values() if p.id != served.id]
-    hint = (f"; it belongs to model {{id!r}}, served beside it over the same transformer: send the request to model "
-            f"{{id!r}} (edits of {served.id!r}'s SAE then give \"sae\": {served.id!r})")
+
+    def hint(owner: str | None) -> str:
+        return "" if owner is None else (
+            f"; it belongs to model {owner!r}, served beside it over the same transformer: send the request to "
+            f"model {owner!r} (edits of {served.id!r}'s SAE then give \"sae\": {served.id!r})")
+
     try:
         preset = served.preset(spec) if isinstance(spec, str) else Preset.from_json(spec)
     except SteeringError as e:
         owner = next((p.id for p in others if isinstance(spec, str) and spec in p.preset_names()), None)
-        raise SteeringError(str(e) + (hint.format(id=owner) if owner else "")) from None
+        raise SteeringError(str(e) + hint(owner)) from None
     try:
         edits = expand_presets(served.model, {served.id: served.sae}, [preset],
                                allow_model_mismatch=served.allow_model_mismatch,
                                fingerprints={served.id: served.fingerprint}, model_override=OVERRIDE_HINT)
     except PresetMismatchError as e:
         owner = next((p.id for p in others if p.fingerprint == preset.sae_fingerprint), None)
-        raise PresetMismatchError(str(e) + (hint.format(id=owner) if owner else "")) from None
+        raise PresetMismatchError(str(e) + hint(owner)) from None
     return preset, edits
 
 
