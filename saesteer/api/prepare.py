@@ -57,7 +57,8 @@ class _Peers:
 
     def __init__(self, served: ServedModel) -> None:
         self.served = served
-        self.by_id = served.peers or {served.id: served}
+        # the request's own first: a Neuronpedia latent of an SAE two stores share stays the request's
+        self.by_id = {served.id: served, **served.peers}
         self._owners: dict[str, Any] = {}
 
     def check(self, name: str | None, what: str) -> str:
