@@ -39,7 +39,7 @@ from features.records import LabelProvenance
 from saes.fileio import files_in
 
 __all__ = ["NeuronpediaImportError", "ImportReport", "import_neuronpedia_explanations", "store_neuronpedia_id",
-           "read_explanation_rows", "file_rows", "store_latent", "store_latents"]
+           "read_explanation_rows", "file_rows", "store_latent_owners"]
 
 JUDGE_KIND = "neuronpedia"
 MAX_FILE_BYTES = 2 << 30  # gunzipped, per file: an export of one SAE is a few hundred MB at most; refuse what is not one
@@ -78,17 +78,11 @@ def _imported_as(store: Any) -> list[str]:
     return sorted(str(r[0]) for r in rows if r[0])
 
 
-def store_latent(store: Any, text: str | int) -> int:
-    """A latent of `store` given as its index or as a Neuronpedia latent (its id or page address),
-    which must be of the store's SAE (refused naming both): its id in SAELens's registry, else the
-    one its Neuronpedia labels were imported as."""
-    return store_latents(store).latent(text)[1]
-
-
-def store_latents(store: Any, whose: str = "the store's SAE", fix: str = "give its index") -> Any:
-    """The `saes.formats.neuronpedia.LatentOwners` of a store's SAE: its Neuronpedia id in SAELens's
-    registry, else those its Neuronpedia labels were imported as (`features show`, `preset save`,
-    the API's edits); `whose` and `fix` word a refusal."""
+def store_latent_owners(store: Any, whose: str = "the store's SAE", fix: str = "give its index") -> Any:
+    """The `saes.formats.neuronpedia.LatentOwners` of a store's SAE, which reads a latent given as its
+    index or as a Neuronpedia latent (its id or page address) of that SAE, refusing one of another
+    (naming both): its Neuronpedia id in SAELens's registry, else those its Neuronpedia labels were
+    imported as (`features show`, `preset save`, the API's edits); `whose` and `fix` word a refusal."""
     from saes.formats.neuronpedia import LatentOwners
 
     def ids() -> dict[str, str | None]:

@@ -233,7 +233,8 @@ def _rewritten_end(render, msgs: list[dict], i: int, text: str, span: tuple[int,
 
 def _content_spans_in(render, msgs: list[dict], text: str, gen: bool) -> dict[int, tuple[int, int] | None]:
     """Where each message's content lies in `text` ({i: (start, end)}, None where not found): from
-    one probed rendering, else one per message (as `_moved_contents` locates them)."""
+    one rendering with every content probed (`_content_spans`), else one per message
+    (`_content_span_alone`). `_prefix_ends` and `_moved_contents` both read them."""
     probed = [i for i, m in enumerate(msgs) if isinstance(m.get("content"), str) and m["content"].strip()]
     spans = _content_spans(render, msgs, probed, text, gen)
     if spans is None:

@@ -24,7 +24,9 @@ prose):
 - a feature store per layer in the web app: `serve --store l0.db --store l1.db` serves them side by
   side, the start page and /v1/models naming each one's hook; one API request to one store's model
   may now edit the SAE of another store over the same transformer (`"sae": ID` in an edit, or
-  "ID/LATENT:..."), checked with the openai client against hooks by hand (before, one SAE per request).
+  "ID/LATENT:..."), checked with the openai client against hooks by hand (before, one SAE per request);
+  a Neuronpedia latent of an SAE two served stores share stays the request's store's (it went to the
+  store listed first, its strength read with that store's typical max).
 """
 
 from __future__ import annotations
@@ -535,6 +537,39 @@ def test_a_neuronpedia_latent_is_read_against_the_sae_its_edit_names(gpt2, store
     with pytest.raises(openai.BadRequestError) as err:  # an SAE served by none: the refusal names the served ones
         complete("gpt2-small/5-res-jb/7:clamp=30")
     assert all(s in str(err.value) for s in ("'gpt2-small/5-res-jb'", "'gpt2-small/0-res-jb'", other)), str(err.value)
+
+
+def test_a_neuronpedia_latent_of_the_requests_own_sae_stays_its_own(gpt2, stores, monkeypatch, tmp_path):
+    """Two stores of one SAE served side by side (built on different text: their typical maxima
+    differ), both knowing it as gpt2-small/1-res-jb: a request to the second store naming a latent by
+    its Neuronpedia id steers with that store's strengths, as the same edit by index does. It went
+    to whichever store was listed first, its '2x' read with the other store's typical max."""
+    import openai
+
+    first = _as_on_neuronpedia(stores[RESID[1]], "gpt2-small/1-res-jb", tmp_path / "first.db")
+    second = _as_on_neuronpedia(stores[RESID[1]], "gpt2-small/1-res-jb", tmp_path / "second.db")
+    with sqlite3.connect(first) as db:  # as if built on other text
+        db.execute("update features set typical_max_act = typical_max_act * 40")
+    r, client = captured_serve(monkeypatch, "--store", first, "--store", second)
+    assert client is not None, r.text
+    ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
+    assert len(ids) == 2
+    api = openai.OpenAI(base_url=f"{client.base_url}/v1", api_key="loopback", max_retries=0, http_client=client)
+
+    def complete(model, edit):
+        """(the greedy token ids, the edits as the response describes them)"""
+        out = api.completions.create(model=model, prompt=PROMPTS[1], max_tokens=4, temperature=0,
+                                     extra_body={"steering": {"edits": [edit]}})
+        return out.choices[0].model_extra["steering"]["token_ids"], out.model_extra["steering"]["edits"]
+
+    model = _model(gpt2.model_dir)
+    latent = _firing_latent(model, _sae(gpt2.saes[RESID[1]]), RESID[1], model.to_tokens(PROMPTS[1], prepend_bos=True))
+    for sid in ids:
+        by_index = complete(sid, f"{latent}:clamp=2x")
+        assert complete(sid, f"gpt2-small/1-res-jb/{latent}:clamp=2x") == by_index, sid
+        assert complete(sid, {"latent": f"gpt2-small/1-res-jb/{latent}", "op": "clamp", "value": 2,
+                              "unit": "max_act"}) == by_index, sid
+    assert complete(ids[0], f"{latent}:clamp=2x")[0] != complete(ids[1], f"{latent}:clamp=2x")[0]  # the maxima matter
 
 
 def test_a_preset_of_the_store_served_beside_is_refused_naming_its_model(gpt2, stores, monkeypatch, tmp_path):

@@ -180,26 +180,28 @@ class LatentOwners:
     the SAEs at hand, wherever a latent is named: a bare latent, an edit (its latent and its
     trigger's) and a trigger, written back in saesteer's terms (`[NAME/]17`, `NAME` the SAE's key).
 
-    `ids`: the name of each SAE given -> its Neuronpedia id (None: not on Neuronpedia), or a
-    function that gives them (asked only when a Neuronpedia latent appears: it may read SAELens's
-    registry). `named`: write `NAME/` before an edit's latent (several SAEs are given). `whose`,
-    `fix` and `sides` word a refusal for the face that asks ('a --sae given', 'pass --sae {id}')."""
+    `ids`: a function giving the name of each SAE given -> its Neuronpedia id (None: not on
+    Neuronpedia), asked only when a Neuronpedia latent appears (it may read SAELens's registry or a
+    store). `named`: write `NAME/` before an edit's latent (several SAEs are given). `whose`, `fix`
+    and `sides` (a function saying what the SAEs given are; default: each name and its id) word a
+    refusal for the face that asks ('a --sae given', 'pass --sae {id}')."""
 
-    def __init__(self, ids: Mapping[str, str | None] | Callable[[], Mapping[str, str | None]], *, named: bool = False,
+    def __init__(self, ids: Callable[[], Mapping[str, str | None]], *, named: bool = False,
                  whose: str = "a --sae given", fix: str = "pass --sae {id}",
-                 sides: str | Callable[[], str] | None = None) -> None:
+                 sides: Callable[[], str] | None = None) -> None:
         self._ids, self.named, self.whose, self.fix, self._sides = ids, named, whose, fix, sides
 
     @cached_property
     def ids(self) -> Mapping[str, str | None]:
-        return dict(self._ids() if callable(self._ids) else self._ids)
+        return dict(self._ids())
 
     def owner(self, ref: NeuronpediaRef, text: str) -> str:
         """The name of the SAE whose Neuronpedia id `ref` names; refused naming both sides."""
         names = [name for name, np_id in self.ids.items() if np_id == ref.id]
         if names:
             return names[0]
-        sides = (self._sides() if callable(self._sides) else self._sides) or ", ".join(f"{name!r} is {np_id or 'not on Neuronpedia'}" for name, np_id in self.ids.items())
+        sides = self._sides() if self._sides else ", ".join(f"{name!r} is {np_id or 'not on Neuronpedia'}"
+                                                            for name, np_id in self.ids.items())
         raise LatentRefError(f"{text.strip()}: latent {ref.index} of the Neuronpedia SAE {ref.id!r} is not of {self.whose} "
                              f"({sides}); {self.fix.format(id=ref.id)}")
 

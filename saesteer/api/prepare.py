@@ -50,22 +50,15 @@ def _steer_limits(limits):
                        max_abs_scale=float(limits.max_abs_multiple))
 
 
-def _latent_owners(served: ServedModel, others: list[str]):
-    """Neuronpedia's latents of the served SAE, as its indices (`saes.formats.neuronpedia.LatentOwners`);
-    `others`: the ids of the models served beside it (a refusal names them)."""
-    from features.neuronpedia_import import store_latents
-
-    beside = f", or name a model served beside it whose SAE that is ({', '.join(others)})" if others else ""
-    return store_latents(served.store, whose=f"the SAE of model {served.id!r}", fix=f"give a latent of that SAE{beside}")
-
-
 class _Peers:
     """The served models over the request's transformer (the request's own first), each with its
-    Neuronpedia latents: an edit's latents are read against the SAE the edit names."""
+    Neuronpedia latents: an edit's latents are read against the SAE the edit names, and the edits of
+    each SAE resolve against it and its store."""
 
     def __init__(self, served: ServedModel) -> None:
         self.served = served
-        self.by_id = served.peers or {served.id: served}
+        # the request's own first: a Neuronpedia latent of an SAE two stores share stays the request's
+        self.by_id = {served.id: served, **served.peers}
         self._owners: dict[str, Any] = {}
 
     def check(self, name: str | None, what: str) -> str:
@@ -80,9 +73,16 @@ class _Peers:
         return name
 
     def owners(self, sae_id: str):
-        """The Neuronpedia latents of that served model's SAE (read once per request)."""
+        """The Neuronpedia latents of that served model's SAE, as its indices
+        (`saes.formats.neuronpedia.LatentOwners`, read once per request); a refusal names the models
+        served beside it."""
+        from features.neuronpedia_import import store_latent_owners
+
         if sae_id not in self._owners:
-            self._owners[sae_id] = _latent_owners(self.by_id[sae_id], [p for p in self.by_id if p != sae_id])
+            others = [p for p in self.by_id if p != sae_id]
+            beside = f", or name a model served beside it whose SAE that is ({', '.join(others)})" if others else ""
+            self._owners[sae_id] = store_latent_owners(self.by_id[sae_id].store, whose=f"the SAE of model {sae_id!r}",
+                                                       fix=f"give a latent of that SAE{beside}")
         return self._owners[sae_id]
 
     def of_neuronpedia(self, ref) -> str:
@@ -93,6 +93,14 @@ class _Peers:
                 if ref.id in self.owners(sae_id).ids.values():
                     return sae_id
         return self.served.id
+
+    def group(self, edits: list[Any]) -> dict[str, list[Any]]:
+        """The edits by the served model whose SAE they name (the request's own first: an edit naming
+        none is of it); each group resolves against its own SAE and store."""
+        groups: dict[str, list[Any]] = {self.served.id: []}
+        for e in edits:
+            groups.setdefault(self.check(e.sae, e.describe()), []).append(e)
+        return {k: v for k, v in groups.items() if v}
 
 
 def _trigger(t: TriggerIn | str, owners):
@@ -139,30 +147,25 @@ def _preset(spec: str | dict, peers: _Peers):
 
     served = peers.served
     others = [p for p in peers.by_id.values() if p.id != served.id]
-    hint = (f"; it belongs to model {{id!r}}, served beside it over the same transformer: send the request to model "
-            f"{{id!r}} (edits of {served.id!r}'s SAE then give \"sae\": {served.id!r})")
+
+    def hint(owner: str | None) -> str:
+        return "" if owner is None else (
+            f"; it belongs to model {owner!r}, served beside it over the same transformer: send the request to "
+            f"model {owner!r} (edits of {served.id!r}'s SAE then give \"sae\": {served.id!r})")
+
     try:
         preset = served.preset(spec) if isinstance(spec, str) else Preset.from_json(spec)
     except SteeringError as e:
         owner = next((p.id for p in others if isinstance(spec, str) and spec in p.preset_names()), None)
-        raise SteeringError(str(e) + (hint.format(id=owner) if owner else "")) from None
+        raise SteeringError(str(e) + hint(owner)) from None
     try:
         edits = expand_presets(served.model, {served.id: served.sae}, [preset],
                                allow_model_mismatch=served.allow_model_mismatch,
                                fingerprints={served.id: served.fingerprint}, model_override=OVERRIDE_HINT)
     except PresetMismatchError as e:
         owner = next((p.id for p in others if p.fingerprint == preset.sae_fingerprint), None)
-        raise PresetMismatchError(str(e) + (hint.format(id=owner) if owner else "")) from None
+        raise PresetMismatchError(str(e) + hint(owner)) from None
     return preset, edits
-
-
-def _by_served_sae(items: list[Any], peers: _Peers) -> dict[str, list[Any]]:
-    """The edits grouped by the served model whose SAE they name (the request's own first: an edit
-    naming none is of it)."""
-    groups: dict[str, list[Any]] = {peers.served.id: []}
-    for e in items:
-        groups.setdefault(peers.check(e.sae, e.describe()), []).append(e)
-    return {k: v for k, v in groups.items() if v}
 
 
 def resolve_steering(spec: SteeringIn | None, served: ServedModel, limits) -> tuple[Any, dict[str, Any] | None]:
@@ -186,7 +189,7 @@ def resolve_steering(spec: SteeringIn | None, served: ServedModel, limits) -> tu
         items += [_edit(e, peers) for e in spec.edits]
         # an edit naming no SAE is of the request's model; one may name another store over the same transformer
         resolved = []
-        for sae_id, group in _by_served_sae(items, peers).items():
+        for sae_id, group in peers.group(items).items():
             peer = peers.by_id[sae_id]
             resolved += resolve_edits(
                 served.model, {peer.id: peer.sae}, group, typical_max=peer.typical_max, limits=_steer_limits(limits),

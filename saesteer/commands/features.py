@@ -238,13 +238,13 @@ def _show(args) -> int:
 
     from features import FeatureStore
     from features.imported_labels import label_source
-    from features.neuronpedia_import import store_latent
+    from features.neuronpedia_import import store_latent_owners
     from features.records import without_start_bos
     from saesteer.terminal import plain
 
     con = _console()
     with FeatureStore.open(args.store) as store:
-        rec = store.feature(store_latent(store, args.latent))
+        rec = store.feature(store_latent_owners(store).latent(args.latent)[1])
         st = rec.stats
         title = f"feature {rec.latent}" + (f": {rec.label.text}" if rec.label else "")
         con.rule(plain(title, "bold"))

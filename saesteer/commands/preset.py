@@ -118,10 +118,10 @@ def _run(args) -> int:
 
 def _save(args, store, link) -> None:
     """`preset save`: the --latent edits as a preset, checked against the store's SAE and model."""
-    from features.neuronpedia_import import store_latents
+    from features.neuronpedia_import import store_latent_owners
     from steering.presets import make_preset
 
-    owners = store_latents(store)  # Neuronpedia's latents of the store's SAE, as its indices
+    owners = store_latent_owners(store)  # Neuronpedia's latents of the store's SAE, as its indices
     args.latent = [owners.edit(t) for t in args.latent]
     args.stop_when = [owners.trigger(t) for t in args.stop_when]
     scorecard = _read_json(args.scorecard, "--scorecard ") if args.scorecard else None
