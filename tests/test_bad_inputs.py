@@ -81,7 +81,8 @@ class World:
                 key = next(k for k in tensors if k.startswith("acts/"))
                 tensors[key][::16, 3] = float("nan")
                 w = write_safetensors_atomic(path / sh.file, {k: v.contiguous() for k, v in tensors.items()})
-                shards.append(sh.__class__(**{**sh.__dict__, "bytes": w.nbytes, "sha256": w.sha256}))
+                shards.append(sh.__class__(**{**sh.__dict__, "bytes": w.nbytes, "sha256": w.sha256,
+                                                "part_sha256": w.parts}))
             write_manifest(path, Manifest(man.settings, True, shards, man.forward))
             return path
         return self._once(f"fake_cache:{name}", make)

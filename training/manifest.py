@@ -32,7 +32,12 @@ Manifest fields (format_version 1):
   max_tokens (int|null), shard_contexts (int),
   totals {shards, contexts, tokens, rows, bytes},
   shards [{index, file, first_context, contexts, rows, bytes, sha256, text_start [doc, offset],
-           text_end [doc, offset]}].
+           text_end [doc, offset], part_sha256 {part: sha256}}].
+
+A shard's `sha256` covers the whole file (`saesteer cache --verify`, fingerprints); `part_sha256`
+has one SHA-256 per part of it (`training.shards`: the header, each hook's activations, each row
+tensor), so a run that reads one hook checks only what it reads. Caches made before part checksums
+existed lack the field; their runs check each shard's whole file, as those versions did.
 """
 
 from __future__ import annotations
@@ -85,10 +90,15 @@ class ShardInfo:
     sha256: str
     text_start: tuple[int, int]
     text_end: tuple[int, int]
+    # SHA-256 of each part of the file (`training.shards.HEADER_PART`, tensor names); None in
+    # caches made before part checksums (their readers hash the whole file)
+    part_sha256: dict[str, str] | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["text_start"], d["text_end"] = list(self.text_start), list(self.text_end)
+        if self.part_sha256 is None:
+            del d["part_sha256"]
         return d
 
     @classmethod
@@ -98,10 +108,18 @@ class ShardInfo:
                 index=int(d["index"]), file=str(d["file"]), first_context=int(d["first_context"]),
                 contexts=int(d["contexts"]), rows=int(d["rows"]), bytes=int(d["bytes"]),
                 sha256=str(d["sha256"]), text_start=tuple(map(int, d["text_start"])),
-                text_end=tuple(map(int, d["text_end"])),
+                text_end=tuple(map(int, d["text_end"])), part_sha256=_part_sha256(d.get("part_sha256")),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise CacheFormatError(f"bad shard entry {d!r}: {e}") from None
+
+
+def _part_sha256(parts: Any) -> dict[str, str] | None:
+    if parts is None:
+        return None
+    if not isinstance(parts, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in parts.items()):
+        raise ValueError(f"part_sha256 is not a mapping of names to SHA-256s: {parts!r}")
+    return dict(parts)
 
 
 @dataclass

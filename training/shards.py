@@ -14,14 +14,20 @@ Rows are in context order, then position order; positions excluded by the cache'
 Writing: `saes.fileio.atomic_open` (a temporary `.<final name>.XXXX.tmp` in the same directory,
 flushed and fsynced, renamed to the final name, the directory fsynced). A shard is therefore
 under its final name only when complete. Any error (e.g. ENOSPC) removes the temporary file.
+
+Checksums: the SHA-256 of the whole file, and one per part (`HEADER_PART`: the 8 length bytes and
+the JSON header; then each tensor's bytes), computed while writing. The parts cover every byte, so
+a reader of one hook checks the header, its hook's activations and the row tensors
+(`part_sha256`) without reading the other hooks' activations.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import BinaryIO, NamedTuple, Sequence
 
 import torch
 
@@ -43,9 +49,13 @@ class ShardCorruptError(SaesteerError, ValueError):
     """A shard's bytes do not match the manifest (checksum, size or header)."""
 
 
+HEADER_PART = "header"  # the part name of the length bytes and the JSON header
+
+
 class WrittenFile(NamedTuple):
     sha256: str
     nbytes: int
+    parts: dict[str, str]  # part name (HEADER_PART or a tensor's) -> SHA-256 of its bytes
 
 
 def _write_all(f: BinaryIO, data: memoryview) -> None:
@@ -77,18 +87,23 @@ def _header(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> tuple
 
 def write_safetensors_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> WrittenFile:
     """Write `tensors` as a safetensors file at `path` atomically (`saes.fileio.atomic_open`);
-    returns its SHA-256 and size. The bytes are deterministic for given tensors and metadata."""
+    returns its SHA-256, size and the SHA-256 of each part. The bytes are deterministic for given
+    tensors and metadata."""
     head, order = _header(tensors, metadata or {})
     h = hashlib.sha256()
+    parts = {}
     nbytes = 0
     with atomic_open(path) as f:
-        for mv in [memoryview(head)] + [_as_bytes(tensors[k]) for k in order]:
+        for name, mv in [(HEADER_PART, memoryview(head))] + [(k, _as_bytes(tensors[k])) for k in order]:
+            hp = hashlib.sha256()
             for i in range(0, len(mv), _CHUNK):
                 piece = mv[i:i + _CHUNK]
                 h.update(piece)
+                hp.update(piece)
                 _write_all(f, piece)
                 nbytes += len(piece)
-    return WrittenFile(h.hexdigest(), nbytes)
+            parts[name] = hp.hexdigest()
+    return WrittenFile(h.hexdigest(), nbytes, parts)
 
 
 class TensorEntry(NamedTuple):
@@ -101,36 +116,84 @@ class TensorEntry(NamedTuple):
 def read_header(path: Path) -> tuple[dict[str, TensorEntry], dict[str, str]]:
     """Parse a safetensors header: {name: TensorEntry}, metadata. Validates offsets and sizes."""
     path = Path(path)
-    size = path.stat().st_size
     with open(path, "rb") as f:
-        first = f.read(8)
-        if len(first) < 8:
-            raise ShardCorruptError(f"{path.name}: too short to be a safetensors file")
-        n = int.from_bytes(first, "little")
-        if n > min(_MAX_HEADER, size - 8):
-            raise ShardCorruptError(f"{path.name}: bad safetensors header length {n}")
-        try:
-            head = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ShardCorruptError(f"{path.name}: unreadable safetensors header ({e})") from None
+        return _parse_header(f, path.name)
+
+
+def _header_bytes(f: BinaryIO, name: str) -> bytes:
+    """The length bytes and the JSON header of the open safetensors file `f` (HEADER_PART)."""
+    size = os.fstat(f.fileno()).st_size
+    f.seek(0)
+    first = f.read(8)
+    if len(first) < 8:
+        raise ShardCorruptError(f"{name}: too short to be a safetensors file")
+    n = int.from_bytes(first, "little")
+    if n > min(_MAX_HEADER, size - 8):
+        raise ShardCorruptError(f"{name}: bad safetensors header length {n}")
+    return first + f.read(n)
+
+
+def _parse_header(f: BinaryIO, name: str, raw: bytes | None = None) -> tuple[dict[str, TensorEntry], dict[str, str]]:
+    raw = _header_bytes(f, name) if raw is None else raw
+    size = os.fstat(f.fileno()).st_size
+    try:
+        head = json.loads(raw[8:])
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ShardCorruptError(f"{name}: unreadable safetensors header ({e})") from None
+    if not isinstance(head, dict):
+        raise ShardCorruptError(f"{name}: unreadable safetensors header (not a JSON object)")
     meta = head.pop("__metadata__", {}) or {}
     out: dict[str, TensorEntry] = {}
-    base = 8 + n
+    base = len(raw)
     for k, v in head.items():
         try:
             dt = _ST_TYPES[v["dtype"]]
             shape = tuple(int(s) for s in v["shape"])
             b, e = (int(x) for x in v["data_offsets"])
         except (KeyError, TypeError, ValueError):
-            raise ShardCorruptError(f"{path.name}: bad header entry for {k!r}") from None
+            raise ShardCorruptError(f"{name}: bad header entry for {k!r}") from None
         numel = 1
         for s in shape:
             numel *= s
         itemsize = torch.empty((), dtype=dt).element_size()
         if b < 0 or e - b != numel * itemsize or base + e > size:
-            raise ShardCorruptError(f"{path.name}: header entry {k!r} does not fit the file")
+            raise ShardCorruptError(f"{name}: header entry {k!r} does not fit the file")
         out[k] = TensorEntry(dt, shape, base + b, e - b)
     return out, meta
+
+
+def part_sha256(path: Path, names: Sequence[str]) -> dict[str, str]:
+    """The SHA-256 of the header part (HEADER_PART) and of each tensor in `names` that the header
+    lists, each hashed over its own bytes only: what a reader of those tensors checks against the
+    manifest. A header that cannot be parsed gives its own hash only (the comparison then fails)."""
+    path = Path(path)
+    with open(path, "rb", buffering=0) as f:
+        try:
+            raw = _header_bytes(f, path.name)
+        except ShardCorruptError:  # a damaged length: hash what it is
+            f.seek(0)
+            raw = f.read(8)
+        out = {HEADER_PART: hashlib.sha256(raw).hexdigest()}
+        try:
+            entries, _ = _parse_header(f, path.name, raw)
+        except ShardCorruptError:
+            return out
+        buf = bytearray(min(_CHUNK, max((entries[k].nbytes for k in names if k in entries), default=0)))
+        mv = memoryview(buf)
+        for k in names:
+            if k not in entries:
+                continue
+            h = hashlib.sha256()
+            f.seek(entries[k].start)
+            left = entries[k].nbytes
+            while left:
+                n = f.readinto(mv[:min(left, len(buf))])
+                if not n:
+                    break
+                h.update(mv[:n])
+                left -= n
+            out[k] = h.hexdigest()
+    return out
 
 
 def read_into(f: BinaryIO, entry: TensorEntry, out: torch.Tensor, first: int = 0, count: int | None = None) -> None:

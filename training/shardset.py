@@ -8,10 +8,16 @@
 Every reader of a cache goes through here: `training.reader.CacheReader` (shuffled training
 batches), `iter_shards` / `all_rows` (sequential passes), `features.source.CacheSource` (the
 feature store's pass) and `verify_cache` (`saesteer cache --verify`). A shard is checked before
-any of its rows is used: present, of the manifest's size, its SHA-256 equal to the manifest's
-(`verify="once"` per ShardSet, `"always"` every time it is opened, `"never"`), a readable header
-holding the hook's activations [rows, d_in] in the manifest's dtype, `token_ids`, `positions`,
-`seq_index` [rows] and `context_tokens`. A bad shard is a `ShardCorruptError` naming it.
+any of its rows is used: present, of the manifest's size, the SHA-256 of every part it reads equal
+to the manifest's (`verify="once"` per ShardSet, `"always"` every time it is opened, `"never"`), a
+readable header holding the hook's activations [rows, d_in] in the manifest's dtype, `token_ids`,
+`positions`, `seq_index` [rows] and `context_tokens`. A bad shard is a `ShardCorruptError` naming it.
+
+What "every part it reads" is: the header, this hook's activations (and the target hook's) and the
+row tensors, each against its own SHA-256 in the manifest (`part_sha256`); the other hooks'
+activations, which this reader never reads, are not hashed, so one run per hook of a many-hook cache
+reads each shard's other hooks not at all. A shard of a cache made before part checksums has only
+the whole file's SHA-256, and is checked whole, as before. `verify_cache` always hashes whole files.
 
 Transcoder pairs (`target_hook=`): every shard holds every cached hook for the same rows (one model
 pass wrote them, in one order), so row i of the input hook and row i of the target hook come from
@@ -35,30 +41,65 @@ import torch
 from saes.errors import SaesteerError
 from training.manifest import Manifest, ShardInfo, read_manifest, read_progress
 from saes.fileio import sha256_file
-from training.shards import DTYPES, ShardCorruptError, TensorEntry, read_header, read_tensors
+from training.shards import (DTYPES, HEADER_PART, ShardCorruptError, TensorEntry, part_sha256, read_header,
+                             read_tensors)
 
 Verify = Literal["once", "always", "never"]
 ROW_TENSORS = ("token_ids", "positions", "seq_index")  # one value per row, beside the activations
+WHOLE_FILE = "file"  # shard_digests' key for the SHA-256 of a whole shard
 # the settings that shape every cached activation (with the hook and the shards: the fingerprint)
 _CONTENT_SETTINGS = ("model", "dtype", "context_length", "bos_policy", "exclude_tokens", "tokenizer", "dataset")
 
 
+def parts_read(shard: ShardInfo, hooks: Sequence[str]) -> list[str] | None:
+    """The parts of `shard` whose SHA-256 a reader of `hooks` checks: the header, those hooks'
+    activations and the row tensors (every byte it reads). None: the whole file (a shard from a
+    cache made before part checksums)."""
+    if shard.part_sha256 is None:
+        return None
+    return [HEADER_PART, *(f"acts/{h}" for h in hooks), *ROW_TENSORS, "context_tokens"]
+
+
+def shard_digests(path: Path, shard: ShardInfo, hooks: Sequence[str]) -> dict[str, str]:
+    """The SHA-256s a reader of `hooks` compares with the manifest: {part: SHA-256} of the parts it
+    reads, or {WHOLE_FILE: SHA-256} for a shard without part checksums."""
+    names = parts_read(shard, hooks)
+    if names is None:
+        return {WHOLE_FILE: sha256_file(path)}
+    return part_sha256(path, names[1:])
+
+
+def _digest_problem(shard: ShardInfo, hooks: Sequence[str], got: dict[str, str]) -> str | None:
+    """What the SHA-256s `got` (the whole file's, or the parts read by `hooks`) say is wrong with `shard`."""
+    if WHOLE_FILE in got:
+        want = {WHOLE_FILE: shard.sha256}
+    else:
+        want = {n: (shard.part_sha256 or {}).get(n) for n in parts_read(shard, hooks) or ()}
+    for name, sha in want.items():
+        where = "" if name == WHOLE_FILE else f" in {name}"
+        if sha is None:
+            return f"SHA-256{where} missing from the manifest: the manifest is damaged"
+        have = got.get(name, "none")
+        if have != sha:
+            return f"SHA-256 mismatch{where} (file {have[:16]}..., manifest {sha[:16]}...): the file is corrupt"
+    return None
+
+
 def shard_problem(path: Path, shard: ShardInfo, d_in: dict[str, int], dtype: torch.dtype,
-                  digest: Callable[[], str] | None) -> tuple[str | None, dict[str, TensorEntry]]:
+                  digest: Callable[[], dict[str, str]] | None) -> tuple[str | None, dict[str, TensorEntry]]:
     """What is wrong with the shard file `path` (None: nothing) and its header's entries.
 
-    `d_in`: the hooks whose activations it must hold [rows, width]; `digest`: its SHA-256 (None:
-    not checked)."""
+    `d_in`: the hooks whose activations it must hold [rows, width]; `digest`: its `shard_digests`
+    for those hooks (None: not checked)."""
     if not path.is_file():
         return "missing", {}
     size = path.stat().st_size
     if size != shard.bytes:
         return f"{size} bytes, the manifest says {shard.bytes}: the file is damaged", {}
     if digest is not None:
-        got = digest()
-        if got != shard.sha256:
-            return (f"SHA-256 mismatch (file {got[:16]}..., manifest {shard.sha256[:16]}...): the file is corrupt",
-                    {})
+        problem = _digest_problem(shard, list(d_in), digest())
+        if problem is not None:
+            return problem, {}
     try:
         entries, _ = read_header(path)
     except ShardCorruptError as e:
@@ -165,11 +206,14 @@ class ShardSet:
     def _must_hash(self, i: int) -> bool:
         return self.verify == "always" or (self.verify == "once" and i not in self._verified)
 
-    def _digest(self, i: int) -> Callable[[], str]:
-        def digest() -> str:
+    def _digest(self, i: int) -> Callable[[], dict[str, str]]:
+        def digest() -> dict[str, str]:
             fut = self._pending.pop(i, None)
-            return fut.result() if fut is not None else sha256_file(self.path / self.shards[i].file)
+            return fut.result() if fut is not None else self._hash(i)
         return digest
+
+    def _hash(self, i: int) -> dict[str, str]:
+        return shard_digests(self.path / self.shards[i].file, self.shards[i], list(self.widths))
 
     def hash_ahead(self, indices: Sequence[int]) -> None:
         """Hash these shards in a background thread (hashlib releases the GIL; the reads also warm
@@ -182,7 +226,7 @@ class ShardSet:
 
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-verify")
         for i in todo:
-            self._pending[i] = self._pool.submit(sha256_file, self.path / self.shards[i].file)
+            self._pending[i] = self._pool.submit(self._hash, i)
 
     def close(self) -> None:
         """Stop the background hashing thread (also done when the ShardSet is garbage collected)."""
@@ -304,7 +348,7 @@ def verify_cache(path: str | Path, *, progress: bool = False) -> VerifyReport:
     dtype = DTYPES[man.dtype]
     for s in tqdm(shards, desc="verifying", unit="shard", disable=not progress):
         f = out / s.file
-        problem, _ = shard_problem(f, s, man.d_in, dtype, lambda: sha256_file(f))
+        problem, _ = shard_problem(f, s, man.d_in, dtype, lambda: {WHOLE_FILE: sha256_file(f)})
         if problem is not None:
             problems.append(f"{s.file}: {problem}")
     return VerifyReport(not problems, len(shards), problems)

@@ -198,7 +198,8 @@ class ShardWriter:
                 meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "shard_index": str(info["index"]),
                         "first_context": str(info["first_context"])}
                 written = write_safetensors_atomic(self.out / info["file"], buf.tensors(), meta)
-                shard = ShardInfo(bytes=written.nbytes, sha256=written.sha256, rows=buf.rows, contexts=buf.contexts, **info)
+                shard = ShardInfo(bytes=written.nbytes, sha256=written.sha256, part_sha256=written.parts, rows=buf.rows,
+                                  contexts=buf.contexts, **info)
                 append_progress(self.out, shard)
                 self.written += 1
         except BaseException as e:  # reported to the main thread

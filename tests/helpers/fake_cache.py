@@ -9,7 +9,8 @@ i % context_length, so (seq_index, position) identifies a row.
     cache.acts  # [15, 4] float32, storage order
 
 `widths` gives some hooks another width than d_in (a transcoder's pair: input and target hook);
-`bos_policy` is what the manifest records (the rows are random either way).
+`bos_policy` is what the manifest records (the rows are random either way). `part_checksums=False`
+writes the manifest of a cache made before per-part checksums (whole-file SHA-256 only).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def make_fake_cache(
     seed: int = 0,
     widths: dict[str, int] | None = None,
     bos_policy: str = "none",
+    part_checksums: bool = True,
 ) -> FakeCache:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -63,7 +65,8 @@ def make_fake_cache(
                        context_tokens=torch.zeros(0, context_length, dtype=torch.int32))
         f = shard_file_name(i)
         w = write_safetensors_atomic(path / f, tensors)
-        shards.append(ShardInfo(i, f, 0, 0, n, w.nbytes, w.sha256, (0, 0), (0, 0)))
+        shards.append(ShardInfo(i, f, 0, 0, n, w.nbytes, w.sha256, (0, 0), (0, 0),
+                                w.parts if part_checksums else None))
         r += n
     settings = {
         "format": FORMAT_NAME, "format_version": FORMAT_VERSION,

@@ -1,0 +1,159 @@
+"""A run over one hook of a many-hook cache checks what it reads, and only that.
+
+A user caches several hooks in one `saesteer cache` run, then runs `train --hook H` and
+`features build` once per hook. Each shard holds every hook's activations; the manifest records a
+SHA-256 per part of a shard (header, each hook's activations, each row tensor), so a run over H
+hashes the header, H's activations and the row tensors: a corrupt part it reads is refused naming
+the shard and the part, a corrupt part of another hook does not stop it (and is refused when that
+hook is read). A cache from before part checksums (no `part_sha256` in its manifest) is checked
+whole, as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers.fake_cache import make_fake_cache
+from helpers.real_cli import saesteer
+from training.manifest import write_manifest
+from training.reader import CacheReader
+from training.shards import HEADER_PART, ShardCorruptError, read_header
+from training.shardset import ShardSet
+
+HOOKS = ("blocks.0.hook_resid_post", "blocks.1.hook_resid_post")
+SHARD = "shard_000001.safetensors"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, offline_env):
+    """A 2-hook toy cache of 4 shards, made by the CLI, and an SAE trained on its second hook."""
+    work = tmp_path_factory.mktemp("parts")
+    saesteer("cache", "--model", "toy", "--dataset", "toy", "--hooks", ",".join(HOOKS), "--max-tokens", 2048,
+             "--context-length", 64, "--shard-contexts", 8, "--out", work / "cache", "--no-progress").ok()
+    saesteer(*train(work / "cache", HOOKS[1], work / "run")).ok()
+    return work
+
+
+def train(cache: Path, hook: str, out: Path) -> tuple:
+    return ("train", "--cache", cache, "--hook", hook, "--d-sae", 64, "--k", 4, "--total-tokens", 1024,
+            "--eval-ce-contexts", 0, "--out", out, "--wandb", "false", "--no-progress")
+
+
+def features(built: Path, cache: Path, out: Path) -> tuple:
+    sae = next((built / "run" / "saes").iterdir())
+    return ("features", "build", "--sae", sae, "--cache", cache, "--out", out, "--no-progress")
+
+
+def copy_cache(built: Path, tmp_path: Path, *, old_format: bool = False) -> Path:
+    cache = Path(shutil.copytree(built / "cache", tmp_path / "cache"))
+    if old_format:  # what saesteer wrote before part checksums: the same manifest without them
+        man = json.loads((cache / "manifest.json").read_text())
+        for s in man["shards"]:
+            del s["part_sha256"]
+        (cache / "manifest.json").write_text(json.dumps(man, indent=1))
+    return cache
+
+
+def flip(path: Path, part: str) -> None:
+    """Flip one byte in the middle of a part of a shard file (a tensor's bytes, or the header's)."""
+    data = bytearray(path.read_bytes())
+    if part == HEADER_PART:
+        at = data.index(b'"dtype":"') + len(b'"dtype":"') + 1  # "F16" -> "F06": the header still parses
+    else:
+        e = read_header(path)[0][part]
+        at = e.start + e.nbytes // 2
+    data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_new_caches_record_a_checksum_per_part(built):
+    man = json.loads((built / "cache" / "manifest.json").read_text())
+    parts = man["shards"][0]["part_sha256"]
+    assert set(parts) == {HEADER_PART, *(f"acts/{h}" for h in HOOKS), "token_ids", "positions", "seq_index",
+                          "context_tokens"}
+    assert len(set(parts.values())) == len(parts)
+    saesteer("cache", "--verify", built / "cache").ok()
+
+
+def test_a_corrupt_shard_of_another_hook_does_not_stop_a_run_and_is_refused_when_read(built, tmp_path):
+    cache = copy_cache(built, tmp_path)
+    flip(cache / SHARD, f"acts/{HOOKS[0]}")
+    saesteer(*train(cache, HOOKS[1], tmp_path / "run1")).ok()
+    saesteer(*features(built, cache, tmp_path / "store.db")).ok()
+    r = saesteer(*train(cache, HOOKS[0], tmp_path / "run0")).no_traceback()
+    assert r.rc != 0
+    assert SHARD in r.text and f"acts/{HOOKS[0]}" in r.text and "corrupt" in r.text
+    r = saesteer("cache", "--verify", cache)  # the whole-cache check still sees every part
+    assert r.rc != 0 and SHARD in r.text
+
+
+@pytest.mark.parametrize("part", [f"acts/{HOOKS[1]}", "token_ids", "context_tokens", HEADER_PART])
+def test_a_corrupt_part_the_run_reads_is_refused_naming_the_shard_and_the_part(built, tmp_path, part):
+    cache = copy_cache(built, tmp_path)
+    flip(cache / SHARD, part)
+    r = saesteer(*train(cache, HOOKS[1], tmp_path / "run")).no_traceback()
+    assert r.rc != 0
+    assert SHARD in r.text and f"mismatch in {part}" in r.text and "corrupt" in r.text
+
+
+def test_a_cache_from_before_part_checksums_loads_and_is_checked_whole(built, tmp_path):
+    cache = copy_cache(built, tmp_path, old_format=True)
+    saesteer(*train(cache, HOOKS[1], tmp_path / "run")).ok()
+    saesteer(*features(built, cache, tmp_path / "store.db")).ok()
+    flip(cache / SHARD, f"acts/{HOOKS[0]}")  # another hook's bytes: the old manifest can only say "the file"
+    r = saesteer(*train(cache, HOOKS[1], tmp_path / "run2")).no_traceback()
+    assert r.rc != 0 and SHARD in r.text and "SHA-256 mismatch (file" in r.text
+
+
+# ------------------------------------------------------------------------- the reader, without a model
+def rows_of(cache: Path, hook: str) -> int:
+    reader = CacheReader(cache, 5, hook=hook, seed=0, epochs=1)
+    try:
+        return sum(len(b.acts) for b in reader)
+    finally:
+        reader.close()
+
+
+@pytest.mark.parametrize("old_format", [False, True])
+def test_the_reader_checks_the_parts_of_its_hook_or_whole_old_shards(tmp_path, old_format):
+    cache = make_fake_cache(tmp_path / "c", [6, 6, 6], hooks=("a", "b"), part_checksums=not old_format)
+    assert rows_of(cache.path, "a") == rows_of(cache.path, "b") == 18
+    flip(cache.path / SHARD, "acts/b")
+    if old_format:
+        with pytest.raises(ShardCorruptError, match=SHARD):
+            rows_of(cache.path, "a")
+    else:
+        assert rows_of(cache.path, "a") == 18
+    with pytest.raises(ShardCorruptError, match=SHARD):
+        rows_of(cache.path, "b")
+
+
+def test_a_transcoder_pair_checks_both_hooks(tmp_path):
+    cache = make_fake_cache(tmp_path / "c", [6, 6], hooks=("a", "b", "c"))
+    flip(cache.path / SHARD, "acts/b")
+    with pytest.raises(ShardCorruptError, match="acts/b"):
+        ShardSet(cache.path, "a", target_hook="b").entries(1)
+    ShardSet(cache.path, "a", target_hook="c").entries(1)  # c's pair never reads b
+
+
+@pytest.mark.parametrize("part", ["acts/a", "token_ids", "positions", "seq_index", "context_tokens", HEADER_PART])
+def test_the_reader_refuses_a_corrupt_part_it_reads(tmp_path, part):
+    cache = make_fake_cache(tmp_path / "c", [6, 6, 6], hooks=("a", "b"))
+    if part == "context_tokens":  # the fake cache's are empty: write shard 1 again with some
+        from training.shards import load_tensors, write_safetensors_atomic
+
+        t = load_tensors(cache.path / SHARD)
+        t["context_tokens"] = torch.arange(8, dtype=torch.int32).reshape(2, 4)
+        w = write_safetensors_atomic(cache.path / SHARD, t)
+        man = cache.manifest
+        man.shards[1] = man.shards[1].__class__(**{**man.shards[1].__dict__, "bytes": w.nbytes,
+                                                   "sha256": w.sha256, "part_sha256": w.parts})
+        write_manifest(cache.path, man)
+    flip(cache.path / SHARD, part)
+    with pytest.raises(ShardCorruptError, match=f"{SHARD}.*mismatch in {part}"):
+        rows_of(cache.path, "a")
