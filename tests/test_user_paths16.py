@@ -389,7 +389,8 @@ def test_rows_without_metadata_record_an_unknown_separator(user, real_models):
     held_out = eval_text(work, user.validation)
     flags = ("--contexts", 4, "--ce-contexts", 4, "--absorption", "false", "--probing", "false", "--quiet")
     r = saesteer("eval", "--sae", work / "run/saes/sae", "--dataset", held_out, *flags).no_traceback()
-    assert r.rc != 0 and "--separator rows" in r.err and "pass --separator eos, bos or none" in r.err, r.text
+    assert r.rc != 0 and "separator 'rows'" in r.err and "pass --separator eos, bos or none" in r.err, r.text
+    assert "--separator rows" not in r.err  # none was given: it is the one recorded
     saesteer("eval", "--sae", work / "run/saes/sae", "--dataset", held_out, "--separator", "bos", *flags,
              "--out", work / "eval").ok()
     assert json.loads((work / "eval/eval.json").read_text())["data"]["separator"] == "bos"
