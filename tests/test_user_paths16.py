@@ -313,10 +313,11 @@ def eval_text(work: Path, docs: list[str]) -> Path:
     return path
 
 
-def train_small(cache_dir: Path, out: Path):
+def train_small(cache_dir: Path, out: Path, *flags):
     return saesteer("train", "--cache", cache_dir, "--out", out, "--architecture", "topk", "--d-sae", 64, "--k", 4,
                     "--total-tokens", 1024, "--batch-size", 256, "--holdout-tokens", 256, "--eval-ce-contexts", 4,
-                    "--eval-every-tokens", 0, "--checkpoint-every-tokens", 0, "--no-progress", "--sae-name", "sae")
+                    "--eval-every-tokens", 0, "--checkpoint-every-tokens", 0, "--no-progress", "--sae-name", "sae",
+                    *flags)
 
 
 def test_llama_style_rows_record_the_bos_between_their_documents(user, real_models):
@@ -394,6 +395,33 @@ def test_rows_without_metadata_record_an_unknown_separator(user, real_models):
     saesteer("eval", "--sae", work / "run/saes/sae", "--dataset", held_out, "--separator", "bos", *flags,
              "--out", work / "eval").ok()
     assert json.loads((work / "eval/eval.json").read_text())["data"]["separator"] == "bos"
+
+
+def test_a_pretokenized_cache_trains_with_held_out_text(user, real_models):
+    """`train --cache <a pretokenized cache> --eval-dataset held-out.jsonl` (the CE example of `train
+    --help`): the eval text was read from the cache's token column ("no column 'input_ids' ... pass
+    --text-column", a flag that does nothing with --cache); it is text, read from its own column and
+    packed with the separator the rows hold, and eval given only the SAE reads it again. Rows of an
+    unknown separator cannot pack text: the refusal names what to give instead (not --separator)."""
+    work = user.work / "cache-eval-text"
+    work.mkdir()
+    held_out = eval_text(work, user.validation)
+    cache(user.model, user.saved["train"], work / "cache").ok()
+    train_small(work / "cache", work / "run", "--eval-dataset", held_out).ok()
+    ce = json.loads((work / "run/saes/sae/saesteer.json").read_text())["data"]["ce_eval_data"]
+    assert (ce["dataset"], ce["contexts"]) == (str(held_out), 4), ce
+    flags = ("--contexts", 4, "--ce-contexts", 4, "--absorption", "false", "--probing", "false", "--quiet")
+    saesteer("eval", "--sae", work / "run/saes/sae", *flags, "--out", work / "eval").ok()
+    data = json.loads((work / "eval/eval.json").read_text())["data"]
+    assert (data["dataset"], data["text_column"], data["separator"]) == (str(held_out), "text", "eos"), data
+
+    model = real_models.path("mistral")
+    rows = pretokenize(model, user.train, work / "pretok")
+    (rows / "sae_lens.json").unlink()
+    cache(model, rows, work / "rows-cache").ok()
+    r = train_small(work / "rows-cache", work / "rows-run", "--eval-dataset", held_out).no_traceback()
+    assert r.rc == 2 and "separator is not known" in r.err and "--separator does nothing with --cache" in r.err, r.text
+    assert "--eval-split NAME" in r.err and "pass --separator" not in r.err, r.err
 
 
 @pytest.mark.parametrize("family", ["gpt2", "mistral"])

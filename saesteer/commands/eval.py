@@ -375,14 +375,18 @@ def _read_as_trained(args, text, item, trained_on: list, say):
     each of those not given as a flag: a dataset whose text is in 'content' was trained on with
     --text-column content, and eval without it failed on the very text training recorded. The
     configuration (a hub dataset's subset) only when `text` is the training dataset itself: another
-    dataset has configurations of its own."""
+    dataset has configurations of its own, and its column is the one training read its CE text from
+    (`training.heldout.other_dataset_column`)."""
+    from training.heldout import other_dataset_column
+
     ce_set = (((item.provenance or {}).get("data") or {}).get("ce_eval_data") or {}).get("dataset")
     for train_text, _ in trained_on:
         if text.dataset not in (train_text.dataset, ce_set):
             continue
-        keys = [k for k in READING_FLAGS if k != "dataset_config" or text.dataset == train_text.dataset]
-        changes = {k: getattr(train_text, k) for k in keys
-                   if not hasattr(args, k) and getattr(train_text, k) != getattr(text, k)}
+        same = text.dataset == train_text.dataset
+        read = train_text if same else dataclasses.replace(train_text, text_column=other_dataset_column(train_text))
+        keys = [k for k in READING_FLAGS if k != "dataset_config" or same]
+        changes = {k: getattr(read, k) for k in keys if not hasattr(args, k) and getattr(read, k) != getattr(text, k)}
         if changes:
             say("held-out text read as the SAE's training read it: "
                 + ", ".join(f"{READING_FLAGS[k]} {v}" for k, v in changes.items()) + " (give the flag to choose another)")
