@@ -414,6 +414,12 @@ def test_a_pretokenized_cache_trains_with_held_out_text(user, real_models):
     saesteer("eval", "--sae", work / "run/saes/sae", *flags, "--out", work / "eval").ok()
     data = json.loads((work / "eval/eval.json").read_text())["data"]
     assert (data["dataset"], data["text_column"], data["separator"]) == (str(held_out), "text", "eos"), data
+    # rows holding nothing between documents (SAELens's sequence_separator_token=None): recorded as such,
+    # as AutoTokenizer's GPT-2 (what SAELens tokenized with) adds nothing to a document; TransformerLens's adds BOS
+    plain = pretokenize(user.model, user.validation, work / "plain", sequence_separator_token=None)
+    assert not (rows_of(plain)[:, 1:] == rows_of(plain)[0, 0]).any()  # BOS first in a row, nothing between
+    cache(user.model, plain, work / "plain-cache").ok()
+    assert json.loads((work / "plain-cache/manifest.json").read_text())["separator"] == "none"
 
     model = real_models.path("mistral")
     rows = pretokenize(model, user.train, work / "pretok")
