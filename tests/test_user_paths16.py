@@ -420,6 +420,12 @@ def test_a_pretokenized_cache_trains_with_held_out_text(user, real_models):
     assert not (rows_of(plain)[:, 1:] == rows_of(plain)[0, 0]).any()  # BOS first in a row, nothing between
     cache(user.model, plain, work / "plain-cache").ok()
     assert json.loads((work / "plain-cache/manifest.json").read_text())["separator"] == "none"
+    # eval of the SAE (trained with EOS between documents) on those rows: refused naming the separator its training
+    # recorded (none was given: it named "--separator eos" and said to leave it out), and the flag that reads them
+    r = saesteer("eval", "--sae", work / "run/saes/sae", "--dataset", plain, *flags).no_traceback()
+    assert r.rc == 2 and "hold nothing between documents" in r.err and "trained with separator eos" in r.err, r.text
+    assert "pass --separator none" in r.err and "--separator eos" not in r.err and "leave it out" not in r.err, r.err
+    saesteer("eval", "--sae", work / "run/saes/sae", "--dataset", plain, "--separator", "none", *flags).ok()
 
     model = real_models.path("mistral")
     rows = pretokenize(model, user.train, work / "pretok")

@@ -345,10 +345,22 @@ def rows_separator(cfg: TextConfig, meta: dict[str, Any] | None, tokenizer) -> s
     before, after = _added_by_encode(tokenizer) or ([], [])
     added = " and ".join(f"{_shown(ids, tokenizer)} {where}" for ids, where in ((before, "before"), (after, "after"))
                          if ids) or "nothing"
-    raise ValueError(
-        f"dataset {cfg.dataset!r} is pretokenized, and its rows hold {_shown(held, tokenizer)} between documents "
-        f"({meta['path']}: {settings}; the tokenizer adds {added} to each document); --separator {cfg.separator} "
-        f"with --bos-policy {cfg.bos_policy} puts {_shown(ours, tokenizer)} there: {fix}")
+    rows = (f"dataset {cfg.dataset!r} is pretokenized, and its rows hold {_shown(held, tokenizer)} between documents "
+            f"({meta['path']}: {settings}; the tokenizer adds {added} to each document)")
+    puts = _shown(ours, tokenizer)
+    raise SeparatorMismatchError(f"{rows}; --separator {cfg.separator} with --bos-policy {cfg.bos_policy} puts {puts} "
+                                 f"there: {fix}", rows, puts, fits)
+
+
+class SeparatorMismatchError(ValueError):
+    """A separator that puts other ids between documents (`puts`) than pretokenized rows hold there
+    (`rows`: the dataset, what they hold, and where that was read); `fits`: the separators of ours that
+    put what they hold. The message is for a --separator given; a caller whose separator came from
+    elsewhere (a record) words its own from these."""
+
+    def __init__(self, message: str, rows: str, puts: str, fits: list[str]):
+        super().__init__(message)
+        self.rows, self.puts, self.fits = rows, puts, fits
 
 
 def _shown(ids: list[int], tokenizer) -> str:
