@@ -290,7 +290,7 @@ def test_a_sentencepiece_models_own_rows_without_metadata_are_read(user, real_mo
     (87% of the ids came back); the text between special tokens is now compared, less its cut edges."""
     from transformers import AutoTokenizer
 
-    from training.pretokenized import ROUND_TRIP_MIN, round_trip_share
+    from training.pretokenized import ROUND_TRIP_MIN, ROUND_TRIP_ROWS as N, round_trip_share
 
     work = user.work / "sentencepiece"
     model = real_models.path("mistral")
@@ -298,11 +298,11 @@ def test_a_sentencepiece_models_own_rows_without_metadata_are_read(user, real_mo
     (rows / "sae_lens.json").unlink()
     cache(model, rows, work / "cache").ok()
     assert np.array_equal(cached_tokens(work / "cache"), rows_of(rows)[:2048 // L])
-    # any 8 of its rows pass (SAELens shuffles them by default: the first rows may be any), rows that
-    # start mid-word included; another tokenizer's rows (GPT-2's, ids inside the vocabulary) do not
+    # any N of its rows (as many as the check reads) pass (SAELens shuffles them by default: the first rows
+    # may be any), rows that start mid-word included; another tokenizer's rows (GPT-2's, ids inside the vocabulary) do not
     tok, own = AutoTokenizer.from_pretrained(model), list(rows_of(rows)[:320])
-    assert min(round_trip_share(own[i:i + 8], tok) for i in range(0, len(own), 8)) >= ROUND_TRIP_MIN
-    gpt2_rows = list(rows_of(pretokenize(user.model, user.train, work / "gpt2-pretok"))[:8])  # ids < 1024 both
+    assert min(round_trip_share(own[i:i + N], tok) for i in range(0, len(own), N)) >= ROUND_TRIP_MIN
+    gpt2_rows = list(rows_of(pretokenize(user.model, user.train, work / "gpt2-pretok"))[:N])  # ids < 1024 both
     assert round_trip_share(gpt2_rows, tok) < ROUND_TRIP_MIN
 
 

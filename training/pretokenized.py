@@ -37,6 +37,7 @@ from training.text import START, TextConfig, TextPointer, separators_for
 TOKEN_COLUMNS = ("tokens", "input_ids")  # the columns SAELens reads as token ids, in its order
 METADATA_NAME = "sae_lens.json"  # what SAELens's PretokenizeRunner writes beside the dataset
 CHECK_ROWS = 32  # rows read to check ids and BOS
+ROUND_TRIP_ROWS = 8  # of those, rows decoded and encoded again (without a sae_lens.json naming the tokenizer)
 ROUND_TRIP_MIN = 0.97  # share of ids that decode and encode back unchanged (own rows: >= 0.99, another's: <= 0.95)
 
 
@@ -256,7 +257,7 @@ def check_token_rows(cfg: TextConfig, rows: list[np.ndarray], tokenizer, meta: d
     if meta is not None:  # is its doing, and the model's may differ (TransformerLens makes GPT-2's add BOS)
         saelens_tokenizer = _check_metadata_tokenizer(meta, name, tokenizer) or _load_tokenizer(tokenizer_name(tokenizer))
     else:
-        share = round_trip_share(rows[:8], tokenizer)
+        share = round_trip_share(rows[:ROUND_TRIP_ROWS], tokenizer)
         if share < ROUND_TRIP_MIN:
             raise ValueError(
                 f"dataset {name!r} (column {column!r}) does not read as text tokenized by the model's tokenizer "
