@@ -290,7 +290,7 @@ def test_a_sentencepiece_models_own_rows_without_metadata_are_read(user, real_mo
     (87% of the ids came back); the text between special tokens is now compared, less its cut edges."""
     from transformers import AutoTokenizer
 
-    from training.pretokenized import ROUND_TRIP_MIN, round_trip_share
+    from training.pretokenized import ROUND_TRIP_MIN, ROUND_TRIP_ROWS as N, round_trip_share
 
     work = user.work / "sentencepiece"
     model = real_models.path("mistral")
@@ -298,11 +298,11 @@ def test_a_sentencepiece_models_own_rows_without_metadata_are_read(user, real_mo
     (rows / "sae_lens.json").unlink()
     cache(model, rows, work / "cache").ok()
     assert np.array_equal(cached_tokens(work / "cache"), rows_of(rows)[:2048 // L])
-    # any 8 of its rows pass (SAELens shuffles them by default: the first rows may be any), rows that
-    # start mid-word included; another tokenizer's rows (GPT-2's, ids inside the vocabulary) do not
+    # any N of its rows (as many as the check reads) pass (SAELens shuffles them by default: the first rows
+    # may be any), rows that start mid-word included; another tokenizer's rows (GPT-2's, ids inside the vocabulary) do not
     tok, own = AutoTokenizer.from_pretrained(model), list(rows_of(rows)[:320])
-    assert min(round_trip_share(own[i:i + 8], tok) for i in range(0, len(own), 8)) >= ROUND_TRIP_MIN
-    gpt2_rows = list(rows_of(pretokenize(user.model, user.train, work / "gpt2-pretok"))[:8])  # ids < 1024 both
+    assert min(round_trip_share(own[i:i + N], tok) for i in range(0, len(own), N)) >= ROUND_TRIP_MIN
+    gpt2_rows = list(rows_of(pretokenize(user.model, user.train, work / "gpt2-pretok"))[:N])  # ids < 1024 both
     assert round_trip_share(gpt2_rows, tok) < ROUND_TRIP_MIN
 
 
@@ -313,10 +313,11 @@ def eval_text(work: Path, docs: list[str]) -> Path:
     return path
 
 
-def train_small(cache_dir: Path, out: Path):
+def train_small(cache_dir: Path, out: Path, *flags):
     return saesteer("train", "--cache", cache_dir, "--out", out, "--architecture", "topk", "--d-sae", 64, "--k", 4,
                     "--total-tokens", 1024, "--batch-size", 256, "--holdout-tokens", 256, "--eval-ce-contexts", 4,
-                    "--eval-every-tokens", 0, "--checkpoint-every-tokens", 0, "--no-progress", "--sae-name", "sae")
+                    "--eval-every-tokens", 0, "--checkpoint-every-tokens", 0, "--no-progress", "--sae-name", "sae",
+                    *flags)
 
 
 def test_llama_style_rows_record_the_bos_between_their_documents(user, real_models):
@@ -389,10 +390,50 @@ def test_rows_without_metadata_record_an_unknown_separator(user, real_models):
     held_out = eval_text(work, user.validation)
     flags = ("--contexts", 4, "--ce-contexts", 4, "--absorption", "false", "--probing", "false", "--quiet")
     r = saesteer("eval", "--sae", work / "run/saes/sae", "--dataset", held_out, *flags).no_traceback()
-    assert r.rc != 0 and "--separator rows" in r.err and "pass --separator eos, bos or none" in r.err, r.text
+    assert r.rc != 0 and "separator 'rows'" in r.err and "pass --separator eos, bos or none" in r.err, r.text
+    assert "--separator rows" not in r.err  # none was given: it is the one recorded
     saesteer("eval", "--sae", work / "run/saes/sae", "--dataset", held_out, "--separator", "bos", *flags,
              "--out", work / "eval").ok()
     assert json.loads((work / "eval/eval.json").read_text())["data"]["separator"] == "bos"
+
+
+def test_a_pretokenized_cache_trains_with_held_out_text(user, real_models):
+    """`train --cache <a pretokenized cache> --eval-dataset held-out.jsonl` (the CE example of `train
+    --help`): the eval text was read from the cache's token column ("no column 'input_ids' ... pass
+    --text-column", a flag that does nothing with --cache); it is text, read from its own column and
+    packed with the separator the rows hold, and eval given only the SAE reads it again. Rows of an
+    unknown separator cannot pack text: the refusal names what to give instead (not --separator)."""
+    work = user.work / "cache-eval-text"
+    work.mkdir()
+    held_out = eval_text(work, user.validation)
+    cache(user.model, user.saved["train"], work / "cache").ok()
+    train_small(work / "cache", work / "run", "--eval-dataset", held_out).ok()
+    ce = json.loads((work / "run/saes/sae/saesteer.json").read_text())["data"]["ce_eval_data"]
+    assert (ce["dataset"], ce["contexts"]) == (str(held_out), 4), ce
+    flags = ("--contexts", 4, "--ce-contexts", 4, "--absorption", "false", "--probing", "false", "--quiet")
+    saesteer("eval", "--sae", work / "run/saes/sae", *flags, "--out", work / "eval").ok()
+    data = json.loads((work / "eval/eval.json").read_text())["data"]
+    assert (data["dataset"], data["text_column"], data["separator"]) == (str(held_out), "text", "eos"), data
+    # rows holding nothing between documents (SAELens's sequence_separator_token=None): recorded as such,
+    # as AutoTokenizer's GPT-2 (what SAELens tokenized with) adds nothing to a document; TransformerLens's adds BOS
+    plain = pretokenize(user.model, user.validation, work / "plain", sequence_separator_token=None)
+    assert not (rows_of(plain)[:, 1:] == rows_of(plain)[0, 0]).any()  # BOS first in a row, nothing between
+    cache(user.model, plain, work / "plain-cache").ok()
+    assert json.loads((work / "plain-cache/manifest.json").read_text())["separator"] == "none"
+    # eval of the SAE (trained with EOS between documents) on those rows: refused naming the separator its training
+    # recorded (none was given: it named "--separator eos" and said to leave it out), and the flag that reads them
+    r = saesteer("eval", "--sae", work / "run/saes/sae", "--dataset", plain, *flags).no_traceback()
+    assert r.rc == 2 and "hold nothing between documents" in r.err and "trained with separator eos" in r.err, r.text
+    assert "pass --separator none" in r.err and "--separator eos" not in r.err and "leave it out" not in r.err, r.err
+    saesteer("eval", "--sae", work / "run/saes/sae", "--dataset", plain, "--separator", "none", *flags).ok()
+
+    model = real_models.path("mistral")
+    rows = pretokenize(model, user.train, work / "pretok")
+    (rows / "sae_lens.json").unlink()
+    cache(model, rows, work / "rows-cache").ok()
+    r = train_small(work / "rows-cache", work / "rows-run", "--eval-dataset", held_out).no_traceback()
+    assert r.rc == 2 and "separator is not known" in r.err and "--separator does nothing with --cache" in r.err, r.text
+    assert "--eval-split NAME" in r.err and "pass --separator" not in r.err, r.err
 
 
 @pytest.mark.parametrize("family", ["gpt2", "mistral"])

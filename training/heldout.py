@@ -84,7 +84,8 @@ class HeldOut:
 
 def eval_text_config(train: TextConfig, eval_dataset: str | None, eval_split: str) -> TextConfig:
     """The eval text: `eval_dataset` (its `eval_split` when it has several splits, else its only
-    one), or split `eval_split` of the training data; packed like the training text."""
+    one), or split `eval_split` of the training data; read from the training text's column (but
+    see `other_dataset_column`) and packed like the training text."""
     if not eval_dataset:
         return dataclasses.replace(train, split=eval_split)
     split = eval_split
@@ -95,7 +96,17 @@ def eval_text_config(train: TextConfig, eval_dataset: str | None, eval_split: st
                 raise ValueError(f"the eval dataset {eval_dataset!r} has no split {eval_split!r}; its splits: "
                                  f"{describe_splits(splits)}. Pick one with --eval-split")
             split = next(iter(splits))
-    return dataclasses.replace(train, dataset=eval_dataset, dataset_config=None, split=split)
+    return dataclasses.replace(train, dataset=eval_dataset, dataset_config=None, split=split,
+                               text_column=other_dataset_column(train))
+
+
+def other_dataset_column(train: TextConfig) -> str:
+    """The column another dataset than the training text's is read from: the training text's, except
+    a pretokenized dataset's token column (held-out text may be text: the default "text" reads it,
+    or, where there is no text, SAELens's token column)."""
+    from training.pretokenized import TOKEN_COLUMNS
+
+    return "text" if train.text_column in TOKEN_COLUMNS else train.text_column
 
 
 def heldout_contexts(

@@ -159,6 +159,11 @@ def between_documents(cfg: TextConfig, specials: SpecialTokens) -> list[int]:
     return [separator_id(cfg.separator, specials)] * post + [specials.bos] * pre
 
 
+class UnknownSeparatorError(ValueError):
+    """Text to be packed with separator "rows": what pretokenized rows held between documents, not
+    known, so text cannot be packed alike (the message names --separator, the flag that says it)."""
+
+
 class ContextPacker:
     """Cut the document stream into contexts, starting at a `TextPointer`.
 
@@ -185,11 +190,11 @@ class ContextPacker:
                 "use --bos-policy none"
             )
         if cfg.separator == "rows":
-            raise ValueError(
-                f"--separator rows (what pretokenized rows held between documents, where no sae_lens.json said it or no "
-                f"other separator puts it) cannot pack the text of {cfg.dataset!r}: pass --separator eos, bos or none, "
-                f"the nearest to what those rows held (eos: EOS after each document; bos: BOS between them, SAELens's "
-                f"default with a Llama-style tokenizer)")
+            raise UnknownSeparatorError(
+                f"separator 'rows' (recorded for pretokenized rows whose separator is not known: no sae_lens.json said "
+                f"it, or none of eos, bos, none puts it) cannot pack the text of {cfg.dataset!r}: pass --separator eos, "
+                f"bos or none, the nearest to what those rows held (eos: EOS after each document; bos: BOS between "
+                f"them, SAELens's default with a Llama-style tokenizer)")
         if cfg.separator in ("eos", "bos") and separator_id(cfg.separator, specials) is None:
             raise ValueError(f"separator {cfg.separator!r} needs a {cfg.separator.upper()} token, but the tokenizer has "
                              f"none; use --separator none")

@@ -37,6 +37,7 @@ from training.text import START, TextConfig, TextPointer, separators_for
 TOKEN_COLUMNS = ("tokens", "input_ids")  # the columns SAELens reads as token ids, in its order
 METADATA_NAME = "sae_lens.json"  # what SAELens's PretokenizeRunner writes beside the dataset
 CHECK_ROWS = 32  # rows read to check ids and BOS
+ROUND_TRIP_ROWS = 8  # of those, rows decoded and encoded again (without a sae_lens.json naming the tokenizer)
 ROUND_TRIP_MIN = 0.97  # share of ids that decode and encode back unchanged (own rows: >= 0.99, another's: <= 0.95)
 
 
@@ -130,23 +131,21 @@ def saelens_metadata(cfg: TextConfig, root: Path | None) -> dict[str, Any] | Non
     return {**meta, "path": str(found)}
 
 
-def _check_metadata_tokenizer(meta: dict[str, Any], dataset: str, tokenizer) -> None:
-    """Refuse rows whose `sae_lens.json` names a tokenizer of another vocabulary than the model's."""
+def _check_metadata_tokenizer(meta: dict[str, Any], dataset: str, tokenizer):
+    """Refuse rows whose `sae_lens.json` names a tokenizer of another vocabulary than the model's;
+    returns that tokenizer as SAELens loaded it (None: it names none, or it cannot be loaded here)."""
     name = meta.get("tokenizer_name")
     if not isinstance(name, str) or not name:
-        return
+        return None
     ours = tokenizer_name(tokenizer)
-    try:
-        from transformers import AutoTokenizer
-
-        theirs = AutoTokenizer.from_pretrained(name)
-    except Exception as e:  # not loadable here (offline, not in the cache): names must agree then
+    theirs = _load_tokenizer(name)
+    if theirs is None:  # not loadable here (offline, not in the cache): names must agree then
         if Path(name).name == Path(ours).name:
-            return
+            return None
         raise ValueError(
             f"dataset {dataset!r} was tokenized with {name!r} ({meta['path']}), which cannot be loaded here to compare "
-            f"with the model's tokenizer {ours!r} ({type(e).__name__}); put it in the HF cache, or, if the ids are "
-            f"this model's, set tokenizer_name in that file to {ours!r}") from None
+            f"with the model's tokenizer {ours!r}; put it in the HF cache, or, if the ids are this model's, set "
+            f"tokenizer_name in that file to {ours!r}")
     their_vocab, our_vocab = theirs.get_vocab(), tokenizer.get_vocab()
     if their_vocab != our_vocab:
         moved = sum(1 for piece, i in their_vocab.items() if our_vocab.get(piece) != i)
@@ -154,6 +153,18 @@ def _check_metadata_tokenizer(meta: dict[str, Any], dataset: str, tokenizer) -> 
             f"dataset {dataset!r} was tokenized with {name!r} ({meta['path']}), whose vocabulary differs from the "
             f"model's tokenizer {ours!r} ({moved} of its {len(their_vocab)} tokens have another id or none there); "
             f"its ids would be read as other tokens. Use a dataset tokenized for this model, or its text")
+    return theirs
+
+
+def _load_tokenizer(name: str):
+    """`AutoTokenizer.from_pretrained(name)` with the tokenizer's own defaults, as SAELens's
+    PretokenizeRunner loads it; None when it cannot be loaded here (offline and not in the HF cache)."""
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(name)
+    except Exception:
+        return None
 
 
 def round_trip_share(rows: list[np.ndarray], tokenizer) -> float:
@@ -242,10 +253,11 @@ def check_token_rows(cfg: TextConfig, rows: list[np.ndarray], tokenizer, meta: d
         raise ValueError(f"dataset {name!r} holds token id {top if top >= vocab else low} (column {column!r}), outside "
                          f"the model's tokenizer {tokenizer_name(tokenizer)!r} (ids 0..{vocab - 1}): it was tokenized "
                          f"by another tokenizer. Use a dataset tokenized for this model, or its text")
-    if meta is not None:
-        _check_metadata_tokenizer(meta, name, tokenizer)
+    saelens_tokenizer = None  # the tokenizer as SAELens loaded it: what its tokenizing added to each document
+    if meta is not None:  # is its doing, and the model's may differ (TransformerLens makes GPT-2's add BOS)
+        saelens_tokenizer = _check_metadata_tokenizer(meta, name, tokenizer) or _load_tokenizer(tokenizer_name(tokenizer))
     else:
-        share = round_trip_share(rows[:8], tokenizer)
+        share = round_trip_share(rows[:ROUND_TRIP_ROWS], tokenizer)
         if share < ROUND_TRIP_MIN:
             raise ValueError(
                 f"dataset {name!r} (column {column!r}) does not read as text tokenized by the model's tokenizer "
@@ -255,7 +267,8 @@ def check_token_rows(cfg: TextConfig, rows: list[np.ndarray], tokenizer, meta: d
     problem = _bos_problem(rows, cfg.bos_policy, special_tokens(tokenizer).bos, tokenizer)
     if problem:
         raise ValueError(f"dataset {name!r} is pretokenized and --bos-policy {cfg.bos_policy} does not fit it: {problem}")
-    record: dict[str, Any] = {"column": column, "row_tokens": width, "separator": rows_separator(cfg, meta, tokenizer)}
+    separator = cfg.separator if saelens_tokenizer is None else rows_separator(cfg, meta, saelens_tokenizer)
+    record: dict[str, Any] = {"column": column, "row_tokens": width, "separator": separator}
     if meta is not None:
         keep = ("tokenizer_name", "context_size", "begin_batch_token", "begin_sequence_token",
                 "sequence_separator_token", "original_dataset", "original_dataset_name", "original_split",
@@ -314,7 +327,8 @@ def rows_separator(cfg: TextConfig, meta: dict[str, Any] | None, tokenizer) -> s
     """The separator to record for the rows: `cfg.separator` when it puts between documents the ids
     the rows hold there (under `cfg.bos_policy`); for "rows" (none asked for), the first of ours that
     does, "rows" when none does or no sae_lens.json says (then `cfg.separator` is the caller's word).
-    A separator that puts other ids there than the rows hold is refused, naming both."""
+    A separator that puts other ids there than the rows hold is refused, naming both. `tokenizer`:
+    as SAELens's PretokenizeRunner loaded it (`AutoTokenizer.from_pretrained`, its own defaults)."""
     held = None if meta is None else saelens_between(meta, tokenizer)
     if held is None:
         return cfg.separator
@@ -332,10 +346,22 @@ def rows_separator(cfg: TextConfig, meta: dict[str, Any] | None, tokenizer) -> s
     before, after = _added_by_encode(tokenizer) or ([], [])
     added = " and ".join(f"{_shown(ids, tokenizer)} {where}" for ids, where in ((before, "before"), (after, "after"))
                          if ids) or "nothing"
-    raise ValueError(
-        f"dataset {cfg.dataset!r} is pretokenized, and its rows hold {_shown(held, tokenizer)} between documents "
-        f"({meta['path']}: {settings}; the tokenizer adds {added} to each document); --separator {cfg.separator} "
-        f"with --bos-policy {cfg.bos_policy} puts {_shown(ours, tokenizer)} there: {fix}")
+    rows = (f"dataset {cfg.dataset!r} is pretokenized, and its rows hold {_shown(held, tokenizer)} between documents "
+            f"({meta['path']}: {settings}; the tokenizer adds {added} to each document)")
+    puts = _shown(ours, tokenizer)
+    raise SeparatorMismatchError(f"{rows}; --separator {cfg.separator} with --bos-policy {cfg.bos_policy} puts {puts} "
+                                 f"there: {fix}", rows, puts, fits)
+
+
+class SeparatorMismatchError(ValueError):
+    """A separator that puts other ids between documents (`puts`) than pretokenized rows hold there
+    (`rows`: the dataset, what they hold, and where that was read); `fits`: the separators of ours that
+    put what they hold. The message is for a --separator given; a caller whose separator came from
+    elsewhere (a record) words its own from these."""
+
+    def __init__(self, message: str, rows: str, puts: str, fits: list[str]):
+        super().__init__(message)
+        self.rows, self.puts, self.fits = rows, puts, fits
 
 
 def _shown(ids: list[int], tokenizer) -> str:

@@ -27,7 +27,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal, NamedTuple
+from typing import Any, Iterator, Literal, NamedTuple, get_args
 
 from training.splits import DATA_FILE_BUILDERS, absolute, describe_splits, local_splits, looks_local
 
@@ -40,7 +40,7 @@ BosPolicy = Literal["prepend", "doc", "none"]
 # what stands between documents: EOS, BOS or nothing after each; "rows": as pretokenized rows hold it
 # (unknown: no sae_lens.json says, or none of the others puts it), which packs no text (`training.packing`)
 Separator = Literal["eos", "bos", "none", "rows"]
-SEPARATORS = ("eos", "bos", "none", "rows")
+SEPARATORS: tuple[str, ...] = get_args(Separator)
 
 
 def separators_for(bos_policy: str) -> tuple[str, ...]:

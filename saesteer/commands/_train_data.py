@@ -95,7 +95,8 @@ def _cache_model_eval(run_cfg, data_cfg, reader, model, prov: dict, allow_model_
         ident = model_identity(model)
         prov.update(model_identity=ident.to_json(), model_name=ident.saelens_model_name)
     n = run_cfg.eval.ce_contexts
-    held, why = _heldout(text_config_from_manifest(man), data_cfg, model.tokenizer, n, text_documents_read(man))
+    held, why = _heldout(text_config_from_manifest(man), data_cfg, model.tokenizer, n, text_documents_read(man),
+                         from_cache=True)
     if held is None:
         print(f"note: CE evaluation on contexts of the cache's last shard (trained-on text): {why}; "
               f"{NO_HELDOUT_FIX}")
@@ -183,17 +184,27 @@ def reader_dtype(device: str) -> dict:
 NO_HELDOUT_FIX = "give held-out text with --eval-dataset PATH or --eval-split NAME"
 
 
-def _heldout(train_text, data_cfg, tokenizer, n: int, train_docs: int | None):
+def _heldout(train_text, data_cfg, tokenizer, n: int, train_docs: int | None, from_cache: bool = False):
     """(the CE evaluation's held-out contexts (training.heldout), None) with notes on what was read;
     (None, why) when the training data has no split --eval-split (e.g. a single file: the split
     'train'), for the caller's one note. An --eval-dataset that cannot be read, or eval text that is
-    all training text, is an error (ValueError)."""
+    all training text, is an error (ValueError). `from_cache`: `train_text` is the cache's, packed as
+    its manifest says (the text flags do nothing then)."""
     from training.heldout import eval_text_config, heldout_contexts
+    from training.packing import UnknownSeparatorError
 
     try:
         eval_text = eval_text_config(train_text, data_cfg.eval_dataset, data_cfg.eval_split)
         held = heldout_contexts(train_text, eval_text, tokenizer, n, train_docs=train_docs,
                                 allow_overlap=data_cfg.allow_eval_overlap)
+    except UnknownSeparatorError as e:
+        if not from_cache:
+            raise ValueError(f"CE evaluation: {e}") from None
+        raise ValueError(
+            f"CE evaluation: the cache {data_cfg.cache} holds pretokenized rows whose separator is not known (recorded "
+            f"as 'rows'), so the text of {eval_text.dataset!r} cannot be packed as they were (--separator does nothing "
+            f"with --cache): give held-out rows of this tokenizer (--eval-dataset of a pretokenized dataset, or "
+            f"--eval-split NAME of {train_text.dataset}), or leave --eval-dataset out") from None
     except (ValueError, OSError) as e:
         from training.heldout import EvalOverlapError
         from training.text import MissingSplitError

@@ -97,7 +97,7 @@ def _run(args) -> int:
     from evals.activations import Collector, check_widths
     from evals.config import EvalConfig
     from saesteer.configargs import dataclass_from_args
-    from training.text import TextConfig, text_as_read
+    from training.text import TextConfig
 
     say = _say(args)
     cfg = dataclass_from_args(EvalConfig, args)
@@ -132,8 +132,7 @@ def _run(args) -> int:
     for i, (sae_text, names, from_cache) in enumerate(groups):
         group = {n: loaded[n] for n in names}
         if not from_cache:  # recorded as read: the column a pretokenized dataset's ids are in, its rows' separator
-            given = "separator" in vars(args) or any(_records_packing(loaded[n], trained[n]) for n in names)
-            sae_text = text_as_read(sae_text, tokenizer, separator_given=given)
+            sae_text = _rows_as_read(args, sae_text, tokenizer, names, loaded, trained)
         if len(groups) > 1:
             say(f"SAEs {', '.join(names)}: " + ("contexts of the cache (as their training read them)" if from_cache
                                                 else _describe_text(sae_text)))
@@ -375,14 +374,18 @@ def _read_as_trained(args, text, item, trained_on: list, say):
     each of those not given as a flag: a dataset whose text is in 'content' was trained on with
     --text-column content, and eval without it failed on the very text training recorded. The
     configuration (a hub dataset's subset) only when `text` is the training dataset itself: another
-    dataset has configurations of its own."""
+    dataset has configurations of its own, and its column is the one training read its CE text from
+    (`training.heldout.other_dataset_column`)."""
+    from training.heldout import other_dataset_column
+
     ce_set = (((item.provenance or {}).get("data") or {}).get("ce_eval_data") or {}).get("dataset")
     for train_text, _ in trained_on:
         if text.dataset not in (train_text.dataset, ce_set):
             continue
-        keys = [k for k in READING_FLAGS if k != "dataset_config" or text.dataset == train_text.dataset]
-        changes = {k: getattr(train_text, k) for k in keys
-                   if not hasattr(args, k) and getattr(train_text, k) != getattr(text, k)}
+        same = text.dataset == train_text.dataset
+        read = train_text if same else dataclasses.replace(train_text, text_column=other_dataset_column(train_text))
+        keys = [k for k in READING_FLAGS if k != "dataset_config" or same]
+        changes = {k: getattr(read, k) for k in keys if not hasattr(args, k) and getattr(read, k) != getattr(text, k)}
         if changes:
             say("held-out text read as the SAE's training read it: "
                 + ", ".join(f"{READING_FLAGS[k]} {v}" for k, v in changes.items()) + " (give the flag to choose another)")
@@ -421,6 +424,24 @@ def _packed_as_trained(args, text, item, say, got):
     say("contexts packed as the SAE was trained: " + ", ".join(f"{PACKING_FLAGS[k]} {v}" for k, v in changes.items())
         + " (give the flag to choose another)")
     return dataclasses.replace(text, **changes)
+
+
+def _rows_as_read(args, text, tokenizer, names, loaded: dict, trained: dict):
+    """`training.text.text_as_read` of the held-out text of the SAEs `names`: a pretokenized dataset's
+    rows must hold between documents what the separator (--separator, else the one their training
+    recorded) puts there; refused naming where that separator came from."""
+    from training.pretokenized import SeparatorMismatchError
+    from training.text import text_as_read
+
+    recorded = any(_records_packing(loaded[n], trained[n]) for n in names)
+    try:
+        return text_as_read(text, tokenizer, separator_given="separator" in vars(args) or recorded)
+    except SeparatorMismatchError as e:
+        if "separator" in vars(args):
+            raise
+        raise ValueError(f"{e.rows}; SAE {', '.join(names)} was trained with separator {text.separator} ({e.puts} "
+                         f"between documents): pass --separator {e.fits[0] if e.fits else 'rows'} to evaluate on these "
+                         f"rows as they are, or held-out text with --dataset (packed as its training)") from None
 
 
 def _records_packing(item, got) -> bool:
