@@ -78,8 +78,25 @@ def decode_all(tokenizer, windows: Sequence[Sequence[int]]) -> list[str]:
     """Each window's text as the tokenizer decodes it: special tokens kept, no clean-up of spaces."""
     if not windows:
         return []
+    backend = _plain_backend(tokenizer)
+    if backend is not None:  # the same decoder in one call (transformers calls it once per window)
+        return backend.decode_batch([list(w) for w in windows], skip_special_tokens=False)
     return list(tokenizer.batch_decode([list(w) for w in windows], skip_special_tokens=False,
                                        clean_up_tokenization_spaces=False))
+
+
+def _plain_backend(tokenizer):
+    """The `tokenizers` object behind a transformers fast tokenizer whose decoding, without clean-up,
+    is exactly that object's `decode` (no subclass changes decode, batch_decode or _decode); else None."""
+    try:
+        from transformers import PreTrainedTokenizerFast as Fast
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return None
+    cls = type(tokenizer)
+    if not isinstance(tokenizer, Fast) or any(getattr(cls, m, None) is not getattr(Fast, m, None)
+                                              for m in ("decode", "batch_decode", "_decode")):
+        return None
+    return getattr(tokenizer, "_tokenizer", None)
 
 
 def token_text(tokenizer, ids: Sequence[int]) -> TokenText:
@@ -153,10 +170,11 @@ def label_from_rule_1(label: str) -> str:
 
 
 def token_texts(tokenizer, windows: Sequence[Sequence[int]]) -> list[TokenText]:
-    """`token_text` for many windows (one batched decode)."""
-    windows = [[int(i) for i in w] for w in windows]
-    texts = decode_all(tokenizer, windows)
-    return [_with_text(tokenizer, w, t) for w, t in zip(windows, texts)]
+    """`token_text` for many windows: each distinct window once, in one batched decode."""
+    keys = [tuple(int(i) for i in w) for w in windows]
+    distinct = list(dict.fromkeys(keys))
+    done = {k: _with_text(tokenizer, list(k), t) for k, t in zip(distinct, decode_all(tokenizer, distinct))}
+    return [done[k] for k in keys]
 
 
 def _with_text(tokenizer, ids: list[int], text: str) -> TokenText:
