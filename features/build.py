@@ -453,13 +453,13 @@ def _example_rows(f0, f1, res: PassResult, source, tokenizer, before, W, window_
     kinds = ("top", "quantile", "negative")
     cols_E = [kind_E.tolist(), f_E.tolist(), rank_E.tolist(), val_E.tolist(), q_E.tolist(), seq_E.tolist(), pos_E.tolist(),
               lo_E.tolist(), hi_E.tolist()]
-    token_lists = [toks_np[e, lo:hi] for e, (lo, hi) in enumerate(zip(cols_E[7], cols_E[8]))]
-    texts: list[tuple] = [(None, None)] * len(token_lists)  # (text, offsets) per example: with a tokenizer only
-    if tokenizer is not None and token_lists:
-        texts = window_texts.get(tokenizer, [t.tobytes() for t in token_lists])
+    window_ids = [toks_np[e, lo:hi].tobytes() for e, (lo, hi) in enumerate(zip(cols_E[7], cols_E[8]))]
+    texts: list[tuple] = [(None, None)] * len(window_ids)  # (text, offsets) per example: with a tokenizer only
+    if tokenizer is not None and window_ids:
+        texts = window_texts.get(tokenizer, window_ids)
     return [
         ExampleRow(latent=f, kind=kinds[kc], rank=rank, activation=v, quantile=_nan(q), seq_index=seq, position=pos,
-                   centre=before - lo, token_ids=token_lists[e].tobytes(), acts=win_np[e, lo:hi].tobytes(),
+                   centre=before - lo, token_ids=window_ids[e], acts=win_np[e, lo:hi].tobytes(),
                    text=texts[e][0], token_offsets=texts[e][1])
         for e, (kc, f, rank, v, q, seq, pos, lo, hi) in enumerate(zip(*cols_E))
     ]
