@@ -153,7 +153,7 @@ class FeatureAccumulator:
         # (index_select: much faster than advanced indexing for these large 1-D gathers)
         e = BatchEntries(f_N.index_select(0, order), row_N.index_select(0, order), v_N.index_select(0, order), cnt_F,
                          torch.cumsum(cnt_F, 0) - cnt_F)
-        ctx = _BatchContext(batch, e, F, self.L, cfg.window_before, cfg.window, f_N, v_N, cnt_B, rstart_B)
+        ctx = _BatchContext(batch, e, self.L, cfg.window_before, cfg.window)
 
         fires_before_F = s["n_fires"].clone()
         self._stats(e, batch)
@@ -352,10 +352,8 @@ def _skip(u: Tensor, w: Tensor) -> Tensor:
 class _BatchContext:
     """Looks up a latent's activation at every token of a row's window, within one batch."""
 
-    def __init__(self, batch: ContextBatch, e: BatchEntries, F: int, L: int, before: int, W: int,
-                 f_csr: Tensor, v_csr: Tensor, cnt_B: Tensor, rstart_B: Tensor) -> None:
-        self.batch, self.F, self.L, self.before, self.W = batch, F, L, before, W
-        self.f_csr, self.v_csr, self.cnt_B, self.rstart_B = f_csr, v_csr, cnt_B, rstart_B
+    def __init__(self, batch: ContextBatch, e: BatchEntries, L: int, before: int, W: int) -> None:
+        self.batch, self.L, self.before, self.W = batch, L, before, W
         B = batch.acts_BD.shape[0]
         self.B = B
         self.rowmap_CL = torch.full((batch.n_contexts, L), -1, dtype=torch.int64)
