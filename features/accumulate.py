@@ -153,7 +153,7 @@ class FeatureAccumulator:
         # (index_select: much faster than advanced indexing for these large 1-D gathers)
         e = BatchEntries(f_N.index_select(0, order), row_N.index_select(0, order), v_N.index_select(0, order), cnt_F,
                          torch.cumsum(cnt_F, 0) - cnt_F)
-        ctx = _BatchContext(batch, e, F, self.L, cfg.window_before, cfg.window, f_N, v_N, cnt_B, rstart_B)
+        ctx = _BatchContext(batch, e, self.L, cfg.window_before, cfg.window)
 
         fires_before_F = s["n_fires"].clone()
         self._stats(e, batch)
@@ -352,10 +352,8 @@ def _skip(u: Tensor, w: Tensor) -> Tensor:
 class _BatchContext:
     """Looks up a latent's activation at every token of a row's window, within one batch."""
 
-    def __init__(self, batch: ContextBatch, e: BatchEntries, F: int, L: int, before: int, W: int,
-                 f_csr: Tensor, v_csr: Tensor, cnt_B: Tensor, rstart_B: Tensor) -> None:
-        self.batch, self.F, self.L, self.before, self.W = batch, F, L, before, W
-        self.f_csr, self.v_csr, self.cnt_B, self.rstart_B = f_csr, v_csr, cnt_B, rstart_B
+    def __init__(self, batch: ContextBatch, e: BatchEntries, L: int, before: int, W: int) -> None:
+        self.batch, self.L, self.before, self.W = batch, L, before, W
         B = batch.acts_BD.shape[0]
         self.B = B
         self.rowmap_CL = torch.full((batch.n_contexts, L), -1, dtype=torch.int64)
@@ -363,7 +361,6 @@ class _BatchContext:
         self.rowmap_CL[self.c_B, batch.positions_B] = torch.arange(B)
         self.keys_N = e.f_N * B + e.row_N  # sorted ascending (entries are in (latent, row) order)
         self.v_N = e.v_N
-        self._row_table: tuple[Tensor, Tensor] | None = None  # row_latents', made on first use
 
     def window_rows(self, r_n: Tensor) -> Tensor:
         """Batch rows [n, W] of the window around each row (-1: outside the context or no row)."""
@@ -387,30 +384,33 @@ class _BatchContext:
         """(the latents active on each row [n, kmax], -1 padded, the kmax strongest if more (equal
         activations: the lower id); their activations there [n, kmax], 0 in padding).
 
-        Built once per batch as a [B, kmax] table and gathered: memory B*kmax plus the batch's
-        entries, however dense a row is (a [n, densest row] gather was 20+ GB at d_sae 24576
-        when a high-norm token fired thousands of latents)."""
-        if self._row_table is None or self._row_table[0].shape[1] != kmax:
-            self._row_table = self._row_latent_table(kmax)
-        f_BK, v_BK = self._row_table
-        return f_BK.index_select(0, r_n), v_BK.index_select(0, r_n)
-
-    def _row_latent_table(self, kmax: int) -> tuple[Tensor, Tensor]:
-        B, f_N, v_N = self.B, self.f_csr, self.v_csr
-        row_N = torch.repeat_interleave(torch.arange(B), self.cnt_B)  # the CSR entries are row-major
-        # per row: strongest first, equal activations by ascending id (three stable sorts)
-        o = torch.sort(f_N, stable=True).indices
-        o = o.index_select(0, torch.sort(v_N.index_select(0, o), descending=True, stable=True).indices)
-        o = o.index_select(0, torch.sort(row_N.index_select(0, o), stable=True).indices)
-        rank_N = torch.arange(o.numel()) - self.rstart_B.index_select(0, row_N)
-        keep = rank_N < kmax
-        o, r, k = o[keep], row_N[keep], rank_N[keep]
-        f_BK = torch.full((B, kmax), _BIG, dtype=torch.int64)
-        v_BK = torch.zeros(B, kmax, dtype=torch.float32)
-        f_BK[r, k] = f_N.index_select(0, o)
-        v_BK[r, k] = v_N.index_select(0, o)
-        # canonical order (ascending ids, padding last), whatever rows were gathered together
-        f_BK, order = f_BK.sort(dim=1)
-        v_BK = v_BK.gather(1, order)
-        pad = f_BK == _BIG
-        return torch.where(pad, -1, f_BK), torch.where(pad, 0.0, v_BK)
+        Only the entries of the distinct rows asked for are ordered, in one sort, into a [rows,
+        kmax] table that is gathered: memory the batch's entries plus rows*kmax, however dense a
+        row is (a [n, densest row] gather was 20+ GB at d_sae 24576 when a high-norm token fired
+        thousands of latents), and time that falls with the reservoir's acceptances."""
+        rows_U, u_n = torch.unique(r_n, return_inverse=True)
+        U = rows_U.numel()
+        # the (latent, row)-ordered entries of those rows: ascending latent ids within each row
+        want_B = torch.zeros(self.B, dtype=torch.bool)
+        want_B[rows_U] = True
+        row_N = self.keys_N % self.B
+        sel = want_B.index_select(0, row_N).nonzero(as_tuple=True)[0]
+        row_M = torch.searchsorted(rows_U, row_N.index_select(0, sel))  # 0..U-1
+        f_M, v_M = (self.keys_N.index_select(0, sel) // self.B), self.v_N.index_select(0, sel)
+        # per row, strongest first, equal activations by ascending id: one stable sort of (row,
+        # activation desc) on the id-ordered entries (positive float32 bits order like the values)
+        o = torch.sort(row_M * (1 << 31) + ((1 << 31) - 1 - v_M.view(torch.int32).to(torch.int64)), stable=True).indices
+        cnt_U = torch.bincount(row_M, minlength=U)
+        rank = torch.arange(o.numel()) - (torch.cumsum(cnt_U, 0) - cnt_U).index_select(0, row_M.index_select(0, o))
+        kept = o[rank < kmax]
+        # the kept ones grouped by row in id order (canonical: ascending ids, padding last)
+        kept = kept.sort().values
+        kept = kept.index_select(0, torch.sort(row_M.index_select(0, kept), stable=True).indices)
+        row_k = row_M.index_select(0, kept)
+        cnt_k = torch.bincount(row_k, minlength=U)
+        col = torch.arange(kept.numel()) - (torch.cumsum(cnt_k, 0) - cnt_k).index_select(0, row_k)
+        f_UK = torch.full((U, kmax), -1, dtype=torch.int64)
+        v_UK = torch.zeros(U, kmax, dtype=torch.float32)
+        f_UK[row_k, col] = f_M.index_select(0, kept)
+        v_UK[row_k, col] = v_M.index_select(0, kept)
+        return f_UK.index_select(0, u_n), v_UK.index_select(0, u_n)

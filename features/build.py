@@ -48,7 +48,8 @@ from features.source import ActivationSource
 from features.store import FeatureStore, StoreError, StoreMismatchError
 from features.store.rows import (CorrelationRow, ExampleRow, FeatureRow, HistogramRow, LogitRow, NeighbourRow,
                                  SearchTextRow)
-from features.tokentext import LABEL_RULE, token_labels, token_texts
+from features.tokentext import LABEL_RULE, token_labels
+from features.windowtexts import WindowTexts
 from saes.fileio import FileLock, atomic_path
 from saes.formats.base import sae_of
 from saes.interop import as_sae
@@ -332,11 +333,13 @@ def _write(store: FeatureStore, sae, source, cfg: BuildConfig, res: PassResult, 
     done = store.written_blocks()
     before, W = cfg.window_before, cfg.window
     blocks = list(enumerate(range(0, F, cfg.write_block)))
+    window_texts = WindowTexts()  # a window shown for several latents (the negatives' pool) is decoded once
     for b, f0 in tqdm(blocks, desc="writing store", unit="block", disable=not progress):
         if b in done:
             continue
         f1 = min(F, f0 + cfg.write_block)
-        rows = _block_rows(f0, f1, res, dec_norm, dec_nb, co_nb, corr, logits, links, source, tokenizer, before, W)
+        rows = _block_rows(f0, f1, res, dec_norm, dec_nb, co_nb, corr, logits, links, source, tokenizer, before, W,
+                           window_texts)
         store.write_feature_block(b, f0, f1, *rows)
         event("block", {"block": b, "first": f0, "end": f1})
 
@@ -355,7 +358,8 @@ def _searchable_text(ex: ExampleRow, bos_id: int | None) -> str:
     return text[int(np.frombuffer(ex.token_offsets, dtype="<i4")[1]):]
 
 
-def _block_rows(f0, f1, res: PassResult, dec_norm, dec_nb, co_nb, corr, logits, links, source, tokenizer, before, W):
+def _block_rows(f0, f1, res: PassResult, dec_norm, dec_nb, co_nb, corr, logits, links, source, tokenizer, before, W,
+                window_texts):
     """The rows of one write transaction, built from whole-block arrays (no per-example tensor ops)."""
     sl = slice(f0, f1)
     ids = list(range(f0, f1))
@@ -376,7 +380,7 @@ def _block_rows(f0, f1, res: PassResult, dec_norm, dec_nb, co_nb, corr, logits, 
     corr_rows = [CorrelationRow(f, r, o, p, c) for f, o_row, p_row, c_row in
                  zip(ids, corr.ids_Fn[sl].tolist(), corr.pearson_Fn[sl].tolist(), corr.cossim_Fn[sl].tolist())
                  for r, (o, p, c) in enumerate(zip(o_row, p_row, c_row)) if o >= 0]
-    examples = _example_rows(f0, f1, res, source, tokenizer, before, W)
+    examples = _example_rows(f0, f1, res, source, tokenizer, before, W, window_texts)
     top_text: dict[int, list[str]] = {}
     for ex in examples:
         if ex.kind == "top" and ex.text:
@@ -435,9 +439,9 @@ def _block_examples(f0, f1, res: PassResult, W):
     return (torch.cat(c) for c in zip(*parts))
 
 
-def _example_rows(f0, f1, res: PassResult, source, tokenizer, before, W) -> list[ExampleRow]:
+def _example_rows(f0, f1, res: PassResult, source, tokenizer, before, W, window_texts) -> list[ExampleRow]:
     """The block's example rows: each window's tokens (trimmed to its context), activations and,
-    with a tokenizer, text and offsets."""
+    with a tokenizer, text and offsets (from `window_texts`, a `WindowTexts`)."""
     kind_E, f_E, rank_E, val_E, q_E, seq_E, pos_E, win_EW = _block_examples(f0, f1, res, W)
     toks_EW = source.window_tokens(seq_E, pos_E - before, W) if seq_E.numel() else torch.empty(0, W, dtype=torch.int64)
     valid = toks_EW >= 0
@@ -449,14 +453,13 @@ def _example_rows(f0, f1, res: PassResult, source, tokenizer, before, W) -> list
     kinds = ("top", "quantile", "negative")
     cols_E = [kind_E.tolist(), f_E.tolist(), rank_E.tolist(), val_E.tolist(), q_E.tolist(), seq_E.tolist(), pos_E.tolist(),
               lo_E.tolist(), hi_E.tolist()]
-    token_lists = [toks_np[e, lo:hi] for e, (lo, hi) in enumerate(zip(cols_E[7], cols_E[8]))]
-    texts: list[tuple] = [(None, None)] * len(token_lists)  # (text, offsets) per example: with a tokenizer only
-    if tokenizer is not None and token_lists:
-        texts = [(tt.text, np.asarray(tt.offsets, dtype="<i4").tobytes())
-                 for tt in token_texts(tokenizer, [t.tolist() for t in token_lists])]
+    window_ids = [toks_np[e, lo:hi].tobytes() for e, (lo, hi) in enumerate(zip(cols_E[7], cols_E[8]))]
+    texts: list[tuple] = [(None, None)] * len(window_ids)  # (text, offsets) per example: with a tokenizer only
+    if tokenizer is not None and window_ids:
+        texts = window_texts.get(tokenizer, window_ids)
     return [
         ExampleRow(latent=f, kind=kinds[kc], rank=rank, activation=v, quantile=_nan(q), seq_index=seq, position=pos,
-                   centre=before - lo, token_ids=token_lists[e].tobytes(), acts=win_np[e, lo:hi].tobytes(),
+                   centre=before - lo, token_ids=window_ids[e], acts=win_np[e, lo:hi].tobytes(),
                    text=texts[e][0], token_offsets=texts[e][1])
         for e, (kc, f, rank, v, q, seq, pos, lo, hi) in enumerate(zip(*cols_E))
     ]

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any, Iterable, Sequence
 
 from features.drawing import draw_controls
@@ -67,19 +68,32 @@ def pieces_from_offsets(text: str, offsets: Sequence[int]) -> list[str]:
 
 
 def _offsets_of(pieces: Sequence[str]) -> tuple[int, ...]:
-    out, at = [], 0
-    for p in pieces:
-        out.append(at)
-        at += len(p)
-    return tuple(out)
+    return tuple(accumulate(map(len, pieces[:-1]), initial=0)) if pieces else ()
 
 
 def decode_all(tokenizer, windows: Sequence[Sequence[int]]) -> list[str]:
     """Each window's text as the tokenizer decodes it: special tokens kept, no clean-up of spaces."""
     if not windows:
         return []
+    backend = _plain_backend(tokenizer)
+    if backend is not None:  # the same decoder in one call (transformers calls it once per window)
+        return backend.decode_batch([list(w) for w in windows], skip_special_tokens=False)
     return list(tokenizer.batch_decode([list(w) for w in windows], skip_special_tokens=False,
                                        clean_up_tokenization_spaces=False))
+
+
+def _plain_backend(tokenizer):
+    """The `tokenizers` object behind a transformers fast tokenizer whose decoding, without clean-up,
+    is exactly that object's `decode` (no subclass changes decode, batch_decode or _decode); else None."""
+    try:
+        from transformers import PreTrainedTokenizerFast as Fast
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return None
+    cls = type(tokenizer)
+    if not isinstance(tokenizer, Fast) or any(getattr(cls, m, None) is not getattr(Fast, m, None)
+                                              for m in ("decode", "batch_decode", "_decode")):
+        return None
+    return getattr(tokenizer, "_tokenizer", None)
 
 
 def token_text(tokenizer, ids: Sequence[int]) -> TokenText:
@@ -153,10 +167,11 @@ def label_from_rule_1(label: str) -> str:
 
 
 def token_texts(tokenizer, windows: Sequence[Sequence[int]]) -> list[TokenText]:
-    """`token_text` for many windows (one batched decode)."""
-    windows = [[int(i) for i in w] for w in windows]
-    texts = decode_all(tokenizer, windows)
-    return [_with_text(tokenizer, w, t) for w, t in zip(windows, texts)]
+    """`token_text` for many windows: each distinct window once, in one batched decode."""
+    keys = [tuple(int(i) for i in w) for w in windows]
+    distinct = list(dict.fromkeys(keys))
+    done = {k: _with_text(tokenizer, list(k), t) for k, t in zip(distinct, decode_all(tokenizer, distinct))}
+    return [done[k] for k in keys]
 
 
 def _with_text(tokenizer, ids: list[int], text: str) -> TokenText:
@@ -190,6 +205,13 @@ def pieces_by_prefix(tokenizer, ids: Sequence[int], text: str | None = None) -> 
 # The fast path: what each token contributes, from the tokenizer's decoder
 
 
+def _utf8_or_none(raw: bytes) -> str | None:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 def _gpt2_byte_alphabet() -> dict[str, int]:
     """Byte-level BPE's printable stand-in character for each byte, inverted (char -> byte).
     Printable Latin-1 bytes stand for themselves; the others map to U+0100 upwards, in byte order."""
@@ -218,20 +240,19 @@ class _Table:
         self.kind = kind
         self.entries = entries  # bytes ("bytes"), str or int byte ("spm"), (word, continues) ("words")
         self.fallback = fallback  # "spm": its reading (`saes.bytefallback`)
+        if kind == "bytes":  # each token's text when its bytes are whole characters, else None
+            self.texts = [_utf8_or_none(b) for b in entries]
 
     def pieces(self, ids: list[int], text: str) -> list[str] | None:
         """Each token's piece, joining to `text` (the tokenizer's decoding of `ids`), or None when the
         table does not describe that decoding; "spm": with a cut byte run read as its bytes (see
         the module docstring), so joining to `text` but there."""
-        n = len(self.entries)
-        if any(not 0 <= i < n for i in ids):
+        if ids and (min(ids) < 0 or max(ids) >= len(self.entries)):
             return None
         if self.kind == "bytes":
-            chunks = [self.entries[i] for i in ids]
-            try:
-                pieces = [c.decode("utf-8") for c in chunks]
-            except UnicodeDecodeError:
-                pieces = split_characters(chunks)
+            pieces = [self.texts[i] for i in ids]
+            if None in pieces:  # a character split over tokens
+                pieces = split_characters([self.entries[i] for i in ids])
         elif self.kind == "spm":
             return self.fallback.pieces_of(ids, text)
         else:

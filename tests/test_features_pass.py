@@ -137,6 +137,29 @@ def test_streaming_pass_matches_the_eager_reference(arch, coact_kmax):
     assert capped or coact_kmax == 8  # the cap was exercised
 
 
+@pytest.mark.parametrize("contexts_per_batch", [1, 3, 20])
+def test_co_activation_cap_keeps_the_strongest_and_equal_activations_the_lower_id(contexts_per_batch):
+    """Activations on a coarse grid (as bf16 SAEs give) tie often: a row with more than
+    `coact_kmax` active latents keeps its strongest, and among equal activations the lower ids,
+    whatever the batching."""
+    src = random_source(seed=3, n_contexts=20, context_length=12, d_in=12, contexts_per_chunk=7)
+    x = (src.acts_RD.clamp(min=-1.0) * 2).round() / 2  # values in {0, 0.5, 1, ...}: many ties
+    src = TensorSource(x, src.context_tokens_CL, src.keep_CL, bos_id=src.bos_id)
+    cfg = small_config(n_quantile=6, coact_kmax=3)
+    acc = run_pass(identity_sae(12), src, cfg, contexts_per_batch)
+    acts_RF = x.clamp(min=0)
+    n_tied_cut = 0
+    for f, j in (acc.s["res_row"] >= 0).nonzero().tolist():
+        row = acts_RF[int(acc.s["res_row"][f, j])].tolist()
+        ranked = sorted((g for g in range(12) if row[g] > 0), key=lambda g: (-row[g], g))
+        want = sorted(ranked[:3])
+        got = [int(g) for g in acc.s["res_lat"][f, j]]
+        assert got == want + [-1] * (3 - len(want)), (f, j, row)
+        assert acc.s["res_latv"][f, j].tolist() == [row[g] for g in want] + [0.0] * (3 - len(want))
+        n_tied_cut += len(ranked) > 3 and row[ranked[2]] == row[ranked[3]]
+    assert n_tied_cut > 10  # the tie rule was exercised
+
+
 def test_results_do_not_depend_on_the_batch_size():
     src = random_source(seed=2, n_contexts=30, context_length=10, d_in=8, contexts_per_chunk=30)
     sae = make_sae("jumprelu", d_in=8, d_sae=20, seed=2)

@@ -1,0 +1,76 @@
+"""The store's example text and token offsets, written fast (each distinct window decoded once, in
+one batched call: features.windowtexts, features.tokentext.decode_all), are exactly what each
+window's own decoding gives (the eager reference: `tokenizer.decode` of that window, then its
+pieces), on a byte-level BPE (GPT-2 family) and a SentencePiece byte-fallback tokenizer (Mistral
+family) trained on code, prose, accents and CJK (helpers.real_models)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import numpy as np
+import pytest
+import torch
+
+import features.windowtexts
+from features.tokentext import _with_text
+from helpers.feature_fixtures import single_thread
+from helpers.real_models import build_family_tokenizer, corpus_documents
+
+one_thread = pytest.fixture(autouse=True, scope="module")(single_thread)
+
+
+@pytest.fixture(scope="module")
+def texts():
+    docs = corpus_documents()
+    unicode_doc = next(d for d in docs if "cjk unified ideograph" in d)
+    return [docs[0][:3000], unicode_doc, docs[len(docs) // 2][:1500]]
+
+
+def _build(tmp_path, tok, texts):
+    import saes
+    from features import BuildConfig, TensorSource, build_feature_store
+
+    ids = tok("\n".join(texts), add_special_tokens=False)["input_ids"]
+    L = 32
+    C = len(ids) // (L - 1)
+    ctx_CL = torch.cat([torch.full((C, 1), tok.bos_token_id), torch.tensor(ids[: C * (L - 1)]).reshape(C, L - 1)], 1)
+    keep_CL = torch.ones(C, L, dtype=torch.bool)
+    keep_CL[:, 0] = False  # BOS: no row, but shown in the windows that reach it
+    g = torch.Generator().manual_seed(0)
+    acts_RD = torch.randn(int(keep_CL.sum()), 16, generator=g)
+    sae = saes.create_sae("topk", 16, 48, k=6, generator=g, metadata={"hook_name": "blocks.0.hook_resid_post"})
+    cfg = BuildConfig(top_k=6, n_quantile=8, n_negative=6, negative_pool=24, window_before=10, window_after=4,
+                      n_neighbours=3, write_block=8, checkpoint_rows=0)
+    path = tmp_path / "store.db"
+    build_feature_store(path, sae, TensorSource(acts_RD, ctx_CL, keep_CL, bos_id=tok.bos_token_id, name="text"), cfg,
+                        tokenizer=tok, progress=False)
+    con = sqlite3.connect(path)
+    try:
+        return con.execute("SELECT token_ids, text, token_offsets FROM examples").fetchall()
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("memo", ["default", "tiny"])  # tiny: the remembered windows are forgotten between blocks
+@pytest.mark.parametrize("family", ["gpt2", "mistral"])
+def test_stored_text_and_offsets_are_each_windows_own_decoding(tmp_path, monkeypatch, texts, family, memo):
+    if memo == "tiny":
+        monkeypatch.setattr(features.windowtexts, "MAX_WINDOWS", 40)
+    tok = build_family_tokenizer(family, texts, vocab_size=600)
+    rows = _build(tmp_path, tok, texts)
+    seen = {"windows": 0, "repeated": 0, "non_ascii": 0, "bos": 0}
+    distinct = set()
+    for ids_b, text, offsets_b in rows:
+        ids = np.frombuffer(ids_b, dtype="<i4").tolist()
+        want = _with_text(tok, ids, tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False))
+        assert text == want.text, ids
+        assert np.frombuffer(offsets_b, dtype="<i4").tolist() == list(want.offsets), ids
+        seen["windows"] += 1
+        seen["repeated"] += ids_b in distinct
+        distinct.add(ids_b)
+        seen["non_ascii"] += any(ord(c) > 127 for c in text)
+        seen["bos"] += ids[0] == tok.bos_token_id
+    # what makes the comparison worth having: windows shared between latents, accents and CJK
+    # (cut inside a character too), windows that show BOS
+    assert seen["repeated"] > 100 and seen["non_ascii"] > 20 and seen["bos"] > 20, seen
