@@ -10,8 +10,8 @@ crosses a batch boundary.
 Two sources implement `ActivationSource`:
 - `CacheSource(cache_dir, hook=None)`: an activation cache written by `training.cache` (the
   shard format of `training.shards`: `acts/<hook>`, `token_ids`, `positions`, `seq_index`,
-  `context_tokens`). Shards are read region by region; each shard's SHA-256 is checked before
-  its rows are used (unless `verify=False`).
+  `context_tokens`). Shards are read region by region; the SHA-256 of each part of a shard read
+  (`training.shardset`) is checked before its rows are used (unless `verify=False`).
 - `TensorSource(acts, context_tokens, ...)`: in-memory rows, for tests and small experiments.
 """
 

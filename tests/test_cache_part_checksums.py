@@ -157,3 +157,18 @@ def test_the_reader_refuses_a_corrupt_part_it_reads(tmp_path, part):
     flip(cache.path / SHARD, part)
     with pytest.raises(ShardCorruptError, match=f"{SHARD}.*mismatch in {part}"):
         rows_of(cache.path, "a")
+
+
+def test_a_cache_resumed_across_versions_checks_old_shards_whole_and_new_ones_by_part(tmp_path):
+    """A build begun before part checksums and finished after: shard 0 has only the whole file's
+    SHA-256, shard 1 a SHA-256 per part. Each shard is checked the way its own entry allows."""
+    cache = make_fake_cache(tmp_path / "c", [6, 6, 6], hooks=("a", "b"))
+    man = cache.manifest
+    man.shards[0] = man.shards[0].__class__(**{**man.shards[0].__dict__, "part_sha256": None})
+    write_manifest(cache.path, man)
+    assert "part_sha256" not in json.loads((cache.path / "manifest.json").read_text())["shards"][0]
+    flip(cache.path / SHARD, "acts/b")  # shard 1 (part checksums): another hook's bytes, not read
+    assert rows_of(cache.path, "a") == 18
+    flip(cache.path / "shard_000000.safetensors", "acts/b")  # shard 0 (whole file): refused
+    with pytest.raises(ShardCorruptError, match=r"shard_000000.*SHA-256 mismatch \(file"):
+        rows_of(cache.path, "a")

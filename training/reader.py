@@ -36,9 +36,9 @@ rows in the same order as `acts` (one permutation, applied to both); the positio
 names the target hook, so a run over another pair does not resume from it.
 
 Memory: one window (at most max(buffer_rows, largest shard's rows) rows of one hook in the stored
-dtype) plus one batch, whatever the cache size. Each shard's SHA-256 is checked (streaming over
-the file) before any of its rows is used, once per reader object (`verify="always"`: every time the
-shard is loaded); a bad shard raises `ShardCorruptError` naming it.
+dtype) plus one batch, whatever the cache size. Each shard's SHA-256s are checked (the parts this
+reader reads, `training.shardset`) before any of its rows is used, once per reader object
+(`verify="always"`: every time the shard is loaded); a bad shard raises `ShardCorruptError` naming it.
 
 Shape key: B batch rows, D d_in, N window rows.
 """
@@ -117,7 +117,7 @@ class CacheReader:
         drop_last: drop the final short batch.
         dtype: dtype of yielded activations (None: as stored).
         device: move yielded tensors there.
-        verify: "once" (default: each shard's SHA-256 checked once per reader before its rows are
+        verify: "once" (default: each shard's SHA-256s checked once per reader before its rows are
             used), "always" (every time a shard is loaded), or "never".
         target_hook: a transcoder's target hook: batches carry its rows as `targets`.
     """

@@ -4,9 +4,10 @@
 activations (kept positions only) and their token ids, positions and context indices straight
 into it. `ShardWriter` writes filled buffers in order, in a background thread (double buffering:
 the model fills one buffer while the other is written) or inline, each shard atomically with its
-SHA-256 (`training.shards`), and appends it to the build log (`training.manifest`). A write
-failure (disk full, no permission, read-only disk, file size limit) surfaces in the caller's
-thread as a `CacheWriteError` that says what to do; nothing partial is left under a final name.
+SHA-256s (whole file and per part, `training.shards`), and appends it to the build log
+(`training.manifest`). A write failure (disk full, no permission, read-only disk, file size
+limit) surfaces in the caller's thread as a `CacheWriteError` that says what to do; nothing
+partial is left under a final name.
 
 Shape key: B batch (contexts), L context length, D d_in, R rows (cached token positions).
 """
