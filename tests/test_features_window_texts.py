@@ -7,13 +7,15 @@ family) trained on code, prose, accents and CJK (helpers.real_models)."""
 from __future__ import annotations
 
 import sqlite3
+import sys
 
 import numpy as np
 import pytest
 import torch
 
 import features.windowtexts
-from features.tokentext import _with_text
+from features.tokentext import _with_text, token_texts
+from features.windowtexts import WindowTexts
 from helpers.feature_fixtures import single_thread
 from helpers.real_models import build_family_tokenizer, corpus_documents
 
@@ -56,7 +58,7 @@ def _build(tmp_path, tok, texts):
 @pytest.mark.parametrize("family", ["gpt2", "mistral"])
 def test_stored_text_and_offsets_are_each_windows_own_decoding(tmp_path, monkeypatch, texts, family, memo):
     if memo == "tiny":
-        monkeypatch.setattr(features.windowtexts, "MAX_WINDOWS", 40)
+        monkeypatch.setattr(features.windowtexts, "MAX_BYTES", 100_000)
     tok = build_family_tokenizer(family, texts, vocab_size=600)
     rows = _build(tmp_path, tok, texts)
     seen = {"windows": 0, "repeated": 0, "non_ascii": 0, "bos": 0}
@@ -74,3 +76,38 @@ def test_stored_text_and_offsets_are_each_windows_own_decoding(tmp_path, monkeyp
     # what makes the comparison worth having: windows shared between latents, accents and CJK
     # (cut inside a character too), windows that show BOS
     assert seen["repeated"] > 100 and seen["non_ascii"] > 20 and seen["bos"] > 20, seen
+
+
+def _windows(tok, texts, length, step):
+    ids = np.asarray(tok("\n".join(texts), add_special_tokens=False)["input_ids"], dtype="<i4")
+    return [ids[i:i + length].tobytes() for i in range(0, len(ids) - length, step)]
+
+
+def _want(tok, windows):
+    return [(tt.text, np.asarray(tt.offsets, dtype="<i4").tobytes())
+            for tt in token_texts(tok, [np.frombuffer(w, dtype="<i4").tolist() for w in windows])]
+
+
+def test_remembered_windows_stay_within_their_byte_bound_whatever_the_window_length(texts):
+    """Long windows of CJK and accented text: what is remembered (its ids, texts and offsets,
+    measured here) stays under the bound, and every answer is still the window's own decoding."""
+    tok = build_family_tokenizer("mistral", texts, vocab_size=600)
+    windows = _windows(tok, texts, length=200, step=50)
+    memo = WindowTexts(max_bytes=40_000)
+    kept_most = 0
+    for i in range(0, len(windows), 12):
+        call = windows[i:i + 12] + windows[max(0, i - 6):i]  # some asked for again
+        assert memo.get(tok, call) == _want(tok, call)
+        held = sum(sys.getsizeof(w) + sys.getsizeof(t) + sys.getsizeof(o) for w, (t, o) in memo._known.items())
+        assert held <= memo.max_bytes, (i, held)
+        kept_most = max(kept_most, len(memo._known))
+    assert kept_most >= 12 and len(windows) > 3 * kept_most  # remembered some, forgot some
+
+
+def test_a_memo_used_with_another_tokenizer_decodes_with_that_one(texts):
+    gpt2, mistral = (build_family_tokenizer(f, texts, vocab_size=600) for f in ("gpt2", "mistral"))
+    windows = _windows(gpt2, texts, length=12, step=12)[:40]
+    memo = WindowTexts()
+    assert memo.get(gpt2, windows) == _want(gpt2, windows)
+    got = memo.get(mistral, windows)
+    assert got == _want(mistral, windows) and got != _want(gpt2, windows)
