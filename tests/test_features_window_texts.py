@@ -6,6 +6,7 @@ family) trained on code, prose, accents and CJK (helpers.real_models)."""
 
 from __future__ import annotations
 
+import copy
 import sqlite3
 import sys
 
@@ -111,3 +112,37 @@ def test_a_memo_used_with_another_tokenizer_decodes_with_that_one(texts):
     assert memo.get(gpt2, windows) == _want(gpt2, windows)
     got = memo.get(mistral, windows)
     assert got == _want(mistral, windows) and got != _want(gpt2, windows)
+
+
+class _Shouting:
+    """A tokenizer class whose own decoding differs from its `tokenizers` backend's (as CodeGen's and
+    Whisper's override decode / _decode): the one-call batch decode must not bypass it."""
+
+    def _decode(self, *args, **kwargs):
+        return super()._decode(*args, **kwargs).upper()
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama3", "mistral"])
+def test_batch_decode_is_each_windows_own_decoding_with_added_tokens_and_a_subclass(texts, family):
+    """decode_all (one `tokenizers` decode_batch for a plain fast tokenizer) gives what
+    `tokenizer.decode` gives (specials kept, no clean-up) with added tokens normalized or not,
+    special or not, a tokenizer whose config asks for clean-up, and a subclass with its own decoding."""
+    from tokenizers import AddedToken
+
+    from features.tokentext import decode_all
+
+    tok = build_family_tokenizer(family, texts, vocab_size=600)
+    tok.add_tokens([AddedToken("<tag>", normalized=False), AddedToken(" foo bar", normalized=True),
+                    AddedToken("<|sep|>", special=True, normalized=False)])
+    tok.add_special_tokens({"additional_special_tokens": ["<extra>"]})
+    tok.clean_up_tokenization_spaces = True  # GPT-2's tokenizer_config.json says so in some versions
+    ids = tok(texts[1][:400] + " <tag> foo bar , <|sep|> <extra> don 't .", add_special_tokens=True)["input_ids"]
+    windows = [ids[i:i + 16] for i in range(0, len(ids), 5)] + [[], [tok.bos_token_id]]
+    shouting = type("Shouting", (_Shouting, type(tok)), {})
+    loud = copy.copy(tok)
+    loud.__class__ = shouting
+    plain, shouted = ([t.decode(w, skip_special_tokens=False, clean_up_tokenization_spaces=False) for w in windows]
+                      for t in (tok, loud))
+    assert decode_all(tok, windows) == plain and decode_all(loud, windows) == shouted
+    # what the comparison needs: the added tokens shown, text clean-up would change, the subclass's own
+    assert any("<|sep|>" in w for w in plain) and any(" ," in w for w in plain) and shouted != plain
