@@ -17,7 +17,7 @@ import numpy as np
 
 from features.tokentext import token_texts
 
-MAX_BYTES = 100 << 20  # what the remembered windows may hold (~130k windows of the default 33 tokens)
+MAX_BYTES = 100 << 20  # what the remembered windows may hold (~160k windows of the default 33 tokens)
 _SLOT_BYTES = 120  # per remembered window besides its ids, text and offsets: the pair and the dict's slot
 
 
