@@ -72,12 +72,19 @@ def shard_digests(path: Path, shard: ShardInfo, hooks: Sequence[str], *, whole_f
 
 def _digest_problem(shard: ShardInfo, hooks: Sequence[str], got: dict[str, str]) -> str | None:
     """What the SHA-256s `got` (shard_digests': the whole file's, the parts read by `hooks`, or
-    both) say is wrong with `shard`. With both, a bad part in a file whose whole SHA-256 matches is
-    the manifest's damage; with parts alone, it may be either's."""
-    if WHOLE_FILE in got and got[WHOLE_FILE] != shard.sha256:
-        return _mismatch("", got[WHOLE_FILE], shard.sha256, "the file is corrupt")
-    blame = ("the manifest is damaged (the file matches its whole-file SHA-256)" if WHOLE_FILE in got
-             else "the file is corrupt or the manifest is damaged")
+    both) say is wrong with `shard`. With both, the two checks tell a corrupt file from a damaged
+    manifest; with parts alone, a bad part may be either's."""
+    whole_bad = WHOLE_FILE in got and got[WHOLE_FILE] != shard.sha256
+    part = _part_problem(shard, hooks, got, "the manifest is damaged (the file matches its whole-file SHA-256)"
+                         if WHOLE_FILE in got and not whole_bad else "the file is corrupt or the manifest is damaged")
+    if whole_bad:
+        intact = shard.part_sha256 is not None and part is None
+        return _mismatch("", got[WHOLE_FILE], shard.sha256, "the manifest is damaged (every part of the file "
+                         "matches its SHA-256)" if intact else "the file is corrupt")
+    return part
+
+
+def _part_problem(shard: ShardInfo, hooks: Sequence[str], got: dict[str, str], blame: str) -> str | None:
     for name in parts_read(shard, hooks) or ():
         sha = (shard.part_sha256 or {}).get(name)
         if sha is None:
@@ -195,8 +202,9 @@ class ShardSet:
                                          self._digest(i) if self._must_hash(i) else None)
         if problem is not None:
             # --verify hashes every part and the whole file, so it finds (and tells apart) each of these
-            fix = (f" and none of its rows were used. Run `saesteer cache --verify {self.path}` to list all bad "
-                   f"shards, then rebuild the cache" if problem.startswith("SHA-256") else "; rebuild the cache")
+            fix = (f"; none of its rows were used. Run `saesteer cache --verify {self.path}` to list all bad "
+                   f"shards (it tells a corrupt file from a damaged manifest), then rebuild the cache"
+                   if problem.startswith("SHA-256") else "; rebuild the cache")
             raise ShardCorruptError(f"shard {s.file} of {self.path}: {problem}{fix}")
         if self._must_hash(i):
             self._verified.add(i)
