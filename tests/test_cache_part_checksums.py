@@ -6,7 +6,8 @@ SHA-256 per part of a shard (header, each hook's activations, each row tensor), 
 hashes the header, H's activations and the row tensors: a corrupt part it reads is refused naming
 the shard and the part, a corrupt part of another hook does not stop it (and is refused when that
 hook is read). A cache from before part checksums (no `part_sha256` in its manifest) is checked
-whole, as it was.
+whole, as it was. `saesteer cache --verify`, where a refused run sends the user, checks the whole
+file and every part in one pass, and tells a corrupt file from a damaged manifest.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ import torch
 
 from helpers.fake_cache import make_fake_cache
 from helpers.real_cli import saesteer
-from training.manifest import write_manifest
+from saes.fileio import sha256_file
+from training.manifest import read_manifest, write_manifest
 from training.reader import CacheReader
-from training.shards import HEADER_PART, ShardCorruptError, read_header
-from training.shardset import ShardSet
+from training.shards import HEADER_PART, WHOLE_FILE, ShardCorruptError, read_header
+from training.shardset import ShardSet, shard_digests
 
 HOOKS = ("blocks.0.hook_resid_post", "blocks.1.hook_resid_post")
 SHARD = "shard_000001.safetensors"
@@ -108,6 +110,77 @@ def test_a_cache_from_before_part_checksums_loads_and_is_checked_whole(built, tm
     flip(cache / SHARD, f"acts/{HOOKS[0]}")  # another hook's bytes: the old manifest can only say "the file"
     r = saesteer(*train(cache, HOOKS[1], tmp_path / "run2")).no_traceback()
     assert r.rc != 0 and SHARD in r.text and "SHA-256 mismatch (file" in r.text
+
+
+def damage_manifest(cache: Path, part: str, *, drop: bool = False) -> None:
+    """Spoil (or drop) shard 1's checksum of `part` in the manifest; the shard files stay intact."""
+    man = json.loads((cache / "manifest.json").read_text())
+    parts = man["shards"][1]["part_sha256"]
+    if drop:
+        del parts[part]
+    else:
+        parts[part] = "0" * 64
+    (cache / "manifest.json").write_text(json.dumps(man, indent=1))
+
+
+@pytest.mark.parametrize("part", [f"acts/{HOOKS[0]}", "seq_index", HEADER_PART])
+def test_verify_reports_a_damaged_part_checksum_where_train_sends_the_user(built, tmp_path, part):
+    """Intact files, a spoilt part checksum: train refuses and sends the user to `cache --verify`,
+    which must then name the shard and the part, and blame the manifest (the whole file matches)."""
+    cache = copy_cache(built, tmp_path)
+    damage_manifest(cache, part)
+    r = saesteer(*train(cache, HOOKS[0], tmp_path / "run")).no_traceback()
+    assert r.rc != 0 and SHARD in r.text and f"mismatch in {part}" in r.text and "cache --verify" in r.text
+    r = saesteer("cache", "--verify", cache, "--no-progress")
+    assert r.rc == 1, r.text
+    bad = [line for line in r.text.splitlines() if line.startswith("BAD")]
+    assert len(bad) == 1 and SHARD in bad[0] and f"mismatch in {part}" in bad[0], r.text
+    assert "the manifest is damaged" in bad[0] and "file is corrupt" not in bad[0]
+
+
+def test_verify_reports_a_part_checksum_missing_from_the_manifest(built, tmp_path):
+    cache = copy_cache(built, tmp_path)
+    damage_manifest(cache, "token_ids", drop=True)
+    r = saesteer(*train(cache, HOOKS[1], tmp_path / "run")).no_traceback()
+    assert r.rc != 0 and "token_ids missing from the manifest: the manifest is damaged" in r.text
+    assert "cache --verify" in r.text
+    r = saesteer("cache", "--verify", cache, "--no-progress")
+    assert r.rc == 1 and f"BAD  {SHARD}: SHA-256 in token_ids missing from the manifest" in r.text, r.text
+
+
+def test_verify_of_a_clean_cache_hashes_the_whole_file_and_every_part_in_one_pass(built):
+    cache = built / "cache"
+    r = saesteer("cache", "--verify", cache, "--no-progress").ok()
+    assert "4 shard(s) checked, all good" in r.text and "BAD" not in r.text
+    man = read_manifest(cache)
+    for s in man.shards:
+        got = shard_digests(cache / s.file, s, man.hooks, whole_file=True)
+        assert got == {**s.part_sha256, WHOLE_FILE: s.sha256} == {**s.part_sha256, WHOLE_FILE: sha256_file(cache / s.file)}
+
+
+def test_verify_of_a_cache_from_before_part_checksums_checks_whole_files(built, tmp_path):
+    cache = copy_cache(built, tmp_path, old_format=True)
+    saesteer("cache", "--verify", cache, "--no-progress").ok()
+    flip(cache / SHARD, f"acts/{HOOKS[0]}")
+    r = saesteer("cache", "--verify", cache, "--no-progress")
+    assert r.rc == 1 and f"BAD  {SHARD}: SHA-256 mismatch (file" in r.text and "the file is corrupt" in r.text
+
+
+def test_verify_of_a_damaged_whole_file_checksum_blames_the_manifest(built, tmp_path):
+    cache = copy_cache(built, tmp_path)
+    man = json.loads((cache / "manifest.json").read_text())
+    man["shards"][1]["sha256"] = "0" * 64
+    (cache / "manifest.json").write_text(json.dumps(man, indent=1))
+    r = saesteer("cache", "--verify", cache, "--no-progress")
+    assert r.rc == 1 and f"BAD  {SHARD}: SHA-256 mismatch (file" in r.text, r.text
+    assert "the manifest is damaged (every part of the file matches its SHA-256)" in r.text
+
+
+def test_verify_of_a_corrupt_file_blames_the_file(built, tmp_path):
+    cache = copy_cache(built, tmp_path)
+    flip(cache / SHARD, "positions")
+    r = saesteer("cache", "--verify", cache, "--no-progress")
+    assert r.rc == 1 and f"BAD  {SHARD}: SHA-256 mismatch (file" in r.text and "the file is corrupt" in r.text
 
 
 # ------------------------------------------------------------------------- the reader, without a model

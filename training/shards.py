@@ -50,6 +50,7 @@ class ShardCorruptError(SaesteerError, ValueError):
 
 
 HEADER_PART = "header"  # the part name of the length bytes and the JSON header
+WHOLE_FILE = "file"  # part_sha256's key for the SHA-256 of the whole file (whole_file=True)
 
 
 class WrittenFile(NamedTuple):
@@ -162,10 +163,14 @@ def _parse_header(f: BinaryIO, name: str, raw: bytes | None = None) -> tuple[dic
     return out, meta
 
 
-def part_sha256(path: Path, names: Sequence[str]) -> dict[str, str]:
+def part_sha256(path: Path, names: Sequence[str], *, whole_file: bool = False) -> dict[str, str]:
     """The SHA-256 of the header part (HEADER_PART) and of each tensor in `names` that the header
     lists, each hashed over its own bytes only: what a reader of those tensors checks against the
-    manifest. A header that cannot be parsed gives its own hash only (the comparison then fails)."""
+    manifest. A header that cannot be parsed gives its own hash only (the comparison then fails).
+
+    whole_file: also the whole file's SHA-256 (under WHOLE_FILE), in the same pass: the file is
+    then read once from start to end and each part's bytes are split off by the header's offsets.
+    Otherwise only the parts' bytes are read (not the tensors left out of `names`)."""
     path = Path(path)
     with open(path, "rb", buffering=0) as f:
         try:
@@ -173,27 +178,43 @@ def part_sha256(path: Path, names: Sequence[str]) -> dict[str, str]:
         except ShardCorruptError:  # a damaged length: hash what it is
             f.seek(0)
             raw = f.read(8)
-        out = {HEADER_PART: hashlib.sha256(raw).hexdigest()}
+        regions = {HEADER_PART: (0, len(raw))}
         try:
             entries, _ = _parse_header(f, path.name, raw)
         except ShardCorruptError:
-            return out
-        buf = bytearray(min(_CHUNK, max((entries[k].nbytes for k in names if k in entries), default=0)))
+            entries = {}
+        regions |= {k: (entries[k].start, entries[k].start + entries[k].nbytes) for k in names if k in entries}
+        spans = [(0, os.fstat(f.fileno()).st_size)] if whole_file else _merged(regions.values())
+        hashes = {k: hashlib.sha256() for k in regions}
+        whole = hashlib.sha256()
+        buf = bytearray(max(1, min(_CHUNK, max(b - a for a, b in spans))))
         mv = memoryview(buf)
-        for k in names:
-            if k not in entries:
-                continue
-            h = hashlib.sha256()
-            f.seek(entries[k].start)
-            left = entries[k].nbytes
-            while left:
-                n = f.readinto(mv[:min(left, len(buf))])
+        for a, b in spans:
+            f.seek(a)
+            while a < b:
+                n = f.readinto(mv[:min(b - a, len(buf))])
                 if not n:
                     break
-                h.update(mv[:n])
-                left -= n
-            out[k] = h.hexdigest()
-    return out
+                if whole_file:
+                    whole.update(mv[:n])
+                for k, (start, end) in regions.items():  # the part of this chunk in each region
+                    lo, hi = max(start, a), min(end, a + n)
+                    if lo < hi:
+                        hashes[k].update(mv[lo - a:hi - a])
+                a += n
+    out = {k: h.hexdigest() for k, h in hashes.items()}
+    return out | {WHOLE_FILE: whole.hexdigest()} if whole_file else out
+
+
+def _merged(regions) -> list[tuple[int, int]]:
+    """The byte ranges [start, end) covering `regions`, overlaps joined (each byte read once)."""
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(regions):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out or [(0, 0)]
 
 
 def read_into(f: BinaryIO, entry: TensorEntry, out: torch.Tensor, first: int = 0, count: int | None = None) -> None:

@@ -17,7 +17,8 @@ What "every part it reads" is: the header, this hook's activations (and the targ
 row tensors, each against its own SHA-256 in the manifest (`part_sha256`); the other hooks'
 activations, which this reader never reads, are not hashed, so one run per hook of a many-hook cache
 reads each shard's other hooks not at all. A shard of a cache made before part checksums has only
-the whole file's SHA-256, and is checked whole, as before. `verify_cache` always hashes whole files.
+the whole file's SHA-256, and is checked whole, as before. `verify_cache` hashes each whole file and
+(in the same pass) every part of it, so it finds every bad checksum a reader of any hook can meet.
 
 Transcoder pairs (`target_hook=`): every shard holds every cached hook for the same rows (one model
 pass wrote them, in one order), so row i of the input hook and row i of the target hook come from
@@ -41,12 +42,11 @@ import torch
 from saes.errors import SaesteerError
 from training.manifest import Manifest, ShardInfo, read_manifest, read_progress
 from saes.fileio import sha256_file
-from training.shards import (DTYPES, HEADER_PART, ShardCorruptError, TensorEntry, part_sha256, read_header,
-                             read_tensors)
+from training.shards import (DTYPES, HEADER_PART, WHOLE_FILE, ShardCorruptError, TensorEntry, part_sha256,
+                             read_header, read_tensors)
 
 Verify = Literal["once", "always", "never"]
 ROW_TENSORS = ("token_ids", "positions", "seq_index")  # one value per row, beside the activations
-WHOLE_FILE = "file"  # shard_digests' key for the SHA-256 of a whole shard
 # the settings that shape every cached activation (with the hook and the shards: the fingerprint)
 _CONTENT_SETTINGS = ("model", "dtype", "context_length", "bos_policy", "exclude_tokens", "tokenizer", "dataset")
 
@@ -60,29 +60,42 @@ def parts_read(shard: ShardInfo, hooks: Sequence[str]) -> list[str] | None:
     return [HEADER_PART, *(f"acts/{h}" for h in hooks), *ROW_TENSORS, "context_tokens"]
 
 
-def shard_digests(path: Path, shard: ShardInfo, hooks: Sequence[str]) -> dict[str, str]:
+def shard_digests(path: Path, shard: ShardInfo, hooks: Sequence[str], *, whole_file: bool = False) -> dict[str, str]:
     """The SHA-256s a reader of `hooks` compares with the manifest: {part: SHA-256} of the parts it
-    reads, or {WHOLE_FILE: SHA-256} for a shard without part checksums."""
+    reads, or {WHOLE_FILE: SHA-256} for a shard without part checksums. whole_file: the whole file's
+    SHA-256 too, hashed in the same pass as the parts (`saesteer cache --verify`)."""
     names = parts_read(shard, hooks)
     if names is None:
         return {WHOLE_FILE: sha256_file(path)}
-    return part_sha256(path, names[1:])
+    return part_sha256(path, names[1:], whole_file=whole_file)
 
 
 def _digest_problem(shard: ShardInfo, hooks: Sequence[str], got: dict[str, str]) -> str | None:
-    """What the SHA-256s `got` (the whole file's, or the parts read by `hooks`) say is wrong with `shard`."""
-    if WHOLE_FILE in got:
-        want = {WHOLE_FILE: shard.sha256}
-    else:
-        want = {n: (shard.part_sha256 or {}).get(n) for n in parts_read(shard, hooks) or ()}
-    for name, sha in want.items():
-        where = "" if name == WHOLE_FILE else f" in {name}"
+    """What the SHA-256s `got` (shard_digests': the whole file's, the parts read by `hooks`, or
+    both) say is wrong with `shard`. With both, the two checks tell a corrupt file from a damaged
+    manifest; with parts alone, a bad part may be either's."""
+    whole_bad = WHOLE_FILE in got and got[WHOLE_FILE] != shard.sha256
+    part = _part_problem(shard, hooks, got, "the manifest is damaged (the file matches its whole-file SHA-256)"
+                         if WHOLE_FILE in got and not whole_bad else "the file is corrupt or the manifest is damaged")
+    if whole_bad:
+        intact = shard.part_sha256 is not None and part is None
+        return _mismatch("", got[WHOLE_FILE], shard.sha256, "the manifest is damaged (every part of the file "
+                         "matches its SHA-256)" if intact else "the file is corrupt")
+    return part
+
+
+def _part_problem(shard: ShardInfo, hooks: Sequence[str], got: dict[str, str], blame: str) -> str | None:
+    for name in parts_read(shard, hooks) or ():
+        sha = (shard.part_sha256 or {}).get(name)
         if sha is None:
-            return f"SHA-256{where} missing from the manifest: the manifest is damaged"
-        have = got.get(name, "none")
-        if have != sha:
-            return f"SHA-256 mismatch{where} (file {have[:16]}..., manifest {sha[:16]}...): the file is corrupt"
+            return f"SHA-256 in {name} missing from the manifest: the manifest is damaged"
+        if got.get(name, "none") != sha:
+            return _mismatch(f" in {name}", got.get(name, "none"), sha, blame)
     return None
+
+
+def _mismatch(where: str, have: str, want: str, blame: str) -> str:
+    return f"SHA-256 mismatch{where} (file {have[:16]}..., manifest {want[:16]}...): {blame}"
 
 
 def shard_problem(path: Path, shard: ShardInfo, d_in: dict[str, int], dtype: torch.dtype,
@@ -188,8 +201,10 @@ class ShardSet:
         problem, entries = shard_problem(self.path / s.file, s, self.widths, self.stored_dtype,
                                          self._digest(i) if self._must_hash(i) else None)
         if problem is not None:
-            fix = (f" and none of its rows were used. Run `saesteer cache --verify {self.path}` to list all bad "
-                   f"shards, then rebuild the cache" if problem.startswith("SHA-256") else "; rebuild the cache")
+            # --verify hashes every part and the whole file, so it finds (and tells apart) each of these
+            fix = (f"; none of its rows were used. Run `saesteer cache --verify {self.path}` to list all bad "
+                   f"shards (it tells a corrupt file from a damaged manifest), then rebuild the cache"
+                   if problem.startswith("SHA-256") else "; rebuild the cache")
             raise ShardCorruptError(f"shard {s.file} of {self.path}: {problem}{fix}")
         if self._must_hash(i):
             self._verified.add(i)
@@ -336,8 +351,9 @@ class VerifyReport(NamedTuple):
 
 
 def verify_cache(path: str | Path, *, progress: bool = False) -> VerifyReport:
-    """Check every shard of a cache against the manifest (presence, size, SHA-256, header).
-    An unfinished cache is checked against its build log."""
+    """Check every shard of a cache against the manifest (presence, size, header, and the SHA-256 of
+    the whole file and of each part, in one pass over it). An unfinished cache is checked against
+    its build log."""
     from tqdm.auto import tqdm
 
     out = Path(path)
@@ -348,7 +364,7 @@ def verify_cache(path: str | Path, *, progress: bool = False) -> VerifyReport:
     dtype = DTYPES[man.dtype]
     for s in tqdm(shards, desc="verifying", unit="shard", disable=not progress):
         f = out / s.file
-        problem, _ = shard_problem(f, s, man.d_in, dtype, lambda: {WHOLE_FILE: sha256_file(f)})
+        problem, _ = shard_problem(f, s, man.d_in, dtype, lambda: shard_digests(f, s, list(man.d_in), whole_file=True))
         if problem is not None:
             problems.append(f"{s.file}: {problem}")
     return VerifyReport(not problems, len(shards), problems)
