@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,14 +113,16 @@ def render_chat(tokenizer: Any, messages: Sequence[Mapping[str, Any]], *, chat_t
         if not full.startswith(text):
             why_open = "the chat template writes the last message otherwise when it is left open"
     enc = _tokenize(tokenizer, text)
-    ends, why = _prefix_ends(render, msgs, full, add_generation_prompt)
+    # where each content lies in the chat: located at most once, for whichever of the two steps needs it first
+    spans = functools.cache(lambda: _content_spans_in(render, msgs, full, add_generation_prompt))
+    ends, why = _prefix_ends(render, msgs, full, spans)
     why = why or why_open
     offsets = enc.get("offset_mapping")
     if why is None and offsets is None:
         why = "this tokenizer does not report character offsets (a 'fast' tokenizer does)"
     moved: list[tuple[int, int, int]] = []
     if why is None:
-        moved, why = _moved_contents(render, msgs, ends, full, add_generation_prompt)
+        moved, why = _moved_contents(msgs, ends, full, spans())
     roles = turns = None
     if why is None:
         starts = [_first_visible(text, a, b) for a, b in offsets]
@@ -185,7 +187,8 @@ def check_template_kwargs(tokenizer: Any, kwargs: Mapping[str, Any], *, chat_tem
                                 f"the variables it reads: {', '.join(known) if known else 'none'}")
 
 
-def _prefix_ends(render, msgs: list[dict], text: str, gen: bool) -> tuple[list[int], str | None]:
+def _prefix_ends(render, msgs: list[dict], text: str,
+                 spans: Callable[[], dict[int, tuple[int, int] | None]]) -> tuple[list[int], str | None]:
     """Where each message's turn ends in `text` (message i = [ends[i-1], ends[i]); the generation
     prompt after ends[-1]), from the renderings of the growing prefixes; or why the template's
     text cannot be cut that way.
@@ -195,7 +198,6 @@ def _prefix_ends(render, msgs: list[dict], text: str, gen: bool) -> tuple[list[i
     message follows): its prefix is then no prefix of `text`, and its turn ends where its content
     ends in `text` plus the text the template closes it with (`_rewritten_end`)."""
     ends: list[int] = []
-    spans: dict[int, tuple[int, int] | None] | None = None  # contents in `text`, located once if needed
     for i in range(len(msgs)):
         cur = render(msgs[: i + 1], False)
         if text.startswith(cur) and len(cur) >= (ends[-1] if ends else 0):
@@ -203,9 +205,7 @@ def _prefix_ends(render, msgs: list[dict], text: str, gen: bool) -> tuple[list[i
             continue
         if i == len(msgs) - 1:  # only the generation prompt follows the last message
             return ends, "the chat template's generation prompt rewrites the text before it"
-        if spans is None:
-            spans = _content_spans_in(render, msgs, text, gen)
-        end = _rewritten_end(render, msgs, i, text, spans.get(i), ends[-1] if ends else 0)
+        end = _rewritten_end(render, msgs, i, text, spans().get(i), ends[-1] if ends else 0)
         if end is None:
             return ends, (f"the chat template renders message {i + 1} by rewriting the text before it, and where "
                           f"message {i}'s turn ends cannot be found")
@@ -267,17 +267,16 @@ def _token_turns(starts: list[int], ends: list[int], moved: list[tuple[int, int,
     return turns
 
 
-def _moved_contents(render, msgs: list[dict], ends: list[int], text: str,
-                    gen: bool) -> tuple[list[tuple[int, int, int]], str | None]:
+def _moved_contents(msgs: list[dict], ends: list[int], text: str,
+                    spans: dict[int, tuple[int, int] | None]) -> tuple[list[tuple[int, int, int]], str | None]:
     """Messages whose text the template writes inside a later message's turn: [(start, end, i)] in
     `text`, or why they cannot be located.
 
     Gemma 3 and Llama 2 write the system message as a prefix of the first user turn: rendering
     [system] alone writes nothing of it, so by prefixes its text would be the user's. A message's text
     is found by rendering the messages with its content replaced by a probe: the text around the probe
-    is what surrounds the real content (checked against the real rendering). All messages are probed
-    in one rendering (`_content_spans`); where that cannot be read, one rendering per message."""
-    spans = _content_spans_in(render, msgs, text, gen)
+    is what surrounds the real content (checked against the real rendering): `spans`, from
+    `_content_spans_in`."""
     moved = []
     for i in spans:
         m, where = msgs[i], spans[i]

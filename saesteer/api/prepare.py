@@ -266,7 +266,7 @@ def _common(req, served: ServedModel, limits, default_max: int | None, n_prompts
     return dict(n=n, max_tokens=max_tokens, max_tokens_field=field_name, stop=tuple(stop), bias=tuple(bias))
 
 
-def _eos_ids(model, chat: bool) -> tuple[int, ...]:
+def eos_ids(model, chat: bool) -> tuple[int, ...]:
     """The tokens that end a reply: the model's stop tokens (`steering.generation.stop_token_ids`:
     the tokenizer's eos and generation_config.json's eos_token_id, as every generation path stops),
     and for chat the end-of-turn markers of common templates."""
@@ -293,7 +293,7 @@ def _rows(prompts, layouts, served: ServedModel, req, c: dict, steering, logprob
     from steering.spec import SteeringError
 
     n_ctx = getattr(served.model.cfg, "n_ctx", None)
-    eos = () if req.ignore_eos else _eos_ids(served.model, chat)
+    eos = () if req.ignore_eos else served.stop_ids(chat)
     rows = []
     for ids, layout in zip(prompts, layouts):
         room = (n_ctx - len(ids)) if n_ctx else None

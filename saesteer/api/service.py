@@ -38,6 +38,16 @@ class ServedModel:
     # the served models over the same model object (this one included), by id: an edit may name one
     peers: dict[str, "ServedModel"] = field(default_factory=dict, repr=False)
     _tmax: dict[int, float | None] = field(default_factory=dict)
+    _stops: dict[bool, tuple[int, ...]] = field(default_factory=dict, repr=False)
+
+    def stop_ids(self, chat: bool) -> tuple[int, ...]:
+        """The tokens that end a reply (`saesteer.api.prepare.eos_ids`), found once per model: reading
+        a 150k-token vocabulary costs ~50 ms, too much for every request."""
+        from saesteer.api.prepare import eos_ids
+
+        if chat not in self._stops:
+            self._stops[chat] = eos_ids(self.model, chat)
+        return self._stops[chat]
 
     def typical_max(self, latent: int) -> float | None:
         from steering.store import StoreLink
