@@ -25,7 +25,7 @@ from rich.text import Text
 
 from features.drawing import readable
 
-__all__ = ["plain", "counted", "removed_note"]
+__all__ = ["plain", "counted", "removed_note", "print_failed_latents", "judge_streak_stop", "SHOWN_FAILURES"]
 
 
 def plain(value: Any, style: str = "") -> Text:
