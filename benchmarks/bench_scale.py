@@ -1071,15 +1071,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_realsae(args) -> tuple[str, dict]:
-    import json as _json
-
     import real_sae
+    from training.manifest import read_manifest
 
     work = Path(args.work) / "realsae"
     figs = real_sae.run(work, args.real_tokens, args.repeats, args.real_latent, parse_sizes(args.sae_names),
                         args.requests)
-    tokens = _json.loads((work / "cache" / "manifest.json").read_text()).get("n_rows") or sum(
-        s.get("rows", 0) for s in _json.loads((work / "cache" / "manifest.json").read_text()).get("shards", []))
+    tokens = read_manifest(work / "cache").total_rows
     cmd = f"python benchmarks/bench_scale.py realsae --sae-names {args.sae_names} --work {args.work}"
     return "### A real-size SAE through the CLI\n\n" + header("realsae") + "\n" + real_sae.table(figs, cmd, tokens), figs
 

@@ -379,16 +379,23 @@ def cmd_speed(args) -> str:
     return "\n".join(lines)
 
 
-def cmd_quality(args) -> str:
-    from sae_lens import __version__ as sl_version
-
-    from training.evaluate import evaluate_activations
-
+def _equal_tokens_setup(args):
+    """What both equal-token quality runs start from: the cache, its held-out rows, the load average
+    before training, and the training settings every trainer gets."""
     cache = Path(args.cache)
     hold = holdout_rows(cache, args.batch, args.holdout)
     load0 = load_average()
     common = dict(d_sae=args.toy_d_sae, k=args.k, batch=args.batch, tokens=args.tokens, holdout=args.holdout,
                   lr=args.lr, dead_tokens=args.dead_tokens, threads=args.threads)
+    return cache, hold, load0, common
+
+
+def cmd_quality(args) -> str:
+    from sae_lens import __version__ as sl_version
+
+    from training.evaluate import evaluate_activations
+
+    cache, hold, load0, common = _equal_tokens_setup(args)
     lines = [
         f"Equal tokens on the toy world's cached residual stream ({cache.name}; d_in {_d_in(cache)}): d_sae "
         f"{args.toy_d_sae}, k {args.k}, {args.tokens:,} tokens, batch {args.batch}, same reader/seed/LR schedule/clip/AuxK "
@@ -479,11 +486,7 @@ def cmd_sparsify_quality(args) -> str:
     """Equal tokens on the toy world: ours TopK against sparsify's recipes (SPARSIFY_RECIPES)."""
     from training.evaluate import evaluate_activations
 
-    cache = Path(args.cache)
-    hold = holdout_rows(cache, args.batch, args.holdout)
-    load0 = load_average()
-    common = dict(d_sae=args.toy_d_sae, k=args.k, batch=args.batch, tokens=args.tokens, holdout=args.holdout,
-                  lr=args.lr, dead_tokens=args.dead_tokens, threads=args.threads)
+    cache, hold, load0, common = _equal_tokens_setup(args)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         o = run_ours("topk", cache, method=args.methods[0], out=Path(tmp) / "run", **common)

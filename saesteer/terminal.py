@@ -19,13 +19,13 @@ boundary does for messages printed without rich.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from rich.text import Text
 
 from features.drawing import readable
 
-__all__ = ["plain", "counted", "removed_note"]
+__all__ = ["plain", "counted", "removed_note", "print_failed_latents", "judge_streak_stop", "SHOWN_FAILURES"]
 
 
 def plain(value: Any, style: str = "") -> Text:
@@ -45,3 +45,23 @@ def removed_note(removed: list[Any], noun: str) -> str | None:
         return None
     return (f"  removed {counted(len(removed), noun)} an earlier export wrote there for latents not exported now "
             f"(e.g. {Path(removed[0]).name})")
+
+
+SHOWN_FAILURES = 20  # failed latents listed one a line; the rest are counted
+
+
+def print_failed_latents(failed: Sequence[tuple[int, str | None, str]], more: str = "") -> None:
+    """The first failed latents of a judge run, one a line ('latent 17 failed at explain: <reason>';
+    the stage is left out where None), then how many more there are (`more` says where they are
+    listed). A reason may quote the judge's reply: printed with its control characters drawn."""
+    for latent, stage, reason in failed[:SHOWN_FAILURES]:
+        at = f" at {stage}" if stage else ""
+        print(f"  latent {latent} failed{at}: {readable(reason)}")
+    if len(failed) > SHOWN_FAILURES:
+        print(f"  ... and {len(failed) - SHOWN_FAILURES} more{more}")
+
+
+def judge_streak_stop(in_a_row: int, last_reason: str) -> str:
+    """The line saying a judge run stopped after `in_a_row` latents failed in a row."""
+    return (f"stopped: {counted(in_a_row, 'latent')} failed in a row; the judge looks unreachable or misconfigured "
+            f"(last reason: {readable(last_reason)}). Fix it and re-run to continue.")

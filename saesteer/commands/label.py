@@ -241,22 +241,16 @@ def _label(args, store, judge, label_cfg, embed_cfg):
 
 
 def _print_report(report, store, budget, label_cfg) -> None:
-    """The run's summary, the first failures, and why it stopped early if it did (a reason may quote
-    the judge's reply: printed with its control characters drawn)."""
-    from features.drawing import readable
-    from saesteer.terminal import counted
+    """The run's summary, the first failures, and why it stopped early if it did."""
+    from saesteer.terminal import judge_streak_stop, print_failed_latents
 
     print(report.summary())
-    for f in report.failed[:20]:
-        print(f"  latent {f.latent} failed at {f.stage}: {readable(f.reason)}")
-    if len(report.failed) > 20:
-        print(f"  ... and {len(report.failed) - 20} more (see {store.failures_file})")
+    print_failed_latents([(f.latent, f.stage, f.reason) for f in report.failed], more=f" (see {store.failures_file})")
     if report.stopped == "budget":
         print(f"stopped: the budget ({budget}) was reached; {report.abandoned} latent(s) in progress were left "
               "unwritten. Re-run with a larger --budget to continue: answers already paid for are cached.")
     if report.stopped == "failures":
-        print(f"stopped: {counted(label_cfg.max_consecutive_failures, 'latent')} failed in a row; the judge looks unreachable "
-              f"or misconfigured (last reason: {readable(report.failed[-1].reason)}). Fix it and re-run to continue.")
+        print(judge_streak_stop(label_cfg.max_consecutive_failures, report.failed[-1].reason))
 
 
 def _write_json(path, obj) -> None:

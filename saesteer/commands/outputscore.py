@@ -77,21 +77,16 @@ def run(args) -> int:
     except (StoreError, FileNotFoundError, ValueError) as e:
         print_error(e)
         return 2
-    from features.drawing import readable
-    from saesteer.terminal import counted
+    from saesteer.terminal import SHOWN_FAILURES, counted, judge_streak_stop, print_failed_latents
 
     vals = [r.value for r in res.values() if r.value is not None]
     mean = f"mean {sum(vals) / len(vals):.3f}; " if vals else ""
     print(f"output scores of {counted(len(vals), 'latent')} written to {store_path} ({mean}0.5 = no move toward the label)")
     failed = {i: r.failed for i, r in res.items() if r.failed}
-    for i, reason in list(failed.items())[:20]:
-        print(f"  latent {i} failed: {readable(reason)}")
-    if len(failed) > 20:
-        print(f"  ... and {len(failed) - 20} more")
+    print_failed_latents([(i, None, reason) for i, reason in failed.items()])
     if len(res) < len(ids):
-        print(f"stopped: {counted(cfg.max_consecutive_failures, 'latent')} failed in a row; the judge looks unreachable or "
-              f"misconfigured (last reason: {readable(list(failed.values())[-1])}). Fix it and re-run.")
+        print(judge_streak_stop(cfg.max_consecutive_failures, list(failed.values())[-1]))
     elif failed:
-        again = f" with --latents {','.join(map(str, failed))}" if len(failed) <= 20 else ""
+        again = f" with --latents {','.join(map(str, failed))}" if len(failed) <= SHOWN_FAILURES else ""
         print(f"{len(failed)} of {len(res)} latents failed; to retry them, run the command again{again}")
     return 4 if failed else 0
