@@ -211,10 +211,6 @@ class ContextPacker:
         self._pos = 0
         self._exhausted = False
 
-    @property
-    def pointer(self) -> TextPointer:
-        return self._last
-
     def _refill(self) -> bool:
         """Tokenize the next chunk of documents into the pending buffer. False when out of data."""
         while True:
