@@ -138,6 +138,21 @@ def test_a_saelens_pretokenized_folder_is_cached_row_by_row_and_evaluated(user):
     assert r.rc != 0 and "is training text" in r.text, r.text
 
 
+def test_the_rows_are_checked_in_the_dataset_already_opened(user, monkeypatch):
+    """`text_as_read` finds the token column and checks the rows' separator from one opening of the
+    dataset (a hub dataset's is a download or a stream), not a second `load_dataset` of it."""
+    from transformers import AutoTokenizer
+
+    from training.text import DocumentSource, TextConfig, text_as_read
+
+    opened, load = [], DocumentSource._load
+    monkeypatch.setattr(DocumentSource, "_load", lambda self: opened.append(self.cfg) or load(self))
+    read = text_as_read(TextConfig(dataset=str(user.saved["train"]), context_length=L),
+                        AutoTokenizer.from_pretrained(user.model), separator_given=False)
+    assert read.text_column == "input_ids" and read.separator == "eos"  # SAELens's "bos": GPT-2's <|endoftext|>
+    assert len(opened) == 1, opened
+
+
 def test_training_without_a_cache_records_the_column_it_read(user):
     """`train --model M --dataset <pretokenized folder>` (no cache): the SAE records how its text was
     read (data.text) with the token column read, not the flag's default "text"."""

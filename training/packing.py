@@ -138,12 +138,15 @@ def eos_is_next_bos(cfg: TextConfig, specials: SpecialTokens) -> bool:
             and specials.bos == specials.eos)
 
 
+TOKEN_SEPARATORS = ("eos", "bos")  # the separators that put a token after each document
+
+
 def _item_extra(cfg: TextConfig, specials: SpecialTokens, next_bos: bool | None = None) -> tuple[int, int]:
     """(tokens before, tokens after) each document's own in its item. `next_bos`: whether the EOS
     is left out (default: `eos_is_next_bos`; a resumed cache: what it records)."""
     pre = int(cfg.bos_policy == "doc")
     next_bos = eos_is_next_bos(cfg, specials) if next_bos is None else next_bos
-    post = int(cfg.separator in ("eos", "bos") and not next_bos)
+    post = int(cfg.separator in TOKEN_SEPARATORS and not next_bos)
     return pre, post
 
 
@@ -195,7 +198,7 @@ class ContextPacker:
                 f"it, or none of eos, bos, none puts it) cannot pack the text of {cfg.dataset!r}: pass --separator eos, "
                 f"bos or none, the nearest to what those rows held (eos: EOS after each document; bos: BOS between "
                 f"them, SAELens's default with a Llama-style tokenizer)")
-        if cfg.separator in ("eos", "bos") and separator_id(cfg.separator, specials) is None:
+        if cfg.separator in TOKEN_SEPARATORS and separator_id(cfg.separator, specials) is None:
             raise ValueError(f"separator {cfg.separator!r} needs a {cfg.separator.upper()} token, but the tokenizer has "
                              f"none; use --separator none")
         self._bos = specials.bos
@@ -210,10 +213,6 @@ class ContextPacker:
         self._off = np.empty(0, np.int64)
         self._pos = 0
         self._exhausted = False
-
-    @property
-    def pointer(self) -> TextPointer:
-        return self._last
 
     def _refill(self) -> bool:
         """Tokenize the next chunk of documents into the pending buffer. False when out of data."""

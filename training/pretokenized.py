@@ -73,10 +73,6 @@ class RowPacker:
         """The row a pointer names (one into a row names the next: rows are never split)."""
         return start.doc + (1 if start.offset else 0)
 
-    @property
-    def pointer(self) -> TextPointer:
-        return self._last
-
     def take(self, n: int) -> tuple[np.ndarray, TextPointer]:
         L = self.cfg.context_length
         out: list[np.ndarray] = []

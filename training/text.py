@@ -390,7 +390,8 @@ def text_as_read(cfg: TextConfig, tokenizer=None, separator_given: bool = True) 
 
     if not separator_given:
         read = dataclasses.replace(read, separator="rows")
-    return dataclasses.replace(read, separator=checked_rows(DocumentSource(read), tokenizer)["separator"])
+    source.cfg = read  # the rows checked as read, from the dataset already open (not opened a second time)
+    return dataclasses.replace(read, separator=checked_rows(source, tokenizer)["separator"])
 
 
 def _offline_hub_dataset_hint(name: str, error: Exception) -> str:
