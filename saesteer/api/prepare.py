@@ -245,6 +245,9 @@ def _check_positions(steering, layouts, served: ServedModel) -> None:
 def _common(req, served: ServedModel, limits, default_max: int | None, n_prompts: int) -> dict[str, Any]:
     if req.model != served.id:  # routes pick `served` by req.model; a safety net
         raise ApiError(404, f"model {req.model!r} not found", "model", "model_not_found")
+    if req.stream_options is not None and not req.stream:  # OpenAI's refusal, in its words
+        raise ApiError(400, "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                       "stream_options")
     n = req.n or 1
     if n * n_prompts > limits.max_choices:
         raise ApiError(400, f"n: at most {limits.max_choices} generations per request (prompts x n; got "
