@@ -11,7 +11,7 @@ What differs from the OpenAI protocol, and how the judge meets it:
 - thinking: `thinking` (adaptive, enabled with a token budget, disabled) and `output_config.effort`;
 - usage: `input_tokens` (plus prompt-cache tokens) and `output_tokens` (thinking included);
 - errors: 429 `rate_limit_error` and 529 `overloaded_error` (retried, honouring retry-after), 5xx;
-  401 `authentication_error` stops the run at once (`CredentialsRefused`), other 4xx are permanent;
+  401 `authentication_error` stops the run at once (`CredentialsRejected`), other 4xx are permanent;
   a 200 that is no message (a proxy's HTML page, an error object) is said as such, never read as an
   empty answer.
 

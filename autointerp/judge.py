@@ -58,7 +58,7 @@ from saes.errors import SaesteerError
 from .accounting import BudgetExceeded, Ledger, Prices, Reservation, prompt_token_bound
 from .cache import CachedResponse, ResponseCache, request_key
 from .schema import InvalidAnswer, check_schema, opens_with_json_answer, parse_json_answer
-from .wire import Backend, ChatRequest, ChatResponse, CredentialsRefused, PermanentError, TransientError, split_thinking
+from .wire import Backend, ChatRequest, ChatResponse, PermanentError, TransientError, split_thinking
 
 __all__ = [
     "JudgeError",
@@ -92,9 +92,10 @@ class RequestFailed(JudgeError):
 
 class CredentialsRejected(RequestFailed, SaesteerError):
     """The server refused the credentials (HTTP 401): every request would fail the same way, so this
-    is never one call's failure. The judge sends nothing more once it has met one; whatever uses the
-    judge (a labelling run, a scorer, a sweep) lets it through, and the CLI says it in one line
-    (exit status 2), as any error the user fixes."""
+    is never one call's failure; `reason` says which setting to fix. A backend raises it (never
+    retried); the judge sends nothing more once it has met one; whatever uses the judge (a labelling
+    run, a scorer, a sweep) lets it through, and the CLI says it in one line (exit status 2), as any
+    error the user fixes."""
 
     def __init__(self, reason: str) -> None:
         RequestFailed.__init__(self, reason)
@@ -348,11 +349,12 @@ class Judge:
                         resp = await self.backend.chat(request)
                     except TransientError as e:
                         err = e
+                    except CredentialsRejected as e:  # the backend's: said once, for every request after it
+                        self.ledger.count(failed=1)
+                        self._refused = f"request rejected: {e.reason}"
+                        raise CredentialsRejected(self._refused) from None
                     except PermanentError as e:
                         self.ledger.count(failed=1)
-                        if isinstance(e, CredentialsRefused):
-                            self._refused = f"request rejected: {e.reason}"
-                            raise CredentialsRejected(self._refused) from None
                         raise RequestFailed(f"request rejected: {e.reason}") from None
                     else:
                         err = None

@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Awaitable, Callable, TypeVar
 
-from .wire import CredentialsRefused, PermanentError, TransientError, is_retryable, parse_retry_after
+from .judge import CredentialsRejected
+from .wire import PermanentError, TransientError, is_retryable, parse_retry_after
 
 __all__ = ["ClientPerLoop", "attempt", "status_failure"]
 
@@ -62,7 +63,7 @@ def status_failure(e: Any, said: str, *, credentials: str) -> Exception:
     `credentials` says what to set when the server refused the key."""
     status = e.status_code
     if status == 401:  # every request of the run would be refused alike: it stops, saying what to set
-        return CredentialsRefused(f"{said}: {credentials}", status=status)
+        return CredentialsRejected(f"{said}: {credentials}")
     if is_retryable(status):
         return TransientError(said, status=status, retry_after=parse_retry_after(e.response.headers))
     return PermanentError(said, status=status)

@@ -1,7 +1,7 @@
 """What a judge backend speaks: one chat request, one response, and its two kinds of failure
 (`TransientError`: worth retrying, with the server's Retry-After if it sent one; `PermanentError`:
-not, and of those `CredentialsRefused`: no request can succeed). `autointerp.judge.Judge` adds
-retries, the cache, accounting and re-asks on top."""
+not), and a key the server refused (HTTP 401: `autointerp.judge.CredentialsRejected`, no request
+can succeed). `autointerp.judge.Judge` adds retries, the cache, accounting and re-asks on top."""
 
 from __future__ import annotations
 
@@ -110,11 +110,6 @@ class PermanentError(Exception):
         super().__init__(reason)
         self.reason = reason
         self.status = status
-
-
-class CredentialsRefused(PermanentError):
-    """The server refused the credentials (HTTP 401): no request of the run can succeed, so the run
-    stops at once; `reason` says which setting to fix."""
 
 
 class Backend(Protocol):

@@ -6,8 +6,8 @@ labels), stored in the feature store for the web app's map page.
 
 Sources: `decoder`, the SAE's decoder directions (unit rows of W_dec; the SAE must be the one the
 store was built from), or `labels`, the stored label embeddings of one embedding model
-(`autointerp.semantic.embed_labels`). Methods: `umap` (umap-learn, cosine metric, fixed seed; the
-first call in a process compiles numba code, which takes from seconds to minutes on a slow CPU),
+(`autointerp.semantic.embed_labels`). Methods: `umap` (umap-learn, an optional dependency: `pip install
+'saesteer[map]'`; cosine metric, fixed seed; the first call in a process compiles numba code, which takes from seconds to minutes on a slow CPU),
 or `pca` (the two leading principal components; instant, for quick looks and tests). Coordinates
 are rescaled to [-1, 1]. Here in `saesteer`: it loads an SAE beside a store, which only the face does.
 """
@@ -21,6 +21,7 @@ import numpy as np
 __all__ = ["METHODS", "SOURCES", "layout_2d", "build_map"]
 
 METHODS = ("umap", "pca")
+INSTALL_MAP = "pip install 'saesteer[map]'"  # the extra (pyproject.toml) that brings umap-learn
 SOURCES = ("decoder", "labels")
 
 
@@ -49,7 +50,8 @@ def layout_2d(vectors: np.ndarray, method: str = "umap", *, seed: int = 0, n_nei
         try:
             import umap
         except ImportError:
-            raise ValueError("the umap method needs umap-learn (`pip install umap-learn`); or use --method pca") from None
+            raise ValueError(f"the umap method needs umap-learn, an optional dependency: {INSTALL_MAP}; "
+                             f"or use --method pca") from None
         reducer = umap.UMAP(n_components=2, n_neighbors=min(n_neighbors, n - 1), metric="cosine", random_state=seed,
                             init="random" if n < 16 else "spectral")
         y = reducer.fit_transform(x)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv and install saesteer into it. Idempotent: a second run only checks.
-#   scripts/setup.sh          runtime dependencies
+#   scripts/setup.sh          runtime dependencies and the map extra (umap-learn, for `features map`)
 #   scripts/setup.sh --dev    plus test tools, and delphi's wheel for the tests that run its code
 # torch: if the venv has none yet we install $SAESTEER_TORCH (default torch==2.13.0).
 # On a machine with a local CPU wheel that is what pip picks; elsewhere it is the
@@ -8,9 +8,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-extras=""
-[ "${1:-}" = "--dev" ] && extras="[dev]"
-stamp=".venv/.saesteer-setup${extras:+-dev}"
+dev=""
+[ "${1:-}" = "--dev" ] && dev="-dev"
+extras="[map]"
+[ -n "$dev" ] && extras="[dev]"  # dev holds umap-learn too
+stamp=".venv/.saesteer-setup${dev}"
 delphi_pin="eai-delphi==0.1.3"
 delphi_wheel=".venv/wheels/eai_delphi-0.1.3-py3-none-any.whl"  # where the tests look for it
 
@@ -18,7 +20,7 @@ if [ ! -x .venv/bin/python ]; then
     echo "[setup] creating .venv with $($PY --version)"
     $PY -m venv .venv
 fi
-if [ -n "$extras" ] && [ ! -f "$delphi_wheel" ]; then
+if [ -n "$dev" ] && [ ! -f "$delphi_wheel" ]; then
     # EleutherAI delphi's own code, read by tests/test_user_paths12.py (its metrics, its file names).
     # Only the wheel, never installed: its requirements (vllm, another torch) are not wanted here.
     echo "[setup] downloading $delphi_pin's wheel into $(dirname "$delphi_wheel")/ (not installed)"
@@ -34,7 +36,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 fi
 echo "[setup] installing saesteer${extras} and its dependencies"
 .venv/bin/pip install --quiet -c scripts/constraints.txt -e ".${extras}"
-if [ -n "$extras" ]; then
+if [ -n "$dev" ]; then
     echo "[setup] installing the other SAE libraries the interop tests compare with (no dependencies)"
     .venv/bin/pip install --quiet --no-deps -r scripts/interop-libraries.txt
 fi

@@ -26,7 +26,8 @@ message (role:user would otherwise steer it too, and role:system be refused as a
 
 Template variables (`template_kwargs`, vLLM's `chat_template_kwargs`: Qwen3's `enable_thinking`)
 reach the template only where it reads them: `check_template_kwargs` refuses the others, naming
-those it reads, so a switch the template never looks at is not taken for one that worked. Message
+those it reads, so a switch the template never looks at is not taken for one that worked (the API
+drops them instead, as vLLM does: `unread_template_kwargs`). Message
 fields beyond role and content (`name`, `reasoning_content`) go to the template as they are, and
 the template decides whether the model sees them (as with transformers and vLLM).
 
@@ -169,22 +170,45 @@ def _variables_of(tmpl: str) -> frozenset[str] | None:
     return frozenset(meta.find_undeclared_variables(ast))
 
 
+def unread_template_kwargs(tokenizer: Any, kwargs: Mapping[str, Any], *,
+                           chat_template: str | None = None) -> list[str]:
+    """The template variables in `kwargs` that the chat template never reads (they would change
+    nothing), in the request's order; none when jinja cannot parse the template here. Variables the
+    renderer sets itself are not listed: `check_template_kwargs` refuses those."""
+    if not kwargs:
+        return []
+    specials = set(getattr(tokenizer, "special_tokens_map", {}) or {})
+    reads = _variables_of(_template_of(tokenizer, chat_template))
+    if reads is None:
+        return []
+    return [k for k in kwargs if k not in reads and k not in _RESERVED_KWARGS and k not in specials]
+
+
+def template_variables(tokenizer: Any, *, chat_template: str | None = None) -> list[str]:
+    """The variables a caller may set on this chat template (what it reads, less what the renderer
+    sets itself), sorted; empty when jinja cannot parse the template here."""
+    specials = set(getattr(tokenizer, "special_tokens_map", {}) or {})
+    reads = _variables_of(_template_of(tokenizer, chat_template)) or frozenset()
+    return sorted(reads - _RESERVED_KWARGS - specials)
+
+
 def check_template_kwargs(tokenizer: Any, kwargs: Mapping[str, Any], *, chat_template: str | None = None) -> None:
-    """Refuse template variables the chat template does not read (they would change nothing: vLLM
-    drops them without a word, so a misspelt `enable_thinkng` would leave thinking on) and those
-    the renderer sets itself (messages, add_generation_prompt, special tokens, ...)."""
+    """Refuse template variables the chat template does not read (they would change nothing, so a
+    misspelt `enable_thinkng` would leave thinking on) and those the renderer sets itself (messages,
+    add_generation_prompt, special tokens, ...). The API drops the unread ones instead, as vLLM
+    does (`unread_template_kwargs`), since chat clients send the same variables to every model."""
     if not kwargs:
         return
     specials = set(getattr(tokenizer, "special_tokens_map", {}) or {})
-    reads = _variables_of(_template_of(tokenizer, chat_template))
     for key in kwargs:
         if key in _RESERVED_KWARGS or key in specials:
             raise SteeringError(f"{key!r} is set by the server (from the request's own fields and the tokenizer), "
                                 f"not by template variables; leave it out")
-        if reads is not None and key not in reads:
-            known = sorted(reads - _RESERVED_KWARGS - specials)
-            raise SteeringError(f"this model's chat template does not read {key!r}, so it would change nothing; "
-                                f"the variables it reads: {', '.join(known) if known else 'none'}")
+    unread = unread_template_kwargs(tokenizer, kwargs, chat_template=chat_template)
+    if unread:
+        known = template_variables(tokenizer, chat_template=chat_template)
+        raise SteeringError(f"this model's chat template does not read {unread[0]!r}, so it would change nothing; "
+                            f"the variables it reads: {', '.join(known) if known else 'none'}")
 
 
 def _prefix_ends(render, msgs: list[dict], text: str,

@@ -356,6 +356,26 @@ def test_bad_requests_get_a_400_that_says_why(client):
         client.chat.completions.create(model="chat", messages=MSGS, tools=[{"type": "function", "function": {"name": "f"}}])
 
 
+def test_stream_options_without_stream_is_refused_as_openai_refuses_it(client):
+    """OpenAI answers 400 to stream_options on a request that does not stream (LiteLLM met it); it
+    was accepted and ignored here. The same body, message and param, on both endpoints."""
+    want = {"message": "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            "type": "invalid_request_error", "param": "stream_options", "code": None}
+    for stream in (None, False):
+        extra = {} if stream is None else {"stream": stream}
+        with pytest.raises(openai.BadRequestError) as e:
+            client.completions.create(model="chat", prompt="the", max_tokens=2, stream_options={"include_usage": True},
+                                      **extra)
+        assert e.value.body == want
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(model="chat", messages=MSGS, max_tokens=2,
+                                           stream_options={"include_usage": False}, **extra)
+        assert e.value.body == want
+    # null is no stream_options (LangChain sends it so on a request that does not stream)
+    r = client.chat.completions.create(model="chat", messages=MSGS, max_tokens=2, extra_body={"stream_options": None})
+    assert r.choices[0].message.content is not None
+
+
 def test_token_is_required_when_configured(ws):
     srv, _ = _serve(ws, token="t" * 32)
     try:

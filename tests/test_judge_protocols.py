@@ -509,6 +509,28 @@ def test_saesteer_label_stops_at_a_refused_key_in_one_line_naming_the_variable(s
     assert len(chats(srv)) == 1
 
 
+def test_a_refused_key_is_one_exception_class_from_the_backend_to_the_caller(srv):
+    # one name for one thing: the backend's 401 is the CredentialsRejected the judge raises and
+    # callers catch (a RequestFailed, and a SaesteerError the CLI says in one line); sent once
+    import asyncio
+
+    from autointerp.judge import CredentialsRejected
+    from autointerp.wire import ChatRequest
+    from saes.errors import SaesteerError
+
+    srv.reply = lambda ex: (401, {}, js({"error": {"message": "Incorrect API key provided: sk-wrong.",
+                                                   "type": "invalid_request_error", "code": "invalid_api_key"}}))
+    j = judge(srv)
+    with pytest.raises(CredentialsRejected, match="set OPENAI_API_KEY") as e:
+        asyncio.run(j.backend.chat(ChatRequest(tuple(ASK))))
+    assert isinstance(e.value, RequestFailed) and isinstance(e.value, SaesteerError)
+    with pytest.raises(CredentialsRejected, match="request rejected: HTTP 401") as e:
+        j.complete_sync(ASK, schema=LABEL)
+    with pytest.raises(CredentialsRejected):
+        j.complete_sync(ASK, schema=LABEL)  # the judge sends nothing more
+    assert len(chats(srv)) == 2  # the backend's own request and the judge's first
+
+
 def test_a_model_not_found_404_under_v1_gets_no_url_advice(srv):
     srv.reply = lambda ex: (404, {}, js({"error": {"message": 'model "qwen3:8b" not found, try pulling it first',
                                                    "type": "api_error", "param": None, "code": None}}))

@@ -134,3 +134,79 @@ def test_an_installed_toy_model_is_not_overwritten(tmp_path, monkeypatch, capsys
         assert exc.value.code == 2
         assert "installed saesteer" in capsys.readouterr().err
     assert list(installed.iterdir()) == []
+
+
+# The standard library's names newer than 3.10 that code here could reach for; an import of one
+# inside `try: ... except ImportError` (a fallback, as configargs reads TOML) is fine.
+_NEWER_STDLIB = {
+    (3, 11): {"tomllib": None, "datetime": {"UTC"}, "enum": {"StrEnum", "ReprEnum", "verify", "member", "nonmember"},
+              "typing": {"Self", "LiteralString", "Never", "assert_never", "assert_type", "reveal_type", "Required",
+                         "NotRequired", "Unpack", "TypeVarTuple", "dataclass_transform"},
+              "asyncio": {"TaskGroup", "timeout", "timeout_at", "Runner", "Barrier"},
+              "hashlib": {"file_digest"}, "contextlib": {"chdir"}, "operator": {"call"}, "math": {"cbrt", "exp2"},
+              "logging": {"getLevelNamesMapping"}, "re": {"NOFLAG"}, "builtins": {"ExceptionGroup", "BaseExceptionGroup"}},
+    (3, 12): {"itertools": {"batched"}, "typing": {"override", "TypeAliasType"}, "math": {"sumprod"}},
+}
+
+
+def _requires_python_floor() -> tuple[int, int]:
+    import re
+
+    spec = _pyproject()["project"]["requires-python"]
+    m = re.fullmatch(r">=\s*3\.(\d+)", spec.strip())
+    assert m, f"requires-python {spec!r}: this check reads a plain '>=3.N'"
+    return 3, int(m.group(1))
+
+
+def _newer_than(floor: tuple[int, int], tree) -> list[str]:
+    """The uses in `tree` of standard-library names newer than `floor` (outside ImportError fallbacks)."""
+    import ast
+
+    newer: dict[str, set[str] | None] = {}
+    for version, names in _NEWER_STDLIB.items():
+        if version > floor:
+            for module, members in names.items():
+                newer[module] = None if members is None else (newer.get(module) or set()) | members
+    def falls_back(handler) -> bool:  # except ImportError / ModuleNotFoundError (alone or in a tuple)
+        caught = ast.unparse(handler.type) if handler.type is not None else ""
+        return "ImportError" in caught or "ModuleNotFoundError" in caught
+
+    guarded: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Try) and any(falls_back(h) for h in node.handlers):
+            guarded |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
+    found = []
+    for node in ast.walk(tree):
+        if id(node) in guarded:
+            continue
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name in newer and newer[a.name] is None]
+        elif isinstance(node, ast.ImportFrom) and node.module in newer:
+            members = newer[node.module]
+            found += [f"{node.module}.{a.name}" for a in node.names if members is None or a.name in members]
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and (newer.get(node.value.id) or ()):
+            found += [f"{node.value.id}.{node.attr}"] if node.attr in newer[node.value.id] else []
+        elif isinstance(node, ast.Name) and node.id in (newer.get("builtins") or ()):
+            found.append(node.id)
+    return found
+
+
+def test_the_code_runs_on_the_oldest_python_requires_python_names() -> None:
+    """requires-python promises 3.10: every shipped module parses as that version's grammar (no
+    `except*`, no 3.12 f-string nesting) and uses no standard-library name added after it. (Checked
+    by hand with a 3.10 interpreter and vermin; this keeps it true without one.)"""
+    import ast
+
+    floor = _requires_python_floor()
+    problems = []
+    for f in _package_files():
+        if f.suffix != ".py":
+            continue
+        try:
+            tree = ast.parse(f.read_text(encoding="utf-8"), filename=str(f), feature_version=floor)
+        except SyntaxError as e:
+            problems.append(f"{f.relative_to(ROOT)}:{e.lineno}: not Python {floor[0]}.{floor[1]} syntax ({e.msg})")
+            continue
+        problems += [f"{f.relative_to(ROOT)}: {name} is newer than Python {floor[0]}.{floor[1]}"
+                     for name in _newer_than(floor, tree)]
+    assert problems == [], "\n".join(problems)

@@ -6,8 +6,9 @@ switch, think blocks, reasoning_content), and a Llama-3-Instruct checkpoint load
 generation_config.json lists <|eot_id|> beside the tokenizer's eos. What only these paths show:
 
 - vLLM's `chat_template_kwargs` (`{"enable_thinking": false}`, how clients turn Qwen3's thinking
-  off) was refused as an unknown field; it now reaches the template, and a variable the template does
-  not read (or one the server sets itself) is refused naming what the template reads;
+  off) was refused as an unknown field; it now reaches the template, a variable the template does
+  not read is ignored as vLLM ignores it (named in a response header and the log), and one the server
+  sets itself is refused;
 - a message's `name` and an assistant message's `reasoning_content` (or `reasoning`) were dropped
   without a word; they now go to the template, which decides whether the model sees them (as
   vLLM: agent frameworks put `name` on every message, so a template that ignores it is no error);
@@ -142,14 +143,43 @@ def test_enable_thinking_false_reaches_the_template(client, stores):
     assert plain.usage.prompt_tokens == n_off
 
 
-def test_template_kwargs_the_template_does_not_read_are_refused(client):
-    """A variable the template never reads would change nothing (Llama 3 has no thinking switch):
-    refused, naming what the template reads; one the server sets itself is refused too."""
-    with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model="llama3", messages=ASK, max_tokens=2,
-                                       extra_body={"chat_template_kwargs": {"enable_thinking": False}})
-    param, msg = _refusal(e)
-    assert param == "chat_template_kwargs" and "does not read 'enable_thinking'" in msg, msg
+def test_template_kwargs_the_template_does_not_read_are_ignored_and_named(client, caplog):
+    """Open WebUI sends enable_thinking to every model; Llama 3's template has no thinking switch. As
+    vLLM: the variable is dropped and the reply is the one without it; the response header names it
+    and the server's log says so once (naming what the template reads). One the server sets itself
+    is refused."""
+    from saesteer.api.prepare import IGNORED_TEMPLATE_KWARGS_HEADER
+
+    caplog.set_level("WARNING", logger="saesteer.api")
+    want = client.chat.completions.create(model="llama3", messages=ASK, max_tokens=4, temperature=0)
+    for _ in range(2):
+        raw = client.chat.completions.with_raw_response.create(
+            model="llama3", messages=ASK, max_tokens=4, temperature=0,
+            extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+        got = raw.parse()
+        assert got.choices[0].message.content == want.choices[0].message.content
+        assert got.usage.prompt_tokens == want.usage.prompt_tokens
+        assert json.loads(raw.headers[IGNORED_TEMPLATE_KWARGS_HEADER]) == ["enable_thinking"]
+    told = [r.getMessage() for r in caplog.records if "does not read 'enable_thinking'" in r.getMessage()]
+    assert len(told) == 1 and "'llama3'" in told[0] and "reads: none" in told[0], told
+    # Qwen3's reads enable_thinking: that one reaches it (no header), the other is dropped and named
+    raw = client.chat.completions.with_raw_response.create(
+        model="qwen3", messages=ASK, max_tokens=2, extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+    assert IGNORED_TEMPLATE_KWARGS_HEADER not in raw.headers
+    mixed = client.chat.completions.with_raw_response.create(
+        model="qwen3", messages=ASK, max_tokens=2,
+        extra_body={"chat_template_kwargs": {"thinking": True, "enable_thinking": False}})
+    assert json.loads(mixed.headers[IGNORED_TEMPLATE_KWARGS_HEADER]) == ["thinking"]
+    assert mixed.parse().usage.prompt_tokens == raw.parse().usage.prompt_tokens
+    assert any("does not read 'thinking'" in r.getMessage() and "enable_thinking" in r.getMessage()
+               for r in caplog.records)
+    # streamed: the header too; a name with a line break cannot break the header
+    with client.chat.completions.with_streaming_response.create(
+            model="llama3", messages=ASK, max_tokens=2, stream=True,
+            extra_body={"chat_template_kwargs": {"enable_thinking": True, "x\r\nSet-Cookie: a=b": 1}}) as r:
+        assert json.loads(r.headers[IGNORED_TEMPLATE_KWARGS_HEADER]) == ["enable_thinking", "x\r\nSet-Cookie: a=b"]
+        assert "set-cookie" not in r.headers
+        assert any("[DONE]" in line for line in r.iter_lines())
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model="qwen3", messages=ASK, max_tokens=2,
                                        extra_body={"chat_template_kwargs": {"add_generation_prompt": False}})

@@ -258,3 +258,26 @@ def test_umap_layout_of_the_decoder_directions(tmp_path):
     assert sorted(i for i, _, _ in pts) == _alive(path)
     xy = np.array([(x, y) for _, x, y in pts])
     assert np.isfinite(xy).all() and xy.min() == pytest.approx(-1) and xy.max() == pytest.approx(1)
+
+
+def test_features_map_without_umap_learn_names_the_extra_that_brings_it(tmp_path, monkeypatch):
+    """umap-learn (numba, llvmlite: ~100 MB) is the `map` extra, not a hard dependency: without it,
+    `saesteer features map` (umap by default) refuses in one line naming the pip command, whose
+    extra pyproject.toml defines, and --method pca still works."""
+    import sys
+
+    from helpers.real_cli import saesteer
+    from saes.io import save_sae
+    from test_packaging import _pyproject
+
+    project = _pyproject()["project"]
+    assert not [d for d in project["dependencies"] if d.startswith("umap-learn")], "umap-learn is the map extra"
+    assert [d for d in project["optional-dependencies"]["map"] if d.startswith("umap-learn")]
+    monkeypatch.setitem(sys.modules, "umap", None)  # import umap raises ImportError, as when not installed
+    ws, path = _store_copy(tmp_path)
+    sae_dir = save_sae(ws.sae, tmp_path / "sae")
+    r = saesteer("features", "map", path, "--sae", sae_dir).no_traceback()
+    assert r.rc == 2, r.text
+    (line,) = r.err.strip().splitlines()
+    assert "pip install 'saesteer[map]'" in line and "--method pca" in line, line
+    saesteer("features", "map", path, "--sae", sae_dir, "--method", "pca").ok()

@@ -10,6 +10,7 @@ reports it (`choices[i].steering.seed`).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,10 +19,16 @@ from saes.bytefallback import text_of
 from saesteer.api.protocol import ChatRequest, CompletionRequest, EditIn, SteeringIn, TriggerIn
 from saesteer.api.service import OVERRIDE_HINT, ServedModel
 
-__all__ = ["ApiError", "Prepared", "prepare_completion", "prepare_chat", "END_OF_TURN_TOKENS"]
+__all__ = ["ApiError", "Prepared", "prepare_completion", "prepare_chat", "END_OF_TURN_TOKENS",
+           "IGNORED_TEMPLATE_KWARGS_HEADER"]
 
 # end-of-turn markers of common chat templates: a chat reply also ends at these
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "</s>", "<|endoftext|>")
+# the response header naming the chat_template_kwargs a model's template does not read (dropped, as vLLM drops them)
+IGNORED_TEMPLATE_KWARGS_HEADER = "X-Saesteer-Ignored-Chat-Template-Kwargs"
+
+log = logging.getLogger("saesteer.api")
+_told_ignored: set[tuple[str, str]] = set()  # (model, variable): the log says it once, not on every request
 
 
 class ApiError(Exception):
@@ -41,6 +48,7 @@ class Prepared:
     logprobs: int | None  # None: no logprobs
     echo_texts: list[str] = field(default_factory=list)  # per prompt (completions with echo)
     steering_summary: dict[str, Any] | None = None
+    ignored_template_kwargs: list[str] = field(default_factory=list)  # chat_template_kwargs the template never reads
 
 
 def _steer_limits(limits):
@@ -237,6 +245,9 @@ def _check_positions(steering, layouts, served: ServedModel) -> None:
 def _common(req, served: ServedModel, limits, default_max: int | None, n_prompts: int) -> dict[str, Any]:
     if req.model != served.id:  # routes pick `served` by req.model; a safety net
         raise ApiError(404, f"model {req.model!r} not found", "model", "model_not_found")
+    if req.stream_options is not None and not req.stream:  # OpenAI's refusal, in its words
+        raise ApiError(400, "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                       "stream_options")
     n = req.n or 1
     if n * n_prompts > limits.max_choices:
         raise ApiError(400, f"n: at most {limits.max_choices} generations per request (prompts x n; got "
@@ -380,7 +391,7 @@ def prepare_completion(req: CompletionRequest, served: ServedModel, limits) -> P
 
 
 def prepare_chat(req: ChatRequest, served: ServedModel, limits) -> Prepared:
-    from steering.chat import check_template_kwargs, render_chat
+    from steering.chat import check_template_kwargs, render_chat, template_variables, unread_template_kwargs
     from steering.rowedits import RowLayout
     from steering.spec import SteeringError
 
@@ -402,12 +413,26 @@ def prepare_chat(req: ChatRequest, served: ServedModel, limits) -> Prepared:
         raise ApiError(400, f"continue_final_message continues the last message, which must be the assistant's (a "
                             f"prefill); the last message here is from {msgs[-1]['role']!r}", "continue_final_message")
     tok = served.model.tokenizer
+    template_kwargs = dict(req.chat_template_kwargs or {})
     try:
-        check_template_kwargs(tok, req.chat_template_kwargs or {})
+        # variables the template never reads are dropped, as vLLM drops them (chat clients such as Open
+        # WebUI send enable_thinking to every model); the log and a response header say so
+        ignored = unread_template_kwargs(tok, template_kwargs)
+        for key in ignored:
+            del template_kwargs[key]
+        check_template_kwargs(tok, template_kwargs)  # those the server sets itself are refused
     except SteeringError as e:
         raise ApiError(400, f"chat_template_kwargs: {e}", "chat_template_kwargs") from None
+    for key in ignored:
+        if (served.id, key) not in _told_ignored:
+            if len(_told_ignored) >= 1024:  # bounded: clients choose the names
+                _told_ignored.clear()
+            _told_ignored.add((served.id, key))
+            log.warning("chat_template_kwargs: the chat template of %r does not read %r, so it is ignored (as vLLM "
+                        "ignores it); the variables it reads: %s", served.id, key,
+                        ", ".join(template_variables(tok)) or "none")
     try:
-        chat = render_chat(tok, msgs, continue_final_message=cont, template_kwargs=req.chat_template_kwargs,
+        chat = render_chat(tok, msgs, continue_final_message=cont, template_kwargs=template_kwargs,
                            add_generation_prompt=not cont and req.add_generation_prompt is not False)
     except SteeringError as e:
         raise ApiError(400, str(e), "messages") from None
@@ -421,4 +446,4 @@ def prepare_chat(req: ChatRequest, served: ServedModel, limits) -> Prepared:
     _check_positions(steering, [layout], served)
     rows = _rows([chat.token_ids], [layout], served, req, c, steering, logprobs, bool(req.stream), chat=True)
     return Prepared("chat", served.id, rows, c["n"], bool(req.stream),
-                    bool(req.stream_options and req.stream_options.include_usage), logprobs, [], summary)
+                    bool(req.stream_options and req.stream_options.include_usage), logprobs, [], summary, ignored)

@@ -215,5 +215,6 @@ class ChatRequest(_Common):
         None, description="extension (vLLM): false renders the chat without the opening of the assistant's turn")
     chat_template_kwargs: Optional[dict[Annotated[str, Field(max_length=64)], Any]] = Field(
         None, max_length=16, description="extension (vLLM): variables for the chat template, e.g. "
-                                         "{\"enable_thinking\": false} (Qwen3); refused where the template "
-                                         "does not read them")
+                                         "{\"enable_thinking\": false} (Qwen3); those the template does not "
+                                         "read are ignored, as vLLM ignores them (named in the "
+                                         "X-Saesteer-Ignored-Chat-Template-Kwargs header)")

@@ -105,7 +105,8 @@ def _add_map(sub) -> None:
     m.add_argument("--source", default="decoder", choices=["decoder", "labels"],
                    help="decoder directions of the SAE, or the stored label embeddings (default: decoder)")
     m.add_argument("--method", default="umap", choices=["umap", "pca"],
-                   help="umap (umap-learn; compiles numba code on first use) or pca (instant) (default: umap)")
+                   help="umap (umap-learn: pip install 'saesteer[map]'; compiles numba code on first use) or pca "
+                        "(instant) (default: umap)")
     m.add_argument("--sae", default=None, help="SAE folder for --source decoder (default: the one the store records)")
     m.add_argument("--embed-model", default=None, help="for --source labels: which stored embedding model (default: "
                                                          "a real model's over the offline hashing)")
