@@ -114,12 +114,15 @@ def _run(args, model=None) -> int:
                                              typical_max_provider)
     from saes.hookpoints import model_device
     from steering.generation import with_sae_bos
+    from steering.resolve import check_latent_index
 
     sweep_cfg, gen_cfg, limits, prompts, scorer, judge = _prepare(args)
     named = _latents(args)
     loaded = load_saes(args.sae, hook=args.hook, model=args.model, store_hook=store_hook(args))
     saes = {sae_name: item.sae for sae_name, item in loaded.items()}
     name = _sae_name(args, saes, named)
+    for latent in args.latent:  # refused by the SAE's width before the model loads
+        check_latent_index(latent, saes[name], name)
     store, link = open_store(args.store, {name: saes[name]}, writable=args.save_strength)
     try:
         if model is None:
