@@ -220,6 +220,15 @@ def dataset_spec(cfg: TextConfig, data: ResolvedData | None = None) -> dict[str,
 # Documents
 
 
+class TextColumnError(ValueError):
+    """A dataset's text column that cannot be read: `problem` says why; the message adds the fix
+    (--text-column), which a caller that reads the column from a record words its own way."""
+
+    def __init__(self, problem: str, fix: str):
+        super().__init__(f"{problem}{'; ' if fix[0].islower() else '. '}{fix}")
+        self.problem = problem
+
+
 class DocumentSource:
     """Documents of one dataset split, in a fixed order, readable from any document index."""
 
@@ -295,10 +304,8 @@ class DocumentSource:
         if self.column not in cols:
             tokens = [c for c in TOKEN_COLUMNS if c in cols]
             if self.cfg.text_column != "text" or not tokens:
-                raise ValueError(
-                    f"dataset {self.cfg.dataset!r} has no column {self.cfg.text_column!r}; "
-                    f"available columns: {', '.join(cols)}. Pass --text-column with one of them."
-                )
+                raise TextColumnError(f"dataset {self.cfg.dataset!r} has no column {self.cfg.text_column!r}; "
+                                      f"available columns: {', '.join(cols)}", "Pass --text-column with one of them.")
             self.column = tokens[0]
         self.pretokenized = self._holds_token_ids()
 
@@ -378,10 +385,10 @@ class DocumentSource:
             if v is not None and not isinstance(v, str):
                 shown = repr(v)
                 shown = shown if len(shown) <= 60 else shown[:57] + "..."
-                raise ValueError(
+                raise TextColumnError(
                     f"document {first_doc + j} of dataset {self.cfg.dataset!r}: column {self.cfg.text_column!r} is "
-                    f"{type(v).__name__}, not text ({shown}); pass --text-column with the column that holds the "
-                    f"documents' text (or fix that document)")
+                    f"{type(v).__name__}, not text ({shown})", "pass --text-column with the column that holds the "
+                    "documents' text (or fix that document)")
         return ["" if v is None else v for v in values]
 
 

@@ -207,8 +207,14 @@ def _heldout(train_text, data_cfg, tokenizer, n: int, train_docs: int | None, fr
             f"--eval-split NAME of {train_text.dataset}), or leave --eval-dataset out") from None
     except (ValueError, OSError) as e:
         from training.heldout import EvalOverlapError
-        from training.text import MissingSplitError
+        from training.text import MissingSplitError, TextColumnError
 
+        if from_cache and isinstance(e, TextColumnError):  # not --text-column's to fix: it does nothing with --cache
+            e = ValueError(e.problem if not data_cfg.eval_dataset else
+                           f"{e.problem}. Held-out text is read from the column the cache {data_cfg.cache} read its "
+                           f"text from, {eval_text.text_column!r} (--text-column does nothing with --cache): give an "
+                           f"--eval-dataset with its text in that column, or, without --eval-dataset, --eval-split "
+                           f"NAME: a split of {train_text.dataset} other than the cache's ({train_text.split!r})")
         if data_cfg.eval_dataset or isinstance(e, EvalOverlapError):
             raise ValueError(f"CE evaluation: {e}") from None
         return None, e.missing if isinstance(e, MissingSplitError) else str(e)  # without the advice for --split
