@@ -128,8 +128,8 @@ def test_the_config_file_is_read_once_and_says_whether_the_separator_is_given(tm
     monkeypatch.setattr(configargs, "load_config_file", lambda path: reads.append(path) or load(path))
     seen = []
 
-    def prepare_data(*a, separator_given, **kw):
-        seen.append(separator_given)
+    def prepare_data(*a, text_given, **kw):
+        seen.append("separator" in text_given)
         raise ValueError("stopped before the data is read")
 
     monkeypatch.setattr(_train_data, "prepare_data", prepare_data)
