@@ -49,6 +49,7 @@ is read as ratios within one run. Check `uptime` before a heavy run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -307,8 +308,8 @@ def cmd_cache(args) -> tuple[str, dict]:
 
 # ------------------------------------------------------------------------- 1e9-token reader
 def cmd_reader(args) -> tuple[str, dict]:
-    from training.manifest import (MANIFEST_NAME, PROGRESS_NAME, Manifest, ShardInfo, append_progress, read_manifest,
-                                   read_progress, shard_file_name, write_manifest)
+    from training.manifest import (MANIFEST_NAME, PROGRESS_NAME, Manifest, append_progress, read_manifest, read_progress,
+                                   shard_file_name, write_manifest)
     from training.reader import CacheReader
     from saes.fileio import sha256_file
 
@@ -325,13 +326,14 @@ def cmd_reader(args) -> tuple[str, dict]:
         real = work / "real"
         write_synthetic_cache(real, rows_per_shard, d_in, L=L, shard_contexts=C)
         src = real / shard_file_name(0)
-        size, sha = src.stat().st_size, read_manifest(real).shards[0].sha256
+        first = read_manifest(real).shards[0]  # as the writer recorded it: SHA-256 of the file and of each part
+        size = src.stat().st_size
         out["shard_bytes"] = size
         t0 = time.perf_counter()
         for i in range(n_shards):
             os.link(src, work / shard_file_name(i))
         out["link_s"] = time.perf_counter() - t0
-        infos = [ShardInfo(i, shard_file_name(i), i * C, C, rows_per_shard, size, sha, (0, 0), (0, 0)) for i in range(n_shards)]
+        infos = [dataclasses.replace(first, index=i, file=shard_file_name(i), first_context=i * C) for i in range(n_shards)]
         # the build log: appends (timed on a sample: each is an fsync), then its read at the end of the build
         t0 = time.perf_counter()
         sample = min(200, n_shards)

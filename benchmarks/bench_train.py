@@ -70,28 +70,39 @@ HOOK = "blocks.0.hook_resid_post"
 
 # ------------------------------------------------------------------------------ caches
 def synthetic_cache(path: Path, d_in: int, rows: int, shard_rows: int = 65536, seed: int = 0) -> Path:
-    """A cache directory in the real format (fp16 shards, manifest, SHA-256) of sparse-feature data."""
-    from training.manifest import FORMAT_NAME, FORMAT_VERSION, Manifest, ShardInfo, shard_file_name, write_manifest
-    from training.shards import write_safetensors_atomic
+    """A cache directory of sparse-feature data written as `saesteer cache` writes one: its shard
+    writer (fp16 shards, a SHA-256 per part, the build log), then its manifest. A cache left by an
+    older run without part checksums (its readers hash whole files, as users' readers no longer do)
+    is written again."""
+    import shutil
 
-    if (path / "manifest.json").is_file():
+    from training.manifest import (FORMAT_NAME, FORMAT_VERSION, PROGRESS_NAME, Manifest, read_manifest, read_progress,
+                                   shard_file_name, write_manifest)
+    from training.writer import ShardBuffer, ShardWriter
+
+    if (path / "manifest.json").is_file() and all(s.part_sha256 for s in read_manifest(path).shards):
         return path
-    path.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
     data = SparseFeatureData(d_in, n_features=8 * d_in, mean_active=24, seed=seed)
     g = torch.Generator().manual_seed(seed + 7)
     L = 128
-    shards, r = [], 0
+    writer = ShardWriter(path, [ShardBuffer({HOOK: d_in}, torch.float16, -(-shard_rows // L), L, pin=False)],
+                         threaded=False)
+    r = 0
     for i in range(math.ceil(rows / shard_rows)):
         n = min(shard_rows, rows - r)
-        acts = data.sample(n, g).half()
+        buf = writer.acquire()
+        buf.acts[HOOK][:n] = data.sample(n, g).half()
         idx = torch.arange(r, r + n)
-        tensors = {f"acts/{HOOK}": acts, "token_ids": torch.zeros(n, dtype=torch.int32),
-                   "positions": (idx % L).to(torch.int32), "seq_index": idx // L,
-                   "context_tokens": torch.zeros(0, L, dtype=torch.int32)}
-        f = shard_file_name(i)
-        w = write_safetensors_atomic(path / f, tensors)
-        shards.append(ShardInfo(i, f, 0, 0, n, w.nbytes, w.sha256, (0, 0), (0, 0)))
+        buf.token_ids[:n] = 0
+        buf.positions[:n] = idx % L
+        buf.seq_index[:n] = idx // L
+        buf.rows, buf.contexts = n, 0  # no model inputs: nothing here runs a model
+        writer.submit(buf, {"index": i, "file": shard_file_name(i), "first_context": 0, "text_start": (0, 0),
+                            "text_end": (0, 0)})
         r += n
+    writer.close()
     settings = {
         "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
         "model": {"id": "synthetic", "revision": None, "fingerprint": "0", "n_ctx": L, "d_model": d_in},
@@ -99,7 +110,8 @@ def synthetic_cache(path: Path, d_in: int, rows: int, shard_rows: int = 65536, s
         "separator": "none", "exclude_tokens": "none", "excluded_token_ids": [], "tokenizer": {"name": "none", "sha256": "0"},
         "dataset": {"name": "synthetic"}, "max_tokens": None, "shard_contexts": shard_rows // L,
     }
-    write_manifest(path, Manifest(settings, complete=True, shards=shards))
+    write_manifest(path, Manifest(settings, complete=True, shards=read_progress(path)))
+    (path / PROGRESS_NAME).unlink()
     return path
 
 

@@ -204,6 +204,31 @@ def _sae_name_of(e: FeatureEdit, sae_map: Mapping[str, SAE]) -> str:
     return e.sae
 
 
+def check_latent_index(latent: int, sae: SAE, sae_name: str, what: str = "latent") -> None:
+    """Refuse a latent `sae` does not have, naming it and the valid range: `what` words the latent
+    (e.g. '123:add=4?900>1: trigger latent')."""
+    if not 0 <= latent < sae.d_sae:
+        raise SteeringError(f"{what} {latent} is out of range for SAE {sae_name!r} (d_sae {sae.d_sae}); valid ids are "
+                            f"0..{sae.d_sae - 1}")
+
+
+def check_edit_latents(saes: SAEs, edits: Sequence[Edit | str]) -> None:
+    """The latents of the feature edits (and their triggers') checked against their SAEs' widths,
+    which the SAE's files give: a command refuses a latent out of range before it loads a model."""
+    sae_map = sae_mapping(saes)
+    for e in edits:
+        e = parse_edit(e) if isinstance(e, str) else e
+        if isinstance(e, FeatureEdit):
+            name = _sae_name_of(e, sae_map)
+            _check_edit_latents(e, sae_map[name], name)
+
+
+def _check_edit_latents(e: FeatureEdit, sae: SAE, sae_name: str) -> None:
+    check_latent_index(e.latent, sae, sae_name, f"{e.describe()}: latent")
+    if e.when is not None:
+        check_latent_index(e.when.latent, sae, sae_name, f"{e.describe()}: trigger latent")
+
+
 def _resolve_feature_edit(model: Model, sae_map: Mapping[str, SAE], e: FeatureEdit, seen: dict[tuple[str, int], str],
                           targets: dict[str, str],
                           typical_max: TypicalMaxArg, limits: SteerLimits) -> ResolvedEdit:
@@ -211,11 +236,7 @@ def _resolve_feature_edit(model: Model, sae_map: Mapping[str, SAE], e: FeatureEd
     (`seen` records it), its strength converted to a raw activation."""
     name = _sae_name_of(e, sae_map)
     sae = sae_map[name]
-    if not 0 <= e.latent < sae.d_sae:
-        raise SteeringError(
-            f"{e.describe()}: latent {e.latent} is out of range for SAE {name!r} (d_sae {sae.d_sae}); valid ids are "
-            f"0..{sae.d_sae - 1}"
-        )
+    _check_edit_latents(e, sae, name)
     hook = sae_hook_name(sae, name)
     width = expected_width(model, hook)
     hook = steered_hook(model, hook, f"SAE {name!r}")
@@ -242,7 +263,7 @@ def _resolve_feature_edit(model: Model, sae_map: Mapping[str, SAE], e: FeatureEd
     if tmax is None and provider is not None and e.unit == "max_act" and e.op in ("add", "clamp"):
         raise SteeringError(_no_typical_max(e.describe(), e.latent, name, e.value, "value"))
     value = raw_value(e, tmax, limits, name)
-    trigger = None if e.when is None else (e.when.latent, trigger_threshold(e, sae, provider, name))
+    trigger = None if e.when is None else (e.when.latent, trigger_threshold(e, provider, name))
     return ResolvedEdit(e, name, hook, e.latent, e.op, value, e.positions, tmax, trigger, reads)
 
 
@@ -260,14 +281,10 @@ def _check_positions(model: Model, r: ResolvedEdit, chat_positions: bool) -> Non
         )
 
 
-def trigger_threshold(e: FeatureEdit, sae: SAE, provider: TypicalMax | None, sae_name: str) -> float:
-    """The raw threshold of `e`'s trigger (checked: a latent of the SAE, a finite threshold)."""
+def trigger_threshold(e: FeatureEdit, provider: TypicalMax | None, sae_name: str) -> float:
+    """The raw threshold of `e`'s trigger (its latent checked by `_check_edit_latents`)."""
     t = e.when
     assert t is not None
-    if not 0 <= t.latent < sae.d_sae:
-        raise SteeringError(
-            f"{e.describe()}: trigger latent {t.latent} is out of range for SAE {sae_name!r}; valid ids are 0..{sae.d_sae - 1}"
-        )
     if t.unit == "raw":
         return t.above
     tmax = lookup_typical_max(provider, t.latent)

@@ -94,6 +94,25 @@ def test_a_corrupt_shard_of_another_hook_does_not_stop_a_run_and_is_refused_when
     assert r.rc != 0 and SHARD in r.text
 
 
+@pytest.mark.parametrize("part, refused", [(f"acts/{HOOKS[0]}", False), (f"acts/{HOOKS[1]}", False),
+                                           ("context_tokens", True)])
+def test_the_model_inputs_read_from_a_cache_are_checked_and_no_hooks_activations(built, tmp_path, part, refused):
+    """`contexts_from_cache` (the CE evaluation's fallback: contexts of the cache's last shards) reads
+    `context_tokens` alone: it opened the cache under its first hook, so a corrupt part of that hook's
+    activations stopped a run of another hook, and every shard read had those hashed for nothing."""
+    from training.sources import contexts_from_cache
+
+    clean = contexts_from_cache(built / "cache", 16)
+    cache = copy_cache(built, tmp_path)
+    last = read_manifest(cache).shards[-1].file
+    flip(cache / last, part)
+    if refused:
+        with pytest.raises(ShardCorruptError, match=f"{last}.*mismatch in {part}"):
+            contexts_from_cache(cache, 16)
+    else:
+        assert torch.equal(contexts_from_cache(cache, 16), clean) and clean.shape == (16, 64)
+
+
 @pytest.mark.parametrize("part", [f"acts/{HOOKS[1]}", "token_ids", "context_tokens", HEADER_PART])
 def test_a_corrupt_part_the_run_reads_is_refused_naming_the_shard_and_the_part(built, tmp_path, part):
     cache = copy_cache(built, tmp_path)

@@ -439,3 +439,22 @@ def test_an_empty_prompt_on_a_model_without_a_bos_token_is_refused_asking_for_a_
     err = capsys.readouterr().err.strip()
     assert "no BOS token" in err and err.endswith("give a prompt") and len(err.splitlines()) == 1, err
     assert hooks_attached(bosless) == []
+
+
+@pytest.mark.parametrize("argv, what", [
+    (["steer", "-l", "128:clamp=1", "-p", "x"], "128:clamp=1: latent 128"),
+    (["steer", "-l", "3:clamp=1?200>1", "-p", "x"], "3:clamp=1?200>1: trigger latent 200"),
+    (["sweep", "-l", "3", "-l", "128", "--topic", "ocean", "--unit", "raw"], "latent 128"),
+    (["steer-eval", "-l", "128", "--topic", "ocean"], "latent 128"),
+])
+def test_a_latent_out_of_range_is_refused_from_the_saes_width_before_the_model_loads(sae_dir, monkeypatch, argv, what):
+    from helpers.real_cli import saesteer
+    from saesteer.commands import _steering
+
+    def no_model(*a, **kw):
+        raise AssertionError("the model was loaded for a latent the SAE does not have")
+
+    monkeypatch.setattr(_steering, "load_model", no_model)
+    r = saesteer(*argv, "--sae", sae_dir, "--model", "toy").no_traceback()
+    assert r.rc == 2 and r.err.strip().splitlines() == [
+        f"error: {what} is out of range for SAE 'sae' (d_sae 128); valid ids are 0..127"]

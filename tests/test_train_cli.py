@@ -113,6 +113,30 @@ def test_every_run_config_field_with_a_flag_is_said_as_that_flag() -> None:
     assert said["checkpoint.every_tokens"] == "--checkpoint-every-tokens" and said["saes.0.lr"] == "--sae-lr (SAE 0)"
 
 
+@pytest.mark.parametrize("text, flags, given", [({}, [], False), ({"separator": "bos"}, [], True),
+                                                 ({}, ["--separator", "bos"], True)])
+def test_the_config_file_is_read_once_and_says_whether_the_separator_is_given(tmp_path: Path, monkeypatch, text,
+                                                                              flags, given) -> None:
+    """Whether --separator or the file's text.separator says the separator (else a pretokenized dataset's
+    rows do) is taken from the config file as read once (it was read a second time for that)."""
+    from saesteer import configargs
+    from saesteer.commands import _train_data
+
+    cfg = tmp_path / "run.json"
+    cfg.write_text(json.dumps({"data": {"model": "toy"}, "text": {"dataset": "toy", **text}}))
+    reads, load = [], configargs.load_config_file
+    monkeypatch.setattr(configargs, "load_config_file", lambda path: reads.append(path) or load(path))
+    seen = []
+
+    def prepare_data(*a, text_given, **kw):
+        seen.append("separator" in text_given)
+        raise ValueError("stopped before the data is read")
+
+    monkeypatch.setattr(_train_data, "prepare_data", prepare_data)
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "run"), *flags]) == 2
+    assert reads == [str(cfg)] and seen == [given]
+
+
 def test_config_file_and_flags(tmp_path: Path, capsys) -> None:
     cfg = tmp_path / "run.json"
     cfg.write_text(json.dumps({

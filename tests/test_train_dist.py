@@ -201,7 +201,7 @@ def test_two_ranks_by_shards_equal_one_process_on_the_same_global_batches(case: 
     cache = caches[case]
     ap = argparse.ArgumentParser()
     train_cmd.add_arguments(ap)
-    run_cfg, data_cfg, _, _, _ = train_cmd.build_configs(ap.parse_args(train_args(case, cache, tmp_path / "ref")[1:]))
+    run_cfg, data_cfg, *_ = train_cmd.build_configs(ap.parse_args(train_args(case, cache, tmp_path / "ref")[1:]))
     rows = [s.rows for s in read_manifest(cache).shards]
     parts = [rank_shards(rows, r, 2) for r in range(2)]
     assert sorted(parts[0] + parts[1]) == list(range(len(rows))) and not set(parts[0]) & set(parts[1])

@@ -153,6 +153,43 @@ def test_the_rows_are_checked_in_the_dataset_already_opened(user, monkeypatch):
     assert len(opened) == 1, opened
 
 
+def test_a_command_opens_the_dataset_checks_the_rows_and_loads_saelens_tokenizer_once(user, monkeypatch):
+    """`cache` reads the dataset it opened to find the column and the rows' separator (it opened it
+    twice, and checked the rows twice); the estimate's own opening is on purpose (it reads while the
+    build's prefetcher does). SAELens's tokenizer (sae_lens.json's) is loaded once per process:
+    `train` checks the rows before and after its model loads (it loaded it for each check)."""
+    import sys
+
+    import transformers
+
+    from training import pretokenized
+    from training.text import DocumentSource
+
+    opened, load = [], DocumentSource._load
+    monkeypatch.setattr(DocumentSource, "_load", lambda self: opened.append(self.cfg) or load(self))
+    checks, check = [], pretokenized.check_token_rows
+    monkeypatch.setattr(pretokenized, "check_token_rows", lambda *a: checks.append(a[0]) or check(*a))
+    saelens_loads, from_pretrained = [], transformers.AutoTokenizer.from_pretrained
+
+    def counted(name, *a, **kw):
+        if sys._getframe(1).f_code.co_name == "_load_tokenizer":
+            saelens_loads.append(name)
+        return from_pretrained(name, *a, **kw)
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", counted)
+    pretokenized._load_tokenizer.cache_clear()
+    cache(user.model, user.saved["train"], user.work / "once").ok()
+    assert len(opened) == 2 and len(checks) == 1 and saelens_loads == [str(user.model)], (opened, checks)
+    assert json.loads((user.work / "once/manifest.json").read_text())["separator"] == "eos"
+    pretokenized._load_tokenizer.cache_clear()
+    saelens_loads.clear()
+    saesteer("train", "--model", user.model, "--dataset", user.saved["train"], "--context-length", L, "--hook", HOOK,
+             "--out", user.work / "once-run", "--architecture", "topk", "--d-sae", 64, "--k", 4, "--total-tokens", 512,
+             "--batch-size", 256, "--holdout-tokens", 256, "--eval-every-tokens", 0, "--checkpoint-every-tokens", 0,
+             "--model-eval", "false", "--no-progress", "--sae-name", "sae").ok()
+    assert saelens_loads == [str(user.model)]
+
+
 def test_training_without_a_cache_records_the_column_it_read(user):
     """`train --model M --dataset <pretokenized folder>` (no cache): the SAE records how its text was
     read (data.text) with the token column read, not the flag's default "text"."""

@@ -69,6 +69,37 @@ def test_eval_on_the_training_split_of_the_same_data_is_refused(user):
     assert [line for line in r.err.splitlines() if line.startswith("Traceback")] == []
 
 
+def test_held_out_text_without_the_caches_column_says_what_can_be_read(user, tmp_path):
+    """An --eval-dataset without the column the cache's text was read from ('content'): the refusal
+    said "Pass --text-column", which does not apply with --cache (given, the same refusal came back;
+    now a --text-column other than the cache's is refused itself, naming both)."""
+    work, splits = user
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps({"text": d}) + "\n" for d in splits["test"][:20]), encoding="utf-8")
+    r = saesteer("train", "--cache", work / "cache", "--out", tmp_path / "run", "--architecture", "topk",
+                 "--d-sae", 64, "--k", 4, "--total-tokens", 512, "--batch-size", 256, "--eval-dataset", other,
+                 "--no-progress").no_traceback()
+    assert r.rc == 2 and len(r.err.strip().splitlines()) == 1, r.err
+    assert "has no column 'content'" in r.err and "--text-column" not in r.err, r.err
+    assert "the column the cache" in r.err and "give an --eval-dataset with its text in that column" in r.err and \
+        f"--eval-split NAME: a split of {work / 'dsdict'} other than the cache's ('validation')" in r.err, r.err
+
+
+@pytest.mark.parametrize("flags, said", [(["--text-column", "text"], "--text-column text (the cache's: content)"),
+                                         (["--context-length", 16], "--context-length 16 (the cache's: 32)")])
+def test_a_text_setting_other_than_the_caches_is_refused_naming_both(user, tmp_path, flags, said):
+    """--cache trains on text as it was cached: a text flag that differs did nothing, silently."""
+    work, _ = user
+    r = saesteer("train", "--cache", work / "cache", "--out", tmp_path / "run", "--architecture", "topk",
+                 "--d-sae", 64, "--k", 4, "--total-tokens", 512, "--batch-size", 256, *flags, "--no-progress")
+    assert r.no_traceback().rc == 2 and r.err.startswith(f"error: {said}: the cache {work / 'cache'} holds"), r.err
+    assert not (tmp_path / "run").exists()
+    saesteer("train", "--cache", work / "cache", "--out", tmp_path / "same", "--architecture", "topk", "--d-sae", 64,
+             "--k", 4, "--total-tokens", 512, "--batch-size", 256, "--eval-split", "test", "--eval-ce-contexts", 2,
+             "--text-column", "content", "--context-length", 32, "--eval-every-tokens", 0,
+             "--checkpoint-every-tokens", 0, "--no-progress").ok()
+
+
 @pytest.fixture(scope="module")
 def llama_hub(real_models, real_corpus, tmp_path_factory):
     """A tiny Llama known by its hub name in a local HF cache (offline), and a hub dataset snapshot

@@ -53,7 +53,7 @@ from training.plan import CachePlan, identity_record, plan_cache, refuse_mismatc
 from training.runner import ActivationRunner
 from training.shards import DTYPES
 from training.packing import ContextPacker, open_packer
-from training.text import TextConfig, TextPointer
+from training.text import DocumentSource, TextConfig, TextPointer
 from training.writer import CacheDiskFullError, ShardBuffer, ShardWriter, fill_batch, fmt_bytes, write_failure
 
 
@@ -78,17 +78,19 @@ def build_cache(
     progress: bool = True,
     log: Callable[[str], None] | None = print,
     writer_thread: bool = True,
+    source: DocumentSource | None = None,
 ) -> CacheResult:
     """Build (or resume, or confirm) the activation cache `cfg.out` for `model` on `text`.
 
     `model_id` / `model_revision` are recorded in the manifest (default: `model.cfg.model_name`);
-    `tokenizer` defaults to `model.tokenizer`. Raises `CacheMismatchError` when `cfg.out` holds a
+    `tokenizer` defaults to `model.tokenizer`; `source`: `text`'s dataset already opened
+    (`training.text.source_as_read`), else opened here. Raises `CacheMismatchError` when `cfg.out` holds a
     cache with other settings, `UnknownHookError`, `ValueError` for bad input (missing text
     column, context longer than the model's), `CacheDiskFullError` on a full disk, `CacheWriteError`
     when `cfg.out` cannot be written (finished shards are kept: re-run to resume)."""
     try:
         return _build_cache(model, text, cfg, tokenizer=tokenizer, model_id=model_id, model_revision=model_revision,
-                            progress=progress, log=log, writer_thread=writer_thread)
+                            progress=progress, log=log, writer_thread=writer_thread, source=source)
     except OSError as e:
         clear = write_failure(Path(cfg.out), e)
         if clear is None or clear is e:
@@ -97,11 +99,11 @@ def build_cache(
 
 
 def _build_cache(model, text: TextConfig, cfg: CacheConfig, *, tokenizer, model_id, model_revision, progress, log,
-                 writer_thread) -> CacheResult:
+                 writer_thread, source) -> CacheResult:
     t_start = time.perf_counter()
     say = log or (lambda s: None)
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
-    plan = plan_cache(model, text, cfg, tokenizer, model_id, model_revision)
+    plan = plan_cache(model, text, cfg, tokenizer, model_id, model_revision, source)
     out = Path(cfg.out)
     existing = _existing_cache(out, plan)
     if existing is not None and existing.complete:

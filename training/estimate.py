@@ -203,10 +203,11 @@ def estimate_plan(plan: CachePlan, text: TextConfig, cfg: CacheConfig, tokenizer
 
 def estimate_cache(
     model, text: TextConfig, cfg: CacheConfig, *, tokenizer=None, model_id: str | None = None,
-    model_revision: str | None = None,
+    model_revision: str | None = None, source: DocumentSource | None = None,
 ) -> CacheEstimate:
-    """The dry run: validate everything a build would, estimate disk and time; write nothing."""
-    plan = plan_cache(model, text, cfg, tokenizer, model_id, model_revision)
+    """The dry run: validate everything a build would, estimate disk and time; write nothing.
+    `source`: `text`'s dataset already opened (`training.text.source_as_read`), else opened here."""
+    plan = plan_cache(model, text, cfg, tokenizer, model_id, model_revision, source)
     tokenizer = tokenizer if tokenizer is not None else model.tokenizer
     out = Path(cfg.out)
     done = 0

@@ -46,9 +46,13 @@ def identity_record(model) -> dict[str, Any] | None:
     return None if ident is None else ident.to_json()
 
 
-def plan_cache(model, text: TextConfig, cfg: CacheConfig, tokenizer, model_id, model_revision) -> CachePlan:
+def plan_cache(model, text: TextConfig, cfg: CacheConfig, tokenizer, model_id, model_revision,
+               source: DocumentSource | None = None) -> CachePlan:
     """Check everything a build needs (hooks, context length, tokens, dataset and text column) and
-    fix its settings; runs one tiny forward pass (the hooks' widths) and nothing else."""
+    fix its settings; runs one tiny forward pass (the hooks' widths) and nothing else. `source`:
+    `text`'s dataset already opened (`training.text.source_as_read`), else opened here."""
+    if source is not None and source.cfg != text:
+        raise ValueError(f"the dataset source given is read as {source.cfg}, not as {text}")
     if tokenizer is None:
         tokenizer = getattr(model, "tokenizer", None)
         if tokenizer is None:
@@ -59,7 +63,7 @@ def plan_cache(model, text: TextConfig, cfg: CacheConfig, tokenizer, model_id, m
             f"CacheConfig.max_tokens {cfg.max_tokens} is less than one context ({text.context_length} tokens); raise "
             f"CacheConfig.max_tokens or lower TextConfig.context_length", field="max_tokens")
     d_in = runner.d_in(text.context_length)
-    source = DocumentSource(text)  # checks the dataset and its text column
+    source = source or DocumentSource(text)  # checks the dataset and its text column
     spec = dataset_spec(text, source.data)
     if source.pretokenized:  # token ids: checked against the tokenizer and BOS policy now, and recorded
         from training.pretokenized import checked_rows

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import os
 from pathlib import Path
@@ -152,9 +153,12 @@ def _check_metadata_tokenizer(meta: dict[str, Any], dataset: str, tokenizer):
     return theirs
 
 
+@functools.lru_cache(maxsize=4)
 def _load_tokenizer(name: str):
     """`AutoTokenizer.from_pretrained(name)` with the tokenizer's own defaults, as SAELens's
-    PretokenizeRunner loads it; None when it cannot be loaded here (offline and not in the HF cache)."""
+    PretokenizeRunner loads it; None when it cannot be loaded here (offline and not in the HF cache).
+    Loaded once per process: a command checks rows more than once (before and after its model
+    loads, the cache's text and its held-out text), and only reads the tokenizer (vocabulary, encode, decode)."""
     try:
         from transformers import AutoTokenizer
 
@@ -367,7 +371,7 @@ def _shown(ids: list[int], tokenizer) -> str:
 def checked_rows(source, tokenizer) -> dict[str, Any]:
     """`check_token_rows` on the first rows of a pretokenized `DocumentSource` (once per source);
     returns what the manifest records of them."""
-    if getattr(source, "token_record", None) is None:
+    if source.token_record is None:
         rows: list[np.ndarray] = []
         for chunk in source.chunks(0, chunk_docs=CHECK_ROWS):
             rows.extend(as_ids(r) for r in chunk)

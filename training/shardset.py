@@ -144,10 +144,12 @@ class ShardSet:
         target_hook: a transcoder's target hook, read beside `hook` row for row (None: an SAE).
         verify: "once" (default: each shard's SHA-256 checked once per ShardSet), "always" (every
             time a shard is opened), or "never".
+        acts: False for a reader of the model inputs alone (`context_tokens`, the row tensors): no
+            hook's activations are read, so none are checked.
     """
 
     def __init__(self, path: str | Path, hook: str | None = None, *, verify: Verify = "once",
-                 target_hook: str | None = None) -> None:
+                 target_hook: str | None = None, acts: bool = True) -> None:
         self.path = Path(path)
         self.manifest: Manifest = read_manifest(self.path)
         if not self.manifest.complete:
@@ -168,6 +170,7 @@ class ShardSet:
         self.hook = hook
         self.target_hook = target_hook
         self.verify = verify
+        self.acts = acts
         self.d_in = self.manifest.d_in[hook]
         self.d_out = self.manifest.d_in[target_hook] if target_hook is not None else None
         self.stored_dtype = DTYPES[self.manifest.dtype]
@@ -212,7 +215,9 @@ class ShardSet:
 
     @property
     def widths(self) -> dict[str, int]:
-        """The hooks read, with their widths: the input hook (and the target hook)."""
+        """The hooks read, with their widths: the input hook (and the target hook); none without `acts`."""
+        if not self.acts:
+            return {}
         out = {self.hook: self.d_in}
         if self.target_hook is not None:
             out[self.target_hook] = self.d_out
@@ -274,6 +279,8 @@ class ShardSet:
         names = {"acts": f"acts/{self.hook}", "targets": f"acts/{self.target_hook}"}
         if "targets" in keys and self.target_hook is None:
             raise ValueError("targets asked of a ShardSet opened without target_hook")
+        if {"acts", "targets"} & set(keys) and not self.acts:
+            raise ValueError("activations asked of a ShardSet opened without acts (they were not checked)")
         with self.open_shard(i) as (f, entries):
             return read_tensors(f, [entries[names.get(k, k)] for k in keys], list(keys))
 

@@ -118,8 +118,8 @@ def contexts_from_text(text_cfg: Any, tokenizer: Any, n: int) -> torch.Tensor:
 def contexts_from_cache(cache_dir: str | Path, n: int, manifest: Manifest | None = None) -> torch.Tensor:
     """Up to `n` model inputs [n, L] stored in the cache's last shards (trained-on text: a fallback);
     each shard read is checked first (`training.shardset`). `manifest`: the cache's, if read already."""
-    hook = (manifest or read_manifest(cache_dir)).hooks[0]  # any hook: only the model inputs are read
-    cache = ShardSet(cache_dir, hook)
+    hook = (manifest or read_manifest(cache_dir)).hooks[0]  # any hook: only the model inputs are read (and checked)
+    cache = ShardSet(cache_dir, hook, acts=False)
     parts, have = [], 0
     for i in reversed(range(len(cache.shards))):
         t = cache.read(i, ["context_tokens"])["context_tokens"]

@@ -23,6 +23,7 @@ dataset, counting empty documents too), token `offset` within that item (see `tr
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 from dataclasses import dataclass, field
@@ -219,6 +220,15 @@ def dataset_spec(cfg: TextConfig, data: ResolvedData | None = None) -> dict[str,
 # Documents
 
 
+class TextColumnError(ValueError):
+    """A dataset's text column that cannot be read: `problem` says why; the message adds the fix
+    (--text-column), which a caller that reads the column from a record words its own way."""
+
+    def __init__(self, problem: str, fix: str):
+        super().__init__(f"{problem}{'; ' if fix[0].islower() else '. '}{fix}")
+        self.problem = problem
+
+
 class DocumentSource:
     """Documents of one dataset split, in a fixed order, readable from any document index."""
 
@@ -227,6 +237,15 @@ class DocumentSource:
         self.data = resolve_data(cfg)
         self._ds = self._load()
         self._check_column()
+        self.token_record: dict | None = None  # a pretokenized source's rows as checked (`checked_rows`)
+
+    def read_as(self, cfg: TextConfig, token_record: dict | None = None) -> "DocumentSource":
+        """This source, its dataset already open, under `cfg`: the same dataset and split, read as
+        `cfg` says (the column found, the separator its rows hold); `token_record`: its rows as
+        checked under `cfg`, if they were. A new source: the one at hand is left as it is."""
+        source = copy.copy(self)
+        source.cfg, source.token_record = cfg, token_record
+        return source
 
     def _load(self):
         import datasets
@@ -285,10 +304,8 @@ class DocumentSource:
         if self.column not in cols:
             tokens = [c for c in TOKEN_COLUMNS if c in cols]
             if self.cfg.text_column != "text" or not tokens:
-                raise ValueError(
-                    f"dataset {self.cfg.dataset!r} has no column {self.cfg.text_column!r}; "
-                    f"available columns: {', '.join(cols)}. Pass --text-column with one of them."
-                )
+                raise TextColumnError(f"dataset {self.cfg.dataset!r} has no column {self.cfg.text_column!r}; "
+                                      f"available columns: {', '.join(cols)}", "Pass --text-column with one of them.")
             self.column = tokens[0]
         self.pretokenized = self._holds_token_ids()
 
@@ -368,30 +385,36 @@ class DocumentSource:
             if v is not None and not isinstance(v, str):
                 shown = repr(v)
                 shown = shown if len(shown) <= 60 else shown[:57] + "..."
-                raise ValueError(
+                raise TextColumnError(
                     f"document {first_doc + j} of dataset {self.cfg.dataset!r}: column {self.cfg.text_column!r} is "
-                    f"{type(v).__name__}, not text ({shown}); pass --text-column with the column that holds the "
-                    f"documents' text (or fix that document)")
+                    f"{type(v).__name__}, not text ({shown})", "pass --text-column with the column that holds the "
+                    "documents' text (or fix that document)")
         return ["" if v is None else v for v in values]
 
 
 def text_as_read(cfg: TextConfig, tokenizer=None, separator_given: bool = True) -> TextConfig:
-    """`cfg` as its dataset is read, which a record of how the text was read must say: naming the
-    column read (`DocumentSource.column`: a pretokenized dataset given the default "text" is read
-    from its token column), and, for a pretokenized dataset checked against `tokenizer`, the
-    separator its rows hold between documents (`training.pretokenized.rows_separator`: one given
-    that contradicts them is refused). `separator_given` False: `cfg.separator` is the flag's
-    default, which says nothing of the rows."""
+    """`cfg` as its dataset is read, which a record of how the text was read must say:
+    `source_as_read(...).cfg` (see there)."""
+    return source_as_read(cfg, tokenizer, separator_given).cfg
+
+
+def source_as_read(cfg: TextConfig, tokenizer=None, separator_given: bool = True) -> DocumentSource:
+    """The dataset of `cfg` opened, under `cfg` as it is read (`.cfg`), to read from without
+    opening it again: naming the column read (`DocumentSource.column`: a pretokenized dataset given
+    the default "text" is read from its token column), and, for a pretokenized dataset checked
+    against `tokenizer`, the separator its rows hold between documents
+    (`training.pretokenized.rows_separator`: one given that contradicts them is refused).
+    `separator_given` False: `cfg.separator` is the flag's default, which says nothing of the rows."""
     source = DocumentSource(cfg)
     read = cfg if source.column == cfg.text_column else dataclasses.replace(cfg, text_column=source.column)
     if not source.pretokenized or tokenizer is None:
-        return read
+        return source.read_as(read)
     from training.pretokenized import checked_rows
 
     if not separator_given:
         read = dataclasses.replace(read, separator="rows")
-    source.cfg = read  # the rows checked as read, from the dataset already open (not opened a second time)
-    return dataclasses.replace(read, separator=checked_rows(source, tokenizer)["separator"])
+    record = checked_rows(source.read_as(read), tokenizer)  # the rows checked as read, from the dataset already open
+    return source.read_as(dataclasses.replace(read, separator=record["separator"]), record)
 
 
 def _offline_hub_dataset_hint(name: str, error: Exception) -> str:

@@ -3,19 +3,22 @@ evaluation's model and held-out contexts, and the provenance the SAE folders rec
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 
 def prepare_data(run_cfg, data_cfg, text_cfg, coll=None, allow_model_mismatch: bool = False, check_init=None,
-                 separator_given: bool = True):
+                 text_given: Collection[str] | None = None):
     """The batch source, the CE evaluation (or None) and the provenance for the SAE folders.
 
     Data parallel (`coll`): this rank's reader (rows r*B/W..(r+1)*B/W of every global batch of
     --batch-size rows); only rank 0 loads the model for the CE evaluation. `check_init(prov, d_in,
     d_out, transcoder)`: called before the model loads (minutes for a real one) with what the data
     tell of the run by then (the cache's record; for text, its hook and BOS policy), so that an
-    --init-from SAE that does not fit is refused at once. `separator_given` False: text_cfg's separator
-    is the flag default, and a pretokenized dataset's rows say it (`training.text.text_as_read`)."""
+    --init-from SAE that does not fit is refused at once. `text_given`: the text settings (TextConfig
+    fields) the flags or the config file give (None: all of them, unchecked): without the separator,
+    a pretokenized dataset's rows say it (`training.text.text_as_read`); with a cache, one that
+    differs from how the cache read its text is refused (`check_cached_text`)."""
     t = run_cfg.train
     rank, world = (coll.rank, coll.world_size) if coll is not None else (0, 1)
     if world > 1 and not data_cfg.cache:
@@ -25,11 +28,12 @@ def prepare_data(run_cfg, data_cfg, text_cfg, coll=None, allow_model_mismatch: b
         raise ValueError(f"--batch-size {t.batch_size} is the global batch and must split evenly over the {world} "
                          f"ranks; use a multiple of {world}")
     if data_cfg.cache:
-        return _from_cache(run_cfg, data_cfg, rank, world, allow_model_mismatch, check_init)
+        return _from_cache(run_cfg, data_cfg, rank, world, allow_model_mismatch, check_init,
+                           lambda man: check_cached_text(data_cfg.cache, man, text_cfg, text_given))
     if check_init is not None:  # the width and the model are known once it is loaded: the run checks those
         check_init({"hook_name": data_cfg.hook, "hook_name_out": data_cfg.target_hook, "dataset": text_cfg.dataset,
                     "bos_policy": text_cfg.bos_policy}, None, None, data_cfg.target_hook is not None)
-    return _from_model(run_cfg, data_cfg, text_cfg, separator_given)
+    return _from_model(run_cfg, data_cfg, text_cfg, text_given is None or "separator" in text_given)
 
 
 def _cache_reader(data_cfg, t, rank: int, world: int):
@@ -51,13 +55,33 @@ def _cache_reader(data_cfg, t, rank: int, world: int):
                        target_hook=data_cfg.target_hook, **reader_dtype(t.device))
 
 
-def _from_cache(run_cfg, data_cfg, rank: int, world: int, allow_model_mismatch: bool, check_init=None):
-    """Batches from an activation cache; the CE evaluation with the cache's model (rank 0)."""
+def check_cached_text(cache, man, text_cfg, text_given: Collection[str] | None) -> None:
+    """Refuse a text setting given (a flag, the config file's text section) other than the one the
+    cache `man` read its text with: training reads the text as it was cached (and the CE evaluation
+    packs held-out text so), so the setting would do nothing, silently."""
+    from training.sources import TEXT_READING, text_config_from_manifest
+
+    cached = text_config_from_manifest(man)
+    wrong = [k for k in TEXT_READING if k in (text_given or ()) and getattr(text_cfg, k) != getattr(cached, k)]
+    if wrong:
+        said = ", ".join(f"--{k.replace('_', '-')} {getattr(text_cfg, k)} (the cache's: {getattr(cached, k)})"
+                         for k in wrong)
+        raise ValueError(f"{said}: the cache {cache} holds text read with its own settings, which --cache trains on "
+                         f"as they are; leave {'it' if len(wrong) == 1 else 'them'} out, or cache the text again with "
+                         f"{'it' if len(wrong) == 1 else 'them'}")
+
+
+def _from_cache(run_cfg, data_cfg, rank: int, world: int, allow_model_mismatch: bool, check_init=None,
+                check_text=None):
+    """Batches from an activation cache; the CE evaluation with the cache's model (rank 0).
+    `check_text(manifest)`: the text settings given checked against the cache's, once it is open."""
     from training.sources import cache_provenance
 
     t = run_cfg.train
     reader = _cache_reader(data_cfg, t, rank, world)
     man = reader.manifest
+    if check_text is not None:
+        check_text(man)
     recorded = man.recorded_model()
     if data_cfg.process_weights and recorded is not None and not recorded.processed:
         raise ValueError(f"the cache {data_cfg.cache} was made with {recorded.id}'s raw weights, so --process-weights "
@@ -207,8 +231,13 @@ def _heldout(train_text, data_cfg, tokenizer, n: int, train_docs: int | None, fr
             f"--eval-split NAME of {train_text.dataset}), or leave --eval-dataset out") from None
     except (ValueError, OSError) as e:
         from training.heldout import EvalOverlapError
-        from training.text import MissingSplitError
+        from training.text import MissingSplitError, TextColumnError
 
+        if from_cache and isinstance(e, TextColumnError):  # not --text-column's to fix: the cache's column is read
+            e = ValueError(e.problem if not data_cfg.eval_dataset else
+                           f"{e.problem}. Held-out text is read from the column the cache {data_cfg.cache} read its "
+                           f"text from, {eval_text.text_column!r}: give an --eval-dataset with its text in that column, or, without --eval-dataset, --eval-split "
+                           f"NAME: a split of {train_text.dataset} other than the cache's ({train_text.split!r})")
         if data_cfg.eval_dataset or isinstance(e, EvalOverlapError):
             raise ValueError(f"CE evaluation: {e}") from None
         return None, e.missing if isinstance(e, MissingSplitError) else str(e)  # without the advice for --split

@@ -86,7 +86,7 @@ def run(args) -> int:
     from training.writer import CacheDiskFullError
     from training.cache_config import CacheConfig
     from training.manifest import CacheFormatError, CacheMismatchError
-    from training.text import TextConfig, text_as_read
+    from training.text import TextConfig, source_as_read
 
     if args.verify:
         return _verify(args)
@@ -110,12 +110,14 @@ def run(args) -> int:
     try:
         cfg = dataclass_from_args(CacheConfig, args, file_values=cache_vals, out=out, hooks=hooks)
         # a pretokenized dataset: the separator its rows hold, unless --separator says (checked against them)
-        text = text_as_read(text, model.tokenizer, separator_given="separator" in vars(args) or "separator" in text_vals)
+        source = source_as_read(text, model.tokenizer,
+                                separator_given="separator" in vars(args) or "separator" in text_vals)
         if args.dry_run:
-            est = estimate_cache(model, text, cfg, model_id=ident, model_revision=revision)
+            est = estimate_cache(model, source.cfg, cfg, model_id=ident, model_revision=revision, source=source)
             print(est.describe())
             return 0
-        build_cache(model, text, cfg, model_id=ident, model_revision=revision, progress=not args.no_progress)
+        build_cache(model, source.cfg, cfg, model_id=ident, model_revision=revision, progress=not args.no_progress,
+                    source=source)
     except (CacheMismatchError, CacheDiskFullError, UnknownHookError, CacheFormatError, ValueError, FileNotFoundError, RuntimeError) as e:
         return _error(e, args)
     return 0

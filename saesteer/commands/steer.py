@@ -102,6 +102,7 @@ def _run(args, model=None) -> int:
     from saesteer.configargs import dataclass_from_args
     from steering.config import GenerationConfig
     from steering.generation import with_sae_bos
+    from steering.resolve import check_edit_latents
     from steering.spec import SteerLimits, parse_edit
 
     gen_cfg = dataclass_from_args(GenerationConfig, args)
@@ -115,6 +116,7 @@ def _run(args, model=None) -> int:
 
     loaded = load_saes(args.sae, hook=args.hook, model=args.model, store_hook=store_hook(args))
     saes = {name: item.sae for name, item in loaded.items()}
+    check_edit_latents(saes, edits)  # the SAEs' widths refuse a latent out of range before the model loads
     store, link = open_store(args.store, saes)
     try:
         if args.search is not None and not args.generate:

@@ -110,6 +110,7 @@ def _run(args, model=None) -> int:
     from saesteer.commands._steering import CLIError, store_hook, load_model, load_saes, open_store, read_prompts
     from saesteer.commands.sweep import _check_judgements, _close, _scorer
     from steering.generation import with_sae_bos
+    from steering.resolve import check_latent_index
 
     cfg, gen_cfg = _configs(args)
     positive, negative, cue = _concept_sets(args)
@@ -122,6 +123,8 @@ def _run(args, model=None) -> int:
     if len(loaded) != 1:
         raise CLIError("steer-eval steers with one SAE; give a single --sae")
     name, sae = next((n, item.sae) for n, item in loaded.items())
+    for latent in args.latent:  # refused by the SAE's width before the model loads
+        check_latent_index(latent, sae, name)
     store, link = open_store(args.store, {name: sae}, writable=bool(args.save_preset))
     try:
         if model is None:

@@ -114,12 +114,15 @@ def _run(args, model=None) -> int:
                                              typical_max_provider)
     from saes.hookpoints import model_device
     from steering.generation import with_sae_bos
+    from steering.resolve import check_latent_index
 
     sweep_cfg, gen_cfg, limits, prompts, scorer, judge = _prepare(args)
     named = _latents(args)
     loaded = load_saes(args.sae, hook=args.hook, model=args.model, store_hook=store_hook(args))
     saes = {sae_name: item.sae for sae_name, item in loaded.items()}
     name = _sae_name(args, saes, named)
+    for latent in args.latent:  # refused by the SAE's width before the model loads
+        check_latent_index(latent, saes[name], name)
     store, link = open_store(args.store, {name: saes[name]}, writable=args.save_strength)
     try:
         if model is None:
@@ -128,7 +131,7 @@ def _run(args, model=None) -> int:
         sae = saes[name].to(model_device(model))
         typical = typical_max_provider(link)
         if sweep_cfg.unit == "max_act":
-            _check_typical(args, sae, typical)
+            _check_typical(args, typical)
         unsteered: dict = {}  # the same prompts and settings for every latent: the unsteered text is made once
         provenance = measurement_provenance(model, sae, args.store)
         for latent in args.latent:
@@ -194,11 +197,11 @@ def _sae_name(args, saes: dict, named: set[str] = frozenset()) -> str:
     return name
 
 
-def _check_typical(args, sae, typical) -> None:
+def _check_typical(args, typical) -> None:
     """--unit max_act: every feature swept needs a typical max activation in the store."""
     from saesteer.commands._steering import CLIError
 
-    silent = [f for f in args.latent if 0 <= f < sae.d_sae and typical(f) is None]
+    silent = [f for f in args.latent if typical(f) is None]  # in range: checked before the model loaded
     if silent:
         raise CLIError(f"feature(s) {', '.join(map(str, silent))} have no typical max activation in "
                        f"{args.store} (they never fired when it was built); sweep them with --unit raw")

@@ -155,8 +155,12 @@ def _sae_specs(args, file_specs: list) -> list:
 
 
 def build_configs(args):
-    """(RunConfig, DataConfig, TextConfig, out, InitSource | None) from defaults, the config file and
-    the flags; the InitSource reads --init-from's SAE at most once for all of the command."""
+    """(RunConfig, DataConfig, TextConfig, out, InitSource | None, text given) from defaults, the
+    config file (read once) and the flags; the InitSource reads --init-from's SAE at most once for all
+    of the command. Text given: the TextConfig fields a flag or the config file's text section gives
+    (`_train_data.prepare_data`'s `text_given`)."""
+    import dataclasses
+
     from saesteer.commands._train_options import apply_options, option_values
     from saesteer.configargs import dataclass_from_args, load_config_file
     from training.config import (
@@ -210,7 +214,8 @@ def build_configs(args):
     if data.target_hook is None and any(spec.skip for spec in run.saes):
         raise ValueError("--skip makes skip transcoders: give --target-hook too (the hook point they predict)")
     text = dataclass_from_args(TextConfig, args, file_values=section("text"))
-    return run, data, text, out, source
+    given = frozenset(f.name for f in dataclasses.fields(TextConfig) if f.name in vars(args) or f.name in section("text"))
+    return run, data, text, out, source, given
 
 
 def _hook_of_source(source, data):
@@ -267,7 +272,7 @@ def run(args) -> int:
     import json
 
     try:
-        run_cfg, data_cfg, text_cfg, out, init_source = build_configs(args)
+        run_cfg, data_cfg, text_cfg, out, init_source, text_given = build_configs(args)
     except (ValueError, TypeError) as e:
         print_error(e)
         return 2
@@ -293,7 +298,7 @@ def run(args) -> int:
 
     try:
         with library_bars(enabled=run_cfg.log.progress):  # a config file's log.progress = false as --no-progress
-            return _run_training(args, run_cfg, data_cfg, text_cfg, out, setup, init_source)
+            return _run_training(args, run_cfg, data_cfg, text_cfg, out, setup, init_source, text_given)
     except ConfigMismatchError as e:  # a resume refused: said with the flags (the CLI's boundary prints it)
         from saesteer.commands._config_paths import config_paths_as_flags
 
@@ -305,7 +310,7 @@ def run(args) -> int:
             shutdown()
 
 
-def _run_training(args, run_cfg, data_cfg, text_cfg, out, setup, init_source) -> int:
+def _run_training(args, run_cfg, data_cfg, text_cfg, out, setup, init_source, text_given: frozenset[str]) -> int:
     from saesteer.commands._train_data import prepare_data
     from training.init_from import InitFromError
 
@@ -313,7 +318,7 @@ def _run_training(args, run_cfg, data_cfg, text_cfg, out, setup, init_source) ->
     try:
         source, model_eval, provenance = prepare_data(run_cfg, data_cfg, text_cfg, coll, args.allow_model_mismatch,
                                                       _early_init_check(run_cfg, out, init_source),
-                                                      separator_given=_separator_given(args))
+                                                      text_given=text_given)
     except InitFromError:  # said as the run's own check says it (the CLI's boundary names the flag)
         raise
     except (ValueError, OSError) as e:
@@ -335,14 +340,6 @@ def _run_training(args, run_cfg, data_cfg, text_cfg, out, setup, init_source) ->
     if coll is None or coll.is_writer:
         _print_summary(result)
     return 0
-
-
-def _separator_given(args) -> bool:
-    """Whether --separator (or the config file's text.separator) says the separator: else a pretokenized
-    dataset's rows say it."""
-    from saesteer.configargs import load_config_file
-
-    return "separator" in vars(args) or bool(args.config and "separator" in (load_config_file(args.config).get("text") or {}))
 
 
 def _early_init_check(run_cfg, out: str, init_source):
