@@ -1,0 +1,111 @@
+"""A prompt's result does not depend on who else is in its batch, on tiny checkpoints of real
+architectures loaded as users load them (`saesteer.models.load_model`: a TransformerBridge):
+GPT-2 (absolute positions), Llama / Qwen2 (rotary), GPT-NeoX (parallel attention), Gemma-2
+(sliding window every other layer, soft-capping) and Mistral (a sliding window in every layer).
+Batching pads prompts of different lengths on the left, with an attention mask and position ids;
+padding must not shift a token's position, nor which tokens an edit lands on.
+
+- `steer()` sessions (`saesteer steer`, the Python API, the web playground): several prompts
+  generated together give each prompt's tokens alone, and those of the API's engine (an
+  independent reading of positions). A sliding-window layer's attention mask hides keys beyond
+  the window as well as pads, and past the window covers only the window: positions were read
+  from its last query's row (T - S as the offset), so `@prompt` edits missed the prompt's start
+  on a prompt longer than the window (alone or batched), and index / `@last` edits failed with an
+  IndexError once generation went past the window.
+- `saesteer api` through the real `openai` client: concurrent greedy completions and chat
+  completions, steered and not, prompts from 1 token to the context's end, give the tokens of the
+  same request sent alone, log-probabilities within 1e-4 of it, and a seeded sampled request the
+  same text.
+- the context's edge: prompt + max_tokens up to the context is served; one more is refused as
+  OpenAI refuses it (400, code context_length_exceeded, "maximum context length is N tokens",
+  naming the prompt's and the completion's tokens).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+pytestmark = [pytest.mark.usefixtures("one_thread")]
+
+HOOK = "blocks.0.hook_resid_post"  # Gemma-2's layer 0 and every Mistral layer attend through a window
+N_NEW = 10
+EDITS = [["3:add=20@0,2,-1"], ["5:add=30@prompt", "7:add=-20@generated"], ["9:clamp=25@last"], ["11:add=15@1"]]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, real_corpus):
+    """Untrained tiny checkpoints (random weights: the tokens still vary with every position)."""
+    from helpers.real_models import build_family_tokenizer, save_arch_model, save_real_model
+
+    root = tmp_path_factory.mktemp("batchpad")
+    paths = {fam: save_real_model(root / fam, fam, real_corpus, train_steps=0, vocab_size=512)
+             for fam in ("gpt2", "qwen2", "neox", "mistral")}
+    paths["gemma2"] = save_arch_model(root / "gemma2", "gemma2",
+                                      build_family_tokenizer("gemma", real_corpus.train_docs, 512))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def models(checkpoints):
+    from saesteer.models import load_model
+
+    return {fam: load_model(str(path), device="cpu") for fam, path in checkpoints.items()}
+
+
+def _sae(model, seed: int = 1):
+    from helpers.steering_fixtures import random_sae
+
+    return random_sae(model, "jumprelu", hook=HOOK, d_sae=64, seed=seed)
+
+
+def _prompt_ids(model, text: str, lengths) -> list[list[int]]:
+    ids = model.tokenizer(text)["input_ids"]
+    return [ids[:n] for n in lengths]
+
+
+def _engine_alone(model, sae, ids, edits) -> list[int]:
+    """The API's engine on one row: positions from the row's own layout, no padding."""
+    from steering.engine import BatchEngine, Row
+    from steering.resolve import resolve_edits
+    from steering.rowedits import RowEdit, RowSteering
+    from steering.sampling import SamplingParams
+
+    rs = resolve_edits(model, {"s": sae}, edits, chat_positions=True)
+    steering = RowSteering([RowEdit("s", r.latent, r.op, r.value, r.positions, r.trigger, r.describe()) for r in rs], [])
+    engine = BatchEngine(model, {"s": sae})
+    engine.add([Row(ids, SamplingParams(max_new_tokens=N_NEW, temperature=0), steering)])
+    while engine.busy:
+        for ev in engine.step():
+            if ev.finish_reason:
+                return ev.detail["token_ids"]
+    raise AssertionError("the row never finished")
+
+
+@pytest.mark.parametrize("family", ["gemma2", "mistral"])
+def test_steered_prompts_past_a_sliding_window_batched_equal_alone_and_the_engine(models, real_corpus, family):
+    """Prompts of 1 token to near the context (longer than the window: 16 tokens in Gemma-2, 64 in
+    Mistral), steered at a window layer with edits at indices, the prompt, the generated tokens and
+    the last prompt token: the session's batch equals each prompt alone, and both equal the API's
+    engine on the same tokens."""
+    from steering import GenerationConfig, generate, steer
+
+    model = models[family]
+    sae = _sae(model)
+    n_ctx = model.cfg.n_ctx
+    ids = _prompt_ids(model, real_corpus.test_docs[0], [1, 4, 19, 70, n_ctx - N_NEW - 2])
+    texts = [model.tokenizer.decode(i, skip_special_tokens=True) for i in ids]
+    cfg = GenerationConfig(max_new_tokens=N_NEW, do_sample=False, stop_at_eos=False)
+    for edits in EDITS:
+        with steer(model, {"s": sae}, edits) as s:
+            together = s.generate(texts, cfg)
+            alone = [s.generate([t], cfg) for t in texts]
+        for i, t in enumerate(texts):
+            assert alone[i].tokens[0].tolist() == together.tokens[i, together.prompt_len - alone[i].prompt_len:].tolist()
+            row_ids = alone[i].tokens[0, :alone[i].prompt_len].tolist()
+            assert alone[i].new_tokens[0].tolist() == _engine_alone(model, sae, row_ids, edits), (edits, i)
+    plain = generate(model, texts, cfg).new_tokens
+    with steer(model, {"s": sae}, EDITS[1]) as s:  # the edits change the text
+        assert not torch.equal(s.generate(texts, cfg).new_tokens, plain)
