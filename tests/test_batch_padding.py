@@ -109,3 +109,60 @@ def test_steered_prompts_past_a_sliding_window_batched_equal_alone_and_the_engin
     plain = generate(model, texts, cfg).new_tokens
     with steer(model, {"s": sae}, EDITS[1]) as s:  # the edits change the text
         assert not torch.equal(s.generate(texts, cfg).new_tokens, plain)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "qwen2", "neox", "gemma2", "mistral"])
+def test_engine_rows_of_every_length_in_one_batch_or_joining_equal_each_row_alone(models, real_corpus, family):
+    """The API's engine: rows of 1 token to the context's end, each with its own edits (indices,
+    prompt, generated, last), greedy and seeded sampled, in one left-padded prefill or joining a
+    running batch (its cache padded on the left): each row's tokens are its tokens alone, and its
+    log-probabilities within 1e-4."""
+    from steering.engine import BatchEngine, Row
+    from steering.sampling import SamplingParams
+
+    model = models[family]
+    sae = _sae(model)
+    ids = _prompt_ids(model, real_corpus.test_docs[1], [1, 3, 17, 60, model.cfg.n_ctx - N_NEW])
+    edits = [None, *EDITS]
+
+    def rows(temperature):
+        return [Row(p, SamplingParams(max_new_tokens=N_NEW, temperature=temperature, seed=40 + i, logprobs=1),
+                    _row_steering(model, sae, e), tag=i) for i, (p, e) in enumerate(zip(ids, edits))]
+
+    def run(rows_, stagger=0, max_rows=64):
+        engine, out = BatchEngine(model, {"s": sae}, max_rows=max_rows), {}
+        for r in rows_:
+            engine.add([r])
+            for _ in range(stagger):
+                _events(engine.step(), out)
+        while engine.busy:
+            _events(engine.step(), out)
+        return out
+
+    for temperature in (0.0, 1.0):
+        alone = {}
+        for r in rows(temperature):
+            alone.update(run([r]))
+        for got in (run(rows(temperature)), run(rows(temperature)[::-1], stagger=3, max_rows=3)):
+            for i in alone:
+                assert got[i][0] == alone[i][0], (family, temperature, i)
+                assert max(abs(a - b) for a, b in zip(got[i][1], alone[i][1])) < 1e-4
+
+
+def _events(events, out: dict) -> None:
+    """(token ids, log-probabilities) of each finished row, by tag."""
+    for ev in events:
+        ids, lps = out.setdefault(ev.tag, ([], []))
+        if ev.token is not None:
+            ids.append(ev.token)
+            lps.append(ev.logprob)
+
+
+def _row_steering(model, sae, edits):
+    from steering.resolve import resolve_edits
+    from steering.rowedits import RowEdit, RowSteering
+
+    if not edits:
+        return None
+    rs = resolve_edits(model, {"s": sae}, edits, chat_positions=True)
+    return RowSteering([RowEdit("s", r.latent, r.op, r.value, r.positions, r.trigger, r.describe()) for r in rs], [])
