@@ -166,3 +166,107 @@ def _row_steering(model, sae, edits):
         return None
     rs = resolve_edits(model, {"s": sae}, edits, chat_positions=True)
     return RowSteering([RowEdit("s", r.latent, r.op, r.value, r.positions, r.trigger, r.describe()) for r in rs], [])
+
+
+# -- saesteer api through the openai client --------------------------------------------------------
+
+API_NEW = 8
+# the served SAE's edits, in multiples of the latents' typical max activations (the store's)
+API_EDITS = [["3:add=15x@0,2,-1"], ["5:add=15x@prompt", "7:add=-15x@generated"], ["9:clamp=15x@last"], ["11:add=15x@1"]]
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory, models):
+    """`saesteer api`'s app over GPT-2 (absolute positions) and Gemma-2 (windows, soft-capping, a
+    chat template), served by uvicorn; (openai client, app)."""
+    openai = pytest.importorskip("openai")
+    from helpers.web_app import ServerThread, free_port, make_entry
+    from helpers.web_store import build_web_store
+    from saesteer.web import Limits, ServeConfig, create_app
+
+    work = tmp_path_factory.mktemp("batchpad-api")
+    limits = Limits(max_new_tokens=64)
+    entries = [make_entry(build_web_store(work / fam, model=models[fam], name=fam), fam, limits=limits)
+               for fam in ("gpt2", "gemma2")]
+    port = free_port()
+    app = create_app(entries, config=ServeConfig(port=port), limits=limits)
+    srv = ServerThread(app, port).start()
+    try:
+        yield openai.OpenAI(base_url=f"{srv.url}/v1", api_key="loopback", max_retries=0, timeout=120), app
+    finally:
+        srv.stop()
+
+
+def _ask(client, job: dict):
+    """(token ids, log-probabilities or None, text) of one request's first choice."""
+    kind, body = job["kind"], dict(job["body"])
+    if kind == "chat":
+        r = client.chat.completions.create(**body)
+        c = r.choices[0]
+        lps = [t.logprob for t in c.logprobs.content] if c.logprobs else None
+        return c.model_extra["steering"]["token_ids"], lps, c.message.content
+    r = client.completions.create(**body)
+    c = r.choices[0]
+    return c.model_extra["steering"]["token_ids"], (c.logprobs.token_logprobs if c.logprobs else None), c.text
+
+
+def _jobs(model, sid: str, text: str, chat: bool) -> list[dict]:
+    """Completions of token prompts of 1 token to the context's end (greedy, steered or not, at
+    indices / prompt / generated / last; with logprobs), a seeded sampled one, and chats."""
+    n_ctx = model.cfg.n_ctx
+    ids = _prompt_ids(model, text, [1, 2, 9, 33, n_ctx - API_NEW])
+    edits = [[], *API_EDITS]
+    jobs = []
+    for i, (p, e) in enumerate(zip(ids, edits)):
+        jobs.append(dict(kind="completion", body=dict(
+            model=sid, prompt=p, max_tokens=API_NEW, temperature=0, logprobs=2,
+            extra_body={"ignore_eos": True, "steering": {"edits": e}})))
+    jobs.append(dict(kind="completion", body=dict(model=sid, prompt=ids[2], max_tokens=API_NEW, temperature=1.0,
+                                                  seed=11, extra_body={"ignore_eos": True})))
+    if chat:
+        for words, e in ((text[:12], ["5:add=30@role:user"]), (text[:100], []), ("Écris 東京", ["9:clamp=25@generated"])):
+            jobs.append(dict(kind="chat", body=dict(
+                model=sid, messages=[{"role": "user", "content": words}], max_tokens=API_NEW, temperature=0,
+                logprobs=True, extra_body={"ignore_eos": True, "steering": {"edits": e}})))
+    return jobs
+
+
+@pytest.mark.parametrize("sid", ["gpt2", "gemma2"])
+def test_concurrent_requests_of_every_length_give_what_each_gives_alone(api, models, real_corpus, sid):
+    """Requests sent together from several clients (completions and chats, steered and not, greedy
+    and seeded sampled, prompts of 1 token to the context's end) give the tokens they give sent one
+    at a time, log-probabilities within 1e-4; and they did share forward passes: the model is held
+    while they come in, so they are prefilled together, left padded."""
+    client, app = api
+    jobs = _jobs(models[sid], sid, real_corpus.test_docs[2], chat=sid == "gemma2")
+    alone = [_ask(client, job) for job in jobs]
+    sched = next(s for s in app.state.openai.schedulers if s.name == sid)
+    sched.engine.max_rows_seen = 0
+    together: list = [None] * len(jobs)
+
+    def run(i):
+        together[i] = _ask(client, jobs[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
+    lock = next(q.lock for q in app.state.web.queues if q is not None)
+    with lock:  # hold the model: every request gets in before the first prefill goes on
+        for t in threads:
+            t.start()
+        _wait(lambda: sched.in_flight == len(jobs))
+    for t in threads:
+        t.join(120)
+    assert sched.engine.max_rows_seen >= len(jobs) - 1
+    for job, a, b in zip(jobs, alone, together):
+        assert b[0] == a[0] and b[2] == a[2], job
+        if a[1] is not None:
+            assert max(abs(x - y) for x, y in zip(a[1], b[1])) < 1e-4, job
+    assert len({tuple(a[0]) for a in alone}) > len(jobs) // 2  # the requests do differ
+
+
+def _wait(cond, timeout: float = 60.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "the requests never all came in"
+        time.sleep(0.01)
