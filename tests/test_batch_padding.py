@@ -270,3 +270,51 @@ def _wait(cond, timeout: float = 60.0) -> None:
     while not cond():
         assert time.monotonic() < deadline, "the requests never all came in"
         time.sleep(0.01)
+
+
+# -- the context's edge ----------------------------------------------------------------------------
+
+
+def test_prompt_and_max_tokens_up_to_the_context_are_served_and_one_more_is_refused_as_openai_does(api, models,
+                                                                                                  real_corpus):
+    """GPT-2's context is 128 positions (n_positions). A prompt of 120 tokens with max_tokens 8 fills
+    it exactly and gets its 8 tokens; max_tokens 9 is refused with 400 and code
+    context_length_exceeded, in OpenAI's words ("This model's maximum context length is 128 tokens.
+    However, you requested 129 tokens (120 in the prompt, 9 in the completion"), as clients such as
+    LiteLLM recognise it; a chat likewise, and a prompt that fills the context alone is refused
+    naming its length. `steer`'s generation (and the Python API's) refuses in one line naming both."""
+    import openai
+
+    from steering import GenerationConfig, generate
+    from steering.spec import SteeringError
+
+    client, _ = api
+    model = models["gpt2"]
+    n_ctx = model.cfg.n_ctx
+    ids = model.tokenizer(real_corpus.test_docs[0])["input_ids"]
+    r = client.completions.create(model="gpt2", prompt=ids[:n_ctx - 8], max_tokens=8, temperature=0,
+                                  extra_body={"ignore_eos": True})
+    assert r.usage.completion_tokens == 8 and r.choices[0].finish_reason == "length"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="gpt2", prompt=ids[:n_ctx - 8], max_tokens=9)
+    body = e.value.body
+    assert (body["code"], body["param"]) == ("context_length_exceeded", "max_tokens")
+    assert body["message"].startswith(f"This model's maximum context length is {n_ctx} tokens. However, you requested "
+                                      f"{n_ctx + 1} tokens ({n_ctx - 8} in the prompt, 9 in the completion")
+    assert "ask for at most 8 tokens" in body["message"]
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="gpt2", prompt=ids[:n_ctx], max_tokens=1)
+    assert e.value.body["param"] == "prompt" and f"maximum context length is {n_ctx} tokens" in e.value.body["message"]
+    assert f"the prompt is {n_ctx} tokens" in e.value.body["message"]
+    msgs = [{"role": "user", "content": real_corpus.test_docs[0][:150]}]
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="gemma2", messages=msgs, max_completion_tokens=64)
+    assert e.value.body["param"] == "max_completion_tokens" and "in the messages, 64 in the completion" in \
+        e.value.body["message"]
+    text = model.tokenizer.decode(ids[:n_ctx - 8])
+    cfg = GenerationConfig(max_new_tokens=8, do_sample=False, stop_at_eos=False, prepend_bos=False)
+    assert generate(model, [text, "a"], cfg).new_tokens.shape == (2, 8)
+    with pytest.raises(SteeringError) as e:
+        generate(model, [text, "a"], cfg, max_new_tokens=9)
+    assert f"({n_ctx - 8} tokens) + max_new_tokens (9)" in str(e.value) and f"context of {n_ctx}" in str(e.value)
+    assert "\n" not in str(e.value)
