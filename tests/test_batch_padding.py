@@ -115,8 +115,10 @@ def test_steered_prompts_past_a_sliding_window_batched_equal_alone_and_the_engin
 def test_engine_rows_of_every_length_in_one_batch_or_joining_equal_each_row_alone(models, real_corpus, family):
     """The API's engine: rows of 1 token to the context's end, each with its own edits (indices,
     prompt, generated, last), greedy and seeded sampled, in one left-padded prefill or joining a
-    running batch (its cache padded on the left): each row's tokens are its tokens alone, and its
-    log-probabilities within 1e-4."""
+    running batch (its cache padded on the left), leaving it at different steps: each row's tokens
+    are its tokens alone, and its log-probabilities within 1e-4. (A row leaving a batch of Gemma-2
+    or Mistral, whose window layers' caches keep only their last columns, failed the whole batch:
+    CacheMergeUnsupported, a 500 for every request in it.)"""
     from steering.engine import BatchEngine, Row
     from steering.sampling import SamplingParams
 
@@ -126,7 +128,7 @@ def test_engine_rows_of_every_length_in_one_batch_or_joining_equal_each_row_alon
     edits = [None, *EDITS]
 
     def rows(temperature):
-        return [Row(p, SamplingParams(max_new_tokens=N_NEW, temperature=temperature, seed=40 + i, logprobs=1),
+        return [Row(p, SamplingParams(max_new_tokens=N_NEW - 2 * i, temperature=temperature, seed=40 + i, logprobs=1),
                     _row_steering(model, sae, e), tag=i) for i, (p, e) in enumerate(zip(ids, edits))]
 
     def run(rows_, stagger=0, max_rows=64):
@@ -219,14 +221,14 @@ def _jobs(model, sid: str, text: str, chat: bool) -> list[dict]:
     jobs = []
     for i, (p, e) in enumerate(zip(ids, edits)):
         jobs.append(dict(kind="completion", body=dict(
-            model=sid, prompt=p, max_tokens=API_NEW, temperature=0, logprobs=2,
+            model=sid, prompt=p, max_tokens=API_NEW - i, temperature=0, logprobs=2,  # rows leave one by one
             extra_body={"ignore_eos": True, "steering": {"edits": e}})))
     jobs.append(dict(kind="completion", body=dict(model=sid, prompt=ids[2], max_tokens=API_NEW, temperature=1.0,
                                                   seed=11, extra_body={"ignore_eos": True})))
     if chat:
         for words, e in ((text[:12], ["5:add=30@role:user"]), (text[:100], []), ("Écris 東京", ["9:clamp=25@generated"])):
             jobs.append(dict(kind="chat", body=dict(
-                model=sid, messages=[{"role": "user", "content": words}], max_tokens=API_NEW, temperature=0,
+                model=sid, messages=[{"role": "user", "content": words}], max_tokens=API_NEW + 4, temperature=0,
                 logprobs=True, extra_body={"ignore_eos": True, "steering": {"edits": e}})))
     return jobs
 
@@ -255,7 +257,9 @@ def test_concurrent_requests_of_every_length_give_what_each_gives_alone(api, mod
         _wait(lambda: sched.in_flight == len(jobs))
     for t in threads:
         t.join(120)
-    assert sched.engine.max_rows_seen >= len(jobs) - 1
+    # the worker may have taken a request or two in before the lock held it; a window model's batch
+    # takes no rows while it runs (its cache is not merged), so those come in the next batch
+    assert sched.engine.max_rows_seen >= len(jobs) // 2
     for job, a, b in zip(jobs, alone, together):
         assert b[0] == a[0] and b[2] == a[2], job
         if a[1] is not None:
