@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import threading
 
+import httpx
 import pytest
 import torch
 
@@ -84,12 +85,12 @@ def _engine_alone(model, sae, ids, edits) -> list[int]:
     raise AssertionError("the row never finished")
 
 
-@pytest.mark.parametrize("family", ["gemma2", "mistral"])
-def test_steered_prompts_past_a_sliding_window_batched_equal_alone_and_the_engine(models, real_corpus, family):
+@pytest.mark.parametrize("family", ["gpt2", "qwen2", "neox", "gemma2", "mistral"])
+def test_steered_prompts_batched_equal_alone_and_the_engine(models, real_corpus, family):
     """Prompts of 1 token to near the context (longer than the window: 16 tokens in Gemma-2, 64 in
-    Mistral), steered at a window layer with edits at indices, the prompt, the generated tokens and
-    the last prompt token: the session's batch equals each prompt alone, and both equal the API's
-    engine on the same tokens."""
+    Mistral), steered (at a window layer there) with edits at indices, the prompt, the generated
+    tokens and the last prompt token: the session's batch equals each prompt alone, and both equal
+    the API's engine on the same tokens."""
     from steering import GenerationConfig, generate, steer
 
     model = models[family]
@@ -322,3 +323,9 @@ def test_prompt_and_max_tokens_up_to_the_context_are_served_and_one_more_is_refu
         generate(model, [text, "a"], cfg, max_new_tokens=9)
     assert f"({n_ctx - 8} tokens) + max_new_tokens (9)" in str(e.value) and f"context of {n_ctx}" in str(e.value)
     assert "\n" not in str(e.value)
+    # the web playground: the same refusal, a 422 in one line
+    play = str(client.base_url).removesuffix("/v1/")
+    body = {"prompt": text, "max_new_tokens": 9, "edits": [{"latent": 1, "op": "add", "value": 1}]}
+    r = httpx.post(f"{play}/api/stores/gpt2/steer", json=body, timeout=60)
+    assert r.status_code == 422 and "max_new_tokens (9)" in r.json()["detail"], r.text
+    assert f"context of {n_ctx}" in r.json()["detail"] and "\n" not in r.json()["detail"]
