@@ -329,3 +329,40 @@ def test_prompt_and_max_tokens_up_to_the_context_are_served_and_one_more_is_refu
     r = httpx.post(f"{play}/api/stores/gpt2/steer", json=body, timeout=60)
     assert r.status_code == 422 and "max_new_tokens (9)" in r.json()["detail"], r.text
     assert f"context of {n_ctx}" in r.json()["detail"] and "\n" not in r.json()["detail"]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "qwen2", "neox", "gemma2", "mistral"])
+def test_unsteered_batches_equal_transformers_own_generate_of_each_prompt(models, checkpoints, real_corpus, family):
+    """The reference that knows nothing of saesteer: the transformers model's greedy continuation of
+    each prompt alone (no padding, no cache). The API's engine and `generate` (steer's) batch the prompts, left
+    padded, and give its tokens."""
+    from transformers import AutoModelForCausalLM
+
+    from steering import GenerationConfig, generate
+    from steering.engine import BatchEngine, Row
+    from steering.generation import prompt_lengths
+    from steering.sampling import SamplingParams
+
+    model = models[family]
+    hf = AutoModelForCausalLM.from_pretrained(str(checkpoints[family])).eval()
+    ids = _prompt_ids(model, real_corpus.test_docs[3], [1, 6, 25, model.cfg.n_ctx - N_NEW])
+    want = [_hf_greedy(hf, p) for p in ids]
+    engine, out = BatchEngine(model, {}), {}
+    engine.add([Row(p, SamplingParams(max_new_tokens=N_NEW, temperature=0), tag=i) for i, p in enumerate(ids)])
+    while engine.busy:
+        _events(engine.step(), out)
+    assert [out[i][0] for i in range(len(ids))] == want
+    texts = [model.tokenizer.decode(p, skip_special_tokens=True) for p in ids]
+    g = generate(model, texts, GenerationConfig(max_new_tokens=N_NEW, do_sample=False, stop_at_eos=False))
+    for i, n in enumerate(prompt_lengths(model, texts, None)):  # each row's own tokens, as steer read its text
+        own = g.tokens[i, g.prompt_len - n:g.prompt_len].tolist()
+        assert g.new_tokens[i].tolist() == _hf_greedy(hf, own), (family, i)
+
+
+def _hf_greedy(hf, ids: list[int]) -> list[int]:
+    """The most likely next token N_NEW times, each from a whole forward of the sequence so far."""
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        for _ in range(N_NEW):
+            x = torch.cat([x, hf(x).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return x[0, len(ids):].tolist()
