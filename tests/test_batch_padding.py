@@ -175,7 +175,8 @@ def _row_steering(model, sae, edits):
 
 API_NEW = 8
 # the served SAE's edits, in multiples of the latents' typical max activations (the store's)
-API_EDITS = [["3:add=15x@0,2,-1"], ["5:add=15x@prompt", "7:add=-15x@generated"], ["9:clamp=15x@last"], ["11:add=15x@1"]]
+API_EDITS = [["3:add=15x@0,2,-1"], ["5:add=15x@prompt", "7:add=-15x@generated", "6:add=10x@all?3>-1"],
+             ["9:clamp=15x@last"], ["11:add=15x@1"]]  # a conditional edit (everywhere): where it fired is reported
 
 
 @pytest.fixture(scope="module")
@@ -201,16 +202,17 @@ def api(tmp_path_factory, models):
 
 
 def _ask(client, job: dict):
-    """(token ids, log-probabilities or None, text) of one request's first choice."""
+    """(token ids, log-probabilities or None, text, where conditional edits fired) of a request's first choice."""
     kind, body = job["kind"], dict(job["body"])
     if kind == "chat":
         r = client.chat.completions.create(**body)
         c = r.choices[0]
         lps = [t.logprob for t in c.logprobs.content] if c.logprobs else None
-        return c.model_extra["steering"]["token_ids"], lps, c.message.content
+        return c.model_extra["steering"]["token_ids"], lps, c.message.content, c.model_extra["steering"].get("fired")
     r = client.completions.create(**body)
     c = r.choices[0]
-    return c.model_extra["steering"]["token_ids"], (c.logprobs.token_logprobs if c.logprobs else None), c.text
+    return (c.model_extra["steering"]["token_ids"], (c.logprobs.token_logprobs if c.logprobs else None), c.text,
+            c.model_extra["steering"].get("fired"))
 
 
 def _jobs(model, sid: str, text: str, chat: bool) -> list[dict]:
@@ -262,10 +264,12 @@ def test_concurrent_requests_of_every_length_give_what_each_gives_alone(api, mod
     # takes no rows while it runs (its cache is not merged), so those come in the next batch
     assert sched.engine.max_rows_seen >= len(jobs) // 2
     for job, a, b in zip(jobs, alone, together):
-        assert b[0] == a[0] and b[2] == a[2], job
+        assert b[0] == a[0] and b[2] == a[2] and b[3] == a[3], job  # tokens, text, where edits fired
         if a[1] is not None:
             assert max(abs(x - y) for x, y in zip(a[1], b[1])) < 1e-4, job
     assert len({tuple(a[0]) for a in alone}) > len(jobs) // 2  # the requests do differ
+    fired = next(a[3] for a in alone if a[3])
+    assert 0 < len(next(iter(fired.values()))) < models[sid].cfg.n_ctx  # the conditional edit fired here and there
 
 
 def _wait(cond, timeout: float = 60.0) -> None:
