@@ -70,14 +70,10 @@ def _prompt_ids(model, text: str, lengths) -> list[list[int]]:
 def _engine_alone(model, sae, ids, edits) -> list[int]:
     """The API's engine on one row: positions from the row's own layout, no padding."""
     from steering.engine import BatchEngine, Row
-    from steering.resolve import resolve_edits
-    from steering.rowedits import RowEdit, RowSteering
     from steering.sampling import SamplingParams
 
-    rs = resolve_edits(model, {"s": sae}, edits, chat_positions=True)
-    steering = RowSteering([RowEdit("s", r.latent, r.op, r.value, r.positions, r.trigger, r.describe()) for r in rs], [])
     engine = BatchEngine(model, {"s": sae})
-    engine.add([Row(ids, SamplingParams(max_new_tokens=N_NEW, temperature=0), steering)])
+    engine.add([Row(ids, SamplingParams(max_new_tokens=N_NEW, temperature=0), _row_steering(model, sae, edits))])
     while engine.busy:
         for ev in engine.step():
             if ev.finish_reason:
@@ -103,7 +99,7 @@ def test_steered_prompts_batched_equal_alone_and_the_engine(models, real_corpus,
         with steer(model, {"s": sae}, edits) as s:
             together = s.generate(texts, cfg)
             alone = [s.generate([t], cfg) for t in texts]
-        for i, t in enumerate(texts):
+        for i in range(len(texts)):
             assert alone[i].tokens[0].tolist() == together.tokens[i, together.prompt_len - alone[i].prompt_len:].tolist()
             row_ids = alone[i].tokens[0, :alone[i].prompt_len].tolist()
             assert alone[i].new_tokens[0].tolist() == _engine_alone(model, sae, row_ids, edits), (edits, i)
