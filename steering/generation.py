@@ -153,7 +153,10 @@ def generate(
 ) -> Generation:
     """Generate continuations of `prompts` with `model.generate` (inside `session`'s steering if given).
 
-    Keyword overrides replace fields of `config` (e.g. max_new_tokens=10, seed=3)."""
+    Keyword overrides replace fields of `config` (e.g. max_new_tokens=10, seed=3). Greedy text does
+    not depend on the other prompts (left padding, masks and positions keep each row its own);
+    sampled text does: `config.seed` seeds one stream for the whole batch (the API's engine,
+    `steering.engine`, seeds each row)."""
     config = dataclasses.replace(config or GenerationConfig(), **overrides)
     prompts = _as_prompts(prompts)
     tokens_BP = _tokenize(model, prompts, config.prepend_bos)

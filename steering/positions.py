@@ -8,8 +8,12 @@ forward re-runs the whole sequence. Block hooks only see the activations, so a f
 pre-hook on the block reads what the block itself is given (`block_call_info`):
 - HookedTransformer blocks: the KV-cache entry (its length is the absolute position of the first
   query) and the attention mask over all T positions [B, T] (zeros mark pad tokens);
-- TransformerBridge blocks (HF modules): the 4-d attention mask [B, 1, S, T] (T - S is the
-  offset; keys masked for the last query are pads) or, without a mask, the HF cache's length.
+- TransformerBridge blocks (HF modules): the HF cache's length (the offset) and the 4-d attention
+  mask [B, 1, S, T]. A sliding-window layer's mask (Gemma-2/3, Mistral) hides keys beyond the
+  window as well as pads, and past the window covers only the window (T < offset + S); so a
+  sequence's pads are read where it starts (a token attends to itself unless it is a pad: the
+  mask's diagonal), and a later forward whose mask does not cover the whole sequence carries
+  that on (`SequenceTracker.observe`).
 `SequenceTracker` keeps that per block and answers `select(positions)`.
 
 The prompt length P (in padded positions) is, in order of precedence:
@@ -52,6 +56,9 @@ class SequenceTracker:
     def observe(self, B: int, S: int, offset: int, attention_mask: Tensor | None, uncached: bool = True) -> None:
         """A forward of S positions starting at absolute position `offset`; `attention_mask`
         [B, offset + S] (1 real, 0 pad) or None; `uncached`: no KV cache carried into it."""
+        if attention_mask is None and offset > 0 and self.mask_BT is not None and \
+                tuple(self.mask_BT.shape) == (B, offset):  # the sequence's pads as its start said (window layers)
+            attention_mask = torch.cat([self.mask_BT, self.mask_BT.new_ones(B, S)], dim=1)
         if offset == 0:
             if self.explicit_prompt_len is not None:
                 prompt_len = self.explicit_prompt_len
@@ -151,16 +158,23 @@ def block_call_info(layer_idx: int, args: tuple, kwargs: dict) -> tuple[int, int
             mask = v
         elif cache is None and hasattr(v, "get_seq_length"):
             cache = v
-    if isinstance(mask, Tensor) and mask.ndim == 4:
-        T = int(mask.shape[-1])
-        last_BT = mask[:, 0, -1, :]
-        keep_BT = last_BT if last_BT.dtype == torch.bool else last_BT > torch.finfo(last_BT.dtype).min / 2
-        offset = T - S
-        return B, S, offset, keep_BT.to(torch.int64), offset == 0
-    offset = 0
+    offset = None
     if cache is not None:
         try:
             offset = int(cache.get_seq_length(layer_idx))
         except TypeError:
             offset = int(cache.get_seq_length())
+    if isinstance(mask, Tensor) and mask.ndim == 4:
+        T = int(mask.shape[-1])
+        offset = T - S if offset is None else offset  # not T - S: a window layer's T stops at the window
+        m_BST = mask[:, 0]
+        keep_BST = m_BST if m_BST.dtype == torch.bool else m_BST > torch.finfo(m_BST.dtype).min / 2
+        if offset == 0 and T == S:  # the diagonal: the last query's row also hides keys beyond a window
+            keep_BT = keep_BST.diagonal(dim1=-2, dim2=-1)
+        elif T == offset + S:
+            keep_BT = keep_BST[:, -1]
+        else:  # a window's mask past the window: the tracker carries the pads on from the start
+            return B, S, offset, None, offset == 0
+        return B, S, offset, keep_BT.to(torch.int64), offset == 0
+    offset = offset or 0
     return B, S, offset, None, offset == 0

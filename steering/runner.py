@@ -14,7 +14,7 @@ the running batch between steps. A runner hides how one model family does that:
 - `BridgeRunner`: an HF model under TransformerBridge, with HF's DynamicCache (keys/values
   [B, H, T, Dh] per layer) and an attention mask kept here; the Bridge derives positions from the
   mask too. Caches of other layouts (sliding window) are not merged: the engine then runs new
-  rows only once the batch has drained.
+  rows only once the batch has drained (rows still leave such a batch as they finish).
 
 Only the last position's logits are computed at prefill ([B, V], not [B, S, V]).
 """
@@ -181,10 +181,18 @@ class BridgeRunner:
 
     @classmethod
     def select(cls, cache: _BridgeCache, rows: Tensor) -> _BridgeCache:
+        """The cache of rows `rows` only. Columns that are padding in every kept row are dropped
+        where every layer keeps all columns; a sliding-window layer (Gemma-2/3, Mistral) keeps
+        only its last ones, so there the columns stay (the mask keeps hiding the padding)."""
+        layers = getattr(cache.hf, "layers", None)
+        if layers is None:
+            raise CacheMergeUnsupported("a cache without layers")
         mask = cache.mask_BT.index_select(0, rows)
-        real = mask.any(0).nonzero()
-        start = int(real[0]) if real.numel() else mask.shape[1]
-        for layer in cls._layers(cache):
+        start = 0
+        if cls.can_merge(cache):
+            real = mask.any(0).nonzero()
+            start = int(real[0]) if real.numel() else mask.shape[1]
+        for layer in layers:
             if layer.keys is None or layer.keys.numel() == 0:
                 continue
             layer.keys = layer.keys.index_select(0, rows)[:, :, start:]

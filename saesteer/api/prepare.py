@@ -312,13 +312,14 @@ def _rows(prompts, layouts, served: ServedModel, req, c: dict, steering, logprob
         if max_tokens is None:  # chat without a limit: as much as the server and the context allow
             max_tokens = min(c["limit"], room) if room is not None else c["limit"]
         if room is not None and room < 1:  # no max_tokens fits: the prompt is at fault
-            raise ApiError(400, f"the prompt is {len(ids)} tokens, which leaves no room in the model's context "
-                                f"of {n_ctx} tokens; shorten it to at most {n_ctx - 1} tokens",
-                           "messages" if chat else "prompt", "context_length_exceeded")
-        if room is not None and len(ids) + max_tokens > n_ctx:
-            raise ApiError(400, f"the prompt is {len(ids)} tokens and {c['max_tokens_field']} is {max_tokens}, more than the "
-                                f"model's context of {n_ctx} tokens; shorten the prompt or ask for at most "
-                                f"{room} tokens", c["max_tokens_field"], "context_length_exceeded")
+            raise ApiError(400, f"This model's maximum context length is {n_ctx} tokens, and the prompt is {len(ids)} "
+                                f"tokens, which leaves no room for the completion; shorten it to at most {n_ctx - 1} "
+                                f"tokens", "messages" if chat else "prompt", "context_length_exceeded")
+        if room is not None and len(ids) + max_tokens > n_ctx:  # OpenAI's words: clients match them
+            raise ApiError(400, f"This model's maximum context length is {n_ctx} tokens. However, you requested "
+                                f"{len(ids) + max_tokens} tokens ({len(ids)} in the {'messages' if chat else 'prompt'}, "
+                                f"{max_tokens} in the completion: {c['max_tokens_field']}); shorten the prompt or ask "
+                                f"for at most {room} tokens", c["max_tokens_field"], "context_length_exceeded")
         for i in range(c["n"]):
             try:
                 params = SamplingParams(
