@@ -90,6 +90,21 @@ def test_package_data_globs_match_something() -> None:
             assert hits, f"package-data {package!r}: {pattern!r} matches no file"
 
 
+def test_no_placeholder_address_is_published() -> None:
+    """[project.urls] becomes the links on the package's index page: an address that resolves nowhere
+    (a reserved name: .invalid, .example, .test, example.com, localhost) would be published as the
+    project's home. Until there is a real address there are none."""
+    from urllib.parse import urlsplit
+
+    placeholders = []
+    for name, url in _pyproject()["project"].get("urls", {}).items():
+        host = (urlsplit(url).hostname or "").rstrip(".")
+        if host in ("localhost", "example.com", "example.org", "example.net") or \
+                host.rsplit(".", 1)[-1] in ("invalid", "example", "test", "localhost"):
+            placeholders.append(f"{name} = {url}")
+    assert placeholders == [], f"placeholder addresses in [project.urls]: {placeholders}"
+
+
 def _git(cwd: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True,
                           env={"GIT_AUTHOR_NAME": "u", "GIT_AUTHOR_EMAIL": "u@x", "GIT_COMMITTER_NAME": "u",
