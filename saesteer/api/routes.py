@@ -10,7 +10,6 @@ stream, or a non-streamed request it stopped waiting for) has its generation can
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 
 from fastapi import APIRouter, Request
@@ -18,7 +17,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from saesteer.api.prepare import IGNORED_TEMPLATE_KWARGS_HEADER, ApiError, prepare_chat, prepare_completion
+from saesteer.api.prepare import ApiError, ignored_template_kwargs_header, prepare_chat, prepare_completion
 from saesteer.api.protocol import ChatRequest, CompletionRequest, SteeringIn
 from saesteer.api.responses import SSE_DONE, Assembler, sse
 from saesteer.api.scheduler import QueueFull
@@ -123,8 +122,7 @@ async def _generate(request: Request, cls, prepare):
     except QueueFull as e:
         return _error(503, str(e), headers={"Retry-After": str(RETRY_AFTER_S)})
     out = Assembler(prep, served.model.tokenizer)
-    # a JSON list: ASCII with the client's control characters escaped, so no name can break the header
-    told = {IGNORED_TEMPLATE_KWARGS_HEADER: json.dumps(prep.ignored_template_kwargs)} if prep.ignored_template_kwargs else {}
+    told = ignored_template_kwargs_header(prep.ignored_template_kwargs)
     if prep.stream:
         return StreamingResponse(_stream(served.scheduler, job, out), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **told})
