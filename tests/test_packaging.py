@@ -225,3 +225,57 @@ def test_the_code_runs_on_the_oldest_python_requires_python_names() -> None:
         problems += [f"{f.relative_to(ROOT)}: {name} is newer than Python {floor[0]}.{floor[1]}"
                      for name in _newer_than(floor, tree)]
     assert problems == [], "\n".join(problems)
+
+
+def _checkout_with_a_fake_venv(tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of what scripts/setup.sh reads, with a .venv whose python has torch and whose pip
+    only writes its arguments down (one call a line), so the script's choices show without installing."""
+    for name in ("scripts/setup.sh", "scripts/constraints.txt", "scripts/interop-libraries.txt", "pyproject.toml"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes((ROOT / name).read_bytes())
+    (tmp_path / "scripts" / "setup.sh").chmod(0o755)
+    calls = tmp_path / "pip-calls.txt"
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "python").write_text("#!/bin/sh\nexit 0\n")  # `import torch` succeeds
+    (bin_dir / "pip").write_text(f'#!/bin/sh\necho "$*" >> "{calls}"\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    return tmp_path, calls
+
+
+def test_setup_sh_installs_the_map_extra_and_redoes_it_when_the_script_changes(tmp_path) -> None:
+    """A checkout's plain setup installs the map extra (umap-learn, for `features map`); --dev its dev
+    extra. A second run only checks, unless pyproject.toml or the script itself changed since: a
+    stamp left by an older setup.sh may stand for other extras. An unknown argument is refused."""
+    import os
+    import time
+
+    repo, calls = _checkout_with_a_fake_venv(tmp_path)
+
+    def setup(*args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+        calls.unlink(missing_ok=True)
+        r = subprocess.run(["bash", str(repo / "scripts" / "setup.sh"), *args], capture_output=True, text=True)
+        return r, calls.read_text().splitlines() if calls.exists() else []
+
+    r, pip = setup()
+    assert r.returncode == 0, r.stderr
+    assert pip == ["install --quiet -c scripts/constraints.txt -e .[map]"], pip
+    assert setup()[1] == []  # done already
+    later = time.time() + 10
+    os.utime(repo / "scripts" / "setup.sh", (later, later))  # a newer setup.sh (git pull)
+    assert setup()[1] == ["install --quiet -c scripts/constraints.txt -e .[map]"]
+    (repo / ".venv" / "wheels").mkdir()
+    (repo / ".venv" / "wheels" / "eai_delphi-0.1.3-py3-none-any.whl").write_text("")  # downloaded already
+    r, pip = setup("--dev")
+    assert r.returncode == 0 and pip[0] == "install --quiet -c scripts/constraints.txt -e .[dev]", (r.stderr, pip)
+    r, pip = setup("-dev")
+    assert r.returncode == 2 and pip == [] and "unknown argument '-dev'" in r.stderr, r.stderr
+
+
+def test_the_dev_extra_holds_every_other_extra() -> None:
+    """`scripts/setup.sh --dev` (what `make test` and CI run) installs the dev extra only: it must hold
+    every requirement of the other extras (map's umap-learn, semantic's MiniLM), or their tests cannot run."""
+    extras = _pyproject()["project"]["optional-dependencies"]
+    missing = {name: sorted(set(reqs) - set(extras["dev"])) for name, reqs in extras.items() if name != "dev"}
+    assert {k: v for k, v in missing.items() if v} == {}, "add these to the dev extra"
