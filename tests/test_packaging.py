@@ -152,15 +152,19 @@ def test_an_installed_toy_model_is_not_overwritten(tmp_path, monkeypatch, capsys
 
 
 # The standard library's names newer than 3.10 that code here could reach for; an import of one
-# inside `try: ... except ImportError` (a fallback, as configargs reads TOML) is fine.
+# inside `try: ... except ImportError` (a fallback, as configargs reads TOML) or under
+# `if sys.version_info ...` is fine.
 _NEWER_STDLIB = {
     (3, 11): {"tomllib": None, "datetime": {"UTC"}, "enum": {"StrEnum", "ReprEnum", "verify", "member", "nonmember"},
               "typing": {"Self", "LiteralString", "Never", "assert_never", "assert_type", "reveal_type", "Required",
                          "NotRequired", "Unpack", "TypeVarTuple", "dataclass_transform"},
-              "asyncio": {"TaskGroup", "timeout", "timeout_at", "Runner", "Barrier"},
+              "asyncio": {"TaskGroup", "timeout", "timeout_at", "Runner", "Barrier"}, "sys": {"exception"},
               "hashlib": {"file_digest"}, "contextlib": {"chdir"}, "operator": {"call"}, "math": {"cbrt", "exp2"},
               "logging": {"getLevelNamesMapping"}, "re": {"NOFLAG"}, "builtins": {"ExceptionGroup", "BaseExceptionGroup"}},
-    (3, 12): {"itertools": {"batched"}, "typing": {"override", "TypeAliasType"}, "math": {"sumprod"}},
+    (3, 12): {"itertools": {"batched"}, "typing": {"override", "TypeAliasType", "get_original_bases"},
+              "math": {"sumprod"}},
+    (3, 13): {"copy": {"replace"}, "warnings": {"deprecated"}, "typing": {"TypeIs", "ReadOnly", "NoDefault"},
+              "math": {"fma"}},
 }
 
 
@@ -190,6 +194,12 @@ def _newer_than(floor: tuple[int, int], tree) -> list[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Try) and any(falls_back(h) for h in node.handlers):
             guarded |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
+        elif isinstance(node, ast.If) and "version_info" in ast.unparse(node.test):  # either branch
+            guarded |= {id(n) for stmt in node.body + node.orelse for n in ast.walk(stmt)}
+    modules = {m: m for m in newer}  # the name a module goes by here: `import asyncio as aio` -> aio
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules.update({a.asname: a.name for a in node.names if a.asname and a.name in newer})
     found = []
     for node in ast.walk(tree):
         if id(node) in guarded:
@@ -199,17 +209,36 @@ def _newer_than(floor: tuple[int, int], tree) -> list[str]:
         elif isinstance(node, ast.ImportFrom) and node.module in newer:
             members = newer[node.module]
             found += [f"{node.module}.{a.name}" for a in node.names if members is None or a.name in members]
-        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and (newer.get(node.value.id) or ()):
-            found += [f"{node.value.id}.{node.attr}"] if node.attr in newer[node.value.id] else []
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules:
+            module = modules[node.value.id]
+            found += [f"{module}.{node.attr}"] if node.attr in (newer[module] or ()) else []
         elif isinstance(node, ast.Name) and node.id in (newer.get("builtins") or ()):
             found.append(node.id)
     return found
 
 
+def test_the_python_floor_check_finds_what_a_newer_python_added() -> None:
+    """The check below can fail: a 3.11 grammar or standard-library name planted in a module is found
+    (an alias included), a guarded fallback is not."""
+    import ast
+
+    planted = ("import asyncio as aio\nimport sys\nimport tomllib\nfrom typing import Self\n"
+               "x = aio.TaskGroup, sys.exception(), ExceptionGroup\nimport copy\ny = copy.replace\n")
+    assert sorted(_newer_than((3, 10), ast.parse(planted))) == \
+        ["ExceptionGroup", "asyncio.TaskGroup", "copy.replace", "sys.exception", "tomllib", "typing.Self"]
+    assert _newer_than((3, 12), ast.parse(planted)) == ["copy.replace"]
+    guarded = ("try:\n    import tomllib\nexcept ModuleNotFoundError:\n    tomllib = None\n"
+               "import sys\nif sys.version_info < (3, 11):\n    pass\nelse:\n    from typing import Self\n")
+    assert _newer_than((3, 10), ast.parse(guarded)) == []
+    with pytest.raises(SyntaxError, match="3.11"):
+        ast.parse("try:\n    pass\nexcept* ValueError:\n    pass\n", feature_version=(3, 10))
+
+
 def test_the_code_runs_on_the_oldest_python_requires_python_names() -> None:
     """requires-python promises 3.10: every shipped module parses as that version's grammar (no
-    `except*`, no 3.12 f-string nesting) and uses no standard-library name added after it. (Checked
-    by hand with a 3.10 interpreter and vermin; this keeps it true without one.)"""
+    `except*`, no `type X = ...`) and uses no standard-library name added after it. (Checked by hand
+    with a 3.10 interpreter and vermin; this keeps it true without one. 3.12's nested f-strings are
+    refused by the parser of the 3.11 this runs on; ast's feature_version does not look at them.)"""
     import ast
 
     floor = _requires_python_floor()
