@@ -443,7 +443,7 @@ def prepare_chat(req: ChatRequest, served: ServedModel, limits) -> Prepared:
     new = served.not_yet_told(ignored)
     if new:  # one line per model and variable, not one per request (Open WebUI sends it every time)
         log.warning("chat_template_kwargs: the chat template of %r does not read %s, so %s ignored (as vLLM "
-                    "ignores them); the variables it reads: %s", served.id, ", ".join(map(repr, new)),
+                    "does); the variables it reads: %s", served.id, ", ".join(map(repr, new)),
                     "it is" if len(new) == 1 else "they are", ", ".join(template_variables(tok)) or "none")
     try:
         chat = render_chat(tok, msgs, continue_final_message=cont, template_kwargs=template_kwargs,
