@@ -122,10 +122,10 @@ async def _generate(request: Request, cls, prepare):
     except QueueFull as e:
         return _error(503, str(e), headers={"Retry-After": str(RETRY_AFTER_S)})
     out = Assembler(prep, served.model.tokenizer)
-    told = ignored_template_kwargs_header(prep.ignored_template_kwargs)
+    ignored = ignored_template_kwargs_header(prep.ignored_template_kwargs)  # none: no header
     if prep.stream:
         return StreamingResponse(_stream(served.scheduler, job, out), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **told})
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **ignored})
     # a client that goes away (its timeout, Ctrl-C) stops its generation: nobody would read it. One
     # task beside this one waits for that and ends the reading; the events are read here.
     gone = asyncio.ensure_future(_client_gone(request))
@@ -141,7 +141,7 @@ async def _generate(request: Request, cls, prepare):
         return Response(status_code=499)  # nobody reads it: the client closed the connection
     if out.error is not None:
         return _error(500, out.error)
-    return JSONResponse(out.body(), headers=told)
+    return JSONResponse(out.body(), headers=ignored)
 
 
 async def _client_gone(request: Request) -> None:
