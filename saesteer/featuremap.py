@@ -6,10 +6,11 @@ labels), stored in the feature store for the web app's map page.
 
 Sources: `decoder`, the SAE's decoder directions (unit rows of W_dec; the SAE must be the one the
 store was built from), or `labels`, the stored label embeddings of one embedding model
-(`autointerp.semantic.embed_labels`). Methods: `umap` (umap-learn, an optional dependency: `pip install
-'saesteer[map]'`; cosine metric, fixed seed; the first call in a process compiles numba code, which takes from seconds to minutes on a slow CPU),
-or `pca` (the two leading principal components; instant, for quick looks and tests). Coordinates
-are rescaled to [-1, 1]. Here in `saesteer`: it loads an SAE beside a store, which only the face does.
+(`autointerp.semantic.embed_labels`). Methods: `umap` (umap-learn, an optional dependency: `pip
+install 'saesteer[map]'`; cosine metric, fixed seed; the first call in a process compiles numba
+code, which takes from seconds to minutes on a slow CPU), or `pca` (the two leading principal
+components; instant, for quick looks and tests). Coordinates are rescaled to [-1, 1]. Here in
+`saesteer`: it loads an SAE beside a store, which only the face does.
 """
 
 from __future__ import annotations

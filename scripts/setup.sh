@@ -8,8 +8,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-dev=""
-[ "${1:-}" = "--dev" ] && dev="-dev"
+case "${1:-}" in
+    "") dev="" ;;
+    --dev) dev="-dev" ;;
+    *) echo "scripts/setup.sh: unknown argument '$1'; run it with none (runtime) or --dev (plus test tools)" >&2
+       exit 2 ;;
+esac
 extras="[map]"
 [ -n "$dev" ] && extras="[dev]"  # dev holds umap-learn too
 stamp=".venv/.saesteer-setup${dev}"
@@ -26,8 +30,10 @@ if [ -n "$dev" ] && [ ! -f "$delphi_wheel" ]; then
     echo "[setup] downloading $delphi_pin's wheel into $(dirname "$delphi_wheel")/ (not installed)"
     .venv/bin/pip download --quiet --no-deps --only-binary=:all: -d "$(dirname "$delphi_wheel")" "$delphi_pin"
 fi
+# done already, unless what decides what is installed changed since (this script included: a stamp
+# from an older setup.sh may stand for other extras)
 if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt scripts/constraints.txt ] \
-    && [ "$stamp" -nt scripts/interop-libraries.txt ]; then
+    && [ "$stamp" -nt scripts/interop-libraries.txt ] && [ "$stamp" -nt scripts/setup.sh ]; then
     exit 0
 fi
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then

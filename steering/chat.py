@@ -170,6 +170,12 @@ def _variables_of(tmpl: str) -> frozenset[str] | None:
     return frozenset(meta.find_undeclared_variables(ast))
 
 
+def _set_by_renderer(tokenizer: Any) -> frozenset[str]:
+    """The template variables the renderer sets itself: apply_chat_template's own (from the request's
+    fields) and the tokenizer's special tokens (bos_token, ...)."""
+    return _RESERVED_KWARGS | set(getattr(tokenizer, "special_tokens_map", {}) or {})
+
+
 def unread_template_kwargs(tokenizer: Any, kwargs: Mapping[str, Any], *,
                            chat_template: str | None = None) -> list[str]:
     """The template variables in `kwargs` that the chat template never reads (they would change
@@ -177,19 +183,18 @@ def unread_template_kwargs(tokenizer: Any, kwargs: Mapping[str, Any], *,
     renderer sets itself are not listed: `check_template_kwargs` refuses those."""
     if not kwargs:
         return []
-    specials = set(getattr(tokenizer, "special_tokens_map", {}) or {})
     reads = _variables_of(_template_of(tokenizer, chat_template))
     if reads is None:
         return []
-    return [k for k in kwargs if k not in reads and k not in _RESERVED_KWARGS and k not in specials]
+    own = _set_by_renderer(tokenizer)
+    return [k for k in kwargs if k not in reads and k not in own]
 
 
 def template_variables(tokenizer: Any, *, chat_template: str | None = None) -> list[str]:
     """The variables a caller may set on this chat template (what it reads, less what the renderer
     sets itself), sorted; empty when jinja cannot parse the template here."""
-    specials = set(getattr(tokenizer, "special_tokens_map", {}) or {})
     reads = _variables_of(_template_of(tokenizer, chat_template)) or frozenset()
-    return sorted(reads - _RESERVED_KWARGS - specials)
+    return sorted(reads - _set_by_renderer(tokenizer))
 
 
 def check_template_kwargs(tokenizer: Any, kwargs: Mapping[str, Any], *, chat_template: str | None = None) -> None:
@@ -199,9 +204,9 @@ def check_template_kwargs(tokenizer: Any, kwargs: Mapping[str, Any], *, chat_tem
     does (`unread_template_kwargs`), since chat clients send the same variables to every model."""
     if not kwargs:
         return
-    specials = set(getattr(tokenizer, "special_tokens_map", {}) or {})
+    own = _set_by_renderer(tokenizer)
     for key in kwargs:
-        if key in _RESERVED_KWARGS or key in specials:
+        if key in own:
             raise SteeringError(f"{key!r} is set by the server (from the request's own fields and the tokenizer), "
                                 f"not by template variables; leave it out")
     unread = unread_template_kwargs(tokenizer, kwargs, chat_template=chat_template)

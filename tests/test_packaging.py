@@ -90,6 +90,21 @@ def test_package_data_globs_match_something() -> None:
             assert hits, f"package-data {package!r}: {pattern!r} matches no file"
 
 
+def test_no_placeholder_address_is_published() -> None:
+    """[project.urls] becomes the links on the package's index page: an address that resolves nowhere
+    (a reserved name: .invalid, .example, .test, example.com, localhost) would be published as the
+    project's home. Until there is a real address there are none."""
+    from urllib.parse import urlsplit
+
+    placeholders = []
+    for name, url in _pyproject()["project"].get("urls", {}).items():
+        host = (urlsplit(url).hostname or "").rstrip(".")
+        if host in ("localhost", "example.com", "example.org", "example.net") or \
+                host.rsplit(".", 1)[-1] in ("invalid", "example", "test", "localhost"):
+            placeholders.append(f"{name} = {url}")
+    assert placeholders == [], f"placeholder addresses in [project.urls]: {placeholders}"
+
+
 def _git(cwd: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True,
                           env={"GIT_AUTHOR_NAME": "u", "GIT_AUTHOR_EMAIL": "u@x", "GIT_COMMITTER_NAME": "u",
@@ -137,15 +152,20 @@ def test_an_installed_toy_model_is_not_overwritten(tmp_path, monkeypatch, capsys
 
 
 # The standard library's names newer than 3.10 that code here could reach for; an import of one
-# inside `try: ... except ImportError` (a fallback, as configargs reads TOML) is fine.
+# inside `try: ... except ImportError` (a fallback, as configargs reads TOML) or under
+# `if sys.version_info ...` is fine.
 _NEWER_STDLIB = {
     (3, 11): {"tomllib": None, "datetime": {"UTC"}, "enum": {"StrEnum", "ReprEnum", "verify", "member", "nonmember"},
               "typing": {"Self", "LiteralString", "Never", "assert_never", "assert_type", "reveal_type", "Required",
                          "NotRequired", "Unpack", "TypeVarTuple", "dataclass_transform"},
-              "asyncio": {"TaskGroup", "timeout", "timeout_at", "Runner", "Barrier"},
+              "asyncio": {"TaskGroup", "timeout", "timeout_at", "Runner", "Barrier"}, "sys": {"exception"},
               "hashlib": {"file_digest"}, "contextlib": {"chdir"}, "operator": {"call"}, "math": {"cbrt", "exp2"},
-              "logging": {"getLevelNamesMapping"}, "re": {"NOFLAG"}, "builtins": {"ExceptionGroup", "BaseExceptionGroup"}},
-    (3, 12): {"itertools": {"batched"}, "typing": {"override", "TypeAliasType"}, "math": {"sumprod"}},
+              "logging": {"getLevelNamesMapping"}, "re": {"NOFLAG"},
+              "builtins": {"ExceptionGroup", "BaseExceptionGroup"}},
+    (3, 12): {"itertools": {"batched"}, "typing": {"override", "TypeAliasType", "get_original_bases"},
+              "math": {"sumprod"}},
+    (3, 13): {"copy": {"replace"}, "warnings": {"deprecated"}, "typing": {"TypeIs", "ReadOnly", "NoDefault"},
+              "math": {"fma"}},
 }
 
 
@@ -175,6 +195,12 @@ def _newer_than(floor: tuple[int, int], tree) -> list[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Try) and any(falls_back(h) for h in node.handlers):
             guarded |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
+        elif isinstance(node, ast.If) and "version_info" in ast.unparse(node.test):  # either branch
+            guarded |= {id(n) for stmt in node.body + node.orelse for n in ast.walk(stmt)}
+    modules = {m: m for m in newer}  # the name a module goes by here: `import asyncio as aio` -> aio
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules.update({a.asname: a.name for a in node.names if a.asname and a.name in newer})
     found = []
     for node in ast.walk(tree):
         if id(node) in guarded:
@@ -184,17 +210,36 @@ def _newer_than(floor: tuple[int, int], tree) -> list[str]:
         elif isinstance(node, ast.ImportFrom) and node.module in newer:
             members = newer[node.module]
             found += [f"{node.module}.{a.name}" for a in node.names if members is None or a.name in members]
-        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and (newer.get(node.value.id) or ()):
-            found += [f"{node.value.id}.{node.attr}"] if node.attr in newer[node.value.id] else []
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules:
+            module = modules[node.value.id]
+            found += [f"{module}.{node.attr}"] if node.attr in (newer[module] or ()) else []
         elif isinstance(node, ast.Name) and node.id in (newer.get("builtins") or ()):
             found.append(node.id)
     return found
 
 
+def test_the_python_floor_check_finds_what_a_newer_python_added() -> None:
+    """The check below can fail: a 3.11 grammar or standard-library name planted in a module is found
+    (an alias included), a guarded fallback is not."""
+    import ast
+
+    planted = ("import asyncio as aio\nimport sys\nimport tomllib\nfrom typing import Self\n"
+               "x = aio.TaskGroup, sys.exception(), ExceptionGroup\nimport copy\ny = copy.replace\n")
+    assert sorted(_newer_than((3, 10), ast.parse(planted))) == \
+        ["ExceptionGroup", "asyncio.TaskGroup", "copy.replace", "sys.exception", "tomllib", "typing.Self"]
+    assert _newer_than((3, 12), ast.parse(planted)) == ["copy.replace"]
+    guarded = ("try:\n    import tomllib\nexcept ModuleNotFoundError:\n    tomllib = None\n"
+               "import sys\nif sys.version_info < (3, 11):\n    pass\nelse:\n    from typing import Self\n")
+    assert _newer_than((3, 10), ast.parse(guarded)) == []
+    with pytest.raises(SyntaxError, match="3.11"):
+        ast.parse("try:\n    pass\nexcept* ValueError:\n    pass\n", feature_version=(3, 10))
+
+
 def test_the_code_runs_on_the_oldest_python_requires_python_names() -> None:
     """requires-python promises 3.10: every shipped module parses as that version's grammar (no
-    `except*`, no 3.12 f-string nesting) and uses no standard-library name added after it. (Checked
-    by hand with a 3.10 interpreter and vermin; this keeps it true without one.)"""
+    `except*`, no `type X = ...`) and uses no standard-library name added after it. (Checked by hand
+    with a 3.10 interpreter and vermin; this keeps it true without one. 3.12's nested f-strings are
+    refused by the parser of the 3.11 this runs on; ast's feature_version does not look at them.)"""
     import ast
 
     floor = _requires_python_floor()
@@ -210,3 +255,57 @@ def test_the_code_runs_on_the_oldest_python_requires_python_names() -> None:
         problems += [f"{f.relative_to(ROOT)}: {name} is newer than Python {floor[0]}.{floor[1]}"
                      for name in _newer_than(floor, tree)]
     assert problems == [], "\n".join(problems)
+
+
+def _checkout_with_a_fake_venv(tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of what scripts/setup.sh reads, with a .venv whose python has torch and whose pip
+    only writes its arguments down (one call a line), so the script's choices show without installing."""
+    for name in ("scripts/setup.sh", "scripts/constraints.txt", "scripts/interop-libraries.txt", "pyproject.toml"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes((ROOT / name).read_bytes())
+    (tmp_path / "scripts" / "setup.sh").chmod(0o755)
+    calls = tmp_path / "pip-calls.txt"
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "python").write_text("#!/bin/sh\nexit 0\n")  # `import torch` succeeds
+    (bin_dir / "pip").write_text(f'#!/bin/sh\necho "$*" >> "{calls}"\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    return tmp_path, calls
+
+
+def test_setup_sh_installs_the_map_extra_and_redoes_it_when_the_script_changes(tmp_path) -> None:
+    """A checkout's plain setup installs the map extra (umap-learn, for `features map`); --dev its dev
+    extra. A second run only checks, unless pyproject.toml or the script itself changed since: a
+    stamp left by an older setup.sh may stand for other extras. An unknown argument is refused."""
+    import os
+    import time
+
+    repo, calls = _checkout_with_a_fake_venv(tmp_path)
+
+    def setup(*args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+        calls.unlink(missing_ok=True)
+        r = subprocess.run(["bash", str(repo / "scripts" / "setup.sh"), *args], capture_output=True, text=True)
+        return r, calls.read_text().splitlines() if calls.exists() else []
+
+    r, pip = setup()
+    assert r.returncode == 0, r.stderr
+    assert pip == ["install --quiet -c scripts/constraints.txt -e .[map]"], pip
+    assert setup()[1] == []  # done already
+    later = time.time() + 10
+    os.utime(repo / "scripts" / "setup.sh", (later, later))  # a newer setup.sh (git pull)
+    assert setup()[1] == ["install --quiet -c scripts/constraints.txt -e .[map]"]
+    (repo / ".venv" / "wheels").mkdir()
+    (repo / ".venv" / "wheels" / "eai_delphi-0.1.3-py3-none-any.whl").write_text("")  # downloaded already
+    r, pip = setup("--dev")
+    assert r.returncode == 0 and pip[0] == "install --quiet -c scripts/constraints.txt -e .[dev]", (r.stderr, pip)
+    r, pip = setup("-dev")
+    assert r.returncode == 2 and pip == [] and "unknown argument '-dev'" in r.stderr, r.stderr
+
+
+def test_the_dev_extra_holds_every_other_extra() -> None:
+    """`scripts/setup.sh --dev` (what `make test` and CI run) installs the dev extra only: it must hold
+    every requirement of the other extras (map's umap-learn, semantic's MiniLM), or their tests cannot run."""
+    extras = _pyproject()["project"]["optional-dependencies"]
+    missing = {name: sorted(set(reqs) - set(extras["dev"])) for name, reqs in extras.items() if name != "dev"}
+    assert {k: v for k, v in missing.items() if v} == {}, "add these to the dev extra"

@@ -132,6 +132,26 @@ def test_a_folded_system_message_is_found_by_the_one_probed_rendering(tokenizers
     assert system == "<bos>  Be brief. " and "What is the sea?" in user and "brief" not in user
 
 
+def test_template_kwargs_a_template_does_not_read_are_refused_by_render_chat(tokenizers):
+    """The library refuses what the API drops (as vLLM does): a variable the template never reads
+    would change nothing (render_chat says which it reads), one the renderer sets itself is its own;
+    the API's unread_template_kwargs lists the first kind only, in the request's order."""
+    from steering.chat import render_chat, template_variables, unread_template_kwargs
+
+    tok = tokenizers["qwen2"]
+    msgs = _messages([(U, "Écris: def parse(args):")])
+    with pytest.raises(SteeringError, match=r"does not read 'enable_thinkng'.*reads: .*enable_thinking"):
+        render_chat(tok, msgs, chat_template=QWEN3_TEMPLATE, template_kwargs={"enable_thinkng": False})
+    for own in ("add_generation_prompt", "eos_token"):
+        with pytest.raises(SteeringError, match=f"'{own}' is set by the server"):
+            render_chat(tok, msgs, chat_template=QWEN3_TEMPLATE, template_kwargs={own: "x"})
+    kwargs = {"thinking": 1, "eos_token": 2, "enable_thinking": 3, "思考": 4}
+    assert unread_template_kwargs(tok, kwargs, chat_template=QWEN3_TEMPLATE) == ["thinking", "思考"]
+    assert "enable_thinking" in template_variables(tok, chat_template=QWEN3_TEMPLATE)
+    assert not {"eos_token", "messages", "add_generation_prompt"} & set(
+        template_variables(tok, chat_template=QWEN3_TEMPLATE))
+
+
 def test_qwen3_history_keeps_its_turns(tokenizers):
     """Qwen3 writes the assistant message after the last user message with a think block and drops
     the block once a user message follows (its prefix is then no prefix of the chat): each message's

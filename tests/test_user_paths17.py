@@ -187,6 +187,29 @@ def test_template_kwargs_the_template_does_not_read_are_ignored_and_named(client
     assert param == "chat_template_kwargs" and "set by the server" in msg, msg
 
 
+def test_many_ignored_template_kwargs_make_one_bounded_header_and_one_log_line(client, caplog):
+    """The most a request may send (16 names of 64 characters) stays a header proxies and clients
+    take: escaped for the header an emoji is 12 characters, so 16 names of emoji would make 12 KB
+    (nginx refuses a reply whose headers pass 4 KB, aiohttp a header past 8 KB). The names that fit
+    are listed in order, the rest counted; the log says every new name in one line, not one each."""
+    from saesteer.api.prepare import IGNORED_HEADER_MAX_CHARS, IGNORED_TEMPLATE_KWARGS_HEADER
+
+    caplog.set_level("WARNING", logger="saesteer.api")
+    names = [f"k{i:02d}_" + "😀日é"[i % 3] * 60 for i in range(16)]
+    assert all(len(n) == 64 for n in names)
+    for stream in (False, True):
+        with client.chat.completions.with_streaming_response.create(
+                model="llama3", messages=ASK, max_tokens=2, stream=stream,
+                extra_body={"chat_template_kwargs": dict.fromkeys(names, True)}) as r:
+            value = r.headers[IGNORED_TEMPLATE_KWARGS_HEADER]
+            assert r.status_code == 200 and len(value) <= IGNORED_HEADER_MAX_CHARS, len(value)
+            *shown, rest = json.loads(value)
+            assert shown and shown == names[:len(shown)], shown
+            assert rest == f"... {16 - len(shown)} more: see the server's log"
+            r.read()
+    told = [r.getMessage() for r in caplog.records if "k00_" in r.getMessage()]
+    assert len(told) == 1 and all(repr(n) in told[0] for n in names), told
+
 @pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
 def test_reasoning_of_a_prefill_reaches_the_template(client, stores, field):
     """An assistant prefill with vLLM's `reasoning_content`, or `reasoning`, its newer name (Qwen3's

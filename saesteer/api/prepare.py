@@ -10,6 +10,7 @@ reports it (`choices[i].steering.seed`).
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,15 +21,31 @@ from saesteer.api.protocol import ChatRequest, CompletionRequest, EditIn, Steeri
 from saesteer.api.service import OVERRIDE_HINT, ServedModel
 
 __all__ = ["ApiError", "Prepared", "prepare_completion", "prepare_chat", "END_OF_TURN_TOKENS",
-           "IGNORED_TEMPLATE_KWARGS_HEADER"]
+           "IGNORED_TEMPLATE_KWARGS_HEADER", "ignored_template_kwargs_header"]
 
 # end-of-turn markers of common chat templates: a chat reply also ends at these
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "</s>", "<|endoftext|>")
 # the response header naming the chat_template_kwargs a model's template does not read (dropped, as vLLM drops them)
 IGNORED_TEMPLATE_KWARGS_HEADER = "X-Saesteer-Ignored-Chat-Template-Kwargs"
+# its value's bound: 16 names of 64 emoji (12 characters each once escaped for the header) would make
+# 12 KB, past what proxies (nginx: 4 KB) and clients (aiohttp: 8 KB) take in one header
+IGNORED_HEADER_MAX_CHARS = 1024
 
 log = logging.getLogger("saesteer.api")
-_told_ignored: set[tuple[str, str]] = set()  # (model, variable): the log says it once, not on every request
+
+
+def ignored_template_kwargs_header(names: list[str]) -> dict[str, str]:
+    """The response header naming the dropped `names` (none: no header): a JSON list, ASCII with
+    control characters escaped so no name can break the header; at most IGNORED_HEADER_MAX_CHARS,
+    the names that do not fit counted in a last entry ("... 3 more: see the server's log")."""
+    if not names:
+        return {}
+    value = json.dumps(names)
+    shown = len(names)
+    while len(value) > IGNORED_HEADER_MAX_CHARS:  # ends: the count alone fits
+        shown -= 1
+        value = json.dumps(names[:shown] + [f"... {len(names) - shown} more: see the server's log"])
+    return {IGNORED_TEMPLATE_KWARGS_HEADER: value}
 
 
 class ApiError(Exception):
@@ -424,14 +441,11 @@ def prepare_chat(req: ChatRequest, served: ServedModel, limits) -> Prepared:
         check_template_kwargs(tok, template_kwargs)  # those the server sets itself are refused
     except SteeringError as e:
         raise ApiError(400, f"chat_template_kwargs: {e}", "chat_template_kwargs") from None
-    for key in ignored:
-        if (served.id, key) not in _told_ignored:
-            if len(_told_ignored) >= 1024:  # bounded: clients choose the names
-                _told_ignored.clear()
-            _told_ignored.add((served.id, key))
-            log.warning("chat_template_kwargs: the chat template of %r does not read %r, so it is ignored (as vLLM "
-                        "ignores it); the variables it reads: %s", served.id, key,
-                        ", ".join(template_variables(tok)) or "none")
+    new = served.not_yet_told(ignored)
+    if new:  # one line per model and variable, not one per request (Open WebUI sends it every time)
+        log.warning("chat_template_kwargs: the chat template of %r does not read %s, so %s ignored (as vLLM "
+                    "does); the variables it reads: %s", served.id, ", ".join(map(repr, new)),
+                    "it is" if len(new) == 1 else "they are", ", ".join(template_variables(tok)) or "none")
     try:
         chat = render_chat(tok, msgs, continue_final_message=cont, template_kwargs=template_kwargs,
                            add_generation_prompt=not cont and req.add_generation_prompt is not False)

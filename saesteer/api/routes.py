@@ -10,7 +10,6 @@ stream, or a non-streamed request it stopped waiting for) has its generation can
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 
 from fastapi import APIRouter, Request
@@ -18,7 +17,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from saesteer.api.prepare import IGNORED_TEMPLATE_KWARGS_HEADER, ApiError, prepare_chat, prepare_completion
+from saesteer.api.prepare import ApiError, ignored_template_kwargs_header, prepare_chat, prepare_completion
 from saesteer.api.protocol import ChatRequest, CompletionRequest, SteeringIn
 from saesteer.api.responses import SSE_DONE, Assembler, sse
 from saesteer.api.scheduler import QueueFull
@@ -123,11 +122,10 @@ async def _generate(request: Request, cls, prepare):
     except QueueFull as e:
         return _error(503, str(e), headers={"Retry-After": str(RETRY_AFTER_S)})
     out = Assembler(prep, served.model.tokenizer)
-    # a JSON list: ASCII with the client's control characters escaped, so no name can break the header
-    told = {IGNORED_TEMPLATE_KWARGS_HEADER: json.dumps(prep.ignored_template_kwargs)} if prep.ignored_template_kwargs else {}
+    ignored = ignored_template_kwargs_header(prep.ignored_template_kwargs)  # none: no header
     if prep.stream:
         return StreamingResponse(_stream(served.scheduler, job, out), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **told})
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **ignored})
     # a client that goes away (its timeout, Ctrl-C) stops its generation: nobody would read it. One
     # task beside this one waits for that and ends the reading; the events are read here.
     gone = asyncio.ensure_future(_client_gone(request))
@@ -143,7 +141,7 @@ async def _generate(request: Request, cls, prepare):
         return Response(status_code=499)  # nobody reads it: the client closed the connection
     if out.error is not None:
         return _error(500, out.error)
-    return JSONResponse(out.body(), headers=told)
+    return JSONResponse(out.body(), headers=ignored)
 
 
 async def _client_gone(request: Request) -> None:

@@ -39,6 +39,16 @@ class ServedModel:
     peers: dict[str, "ServedModel"] = field(default_factory=dict, repr=False)
     _tmax: dict[int, float | None] = field(default_factory=dict)
     _stops: dict[bool, tuple[int, ...]] = field(default_factory=dict, repr=False)
+    _told_ignored: set[str] = field(default_factory=set, repr=False)  # chat_template_kwargs the log named
+
+    def not_yet_told(self, ignored: list[str]) -> list[str]:
+        """Those of the dropped chat_template_kwargs `ignored` the log has not named for this model
+        yet (now marked told). Bounded: clients choose the names, so past 1024 it starts over."""
+        new = [k for k in dict.fromkeys(ignored) if k not in self._told_ignored]
+        if len(self._told_ignored) + len(new) > 1024:
+            self._told_ignored.clear()
+        self._told_ignored.update(new)
+        return new
 
     def stop_ids(self, chat: bool) -> tuple[int, ...]:
         """The tokens that end a reply (`saesteer.api.prepare.eos_ids`), found once per model: reading
