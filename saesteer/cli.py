@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     # --no-progress (train: also the old `--progress false`) quiets the libraries' bars too
     quiet = getattr(args, "no_progress", False) or getattr(args, "progress", None) is False
     try:
+        _check_devices(args)
         with library_bars(enabled=not quiet):
             if debug:
                 return int(args._run(args) or 0)
@@ -88,6 +89,17 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         return report(e, getattr(args, "_parser", None))
+
+
+def _check_devices(args) -> None:
+    """--device / --judge-device naming a device this machine lacks (mps off a Mac, cuda without a
+    GPU): refused before anything loads (`saes.devices.check_device`)."""
+    for dest in ("device", "judge_device"):
+        value = getattr(args, dest, None)
+        if isinstance(value, str):
+            from saes.devices import check_device
+
+            check_device(value, field=dest)
 
 
 if __name__ == "__main__":

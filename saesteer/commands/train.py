@@ -281,6 +281,10 @@ def run(args) -> int:
     from training.distributed import init_from_env, launched_by_torchrun, shutdown
 
     setup = None
+    if not launched_by_torchrun():  # (torchrun: init_from_env gives each rank its device, checked there)
+        from saes.devices import check_device
+
+        check_device(run_cfg.train.device)  # also a config file's train.device
     if launched_by_torchrun():
         try:
             setup = init_from_env(run_cfg.train.device, run_cfg.train.num_threads)
