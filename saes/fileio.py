@@ -109,7 +109,7 @@ def _replacing(path: Path) -> Iterator[tuple[int, str]]:
     block must fsync the file (and close or leave `fd` open: it is closed here if still open)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
-        os.fchmod(fd, new_file_mode(path))
+        os.chmod(tmp, new_file_mode(path))  # by name: os.fchmod is POSIX-only before Python 3.13 (Windows)
         yield fd, tmp
         os.replace(tmp, path)
     except BaseException:
