@@ -28,3 +28,61 @@ def test_atomic_writes_work_without_os_fchmod(tmp_path: Path, monkeypatch) -> No
     assert len((tmp_path / "corpus" / "train.jsonl").read_text(encoding="utf-8").splitlines()) == 3
     save_model(toyworld.load_model(device="cpu"), tmp_path / "model")  # also the tokenizer's JSON
     assert {"model.safetensors", "config.json"} <= {p.name for p in (tmp_path / "model").iterdir()}
+
+
+def _run_in_a_non_utf8_locale(code: str, *args: str) -> str:
+    """Python with a locale whose encoding is not UTF-8 (Windows' is cp1252 or another code page;
+    here C without UTF-8 mode, i.e. ASCII): text files opened without an encoding are read in it."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, LC_ALL="C", LANG="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0", PYTHONIOENCODING="utf-8",
+               PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True,
+                          encoding="utf-8", timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip()
+
+
+def test_a_cache_manifest_with_accented_paths_reads_back_in_any_locale(tmp_path: Path) -> None:
+    """The manifest is UTF-8 (non-ASCII kept as it is): read in the locale's encoding, a Windows user
+    whose data lives under C:/Users/José saw a corrupt cache (or a resume refused as another dataset)."""
+    from helpers.fake_cache import make_fake_cache
+    from training.manifest import write_manifest
+
+    cache = make_fake_cache(tmp_path / "c", [3])
+    files = ["C:/Users/José/データ/train.jsonl"]
+    cache.manifest.dataset_files = files
+    write_manifest(cache.path, cache.manifest)
+    assert "José".encode() in (cache.path / "manifest.json").read_bytes()
+    code = "import sys; from training.manifest import read_manifest; print(ascii(read_manifest(sys.argv[1]).dataset_files))"
+    assert _run_in_a_non_utf8_locale(code, str(cache.path)) == ascii(files)
+
+
+def test_no_text_file_is_opened_in_the_locales_encoding() -> None:
+    """Every text-mode open / read_text / write_text in the package names its encoding (on Windows
+    the default is the code page, not UTF-8): a scan of the source, so a new one is caught here."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    calls = ("open", "read_text", "write_text", "fdopen")
+    found = []
+    for package in ("saesteer", "training", "features", "autointerp", "steering", "saes", "toyworld", "evals"):
+        for path in sorted((root / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if not (isinstance(node, ast.Call) and isinstance(node.func, (ast.Attribute, ast.Name))):
+                    continue
+                func = node.func
+                name = func.attr if isinstance(func, ast.Attribute) else func.id
+                if name not in calls or any(k.arg == "encoding" for k in node.keywords):
+                    continue
+                at = node.args[1:2] if name in ("open", "fdopen") and isinstance(func, ast.Name) else node.args[:1]
+                modes = [a.value for a in at if isinstance(a, ast.Constant)]
+                modes += [k.value.value for k in node.keywords if k.arg == "mode" and isinstance(k.value, ast.Constant)]
+                if name in ("open", "fdopen"):
+                    text_mode = [m for m in modes if isinstance(m, str) and set(m) <= set("rwax+t") and m]
+                    # open(path) reads text; x.open("w") is Path.open; x.open(path, ...) is a store or a dataset
+                    if not (text_mode or (isinstance(func, ast.Name) and len(node.args) == 1 and not modes)):
+                        continue
+                found.append(f"{path.relative_to(root)}:{node.lineno}: {ast.unparse(node)[:80]}")
+    assert not found, "text I/O without encoding=:\n" + "\n".join(found)

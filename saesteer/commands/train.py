@@ -254,7 +254,7 @@ def _fine_tuning_run_saes(out: str | None, init_from: str) -> list | None:
     from training.config import RunConfig
 
     try:
-        saved = json.loads((Path(out) / "config.json").read_text()) if out else None
+        saved = json.loads((Path(out) / "config.json").read_text(encoding="utf-8")) if out else None
     except (OSError, ValueError):
         return None
     if not isinstance(saved, dict) or (saved.get("train") or {}).get("init_from") != init_from:
