@@ -212,17 +212,53 @@ class FileLock:
         self.release()
 
 
+# Byte-order marks of the UTF-16 and UTF-32 files Windows tools write ("Unicode" in Notepad,
+# PowerShell 5's `>`); UTF-32's little-endian mark starts with UTF-16's, so it is tested first.
+_WIDE_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe", "UTF-16"),
+              (b"\xfe\xff", "UTF-16"))
+
+
+def wide_encoding(head: bytes) -> str | None:
+    """"UTF-16" / "UTF-32" when a file starting with `head` (its first 4 bytes) is in one (by its
+    byte-order mark, or a NUL among its first two bytes: UTF-16 text without a mark), else None."""
+    for bom, name in _WIDE_BOMS:
+        if head.startswith(bom):
+            return name
+    return "UTF-16" if b"\x00" in head[:2] else None
+
+
+def refuse_wide_text(path: str | os.PathLike, what: str = "file", head: bytes | None = None) -> None:
+    """Refuse (ValueError) a text file saved as UTF-16 or UTF-32, saying how to convert it: read as
+    UTF-8 it is garbage (NULs between the letters) or an unreadable-JSON error that hides why."""
+    if head is None:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    found = wide_encoding(head)
+    if found:
+        raise ValueError(f"{what} {path} is {found} text; saesteer reads UTF-8: save it as UTF-8 (Notepad: Save as, "
+                         f"Encoding UTF-8) or convert it, e.g. iconv -f {found} -t UTF-8 IN > OUT")
+
+
+def read_text_file(path: str | os.PathLike, what: str = "file") -> str:
+    """A user's text file as UTF-8 text, a leading byte-order mark dropped (Windows tools write
+    one); UTF-16 / UTF-32 and other non-UTF-8 files raise ValueError naming the file and the fix.
+    A missing file raises FileNotFoundError."""
+    raw = Path(path).read_bytes()
+    refuse_wide_text(path, what, raw[:4])
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{what} {path} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from None
+
+
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
-    """Parse a JSON file; a missing file raises FileNotFoundError, a malformed or non-UTF-8 one
-    ValueError, each naming it."""
+    """Parse a JSON file (UTF-8, a byte-order mark allowed); a missing file raises FileNotFoundError,
+    a malformed or non-UTF-8 one ValueError, each naming it."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text_file(path, what)
     except FileNotFoundError:
         raise FileNotFoundError(f"{what} not found: {path}") from None
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{what} {path} is not UTF-8 text (byte {e.start}: {e.reason}); it is corrupt or not a "
-                         f"JSON file") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:

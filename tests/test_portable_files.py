@@ -86,3 +86,78 @@ def test_no_text_file_is_opened_in_the_locales_encoding() -> None:
                         continue
                 found.append(f"{path.relative_to(root)}:{node.lineno}: {ast.unparse(node)[:80]}")
     assert not found, "text I/O without encoding=:\n" + "\n".join(found)
+
+
+# Users' files as Windows tools save them: Notepad's "UTF-8" (before Windows 10 1903) starts with a
+# byte-order mark; its "Unicode", PowerShell 5's `>` and Excel's "Unicode text" write UTF-16.
+DOCS = ["Le café était fermé; naïve Zoë.", "日本語のテキストも読む。", "def f(x):\n    return x  # code"]
+BOM = b"\xef\xbb\xbf"
+
+
+def _data_file(path: Path, encode) -> Path:
+    import csv
+    import io
+    import json
+
+    if path.suffix == ".jsonl":
+        text = "".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in DOCS)
+    elif path.suffix == ".csv":
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\r\n").writerows([["text"]] + [[d] for d in DOCS])
+        text = buf.getvalue()
+    else:
+        text = "\r\n".join(d.replace("\n", " ") for d in DOCS) + "\r\n"
+    path.write_bytes(encode(text))
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".txt"])
+def test_utf16_data_files_are_refused_in_one_line_with_the_fix(tmp_path: Path, capsys, suffix: str) -> None:
+    from saesteer.cli import main
+
+    data = _data_file(tmp_path / f"corpus{suffix}", lambda t: t.encode("utf-16"))
+    assert main(["cache", "--model", "toy", "--dataset", str(data), "--dry-run", "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"corpus{suffix} is UTF-16 text" in err[0] and "iconv -f UTF-16 -t UTF-8" in err[0], err
+
+
+@pytest.mark.parametrize("name, txt_documents", [("a.jsonl", "file"), ("a.csv", "file"), ("a.txt", "line"),
+                                                 ("a.txt", "file")])
+def test_a_byte_order_mark_is_not_read_as_text(tmp_path: Path, name: str, txt_documents: str) -> None:
+    """A UTF-8 file with a BOM gives the documents of the same file without one (no U+FEFF token at
+    the start of the first document)."""
+    from training.text import DocumentSource, TextConfig
+
+    def documents(path: Path) -> list[str]:
+        cfg = TextConfig(dataset=str(path), txt_documents=txt_documents, streaming=True)
+        return [d for chunk in DocumentSource(cfg).chunks() for d in chunk]
+
+    (tmp_path / "plain").mkdir()
+    plain = documents(_data_file(tmp_path / "plain" / name, lambda t: t.encode()))
+    marked = documents(_data_file(tmp_path / name, lambda t: BOM + t.encode()))
+    assert marked == plain and "\ufeff" not in "".join(marked)
+    assert any("café" in d for d in marked) and any("日本語" in d for d in marked)
+
+
+def test_config_and_prompt_files_with_a_bom_or_in_utf16(tmp_path: Path, capsys) -> None:
+    import argparse
+    import json
+
+    from saesteer.cli import main
+    from saesteer.commands._steering import CLIError, read_prompts
+
+    cfg = tmp_path / "run.json"
+    cfg.write_bytes(BOM + b'{"train": {"seed": 7}}')
+    assert main(["train", "--config", str(cfg), "--print-config", "--out", str(tmp_path / "run")]) == 0
+    assert json.loads(capsys.readouterr().out)["train"]["seed"] == 7
+    cfg.write_bytes('{"train": {"seed": 7}}'.encode("utf-16"))
+    assert main(["train", "--config", str(cfg), "--print-config", "--out", str(tmp_path / "run")]) == 2
+    assert "run.json is UTF-16 text" in capsys.readouterr().err
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_bytes(BOM + "Once upon a time\r\n東京で\r\n".encode())
+    args = argparse.Namespace(prompt=[], prompts_file=str(prompts))
+    assert read_prompts(args) == ["Once upon a time", "東京で"]
+    prompts.write_bytes("Once upon a time\r\n".encode("utf-16-le"))  # no BOM: found by its NULs
+    with pytest.raises(CLIError, match="prompts.txt is UTF-16 text"):
+        read_prompts(args)
