@@ -41,6 +41,43 @@ def files_in(folder: str | os.PathLike) -> list[Path]:
     return [p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith(".")]
 
 
+# Names Windows keeps for devices, with or without an extension ("nul.txt" is the device too).
+_WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$",
+                    *(f"{p}{i}" for p in ("COM", "LPT") for i in "123456789\u00b9\u00b2\u00b3")}
+
+
+def unportable_name(name: str) -> str | None:
+    """Why `name` cannot be a file or folder name on every OS (a character Windows forbids, a
+    trailing dot or space, which Windows drops, a Windows device name), or None when it can."""
+    bad = sorted({c for c in name if c in '<>:"/\\|?*' or ord(c) < 32})
+    if bad:
+        return f"it holds {' '.join(map(repr, bad))}, which Windows forbids in file names"
+    if name.endswith((".", " ")):
+        return "it ends with a dot or a space, which Windows drops (another name's file would be overwritten)"
+    if name.split(".")[0].upper().rstrip(" ") in _WINDOWS_DEVICES:
+        return f"{name.split('.')[0]!r} is a Windows device name, not a file"
+    return None
+
+
+def portable_name(text: str, fallback: str) -> str:
+    """`text` made a name every OS takes: runs of characters other than letters, digits, '.', '_'
+    and '-' become '-', leading and trailing '-' and '.' go, a Windows device name's stem gets a '_'."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or fallback
+    if unportable_name(name):  # a device name: 'con' -> 'con_', 'nul.txt' -> 'nul_.txt'
+        stem, dot, rest = name.partition(".")
+        name = stem + "_" + dot + rest
+    return name
+
+
+def case_collisions(names: list[str]) -> list[list[str]]:
+    """Groups of distinct names that differ only in case: one file on macOS's and Windows's
+    default (case-insensitive) file systems."""
+    groups: dict[str, set[str]] = {}
+    for n in names:
+        groups.setdefault(n.casefold(), set()).add(n)
+    return [sorted(g) for g in groups.values() if len(g) > 1]
+
+
 def fsync_dir(path: str | os.PathLike) -> None:
     """fsync a directory so a rename inside it survives a crash (nothing where directories cannot
     be opened or fsynced: some platforms and file systems)."""

@@ -161,3 +161,41 @@ def test_config_and_prompt_files_with_a_bom_or_in_utf16(tmp_path: Path, capsys) 
     prompts.write_bytes("Once upon a time\r\n".encode("utf-16-le"))  # no BOM: found by its NULs
     with pytest.raises(CLIError, match="prompts.txt is UTF-16 text"):
         read_prompts(args)
+
+
+def _train_config_error(tmp_path: Path, capsys, saes: list[dict]) -> str:
+    import json
+
+    from saesteer.cli import main
+
+    cfg = tmp_path / "run.json"
+    cfg.write_text(json.dumps({"saes": saes}), encoding="utf-8")
+    assert main(["train", "--config", str(cfg), "--print-config", "--out", str(tmp_path / "run")]) == 2
+    return capsys.readouterr().err.strip()
+
+
+def test_sae_folder_names_that_collide_on_macos_or_windows_are_refused(tmp_path: Path, capsys) -> None:
+    """Each SAE of a run writes the folder its name names: two names that differ only in case are one
+    folder on a case-insensitive file system (both SAEs' weights in it), a device name or a
+    trailing dot is no folder (or another one) on Windows."""
+    topk = {"architecture": "topk", "k": 8}
+    err = _train_config_error(tmp_path, capsys, [{"name": "TopK-8", "d_sae": 64, **topk},
+                                                 {"name": "topk-8", "d_sae": 128, **topk}])
+    assert "differ only in case (TopK-8 / topk-8)" in err
+    for name, why in [("nul", "'nul' is a Windows device name"), ("Com1.sae", "'Com1' is a Windows device name"),
+                      ("sae.", "ends with a dot")]:
+        assert why in _train_config_error(tmp_path, capsys, [{"name": name, "d_sae": 64, **topk}])
+
+
+def test_names_made_from_model_ids_are_portable() -> None:
+    """The cache's default folder caches/<model>/<hooks> from any --model (a hub id, a relative or
+    Windows path)."""
+    from saes.fileio import portable_name, unportable_name
+    from saesteer.commands.cache import _slug
+
+    assert _slug("EleutherAI/pythia-70m") == "EleutherAI-pythia-70m"
+    assert _slug("..") == "model" and _slug("../ckpt.") == "ckpt"  # was '..': the cache left caches/
+    assert _slug(r"C:\Users\José\gpt2") == "C-Users-Jos-gpt2"
+    assert _slug("con") == "con_" and _slug("blocks.2.hook_resid_post") == "blocks.2.hook_resid_post"
+    for text in ["aux", "a<b>", "x. ", "lpt3.txt", "日本", "COM1"]:
+        assert unportable_name(portable_name(text, "x")) is None
