@@ -199,3 +199,21 @@ def test_names_made_from_model_ids_are_portable() -> None:
     assert _slug("con") == "con_" and _slug("blocks.2.hook_resid_post") == "blocks.2.hook_resid_post"
     for text in ["aux", "a<b>", "x. ", "lpt3.txt", "日本", "COM1"]:
         assert unportable_name(portable_name(text, "x")) is None
+
+
+def test_a_leading_tilde_in_a_path_flag_is_the_home_folder(tmp_path: Path, capsys, monkeypatch) -> None:
+    """`--out=~/runs/x`, a quoted "~/...", and any ~ typed in Windows' cmd or PowerShell reach us
+    unexpanded: they were a folder named '~' in the working directory."""
+    import json
+
+    from saesteer.cli import main
+
+    home, cwd = tmp_path / "home é", tmp_path / "work"
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("USERPROFILE", str(home))
+    monkeypatch.chdir(cwd)
+    assert main(["train", "--print-config", "--out=~/runs/r 1", "--cache", "~/caches/c"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["out"] == str(home / "runs" / "r 1") and printed["data"]["cache"] == str(home / "caches" / "c")
+    assert not (cwd / "~").exists()
