@@ -51,3 +51,14 @@ def check_device(device: object, *, field: str | None = "device") -> None:
         raise SaesteerError(f"{name} {device!r}: MPS (Apple-silicon GPU) is not available here "
                             f"(torch.backends.mps.is_available() is False); this machine has {', '.join(have)}",
                             field=field)
+
+
+def refuse_mps_float64(device: object, what: str, *, field: str | None = "device") -> None:
+    """Refuse MPS for `what` (a step that keeps float64 tensors on its device: training's
+    initialisation and evaluation sums): Apple-silicon GPUs have no float64, and torch would stop
+    with "Cannot convert a MPS Tensor to float64" only after the data is read."""
+    import torch
+
+    if device is not None and torch.device(device).type == "mps":  # type: ignore[arg-type]
+        raise SaesteerError(f"{field or 'device'} {device!r}: {what} keeps float64 statistics on its device, which MPS "
+                            "(Apple-silicon GPU) cannot hold; use cpu for it", field=field)

@@ -63,3 +63,13 @@ def test_devices_the_machine_has_pass(monkeypatch):
     _machine(monkeypatch, gpus=1, mps=True)
     for ok in ("cpu", "cuda", "cuda:0", "mps", torch.device("cpu"), None):
         check_device(ok)
+
+
+def test_steps_that_keep_float64_on_the_device_refuse_mps_up_front(tmp_path, capsys, monkeypatch):
+    """On a Mac training's initialisation and evaluation's sums would stop at their first
+    `.double()` on the GPU ("Cannot convert a MPS Tensor to float64"), after reading the data."""
+    _machine(monkeypatch, mps=True)
+    err = _error(capsys, ["train", "--cache", str(tmp_path / "c"), "--device", "mps", "--out", str(tmp_path / "r")])
+    assert err.startswith("error: --device 'mps': training keeps float64 statistics") and err.endswith("use cpu for it")
+    err = _error(capsys, ["eval", "--sae", str(tmp_path), "--model", "toy", "--device", "mps"])
+    assert "--device 'mps': evaluation keeps float64 statistics" in err

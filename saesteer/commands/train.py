@@ -282,9 +282,10 @@ def run(args) -> int:
 
     setup = None
     if not launched_by_torchrun():  # (torchrun: init_from_env gives each rank its device, checked there)
-        from saes.devices import check_device
+        from saes.devices import check_device, refuse_mps_float64
 
         check_device(run_cfg.train.device)  # also a config file's train.device
+        refuse_mps_float64(run_cfg.train.device, "training")
     if launched_by_torchrun():
         try:
             setup = init_from_env(run_cfg.train.device, run_cfg.train.num_threads)
