@@ -230,11 +230,14 @@ class FileLock:
     def __enter__(self) -> "FileLock":
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            import fcntl
-        except ImportError:  # pragma: no cover - non-POSIX: no lock
-            return self
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            try:
+                import fcntl
+            except ImportError:  # Windows: a lock on the file's first byte, also released when the process dies
+                import msvcrt
+
+                msvcrt.locking(self._fd, msvcrt.LK_NBLCK, 1)
+            else:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             self.release()
             raise self.busy() from None

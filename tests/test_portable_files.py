@@ -217,3 +217,34 @@ def test_a_leading_tilde_in_a_path_flag_is_the_home_folder(tmp_path: Path, capsy
     printed = json.loads(capsys.readouterr().out)
     assert printed["out"] == str(home / "runs" / "r 1") and printed["data"]["cache"] == str(home / "caches" / "c")
     assert not (cwd / "~").exists()
+
+
+def test_file_locks_hold_where_there_is_no_fcntl(tmp_path: Path, monkeypatch) -> None:
+    """Windows has no fcntl: the lock that keeps two trains, caches or store builds out of one folder
+    was then no lock at all. There it is msvcrt's byte lock (emulated here by flock: it conflicts
+    between two opens of the file, as msvcrt's does)."""
+    import fcntl
+    import sys
+    import types
+
+    from saes.fileio import FileLock
+
+    calls = []
+
+    def locking(fd: int, mode: int, nbytes: int) -> None:
+        calls.append((mode, nbytes))
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError (an OSError) when held, as msvcrt's
+
+    monkeypatch.setitem(sys.modules, "fcntl", None)  # `import fcntl` raises ImportError, as on Windows
+    monkeypatch.setitem(sys.modules, "msvcrt", types.SimpleNamespace(locking=locking, LK_NBLCK=2))
+
+    class Busy(Exception):
+        pass
+
+    with FileLock(tmp_path / ".lock", busy=Busy):
+        with pytest.raises(Busy):
+            with FileLock(tmp_path / ".lock", busy=Busy):
+                pass
+    with FileLock(tmp_path / ".lock", busy=Busy):  # released with the first
+        pass
+    assert calls and all(c == (2, 1) for c in calls)
