@@ -248,3 +248,14 @@ def test_file_locks_hold_where_there_is_no_fcntl(tmp_path: Path, monkeypatch) ->
     with FileLock(tmp_path / ".lock", busy=Busy):  # released with the first
         pass
     assert calls and all(c == (2, 1) for c in calls)
+
+
+@pytest.mark.parametrize("spec", [r"C:\Users\José\models\gpt2", "D:/models/gpt2", r".\models\gpt2", r"models\gpt2"])
+def test_a_missing_windows_model_folder_is_said_to_be_missing(spec: str) -> None:
+    """Not looked up as a hub name (which holds no backslash or drive letter): the user is told the
+    folder is not there."""
+    from saesteer.models import resolve_spec
+
+    with pytest.raises(FileNotFoundError, match="model directory .* does not exist"):
+        resolve_spec(spec)
+    assert resolve_spec("EleutherAI/pythia-70m@main").source == "hub"
