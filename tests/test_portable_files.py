@@ -259,3 +259,18 @@ def test_a_missing_windows_model_folder_is_said_to_be_missing(spec: str) -> None
     with pytest.raises(FileNotFoundError, match="model directory .* does not exist"):
         resolve_spec(spec)
     assert resolve_spec("EleutherAI/pythia-70m@main").source == "hub"
+
+
+def test_a_file_another_program_has_open_on_windows_is_said_so() -> None:
+    """Windows cannot delete or replace an open file (`features build --overwrite` of a store that
+    `saesteer serve` shows): errno EACCES, whose permission hint would send the user the wrong way."""
+    from saesteer.boundary import message_for
+
+    e = PermissionError(13, "The process cannot access the file because it is being used by another process",
+                        r"stores\toy.db")
+    e.winerror = 32  # what Windows sets; Linux has no such attribute
+    text, _ = message_for(e)
+    assert text.startswith(r"stores\toy.db: The process cannot access") and "close it, then re-run" in text
+    assert "permission" not in text.split(";", 1)[1]
+    plain, _ = message_for(PermissionError(13, "Permission denied", "x"))
+    assert "no permission to write there" in plain
