@@ -48,8 +48,9 @@ _OS_HINTS = {
     errno.EISDIR: "that is a folder: give a file",
 }
 # Windows refuses to delete or replace a file another process has open (errno EACCES, so the
-# permission hint would mislead): ERROR_SHARING_VIOLATION, ERROR_LOCK_VIOLATION.
-_SHARING_VIOLATIONS = (32, 33)
+# permission hint would mislead): ERROR_SHARING_VIOLATION, ERROR_LOCK_VIOLATION, ERROR_USER_MAPPED_FILE
+# (a safetensors file another process has memory-mapped).
+_SHARING_VIOLATIONS = (32, 33, 1224)
 _SHARING_HINT = ("another program has the file open (a `saesteer serve` or `web` of this store, an editor, a "
                  "sync or antivirus tool): close it, then re-run the same command")
 if hasattr(errno, "EDQUOT"):
