@@ -375,7 +375,6 @@ class ConceptExplainer:
 def load_lexicon(spec: str | None, *, toy_store: bool = False) -> Lexicon | None:
     """`spec`: None or "none" (no lexicon), "toy" (the toy world's dictionary), "auto" (the toy
     world's for a store of the toy model, else none), or a JSON file {category: [words]}."""
-    import json
     from pathlib import Path
 
     if spec is None or spec == "none" or (spec == "auto" and not toy_store):
@@ -388,8 +387,10 @@ def load_lexicon(spec: str | None, *, toy_store: bool = False) -> Lexicon | None
     if not path.is_file():
         raise ValueError(f"LabelConfig.lexicon: no file {path}; give a JSON file {{category: [words]}}, 'toy', 'auto' or 'none'")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        from saes.fileio import read_json
+
+        data = read_json(path, "lexicon file")
+    except (OSError, ValueError) as e:
         raise ValueError(f"LabelConfig.lexicon: cannot read {path} as JSON ({e})") from None
     if not isinstance(data, dict) or not all(isinstance(v, list) and all(isinstance(w, str) for w in v) for v in data.values()):
         raise ValueError(f"LabelConfig.lexicon: {path} must hold one JSON object {{category: [word, ...]}}")

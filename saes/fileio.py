@@ -41,6 +41,43 @@ def files_in(folder: str | os.PathLike) -> list[Path]:
     return [p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith(".")]
 
 
+# Names Windows keeps for devices, with or without an extension ("nul.txt" is the device too).
+_WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$",
+                    *(f"{p}{i}" for p in ("COM", "LPT") for i in "123456789\u00b9\u00b2\u00b3")}
+
+
+def unportable_name(name: str) -> str | None:
+    """Why `name` cannot be a file or folder name on every OS (a character Windows forbids, a
+    trailing dot or space, which Windows drops, a Windows device name), or None when it can."""
+    bad = sorted({c for c in name if c in '<>:"/\\|?*' or ord(c) < 32})
+    if bad:
+        return f"it holds {' '.join(map(repr, bad))}, which Windows forbids in file names"
+    if name.endswith((".", " ")):
+        return "it ends with a dot or a space, which Windows drops (another name's file would be overwritten)"
+    if name.split(".")[0].upper().rstrip(" ") in _WINDOWS_DEVICES:
+        return f"{name.split('.')[0]!r} is a Windows device name, not a file"
+    return None
+
+
+def portable_name(text: str, fallback: str) -> str:
+    """`text` made a name every OS takes: runs of characters other than letters, digits, '.', '_'
+    and '-' become '-', leading and trailing '-' and '.' go, a Windows device name's stem gets a '_'."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or fallback
+    if unportable_name(name):  # a device name: 'con' -> 'con_', 'nul.txt' -> 'nul_.txt'
+        stem, dot, rest = name.partition(".")
+        name = stem + "_" + dot + rest
+    return name
+
+
+def case_collisions(names: list[str]) -> list[list[str]]:
+    """Groups of distinct names that differ only in case: one file on macOS's and Windows's
+    default (case-insensitive) file systems."""
+    groups: dict[str, set[str]] = {}
+    for n in names:
+        groups.setdefault(n.casefold(), set()).add(n)
+    return [sorted(g) for g in groups.values() if len(g) > 1]
+
+
 def fsync_dir(path: str | os.PathLike) -> None:
     """fsync a directory so a rename inside it survives a crash (nothing where directories cannot
     be opened or fsynced: some platforms and file systems)."""
@@ -109,7 +146,7 @@ def _replacing(path: Path) -> Iterator[tuple[int, str]]:
     block must fsync the file (and close or leave `fd` open: it is closed here if still open)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
-        os.fchmod(fd, new_file_mode(path))
+        os.chmod(tmp, new_file_mode(path))  # by name: os.fchmod is POSIX-only before Python 3.13 (Windows)
         yield fd, tmp
         os.replace(tmp, path)
     except BaseException:
@@ -193,11 +230,14 @@ class FileLock:
     def __enter__(self) -> "FileLock":
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            import fcntl
-        except ImportError:  # pragma: no cover - non-POSIX: no lock
-            return self
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            try:
+                import fcntl
+            except ImportError:  # Windows: a lock on the file's first byte, also released when the process dies
+                import msvcrt
+
+                msvcrt.locking(self._fd, msvcrt.LK_NBLCK, 1)
+            else:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             self.release()
             raise self.busy() from None
@@ -212,17 +252,53 @@ class FileLock:
         self.release()
 
 
+# Byte-order marks of the UTF-16 and UTF-32 files Windows tools write ("Unicode" in Notepad,
+# PowerShell 5's `>`); UTF-32's little-endian mark starts with UTF-16's, so it is tested first.
+_WIDE_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe", "UTF-16"),
+              (b"\xfe\xff", "UTF-16"))
+
+
+def wide_encoding(head: bytes) -> str | None:
+    """"UTF-16" / "UTF-32" when a file starting with `head` (its first 4 bytes) is in one (by its
+    byte-order mark, or a NUL among its first two bytes: UTF-16 text without a mark), else None."""
+    for bom, name in _WIDE_BOMS:
+        if head.startswith(bom):
+            return name
+    return "UTF-16" if b"\x00" in head[:2] else None
+
+
+def refuse_wide_text(path: str | os.PathLike, what: str = "file", head: bytes | None = None) -> None:
+    """Refuse (ValueError) a text file saved as UTF-16 or UTF-32, saying how to convert it: read as
+    UTF-8 it is garbage (NULs between the letters) or an unreadable-JSON error that hides why."""
+    if head is None:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    found = wide_encoding(head)
+    if found:
+        raise ValueError(f"{what} {path} is {found} text; saesteer reads UTF-8: save it as UTF-8 (Notepad: Save as, "
+                         f"Encoding UTF-8) or convert it, e.g. iconv -f {found} -t UTF-8 IN > OUT")
+
+
+def read_text_file(path: str | os.PathLike, what: str = "file") -> str:
+    """A user's text file as UTF-8 text, a leading byte-order mark dropped (Windows tools write
+    one); UTF-16 / UTF-32 and other non-UTF-8 files raise ValueError naming the file and the fix.
+    A missing file raises FileNotFoundError."""
+    raw = Path(path).read_bytes()
+    refuse_wide_text(path, what, raw[:4])
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{what} {path} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from None
+
+
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
-    """Parse a JSON file; a missing file raises FileNotFoundError, a malformed or non-UTF-8 one
-    ValueError, each naming it."""
+    """Parse a JSON file (UTF-8, a byte-order mark allowed); a missing file raises FileNotFoundError,
+    a malformed or non-UTF-8 one ValueError, each naming it."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text_file(path, what)
     except FileNotFoundError:
         raise FileNotFoundError(f"{what} not found: {path}") from None
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{what} {path} is not UTF-8 text (byte {e.start}: {e.reason}); it is corrupt or not a "
-                         f"JSON file") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:

@@ -63,7 +63,7 @@ def to_sae_lens(sae: SAE, device: str = "cpu") -> Any:
     with tempfile.TemporaryDirectory() as tmp:
         import json
 
-        with open(os.path.join(tmp, "cfg.json"), "w") as f:
+        with open(os.path.join(tmp, "cfg.json"), "w", encoding="utf-8") as f:
             json.dump(sae_lens_config(sae), f)
         save_file(sae_state_dict(sae), os.path.join(tmp, "sae_weights.safetensors"))
         return SaeLensSAE.load_from_disk(tmp, device=device)

@@ -476,7 +476,7 @@ def default_cache_dir() -> Path:
 
 def _cpu_signature() -> str:
     try:
-        with open("/proc/cpuinfo") as fh:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
             for line in fh:
                 if line.startswith("flags"):
                     return line
@@ -510,7 +510,7 @@ def load(cache_dir: str | os.PathLike | None = None) -> ctypes.CDLL:
     if not lib_path.exists():
         with tempfile.TemporaryDirectory(dir=folder) as tmp:
             src = Path(tmp) / "saes_kernels.cpp"
-            src.write_text(_SOURCE)
+            src.write_text(_SOURCE, encoding="utf-8")
             out = Path(tmp) / lib_path.name
             proc = subprocess.run([cxx, *_FLAGS, str(src), "-o", str(out)], capture_output=True, text=True)
             if proc.returncode != 0:

@@ -47,6 +47,12 @@ _OS_HINTS = {
     errno.ENOTDIR: "a part of the path is a file, not a folder: check the path",
     errno.EISDIR: "that is a folder: give a file",
 }
+# Windows refuses to delete or replace a file another process has open (errno EACCES, so the
+# permission hint would mislead): ERROR_SHARING_VIOLATION, ERROR_LOCK_VIOLATION, ERROR_USER_MAPPED_FILE
+# (a safetensors file another process has memory-mapped).
+_SHARING_VIOLATIONS = (32, 33, 1224)
+_SHARING_HINT = ("another program has the file open (a `saesteer serve` or `web` of this store, an editor, a "
+                 "sync or antivirus tool): close it, then re-run the same command")
 if hasattr(errno, "EDQUOT"):
     _OS_HINTS[errno.EDQUOT] = "the disk quota is exceeded: " + _OS_HINTS[errno.ENOSPC].split(": ", 1)[1]
 
@@ -139,7 +145,7 @@ def _os_message(e: OSError) -> str:
     text = f"{e.filename}: {what}" if e.filename is not None else what
     if getattr(e, "filename2", None):
         text += f" (-> {e.filename2})"
-    hint = _OS_HINTS.get(e.errno or -1)
+    hint = _SHARING_HINT if getattr(e, "winerror", None) in _SHARING_VIOLATIONS else _OS_HINTS.get(e.errno or -1)
     if hint and hint not in text:
         text += f"; {hint}"
     return text

@@ -75,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     debug = args.debug or os.environ.get("SAESTEER_DEBUG", "") not in ("", "0")
     # --no-progress (train: also the old `--progress false`) quiets the libraries' bars too
     quiet = getattr(args, "no_progress", False) or getattr(args, "progress", None) is False
+    _expand_home(args)
     try:
+        _check_devices(args)
         with library_bars(enabled=not quiet):
             if debug:
                 return int(args._run(args) or 0)
@@ -88,6 +90,42 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         return report(e, getattr(args, "_parser", None))
+
+
+# Flags whose values are files or folders (`--sae` and `--store` may repeat; `--sae NAME=DIR`).
+PATH_FLAGS = ("out", "cache", "store", "sae", "config", "prompts_file", "verify", "preset", "scorecard", "contrast",
+              "positive", "negative", "judge_cache_path", "export_delphi", "import_delphi", "import_neuronpedia",
+              "lexicon", "eval_dataset", "probing_dataset")
+
+
+def _expand_home(args) -> None:
+    """A path flag's leading `~` is the home folder, as --model's and --dataset's already are: the
+    shell leaves it be in `--out=~/x`, in quotes, and on Windows (cmd, PowerShell for programs), and
+    a folder named `~` in the working directory is no one's intent."""
+    def expand(value):
+        if isinstance(value, (list, tuple)):
+            return type(value)(expand(v) for v in value)
+        if not isinstance(value, str):
+            return value
+        name, sep, rest = value.partition("=")
+        if sep and rest.startswith("~") and "/" not in name and ":" not in name:  # --sae NAME=~/dir
+            return name + sep + os.path.expanduser(rest)
+        return os.path.expanduser(value) if value.startswith("~") else value
+
+    for dest in PATH_FLAGS:
+        if getattr(args, dest, None) is not None:
+            setattr(args, dest, expand(getattr(args, dest)))
+
+
+def _check_devices(args) -> None:
+    """--device / --judge-device naming a device this machine lacks (mps off a Mac, cuda without a
+    GPU): refused before anything loads (`saes.devices.check_device`)."""
+    for dest in ("device", "judge_device"):
+        value = getattr(args, dest, None)
+        if isinstance(value, str):
+            from saes.devices import check_device
+
+            check_device(value, field=dest)
 
 
 if __name__ == "__main__":

@@ -153,10 +153,12 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigValueError(f"config file not found: {path}", file=path, field="config")
+    from saes.fileio import read_text_file
+
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})", file=path) from None
+        text = read_text_file(path, "config file")
+    except ValueError as e:  # not UTF-8 (a byte-order mark is fine)
+        raise ConfigValueError(str(e), file=path) from None
     if path.suffix.lower() == ".toml":
         try:
             import tomllib

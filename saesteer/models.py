@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,7 +113,10 @@ def _default_device(device: str | None) -> str:
 
 
 def _looks_like_path(spec: str) -> bool:
-    return spec.startswith(("/", "./", "../", "~")) or os.sep + os.sep in spec or spec in (".", "..")
+    """A folder, not a hub name (org/name): hub names hold no backslash and no drive letter, so a
+    Windows path (C:\\models\\x, .\\x) missing here is said to be missing, not looked up on the hub."""
+    return (spec.startswith(("/", "./", "../", "~", ".\\", "..\\")) or os.sep + os.sep in spec or spec in (".", "..")
+            or "\\" in spec or re.match(r"^[A-Za-z]:[\\/]", spec) is not None)
 
 
 def resolve_spec(spec: str) -> ModelInfo:

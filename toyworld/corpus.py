@@ -69,7 +69,7 @@ class _AtomicLines:
     def __init__(self, path: Path):
         self.path = path
         fd, self.tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.fchmod(fd, 0o644)
+        os.chmod(self.tmp, 0o644)  # by name: os.fchmod is POSIX-only before Python 3.13 (Windows)
         self.f = os.fdopen(fd, "w", encoding="utf-8")
 
     def write(self, obj: dict) -> None:

@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
 
         d = Path(cfg.model_dir)
         atomic_write_json(d / EVALUATION_FILE, ev)
-        training = json.loads((d / TRAINING_FILE).read_text()) if (d / TRAINING_FILE).exists() else {}
+        training = json.loads((d / TRAINING_FILE).read_text(encoding="utf-8")) if (d / TRAINING_FILE).exists() else {}
         _atomic_write_text(d / "TRAINING.md", training_markdown(training, ev))
         print(f"wrote {d / EVALUATION_FILE} and {d / 'TRAINING.md'}")
     return 0

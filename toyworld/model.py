@@ -91,7 +91,7 @@ def save_model(model, directory: str | os.PathLike, extra_config: dict | None = 
     directory.mkdir(parents=True, exist_ok=True)
     cfg = {k: getattr(model.cfg, k) for k in CONFIG_FIELDS}
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{WEIGHTS_FILE}.", suffix=".tmp")
-    os.fchmod(fd, 0o644)
+    os.chmod(tmp, 0o644)  # by name: os.fchmod is POSIX-only before Python 3.13 (Windows)
     os.close(fd)
     try:
         save_file(parameter_state(model), tmp, metadata={"format": "pt", "model_name": cfg["model_name"]})

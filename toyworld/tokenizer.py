@@ -103,7 +103,7 @@ def vocab_words(tokenizer=None) -> list[str]:
 def _atomic_write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o644)
+        os.chmod(tmp, 0o644)  # by name: os.fchmod is POSIX-only before Python 3.13 (Windows)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()

@@ -198,7 +198,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
     """(state, tensors) of one checkpoint, with format and checksum checks."""
     path = Path(path)
     try:
-        state = json.loads((path / STATE_FILE).read_text())
+        state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}/{STATE_FILE} cannot be read ({e}); delete this checkpoint folder to resume from an older one") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:

@@ -122,6 +122,10 @@ class SAESpec:
             all(c.isalnum() or c in "._-" for c in self.name) and not self.name.startswith("."),
             f"SAESpec.name {self.name!r} must use only letters, digits, '.', '_' and '-' (it names a folder)",
         )
+        from saes.fileio import unportable_name
+
+        why = unportable_name(self.name)
+        require(why is None, f"SAESpec.name {self.name!r} cannot name a folder on every OS: {why}")
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as a config records it: without the `ARCHITECTURE_FIELDS` its architecture lacks."""
@@ -478,6 +482,11 @@ class RunConfig:
         names = [s.name for s in self.saes]
         dupes = sorted({n for n in names if names.count(n) > 1})
         require(not dupes, f"RunConfig.saes has duplicate names {dupes}; set SAESpec.name to tell them apart")
+        from saes.fileio import case_collisions
+
+        clash = case_collisions(names)  # on macOS / Windows both SAEs would write one folder
+        require(not clash, f"RunConfig.saes has names that differ only in case ({', '.join(' / '.join(g) for g in clash)}): "
+                           "one folder on macOS and Windows; set SAESpec.name to tell them apart")
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "saes": [spec.to_dict() for spec in self.saes]}

@@ -45,7 +45,7 @@ def read_history(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     records = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines():
         line = line.strip()
         if not line:
             continue
@@ -86,7 +86,7 @@ class RunLogger:
     ) -> None:
         self.out_dir = out_dir
         self.enabled = enabled
-        self._file = open(out_dir / HISTORY_FILE, "a", buffering=1) if enabled else None  # line-buffered: tail -f works
+        self._file = open(out_dir / HISTORY_FILE, "a", buffering=1, encoding="utf-8") if enabled else None  # line-buffered: tail -f works
         self._bar = None
         self._wandb = None
         if enabled and progress:
@@ -173,7 +173,7 @@ def _start_wandb(out_dir: Path, *, project: str, entity: str | None, name: str |
         raise SaesteerError("wandb logging was asked for (LogConfig.wandb) but wandb is not installed: "
                             "pip install wandb") from None
     id_file = out_dir / "wandb_run_id.txt"
-    run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(6)
+    run_id = id_file.read_text(encoding="utf-8").strip() if id_file.is_file() else secrets.token_hex(6)
     if not id_file.is_file():
         from saes.fileio import atomic_write_bytes
 

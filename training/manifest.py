@@ -271,7 +271,7 @@ def read_manifest(cache_dir: str | Path) -> Manifest:
     if not path.is_file():
         raise CacheFormatError(f"{cache_dir}: no {MANIFEST_NAME}; not an activation cache (build one with `saesteer cache`)")
     try:
-        d = json.loads(path.read_text())
+        d = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CacheFormatError(f"{path}: not valid JSON ({e})") from None
     return Manifest.from_json(d, where=str(path))

@@ -252,6 +252,11 @@ class DocumentSource:
 
         cfg, data = self.cfg, self.data
         try:
+            if data.is_local and data.builder in ("json", "csv", "text"):
+                from saes.fileio import refuse_wide_text
+
+                for p in data.files:  # read as UTF-8 a UTF-16 file is an unreadable-JSON error, or garbage
+                    refuse_wide_text(p, "data file")
             if data.is_local and data.builder == "text" and cfg.txt_documents == "file":
                 return _whole_txt_files(data.files, cfg.split, cfg.streaming)
             if data.is_local:
@@ -259,8 +264,8 @@ class DocumentSource:
                 extra = {"chunksize": 1 << 20} if data.builder == "json" else {}
                 if data.builder == "csv":  # text such as "NA" or "null" stays text; an empty cell is ""
                     extra = {"keep_default_na": False}
-                if data.builder == "text":
-                    extra = {"sample_by": TXT_SAMPLE_BY[cfg.txt_documents]}
+                if data.builder == "text":  # utf-8-sig: a BOM (Windows Notepad writes one) is not text
+                    extra = {"sample_by": TXT_SAMPLE_BY[cfg.txt_documents], "encoding": "utf-8-sig"}
                 return datasets.load_dataset(
                     data.builder,
                     data_files={cfg.split: [str(p) for p in data.files]},
@@ -432,7 +437,7 @@ def _offline_hub_dataset_hint(name: str, error: Exception) -> str:
 
 
 def _whole_txt_files(files, split: str, streaming: bool):
-    """One document per .txt file, its text exactly as stored (UTF-8). Not HF datasets' text builder:
+    """One document per .txt file, its text exactly as stored (UTF-8, less a byte-order mark). Not HF datasets' text builder:
     it opens files in text mode, which turns CRLF and CR line ends into LF, so the tokens cached would
     not be the file's. The files' sizes and modification times go into the generator's arguments, so
     the Arrow copy of a non-streaming read is rebuilt when a file changes."""
@@ -453,7 +458,7 @@ def _read_txt_files(files):
     for path, _size, _mtime in files:
         raw = Path(path).read_bytes()
         try:
-            text = raw.decode("utf-8")
+            text = raw.decode("utf-8-sig")  # a leading BOM (Windows Notepad writes one) is not the file's text
         except UnicodeDecodeError as e:
             raise ValueError(f"{path} is not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start}); convert it "
                              f"to UTF-8, e.g. iconv -f latin1 -t utf-8") from None

@@ -241,7 +241,7 @@ def _tokenizer_source(model_name: str) -> tuple[Any, ...]:
 
     repo = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=model_name, repo_type="model")
     try:
-        snapshot = repo / "snapshots" / (repo / "refs" / "main").read_text().strip()
+        snapshot = repo / "snapshots" / (repo / "refs" / "main").read_text(encoding="utf-8").strip()
     except (OSError, ValueError):
         return ("hub", str(repo), None)
     return ("hub", str(snapshot), _files_stamp(snapshot) if snapshot.is_dir() else None)

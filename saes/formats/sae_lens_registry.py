@@ -81,7 +81,7 @@ def cached_revision(repo_id: str) -> str | None:
 
     ref = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "refs" / "main"
     try:
-        return ref.read_text().strip() or None
+        return ref.read_text(encoding="utf-8").strip() or None
     except OSError:
         return None
 

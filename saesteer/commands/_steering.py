@@ -241,7 +241,13 @@ def read_prompts(args) -> list[str]:
         path = Path(args.prompts_file)
         if not path.is_file():
             raise CLIError(f"prompts file not found: {path}")
-        prompts += [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        from saes.fileio import read_text_file
+
+        try:
+            text = read_text_file(path, "prompts file")
+        except ValueError as e:
+            raise CLIError(str(e)) from None
+        prompts += [line.rstrip("\n") for line in text.splitlines() if line.strip()]
     return prompts
 
 

@@ -58,9 +58,9 @@ def _split_config(values: dict, *classes) -> list[dict]:
 
 
 def _slug(s: str) -> str:
-    import re
+    from saes.fileio import portable_name
 
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", s).strip("-") or "model"
+    return portable_name(s, "model")  # '..' (--model ..) or 'con' must not become a path part
 
 
 def _existing_cache(out):

@@ -103,6 +103,9 @@ def _run(args) -> int:
     cfg = dataclass_from_args(EvalConfig, args)
     text = dataclass_from_args(TextConfig, args, split=args.split or _default_split(getattr(args, "dataset", None)))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from saes.devices import refuse_mps_float64
+
+    refuse_mps_float64(device, "evaluation")
     loaded = _load_saes(args, device)
     cache_man = _cache_manifest(args)  # --cache's manifest: read once for every use below
     manifests = {Path(args.cache).resolve(): cache_man} if args.cache else {}  # the caches' manifests read

@@ -199,7 +199,13 @@ def _read_json(path: str, what: str):
     p = Path(path)
     if not p.is_file():
         raise CLIError(f"{what}{p}: no such file")
+    from saes.fileio import read_text_file
+
     try:
-        return json.loads(p.read_text(encoding="utf-8"))
+        text = read_text_file(p, "file")
+    except ValueError as e:  # UTF-16, or not UTF-8 (a byte-order mark is fine)
+        raise CLIError(f"{what}{e}") from None
+    try:
+        return json.loads(text)
     except ValueError as e:
         raise CLIError(f"{what}{p} is not JSON: {e}") from None

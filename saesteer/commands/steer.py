@@ -92,7 +92,13 @@ def _lines(path: str) -> list[str]:
     if not p.is_file():
         raise CLIError(f"file not found: {p}")
     # one prompt per non-blank line, as written: a code line's indentation is part of its tokens
-    return [line.rstrip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    from saes.fileio import read_text_file
+
+    try:
+        text = read_text_file(p, "prompts file")
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    return [line.rstrip() for line in text.splitlines() if line.strip()]
 
 
 def _run(args, model=None) -> int:
@@ -194,7 +200,6 @@ def _print_comparison(args, cmp, gen_cfg, found) -> None:
 
 def _preset_edits(args, link, model, saes) -> list:
     """The --preset's edits, after checking it belongs to this SAE and model."""
-    import json
     from pathlib import Path
 
     from saesteer.commands._steering import CLIError
@@ -208,7 +213,9 @@ def _preset_edits(args, link, model, saes) -> list:
         if not p.is_file():
             raise CLIError(f"--preset {p}: no such file")
         try:
-            preset = Preset.from_json(json.loads(p.read_text(encoding="utf-8")))
+            from saes.fileio import read_json
+
+            preset = Preset.from_json(read_json(p, "preset file"))
         except ValueError as e:
             raise CLIError(f"--preset {p}: {e}") from None
     elif link is None:

@@ -97,7 +97,13 @@ def _lines(path: str | None, flag: str) -> list[str] | None:
     p = Path(path)
     if not p.is_file():
         raise CLIError(f"{flag} {p}: no such file")
-    lines = [x.strip() for x in p.read_text(encoding="utf-8").splitlines() if x.strip()]
+    from saes.fileio import read_text_file
+
+    try:
+        text = read_text_file(p, flag)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    lines = [x.strip() for x in text.splitlines() if x.strip()]
     if not lines:
         raise CLIError(f"{flag} {p} holds no prompts")
     return lines

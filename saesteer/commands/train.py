@@ -259,7 +259,7 @@ def _fine_tuning_run_saes(out: str | None, init_from: str) -> list | None:
     from training.config import RunConfig
 
     try:
-        saved = json.loads((Path(out) / "config.json").read_text()) if out else None
+        saved = json.loads((Path(out) / "config.json").read_text(encoding="utf-8")) if out else None
     except (OSError, ValueError):
         return None
     if not isinstance(saved, dict) or (saved.get("train") or {}).get("init_from") != init_from:
@@ -286,6 +286,11 @@ def run(args) -> int:
     from training.distributed import init_from_env, launched_by_torchrun, shutdown
 
     setup = None
+    if not launched_by_torchrun():  # (torchrun: init_from_env gives each rank its device, checked there)
+        from saes.devices import check_device, refuse_mps_float64
+
+        check_device(run_cfg.train.device)  # also a config file's train.device
+        refuse_mps_float64(run_cfg.train.device, "training")
     if launched_by_torchrun():
         try:
             setup = init_from_env(run_cfg.train.device, run_cfg.train.num_threads)
