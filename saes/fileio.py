@@ -178,14 +178,20 @@ def sha256_file(path: str | os.PathLike, chunk_bytes: int = 8 << 20) -> str:
 
 class FileLock:
     """An exclusive, non-blocking lock (flock) on the file `path`, held inside `with` and released
-    by the OS if the process dies. When another process holds it, `busy()` is raised: each user
-    says in its own words (and exception type) who holds what.
+    by the OS if the process dies (kill -9 included: a later run is never blocked by a dead one).
+    While held, the file says who holds it (pid, host, command, start time); when another process
+    holds it, `busy(holder)` is raised with that said in words, so each user can name the other
+    process in its own message (and exception type):
 
-        with FileLock(out / ".lock", busy=lambda: RuntimeError(f"another process is writing {out}")):
+        with FileLock(out / ".lock", busy=lambda holder: RuntimeError(f"{holder} is writing {out}")):
             ...
+
+    On a filesystem without flock (some NFS setups: ENOLCK), the file's record alone decides: a
+    record of a live process, or of another host, is refused (naming the file to delete if that
+    process is gone); one of a process gone from this host is stale and taken over.
     """
 
-    def __init__(self, path: str | os.PathLike, busy: Callable[[], BaseException]) -> None:
+    def __init__(self, path: str | os.PathLike, busy: Callable[[str], BaseException]) -> None:
         self.path = Path(path)
         self.busy = busy
         self._fd: int | None = None
@@ -198,18 +204,72 @@ class FileLock:
             return self
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self.release()
-            raise self.busy() from None
+        except OSError as e:
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                self._refuse(lock_holder(self._record()))
+            record = self._record()  # no flock here: the record is the lock
+            if record and not _gone(record):
+                self._refuse(f"{lock_holder(record)}; if it is no longer running, delete {self.path}")
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, json.dumps(_this_process()).encode(), 0)
         return self
 
-    def release(self) -> None:
+    def _record(self) -> dict:
+        try:
+            record = json.loads(os.pread(self._fd, 4096, 0) or b"{}")
+        except ValueError:
+            return {}
+        return record if isinstance(record, dict) else {}
+
+    def _refuse(self, holder: str) -> None:
+        self.release(clear=False)
+        raise self.busy(holder) from None
+
+    def release(self, clear: bool = True) -> None:
         if self._fd is not None:
+            if clear:  # emptied, not deleted: deleting a lock file lets two processes lock two files
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, 0)
             os.close(self._fd)
             self._fd = None
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
+
+
+def _this_process() -> dict:
+    import shlex
+    import socket
+    import sys
+    import time
+
+    argv = list(sys.argv) or ["python"]
+    argv[0] = "saesteer" if argv[0].endswith("__main__.py") else os.path.basename(argv[0])
+    return {"pid": os.getpid(), "host": socket.gethostname(), "command": shlex.join(argv)[:300],
+            "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+
+
+def _gone(record: dict) -> bool:
+    """Whether the process of a lock record is known to be gone: same host, and no such pid."""
+    import socket
+
+    if record.get("host") != socket.gethostname() or not isinstance(record.get("pid"), int):
+        return False
+    try:
+        os.kill(record["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, another user's
+        return False
+    return False
+
+
+def lock_holder(record: dict) -> str:
+    """A lock record in words: "process 1234 on host-a (`saesteer label --store x.db`, since ...)"."""
+    if not record.get("pid"):
+        return "another process (it has not said who it is yet)"
+    return (f"process {record['pid']} on {record.get('host', '?')} (`{record.get('command', '?')}`, "
+            f"since {record.get('since', '?')})")
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:

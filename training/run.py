@@ -90,8 +90,8 @@ def _clean_sae_leftovers(sae_root: Path) -> None:
 
 def _lock_out_dir(out: Path) -> FileLock:
     """An exclusive lock on the output folder for the run (two runs must not share it)."""
-    return FileLock(out / LOCK_FILE, busy=lambda: FileExistsError(
-        f"another training run is using {out} (it holds {out / LOCK_FILE}); wait for it to finish or choose another "
+    return FileLock(out / LOCK_FILE, busy=lambda holder: FileExistsError(
+        f"another training run is using {out}: {holder}; wait for it to finish (or stop it), or choose another "
         f"output folder"))
 
 

@@ -21,8 +21,23 @@ from features.store.errors import (
 from features.store.schema import ADDED_TABLES, FEATURE_COLUMNS, RENAMED_COLUMNS, SCHEMA, SCHEMA_VERSION, connect
 from features.tokentext import LABEL_RULE, label_from_rule_1
 from saes.errors import note
+from saes.fileio import FileLock
 
 _Store = TypeVar("_Store", bound="StoreBase")
+LOCK_SUFFIX = ".lock"
+
+
+def writer_lock(path: str | Path) -> FileLock:
+    """The exclusive lock of a store's long-running writers (`features build`, `label`, `features
+    upgrade`) on `<store>.lock`, so that a second one is refused at once naming the first, instead of
+    both judging or building the same latents. A separate file: SQLite's own locks on the store must
+    not be disturbed by opening and closing the database file here. Readers take no lock (WAL: a
+    reader sees the last commit, never half of one), nor do one-transaction writes (a steering
+    strength, an output score), which SQLite serializes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(path.with_name(path.name + LOCK_SUFFIX), busy=lambda holder: StoreError(
+        f"{path} is being written by another {holder}; wait for it to finish (or stop it), then run this again"))
 
 
 def _rename_columns(conn: sqlite3.Connection) -> None:
