@@ -214,6 +214,12 @@ class FileLock:
         os.pwrite(self._fd, json.dumps(_this_process()).encode(), 0)
         return self
 
+    def refuse_if_held(self) -> None:
+        """Raise `busy(holder)` now if another process holds the lock: a command's early check, so that
+        a second run is refused before it loads a model (it takes the lock for good later)."""
+        with self:
+            pass
+
     def _record(self) -> dict:
         try:
             record = json.loads(os.pread(self._fd, 4096, 0) or b"{}")

@@ -140,7 +140,15 @@ def _start(argv: list, out: Path) -> subprocess.Popen:
 
 
 @pytest.mark.parametrize("command", ["train", "cache"])
-def test_a_second_train_or_cache_into_one_folder_is_refused_naming_the_first(command, tmp_path):
+def test_a_second_train_or_cache_into_one_folder_is_refused_naming_the_first(command, tmp_path, monkeypatch):
+    """... at once: before it loads a model (a real one can take minutes)."""
+    from saesteer import models
+
+    def no_model(*a, **kw):
+        raise AssertionError("the second run loaded a model before finding the folder in use")
+
+    monkeypatch.setattr(models, "load_model", no_model)
+    monkeypatch.setattr(models, "load_recorded_model", no_model)
     out = tmp_path / "out"
     toy = ["--model", "toy", "--dataset", "toy", "--no-progress"]
     if command == "train":

@@ -229,7 +229,7 @@ def test_a_second_concurrent_build_is_refused(tmp_path):
 
     path = tmp_path / "busy.db"
     with writer_lock(path):
-        with pytest.raises(StoreError, match=f"busy.db is being written by another process {os.getpid()} on "):
+        with pytest.raises(StoreError, match=f"busy.db is being written by process {os.getpid()} on "):
             build_feature_store(path, make_sae(), random_source(), small_config(), progress=False)
     build_feature_store(path, make_sae(), random_source(), small_config(), progress=False)
 

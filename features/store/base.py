@@ -37,7 +37,7 @@ def writer_lock(path: str | Path) -> FileLock:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return FileLock(path.with_name(path.name + LOCK_SUFFIX), busy=lambda holder: StoreError(
-        f"{path} is being written by another {holder}; wait for it to finish (or stop it), then run this again"))
+        f"{path} is being written by {holder}; wait for it to finish (or stop it), then run this again"))
 
 
 def _rename_columns(conn: sqlite3.Connection) -> None:
