@@ -23,7 +23,9 @@ model: --judge-backend transformers --judge-model PATH.
 
 Every judge answer is cached beside the store (<store>.judge-cache.sqlite): a re-run or a run
 resumed after a crash pays only for requests that had no answer yet. Latents already labelled by
-the same judge are skipped (--overwrite true relabels them).
+the same judge are skipped (--overwrite true relabels them). `saesteer serve` may show the store
+meanwhile (a page load shows the new labels); a second label, build or upgrade of the store is
+refused while this runs, naming it (<store>.lock).
 
   saesteer label --store toy.db                                   # offline
   saesteer label --store toy.db --judge-model gpt-4o-mini --dry-run
