@@ -99,6 +99,9 @@ def test_label_while_serving_a_second_writer_refused_and_a_killed_one_does_not_b
             _refused_naming(saesteer("label", "--store", store, "--no-progress", "--embed-backend", "none"),
                             first, "saesteer label")
             _refused_naming(saesteer("features", "upgrade", store), first, "saesteer label")
+            # a rebuild too, before it reads its SAE and cache (here: folders that do not exist)
+            _refused_naming(saesteer("features", "build", "--sae", store.parent / "no-sae", "--cache",
+                                     store.parent / "no-cache", "--out", store, "--overwrite"), first, "saesteer label")
             # a reader (export) is not
             saesteer("features", "export", store, store.parent / "dash", "--limit", 3).ok()
             _kill(first)  # kill -9: the OS drops its lock; its record is left behind
