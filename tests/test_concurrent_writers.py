@@ -78,7 +78,9 @@ def _refused_naming(r, proc: subprocess.Popen, command: str) -> None:
 
 def test_label_while_serving_a_second_writer_refused_and_a_killed_one_does_not_block(store, monkeypatch):
     n = 6
-    r, client = captured_serve(monkeypatch, "--store", store)
+    other = store.with_name("other.db")  # two stores: "/" lists them (one store: "/" is its feature list)
+    other.write_bytes(store.read_bytes())
+    r, client = captured_serve(monkeypatch, "--store", store, "--store", other)
     assert client is not None, r.text
     sid = client.get("/api/stores").json()[0]["id"]
 
@@ -87,6 +89,7 @@ def test_label_while_serving_a_second_writer_refused_and_a_killed_one_does_not_b
         return {f["latent"]: f["label"] for f in items}
 
     assert set(shown_labels().values()) == {None}
+    assert client.get("/").text.count("no labels yet") == 2 and not client.get(f"/api/stores/{sid}").json()["has_labels"]
     with JudgeServer(fake_llm_answer, hold_after=3) as srv:
         cmd = [sys.executable, "-m", "saesteer", "label", "--store", str(store), "--judge-model", "fake-judge",
                "--judge-base-url", srv.url, "--judge-concurrency", "1", *FAST]
@@ -116,6 +119,7 @@ def test_label_while_serving_a_second_writer_refused_and_a_killed_one_does_not_b
     # the server, running all along, shows the new labels on the next request (a reload)
     shown = shown_labels()
     assert None not in shown.values() and len(shown) == n, shown
+    assert client.get("/").text.count("no labels yet") == 1 and client.get(f"/api/stores/{sid}").json()["has_labels"]
 
 
 def test_a_reader_keeps_the_store_it_opened_while_it_is_rebuilt(store):

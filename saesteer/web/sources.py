@@ -91,6 +91,11 @@ class StoreEntry:
         self.info = self.info.model_copy(update={"id": self.id, "can_steer": self.engine is not None,
                                                  "browse_only_reason": reason})
 
+    def live_info(self) -> StoreInfo:
+        """`info` with what another process may have changed since the server started: whether the
+        store has labels (a `saesteer label` writing into it beside the server)."""
+        return self.info.model_copy(update={"has_labels": self.catalog.info().has_labels})
+
 
 def make_store_ids(names: Iterable[str]) -> list[str]:
     """URL-safe, unique ids from store names (file stems): 'My SAE.sqlite' -> 'my-sae'."""
