@@ -122,13 +122,17 @@ def test_label_while_serving_a_second_writer_refused_and_a_killed_one_does_not_b
     assert client.get("/").text.count("no labels yet") == 1 and client.get(f"/api/stores/{sid}").json()["has_labels"]
 
 
-def test_a_reader_keeps_the_store_it_opened_while_it_is_rebuilt(store):
-    """`features build --overwrite` while a reader (serve) has the old store open: the reader keeps
-    reading the old store whole, a new opening reads the new one."""
+def test_a_reader_keeps_the_store_it_opened_while_it_is_rebuilt(store, monkeypatch):
+    """`features build --overwrite` while `serve` (and another reader) have the old store open: they
+    keep reading the old store whole; the web app says the file was rebuilt and that a restart shows
+    it; a new opening reads the new one."""
     from features import FeatureStore
 
     old = FeatureStore.open(store)
-    assert old.meta["sae"]["d_sae"] == 6
+    r, client = captured_serve(monkeypatch, "--store", store)
+    assert client is not None, r.text
+    sid = client.get("/api/stores").json()[0]["id"]
+    assert "rebuilt" not in client.get(f"/s/{sid}").text and client.get(f"/api/stores/{sid}").json()["replaced_note"] is None
     before = old.feature(5).stats.n_fires
     child = ("import sys; from helpers.label_store import build_trigger_store; "
              "build_trigger_store(sys.argv[1], n_latents=4, overwrite=True)")
@@ -136,6 +140,11 @@ def test_a_reader_keeps_the_store_it_opened_while_it_is_rebuilt(store):
                    env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     old.refresh()
     assert old.meta["sae"]["d_sae"] == 6 and old.feature(5).stats.n_fires == before
+    info = client.get(f"/api/stores/{sid}").json()
+    assert info["d_sae"] == 6 and "toy.db was rebuilt" in info["replaced_note"], info
+    assert len(client.get(f"/api/stores/{sid}/features", params={"limit": 50}).json()["items"]) == 6
+    page = client.get(f"/s/{sid}").text
+    assert "toy.db was rebuilt or replaced after this server opened it" in page and "Restart `saesteer serve`" in page
     with FeatureStore.open(store) as new:
         assert new.meta["sae"]["d_sae"] == 4
     old.close()

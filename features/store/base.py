@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -40,6 +41,14 @@ def writer_lock(path: str | Path) -> FileLock:
         f"{path} is being written by {holder}; wait for it to finish (or stop it), then run this again"))
 
 
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def _rename_columns(conn: sqlite3.Connection) -> None:
     """Upgrade a version-1 store to version 2 in one transaction: its latent columns get their new
     names (`RENAMED_COLUMNS`; SQLite updates the indexes with them); nothing else changes."""
@@ -70,6 +79,7 @@ class StoreBase:
         self._writes = 0  # commits through this connection (they do not change its PRAGMA data_version)
         self._current_version: tuple[int, int] | None = None  # of the temp current-label / latest-score tables
         self.meta: dict[str, Any] = {}
+        self._file_id = _file_id(self.path)  # the file opened: `replaced()` tells a rebuilt one from it
         self._offsets_column = self._upgrade_examples()
         if not readonly:
             for stmt in ADDED_TABLES:
@@ -161,6 +171,11 @@ class StoreBase:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def replaced(self) -> bool:
+        """Whether the file at `path` is no longer the one this store opened (rebuilt with `features build
+        --overwrite`, or removed): this connection still reads the one it opened, whole."""
+        return _file_id(self.path) != self._file_id
 
     def refresh(self) -> None:
         """Re-read the metadata (another process may have written)."""

@@ -11,6 +11,7 @@ first from a feature store, `saesteer.web.model_source` the second from a loaded
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Iterable, Protocol
 
@@ -93,8 +94,13 @@ class StoreEntry:
 
     def live_info(self) -> StoreInfo:
         """`info` with what another process may have changed since the server started: whether the
-        store has labels (a `saesteer label` writing into it beside the server)."""
-        return self.info.model_copy(update={"has_labels": self.catalog.info().has_labels})
+        store has labels (a `saesteer label` writing into it beside the server), and whether its file
+        was rebuilt (this server keeps showing the one it opened until it is restarted)."""
+        store = getattr(self.catalog, "store", None)
+        replaced = store is not None and hasattr(store, "replaced") and store.replaced()
+        note = (f"{Path(store.path).name} was rebuilt or replaced after this server opened it; this shows the store it opened. "
+                "Restart `saesteer serve` to show the new one.") if replaced else None
+        return self.info.model_copy(update={"has_labels": self.catalog.info().has_labels, "replaced_note": note})
 
 
 def make_store_ids(names: Iterable[str]) -> list[str]:
