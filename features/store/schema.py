@@ -210,7 +210,6 @@ def connect(path: Path, readonly: bool) -> sqlite3.Connection:
     return conn
 
 
-
 def _connect_readonly(path: Path) -> sqlite3.Connection:
     """A read-only connection. A WAL store is read through `<store>-shm` beside it, which SQLite creates
     on first read; in a folder nobody may write to (a read-only mount, a shared folder of another user)
