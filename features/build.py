@@ -45,17 +45,16 @@ from features.finalize import FLAG_NAMES, PassResult, finalize
 from features.fingerprint import sae_description, sae_fingerprint
 from features.records import utc_now
 from features.source import ActivationSource
-from features.store import FeatureStore, StoreError, StoreMismatchError
+from features.store import FeatureStore, StoreMismatchError, writer_lock
 from features.store.rows import (CorrelationRow, ExampleRow, FeatureRow, HistogramRow, LogitRow, NeighbourRow,
                                  SearchTextRow)
 from features.tokentext import LABEL_RULE, token_labels
 from features.windowtexts import WindowTexts
-from saes.fileio import FileLock, atomic_path
+from saes.fileio import atomic_path
 from saes.formats.base import sae_of
 from saes.interop import as_sae
 
 STATE_SUFFIX = ".state.safetensors"
-LOCK_SUFFIX = ".lock"
 EventHook = Callable[[str, dict], None]
 
 
@@ -99,15 +98,6 @@ def _remove_store(path: Path) -> None:
             p.unlink()
         except FileNotFoundError:
             pass
-
-
-def build_lock(path: Path) -> FileLock:
-    """An exclusive lock on `<store>.lock` for the duration of a build (released by the OS if the
-    process dies). A separate file: SQLite's own locks on the store must not be disturbed by
-    opening and closing the database file here."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return FileLock(path.with_name(path.name + LOCK_SUFFIX), busy=lambda: StoreError(
-        f"another process is building {path}; wait for it to finish"))
 
 
 def save_state(path: Path, acc: FeatureAccumulator, identity: dict, phase: str, next_context: int) -> None:
@@ -200,7 +190,7 @@ def build_feature_store(
         "window_after": cfg.window_after,
         "bos_id": source.bos_id,
     }
-    with build_lock(path):
+    with writer_lock(path):
         return _open_and_run(path, sae, source, cfg, identity, meta, model, tokenizer, overwrite, progress, event, t_start)
 
 

@@ -45,10 +45,10 @@ def upgrade_store(path: str | Path, tokenizer_for: Callable[[Any], Any] | None =
     with `tokenizer_for(recorded model identity)` (None, or an exception it raises, leaves them and
     says why in the result)."""
     from features.build import refresh_vocab
-    from features.store import FeatureStore
+    from features.store import FeatureStore, writer_lock
     from features.tokentext import LABEL_RULE
 
-    with FeatureStore.open(path, readonly=False) as store:  # opening it for writing upgrades the schema
+    with writer_lock(path), FeatureStore.open(path, readonly=False) as store:  # opening it for writing upgrades it
         version = int(store.meta["schema_version"])
 
         def result(vocab: str, model: Any = None, why: str | None = None) -> UpgradeResult:

@@ -215,14 +215,20 @@ def sha256_file(path: str | os.PathLike, chunk_bytes: int = 8 << 20) -> str:
 
 class FileLock:
     """An exclusive, non-blocking lock (flock) on the file `path`, held inside `with` and released
-    by the OS if the process dies. When another process holds it, `busy()` is raised: each user
-    says in its own words (and exception type) who holds what.
+    by the OS if the process dies (kill -9 included: a later run is never blocked by a dead one).
+    While held, the file says who holds it (pid, host, command, start time); when another process
+    holds it, `busy(holder)` is raised with that said in words, so each user can name the other
+    process in its own message (and exception type):
 
-        with FileLock(out / ".lock", busy=lambda: RuntimeError(f"another process is writing {out}")):
+        with FileLock(out / ".lock", busy=lambda holder: RuntimeError(f"{holder} is writing {out}")):
             ...
+
+    On a filesystem without flock (some NFS setups: ENOLCK), the file's record alone decides: a
+    record of a live process, or of another host, is refused (naming the file to delete if that
+    process is gone); one of a process gone from this host is stale and taken over.
     """
 
-    def __init__(self, path: str | os.PathLike, busy: Callable[[], BaseException]) -> None:
+    def __init__(self, path: str | os.PathLike, busy: Callable[[str], BaseException]) -> None:
         self.path = Path(path)
         self.busy = busy
         self._fd: int | None = None
@@ -230,21 +236,42 @@ class FileLock:
     def __enter__(self) -> "FileLock":
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            try:
-                import fcntl
-            except ImportError:  # Windows: a lock on the file's first byte, also released when the process dies
-                import msvcrt
-
-                msvcrt.locking(self._fd, msvcrt.LK_NBLCK, 1)
-            else:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self.release()
-            raise self.busy() from None
+            _lock_exclusively(self._fd)
+        except OSError as e:
+            # held by another process: flock says EWOULDBLOCK; msvcrt says EACCES or EDEADLK (after retries)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES, errno.EDEADLK):
+                self._refuse(lock_holder(self._record()))
+            record = self._record()  # no file locks here: the record is the lock
+            if record and not _gone(record):
+                self._refuse(f"{lock_holder(record)}; if it is no longer running, delete {self.path}")
+        os.ftruncate(self._fd, 0)
+        os.lseek(self._fd, 0, os.SEEK_SET)  # not os.pwrite: Windows has none
+        os.write(self._fd, json.dumps(_this_process()).encode())
         return self
 
-    def release(self) -> None:
+    def refuse_if_held(self) -> None:
+        """Raise `busy(holder)` now if another process holds the lock: a command's early check, so that
+        a second run is refused before it loads a model (it takes the lock for good later)."""
+        with self:
+            pass
+
+    def _record(self) -> dict:
+        try:
+            os.lseek(self._fd, 0, os.SEEK_SET)
+            record = json.loads(os.read(self._fd, 4096) or b"{}")
+        except ValueError:
+            return {}
+        return record if isinstance(record, dict) else {}
+
+    def _refuse(self, holder: str) -> None:
+        self.release(clear=False)
+        raise self.busy(holder) from None
+
+    def release(self, clear: bool = True) -> None:
         if self._fd is not None:
+            if clear:  # emptied, not deleted: deleting a lock file lets two processes lock two files
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, 0)
             os.close(self._fd)
             self._fd = None
 
@@ -289,6 +316,60 @@ def read_text_file(path: str | os.PathLike, what: str = "file") -> str:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise ValueError(f"{what} {path} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from None
+
+
+# Windows's byte locks are mandatory (they block reads of the locked bytes by other processes), so the
+# lock sits on a byte far past the record, which then stays readable to the process that is refused.
+_WINDOWS_LOCK_OFFSET = 1 << 30
+
+
+def _lock_exclusively(fd: int) -> None:
+    """Take a non-blocking exclusive lock on the open file `fd`, released by the OS when the process
+    dies; OSError when another process holds it (or the filesystem has no locks)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: msvcrt's byte lock
+        import msvcrt
+
+        os.lseek(fd, _WINDOWS_LOCK_OFFSET, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+    else:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _this_process() -> dict:
+    import shlex
+    import socket
+    import sys
+    import time
+
+    argv = list(sys.argv) or ["python"]
+    argv[0] = "saesteer" if argv[0].endswith("__main__.py") else os.path.basename(argv[0])
+    return {"pid": os.getpid(), "host": socket.gethostname(), "command": shlex.join(argv)[:300],
+            "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+
+
+def _gone(record: dict) -> bool:
+    """Whether the process of a lock record is known to be gone: same host, and no such pid."""
+    import socket
+
+    if record.get("host") != socket.gethostname() or not isinstance(record.get("pid"), int):
+        return False
+    try:
+        os.kill(record["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, another user's
+        return False
+    return False
+
+
+def lock_holder(record: dict) -> str:
+    """A lock record in words: "process 1234 on host-a (`saesteer label --store x.db`, since ...)"."""
+    if not record.get("pid"):
+        return "another process (it has not said who it is yet)"
+    return (f"process {record['pid']} on {record.get('host', '?')} (`{record.get('command', '?')}`, "
+            f"since {record.get('since', '?')})")
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:

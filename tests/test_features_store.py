@@ -1,5 +1,6 @@
 """The feature store: identity checks, errors, search, labels/scores/provenance, listing."""
 
+import os
 import sqlite3
 from dataclasses import replace
 
@@ -224,11 +225,11 @@ def test_matryoshka_parent_links_from_co_firing_and_decoder(tmp_path):
 
 
 def test_a_second_concurrent_build_is_refused(tmp_path):
-    from features.build import build_lock
+    from features.store import writer_lock
 
     path = tmp_path / "busy.db"
-    with build_lock(path):
-        with pytest.raises(StoreError, match="another process is building"):
+    with writer_lock(path):
+        with pytest.raises(StoreError, match=f"busy.db is being written by process {os.getpid()} on "):
             build_feature_store(path, make_sae(), random_source(), small_config(), progress=False)
     build_feature_store(path, make_sae(), random_source(), small_config(), progress=False)
 

@@ -150,9 +150,9 @@ def test_checkpoint_pruning_and_listing(tmp_path) -> None:
 
 def test_two_runs_cannot_share_an_output_folder(tmp_path) -> None:
     from training.synthetic import SyntheticActivations
-    from training.run import _lock_out_dir, train
+    from training.run import lock_run_dir, train
 
-    with _lock_out_dir(tmp_path):
+    with lock_run_dir(tmp_path):
         with pytest.raises(FileExistsError, match="another training run"):
             train(RunConfig(saes=[SAESpec("topk", d_sae=16, k=2)]), SyntheticActivations(4, 8), tmp_path)
 

@@ -344,6 +344,6 @@ def setting_differences(existing: dict[str, Any], requested: dict[str, Any]) -> 
 
 def lock_cache_dir(cache_dir: str | Path) -> FileLock:
     """The building process's exclusive lock on `cache_dir/.lock` (released when it dies)."""
-    return FileLock(Path(cache_dir) / LOCK_NAME, busy=lambda: RuntimeError(
-        f"another process is writing the cache in {cache_dir}; wait for it to finish (or stop it) before running "
-        "this command"))
+    return FileLock(Path(cache_dir) / LOCK_NAME, busy=lambda holder: RuntimeError(
+        f"another process is writing the cache in {cache_dir}: {holder}; wait for it to finish (or stop it) before "
+        "running this command"))

@@ -72,7 +72,7 @@ def train(
     lock = contextlib.nullcontext()
     if coll.is_writer:
         out.mkdir(parents=True, exist_ok=True)
-        lock = _lock_out_dir(out)
+        lock = lock_run_dir(out)
     with lock:
         if coll.is_writer:
             clean_temporaries(out / CHECKPOINT_DIR)
@@ -88,10 +88,10 @@ def _clean_sae_leftovers(sae_root: Path) -> None:
             remove_save_leftovers(sae_root / p.name[1:].rsplit(".tmp-", 1)[0])
 
 
-def _lock_out_dir(out: Path) -> FileLock:
+def lock_run_dir(out: Path) -> FileLock:
     """An exclusive lock on the output folder for the run (two runs must not share it)."""
-    return FileLock(out / LOCK_FILE, busy=lambda: FileExistsError(
-        f"another training run is using {out} (it holds {out / LOCK_FILE}); wait for it to finish or choose another "
+    return FileLock(out / LOCK_FILE, busy=lambda holder: FileExistsError(
+        f"another training run is using {out}: {holder}; wait for it to finish (or stop it), or choose another "
         f"output folder"))
 
 

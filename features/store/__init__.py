@@ -18,7 +18,7 @@ text and the vocabulary (`features.tokentext.align_pieces`, best effort; the tex
 `FeatureStore` is one class made of one part per idea, each a module here:
     schema       the SQLite schema (documented there), its version, `connect`
     errors       StoreError and its kinds
-    base         opening and creating a file, transactions, identity checks, the vocabulary
+    base         opening and creating a file, transactions, identity checks, the vocabulary, the writers' lock
     reads        one latent's record, examples, labels and scores
     queries      pages of latents (sort, filter), counts, full-text search, concept matches
     writes       labels, scores, recommended strengths, concept matches
@@ -31,7 +31,7 @@ text and the vocabulary (`features.tokentext.align_pieces`, best effort; the tex
 
 from __future__ import annotations
 
-from features.store.base import StoreBase
+from features.store.base import StoreBase, writer_lock
 from features.store.buildwrites import StoreBuildWrites
 from features.store.embeddings import StoreLabelEmbeddings
 from features.store.errors import (
@@ -50,7 +50,7 @@ from features.store.schema import SCHEMA_VERSION, connect
 from features.store.writes import StoreWrites
 
 __all__ = [
-    "FeatureStore", "StoreBase", "SCHEMA_VERSION", "connect",
+    "FeatureStore", "StoreBase", "SCHEMA_VERSION", "connect", "writer_lock",
     "StoreError", "StoreMismatchError", "FeatureIndexError", "FeatureNotWrittenError", "StoreReadOnlyError",
     "FeatureRow", "HistogramRow", "ExampleRow", "LogitRow", "NeighbourRow", "SearchTextRow",
 ]

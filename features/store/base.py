@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -21,8 +22,31 @@ from features.store.errors import (
 from features.store.schema import ADDED_TABLES, FEATURE_COLUMNS, RENAMED_COLUMNS, SCHEMA, SCHEMA_VERSION, connect
 from features.tokentext import LABEL_RULE, label_from_rule_1
 from saes.errors import note
+from saes.fileio import FileLock
 
 _Store = TypeVar("_Store", bound="StoreBase")
+LOCK_SUFFIX = ".lock"
+
+
+def writer_lock(path: str | Path) -> FileLock:
+    """The exclusive lock of a store's long-running writers (`features build`, `label`, `features
+    upgrade`) on `<store>.lock`, so that a second one is refused at once naming the first, instead of
+    both judging or building the same latents. A separate file: SQLite's own locks on the store must
+    not be disturbed by opening and closing the database file here. Readers take no lock (WAL: a
+    reader sees the last commit, never half of one), nor do one-transaction writes (a steering
+    strength, an output score), which SQLite serializes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(path.with_name(path.name + LOCK_SUFFIX), busy=lambda holder: StoreError(
+        f"{path} is being written by {holder}; wait for it to finish (or stop it), then run this again"))
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _rename_columns(conn: sqlite3.Connection) -> None:
@@ -55,6 +79,7 @@ class StoreBase:
         self._writes = 0  # commits through this connection (they do not change its PRAGMA data_version)
         self._current_version: tuple[int, int] | None = None  # of the temp current-label / latest-score tables
         self.meta: dict[str, Any] = {}
+        self._file_id = _file_id(self.path)  # the file opened: `replaced()` tells a rebuilt one from it
         self._offsets_column = self._upgrade_examples()
         if not readonly:
             for stmt in ADDED_TABLES:
@@ -146,6 +171,11 @@ class StoreBase:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def replaced(self) -> bool:
+        """Whether the file at `path` is no longer the one this store opened (rebuilt with `features build
+        --overwrite`, or removed): this connection still reads the one it opened, whole."""
+        return _file_id(self.path) != self._file_id
 
     def refresh(self) -> None:
         """Re-read the metadata (another process may have written)."""

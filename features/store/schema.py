@@ -40,9 +40,11 @@ flag), saesteer_version, built_at.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
+from features.store.errors import StoreError
 from features.store.rows import ExampleRow, FeatureRow
 
 SCHEMA_VERSION = 2
@@ -198,7 +200,7 @@ def latest_label_sql(latent_column: str) -> str:
 
 def connect(path: Path, readonly: bool) -> sqlite3.Connection:
     if readonly:
-        conn = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+        conn = _connect_readonly(Path(path))
     else:
         conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
@@ -207,3 +209,25 @@ def connect(path: Path, readonly: bool) -> sqlite3.Connection:
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
 
+
+def _connect_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection. A WAL store is read through `<store>-shm` beside it, which SQLite creates
+    on first read; in a folder nobody may write to (a read-only mount, a shared folder of another user)
+    it cannot, so such a store is read as an unchanging file (`immutable`), which is what it is there
+    unless the folder's owner writes it meanwhile; unless changes are still in its `-wal` file (not
+    saved into the store yet: an immutable read would miss them), which is refused, saying what to do."""
+    uri = path.resolve().as_uri()
+    conn = sqlite3.connect(uri + "?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1")
+        return conn
+    except sqlite3.OperationalError:
+        if os.access(path.parent, os.W_OK):
+            raise
+        conn.close()
+    wal = path.with_name(path.name + "-wal")
+    if wal.is_file() and wal.stat().st_size > 0:
+        raise StoreError(f"{path} cannot be read in a read-only folder while changes are pending in {wal.name} beside "
+                         "it; open it once where its folder is writable (e.g. `saesteer features list` by its owner), "
+                         "or copy the store and that file into a writable folder")
+    return sqlite3.connect(uri + "?immutable=1", uri=True, isolation_level=None, check_same_thread=False)

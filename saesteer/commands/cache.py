@@ -78,6 +78,8 @@ def _existing_cache(out):
 
 
 def run(args) -> int:
+    from pathlib import Path
+
     from saesteer.configargs import dataclass_from_args
     from saes.hookpoints import UnknownHookError
     from saesteer.models import model_id, model_info
@@ -85,7 +87,7 @@ def run(args) -> int:
     from training.estimate import estimate_cache
     from training.writer import CacheDiskFullError
     from training.cache_config import CacheConfig
-    from training.manifest import CacheFormatError, CacheMismatchError
+    from training.manifest import CacheFormatError, CacheMismatchError, lock_cache_dir
     from training.text import TextConfig, source_as_read
 
     if args.verify:
@@ -96,7 +98,13 @@ def run(args) -> int:
     except ValueError as e:
         print_error(e)
         return 2
-    existing = _existing_cache(args.out or extra.get("out"))
+    given_out = args.out or extra.get("out")
+    if given_out and Path(given_out).is_dir():  # another process writing this cache: said before loading a model
+        try:
+            lock_cache_dir(given_out).refuse_if_held()
+        except RuntimeError as e:
+            return _error(e, args)
+    existing = _existing_cache(given_out)
     try:
         model, model_spec = _model(args, extra, text, existing)
     except (OSError, ValueError) as e:

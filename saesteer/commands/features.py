@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from saesteer.boundary import print_error
@@ -157,12 +158,15 @@ def _build(args) -> int:
     from features import CacheSource, build_feature_store
     from features.checks import check_inputs
     from features.config import BuildConfig
+    from features.store import writer_lock
     from saes.identity import ModelIdentityError, ModelMismatchError, identity_of_sae
     from saesteer.configargs import dataclass_from_args
     from saesteer.models import OVERRIDE_FLAG, load_recorded_model, model_id, pick_record
     from saesteer.terminal import plain
 
     cfg = dataclass_from_args(BuildConfig, args)
+    if os.path.isfile(args.out):  # another writer of the store (a label, a build): said before loading anything
+        writer_lock(args.out).refuse_if_held()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     given_model = args.model if args.model and args.model.lower() != "none" else None
     loaded = resolve_sae(args.sae, hook=args.hook, model=given_model, device=device)

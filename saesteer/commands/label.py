@@ -23,7 +23,9 @@ model: --judge-backend transformers --judge-model PATH.
 
 Every judge answer is cached beside the store (<store>.judge-cache.sqlite): a re-run or a run
 resumed after a crash pays only for requests that had no answer yet. Latents already labelled by
-the same judge are skipped (--overwrite true relabels them).
+the same judge are skipped (--overwrite true relabels them). `saesteer serve` may show the store
+meanwhile (a page load shows the new labels); a second label, build or upgrade of the store is
+refused while this runs, naming it (<store>.lock).
 
   saesteer label --store toy.db                                   # offline
   saesteer label --store toy.db --judge-model gpt-4o-mini --dry-run
@@ -74,10 +76,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    import sys
     from pathlib import Path
 
-    from autointerp.config import make_judge
     from saesteer.configargs import load_config_file
 
     file_values = load_config_file(args.config) if args.config else {}
@@ -97,8 +97,27 @@ def run(args) -> int:
         print_error(f"no feature store at {store_path}; build one with `saesteer features build`")
         return 2
     elsewhere = _labels_made_elsewhere(args)
-    if elsewhere is not None:
-        return elsewhere(args, store_path, label_cfg.overwrite)
+    with _writing(args, store_path):
+        if elsewhere is not None:
+            return elsewhere(args, store_path, label_cfg.overwrite)
+        return _label_run(args, store_path, label_cfg, judge_cfg, embed_cfg, budget)
+
+
+def _writing(args, store_path):
+    """The store's writer lock (`features.store.writer_lock`) for a run that writes: a second label,
+    build or upgrade of the store is refused naming this one. --dry-run and --export-delphi only read."""
+    import contextlib
+
+    from features.store import writer_lock
+
+    return contextlib.nullcontext() if args.dry_run or args.export_delphi else writer_lock(store_path)
+
+
+def _label_run(args, store_path, label_cfg, judge_cfg, embed_cfg, budget) -> int:
+    """A labelling run: judge (or offline labeller), labels and scores into the store, the report."""
+    import sys
+
+    from autointerp.config import make_judge
     from autointerp.featurestore import FeatureStoreLabels
 
     try:

@@ -270,6 +270,7 @@ def _fine_tuning_run_saes(out: str | None, init_from: str) -> list | None:
 def run(args) -> int:
     import dataclasses
     import json
+    from pathlib import Path
 
     try:
         run_cfg, data_cfg, text_cfg, out, init_source, text_given = build_configs(args)
@@ -284,6 +285,10 @@ def run(args) -> int:
         print_error("--out is required (the folder for checkpoints, SAEs and metrics)")
         return 2
     from training.distributed import init_from_env, launched_by_torchrun, shutdown
+    from training.run import lock_run_dir
+
+    if Path(out).is_dir() and not launched_by_torchrun():  # another run in the folder: said before loading a model
+        lock_run_dir(Path(out)).refuse_if_held()
 
     setup = None
     if not launched_by_torchrun():  # (torchrun: init_from_env gives each rank its device, checked there)

@@ -167,7 +167,7 @@ async def _run(queue, fn, *args):
 async def status(request: Request, state=Depends(get_state)) -> dict:
     return {
         "version": saesteer.__version__,
-        "stores": [s.info.model_dump() for s in state.stores.values()],
+        "stores": [s.live_info().model_dump() for s in state.stores.values()],
         "limits": {k: getattr(state.limits, k) for k in state.limits.__dataclass_fields__},
         "queues": [{"model": q.name, "pending": q.pending} for q in state.queues],
         "openai": [] if request.app.state.openai is None else request.app.state.openai.status(),
@@ -176,12 +176,12 @@ async def status(request: Request, state=Depends(get_state)) -> dict:
 
 @router.get("/stores", summary="the stores this server serves")
 async def list_stores(state=Depends(get_state)) -> list[StoreInfo]:
-    return [s.info for s in state.stores.values()]
+    return [s.live_info() for s in state.stores.values()]
 
 
 @router.get("/stores/{sid}", summary="one store", responses=_ERRORS)
 async def store_info(entry: StoreEntry = Depends(get_store)) -> StoreInfo:
-    return entry.info
+    return entry.live_info()
 
 
 @router.get("/stores/{sid}/features", summary="features, filtered, sorted and paginated", responses=_ERRORS)

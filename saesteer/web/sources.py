@@ -11,6 +11,7 @@ first from a feature store, `saesteer.web.model_source` the second from a loaded
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Iterable, Protocol
 
@@ -90,6 +91,16 @@ class StoreEntry:
         reason = None if self.engine is not None else (self.browse_only_reason or "the server runs no model (start it with --model)")
         self.info = self.info.model_copy(update={"id": self.id, "can_steer": self.engine is not None,
                                                  "browse_only_reason": reason})
+
+    def live_info(self) -> StoreInfo:
+        """`info` with what another process may have changed since the server started: whether the
+        store has labels (a `saesteer label` writing into it beside the server), and whether its file
+        was rebuilt (this server keeps showing the one it opened until it is restarted)."""
+        store = getattr(self.catalog, "store", None)
+        replaced = store is not None and hasattr(store, "replaced") and store.replaced()
+        note = (f"{Path(store.path).name} was rebuilt or replaced after this server opened it; this shows the store it opened. "
+                "Restart `saesteer serve` to show the new one.") if replaced else None
+        return self.info.model_copy(update={"has_labels": self.catalog.info().has_labels, "replaced_note": note})
 
 
 def make_store_ids(names: Iterable[str]) -> list[str]:

@@ -42,9 +42,11 @@ def build_trigger_store(
     seed: int = 0,
     plant: dict[int, list[str]] | None = None,
     plant_rate: float = 0.5,
+    overwrite: bool = False,
 ) -> tuple[Path, list[str]]:
     """Build the store at `path`; returns (path, triggers). `plant[i]` = words inserted right
-    right before some occurrences of latent i's trigger (with zero activation)."""
+    right before some occurrences of latent i's trigger (with zero activation). `overwrite`: rebuild
+    a store already at `path` (the build's --overwrite)."""
     import torch
 
     from features import BuildConfig, TensorSource, build_feature_store
@@ -84,5 +86,5 @@ def build_trigger_store(
     source = TensorSource(acts_RD, ctx_CL, name="trigger-corpus")
     cfg = BuildConfig(top_k=10, n_quantile=24, n_negative=20, negative_pool=256, window_before=12, window_after=4,
                       batch_rows=1024, n_neighbours=3, checkpoint_rows=0)
-    build_feature_store(path, sae, source, cfg, tokenizer=_WordTokenizer(words), progress=False)
+    build_feature_store(path, sae, source, cfg, tokenizer=_WordTokenizer(words), progress=False, overwrite=overwrite)
     return Path(path), list(triggers)

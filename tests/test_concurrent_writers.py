@@ -1,0 +1,226 @@
+"""Two processes on one store / one output folder / one cache, through the CLI in real processes.
+
+A user browses with `saesteer serve` while `saesteer label` writes into the same store, starts a
+second `label` (or `features upgrade`) on it by mistake, or a second `train` / `cache` into one
+folder. Readers are never blocked and see each commit whole; a second writer is refused at once
+in one line naming the first (pid, host, command: `saes.fileio.FileLock`'s record); a writer killed
+with SIGKILL never blocks the next run. Processes are synchronized on what they write (the lock
+file's record, the judge server's held requests), never on sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers.judge_server import JudgeServer, fake_llm_answer
+from helpers.label_store import build_trigger_store
+from helpers.real_cli import captured_serve, saesteer
+
+pytestmark = [pytest.mark.usefixtures("offline_env")]
+FAST = ["--judge-backoff-base-s", "0.005", "--judge-backoff-max-s", "0.02", "--judge-max-retries", "2",
+        "--scorers", "detection", "--embed-backend", "none", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    return build_trigger_store(tmp_path_factory.mktemp("store") / "toy.db", n_latents=6)
+
+
+@pytest.fixture()
+def store(built, tmp_path):
+    path = tmp_path / "toy.db"
+    path.write_bytes(built[0].read_bytes())
+    return path
+
+
+def _wait_for(what: str, done, proc: subprocess.Popen) -> None:
+    """Poll `done()` until true; fail if `proc` ends first (a generous deadline only against a hang)."""
+    deadline = time.monotonic() + 120
+    while not done():
+        if proc.poll() is not None:
+            pytest.fail(f"the first process ended before {what}: {proc.stdout.read().decode()[-2000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"never saw {what}")
+        time.sleep(0.02)
+
+
+def _holds(lock: Path, proc: subprocess.Popen) -> bool:
+    """Whether `lock` records `proc` as its holder."""
+    try:
+        return json.loads(lock.read_text() or "{}").get("pid") == proc.pid
+    except (OSError, ValueError):
+        return False
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+
+
+def _refused_naming(r, proc: subprocess.Popen, command: str) -> None:
+    assert r.rc != 0
+    r.no_traceback()
+    lines = [line for line in r.err.splitlines() if line.strip()]
+    assert len(lines) == 1, r.err  # one line ...
+    line = lines[0]  # ... naming the other process, where it runs, what it is, and what to do
+    assert f"process {proc.pid} on {socket.gethostname()}" in line and command in line, line
+    assert "wait for it to finish" in line, line
+
+
+def test_label_while_serving_a_second_writer_refused_and_a_killed_one_does_not_block(store, monkeypatch):
+    n = 6
+    other = store.with_name("other.db")  # two stores: "/" lists them (one store: "/" is its feature list)
+    other.write_bytes(store.read_bytes())
+    r, client = captured_serve(monkeypatch, "--store", store, "--store", other)
+    assert client is not None, r.text
+    sid = client.get("/api/stores").json()[0]["id"]
+
+    def shown_labels():
+        items = client.get(f"/api/stores/{sid}/features", params={"limit": 50}).json()["items"]
+        return {f["latent"]: f["label"] for f in items}
+
+    assert set(shown_labels().values()) == {None}
+    assert client.get("/").text.count("no labels yet") == 2 and not client.get(f"/api/stores/{sid}").json()["has_labels"]
+    with JudgeServer(fake_llm_answer, hold_after=3) as srv:
+        cmd = [sys.executable, "-m", "saesteer", "label", "--store", str(store), "--judge-model", "fake-judge",
+               "--judge-base-url", srv.url, "--judge-concurrency", "1", *FAST]
+        first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            _wait_for("the label run's held judge requests", srv.held, first)
+            # the browser reads while the label run holds the store open for writing
+            assert len(shown_labels()) == n
+            # a second writer of the store is refused at once, naming the first
+            _refused_naming(saesteer("label", "--store", store, "--no-progress", "--embed-backend", "none"),
+                            first, "saesteer label")
+            _refused_naming(saesteer("features", "upgrade", store), first, "saesteer label")
+            # a rebuild too, before it reads its SAE and cache (here: folders that do not exist)
+            _refused_naming(saesteer("features", "build", "--sae", store.parent / "no-sae", "--cache",
+                                     store.parent / "no-cache", "--out", store, "--overwrite"), first, "saesteer label")
+            # a reader (export) is not
+            saesteer("features", "export", store, store.parent / "dash", "--limit", 3).ok()
+            _kill(first)  # kill -9: the OS drops its lock; its record is left behind
+        finally:
+            _kill(first)
+            srv.release()
+    assert json.loads(store.with_name("toy.db.lock").read_text())["pid"] == first.pid
+    done = subprocess.run([sys.executable, "-m", "saesteer", "label", "--store", str(store), "--no-progress",
+                           "--embed-backend", "none"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert store.with_name("toy.db.lock").read_text() == ""  # released: no record left
+    # the server, running all along, shows the new labels on the next request (a reload)
+    shown = shown_labels()
+    assert None not in shown.values() and len(shown) == n, shown
+    assert client.get("/").text.count("no labels yet") == 1 and client.get(f"/api/stores/{sid}").json()["has_labels"]
+
+
+def test_a_reader_keeps_the_store_it_opened_while_it_is_rebuilt(store, monkeypatch):
+    """`features build --overwrite` while `serve` (and another reader) have the old store open: they
+    keep reading the old store whole; the web app says the file was rebuilt and that a restart shows
+    it; a new opening reads the new one."""
+    from features import FeatureStore
+
+    old = FeatureStore.open(store)
+    r, client = captured_serve(monkeypatch, "--store", store)
+    assert client is not None, r.text
+    sid = client.get("/api/stores").json()[0]["id"]
+    assert "rebuilt" not in client.get(f"/s/{sid}").text and client.get(f"/api/stores/{sid}").json()["replaced_note"] is None
+    before = old.feature(5).stats.n_fires
+    child = ("import sys; from helpers.label_store import build_trigger_store; "
+             "build_trigger_store(sys.argv[1], n_latents=4, overwrite=True)")
+    subprocess.run([sys.executable, "-c", child, str(store)], check=True,
+                   env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    old.refresh()
+    assert old.meta["sae"]["d_sae"] == 6 and old.feature(5).stats.n_fires == before
+    info = client.get(f"/api/stores/{sid}").json()
+    assert info["d_sae"] == 6 and "toy.db was rebuilt" in info["replaced_note"], info
+    assert len(client.get(f"/api/stores/{sid}/features", params={"limit": 50}).json()["items"]) == 6
+    page = client.get(f"/s/{sid}").text
+    assert "toy.db was rebuilt or replaced after this server opened it" in page and "Restart `saesteer serve`" in page
+    with FeatureStore.open(store) as new:
+        assert new.meta["sae"]["d_sae"] == 4
+    old.close()
+
+
+def _start(argv: list, out: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "saesteer", *map(str, argv)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+
+
+@pytest.mark.parametrize("command", ["train", "cache"])
+def test_a_second_train_or_cache_into_one_folder_is_refused_naming_the_first(command, tmp_path, monkeypatch):
+    """... at once: before it loads a model (a real one can take minutes)."""
+    from saesteer import models
+
+    def no_model(*a, **kw):
+        raise AssertionError("the second run loaded a model before finding the folder in use")
+
+    monkeypatch.setattr(models, "load_model", no_model)
+    monkeypatch.setattr(models, "load_recorded_model", no_model)
+    out = tmp_path / "out"
+    toy = ["--model", "toy", "--dataset", "toy", "--no-progress"]
+    if command == "train":
+        argv, lock = ["train", *toy, "--out", out, "--total-tokens", 50_000_000, "--eval-every-tokens", 0,
+                      "--model-eval", "false"], out / "train.lock"
+    else:
+        argv, lock = ["cache", *toy, "--out", out, "--max-tokens", 50_000_000], out / ".lock"
+    first = _start(argv, out)
+    try:
+        _wait_for(f"{lock} recording the first {command}", lambda: _holds(lock, first), first)
+        _refused_naming(saesteer(*argv), first, f"saesteer {command}")
+    finally:
+        _kill(first)
+
+
+def test_without_flock_the_record_is_the_lock_and_a_dead_holder_is_stale(tmp_path, monkeypatch):
+    """On a filesystem without flock (ENOLCK, some NFS setups): a live holder's record refuses
+    (naming the file to delete if it is gone), a record of a pid gone from this host is taken over."""
+    import errno
+    import fcntl
+
+    from saes.fileio import FileLock
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    path = tmp_path / "x.lock"
+    busy = lambda holder: RuntimeError(holder)  # noqa: E731
+    with FileLock(path, busy):
+        with pytest.raises(RuntimeError, match=f"process {os.getpid()} on .*delete {path}"):
+            with FileLock(path, busy):
+                pass
+    with FileLock(path, busy):  # released: free again
+        pass
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    path.write_text(json.dumps({"pid": int(gone.stdout), "host": socket.gethostname(), "command": "saesteer label"}))
+    with FileLock(path, busy):  # stale: its process is gone
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+    path.write_text(json.dumps({"pid": 1, "host": "another-host", "command": "saesteer label"}))
+    with pytest.raises(RuntimeError, match="process 1 on another-host"):
+        with FileLock(path, busy):
+            pass
+
+
+def test_a_store_in_a_read_only_folder_is_readable(built, tmp_path):
+    """A store published in a read-only folder (a read-only mount, a lab's shared folder): SQLite
+    cannot create `<store>-shm` there, and the store is read all the same."""
+    folder, mnt = tmp_path / "folder", tmp_path / "mnt"
+    folder.mkdir()
+    mnt.mkdir()
+    (folder / "toy.db").write_bytes(built[0].read_bytes())
+    script = (f"mount --bind -o ro {folder} {mnt} && touch {mnt}/probe 2>/dev/null && exit 99; "
+              f"exec {sys.executable} -m saesteer features show {mnt}/toy.db 2")
+    r = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True)
+    if r.returncode == 99 or "unshare" in r.stderr and r.returncode != 0 and "saesteer" not in r.stderr:
+        pytest.skip(f"no read-only bind mount here (unshare -rm): {r.stderr.strip()[:200]}")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert built[1][2] in r.stdout  # latent 2's trigger word in its examples
