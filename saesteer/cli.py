@@ -64,6 +64,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from saesteer import stopsignals
+
+    # Ctrl-C, SIGTERM (a scheduler's preemption), SIGHUP: one line and exit status 128 + the signal's number
+    with stopsignals.installed():
+        try:
+            return _main(argv)
+        except KeyboardInterrupt as e:
+            if _debug_asked(argv):
+                raise
+            return stopsignals.report(e)
+
+
+def _debug_asked(argv: list[str] | None) -> bool:
+    return "--debug" in (sys.argv[1:] if argv is None else argv) or os.environ.get("SAESTEER_DEBUG", "") not in ("", "0")
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
@@ -72,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     from saesteer.boundary import report, warnings_as_notes
     from saesteer.librarybars import library_bars
 
-    debug = args.debug or os.environ.get("SAESTEER_DEBUG", "") not in ("", "0")
+    debug = args.debug or _debug_asked([])
     # --no-progress (train: also the old `--progress false`) quiets the libraries' bars too
     quiet = getattr(args, "no_progress", False) or getattr(args, "progress", None) is False
     try:
@@ -81,9 +98,6 @@ def main(argv: list[str] | None = None) -> int:
                 return int(args._run(args) or 0)
             with warnings_as_notes():
                 return int(args._run(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
     except Exception as e:  # the error boundary: one or two lines, no traceback (see saesteer/boundary.py)
         if debug:
             raise

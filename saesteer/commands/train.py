@@ -320,12 +320,15 @@ def _run_training(args, run_cfg, data_cfg, text_cfg, out, setup, init_source) ->
         print_error(e)
         return 2
 
-    from training.run import train
+    from saesteer import stopsignals
+    from training.run import RunStopped, train
     from training.trainer import NonFiniteError
 
     try:
         result = train(run_cfg, source, out, model_eval=model_eval, provenance=provenance, resume=args.resume,
-                       collectives=coll, init_source=init_source)
+                       collectives=coll, init_source=init_source, stop_signals=stopsignals.deferred)
+    except RunStopped as e:  # a checkpoint of the step it stopped at is on disk: the CLI says where
+        raise stopsignals.Stopped(e.signum, _stopped_detail(e)) from None
     except (FileExistsError, FileNotFoundError) as e:  # ConfigMismatchError, CheckpointError: the CLI's boundary
         print_error(e)
         return 2
@@ -335,6 +338,16 @@ def _run_training(args, run_cfg, data_cfg, text_cfg, out, setup, init_source) ->
     if coll is None or coll.is_writer:
         _print_summary(result)
     return 0
+
+
+def _stopped_detail(e) -> str:
+    """Where a run stopped by a signal (`training.run.RunStopped`) stands, and how it goes on."""
+    where = f"training stopped at step {e.step:,} ({e.tokens:,} tokens)"
+    if e.checkpoint is None:
+        return f"{where}; no checkpoint yet: the same command starts the run again"
+    kept = (f"checkpoint {e.checkpoint}" if e.checkpoint_step == e.step
+            else f"the newest checkpoint is {e.checkpoint} (step {e.checkpoint_step:,})")
+    return f"{where}; {kept}; run the same command to resume"
 
 
 def _separator_given(args) -> bool:

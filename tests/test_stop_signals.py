@@ -1,0 +1,127 @@
+"""Stop signals during long commands, sent to `saesteer` in its own process as a scheduler, a closed
+ssh session or Ctrl-C sends them (SIGTERM, SIGHUP, SIGINT): the work done is kept, the same command
+goes on from there, one line says so, exit status 128 + the signal's number, no traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from helpers import train_child
+from helpers.real_cli import OFFLINE_ENV
+
+pytestmark = [pytest.mark.usefixtures("one_thread")]
+
+REPO = Path(__file__).resolve().parents[1]
+
+TRAIN_FLAGS = ["--total-tokens", "5120", "--batch-size", "256", "--holdout-tokens", "512", "--d-sae", "64", "--k", "4",
+               "--architecture", "topk,matryoshka", "--checkpoint-every-tokens", "1024", "--checkpoint-keep-last", "2",
+               "--eval-every-tokens", "0", "--no-progress", "--num-threads", "1"]  # 20 steps, a checkpoint every 4
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, **OFFLINE_ENV, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "0", **extra}
+    env.pop("SAESTEER_DEBUG", None)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _saesteer(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "saesteer", *argv], env=env or _env(), capture_output=True, text=True,
+                          timeout=300)
+
+
+def _one_line_no_traceback(r: subprocess.CompletedProcess, signum: int) -> str:
+    """The stop line of a command `signum` stopped (its exit status checked, no traceback)."""
+    assert r.returncode == 128 + signum, (r.returncode, r.stderr[-3000:])
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("stopped by ")]
+    assert len(lines) == 1 and lines[0].startswith(f"stopped by {signal.Signals(signum).name}"), r.stderr[-3000:]
+    return lines[0]
+
+
+# ------------------------------------------------------------------------------------------ train
+@pytest.fixture(scope="module")
+def train_cache(tmp_path_factory) -> Path:
+    from helpers.fake_cache import make_fake_cache
+
+    return make_fake_cache(tmp_path_factory.mktemp("c") / "cache", shard_rows=[2048, 2048, 2048], d_in=16).path
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(train_cache: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("train") / "straight"
+    r = _saesteer("train", "--cache", str(train_cache), "--out", str(out), *TRAIN_FLAGS)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+def _weights(out: Path) -> dict[str, dict]:
+    return {p.name: load_file(p / "sae_weights.safetensors") for p in sorted((out / "saes").iterdir())}
+
+
+def _steps_trained(out: Path) -> list[int]:
+    return [int(s) for s in (out / "steps_trained").read_text().split()]
+
+
+def _stop_training_at_step_14(train_cache: Path, out: Path, signum: int) -> list[str]:
+    """`saesteer train` sent `signum` after step 14 (its periodic checkpoints: steps 4, 8, 12); its argv."""
+    from training.checkpoint import list_checkpoints
+
+    argv = ["train", "--cache", str(train_cache), "--out", str(out), *TRAIN_FLAGS]
+    r = train_child.signal_when_waiting(argv, 14, out, _env(), signum)
+    line = _one_line_no_traceback(r, signum)
+    assert "step 14 " in line and "step_0000000014" in line and "run the same command to resume" in line, line
+    assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step_0000000012", "step_0000000014"]
+    assert not (out / "metrics.json").exists()
+    return argv
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP])
+def test_ctrl_c_and_a_closed_terminal_checkpoint_the_step_training_stopped_at(signum, train_cache: Path,
+                                                                              tmp_path: Path) -> None:
+    _stop_training_at_step_14(train_cache, tmp_path / "run", signum)
+
+
+def test_a_preempted_training_run_resumes_where_it_stopped_and_ends_bit_identical(
+        train_cache: Path, uninterrupted: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    argv = _stop_training_at_step_14(train_cache, out, signal.SIGTERM)
+    (out / "steps_trained").unlink()
+    r = subprocess.run([sys.executable, train_child.__file__, "cli-signal", "0", *argv], env=_env(),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed from step_0000000014" in r.stdout
+    assert _steps_trained(out) == list(range(15, 21))  # steps 13 and 14 (after the checkpoint of 12) not redone
+    a, b = _weights(uninterrupted), _weights(out)
+    assert a.keys() == b.keys() and len(a) == 2
+    for name in a:
+        assert a[name].keys() == b[name].keys()
+        for key in a[name]:
+            assert a[name][key].equal(b[name][key]), f"{name}/{key} differs after the stop and resume"
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 20
+
+
+@pytest.mark.slow  # wandb starts its service (~10 s)
+def test_a_stopped_run_closes_its_offline_wandb_run_as_preempted(train_cache: Path, tmp_path: Path) -> None:
+    pytest.importorskip("wandb")
+    out = tmp_path / "run"
+    argv = ["train", "--cache", str(train_cache), "--out", str(out), *TRAIN_FLAGS, "--wandb", "true",
+            "--wandb-project", "p"]
+    r = train_child.signal_when_waiting(argv, 6, out, _env(WANDB_MODE="offline", WANDB_SILENT="true"), signal.SIGTERM)
+    _one_line_no_traceback(r, signal.SIGTERM)
+    from helpers.wandb_log import wandb_records_after_exit
+
+    (run_dir,) = (out / "wandb").glob("offline-run-*")
+    records = wandb_records_after_exit(run_dir)
+    kinds = [r.WhichOneof("record_type") for r in records]
+    assert "preempting" in kinds, kinds  # wandb shows it preempted (the same id resumes it), not finished
+    (exit_record,) = [r.exit for r in records if r.WhichOneof("record_type") == "exit"]  # closed by finish()
+    assert exit_record.exit_code == 128 + signal.SIGTERM
