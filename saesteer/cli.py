@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
             mod.add_arguments(p)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show Python's traceback on errors")
-        p.set_defaults(_run=mod.run, _parser=p)
+        p.set_defaults(_run=mod.run, _parser=p, _on_stop=getattr(mod, "ON_STOP", ""))
     return parser
 
 
@@ -88,6 +88,7 @@ def _main(argv: list[str] | None) -> int:
         return 0
     from saesteer.boundary import report, warnings_as_notes
     from saesteer.librarybars import library_bars
+    from saesteer.stopsignals import Stopped
 
     debug = args.debug or _debug_asked([])
     # --no-progress (train: also the old `--progress false`) quiets the libraries' bars too
@@ -98,6 +99,9 @@ def _main(argv: list[str] | None) -> int:
                 return int(args._run(args) or 0)
             with warnings_as_notes():
                 return int(args._run(args) or 0)
+    except Stopped as e:  # a stop signal: what the command keeps and how it goes on (its ON_STOP)
+        e.detail = e.detail or args._on_stop
+        raise
     except Exception as e:  # the error boundary: one or two lines, no traceback (see saesteer/boundary.py)
         if debug:
             raise

@@ -15,9 +15,9 @@ import pytest
 from safetensors.torch import load_file
 
 from helpers import train_child
-from helpers.real_cli import OFFLINE_ENV
+from helpers.real_cli import OFFLINE_ENV, saesteer
 
-pytestmark = [pytest.mark.usefixtures("one_thread")]
+pytestmark = [pytest.mark.usefixtures("one_thread", "offline_env")]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -125,3 +125,34 @@ def test_a_stopped_run_closes_its_offline_wandb_run_as_preempted(train_cache: Pa
     assert "preempting" in kinds, kinds  # wandb shows it preempted (the same id resumes it), not finished
     (exit_record,) = [r.exit for r in records if r.WhichOneof("record_type") == "exit"]  # closed by finish()
     assert exit_record.exit_code == 128 + signal.SIGTERM
+
+
+# ------------------------------------------------------------------------------------------ cache
+def _stop_child(target: str, n: int, marker: Path, *argv: str, signum: int = signal.SIGTERM,
+                env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`saesteer ARGV` sent `signum` while waiting in the n-th call of `target` (helpers/stop_child.py)."""
+    from helpers.stop_child import __file__ as child
+    from helpers.stop_child import signal_when_waiting
+
+    return signal_when_waiting([sys.executable, child, target, str(n), str(marker), *argv], marker, env or _env(),
+                               signum)
+
+
+def test_a_stopped_cache_keeps_only_whole_shards_and_the_same_command_finishes_it(tmp_path: Path) -> None:
+    from training.manifest import read_progress
+
+    out = tmp_path / "cache"
+    argv = ["cache", "--model", "toy", "--dataset", "toy", "--out", str(out), "--max-tokens", "6000",
+            "--shard-contexts", "8", "--batch-size", "4", "--no-progress"]
+    # stopped in the middle of a shard: 2 batches a shard, the 8th batch's copy (shards 0-2 handed to the
+    # writer, the 4th half filled)
+    r = _stop_child("training.cache:fill_batch", 8, tmp_path / "waiting", *argv)
+    line = _one_line_no_traceback(r, signal.SIGTERM)
+    assert "the same command" in line, line
+    shards = read_progress(out)
+    assert [s.index for s in shards] == [0, 1, 2]
+    on_disk = sorted(p.name for p in out.iterdir() if p.name not in ("manifest.json", "progress.jsonl", ".lock"))
+    assert on_disk == sorted(s.file for s in shards)  # no half shard, no temporary file
+
+    assert "resuming after 3 finished shard(s)" in saesteer(*argv).ok().text
+    saesteer("cache", "--verify", out).ok()

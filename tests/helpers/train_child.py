@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # stop_child
 
 from training.config import CheckpointConfig, EvalConfig, LogConfig, RunConfig, SAESpec, TrainConfig  # noqa: E402
 from training.synthetic import SyntheticActivations  # noqa: E402
@@ -89,16 +90,13 @@ def kill_when_hanging(args: list[str], out: Path, env: dict[str, str]) -> None:
 def wait_for_stop_at(out: Path, step: int):
     """An on_step that appends each step to OUT_DIR/steps_trained, and after `step` writes
     OUT_DIR/hanging and waits until a stop signal is noted (the loop then checkpoints and stops)."""
-    from saesteer import stopsignals
+    from stop_child import wait_for_stop
 
     def on_step(trainer) -> None:
         with open(out / "steps_trained", "a") as f:
             f.write(f"{trainer.step}\n")
         if trainer.step == step:
-            (out / "hanging").write_text(str(trainer.step))
-            deadline = time.monotonic() + 600
-            while stopsignals.requested() is None and time.monotonic() < deadline:
-                time.sleep(0.01)
+            wait_for_stop(out / "hanging")
 
     return on_step
 
@@ -106,25 +104,9 @@ def wait_for_stop_at(out: Path, step: int):
 def signal_when_waiting(argv: list[str], step: int, out: Path, env: dict[str, str], signum: int):
     """The parent's side of `cli-signal`: `saesteer ARGV` in its own process, sent `signum` once its
     training waits after `step`; returns the finished process (stdout, stderr as text)."""
-    import subprocess
+    from stop_child import signal_when_waiting as signal_child
 
-    import pytest
-
-    proc = subprocess.Popen([sys.executable, __file__, "cli-signal", str(step), *argv], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 240
-        while not (out / "hanging").exists():
-            if proc.poll() is not None:
-                pytest.fail(f"the run exited early: {proc.stderr.read()[-3000:]}")
-            assert time.monotonic() < deadline, "the run never reached the step"
-            time.sleep(0.05)
-        proc.send_signal(signum)
-        stdout, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    return signal_child([sys.executable, __file__, "cli-signal", str(step), *argv], out / "hanging", env, signum)
 
 
 def main_cli(step: int, argv: list[str], wait_for_signal: bool = False) -> int:
