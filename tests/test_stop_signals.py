@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -156,3 +157,43 @@ def test_a_stopped_cache_keeps_only_whole_shards_and_the_same_command_finishes_i
 
     assert "resuming after 3 finished shard(s)" in saesteer(*argv).ok().text
     saesteer("cache", "--verify", out).ok()
+
+
+# ------------------------------------------------------------------------------------------ label
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stopped_label_run_keeps_the_answers_paid_for_and_the_rerun_does_not_ask_them_again(signum, tmp_path):
+    from helpers.judge_server import JudgeServer, fake_llm_answer
+    from helpers.label_store import build_trigger_store
+    from test_autointerp_store import FAST, N, cached_rows, labels_of
+
+    store, triggers = build_trigger_store(tmp_path / "toy.db", n_latents=N)
+    argv = ["label", "--store", str(store), "--judge-model", "fake-judge", "--judge-concurrency", "4", "--no-progress",
+            *FAST]
+    cache_file = store.with_name(store.name + ".judge-cache.sqlite")
+    with JudgeServer(fake_llm_answer, hold_after=12) as srv:  # answers 12 requests, then holds the next ones
+        argv += ["--judge-base-url", srv.url]
+        proc = subprocess.Popen([sys.executable, "-m", "saesteer", *argv], env=_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 180
+            while not (srv.held() and cache_file.exists() and cached_rows(cache_file) == srv.n_completed()):
+                assert proc.poll() is None, f"the label run ended early: {proc.stderr.read()[-3000:]}"
+                assert time.monotonic() < deadline, "the label run never reached the held requests"
+                time.sleep(0.02)
+            proc.send_signal(signum)  # while requests are in flight
+            stdout, stderr = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        srv.release()
+        line = _one_line_no_traceback(subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr), signum)
+        assert "the same command" in line, line
+        answered = {r.key for r in srv.snapshot() if r.completed}
+        n_before = len(srv.snapshot())
+        assert len(answered) >= 12 and cached_rows(cache_file) == len(answered)  # every answer kept
+
+        saesteer(*argv).ok()
+        asked_again = [r.key for r in srv.snapshot()[n_before:]]
+    assert not set(asked_again) & answered  # nothing paid for before the stop was asked again
+    assert len(answered) + len(asked_again) == 4 * N
+    assert {i: f.label.text for i, f in labels_of(store).items()} == dict(enumerate(triggers))

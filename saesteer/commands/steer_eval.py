@@ -5,6 +5,8 @@ from __future__ import annotations
 NAME = "steer-eval"
 ORDER = 73
 HELP = "compare SAE steering with difference-of-means and prompting, and write a scorecard"
+ON_STOP = ("the judge answers received are kept (with --store: <store>.judge-cache.sqlite); run the same "
+           "command to evaluate again without asking them again")
 DESCRIPTION = """\
 Steer toward one concept three ways and score them side by side: an SAE feature (given with
 --latent, or the best of the top --candidates latents by contrast of --positive vs --negative

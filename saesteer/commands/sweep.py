@@ -7,6 +7,8 @@ import sys
 NAME = "sweep"
 ORDER = 71
 HELP = "steering dose-response: concept and fluency against strength, and a recommended strength"
+ON_STOP = ("the judge answers received are kept (with --store: <store>.judge-cache.sqlite); run the same "
+           "command to sweep again without asking them again")
 DESCRIPTION = """\
 Generate at a range of strengths for one or more features, score each generation and write a
 dose-response plot (plotly HTML) and the numbers (JSON) per feature; with --store and
