@@ -197,3 +197,48 @@ def test_a_stopped_label_run_keeps_the_answers_paid_for_and_the_rerun_does_not_a
     assert not set(asked_again) & answered  # nothing paid for before the stop was asked again
     assert len(answered) + len(asked_again) == 4 * N
     assert {i: f.label.text for i, f in labels_of(store).items()} == dict(enumerate(triggers))
+
+
+# ------------------------------------------------------------------------------------------ features build
+@pytest.fixture(scope="module")
+def toy_cache_and_sae(tmp_path_factory) -> Path:
+    import torch
+
+    import saes
+
+    d = tmp_path_factory.mktemp("toy")
+    hook = "blocks.2.hook_resid_post"
+    saesteer("cache", "--model", "toy", "--dataset", "toy", "--max-tokens", "4096", "--shard-contexts", "8",
+             "--hooks", hook, "--out", d / "cache", "--no-progress").ok()
+    sae = saes.create_sae("topk", 128, 64, k=8, generator=torch.Generator().manual_seed(0),
+                          metadata={"hook_name": hook, "model_name": "toyworld-tiny"})
+    saes.save_sae(sae, d / "sae")
+    return d
+
+
+def test_a_stopped_rebuild_leaves_the_old_store_whole_at_its_path_and_the_same_command_finishes_it(
+        toy_cache_and_sae: Path, tmp_path: Path) -> None:
+    from features import FeatureStore
+    from features.build import building_path
+
+    d, store = toy_cache_and_sae, tmp_path / "toy.db"
+    build = ["features", "build", "--sae", str(d / "sae"), "--cache", str(d / "cache"), "--out", str(store),
+             "--model", "none", "--no-progress", "--batch-rows", "256", "--checkpoint-rows", "512"]
+    saesteer(*build, "--top-k", "5").ok()
+    with FeatureStore.open(store) as st:
+        old = (st.meta["build_config"]["top_k"], st.count_features())
+    assert old == (5, 64)
+
+    rebuild = [*build, "--top-k", "6", "--overwrite"]
+    r = _stop_child("features.accumulate:FeatureAccumulator.update", 4, tmp_path / "waiting", *rebuild)
+    line = _one_line_no_traceback(r, signal.SIGTERM)
+    assert "the same command" in line and "unchanged" in line, line
+    with FeatureStore.open(store) as st:  # the old store, whole, where readers look
+        assert st.complete and (st.meta["build_config"]["top_k"], st.count_features()) == old
+        assert st.integrity_check() == "ok"
+    assert building_path(store).is_file()
+
+    assert "resum" in saesteer(*rebuild).ok().text.lower()
+    assert not building_path(store).exists()
+    with FeatureStore.open(store) as st:
+        assert st.complete and st.meta["build_config"]["top_k"] == 6 and st.count_features() == 64
