@@ -242,3 +242,42 @@ def test_a_stopped_rebuild_leaves_the_old_store_whole_at_its_path_and_the_same_c
     assert not building_path(store).exists()
     with FeatureStore.open(store) as st:
         assert st.complete and st.meta["build_config"]["top_k"] == 6 and st.count_features() == 64
+
+
+# ------------------------------------------------------------------------------------------ serve / api
+@pytest.fixture(scope="module")
+def toy_store(toy_cache_and_sae: Path) -> Path:
+    d = toy_cache_and_sae
+    store = d / "served.db"
+    saesteer("features", "build", "--sae", d / "sae", "--cache", d / "cache", "--out", store, "--no-progress").ok()
+    return store
+
+
+@pytest.mark.parametrize("command, signum", [("api", signal.SIGTERM), ("serve", signal.SIGHUP)])
+def test_a_stopped_server_finishes_the_request_in_flight_and_exits_quietly(command, signum, toy_store: Path) -> None:
+    from openai import OpenAI
+
+    proc = subprocess.Popen([sys.executable, "-m", "saesteer", command, "--store", str(toy_store), "--port", "0",
+                             "--max-new-tokens", "120"],
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        startup = []
+        while not startup or "serving on" not in startup[-1]:
+            line = proc.stderr.readline()
+            assert line, "the server exited: " + "".join(startup)
+            startup.append(line)
+        port = int(startup[-1].split("127.0.0.1:")[1].split("/")[0])
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=120)
+        stream = client.completions.create(model="served", prompt="the", max_tokens=120, stream=True,
+                                           extra_body={"ignore_eos": True})
+        chunks = [next(stream)]  # the request is being answered now
+        proc.send_signal(signum)
+        chunks += list(stream)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert chunks[-1].choices[0].finish_reason == "length"  # answered to the end, not cut
+    assert len("".join(c.choices[0].text for c in chunks).split()) > 20
+    _one_line_no_traceback(subprocess.CompletedProcess(command, proc.returncode, "", stderr), signum)
