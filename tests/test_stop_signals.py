@@ -48,6 +48,37 @@ def _one_line_no_traceback(r: subprocess.CompletedProcess, signum: int) -> str:
     return lines[0]
 
 
+# ------------------------------------------------------------------------------------------ the CLI
+def _signalled_info(monkeypatch, signum: int) -> None:
+    """`saesteer info` sends itself `signum` while it works (in this process)."""
+    import saesteer.commands.info as info
+
+    def run(args):
+        os.kill(os.getpid(), signum)
+        time.sleep(30)  # the handler ends it at once
+        return 0
+
+    monkeypatch.setattr(info, "run", run)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_a_stop_signal_is_one_line_and_128_plus_its_number_and_the_handlers_are_put_back(monkeypatch, signum):
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    _signalled_info(monkeypatch, signum)
+    r = saesteer("info")
+    assert r.rc == 128 + signum and r.err == f"stopped by {signal.Signals(signum).name}\n", r.err
+    assert {s: signal.getsignal(s) for s in before} == before  # a program calling the CLI keeps its own
+
+
+def test_debug_shows_the_traceback_of_a_stop(monkeypatch):
+    from saesteer.stopsignals import Stopped
+
+    _signalled_info(monkeypatch, signal.SIGTERM)
+    with pytest.raises(Stopped) as e:
+        saesteer("--debug", "info")
+    assert e.value.exit_status == 143
+
+
 # ------------------------------------------------------------------------------------------ train
 @pytest.fixture(scope="module")
 def train_cache(tmp_path_factory) -> Path:
