@@ -191,40 +191,52 @@ def test_a_stopped_cache_keeps_only_whole_shards_and_the_same_command_finishes_i
 
 
 # ------------------------------------------------------------------------------------------ label
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_stopped_label_run_keeps_the_answers_paid_for_and_the_rerun_does_not_ask_them_again(signum, tmp_path):
-    from helpers.judge_server import JudgeServer, fake_llm_answer
-    from helpers.label_store import build_trigger_store
-    from test_autointerp_store import FAST, N, cached_rows, labels_of
+def _stopped_while_the_judge_holds(argv: list[str], cache_file: Path, signum: int, hold_after: int, responder):
+    """`saesteer ARGV --judge-base-url URL` against the loopback judge, sent `signum` once the judge
+    holds its requests (after `hold_after` answers) and every answer received is in `cache_file`;
+    then the same command again, in this process. (the stop line, the keys of the requests answered
+    before the stop, the keys of the requests the re-run sent)."""
+    from helpers.judge_server import JudgeServer
+    from test_autointerp_store import cached_rows
 
-    store, triggers = build_trigger_store(tmp_path / "toy.db", n_latents=N)
-    argv = ["label", "--store", str(store), "--judge-model", "fake-judge", "--judge-concurrency", "4", "--no-progress",
-            *FAST]
-    cache_file = store.with_name(store.name + ".judge-cache.sqlite")
-    with JudgeServer(fake_llm_answer, hold_after=12) as srv:  # answers 12 requests, then holds the next ones
-        argv += ["--judge-base-url", srv.url]
+    with JudgeServer(responder, hold_after=hold_after) as srv:
+        argv = [*argv, "--judge-base-url", srv.url]
         proc = subprocess.Popen([sys.executable, "-m", "saesteer", *argv], env=_env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         try:
             deadline = time.monotonic() + 180
             while not (srv.held() and cache_file.exists() and cached_rows(cache_file) == srv.n_completed()):
-                assert proc.poll() is None, f"the label run ended early: {proc.stderr.read()[-3000:]}"
-                assert time.monotonic() < deadline, "the label run never reached the held requests"
+                assert proc.poll() is None, f"the run ended early: {proc.stderr.read()[-3000:]}"
+                assert time.monotonic() < deadline, "the run never reached the held requests"
                 time.sleep(0.02)
             proc.send_signal(signum)  # while requests are in flight
             stdout, stderr = proc.communicate(timeout=60)
         finally:
             if proc.poll() is None:
                 proc.kill()
+                proc.communicate()
         srv.release()
         line = _one_line_no_traceback(subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr), signum)
-        assert "the same command" in line, line
         answered = {r.key for r in srv.snapshot() if r.completed}
         n_before = len(srv.snapshot())
-        assert len(answered) >= 12 and cached_rows(cache_file) == len(answered)  # every answer kept
-
+        assert len(answered) >= hold_after and cached_rows(cache_file) == len(answered)  # every answer kept
         saesteer(*argv).ok()
         asked_again = [r.key for r in srv.snapshot()[n_before:]]
+    return line, answered, asked_again
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stopped_label_run_keeps_the_answers_paid_for_and_the_rerun_does_not_ask_them_again(signum, tmp_path):
+    from helpers.judge_server import fake_llm_answer
+    from helpers.label_store import build_trigger_store
+    from test_autointerp_store import FAST, N, labels_of
+
+    store, triggers = build_trigger_store(tmp_path / "toy.db", n_latents=N)
+    argv = ["label", "--store", str(store), "--judge-model", "fake-judge", "--judge-concurrency", "4", "--no-progress",
+            *FAST]
+    cache_file = store.with_name(store.name + ".judge-cache.sqlite")
+    line, answered, asked_again = _stopped_while_the_judge_holds(argv, cache_file, signum, 12, fake_llm_answer)
+    assert "the same command" in line, line
     assert not set(asked_again) & answered  # nothing paid for before the stop was asked again
     assert len(answered) + len(asked_again) == 4 * N
     assert {i: f.label.text for i, f in labels_of(store).items()} == dict(enumerate(triggers))
@@ -312,3 +324,16 @@ def test_a_stopped_server_finishes_the_request_in_flight_and_exits_quietly(comma
     assert chunks[-1].choices[0].finish_reason == "length"  # answered to the end, not cut
     assert len("".join(c.choices[0].text for c in chunks).split()) > 20
     _one_line_no_traceback(subprocess.CompletedProcess(command, proc.returncode, "", stderr), signum)
+
+
+def test_a_stopped_sweep_without_a_store_keeps_the_judge_answers_for_the_rerun(toy_cache_and_sae: Path,
+                                                                                tmp_path: Path) -> None:
+    out = tmp_path / "sweeps"
+    argv = ["sweep", "--model", "toy", "--sae", str(toy_cache_and_sae / "sae"), "--latent", "3", "--concept", "the sea",
+            "--strengths", "0,2,4", "--unit", "raw", "--samples", "3", "--max-new-tokens", "4", "--out", str(out), "--no-progress",
+            "--judge-model", "fake-judge", "--judge-concurrency", "2"]
+    line, answered, asked_again = _stopped_while_the_judge_holds(argv, out / "judge-cache.sqlite", signal.SIGTERM, 5,
+                                                                 lambda body: '{"rating": 2}')
+    assert "the same command" in line, line
+    assert not set(asked_again) & answered  # nothing paid for before the stop was asked again
+    assert asked_again and (out / "sweep_sae_3.json").is_file()
