@@ -4,6 +4,7 @@ goes on from there, one line says so, exit status 128 + the signal's number, no 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -120,6 +121,40 @@ def _stop_training_at_step_14(train_cache: Path, out: Path, signum: int) -> list
 def test_ctrl_c_and_a_closed_terminal_checkpoint_the_step_training_stopped_at(signum, train_cache: Path,
                                                                               tmp_path: Path) -> None:
     _stop_training_at_step_14(train_cache, tmp_path / "run", signum)
+
+
+def test_a_closed_terminal_stops_training_with_its_checkpoint_though_nothing_can_be_written_to_it(
+        train_cache: Path, tmp_path: Path) -> None:
+    """ssh closed: SIGHUP, and every write to the terminal fails (EIO): the progress bar and the
+    stop line too. The run still checkpoints its step and exits 129 (not 1 with an I/O error)."""
+    import pty
+
+    from training.checkpoint import list_checkpoints
+
+    out = tmp_path / "run"
+    argv = ["train", "--cache", str(train_cache), "--out", str(out),
+            *[f for f in TRAIN_FLAGS if f != "--no-progress"]]  # the bar draws on the terminal
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, train_child.__file__, "cli-signal", "14", *argv], env=_env(),
+                            stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
+    os.close(slave)
+    try:
+        os.set_blocking(master, False)
+        deadline = time.monotonic() + 240
+        while not (out / "hanging").exists():  # read what it draws, so that it never blocks on a full terminal
+            with contextlib.suppress(OSError):
+                os.read(master, 65536)
+            assert proc.poll() is None and time.monotonic() < deadline, "the run never reached step 14"
+            time.sleep(0.05)
+        os.close(master)  # the terminal is gone
+        proc.send_signal(signal.SIGHUP)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + signal.SIGHUP
+    assert list_checkpoints(out / "checkpoints")[-1].name == "step_0000000014"
 
 
 def test_a_preempted_training_run_resumes_where_it_stopped_and_ends_bit_identical(

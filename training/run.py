@@ -135,8 +135,8 @@ def _train_locked(
         result = finish_run(trainer, out, start.holdout_BD, model_eval, prov, stopped_early,
                             time.perf_counter() - t_start, start.holdout_targets)
         logger.final(result.final_record)
-    except RunStopped as e:
-        logger.preempted(e.signum)
+    except KeyboardInterrupt as e:  # a stop signal (RunStopped: its step is checkpointed)
+        logger.preempted(getattr(e, "signum", signal.SIGINT))
         raise
     finally:
         logger.close()

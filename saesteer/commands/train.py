@@ -328,8 +328,8 @@ def _run_training(args, run_cfg, data_cfg, text_cfg, out, setup, init_source) ->
     try:
         result = train(run_cfg, source, out, model_eval=model_eval, provenance=provenance, resume=args.resume,
                        collectives=coll, init_source=init_source, stop_signals=stopsignals.deferred)
-    except RunStopped as e:  # a checkpoint of the step it stopped at is on disk: the CLI says where
-        raise stopsignals.Stopped(e.signum, _stopped_detail(e)) from None
+    except RunStopped as e:  # a checkpoint of the step it stopped at is on disk: the CLI says where (rank 0)
+        raise stopsignals.Stopped(e.signum, _stopped_detail(e) if coll is None or coll.is_writer else "") from None
     except (FileExistsError, FileNotFoundError) as e:  # ConfigMismatchError, CheckpointError: the CLI's boundary
         print_error(e)
         return 2
