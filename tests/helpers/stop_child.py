@@ -22,13 +22,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
-def wait_for_stop(marker: Path) -> None:
-    """Write `marker` and wait (at most 10 minutes) until a stop signal is noted or raised."""
+def wait_for_stop(marker: Path, text: str = "waiting", go_on: Path | None = None) -> None:
+    """Write `text` to `marker` and wait (at most 10 minutes) until a stop signal is noted or raised,
+    or the file `go_on` exists."""
     from saesteer import stopsignals
 
-    marker.write_text("waiting")
+    marker.write_text(text)
     deadline = time.monotonic() + 600
-    while stopsignals.requested() is None and time.monotonic() < deadline:
+    while stopsignals.requested() is None and time.monotonic() < deadline and not (go_on and go_on.exists()):
         time.sleep(0.01)
 
 
