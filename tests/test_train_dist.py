@@ -18,6 +18,7 @@ transcoders: the target's own scale, held-out targets gathered beside the inputs
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -278,7 +279,11 @@ def test_sigterm_to_one_rank_stops_both_at_its_step_with_a_checkpoint_and_the_re
         (out / "go").write_text("")  # rank 0 goes on, unsignalled
         text = proc.communicate(timeout=120)[0]
     finally:
-        if proc.poll() is None:
+        if proc.poll() is None:  # stuck: the workers (own sessions) by their pids, the launcher by its group
+            for m in marks:
+                if m.exists() and m.read_text():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(m.read_text()), signal.SIGKILL)
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=60)
     assert "stopped by SIGTERM: training stopped at step 10" in text, text[-4000:]
