@@ -4,7 +4,9 @@
     result = build_feature_store("toy.db", sae, CacheSource("caches/toy"), BuildConfig(), model=model,
                                  tokenizer=model.tokenizer)
 
-Phases and crash safety:
+Phases and crash safety (the store is built in `<store>.building`, renamed to the store's path
+when it is complete: a half store is never at the path, and a store already there, rebuilt with
+overwrite=True, stays whole until the new one replaces it):
 1. The store file is created with its identity (SAE and cache fingerprints, build settings) and
    `build_state = 'building'`.
 2. The pass. Every `checkpoint_rows` rows the pass state (a few tensors per latent; see
@@ -14,8 +16,8 @@ Phases and crash safety:
    uninterrupted build. The end of the pass is checkpointed too.
 3. Relations (neighbours, logit effects, Matryoshka links) are computed from the weights and the
    pass state, then latents are written in blocks of `write_block`, one transaction each, with a
-   `build_progress` row; a re-run skips written blocks. Finally `build_state = 'complete'` and the
-   state file is deleted.
+   `build_progress` row; a re-run skips written blocks. Finally `build_state = 'complete'`, the
+   state file is deleted and the store renamed to its path.
 Re-running against a store built from another SAE, cache or settings is refused (overwrite=True
 starts over).
 
@@ -26,6 +28,7 @@ and one state file, and the block rows at the end are what phase 3 writes.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,11 +53,12 @@ from features.store.rows import (CorrelationRow, ExampleRow, FeatureRow, Histogr
                                  SearchTextRow)
 from features.tokentext import LABEL_RULE, token_labels
 from features.windowtexts import WindowTexts
-from saes.fileio import atomic_path
+from saes.fileio import atomic_path, fsync_dir
 from saes.formats.base import sae_of
 from saes.interop import as_sae
 
 STATE_SUFFIX = ".state.safetensors"
+BUILDING_SUFFIX = ".building"  # the store while it is built (`building_path`)
 EventHook = Callable[[str, dict], None]
 
 
@@ -90,6 +94,20 @@ def refresh_vocab(store, tokenizer) -> bool:
 
 def state_path(path: Path) -> Path:
     return path.with_name(path.name + STATE_SUFFIX)
+
+
+def building_path(path: Path) -> Path:
+    """Where the store for `path` is built (and a stopped build resumes) until it is complete."""
+    return path.with_name(path.name + BUILDING_SUFFIX)
+
+
+def _install(building: Path, path: Path) -> None:
+    """Put the complete store `building` at `path` in one rename (the store there before, if any,
+    is replaced whole; its -wal/-shm files go first: SQLite would read them as the new store's)."""
+    for p in (Path(str(path) + "-wal"), Path(str(path) + "-shm"), state_path(path)):
+        p.unlink(missing_ok=True)
+    os.replace(building, path)
+    fsync_dir(path.parent)
 
 
 def _remove_store(path: Path) -> None:
@@ -197,9 +215,16 @@ def build_feature_store(
 def _open_and_run(path, sae, source, cfg, identity, meta, model, tokenizer, overwrite, progress, event, t_start):
     F = sae.cfg.d_sae
     resumed = False
-    if path.exists() and overwrite:
-        _remove_store(path)
-    if path.exists():
+    building = building_path(path)
+    if building.exists():  # a stopped build: resumed when it is this one, else it is of no use
+        try:
+            with FeatureStore.open(building, readonly=False) as partial:
+                stale = any(partial.meta.get(k) != identity[k] for k in identity)
+        except StoreError:  # stopped while it was created
+            stale = True
+        if stale:
+            _remove_store(building)
+    if path.exists() and not overwrite:
         store = FeatureStore.open(path, readonly=False)
         diffs = [k for k in identity if store.meta.get(k) != identity[k]]
         if diffs:
@@ -215,14 +240,19 @@ def _open_and_run(path, sae, source, cfg, identity, meta, model, tokenizer, over
             state_path(path).unlink(missing_ok=True)  # left over if killed right after completing
             return BuildResult(path, F, int(store.meta.get("n_rows", 0)), 0.0, 0, time.perf_counter() - t_start,
                                False, True, 0, summary, relabelled)
-        resumed = True
+        resumed, building = True, path  # a build an older saesteer left at the path itself: finished there
+    elif building.exists():
+        store, resumed = FeatureStore.open(building, readonly=False), True
     else:
-        store = FeatureStore.create(path, meta)
+        store = FeatureStore.create(building, meta)
     try:
-        return _run(store, path, sae, source, cfg, identity, model, tokenizer, progress, event,
-                    resumed, t_start)
+        result = _run(store, building, sae, source, cfg, identity, model, tokenizer, progress, event, resumed, t_start)
     finally:
         store.close()
+    if building != path:
+        _install(building, path)
+    result.path = path
+    return result
 
 
 def _run(store, path, sae, source, cfg, identity, model, tokenizer, progress, event, resumed, t_start):

@@ -59,11 +59,28 @@ def build_parser() -> argparse.ArgumentParser:
             mod.add_arguments(p)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show Python's traceback on errors")
-        p.set_defaults(_run=mod.run, _parser=p)
+        p.set_defaults(_run=mod.run, _parser=p, _on_stop=getattr(mod, "ON_STOP", ""))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from saesteer import stopsignals
+
+    # Ctrl-C, SIGTERM (a scheduler's preemption), SIGHUP: one line and exit status 128 + the signal's number
+    with stopsignals.installed():
+        try:
+            return _main(argv)
+        except KeyboardInterrupt as e:
+            if _debug_asked(argv):
+                raise
+            return stopsignals.report(e)
+
+
+def _debug_asked(argv: list[str] | None) -> bool:
+    return "--debug" in (sys.argv[1:] if argv is None else argv) or os.environ.get("SAESTEER_DEBUG", "") not in ("", "0")
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
@@ -71,8 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from saesteer.boundary import report, warnings_as_notes
     from saesteer.librarybars import library_bars
+    from saesteer.stopsignals import Stopped
 
-    debug = args.debug or os.environ.get("SAESTEER_DEBUG", "") not in ("", "0")
+    debug = args.debug or _debug_asked([])
     # --no-progress (train: also the old `--progress false`) quiets the libraries' bars too
     quiet = getattr(args, "no_progress", False) or getattr(args, "progress", None) is False
     _expand_home(args)
@@ -83,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
                 return int(args._run(args) or 0)
             with warnings_as_notes():
                 return int(args._run(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except Stopped as e:  # a stop signal: what the command keeps and how it goes on (its ON_STOP)
+        e.detail = e.detail or args._on_stop
+        raise
     except Exception as e:  # the error boundary: one or two lines, no traceback (see saesteer/boundary.py)
         if debug:
             raise

@@ -1,5 +1,5 @@
 """A build SIGKILLed mid-pass or mid-write resumes to a store identical to an uninterrupted one,
-and what a reader sees of a half-written store is whole blocks only."""
+and the half store (built beside the store path, never at it) holds whole blocks only."""
 
 import signal
 import sqlite3
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from features import FeatureStore, build_feature_store
-from features.build import state_path
+from features.build import building_path, state_path
 from helpers.feature_fixtures import WordTokenizer, single_thread
 
 
@@ -55,9 +55,10 @@ def test_killed_builds_resume_to_identical_content(tmp_path):
         out = p.communicate(timeout=300)[0].decode()
         assert p.returncode == -signal.SIGKILL, out
         path = tmp_path / f"{k}.db"
-        assert state_path(path).is_file()  # the pass state it will resume from
-        # what a reader sees now: an intact file, and whole blocks of latents with their examples
-        with FeatureStore.open(path) as st:
+        assert not path.exists()  # nothing half built at the store's path: it is built beside it
+        assert state_path(building_path(path)).is_file()  # the pass state it will resume from
+        # what the half store holds: an intact file, and whole blocks of latents with their examples
+        with FeatureStore.open(building_path(path)) as st:
             assert st.integrity_check() == "ok" and not st.complete
             written = st.count_features()
             assert written % cfg.write_block == 0
@@ -72,7 +73,8 @@ def test_killed_builds_resume_to_identical_content(tmp_path):
             assert 0 < res.pass_rows < source.n_rows  # continued from the checkpoint, not from the start
         else:
             assert res.pass_rows == 0  # the pass was done; only the remaining blocks were written
-        assert not state_path(path).exists()
+        assert not state_path(path).exists() and not building_path(path).exists()
+        assert not state_path(building_path(path)).exists()
         with FeatureStore.open(path) as st:
             assert st.complete and st.integrity_check() == "ok"
         assert dump(path) == want, k

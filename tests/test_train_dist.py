@@ -18,6 +18,7 @@ transcoders: the target's own scale, held-out targets gathered beside the inputs
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -76,13 +77,15 @@ def env() -> dict[str, str]:
     return e
 
 
-def torchrun(args: list[str], hang_at: int | None = None) -> list[str]:
+def torchrun(args: list[str], hang_at: int | None = None, wait_at: int | None = None) -> list[str]:
     """`torchrun --standalone --nproc-per-node 2 -m saesteer ARGS` (the user's command), or the
-    child that stops at a step for the kill test."""
+    child that stops at a step for the kill test (hang_at) or waits there for a stop signal (wait_at)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    if hang_at is None:
-        return cmd + ["-m", "saesteer"] + args
-    return cmd + [str(CHILD), "--hang-at", str(hang_at), "--"] + args
+    if hang_at is not None:
+        return cmd + [str(CHILD), "--hang-at", str(hang_at), "--"] + args
+    if wait_at is not None:
+        return cmd + [str(CHILD), "--wait-at", str(wait_at), "--"] + args
+    return cmd + ["-m", "saesteer"] + args
 
 
 def run(cmd: list[str]) -> subprocess.CompletedProcess:
@@ -253,3 +256,42 @@ def test_kill_9_of_the_two_rank_run_then_resume_is_bit_identical(case: str, cach
         w_resumed, w_straight = weights(out, name), weights(shards_runs(case), name)
         for key in w_straight:
             assert torch.equal(w_resumed[key], w_straight[key]), f"{name}/{key} differs after the resume"
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_rank_stops_both_at_its_step_with_a_checkpoint_and_the_resume_is_bit_identical(
+        caches: dict[str, Path], shards_runs, tmp_path: Path) -> None:
+    """One rank signalled (the others may be signalled a moment later or not at all): every rank
+    stops after the same step, rank 0 checkpoints it (each rank's reader position), the re-run goes
+    on there."""
+    case = "saes"
+    out = tmp_path / "stopped"
+    proc = subprocess.Popen(torchrun(train_args(case, caches[case], out), wait_at=10), cwd=ROOT, env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    marks = [out / "waiting.0", out / "waiting.1"]
+    try:
+        deadline = time.monotonic() + 240
+        while not all(m.exists() and m.read_text() for m in marks):
+            assert proc.poll() is None, proc.stdout.read()[-4000:] if proc.stdout else ""
+            assert time.monotonic() < deadline, "the 2-rank run never reached step 10"
+            time.sleep(0.2)
+        os.kill(int(marks[1].read_text()), signal.SIGTERM)
+        (out / "go").write_text("")  # rank 0 goes on, unsignalled
+        text = proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:  # stuck: the workers (own sessions) by their pids, the launcher by its group
+            for m in marks:
+                if m.exists() and m.read_text():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(m.read_text()), signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+    assert "stopped by SIGTERM: training stopped at step 10" in text, text[-4000:]
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert ckpts[-1].endswith("0000000010"), ckpts
+    p = run(torchrun(train_args(case, caches[case], out)))
+    assert "resumed from step_0000000010" in p.stdout + p.stderr
+    for name in CASES[case].saes:
+        w_resumed, w_straight = weights(out, name), weights(shards_runs(case), name)
+        for key in w_straight:
+            assert torch.equal(w_resumed[key], w_straight[key]), f"{name}/{key} differs after the stop and resume"

@@ -227,44 +227,12 @@ def test_opt_in_hook_points_that_the_model_lists_can_be_cached(real_models, real
 # wandb (offline): what the run files hold
 
 
-def _wandb_records(path):
-    """The protobuf records of an offline run's .wandb file (wandb's LevelDB-style log: 32 KiB blocks of
-    chunks with a 7-byte header: crc32, length, type full/first/middle/last)."""
-    import struct
-
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    data = path.read_bytes()
-    assert data[:4] == b":W&B", "not a wandb transaction log"
-    pos, buf, block = 7, b"", 32768
-    while pos + 7 <= len(data):
-        left = block - pos % block
-        if left < 7:
-            pos += left
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        if length == 0 and kind == 0:  # padding to the end of the block
-            pos += left
-            continue
-        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
-        buf = chunk if kind in (1, 2) else buf + chunk
-        if kind in (1, 4):
-            rec = pb.Record()
-            rec.ParseFromString(buf)
-            yield rec
-
-
 def _wandb_run(run_dir):
     """(run id, config keys, history rows, summary keys) of one offline run directory (once wandb's
     service has written the run's exit record: it writes the file after `finish()` returns)."""
-    import time
+    from helpers.wandb_log import wandb_records_after_exit
 
-    (log,) = run_dir.glob("*.wandb")
-    for _ in range(200):
-        records = list(_wandb_records(log))
-        if any(r.WhichOneof("record_type") == "exit" for r in records):
-            break
-        time.sleep(0.1)
+    records = wandb_records_after_exit(run_dir)
     run_id, config, rows, summary = None, set(), [], set()
     for rec in records:
         kind = rec.WhichOneof("record_type")

@@ -59,6 +59,15 @@ class Checkpointer:
         if self.coll.broadcast_int(int(final_due)):
             self.save(trainer)
 
+    def save_now(self, trainer: Trainer) -> Path | None:
+        """A checkpoint of this step for a run that stops here (a collective), unless the step has
+        one or an SAE is in a run of non-finite steps; returns the newest checkpoint's folder (rank 0)."""
+        if trainer.step != self.last_step and not any(m.consecutive_nonfinite for m in trainer.members):
+            self.save(trainer)
+            self.last_step, self.due = trainer.step, False
+        newest = list_checkpoints(self.root) if self.coll.is_writer else []
+        return newest[-1] if newest else None
+
     def save(self, trainer: Trainer) -> Path | None:
         """Write a checkpoint of this step (a collective: every rank calls it); its folder on rank 0."""
         data_state = self.data_state()

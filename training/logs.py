@@ -20,6 +20,7 @@ wandb is imported only when asked for; its x axis is `tokens`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -89,6 +90,7 @@ class RunLogger:
         self._file = open(out_dir / HISTORY_FILE, "a", buffering=1, encoding="utf-8") if enabled else None  # line-buffered: tail -f works
         self._bar = None
         self._wandb = None
+        self._exit_code = 0  # wandb's exit code of the run (a stopped run: 128 + the signal's number)
         if enabled and progress:
             from tqdm.auto import tqdm
 
@@ -143,6 +145,14 @@ class RunLogger:
                 if isinstance(v, (int, float)):
                     self._wandb.summary[k] = v
 
+    def preempted(self, signum: int) -> None:
+        """The run stops early, to be resumed (a stop signal): wandb marks it preempting, and `close`
+        ends it with the exit code a shell gives (128 + the signal's number), not as finished."""
+        self._exit_code = 128 + signum
+        if self._wandb is not None:
+            with contextlib.suppress(Exception):  # an old wandb without it: the run is closed all the same
+                self._wandb.mark_preempting()
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
@@ -152,7 +162,7 @@ class RunLogger:
             self._file.close()
             self._file = None
         if self._wandb is not None:
-            self._wandb.finish()
+            self._wandb.finish(exit_code=self._exit_code)
             self._wandb = None
 
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Literal
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Literal
 
 import torch
 from torch import Tensor
@@ -33,6 +34,21 @@ from training.trainer import Trainer
 
 LOCK_FILE = "train.lock"
 
+# `train(stop_signals=...)`: a context manager within which a stop signal is only noted; it yields
+# a function that returns the noted signal's number (None: none). `saesteer.stopsignals.deferred` is one.
+StopSignals = Callable[[], ContextManager[Callable[[], "int | None"]]]
+
+
+class RunStopped(KeyboardInterrupt):
+    """The run stopped at a step boundary because a stop signal asked it to (SIGTERM, SIGINT,
+    SIGHUP); `checkpoint` (the newest, of step `checkpoint_step`; None on other ranks than the
+    writing one, or when there is none) is where the same run resumes."""
+
+    def __init__(self, signum: int, step: int, tokens: int, checkpoint: Path | None, checkpoint_step: int) -> None:
+        super().__init__(signum, step, tokens, checkpoint, checkpoint_step)
+        self.signum, self.step, self.tokens = signum, step, tokens
+        self.checkpoint, self.checkpoint_step = checkpoint, checkpoint_step
+
 
 def train(
     config: RunConfig,
@@ -45,6 +61,7 @@ def train(
     collectives: Collectives | None = None,
     on_step: Callable[[Trainer], None] | None = None,
     init_source: Any = None,
+    stop_signals: StopSignals | None = None,
 ) -> TrainResult:
     """Train every SAE of `config` on the batches of `data`, checkpointing into `out_dir`.
 
@@ -63,6 +80,8 @@ def train(
     on_step: called with the trainer after every step (progress hooks, tests).
     init_source: the `training.init_from.InitSource` of `config.train.init_from` when the caller
         has read the source already (the CLI does, for its defaults); None: read where needed.
+    stop_signals: see `StopSignals`. The loop runs inside it and, when a signal was noted (on any
+        rank), checkpoints the step it is at and raises `RunStopped`: a preempted run loses no step.
     """
     t_start = time.perf_counter()
     coll = collectives or Collectives()
@@ -78,7 +97,7 @@ def train(
             clean_temporaries(out / CHECKPOINT_DIR)
             _clean_sae_leftovers(out / SAE_DIR)
         return _train_locked(config, data, out, coll, dict(provenance or {}), model_eval, resume, on_step, t_start,
-                             init_source)
+                             init_source, stop_signals)
 
 
 def _clean_sae_leftovers(sae_root: Path) -> None:
@@ -98,7 +117,7 @@ def lock_run_dir(out: Path) -> FileLock:
 def _train_locked(
     config: RunConfig, data: Iterable[Any], out: Path, coll: Collectives, prov: dict[str, Any],
     model_eval: ModelEval | None, resume: str, on_step: Callable[[Trainer], None] | None, t_start: float,
-    init_source: Any = None,
+    init_source: Any = None, stop_signals: StopSignals | None = None,
 ) -> TrainResult:
     """The run inside the locked folder: start or resume, the loop, the last checkpoint, the end."""
     start = start_run(config, data, out, coll, prov, resume, init_source)
@@ -108,13 +127,17 @@ def _train_locked(
         logger.message(f"resumed from {start.resumed_from.name} at {trainer.tokens:,} tokens")
     checkpointer = Checkpointer(out / CHECKPOINT_DIR, config.checkpoint, data, logger, trainer)
     try:
-        stopped_early = _loop(trainer, start.batches, start.holdout_BD, logger, checkpointer, model_eval, on_step,
-                              start.holdout_targets)
+        with (stop_signals() if stop_signals is not None else contextlib.nullcontext(None)) as stop_requested:
+            stopped_early = _loop(trainer, start.batches, start.holdout_BD, logger, checkpointer, model_eval, on_step,
+                                  start.holdout_targets, stop_requested)
         checkpointer.save_final(trainer)
         logger.flush()  # finish_run reads and rewrites the history file
         result = finish_run(trainer, out, start.holdout_BD, model_eval, prov, stopped_early,
                             time.perf_counter() - t_start, start.holdout_targets)
         logger.final(result.final_record)
+    except KeyboardInterrupt as e:  # a stop signal (RunStopped: its step is checkpointed)
+        logger.preempted(getattr(e, "signum", signal.SIGINT))
+        raise
     finally:
         logger.close()
     result.resumed_from = start.resumed_from
@@ -123,9 +146,11 @@ def _train_locked(
 
 def _loop(trainer: Trainer, batches: Iterator[Any], holdout_BD: Tensor, logger: RunLogger, checkpointer: Checkpointer,
           model_eval: ModelEval | None, on_step: Callable[[Trainer], None] | None,
-          holdout_targets: Tensor | None = None) -> str | None:
+          holdout_targets: Tensor | None = None, stop_requested: Callable[[], int | None] | None = None) -> str | None:
     """Step until `TrainConfig.total_tokens` or the end of the data; returns why the run
-    stopped early (None: it did not)."""
+    stopped early (None: it did not). A stop signal (`stop_requested`) ends it after the step it
+    came in, with a checkpoint of that step (before the next batch is read: the data source's
+    position in the checkpoint is that of the step), by `RunStopped`."""
     cfg = trainer.config
     total = cfg.train.total_tokens
     step_log = StepLog(trainer, logger, checkpointer.root)
@@ -146,4 +171,8 @@ def _loop(trainer: Trainer, batches: Iterator[Any], holdout_BD: Tensor, logger: 
         checkpointer.after_step(trainer, before)
         if on_step is not None:
             on_step(trainer)
+        if stop_requested is not None and not trainer.coll.all_true(stop_requested() is None):  # every rank stops
+            path = checkpointer.save_now(trainer)
+            raise RunStopped(stop_requested() or signal.SIGTERM, trainer.step, trainer.tokens, path,
+                             checkpointer.last_step)
     return None

@@ -7,10 +7,12 @@ from saesteer.boundary import print_error
 NAME = "cache"
 ORDER = 20
 HELP = "cache model activations on disk (sharded, checksummed, resumable)"
+ON_STOP = "the shards written are kept (no half shard); run the same command to resume the cache"
 DESCRIPTION = """\
 Run the model over a text dataset and store the activations of one or several hook points
 as checksummed safetensors shards with a manifest. Re-running the same command after a crash
-resumes where it stopped; a directory made with other settings is refused.
+or a stop (Ctrl-C, SIGTERM, SIGHUP) resumes where it stopped; a directory made with other
+settings is refused.
 
 examples:
   saesteer cache --model toy --dataset toy                 # toy world, middle-layer residual stream

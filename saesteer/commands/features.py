@@ -51,7 +51,11 @@ def _add_build(sub) -> None:
     from saesteer.configargs import add_dataclass_arguments
 
     b = sub.add_parser("build", help="run an SAE over an activation cache and write its feature store",
-                       description="Build (or resume, after a crash: re-run the same command) a feature store.")
+                       description="Build (or resume, after a crash or a stop: re-run the same command) a feature "
+                                   "store. It is built in <out>.building and renamed to --out when complete: a store "
+                                   "already at --out (--overwrite) stays whole until then.")
+    b.set_defaults(_on_stop="the store at --out is unchanged; the build waits in <out>.building: run the same command "
+                            "to resume it")  # the CLI's stop line (saesteer.stopsignals)
     b.add_argument("--sae", required=True,
                    help="SAE: a folder (saesteer, SAELens, sparsify, dictionary_learning, Gemma Scope), an OpenAI .pt file, "
                         "sae_lens:RELEASE/SAE_ID, or a Neuronpedia id or address (gpt2-small/6-res-jb)")
@@ -63,7 +67,8 @@ def _add_build(sub) -> None:
     b.add_argument("--allow-model-mismatch", action="store_true",
                    help="accept an SAE or --model recorded for another model than the cache's")
     b.add_argument("--device", default=None, help="where the SAE (and model) run (default: cuda if available, else cpu)")
-    b.add_argument("--overwrite", action="store_true", help="replace an existing store built from something else")
+    b.add_argument("--overwrite", action="store_true",
+                   help="replace an existing store built from something else (once the new one is complete)")
     b.add_argument("--no-verify", action="store_true", help="skip the cache shards' SHA-256 checks")
     b.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_dataclass_arguments(b, BuildConfig, title="what the store keeps")

@@ -7,6 +7,8 @@ import sys
 NAME = "sweep"
 ORDER = 71
 HELP = "steering dose-response: concept and fluency against strength, and a recommended strength"
+ON_STOP = ("the judge answers received are kept (<store>.judge-cache.sqlite, without --store "
+           "<out>/judge-cache.sqlite); run the same command to sweep again without asking them again")
 DESCRIPTION = """\
 Generate at a range of strengths for one or more features, score each generation and write a
 dose-response plot (plotly HTML) and the numbers (JSON) per feature; with --store and
@@ -60,7 +62,8 @@ def add_arguments(parser) -> None:
     sc.add_argument("--topic", default=None, help="toy-world topic to score offline (ocean, forest, city, ...)")
     sc.add_argument("--toy-grammar", default="sentence", choices=["sentence", "document"],
                     help="toy world: judge each sentence alone, or with the document rules (tense, names, pronouns)")
-    sc.add_argument("--concept", default=None, help="concept for the LLM judge (e.g. 'the ocean')")
+    sc.add_argument("--concept", default=None, help="concept for the LLM judge (e.g. 'the ocean'); its answers are "
+                    "kept for re-runs in <store>.judge-cache.sqlite, without --store in <out>/judge-cache.sqlite")
     o = parser.add_argument_group("output")
     o.add_argument("--out", default="sweeps", help="directory for sweep_<latent>.html / .json (default: sweeps)")
     o.add_argument("--save-strength", action="store_true",
@@ -84,9 +87,20 @@ def run(args) -> int:
         return print_error(e, args)
 
 
-def _scorer(args, store_path):
+def _judge_cache_path(args, store_path):
+    """Where the judge's answers are kept, so that a re-run (after a stop, a crash) asks none of them
+    again: beside --store, else beside --out (sweep: in that folder); None: --out not given either."""
     from pathlib import Path
 
+    if store_path:
+        return Path(store_path).with_name(Path(store_path).name + ".judge-cache.sqlite")
+    if not getattr(args, "out", None):
+        return None
+    out = Path(args.out)
+    return out / "judge-cache.sqlite" if args.command == "sweep" else out.with_name(out.name + ".judge-cache.sqlite")
+
+
+def _scorer(args, store_path):
     from saesteer.commands._steering import CLIError
     from saesteer.toyscore import toy_scorer
 
@@ -102,8 +116,7 @@ def _scorer(args, store_path):
         judge_cfg = dataclass_from_args(JudgeConfig, args, prefix="judge_")
     except ValueError as e:
         raise CLIError(str(e)) from None
-    cache = Path(store_path).with_name(Path(store_path).name + ".judge-cache.sqlite") if store_path else None
-    judge = make_judge(judge_cfg, cache_path=cache)
+    judge = make_judge(judge_cfg, cache_path=_judge_cache_path(args, store_path))
     if judge is None:
         raise CLIError("--concept needs an LLM judge: give --judge-model (and --judge-base-url for a local server)")
     return JudgeScorer(judge, args.concept), judge

@@ -33,7 +33,8 @@ writes everything. See docs/training.md ("Distributed training") in saesteer's s
 
 Resuming: run the same command again with the same --out. It continues from the newest
 checkpoint (also after kill -9; on CPU the result is bit-identical to an uninterrupted run with
-the same --num-threads). A resume whose settings differ is refused, naming each flag; these
+the same --num-threads). SIGTERM (a scheduler's preemption, e.g. SLURM), Ctrl-C or SIGHUP
+finish the current step and checkpoint it first, so the re-run redoes no step. A resume whose settings differ is refused, naming each flag; these
 may change: --total-tokens (extends or shortens the run; the LR decay is re-planned),
 --max-nonfinite, --num-threads, --device, checkpoint, eval and logging options.
 --resume never refuses an --out that holds checkpoints; --resume require insists on one.
@@ -335,12 +336,15 @@ def _run_training(args, run_cfg, data_cfg, text_cfg, out, setup, init_source, te
         print_error(e)
         return 2
 
-    from training.run import train
+    from saesteer import stopsignals
+    from training.run import RunStopped, train
     from training.trainer import NonFiniteError
 
     try:
         result = train(run_cfg, source, out, model_eval=model_eval, provenance=provenance, resume=args.resume,
-                       collectives=coll, init_source=init_source)
+                       collectives=coll, init_source=init_source, stop_signals=stopsignals.deferred)
+    except RunStopped as e:  # a checkpoint of the step it stopped at is on disk: the CLI says where (rank 0)
+        raise stopsignals.Stopped(e.signum, _stopped_detail(e) if coll is None or coll.is_writer else "") from None
     except (FileExistsError, FileNotFoundError) as e:  # ConfigMismatchError, CheckpointError: the CLI's boundary
         print_error(e)
         return 2
@@ -350,6 +354,16 @@ def _run_training(args, run_cfg, data_cfg, text_cfg, out, setup, init_source, te
     if coll is None or coll.is_writer:
         _print_summary(result)
     return 0
+
+
+def _stopped_detail(e) -> str:
+    """Where a run stopped by a signal (`training.run.RunStopped`) stands, and how it goes on."""
+    where = f"training stopped at step {e.step:,} ({e.tokens:,} tokens)"
+    if e.checkpoint is None:
+        return f"{where}; no checkpoint yet: the same command starts the run again"
+    kept = (f"checkpoint {e.checkpoint}" if e.checkpoint_step == e.step
+            else f"the newest checkpoint is {e.checkpoint} (step {e.checkpoint_step:,})")
+    return f"{where}; {kept}; run the same command to resume"
 
 
 def _early_init_check(run_cfg, out: str, init_source):

@@ -63,8 +63,14 @@ def stage_train(cfg: DemoConfig, paths: DemoPaths, model, progress: bool, info: 
     passes = (cfg.train_tokens + run_cfg.train.holdout_tokens) / max(1, reader.manifest.total_rows)
     say(f"{name}: d_in {model.cfg.d_model}, d_sae {cfg.d_sae}, k {cfg.k}; {cfg.train_tokens:,} tokens "
         f"({passes:.1f} passes over the cache), batch {cfg.batch_size}")
+    from saesteer import stopsignals
+    from training.run import RunStopped
+
     try:
-        result = train(run_cfg, reader, paths.run, model_eval=model_eval, provenance=prov)
+        result = train(run_cfg, reader, paths.run, model_eval=model_eval, provenance=prov,
+                       stop_signals=stopsignals.deferred)
+    except RunStopped as e:  # its step is checkpointed: the CLI says the demo's ON_STOP
+        raise stopsignals.Stopped(e.signum) from None
     except ConfigMismatchError as e:
         raise DemoError(f"{e}\n(the demo's training settings changed: run `saesteer demo --fresh` to start over)") from None
     m = result.metrics

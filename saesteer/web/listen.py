@@ -8,12 +8,17 @@ The socket is bound before the app is built, so the port printed is the port ser
 which another process can take a port we picked), and it listens from then on: a client that
 connects early waits in the backlog instead of being refused. `on_ready` runs once uvicorn has
 started (the app's startup done, connections accepted), so a line printed there is true when a
-client reads it. `run_server` blocks until the server is stopped (Ctrl-C).
+client reads it. `run_server` blocks until the server is stopped (Ctrl-C, SIGTERM, SIGHUP): it
+stops taking connections, lets the requests in flight finish, and the CLI then exits with 128 +
+the signal's number (`saesteer.stopsignals`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import socket
+import threading
 from typing import Any, Callable
 
 __all__ = ["listening_socket", "run_server"]
@@ -47,6 +52,26 @@ def run_server(app: Any, sock: socket.socket, *, on_ready: Callable[[], None] = 
             await super().startup(sockets=sockets)
             if self.started and not self.should_exit:
                 on_ready()
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            """uvicorn's graceful shutdown for SIGINT and SIGTERM, and for SIGHUP (a closed terminal)
+            too: uvicorn leaves that one to the CLI's handler, which would stop the event loop in
+            the middle of requests (and print asyncio's traceback)."""
+            hup = getattr(signal, "SIGHUP", None)
+            if hup is None or threading.current_thread() is not threading.main_thread() \
+                    or signal.getsignal(hup) is signal.SIG_IGN:
+                with super().capture_signals():
+                    yield
+                return
+            before = signal.signal(hup, self.handle_exit)
+            try:
+                with super().capture_signals():  # re-raises SIGINT / SIGTERM once the server has stopped
+                    yield
+            finally:
+                signal.signal(hup, before)
+            if hup in self._captured_signals:
+                signal.raise_signal(hup)  # as uvicorn does for the others: the CLI says how it stopped
 
     host, port = sock.getsockname()[:2]
     config = uvicorn.Config(app, host=host, port=port, backlog=BACKLOG, **uvicorn_kw)

@@ -2,10 +2,13 @@
 
     python tests/helpers/train_child.py OUT_DIR [--hang-at STEP] [--total-batches N] [--die-in-final-save]
     python tests/helpers/train_child.py cli STEP train --out OUT_DIR ...   # `saesteer train ...`, hanging at STEP
+    python tests/helpers/train_child.py cli-signal STEP train --out OUT_DIR ...  # waiting for a stop signal at STEP
 
 With --hang-at, the run writes OUT_DIR/hanging (holding the step) after that step and sleeps,
 so the parent can SIGKILL it at a known point (`kill_when_hanging`). With --die-in-final-save, the process kills itself
 (SIGKILL) while writing the first SAE folder at the end. Threads are fixed to 1 (bit-identical runs).
+`cli-signal` writes OUT_DIR/hanging after STEP (0: never) and waits there until a stop signal (SIGTERM,
+SIGINT, SIGHUP) is noted (`signal_when_waiting`); every step it trains is appended to OUT_DIR/steps_trained.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # stop_child
 
 from training.config import CheckpointConfig, EvalConfig, LogConfig, RunConfig, SAESpec, TrainConfig  # noqa: E402
 from training.synthetic import SyntheticActivations  # noqa: E402
@@ -83,7 +87,29 @@ def kill_when_hanging(args: list[str], out: Path, env: dict[str, str]) -> None:
     assert proc.returncode == -signal.SIGKILL
 
 
-def main_cli(step: int, argv: list[str]) -> int:
+def wait_for_stop_at(out: Path, step: int):
+    """An on_step that appends each step to OUT_DIR/steps_trained, and after `step` writes
+    OUT_DIR/hanging and waits until a stop signal is noted (the loop then checkpoints and stops)."""
+    from stop_child import wait_for_stop
+
+    def on_step(trainer) -> None:
+        with open(out / "steps_trained", "a") as f:
+            f.write(f"{trainer.step}\n")
+        if trainer.step == step:
+            wait_for_stop(out / "hanging")
+
+    return on_step
+
+
+def signal_when_waiting(argv: list[str], step: int, out: Path, env: dict[str, str], signum: int):
+    """The parent's side of `cli-signal`: `saesteer ARGV` in its own process, sent `signum` once its
+    training waits after `step`; returns the finished process (stdout, stderr as text)."""
+    from stop_child import signal_when_waiting as signal_child
+
+    return signal_child([sys.executable, __file__, "cli-signal", str(step), *argv], out / "hanging", env, signum)
+
+
+def main_cli(step: int, argv: list[str], wait_for_signal: bool = False) -> int:
     """The `saesteer` command `argv` as a user runs it, its training hanging after `step` (the
     checkpoints written by then are on disk) for the parent to SIGKILL."""
     import training.run
@@ -92,16 +118,18 @@ def main_cli(step: int, argv: list[str]) -> int:
 
     real = training.run.train  # the command imports it when it runs
 
+    out = Path(argv[argv.index("--out") + 1])
+
     def hanging(*a, **kw):
-        return real(*a, on_step=hang_at(Path(argv[argv.index("--out") + 1]), step), **kw)
+        return real(*a, on_step=(wait_for_stop_at if wait_for_signal else hang_at)(out, step), **kw)
 
     training.run.train = hanging
     return saesteer(argv)
 
 
 def main() -> int:
-    if sys.argv[1] == "cli":
-        return main_cli(int(sys.argv[2]), sys.argv[3:])
+    if sys.argv[1] in ("cli", "cli-signal"):
+        return main_cli(int(sys.argv[2]), sys.argv[3:], wait_for_signal=sys.argv[1] == "cli-signal")
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
     ap.add_argument("--hang-at", type=int, default=None)
