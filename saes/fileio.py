@@ -140,21 +140,20 @@ def _unlink_quietly(path: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def _replacing(path: Path) -> Iterator[tuple[int, str]]:
-    """(fd, name) of a new temporary file beside `path` with the target's mode; renamed over
-    `path` (directory fsynced) when the block ends without error, removed when it raises. The
-    block must fsync the file (and close or leave `fd` open: it is closed here if still open)."""
+def _replacing(path: Path) -> Iterator[str]:
+    """The name of a new, closed temporary file beside `path` with the target's mode; renamed over
+    `path` (directory fsynced) when the block ends without error, removed when it raises. The block
+    writes it by name, fsyncs it and closes every file of it it opened: Windows renames or deletes
+    no file that is still open, not even in the process that holds it."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    os.close(fd)
     try:
         os.chmod(tmp, new_file_mode(path))  # by name: os.fchmod is POSIX-only before Python 3.13 (Windows)
-        yield fd, tmp
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         _unlink_quietly(tmp)
         raise
-    finally:
-        with contextlib.suppress(OSError):
-            os.close(fd)
     fsync_dir(path.parent)
 
 
@@ -162,7 +161,7 @@ def _replacing(path: Path) -> Iterator[tuple[int, str]]:
 def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """A binary file to write the new content of `path` into; it replaces `path` atomically when
     the block ends without error (see the module docstring)."""
-    with _replacing(Path(path)) as (_, tmp):
+    with _replacing(Path(path)) as tmp:
         with open(tmp, "wb") as f:  # by name: `f.name` says which file it is
             yield f
             f.flush()
@@ -174,7 +173,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path beside `path` for a writer that opens files by name (e.g. safetensors'
     `save_file`); the file written there replaces `path` atomically when the block ends without
     error."""
-    with _replacing(Path(path)) as (fd, tmp):
+    with _replacing(Path(path)) as tmp:
         yield Path(tmp)
         with open(tmp, "rb") as f:  # the writer's own file object is closed: fsync what it wrote
             os.fsync(f.fileno())

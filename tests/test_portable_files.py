@@ -30,6 +30,45 @@ def test_atomic_writes_work_without_os_fchmod(tmp_path: Path, monkeypatch) -> No
     assert {"model.safetensors", "config.json"} <= {p.name for p in (tmp_path / "model").iterdir()}
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads this process's open files from /proc")
+def test_an_atomic_write_renames_no_file_it_still_holds_open(tmp_path: Path, monkeypatch) -> None:
+    """Windows refuses to rename or delete a file this process still has open ("being used by another
+    process"): the temporary file must be closed, every descriptor of it, before it replaces the
+    target (and before it is removed after an error)."""
+    from safetensors.torch import load_file, save_file
+    import torch
+
+    import saes.fileio as fileio
+
+    def held_open(path: str) -> list[str]:
+        target = os.path.realpath(path)
+        return [fd for fd in os.listdir("/proc/self/fd")
+                if os.path.realpath(f"/proc/self/fd/{fd}") == target]
+
+    renamed, removed = [], []
+
+    def replace(src, dst):
+        renamed.append((src, held_open(src)))
+        return os.rename(src, dst)
+
+    def unlink(path):
+        removed.append((path, held_open(path)))
+        return os.remove(path)
+
+    monkeypatch.setattr(fileio.os, "replace", replace)
+    monkeypatch.setattr(fileio.os, "unlink", unlink)
+    fileio.atomic_write_json(tmp_path / "cfg.json", {"name": "café"})
+    with fileio.atomic_path(tmp_path / "w.safetensors") as tmp:
+        save_file({"w": torch.ones(2)}, tmp)
+    with pytest.raises(RuntimeError):
+        with fileio.atomic_open(tmp_path / "half.bin") as f:
+            f.write(b"half")
+            raise RuntimeError("the writer failed")
+    assert len(renamed) == 2 and len(removed) == 1
+    assert all(fds == [] for _, fds in renamed + removed), renamed + removed
+    assert load_file(tmp_path / "w.safetensors")["w"].tolist() == [1.0, 1.0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg.json", "w.safetensors"]
+
 def _run_in_a_non_utf8_locale(code: str, *args: str) -> str:
     """Python with a locale whose encoding is not UTF-8 (Windows' is cp1252 or another code page;
     here C without UTF-8 mode, i.e. ASCII): text files opened without an encoding are read in it."""
