@@ -61,8 +61,10 @@ def unportable_name(name: str) -> str | None:
 
 def portable_name(text: str, fallback: str) -> str:
     """`text` made a name every OS takes: runs of characters other than letters, digits, '.', '_'
-    and '-' become '-', leading and trailing '-' and '.' go, a Windows device name's stem gets a '_'."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or fallback
+    and '-' become '-', leading and trailing '-' go, trailing '.' too (Windows drops them; '.' and
+    '..' are no new folder), a Windows device name's stem gets a '_'. A leading '.' stays: names
+    made before ('./my-gpt2' -> '.-my-gpt2') name the folders users already have."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-").rstrip(".-") or fallback
     if unportable_name(name):  # a device name: 'con' -> 'con_', 'nul.txt' -> 'nul_.txt'
         stem, dot, rest = name.partition(".")
         name = stem + "_" + dot + rest

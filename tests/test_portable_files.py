@@ -232,12 +232,28 @@ def test_names_made_from_model_ids_are_portable() -> None:
     from saes.fileio import portable_name, unportable_name
     from saesteer.commands.cache import _slug
 
-    assert _slug("EleutherAI/pythia-70m") == "EleutherAI-pythia-70m"
-    assert _slug("..") == "model" and _slug("../ckpt.") == "ckpt"  # was '..': the cache left caches/
+    assert _slug("..") == "model" and _slug(".") == "model"  # was '..': the cache left caches/
+    assert _slug("../ckpt.") == "..-ckpt"  # a trailing dot goes: Windows drops it
     assert _slug(r"C:\Users\José\gpt2") == "C-Users-Jos-gpt2"
     assert _slug("con") == "con_" and _slug("blocks.2.hook_resid_post") == "blocks.2.hook_resid_post"
     for text in ["aux", "a<b>", "x. ", "lpt3.txt", "日本", "COM1"]:
         assert unportable_name(portable_name(text, "x")) is None
+
+
+@pytest.mark.parametrize("model, hooks, folder", [
+    ("gpt2", "blocks.6.hook_resid_post", "gpt2/blocks.6.hook_resid_post"),
+    ("EleutherAI/pythia-70m", "blocks.3.hook_resid_post", "EleutherAI-pythia-70m/blocks.3.hook_resid_post"),
+    ("./my-gpt2", "blocks.6.hook_resid_post+blocks.7.hook_mlp_out", ".-my-gpt2/blocks.6.hook_resid_post-blocks.7.hook_mlp_out"),
+    ("../models/gpt2", "blocks.0.hook_resid_pre", "..-models-gpt2/blocks.0.hook_resid_pre"),
+    ("meta-llama/Llama-3.2-1B", "blocks.8.hook_resid_post", "meta-llama-Llama-3.2-1B/blocks.8.hook_resid_post"),
+    ("google/gemma-2-2b@main", "blocks.12.hook_resid_post", "google-gemma-2-2b-main/blocks.12.hook_resid_post"),
+])
+def test_the_default_cache_folder_of_a_model_is_the_one_it_always_was(model: str, hooks: str, folder: str) -> None:
+    """`saesteer cache` without --out writes caches/<model>/<hooks>; re-running it resumes the cache
+    there, so the folder an existing cache is in must be the one the same command names now."""
+    from saesteer.commands.cache import _slug
+
+    assert f"{_slug(model)}/{_slug(hooks)}" == folder
 
 
 def test_a_leading_tilde_in_a_path_flag_is_the_home_folder(tmp_path: Path, capsys, monkeypatch) -> None:
