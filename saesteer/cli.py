@@ -92,10 +92,11 @@ def main(argv: list[str] | None = None) -> int:
         return report(e, getattr(args, "_parser", None))
 
 
-# Flags whose values are files or folders (`--sae` and `--store` may repeat; `--sae NAME=DIR`).
+# Flags and positionals whose values are files or folders (`--sae` and `--store` may repeat; `--sae
+# NAME=DIR`). --model, --dataset and --init-from are expanded where they are resolved.
 PATH_FLAGS = ("out", "cache", "store", "sae", "config", "prompts_file", "verify", "preset", "scorecard", "contrast",
               "positive", "negative", "judge_cache_path", "export_delphi", "import_delphi", "import_neuronpedia",
-              "lexicon", "eval_dataset", "probing_dataset")
+              "lexicon", "eval_dataset", "probing_dataset", "report", "file")
 
 
 def _expand_home(args) -> None:

@@ -318,6 +318,22 @@ def test_a_leading_tilde_in_a_path_flag_is_the_home_folder(tmp_path: Path, capsy
     assert not (cwd / "~").exists()
 
 
+@pytest.mark.parametrize("argv, dest", [
+    (["preset", "import", "--store", "s.db", "~/presets/calm.json"], "file"),
+    (["label", "--store", "s.db", "--report", "~/reports/label.json"], "report"),
+    (["steer", "--contrast", "~/pos.txt", "~/neg.txt"], "contrast"),
+])
+def test_files_named_by_a_positional_or_a_rarer_flag_expand_the_tilde_too(tmp_path: Path, monkeypatch, argv, dest) -> None:
+    from saesteer.cli import _expand_home, build_parser
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("USERPROFILE", str(tmp_path))
+    args = build_parser().parse_args(argv)
+    _expand_home(args)
+    values = getattr(args, dest)
+    assert all(str(v).startswith(str(tmp_path)) for v in (values if isinstance(values, list) else [values])), values
+
+
 def test_file_locks_hold_where_there_is_no_fcntl(tmp_path: Path, monkeypatch) -> None:
     """Windows has no fcntl: the lock that keeps two trains, caches or store builds out of one folder
     was then no lock at all. There it is msvcrt's byte lock (emulated here by flock: it conflicts
