@@ -246,6 +246,39 @@ def test_config_and_prompt_files_with_a_bom_or_in_utf16(tmp_path: Path, capsys) 
         read_prompts(args)
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_a_probing_dataset_with_a_bom_or_in_utf16(tmp_path: Path, suffix: str) -> None:
+    """eval --probing-dataset: Notepad's BOM was a JSON error ("Unexpected UTF-8 BOM"), UTF-16 a
+    UnicodeDecodeError; the first is read, the second refused with the fix."""
+    import json
+
+    from evals.probing import read_labelled_texts
+
+    rows = [{"text": d, "label": "fr" if "café" in d else "other"} for d in DOCS]
+    text = (json.dumps(rows, ensure_ascii=False) if suffix == ".json"
+            else "".join(json.dumps(r, ensure_ascii=False) + "\r\n" for r in rows))
+    path = tmp_path / f"probe{suffix}"
+    path.write_bytes(BOM + text.encode())
+    assert read_labelled_texts(path) == [(r["text"], r["label"]) for r in rows]
+    path.write_bytes(text.encode("utf-16"))
+    with pytest.raises(ValueError, match=f"probe{suffix} is UTF-16 text.*iconv"):
+        read_labelled_texts(path)
+
+
+def test_preset_and_scorecard_files_in_utf16_are_named_once(tmp_path: Path, capsys) -> None:
+    from saesteer.commands._steering import CLIError
+    from saesteer.commands.preset import _read_json
+
+    path = tmp_path / "calm.json"
+    path.write_bytes(BOM + b'{"name": "calm"}')
+    assert _read_json(str(path), "preset file ") == {"name": "calm"}
+    path.write_bytes('{"name": "calm"}'.encode("utf-16"))
+    for what in ("preset file ", "--scorecard "):
+        with pytest.raises(CLIError) as e:
+            _read_json(str(path), what)
+        assert str(e.value).startswith(f"{what}{path} is UTF-16 text; "), str(e.value)
+
+
 def _train_config_error(tmp_path: Path, capsys, saes: list[dict]) -> str:
     import json
 
