@@ -289,7 +289,8 @@ def read_text_file(path: str | os.PathLike, what: str = "file") -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise ValueError(f"{what} {path} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from None
+        raise ValueError(f"{what} {path} is not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start}); convert it "
+                         f"to UTF-8, e.g. iconv -f latin1 -t utf-8 (Notepad: Save as, Encoding UTF-8)") from None
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:

@@ -244,6 +244,9 @@ def test_config_and_prompt_files_with_a_bom_or_in_utf16(tmp_path: Path, capsys) 
     prompts.write_bytes("Once upon a time\r\n".encode("utf-16-le"))  # no BOM: found by its NULs
     with pytest.raises(CLIError, match="prompts.txt is UTF-16 text"):
         read_prompts(args)
+    prompts.write_bytes("Caf\u00e9 au lait\r\n".encode("cp1252"))  # Windows' "ANSI": the byte and the fix named
+    with pytest.raises(CLIError, match=r"prompts.txt is not UTF-8 text \(byte 0xe9 at offset 3\); convert it to UTF-8"):
+        read_prompts(args)
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".json"])
