@@ -215,9 +215,9 @@ def sha256_file(path: str | os.PathLike, chunk_bytes: int = 8 << 20) -> str:
 
 
 class FileLock:
-    """An exclusive, non-blocking lock (flock) on the file `path`, held inside `with` and released
-    by the OS if the process dies. When another process holds it, `busy()` is raised: each user
-    says in its own words (and exception type) who holds what.
+    """An exclusive, non-blocking lock on the file `path` (flock; on Windows, msvcrt's lock of its
+    first byte), held inside `with` and released by the OS if the process dies. When another process
+    holds it, `busy()` is raised: each user says in its own words (and exception type) who holds what.
 
         with FileLock(out / ".lock", busy=lambda: RuntimeError(f"another process is writing {out}")):
             ...
@@ -227,16 +227,18 @@ class FileLock:
         self.path = Path(path)
         self.busy = busy
         self._fd: int | None = None
+        self._msvcrt: Any = None  # msvcrt while its byte lock is held (Windows)
 
     def __enter__(self) -> "FileLock":
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             try:
                 import fcntl
-            except ImportError:  # Windows: a lock on the file's first byte, also released when the process dies
+            except ImportError:  # Windows
                 import msvcrt
 
                 msvcrt.locking(self._fd, msvcrt.LK_NBLCK, 1)
+                self._msvcrt = msvcrt
             else:
                 fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -245,9 +247,14 @@ class FileLock:
         return self
 
     def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        if self._fd is None:
+            return
+        if self._msvcrt is not None:  # Windows frees a closed file's locks only "when resources allow": unlock first
+            with contextlib.suppress(OSError):
+                self._msvcrt.locking(self._fd, self._msvcrt.LK_UNLCK, 1)
+            self._msvcrt = None
+        os.close(self._fd)
+        self._fd = None
 
     def __exit__(self, *exc: Any) -> None:
         self.release()

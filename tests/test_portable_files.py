@@ -373,7 +373,8 @@ def test_files_named_by_a_positional_or_a_rarer_flag_expand_the_tilde_too(tmp_pa
 def test_file_locks_hold_where_there_is_no_fcntl(tmp_path: Path, monkeypatch) -> None:
     """Windows has no fcntl: the lock that keeps two trains, caches or store builds out of one folder
     was then no lock at all. There it is msvcrt's byte lock (emulated here by flock: it conflicts
-    between two opens of the file, as msvcrt's does)."""
+    between two opens of the file, as msvcrt's does), unlocked before the file is closed (Windows
+    frees a closed file's locks only some time later: a second command started at once was refused)."""
     import fcntl
     import sys
     import types
@@ -381,13 +382,18 @@ def test_file_locks_hold_where_there_is_no_fcntl(tmp_path: Path, monkeypatch) ->
     from saes.fileio import FileLock
 
     calls = []
+    LK_UNLCK, LK_NBLCK = 0, 2
 
     def locking(fd: int, mode: int, nbytes: int) -> None:
         calls.append((mode, nbytes))
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError (an OSError) when held, as msvcrt's
+        if mode == LK_UNLCK:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        else:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError (an OSError) when held, as msvcrt's
 
     monkeypatch.setitem(sys.modules, "fcntl", None)  # `import fcntl` raises ImportError, as on Windows
-    monkeypatch.setitem(sys.modules, "msvcrt", types.SimpleNamespace(locking=locking, LK_NBLCK=2))
+    monkeypatch.setitem(sys.modules, "msvcrt", types.SimpleNamespace(locking=locking, LK_NBLCK=LK_NBLCK,
+                                                                     LK_UNLCK=LK_UNLCK))
 
     class Busy(Exception):
         pass
@@ -398,7 +404,8 @@ def test_file_locks_hold_where_there_is_no_fcntl(tmp_path: Path, monkeypatch) ->
                 pass
     with FileLock(tmp_path / ".lock", busy=Busy):  # released with the first
         pass
-    assert calls and all(c == (2, 1) for c in calls)
+    # lock, a refused lock (not unlocked: it was never held), unlock; lock, unlock
+    assert calls == [(LK_NBLCK, 1), (LK_NBLCK, 1), (LK_UNLCK, 1), (LK_NBLCK, 1), (LK_UNLCK, 1)]
 
 
 @pytest.mark.parametrize("spec", [r"C:\Users\José\models\gpt2", "D:/models/gpt2", r".\models\gpt2", r"models\gpt2"])
