@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     # --no-progress (train: also the old `--progress false`) quiets the libraries' bars too
     quiet = getattr(args, "no_progress", False) or getattr(args, "progress", None) is False
     _expand_home(args)
+    _escape_what_stdout_cannot_encode()
     try:
         _check_devices(args)
         with library_bars(enabled=not quiet):
@@ -116,6 +117,15 @@ def _expand_home(args) -> None:
     for dest in PATH_FLAGS:
         if getattr(args, dest, None) is not None:
             setattr(args, dest, expand(getattr(args, dest)))
+
+
+def _escape_what_stdout_cannot_encode() -> None:
+    """Text stdout's encoding lacks (a CJK label or prompt in Windows' cp1252, which a redirected
+    stdout uses) is written as \\uXXXX, as stderr already does, not a UnicodeEncodeError once the
+    work is done. Output in UTF-8 (Linux, macOS, a Windows console) is unchanged."""
+    stream = sys.stdout
+    if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+        stream.reconfigure(errors="backslashreplace")
 
 
 def _check_devices(args) -> None:

@@ -370,6 +370,24 @@ def test_files_named_by_a_positional_or_a_rarer_flag_expand_the_tilde_too(tmp_pa
     assert all(str(v).startswith(str(tmp_path)) for v in (values if isinstance(values, list) else [values])), values
 
 
+def test_text_the_output_encoding_lacks_is_escaped_not_a_crash(tmp_path: Path, monkeypatch) -> None:
+    """Windows' stdout redirected to a file or pipe is the code page (cp1252): a CJK prompt, label or
+    path printed there stopped the command with UnicodeEncodeError after its work was done (`steer
+    ... > out.txt`). What the encoding lacks is written as \\uXXXX; what it has is written as it is."""
+    import io
+    import sys
+
+    from helpers.fake_cache import make_fake_cache
+    from saesteer.cli import main
+
+    cache = make_fake_cache(tmp_path / "日本語のキャッシュ café", [3])
+    out = io.TextIOWrapper(io.BytesIO(), encoding="cp1252", errors="strict", write_through=True)
+    monkeypatch.setattr(sys, "stdout", out)
+    assert main(["cache", "--verify", str(cache.path), "--no-progress"]) == 0
+    printed = out.buffer.getvalue().decode("cp1252")
+    assert "\\u65e5\\u672c\\u8a9e" in printed and "café: 1 shard(s) checked, all good" in printed
+
+
 def test_file_locks_hold_where_there_is_no_fcntl(tmp_path: Path, monkeypatch) -> None:
     """Windows has no fcntl: the lock that keeps two trains, caches or store builds out of one folder
     was then no lock at all. There it is msvcrt's byte lock (emulated here by flock: it conflicts
