@@ -209,6 +209,9 @@ class TransformersBackend:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from saes.devices import check_device
+
+        check_device(device, field="judge_device")  # a config file's judge.device too: before the model loads
         tok = AutoTokenizer.from_pretrained(path)
         torch_dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16,
                        "float16": torch.float16}.get(dtype)

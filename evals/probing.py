@@ -50,7 +50,9 @@ def read_labelled_texts(path: str | Path, text_column: str = "text", label_colum
 
         rows = pq.read_table(p).to_pylist()
     else:
-        text = p.read_text(encoding="utf-8")
+        from saes.fileio import read_text_file
+
+        text = read_text_file(p, "labelled text file")  # a BOM dropped, UTF-16 refused with the fix
         try:
             rows = json.loads(text) if p.suffix == ".json" else [json.loads(line) for line in text.splitlines() if line.strip()]
         except json.JSONDecodeError as e:

@@ -44,8 +44,9 @@ def check_device(device: object, *, field: str | None = "device") -> None:
     if parsed.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0 or (parsed.index or 0) >= count:
-            why = ("no CUDA GPU is visible (torch " + torch.__version__ + ("" if torch.version.cuda else ", a CPU-only build")
-                   + ")" if count == 0 else f"only {count} CUDA GPU(s) are visible")
+            build = "" if torch.version.cuda else ", a CPU-only build"
+            why = f"no CUDA GPU is visible (torch {torch.__version__}{build})" if count == 0 else \
+                f"only {count} CUDA GPU(s) are visible"
             raise SaesteerError(f"{name} {device!r}: {why}; this machine has {', '.join(have)}", field=field)
     elif parsed.type == "mps" and "mps" not in have:
         raise SaesteerError(f"{name} {device!r}: MPS (Apple-silicon GPU) is not available here "

@@ -61,8 +61,10 @@ def unportable_name(name: str) -> str | None:
 
 def portable_name(text: str, fallback: str) -> str:
     """`text` made a name every OS takes: runs of characters other than letters, digits, '.', '_'
-    and '-' become '-', leading and trailing '-' and '.' go, a Windows device name's stem gets a '_'."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or fallback
+    and '-' become '-', leading and trailing '-' go, trailing '.' too (Windows drops them; '.' and
+    '..' are no new folder), a Windows device name's stem gets a '_'. A leading '.' stays: names
+    made before ('./my-gpt2' -> '.-my-gpt2') name the folders users already have."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-").rstrip(".-") or fallback
     if unportable_name(name):  # a device name: 'con' -> 'con_', 'nul.txt' -> 'nul_.txt'
         stem, dot, rest = name.partition(".")
         name = stem + "_" + dot + rest
@@ -140,21 +142,20 @@ def _unlink_quietly(path: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def _replacing(path: Path) -> Iterator[tuple[int, str]]:
-    """(fd, name) of a new temporary file beside `path` with the target's mode; renamed over
-    `path` (directory fsynced) when the block ends without error, removed when it raises. The
-    block must fsync the file (and close or leave `fd` open: it is closed here if still open)."""
+def _replacing(path: Path) -> Iterator[str]:
+    """The name of a new, closed temporary file beside `path` with the target's mode; renamed over
+    `path` (directory fsynced) when the block ends without error, removed when it raises. The block
+    writes it by name, fsyncs it and closes every file of it it opened: Windows renames or deletes
+    no file that is still open, not even in the process that holds it."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    os.close(fd)
     try:
         os.chmod(tmp, new_file_mode(path))  # by name: os.fchmod is POSIX-only before Python 3.13 (Windows)
-        yield fd, tmp
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         _unlink_quietly(tmp)
         raise
-    finally:
-        with contextlib.suppress(OSError):
-            os.close(fd)
     fsync_dir(path.parent)
 
 
@@ -162,7 +163,7 @@ def _replacing(path: Path) -> Iterator[tuple[int, str]]:
 def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """A binary file to write the new content of `path` into; it replaces `path` atomically when
     the block ends without error (see the module docstring)."""
-    with _replacing(Path(path)) as (_, tmp):
+    with _replacing(Path(path)) as tmp:
         with open(tmp, "wb") as f:  # by name: `f.name` says which file it is
             yield f
             f.flush()
@@ -174,7 +175,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path beside `path` for a writer that opens files by name (e.g. safetensors'
     `save_file`); the file written there replaces `path` atomically when the block ends without
     error."""
-    with _replacing(Path(path)) as (fd, tmp):
+    with _replacing(Path(path)) as tmp:
         yield Path(tmp)
         with open(tmp, "rb") as f:  # the writer's own file object is closed: fsync what it wrote
             os.fsync(f.fileno())
@@ -214,7 +215,7 @@ def sha256_file(path: str | os.PathLike, chunk_bytes: int = 8 << 20) -> str:
 
 
 class FileLock:
-    """An exclusive, non-blocking lock (flock) on the file `path`, held inside `with` and released
+    """An exclusive, non-blocking lock on the file `path` (flock; on Windows, msvcrt's byte lock), held inside `with` and released
     by the OS if the process dies (kill -9 included: a later run is never blocked by a dead one).
     While held, the file says who holds it (pid, host, command, start time); when another process
     holds it, `busy(holder)` is raised with that said in words, so each user can name the other
@@ -232,11 +233,12 @@ class FileLock:
         self.path = Path(path)
         self.busy = busy
         self._fd: int | None = None
+        self._unlock: Callable[[], None] | None = None  # the byte lock's unlock while held (Windows)
 
     def __enter__(self) -> "FileLock":
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            _lock_exclusively(self._fd)
+            self._unlock = _lock_exclusively(self._fd)
         except OSError as e:
             # held by another process: flock says EWOULDBLOCK; msvcrt says EACCES or EDEADLK (after retries)
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES, errno.EDEADLK):
@@ -269,6 +271,10 @@ class FileLock:
 
     def release(self, clear: bool = True) -> None:
         if self._fd is not None:
+            if self._unlock is not None:  # Windows frees a closed file's locks only "when resources allow"
+                with contextlib.suppress(OSError):
+                    self._unlock()
+                self._unlock = None
             if clear:  # emptied, not deleted: deleting a lock file lets two processes lock two files
                 with contextlib.suppress(OSError):
                     os.ftruncate(self._fd, 0)
@@ -315,7 +321,8 @@ def read_text_file(path: str | os.PathLike, what: str = "file") -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise ValueError(f"{what} {path} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from None
+        raise ValueError(f"{what} {path} is not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start}); convert it "
+                         f"to UTF-8, e.g. iconv -f latin1 -t utf-8 (Notepad: Save as, Encoding UTF-8)") from None
 
 
 # Windows's byte locks are mandatory (they block reads of the locked bytes by other processes), so the
@@ -323,18 +330,23 @@ def read_text_file(path: str | os.PathLike, what: str = "file") -> str:
 _WINDOWS_LOCK_OFFSET = 1 << 30
 
 
-def _lock_exclusively(fd: int) -> None:
+def _lock_exclusively(fd: int) -> Callable[[], None] | None:
     """Take a non-blocking exclusive lock on the open file `fd`, released by the OS when the process
-    dies; OSError when another process holds it (or the filesystem has no locks)."""
+    dies; OSError when another process holds it (or the filesystem has no locks). Returns the unlock
+    to call before closing where the OS wants one (Windows), else None."""
     try:
         import fcntl
     except ImportError:  # Windows: msvcrt's byte lock
         import msvcrt
 
-        os.lseek(fd, _WINDOWS_LOCK_OFFSET, os.SEEK_SET)
-        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-    else:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        def at_lock_byte(mode: int) -> None:
+            os.lseek(fd, _WINDOWS_LOCK_OFFSET, os.SEEK_SET)
+            msvcrt.locking(fd, mode, 1)
+
+        at_lock_byte(msvcrt.LK_NBLCK)
+        return lambda: at_lock_byte(msvcrt.LK_UNLCK)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return None
 
 
 def _this_process() -> dict:

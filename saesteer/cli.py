@@ -94,6 +94,7 @@ def _main(argv: list[str] | None) -> int:
     # --no-progress (train: also the old `--progress false`) quiets the libraries' bars too
     quiet = getattr(args, "no_progress", False) or getattr(args, "progress", None) is False
     _expand_home(args)
+    _escape_what_stdout_cannot_encode()
     try:
         _check_devices(args)
         with library_bars(enabled=not quiet):
@@ -110,10 +111,11 @@ def _main(argv: list[str] | None) -> int:
         return report(e, getattr(args, "_parser", None))
 
 
-# Flags whose values are files or folders (`--sae` and `--store` may repeat; `--sae NAME=DIR`).
+# Flags and positionals whose values are files or folders (`--sae` and `--store` may repeat; `--sae
+# NAME=DIR`). --model, --dataset and --init-from are expanded where they are resolved.
 PATH_FLAGS = ("out", "cache", "store", "sae", "config", "prompts_file", "verify", "preset", "scorecard", "contrast",
               "positive", "negative", "judge_cache_path", "export_delphi", "import_delphi", "import_neuronpedia",
-              "lexicon", "eval_dataset", "probing_dataset")
+              "lexicon", "eval_dataset", "probing_dataset", "report", "file")
 
 
 def _expand_home(args) -> None:
@@ -133,6 +135,15 @@ def _expand_home(args) -> None:
     for dest in PATH_FLAGS:
         if getattr(args, dest, None) is not None:
             setattr(args, dest, expand(getattr(args, dest)))
+
+
+def _escape_what_stdout_cannot_encode() -> None:
+    """Text stdout's encoding lacks (a CJK label or prompt in Windows' cp1252, which a redirected
+    stdout uses) is written as \\uXXXX, as stderr already does, not a UnicodeEncodeError once the
+    work is done. Output in UTF-8 (Linux, macOS, a Windows console) is unchanged."""
+    stream = sys.stdout
+    if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+        stream.reconfigure(errors="backslashreplace")
 
 
 def _check_devices(args) -> None:

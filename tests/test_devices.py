@@ -73,3 +73,15 @@ def test_steps_that_keep_float64_on_the_device_refuse_mps_up_front(tmp_path, cap
     assert err.startswith("error: --device 'mps': training keeps float64 statistics") and err.endswith("use cpu for it")
     err = _error(capsys, ["eval", "--sae", str(tmp_path), "--model", "toy", "--device", "mps"])
     assert "--device 'mps': evaluation keeps float64 statistics" in err
+
+
+def test_a_config_files_judge_device_is_checked_before_the_judge_loads(tmp_path, monkeypatch):
+    """label --config's judge.device (no --judge-device flag) is refused as the flag is, before
+    the judge model's files are read."""
+    from autointerp.config import JudgeConfig, make_judge
+    from saes.errors import SaesteerError
+
+    _machine(monkeypatch, gpus=1)
+    cfg = JudgeConfig(backend="transformers", model=str(tmp_path / "judge"), device="mps")
+    with pytest.raises(SaesteerError, match="'mps': MPS .* is not available here.*this machine has cpu, cuda:0"):
+        make_judge(cfg, cache_path=None)

@@ -30,6 +30,45 @@ def test_atomic_writes_work_without_os_fchmod(tmp_path: Path, monkeypatch) -> No
     assert {"model.safetensors", "config.json"} <= {p.name for p in (tmp_path / "model").iterdir()}
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads this process's open files from /proc")
+def test_an_atomic_write_renames_no_file_it_still_holds_open(tmp_path: Path, monkeypatch) -> None:
+    """Windows refuses to rename or delete a file this process still has open ("being used by another
+    process"): the temporary file must be closed, every descriptor of it, before it replaces the
+    target (and before it is removed after an error)."""
+    from safetensors.torch import load_file, save_file
+    import torch
+
+    import saes.fileio as fileio
+
+    def held_open(path: str) -> list[str]:
+        target = os.path.realpath(path)
+        return [fd for fd in os.listdir("/proc/self/fd")
+                if os.path.realpath(f"/proc/self/fd/{fd}") == target]
+
+    renamed, removed = [], []
+
+    def replace(src, dst):
+        renamed.append((src, held_open(src)))
+        return os.rename(src, dst)
+
+    def unlink(path):
+        removed.append((path, held_open(path)))
+        return os.remove(path)
+
+    monkeypatch.setattr(fileio.os, "replace", replace)
+    monkeypatch.setattr(fileio.os, "unlink", unlink)
+    fileio.atomic_write_json(tmp_path / "cfg.json", {"name": "café"})
+    with fileio.atomic_path(tmp_path / "w.safetensors") as tmp:
+        save_file({"w": torch.ones(2)}, tmp)
+    with pytest.raises(RuntimeError):
+        with fileio.atomic_open(tmp_path / "half.bin") as f:
+            f.write(b"half")
+            raise RuntimeError("the writer failed")
+    assert len(renamed) == 2 and len(removed) == 1
+    assert all(fds == [] for _, fds in renamed + removed), renamed + removed
+    assert load_file(tmp_path / "w.safetensors")["w"].tolist() == [1.0, 1.0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg.json", "w.safetensors"]
+
 def _run_in_a_non_utf8_locale(code: str, *args: str) -> str:
     """Python with a locale whose encoding is not UTF-8 (Windows' is cp1252 or another code page;
     here C without UTF-8 mode, i.e. ASCII): text files opened without an encoding are read in it."""
@@ -59,32 +98,76 @@ def test_a_cache_manifest_with_accented_paths_reads_back_in_any_locale(tmp_path:
     assert _run_in_a_non_utf8_locale(code, str(cache.path)) == ascii(files)
 
 
-def test_no_text_file_is_opened_in_the_locales_encoding() -> None:
-    """Every text-mode open / read_text / write_text in the package names its encoding (on Windows
-    the default is the code page, not UTF-8): a scan of the source, so a new one is caught here."""
+# Calls whose path comes first and mode second, as the builtin open's (`os.fdopen(fd, "w")` too); a
+# compressed file is binary unless its mode says "t". Any other x.open(...) is read as Path.open(mode).
+_PATH_THEN_MODE = {"os", "io", "codecs", "builtins", "gzip", "bz2", "lzma"}
+_TEMPFILES = {"NamedTemporaryFile", "TemporaryFile", "SpooledTemporaryFile"}
+
+
+def _text_io_without_encoding(node) -> bool:
+    """Whether `node` opens, reads or writes a text file without naming its encoding. Left out, as
+    the scan cannot tell: a mode that is not a literal, `x.open()` with no mode (a store's or a zip
+    member's open as often as Path.open), and calls given **kwargs."""
     import ast
 
+    if not (isinstance(node, ast.Call) and isinstance(node.func, (ast.Attribute, ast.Name))):
+        return False
+    if any(k.arg in ("encoding", None) for k in node.keywords):
+        return False
+    func = node.func
+    name = func.attr if isinstance(func, ast.Attribute) else func.id
+    owner = func.value.id if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) else None
+    if name in ("read_text", "write_text"):
+        return True
+    if name in _TEMPFILES:
+        at, default = 0, "w+b"
+    elif name in ("open", "fdopen") and (isinstance(func, ast.Name) or owner in _PATH_THEN_MODE):
+        at, default = 1, ("rb" if owner in ("gzip", "bz2", "lzma") else "r")
+    elif name == "open":
+        at, default = 0, None
+    else:
+        return False
+    mode = node.args[at] if len(node.args) > at else next((k.value for k in node.keywords if k.arg == "mode"), None)
+    if mode is None and default:
+        mode = ast.Constant(default)
+    if not (isinstance(mode, ast.Constant) and isinstance(mode.value, str) and set(mode.value) <= set("rwax+btU")):
+        return False  # not a literal mode, or a literal that is no mode (zipfile's open("member.txt"))
+    return "t" in mode.value if owner in ("gzip", "bz2", "lzma") else "b" not in mode.value
+
+
+def test_the_scan_finds_each_way_of_opening_a_text_file() -> None:
+    import ast
+
+    def found(code: str) -> bool:
+        return _text_io_without_encoding(ast.parse(code).body[0].value)
+
+    for code in ['open(p)', 'open(p, "w")', 'open(file=p, mode="a")', 'p.open("w")', 'p.open(mode="rt")',
+                 'p.read_text()', 'p.write_text(s)', 'os.fdopen(fd, "w")', 'io.open(p, "r")', 'codecs.open(p, "r")',
+                 'gzip.open(p, "rt")', 'bz2.open(p, "wt")', 'tempfile.NamedTemporaryFile("w")']:
+        assert found(code), code
+    for code in ['open(p, "rb")', 'open(p, "w", encoding="utf-8")', 'p.open("rb")', 'os.fdopen(fd, "wb")',
+                 'gzip.open(p)', 'gzip.open(p, "wb")', 'os.open(p, os.O_RDONLY)', 'store.open(path, "r")',
+                 'tempfile.NamedTemporaryFile()', 'zf.open("notes.txt")', 'p.read_bytes()']:
+        assert not found(code), code
+
+
+def test_no_text_file_is_opened_in_the_locales_encoding() -> None:
+    """Every text-mode open / read_text / write_text in the package names its encoding (on Windows
+    the default is the code page, not UTF-8): a scan of the source of every package pyproject.toml
+    ships, so a new one is caught here."""
+    import ast
+    import re
+
     root = Path(__file__).resolve().parents[1]
-    calls = ("open", "read_text", "write_text", "fdopen")
+    listed = re.search(r"^include = \[(.*)\]$", (root / "pyproject.toml").read_text(encoding="utf-8"), re.M)
+    packages = re.findall(r'"(\w+)\*"', listed.group(1))
+    assert {"saes", "saesteer", "training", "toyworld"} <= set(packages), packages
     found = []
-    for package in ("saesteer", "training", "features", "autointerp", "steering", "saes", "toyworld", "evals"):
+    for package in packages:
         for path in sorted((root / package).rglob("*.py")):
             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-                if not (isinstance(node, ast.Call) and isinstance(node.func, (ast.Attribute, ast.Name))):
-                    continue
-                func = node.func
-                name = func.attr if isinstance(func, ast.Attribute) else func.id
-                if name not in calls or any(k.arg == "encoding" for k in node.keywords):
-                    continue
-                at = node.args[1:2] if name in ("open", "fdopen") and isinstance(func, ast.Name) else node.args[:1]
-                modes = [a.value for a in at if isinstance(a, ast.Constant)]
-                modes += [k.value.value for k in node.keywords if k.arg == "mode" and isinstance(k.value, ast.Constant)]
-                if name in ("open", "fdopen"):
-                    text_mode = [m for m in modes if isinstance(m, str) and set(m) <= set("rwax+t") and m]
-                    # open(path) reads text; x.open("w") is Path.open; x.open(path, ...) is a store or a dataset
-                    if not (text_mode or (isinstance(func, ast.Name) and len(node.args) == 1 and not modes)):
-                        continue
-                found.append(f"{path.relative_to(root)}:{node.lineno}: {ast.unparse(node)[:80]}")
+                if _text_io_without_encoding(node):
+                    found.append(f"{path.relative_to(root)}:{node.lineno}: {ast.unparse(node)[:80]}")
     assert not found, "text I/O without encoding=:\n" + "\n".join(found)
 
 
@@ -161,6 +244,42 @@ def test_config_and_prompt_files_with_a_bom_or_in_utf16(tmp_path: Path, capsys) 
     prompts.write_bytes("Once upon a time\r\n".encode("utf-16-le"))  # no BOM: found by its NULs
     with pytest.raises(CLIError, match="prompts.txt is UTF-16 text"):
         read_prompts(args)
+    prompts.write_bytes("Caf\u00e9 au lait\r\n".encode("cp1252"))  # Windows' "ANSI": the byte and the fix named
+    with pytest.raises(CLIError, match=r"prompts.txt is not UTF-8 text \(byte 0xe9 at offset 3\); convert it to UTF-8"):
+        read_prompts(args)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_a_probing_dataset_with_a_bom_or_in_utf16(tmp_path: Path, suffix: str) -> None:
+    """eval --probing-dataset: Notepad's BOM was a JSON error ("Unexpected UTF-8 BOM"), UTF-16 a
+    UnicodeDecodeError; the first is read, the second refused with the fix."""
+    import json
+
+    from evals.probing import read_labelled_texts
+
+    rows = [{"text": d, "label": "fr" if "café" in d else "other"} for d in DOCS]
+    text = (json.dumps(rows, ensure_ascii=False) if suffix == ".json"
+            else "".join(json.dumps(r, ensure_ascii=False) + "\r\n" for r in rows))
+    path = tmp_path / f"probe{suffix}"
+    path.write_bytes(BOM + text.encode())
+    assert read_labelled_texts(path) == [(r["text"], r["label"]) for r in rows]
+    path.write_bytes(text.encode("utf-16"))
+    with pytest.raises(ValueError, match=f"probe{suffix} is UTF-16 text.*iconv"):
+        read_labelled_texts(path)
+
+
+def test_preset_and_scorecard_files_in_utf16_are_named_once(tmp_path: Path, capsys) -> None:
+    from saesteer.commands._steering import CLIError
+    from saesteer.commands.preset import _read_json
+
+    path = tmp_path / "calm.json"
+    path.write_bytes(BOM + b'{"name": "calm"}')
+    assert _read_json(str(path), "preset file ") == {"name": "calm"}
+    path.write_bytes('{"name": "calm"}'.encode("utf-16"))
+    for what in ("preset file ", "--scorecard "):
+        with pytest.raises(CLIError) as e:
+            _read_json(str(path), what)
+        assert str(e.value).startswith(f"{what}{path} is UTF-16 text; "), str(e.value)
 
 
 def _train_config_error(tmp_path: Path, capsys, saes: list[dict]) -> str:
@@ -193,12 +312,28 @@ def test_names_made_from_model_ids_are_portable() -> None:
     from saes.fileio import portable_name, unportable_name
     from saesteer.commands.cache import _slug
 
-    assert _slug("EleutherAI/pythia-70m") == "EleutherAI-pythia-70m"
-    assert _slug("..") == "model" and _slug("../ckpt.") == "ckpt"  # was '..': the cache left caches/
+    assert _slug("..") == "model" and _slug(".") == "model"  # was '..': the cache left caches/
+    assert _slug("../ckpt.") == "..-ckpt"  # a trailing dot goes: Windows drops it
     assert _slug(r"C:\Users\José\gpt2") == "C-Users-Jos-gpt2"
     assert _slug("con") == "con_" and _slug("blocks.2.hook_resid_post") == "blocks.2.hook_resid_post"
     for text in ["aux", "a<b>", "x. ", "lpt3.txt", "日本", "COM1"]:
         assert unportable_name(portable_name(text, "x")) is None
+
+
+@pytest.mark.parametrize("model, hooks, folder", [
+    ("gpt2", "blocks.6.hook_resid_post", "gpt2/blocks.6.hook_resid_post"),
+    ("EleutherAI/pythia-70m", "blocks.3.hook_resid_post", "EleutherAI-pythia-70m/blocks.3.hook_resid_post"),
+    ("./my-gpt2", "blocks.6.hook_resid_post+blocks.7.hook_mlp_out", ".-my-gpt2/blocks.6.hook_resid_post-blocks.7.hook_mlp_out"),
+    ("../models/gpt2", "blocks.0.hook_resid_pre", "..-models-gpt2/blocks.0.hook_resid_pre"),
+    ("meta-llama/Llama-3.2-1B", "blocks.8.hook_resid_post", "meta-llama-Llama-3.2-1B/blocks.8.hook_resid_post"),
+    ("google/gemma-2-2b@main", "blocks.12.hook_resid_post", "google-gemma-2-2b-main/blocks.12.hook_resid_post"),
+])
+def test_the_default_cache_folder_of_a_model_is_the_one_it_always_was(model: str, hooks: str, folder: str) -> None:
+    """`saesteer cache` without --out writes caches/<model>/<hooks>; re-running it resumes the cache
+    there, so the folder an existing cache is in must be the one the same command names now."""
+    from saesteer.commands.cache import _slug
+
+    assert f"{_slug(model)}/{_slug(hooks)}" == folder
 
 
 def test_a_leading_tilde_in_a_path_flag_is_the_home_folder(tmp_path: Path, capsys, monkeypatch) -> None:
@@ -219,10 +354,45 @@ def test_a_leading_tilde_in_a_path_flag_is_the_home_folder(tmp_path: Path, capsy
     assert not (cwd / "~").exists()
 
 
+@pytest.mark.parametrize("argv, dest", [
+    (["preset", "import", "--store", "s.db", "~/presets/calm.json"], "file"),
+    (["label", "--store", "s.db", "--report", "~/reports/label.json"], "report"),
+    (["steer", "--contrast", "~/pos.txt", "~/neg.txt"], "contrast"),
+])
+def test_files_named_by_a_positional_or_a_rarer_flag_expand_the_tilde_too(tmp_path: Path, monkeypatch, argv, dest) -> None:
+    from saesteer.cli import _expand_home, build_parser
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("USERPROFILE", str(tmp_path))
+    args = build_parser().parse_args(argv)
+    _expand_home(args)
+    values = getattr(args, dest)
+    assert all(str(v).startswith(str(tmp_path)) for v in (values if isinstance(values, list) else [values])), values
+
+
+def test_text_the_output_encoding_lacks_is_escaped_not_a_crash(tmp_path: Path, monkeypatch) -> None:
+    """Windows' stdout redirected to a file or pipe is the code page (cp1252): a CJK prompt, label or
+    path printed there stopped the command with UnicodeEncodeError after its work was done (`steer
+    ... > out.txt`). What the encoding lacks is written as \\uXXXX; what it has is written as it is."""
+    import io
+    import sys
+
+    from helpers.fake_cache import make_fake_cache
+    from saesteer.cli import main
+
+    cache = make_fake_cache(tmp_path / "日本語のキャッシュ café", [3])
+    out = io.TextIOWrapper(io.BytesIO(), encoding="cp1252", errors="strict", write_through=True)
+    monkeypatch.setattr(sys, "stdout", out)
+    assert main(["cache", "--verify", str(cache.path), "--no-progress"]) == 0
+    printed = out.buffer.getvalue().decode("cp1252")
+    assert "\\u65e5\\u672c\\u8a9e" in printed and "café: 1 shard(s) checked, all good" in printed
+
+
 def test_file_locks_hold_where_there_is_no_fcntl(tmp_path: Path, monkeypatch) -> None:
     """Windows has no fcntl: the lock that keeps two trains, caches or store builds out of one folder
     was then no lock at all. There it is msvcrt's byte lock (emulated here by flock: it conflicts
-    between two opens of the file, as msvcrt's does)."""
+    between two opens of the file, as msvcrt's does), unlocked before the file is closed (Windows
+    frees a closed file's locks only some time later: a second command started at once was refused)."""
     import fcntl
     import sys
     import types
@@ -230,13 +400,18 @@ def test_file_locks_hold_where_there_is_no_fcntl(tmp_path: Path, monkeypatch) ->
     from saes.fileio import FileLock
 
     calls = []
+    LK_UNLCK, LK_NBLCK = 0, 2
 
     def locking(fd: int, mode: int, nbytes: int) -> None:
         calls.append((mode, nbytes))
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError (an OSError) when held, as msvcrt's
+        if mode == LK_UNLCK:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        else:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError (an OSError) when held, as msvcrt's
 
     monkeypatch.setitem(sys.modules, "fcntl", None)  # `import fcntl` raises ImportError, as on Windows
-    monkeypatch.setitem(sys.modules, "msvcrt", types.SimpleNamespace(locking=locking, LK_NBLCK=2))
+    monkeypatch.setitem(sys.modules, "msvcrt", types.SimpleNamespace(locking=locking, LK_NBLCK=LK_NBLCK,
+                                                                     LK_UNLCK=LK_UNLCK))
 
     class Busy(Exception):
         pass
@@ -247,7 +422,8 @@ def test_file_locks_hold_where_there_is_no_fcntl(tmp_path: Path, monkeypatch) ->
                 pass
     with FileLock(tmp_path / ".lock", busy=Busy):  # released with the first
         pass
-    assert calls and all(c == (2, 1) for c in calls)
+    # lock, a refused lock (not unlocked: it was never held), unlock; lock, unlock
+    assert calls == [(LK_NBLCK, 1), (LK_NBLCK, 1), (LK_UNLCK, 1), (LK_NBLCK, 1), (LK_UNLCK, 1)]
 
 
 @pytest.mark.parametrize("spec", [r"C:\Users\José\models\gpt2", "D:/models/gpt2", r".\models\gpt2", r"models\gpt2"])

@@ -455,14 +455,10 @@ def _whole_txt_files(files, split: str, streaming: bool):
 
 
 def _read_txt_files(files):
+    from saes.fileio import read_text_file
+
     for path, _size, _mtime in files:
-        raw = Path(path).read_bytes()
-        try:
-            text = raw.decode("utf-8-sig")  # a leading BOM (Windows Notepad writes one) is not the file's text
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{path} is not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start}); convert it "
-                             f"to UTF-8, e.g. iconv -f latin1 -t utf-8") from None
-        yield {"text": text}
+        yield {"text": read_text_file(path, "data file")}  # as stored, less a BOM (Windows Notepad writes one)
 
 
 class DocumentSample(NamedTuple):

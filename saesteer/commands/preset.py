@@ -202,9 +202,9 @@ def _read_json(path: str, what: str):
     from saes.fileio import read_text_file
 
     try:
-        text = read_text_file(p, "file")
+        text = read_text_file(p, what.rstrip())
     except ValueError as e:  # UTF-16, or not UTF-8 (a byte-order mark is fine)
-        raise CLIError(f"{what}{e}") from None
+        raise CLIError(str(e)) from None
     try:
         return json.loads(text)
     except ValueError as e:
