@@ -225,7 +225,9 @@ class FileLock:
 
     On a filesystem without flock (some NFS setups: ENOLCK), the file's record alone decides: a
     record of a live process, or of another host, is refused (naming the file to delete if that
-    process is gone); one of a process gone from this host is stale and taken over.
+    process is gone); one of a process gone from this host is stale and taken over. Reading the
+    record and writing one's own is done holding `<path>.claim` (created with O_EXCL, atomic on
+    NFS too), so two processes starting together cannot both find it empty and both take it.
     """
 
     def __init__(self, path: str | os.PathLike, busy: Callable[[str], BaseException]) -> None:
@@ -236,24 +238,66 @@ class FileLock:
     def __enter__(self) -> "FileLock":
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            _lock_exclusively(self._fd)
-        except OSError as e:
-            # held by another process: flock says EWOULDBLOCK; msvcrt says EACCES or EDEADLK (after retries)
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES, errno.EDEADLK):
-                self._refuse(lock_holder(self._record()))
-            record = self._record()  # no file locks here: the record is the lock
-            if record and not _gone(record):
-                self._refuse(f"{lock_holder(record)}; if it is no longer running, delete {self.path}")
-        os.ftruncate(self._fd, 0)
-        os.lseek(self._fd, 0, os.SEEK_SET)  # not os.pwrite: Windows has none
-        os.write(self._fd, json.dumps(_this_process()).encode())
+            if self._locked_by_os():
+                self._write_record()
+            else:  # no file locks here: the record is the lock
+                with self._claim():
+                    self._refuse_if_recorded()
+                    self._write_record()
+        except BaseException:
+            self.release(clear=False)
+            raise
         return self
 
     def refuse_if_held(self) -> None:
         """Raise `busy(holder)` now if another process holds the lock: a command's early check, so that
-        a second run is refused before it loads a model (it takes the lock for good later)."""
-        with self:
-            pass
+        a second run is refused before it loads a model (it takes the lock for good later). The check
+        creates nothing and writes nothing: it is no holder, and it must never empty a holder's record."""
+        try:
+            self._fd = os.open(self.path, os.O_RDWR)  # read-write: NFS's flock (a POSIX lock) needs it
+        except FileNotFoundError:  # never locked
+            return
+        try:
+            if not self._locked_by_os():
+                self._refuse_if_recorded()
+        finally:
+            self.release(clear=False)
+
+    def _locked_by_os(self) -> bool:
+        """Take the OS's lock on the open file: True when taken, False where the filesystem has no
+        locks; `busy` is raised when another process holds it."""
+        try:
+            _lock_exclusively(self._fd)
+        except OSError as e:
+            # held by another process: flock says EWOULDBLOCK; msvcrt's LK_NBLCK says EACCES (EDEADLK: LK_LOCK's)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES, errno.EDEADLK):
+                self._refuse(lock_holder(self._record()))
+            return False
+        return True
+
+    def _refuse_if_recorded(self) -> None:
+        """Where the record is the lock: refuse a record of a process not known to be gone."""
+        record = self._record()
+        if record and not _gone(record):
+            self._refuse(f"{lock_holder(record)}; if it is no longer running, delete {self.path}")
+
+    @contextlib.contextmanager
+    def _claim(self) -> Iterator[None]:
+        claim = self.path.with_name(self.path.name + ".claim")
+        try:
+            fd = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            self._refuse(f"another process, which is taking {self.path} at this moment; if none is, delete {claim}")
+        try:
+            yield
+        finally:
+            os.close(fd)
+            _unlink_quietly(claim)
+
+    def _write_record(self) -> None:
+        os.ftruncate(self._fd, 0)
+        os.lseek(self._fd, 0, os.SEEK_SET)  # not os.pwrite: Windows has none
+        os.write(self._fd, json.dumps(_this_process()).encode())
 
     def _record(self) -> dict:
         try:
@@ -264,7 +308,7 @@ class FileLock:
         return record if isinstance(record, dict) else {}
 
     def _refuse(self, holder: str) -> None:
-        self.release(clear=False)
+        self.release(clear=False)  # never emptied: the record is the holder's
         raise self.busy(holder) from None
 
     def release(self, clear: bool = True) -> None:
@@ -350,9 +394,13 @@ def _this_process() -> dict:
 
 
 def _gone(record: dict) -> bool:
-    """Whether the process of a lock record is known to be gone: same host, and no such pid."""
+    """Whether the process of a lock record is known to be gone: same host, and no such pid. Never
+    on Windows, where os.kill(pid, 0) would end that process (TerminateProcess), not probe it."""
     import socket
+    import sys
 
+    if sys.platform == "win32":
+        return False
     if record.get("host") != socket.gethostname() or not isinstance(record.get("pid"), int):
         return False
     try:

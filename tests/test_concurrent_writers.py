@@ -180,33 +180,41 @@ def test_a_second_train_or_cache_into_one_folder_is_refused_naming_the_first(com
         _kill(first)
 
 
-def test_without_flock_the_record_is_the_lock_and_a_dead_holder_is_stale(tmp_path, monkeypatch):
-    """On a filesystem without flock (ENOLCK, some NFS setups): a live holder's record refuses
-    (naming the file to delete if it is gone), a record of a pid gone from this host is taken over."""
+@pytest.fixture()
+def no_flock(monkeypatch):
+    """A filesystem without flock (ENOLCK, some NFS setups)."""
     import errno
     import fcntl
 
-    from saes.fileio import FileLock
-
-    def no_flock(fd, op):
+    def flock(fd, op):
         raise OSError(errno.ENOLCK, "No locks available")
 
-    monkeypatch.setattr(fcntl, "flock", no_flock)
+    monkeypatch.setattr(fcntl, "flock", flock)
+
+
+def _busy(holder: str) -> RuntimeError:
+    return RuntimeError(holder)
+
+
+def test_without_flock_the_record_is_the_lock_and_a_dead_holder_is_stale(tmp_path, no_flock):
+    """On a filesystem without flock (ENOLCK, some NFS setups): a live holder's record refuses
+    (naming the file to delete if it is gone), a record of a pid gone from this host is taken over."""
+    from saes.fileio import FileLock
+
     path = tmp_path / "x.lock"
-    busy = lambda holder: RuntimeError(holder)  # noqa: E731
-    with FileLock(path, busy):
+    with FileLock(path, _busy):
         with pytest.raises(RuntimeError, match=f"process {os.getpid()} on .*delete {path}"):
-            with FileLock(path, busy):
+            with FileLock(path, _busy):
                 pass
-    with FileLock(path, busy):  # released: free again
+    with FileLock(path, _busy):  # released: free again
         pass
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     path.write_text(json.dumps({"pid": int(gone.stdout), "host": socket.gethostname(), "command": "saesteer label"}))
-    with FileLock(path, busy):  # stale: its process is gone
+    with FileLock(path, _busy):  # stale: its process is gone
         assert json.loads(path.read_text())["pid"] == os.getpid()
     path.write_text(json.dumps({"pid": 1, "host": "another-host", "command": "saesteer label"}))
     with pytest.raises(RuntimeError, match="process 1 on another-host"):
-        with FileLock(path, busy):
+        with FileLock(path, _busy):
             pass
 
 
@@ -224,3 +232,91 @@ def test_a_store_in_a_read_only_folder_is_readable(built, tmp_path):
         pytest.skip(f"no read-only bind mount here (unshare -rm): {r.stderr.strip()[:200]}")
     assert r.returncode == 0, r.stdout + r.stderr
     assert built[1][2] in r.stdout  # latent 2's trigger word in its examples
+
+
+def _on_reading_the_record(monkeypatch, then) -> None:
+    """Run `then()` once, right after the first read of a lock record: another process starting
+    at that moment."""
+    from saes.fileio import FileLock
+
+    read, done = FileLock._record, []
+
+    def record(self):
+        found = read(self)
+        if not done:
+            done.append(True)
+            then()
+        return found
+
+    monkeypatch.setattr(FileLock, "_record", record)
+
+
+def test_without_flock_two_writers_starting_together_do_not_both_take_the_lock(tmp_path, no_flock, monkeypatch):
+    """Both read the record before either wrote one: without `<lock>.claim` both found it empty and
+    both wrote (both labels judging the same latents, and the first to finish emptied the other's
+    record for a third to take)."""
+    from saes.fileio import FileLock
+
+    path = tmp_path / "x.lock"
+    second = []
+
+    def second_starts():
+        try:
+            second.append(FileLock(path, _busy).__enter__())
+        except RuntimeError as e:
+            second.append(e)
+
+    _on_reading_the_record(monkeypatch, second_starts)
+    with FileLock(path, _busy):
+        assert isinstance(second[0], RuntimeError), "both took the lock"
+        assert f"taking {path} at this moment; if none is, delete {path}.claim" in str(second[0])
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+    assert not path.with_name("x.lock.claim").exists()
+    with FileLock(path, _busy):  # free again
+        pass
+
+
+def test_an_early_check_never_empties_the_holders_record(tmp_path, no_flock, monkeypatch):
+    """`refuse_if_held` (train, cache, features build before loading a model) found the lock free, and
+    a writer took it meanwhile: the check wrote its own record over the writer's and emptied it when
+    done, so a third process took the lock the writer holds."""
+    from saes.fileio import FileLock
+
+    path = tmp_path / "x.lock"
+    with FileLock(path, _busy):  # an earlier run: its lock file stays, emptied
+        pass
+    writer = FileLock(path, _busy)
+    _on_reading_the_record(monkeypatch, writer.__enter__)  # the writer starts while the check reads
+    FileLock(path, _busy).refuse_if_held()
+    try:
+        assert json.loads(path.read_text() or "{}").get("pid") == os.getpid()
+        with pytest.raises(RuntimeError, match=f"process {os.getpid()} on "):
+            with FileLock(path, _busy):
+                pass
+    finally:
+        writer.release()
+
+
+def test_an_early_check_creates_no_lock_file(tmp_path):
+    from saes.fileio import FileLock
+
+    FileLock(tmp_path / "x.lock", _busy).refuse_if_held()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_on_windows_a_lock_record_is_not_probed_with_os_kill(tmp_path, no_flock, monkeypatch):
+    """Where the record is the lock, a holder's pid was probed with os.kill(pid, 0): on Windows that
+    ends the process (TerminateProcess), so a second label killed the running one. There a record
+    is never taken over as stale: the refusal names the file to delete."""
+    from saes.fileio import FileLock
+
+    def kill(pid, sig):
+        raise AssertionError(f"os.kill({pid}, {sig}) ends process {pid} on Windows")
+
+    monkeypatch.setattr(sys, "platform", "win32")
+    monkeypatch.setattr(os, "kill", kill)
+    path = tmp_path / "x.lock"
+    path.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": "saesteer label"}))
+    with pytest.raises(RuntimeError, match=f"process {os.getpid()} on .*delete {path}"):
+        with FileLock(path, _busy):
+            pass

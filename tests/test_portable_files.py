@@ -222,7 +222,8 @@ def test_a_leading_tilde_in_a_path_flag_is_the_home_folder(tmp_path: Path, capsy
 def test_file_locks_hold_where_there_is_no_fcntl(tmp_path: Path, monkeypatch) -> None:
     """Windows has no fcntl: the lock that keeps two trains, caches or store builds out of one folder
     was then no lock at all. There it is msvcrt's byte lock (emulated here by flock: it conflicts
-    between two opens of the file, as msvcrt's does)."""
+    between two opens of the file, as msvcrt's does), on a byte past the holder's record: Windows's
+    locks are mandatory, and a refused process must still read the record to name the holder."""
     import fcntl
     import sys
     import types
@@ -233,6 +234,7 @@ def test_file_locks_hold_where_there_is_no_fcntl(tmp_path: Path, monkeypatch) ->
 
     def locking(fd: int, mode: int, nbytes: int) -> None:
         calls.append((mode, nbytes))
+        assert os.lseek(fd, 0, os.SEEK_CUR) >= 4096, "the locked byte is within the record, unreadable to others"
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError (an OSError) when held, as msvcrt's
 
     monkeypatch.setitem(sys.modules, "fcntl", None)  # `import fcntl` raises ImportError, as on Windows
@@ -242,7 +244,7 @@ def test_file_locks_hold_where_there_is_no_fcntl(tmp_path: Path, monkeypatch) ->
         pass
 
     with FileLock(tmp_path / ".lock", busy=Busy):
-        with pytest.raises(Busy):
+        with pytest.raises(Busy, match=f"process {os.getpid()} on "):  # the holder's record read
             with FileLock(tmp_path / ".lock", busy=Busy):
                 pass
     with FileLock(tmp_path / ".lock", busy=Busy):  # released with the first
