@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -218,20 +219,58 @@ def test_without_flock_the_record_is_the_lock_and_a_dead_holder_is_stale(tmp_pat
             pass
 
 
-def test_a_store_in_a_read_only_folder_is_readable(built, tmp_path):
-    """A store published in a read-only folder (a read-only mount, a lab's shared folder): SQLite
-    cannot create `<store>-shm` there, and the store is read all the same."""
+def _read_only_mount(folder: Path, mnt: Path, *argv) -> subprocess.CompletedProcess:
+    """`saesteer *argv` with `folder` mounted read-only at `mnt` (a user namespace's bind mount);
+    skips where there is none (no `unshare -rm`)."""
+    script = (f"mount --bind -o ro {folder} {mnt} && touch {mnt}/probe 2>/dev/null && exit 99; "
+              f"exec {sys.executable} -m saesteer {' '.join(map(str, argv))}")
+    r = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True)
+    if r.returncode == 99 or "unshare" in r.stderr and r.returncode != 0 and "saesteer" not in r.stderr:
+        pytest.skip(f"no read-only bind mount here (unshare -rm): {r.stderr.strip()[:200]}")
+    return r
+
+
+def _published(built, tmp_path) -> tuple[Path, Path]:
     folder, mnt = tmp_path / "folder", tmp_path / "mnt"
     folder.mkdir()
     mnt.mkdir()
     (folder / "toy.db").write_bytes(built[0].read_bytes())
-    script = (f"mount --bind -o ro {folder} {mnt} && touch {mnt}/probe 2>/dev/null && exit 99; "
-              f"exec {sys.executable} -m saesteer features show {mnt}/toy.db 2")
-    r = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True)
-    if r.returncode == 99 or "unshare" in r.stderr and r.returncode != 0 and "saesteer" not in r.stderr:
-        pytest.skip(f"no read-only bind mount here (unshare -rm): {r.stderr.strip()[:200]}")
+    return folder, mnt
+
+
+def test_a_store_in_a_read_only_folder_is_readable(built, tmp_path):
+    """A store published in a read-only folder (a read-only mount, a lab's shared folder): SQLite
+    cannot create `<store>-shm` there, and the store is read all the same."""
+    folder, mnt = _published(built, tmp_path)
+    r = _read_only_mount(folder, mnt, "features", "show", mnt / "toy.db", 2)
     assert r.returncode == 0, r.stdout + r.stderr
     assert built[1][2] in r.stdout  # latent 2's trigger word in its examples
+
+
+def test_a_read_only_store_with_changes_pending_is_refused_with_advice_that_works(built, tmp_path):
+    """A label written into the store was still in `toy.db-wal` (its writer killed; the folder then
+    copied without `-shm`): read as an unchanging file it would be missed, so it is refused, saying
+    what to run where the folder is writable; once that has run, the label is read in the read-only
+    folder (a reader there leaves the -wal but makes the `-shm` SQLite reads it through)."""
+    folder, mnt = _published(built, tmp_path)
+    child = ("import os, signal, sys; from features import FeatureStore; from features.records import LabelProvenance\n"
+             "st = FeatureStore.open(sys.argv[1], readonly=False)\n"
+             "st._conn.execute('PRAGMA wal_autocheckpoint=0')\n"
+             "st.write_label(2, 'pending label', provenance=LabelProvenance('me', 'human', 'v1'))\n"
+             "os.kill(os.getpid(), signal.SIGKILL)")
+    subprocess.run([sys.executable, "-c", child, str(folder / "toy.db")],
+                   env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert (folder / "toy.db-wal").stat().st_size > 0
+    (folder / "toy.db-shm").unlink()
+    r = _read_only_mount(folder, mnt, "features", "show", mnt / "toy.db", 2)
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "toy.db-wal" in r.stderr, r.stderr
+    advice = re.search(r"`saesteer ([^`]+)`", r.stderr)
+    assert advice, r.stderr
+    words = [w for w in advice.group(1).split() if w != "toy.db"]
+    saesteer(*words, folder / "toy.db").ok()  # run by the owner, where the folder is writable
+    r = _read_only_mount(folder, mnt, "features", "show", mnt / "toy.db", 2)
+    assert r.returncode == 0 and "pending label" in r.stdout, r.stdout + r.stderr
 
 
 def _on_reading_the_record(monkeypatch, then) -> None:
