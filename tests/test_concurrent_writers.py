@@ -359,3 +359,23 @@ def test_on_windows_a_lock_record_is_not_probed_with_os_kill(tmp_path, no_flock,
     with pytest.raises(RuntimeError, match=f"process {os.getpid()} on .*delete {path}"):
         with FileLock(path, _busy):
             pass
+
+
+def test_the_demos_label_stage_takes_the_stores_writer_lock(built, tmp_path, monkeypatch):
+    """`saesteer demo`'s label stage wrote labels without the lock `saesteer label` takes: a label run
+    of the demo's store meanwhile (or a second demo) judged the same latents. Refused now, naming the
+    holder, before a judge is made (a local judge model can take minutes to load)."""
+    import autointerp.config
+    from features.store import StoreError, writer_lock
+    from saesteer.demo import DemoConfig, DemoPaths
+    from saesteer.demo.stages import stage_label
+
+    def no_judge(*a, **kw):
+        raise AssertionError("a judge was made before the store's lock was taken")
+
+    paths = DemoPaths(tmp_path)
+    paths.store.write_bytes(built[0].read_bytes())
+    monkeypatch.setattr(autointerp.config, "make_judge", no_judge)
+    with writer_lock(paths.store):  # here: as another process's `saesteer label` holds it
+        with pytest.raises(StoreError, match=f"features.db is being written by process {os.getpid()} on "):
+            stage_label(DemoConfig(out=tmp_path), paths, None, False, {}, print)
