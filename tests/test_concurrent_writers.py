@@ -379,3 +379,20 @@ def test_the_demos_label_stage_takes_the_stores_writer_lock(built, tmp_path, mon
     with writer_lock(paths.store):  # here: as another process's `saesteer label` holds it
         with pytest.raises(StoreError, match=f"features.db is being written by process {os.getpid()} on "):
             stage_label(DemoConfig(out=tmp_path), paths, None, False, {}, print)
+
+
+def test_a_served_store_deleted_meanwhile_is_said_deleted_not_rebuilt(built, tmp_path, monkeypatch):
+    """The note said "rebuilt or replaced ... Restart `saesteer serve` to show the new one" for a store
+    file deleted or moved away: there is no new one, and a restart would fail to find it. The file
+    name in it is shown escaped."""
+    store = tmp_path / "toy <b>&lab.db"
+    store.write_bytes(built[0].read_bytes())
+    r, client = captured_serve(monkeypatch, "--store", store)
+    assert client is not None, r.text
+    sid = client.get("/api/stores").json()[0]["id"]
+    store.rename(tmp_path / "elsewhere.db")
+    note = client.get(f"/api/stores/{sid}").json()["replaced_note"]
+    assert note.startswith("toy <b>&lab.db was moved or deleted after this server opened it") and "Restart" not in note
+    page = client.get(f"/s/{sid}").text
+    assert "toy &lt;b&gt;&amp;lab.db was moved or deleted" in page and "<b>&" not in page
+    assert len(client.get(f"/api/stores/{sid}/features", params={"limit": 50}).json()["items"]) == 6  # still read
