@@ -234,6 +234,7 @@ class FileLock:
         self.path = Path(path)
         self.busy = busy
         self._fd: int | None = None
+        self._written: dict | None = None  # the record this process wrote
 
     def __enter__(self) -> "FileLock":
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -295,9 +296,10 @@ class FileLock:
             _unlink_quietly(claim)
 
     def _write_record(self) -> None:
+        self._written = _this_process()
         os.ftruncate(self._fd, 0)
         os.lseek(self._fd, 0, os.SEEK_SET)  # not os.pwrite: Windows has none
-        os.write(self._fd, json.dumps(_this_process()).encode())
+        os.write(self._fd, json.dumps(self._written).encode())
 
     def _record(self) -> dict:
         try:
@@ -312,12 +314,14 @@ class FileLock:
         raise self.busy(holder) from None
 
     def release(self, clear: bool = True) -> None:
+        """Release the lock, its record emptied (`clear`) while it is still this process's: where the
+        record is the lock, another process may have taken it over (it judged this one gone)."""
         if self._fd is not None:
-            if clear:  # emptied, not deleted: deleting a lock file lets two processes lock two files
-                with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):  # emptied, not deleted: deleting a lock file lets two processes lock two files
+                if clear and self._record() == self._written:
                     os.ftruncate(self._fd, 0)
             os.close(self._fd)
-            self._fd = None
+            self._fd = self._written = None
 
     def __exit__(self, *exc: Any) -> None:
         self.release()

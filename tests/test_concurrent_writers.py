@@ -396,3 +396,16 @@ def test_a_served_store_deleted_meanwhile_is_said_deleted_not_rebuilt(built, tmp
     page = client.get(f"/s/{sid}").text
     assert "toy &lt;b&gt;&amp;lab.db was moved or deleted" in page and "<b>&" not in page
     assert len(client.get(f"/api/stores/{sid}/features", params={"limit": 50}).json()["items"]) == 6  # still read
+
+
+def test_without_flock_a_holder_ending_leaves_the_record_of_one_that_took_over(tmp_path, no_flock):
+    """A holder judged gone by another process (its pid not seen from there: another PID namespace
+    under one host name) was taken over; when it ended it emptied the new holder's record, and a
+    third process took the lock that one holds."""
+    from saes.fileio import FileLock
+
+    path = tmp_path / "x.lock"
+    taker = {"pid": os.getpid() + 1, "host": socket.gethostname(), "command": "saesteer label", "since": "now"}
+    with FileLock(path, _busy):
+        path.write_text(json.dumps(taker))  # the other process takes it over
+    assert json.loads(path.read_text()) == taker
