@@ -214,11 +214,11 @@ def sha256_file(path: str | os.PathLike, chunk_bytes: int = 8 << 20) -> str:
 
 
 class FileLock:
-    """An exclusive, non-blocking lock (flock) on the file `path`, held inside `with` and released
-    by the OS if the process dies (kill -9 included: a later run is never blocked by a dead one).
-    While held, the file says who holds it (pid, host, command, start time); when another process
-    holds it, `busy(holder)` is raised with that said in words, so each user can name the other
-    process in its own message (and exception type):
+    """An exclusive, non-blocking lock (flock; msvcrt's byte lock on Windows) on the file `path`,
+    held inside `with` and released by the OS if the process dies (kill -9 included: a later run is
+    never blocked by a dead one). While held, the file says who holds it (pid, host, command, start
+    time); when another process holds it, `busy(holder)` is raised with that said in words, so each
+    user can name the other process in its own message (and exception type):
 
         with FileLock(out / ".lock", busy=lambda holder: RuntimeError(f"{holder} is writing {out}")):
             ...
@@ -235,6 +235,7 @@ class FileLock:
         self.busy = busy
         self._fd: int | None = None
         self._written: dict | None = None  # the record this process wrote
+        self._os_locked = False
 
     def __enter__(self) -> "FileLock":
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -269,6 +270,7 @@ class FileLock:
         locks; `busy` is raised when another process holds it."""
         try:
             _lock_exclusively(self._fd)
+            self._os_locked = True
         except OSError as e:
             # held by another process: flock says EWOULDBLOCK; msvcrt's LK_NBLCK says EACCES (EDEADLK: LK_LOCK's)
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES, errno.EDEADLK):
@@ -320,8 +322,12 @@ class FileLock:
             with contextlib.suppress(OSError):  # emptied, not deleted: deleting a lock file lets two processes lock two files
                 if clear and self._record() == self._written:
                     os.ftruncate(self._fd, 0)
+            if self._os_locked:
+                with contextlib.suppress(OSError):
+                    _unlock(self._fd)
             os.close(self._fd)
             self._fd = self._written = None
+            self._os_locked = False
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
@@ -383,6 +389,21 @@ def _lock_exclusively(fd: int) -> None:
         msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
     else:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _unlock(fd: int) -> None:
+    """Undo `_lock_exclusively` before the file is closed: Windows frees a closed file's byte locks
+    only when "resources allow", so a run started right after this one could find it still locked
+    (flock's lock goes with the close)."""
+    try:
+        import fcntl
+    except ImportError:
+        import msvcrt
+
+        os.lseek(fd, _WINDOWS_LOCK_OFFSET, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def _this_process() -> dict:
