@@ -269,7 +269,7 @@ class FileLock:
         """Take the OS's lock on the open file: True when taken, False where the filesystem has no
         locks; `busy` is raised when another process holds it."""
         try:
-            _lock_exclusively(self._fd)
+            _os_lock(self._fd, take=True)
             self._os_locked = True
         except OSError as e:
             # held by another process: flock says EWOULDBLOCK; msvcrt's LK_NBLCK says EACCES (EDEADLK: LK_LOCK's)
@@ -324,7 +324,7 @@ class FileLock:
                     os.ftruncate(self._fd, 0)
             if self._os_locked:
                 with contextlib.suppress(OSError):
-                    _unlock(self._fd)
+                    _os_lock(self._fd, take=False)
             os.close(self._fd)
             self._fd = self._written = None
             self._os_locked = False
@@ -377,33 +377,20 @@ def read_text_file(path: str | os.PathLike, what: str = "file") -> str:
 _WINDOWS_LOCK_OFFSET = 1 << 30
 
 
-def _lock_exclusively(fd: int) -> None:
-    """Take a non-blocking exclusive lock on the open file `fd`, released by the OS when the process
-    dies; OSError when another process holds it (or the filesystem has no locks)."""
+def _os_lock(fd: int, take: bool) -> None:
+    """Take (non-blocking, exclusive) or give back the OS's lock on the open file `fd`; it is also
+    released by the OS when the process dies. OSError when another process holds it (or the
+    filesystem has no locks). Given back before the file is closed: Windows frees a closed file's
+    byte locks only when "resources allow", so a run started right after could find it still held."""
     try:
         import fcntl
     except ImportError:  # Windows: msvcrt's byte lock
         import msvcrt
 
         os.lseek(fd, _WINDOWS_LOCK_OFFSET, os.SEEK_SET)
-        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        msvcrt.locking(fd, msvcrt.LK_NBLCK if take else msvcrt.LK_UNLCK, 1)
     else:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-
-
-def _unlock(fd: int) -> None:
-    """Undo `_lock_exclusively` before the file is closed: Windows frees a closed file's byte locks
-    only when "resources allow", so a run started right after this one could find it still locked
-    (flock's lock goes with the close)."""
-    try:
-        import fcntl
-    except ImportError:
-        import msvcrt
-
-        os.lseek(fd, _WINDOWS_LOCK_OFFSET, os.SEEK_SET)
-        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB if take else fcntl.LOCK_UN)
 
 
 def _this_process() -> dict:
