@@ -319,7 +319,8 @@ class FileLock:
         """Release the lock, its record emptied (`clear`) while it is still this process's: where the
         record is the lock, another process may have taken it over (it judged this one gone)."""
         if self._fd is not None:
-            with contextlib.suppress(OSError):  # emptied, not deleted: deleting a lock file lets two processes lock two files
+            # emptied, not deleted: deleting a lock file lets two processes lock two files
+            with contextlib.suppress(OSError):
                 if clear and self._record() == self._written:
                     os.ftruncate(self._fd, 0)
             if self._os_locked:
