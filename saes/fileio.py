@@ -225,7 +225,8 @@ class FileLock:
 
     On a filesystem without flock (some NFS setups: ENOLCK), the file's record alone decides: a
     record of a live process, or of another host, is refused (naming the file to delete if that
-    process is gone); one of a process gone from this host is stale and taken over. Reading the
+    process is gone); one of a process gone from this host is stale and taken over (never on
+    Windows, where no process can be probed harmlessly: `_gone`). Reading the
     record and writing one's own is done holding `<path>.claim` (created with O_EXCL, atomic on
     NFS too), so two processes starting together cannot both find it empty and both take it.
     """
