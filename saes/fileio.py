@@ -215,47 +215,95 @@ def sha256_file(path: str | os.PathLike, chunk_bytes: int = 8 << 20) -> str:
 
 
 class FileLock:
-    """An exclusive, non-blocking lock on the file `path` (flock; on Windows, msvcrt's byte lock), held inside `with` and released
-    by the OS if the process dies (kill -9 included: a later run is never blocked by a dead one).
-    While held, the file says who holds it (pid, host, command, start time); when another process
-    holds it, `busy(holder)` is raised with that said in words, so each user can name the other
-    process in its own message (and exception type):
+    """An exclusive, non-blocking lock (flock; msvcrt's byte lock on Windows) on the file `path`,
+    held inside `with` and released by the OS if the process dies (kill -9 included: a later run is
+    never blocked by a dead one). While held, the file says who holds it (pid, host, command, start
+    time); when another process holds it, `busy(holder)` is raised with that said in words, so each
+    user can name the other process in its own message (and exception type):
 
         with FileLock(out / ".lock", busy=lambda holder: RuntimeError(f"{holder} is writing {out}")):
             ...
 
     On a filesystem without flock (some NFS setups: ENOLCK), the file's record alone decides: a
     record of a live process, or of another host, is refused (naming the file to delete if that
-    process is gone); one of a process gone from this host is stale and taken over.
+    process is gone); one of a process gone from this host is stale and taken over (never on
+    Windows, where no process can be probed harmlessly: `_gone`). Reading the
+    record and writing one's own is done holding `<path>.claim` (created with O_EXCL, atomic on
+    NFS too), so two processes starting together cannot both find it empty and both take it.
     """
 
     def __init__(self, path: str | os.PathLike, busy: Callable[[str], BaseException]) -> None:
         self.path = Path(path)
         self.busy = busy
         self._fd: int | None = None
-        self._unlock: Callable[[], None] | None = None  # the byte lock's unlock while held (Windows)
+        self._written: dict | None = None  # the record this process wrote
+        self._os_locked = False
 
     def __enter__(self) -> "FileLock":
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            self._unlock = _lock_exclusively(self._fd)
-        except OSError as e:
-            # held by another process: flock says EWOULDBLOCK; msvcrt says EACCES or EDEADLK (after retries)
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES, errno.EDEADLK):
-                self._refuse(lock_holder(self._record()))
-            record = self._record()  # no file locks here: the record is the lock
-            if record and not _gone(record):
-                self._refuse(f"{lock_holder(record)}; if it is no longer running, delete {self.path}")
-        os.ftruncate(self._fd, 0)
-        os.lseek(self._fd, 0, os.SEEK_SET)  # not os.pwrite: Windows has none
-        os.write(self._fd, json.dumps(_this_process()).encode())
+            if self._locked_by_os():
+                self._write_record()
+            else:  # no file locks here: the record is the lock
+                with self._claim():
+                    self._refuse_if_recorded()
+                    self._write_record()
+        except BaseException:
+            self.release(clear=False)
+            raise
         return self
 
     def refuse_if_held(self) -> None:
         """Raise `busy(holder)` now if another process holds the lock: a command's early check, so that
-        a second run is refused before it loads a model (it takes the lock for good later)."""
-        with self:
-            pass
+        a second run is refused before it loads a model (it takes the lock for good later). The check
+        creates nothing and writes nothing: it is no holder, and it must never empty a holder's record."""
+        try:
+            self._fd = os.open(self.path, os.O_RDWR)  # read-write: NFS's flock (a POSIX lock) needs it
+        except FileNotFoundError:  # never locked
+            return
+        try:
+            if not self._locked_by_os():
+                self._refuse_if_recorded()
+        finally:
+            self.release(clear=False)
+
+    def _locked_by_os(self) -> bool:
+        """Take the OS's lock on the open file: True when taken, False where the filesystem has no
+        locks; `busy` is raised when another process holds it."""
+        try:
+            _os_lock(self._fd, take=True)
+            self._os_locked = True
+        except OSError as e:
+            # held by another process: flock says EWOULDBLOCK; msvcrt's LK_NBLCK says EACCES (EDEADLK: LK_LOCK's)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES, errno.EDEADLK):
+                self._refuse(lock_holder(self._record()))
+            return False
+        return True
+
+    def _refuse_if_recorded(self) -> None:
+        """Where the record is the lock: refuse a record of a process not known to be gone."""
+        record = self._record()
+        if record and not _gone(record):
+            self._refuse(f"{lock_holder(record)}; if it is no longer running, delete {self.path}")
+
+    @contextlib.contextmanager
+    def _claim(self) -> Iterator[None]:
+        claim = self.path.with_name(self.path.name + ".claim")
+        try:
+            fd = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            self._refuse(f"another process, which is taking {self.path} at this moment; if none is, delete {claim}")
+        try:
+            yield
+        finally:
+            os.close(fd)
+            _unlink_quietly(claim)
+
+    def _write_record(self) -> None:
+        self._written = _this_process()
+        os.ftruncate(self._fd, 0)
+        os.lseek(self._fd, 0, os.SEEK_SET)  # not os.pwrite: Windows has none
+        os.write(self._fd, json.dumps(self._written).encode())
 
     def _record(self) -> dict:
         try:
@@ -266,20 +314,23 @@ class FileLock:
         return record if isinstance(record, dict) else {}
 
     def _refuse(self, holder: str) -> None:
-        self.release(clear=False)
+        self.release(clear=False)  # never emptied: the record is the holder's
         raise self.busy(holder) from None
 
     def release(self, clear: bool = True) -> None:
+        """Release the lock, its record emptied (`clear`) while it is still this process's: where the
+        record is the lock, another process may have taken it over (it judged this one gone)."""
         if self._fd is not None:
-            if self._unlock is not None:  # Windows frees a closed file's locks only "when resources allow"
-                with contextlib.suppress(OSError):
-                    self._unlock()
-                self._unlock = None
-            if clear:  # emptied, not deleted: deleting a lock file lets two processes lock two files
-                with contextlib.suppress(OSError):
+            # emptied, not deleted: deleting a lock file lets two processes lock two files
+            with contextlib.suppress(OSError):
+                if clear and self._record() == self._written:
                     os.ftruncate(self._fd, 0)
+            if self._os_locked:
+                with contextlib.suppress(OSError):
+                    _os_lock(self._fd, take=False)
             os.close(self._fd)
-            self._fd = None
+            self._fd = self._written = None
+            self._os_locked = False
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
@@ -330,23 +381,20 @@ def read_text_file(path: str | os.PathLike, what: str = "file") -> str:
 _WINDOWS_LOCK_OFFSET = 1 << 30
 
 
-def _lock_exclusively(fd: int) -> Callable[[], None] | None:
-    """Take a non-blocking exclusive lock on the open file `fd`, released by the OS when the process
-    dies; OSError when another process holds it (or the filesystem has no locks). Returns the unlock
-    to call before closing where the OS wants one (Windows), else None."""
+def _os_lock(fd: int, take: bool) -> None:
+    """Take (non-blocking, exclusive) or give back the OS's lock on the open file `fd`; it is also
+    released by the OS when the process dies. OSError when another process holds it (or the
+    filesystem has no locks). Given back before the file is closed: Windows frees a closed file's
+    byte locks only when "resources allow", so a run started right after could find it still held."""
     try:
         import fcntl
     except ImportError:  # Windows: msvcrt's byte lock
         import msvcrt
 
-        def at_lock_byte(mode: int) -> None:
-            os.lseek(fd, _WINDOWS_LOCK_OFFSET, os.SEEK_SET)
-            msvcrt.locking(fd, mode, 1)
-
-        at_lock_byte(msvcrt.LK_NBLCK)
-        return lambda: at_lock_byte(msvcrt.LK_UNLCK)
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    return None
+        os.lseek(fd, _WINDOWS_LOCK_OFFSET, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_NBLCK if take else msvcrt.LK_UNLCK, 1)
+    else:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB if take else fcntl.LOCK_UN)
 
 
 def _this_process() -> dict:
@@ -362,9 +410,13 @@ def _this_process() -> dict:
 
 
 def _gone(record: dict) -> bool:
-    """Whether the process of a lock record is known to be gone: same host, and no such pid."""
+    """Whether the process of a lock record is known to be gone: same host, and no such pid. Never
+    on Windows, where os.kill(pid, 0) would end that process (TerminateProcess), not probe it."""
     import socket
+    import sys
 
+    if sys.platform == "win32":
+        return False
     if record.get("host") != socket.gethostname() or not isinstance(record.get("pid"), int):
         return False
     try:

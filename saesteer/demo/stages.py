@@ -142,21 +142,24 @@ def stage_label(cfg: DemoConfig, paths: DemoPaths, judge_cfg, progress: bool, in
     from autointerp.featurestore import FeatureStoreLabels
     from autointerp.runner import label_latents
 
-    judge_cfg = judge_cfg or JudgeConfig()
-    backend, model_name = resolve_backend(judge_cfg)
-    judge = make_judge(judge_cfg, cache_path=paths.store.with_name(paths.store.name + ".judge-cache.sqlite"))
-    limit = cfg.label_limit if cfg.label_limit is not None else (None if judge is None else 100)
-    say(f"judge: {backend}" + (f" ({model_name})" if model_name else " (concept phrases from the contexts, logit effects and neighbours; no LLM)")
-        + ("" if limit is None else f"; the {limit} most frequent latents"))
-    with FeatureStoreLabels.open(paths.store) as st:
-        # also fine under Jupyter's running event loop: label_latents then runs in a worker thread
-        report = label_latents(st, judge, LabelConfig(seed=cfg.seed, limit=limit), progress=progress)
-        n_labelled = st.store.count_features({"has_label": True})
-        from autointerp.embeddings import EmbedConfig, make_embedder
-        from autointerp.semantic import embed_labels
+    from features.store import writer_lock
 
-        embedder = make_embedder(EmbedConfig())  # a local model when installed: the web app searches by meaning
-        say(f"label embeddings: {embed_labels(st.store, embedder)} new ({embedder.name})")
+    with writer_lock(paths.store):  # as `saesteer label` takes it: one of the two is refused, naming the other
+        judge_cfg = judge_cfg or JudgeConfig()
+        backend, model_name = resolve_backend(judge_cfg)
+        judge = make_judge(judge_cfg, cache_path=paths.store.with_name(paths.store.name + ".judge-cache.sqlite"))
+        limit = cfg.label_limit if cfg.label_limit is not None else (None if judge is None else 100)
+        say(f"judge: {backend}" + (f" ({model_name})" if model_name else " (concept phrases from the contexts, logit effects and neighbours; no LLM)")
+            + ("" if limit is None else f"; the {limit} most frequent latents"))
+        with FeatureStoreLabels.open(paths.store) as st:
+            # also fine under Jupyter's running event loop: label_latents then runs in a worker thread
+            report = label_latents(st, judge, LabelConfig(seed=cfg.seed, limit=limit), progress=progress)
+            n_labelled = st.store.count_features({"has_label": True})
+            from autointerp.embeddings import EmbedConfig, make_embedder
+            from autointerp.semantic import embed_labels
+
+            embedder = make_embedder(EmbedConfig())  # a local model when installed: the web app searches by meaning
+            say(f"label embeddings: {embed_labels(st.store, embedder)} new ({embedder.name})")
     if report.labelled == 0 and not report.failed:
         info["status"] = "reused"
     info["note"] = report.summary()

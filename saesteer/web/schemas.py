@@ -52,8 +52,8 @@ class StoreInfo(_Out):
     browse_only_reason: str | None = Field(None, description="why the store cannot run the model (when can_steer is false)")
     tokens_seen: int | None = None
     score_method: str | None = Field(None, description="the score shown as 'score' (sorting and filtering use it too)")
-    replaced_note: str | None = Field(None, description="set when the store's file was rebuilt or replaced after the "
-                                      "server opened it: the server still shows the one it opened")
+    replaced_note: str | None = Field(None, description="set when the store's file was rebuilt, replaced, moved or "
+                                      "deleted after the server opened it: the server still shows the one it opened")
 
 
 class SnippetPart(_Out):

@@ -97,9 +97,13 @@ class StoreEntry:
         store has labels (a `saesteer label` writing into it beside the server), and whether its file
         was rebuilt (this server keeps showing the one it opened until it is restarted)."""
         store = getattr(self.catalog, "store", None)
-        replaced = store is not None and hasattr(store, "replaced") and store.replaced()
-        note = (f"{Path(store.path).name} was rebuilt or replaced after this server opened it; this shows the store it opened. "
-                "Restart `saesteer serve` to show the new one.") if replaced else None
+        note = None
+        if store is not None and hasattr(store, "replaced") and store.replaced():
+            name = Path(store.path).name
+            note = (f"{name} was rebuilt or replaced after this server opened it; this shows the store it opened. "
+                    "Restart `saesteer serve` to show the new one." if Path(store.path).exists() else
+                    f"{name} was moved or deleted after this server opened it; this shows the store it opened until "
+                    "the server stops.")
         return self.info.model_copy(update={"has_labels": self.catalog.info().has_labels, "replaced_note": note})
 
 
