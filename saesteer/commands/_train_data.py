@@ -61,14 +61,29 @@ def check_cached_text(cache, man, text_cfg, text_given: Collection[str] | None) 
     packs held-out text so), so the setting would do nothing, silently."""
     from training.sources import TEXT_READING, text_config_from_manifest
 
-    cached = text_config_from_manifest(man)
-    wrong = [k for k in TEXT_READING if k in (text_given or ()) and getattr(text_cfg, k) != getattr(cached, k)]
+    cached, dataset = text_config_from_manifest(man), man.settings.get("dataset") or {}
+    wrong = [k for k in TEXT_READING if k in (text_given or ())
+             and not _reads_as_cached(k, getattr(text_cfg, k), getattr(cached, k), dataset)]
     if wrong:
         said = ", ".join(f"--{k.replace('_', '-')} {getattr(text_cfg, k)} (the cache's: {getattr(cached, k)})"
                          for k in wrong)
         raise ValueError(f"{said}: the cache {cache} holds text read with its own settings, which --cache trains on "
                          f"as they are; leave {'it' if len(wrong) == 1 else 'them'} out, or cache the text again with "
                          f"{'it' if len(wrong) == 1 else 'them'}")
+
+
+def _reads_as_cached(key: str, given, cached, dataset: dict) -> bool:
+    """Whether the text setting `key` given reads the text as the cache read it: the cache's value, or
+    one the cache's dataset (its manifest record) made moot when it was read (`DocumentSource`):
+    txt_documents of other files than .txt, a pretokenized dataset's "text" column (its token column
+    is read where there is no text) and separator "rows" (as its rows hold)."""
+    if given == cached:
+        return True
+    if key == "txt_documents":
+        return "txt_documents" not in dataset  # recorded for local .txt files only: others ignore it
+    if dataset.get("pretokenized"):
+        return (key, given) in (("text_column", "text"), ("separator", "rows"))
+    return False
 
 
 def _from_cache(run_cfg, data_cfg, rank: int, world: int, allow_model_mismatch: bool, check_init=None,

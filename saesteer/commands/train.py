@@ -277,7 +277,12 @@ def run(args) -> int:
         print_error(e)
         return 2
     if args.print_config:
-        print(json.dumps({"out": out, "data": dataclasses.asdict(data_cfg), "text": dataclasses.asdict(text_cfg),
+        try:
+            shown = _text_trained_on(data_cfg, text_cfg, text_given)
+        except (OSError, ValueError) as e:
+            print_error(e)
+            return 2
+        print(json.dumps({"out": out, "data": dataclasses.asdict(data_cfg), "text": dataclasses.asdict(shown),
                           **run_cfg.to_dict()}, indent=2))
         return 0
     if not out:
@@ -308,6 +313,24 @@ def run(args) -> int:
     finally:
         if setup is not None:
             shutdown()
+
+
+def _text_trained_on(data_cfg, text_cfg, text_given: frozenset[str]):
+    """The text settings the run reads its text with, for --print-config: with --cache the cache's
+    (checked against those given, as training checks them), so that the printed config given back as
+    --config trains as this command would; without a readable cache, `text_cfg`."""
+    if not data_cfg.cache:
+        return text_cfg
+    from saesteer.commands._train_data import check_cached_text
+    from training.manifest import read_manifest
+    from training.sources import text_config_from_manifest
+
+    try:
+        man = read_manifest(data_cfg.cache)
+    except (OSError, ValueError):  # not built yet: training says so
+        return text_cfg
+    check_cached_text(data_cfg.cache, man, text_cfg, text_given)
+    return text_config_from_manifest(man)
 
 
 def _run_training(args, run_cfg, data_cfg, text_cfg, out, setup, init_source, text_given: frozenset[str]) -> int:
