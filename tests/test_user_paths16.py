@@ -172,16 +172,16 @@ def test_a_command_opens_the_dataset_checks_the_rows_and_loads_saelens_tokenizer
     saelens_loads, from_pretrained = [], transformers.AutoTokenizer.from_pretrained
 
     def counted(name, *a, **kw):
-        if sys._getframe(1).f_code.co_name == "_load_tokenizer":
+        if sys._getframe(1).f_code.co_name == "_tokenizer_as_saved":
             saelens_loads.append(name)
         return from_pretrained(name, *a, **kw)
 
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", counted)
-    pretokenized._load_tokenizer.cache_clear()
+    pretokenized._tokenizer_as_saved.cache_clear()
     cache(user.model, user.saved["train"], user.work / "once").ok()
     assert len(opened) == 2 and len(checks) == 1 and saelens_loads == [str(user.model)], (opened, checks)
     assert json.loads((user.work / "once/manifest.json").read_text())["separator"] == "eos"
-    pretokenized._load_tokenizer.cache_clear()
+    pretokenized._tokenizer_as_saved.cache_clear()
     saelens_loads.clear()
     saesteer("train", "--model", user.model, "--dataset", user.saved["train"], "--context-length", L, "--hook", HOOK,
              "--out", user.work / "once-run", "--architecture", "topk", "--d-sae", 64, "--k", 4, "--total-tokens", 512,
@@ -253,6 +253,31 @@ def test_rows_of_another_tokenizer_are_refused_naming_both(user, real_corpus):
     (big / "sae_lens.json").unlink()
     r = cache(user.model, big, work / "c3").no_traceback()
     assert r.rc != 0 and "outside the model's tokenizer" in r.err and "ids 0..1023" in r.err, r.text
+
+
+def test_the_tokenizer_sae_lens_json_names_is_read_as_it_is_on_disk_now(user, real_corpus):
+    """The tokenizer sae_lens.json names is loaded once per process, but as its folder is now: refused
+    because it could not be loaded ("put it in the HF cache, or ..."), then put there, the same
+    process (a notebook) refused again; a folder written anew with another tokenizer was compared
+    by the vocabulary first loaded."""
+    from transformers import AutoTokenizer
+
+    from helpers.real_models import build_family_tokenizer
+
+    work = user.work / "named-tokenizer"
+    rows = work / "pretok"
+    shutil.copytree(user.saved["train"], rows)
+    named = work / "saelens-tokenizer"
+    meta = json.loads((rows / "sae_lens.json").read_text())
+    (rows / "sae_lens.json").write_text(json.dumps({**meta, "tokenizer_name": str(named)}))
+    r = cache(user.model, rows, work / "c1").no_traceback()
+    assert r.rc != 0 and "cannot be loaded here" in r.err, r.text
+    AutoTokenizer.from_pretrained(user.model).save_pretrained(named)
+    cache(user.model, rows, work / "c2").ok()
+    shutil.rmtree(named)
+    build_family_tokenizer("neox", real_corpus.train_docs).save_pretrained(named)
+    r = cache(user.model, rows, work / "c3").no_traceback()
+    assert r.rc != 0 and "vocabulary differs" in r.err and not (work / "c3/manifest.json").exists(), r.text
 
 
 def test_the_bos_policy_must_be_the_rows(user):
