@@ -491,6 +491,12 @@ def test_a_pretokenized_cache_trains_with_held_out_text(user, real_models):
     saesteer("eval", "--sae", work / "run/saes/sae", *flags, "--out", work / "eval").ok()
     data = json.loads((work / "eval/eval.json").read_text())["data"]
     assert (data["dataset"], data["text_column"], data["separator"]) == (str(held_out), "text", "eos"), data
+    # held-out text in another column: refused naming the column read (the cache's is its token column)
+    body = work / "body.jsonl"
+    body.write_text("".join(json.dumps({"body": d}) + "\n" for d in user.validation), encoding="utf-8")
+    r = train_small(work / "cache", work / "body-run", "--eval-dataset", body).no_traceback()
+    assert r.rc == 2 and "has no column 'text'" in r.err and "Held-out text is read from column 'text'" in r.err, r.err
+    assert "read its text from" not in r.err and "--text-column" not in r.err, r.err
     # rows holding nothing between documents (SAELens's sequence_separator_token=None): recorded as such,
     # as AutoTokenizer's GPT-2 (what SAELens tokenized with) adds nothing to a document; TransformerLens's adds BOS
     plain = pretokenize(user.model, user.validation, work / "plain", sequence_separator_token=None)

@@ -249,10 +249,14 @@ def _heldout(train_text, data_cfg, tokenizer, n: int, train_docs: int | None, fr
         from training.text import MissingSplitError, TextColumnError
 
         if from_cache and isinstance(e, TextColumnError):  # not --text-column's to fix: the cache's column is read
+            read_from = (f"the column the cache {data_cfg.cache} read its text from, {eval_text.text_column!r}"
+                         if eval_text.text_column == train_text.text_column else  # the cache's is a token column
+                         f"column {eval_text.text_column!r} (or SAELens's token ids; the cache {data_cfg.cache} read "
+                         f"its rows from {train_text.text_column!r})")
             e = ValueError(e.problem if not data_cfg.eval_dataset else
-                           f"{e.problem}. Held-out text is read from the column the cache {data_cfg.cache} read its "
-                           f"text from, {eval_text.text_column!r}: give an --eval-dataset with its text in that column, or, without --eval-dataset, --eval-split "
-                           f"NAME: a split of {train_text.dataset} other than the cache's ({train_text.split!r})")
+                           f"{e.problem}. Held-out text is read from {read_from}: give an --eval-dataset with its text "
+                           f"in that column, or, without --eval-dataset, --eval-split NAME: a split of "
+                           f"{train_text.dataset} other than the cache's ({train_text.split!r})")
         if data_cfg.eval_dataset or isinstance(e, EvalOverlapError):
             raise ValueError(f"CE evaluation: {e}") from None
         return None, e.missing if isinstance(e, MissingSplitError) else str(e)  # without the advice for --split
