@@ -115,6 +115,10 @@ def test_the_printed_config_given_back_trains_on_the_cache(user, tmp_path):
     saesteer("train", "--config", config, "--out", tmp_path / "run").ok()
     r = saesteer("train", "--cache", work / "cache", *flags, "--print-config", "--context-length", 16).no_traceback()
     assert r.rc == 2 and "--context-length 16 (the cache's: 32)" in r.err and not r.out, r.text
+    # one the file gives is said so (there is no --context-length in the command to leave out)
+    config.write_text(json.dumps({**printed, "text": {**printed["text"], "context_length": 16}}))
+    r = saesteer("train", "--config", config, "--out", tmp_path / "run16").no_traceback()
+    assert r.rc == 2 and r.err.startswith(f"error: {config}'s text.context_length 16 (the cache's: 32): "), r.err
 
 
 def test_a_txt_documents_setting_is_not_refused_for_a_cache_of_other_files(user, tmp_path):

@@ -3,12 +3,12 @@ evaluation's model and held-out contexts, and the provenance the SAE folders rec
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Mapping
 from pathlib import Path
 
 
 def prepare_data(run_cfg, data_cfg, text_cfg, coll=None, allow_model_mismatch: bool = False, check_init=None,
-                 text_given: Collection[str] | None = None):
+                 text_given: Mapping[str, str] | None = None):
     """The batch source, the CE evaluation (or None) and the provenance for the SAE folders.
 
     Data parallel (`coll`): this rank's reader (rows r*B/W..(r+1)*B/W of every global batch of
@@ -16,7 +16,8 @@ def prepare_data(run_cfg, data_cfg, text_cfg, coll=None, allow_model_mismatch: b
     d_out, transcoder)`: called before the model loads (minutes for a real one) with what the data
     tell of the run by then (the cache's record; for text, its hook and BOS policy), so that an
     --init-from SAE that does not fit is refused at once. `text_given`: the text settings (TextConfig
-    fields) the flags or the config file give (None: all of them, unchecked): without the separator,
+    fields) the flags or the config file give, each with how it was said ("--context-length",
+    "run.toml's text.context_length"; None: all of them, unchecked): without the separator,
     a pretokenized dataset's rows say it (`training.text.text_as_read`); with a cache, one that
     differs from how the cache read its text is refused (`check_cached_text`)."""
     t = run_cfg.train
@@ -55,7 +56,7 @@ def _cache_reader(data_cfg, t, rank: int, world: int):
                        target_hook=data_cfg.target_hook, **reader_dtype(t.device))
 
 
-def check_cached_text(cache, man, text_cfg, text_given: Collection[str] | None) -> None:
+def check_cached_text(cache, man, text_cfg, text_given: Mapping[str, str] | None) -> None:
     """Refuse a text setting given (a flag, the config file's text section) other than the one the
     cache `man` read its text with: training reads the text as it was cached (and the CE evaluation
     packs held-out text so), so the setting would do nothing, silently."""
@@ -65,7 +66,7 @@ def check_cached_text(cache, man, text_cfg, text_given: Collection[str] | None) 
     wrong = [k for k in TEXT_READING if k in (text_given or ())
              and not _reads_as_cached(k, getattr(text_cfg, k), getattr(cached, k), dataset)]
     if wrong:
-        said = ", ".join(f"--{k.replace('_', '-')} {getattr(text_cfg, k)} (the cache's: {getattr(cached, k)})"
+        said = ", ".join(f"{text_given[k]} {getattr(text_cfg, k)} (the cache's: {getattr(cached, k)})"
                          for k in wrong)
         raise ValueError(f"{said}: the cache {cache} holds text read with its own settings, which --cache trains on "
                          f"as they are; leave {'it' if len(wrong) == 1 else 'them'} out, or cache the text again with "
