@@ -177,7 +177,8 @@ def _tokenizer_as_saved(name: str, state: tuple) -> Any:
 def _folder_state(name: str) -> tuple:
     """(file, size, modification time) of each file of a local tokenizer folder; () for a hub name."""
     try:
-        return tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in Path(name).iterdir() if p.is_file()))
+        files = [p for p in Path(name).iterdir() if p.is_file()]
+        return tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files))
     except OSError:
         return ()
 
