@@ -283,8 +283,9 @@ class ShardSet:
         with self.open_shard(i) as (f, entries):
             unchecked = [k for k in keys if names.get(k, k) not in entries]
             if unchecked:
-                raise ValueError(f"{', '.join(unchecked)} asked of a ShardSet of {self.widths or 'no hook'}'s "
-                                 f"activations: not checked, so not read")
+                checks = f"the activations of {', '.join(self.widths)}" if self.widths else "no activations"
+                raise ValueError(f"{', '.join(unchecked)} asked of a ShardSet that checks {checks}: not checked, "
+                                 f"so not read")
             return read_tensors(f, [entries[names.get(k, k)] for k in keys], list(keys))
 
 
