@@ -519,17 +519,24 @@ def test_a_pretokenized_cache_trains_with_held_out_text(user, real_models):
     assert "--eval-split NAME" in r.err and "pass --separator" not in r.err, r.err
 
 
-def test_text_settings_that_read_the_rows_as_cached_are_not_refused(user):
+def test_text_settings_that_read_the_rows_as_cached_are_not_refused(user, real_models):
     """`train --cache <pretokenized cache>` with the text settings `cache` read the rows with: the
     column 'text' (the default, which reads SAELens's token column where there is no text) and
-    separator 'rows' (as the rows hold) were refused as other than the cache's ('input_ids', 'eos');
-    another context length still is."""
+    separator 'rows' (as the rows hold) were refused as other than the cache's ('input_ids', 'eos'),
+    and SAELens's 'bos' too, which for GPT-2 (BOS = EOS) puts the same token there; another context
+    length still is, and 'eos' for rows of a tokenizer whose BOS is not its EOS (Mistral's)."""
     work = user.work / "as-cached"
     cache(user.model, user.saved["train"], work / "cache", "--text-column", "text", "--separator", "rows").ok()
     manifest = json.loads((work / "cache/manifest.json").read_text())
     assert (manifest["dataset"]["text_column"], manifest["separator"]) == ("input_ids", "eos"), manifest
     same = ("--text-column", "text", "--separator", "rows", "--context-length", L, "--bos-policy", "prepend")
     train_small(work / "cache", work / "run", *same).ok()
+    train_small(work / "cache", work / "run-bos", "--separator", "bos").ok()
+    mistral = real_models.path("mistral")
+    cache(mistral, pretokenize(mistral, user.train, work / "mistral-rows"), work / "mistral-cache").ok()
+    assert json.loads((work / "mistral-cache/manifest.json").read_text())["separator"] == "bos"
+    r = train_small(work / "mistral-cache", work / "mistral-eos", "--separator", "eos").no_traceback()
+    assert r.rc == 2 and "--separator eos (the cache's: bos)" in r.err, r.err
     r = train_small(work / "cache", work / "short", *same[:4], "--context-length", L // 2).no_traceback()
     assert r.rc == 2 and f"--context-length {L // 2} (the cache's: {L})" in r.err and "--text-column" not in r.err, r.err
 

@@ -62,9 +62,9 @@ def check_cached_text(cache, man, text_cfg, text_given: Mapping[str, str] | None
     packs held-out text so), so the setting would do nothing, silently."""
     from training.sources import TEXT_READING, text_config_from_manifest
 
-    cached, dataset = text_config_from_manifest(man), man.settings.get("dataset") or {}
-    wrong = [k for k in TEXT_READING if k in (text_given or ())
-             and not _reads_as_cached(k, getattr(text_cfg, k), getattr(cached, k), dataset)]
+    cached = text_config_from_manifest(man)
+    wrong = [k for k in TEXT_READING if k in (text_given or ()) and not _reads_as_cached(k, getattr(text_cfg, k),
+                                                                                           cached, man.settings)]
     if wrong:
         said = ", ".join(f"{text_given[k]} {getattr(text_cfg, k)} (the cache's: {getattr(cached, k)})"
                          for k in wrong)
@@ -73,18 +73,37 @@ def check_cached_text(cache, man, text_cfg, text_given: Mapping[str, str] | None
                          f"{'it' if len(wrong) == 1 else 'them'}")
 
 
-def _reads_as_cached(key: str, given, cached, dataset: dict) -> bool:
-    """Whether the text setting `key` given reads the text as the cache read it: the cache's value, or
-    one the cache's dataset (its manifest record) made moot when it was read (`DocumentSource`):
-    txt_documents of other files than .txt, a pretokenized dataset's "text" column (its token column
-    is read where there is no text) and separator "rows" (as its rows hold)."""
-    if given == cached:
+def _reads_as_cached(key: str, given, cached, settings: dict) -> bool:
+    """Whether the text setting `key` given reads the text as the cache read it (`cached`: its text
+    config; `settings`: its manifest's): the cache's value; one the cache's dataset made moot when it
+    was read (`DocumentSource`): txt_documents of other files than .txt, a pretokenized dataset's
+    "text" column (its token column is read where there is no text) and separator "rows" (as its
+    rows hold); or a separator that puts the same ids between documents (GPT-2's BOS is its EOS)."""
+    dataset = settings.get("dataset") or {}
+    if given == getattr(cached, key):
         return True
     if key == "txt_documents":
         return "txt_documents" not in dataset  # recorded for local .txt files only: others ignore it
-    if dataset.get("pretokenized"):
-        return (key, given) in (("text_column", "text"), ("separator", "rows"))
-    return False
+    if dataset.get("pretokenized") and (key, given) in (("text_column", "text"), ("separator", "rows")):
+        return True
+    return key == "separator" and _same_between_documents(cached, given, settings.get("tokenizer") or {})
+
+
+def _same_between_documents(cached, separator: str, tokenizer: dict) -> bool:
+    """Whether `separator` packs `cached`'s text with the ids its own separator puts between documents,
+    by the cache's tokenizer's special tokens (its manifest's record)."""
+    import dataclasses
+
+    from training.packing import SpecialTokens, between_documents
+
+    if cached.separator == "rows" or separator == "rows" or tokenizer.get("bos_id") is None:
+        return False
+    specials = SpecialTokens(tokenizer.get("bos_id"), tokenizer.get("eos_id"), tokenizer.get("pad_id"), ())
+    try:
+        other = dataclasses.replace(cached, separator=separator)
+    except ValueError:  # not a separator for the cache's BOS policy
+        return False
+    return between_documents(other, specials) == between_documents(cached, specials)
 
 
 def _from_cache(run_cfg, data_cfg, rank: int, world: int, allow_model_mismatch: bool, check_init=None,
