@@ -69,21 +69,43 @@ HOOK = "blocks.0.hook_resid_post"
 
 
 # ------------------------------------------------------------------------------ caches
+def _written_here(path: Path) -> bool:
+    """Whether the folder holds a synthetic cache `synthetic_cache` wrote (its manifest's model is
+    "synthetic"), or what one it did not finish left (shards and the build log alone)."""
+    import json
+
+    from training.manifest import MANIFEST_NAME, PROGRESS_NAME
+
+    try:
+        return (json.loads((path / MANIFEST_NAME).read_text()).get("model") or {}).get("id") == "synthetic"
+    except FileNotFoundError:
+        return all(p.name == PROGRESS_NAME or p.name.startswith("shard_") for p in path.iterdir())
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def synthetic_cache(path: Path, d_in: int, rows: int, shard_rows: int = 65536, seed: int = 0) -> Path:
     """A cache directory of sparse-feature data written as `saesteer cache` writes one: its shard
-    writer (fp16 shards, a SHA-256 per part, the build log), then its manifest. A cache left by an
-    older run without part checksums (its readers hash whole files, as users' readers no longer do)
-    is written again."""
+    writer (fp16 shards, a SHA-256 per part, the build log), then its manifest. One written here
+    before is used again when it has this `d_in` and at least `rows` rows, else written again (one
+    an older run left without part checksums too: its readers hash whole files, as users' readers no
+    longer do); a folder holding anything else is refused, never deleted."""
     import shutil
 
     from training.manifest import (FORMAT_NAME, FORMAT_VERSION, PROGRESS_NAME, Manifest, read_manifest, read_progress,
                                    shard_file_name, write_manifest)
     from training.writer import ShardBuffer, ShardWriter
 
-    if (path / "manifest.json").is_file() and all(s.part_sha256 for s in read_manifest(path).shards):
-        return path
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True)
+    if path.is_dir() and any(path.iterdir()):
+        if not _written_here(path):
+            raise ValueError(f"{path} holds something other than a synthetic cache this benchmark wrote; give "
+                             f"--synthetic-cache a new or empty folder")
+        man = read_manifest(path) if (path / "manifest.json").is_file() else None
+        if man is not None and all(s.part_sha256 for s in man.shards) and man.d_in.get(HOOK) == d_in \
+                and man.total_rows >= rows:
+            return path
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
     data = SparseFeatureData(d_in, n_features=8 * d_in, mean_active=24, seed=seed)
     g = torch.Generator().manual_seed(seed + 7)
     L = 128

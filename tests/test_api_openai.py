@@ -337,6 +337,8 @@ def test_bad_requests_get_a_400_that_says_why(client):
         (dict(prompt="the", max_tokens=2, temperature=0, frobnicate=1), "frobnicate"),
         (dict(prompt="the sea " * 40, max_tokens=20), "context"),
         (dict(prompt="the", max_tokens=2, steering={"edits": ["999:add=1"]}), "out of range"),
+        (dict(prompt="the", max_tokens=2, steering={"stop_when": ["999>1"]}),
+         r"stop_when 999>1: latent 999 is out of range for SAE '.+' \(d_sae \d+\); valid ids are 0\.\.\d+"),
         (dict(prompt="the", max_tokens=2, steering={"edits": ["4:add=500x"]}), "limit"),
         (dict(prompt="the", max_tokens=2, n=9), "at most 8 generations"),
         (dict(prompt="the", max_tokens=2, suffix="x"), "suffix"),

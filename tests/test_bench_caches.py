@@ -40,3 +40,26 @@ def test_bench_trains_synthetic_cache_has_part_checksums_and_reads_by_part(tmp_p
         del s["part_sha256"]
     (cache / "manifest.json").write_text(json.dumps(man))
     assert all(s.part_sha256 for s in read_manifest(bench_train.synthetic_cache(cache, 16, 1000, 256)).shards)
+
+
+def test_bench_trains_synthetic_cache_never_deletes_a_folder_it_did_not_write(tmp_path):
+    """--synthetic-cache pointed at a folder of other things (a user's cache of an older version, without
+    part checksums): it was deleted to write the synthetic cache there. It is refused now, and a synthetic
+    cache of another width is written again, not used."""
+    import pytest
+
+    import bench_train
+
+    theirs = bench_train.synthetic_cache(tmp_path / "their-cache", d_in=16, rows=300, shard_rows=256)
+    man = json.loads((theirs / "manifest.json").read_text())
+    man["model"]["id"] = "toy:toyworld-tiny"  # made by an older saesteer: no part checksums
+    for s in man["shards"]:
+        del s["part_sha256"]
+    (theirs / "manifest.json").write_text(json.dumps(man))
+    (theirs / "notes.txt").write_text("theirs")
+    with pytest.raises(ValueError, match="holds something other than a synthetic cache"):
+        bench_train.synthetic_cache(theirs, d_in=16, rows=300, shard_rows=256)
+    assert (theirs / "notes.txt").is_file() and read_manifest(theirs).shards[0].part_sha256 is None
+    ours = bench_train.synthetic_cache(tmp_path / "c", d_in=16, rows=300, shard_rows=256)
+    assert read_manifest(bench_train.synthetic_cache(ours, d_in=32, rows=300, shard_rows=256)).d_in == {
+        bench_train.HOOK: 32}

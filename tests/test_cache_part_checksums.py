@@ -113,6 +113,22 @@ def test_the_model_inputs_read_from_a_cache_are_checked_and_no_hooks_activations
         assert torch.equal(contexts_from_cache(cache, 16), clean) and clean.shape == (16, 64)
 
 
+@pytest.mark.parametrize("hook, asked", [(HOOKS[0], "acts"), (HOOKS[0], f"acts/{HOOKS[0]}"),
+                                         (HOOKS[1], f"acts/{HOOKS[0]}")])
+def test_activations_a_shardset_did_not_check_are_not_read(built, tmp_path, hook, asked):
+    """A ShardSet reads only what it checked: one opened without acts (the model inputs alone) gave a
+    hook's activations when asked by their tensor name, and one of a hook another hook's, unchecked
+    (here corrupt). Its own hook's, asked so, are read."""
+    cache = copy_cache(built, tmp_path)
+    flip(cache / SHARD, f"acts/{HOOKS[0]}")
+    shards = ShardSet(cache, hook, acts=hook != HOOKS[0])  # the corrupt activations not its own
+    with pytest.raises(ValueError, match=f"{asked} asked of a ShardSet .*not checked"):
+        shards.read(1, [asked, "context_tokens"])
+    assert shards.read(1, ["context_tokens"])["context_tokens"].shape[1] == 64
+    with pytest.raises(ShardCorruptError, match=f"mismatch in acts/{HOOKS[0]}"):
+        ShardSet(cache, HOOKS[0]).read(1, [f"acts/{HOOKS[0]}"])
+
+
 @pytest.mark.parametrize("part", [f"acts/{HOOKS[1]}", "token_ids", "context_tokens", HEADER_PART])
 def test_a_corrupt_part_the_run_reads_is_refused_naming_the_shard_and_the_part(built, tmp_path, part):
     cache = copy_cache(built, tmp_path)

@@ -243,7 +243,7 @@ def test_sweep_errors_name_flags_that_exist(model, sae_dir, stored, tmp_path, ca
     # a latent that never fired has no typical max in its store
     args = parse("sweep", "--sae", str(sae), "--store", str(ws.path), "--latent", str(dead[0]), "--topic", "ocean",
                  "--out", str(tmp_path))
-    with pytest.raises(CLIError, match="sweep them with --unit raw"):
+    with pytest.raises(CLIError, match=rf"^latent\(s\) {dead[0]} have no typical max .*sweep them with --unit raw"):
         sweep._run(args, model=ws.model)
     from saesteer.boundary import fields_as_flags
 

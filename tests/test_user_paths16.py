@@ -172,16 +172,16 @@ def test_a_command_opens_the_dataset_checks_the_rows_and_loads_saelens_tokenizer
     saelens_loads, from_pretrained = [], transformers.AutoTokenizer.from_pretrained
 
     def counted(name, *a, **kw):
-        if sys._getframe(1).f_code.co_name == "_load_tokenizer":
+        if sys._getframe(1).f_code.co_name == "_tokenizer_as_saved":
             saelens_loads.append(name)
         return from_pretrained(name, *a, **kw)
 
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", counted)
-    pretokenized._load_tokenizer.cache_clear()
+    pretokenized._tokenizer_as_saved.cache_clear()
     cache(user.model, user.saved["train"], user.work / "once").ok()
     assert len(opened) == 2 and len(checks) == 1 and saelens_loads == [str(user.model)], (opened, checks)
     assert json.loads((user.work / "once/manifest.json").read_text())["separator"] == "eos"
-    pretokenized._load_tokenizer.cache_clear()
+    pretokenized._tokenizer_as_saved.cache_clear()
     saelens_loads.clear()
     saesteer("train", "--model", user.model, "--dataset", user.saved["train"], "--context-length", L, "--hook", HOOK,
              "--out", user.work / "once-run", "--architecture", "topk", "--d-sae", 64, "--k", 4, "--total-tokens", 512,
@@ -253,6 +253,31 @@ def test_rows_of_another_tokenizer_are_refused_naming_both(user, real_corpus):
     (big / "sae_lens.json").unlink()
     r = cache(user.model, big, work / "c3").no_traceback()
     assert r.rc != 0 and "outside the model's tokenizer" in r.err and "ids 0..1023" in r.err, r.text
+
+
+def test_the_tokenizer_sae_lens_json_names_is_read_as_it_is_on_disk_now(user, real_corpus):
+    """The tokenizer sae_lens.json names is loaded once per process, but as its folder is now: refused
+    because it could not be loaded ("put it in the HF cache, or ..."), then put there, the same
+    process (a notebook) refused again; a folder written anew with another tokenizer was compared
+    by the vocabulary first loaded."""
+    from transformers import AutoTokenizer
+
+    from helpers.real_models import build_family_tokenizer
+
+    work = user.work / "named-tokenizer"
+    rows = work / "pretok"
+    shutil.copytree(user.saved["train"], rows)
+    named = work / "saelens-tokenizer"
+    meta = json.loads((rows / "sae_lens.json").read_text())
+    (rows / "sae_lens.json").write_text(json.dumps({**meta, "tokenizer_name": str(named)}))
+    r = cache(user.model, rows, work / "c1").no_traceback()
+    assert r.rc != 0 and "cannot be loaded here" in r.err, r.text
+    AutoTokenizer.from_pretrained(user.model).save_pretrained(named)
+    cache(user.model, rows, work / "c2").ok()
+    shutil.rmtree(named)
+    build_family_tokenizer("neox", real_corpus.train_docs).save_pretrained(named)
+    r = cache(user.model, rows, work / "c3").no_traceback()
+    assert r.rc != 0 and "vocabulary differs" in r.err and not (work / "c3/manifest.json").exists(), r.text
 
 
 def test_the_bos_policy_must_be_the_rows(user):
@@ -466,6 +491,12 @@ def test_a_pretokenized_cache_trains_with_held_out_text(user, real_models):
     saesteer("eval", "--sae", work / "run/saes/sae", *flags, "--out", work / "eval").ok()
     data = json.loads((work / "eval/eval.json").read_text())["data"]
     assert (data["dataset"], data["text_column"], data["separator"]) == (str(held_out), "text", "eos"), data
+    # held-out text in another column: refused naming the column read (the cache's is its token column)
+    body = work / "body.jsonl"
+    body.write_text("".join(json.dumps({"body": d}) + "\n" for d in user.validation), encoding="utf-8")
+    r = train_small(work / "cache", work / "body-run", "--eval-dataset", body).no_traceback()
+    assert r.rc == 2 and "has no column 'text'" in r.err and "Held-out text is read from column 'text'" in r.err, r.err
+    assert "read its text from" not in r.err and "--text-column" not in r.err, r.err
     # rows holding nothing between documents (SAELens's sequence_separator_token=None): recorded as such,
     # as AutoTokenizer's GPT-2 (what SAELens tokenized with) adds nothing to a document; TransformerLens's adds BOS
     plain = pretokenize(user.model, user.validation, work / "plain", sequence_separator_token=None)
@@ -486,6 +517,28 @@ def test_a_pretokenized_cache_trains_with_held_out_text(user, real_models):
     r = train_small(work / "rows-cache", work / "rows-run", "--eval-dataset", held_out).no_traceback()
     assert r.rc == 2 and "separator is not known" in r.err and "--separator does nothing with --cache" in r.err, r.text
     assert "--eval-split NAME" in r.err and "pass --separator" not in r.err, r.err
+
+
+def test_text_settings_that_read_the_rows_as_cached_are_not_refused(user, real_models):
+    """`train --cache <pretokenized cache>` with the text settings `cache` read the rows with: the
+    column 'text' (the default, which reads SAELens's token column where there is no text) and
+    separator 'rows' (as the rows hold) were refused as other than the cache's ('input_ids', 'eos'),
+    and SAELens's 'bos' too, which for GPT-2 (BOS = EOS) puts the same token there; another context
+    length still is, and 'eos' for rows of a tokenizer whose BOS is not its EOS (Mistral's)."""
+    work = user.work / "as-cached"
+    cache(user.model, user.saved["train"], work / "cache", "--text-column", "text", "--separator", "rows").ok()
+    manifest = json.loads((work / "cache/manifest.json").read_text())
+    assert (manifest["dataset"]["text_column"], manifest["separator"]) == ("input_ids", "eos"), manifest
+    same = ("--text-column", "text", "--separator", "rows", "--context-length", L, "--bos-policy", "prepend")
+    train_small(work / "cache", work / "run", *same).ok()
+    train_small(work / "cache", work / "run-bos", "--separator", "bos").ok()
+    mistral = real_models.path("mistral")
+    cache(mistral, pretokenize(mistral, user.train, work / "mistral-rows"), work / "mistral-cache").ok()
+    assert json.loads((work / "mistral-cache/manifest.json").read_text())["separator"] == "bos"
+    r = train_small(work / "mistral-cache", work / "mistral-eos", "--separator", "eos").no_traceback()
+    assert r.rc == 2 and "--separator eos (the cache's: bos)" in r.err, r.err
+    r = train_small(work / "cache", work / "short", *same[:4], "--context-length", L // 2).no_traceback()
+    assert r.rc == 2 and f"--context-length {L // 2} (the cache's: {L})" in r.err and "--text-column" not in r.err, r.err
 
 
 @pytest.mark.parametrize("family", ["gpt2", "mistral"])

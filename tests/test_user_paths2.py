@@ -100,6 +100,38 @@ def test_a_text_setting_other_than_the_caches_is_refused_naming_both(user, tmp_p
              "--checkpoint-every-tokens", 0, "--no-progress").ok()
 
 
+def test_the_printed_config_given_back_trains_on_the_cache(user, tmp_path):
+    """`train --cache C --print-config > run.json`, then `train --config run.json`: the printed text
+    section was the flags' defaults (context length 128, column 'text'), not the cache's, and given
+    back it was refused as text settings other than the cache's. It prints the cache's text now."""
+    work, _ = user
+    flags = ("--architecture", "topk", "--d-sae", 64, "--k", 4, "--total-tokens", 512, "--batch-size", 256,
+             "--holdout-tokens", 256, "--eval-split", "test", "--eval-ce-contexts", 2, "--eval-every-tokens", 0,
+             "--checkpoint-every-tokens", 0, "--no-progress")
+    printed = json.loads(saesteer("train", "--cache", work / "cache", *flags, "--print-config").ok().out)
+    assert (printed["text"]["context_length"], printed["text"]["text_column"]) == (32, "content"), printed["text"]
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps(printed))
+    saesteer("train", "--config", config, "--out", tmp_path / "run").ok()
+    r = saesteer("train", "--cache", work / "cache", *flags, "--print-config", "--context-length", 16).no_traceback()
+    assert r.rc == 2 and "--context-length 16 (the cache's: 32)" in r.err and not r.out, r.text
+    # one the file gives is said so (there is no --context-length in the command to leave out)
+    config.write_text(json.dumps({**printed, "text": {**printed["text"], "context_length": 16}}))
+    r = saesteer("train", "--config", config, "--out", tmp_path / "run16").no_traceback()
+    assert r.rc == 2 and r.err.startswith(f"error: {config}'s text.context_length 16 (the cache's: 32): "), r.err
+
+
+def test_a_txt_documents_setting_is_not_refused_for_a_cache_of_other_files(user, tmp_path):
+    """--txt-documents (or a config file's text.txt_documents) says how local .txt files split into
+    documents; the cache of other files ignored it and records none, and train --cache refused it as
+    other than the cache's ("file")."""
+    work, _ = user
+    saesteer("train", "--cache", work / "cache", "--out", tmp_path / "run", "--architecture", "topk", "--d-sae", 64,
+             "--k", 4, "--total-tokens", 512, "--batch-size", 256, "--holdout-tokens", 256, "--eval-split", "test",
+             "--eval-ce-contexts", 2, "--eval-every-tokens", 0, "--checkpoint-every-tokens", 0, "--no-progress",
+             "--txt-documents", "line").ok()
+
+
 @pytest.fixture(scope="module")
 def llama_hub(real_models, real_corpus, tmp_path_factory):
     """A tiny Llama known by its hub name in a local HF cache (offline), and a hub dataset snapshot

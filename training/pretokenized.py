@@ -153,18 +153,34 @@ def _check_metadata_tokenizer(meta: dict[str, Any], dataset: str, tokenizer):
     return theirs
 
 
-@functools.lru_cache(maxsize=4)
 def _load_tokenizer(name: str):
     """`AutoTokenizer.from_pretrained(name)` with the tokenizer's own defaults, as SAELens's
     PretokenizeRunner loads it; None when it cannot be loaded here (offline and not in the HF cache).
-    Loaded once per process: a command checks rows more than once (before and after its model
-    loads, the cache's text and its held-out text), and only reads the tokenizer (vocabulary, encode, decode)."""
+    Loaded once per process and state of a local folder's files: a command checks rows more than once
+    (before and after its model loads, the cache's text and its held-out text), and only reads the
+    tokenizer (vocabulary, encode, decode). A failure is not kept: the tokenizer put where the
+    refusal says loads on the next try (a notebook, a server), as does a folder written anew."""
     try:
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(name)
+        return _tokenizer_as_saved(name, _folder_state(name))
     except Exception:
         return None
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer_as_saved(name: str, state: tuple) -> Any:
+    """`_load_tokenizer`'s loads, by name and `_folder_state` (lru_cache keeps no exception)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(name)
+
+
+def _folder_state(name: str) -> tuple:
+    """(file, size, modification time) of each file of a local tokenizer folder; () for a hub name."""
+    try:
+        files = [p for p in Path(name).iterdir() if p.is_file()]
+        return tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+    except OSError:
+        return ()
 
 
 def round_trip_share(rows: list[np.ndarray], tokenizer) -> float:

@@ -103,7 +103,8 @@ def shard_problem(path: Path, shard: ShardInfo, d_in: dict[str, int], dtype: tor
     """What is wrong with the shard file `path` (None: nothing) and its header's entries.
 
     `d_in`: the hooks whose activations it must hold [rows, width]; `digest`: its `shard_digests`
-    for those hooks (None: not checked)."""
+    for those hooks (None: not checked). The entries are those checked: another hook's activations
+    are not among them."""
     if not path.is_file():
         return "missing", {}
     size = path.stat().st_size
@@ -126,7 +127,7 @@ def shard_problem(path: Path, shard: ShardInfo, d_in: dict[str, int], dtype: tor
     for h in d_in:
         if entries[f"acts/{h}"].dtype != dtype:
             return f"acts/{h} is {entries[f'acts/{h}'].dtype}, the manifest says {dtype}", {}
-    return None, entries
+    return None, {k: entries[k] for k in (*need, "context_tokens")}  # what was checked, nothing else
 
 
 class CachePairError(SaesteerError, ValueError):
@@ -279,9 +280,12 @@ class ShardSet:
         names = {"acts": f"acts/{self.hook}", "targets": f"acts/{self.target_hook}"}
         if "targets" in keys and self.target_hook is None:
             raise ValueError("targets asked of a ShardSet opened without target_hook")
-        if {"acts", "targets"} & set(keys) and not self.acts:
-            raise ValueError("activations asked of a ShardSet opened without acts (they were not checked)")
         with self.open_shard(i) as (f, entries):
+            unchecked = [k for k in keys if names.get(k, k) not in entries]
+            if unchecked:
+                checks = f"the activations of {', '.join(self.widths)}" if self.widths else "no activations"
+                raise ValueError(f"{', '.join(unchecked)} asked of a ShardSet that checks {checks}: not checked, "
+                                 f"so not read")
             return read_tensors(f, [entries[names.get(k, k)] for k in keys], list(keys))
 
 

@@ -200,7 +200,7 @@ def resolve_steering(spec: SteeringIn | None, served: ServedModel, limits) -> tu
     from saes.formats.neuronpedia import LatentRefError
     from saes.identity import ModelIdentityError
     from steering.rowedits import RowEdit, RowSteering, StopTrigger
-    from steering.resolve import resolve_edits
+    from steering.resolve import check_latent_index, resolve_edits
     from steering.spec import SteeringError, lookup_typical_max
 
     items: list[Any] = []
@@ -222,8 +222,7 @@ def resolve_steering(spec: SteeringIn | None, served: ServedModel, limits) -> tu
                 fingerprints={peer.id: peer.fingerprint}, model_override=OVERRIDE_HINT)
         triggers = (preset.stop_triggers() if preset is not None else []) + [_trigger(t, owners) for t in spec.stop_when]
         for t in triggers:
-            if not 0 <= t.latent < served.sae.d_sae:
-                raise SteeringError(f"stop_when: latent {t.latent} is out of range (0..{served.sae.d_sae - 1})")
+            check_latent_index(t.latent, served.sae, served.id, f"stop_when {t.describe()}: latent")
             above = t.above
             if t.unit == "max_act":
                 tmax = lookup_typical_max(served.typical_max, t.latent)

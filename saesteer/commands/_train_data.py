@@ -3,12 +3,12 @@ evaluation's model and held-out contexts, and the provenance the SAE folders rec
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Mapping
 from pathlib import Path
 
 
 def prepare_data(run_cfg, data_cfg, text_cfg, coll=None, allow_model_mismatch: bool = False, check_init=None,
-                 text_given: Collection[str] | None = None):
+                 text_given: Mapping[str, str] | None = None):
     """The batch source, the CE evaluation (or None) and the provenance for the SAE folders.
 
     Data parallel (`coll`): this rank's reader (rows r*B/W..(r+1)*B/W of every global batch of
@@ -16,7 +16,8 @@ def prepare_data(run_cfg, data_cfg, text_cfg, coll=None, allow_model_mismatch: b
     d_out, transcoder)`: called before the model loads (minutes for a real one) with what the data
     tell of the run by then (the cache's record; for text, its hook and BOS policy), so that an
     --init-from SAE that does not fit is refused at once. `text_given`: the text settings (TextConfig
-    fields) the flags or the config file give (None: all of them, unchecked): without the separator,
+    fields) the flags or the config file give, each with how it was said ("--context-length",
+    "run.toml's text.context_length"; None: all of them, unchecked): without the separator,
     a pretokenized dataset's rows say it (`training.text.text_as_read`); with a cache, one that
     differs from how the cache read its text is refused (`check_cached_text`)."""
     t = run_cfg.train
@@ -55,20 +56,54 @@ def _cache_reader(data_cfg, t, rank: int, world: int):
                        target_hook=data_cfg.target_hook, **reader_dtype(t.device))
 
 
-def check_cached_text(cache, man, text_cfg, text_given: Collection[str] | None) -> None:
+def check_cached_text(cache, man, text_cfg, text_given: Mapping[str, str] | None) -> None:
     """Refuse a text setting given (a flag, the config file's text section) other than the one the
     cache `man` read its text with: training reads the text as it was cached (and the CE evaluation
     packs held-out text so), so the setting would do nothing, silently."""
     from training.sources import TEXT_READING, text_config_from_manifest
 
     cached = text_config_from_manifest(man)
-    wrong = [k for k in TEXT_READING if k in (text_given or ()) and getattr(text_cfg, k) != getattr(cached, k)]
+    wrong = [k for k in TEXT_READING if k in (text_given or ()) and not _reads_as_cached(k, getattr(text_cfg, k),
+                                                                                           cached, man.settings)]
     if wrong:
-        said = ", ".join(f"--{k.replace('_', '-')} {getattr(text_cfg, k)} (the cache's: {getattr(cached, k)})"
+        said = ", ".join(f"{text_given[k]} {getattr(text_cfg, k)} (the cache's: {getattr(cached, k)})"
                          for k in wrong)
         raise ValueError(f"{said}: the cache {cache} holds text read with its own settings, which --cache trains on "
                          f"as they are; leave {'it' if len(wrong) == 1 else 'them'} out, or cache the text again with "
                          f"{'it' if len(wrong) == 1 else 'them'}")
+
+
+def _reads_as_cached(key: str, given, cached, settings: dict) -> bool:
+    """Whether the text setting `key` given reads the text as the cache read it (`cached`: its text
+    config; `settings`: its manifest's): the cache's value; one the cache's dataset made moot when it
+    was read (`DocumentSource`): txt_documents of other files than .txt, a pretokenized dataset's
+    "text" column (its token column is read where there is no text) and separator "rows" (as its
+    rows hold); or a separator that puts the same ids between documents (GPT-2's BOS is its EOS)."""
+    dataset = settings.get("dataset") or {}
+    if given == getattr(cached, key):
+        return True
+    if key == "txt_documents":
+        return "txt_documents" not in dataset  # recorded for local .txt files only: others ignore it
+    if dataset.get("pretokenized") and (key, given) in (("text_column", "text"), ("separator", "rows")):
+        return True
+    return key == "separator" and _same_between_documents(cached, given, settings.get("tokenizer") or {})
+
+
+def _same_between_documents(cached, separator: str, tokenizer: dict) -> bool:
+    """Whether `separator` packs `cached`'s text with the ids its own separator puts between documents,
+    by the cache's tokenizer's special tokens (its manifest's record)."""
+    import dataclasses
+
+    from training.packing import SpecialTokens, between_documents
+
+    if cached.separator == "rows" or separator == "rows" or tokenizer.get("bos_id") is None:
+        return False
+    specials = SpecialTokens(tokenizer.get("bos_id"), tokenizer.get("eos_id"), tokenizer.get("pad_id"), ())
+    try:
+        other = dataclasses.replace(cached, separator=separator)
+    except ValueError:  # not a separator for the cache's BOS policy
+        return False
+    return between_documents(other, specials) == between_documents(cached, specials)
 
 
 def _from_cache(run_cfg, data_cfg, rank: int, world: int, allow_model_mismatch: bool, check_init=None,
@@ -234,10 +269,14 @@ def _heldout(train_text, data_cfg, tokenizer, n: int, train_docs: int | None, fr
         from training.text import MissingSplitError, TextColumnError
 
         if from_cache and isinstance(e, TextColumnError):  # not --text-column's to fix: the cache's column is read
+            read_from = (f"the column the cache {data_cfg.cache} read its text from, {eval_text.text_column!r}"
+                         if eval_text.text_column == train_text.text_column else  # the cache's is a token column
+                         f"column {eval_text.text_column!r} (or SAELens's token ids; the cache {data_cfg.cache} read "
+                         f"its rows from {train_text.text_column!r})")
             e = ValueError(e.problem if not data_cfg.eval_dataset else
-                           f"{e.problem}. Held-out text is read from the column the cache {data_cfg.cache} read its "
-                           f"text from, {eval_text.text_column!r}: give an --eval-dataset with its text in that column, or, without --eval-dataset, --eval-split "
-                           f"NAME: a split of {train_text.dataset} other than the cache's ({train_text.split!r})")
+                           f"{e.problem}. Held-out text is read from {read_from}: give an --eval-dataset with its text "
+                           f"in that column, or, without --eval-dataset, --eval-split NAME: a split of "
+                           f"{train_text.dataset} other than the cache's ({train_text.split!r})")
         if data_cfg.eval_dataset or isinstance(e, EvalOverlapError):
             raise ValueError(f"CE evaluation: {e}") from None
         return None, e.missing if isinstance(e, MissingSplitError) else str(e)  # without the advice for --split

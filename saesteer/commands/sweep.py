@@ -211,12 +211,12 @@ def _sae_name(args, saes: dict, named: set[str] = frozenset()) -> str:
 
 
 def _check_typical(args, typical) -> None:
-    """--unit max_act: every feature swept needs a typical max activation in the store."""
+    """--unit max_act: every latent swept needs a typical max activation in the store."""
     from saesteer.commands._steering import CLIError
 
     silent = [f for f in args.latent if typical(f) is None]  # in range: checked before the model loaded
     if silent:
-        raise CLIError(f"feature(s) {', '.join(map(str, silent))} have no typical max activation in "
+        raise CLIError(f"latent(s) {', '.join(map(str, silent))} have no typical max activation in "
                        f"{args.store} (they never fired when it was built); sweep them with --unit raw")
 
 

@@ -158,8 +158,8 @@ def _sae_specs(args, file_specs: list) -> list:
 def build_configs(args):
     """(RunConfig, DataConfig, TextConfig, out, InitSource | None, text given) from defaults, the
     config file (read once) and the flags; the InitSource reads --init-from's SAE at most once for all
-    of the command. Text given: the TextConfig fields a flag or the config file's text section gives
-    (`_train_data.prepare_data`'s `text_given`)."""
+    of the command. Text given: the TextConfig fields a flag or the config file's text section gives,
+    each with how it was said (`_train_data.prepare_data`'s `text_given`)."""
     import dataclasses
 
     from saesteer.commands._train_options import apply_options, option_values
@@ -215,7 +215,8 @@ def build_configs(args):
     if data.target_hook is None and any(spec.skip for spec in run.saes):
         raise ValueError("--skip makes skip transcoders: give --target-hook too (the hook point they predict)")
     text = dataclass_from_args(TextConfig, args, file_values=section("text"))
-    given = frozenset(f.name for f in dataclasses.fields(TextConfig) if f.name in vars(args) or f.name in section("text"))
+    given = {f.name: f"--{f.name.replace('_', '-')}" if f.name in vars(args) else f"{args.config}'s text.{f.name}"
+             for f in dataclasses.fields(TextConfig) if f.name in vars(args) or f.name in section("text")}
     return run, data, text, out, source, given
 
 
@@ -279,7 +280,12 @@ def run(args) -> int:
         print_error(e)
         return 2
     if args.print_config:
-        print(json.dumps({"out": out, "data": dataclasses.asdict(data_cfg), "text": dataclasses.asdict(text_cfg),
+        try:
+            shown = _text_trained_on(data_cfg, text_cfg, text_given)
+        except (OSError, ValueError) as e:
+            print_error(e)
+            return 2
+        print(json.dumps({"out": out, "data": dataclasses.asdict(data_cfg), "text": dataclasses.asdict(shown),
                           **run_cfg.to_dict()}, indent=2))
         return 0
     if not out:
@@ -321,7 +327,25 @@ def run(args) -> int:
             shutdown()
 
 
-def _run_training(args, run_cfg, data_cfg, text_cfg, out, setup, init_source, text_given: frozenset[str]) -> int:
+def _text_trained_on(data_cfg, text_cfg, text_given: dict[str, str]):
+    """The text settings the run reads its text with, for --print-config: with --cache the cache's
+    (checked against those given, as training checks them), so that the printed config given back as
+    --config trains as this command would; without a readable cache, `text_cfg`."""
+    if not data_cfg.cache:
+        return text_cfg
+    from saesteer.commands._train_data import check_cached_text
+    from training.manifest import read_manifest
+    from training.sources import text_config_from_manifest
+
+    try:
+        man = read_manifest(data_cfg.cache)
+    except (OSError, ValueError):  # not built yet: training says so
+        return text_cfg
+    check_cached_text(data_cfg.cache, man, text_cfg, text_given)
+    return text_config_from_manifest(man)
+
+
+def _run_training(args, run_cfg, data_cfg, text_cfg, out, setup, init_source, text_given: dict[str, str]) -> int:
     from saesteer.commands._train_data import prepare_data
     from training.init_from import InitFromError
 
