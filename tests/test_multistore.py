@@ -1,12 +1,20 @@
 """The researcher of tests/test_user_paths18.py (an SAE per layer of the tiny GPT-2, a feature store
-each, `saesteer serve --store l0.db --store l1.db`) in the web playground: one generation steers with
-a latent of layer 0 and a latent of layer 1 at once, each row naming its store. The page sends the
-request any /v1 client would (the other store's edit as `"sae": ID`), so the browser's text is the
-JSON endpoint's, whose tokens are what TransformerLens hooks doing both edits by hand generate.
-Before, the playground steered with the page's store's SAE only.
+each) steering with a latent of layer 0 and one of layer 1 at once:
+
+- in the web playground (`saesteer serve --store l0.db --store l1.db`), each edit row naming its
+  store: the page sends the request any /v1 client would (the other store's edit as `"sae": ID`), so
+  the browser's text is the JSON endpoint's, whose tokens and log-probabilities are those of
+  TransformerLens hooks doing both edits by hand. Before, the playground steered with the page's
+  store's SAE only;
+- with `saesteer steer --sae l0=... --sae l1=... --store l0.db --store l1.db`, 'x' strengths read
+  from each SAE's own store (each store goes with the SAE it was built for). Before, a second
+  --store silently replaced the first, and a store beside several SAEs was refused.
 """
 
 from __future__ import annotations
+
+import json
+import sqlite3
 
 import openai
 import pytest
@@ -14,10 +22,10 @@ import torch
 
 from helpers.real_cli import captured_serve, saesteer
 from helpers.web_app import ServerThread
-from test_user_paths18 import PROMPTS, RESID, _cache_and_train, _firing_latent, _greedy_ids, _manual_edit, _model, _sae
+from test_user_paths18 import PROMPTS, RESID, _cache_and_train, _copy, _firing_latent, _greedy_ids, _manual_edit, _model, _sae
 from test_web_browser import DESKTOP, Page, browser  # noqa: F401 (the fixture)
 
-pytestmark = [pytest.mark.usefixtures("one_thread", "offline_env"), pytest.mark.browser]
+pytestmark = [pytest.mark.usefixtures("one_thread", "offline_env")]
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +39,7 @@ def layers(real_models, real_corpus, tmp_path_factory):
     return run
 
 
+@pytest.mark.browser
 def test_the_playground_steers_with_a_latent_of_each_layer_in_one_generation(layers, browser, monkeypatch):  # noqa: F811
     r, client = captured_serve(monkeypatch, "--store", layers.stores[RESID[0]], "--store", layers.stores[RESID[1]])
     assert client is not None, r.text
@@ -103,3 +112,46 @@ def _logprobs_by_hand(model, tokens, hooks, token_ids: list[int]) -> list[float]
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
         logp = model(ids).log_softmax(-1)[0, tokens.shape[1] - 1:-1]
     return logp.gather(1, torch.tensor(token_ids)[:, None])[:, 0].tolist()
+
+
+def _typical_max(store, latent: int) -> float:
+    with sqlite3.connect(store) as db:
+        return db.execute("select typical_max_act from features where latent = ?", (latent,)).fetchone()[0]
+
+
+def test_steer_reads_each_saes_x_strengths_from_its_own_store(layers):
+    """Greedy text of `steer` with two SAEs and their stores (given in the other order: each goes with
+    the SAE it was built for) = hooks by hand doing both edits at each latent's typical max times x."""
+    model = _model(layers.model_dir)
+    a, b = _sae(layers.saes[RESID[0]]), _sae(layers.saes[RESID[1]])
+    prompt = PROMPTS[0]
+    tokens = model.to_tokens(prompt, prepend_bos=True)
+    la, lb = _firing_latent(model, a, RESID[0], tokens), _firing_latent(model, b, RESID[1], tokens)
+    r = saesteer("steer", "--sae", f"l0={layers.saes[RESID[0]]}", "--sae", f"l1={layers.saes[RESID[1]]}",
+                 "--store", layers.stores[RESID[1]], "--store", layers.stores[RESID[0]],
+                 "-l", f"l0/{la}:add=10x", "-l", f"l1/{lb}:clamp=-40x", "-p", prompt, "--max-new-tokens", 6,
+                 "--do-sample", "false", "--json", "--no-progress").ok()
+    steered = json.loads(r.out)["results"][0]["steered"]
+    ta, tb = _typical_max(layers.stores[RESID[0]], la), _typical_max(layers.stores[RESID[1]], lb)
+    assert ta != pytest.approx(tb, rel=0.05)  # read from the wrong store, the strengths would differ
+    hooks = [(RESID[0], _manual_edit(a, la, 0.0, 10 * ta)), (RESID[1], _manual_edit(b, lb, -1.0, -40 * tb))]
+    assert steered == model.tokenizer.decode(_greedy_ids(model, tokens, hooks, 6))
+    for one in hooks:  # each SAE's edit mattered
+        assert steered != model.tokenizer.decode(_greedy_ids(model, tokens, [one], 6)), one[0]
+
+
+def test_steer_refuses_stores_that_pair_with_no_sae_or_twice_before_the_model_loads(layers, monkeypatch, tmp_path):
+    from saesteer.commands import _steering
+
+    monkeypatch.setattr(_steering, "load_model", lambda *a, **kw: pytest.fail("the model loaded before the refusal"))
+    l0, l1 = layers.stores[RESID[0]], layers.stores[RESID[1]]
+    saes = ("--sae", f"l0={layers.saes[RESID[0]]}", "--sae", f"l1={layers.saes[RESID[1]]}")
+    edits = ("-l", "l0/3:add=2x", "-l", "l1/5:add=2x", "-p", "def f")
+    r = saesteer("steer", "--sae", f"a={layers.saes[RESID[0]]}", "--sae", f"b={layers.saes[RESID[0]]}",
+                 "--store", l1, "-l", "a/3:add=4", "-p", "def f").no_traceback()
+    assert r.rc == 2 and f"the store {l1} was built for none of the SAEs given (a, b)" in r.err, r.text
+    copy = _copy(l0, tmp_path / "again.db")
+    r = saesteer("steer", *saes, "--store", l0, "--store", copy, *edits).no_traceback()
+    assert r.rc == 2 and f"--store {l0} and --store {copy} were both built for SAE 'l0'" in r.err, r.text
+    r = saesteer("steer", *saes, "--store", l0, "--store", l1, "--store", copy, *edits).no_traceback()
+    assert r.rc == 2 and "3 --store for 2 --sae" in r.err, r.text
