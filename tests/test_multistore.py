@@ -78,6 +78,18 @@ def test_the_playground_steers_with_a_latent_of_each_layer_in_one_generation(lay
         assert page.locator("#compare").is_visible(), page.locator("#status").inner_text()
         shown = page.locator("#out-steered").inner_text()
         described = page.locator("#out-edits").inner_text()
+        # the sweep varies the first row's edit on the store whose SAE it edits: layer 1's, once
+        # layer 0's row is gone (it went to the page's store, whose latent lb is another one)
+        page.locator("#edits .rm button").first.click()
+        page.locator("#sweep-from").fill("-8")
+        page.locator("#sweep-to").fill("0")
+        page.locator("#sweep-n").fill("2")
+        with page.expect_request(lambda q: q.url.endswith("/sweep")) as swept:
+            page.locator("#sweep-run").click()
+        page.wait_for_selector("#sweep-out:not([hidden]), #sweep-status.error")
+        assert page.locator("#sweep-rows tr").count() == 2, page.locator("#sweep-status").inner_text()
+        assert swept.value.url == f"{srv.url}/api/stores/{ids[RESID[1]]}/sweep"
+        assert swept.value.post_data_json["edit"] == {"latent": lb, "op": "clamp", "value": -8, "unit": "raw"}
         p.check_clean()
         steered = [body for body in sent if "steering" in body]
         assert len(steered) == 1 and steered[0]["model"] == ids[RESID[0]], sent
