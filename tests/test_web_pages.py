@@ -143,22 +143,15 @@ def test_steer_page_offers_the_stores_served_over_its_model(ws):
     import copy
     import json
 
-    from features import FeatureStore
-    from saesteer.web import Limits, ModelQueue, ServeConfig, StoreEntry, create_app
-    from saesteer.web.model_source import ModelEngine
-    from saesteer.web.store_source import StoreCatalog
+    from saesteer.web import Limits, ServeConfig, create_app
 
     from helpers.web_app import PORT, make_entry
     from helpers.web_store import XSS_LABEL
 
     limits = Limits()
-
-    def over(model, sid, name):
-        cat = StoreCatalog(FeatureStore.open(ws.path), name=name)
-        return StoreEntry(sid, cat, ModelEngine(model, ws.sae, cat, limits), ModelQueue(f"{sid}-model", limits.max_pending))
-
-    entries = [make_entry(ws, "tiny", limits=limits), over(ws.model, "beside", XSS_LABEL),
-               over(copy.deepcopy(ws.model), "other", "other model"), make_entry(ws, "nomodel", with_model=False)]
+    entries = [make_entry(ws, "tiny", limits=limits), make_entry(ws, "beside", limits=limits, name=XSS_LABEL),
+               make_entry(ws, "other", limits=limits, name="other model", model=copy.deepcopy(ws.model)),
+               make_entry(ws, "nomodel", with_model=False)]
     with client(create_app(entries, config=ServeConfig(port=PORT), limits=limits)) as cl:
         forms = {sid: next(a for t, a in _parsed(_page(cl, f"/s/{sid}/steer")) if a.get("id") == "steer-form")
                  for sid in ("tiny", "beside", "other", "nomodel")}
