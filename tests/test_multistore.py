@@ -167,3 +167,11 @@ def test_steer_refuses_stores_that_pair_with_no_sae_or_twice_before_the_model_lo
     assert r.rc == 2 and f"--store {l0} and --store {copy} were both built for SAE 'l0'" in r.err, r.text
     r = saesteer("steer", *saes, "--store", l0, "--store", l1, "--store", copy, *edits).no_traceback()
     assert r.rc == 2 and "3 --store for 2 --sae" in r.err, r.text
+
+
+@pytest.mark.parametrize("command", ["sweep", "steer-eval"])
+def test_a_second_store_of_a_one_store_command_is_refused(command):
+    """`sweep` and `steer-eval` read one store: a second --store was taken in place of the first,
+    silently (argparse keeps the last)."""
+    r = saesteer(command, "--sae", "a", "--store", "l0.db", "--store", "l1.db", "-l", "3").no_traceback()
+    assert r.rc == 2 and "--store given twice" in r.err and f"saesteer {command}" in r.err, r.text
