@@ -165,6 +165,8 @@ def test_steer_refuses_stores_that_pair_with_no_sae_or_twice_before_the_model_lo
     copy = _copy(l0, tmp_path / "again.db")
     r = saesteer("steer", *saes, "--store", l0, "--store", copy, *edits).no_traceback()
     assert r.rc == 2 and f"--store {l0} and --store {copy} were both built for SAE 'l0'" in r.err, r.text
+    r = saesteer("steer", *saes, "--store", l0, "--store", l0, *edits).no_traceback()
+    assert r.rc == 2 and f"--store {l0} is given twice" in r.err, r.text
     r = saesteer("steer", *saes, "--store", l0, "--store", l1, "--store", copy, *edits).no_traceback()
     assert r.rc == 2 and "3 --store for 2 --sae" in r.err, r.text
 

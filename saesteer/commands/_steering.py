@@ -305,7 +305,9 @@ def open_stores(paths: list[str], saes: dict[str, Any]) -> tuple[list[Any], dict
                                f"give the store built for each --sae (or build one with `saesteer features build`)")
             for name in names:
                 if name in paired:
-                    raise CLIError(f"--store {paired[name]} and --store {path} were both built for SAE {name!r}; "
+                    twice = Path(paired[name]).resolve() == Path(path).resolve()
+                    raise CLIError(f"--store {path} is given twice" if twice else
+                                   f"--store {paired[name]} and --store {path} were both built for SAE {name!r}; "
                                    f"give one store per SAE")
                 paired[name], links[name] = path, StoreLink(store)
     except BaseException:
