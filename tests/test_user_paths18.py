@@ -213,14 +213,17 @@ def test_a_hook_z_latents_logit_effect_is_what_the_attention_output_writes(gpt2,
 def test_a_store_with_several_saes_is_refused_before_the_model_loads(gpt2, stores, monkeypatch):
     """`steer --sae a=L0 --sae b=L1 --store L0.db`: a store describes one SAE, and with several none
     was checked: `--search` read the store unchecked, and steering was refused only after the model
-    had loaded ('--store goes with a single --sae'). Now refused first, saying what works instead."""
+    had loaded ('--store goes with a single --sae'). Now refused first, saying what works instead.
+    (The store now goes with the SAE it was built for: an 'x' strength of the other SAE is refused,
+    tests/test_multistore.py steers with both.)"""
     from saesteer.commands import _steering
 
     monkeypatch.setattr(_steering, "load_model", lambda *a, **kw: pytest.fail("the model loaded before the refusal"))
     two = ("--sae", f"a={gpt2.saes[RESID[0]]}", "--sae", f"b={gpt2.saes[RESID[1]]}", "--store", stores[RESID[0]])
-    for argv in (("-l", "a/3:add=2x", "-l", "b/5:add=4", "-p", "def f"), ("--search", "caf")):
-        r = saesteer("steer", *two, *argv).no_traceback()
-        assert r.rc == 2 and "a single --sae" in r.err and "saesteer serve" in r.err, r.text
+    r = saesteer("steer", *two, "--search", "caf").no_traceback()
+    assert r.rc == 2 and "a single --sae" in r.err and "saesteer serve" in r.err, r.text
+    r = saesteer("steer", *two, "-l", "a/3:add=2x", "-l", "b/5:add=2x", "-p", "def f").no_traceback()
+    assert r.rc == 2 and "b/5:add=2x" in r.err and "--store FILE of SAE 'b'" in r.err, r.text
 
 
 def test_a_transcoders_logit_effects_are_of_the_hook_it_writes(gpt2, tmp_path):

@@ -327,3 +327,27 @@ def test_a_stores_preset_steers_in_the_playground(browser, server, shots):
         p.close()
         with FeatureStore.open(ws.path, readonly=False) as store:
             store.delete_preset("calm")
+
+
+def test_a_store_name_in_the_sae_menu_is_inert_text(browser):
+    """With a second store over the model, each edit row's SAE menu names the stores: a name holding
+    a script payload is an option's visible text, nothing runs."""
+    from saesteer.web import Limits, ServeConfig, create_app
+
+    from helpers.web_app import make_entry
+
+    ws, limits, port = shared_store(), Limits(), free_port()
+    app = create_app([make_entry(ws, "tiny", limits=limits), make_entry(ws, "beside", limits=limits, name=XSS_LABEL)],
+                     config=ServeConfig(port=port), limits=limits)
+    srv = ServerThread(app, port).start()
+    p = Page(browser, srv.url, DESKTOP)
+    try:
+        page = p.goto("/s/tiny/steer")
+        options = page.locator("#edits .fstore option")
+        assert options.count() == 2 and options.nth(1).get_attribute("value") == "beside"
+        assert options.nth(1).inner_text().startswith(XSS_LABEL)
+        assert page.locator("main img").count() == 0 and page.evaluate("window.__xss") is None
+        p.check_clean()
+    finally:
+        p.close()
+        srv.stop()

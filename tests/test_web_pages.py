@@ -136,6 +136,41 @@ def test_steer_page_preselects_features(c, ws):
     assert "browse-only" in text and "the server runs no model" in text and "disabled" in text
 
 
+def test_steer_page_offers_the_stores_served_over_its_model(ws):
+    """A playground row may edit the SAE of any store the API serves over the page's model (its
+    "sae" rule, `ServedModel.peers`): not a browse-only store, nor one over another model object.
+    Store names reach the page as escaped JSON (steer.js writes them with textContent)."""
+    import copy
+    import json
+
+    from saesteer.web import Limits, ServeConfig, create_app
+
+    from helpers.web_app import PORT, make_entry
+    from helpers.web_store import XSS_LABEL
+
+    limits = Limits()
+    entries = [make_entry(ws, "tiny", limits=limits), make_entry(ws, "beside", limits=limits, name=XSS_LABEL),
+               make_entry(ws, "other", limits=limits, name="other model", model=copy.deepcopy(ws.model)),
+               make_entry(ws, "nomodel", with_model=False)]
+    with client(create_app(entries, config=ServeConfig(port=PORT), limits=limits)) as cl:
+        forms = {sid: next(a for t, a in _parsed(_page(cl, f"/s/{sid}/steer")) if a.get("id") == "steer-form")
+                 for sid in ("tiny", "beside", "other", "nomodel")}
+        text = _page(cl, "/s/tiny/steer")
+    offered = {sid: [(s["id"], s["name"]) for s in json.loads(f["data-stores"])] for sid, f in forms.items()}
+    assert offered == {"tiny": [("tiny", "tiny"), ("beside", XSS_LABEL)], "beside": [("beside", XSS_LABEL), ("tiny", "tiny")],
+                       "other": [("other", "other model")], "nomodel": [("nomodel", "nomodel")]}
+    assert XSS_LABEL not in text and "<img" not in text  # the name only as escaped JSON
+    assert "SAE · feature" in text  # the rows' column says they pick an SAE; not with one store:
+    with client(make_app()) as one:
+        assert "SAE · feature" not in _page(one, "/s/tiny/steer")
+
+
+def _parsed(text: str) -> list[tuple[str, dict]]:
+    p = _Elements()
+    p.feed(text)
+    return p.elements
+
+
 def test_fire_page_without_model(c):
     text = _page(c, "/s/nomodel/fire?text=the+sea")
     assert "browse-only" in text and "the server runs no model" in text

@@ -30,7 +30,9 @@ def add_latent_argument(group, *, required: bool = False, **kw: Any) -> None:
                         **{k: v for k, v in kw.items() if k != "help"}, help=argparse.SUPPRESS)
 
 
-def add_common_arguments(parser, *, prompts_help: str) -> None:
+def add_common_arguments(parser, *, prompts_help: str, several_stores: bool = False) -> None:
+    """The model, SAE, store and prompt flags; `several_stores`: --store repeatable (a list), one per
+    --sae (`open_stores`), where the command steers with several SAEs."""
     g = parser.add_argument_group("model, SAE and store")
     g.add_argument("--model", default=None,
                    help="'toy', a HuggingFace model name, or a local model directory (default: the model the SAEs "
@@ -46,11 +48,27 @@ def add_common_arguments(parser, *, prompts_help: str) -> None:
     g.add_argument("--hook", default=None, metavar="HOOK",
                    help="hook point of SAEs whose files do not record one (e.g. blocks.2.hook_resid_post; default: "
                         "the hook --store was built at)")
-    g.add_argument("--store", default=None, metavar="FILE",
-                   help="feature store of the SAE: typical max activations for 'x' strengths, label search")
+    if several_stores:
+        g.add_argument("--store", action="append", default=[], metavar="FILE",
+                       help="feature store of an SAE: typical max activations for 'x' strengths, label search; "
+                            "repeat for several SAEs: each store goes with the --sae it was built for")
+    else:
+        g.add_argument("--store", default=None, metavar="FILE", action=_OneStore,
+                       help="feature store of the SAE: typical max activations for 'x' strengths, label search")
     p = parser.add_argument_group("prompts")
     p.add_argument("--prompt", "-p", action="append", default=[], help=prompts_help)
     p.add_argument("--prompts-file", default=None, metavar="FILE", help="more prompts, one per line")
+
+
+class _OneStore(argparse.Action):
+    """--store of a command that reads one store: a second one is refused (argparse would keep the
+    last silently, e.g. `sweep --store l0.db --store l1.db` sweeping with l1's maxima)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest) is not None:
+            parser.error(f"{option_string} given twice: `saesteer {parser.prog.split()[-1]}` reads the store of its one "
+                         f"SAE (`saesteer steer` takes a --store per --sae)")
+        setattr(namespace, self.dest, values)
 
 
 def parse_sae_args(values: list[str]) -> dict[str, Path]:
@@ -119,13 +137,15 @@ def store_hook(args) -> str | None:
     """The hook point the --store was built at, for a single --sae given no --hook (a Gemma Scope or
     OpenAI SAE records none: `features build --hook` gave it, and the store keeps it; the store's SAE
     check then confirms the pair). `load_saes(..., store_hook=)` takes it."""
-    if getattr(args, "hook", None) or not getattr(args, "store", None) or len(args.sae or []) != 1:
+    given = getattr(args, "store", None)
+    paths = given if isinstance(given, list) else [given] if given else []
+    if getattr(args, "hook", None) or len(paths) != 1 or len(args.sae or []) != 1:
         return None
     from features import FeatureStore
     from features.store import StoreError
 
     try:
-        store = FeatureStore.open(args.store)
+        store = FeatureStore.open(paths[0])
     except (OSError, StoreError):
         return None  # not a store: open_store says so
     try:
@@ -144,7 +164,7 @@ def require_hook(name: str, spec: Any, sae: Any) -> None:
 def load_model(args, loaded: dict[str, LoadedSAE], store: Any = None, cache: str | None = None,
                sae_specs: dict[str, Any] | None = None, cache_manifest: Any = None):
     """The model to run: --model, checked against the model every SAE (`load_saes`'s LoadedSAEs)
-    and the store's (or activation cache's) record, or else the recorded model itself; loaded with
+    and the store's (a list: each store's) or activation cache's record, or else the recorded model itself; loaded with
     TransformerLens's weight processing when SAELens SAEs ask for it and no record says otherwise
     (`saes.processing`). Refusals name both models and --allow-model-mismatch. Every SAE must know
     its hook point first (its files, or --hook). `sae_specs`: name -> what each SAE was given as, for
@@ -158,8 +178,8 @@ def load_model(args, loaded: dict[str, LoadedSAE], store: Any = None, cache: str
     for name, item in loaded.items():
         require_hook(name, dirs[name], item.sae)
     records = [(identity_of_sae(item), f"SAE {name!r} ({dirs[name]})") for name, item in loaded.items()]
-    if store is not None:
-        records.append((store.recorded_model(), f"the feature store {args.store}"))
+    for s in (store if isinstance(store, list) else [] if store is None else [store]):
+        records.append((s.recorded_model(), f"the feature store {s.path}"))
     if cache is not None:  # e.g. an SAE from another library, whose files name no model we can load
         from training.manifest import read_manifest
 
@@ -252,28 +272,72 @@ def read_prompts(args) -> list[str]:
 
 
 def open_store(path: str | None, saes: dict[str, Any], writable: bool = False):
-    """(FeatureStore, StoreLink) for --store, checked against the single SAE (several are refused);
-    (None, None) without."""
+    """(FeatureStore, StoreLink) for --store, checked against the single SAE of `saes`; (None, None)
+    without."""
     if path is None:
         return None, None
+    from steering import StoreLink
+
+    store = _open_store_file(path, writable)
+    try:
+        store.check_sae(next(iter(saes.values())))
+    except ValueError as e:
+        store.close()
+        raise CLIError(f"the store {path} was not built for this SAE: {e}") from None
+    return store, StoreLink(store)
+
+
+def open_stores(paths: list[str], saes: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+    """(the FeatureStores, the StoreLink of each SAE that has one, by SAE name) for --store given once
+    per SAE: each store goes with the SAE it was built for (`FeatureStore.check_sae`: its weights and
+    hook), so no flag pairs them. Refused: a store built for none of the SAEs, two for one SAE."""
+    if len(saes) == 1 and len(paths) <= 1:
+        store, link = open_store(paths[0] if paths else None, saes)
+        return ([store] if store else []), ({next(iter(saes)): link} if link else {})
+    from steering import StoreLink
+
+    stores: list[Any] = []
+    links: dict[str, Any] = {}
+    paired: dict[str, str] = {}  # SAE name -> the store path it goes with
+    try:
+        for path in paths:
+            store = _open_store_file(path)
+            stores.append(store)
+            names = [name for name, sae in saes.items() if _built_for(store, sae)]
+            if not names:
+                built = store.meta.get("sae") or {}
+                raise CLIError(f"the store {path} was built for none of the SAEs given ({', '.join(saes)}): it describes "
+                               f"{built.get('path') or 'another SAE'} at {built.get('hook_name') or 'an unrecorded hook'}; "
+                               f"give the store built for each --sae (or build one with `saesteer features build`)")
+            for name in names:
+                if name in paired:
+                    twice = Path(paired[name]).resolve() == Path(path).resolve()
+                    raise CLIError(f"--store {path} is given twice" if twice else
+                                   f"--store {paired[name]} and --store {path} were both built for SAE {name!r}; "
+                                   f"give one store per SAE")
+                paired[name], links[name] = path, StoreLink(store)
+    except BaseException:
+        for store in stores:
+            store.close()
+        raise
+    return stores, links
+
+
+def _open_store_file(path: str, writable: bool = False):
     p = Path(path)
     if not p.is_file():
         raise CLIError(f"no feature store at {p}; build one with `saesteer features build`")
     from features import FeatureStore
 
-    from steering import StoreLink
+    return FeatureStore.open(p, readonly=not writable)
 
-    if len(saes) != 1:  # its typical maxima, labels and presets are of one SAE
-        raise CLIError(f"--store goes with a single --sae (a store describes one SAE; got {len(saes)}): steer several "
-                       f"SAEs with raw strengths (no 'x') and no --store, or serve a store per SAE (`saesteer serve "
-                       f"--store A.db --store B.db`) and name each edit's SAE")
-    store = FeatureStore.open(p, readonly=not writable)
+
+def _built_for(store: Any, sae: Any) -> bool:
     try:
-        store.check_sae(next(iter(saes.values())))
-    except ValueError as e:
-        store.close()
-        raise CLIError(f"the store {p} was not built for this SAE: {e}") from None
-    return store, StoreLink(store)
+        store.check_sae(sae)
+    except ValueError:
+        return False
+    return True
 
 
 def measurement_provenance(model: Any, sae: Any, store: str | None) -> dict[str, Any]:

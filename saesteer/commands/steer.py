@@ -13,7 +13,8 @@ edits, and print them side by side. An edit is LATENT:OP[=VALUE[x]][@POSITIONS][
   123:clamp=2x         ... to 2x its typical max activation (from --store)
   123:add=-3@generated add -3 to the latent on generated tokens only
   123:scale=0.5@prompt halve it on the prompt;   123:ablate@last   zero it on the last prompt token
-  res/123:add=4        latent 123 of the SAE named res (--sae res=DIR)
+  res/123:add=4        latent 123 of the SAE named res (--sae res=DIR): with several --sae, each edit
+                       names its SAE so, as an API request names a served store ("ID/123:add=4")
   123:add=4?77>1.5     add 4 only where latent 77 is above 1.5 (a conditional edit)
   gpt2-small/6-res-jb/123:clamp=8
                        latent 123 as Neuronpedia names it (its id, or its page address), of the --sae
@@ -27,6 +28,10 @@ an edit whose indices lie beyond every prompt + generation is refused (it would 
 refused for another SAE or model. --search / --contrast list candidate features; with --generate
 they also steer with the best --candidates of them at --strength (the store's recommended
 strength when it has one).
+Several SAEs (one --sae each, at one hook or several) steer together in one generation: each
+edit lands at its SAE's hook; SAEs at one hook each read the activation the model produced and
+their changes add up. Give each SAE's store with its own --store (each goes with the SAE it was
+built for) for 'x' strengths; --search, --contrast and --preset take a single --sae.
 The model is the one the SAEs (saesteer.json) or the store record; --model must be that model
 (--allow-model-mismatch runs another).
 
@@ -36,7 +41,9 @@ examples:
   saesteer steer --sae saes/toy-topk --store toy.db --preset seaward --prompt ""
   saesteer steer --sae saes/toy-topk --store toy.db --search ocean
   saesteer steer --sae saes/toy-topk --store toy.db --search ocean --generate --prompt ""
-  saesteer steer --sae saes/toy-topk --contrast ocean.txt other.txt --generate --candidates 2 --prompt """""
+  saesteer steer --sae saes/toy-topk --contrast ocean.txt other.txt --generate --candidates 2 --prompt ""
+  saesteer steer --sae l0=run0/saes/sae --sae l1=run1/saes/sae --store l0.db --store l1.db \\
+      --latent l0/5:add=2x --latent l1/9:clamp=3x --prompt "def parse(" --seed 1"""
 
 
 def add_arguments(parser) -> None:
@@ -45,7 +52,8 @@ def add_arguments(parser) -> None:
     from steering.config import GenerationConfig
     from steering.spec import SteerLimits
 
-    add_common_arguments(parser, prompts_help="a prompt (repeat for several; \"\" for unconditional generation)")
+    add_common_arguments(parser, prompts_help="a prompt (repeat for several; \"\" for unconditional generation)",
+                         several_stores=True)
     e = parser.add_argument_group("edits")
     add_latent_argument(e, metavar="EDIT", help="LATENT:OP[=VALUE[x]][@POSITIONS], repeatable (see above)")
     e.add_argument("--positions", default=None, help="positions for edits that name none (default: all)")
@@ -102,7 +110,7 @@ def _lines(path: str) -> list[str]:
 
 
 def _run(args, model=None) -> int:
-    from saesteer.commands._steering import (latent_owners, load_model, load_saes, open_store, read_prompts,
+    from saesteer.commands._steering import (latent_owners, load_model, load_saes, open_stores, read_prompts,
                                              sae_from_latents, store_hook, typical_max_provider)
     from saes.hookpoints import model_device
     from saesteer.configargs import dataclass_from_args
@@ -123,12 +131,14 @@ def _run(args, model=None) -> int:
     loaded = load_saes(args.sae, hook=args.hook, model=args.model, store_hook=store_hook(args))
     saes = {name: item.sae for name, item in loaded.items()}
     check_edit_latents(saes, edits)  # the SAEs' widths refuse a latent out of range before the model loads
-    store, link = open_store(args.store, saes)
+    stores, links = open_stores(args.store, saes)
     try:
+        _check_x_strengths(edits, saes, links)
+        link = next(iter(links.values()), None) if len(saes) == 1 else None  # what --search / --preset read
         if args.search is not None and not args.generate:
             return _print_search(link, args.search, args.top, args.json)
         if model is None:
-            model = load_model(args, loaded, store)
+            model = load_model(args, loaded, stores)
         gen_cfg = with_sae_bos(gen_cfg, loaded)  # the BOS the SAEs were trained with (saes.bos), unless --prepend-bos
         dev = model_device(model)
         saes = {k: v.to(dev) for k, v in saes.items()}
@@ -147,11 +157,13 @@ def _run(args, model=None) -> int:
             edits += _found_edits(found, link, args)
         from steering.comparison import compare
 
+        # several SAEs: each one's typical maxima from its own store (`steering.resolve.typical_max_for`)
+        typical_max = {name: lk.typical_max for name, lk in links.items()} if len(saes) > 1 else typical_max_provider(link)
         cmp = compare(model, saes if len(saes) > 1 else next(iter(saes.values())), edits, prompts, gen_cfg,
-                      typical_max=typical_max_provider(link), limits=limits,
+                      typical_max=typical_max, limits=limits,
                       allow_model_mismatch=args.allow_model_mismatch, progress=not args.no_progress)
     finally:
-        if store is not None:
+        for store in stores:
             store.close()
     _print_comparison(args, cmp, gen_cfg, found)
     return 0
@@ -167,18 +179,35 @@ def _check_flags(args, edits: list, prompts: list, *, finding: bool) -> None:
         raise CLIError("give at least one --latent EDIT (e.g. --latent 123:clamp=8), a --preset, or --search / --contrast")
     if (not finding or args.generate) and not prompts:
         raise CLIError('give at least one --prompt (use --prompt "" for unconditional generation)')
-    if args.search is not None and args.store is None:
+    if args.search is not None and not args.store:
         raise CLIError("--search looks labels up in a feature store; give --store FILE")
     if args.candidates < 1:
         raise CLIError(f"--candidates must be positive, got {args.candidates}")
-    if args.store is None:
-        for e in edits:  # 'x' strengths are multiples of typical maxima, which only a store knows
-            x_value = getattr(e, "unit", None) == "max_act" and e.op in ("add", "clamp")
-            x_trigger = getattr(e, "when", None) is not None and e.when.unit == "max_act"
-            if x_value or x_trigger:
-                raise CLIError(f"--latent {e.describe()}: 'x' strengths are multiples of the latent's typical max "
-                               f"activation, which the SAE's feature store holds; give --store FILE, or raw values "
-                               f"(without 'x')")
+    if finding and len(args.sae) > 1:  # the latents found are of one SAE, read with its one store
+        raise CLIError(f"--{'search' if args.search is not None else 'contrast'} finds the latents of one SAE: give a "
+                       f"single --sae (and its --store); to steer with several, name each edit's SAE (NAME/LATENT), "
+                       f"or serve a store per SAE (`saesteer serve --store A.db --store B.db`)")
+    if len(args.store) > max(len(args.sae), 1):
+        raise CLIError(f"{len(args.store)} --store for {len(args.sae)} --sae: give at most one store per SAE "
+                       f"(each goes with the SAE it was built for)")
+    if not args.store:
+        _check_x_strengths(edits, {}, {})
+
+
+def _check_x_strengths(edits: list, saes: dict, links: dict) -> None:
+    """Refuse an 'x' strength of an SAE without a store: 'x' counts in typical maxima, which only the
+    SAE's feature store knows (`links`: the StoreLink of each SAE that has one)."""
+    from saesteer.commands._steering import CLIError
+
+    for e in edits:
+        x_value = getattr(e, "unit", None) == "max_act" and e.op in ("add", "clamp")
+        x_trigger = getattr(e, "when", None) is not None and e.when.unit == "max_act"
+        name = getattr(e, "sae", None) or (next(iter(saes)) if len(saes) == 1 else None)
+        if (x_value or x_trigger) and name not in links:
+            whose = f" of SAE {name!r}" if len(saes) > 1 else ""
+            raise CLIError(f"--latent {e.describe()}: 'x' strengths are multiples of the latent's typical max "
+                           f"activation, which the SAE's feature store holds; give --store FILE{whose}, or raw "
+                           f"values (without 'x')")
 
 
 def _print_comparison(args, cmp, gen_cfg, found) -> None:

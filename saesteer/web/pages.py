@@ -254,4 +254,16 @@ async def steer_page(
               "strength": known[i].recommended_strength if i in known else None} for i in chosen]
     prefill = getattr(entry.engine, "example_prompt", "")  # the toy prompt only for the toy model
     return render(request, "steer.html", store=entry, picks=picks, prefill=prefill, nav="steer",
-                  readable_rule=READABLE_RULE)
+                  readable_rule=READABLE_RULE, steerable=steerable_stores(request, entry))
+
+
+def steerable_stores(request: Request, entry: StoreEntry) -> list[dict]:
+    """The stores whose SAEs one playground request may edit: the page's own first, then those the
+    API serves over the same transformer (`ServedModel.peers`, the rule /v1 requests follow: an edit
+    of another names it as `"sae"`). Only the page's own without the API (a browse-only store)."""
+    svc = request.app.state.openai
+    served = svc.models.get(entry.id) if svc is not None else None
+    ids = [entry.id] + [p for p in (served.peers if served is not None else {}) if p != entry.id]
+    stores = request.app.state.web.stores
+    return [{"id": s.id, "name": s.info.name, "hook": s.info.hook, "d_sae": s.info.d_sae}
+            for s in (stores[i] for i in ids)]

@@ -34,18 +34,21 @@ def shared_store() -> WebStore:
     return build_web_store(d)
 
 
-def make_entry(ws: WebStore, sid: str = "tiny", *, limits=None, with_model: bool = True, queue=None):
+def make_entry(ws: WebStore, sid: str = "tiny", *, limits=None, with_model: bool = True, queue=None,
+               name: str | None = None, model=None):
+    """The shared store served as `sid` (shown as `name`, default `sid`), over the shared model or `model`."""
     from features import FeatureStore
     from saesteer.web import Limits, ModelQueue, StoreEntry
     from saesteer.web.model_source import ModelEngine
     from saesteer.web.store_source import StoreCatalog
 
     limits = limits or Limits()
-    cat = StoreCatalog(FeatureStore.open(ws.path), name=sid)
+    cat = StoreCatalog(FeatureStore.open(ws.path), name=name or sid)
     if not with_model:
         return StoreEntry(sid, cat)
-    eng = ModelEngine(ws.model, ws.sae, cat, limits)
-    return StoreEntry(sid, cat, eng, queue or ModelQueue("tiny-test-model", limits.max_pending))
+    eng = ModelEngine(ws.model if model is None else model, ws.sae, cat, limits)
+    return StoreEntry(sid, cat, eng, queue or ModelQueue("tiny-test-model" if model is None else f"{sid}-model",
+                                                         limits.max_pending))
 
 
 def make_app(*, limits=None, config=None, token=None, second_store: bool = False):

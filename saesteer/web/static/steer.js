@@ -1,6 +1,8 @@
 // Steering playground: edit rows, generate default vs steered, and a strength sweep.
 // Generation goes through the OpenAI-compatible API (/v1/completions with the "steering" field),
-// the same API other programs use; the store id is the model id there.
+// the same API other programs use; the store id is the model id there. An edit row may name
+// another store served over the same model (`data-stores`, the page's own first): its edit goes in
+// the same request with "sae": that store's id, as any /v1 client would send it.
 // Every string from the server or the user is written with textContent, never as HTML, and model
 // text and labels drawn first (`drawn`, readable.js: control, bidi and invisible characters as marks).
 "use strict";
@@ -8,14 +10,15 @@
   const form = document.getElementById("steer-form");
   if (!form) return;
   const sid = form.dataset.store;
-  const dSae = Number(form.dataset.dSae);
+  const stores = JSON.parse(form.dataset.stores);  // [{id, name, hook, d_sae}], the page's store first
+  const storeById = new Map(stores.map((s) => [s.id, s]));
   const maxEdits = Number(form.dataset.maxEdits);
   const maxRaw = Number(form.dataset.maxAbsStrength);
   const maxMult = Number(form.dataset.maxAbsMultiple);
   const maxPoints = Number(form.dataset.maxSweepPoints);
   const list = document.getElementById("edits");
   const statusEl = document.getElementById("status");
-  const api = "/api/stores/" + encodeURIComponent(sid);
+  const storeApi = (id) => "/api/stores/" + encodeURIComponent(id);
 
   // features.drawing.readable, as the server draws every other page's text (readable.js, with the
   // server's rule): a U+202E in a continuation would reorder the rest of it.
@@ -43,32 +46,52 @@
     node.className = "status" + (kind ? " " + kind : "");
   }
 
-  const labelCache = new Map();
-  async function lookupLabel(idx, target) {
+  const labelCache = new Map();  // "store id/latent" -> the label as drawn
+  async function lookupLabel(store, idx, target) {
+    const dSae = store.d_sae;
     if (!(idx >= 0 && idx < dSae)) { target.textContent = "not a feature (0–" + (dSae - 1) + ")"; return; }
-    if (labelCache.has(idx)) { target.textContent = labelCache.get(idx); return; }
+    const key = store.id + "/" + idx;
+    if (labelCache.has(key)) { target.textContent = labelCache.get(key); return; }
     target.textContent = "…";
     try {
-      const r = await fetch(api + "/features/" + idx, { headers: { Accept: "application/json" }, credentials: "same-origin" });
+      const r = await fetch(storeApi(store.id) + "/features/" + idx, { headers: { Accept: "application/json" }, credentials: "same-origin" });
       const text = r.ok ? ((await r.json()).summary.label || "unlabelled") : "unknown feature";
       const shown = drawn(text);
-      labelCache.set(idx, shown);
+      labelCache.set(key, shown);
       target.textContent = shown;
     } catch (e) { target.textContent = ""; }
+  }
+  // the store a row edits: its SAE picker's, or the page's when only the page's store steers
+  function rowStore(li) {
+    const pick = li.querySelector(".fstore");
+    return storeById.get(pick ? pick.value : sid);
   }
 
   function makeRow(li, latent, label, recommended) {
     li.className = "edit";
     li.textContent = "";
-    const featInput = el("input", { type: "number", min: "0", max: String(dSae - 1), step: "1", "aria-label": "feature index", class: "fidx" });
+    const featInput = el("input", { type: "number", min: "0", step: "1", "aria-label": "feature index", class: "fidx" });
     if (latent !== null && latent !== undefined && latent !== "") featInput.value = String(latent);
     const flabel = el("span", { class: "flabel" });
-    if (label) { const shown = drawn(label); flabel.textContent = shown; labelCache.set(Number(latent), shown); }
-    else if (featInput.value !== "") lookupLabel(Number(featInput.value), flabel);
+    const feat = el("div", { class: "feat" });
+    if (stores.length > 1) {
+      const pick = el("select", { "aria-label": "the SAE (store) this edit steers", class: "fstore" });
+      options(pick, stores.map((s) => [s.id, drawn(s.name + (s.hook ? " · " + s.hook : ""))]), sid);
+      pick.addEventListener("change", () => {
+        featInput.max = String(rowStore(li).d_sae - 1);
+        if (featInput.value !== "") lookupLabel(rowStore(li), Number(featInput.value), flabel);
+      });
+      feat.appendChild(pick);
+    }
+    feat.appendChild(featInput);
+    feat.appendChild(flabel);
+    featInput.max = String(storeById.get(sid).d_sae - 1);
+    if (label) { const shown = drawn(label); flabel.textContent = shown; labelCache.set(sid + "/" + Number(latent), shown); }
+    else if (featInput.value !== "") lookupLabel(storeById.get(sid), Number(featInput.value), flabel);
     let timer = null;
     featInput.addEventListener("input", () => {
       clearTimeout(timer);
-      timer = setTimeout(() => { if (featInput.value !== "") lookupLabel(Number(featInput.value), flabel); else flabel.textContent = ""; }, 250);
+      timer = setTimeout(() => { if (featInput.value !== "") lookupLabel(rowStore(li), Number(featInput.value), flabel); else flabel.textContent = ""; }, 250);
     });
     const mode = el("select", { "aria-label": "operation", class: "fmode" });
     options(mode, [["add", "add"], ["clamp", "clamp to"], ["scale", "scale by"], ["ablate", "ablate"]], "add");
@@ -84,7 +107,7 @@
     });
     const rm = el("button", { type: "button", class: "btn icon", "aria-label": "remove this edit", title: "remove", text: "✕" });
     rm.addEventListener("click", () => { li.remove(); updateAdd(); });
-    li.appendChild(el("div", { class: "feat" }, [featInput, flabel]));
+    li.appendChild(feat);
     li.appendChild(el("div", { class: "mode" }, [mode]));
     li.appendChild(el("div", { class: "str" }, [strength]));
     li.appendChild(el("div", { class: "unit" }, [unit]));
@@ -110,14 +133,16 @@
       const f = li.querySelector(".fidx").value.trim();
       if (f === "") continue;
       const latent = Number(f);
-      if (!Number.isInteger(latent) || latent < 0 || latent >= dSae) throw new Error("feature " + f + " is not in this store (0–" + (dSae - 1) + ")");
+      const store = rowStore(li);
+      const where = stores.length > 1 ? "store " + drawn(store.name) : "this store";
+      if (!Number.isInteger(latent) || latent < 0 || latent >= store.d_sae) throw new Error("feature " + f + " is not in " + where + " (0–" + (store.d_sae - 1) + ")");
       const mode = li.querySelector(".fmode").value;
       const unit = mode === "scale" ? "raw" : li.querySelector(".funit").value;
       const s = mode === "ablate" ? 0 : Number(li.querySelector(".fstrength").value);
       if (!isFinite(s)) throw new Error("strength of feature " + latent + " must be a number");
       const cap = (unit === "max_act" || mode === "scale") ? maxMult : maxRaw;
       if (Math.abs(s) > cap) throw new Error("strength of feature " + latent + " is beyond ±" + cap);
-      edits.push({ latent: latent, op: mode, value: s, unit: mode === "ablate" ? "raw" : unit });
+      edits.push({ store: store.id, latent: latent, op: mode, value: s, unit: mode === "ablate" ? "raw" : unit });
     }
     if (!edits.length) throw new Error("pick at least one feature to steer with");
     return edits;
@@ -133,7 +158,7 @@
     };
   }
   async function post(path, body) {
-    const r = await fetch(path.startsWith("/v1/") ? path : api + path, {
+    const r = await fetch(path, {
       method: "POST", credentials: "same-origin",
       headers: { "Content-Type": "application/json", Accept: "application/json" },
       body: JSON.stringify(body),
@@ -176,7 +201,9 @@
       let edits = [];
       try { edits = readEdits(); } catch (e) { if (!preset) throw e; }
       gen = readGen();
-      steering = { edits: edits.map((e) => ({ latent: e.latent, op: e.op, value: e.op === "ablate" ? null : e.value, unit: e.unit })) };
+      // an edit of another store's SAE names it, as the API takes it ("sae": its id)
+      steering = { edits: edits.map((e) => Object.assign({ latent: e.latent, op: e.op, value: e.op === "ablate" ? null : e.value, unit: e.unit },
+                                                          e.store === sid ? {} : { sae: e.store })) };
       if (preset) steering.preset = preset;
     } catch (e) { setStatus(statusEl, e.message, "error"); return; }
     genBtn.disabled = true;
@@ -204,7 +231,7 @@
   const sweepBtn = document.getElementById("sweep-run");
   sweepForm.addEventListener("submit", async (ev) => {
     ev.preventDefault();
-    let body;
+    let body, sweepPath;
     try {
       const edits = readEdits();
       const a = Number(document.getElementById("sweep-from").value), b = Number(document.getElementById("sweep-to").value);
@@ -214,12 +241,14 @@
       if (edits[0].op === "ablate") throw new Error("the first edit ablates: nothing to sweep; use add, clamp or scale");
       const values = [];
       for (let i = 0; i < n; i++) values.push(Number((a + (b - a) * i / (n - 1)).toPrecision(6)));
-      body = Object.assign(readGen(), { edit: edits[0], values: values });
+      const first = edits[0];  // swept on the store whose SAE it edits
+      sweepPath = storeApi(first.store) + "/sweep";
+      body = Object.assign(readGen(), { edit: { latent: first.latent, op: first.op, value: first.value, unit: first.unit }, values: values });
     } catch (e) { setStatus(sweepStatus, e.message, "error"); return; }
     sweepBtn.disabled = true;
     setStatus(sweepStatus, "sweeping " + body.values.length + " values…", "busy");
     try {
-      const res = await post("/sweep", body);
+      const res = await post(sweepPath, body);
       const out = document.getElementById("sweep-out");
       out.hidden = false;
       document.getElementById("sweep-concept").textContent = "concept: " + res.concept;
