@@ -147,3 +147,33 @@ def test_a_saesteer_of_version_2_refuses_a_version_3_store_naming_it(stores, mon
     monkeypatch.setattr(base, "READABLE_VERSIONS", (2,))
     with pytest.raises(StoreError, match="has feature-store schema version 3, this saesteer reads version 2; upgrade saesteer"):
         FeatureStore.open(ws.path)
+
+
+def test_a_build_begun_by_version_2_resumes_into_shared_windows(tmp_path):
+    """A store whose build a saesteer of version 2 began (its first block written, then stopped) is
+    finished by this one: converted first, then the remaining blocks; the result is the store an
+    uninterrupted build makes."""
+    from features import build_feature_store
+    from helpers.feature_fixtures import WordTokenizer, make_sae, random_source, small_config
+    from test_features_resume import dump
+
+    src = random_source(seed=3, n_contexts=20, context_length=12)
+    sae = make_sae("topk", d_in=8, d_sae=24, seed=3)
+
+    def build(path):
+        return build_feature_store(path, sae, src, small_config(), tokenizer=WordTokenizer(), progress=False)
+
+    build(tmp_path / "clean.db")
+    old = tmp_path / "old.db"
+    version_2_store(tmp_path / "clean.db", old)
+    with sqlite3.connect(old) as db:  # as if stopped after the first block of 8 latents
+        for table in ("features", "histograms", "examples", "logit_effects", "neighbours", "correlations"):
+            db.execute(f"DELETE FROM {table} WHERE latent >= 8")
+        db.execute("DELETE FROM feature_fts WHERE rowid >= 8")
+        db.execute("DELETE FROM build_progress WHERE block >= 1")
+        db.execute("UPDATE meta SET value = '\"building\"' WHERE key = 'build_state'")
+    res = build(old)
+    assert res.resumed and not res.already_complete
+    with FeatureStore.open(old) as st:
+        assert st.schema_version == 3 and st.complete and st.integrity_check() == "ok"
+    assert dump(old) == dump(tmp_path / "clean.db")
