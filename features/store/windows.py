@@ -12,7 +12,7 @@ import sqlite3
 from typing import Iterable
 
 from features.store.rows import ExampleRow
-from features.store.schema import EXAMPLES_VIEW
+from features.store.schema import EXAMPLES_VIEW, SCHEMA
 
 WindowKey = tuple  # (token_ids, text, token_offsets): the window's stored bytes, so equal keys read the same
 
@@ -77,8 +77,7 @@ def share_windows(conn: sqlite3.Connection) -> int:
 
 
 def _create_statement(table: str) -> str:
-    from features.store.schema import SCHEMA
-
+    """The schema's own CREATE TABLE statement of `table`."""
     for stmt in SCHEMA.split(";"):
         if stmt.strip().startswith(f"CREATE TABLE {table} ("):
             return stmt
