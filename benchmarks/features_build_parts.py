@@ -6,6 +6,12 @@
         texts included), of the example texts and of the SQLite block writes; peak RSS
     python benchmarks/features_build_parts.py pass SAE CACHE HOOK
         the pass alone (FeatureAccumulator.update over the cache's batches, 1 torch thread): PASS {json}
+    python benchmarks/features_build_parts.py compare --tree old=DIR --tree new=DIR \
+            --shape mid=SAE,CACHE,MODEL [--shape big=...] --rounds 3 [--rounds-for big=1] --work DIR
+        `build` of every shape by every tree (PYTHONPATH=DIR), rounds interleaved (each run under
+        `flock /work/wt/bench.lock`); then per shape and tree the medians, the store's bytes per table
+        (SQLite's dbstat) and whether the stores read the same (`examples` and the other tables, hashed):
+        a markdown table, and the raw figures as JSON in --work
 
 Run it from the tree to measure (PYTHONPATH=TREE), each run under `flock /work/wt/bench.lock`,
 trees interleaved; benchmarks/RESULTS.md "features build: co-activation rows and the store write".
@@ -45,6 +51,8 @@ def build(argv: list[str]) -> int:
     else:  # before features.windowtexts
         wrap(fb, "token_texts", "texts_cpu_s")
     wrap(FeatureStore, "write_feature_block", "sqlite_cpu_s")
+    for name in ("decoder_neighbours", "coact_neighbours", "activation_correlations", "logit_effects"):
+        wrap(fb, name, f"{name}_cpu_s")  # the relations, before the blocks
     rc = main(["features", "build", *argv])
     ru = resource.getrusage(resource.RUSAGE_SELF)
     print("RESULT", json.dumps({**T, "cpu_s": ru.ru_utime + ru.ru_stime, "rss_mb": ru.ru_maxrss / 1024}), flush=True)
@@ -72,6 +80,102 @@ def pass_alone(sae_path: str, cache: str, hook: str) -> int:
     return 0
 
 
+PARTS = [("whole `features build`", "cpu_s"), ("store write (`_write`)", "write_cpu_s"),
+         ("... decoder neighbours", "decoder_neighbours_cpu_s"), ("... logit effects", "logit_effects_cpu_s"),
+         ("... co-activation neighbours", "coact_neighbours_cpu_s"),
+         ("... activation correlations", "activation_correlations_cpu_s"),
+         ("... rows of the blocks (`_block_rows`)", "block_rows_cpu_s"), ("... ... example texts", "texts_cpu_s"),
+         ("... SQLite block writes", "sqlite_cpu_s")]
+
+
+def store_figures(db: str) -> dict:
+    """Bytes on disk, bytes per table (indexes counted with their table) and a hash of what readers read."""
+    import hashlib
+    import os
+    import sqlite3
+
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    owner = {n: t for n, t in con.execute("SELECT name, tbl_name FROM sqlite_master")}
+    per: collections.Counter = collections.Counter()
+    for name, size in con.execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name"):
+        t = owner.get(name, name)
+        per["feature_fts" if t.startswith("feature_fts") else t] += size
+    digest = {}
+    for table, order in (("examples", "id"), ("features", "latent"), ("neighbours", "latent, kind, rank"),
+                         ("correlations", "latent, rank"), ("logit_effects", "latent, kind, rank"), ("vocab", "token_id")):
+        h = hashlib.sha256()
+        for row in con.execute(f"SELECT * FROM {table} ORDER BY {order}"):
+            h.update(repr(row).encode())
+        digest[table] = h.hexdigest()[:16]
+    n_latents = con.execute("SELECT COUNT(*) FROM features").fetchone()[0]
+    n_examples = con.execute("SELECT COUNT(*) FROM examples").fetchone()[0]
+    con.close()
+    size = sum(os.path.getsize(p) for p in (db, db + "-wal") if os.path.exists(p))
+    return {"bytes": size, "tables": dict(per), "hash": digest, "latents": n_latents, "examples": n_examples}
+
+
+def compare(argv: list[str]) -> int:
+    import argparse
+    import os
+    import statistics
+    import subprocess
+    from pathlib import Path
+
+    ap = argparse.ArgumentParser(prog="features_build_parts.py compare")
+    ap.add_argument("--tree", action="append", required=True, help="NAME=DIR (a source tree)")
+    ap.add_argument("--shape", action="append", required=True, help="NAME=SAE,CACHE[,MODEL]")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds-for", action="append", default=[], help="SHAPE=N: fewer rounds for a large shape")
+    ap.add_argument("--work", required=True)
+    a = ap.parse_args(argv)
+    trees = dict(t.split("=", 1) for t in a.tree)
+    shapes = {k: v.split(",") for k, v in (s.split("=", 1) for s in a.shape)}
+    rounds = {k: a.rounds for k in shapes} | {k: int(v) for k, v in (r.split("=", 1) for r in a.rounds_for)}
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    runs: dict = {(s, t): [] for s in shapes for t in trees}
+    stores: dict = {}
+    for r in range(max(rounds.values())):
+        for shape, (sae, cache, *model) in shapes.items():
+            if r >= rounds[shape]:
+                continue
+            for tree, src in trees.items():
+                out = work / f"{shape}-{tree}.db"
+                cmd = ["flock", "/work/wt/bench.lock", sys.executable, __file__, "build", "--sae", sae, "--cache", cache,
+                       *(["--model", model[0]] if model else []), "--out", str(out), "--overwrite", "--no-progress"]
+                p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": src})
+                line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
+                if p.returncode or not line:
+                    raise RuntimeError(f"{shape} {tree}: {p.stderr[-2000:]}")
+                runs[shape, tree].append(json.loads(line[0][7:]))
+                print(shape, tree, f"round {r + 1}", line[0][7:], flush=True)
+                stores[shape, tree] = store_figures(str(out))
+    (work / "figures.json").write_text(json.dumps({"runs": {f"{s} {t}": v for (s, t), v in runs.items()},
+                                                   "stores": {f"{s} {t}": v for (s, t), v in stores.items()}}, indent=1))
+    cols = [(s, t) for s in shapes for t in trees]
+    print("| figure | " + " | ".join(f"{s} {t}" for s, t in cols) + " |")
+    print("|---|" + "---:|" * len(cols))
+
+    def med(key):
+        return [statistics.median(x.get(key, 0.0) for x in runs[c]) for c in cols]
+
+    for label, key in PARTS:
+        print(f"| {label} (CPU s) | " + " | ".join(f"{v:.1f}" for v in med(key)) + " |")
+    print("| peak RSS MB | " + " | ".join(f"{v:,.0f}" for v in med("rss_mb")) + " |")
+    print("| store MB | " + " | ".join(f"{stores[c]['bytes'] / 1e6:,.1f}" for c in cols) + " |")
+    print("| KB per latent | " + " | ".join(f"{stores[c]['bytes'] / 1e3 / max(1, stores[c]['latents']):,.1f}" for c in cols) + " |")
+    tables = sorted({t for c in cols for t in stores[c]["tables"]}, key=lambda t: -max(stores[c]["tables"].get(t, 0) for c in cols))
+    for t in tables[:8]:
+        print(f"| ... {t} MB | " + " | ".join(f"{stores[c]['tables'].get(t, 0) / 1e6:,.1f}" for c in cols) + " |")
+    for shape in shapes:
+        hashes = {t: stores[shape, t]["hash"] for t in trees}
+        same = all(h == next(iter(hashes.values())) for h in hashes.values())
+        print(f"{shape}: {stores[shape, next(iter(trees))]['examples']:,} examples; the trees' stores read the same: {same}"
+              + ("" if same else f" {hashes}"))
+    print("rounds:", rounds)
+    return 0
+
+
 if __name__ == "__main__":
     mode, rest = sys.argv[1], sys.argv[2:]
-    sys.exit(build(rest) if mode == "build" else pass_alone(*rest))
+    sys.exit({"build": build, "compare": compare}[mode](rest) if mode in ("build", "compare") else pass_alone(*rest))

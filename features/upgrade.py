@@ -1,10 +1,12 @@
 """Bring a feature store written by an older saesteer to this version, in place (`saesteer features upgrade`).
 
     result = upgrade_store("old.db", tokenizer_for=lambda identity: load_recorded_tokenizer(identity, recorded_in="..."))
-    result.schema_from, result.schema_version, result.vocab      # e.g. 1, 2, "relabelled"
+    result.schema_from, result.schema_version, result.vocab      # e.g. 2, 3, "relabelled"
 
 Two things can be old:
 - the schema: opening a store for writing renames a version-1 store's columns (`features.store.base`);
+  a version-2 store's examples are rewritten with each window once, and the file VACUUMed to its
+  new size (`features.store.windows`; until then it reads the same, only larger);
 - the token labels (meta "vocab_labels" missing or of an older rule, `features.tokentext.LABEL_RULE`):
   rule 1 dropped a SentencePiece word's leading space ("▁the" read "the") and showed part of a
   character as bare escaped bytes. They can only be recomputed from the tokenizer, so they are
@@ -48,8 +50,9 @@ def upgrade_store(path: str | Path, tokenizer_for: Callable[[Any], Any] | None =
     from features.store import FeatureStore, writer_lock
     from features.tokentext import LABEL_RULE
 
-    with writer_lock(path), FeatureStore.open(path, readonly=False) as store:  # opening it for writing upgrades it
-        version = int(store.meta["schema_version"])
+    with writer_lock(path), FeatureStore.open(path, readonly=False) as store:  # opening it for writing renames version 1's columns
+        store.share_windows(vacuum=True)  # version 2: each example window once, and the file shrunk
+        version = store.schema_version
 
         def result(vocab: str, model: Any = None, why: str | None = None) -> UpgradeResult:
             return UpgradeResult(store.path, version, store.schema_from, vocab, model, why)

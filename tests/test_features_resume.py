@@ -24,7 +24,8 @@ one_thread = pytest.fixture(autouse=True, scope="module")(single_thread)
 def dump(path: Path) -> dict:
     con = sqlite3.connect(path)
     out = {}
-    tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'feature_fts_%'")]
+    tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view') "
+                                        "AND name NOT LIKE 'feature_fts_%'")]  # the view: examples
     for t in sorted(tables):
         if t == "feature_fts":
             rows = con.execute("SELECT rowid, label, examples FROM feature_fts ORDER BY rowid").fetchall()

@@ -19,7 +19,8 @@ from features import (
     StoreReadOnlyError,
     build_feature_store,
 )
-from helpers.feature_fixtures import single_thread, WordTokenizer, identity_sae, make_sae, random_source, small_config
+from helpers.feature_fixtures import (single_thread, WordTokenizer, identity_sae, make_sae, random_source, small_config,
+                                     version_2_store)
 
 
 one_thread = pytest.fixture(autouse=True, scope="module")(single_thread)
@@ -47,7 +48,7 @@ def test_build_summary_and_metadata(built):
     assert not res.already_complete and res.n_rows == src.n_rows and res.pass_rows == src.n_rows
     with FeatureStore.open(path, sae=sae, cache=src) as st:
         assert st.complete and st.d_sae == 24 and st.integrity_check() == "ok"
-        assert st.meta["schema_version"] == 2 and st.meta["n_rows"] == src.n_rows
+        assert st.meta["schema_version"] == 3 and st.meta["n_rows"] == src.n_rows
         assert st.meta["sae"]["architecture"] == "matryoshka_batchtopk" and st.meta["window_before"] == 3
         assert st.count_features() == 24
         assert st._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -358,10 +359,9 @@ def _columns(path) -> dict[str, list[str]]:
 
 
 def _version_1_store(built, path):
-    """A copy of the built store as schema version 1 wrote it: a latent's columns under their old names."""
-    import shutil
-
-    shutil.copy(built[0], path)
+    """A copy of the built store as schema version 1 wrote it: a latent's columns under their old names
+    (and, as in version 2, every example's window in its own row)."""
+    version_2_store(built[0], path)
     old_names = {("features", "latent"): "id", ("features", "parent_latent"): "parent_id",
                  ("neighbours", "other_latent"): "other_id", ("build_progress", "first_latent"): "first_id",
                  ("build_progress", "end_latent"): "end_id"}
@@ -390,10 +390,10 @@ def test_a_version_1_store_is_refused_read_only_naming_the_upgrade_and_upgraded_
         FeatureStore.open(old)
     capsys.readouterr()
     assert main(["features", "upgrade", str(old)]) == 0
-    assert f"{old}: feature-store schema version 2 (upgraded from version 1)" in capsys.readouterr().out
+    assert f"{old}: feature-store schema version 3 (upgraded from version 1)" in capsys.readouterr().out
     assert _columns(old) == _columns(built[0])  # every column as a store made now has it
     with FeatureStore.open(old) as up, FeatureStore.open(built[0]) as new:
-        assert up.meta["schema_version"] == 2 and up.integrity_check() == "ok"
+        assert up.meta["schema_version"] == 3 and up.integrity_check() == "ok"
         # everything but the correlations, which the upgrade cannot make (an empty table: rebuild to get them)
         assert all(not up.feature(i).correlated for i in range(up.d_sae))
         assert [up.feature(i) for i in range(up.d_sae)] == [replace(new.feature(i), correlated=[]) for i in range(new.d_sae)]

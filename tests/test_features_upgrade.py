@@ -83,7 +83,7 @@ def test_upgrade_relabels_an_older_vocabulary_with_the_recorded_models_tokenizer
     assert after == token_labels(tok)
     r = saesteer("features", "upgrade", path).ok()  # once: nothing more to do, and it says so
     assert "rewritten" not in r.out + r.err
-    assert r.out.splitlines() == [f"{path}: feature-store schema version 2 (already current)",
+    assert r.out.splitlines() == [f"{path}: feature-store schema version 3 (already current)",
                                   "token labels: already of the current rule; left as they are"], r.out
 
 

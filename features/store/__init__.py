@@ -27,6 +27,7 @@ text and the vocabulary (`features.tokentext.align_pieces`, best effort; the tex
     maps         2-d layouts for the web app's map
     rows         the typed rows the build writes
     buildwrites  the build's writes: metadata, vocabulary, blocks of latents
+    windows      each example window stored once (schema version 3), and converting a version-2 store
 """
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ from features.store.errors import (
     StoreMismatchError,
     StoreReadOnlyError,
 )
-from features.store.schema import ADDED_TABLES, FEATURE_COLUMNS, RENAMED_COLUMNS, SCHEMA, SCHEMA_VERSION, connect
+from features.store.schema import (ADDED_TABLES, FEATURE_COLUMNS, READABLE_VERSIONS, RENAMED_COLUMNS, SCHEMA,
+                                   SCHEMA_VERSION, connect)
 from features.tokentext import LABEL_RULE, label_from_rule_1
 from saes.errors import note
 from saes.fileio import FileLock
@@ -51,14 +52,15 @@ def _file_id(path: Path) -> tuple[int, int] | None:
 
 def _rename_columns(conn: sqlite3.Connection) -> None:
     """Upgrade a version-1 store to version 2 in one transaction: its latent columns get their new
-    names (`RENAMED_COLUMNS`; SQLite updates the indexes with them); nothing else changes."""
+    names (`RENAMED_COLUMNS`; SQLite updates the indexes with them); nothing else changes (version 3's
+    shared windows: `features.store.windows.share_windows`)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         for table, old, new in RENAMED_COLUMNS:
             if old in {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}:
                 conn.execute(f"ALTER TABLE {table} RENAME COLUMN {old} TO {new}")
-        conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
-        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+        conn.execute("UPDATE schema_version SET version = 2")
+        conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -122,7 +124,7 @@ class StoreBase:
             conn.close()
             raise StoreError(f"{path} has feature-store schema version 1 (older column names); upgrade it in place "
                              f"with `saesteer features upgrade {path}`")
-        elif version[0] != SCHEMA_VERSION:
+        elif version[0] not in READABLE_VERSIONS:
             conn.close()
             newer = version[0] > SCHEMA_VERSION
             raise StoreError(
@@ -208,6 +210,11 @@ class StoreBase:
             self._writes += 1
 
     # -- identity ------------------------------------------------------------------------------
+    @property
+    def schema_version(self) -> int:
+        """The file's schema version now (2: every example's window in its row; reads the same)."""
+        return int(self.meta["schema_version"])
+
     @property
     def d_sae(self) -> int:
         return int(self.meta["d_sae"])

@@ -1,5 +1,6 @@
 """What the feature build writes: metadata, the vocabulary, and blocks of latents (typed rows,
-`features.store.rows`), each block with everything that belongs to it in one transaction."""
+`features.store.rows`), each block with everything that belongs to it in one transaction; its
+examples' windows each once (`features.store.windows`)."""
 
 from __future__ import annotations
 
@@ -17,15 +18,31 @@ from features.store.rows import (
     SearchTextRow,
     insert_sql,
 )
+from features.store.windows import INSERT_REF, WindowIds, share_windows
 
 
 class StoreBuildWrites(StoreBase):
     """The build's writes (internal: used by `features.build`)."""
 
+    _window_ids: WindowIds | None = None  # the stored windows' ids, read on the first block written
+
     def set_meta(self, **items: Any) -> None:
         with self.transaction() as c:
             c.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", [(k, json.dumps(v)) for k, v in items.items()])
         self.refresh()
+
+    def share_windows(self, vacuum: bool = False) -> int | None:
+        """A version-2 store converted in place to version 3 (each example window once), then with
+        `vacuum` shrunk to its new size: the number of distinct windows; None if it was version 3."""
+        if self.schema_version >= 3:
+            return None
+        with self._lock:
+            n = share_windows(self._conn)
+            if vacuum:
+                self._conn.execute("VACUUM")
+        self._window_ids = None
+        self.refresh()
+        return n
 
     def written_blocks(self) -> set[int]:
         with self._lock:
@@ -45,12 +62,25 @@ class StoreBuildWrites(StoreBase):
                             neighbours: list[NeighbourRow], fts: list[SearchTextRow],
                             correlations: list[CorrelationRow]) -> None:
         """One build transaction: latents [first_latent, end_latent) with everything that belongs to them."""
+        try:
+            self._write_block(block, first_latent, end_latent, features, histograms, examples, logits, neighbours,
+                              fts, correlations)
+        except BaseException:
+            self._window_ids = None  # it may remember windows of the rolled-back block: read them again
+            raise
+
+    def _write_block(self, block, first_latent, end_latent, features, histograms, examples, logits, neighbours, fts,
+                     correlations) -> None:
         with self.transaction() as c:
             if c.execute("SELECT 1 FROM build_progress WHERE block = ?", (block,)).fetchone():
                 return
+            if self._window_ids is None:
+                self._window_ids = WindowIds(c)
+            windows, refs = self._window_ids.refs(examples)
             c.executemany(insert_sql("features", FeatureRow), features)
             c.executemany(insert_sql("histograms", HistogramRow), histograms)
-            c.executemany(insert_sql("examples", ExampleRow), examples)
+            c.executemany("INSERT INTO windows(id, token_ids, text, token_offsets) VALUES (?, ?, ?, ?)", windows)
+            c.executemany(INSERT_REF, refs)
             c.executemany(insert_sql("logit_effects", LogitRow), logits)
             c.executemany(insert_sql("neighbours", NeighbourRow), neighbours)
             c.executemany(insert_sql("correlations", CorrelationRow), correlations)

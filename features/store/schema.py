@@ -1,6 +1,6 @@
 """The feature store's SQLite schema, one file per SAE (stdlib sqlite3, WAL mode, FTS5).
 
-Schema (version 2; `schema_version` holds it, `meta` the build's identity):
+Schema (version 3; `schema_version` holds it, `meta` the build's identity):
 
     schema_version(version INTEGER)
     meta(key TEXT PRIMARY KEY, value TEXT)           -- JSON values, see META KEYS below
@@ -11,10 +11,16 @@ Schema (version 2; `schema_version` holds it, `meta` the build's identity):
              level, parent_latent, parent_coact, parent_cos, parent_method,   -- Matryoshka (NULL otherwise)
              recommended_strength, strength_source, strength_details, strength_updated_at)  -- steering
     histograms(latent PRIMARY KEY, bin_width REAL, counts TEXT)   -- JSON list; bin i = [i*w, (i+1)*w)
-    examples(id INTEGER PRIMARY KEY, latent, kind TEXT ('top'|'quantile'|'negative'), rank,
-             activation REAL, quantile REAL, seq_index, position, centre,
-             token_ids BLOB, acts BLOB, text TEXT,   -- blobs: little-endian int32 / float32, one per token
-             token_offsets BLOB)  -- int32 per token: where its piece starts in `text` (see features.tokentext)
+    windows(id INTEGER PRIMARY KEY,                -- each distinct example window once (version 3)
+            token_ids BLOB, text TEXT,              -- blob: little-endian int32, one per token
+            token_offsets BLOB)                     -- int32 per token: where its piece starts in `text` (features.tokentext)
+    example_refs(id INTEGER PRIMARY KEY, latent, kind TEXT ('top'|'quantile'|'negative'), rank,
+                 activation REAL, quantile REAL, seq_index, position, centre,
+                 window,                            -- windows.id
+                 acts BLOB)                         -- little-endian float32 per token; NULL: all 0 (negatives)
+    examples                                        -- VIEW: example_refs joined with its window, the columns
+                                                    -- version 2's table had (id, ..., centre, token_ids, acts,
+                                                    -- text, token_offsets); readers read it, in every version
     vocab(token_id INTEGER PRIMARY KEY, text TEXT)  -- every token shown on its own (`token_label`; logit effects)
     logit_effects(latent, kind ('promoted'|'suppressed'), rank, token_id, value)
     neighbours(latent, kind ('decoder'|'coact'), rank, other_latent, score, count)
@@ -47,7 +53,13 @@ from pathlib import Path
 from features.store.errors import StoreError
 from features.store.rows import ExampleRow, FeatureRow
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+# Version 2 kept every example's window (token ids, text, offsets) in its own row of table `examples`:
+# the negatives of every latent repeat windows of one small pool, and a token that tops several
+# latents is their example each time (24,576 latents: 1.77M example rows, ~58k distinct windows).
+# Version 3 keeps each window once (`windows`) and a view `examples` with version 2's columns, so a
+# version-2 store reads as it is (`features.store.windows` converts one: `saesteer features upgrade`).
+READABLE_VERSIONS = (2, 3)
 
 # Columns renamed since version 1 (a latent's index is called `latent` everywhere): (table, old, new).
 # `StoreBase.open` renames them in a version-1 store opened for writing (`saesteer features upgrade`).
@@ -76,7 +88,14 @@ ADDED_TABLES = (
     "other_latent INTEGER NOT NULL, pearson REAL NOT NULL, cossim REAL NOT NULL, PRIMARY KEY (latent, rank)) WITHOUT ROWID",
 )
 
-SCHEMA = """
+# what readers select from (`features.store.reads`): version 2's columns; a NULL acts is a window of zeros
+EXAMPLES_VIEW = (
+    "CREATE VIEW examples AS SELECT e.id, e.latent, e.kind, e.rank, e.activation, e.quantile, e.seq_index, "
+    "e.position, e.centre, w.token_ids, COALESCE(e.acts, zeroblob(length(w.token_ids))) AS acts, w.text, "
+    "w.token_offsets FROM example_refs e JOIN windows w ON w.id = e.window"
+)
+
+SCHEMA = ("""
 CREATE TABLE schema_version (version INTEGER NOT NULL);
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE features (
@@ -107,7 +126,13 @@ CREATE INDEX features_freq ON features(freq);
 CREATE INDEX features_max_act ON features(max_act);
 CREATE INDEX features_parent ON features(parent_latent);
 CREATE TABLE histograms (latent INTEGER PRIMARY KEY, bin_width REAL NOT NULL, counts TEXT NOT NULL);
-CREATE TABLE examples (
+CREATE TABLE windows (
+    id INTEGER PRIMARY KEY,
+    token_ids BLOB NOT NULL,
+    text TEXT,
+    token_offsets BLOB
+);
+CREATE TABLE example_refs (
     id INTEGER PRIMARY KEY,
     latent INTEGER NOT NULL,
     kind TEXT NOT NULL CHECK (kind IN ('top', 'quantile', 'negative')),
@@ -117,12 +142,11 @@ CREATE TABLE examples (
     seq_index INTEGER NOT NULL,
     position INTEGER NOT NULL,
     centre INTEGER NOT NULL,
-    token_ids BLOB NOT NULL,
-    acts BLOB NOT NULL,
-    text TEXT,
-    token_offsets BLOB,
+    window INTEGER NOT NULL,
+    acts BLOB,
     UNIQUE (latent, kind, rank)
 );
+{EXAMPLES_VIEW};
 CREATE TABLE vocab (token_id INTEGER PRIMARY KEY, text TEXT NOT NULL);
 CREATE TABLE logit_effects (
     latent INTEGER NOT NULL,
@@ -185,7 +209,8 @@ CREATE TABLE concept_matches (
 ) WITHOUT ROWID;
 CREATE TABLE build_progress (block INTEGER PRIMARY KEY, first_latent INTEGER NOT NULL, end_latent INTEGER NOT NULL);
 CREATE VIRTUAL TABLE feature_fts USING fts5(label, examples, tokenize = 'unicode61');
-""" + "".join(t + ";\n" for t in ADDED_TABLES)
+"""  # noqa: E501
+          .replace("{EXAMPLES_VIEW}", EXAMPLES_VIEW) + "".join(t + ";\n" for t in ADDED_TABLES))
 
 FEATURE_COLUMNS = FeatureRow._fields  # the build's columns of `features` (steering writes the others)
 EXAMPLE_SELECT = "id, latent, kind, rank, activation, quantile, seq_index, position, centre, token_ids, acts, text"

@@ -90,3 +90,37 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def version_2_store(src, dst, examples=None) -> None:
+    """A copy of store `src` (schema version 3) as schema version 2 wrote it: every example's window
+    in its own row of the table `examples`: the `ExampleRow`s the build wrote, in their order (as
+    version 2's writer inserted them), or without them what the view `examples` reads."""
+    import shutil
+    import sqlite3
+
+    shutil.copy(src, dst)
+    with sqlite3.connect(dst) as db:
+        db.execute("CREATE TABLE examples_v2 AS SELECT * FROM examples ORDER BY id")
+        db.execute("DROP VIEW examples")
+        db.execute("DROP TABLE example_refs")
+        db.execute("DROP TABLE windows")
+    with sqlite3.connect(dst) as db:  # version 2's own table: its constraints and column types
+        db.execute("""CREATE TABLE examples (id INTEGER PRIMARY KEY, latent INTEGER NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('top', 'quantile', 'negative')), rank INTEGER NOT NULL,
+            activation REAL NOT NULL, quantile REAL, seq_index INTEGER NOT NULL, position INTEGER NOT NULL,
+            centre INTEGER NOT NULL, token_ids BLOB NOT NULL, acts BLOB NOT NULL, text TEXT, token_offsets BLOB,
+            UNIQUE (latent, kind, rank))""")
+        if examples is None:
+            db.execute("INSERT INTO examples SELECT * FROM examples_v2 ORDER BY id")
+        else:
+            from features.store.rows import ExampleRow, insert_sql
+
+            db.executemany(insert_sql("examples", ExampleRow), examples)
+        db.execute("DROP TABLE examples_v2")
+        db.execute("UPDATE schema_version SET version = 2")
+        db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    db = sqlite3.connect(dst, isolation_level=None)
+    db.execute("VACUUM")
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # all of it in the file: a copy of the file is the store
+    db.close()

@@ -1,0 +1,84 @@
+"""Each example window stored once (schema version 3): the table `windows` holds a window's token
+ids, text and offsets, `example_refs` one row per example naming its window, and the view `examples`
+joins them back into version 2's columns (`features.store.schema`).
+
+`WindowIds` gives the build a window's id, adding the windows it has not seen; `share_windows`
+converts a version-2 store (one table `examples`, every window in every row) in place.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Iterable
+
+from features.store.rows import ExampleRow
+from features.store.schema import EXAMPLES_VIEW, SCHEMA
+
+WindowKey = tuple  # (token_ids, text, token_offsets): the window's stored bytes, so equal keys read the same
+
+# one example's row of `example_refs`: ExampleRow's fields with the window's id in place of its bytes
+REF_COLUMNS = ("latent", "kind", "rank", "activation", "quantile", "seq_index", "position", "centre", "window", "acts")
+INSERT_REF = f"INSERT INTO example_refs({', '.join(REF_COLUMNS)}) VALUES ({', '.join('?' * len(REF_COLUMNS))})"
+
+
+class WindowIds:
+    """The id of every window a store holds, by its bytes, read from the store once (a resumed build
+    finds the windows its earlier blocks wrote)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._ids: dict[WindowKey, int] = {
+            (t, x, o): i for i, t, x, o in conn.execute("SELECT id, token_ids, text, token_offsets FROM windows")}
+        self._next = max(self._ids.values(), default=0) + 1
+
+    def refs(self, examples: Iterable[ExampleRow]) -> tuple[list[tuple], list[tuple]]:
+        """(new window rows, example_refs rows) for `examples`; the new windows are remembered as
+        written, so call it inside the transaction that inserts both (`forget` it on rollback)."""
+        ids, new, refs = self._ids, [], []
+        for e in examples:
+            key = (e.token_ids, e.text, e.token_offsets)
+            w = ids.get(key)
+            if w is None:
+                w = ids[key] = self._next
+                self._next += 1
+                new.append((w, *key))
+            acts = None if e.acts.count(0) == len(e.acts) else e.acts  # all zero bytes (every negative): the view gives them back
+            refs.append((e.latent, e.kind, e.rank, e.activation, e.quantile, e.seq_index, e.position, e.centre, w, acts))
+        return new, refs
+
+
+def share_windows(conn: sqlite3.Connection) -> int:
+    """Convert a version-2 store's `examples` table to version 3 (each window once, the view
+    `examples`) in one transaction; the example ids stay. Returns the number of distinct windows.
+    The file keeps its size until it is VACUUMed (`features.upgrade` does)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("ALTER TABLE examples RENAME TO examples_v2")
+        for name in ("windows", "example_refs"):
+            conn.execute(_create_statement(name))
+        conn.execute("INSERT INTO windows(token_ids, text, token_offsets) SELECT token_ids, text, token_offsets "
+                     "FROM examples_v2 GROUP BY token_ids, text, token_offsets ORDER BY MIN(id)")
+        conn.execute("CREATE INDEX window_of ON windows(token_ids, text, token_offsets)")
+        conn.execute(
+            f"INSERT INTO example_refs(id, {', '.join(REF_COLUMNS)}) SELECT x.id, x.latent, x.kind, x.rank, x.activation, "
+            "x.quantile, x.seq_index, x.position, x.centre, w.id, CASE WHEN x.acts = zeroblob(length(x.acts)) THEN NULL "
+            "ELSE x.acts END FROM examples_v2 x JOIN windows w ON w.token_ids = x.token_ids AND w.text IS x.text "
+            "AND w.token_offsets IS x.token_offsets ORDER BY x.id")
+        conn.execute("DROP INDEX window_of")
+        conn.execute("DROP TABLE examples_v2")
+        conn.execute(EXAMPLES_VIEW)
+        n = conn.execute("SELECT COUNT(*) FROM windows").fetchone()[0]
+        conn.execute("UPDATE schema_version SET version = 3")
+        conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return n
+
+
+def _create_statement(table: str) -> str:
+    """The schema's own CREATE TABLE statement of `table`."""
+    for stmt in SCHEMA.split(";"):
+        if stmt.strip().startswith(f"CREATE TABLE {table} ("):
+            return stmt
+    raise KeyError(table)
