@@ -322,6 +322,50 @@ def test_a_stopped_rebuild_leaves_the_old_store_whole_at_its_path_and_the_same_c
         assert st.complete and st.meta["build_config"]["top_k"] == 6 and st.count_features() == 64
 
 
+
+def test_a_store_windows_cannot_replace_says_so_and_the_same_command_puts_the_built_one_in_place(
+        toy_cache_and_sae: Path, tmp_path: Path, monkeypatch) -> None:
+    """Windows refuses to replace a file another program has open (a `saesteer serve` of the store):
+    the rebuild says what to close, not to fix permissions, and the same command then renames the
+    store it built, without a second pass."""
+    import errno
+
+    from features import FeatureStore
+    from features.accumulate import FeatureAccumulator
+    from features.build import building_path
+
+    d, store = toy_cache_and_sae, tmp_path / "toy.db"
+    build = ["features", "build", "--sae", str(d / "sae"), "--cache", str(d / "cache"), "--out", str(store),
+             "--model", "none", "--no-progress"]
+    saesteer(*build, "--top-k", "5").ok()
+    replace = os.replace
+
+    def in_use(src, dst):
+        if Path(src) == building_path(store):  # Windows: [WinError 5] Access is denied (errno EACCES)
+            raise PermissionError(errno.EACCES, "Access is denied", str(src), 5, str(dst))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", in_use)
+    r = saesteer(*build, "--top-k", "6", "--overwrite")
+    assert r.rc != 0, r.text
+    lines = [ln for ln in r.no_traceback().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "toy.db.building" in lines[0] and "saesteer serve" in lines[0], r.err
+    assert "without building it again" in lines[0] and "permission" not in lines[0], lines[0]
+    with FeatureStore.open(store) as st:
+        assert st.complete and st.meta["build_config"]["top_k"] == 5
+
+    monkeypatch.setattr(os, "replace", replace)
+
+    def no_pass(self, *a, **kw):
+        raise AssertionError("the store was built again")
+
+    monkeypatch.setattr(FeatureAccumulator, "update", no_pass)
+    saesteer(*build, "--top-k", "6", "--overwrite").ok()
+    assert not building_path(store).exists()
+    with FeatureStore.open(store) as st:
+        assert st.complete and st.meta["build_config"]["top_k"] == 6 and st.count_features() == 64
+
+
 # ------------------------------------------------------------------------------------------ serve / api
 @pytest.fixture(scope="module")
 def toy_store(toy_cache_and_sae: Path) -> Path:
