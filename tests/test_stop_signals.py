@@ -117,6 +117,33 @@ def _stop_training_at_step_14(train_cache: Path, out: Path, signum: int) -> list
     return argv
 
 
+def test_train_called_from_python_checkpoints_the_step_a_ctrl_c_came_in(tmp_path: Path) -> None:
+    """`train(..., stop_signals=stopsignals.deferred)` from Python (a notebook's "interrupt the
+    kernel" sends SIGINT), not through the CLI: the step finishes and is checkpointed, as documented;
+    the handlers are put back."""
+    from saesteer import stopsignals
+    from training.run import RunStopped, train
+
+    before = signal.getsignal(signal.SIGINT)
+
+    def ctrl_c_at_step_3(trainer) -> None:
+        if trainer.step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    try:
+        train(train_child.run_config(total_batches=8), train_child.source(), tmp_path / "run", on_step=ctrl_c_at_step_3,
+              stop_signals=stopsignals.deferred)
+    except RunStopped as e:
+        stopped = e
+    except KeyboardInterrupt:  # not noted: raised where the signal came, the step not checkpointed
+        pytest.fail("Ctrl-C broke into the step instead of stopping the run after it")
+    else:
+        pytest.fail("the run did not stop")
+    assert stopped.signum == signal.SIGINT and stopped.step == 3, stopped
+    assert stopped.checkpoint is not None and stopped.checkpoint.name == "step_0000000003"
+    assert signal.getsignal(signal.SIGINT) is before
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP])
 def test_ctrl_c_and_a_closed_terminal_checkpoint_the_step_training_stopped_at(signum, train_cache: Path,
                                                                               tmp_path: Path) -> None:
