@@ -101,6 +101,11 @@ def building_path(path: Path) -> Path:
     return path.with_name(path.name + BUILDING_SUFFIX)
 
 
+def _beside(path: Path) -> tuple[Path, ...]:
+    """The files that belong to the store at `path`: SQLite's -wal and -shm, the build's pass state."""
+    return Path(str(path) + "-wal"), Path(str(path) + "-shm"), state_path(path)
+
+
 def _install(building: Path, path: Path) -> None:
     """Put the complete store `building` at `path` in one rename (the store there before, if any,
     is replaced whole; its -wal/-shm files go first: SQLite would read them as the new store's. A
@@ -108,7 +113,7 @@ def _install(building: Path, path: Path) -> None:
     Refused (Windows: a file another program has open cannot be removed or replaced), the built
     store waits in `building` and the same build puts it in place without building it again."""
     try:
-        for p in (Path(str(path) + "-wal"), Path(str(path) + "-shm"), state_path(path)):
+        for p in _beside(path):
             p.unlink(missing_ok=True)
         os.replace(building, path)
     except OSError as e:
@@ -120,11 +125,8 @@ def _install(building: Path, path: Path) -> None:
 
 
 def _remove_store(path: Path) -> None:
-    for p in (path, Path(str(path) + "-wal"), Path(str(path) + "-shm"), state_path(path)):
-        try:
-            p.unlink()
-        except FileNotFoundError:
-            pass
+    for p in (path, *_beside(path)):
+        p.unlink(missing_ok=True)
 
 
 def save_state(path: Path, acc: FeatureAccumulator, identity: dict, phase: str, next_context: int) -> None:
