@@ -227,14 +227,6 @@ def _open_and_run(path, sae, source, cfg, identity, meta, model, tokenizer, over
     F = sae.cfg.d_sae
     resumed = False
     building = building_path(path)
-    if building.exists():  # a stopped build: resumed when it is this one, else it is of no use
-        try:
-            with FeatureStore.open(building, readonly=False) as partial:
-                stale = any(partial.meta.get(k) != identity[k] for k in identity)
-        except StoreError:  # stopped while it was created
-            stale = True
-        if stale:
-            _remove_store(building)
     if path.exists() and not overwrite:
         store = FeatureStore.open(path, readonly=False)
         diffs = [k for k in identity if store.meta.get(k) != identity[k]]
@@ -252,10 +244,13 @@ def _open_and_run(path, sae, source, cfg, identity, meta, model, tokenizer, over
             return BuildResult(path, F, int(store.meta.get("n_rows", 0)), 0.0, 0, time.perf_counter() - t_start,
                                False, True, 0, summary, relabelled)
         resumed, building = True, path  # a build an older saesteer left at the path itself: finished there
-    elif building.exists():
-        store, resumed = FeatureStore.open(building, readonly=False), True
     else:
-        store = FeatureStore.create(building, meta)
+        if building.exists() and _of_another_build(building, identity):  # a stopped build of no use now
+            _remove_store(building)
+        if building.exists():  # a stopped build of this one
+            store, resumed = FeatureStore.open(building, readonly=False), True
+        else:
+            store = FeatureStore.create(building, meta)
     try:
         if building != path and store.complete:  # stopped (or refused) after it was built, before it replaced the store
             result = _built(store, building, t_start)
@@ -268,6 +263,16 @@ def _open_and_run(path, sae, source, cfg, identity, meta, model, tokenizer, over
         _install(building, path)
     result.path = path
     return result
+
+
+def _of_another_build(building: Path, identity: dict) -> bool:
+    """Whether the stopped build in `building` is of another SAE, cache or settings (or was stopped
+    while its file was created)."""
+    try:
+        with FeatureStore.open(building, readonly=False) as partial:
+            return any(partial.meta.get(k) != identity[k] for k in identity)
+    except StoreError:
+        return True
 
 
 def _built(store, building: Path, t_start: float) -> BuildResult:

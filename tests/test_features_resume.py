@@ -139,3 +139,32 @@ def test_a_rebuild_stopped_before_it_replaced_the_store_puts_it_in_place_without
     assert dump(path) == built
     with FeatureStore.open(path) as st:
         assert st.complete and st.meta["build_config"]["top_k"] == new_cfg.top_k
+
+
+def test_a_refused_build_leaves_a_stopped_rebuild_of_the_store_to_resume(tmp_path):
+    """A rebuild (overwrite) stopped mid-pass, then by mistake a build of other settings without
+    overwrite: that one is refused, and touches nothing; the stopped rebuild still resumes."""
+    from features.store.errors import StoreMismatchError
+    from saesteer.stopsignals import Stopped
+
+    source, sae, cfg = _small_build()
+    path = tmp_path / "s.db"
+    build_feature_store(path, sae, source, cfg, tokenizer=WordTokenizer(), progress=False)
+    rebuild = dataclasses.replace(cfg, top_k=cfg.top_k + 1)
+
+    def stop_at_first_checkpoint(name, info):
+        if name == "checkpoint":
+            raise Stopped(signal.SIGTERM)
+
+    with pytest.raises(Stopped):
+        build_feature_store(path, sae, source, rebuild, tokenizer=WordTokenizer(), progress=False, overwrite=True,
+                            on_event=stop_at_first_checkpoint)
+    assert state_path(building_path(path)).is_file()
+    with pytest.raises(StoreMismatchError, match="overwrite"):
+        build_feature_store(path, sae, source, dataclasses.replace(cfg, top_k=cfg.top_k + 2),
+                            tokenizer=WordTokenizer(), progress=False)
+    assert state_path(building_path(path)).is_file()
+    res = build_feature_store(path, sae, source, rebuild, tokenizer=WordTokenizer(), progress=False, overwrite=True)
+    assert res.resumed and 0 < res.pass_rows < source.n_rows
+    with FeatureStore.open(path) as st:
+        assert st.complete and st.meta["build_config"]["top_k"] == rebuild.top_k
