@@ -350,6 +350,22 @@ def test_a_stopped_rebuild_leaves_the_old_store_whole_at_its_path_and_the_same_c
 
 
 
+
+def test_a_second_first_build_of_a_store_is_refused_before_it_loads_anything(tmp_path: Path) -> None:
+    """While a store's first build runs (only `<store>.building` exists yet), a second build of it
+    is refused at once naming the first, before it reads its SAE and cache (here: folders that do
+    not exist), as it is for a store already at the path."""
+    from features.build import building_path
+    from features.store import writer_lock
+
+    store = tmp_path / "toy.db"
+    with writer_lock(store):  # the first build, in this process
+        building_path(store).write_bytes(b"")
+        r = saesteer("features", "build", "--sae", tmp_path / "no-sae", "--cache", tmp_path / "no-cache", "--out", store)
+    assert r.rc != 0 and f"process {os.getpid()}" in r.err and "wait for it to finish" in r.err, r.err
+    assert "no-sae" not in r.err, r.err
+
+
 def test_a_store_windows_cannot_replace_says_so_and_the_same_command_puts_the_built_one_in_place(
         toy_cache_and_sae: Path, tmp_path: Path, monkeypatch) -> None:
     """Windows refuses to replace a file another program has open (a `saesteer serve` of the store):
