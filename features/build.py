@@ -48,7 +48,7 @@ from features.finalize import FLAG_NAMES, PassResult, finalize
 from features.fingerprint import sae_description, sae_fingerprint
 from features.records import utc_now
 from features.source import ActivationSource
-from features.store import FeatureStore, StoreMismatchError, writer_lock
+from features.store import FeatureStore, StoreError, StoreMismatchError, writer_lock
 from features.store.rows import (CorrelationRow, ExampleRow, FeatureRow, HistogramRow, LogitRow, NeighbourRow,
                                  SearchTextRow)
 from features.tokentext import LABEL_RULE, token_labels
@@ -101,21 +101,32 @@ def building_path(path: Path) -> Path:
     return path.with_name(path.name + BUILDING_SUFFIX)
 
 
+def _beside(path: Path) -> tuple[Path, ...]:
+    """The files that belong to the store at `path`: SQLite's -wal and -shm, the build's pass state."""
+    return Path(str(path) + "-wal"), Path(str(path) + "-shm"), state_path(path)
+
+
 def _install(building: Path, path: Path) -> None:
     """Put the complete store `building` at `path` in one rename (the store there before, if any,
-    is replaced whole; its -wal/-shm files go first: SQLite would read them as the new store's)."""
-    for p in (Path(str(path) + "-wal"), Path(str(path) + "-shm"), state_path(path)):
-        p.unlink(missing_ok=True)
-    os.replace(building, path)
+    is replaced whole; its -wal/-shm files go first: SQLite would read them as the new store's. A
+    reader that has it open keeps reading it whole: on POSIX its open files outlive the names).
+    Refused (Windows: a file another program has open cannot be removed or replaced), the built
+    store waits in `building` and the same build puts it in place without building it again."""
+    try:
+        for p in _beside(path):
+            p.unlink(missing_ok=True)
+        os.replace(building, path)
+    except OSError as e:
+        raise StoreError(
+            f"the new store is complete in {building} but could not replace {path} ({e.strerror or e}); close what "
+            f"has {path.name} open (a `saesteer serve` of it, an editor, a sync tool), then run the same command: it "
+            "puts the new store in place without building it again") from None
     fsync_dir(path.parent)
 
 
 def _remove_store(path: Path) -> None:
-    for p in (path, Path(str(path) + "-wal"), Path(str(path) + "-shm"), state_path(path)):
-        try:
-            p.unlink()
-        except FileNotFoundError:
-            pass
+    for p in (path, *_beside(path)):
+        p.unlink(missing_ok=True)
 
 
 def save_state(path: Path, acc: FeatureAccumulator, identity: dict, phase: str, next_context: int) -> None:
@@ -216,14 +227,6 @@ def _open_and_run(path, sae, source, cfg, identity, meta, model, tokenizer, over
     F = sae.cfg.d_sae
     resumed = False
     building = building_path(path)
-    if building.exists():  # a stopped build: resumed when it is this one, else it is of no use
-        try:
-            with FeatureStore.open(building, readonly=False) as partial:
-                stale = any(partial.meta.get(k) != identity[k] for k in identity)
-        except StoreError:  # stopped while it was created
-            stale = True
-        if stale:
-            _remove_store(building)
     if path.exists() and not overwrite:
         store = FeatureStore.open(path, readonly=False)
         diffs = [k for k in identity if store.meta.get(k) != identity[k]]
@@ -242,18 +245,43 @@ def _open_and_run(path, sae, source, cfg, identity, meta, model, tokenizer, over
                                False, True, 0, summary, relabelled)
         store.share_windows()  # begun by a saesteer of schema version 2: its blocks go on in version 3's tables
         resumed, building = True, path  # a build an older saesteer left at the path itself: finished there
-    elif building.exists():
-        store, resumed = FeatureStore.open(building, readonly=False), True
     else:
-        store = FeatureStore.create(building, meta)
+        if building.exists() and _of_another_build(building, identity):  # a stopped build of no use now
+            _remove_store(building)
+        if building.exists():  # a stopped build of this one
+            store, resumed = FeatureStore.open(building, readonly=False), True
+        else:
+            store = FeatureStore.create(building, meta)
     try:
-        result = _run(store, building, sae, source, cfg, identity, model, tokenizer, progress, event, resumed, t_start)
+        if building != path and store.complete:  # stopped (or refused) after it was built, before it replaced the store
+            result = _built(store, building, t_start)
+        else:
+            result = _run(store, building, sae, source, cfg, identity, model, tokenizer, progress, event, resumed,
+                          t_start)
     finally:
         store.close()
     if building != path:
         _install(building, path)
     result.path = path
     return result
+
+
+def _of_another_build(building: Path, identity: dict) -> bool:
+    """Whether the stopped build in `building` is of another SAE, cache or settings (or was stopped
+    while its file was created)."""
+    try:
+        with FeatureStore.open(building, readonly=False) as partial:
+            return any(partial.meta.get(k) != identity[k] for k in identity)
+    except StoreError:
+        return True
+
+
+def _built(store, building: Path, t_start: float) -> BuildResult:
+    """The result of a build complete in `building` (nothing is built again; it is put in place next)."""
+    state_path(building).unlink(missing_ok=True)  # left over if stopped right after completing
+    meta = store.meta
+    return BuildResult(building, int(meta["d_sae"]), int(meta.get("n_rows", 0)), 0.0, 0, time.perf_counter() - t_start,
+                       True, False, int(meta.get("build_stats", {}).get("state_bytes", 0)), meta.get("summary", {}))
 
 
 def _run(store, path, sae, source, cfg, identity, model, tokenizer, progress, event, resumed, t_start):

@@ -77,17 +77,19 @@ def requested() -> int | None:
 @contextlib.contextmanager
 def deferred() -> Iterator[Callable[[], int | None]]:
     """Within: a first stop signal is noted, not raised; yields `requested`. A signal still
-    pending when the block ends raises `Stopped` there."""
+    pending when the block ends raises `Stopped` there. The handlers are those of `installed()`
+    within, also where the CLI did not put them (`train(stop_signals=deferred)` in a notebook)."""
     global _deferring
-    _deferring += 1
-    try:
-        yield requested
-    except BaseException:
-        if _deferring == 1:  # the work stopped (for the signal or not): nothing is left to act on
-            _pending.clear()
-        raise
-    finally:
-        _deferring -= 1
+    with installed():
+        _deferring += 1
+        try:
+            yield requested
+        except BaseException:
+            if _deferring == 1:  # the work stopped (for the signal or not): nothing is left to act on
+                _pending.clear()
+            raise
+        finally:
+            _deferring -= 1
     if not _deferring and _pending:
         raise Stopped(_pending.pop())
 

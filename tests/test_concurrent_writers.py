@@ -125,15 +125,20 @@ def test_label_while_serving_a_second_writer_refused_and_a_killed_one_does_not_b
 
 def test_a_reader_keeps_the_store_it_opened_while_it_is_rebuilt(store, monkeypatch):
     """`features build --overwrite` while `serve` (and another reader) have the old store open: they
-    keep reading the old store whole; the web app says the file was rebuilt and that a restart shows
-    it; a new opening reads the new one."""
+    keep reading the old store whole, a label still only in its -wal file too (the build removes
+    the -wal and -shm names before it renames the new store over the old); the web app says the file
+    was rebuilt and that a restart shows it; a new opening reads the new one."""
     from features import FeatureStore
+    from features.records import LabelProvenance
 
     old = FeatureStore.open(store)
     r, client = captured_serve(monkeypatch, "--store", store)
     assert client is not None, r.text
     sid = client.get("/api/stores").json()[0]["id"]
     assert "rebuilt" not in client.get(f"/s/{sid}").text and client.get(f"/api/stores/{sid}").json()["replaced_note"] is None
+    with FeatureStore.open(store, readonly=False) as writer:  # the readers keep it in the -wal file
+        writer.write_label(5, "kept from before", provenance=LabelProvenance("human", "human", "v1"))
+    assert Path(f"{store}-wal").stat().st_size > 0 and old.label(5).text == "kept from before"
     before = old.feature(5).stats.n_fires
     child = ("import sys; from helpers.label_store import build_trigger_store; "
              "build_trigger_store(sys.argv[1], n_latents=4, overwrite=True)")
@@ -142,6 +147,7 @@ def test_a_reader_keeps_the_store_it_opened_while_it_is_rebuilt(store, monkeypat
                        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
         old.refresh()
         assert old.meta["sae"]["d_sae"] == 6 and old.feature(5).stats.n_fires == before
+        assert old.label(5).text == "kept from before" and old.integrity_check() == "ok"
         info = client.get(f"/api/stores/{sid}").json()
         assert info["d_sae"] == 6 and "toy.db was rebuilt" in info["replaced_note"], info
         assert len(client.get(f"/api/stores/{sid}/features", params={"limit": 50}).json()["items"]) == 6

@@ -117,6 +117,33 @@ def _stop_training_at_step_14(train_cache: Path, out: Path, signum: int) -> list
     return argv
 
 
+def test_train_called_from_python_checkpoints_the_step_a_ctrl_c_came_in(tmp_path: Path) -> None:
+    """`train(..., stop_signals=stopsignals.deferred)` from Python (a notebook's "interrupt the
+    kernel" sends SIGINT), not through the CLI: the step finishes and is checkpointed, as documented;
+    the handlers are put back."""
+    from saesteer import stopsignals
+    from training.run import RunStopped, train
+
+    before = signal.getsignal(signal.SIGINT)
+
+    def ctrl_c_at_step_3(trainer) -> None:
+        if trainer.step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    try:
+        train(train_child.run_config(total_batches=8), train_child.source(), tmp_path / "run", on_step=ctrl_c_at_step_3,
+              stop_signals=stopsignals.deferred)
+    except RunStopped as e:
+        stopped = e
+    except KeyboardInterrupt:  # not noted: raised where the signal came, the step not checkpointed
+        pytest.fail("Ctrl-C broke into the step instead of stopping the run after it")
+    else:
+        pytest.fail("the run did not stop")
+    assert stopped.signum == signal.SIGINT and stopped.step == 3, stopped
+    assert stopped.checkpoint is not None and stopped.checkpoint.name == "step_0000000003"
+    assert signal.getsignal(signal.SIGINT) is before
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP])
 def test_ctrl_c_and_a_closed_terminal_checkpoint_the_step_training_stopped_at(signum, train_cache: Path,
                                                                               tmp_path: Path) -> None:
@@ -317,6 +344,66 @@ def test_a_stopped_rebuild_leaves_the_old_store_whole_at_its_path_and_the_same_c
     assert building_path(store).is_file()
 
     assert "resum" in saesteer(*rebuild).ok().text.lower()
+    assert not building_path(store).exists()
+    with FeatureStore.open(store) as st:
+        assert st.complete and st.meta["build_config"]["top_k"] == 6 and st.count_features() == 64
+
+
+
+
+def test_a_second_first_build_of_a_store_is_refused_before_it_loads_anything(tmp_path: Path) -> None:
+    """While a store's first build runs (only `<store>.building` exists yet), a second build of it
+    is refused at once naming the first, before it reads its SAE and cache (here: folders that do
+    not exist), as it is for a store already at the path."""
+    from features.build import building_path
+    from features.store import writer_lock
+
+    store = tmp_path / "toy.db"
+    with writer_lock(store):  # the first build, in this process
+        building_path(store).write_bytes(b"")
+        r = saesteer("features", "build", "--sae", tmp_path / "no-sae", "--cache", tmp_path / "no-cache", "--out", store)
+    assert r.rc != 0 and f"process {os.getpid()}" in r.err and "wait for it to finish" in r.err, r.err
+    assert "no-sae" not in r.err, r.err
+
+
+def test_a_store_windows_cannot_replace_says_so_and_the_same_command_puts_the_built_one_in_place(
+        toy_cache_and_sae: Path, tmp_path: Path, monkeypatch) -> None:
+    """Windows refuses to replace a file another program has open (a `saesteer serve` of the store):
+    the rebuild says what to close, not to fix permissions, and the same command then renames the
+    store it built, without a second pass."""
+    import errno
+
+    from features import FeatureStore
+    from features.accumulate import FeatureAccumulator
+    from features.build import building_path
+
+    d, store = toy_cache_and_sae, tmp_path / "toy.db"
+    build = ["features", "build", "--sae", str(d / "sae"), "--cache", str(d / "cache"), "--out", str(store),
+             "--model", "none", "--no-progress"]
+    saesteer(*build, "--top-k", "5").ok()
+    replace = os.replace
+
+    def in_use(src, dst):
+        if Path(src) == building_path(store):  # Windows: [WinError 5] Access is denied (errno EACCES)
+            raise PermissionError(errno.EACCES, "Access is denied", str(src), 5, str(dst))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", in_use)
+    r = saesteer(*build, "--top-k", "6", "--overwrite")
+    assert r.rc != 0, r.text
+    lines = [ln for ln in r.no_traceback().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "toy.db.building" in lines[0] and "saesteer serve" in lines[0], r.err
+    assert "without building it again" in lines[0] and "permission" not in lines[0], lines[0]
+    with FeatureStore.open(store) as st:
+        assert st.complete and st.meta["build_config"]["top_k"] == 5
+
+    monkeypatch.setattr(os, "replace", replace)
+
+    def no_pass(self, *a, **kw):
+        raise AssertionError("the store was built again")
+
+    monkeypatch.setattr(FeatureAccumulator, "update", no_pass)
+    saesteer(*build, "--top-k", "6", "--overwrite").ok()
     assert not building_path(store).exists()
     with FeatureStore.open(store) as st:
         assert st.complete and st.meta["build_config"]["top_k"] == 6 and st.count_features() == 64

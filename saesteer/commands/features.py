@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import sys
+from pathlib import Path
 
 from saesteer.boundary import print_error
 
@@ -161,6 +161,7 @@ def _build(args) -> int:
 
     from saes.formats import resolve_sae
     from features import CacheSource, build_feature_store
+    from features.build import building_path
     from features.checks import check_inputs
     from features.config import BuildConfig
     from features.store import writer_lock
@@ -170,8 +171,9 @@ def _build(args) -> int:
     from saesteer.terminal import plain
 
     cfg = dataclass_from_args(BuildConfig, args)
-    if os.path.isfile(args.out):  # another writer of the store (a label, a build): said before loading anything
-        writer_lock(args.out).refuse_if_held()
+    out = Path(args.out)
+    if out.is_file() or building_path(out).is_file():  # another writer (a label, a build): said before loading anything
+        writer_lock(out).refuse_if_held()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     given_model = args.model if args.model and args.model.lower() != "none" else None
     loaded = resolve_sae(args.sae, hook=args.hook, model=given_model, device=device)
