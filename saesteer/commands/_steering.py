@@ -294,20 +294,23 @@ def open_stores(paths: list[str], saes: dict[str, Any]) -> tuple[list[Any], dict
     if len(saes) == 1 and len(paths) <= 1:
         store, link = open_store(paths[0] if paths else None, saes)
         return ([store] if store else []), ({next(iter(saes)): link} if link else {})
+    from saes.fingerprint import sae_fingerprint
     from steering import StoreLink
 
     stores: list[Any] = []
     links: dict[str, Any] = {}
     paired: dict[str, str] = {}  # SAE name -> the store path it goes with
+    fingerprints = {name: sae_fingerprint(sae) for name, sae in saes.items()}
     try:
         for path in paths:
             store = _open_store_file(path)
             stores.append(store)
-            names = [name for name, sae in saes.items() if _built_for(store, sae)]
+            # the SAEs of its weights (each hashed once, not once per store), then check_sae's hook check
+            refusals = {name: _refusal(store, saes[name]) for name, fp in fingerprints.items() if fp == store.sae_fingerprint}
+            names = [name for name, why in refusals.items() if why is None]
             if not names:
-                built = store.meta.get("sae") or {}
-                raise CLIError(f"the store {path} was built for none of the SAEs given ({', '.join(saes)}): it describes "
-                               f"{built.get('path') or 'another SAE'} at {built.get('hook_name') or 'an unrecorded hook'}; "
+                raise CLIError(f"the store {path} was built for none of the SAEs given: "
+                               f"{_why_none(store, fingerprints, refusals)}; "
                                f"give the store built for each --sae (or build one with `saesteer features build`)")
             for name in names:
                 if name in paired:
@@ -332,12 +335,26 @@ def _open_store_file(path: str, writable: bool = False):
     return FeatureStore.open(p, readonly=not writable)
 
 
-def _built_for(store: Any, sae: Any) -> bool:
+def _refusal(store: Any, sae: Any) -> str | None:
+    """Why `store` was not built for `sae` (`FeatureStore.check_sae`'s refusal), None when it was."""
     try:
         store.check_sae(sae)
-    except ValueError:
-        return False
-    return True
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def _why_none(store: Any, fingerprints: dict[str, str], refusals: dict[str, str]) -> str:
+    """Both sides of a store no SAE pairs with: an SAE of its weights used at another hook, with
+    check_sae's reason (`refusals`); else the store's SAE beside the SAEs given, by weights fingerprint
+    (the folder it records may be one of theirs, retrained since)."""
+    if refusals:
+        name, why = next(iter(refusals.items()))
+        return f"SAE {name!r} has its weights, but {why}"
+    built = store.meta.get("sae") or {}
+    given = ", ".join(f"{name!r} {fp[:12]}" for name, fp in fingerprints.items())
+    return (f"its SAE ({built.get('path') or 'an in-memory SAE'} at {built.get('hook_name') or 'an unrecorded hook'}) "
+            f"has weights fingerprint {store.sae_fingerprint[:12]}; the SAEs given: {given}")
 
 
 def measurement_provenance(model: Any, sae: Any, store: str | None) -> dict[str, Any]:
