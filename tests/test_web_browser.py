@@ -432,3 +432,24 @@ def test_a_preset_never_drops_a_row_it_cannot_send(browser):
             p.close()
             with FeatureStore.open(ws.path, readonly=False) as store:
                 store.delete_preset("calm")
+
+
+def test_removing_edit_rows_from_the_keyboard_keeps_the_focus_on_the_list(browser, server):
+    """Enter on a row's remove button: the focus goes to the row now in its place, then to "+ Add a
+    feature" when none is left (it fell to the page, a keyboard user started over from the top)."""
+    srv, ws = server
+    p = Page(browser, srv.url, DESKTOP)
+    try:
+        page = p.goto("/s/tiny/steer?latent=3&latent=5")
+        focused = "() => document.activeElement.getAttribute('aria-label') || document.activeElement.id"
+        page.locator("#edits .rm button").first.focus()
+        page.keyboard.press("Enter")
+        assert page.locator("#edits li").count() == 1 and page.evaluate(focused) == "remove this edit"
+        assert page.locator("#edits .fidx").first.input_value() == "5"
+        page.keyboard.press("Enter")
+        assert page.locator("#edits li").count() == 0 and page.evaluate(focused) == "add-edit"
+        page.keyboard.press("Enter")  # and a new row, its latent typed next
+        assert page.locator("#edits li").count() == 1 and page.evaluate(focused) == "feature index"
+        p.check_clean()
+    finally:
+        p.close()

@@ -113,7 +113,12 @@
       if (mode.value === "scale" && strength.value === "4") strength.value = "2";
     });
     const rm = el("button", { type: "button", class: "btn icon", "aria-label": "remove this edit", title: "remove", text: "✕" });
-    rm.addEventListener("click", () => { li.remove(); updateAdd(); });
+    rm.addEventListener("click", () => {
+      // the focus goes to the row now in its place (or before it), else "+ Add": not lost to the page
+      const near = li.nextElementSibling || li.previousElementSibling;
+      li.remove(); updateAdd();
+      (near ? near.querySelector(".rm button") : addBtn).focus();
+    });
     li.appendChild(feat);
     li.appendChild(el("div", { class: "mode" }, [mode]));
     li.appendChild(el("div", { class: "str" }, [strength]));
