@@ -398,7 +398,8 @@ def test_a_row_switched_to_another_sae_shows_that_saes_label_only(browser):
 
 def test_a_preset_never_drops_a_row_it_cannot_send(browser):
     """With a preset chosen, a row the page cannot send (a latent beyond its SAE's width) is refused:
-    it was dropped with every other row, and the preset steered alone."""
+    it was dropped with every other row, and the preset steered alone. Mended, the row of the other
+    store steers beside the page's store's preset."""
     from features import FeatureStore
     from steering import make_preset
     from steering.store import StoreLink
@@ -421,12 +422,15 @@ def test_a_preset_never_drops_a_row_it_cannot_send(browser):
             status = page.locator("#status")
             assert f"feature {ws.d_sae} is not in store beside" in status.inner_text()
             assert "error" in (status.get_attribute("class") or "") and sent == []
-            page.locator("#edits .fidx").nth(1).fill("")  # no row edits: the preset with the page's row
+            # the preset (of the page's store) with the other store's row, in one request
             page.locator("#edits .fidx").first.fill("")
+            page.locator("#edits .fidx").nth(1).fill("5")
+            page.locator("#edits .fstrength").nth(1).fill("1")
+            page.locator("#edits .funit").nth(1).select_option("raw")
             page.locator("#max-new").fill("4")
             page.locator("#generate").click()
             page.wait_for_selector("#compare:not([hidden])")
-            assert page.locator("#out-edits").inner_text() == "3:clamp=9"
+            assert page.locator("#out-edits").inner_text() == "3:clamp=9, beside/5:add=1"
             p.check_clean()
         finally:
             p.close()
