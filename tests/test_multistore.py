@@ -187,9 +187,12 @@ def test_steer_refuses_stores_that_pair_with_no_sae_or_twice_before_the_model_lo
     assert r.rc == 2 and "--preset belongs to one SAE; give a single --sae" in r.err, r.text
 
 
-@pytest.mark.parametrize("command", ["sweep", "steer-eval"])
+@pytest.mark.parametrize("command", [("sweep", "--sae", "a", "-l", "3"), ("steer-eval", "--sae", "a", "-l", "3"),
+                                     ("label",), ("output-score", "--sae", "a"), ("preset", "save", "calm", "-l", "3")])
 def test_a_second_store_of_a_one_store_command_is_refused(command):
-    """`sweep` and `steer-eval` read one store: a second --store was taken in place of the first,
-    silently (argparse keeps the last)."""
-    r = saesteer(command, "--sae", "a", "--store", "l0.db", "--store", "l1.db", "-l", "3").no_traceback()
-    assert r.rc == 2 and "--store given twice" in r.err and f"saesteer {command}" in r.err, r.text
+    """`sweep`, `steer-eval`, `label`, `output-score` and `preset` read one store: a second --store was
+    taken in place of the first, silently (argparse keeps the last: `label --store l0.db --store l1.db`
+    labelled l1 alone)."""
+    r = saesteer(*command, "--store", "l0.db", "--store", "l1.db").no_traceback()
+    prog = " ".join(command[:2] if command[0] == "preset" else command[:1])
+    assert r.rc == 2 and f"saesteer {prog}: --store given twice: this command reads one store" in r.err, r.text

@@ -53,21 +53,22 @@ def add_common_arguments(parser, *, prompts_help: str, several_stores: bool = Fa
                        help="feature store of an SAE: typical max activations for 'x' strengths, label search; "
                             "repeat for several SAEs: each store goes with the --sae it was built for")
     else:
-        g.add_argument("--store", default=None, metavar="FILE", action=_OneStore,
+        g.add_argument("--store", default=None, metavar="FILE", action=OneStore,
                        help="feature store of the SAE: typical max activations for 'x' strengths, label search")
     p = parser.add_argument_group("prompts")
     p.add_argument("--prompt", "-p", action="append", default=[], help=prompts_help)
     p.add_argument("--prompts-file", default=None, metavar="FILE", help="more prompts, one per line")
 
 
-class _OneStore(argparse.Action):
+class OneStore(argparse.Action):
     """--store of a command that reads one store: a second one is refused (argparse would keep the
-    last silently, e.g. `sweep --store l0.db --store l1.db` sweeping with l1's maxima)."""
+    last silently, e.g. `sweep --store l0.db --store l1.db` sweeping with l1's maxima, or `label`
+    labelling l1 alone)."""
 
     def __call__(self, parser, namespace, values, option_string=None):
         if getattr(namespace, self.dest) is not None:
-            parser.error(f"{option_string} given twice: `saesteer {parser.prog.split()[-1]}` reads the store of its one "
-                         f"SAE (`saesteer steer` takes a --store per --sae)")
+            parser.error(f"{option_string} given twice: this command reads one store; run it once per store "
+                         f"(`saesteer steer` takes a --store per --sae, `saesteer serve` several)")
         setattr(namespace, self.dest, values)
 
 
