@@ -14,6 +14,7 @@ each) steering with a latent of layer 0 and one of layer 1 at once:
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 
 import openai
@@ -21,6 +22,7 @@ import pytest
 import torch
 
 from helpers.real_cli import captured_serve, saesteer
+from saes.fingerprint import sae_fingerprint
 from helpers.web_app import ServerThread
 from test_user_paths18 import PROMPTS, RESID, _cache_and_train, _copy, _firing_latent, _greedy_ids, _manual_edit, _model, _sae
 from test_web_browser import DESKTOP, Page, browser  # noqa: F401 (the fixture)
@@ -161,7 +163,19 @@ def test_steer_refuses_stores_that_pair_with_no_sae_or_twice_before_the_model_lo
     edits = ("-l", "l0/3:add=2x", "-l", "l1/5:add=2x", "-p", "def f")
     r = saesteer("steer", "--sae", f"a={layers.saes[RESID[0]]}", "--sae", f"b={layers.saes[RESID[0]]}",
                  "--store", l1, "-l", "a/3:add=4", "-p", "def f").no_traceback()
-    assert r.rc == 2 and f"the store {l1} was built for none of the SAEs given (a, b)" in r.err, r.text
+    assert r.rc == 2 and f"the store {l1} was built for none of the SAEs given" in r.err, r.text
+    # both sides by weights: the folder a store records may be one given, retrained since
+    fp0, fp1 = (sae_fingerprint(_sae(layers.saes[h]))[:12] for h in RESID)
+    assert f"has weights fingerprint {fp1}; the SAEs given: 'a' {fp0}, 'b' {fp0}" in r.err, r.text
+    assert len(r.err.strip().splitlines()) == 1, r.err
+    # an SAE of the store's weights used at another hook: the hook is why
+    moved = tmp_path / "moved"
+    shutil.copytree(layers.saes[RESID[0]], moved)
+    for name in ("cfg.json", "saesteer.json"):  # the hook both record
+        (moved / name).write_text((moved / name).read_text().replace(RESID[0], RESID[1]))
+    r = saesteer("steer", "--sae", f"a={moved}", "--sae", f"b={layers.saes[RESID[1]]}", "--store", l0,
+                 "-l", "a/3:add=4", "-p", "def f").no_traceback()
+    assert r.rc == 2 and f"SAE 'a' has its weights, but {l0} was built at hook point {RESID[0]}" in r.err, r.text
     copy = _copy(l0, tmp_path / "again.db")
     r = saesteer("steer", *saes, "--store", l0, "--store", copy, *edits).no_traceback()
     assert r.rc == 2 and f"--store {l0} and --store {copy} were both built for SAE 'l0'" in r.err, r.text
@@ -169,11 +183,16 @@ def test_steer_refuses_stores_that_pair_with_no_sae_or_twice_before_the_model_lo
     assert r.rc == 2 and f"--store {l0} is given twice" in r.err, r.text
     r = saesteer("steer", *saes, "--store", l0, "--store", l1, "--store", copy, *edits).no_traceback()
     assert r.rc == 2 and "3 --store for 2 --sae" in r.err, r.text
+    r = saesteer("steer", *saes, "--store", l0, "--store", l1, "--preset", "calm", "-p", "def f").no_traceback()
+    assert r.rc == 2 and "--preset belongs to one SAE; give a single --sae" in r.err, r.text
 
 
-@pytest.mark.parametrize("command", ["sweep", "steer-eval"])
+@pytest.mark.parametrize("command", [("sweep", "--sae", "a", "-l", "3"), ("steer-eval", "--sae", "a", "-l", "3"),
+                                     ("label",), ("output-score", "--sae", "a"), ("preset", "save", "calm", "-l", "3")])
 def test_a_second_store_of_a_one_store_command_is_refused(command):
-    """`sweep` and `steer-eval` read one store: a second --store was taken in place of the first,
-    silently (argparse keeps the last)."""
-    r = saesteer(command, "--sae", "a", "--store", "l0.db", "--store", "l1.db", "-l", "3").no_traceback()
-    assert r.rc == 2 and "--store given twice" in r.err and f"saesteer {command}" in r.err, r.text
+    """`sweep`, `steer-eval`, `label`, `output-score` and `preset` read one store: a second --store was
+    taken in place of the first, silently (argparse keeps the last: `label --store l0.db --store l1.db`
+    labelled l1 alone)."""
+    r = saesteer(*command, "--store", "l0.db", "--store", "l1.db").no_traceback()
+    prog = " ".join(command[:2] if command[0] == "preset" else command[:1])
+    assert r.rc == 2 and f"saesteer {prog}: --store given twice: this command reads one store" in r.err, r.text

@@ -210,12 +210,12 @@ def test_a_hook_z_latents_logit_effect_is_what_the_attention_output_writes(gpt2,
     assert [stored[f] for f in latents] == want
 
 
-def test_a_store_with_several_saes_is_refused_before_the_model_loads(gpt2, stores, monkeypatch):
-    """`steer --sae a=L0 --sae b=L1 --store L0.db`: a store describes one SAE, and with several none
-    was checked: `--search` read the store unchecked, and steering was refused only after the model
-    had loaded ('--store goes with a single --sae'). Now refused first, saying what works instead.
-    (The store now goes with the SAE it was built for: an 'x' strength of the other SAE is refused,
-    tests/test_multistore.py steers with both.)"""
+def test_several_saes_with_one_store_refuse_what_the_store_cannot_serve_before_the_model_loads(gpt2, stores, monkeypatch):
+    """`steer --sae a=L0 --sae b=L1 --store L0.db`: `--search` (the latents of one SAE) is refused, and
+    so is an 'x' strength of SAE b, whose store was not given; both before the model loads, saying
+    what works instead. Once, with several SAEs none was checked: `--search` read the store
+    unchecked. (The store goes with the SAE it was built for: tests/test_multistore.py steers with
+    a store each.)"""
     from saesteer.commands import _steering
 
     monkeypatch.setattr(_steering, "load_model", lambda *a, **kw: pytest.fail("the model loaded before the refusal"))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -329,25 +330,130 @@ def test_a_stores_preset_steers_in_the_playground(browser, server, shots):
             store.delete_preset("calm")
 
 
-def test_a_store_name_in_the_sae_menu_is_inert_text(browser):
-    """With a second store over the model, each edit row's SAE menu names the stores: a name holding
-    a script payload is an option's visible text, nothing runs."""
+@contextmanager
+def _two_stores(name: str = "beside"):
+    """The shared store served twice over the one model, as "tiny" and as "beside" (shown as `name`):
+    each playground row then has an SAE menu. Yields the server and the WebStore."""
     from saesteer.web import Limits, ServeConfig, create_app
 
     from helpers.web_app import make_entry
 
     ws, limits, port = shared_store(), Limits(), free_port()
-    app = create_app([make_entry(ws, "tiny", limits=limits), make_entry(ws, "beside", limits=limits, name=XSS_LABEL)],
+    app = create_app([make_entry(ws, "tiny", limits=limits), make_entry(ws, "beside", limits=limits, name=name)],
                      config=ServeConfig(port=port), limits=limits)
     srv = ServerThread(app, port).start()
+    try:
+        yield srv, ws
+    finally:
+        srv.stop()
+
+
+def test_a_store_name_in_the_sae_menu_is_inert_text(browser):
+    """With a second store over the model, each edit row's SAE menu names the stores: a name holding
+    a script payload is an option's visible text, nothing runs."""
+    with _two_stores(XSS_LABEL) as (srv, ws):
+        p = Page(browser, srv.url, DESKTOP)
+        try:
+            page = p.goto("/s/tiny/steer")
+            options = page.locator("#edits .fstore option")
+            assert options.count() == 2 and options.nth(1).get_attribute("value") == "beside"
+            assert options.nth(1).inner_text().startswith(XSS_LABEL)
+            assert page.locator("main img").count() == 0 and page.evaluate("window.__xss") is None
+            p.check_clean()
+        finally:
+            p.close()
+
+
+def test_a_row_switched_to_another_sae_shows_that_saes_label_only(browser):
+    """A row's latent typed, then its SAE menu changed while the first store's label was on its way:
+    the row shows the label of the SAE it now edits (the late answer was drawn over it), and the
+    strength prefilled as the page's store's recommendation no longer says so."""
+    with _two_stores() as (srv, ws):
+        ocean = next(i for i, t in ws.labels.items() if "ocean" in t)
+        other = next(i for i in range(ws.d_sae) if i not in ws.labels)
+        p = Page(browser, srv.url, DESKTOP)
+        held = []
+        try:
+            page = p.goto(f"/s/tiny/steer?latent={ocean}")
+            strength = page.locator("#edits .fstrength").first
+            assert strength.get_attribute("title")  # the store's recommended strength, prefilled
+            page.route("**/api/stores/tiny/features/*", lambda r: held.append(r))  # answered below, late
+            page.route("**/api/stores/beside/features/*", lambda r: r.fulfill(json={"summary": {"label": "beside's"}}))
+            with page.expect_request(lambda q: "/api/stores/tiny/features/" in q.url):
+                page.locator("#edits .fidx").first.fill(str(other))
+            page.locator("#edits .fstore").first.select_option("beside")
+            label = page.locator("#edits .flabel").first
+            page.wait_for_function("() => document.querySelector('#edits .flabel').textContent === \"beside's\"")
+            assert not strength.get_attribute("title")
+            with page.expect_response(lambda r: "/api/stores/tiny/features/" in r.url):
+                held[0].fulfill(json={"summary": {"label": "tiny's"}})
+            page.wait_for_timeout(300)  # the late answer's body read and handled
+            assert label.inner_text() == "beside's"
+            page.locator("#edits .fstore").first.select_option("tiny")  # the late answer was kept for this
+            assert label.inner_text() == "tiny's"
+            p.check_clean()
+        finally:
+            p.close()
+
+
+def test_a_preset_never_drops_a_row_it_cannot_send(browser):
+    """With a preset chosen, a row the page cannot send (a latent beyond its SAE's width) is refused:
+    it was dropped with every other row, and the preset steered alone. Mended, the row of the other
+    store steers beside the page's store's preset."""
+    from features import FeatureStore
+    from steering import make_preset
+    from steering.store import StoreLink
+
+    with _two_stores() as (srv, ws):
+        with FeatureStore.open(ws.path, readonly=False) as store:
+            StoreLink(store).save_preset(make_preset("calm", ["3:clamp=9"], sae=ws.sae, model=ws.model), overwrite=True)
+        p = Page(browser, srv.url, DESKTOP)
+        sent = []
+        try:
+            page = p.goto("/s/tiny/steer?latent=3")
+            page.on("request", lambda q: sent.append(q.url) if q.url.endswith("/v1/completions") else None)
+            page.wait_for_selector(".presetrow:not([hidden])")
+            page.locator("#preset").select_option("calm")
+            page.locator("#add-edit").click()
+            page.locator("#edits .fstore").nth(1).select_option("beside")
+            page.locator("#edits .fidx").nth(1).fill(str(ws.d_sae))
+            page.locator("#prompt").fill("the sailor")
+            page.locator("#generate").click()
+            status = page.locator("#status")
+            assert f"feature {ws.d_sae} is not in store beside" in status.inner_text()
+            assert "error" in (status.get_attribute("class") or "") and sent == []
+            # the preset (of the page's store) with the other store's row, in one request
+            page.locator("#edits .fidx").first.fill("")
+            page.locator("#edits .fidx").nth(1).fill("5")
+            page.locator("#edits .fstrength").nth(1).fill("1")
+            page.locator("#edits .funit").nth(1).select_option("raw")
+            page.locator("#max-new").fill("4")
+            page.locator("#generate").click()
+            page.wait_for_selector("#compare:not([hidden])")
+            assert page.locator("#out-edits").inner_text() == "3:clamp=9, beside/5:add=1"
+            p.check_clean()
+        finally:
+            p.close()
+            with FeatureStore.open(ws.path, readonly=False) as store:
+                store.delete_preset("calm")
+
+
+def test_removing_edit_rows_from_the_keyboard_keeps_the_focus_on_the_list(browser, server):
+    """Enter on a row's remove button: the focus goes to the row now in its place, then to "+ Add a
+    feature" when none is left (it fell to the page, a keyboard user started over from the top)."""
+    srv, ws = server
     p = Page(browser, srv.url, DESKTOP)
     try:
-        page = p.goto("/s/tiny/steer")
-        options = page.locator("#edits .fstore option")
-        assert options.count() == 2 and options.nth(1).get_attribute("value") == "beside"
-        assert options.nth(1).inner_text().startswith(XSS_LABEL)
-        assert page.locator("main img").count() == 0 and page.evaluate("window.__xss") is None
+        page = p.goto("/s/tiny/steer?latent=3&latent=5")
+        focused = "() => document.activeElement.getAttribute('aria-label') || document.activeElement.id"
+        page.locator("#edits .rm button").first.focus()
+        page.keyboard.press("Enter")
+        assert page.locator("#edits li").count() == 1 and page.evaluate(focused) == "remove this edit"
+        assert page.locator("#edits .fidx").first.input_value() == "5"
+        page.keyboard.press("Enter")
+        assert page.locator("#edits li").count() == 0 and page.evaluate(focused) == "add-edit"
+        page.keyboard.press("Enter")  # and a new row, its latent typed next
+        assert page.locator("#edits li").count() == 1 and page.evaluate(focused) == "feature index"
         p.check_clean()
     finally:
         p.close()
-        srv.stop()

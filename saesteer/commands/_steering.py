@@ -53,21 +53,22 @@ def add_common_arguments(parser, *, prompts_help: str, several_stores: bool = Fa
                        help="feature store of an SAE: typical max activations for 'x' strengths, label search; "
                             "repeat for several SAEs: each store goes with the --sae it was built for")
     else:
-        g.add_argument("--store", default=None, metavar="FILE", action=_OneStore,
+        g.add_argument("--store", default=None, metavar="FILE", action=OneStore,
                        help="feature store of the SAE: typical max activations for 'x' strengths, label search")
     p = parser.add_argument_group("prompts")
     p.add_argument("--prompt", "-p", action="append", default=[], help=prompts_help)
     p.add_argument("--prompts-file", default=None, metavar="FILE", help="more prompts, one per line")
 
 
-class _OneStore(argparse.Action):
+class OneStore(argparse.Action):
     """--store of a command that reads one store: a second one is refused (argparse would keep the
-    last silently, e.g. `sweep --store l0.db --store l1.db` sweeping with l1's maxima)."""
+    last silently, e.g. `sweep --store l0.db --store l1.db` sweeping with l1's maxima, or `label`
+    labelling l1 alone)."""
 
     def __call__(self, parser, namespace, values, option_string=None):
         if getattr(namespace, self.dest) is not None:
-            parser.error(f"{option_string} given twice: `saesteer {parser.prog.split()[-1]}` reads the store of its one "
-                         f"SAE (`saesteer steer` takes a --store per --sae)")
+            parser.error(f"{option_string} given twice: this command reads one store; run it once per store "
+                         f"(`saesteer steer` takes a --store per --sae, `saesteer serve` several)")
         setattr(namespace, self.dest, values)
 
 
@@ -294,20 +295,23 @@ def open_stores(paths: list[str], saes: dict[str, Any]) -> tuple[list[Any], dict
     if len(saes) == 1 and len(paths) <= 1:
         store, link = open_store(paths[0] if paths else None, saes)
         return ([store] if store else []), ({next(iter(saes)): link} if link else {})
+    from saes.fingerprint import sae_fingerprint
     from steering import StoreLink
 
     stores: list[Any] = []
     links: dict[str, Any] = {}
     paired: dict[str, str] = {}  # SAE name -> the store path it goes with
+    fingerprints = {name: sae_fingerprint(sae) for name, sae in saes.items()}
     try:
         for path in paths:
             store = _open_store_file(path)
             stores.append(store)
-            names = [name for name, sae in saes.items() if _built_for(store, sae)]
+            # the SAEs of its weights (each hashed once, not once per store), then check_sae's hook check
+            refusals = {name: _refusal(store, saes[name]) for name, fp in fingerprints.items() if fp == store.sae_fingerprint}
+            names = [name for name, why in refusals.items() if why is None]
             if not names:
-                built = store.meta.get("sae") or {}
-                raise CLIError(f"the store {path} was built for none of the SAEs given ({', '.join(saes)}): it describes "
-                               f"{built.get('path') or 'another SAE'} at {built.get('hook_name') or 'an unrecorded hook'}; "
+                raise CLIError(f"the store {path} was built for none of the SAEs given: "
+                               f"{_why_none(store, fingerprints, refusals)}; "
                                f"give the store built for each --sae (or build one with `saesteer features build`)")
             for name in names:
                 if name in paired:
@@ -332,12 +336,26 @@ def _open_store_file(path: str, writable: bool = False):
     return FeatureStore.open(p, readonly=not writable)
 
 
-def _built_for(store: Any, sae: Any) -> bool:
+def _refusal(store: Any, sae: Any) -> str | None:
+    """Why `store` was not built for `sae` (`FeatureStore.check_sae`'s refusal), None when it was."""
     try:
         store.check_sae(sae)
-    except ValueError:
-        return False
-    return True
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def _why_none(store: Any, fingerprints: dict[str, str], refusals: dict[str, str]) -> str:
+    """Both sides of a store no SAE pairs with: an SAE of its weights used at another hook, with
+    check_sae's reason (`refusals`); else the store's SAE beside the SAEs given, by weights fingerprint
+    (the folder it records may be one of theirs, retrained since)."""
+    if refusals:
+        name, why = next(iter(refusals.items()))
+        return f"SAE {name!r} has its weights, but {why}"
+    built = store.meta.get("sae") or {}
+    given = ", ".join(f"{name!r} {fp[:12]}" for name, fp in fingerprints.items())
+    return (f"its SAE ({built.get('path') or 'an in-memory SAE'} at {built.get('hook_name') or 'an unrecorded hook'}) "
+            f"has weights fingerprint {store.sae_fingerprint[:12]}; the SAEs given: {given}")
 
 
 def measurement_provenance(model: Any, sae: Any, store: str | None) -> dict[str, Any]:

@@ -47,7 +47,9 @@ def add_arguments(parser) -> None:
     from autointerp.embeddings import EmbedConfig
     from saesteer.configargs import add_dataclass_arguments
 
-    parser.add_argument("--store", required=True, help="feature store file (SQLite) to label")
+    from saesteer.commands._steering import OneStore
+
+    parser.add_argument("--store", required=True, action=OneStore, help="feature store file (SQLite) to label")
     parser.add_argument("--config", default=None,
                         help="JSON/TOML file with sections 'judge' and 'label' (flags win over it)")
     parser.add_argument("--dry-run", action="store_true",

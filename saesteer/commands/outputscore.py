@@ -26,10 +26,11 @@ end with the --latents that retries them), 2 bad arguments or a key the judge's 
 
 def add_arguments(parser) -> None:
     from autointerp.config import JudgeConfig
+    from saesteer.commands._steering import OneStore
     from saesteer.configargs import add_dataclass_arguments
     from saesteer.outputscore import OutputScoreConfig
 
-    parser.add_argument("--store", required=True, help="feature store file (labelled; written)")
+    parser.add_argument("--store", required=True, action=OneStore, help="feature store file (labelled; written)")
     parser.add_argument("--sae", required=True, help="the SAE folder the store was built from")
     parser.add_argument("--model", default=None, help="model (default: the one the store records)")
     parser.add_argument("--allow-model-mismatch", action="store_true", help="steer --model even if the store records another")

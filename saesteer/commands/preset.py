@@ -24,13 +24,14 @@ examples:
 
 
 def add_arguments(parser) -> None:
-    from saesteer.commands._steering import add_latent_argument
+    from saesteer.commands._steering import OneStore, add_latent_argument
 
     sub = parser.add_subparsers(dest="preset_command", metavar="SUBCOMMAND", title="subcommands")
     sub.required = True
 
     def store_arg(p) -> None:
-        p.add_argument("--store", required=True, metavar="FILE", help="the SAE's feature store (from `saesteer features build`)")
+        p.add_argument("--store", required=True, metavar="FILE", action=OneStore,
+                       help="the SAE's feature store (from `saesteer features build`)")
 
     s = sub.add_parser("save", help="save a preset of edits into the store", description="Save a preset into the store.")
     s.add_argument("name", help="preset name: letters, digits, '_', '-', '.'")

@@ -183,6 +183,9 @@ def _check_flags(args, edits: list, prompts: list, *, finding: bool) -> None:
         raise CLIError("--search looks labels up in a feature store; give --store FILE")
     if args.candidates < 1:
         raise CLIError(f"--candidates must be positive, got {args.candidates}")
+    if args.preset is not None and len(args.sae) > 1:  # refused before the model loads
+        raise CLIError("--preset belongs to one SAE; give a single --sae (to steer with several, name each edit's "
+                       "SAE: NAME/LATENT)")
     if finding and len(args.sae) > 1:  # the latents found are of one SAE, read with its one store
         raise CLIError(f"--{'search' if args.search is not None else 'contrast'} finds the latents of one SAE: give a "
                        f"single --sae (and its --store); to steer with several, name each edit's SAE (NAME/LATENT), "
@@ -235,8 +238,6 @@ def _preset_edits(args, link, model, saes) -> list:
     from saesteer.models import OVERRIDE_FLAG
     from steering.presets import Preset
 
-    if len(saes) != 1:
-        raise CLIError("--preset belongs to one SAE; give a single --sae")
     p = Path(args.preset)
     if p.suffix == ".json" or p.is_file():
         if not p.is_file():

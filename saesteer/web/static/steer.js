@@ -47,19 +47,22 @@
   }
 
   const labelCache = new Map();  // "store id/latent" -> the label as drawn
+  // `target.dataset.shows`: the latent the label is for; an answer for another one (the row's latent or
+  // SAE changed while it was on its way) is cached, not shown
   async function lookupLabel(store, idx, target) {
     const dSae = store.d_sae;
-    if (!(idx >= 0 && idx < dSae)) { target.textContent = "not a feature (0–" + (dSae - 1) + ")"; return; }
     const key = store.id + "/" + idx;
+    target.dataset.shows = key;
+    if (!(idx >= 0 && idx < dSae)) { target.textContent = "not a feature (0–" + (dSae - 1) + ")"; return; }
     if (labelCache.has(key)) { target.textContent = labelCache.get(key); return; }
     target.textContent = "…";
+    let shown = "";
     try {
       const r = await fetch(storeApi(store.id) + "/features/" + idx, { headers: { Accept: "application/json" }, credentials: "same-origin" });
-      const text = r.ok ? ((await r.json()).summary.label || "unlabelled") : "unknown feature";
-      const shown = drawn(text);
+      shown = drawn(r.ok ? ((await r.json()).summary.label || "unlabelled") : "unknown feature");
       labelCache.set(key, shown);
-      target.textContent = shown;
-    } catch (e) { target.textContent = ""; }
+    } catch (e) { /* no label shown */ }
+    if (target.dataset.shows === key) target.textContent = shown;
   }
   // the store a row edits: its SAE picker's, or the page's when only the page's store steers
   function rowStore(li) {
@@ -79,6 +82,7 @@
       options(pick, stores.map((s) => [s.id, drawn(s.name + (s.hook ? " · " + s.hook : ""))]), sid);
       pick.addEventListener("change", () => {
         featInput.max = String(rowStore(li).d_sae - 1);
+        strength.removeAttribute("title");  // the page's store's recommendation, not this SAE's
         if (featInput.value !== "") lookupLabel(rowStore(li), Number(featInput.value), flabel);
       });
       feat.appendChild(pick);
@@ -86,12 +90,15 @@
     feat.appendChild(featInput);
     feat.appendChild(flabel);
     featInput.max = String(storeById.get(sid).d_sae - 1);
-    if (label) { const shown = drawn(label); flabel.textContent = shown; labelCache.set(sid + "/" + Number(latent), shown); }
+    if (label) { const shown = drawn(label); flabel.textContent = shown; labelCache.set(sid + "/" + Number(latent), shown); flabel.dataset.shows = sid + "/" + Number(latent); }
     else if (featInput.value !== "") lookupLabel(storeById.get(sid), Number(featInput.value), flabel);
     let timer = null;
     featInput.addEventListener("input", () => {
       clearTimeout(timer);
-      timer = setTimeout(() => { if (featInput.value !== "") lookupLabel(rowStore(li), Number(featInput.value), flabel); else flabel.textContent = ""; }, 250);
+      timer = setTimeout(() => {
+        if (featInput.value !== "") lookupLabel(rowStore(li), Number(featInput.value), flabel);
+        else { flabel.textContent = ""; flabel.dataset.shows = ""; }
+      }, 250);
     });
     const mode = el("select", { "aria-label": "operation", class: "fmode" });
     options(mode, [["add", "add"], ["clamp", "clamp to"], ["scale", "scale by"], ["ablate", "ablate"]], "add");
@@ -106,7 +113,12 @@
       if (mode.value === "scale" && strength.value === "4") strength.value = "2";
     });
     const rm = el("button", { type: "button", class: "btn icon", "aria-label": "remove this edit", title: "remove", text: "✕" });
-    rm.addEventListener("click", () => { li.remove(); updateAdd(); });
+    rm.addEventListener("click", () => {
+      // the focus goes to the row now in its place (or before it), else "+ Add": not lost to the page
+      const near = li.nextElementSibling || li.previousElementSibling;
+      li.remove(); updateAdd();
+      (near ? near.querySelector(".rm button") : addBtn).focus();
+    });
     li.appendChild(feat);
     li.appendChild(el("div", { class: "mode" }, [mode]));
     li.appendChild(el("div", { class: "str" }, [strength]));
@@ -127,7 +139,9 @@
   if (!list.children.length) list.appendChild(makeRow(el("li"), "", ""));
   updateAdd();
 
-  function readEdits() {
+  // the rows' edits; none is an error unless `noneOk` (a preset steers alone): a row that cannot be
+  // sent is refused either way, never dropped
+  function readEdits(noneOk) {
     const edits = [];
     for (const li of list.children) {
       const f = li.querySelector(".fidx").value.trim();
@@ -144,7 +158,7 @@
       if (Math.abs(s) > cap) throw new Error("strength of feature " + latent + " is beyond ±" + cap);
       edits.push({ store: store.id, latent: latent, op: mode, value: s, unit: mode === "ablate" ? "raw" : unit });
     }
-    if (!edits.length) throw new Error("pick at least one feature to steer with");
+    if (!edits.length && !noneOk) throw new Error("pick at least one feature to steer with");
     return edits;
   }
   function readGen() {
@@ -198,8 +212,7 @@
     let gen, steering;
     try {
       const preset = presetSel && presetSel.value ? presetSel.value : null;
-      let edits = [];
-      try { edits = readEdits(); } catch (e) { if (!preset) throw e; }
+      const edits = readEdits(preset !== null);
       gen = readGen();
       // an edit of another store's SAE names it, as the API takes it ("sae": its id)
       steering = { edits: edits.map((e) => Object.assign({ latent: e.latent, op: e.op, value: e.op === "ablate" ? null : e.value, unit: e.unit },
@@ -233,7 +246,7 @@
     ev.preventDefault();
     let body, sweepPath;
     try {
-      const edits = readEdits();
+      const edits = readEdits(false);
       const a = Number(document.getElementById("sweep-from").value), b = Number(document.getElementById("sweep-to").value);
       const n = Math.round(Number(document.getElementById("sweep-n").value));
       if (!isFinite(a) || !isFinite(b)) throw new Error("give numbers for the sweep range");
