@@ -41,7 +41,7 @@ from steering.generation import Generation, generate, with_sae_bos
 from steering.inputs import Model, SAEs, TypicalMaxArg, converted_saes, sae_mapping
 from steering.interventions import LatentEditor, op_coefficients
 from steering.lowprecision import sae_precision
-from steering.positions import FULL, SequenceTracker, block_call_info
+from steering.positions import FULL, SequenceTracker, block_call_info, check_attention
 from steering.presets import Preset
 from steering.resolve import ResolvedEdit, check_models, resolve_edits, tracked_block
 from steering.saelens_splices import HookWatch
@@ -299,6 +299,7 @@ def steer(
         edits = [edits]
     saes = converted_saes(saes)
     check_models(model, saes, allow_model_mismatch)
+    check_attention(model)
     plan = build_plan(model, saes, list(edits), typical_max=typical_max, limits=limits,
                       allow_model_mismatch=allow_model_mismatch)
     session = SteeringSession(model, plan, saes)

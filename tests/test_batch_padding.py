@@ -12,6 +12,9 @@ padding must not shift a token's position, nor which tokens an edit lands on.
   from its last query's row (T - S as the offset), so `@prompt` edits missed the prompt's start
   on a prompt longer than the window (alone or batched), and index / `@last` edits failed with an
   IndexError once generation went past the window.
+- the mask read for pads: SDPA masks that open a pad's query row (transformers before 4.53, on
+  CUDA) read as eager ones, in GPT-2 and Gemma-2; flash and flex attention, which hand blocks no
+  4-d mask, are refused by `steer()` in one line.
 - `saesteer api` through the real `openai` client: concurrent greedy completions and chat
   completions, steered and not, prompts from 1 token to the context's end, give the tokens of the
   same request sent alone, log-probabilities within 1e-4 of it, and a seeded sampled request the
@@ -106,6 +109,52 @@ def test_steered_prompts_batched_equal_alone_and_the_engine(models, real_corpus,
     plain = generate(model, texts, cfg).new_tokens
     with steer(model, {"s": sae}, EDITS[1]) as s:  # the edits change the text
         assert not torch.equal(s.generate(texts, cfg).new_tokens, plain)
+
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gemma2"])
+def test_pads_are_read_from_sdpa_masks_that_open_a_pads_row(models, real_corpus, monkeypatch, family):
+    """SDPA attention as transformers before 4.53 builds its masks on CUDA: a pad's query row, which
+    would be fully masked (NaN in the memory-efficient kernel), attends to every key instead
+    (`AttentionMaskConverter._unmask_unattended`). A steered batch still equals each prompt alone:
+    a pad's row attends to itself there too, so the diagonal alone read pads as real tokens (in
+    GPT-2 as well, whose pads the last query's row had told)."""
+    import transformers.masking_utils as mu
+
+    from steering import GenerationConfig, steer
+
+    def opened(*args, **kwargs):  # what `_unmask_unattended` (deprecated in transformers 5) did, as a float mask
+        m = mu.sdpa_mask(*args, **kwargs)
+        return None if m is None else torch.where(m | ~m.any(-1, keepdim=True), 0.0, torch.finfo(torch.float32).min)
+
+    model = models[family]
+    monkeypatch.setattr(model.original_model.config, "_attn_implementation", "sdpa")
+    monkeypatch.setitem(mu.ALL_MASK_ATTENTION_FUNCTIONS._global_mapping, "sdpa", opened)
+    ids = _prompt_ids(model, real_corpus.test_docs[0], [1, 4, 19, 70])
+    texts = [model.tokenizer.decode(i, skip_special_tokens=True) for i in ids]
+    cfg = GenerationConfig(max_new_tokens=N_NEW, do_sample=False, stop_at_eos=False)
+    with steer(model, {"s": _sae(model)}, ["3:add=20@0,2,-1", "5:add=20@0,1,2,3"]) as s:
+        together = s.generate(texts, cfg)
+        for i, t in enumerate(texts):
+            alone = s.generate([t], cfg)
+            assert alone.tokens[0].tolist() == together.tokens[i, together.prompt_len - alone.prompt_len:].tolist(), i
+
+
+@pytest.mark.parametrize("impl", ["flash_attention_2", "flex_attention"])
+def test_steering_refuses_attention_that_hands_blocks_no_4d_mask(models, monkeypatch, impl):
+    """Flash and flex attention give an HF block a [B, T] mask or a BlockMask, from which pads cannot
+    be read as steering reads them: steer() refuses in one line naming the implementation and how to
+    load the model (load_model picks eager)."""
+    from steering import steer
+    from steering.spec import SteeringError
+
+    model = models["qwen2"]
+    assert model.original_model.config._attn_implementation == "eager"  # as load_model loads it
+    monkeypatch.setattr(model.original_model.config, "_attn_implementation", impl)
+    with pytest.raises(SteeringError) as e:
+        with steer(model, {"s": _sae(model)}, ["3:add=20@prompt"]):
+            pass
+    assert impl in str(e.value) and "attn_implementation='eager'" in str(e.value) and "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("family", ["gpt2", "qwen2", "neox", "gemma2", "mistral"])
