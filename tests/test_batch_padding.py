@@ -335,8 +335,10 @@ def test_prompt_and_max_tokens_up_to_the_context_are_served_and_one_more_is_refu
     it exactly and gets its 8 tokens; max_tokens 9 is refused with 400 and code
     context_length_exceeded, in OpenAI's words ("This model's maximum context length is 128 tokens.
     However, you requested 129 tokens (120 in the prompt, 9 in the completion"), as clients such as
-    LiteLLM recognise it; a chat likewise, and a prompt that fills the context alone is refused
-    naming its length. `steer`'s generation (and the Python API's) refuses in one line naming both."""
+    LiteLLM recognise it, then the most that fits; without max_tokens, OpenAI's default of 16 counts
+    and the message says so; a chat counts its template's tokens (as usage does), names
+    max_completion_tokens when sent, and asks n choices no more room than one; a prompt that fills
+    the context alone is refused naming its length. `steer`'s generation (and the Python API's) refuses in one line naming both."""
     import openai
 
     from steering import GenerationConfig, generate
@@ -354,17 +356,26 @@ def test_prompt_and_max_tokens_up_to_the_context_are_served_and_one_more_is_refu
     body = e.value.body
     assert (body["code"], body["param"]) == ("context_length_exceeded", "max_tokens")
     assert body["message"].startswith(f"This model's maximum context length is {n_ctx} tokens. However, you requested "
-                                      f"{n_ctx + 1} tokens ({n_ctx - 8} in the prompt, 9 in the completion")
-    assert "ask for at most 8 tokens" in body["message"]
+                                      f"{n_ctx + 1} tokens ({n_ctx - 8} in the prompt, 9 in the completion). Please "
+                                      f"reduce the length of the prompt or completion")
+    assert "ask for at most 8 tokens (max_tokens)" in body["message"]
+    with pytest.raises(openai.BadRequestError) as e:  # max_tokens not sent: OpenAI's default for completions, 16
+        client.completions.create(model="gpt2", prompt=ids[:n_ctx - 8], n=2)
+    assert f"{n_ctx + 8} tokens ({n_ctx - 8} in the prompt, 16 in the completion)." in e.value.body["message"]
+    assert "ask for at most 8 tokens (max_tokens, 16 when not given)" in e.value.body["message"]
     with pytest.raises(openai.BadRequestError) as e:
         client.completions.create(model="gpt2", prompt=ids[:n_ctx], max_tokens=1)
     assert e.value.body["param"] == "prompt" and f"maximum context length is {n_ctx} tokens" in e.value.body["message"]
     assert f"the prompt is {n_ctx} tokens" in e.value.body["message"]
     msgs = [{"role": "user", "content": real_corpus.test_docs[0][:150]}]
-    with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model="gemma2", messages=msgs, max_completion_tokens=64)
-    assert e.value.body["param"] == "max_completion_tokens" and "in the messages, 64 in the completion" in \
-        e.value.body["message"]
+    n_chat = client.chat.completions.create(model="gemma2", messages=msgs, max_tokens=1).usage.prompt_tokens
+    assert n_chat > len(models["gemma2"].tokenizer(msgs[0]["content"])["input_ids"])  # the template's tokens count
+    with pytest.raises(openai.BadRequestError) as e:  # each of n choices is the prompt and its completion
+        client.chat.completions.create(model="gemma2", messages=msgs, max_completion_tokens=64, n=3)
+    assert e.value.body["param"] == "max_completion_tokens"
+    assert f"requested {n_chat + 64} tokens ({n_chat} in the messages, 64 in the completion). Please reduce the " \
+           f"length of the messages or completion: ask for at most {models['gemma2'].cfg.n_ctx - n_chat} tokens (max_completion_tokens)" \
+           in e.value.body["message"]
     text = model.tokenizer.decode(ids[:n_ctx - 8])
     cfg = GenerationConfig(max_new_tokens=8, do_sample=False, stop_at_eos=False, prepend_bos=False)
     assert generate(model, [text, "a"], cfg).new_tokens.shape == (2, 8)
