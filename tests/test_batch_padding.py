@@ -1,7 +1,8 @@
 """A prompt's result does not depend on who else is in its batch, on tiny checkpoints of real
 architectures loaded as users load them (`saesteer.models.load_model`: a TransformerBridge):
 GPT-2 (absolute positions), Llama / Qwen2 (rotary), GPT-NeoX (parallel attention), Gemma-2
-(sliding window every other layer, soft-capping) and Mistral (a sliding window in every layer).
+(sliding window every other layer, soft-capping) and Mistral (a sliding window in every layer);
+the API's engine also on Qwen3.5 (a hybrid: a gated delta-net layer, whose cache keeps per-row states).
 Batching pads prompts of different lengths on the left, with an attention mask and position ids;
 padding must not shift a token's position, nor which tokens an edit lands on.
 
@@ -49,6 +50,8 @@ def checkpoints(tmp_path_factory, real_corpus):
              for fam in ("gpt2", "qwen2", "neox", "mistral")}
     paths["gemma2"] = save_arch_model(root / "gemma2", "gemma2",
                                       build_family_tokenizer("gemma", real_corpus.train_docs, 512))
+    paths["qwen3_5"] = save_arch_model(root / "qwen3_5", "qwen3_5",
+                                       build_family_tokenizer("qwen2", real_corpus.train_docs, 512))
     return paths
 
 
@@ -157,14 +160,15 @@ def test_steering_refuses_attention_that_hands_blocks_no_4d_mask(models, monkeyp
     assert impl in str(e.value) and "attn_implementation='eager'" in str(e.value) and "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("family", ["gpt2", "qwen2", "neox", "gemma2", "mistral"])
+@pytest.mark.parametrize("family", ["gpt2", "qwen2", "neox", "gemma2", "mistral", "qwen3_5"])
 def test_engine_rows_of_every_length_in_one_batch_or_joining_equal_each_row_alone(models, real_corpus, family):
     """The API's engine: rows of 1 token to the context's end, each with its own edits (indices,
     prompt, generated, last), greedy and seeded sampled, in one left-padded prefill or joining a
     running batch (its cache padded on the left), leaving it at different steps: each row's tokens
     are its tokens alone, and its log-probabilities within 1e-4. (A row leaving a batch of Gemma-2
     or Mistral, whose window layers' caches keep only their last columns, failed the whole batch:
-    CacheMergeUnsupported, a 500 for every request in it.)"""
+    CacheMergeUnsupported, a 500 for every request in it; of Qwen3.5, a hybrid whose delta-net
+    layer's cache keeps per-row states and no keys: an AttributeError, the same 500.)"""
     from steering.engine import BatchEngine, Row
     from steering.sampling import SamplingParams
 
@@ -195,6 +199,28 @@ def test_engine_rows_of_every_length_in_one_batch_or_joining_equal_each_row_alon
             for i in alone:
                 assert got[i][0] == alone[i][0], (family, temperature, i)
                 assert max(abs(a - b) for a, b in zip(got[i][1], alone[i][1])) < 1e-4
+
+
+
+@pytest.mark.parametrize("family", ["qwen2", "qwen3_5"])
+def test_a_long_row_that_leaves_takes_its_padding_columns_with_it(models, real_corpus, family):
+    """A 90-token row and a 3-token row prefill together (the short one padded to 90 columns); once the
+    long row has finished, the cache keeps only the short row's columns where every layer keeps all
+    of them (Qwen2), as before sliding-window and hybrid caches were let shed rows; in a hybrid
+    (Qwen3.5), whose delta-net layer keeps no columns, the padding stays, hidden by the mask."""
+    from steering.engine import BatchEngine, Row
+    from steering.sampling import SamplingParams
+
+    model = models[family]
+    long, short = _prompt_ids(model, real_corpus.test_docs[1], [90, 3])
+    engine, out = BatchEngine(model, {}), {}
+    engine.add([Row(long, SamplingParams(max_new_tokens=1, temperature=0), tag=0),
+                Row(short, SamplingParams(max_new_tokens=6, temperature=0), tag=1)])
+    while 0 not in out or len(engine.running) > 1:
+        _events(engine.step(), out)
+    (row,) = engine.running
+    kept = engine.runner.length(engine.cache)
+    assert kept == (len(short) + row.fed if family == "qwen2" else 90 + row.fed), kept
 
 
 def _events(events, out: dict) -> None:
