@@ -91,9 +91,11 @@ def _engine_alone(model, sae, ids, edits) -> list[int]:
 def test_steered_prompts_batched_equal_alone_and_the_engine(models, real_corpus, family):
     """Prompts of 1 token to near the context (longer than the window: 16 tokens in Gemma-2, 64 in
     Mistral), steered (at a window layer there) with edits at indices, the prompt, the generated
-    tokens and the last prompt token: the session's batch equals each prompt alone, and both equal
-    the API's engine on the same tokens."""
+    tokens and the last prompt token: each prompt's row of the session's batch equals the API's
+    engine on that prompt alone (one row, no padding, its own reading of positions), and so does
+    the session given that prompt alone (the 70-token one, padded in the batch)."""
     from steering import GenerationConfig, generate, steer
+    from steering.generation import prompt_lengths
 
     model = models[family]
     sae = _sae(model)
@@ -101,14 +103,16 @@ def test_steered_prompts_batched_equal_alone_and_the_engine(models, real_corpus,
     ids = _prompt_ids(model, real_corpus.test_docs[0], [1, 4, 19, 70, n_ctx - N_NEW - 2])
     texts = [model.tokenizer.decode(i, skip_special_tokens=True) for i in ids]
     cfg = GenerationConfig(max_new_tokens=N_NEW, do_sample=False, stop_at_eos=False)
+    lengths = prompt_lengths(model, texts, None)  # each row's own tokens, as steer reads its text
     for edits in EDITS:
         with steer(model, {"s": sae}, edits) as s:
             together = s.generate(texts, cfg)
-            alone = [s.generate([t], cfg) for t in texts]
-        for i in range(len(texts)):
-            assert alone[i].tokens[0].tolist() == together.tokens[i, together.prompt_len - alone[i].prompt_len:].tolist()
-            row_ids = alone[i].tokens[0, :alone[i].prompt_len].tolist()
-            assert alone[i].new_tokens[0].tolist() == _engine_alone(model, sae, row_ids, edits), (edits, i)
+            alone = s.generate([texts[3]], cfg)
+        P = together.prompt_len
+        for i, n in enumerate(lengths):
+            engine = _engine_alone(model, sae, together.tokens[i, P - n:P].tolist(), edits)
+            assert together.new_tokens[i].tolist() == engine, (edits, i)
+        assert alone.tokens[0].tolist() == together.tokens[3, P - lengths[3]:].tolist()
     plain = generate(model, texts, cfg).new_tokens
     with steer(model, {"s": sae}, EDITS[1]) as s:  # the edits change the text
         assert not torch.equal(s.generate(texts, cfg).new_tokens, plain)
