@@ -293,7 +293,9 @@ def steer(
     ("123:clamp=8", "res/5:add=2x@generated"). typical_max: feature -> typical max activation
     (dict or callable; or a dict SAE name -> such), needed for "x" units. limits: `SteerLimits`.
     An SAE whose provenance records another model than the one `saesteer.models.load_model`
-    loaded is refused (saes.identity.ModelMismatchError) unless `allow_model_mismatch`.
+    loaded is refused (saes.identity.ModelMismatchError) unless `allow_model_mismatch`; so is a
+    TransformerBridge that attends with flash or flex attention (SteeringError: pads are read from
+    eager or SDPA attention masks, `steering.positions.check_attention`).
     """
     if isinstance(edits, (str, FeatureEdit, VectorEdit, Preset)):
         edits = [edits]
