@@ -328,8 +328,7 @@ def test_concurrent_requests_of_every_length_give_what_each_gives_alone(api, mod
         together[i] = _ask(client, jobs[i])
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
-    lock = next(q.lock for q in app.state.web.queues if q is not None)
-    with lock:  # hold the model: every request gets in before the first prefill goes on
+    with sched.engine.lock:  # hold this model (each has its own): every request gets in before the first prefill
         for t in threads:
             t.start()
         _wait(lambda: sched.in_flight == len(jobs))
