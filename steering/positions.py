@@ -9,11 +9,14 @@ pre-hook on the block reads what the block itself is given (`block_call_info`):
 - HookedTransformer blocks: the KV-cache entry (its length is the absolute position of the first
   query) and the attention mask over all T positions [B, T] (zeros mark pad tokens);
 - TransformerBridge blocks (HF modules): the HF cache's length (the offset) and the 4-d attention
-  mask [B, 1, S, T]. A sliding-window layer's mask (Gemma-2/3, Mistral) hides keys beyond the
-  window as well as pads, and past the window covers only the window (T < offset + S); so a
-  sequence's pads are read where it starts (a token attends to itself unless it is a pad: the
-  mask's diagonal), and a later forward whose mask does not cover the whole sequence carries
-  that on (`SequenceTracker.observe`).
+  mask [B, 1, S, T] of eager or SDPA attention (`check_attention` refuses flash and flex
+  attention, which hand blocks other masks). A sliding-window layer's mask (Gemma-2/3, Mistral)
+  hides keys beyond the window as well as pads, and past the window covers only the window
+  (T < offset + S); so a sequence's pads are read where it starts: a real token attends to itself
+  and to no later token, whereas a pad's row is masked entirely (eager; SDPA's masks since
+  transformers 4.53) or opened entirely (older SDPA on CUDA, which a fully masked row would turn
+  to NaN); a later forward whose mask does not cover the whole sequence carries that on
+  (`SequenceTracker.observe`).
 `SequenceTracker` keeps that per block and answers `select(positions)`.
 
 The prompt length P (in padded positions) is, in order of precedence:
@@ -32,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from steering.spec import Positions
+from steering.spec import Positions, SteeringError
 
 FULL = "full"  # sentinel: every position of this forward
 
@@ -169,8 +172,9 @@ def block_call_info(layer_idx: int, args: tuple, kwargs: dict) -> tuple[int, int
         offset = T - S if offset is None else offset  # not T - S: a window layer's T stops at the window
         m_BST = mask[:, 0]
         keep_BST = m_BST if m_BST.dtype == torch.bool else m_BST > torch.finfo(m_BST.dtype).min / 2
-        if offset == 0 and T == S:  # the diagonal: the last query's row also hides keys beyond a window
-            keep_BT = keep_BST.diagonal(dim1=-2, dim2=-1)
+        if offset == 0 and T == S:  # the last query's row would also hide keys beyond a window
+            # a real token attends to itself and to nothing later; a pad's row is closed or all open
+            keep_BT = keep_BST.diagonal(dim1=-2, dim2=-1) & ~keep_BST.triu(1).any(-1)
         elif T == offset + S:
             keep_BT = keep_BST[:, -1]
         else:  # a window's mask past the window: the tracker carries the pads on from the start
@@ -178,3 +182,15 @@ def block_call_info(layer_idx: int, args: tuple, kwargs: dict) -> tuple[int, int
         return B, S, offset, keep_BT.to(torch.int64), offset == 0
     offset = offset or 0
     return B, S, offset, None, offset == 0
+
+
+def check_attention(model: Any) -> None:
+    """Refuse (SteeringError) a TransformerBridge whose HF model attends with other than eager or SDPA
+    attention: flash and flex attention give blocks no 4-d mask to read pad tokens from."""
+    config = getattr(getattr(model, "original_model", None), "config", None)
+    impl = getattr(config, "_attn_implementation", None)
+    if impl not in (None, "eager", "sdpa"):
+        raise SteeringError(
+            f"steering reads pad tokens from the attention mask of eager or SDPA attention; this model attends with "
+            f"{impl!r}: load it with attn_implementation='eager' (saesteer.models.load_model does) or call "
+            f"model.original_model.set_attn_implementation('eager')")

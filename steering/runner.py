@@ -13,8 +13,8 @@ the running batch between steps. A runner hides how one model family does that:
   changing any position.
 - `BridgeRunner`: an HF model under TransformerBridge, with HF's DynamicCache (keys/values
   [B, H, T, Dh] per layer) and an attention mask kept here; the Bridge derives positions from the
-  mask too. Caches of other layouts (sliding window) are not merged: the engine then runs new
-  rows only once the batch has drained (rows still leave such a batch as they finish).
+  mask too. Caches of other layouts (sliding window, linear attention) are not merged: the engine
+  then runs new rows only once the batch has drained (rows still leave such a batch as they finish).
 
 Only the last position's logits are computed at prefill ([B, V], not [B, S, V]).
 """
@@ -54,6 +54,12 @@ def _pad_left(t: Tensor, dim: int, n: int) -> Tensor:
     shape = list(t.shape)
     shape[dim] = n
     return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+def _padding_columns(mask_BT: Tensor) -> int:
+    """How many leading columns are padding in every row of `mask_BT`."""
+    real = mask_BT.any(0).nonzero()
+    return int(real[0]) if real.numel() else int(mask_BT.shape[1])
 
 
 class HookedRunner:
@@ -99,8 +105,7 @@ class HookedRunner:
     def select(cache: Any, rows: Tensor) -> Any:
         """The cache of rows `rows` only, with columns that are padding in every kept row dropped."""
         mask = cache.previous_attention_mask.index_select(0, rows)
-        real = mask.any(0).nonzero()
-        start = int(real[0]) if real.numel() else mask.shape[1]
+        start = _padding_columns(mask)
         for e in cache.entries:
             e.past_keys = e.past_keys.index_select(0, rows)[:, start:]
             e.past_values = e.past_values.index_select(0, rows)[:, start:]
@@ -181,22 +186,19 @@ class BridgeRunner:
 
     @classmethod
     def select(cls, cache: _BridgeCache, rows: Tensor) -> _BridgeCache:
-        """The cache of rows `rows` only. Columns that are padding in every kept row are dropped
-        where every layer keeps all columns; a sliding-window layer (Gemma-2/3, Mistral) keeps
-        only its last ones, so there the columns stay (the mask keeps hiding the padding)."""
-        layers = getattr(cache.hf, "layers", None)
-        if layers is None:
-            raise CacheMergeUnsupported("a cache without layers")
+        """The cache of rows `rows` only. HF's own `reorder_cache` (beam search's) picks the rows in
+        every layer, whatever the layer keeps per row: keys/values, a sliding window's last ones
+        (Gemma-2/3, Mistral), a linear-attention or convolution layer's states (Qwen3.5, LFM2).
+        Columns that are padding in every kept row are then dropped where every layer keeps all
+        columns; elsewhere they stay (the mask keeps hiding them)."""
         mask = cache.mask_BT.index_select(0, rows)
+        cache.hf.reorder_cache(rows)
         start = 0
         if cls.can_merge(cache):
-            real = mask.any(0).nonzero()
-            start = int(real[0]) if real.numel() else mask.shape[1]
-        for layer in layers:
-            if layer.keys is None or layer.keys.numel() == 0:
-                continue
-            layer.keys = layer.keys.index_select(0, rows)[:, :, start:]
-            layer.values = layer.values.index_select(0, rows)[:, :, start:]
+            start = _padding_columns(mask)
+            for layer in cls._layers(cache):
+                if layer.keys is not None and layer.keys.numel():
+                    layer.keys, layer.values = layer.keys[:, :, start:], layer.values[:, :, start:]
         cache.mask_BT = mask[:, start:]
         return cache
 

@@ -41,7 +41,7 @@ from steering.generation import Generation, generate, with_sae_bos
 from steering.inputs import Model, SAEs, TypicalMaxArg, converted_saes, sae_mapping
 from steering.interventions import LatentEditor, op_coefficients
 from steering.lowprecision import sae_precision
-from steering.positions import FULL, SequenceTracker, block_call_info
+from steering.positions import FULL, SequenceTracker, block_call_info, check_attention
 from steering.presets import Preset
 from steering.resolve import ResolvedEdit, check_models, resolve_edits, tracked_block
 from steering.saelens_splices import HookWatch
@@ -293,12 +293,15 @@ def steer(
     ("123:clamp=8", "res/5:add=2x@generated"). typical_max: feature -> typical max activation
     (dict or callable; or a dict SAE name -> such), needed for "x" units. limits: `SteerLimits`.
     An SAE whose provenance records another model than the one `saesteer.models.load_model`
-    loaded is refused (saes.identity.ModelMismatchError) unless `allow_model_mismatch`.
+    loaded is refused (saes.identity.ModelMismatchError) unless `allow_model_mismatch`; so is a
+    TransformerBridge that attends with flash or flex attention (SteeringError: pads are read from
+    eager or SDPA attention masks, `steering.positions.check_attention`).
     """
     if isinstance(edits, (str, FeatureEdit, VectorEdit, Preset)):
         edits = [edits]
     saes = converted_saes(saes)
     check_models(model, saes, allow_model_mismatch)
+    check_attention(model)
     plan = build_plan(model, saes, list(edits), typical_max=typical_max, limits=limits,
                       allow_model_mismatch=allow_model_mismatch)
     session = SteeringSession(model, plan, saes)

@@ -1,7 +1,8 @@
 """A prompt's result does not depend on who else is in its batch, on tiny checkpoints of real
 architectures loaded as users load them (`saesteer.models.load_model`: a TransformerBridge):
 GPT-2 (absolute positions), Llama / Qwen2 (rotary), GPT-NeoX (parallel attention), Gemma-2
-(sliding window every other layer, soft-capping) and Mistral (a sliding window in every layer).
+(sliding window every other layer, soft-capping) and Mistral (a sliding window in every layer);
+the API's engine also on Qwen3.5 (a hybrid: a gated delta-net layer, whose cache keeps per-row states).
 Batching pads prompts of different lengths on the left, with an attention mask and position ids;
 padding must not shift a token's position, nor which tokens an edit lands on.
 
@@ -12,6 +13,9 @@ padding must not shift a token's position, nor which tokens an edit lands on.
   from its last query's row (T - S as the offset), so `@prompt` edits missed the prompt's start
   on a prompt longer than the window (alone or batched), and index / `@last` edits failed with an
   IndexError once generation went past the window.
+- the mask read for pads: SDPA masks that open a pad's query row (transformers before 4.53, on
+  CUDA) read as eager ones, in GPT-2 and Gemma-2; flash and flex attention, which hand blocks no
+  4-d mask, are refused by `steer()` in one line.
 - `saesteer api` through the real `openai` client: concurrent greedy completions and chat
   completions, steered and not, prompts from 1 token to the context's end, give the tokens of the
   same request sent alone, log-probabilities within 1e-4 of it, and a seeded sampled request the
@@ -46,6 +50,8 @@ def checkpoints(tmp_path_factory, real_corpus):
              for fam in ("gpt2", "qwen2", "neox", "mistral")}
     paths["gemma2"] = save_arch_model(root / "gemma2", "gemma2",
                                       build_family_tokenizer("gemma", real_corpus.train_docs, 512))
+    paths["qwen3_5"] = save_arch_model(root / "qwen3_5", "qwen3_5",
+                                       build_family_tokenizer("qwen2", real_corpus.train_docs, 512))
     return paths
 
 
@@ -85,9 +91,11 @@ def _engine_alone(model, sae, ids, edits) -> list[int]:
 def test_steered_prompts_batched_equal_alone_and_the_engine(models, real_corpus, family):
     """Prompts of 1 token to near the context (longer than the window: 16 tokens in Gemma-2, 64 in
     Mistral), steered (at a window layer there) with edits at indices, the prompt, the generated
-    tokens and the last prompt token: the session's batch equals each prompt alone, and both equal
-    the API's engine on the same tokens."""
+    tokens and the last prompt token: each prompt's row of the session's batch equals the API's
+    engine on that prompt alone (one row, no padding, its own reading of positions), and so does
+    the session given that prompt alone (the 70-token one, padded in the batch)."""
     from steering import GenerationConfig, generate, steer
+    from steering.generation import prompt_lengths
 
     model = models[family]
     sae = _sae(model)
@@ -95,27 +103,76 @@ def test_steered_prompts_batched_equal_alone_and_the_engine(models, real_corpus,
     ids = _prompt_ids(model, real_corpus.test_docs[0], [1, 4, 19, 70, n_ctx - N_NEW - 2])
     texts = [model.tokenizer.decode(i, skip_special_tokens=True) for i in ids]
     cfg = GenerationConfig(max_new_tokens=N_NEW, do_sample=False, stop_at_eos=False)
+    lengths = prompt_lengths(model, texts, None)  # each row's own tokens, as steer reads its text
     for edits in EDITS:
         with steer(model, {"s": sae}, edits) as s:
             together = s.generate(texts, cfg)
-            alone = [s.generate([t], cfg) for t in texts]
-        for i in range(len(texts)):
-            assert alone[i].tokens[0].tolist() == together.tokens[i, together.prompt_len - alone[i].prompt_len:].tolist()
-            row_ids = alone[i].tokens[0, :alone[i].prompt_len].tolist()
-            assert alone[i].new_tokens[0].tolist() == _engine_alone(model, sae, row_ids, edits), (edits, i)
+            alone = s.generate([texts[3]], cfg)
+        P = together.prompt_len
+        for i, n in enumerate(lengths):
+            engine = _engine_alone(model, sae, together.tokens[i, P - n:P].tolist(), edits)
+            assert together.new_tokens[i].tolist() == engine, (edits, i)
+        assert alone.tokens[0].tolist() == together.tokens[3, P - lengths[3]:].tolist()
     plain = generate(model, texts, cfg).new_tokens
     with steer(model, {"s": sae}, EDITS[1]) as s:  # the edits change the text
         assert not torch.equal(s.generate(texts, cfg).new_tokens, plain)
 
 
-@pytest.mark.parametrize("family", ["gpt2", "qwen2", "neox", "gemma2", "mistral"])
+
+@pytest.mark.parametrize("family", ["gpt2", "gemma2"])
+def test_pads_are_read_from_sdpa_masks_that_open_a_pads_row(models, real_corpus, monkeypatch, family):
+    """SDPA attention as transformers before 4.53 builds its masks on CUDA: a pad's query row, which
+    would be fully masked (NaN in the memory-efficient kernel), attends to every key instead
+    (`AttentionMaskConverter._unmask_unattended`). A steered batch still equals each prompt alone:
+    a pad's row attends to itself there too, so the diagonal alone read pads as real tokens (in
+    GPT-2 as well, whose pads the last query's row had told)."""
+    import transformers.masking_utils as mu
+
+    from steering import GenerationConfig, steer
+
+    def opened(*args, **kwargs):  # what `_unmask_unattended` (deprecated in transformers 5) did, as a float mask
+        m = mu.sdpa_mask(*args, **kwargs)
+        return None if m is None else torch.where(m | ~m.any(-1, keepdim=True), 0.0, torch.finfo(torch.float32).min)
+
+    model = models[family]
+    monkeypatch.setattr(model.original_model.config, "_attn_implementation", "sdpa")
+    monkeypatch.setitem(mu.ALL_MASK_ATTENTION_FUNCTIONS._global_mapping, "sdpa", opened)
+    ids = _prompt_ids(model, real_corpus.test_docs[0], [1, 4, 19, 70])
+    texts = [model.tokenizer.decode(i, skip_special_tokens=True) for i in ids]
+    cfg = GenerationConfig(max_new_tokens=N_NEW, do_sample=False, stop_at_eos=False)
+    with steer(model, {"s": _sae(model)}, ["3:add=20@0,2,-1", "5:add=20@0,1,2,3"]) as s:
+        together = s.generate(texts, cfg)
+        for i, t in enumerate(texts):
+            alone = s.generate([t], cfg)
+            assert alone.tokens[0].tolist() == together.tokens[i, together.prompt_len - alone.prompt_len:].tolist(), i
+
+
+@pytest.mark.parametrize("impl", ["flash_attention_2", "flex_attention"])
+def test_steering_refuses_attention_that_hands_blocks_no_4d_mask(models, monkeypatch, impl):
+    """Flash and flex attention give an HF block a [B, T] mask or a BlockMask, from which pads cannot
+    be read as steering reads them: steer() refuses in one line naming the implementation and how to
+    load the model (load_model picks eager)."""
+    from steering import steer
+    from steering.spec import SteeringError
+
+    model = models["qwen2"]
+    assert model.original_model.config._attn_implementation == "eager"  # as load_model loads it
+    monkeypatch.setattr(model.original_model.config, "_attn_implementation", impl)
+    with pytest.raises(SteeringError) as e:
+        with steer(model, {"s": _sae(model)}, ["3:add=20@prompt"]):
+            pass
+    assert impl in str(e.value) and "attn_implementation='eager'" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "qwen2", "neox", "gemma2", "mistral", "qwen3_5"])
 def test_engine_rows_of_every_length_in_one_batch_or_joining_equal_each_row_alone(models, real_corpus, family):
     """The API's engine: rows of 1 token to the context's end, each with its own edits (indices,
     prompt, generated, last), greedy and seeded sampled, in one left-padded prefill or joining a
     running batch (its cache padded on the left), leaving it at different steps: each row's tokens
     are its tokens alone, and its log-probabilities within 1e-4. (A row leaving a batch of Gemma-2
     or Mistral, whose window layers' caches keep only their last columns, failed the whole batch:
-    CacheMergeUnsupported, a 500 for every request in it.)"""
+    CacheMergeUnsupported, a 500 for every request in it; of Qwen3.5, a hybrid whose delta-net
+    layer's cache keeps per-row states and no keys: an AttributeError, the same 500.)"""
     from steering.engine import BatchEngine, Row
     from steering.sampling import SamplingParams
 
@@ -146,6 +203,28 @@ def test_engine_rows_of_every_length_in_one_batch_or_joining_equal_each_row_alon
             for i in alone:
                 assert got[i][0] == alone[i][0], (family, temperature, i)
                 assert max(abs(a - b) for a, b in zip(got[i][1], alone[i][1])) < 1e-4
+
+
+
+@pytest.mark.parametrize("family", ["qwen2", "qwen3_5"])
+def test_a_long_row_that_leaves_takes_its_padding_columns_with_it(models, real_corpus, family):
+    """A 90-token row and a 3-token row prefill together (the short one padded to 90 columns); once the
+    long row has finished, the cache keeps only the short row's columns where every layer keeps all
+    of them (Qwen2), as before sliding-window and hybrid caches were let shed rows; in a hybrid
+    (Qwen3.5), whose delta-net layer keeps no columns, the padding stays, hidden by the mask."""
+    from steering.engine import BatchEngine, Row
+    from steering.sampling import SamplingParams
+
+    model = models[family]
+    long, short = _prompt_ids(model, real_corpus.test_docs[1], [90, 3])
+    engine, out = BatchEngine(model, {}), {}
+    engine.add([Row(long, SamplingParams(max_new_tokens=1, temperature=0), tag=0),
+                Row(short, SamplingParams(max_new_tokens=6, temperature=0), tag=1)])
+    while 0 not in out or len(engine.running) > 1:
+        _events(engine.step(), out)
+    (row,) = engine.running
+    kept = engine.runner.length(engine.cache)
+    assert kept == (len(short) + row.fed if family == "qwen2" else 90 + row.fed), kept
 
 
 def _events(events, out: dict) -> None:
@@ -249,8 +328,7 @@ def test_concurrent_requests_of_every_length_give_what_each_gives_alone(api, mod
         together[i] = _ask(client, jobs[i])
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
-    lock = next(q.lock for q in app.state.web.queues if q is not None)
-    with lock:  # hold the model: every request gets in before the first prefill goes on
+    with sched.engine.lock:  # hold this model (each has its own): every request gets in before the first prefill
         for t in threads:
             t.start()
         _wait(lambda: sched.in_flight == len(jobs))
@@ -286,8 +364,10 @@ def test_prompt_and_max_tokens_up_to_the_context_are_served_and_one_more_is_refu
     it exactly and gets its 8 tokens; max_tokens 9 is refused with 400 and code
     context_length_exceeded, in OpenAI's words ("This model's maximum context length is 128 tokens.
     However, you requested 129 tokens (120 in the prompt, 9 in the completion"), as clients such as
-    LiteLLM recognise it; a chat likewise, and a prompt that fills the context alone is refused
-    naming its length. `steer`'s generation (and the Python API's) refuses in one line naming both."""
+    LiteLLM recognise it, then the most that fits; without max_tokens, OpenAI's default of 16 counts
+    and the message says so; a chat counts its template's tokens (as usage does), names
+    max_completion_tokens when sent, and asks n choices no more room than one; a prompt that fills
+    the context alone is refused naming its length. `steer`'s generation (and the Python API's) refuses in one line naming both."""
     import openai
 
     from steering import GenerationConfig, generate
@@ -305,17 +385,26 @@ def test_prompt_and_max_tokens_up_to_the_context_are_served_and_one_more_is_refu
     body = e.value.body
     assert (body["code"], body["param"]) == ("context_length_exceeded", "max_tokens")
     assert body["message"].startswith(f"This model's maximum context length is {n_ctx} tokens. However, you requested "
-                                      f"{n_ctx + 1} tokens ({n_ctx - 8} in the prompt, 9 in the completion")
-    assert "ask for at most 8 tokens" in body["message"]
+                                      f"{n_ctx + 1} tokens ({n_ctx - 8} in the prompt, 9 in the completion). Please "
+                                      f"reduce the length of the prompt or completion")
+    assert "ask for at most 8 tokens (max_tokens)" in body["message"]
+    with pytest.raises(openai.BadRequestError) as e:  # max_tokens not sent: OpenAI's default for completions, 16
+        client.completions.create(model="gpt2", prompt=ids[:n_ctx - 8], n=2)
+    assert f"{n_ctx + 8} tokens ({n_ctx - 8} in the prompt, 16 in the completion)." in e.value.body["message"]
+    assert "ask for at most 8 tokens (max_tokens, 16 when not given)" in e.value.body["message"]
     with pytest.raises(openai.BadRequestError) as e:
         client.completions.create(model="gpt2", prompt=ids[:n_ctx], max_tokens=1)
     assert e.value.body["param"] == "prompt" and f"maximum context length is {n_ctx} tokens" in e.value.body["message"]
     assert f"the prompt is {n_ctx} tokens" in e.value.body["message"]
     msgs = [{"role": "user", "content": real_corpus.test_docs[0][:150]}]
-    with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model="gemma2", messages=msgs, max_completion_tokens=64)
-    assert e.value.body["param"] == "max_completion_tokens" and "in the messages, 64 in the completion" in \
-        e.value.body["message"]
+    n_chat = client.chat.completions.create(model="gemma2", messages=msgs, max_tokens=1).usage.prompt_tokens
+    assert n_chat > len(models["gemma2"].tokenizer(msgs[0]["content"])["input_ids"])  # the template's tokens count
+    with pytest.raises(openai.BadRequestError) as e:  # each of n choices is the prompt and its completion
+        client.chat.completions.create(model="gemma2", messages=msgs, max_completion_tokens=64, n=3)
+    assert e.value.body["param"] == "max_completion_tokens"
+    assert f"requested {n_chat + 64} tokens ({n_chat} in the messages, 64 in the completion). Please reduce the " \
+           f"length of the messages or completion: ask for at most {models['gemma2'].cfg.n_ctx - n_chat} tokens (max_completion_tokens)" \
+           in e.value.body["message"]
     text = model.tokenizer.decode(ids[:n_ctx - 8])
     cfg = GenerationConfig(max_new_tokens=8, do_sample=False, stop_at_eos=False, prepend_bos=False)
     assert generate(model, [text, "a"], cfg).new_tokens.shape == (2, 8)

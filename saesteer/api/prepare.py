@@ -274,7 +274,8 @@ def _common(req, served: ServedModel, limits, default_max: int | None, n_prompts
         raise ApiError(400, f"max_completion_tokens ({newer}) and max_tokens ({req.max_tokens}) disagree; send one "
                             f"of them (max_tokens is the older name)", "max_completion_tokens")
     field_name = "max_completion_tokens" if newer is not None else "max_tokens"
-    max_tokens = (newer if newer is not None else req.max_tokens) or default_max
+    given = newer if newer is not None else req.max_tokens
+    max_tokens = given or default_max
     if max_tokens is not None and max_tokens > limits.max_new_tokens:
         raise ApiError(400, f"{field_name}: at most {limits.max_new_tokens} on this server (got {max_tokens})", field_name)
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
@@ -290,7 +291,8 @@ def _common(req, served: ServedModel, limits, default_max: int | None, n_prompts
         bias.append((tok, float(v)))
     if len(bias) > 300:
         raise ApiError(400, "logit_bias: at most 300 tokens", "logit_bias")
-    return dict(n=n, max_tokens=max_tokens, max_tokens_field=field_name, stop=tuple(stop), bias=tuple(bias))
+    return dict(n=n, max_tokens=max_tokens, max_tokens_field=field_name,
+                max_tokens_default=None if given else default_max, stop=tuple(stop), bias=tuple(bias))
 
 
 def eos_ids(model, chat: bool) -> tuple[int, ...]:
@@ -331,11 +333,8 @@ def _rows(prompts, layouts, served: ServedModel, req, c: dict, steering, logprob
             raise ApiError(400, f"This model's maximum context length is {n_ctx} tokens, and the prompt is {len(ids)} "
                                 f"tokens, which leaves no room for the completion; shorten it to at most {n_ctx - 1} "
                                 f"tokens", "messages" if chat else "prompt", "context_length_exceeded")
-        if room is not None and len(ids) + max_tokens > n_ctx:  # OpenAI's words: clients match them
-            raise ApiError(400, f"This model's maximum context length is {n_ctx} tokens. However, you requested "
-                                f"{len(ids) + max_tokens} tokens ({len(ids)} in the {'messages' if chat else 'prompt'}, "
-                                f"{max_tokens} in the completion: {c['max_tokens_field']}); shorten the prompt or ask "
-                                f"for at most {room} tokens", c["max_tokens_field"], "context_length_exceeded")
+        if room is not None and len(ids) + max_tokens > n_ctx:
+            raise _over_context(n_ctx, len(ids), max_tokens, c, "messages" if chat else "prompt")
         for i in range(c["n"]):
             try:
                 params = SamplingParams(
@@ -355,6 +354,17 @@ def _rows(prompts, layouts, served: ServedModel, req, c: dict, steering, logprob
                 raise ApiError(400, str(e)) from None
             rows.append(Row(ids, params, steering, layout, stream=stream, offsets=logprobs is not None and not chat))
     return rows
+
+
+def _over_context(n_ctx: int, n_prompt: int, max_tokens: int, c: dict, prompt_word: str) -> ApiError:
+    """A prompt that fits with fewer new tokens, refused in OpenAI's words up to "Please reduce" (clients
+    match them, some read the numbers), then the most that fits and the field that asks for it."""
+    field = c["max_tokens_field"]
+    default = f", {c['max_tokens_default']} when not given" if c["max_tokens_default"] else ""
+    return ApiError(400, f"This model's maximum context length is {n_ctx} tokens. However, you requested "
+                         f"{n_prompt + max_tokens} tokens ({n_prompt} in the {prompt_word}, {max_tokens} in the "
+                         f"completion). Please reduce the length of the {prompt_word} or completion: ask for at most "
+                         f"{n_ctx - n_prompt} tokens ({field}{default})", field, "context_length_exceeded")
 
 
 def prepare_completion(req: CompletionRequest, served: ServedModel, limits) -> Prepared:
