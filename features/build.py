@@ -240,13 +240,13 @@ def _open_and_run(path, sae, source, cfg, identity, meta, model, tokenizer, over
             state_path(path).unlink(missing_ok=True)  # left over if killed right after completing
             return BuildResult(path, F, int(store.meta.get("n_rows", 0)), 0.0, 0, time.perf_counter() - t_start,
                                False, True, 0, summary, relabelled)
-        store.share_windows()  # begun by a saesteer of schema version 2: its blocks go on in version 3's tables
         resumed, building = True, path  # a build an older saesteer left at the path itself: finished there
     elif building.exists():
         store, resumed = FeatureStore.open(building, readonly=False), True
     else:
         store = FeatureStore.create(building, meta)
     try:
+        store.share_windows()  # a build begun by a saesteer of schema version 2, at the path or at .building
         result = _run(store, building, sae, source, cfg, identity, model, tokenizer, progress, event, resumed, t_start)
     finally:
         store.close()
