@@ -243,7 +243,6 @@ def _open_and_run(path, sae, source, cfg, identity, meta, model, tokenizer, over
             state_path(path).unlink(missing_ok=True)  # left over if killed right after completing
             return BuildResult(path, F, int(store.meta.get("n_rows", 0)), 0.0, 0, time.perf_counter() - t_start,
                                False, True, 0, summary, relabelled)
-        store.share_windows()  # begun by a saesteer of schema version 2: its blocks go on in version 3's tables
         resumed, building = True, path  # a build an older saesteer left at the path itself: finished there
     else:
         if building.exists() and _of_another_build(building, identity):  # a stopped build of no use now
@@ -253,6 +252,7 @@ def _open_and_run(path, sae, source, cfg, identity, meta, model, tokenizer, over
         else:
             store = FeatureStore.create(building, meta)
     try:
+        store.share_windows()  # a build begun by a saesteer of schema version 2, at the path or at .building
         if building != path and store.complete:  # stopped (or refused) after it was built, before it replaced the store
             result = _built(store, building, t_start)
         else:

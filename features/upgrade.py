@@ -6,7 +6,8 @@
 Two things can be old:
 - the schema: opening a store for writing renames a version-1 store's columns (`features.store.base`);
   a version-2 store's examples are rewritten with each window once, and the file VACUUMed to its
-  new size (`features.store.windows`; until then it reads the same, only larger);
+  new size (`features.store.windows`; until then it reads the same, only larger: a version-3 store
+  mostly of free pages, an upgrade stopped in its VACUUM, is VACUUMed again);
 - the token labels (meta "vocab_labels" missing or of an older rule, `features.tokentext.LABEL_RULE`):
   rule 1 dropped a SentencePiece word's leading space ("▁the" read "the") and showed part of a
   character as bare escaped bytes. They can only be recomputed from the tokenizer, so they are

@@ -153,11 +153,14 @@ def test_a_saesteer_of_version_2_refuses_a_version_3_store_naming_it(stores, mon
         FeatureStore.open(ws.path)
 
 
-def test_a_build_begun_by_version_2_resumes_into_shared_windows(tmp_path):
+@pytest.mark.parametrize("where", ["path", "building"])
+def test_a_build_begun_by_version_2_resumes_into_shared_windows(tmp_path, where):
     """A store whose build a saesteer of version 2 began (its first block written, then stopped) is
     finished by this one: converted first, then the remaining blocks; the result is the store an
-    uninterrupted build makes."""
+    uninterrupted build makes. Older saesteers built at the path itself, later ones of version 2 at
+    `<store>.building` (renamed over the store when complete)."""
     from features import build_feature_store
+    from features.build import building_path
     from helpers.feature_fixtures import WordTokenizer, make_sae, random_source, small_config
     from test_features_resume import dump
 
@@ -168,7 +171,8 @@ def test_a_build_begun_by_version_2_resumes_into_shared_windows(tmp_path):
         return build_feature_store(path, sae, src, small_config(), tokenizer=WordTokenizer(), progress=False)
 
     build(tmp_path / "clean.db")
-    old = tmp_path / "old.db"
+    out = tmp_path / "out.db"
+    old = out if where == "path" else building_path(out)
     version_2_store(tmp_path / "clean.db", old)
     with sqlite3.connect(old) as db:  # as if stopped after the first block of 8 latents
         for table in ("features", "histograms", "examples", "logit_effects", "neighbours", "correlations"):
@@ -176,8 +180,28 @@ def test_a_build_begun_by_version_2_resumes_into_shared_windows(tmp_path):
         db.execute("DELETE FROM feature_fts WHERE rowid >= 8")
         db.execute("DELETE FROM build_progress WHERE block >= 1")
         db.execute("UPDATE meta SET value = '\"building\"' WHERE key = 'build_state'")
-    res = build(old)
-    assert res.resumed and not res.already_complete
-    with FeatureStore.open(old) as st:
+    res = build(out)
+    assert res.resumed and not res.already_complete and not building_path(out).exists()
+    with FeatureStore.open(out) as st:
         assert st.schema_version == 3 and st.complete and st.integrity_check() == "ok"
-    assert dump(old) == dump(tmp_path / "clean.db")
+    assert dump(out) == dump(tmp_path / "clean.db")
+
+
+def test_an_upgrade_stopped_in_its_vacuum_shrinks_the_file_when_run_again(stores, tmp_path):
+    """The conversion commits before the VACUUM (minutes on a 1.2 GB store): an upgrade killed in
+    between leaves a version-3 store of the old size, mostly free pages; upgrading it again shrinks it."""
+    ws, old, _ = stores
+    copy = tmp_path / ws.path.name
+    with sqlite3.connect(old) as a, sqlite3.connect(copy) as b:
+        a.backup(b)
+    with FeatureStore.open(copy, readonly=False) as st:  # what the killed upgrade committed
+        assert st.share_windows() is not None and st.schema_version == 3
+    stopped = copy.stat().st_size
+    r = saesteer("features", "upgrade", copy).ok()
+    assert f"{copy}: feature-store schema version 3 (already current)" in r.out
+    assert copy.stat().st_size < stopped * 2 / 3
+    with FeatureStore.open(copy) as up, FeatureStore.open(ws.path) as new:
+        assert up.integrity_check() == "ok"
+        assert [up.feature(i) for i in range(ws.d_sae)] == [new.feature(i) for i in range(ws.d_sae)]
+    with FeatureStore.open(ws.path) as st:  # a store built as version 3: nothing to shrink
+        assert not st._mostly_free()

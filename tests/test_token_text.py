@@ -475,10 +475,11 @@ def _example_texts(page: str) -> list[str]:
 def test_older_stores_stay_readable(code_store, tmp_path):
     from autointerp.offline import readable_token
     from features import FeatureStore
+    from helpers.feature_fixtures import version_2_store
 
     path, tok = code_store
     old = tmp_path / "old.db"
-    old.write_bytes(path.read_bytes())
+    version_2_store(path, old)  # a table `examples`, as the stores of then had
     with sqlite3.connect(old) as conn:  # as written before the pieces were kept
         conn.execute("ALTER TABLE examples DROP COLUMN token_offsets")
     new = _examples(path)

@@ -33,16 +33,26 @@ class StoreBuildWrites(StoreBase):
 
     def share_windows(self, vacuum: bool = False) -> int | None:
         """A version-2 store converted in place to version 3 (each example window once), then with
-        `vacuum` shrunk to its new size: the number of distinct windows; None if it was version 3."""
-        if self.schema_version >= 3:
-            return None
-        with self._lock:
-            n = share_windows(self._conn)
-            if vacuum:
+        `vacuum` shrunk to its new size: the number of distinct windows; None if it was version 3.
+        With `vacuum` a version-3 store mostly of free pages is shrunk too: a conversion whose VACUUM
+        was stopped (the conversion commits first; the VACUUM of a 1.2 GB store takes minutes)."""
+        n = None
+        if self.schema_version < 3:
+            with self._lock:
+                n = share_windows(self._conn)
+            self._window_ids = None
+            self.refresh()
+        if vacuum and (n is not None or self._mostly_free()):
+            with self._lock:
                 self._conn.execute("VACUUM")
-        self._window_ids = None
-        self.refresh()
         return n
+
+    def _mostly_free(self) -> bool:
+        """Whether over a third of the file is free pages (a converted store's old examples: ~60%)."""
+        with self._lock:
+            free = self._conn.execute("PRAGMA freelist_count").fetchone()[0]
+            pages = self._conn.execute("PRAGMA page_count").fetchone()[0]
+        return free * 3 > pages
 
     def written_blocks(self) -> set[int]:
         with self._lock:

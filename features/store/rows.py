@@ -41,7 +41,8 @@ class HistogramRow(NamedTuple):
 
 
 class ExampleRow(NamedTuple):
-    """One example window (table `examples`, whose `id` SQLite assigns)."""
+    """One example: written as a row of `example_refs` naming its window in `windows` (each window
+    once, `features.store.windows`), read back through the view `examples`; SQLite assigns its `id`."""
 
     latent: int
     kind: str  # 'top' | 'quantile' | 'negative'

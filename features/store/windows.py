@@ -32,7 +32,8 @@ class WindowIds:
 
     def refs(self, examples: Iterable[ExampleRow]) -> tuple[list[tuple], list[tuple]]:
         """(new window rows, example_refs rows) for `examples`; the new windows are remembered as
-        written, so call it inside the transaction that inserts both (`forget` it on rollback)."""
+        written, so call it inside the transaction that inserts both, and read the ids again (a new
+        `WindowIds`) after a rollback."""
         ids, new, refs = self._ids, [], []
         for e in examples:
             key = (e.token_ids, e.text, e.token_offsets)
