@@ -161,12 +161,7 @@ def block_call_info(layer_idx: int, args: tuple, kwargs: dict) -> tuple[int, int
             mask = v
         elif cache is None and hasattr(v, "get_seq_length"):
             cache = v
-    offset = None
-    if cache is not None:
-        try:
-            offset = int(cache.get_seq_length(layer_idx))
-        except TypeError:
-            offset = int(cache.get_seq_length())
+    offset = None if cache is None else _cache_length(cache, layer_idx)
     if isinstance(mask, Tensor) and mask.ndim == 4:
         T = int(mask.shape[-1])
         offset = T - S if offset is None else offset  # not T - S: a window layer's T stops at the window
@@ -182,6 +177,17 @@ def block_call_info(layer_idx: int, args: tuple, kwargs: dict) -> tuple[int, int
         return B, S, offset, keep_BT.to(torch.int64), offset == 0
     offset = offset or 0
     return B, S, offset, None, offset == 0
+
+
+def _cache_length(cache: Any, layer_idx: int) -> int:
+    """The positions an HF cache holds before this forward, read at the block's own layer (a
+    sliding window's counts every position it has seen); read at the cache's first attention layer
+    where the block's keeps no length (a hybrid's delta-net layer, Qwen3.5: HF raises ValueError)
+    or the cache counts one length for all (TypeError)."""
+    try:
+        return int(cache.get_seq_length(layer_idx))
+    except (TypeError, ValueError):
+        return int(cache.get_seq_length())
 
 
 def check_attention(model: Any) -> None:
