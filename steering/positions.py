@@ -44,7 +44,7 @@ class SequenceTracker:
     """Where the positions of the current forward sit in their sequence (one per block)."""
 
     __slots__ = ("forward_id", "B", "S", "offset", "prompt_len", "mask_BT", "explicit_prompt_len",
-                 "_uncached_run", "_cache", "_window_has_pads")
+                 "_uncached_run", "_cache", "_forward_has_pads")
 
     def __init__(self) -> None:
         self.forward_id = 0
@@ -53,7 +53,7 @@ class SequenceTracker:
         self.explicit_prompt_len: int | None = None
         self._uncached_run = False
         self._cache: dict[Any, Any] = {}
-        self._window_has_pads: bool | None = None
+        self._forward_has_pads: bool | None = None
 
     # called by the block's forward pre-hook -------------------------------------------------
     def observe(self, B: int, S: int, offset: int, attention_mask: Tensor | None, uncached: bool = True) -> None:
@@ -75,18 +75,18 @@ class SequenceTracker:
         self.B, self.S, self.offset = B, S, offset
         self.mask_BT = attention_mask
         self._cache = {}
-        self._window_has_pads = None
+        self._forward_has_pads = None
 
     # answers to hooks -----------------------------------------------------------------------
-    def window_has_pads(self) -> bool:
+    def forward_has_pads(self) -> bool:
         """Whether this forward's positions include pad tokens (only the sequence start can)."""
-        if self._window_has_pads is None:
+        if self._forward_has_pads is None:
             m = self.mask_BT
             if m is None or self.offset > 0:
-                self._window_has_pads = False
+                self._forward_has_pads = False
             else:
-                self._window_has_pads = not bool(m[:, : self.S].all())
-        return self._window_has_pads
+                self._forward_has_pads = not bool(m[:, : self.S].all())
+        return self._forward_has_pads
 
     def select(self, positions: Positions):
         """None (no position), FULL, a (lo, hi) slice of this forward's positions (every row), or
@@ -110,7 +110,7 @@ class SequenceTracker:
             return self._select_indices((-1,) if positions == "last" else positions)
         if hi <= lo:
             return None
-        if self.window_has_pads():
+        if self.forward_has_pads():
             assert self.mask_BT is not None
             keep_BS = self.mask_BT[:, off : off + S].bool().clone()
             keep_BS[:, :lo] = False
