@@ -162,7 +162,7 @@ def block_call_info(layer_idx: int, args: tuple, kwargs: dict) -> tuple[int, int
             mask = v
         elif cache is None and hasattr(v, "get_seq_length"):
             cache = v
-    offset = None if cache is None else _cache_length(cache, layer_idx)
+    offset = None if cache is None else _cache_length(cache, layer_idx, S)
     if isinstance(mask, Tensor) and mask.ndim == 4:
         T = int(mask.shape[-1])
         offset = T - S if offset is None else offset  # not T - S: a window layer's T stops at the window
@@ -180,15 +180,28 @@ def block_call_info(layer_idx: int, args: tuple, kwargs: dict) -> tuple[int, int
     return B, S, offset, None, offset == 0
 
 
-def _cache_length(cache: Any, layer_idx: int) -> int:
-    """The positions an HF cache holds before this forward, read at the block's own layer (a
-    sliding window's counts every position it has seen); read at the cache's first attention layer
-    where the block's keeps no length (a hybrid's delta-net layer, Qwen3.5: HF raises ValueError)
-    or the cache counts one length for all (TypeError)."""
+def _cache_length(cache: Any, layer_idx: int, S: int) -> int:
+    """The positions an HF cache held before this forward of S positions, read at the block's own
+    layer (a sliding window's counts every position it has seen). A hybrid's delta-net layer
+    (Qwen3.5) keeps no length (HF raises ValueError), so another layer's is read: an attention
+    layer after this one, not reached by this forward yet, or else one before it, which this
+    forward has already extended by S (HF's own fallback, the first attention layer, may be either)."""
     try:
         return int(cache.get_seq_length(layer_idx))
-    except (TypeError, ValueError):
+    except TypeError:  # a cache that keeps one length for all its layers
         return int(cache.get_seq_length())
+    except ValueError:
+        pass
+    n = len(getattr(cache, "layers", ()))
+    for i in [*range(layer_idx + 1, n), *range(layer_idx - 1, -1, -1)]:
+        try:
+            length = int(cache.get_seq_length(i))
+        except ValueError:
+            continue
+        return length if i > layer_idx else length - S
+    raise SteeringError(f"steering: the model's cache gives no sequence length at layer {layer_idx} nor at any other "
+                        f"layer, so steered positions cannot be placed; steer without the KV cache "
+                        f"(use_past_kv_cache=False)")
 
 
 def check_attention(model: Any) -> None:

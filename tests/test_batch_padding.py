@@ -88,15 +88,16 @@ def _engine_alone(model, sae, ids, edits) -> list[int]:
 
 
 @pytest.mark.parametrize("family, hook", [(f, HOOK) for f in ("gpt2", "qwen2", "neox", "gemma2", "mistral")]
-                         + [("qwen3_5", "blocks.1.hook_resid_post")])
+                         + [("qwen3_5", "blocks.1.hook_resid_post"), ("qwen3_5", "blocks.3.hook_resid_post")])
 def test_steered_prompts_batched_equal_alone_and_the_engine(models, real_corpus, family, hook):
     """Prompts of 1 token to near the context (longer than the window: 16 tokens in Gemma-2, 64 in
     Mistral), steered (at a window layer there) with edits at indices, the prompt, the generated
     tokens and the last prompt token: each prompt's row of the session's batch equals the API's
     engine on that prompt alone (one row, no padding, its own reading of positions), and so does
     the session given that prompt alone (the 70-token one, padded in the batch). Qwen3.5 is steered
-    at its second delta-net layer, whose cache keeps no length (HF's get_seq_length(1) raised a
-    ValueError there: every steer() at such a layer failed)."""
+    at delta-net layers past the first, whose cache keeps no length (HF's get_seq_length(layer)
+    raised a ValueError: every steer() at such a layer failed), before and after its attention
+    layer (which this forward has already extended there)."""
     from steering import GenerationConfig, generate, steer
     from steering.generation import prompt_lengths
 
