@@ -151,7 +151,7 @@ def block_call_info(layer_idx: int, args: tuple, kwargs: dict) -> tuple[int, int
     B, S = int(x.shape[0]), int(x.shape[1])
     entry = kwargs.get("past_kv_cache_entry")
     mask = kwargs.get("attention_mask")
-    # HookedTransformer; or the 2-d mask HF gives a hybrid's delta-net layer (Qwen3.5) at the prefill only
+    # HookedTransformer; or the 2-d mask HF gives a hybrid's delta-net layer (Qwen3.5) at a prefill with pads
     if entry is not None or (mask is not None and getattr(mask, "ndim", 0) == 2):
         offset = int(entry.past_keys.size(1)) if entry is not None else 0
         return B, S, offset, mask, entry is None
