@@ -8,7 +8,8 @@ forward re-runs the whole sequence. Block hooks only see the activations, so a f
 pre-hook on the block reads what the block itself is given (`block_call_info`):
 - HookedTransformer blocks: the KV-cache entry (its length is the absolute position of the first
   query) and the attention mask over all T positions [B, T] (zeros mark pad tokens);
-- TransformerBridge blocks (HF modules): the HF cache's length (the offset) and the 4-d attention
+- TransformerBridge blocks (HF modules): the HF cache's length (the offset; `_cache_length` reads
+  another layer's at a hybrid's delta-net layer, which keeps none) and the 4-d attention
   mask [B, 1, S, T] of eager or SDPA attention (`check_attention` refuses flash and flex
   attention, which hand blocks other masks). A sliding-window layer's mask (Gemma-2/3, Mistral)
   hides keys beyond the window as well as pads, and past the window covers only the window
