@@ -8,7 +8,8 @@ forward re-runs the whole sequence. Block hooks only see the activations, so a f
 pre-hook on the block reads what the block itself is given (`block_call_info`):
 - HookedTransformer blocks: the KV-cache entry (its length is the absolute position of the first
   query) and the attention mask over all T positions [B, T] (zeros mark pad tokens);
-- TransformerBridge blocks (HF modules): the HF cache's length (the offset) and the 4-d attention
+- TransformerBridge blocks (HF modules): the HF cache's length (the offset; `_cache_length` reads
+  another layer's at a hybrid's delta-net layer, which keeps none) and the 4-d attention
   mask [B, 1, S, T] of eager or SDPA attention (`check_attention` refuses flash and flex
   attention, which hand blocks other masks). A sliding-window layer's mask (Gemma-2/3, Mistral)
   hides keys beyond the window as well as pads, and past the window covers only the window
@@ -44,7 +45,7 @@ class SequenceTracker:
     """Where the positions of the current forward sit in their sequence (one per block)."""
 
     __slots__ = ("forward_id", "B", "S", "offset", "prompt_len", "mask_BT", "explicit_prompt_len",
-                 "_uncached_run", "_cache", "_window_has_pads")
+                 "_uncached_run", "_cache", "_forward_has_pads")
 
     def __init__(self) -> None:
         self.forward_id = 0
@@ -53,7 +54,7 @@ class SequenceTracker:
         self.explicit_prompt_len: int | None = None
         self._uncached_run = False
         self._cache: dict[Any, Any] = {}
-        self._window_has_pads: bool | None = None
+        self._forward_has_pads: bool | None = None
 
     # called by the block's forward pre-hook -------------------------------------------------
     def observe(self, B: int, S: int, offset: int, attention_mask: Tensor | None, uncached: bool = True) -> None:
@@ -75,18 +76,18 @@ class SequenceTracker:
         self.B, self.S, self.offset = B, S, offset
         self.mask_BT = attention_mask
         self._cache = {}
-        self._window_has_pads = None
+        self._forward_has_pads = None
 
     # answers to hooks -----------------------------------------------------------------------
-    def window_has_pads(self) -> bool:
+    def forward_has_pads(self) -> bool:
         """Whether this forward's positions include pad tokens (only the sequence start can)."""
-        if self._window_has_pads is None:
+        if self._forward_has_pads is None:
             m = self.mask_BT
             if m is None or self.offset > 0:
-                self._window_has_pads = False
+                self._forward_has_pads = False
             else:
-                self._window_has_pads = not bool(m[:, : self.S].all())
-        return self._window_has_pads
+                self._forward_has_pads = not bool(m[:, : self.S].all())
+        return self._forward_has_pads
 
     def select(self, positions: Positions):
         """None (no position), FULL, a (lo, hi) slice of this forward's positions (every row), or
@@ -110,7 +111,7 @@ class SequenceTracker:
             return self._select_indices((-1,) if positions == "last" else positions)
         if hi <= lo:
             return None
-        if self.window_has_pads():
+        if self.forward_has_pads():
             assert self.mask_BT is not None
             keep_BS = self.mask_BT[:, off : off + S].bool().clone()
             keep_BS[:, :lo] = False
@@ -151,7 +152,8 @@ def block_call_info(layer_idx: int, args: tuple, kwargs: dict) -> tuple[int, int
     B, S = int(x.shape[0]), int(x.shape[1])
     entry = kwargs.get("past_kv_cache_entry")
     mask = kwargs.get("attention_mask")
-    if entry is not None or (mask is not None and getattr(mask, "ndim", 0) == 2):  # HookedTransformer
+    # HookedTransformer; or the 2-d mask HF gives a hybrid's delta-net layer (Qwen3.5) at a prefill with pads
+    if entry is not None or (mask is not None and getattr(mask, "ndim", 0) == 2):
         offset = int(entry.past_keys.size(1)) if entry is not None else 0
         return B, S, offset, mask, entry is None
     # HF block under TransformerBridge: the 4-d mask and the cache may come positionally
@@ -161,12 +163,7 @@ def block_call_info(layer_idx: int, args: tuple, kwargs: dict) -> tuple[int, int
             mask = v
         elif cache is None and hasattr(v, "get_seq_length"):
             cache = v
-    offset = None
-    if cache is not None:
-        try:
-            offset = int(cache.get_seq_length(layer_idx))
-        except TypeError:
-            offset = int(cache.get_seq_length())
+    offset = None if cache is None else _cache_length(cache, layer_idx, S)
     if isinstance(mask, Tensor) and mask.ndim == 4:
         T = int(mask.shape[-1])
         offset = T - S if offset is None else offset  # not T - S: a window layer's T stops at the window
@@ -182,6 +179,30 @@ def block_call_info(layer_idx: int, args: tuple, kwargs: dict) -> tuple[int, int
         return B, S, offset, keep_BT.to(torch.int64), offset == 0
     offset = offset or 0
     return B, S, offset, None, offset == 0
+
+
+def _cache_length(cache: Any, layer_idx: int, S: int) -> int:
+    """The positions an HF cache held before this forward of S positions, read at the block's own
+    layer (a sliding window's counts every position it has seen). A hybrid's delta-net layer
+    (Qwen3.5) keeps no length (HF raises ValueError), so another layer's is read: an attention
+    layer after this one, not reached by this forward yet, or else one before it, which this
+    forward has already extended by S (HF's own fallback, the first attention layer, may be either)."""
+    try:
+        return int(cache.get_seq_length(layer_idx))
+    except TypeError:  # a cache that keeps one length for all its layers
+        return int(cache.get_seq_length())
+    except ValueError:
+        pass
+    n = len(getattr(cache, "layers", ()))
+    for i in [*range(layer_idx + 1, n), *range(layer_idx - 1, -1, -1)]:
+        try:
+            length = int(cache.get_seq_length(i))
+        except ValueError:
+            continue
+        return length if i > layer_idx else length - S
+    raise SteeringError(f"steering: the model's cache gives no sequence length at layer {layer_idx} nor at any other "
+                        f"layer, so steered positions cannot be placed; steer without the KV cache "
+                        f"(use_past_kv_cache=False)")
 
 
 def check_attention(model: Any) -> None:

@@ -2,7 +2,7 @@
 architectures loaded as users load them (`saesteer.models.load_model`: a TransformerBridge):
 GPT-2 (absolute positions), Llama / Qwen2 (rotary), GPT-NeoX (parallel attention), Gemma-2
 (sliding window every other layer, soft-capping) and Mistral (a sliding window in every layer);
-the API's engine also on Qwen3.5 (a hybrid: a gated delta-net layer, whose cache keeps per-row states).
+and Qwen3.5 (a hybrid: gated delta-net layers, whose cache keeps per-row states and no length).
 Batching pads prompts of different lengths on the left, with an attention mask and position ids;
 padding must not shift a token's position, nor which tokens an edit lands on.
 
@@ -62,10 +62,10 @@ def models(checkpoints):
     return {fam: load_model(str(path), device="cpu") for fam, path in checkpoints.items()}
 
 
-def _sae(model, seed: int = 1):
+def _sae(model, seed: int = 1, hook: str = HOOK):
     from helpers.steering_fixtures import random_sae
 
-    return random_sae(model, "jumprelu", hook=HOOK, d_sae=64, seed=seed)
+    return random_sae(model, "jumprelu", hook=hook, d_sae=64, seed=seed)
 
 
 def _prompt_ids(model, text: str, lengths) -> list[list[int]]:
@@ -87,18 +87,22 @@ def _engine_alone(model, sae, ids, edits) -> list[int]:
     raise AssertionError("the row never finished")
 
 
-@pytest.mark.parametrize("family", ["gpt2", "qwen2", "neox", "gemma2", "mistral"])
-def test_steered_prompts_batched_equal_alone_and_the_engine(models, real_corpus, family):
+@pytest.mark.parametrize("family, hook", [(f, HOOK) for f in ("gpt2", "qwen2", "neox", "gemma2", "mistral")]
+                         + [("qwen3_5", "blocks.1.hook_resid_post"), ("qwen3_5", "blocks.3.hook_resid_post")])
+def test_steered_prompts_batched_equal_alone_and_the_engine(models, real_corpus, family, hook):
     """Prompts of 1 token to near the context (longer than the window: 16 tokens in Gemma-2, 64 in
     Mistral), steered (at a window layer there) with edits at indices, the prompt, the generated
     tokens and the last prompt token: each prompt's row of the session's batch equals the API's
     engine on that prompt alone (one row, no padding, its own reading of positions), and so does
-    the session given that prompt alone (the 70-token one, padded in the batch)."""
+    the session given that prompt alone (the 70-token one, padded in the batch). Qwen3.5 is steered
+    at delta-net layers past the first, whose cache keeps no length (HF's get_seq_length(layer)
+    raised a ValueError: every steer() at such a layer failed), before and after its attention
+    layer (which this forward has already extended there)."""
     from steering import GenerationConfig, generate, steer
     from steering.generation import prompt_lengths
 
     model = models[family]
-    sae = _sae(model)
+    sae = _sae(model, hook=hook)
     n_ctx = model.cfg.n_ctx
     ids = _prompt_ids(model, real_corpus.test_docs[0], [1, 4, 19, 70, n_ctx - N_NEW - 2])
     texts = [model.tokenizer.decode(i, skip_special_tokens=True) for i in ids]

@@ -66,7 +66,9 @@ def run_server(app: Any, sock: socket.socket, *, on_ready: Callable[[], None] = 
                 return
             before = signal.signal(hup, self.handle_exit)
             try:
-                with super().capture_signals():  # re-raises SIGINT / SIGTERM once the server has stopped
+                # re-raises the captured signals once the server has stopped: SIGINT / SIGTERM reach the CLI's
+                # handlers, SIGHUP only handle_exit again (a no-op), so it is raised again below
+                with super().capture_signals():
                     yield
             finally:
                 signal.signal(hup, before)

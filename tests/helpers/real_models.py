@@ -427,14 +427,18 @@ def save_arch_model(directory: Path, arch: str, tok) -> Path:
         "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", {}),
         "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(gqa, head_dim=16)),
         "stablelm": ("StableLmConfig", "StableLmForCausalLM", dict(gqa)),
-        # a hybrid: a gated delta-net layer (its cache keeps per-row states, no keys/values), then attention
+        # a hybrid: gated delta-net layers (their cache keeps per-row states, no keys/values) and attention,
+        # as Qwen3.5 stacks them: delta-net layers before and after an attention layer (HF's cache gives
+        # no length at a delta-net layer past the first)
         "qwen3_5": ("Qwen3_5TextConfig", "Qwen3_5ForCausalLM", dict(
-            gqa, head_dim=16, layer_types=["linear_attention", "full_attention"], linear_num_key_heads=2,
+            gqa, head_dim=16, num_hidden_layers=4,
+            layer_types=["linear_attention", "linear_attention", "full_attention", "linear_attention"],
+            linear_num_key_heads=2,
             linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16)),
     }
     cfg_name, model_name, extra = configs[arch]
     torch.manual_seed(0)
-    model = getattr(transformers, model_name)(getattr(transformers, cfg_name)(**common, **extra))
+    model = getattr(transformers, model_name)(getattr(transformers, cfg_name)(**{**common, **extra}))
     model.save_pretrained(directory, safe_serialization=True)
     tok.save_pretrained(directory)
     return directory
