@@ -141,6 +141,7 @@ def test_train_called_from_python_checkpoints_the_step_a_ctrl_c_came_in(tmp_path
         pytest.fail("the run did not stop")
     assert stopped.signum == signal.SIGINT and stopped.step == 3, stopped
     assert stopped.checkpoint is not None and stopped.checkpoint.name == "step_0000000003"
+    assert str(stopped) == f"training stopped at step 3 (768 tokens); checkpoint {stopped.checkpoint}"  # a notebook's line
     assert signal.getsignal(signal.SIGINT) is before
 
 

@@ -49,6 +49,14 @@ class RunStopped(KeyboardInterrupt):
         self.signum, self.step, self.tokens = signum, step, tokens
         self.checkpoint, self.checkpoint_step = checkpoint, checkpoint_step
 
+    def __str__(self) -> str:  # what a notebook shows (not the tuple of the arguments)
+        where = f"training stopped at step {self.step:,} ({self.tokens:,} tokens)"
+        if self.checkpoint is None:
+            return f"{where}; no checkpoint yet"
+        if self.checkpoint_step == self.step:
+            return f"{where}; checkpoint {self.checkpoint}"
+        return f"{where}; the newest checkpoint is {self.checkpoint} (step {self.checkpoint_step:,})"
+
 
 def train(
     config: RunConfig,
