@@ -54,7 +54,8 @@ def read_labelled_texts(path: str | Path, text_column: str = "text", label_colum
 
         text = read_text_file(p, "labelled text file")  # a BOM dropped, UTF-16 refused with the fix
         try:
-            rows = json.loads(text) if p.suffix == ".json" else [json.loads(line) for line in text.splitlines() if line.strip()]
+            # JSON Lines end lines at "\n" only: str.splitlines would also split a text at U+2028 or NEL
+            rows = json.loads(text) if p.suffix == ".json" else [json.loads(line) for line in text.split("\n") if line.strip()]
         except json.JSONDecodeError as e:
             raise ValueError(f"{p} is not valid JSON{' lines' if p.suffix != '.json' else ''} ({e})") from None
     if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):

@@ -10,7 +10,7 @@ overwrite=True, stays whole until the new one replaces it):
 1. The store file is created with its identity (SAE and cache fingerprints, build settings) and
    `build_state = 'building'`.
 2. The pass. Every `checkpoint_rows` rows the pass state (a few tensors per latent; see
-   `features.accumulate`) is saved atomically to `<store>.state.safetensors`. A killed build,
+   `features.accumulate`) is saved atomically to `<store>.building.state.safetensors`. A killed build,
    re-run with the same arguments, continues from the last checkpoint; since batches are fixed by
    the cache and all sampling is a hash of (seed, row, latent), the result is identical to an
    uninterrupted build. The end of the pass is checkpointed too.
@@ -19,7 +19,8 @@ overwrite=True, stays whole until the new one replaces it):
    `build_progress` row; a re-run skips written blocks. Finally `build_state = 'complete'`, the
    state file is deleted and the store renamed to its path.
 Re-running against a store built from another SAE, cache or settings is refused (overwrite=True
-starts over).
+builds the new one beside it; a stopped `<store>.building` of other inputs is discarded, one of these
+inputs resumed).
 
 One module over 450 lines on purpose: the phases above are one resumable sequence over one lock
 and one state file, and the block rows at the end are what phase 3 writes.

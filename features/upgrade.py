@@ -20,6 +20,7 @@ This module loads no model: the caller (the CLI) turns the recorded identity int
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +52,9 @@ def upgrade_store(path: str | Path, tokenizer_for: Callable[[Any], Any] | None =
     from features.store import FeatureStore, writer_lock
     from features.tokentext import LABEL_RULE
 
-    with writer_lock(path), FeatureStore.open(path, readonly=False) as store:  # opening it for writing renames version 1's columns
+    # a missing store is refused by open, with no folder or lock file made for it (a mistyped path)
+    lock = writer_lock(path) if Path(path).is_file() else contextlib.nullcontext()
+    with lock, FeatureStore.open(path, readonly=False) as store:  # opening it for writing renames version 1's columns
         store.share_windows(vacuum=True)  # version 2: each example window once, and the file shrunk
         version = store.schema_version
 

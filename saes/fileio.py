@@ -1,4 +1,5 @@
-"""File plumbing every package shares: atomic writes, durable appends, exclusive locks, listing.
+"""File plumbing every package shares: atomic writes, durable appends, exclusive locks (naming
+their holder), listing, names every OS takes, and users' text and JSON files read as UTF-8.
 
 Atomic writes: the bytes go to a temporary name in the same directory (`.<name>.XXXX.tmp`), are
 flushed and fsynced, then renamed over the target, then the directory is fsynced. A crash leaves
@@ -227,9 +228,9 @@ class FileLock:
     On a filesystem without flock (some NFS setups: ENOLCK), the file's record alone decides: a
     record of a live process, or of another host, is refused (naming the file to delete if that
     process is gone); one of a process gone from this host is stale and taken over (never on
-    Windows, where no process can be probed harmlessly: `_gone`). Reading the
-    record and writing one's own is done holding `<path>.claim` (created with O_EXCL, atomic on
-    NFS too), so two processes starting together cannot both find it empty and both take it.
+    Windows, where no process can be probed harmlessly: `_gone`). Reading the record and writing
+    one's own is done holding `<path>.claim` (created with O_EXCL, atomic on NFS too), so two
+    processes starting together cannot both find it empty and both take it.
     """
 
     def __init__(self, path: str | os.PathLike, busy: Callable[[str], BaseException]) -> None:

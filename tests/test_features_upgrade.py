@@ -156,3 +156,11 @@ def test_the_recorded_tokenizer_is_the_loaded_models_and_its_identity_is_checked
     r = saesteer("features", "upgrade", path).ok()
     assert "could not be loaded" in r.err and "Traceback" not in r.err, r.err
     assert _labels(path) == before
+
+
+def test_upgrade_of_a_mistyped_path_makes_no_folder_or_lock_file(tmp_path):
+    """A store that is not there is refused in one line naming it; nothing is made for it (the
+    writer lock made its folders and `<store>.lock` before the store was found missing)."""
+    r = saesteer("features", "upgrade", tmp_path / "typo" / "toy.db").no_traceback()
+    assert r.rc == 2 and "no feature store at" in r.err and len(r.err.strip().splitlines()) == 1, r.text
+    assert list(tmp_path.iterdir()) == []

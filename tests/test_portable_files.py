@@ -268,6 +268,20 @@ def test_a_probing_dataset_with_a_bom_or_in_utf16(tmp_path: Path, suffix: str) -
         read_labelled_texts(path)
 
 
+def test_a_labelled_jsonl_text_with_a_line_separator_is_read_whole(tmp_path: Path) -> None:
+    """JSON Lines end lines at "\n" only: a document holding U+2028 or NEL (scraped web text, which
+    json.dumps(ensure_ascii=False) writes as it is) is one row, not refused as invalid JSON."""
+    import json
+
+    from evals.probing import read_labelled_texts
+
+    rows = [{"text": "Première ligne\u2028deuxième ligne", "label": "fr"}, {"text": "ein\x85zwei", "label": "de"},
+            {"text": "def f():\r\n    return '東京'", "label": "code"}]
+    path = tmp_path / "probe.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    assert read_labelled_texts(path) == [(r["text"], r["label"]) for r in rows]
+
+
 def test_preset_and_scorecard_files_in_utf16_are_named_once(tmp_path: Path, capsys) -> None:
     from saesteer.commands._steering import CLIError
     from saesteer.commands.preset import _read_json

@@ -141,7 +141,28 @@ def test_train_called_from_python_checkpoints_the_step_a_ctrl_c_came_in(tmp_path
         pytest.fail("the run did not stop")
     assert stopped.signum == signal.SIGINT and stopped.step == 3, stopped
     assert stopped.checkpoint is not None and stopped.checkpoint.name == "step_0000000003"
+    assert str(stopped) == f"training stopped at step 3 (768 tokens); checkpoint {stopped.checkpoint}"  # a notebook's line
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_a_ctrl_c_while_the_data_runs_out_checkpoints_the_last_step(tmp_path: Path) -> None:
+    """A stop signal noted while the source is read for a batch it no longer has (the loop's last
+    read) stops the run with a checkpoint of its last step, as after any step; it raised `Stopped`
+    with no checkpoint of the steps since the last periodic one."""
+    from saesteer import stopsignals
+    from training.run import RunStopped, train
+
+    def five_steps_then_ctrl_c():
+        batches = iter(train_child.source())
+        for _ in range(2 + 5):  # the held-out rows (512 tokens), then 5 steps of the 8 asked for
+            yield next(batches)
+        os.kill(os.getpid(), signal.SIGINT)  # while the next batch is asked for
+
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        train(train_child.run_config(total_batches=8), five_steps_then_ctrl_c(), tmp_path / "run",
+              stop_signals=stopsignals.deferred)
+    assert isinstance(stopped.value, RunStopped), f"stopped without a checkpoint of its last step: {stopped.value!r}"
+    assert stopped.value.step == 5 and stopped.value.checkpoint.name == "step_0000000005", stopped.value
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP])

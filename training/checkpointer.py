@@ -49,9 +49,8 @@ class Checkpointer:
         total = trainer.config.train.total_tokens
         if crossed(self.cfg.every_tokens, tokens_before, trainer.tokens) and trainer.tokens < total:
             self.due = True
-        if self.due and not any(m.consecutive_nonfinite for m in trainer.members):
-            self.save(trainer)
-            self.last_step, self.due = trainer.step, False
+        if self.due:
+            self._save_if_finite(trainer)
 
     def save_final(self, trainer: Trainer) -> None:
         """The end of the run's checkpoint, unless its last step has one already (rank 0 decides)."""
@@ -62,11 +61,17 @@ class Checkpointer:
     def save_now(self, trainer: Trainer) -> Path | None:
         """A checkpoint of this step for a run that stops here (a collective), unless the step has
         one or an SAE is in a run of non-finite steps; returns the newest checkpoint's folder (rank 0)."""
-        if trainer.step != self.last_step and not any(m.consecutive_nonfinite for m in trainer.members):
-            self.save(trainer)
-            self.last_step, self.due = trainer.step, False
+        if trainer.step != self.last_step:
+            self._save_if_finite(trainer)
         newest = list_checkpoints(self.root) if self.coll.is_writer else []
         return newest[-1] if newest else None
+
+    def _save_if_finite(self, trainer: Trainer) -> None:
+        """A checkpoint of this step, unless an SAE is in a run of non-finite steps (a periodic one
+        then waits for the next good step)."""
+        if not any(m.consecutive_nonfinite for m in trainer.members):
+            self.save(trainer)
+            self.last_step, self.due = trainer.step, False
 
     def save(self, trainer: Trainer) -> Path | None:
         """Write a checkpoint of this step (a collective: every rank calls it); its folder on rank 0."""

@@ -49,6 +49,14 @@ class RunStopped(KeyboardInterrupt):
         self.signum, self.step, self.tokens = signum, step, tokens
         self.checkpoint, self.checkpoint_step = checkpoint, checkpoint_step
 
+    def __str__(self) -> str:  # what a notebook shows (not the tuple of the arguments)
+        where = f"training stopped at step {self.step:,} ({self.tokens:,} tokens)"
+        if self.checkpoint is None:
+            return f"{where}; no checkpoint yet"
+        if self.checkpoint_step == self.step:
+            return f"{where}; checkpoint {self.checkpoint}"
+        return f"{where}; the newest checkpoint is {self.checkpoint} (step {self.checkpoint_step:,})"
+
 
 def train(
     config: RunConfig,
@@ -149,14 +157,15 @@ def _loop(trainer: Trainer, batches: Iterator[Any], holdout_BD: Tensor, logger: 
           holdout_targets: Tensor | None = None, stop_requested: Callable[[], int | None] | None = None) -> str | None:
     """Step until `TrainConfig.total_tokens` or the end of the data; returns why the run
     stopped early (None: it did not). A stop signal (`stop_requested`) ends it after the step it
-    came in, with a checkpoint of that step (before the next batch is read: the data source's
-    position in the checkpoint is that of the step), by `RunStopped`."""
+    came in (or while the data ran out), with a checkpoint of that step (before the next batch is
+    read: the data source's position in the checkpoint is that of the step), by `RunStopped`."""
     cfg = trainer.config
     total = cfg.train.total_tokens
     step_log = StepLog(trainer, logger, checkpointer.root)
     while trainer.tokens < total:
         batch = next(batches, None)
         if not trainer.coll.all_true(batch is not None):  # data parallel: every rank stops together
+            _stop_if_requested(trainer, checkpointer, stop_requested)  # a signal noted while the data ran out
             stopped_early = f"the data ran out after {trainer.tokens:,} training tokens"
             logger.message(f"warning: {stopped_early} (asked for {total:,})")
             return stopped_early
@@ -171,8 +180,15 @@ def _loop(trainer: Trainer, batches: Iterator[Any], holdout_BD: Tensor, logger: 
         checkpointer.after_step(trainer, before)
         if on_step is not None:
             on_step(trainer)
-        if stop_requested is not None and not trainer.coll.all_true(stop_requested() is None):  # every rank stops
-            path = checkpointer.save_now(trainer)
-            raise RunStopped(stop_requested() or signal.SIGTERM, trainer.step, trainer.tokens, path,
-                             checkpointer.last_step)
+        _stop_if_requested(trainer, checkpointer, stop_requested)
     return None
+
+
+def _stop_if_requested(trainer: Trainer, checkpointer: Checkpointer,
+                       stop_requested: Callable[[], int | None] | None) -> None:
+    """Raise `RunStopped` with a checkpoint of this step when a stop signal was noted (on any rank:
+    every rank stops)."""
+    if stop_requested is not None and not trainer.coll.all_true(stop_requested() is None):
+        path = checkpointer.save_now(trainer)
+        raise RunStopped(stop_requested() or signal.SIGTERM, trainer.step, trainer.tokens, path,
+                         checkpointer.last_step)

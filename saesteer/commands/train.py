@@ -382,12 +382,7 @@ def _run_training(args, run_cfg, data_cfg, text_cfg, out, setup, init_source, te
 
 def _stopped_detail(e) -> str:
     """Where a run stopped by a signal (`training.run.RunStopped`) stands, and how it goes on."""
-    where = f"training stopped at step {e.step:,} ({e.tokens:,} tokens)"
-    if e.checkpoint is None:
-        return f"{where}; no checkpoint yet: the same command starts the run again"
-    kept = (f"checkpoint {e.checkpoint}" if e.checkpoint_step == e.step
-            else f"the newest checkpoint is {e.checkpoint} (step {e.checkpoint_step:,})")
-    return f"{where}; {kept}; run the same command to resume"
+    return f"{e}: the same command starts the run again" if e.checkpoint is None else f"{e}; run the same command to resume"
 
 
 def _early_init_check(run_cfg, out: str, init_source):
