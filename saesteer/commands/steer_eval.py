@@ -67,7 +67,9 @@ def add_arguments(parser) -> None:
                    help="no progress bars (over the contrast search's prompts and each sweep's strengths)")
     add_dataclass_arguments(parser, CompareConfig, title="methods")
     add_dataclass_arguments(parser, GenerationConfig, title="generation")
-    add_dataclass_arguments(parser, JudgeConfig, prefix="judge_", title="judge (with --concept)")
+    add_dataclass_arguments(parser, JudgeConfig, prefix="judge_", title="judge (with --concept)", helps={
+        "cache_path": "response cache file (default: <store>.judge-cache.sqlite beside --store, without --store "
+                      "<out>.judge-cache.sqlite beside --out; with neither, none)"})
     parser.set_defaults(max_new_tokens=32, stop_at_eos=False)
 
 
@@ -124,6 +126,8 @@ def _run(args, model=None) -> int:
     from steering.resolve import check_latent_index
 
     cfg, gen_cfg = _configs(args)
+    if args.out:  # before the judge's cache beside it creates a mistyped folder
+        _check_out_folder(args.out)
     positive, negative, cue = _concept_sets(args)
     prompts = read_prompts(args) or [""]
     prompts = [p for p in prompts for _ in range(args.samples)]
@@ -235,16 +239,24 @@ def _scorecard_record(card, args, model, sae) -> dict:
     return record
 
 
-def _write_scorecard(path: str, record: dict) -> None:
-    import json
+def _check_out_folder(path: str):
+    """--out as a Path; refused when its folder does not exist."""
     from pathlib import Path
 
-    from saes.fileio import atomic_write_bytes
     from saesteer.commands._steering import CLIError
 
     out = Path(path)
     if not out.parent.is_dir():
         raise CLIError(f"--out {out}: the folder {out.parent} does not exist")
+    return out
+
+
+def _write_scorecard(path: str, record: dict) -> None:
+    import json
+
+    from saes.fileio import atomic_write_bytes
+
+    out = _check_out_folder(path)
     atomic_write_bytes(out, (json.dumps(record, indent=2, allow_nan=False) + "\n").encode())
 
 
