@@ -180,3 +180,22 @@ def test_compare_methods_feeds_every_method_the_prompts_the_sae_was_trained_on()
     firsts = {method: int(gen.tokens[0, 0]) for method, gen in card.generations.items()}
     assert set(firsts) == {"unsteered", "SAE feature", "diff-of-means", "prompting"}
     assert bos not in firsts.values(), firsts
+
+
+def test_prompt_files_read_alike_in_steer_and_steer_eval(tmp_path):
+    """--prompts-file, --contrast and --positive / --negative: one reader, one rule. --positive stripped
+    a code line's indentation (tokens the contrast should see) and --prompts-file kept the invisible
+    spaces at a line's end; now every file keeps indentation and drops what ends a line."""
+    from saesteer.commands import steer_eval
+    from saesteer.commands._steering import read_prompt_file, read_prompts
+
+    code = tmp_path / "code.txt"
+    code.write_bytes("def café(x):\r\n    return x  \r\n\r\n\t# 東京\n".encode())
+    want = ["def café(x):", "    return x", "\t# 東京"]
+    sae = str(tmp_path / "sae")
+    steer = build_parser().parse_args(["steer", "--sae", sae, "-l", "1:add=2", "--prompts-file", str(code)])
+    evaluate = build_parser().parse_args(["steer-eval", "--sae", sae, "--concept", "code", "--positive", str(code),
+                                          "--negative", str(code), "--prompts-file", str(code)])
+    assert read_prompts(steer) == want and read_prompts(evaluate) == want
+    assert steer_eval._concept_sets(evaluate)[:2] == (want, want)
+    assert read_prompt_file(str(code), "--contrast") == want

@@ -51,8 +51,8 @@ def add_arguments(parser) -> None:
     c.add_argument("--concept", default=None, help="concept for the LLM judge (e.g. 'the ocean'); its answers are "
                    "kept for re-runs in <store>.judge-cache.sqlite, without --store in <out>.judge-cache.sqlite (with neither, "
                    "not kept)")
-    c.add_argument("--positive", default=None, metavar="FILE", help="prompts that show the concept, one per line")
-    c.add_argument("--negative", default=None, metavar="FILE", help="neutral prompts, one per line")
+    c.add_argument("--positive", default=None, metavar="FILE", help="prompts that show the concept, one per line (as --prompts-file)")
+    c.add_argument("--negative", default=None, metavar="FILE", help="neutral prompts, one per line (as --prompts-file)")
     c.add_argument("--cue", default=None, help="text written before each prompt for the prompting baseline")
     add_latent_argument(c, help="SAE latent(s) to steer with (default: found by contrast), repeatable: an index, or as "
                                 "Neuronpedia names it (gpt2-small/6-res-jb/17 or its address: of the --sae, which may "
@@ -95,24 +95,13 @@ def toy_concept(topic: str, n_docs: int) -> tuple[list[str], list[str], str]:
 
 
 def _lines(path: str | None, flag: str) -> list[str] | None:
-    from pathlib import Path
-
-    from saesteer.commands._steering import CLIError
+    from saesteer.commands._steering import CLIError, read_prompt_file
 
     if path is None:
         return None
-    p = Path(path)
-    if not p.is_file():
-        raise CLIError(f"{flag} {p}: no such file")
-    from saes.fileio import read_text_file
-
-    try:
-        text = read_text_file(p, flag)
-    except ValueError as e:
-        raise CLIError(str(e)) from None
-    lines = [x.strip() for x in text.splitlines() if x.strip()]
+    lines = read_prompt_file(path, flag)
     if not lines:
-        raise CLIError(f"{flag} {p} holds no prompts")
+        raise CLIError(f"{flag} {path} holds no prompts")
     return lines
 
 
