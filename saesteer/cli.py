@@ -77,7 +77,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _debug_asked(argv: list[str] | None) -> bool:
-    return "--debug" in (sys.argv[1:] if argv is None else argv) or os.environ.get("SAESTEER_DEBUG", "") not in ("", "0")
+    return "--debug" in (sys.argv[1:] if argv is None else argv) or _debug_env_set()
+
+
+def _debug_env_set() -> bool:
+    """SAESTEER_DEBUG set (to anything but 0): tracebacks as with --debug."""
+    return os.environ.get("SAESTEER_DEBUG", "") not in ("", "0")
 
 
 def _main(argv: list[str] | None) -> int:
@@ -90,7 +95,7 @@ def _main(argv: list[str] | None) -> int:
     from saesteer.librarybars import library_bars
     from saesteer.stopsignals import Stopped
 
-    debug = args.debug or _debug_asked([])
+    debug = args.debug or _debug_env_set()
     # --no-progress (train: also the old `--progress false`) quiets the libraries' bars too
     quiet = getattr(args, "no_progress", False) or getattr(args, "progress", None) is False
     _expand_home(args)

@@ -108,10 +108,12 @@ def add_dataclass_arguments(
     prefix: str = "",
     title: str | None = None,
     skip: tuple[str, ...] = (),
+    helps: dict[str, str] | None = None,
 ):
     """Add one `--flag` per field of dataclass `cls` (defaults stay unset, so a config
-    file can fill them; `dataclass_from_args` applies the dataclass defaults). Returns the
-    argument group (for a skipped field added by hand)."""
+    file can fill them; `dataclass_from_args` applies the dataclass defaults). `helps`: a field's
+    help as this command words it, its default included (a default that depends on other flags).
+    Returns the argument group (for a skipped field added by hand)."""
     hints = typing.get_type_hints(cls)
     group = parser.add_argument_group(title or (cls.__doc__ or cls.__name__).strip().split("\n")[0])
     for f in dataclasses.fields(cls):
@@ -128,6 +130,7 @@ def add_dataclass_arguments(
                 help_text = f"{help_text} (default: {shown})" if help_text else f"(default: {shown})"
         else:
             help_text = f"{help_text} (required)"
+        help_text = (helps or {}).get(f.name, help_text)
         action = group.add_argument(
             _flag(prefix, f.name),
             dest=_dest(prefix, f.name),

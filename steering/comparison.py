@@ -15,7 +15,7 @@ from typing import Any
 
 from saes.hookpoints import opt_in_hooks
 from steering.config import GenerationConfig
-from steering.generation import Generation, generate, with_sae_bos
+from steering.generation import Generation, check_prompts_fit, generate, with_sae_bos
 from steering.inputs import Model, SAEs, TypicalMaxArg
 from steering.session import steer
 from steering.spec import Edit, SteerLimits
@@ -55,6 +55,7 @@ def compare(
     config = with_sae_bos(dataclasses.replace(config or GenerationConfig(), **overrides), saes)
     n_prompts = 1 if isinstance(prompts, str) else len(prompts)
     per_pass = config.max_new_tokens * n_prompts
+    check_prompts_fit(model, prompts, config)  # a refusal before the bar, not after it shows 0/N
     with tqdm(total=2 * per_pass, desc="generating steered", unit="tok", disable=not progress) as bar:
         with steer(model, saes, edits, typical_max=typical_max, limits=limits,
                    allow_model_mismatch=allow_model_mismatch) as s:

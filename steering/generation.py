@@ -124,6 +124,28 @@ def check_positions_reachable(edits: Sequence[PositionedEdit], lengths: list[int
                 f"they are left unedited"), stacklevel=3)
 
 
+def check_prompts_fit(model: Model, prompts: str | Sequence[str], config: GenerationConfig) -> Tensor:
+    """The prompts' left-padded tokens; refuses an empty prompt with no token to start from and
+    prompts + `config.max_new_tokens` longer than the model's context. `generate` checks so; a
+    caller that shows a bar first (`steering.comparison.compare`) checks before it starts."""
+    prompts = _as_prompts(prompts)
+    tokens_BP = _tokenize(model, prompts, config.prepend_bos)
+    P = int(tokens_BP.shape[1])
+    if "" in prompts and int(_tokenize(model, [""], config.prepend_bos).shape[1]) == 0:
+        raise SteeringError("an empty prompt leaves the model no token to start from (no BOS is prepended and its "
+                            "tokenizer has no BOS token); give a prompt", field="prompts")
+    n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
+    if n_ctx is not None and P + config.max_new_tokens > n_ctx:
+        longest = "the prompt" if len(prompts) == 1 else "the longest prompt"
+        fix = (f"ask for at most {n_ctx - P} new tokens or shorten {longest}" if P < n_ctx else
+               f"shorten {longest} to at most {n_ctx - config.max_new_tokens} tokens")
+        raise SteeringError(
+            f"{longest} ({P} tokens) + max_new_tokens ({config.max_new_tokens}) = {P + config.max_new_tokens} "
+            f"tokens exceeds the model's context of {n_ctx}; {fix}", field="max_new_tokens"
+        )
+    return tokens_BP
+
+
 def stop_token_ids(model: Model) -> tuple[int, ...]:
     """The tokens that end a generated text, as transformers' `generate` and vLLM end it: the
     tokenizer's eos and every id of the checkpoint's generation_config.json `eos_token_id` (an id or
@@ -159,20 +181,8 @@ def generate(
     `steering.engine`, seeds each row)."""
     config = dataclasses.replace(config or GenerationConfig(), **overrides)
     prompts = _as_prompts(prompts)
-    tokens_BP = _tokenize(model, prompts, config.prepend_bos)
+    tokens_BP = check_prompts_fit(model, prompts, config)
     P = int(tokens_BP.shape[1])
-    if "" in prompts and int(_tokenize(model, [""], config.prepend_bos).shape[1]) == 0:
-        raise SteeringError("an empty prompt leaves the model no token to start from (no BOS is prepended and its "
-                            "tokenizer has no BOS token); give a prompt", field="prompts")
-    n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
-    if n_ctx is not None and P + config.max_new_tokens > n_ctx:
-        longest = "the prompt" if len(prompts) == 1 else "the longest prompt"
-        fix = (f"ask for at most {n_ctx - P} new tokens or shorten {longest}" if P < n_ctx else
-               f"shorten {longest} to at most {n_ctx - config.max_new_tokens} tokens")
-        raise SteeringError(
-            f"{longest} ({P} tokens) + max_new_tokens ({config.max_new_tokens}) = {P + config.max_new_tokens} "
-            f"tokens exceeds the model's context of {n_ctx}; {fix}", field="max_new_tokens"
-        )
     if session is not None:
         check_positions_reachable(session.edits, prompt_lengths(model, prompts, config.prepend_bos),
                                   config.max_new_tokens)

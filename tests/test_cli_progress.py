@@ -403,3 +403,16 @@ with library_bars(enabled=False):
 print(left, inside, hub.are_progress_bars_disabled())
 """
     assert _python(code) == "(None, []) True False"
+
+
+def test_steer_refuses_a_prompt_over_the_context_before_its_bar_starts(tiny, capsys):
+    """A prompt + --max-new-tokens over the model's context (64) was refused after the bar had shown
+    "generating steered: 0/..." on stderr; the one-line refusal comes alone."""
+    from saesteer.commands import steer
+    from steering.spec import SteeringError
+
+    args = build_parser().parse_args(["steer", "--sae", str(tiny.path.parent / "sae"), "-l", "3:clamp=9",
+                                      "-p", "the sea and the ship", "--max-new-tokens", "62"])
+    with pytest.raises(SteeringError, match=r"\+ max_new_tokens \(62\) = 68 tokens exceeds the model's context of 64"):
+        steer._run(args, model=tiny.model)
+    assert "generating" not in capsys.readouterr().err

@@ -212,6 +212,29 @@ def test_train_eval_dataset_and_refused_overlap(cache, data, model_dir, tmp_path
     assert code == 2 and "no such file" in capsys.readouterr().err
 
 
+def test_train_with_a_cache_refuses_another_dataset_or_split_and_takes_the_cached_one(cache, data, model_dir, tmp_path,
+                                                                                        capsys, monkeypatch):
+    """The cache decides the text: --dataset / --split other than it records did nothing, silently.
+    Refused naming both; the cache's own, named from elsewhere (relative to another folder, the split's
+    file itself), trains."""
+    other = _write(tmp_path / "notes" / "train.jsonl", _rows("notes", 30))
+    for flags, said in [(["--split", "validation"], "--split validation (the cache's: train)"),
+                        (["--dataset", str(other)], f"--dataset {other} (the cache's: {data})"),
+                        (["--dataset", str(data / "validation.jsonl")], "the cache's: "),
+                        (["--dataset", "toy", "--split", "train"], "--dataset toy (the cache's")]:
+        out = tmp_path / "refused"
+        assert main(["train", "--cache", str(cache), "--model", str(model_dir), "--out", str(out), *TRAIN, *flags]) == 2
+        err = capsys.readouterr().err
+        assert said in err and "leave it out" in err and "--split train" not in err, (flags, err)
+        assert not (out / "metrics.json").exists()
+    monkeypatch.chdir(data.parent)
+    for name in ["corpus", "corpus/train.jsonl"]:
+        out = tmp_path / f"run-{name.replace('/', '-')}"
+        assert main(["train", "--cache", str(cache), "--model", str(model_dir), "--out", str(out), *TRAIN,
+                     "--dataset", name, "--split", "train"]) == 0, capsys.readouterr().err
+        assert json.loads((out / "metrics.json").read_text())["data"]["dataset_split"] == "train"
+
+
 def test_train_without_a_cache_reads_the_split_asked_for(data, model_dir, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--model", str(model_dir), "--dataset", f"train={data / 'validation.jsonl'},"

@@ -105,6 +105,32 @@ def test_steer_eval_errors(tmp_path, capsys, argv, fragment):
     assert fragment in capsys.readouterr().err
 
 
+def test_steer_eval_refuses_a_mistyped_out_folder_before_the_judge_cache_creates_it(tmp_path, capsys):
+    """--out TYPO/card.json with --concept: the judge's cache (TYPO/card.json.judge-cache.sqlite) made
+    the folder, so "does not exist" never fired and the run went on to write there; now the folder is
+    checked first (here before the SAE, which does not exist, is even read)."""
+    from saesteer.cli import main
+
+    typo = tmp_path / "rsults"
+    rc = main(["steer-eval", "--sae", str(tmp_path / "no-sae"), "--latent", "3", "--concept", "the ocean",
+               "--judge-model", "m", "--judge-base-url", "http://127.0.0.1:9/v1", "--out", str(typo / "card.json")])
+    assert rc == 2 and f"the folder {typo} does not exist" in capsys.readouterr().err
+    assert not typo.exists()
+
+
+@pytest.mark.parametrize("command, beside_out", [("steer-eval", "<out>.judge-cache.sqlite"),
+                                                  ("sweep", "<out>/judge-cache.sqlite")])
+def test_judge_cache_path_help_says_the_default_without_a_store(command, beside_out):
+    """--judge-cache-path's help named only <store>.judge-cache.sqlite; without --store the answers are
+    kept beside --out (`sweep._judge_cache_path`)."""
+    import re
+
+    (sub,) = [a for a in build_parser()._subparsers._group_actions[0].choices[command]._actions
+              if "--judge-cache-path" in a.option_strings]
+    assert beside_out in sub.help and "<store>.judge-cache.sqlite" in sub.help, sub.help
+    assert not re.search(r"\(default: None\)", sub.help), sub.help
+
+
 def test_steer_eval_with_a_judge_that_gives_no_usable_rating_writes_nothing(tmp_path, monkeypatch):
     """A judge that never answers with a 0-2 rating would score every method 0 (AxBench's rule for
     an unusable answer): the scorecard is refused instead, naming the judge flags."""
@@ -154,3 +180,22 @@ def test_compare_methods_feeds_every_method_the_prompts_the_sae_was_trained_on()
     firsts = {method: int(gen.tokens[0, 0]) for method, gen in card.generations.items()}
     assert set(firsts) == {"unsteered", "SAE feature", "diff-of-means", "prompting"}
     assert bos not in firsts.values(), firsts
+
+
+def test_prompt_files_read_alike_in_steer_and_steer_eval(tmp_path):
+    """--prompts-file, --contrast and --positive / --negative: one reader, one rule. --positive stripped
+    a code line's indentation (tokens the contrast should see) and --prompts-file kept the invisible
+    spaces at a line's end; now every file keeps indentation and drops what ends a line."""
+    from saesteer.commands import steer_eval
+    from saesteer.commands._steering import read_prompt_file, read_prompts
+
+    code = tmp_path / "code.txt"
+    code.write_bytes("def café(x):\r\n    return x  \r\n\r\n\t# 東京\n".encode())
+    want = ["def café(x):", "    return x", "\t# 東京"]
+    sae = str(tmp_path / "sae")
+    steer = build_parser().parse_args(["steer", "--sae", sae, "-l", "1:add=2", "--prompts-file", str(code)])
+    evaluate = build_parser().parse_args(["steer-eval", "--sae", sae, "--concept", "code", "--positive", str(code),
+                                          "--negative", str(code), "--prompts-file", str(code)])
+    assert read_prompts(steer) == want and read_prompts(evaluate) == want
+    assert steer_eval._concept_sets(evaluate)[:2] == (want, want)
+    assert read_prompt_file(str(code), "--contrast") == want

@@ -519,10 +519,10 @@ def test_judge_prompts_show_bpe_text_readably_and_bad_answers_say_what_went_wron
 
 def test_contrast_prompts_keep_their_indentation(user, tmp_path):
     """Lines of a contrast file were stripped, so '    return x' lost its indentation tokens."""
-    from saesteer.commands.steer import _lines
+    from saesteer.commands._steering import read_prompt_file
 
     (tmp_path / "code.txt").write_bytes(b"def f(x):\r\n    return x\r\n\r\n\tpass  \r\n")
-    assert _lines(str(tmp_path / "code.txt")) == ["def f(x):", "    return x", "\tpass"]
+    assert read_prompt_file(str(tmp_path / "code.txt"), "--contrast") == ["def f(x):", "    return x", "\tpass"]
     (tmp_path / "prose.txt").write_text("The caf\u00e9 is open.\nWe walked.\n", encoding="utf-8")
     r = saesteer("steer", "--sae", user / "run/saes/sae", "--store", user / "chat.db", "--contrast",
                  tmp_path / "code.txt", tmp_path / "prose.txt", "--top", 3, "--json").ok()

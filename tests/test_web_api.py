@@ -413,3 +413,40 @@ def test_a_search_for_a_digit_int_refuses_is_a_page_not_a_500(c, q):
     """str.isdigit accepts superscripts and other scripts' digits; int() does not take them all."""
     r = c.get("/s/tiny/search", params={"q": q}, headers={"accept": "text/html"})
     assert r.status_code == 200, r.text[:300]
+
+
+def test_a_store_labelled_and_scored_after_start_shows_its_scores_without_a_restart(ws, tmp_path):
+    """`saesteer label` writing into a served store: has_labels and the score method (only fuzzing
+    scores here) are read per request, by a row each, not the whole store summary; the score method
+    was fixed at start ('detection' for a store with no scores), so the score column stayed empty."""
+    import shutil
+    import sqlite3
+
+    from features import FeatureStore, LabelProvenance
+    from saesteer.web import Limits, ServeConfig, StoreEntry, create_app
+    from saesteer.web.store_source import StoreCatalog
+
+    path = tmp_path / "unlabelled.db"
+    shutil.copy(ws.path, path)
+    with sqlite3.connect(path) as db:  # the store as `features build` leaves it: no labels, no scores
+        db.execute("DELETE FROM scores")
+        db.execute("DELETE FROM labels")
+    catalog = StoreCatalog(FeatureStore.open(path), name="fresh")
+    app = create_app([StoreEntry("fresh", catalog)], config=ServeConfig(port=8000), limits=Limits())
+    statements: list[str] = []
+    catalog.store._conn.set_trace_callback(statements.append)  # what one request asks the store
+    with client(app) as c:
+        before = c.get("/api/stores/fresh").json()
+        assert before["has_labels"] is False and before["score_method"] == "detection"
+        asked = [s for s in statements if s.startswith("SELECT")]
+        assert len(asked) <= 3 and "COUNT" not in " ".join(asked), asked  # labels, then each score method
+        latent = next(iter(ws.labels))
+        with FeatureStore.open(path, readonly=False) as writer:  # another connection, as another process
+            prov = LabelProvenance(judge_model="judge", judge_kind="human", prompt_version="t")
+            lid = writer.write_label(latent, "waves and tides", provenance=prov)
+            writer.write_scores(latent, {"fuzzing": 0.75}, provenance=prov, label_id=lid)
+        after = c.get("/api/stores/fresh").json()
+        assert after["has_labels"] is True and after["score_method"] == "fuzzing", after
+        page = c.get("/api/stores/fresh/features", params={"sort": "score", "desc": "true", "limit": 1}).json()
+        assert [(f["latent"], f["score"]) for f in page["items"]] == [(latent, 0.75)], page
+        assert "fuzzing ≥" in c.get("/s/fresh").text

@@ -156,6 +156,19 @@ class StoreReads(StoreBase):
             self._check_written(c, i)
             return current_label(c, i)
 
+    def has_labels(self) -> bool:
+        """Whether any latent has a label: one row read (the web app asks on every request)."""
+        with self._read() as c:
+            return c.execute("SELECT 1 FROM labels LIMIT 1").fetchone() is not None
+
+    def first_scored_method(self, methods: Iterable[str]) -> str | None:
+        """The first of `methods` that any score is of (None: none is): a row each at most."""
+        with self._read() as c:
+            for m in methods:
+                if c.execute("SELECT 1 FROM scores WHERE method = ? LIMIT 1", (m,)).fetchone() is not None:
+                    return m
+        return None
+
     def label_score_methods(self, label_ids: Iterable[int]) -> dict[int, set[str]]:
         """Label id -> the score methods that have rows tied to that label."""
         ids = [int(i) for i in label_ids]

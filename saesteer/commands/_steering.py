@@ -57,7 +57,7 @@ def add_common_arguments(parser, *, prompts_help: str, several_stores: bool = Fa
                        help="feature store of the SAE: typical max activations for 'x' strengths, label search")
     p = parser.add_argument_group("prompts")
     p.add_argument("--prompt", "-p", action="append", default=[], help=prompts_help)
-    p.add_argument("--prompts-file", default=None, metavar="FILE", help="more prompts, one per line")
+    p.add_argument("--prompts-file", default=None, metavar="FILE", help="more prompts, one per non-blank line (indentation kept, spaces at its end dropped)")
 
 
 class OneStore(argparse.Action):
@@ -257,19 +257,24 @@ def _refuse_unrecorded(where: str, loaded: dict[str, LoadedSAE]) -> None:
 
 
 def read_prompts(args) -> list[str]:
-    prompts = list(args.prompt)
-    if args.prompts_file:
-        path = Path(args.prompts_file)
-        if not path.is_file():
-            raise CLIError(f"prompts file not found: {path}")
-        from saes.fileio import read_text_file
+    """--prompt's prompts, then --prompts-file's (`read_prompt_file`)."""
+    return list(args.prompt) + (read_prompt_file(args.prompts_file, "--prompts-file") if args.prompts_file else [])
 
-        try:
-            text = read_text_file(path, "prompts file")
-        except ValueError as e:
-            raise CLIError(str(e)) from None
-        prompts += [line.rstrip("\n") for line in text.splitlines() if line.strip()]
-    return prompts
+
+def read_prompt_file(path: str, flag: str) -> list[str]:
+    """The prompts of the file `flag` names (--prompts-file, --contrast, --positive / --negative): one per
+    non-blank line, its indentation kept (a code line's indentation is part of its tokens), the
+    whitespace at its end dropped (invisible in an editor, and a CRLF file's \r), UTF-8."""
+    from saes.fileio import read_text_file
+
+    p = Path(path)
+    if not p.is_file():
+        raise CLIError(f"{flag} {p}: no such file")
+    try:
+        text = read_text_file(p, flag)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    return [line.rstrip() for line in text.splitlines() if line.strip()]
 
 
 def open_store(path: str | None, saes: dict[str, Any], writable: bool = False):

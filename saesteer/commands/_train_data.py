@@ -63,14 +63,35 @@ def check_cached_text(cache, man, text_cfg, text_given: Mapping[str, str] | None
     from training.sources import TEXT_READING, text_config_from_manifest
 
     cached = text_config_from_manifest(man)
+    recorded = man.settings.get("dataset") or {}
+    was = {"dataset": recorded.get("name") or "toy", "split": recorded.get("split") or "train"}
     wrong = [k for k in TEXT_READING if k in (text_given or ()) and not _reads_as_cached(k, getattr(text_cfg, k),
                                                                                            cached, man.settings)]
+    wrong = [k for k in ("dataset", "split") if k in (text_given or ()) and getattr(text_cfg, k) != was[k]
+             and not (k == "dataset" and _names_cached_files(text_cfg.dataset, recorded))] + wrong
     if wrong:
-        said = ", ".join(f"{text_given[k]} {getattr(text_cfg, k)} (the cache's: {getattr(cached, k)})"
+        said = ", ".join(f"{text_given[k]} {getattr(text_cfg, k)} (the cache's: {was.get(k, getattr(cached, k))})"
                          for k in wrong)
         raise ValueError(f"{said}: the cache {cache} holds text read with its own settings, which --cache trains on "
                          f"as they are; leave {'it' if len(wrong) == 1 else 'them'} out, or cache the text again with "
                          f"{'it' if len(wrong) == 1 else 'them'}")
+
+
+def _names_cached_files(dataset: str, recorded: dict) -> bool:
+    """Whether the local `dataset` named otherwise than the cache recorded it (from another folder,
+    by an absolute path, moved) holds the files the cache read: the same names below their folder
+    and sizes in the cache's split, as a resume compares them (`training.text.dataset_spec`). A hub
+    id is the cache's only as the same id."""
+    from training.splits import looks_local
+    from training.text import TextConfig, dataset_spec
+
+    if dataset == "toy" or not looks_local(dataset) or "files" not in recorded:
+        return False
+    try:
+        files = dataset_spec(TextConfig(dataset=dataset, split=recorded.get("split") or "train"))["files"]
+    except (OSError, ValueError):  # not there, or no such split: not the cache's text
+        return False
+    return files == recorded["files"]
 
 
 def _reads_as_cached(key: str, given, cached, settings: dict) -> bool:

@@ -91,27 +91,9 @@ def run(args) -> int:
         return print_error(e, args)
 
 
-def _lines(path: str) -> list[str]:
-    from pathlib import Path
-
-    from saesteer.commands._steering import CLIError
-
-    p = Path(path)
-    if not p.is_file():
-        raise CLIError(f"file not found: {p}")
-    # one prompt per non-blank line, as written: a code line's indentation is part of its tokens
-    from saes.fileio import read_text_file
-
-    try:
-        text = read_text_file(p, "prompts file")
-    except ValueError as e:
-        raise CLIError(str(e)) from None
-    return [line.rstrip() for line in text.splitlines() if line.strip()]
-
-
 def _run(args, model=None) -> int:
-    from saesteer.commands._steering import (latent_owners, load_model, load_saes, open_stores, read_prompts,
-                                             sae_from_latents, store_hook, typical_max_provider)
+    from saesteer.commands._steering import (latent_owners, load_model, load_saes, open_stores, read_prompt_file,
+                                             read_prompts, sae_from_latents, store_hook, typical_max_provider)
     from saes.hookpoints import model_device
     from saesteer.configargs import dataclass_from_args
     from steering.config import GenerationConfig
@@ -149,7 +131,8 @@ def _run(args, model=None) -> int:
             found = _print_search(link, args.search, args.top, args.json, rows_only=True)
             edits += _found_edits(found, link, args)
         elif args.contrast is not None:
-            found = _print_contrast(model, saes, _lines(args.contrast[0]), _lines(args.contrast[1]), args.top, args.json,
+            found = _print_contrast(model, saes, read_prompt_file(args.contrast[0], "--contrast"),
+                                    read_prompt_file(args.contrast[1], "--contrast"), args.top, args.json,
                                     link, args.allow_model_mismatch, rows_only=args.generate,
                                     progress=not args.no_progress)
             if not args.generate:

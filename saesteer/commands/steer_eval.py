@@ -51,8 +51,8 @@ def add_arguments(parser) -> None:
     c.add_argument("--concept", default=None, help="concept for the LLM judge (e.g. 'the ocean'); its answers are "
                    "kept for re-runs in <store>.judge-cache.sqlite, without --store in <out>.judge-cache.sqlite (with neither, "
                    "not kept)")
-    c.add_argument("--positive", default=None, metavar="FILE", help="prompts that show the concept, one per line")
-    c.add_argument("--negative", default=None, metavar="FILE", help="neutral prompts, one per line")
+    c.add_argument("--positive", default=None, metavar="FILE", help="prompts that show the concept, one per line (as --prompts-file)")
+    c.add_argument("--negative", default=None, metavar="FILE", help="neutral prompts, one per line (as --prompts-file)")
     c.add_argument("--cue", default=None, help="text written before each prompt for the prompting baseline")
     add_latent_argument(c, help="SAE latent(s) to steer with (default: found by contrast), repeatable: an index, or as "
                                 "Neuronpedia names it (gpt2-small/6-res-jb/17 or its address: of the --sae, which may "
@@ -67,7 +67,9 @@ def add_arguments(parser) -> None:
                    help="no progress bars (over the contrast search's prompts and each sweep's strengths)")
     add_dataclass_arguments(parser, CompareConfig, title="methods")
     add_dataclass_arguments(parser, GenerationConfig, title="generation")
-    add_dataclass_arguments(parser, JudgeConfig, prefix="judge_", title="judge (with --concept)")
+    add_dataclass_arguments(parser, JudgeConfig, prefix="judge_", title="judge (with --concept)", helps={
+        "cache_path": "response cache file (default: <store>.judge-cache.sqlite beside --store, without --store "
+                      "<out>.judge-cache.sqlite beside --out; with neither, none)"})
     parser.set_defaults(max_new_tokens=32, stop_at_eos=False)
 
 
@@ -93,24 +95,13 @@ def toy_concept(topic: str, n_docs: int) -> tuple[list[str], list[str], str]:
 
 
 def _lines(path: str | None, flag: str) -> list[str] | None:
-    from pathlib import Path
-
-    from saesteer.commands._steering import CLIError
+    from saesteer.commands._steering import CLIError, read_prompt_file
 
     if path is None:
         return None
-    p = Path(path)
-    if not p.is_file():
-        raise CLIError(f"{flag} {p}: no such file")
-    from saes.fileio import read_text_file
-
-    try:
-        text = read_text_file(p, flag)
-    except ValueError as e:
-        raise CLIError(str(e)) from None
-    lines = [x.strip() for x in text.splitlines() if x.strip()]
+    lines = read_prompt_file(path, flag)
     if not lines:
-        raise CLIError(f"{flag} {p} holds no prompts")
+        raise CLIError(f"{flag} {path} holds no prompts")
     return lines
 
 
@@ -124,6 +115,8 @@ def _run(args, model=None) -> int:
     from steering.resolve import check_latent_index
 
     cfg, gen_cfg = _configs(args)
+    if args.out:  # before the judge's cache beside it creates a mistyped folder
+        _check_out_folder(args.out)
     positive, negative, cue = _concept_sets(args)
     prompts = read_prompts(args) or [""]
     prompts = [p for p in prompts for _ in range(args.samples)]
@@ -235,16 +228,24 @@ def _scorecard_record(card, args, model, sae) -> dict:
     return record
 
 
-def _write_scorecard(path: str, record: dict) -> None:
-    import json
+def _check_out_folder(path: str):
+    """--out as a Path; refused when its folder does not exist."""
     from pathlib import Path
 
-    from saes.fileio import atomic_write_bytes
     from saesteer.commands._steering import CLIError
 
     out = Path(path)
     if not out.parent.is_dir():
         raise CLIError(f"--out {out}: the folder {out.parent} does not exist")
+    return out
+
+
+def _write_scorecard(path: str, record: dict) -> None:
+    import json
+
+    from saes.fileio import atomic_write_bytes
+
+    out = _check_out_folder(path)
     atomic_write_bytes(out, (json.dumps(record, indent=2, allow_nan=False) + "\n").encode())
 
 

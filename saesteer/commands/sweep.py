@@ -72,7 +72,9 @@ def add_arguments(parser) -> None:
     add_dataclass_arguments(parser, SweepConfig, title="sweep")
     add_dataclass_arguments(parser, GenerationConfig, title="generation")
     add_dataclass_arguments(parser, SteerLimits, title="limits")
-    add_dataclass_arguments(parser, JudgeConfig, prefix="judge_", title="judge (with --concept)")
+    add_dataclass_arguments(parser, JudgeConfig, prefix="judge_", title="judge (with --concept)", helps={
+        "cache_path": "response cache file (default: <store>.judge-cache.sqlite beside --store, without --store "
+                      "<out>/judge-cache.sqlite)"})
 
 
 def run(args) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Iterable, Protocol
+from typing import Any, Iterable, Protocol
 
 from saesteer.web.jobs import ModelQueue
 from saesteer.web.schemas import (
@@ -50,6 +50,10 @@ class FeatureQuery:
 
 class Catalog(Protocol):
     def info(self) -> StoreInfo: ...
+
+    def live_info(self) -> dict[str, Any]:
+        """The `info` fields another process may change while the server runs (has_labels, score_method),
+        read cheaply: asked on every request."""
 
     def list_features(self, query: FeatureQuery) -> Page[FeatureSummary]: ...
 
@@ -104,7 +108,7 @@ class StoreEntry:
                     "Restart `saesteer serve` to show the new one." if Path(store.path).exists() else
                     f"{name} was moved or deleted after this server opened it; this shows the store it opened until "
                     "the server stops.")
-        return self.info.model_copy(update={"has_labels": self.catalog.info().has_labels, "replaced_note": note})
+        return self.info.model_copy(update={**self.catalog.live_info(), "replaced_note": note})
 
 
 def make_store_ids(names: Iterable[str]) -> list[str]:

@@ -108,16 +108,19 @@ class StoreCatalog:
     def __init__(self, store: Any, name: str | None = None) -> None:
         self.store = store
         self.name = name or Path(store.path).stem
-        self.score_method = self._find_score_method()
         self._embedder = False  # not looked for yet (see query_embedder)
         self._steering_link: Any = None  # steering.store.StoreLink, made on first use
 
     # -- identity -------------------------------------------------------------------------------
-    def _find_score_method(self) -> str:
-        for m in MAIN_SCORE_METHODS:
-            if self.store.count_features({"score_method": m, "min_score": float("-inf")}) > 0:
-                return m
-        return MAIN_SCORE_METHODS[0]
+    @property
+    def score_method(self) -> str:
+        """The score shown as 'score': the first main method the store has scores of, read per request
+        (a `saesteer label` beside the server may score it after start); a row per method at most."""
+        return self.store.first_scored_method(MAIN_SCORE_METHODS) or MAIN_SCORE_METHODS[0]
+
+    def live_info(self) -> dict[str, Any]:
+        """What another process may change while the server runs, read cheaply (`sources.Catalog`)."""
+        return {"has_labels": self.store.has_labels(), "score_method": self.score_method}
 
     def info(self) -> StoreInfo:
         meta = self.store.meta
@@ -134,13 +137,13 @@ class StoreCatalog:
             d_sae=int(self.store.d_sae),
             n_features=n_written,
             levels=list(range(len(widths))) if len(widths) > 1 else [],
-            has_labels=self.store.count_features({"has_label": True}) > 0,
+            has_labels=self.store.has_labels(),
             tokens_seen=meta.get("n_rows"),
             score_method=self.score_method,
         )
 
     # -- lists ----------------------------------------------------------------------------------
-    def _filter(self, q: FeatureQuery) -> dict:
+    def _filter(self, q: FeatureQuery, score_method: str) -> dict:
         f: dict[str, Any] = {}
         if q.label:
             f["label_contains"] = q.label
@@ -157,15 +160,15 @@ class StoreCatalog:
         elif q.health:
             f["flags"] = [q.health]
         if q.min_score is not None:
-            f["score_method"] = self.score_method
+            f["score_method"] = score_method
             f["min_score"] = q.min_score
         return f
 
-    def _scores(self, latents: Sequence[int]) -> dict[int, float]:
+    def _scores(self, latents: Sequence[int], score_method: str | None = None) -> dict[int, float]:
         """The main score of the current label of each given feature (those that have one)."""
         if not latents:
             return {}
-        return self.store.current_scores(latents, self.score_method)  # one query, not a whole record per row
+        return self.store.current_scores(latents, score_method or self.score_method)  # one query, not a whole record per row
 
     def _summary(self, s, score: float | None = None) -> FeatureSummary:
         return FeatureSummary(
@@ -185,11 +188,12 @@ class StoreCatalog:
         )
 
     def list_features(self, q: FeatureQuery) -> Page[FeatureSummary]:
-        sort = f"score:{self.score_method}" if q.sort == "score" else _SORTS[q.sort]
-        flt = self._filter(q)
+        method = self.score_method  # read once for the page
+        sort = f"score:{method}" if q.sort == "score" else _SORTS[q.sort]
+        flt = self._filter(q, method)
         total = self.store.count_features(flt)
         rows = self.store.list_features(sort=sort, filter=flt, offset=q.offset, limit=q.limit, descending=q.descending)
-        scores = self._scores([r.latent for r in rows])
+        scores = self._scores([r.latent for r in rows], method)
         items = [self._summary(r, scores.get(r.latent)) for r in rows]
         nxt = q.offset + len(items)
         return Page[FeatureSummary](items=items, total=total, offset=q.offset, limit=q.limit,
