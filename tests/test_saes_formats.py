@@ -566,9 +566,12 @@ def test_a_saelens_folder_s_files_are_read_once(tmp_path: Path, monkeypatch) -> 
     sl.save_model(str(tmp_path / "ckpt"))
     ActivationScaler(scaling_factor=0.5).save(str(tmp_path / "ckpt" / "activation_scaler.json"))
     reads: list[str] = []
-    read_text = Path.read_text
-    monkeypatch.setattr(Path, "read_text", lambda self, *a, **kw: reads.append(self.name) or read_text(self, *a, **kw))
+    for method in ("read_text", "read_bytes"):  # JSON files are read as bytes (saes.fileio.read_text_file), text elsewhere
+        original = getattr(Path, method)
+        monkeypatch.setattr(Path, method, lambda self, *a, _original=original, **kw:
+                            reads.append(self.name) or _original(self, *a, **kw))
     loaded = resolve_sae(tmp_path / "ckpt")
+    reads = [name for name in reads if name.endswith(".json")]
     assert loaded.provenance["source"]["activation_scaling_factor_folded"] == 0.5
     assert sorted(reads) == ["activation_scaler.json", "cfg.json"]
 
