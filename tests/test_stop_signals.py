@@ -277,6 +277,41 @@ def test_a_stopped_label_run_keeps_the_answers_paid_for_and_the_rerun_does_not_a
     assert {i: f.label.text for i, f in labels_of(store).items()} == dict(enumerate(triggers))
 
 
+_STOP_IN_THE_5TH_CACHE_WRITE = """
+import os, signal, sys
+from autointerp.cache import ResponseCache
+put, n = ResponseCache.put, [0]
+def put_after_a_stop(self, *a, **kw):  # the 5th answer received: the stop lands before it is cached
+    n[0] += 1
+    if n[0] == 5:
+        os.kill(os.getpid(), int(sys.argv[1]))
+    return put(self, *a, **kw)
+ResponseCache.put = put_after_a_stop
+from saesteer.cli import main
+raise SystemExit(main(sys.argv[2:]))
+"""
+
+
+def test_a_stop_landing_between_an_answer_and_its_cache_write_keeps_the_answer(tmp_path):
+    """The signal lands while an event-loop task runs (here: an answer received, not yet cached),
+    not while the loop waits: the stop raised there and the answer was lost (and, where a task was
+    in the middle of a request, asyncio printed its traceback under the stop line: seen under load
+    in the label test above). Now the stop cancels the run at its next wait."""
+    from helpers.judge_server import JudgeServer, fake_llm_answer
+    from helpers.label_store import build_trigger_store
+    from test_autointerp_store import FAST, N, cached_rows
+
+    store, _ = build_trigger_store(tmp_path / "toy.db", n_latents=N)
+    with JudgeServer(fake_llm_answer, hold_after=5) as srv:  # one request at a time; none answered after the 5th
+        argv = ["label", "--store", str(store), "--judge-model", "fake-judge", "--judge-concurrency", "1",
+                "--no-progress", *FAST, "--judge-base-url", srv.url]
+        r = subprocess.run([sys.executable, "-c", _STOP_IN_THE_5TH_CACHE_WRITE, str(int(signal.SIGTERM)), *argv],
+                           env=_env(), capture_output=True, text=True, timeout=300)
+        srv.release()
+    _one_line_no_traceback(r, signal.SIGTERM)
+    assert srv.n_completed() == 5 and cached_rows(store.with_name(store.name + ".judge-cache.sqlite")) == 5
+
+
 # ------------------------------------------------------------------------------------------ features build
 @pytest.fixture(scope="module")
 def toy_cache_and_sae(tmp_path_factory) -> Path:
