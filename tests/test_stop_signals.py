@@ -315,6 +315,29 @@ def test_a_stop_landing_between_an_answer_and_its_cache_write_keeps_the_answer(t
     assert srv.n_completed() == 5 and cached_rows(store.with_name(store.name + ".judge-cache.sqlite")) == 5
 
 
+def test_ctrl_c_in_a_judge_run_from_python_cancels_it_and_leaves_the_handlers_as_they_were():
+    """Outside the CLI (a script or notebook calling `Judge.complete_many_sync`): Ctrl-C cancels the
+    run (its `finally` blocks run) and raises KeyboardInterrupt; asyncio's own SIGINT handler
+    (Python 3.11+) is not left installed."""
+    import asyncio
+
+    from autointerp.syncrun import run_coroutine_sync
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    finished = []
+
+    async def work():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            await asyncio.sleep(60)
+        finally:
+            finished.append(True)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_coroutine_sync(work)
+    assert finished and {s: signal.getsignal(s) for s in before} == before
+
+
 # ------------------------------------------------------------------------------------------ features build
 @pytest.fixture(scope="module")
 def toy_cache_and_sae(tmp_path_factory) -> Path:
