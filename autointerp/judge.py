@@ -57,6 +57,7 @@ from saes.errors import SaesteerError
 
 from .accounting import BudgetExceeded, Ledger, Prices, Reservation, prompt_token_bound
 from .cache import CachedResponse, ResponseCache, request_key
+from .syncrun import run_coroutine_sync
 from .schema import InvalidAnswer, check_schema, opens_with_json_answer, parse_json_answer
 from .wire import Backend, ChatRequest, ChatResponse, PermanentError, TransientError, split_thinking
 
@@ -479,12 +480,12 @@ class Judge:
         """`complete` for code without an event loop (not callable from inside one). Each call runs
         its own event loop and HTTP connections; for many calls use `complete_many_sync`."""
         _no_running_loop("complete_sync")
-        return asyncio.run(self._closing(self.complete(messages, schema, **kw)))
+        return run_coroutine_sync(lambda: self._closing(self.complete(messages, schema, **kw)))
 
     def complete_many_sync(self, calls: Sequence[JudgeCall]) -> list:
         """`complete_many` for code without an event loop."""
         _no_running_loop("complete_many_sync")
-        return asyncio.run(self._closing(self.complete_many(calls)))
+        return run_coroutine_sync(lambda: self._closing(self.complete_many(calls)))
 
     async def _closing(self, coro):
         try:

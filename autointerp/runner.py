@@ -40,6 +40,7 @@ from .interp import (LABEL_MAX_TOKENS, DetectionScorer, FuzzingScorer, LLMExplai
                      answers_max_tokens)
 from .judge import CredentialsRejected, Judge, JudgeError
 from .store import LabelFailure, LabelResult, LabelStore
+from .syncrun import run_coroutine_sync
 
 __all__ = ["Labeller", "RunReport", "DryRunEstimate", "label_latents", "label_latents_async", "estimate_run",
            "select_latents"]
@@ -349,19 +350,6 @@ def label_latents(store: LabelStore, judge: Judge | None, cfg: LabelConfig, *, p
                 await judge.aclose()
 
     return run_coroutine_sync(main)
-
-
-def run_coroutine_sync(make_coro):
-    """`asyncio.run(make_coro())`, also from inside a running event loop (where asyncio.run refuses):
-    then in a worker thread. `make_coro` is called in the thread that runs the loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(make_coro())
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="label_latents") as pool:
-        return pool.submit(lambda: asyncio.run(make_coro())).result()
 
 
 # ------------------------------------------------------------------------------------------------

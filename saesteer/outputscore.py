@@ -60,12 +60,13 @@ def score_outputs(model: Any, sae: Any, store: Any, latents: Sequence[int], cfg:
     answer for (`JudgeError`) gets a score with `failed` set and the next is asked, as `label` goes
     on past a failing latent, until `cfg.max_consecutive_failures` failed in a row (the latents after
     them are left out of the result); a refused key (`CredentialsRejected`) stops the run."""
-    import asyncio  # here, not at the top: the CLI reads OutputScoreConfig to build --help
 
+    # here, not at the top: the CLI reads OutputScoreConfig to build --help
     from autointerp.judge import CredentialsRejected, JudgeError
     from autointerp.output_score import (OUTPUT_METHOD, OUTPUT_PROMPT_VERSION, OutputScore, output_score_judge,
                                          output_score_offline)
     from autointerp.featurestore import JUDGE_KIND
+    from autointerp.syncrun import run_coroutine_sync
     from features import LabelProvenance, ScoreInput
     from steering import FeatureEdit, GenerationConfig, StoreLink
     from steering.generation import generate, with_sae_bos
@@ -96,7 +97,8 @@ def score_outputs(model: Any, sae: Any, store: Any, latents: Sequence[int], cfg:
             res = output_score_offline(lab.text, detail, unsteered, steered)
         else:
             try:
-                res = asyncio.run(output_score_judge(judge, lab.text, unsteered, steered, latent=int(i), seed=cfg.seed))
+                res = run_coroutine_sync(lambda: output_score_judge(judge, lab.text, unsteered, steered, latent=int(i),
+                                                                       seed=cfg.seed))
             except CredentialsRejected:
                 raise
             except JudgeError as e:

@@ -231,6 +231,14 @@ class JudgeServer:
     def held(self) -> list[Record]:
         return [r for r in self.snapshot() if r.fault == "held"]
 
+    def settled_on_hold(self) -> bool:
+        """Requests are held (`hold_after`) and every other request taken was answered: no answer
+        comes after this (the next requests are held too). Held requests alone do not say so: a
+        request that came in before the hold began may still be being answered. For a plan without
+        faults (a faulted request is never `completed`)."""
+        records = self.snapshot()
+        return any(r.fault == "held" for r in records) and all(r.fault == "held" or r.completed for r in records)
+
     def snapshot(self) -> list[Record]:
         with self._lock:
             return list(self.records)
