@@ -1,5 +1,7 @@
 """Session fixtures shared by several test files (kept here only when more than one file needs them)."""
 
+import signal
+
 import pytest
 
 
@@ -7,8 +9,20 @@ def pytest_configure(config):
     """`-p no:warnings` turns off pytest's warnings plugin, which registers the `filterwarnings`
     marker: under --strict-markers (pyproject) every file that quiets a warning with it would then
     fail to collect. Registered here in its place (it does nothing then: warnings are not captured)."""
+    _take_back_ignored_stop_signals()
     if not config.pluginmanager.has_plugin("warnings"):
         config.addinivalue_line("markers", "filterwarnings(spec): ignored (pytest's warnings plugin is off)")
+
+
+def _take_back_ignored_stop_signals() -> None:
+    """A run started with SIGINT or SIGHUP ignored (a background job of a shell without job control,
+    `nohup`) hands that on to every child it starts, and saesteer rightly leaves an ignored signal
+    alone: the stop-signal tests, which send them as a user's Ctrl-C or a closed terminal does, then
+    fail or hang. The run takes them back to their defaults, for itself and its children."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="session")
