@@ -370,6 +370,25 @@ def test_files_named_by_a_positional_or_a_rarer_flag_expand_the_tilde_too(tmp_pa
     assert all(str(v).startswith(str(tmp_path)) for v in (values if isinstance(values, list) else [values])), values
 
 
+def test_a_local_judge_model_under_the_home_folder_loads(tmp_path: Path, monkeypatch) -> None:
+    """`label --judge-backend transformers --judge-model=~/models/judge` (or a config file's
+    judge.model): the home folder's model, not a hub name refused as one ('Repo id must use ...')."""
+    from transformers import AutoTokenizer
+
+    from autointerp.config import JudgeConfig, make_judge
+    from helpers.tiny_hf import save_tiny_gpt2
+    from helpers.tiny_model import CHAT_TEMPLATE
+
+    folder = save_tiny_gpt2(tmp_path / "models" / "judge")
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.chat_template = CHAT_TEMPLATE
+    tok.save_pretrained(folder)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("USERPROFILE", str(tmp_path))
+    judge = make_judge(JudgeConfig(backend="transformers", model="~/models/judge", device="cpu"), cache_path=None)
+    assert judge.backend.model == str(folder)
+
+
 def test_text_the_output_encoding_lacks_is_escaped_not_a_crash(tmp_path: Path, monkeypatch) -> None:
     """Windows' stdout redirected to a file or pipe is the code page (cp1252): a CJK prompt, label or
     path printed there stopped the command with UnicodeEncodeError after its work was done (`steer
