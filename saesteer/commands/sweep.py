@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import sys
 
+from saesteer.stopsignals import judge_answers_kept
+
 NAME = "sweep"
 ORDER = 71
 HELP = "steering dose-response: concept and fluency against strength, and a recommended strength"
-ON_STOP = ("the judge answers received are kept (<store>.judge-cache.sqlite, without --store "
-           "<out>/judge-cache.sqlite); run the same command to sweep again without asking them again")
+JUDGE_CACHE = "<store>.judge-cache.sqlite, without --store <out>/judge-cache.sqlite"  # _judge_cache_path
+ON_STOP = judge_answers_kept(JUDGE_CACHE)
 DESCRIPTION = """\
 Generate at a range of strengths for one or more features, score each generation and write a
 dose-response plot (plotly HTML) and the numbers (JSON) per feature; with --store and
@@ -62,8 +64,8 @@ def add_arguments(parser) -> None:
     sc.add_argument("--topic", default=None, help="toy-world topic to score offline (ocean, forest, city, ...)")
     sc.add_argument("--toy-grammar", default="sentence", choices=["sentence", "document"],
                     help="toy world: judge each sentence alone, or with the document rules (tense, names, pronouns)")
-    sc.add_argument("--concept", default=None, help="concept for the LLM judge (e.g. 'the ocean'); its answers are "
-                    "kept for re-runs in <store>.judge-cache.sqlite, without --store in <out>/judge-cache.sqlite")
+    sc.add_argument("--concept", default=None, help=f"concept for the LLM judge (e.g. 'the ocean'); its answers are "
+                    f"kept for re-runs ({JUDGE_CACHE})")
     o = parser.add_argument_group("output")
     o.add_argument("--out", default="sweeps", help="directory for sweep_<latent>.html / .json (default: sweeps)")
     o.add_argument("--save-strength", action="store_true",
