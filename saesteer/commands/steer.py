@@ -270,7 +270,7 @@ def _found_edits(found: list[dict], link, args) -> list:
     from steering.spec import FeatureEdit
 
     if not found:
-        raise CLIError("no feature was found to steer with")
+        raise CLIError("no latent was found to steer with")
     out = []
     for row in found[: args.candidates]:
         f = int(row["latent"])
@@ -283,7 +283,7 @@ def _found_edits(found: list[dict], link, args) -> list:
         elif row.get("mean_positive"):
             out.append(FeatureEdit(f, "add", args.strength * float(row["mean_positive"]), positions=args.positions or "all"))
         else:
-            raise CLIError(f"feature {f} has no typical max activation (build the store's statistics) to scale --strength by")
+            raise CLIError(f"latent {f} has no typical max activation (build the store's statistics) to scale --strength by")
     return out
 
 
