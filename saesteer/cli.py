@@ -90,7 +90,7 @@ def _main(argv: list[str] | None) -> int:
     from saesteer.librarybars import library_bars
     from saesteer.stopsignals import Stopped
 
-    debug = args.debug or _debug_asked([])
+    debug = args.debug or _debug_asked(argv)
     # --no-progress (train: also the old `--progress false`) quiets the libraries' bars too
     quiet = getattr(args, "no_progress", False) or getattr(args, "progress", None) is False
     _expand_home(args)
