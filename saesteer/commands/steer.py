@@ -349,8 +349,6 @@ def _print_contrast(model, saes, positive, negative, top: int, as_json: bool, li
     from saesteer.commands._steering import CLIError
     from steering.search import contrast_features
 
-    if len(saes) != 1:
-        raise CLIError("--contrast ranks the latents of one SAE; give a single --sae")
     if not positive or not negative:
         raise CLIError("--contrast needs non-empty POSITIVE and NEGATIVE prompt files")
     labels = (lambda f: None) if link is None else (lambda f: link.store.labels([f]).get(f))
