@@ -56,7 +56,7 @@ it is in and writes a checkpoint of it (the same command resumes there: no step 
 `cache` keeps its whole shards and `features build` its state beside the store (the same command
 resumes them; the store at `--out` is never half written); `label`, `sweep`, `steer-eval` and
 `output-score` keep every judge answer received in the judge cache (a re-run does not ask them
-again); `serve` and `api` stop taking connections and finish the requests in flight.
+again; steer-eval keeps one only with --store or --out); `serve` and `api` stop taking connections and finish the requests in flight.
 
 `--no-progress` (every command with long work) quiets the progress bars of the libraries the
 command calls as well as ours: transformers' (loading a checkpoint), the hub's downloads and
