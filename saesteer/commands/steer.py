@@ -25,14 +25,14 @@ Edits go through the SAE and keep its reconstruction error, so only the chosen l
 Positions: all, prompt, generated, last, or token indices (0 = first token, -1 = last prompt token);
 an edit whose indices lie beyond every prompt + generation is refused (it would change nothing).
 --preset NAME applies a preset saved in --store (`saesteer preset`), or a preset JSON file; it is
-refused for another SAE or model. --search / --contrast list candidate features; with --generate
+refused for another SAE or model. --search / --contrast list candidate latents; with --generate
 they also steer with the best --candidates of them at --strength (the store's recommended
 strength when it has one).
 Several SAEs (one --sae each, at one hook or several) steer together in one generation: each
 edit lands at its SAE's hook; SAEs at one hook each read the activation the model produced and
 their changes add up. Give each SAE's store with its own --store (each goes with the SAE it was
 built for) for 'x' strengths; --search, --contrast and --preset take a single --sae.
-The model is the one the SAEs (saesteer.json) or the store record; --model must be that model
+The model is the one the SAEs (saesteer.json) or the stores record; --model must be that model
 (--allow-model-mismatch runs another).
 
 examples:
