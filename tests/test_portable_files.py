@@ -274,12 +274,12 @@ def test_preset_and_scorecard_files_in_utf16_are_named_once(tmp_path: Path, caps
 
     path = tmp_path / "calm.json"
     path.write_bytes(BOM + b'{"name": "calm"}')
-    assert _read_json(str(path), "preset file ") == {"name": "calm"}
+    assert _read_json(str(path), "preset file") == {"name": "calm"}
     path.write_bytes('{"name": "calm"}'.encode("utf-16"))
-    for what in ("preset file ", "--scorecard "):
+    for what in ("preset file", "--scorecard"):
         with pytest.raises(CLIError) as e:
             _read_json(str(path), what)
-        assert str(e.value).startswith(f"{what}{path} is UTF-16 text; "), str(e.value)
+        assert str(e.value).startswith(f"{what} {path} is UTF-16 text; "), str(e.value)
 
 
 def _train_config_error(tmp_path: Path, capsys, saes: list[dict]) -> str:
