@@ -266,7 +266,9 @@ def make_judge(cfg: JudgeConfig, *, cache_path: Path | None, budget=None, env: M
     else:
         _check(not cfg.reasoning_effort, "JudgeConfig.reasoning_effort (--judge-reasoning-effort) is sent to an "
                "OpenAI-compatible server or Anthropic's API; a transformers judge takes none: leave it empty")
-        backend = TransformersBackend.from_pretrained(model, device=cfg.device)
+        # a local folder as `~/models/x` (--judge-model=~/..., quoted, a config file): the home folder,
+        # as --model's is, not a hub name
+        backend = TransformersBackend.from_pretrained(os.path.expanduser(model), device=cfg.device)
     prices = Prices.for_model(backend.model, cfg.price_input, cfg.price_output, local=backend_name == "transformers")
     path = cfg.cache_path or cache_path
     cache = ResponseCache(path) if (cfg.use_cache and path is not None) else None

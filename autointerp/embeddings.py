@@ -121,7 +121,7 @@ class SentenceTransformerEmbedder:
     """A local sentence-transformers model (a directory), on CPU unless `device` says otherwise."""
 
     def __init__(self, path: str | Path, device: str | None = None) -> None:
-        path = Path(path)
+        path = Path(path).expanduser()  # --embed-model=~/models/x, or a config file's: the home folder's
         if not path.is_dir():
             raise ValueError(f"EmbedConfig.model: {path} is not a directory; give a local sentence-transformers model "
                              "directory (or use --embed-backend openai / offline)")

@@ -49,14 +49,15 @@ file, a bad value), 1 when the system refuses (disk full, permission denied) or 
 `saesteer --debug ...` (or `SAESTEER_DEBUG=1`) shows Python's traceback instead.
 
 Stop signals (`saesteer/stopsignals.py`): Ctrl-C (SIGINT), a scheduler's preemption (SIGTERM,
-e.g. SLURM's #SBATCH --signal=B:TERM@120) and a closed terminal (SIGHUP) stop every command the
-same way: one line, `stopped by SIGTERM: ...`, saying what is kept and how to go on, and exit
-status 128 + the signal's number (130, 143, 129), as a shell reports it. `train` finishes the step
-it is in and writes a checkpoint of it (the same command resumes there: no step is done twice);
+e.g. SLURM's #SBATCH --signal=B:TERM@120 with the command started by exec: see docs/training.md
+in saesteer's source repository) and a closed terminal (SIGHUP) stop every command the same way:
+one line, `stopped by SIGTERM: ...`, saying what is kept and how to go on, and exit status 128 +
+the signal's number (130, 143, 129), as a shell reports it. `train` finishes the step it is in
+and writes a checkpoint of it (the same command resumes there: no step is done twice);
 `cache` keeps its whole shards and `features build` its state beside the store (the same command
 resumes them; the store at `--out` is never half written); `label`, `sweep`, `steer-eval` and
 `output-score` keep every judge answer received in the judge cache (a re-run does not ask them
-again); `serve` and `api` stop taking connections and finish the requests in flight.
+again; steer-eval keeps one only with --store or --out); `serve` and `api` stop taking connections and finish the requests in flight.
 
 `--no-progress` (every command with long work) quiets the progress bars of the libraries the
 command calls as well as ours: transformers' (loading a checkpoint), the hub's downloads and

@@ -94,6 +94,14 @@ def deferred() -> Iterator[Callable[[], int | None]]:
         raise Stopped(_pending.pop())
 
 
+def judge_answers_kept(where: str, written: str = "") -> str:
+    """The stop line (ON_STOP) of a command that asks a judge: its answers are cached at `where` as
+    they arrive, so the same command asks none of them again; `written`: what it also wrote."""
+    kept = f"the {written} written and every judge answer received are kept" if written else \
+        "every judge answer received is kept"
+    return f"{kept} ({where}); run the same command to go on: answers already received are not asked again"
+
+
 def name(signum: int) -> str:
     try:
         return signal.Signals(signum).name

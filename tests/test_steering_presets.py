@@ -140,8 +140,8 @@ def test_preset_cli_save_list_export_import(tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     for argv, message in ((["import", str(tmp_path / "none.json")], "none.json: no such file"),
-                          (["import", str(bad)], "bad.json is not JSON"),
-                          (["save", "y", "-l", "5:add=1", "--scorecard", str(bad)], "--scorecard " + str(bad) + " is not JSON")):
+                          (["import", str(bad)], "bad.json is not valid JSON"),
+                          (["save", "y", "-l", "5:add=1", "--scorecard", str(bad)], "--scorecard " + str(bad) + " is not valid JSON")):
         assert main(["preset", *argv, "--store", str(a.path)]) == 2
         assert message in capsys.readouterr().err
 

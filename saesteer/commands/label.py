@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from saesteer.boundary import print_error
+from saesteer.stopsignals import judge_answers_kept
 
 NAME = "label"
 ORDER = 40
 HELP = "label and score latents of a feature store (OpenAI-compatible or Anthropic judge, local model, or offline)"
-ON_STOP = ("the labels written and every judge answer received are kept (<store>.judge-cache.sqlite); run "
-           "the same command to go on: answers already paid for are not asked again")
+ON_STOP = judge_answers_kept("<store>.judge-cache.sqlite", written="labels")
 DESCRIPTION = """\
 Label every latent of a feature store and score each label (detection and fuzzing balanced
 accuracy, simulation correlation; intruder and embedding scores on request); labels, scores and

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from saesteer.boundary import print_error
+from saesteer.stopsignals import judge_answers_kept
 
 NAME = "output-score"
 ORDER = 45
 HELP = "output scores: steer with each labelled latent and score whether text moves toward its label"
-ON_STOP = ("the scores written and every judge answer received are kept (<store>.judge-cache.sqlite); run "
-           "the same command to go on: answers already paid for are not asked again")
+ON_STOP = judge_answers_kept("<store>.judge-cache.sqlite", written="scores")
 DESCRIPTION = """\
 For each labelled latent (all, or --latents), generate --samples texts with the latent added at
 the first tokens and as many without it (same seeds), and score how often the steered text is the

@@ -125,7 +125,7 @@ def _save(args, store, link) -> None:
     owners = store_latent_owners(store)  # Neuronpedia's latents of the store's SAE, as its indices
     args.latent = [owners.edit(t) for t in args.latent]
     args.stop_when = [owners.trigger(t) for t in args.stop_when]
-    scorecard = _read_json(args.scorecard, "--scorecard ") if args.scorecard else None
+    scorecard = _read_json(args.scorecard, "--scorecard") if args.scorecard else None
     if scorecard is not None:
         _check_scorecard(scorecard, args, store)
     sae = store.meta.get("sae") or {}
@@ -183,7 +183,7 @@ def _import(args, link) -> None:
     """`preset import`: a preset JSON file into the store (renamed with --name)."""
     from steering.presets import Preset
 
-    preset = Preset.from_json(_read_json(args.file, "preset file "))
+    preset = Preset.from_json(_read_json(args.file, "preset file"))
     if args.name:
         preset = Preset.from_json(dict(preset.to_json(), name=args.name))
     link.save_preset(preset, overwrite=args.overwrite)
@@ -192,21 +192,15 @@ def _import(args, link) -> None:
 
 def _read_json(path: str, what: str):
     """The JSON in `path`, or a CLI error naming it (`what`: how the message names the file)."""
-    import json
     from pathlib import Path
 
+    from saes.fileio import read_json
     from saesteer.commands._steering import CLIError
 
     p = Path(path)
     if not p.is_file():
-        raise CLIError(f"{what}{p}: no such file")
-    from saes.fileio import read_text_file
-
+        raise CLIError(f"{what} {p}: no such file")
     try:
-        text = read_text_file(p, what.rstrip())
-    except ValueError as e:  # UTF-16, or not UTF-8 (a byte-order mark is fine)
+        return read_json(p, what)
+    except ValueError as e:  # not JSON, UTF-16, or not UTF-8 (a byte-order mark is fine)
         raise CLIError(str(e)) from None
-    try:
-        return json.loads(text)
-    except ValueError as e:
-        raise CLIError(f"{what}{p} is not JSON: {e}") from None

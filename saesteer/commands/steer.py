@@ -25,14 +25,14 @@ Edits go through the SAE and keep its reconstruction error, so only the chosen l
 Positions: all, prompt, generated, last, or token indices (0 = first token, -1 = last prompt token);
 an edit whose indices lie beyond every prompt + generation is refused (it would change nothing).
 --preset NAME applies a preset saved in --store (`saesteer preset`), or a preset JSON file; it is
-refused for another SAE or model. --search / --contrast list candidate features; with --generate
+refused for another SAE or model. --search / --contrast list candidate latents; with --generate
 they also steer with the best --candidates of them at --strength (the store's recommended
 strength when it has one).
 Several SAEs (one --sae each, at one hook or several) steer together in one generation: each
 edit lands at its SAE's hook; SAEs at one hook each read the activation the model produced and
 their changes add up. Give each SAE's store with its own --store (each goes with the SAE it was
 built for) for 'x' strengths; --search, --contrast and --preset take a single --sae.
-The model is the one the SAEs (saesteer.json) or the store record; --model must be that model
+The model is the one the SAEs (saesteer.json) or the stores record; --model must be that model
 (--allow-model-mismatch runs another).
 
 examples:
@@ -253,7 +253,7 @@ def _found_edits(found: list[dict], link, args) -> list:
     from steering.spec import FeatureEdit
 
     if not found:
-        raise CLIError("no feature was found to steer with")
+        raise CLIError("no latent was found to steer with")
     out = []
     for row in found[: args.candidates]:
         f = int(row["latent"])
@@ -266,7 +266,7 @@ def _found_edits(found: list[dict], link, args) -> list:
         elif row.get("mean_positive"):
             out.append(FeatureEdit(f, "add", args.strength * float(row["mean_positive"]), positions=args.positions or "all"))
         else:
-            raise CLIError(f"feature {f} has no typical max activation (build the store's statistics) to scale --strength by")
+            raise CLIError(f"latent {f} has no typical max activation (build the store's statistics) to scale --strength by")
     return out
 
 
@@ -332,8 +332,6 @@ def _print_contrast(model, saes, positive, negative, top: int, as_json: bool, li
     from saesteer.commands._steering import CLIError
     from steering.search import contrast_features
 
-    if len(saes) != 1:
-        raise CLIError("--contrast ranks the latents of one SAE; give a single --sae")
     if not positive or not negative:
         raise CLIError("--contrast needs non-empty POSITIVE and NEGATIVE prompt files")
     labels = (lambda f: None) if link is None else (lambda f: link.store.labels([f]).get(f))

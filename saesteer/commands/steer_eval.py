@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from saesteer.stopsignals import judge_answers_kept
+
 NAME = "steer-eval"
 ORDER = 73
 HELP = "compare SAE steering with difference-of-means and prompting, and write a scorecard"
-ON_STOP = ("the judge answers received are kept (<store>.judge-cache.sqlite, without --store "
-           "<out>.judge-cache.sqlite; with neither, none are); run the same command to evaluate again without "
-           "asking them again")
+JUDGE_CACHE = "<store>.judge-cache.sqlite, without --store <out>.judge-cache.sqlite; with neither, none are"
+ON_STOP = judge_answers_kept(JUDGE_CACHE)
 DESCRIPTION = """\
 Steer toward one concept three ways and score them side by side: an SAE feature (given with
 --latent, or the best of the top --candidates latents by contrast of --positive vs --negative
@@ -48,9 +49,8 @@ def add_arguments(parser) -> None:
     c.add_argument("--topic", default=None, help="toy-world topic: offline scores, default prompt sets and cue")
     c.add_argument("--toy-grammar", default="sentence", choices=["sentence", "document"],
                    help="toy world: judge each sentence alone, or with the document rules (tense, names, pronouns)")
-    c.add_argument("--concept", default=None, help="concept for the LLM judge (e.g. 'the ocean'); its answers are "
-                   "kept for re-runs in <store>.judge-cache.sqlite, without --store in <out>.judge-cache.sqlite (with neither, "
-                   "not kept)")
+    c.add_argument("--concept", default=None, help=f"concept for the LLM judge (e.g. 'the ocean'); its answers are "
+                   f"kept for re-runs ({JUDGE_CACHE})")
     c.add_argument("--positive", default=None, metavar="FILE", help="prompts that show the concept, one per line (as --prompts-file)")
     c.add_argument("--negative", default=None, metavar="FILE", help="neutral prompts, one per line (as --prompts-file)")
     c.add_argument("--cue", default=None, help="text written before each prompt for the prompting baseline")

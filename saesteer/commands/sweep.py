@@ -1,19 +1,21 @@
-"""`saesteer sweep`: steering dose-response curves and a recommended strength per feature."""
+"""`saesteer sweep`: steering dose-response curves and a recommended strength per latent."""
 
 from __future__ import annotations
 
 import sys
 
+from saesteer.stopsignals import judge_answers_kept
+
 NAME = "sweep"
 ORDER = 71
 HELP = "steering dose-response: concept and fluency against strength, and a recommended strength"
-ON_STOP = ("the judge answers received are kept (<store>.judge-cache.sqlite, without --store "
-           "<out>/judge-cache.sqlite); run the same command to sweep again without asking them again")
+JUDGE_CACHE = "<store>.judge-cache.sqlite, without --store <out>/judge-cache.sqlite"  # _judge_cache_path
+ON_STOP = judge_answers_kept(JUDGE_CACHE)
 DESCRIPTION = """\
-Generate at a range of strengths for one or more features, score each generation and write a
-dose-response plot (plotly HTML) and the numbers (JSON) per feature; with --store and
+Generate at a range of strengths for one or more latents, score each generation and write a
+dose-response plot (plotly HTML) and the numbers (JSON) per latent; with --store and
 --save-strength, the recommended strength goes into the feature store (as a multiple of the
-feature's typical max activation).
+latent's typical max activation).
 
 Concept scoring, one of:
   --topic T      toy world, offline: concept = share of content words of topic T; also the
@@ -56,14 +58,14 @@ def add_arguments(parser) -> None:
     add_latent_argument(s, required=True, help="latent to sweep: its index, or as Neuronpedia names it (gpt2-small/6-res-jb/17 or "
                                                "its address: of that --sae, which may then be left out); repeatable; "
                                                "with several SAEs use --sae-name")
-    s.add_argument("--sae-name", default=None, help="which --sae the features belong to (default: the only one)")
+    s.add_argument("--sae-name", default=None, help="which --sae the latents belong to (default: the only one)")
     s.add_argument("--samples", type=int, default=8, help="generations per prompt at each strength (default: 8)")
     sc = parser.add_argument_group("scoring")
     sc.add_argument("--topic", default=None, help="toy-world topic to score offline (ocean, forest, city, ...)")
     sc.add_argument("--toy-grammar", default="sentence", choices=["sentence", "document"],
                     help="toy world: judge each sentence alone, or with the document rules (tense, names, pronouns)")
-    sc.add_argument("--concept", default=None, help="concept for the LLM judge (e.g. 'the ocean'); its answers are "
-                    "kept for re-runs in <store>.judge-cache.sqlite, without --store in <out>/judge-cache.sqlite")
+    sc.add_argument("--concept", default=None, help=f"concept for the LLM judge (e.g. 'the ocean'); its answers are "
+                    f"kept for re-runs ({JUDGE_CACHE})")
     o = parser.add_argument_group("output")
     o.add_argument("--out", default="sweeps", help="directory for sweep_<latent>.html / .json (default: sweeps)")
     o.add_argument("--save-strength", action="store_true",
@@ -208,7 +210,7 @@ def _sae_name(args, saes: dict, named: set[str] = frozenset()) -> str:
 
     name = args.sae_name or next(iter(named), None) or (next(iter(saes)) if len(saes) == 1 else None)
     if name is None or name not in saes:
-        raise CLIError(f"say which SAE the features belong to with --sae-name (one of {', '.join(saes)})")
+        raise CLIError(f"say which SAE the latents belong to with --sae-name (one of {', '.join(saes)})")
     return name
 
 
@@ -224,7 +226,7 @@ def _check_typical(args, typical) -> None:
 
 def _sweep_feature(args, latent, model, sae, name, prompts, scorer, sweep_cfg, *, gen_config, typical_max,
                    limits, link, unsteered: dict, provenance: dict) -> None:
-    """Sweep one feature, write its HTML and JSON, print the result (and with --save-strength store it)."""
+    """Sweep one latent, write its HTML and JSON, print the result (and with --save-strength store it)."""
     from pathlib import Path
 
     from steering.sweeps import store_recommendation, sweep, write_sweep_html, write_sweep_json
@@ -244,7 +246,7 @@ def _sweep_feature(args, latent, model, sae, name, prompts, scorer, sweep_cfg, *
         store_recommendation(link.record_strength, res)
         if res.recommended is None:
             print(f"latent {latent}: {res.verdict}; stored 'no strength' in {args.store} "
-                  "(an earlier recommendation of this feature is cleared)")
+                  "(an earlier recommendation of this latent is cleared)")
         else:
             print(f"latent {latent}: stored recommended strength {res.recommended:g} ({res.unit}) in {args.store}")
 

@@ -34,9 +34,10 @@ writes everything. See docs/training.md ("Distributed training") in saesteer's s
 Resuming: run the same command again with the same --out. It continues from the newest
 checkpoint (also after kill -9; on CPU the result is bit-identical to an uninterrupted run with
 the same --num-threads). SIGTERM (a scheduler's preemption, e.g. SLURM), Ctrl-C or SIGHUP
-finish the current step and checkpoint it first, so the re-run redoes no step. A resume whose settings differ is refused, naming each flag; these
-may change: --total-tokens (extends or shortens the run; the LR decay is re-planned),
---max-nonfinite, --num-threads, --device, checkpoint, eval and logging options.
+finish the current step and checkpoint it first, so the re-run redoes no step. A resume whose
+settings differ is refused, naming each flag; these may change: --total-tokens (extends or
+shortens the run; the LR decay is re-planned), --max-nonfinite, --num-threads, --device,
+checkpoint, eval and logging options.
 --resume never refuses an --out that holds checkpoints; --resume require insists on one.
 
 Fine-tuning: --init-from SAE (a folder trained here, a SAELens folder or sae_lens:RELEASE/ID, a
