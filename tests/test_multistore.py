@@ -24,7 +24,8 @@ import torch
 from helpers.real_cli import captured_serve, saesteer
 from saes.fingerprint import sae_fingerprint
 from helpers.web_app import ServerThread
-from test_user_paths18 import PROMPTS, RESID, _cache_and_train, _copy, _firing_latent, _greedy_ids, _manual_edit, _model, _sae
+from test_user_paths18 import (RESID, _cache_and_train, _copy, _greedy_ids, _logprobs_by_hand, _manual_edit, _sae,
+                               _two_layers_firing)
 from test_web_browser import DESKTOP, Page, browser  # noqa: F401 (the fixture)
 
 pytestmark = [pytest.mark.usefixtures("one_thread", "offline_env")]
@@ -46,11 +47,7 @@ def test_the_playground_steers_with_a_latent_of_each_layer_in_one_generation(lay
     r, client = captured_serve(monkeypatch, "--store", layers.stores[RESID[0]], "--store", layers.stores[RESID[1]])
     assert client is not None, r.text
     ids = {m["saesteer"]["sae_hook"]: m["id"] for m in client.get("/v1/models").json()["data"]}
-    model = _model(layers.model_dir)
-    a, b = _sae(layers.saes[RESID[0]]), _sae(layers.saes[RESID[1]])
-    prompt = PROMPTS[0]
-    tokens = model.to_tokens(prompt, prepend_bos=True)
-    la, lb = _firing_latent(model, a, RESID[0], tokens), _firing_latent(model, b, RESID[1], tokens)
+    model, a, b, prompt, tokens, la, lb = _two_layers_firing(layers)
 
     srv = ServerThread(client.app, client.base_url.port).start()
     p = Page(browser, srv.url, DESKTOP)
@@ -120,14 +117,6 @@ def test_the_playground_steers_with_a_latent_of_each_layer_in_one_generation(lay
         assert max(abs(x - y) for x, y in zip(logprobs, alone)) > 1e-3, one[0]
 
 
-def _logprobs_by_hand(model, tokens, hooks, token_ids: list[int]) -> list[float]:
-    """The log-probabilities of the generated `token_ids` after `tokens` with `hooks` editing."""
-    ids = torch.cat([tokens, torch.tensor([token_ids])], dim=1)
-    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-        logp = model(ids).log_softmax(-1)[0, tokens.shape[1] - 1:-1]
-    return logp.gather(1, torch.tensor(token_ids)[:, None])[:, 0].tolist()
-
-
 def _typical_max(store, latent: int) -> float:
     with sqlite3.connect(store) as db:
         return db.execute("select typical_max_act from features where latent = ?", (latent,)).fetchone()[0]
@@ -136,11 +125,7 @@ def _typical_max(store, latent: int) -> float:
 def test_steer_reads_each_saes_x_strengths_from_its_own_store(layers):
     """Greedy text of `steer` with two SAEs and their stores (given in the other order: each goes with
     the SAE it was built for) = hooks by hand doing both edits at each latent's typical max times x."""
-    model = _model(layers.model_dir)
-    a, b = _sae(layers.saes[RESID[0]]), _sae(layers.saes[RESID[1]])
-    prompt = PROMPTS[0]
-    tokens = model.to_tokens(prompt, prepend_bos=True)
-    la, lb = _firing_latent(model, a, RESID[0], tokens), _firing_latent(model, b, RESID[1], tokens)
+    model, a, b, prompt, tokens, la, lb = _two_layers_firing(layers)
     r = saesteer("steer", "--sae", f"l0={layers.saes[RESID[0]]}", "--sae", f"l1={layers.saes[RESID[1]]}",
                  "--store", layers.stores[RESID[1]], "--store", layers.stores[RESID[0]],
                  "-l", f"l0/{la}:add=10x", "-l", f"l1/{lb}:clamp=-40x", "-p", prompt, "--max-new-tokens", 6,

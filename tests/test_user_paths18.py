@@ -307,6 +307,25 @@ def _firing_latent(model, sae, hook: str, tokens) -> int:
     return int(f.gt(0).sum(0).argmax())
 
 
+def _two_layers_firing(run):
+    """What a test steering both layers by hand needs: the run's model, its SAEs at RESID[0] and
+    RESID[1], the first prompt, its tokens, and a latent of each SAE that fires on them."""
+    model = _model(run.model_dir)
+    a, b = _sae(run.saes[RESID[0]]), _sae(run.saes[RESID[1]])
+    prompt = PROMPTS[0]
+    tokens = model.to_tokens(prompt, prepend_bos=True)
+    la, lb = _firing_latent(model, a, RESID[0], tokens), _firing_latent(model, b, RESID[1], tokens)
+    return model, a, b, prompt, tokens, la, lb
+
+
+def _logprobs_by_hand(model, tokens, hooks, token_ids: list[int]) -> list[float]:
+    """The log-probabilities of the generated `token_ids` after `tokens` with `hooks` editing."""
+    ids = torch.cat([tokens, torch.tensor([token_ids])], dim=1)
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+        logp = model(ids).log_softmax(-1)[0, tokens.shape[1] - 1:-1]
+    return logp.gather(1, torch.tensor(token_ids)[:, None])[:, 0].tolist()
+
+
 @pytest.mark.parametrize("family", ["gpt2", "neox"])
 def test_saes_at_two_layers_steer_in_order_the_later_reading_the_steered_residual(family, request):
     from steering import steer
@@ -449,21 +468,10 @@ def test_one_api_request_steers_with_the_sae_of_each_layer(gpt2, stores, monkeyp
     r, client = captured_serve(monkeypatch, "--store", stores[RESID[0]], "--store", stores[RESID[1]])
     assert client is not None, r.text
     ids = {m["saesteer"]["sae_hook"]: m["id"] for m in client.get("/v1/models").json()["data"]}
-    model = _model(gpt2.model_dir)
-    a, b = _sae(gpt2.saes[RESID[0]]), _sae(gpt2.saes[RESID[1]])
-    prompt = PROMPTS[0]
-    tokens = model.to_tokens(prompt, prepend_bos=True)
-    la, lb = _firing_latent(model, a, RESID[0], tokens), _firing_latent(model, b, RESID[1], tokens)
+    model, a, b, prompt, tokens, la, lb = _two_layers_firing(gpt2)
     hooks = [(RESID[0], _manual_edit(a, la, 0.0, 20.0)), (RESID[1], _manual_edit(b, lb, -1.0, 5.0))]
     # the openai client over the app `serve` would serve (its TestClient is the client's httpx transport)
     api = openai.OpenAI(base_url=f"{client.base_url}/v1", api_key="loopback", max_retries=0, http_client=client)
-
-    def by_hand(hooks, token_ids) -> list[float]:
-        """The log-probabilities of these generated tokens with the hooks doing the edits by hand."""
-        ids = torch.cat([tokens, torch.tensor([token_ids])], dim=1)
-        with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-            logp = model(ids).log_softmax(-1)[0, tokens.shape[1] - 1:-1]
-        return logp.gather(1, torch.tensor(token_ids)[:, None])[:, 0].tolist()
 
     for edits in ([{"latent": la, "op": "add", "value": 20}, {"latent": lb, "op": "clamp", "value": 5, "sae": ids[RESID[1]]}],
                   [f"{la}:add=20", f"{ids[RESID[1]]}/{lb}:clamp=5"]):
@@ -471,8 +479,8 @@ def test_one_api_request_steers_with_the_sae_of_each_layer(gpt2, stores, monkeyp
                                      extra_body={"steering": {"edits": edits}}).choices[0]
         assert got.model_extra["steering"]["token_ids"] == _greedy_ids(model, tokens, hooks, 6)
         token_ids = got.model_extra["steering"]["token_ids"]
-        torch.testing.assert_close(got.logprobs.token_logprobs, by_hand(hooks, token_ids), rtol=1e-3, atol=1e-3)
-        first_layer_only = by_hand(hooks[:1], token_ids)
+        torch.testing.assert_close(got.logprobs.token_logprobs, _logprobs_by_hand(model, tokens, hooks, token_ids), rtol=1e-3, atol=1e-3)
+        first_layer_only = _logprobs_by_hand(model, tokens, hooks[:1], token_ids)
         assert max(abs(x - y) for x, y in zip(got.logprobs.token_logprobs, first_layer_only)) > 1e-3
     with pytest.raises(openai.BadRequestError) as err:
         api.completions.create(model=ids[RESID[0]], prompt=prompt, max_tokens=2,
