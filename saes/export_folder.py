@@ -18,7 +18,7 @@ import json
 import os
 from pathlib import Path, PurePosixPath
 
-from saes.fileio import atomic_write_bytes, sha256_file
+from saes.fileio import atomic_write_bytes, read_json, sha256_file
 
 __all__ = ["ExportFolder", "RECORD"]
 
@@ -68,7 +68,7 @@ def _read_record(path: Path) -> dict[str, dict[str, str]]:
     if not path.is_file():
         return {}
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = read_json(path, "export record")
         if not isinstance(record, dict) or not all(isinstance(files, dict) for files in record.values()):
             raise TypeError
     except (ValueError, TypeError):

@@ -25,13 +25,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
-import json
 import os
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
+from saes.fileio import read_json
 from training.packing import between_documents, special_tokens, tokenizer_name
 from training.text import START, TextConfig, TextPointer, separators_for
 
@@ -120,9 +120,9 @@ def saelens_metadata(cfg: TextConfig, root: Path | None) -> dict[str, Any] | Non
     if found is None:
         return None
     try:
-        meta = json.loads(found.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{found} is not readable JSON ({e}); fix or remove it") from None
+        meta = read_json(found, METADATA_NAME)  # malformed or not UTF-8: ValueError naming the file
+    except OSError as e:
+        raise ValueError(f"{found} is not readable ({e}); fix or remove it") from None
     if not isinstance(meta, dict):
         raise ValueError(f"{found} is not a JSON object; fix or remove it")
     return {**meta, "path": str(found)}

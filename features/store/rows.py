@@ -93,7 +93,7 @@ class SearchTextRow(NamedTuple):
     examples: str  # its top examples' text, one per line
 
 
-def insert_sql(table: str, row_type: type) -> str:
-    """INSERT INTO table(<the row type's fields>) VALUES (?, ...)."""
-    cols = row_type._fields
+def insert_sql(table: str, columns) -> str:
+    """INSERT INTO table(<columns>) VALUES (?, ...); `columns` is a row type (its fields) or the names."""
+    cols = getattr(columns, "_fields", columns)
     return f"INSERT INTO {table}({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"

@@ -51,7 +51,7 @@ import sqlite3
 from pathlib import Path
 
 from features.store.errors import StoreError
-from features.store.rows import ExampleRow, FeatureRow
+from features.store.rows import FeatureRow
 
 SCHEMA_VERSION = 3
 # Version 2 kept every example's window (token ids, text, offsets) in its own row of table `examples`:
@@ -214,7 +214,6 @@ CREATE VIRTUAL TABLE feature_fts USING fts5(label, examples, tokenize = 'unicode
 
 FEATURE_COLUMNS = FeatureRow._fields  # the build's columns of `features` (steering writes the others)
 EXAMPLE_SELECT = "id, latent, kind, rank, activation, quantile, seq_index, position, centre, token_ids, acts, text"
-EXAMPLE_COLUMNS = ExampleRow._fields
 
 
 def latest_label_sql(latent_column: str) -> str:

@@ -11,14 +11,14 @@ from __future__ import annotations
 import sqlite3
 from typing import Iterable
 
-from features.store.rows import ExampleRow
+from features.store.rows import ExampleRow, insert_sql
 from features.store.schema import EXAMPLES_VIEW, SCHEMA
 
 WindowKey = tuple  # (token_ids, text, token_offsets): the window's stored bytes, so equal keys read the same
 
 # one example's row of `example_refs`: ExampleRow's fields with the window's id in place of its bytes
 REF_COLUMNS = ("latent", "kind", "rank", "activation", "quantile", "seq_index", "position", "centre", "window", "acts")
-INSERT_REF = f"INSERT INTO example_refs({', '.join(REF_COLUMNS)}) VALUES ({', '.join('?' * len(REF_COLUMNS))})"
+INSERT_REF = insert_sql("example_refs", REF_COLUMNS)
 
 
 class WindowIds:
