@@ -158,8 +158,9 @@ async def feature_list(request: Request, entry: StoreEntry = Depends(api.get_sto
     keys = ("sort", "desc", "label", "min_score", "min_freq", "max_freq", "health", "level", "labelled", "limit")
     params = {k: v for k in keys if (v := request.query_params.get(k, "").strip())}
     filtered = any(params.get(k) for k in ("label", "min_score", "min_freq", "max_freq", "health", "level", "labelled"))
+    # read once for the page: a store scored or replaced after start shows its method and note now
     return render(request, "features.html", store=entry, page=page, q=q, params=params, filtered=filtered, nav="features",
-                  score_method=entry.live_info().score_method)  # a store scored after start: its method now
+                  live=entry.live_info())
 
 
 @router.get("/s/{sid}/search", response_class=HTMLResponse)

@@ -90,8 +90,10 @@
     feat.appendChild(featInput);
     feat.appendChild(flabel);
     featInput.max = String(storeById.get(sid).d_sae - 1);
-    if (label) { const shown = drawn(label); flabel.textContent = shown; labelCache.set(sid + "/" + Number(latent), shown); flabel.dataset.shows = sid + "/" + Number(latent); }
-    else if (featInput.value !== "") lookupLabel(storeById.get(sid), Number(featInput.value), flabel);
+    if (featInput.value !== "") {
+      if (label) labelCache.set(sid + "/" + Number(featInput.value), drawn(label));  // the page's label: shown from the cache
+      lookupLabel(storeById.get(sid), Number(featInput.value), flabel);
+    }
     let timer = null;
     featInput.addEventListener("input", () => {
       clearTimeout(timer);
