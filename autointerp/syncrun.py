@@ -19,6 +19,7 @@ from typing import Any, Callable, Coroutine
 
 __all__ = ["run_coroutine_sync"]
 
+# the signals saesteer.stopsignals stops on (autointerp is a library below saesteer and does not import it)
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 _CANCELLED = object()
 

@@ -71,18 +71,14 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return _main(argv)
         except KeyboardInterrupt as e:
-            if _debug_asked(argv):
+            if _debug_asked("--debug" in (sys.argv[1:] if argv is None else argv)):  # maybe not parsed yet
                 raise
             return stopsignals.report(e)
 
 
-def _debug_asked(argv: list[str] | None) -> bool:
-    return "--debug" in (sys.argv[1:] if argv is None else argv) or _debug_env_set()
-
-
-def _debug_env_set() -> bool:
-    """SAESTEER_DEBUG set (to anything but 0): tracebacks as with --debug."""
-    return os.environ.get("SAESTEER_DEBUG", "") not in ("", "0")
+def _debug_asked(flag: bool) -> bool:
+    """--debug given (`flag`) or SAESTEER_DEBUG set (to anything but 0): tracebacks are shown."""
+    return flag or os.environ.get("SAESTEER_DEBUG", "") not in ("", "0")
 
 
 def _main(argv: list[str] | None) -> int:
@@ -95,7 +91,7 @@ def _main(argv: list[str] | None) -> int:
     from saesteer.librarybars import library_bars
     from saesteer.stopsignals import Stopped
 
-    debug = args.debug or _debug_env_set()
+    debug = _debug_asked(args.debug)
     # --no-progress (train: also the old `--progress false`) quiets the libraries' bars too
     quiet = getattr(args, "no_progress", False) or getattr(args, "progress", None) is False
     _expand_home(args)

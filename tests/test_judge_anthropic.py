@@ -384,6 +384,19 @@ def _judged(command, toy_store, store, tmp_path):
                     *common)
 
 
+def test_output_score_of_a_store_without_labels_is_refused_before_the_model_and_judge(toy_store, store, claude_env,
+                                                                                      monkeypatch, capsys):
+    import autointerp.config
+    import saesteer.models
+    from saesteer.cli import main
+
+    monkeypatch.setattr(saesteer.models, "load_recorded_model", lambda *a, **kw: pytest.fail("the model loaded"))
+    monkeypatch.setattr(autointerp.config, "make_judge", lambda *a, **kw: pytest.fail("the judge was made"))
+    assert main(["output-score", "--store", str(store), "--sae", str(toy_store.parent / "run/saes/sae"),
+                 "--judge-backend", "anthropic", "--judge-model", MODEL]) == 2
+    assert "no labelled latent to score; run `saesteer label` first" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("command", ["sweep", "output-score"])
 def test_a_refused_key_stops_every_judging_command_at_its_first_request(toy_store, store, claude_env, tmp_path,
                                                                          command):

@@ -172,6 +172,29 @@ def test_steer_refuses_stores_that_pair_with_no_sae_or_twice_before_the_model_lo
     assert r.rc == 2 and "--preset belongs to one SAE; give a single --sae" in r.err, r.text
 
 
+def test_stores_beside_several_saes_hash_each_sae_once(layers, monkeypatch):
+    """Pairing --store with --sae reads each SAE's weights once (a real SAE's hash reads every weight),
+    not once more per store that check_sae then checks."""
+    import features.fingerprint
+    import saes.fingerprint
+    from saesteer.commands import _steering
+
+    hashed = []
+
+    def counting(sae):
+        hashed.append(sae)
+        return sae_fingerprint(sae)
+
+    monkeypatch.setattr(saes.fingerprint, "sae_fingerprint", counting)
+    monkeypatch.setattr(features.fingerprint, "sae_fingerprint", counting)
+    saes = {"l0": _sae(layers.saes[RESID[0]]), "l1": _sae(layers.saes[RESID[1]])}
+    stores, links = _steering.open_stores([str(layers.stores[h]) for h in RESID], saes)
+    for store in stores:
+        store.close()
+    assert set(links) == {"l0", "l1"}
+    assert len(hashed) == 2, f"{len(hashed)} hashes of 2 SAEs"
+
+
 @pytest.mark.parametrize("command", [("sweep", "--sae", "a", "-l", "3"), ("steer-eval", "--sae", "a", "-l", "3"),
                                      ("label",), ("output-score", "--sae", "a"), ("preset", "save", "calm", "-l", "3")])
 def test_a_second_store_of_a_one_store_command_is_refused(command):

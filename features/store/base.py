@@ -242,11 +242,12 @@ class StoreBase:
         return (ModelIdentity.from_id((self.meta.get("cache") or {}).get("model"))
                 or ModelIdentity.from_id((self.meta.get("sae") or {}).get("model_name")))
 
-    def check_sae(self, sae) -> None:
-        """Refuse (StoreMismatchError) an SAE other than the one this store was built from."""
+    def check_sae(self, sae, fingerprint: str | None = None) -> None:
+        """Refuse (StoreMismatchError) an SAE other than the one this store was built from.
+        `fingerprint`: the SAE's, where the caller has hashed it already (its weights are not read again)."""
         from features.fingerprint import sae_fingerprint
 
-        fp = sae if isinstance(sae, str) else sae_fingerprint(sae)
+        fp = sae if isinstance(sae, str) else fingerprint or sae_fingerprint(sae)
         if fp != self.sae_fingerprint:
             built = self.meta.get("sae", {})
             raise StoreMismatchError(

@@ -312,7 +312,8 @@ def open_stores(paths: list[str], saes: dict[str, Any]) -> tuple[list[Any], dict
             store = _open_store_file(path)
             stores.append(store)
             # the SAEs of its weights (each hashed once, not once per store), then check_sae's hook check
-            refusals = {name: _refusal(store, saes[name]) for name, fp in fingerprints.items() if fp == store.sae_fingerprint}
+            refusals = {name: _refusal(store, saes[name], fp) for name, fp in fingerprints.items()
+                        if fp == store.sae_fingerprint}
             names = [name for name, why in refusals.items() if why is None]
             if not names:
                 raise CLIError(f"the store {path} was built for none of the SAEs given: "
@@ -341,10 +342,10 @@ def _open_store_file(path: str, writable: bool = False):
     return FeatureStore.open(p, readonly=not writable)
 
 
-def _refusal(store: Any, sae: Any) -> str | None:
-    """Why `store` was not built for `sae` (`FeatureStore.check_sae`'s refusal), None when it was."""
+def _refusal(store: Any, sae: Any, fingerprint: str) -> str | None:
+    """Why `store` was not built for `sae` of `fingerprint` (`FeatureStore.check_sae`'s refusal), None when it was."""
     try:
-        store.check_sae(sae)
+        store.check_sae(sae, fingerprint)
     except ValueError as e:
         return str(e)
     return None

@@ -67,15 +67,15 @@ def run(args) -> int:
 
         sae = load_sae(args.sae)
         with FeatureStore.open(store_path, readonly=False, sae=sae) as store:
+            labelled = [r.latent for r in store.list_features(sort="latent", filter={"has_label": True}, limit=store.d_sae)]
+            ids = [i for i in labelled if wanted is None or i in set(wanted)]
+            if not ids:  # refused before the model loads and the judge is made
+                print("error: no labelled latent to score; run `saesteer label` first (or check --latents)", file=sys.stderr)
+                return 2
             model = load_recorded_model(store.recorded_model(), args.model, recorded_in=str(store_path),
                                         device=args.device, allow_mismatch=args.allow_model_mismatch)
             sae = sae.to(model_device(model))
             judge = make_judge(judge_cfg, cache_path=store_path.with_name(store_path.name + ".judge-cache.sqlite"))
-            labelled = [r.latent for r in store.list_features(sort="latent", filter={"has_label": True}, limit=store.d_sae)]
-            ids = [i for i in labelled if wanted is None or i in set(wanted)]
-            if not ids:
-                print("error: no labelled latent to score; run `saesteer label` first (or check --latents)", file=sys.stderr)
-                return 2
             res = score_outputs(model, sae, store, ids, cfg, judge=judge, progress=not args.no_progress)
     except (StoreError, FileNotFoundError, ValueError) as e:
         print_error(e)
