@@ -73,6 +73,8 @@ async def _parse(request: Request, cls):
         body = await request.json()
     except ValueError:
         raise ApiError(400, "the request body is not valid JSON") from None
+    except RecursionError:  # Python's JSON parser recurses per level: a small body can nest past the limit
+        raise ApiError(400, "the request body's JSON is nested too deeply") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
     try:
