@@ -116,3 +116,42 @@ def test_tabs_polling_while_label_writes_see_only_whole_answers_and_then_the_new
     assert polled[0] >= 8
     detail = httpx.get(f"{srv.url}/api/stores/tiny/features/3", timeout=30).json()
     assert detail["label"]["judge_kind"] == "offline", detail["label"]  # the shared store's were 'human'
+
+
+def test_tabs_searching_at_once_on_a_fresh_server_load_the_query_embedder_once(served, monkeypatch):
+    """Searches now run in worker threads: two tabs searching before the store's query embedder (a
+    sentence-embedding model, hundreds of MB) was looked for would each load it. The second waits
+    for the first's instead."""
+    import autointerp.semantic
+
+    srv, app, _ = served
+    catalog = app.state.web.stores["tiny"].catalog
+    loads, loading, go_on = [], threading.Event(), threading.Event()
+
+    def slow_store_embedder(store):
+        loads.append(store)
+        loading.set()
+        assert go_on.wait(60)
+        return None  # no vectors: full-text search
+
+    monkeypatch.setattr(autointerp.semantic, "store_embedder", slow_store_embedder)
+    waiting = _SignallingLock(getattr(catalog, "_embedder_lock", threading.Lock()))
+    catalog._embedder_lock = waiting
+    answers: list = []
+
+    def search() -> None:
+        answers.append(httpx.get(f"{srv.url}/api/stores/tiny/search?q=sea", timeout=60))
+
+    first = threading.Thread(target=search)
+    first.start()
+    assert loading.wait(30), "the first search never looked for the embedder"
+    waiting.waited.clear()  # the first search took the lock: from here, a wait is the second's
+    second = threading.Thread(target=search)
+    second.start()
+    try:
+        assert waiting.waited.wait(30), "the second search did not wait for the first's embedder"
+    finally:
+        go_on.set()
+        first.join(60)
+        second.join(60)
+    assert len(loads) == 1 and [r.status_code for r in answers] == [200, 200]
