@@ -287,3 +287,45 @@ def test_32_concurrent_clients_each_get_what_their_request_gets_alone(server):
         for (*_, lp_a), (*_, lp_t) in zip(a, t):
             assert lp_t == pytest.approx(lp_a, abs=1e-3), (kind, body)
     assert any(len(a) > 1 for a in alone) and any(x[1] == "stop" for a in alone for x in a)
+
+
+# -- connections that never send a request --------------------------------------------------------------
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    """Whether the server closes this connection (it sends nothing first); a 30 s bound on waiting."""
+    sock.settimeout(30)
+    try:
+        return sock.recv(4096) == b""
+    except (TimeoutError, socket.timeout):
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_connections_whose_headers_never_come_are_closed_but_a_long_request_is_not(ws):
+    """uvicorn waits forever for a request's headers: a client that opens connections and sends
+    nothing, or its headers a byte now and then (slowloris), held a socket each. `saesteer serve`'s
+    protocol (listen.guarded_http_protocol) closes them once the headers are overdue; a request whose
+    headers came runs as long as it needs (here: held past that time by the paused model)."""
+    from saesteer.web.listen import guarded_http_protocol
+
+    srv, app = _serve(ws, uvicorn_kw={"http": guarded_http_protocol(0.5)})
+    model_lock = app.state.web.queues[0].lock
+    try:
+        with socket.create_connection(("127.0.0.1", srv.port)) as idle, \
+                socket.create_connection(("127.0.0.1", srv.port)) as trickle:
+            trickle.sendall(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n" % srv.port)  # never finished
+            assert _closed_by_server(idle) and _closed_by_server(trickle)
+        with httpx.Client(base_url=srv.url, timeout=60) as h:
+            answered: list = []
+            with model_lock:
+                t = threading.Thread(target=lambda: answered.append(h.post("/v1/completions", json=dict(BODY, max_tokens=2))))
+                t.start()
+                _until(lambda: app.state.openai.schedulers[0].in_flight == 1, "the request is in")
+                with socket.create_connection(("127.0.0.1", srv.port)) as probe:  # the deadline has passed once this closes
+                    assert _closed_by_server(probe)
+            t.join(60)
+            assert answered[0].status_code == 200 and answered[0].json()["usage"]["completion_tokens"] == 2
+            assert h.get("/v1/models").status_code == 200  # the same kept-alive connection, answered again
+    finally:
+        srv.stop()

@@ -23,16 +23,17 @@ __all__ = ["serve_entries", "openai_client", "async_openai_client", "api_served"
 
 
 def serve_entries(entries: Sequence[Any], *, limits=None, config_kw: dict | None = None, guard: dict | None = None,
-                  **app_kw) -> tuple[ServerThread, Any]:
+                  uvicorn_kw: dict | None = None, **app_kw) -> tuple[ServerThread, Any]:
     """`create_app(entries, ...)` served on a free loopback port (its Host check names that port);
     (the started server, the app). `config_kw` go to ServeConfig, `app_kw` to create_app, `guard`
-    to the security middleware (`saesteer.web.security.SecurityMiddleware`: read when serving starts)."""
+    to the security middleware (`saesteer.web.security.SecurityMiddleware`: read when serving starts),
+    `uvicorn_kw` to uvicorn.Config."""
     from saesteer.web import ServeConfig, create_app
 
     port = free_port()
     app = create_app(list(entries), config=ServeConfig(port=port, **(config_kw or {})), limits=limits, **app_kw)
     app.state.guard.update(guard or {})
-    return ServerThread(app, port).start(), app
+    return ServerThread(app, port, **(uvicorn_kw or {})).start(), app
 
 
 def _client_kw(srv, api_key: str, kw: dict) -> dict:
