@@ -19,7 +19,8 @@ from steering.generation import continuation_text
 
 openai = pytest.importorskip("openai")
 
-from helpers.web_app import ServerThread, free_port, make_entry  # noqa: E402
+from helpers.api_server import openai_client, serve_entries  # noqa: E402
+from helpers.web_app import make_entry  # noqa: E402
 
 HOOK = "blocks.0.hook_resid_post"
 MSGS = [{"role": "system", "content": "the ship"}, {"role": "user", "content": "the sea and the whale"}]
@@ -40,12 +41,10 @@ def ws(tmp_path_factory):
 
 
 def _serve(ws, **app_kw):
-    from saesteer.web import Limits, ServeConfig, create_app
+    from saesteer.web import Limits
 
-    port = free_port()
     limits = app_kw.pop("limits", Limits(max_new_tokens=48))
-    app = create_app([make_entry(ws, "chat", limits=limits)], config=ServeConfig(port=port), limits=limits, **app_kw)
-    return ServerThread(app, port).start(), app
+    return serve_entries([make_entry(ws, "chat", limits=limits)], limits=limits, **app_kw)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +57,7 @@ def server(ws):
 @pytest.fixture(scope="module")
 def client(server):
     srv, _ = server
-    return openai.OpenAI(base_url=f"{srv.url}/v1", api_key="loopback-needs-no-key", max_retries=0, timeout=120)
+    return openai_client(srv, api_key="loopback-needs-no-key")
 
 
 def _firing_latent(ws, ids: list[int], lo: float = 0.2, hi: float = 0.7) -> int:
@@ -381,10 +380,10 @@ def test_stream_options_without_stream_is_refused_as_openai_refuses_it(client):
 def test_token_is_required_when_configured(ws):
     srv, _ = _serve(ws, token="t" * 32)
     try:
-        bad = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="wrong-token-of-some-length", max_retries=0)
+        bad = openai_client(srv, api_key="wrong-token-of-some-length")
         with pytest.raises(openai.AuthenticationError):
             bad.completions.create(model="chat", prompt="the", max_tokens=1)
-        good = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="t" * 32, max_retries=0)
+        good = openai_client(srv, api_key="t" * 32)
         assert good.completions.create(model="chat", prompt="the", max_tokens=1).choices[0].finish_reason
     finally:
         srv.stop()
@@ -696,19 +695,19 @@ def test_a_text_prompt_gets_the_bos_the_sae_was_trained_with(ws):
     from dataclasses import replace
 
     from features import FeatureStore
-    from saesteer.web import Limits, ServeConfig, StoreEntry, ModelQueue, create_app
+    from saesteer.web import Limits, ModelQueue, StoreEntry
     from saesteer.web.model_source import ModelEngine
     from saesteer.web.store_source import StoreCatalog
 
     default = bool(ws.model.cfg.default_prepend_bos)
     sae = copy.deepcopy(ws.sae)
     sae.cfg = replace(sae.cfg, metadata={**(sae.cfg.metadata or {}), "prepend_bos": not default})
-    limits, port = Limits(max_new_tokens=8), free_port()
+    limits = Limits(max_new_tokens=8)
     entry = StoreEntry("chat", cat := StoreCatalog(FeatureStore.open(ws.path), name="chat"),
                        ModelEngine(ws.model, sae, cat, limits), ModelQueue("tiny-test-model", limits.max_pending))
-    srv = ServerThread(create_app([entry], config=ServeConfig(port=port), limits=limits), port).start()
+    srv, _ = serve_entries([entry], limits=limits)
     try:
-        c = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="x", max_retries=0, timeout=120)
+        c = openai_client(srv, api_key="x")
         prompt = "the sea and the ship"
         r = c.completions.create(model="chat", prompt=prompt, max_tokens=1, temperature=0)
         assert r.usage.prompt_tokens == ws.model.to_tokens(prompt, prepend_bos=not default).shape[1]

@@ -262,20 +262,19 @@ API_EDITS = [["3:add=15x@0,2,-1"], ["5:add=15x@prompt", "7:add=-15x@generated", 
 def api(tmp_path_factory, models):
     """`saesteer api`'s app over GPT-2 (absolute positions) and Gemma-2 (windows, soft-capping, a
     chat template), served by uvicorn; (openai client, app)."""
-    openai = pytest.importorskip("openai")
-    from helpers.web_app import ServerThread, free_port, make_entry
+    pytest.importorskip("openai")
+    from helpers.api_server import openai_client, serve_entries
+    from helpers.web_app import make_entry
     from helpers.web_store import build_web_store
-    from saesteer.web import Limits, ServeConfig, create_app
+    from saesteer.web import Limits
 
     work = tmp_path_factory.mktemp("batchpad-api")
     limits = Limits(max_new_tokens=64)
     entries = [make_entry(build_web_store(work / fam, model=models[fam], name=fam), fam, limits=limits)
                for fam in ("gpt2", "gemma2")]
-    port = free_port()
-    app = create_app(entries, config=ServeConfig(port=port), limits=limits)
-    srv = ServerThread(app, port).start()
+    srv, app = serve_entries(entries, limits=limits)
     try:
-        yield openai.OpenAI(base_url=f"{srv.url}/v1", api_key="loopback", max_retries=0, timeout=120), app
+        yield openai_client(srv), app
     finally:
         srv.stop()
 

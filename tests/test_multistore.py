@@ -23,6 +23,7 @@ import torch
 
 from helpers.real_cli import captured_serve, saesteer
 from saes.fingerprint import sae_fingerprint
+from helpers.api_server import openai_client
 from helpers.web_app import ServerThread
 from test_user_paths18 import (RESID, _cache_and_train, _copy, _greedy_ids, _logprobs_by_hand, _manual_edit, _sae,
                                _two_layers_firing)
@@ -95,7 +96,7 @@ def test_the_playground_steers_with_a_latent_of_each_layer_in_one_generation(lay
         edits = steered[0]["steering"]["edits"]
         assert edits[1]["sae"] == ids[RESID[1]] and "sae" not in edits[0], edits
         # the JSON endpoint given the page's request through the openai client: the same text
-        api = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="loopback", max_retries=0)
+        api = openai_client(srv)
         request = {k: v for k, v in steered[0].items() if k != "steering"}
         got = api.completions.create(**request, extra_body={"steering": steered[0]["steering"]}).choices[0]
         with_logprobs = api.completions.create(**request, logprobs=1,

@@ -259,6 +259,7 @@ def test_a_preset_and_the_api_take_neuronpedia_latents(store, tmp_path, monkeypa
     an index only ('cannot parse edit', a 422 for an object's latent)."""
     import openai
 
+    from helpers.api_server import openai_client
     from helpers.web_app import ServerThread, record_server
 
     saesteer("preset", "save", "np", "--store", store, "-l", f"{ADDRESS}/3:clamp=4@generated?{NP_SAE}/5>1.5",
@@ -275,7 +276,7 @@ def test_a_preset_and_the_api_take_neuronpedia_latents(store, tmp_path, monkeypa
     (app, kw), = calls
     srv = ServerThread(app, kw["port"]).start()
     try:
-        client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="loopback", max_retries=0, timeout=120)
+        client = openai_client(srv)
         model = client.models.list().data[0].id
 
         def complete(steering):

@@ -211,6 +211,7 @@ def test_an_embedding_sae_copied_out_of_its_repo_is_refused_at_hook_embed(gemma,
 
 def test_build_show_label_steer_serve_and_eval_a_gemma_scope_sae(gemma, monkeypatch):
     from helpers.judge_server import JudgeServer, fake_llm_answer
+    from helpers.api_server import openai_client
     from helpers.web_app import ServerThread, record_server
 
     openai = pytest.importorskip("openai")
@@ -252,7 +253,7 @@ def test_build_show_label_steer_serve_and_eval_a_gemma_scope_sae(gemma, monkeypa
     (app, kw), = calls
     srv = ServerThread(app, kw["port"]).start()
     try:
-        client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="loopback", max_retries=0, timeout=120)
+        client = openai_client(srv)
         served, = [m.id for m in client.models.list().data]
         out = client.completions.create(model=served, prompt=prompt, max_tokens=6, temperature=0,
                                         extra_body={"steering": {"edits": [f"{latent}:add=8x"]}})

@@ -45,7 +45,8 @@ import pytest
 openai = pytest.importorskip("openai")
 
 from helpers.chat_templates import QWEN2_TEMPLATE, QWEN3_TEMPLATE  # noqa: E402
-from helpers.web_app import ServerThread, free_port, make_entry  # noqa: E402
+from helpers.api_server import openai_client, serve_entries  # noqa: E402
+from helpers.web_app import make_entry  # noqa: E402
 
 pytestmark = [pytest.mark.usefixtures("one_thread")]
 
@@ -94,20 +95,17 @@ def stores(tmp_path_factory, llama3_path):
 
 @pytest.fixture(scope="module")
 def server(stores):
-    from saesteer.web import Limits, ServeConfig, create_app
+    from saesteer.web import Limits
 
-    port = free_port()
     limits = Limits(max_new_tokens=MAX_NEW)
-    app = create_app([make_entry(ws, sid, limits=limits) for sid, ws in stores.items()],
-                     config=ServeConfig(port=port), limits=limits)
-    srv = ServerThread(app, port).start()
+    srv, _ = serve_entries([make_entry(ws, sid, limits=limits) for sid, ws in stores.items()], limits=limits)
     yield srv
     srv.stop()
 
 
 @pytest.fixture(scope="module")
 def client(server):
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="loopback", max_retries=0, timeout=60)
+    return openai_client(server, timeout=60)
 
 
 def _greedy(client, model, messages, **extra_body):

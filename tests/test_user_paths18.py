@@ -39,6 +39,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from helpers.api_server import openai_client
 from helpers.real_cli import captured_serve, saesteer
 
 pytestmark = [pytest.mark.usefixtures("one_thread", "offline_env")]
@@ -471,7 +472,7 @@ def test_one_api_request_steers_with_the_sae_of_each_layer(gpt2, stores, monkeyp
     model, a, b, prompt, tokens, la, lb = _two_layers_firing(gpt2)
     hooks = [(RESID[0], _manual_edit(a, la, 0.0, 20.0)), (RESID[1], _manual_edit(b, lb, -1.0, 5.0))]
     # the openai client over the app `serve` would serve (its TestClient is the client's httpx transport)
-    api = openai.OpenAI(base_url=f"{client.base_url}/v1", api_key="loopback", max_retries=0, http_client=client)
+    api = openai_client(str(client.base_url), http_client=client)  # in process, through the TestClient
 
     for edits in ([{"latent": la, "op": "add", "value": 20}, {"latent": lb, "op": "clamp", "value": 5, "sae": ids[RESID[1]]}],
                   [f"{la}:add=20", f"{ids[RESID[1]]}/{lb}:clamp=5"]):
@@ -522,7 +523,7 @@ def test_a_neuronpedia_latent_is_read_against_the_sae_its_edit_names(gpt2, store
     assert client is not None, r.text
     ids = {m["saesteer"]["sae_hook"]: m["id"] for m in client.get("/v1/models").json()["data"]}
     other = ids[RESID[1]]
-    api = openai.OpenAI(base_url=f"{client.base_url}/v1", api_key="loopback", max_retries=0, http_client=client)
+    api = openai_client(str(client.base_url), http_client=client)  # in process, through the TestClient
 
     def complete(*edits):
         out = api.completions.create(model=ids[RESID[0]], prompt=PROMPTS[1], max_tokens=4, temperature=0,
@@ -555,8 +556,6 @@ def test_a_neuronpedia_latent_of_the_requests_own_sae_stays_its_own(gpt2, stores
     differ), both knowing it as gpt2-small/1-res-jb: a request to the second store naming a latent by
     its Neuronpedia id steers with that store's strengths, as the same edit by index does. It went
     to whichever store was listed first, its '2x' read with the other store's typical max."""
-    import openai
-
     first = _as_on_neuronpedia(stores[RESID[1]], "gpt2-small/1-res-jb", tmp_path / "first.db")
     second = _as_on_neuronpedia(stores[RESID[1]], "gpt2-small/1-res-jb", tmp_path / "second.db")
     with sqlite3.connect(first) as db:  # as if built on other text
@@ -565,7 +564,7 @@ def test_a_neuronpedia_latent_of_the_requests_own_sae_stays_its_own(gpt2, stores
     assert client is not None, r.text
     ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
     assert len(ids) == 2
-    api = openai.OpenAI(base_url=f"{client.base_url}/v1", api_key="loopback", max_retries=0, http_client=client)
+    api = openai_client(str(client.base_url), http_client=client)  # in process, through the TestClient
 
     def complete(model, edit):
         """(the greedy token ids, the edits as the response describes them)"""
@@ -595,7 +594,7 @@ def test_a_preset_of_the_store_served_beside_is_refused_naming_its_model(gpt2, s
     r, client = captured_serve(monkeypatch, "--store", l0, "--store", l1)
     assert client is not None, r.text
     ids = {m["saesteer"]["sae_hook"]: m["id"] for m in client.get("/v1/models").json()["data"]}
-    api = openai.OpenAI(base_url=f"{client.base_url}/v1", api_key="loopback", max_retries=0, http_client=client)
+    api = openai_client(str(client.base_url), http_client=client)  # in process, through the TestClient
 
     def complete(model, steering):
         out = api.completions.create(model=model, prompt=PROMPTS[1], max_tokens=4, temperature=0,

@@ -65,18 +65,16 @@ def _latents(db, where: str) -> list[int]:
 @pytest.fixture(scope="module")
 def api(user):
     """`saesteer api --store chat.db` (the app it builds) served on a free loopback port."""
-    from helpers.web_app import ServerThread, record_server
+    from helpers.api_server import api_served
+    from helpers.web_app import record_server
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")
         calls = record_server(mp)
         saesteer("api", "--store", user / "chat.db", "--port", 0).ok()
         (app, kw), = calls
-        srv = ServerThread(app, kw["port"]).start()  # the port it chose (Host headers are checked against it)
-        try:
-            yield openai.OpenAI(base_url=f"{srv.url}/v1", api_key="loopback", max_retries=0, timeout=120), app
-        finally:
-            srv.stop()
+        with api_served(app, kw["port"]) as (_, client):  # the port it chose (Host headers are checked against it)
+            yield client, app
 
 
 def _ext(obj) -> dict:

@@ -301,19 +301,16 @@ def test_gemma2_caches_trains_steers_and_serves_the_hf_models_values(gemma2, lla
     key/value heads, norms around each sublayer): the cache holds HF's values at hook_resid_post and
     hook_mlp_out (after the post-MLP norm), SAEs trained at both steer generation, and `saesteer api`
     returns the HF model's log-probs for batched prompts longer than the window."""
-    from helpers.web_app import ServerThread, record_server
+    from helpers.api_server import api_served
+    from helpers.web_app import record_server
 
-    openai = pytest.importorskip("openai")
+    pytest.importorskip("openai")
     work, model_dir = gemma2
     calls = record_server(monkeypatch)
     saesteer("api", "--store", work / "resid.db", "--port", 0).ok()
     (app, kw), = calls
-    srv = ServerThread(app, kw["port"]).start()
-    try:
-        client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="loopback", max_retries=0, timeout=120)
+    with api_served(app, kw["port"]) as (_, client):
         _served_logprobs_are_the_hf_models(client, model_dir, llama_style_tokenizer)
-    finally:
-        srv.stop()
 
 
 @pytest.mark.slow
@@ -402,8 +399,9 @@ def test_an_sae_trained_by_saelens_builds_a_store_of_its_own_encodings_and_steer
 def chat_api(real_models, real_corpus, tmp_path_factory):
     """`saesteer api` over a store of the Qwen2 checkpoint (its chat template in tokenizer_config.json),
     served on a loopback port: (openai client, model directory)."""
-    openai = pytest.importorskip("openai")
-    from helpers.web_app import ServerThread, record_server
+    pytest.importorskip("openai")
+    from helpers.api_server import api_served
+    from helpers.web_app import record_server
 
     work = tmp_path_factory.mktemp("user5-chat")
     model = work / "qwen2-chat"
@@ -417,11 +415,8 @@ def chat_api(real_models, real_corpus, tmp_path_factory):
         calls = record_server(mp)
         saesteer("api", "--store", work / "chat.db", "--port", 0).ok()
     (app, kw), = calls
-    srv = ServerThread(app, kw["port"]).start()
-    try:
-        yield openai.OpenAI(base_url=f"{srv.url}/v1", api_key="loopback", max_retries=0, timeout=120), model
-    finally:
-        srv.stop()
+    with api_served(app, kw["port"]) as (_, client):
+        yield client, model
 
 
 def test_a_prompt_longer_than_the_context_is_refused_with_its_real_length(chat_api):

@@ -45,7 +45,8 @@ import pytest
 openai = pytest.importorskip("openai")
 
 from helpers.chat_templates import QWEN2_TEMPLATE  # noqa: E402
-from helpers.web_app import ServerThread, free_port, make_entry  # noqa: E402
+from helpers.api_server import async_openai_client, openai_client, serve_entries  # noqa: E402
+from helpers.web_app import free_port, make_entry  # noqa: E402
 
 MAX_NEW = 48
 MSGS = [{"role": "system", "content": "You write Python."}, {"role": "user", "content": "def parse(self, args):"}]
@@ -71,15 +72,17 @@ def _app(ws, **kw):
 
 @pytest.fixture(scope="module")
 def server(ws):
-    app, port = _app(ws)
-    srv = ServerThread(app, port).start()
+    from saesteer.web import Limits
+
+    limits = Limits(max_new_tokens=MAX_NEW)
+    srv, app = serve_entries([make_entry(ws, "chat", limits=limits)], limits=limits)
     yield srv, app
     srv.stop()
 
 
 @pytest.fixture(scope="module")
 def client(server):
-    return openai.OpenAI(base_url=f"{server[0].url}/v1", api_key="loopback", max_retries=0, timeout=60)
+    return openai_client(server[0], timeout=60)
 
 
 def _wait(cond, timeout: float = 30.0) -> bool:
@@ -488,7 +491,7 @@ def test_async_client_with_concurrent_streams(server, client):
         return texts, usage
 
     async def run():
-        async with openai.AsyncOpenAI(base_url=f"{srv.url}/v1", api_key="loopback", max_retries=0, timeout=60) as ac:
+        async with async_openai_client(srv, timeout=60) as ac:
             return await asyncio.gather(*(stream(ac, seed, 2 if seed == 3 else 1) for seed in (1, 2, 3, 4)))
 
     results = asyncio.run(run())

@@ -233,18 +233,16 @@ def test_byte_tokens_are_labelled_as_bytes_in_the_vocabulary_and_logit_lists(cha
 
 @pytest.fixture(scope="module")
 def api(chain):
-    openai = pytest.importorskip("openai")
-    from helpers.web_app import ServerThread, record_server
+    pytest.importorskip("openai")
+    from helpers.api_server import api_served
+    from helpers.web_app import record_server
 
     with pytest.MonkeyPatch.context() as mp:
         calls = record_server(mp)
         saesteer("api", "--store", chain.store, "--port", 0).ok()
     (app, kw), = calls
-    srv = ServerThread(app, kw["port"]).start()
-    try:
-        yield openai.OpenAI(base_url=f"{srv.url}/v1", api_key="loopback", max_retries=0, timeout=120)
-    finally:
-        srv.stop()
+    with api_served(app, kw["port"]) as (_, client):
+        yield client
 
 
 @pytest.mark.parametrize("prompt", ["日本語の", "机器", "emoji 🙂 and"])

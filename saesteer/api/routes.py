@@ -73,6 +73,8 @@ async def _parse(request: Request, cls):
         body = await request.json()
     except ValueError:
         raise ApiError(400, "the request body is not valid JSON") from None
+    except RecursionError:  # Python's JSON parser recurses per level: a small body can nest past the limit
+        raise ApiError(400, "the request body's JSON is nested too deeply") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
     try:
@@ -83,7 +85,7 @@ async def _parse(request: Request, cls):
 
 
 @router.get("/models", summary="the models (one per feature store) this server steers")
-async def list_models(request: Request):
+def list_models(request: Request):  # reads the stores' presets: in a worker thread (as saesteer.web.api's reads)
     try:
         svc = _service(request)
     except ApiError:
@@ -92,7 +94,7 @@ async def list_models(request: Request):
 
 
 @router.get("/models/{model_id}", summary="one model")
-async def get_model(model_id: str, request: Request):
+def get_model(model_id: str, request: Request):
     try:
         return _served(request, model_id).card()
     except ApiError as e:

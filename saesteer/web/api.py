@@ -1,6 +1,9 @@
 """The JSON API (under /api/). Pages read the same catalog through `pages.py`.
 
-Reads (list, feature, search) answer at once from the store. Model work (fire, steer, sweep)
+Reads (list, feature, search) answer at once from the store, in FastAPI's worker threads (plain
+`def` routes), never on the event loop: a read that waits (the store's lock, SQLite's busy timeout
+while `saesteer label` writes, a big store's sort) would stop every other request, the API's
+generations and streams included. Model work (fire, steer, sweep)
 waits its turn on the model's `ModelQueue` and runs in that queue's worker thread.
 Every input is bounded twice: hard ceilings in the schemas (documented in /openapi.json) and
 the server's configured `Limits` here, with a 422 naming the limit when exceeded.
@@ -164,7 +167,7 @@ async def _run(queue, fn, *args):
 
 
 @router.get("/status", summary="server version, stores, limits and queue lengths")
-async def status(request: Request, state=Depends(get_state)) -> dict:
+def status(request: Request, state=Depends(get_state)) -> dict:
     return {
         "version": saesteer.__version__,
         "stores": [s.live_info().model_dump() for s in state.stores.values()],
@@ -175,22 +178,22 @@ async def status(request: Request, state=Depends(get_state)) -> dict:
 
 
 @router.get("/stores", summary="the stores this server serves")
-async def list_stores(state=Depends(get_state)) -> list[StoreInfo]:
+def list_stores(state=Depends(get_state)) -> list[StoreInfo]:
     return [s.live_info() for s in state.stores.values()]
 
 
 @router.get("/stores/{sid}", summary="one store", responses=_ERRORS)
-async def store_info(entry: StoreEntry = Depends(get_store)) -> StoreInfo:
+def store_info(entry: StoreEntry = Depends(get_store)) -> StoreInfo:
     return entry.live_info()
 
 
 @router.get("/stores/{sid}/features", summary="features, filtered, sorted and paginated", responses=_ERRORS)
-async def list_features(entry: StoreEntry = Depends(get_store), q: FeatureQuery = Depends(feature_query)) -> Page[FeatureSummary]:
+def list_features(entry: StoreEntry = Depends(get_store), q: FeatureQuery = Depends(feature_query)) -> Page[FeatureSummary]:
     return entry.catalog.list_features(q)
 
 
 @router.get("/stores/{sid}/features/{latent}", summary="everything about one feature", responses=_ERRORS)
-async def feature(latent: Latent, entry: StoreEntry = Depends(get_store)) -> FeatureDetail:
+def feature(latent: Latent, entry: StoreEntry = Depends(get_store)) -> FeatureDetail:
     detail = entry.catalog.feature(latent)
     if detail is None:
         raise HTTPException(404, f"latent {latent} is not in store {entry.id!r} (it has {entry.info.d_sae} latents: 0..{entry.info.d_sae - 1})")
@@ -198,7 +201,7 @@ async def feature(latent: Latent, entry: StoreEntry = Depends(get_store)) -> Fea
 
 
 @router.get("/stores/{sid}/search", summary="full-text search over labels (and explanations)", responses=_ERRORS)
-async def search(
+def search(
     q: Annotated[str, Query(min_length=1, max_length=1000, description="words to look for")],
     request: Request,
     entry: StoreEntry = Depends(get_store),
@@ -218,7 +221,7 @@ async def search(
 
 
 @router.get("/stores/{sid}/map", summary="the feature map: a stored 2-d layout of the latents", responses=_ERRORS)
-async def feature_map(
+def feature_map(
     entry: StoreEntry = Depends(get_store),
     layout: Annotated[Optional[str], Query(max_length=64, pattern=r"^[a-z0-9-]+$",
                                            description="which layout (default: the first stored)")] = None,

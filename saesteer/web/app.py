@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 import socket
 import weakref
 from pathlib import Path
@@ -125,7 +126,50 @@ class _App(FastAPI):
     def build_middleware_stack(self):
         inner = super().build_middleware_stack()
         g = self.state.guard
-        return SecurityMiddleware(inner, **g)
+        return _with_request_id(SecurityMiddleware(_head_as_get(inner), **g))  # refusals carry the id too
+
+
+def _with_request_id(app):
+    """Every answer of the OpenAI-compatible API (/v1/) carries `x-request-id`, as OpenAI's do: the
+    `openai` client shows it on errors (`APIStatusError.request_id`) and responses (`_request_id`),
+    and the server log names it beside a failure."""
+
+    async def asgi(scope, receive, send):
+        if scope["type"] != "http" or not scope.get("path", "").startswith("/v1/"):
+            await app(scope, receive, send)
+            return
+        rid = "req_" + secrets.token_hex(12)
+        scope.setdefault("state", {})["request_id"] = rid
+
+        async def send_with_id(message):
+            if message["type"] == "http.response.start":
+                message = dict(message, headers=[*message.get("headers", []), (b"x-request-id", rid.encode())])
+            await send(message)
+
+        await app(scope, receive, send_with_id)
+
+    return asgi
+
+
+def _head_as_get(app):
+    """HEAD answered as GET without its body (HTTP requires HEAD wherever GET is served: `curl -I`,
+    uptime checks); FastAPI's routes answer only the methods they name, so HEAD got 405."""
+
+    async def asgi(scope, receive, send):
+        if scope["type"] != "http" or scope.get("method") != "HEAD":
+            await app(scope, receive, send)
+            return
+
+        async def headers_only(message):
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        await app(dict(scope, method="GET"), receive, headers_only)
+
+    return asgi
 
 
 def create_app(
@@ -264,7 +308,8 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception):
-        log.exception("internal error on %s %s", request.method, request.url.path)
+        rid = request.scope.get("state", {}).get("request_id")
+        log.exception("internal error on %s %s%s", request.method, request.url.path, f" ({rid})" if rid else "")
         return error_response(request, 500, "internal error; the server log has the details")
 
 

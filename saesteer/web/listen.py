@@ -10,7 +10,9 @@ connects early waits in the backlog instead of being refused. `on_ready` runs on
 started (the app's startup done, connections accepted), so a line printed there is true when a
 client reads it. `run_server` blocks until the server is stopped (Ctrl-C, SIGTERM, SIGHUP): it
 stops taking connections, lets the requests in flight finish, and the CLI then exits with 128 +
-the signal's number (`saesteer.stopsignals`).
+the signal's number (`saesteer.stopsignals`). A connection whose request headers have not all
+arrived `HEADER_TIMEOUT_S` after it opened (or after its last answer) is closed
+(`guarded_http_protocol`).
 """
 
 from __future__ import annotations
@@ -21,9 +23,42 @@ import socket
 import threading
 from typing import Any, Callable
 
-__all__ = ["listening_socket", "run_server"]
+__all__ = ["listening_socket", "run_server", "guarded_http_protocol", "HEADER_TIMEOUT_S"]
 
 BACKLOG = 2048  # uvicorn's default
+HEADER_TIMEOUT_S = 30.0  # a request's headers take milliseconds; an idle connection waits this long at most
+
+
+def guarded_http_protocol(timeout_s: float | None = None):
+    """uvicorn's HTTP protocol class, closing a connection whose next request's headers have not all
+    arrived within `timeout_s` (default HEADER_TIMEOUT_S) of the connection opening or of its last
+    answer. uvicorn waits for them forever, so a client opening connections and sending nothing, or
+    its headers a byte now and then (slowloris), held a socket each until the server ran out of them.
+    A request whose headers came is never cut, however long it runs."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    limit = HEADER_TIMEOUT_S if timeout_s is None else float(timeout_s)
+
+    class GuardedHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._headers_due()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._headers_due()
+
+        def _headers_due(self) -> None:
+            last = self.cycle  # the request answered last (None: none yet); a new request replaces it
+
+            def check() -> None:
+                idle = self.cycle is last and (last is None or last.response_complete)
+                if idle and not self.transport.is_closing():
+                    self.transport.close()
+
+            self.loop.call_later(limit, check)
+
+    return GuardedHTTPProtocol
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -76,6 +111,7 @@ def run_server(app: Any, sock: socket.socket, *, on_ready: Callable[[], None] = 
                 signal.raise_signal(hup)  # as uvicorn does for the others: the CLI says how it stopped
 
     host, port = sock.getsockname()[:2]
+    uvicorn_kw.setdefault("http", guarded_http_protocol())
     config = uvicorn.Config(app, host=host, port=port, backlog=BACKLOG, **uvicorn_kw)
     try:
         Server(config).run(sockets=[sock])

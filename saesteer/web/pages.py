@@ -11,6 +11,9 @@ Escaped is not yet readable: a bidi override in a label or a snippet reorders th
 drawn first (`_drawn_output`, features.drawing.readable: ⟨RLO⟩, ␛) - except the values of form
 fields, written `{{ text|field }}`, which must hand the user's text back as it was typed. The
 playground's generated text, which steer.js writes, is drawn there by the same rule (readable.js).
+
+Pages that only read the store are plain `def` routes, run in worker threads as the API's reads are
+(`api.py`): never on the event loop.
 """
 
 from __future__ import annotations
@@ -145,7 +148,7 @@ def render_error(request: Request, status: int, message: str, headers=None) -> H
 
 
 @router.get("/", response_class=HTMLResponse)
-async def index(request: Request) -> Response:
+def index(request: Request) -> Response:
     stores = request.app.state.web.stores
     if len(stores) == 1:
         return RedirectResponse(f"/s/{next(iter(stores))}", status_code=303)
@@ -153,7 +156,7 @@ async def index(request: Request) -> Response:
 
 
 @router.get("/s/{sid}", response_class=HTMLResponse)
-async def feature_list(request: Request, entry: StoreEntry = Depends(api.get_store), q: FeatureQuery = Depends(api.feature_query)) -> Response:
+def feature_list(request: Request, entry: StoreEntry = Depends(api.get_store), q: FeatureQuery = Depends(api.feature_query)) -> Response:
     page = entry.catalog.list_features(q)
     keys = ("sort", "desc", "label", "min_score", "min_freq", "max_freq", "health", "level", "labelled", "limit")
     params = {k: v for k in keys if (v := request.query_params.get(k, "").strip())}
@@ -164,7 +167,7 @@ async def feature_list(request: Request, entry: StoreEntry = Depends(api.get_sto
 
 
 @router.get("/s/{sid}/search", response_class=HTMLResponse)
-async def search(
+def search(
     request: Request,
     entry: StoreEntry = Depends(api.get_store),
     q: Annotated[str, Query(max_length=1000)] = "",
@@ -183,7 +186,7 @@ async def search(
 
 
 @router.get("/s/{sid}/f/{latent}", response_class=HTMLResponse)
-async def feature_page(request: Request, latent: api.Latent, entry: StoreEntry = Depends(api.get_store)) -> Response:
+def feature_page(request: Request, latent: api.Latent, entry: StoreEntry = Depends(api.get_store)) -> Response:
     detail = entry.catalog.feature(latent)
     if detail is None:
         raise HTTPException(404, f"latent {latent} is not in store {entry.id!r} (its latents are 0..{entry.info.d_sae - 1})")
@@ -210,7 +213,7 @@ def quantile_bands(examples: list[Example]) -> list[tuple[str, list[Example]]]:
 
 
 @router.get("/s/{sid}/map", response_class=HTMLResponse)
-async def map_page(
+def map_page(
     request: Request,
     entry: StoreEntry = Depends(api.get_store),
     layout: Annotated[Optional[str], Query(max_length=64, pattern=r"^[a-z0-9-]+$")] = None,
@@ -242,7 +245,7 @@ async def fire_page(
 
 
 @router.get("/s/{sid}/steer", response_class=HTMLResponse)
-async def steer_page(
+def steer_page(
     request: Request,
     entry: StoreEntry = Depends(api.get_store),
     latent: Annotated[Optional[list[Annotated[int, Field(ge=0, le=2**31 - 1)]]], Query(description="latents to preselect")] = None,

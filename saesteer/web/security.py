@@ -11,7 +11,8 @@ In order, for each HTTP request:
 3. Token (when configured: always for a non-loopback bind): `Authorization: Bearer <token>`, the
    cookie set after a first visit with `?token=<token>`, or that query parameter itself; compared
    in constant time (`hmac.compare_digest`).
-4. Body: at most `max_body_bytes` (read and counted here before the app sees it); POSTs to the
+4. Body: at most `max_body_bytes` (read and counted here before the app sees it), arriving within
+   `body_timeout_s` (a client trickling its body, byte by byte, holds a connection no longer); POSTs to the
    APIs (/api/, and the OpenAI-compatible /v1/) must be `application/json` (a cross-site
    HTML form cannot send that without a CORS preflight, which we never answer).
 5. Response headers: a strict Content-Security-Policy (see `CSP`), no sniffing, no framing,
@@ -22,6 +23,7 @@ Websocket connections are refused (the app has none).
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import secrets
@@ -29,6 +31,9 @@ from typing import Iterable
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 __all__ = ["CSP", "SecurityMiddleware", "new_token", "EMPTY_STYLE_HASH", "token_cookie_name", "API_PREFIXES"]
+
+# how long a request's body may take to arrive, all of it (a 64 KiB body takes milliseconds)
+BODY_TIMEOUT_S = 30.0
 
 # JSON APIs: the app's own (/api/) and the OpenAI-compatible one (/v1/, `saesteer.api`)
 API_PREFIXES = ("/api/", "/v1/")
@@ -124,8 +129,10 @@ class SecurityMiddleware:
         port: int | None,
         token: str | None,
         max_body_bytes: int,
+        body_timeout_s: float = BODY_TIMEOUT_S,
     ) -> None:
         self.app = app
+        self.body_timeout_s = float(body_timeout_s)
         self.allowed_hosts = frozenset(h.lower() for h in allowed_hosts)
         self.port = port
         self.token = token
@@ -251,8 +258,14 @@ class SecurityMiddleware:
         answered or the client went away."""
         chunks: list[bytes] = []
         seen = 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.body_timeout_s
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                await _deny(scope, send, 408, f"the request body did not arrive within {self.body_timeout_s:g} s")
+                return None
             if message["type"] != "http.request":
                 return None  # the client went away
             chunk = message.get("body", b"")

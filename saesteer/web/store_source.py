@@ -6,6 +6,7 @@ generation, sweeps) is `model_source.ModelEngine`; `launch.open_entries` opens b
 from __future__ import annotations
 
 import math
+import threading
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -109,6 +110,7 @@ class StoreCatalog:
         self.store = store
         self.name = name or Path(store.path).stem
         self._embedder = False  # not looked for yet (see query_embedder)
+        self._embedder_lock = threading.Lock()  # searches run in worker threads: the embedder loads once
         self._steering_link: Any = None  # steering.store.StoreLink, made on first use
 
     # -- identity -------------------------------------------------------------------------------
@@ -212,9 +214,11 @@ class StoreCatalog:
         """The embedder for the store's label vectors of a real model (`autointerp.semantic.store_embedder`),
         looked for once; None: full-text search."""
         if self._embedder is False:
-            from autointerp.semantic import store_embedder
+            with self._embedder_lock:
+                if self._embedder is False:  # another search may have loaded it while this one waited
+                    from autointerp.semantic import store_embedder
 
-            self._embedder = store_embedder(self.store)
+                    self._embedder = store_embedder(self.store)
         return self._embedder
 
     def semantic(self, text: str, offset: int, limit: int) -> Page[FeatureSummary] | None:

@@ -76,14 +76,16 @@ def free_port() -> int:
 
 
 class ServerThread:
-    """uvicorn serving `app` on 127.0.0.1:port in a daemon thread; `stop()` shuts it down."""
+    """uvicorn serving `app` on 127.0.0.1:port in a daemon thread; `stop()` shuts it down.
+    `uvicorn_kw` go to uvicorn.Config (e.g. http=saesteer.web.listen.guarded_http_protocol(...))."""
 
-    def __init__(self, app, port: int) -> None:
+    def __init__(self, app, port: int, **uvicorn_kw) -> None:
         import uvicorn
 
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                                    lifespan="on", **uvicorn_kw))
         self.thread = threading.Thread(target=self.server.run, name="uvicorn-test", daemon=True)
 
     def start(self, timeout: float = 30.0) -> "ServerThread":
