@@ -154,6 +154,26 @@ def tl_hook_for_module_input(module_path: str) -> str | None:
     return None
 
 
+# a SAELens config's `hf_hook_name` (the HF module its SAE was trained on, as Gemma Scope 2 records it) that
+# names the MLP's real input: Gemma's pre-MLP norm's output, its weight applied (Gemma's post_attention_layernorm
+# is the attention output's norm, not the MLP's input)
+_HF_MLP_INPUT = re.compile(rf"^(?:.+\.)?{_LAYER}\.pre_feedforward_layernorm\.output$")
+
+
+def saelens_hook_of(metadata: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(hook point, basis) a SAELens config's SAE reads: its `hook_name`, except where its `hf_hook_name`
+    says the SAE was trained on the MLP's input (Gemma Scope 2's transcoders: `model.layers.N.
+    pre_feedforward_layernorm.output`) while `hook_name` is `blocks.N.hook_mlp_in`, which the Bridge takes
+    before that norm (the residual stream): then `blocks.N.mlp.hook_in`, the norm's output as the MLP
+    reads it. `basis` says why, for messages; None when `hook_name` is used as it is."""
+    hook, hf_hook = metadata.get("hook_name"), metadata.get("hf_hook_name")
+    m = _HF_MLP_INPUT.match(hf_hook) if isinstance(hf_hook, str) else None
+    if m and hook == f"blocks.{m[1]}.hook_mlp_in":
+        return f"blocks.{m[1]}.mlp.hook_in", (f"its hf_hook_name {hf_hook}, the MLP's input after the norm; SAELens's "
+                                             f"{hook} is the residual stream before it")
+    return hook, None
+
+
 def record_model_and_hook(
     sae: SAE,
     provenance: dict[str, Any],

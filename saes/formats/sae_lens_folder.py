@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from saes.formats.base import LoadedSAE, files_record, record_model_and_hook
+from saes.formats.base import LoadedSAE, files_record, record_model_and_hook, saelens_hook_of
 from saes.io import (
     CFG_FILENAME,
     SCALER_FILENAME,
@@ -56,7 +56,8 @@ def load(
             prov["source"]["activation_scaling_factor_folded"] = files.scaling_factor
         if files.whitening is not None:
             prov["source"]["activation_whitening_folded"] = True
-        record_model_and_hook(sae, prov, source=str(path), hook=hook, model=model,
-                              recorded_hook=md.get("hook_name"), recorded_model=md.get("model_name"))
+        recorded_hook, basis = saelens_hook_of(md)
+        record_model_and_hook(sae, prov, source=str(path), hook=hook, model=model, recorded_hook=recorded_hook,
+                              recorded_model=md.get("model_name"), hook_basis=basis)
     return LoadedSAE(sae, prov, str(path), FORMAT)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from saes.formats.base import LoadedSAE, record_model_and_hook
+from saes.formats.base import LoadedSAE, record_model_and_hook, saelens_hook_of
 from saes.io import SAEFormatError
 
 PREFIX = "sae_lens:"
@@ -142,7 +142,8 @@ def load(
     kwargs = _overrides(release, sae_id).get("model_from_pretrained_kwargs") or md.get("model_from_pretrained_kwargs")
     if kwargs:  # e.g. center_writing_weights: the SAE reads activations of a processed model
         prov["model_from_pretrained_kwargs"] = kwargs
-    record_model_and_hook(sae, prov, source=spec, hook=hook, model=model,
-                          recorded_hook=md.get("hook_name"), recorded_model=md.get("model_name"))
+    recorded_hook, basis = saelens_hook_of(md)
+    record_model_and_hook(sae, prov, source=spec, hook=hook, model=model, recorded_hook=recorded_hook,
+                          recorded_model=md.get("model_name"), hook_basis=basis)
     return LoadedSAE(sae, prov, spec, FORMAT)
 

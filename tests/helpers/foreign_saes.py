@@ -376,3 +376,52 @@ def saelens_calibrated(kind: str, acts_ND: torch.Tensor, d_sae: int, *, l0: floa
         sae.b_dec.copy_(b_dec_D)
     sae.cfg.metadata.hook_name, sae.cfg.metadata.model_name = hook_name, model_name
     return sae
+
+
+# ------------------------------------------------------------------------------ Gemma Scope 2
+def random_gemma_scope_2(d_in: int, d_sae: int, seed: int = 0, affine: bool = False) -> dict[str, torch.Tensor]:
+    """A Gemma Scope 2 params.safetensors's tensors (lower-case names, as SAELens's
+    gemma_3_sae_huggingface_loader reads them); `affine`: a transcoder's affine_skip_connection [d_in, d_out]."""
+    g = torch.Generator().manual_seed(seed)
+    p = {"w_enc": torch.randn(d_in, d_sae, generator=g) * 0.3, "w_dec": torch.randn(d_sae, d_in, generator=g) * 0.3,
+         "b_enc": torch.randn(d_sae, generator=g) * 0.1, "b_dec": torch.randn(d_in, generator=g) * 0.2,
+         "threshold": torch.rand(d_sae, generator=g) * 0.3}
+    if affine:
+        p["affine_skip_connection"] = torch.randn(d_in, d_in, generator=g) * 0.1
+    return p
+
+
+def write_gemma_scope_2(hub: Path, repo_id: str, folder: str, params: dict[str, torch.Tensor], layer: int,
+                        model_name: str = "gemma-v3-270m-pt") -> Path:
+    """A Gemma Scope 2 SAE folder in an HF-cache snapshot of `repo_id`: `params.safetensors` and the
+    `config.json` SAELens's get_gemma_3_config_from_hf reads (architecture, model_name, the HF hook points
+    and, for a transcoder, affine_connection; the values its _infer_gemma_3_raw_cfg_dict gives where a
+    folder has none)."""
+    from safetensors.torch import save_file
+
+    src = hub.parent / "gemma-scope-2-src" / folder
+    src.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in params.items()}, str(src / "params.safetensors"))
+    cfg: dict[str, Any] = {"architecture": "jump_relu", "model_name": model_name}
+    if "transcoder" in folder:
+        cfg.update(hf_hook_point_in=f"model.layers.{layer}.pre_feedforward_layernorm.output",
+                   hf_hook_point_out=f"model.layers.{layer}.post_feedforward_layernorm.output",
+                   affine_connection="affine_skip_connection" in params)
+    else:
+        cfg["hf_hook_point_in"] = f"model.layers.{layer}.output"
+    (src / "config.json").write_text(json.dumps(cfg))
+    return write_hf_snapshot(hub, repo_id, {f"{folder}/{n}": src / n for n in ("params.safetensors", "config.json")})
+
+
+def gemma_3_shapes_from_the_cache(monkeypatch) -> None:
+    """SAELens's gemma_3 converter asks the hub for a params.safetensors's tensor shapes over HTTP
+    (get_safetensors_tensor_shapes), cached file or not; here it reads them from the cached file."""
+    from huggingface_hub import hf_hub_download
+    from safetensors import safe_open
+    from sae_lens.loading import pretrained_sae_loaders as loaders
+
+    def shapes(repo_id: str, filename: str) -> dict[str, list[int]]:
+        with safe_open(hf_hub_download(repo_id, filename), "pt") as f:
+            return {k: list(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - safe_open has no iter
+
+    monkeypatch.setattr(loaders, "get_safetensors_tensor_shapes", shapes)

@@ -1,0 +1,123 @@
+"""SAEs made by other libraries, through the chain a researcher runs on them, as those libraries
+write them, on tiny real checkpoints (tests/helpers/real_models.py) and non-toy text (code, prose,
+accents, CJK).
+
+- Gemma Scope 2 transcoders through SAELens's registry (`sae_lens:gemma-scope-2-270m-pt-transcoders-all/
+  layer_1_...`): SAELens's gemma_3 converter names their input `blocks.N.hook_mlp_in`, which the
+  TransformerBridge takes before the pre-MLP RMSNorm (the residual stream); Gemma Scope 2 trained them
+  on `model.layers.N.pre_feedforward_layernorm.output` (the config's `hf_hook_name`), the MLP's input.
+  They were read at the residual stream, every latent off; now at `blocks.N.mlp.hook_in`, and `features
+  build` stores what SAELens's own transcoder encodes from the HF module's output.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from helpers import foreign_saes as fs
+from helpers.real_cli import saesteer
+
+pytestmark = [pytest.mark.usefixtures("one_thread", "offline_env")]
+
+USER_TEXT = [
+    "def parse(self, args=None):\n    \"\"\"Parse the arguments.\"\"\"\n    return self._parse(args or [])\n",
+    "Le caf\u00e9 de la gare ouvre \u00e0 sept heures ; l'\u00e9t\u00e9, on y d\u00e9jeune dehors.",
+    "\u6771\u4eac\u306e\u5929\u6c17\u306f\u6674\u308c\u3067\u3059\u3002 Tokyo is sunny today, said the report.",
+]
+GS2_REPO = "google/gemma-scope-2-270m-pt"
+GS2_TRANSCODER = ("gemma-scope-2-270m-pt-transcoders-all", "layer_1_width_16k_l0_small_affine",
+                  "transcoder_all/layer_1_width_16k_l0_small_affine")
+MLP_IN, RESID_MID = "blocks.1.mlp.hook_in", "blocks.1.hook_mlp_in"
+
+
+def _store_stats(db: Path) -> tuple[list[int], torch.Tensor]:
+    with sqlite3.connect(db) as con:
+        rows = con.execute("SELECT latent, n_fires, max_act FROM features ORDER BY latent").fetchall()
+    return [n for _, n, _ in rows], torch.tensor([m for _, _, m in rows])
+
+
+@pytest.fixture(scope="module")
+def gemma3(real_corpus, tmp_path_factory):
+    """A tiny Gemma 3 checkpoint with a Gemma-style tokenizer, a text folder of the user's kind, and a
+    cache of the MLP's input at block 1 (the hook Gemma Scope 2 transcoders read)."""
+    from helpers.real_models import build_family_tokenizer, save_arch_model
+
+    work = tmp_path_factory.mktemp("gemma-3")
+    tok = build_family_tokenizer("gemma", real_corpus.train_docs)
+    model_dir = save_arch_model(work / "gemma-3", "gemma3", tok)
+    data = work / "text"
+    data.mkdir()
+    docs = list(USER_TEXT) + list(real_corpus.train_docs[:8])
+    for split, part in (("train", docs), ("validation", docs[::-1])):
+        (data / f"{split}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in part), encoding="utf-8")
+    saesteer("cache", "--model", model_dir, "--dataset", data, "--context-length", 48, "--max-tokens", 1024,
+             "--hooks", MLP_IN, "--out", work / "cache", "--no-progress").ok()
+    return SimpleNamespace(work=work, model_dir=model_dir, cache=work / "cache")
+
+
+@pytest.fixture()
+def gs2_hub(gemma3, tmp_path, monkeypatch):
+    """An offline HF cache holding a Gemma Scope 2 affine transcoder of layer 1 (d_in 64, 128 latents)."""
+    from huggingface_hub import constants
+
+    release, sae_id, folder = GS2_TRANSCODER
+    fs.write_gemma_scope_2(tmp_path / "hub", GS2_REPO, folder, fs.random_gemma_scope_2(64, 128, seed=3, affine=True),
+                           layer=1)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    fs.gemma_3_shapes_from_the_cache(monkeypatch)
+    return f"sae_lens:{release}/{sae_id}"
+
+
+def test_a_gemma_scope_2_transcoder_from_the_registry_reads_the_mlp_input(gemma3, gs2_hub, tmp_path):
+    """`features build` stores what SAELens's own JumpReLU transcoder encodes from the HF module
+    `layers[1].pre_feedforward_layernorm`'s output (taken with a forward hook on the HF model, not from
+    our cache); the residual stream that norm takes in (SAELens's hook_mlp_in) would not match."""
+    from sae_lens import SAE as SaeLensSAE
+
+    from saes.formats import resolve_sae
+
+    loaded = resolve_sae(gs2_hub)
+    assert loaded.sae.cfg.metadata["hook_name"] == MLP_IN, loaded.sae.cfg.metadata
+    assert loaded.sae.cfg.metadata["hook_name_out"] == "blocks.1.hook_mlp_out"
+    assert "pre_feedforward_layernorm" in loaded.provenance["recorded"]["hook_basis"]
+
+    saesteer("features", "build", "--sae", gs2_hub, "--cache", gemma3.cache, "--model", gemma3.model_dir,
+             "--out", tmp_path / "f.db", "--no-progress").ok()
+    n_fires, max_act = _store_stats(tmp_path / "f.db")
+    release, sae_id, _ = GS2_TRANSCODER
+    sl = SaeLensSAE.from_pretrained(release, sae_id, device="cpu")
+    norm = "layers.1.pre_feedforward_layernorm"
+    for side, should_match in (("output", True), ("input", False)):  # the norm's input: SAELens's hook_mlp_in
+        rows = fs.hf_module_rows_of_cache(gemma3.model_dir, gemma3.cache, norm, side=side).half().float()
+        with torch.no_grad():
+            acts = sl.encode(rows)
+        same = n_fires == (acts > 0).sum(0).tolist() and torch.allclose(max_act, acts.max(0).values.clamp_min(0),
+                                                                         rtol=1e-3, atol=1e-3)
+        assert same == should_match, side
+
+
+def test_a_gemma_scope_2_transcoder_given_saelens_s_residual_hook_is_refused_naming_both(gemma3, gs2_hub):
+    r = saesteer("features", "build", "--sae", gs2_hub, "--hook", RESID_MID, "--cache", gemma3.cache,
+                 "--model", gemma3.model_dir, "--out", gemma3.work / "never.db", "--no-progress")
+    assert r.rc != 0 and MLP_IN in r.err and RESID_MID in r.err and "pre_feedforward_layernorm" in r.err, r.text
+    r.no_traceback()
+
+
+def test_a_gemma_scope_2_transcoder_saelens_saved_to_a_folder_reads_the_mlp_input_too(gs2_hub, tmp_path):
+    """SAELens's own `save_model` of the registry's transcoder keeps `hf_hook_name` in cfg.json's
+    metadata beside `hook_name: blocks.1.hook_mlp_in`; the folder reads the MLP's input as the registry id does."""
+    from sae_lens import SAE as SaeLensSAE
+
+    from saes.formats import resolve_sae
+
+    release, sae_id, _ = GS2_TRANSCODER
+    SaeLensSAE.from_pretrained(release, sae_id, device="cpu").save_model(tmp_path / "tc")
+    assert json.loads((tmp_path / "tc" / "cfg.json").read_text())["metadata"]["hook_name"] == RESID_MID
+    assert resolve_sae(tmp_path / "tc").sae.cfg.metadata["hook_name"] == MLP_IN
