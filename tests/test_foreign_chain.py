@@ -8,6 +8,11 @@ accents, CJK).
   on `model.layers.N.pre_feedforward_layernorm.output` (the config's `hf_hook_name`), the MLP's input.
   They were read at the residual stream, every latent off; now at `blocks.N.mlp.hook_in`, and `features
   build` stores what SAELens's own transcoder encodes from the HF module's output.
+- sparsify / dictionary_learning SAEs of an HF MLP module (`layers.N.mlp`, `mlp_out_layer_N`) on a model
+  that norms the MLP's output before the residual add (Gemma 2/3, OLMo 2: post_feedforward_layernorm):
+  they were read at `blocks.N.hook_mlp_out`, which there is the norm's output (TransformerBridge and
+  HookedTransformer alike), not the module's output the library's forward hook read; now at
+  `blocks.N.mlp.hook_out` where the model's config says so (a sparsify transcoder's target likewise).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ GS2_REPO = "google/gemma-scope-2-270m-pt"
 GS2_TRANSCODER = ("gemma-scope-2-270m-pt-transcoders-all", "layer_1_width_16k_l0_small_affine",
                   "transcoder_all/layer_1_width_16k_l0_small_affine")
 MLP_IN, RESID_MID = "blocks.1.mlp.hook_in", "blocks.1.hook_mlp_in"
+MLP_OUT = "blocks.1.mlp.hook_out"  # the HF MLP module's output; Gemma's hook_mlp_out is its post-norm's
 
 
 def _store_stats(db: Path) -> tuple[list[int], torch.Tensor]:
@@ -45,7 +51,8 @@ def _store_stats(db: Path) -> tuple[list[int], torch.Tensor]:
 @pytest.fixture(scope="module")
 def gemma3(real_corpus, tmp_path_factory):
     """A tiny Gemma 3 checkpoint with a Gemma-style tokenizer, a text folder of the user's kind, and a
-    cache of the MLP's input at block 1 (the hook Gemma Scope 2 transcoders read)."""
+    cache of the MLP's input and output at block 1 (what Gemma Scope 2 transcoders read, what a sparsify SAE on
+    `layers.1.mlp` reads)."""
     from helpers.real_models import build_family_tokenizer, save_arch_model
 
     work = tmp_path_factory.mktemp("gemma-3")
@@ -57,7 +64,7 @@ def gemma3(real_corpus, tmp_path_factory):
     for split, part in (("train", docs), ("validation", docs[::-1])):
         (data / f"{split}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in part), encoding="utf-8")
     saesteer("cache", "--model", model_dir, "--dataset", data, "--context-length", 48, "--max-tokens", 1024,
-             "--hooks", MLP_IN, "--out", work / "cache", "--no-progress").ok()
+             "--hooks", f"{MLP_IN},{MLP_OUT}", "--out", work / "cache", "--no-progress").ok()
     return SimpleNamespace(work=work, model_dir=model_dir, cache=work / "cache")
 
 
@@ -121,3 +128,39 @@ def test_a_gemma_scope_2_transcoder_saelens_saved_to_a_folder_reads_the_mlp_inpu
     SaeLensSAE.from_pretrained(release, sae_id, device="cpu").save_model(tmp_path / "tc")
     assert json.loads((tmp_path / "tc" / "cfg.json").read_text())["metadata"]["hook_name"] == RESID_MID
     assert resolve_sae(tmp_path / "tc").sae.cfg.metadata["hook_name"] == MLP_IN
+
+
+def test_a_sparsify_sae_of_gemma_s_mlp_reads_the_module_s_output_not_the_post_norm(gemma3, tmp_path):
+    """sparsify's trainer reads `layers.1.mlp`'s output with a forward hook on the HF module; on Gemma 3 that
+    is before post_feedforward_layernorm, which the Bridge's hook_mlp_out comes after. `features build` on
+    the hook the SAE names stores sparsify's own encoding of the HF module's output."""
+    sparsify = pytest.importorskip("sparsify")
+    from saes.formats import resolve_sae
+
+    torch.manual_seed(0)
+    coder = sparsify.SparseCoder(64, sparsify.SparseCoderConfig(num_latents=128, k=4))
+    with torch.no_grad():
+        for p in coder.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    coder.save_to_disk(tmp_path / "run" / "layers.1.mlp")
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"model": str(gemma3.model_dir),
+                                                              "hookpoints": ["layers.1.mlp"]}))
+    assert resolve_sae(tmp_path / "run" / "layers.1.mlp").sae.cfg.metadata["hook_name"] == MLP_OUT
+    saesteer("features", "build", "--sae", tmp_path / "run" / "layers.1.mlp", "--cache", gemma3.cache,
+             "--out", tmp_path / "f.db", "--no-progress").ok()
+    n_fires, max_act = _store_stats(tmp_path / "f.db")
+    rows = fs.hf_module_rows_of_cache(gemma3.model_dir, gemma3.cache, "layers.1.mlp").half().float()
+    with torch.no_grad():
+        enc = coder.encode(rows)
+    dense = torch.zeros(len(rows), 128).scatter_(-1, enc.top_indices, enc.top_acts.clamp_min(0))
+    assert n_fires == (dense > 0).sum(0).tolist()
+    torch.testing.assert_close(max_act, dense.max(0).values, rtol=1e-3, atol=1e-3)
+
+    # dictionary_learning's demo name of the same module, and a sparsify transcoder's target, likewise
+    state = fs.random_dictionary_learning("AutoEncoderTopK", 64, 128)
+    dl = fs.write_dictionary_learning(tmp_path / "dl" / "trainer_0", "AutoEncoderTopK", state,
+                                      lm_name=str(gemma3.model_dir), submodule_name="mlp_out_layer_1")
+    assert resolve_sae(dl).sae.cfg.metadata["hook_name"] == MLP_OUT
+    state, cfg = fs.random_sparsify(64, 128, k=4, transcode=True)
+    tc = fs.write_sparsify(tmp_path / "tc" / "layers.1.mlp", state, cfg, run_config={"model": str(gemma3.model_dir)})
+    assert resolve_sae(tc).sae.cfg.metadata["hook_name_out"] == MLP_OUT
