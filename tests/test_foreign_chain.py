@@ -39,6 +39,7 @@ GS2_REPO = "google/gemma-scope-2-270m-pt"
 GS2_TRANSCODER = ("gemma-scope-2-270m-pt-transcoders-all", "layer_1_width_16k_l0_small_affine",
                   "transcoder_all/layer_1_width_16k_l0_small_affine")
 MLP_IN, RESID_MID = "blocks.1.mlp.hook_in", "blocks.1.hook_mlp_in"
+API = "/api"
 MLP_OUT = "blocks.1.mlp.hook_out"  # the HF MLP module's output; Gemma's hook_mlp_out is its post-norm's
 
 
@@ -164,3 +165,68 @@ def test_a_sparsify_sae_of_gemma_s_mlp_reads_the_module_s_output_not_the_post_no
     state, cfg = fs.random_sparsify(64, 128, k=4, transcode=True)
     tc = fs.write_sparsify(tmp_path / "tc" / "layers.1.mlp", state, cfg, run_config={"model": str(gemma3.model_dir)})
     assert resolve_sae(tc).sae.cfg.metadata["hook_name_out"] == MLP_OUT
+
+
+def test_a_gemma_scope_2_transcoder_through_label_serve_api_steer_and_eval(gemma3, gs2_hub, tmp_path, monkeypatch):
+    """The chain after `features build` on the registry id: the judge labels a latent by its index, the web
+    page and the API's edit name that index, `steer` and the API change the text, `eval` reads the MLP's input."""
+    from helpers.judge_server import JudgeServer, fake_llm_answer
+    from helpers.web_app import ServerThread, record_server
+    from sae_lens import SAE as SaeLensSAE
+
+    openai = pytest.importorskip("openai")
+    db = tmp_path / "tc.db"
+    saesteer("features", "build", "--sae", gs2_hub, "--cache", gemma3.cache, "--model", gemma3.model_dir,
+             "--out", db, "--no-progress").ok()
+    n_fires, _ = _store_stats(db)
+    latent = max(range(len(n_fires)), key=lambda i: n_fires[i] if n_fires[i] < sum(n_fires) / 16 else -1)
+    with JudgeServer(fake_llm_answer) as srv:
+        saesteer("label", "--store", db, "--latents", latent, "--judge-model", "judge", "--judge-base-url", srv.url,
+                 "--judge-api-key", "k", "--embed-backend", "none", "--no-progress").ok()
+        asked = [r for r in srv.snapshot() if r.completed]
+    with sqlite3.connect(db) as con:
+        (label,), = con.execute("SELECT label FROM labels WHERE latent = ?", (latent,)).fetchall()
+    assert asked and label
+    prompt = USER_TEXT[0][:40]
+    r = saesteer("steer", "--sae", gs2_hub, "--store", db, "--model", gemma3.model_dir, "--latent",
+                 f"{latent}:add=8x", "--prompt", prompt, "--max-new-tokens", 8, "--seed", 0, "--json").ok()
+    res = json.loads(r.out)["results"][0]
+    assert res["steered"] != res["unsteered"], res
+
+    calls = record_server(monkeypatch)
+    saesteer("serve", "--store", db, "--model", gemma3.model_dir, "--port", 0).ok()
+    (app, kw), = calls
+    srv = ServerThread(app, kw["port"]).start()
+    try:
+        import urllib.request
+
+        import html
+
+        def get(path: str) -> str:
+            return urllib.request.urlopen(f"{srv.url}{path}", timeout=60).read().decode()
+
+        (store,) = json.loads(get(f"{API}/stores"))
+        feature = json.loads(get(f"{API}/stores/{store['id']}/features/{latent}"))
+        summary = feature["summary"]
+        assert (summary["latent"], summary["n_fires"]) == (latent, n_fires[latent]), summary
+        # the index is SAELens's: its own transcoder's largest activation of that latent on the HF norm's output
+        rows = fs.hf_module_rows_of_cache(gemma3.model_dir, gemma3.cache, "layers.1.pre_feedforward_layernorm")
+        with torch.no_grad():
+            want = SaeLensSAE.from_pretrained(*GS2_TRANSCODER[:2], device="cpu").encode(rows.half().float())
+        assert summary["max_act"] == pytest.approx(want[:, latent].max().item(), rel=1e-3, abs=1e-3)
+        assert feature["top_examples"][0]["activation"] == pytest.approx(summary["max_act"], rel=1e-3, abs=1e-3)
+        page = get(f"/s/{store['id']}/f/{latent}")
+        assert html.escape(label) in page and f"#{latent}" in page
+        client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="loopback", max_retries=0, timeout=120)
+        served, = [m.id for m in client.models.list().data]
+        out = client.completions.create(model=served, prompt=prompt, max_tokens=6, temperature=0,
+                                        extra_body={"steering": {"edits": [f"{latent}:add=8x"]}})
+        plain = client.completions.create(model=served, prompt=prompt, max_tokens=6, temperature=0)
+        edit, = out.model_extra["steering"]["edits"]
+        assert edit.startswith(f"{latent}:add=") and out.choices[0].text != plain.choices[0].text
+    finally:
+        srv.stop()
+    saesteer("eval", "--sae", gs2_hub, "--model", gemma3.model_dir, "--dataset", gemma3.work / "text",
+             "--contexts", 4, "--context-length", 32, "--out", tmp_path / "eval").ok()
+    (name, ev), = json.loads((tmp_path / "eval" / "eval.json").read_text())["saes"].items()
+    assert ev["hook_name"] == MLP_IN, ev
