@@ -13,6 +13,9 @@ accents, CJK).
   they were read at `blocks.N.hook_mlp_out`, which there is the norm's output (TransformerBridge and
   HookedTransformer alike), not the module's output the library's forward hook read; now at
   `blocks.N.mlp.hook_out` where the model's config says so (a sparsify transcoder's target likewise).
+- Gemma Scope 2 offline: SAELens's gemma_3 converter asks the hub for the cached params.safetensors's
+  tensor shapes over HTTP, so a cached SAE was refused as "not in the HF cache"; the shapes now come from
+  the cached file.
 """
 
 from __future__ import annotations
@@ -49,6 +52,17 @@ def _store_stats(db: Path) -> tuple[list[int], torch.Tensor]:
     return [n for _, n, _ in rows], torch.tensor([m for _, _, m in rows])
 
 
+def _sae_lens_own(release: str, sae_id: str):
+    """SAELens's own SAE of a registry entry, offline (its gemma_3 converter asks the hub for tensor shapes:
+    `cached_tensor_shapes` reads them from the cached file, as `resolve_sae` does)."""
+    from sae_lens import SAE as SaeLensSAE
+
+    from saes.formats.sae_lens_registry import cached_tensor_shapes
+
+    with cached_tensor_shapes():
+        return SaeLensSAE.from_pretrained(release, sae_id, device="cpu")
+
+
 @pytest.fixture(scope="module")
 def gemma3(real_corpus, tmp_path_factory):
     """A tiny Gemma 3 checkpoint with a Gemma-style tokenizer, a text folder of the user's kind, and a
@@ -71,7 +85,8 @@ def gemma3(real_corpus, tmp_path_factory):
 
 @pytest.fixture()
 def gs2_hub(gemma3, tmp_path, monkeypatch):
-    """An offline HF cache holding a Gemma Scope 2 affine transcoder of layer 1 (d_in 64, 128 latents)."""
+    """An offline HF cache holding a Gemma Scope 2 affine transcoder of layer 1 (d_in 64, 128 latents); with
+    no network and HF_HUB_OFFLINE, as on a cluster node whose cache was filled beforehand."""
     from huggingface_hub import constants
 
     release, sae_id, folder = GS2_TRANSCODER
@@ -79,7 +94,6 @@ def gs2_hub(gemma3, tmp_path, monkeypatch):
                            layer=1)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    fs.gemma_3_shapes_from_the_cache(monkeypatch)
     return f"sae_lens:{release}/{sae_id}"
 
 
@@ -87,8 +101,6 @@ def test_a_gemma_scope_2_transcoder_from_the_registry_reads_the_mlp_input(gemma3
     """`features build` stores what SAELens's own JumpReLU transcoder encodes from the HF module
     `layers[1].pre_feedforward_layernorm`'s output (taken with a forward hook on the HF model, not from
     our cache); the residual stream that norm takes in (SAELens's hook_mlp_in) would not match."""
-    from sae_lens import SAE as SaeLensSAE
-
     from saes.formats import resolve_sae
 
     loaded = resolve_sae(gs2_hub)
@@ -100,7 +112,7 @@ def test_a_gemma_scope_2_transcoder_from_the_registry_reads_the_mlp_input(gemma3
              "--out", tmp_path / "f.db", "--no-progress").ok()
     n_fires, max_act = _store_stats(tmp_path / "f.db")
     release, sae_id, _ = GS2_TRANSCODER
-    sl = SaeLensSAE.from_pretrained(release, sae_id, device="cpu")
+    sl = _sae_lens_own(release, sae_id)
     norm = "layers.1.pre_feedforward_layernorm"
     for side, should_match in (("output", True), ("input", False)):  # the norm's input: SAELens's hook_mlp_in
         rows = fs.hf_module_rows_of_cache(gemma3.model_dir, gemma3.cache, norm, side=side).half().float()
@@ -121,12 +133,10 @@ def test_a_gemma_scope_2_transcoder_given_saelens_s_residual_hook_is_refused_nam
 def test_a_gemma_scope_2_transcoder_saelens_saved_to_a_folder_reads_the_mlp_input_too(gs2_hub, tmp_path):
     """SAELens's own `save_model` of the registry's transcoder keeps `hf_hook_name` in cfg.json's
     metadata beside `hook_name: blocks.1.hook_mlp_in`; the folder reads the MLP's input as the registry id does."""
-    from sae_lens import SAE as SaeLensSAE
-
     from saes.formats import resolve_sae
 
     release, sae_id, _ = GS2_TRANSCODER
-    SaeLensSAE.from_pretrained(release, sae_id, device="cpu").save_model(tmp_path / "tc")
+    _sae_lens_own(release, sae_id).save_model(tmp_path / "tc")
     assert json.loads((tmp_path / "tc" / "cfg.json").read_text())["metadata"]["hook_name"] == RESID_MID
     assert resolve_sae(tmp_path / "tc").sae.cfg.metadata["hook_name"] == MLP_IN
 
@@ -172,7 +182,6 @@ def test_a_gemma_scope_2_transcoder_through_label_serve_api_steer_and_eval(gemma
     page and the API's edit name that index, `steer` and the API change the text, `eval` reads the MLP's input."""
     from helpers.judge_server import JudgeServer, fake_llm_answer
     from helpers.web_app import ServerThread, record_server
-    from sae_lens import SAE as SaeLensSAE
 
     openai = pytest.importorskip("openai")
     db = tmp_path / "tc.db"
@@ -212,7 +221,7 @@ def test_a_gemma_scope_2_transcoder_through_label_serve_api_steer_and_eval(gemma
         # the index is SAELens's: its own transcoder's largest activation of that latent on the HF norm's output
         rows = fs.hf_module_rows_of_cache(gemma3.model_dir, gemma3.cache, "layers.1.pre_feedforward_layernorm")
         with torch.no_grad():
-            want = SaeLensSAE.from_pretrained(*GS2_TRANSCODER[:2], device="cpu").encode(rows.half().float())
+            want = _sae_lens_own(*GS2_TRANSCODER[:2]).encode(rows.half().float())
         assert summary["max_act"] == pytest.approx(want[:, latent].max().item(), rel=1e-3, abs=1e-3)
         assert feature["top_examples"][0]["activation"] == pytest.approx(summary["max_act"], rel=1e-3, abs=1e-3)
         page = get(f"/s/{store['id']}/f/{latent}")

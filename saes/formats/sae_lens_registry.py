@@ -11,6 +11,7 @@ cached SAE loads without the hub. sae_lens and huggingface_hub are imported insi
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,32 @@ def cached_revision(repo_id: str) -> str | None:
         return None
 
 
+@contextlib.contextmanager
+def cached_tensor_shapes():
+    """SAELens's gemma_3 converter (Gemma Scope 2) asks the hub for a params.safetensors's tensor shapes
+    with HTTP range requests (`get_safetensors_tensor_shapes`), cached file or not: offline, a Gemma Scope 2
+    SAE in the HF cache would not load. While SAELens loads, the shapes of a cached file are read from
+    its own header; a file not in the cache is asked for as SAELens asks."""
+    from huggingface_hub import try_to_load_from_cache
+    from safetensors import safe_open
+    from sae_lens.loading import pretrained_sae_loaders as loaders
+
+    asked = loaders.get_safetensors_tensor_shapes
+
+    def shapes(repo_id: str, filename: str) -> dict[str, list[int]]:
+        cached = try_to_load_from_cache(repo_id, filename)
+        if not isinstance(cached, str):
+            return asked(repo_id, filename)
+        with safe_open(cached, "pt") as f:
+            return {name: list(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118 - no iter
+
+    loaders.get_safetensors_tensor_shapes = shapes
+    try:
+        yield
+    finally:
+        loaders.get_safetensors_tensor_shapes = asked
+
+
 def load(
     ref: str, *, hook: str | None = None, model: str | None = None,
     device: torch.device | str | None = None, dtype: torch.dtype | None = None,
@@ -107,7 +134,8 @@ def load(
     if gemma_scope.is_gemma_2_transcoder(repo_id):  # its converter reads a point before the MLP's input
         gemma_scope.refuse_transcoder(spec, repo_id, folder)
     try:
-        sl = SaeLensSAE.from_pretrained(release, sae_id, device="cpu")
+        with cached_tensor_shapes():
+            sl = SaeLensSAE.from_pretrained(release, sae_id, device="cpu")
     except (OSError, EntryNotFoundError) as e:  # LocalEntryNotFoundError, OfflineModeIsEnabled, HTTP errors
         from saes.hf_offline import hf_offline
 

@@ -412,16 +412,3 @@ def write_gemma_scope_2(hub: Path, repo_id: str, folder: str, params: dict[str, 
     (src / "config.json").write_text(json.dumps(cfg))
     return write_hf_snapshot(hub, repo_id, {f"{folder}/{n}": src / n for n in ("params.safetensors", "config.json")})
 
-
-def gemma_3_shapes_from_the_cache(monkeypatch) -> None:
-    """SAELens's gemma_3 converter asks the hub for a params.safetensors's tensor shapes over HTTP
-    (get_safetensors_tensor_shapes), cached file or not; here it reads them from the cached file."""
-    from huggingface_hub import hf_hub_download
-    from safetensors import safe_open
-    from sae_lens.loading import pretrained_sae_loaders as loaders
-
-    def shapes(repo_id: str, filename: str) -> dict[str, list[int]]:
-        with safe_open(hf_hub_download(repo_id, filename), "pt") as f:
-            return {k: list(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - safe_open has no iter
-
-    monkeypatch.setattr(loaders, "get_safetensors_tensor_shapes", shapes)
