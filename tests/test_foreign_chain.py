@@ -13,6 +13,10 @@ accents, CJK).
   they were read at `blocks.N.hook_mlp_out`, which there is the norm's output (TransformerBridge and
   HookedTransformer alike), not the module's output the library's forward hook read; now at
   `blocks.N.mlp.hook_out` where the model's config says so (a sparsify transcoder's target likewise).
+- SAELens folders trained with normalize_activations="expected_average_only_in" whose factor only SAELens's
+  registry holds (gemma-2b-res-jb, gpt2-small-mlp-tm): read by path (their HF-cache snapshot) they were read
+  as the identity, every input at the wrong scale; the registry's factor is now folded as `SAE.from_pretrained`
+  folds it, and one whose factor is nowhere (a copy, an id the registry has none for) is refused.
 - Gemma Scope 2 offline: SAELens's gemma_3 converter asks the hub for the cached params.safetensors's
   tensor shapes over HTTP, so a cached SAE was refused as "not in the HF cache"; the shapes now come from
   the cached file.
@@ -239,3 +243,60 @@ def test_a_gemma_scope_2_transcoder_through_label_serve_api_steer_and_eval(gemma
              "--contexts", 4, "--context-length", 32, "--out", tmp_path / "eval").ok()
     (name, ev), = json.loads((tmp_path / "eval" / "eval.json").read_text())["saes"].items()
     assert ev["hook_name"] == MLP_IN, ev
+
+
+# ---------------------------------------------------------------------------------------------
+# SAELens folders trained with normalize_activations="expected_average_only_in" whose factor only the registry has
+
+JB_REPO, JB_FOLDER = "jbloom/Gemma-2b-Residual-Stream-SAEs", "gemma_2b_blocks.12.hook_resid_post_16384"
+JB_ID = ("gemma-2b-res-jb", "blocks.12.hook_resid_post")  # the release's one id with a norm_scaling_factor
+
+
+def test_a_registry_folder_read_by_path_folds_the_registry_s_scaling_factor(tmp_path, monkeypatch):
+    """gemma-2b-res-jb's folder says expected_average_only_in and holds no factor: SAELens's registry has it
+    (norm_scaling_factor), and `SAE.from_pretrained` folds it. The same folder by path (its HF-cache snapshot)
+    was read as the identity, every input at the wrong scale; it now folds the registry's factor, and one
+    whose factor is nowhere (a copy outside the cache, an id the registry has no factor for) is refused."""
+    import shutil
+
+    from huggingface_hub import constants
+    from sae_lens.loading.pretrained_saes_directory import get_norm_scaling_factor
+    from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
+
+    from saes.formats import resolve_sae
+    from saes.io import SAEFormatError
+
+    sl = StandardSAE(StandardSAEConfig(d_in=16, d_sae=48, normalize_activations="expected_average_only_in"))
+    with torch.no_grad():
+        for p in sl.parameters():
+            p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.3)
+    sl.cfg.metadata.hook_name, sl.cfg.metadata.model_name = JB_ID[1], "gemma-2b"
+    sl.save_model(tmp_path / "made")
+    unscaled = "gemma_2b_blocks.0.hook_resid_post_16384_anthropic"  # blocks.0.hook_resid_post: no registry factor
+    snap = fs.write_hf_snapshot(tmp_path / "hub", JB_REPO, {
+        f"{folder}/{f}": tmp_path / "made" / f for folder in (JB_FOLDER, unscaled)
+        for f in ("cfg.json", "sae_weights.safetensors")})
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    factor = get_norm_scaling_factor(*JB_ID)
+    assert factor and abs(factor - 1) > 0.1
+
+    x = torch.randn(32, 16) * 3
+    theirs = _sae_lens_own(*JB_ID)  # the registry's factor folded
+    assert theirs.cfg.normalize_activations == "none"
+    for spec in (snap / JB_FOLDER, f"sae_lens:{JB_ID[0]}/{JB_ID[1]}"):
+        loaded = resolve_sae(spec)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded.sae.encode(x), theirs.encode(x), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(loaded.sae(x).recon, theirs.decode(theirs.encode(x)), rtol=1e-5, atol=1e-5)
+    assert resolve_sae(snap / JB_FOLDER).provenance["source"]["registry_norm_scaling_factor_folded"] == {
+        "registry_id": f"sae_lens:{JB_ID[0]}/{JB_ID[1]}", "factor": factor}
+
+    # where the registry has no factor, SAELens warns and runs it unscaled: refused, by id and by path
+    with pytest.raises(SAEFormatError, match="expected_average_only_in.*registry has no norm_scaling_factor"):
+        resolve_sae(f"sae_lens:{JB_ID[0]}/blocks.0.hook_resid_post")
+    with pytest.raises(SAEFormatError, match=f"registry lists no factor for {JB_REPO}/{unscaled}"):
+        resolve_sae(snap / unscaled)
+    shutil.copytree(snap / JB_FOLDER, tmp_path / "copy")
+    with pytest.raises(SAEFormatError, match="expected_average_only_in.*registry id"):
+        resolve_sae(tmp_path / "copy")

@@ -134,6 +134,21 @@ _MODULE_INPUT_HOOKS = [
 ]
 
 
+_HF_CACHE_REPO = re.compile(r"^models--([^/]+?)--([^/]+)$")
+
+
+def hf_cache_place(folder: Path) -> tuple[str, str] | None:
+    """(repo_id, folder inside the repo) of a folder in an HF-cache snapshot
+    (`models--ORG--NAME/snapshots/REV/FOLDER`), as given or through links to it; None elsewhere."""
+    for path in (Path(os.path.abspath(folder)), Path(os.path.realpath(folder))):
+        parts = path.parts
+        for i in range(len(parts) - 3, -1, -1):
+            m = _HF_CACHE_REPO.match(parts[i])
+            if m and parts[i + 1] == "snapshots":
+                return f"{m[1]}/{m[2]}", "/".join(parts[i + 3:])
+    return None
+
+
 def tl_hook_for_module(module_path: str) -> str | None:
     """TransformerLens hook point that reads what an HF module outputs, e.g. 'layers.3' (a
     decoder layer, any HF architecture's list of layers) -> 'blocks.3.hook_resid_post',

@@ -76,6 +76,32 @@ def _reason(e: Exception) -> str:
     return next((line for line in lines if line.startswith("size mismatch")), lines[0] if lines else type(e).__name__)
 
 
+def norm_scaling_factor_of(repo_id: str, folder: str) -> tuple[str, float] | None:
+    """(registry id, factor) where SAELens's registry lists repo_id/folder with a `norm_scaling_factor`
+    (an `expected_average_only_in` SAE whose folder does not hold the factor, e.g. gemma-2b-res-jb):
+    what `SAE.from_pretrained` folds into the weights."""
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    for release, info in get_pretrained_saes_directory().items():
+        if info.repo_id != repo_id:
+            continue
+        for sae_id, path in info.saes_map.items():
+            factor = (info.norm_scaling_factor or {}).get(sae_id)
+            if path.strip("/") == folder.strip("/") and factor:
+                return f"{PREFIX}{release}/{sae_id}", float(factor)
+    return None
+
+
+def refuse_unscaled(source: str, how: str) -> None:
+    """An `expected_average_only_in` SAE without its scaling factor: its weights read activations multiplied
+    by a factor that is not at hand; read raw, every latent sees inputs at the wrong scale."""
+    raise SAEFormatError(
+        f"{source}: normalize_activations=expected_average_only_in, and the factor its inputs were scaled by in "
+        f"training is not here ({how}); read raw, every latent would see activations at the wrong scale. Load it "
+        f"by its SAELens registry id if it has one (the registry holds the factor), or fold the factor in with "
+        f"SAELens (sae.fold_activation_norm_scaling_factor(factor); sae.save_model(folder))")
+
+
 def cached_revision(repo_id: str) -> str | None:
     """The commit the HF cache's `main` ref of `repo_id` points to (what offline loads read)."""
     from huggingface_hub import constants
@@ -149,6 +175,8 @@ def load(
         ) from None
     except (ValueError, RuntimeError, KeyError) as e:  # bad config, weights that do not fit it
         raise SAEFormatError(f"{spec}: sae_lens could not load it: {_reason(e)}") from None
+    if sl.cfg.normalize_activations == "expected_average_only_in":  # SAELens warned and left it unfolded
+        refuse_unscaled(spec, "the registry has no norm_scaling_factor for it")
     try:
         sae = from_sae_lens(sl, dtype=dtype, source=spec)
     except ValueError as e:  # an architecture our classes do not have (abstopk, temporal, ...)
