@@ -7,7 +7,8 @@ accents, CJK).
   TransformerBridge takes before the pre-MLP RMSNorm (the residual stream); Gemma Scope 2 trained them
   on `model.layers.N.pre_feedforward_layernorm.output` (the config's `hf_hook_name`), the MLP's input.
   They were read at the residual stream, every latent off; now at `blocks.N.mlp.hook_in`, and `features
-  build` stores what SAELens's own transcoder encodes from the HF module's output.
+  build` stores what SAELens's own transcoder encodes from the HF module's output. Their folder in the HF
+  cache, given by path, loads as its registry id (it was "not an SAE folder saesteer reads").
 - sparsify / dictionary_learning SAEs of an HF MLP module (`layers.N.mlp`, `mlp_out_layer_N`) on a model
   that norms the MLP's output before the residual add (Gemma 2/3, OLMo 2: post_feedforward_layernorm):
   they were read at `blocks.N.hook_mlp_out`, which there is the norm's output (TransformerBridge and
@@ -105,10 +106,15 @@ def test_a_gemma_scope_2_transcoder_from_the_registry_reads_the_mlp_input(gemma3
     """`features build` stores what SAELens's own JumpReLU transcoder encodes from the HF module
     `layers[1].pre_feedforward_layernorm`'s output (taken with a forward hook on the HF model, not from
     our cache); the residual stream that norm takes in (SAELens's hook_mlp_in) would not match."""
+    from huggingface_hub import constants
+
     from saes.formats import resolve_sae
 
     loaded = resolve_sae(gs2_hub)
     assert loaded.sae.cfg.metadata["hook_name"] == MLP_IN, loaded.sae.cfg.metadata
+    # its folder in the HF cache, by path, is the same registry SAE (it was "not an SAE folder saesteer reads")
+    snapshot = next((Path(constants.HF_HUB_CACHE) / "models--google--gemma-scope-2-270m-pt" / "snapshots").iterdir())
+    assert resolve_sae(snapshot / GS2_TRANSCODER[2]).spec == gs2_hub
     assert loaded.sae.cfg.metadata["hook_name_out"] == "blocks.1.hook_mlp_out"
     assert "pre_feedforward_layernorm" in loaded.provenance["recorded"]["hook_basis"]
 
