@@ -185,6 +185,13 @@ def test_a_sparsify_sae_of_gemma_s_mlp_reads_the_module_s_output_not_the_post_no
     state, cfg = fs.random_sparsify(64, 128, k=4, transcode=True)
     tc = fs.write_sparsify(tmp_path / "tc" / "layers.1.mlp", state, cfg, run_config={"model": str(gemma3.model_dir)})
     assert resolve_sae(tc).sae.cfg.metadata["hook_name_out"] == MLP_OUT
+    # a model whose config is not on this machine: hook_mlp_out, saying it may not be the module's output
+    from saes.errors import SaesteerWarning
+
+    state, cfg = fs.random_sparsify(64, 128, k=4)
+    far = fs.write_sparsify(tmp_path / "far" / "layers.1.mlp", state, cfg, run_config={"model": "google/gemma-2-2b"})
+    with pytest.warns(SaesteerWarning, match="config is not on this machine.*blocks.1.mlp.hook_out"):
+        assert resolve_sae(far).sae.cfg.metadata["hook_name"] == "blocks.1.hook_mlp_out"
 
 
 def test_a_gemma_scope_2_transcoder_through_label_serve_api_steer_and_eval(gemma3, gs2_hub, tmp_path, monkeypatch):

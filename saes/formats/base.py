@@ -191,6 +191,12 @@ def module_output_hook(hook: str | None, model_name: str | None) -> str | None:
         return hook
     module_hook = _MODULE_OUTPUT_HOOK[m[2]]
     alias = _bridge_block_alias(model_name, m[2], _tokenizer_source(model_name))
+    if alias is None:
+        note(f"{model_name}'s config is not on this machine (nothing is downloaded), so whether its blocks norm the "
+             f"module's output before {hook} is unknown; {hook} is used. On a model that does (Gemma 2/3, OLMo 2) the "
+             f"module's output is blocks.{m[1]}.{module_hook}: load the config once with network "
+             f"(AutoConfig.from_pretrained({model_name!r})) and the SAE reads the right one",
+             stacklevel=3)
     return hook if alias in (None, module_hook) else f"blocks.{m[1]}.{module_hook}"
 
 
