@@ -313,3 +313,39 @@ def test_a_registry_folder_read_by_path_folds_the_registry_s_scaling_factor(tmp_
     shutil.copytree(snap / JB_FOLDER, tmp_path / "copy")
     with pytest.raises(SAEFormatError, match="expected_average_only_in.*registry id"):
         resolve_sae(tmp_path / "copy")
+
+
+GS2_SAES = {  # kind: (release, id / folder, the HF module and side its config's hf_hook_point_in names)
+    "resid_post": ("gemma-scope-2-270m-pt-res-all", "resid_post_all", "layers.1", "output"),
+    "mlp_out": ("gemma-scope-2-270m-pt-mlp-all", "mlp_out_all", "layers.1.post_feedforward_layernorm", "output"),
+    "attn_out": ("gemma-scope-2-270m-pt-att-all", "attn_out_all", "layers.1.self_attn.o_proj", "input"),
+}
+
+
+def test_gemma_scope_2_saes_from_the_registry_read_what_their_config_names(gemma3, tmp_path, monkeypatch):
+    """Gemma Scope 2's residual, MLP-output and attention SAEs through SAELens's registry: the hook each loads
+    with carries, on the Bridge, exactly what its config's HF hook point names (the attention's o_proj input
+    is hook_z, heads flattened; the MLP's output is after Gemma's post-MLP norm)."""
+    from huggingface_hub import constants
+
+    from saes.formats import resolve_sae
+    from training.manifest import read_manifest
+    from training.shards import load_tensors
+
+    sae_id = "layer_1_width_16k_l0_small"
+    for kind, (_, top, module, side) in GS2_SAES.items():
+        fs.write_gemma_scope_2(tmp_path / "hub", GS2_REPO, f"{top}/{sae_id}", fs.random_gemma_scope_2(64, 96), layer=1,
+                               hf_hook_point_in=f"model.{module}.{side}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    hooks = {kind: resolve_sae(f"sae_lens:{release}/{sae_id}").sae.cfg.metadata["hook_name"]
+             for kind, (release, *_) in GS2_SAES.items()}
+    assert hooks == {"resid_post": "blocks.1.hook_resid_post", "mlp_out": "blocks.1.hook_mlp_out",
+                     "attn_out": "blocks.1.attn.hook_z"}
+    saesteer("cache", "--model", gemma3.model_dir, "--dataset", gemma3.work / "text", "--context-length", 32,
+             "--max-tokens", 256, "--hooks", ",".join(hooks.values()), "--out", tmp_path / "cache", "--no-progress").ok()
+    shards = [load_tensors(tmp_path / "cache" / s.file) for s in read_manifest(tmp_path / "cache").shards]
+    for kind, (_, _, module, side) in GS2_SAES.items():
+        hf = fs.hf_module_rows_of_cache(gemma3.model_dir, tmp_path / "cache", module, side=side)
+        ours = torch.cat([t[f"acts/{hooks[kind]}"] for t in shards]).float().reshape(hf.shape)
+        torch.testing.assert_close(ours, hf.half().float(), rtol=2e-3, atol=4e-3, msg=kind)

@@ -392,11 +392,11 @@ def random_gemma_scope_2(d_in: int, d_sae: int, seed: int = 0, affine: bool = Fa
 
 
 def write_gemma_scope_2(hub: Path, repo_id: str, folder: str, params: dict[str, torch.Tensor], layer: int,
-                        model_name: str = "gemma-v3-270m-pt") -> Path:
+                        model_name: str = "gemma-v3-270m-pt", hf_hook_point_in: str | None = None) -> Path:
     """A Gemma Scope 2 SAE folder in an HF-cache snapshot of `repo_id`: `params.safetensors` and the
     `config.json` SAELens's get_gemma_3_config_from_hf reads (architecture, model_name, the HF hook points
     and, for a transcoder, affine_connection; the values its _infer_gemma_3_raw_cfg_dict gives where a
-    folder has none)."""
+    folder has none; `hf_hook_point_in` for an SAE: its module, e.g. model.layers.1.self_attn.o_proj.input)."""
     from safetensors.torch import save_file
 
     src = hub.parent / "gemma-scope-2-src" / folder
@@ -408,7 +408,7 @@ def write_gemma_scope_2(hub: Path, repo_id: str, folder: str, params: dict[str, 
                    hf_hook_point_out=f"model.layers.{layer}.post_feedforward_layernorm.output",
                    affine_connection="affine_skip_connection" in params)
     else:
-        cfg["hf_hook_point_in"] = f"model.layers.{layer}.output"
+        cfg["hf_hook_point_in"] = hf_hook_point_in or f"model.layers.{layer}.output"
     (src / "config.json").write_text(json.dumps(cfg))
     return write_hf_snapshot(hub, repo_id, {f"{folder}/{n}": src / n for n in ("params.safetensors", "config.json")})
 
