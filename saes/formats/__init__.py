@@ -7,6 +7,7 @@
     loaded = resolve_sae("dl/trainer_0")                                      # dictionary_learning ae.pt + config.json
     loaded = resolve_sae("dl/trainer_0/checkpoints/ae_500.pt")                # ... a checkpoint trainSAE wrote midway
     loaded = resolve_sae("gs/params.npz", model="gemma-2-2b", hook="blocks.20.hook_resid_post")  # Gemma Scope
+    loaded = resolve_sae(".../snapshots/REV/resid_post/layer_12_width_16k_l0_small")  # Gemma Scope 2 (HF cache)
     loaded = resolve_sae("oa/6.pt", model="gpt2", hook="blocks.6.mlp.hook_post")  # OpenAI Autoencoder state dict
     loaded.sae, loaded.provenance, loaded.spec
 
@@ -36,7 +37,8 @@ FORMATS = {
     sparsify.FORMAT: "sparsify hookpoint folder with cfg.json + sae.safetensors",
     dictionary_learning.FORMAT: "dictionary_learning folder with ae.pt (+ config.json), the ae.pt file, or a "
                                 "checkpoints/ae_STEP.pt file",
-    gemma_scope.FORMAT: "Gemma Scope params.npz (or its folder)",
+    gemma_scope.FORMAT: "Gemma Scope params.npz (or its folder); a Gemma Scope 2 folder (params.safetensors) in the "
+                        "HF cache loads by its SAELens registry id",
     openai_sae.FORMAT: "OpenAI sparse_autoencoder Autoencoder state dict (a .pt file, read weights-only)",
 }
 
@@ -101,6 +103,8 @@ def resolve_sae(
     text = os.fspath(spec)
     if not text.startswith(sae_lens_registry.PREFIX) and not Path(text).expanduser().exists():
         spec = text = neuronpedia.registry_spec(text) or text  # a Neuronpedia id / address
+    elif not text.startswith(sae_lens_registry.PREFIX):  # Gemma Scope 2's folder in the HF cache: its registry id
+        spec = text = gemma_scope.gemma_scope_2_registry_spec(Path(text).expanduser()) or text
     fmt = detect_format(spec)
     kw = {"hook": hook, "model": model, "device": device, "dtype": dtype}
     if fmt == sae_lens_registry.FORMAT:

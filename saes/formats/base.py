@@ -7,7 +7,9 @@
   both sides are kept in the provenance.
 - `tl_hook_for_module`, `tl_hook_for_module_input`: TransformerLens hook name of what an HF module
   outputs (sparsify's hookpoints) or of a decoder layer's or MLP's input (dictionary_learning io="in",
-  sparsify transcoders).
+  sparsify transcoders); `module_output_hook`: an MLP's / attention's output as a given model's Bridge
+  names it (Gemma 2/3 and OLMo 2 norm it before hook_mlp_out).
+- `saelens_hook_of`: the hook point a SAELens config's SAE reads (its hf_hook_name where hook_name is not it).
 - `read_plain_state_dict`: a torch pickle through `torch.load(weights_only=True)` only, and only
   if it holds a plain {name: tensor} state dict (`read_weights_only_pickle`: the load alone).
 - `hf_model_identity`: the model identity of an HF model name a file records.
@@ -132,6 +134,21 @@ _MODULE_INPUT_HOOKS = [
 ]
 
 
+_HF_CACHE_REPO = re.compile(r"^models--([^/]+?)--([^/]+)$")
+
+
+def hf_cache_place(folder: Path) -> tuple[str, str] | None:
+    """(repo_id, folder inside the repo) of a folder in an HF-cache snapshot
+    (`models--ORG--NAME/snapshots/REV/FOLDER`), as given or through links to it; None elsewhere."""
+    for path in (Path(os.path.abspath(folder)), Path(os.path.realpath(folder))):
+        parts = path.parts
+        for i in range(len(parts) - 3, -1, -1):
+            m = _HF_CACHE_REPO.match(parts[i])
+            if m and parts[i + 1] == "snapshots":
+                return f"{m[1]}/{m[2]}", "/".join(parts[i + 3:])
+    return None
+
+
 def tl_hook_for_module(module_path: str) -> str | None:
     """TransformerLens hook point that reads what an HF module outputs, e.g. 'layers.3' (a
     decoder layer, any HF architecture's list of layers) -> 'blocks.3.hook_resid_post',
@@ -152,6 +169,77 @@ def tl_hook_for_module_input(module_path: str) -> str | None:
         if m:
             return template.format(*m.groups())
     return None
+
+
+# TransformerLens's names of what a block's MLP / attention adds to the residual stream, and the Bridge's hook of
+# the HF module's own output
+_MODULE_OUTPUT_HOOK = {"hook_mlp_out": "mlp.hook_out", "hook_attn_out": "attn.hook_out"}
+_BLOCK_OUTPUT = re.compile(r"^blocks\.(\d+)\.(hook_mlp_out|hook_attn_out)$")
+
+
+def module_output_hook(hook: str | None, model_name: str | None) -> str | None:
+    """`hook` derived from what an HF MLP or attention module outputs (`blocks.N.hook_mlp_out`,
+    `blocks.N.hook_attn_out`), as the TransformerBridge of `model_name` names that tensor.
+
+    Where a block norms the module's output before adding it to the residual stream (Gemma 2/3,
+    OLMo 2: post_feedforward_layernorm), the Bridge's hook_mlp_out is the norm's output, as
+    HookedTransformer's; sparsify and dictionary_learning read the module's output with a forward hook,
+    which is `blocks.N.mlp.hook_out` there. Other names, and any model whose config is not at hand
+    (nothing is downloaded), come back as given."""
+    m = _BLOCK_OUTPUT.match(hook or "")
+    if not m or not model_name or model_name == "toy":
+        return hook
+    module_hook = _MODULE_OUTPUT_HOOK[m[2]]
+    alias = _bridge_block_alias(model_name, m[2], _tokenizer_source(model_name))
+    if alias is None:
+        note(f"{model_name}'s config is not on this machine (nothing is downloaded), so whether its blocks norm the "
+             f"module's output before {hook} is unknown; {hook} is used. On a model that does (Gemma 2/3, OLMo 2) the "
+             f"module's output is blocks.{m[1]}.{module_hook}: load the config once with network "
+             f"(AutoConfig.from_pretrained({model_name!r})) and the SAE reads the right one",
+             stacklevel=3)
+    return hook if alias in (None, module_hook) else f"blocks.{m[1]}.{module_hook}"
+
+
+@functools.lru_cache(maxsize=64)
+def _bridge_block_alias(model_name: str, alias: str, source: tuple[Any, ...]) -> str | None:
+    """What TransformerBridge's block alias `alias` (hook_mlp_out, ...) stands for on `model_name`'s
+    architecture ("mlp.hook_out", "ln2_post.hook_out"), from its HF config as the Bridge's boot reads it;
+    None when the config is not at hand or TransformerLens has no adapter for it. `source` stamps the
+    files (see `_tokenizer_source`)."""
+    try:
+        from transformer_lens.config import TransformerBridgeConfig
+        from transformer_lens.factories.architecture_adapter_factory import ArchitectureAdapterFactory
+        from transformer_lens.model_bridge.sources.transformers import (determine_architecture_from_hf_config,
+                                                                        map_default_transformer_lens_config)
+        from transformers import AutoConfig
+
+        hf_config = AutoConfig.from_pretrained(model_name, local_files_only=True)
+        config = TransformerBridgeConfig.from_dict(dict(map_default_transformer_lens_config(hf_config).__dict__))
+        config.architecture = determine_architecture_from_hf_config(hf_config)
+        blocks = ArchitectureAdapterFactory.select_architecture_adapter(config).component_mapping["blocks"]
+        return (getattr(blocks, "hook_aliases", None) or {}).get(alias)
+    except Exception:  # noqa: BLE001 - a config that cannot be read here: the name as derived
+        return None
+
+
+# a SAELens config's `hf_hook_name` (the HF module its SAE was trained on, as Gemma Scope 2 records it) that
+# names the MLP's real input: Gemma's pre-MLP norm's output, its weight applied (Gemma's post_attention_layernorm
+# is the attention output's norm, not the MLP's input)
+_HF_MLP_INPUT = re.compile(rf"^(?:.+\.)?{_LAYER}\.pre_feedforward_layernorm\.output$")
+
+
+def saelens_hook_of(metadata: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(hook point, basis) a SAELens config's SAE reads: its `hook_name`, except where its `hf_hook_name`
+    says the SAE was trained on the MLP's input (Gemma Scope 2's transcoders: `model.layers.N.
+    pre_feedforward_layernorm.output`) while `hook_name` is `blocks.N.hook_mlp_in`, which the Bridge takes
+    before that norm (the residual stream): then `blocks.N.mlp.hook_in`, the norm's output as the MLP
+    reads it. `basis` says why, for messages; None when `hook_name` is used as it is."""
+    hook, hf_hook = metadata.get("hook_name"), metadata.get("hf_hook_name")
+    m = _HF_MLP_INPUT.match(hf_hook) if isinstance(hf_hook, str) else None
+    if m and hook == f"blocks.{m[1]}.hook_mlp_in":
+        return f"blocks.{m[1]}.mlp.hook_in", (f"its hf_hook_name {hf_hook}, the MLP's input after the norm; SAELens's "
+                                             f"{hook} is the residual stream before it")
+    return hook, None
 
 
 def record_model_and_hook(

@@ -42,6 +42,7 @@ from saes.formats.base import (
     LoadedSAE,
     files_record,
     hf_model_identity,
+    module_output_hook,
     read_plain_state_dict,
     record_hf_tokenizer_bos,
     record_model_and_hook,
@@ -234,7 +235,7 @@ def load(
     if checkpoint:
         prov["source"]["checkpoint_step"] = int(checkpoint.group(1))
     submodule = trainer.get("submodule_name")
-    derived = _hook_from_submodule(submodule, buffer.get("io"))
+    derived = module_output_hook(_hook_from_submodule(submodule, buffer.get("io")), trainer.get("lm_name") or model)
     record_model_and_hook(sae, prov, source=source, hook=hook, model=model, recorded_hook=derived,
                           recorded_model=trainer.get("lm_name"), recorded_identity=hf_model_identity(trainer.get("lm_name")),
                           hook_basis=(f"dictionary_learning submodule {submodule!r}, io={buffer.get('io', 'out')!r}"

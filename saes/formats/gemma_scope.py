@@ -148,6 +148,26 @@ def refuse_transcoder(source: str, repo_id: str, folder: str) -> None:
         f"the MLP's input")
 
 
+GEMMA_SCOPE_2_WEIGHTS = "params.safetensors"
+
+
+def gemma_scope_2_registry_spec(path: Path) -> str | None:
+    """`sae_lens:RELEASE/SAE_ID` of a Gemma Scope 2 SAE folder (`params.safetensors` + `config.json`) in an
+    HF-cache snapshot of Google's repo, which SAELens's registry lists: what it loads as (its gemma_3
+    converter); None for any other path."""
+    from saes.formats.base import hf_cache_place
+    from saes.formats.sae_lens_registry import PREFIX
+
+    folder = Path(os.path.abspath(path))
+    if not (folder.is_dir() and (folder / GEMMA_SCOPE_2_WEIGHTS).is_file()):
+        return None
+    place = hf_cache_place(folder)
+    entries = registry_entries(*place) if place and place[0].split("/")[-1].startswith("gemma-scope-2-") else []
+    # the release that lists only this kind of SAE before an "-all" one listing every width and L0
+    entries.sort(key=lambda e: (e["release"].endswith("-all"), e["release"]))
+    return f"{PREFIX}{entries[0]['release']}/{entries[0]['sae_id']}" if entries else None
+
+
 def read_npz(path: Path, source: str) -> dict[str, torch.Tensor]:
     import numpy as np
 

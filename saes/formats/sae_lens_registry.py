@@ -11,12 +11,13 @@ cached SAE loads without the hub. sae_lens and huggingface_hub are imported insi
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from saes.formats.base import LoadedSAE, record_model_and_hook
+from saes.formats.base import LoadedSAE, record_model_and_hook, saelens_hook_of
 from saes.io import SAEFormatError
 
 PREFIX = "sae_lens:"
@@ -75,6 +76,32 @@ def _reason(e: Exception) -> str:
     return next((line for line in lines if line.startswith("size mismatch")), lines[0] if lines else type(e).__name__)
 
 
+def norm_scaling_factor_of(repo_id: str, folder: str) -> tuple[str, float] | None:
+    """(registry id, factor) where SAELens's registry lists repo_id/folder with a `norm_scaling_factor`
+    (an `expected_average_only_in` SAE whose folder does not hold the factor, e.g. gemma-2b-res-jb):
+    what `SAE.from_pretrained` folds into the weights."""
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    for release, info in get_pretrained_saes_directory().items():
+        if info.repo_id != repo_id:
+            continue
+        for sae_id, path in info.saes_map.items():
+            factor = (info.norm_scaling_factor or {}).get(sae_id)
+            if path.strip("/") == folder.strip("/") and factor:
+                return f"{PREFIX}{release}/{sae_id}", float(factor)
+    return None
+
+
+def refuse_unscaled(source: str, how: str) -> None:
+    """An `expected_average_only_in` SAE without its scaling factor: its weights read activations multiplied
+    by a factor that is not at hand; read raw, every latent sees inputs at the wrong scale."""
+    raise SAEFormatError(
+        f"{source}: normalize_activations=expected_average_only_in, and the factor its inputs were scaled by in "
+        f"training is not here ({how}); read raw, every latent would see activations at the wrong scale. Load it "
+        f"by its SAELens registry id if it has one (the registry holds the factor), or fold the factor in with "
+        f"SAELens (sae.fold_activation_norm_scaling_factor(factor); sae.save_model(folder))")
+
+
 def cached_revision(repo_id: str) -> str | None:
     """The commit the HF cache's `main` ref of `repo_id` points to (what offline loads read)."""
     from huggingface_hub import constants
@@ -84,6 +111,32 @@ def cached_revision(repo_id: str) -> str | None:
         return ref.read_text(encoding="utf-8").strip() or None
     except OSError:
         return None
+
+
+@contextlib.contextmanager
+def cached_tensor_shapes():
+    """SAELens's gemma_3 converter (Gemma Scope 2) asks the hub for a params.safetensors's tensor shapes
+    with HTTP range requests (`get_safetensors_tensor_shapes`), cached file or not: offline, a Gemma Scope 2
+    SAE in the HF cache would not load. While SAELens loads, the shapes of a cached file are read from
+    its own header; a file not in the cache is asked for as SAELens asks."""
+    from huggingface_hub import try_to_load_from_cache
+    from safetensors import safe_open
+    from sae_lens.loading import pretrained_sae_loaders as loaders
+
+    asked = loaders.get_safetensors_tensor_shapes
+
+    def shapes(repo_id: str, filename: str) -> dict[str, list[int]]:
+        cached = try_to_load_from_cache(repo_id, filename)
+        if not isinstance(cached, str):
+            return asked(repo_id, filename)
+        with safe_open(cached, "pt") as f:
+            return {name: list(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118 - no iter
+
+    loaders.get_safetensors_tensor_shapes = shapes
+    try:
+        yield
+    finally:
+        loaders.get_safetensors_tensor_shapes = asked
 
 
 def load(
@@ -107,7 +160,8 @@ def load(
     if gemma_scope.is_gemma_2_transcoder(repo_id):  # its converter reads a point before the MLP's input
         gemma_scope.refuse_transcoder(spec, repo_id, folder)
     try:
-        sl = SaeLensSAE.from_pretrained(release, sae_id, device="cpu")
+        with cached_tensor_shapes():
+            sl = SaeLensSAE.from_pretrained(release, sae_id, device="cpu")
     except (OSError, EntryNotFoundError) as e:  # LocalEntryNotFoundError, OfflineModeIsEnabled, HTTP errors
         from saes.hf_offline import hf_offline
 
@@ -121,6 +175,8 @@ def load(
         ) from None
     except (ValueError, RuntimeError, KeyError) as e:  # bad config, weights that do not fit it
         raise SAEFormatError(f"{spec}: sae_lens could not load it: {_reason(e)}") from None
+    if sl.cfg.normalize_activations == "expected_average_only_in":  # SAELens warned and left it unfolded
+        refuse_unscaled(spec, "the registry has no norm_scaling_factor for it")
     try:
         sae = from_sae_lens(sl, dtype=dtype, source=spec)
     except ValueError as e:  # an architecture our classes do not have (abstopk, temporal, ...)
@@ -142,7 +198,8 @@ def load(
     kwargs = _overrides(release, sae_id).get("model_from_pretrained_kwargs") or md.get("model_from_pretrained_kwargs")
     if kwargs:  # e.g. center_writing_weights: the SAE reads activations of a processed model
         prov["model_from_pretrained_kwargs"] = kwargs
-    record_model_and_hook(sae, prov, source=spec, hook=hook, model=model,
-                          recorded_hook=md.get("hook_name"), recorded_model=md.get("model_name"))
+    recorded_hook, basis = saelens_hook_of(md)
+    record_model_and_hook(sae, prov, source=spec, hook=hook, model=model, recorded_hook=recorded_hook,
+                          recorded_model=md.get("model_name"), hook_basis=basis)
     return LoadedSAE(sae, prov, spec, FORMAT)
 

@@ -21,7 +21,8 @@ x @ W_skip.T (`W_skip [D, D]`) - our skip transcoder's term. The target hook is 
 output's hook; the input hook is derived for a decoder layer ("layers.N": blocks.N.hook_resid_pre)
 and an MLP ("layers.N.mlp": blocks.N.mlp.hook_in, TransformerBridge's hook of the HF module's
 input: its norm's output, weight applied, which no HookedTransformer hook carries), else the user
-gives `--hook`.
+gives `--hook`. An MLP's output is `blocks.N.hook_mlp_out`, or `blocks.N.mlp.hook_out` on a model that
+norms it before the residual add (Gemma 2/3, OLMo 2; `base.module_output_hook`, from the run's model config).
 
 Not representable, so refused: `activation: "groupmax"`, skip connections of SAEs (not
 transcoders), signed top-k. The hookpoint is an HF module path ("layers.3"); its TransformerLens
@@ -41,6 +42,7 @@ from saes.formats.base import (
     LoadedSAE,
     files_record,
     hf_model_identity,
+    module_output_hook,
     read_safetensors,
     record_hf_tokenizer_bos,
     record_model_and_hook,
@@ -134,8 +136,10 @@ def load(
     if (run_dir / RUN_CONFIG).is_file():
         loaded = read_json(run_dir / RUN_CONFIG, "sparsify run config")
         run_cfg = loaded if isinstance(loaded, dict) else {}
+    run_model = run_cfg.get("model") if isinstance(run_cfg.get("model"), str) else None
     # a transcoder reads the module's input, an SAE its output (sparsify/trainer.py's forward hook)
-    derived = tl_hook_for_module_input(hookpoint) if transcoder else tl_hook_for_module(hookpoint)
+    derived = (tl_hook_for_module_input(hookpoint) if transcoder
+               else module_output_hook(tl_hook_for_module(hookpoint), run_model or model))
     if transcoder and not derived and not hook:
         raise SAEFormatError(
             f"{source}: a transcoder (transcode: true) predicts hookpoint {hookpoint!r}'s output ({target}) from its "
@@ -147,13 +151,12 @@ def load(
         "sparsify_config": cfg, "run": {k: run_cfg.get(k) for k in ("model", "dataset", "ctx_len", "hookpoints")
                                         if k in run_cfg},
     }}
-    run_model = run_cfg.get("model") if isinstance(run_cfg.get("model"), str) else None
     basis = f"{'the input of ' if transcoder else ''}sparsify hookpoint {hookpoint!r}"
     record_model_and_hook(sae, prov, source=source, hook=hook, model=model, recorded_hook=derived,
                           recorded_model=run_model, recorded_identity=hf_model_identity(run_model),
                           hook_basis=basis if derived else None)
     if target is not None:
-        sae.cfg.metadata["hook_name_out"] = target
+        sae.cfg.metadata["hook_name_out"] = module_output_hook(target, run_model or model)
     record_hf_tokenizer_bos(sae, prov, sae.cfg.metadata.get("model_name"))
     if not derived:
         prov["source"]["note"] = (f"hookpoint {hookpoint!r} has no exact TransformerLens counterpart for the "

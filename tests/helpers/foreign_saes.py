@@ -376,3 +376,39 @@ def saelens_calibrated(kind: str, acts_ND: torch.Tensor, d_sae: int, *, l0: floa
         sae.b_dec.copy_(b_dec_D)
     sae.cfg.metadata.hook_name, sae.cfg.metadata.model_name = hook_name, model_name
     return sae
+
+
+# ------------------------------------------------------------------------------ Gemma Scope 2
+def random_gemma_scope_2(d_in: int, d_sae: int, seed: int = 0, affine: bool = False) -> dict[str, torch.Tensor]:
+    """A Gemma Scope 2 params.safetensors's tensors (lower-case names, as SAELens's
+    gemma_3_sae_huggingface_loader reads them); `affine`: a transcoder's affine_skip_connection [d_in, d_out]."""
+    g = torch.Generator().manual_seed(seed)
+    p = {"w_enc": torch.randn(d_in, d_sae, generator=g) * 0.3, "w_dec": torch.randn(d_sae, d_in, generator=g) * 0.3,
+         "b_enc": torch.randn(d_sae, generator=g) * 0.1, "b_dec": torch.randn(d_in, generator=g) * 0.2,
+         "threshold": torch.rand(d_sae, generator=g) * 0.3}
+    if affine:
+        p["affine_skip_connection"] = torch.randn(d_in, d_in, generator=g) * 0.1
+    return p
+
+
+def write_gemma_scope_2(hub: Path, repo_id: str, folder: str, params: dict[str, torch.Tensor], layer: int,
+                        model_name: str = "gemma-v3-270m-pt", hf_hook_point_in: str | None = None) -> Path:
+    """A Gemma Scope 2 SAE folder in an HF-cache snapshot of `repo_id`: `params.safetensors` and the
+    `config.json` SAELens's get_gemma_3_config_from_hf reads (architecture, model_name, the HF hook points
+    and, for a transcoder, affine_connection; the values its _infer_gemma_3_raw_cfg_dict gives where a
+    folder has none; `hf_hook_point_in` for an SAE: its module, e.g. model.layers.1.self_attn.o_proj.input)."""
+    from safetensors.torch import save_file
+
+    src = hub.parent / "gemma-scope-2-src" / folder
+    src.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in params.items()}, str(src / "params.safetensors"))
+    cfg: dict[str, Any] = {"architecture": "jump_relu", "model_name": model_name}
+    if "transcoder" in folder:
+        cfg.update(hf_hook_point_in=f"model.layers.{layer}.pre_feedforward_layernorm.output",
+                   hf_hook_point_out=f"model.layers.{layer}.post_feedforward_layernorm.output",
+                   affine_connection="affine_skip_connection" in params)
+    else:
+        cfg["hf_hook_point_in"] = hf_hook_point_in or f"model.layers.{layer}.output"
+    (src / "config.json").write_text(json.dumps(cfg))
+    return write_hf_snapshot(hub, repo_id, {f"{folder}/{n}": src / n for n in ("params.safetensors", "config.json")})
+
