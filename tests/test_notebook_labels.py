@@ -1,0 +1,44 @@
+"""Labelling from Python as a notebook does it: one judge made once (`make_judge`, no budget of its
+own) and `label_latents` run from cell to cell with a `LabelConfig`; the config's budget holds and
+each report counts its own run (the CLI makes a judge per command, so it never saw either)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from autointerp import FeatureStoreLabels, JudgeConfig, LabelConfig, label_latents, make_judge
+from helpers.judge_server import JudgeServer, fake_llm_answer
+from helpers.label_store import build_trigger_store
+
+
+def test_label_config_budget_holds_for_a_judge_made_without_one(tmp_path: Path) -> None:
+    store, _ = build_trigger_store(tmp_path / "t.db")
+    with JudgeServer(fake_llm_answer) as srv:
+        judge = make_judge(JudgeConfig(model="fake-judge", base_url=srv.url, api_key="k"), cache_path=None)
+        with FeatureStoreLabels.open(store) as labels:
+            report = label_latents(labels, judge, LabelConfig(budget="20000tokens"), progress=False)
+        spent = report.usage["prompt_tokens"] + report.usage["completion_tokens"]
+        assert report.stopped == "budget" and 0 < report.labelled < report.requested, report
+        assert 0 < spent <= 20000 and report.usage["budget"] == "20,000 tokens", report.usage
+        assert report.usage["budget_exhausted"] and judge.ledger.budget is None  # the judge is as it was
+
+        # the next cell: the rest, within a budget of its own; its report counts its own calls
+        with FeatureStoreLabels.open(store) as labels:
+            again = label_latents(labels, judge, LabelConfig(budget="1000000tokens"), progress=False)
+        assert again.stopped is None and again.skipped == report.labelled
+        assert again.labelled == report.requested - report.labelled, again
+        assert again.usage["paid_calls"] + report.usage["paid_calls"] == len(srv.records), (again.usage, report.usage)
+        assert not again.usage["budget_exhausted"]
+
+
+def test_a_run_budget_never_loosens_the_judges_own(tmp_path: Path) -> None:
+    from autointerp.accounting import Budget
+
+    store, _ = build_trigger_store(tmp_path / "t.db")
+    with JudgeServer(fake_llm_answer) as srv:
+        judge = make_judge(JudgeConfig(model="fake-judge", base_url=srv.url, api_key="k"), cache_path=None,
+                           budget=Budget(8000, "tokens"))
+        with FeatureStoreLabels.open(store) as labels:
+            report = label_latents(labels, judge, LabelConfig(budget="1000000tokens"), progress=False)
+        assert report.stopped == "budget" and judge.ledger.spent_tokens <= 8000, report
+        assert judge.ledger.budget == Budget(8000, "tokens")
