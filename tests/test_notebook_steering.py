@@ -132,3 +132,29 @@ def test_steer_cells_in_a_jupyter_kernel(tmp_path: Path) -> None:
     assert "rerun 0 True []" in out and "rerun 1 True []" in out, out
     assert "inside a `steer` block on this model (3:add=40)" in (cell_error(nb.cells[5]) or ""), cell_error(nb.cells[5])
     assert "closed: [] True" in out, out
+
+
+def test_edits_take_the_numbers_a_notebook_computes(model_and_sae) -> None:
+    """`FeatureEdit(acts.argmax(), "clamp", acts.max())`: one-value tensors and NumPy scalars are the
+    numbers they hold (they were refused: "latent must be an integer, got tensor(3)"); a float latent,
+    a tensor of several values and a bool stay refused."""
+    import numpy as np
+
+    from steering import FeatureEdit, Trigger, VectorEdit
+
+    model, sae = model_and_sae
+    tokens = model.to_tokens(PROMPTS[:2])
+    acts = torch.tensor([0.0, 1.0, 2.0, 20.0, 5.0])
+    with torch.no_grad():
+        with steer(model, sae, [FeatureEdit(3, "clamp", 20.0)]):
+            want = model(tokens)
+        for latent, value in [(acts.argmax(), acts.max()), (np.int64(3), np.float32(20.0)), (torch.tensor(3), np.array(20.0))]:
+            edit = FeatureEdit(latent, "clamp", value)
+            assert type(edit.latent) is int and type(edit.value) is float
+            with steer(model, sae, [edit]):
+                assert torch.equal(model(tokens), want)
+    assert Trigger(np.int64(7), torch.tensor(1.5)) == Trigger(7, 1.5)
+    assert VectorEdit("blocks.1.hook_resid_post", torch.ones(64), np.float32(2.0)).strength == 2.0
+    for latent, value in [(3.0, 1.0), (torch.tensor(True), 1.0), (3, torch.tensor([20.0, 1.0])), (torch.tensor([3]), 1.0)]:
+        with pytest.raises(SteeringError, match="must be"):
+            FeatureEdit(latent, "clamp", value)
