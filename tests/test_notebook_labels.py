@@ -85,3 +85,34 @@ def test_interrupting_a_labelling_cell_stops_the_run(tmp_path: Path) -> None:
         assert not [t for t in threading.enumerate() if t.name.startswith("label_latents")]  # the worker ended
     with FeatureStoreLabels.open(store) as labels:
         assert len(labels.store.labels(range(8))) < 8
+
+
+@pytest.mark.slow  # ~10 s: a kernel
+def test_jupyters_interrupt_button_stops_a_labelling_cell(tmp_path: Path) -> None:
+    """The same through a real kernel: `interrupt_kernel` (the button) while the judge answers."""
+    import threading
+
+    from helpers.notebook_kernel import cell_error, kernel_manager, outputs_text, run_cells
+
+    build_trigger_store(tmp_path / "t.db")
+    km = kernel_manager(tmp_path)
+    sent = threading.Event()
+
+    def answer_then_interrupt(body: dict) -> str:
+        if len(srv.records) >= 2 and not sent.is_set():
+            sent.set()
+            threading.Thread(target=km.interrupt_kernel).start()
+        return fake_llm_answer(body)
+
+    with JudgeServer(answer_then_interrupt) as srv:
+        nb = run_cells([
+            "from autointerp import FeatureStoreLabels, JudgeConfig, LabelConfig, label_latents, make_judge\n"
+            f"judge = make_judge(JudgeConfig(model='fake-judge', base_url={srv.url!r}, api_key='k', concurrency=1), "
+            "cache_path=None)",
+            "with FeatureStoreLabels.open('t.db') as labels:\n"
+            "    report = label_latents(labels, judge, LabelConfig(), progress=False)",
+            "import threading\nprint('workers:', [t.name for t in threading.enumerate() if t.name.startswith('label')])",
+        ], tmp_path, allow_errors=True, km=km)
+        asked = len(srv.records)
+    assert cell_error(nb.cells[1]) == "KeyboardInterrupt: " and asked < 48, (asked, cell_error(nb.cells[1]))
+    assert "workers: []" in outputs_text(nb)

@@ -18,12 +18,11 @@ import sys
 from pathlib import Path
 
 
-def execute(nb, tmp_path: Path, cwd: Path, *, timeout: int = 900, allow_errors: bool = False):
-    """Run every code cell of `nb` (an nbformat notebook, changed in place) with `cwd` as the
-    kernel's working folder; the kernel spec goes under `tmp_path / "kernels"`."""
+def kernel_manager(tmp_path: Path):
+    """A jupyter_client KernelManager for this interpreter (its kernel spec under `tmp_path / "kernels"`);
+    `km.interrupt_kernel()` is Jupyter's interrupt button."""
     from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.manager import KernelManager
-    from nbclient import NotebookClient
 
     spec_dir = tmp_path / "kernels" / "saesteer-python"
     spec_dir.mkdir(parents=True, exist_ok=True)
@@ -31,21 +30,28 @@ def execute(nb, tmp_path: Path, cwd: Path, *, timeout: int = 900, allow_errors: 
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": "saesteer (this interpreter)", "language": "python",
     }))
-    km = KernelManager(kernel_name="saesteer-python",
-                       kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(tmp_path / "kernels")]))
-    client = NotebookClient(nb, km=km, timeout=timeout, allow_errors=allow_errors,
+    return KernelManager(kernel_name="saesteer-python",
+                         kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(tmp_path / "kernels")]))
+
+
+def execute(nb, tmp_path: Path, cwd: Path, *, timeout: int = 900, allow_errors: bool = False, km=None):
+    """Run every code cell of `nb` (an nbformat notebook, changed in place) with `cwd` as the
+    kernel's working folder, in `km` (default: `kernel_manager(tmp_path)`)."""
+    from nbclient import NotebookClient
+
+    client = NotebookClient(nb, km=km or kernel_manager(tmp_path), timeout=timeout, allow_errors=allow_errors,
                             resources={"metadata": {"path": str(cwd)}})
     client.execute()
     return nb
 
 
 def run_cells(cells: list[str], tmp_path: Path, *, cwd: Path | None = None, timeout: int = 300,
-              allow_errors: bool = False):
+              allow_errors: bool = False, km=None):
     """A notebook of `cells` (code), executed top to bottom (in `cwd`, default `tmp_path`)."""
     import nbformat
 
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(src) for src in cells])
-    return execute(nb, tmp_path, cwd or tmp_path, timeout=timeout, allow_errors=allow_errors)
+    return execute(nb, tmp_path, cwd or tmp_path, timeout=timeout, allow_errors=allow_errors, km=km)
 
 
 def outputs_text(nb) -> str:
