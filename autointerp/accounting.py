@@ -18,9 +18,12 @@ estimates use; it is not a bound.)
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -182,12 +185,38 @@ class Ledger:
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
-        if self.budget is not None and self.budget.unit == "usd" and not self.prices.known:
+        if self.budget is not None:
+            self._check_priced(self.budget)
+
+    def _check_priced(self, budget: Budget) -> None:
+        if budget.unit == "usd" and not self.prices.known:
             raise ValueError(
-                f"budget {self.budget} is in USD but the price of model {self.prices.model!r} is unknown; "
+                f"budget {budget} is in USD but the price of model {self.prices.model!r} is unknown; "
                 "give its prices, JudgeConfig.price_input and price_output (--judge-price-input, --judge-price-output: "
                 "USD per million tokens), or a budget in tokens (e.g. 200000tokens)"
             )
+
+    @contextmanager
+    def run(self, budget: Budget | None) -> Iterator[Callable[[], dict]]:
+        """One run on a ledger that may live longer (a judge reused from cell to cell of a notebook):
+        within the block, the run's own spending also stays within `budget` (the ledger's own budget,
+        if any, still holds), and the block gets `usage()`, the summary of the run's calls alone."""
+        before = dataclasses.replace(self.totals)
+        own, own_exhausted = self.budget, self.exhausted
+        if budget is not None:
+            self._check_priced(budget)
+            spent = self.spent_tokens if budget.unit == "tokens" else self.totals.cost_usd
+            if own is not None and own.unit != budget.unit:
+                raise ValueError(f"the run's budget {budget} and the judge's own budget {own} are in different "
+                                 f"units; give both in USD or both in tokens")
+            if own is None or spent + budget.amount < own.amount:
+                self.budget, self.exhausted = Budget(spent + budget.amount, budget.unit), False
+        shown = budget or own
+        try:
+            yield lambda: {**self.summary(since=before), "budget": str(shown) if shown else None}
+        finally:
+            if self.budget is not own:  # the run's budget ran out, not the judge's
+                self.budget, self.exhausted = own, own_exhausted
 
     @property
     def spent_tokens(self) -> int:
@@ -269,8 +298,12 @@ class Ledger:
             self.totals.retries += retries
             self.totals.failed_calls += failed
 
-    def summary(self) -> dict:
+    def summary(self, since: _Counters | None = None) -> dict:
+        """Totals (of the calls after `since`, a copy of `totals` taken earlier, when given)."""
         t = self.totals
+        if since is not None:
+            t = _Counters(*(getattr(t, f.name) - getattr(since, f.name) for f in dataclasses.fields(_Counters)
+                            if f.name != "cost_known"), cost_known=t.cost_known)
         return {
             "paid_calls": t.paid_calls,
             "cached_calls": t.cached_calls,

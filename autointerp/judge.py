@@ -477,14 +477,13 @@ class Judge:
         return results
 
     def complete_sync(self, messages: Sequence[dict[str, str]], schema: dict[str, Any] | None = None, **kw) -> Completion:
-        """`complete` for code without an event loop (not callable from inside one). Each call runs
-        its own event loop and HTTP connections; for many calls use `complete_many_sync`."""
-        _no_running_loop("complete_sync")
+        """`complete` from plain code. Each call runs its own event loop and HTTP connections; inside a
+        running one (a Jupyter cell) in a worker thread, as `label_latents` does. For many calls use
+        `complete_many_sync`."""
         return run_coroutine_sync(lambda: self._closing(self.complete(messages, schema, **kw)))
 
     def complete_many_sync(self, calls: Sequence[JudgeCall]) -> list:
-        """`complete_many` for code without an event loop."""
-        _no_running_loop("complete_many_sync")
+        """`complete_many` from plain code (a Jupyter cell too: see `complete_sync`)."""
         return run_coroutine_sync(lambda: self._closing(self.complete_many(calls)))
 
     async def _closing(self, coro):
@@ -496,14 +495,6 @@ class Judge:
     async def aclose(self) -> None:
         if hasattr(self.backend, "aclose"):
             await self.backend.aclose()
-
-
-def _no_running_loop(name: str) -> None:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return
-    raise RuntimeError(f"Judge.{name} was called inside a running event loop; `await judge.complete(...)` there instead")
 
 
 # Ollama's /v1 serves some thinking models (gemma4) this way whatever the limit: all text in

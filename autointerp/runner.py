@@ -21,6 +21,7 @@ written are complete.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import sys
 import time
@@ -321,17 +322,20 @@ async def label_latents_async(
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(todo), unit="latent", desc="labelling", disable=not progress, dynamic_ncols=True)
-    run = _LabelRun(store, labeller, cfg, report, todo, ledger, bar)
-    n_workers = judge.concurrency if judge is not None else 1
-    try:
-        await asyncio.gather(*(run.worker() for _ in range(max(1, min(n_workers, len(todo))))))
-    finally:
-        bar.close()
-    if run.refused is not None:
-        raise run.refused
-    if ledger is not None:
-        report.usage = ledger.summary()
+    # cfg.budget holds for this run (also on a judge made without one, as in a notebook), and the
+    # report's usage is this run's, not the judge's earlier calls'
+    with ledger.run(cfg.budget_value()) if ledger is not None else contextlib.nullcontext() as usage:
+        bar = tqdm(total=len(todo), unit="latent", desc="labelling", disable=not progress, dynamic_ncols=True)
+        run = _LabelRun(store, labeller, cfg, report, todo, ledger, bar)
+        n_workers = judge.concurrency if judge is not None else 1
+        try:
+            await asyncio.gather(*(run.worker() for _ in range(max(1, min(n_workers, len(todo))))))
+        finally:
+            bar.close()
+        if run.refused is not None:
+            raise run.refused
+        if usage is not None:
+            report.usage = usage()
     report.elapsed_s = time.perf_counter() - t0
     return report
 

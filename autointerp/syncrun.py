@@ -33,13 +33,39 @@ def run_coroutine_sync(make_coro: Callable[[], Coroutine[Any, Any, Any]]) -> Any
     except RuntimeError:
         pass
     else:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="label_latents") as pool:
-            return pool.submit(lambda: asyncio.run(make_coro())).result()
+        return _run_in_worker(make_coro)
     if threading.current_thread() is not threading.main_thread():  # signals are handled in the main thread only
         return asyncio.run(make_coro())
     return _run_cancelled_by_signals(make_coro)
+
+
+def _run_in_worker(make_coro: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+    """The coroutine on a loop of its own in a worker thread, the caller waiting. An exception in the
+    caller's thread while it waits (Jupyter's interrupt: KeyboardInterrupt, raised there by the
+    kernel's handler) cancels the coroutine, which stops at its next `await`, and is raised once the
+    worker has stopped (before, the work ran on to its end: a paid labelling run nobody could stop)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    started = threading.Event()
+    running: list[tuple[asyncio.AbstractEventLoop, asyncio.Task]] = []
+
+    async def main() -> Any:
+        running.append((asyncio.get_running_loop(), asyncio.current_task()))
+        started.set()
+        return await make_coro()
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="label_latents") as pool:
+        future = pool.submit(asyncio.run, main())
+        future.add_done_callback(lambda _: started.set())  # also when main never ran
+        try:
+            return future.result()
+        except BaseException:
+            if not future.done():
+                started.wait()
+                if running:
+                    loop, task = running[0]
+                    loop.call_soon_threadsafe(task.cancel)
+            raise  # leaving the block waits for the worker to stop
 
 
 def _run_cancelled_by_signals(make_coro: Callable[[], Coroutine[Any, Any, Any]]) -> Any:

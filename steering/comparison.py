@@ -17,7 +17,7 @@ from saes.hookpoints import opt_in_hooks
 from steering.config import GenerationConfig
 from steering.generation import Generation, check_prompts_fit, generate, with_sae_bos
 from steering.inputs import Model, SAEs, TypicalMaxArg
-from steering.session import steer
+from steering.session import check_not_steered, steer
 from steering.spec import Edit, SteerLimits
 
 
@@ -52,6 +52,7 @@ def compare(
     the two generation passes make (each forward pass of a batch: one new token of every prompt)."""
     from tqdm.auto import tqdm
 
+    check_not_steered(model, "steering.compare")
     config = with_sae_bos(dataclasses.replace(config or GenerationConfig(), **overrides), saes)
     n_prompts = 1 if isinstance(prompts, str) else len(prompts)
     per_pass = config.max_new_tokens * n_prompts

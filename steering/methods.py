@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from steering.config import CompareConfig, GenerationConfig
 from steering.evaluate import MethodResult, Scorer, score_generation
 from steering.generation import generate, with_sae_bos
-from steering.session import steer
+from steering.session import check_not_steered, steer
 from steering.spec import FeatureEdit, SteeringError
 from steering.sweeps import SweepPoint, recommend_strength, sweep_edits
 
@@ -293,6 +293,7 @@ def compare_methods(
     from steering.resolve import check_models, sae_hook_name
 
     sae = as_sae(sae)  # a sae_lens.SAE object: converted to ours
+    check_not_steered(model, "steering.compare_methods")
     check_models(model, sae, allow_model_mismatch)
     has_sets = bool(positive) and bool(negative)
     _check_compare_args(prompts, latents, has_sets)

@@ -54,7 +54,9 @@ def contrast_features(
     from saes.formats.base import sae_of
     from saes.identity import check_sae_model
     from saes.interop import as_sae
+    from steering.session import check_not_steered
 
+    check_not_steered(model, "steering.contrast_features")  # it reads the model's own activations
     sae = as_sae(sae)  # a sae_lens.SAE object: converted to ours
     check_sae_model(model, sae, allow_mismatch=allow_model_mismatch)
     bos = prepend_bos_for(model, [sae])  # a LoadedSAE of a 'doc'-policy SAE: prompts after BOS (saes.bos)

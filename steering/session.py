@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -306,6 +307,7 @@ def steer(
                       allow_model_mismatch=allow_model_mismatch)
     session = SteeringSession(model, plan, saes)
     handles = []
+    _OPEN.setdefault(model, []).append(session)
     try:
         # a transcoder's input may be read in a block where nothing is edited: watched there too (a
         # capture that stops firing would hand the edit the input of an earlier forward)
@@ -321,8 +323,25 @@ def steer(
             yield session
     finally:
         session.active = False
+        _OPEN[model].remove(session)
         for h in handles:
             h.remove()
+
+
+# the sessions open on each model: a baseline generated inside one would be steered by it
+_OPEN: "weakref.WeakKeyDictionary[Any, list[SteeringSession]]" = weakref.WeakKeyDictionary()
+
+
+def check_not_steered(model: Model, who: str) -> None:
+    """Refuse `who`, which generates or reads the model unsteered as its baseline, inside a `steer`
+    block on `model`: that block's hooks would steer the baseline too, without a sound (a notebook
+    cell calling `compare` under a `with steer(...)` kept from an earlier one). Nested `steer`
+    blocks stack their edits, as intended; `s.generate` and `model.generate` inside them are steered."""
+    open_ = [s.describe() for s in _OPEN.get(model, ())]
+    if open_:
+        raise SteeringError(
+            f"{who} needs the model unsteered (its baseline), but it was called inside a `steer` block on this model "
+            f"({'; '.join(open_)}), whose edits would steer that baseline too; call it after the block")
 
 
 def _pre_hook(tracker: SequenceTracker | None, layer_idx: int, watch: HookWatch):

@@ -41,7 +41,7 @@ from steering.evaluate import MethodResult, Scorer, score_generation
 from steering.config import GenerationConfig, SweepConfig
 from steering.generation import Generation, generate, with_sae_bos
 from steering.inputs import Model, SAEArg, SAEs, TypicalMaxArg
-from steering.session import steer
+from steering.session import check_not_steered, steer
 from steering.spec import Edit, FeatureEdit, SteerLimits, SteeringError
 
 
@@ -209,6 +209,7 @@ def sweep_edits(
     generation is made once per prompts and generation settings, then read from it."""
     from steering.resolve import check_models
 
+    check_not_steered(model, "a sweep (its unsteered strength)")
     check_models(model, saes, allow_model_mismatch)
     gen_config = with_sae_bos(gen_config or GenerationConfig(), saes)  # unsteered and steered alike
     points = []
@@ -268,6 +269,7 @@ def sweep(
     from steering.spec import lookup_typical_max
 
     config = config or SweepConfig()
+    check_not_steered(model, "steering.sweep")
     saes = {sae_name: as_sae(sae)}  # a sae_lens.SAE object: converted once, not per strength
     check_models(model, saes, allow_model_mismatch)
     # validate every strength before generating anything

@@ -156,16 +156,16 @@ def test_concurrency_bound_and_complete_many():
         assert 1 < srv.max_inflight <= 3
 
 
-def test_free_text_and_sync_guard():
+def test_free_text_and_sync_calls_inside_a_running_loop():
+    """complete_sync works where an event loop runs (a Jupyter cell): tests/test_notebook_judge.py."""
     with JudgeServer(lambda b: "A fluent sentence.") as srv:
         judge = make_judge(srv)
         assert judge.complete_sync(MSGS).value == "A fluent sentence."
 
         async def inside():
-            judge.complete_sync(MSGS)
+            return judge.complete_sync(MSGS).value
 
-        with pytest.raises(RuntimeError, match="await"):
-            asyncio.run(inside())
+        assert asyncio.run(inside()) == "A fluent sentence."
 
 
 def test_steering_style_rating_schema():

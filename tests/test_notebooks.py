@@ -1,9 +1,7 @@
 """The notebooks: the two toy-world ones run top to bottom (small budgets injected after their
 `parameters` cell, as papermill does), the GPU one lists and covers every API it uses.
 
-The kernel is this very interpreter: a kernel spec written to a temporary folder whose argv starts
-with `sys.executable` (nothing is installed into the user's Jupyter folders, and a `python3` kernel
-spec registered elsewhere on the machine cannot be picked up instead).
+The kernel is this very interpreter (`helpers.notebook_kernel`).
 """
 
 from __future__ import annotations
@@ -11,12 +9,13 @@ from __future__ import annotations
 import ast
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
 from helpers.demo_small import SMALL
+from helpers.notebook_kernel import execute
+from helpers.notebook_kernel import outputs_text as _outputs_text
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
@@ -28,38 +27,13 @@ OURS = ("saes", "training", "features", "autointerp", "steering", "toyworld", "s
 def run_notebook(path: Path, overrides: str, tmp_path: Path, timeout: int = 900):
     """Execute a copy of notebook `path` with `overrides` run right after its parameters cell."""
     import nbformat
-    from jupyter_client.kernelspec import KernelSpecManager
-    from jupyter_client.manager import KernelManager
-    from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
     idx = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
     injected = nbformat.v4.new_code_cell(overrides)
     injected.metadata["tags"] = ["injected-parameters"]
     nb.cells.insert(idx + 1, injected)
-
-    spec_dir = tmp_path / "kernels" / "saesteer-python"
-    spec_dir.mkdir(parents=True, exist_ok=True)
-    (spec_dir / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "saesteer (this interpreter)", "language": "python",
-    }))
-    km = KernelManager(kernel_name="saesteer-python",
-                       kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(tmp_path / "kernels")]))
-    client = NotebookClient(nb, km=km, timeout=timeout, resources={"metadata": {"path": str(path.parent)}})
-    client.execute()
-    return nb
-
-
-def _outputs_text(nb) -> str:
-    parts = []
-    for c in nb.cells:
-        for o in c.get("outputs", []):
-            if "text" in o:
-                parts.append(o["text"])
-            elif "data" in o and "text/plain" in o["data"]:
-                parts.append(o["data"]["text/plain"])
-    return "\n".join(parts)
+    return execute(nb, tmp_path, path.parent, timeout=timeout)
 
 
 @pytest.mark.parametrize("name", [*CI_NOTEBOOKS, GPU_NOTEBOOK.name])
