@@ -48,3 +48,17 @@ def test_a_closed_connection_is_not_kept_until_its_header_deadline():
             time.sleep(0.05)
     finally:
         srv.stop()
+
+
+def test_saesteer_serve_serves_with_the_guarded_protocol(monkeypatch):
+    """The deadline lives in the protocol class `run_server` hands uvicorn: `saesteer serve` (and
+    `saesteer api`, through the same commands code) must serve with it; the tests above serve the
+    app with it explicitly."""
+    import uvicorn
+
+    from helpers.real_cli import saesteer
+
+    served: list = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: served.append(self.config.http))
+    saesteer("serve", "--store", shared_store().path, "--port", 0).ok()
+    assert [getattr(p, "__name__", p) for p in served] == ["GuardedHTTPProtocol"], served
