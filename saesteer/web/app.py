@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import saesteer
 from saesteer.web.assets import STATIC_DIR, StaticAssets
 from saesteer.web.config import Limits, ServeConfig, is_loopback
+from saesteer.web.head import head_as_get
 from saesteer.web.jobs import ModelQueue, QueueFull
 from saesteer.web.security import (API_PREFIXES, OPENAI_PREFIX, SecurityMiddleware, error_json, new_token,
                                    openai_error_json)
@@ -126,7 +127,7 @@ class _App(FastAPI):
     def build_middleware_stack(self):
         inner = super().build_middleware_stack()
         g = self.state.guard
-        return _with_request_id(SecurityMiddleware(_head_as_get(inner), **g))  # refusals carry the id too
+        return _with_request_id(SecurityMiddleware(head_as_get(inner), **g))  # refusals carry the id too
 
 
 def _with_request_id(app):
@@ -147,27 +148,6 @@ def _with_request_id(app):
             await send(message)
 
         await app(scope, receive, send_with_id)
-
-    return asgi
-
-
-def _head_as_get(app):
-    """HEAD answered as GET without its body (HTTP requires HEAD wherever GET is served: `curl -I`,
-    uptime checks); FastAPI's routes answer only the methods they name, so HEAD got 405."""
-
-    async def asgi(scope, receive, send):
-        if scope["type"] != "http" or scope.get("method") != "HEAD":
-            await app(scope, receive, send)
-            return
-
-        async def headers_only(message):
-            if message["type"] == "http.response.body":
-                if message.get("more_body", False):
-                    return
-                message = {"type": "http.response.body", "body": b"", "more_body": False}
-            await send(message)
-
-        await app(dict(scope, method="GET"), receive, headers_only)
 
     return asgi
 

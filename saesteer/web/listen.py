@@ -17,6 +17,7 @@ arrived `HEADER_TIMEOUT_S` after it opened (or after its last answer) is closed
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import signal
 import socket
@@ -40,6 +41,8 @@ def guarded_http_protocol(timeout_s: float | None = None):
     limit = HEADER_TIMEOUT_S if timeout_s is None else float(timeout_s)
 
     class GuardedHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
+        _headers_timer: asyncio.TimerHandle | None = None
+
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
             self._headers_due()
@@ -47,6 +50,15 @@ def guarded_http_protocol(timeout_s: float | None = None):
         def on_response_complete(self) -> None:
             super().on_response_complete()
             self._headers_due()
+
+        def connection_lost(self, exc) -> None:
+            super().connection_lost(exc)
+            self._disarm()  # the timer held the closed connection (buffers, last request) until it ran
+
+        def _disarm(self) -> None:
+            if self._headers_timer is not None:
+                self._headers_timer.cancel()
+                self._headers_timer = None
 
         def _headers_due(self) -> None:
             last = self.cycle  # the request answered last (None: none yet); a new request replaces it
@@ -56,7 +68,8 @@ def guarded_http_protocol(timeout_s: float | None = None):
                 if idle and not self.transport.is_closing():
                     self.transport.close()
 
-            self.loop.call_later(limit, check)
+            self._disarm()  # one timer per connection: the one for its latest answer
+            self._headers_timer = self.loop.call_later(limit, check)
 
     return GuardedHTTPProtocol
 

@@ -31,6 +31,7 @@ from pydantic import Field
 from features.drawing import CONTROL_NAMES, RTL_BLOCKS, readable
 from features.tokentext import visible
 from saesteer.web import api
+from saesteer.web.head import is_head
 from saesteer.web.security import ascii_digits
 from saesteer.web.schemas import Example
 from saesteer.web.sources import FeatureQuery, StoreEntry
@@ -239,7 +240,7 @@ async def fire_page(
             note = f"This store is browse-only, so nothing can be run: {entry.info.browse_only_reason}"
         elif request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
             note = "Opened from another site: press Run to run the model on this text."
-        else:
+        elif not is_head(request):  # a HEAD's answer has no body to show the result in
             result = await api._run(entry.queue, entry.engine.fire, text, 5)
     return render(request, "fire.html", store=entry, text=text, result=result, note=note, nav="fire")
 

@@ -3,7 +3,7 @@
 The app never opens a file named by a request. The server is started with a fixed list of stores;
 each gets a short id (from its file name, made unique) and requests name stores by that id only.
 
-`Catalog` is what pages and the API read (fast, on the event loop); `Engine` is what runs the
+`Catalog` is what pages and the API read (in worker threads, see `api.py`); `Engine` is what runs the
 model (slow, always on that model's `ModelQueue` thread). `saesteer.web.store_source` builds the
 first from a feature store, `saesteer.web.model_source` the second from a loaded model and SAE.
 """
