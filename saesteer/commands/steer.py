@@ -119,13 +119,14 @@ def _run(args, model=None) -> int:
         link = next(iter(links.values()), None) if len(saes) == 1 else None  # what --search / --preset read
         if args.search is not None and not args.generate:
             return _print_search(link, args.search, args.top, args.json)
+        preset = _read_preset(args, link, saes) if args.preset is not None else None  # before the model loads
         if model is None:
             model = load_model(args, loaded, stores)
         gen_cfg = with_sae_bos(gen_cfg, loaded)  # the BOS the SAEs were trained with (saes.bos), unless --prepend-bos
         dev = model_device(model)
         saes = {k: v.to(dev) for k, v in saes.items()}
-        if args.preset is not None:
-            edits += _preset_edits(args, link, model, saes)
+        if preset is not None:
+            edits += _preset_edits(args, preset, model, saes)
         found = None
         if args.search is not None:
             found = _print_search(link, args.search, args.top, args.json, rows_only=True)
@@ -166,6 +167,8 @@ def _check_flags(args, edits: list, prompts: list, *, finding: bool) -> None:
         raise CLIError("--search looks labels up in a feature store; give --store FILE")
     if args.candidates < 1:
         raise CLIError(f"--candidates must be positive, got {args.candidates}")
+    if args.preset is not None and not args.store and _preset_file(args.preset) is None:
+        raise CLIError(f"--preset {args.preset!r} names a preset saved in a feature store; give --store FILE (or a .json file)")
     if args.preset is not None and len(args.sae) > 1:  # refused before the model loads
         raise CLIError("--preset belongs to one SAE; give a single --sae (to steer with several, name each edit's "
                        "SAE: NAME/LATENT)")
@@ -213,34 +216,57 @@ def _print_comparison(args, cmp, gen_cfg, found) -> None:
     _print_table(cmp, gen_cfg)
 
 
-def _preset_edits(args, link, model, saes) -> list:
-    """The --preset's edits, after checking it belongs to this SAE and model."""
-    from pathlib import Path
-
+def _read_preset(args, link, saes):
+    """--preset (a JSON file, or a name in --store), checked against the SAE's weights and hook: all
+    that can be known before the model loads (`_preset_edits` checks the model)."""
     from saesteer.commands._steering import CLIError
-    from saesteer.models import OVERRIDE_FLAG
     from steering.presets import Preset
 
-    p = Path(args.preset)
-    if p.suffix == ".json" or p.is_file():
-        if not p.is_file():
-            raise CLIError(f"--preset {p}: no such file")
+    p = _preset_file(args.preset)
+    if p is not None:
         try:
             from saes.fileio import read_json
 
             preset = Preset.from_json(read_json(p, "preset file"))
         except ValueError as e:
             raise CLIError(f"--preset {p}: {e}") from None
-    elif link is None:
-        raise CLIError(f"--preset {args.preset!r} names a preset saved in a feature store; give --store FILE (or a .json file)")
     else:
-        preset = link.preset(args.preset)
+        preset = link.preset(args.preset)  # a store: `_check_flags`
+    _check_preset(args, preset, None, saes)
+    return preset
+
+
+def _preset_file(preset: str):
+    """--preset as a JSON file's path (refused when it names none), or None: a name saved in a store."""
+    from pathlib import Path
+
+    from saesteer.commands._steering import CLIError
+
+    p = Path(preset)
+    if p.suffix != ".json" and not p.is_file():
+        return None
+    if not p.is_file():
+        raise CLIError(f"--preset {p}: no such file")
+    return p
+
+
+def _check_preset(args, preset, model, saes, fingerprint: str | None = None) -> None:
+    """`Preset.check` against the single SAE (and `model`; None: not loaded yet), refusals as CLI
+    errors; `fingerprint`: the SAE's weights hash, where already checked."""
+    from saesteer.commands._steering import CLIError
+    from saesteer.models import OVERRIDE_FLAG
+
     name, sae = next(iter(saes.items()))
     try:
         preset.check(model, sae, sae_name=name, allow_model_mismatch=args.allow_model_mismatch,
-                     model_override=OVERRIDE_FLAG)
+                     fingerprint=fingerprint, model_override=OVERRIDE_FLAG)
     except ValueError as e:
         raise CLIError(str(e)) from None
+
+
+def _preset_edits(args, preset, model, saes) -> list:
+    """The --preset's edits (`_read_preset`), after checking it belongs to this model."""
+    _check_preset(args, preset, model, saes, fingerprint=preset.sae_fingerprint)  # the SAE's: `_read_preset`
     if preset.stops:
         print(f"note: preset {preset.name!r} has stop triggers ({', '.join(preset.stops)}); they act in the API "
               f"(saesteer api), not here", file=__import__("sys").stderr)
