@@ -55,6 +55,7 @@ def loads(ws, monkeypatch):
         raise ValueError("a transformers judge is not loaded in these tests")
 
     monkeypatch.setattr(saesteer.models, "load_recorded_model", load_model)
+    monkeypatch.setattr(saesteer.models, "load_model", load_model)  # serve's --model
     monkeypatch.setattr(autointerp.backends.TransformersBackend, "from_pretrained", load_judge)
     return seen
 
@@ -184,6 +185,22 @@ def test_an_overlong_prompt_of_a_prompt_file_is_named_by_its_number_and_first_wo
             "context of 64; shorten it to at most 56 tokens")
     assert "%" not in r.err  # refused before a progress bar started
     assert loads == ["model"]
+
+
+@pytest.mark.parametrize("command", ["serve", "api"])
+def test_serve_refuses_a_busy_port_and_a_sae_per_store_miscount_before_the_model(ws, loads, command):
+    import socket
+
+    built, sae, _ = ws
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = saesteer(command, "--store", built.path, "--model", MODEL, "--port", port)
+        refused(r, f"cannot listen on 127.0.0.1:{port}", "choose another --port")
+    r = saesteer(command, "--store", built.path, "--sae", sae, "--sae", sae, "--model", MODEL, "--port", 0)
+    refused(r, "got 2 --sae folder(s) for 1 --store file(s); give one --sae per --store")
+    assert loads == []
 
 
 def test_compare_methods_refuses_a_latent_out_of_range_before_generating(ws, monkeypatch):
