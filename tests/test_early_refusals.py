@@ -203,6 +203,23 @@ def test_serve_refuses_a_busy_port_and_a_sae_per_store_miscount_before_the_model
     assert loads == []
 
 
+def test_label_refuses_latents_and_a_report_folder_before_the_judge_and_the_labelling(ws, loads, tmp_path,
+                                                                                    monkeypatch):
+    import autointerp.runner
+
+    built = ws[0]
+    store = tmp_path / "store.db"
+    shutil.copy(built.path, store)
+    monkeypatch.setattr(autointerp.runner, "label_latents", lambda *a, **kw: pytest.fail("labelled first"))
+    r = saesteer("label", "--store", store, "--latents", "5000-5002", *_judges(tmp_path)["transformers"],
+                 "--no-progress")
+    refused(r, "latents [5000, 5001, 5002] cannot be labelled")
+    assert loads == [] and not list(tmp_path.glob("*judge-cache*"))
+    r = saesteer("label", "--store", store, "--latents", "0-1", "--report", tmp_path / "no/such/report.json",
+                 "--embed-backend", "none", "--no-progress")
+    refused(r, f"--report {tmp_path / 'no/such/report.json'}: the folder {tmp_path / 'no/such'} does not exist")
+
+
 def test_compare_methods_refuses_a_latent_out_of_range_before_generating(ws, monkeypatch):
     """The library's steer-eval: one range check, one wording (steering.resolve.check_latent_index),
     before the unsteered generation."""
