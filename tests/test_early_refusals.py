@@ -187,6 +187,27 @@ def test_an_overlong_prompt_of_a_prompt_file_is_named_by_its_number_and_first_wo
     assert loads == ["model"]
 
 
+def test_steer_contrast_files_are_read_before_the_model(ws, loads, tmp_path):
+    built, sae, _ = ws
+    (tmp_path / "pos.txt").write_text("the sea and the ship\n")
+    (tmp_path / "empty.txt").write_text("\n")
+    r = saesteer("steer", "--sae", sae, "--model", MODEL, "--contrast", tmp_path / "pos.txt", tmp_path / "neg.txt")
+    refused(r, f"--contrast {tmp_path / 'neg.txt'}: no such file")
+    r = saesteer("steer", "--sae", sae, "--model", MODEL, "--contrast", tmp_path / "pos.txt", tmp_path / "empty.txt")
+    refused(r, "--contrast needs non-empty POSITIVE and NEGATIVE prompt files")
+    assert loads == []
+
+
+def test_sweep_out_that_is_a_file_is_refused_before_the_model(ws, loads, tmp_path):
+    built, sae, _ = ws
+    out = tmp_path / "notes.txt"
+    out.write_text("mine\n")
+    r = saesteer("sweep", "--sae", sae, "--store", built.path, "--latent", 3, "--topic", "ocean", "--model", MODEL,
+                 "--out", out)
+    refused(r, f"--out {out} is a file", "give a folder")
+    assert loads == [] and out.read_text() == "mine\n"
+
+
 @pytest.mark.parametrize("command", ["serve", "api"])
 def test_serve_refuses_a_busy_port_and_a_sae_per_store_miscount_before_the_model(ws, loads, command):
     import socket

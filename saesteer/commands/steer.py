@@ -92,8 +92,8 @@ def run(args) -> int:
 
 
 def _run(args, model=None) -> int:
-    from saesteer.commands._steering import (latent_owners, load_model, load_saes, open_stores, read_prompt_file,
-                                             read_prompts, sae_from_latents, store_hook, typical_max_provider)
+    from saesteer.commands._steering import (latent_owners, load_model, load_saes, open_stores, read_prompts,
+                                             sae_from_latents, store_hook, typical_max_provider)
     from saes.hookpoints import model_device
     from saesteer.configargs import dataclass_from_args
     from steering.config import GenerationConfig
@@ -109,6 +109,7 @@ def _run(args, model=None) -> int:
     finding = args.search is not None or args.contrast is not None
     prompts = read_prompts(args)
     _check_flags(args, edits, prompts, finding=finding)
+    contrast = _contrast_sets(args.contrast) if args.contrast is not None else None
 
     loaded = load_saes(args.sae, hook=args.hook, model=args.model, store_hook=store_hook(args))
     saes = {name: item.sae for name, item in loaded.items()}
@@ -132,8 +133,7 @@ def _run(args, model=None) -> int:
             found = _print_search(link, args.search, args.top, args.json, rows_only=True)
             edits += _found_edits(found, link, args)
         elif args.contrast is not None:
-            found = _print_contrast(model, saes, read_prompt_file(args.contrast[0], "--contrast"),
-                                    read_prompt_file(args.contrast[1], "--contrast"), args.top, args.json,
+            found = _print_contrast(model, saes, *contrast, args.top, args.json,
                                     link, args.allow_model_mismatch, rows_only=args.generate,
                                     progress=not args.no_progress)
             if not args.generate:
@@ -351,15 +351,22 @@ def _candidates_table(rows: list[dict], title: str) -> None:
     Console().print(table)
 
 
+def _contrast_sets(files: list[str]) -> tuple[list[str], list[str]]:
+    """The prompts of --contrast POSITIVE NEGATIVE, both refused when missing or empty."""
+    from saesteer.commands._steering import CLIError, read_prompt_file
+
+    positive, negative = (read_prompt_file(f, "--contrast") for f in files)
+    if not positive or not negative:
+        raise CLIError("--contrast needs non-empty POSITIVE and NEGATIVE prompt files")
+    return positive, negative
+
+
 def _print_contrast(model, saes, positive, negative, top: int, as_json: bool, link, allow_model_mismatch: bool = False,
                     rows_only: bool = False, progress: bool = False):
     import json
 
-    from saesteer.commands._steering import CLIError
     from steering.search import contrast_features
 
-    if not positive or not negative:
-        raise CLIError("--contrast needs non-empty POSITIVE and NEGATIVE prompt files")
     labels = (lambda f: None) if link is None else (lambda f: link.store.labels([f]).get(f))
     found = contrast_features(model, next(iter(saes.values())), positive, negative, top=top, labels=labels,
                               allow_model_mismatch=allow_model_mismatch, progress=progress)
