@@ -208,6 +208,17 @@ def test_sweep_out_that_is_a_file_is_refused_before_the_model(ws, loads, tmp_pat
     assert loads == [] and out.read_text() == "mine\n"
 
 
+def test_cache_refuses_local_data_that_is_not_there_before_the_model(loads, tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("Ça va? 東京の天気は晴れ。\ndef parse(line):\n    return line.split()\n")
+    r = saesteer("cache", "--model", MODEL, "--dataset", tmp_path / "nope.jsonl", "--out", tmp_path / "c", "--no-progress")
+    refused(r, f"dataset '{tmp_path / 'nope.jsonl'}': no such file or directory")
+    r = saesteer("cache", "--model", MODEL, "--dataset", text, "--split", "validation", "--out", tmp_path / "c",
+                 "--no-progress")
+    refused(r, "has no split 'validation' (a single file is the split 'train')", "--split")
+    assert loads == [] and not (tmp_path / "c").exists()
+
+
 @pytest.mark.parametrize("command", ["serve", "api"])
 def test_serve_refuses_a_busy_port_and_a_sae_per_store_miscount_before_the_model(ws, loads, command):
     import socket
