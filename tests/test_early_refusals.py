@@ -219,6 +219,33 @@ def test_cache_refuses_local_data_that_is_not_there_before_the_model(loads, tmp_
     assert loads == [] and not (tmp_path / "c").exists()
 
 
+@pytest.fixture
+def neuronpedia_store(ws, tmp_path):
+    """A copy of the tiny store whose labels were imported from Neuronpedia as the SAE mymodel/0-res:
+    only the store knows its SAE by that id (SAELens's registry does not)."""
+    store, rows = tmp_path / "np.db", tmp_path / "np.jsonl"
+    shutil.copy(ws[0].path, store)
+    rows.write_text(json.dumps({"modelId": "mymodel", "layer": "0-res", "index": 3, "description": "café menus",
+                                "explanationModelName": "gpt-4o", "id": "e3"}) + "\n")
+    saesteer("label", "--store", store, "--import-neuronpedia", rows, "--neuronpedia-sae", "mymodel/0-res").ok()
+    return store
+
+
+def test_a_neuronpedia_latent_the_store_knows_steers_and_another_sae_s_is_refused_before_the_model(
+        ws, loads, neuronpedia_store):
+    built, sae, _ = ws
+    common = ["--sae", sae, "--store", neuronpedia_store, "--model", MODEL]
+    r = saesteer("steer", *common, "--latent", "https://www.neuronpedia.org/mymodel/0-res/3:add=2", "--prompt",
+                 "the sea", "--max-new-tokens", 3, "--do-sample", "false", "--json", "--no-progress").ok()
+    assert json.loads(r.out)["edits"] == "3:add=2" and loads == ["model"]
+    for command, latent in [("steer", "mymodel/1-res/3:add=2"), ("sweep", "mymodel/1-res/3"),
+                            ("steer-eval", "mymodel/1-res/3")]:
+        r = saesteer(command, *common, "--latent", latent, "--topic", "ocean") if command != "steer" else \
+            saesteer(command, *common, "--latent", latent, "--prompt", "the sea")
+        refused(r, "latent 3 of the Neuronpedia SAE 'mymodel/1-res' is not of a --sae given", "('sae' is mymodel/0-res)")
+    assert loads == ["model"]
+
+
 @pytest.mark.parametrize("command", ["serve", "api"])
 def test_serve_refuses_a_busy_port_and_a_sae_per_store_miscount_before_the_model(ws, loads, command):
     import socket

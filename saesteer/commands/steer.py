@@ -104,7 +104,7 @@ def _run(args, model=None) -> int:
     gen_cfg = dataclass_from_args(GenerationConfig, args)
     limits = dataclass_from_args(SteerLimits, args)
     sae_from_latents(args, args.latent)
-    owners = latent_owners(args.sae)
+    owners = latent_owners(args.sae, args.store)
     edits: list = [parse_edit(owners.edit(t), args.positions) for t in args.latent]
     finding = args.search is not None or args.contrast is not None
     prompts = read_prompts(args)

@@ -163,7 +163,7 @@ def _latents(args) -> None:
 
     if args.latent:
         sae_from_latents(args, args.latent)
-    owners = latent_owners(args.sae)
+    owners = latent_owners(args.sae, [args.store] if args.store else [])
     args.latent = [owners.latent(text)[1] for text in args.latent]
 
 

@@ -228,7 +228,7 @@ def _latents(args) -> set[str]:
     from saesteer.commands._steering import CLIError, latent_owners, sae_from_latents
 
     sae_from_latents(args, args.latent)
-    owners = latent_owners(args.sae)
+    owners = latent_owners(args.sae, [args.store] if args.store else [])
     found = [owners.latent(text) for text in args.latent]
     args.latent = [index for _, index in found]
     named = {name for name, _ in found if name is not None}
