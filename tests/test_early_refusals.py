@@ -219,6 +219,40 @@ def test_cache_refuses_local_data_that_is_not_there_before_the_model(loads, tmp_
     assert loads == [] and not (tmp_path / "c").exists()
 
 
+def _flag_cases(ws, tmp_path):
+    """name -> (argv, words of the refusal): what the flags and the store refuse, each once found only
+    after the model had loaded (or after the whole run)."""
+    built, sae, dead = ws
+    common = ["--sae", sae, "--store", built.path, "--model", MODEL]
+    (tmp_path / "notes.txt").write_text("mine\n")
+    return {
+        "steer 'x' of a latent without typical max": (
+            ["steer", *common, "--latent", f"{dead}:add=2x", "--prompt", "the sea"],
+            [f"{dead}:add=2x: no typical max activation is known for latent {dead}", "give a raw value"]),
+        "steer 'x' trigger of a latent without typical max": (
+            ["steer", *common, "--latent", f"3:add=2?{dead}>1x", "--prompt", "the sea"],
+            [f"no typical max activation is known for latent {dead}", "give a raw threshold"]),
+        "steer-eval --save-preset name": (
+            ["steer-eval", *common, "--topic", "ocean", "--latent", 3, "--save-preset", "sea ward/1"],
+            ["--save-preset preset name 'sea ward/1': use 1-64 letters"]),
+        "steer-eval --out a folder": (
+            ["steer-eval", *common, "--topic", "ocean", "--latent", 3, "--out", tmp_path],
+            [f"--out {tmp_path} is a folder; the scorecard is a JSON file"]),
+        "eval --out a file": (
+            ["eval", "--sae", sae, "--model", MODEL, "--out", tmp_path / "notes.txt", "--no-progress"],
+            [f"--out {tmp_path / 'notes.txt'} is a file; eval writes eval.json and eval.html into a folder"]),
+    }
+
+
+@pytest.mark.parametrize("case", ["steer 'x' of a latent without typical max",
+                                  "steer 'x' trigger of a latent without typical max",
+                                  "steer-eval --save-preset name", "steer-eval --out a folder", "eval --out a file"])
+def test_flags_and_store_refusals_come_before_the_model(ws, loads, tmp_path, case):
+    argv, words = _flag_cases(ws, tmp_path)[case]
+    refused(saesteer(*argv), *words)
+    assert loads == []
+
+
 @pytest.fixture
 def neuronpedia_store(ws, tmp_path):
     """A copy of the tiny store whose labels were imported from Neuronpedia as the SAE mymodel/0-res:

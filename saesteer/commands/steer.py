@@ -98,7 +98,7 @@ def _run(args, model=None) -> int:
     from saesteer.configargs import dataclass_from_args
     from steering.config import GenerationConfig
     from steering.generation import with_sae_bos
-    from steering.resolve import check_edit_latents
+    from steering.resolve import check_edit_latents, check_edit_typical_maxima
     from steering.spec import SteerLimits, parse_edit
 
     gen_cfg = dataclass_from_args(GenerationConfig, args)
@@ -118,6 +118,9 @@ def _run(args, model=None) -> int:
     try:
         _check_x_strengths(edits, saes, links)
         link = next(iter(links.values()), None) if len(saes) == 1 else None  # what --search / --preset read
+        # several SAEs: each one's typical maxima from its own store (`steering.resolve.typical_max_for`)
+        typical_max = {name: lk.typical_max for name, lk in links.items()} if len(saes) > 1 else typical_max_provider(link)
+        check_edit_typical_maxima(saes, edits, typical_max)  # 'x' of a latent the store has no maximum for
         if args.search is not None and not args.generate:
             return _print_search(link, args.search, args.top, args.json)
         preset = _read_preset(args, link, saes) if args.preset is not None else None  # before the model loads
@@ -141,8 +144,6 @@ def _run(args, model=None) -> int:
             edits += _found_edits(found, link, args)
         from steering.comparison import compare
 
-        # several SAEs: each one's typical maxima from its own store (`steering.resolve.typical_max_for`)
-        typical_max = {name: lk.typical_max for name, lk in links.items()} if len(saes) > 1 else typical_max_provider(link)
         cmp = compare(model, saes if len(saes) > 1 else next(iter(saes.values())), edits, prompts, gen_cfg,
                       typical_max=typical_max, limits=limits,
                       allow_model_mismatch=args.allow_model_mismatch, progress=not args.no_progress)

@@ -184,6 +184,13 @@ def _configs(args):
         raise CLIError("--samples > 1 needs sampling (--do-sample true); greedy generations would all be the same")
     if args.save_preset and args.store is None:
         raise CLIError("--save-preset keeps the preset in a feature store; give --store FILE")
+    if args.save_preset:
+        from steering.presets import check_preset_name
+
+        try:  # a name the store refuses: said before the comparison runs
+            check_preset_name(args.save_preset)
+        except ValueError as e:
+            raise CLIError(f"--save-preset {e}") from None
     return cfg, gen_cfg
 
 
@@ -240,6 +247,8 @@ def _check_out_folder(path: str):
     out = Path(path)
     if not out.parent.is_dir():
         raise CLIError(f"--out {out}: the folder {out.parent} does not exist")
+    if out.is_dir():
+        raise CLIError(f"--out {out} is a folder; the scorecard is a JSON file: give its name (e.g. {out / 'card.json'})")
     return out
 
 
