@@ -232,6 +232,9 @@ def _flag_cases(ws, tmp_path):
         "steer 'x' trigger of a latent without typical max": (
             ["steer", *common, "--latent", f"3:add=2?{dead}>1x", "--prompt", "the sea"],
             [f"no typical max activation is known for latent {dead}", "give a raw threshold"]),
+        "steer --search --generate finding nothing": (
+            ["steer", *common, "--search", "zzqx", "--generate", "--prompt", "the sea"],
+            ["no latent was found to steer with"]),
         "steer-eval --save-preset name": (
             ["steer-eval", *common, "--topic", "ocean", "--latent", 3, "--save-preset", "sea ward/1"],
             ["--save-preset preset name 'sea ward/1': use 1-64 letters"]),
@@ -246,6 +249,7 @@ def _flag_cases(ws, tmp_path):
 
 @pytest.mark.parametrize("case", ["steer 'x' of a latent without typical max",
                                   "steer 'x' trigger of a latent without typical max",
+                                  "steer --search --generate finding nothing",
                                   "steer-eval --save-preset name", "steer-eval --out a folder", "eval --out a file"])
 def test_flags_and_store_refusals_come_before_the_model(ws, loads, tmp_path, case):
     argv, words = _flag_cases(ws, tmp_path)[case]

@@ -124,6 +124,10 @@ def _run(args, model=None) -> int:
         if args.search is not None and not args.generate:
             return _print_search(link, args.search, args.top, args.json)
         preset = _read_preset(args, link, saes) if args.preset is not None else None  # before the model loads
+        found = searched = None
+        if args.search is not None:  # the store alone answers it: a search that finds nothing is said before the model
+            found = _print_search(link, args.search, args.top, args.json, rows_only=True)
+            searched = _found_edits(found, link, args)
         if model is None:
             model = load_model(args, loaded, stores)
         gen_cfg = with_sae_bos(gen_cfg, loaded)  # the BOS the SAEs were trained with (saes.bos), unless --prepend-bos
@@ -131,10 +135,8 @@ def _run(args, model=None) -> int:
         saes = {k: v.to(dev) for k, v in saes.items()}
         if preset is not None:
             edits += _preset_edits(args, preset, model, saes)
-        found = None
-        if args.search is not None:
-            found = _print_search(link, args.search, args.top, args.json, rows_only=True)
-            edits += _found_edits(found, link, args)
+        if searched is not None:
+            edits += searched
         elif args.contrast is not None:
             found = _print_contrast(model, saes, *contrast, args.top, args.json,
                                     link, args.allow_model_mismatch, rows_only=args.generate,
