@@ -219,6 +219,14 @@ def test_cache_refuses_local_data_that_is_not_there_before_the_model(loads, tmp_
     assert loads == [] and not (tmp_path / "c").exists()
 
 
+def _cache(tmp_path):
+    """An activation cache at the tiny SAE's hook (random rows: only its manifest is read here)."""
+    from helpers.fake_cache import make_fake_cache
+    from helpers.web_store import HOOK
+
+    return make_fake_cache(tmp_path / "cache", shard_rows=[16], d_in=32, hooks=[HOOK]).path
+
+
 def _flag_cases(ws, tmp_path):
     """name -> (argv, words of the refusal): what the flags and the store refuse, each once found only
     after the model had loaded (or after the whole run)."""
@@ -235,6 +243,13 @@ def _flag_cases(ws, tmp_path):
         "steer --search --generate finding nothing": (
             ["steer", *common, "--search", "zzqx", "--generate", "--prompt", "the sea"],
             ["no latent was found to steer with"]),
+        "train --out a file": (
+            ["train", "--model", MODEL, "--dataset", tmp_path / "notes.txt", "--out", tmp_path / "notes.txt",
+             "--architecture", "topk", "--d-sae", 64, "--k", 4, "--no-progress"],
+            [f"--out {tmp_path / 'notes.txt'} is a file; training writes a folder"]),
+        "features build --out a folder": (
+            ["features", "build", "--sae", sae, "--cache", _cache(tmp_path), "--model", MODEL, "--out", tmp_path,
+             "--no-progress"], [f"--out {tmp_path} is a folder; the feature store is one file"]),
         "steer-eval --save-preset name": (
             ["steer-eval", *common, "--topic", "ocean", "--latent", 3, "--save-preset", "sea ward/1"],
             ["--save-preset preset name 'sea ward/1': use 1-64 letters"]),
@@ -250,7 +265,8 @@ def _flag_cases(ws, tmp_path):
 @pytest.mark.parametrize("case", ["steer 'x' of a latent without typical max",
                                   "steer 'x' trigger of a latent without typical max",
                                   "steer --search --generate finding nothing",
-                                  "steer-eval --save-preset name", "steer-eval --out a folder", "eval --out a file"])
+                                  "steer-eval --save-preset name", "steer-eval --out a folder", "eval --out a file",
+                                  "train --out a file", "features build --out a folder"])
 def test_flags_and_store_refusals_come_before_the_model(ws, loads, tmp_path, case):
     argv, words = _flag_cases(ws, tmp_path)[case]
     refused(saesteer(*argv), *words)
