@@ -1,6 +1,7 @@
 """A bad input is refused before the expensive work: the model loading, a transformers judge loading its
-model, a judge's cache file being made. Every test drives `saesteer ...` as a user does, with the
-loaders replaced by counters: a refusal that comes after a load fails the test, whatever the clock says.
+model, a judge's cache file being made, the whole run. Every test but one (steering.compare_methods, the
+notebook's steer-eval) drives `saesteer ...` as a user does, with the loaders replaced by counters: a
+refusal that comes after a load fails the test, whatever the clock says.
 
 The store is the web tests' tiny one (helpers/web_store.py): its model stands in for the loaded one.
 """
@@ -65,6 +66,7 @@ def refused(r, *words) -> str:
     assert r.rc == 2, r.text[-2000:]
     r.no_traceback()
     err = r.err.strip()
+    assert len(err.splitlines()) <= 2, err  # one or two lines, no dump
     for w in words:
         assert w in err, err
     return err
