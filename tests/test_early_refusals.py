@@ -245,6 +245,9 @@ def _flag_cases(ws, tmp_path):
         "steer --search --generate finding nothing": (
             ["steer", *common, "--search", "zzqx", "--generate", "--prompt", "the sea"],
             ["no latent was found to steer with"]),
+        "eval --split the data has not": (
+            ["eval", "--sae", sae, "--model", MODEL, "--dataset", tmp_path / "notes.txt", "--split", "validation",
+             "--no-progress"], ["has no split 'validation' (a single file is the split 'train')", "--split"]),
         "train --out a file": (
             ["train", "--model", MODEL, "--dataset", tmp_path / "notes.txt", "--out", tmp_path / "notes.txt",
              "--architecture", "topk", "--d-sae", 64, "--k", 4, "--no-progress"],
@@ -268,7 +271,8 @@ def _flag_cases(ws, tmp_path):
                                   "steer 'x' trigger of a latent without typical max",
                                   "steer --search --generate finding nothing",
                                   "steer-eval --save-preset name", "steer-eval --out a folder", "eval --out a file",
-                                  "train --out a file", "features build --out a folder"])
+                                  "eval --split the data has not", "train --out a file",
+                                  "features build --out a folder"])
 def test_flags_and_store_refusals_come_before_the_model(ws, loads, tmp_path, case):
     argv, words = _flag_cases(ws, tmp_path)[case]
     refused(saesteer(*argv), *words)
