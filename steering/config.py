@@ -22,11 +22,13 @@ class GenerationConfig:
     top_k: int | None = field(default=None, metadata={"help": "sample among the k most likely tokens (none: all)"})
     top_p: float | None = field(default=None, metadata={"help": "nucleus sampling mass (none: off)"})
     freq_penalty: float = field(default=0.0, metadata={"help": "penalty for tokens already in the text"})
-    # one torch stream for the batch (TransformerLens samples all rows from it); the API's engine seeds each row
+    # one torch stream for the batch (TransformerLens samples all rows from it); the API's engine gives each
+    # row its own stream: the request's seed + i, or a fresh one it reports
     seed: int | None = field(default=0, metadata={"help": "random seed for sampling, one for all the prompts: a "
                                                           "prompt's sampled text depends on the prompts sampled "
-                                                          "beside it (saesteer api seeds each request) (none: do "
-                                                          "not reseed)"})
+                                                          "beside it (in saesteer api, a request that gives a "
+                                                          "seed samples its choice i from seed + i alone) (none: "
+                                                          "do not reseed)"})
     use_past_kv_cache: bool = field(default=True, metadata={"help": "reuse keys/values of earlier tokens"})
     stop_at_eos: bool = field(default=True, metadata={"help": "stop a row when it emits an end-of-text token (the "
                                                               "tokenizer's eos, or one generation_config.json lists: "

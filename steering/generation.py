@@ -136,14 +136,26 @@ def check_prompts_fit(model: Model, prompts: str | Sequence[str], config: Genera
                             "tokenizer has no BOS token); give a prompt", field="prompts")
     n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
     if n_ctx is not None and P + config.max_new_tokens > n_ctx:
-        longest = "the prompt" if len(prompts) == 1 else "the longest prompt"
-        fix = (f"ask for at most {n_ctx - P} new tokens or shorten {longest}" if P < n_ctx else
-               f"shorten {longest} to at most {n_ctx - config.max_new_tokens} tokens")
+        one = len(prompts) == 1
+        longest = f"the prompt ({P} tokens)" if one else _longest_prompt(model, prompts, config.prepend_bos, P)
+        it = "the prompt" if one else "it"
+        fix = (f"ask for at most {n_ctx - P} new tokens or shorten {it}" if P < n_ctx else
+               f"shorten {it} to at most {n_ctx - config.max_new_tokens} tokens")
         raise SteeringError(
-            f"{longest} ({P} tokens) + max_new_tokens ({config.max_new_tokens}) = {P + config.max_new_tokens} "
+            f"{longest} + max_new_tokens ({config.max_new_tokens}) = {P + config.max_new_tokens} "
             f"tokens exceeds the model's context of {n_ctx}; {fix}", field="max_new_tokens"
         )
     return tokens_BP
+
+
+def _longest_prompt(model: Model, prompts: list[str], prepend_bos: bool | None, longest: int) -> str:
+    """The first of several prompts that is `longest` tokens long, as a user finds it in a prompt file:
+    its number (from 1) and first words."""
+    lengths = prompt_lengths(model, prompts, prepend_bos)
+    i = lengths.index(longest)
+    words = prompts[i].split()
+    start = " ".join(words[:6]) + (" ..." if len(words) > 6 else "")
+    return f"prompt {i + 1} of {len(prompts)} ({start!r}: {longest} tokens)"
 
 
 def stop_token_ids(model: Model) -> tuple[int, ...]:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from steering.config import CompareConfig, GenerationConfig
 from steering.evaluate import MethodResult, Scorer, score_generation
 from steering.generation import generate, with_sae_bos
+from steering.resolve import check_latent_index
 from steering.session import check_not_steered, steer
 from steering.spec import FeatureEdit, SteeringError
 from steering.sweeps import SweepPoint, recommend_strength, sweep_edits
@@ -157,11 +158,14 @@ class _Comparison:
         return pts, s, m
 
 
-def _check_compare_args(prompts: Sequence[str], latents, has_sets: bool) -> None:
+def _check_compare_args(sae: SAE, prompts: Sequence[str], latents, has_sets: bool) -> None:
+    """What the arguments alone refuse, before any generation."""
     if not prompts:
         raise SteeringError("give at least one prompt to steer (\"\" for unconditional generation)")
     if latents is None and not has_sets:
         raise SteeringError("give the SAE latents to steer with, or positive and negative prompts to find them by contrast")
+    for f in latents or ():
+        check_latent_index(int(f), sae, "sae")
 
 
 def _candidate_features(model: Model, sae: SAE, latents: Sequence[int] | None, positive, negative, *,
@@ -178,10 +182,7 @@ def _candidate_features(model: Model, sae: SAE, latents: Sequence[int] | None, p
         cands = [c.latent for c in ranked]
         mean_pos = {c.latent: max(float(c.mean_positive or 0.0), 1e-3) for c in ranked}
         return cands, mean_pos
-    cands = [int(f) for f in dict.fromkeys(latents)]
-    for f in cands:
-        if not 0 <= f < sae.d_sae:
-            raise SteeringError(f"latent {f} is out of range for this SAE (0..{sae.d_sae - 1})")
+    cands = [int(f) for f in dict.fromkeys(latents)]  # in range: `_check_compare_args`
     if has_sets and (typical_max is None or any(not typical_max(f) for f in cands)):
         from steering.activations import mean_latent_activation
 
@@ -296,7 +297,7 @@ def compare_methods(
     check_not_steered(model, "steering.compare_methods")
     check_models(model, sae, allow_model_mismatch)
     has_sets = bool(positive) and bool(negative)
-    _check_compare_args(prompts, latents, has_sets)
+    _check_compare_args(sae, prompts, latents, has_sets)
     cfg = config or CompareConfig()
     # every method, the unsteered and the prompted ones too, reads the prompts with the SAE's BOS: the
     # dev sweeps take it (steering.sweeps), so the test generations must, or a pick is scored on

@@ -259,12 +259,35 @@ def _resolve_feature_edit(model: Model, sae_map: Mapping[str, SAE], e: FeatureEd
         )
     seen[key] = e.describe()
     provider = typical_max_for(typical_max, name)
-    tmax = lookup_typical_max(provider, e.latent)
-    if tmax is None and provider is not None and e.unit == "max_act" and e.op in ("add", "clamp"):
-        raise SteeringError(_no_typical_max(e.describe(), e.latent, name, e.value, "value"))
+    tmax = _typical_max_of(e, provider, name)
     value = raw_value(e, tmax, limits, name)
     trigger = None if e.when is None else (e.when.latent, trigger_threshold(e, provider, name))
     return ResolvedEdit(e, name, hook, e.latent, e.op, value, e.positions, tmax, trigger, reads)
+
+
+def check_edit_typical_maxima(saes: SAEs, edits: Sequence[Edit | str], typical_max: TypicalMaxArg) -> None:
+    """The 'x' strengths and thresholds of the feature edits checked against the typical maxima
+    (a feature store's), which need no model: a command refuses a latent the store has none for
+    before it loads a model."""
+    sae_map = sae_mapping(saes)
+    for e in edits:
+        e = parse_edit(e) if isinstance(e, str) else e
+        if isinstance(e, FeatureEdit):
+            name = _sae_name_of(e, sae_map)
+            provider = typical_max_for(typical_max, name)
+            if provider is None:  # no maxima at all: resolve_edits says what to pass
+                continue
+            _typical_max_of(e, provider, name)
+            if e.when is not None:
+                trigger_threshold(e, provider, name)
+
+
+def _typical_max_of(e: FeatureEdit, provider: TypicalMax | None, sae_name: str) -> float | None:
+    """`e`'s latent's typical max from `provider`; refused when an 'x' value needs one the provider lacks."""
+    tmax = lookup_typical_max(provider, e.latent)
+    if tmax is None and provider is not None and e.unit == "max_act" and e.op in ("add", "clamp"):
+        raise SteeringError(_no_typical_max(e.describe(), e.latent, sae_name, e.value, "value"))
+    return tmax
 
 
 def _check_positions(model: Model, r: ResolvedEdit, chat_positions: bool) -> None:

@@ -151,7 +151,7 @@ def test_steer_eval_with_a_judge_that_gives_no_usable_rating_writes_nothing(tmp_
     argv = ["steer-eval", "--sae", str(tmp_path / "sae"), "--store", str(ws.path), "--concept", "the sea",
             "--positive", str(pos), "--negative", str(neg), "--cue", "the sea", "--samples", "1",
             "--max-new-tokens", "4", "--sae-strengths", "1", "--vector-strengths", "1", "--candidates", "1",
-            "--out", str(out)]
+            "--out", str(out), "--judge-model", "judge", "--judge-base-url", "http://127.0.0.1:9/v1"]
     with pytest.raises(CLIError, match="no usable rating.*--judge-model"):
         steer_eval._run(build_parser().parse_args(argv), model=ws.model)
     assert not out.exists()

@@ -204,7 +204,7 @@ def test_sweep_with_a_judge_that_gives_no_usable_rating_stores_nothing(stored, t
 
     argv = ["sweep", "--sae", str(sae), "--store", str(ws.path), "--latent", str(f), "--concept", "the sea",
             "--samples", "1", "--max-new-tokens", "4", "--out", str(tmp_path / "o"), "--save-strength",
-            "--no-progress", "--strengths", "0,2"]
+            "--no-progress", "--strengths", "0,2", "--judge-model", "judge", "--judge-base-url", "http://127.0.0.1:9/v1"]
     monkeypatch.setattr(sweep, "_scorer", lambda args, store: (JudgeScorer(judge, "the sea"), None))
     with pytest.raises(CLIError, match=r"no usable rating \(\d+ of \d+ answers.*--judge-model and --judge-base-url"):
         sweep._run(parse(*argv), model=ws.model)

@@ -111,14 +111,39 @@ def load_saes(values: list[str], device: Any = None, hook: str | None = None, mo
     return loaded
 
 
-def latent_owners(sae_values: list[str]):
+def latent_owners(sae_values: list[str], store_paths: list[str] = ()):
     """Where the Neuronpedia latents of edits go (`saes.formats.neuronpedia.LatentOwners`): the --sae
-    whose Neuronpedia id (through SAELens's registry) each names, read only when one appears."""
+    whose Neuronpedia id (through SAELens's registry) each names, read only when one appears. A single
+    --sae with no id there and a single --store: the id the store knows its SAE by (its Neuronpedia
+    labels', as `features show` reads it); the store's SAE check still refuses a store of another SAE."""
     from saes.formats.neuronpedia import LatentOwners, neuronpedia_id_of_spec
 
     specs = parse_sae_args(sae_values)
-    return LatentOwners(lambda: {name: neuronpedia_id_of_spec(str(spec)) for name, spec in specs.items()},
-                        named=len(specs) > 1)
+
+    def ids() -> dict[str, str | None]:
+        found = {name: neuronpedia_id_of_spec(str(spec)) for name, spec in specs.items()}
+        if len(found) == 1 and None in found.values() and len(store_paths) == 1:
+            found = dict.fromkeys(found, _store_neuronpedia_id(store_paths[0]))
+        return found
+
+    return LatentOwners(ids, named=len(specs) > 1)
+
+
+def _store_neuronpedia_id(path: str) -> str | None:
+    """The one Neuronpedia id the feature store at `path` knows its SAE by (None: none, several, or no store)."""
+    from features import FeatureStore
+    from features.neuronpedia_import import store_latent_owners
+    from features.store import StoreError
+
+    try:
+        store = FeatureStore.open(path)
+    except (OSError, StoreError):
+        return None  # not a store: open_store says so
+    try:
+        known = set(store_latent_owners(store).ids.values())
+    finally:
+        store.close()
+    return known.pop() if len(known) == 1 else None
 
 
 def sae_from_latents(args, texts: list[str]) -> None:

@@ -21,8 +21,9 @@ that resolves 'x' strengths and preset names ("steering": {"preset": "NAME"}), a
 generates. Edits: feature, op (add, clamp, scale, ablate), value, unit (raw | max_act), positions
 (all, prompt, generated, last, token indices, role:NAME, turn:I), when (apply only where a latent
 is above a threshold); or the CLI's text form "123:add=2x@generated?77>1". Streaming (SSE), n,
-seed (choice i uses seed + i), stop, logprobs, top_logprobs, penalties, logit_bias; extensions
-top_k and ignore_eos. Chat prompts use the tokenizer's chat template.
+seed (choice i uses seed + i; without one, each choice draws a fresh seed, reported in its
+steering.seed), stop, logprobs, top_logprobs, penalties, logit_bias; extensions top_k and
+ignore_eos. Chat prompts use the tokenizer's chat template.
 
 Concurrent requests are batched (continuous batching: requests with different edits share one
 forward pass). At most --max-queued requests are in at once; more get 503 with Retry-After.

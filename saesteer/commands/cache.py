@@ -90,7 +90,7 @@ def run(args) -> int:
     from training.writer import CacheDiskFullError
     from training.cache_config import CacheConfig
     from training.manifest import CacheFormatError, CacheMismatchError, lock_cache_dir
-    from training.text import TextConfig, source_as_read
+    from training.text import TextConfig, resolve_data, source_as_read
 
     if args.verify:
         return _verify(args)
@@ -107,6 +107,10 @@ def run(args) -> int:
         except RuntimeError as e:
             return _error(e, args)
     existing = _existing_cache(given_out)
+    try:
+        resolve_data(text)  # local data that is not there (a file, a split, a file kind): said before the model loads
+    except (FileNotFoundError, ValueError) as e:
+        return _error(e, args)
     try:
         model, model_spec = _model(args, extra, text, existing)
     except (OSError, ValueError) as e:

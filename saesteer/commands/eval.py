@@ -106,6 +106,12 @@ def _run(args) -> int:
     from saes.devices import refuse_mps_float64
 
     refuse_mps_float64(device, "evaluation")
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():  # found when writing, after the evaluation
+        raise ValueError(f"--out {args.out} is a file; eval writes eval.json and eval.html into a folder: give a folder")
+    if getattr(args, "dataset", None) and not args.cache:  # the flags' text, read as given: its files and split
+        from training.text import resolve_data
+
+        resolve_data(text)  # local data that is not there, said before the model loads
     loaded = _load_saes(args, device)
     cache_man = _cache_manifest(args)  # --cache's manifest: read once for every use below
     manifests = {Path(args.cache).resolve(): cache_man} if args.cache else {}  # the caches' manifests read

@@ -172,6 +172,8 @@ def _build(args) -> int:
 
     cfg = dataclass_from_args(BuildConfig, args)
     out = Path(args.out)
+    if out.is_dir():  # found when the store is written, after the model loaded
+        raise ValueError(f"--out {out} is a folder; the feature store is one file: give its name (e.g. {out / 'features.db'})")
     if out.is_file() or building_path(out).is_file():  # another writer (a label, a build): said before loading anything
         writer_lock(out).refuse_if_held()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

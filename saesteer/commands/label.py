@@ -118,22 +118,29 @@ def _writing(args, store_path):
 
 
 def _label_run(args, store_path, label_cfg, judge_cfg, embed_cfg, budget) -> int:
-    """A labelling run: judge (or offline labeller), labels and scores into the store, the report."""
+    """A labelling run: judge (or offline labeller), labels and scores into the store, the report.
+    --latents and --report's folder are refused before the judge is made (a transformers judge loads
+    its model; the judge's cache file is made)."""
     import sys
+    from pathlib import Path
 
     from autointerp.config import make_judge
     from autointerp.featurestore import FeatureStoreLabels
+    from autointerp.runner import select_latents
 
-    try:
-        judge = make_judge(judge_cfg, cache_path=store_path.with_name(store_path.name + ".judge-cache.sqlite"),
-                           budget=budget)
-    except ValueError as e:
-        print_error(e)
+    if args.report and not Path(args.report).parent.is_dir():
+        print_error(f"--report {args.report}: the folder {Path(args.report).parent} does not exist")
         return 2
-    if judge is None and budget is not None:
-        print("note: the offline labeller costs nothing; --budget is ignored", file=sys.stderr)
-
     with FeatureStoreLabels.open(store_path) as store:
+        try:
+            select_latents(store, label_cfg)
+            judge = make_judge(judge_cfg, cache_path=store_path.with_name(store_path.name + ".judge-cache.sqlite"),
+                               budget=budget)
+        except ValueError as e:
+            print_error(e)
+            return 2
+        if judge is None and budget is not None:
+            print("note: the offline labeller costs nothing; --budget is ignored", file=sys.stderr)
         try:
             if args.dry_run:
                 _dry_run(args, store, judge, label_cfg)

@@ -74,10 +74,15 @@ def run_server(args, *, pages: bool) -> int:
 
     from saesteer.web.listen import run_server as serve_app  # this function is run_server too
 
-    try:
+    try:  # the flags, the store files and the port are refused before the model loads
         config, limits, batch = _configs(args)
-        entries = _open_stores(args, limits)
+        _check_stores(args)
         sock, config = _listen(config)
+        try:
+            entries = _open_stores(args, limits)
+        except BaseException:
+            sock.close()
+            raise
         app = _build_app(entries, sock, config=config, limits=limits, pages=pages, batch=batch)
         url = _announce(entries, app, sock, config, pages=pages)
     except _Refused as e:
@@ -105,15 +110,25 @@ def _configs(args):
     return config, limits, batch
 
 
-def _open_stores(args, limits):
-    """Each --store opened with its SAE and, where it can run it, the model (warnings shown once each)."""
-    import logging
+def _check_stores(args) -> None:
+    """What the flags refuse of the stores: a --store that is no file, a --sae count not one per --store."""
     import os
-    import warnings
+
+    from saesteer.web.launch import check_sae_dirs
 
     for p in args.store:
         if not os.path.isfile(p):
             raise _Refused(f"no feature store at {p}; build one with `saesteer features build`")
+    try:
+        check_sae_dirs(args.sae, args.store)
+    except ValueError as e:
+        raise _Refused(e) from None
+
+
+def _open_stores(args, limits):
+    """Each --store opened with its SAE and, where it can run it, the model (warnings shown once each)."""
+    import logging
+    import warnings
 
     from features import StoreError
 

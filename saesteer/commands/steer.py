@@ -92,23 +92,24 @@ def run(args) -> int:
 
 
 def _run(args, model=None) -> int:
-    from saesteer.commands._steering import (latent_owners, load_model, load_saes, open_stores, read_prompt_file,
-                                             read_prompts, sae_from_latents, store_hook, typical_max_provider)
+    from saesteer.commands._steering import (latent_owners, load_model, load_saes, open_stores, read_prompts,
+                                             sae_from_latents, store_hook, typical_max_provider)
     from saes.hookpoints import model_device
     from saesteer.configargs import dataclass_from_args
     from steering.config import GenerationConfig
     from steering.generation import with_sae_bos
-    from steering.resolve import check_edit_latents
+    from steering.resolve import check_edit_latents, check_edit_typical_maxima
     from steering.spec import SteerLimits, parse_edit
 
     gen_cfg = dataclass_from_args(GenerationConfig, args)
     limits = dataclass_from_args(SteerLimits, args)
     sae_from_latents(args, args.latent)
-    owners = latent_owners(args.sae)
+    owners = latent_owners(args.sae, args.store)
     edits: list = [parse_edit(owners.edit(t), args.positions) for t in args.latent]
     finding = args.search is not None or args.contrast is not None
     prompts = read_prompts(args)
     _check_flags(args, edits, prompts, finding=finding)
+    contrast = _contrast_sets(args.contrast) if args.contrast is not None else None
 
     loaded = load_saes(args.sae, hook=args.hook, model=args.model, store_hook=store_hook(args))
     saes = {name: item.sae for name, item in loaded.items()}
@@ -117,22 +118,27 @@ def _run(args, model=None) -> int:
     try:
         _check_x_strengths(edits, saes, links)
         link = next(iter(links.values()), None) if len(saes) == 1 else None  # what --search / --preset read
+        # several SAEs: each one's typical maxima from its own store (`steering.resolve.typical_max_for`)
+        typical_max = {name: lk.typical_max for name, lk in links.items()} if len(saes) > 1 else typical_max_provider(link)
+        check_edit_typical_maxima(saes, edits, typical_max)  # 'x' of a latent the store has no maximum for
         if args.search is not None and not args.generate:
             return _print_search(link, args.search, args.top, args.json)
+        preset = _read_preset(args, link, saes) if args.preset is not None else None  # before the model loads
+        found = searched = None
+        if args.search is not None:  # the store alone answers it: a search that finds nothing is said before the model
+            found = _print_search(link, args.search, args.top, args.json, rows_only=True)
+            searched = _found_edits(found, link, args)
         if model is None:
             model = load_model(args, loaded, stores)
         gen_cfg = with_sae_bos(gen_cfg, loaded)  # the BOS the SAEs were trained with (saes.bos), unless --prepend-bos
         dev = model_device(model)
         saes = {k: v.to(dev) for k, v in saes.items()}
-        if args.preset is not None:
-            edits += _preset_edits(args, link, model, saes)
-        found = None
-        if args.search is not None:
-            found = _print_search(link, args.search, args.top, args.json, rows_only=True)
-            edits += _found_edits(found, link, args)
+        if preset is not None:
+            edits += _preset_edits(args, preset, model, saes)
+        if searched is not None:
+            edits += searched
         elif args.contrast is not None:
-            found = _print_contrast(model, saes, read_prompt_file(args.contrast[0], "--contrast"),
-                                    read_prompt_file(args.contrast[1], "--contrast"), args.top, args.json,
+            found = _print_contrast(model, saes, *contrast, args.top, args.json,
                                     link, args.allow_model_mismatch, rows_only=args.generate,
                                     progress=not args.no_progress)
             if not args.generate:
@@ -140,8 +146,6 @@ def _run(args, model=None) -> int:
             edits += _found_edits(found, link, args)
         from steering.comparison import compare
 
-        # several SAEs: each one's typical maxima from its own store (`steering.resolve.typical_max_for`)
-        typical_max = {name: lk.typical_max for name, lk in links.items()} if len(saes) > 1 else typical_max_provider(link)
         cmp = compare(model, saes if len(saes) > 1 else next(iter(saes.values())), edits, prompts, gen_cfg,
                       typical_max=typical_max, limits=limits,
                       allow_model_mismatch=args.allow_model_mismatch, progress=not args.no_progress)
@@ -166,6 +170,8 @@ def _check_flags(args, edits: list, prompts: list, *, finding: bool) -> None:
         raise CLIError("--search looks labels up in a feature store; give --store FILE")
     if args.candidates < 1:
         raise CLIError(f"--candidates must be positive, got {args.candidates}")
+    if args.preset is not None and not args.store and _preset_file(args.preset) is None:
+        raise CLIError(f"--preset {args.preset!r} names a preset saved in a feature store; give --store FILE (or a .json file)")
     if args.preset is not None and len(args.sae) > 1:  # refused before the model loads
         raise CLIError("--preset belongs to one SAE; give a single --sae (to steer with several, name each edit's "
                        "SAE: NAME/LATENT)")
@@ -213,34 +219,57 @@ def _print_comparison(args, cmp, gen_cfg, found) -> None:
     _print_table(cmp, gen_cfg)
 
 
-def _preset_edits(args, link, model, saes) -> list:
-    """The --preset's edits, after checking it belongs to this SAE and model."""
-    from pathlib import Path
-
+def _read_preset(args, link, saes):
+    """--preset (a JSON file, or a name in --store), checked against the SAE's weights and hook: all
+    that can be known before the model loads (`_preset_edits` checks the model)."""
     from saesteer.commands._steering import CLIError
-    from saesteer.models import OVERRIDE_FLAG
     from steering.presets import Preset
 
-    p = Path(args.preset)
-    if p.suffix == ".json" or p.is_file():
-        if not p.is_file():
-            raise CLIError(f"--preset {p}: no such file")
+    p = _preset_file(args.preset)
+    if p is not None:
         try:
             from saes.fileio import read_json
 
             preset = Preset.from_json(read_json(p, "preset file"))
         except ValueError as e:
             raise CLIError(f"--preset {p}: {e}") from None
-    elif link is None:
-        raise CLIError(f"--preset {args.preset!r} names a preset saved in a feature store; give --store FILE (or a .json file)")
     else:
-        preset = link.preset(args.preset)
+        preset = link.preset(args.preset)  # a store: `_check_flags`
+    _check_preset(args, preset, None, saes)
+    return preset
+
+
+def _preset_file(preset: str):
+    """--preset as a JSON file's path (refused when it names none), or None: a name saved in a store."""
+    from pathlib import Path
+
+    from saesteer.commands._steering import CLIError
+
+    p = Path(preset)
+    if p.suffix != ".json" and not p.is_file():
+        return None
+    if not p.is_file():
+        raise CLIError(f"--preset {p}: no such file")
+    return p
+
+
+def _check_preset(args, preset, model, saes, fingerprint: str | None = None) -> None:
+    """`Preset.check` against the single SAE (and `model`; None: not loaded yet), refusals as CLI
+    errors; `fingerprint`: the SAE's weights hash, where already checked."""
+    from saesteer.commands._steering import CLIError
+    from saesteer.models import OVERRIDE_FLAG
+
     name, sae = next(iter(saes.items()))
     try:
         preset.check(model, sae, sae_name=name, allow_model_mismatch=args.allow_model_mismatch,
-                     model_override=OVERRIDE_FLAG)
+                     fingerprint=fingerprint, model_override=OVERRIDE_FLAG)
     except ValueError as e:
         raise CLIError(str(e)) from None
+
+
+def _preset_edits(args, preset, model, saes) -> list:
+    """The --preset's edits (`_read_preset`), after checking it belongs to this model."""
+    _check_preset(args, preset, model, saes, fingerprint=preset.sae_fingerprint)  # the SAE's: `_read_preset`
     if preset.stops:
         print(f"note: preset {preset.name!r} has stop triggers ({', '.join(preset.stops)}); they act in the API "
               f"(saesteer api), not here", file=__import__("sys").stderr)
@@ -325,15 +354,22 @@ def _candidates_table(rows: list[dict], title: str) -> None:
     Console().print(table)
 
 
+def _contrast_sets(files: list[str]) -> tuple[list[str], list[str]]:
+    """The prompts of --contrast POSITIVE NEGATIVE, both refused when missing or empty."""
+    from saesteer.commands._steering import CLIError, read_prompt_file
+
+    positive, negative = (read_prompt_file(f, "--contrast") for f in files)
+    if not positive or not negative:
+        raise CLIError("--contrast needs non-empty POSITIVE and NEGATIVE prompt files")
+    return positive, negative
+
+
 def _print_contrast(model, saes, positive, negative, top: int, as_json: bool, link, allow_model_mismatch: bool = False,
                     rows_only: bool = False, progress: bool = False):
     import json
 
-    from saesteer.commands._steering import CLIError
     from steering.search import contrast_features
 
-    if not positive or not negative:
-        raise CLIError("--contrast needs non-empty POSITIVE and NEGATIVE prompt files")
     labels = (lambda f: None) if link is None else (lambda f: link.store.labels([f]).get(f))
     found = contrast_features(model, next(iter(saes.values())), positive, negative, top=top, labels=labels,
                               allow_model_mismatch=allow_model_mismatch, progress=progress)

@@ -75,12 +75,13 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from saesteer.commands._steering import CLIError, print_error
+    from saesteer.toyscore import ToyScorerError
     from steering.spec import SteeringError
 
     try:
         return _run(args)
-    except (CLIError, SteeringError) as e:
-        return print_error(e)
+    except (CLIError, SteeringError, ToyScorerError) as e:
+        return print_error(e, args)  # a config field named as its flag (--max-new-tokens)
 
 
 def toy_concept(topic: str, n_docs: int) -> tuple[list[str], list[str], str]:
@@ -110,33 +111,35 @@ def _run(args, model=None) -> int:
 
     from saes.hookpoints import model_device
     from saesteer.commands._steering import CLIError, store_hook, load_model, load_saes, open_store, read_prompts
-    from saesteer.commands.sweep import _check_judgements, _close, _scorer
-    from steering.generation import with_sae_bos
+    from saesteer.commands.sweep import _check_judgements, _check_scoring, _close, _scorer
+    from steering.generation import check_prompts_fit, with_sae_bos
     from steering.resolve import check_latent_index
 
+    # everything the flags and files can refuse is refused before the model (and a judge) loads
     cfg, gen_cfg = _configs(args)
-    if args.out:  # before the judge's cache beside it creates a mistyped folder
+    if args.out:
         _check_out_folder(args.out)
     positive, negative, cue = _concept_sets(args)
     prompts = read_prompts(args) or [""]
-    prompts = [p for p in prompts for _ in range(args.samples)]
-    scorer, judge = _scorer(args, args.store)
-
+    _check_scoring(args)
     _latents(args)
     loaded = load_saes(args.sae, hook=args.hook, store_hook=store_hook(args))
     if len(loaded) != 1:
         raise CLIError("steer-eval steers with one SAE; give a single --sae")
     name, sae = next((n, item.sae) for n, item in loaded.items())
-    for latent in args.latent:  # refused by the SAE's width before the model loads
+    for latent in args.latent:
         check_latent_index(latent, sae, name)
     store, link = open_store(args.store, {name: sae}, writable=bool(args.save_preset))
+    judge = None
     try:
         if model is None:
             model = load_model(args, loaded, store)
         gen_cfg = with_sae_bos(gen_cfg, loaded)  # the BOS the SAE was trained with (saes.bos), unless --prepend-bos
+        check_prompts_fit(model, prompts, gen_cfg)  # each prompt once, before --samples repeats it
+        scorer, judge = _scorer(args, args.store)
         sae = sae.to(model_device(model))
-        card = _compare(args, cfg, gen_cfg, model, name, sae, scorer, link,
-                        prompts=prompts, positive=positive, negative=negative, cue=cue)
+        card = _compare(args, cfg, gen_cfg, model, name, sae, scorer, link, prompts=[p for p in prompts for _ in
+                        range(args.samples)], positive=positive, negative=negative, cue=cue)
         stats = getattr(scorer, "stats", None)
         if stats is not None:
             _check_judgements("steer-eval", stats.calls, stats.failed)
@@ -160,7 +163,7 @@ def _latents(args) -> None:
 
     if args.latent:
         sae_from_latents(args, args.latent)
-    owners = latent_owners(args.sae)
+    owners = latent_owners(args.sae, [args.store] if args.store else [])
     args.latent = [owners.latent(text)[1] for text in args.latent]
 
 
@@ -181,6 +184,13 @@ def _configs(args):
         raise CLIError("--samples > 1 needs sampling (--do-sample true); greedy generations would all be the same")
     if args.save_preset and args.store is None:
         raise CLIError("--save-preset keeps the preset in a feature store; give --store FILE")
+    if args.save_preset:
+        from steering.presets import check_preset_name
+
+        try:  # a name the store refuses: said before the comparison runs
+            check_preset_name(args.save_preset)
+        except ValueError as e:
+            raise CLIError(f"--save-preset {e}") from None
     return cfg, gen_cfg
 
 
@@ -237,6 +247,8 @@ def _check_out_folder(path: str):
     out = Path(path)
     if not out.parent.is_dir():
         raise CLIError(f"--out {out}: the folder {out.parent} does not exist")
+    if out.is_dir():
+        raise CLIError(f"--out {out} is a folder; the scorecard is a JSON file: give its name (e.g. {out / 'card.json'})")
     return out
 
 

@@ -104,25 +104,51 @@ def _judge_cache_path(args, store_path):
     return out / "judge-cache.sqlite" if args.command == "sweep" else out.with_name(out.name + ".judge-cache.sqlite")
 
 
-def _scorer(args, store_path):
+def _check_scoring(args):
+    """The scoring flags, checked before anything loads: one of --topic (a known toy-world topic) and
+    --concept (a judge that can rate: its backend's own checks, e.g. an API key, run on a judge made
+    without a cache, so no file is left by a run refused later). The --concept judge's config; None
+    for --topic. `_scorer` makes the real judge once the model has loaded."""
+    import dataclasses
+
     from saesteer.commands._steering import CLIError
     from saesteer.toyscore import toy_scorer
 
     if (args.topic is None) == (args.concept is None):
         raise CLIError("choose how to score: --topic T (toy world, offline) or --concept C (LLM judge)")
     if args.topic is not None:
-        return toy_scorer(args.topic, args.toy_grammar), None
-    from autointerp.config import JudgeConfig, make_judge
+        toy_scorer(args.topic, args.toy_grammar)  # an unknown topic is refused here
+        return None
+    from autointerp.config import JudgeConfig, make_judge, resolve_backend
     from saesteer.configargs import dataclass_from_args
-    from steering.evaluate import JudgeScorer
 
     try:
         judge_cfg = dataclass_from_args(JudgeConfig, args, prefix="judge_")
+        backend = resolve_backend(judge_cfg)[0]
+        if backend not in ("offline", "transformers"):  # a transformers judge would load its model here
+            make_judge(dataclasses.replace(judge_cfg, use_cache=False), cache_path=None)
     except ValueError as e:
         raise CLIError(str(e)) from None
-    judge = make_judge(judge_cfg, cache_path=_judge_cache_path(args, store_path))
-    if judge is None:
+    if backend == "offline":
         raise CLIError("--concept needs an LLM judge: give --judge-model (and --judge-base-url for a local server)")
+    return judge_cfg
+
+
+def _scorer(args, store_path):
+    """(the scorer, its judge or None), made after `_check_scoring` and once the model has loaded: a
+    transformers judge loads its own model, and the judge's cache file is made here."""
+    from autointerp.config import make_judge
+    from saesteer.commands._steering import CLIError
+    from saesteer.toyscore import toy_scorer
+    from steering.evaluate import JudgeScorer
+
+    judge_cfg = _check_scoring(args)
+    if judge_cfg is None:
+        return toy_scorer(args.topic, args.toy_grammar), None
+    try:
+        judge = make_judge(judge_cfg, cache_path=_judge_cache_path(args, store_path))
+    except ValueError as e:
+        raise CLIError(str(e)) from None
     return JudgeScorer(judge, args.concept), judge
 
 
@@ -130,29 +156,34 @@ def _run(args, model=None) -> int:
     from saesteer.commands._steering import (store_hook, load_model, load_saes, measurement_provenance, open_store,
                                              typical_max_provider)
     from saes.hookpoints import model_device
-    from steering.generation import with_sae_bos
+    from steering.generation import check_prompts_fit, with_sae_bos
     from steering.resolve import check_latent_index
 
-    sweep_cfg, gen_cfg, limits, prompts, scorer, judge = _prepare(args)
+    # everything the flags and files can refuse is refused before the model (and a judge) loads
+    sweep_cfg, gen_cfg, limits, prompts = _prepare(args)
     named = _latents(args)
     loaded = load_saes(args.sae, hook=args.hook, model=args.model, store_hook=store_hook(args))
     saes = {sae_name: item.sae for sae_name, item in loaded.items()}
     name = _sae_name(args, saes, named)
-    for latent in args.latent:  # refused by the SAE's width before the model loads
+    for latent in args.latent:
         check_latent_index(latent, saes[name], name)
     store, link = open_store(args.store, {name: saes[name]}, writable=args.save_strength)
+    judge = None
     try:
-        if model is None:
-            model = load_model(args, loaded, store)
-        gen_cfg = with_sae_bos(gen_cfg, {name: loaded[name]})  # the SAE's BOS (saes.bos), unless --prepend-bos
-        sae = saes[name].to(model_device(model))
         typical = typical_max_provider(link)
         if sweep_cfg.unit == "max_act":
             _check_typical(args, typical)
+        if model is None:
+            model = load_model(args, loaded, store)
+        gen_cfg = with_sae_bos(gen_cfg, {name: loaded[name]})  # the SAE's BOS (saes.bos), unless --prepend-bos
+        check_prompts_fit(model, prompts, gen_cfg)  # each prompt once, before --samples repeats it
+        scorer, judge = _scorer(args, args.store)
+        sae = saes[name].to(model_device(model))
         unsteered: dict = {}  # the same prompts and settings for every latent: the unsteered text is made once
         provenance = measurement_provenance(model, sae, args.store)
+        samples = [p for p in prompts for _ in range(args.samples)]
         for latent in args.latent:
-            _sweep_feature(args, latent, model, sae, name, prompts, scorer, sweep_cfg, gen_config=gen_cfg,
+            _sweep_feature(args, latent, model, sae, name, samples, scorer, sweep_cfg, gen_config=gen_cfg,
                            typical_max=typical, limits=limits, link=link, unsteered=unsteered, provenance=provenance)
     finally:
         _close(store, judge)
@@ -160,8 +191,10 @@ def _run(args, model=None) -> int:
 
 
 def _prepare(args):
-    """(sweep, generation and limit configs, the prompts repeated --samples times, the scorer, its
-    judge or None), after the checks that need several flags at once."""
+    """(sweep, generation and limit configs, the prompts), after the checks of the flags alone (the
+    scoring's too: `_check_scoring`)."""
+    from pathlib import Path
+
     from saesteer.commands._steering import CLIError, read_prompts
     from saesteer.configargs import dataclass_from_args
     from steering.config import GenerationConfig, SweepConfig
@@ -174,17 +207,19 @@ def _prepare(args):
         raise CLIError(f"--samples must be positive, got {args.samples}")
     if args.save_strength and args.store is None:
         raise CLIError("--save-strength writes into a feature store; give --store FILE")
+    if Path(args.out).exists() and not Path(args.out).is_dir():  # found when writing, after every generation
+        raise CLIError(f"--out {args.out} is a file; the sweep writes sweep_<sae>_<latent>.html and .json into a "
+                       f"folder: give a folder")
     prompts = read_prompts(args) or [""]
-    prompts = [p for p in prompts for _ in range(args.samples)]
     if args.samples > 1 and not gen_cfg.do_sample:
         raise CLIError("--samples > 1 needs sampling (--do-sample true); greedy generations would all be the same")
     if sweep_cfg.min_grammar is not None and args.topic is None:
         raise CLIError("--min-grammar needs the toy world's validator: score with --topic T, or drop --min-grammar")
-    scorer, judge = _scorer(args, args.store)
+    _check_scoring(args)
     if sweep_cfg.unit == "max_act" and args.store is None:
         raise CLIError("strengths in multiples of the typical max activation (--unit max_act, the default) need the "
                        "feature store: give --store FILE, or --unit raw")
-    return sweep_cfg, gen_cfg, limits, prompts, scorer, judge
+    return sweep_cfg, gen_cfg, limits, prompts
 
 
 def _latents(args) -> set[str]:
@@ -193,7 +228,7 @@ def _latents(args) -> set[str]:
     from saesteer.commands._steering import CLIError, latent_owners, sae_from_latents
 
     sae_from_latents(args, args.latent)
-    owners = latent_owners(args.sae)
+    owners = latent_owners(args.sae, [args.store] if args.store else [])
     found = [owners.latent(text) for text in args.latent]
     args.latent = [index for _, index in found]
     named = {name for name, _ in found if name is not None}
@@ -218,7 +253,7 @@ def _check_typical(args, typical) -> None:
     """--unit max_act: every latent swept needs a typical max activation in the store."""
     from saesteer.commands._steering import CLIError
 
-    silent = [f for f in args.latent if typical(f) is None]  # in range: checked before the model loaded
+    silent = [f for f in args.latent if typical(f) is None]  # in range: checked by the SAE's width
     if silent:
         raise CLIError(f"latent(s) {', '.join(map(str, silent))} have no typical max activation in "
                        f"{args.store} (they never fired when it was built); sweep them with --unit raw")

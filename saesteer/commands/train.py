@@ -295,6 +295,9 @@ def run(args) -> int:
     from training.distributed import init_from_env, launched_by_torchrun, shutdown
     from training.run import lock_run_dir
 
+    if Path(out).exists() and not Path(out).is_dir():  # found when the folder is made, after the model loaded
+        print_error(f"--out {out} is a file; training writes a folder (checkpoints, SAEs, metrics): give a folder")
+        return 2
     if Path(out).is_dir() and not launched_by_torchrun():  # another run in the folder: said before loading a model
         lock_run_dir(Path(out)).refuse_if_held()
 

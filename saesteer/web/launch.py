@@ -61,8 +61,7 @@ def open_entries(
     paths = [Path(p) for p in store_paths]
     if not paths:
         raise ValueError("no feature store given; pass --store FILE (built by `saesteer features build`)")
-    if sae_dirs and len(sae_dirs) != len(paths):
-        raise ValueError(f"got {len(sae_dirs)} --sae folder(s) for {len(paths)} --store file(s); give one --sae per --store, in the same order, or none")
+    check_sae_dirs(sae_dirs, paths)
     ids = make_store_ids(p.stem for p in paths)
     queue = ModelQueue(model_name_of(model), limits.max_pending) if model is not None else None
     entries = []
@@ -78,6 +77,13 @@ def open_entries(
         entries.append(StoreEntry(sid, catalog, engine, queue if engine is not None else None,
                                   browse_only_reason=None if engine is not None else reason))
     return entries
+
+
+def check_sae_dirs(sae_dirs: Sequence[str | Path] | None, store_paths: Sequence[str | Path]) -> None:
+    """One --sae per --store, or none (`saesteer serve` checks so before its model loads)."""
+    if sae_dirs and len(sae_dirs) != len(store_paths):
+        raise ValueError(f"got {len(sae_dirs)} --sae folder(s) for {len(store_paths)} --store file(s); give one --sae per "
+                         f"--store, in the same order, or none")
 
 
 def _load_sae(store, sae_dir) -> tuple[Any, str | None]:
