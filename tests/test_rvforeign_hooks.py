@@ -208,3 +208,34 @@ def test_load_sae_of_a_registry_folder_folds_the_registry_s_factor_as_resolve_sa
             load(tmp_path / "copy")
     assert json.loads((tmp_path / "copy" / "cfg.json").read_text())["normalize_activations"] == \
         "expected_average_only_in"
+
+
+# a store built before the merge read a Gemma Scope 2 transcoder at SAELens's blocks.1.hook_mlp_in; its weights'
+# fingerprint is the same, so only the hook tells the store from one of the SAE as it is read now
+from test_foreign_chain import gemma3, gs2_hub  # noqa: E402,F401 - the fixtures: a tiny Gemma 3, its cache, the SAE
+
+
+def test_a_store_built_at_the_old_transcoder_hook_is_refused_naming_both_hooks(gemma3, gs2_hub, tmp_path,
+                                                                                monkeypatch):
+    """`serve` and `steer` on such a store refuse it naming the store's hook and the SAE's, and say to rebuild
+    (serve said '--hook says blocks.1.hook_mlp_in', a flag the user never gave)."""
+    import sqlite3
+
+    from helpers.real_cli import saesteer
+    from helpers.web_app import record_server
+
+    db = tmp_path / "old.db"
+    saesteer("features", "build", "--sae", gs2_hub, "--cache", gemma3.cache, "--model", gemma3.model_dir,
+             "--out", db, "--no-progress").ok()
+    with sqlite3.connect(db) as con:
+        (sae_meta,), = con.execute("SELECT value FROM meta WHERE key = 'sae'").fetchall()
+        con.execute("UPDATE meta SET value = ? WHERE key = 'sae'",
+                    (json.dumps({**json.loads(sae_meta), "hook_name": "blocks.1.hook_mlp_in"}),))
+    calls = record_server(monkeypatch)
+    r = saesteer("serve", "--store", db, "--model", gemma3.model_dir, "--port", 0)
+    assert r.rc != 0 and not calls and "Traceback" not in r.err
+    assert "blocks.1.hook_mlp_in" in r.err and "blocks.1.mlp.hook_in" in r.err and "--hook says" not in r.err, r.err
+    r = saesteer("steer", "--sae", gs2_hub, "--store", db, "--model", gemma3.model_dir, "--latent", "3:add=4",
+                 "--prompt", "def parse(", "--max-new-tokens", 2)
+    assert r.rc != 0 and "blocks.1.hook_mlp_in" in r.err and "blocks.1.mlp.hook_in" in r.err, r.err
+    assert "--hook says" not in r.err and "Traceback" not in r.err and "build a store at blocks.1.mlp.hook_in" in r.err
