@@ -140,12 +140,16 @@ _HF_CACHE_REPO = re.compile(r"^models--([^/]+?)--([^/]+)$")
 def hf_cache_place(folder: Path) -> tuple[str, str] | None:
     """(repo_id, folder inside the repo) of a folder in an HF-cache snapshot
     (`models--ORG--NAME/snapshots/REV/FOLDER`), as given or through links to it; None elsewhere."""
-    for path in (Path(os.path.abspath(folder)), Path(os.path.realpath(folder))):
-        parts = path.parts
-        for i in range(len(parts) - 3, -1, -1):
-            m = _HF_CACHE_REPO.match(parts[i])
-            if m and parts[i + 1] == "snapshots":
-                return f"{m[1]}/{m[2]}", "/".join(parts[i + 3:])
+    return snapshot_place(Path(os.path.abspath(folder))) or snapshot_place(Path(os.path.realpath(folder)))
+
+
+def snapshot_place(path: Path) -> tuple[str, str] | None:
+    """`hf_cache_place` of `path` as it is spelt (no link followed)."""
+    parts = path.parts
+    for i in range(len(parts) - 3, -1, -1):
+        m = _HF_CACHE_REPO.match(parts[i])
+        if m and parts[i + 1] == "snapshots":
+            return f"{m[1]}/{m[2]}", "/".join(parts[i + 3:])
     return None
 
 
