@@ -4,7 +4,9 @@ delphi (0.1.3, sparsify SAEs on `AutoModel`) names a latent's module after the h
 model's module path ("layers.6" for Llama, Mistral, Qwen, Gemma, GPT-NeoX; "h.6" for GPT-2; a
 wrapper's prefix where `resolve_path` adds one, "model.layers.6"). An SAE there reads the module's
 output; a transcoder (delphi's `transcode`) reads its input. The HF -> TransformerLens mapping is
-saes.formats.base's `tl_hook_for_module` / `tl_hook_for_module_input`, the one sparsify's loader uses.
+saes.formats.base's `tl_hook_for_module` / `tl_hook_for_module_input`, the one sparsify's loader uses,
+with `module_output_hook`: an MLP's output is `blocks.N.hook_mlp_out`, or `blocks.N.mlp.hook_out` on a
+model (the store's) whose blocks norm or scale it before the residual add (Gemma 2/3, OLMo 2, Granite).
 
 Block N's residual input is block N-1's output (`blocks.N.hook_resid_pre` is the same tensor as
 `blocks.{N-1}.hook_resid_post`), so an SAE on resid_pre of block N pairs with delphi's `layers.{N-1}`.
@@ -28,12 +30,19 @@ def _same_tensor(hook: str) -> set[str]:
     return {hook, f"blocks.{int(m[1]) - 1}.hook_resid_post"} if m and int(m[1]) > 0 else {hook}
 
 
-def _fit(module: str, hook: str) -> str | None:
+def _output_hook(module: str, model: str | None) -> str | None:
+    """The hook of what `module` outputs on `model` (the store's model: its config decides an MLP's)."""
+    from saes.formats.base import module_output_hook, tl_hook_for_module
+
+    return module_output_hook(tl_hook_for_module(module), model)
+
+
+def _fit(module: str, hook: str, model: str | None) -> str | None:
     """'output' (an SAE at `module` reads `hook`), 'mlp input' (a transcoder on an MLP), 'layer input'
     (a transcoder on a whole layer), 'unknown' (no hook saesteer knows for the module) or None (another hook)."""
-    from saes.formats.base import tl_hook_for_module, tl_hook_for_module_input
+    from saes.formats.base import tl_hook_for_module_input
 
-    out, inp = tl_hook_for_module(module), tl_hook_for_module_input(module)
+    out, inp = _output_hook(module, model), tl_hook_for_module_input(module)
     if module in _same_tensor(hook) or out in _same_tensor(hook):
         return "output"
     if inp == hook:
@@ -41,18 +50,17 @@ def _fit(module: str, hook: str) -> str | None:
     return "unknown" if out is None and inp is None else None
 
 
-def fitting_modules(modules: list[str], hook: str) -> list[str]:
-    """The modules that surely read `hook` (what a run's module is picked from without --delphi-module)."""
-    return [m for m in modules if _fit(m, hook) in ("output", "mlp input")]
+def fitting_modules(modules: list[str], hook: str, model: str | None) -> list[str]:
+    """The modules that surely read `hook` on `model` (what a run's module is picked from without --delphi-module)."""
+    return [m for m in modules if _fit(m, hook, model) in ("output", "mlp input")]
 
 
-def check_module(module: str, hook: str, store_path: object, named: bool, exporting: bool = False) -> str | None:
-    """Refuse a module that reads another hook, naming both; `named`: the user gave it (--delphi-module),
-    which vouches for a module saesteer cannot check; `exporting`: the refusal's advice is about the
-    export's name (--export-delphi), not the run to import. Returns a note when it could not check."""
-    from saes.formats.base import tl_hook_for_module
-
-    fit = _fit(module, hook)
+def check_module(module: str, hook: str, model: str | None, store_path: object, named: bool,
+                 exporting: bool = False) -> str | None:
+    """Refuse a module that reads another hook on `model` (the store's), naming both; `named`: the user gave it
+    (--delphi-module), which vouches for a module saesteer cannot check; `exporting`: the refusal's advice is
+    about the export's name (--export-delphi), not the run to import. Returns a note when it could not check."""
+    fit = _fit(module, hook, model)
     if fit in ("output", "mlp input"):
         return None
     if named and fit == "layer input":
@@ -60,7 +68,7 @@ def check_module(module: str, hook: str, store_path: object, named: bool, export
     if named and fit == "unknown":
         return (f"saesteer cannot tell which hook delphi module {module!r} reads; taken as this SAE's {hook}, "
                 "as --delphi-module says")
-    theirs = tl_hook_for_module(module)
+    theirs = _output_hook(module, model)
     if fit == "layer input":
         m = _RESID_PRE.fullmatch(hook)
         prev = f"the run of layers.{int(m[1]) - 1} fits it" if int(m[1]) > 0 else "no delphi layer's output is it"
@@ -71,18 +79,19 @@ def check_module(module: str, hook: str, store_path: object, named: bool, export
         raise ValueError(f"delphi module {module!r} reads no hook saesteer knows, and the SAE of {store_path} reads "
                          f"{hook}; if {module!r} is this SAE's hookpoint, name it with --delphi-module {module}")
     if exporting:
-        usual = module_for_hook(hook)
+        usual = module_for_hook(hook, model)
         fix = ("name this SAE's hookpoint with --delphi-module" + (f" (e.g. {usual}), or leave it out" if usual else ""))
     else:
         fix = "import the delphi run of this SAE's hookpoint"
     raise ValueError(f"delphi module {module!r} reads {theirs}, but the SAE of {store_path} reads {hook}; {fix}")
 
 
-def module_for_hook(hook: str) -> str | None:
-    """The 'layers.N' module path delphi names for `hook` (Llama, Mistral, Qwen, Gemma, GPT-NeoX), or None."""
+def module_for_hook(hook: str, model: str | None) -> str | None:
+    """The 'layers.N' module path delphi names for `hook` on `model` (Llama, Mistral, Qwen, Gemma, GPT-NeoX),
+    or None."""
     m = re.fullmatch(r"blocks\.(\d+)\..+", hook)
     if m is None:
         return None
     n = int(m[1])
     candidates = [f"layers.{n}", f"layers.{n}.mlp"] + ([f"layers.{n - 1}"] if n > 0 else [])
-    return next(iter(fitting_modules(candidates, hook)), None)
+    return next(iter(fitting_modules(candidates, hook, model)), None)

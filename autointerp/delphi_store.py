@@ -65,15 +65,25 @@ def _store_hook(store: Any) -> str:
     return hook
 
 
-def _pick_module(modules: list[str], wanted: str | None, hook: str, store_path: Any) -> tuple[str, str | None]:
+def _store_model(store: Any) -> str | None:
+    """The model the store's SAE reads, as its config can be found (a local checkpoint's path, a hub name):
+    which hook an HF MLP's output is depends on it (`delphi_modules`)."""
+    identity = store.meta.get("model_identity") or {}
+    if identity.get("source") in ("hub", "local"):
+        return identity.get("path") or identity.get("name")
+    return None if identity else (store.meta.get("sae") or {}).get("model_name")
+
+
+def _pick_module(modules: list[str], wanted: str | None, hook: str, store: Any) -> tuple[str, str | None]:
     """(the run's module of this store's SAE, a note when it could not be checked)."""
+    model = _store_model(store)
     if wanted is not None:
         if wanted not in modules:
             raise ValueError(f"--delphi-module {wanted!r}: the run has explanations of {', '.join(modules)} only")
-        return wanted, check_module(wanted, hook, store_path, named=True)
+        return wanted, check_module(wanted, hook, model, store.path, named=True)
     if len(modules) == 1:
-        return modules[0], check_module(modules[0], hook, store_path, named=False)
-    fits = fitting_modules(modules, hook)
+        return modules[0], check_module(modules[0], hook, model, store.path, named=False)
+    fits = fitting_modules(modules, hook, model)
     hint = f"; {fits[0]!r} reads it" if fits else "; none of them reads it"
     raise ValueError(f"the delphi run holds explanations of {len(modules)} modules ({', '.join(modules)}); pick "
                      f"the one of this store's SAE (hook {hook}) with --delphi-module{hint}")
@@ -110,7 +120,7 @@ def import_delphi_run(store: Any, run_dir: str | os.PathLike, module: str | None
     run_dir = Path(run_dir)
     explanations, score_files, config = scan_run(run_dir)
     hook = _store_hook(store)
-    module, module_note = _pick_module(sorted({f.module for f in explanations}), module, hook, store.path)
+    module, module_note = _pick_module(sorted({f.module for f in explanations}), module, hook, store)
     mine = [f for f in explanations if f.module == module]
     _check_latents(mine, store.d_sae, store.path)
     labels = {f.latent: (f, read_explanation(f.path)) for f in mine}
@@ -195,12 +205,12 @@ def export_delphi_labels(store: Any, out_dir: str | os.PathLike, module: str | N
 
     hook = _store_hook(store)
     if module is None:
-        module = module_for_hook(hook)
+        module = module_for_hook(hook, _store_model(store))
         if module is None:
             raise ValueError(f"the SAE of {store.path} reads {hook}, which has no usual delphi module name; "
                              "give the hookpoint your delphi run uses with --delphi-module")
     else:
-        check_module(module, hook, store.path, named=True, exporting=True)
+        check_module(module, hook, _store_model(store), store.path, named=True, exporting=True)
     rows = store.list_features(sort="latent", filter={"has_label": True}, offset=0, limit=store.d_sae)
     todo = []
     for r in rows:

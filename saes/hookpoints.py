@@ -74,6 +74,17 @@ _HF_PART_HOOK = {"mlp": "hook_mlp_out", "self_attn": "hook_attn_out", "attn": "h
                  "attention": "hook_attn_out"}
 
 
+def _hf_module_output_hook(model: Any, block: int, block_hook: str) -> str:
+    """The hook point of what an HF module of block `block` outputs on this model: `blocks.N.hook_mlp_out`
+    is the MLP module's output only where the Bridge's block aliases it so (not on Gemma 2/3, OLMo 2, Granite,
+    whose blocks norm or scale it first: there `blocks.N.mlp.hook_out`)."""
+    from saes.formats.base import module_output_hook_given
+
+    blocks = getattr(model, "blocks", None)
+    aliases = getattr(blocks[block], "hook_aliases", None) if blocks is not None and block < len(blocks) else None
+    return module_output_hook_given(f"blocks.{block}.{block_hook}", aliases)
+
+
 def check_hook(model: Any, name: str, who: str | None = None, *, per_token: bool = False) -> str:
     """`name` if the model has that hook point, else an `UnknownHookError` saying so (prefixed with
     `who`, the thing that asked for it) with close matches and the valid names. Changes nothing: an
@@ -93,7 +104,7 @@ def check_hook(model: Any, name: str, who: str | None = None, *, per_token: bool
     hf = _HF_MODULE.match(name)
     if hf:  # an HF module name: its output is a TransformerLens hook point
         block, part = hf.group(2), hf.group(4)
-        hook = f"blocks.{block}." + _HF_PART_HOOK.get(part or "", "hook_resid_post")
+        hook = _hf_module_output_hook(model, int(block), _HF_PART_HOOK.get(part or "", "hook_resid_post"))
         if hook in valid:
             hint = (f" Hook points are named as TransformerLens names them: the output of the HF module {name} "
                     f"is {hook}.")

@@ -203,14 +203,15 @@ def _refuse_pickles(folder: Path, missing: str) -> None:
 
 class SAEFolder(NamedTuple):
     """What an SAE folder holds, read once: the config and weights (a SAELens training checkpoint's
-    scaling factor folded in), our provenance (None for SAELens's folders), that factor and a whitened
-    checkpoint's whitening (each None if none)."""
+    scaling factor, or the registry's for a registry SAE's folder, folded in), our provenance (None for
+    SAELens's folders), those factors and a whitened checkpoint's whitening (each None if none)."""
 
     cfg: dict[str, Any]
     weights: dict[str, torch.Tensor]
     provenance: dict[str, Any] | None
     scaling_factor: float | None
     whitening: Whitening | None  # a whitened SAELens checkpoint's statistics, folded by `sae_from_folder`
+    registry_factor: dict[str, Any] | None = None  # {"registry_id", "factor"}: SAELens's registry's, folded
 
 
 def read_sae_folder(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any] | None]:
@@ -284,8 +285,14 @@ def read_sae_folder_files(path: str | os.PathLike) -> SAEFolder:
     check_finite(weights, str(weights_path))
     scaler = read_scaler(folder)
     factor = checkpoint_scaling_factor(folder, cfg, scaler)
+    registry_factor = None
     if factor is not None:
         cfg, weights = fold_scaling_factor(cfg, weights, factor)
+    elif cfg.get("normalize_activations") == "expected_average_only_in":  # the factor only SAELens's registry holds
+        from saes.formats.sae_lens_registry import registry_scaling_factor
+
+        registry_factor = registry_scaling_factor(folder)  # or refused: read raw, every input at the wrong scale
+        cfg, weights = fold_scaling_factor(cfg, weights, registry_factor["factor"])
     whitening = checkpoint_whitening(folder, cfg, scaler)
     if whitening is not None:
         if split_transcoder_architecture(str(cfg.get("architecture") or ""))[1]:
@@ -293,7 +300,7 @@ def read_sae_folder_files(path: str | os.PathLike) -> SAEFolder:
                                  f"whitening is not in the checkpoint); pass the final transcoder SAELens saves",
                                  file=folder / SCALER_FILENAME)
         cfg = {**cfg, "normalize_activations": "none"}  # folded by sae_from_folder
-    return SAEFolder(cfg, weights, provenance, factor, whitening)
+    return SAEFolder(cfg, weights, provenance, factor, whitening, registry_factor)
 
 
 def checkpoint_scaling_factor(folder: Path, cfg: dict[str, Any], scaler: Any) -> float | None:

@@ -190,7 +190,7 @@ def test_a_sparsify_sae_of_gemma_s_mlp_reads_the_module_s_output_not_the_post_no
 
     state, cfg = fs.random_sparsify(64, 128, k=4)
     far = fs.write_sparsify(tmp_path / "far" / "layers.1.mlp", state, cfg, run_config={"model": "google/gemma-2-2b"})
-    with pytest.warns(SaesteerWarning, match="config is not on this machine.*blocks.1.mlp.hook_out"):
+    with pytest.warns(SaesteerWarning, match=r"config \(not on this machine.*blocks\.1\.mlp\.hook_out"):
         assert resolve_sae(far).sae.cfg.metadata["hook_name"] == "blocks.1.hook_mlp_out"
 
 

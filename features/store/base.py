@@ -262,7 +262,8 @@ class StoreBase:
             self.meta.get("sae", {}).get("hook_name")
         if hook and built_hook and hook != built_hook:
             raise StoreMismatchError(f"{self.path} was built at hook point {built_hook}, but the SAE given is used at "
-                                     f"{hook}; use --hook {built_hook}, or build a store at {hook}")
+                                     f"{hook}; build a store at {hook} (`saesteer features build`), or, for an SAE "
+                                     f"that records no hook of its own, use --hook {built_hook}")
 
     def check_cache(self, cache) -> None:
         """Refuse (StoreMismatchError) a cache other than the one this store was built from."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -42,7 +43,7 @@ FORMATS = {
     openai_sae.FORMAT: "OpenAI sparse_autoencoder Autoencoder state dict (a .pt file, read weights-only)",
 }
 
-__all__ = ["FORMATS", "LoadedSAE", "detect_format", "resolve_sae", "sae_of", "tl_hook_for_module"]
+__all__ = ["FORMATS", "LoadedSAE", "detect_format", "resolve_sae", "resolve_store_sae", "sae_of", "tl_hook_for_module"]
 
 
 def detect_format(spec: str | os.PathLike) -> str:
@@ -114,3 +115,16 @@ def resolve_sae(
               dictionary_learning.FORMAT: dictionary_learning.load, gemma_scope.FORMAT: gemma_scope.load,
               openai_sae.FORMAT: openai_sae.load}[fmt]
     return reader(path, **kw)
+
+
+def resolve_store_sae(spec: str | os.PathLike, store_hook: str | None, *, hook: str | None = None,
+                      **kw: Any) -> LoadedSAE:
+    """`resolve_sae` of the SAE a feature store is used with: `store_hook` (the hook the store was built at)
+    fills in only for an SAE that records none. One that records another hook is loaded at its own, for the
+    store's check (`FeatureStore.check_sae`) to refuse naming both hooks, not as a `--hook` never given."""
+    try:  # the weights are read once where the store's hook fits (or the SAE records none)
+        return resolve_sae(spec, hook=hook or store_hook, **kw)
+    except SAEFormatError:
+        if hook or not store_hook:
+            raise
+        return resolve_sae(spec, **kw)  # it records another hook

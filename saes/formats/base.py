@@ -140,12 +140,16 @@ _HF_CACHE_REPO = re.compile(r"^models--([^/]+?)--([^/]+)$")
 def hf_cache_place(folder: Path) -> tuple[str, str] | None:
     """(repo_id, folder inside the repo) of a folder in an HF-cache snapshot
     (`models--ORG--NAME/snapshots/REV/FOLDER`), as given or through links to it; None elsewhere."""
-    for path in (Path(os.path.abspath(folder)), Path(os.path.realpath(folder))):
-        parts = path.parts
-        for i in range(len(parts) - 3, -1, -1):
-            m = _HF_CACHE_REPO.match(parts[i])
-            if m and parts[i + 1] == "snapshots":
-                return f"{m[1]}/{m[2]}", "/".join(parts[i + 3:])
+    return snapshot_place(Path(os.path.abspath(folder))) or snapshot_place(Path(os.path.realpath(folder)))
+
+
+def snapshot_place(path: Path) -> tuple[str, str] | None:
+    """`hf_cache_place` of `path` as it is spelt (no link followed)."""
+    parts = path.parts
+    for i in range(len(parts) - 3, -1, -1):
+        m = _HF_CACHE_REPO.match(parts[i])
+        if m and parts[i + 1] == "snapshots":
+            return f"{m[1]}/{m[2]}", "/".join(parts[i + 3:])
     return None
 
 
@@ -177,35 +181,53 @@ _MODULE_OUTPUT_HOOK = {"hook_mlp_out": "mlp.hook_out", "hook_attn_out": "attn.ho
 _BLOCK_OUTPUT = re.compile(r"^blocks\.(\d+)\.(hook_mlp_out|hook_attn_out)$")
 
 
-def module_output_hook(hook: str | None, model_name: str | None) -> str | None:
+def module_output_hook(hook: str | None, *model_names: str | None) -> str | None:
     """`hook` derived from what an HF MLP or attention module outputs (`blocks.N.hook_mlp_out`,
-    `blocks.N.hook_attn_out`), as the TransformerBridge of `model_name` names that tensor.
+    `blocks.N.hook_attn_out`), as the TransformerBridge of the model names that tensor: the first of
+    `model_names` (the file's record, then the user's `--model`) whose config can be read.
 
-    Where a block norms the module's output before adding it to the residual stream (Gemma 2/3,
-    OLMo 2: post_feedforward_layernorm), the Bridge's hook_mlp_out is the norm's output, as
-    HookedTransformer's; sparsify and dictionary_learning read the module's output with a forward hook,
-    which is `blocks.N.mlp.hook_out` there. Other names, and any model whose config is not at hand
-    (nothing is downloaded), come back as given."""
+    The module's own output is the Bridge's `blocks.N.mlp.hook_out` (`attn.hook_out`); `hook_mlp_out` is
+    that tensor only where the block's adapter aliases it so. Where a block norms the module's output
+    before the residual add (Gemma 2/3, OLMo 2: post_feedforward_layernorm) hook_mlp_out is the norm's
+    output, and where it scales it (Granite: residual_multiplier) a hook of the block's own; sparsify and
+    dictionary_learning read the module's output with a forward hook. Other names come back as given;
+    so does `hook` when no config can be read (offline and not cached), with a note."""
     m = _BLOCK_OUTPUT.match(hook or "")
-    if not m or not model_name or model_name == "toy":
+    names = [n for n in model_names if isinstance(n, str) and n and n != "toy"]
+    if not m or not names:
         return hook
     module_hook = _MODULE_OUTPUT_HOOK[m[2]]
-    alias = _bridge_block_alias(model_name, m[2], _tokenizer_source(model_name))
-    if alias is None:
-        note(f"{model_name}'s config is not on this machine (nothing is downloaded), so whether its blocks norm the "
-             f"module's output before {hook} is unknown; {hook} is used. On a model that does (Gemma 2/3, OLMo 2) the "
-             f"module's output is blocks.{m[1]}.{module_hook}: load the config once with network "
-             f"(AutoConfig.from_pretrained({model_name!r})) and the SAE reads the right one",
-             stacklevel=3)
-    return hook if alias in (None, module_hook) else f"blocks.{m[1]}.{module_hook}"
+    aliases = next((a for a in (_bridge_block_aliases(n, _tokenizer_source(n)) for n in names) if a is not None),
+                   None)
+    if aliases is None:
+        note(f"cannot tell from {names[0]}'s config (not on this machine and the hub not reachable, or of an "
+             f"architecture TransformerBridge has no adapter for) whether {hook} is the module's own output; {hook} "
+             f"is used. On a model whose blocks norm or scale it before the residual add (Gemma 2/3, OLMo 2, "
+             f"Granite) the module's output is blocks.{m[1]}.{module_hook}: load the config once with network "
+             f"(AutoConfig.from_pretrained({names[0]!r})) and the SAE reads the right one", stacklevel=3)
+        return hook
+    return module_output_hook_given(hook, aliases)
+
+
+def module_output_hook_given(hook: str, block_aliases: dict[str, str] | None) -> str:
+    """`hook` (`blocks.N.hook_mlp_out` / `hook_attn_out`, what an HF module outputs) on a Bridge whose blocks
+    carry `block_aliases` (a loaded Bridge's `blocks[N].hook_aliases`): `hook` where it aliases the module's own
+    output hook, else `blocks.N.mlp.hook_out` / `attn.hook_out`. No aliases (a HookedTransformer): `hook`."""
+    m = _BLOCK_OUTPUT.match(hook)
+    if not m or block_aliases is None:
+        return hook
+    module_hook = _MODULE_OUTPUT_HOOK[m[2]]
+    return hook if block_aliases.get(m[2]) == module_hook else f"blocks.{m[1]}.{module_hook}"
 
 
 @functools.lru_cache(maxsize=64)
-def _bridge_block_alias(model_name: str, alias: str, source: tuple[Any, ...]) -> str | None:
-    """What TransformerBridge's block alias `alias` (hook_mlp_out, ...) stands for on `model_name`'s
-    architecture ("mlp.hook_out", "ln2_post.hook_out"), from its HF config as the Bridge's boot reads it;
-    None when the config is not at hand or TransformerLens has no adapter for it. `source` stamps the
-    files (see `_tokenizer_source`)."""
+def _bridge_block_aliases(model_name: str, source: tuple[Any, ...]) -> dict[str, str] | None:
+    """TransformerBridge's block hook aliases (hook_mlp_out -> "mlp.hook_out", "ln2_post.hook_out", ...) on
+    `model_name`'s architecture, from its HF config as the Bridge's boot reads it (fetched from the hub
+    unless HF is offline, as loading the model would); None when the config cannot be had or TransformerLens
+    has no adapter for it. `source` stamps the files (see `_tokenizer_source`)."""
+    from saes.hf_offline import hf_offline
+
     try:
         from transformer_lens.config import TransformerBridgeConfig
         from transformer_lens.factories.architecture_adapter_factory import ArchitectureAdapterFactory
@@ -213,11 +235,11 @@ def _bridge_block_alias(model_name: str, alias: str, source: tuple[Any, ...]) ->
                                                                         map_default_transformer_lens_config)
         from transformers import AutoConfig
 
-        hf_config = AutoConfig.from_pretrained(model_name, local_files_only=True)
+        hf_config = AutoConfig.from_pretrained(model_name, local_files_only=hf_offline())
         config = TransformerBridgeConfig.from_dict(dict(map_default_transformer_lens_config(hf_config).__dict__))
         config.architecture = determine_architecture_from_hf_config(hf_config)
         blocks = ArchitectureAdapterFactory.select_architecture_adapter(config).component_mapping["blocks"]
-        return (getattr(blocks, "hook_aliases", None) or {}).get(alias)
+        return dict(getattr(blocks, "hook_aliases", None) or {})
     except Exception:  # noqa: BLE001 - a config that cannot be read here: the name as derived
         return None
 

@@ -235,7 +235,7 @@ def load(
     if checkpoint:
         prov["source"]["checkpoint_step"] = int(checkpoint.group(1))
     submodule = trainer.get("submodule_name")
-    derived = module_output_hook(_hook_from_submodule(submodule, buffer.get("io")), trainer.get("lm_name") or model)
+    derived = module_output_hook(_hook_from_submodule(submodule, buffer.get("io")), trainer.get("lm_name"), model)
     record_model_and_hook(sae, prov, source=source, hook=hook, model=model, recorded_hook=derived,
                           recorded_model=trainer.get("lm_name"), recorded_identity=hf_model_identity(trainer.get("lm_name")),
                           hook_basis=(f"dictionary_learning submodule {submodule!r}, io={buffer.get('io', 'out')!r}"

@@ -32,7 +32,8 @@ from typing import Any
 
 import torch
 
-from saes.formats.base import LoadedSAE, files_record, record_model_and_hook, require_tensors
+from saes.formats.base import (LoadedSAE, files_record, hf_cache_place, record_model_and_hook, require_tensors,
+                               snapshot_place)
 from saes.io import SAEFormatError, sae_from_sae_lens_dict
 
 FORMAT = "gemma_scope"
@@ -44,18 +45,15 @@ def is_folder(path: Path) -> bool:
     return path.is_dir() and (path / WEIGHTS).is_file()
 
 
-_HF_CACHE_REPO = re.compile(r"^models--([^/]+?)--(gemma-scope-[^/]+)$")
-
-
 def repo_and_folder(npz: Path) -> tuple[str, str] | None:
     """(repo_id, folder) of a params.npz inside a Gemma Scope repo's folder: an HF-cache snapshot
     (`models--google--gemma-scope-2b-pt-res/snapshots/REV/layer_20/...`) or a clone named after
     the repo (`gemma-scope-2b-pt-res/layer_20/...`); None elsewhere."""
+    place = snapshot_place(npz.parent)
+    if place and place[0].split("/")[-1].startswith("gemma-scope-"):
+        return place
     parts = npz.parent.parts
     for i in range(len(parts) - 1, -1, -1):
-        m = _HF_CACHE_REPO.match(parts[i])
-        if m and i + 2 < len(parts) and parts[i + 1] == "snapshots":
-            return f"{m[1]}/{m[2]}", "/".join(parts[i + 3:])
         if parts[i].startswith("gemma-scope-") and i + 1 < len(parts):
             return f"google/{parts[i]}", "/".join(parts[i + 1:])
     return None
@@ -155,7 +153,6 @@ def gemma_scope_2_registry_spec(path: Path) -> str | None:
     """`sae_lens:RELEASE/SAE_ID` of a Gemma Scope 2 SAE folder (`params.safetensors` + `config.json`) in an
     HF-cache snapshot of Google's repo, which SAELens's registry lists: what it loads as (its gemma_3
     converter); None for any other path."""
-    from saes.formats.base import hf_cache_place
     from saes.formats.sae_lens_registry import PREFIX
 
     folder = Path(os.path.abspath(path))

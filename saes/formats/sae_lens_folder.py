@@ -4,7 +4,9 @@ SAELens records the model and hook point in `cfg.json` (`metadata.model_name`, `
 folders we trained add `saesteer.json`, whose provenance is kept as it is. A SAELens training
 checkpoint's activation scaling factor (`activation_scaler.json`) or whitening (beside it,
 `activation_whitening.safetensors`) is folded into the weights as SAELens folds it when training
-ends (`saes.io.checkpoint_scaling_factor`, `saes.whitening`); the provenance says so.
+ends (`saes.io.checkpoint_scaling_factor`, `saes.whitening`), and a registry SAE's folder without
+that file gets SAELens's registry factor (`sae_lens_registry.registry_scaling_factor`); the provenance
+says so.
 """
 
 from __future__ import annotations
@@ -14,14 +16,12 @@ from typing import Any
 
 import torch
 
-from saes.formats.base import LoadedSAE, files_record, hf_cache_place, record_model_and_hook, saelens_hook_of
+from saes.formats.base import LoadedSAE, files_record, record_model_and_hook, saelens_hook_of
 from saes.io import (
     CFG_FILENAME,
     SCALER_FILENAME,
     WEIGHTS_FILENAME,
-    SAEFolder,
     SAEFormatError,
-    fold_scaling_factor,
     read_sae_folder_files,
     sae_from_folder,
 )
@@ -39,10 +39,7 @@ def load(
     device: torch.device | str | None = None, dtype: torch.dtype | None = None,
 ) -> LoadedSAE:
     path = path.resolve()
-    files = read_sae_folder_files(path)
-    registry_factor = None
-    if files.cfg.get("normalize_activations") == "expected_average_only_in":  # no activation_scaler.json folded
-        files, registry_factor = _with_registry_factor(files, path)
+    files = read_sae_folder_files(path)  # a registry SAE's folder: the registry's scaling factor folded in
     provenance = files.provenance
     sae = sae_from_folder(files, device=device, dtype=dtype, source=str(path))
     md = sae.cfg.metadata
@@ -59,8 +56,8 @@ def load(
                                                         WHITENING_FILENAME])}}
         if files.scaling_factor is not None:
             prov["source"]["activation_scaling_factor_folded"] = files.scaling_factor
-        if registry_factor is not None:
-            prov["source"]["registry_norm_scaling_factor_folded"] = registry_factor
+        if files.registry_factor is not None:
+            prov["source"]["registry_norm_scaling_factor_folded"] = files.registry_factor
         if files.whitening is not None:
             prov["source"]["activation_whitening_folded"] = True
         recorded_hook, basis = saelens_hook_of(md)
@@ -68,18 +65,3 @@ def load(
                               recorded_model=md.get("model_name"), hook_basis=basis)
     return LoadedSAE(sae, prov, str(path), FORMAT)
 
-
-def _with_registry_factor(files: SAEFolder, path: Path) -> tuple[SAEFolder, dict[str, Any]]:
-    """The folder's files with SAELens's registry factor folded in (what `SAE.from_pretrained` does) where the
-    folder is a registry SAE's in an HF-cache snapshot; refused where the factor is nowhere (`refuse_unscaled`)."""
-    from saes.formats.sae_lens_registry import norm_scaling_factor_of, refuse_unscaled
-
-    place = hf_cache_place(path)
-    found = norm_scaling_factor_of(*place) if place else None
-    if found is None:
-        refuse_unscaled(str(path), f"no {SCALER_FILENAME} beside it" + (
-            f", and SAELens's registry lists no factor for {place[0]}/{place[1]}" if place else
-            ", and it is not in an HF-cache snapshot of a repo SAELens's registry lists"))
-    spec, factor = found
-    cfg, weights = fold_scaling_factor(files.cfg, files.weights, factor)
-    return files._replace(cfg=cfg, weights=weights), {"registry_id": spec, "factor": factor}

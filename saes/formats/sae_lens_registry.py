@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from saes.formats.base import LoadedSAE, record_model_and_hook, saelens_hook_of
-from saes.io import SAEFormatError
+from saes.formats.base import LoadedSAE, hf_cache_place, record_model_and_hook, saelens_hook_of
+from saes.io import SCALER_FILENAME, SAEFormatError
 
 PREFIX = "sae_lens:"
 FORMAT = "sae_lens_registry"
@@ -90,6 +90,20 @@ def norm_scaling_factor_of(repo_id: str, folder: str) -> tuple[str, float] | Non
             if path.strip("/") == folder.strip("/") and factor:
                 return f"{PREFIX}{release}/{sae_id}", float(factor)
     return None
+
+
+def registry_scaling_factor(folder: Path) -> dict[str, Any]:
+    """{"registry_id", "factor"}: the `norm_scaling_factor` SAELens's registry lists for an
+    `expected_average_only_in` SAE folder without activation_scaler.json (a registry SAE's folder in an
+    HF-cache snapshot), what `SAE.from_pretrained` folds in; refused where the factor is nowhere."""
+    place = hf_cache_place(folder)
+    found = norm_scaling_factor_of(*place) if place else None
+    if found is None:
+        refuse_unscaled(str(folder), f"no {SCALER_FILENAME} beside it" + (
+            f", and SAELens's registry lists no factor for {place[0]}/{place[1]}" if place else
+            ", and it is not in an HF-cache snapshot of a repo SAELens's registry lists"))
+    spec, factor = found
+    return {"registry_id": spec, "factor": factor}
 
 
 def refuse_unscaled(source: str, how: str) -> None:

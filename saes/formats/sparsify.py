@@ -139,7 +139,7 @@ def load(
     run_model = run_cfg.get("model") if isinstance(run_cfg.get("model"), str) else None
     # a transcoder reads the module's input, an SAE its output (sparsify/trainer.py's forward hook)
     derived = (tl_hook_for_module_input(hookpoint) if transcoder
-               else module_output_hook(tl_hook_for_module(hookpoint), run_model or model))
+               else module_output_hook(tl_hook_for_module(hookpoint), run_model, model))
     if transcoder and not derived and not hook:
         raise SAEFormatError(
             f"{source}: a transcoder (transcode: true) predicts hookpoint {hookpoint!r}'s output ({target}) from its "
@@ -156,7 +156,7 @@ def load(
                           recorded_model=run_model, recorded_identity=hf_model_identity(run_model),
                           hook_basis=basis if derived else None)
     if target is not None:
-        sae.cfg.metadata["hook_name_out"] = module_output_hook(target, run_model or model)
+        sae.cfg.metadata["hook_name_out"] = module_output_hook(target, run_model, model)
     record_hf_tokenizer_bos(sae, prov, sae.cfg.metadata.get("model_name"))
     if not derived:
         prov["source"]["note"] = (f"hookpoint {hookpoint!r} has no exact TransformerLens counterpart for the "

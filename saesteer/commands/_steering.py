@@ -95,17 +95,12 @@ def load_saes(values: list[str], device: Any = None, hook: str | None = None, mo
     record, and a contradicting --hook is refused. `store_hook` (the hook --store was built at) only
     fills in for an SAE that records none: an SAE of another hook is then the store's SAE check's to
     refuse, naming the store (not a --hook the user never gave)."""
-    from saes.formats import resolve_sae
+    from saes.formats import resolve_store_sae
 
     loaded = {}
     for name, path in parse_sae_args(values).items():
         try:
-            try:  # the weights are read once where the store's hook fits (or the SAE records none)
-                loaded[name] = resolve_sae(path, hook=hook or store_hook, model=model, device=device)
-            except ValueError:
-                if hook or not store_hook:
-                    raise
-                loaded[name] = resolve_sae(path, model=model, device=device)  # it records another hook
+            loaded[name] = resolve_store_sae(path, store_hook, hook=hook, model=model, device=device)
         except (FileNotFoundError, ValueError) as e:
             raise CLIError(f"cannot load SAE {name!r} from {path}: {e}") from None
     return loaded

@@ -88,8 +88,9 @@ def check_sae_dirs(sae_dirs: Sequence[str | Path] | None, store_paths: Sequence[
 
 def _load_sae(store, sae_dir) -> tuple[Any, str | None]:
     """(the store's SAE as a `LoadedSAE`, None), or (None, why it cannot be loaded). Any format `saes.formats` reads;
-    the hook and model the store recorded stand in for --hook/--model of formats that record neither."""
-    from saes.formats import resolve_sae
+    the hook and model the store recorded stand in for --hook/--model of formats that record neither (an SAE
+    that records another hook than the store's is refused by the store's check, naming both)."""
+    from saes.formats import resolve_store_sae
 
     meta = store.meta.get("sae") or {}
     recorded = meta.get("path")
@@ -106,7 +107,7 @@ def _load_sae(store, sae_dir) -> tuple[Any, str | None]:
                 return None, (f"its SAE folder {recorded!r} was recorded relative to the directory the store was "
                               f"built in, and is not found from {Path.cwd()} (pass --sae DIR)")
             return None, f"its SAE folder {spec} does not exist any more (moved or deleted?; pass --sae DIR)"
-    loaded = resolve_sae(spec, hook=meta.get("hook_name"), model=meta.get("model_name"))
+    loaded = resolve_store_sae(spec, meta.get("hook_name"), model=meta.get("model_name"))
     loaded.sae.eval()
     store.check_sae(loaded.sae)  # StoreMismatchError names both fingerprints
     return loaded, None

@@ -425,6 +425,8 @@ def save_arch_model(directory: Path, arch: str, tok) -> Path:
         "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", dict(gqa, head_dim=16, sliding_window=16)),
         "phi": ("PhiConfig", "PhiForCausalLM", dict(partial_rotary_factor=0.5)),
         "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", {}),
+        # HF scales each sublayer's output before the residual add (the Bridge's hook_mlp_out is the scaled one)
+        "granite": ("GraniteConfig", "GraniteForCausalLM", dict(gqa, residual_multiplier=0.25)),
         "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(gqa, head_dim=16)),
         "stablelm": ("StableLmConfig", "StableLmForCausalLM", dict(gqa)),
         # a hybrid: gated delta-net layers (their cache keeps per-row states, no keys/values) and attention,
