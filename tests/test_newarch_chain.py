@@ -58,10 +58,10 @@ def chain(request, real_corpus, judge, tmp_path_factory):
     tok = build_family_tokenizer(FAMILY[arch], real_corpus.train_docs, vocab_size=512)
     model_dir = save_arch_model(work / f"{arch}-model", arch, tok)
     saesteer("cache", "--model", model_dir, "--dataset", real_corpus.jsonl_dir, "--split", "train",
-             "--context-length", 48, "--max-tokens", 2048, "--hooks", f"{HOOK},blocks.0.attn.hook_z",
+             "--context-length", 48, "--max-tokens", 1536, "--hooks", f"{HOOK},blocks.0.attn.hook_z",
              "--out", work / "cache", "--no-progress").ok()
     saesteer("train", "--cache", work / "cache", "--hook", HOOK, "--out", work / "run", "--architecture", "topk",
-             "--d-sae", 128, "--k", 4, "--total-tokens", 2048, "--batch-size", 256, "--holdout-tokens", 256,
+             "--d-sae", 128, "--k", 4, "--total-tokens", 1536, "--batch-size", 256, "--holdout-tokens", 256,
              "--eval-ce-contexts", 2, "--eval-every-tokens", 0, "--checkpoint-every-tokens", 0, "--no-progress",
              "--sae-name", "sae").ok()
     saesteer("features", "build", "--sae", work / "run/saes/sae", "--cache", work / "cache", "--out", work / "f.db",
@@ -130,59 +130,96 @@ def test_labels_and_steer_run_on_the_model_and_unsteered_text_is_hfs_own(chain):
     assert res["unsteered"].endswith(want), (arch, res["unsteered"], want)
 
 
-def _ablated_hf_logprobs(model_dir, sae, latent, ids, gen) -> list[float]:
-    """HF's log-probs of `gen` after `ids` with layer 0's output lowered by latent `latent`'s decoder
-    contribution, the SAE encoding HF's own activation."""
+def _hf_logprobs(model_dir, ids, gen, edit=None) -> list[float]:
+    """HF's log-probs of `gen` after `ids`; `edit(x) -> x` changes layer 0's output (hidden_states[1])."""
     hf = _hf(model_dir)
     layers = hf.transformer.h if hasattr(hf, "transformer") else hf.model.layers
 
-    def ablate(module, args, output):
-        x = output[0] if isinstance(output, tuple) else output
-        acts = sae.encode(x)
-        x = x - acts[..., latent:latent + 1] * sae.W_dec[latent]
+    def change(module, args, output):
+        x = edit(output[0] if isinstance(output, tuple) else output)
         return (x, *output[1:]) if isinstance(output, tuple) else x
 
-    handle = layers[0].register_forward_hook(ablate)
+    handle = layers[0].register_forward_hook(change) if edit else None
     try:
         with torch.no_grad():
             lp = torch.log_softmax(hf(torch.tensor([ids + gen])).logits.float(), -1)[0]
     finally:
-        handle.remove()
+        if handle:
+            handle.remove()
     return [lp[len(ids) - 1 + j, t].item() for j, t in enumerate(gen)]
 
 
 def test_api_ablation_is_exactly_the_latents_decoder_contribution(chain, monkeypatch):
+    """The latent that fires most on the prompt (the SAE on HF's own activation) is ablated through
+    the openai client: the log-probs served are HF's with layer 0's output lowered by that latent's
+    activation times its decoder row, which differ from the plain model's; unsteered, HF's own."""
     from helpers.web_app import ServerThread, record_server
     from saes.io import load_sae
 
     openai = pytest.importorskip("openai")
-    arch, model_dir, tok, work, live = chain
+    arch, model_dir, tok, work, _ = chain
+    ids = _prompt_ids(tok, work)
+    sae = load_sae(work / "run/saes/sae").eval()
+    with torch.no_grad():
+        acts = sae.encode(_hf(model_dir)(torch.tensor([ids]), output_hidden_states=True).hidden_states[1])[0]
+    latent = int(acts.sum(0).argmax())
+    assert (acts[:, latent] > 0).sum() >= 2, f"{arch}: no latent fires on the prompt"
+
     calls = record_server(monkeypatch)
     saesteer("api", "--store", work / "f.db", "--port", 0).ok()
     (app, kw), = calls
     srv = ServerThread(app, kw["port"]).start()
     try:
         client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="loopback", max_retries=0, timeout=120)
-        edit = {"latent": live[0], "op": "ablate"}
         r = client.completions.create(model="f", prompt=PROMPT, max_tokens=12, temperature=1.0, seed=3, logprobs=1,
-                                      extra_body={"steering": {"edits": [edit]}})
+                                      extra_body={"steering": {"edits": [{"latent": latent, "op": "ablate"}]}})
         plain = client.completions.create(model="f", prompt=PROMPT, max_tokens=12, temperature=1.0, seed=3,
                                           logprobs=1)
     finally:
         srv.stop()
-    sae = load_sae(work / "run/saes/sae").eval()
-    ids = _prompt_ids(tok, work)
     assert r.usage.prompt_tokens == len(ids), (arch, r.usage.prompt_tokens, len(ids))
-    choice = r.choices[0]
-    gen = choice.model_extra["steering"]["token_ids"]
-    with torch.no_grad():
-        want = _ablated_hf_logprobs(model_dir, sae, live[0], ids, gen)
-    worst = max(abs(a - b) for a, b in zip(choice.logprobs.token_logprobs, want))
-    assert worst < 1e-4, f"{arch}: ablated log-probs differ from HF's by {worst:.2e}"
+
+    def ablate(x):
+        with torch.no_grad():
+            return x - sae.encode(x)[..., latent:latent + 1] * sae.W_dec[latent]
+
+    gen = r.choices[0].model_extra["steering"]["token_ids"]
+    served = r.choices[0].logprobs.token_logprobs
+    ablated, unedited = _hf_logprobs(model_dir, ids, gen, ablate), _hf_logprobs(model_dir, ids, gen)
+    assert max(abs(a - b) for a, b in zip(served, ablated)) < 1e-4, f"{arch}: not HF's with the latent ablated"
+    assert max(abs(a - b) for a, b in zip(served, unedited)) > 1e-2, f"{arch}: the ablation changed nothing"
     pgen = plain.choices[0].model_extra["steering"]["token_ids"]
-    hf = _hf(model_dir)
-    with torch.no_grad():
-        lp = torch.log_softmax(hf(torch.tensor([ids + pgen])).logits.float(), -1)[0]
-    pwant = [lp[len(ids) - 1 + j, t].item() for j, t in enumerate(pgen)]
-    pworst = max(abs(a - b) for a, b in zip(plain.choices[0].logprobs.token_logprobs, pwant))
+    pworst = max(abs(a - b) for a, b in zip(plain.choices[0].logprobs.token_logprobs, _hf_logprobs(model_dir, ids, pgen)))
     assert pworst < 1e-4, f"{arch}: unsteered log-probs differ from HF's by {pworst:.2e}"
+
+
+def test_api_chat_reads_the_templates_tokens_once(chain, monkeypatch):
+    """A chat request through the openai client: the prompt is the family's chat template rendered by
+    the tokenizer (one BOS: Llama-3's template writes one and its tokenizer adds another unless told
+    not to), and the reply's log-probs are HF's on exactly those tokens."""
+    from helpers.web_app import ServerThread, record_server
+
+    openai = pytest.importorskip("openai")
+    arch, model_dir, tok, work, _ = chain
+    if tok.chat_template is None:
+        pytest.skip(f"the {FAMILY[arch]} family's tokenizer has no chat template here")
+    messages = [{"role": "user", "content": "R\u00e9sume en une ligne: def f(x): return x  # \u6771\u4eac"}]
+    ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    assert ids.count(tok.bos_token_id) == 1 or tok.bos_token_id is None
+    calls = record_server(monkeypatch)
+    saesteer("api", "--store", work / "f.db", "--port", 0).ok()
+    (app, kw), = calls
+    srv = ServerThread(app, kw["port"]).start()
+    try:
+        client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="loopback", max_retries=0, timeout=120)
+        r = client.chat.completions.create(model="f", messages=messages, max_tokens=8, temperature=1.0, seed=5,
+                                           logprobs=True)
+    finally:
+        srv.stop()
+    gen = r.choices[0].model_extra["steering"]["token_ids"]
+    served = [c.logprob for c in r.choices[0].logprobs.content]
+    with torch.no_grad():
+        lp = torch.log_softmax(_hf(model_dir)(torch.tensor([ids + gen])).logits.float(), -1)[0]
+    want = [lp[len(ids) - 1 + j, t].item() for j, t in enumerate(gen)]
+    assert r.usage.prompt_tokens == len(ids), (arch, r.usage.prompt_tokens, len(ids))
+    assert max(abs(a - b) for a, b in zip(served, want)) < 1e-4
