@@ -114,7 +114,7 @@ _MLP_HIDDEN = re.compile(r"^(blocks\.(\d+)\.mlp)\.hook_(pre|post)$")
 
 
 def _refuse_whole_block_alias(model: Any, name: str, where: str) -> None:
-    """A TransformerBridge names the input and output of a mixture-of-experts block (Mixtral, Qwen3-MoE,
+    """A TransformerBridge names the input and output of a mixture-of-experts block (Mixtral, Qwen3-MoE, gpt-oss,
     OLMoE: no single hidden layer of neurons) `mlp.hook_pre` and `mlp.hook_post`, the names of an MLP's
     hidden activations elsewhere: an SAE asked for on the neurons would read the block's output."""
     m = _MLP_HIDDEN.match(name)

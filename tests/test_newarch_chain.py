@@ -14,7 +14,8 @@ At each stage the check is against the HF model itself, not against our own earl
 Mixtral (a mixture-of-experts MLP, GQA, SentencePiece tokenizer with <s>) runs by default; the
 others under --slow: Llama-3.1 (llama3 RoPE scaling, tied embeddings), Phi-3 (joint qkv / gate_up),
 Qwen3-MoE (no BOS token at all), OLMoE, GPT-J (parallel attention), Gemma-3 (Gemma's tokenizer and
-<bos>), Granite (embedding/residual/logit multipliers), StarCoder2.
+<bos>), Granite (embedding/residual/logit multipliers), StarCoder2, gpt-oss (experts, attention sinks),
+Gemma-4 (text).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ pytestmark = [pytest.mark.usefixtures("one_thread", "offline_env")]
 
 # architecture -> the tokenizer family of its hub checkpoints
 FAMILY = {"mixtral": "mistral", "llama3_1": "llama3", "phi3": "mistral", "qwen3_moe": "qwen2", "olmoe": "neox",
-          "gptj": "gpt2", "gemma3": "gemma", "granite": "gpt2", "starcoder2": "gpt2"}
+          "gptj": "gpt2", "gemma3": "gemma", "granite": "gpt2", "starcoder2": "gpt2", "gpt_oss": "gpt2",
+          "gemma4": "gemma"}
 FAST = ("mixtral",)
 HOOK = "blocks.0.hook_resid_post"  # HF's hidden_states[1] in every architecture
 PROMPT = "def parse(self, line):\n    \"\"\"Split caf\u00e9 \u6771\u4eac\"\"\"\n    return"
@@ -189,7 +191,8 @@ def test_api_ablation_is_exactly_the_latents_decoder_contribution(chain, monkeyp
     assert max(abs(a - b) for a, b in zip(served, ablated)) < 1e-4, f"{arch}: not HF's with the latent ablated"
     assert max(abs(a - b) for a, b in zip(served, unedited)) > 1e-2, f"{arch}: the ablation changed nothing"
     pgen = plain.choices[0].model_extra["steering"]["token_ids"]
-    pworst = max(abs(a - b) for a, b in zip(plain.choices[0].logprobs.token_logprobs, _hf_logprobs(model_dir, ids, pgen)))
+    plain_served = plain.choices[0].logprobs.token_logprobs
+    pworst = max(abs(a - b) for a, b in zip(plain_served, _hf_logprobs(model_dir, ids, pgen)))
     assert pworst < 1e-4, f"{arch}: unsteered log-probs differ from HF's by {pworst:.2e}"
 
 

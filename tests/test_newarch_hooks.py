@@ -4,7 +4,7 @@ activations exist where the architecture has them, with the widths their names p
 refused with a message saying what to use where it does not (GPT-J's parallel attention has no
 resid_mid; a mixture-of-experts block has no single hidden layer of neurons).
 
-The MoE case was a silent wrong result: TransformerBridge maps `blocks.L.mlp.hook_post` of Mixtral,
+The MoE case was a silent wrong result: TransformerBridge maps `blocks.L.mlp.hook_post` of Mixtral, gpt-oss,
 Qwen3-MoE and OLMoE to the whole expert block's output (and `mlp.hook_pre` to its input), so
 `saesteer cache --hooks blocks.0.mlp.hook_post` cached d_model-wide MLP outputs (the same values
 as hook_mlp_out) for an SAE meant to read the MLP's neurons, and said nothing.
@@ -21,8 +21,9 @@ from helpers.real_cli import saesteer
 
 pytestmark = [pytest.mark.usefixtures("one_thread", "offline_env")]
 
-ARCHS = ("mixtral", "qwen3_moe", "olmoe", "llama3_1", "phi3", "gptj", "gemma3", "granite", "starcoder2")
-MOE = ("mixtral", "qwen3_moe", "olmoe")
+ARCHS = ("mixtral", "qwen3_moe", "olmoe", "gpt_oss", "llama3_1", "phi3", "gptj", "gemma3", "gemma4", "granite",
+         "starcoder2")
+MOE = ("mixtral", "qwen3_moe", "olmoe", "gpt_oss")
 COMMON = ("blocks.0.hook_resid_pre", "blocks.1.hook_resid_post", "blocks.0.attn.hook_z", "blocks.0.hook_mlp_out")
 
 

@@ -453,6 +453,13 @@ def save_arch_model(directory: Path, arch: str, tok) -> Path:
                                                                attention_multiplier=0.25, logits_scaling=2.0)),
         "smollm3": ("SmolLM3Config", "SmolLM3ForCausalLM", dict(gqa, no_rope_layer_interval=2)),
         "starcoder2": ("Starcoder2Config", "Starcoder2ForCausalLM", dict(gqa, sliding_window=None)),
+        # gpt-oss: experts with a clamped SwiGLU, attention sinks, sliding and full attention layers alternating
+        "gpt_oss": ("GptOssConfig", "GptOssForCausalLM", dict(gqa, head_dim=16, num_local_experts=4,
+                                                           num_experts_per_tok=2, sliding_window=16)),
+        # Gemma-4 (text): per-layer input embeddings off, sliding and full layers, a final logit soft-cap
+        "gemma4": ("Gemma4TextConfig", "Gemma4ForCausalLM", dict(
+            gqa, head_dim=16, sliding_window=16, final_logit_softcapping=30.0, hidden_size_per_layer_input=0,
+            layer_types=["sliding_attention", "full_attention"])),
     }
     cfg_name, model_name, extra = configs[arch]
     if arch == "gptj":  # GPT-J's config names its widths itself
