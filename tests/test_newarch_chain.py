@@ -100,7 +100,10 @@ def test_the_cache_holds_the_hf_models_hidden_states_with_the_tokenizers_bos(cha
     assert raw["tokenizer"]["bos_id"] == (tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id)
     shard = load_tensors(work / "cache" / man.shards[0].file)
     first = int(man.shards[0].first_context)
-    tokens = shard["context_tokens"][:4].long()
+    contexts = shard["context_tokens"].long()
+    bos = raw["tokenizer"]["bos_id"]
+    assert (contexts[:, 0] == bos).all() and not (contexts[:, 1] == bos).any(), f"{arch}: not one BOS per context"
+    tokens = contexts[:4]
     with torch.no_grad():
         want = _hf(model_dir)(tokens, output_hidden_states=True).hidden_states[1]
     rows = (shard["seq_index"] - first) < 4
