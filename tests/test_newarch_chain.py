@@ -128,8 +128,8 @@ def test_labels_and_steer_run_on_the_model_and_unsteered_text_is_hfs_own(chain):
     res = json.loads(r.out)["results"][0]
     ids = _prompt_ids(tok, work)
     hf, greedy = _hf(model_dir), list(ids)
-    with torch.no_grad():  # HF's forward on the whole sequence each step (its generate() with a KV cache
-        for _ in range(8):  # picks other tokens for Qwen3-MoE and Granite)
+    with torch.no_grad():  # HF's forward on the whole sequence each step (generate() would take a BOS that is
+        for _ in range(8):  # also the pad token, as Qwen's and Granite's here, for padding and mask it)
             greedy.append(int(hf(torch.tensor([greedy])).logits[0, -1].argmax()))
     want = text_of(tok, greedy[len(ids):])  # a cut <0xNN> run read as saesteer reads it (saes.bytefallback)
     assert res["unsteered"].endswith(want), (arch, res["unsteered"], want)
