@@ -67,6 +67,7 @@ from saes.identity import (
     ModelIdentity,
     ModelIdentityError,
     attach_identity,
+    bridge_hub_name,
     check_same_model,
     identity_of_model,
     same_model,
@@ -142,17 +143,8 @@ def resolve_spec(spec: str) -> ModelInfo:
     if _looks_like_path(spec) or p.exists():
         raise FileNotFoundError(f"model directory {spec!r} does not exist (or is not a directory)")
     name, _, revision = spec.partition("@")
+    # a TransformerLens alias: the repo the Bridge loads, so that its commit is resolved and recorded
     return ModelInfo(spec, "hub", bridge_hub_name(name), revision=revision or None)
-
-
-def bridge_hub_name(name: str) -> str:
-    """The hub repo TransformerBridge loads for `name`: it still maps TransformerLens's old aliases
-    ('gpt2-small', 'gemma-2-2b', 'qwen3-0.6b', 'pythia-70m-deduped', which SAELens configs name) to
-    official repos, so the commit must be resolved, and the identity recorded, under that repo's
-    name (under the alias, no commit was found: the record pinned nothing)."""
-    from transformer_lens.model_bridge.sources.transformers import MODEL_ALIASES
-
-    return next((official for official, aliases in MODEL_ALIASES.items() if name in aliases), name)
 
 
 def load_model(spec: str, device: str | None = None, dtype=None, *, process_weights: bool = False):

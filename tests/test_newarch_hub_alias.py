@@ -30,18 +30,27 @@ def _snapshot(hub, model_dir, revision):
                       revision=revision)
 
 
-def test_an_alias_records_the_official_repo_at_its_commit_and_steer_reloads_that_commit(
-        real_corpus, tmp_path, monkeypatch):
-    import torch
+@pytest.fixture
+def hub(real_corpus, tmp_path, monkeypatch):
+    """An offline HF cache holding the tiny Qwen3 as Qwen/Qwen3-0.6B at commit FIRST; its tokenizer."""
     from huggingface_hub import constants
 
     from helpers.real_models import build_family_tokenizer, save_arch_model
 
     tok = build_family_tokenizer("qwen2", real_corpus.train_docs, vocab_size=512)
-    hub = tmp_path / "hub"
-    _snapshot(hub, save_arch_model(tmp_path / "v1", "qwen3", tok), FIRST)
+    _snapshot(tmp_path / "hub", save_arch_model(tmp_path / "v1", "qwen3", tok), FIRST)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    return tmp_path / "hub", tok
+
+
+def test_an_alias_records_the_official_repo_at_its_commit_and_steer_reloads_that_commit(
+        hub, real_corpus, tmp_path):
+    import torch
+
+    from helpers.real_models import save_arch_model
+
+    hub, tok = hub
 
     saesteer("cache", "--model", ALIAS, "--dataset", real_corpus.jsonl_dir, "--context-length", 32, "--max-tokens",
              512, "--hooks", "blocks.0.hook_resid_post", "--out", tmp_path / "cache", "--no-progress").ok()
@@ -67,3 +76,15 @@ def test_an_alias_records_the_official_repo_at_its_commit_and_steer_reloads_that
     save_file(weights, later / "model.safetensors", metadata={"format": "pt"})
     _snapshot(hub, later, LATER)
     assert steer() == before  # the recorded commit, not main
+
+
+def test_a_record_of_the_alias_by_an_older_saesteer_still_loads(hub):
+    """A cache, SAE or store recorded `hub:qwen3-0.6b` with no commit before the fix: re-loading it
+    (now recorded as Qwen/Qwen3-0.6B at a commit) is the same model, not a mismatch to refuse."""
+    from saes.identity import ModelIdentity
+    from saesteer.models import load_recorded_model, model_identity
+
+    old = ModelIdentity("hub", ALIAS, None, None, None, 64, 2, 512)
+    model = load_recorded_model(old, None, recorded_in="the old cache")
+    assert (model_identity(model).name, model_identity(model).revision) == (REPO, FIRST)
+    assert model_identity(load_recorded_model(old, REPO, recorded_in="the old cache")).name == REPO
