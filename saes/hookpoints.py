@@ -93,9 +93,10 @@ def check_hook(model: Any, name: str, who: str | None = None, *, per_token: bool
     `per_token`: also refuse hooks with one value per pair of positions (attention patterns)."""
     known = hook_names(model)
     valid = per_token_hooks(model) if per_token else known
-    if name in valid:
-        return name
     where = f"{who}: " if who else ""
+    if name in valid:
+        _refuse_whole_block_alias(model, name, where)
+        return name
     if name in known:
         raise UnknownHookError(f"{where}hook point {name!r} is not per-token (it has one value per pair of "
                                f"positions); use a per-token hook instead")
@@ -118,6 +119,29 @@ def check_hook(model: Any, name: str, who: str | None = None, *, per_token: bool
         more = f" (and {len(wrappers)} input/output hooks of its modules, such as {example})"
     raise UnknownHookError(f"{where}unknown hook point {name!r}.{hint} Valid hook points for this model: "
                            f"{describe_hooks(named)}{more}")
+
+
+_MLP_HIDDEN = re.compile(r"^(blocks\.(\d+)\.mlp)\.hook_(pre|post)$")
+
+
+def _refuse_whole_block_alias(model: Any, name: str, where: str) -> None:
+    """A TransformerBridge names the input and output of a mixture-of-experts block (Mixtral, Qwen3-MoE, gpt-oss,
+    OLMoE: no single hidden layer of neurons) `mlp.hook_pre` and `mlp.hook_post`, the names of an MLP's
+    hidden activations elsewhere: an SAE asked for on the neurons would read the block's output."""
+    m = _MLP_HIDDEN.match(name)
+    if m is None:
+        return
+    hook_dict = model.hook_dict
+    block, layer, which = m.groups()
+    end = {"pre": "hook_in", "post": "hook_out"}[which]
+    if hook_dict[name] is not hook_dict.get(f"{block}.{end}"):
+        return
+    use = (f"blocks.{layer}.hook_mlp_out for its output" if which == "post"
+           else f"blocks.{layer}.ln2.hook_normalized for its input")
+    raise UnknownHookError(
+        f"{where}hook point {name!r} is not an MLP's hidden activation on this model: its MLP is a mixture of "
+        f"experts, and TransformerLens maps {name} to the whole block's {'output' if which == 'post' else 'input'} "
+        f"({block}.{end}); use {use}")
 
 
 class NotEditableHookError(UnknownHookError):

@@ -174,6 +174,17 @@ def official_model_name(name: str) -> str | None:
         return None
 
 
+def bridge_hub_name(name: str) -> str:
+    """The hub repo TransformerBridge loads for `name`: it still maps TransformerLens's old aliases
+    ('gpt2-small', 'gemma-2-2b', 'qwen3-0.6b', 'pythia-70m-deduped', which SAELens configs name) to
+    official repos, some of which HookedTransformer's table (`official_model_name`) does not know."""
+    try:
+        from transformer_lens.model_bridge.sources.transformers import MODEL_ALIASES
+    except ImportError:  # a TransformerLens without the Bridge's table: no mapping
+        return name
+    return next((official for official, aliases in MODEL_ALIASES.items() if name in aliases), name)
+
+
 def same_model_name(a: str, b: str) -> bool:
     """Whether two model names (TransformerLens aliases or hub names) name one model: equal official
     names, or a legacy name and its moved copy under one of `CANONICAL_ORGS`."""
@@ -204,7 +215,7 @@ def same_model(a: ModelIdentity, b: ModelIdentity) -> bool:
     if a.source != b.source:
         return False
     if a.source == "hub":
-        if a.name != b.name:
+        if a.name != b.name and bridge_hub_name(a.name) != bridge_hub_name(b.name):  # older records: the alias
             return False
         if a.revision and b.revision:
             if _is_commit(a.revision) != _is_commit(b.revision):

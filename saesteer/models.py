@@ -67,6 +67,7 @@ from saes.identity import (
     ModelIdentity,
     ModelIdentityError,
     attach_identity,
+    bridge_hub_name,
     check_same_model,
     identity_of_model,
     same_model,
@@ -142,7 +143,8 @@ def resolve_spec(spec: str) -> ModelInfo:
     if _looks_like_path(spec) or p.exists():
         raise FileNotFoundError(f"model directory {spec!r} does not exist (or is not a directory)")
     name, _, revision = spec.partition("@")
-    return ModelInfo(spec, "hub", name, revision=revision or None)
+    # a TransformerLens alias: the repo the Bridge loads, so that its commit is resolved and recorded
+    return ModelInfo(spec, "hub", bridge_hub_name(name), revision=revision or None)
 
 
 def load_model(spec: str, device: str | None = None, dtype=None, *, process_weights: bool = False):

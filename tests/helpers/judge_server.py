@@ -597,7 +597,8 @@ def fake_llm_answer(body: dict) -> str:
         return json.dumps({"answers": [1] * n})
     lines = [ln.split(":", 1)[1] if ":" in ln else ln for ln in data.splitlines() if ln.strip()]
     if task == "explain":
-        marked = Counter(t.strip().lower() for ln in lines for t in _MARK_RE.findall(ln))
+        # marks without a letter or digit (SentencePiece's lone "▁", a quote) name nothing: saesteer refuses them
+        marked = Counter(t.strip().lower() for ln in lines for t in _MARK_RE.findall(ln) if any(map(str.isalnum, t)))
         label = marked.most_common(1)[0][0] if marked else "nothing"
         return json.dumps({"label": label})
     words = set(label_text.lower().replace(",", " ").replace(":", " ").split()) - {"/", "context"}

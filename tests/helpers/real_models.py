@@ -437,8 +437,36 @@ def save_arch_model(directory: Path, arch: str, tok) -> Path:
             layer_types=["linear_attention", "linear_attention", "full_attention", "linear_attention"],
             linear_num_key_heads=2,
             linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16)),
+        # Llama-3.1/3.2: RoPE frequencies rescaled past an original context ("llama3" rope type), embeddings tied
+        "llama3_1": ("LlamaConfig", "LlamaForCausalLM", dict(gqa, tie_word_embeddings=True, rope_parameters=dict(
+            rope_type="llama3", rope_theta=500000.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+            original_max_position_embeddings=32))),
+        # Phi-3/Phi-4: joint qkv and gate_up projections, GQA (Phi-4-mini), a "longrope"-free short variant
+        "phi3": ("Phi3Config", "Phi3ForCausalLM", dict(gqa, original_max_position_embeddings=128)),
+        # Mixtral: a mixture of experts for every MLP (4 experts, 2 per token), sliding window off
+        "mixtral": ("MixtralConfig", "MixtralForCausalLM", dict(gqa, num_local_experts=4, num_experts_per_tok=2)),
+        "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM", dict(
+            gqa, head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1)),
+        "olmoe": ("OlmoeConfig", "OlmoeForCausalLM", dict(num_experts=4, num_experts_per_tok=2)),
+        # GPT-J: parallel attention and MLP off one LayerNorm, rotary on part of each head (its own names)
+        "gptj": ("GPTJConfig", "GPTJForCausalLM", dict(n_embd=64, n_layer=2, n_head=4, rotary_dim=8, n_inner=128,
+                                                        n_positions=128)),
+        "granite": ("GraniteConfig", "GraniteForCausalLM", dict(gqa, embedding_multiplier=4.0, residual_multiplier=0.5,
+                                                               attention_multiplier=0.25, logits_scaling=2.0)),
+        "smollm3": ("SmolLM3Config", "SmolLM3ForCausalLM", dict(gqa, no_rope_layer_interval=2)),
+        "starcoder2": ("Starcoder2Config", "Starcoder2ForCausalLM", dict(gqa, sliding_window=None)),
+        # gpt-oss: experts with a clamped SwiGLU, attention sinks, sliding and full attention layers alternating
+        "gpt_oss": ("GptOssConfig", "GptOssForCausalLM", dict(gqa, head_dim=16, num_local_experts=4,
+                                                           num_experts_per_tok=2, sliding_window=16)),
+        # Gemma-4 (text): per-layer input embeddings off, sliding and full layers, a final logit soft-cap
+        "gemma4": ("Gemma4TextConfig", "Gemma4ForCausalLM", dict(
+            gqa, head_dim=16, sliding_window=16, final_logit_softcapping=30.0, hidden_size_per_layer_input=0,
+            layer_types=["sliding_attention", "full_attention"])),
     }
     cfg_name, model_name, extra = configs[arch]
+    if arch == "gptj":  # GPT-J's config names its widths itself
+        common = {k: v for k, v in common.items() if k in ("vocab_size", "bos_token_id", "eos_token_id",
+                                                            "pad_token_id", "initializer_range")}
     torch.manual_seed(0)
     model = getattr(transformers, model_name)(getattr(transformers, cfg_name)(**{**common, **extra}))
     model.save_pretrained(directory, safe_serialization=True)
