@@ -425,8 +425,6 @@ def save_arch_model(directory: Path, arch: str, tok) -> Path:
         "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", dict(gqa, head_dim=16, sliding_window=16)),
         "phi": ("PhiConfig", "PhiForCausalLM", dict(partial_rotary_factor=0.5)),
         "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", {}),
-        # HF scales each sublayer's output before the residual add (the Bridge's hook_mlp_out is the scaled one)
-        "granite": ("GraniteConfig", "GraniteForCausalLM", dict(gqa, residual_multiplier=0.25)),
         "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(gqa, head_dim=16)),
         "stablelm": ("StableLmConfig", "StableLmForCausalLM", dict(gqa)),
         # a hybrid: gated delta-net layers (their cache keeps per-row states, no keys/values) and attention,
@@ -451,7 +449,9 @@ def save_arch_model(directory: Path, arch: str, tok) -> Path:
         # GPT-J: parallel attention and MLP off one LayerNorm, rotary on part of each head (its own names)
         "gptj": ("GPTJConfig", "GPTJForCausalLM", dict(n_embd=64, n_layer=2, n_head=4, rotary_dim=8, n_inner=128,
                                                         n_positions=128)),
-        "granite": ("GraniteConfig", "GraniteForCausalLM", dict(gqa, embedding_multiplier=4.0, residual_multiplier=0.5,
+        # Granite: HF scales each sublayer's output before the residual add (the Bridge's hook_mlp_out is the
+        # scaled one), and scales embeddings, attention and logits by its own multipliers
+        "granite": ("GraniteConfig", "GraniteForCausalLM", dict(gqa, embedding_multiplier=4.0, residual_multiplier=0.25,
                                                                attention_multiplier=0.25, logits_scaling=2.0)),
         "smollm3": ("SmolLM3Config", "SmolLM3ForCausalLM", dict(gqa, no_rope_layer_interval=2)),
         "starcoder2": ("Starcoder2Config", "Starcoder2ForCausalLM", dict(gqa, sliding_window=None)),
