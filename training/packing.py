@@ -329,9 +329,38 @@ def estimate_stream_tokens(cfg: TextConfig, tokenizer, source: DocumentSource, s
             sample_bytes = sum(len(t.encode()) for t in texts)
         return int(sample_tokens * total_bytes / max(1, sample_bytes))
     if source.data.is_local and source.data.builder == "parquet":
+        # by the text column's bytes, not its rows: the first rows are often not typical (a file
+        # sorted by length, short chat turns before long articles), and a row count scaled from
+        # them was off up to 100x (the disk check and the progress bar's total with it)
         rows = _parquet_rows(source.data.files)
+        column_bytes = _parquet_column_bytes(source.data.files, source.column)
+        if rows is not None and column_bytes is not None:
+            # text tokens scale with the text's bytes (parquet stores a string as 4 length bytes +
+            # its UTF-8), the separators with the documents
+            text_tokens = sum(len(x) for x in ids)
+            tokens_per_byte = text_tokens / max(1, sum(len(t.encode()) for t in texts))
+            return int(tokens_per_byte * max(0, column_bytes - 4 * rows) + (sample_tokens - text_tokens) * rows / len(texts))
         return None if rows is None else int(sample_tokens * rows / max(1, len(texts)))
     return None
+
+
+def _parquet_column_bytes(files, column: str) -> int | None:
+    """Uncompressed bytes of the top-level string column `column` in parquet files, from their
+    footers (None when one cannot be read or the column is not a plain string column)."""
+    try:
+        import pyarrow.parquet as pq
+
+        total = 0
+        for p in files:
+            meta = pq.ParquetFile(p).metadata
+            paths = [meta.schema.column(i).path for i in range(meta.num_columns)]
+            if column not in paths or meta.schema.column(paths.index(column)).physical_type != "BYTE_ARRAY":
+                return None
+            i = paths.index(column)
+            total += sum(meta.row_group(g).column(i).total_uncompressed_size for g in range(meta.num_row_groups))
+        return total
+    except Exception:
+        return None
 
 
 def _parquet_rows(files) -> int | None:
