@@ -59,3 +59,27 @@ def test_dry_run_sizes_a_parquet_dataset_whose_first_rows_are_short(short_first_
     stream = sum(len(ids) + 1 for ids in tok(docs, add_special_tokens=False, verbose=False)["input_ids"])  # + EOS each
     actual = stream // L * L
     assert 0.85 * actual <= estimated <= 1.15 * actual, (estimated, actual)
+
+
+def test_progress_bar_of_a_streamed_build_ends_at_the_tokens_cached(tmp_path, gpt2, monkeypatch):
+    """Without --max-tokens the bar's total is the estimate (the sample is not the whole dataset):
+    the bar ends on the tokens actually cached, at 100%, not at 9x% or without its total."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from helpers.real_models import corpus_documents
+
+    from helpers.real_cli import saesteer
+    from training import estimate
+
+    monkeypatch.setattr(estimate, "PROBE_SECONDS", 1e-9)
+    long_docs = [d for d in corpus_documents() if 2000 < len(d) < 8000][:12]
+    lines = [ln for d in corpus_documents() for ln in d.splitlines() if 20 < len(ln) < 80]
+    (tmp_path / "data").mkdir()
+    pq.write_table(pa.table({"body": sorted(lines[:600]) + long_docs}), tmp_path / "data" / "train-00000-of-00001.parquet")
+    r = saesteer("cache", "--model", gpt2, "--dataset", tmp_path, "--text-column", "body", "--context-length", 32,
+                 "--bos-policy", "none", "--exclude-tokens", "none", "--out", tmp_path / "cache").ok()
+    cached = int(re.search(r"\(([\d,]+) tokens this run", r.text).group(1).replace(",", ""))
+    last = [ln for ln in r.err.replace("\r", "\n").splitlines() if ln.startswith("caching")][-1]
+    done, total = re.search(r"\| *([\d.]+k?)/([\d.]+k?) \[", last).groups()
+    assert "100%" in last and done == total, last
+    assert float(total.rstrip("k")) * (1000 if total.endswith("k") else 1) == pytest.approx(cached, rel=0.01), (last, cached)
