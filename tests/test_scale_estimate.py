@@ -3,8 +3,9 @@ sorted so that hundreds of one-line documents come before long code, prose and C
 (a dataset sorted by length, short chat turns before articles). The estimate reads the first 512
 documents and scaled their tokens by the row count, so it saw only the one-liners and put the
 whole dataset at ~1% of its size: the dry run's tokens and disk figure, the build's disk check and
-its progress bar's total were all ~100x too small. It now scales by the text column's bytes
-(from the parquet footers).
+its progress bar's total were all ~100x too small; with --streaming false (an Arrow copy whose rows
+are counted) the same. It now scales by the text column's bytes (from the parquet footers, or
+summed from the Arrow copy's string offsets).
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ def gpt2(tmp_path_factory):
     return save_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2"), n_layer=1)
 
 
-def test_dry_run_sizes_a_parquet_dataset_whose_first_rows_are_short(short_first_parquet, gpt2, tmp_path, monkeypatch):
+@pytest.mark.parametrize("streaming", ["true", "false"])  # false: an Arrow copy, whose rows are counted
+def test_dry_run_sizes_a_parquet_dataset_whose_first_rows_are_short(short_first_parquet, gpt2, tmp_path, monkeypatch,
+                                                                     streaming):
     from transformers import AutoTokenizer
 
     from helpers.real_cli import saesteer
@@ -53,7 +56,8 @@ def test_dry_run_sizes_a_parquet_dataset_whose_first_rows_are_short(short_first_
     root, docs = short_first_parquet
     L = 32
     r = saesteer("cache", "--model", gpt2, "--dataset", root, "--text-column", "body", "--context-length", L,
-                 "--bos-policy", "none", "--separator", "eos", "--out", tmp_path / "cache", "--dry-run").ok()
+                 "--bos-policy", "none", "--separator", "eos", "--streaming", streaming, "--out", tmp_path / "cache",
+                 "--dry-run").ok()
     estimated = int(re.search(r"tokens:\s+~?([\d,]+)", r.text).group(1).replace(",", ""))
     tok = AutoTokenizer.from_pretrained(gpt2)
     stream = sum(len(ids) + 1 for ids in tok(docs, add_special_tokens=False, verbose=False)["input_ids"])  # + EOS each
