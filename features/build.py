@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,7 @@ from typing import Callable
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from features.accumulate import FeatureAccumulator
@@ -133,8 +134,14 @@ def _remove_store(path: Path) -> None:
 def save_state(path: Path, acc: FeatureAccumulator, identity: dict, phase: str, next_context: int) -> None:
     """Write the pass state atomically (`saes.fileio.atomic_path`)."""
     meta = {"identity": json.dumps(identity, sort_keys=True), "phase": phase, "next_context": str(next_context)}
-    with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in acc.state_dict().items()}, str(tmp), metadata=meta)
+    try:
+        with atomic_path(path) as tmp:
+            save_file({k: v.contiguous() for k, v in acc.state_dict().items()}, str(tmp), metadata=meta)
+    except SafetensorError as e:  # its Rust writer reports a failed write (a full disk) so, not as an OSError
+        code = re.search(r"\(os error (\d+)\)", str(e))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from e
 
 
 def load_state(path: Path, acc: FeatureAccumulator, identity: dict) -> tuple[str, int] | None:

@@ -328,6 +328,9 @@ def _run_build(plan: CachePlan, text: TextConfig, cfg: CacheConfig, out: Path, d
             ctx += m
             start = end
         ok = True
+        if bar.total != bar.n:  # an estimated total (streamed data): end on the tokens actually run
+            bar.total = bar.n
+            bar.refresh()
     finally:
         shards_in.close()  # (also closed by the caller; closing twice is fine)
         bar.close()

@@ -316,6 +316,9 @@ def estimate_stream_tokens(cfg: TextConfig, tokenizer, source: DocumentSource, s
     if sample.complete:
         return sample_tokens  # we saw everything
     if source.num_docs is not None:
+        text_bytes = source.text_bytes
+        if text_bytes is not None:
+            return _scaled_by_bytes(ids, texts, sample_tokens, text_bytes, source.num_docs)
         return int(sample_tokens * source.num_docs / max(1, len(texts)))
     if source.data.is_local and source.data.builder in ("json", "text"):
         total_bytes = sum(p.stat().st_size for p in source.data.files)
@@ -329,9 +332,41 @@ def estimate_stream_tokens(cfg: TextConfig, tokenizer, source: DocumentSource, s
             sample_bytes = sum(len(t.encode()) for t in texts)
         return int(sample_tokens * total_bytes / max(1, sample_bytes))
     if source.data.is_local and source.data.builder == "parquet":
+        # by the text column's bytes (from the footers), not its rows: the first rows are often not typical
         rows = _parquet_rows(source.data.files)
+        column_bytes = _parquet_column_bytes(source.data.files, source.column)
+        if rows is not None and column_bytes is not None:  # parquet stores a string as 4 length bytes + its UTF-8
+            return _scaled_by_bytes(ids, texts, sample_tokens, max(0, column_bytes - 4 * rows), rows)
         return None if rows is None else int(sample_tokens * rows / max(1, len(texts)))
     return None
+
+
+def _scaled_by_bytes(ids, texts, sample_tokens: int, total_bytes: int, total_docs: int) -> int:
+    """The stream's tokens from a sample's: text tokens scale with the text's UTF-8 bytes, the
+    separators with the documents. (Scaled by documents alone, a sample of short first rows, as in a
+    file sorted by length, put a dataset at ~1% of its size.)"""
+    text_tokens = sum(len(x) for x in ids)
+    tokens_per_byte = text_tokens / max(1, sum(len(t.encode()) for t in texts))
+    return int(tokens_per_byte * total_bytes + (sample_tokens - text_tokens) * total_docs / max(1, len(texts)))
+
+
+def _parquet_column_bytes(files, column: str) -> int | None:
+    """Uncompressed bytes of the top-level string column `column` in parquet files, from their
+    footers (None when one cannot be read or the column is not a plain string column)."""
+    try:
+        import pyarrow.parquet as pq
+
+        total = 0
+        for p in files:
+            meta = pq.ParquetFile(p).metadata
+            paths = [meta.schema.column(i).path for i in range(meta.num_columns)]
+            if column not in paths or meta.schema.column(paths.index(column)).physical_type != "BYTE_ARRAY":
+                return None
+            i = paths.index(column)
+            total += sum(meta.row_group(g).column(i).total_uncompressed_size for g in range(meta.num_row_groups))
+        return total
+    except Exception:
+        return None
 
 
 def _parquet_rows(files) -> int | None:

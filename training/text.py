@@ -335,6 +335,19 @@ class DocumentSource:
         except TypeError:
             return None
 
+    @property
+    def text_bytes(self) -> int | None:
+        """UTF-8 bytes of the text column if known without reading the documents (non-streaming:
+        summed from Arrow's string offsets), else None."""
+        if self.num_docs is None or getattr(self._ds, "_indices", None) is not None:
+            return None  # streamed, or rows selected from a larger table
+        try:
+            import pyarrow.compute as pc
+
+            return int(pc.sum(pc.binary_length(self._ds.data.column(self.column))).as_py() or 0)
+        except Exception:  # not a string column (token ids), or not an Arrow-backed dataset
+            return None
+
     def chunks(self, start_doc: int = 0, chunk_docs: int = 256) -> Iterator[list]:
         """Lists of document texts (of token ids when `pretokenized`), in dataset order, beginning at
         document index `start_doc`: `chunk_docs` documents each (a few more or fewer), fewer when
