@@ -106,9 +106,10 @@ def _judge_cache_path(args, store_path):
 
 def _check_scoring(args):
     """The scoring flags, checked before anything loads: one of --topic (a known toy-world topic) and
-    --concept (a judge that can rate: its backend's own checks, e.g. an API key, run on a judge made
-    without a cache, so no file is left by a run refused later). The --concept judge's config; None
-    for --topic. `_scorer` makes the real judge once the model has loaded."""
+    --concept (a judge that can rate: its settings and a transformers judge's folder,
+    `autointerp.config.check_judge`; an HTTP backend's own checks, e.g. an API key, run on a judge
+    made without a cache, so no file is left by a run refused later). The --concept judge's config;
+    None for --topic. `_scorer` makes the real judge once the model has loaded."""
     import dataclasses
 
     from saesteer.commands._steering import CLIError
@@ -119,13 +120,13 @@ def _check_scoring(args):
     if args.topic is not None:
         toy_scorer(args.topic, args.toy_grammar)  # an unknown topic is refused here
         return None
-    from autointerp.config import JudgeConfig, make_judge, resolve_backend
+    from autointerp.config import JudgeConfig, check_judge, make_judge
     from saesteer.configargs import dataclass_from_args
 
     try:
         judge_cfg = dataclass_from_args(JudgeConfig, args, prefix="judge_")
-        backend = resolve_backend(judge_cfg)[0]
-        if backend not in ("offline", "transformers"):  # a transformers judge would load its model here
+        backend = check_judge(judge_cfg)[0]  # its settings, a transformers judge's folder: nothing loaded
+        if backend not in ("offline", "transformers"):  # an HTTP backend's own checks (a transformers one: its model)
             make_judge(dataclasses.replace(judge_cfg, use_cache=False), cache_path=None)
     except ValueError as e:
         raise CLIError(str(e)) from None

@@ -1,0 +1,81 @@
+"""The judge's settings and the prompting baseline's cue + prompt are refused before the expensive work:
+a transformers judge whose local folder is missing, a --judge-thinking or --judge-reasoning-effort a
+transformers judge takes none of (`autointerp.config.check_judge`), before the model loads; steer-eval's
+--cue before each prompt over the model's context, before the judge loads and before any generation
+(`steering.baselines.check_prompting_fits`). Driven through `saesteer ...` with the loaders counted
+(test_early_refusals' fixtures), and through `steering.compare_methods` (the notebook's steer-eval).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers.real_cli import saesteer
+from test_early_refusals import LONG, MODEL, judge_folder, loads, refused, ws  # noqa: F401 (the fixtures)
+
+pytestmark = [pytest.mark.usefixtures("offline_env")]
+
+
+def _run(command, ws, tmp_path, *judge):
+    built, sae, _ = ws
+    extra = ["--cue", "the sea"] if command == "steer-eval" else ["--out", tmp_path / "sweeps"]
+    return saesteer(command, "--sae", sae, "--store", built.path, "--model", MODEL, "--latent", 3,
+                    "--concept", "the sea", "--judge-backend", "transformers", *judge, *extra, "--no-progress")
+
+
+@pytest.mark.parametrize("command", ["sweep", "steer-eval"])
+def test_a_transformers_judge_whose_folder_is_missing_is_refused_before_the_model(ws, loads, tmp_path, command):
+    missing = tmp_path / "no-such-judge"
+    r = _run(command, ws, tmp_path, "--judge-model", missing)
+    refused(r, "--judge-model", f"model directory {str(missing)!r} does not exist")
+    empty = tmp_path / "empty-judge"
+    empty.mkdir()
+    r = _run(command, ws, tmp_path, "--judge-model", empty)
+    refused(r, "--judge-model", "is a directory without config.json")
+    assert loads == [] and not list(tmp_path.rglob("*judge-cache*"))
+
+
+@pytest.mark.parametrize("command", ["sweep", "steer-eval"])
+@pytest.mark.parametrize("flag, value, words", [
+    ("--judge-thinking", "adaptive", "is sent to Anthropic's Messages API: give --judge-backend anthropic"),
+    ("--judge-reasoning-effort", "low", "a transformers judge takes none: leave it empty"),
+])
+def test_a_setting_a_transformers_judge_takes_none_of_is_refused_before_the_model(ws, loads, tmp_path, command,
+                                                                                  flag, value, words):
+    r = _run(command, ws, tmp_path, "--judge-model", judge_folder(tmp_path), flag, value)
+    refused(r, flag, words)
+    assert loads == []
+
+
+def test_a_transformers_judge_in_its_folder_still_loads_after_the_model(ws, loads, tmp_path):
+    r = _run("steer-eval", ws, tmp_path, "--judge-model", judge_folder(tmp_path))
+    refused(r, "a transformers judge is not loaded in these tests")
+    assert loads == ["model", "judge"]
+
+
+def test_steer_eval_cue_before_a_prompt_over_the_context_is_refused_before_the_judge(ws, loads, tmp_path):
+    """Each prompt fits alone; the prompting baseline's cue before it does not: said once the model has
+    loaded (its tokenizer counts), before the judge loads and before the first generation."""
+    built, sae, _ = ws
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("the sea and the ship\nCafé au lait, 東京の港 .\n")
+    r = saesteer("steer-eval", "--sae", sae, "--store", built.path, "--model", MODEL, "--latent", 3,
+                 "--concept", "the sea", "--judge-backend", "transformers", "--judge-model", judge_folder(tmp_path),
+                 "--cue", LONG, "--prompts-file", prompts, "--max-new-tokens", 8, "--no-progress")
+    refused(r, "the prompting baseline (the cue before each prompt): prompt 2 of 2", "--max-new-tokens (8)",
+            "exceeds the model's context of 64", "a shorter cue fits too")
+    assert "[steer-eval]" not in r.err  # no method ran
+    assert loads == ["model"]
+
+
+def test_compare_methods_refuses_an_overlong_cue_before_generating(ws, monkeypatch):
+    import steering.methods
+    from saesteer.toyscore import toy_scorer
+    from steering.config import GenerationConfig
+    from steering.spec import SteeringError
+
+    built = ws[0]
+    monkeypatch.setattr(steering.methods, "generate", lambda *a, **kw: pytest.fail("generated first"))
+    with pytest.raises(SteeringError, match=r"^the prompting baseline \(the cue before each prompt\): the prompt"):
+        steering.methods.compare_methods(built.model, built.sae, toy_scorer("ocean"), prompts=["the sea"],
+                                         latents=[3], cue=LONG, gen_config=GenerationConfig(max_new_tokens=8))
