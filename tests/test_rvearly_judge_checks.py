@@ -79,3 +79,40 @@ def test_compare_methods_refuses_an_overlong_cue_before_generating(ws, monkeypat
     with pytest.raises(SteeringError, match=r"^the prompting baseline \(the cue before each prompt\): the prompt"):
         steering.methods.compare_methods(built.model, built.sae, toy_scorer("ocean"), prompts=["the sea"],
                                          latents=[3], cue=LONG, gen_config=GenerationConfig(max_new_tokens=8))
+
+
+@pytest.mark.parametrize("command", ["serve", "api"])
+def test_serve_refuses_a_file_that_is_no_store_before_the_model(loads, tmp_path, command):
+    notes = tmp_path / "notes.db"
+    notes.write_text("Ça va? 東京の天気は晴れ。\n")
+    r = saesteer(command, "--store", notes, "--model", MODEL, "--port", 0)
+    refused(r, str(notes))
+    assert loads == []
+
+
+@pytest.mark.parametrize("command", ["serve", "api"])
+def test_serve_refused_after_taking_the_port_gives_it_back(ws, tmp_path, monkeypatch, command):
+    """The port is taken before the model loads; a model that cannot load is refused after that, and
+    the socket is closed then (not left to the garbage collector: no ResourceWarning), so the port is
+    free at once."""
+    import gc
+    import socket
+    import warnings
+
+    from saesteer import models
+
+    def no_model(*a, **kw):
+        raise OSError("model directory 'gone' does not exist")
+
+    monkeypatch.setattr(models, "load_model", no_model)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        r = saesteer(command, "--store", ws[0].path, "--model", "gone", "--port", port)
+        gc.collect()
+    refused(r, "model directory 'gone' does not exist")
+    assert [w for w in seen if issubclass(w.category, ResourceWarning)] == []
+    with socket.socket() as again:
+        again.bind(("127.0.0.1", port))  # free: no socket of ours listens there
