@@ -116,3 +116,25 @@ def test_serve_refused_after_taking_the_port_gives_it_back(ws, tmp_path, monkeyp
     assert [w for w in seen if issubclass(w.category, ResourceWarning)] == []
     with socket.socket() as again:
         again.bind(("127.0.0.1", port))  # free: no socket of ours listens there
+
+
+@pytest.mark.parametrize("command", ["sweep", "eval", "train"])
+@pytest.mark.parametrize("kind", ["under a file", "a link to nothing"])
+def test_an_out_folder_that_cannot_be_made_is_refused_before_the_model(ws, loads, tmp_path, command, kind):
+    """An --out the command would make (with its parents) after the work: one under a file, or a
+    link to a folder that is gone, was a bare OSError once the model had loaded (or after the run)."""
+    built, sae, _ = ws
+    notes = tmp_path / "notes.txt"
+    notes.write_text("Ça va? 東京の天気は晴れ。\ndef parse(line):\n    return line.split()\n")
+    if kind == "under a file":
+        out, bad, what = notes / "runs", notes, "a file"
+    else:
+        out = bad = tmp_path / "runs"
+        out.symlink_to(tmp_path / "moved-away")
+        what = "a link to nothing"
+    argv = {"sweep": ["sweep", "--sae", sae, "--store", built.path, "--latent", 3, "--topic", "ocean"],
+            "eval": ["eval", "--sae", sae],
+            "train": ["train", "--dataset", notes, "--architecture", "topk", "--d-sae", 64, "--k", 4]}[command]
+    r = saesteer(*argv, "--model", MODEL, "--out", out, "--no-progress")
+    refused(r, f"--out {out}: {bad} is {what}, not a folder", "give a folder")
+    assert loads == []

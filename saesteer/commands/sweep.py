@@ -194,8 +194,7 @@ def _run(args, model=None) -> int:
 def _prepare(args):
     """(sweep, generation and limit configs, the prompts), after the checks of the flags alone (the
     scoring's too: `_check_scoring`)."""
-    from pathlib import Path
-
+    from saesteer.commands._out import check_out_folder
     from saesteer.commands._steering import CLIError, read_prompts
     from saesteer.configargs import dataclass_from_args
     from steering.config import GenerationConfig, SweepConfig
@@ -208,9 +207,10 @@ def _prepare(args):
         raise CLIError(f"--samples must be positive, got {args.samples}")
     if args.save_strength and args.store is None:
         raise CLIError("--save-strength writes into a feature store; give --store FILE")
-    if Path(args.out).exists() and not Path(args.out).is_dir():  # found when writing, after every generation
-        raise CLIError(f"--out {args.out} is a file; the sweep writes sweep_<sae>_<latent>.html and .json into a "
-                       f"folder: give a folder")
+    try:  # found when writing, after every generation
+        check_out_folder(args.out, "the sweep writes sweep_<sae>_<latent>.html and .json into a folder")
+    except ValueError as e:
+        raise CLIError(str(e)) from None
     prompts = read_prompts(args) or [""]
     if args.samples > 1 and not gen_cfg.do_sample:
         raise CLIError("--samples > 1 needs sampling (--do-sample true); greedy generations would all be the same")
