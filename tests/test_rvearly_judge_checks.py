@@ -138,3 +138,49 @@ def test_an_out_folder_that_cannot_be_made_is_refused_before_the_model(ws, loads
     r = saesteer(*argv, "--model", MODEL, "--out", out, "--no-progress")
     refused(r, f"--out {out}: {bad} is {what}, not a folder", "give a folder")
     assert loads == []
+
+
+def _tables(path):
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    try:
+        return ({row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")},
+                db.execute("PRAGMA journal_mode").fetchone()[0])
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("command", ["sweep", "steer-eval"])
+def test_a_judge_cache_path_naming_the_store_is_refused_before_the_model_and_left_alone(ws, loads, tmp_path,
+                                                                                       command):
+    """--judge-cache-path given the feature store (another SQLite file): refused before the model loads,
+    and nothing written into it (the cache's tables and WAL mode were, before the cache refused it)."""
+    import shutil
+
+    built, sae, _ = ws
+    store = tmp_path / "store.db"
+    shutil.copy(built.path, store)
+    before = _tables(store)
+    extra = ["--cue", "the sea"] if command == "steer-eval" else ["--out", tmp_path / "sweeps"]
+    r = saesteer(command, "--sae", sae, "--store", store, "--model", MODEL, "--latent", 3, "--concept", "the sea",
+                 "--judge-model", "gpt-judge", "--judge-base-url", "http://127.0.0.1:9/v1",
+                 "--judge-cache-path", store, *extra, "--no-progress")
+    refused(r, f"{store} is not a saesteer judge cache (its tables: ", "point --judge-cache-path at another file")
+    assert loads == [] and _tables(store) == before
+
+
+def test_the_response_cache_writes_nothing_into_a_file_of_another_kind(ws, tmp_path):
+    import shutil
+
+    from autointerp.cache import ResponseCache
+
+    store = tmp_path / "store.db"
+    shutil.copy(ws[0].path, store)
+    before = _tables(store)
+    with pytest.raises(ValueError, match="is not a saesteer judge cache"):
+        ResponseCache(store)
+    assert _tables(store) == before
+    cache = ResponseCache(tmp_path / "judge-cache.sqlite")  # a new file, and the same one again, are taken
+    cache.close()
+    ResponseCache(tmp_path / "judge-cache.sqlite").close()

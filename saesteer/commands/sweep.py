@@ -120,12 +120,16 @@ def _check_scoring(args):
     if args.topic is not None:
         toy_scorer(args.topic, args.toy_grammar)  # an unknown topic is refused here
         return None
+    from autointerp.cache import check_cache_file
     from autointerp.config import JudgeConfig, check_judge, make_judge
     from saesteer.configargs import dataclass_from_args
 
     try:
         judge_cfg = dataclass_from_args(JudgeConfig, args, prefix="judge_")
         backend = check_judge(judge_cfg)[0]  # its settings, a transformers judge's folder: nothing loaded
+        cache_path = judge_cfg.cache_path or _judge_cache_path(args, args.store)
+        if backend != "offline" and judge_cfg.use_cache and cache_path is not None:
+            check_cache_file(cache_path)  # a file of another kind given as the cache (e.g. the store)
         if backend not in ("offline", "transformers"):  # an HTTP backend's own checks (a transformers one: its model)
             make_judge(dataclasses.replace(judge_cfg, use_cache=False), cache_path=None)
     except ValueError as e:
