@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ResponseCache", "CachedResponse", "request_key"]
+__all__ = ["ResponseCache", "CachedResponse", "check_cache_file", "request_key"]
 
 
 def request_key(request: dict[str, Any]) -> str:
@@ -62,12 +62,39 @@ CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 _FORMAT = "saesteer-judge-cache-1"
 
 
+def check_cache_file(path: str | os.PathLike) -> None:
+    """Refuse (ValueError) a file at `path` that is no judge response cache, by reading it only: a
+    command says so before its model loads, and `ResponseCache` before it writes its tables (and WAL
+    mode) into another SQLite file given as the cache, such as a feature store. No file: nothing to say."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; the judge response cache is one file: point --judge-cache-path at a file")
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    try:
+        db = sqlite3.connect(str(path))
+        try:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            fmt = db.execute("SELECT v FROM meta WHERE k='format'").fetchone() if {"responses", "meta"} <= tables else None
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as e:
+        raise ValueError(f"{path}: cannot open the judge response cache ({e}); "
+                         "delete it or choose another --judge-cache-path") from None
+    if tables and "responses" not in tables:
+        raise ValueError(f"{path} is not a saesteer judge cache (its tables: {', '.join(sorted(tables)[:4])}"
+                         f"{', ...' if len(tables) > 4 else ''}); point --judge-cache-path at another file")
+    if fmt is not None and fmt[0] != _FORMAT:
+        raise ValueError(f"{path}: not a saesteer judge cache (format {fmt[0]!r}); point --judge-cache-path at another file")
+
+
 class ResponseCache:
     """`get(key)` / `put(key, model, response)`; thread-safe; `path=None` keeps it in memory."""
 
     def __init__(self, path: str | os.PathLike | None) -> None:
         self.path = Path(path) if path is not None else None
         if self.path is not None:
+            check_cache_file(self.path)  # before anything is written into a file of another kind
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(self.path) if self.path else ":memory:", check_same_thread=False)
@@ -83,11 +110,11 @@ class ResponseCache:
                     self._db.execute("INSERT INTO meta VALUES ('format', ?)", (_FORMAT,))
             elif row[0] != _FORMAT:
                 raise ValueError(f"{self.path}: not a saesteer judge cache (format {row[0]!r}); "
-                                 "point --cache-path at another file")
+                                 "point --judge-cache-path at another file")
         except sqlite3.DatabaseError as e:
             self._db.close()
             raise ValueError(f"{self.path}: cannot open the judge response cache ({e}); "
-                             "delete it or choose another --cache-path") from None
+                             "delete it or choose another --judge-cache-path") from None
         self.hits = 0
         self.misses = 0
 

@@ -224,6 +224,38 @@ def resolve_backend(cfg: JudgeConfig, env: Mapping[str, str] | None = None) -> t
     return backend, model
 
 
+def check_judge(cfg: JudgeConfig, env: Mapping[str, str] | None = None) -> tuple[str, str | None]:
+    """(backend, model) of `cfg` (`resolve_backend`) after the checks of the judge's settings that make
+    nothing (no model loaded, no file, nothing sent): settings its backend takes none of, and a
+    transformers judge's local folder that is not there. A command runs it before it loads its own model;
+    `make_judge` runs it too. An API key an HTTP backend lacks is its constructor's check."""
+    backend_name, model = resolve_backend(cfg, env)
+    if backend_name == "offline":
+        return backend_name, model
+    _check(backend_name == "anthropic" or not cfg.thinking,
+           "JudgeConfig.thinking (--judge-thinking) is sent to Anthropic's Messages API: give --judge-backend anthropic, "
+           "or leave it empty")
+    if backend_name == "anthropic":
+        _check(cfg.response_format == "text", "JudgeConfig.response_format json_object (--judge-response-format) is "
+               "OpenAI's JSON mode; Anthropic's Messages API has none: leave it text")
+        _check(cfg.max_tokens_param == "max_tokens", "JudgeConfig.max_tokens_param (--judge-max-tokens-param) names "
+               "OpenAI's output-limit parameter; Anthropic's Messages API takes max_tokens: leave it max_tokens")
+        _check(cfg.temperature == 0.0, "JudgeConfig.temperature (--judge-temperature): Anthropic's Messages API (version "
+               "2026-10-21) takes no temperature on any Claude model; leave it unset (answers are sampled)")
+    elif backend_name == "transformers":
+        from saes.devices import check_device
+        from saesteer.models import resolve_spec
+
+        _check(not cfg.reasoning_effort, "JudgeConfig.reasoning_effort (--judge-reasoning-effort) is sent to an "
+               "OpenAI-compatible server or Anthropic's API; a transformers judge takes none: leave it empty")
+        check_device(cfg.device, field="judge_device")
+        try:  # a local folder missing, or without config.json: --model's rule (a hub name is not looked up here)
+            resolve_spec(model)
+        except FileNotFoundError as e:
+            raise ValueError(f"JudgeConfig.model (--judge-model): {e}") from None
+    return backend_name, model
+
+
 def make_judge(cfg: JudgeConfig, *, cache_path: Path | None, budget=None, env: Mapping[str, str] | None = None,
                sleep=None) -> "Judge | None":
     """A ready `Judge` for the configured backend, or None for the offline labeller.
@@ -235,12 +267,9 @@ def make_judge(cfg: JudgeConfig, *, cache_path: Path | None, budget=None, env: M
     from .judge import Judge, RetryPolicy
 
     env = os.environ if env is None else env
-    backend_name, model = resolve_backend(cfg, env)
+    backend_name, model = check_judge(cfg, env)
     if backend_name == "offline":
         return None
-    _check(backend_name == "anthropic" or not cfg.thinking,
-           "JudgeConfig.thinking (--judge-thinking) is sent to Anthropic's Messages API: give --judge-backend anthropic, "
-           "or leave it empty")
     if backend_name == "openai":
         backend = OpenAIBackend(
             model,
@@ -253,19 +282,11 @@ def make_judge(cfg: JudgeConfig, *, cache_path: Path | None, budget=None, env: M
     elif backend_name == "anthropic":
         from .anthropic_messages import AnthropicBackend
 
-        _check(cfg.response_format == "text", "JudgeConfig.response_format json_object (--judge-response-format) is "
-               "OpenAI's JSON mode; Anthropic's Messages API has none: leave it text")
-        _check(cfg.max_tokens_param == "max_tokens", "JudgeConfig.max_tokens_param (--judge-max-tokens-param) names "
-               "OpenAI's output-limit parameter; Anthropic's Messages API takes max_tokens: leave it max_tokens")
-        _check(cfg.temperature == 0.0, "JudgeConfig.temperature (--judge-temperature): Anthropic's Messages API (version "
-               "2026-10-21) takes no temperature on any Claude model; leave it unset (answers are sampled)")
         backend = AnthropicBackend(
             model, base_url=cfg.base_url, api_key=cfg.api_key, timeout_s=cfg.timeout_s,
             reasoning_effort=cfg.reasoning_effort, thinking=cfg.thinking, thinking_budget=cfg.reasoning_tokens, env=env,
         )
     else:
-        _check(not cfg.reasoning_effort, "JudgeConfig.reasoning_effort (--judge-reasoning-effort) is sent to an "
-               "OpenAI-compatible server or Anthropic's API; a transformers judge takes none: leave it empty")
         # a local folder as `~/models/x` (--judge-model=~/..., quoted, a config file): the home folder,
         # as --model's is, not a hub name
         backend = TransformersBackend.from_pretrained(os.path.expanduser(model), device=cfg.device)

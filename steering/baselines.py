@@ -18,6 +18,7 @@ from steering.activations import mean_hook_activation
 from steering.spec import Positions, SteeringError, VectorEdit
 
 if TYPE_CHECKING:
+    from steering.config import GenerationConfig
     from steering.inputs import Model
 
 
@@ -63,3 +64,17 @@ def prompting_baseline(prompts: Sequence[str], cue: str | Callable[[str], str], 
     if not isinstance(cue, str) or not cue.strip():
         raise SteeringError("the prompting cue must be a non-empty string or a function prompt -> prompt")
     return [cue.rstrip() + separator + p.lstrip() if p else cue for p in prompts]
+
+
+def check_prompting_fits(model: Model, prompts: Sequence[str], cue: str | Callable[[str], str],
+                         config: GenerationConfig) -> None:
+    """The prompting baseline's prompts (`prompting_baseline`: the cue before each) checked against
+    the model's context (`steering.generation.check_prompts_fit`): a comparison generates them last,
+    after every other method has run."""
+    from steering.generation import check_prompts_fit
+
+    try:
+        check_prompts_fit(model, prompting_baseline(prompts, cue), config)
+    except SteeringError as e:
+        raise SteeringError(f"the prompting baseline (the cue before each prompt): {e.message} (the cue's tokens "
+                            f"included: a shorter cue fits too)", field=e.field) from None

@@ -290,7 +290,7 @@ def compare_methods(
     `say` is told each step as it starts; `progress` draws bars (stderr) over the contrast search's
     prompts and each dev sweep (the names `evals.run.evaluate_saes` uses)."""
     from saes.interop import as_sae
-    from steering.baselines import prompting_baseline
+    from steering.baselines import check_prompting_fits, prompting_baseline
     from steering.resolve import check_models, sae_hook_name
 
     sae = as_sae(sae)  # a sae_lens.SAE object: converted to ours
@@ -305,6 +305,8 @@ def compare_methods(
     base_cfg = with_sae_bos(gen_config or GenerationConfig(max_new_tokens=32, do_sample=True, stop_at_eos=False), sae)
     run = _Comparison(model, sae, scorer, cfg, prompts, list(test_prompts or prompts), base_cfg, typical_max,
                       with_perplexity, allow_model_mismatch, progress)
+    if cue is not None:  # generated last: an overlong cue + prompt is said before the other methods run
+        check_prompting_fits(model, run.test_prompts, cue, base_cfg)
     say = say or (lambda msg: None)
     hook = sae_hook_name(sae)
     picks: dict[str, MethodPick] = {}

@@ -72,8 +72,17 @@ def refused(r, *words) -> str:
     return err
 
 
+def judge_folder(tmp_path):
+    """A local judge checkpoint folder as `save_pretrained` leaves it: only its config.json is read
+    before the judge loads (`autointerp.config.check_judge`); the load itself is counted (`loads`)."""
+    folder = tmp_path / "judge-model"
+    folder.mkdir(exist_ok=True)
+    (folder / "config.json").write_text('{"model_type": "llama"}\n')
+    return folder
+
+
 def _judges(tmp_path):
-    return {"transformers": ["--judge-backend", "transformers", "--judge-model", str(tmp_path / "judge-model")],
+    return {"transformers": ["--judge-backend", "transformers", "--judge-model", str(judge_folder(tmp_path))],
             "openai": ["--judge-model", "gpt-judge", "--judge-base-url", "http://127.0.0.1:9/v1"]}
 
 

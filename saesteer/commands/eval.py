@@ -106,8 +106,10 @@ def _run(args) -> int:
     from saes.devices import refuse_mps_float64
 
     refuse_mps_float64(device, "evaluation")
-    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():  # found when writing, after the evaluation
-        raise ValueError(f"--out {args.out} is a file; eval writes eval.json and eval.html into a folder: give a folder")
+    if args.out:  # found when writing, after the evaluation
+        from saesteer.commands._out import check_out_folder
+
+        check_out_folder(args.out, "eval writes eval.json and eval.html into a folder")
     if getattr(args, "dataset", None) and not args.cache:  # the flags' text, read as given: its files and split
         from training.text import resolve_data
 

@@ -111,17 +111,20 @@ def _configs(args):
 
 
 def _check_stores(args) -> None:
-    """What the flags refuse of the stores: a --store that is no file, a --sae count not one per --store."""
+    """What the flags refuse of the stores: a --store that is no file or no feature store (opened and
+    closed: a file of another kind is said before the model loads), a --sae count not one per --store."""
     import os
 
-    from saesteer.web.launch import check_sae_dirs
+    from features import StoreError
+    from saesteer.web.launch import check_sae_dirs, recorded_models
 
     for p in args.store:
         if not os.path.isfile(p):
             raise _Refused(f"no feature store at {p}; build one with `saesteer features build`")
     try:
         check_sae_dirs(args.sae, args.store)
-    except ValueError as e:
+        recorded_models(args.store)
+    except (ValueError, StoreError) as e:
         raise _Refused(e) from None
 
 

@@ -112,6 +112,7 @@ def _run(args, model=None) -> int:
     from saes.hookpoints import model_device
     from saesteer.commands._steering import CLIError, store_hook, load_model, load_saes, open_store, read_prompts
     from saesteer.commands.sweep import _check_judgements, _check_scoring, _close, _scorer
+    from steering.baselines import check_prompting_fits
     from steering.generation import check_prompts_fit, with_sae_bos
     from steering.resolve import check_latent_index
 
@@ -136,6 +137,8 @@ def _run(args, model=None) -> int:
             model = load_model(args, loaded, store)
         gen_cfg = with_sae_bos(gen_cfg, loaded)  # the BOS the SAE was trained with (saes.bos), unless --prepend-bos
         check_prompts_fit(model, prompts, gen_cfg)  # each prompt once, before --samples repeats it
+        if cue is not None:  # the prompting baseline's cue + prompt, before the judge loads
+            check_prompting_fits(model, prompts, cue, gen_cfg)
         scorer, judge = _scorer(args, args.store)
         sae = sae.to(model_device(model))
         card = _compare(args, cfg, gen_cfg, model, name, sae, scorer, link, prompts=[p for p in prompts for _ in

@@ -106,9 +106,10 @@ def _judge_cache_path(args, store_path):
 
 def _check_scoring(args):
     """The scoring flags, checked before anything loads: one of --topic (a known toy-world topic) and
-    --concept (a judge that can rate: its backend's own checks, e.g. an API key, run on a judge made
-    without a cache, so no file is left by a run refused later). The --concept judge's config; None
-    for --topic. `_scorer` makes the real judge once the model has loaded."""
+    --concept (a judge that can rate: its settings and a transformers judge's folder,
+    `autointerp.config.check_judge`; an HTTP backend's own checks, e.g. an API key, run on a judge
+    made without a cache, so no file is left by a run refused later). The --concept judge's config;
+    None for --topic. `_scorer` makes the real judge once the model has loaded."""
     import dataclasses
 
     from saesteer.commands._steering import CLIError
@@ -119,13 +120,17 @@ def _check_scoring(args):
     if args.topic is not None:
         toy_scorer(args.topic, args.toy_grammar)  # an unknown topic is refused here
         return None
-    from autointerp.config import JudgeConfig, make_judge, resolve_backend
+    from autointerp.cache import check_cache_file
+    from autointerp.config import JudgeConfig, check_judge, make_judge
     from saesteer.configargs import dataclass_from_args
 
     try:
         judge_cfg = dataclass_from_args(JudgeConfig, args, prefix="judge_")
-        backend = resolve_backend(judge_cfg)[0]
-        if backend not in ("offline", "transformers"):  # a transformers judge would load its model here
+        backend = check_judge(judge_cfg)[0]  # its settings, a transformers judge's folder: nothing loaded
+        cache_path = judge_cfg.cache_path or _judge_cache_path(args, args.store)
+        if backend != "offline" and judge_cfg.use_cache and cache_path is not None:
+            check_cache_file(cache_path)  # a file of another kind given as the cache (e.g. the store)
+        if backend not in ("offline", "transformers"):  # an HTTP backend's own checks (a transformers one: its model)
             make_judge(dataclasses.replace(judge_cfg, use_cache=False), cache_path=None)
     except ValueError as e:
         raise CLIError(str(e)) from None
@@ -193,8 +198,7 @@ def _run(args, model=None) -> int:
 def _prepare(args):
     """(sweep, generation and limit configs, the prompts), after the checks of the flags alone (the
     scoring's too: `_check_scoring`)."""
-    from pathlib import Path
-
+    from saesteer.commands._out import check_out_folder
     from saesteer.commands._steering import CLIError, read_prompts
     from saesteer.configargs import dataclass_from_args
     from steering.config import GenerationConfig, SweepConfig
@@ -207,9 +211,10 @@ def _prepare(args):
         raise CLIError(f"--samples must be positive, got {args.samples}")
     if args.save_strength and args.store is None:
         raise CLIError("--save-strength writes into a feature store; give --store FILE")
-    if Path(args.out).exists() and not Path(args.out).is_dir():  # found when writing, after every generation
-        raise CLIError(f"--out {args.out} is a file; the sweep writes sweep_<sae>_<latent>.html and .json into a "
-                       f"folder: give a folder")
+    try:  # found when writing, after every generation
+        check_out_folder(args.out, "the sweep writes sweep_<sae>_<latent>.html and .json into a folder")
+    except ValueError as e:
+        raise CLIError(str(e)) from None
     prompts = read_prompts(args) or [""]
     if args.samples > 1 and not gen_cfg.do_sample:
         raise CLIError("--samples > 1 needs sampling (--do-sample true); greedy generations would all be the same")

@@ -292,11 +292,14 @@ def run(args) -> int:
     if not out:
         print_error("--out is required (the folder for checkpoints, SAEs and metrics)")
         return 2
+    from saesteer.commands._out import check_out_folder
     from training.distributed import init_from_env, launched_by_torchrun, shutdown
     from training.run import lock_run_dir
 
-    if Path(out).exists() and not Path(out).is_dir():  # found when the folder is made, after the model loaded
-        print_error(f"--out {out} is a file; training writes a folder (checkpoints, SAEs, metrics): give a folder")
+    try:  # found when the folder is made, after the model loaded
+        check_out_folder(out, "training writes a folder (checkpoints, SAEs, metrics)")
+    except ValueError as e:
+        print_error(e)
         return 2
     if Path(out).is_dir() and not launched_by_torchrun():  # another run in the folder: said before loading a model
         lock_run_dir(Path(out)).refuse_if_held()
