@@ -57,6 +57,7 @@ from features.windowtexts import WindowTexts
 from saes.fileio import atomic_path, fsync_dir
 from saes.formats.base import sae_of
 from saes.interop import as_sae
+from saes.threads import torch_threads
 
 STATE_SUFFIX = ".state.safetensors"
 BUILDING_SUFFIX = ".building"  # the store while it is built (`building_path`)
@@ -388,8 +389,9 @@ def _write(store: FeatureStore, sae, source, cfg: BuildConfig, res: PassResult, 
         if b in done:
             continue
         f1 = min(F, f0 + cfg.write_block)
-        rows = _block_rows(f0, f1, res, dec_norm, dec_nb, co_nb, corr, logits, links, source, tokenizer, before, W,
-                           window_texts)
+        with torch_threads(1):  # many small tensor ops: a second thread only spins (benchmarks/RESULTS.md)
+            rows = _block_rows(f0, f1, res, dec_norm, dec_nb, co_nb, corr, logits, links, source, tokenizer, before, W,
+                               window_texts)
         store.write_feature_block(b, f0, f1, *rows)
         event("block", {"block": b, "first": f0, "end": f1})
 
