@@ -351,9 +351,10 @@ def _write(store: FeatureStore, sae, source, cfg: BuildConfig, res: PassResult, 
     dec_norm = W_dec.norm(dim=1)
     dec_nb = decoder_neighbours(W_dec, cfg.n_neighbours)
     sample = CoactSample(res.coact_lat_FQK, res.coact_n_F, res.n_fires_F)
-    co_nb = coact_neighbours(sample, cfg.n_neighbours)
-    corr = activation_correlations(sample, res.coact_val_FQK, res.coact_self_FQ, res.sum_F, res.sumsq_F, res.n_rows,
-                                   cfg.n_neighbours)
+    with torch_threads(1):  # sorts and scatters of sampled pairs: a second thread only spins (benchmarks/RESULTS.md)
+        co_nb = coact_neighbours(sample, cfg.n_neighbours)
+        corr = activation_correlations(sample, res.coact_val_FQK, res.coact_self_FQ, res.sum_F, res.sumsq_F, res.n_rows,
+                                       cfg.n_neighbours)
     logits = None
     if model is not None and getattr(model, "W_U", None) is not None:
         # what the decoder writes, where it writes it (a transcoder: its target hook; none recorded: no effects)
