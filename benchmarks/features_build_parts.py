@@ -3,14 +3,16 @@
     python benchmarks/features_build_parts.py build --sae SAE --cache CACHE [--model M] --out X.db --overwrite --no-progress
         the CLI command; prints RESULT {json}: process CPU seconds of the whole command, of the store
         write (features.build._write: relations, then blocks), of the blocks' rows (_block_rows, example
-        texts included), of the example texts and of the SQLite block writes; peak RSS
+        texts included), of the example texts and of the SQLite block writes; wall seconds of the
+        command, of the store write and of the relations' logit effects; peak RSS
     python benchmarks/features_build_parts.py pass SAE CACHE HOOK
         the pass alone (FeatureAccumulator.update over the cache's batches, 1 torch thread): PASS {json}
     python benchmarks/features_build_parts.py compare --tree old=DIR --tree new=DIR \
             --shape mid=SAE,CACHE,MODEL [--shape big=...] --rounds 3 [--rounds-for big=1] --work DIR
         `build` of every shape by every tree (PYTHONPATH=DIR), rounds interleaved (each run under
         `flock /work/wt/bench.lock`); then per shape and tree the medians, the store's bytes per table
-        (SQLite's dbstat) and whether the stores read the same (`examples` and the other tables, hashed):
+        (SQLite's dbstat) and whether the stores read the same (`examples` and the other tables, hashed;
+        with schema 3 the windows and example_refs tables themselves, ids included, and the search text):
         a markdown table, and the raw figures as JSON in --work
 
 Run it from the tree to measure (PYTHONPATH=TREE), each run under `flock /work/wt/bench.lock`,
@@ -24,17 +26,21 @@ import sys
 import time
 
 T: collections.Counter = collections.Counter()
+T0 = time.perf_counter()  # the process's start, near enough: wall seconds of the command with its imports
 
 
-def wrap(owner, name: str, key: str) -> None:
+def wrap(owner, name: str, key: str, wall: bool = False) -> None:
+    """Time owner.name: process CPU seconds into T[key] (with `wall`, wall seconds into T[key_wall])."""
     f = getattr(owner, name)
 
     def timed(*a, **k):
-        c = time.process_time()
+        c, w = time.process_time(), time.perf_counter()
         try:
             return f(*a, **k)
         finally:
             T[key] += time.process_time() - c
+            if wall:
+                T[key.replace("_cpu_s", "_wall_s")] += time.perf_counter() - w
 
     setattr(owner, name, timed)
 
@@ -44,7 +50,7 @@ def build(argv: list[str]) -> int:
     from features.store import FeatureStore
     from saesteer.cli import main
 
-    wrap(fb, "_write", "write_cpu_s")
+    wrap(fb, "_write", "write_cpu_s", wall=True)
     wrap(fb, "_block_rows", "block_rows_cpu_s")
     if hasattr(fb, "WindowTexts"):
         wrap(fb.WindowTexts, "get", "texts_cpu_s")
@@ -52,10 +58,11 @@ def build(argv: list[str]) -> int:
         wrap(fb, "token_texts", "texts_cpu_s")
     wrap(FeatureStore, "write_feature_block", "sqlite_cpu_s")
     for name in ("decoder_neighbours", "coact_neighbours", "activation_correlations", "logit_effects"):
-        wrap(fb, name, f"{name}_cpu_s")  # the relations, before the blocks
+        wrap(fb, name, f"{name}_cpu_s", wall=name == "logit_effects")  # the relations, before the blocks
     rc = main(["features", "build", *argv])
     ru = resource.getrusage(resource.RUSAGE_SELF)
-    print("RESULT", json.dumps({**T, "cpu_s": ru.ru_utime + ru.ru_stime, "rss_mb": ru.ru_maxrss / 1024}), flush=True)
+    print("RESULT", json.dumps({**T, "cpu_s": ru.ru_utime + ru.ru_stime, "wall_s": time.perf_counter() - T0,
+                                "rss_mb": ru.ru_maxrss / 1024}), flush=True)
     return rc
 
 
@@ -86,6 +93,8 @@ PARTS = [("whole `features build`", "cpu_s"), ("store write (`_write`)", "write_
          ("... activation correlations", "activation_correlations_cpu_s"),
          ("... rows of the blocks (`_block_rows`)", "block_rows_cpu_s"), ("... ... example texts", "texts_cpu_s"),
          ("... SQLite block writes", "sqlite_cpu_s")]
+WALL = [("whole `features build`", "wall_s"), ("store write (`_write`)", "write_wall_s"),
+        ("... logit effects", "logit_effects_wall_s")]
 
 
 def store_figures(db: str) -> dict:
@@ -102,7 +111,10 @@ def store_figures(db: str) -> dict:
         per["feature_fts" if t.startswith("feature_fts") else t] += size
     digest = {}
     for table, order in (("examples", "id"), ("features", "latent"), ("neighbours", "latent, kind, rank"),
-                         ("correlations", "latent, rank"), ("logit_effects", "latent, kind, rank"), ("vocab", "token_id")):
+                         ("correlations", "latent, rank"), ("logit_effects", "latent, kind, rank"), ("vocab", "token_id"),
+                         ("windows", "id"), ("example_refs", "id"), ("feature_fts", "rowid")):
+        if table not in owner:  # schema 2: no windows, example_refs
+            continue
         h = hashlib.sha256()
         for row in con.execute(f"SELECT * FROM {table} ORDER BY {order}"):
             h.update(repr(row).encode())
@@ -161,6 +173,8 @@ def compare(argv: list[str]) -> int:
 
     for label, key in PARTS:
         print(f"| {label} (CPU s) | " + " | ".join(f"{v:.1f}" for v in med(key)) + " |")
+    for label, key in WALL:
+        print(f"| {label} (wall s) | " + " | ".join(f"{v:.1f}" for v in med(key)) + " |")
     print("| peak RSS MB | " + " | ".join(f"{v:,.0f}" for v in med("rss_mb")) + " |")
     print("| store MB | " + " | ".join(f"{stores[c]['bytes'] / 1e6:,.1f}" for c in cols) + " |")
     print("| KB per latent | " + " | ".join(f"{stores[c]['bytes'] / 1e3 / max(1, stores[c]['latents']):,.1f}" for c in cols) + " |")
@@ -168,7 +182,8 @@ def compare(argv: list[str]) -> int:
     for t in tables[:8]:
         print(f"| ... {t} MB | " + " | ".join(f"{stores[c]['tables'].get(t, 0) / 1e6:,.1f}" for c in cols) + " |")
     for shape in shapes:
-        hashes = {t: stores[shape, t]["hash"] for t in trees}
+        common = set.intersection(*(set(stores[shape, t]["hash"]) for t in trees))  # tables every tree's store has
+        hashes = {t: {k: v for k, v in stores[shape, t]["hash"].items() if k in common} for t in trees}
         same = all(h == next(iter(hashes.values())) for h in hashes.values())
         print(f"{shape}: {stores[shape, next(iter(trees))]['examples']:,} examples; the trees' stores read the same: {same}"
               + ("" if same else f" {hashes}"))

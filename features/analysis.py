@@ -192,10 +192,10 @@ def activation_correlations(sample: CoactSample, val_FQK: Tensor, self_FQ: Tenso
     var = (N * SS - S * S).clamp(min=0)  # N^2 times the variance over all tokens
     scale_F = sample.n_fires_F.double() / sample.n_sample_F.double().clamp(min=1)
     QK = sample.lat_FQK[0].numel() if F else 1
-    b = max(1, min(_BLOCK_ELEMS // 16 // max(QK, 1), (2**62) // max(F, 1)))
+    b = max(1, min(_BLOCK_ELEMS // 16 // max(QK, 1), (2**31 - 1) // max(F, 1)))  # block keys fit in int32 (faster sorts)
     for f0 in range(0, F, b):
         f1 = min(F, f0 + b)
-        r_P, g_P, ok, inv, _ = _block_pairs(sample.lat_FQK[f0:f1].reshape(f1 - f0, -1).long(), f0, F)
+        r_P, g_P, ok, inv, _ = _block_pairs(sample.lat_FQK[f0:f1].reshape(f1 - f0, -1).to(torch.int32), f0, F)
         if r_P.numel() == 0:
             continue
         xy_BM = (self_FQ[f0:f1, :, None].double() * val_FQK[f0:f1].double()).reshape(f1 - f0, -1)

@@ -51,13 +51,14 @@ from features.fingerprint import sae_description, sae_fingerprint
 from features.records import utc_now
 from features.source import ActivationSource
 from features.store import FeatureStore, StoreError, StoreMismatchError, writer_lock
-from features.store.rows import (CorrelationRow, ExampleRow, FeatureRow, HistogramRow, LogitRow, NeighbourRow,
-                                 SearchTextRow)
+from features.store.rows import CorrelationRow, FeatureRow, HistogramRow, LogitRow, NeighbourRow, SearchTextRow
+from features.store.windows import ExampleBlock
 from features.tokentext import LABEL_RULE, token_labels
 from features.windowtexts import WindowTexts
 from saes.fileio import atomic_path, fsync_dir
 from saes.formats.base import sae_of
 from saes.interop import as_sae
+from saes.threads import torch_threads
 
 STATE_SUFFIX = ".state.safetensors"
 BUILDING_SUFFIX = ".building"  # the store while it is built (`building_path`)
@@ -357,9 +358,10 @@ def _write(store: FeatureStore, sae, source, cfg: BuildConfig, res: PassResult, 
     dec_norm = W_dec.norm(dim=1)
     dec_nb = decoder_neighbours(W_dec, cfg.n_neighbours)
     sample = CoactSample(res.coact_lat_FQK, res.coact_n_F, res.n_fires_F)
-    co_nb = coact_neighbours(sample, cfg.n_neighbours)
-    corr = activation_correlations(sample, res.coact_val_FQK, res.coact_self_FQ, res.sum_F, res.sumsq_F, res.n_rows,
-                                   cfg.n_neighbours)
+    with torch_threads(1):  # sorts and scatters of sampled pairs: a second thread only spins (benchmarks/RESULTS.md)
+        co_nb = coact_neighbours(sample, cfg.n_neighbours)
+        corr = activation_correlations(sample, res.coact_val_FQK, res.coact_self_FQ, res.sum_F, res.sumsq_F, res.n_rows,
+                                       cfg.n_neighbours)
     logits = None
     if model is not None and getattr(model, "W_U", None) is not None:
         # what the decoder writes, where it writes it (a transcoder: its target hook; none recorded: no effects)
@@ -395,8 +397,9 @@ def _write(store: FeatureStore, sae, source, cfg: BuildConfig, res: PassResult, 
         if b in done:
             continue
         f1 = min(F, f0 + cfg.write_block)
-        rows = _block_rows(f0, f1, res, dec_norm, dec_nb, co_nb, corr, logits, links, source, tokenizer, before, W,
-                           window_texts)
+        with torch_threads(1):  # many small tensor ops: a second thread only spins (benchmarks/RESULTS.md)
+            rows = _block_rows(f0, f1, res, dec_norm, dec_nb, co_nb, corr, logits, links, source, tokenizer, before, W,
+                               window_texts)
         store.write_feature_block(b, f0, f1, *rows)
         event("block", {"block": b, "first": f0, "end": f1})
 
@@ -404,15 +407,17 @@ def _write(store: FeatureStore, sae, source, cfg: BuildConfig, res: PassResult, 
 _KIND_CODE = {"top": 0, "quantile": 1, "negative": 2}
 
 
-def _searchable_text(ex: ExampleRow, bos_id: int | None) -> str:
-    """An example row's text for full-text search: without the BOS marker that starts its context
-    (as `records.without_start_bos` shows examples), so that searching "text" does not find every
+def _searchable_text(window, centre: int, position: int, acts: bytes | None, bos_id: int | None) -> str:
+    """An example's text for full-text search (its window's (token_ids, text, token_offsets), its
+    centre, position and activation bytes): without the BOS marker that starts its context (as
+    `records.without_start_bos` shows examples), so that searching "text" does not find every
     window that begins with "<|begin_of_text|>"."""
-    text = ex.text
-    tokens, acts = np.frombuffer(ex.token_ids, dtype="<i4"), np.frombuffer(ex.acts, dtype="<f4")
-    if bos_id is None or ex.centre != ex.position or len(tokens) < 2 or int(tokens[0]) != bos_id or acts[0] > 0:
+    token_ids, text, offsets = window
+    tokens = np.frombuffer(token_ids, dtype="<i4")
+    if bos_id is None or centre != position or len(tokens) < 2 or int(tokens[0]) != bos_id or (
+            acts is not None and np.frombuffer(acts, dtype="<f4")[0] > 0):
         return text  # centre == pos: the window starts at the context's first token
-    return text[int(np.frombuffer(ex.token_offsets, dtype="<i4")[1]):]
+    return text[int(np.frombuffer(offsets, dtype="<i4")[1]):]
 
 
 def _block_rows(f0, f1, res: PassResult, dec_norm, dec_nb, co_nb, corr, logits, links, source, tokenizer, before, W,
@@ -439,9 +444,10 @@ def _block_rows(f0, f1, res: PassResult, dec_norm, dec_nb, co_nb, corr, logits, 
                  for r, (o, p, c) in enumerate(zip(o_row, p_row, c_row)) if o >= 0]
     examples = _example_rows(f0, f1, res, source, tokenizer, before, W, window_texts)
     top_text: dict[int, list[str]] = {}
-    for ex in examples:
-        if ex.kind == "top" and ex.text:
-            top_text.setdefault(ex.latent, []).append(_searchable_text(ex, source.bos_id))
+    for f, kind, _, _, _, _, pos, centre, w, acts in zip(*examples.columns):
+        window = examples.windows[w]
+        if kind == "top" and window[1]:
+            top_text.setdefault(f, []).append(_searchable_text(window, centre, pos, acts, source.bos_id))
     fts = [SearchTextRow(f, "", "\n".join(top_text.get(f, []))) for f in ids]
     return feats, hists, examples, logit_rows, nb_rows, fts, corr_rows
 
@@ -496,30 +502,49 @@ def _block_examples(f0, f1, res: PassResult, W):
     return (torch.cat(c) for c in zip(*parts))
 
 
-def _example_rows(f0, f1, res: PassResult, source, tokenizer, before, W, window_texts) -> list[ExampleRow]:
-    """The block's example rows: each window's tokens (trimmed to its context), activations and,
-    with a tokenizer, text and offsets (from `window_texts`, a `WindowTexts`)."""
+def _example_rows(f0, f1, res: PassResult, source, tokenizer, before, W, window_texts) -> ExampleBlock:
+    """The block's examples: each window's tokens (trimmed to its context), activations and, with a
+    tokenizer, text and offsets (from `window_texts`, a `WindowTexts`). A window is a function of
+    its centre (context, position), and a block's ~70 examples per latent show far fewer distinct
+    centres (the negatives come from one pool, a token tops several latents): each centre's window
+    is read, trimmed and decoded once, the examples only name it."""
     kind_E, f_E, rank_E, val_E, q_E, seq_E, pos_E, win_EW = _block_examples(f0, f1, res, W)
-    toks_EW = source.window_tokens(seq_E, pos_E - before, W) if seq_E.numel() else torch.empty(0, W, dtype=torch.int64)
-    valid = toks_EW >= 0
+    E = seq_E.numel()
+    # the distinct centres, in the order the examples first name them (the store's window ids follow it)
+    span = int(pos_E.max()) + 1 if E else 1
+    centre_U, at_E = torch.unique(seq_E * span + pos_E, return_inverse=True)
+    first_U = torch.full((centre_U.numel(),), E, dtype=torch.int64).scatter_reduce_(0, at_E, torch.arange(E), "amin")
+    order_U = first_U.argsort()
+    index_U = torch.empty_like(order_U)
+    index_U[order_U] = torch.arange(order_U.numel())
+    w_E = index_U[at_E]  # each example's window, an index into the block's windows
+    first_U = first_U[order_U]
+    seq_U, pos_U = seq_E[first_U], pos_E[first_U]
+    toks_UW = source.window_tokens(seq_U, pos_U - before, W) if E else torch.empty(0, W, dtype=torch.int64)
+    valid = toks_UW >= 0
     has = valid.any(1)
-    lo_E = torch.where(has, valid.int().argmax(1), before)
-    hi_E = torch.where(has, W - valid.flip(1).int().argmax(1), before + 1)  # windows are contiguous within a context
-    toks_np = toks_EW.numpy().astype("<i4")
-    win_np = win_EW.numpy().astype("<f4")
-    kinds = ("top", "quantile", "negative")
-    cols_E = [kind_E.tolist(), f_E.tolist(), rank_E.tolist(), val_E.tolist(), q_E.tolist(), seq_E.tolist(), pos_E.tolist(),
-              lo_E.tolist(), hi_E.tolist()]
-    window_ids = [toks_np[e, lo:hi].tobytes() for e, (lo, hi) in enumerate(zip(cols_E[7], cols_E[8]))]
-    texts: list[tuple] = [(None, None)] * len(window_ids)  # (text, offsets) per example: with a tokenizer only
+    lo_U = torch.where(has, valid.int().argmax(1), before)
+    hi_U = torch.where(has, W - valid.flip(1).int().argmax(1), before + 1)  # windows are contiguous within a context
+    toks_np = toks_UW.numpy().astype("<i4")
+    window_ids = [toks_np[u, lo:hi].tobytes() for u, (lo, hi) in enumerate(zip(lo_U.tolist(), hi_U.tolist()))]
+    texts: list[tuple] = [(None, None)] * len(window_ids)  # (text, offsets) per window: with a tokenizer only
     if tokenizer is not None and window_ids:
         texts = window_texts.get(tokenizer, window_ids)
-    return [
-        ExampleRow(latent=f, kind=kinds[kc], rank=rank, activation=v, quantile=_nan(q), seq_index=seq, position=pos,
-                   centre=before - lo, token_ids=window_ids[e], acts=win_np[e, lo:hi].tobytes(),
-                   text=texts[e][0], token_offsets=texts[e][1])
-        for e, (kc, f, rank, v, q, seq, pos, lo, hi) in enumerate(zip(*cols_E))
-    ]
+    windows = [(ids, text, offsets) for ids, (text, offsets) in zip(window_ids, texts)]
+    # each example's activations over its window's tokens; None when all zero bytes (every negative)
+    lo_E, hi_E = lo_U[w_E], hi_U[w_E]
+    cols = torch.arange(W)
+    inside_EW = (cols >= lo_E[:, None]) & (cols < hi_E[:, None])
+    win_np = win_EW.numpy().astype("<f4")
+    zero_E = ((win_np.view("<u4") == 0) | ~inside_EW.numpy()).all(1).tolist()
+    acts_bytes, row = win_np.tobytes(), 4 * W
+    acts = [None if z else acts_bytes[e * row + 4 * lo:e * row + 4 * hi]
+            for e, (z, lo, hi) in enumerate(zip(zero_E, lo_E.tolist(), hi_E.tolist()))]
+    kinds = ("top", "quantile", "negative")
+    return ExampleBlock(windows, (
+        f_E.tolist(), [kinds[k] for k in kind_E.tolist()], rank_E.tolist(), val_E.tolist(),
+        [None if q != q else q for q in q_E.tolist()], seq_E.tolist(), pos_E.tolist(), (before - lo_E).tolist(),
+        w_E.tolist(), acts))
 
 
 def _nan(x):

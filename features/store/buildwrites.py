@@ -18,7 +18,7 @@ from features.store.rows import (
     SearchTextRow,
     insert_sql,
 )
-from features.store.windows import INSERT_REF, WindowIds, share_windows
+from features.store.windows import INSERT_REF, ExampleBlock, WindowIds, share_windows
 
 
 class StoreBuildWrites(StoreBase):
@@ -68,10 +68,11 @@ class StoreBuildWrites(StoreBase):
         self._vocab = None
 
     def write_feature_block(self, block: int, first_latent: int, end_latent: int, features: list[FeatureRow],
-                            histograms: list[HistogramRow], examples: list[ExampleRow], logits: list[LogitRow],
+                            histograms: list[HistogramRow], examples: ExampleBlock | list[ExampleRow], logits: list[LogitRow],
                             neighbours: list[NeighbourRow], fts: list[SearchTextRow],
                             correlations: list[CorrelationRow]) -> None:
-        """One build transaction: latents [first_latent, end_latent) with everything that belongs to them."""
+        """One build transaction: latents [first_latent, end_latent) with everything that belongs to them
+        (the examples as the build makes them, an `ExampleBlock`, or one `ExampleRow` each)."""
         try:
             self._write_block(block, first_latent, end_latent, features, histograms, examples, logits, neighbours,
                               fts, correlations)

@@ -2,14 +2,17 @@
 ids, text and offsets, `example_refs` one row per example naming its window, and the view `examples`
 joins them back into version 2's columns (`features.store.schema`).
 
-`WindowIds` gives the build a window's id, adding the windows it has not seen; `share_windows`
-converts a version-2 store (one table `examples`, every window in every row) in place.
+The build hands its examples over as an `ExampleBlock` (each distinct window once, the examples as
+columns naming them: no Python object per example); `WindowIds` gives each window its id in the
+store, adding the windows it has not seen; `share_windows` converts a version-2 store (one table
+`examples`, every window in every row) in place.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from typing import Iterable
+from dataclasses import dataclass
+from typing import Iterable, Iterator
 
 from features.store.rows import ExampleRow, insert_sql
 from features.store.schema import EXAMPLES_VIEW, SCHEMA
@@ -19,6 +22,39 @@ WindowKey = tuple  # (token_ids, text, token_offsets): the window's stored bytes
 # one example's row of `example_refs`: ExampleRow's fields with the window's id in place of its bytes
 REF_COLUMNS = ("latent", "kind", "rank", "activation", "quantile", "seq_index", "position", "centre", "window", "acts")
 INSERT_REF = insert_sql("example_refs", REF_COLUMNS)
+_WINDOW = REF_COLUMNS.index("window")
+
+
+@dataclass(frozen=True)
+class ExampleBlock:
+    """A write block's examples: `windows` each window the block shows, as its stored bytes
+    (token_ids, text, token_offsets), in the order the examples first name them (new windows get
+    their ids in that order), and `columns` one list per `REF_COLUMNS` entry with a value per
+    example, `window` an index into `windows` and `acts` None when all zero bytes (the view gives
+    them back). The same window may be listed twice (two positions with the same tokens): the store
+    keeps it once. Iterating gives the examples as `ExampleRow`s (`of_rows` is the way back)."""
+
+    windows: list[WindowKey]
+    columns: tuple[list, ...]
+
+    def __len__(self) -> int:
+        return len(self.columns[0])
+
+    def __iter__(self) -> Iterator[ExampleRow]:
+        for latent, kind, rank, act, q, seq, pos, centre, w, acts in zip(*self.columns):
+            ids, text, offsets = self.windows[w]
+            yield ExampleRow(latent, kind, rank, act, q, seq, pos, centre, ids, bytes(len(ids)) if acts is None else acts,
+                             text, offsets)
+
+    @classmethod
+    def of_rows(cls, examples: Iterable[ExampleRow]) -> "ExampleBlock":
+        index: dict[WindowKey, int] = {}
+        refs = []
+        for e in examples:
+            w = index.setdefault((e.token_ids, e.text, e.token_offsets), len(index))
+            acts = None if e.acts.count(0) == len(e.acts) else e.acts
+            refs.append((e.latent, e.kind, e.rank, e.activation, e.quantile, e.seq_index, e.position, e.centre, w, acts))
+        return cls(list(index), tuple(map(list, zip(*refs))) if refs else tuple([] for _ in REF_COLUMNS))
 
 
 class WindowIds:
@@ -30,21 +66,23 @@ class WindowIds:
             (t, x, o): i for i, t, x, o in conn.execute("SELECT id, token_ids, text, token_offsets FROM windows")}
         self._next = max(self._ids.values(), default=0) + 1
 
-    def refs(self, examples: Iterable[ExampleRow]) -> tuple[list[tuple], list[tuple]]:
+    def refs(self, examples: ExampleBlock | Iterable[ExampleRow]) -> tuple[list[tuple], Iterable[tuple]]:
         """(new window rows, example_refs rows) for `examples`; the new windows are remembered as
         written, so call it inside the transaction that inserts both, and read the ids again (a new
-        `WindowIds`) after a rollback."""
-        ids, new, refs = self._ids, [], []
-        for e in examples:
-            key = (e.token_ids, e.text, e.token_offsets)
+        `WindowIds`) after a rollback. Windows new to the store get ids in the order the block first
+        names them (the order the examples name them)."""
+        block = examples if isinstance(examples, ExampleBlock) else ExampleBlock.of_rows(examples)
+        ids, new, stored = self._ids, [], []
+        for key in block.windows:
             w = ids.get(key)
             if w is None:
                 w = ids[key] = self._next
                 self._next += 1
                 new.append((w, *key))
-            acts = None if e.acts.count(0) == len(e.acts) else e.acts  # all zero bytes (every negative): the view gives them back
-            refs.append((e.latent, e.kind, e.rank, e.activation, e.quantile, e.seq_index, e.position, e.centre, w, acts))
-        return new, refs
+            stored.append(w)
+        cols = list(block.columns)
+        cols[_WINDOW] = [stored[w] for w in cols[_WINDOW]]
+        return new, zip(*cols)
 
 
 def share_windows(conn: sqlite3.Connection) -> int:
