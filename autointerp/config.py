@@ -150,7 +150,8 @@ class LabelConfig:
     mark_threshold: float = field(default=0.3, metadata={"help": "mark a token as activating when its activation is >= this fraction of the example's max"})
     overwrite: bool = field(default=False, metadata={"help": "relabel latents that already have a label from this judge"})
     seed: int = field(default=0, metadata={"help": "seed of example choice, order and fuzzing marks (part of every prompt)"})
-    budget: str | None = field(default=None, metadata={"help": "stop cleanly before spending more than this: '2usd', '$2' or '200000tokens'"})
+    budget: str | None = field(default=None, metadata={"help": "stop cleanly before this run spends more than this (each run has its own; answers cached "
+                                                                        "earlier cost nothing): '2usd', '$2' or '200000tokens'"})
     max_consecutive_failures: int = field(
         default=25, metadata={"help": "stop the run after this many latents in a row failed (a dead or misconfigured judge); 0 = never"}
     )

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from steering.spec import SteeringError, normalize_positions
+from steering.spec import SteeringError, normalize_positions, plain_scalar
 
 
 @dataclass
@@ -100,10 +100,12 @@ class SweepConfig:
         default=True, metadata={"help": "also report perplexity under the unsteered model (from the fluency pass)"})
 
     def __post_init__(self) -> None:
+        if getattr(self.strengths, "ndim", None) == 1 and callable(getattr(self.strengths, "tolist", None)):
+            self.strengths = self.strengths.tolist()  # np.linspace(...) / torch.linspace(...) from a notebook
         if not self.strengths:
             raise SteeringError("strengths is empty; give at least one, e.g. 0,1,2,4")
         vals = []
-        for s in self.strengths:
+        for s in map(plain_scalar, self.strengths):
             if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s):
                 raise SteeringError(f"strengths must be finite numbers, got {s!r}")
             vals.append(float(s))

@@ -1,0 +1,116 @@
+"""Review of the notebook work (helper rvnb): what a notebook user still met after it.
+
+- `SweepConfig(strengths=np.linspace(0, 4, 5))` (or torch.linspace), the first thing a notebook
+  writes, failed with NumPy's "truth value of an array is ambiguous"; and a tensor latent id in
+  `sweep` (`acts.argmax()`) missed its typical max (a tensor is a dict key by identity).
+- `diff_of_means` inside a `steer` block read the steered model's activations: a steering vector
+  for the unsteered model computed from edited means, without a sound (`contrast_features`, its
+  SAE counterpart, was already refused there).
+- `label --budget` stopped with "Re-run with a larger --budget to continue", as if the budget were
+  cumulative: it holds for each run, so a re-run with the same budget continues (and may spend it
+  again); a user raising 2usd to 3usd to "add one dollar" could spend three more.
+- A `sae_lens.SAE` object saying `normalize_activations="expected_average_only_in"` (never folded:
+  SAELens folds and sets "none" when it has the factor) was read as the identity, as SAELens itself
+  runs it after warning; the folder and registry loaders refuse the same SAE. Refused here too.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import steering
+from helpers.steering_fixtures import PROMPTS, random_sae, tiny_model
+from steering import SteeringError, steer
+
+
+@pytest.mark.parametrize("strengths", [np.linspace(0, 4, 3), torch.linspace(0, 4, 3), [np.float32(2), torch.tensor(4.0)]])
+def test_sweep_strengths_from_numpy_or_torch(strengths) -> None:
+    cfg = steering.SweepConfig(strengths=strengths, unit="raw")
+    assert cfg.strengths == [0.0, 2.0, 4.0][-len(cfg.strengths):] and all(type(s) is float for s in cfg.strengths)
+
+
+def test_sweep_config_still_refuses_what_is_not_a_strength() -> None:
+    with pytest.raises(SteeringError, match="finite numbers"):
+        steering.SweepConfig(strengths=[torch.tensor([1.0, 2.0])])
+    with pytest.raises(SteeringError, match="finite numbers"):
+        steering.SweepConfig(strengths=np.array([1.0, np.nan]))
+    with pytest.raises(SteeringError, match="empty"):
+        steering.SweepConfig(strengths=np.array([]))
+
+
+@pytest.fixture(scope="module")
+def model_and_sae():
+    model = tiny_model()
+    return model, random_sae(model, "jumprelu", d_sae=128)
+
+
+def test_a_tensor_latent_in_sweep_finds_its_typical_max(model_and_sae) -> None:
+    from steering import SampleScores
+
+    model, sae = model_and_sae
+
+    def scorer(prompts, texts):
+        return [SampleScores(concept=0.5) for _ in texts]
+
+    acts = torch.zeros(128)
+    acts[5] = 3.0
+    res = steering.sweep(model, sae, acts.argmax(), PROMPTS[:1], scorer,
+                         steering.SweepConfig(strengths=np.linspace(0, 1, 2), unit="max_act"),
+                         typical_max={5: 2.0}, gen_config=steering.GenerationConfig(max_new_tokens=3, seed=0))
+    assert res.latent == 5 and type(res.latent) is int and res.label == "sae/5:add", res.label
+    assert res.typical_max == 2.0
+
+
+def test_diff_of_means_inside_a_steer_block_is_refused(model_and_sae) -> None:
+    model, sae = model_and_sae
+    hook = "blocks.1.hook_resid_post"
+    with steer(model, sae, ["3:clamp=40"]):
+        with pytest.raises(SteeringError, match=r"steering.diff_of_means needs the model unsteered.*3:clamp=40"):
+            steering.diff_of_means(model, hook, PROMPTS[:2], PROMPTS[2:4])
+    vec = steering.diff_of_means(model, hook, PROMPTS[:2], PROMPTS[2:4])  # after the block: the model's own
+    assert vec.vector.shape == (model.cfg.d_model,) and vec.norm > 0
+
+
+def test_an_unfolded_sae_lens_object_is_refused_and_folded_it_converts() -> None:
+    from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
+
+    from saes.interop import as_sae
+    from saes.io import SAEFormatError
+
+    torch.manual_seed(0)
+    sl = StandardSAE(StandardSAEConfig(d_in=16, d_sae=32, normalize_activations="expected_average_only_in"))
+    with torch.no_grad():
+        sl.b_enc.normal_(0, 0.1)
+        sl.b_dec.normal_(0, 0.1)
+    x = torch.randn(5, 16) * 7
+    scaled = sl.encode(x * 0.5)  # how it was trained: inputs times its factor
+    with pytest.raises(SAEFormatError, match=r"sae_lens StandardSAE: normalize_activations=expected_average_only_in"
+                                             r".*fold_activation_norm_scaling_factor"):
+        as_sae(sl)
+    sl.fold_activation_norm_scaling_factor(0.5)  # what the message says; SAELens then says "none"
+    ours = as_sae(sl)
+    torch.testing.assert_close(ours.encode(x), scaled, rtol=1e-5, atol=1e-5)
+
+
+def test_label_budget_holds_per_run_and_the_stop_message_says_so(tmp_path, capsys) -> None:
+    """The same --budget again continues the run (each run has its own), as the message now says."""
+    from helpers.judge_server import JudgeServer, fake_llm_answer
+    from helpers.label_store import build_trigger_store
+    from saesteer.cli import main
+
+    store, _ = build_trigger_store(tmp_path / "t.db")
+    with JudgeServer(fake_llm_answer) as srv:
+        def label() -> int:
+            return main(["label", "--store", str(store), "--judge-model", "fake-judge", "--judge-base-url", srv.url,
+                         "--no-progress", "--scorers", "detection", "--embed-backend", "none",
+                         "--judge-concurrency", "1", "--budget", "6000tokens"])
+
+        assert label() == 3
+        first = capsys.readouterr().out
+        n1 = len(srv.records)
+        assert label() in (0, 3)  # the same budget again: more latents labelled, none asked twice
+        keys = [r.key for r in srv.records]
+        assert len(keys) > n1 and len(keys) == len(set(keys))
+    assert "holds for each run" in first and "larger --budget" not in first, first
