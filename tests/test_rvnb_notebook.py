@@ -114,3 +114,34 @@ def test_label_budget_holds_per_run_and_the_stop_message_says_so(tmp_path, capsy
         keys = [r.key for r in srv.records]
         assert len(keys) > n1 and len(keys) == len(set(keys))
     assert "holds for each run" in first and "larger --budget" not in first, first
+
+
+def test_sync_calls_after_an_await_leave_the_kernels_client_alone(tmp_path) -> None:
+    """A cell awaiting the judge (the kernel loop's client made), then `complete_sync` (a worker
+    thread's loop): the worker replaced the kernel's client, and the SDK closed the dropped one from
+    the worker's loop and thread (`python -X dev`: 'Non-thread-safe operation invoked on an event
+    loop other than the current one', 'Task exception was never retrieved'). Each loop now keeps
+    its own client."""
+    import asyncio
+
+    from autointerp import JudgeConfig, make_judge
+    from helpers.judge_server import JudgeServer
+
+    with JudgeServer(lambda body: "a whale, café, 東京") as srv:
+        judge = make_judge(JudgeConfig(model="fake-judge", base_url=srv.url, api_key="k"),
+                           cache_path=tmp_path / "cache.sqlite")
+        ask = [{"role": "user", "content": "Le café? 東京?"}]
+
+        async def cell():
+            first = await judge.complete([{"role": "user", "content": "one"}])
+            kernel_client = judge.backend._client.get()
+            again = judge.complete_sync(ask)
+            twice = judge.complete_sync(ask)  # the second: from the cache file, used from the worker thread
+            after = await judge.complete([{"role": "user", "content": "two"}])
+            assert judge.backend._client.get() is kernel_client
+            await judge.aclose()
+            return first, again, twice, after
+
+        first, again, twice, after = asyncio.run(cell())
+    assert [c.text for c in (first, again, twice, after)] == ["a whale, café, 東京"] * 4
+    assert (again.cached, twice.cached) == (0, 1)
