@@ -34,7 +34,7 @@ from steering.config import CompareConfig, GenerationConfig
 from steering.evaluate import MethodResult, Scorer, score_generation
 from steering.generation import generate, with_sae_bos
 from steering.session import check_not_steered, steer
-from steering.spec import FeatureEdit, SteeringError
+from steering.spec import FeatureEdit, SteeringError, plain_scalar
 from steering.sweeps import SweepPoint, recommend_strength, sweep_edits
 
 if TYPE_CHECKING:
@@ -178,7 +178,7 @@ def _candidate_features(model: Model, sae: SAE, latents: Sequence[int] | None, p
         cands = [c.latent for c in ranked]
         mean_pos = {c.latent: max(float(c.mean_positive or 0.0), 1e-3) for c in ranked}
         return cands, mean_pos
-    cands = [int(f) for f in dict.fromkeys(latents)]
+    cands = list(dict.fromkeys(map(_latent_id, latents)))  # a tensor is a dict key by identity: its number
     for f in cands:
         if not 0 <= f < sae.d_sae:
             raise SteeringError(f"latent {f} is out of range for this SAE (0..{sae.d_sae - 1})")
@@ -188,6 +188,14 @@ def _candidate_features(model: Model, sae: SAE, latents: Sequence[int] | None, p
         mean_F, _, _ = mean_latent_activation(model, sae, positive)
         mean_pos = {f: max(float(mean_F[f]), 1e-3) for f in cands}
     return cands, mean_pos
+
+
+def _latent_id(f: Any) -> int:
+    """A latent id given to `compare_methods` (a tensor's `topk(...).indices` too); 3.7 is refused, not cut to 3."""
+    f = plain_scalar(f)
+    if isinstance(f, bool) or not isinstance(f, int):
+        raise SteeringError(f"latents must be latent ids (integers), got {f!r}")
+    return f
 
 
 def _strength_unit(f: int, typical_max, mean_pos: dict[int, float]) -> tuple[str, float]:

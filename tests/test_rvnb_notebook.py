@@ -145,3 +145,18 @@ def test_sync_calls_after_an_await_leave_the_kernels_client_alone(tmp_path) -> N
         first, again, twice, after = asyncio.run(cell())
     assert [c.text for c in (first, again, twice, after)] == ["a whale, café, 東京"] * 4
     assert (again.cached, twice.cached) == (0, 1)
+
+
+def test_compare_methods_takes_topk_indices_and_refuses_a_fractional_latent(model_and_sae) -> None:
+    """`latents=acts.topk(2).indices` (tensors: dict keys by identity, so a repeated latent stayed
+    twice) and `latents=[3.7]` (cut to latent 3 without a word) from a notebook."""
+    from steering.evaluate import OfflineScorer
+
+    model, sae = model_and_sae
+    scorer = OfflineScorer(lambda text: text.count("sea") / 4, lambda text: (1, 1))
+    run = dict(prompts=PROMPTS[:1], gen_config=steering.GenerationConfig(max_new_tokens=3, seed=0),
+               with_perplexity=False, typical_max=lambda latent: 2.0)
+    with pytest.raises(SteeringError, match=r"latents must be latent ids \(integers\), got 3.7"):
+        steering.compare_methods(model, sae, scorer, latents=[3.7], **run)
+    card = steering.compare_methods(model, sae, scorer, latents=torch.tensor([5, 5]), **run)
+    assert card.settings["candidates"] == [5] and type(card.settings["candidates"][0]) is int, card.settings
