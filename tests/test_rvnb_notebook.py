@@ -207,3 +207,35 @@ def test_an_interrupted_labelling_cell_keeps_the_answers_it_received(tmp_path) -
     answered_before = first[:3]  # concurrency 1: the three before the one the interrupt came in were read
     assert not set(answered_before) & set(again), (answered_before, again)
     assert report.labelled + report.skipped == report.requested and report.usage["cached_calls"] >= 3, report
+
+
+def test_two_concurrent_labelling_runs_on_one_judge_are_refused(tmp_path) -> None:
+    """`await asyncio.gather(label_latents_async(a, judge, ...), label_latents_async(b, judge, ...))`
+    in a cell: both runs shared one budget (the 1M-token run stopped by the other's 3,000, nothing
+    labelled) and the first to end left the other's budget on the judge for good (every later run
+    capped by it). The second is refused, saying what to do; the judge is as it was after."""
+    import asyncio
+
+    from autointerp import FeatureStoreLabels, JudgeConfig, LabelConfig, make_judge
+    from autointerp.runner import label_latents_async
+    from helpers.judge_server import JudgeServer, fake_llm_answer
+    from helpers.label_store import build_trigger_store
+
+    a, _ = build_trigger_store(tmp_path / "a.db")
+    b, _ = build_trigger_store(tmp_path / "b.db")
+    with JudgeServer(fake_llm_answer) as srv:
+        judge = make_judge(JudgeConfig(model="fake-judge", base_url=srv.url, api_key="k"), cache_path=None)
+
+        async def run(path, budget):
+            with FeatureStoreLabels.open(path) as labels:
+                return await label_latents_async(labels, judge, LabelConfig(budget=budget, scorers=("detection",)),
+                                                 progress=False)
+
+        async def cell():
+            return await asyncio.gather(run(a, "3000tokens"), run(b, "1000000tokens"), return_exceptions=True)
+
+        first, second = asyncio.run(cell())
+        assert isinstance(second, RuntimeError) and "already in a labelling run" in str(second), second
+        assert first.stopped == "budget" and judge.ledger.budget is None, (first, judge.ledger.budget)
+        after = asyncio.run(run(b, "1000000tokens"))  # the next cell: its own budget, nothing left over
+        assert after.stopped is None and after.labelled == after.requested, after
