@@ -239,3 +239,16 @@ def test_two_concurrent_labelling_runs_on_one_judge_are_refused(tmp_path) -> Non
         assert first.stopped == "budget" and judge.ledger.budget is None, (first, judge.ledger.budget)
         after = asyncio.run(run(b, "1000000tokens"))  # the next cell: its own budget, nothing left over
         assert after.stopped is None and after.labelled == after.requested, after
+
+
+def test_features_on_text_inside_a_steer_block_reads_the_model_as_steered(model_and_sae) -> None:
+    """Left allowed on purpose (see features_on_text's docstring): a clamp shows its value there."""
+    from features.text import features_on_text
+
+    model, sae = model_and_sae
+    text = "The whale swam past the ship; le café était fermé."
+    plain = features_on_text(model, sae, text).acts_SF[:, 3]
+    with steer(model, sae, ["3:clamp=40"]):
+        steered = features_on_text(model, sae, text).acts_SF[:, 3]
+    assert not torch.allclose(plain, steered)
+    torch.testing.assert_close(steered, torch.full_like(steered, 40.0), rtol=1e-4, atol=1e-3)
