@@ -179,12 +179,15 @@ class LabelConfig:
         if self.budget is not None:
             from .accounting import Budget
 
-            Budget.parse(self.budget)
+            _check(isinstance(self.budget, (str, Budget)),
+                   f"LabelConfig.budget is an amount with its unit, '2usd', '$2' or '200000tokens' (or an "
+                   f"accounting.Budget), got {self.budget!r}: a bare number says neither dollars nor tokens")
+            self.budget_value()
 
     def budget_value(self):
         from .accounting import Budget
 
-        return None if self.budget is None else Budget.parse(self.budget)
+        return self.budget if self.budget is None or isinstance(self.budget, Budget) else Budget.parse(self.budget)
 
 
 def parse_latents(spec: str, what: str = "LabelConfig.latents") -> list[int]:

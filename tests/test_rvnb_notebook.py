@@ -252,3 +252,14 @@ def test_features_on_text_inside_a_steer_block_reads_the_model_as_steered(model_
         steered = features_on_text(model, sae, text).acts_SF[:, 3]
     assert not torch.allclose(plain, steered)
     torch.testing.assert_close(steered, torch.full_like(steered, 40.0), rtol=1e-4, atol=1e-3)
+
+
+def test_label_config_budget_as_a_bare_number_says_what_to_write() -> None:
+    """`LabelConfig(budget=2)` from Python raised re's "expected string or bytes-like object"."""
+    from autointerp import LabelConfig
+    from autointerp.accounting import Budget
+
+    with pytest.raises(ValueError, match=r"LabelConfig.budget is an amount with its unit, '2usd'.*got 2: a bare number"):
+        LabelConfig(budget=2)
+    assert LabelConfig(budget=Budget(5000, "tokens")).budget_value() == Budget(5000, "tokens")
+    assert LabelConfig(budget="200k tokens").budget_value() == Budget(200000, "tokens")
