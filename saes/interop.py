@@ -33,8 +33,9 @@ def from_sae_lens(sl_sae: Any, dtype: torch.dtype | None = None, source: str = "
         # run_time_activation_norm_fn_in is the identity), as the folder and registry loaders refuse to
         from saes.formats.sae_lens_registry import refuse_unscaled
 
-        refuse_unscaled(source, "a sae_lens object keeps no factor; SAELens itself, warning that it skipped "
-                                "the folding, runs it on raw activations")
+        refuse_unscaled(source, "a sae_lens object keeps no factor, and SAELens runs it on raw activations; the "
+                                "factor is a trainer's activation_scaler.scaling_factor, or the registry's "
+                                "norm_scaling_factor")
     state = {k: v.detach() for k, v in sl_sae.state_dict().items()}
     return sae_from_sae_lens_dict(cfg, state, device=next(iter(state.values())).device, dtype=dtype, source=source)
 
