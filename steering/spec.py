@@ -91,7 +91,7 @@ def normalize_positions(positions: Any) -> Positions:
         if not positions:
             raise SteeringError("positions is an empty list; give at least one token index, or 'all'")
         out = []
-        for p in positions:
+        for p in map(plain_scalar, positions):
             if isinstance(p, bool) or not isinstance(p, int):
                 raise SteeringError(f"token indices must be integers, got {p!r} in positions {positions!r}")
             out.append(int(p))

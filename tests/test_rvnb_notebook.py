@@ -263,3 +263,15 @@ def test_label_config_budget_as_a_bare_number_says_what_to_write() -> None:
         LabelConfig(budget=2)
     assert LabelConfig(budget=Budget(5000, "tokens")).budget_value() == Budget(5000, "tokens")
     assert LabelConfig(budget="200k tokens").budget_value() == Budget(200000, "tokens")
+
+
+def test_compare_config_takes_numpy_strengths_and_positions() -> None:
+    """CompareConfig(sae_strengths=np.linspace(...)) failed as SweepConfig did; np.int64 token indices
+    were refused ("token indices must be integers")."""
+    cfg = steering.CompareConfig(sae_strengths=np.linspace(0.5, 2, 3), vector_strengths=torch.linspace(1, 2, 2),
+                                 positions=[np.int64(0), torch.tensor(2)])
+    assert cfg.sae_strengths == [0.5, 1.25, 2.0] and cfg.vector_strengths == [1.0, 2.0]
+    assert cfg.positions == [0, 2] and all(type(p) is int for p in cfg.positions)
+    assert steering.FeatureEdit(3, "add", 1.0, positions=[np.int64(1)]).positions == (1,)
+    with pytest.raises(SteeringError, match="sae_strengths must be finite numbers, got nan"):
+        steering.CompareConfig(sae_strengths=[float("nan")])
