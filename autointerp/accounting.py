@@ -185,6 +185,7 @@ class Ledger:
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        self._in_run = False  # within `run`
         if self.budget is not None:
             self._check_priced(self.budget)
 
@@ -201,6 +202,21 @@ class Ledger:
         """One run on a ledger that may live longer (a judge reused from cell to cell of a notebook):
         within the block, the run's own spending also stays within `budget` (the ledger's own budget,
         if any, still holds), and the block gets `usage()`, the summary of the run's calls alone."""
+        with self._lock:
+            if self._in_run:  # both would share one budget and one count, and the first to end would
+                # leave the other's budget as the judge's own for good
+                raise RuntimeError("this judge is already in a labelling run (label_latents), whose budget and usage "
+                                   "are its own; give a concurrent run a judge of its own (make_judge again; the "
+                                   "two may share a cache file) or await one run after the other")
+            self._in_run = True
+        try:
+            with self._one_run(budget) as usage:
+                yield usage
+        finally:
+            self._in_run = False
+
+    @contextmanager
+    def _one_run(self, budget: Budget | None) -> Iterator[Callable[[], dict]]:
         before = dataclasses.replace(self.totals)
         own, own_exhausted = self.budget, self.exhausted
         if budget is not None:

@@ -150,7 +150,8 @@ class LabelConfig:
     mark_threshold: float = field(default=0.3, metadata={"help": "mark a token as activating when its activation is >= this fraction of the example's max"})
     overwrite: bool = field(default=False, metadata={"help": "relabel latents that already have a label from this judge"})
     seed: int = field(default=0, metadata={"help": "seed of example choice, order and fuzzing marks (part of every prompt)"})
-    budget: str | None = field(default=None, metadata={"help": "stop cleanly before spending more than this: '2usd', '$2' or '200000tokens'"})
+    budget: str | None = field(default=None, metadata={"help": "stop cleanly before this run spends more than this (each run has its own; answers cached "
+                                                                        "earlier cost nothing): '2usd', '$2' or '200000tokens'"})
     max_consecutive_failures: int = field(
         default=25, metadata={"help": "stop the run after this many latents in a row failed (a dead or misconfigured judge); 0 = never"}
     )
@@ -178,12 +179,15 @@ class LabelConfig:
         if self.budget is not None:
             from .accounting import Budget
 
-            Budget.parse(self.budget)
+            _check(isinstance(self.budget, (str, Budget)),
+                   f"LabelConfig.budget is an amount with its unit, '2usd', '$2' or '200000tokens' (or an "
+                   f"accounting.Budget), got {self.budget!r}: a bare number says neither dollars nor tokens")
+            self.budget_value()
 
     def budget_value(self):
         from .accounting import Budget
 
-        return None if self.budget is None else Budget.parse(self.budget)
+        return self.budget if self.budget is None or isinstance(self.budget, Budget) else Budget.parse(self.budget)
 
 
 def parse_latents(spec: str, what: str = "LabelConfig.latents") -> list[int]:

@@ -3,7 +3,7 @@
 as a whole, and an HTTP error status as the judge's failure.
 
 - `ClientPerLoop`: httpx pools are bound to the event loop that made them; a client is made per
-  loop, and one of a finished loop is dropped.
+  loop and kept for it, and one of a finished loop is dropped.
 - `attempt`: `timeout_s` is the deadline of the attempt in all (connect, send, wait, read): httpx's
   timeouts are per read, so a server sending a byte now and then would hold a request forever
   under them alone. A timeout or a connection error is worth retrying.
@@ -25,24 +25,28 @@ T = TypeVar("T")
 
 
 class ClientPerLoop:
-    """The SDK client of the running event loop, made by `make()` the first time it is wanted there."""
+    """The SDK client of the running event loop, made by `make()` the first time it is wanted there.
+    Each loop keeps its own: a notebook's `await judge.complete(...)` runs on the kernel's loop and
+    `judge.complete_sync(...)` on a worker thread's; replacing the kernel's client there dropped it
+    for the SDK to close from the wrong loop and thread."""
 
     def __init__(self, make: Callable[[], Any]) -> None:
         self._make = make
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._client: Any = None
+        self._clients: dict[asyncio.AbstractEventLoop, Any] = {}
 
     def get(self) -> Any:
         loop = asyncio.get_running_loop()
-        if self._client is None or self._loop is not loop:
-            self._loop, self._client = loop, self._make()  # a finished loop's client is dropped
-        return self._client
+        client = self._clients.get(loop)
+        if client is None:
+            for done in [lp for lp in self._clients if lp.is_closed()]:  # a finished loop's client is dropped
+                del self._clients[done]
+            client = self._clients[loop] = self._make()
+        return client
 
     async def aclose(self) -> None:
-        """Close the client, if it belongs to the running loop (another loop's cannot be closed here)."""
-        client, loop = self._client, self._loop
-        self._loop = self._client = None
-        if client is not None and loop is asyncio.get_running_loop():
+        """Close the running loop's client (another loop's cannot be closed here)."""
+        client = self._clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
             await client.close()
 
 

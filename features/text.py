@@ -107,7 +107,10 @@ def features_on_text(
     `prepend_bos` says otherwise; a text longer than the model's context is refused (ValueError,
     `text_tokens`), never cut. An SAE (loaded beside a record) or store
     recorded for another model than `model` is refused (saes.identity.ModelMismatchError) unless
-    `allow_model_mismatch`."""
+    `allow_model_mismatch`. Inside a `steer` block it reads the model as steered (a clamp shows
+    its value; an edit upstream moves what fires): a reading of the model as it runs, unlike
+    `contrast_features` and `diff_of_means`, which are refused there (their results are for the
+    unsteered model)."""
     from saes.bos import prepend_bos_for
     from saes.formats.base import sae_of
     from saes.identity import check_sae_model, check_same_model, identity_of_model

@@ -27,6 +27,15 @@ def load_pretrained(release: str, sae_id: str, device: str = "cpu", dtype: torch
 def from_sae_lens(sl_sae: Any, dtype: torch.dtype | None = None, source: str = "sae_lens SAE") -> SAE:
     """Convert a loaded `sae_lens.SAE` (inference or training class) into ours."""
     cfg = sl_sae.cfg.to_dict()
+    if cfg.get("normalize_activations") == "expected_average_only_in":
+        # SAELens folds the factor in when it has it (end of training, a registry id listing it) and then
+        # says "none"; an object still saying this was never folded, and SAELens runs it unscaled (its
+        # run_time_activation_norm_fn_in is the identity), as the folder and registry loaders refuse to
+        from saes.formats.sae_lens_registry import refuse_unscaled
+
+        refuse_unscaled(source, "a sae_lens object keeps no factor, and SAELens runs it on raw activations; the "
+                                "factor is a trainer's activation_scaler.scaling_factor, or the registry's "
+                                "norm_scaling_factor")
     state = {k: v.detach() for k, v in sl_sae.state_dict().items()}
     return sae_from_sae_lens_dict(cfg, state, device=next(iter(state.values())).device, dtype=dtype, source=source)
 

@@ -49,7 +49,11 @@ def diff_of_means(
     batch_size: int = 16,
     label: str = "diffmean",
 ) -> SteeringVector:
-    """mean(act | positive prompts) - mean(act | negative prompts) over real tokens at `hook_name`."""
+    """mean(act | positive prompts) - mean(act | negative prompts) over real tokens at `hook_name`
+    (of the model unsteered: refused inside a `steer` block on it, whose edits would shift the means)."""
+    from steering.session import check_not_steered
+
+    check_not_steered(model, "steering.diff_of_means")
     mean_p, n_p = mean_hook_activation(model, hook_name, positive, batch_size=batch_size)
     mean_n, n_n = mean_hook_activation(model, hook_name, negative, batch_size=batch_size)
     return SteeringVector(hook_name, mean_p - mean_n, label, n_p, n_n)

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from steering.spec import SteeringError, normalize_positions
+from steering.spec import SteeringError, normalize_positions, plain_scalar
 
 
 @dataclass
@@ -61,6 +61,19 @@ class GenerationConfig:
             raise SteeringError(f"seed must be an integer or None, got {self.seed!r}", field="seed")
 
 
+def strength_list(values, what: str) -> list[float]:
+    """`values` (a list, or a notebook's np.linspace(...) / torch.linspace(...)) as Python floats;
+    anything but finite numbers refused, naming `what`."""
+    if getattr(values, "ndim", None) == 1 and callable(getattr(values, "tolist", None)):
+        values = values.tolist()
+    out = []
+    for v in map(plain_scalar, values):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise SteeringError(f"{what} must be finite numbers, got {v!r}")
+        out.append(float(v))
+    return out
+
+
 def _is_number(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -102,14 +115,9 @@ class SweepConfig:
         default=True, metadata={"help": "also report perplexity under the unsteered model (from the fluency pass)"})
 
     def __post_init__(self) -> None:
-        if not self.strengths:
+        self.strengths = vals = strength_list(self.strengths, "strengths")
+        if not vals:
             raise SteeringError("strengths is empty; give at least one, e.g. 0,1,2,4")
-        vals = []
-        for s in self.strengths:
-            if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s):
-                raise SteeringError(f"strengths must be finite numbers, got {s!r}")
-            vals.append(float(s))
-        self.strengths = vals
         if not any(v != 0 for v in vals):
             raise SteeringError("strengths has no non-zero strength; 0 is the unsteered baseline, add e.g. 0.5,1,2")
         if self.op not in ("add", "clamp"):
@@ -152,8 +160,12 @@ class CompareConfig:
             raise SteeringError(f"rule must be weakest, margin or z, got {self.rule!r}")
         if self.candidates < 1:
             raise SteeringError(f"candidates must be positive, got {self.candidates}")
+        self.sae_strengths = strength_list(self.sae_strengths, "sae_strengths")
+        self.vector_strengths = strength_list(self.vector_strengths, "vector_strengths")
         if not self.sae_strengths or not self.vector_strengths:
             raise SteeringError("give at least one strength for each method")
         if self.dev_seed == self.test_seed:
             raise SteeringError("dev_seed and test_seed must differ: a method must not be scored on the samples that picked it")
-        normalize_positions(self.positions)
+        positions = normalize_positions(self.positions)
+        if isinstance(positions, tuple):  # token indices: as ints (np.int64 ones from a notebook too)
+            self.positions = list(positions)

@@ -35,7 +35,7 @@ from steering.evaluate import MethodResult, Scorer, score_generation
 from steering.generation import generate, with_sae_bos
 from steering.resolve import check_latent_index
 from steering.session import check_not_steered, steer
-from steering.spec import FeatureEdit, SteeringError
+from steering.spec import FeatureEdit, SteeringError, plain_scalar
 from steering.sweeps import SweepPoint, recommend_strength, sweep_edits
 
 if TYPE_CHECKING:
@@ -164,8 +164,8 @@ def _check_compare_args(sae: SAE, prompts: Sequence[str], latents, has_sets: boo
         raise SteeringError("give at least one prompt to steer (\"\" for unconditional generation)")
     if latents is None and not has_sets:
         raise SteeringError("give the SAE latents to steer with, or positive and negative prompts to find them by contrast")
-    for f in latents or ():
-        check_latent_index(int(f), sae, "sae")
+    for f in () if latents is None else latents:  # `latents or ()` fails on a tensor of ids
+        check_latent_index(_latent_id(f), sae, "sae")
 
 
 def _candidate_features(model: Model, sae: SAE, latents: Sequence[int] | None, positive, negative, *,
@@ -182,13 +182,22 @@ def _candidate_features(model: Model, sae: SAE, latents: Sequence[int] | None, p
         cands = [c.latent for c in ranked]
         mean_pos = {c.latent: max(float(c.mean_positive or 0.0), 1e-3) for c in ranked}
         return cands, mean_pos
-    cands = [int(f) for f in dict.fromkeys(latents)]  # in range: `_check_compare_args`
+    cands = list(dict.fromkeys(map(_latent_id, latents)))  # a tensor is a dict key by identity: its number;
+    # in range: `_check_compare_args`
     if has_sets and (typical_max is None or any(not typical_max(f) for f in cands)):
         from steering.activations import mean_latent_activation
 
         mean_F, _, _ = mean_latent_activation(model, sae, positive)
         mean_pos = {f: max(float(mean_F[f]), 1e-3) for f in cands}
     return cands, mean_pos
+
+
+def _latent_id(f: Any) -> int:
+    """A latent id given to `compare_methods` (a tensor's `topk(...).indices` too); 3.7 is refused, not cut to 3."""
+    f = plain_scalar(f)
+    if isinstance(f, bool) or not isinstance(f, int):
+        raise SteeringError(f"latents must be latent ids (integers), got {f!r}")
+    return f
 
 
 def _strength_unit(f: int, typical_max, mean_pos: dict[int, float]) -> tuple[str, float]:

@@ -91,7 +91,7 @@ def normalize_positions(positions: Any) -> Positions:
         if not positions:
             raise SteeringError("positions is an empty list; give at least one token index, or 'all'")
         out = []
-        for p in positions:
+        for p in map(plain_scalar, positions):
             if isinstance(p, bool) or not isinstance(p, int):
                 raise SteeringError(f"token indices must be integers, got {p!r} in positions {positions!r}")
             out.append(int(p))
@@ -132,7 +132,7 @@ def positions_text(positions: Positions) -> str:
     return positions if isinstance(positions, str) else ",".join(str(p) for p in positions)
 
 
-def _scalar(v: Any) -> Any:
+def plain_scalar(v: Any) -> Any:
     """A one-value tensor or NumPy scalar as the Python number it holds (what a notebook computes:
     `acts.argmax()`, `np.float32(...)`); anything else as given, for the checks that follow."""
     if not isinstance(v, (bool, int, float)) and getattr(v, "ndim", None) == 0 and callable(getattr(v, "item", None)):
@@ -154,8 +154,8 @@ class Trigger:
     unit: Unit = field(default="raw", metadata={"help": "raw activation units, or max_act"})
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "latent", _scalar(self.latent))
-        object.__setattr__(self, "above", _scalar(self.above))
+        object.__setattr__(self, "latent", plain_scalar(self.latent))
+        object.__setattr__(self, "above", plain_scalar(self.above))
         if isinstance(self.latent, bool) or not isinstance(self.latent, int) or self.latent < 0:
             raise SteeringError(f"a trigger names a latent id (a non-negative integer), got {self.latent!r}")
         if isinstance(self.above, bool) or not isinstance(self.above, (int, float)):
@@ -201,8 +201,8 @@ class FeatureEdit:
             object.__setattr__(self, "when", Trigger.parse(self.when))
         if self.when is not None and not isinstance(self.when, Trigger):
             raise SteeringError(f"when must be a Trigger (or text like '77>1.5'), got {self.when!r}")
-        object.__setattr__(self, "latent", _scalar(self.latent))
-        object.__setattr__(self, "value", _scalar(self.value))
+        object.__setattr__(self, "latent", plain_scalar(self.latent))
+        object.__setattr__(self, "value", plain_scalar(self.value))
         if isinstance(self.latent, bool) or not isinstance(self.latent, int):
             raise SteeringError(f"latent must be an integer (an SAE latent index), got {self.latent!r}")
         if self.op not in OPS:
@@ -252,7 +252,7 @@ class VectorEdit:
     def __post_init__(self) -> None:
         if not isinstance(self.hook_name, str) or not self.hook_name:
             raise SteeringError("VectorEdit needs a hook_name such as 'blocks.1.hook_resid_post'")
-        object.__setattr__(self, "strength", _scalar(self.strength))
+        object.__setattr__(self, "strength", plain_scalar(self.strength))
         if isinstance(self.strength, bool) or not isinstance(self.strength, (int, float)):
             raise SteeringError(f"strength must be a number, got {self.strength!r}")
         object.__setattr__(self, "strength", float(self.strength))

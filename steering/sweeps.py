@@ -42,7 +42,7 @@ from steering.config import GenerationConfig, SweepConfig
 from steering.generation import Generation, generate, with_sae_bos
 from steering.inputs import Model, SAEArg, SAEs, TypicalMaxArg
 from steering.session import check_not_steered, steer
-from steering.spec import Edit, FeatureEdit, SteerLimits, SteeringError
+from steering.spec import Edit, FeatureEdit, SteerLimits, SteeringError, plain_scalar
 
 
 @dataclass
@@ -269,6 +269,7 @@ def sweep(
     from steering.spec import lookup_typical_max
 
     config = config or SweepConfig()
+    latent = plain_scalar(latent)  # a tensor's `argmax()`: a tensor key would miss its typical max
     check_not_steered(model, "steering.sweep")
     saes = {sae_name: as_sae(sae)}  # a sae_lens.SAE object: converted once, not per strength
     check_models(model, saes, allow_model_mismatch)

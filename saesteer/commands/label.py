@@ -278,7 +278,8 @@ def _print_report(report, store, budget, label_cfg) -> None:
     print_failed_latents([(f.latent, f.stage, f.reason) for f in report.failed], more=f" (see {store.failures_file})")
     if report.stopped == "budget":
         print(f"stopped: the budget ({budget}) was reached; {report.abandoned} latent(s) in progress were left "
-              "unwritten. Re-run with a larger --budget to continue: answers already paid for are cached.")
+              "unwritten. Re-run to continue: --budget holds for each run on its own (a re-run may spend up to it "
+              "again); answers already paid for are cached and not paid again.")
     if report.stopped == "failures":
         print(judge_streak_stop(label_cfg.max_consecutive_failures, report.failed[-1].reason))
 
