@@ -146,12 +146,12 @@ def _refuse_whole_block_alias(model: Any, name: str, where: str) -> None:
     # the hook holding exactly what the alias held: not ln2.hook_normalized (taken before the norm's gain, and on a
     # post-norm block, FlexOlmo, the MLP's output normed), nor hook_mlp_out where the block scales or norms the
     # MLP's output first (Granite-MoE, FlexOlmo)
-    use = (f"{_hf_module_output_hook(model, int(layer), 'hook_mlp_out')} for its output" if which == "post"
-           else f"{block}.hook_in for its input")
+    part = "output" if which == "post" else "input"
+    use = _hf_module_output_hook(model, int(layer), "hook_mlp_out") if which == "post" else f"{block}.hook_in"
     raise UnknownHookError(
         f"{where}hook point {name!r} is not an MLP's hidden activation on this model: its MLP is a mixture of "
-        f"experts, and TransformerLens maps {name} to the whole block's {'output' if which == 'post' else 'input'} "
-        f"({block}.{end}); use {use}")
+        f"experts with no single layer of neurons, and TransformerLens gives that name to the whole block's {part}; "
+        f"use {use} for the block's {part}")
 
 
 class NotEditableHookError(UnknownHookError):

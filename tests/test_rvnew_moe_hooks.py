@@ -71,7 +71,7 @@ def test_an_moe_blocks_refused_neuron_hooks_name_the_hook_holding_the_blocks_inp
             check_hook(model, f"blocks.0.mlp.hook_{which}")
         message = str(refused.value)
         assert "\n" not in message
-        named[which] = re.search(r"; use (\S+) for its", message).group(1)
+        named[which] = re.search(r"; use (\S+) for the block", message).group(1)
         check_hook(model, named[which])
     with torch.no_grad():
         _, cache = model.run_with_cache(ids, names_filter=list(named.values()))
