@@ -100,6 +100,12 @@ def check_hook(model: Any, name: str, who: str | None = None, *, per_token: bool
     if name in known:
         raise UnknownHookError(f"{where}hook point {name!r} is not per-token (it has one value per pair of "
                                f"positions); use a per-token hook instead")
+    mid = _RESID_MID.match(name)
+    if mid and getattr(getattr(model, "cfg", None), "parallel_attn_mlp", False):
+        raise UnknownHookError(
+            f"{where}hook point {name!r} does not exist on this model: its attention and MLP run in parallel on "
+            f"the same input (as GPT-J's, Pythia's, Phi-2's), so no residual stream lies between them; use "
+            f"blocks.{mid.group(1)}.hook_resid_pre (their input) or blocks.{mid.group(1)}.hook_resid_post")
     close = difflib.get_close_matches(name, valid, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     hf = _HF_MODULE.match(name)
@@ -121,13 +127,14 @@ def check_hook(model: Any, name: str, who: str | None = None, *, per_token: bool
                            f"{describe_hooks(named)}{more}")
 
 
+_RESID_MID = re.compile(r"^blocks\.(\d+)\.hook_resid_mid$")
 _MLP_HIDDEN = re.compile(r"^(blocks\.(\d+)\.mlp)\.hook_(pre|post)$")
 
 
 def _refuse_whole_block_alias(model: Any, name: str, where: str) -> None:
     """A TransformerBridge names the input and output of a mixture-of-experts block (Mixtral, Qwen3-MoE, gpt-oss,
-    OLMoE: no single hidden layer of neurons) `mlp.hook_pre` and `mlp.hook_post`, the names of an MLP's
-    hidden activations elsewhere: an SAE asked for on the neurons would read the block's output."""
+    OLMoE, DeepSeek, Jamba: no single hidden layer of neurons) `mlp.hook_pre` and `mlp.hook_post`, the names of
+    an MLP's hidden activations elsewhere: an SAE asked for on the neurons would read the block's output."""
     m = _MLP_HIDDEN.match(name)
     if m is None:
         return
@@ -135,13 +142,16 @@ def _refuse_whole_block_alias(model: Any, name: str, where: str) -> None:
     block, layer, which = m.groups()
     end = {"pre": "hook_in", "post": "hook_out"}[which]
     if hook_dict[name] is not hook_dict.get(f"{block}.{end}"):
-        return
-    use = (f"blocks.{layer}.hook_mlp_out for its output" if which == "post"
-           else f"blocks.{layer}.ln2.hook_normalized for its input")
+        return  # a dense MLP (or a dense layer of an interleaved MoE stack): its neurons
+    # the hook holding exactly what the alias held: not ln2.hook_normalized (taken before the norm's gain, and on a
+    # post-norm block, FlexOlmo, the MLP's output normed), nor hook_mlp_out where the block scales or norms the
+    # MLP's output first (Granite-MoE, FlexOlmo)
+    part = "output" if which == "post" else "input"
+    use = _hf_module_output_hook(model, int(layer), "hook_mlp_out") if which == "post" else f"{block}.hook_in"
     raise UnknownHookError(
         f"{where}hook point {name!r} is not an MLP's hidden activation on this model: its MLP is a mixture of "
-        f"experts, and TransformerLens maps {name} to the whole block's {'output' if which == 'post' else 'input'} "
-        f"({block}.{end}); use {use}")
+        f"experts with no single layer of neurons, and TransformerLens gives that name to the whole block's {part}; "
+        f"use {use} for the block's {part}")
 
 
 class NotEditableHookError(UnknownHookError):

@@ -11,11 +11,12 @@ At each stage the check is against the HF model itself, not against our own earl
   by exactly the latent's decoder contribution (the SAE run on HF's own activation), so the edit
   lands at the right hook, changes that latent only, and nothing else differs.
 
-Mixtral (a mixture-of-experts MLP, GQA, SentencePiece tokenizer with <s>) runs by default; the
-others under --slow: Llama-3.1 (llama3 RoPE scaling, tied embeddings), Phi-3 (joint qkv / gate_up),
-Qwen3-MoE (no BOS token at all), OLMoE, GPT-J (parallel attention), Gemma-3 (Gemma's tokenizer and
-<bos>), Granite (embedding/residual/logit multipliers), StarCoder2, gpt-oss (experts, attention sinks),
-Gemma-4 (text).
+All run under `-m slow` (one chain takes ~10 s on the shared CI cores; the default run covers these
+architectures' hooks in tests/test_newarch_hooks.py and test_rvnew_moe_hooks.py): Mixtral (a
+mixture-of-experts MLP, GQA, SentencePiece tokenizer with <s>), Llama-3.1 (llama3 RoPE scaling, tied
+embeddings), Phi-3 (joint qkv / gate_up), Qwen3-MoE (no BOS token at all), OLMoE, GPT-J (parallel
+attention), Gemma-3 (Gemma's tokenizer and <bos>), Granite (embedding/residual/logit multipliers),
+StarCoder2, gpt-oss (experts, attention sinks), Gemma-4 (text).
 """
 
 from __future__ import annotations
@@ -34,13 +35,12 @@ pytestmark = [pytest.mark.usefixtures("one_thread", "offline_env")]
 FAMILY = {"mixtral": "mistral", "llama3_1": "llama3", "phi3": "mistral", "qwen3_moe": "qwen2", "olmoe": "neox",
           "gptj": "gpt2", "gemma3": "gemma", "granite": "gpt2", "starcoder2": "gpt2", "gpt_oss": "gpt2",
           "gemma4": "gemma"}
-FAST = ("mixtral",)
 HOOK = "blocks.0.hook_resid_post"  # HF's hidden_states[1] in every architecture
 PROMPT = "def parse(self, line):\n    \"\"\"Split caf\u00e9 \u6771\u4eac\"\"\"\n    return"
 
 
 def _arch_params():
-    return [a if a in FAST else pytest.param(a, marks=pytest.mark.slow) for a in FAMILY]
+    return [pytest.param(a, marks=pytest.mark.slow) for a in FAMILY]
 
 
 @pytest.fixture(scope="module")

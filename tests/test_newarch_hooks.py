@@ -36,16 +36,9 @@ def tok(real_corpus):
 
 @pytest.fixture(scope="module")
 def arch_dirs(tmp_path_factory, tok):
-    from helpers.real_models import save_arch_model
+    from helpers.real_models import arch_models
 
-    root, made = tmp_path_factory.mktemp("newarch-hooks"), {}
-
-    def path(arch):
-        if arch not in made:
-            made[arch] = save_arch_model(root / arch, arch, tok)
-        return made[arch]
-
-    return path
+    return arch_models(tmp_path_factory.mktemp("newarch-hooks"), tok)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -69,14 +62,15 @@ def test_the_hooks_users_pick_have_the_widths_their_names_promise(arch, arch_dir
     else:
         assert cache["blocks.0.mlp.hook_post"].shape[-1] == 128  # d_mlp
     if arch == "gptj":  # attention and MLP read the same input: no residual stream between them
-        with pytest.raises(UnknownHookError, match="Did you mean blocks.1.hook_resid_pre"):
+        with pytest.raises(UnknownHookError, match="in parallel.*blocks.1.hook_resid_pre"):
             check_hook(model, "blocks.1.hook_resid_mid")
 
 
-@pytest.mark.parametrize("which, use", [("post", "blocks.0.hook_mlp_out"), ("pre", "blocks.0.ln2.hook_normalized")])
+@pytest.mark.parametrize("which, use", [("post", "blocks.0.hook_mlp_out"), ("pre", "blocks.0.mlp.hook_in")])
 def test_cache_refuses_an_moe_blocks_neuron_hooks_naming_what_to_use(which, use, arch_dirs, real_corpus, tmp_path):
     """`saesteer cache --hooks blocks.0.mlp.hook_post` on Mixtral: refused in one line naming the hook
-    that holds what the Bridge would have cached; the hook it names caches the same values."""
+    that holds what the Bridge would have cached; the hook it names caches (tests/test_rvnew_moe_hooks.py
+    checks the values)."""
     model_dir = arch_dirs("mixtral")
     r = saesteer("cache", "--model", model_dir, "--dataset", real_corpus.jsonl_dir, "--context-length", 32,
                  "--max-tokens", 128, "--hooks", f"blocks.0.mlp.hook_{which}", "--out", tmp_path / "c", "--no-progress")

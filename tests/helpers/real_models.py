@@ -4,6 +4,8 @@ real text, built locally and seeded, as a user's own model and data would be:
     from helpers.real_models import write_corpus, save_real_model
     corpus = write_corpus(tmp / "corpus")            # Corpus: train/validation/test jsonl + a .txt folder
     path = save_real_model(tmp / "llama", "llama", corpus)   # config.json + model.safetensors + tokenizer
+    path = save_arch_model(tmp / "mixtral", "mixtral", tok)  # untrained, any architecture of its table
+    path = arch_models(tmp, tok, trained_norms=True)("flex_olmo")  # built on first use, norm gains far from 1
 
 The corpus is Python source (stdlib modules, read from this interpreter's own library) and prose
 (the Python reference's topic texts from `pydoc_data`, the Python licence, a Unicode
@@ -400,18 +402,27 @@ def olmo3_checkpoint(directory, tok) -> Path:
                                    bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                                    pad_token_id=tok.pad_token_id)
     hf = transformers.Olmo3ForCausalLM(cfg)
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            if "norm" in name:
-                p.copy_(1 + 0.5 * torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))))
+    spread_norm_weights(hf)
     hf.save_pretrained(directory, safe_serialization=True)
     tok.save_pretrained(directory)
     return Path(directory)
 
 
-def save_arch_model(directory: Path, arch: str, tok) -> Path:
+def spread_norm_weights(hf) -> None:
+    """Norm gains far from 1, as a trained model's are (a fresh one's are all 1, which hides a hook read
+    before the gain is applied from one read after it)."""
+    import torch
+
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "norm" in name:
+                p.copy_(1 + 0.5 * torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))))
+
+
+def save_arch_model(directory: Path, arch: str, tok, *, trained_norms: bool = False) -> Path:
     """A randomly initialised tiny checkpoint of `arch` (wide enough initial weights that sampled text
-    and log-probs vary), saved with its tokenizer."""
+    and log-probs vary), saved with its tokenizer; `trained_norms`: norm gains far from 1
+    (`spread_norm_weights`)."""
     import torch
     import transformers
 
@@ -445,7 +456,17 @@ def save_arch_model(directory: Path, arch: str, tok) -> Path:
         "mixtral": ("MixtralConfig", "MixtralForCausalLM", dict(gqa, num_local_experts=4, num_experts_per_tok=2)),
         "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM", dict(
             gqa, head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1)),
+        # Qwen2-MoE: shared and routed experts; layer 0 a dense MLP (`mlp_only_layers`), as DeepSeek's first layers
+        "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM", dict(
+            gqa, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=64,
+            mlp_only_layers=[0])),
         "olmoe": ("OlmoeConfig", "OlmoeForCausalLM", dict(num_experts=4, num_experts_per_tok=2)),
+        # FlexOlmo: OLMoE's experts in OLMo-2's post-norm blocks (ln2 norms the experts' output, not their input)
+        "flex_olmo": ("FlexOlmoConfig", "FlexOlmoForCausalLM", dict(num_experts=4, num_experts_per_tok=2)),
+        # Granite-MoE: Granite's multipliers around a mixture of experts (the block scales the experts' output)
+        "granitemoe": ("GraniteMoeConfig", "GraniteMoeForCausalLM", dict(
+            num_local_experts=4, num_experts_per_tok=2, embedding_multiplier=4.0, residual_multiplier=0.5,
+            attention_multiplier=0.25, logits_scaling=2.0)),
         # GPT-J: parallel attention and MLP off one LayerNorm, rotary on part of each head (its own names)
         "gptj": ("GPTJConfig", "GPTJForCausalLM", dict(n_embd=64, n_layer=2, n_head=4, rotary_dim=8, n_inner=128,
                                                         n_positions=128)),
@@ -469,6 +490,20 @@ def save_arch_model(directory: Path, arch: str, tok) -> Path:
                                                             "pad_token_id", "initializer_range")}
     torch.manual_seed(0)
     model = getattr(transformers, model_name)(getattr(transformers, cfg_name)(**{**common, **extra}))
+    if trained_norms:
+        spread_norm_weights(model)
     model.save_pretrained(directory, safe_serialization=True)
     tok.save_pretrained(directory)
     return directory
+
+
+def arch_models(root: Path, tok, **kw):
+    """`path(arch)`: `save_arch_model(root / arch, arch, tok, **kw)`, built the first time it is asked for."""
+    made: dict[str, Path] = {}
+
+    def path(arch: str) -> Path:
+        if arch not in made:
+            made[arch] = save_arch_model(Path(root) / arch, arch, tok, **kw)
+        return made[arch]
+
+    return path
