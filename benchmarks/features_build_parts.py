@@ -7,6 +7,12 @@
         command, of the store write and of the relations' logit effects; peak RSS
     python benchmarks/features_build_parts.py pass SAE CACHE HOOK
         the pass alone (FeatureAccumulator.update over the cache's batches, 1 torch thread): PASS {json}
+    python benchmarks/features_build_parts.py threads SAE CACHE HOOK MODEL STATE [--rounds 5]
+        the store write's small tensor work (co-activation neighbours, activation correlations, every
+        block's rows) from a saved pass state (`features build` stopped after its pass leaves
+        X.db.building.state.safetensors), run with 1 torch thread and with torch's default, rounds
+        interleaved: THREADS {json} with the medians of process CPU and wall seconds per part and
+        thread count, the load average before and after, and whether the results are equal
     python benchmarks/features_build_parts.py compare --tree old=DIR --tree new=DIR \
             --shape mid=SAE,CACHE,MODEL [--shape big=...] --rounds 3 [--rounds-for big=1] --work DIR
         `build` of every shape by every tree (PYTHONPATH=DIR), rounds interleaved (each run under
@@ -85,6 +91,85 @@ def pass_alone(sae_path: str, cache: str, hook: str) -> int:
             T["update_cpu_s"] += time.process_time() - c
     print("PASS", json.dumps(dict(T)), flush=True)
     return 0
+
+
+def threads(argv: list[str]) -> int:
+    import hashlib
+    import os
+    import statistics
+
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoTokenizer
+
+    import features.build as fb
+    from features import BuildConfig, CacheSource
+    from features.accumulate import FeatureAccumulator
+    from features.analysis import CoactSample, activation_correlations, coact_neighbours, decoder_neighbours
+    from features.finalize import finalize
+    from features.windowtexts import WindowTexts
+    from saes import load_sae
+    from saes.threads import torch_threads
+
+    sae_path, cache, hook, model, state = argv[:5]
+    rounds = int(argv[argv.index("--rounds") + 1]) if "--rounds" in argv else 5
+    sae, src, cfg = load_sae(sae_path), CacheSource(cache, hook=hook), BuildConfig()
+    acc = FeatureAccumulator(sae.cfg.d_sae, cfg, src.context_length, bos_id=src.bos_id)
+    with safe_open(state, framework="pt") as f:
+        acc.load_state_dict({k: f.get_tensor(k) for k in f.keys()})
+    res = finalize(acc)
+    tok = AutoTokenizer.from_pretrained(model)
+    W_dec = sae.W_dec.detach().float()
+    dec_norm, dec_nb = W_dec.norm(dim=1), decoder_neighbours(W_dec, cfg.n_neighbours)
+    sample = CoactSample(res.coact_lat_FQK, res.coact_n_F, res.n_fires_F)
+    F, default = sae.cfg.d_sae, torch.get_num_threads()
+
+    def parts():
+        co = coact_neighbours(sample, cfg.n_neighbours)
+        yield "coact_neighbours", co
+        corr = activation_correlations(sample, res.coact_val_FQK, res.coact_self_FQ, res.sum_F, res.sumsq_F, res.n_rows,
+                                       cfg.n_neighbours)
+        yield "activation_correlations", corr
+        wt, blocks = WindowTexts(), []
+        for f0 in range(0, F, cfg.write_block):
+            blocks.append(fb._block_rows(f0, min(F, f0 + cfg.write_block), res, dec_norm, dec_nb, co, corr, None, None,
+                                         src, tok, cfg.window_before, cfg.window, wt))
+        yield "block_rows", blocks
+
+    def digest(blocks) -> str:  # outside the timings
+        h = hashlib.sha256()
+        for rows in blocks:
+            h.update(repr((rows[:2], rows[3:], rows[2].windows, rows[2].columns)).encode())
+        return h.hexdigest()
+
+    figures: dict = collections.defaultdict(list)
+    results: dict = {}
+    load = [os.getloadavg()]
+    for r in range(rounds):
+        for n in ((1, default) if r % 2 == 0 else (default, 1)):  # interleaved, each first in turn
+            with torch_threads(n):
+                c, w = time.process_time(), time.perf_counter()
+                for name, out in parts():
+                    figures[name, n, "cpu_s"].append(time.process_time() - c)
+                    figures[name, n, "wall_s"].append(time.perf_counter() - w)
+                    results.setdefault(name, {})[n] = digest(out) if name == "block_rows" else out
+                    c, w = time.process_time(), time.perf_counter()
+        load.append(os.getloadavg())
+    same = {name: all(_equal(v, next(iter(by_n.values()))) for v in by_n.values()) for name, by_n in results.items()}
+    print("THREADS", json.dumps({"default_threads": default, "rounds": rounds, "load_1m": [round(x[0], 1) for x in load],
+                                 "equal": same, "median": {f"{k[0]} {k[1]}t {k[2]}": round(statistics.median(v), 3)
+                                                           for k, v in figures.items()},
+                                 "all": {f"{k[0]} {k[1]}t {k[2]}": [round(x, 3) for x in v] for k, v in figures.items()}}),
+          flush=True)
+    return 0
+
+
+def _equal(a, b) -> bool:
+    """Tensors of two NamedTuples (or two digests) equal, NaN where NaN."""
+    if isinstance(a, str):
+        return a == b
+    import torch
+    return all(torch.equal(x, y) or bool(((x == y) | (x.isnan() & y.isnan())).all()) for x, y in zip(a, b))
 
 
 PARTS = [("whole `features build`", "cpu_s"), ("store write (`_write`)", "write_cpu_s"),
@@ -193,4 +278,5 @@ def compare(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     mode, rest = sys.argv[1], sys.argv[2:]
-    sys.exit({"build": build, "compare": compare}[mode](rest) if mode in ("build", "compare") else pass_alone(*rest))
+    modes = {"build": build, "compare": compare, "threads": threads}
+    sys.exit(modes[mode](rest) if mode in modes else pass_alone(*rest))

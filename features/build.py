@@ -358,7 +358,10 @@ def _write(store: FeatureStore, sae, source, cfg: BuildConfig, res: PassResult, 
     dec_norm = W_dec.norm(dim=1)
     dec_nb = decoder_neighbours(W_dec, cfg.n_neighbours)
     sample = CoactSample(res.coact_lat_FQK, res.coact_n_F, res.n_fires_F)
-    with torch_threads(1):  # sorts and scatters of sampled pairs: a second thread only spins (benchmarks/RESULTS.md)
+    # One thread: sorts, indexing and scatters of many small pieces. Two threads took 3-5x the wall
+    # time and CPU of one on a 2-core machine (load 3-7); more threads could split at most half of
+    # this (1-D sorts run on one thread anyway), ~0.5 s per 8k latents (benchmarks/RESULTS.md).
+    with torch_threads(1):
         co_nb = coact_neighbours(sample, cfg.n_neighbours)
         corr = activation_correlations(sample, res.coact_val_FQK, res.coact_self_FQ, res.sum_F, res.sumsq_F, res.n_rows,
                                        cfg.n_neighbours)
@@ -397,7 +400,7 @@ def _write(store: FeatureStore, sae, source, cfg: BuildConfig, res: PassResult, 
         if b in done:
             continue
         f1 = min(F, f0 + cfg.write_block)
-        with torch_threads(1):  # many small tensor ops: a second thread only spins (benchmarks/RESULTS.md)
+        with torch_threads(1):  # ~90% Python; its small tensor ops ran 3x slower in wall on two threads (RESULTS.md)
             rows = _block_rows(f0, f1, res, dec_norm, dec_nb, co_nb, corr, logits, links, source, tokenizer, before, W,
                                window_texts)
         store.write_feature_block(b, f0, f1, *rows)

@@ -42,12 +42,15 @@ def eager_example_rows(f0, f1, res, source, tokenizer, before, W, window_texts) 
     return ExampleBlock.of_rows(rows)
 
 
-def _build(path, tok, texts):
+DEAD = [9, 40]  # in the second and last write blocks
+L = 32  # the contexts' length
+
+
+def _build(path, tok, texts, dead=DEAD, n_negative=6):
     import saes
     from features import BuildConfig, TensorSource, build_feature_store
 
     ids = tok("\n".join(texts), add_special_tokens=False)["input_ids"]
-    L = 32
     C = len(ids) // (L - 1)
     ctx_CL = torch.cat([torch.full((C, 1), tok.bos_token_id), torch.tensor(ids[: C * (L - 1)]).reshape(C, L - 1)], 1)
     keep_CL = torch.ones(C, L, dtype=torch.bool)
@@ -55,7 +58,9 @@ def _build(path, tok, texts):
     g = torch.Generator().manual_seed(0)
     acts_RD = torch.randn(int(keep_CL.sum()), 16, generator=g)
     sae = saes.create_sae("topk", 16, 48, k=6, generator=g, metadata={"hook_name": "blocks.0.hook_resid_post"})
-    cfg = BuildConfig(top_k=6, n_quantile=8, n_negative=6, negative_pool=24, window_before=10, window_after=4,
+    with torch.no_grad():
+        sae.b_enc[dead] = -1e4  # never in the top k: latents without top or quantile examples
+    cfg = BuildConfig(top_k=6, n_quantile=8, n_negative=n_negative, negative_pool=24, window_before=10, window_after=4,
                       n_neighbours=3, write_block=8, checkpoint_rows=0)
     build_feature_store(path, sae, TensorSource(acts_RD, ctx_CL, keep_CL, bos_id=tok.bos_token_id, name="text"), cfg,
                         tokenizer=tok if tok.with_text else None, progress=False)
@@ -105,6 +110,9 @@ def test_the_store_of_per_window_examples_is_the_eager_references_row_for_row(tm
     assert len(centres) > len(windows)
     assert sum(r[-1] is None for r in refs) > 50 and sum(r[-1] is not None for r in refs) > 50
     assert sum(np.frombuffer(w[1], dtype="<i4")[0] == tok.bos_token_id for w in windows) > 5
+    assert sum(r[7] >= L - 4 for r in refs) > 20  # windows cut at their context's end (window_after 4)
+    shown = {r[1] for r in refs if r[2] != "negative"}
+    assert not shown & set(DEAD) and len(shown) > 30  # latents without examples but negatives
     if with_text:
         assert sum(any(ord(c) > 127 for c in w[2]) for w in windows) > 5
         assert sum(bool(row[1]) for row in eager["feature_fts"]) > 10  # (label, examples)
@@ -120,3 +128,18 @@ def test_an_example_block_reads_back_as_the_rows_it_was_made_of():
     assert block.windows == [(w1, "ab", o), (w2, None, None)]
     assert block.columns[-2] == [0, 1, 0] and block.columns[-1] == [a, None, a]  # all-zero activations: None
     assert len(block) == 3 and list(block) == rows
+
+
+def test_a_block_of_latents_without_any_example_writes_as_the_reference(tmp_path, monkeypatch, tokenizer):
+    """No negatives and a whole write block (latents 8-15) dead: a block with no example at all, and
+    latents without rows beside latents with some."""
+    tok, texts = tokenizer
+    tok.with_text = True
+    dead = list(range(8, 16)) + [40]
+    _build(tmp_path / "fast.db", tok, texts, dead, n_negative=0)
+    monkeypatch.setattr(features.build, "_example_rows", eager_example_rows)
+    _build(tmp_path / "eager.db", tok, texts, dead, n_negative=0)
+    fast, eager = _tables(tmp_path / "fast.db"), _tables(tmp_path / "eager.db")
+    assert fast == eager
+    shown = {r[1] for r in eager["example_refs"]}
+    assert not shown & set(dead) and len(shown) > 30 and len(eager["features"]) == 48
