@@ -143,10 +143,24 @@ def save_state(path: Path, acc: FeatureAccumulator, identity: dict, phase: str, 
         with atomic_path(path) as tmp:
             save_file({k: v.contiguous() for k, v in acc.state_dict().items()}, str(tmp), metadata=meta)
     except SafetensorError as e:  # its Rust writer reports a failed write (a full disk) so, not as an OSError
-        code = re.search(r"\(os error (\d+)\)", str(e))
-        if code is None:
+        error = _as_os_error(e, path)
+        if error is None:
             raise
-        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from e
+        raise error from e
+
+
+def _as_os_error(e: SafetensorError, path: Path) -> OSError | None:
+    """The OSError of a failed safetensors write to `path`: its errno from the message ("... (os error
+    28)" as safetensors 0.8 words it, "IoError(Os { code: 28, ...})" as older ones did), else the
+    message itself; None when it is no I/O error (a bug)."""
+    text = str(e)
+    code = re.search(r"\(os error (\d+)\)|\bOs \{ code: (\d+)", text)
+    if code is not None:
+        errno_ = int(code.group(1) or code.group(2))
+        return OSError(errno_, os.strerror(errno_), str(path))
+    if "I/O error" in text or "IoError" in text:
+        return OSError(None, f"could not write it ({text})", str(path))
+    return None
 
 
 def load_state(path: Path, acc: FeatureAccumulator, identity: dict) -> tuple[str, int] | None:
