@@ -8,31 +8,16 @@ from __future__ import annotations
 
 import signal
 import sqlite3
-import sys
 from pathlib import Path
 
 import pytest
 from safetensors import safe_open
 
 from helpers.real_cli import saesteer
+from test_stop_signals import _stop_child
+from test_stop_signals import toy_cache_and_sae  # noqa: F401 (the fixture: a toy cache and an SAE of it)
 
 pytestmark = [pytest.mark.usefixtures("one_thread", "offline_env")]
-
-
-@pytest.fixture(scope="module")
-def toy_cache_and_sae(tmp_path_factory) -> Path:
-    import torch
-
-    import saes
-
-    d = tmp_path_factory.mktemp("toy")
-    hook = "blocks.2.hook_resid_post"
-    saesteer("cache", "--model", "toy", "--dataset", "toy", "--max-tokens", "4096", "--shard-contexts", "8",
-             "--hooks", hook, "--out", d / "cache", "--no-progress").ok()
-    sae = saes.create_sae("topk", 128, 64, k=8, generator=torch.Generator().manual_seed(0),
-                          metadata={"hook_name": hook, "model_name": "toyworld-tiny"})
-    saes.save_sae(sae, d / "sae")
-    return d
 
 
 def _build_argv(d: Path, out: Path) -> list[str]:  # --checkpoint-rows left at its default
@@ -45,7 +30,8 @@ def _features(store: Path) -> list:
         return db.execute("SELECT * FROM features ORDER BY 1").fetchall()
 
 
-def _pass_rows(store: Path) -> int:
+def _pass_rows(store: Path) -> tuple[int, int]:
+    """(rows of the pass the last run made, rows of the cache)"""
     from features import FeatureStore
 
     with FeatureStore.open(store) as st:
@@ -55,16 +41,14 @@ def _pass_rows(store: Path) -> int:
 
 def test_a_stop_mid_pass_saves_the_pass_state_and_the_rerun_resumes_from_it(toy_cache_and_sae, tmp_path):
     from features.build import building_path, state_path
-    from helpers.stop_child import signal_when_waiting
 
     d = toy_cache_and_sae
     clean = tmp_path / "clean.db"
     saesteer(*_build_argv(d, clean)).ok()
 
     store = tmp_path / "toy.db"
-    r = signal_when_waiting([sys.executable, str(Path(__file__).parent / "helpers" / "stop_child.py"),
-                             "features.accumulate:FeatureAccumulator.update", "4", str(tmp_path / "waiting"),
-                             *_build_argv(d, store)], tmp_path / "waiting", _child_env(), signal.SIGTERM)
+    # SIGTERM in the 4th batch of 16
+    r = _stop_child("features.accumulate:FeatureAccumulator.update", 4, tmp_path / "waiting", *_build_argv(d, store))
     assert r.returncode == 128 + signal.SIGTERM and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert "resume" in r.stderr, r.stderr[-2000:]
     state = state_path(building_path(store))
@@ -84,27 +68,14 @@ def test_a_rerun_with_no_state_to_resume_does_not_say_resumed(toy_cache_and_sae,
     """A build killed before it saved any state (SIGKILL, a power cut): the rerun starts over and
     says nothing of resuming."""
     from features.build import building_path, state_path
-    from helpers.stop_child import signal_when_waiting
 
     d = toy_cache_and_sae
     store = tmp_path / "toy.db"
-    signal_when_waiting([sys.executable, str(Path(__file__).parent / "helpers" / "stop_child.py"),
-                         "features.accumulate:FeatureAccumulator.update", "2", str(tmp_path / "waiting"),
-                         *_build_argv(d, store)], tmp_path / "waiting", _child_env(), signal.SIGKILL)
+    _stop_child("features.accumulate:FeatureAccumulator.update", 2, tmp_path / "waiting", *_build_argv(d, store),
+                signum=signal.SIGKILL)
     assert building_path(store).is_file() and not state_path(building_path(store)).exists()
     out = saesteer(*_build_argv(d, store)).ok().text
     assert "resumed" not in out, out
     done, total = _pass_rows(store)
     assert done == total
 
-
-def _child_env() -> dict[str, str]:
-    import os
-
-    from helpers.real_cli import OFFLINE_ENV
-
-    repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, **OFFLINE_ENV, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    env.pop("SAESTEER_DEBUG", None)
-    env["PYTHONPATH"] = str(repo) + os.pathsep + env.get("PYTHONPATH", "")
-    return env

@@ -35,7 +35,8 @@ def toy_cache(tmp_path_factory):
 
 
 def test_the_train_bar_ends_at_its_total_when_the_last_batch_passes_total_tokens(toy_cache, tmp_path):
-    r = saesteer("train", "--cache", toy_cache, "--out", tmp_path / "run", *TRAIN, "--checkpoint-every-tokens", "0").ok()
+    r = saesteer("train", "--cache", toy_cache, "--out", tmp_path / "run", *TRAIN,
+                 "--checkpoint-every-tokens", "0").ok()
     assert "trained 768 training tokens in 6 steps" in r.text, r.text[-800:]
     last = [ln for ln in r.err.replace("\r", "\n").splitlines() if ln.startswith("train:")][-1]
     shown = re.search(r"\| *(\d+)/(\d+) \[", last)  # (past its total, tqdm drops it: "768tok [...")
@@ -45,7 +46,7 @@ def test_the_train_bar_ends_at_its_total_when_the_last_batch_passes_total_tokens
 def test_a_full_disk_while_training_names_the_checkpoint_file(toy_cache, tmp_path):
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     before = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG), not the process
-    resource.setrlimit(resource.RLIMIT_FSIZE, (100 * 1024, hard))  # the cache is read; a checkpoint (~1.1 MB) is not written
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100 * 1024, hard))  # the cache is read; no checkpoint (~1 MB) fits
     try:
         r = saesteer("train", "--cache", toy_cache, "--out", tmp_path / "run", *TRAIN, "--checkpoint-every-tokens",
                      "256", "--no-progress")
