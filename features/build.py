@@ -13,7 +13,8 @@ overwrite=True, stays whole until the new one replaces it):
    `features.accumulate`) is saved atomically to `<store>.building.state.safetensors`. A killed build,
    re-run with the same arguments, continues from the last checkpoint; since batches are fixed by
    the cache and all sampling is a hash of (seed, row, latent), the result is identical to an
-   uninterrupted build. The end of the pass is checkpointed too.
+   uninterrupted build. The end of the pass is checkpointed too, and so is a stop signal
+   (`stop_signals`: at the next batch boundary, whatever `checkpoint_rows` is).
 3. Relations (neighbours, logit effects, Matryoshka links) are computed from the weights and the
    pass state, then latents are written in blocks of `write_block`, one transaction each, with a
    `build_progress` row; a re-run skips written blocks. Finally `build_state = 'complete'`, the
@@ -28,13 +29,14 @@ and one state file, and the block rows at the end are what phase 3 writes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ContextManager
 
 import numpy as np
 import torch
@@ -63,6 +65,9 @@ from saes.threads import torch_threads
 STATE_SUFFIX = ".state.safetensors"
 BUILDING_SUFFIX = ".building"  # the store while it is built (`building_path`)
 EventHook = Callable[[str, dict], None]
+# a context manager within which a stop signal is only noted; it yields a function that returns the
+# noted signal's number (None: none), as `training.run.StopSignals` (`saesteer.stopsignals.deferred` is one)
+StopSignals = Callable[[], ContextManager[Callable[[], "int | None"]]]
 
 
 @dataclass
@@ -139,10 +144,24 @@ def save_state(path: Path, acc: FeatureAccumulator, identity: dict, phase: str, 
         with atomic_path(path) as tmp:
             save_file({k: v.contiguous() for k, v in acc.state_dict().items()}, str(tmp), metadata=meta)
     except SafetensorError as e:  # its Rust writer reports a failed write (a full disk) so, not as an OSError
-        code = re.search(r"\(os error (\d+)\)", str(e))
-        if code is None:
+        error = _as_os_error(e, path)
+        if error is None:
             raise
-        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from e
+        raise error from e
+
+
+def _as_os_error(e: SafetensorError, path: Path) -> OSError | None:
+    """The OSError of a failed safetensors write to `path`: its errno from the message ("... (os error
+    28)" as safetensors 0.8 words it, "IoError(Os { code: 28, ...})" as older ones did), else the
+    message itself; None when it is no I/O error (a bug)."""
+    text = str(e)
+    code = re.search(r"\(os error (\d+)\)|\bOs \{ code: (\d+)", text)
+    if code is not None:
+        errno_ = int(code.group(1) or code.group(2))
+        return OSError(errno_, os.strerror(errno_), str(path))
+    if "I/O error" in text or "IoError" in text:
+        return OSError(None, f"could not write it ({text})", str(path))
+    return None
 
 
 def load_state(path: Path, acc: FeatureAccumulator, identity: dict) -> tuple[str, int] | None:
@@ -177,6 +196,7 @@ def build_feature_store(
     mismatch_override: str = "allow_model_mismatch=True",
     processing_fix: Callable[[bool], str] = library_processing_fix,
     checked: CheckedInputs | None = None,
+    stop_signals: StopSignals | None = None,
 ) -> BuildResult:
     """Build (or resume, or finish) the feature store at `path` for `sae` over `source`.
 
@@ -192,6 +212,8 @@ def build_feature_store(
     of the model processed as the SAE wants (`features.checks`; the CLI names its flags).
     checked: what `features.checks.check_inputs` returned for this SAE and source under the same
     allow_model_mismatch: those checks are not made again, only those of a model they did not see.
+    stop_signals: the pass runs inside it; a stop signal noted there saves the pass state at the next
+    batch boundary before the build stops (the same build resumes from it).
     The store records the model the activations came from (meta `model_identity`)."""
     t_start = time.perf_counter()
     cfg = cfg or BuildConfig()
@@ -229,12 +251,13 @@ def build_feature_store(
         "bos_id": source.bos_id,
     }
     with writer_lock(path):
-        return _open_and_run(path, sae, source, cfg, identity, meta, model, tokenizer, overwrite, progress, event, t_start)
+        return _open_and_run(path, sae, source, cfg, identity, meta, model, tokenizer, overwrite, progress, event,
+                             stop_signals, t_start)
 
 
-def _open_and_run(path, sae, source, cfg, identity, meta, model, tokenizer, overwrite, progress, event, t_start):
+def _open_and_run(path, sae, source, cfg, identity, meta, model, tokenizer, overwrite, progress, event, stop_signals,
+                  t_start):
     F = sae.cfg.d_sae
-    resumed = False
     building = building_path(path)
     if path.exists() and not overwrite:
         store = FeatureStore.open(path, readonly=False)
@@ -252,12 +275,12 @@ def _open_and_run(path, sae, source, cfg, identity, meta, model, tokenizer, over
             state_path(path).unlink(missing_ok=True)  # left over if killed right after completing
             return BuildResult(path, F, int(store.meta.get("n_rows", 0)), 0.0, 0, time.perf_counter() - t_start,
                                False, True, 0, summary, relabelled)
-        resumed, building = True, path  # a build an older saesteer left at the path itself: finished there
+        building = path  # a build an older saesteer left at the path itself: finished there
     else:
         if building.exists() and _of_another_build(building, identity):  # a stopped build of no use now
             _remove_store(building)
         if building.exists():  # a stopped build of this one
-            store, resumed = FeatureStore.open(building, readonly=False), True
+            store = FeatureStore.open(building, readonly=False)
         else:
             store = FeatureStore.create(building, meta)
     try:
@@ -265,7 +288,7 @@ def _open_and_run(path, sae, source, cfg, identity, meta, model, tokenizer, over
         if building != path and store.complete:  # stopped (or refused) after it was built, before it replaced the store
             result = _built(store, building, t_start)
         else:
-            result = _run(store, building, sae, source, cfg, identity, model, tokenizer, progress, event, resumed,
+            result = _run(store, building, sae, source, cfg, identity, model, tokenizer, progress, event, stop_signals,
                           t_start)
     finally:
         store.close()
@@ -293,14 +316,14 @@ def _built(store, building: Path, t_start: float) -> BuildResult:
                        True, False, int(meta.get("build_stats", {}).get("state_bytes", 0)), meta.get("summary", {}))
 
 
-def _run(store, path, sae, source, cfg, identity, model, tokenizer, progress, event, resumed, t_start):
+def _run(store, path, sae, source, cfg, identity, model, tokenizer, progress, event, stop_signals, t_start):
     F = sae.cfg.d_sae
     L = source.context_length
     spath = state_path(path)
     acc = FeatureAccumulator(F, cfg, L, bos_id=source.bos_id)
     loaded = load_state(spath, acc, identity)
     phase, next_context = loaded if loaded else ("pass", 0)
-    resumed = resumed or loaded is not None
+    resumed = loaded is not None or bool(store.written_blocks())  # else a stopped build starts over
     pass_rows = 0
     pass_seconds = 0.0
     if phase == "pass":
@@ -311,7 +334,8 @@ def _run(store, path, sae, source, cfg, identity, model, tokenizer, progress, ev
         t0 = time.perf_counter()
         bar = tqdm(total=source.n_rows, initial=acc.n_rows, unit="tok", unit_scale=True, desc="feature pass",
                    disable=not progress, smoothing=0.05)
-        with torch.no_grad():
+        stop_scope = stop_signals() if stop_signals is not None else contextlib.nullcontext(lambda: None)
+        with torch.no_grad(), stop_scope as stop_requested:
             for batch in source.batches(next_context, cpb):
                 x = batch.acts_BD.to(device=sae.device, dtype=sae.dtype)
                 acts = sae.encode_sparse(x)
@@ -328,7 +352,14 @@ def _run(store, path, sae, source, cfg, identity, model, tokenizer, progress, ev
                     save_state(spath, acc, identity, "pass", next_context)
                     since = 0
                     event("checkpoint", {"rows": acc.n_rows, "next_context": next_context})
+                if stop_requested() is not None:
+                    break
+            if stop_requested() is not None:  # saved between batches; the scope's exit then stops the build
+                bar.close()
+                save_state(spath, acc, identity, "pass", next_context)
         bar.close()
+        if stop_requested() is not None:  # a scope that does not stop by itself
+            raise KeyboardInterrupt(f"stopped by signal {stop_requested()}; the pass state is saved")
         pass_seconds = time.perf_counter() - t0
         if acc.n_rows != source.n_rows:
             raise RuntimeError(f"the pass saw {acc.n_rows} rows but the cache holds {source.n_rows}; the cache changed while reading")

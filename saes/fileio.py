@@ -135,6 +135,13 @@ def temp_target(path: str | os.PathLike) -> Path:
     return path.with_name(m.group(1)) if m else path
 
 
+def name_the_final_file(e: BaseException, tmp_dir: Path, final_dir: Path) -> None:
+    """Make an OSError about a file in `tmp_dir` (a folder written, then renamed to `final_dir`)
+    name that file in `final_dir`: the path a user can look for, not a temporary one that is gone."""
+    if isinstance(e, OSError) and e.filename is not None and Path(e.filename).parent == Path(tmp_dir):
+        e.filename = str(Path(final_dir) / Path(e.filename).name)
+
+
 def _unlink_quietly(path: str | os.PathLike) -> None:
     try:
         os.unlink(path)
@@ -154,8 +161,10 @@ def _replacing(path: Path) -> Iterator[str]:
         os.chmod(tmp, new_file_mode(path))  # by name: os.fchmod is POSIX-only before Python 3.13 (Windows)
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         _unlink_quietly(tmp)
+        if isinstance(e, OSError) and e.errno is not None and e.filename is None:
+            e.filename = str(path)  # a write or fsync that failed (a full disk) names no file: the one written
         raise
     fsync_dir(path.parent)
 

@@ -47,7 +47,8 @@ from safetensors.torch import load, save
 
 from saes.base import SAE
 from saes.checks import CHECKSUMS_KEY, SAEFormatError, check_finite, check_sae_config, file_checksums, verify_checksums
-from saes.fileio import atomic_write_bytes, atomic_write_json, fsync_dir, make_temp_dir, read_json
+from saes.fileio import (atomic_write_bytes, atomic_write_json, fsync_dir, make_temp_dir, name_the_final_file,
+                         read_json)
 from saes.registry import ARCHITECTURES, sae_class
 from saes.whitening import (SCALER_FILENAME, WHITENED, WHITENING_FILENAME, Whitening, checkpoint_whitening,
                              read_scaler)
@@ -183,8 +184,9 @@ def save_sae(sae: SAE, path: str | os.PathLike, provenance: dict[str, Any] | Non
         atomic_write_json(tmp / PROVENANCE_FILENAME, record)
         atomic_write_json(tmp / CFG_FILENAME, cfg)
         os.rename(tmp, path)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        name_the_final_file(e, tmp, path)  # a full disk: the SAE's file, not its temporary folder's
         raise
     fsync_dir(path.parent)
     return path

@@ -35,7 +35,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from saes.errors import SaesteerError
-from saes.fileio import atomic_write_bytes, atomic_write_json, fsync_dir, make_temp_dir
+from saes.fileio import atomic_write_bytes, atomic_write_json, fsync_dir, make_temp_dir, name_the_final_file
 
 FORMAT = "saesteer.train_checkpoint"
 FORMAT_VERSION = 1
@@ -154,8 +154,9 @@ def write_checkpoint(root: str | os.PathLike, step: int, state: dict[str, Any], 
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, final)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        name_the_final_file(e, tmp, final)  # a full disk: the checkpoint's file, not its temporary folder's
         raise
     fsync_dir(root)
     return final

@@ -202,6 +202,13 @@ def _start_wandb(out_dir: Path, *, project: str, entity: str | None, name: str |
     return run
 
 
+def tokens_at_end(config: RunConfig, start_tokens: int) -> int:
+    """The training tokens a run from `start_tokens` ends at when the data lasts: whole batches until
+    total_tokens is reached (1,003,520 for 1,000,000 at batch size 4,096), the progress bar's total."""
+    batch, left = config.train.batch_size, max(0, config.train.total_tokens - start_tokens)
+    return start_tokens + -(-left // batch) * batch
+
+
 def open_run_logger(config: RunConfig, out_dir: Path, prov: dict[str, Any], start_tokens: int,
                     enabled: bool) -> RunLogger:
     """The run's logger as `config.log` asks (wandb records the config and the data's provenance)."""
@@ -209,7 +216,7 @@ def open_run_logger(config: RunConfig, out_dir: Path, prov: dict[str, Any], star
     if config.log.wandb:
         wandb_cfg = {"project": config.log.wandb_project, "entity": config.log.wandb_entity,
                      "name": config.log.wandb_name, "config": {**config.to_dict(), "data": prov}}
-    return RunLogger(out_dir, total_tokens=config.train.total_tokens, start_tokens=start_tokens,
+    return RunLogger(out_dir, total_tokens=tokens_at_end(config, start_tokens), start_tokens=start_tokens,
                      progress=config.log.progress, wandb_cfg=wandb_cfg, enabled=enabled)
 
 

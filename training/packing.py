@@ -332,12 +332,18 @@ def estimate_stream_tokens(cfg: TextConfig, tokenizer, source: DocumentSource, s
             sample_bytes = sum(len(t.encode()) for t in texts)
         return int(sample_tokens * total_bytes / max(1, sample_bytes))
     if source.data.is_local and source.data.builder == "parquet":
-        # by the text column's bytes (from the footers), not its rows: the first rows are often not typical
+        # by the text column's bytes (from the footers), not its rows: the first rows are often not typical;
+        # those bytes only bound the text from below when stored as a dictionary (repeated strings counted once)
         rows = _parquet_rows(source.data.files)
-        column_bytes = _parquet_column_bytes(source.data.files, source.column)
-        if rows is not None and column_bytes is not None:  # parquet stores a string as 4 length bytes + its UTF-8
-            return _scaled_by_bytes(ids, texts, sample_tokens, max(0, column_bytes - 4 * rows), rows)
-        return None if rows is None else int(sample_tokens * rows / max(1, len(texts)))
+        if rows is None:
+            return None
+        by_rows = int(sample_tokens * rows / max(1, len(texts)))
+        stored = _parquet_column_bytes(source.data.files, source.column)
+        if stored is None:
+            return by_rows
+        column_bytes, lower_bound = stored  # parquet stores a string as 4 length bytes + its UTF-8
+        by_bytes = _scaled_by_bytes(ids, texts, sample_tokens, max(0, column_bytes - 4 * rows), rows)
+        return max(by_bytes, by_rows) if lower_bound else by_bytes
     return None
 
 
@@ -350,21 +356,26 @@ def _scaled_by_bytes(ids, texts, sample_tokens: int, total_bytes: int, total_doc
     return int(tokens_per_byte * total_bytes + (sample_tokens - text_tokens) * total_docs / max(1, len(texts)))
 
 
-def _parquet_column_bytes(files, column: str) -> int | None:
-    """Uncompressed bytes of the top-level string column `column` in parquet files, from their
-    footers (None when one cannot be read or the column is not a plain string column)."""
+def _parquet_column_bytes(files, column: str) -> tuple[int, bool] | None:
+    """(uncompressed bytes of the top-level string column `column` in parquet files, whether that is
+    only a lower bound of its strings' bytes), from their footers; None when one cannot be read or
+    the column is not a plain string column. A chunk with a dictionary page (pyarrow's default) holds
+    each distinct string once: far fewer bytes than its text when strings repeat."""
     try:
         import pyarrow.parquet as pq
 
-        total = 0
+        total, lower_bound = 0, False
         for p in files:
             meta = pq.ParquetFile(p).metadata
             paths = [meta.schema.column(i).path for i in range(meta.num_columns)]
             if column not in paths or meta.schema.column(paths.index(column)).physical_type != "BYTE_ARRAY":
                 return None
             i = paths.index(column)
-            total += sum(meta.row_group(g).column(i).total_uncompressed_size for g in range(meta.num_row_groups))
-        return total
+            for g in range(meta.num_row_groups):
+                chunk = meta.row_group(g).column(i)
+                total += chunk.total_uncompressed_size
+                lower_bound = lower_bound or chunk.has_dictionary_page
+        return total, lower_bound
     except Exception:
         return None
 

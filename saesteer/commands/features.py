@@ -167,6 +167,7 @@ def _build(args) -> int:
     from features.store import writer_lock
     from saes.identity import ModelIdentityError, ModelMismatchError, identity_of_sae
     from saesteer.configargs import dataclass_from_args
+    from saesteer import stopsignals
     from saesteer.models import OVERRIDE_FLAG, load_recorded_model, model_id, pick_record
     from saesteer.terminal import plain
 
@@ -206,7 +207,7 @@ def _build(args) -> int:
     res = build_feature_store(args.out, loaded, source, cfg, model=model, overwrite=args.overwrite,
                               progress=not args.no_progress, allow_model_mismatch=args.allow_model_mismatch,
                               mismatch_override=OVERRIDE_FLAG, processing_fix=_cache_processing_fix,
-                              checked=checked)
+                              checked=checked, stop_signals=stopsignals.deferred)  # a stop saves the pass state
     if res.already_complete:
         done = ("its token labels rewritten by the current rule" if res.relabelled else "nothing to do")
         con.print(plain(f"{args.out} is already complete (same SAE, cache and settings); {done}"))
