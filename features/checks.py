@@ -54,7 +54,7 @@ def check_models(sae, source: ActivationSource, model=None, allow_mismatch: bool
     `override`, `processing_fix(wanted)`: how the caller allows a mismatch and gets a cache processed
     (wanted=True) or raw, for the refusals (the CLI: its flags); `sae_name`: the SAE as the caller
     names it (the CLI: its --sae)."""
-    from saes.identity import check_same_model, recorded_model_of
+    from saes.identity import check_named_model, check_same_model, identity_of_model, recorded_model_of
 
     cache_model = _recorded(source, "recorded_model")
     sae_model = recorded_model_of(sae)
@@ -63,6 +63,10 @@ def check_models(sae, source: ActivationSource, model=None, allow_mismatch: bool
                          given_as=f"the SAE {sae_name}'s model" if sae_name else "the SAE's model (its saesteer.json)",
                          override=override, fix="use the cache the SAE was trained on")
         _check_model_given(cache_model or sae_model, cache_model is not None, source, model, override)
+        check_named_model(sae, cache_model or identity_of_model(model), override=override,
+                          sae_as=f"the SAE {sae_name}" if sae_name else "the SAE",
+                          given_as=f"the model of {_where(source)}" if cache_model else "the model given",
+                          fix="use a cache of the model it names")
         _check_processing(sae, source, model, override, processing_fix, sae_name)
     return cache_model or sae_model
 

@@ -306,6 +306,25 @@ def recorded_model_of(sae: Any) -> ModelIdentity | None:
     return identity_of_sae(sae)
 
 
+def check_named_model(sae: Any, given: ModelIdentity | None, *, sae_as: str, given_as: str, override: str,
+                      fix: str) -> None:
+    """An SAE from another library records no model identity, but its config names the model in that
+    library's terms (SAELens's `model_name`: a registry release's 'gpt2-small', Gemma Scope 2's
+    'google/gemma-3-270m'): refuse (ModelMismatchError) a hub model of another name, naming both and
+    `override`. An SAE with an identity is `check_same_model`'s; a local directory cannot be compared by name."""
+    if given is None or given.source != "hub" or recorded_model_of(sae) is not None:
+        return
+    metadata = getattr(getattr(getattr(sae, "sae", sae), "cfg", None), "metadata", None) or {}
+    named = metadata.get("model_name")
+    if (not isinstance(named, str) or not named or ModelIdentity.from_id(named) is not None
+            or same_model_name(named, given.name) or bridge_hub_name(named) == given.name):
+        return
+    hub = official_model_name(named)
+    hub = f" (HF: {hub})" if hub not in (None, named) else ""
+    raise ModelMismatchError(f"{sae_as} was made for the model {named!r}{hub}, not {given.name} ({given_as}); {fix}, "
+                             f"or pass {override} to use this one anyway")
+
+
 def check_sae_model(model: Any, sae: Any, *, sae_name: str = "sae", allow_mismatch: bool = False) -> None:
     """Python-API check for code that pairs a model with an SAE: refuse (ModelMismatchError) an
     SAE recorded for another model when both sides carry an identity (`sae`: a `LoadedSAE`
@@ -316,6 +335,8 @@ def check_sae_model(model: Any, sae: Any, *, sae_name: str = "sae", allow_mismat
     check_same_model(recorded_model_of(sae), identity_of_model(model), recorded_in=f"SAE {sae_name!r}",
                      given_as="the model given", override="allow_model_mismatch=True",
                      fix="load the model it records (saesteer.models.load_model)")
+    check_named_model(sae, identity_of_model(model), sae_as=f"SAE {sae_name!r}", given_as="the model given",
+                      override="allow_model_mismatch=True", fix="load the model it names (saesteer.models.load_model)")
     from saes.processing import APPLIED_ATTR, check_processing, processing_seen  # it imports this module
 
     ident, applied, seen = identity_of_model(model), getattr(model, APPLIED_ATTR, None), None

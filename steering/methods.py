@@ -182,8 +182,8 @@ def _candidate_features(model: Model, sae: SAE, latents: Sequence[int] | None, p
         cands = [c.latent for c in ranked]
         mean_pos = {c.latent: max(float(c.mean_positive or 0.0), 1e-3) for c in ranked}
         return cands, mean_pos
-    cands = list(dict.fromkeys(map(_latent_id, latents)))  # a tensor is a dict key by identity: its number;
-    # in range: `_check_compare_args`
+    # each id once, as a number (a tensor is a dict key by identity); `_check_compare_args` checked the range
+    cands = list(dict.fromkeys(map(_latent_id, latents)))
     if has_sets and (typical_max is None or any(not typical_max(f) for f in cands)):
         from steering.activations import mean_latent_activation
 

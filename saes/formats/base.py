@@ -8,7 +8,9 @@
 - `tl_hook_for_module`, `tl_hook_for_module_input`: TransformerLens hook name of what an HF module
   outputs (sparsify's hookpoints) or of a decoder layer's or MLP's input (dictionary_learning io="in",
   sparsify transcoders); `module_output_hook`: an MLP's / attention's output as a given model's Bridge
-  names it (Gemma 2/3 and OLMo 2 norm it before hook_mlp_out).
+  names it (Gemma 2/3 and OLMo 2 norm it before hook_mlp_out), from its config (`module_output_hook_given`:
+  from a loaded Bridge's block aliases, as `saes.hookpoints` asks it).
+- `hf_cache_place`: (repo, folder in it) of a folder in an HF-cache snapshot (Gemma Scope, registry folders).
 - `saelens_hook_of`: the hook point a SAELens config's SAE reads (its hf_hook_name where hook_name is not it).
 - `read_plain_state_dict`: a torch pickle through `torch.load(weights_only=True)` only, and only
   if it holds a plain {name: tensor} state dict (`read_weights_only_pickle`: the load alone).

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from saes.errors import SaesteerError
-from saes.identity import official_model_name, same_model_name
+from saes.identity import official_model_name
 
 if TYPE_CHECKING:  # importing saes.formats loads torch: not at CLI start-up
     from saes.formats import LoadedSAE
@@ -191,7 +191,7 @@ def load_model(args, loaded: dict[str, LoadedSAE], store: Any = None, cache: str
     its hook point first (its files, or --hook). `sae_specs`: name -> what each SAE was given as, for
     messages (default: parsed from args.sae). `cache_manifest`: the cache's manifest where the caller
     has read it already (else read here)."""
-    from saes.identity import ModelIdentityError, check_same_model, identity_of_sae
+    from saes.identity import ModelIdentityError, check_named_model, check_same_model, identity_of_sae
     from saes.processing import APPLIED_ATTR, check_processing, processing_wanted
     from saesteer.models import OVERRIDE_FLAG, load_recorded_model, model_identity, pick_record, process_loaded_weights
 
@@ -227,8 +227,8 @@ def load_model(args, loaded: dict[str, LoadedSAE], store: Any = None, cache: str
                 check_same_model(ident, given, recorded_in=other, given_as=given_as, override=OVERRIDE_FLAG,
                                  fix="give SAEs (and a store) of one model")
             for name, item in loaded.items():
-                if identity_of_sae(item) is None:
-                    _check_named_model(name, dirs[name], item.sae, given, given_as)
+                check_named_model(item, given, sae_as=f"SAE {name!r} ({dirs[name]})", given_as=given_as,
+                                  override=OVERRIDE_FLAG, fix="pass --model with its model")
                 check_processing(item, given, sae_name=name, model_as=given_as, override=OVERRIDE_FLAG,
                                  model_cfg=getattr(model, "cfg", None), applied=getattr(model, APPLIED_ATTR, None),
                                  fix=lambda w: "give SAEs, a store and a cache made with the model loaded one way "
@@ -237,22 +237,6 @@ def load_model(args, loaded: dict[str, LoadedSAE], store: Any = None, cache: str
     except (ValueError, OSError) as e:  # ModelIdentityError is a ValueError and says it all
         raise CLIError(str(e) if isinstance(e, ModelIdentityError) else f"cannot load model: {e}") from None
     return model
-
-
-def _check_named_model(name: str, spec: Any, sae: Any, given: Any, given_as: str) -> None:
-    """An SAE from another library records no model identity, but its files name the model in that
-    library's terms (SAELens's `model_name`, e.g. a registry release's 'gpt2-small'): refuse a hub
-    model of another name, naming both and the override (a local directory cannot be compared)."""
-    from saesteer.models import OVERRIDE_FLAG
-
-    named = (sae.cfg.metadata or {}).get("model_name")
-    if not named or getattr(given, "source", None) != "hub" or same_model_name(str(named), given.name):
-        return
-    hub = official_model_name(str(named))
-    raise CLIError(f"SAE {name!r} ({spec}) was made for the model {named!r}"
-                   + (f" (HF: {hub})" if hub not in (None, named) else "")
-                   + f", not {given.name} ({given_as}); pass --model with its model, or {OVERRIDE_FLAG} "
-                   f"to use this one anyway")
 
 
 def _refuse_unrecorded(where: str, loaded: dict[str, LoadedSAE]) -> None:

@@ -114,7 +114,7 @@ def _load_sae(store, sae_dir) -> tuple[Any, str | None]:
 
 
 def _check_model(store, loaded, model, store_path: Path, allow_mismatch: bool) -> None:
-    from saes.identity import check_same_model, identity_of_model, identity_of_sae
+    from saes.identity import check_named_model, check_same_model, identity_of_model, identity_of_sae
     from saesteer.models import OVERRIDE_FLAG
 
     if not allow_mismatch:
@@ -122,6 +122,8 @@ def _check_model(store, loaded, model, store_path: Path, allow_mismatch: bool) -
         check_same_model(recorded, identity_of_model(model), recorded_in=f"the feature store {store_path}",
                          given_as="the server's model", override=OVERRIDE_FLAG,
                          fix="serve it with the model it records (leave out --model)")
+        check_named_model(loaded, identity_of_model(model), sae_as=f"the SAE of the feature store {store_path}",
+                          given_as="the server's model", override=OVERRIDE_FLAG, fix="serve it with that model")
     sae_meta = store.meta.get("sae") or {}
     d_in = sae_meta.get("d_in")
     d_model = getattr(getattr(model, "cfg", None), "d_model", None)
