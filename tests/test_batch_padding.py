@@ -413,7 +413,8 @@ def test_prompt_and_max_tokens_up_to_the_context_are_served_and_one_more_is_refu
     assert generate(model, [text, "a"], cfg).new_tokens.shape == (2, 8)
     with pytest.raises(SteeringError) as e:
         generate(model, [text, "a"], cfg, max_new_tokens=9)
-    assert f"({n_ctx - 8} tokens) + max_new_tokens (9)" in str(e.value) and f"context of {n_ctx}" in str(e.value)
+    assert str(e.value).startswith("prompt 1 of 2 (")  # which prompt is too long
+    assert f": {n_ctx - 8} tokens) + max_new_tokens (9)" in str(e.value) and f"context of {n_ctx}" in str(e.value)
     assert "\n" not in str(e.value)
     # the web playground: the same refusal, a 422 in one line
     play = str(client.base_url).removesuffix("/v1/")
