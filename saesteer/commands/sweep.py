@@ -140,8 +140,9 @@ def _check_scoring(args):
 
 
 def _scorer(args, store_path):
-    """(the scorer, its judge or None), made after `_check_scoring` and once the model has loaded: a
-    transformers judge loads its own model, and the judge's cache file is made here."""
+    """(the scorer, its judge or None), made once the model has loaded: a transformers judge loads its own
+    model, and the judge's cache file is made here. The command ran `_check_scoring` before anything
+    loaded; it runs again here for the judge's config (nothing loads, no file is made)."""
     from autointerp.config import make_judge
     from saesteer.commands._steering import CLIError
     from saesteer.toyscore import toy_scorer
