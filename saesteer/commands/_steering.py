@@ -43,7 +43,7 @@ def add_common_arguments(parser, *, prompts_help: str, several_stores: bool = Fa
     g.add_argument("--sae", action="append", default=[], metavar="[NAME=]SAE",
                    help="SAE: a folder (saesteer, SAELens, sparsify, dictionary_learning, Gemma Scope), an OpenAI .pt file, or "
                         "sae_lens:RELEASE/SAE_ID, or a Neuronpedia id or address such as gpt2-small/6-res-jb (repeat for "
-                        "several; name them NAME=SAE and refer to NAME/FEATURE in edits). Required, unless every latent "
+                        "several; name them NAME=SAE and refer to NAME/LATENT in edits). Required, unless every latent "
                         "is named by Neuronpedia (gpt2-small/6-res-jb/17 or its address), all of one SAE: that SAE")
     g.add_argument("--hook", default=None, metavar="HOOK",
                    help="hook point of SAEs whose files do not record one (e.g. blocks.2.hook_resid_post; default: "
