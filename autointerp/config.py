@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Literal, Mapping
 if TYPE_CHECKING:
     from .judge import Judge
 
-__all__ = ["JudgeConfig", "LabelConfig", "parse_latents", "resolve_backend", "make_judge",
+__all__ = ["JudgeConfig", "LabelConfig", "parse_latents", "resolve_backend", "check_judge", "make_judge",
            "ENV_MODEL", "ENV_BASE_URL", "ENV_API_KEY", "REASONING_EFFORTS", "THINKING"]
 
 SCORERS = ("detection", "fuzzing", "simulation", "intruder", "embedding")

@@ -19,8 +19,7 @@ from steering.generation import continuation_text
 
 openai = pytest.importorskip("openai")
 
-from helpers.api_server import openai_client, serve_entries  # noqa: E402
-from helpers.web_app import make_entry  # noqa: E402
+from helpers.api_server import build_chat_store, openai_client, serve_chat, serve_entries  # noqa: E402
 
 HOOK = "blocks.0.hook_resid_post"
 MSGS = [{"role": "system", "content": "the ship"}, {"role": "user", "content": "the sea and the whale"}]
@@ -28,28 +27,12 @@ MSGS = [{"role": "system", "content": "the ship"}, {"role": "user", "content": "
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
-    from helpers.tiny_model import make_chat_tokenizer
-    from helpers.web_store import build_web_store
-
-    # two layers, the SAE on the first: an edit on a prompt token reaches later tokens through the
-    # second layer's attention (with one layer only the edited position's own logits would change)
-    ws = build_web_store(tmp_path_factory.mktemp("api"), tokenizer=make_chat_tokenizer(), name="chat", n_layers=2)
-    from saesteer.models import model_identity
-
-    model_identity(ws.model)  # as saesteer.models.load_model does: the model knows who it is (presets check it)
-    return ws
-
-
-def _serve(ws, **app_kw):
-    from saesteer.web import Limits
-
-    limits = app_kw.pop("limits", Limits(max_new_tokens=48))
-    return serve_entries([make_entry(ws, "chat", limits=limits)], limits=limits, **app_kw)
+    return build_chat_store(tmp_path_factory.mktemp("api"))
 
 
 @pytest.fixture(scope="module")
 def server(ws):
-    srv, app = _serve(ws)
+    srv, app = serve_chat(ws)
     yield srv, app
     srv.stop()
 
@@ -378,7 +361,7 @@ def test_stream_options_without_stream_is_refused_as_openai_refuses_it(client):
 
 
 def test_token_is_required_when_configured(ws):
-    srv, _ = _serve(ws, token="t" * 32)
+    srv, _ = serve_chat(ws, token="t" * 32)
     try:
         bad = openai_client(srv, api_key="wrong-token-of-some-length")
         with pytest.raises(openai.AuthenticationError):
@@ -392,7 +375,7 @@ def test_token_is_required_when_configured(ws):
 def test_full_queue_answers_503_with_retry_after_and_a_closed_stream_is_cancelled(ws):
     from saesteer.api.config import BatchConfig
 
-    srv, app = _serve(ws, batch=BatchConfig(max_queued=1, max_batch_rows=4))
+    srv, app = serve_chat(ws, batch=BatchConfig(max_queued=1, max_batch_rows=4))
     sched = app.state.openai.schedulers[0]
     model_lock = app.state.web.queues[0].lock  # generation waits for it at every forward pass
     body = {"model": "chat", "prompt": "the", "max_tokens": 48, "temperature": 0, "ignore_eos": True}

@@ -20,8 +20,7 @@ import pytest
 
 openai = pytest.importorskip("openai")
 
-from helpers.api_server import async_openai_client, openai_client, serve_entries  # noqa: E402
-from helpers.web_app import make_entry  # noqa: E402
+from helpers.api_server import async_openai_client, build_chat_store, openai_client, serve_chat  # noqa: E402
 
 pytestmark = [pytest.mark.usefixtures("one_thread")]
 
@@ -30,25 +29,12 @@ BODY = {"model": "chat", "prompt": "the sea and the whale", "max_tokens": 48, "t
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
-    from helpers.tiny_model import make_chat_tokenizer
-    from helpers.web_store import build_web_store
-    from saesteer.models import model_identity
-
-    ws = build_web_store(tmp_path_factory.mktemp("apiload"), tokenizer=make_chat_tokenizer(), name="chat", n_layers=2)
-    model_identity(ws.model)
-    return ws
-
-
-def _serve(ws, **kw):
-    from saesteer.web import Limits
-
-    limits = Limits(max_new_tokens=48)
-    return serve_entries([make_entry(ws, "chat", limits=limits)], limits=limits, **kw)
+    return build_chat_store(tmp_path_factory.mktemp("apiload"))
 
 
 @pytest.fixture(scope="module")
 def server(ws):
-    srv, app = _serve(ws)
+    srv, app = serve_chat(ws)
     yield srv, app
     srv.stop()
 
@@ -80,7 +66,7 @@ def test_a_body_that_trickles_in_is_refused_with_408_once_its_time_is_up(ws):
     """A client that sends its headers and then its body a byte now and then (slowloris) held its
     connection and a task for as long as it liked; the guard now waits `body_timeout_s` for the
     whole body, then answers 408 and closes."""
-    srv, _ = _serve(ws, guard={"body_timeout_s": 0.5})
+    srv, _ = serve_chat(ws, guard={"body_timeout_s": 0.5})
     try:
         body = json.dumps(dict(BODY, max_tokens=1)).encode()
         with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as s:
@@ -147,7 +133,7 @@ def test_a_full_queue_is_a_503_the_openai_client_retries_until_it_is_served(ws):
     the first request is done the retry is served."""
     from saesteer.api.config import BatchConfig
 
-    srv, app = _serve(ws, batch=BatchConfig(max_queued=1, max_batch_rows=4))
+    srv, app = serve_chat(ws, batch=BatchConfig(max_queued=1, max_batch_rows=4))
     sched = app.state.openai.schedulers[0]
     model_lock = app.state.web.queues[0].lock
     refused = threading.Event()
@@ -189,7 +175,7 @@ def test_an_async_client_that_closes_its_stream_frees_the_slot_while_the_model_i
     before the model resumes, and the next request is served."""
     from saesteer.api.config import BatchConfig
 
-    srv, app = _serve(ws, batch=BatchConfig(max_queued=1, max_batch_rows=4))
+    srv, app = serve_chat(ws, batch=BatchConfig(max_queued=1, max_batch_rows=4))
     sched = app.state.openai.schedulers[0]
     model_lock = app.state.web.queues[0].lock
 
@@ -309,7 +295,7 @@ def test_connections_whose_headers_never_come_are_closed_but_a_long_request_is_n
     headers came runs as long as it needs (here: held past that time by the paused model)."""
     from saesteer.web.listen import guarded_http_protocol
 
-    srv, app = _serve(ws, uvicorn_kw={"http": guarded_http_protocol(0.5)})
+    srv, app = serve_chat(ws, uvicorn_kw={"http": guarded_http_protocol(0.5)})
     model_lock = app.state.web.queues[0].lock
     try:
         with socket.create_connection(("127.0.0.1", srv.port)) as idle, \

@@ -198,9 +198,10 @@ def test_a_gemma_scope_2_transcoder_through_label_serve_api_steer_and_eval(gemma
     """The chain after `features build` on the registry id: the judge labels a latent by its index, the web
     page and the API's edit name that index, `steer` and the API change the text, `eval` reads the MLP's input."""
     from helpers.judge_server import JudgeServer, fake_llm_answer
-    from helpers.web_app import ServerThread, record_server
+    from helpers.api_server import api_served
+    from helpers.web_app import record_server
 
-    openai = pytest.importorskip("openai")
+    pytest.importorskip("openai")
     db = tmp_path / "tc.db"
     saesteer("features", "build", "--sae", gs2_hub, "--cache", gemma3.cache, "--model", gemma3.model_dir,
              "--out", db, "--no-progress").ok()
@@ -222,8 +223,7 @@ def test_a_gemma_scope_2_transcoder_through_label_serve_api_steer_and_eval(gemma
     calls = record_server(monkeypatch)
     saesteer("serve", "--store", db, "--model", gemma3.model_dir, "--port", 0).ok()
     (app, kw), = calls
-    srv = ServerThread(app, kw["port"]).start()
-    try:
+    with api_served(app, kw["port"]) as (srv, client):
         import urllib.request
 
         import html
@@ -243,15 +243,12 @@ def test_a_gemma_scope_2_transcoder_through_label_serve_api_steer_and_eval(gemma
         assert feature["top_examples"][0]["activation"] == pytest.approx(summary["max_act"], rel=1e-3, abs=1e-3)
         page = get(f"/s/{store['id']}/f/{latent}")
         assert html.escape(label) in page and f"#{latent}" in page
-        client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="loopback", max_retries=0, timeout=120)
         served, = [m.id for m in client.models.list().data]
         out = client.completions.create(model=served, prompt=prompt, max_tokens=6, temperature=0,
                                         extra_body={"steering": {"edits": [f"{latent}:add=8x"]}})
         plain = client.completions.create(model=served, prompt=prompt, max_tokens=6, temperature=0)
         edit, = out.model_extra["steering"]["edits"]
         assert edit.startswith(f"{latent}:add=") and out.choices[0].text != plain.choices[0].text
-    finally:
-        srv.stop()
     saesteer("eval", "--sae", gs2_hub, "--model", gemma3.model_dir, "--dataset", gemma3.work / "text",
              "--contexts", 4, "--context-length", 32, "--out", tmp_path / "eval").ok()
     (name, ev), = json.loads((tmp_path / "eval" / "eval.json").read_text())["saes"].items()

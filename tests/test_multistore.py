@@ -17,7 +17,6 @@ import json
 import shutil
 import sqlite3
 
-import openai
 import pytest
 import torch
 

@@ -158,10 +158,11 @@ def test_api_ablation_is_exactly_the_latents_decoder_contribution(chain, monkeyp
     """The latent that fires most on the prompt (the SAE on HF's own activation) is ablated through
     the openai client: the log-probs served are HF's with layer 0's output lowered by that latent's
     activation times its decoder row, which differ from the plain model's; unsteered, HF's own."""
-    from helpers.web_app import ServerThread, record_server
+    from helpers.api_server import api_served
+    from helpers.web_app import record_server
     from saes.io import load_sae
 
-    openai = pytest.importorskip("openai")
+    pytest.importorskip("openai")
     arch, model_dir, tok, work, _ = chain
     ids = _prompt_ids(tok, work)
     sae = load_sae(work / "run/saes/sae").eval()
@@ -173,15 +174,11 @@ def test_api_ablation_is_exactly_the_latents_decoder_contribution(chain, monkeyp
     calls = record_server(monkeypatch)
     saesteer("api", "--store", work / "f.db", "--port", 0).ok()
     (app, kw), = calls
-    srv = ServerThread(app, kw["port"]).start()
-    try:
-        client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="loopback", max_retries=0, timeout=120)
+    with api_served(app, kw["port"]) as (_, client):
         r = client.completions.create(model="f", prompt=PROMPT, max_tokens=12, temperature=1.0, seed=3, logprobs=1,
                                       extra_body={"steering": {"edits": [{"latent": latent, "op": "ablate"}]}})
         plain = client.completions.create(model="f", prompt=PROMPT, max_tokens=12, temperature=1.0, seed=3,
                                           logprobs=1)
-    finally:
-        srv.stop()
     assert r.usage.prompt_tokens == len(ids), (arch, r.usage.prompt_tokens, len(ids))
 
     def ablate(x):
@@ -203,9 +200,10 @@ def test_api_chat_reads_the_templates_tokens_once(chain, monkeypatch):
     """A chat request through the openai client: the prompt is the family's chat template rendered by
     the tokenizer (one BOS: Llama-3's template writes one and its tokenizer adds another unless told
     not to), and the reply's log-probs are HF's on exactly those tokens."""
-    from helpers.web_app import ServerThread, record_server
+    from helpers.api_server import api_served
+    from helpers.web_app import record_server
 
-    openai = pytest.importorskip("openai")
+    pytest.importorskip("openai")
     arch, model_dir, tok, work, _ = chain
     if tok.chat_template is None:
         pytest.skip(f"the {FAMILY[arch]} family's tokenizer has no chat template here")
@@ -215,13 +213,9 @@ def test_api_chat_reads_the_templates_tokens_once(chain, monkeypatch):
     calls = record_server(monkeypatch)
     saesteer("api", "--store", work / "f.db", "--port", 0).ok()
     (app, kw), = calls
-    srv = ServerThread(app, kw["port"]).start()
-    try:
-        client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="loopback", max_retries=0, timeout=120)
+    with api_served(app, kw["port"]) as (_, client):
         r = client.chat.completions.create(model="f", messages=messages, max_tokens=8, temperature=1.0, seed=5,
                                            logprobs=True)
-    finally:
-        srv.stop()
     gen = r.choices[0].model_extra["steering"]["token_ids"]
     served = [c.logprob for c in r.choices[0].logprobs.content]
     with torch.no_grad():

@@ -51,37 +51,25 @@ def test_interrupting_a_labelling_cell_stops_the_run(tmp_path: Path) -> None:
     the run is in a worker thread): the KeyboardInterrupt the kernel raises in the cell's thread
     stops the run at its next await; before, the cell went on until every latent was labelled.
     ipykernel's handler while a cell runs is `signal.default_int_handler`, set here as it sets it; the
-    server sends the interrupt itself while answering the third request."""
-    import asyncio
-    import os
-    import signal
+    server sends the interrupt itself while answering the second request."""
     import threading
 
+    from helpers.notebook_kernel import run_as_cell, sigint_on_request
+
     store, _ = build_trigger_store(tmp_path / "t.db")
-    sent = threading.Event()
+    answer = sigint_on_request(2, fake_llm_answer)
 
-    def answer_then_interrupt(body: dict) -> str:
-        if len(srv.records) >= 2 and not sent.is_set():
-            sent.set()
-            os.kill(os.getpid(), signal.SIGINT)
-        return fake_llm_answer(body)
-
-    async def cell():
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # inside the loop: asyncio.run sets its own
+    def cell():
         with FeatureStoreLabels.open(store) as labels:
             return label_latents(labels, judge, LabelConfig(), progress=False)
 
-    before = signal.getsignal(signal.SIGINT)
-    with JudgeServer(answer_then_interrupt) as srv:
+    with JudgeServer(answer) as srv:
         judge = make_judge(JudgeConfig(model="fake-judge", base_url=srv.url, api_key="k", concurrency=1),
                            cache_path=None)
-        try:
-            with pytest.raises(KeyboardInterrupt):
-                asyncio.run(cell())
-        finally:
-            signal.signal(signal.SIGINT, before)
+        with pytest.raises(KeyboardInterrupt):
+            run_as_cell(cell)
         asked = len(srv.records)
-        assert sent.is_set() and asked < 48, asked  # 8 latents x 6 requests when nothing stops it
+        assert answer.sent.is_set() and asked < 48, asked  # 8 latents x 6 requests when nothing stops it
         assert not [t for t in threading.enumerate() if t.name.startswith("label_latents")]  # the worker ended
     with FeatureStoreLabels.open(store) as labels:
         assert len(labels.store.labels(range(8))) < 8

@@ -165,44 +165,31 @@ def test_compare_methods_takes_topk_indices_and_refuses_a_fractional_latent(mode
 def test_an_interrupted_labelling_cell_keeps_the_answers_it_received(tmp_path) -> None:
     """Jupyter's interrupt during `label_latents` (the worker-thread path): every answer received
     before it is in the response cache, so the next run asks none of them again; the worker ends."""
-    import asyncio
-    import os
-    import signal
     import threading
 
     from autointerp import FeatureStoreLabels, JudgeConfig, LabelConfig, label_latents, make_judge
     from helpers.judge_server import JudgeServer, fake_llm_answer
     from helpers.label_store import build_trigger_store
+    from helpers.notebook_kernel import run_as_cell, sigint_on_request
 
     store, _ = build_trigger_store(tmp_path / "t.db")
-    sent = threading.Event()
-
-    def answer_then_interrupt(body: dict) -> str:
-        if len(srv.records) >= 4 and not sent.is_set():
-            sent.set()
-            os.kill(os.getpid(), signal.SIGINT)
-        return fake_llm_answer(body)
+    answer = sigint_on_request(4, fake_llm_answer)
 
     def judge():
         return make_judge(JudgeConfig(model="fake-judge", base_url=srv.url, api_key="k", concurrency=1),
                           cache_path=tmp_path / "judge-cache.sqlite")
 
-    async def cell(j):
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # ipykernel's while a cell runs
+    def cell(j):
         with FeatureStoreLabels.open(store) as labels:
             return label_latents(labels, j, LabelConfig(), progress=False)
 
-    before = signal.getsignal(signal.SIGINT)
-    with JudgeServer(answer_then_interrupt) as srv:
-        try:
-            with pytest.raises(KeyboardInterrupt):
-                asyncio.run(cell(judge()))
-        finally:
-            signal.signal(signal.SIGINT, before)
+    with JudgeServer(answer) as srv:
+        with pytest.raises(KeyboardInterrupt):
+            run_as_cell(lambda: cell(judge()))
         first = [r.key for r in srv.records]
-        assert sent.is_set() and 4 <= len(first) < 48, first
+        assert answer.sent.is_set() and 4 <= len(first) < 48, first
         assert not [t for t in threading.enumerate() if t.name.startswith("label_latents")]
-        report = asyncio.run(cell(judge()))  # the next cell (a fresh judge: the cache file is what carries over)
+        report = run_as_cell(lambda: cell(judge()))  # the next cell (a fresh judge: the cache file is what carries over)
         again = [r.key for r in srv.records[len(first):]]
     answered_before = first[:3]  # concurrency 1: the three before the one the interrupt came in were read
     assert not set(answered_before) & set(again), (answered_before, again)

@@ -259,8 +259,8 @@ def test_a_preset_and_the_api_take_neuronpedia_latents(store, tmp_path, monkeypa
     an index only ('cannot parse edit', a 422 for an object's latent)."""
     import openai
 
-    from helpers.api_server import openai_client
-    from helpers.web_app import ServerThread, record_server
+    from helpers.api_server import api_served
+    from helpers.web_app import record_server
 
     saesteer("preset", "save", "np", "--store", store, "-l", f"{ADDRESS}/3:clamp=4@generated?{NP_SAE}/5>1.5",
              "-l", "7:ablate", "--stop-when", f"{ADDRESS}/9>2").ok()
@@ -274,9 +274,7 @@ def test_a_preset_and_the_api_take_neuronpedia_latents(store, tmp_path, monkeypa
     calls = record_server(monkeypatch)
     saesteer("api", "--store", store, "--port", 0).ok()
     (app, kw), = calls
-    srv = ServerThread(app, kw["port"]).start()
-    try:
-        client = openai_client(srv)
+    with api_served(app, kw["port"]) as (_, client):
         model = client.models.list().data[0].id
 
         def complete(steering):
@@ -294,8 +292,6 @@ def test_a_preset_and_the_api_take_neuronpedia_latents(store, tmp_path, monkeypa
         with pytest.raises(openai.BadRequestError) as e:
             complete({"edits": ["gpt2-small/2-res-jb/3:clamp=4"]})
         assert "'gpt2-small/2-res-jb'" in str(e.value) and f"'{NP_SAE}'" in str(e.value)
-    finally:
-        srv.stop()
 
 
 @pytest.mark.parametrize("bad,named", [

@@ -43,7 +43,7 @@ def add_common_arguments(parser, *, prompts_help: str, several_stores: bool = Fa
     g.add_argument("--sae", action="append", default=[], metavar="[NAME=]SAE",
                    help="SAE: a folder (saesteer, SAELens, sparsify, dictionary_learning, Gemma Scope), an OpenAI .pt file, or "
                         "sae_lens:RELEASE/SAE_ID, or a Neuronpedia id or address such as gpt2-small/6-res-jb (repeat for "
-                        "several; name them NAME=SAE and refer to NAME/FEATURE in edits). Required, unless every latent "
+                        "several; name them NAME=SAE and refer to NAME/LATENT in edits). Required, unless every latent "
                         "is named by Neuronpedia (gpt2-small/6-res-jb/17 or its address), all of one SAE: that SAE")
     g.add_argument("--hook", default=None, metavar="HOOK",
                    help="hook point of SAEs whose files do not record one (e.g. blocks.2.hook_resid_post; default: "
@@ -118,14 +118,19 @@ def latent_owners(sae_values: list[str], store_paths: list[str] = ()):
     def ids() -> dict[str, str | None]:
         found = {name: neuronpedia_id_of_spec(str(spec)) for name, spec in specs.items()}
         if len(found) == 1 and None in found.values() and len(store_paths) == 1:
-            found = dict.fromkeys(found, _store_neuronpedia_id(store_paths[0]))
+            known = _store_neuronpedia_ids(store_paths[0])
+            if len(known) > 1:  # labels imported under several ids: which the --sae is, nothing says
+                raise CLIError(f"--sae {next(iter(found))!r} has no Neuronpedia id in SAELens's registry, and --store "
+                               f"{store_paths[0]} knows its SAE by {len(known)} ({', '.join(map(repr, known))}: its "
+                               f"Neuronpedia labels were imported under each); give the latent as its index")
+            found = dict.fromkeys(found, known[0] if known else None)
         return found
 
     return LatentOwners(ids, named=len(specs) > 1)
 
 
-def _store_neuronpedia_id(path: str) -> str | None:
-    """The one Neuronpedia id the feature store at `path` knows its SAE by (None: none, several, or no store)."""
+def _store_neuronpedia_ids(path: str) -> list[str]:
+    """The Neuronpedia ids the feature store at `path` knows its SAE by (none where it is no store)."""
     from features import FeatureStore
     from features.neuronpedia_import import store_latent_owners
     from features.store import StoreError
@@ -133,12 +138,11 @@ def _store_neuronpedia_id(path: str) -> str | None:
     try:
         store = FeatureStore.open(path)
     except (OSError, StoreError):
-        return None  # not a store: open_store says so
+        return []  # not a store: open_store says so
     try:
-        known = set(store_latent_owners(store).ids.values())
+        return sorted({np_id for np_id in store_latent_owners(store).ids.values() if np_id})
     finally:
         store.close()
-    return known.pop() if len(known) == 1 else None
 
 
 def sae_from_latents(args, texts: list[str]) -> None:

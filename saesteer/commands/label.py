@@ -119,18 +119,21 @@ def _writing(args, store_path):
 
 def _label_run(args, store_path, label_cfg, judge_cfg, embed_cfg, budget) -> int:
     """A labelling run: judge (or offline labeller), labels and scores into the store, the report.
-    --latents and --report's folder are refused before the judge is made (a transformers judge loads
+    --latents and a --report that cannot be written are refused before the judge is made (a transformers judge loads
     its model; the judge's cache file is made)."""
     import sys
-    from pathlib import Path
 
     from autointerp.config import make_judge
     from autointerp.featurestore import FeatureStoreLabels
     from autointerp.runner import select_latents
+    from saesteer.commands._out import check_out_file
 
-    if args.report and not Path(args.report).parent.is_dir():
-        print_error(f"--report {args.report}: the folder {Path(args.report).parent} does not exist")
-        return 2
+    if args.report:
+        try:
+            check_out_file(args.report, "--report", "the run report is a JSON file", "report.json")
+        except ValueError as e:
+            print_error(e)
+            return 2
     with FeatureStoreLabels.open(store_path) as store:
         try:
             select_latents(store, label_cfg)

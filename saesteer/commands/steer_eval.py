@@ -119,7 +119,7 @@ def _run(args, model=None) -> int:
     # everything the flags and files can refuse is refused before the model (and a judge) loads
     cfg, gen_cfg = _configs(args)
     if args.out:
-        _check_out_folder(args.out)
+        _check_out_file(args.out)
     positive, negative, cue = _concept_sets(args)
     prompts = read_prompts(args) or [""]
     _check_scoring(args)
@@ -241,18 +241,15 @@ def _scorecard_record(card, args, model, sae) -> dict:
     return record
 
 
-def _check_out_folder(path: str):
-    """--out as a Path; refused when its folder does not exist."""
-    from pathlib import Path
-
+def _check_out_file(path: str):
+    """--out as a Path; refused when it is a folder or its folder does not exist."""
+    from saesteer.commands._out import check_out_file
     from saesteer.commands._steering import CLIError
 
-    out = Path(path)
-    if not out.parent.is_dir():
-        raise CLIError(f"--out {out}: the folder {out.parent} does not exist")
-    if out.is_dir():
-        raise CLIError(f"--out {out} is a folder; the scorecard is a JSON file: give its name (e.g. {out / 'card.json'})")
-    return out
+    try:
+        return check_out_file(path, "--out", "the scorecard is a JSON file", "card.json")
+    except ValueError as e:
+        raise CLIError(str(e)) from None
 
 
 def _write_scorecard(path: str, record: dict) -> None:
@@ -260,7 +257,7 @@ def _write_scorecard(path: str, record: dict) -> None:
 
     from saes.fileio import atomic_write_bytes
 
-    out = _check_out_folder(path)
+    out = _check_out_file(path)
     atomic_write_bytes(out, (json.dumps(record, indent=2, allow_nan=False) + "\n").encode())
 
 

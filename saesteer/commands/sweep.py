@@ -104,15 +104,13 @@ def _judge_cache_path(args, store_path):
     return out / "judge-cache.sqlite" if args.command == "sweep" else out.with_name(out.name + ".judge-cache.sqlite")
 
 
-def _check_scoring(args):
-    """The scoring flags, checked before anything loads: one of --topic (a known toy-world topic) and
-    --concept (a judge that can rate: its settings and a transformers judge's folder,
-    `autointerp.config.check_judge`; an HTTP backend's own checks, e.g. an API key, run on a judge
-    made without a cache, so no file is left by a run refused later). The --concept judge's config;
-    None for --topic. `_scorer` makes the real judge once the model has loaded."""
-    import dataclasses
-
+def _judge_config(args):
+    """The --concept judge's config (None for --topic), after the checks of the scoring flags that
+    make nothing: one of --topic (a known toy-world topic) and --concept, and a judge that can rate
+    (its settings and a transformers judge's folder, `autointerp.config.check_judge`)."""
+    from autointerp.config import JudgeConfig, check_judge
     from saesteer.commands._steering import CLIError
+    from saesteer.configargs import dataclass_from_args
     from saesteer.toyscore import toy_scorer
 
     if (args.topic is None) == (args.concept is None):
@@ -120,18 +118,9 @@ def _check_scoring(args):
     if args.topic is not None:
         toy_scorer(args.topic, args.toy_grammar)  # an unknown topic is refused here
         return None
-    from autointerp.cache import check_cache_file
-    from autointerp.config import JudgeConfig, check_judge, make_judge
-    from saesteer.configargs import dataclass_from_args
-
     try:
         judge_cfg = dataclass_from_args(JudgeConfig, args, prefix="judge_")
-        backend = check_judge(judge_cfg)[0]  # its settings, a transformers judge's folder: nothing loaded
-        cache_path = judge_cfg.cache_path or _judge_cache_path(args, args.store)
-        if backend != "offline" and judge_cfg.use_cache and cache_path is not None:
-            check_cache_file(cache_path)  # a file of another kind given as the cache (e.g. the store)
-        if backend not in ("offline", "transformers"):  # an HTTP backend's own checks (a transformers one: its model)
-            make_judge(dataclasses.replace(judge_cfg, use_cache=False), cache_path=None)
+        backend = check_judge(judge_cfg)[0]
     except ValueError as e:
         raise CLIError(str(e)) from None
     if backend == "offline":
@@ -139,15 +128,39 @@ def _check_scoring(args):
     return judge_cfg
 
 
+def _check_scoring(args) -> None:
+    """The scoring flags, checked before anything loads (`_judge_config`), and for a judge: its cache
+    file, if one is there, is a judge cache (not, e.g., the store), and an HTTP backend's own checks
+    (an API key) run on a judge made without a cache, so no file is left by a run refused later.
+    `_scorer` makes the real judge once the model has loaded."""
+    import dataclasses
+
+    from autointerp.cache import check_cache_file
+    from autointerp.config import make_judge, resolve_backend
+    from saesteer.commands._steering import CLIError
+
+    judge_cfg = _judge_config(args)
+    if judge_cfg is None:
+        return
+    try:
+        cache_path = judge_cfg.cache_path or _judge_cache_path(args, args.store)
+        if judge_cfg.use_cache and cache_path is not None:
+            check_cache_file(cache_path)  # a file of another kind given as the cache (e.g. the store)
+        if resolve_backend(judge_cfg)[0] != "transformers":  # (a transformers judge's check is loading its model)
+            make_judge(dataclasses.replace(judge_cfg, use_cache=False), cache_path=None)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+
+
 def _scorer(args, store_path):
-    """(the scorer, its judge or None), made after `_check_scoring` and once the model has loaded: a
+    """(the scorer, its judge or None), made once the model has loaded (after `_check_scoring`): a
     transformers judge loads its own model, and the judge's cache file is made here."""
     from autointerp.config import make_judge
     from saesteer.commands._steering import CLIError
     from saesteer.toyscore import toy_scorer
     from steering.evaluate import JudgeScorer
 
-    judge_cfg = _check_scoring(args)
+    judge_cfg = _judge_config(args)
     if judge_cfg is None:
         return toy_scorer(args.topic, args.toy_grammar), None
     try:

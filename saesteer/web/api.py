@@ -1,10 +1,10 @@
 """The JSON API (under /api/). Pages read the same catalog through `pages.py`.
 
-Reads (list, feature, search) answer at once from the store, in FastAPI's worker threads (plain
-`def` routes), never on the event loop: a read that waits (the store's lock, SQLite's busy timeout
-while `saesteer label` writes, a big store's sort) would stop every other request, the API's
-generations and streams included. Model work (fire, steer, sweep)
-waits its turn on the model's `ModelQueue` and runs in that queue's worker thread.
+Reads (list, feature, search) answer from the store without the model's queue, in FastAPI's worker
+threads (plain `def` routes), never on the event loop: a read that waits (the store's lock, SQLite's
+busy timeout while `saesteer label` writes, a big store's sort) would stop every other request, the
+API's generations and streams included. Model work (fire, steer, sweep) waits its turn on the
+model's `ModelQueue` and runs in that queue's worker thread.
 Every input is bounded twice: hard ceilings in the schemas (documented in /openapi.json) and
 the server's configured `Limits` here, with a 422 naming the limit when exceeded.
 """

@@ -8,6 +8,9 @@
     with api_served(app, port) as (srv, client):   # an app already built for `port` (e.g. by
         ...                                        # `saesteer api --port 0` under record_server)
 
+    ws = build_chat_store(tmp_path)            # the small chat store the API tests serve, as model "chat"
+    srv, app = serve_chat(ws, batch=...)       # it served (create_app's keywords)
+
 The clients never retry (max_retries=0): a test sees the server's first answer, unless it asks
 for retries (`openai_client(srv, max_retries=3)`).
 """
@@ -19,7 +22,7 @@ from typing import Any, Iterator, Sequence
 
 from helpers.web_app import ServerThread, free_port
 
-__all__ = ["serve_entries", "openai_client", "async_openai_client", "api_served"]
+__all__ = ["serve_entries", "openai_client", "async_openai_client", "api_served", "build_chat_store", "serve_chat"]
 
 
 def serve_entries(entries: Sequence[Any], *, limits=None, config_kw: dict | None = None, guard: dict | None = None,
@@ -63,3 +66,27 @@ def api_served(app, port: int, **client_kw) -> Iterator[tuple[ServerThread, Any]
         yield srv, openai_client(srv, **client_kw)
     finally:
         srv.stop()
+
+
+def build_chat_store(folder):
+    """The small real store the API tests serve: two layers, the SAE on the first (an edit on a prompt
+    token reaches later tokens through the second layer's attention; with one layer only the edited
+    position's own logits would change), a tokenizer with a chat template (the word-level toy tokenizers
+    have none). Its model knows who it is, as `saesteer.models.load_model` makes it (presets check it)."""
+    from helpers.tiny_model import make_chat_tokenizer
+    from helpers.web_store import build_web_store
+    from saesteer.models import model_identity
+
+    ws = build_web_store(folder, tokenizer=make_chat_tokenizer(), name="chat", n_layers=2)
+    model_identity(ws.model)
+    return ws
+
+
+def serve_chat(ws, *, limits=None, **kw) -> tuple[ServerThread, Any]:
+    """`build_chat_store`'s store served as model "chat" (`serve_entries`; `limits` default: 48 new
+    tokens at most); (the started server, the app)."""
+    from helpers.web_app import make_entry
+    from saesteer.web import Limits
+
+    limits = limits or Limits(max_new_tokens=48)
+    return serve_entries([make_entry(ws, "chat", limits=limits)], limits=limits, **kw)

@@ -9,6 +9,11 @@ spec registered elsewhere on the machine cannot be picked up instead).
 
 A cell that raises fails the run (nbclient's CellExecutionError) unless `allow_errors`; then the
 error is the cell's output (`cell_error(nb.cells[i])`).
+
+Without a kernel, in this process (fast, and the test's own objects at hand):
+
+    answer = sigint_on_request(3, fake_llm_answer)     # a JudgeServer answer: Jupyter's interrupt at the 3rd
+    run_as_cell(lambda: label_latents(...))           # as a cell runs it: in a running loop, SIGINT raising
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 
 def kernel_manager(tmp_path: Path):
@@ -70,3 +76,42 @@ def cell_error(cell) -> str | None:
     """`ename: evalue` of the error a cell raised (None if it raised none)."""
     err = next((o for o in cell.get("outputs", []) if o.get("output_type") == "error"), None)
     return None if err is None else f"{err['ename']}: {err['evalue']}"
+
+
+def run_as_cell(fn: Callable[[], Any]) -> Any:
+    """`fn()` run as a cell's code is: inside a running event loop (the kernel's), SIGINT raising
+    KeyboardInterrupt in this thread (`signal.default_int_handler`, ipykernel's handler while a cell
+    runs); the handler before is put back after."""
+    import asyncio
+    import signal
+
+    async def cell():
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # inside the loop: asyncio.run sets its own
+        return fn()
+
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        return asyncio.run(cell())
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def sigint_on_request(n: int, answer: Callable[[dict], str]) -> Callable[[dict], str]:
+    """A `JudgeServer` answer function: `answer`'s, sending this process SIGINT (Jupyter's interrupt
+    button, as the kernel delivers it) once, while answering the `n`th request; its `sent` (a
+    threading.Event) says whether it has."""
+    import itertools
+    import os
+    import signal
+    import threading
+
+    sent, calls = threading.Event(), itertools.count(1)
+
+    def answer_then_interrupt(body: dict) -> str:
+        if next(calls) >= n and not sent.is_set():
+            sent.set()
+            os.kill(os.getpid(), signal.SIGINT)
+        return answer(body)
+
+    answer_then_interrupt.sent = sent
+    return answer_then_interrupt
