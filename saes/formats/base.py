@@ -6,7 +6,7 @@
   (a different `--hook` is refused, naming both); where it does not, the user's values are used;
   both sides are kept in the provenance.
 - `tl_hook_for_module`, `tl_hook_for_module_input`: TransformerLens hook name of what an HF module
-  outputs (sparsify's hookpoints) or of a decoder layer's or MLP's input (dictionary_learning io="in",
+  outputs (sparsify's hookpoints, dictionary_learning's submodules, `check_hook`'s hint: the one such map) or of a decoder layer's or MLP's input (dictionary_learning io="in",
   sparsify transcoders); `module_output_hook`: an MLP's / attention's output as a given model's Bridge
   names it (Gemma 2/3 and OLMo 2 norm it before hook_mlp_out), from its config (`module_output_hook_given`:
   from a loaded Bridge's block aliases, as `saes.hookpoints` asks it).
