@@ -6,13 +6,14 @@ wrapper's prefix where `resolve_path` adds one, "model.layers.6"). An SAE there 
 output; a transcoder (delphi's `transcode`) reads its input. The HF -> TransformerLens mapping is
 saes.formats.base's `tl_hook_for_module` / `tl_hook_for_module_input`, the one sparsify's loader uses,
 with `module_output_hook`: an MLP's output is `blocks.N.hook_mlp_out`, or `blocks.N.mlp.hook_out` on a
-model (the store's) whose blocks norm or scale it before the residual add (Gemma 2/3, OLMo 2, Granite).
+model (the store's) whose blocks norm or scale it before the residual add (Gemma 2/3, OLMo 2, Granite);
+attention's (`layers.N.self_attn`) likewise `hook_attn_out` or `attn.hook_out`.
 
 Block N's residual input is block N-1's output (`blocks.N.hook_resid_pre` is the same tensor as
 `blocks.{N-1}.hook_resid_post`), so an SAE on resid_pre of block N pairs with delphi's `layers.{N-1}`.
 `layers.N` read at its input is a transcoder on the whole layer: rare, and easily the off-by-one
 above, so it fits only when the user names it (--delphi-module). A module saesteer has no hook for
-(attention, a norm) fits only when named too, with a note that saesteer could not check it.
+(a norm, a projection) fits only when named too, with a note that saesteer could not check it.
 """
 
 from __future__ import annotations

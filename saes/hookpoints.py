@@ -67,22 +67,18 @@ def describe_hooks(names: Iterable[str]) -> str:
     return ", ".join(out)
 
 
-# HF module names people type instead of hook points (Llama/Qwen/Mistral, GPT-2, GPT-NeoX, OPT)
-_HF_MODULE = re.compile(r"^(model\.layers|transformer\.h|gpt_neox\.layers|model\.decoder\.layers)\.(\d+)"
-                        r"(\.(mlp|self_attn|attn|attention))?$")
-_HF_PART_HOOK = {"mlp": "hook_mlp_out", "self_attn": "hook_attn_out", "attn": "hook_attn_out",
-                 "attention": "hook_attn_out"}
-
-
-def _hf_module_output_hook(model: Any, block: int, block_hook: str) -> str:
-    """The hook point of what an HF module of block `block` outputs on this model: `blocks.N.hook_mlp_out`
-    is the MLP module's output only where the Bridge's block aliases it so (not on Gemma 2/3, OLMo 2, Granite,
-    whose blocks norm or scale it first: there `blocks.N.mlp.hook_out`)."""
+def _module_output_hook_on(model: Any, hook: str) -> str:
+    """`hook`, derived from what an HF module outputs (`saes.formats.base.tl_hook_for_module`), as this model
+    names that tensor: `blocks.N.hook_mlp_out` / `hook_attn_out` is the MLP's / attention's output only where
+    the Bridge's block aliases it so (not on Gemma 2/3, OLMo 2, Granite, whose blocks norm or scale it first:
+    there `blocks.N.mlp.hook_out` / `attn.hook_out`)."""
     from saes.formats.base import module_output_hook_given
 
+    m = re.match(r"^blocks\.(\d+)\.", hook)
     blocks = getattr(model, "blocks", None)
-    aliases = getattr(blocks[block], "hook_aliases", None) if blocks is not None and block < len(blocks) else None
-    return module_output_hook_given(f"blocks.{block}.{block_hook}", aliases)
+    block = int(m[1]) if m else -1
+    aliases = getattr(blocks[block], "hook_aliases", None) if blocks is not None and 0 <= block < len(blocks) else None
+    return module_output_hook_given(hook, aliases)
 
 
 def check_hook(model: Any, name: str, who: str | None = None, *, per_token: bool = False) -> str:
@@ -108,10 +104,11 @@ def check_hook(model: Any, name: str, who: str | None = None, *, per_token: bool
             f"blocks.{mid.group(1)}.hook_resid_pre (their input) or blocks.{mid.group(1)}.hook_resid_post")
     close = difflib.get_close_matches(name, valid, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
-    hf = _HF_MODULE.match(name)
-    if hf:  # an HF module name: its output is a TransformerLens hook point
-        block, part = hf.group(2), hf.group(4)
-        hook = _hf_module_output_hook(model, int(block), _HF_PART_HOOK.get(part or "", "hook_resid_post"))
+    from saes.formats.base import tl_hook_for_module
+
+    hook = tl_hook_for_module(name)
+    if hook:  # an HF module name (people type them instead of hook points): its output is a hook point
+        hook = _module_output_hook_on(model, hook)
         if hook in valid:
             hint = (f" Hook points are named as TransformerLens names them: the output of the HF module {name} "
                     f"is {hook}.")
@@ -147,7 +144,7 @@ def _refuse_whole_block_alias(model: Any, name: str, where: str) -> None:
     # post-norm block, FlexOlmo, the MLP's output normed), nor hook_mlp_out where the block scales or norms the
     # MLP's output first (Granite-MoE, FlexOlmo)
     part = "output" if which == "post" else "input"
-    use = _hf_module_output_hook(model, int(layer), "hook_mlp_out") if which == "post" else f"{block}.hook_in"
+    use = _module_output_hook_on(model, f"blocks.{layer}.hook_mlp_out") if which == "post" else f"{block}.hook_in"
     raise UnknownHookError(
         f"{where}hook point {name!r} is not an MLP's hidden activation on this model: its MLP is a mixture of "
         f"experts with no single layer of neurons, and TransformerLens gives that name to the whole block's {part}; "

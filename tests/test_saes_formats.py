@@ -162,7 +162,9 @@ def test_sparsify_missing_tensor_and_hook_rules(tmp_path: Path) -> None:
 @pytest.mark.parametrize("module, hook", [
     ("layers.3", "blocks.3.hook_resid_post"), ("h.11", "blocks.11.hook_resid_post"),
     ("gpt_neox.layers.0", "blocks.0.hook_resid_post"), ("layers.4.mlp", "blocks.4.hook_mlp_out"),
-    ("embed_tokens", "hook_embed"), ("layers.2.self_attn", None), ("layers.2.mlp.act_fn", None),
+    ("embed_tokens", "hook_embed"), ("layers.2.self_attn", "blocks.2.hook_attn_out"),
+    ("transformer.h.0.attn", "blocks.0.hook_attn_out"), ("gpt_neox.layers.1.attention", "blocks.1.hook_attn_out"),
+    ("layers.2.mlp.act_fn", None), ("layers.2.self_attn.o_proj", None),
 ])
 def test_hf_module_paths_map_to_hook_points(module, hook) -> None:
     assert tl_hook_for_module(module) == hook

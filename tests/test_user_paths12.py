@@ -555,9 +555,12 @@ def _with_hook(db: Path, hook: str) -> Path:
     ("blocks.3.hook_resid_pre", "layers.3", False,
      "error: delphi module 'layers.3' reads blocks.3.hook_resid_post (its output), but the SAE of"),
     ("blocks.3.hook_resid_pre", "layers.3", True, "note: delphi module 'layers.3' taken as a transcoder"),
+    # attention's output (saes.formats.base's one map)
+    ("blocks.2.hook_attn_out", "layers.2.self_attn", False, "imported 3"),
     # a module saesteer has no hook for: refused, unless the user names it
-    ("blocks.2.hook_attn_out", "layers.2.self_attn", False, "name it with --delphi-module layers.2.self_attn"),
-    ("blocks.2.hook_attn_out", "layers.2.self_attn", True, "note: saesteer cannot tell which hook delphi module"),
+    ("blocks.2.hook_attn_out", "layers.2.self_attn.o_proj", False,
+     "name it with --delphi-module layers.2.self_attn.o_proj"),
+    ("blocks.2.hook_attn_out", "layers.2.self_attn.o_proj", True, "note: saesteer cannot tell which hook delphi module"),
 ])
 def test_delphi_module_names_of_other_models_and_the_layer_input(toy, tmp_path, hook, module, named, want):
     db = _with_hook(_fresh_store(toy, tmp_path), hook)

@@ -6,7 +6,7 @@
   (a different `--hook` is refused, naming both); where it does not, the user's values are used;
   both sides are kept in the provenance.
 - `tl_hook_for_module`, `tl_hook_for_module_input`: TransformerLens hook name of what an HF module
-  outputs (sparsify's hookpoints) or of a decoder layer's or MLP's input (dictionary_learning io="in",
+  outputs (sparsify's hookpoints, dictionary_learning's submodules, `check_hook`'s hint: the one such map) or of a decoder layer's or MLP's input (dictionary_learning io="in",
   sparsify transcoders); `module_output_hook`: an MLP's / attention's output as a given model's Bridge
   names it (Gemma 2/3 and OLMo 2 norm it before hook_mlp_out), from its config (`module_output_hook_given`:
   from a loaded Bridge's block aliases, as `saes.hookpoints` asks it).
@@ -123,9 +123,15 @@ def _unpickling_reason(e: BaseException) -> str:
 
 # --------------------------------------------------------------------------- model and hook
 _LAYER = r"(?:layers|h|blocks|layer)\.(\d+)"
+# The one map from HF module paths (sparsify's hookpoints "layers.N.mlp", dictionary_learning's submodules,
+# what users type into --hook: "model.layers.N.self_attn", "transformer.h.N.attn") to the TransformerLens hook of
+# the module's output. An MLP's or attention's hook is then asked of the model (`module_output_hook`,
+# `module_output_hook_given`): where a block norms or scales it before the residual add it is attn/mlp.hook_out.
 _MODULE_HOOKS = [
     (re.compile(rf"^(?:.+\.)?{_LAYER}$"), "blocks.{}.hook_resid_post"),  # a decoder layer's output
     (re.compile(rf"^(?:.+\.)?{_LAYER}\.mlp$"), "blocks.{}.hook_mlp_out"),
+    # Llama/Gemma/OLMo/Granite self_attn, GPT-2/GPT-J attn, GPT-NeoX attention: the first of the tuple it returns
+    (re.compile(rf"^(?:.+\.)?{_LAYER}\.(?:self_attn|attn|attention)$"), "blocks.{}.hook_attn_out"),
     (re.compile(r"^(?:.+\.)?(?:embed_tokens|wte|embed_in)$"), "hook_embed"),
 ]
 _MODULE_INPUT_HOOKS = [
@@ -158,7 +164,9 @@ def snapshot_place(path: Path) -> tuple[str, str] | None:
 def tl_hook_for_module(module_path: str) -> str | None:
     """TransformerLens hook point that reads what an HF module outputs, e.g. 'layers.3' (a
     decoder layer, any HF architecture's list of layers) -> 'blocks.3.hook_resid_post',
-    'h.5.mlp' -> 'blocks.5.hook_mlp_out'; None when there is no exact counterpart."""
+    'h.5.mlp' -> 'blocks.5.hook_mlp_out', 'model.layers.2.self_attn' -> 'blocks.2.hook_attn_out' (an MLP's
+    and attention's as TransformerLens names them: `module_output_hook` says which hook holds it on a given
+    model); None when there is no exact counterpart."""
     for pattern, template in _MODULE_HOOKS:
         m = pattern.match(module_path)
         if m:

@@ -22,7 +22,8 @@ output's hook; the input hook is derived for a decoder layer ("layers.N": blocks
 and an MLP ("layers.N.mlp": blocks.N.mlp.hook_in, TransformerBridge's hook of the HF module's
 input: its norm's output, weight applied, which no HookedTransformer hook carries), else the user
 gives `--hook`. An MLP's output is `blocks.N.hook_mlp_out`, or `blocks.N.mlp.hook_out` on a model that
-norms it before the residual add (Gemma 2/3, OLMo 2; `base.module_output_hook`, from the run's model config).
+norms or scales it before the residual add (Gemma 2/3, OLMo 2, Granite; `base.module_output_hook`, from the
+run's model config); attention's likewise `hook_attn_out` or `attn.hook_out`.
 
 Not representable, so refused: `activation: "groupmax"`, skip connections of SAEs (not
 transcoders), signed top-k. The hookpoint is an HF module path ("layers.3"); its TransformerLens
@@ -83,8 +84,9 @@ def _transcoder_target(hookpoint: str, source: str) -> str:
     target = tl_hook_for_module(hookpoint)
     if target is None:
         raise SAEFormatError(f"{source}: a transcoder (transcode: true) predicts hookpoint {hookpoint!r}'s output, "
-                             f"which has no exact TransformerLens hook point (known: a decoder layer 'layers.N' -> "
-                             f"blocks.N.hook_resid_post, 'layers.N.mlp' -> blocks.N.hook_mlp_out); {TRANSCODER_HINT}")
+                             f"which has no exact TransformerLens hook point (saesteer derives one for a decoder layer "
+                             f"'layers.N', an MLP 'layers.N.mlp' and attention 'layers.N.self_attn': the hook holding "
+                             f"what the module outputs on the run's model); {TRANSCODER_HINT}")
     return target
 
 

@@ -66,7 +66,7 @@ def add_arguments(parser) -> None:
     imp.add_argument("--delphi-module", default=None, metavar="MODULE",
                      help="the delphi hookpoint (HF module path, e.g. layers.6, h.6) of this store's SAE, when "
                           "the run holds several or the default name does not fit; a module saesteer has no hook "
-                          "for (layers.6.self_attn) is taken as this SAE's")
+                          "for (layers.6.self_attn.o_proj) is taken as this SAE's")
     imp.add_argument("--import-neuronpedia", default=None, metavar="EXPORT",
                      help="Neuronpedia's explanations of the store's SAE: its dataset export (v1/MODEL/SAE from "
                           "neuronpedia-datasets, or a batch .jsonl.gz of it), .jsonl, or a JSON array; they become labels "
