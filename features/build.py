@@ -356,7 +356,8 @@ def _run(store, path, sae, source, cfg, identity, model, tokenizer, progress, ev
                     break
             if stop_requested() is not None:  # saved between batches; the scope's exit then stops the build
                 bar.close()
-                save_state(spath, acc, identity, "pass", next_context)
+                if since:  # else this batch's checkpoint (or the state resumed from) holds it all
+                    save_state(spath, acc, identity, "pass", next_context)
         bar.close()
         if stop_requested() is not None:  # a scope that does not stop by itself
             raise KeyboardInterrupt(f"stopped by signal {stop_requested()}; the pass state is saved")
